@@ -1,0 +1,37 @@
+"""The one exception hierarchy of wsi-segment.
+
+Every expected failure (bad slide, bad model folder, bad option, bad dataset, unwritable
+output) is a `WsiSegmentError`. The CLI prints `error: <message>` and exits 1 for these and
+only these; anything else is a bug and keeps its traceback. Messages name the file and the
+fix. This module has no dependencies so every package (including `models/`) may import it.
+"""
+
+from __future__ import annotations
+
+
+class WsiSegmentError(Exception):
+    """Base of all expected errors; the message is shown to the user as is."""
+
+
+class SlideError(WsiSegmentError):
+    """A slide is missing, not a slide, truncated or unreadable."""
+
+
+class MppMissingError(SlideError):
+    """A step needs physical pixel size but the slide has none and no override was given."""
+
+
+class ModelError(WsiSegmentError):
+    """A model folder is missing, incomplete, unsafe or does not match its JSON."""
+
+
+class DatasetError(WsiSegmentError):
+    """A training/evaluation dataset folder is malformed."""
+
+
+class ConfigError(WsiSegmentError):
+    """A parameter is out of range or inconsistent."""
+
+
+class OutputError(WsiSegmentError):
+    """Outputs cannot be written (permissions, disk full, locked by another run)."""
