@@ -1,0 +1,63 @@
+"""The `wsi-segment` command: a thin dispatcher over one small module per subcommand.
+
+`wsi-segment SLIDE ...` is shorthand for `wsi-segment segment SLIDE ...`. Expected failures
+(`WsiSegmentError`) print one `error:` line and exit 1; usage errors exit 2 (argparse).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from wsi.errors import WsiSegmentError
+
+# subcommand name -> module implementing add_parser(subparsers) and run(args) -> int
+SUBCOMMANDS: dict[str, str] = {
+    "segment": "flows.cli_segment",
+    "info": "flows.cli_info",
+    "train": "flows.cli_train",
+    "evaluate": "flows.cli_evaluate",
+    "batch": "flows.cli_batch",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wsi-segment",
+        description="Tissue segmentation of whole-slide images with QuPath-ready outputs.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module_name in SUBCOMMANDS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:  # subcommand not built yet
+            if exc.name != module_name:
+                raise
+            continue
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list and args_list[0] not in SUBCOMMANDS and not args_list[0].startswith("-"):
+        args_list.insert(0, "segment")
+    parser = build_parser()
+    args = parser.parse_args(args_list)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.run(args) or 0)
+    except WsiSegmentError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
