@@ -1,0 +1,87 @@
+"""The dataset reader on the real LUAD-HistoSeg sample: labels, masks and palette exactly."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.datasets import open_dataset, parse_labels, read_image
+from wsi.errors import DatasetError
+
+SAMPLE = Path(__file__).resolve().parents[1] / "data" / "luad-histoseg-sample"
+
+EXPECTED_LABELS = {
+    "1223954-20699-37571": (0, 0, 1, 1),
+    "1223954-20699-38467": (0, 0, 1, 1),
+    "1223954-20699-48323": (1, 0, 0, 1),
+    "1224965-34244-45007": (0, 1, 0, 0),
+    "1224965-34244-48591": (1, 0, 0, 1),
+    "1224965-38724-30671": (1, 1, 0, 1),
+    "1224965-39620-44111": (0, 1, 0, 0),
+    "1224965-40516-36047": (1, 1, 0, 0),
+    "1224965-40516-47695": (1, 0, 0, 0),
+}
+
+
+def test_classes_and_palette_come_from_the_dataset() -> None:
+    ds = open_dataset(SAMPLE)
+    assert ds.classes == ("TE", "NEC", "LYM", "TAS")
+    assert ds.colors == ((205, 51, 51), (0, 255, 0), (65, 105, 225), (255, 165, 0))
+    assert ds.background_color == (255, 255, 255)
+    assert ds.ignore_index == 4
+    assert ds.layout == "luad" and ds.background_rule
+
+
+def test_nine_training_patches_with_exact_labels() -> None:
+    items = open_dataset(SAMPLE).train_items()
+    got = {it.image.name.split("-[")[0]: it.labels for it in items}
+    assert got == EXPECTED_LABELS
+    img = read_image(items[0].image)
+    assert img.shape == (224, 224, 3) and img.dtype == np.uint8
+
+
+def test_masks_decode_to_class_indices() -> None:
+    ds = open_dataset(SAMPLE)
+    assert [len(ds.mask_items(s)) for s in ("val", "test")] == [3, 6]
+    m = ds.read_mask(SAMPLE / "test/mask/387709-12692-44296.png")
+    values, counts = np.unique(m, return_counts=True)
+    assert values.tolist() == [0, 2, 3, 4]
+    assert counts.tolist() == [16053, 18733, 12809, 2581]
+    for item in ds.mask_items("val") + ds.mask_items("test"):
+        mask = ds.read_mask(item.mask)
+        assert mask.shape == (224, 224) and mask.max() <= 4
+
+
+def test_rgb_mask_maps_through_the_palette(tmp_path: Path) -> None:
+    ds = open_dataset(SAMPLE)
+    src = SAMPLE / "val/mask/1004470-23736-36363.png"
+    rgb = tmp_path / "rgb.png"
+    Image.open(src).convert("RGB").save(rgb)
+    assert np.array_equal(ds.read_mask(rgb), ds.read_mask(src))
+
+
+def test_bcss_style_names() -> None:
+    assert parse_labels("TCGA-A1-A0SK-DX1_xmin45749_ymin25055_MPP-0.2500+0[1101].png") == (
+        1,
+        1,
+        0,
+        1,
+    )
+
+
+def test_file_without_label_fails_clearly(tmp_path: Path) -> None:
+    root = tmp_path / "ds"
+    shutil.copytree(SAMPLE, root)
+    shutil.copy(SAMPLE / "test/img/387709-12692-44296.png", root / "train" / "no-label.png")
+    with pytest.raises(DatasetError, match=r"no-label\.png: no patch label in the file name"):
+        open_dataset(root).train_items()
+
+
+def test_folder_without_class_description_fails(tmp_path: Path) -> None:
+    (tmp_path / "train").mkdir()
+    with pytest.raises(DatasetError, match="cannot tell the classes"):
+        open_dataset(tmp_path)
