@@ -1,0 +1,157 @@
+"""Where a batch's chunk work runs: a local Dask cluster sized to the machine, or a scheduler.
+
+Prefect tasks (one per slide per stage) stay in the flow process; the tile chunks of every
+slide go to Dask. Workers are processes, so each loads the model once and a worker that
+dies has its chunks recomputed elsewhere by the scheduler. Sizing: one worker per GPU
+(each pinned to its device with CUDA_VISIBLE_DEVICES), else one CPU worker whose threads
+overlap reading/decoding with the model (the model already uses every core).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from wsi.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ClusterPlan:
+    """How many worker processes, threads each, and the GPU index of each worker (if any)."""
+
+    n_workers: int
+    threads_per_worker: int
+    gpus: tuple[int, ...] = ()
+
+
+def gpu_count() -> int:
+    """Visible CUDA devices; 0 without torch/CUDA. Imported lazily: torch is slow to import."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) == "":
+        return 0
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a hard dependency
+        return 0
+    return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
+
+
+def plan_local_cluster(
+    workers: int | None = None,
+    threads: int | None = None,
+    *,
+    n_gpus: int | None = None,
+    n_cpus: int | None = None,
+) -> ClusterPlan:
+    """Size a local cluster: one worker per GPU, else `workers` (default 1) CPU workers.
+
+    `threads` defaults to the cores shared out between workers (at least 2 per worker so
+    one thread can read while another runs the model).
+    """
+    if workers is not None and workers < 1:
+        raise ConfigError(f"--workers must be >= 1 (got {workers})")
+    if threads is not None and threads < 1:
+        raise ConfigError(f"threads per worker must be >= 1 (got {threads})")
+    cpus = n_cpus if n_cpus is not None else (os.cpu_count() or 1)
+    gpus = gpu_count() if n_gpus is None else n_gpus
+    if gpus > 0:
+        n = min(workers, gpus) if workers else gpus
+        per = threads or max(2, cpus // n)
+        return ClusterPlan(n_workers=n, threads_per_worker=per, gpus=tuple(range(n)))
+    n = workers or 1
+    per = threads or max(2, cpus // n)
+    return ClusterPlan(n_workers=n, threads_per_worker=per)
+
+
+def start_local_cluster(plan: ClusterPlan, dashboard: bool = False):  # -> SpecCluster
+    """Start worker processes for `plan` (GPU workers get their own CUDA_VISIBLE_DEVICES)."""
+    from distributed import LocalCluster, Nanny, Scheduler, SpecCluster
+
+    dashboard_address = ":8787" if dashboard else None
+    if not plan.gpus:
+        return LocalCluster(
+            n_workers=plan.n_workers,
+            threads_per_worker=plan.threads_per_worker,
+            processes=True,
+            dashboard_address=dashboard_address,
+        )
+    workers = {
+        f"gpu-{gpu}": {
+            "cls": Nanny,
+            "options": {
+                "nthreads": plan.threads_per_worker,
+                "env": {"CUDA_VISIBLE_DEVICES": str(gpu)},
+                "resources": {"GPU": 1},
+            },
+        }
+        for gpu in plan.gpus
+    }
+    scheduler = {"cls": Scheduler, "options": {"dashboard_address": dashboard_address}}
+    return SpecCluster(workers=workers, scheduler=scheduler)
+
+
+@contextmanager
+def dask_client(
+    address: str | None = None,
+    workers: int | None = None,
+    threads: int | None = None,
+) -> Iterator:  # Iterator[distributed.Client]
+    """A Dask client for a run: connect to `address`, or start (and stop) a local cluster.
+
+    A remote cluster is left running at exit; only our connection closes.
+    """
+    from distributed import Client
+
+    if address:
+        try:
+            client = Client(address, timeout="30s")
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot reach the Dask scheduler at {address} ({exc}); check --dask-address "
+                "(e.g. tcp://host:8786) and that the scheduler is running"
+            ) from exc
+        with _registered(client):
+            try:
+                yield client
+            finally:
+                client.close()
+        return
+    cluster = start_local_cluster(plan_local_cluster(workers, threads))
+    try:
+        client = Client(cluster)
+        with _registered(client):
+            try:
+                yield client
+            finally:
+                client.close()
+    finally:
+        cluster.close()
+
+
+# Clients open in this process, by scheduler address: Prefect tasks get the address as a
+# (serialisable) parameter and look the live client up here instead of reconnecting.
+_CLIENTS: dict[str, object] = {}
+_LOCK = threading.Lock()
+
+
+@contextmanager
+def _registered(client) -> Iterator[None]:
+    address = client.scheduler.address
+    with _LOCK:
+        _CLIENTS[address] = client
+    try:
+        yield
+    finally:
+        with _LOCK:
+            if _CLIENTS.get(address) is client:
+                del _CLIENTS[address]
+
+
+def client_for(address: str | None):  # -> distributed.Client | None
+    """The live client this process opened for `address` (None if there is none)."""
+    if not address:
+        return None
+    with _LOCK:
+        return _CLIENTS.get(address)

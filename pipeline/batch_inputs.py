@@ -1,0 +1,204 @@
+"""Turn a batch input (folder, glob or manifest CSV) into a checked list of slides.
+
+Everything that can be wrong with a batch's input is found here, before any slide runs:
+a missing column, a missing file, an unparsable mpp, an output name that would write
+outside the output folder (`../x`, `/abs`, `a/b`), or two slides that would write to the
+same output folder. Finding these late would overwrite results or waste a night's run.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from wsi.errors import ConfigError, DatasetError
+
+# File suffixes taken as slides when the input is a folder (lower case, compared case-free).
+SLIDE_SUFFIXES: tuple[str, ...] = (
+    ".svs",
+    ".tif",
+    ".tiff",
+    ".ndpi",
+    ".vms",
+    ".vmu",
+    ".scn",
+    ".mrxs",
+    ".svslide",
+    ".bif",
+    ".czi",
+)
+# Multi-part suffixes stripped whole when naming outputs ("a.ome.tif" -> "a").
+_COMPOUND_SUFFIXES: tuple[str, ...] = (".ome.tiff", ".ome.tif")
+PATH_COLUMNS: tuple[str, ...] = ("slide", "slide_path", "path")
+MPP_COLUMNS: tuple[str, ...] = ("mpp",)
+NAME_COLUMNS: tuple[str, ...] = ("name", "output_name", "output")
+_GLOB_CHARS = re.compile(r"[*?\[]")
+# An output name is one folder name: no separators (so no "../x" or "a/b"), no NUL, and
+# no ':' (a drive prefix on Windows).
+_FORBIDDEN_NAME_CHARS = ("/", "\\", "\0", ":")
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    """One slide of a batch: where it is, an optional mpp override, its output folder name."""
+
+    slide: Path
+    mpp: float | None
+    name: str
+
+
+def default_output_name(path: str | Path) -> str:
+    """The output folder name of a slide: its file name without the slide suffix."""
+    name = Path(path).name
+    lower = name.lower()
+    for suffix in _COMPOUND_SUFFIXES:
+        if lower.endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
+
+
+def check_output_name(name: str, source: str) -> str:
+    """Refuse names that are empty, hidden, contain a path, or would leave the output folder."""
+    cleaned = name.strip()
+    if (
+        not cleaned
+        or cleaned.startswith(".")
+        or any(ch in cleaned for ch in _FORBIDDEN_NAME_CHARS)
+        or Path(cleaned).is_absolute()
+    ):
+        raise ConfigError(
+            f"{source}: output name {name!r} is not a plain folder name; give a name with no "
+            "'/', '\\' or leading '.', so outputs stay inside the output folder"
+        )
+    return cleaned
+
+
+def _parse_mpp(value: str, source: str) -> float | None:
+    text = value.strip()
+    if not text:
+        return None
+    try:
+        mpp = float(text)
+    except ValueError:
+        raise ConfigError(
+            f"{source}: mpp {value!r} is not a number (um per pixel, e.g. 0.25)"
+        ) from None
+    if not math.isfinite(mpp) or mpp <= 0:
+        raise ConfigError(f"{source}: mpp {value!r} must be a positive number of um per pixel")
+    return mpp
+
+
+def _pick_column(fieldnames: list[str], choices: tuple[str, ...]) -> str | None:
+    lowered = {f.strip().lower(): f for f in fieldnames}
+    for choice in choices:
+        if choice in lowered:
+            return lowered[choice]
+    return None
+
+
+def read_manifest(csv_path: Path) -> list[BatchItem]:
+    """Read a manifest CSV: a slide path column, optional mpp and output name columns.
+
+    Relative slide paths are taken relative to the CSV's folder, so a manifest travels
+    with its slides.
+    """
+    try:
+        with csv_path.open(newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            fieldnames = list(reader.fieldnames or [])
+            path_col = _pick_column(fieldnames, PATH_COLUMNS)
+            if path_col is None:
+                raise DatasetError(
+                    f"{csv_path}: manifest has no slide column (found {fieldnames or 'no header'}); "
+                    f"add a header row with one of {', '.join(PATH_COLUMNS)} "
+                    "and optionally mpp and name"
+                )
+            mpp_col = _pick_column(fieldnames, MPP_COLUMNS)
+            name_col = _pick_column(fieldnames, NAME_COLUMNS)
+            rows = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DatasetError(f"{csv_path}: cannot read the manifest CSV ({exc})") from exc
+
+    items: list[BatchItem] = []
+    for line_no, row in enumerate(rows, start=2):
+        source = f"{csv_path}:{line_no}"
+        raw_path = (row.get(path_col) or "").strip()
+        if not raw_path:
+            if not any((v or "").strip() for v in row.values() if isinstance(v, str)):
+                continue  # blank line
+            raise DatasetError(f"{source}: the {path_col} column is empty; give the slide's path")
+        slide = Path(raw_path).expanduser()
+        if not slide.is_absolute():
+            slide = csv_path.parent / slide
+        mpp = _parse_mpp(row.get(mpp_col) or "", source) if mpp_col else None
+        raw_name = (row.get(name_col) or "").strip() if name_col else ""
+        name = check_output_name(raw_name, source) if raw_name else default_output_name(slide)
+        items.append(BatchItem(slide=slide, mpp=mpp, name=name))
+    return items
+
+
+def _is_slide_file(path: Path) -> bool:
+    lower = path.name.lower()
+    return path.is_file() and not lower.startswith(".") and lower.endswith(SLIDE_SUFFIXES)
+
+
+def parse_batch_input(spec: str | Path) -> list[BatchItem]:
+    """Expand a folder, glob, manifest CSV or single slide into checked batch items.
+
+    Raises `DatasetError` for inputs that name nothing or missing slides, and
+    `ConfigError` for bad output names or two slides sharing an output folder.
+    """
+    text = str(spec)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        slides = sorted(p for p in path.iterdir() if _is_slide_file(p))
+        if not slides:
+            raise DatasetError(
+                f"{path}: no slide files in this folder (looked for {', '.join(SLIDE_SUFFIXES)})"
+            )
+        items = [BatchItem(p, None, default_output_name(p)) for p in slides]
+    elif path.suffix.lower() == ".csv":
+        if not path.is_file():
+            raise DatasetError(f"{path}: manifest CSV not found")
+        items = read_manifest(path)
+        if not items:
+            raise DatasetError(f"{path}: the manifest lists no slides")
+    elif _GLOB_CHARS.search(text):
+        matches = sorted(Path(p) for p in glob.glob(str(path), recursive=True))
+        slides = [p for p in matches if p.is_file()]
+        if not slides:
+            raise DatasetError(f"{text}: the pattern matches no files")
+        items = [BatchItem(p, None, default_output_name(p)) for p in slides]
+    elif path.is_file():
+        items = [BatchItem(path, None, default_output_name(path))]
+    else:
+        raise DatasetError(
+            f"{text}: not found; give a folder of slides, a glob such as 'slides/*.svs', "
+            "or a manifest .csv"
+        )
+    return check_items(items, source=text)
+
+
+def check_items(items: list[BatchItem], source: str) -> list[BatchItem]:
+    """Refuse missing slides and output-name collisions, all reported at once."""
+    missing = [str(item.slide) for item in items if not item.slide.is_file()]
+    if missing:
+        shown = ", ".join(missing[:5]) + (
+            f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        )
+        raise DatasetError(f"{source}: {len(missing)} slide(s) not found: {shown}")
+    seen: dict[str, BatchItem] = {}
+    for item in items:
+        check_output_name(item.name, source)
+        key = item.name.casefold()  # case-insensitive file systems would merge these
+        if key in seen:
+            raise ConfigError(
+                f"{source}: {seen[key].slide} and {item.slide} would both write to the output "
+                f"folder {item.name!r}; give one of them another name (manifest 'name' column)"
+            )
+        seen[key] = item
+    return items

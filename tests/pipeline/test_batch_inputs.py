@@ -1,0 +1,131 @@
+"""Batch inputs: folders, globs and manifests expand to checked slides; bad ones fail early."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.batch_inputs import (
+    BatchItem,
+    check_output_name,
+    default_output_name,
+    parse_batch_input,
+)
+from wsi.errors import ConfigError, DatasetError
+
+
+def _touch(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x")
+    return path
+
+
+def test_folder_lists_slide_files_sorted(tmp_path: Path) -> None:
+    b = _touch(tmp_path / "b.svs")
+    a = _touch(tmp_path / "a.ndpi")
+    c = _touch(tmp_path / "c.ome.tif")
+    _touch(tmp_path / "notes.txt")
+    _touch(tmp_path / ".hidden.svs")
+    _touch(tmp_path / "sub" / "d.svs")  # folders are not searched recursively
+    items = parse_batch_input(tmp_path)
+    assert [i.slide for i in items] == [a, b, c]
+    assert [i.name for i in items] == ["a", "b", "c"]
+    assert all(i.mpp is None for i in items)
+
+
+def test_glob_matches_recursively(tmp_path: Path) -> None:
+    one = _touch(tmp_path / "x" / "one.svs")
+    two = _touch(tmp_path / "y" / "two.svs")
+    items = parse_batch_input(str(tmp_path / "**" / "*.svs"))
+    assert [i.slide for i in items] == [one, two]
+
+
+def test_single_slide_file(tmp_path: Path) -> None:
+    one = _touch(tmp_path / "one.svs")
+    assert parse_batch_input(one) == [BatchItem(one, None, "one")]
+
+
+def test_manifest_with_mpp_names_and_relative_paths(tmp_path: Path) -> None:
+    a = _touch(tmp_path / "slides" / "a.svs")
+    b = _touch(tmp_path / "b.tif")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"Slide,MPP,name\nslides/a.svs,0.25,case-1\n{b},,\n\n")
+    items = parse_batch_input(manifest)
+    assert items == [BatchItem(a, 0.25, "case-1"), BatchItem(b, None, "b")]
+
+
+def test_manifest_path_column_alone(tmp_path: Path) -> None:
+    a = _touch(tmp_path / "a.svs")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path\na.svs\n")
+    assert parse_batch_input(manifest) == [BatchItem(a, None, "a")]
+
+
+@pytest.mark.parametrize("bad", ["../x", "a/b", "/abs", "..", ".", ".hidden", "a\\b", "c:x"])
+def test_manifest_refuses_names_escaping_the_output_folder(tmp_path: Path, bad: str) -> None:
+    _touch(tmp_path / "a.svs")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"slide,name\na.svs,{bad}\n")
+    with pytest.raises(ConfigError, match="output name"):
+        parse_batch_input(manifest)
+
+
+def test_duplicate_output_names_are_refused(tmp_path: Path) -> None:
+    _touch(tmp_path / "a.svs")
+    _touch(tmp_path / "b.svs")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("slide,name\na.svs,same\nb.svs,Same\n")
+    with pytest.raises(ConfigError, match="both write"):
+        parse_batch_input(manifest)
+
+
+def test_same_stem_in_two_folders_is_refused(tmp_path: Path) -> None:
+    _touch(tmp_path / "x" / "s.svs")
+    _touch(tmp_path / "y" / "s.tif")
+    with pytest.raises(ConfigError, match="both write"):
+        parse_batch_input(str(tmp_path / "*" / "s.*"))
+
+
+def test_manifest_without_slide_column(tmp_path: Path) -> None:
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("file,mpp\na.svs,0.5\n")
+    with pytest.raises(DatasetError, match="no slide column"):
+        parse_batch_input(manifest)
+
+
+def test_manifest_missing_slides_are_all_named(tmp_path: Path) -> None:
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("slide\nnope1.svs\nnope2.svs\n")
+    with pytest.raises(DatasetError, match=r"2 slide\(s\) not found: .*nope1.svs, .*nope2.svs"):
+        parse_batch_input(manifest)
+
+
+@pytest.mark.parametrize("mpp", ["abc", "-1", "0", "nan"])
+def test_manifest_bad_mpp(tmp_path: Path, mpp: str) -> None:
+    _touch(tmp_path / "a.svs")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"slide,mpp\na.svs,{mpp}\n")
+    with pytest.raises(ConfigError, match="mpp"):
+        parse_batch_input(manifest)
+
+
+def test_missing_and_empty_inputs(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="not found"):
+        parse_batch_input(tmp_path / "nothing-here")
+    with pytest.raises(DatasetError, match="no slide files"):
+        parse_batch_input(tmp_path)
+    with pytest.raises(DatasetError, match="matches no files"):
+        parse_batch_input(str(tmp_path / "*.svs"))
+    with pytest.raises(DatasetError, match="manifest CSV not found"):
+        parse_batch_input(tmp_path / "missing.csv")
+    empty = tmp_path / "empty.csv"
+    empty.write_text("slide\n")
+    with pytest.raises(DatasetError, match="lists no slides"):
+        parse_batch_input(empty)
+
+
+def test_output_name_helpers() -> None:
+    assert default_output_name("/x/CMU-1.svs") == "CMU-1"
+    assert default_output_name("/x/a.b.OME.TIFF") == "a.b"
+    assert check_output_name(" case 1 ", "src") == "case 1"
