@@ -1,0 +1,212 @@
+"""Class-probability maps as OME-NGFF 0.4 multiscale images (Zarr v2 format).
+
+Why 0.4 / Zarr v2: QuPath (0.6+, through Bio-Formats) and most viewers read it; QuPath does
+not read 0.5. Values are uint8 (0-255 = probability 0-1): no float16, which neither
+Bio-Formats nor Neuroglancer reads.
+
+Chunks are `(1, cy, cx)`: one class per chunk, so a viewer showing one channel decodes only
+that channel, and a writer that owns a yx block owns every chunk of that block (all classes),
+which is what parallel writers need (two writers touching one chunk lose writes).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numcodecs
+import numpy as np
+import zarr
+
+from wsi.errors import ConfigError
+
+NGFF_VERSION = "0.4"
+ATTRS_KEY = "wsi_segment"
+# Blosc is what bioformats2raw writes and every OME-Zarr 0.4 reader decodes; zstd inside it
+# compresses smooth probability maps better than lz4 at similar speed.
+COMPRESSOR = numcodecs.Blosc(cname="zstd", clevel=5, shuffle=numcodecs.Blosc.SHUFFLE)
+
+Color = tuple[int, int, int]
+
+
+def _pair(value: float | Sequence[float], name: str) -> tuple[float, float]:
+    """Accept one number or an (x, y) pair; reject non-positive values."""
+    pair = (value, value) if np.isscalar(value) else tuple(value)  # type: ignore[arg-type]
+    if len(pair) != 2 or not all(float(v) > 0 for v in pair):
+        raise ConfigError(f"{name} must be a positive number or an (x, y) pair, got {value!r}")
+    return float(pair[0]), float(pair[1])
+
+
+def _hex(color: Color) -> str:
+    """OMERO colours are RRGGBB hex strings."""
+    return "".join(f"{int(c):02X}" for c in color)
+
+
+def create_probability_store(
+    path: str | Path,
+    class_names: Sequence[str],
+    colors: Sequence[Color],
+    shape_yx: tuple[int, int],
+    chunk_yx: tuple[int, int],
+    output_mpp: float | tuple[float, float],
+    level0_downsample: float | tuple[float, float],
+    offset_level0: tuple[float, float] = (0, 0),
+) -> zarr.Array:
+    """Create the store and its level-0 array `(C, H, W)` uint8, all zeros (nothing written).
+
+    `output_mpp` and `level0_downsample` are a number or an `(x, y)` pair; a level-0 pixel
+    position is `output_px * level0_downsample + offset_level0`. Writers must write whole
+    `chunk_yx` blocks (all channels) per task. The metadata is valid from the start (one level);
+    `finalize_pyramid` adds the coarser levels.
+    """
+    if len(class_names) != len(colors) or not class_names:
+        raise ConfigError(
+            f"need one colour per class, got {len(class_names)} names, {len(colors)} colours"
+        )
+    h, w = (int(v) for v in shape_yx)
+    cy, cx = (int(v) for v in chunk_yx)
+    if h <= 0 or w <= 0 or cy <= 0 or cx <= 0:
+        raise ConfigError(f"shape {shape_yx} and chunks {chunk_yx} must be positive")
+    mpp = _pair(output_mpp, "output_mpp")
+    ds = _pair(level0_downsample, "level0_downsample")
+    group = zarr.open_group(str(path), mode="w", zarr_format=2)
+    arr = group.create_array(
+        "0",
+        shape=(len(class_names), h, w),
+        chunks=(1, cy, cx),
+        dtype="uint8",
+        fill_value=0,
+        compressors=COMPRESSOR,
+        chunk_key_encoding={"name": "v2", "separator": "/"},  # NGFF 0.4 requires "/"
+    )
+    group.attrs.update(
+        {
+            "multiscales": [_multiscales(Path(path).name, mpp, 1)],
+            "omero": _omero(class_names, colors),
+            ATTRS_KEY: {
+                "class_names": list(class_names),
+                "colors": [[int(c) for c in col] for col in colors],
+                "value_scale": "probability = value / 255",
+                "output_mpp": {"x": mpp[0], "y": mpp[1]},
+                "level0_downsample": {"x": ds[0], "y": ds[1]},
+                "offset_level0": {"x": float(offset_level0[0]), "y": float(offset_level0[1])},
+                "to_level0": "level0 = pixel * level0_downsample * 2**level + offset_level0",
+            },
+        }
+    )
+    return arr
+
+
+def _multiscales(name: str, mpp: tuple[float, float], n_levels: int) -> dict[str, Any]:
+    """NGFF 0.4 multiscales entry; level l is a 2^l mean downsample of level 0.
+
+    The translation puts each coarse pixel's centre where the centre of the level-0 pixels it
+    averages is, so levels overlay exactly in physical space (level 0: no shift).
+    """
+    datasets = []
+    for level in range(n_levels):
+        f = 2**level
+        shift = (f - 1) / 2
+        datasets.append(
+            {
+                "path": str(level),
+                "coordinateTransformations": [
+                    {"type": "scale", "scale": [1.0, mpp[1] * f, mpp[0] * f]},
+                    {"type": "translation", "translation": [0.0, mpp[1] * shift, mpp[0] * shift]},
+                ],
+            }
+        )
+    return {
+        "version": NGFF_VERSION,
+        "name": name,
+        "axes": [
+            {"name": "c", "type": "channel"},
+            {"name": "y", "type": "space", "unit": "micrometer"},
+            {"name": "x", "type": "space", "unit": "micrometer"},
+        ],
+        "datasets": datasets,
+        "type": "mean",
+        "metadata": {"method": "2x2 mean, rounded half up, edges averaged over existing pixels"},
+    }
+
+
+def _omero(class_names: Sequence[str], colors: Sequence[Color]) -> dict[str, Any]:
+    """OMERO rendering hints: channel labels = class names, colours as hex, full 0-255 window."""
+    channels = [
+        {
+            "label": str(name),
+            "color": _hex(color),
+            "active": True,
+            "coefficient": 1.0,
+            "family": "linear",
+            "inverted": False,
+            "window": {"start": 0, "end": 255, "min": 0, "max": 255},
+        }
+        for name, color in zip(class_names, colors, strict=True)
+    ]
+    return {"channels": channels, "rdefs": {"model": "color"}}
+
+
+def downsample_mean2(block: np.ndarray) -> np.ndarray:
+    """2x2 mean over the last two axes of a uint8 block, rounded half up.
+
+    An odd edge is padded by repeating it, which makes the edge value the mean of the pixels
+    that exist (a lone column averages its two rows, a lone corner is itself).
+    """
+    h, w = block.shape[-2:]
+    pad = [(0, 0)] * (block.ndim - 2) + [(0, h % 2), (0, w % 2)]
+    if h % 2 or w % 2:
+        block = np.pad(block, pad, mode="edge")
+    b = block.astype(np.uint16)
+    s = b[..., 0::2, 0::2] + b[..., 1::2, 0::2] + b[..., 0::2, 1::2] + b[..., 1::2, 1::2]
+    return ((s + 2) // 4).astype(np.uint8)
+
+
+def finalize_pyramid(path: str | Path, min_size: int = 256) -> int:
+    """Add levels 1..n (2x mean each) until the coarsest fits in `min_size`; return level count.
+
+    Streams block by block with dask: each task reads a `(1, 2cy, 2cx)` block of the finer level
+    and writes exactly one `(1, cy, cx)` chunk of the coarser one, so memory is a few chunks and
+    no two tasks share a chunk. Safe to re-run: levels above 0 are rebuilt.
+    """
+    group = zarr.open_group(str(path), mode="r+", zarr_format=2)
+    meta = dict(group.attrs[ATTRS_KEY])
+    mpp = (meta["output_mpp"]["x"], meta["output_mpp"]["y"])
+    src = group["0"]
+    _, cy, cx = src.chunks
+    level = 0
+    while max(src.shape[1:]) > min_size:
+        c, h, w = src.shape
+        dst = group.create_array(
+            str(level + 1),
+            shape=(c, math.ceil(h / 2), math.ceil(w / 2)),
+            chunks=(1, cy, cx),
+            dtype="uint8",
+            fill_value=0,
+            compressors=COMPRESSOR,
+            chunk_key_encoding={"name": "v2", "separator": "/"},
+            overwrite=True,
+        )
+        blocks = da.from_zarr(src, chunks=(1, 2 * cy, 2 * cx))
+        small = _coarsen(blocks)
+        # Blocks already match dst chunks one to one: store as is (to_zarr would rechunk to
+        # ~128 MiB tasks).
+        da.store(small, dst, lock=False, compute=True)
+        src = dst
+        level += 1
+    for stale in range(level + 1, 64):
+        if str(stale) not in group:
+            break
+        del group[str(stale)]
+    group.attrs["multiscales"] = [_multiscales(Path(path).name, mpp, level + 1)]
+    return level + 1
+
+
+def _coarsen(blocks: da.Array) -> da.Array:
+    """Map `downsample_mean2` over blocks; output chunks are the halved (ceil) input chunks."""
+    halved = tuple(tuple(math.ceil(n / 2) for n in dim) for dim in blocks.chunks[1:])
+    out_chunks = (blocks.chunks[0], *halved)
+    return blocks.map_blocks(downsample_mean2, dtype=np.uint8, chunks=out_chunks)
