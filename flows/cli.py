@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Tissue segmentation of whole-slide images with QuPath-ready outputs.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, module_name in SUBCOMMANDS.items():
+    for module_name in SUBCOMMANDS.values():
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:  # subcommand not built yet
