@@ -1,0 +1,199 @@
+"""Model folders on disk: `model.safetensors` (weights) + `model.json` (everything else).
+
+Loading never unpickles: safetensors is a flat tensor format whose parser cannot run
+code, so a pickle renamed `model.safetensors` fails to parse and is refused. The JSON
+describes both architectures, so `load_model` rebuilds the networks and checks that every
+weight is present with the right shape before anything runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from wsi.errors import ModelError
+
+from .classifier import build_classifier
+from .meta import ModelMeta
+from .segmentation_model import SegmentationModel
+from .segmenter import Segmenter
+
+WEIGHTS_FILE = "model.safetensors"
+META_FILE = "model.json"
+FORMAT = "wsi-segment-model"
+FORMAT_VERSION = 1
+
+__all__ = ["ModelMeta", "SegmentationModel", "demo_model_dir", "load_model", "save_model"]
+
+
+def demo_model_dir() -> Path:
+    """The demo model shipped with the package (mpp 1.0, tile 224, LUAD-HistoSeg classes)."""
+    return Path(__file__).resolve().parent / "demo_model"
+
+
+def save_model(
+    model: SegmentationModel,
+    folder: str | Path,
+    meta: ModelMeta | None = None,
+    *,
+    weights_dtype: str = "float32",
+) -> Path:
+    """Write `folder/model.safetensors` + `folder/model.json`; returns the folder.
+
+    `weights_dtype="float16"` halves the file (floats are stored fp16 and loaded back as
+    fp32; outputs change by ~1e-3). Both networks must have `config()` (those built by
+    models.classifier / models.segmenter do).
+    """
+    meta = meta if meta is not None else model.meta
+    meta.validate()
+    if weights_dtype not in ("float32", "float16"):
+        raise ModelError(f"weights_dtype must be float32 or float16, got {weights_dtype!r}")
+    try:
+        arch = {"classifier": model.classifier.config(), "segmenter": model.segmenter.config()}
+    except (AttributeError, TypeError) as exc:
+        raise ModelError(
+            f"cannot describe this model's architecture for model.json: {exc}"
+        ) from exc
+    for part in ("classifier", "segmenter"):
+        if arch[part]["num_classes"] != meta.num_classes:
+            raise ModelError(
+                f"{part} has {arch[part]['num_classes']} classes but meta names {meta.num_classes}"
+            )
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {}
+    for key, value in model.state_dict().items():
+        value = value.detach().to("cpu").contiguous()
+        if weights_dtype == "float16" and value.is_floating_point():
+            value = value.half()
+        state[key] = value
+    weights = folder / WEIGHTS_FILE
+    save_file(state, str(weights), metadata={"format": FORMAT})
+    doc = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        **meta.to_json(),
+        "architecture": arch,
+        "weights": {"file": WEIGHTS_FILE, "dtype": weights_dtype, "sha256": _sha256(weights)},
+    }
+    (folder / META_FILE).write_text(json.dumps(doc, indent=2) + "\n")
+    return folder
+
+
+def load_model(
+    folder: str | Path, device: str = "cpu", precision: str | torch.dtype | None = "fp32"
+) -> SegmentationModel:
+    """Rebuild the model described by `folder/model.json` with its weights, in eval mode.
+
+    Any problem (missing folder or file, bad JSON, unsafe or corrupt weights, weights that
+    do not match the JSON) raises one ModelError naming the file and the fix.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ModelError(
+            f"model folder {folder} does not exist (expected model.json + model.safetensors)"
+        )
+    doc = _read_json(folder / META_FILE)
+    meta = ModelMeta.from_json(doc, where=str(folder / META_FILE))
+    weights = folder / doc.get("weights", {}).get("file", WEIGHTS_FILE)
+    if not weights.is_file():
+        raise ModelError(
+            f"{weights} is missing: model.json has no weights next to it; copy the whole model folder"
+        )
+    expected_sha = doc.get("weights", {}).get("sha256")
+    if expected_sha and _sha256(weights) != expected_sha:
+        raise ModelError(
+            f"{weights} does not match the sha256 in model.json (file replaced or corrupt); re-save the model"
+        )
+    state = _read_weights(weights)
+    model = _build(doc, meta, folder / META_FILE)
+    _check_state(model, state, weights)
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    return model.to_device(device, precision)
+
+
+def _build(doc: dict[str, Any], meta: ModelMeta, where: Path) -> SegmentationModel:
+    arch = doc.get("architecture")
+    if not isinstance(arch, dict) or "classifier" not in arch or "segmenter" not in arch:
+        raise ModelError(f"{where}: missing 'architecture' with 'classifier' and 'segmenter'")
+    k = meta.num_classes
+    for part in ("classifier", "segmenter"):
+        n = arch[part].get("num_classes", k)
+        if n != k:
+            raise ModelError(
+                f"{where}: {part} has {n} classes but 'classes' names {k}; fix model.json"
+            )
+    try:
+        clf = arch["classifier"]
+        classifier = build_classifier(clf["backbone"], clf["head"], k)
+        seg = {key: v for key, v in arch["segmenter"].items() if key != "num_classes"}
+        segmenter = Segmenter(num_classes=k, **seg)
+    except (KeyError, TypeError) as exc:
+        raise ModelError(f"{where}: bad architecture description ({exc!r})") from exc
+    except Exception as exc:  # ConfigError from the builders: re-label as a model problem
+        raise ModelError(f"{where}: cannot build the architecture it describes: {exc}") from exc
+    return SegmentationModel(classifier, segmenter, meta)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ModelError(
+            f"{path} is missing: a model folder needs model.json next to model.safetensors"
+        )
+    try:
+        doc = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{path} is not valid JSON ({exc})") from exc
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise ModelError(f'{path} is not a wsi-segment model description (no "format": "{FORMAT}")')
+    if doc.get("format_version", 0) > FORMAT_VERSION:
+        raise ModelError(f"{path} has format_version {doc['format_version']}; upgrade wsi-segment")
+    return doc
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise ModelError(
+            f"{path} is not a valid safetensors file ({exc}); pickled checkpoints (.pt/.pth) "
+            "are refused because loading them can run code; convert them with safetensors"
+        ) from exc
+
+
+def _check_state(model: SegmentationModel, state: dict[str, torch.Tensor], path: Path) -> None:
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in state.items()}
+    problems = []
+    missing = sorted(set(want) - set(have))
+    unexpected = sorted(set(have) - set(want))
+    if missing:
+        problems.append(f"{len(missing)} missing (e.g. {missing[:3]})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})")
+    wrong = [
+        f"{k}: file {have[k]} vs model {want[k]}"
+        for k in sorted(set(want) & set(have))
+        if want[k] != have[k]
+    ]
+    if wrong:
+        problems.append(f"{len(wrong)} with the wrong shape (e.g. {wrong[:3]})")
+    if problems:
+        raise ModelError(
+            f"{path} does not match model.json ({'; '.join(problems)}); "
+            "the JSON and the weights come from different models"
+        )
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

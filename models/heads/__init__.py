@@ -1,0 +1,45 @@
+"""Classifier heads behind one interface (`ClassifierHead`), chosen by name."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from wsi.errors import ConfigError
+
+from .base import ClassifierHead
+from .cam import CAMHead
+from .lficam import LFICAMHead
+from .pcam import PCAMHead
+from .pda import PDAHead, PDASchedule, pda_attention
+
+HEADS: dict[str, type[ClassifierHead]] = {
+    "cam": CAMHead,
+    "pda": PDAHead,
+    "pcam": PCAMHead,
+    "lficam": LFICAMHead,
+}
+
+
+def build_head(kind: str, in_channels: int, num_classes: int, **kwargs: Any) -> ClassifierHead:
+    """Build a head by name (cam, pda, pcam, lficam); kwargs as returned by `head.config()`."""
+    if kind not in HEADS:
+        raise ConfigError(f"unknown classifier head {kind!r}; choose one of {sorted(HEADS)}")
+    if kind == "pda" and isinstance(kwargs.get("schedule"), dict):
+        kwargs = {**kwargs, "schedule": PDASchedule(**kwargs["schedule"])}
+    try:
+        return HEADS[kind](in_channels, num_classes, **kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"bad options for the {kind!r} head: {exc}") from exc
+
+
+__all__ = [
+    "HEADS",
+    "CAMHead",
+    "ClassifierHead",
+    "LFICAMHead",
+    "PCAMHead",
+    "PDAHead",
+    "PDASchedule",
+    "build_head",
+    "pda_attention",
+]

@@ -1,0 +1,34 @@
+"""PCAM head: probabilistic-CAM pooling (Ye et al. 2020).
+
+Per class k: s_k = fc_k * m + b_k at every position, p_k = sigmoid(s_k), weights
+a_k = p_k / sum(p_k); the pooled feature is sum(a_k * m) and the same fc gives the logit.
+Pooling where the class is likely (instead of everywhere) sharpens localisation.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import ClassifierHead
+
+
+def pcam_pool(feats: torch.Tensor, score_maps: torch.Tensor) -> torch.Tensor:
+    """Per-class pooled features (N, K, C) from features (N, C, h, w) and score maps (N, K, h, w)."""
+    prob = torch.sigmoid(score_maps)
+    weights = prob / prob.sum(dim=(2, 3), keepdim=True)
+    return torch.einsum("nkhw,nchw->nkc", weights, feats)
+
+
+class PCAMHead(ClassifierHead):
+    """logit_k = fc_k . pcam_pool(m)_k + b_k (fc with bias, as in Ye et al.)."""
+
+    kind = "pcam"
+
+    def __init__(self, in_channels: int, num_classes: int, *, dropout: float = 0.0) -> None:
+        super().__init__(in_channels, num_classes, bias=True, dropout=dropout)
+
+    def forward(self, feats: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:
+        feats = self.dropout(feats)
+        pooled = pcam_pool(feats, self.class_maps(feats))
+        w = self.fc.weight.flatten(1)
+        return (pooled * w.unsqueeze(0)).sum(dim=2) + self.fc.bias

@@ -1,0 +1,105 @@
+"""What a model expects and where it came from: the non-weight half of a model folder."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from wsi.errors import ModelError
+
+from .gate import DEFAULT_EPSILON
+
+IDENTITY_NORMALISATION: dict[str, list[float]] = {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
+
+
+@dataclass
+class ModelMeta:
+    """Classes (with display colours), input scale and size, normalisation, gate, provenance.
+
+    `normalisation` applies to inputs already scaled to [0, 1]: x = (x - mean) / std. The
+    default is identity, like the official code (inputs only scaled to [0, 1]).
+    """
+
+    name: str
+    classes: list[str]
+    colors: list[tuple[int, int, int]]
+    mpp: float = 1.0
+    tile_size: int = 224
+    normalisation: dict[str, list[float]] = field(
+        default_factory=lambda: {k: list(v) for k, v in IDENTITY_NORMALISATION.items()}
+    )
+    gate_epsilon: float = DEFAULT_EPSILON
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def validate(self, where: str = "model meta") -> None:
+        """Raise ModelError naming `where` when a field is missing or inconsistent."""
+        if not self.classes or not all(isinstance(c, str) and c for c in self.classes):
+            raise ModelError(f"{where}: 'classes' must be a non-empty list of names")
+        if len(set(self.classes)) != len(self.classes):
+            raise ModelError(f"{where}: class names must be unique, got {self.classes}")
+        if self.colors is None or len(self.colors) != len(self.classes):
+            n = 0 if self.colors is None else len(self.colors)
+            raise ModelError(
+                f"{where}: {len(self.classes)} classes but {n} colours; give one [r, g, b] per class"
+            )
+        colors = []
+        for c in self.colors:
+            if len(c) != 3 or not all(isinstance(v, int) and 0 <= v <= 255 for v in c):
+                raise ModelError(f"{where}: colour {c!r} is not [r, g, b] with ints 0..255")
+            colors.append((int(c[0]), int(c[1]), int(c[2])))
+        self.colors = colors
+        if self.normalisation in (None, "identity"):
+            self.normalisation = {k: list(v) for k, v in IDENTITY_NORMALISATION.items()}
+        norm = self.normalisation
+        if not isinstance(norm, dict) or set(norm) != {"mean", "std"}:
+            raise ModelError(
+                f"{where}: normalisation must be {{'mean': [3], 'std': [3]}} or 'identity'"
+            )
+        if len(norm["mean"]) != 3 or len(norm["std"]) != 3 or min(norm["std"]) <= 0:
+            raise ModelError(
+                f"{where}: normalisation needs 3 means and 3 positive stds, got {norm}"
+            )
+        if not (isinstance(self.mpp, int | float) and math.isfinite(self.mpp) and self.mpp > 0):
+            raise ModelError(f"{where}: mpp must be a positive number (um/px), got {self.mpp!r}")
+        if not (isinstance(self.tile_size, int) and self.tile_size >= 16):
+            raise ModelError(f"{where}: tile_size must be an integer >= 16, got {self.tile_size!r}")
+        if not (isinstance(self.gate_epsilon, int | float) and 0.0 <= self.gate_epsilon < 1.0):
+            raise ModelError(f"{where}: gate_epsilon must be in [0, 1), got {self.gate_epsilon!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "classes": list(self.classes),
+            "colors": [list(c) for c in self.colors],
+            "mpp": self.mpp,
+            "tile_size": self.tile_size,
+            "normalisation": {k: list(v) for k, v in self.normalisation.items()},
+            "gate_epsilon": self.gate_epsilon,
+            "provenance": dict(self.provenance),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], where: str = "model.json") -> ModelMeta:
+        """Build from model.json's fields; a missing field is a ModelError naming `where`."""
+        for key in ("name", "classes", "colors", "mpp", "tile_size"):
+            if key not in data:
+                raise ModelError(f"{where}: missing {key!r}")
+        meta = object.__new__(cls)
+        meta.name = str(data["name"])
+        meta.classes = list(data["classes"]) if isinstance(data["classes"], list) else []
+        meta.colors = list(data["colors"]) if isinstance(data["colors"], list) else None
+        meta.mpp = data["mpp"]
+        meta.tile_size = data["tile_size"]
+        meta.normalisation = data.get("normalisation", "identity")
+        meta.gate_epsilon = data.get("gate_epsilon", DEFAULT_EPSILON)
+        meta.provenance = dict(data.get("provenance") or {})
+        meta.validate(where)
+        return meta

@@ -1,0 +1,82 @@
+"""The inference model: classifier + DeepLabV3+ + gate, with one `predict` for any device.
+
+`predict` takes raw uint8 tiles on any device and returns CPU float32 probabilities, so the
+pipeline never deals with scaling, normalisation, precision or device placement.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .device import autocast, parse_precision, pick_device, use_channels_last
+from .gate import apply_gate
+from .meta import ModelMeta
+
+
+class SegmentationModel(nn.Module):
+    """Holds `classifier` (x -> logits (N, K)), `segmenter` (x -> logits (N, K, H, W)), `meta`.
+
+    Any modules with those signatures work (tests use fixed analytic ones).
+    """
+
+    def __init__(self, classifier: nn.Module, segmenter: nn.Module, meta: ModelMeta) -> None:
+        super().__init__()
+        self.classifier = classifier
+        self.segmenter = segmenter
+        self.meta = meta
+        self.autocast_dtype: torch.dtype | None = None
+        self.channels_last = False
+        norm = meta.normalisation
+        self.register_buffer("_mean", torch.tensor(norm["mean"]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("_std", torch.tensor(norm["std"]).view(1, 3, 1, 1), persistent=False)
+        self.eval()
+
+    @property
+    def device(self) -> torch.device:
+        """Where the weights live."""
+        return self._mean.device
+
+    def to_device(
+        self, device: str | torch.device = "auto", precision: str | torch.dtype | None = "auto"
+    ) -> SegmentationModel:
+        """Move to `device` (auto/cpu/cuda) and choose precision (auto/fp32/bf16/fp16).
+
+        Weights stay fp32; reduced precision is autocast, with channels_last alongside.
+        """
+        dev = pick_device(device)
+        self.autocast_dtype = parse_precision(precision, dev)
+        self.channels_last = use_channels_last(dev, self.autocast_dtype)
+        self.to(dev)
+        if self.channels_last:
+            self.to(memory_format=torch.channels_last)
+        return self
+
+    def preprocess(self, tiles: torch.Tensor) -> torch.Tensor:
+        """uint8 0..255 (or float already in [0, 1]) on any device -> normalised float here."""
+        x = tiles.to(self.device, non_blocking=True)
+        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+        x = (x - self._mean) / self._std
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    @torch.inference_mode()
+    def predict(self, tiles: torch.Tensor, gate: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """(seg_probs (N, K, T, T), cls_probs (N, K)), CPU float32.
+
+        seg_probs = softmax of the DeepLabV3+ logits over K, with class k zeroed in tiles
+        where the classifier's sigmoid probability <= meta.gate_epsilon (if `gate`).
+        """
+        if tiles.ndim != 4 or tiles.shape[1] != 3:
+            raise ValueError(f"predict expects tiles (N, 3, H, W), got {tuple(tiles.shape)}")
+        self.eval()
+        x = self.preprocess(tiles)
+        with autocast(self.device, self.autocast_dtype):
+            cls_logits = self.classifier(x)
+            seg_logits = self.segmenter(x)
+        cls_probs = torch.sigmoid(cls_logits.float())
+        seg_probs = torch.softmax(seg_logits.float(), dim=1)
+        if gate:
+            seg_probs = apply_gate(seg_probs, cls_probs, self.meta.gate_epsilon)
+        return seg_probs.contiguous().cpu(), cls_probs.cpu()

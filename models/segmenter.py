@@ -1,0 +1,98 @@
+"""DeepLabV3+ (segmentation-models-pytorch) and the multi-layer pseudo-supervision loss.
+
+The segmenter is trained on three pseudo masks (from Grad-CAM at three depths): the
+shallow masks are finer but noisier, the deep one coarser but more reliable, so the loss
+is a weighted sum of one cross-entropy per mask (0.2, 0.2, 0.6, as in the paper).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import segmentation_models_pytorch as smp
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from wsi.errors import ConfigError
+
+IGNORE_INDEX = 255
+DEFAULT_LAYER_WEIGHTS = (0.2, 0.2, 0.6)
+
+
+class Segmenter(nn.Module):
+    """smp.DeepLabV3Plus with `encoder_weights=None`; forward(x) -> logits (N, K, H, W).
+
+    Encoder by smp name: resnet18/34/50 (smp's own) or any timm model as `tu-<name>`
+    (e.g. tu-resnet10t). Inputs must have H and W divisible by 16 (by `output_stride`).
+    """
+
+    def __init__(
+        self,
+        encoder: str = "resnet18",
+        num_classes: int = 4,
+        *,
+        output_stride: int = 16,
+        decoder_channels: int = 256,
+    ) -> None:
+        super().__init__()
+        if output_stride not in (8, 16):
+            raise ConfigError(f"segmenter output_stride must be 8 or 16, got {output_stride}")
+        try:
+            self.net = smp.DeepLabV3Plus(
+                encoder_name=encoder,
+                encoder_weights=None,
+                encoder_output_stride=output_stride,
+                decoder_channels=decoder_channels,
+                classes=num_classes,
+            )
+        except (KeyError, ValueError, RuntimeError) as exc:
+            raise ConfigError(
+                f"unknown segmenter encoder {encoder!r} ({exc}); use e.g. resnet18, resnet34, "
+                "resnet50 or tu-<timm name>"
+            ) from exc
+        self.encoder = encoder
+        self.num_classes = num_classes
+        self.output_stride = output_stride
+        self.decoder_channels = decoder_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def config(self) -> dict[str, Any]:
+        """Architecture stored in model.json; `Segmenter(**config)` rebuilds it."""
+        return {
+            "encoder": self.encoder,
+            "num_classes": self.num_classes,
+            "output_stride": self.output_stride,
+            "decoder_channels": self.decoder_channels,
+        }
+
+
+def build_segmenter(encoder: str = "resnet18", num_classes: int = 4, **kwargs: Any) -> Segmenter:
+    """Build a DeepLabV3+ by encoder name (never downloads weights)."""
+    return Segmenter(encoder, num_classes, **kwargs)
+
+
+def multilayer_pseudo_loss(
+    logits: torch.Tensor,
+    masks: Sequence[torch.Tensor],
+    weights: Sequence[float] = DEFAULT_LAYER_WEIGHTS,
+    ignore_index: int = IGNORE_INDEX,
+) -> torch.Tensor:
+    """sum_i weights[i] * CE(logits, masks[i]), each CE averaged over non-ignored pixels.
+
+    A mask with no labelled pixel contributes 0 (not NaN), so an all-background patch
+    does not poison the batch.
+    """
+    if len(masks) != len(weights):
+        raise ConfigError(f"{len(masks)} pseudo masks but {len(weights)} loss weights")
+    total = logits.new_zeros(())
+    for mask, weight in zip(masks, weights, strict=True):
+        target = mask.long()
+        if bool((target != ignore_index).any()):
+            total = total + weight * F.cross_entropy(logits, target, ignore_index=ignore_index)
+        else:
+            total = total + 0.0 * logits.sum()
+    return total

@@ -1,0 +1,175 @@
+"""Model folders: exact round trip, fp16 storage, and every refusal with a clear ModelError."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.bundle import ModelMeta, SegmentationModel, demo_model_dir, load_model, save_model
+from models.classifier import build_classifier
+from models.segmenter import build_segmenter
+from wsi.errors import ModelError
+
+CLASSES = ["TE", "NEC", "LYM", "TAS"]
+COLORS = [(205, 51, 51), (0, 255, 0), (65, 105, 225), (255, 165, 0)]
+
+
+def _model(num_classes: int = 4) -> SegmentationModel:
+    meta = ModelMeta(
+        name="tiny",
+        classes=CLASSES[:num_classes],
+        colors=COLORS[:num_classes],
+        mpp=1.0,
+        tile_size=64,
+        normalisation={"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]},
+        gate_epsilon=0.1,
+        provenance={"data": "unit test", "epochs": 0},
+    )
+    clf = build_classifier("resnet10t", "pda", num_classes)
+    seg = build_segmenter("tu-resnet10t", num_classes, decoder_channels=32)
+    return SegmentationModel(clf, seg, meta)
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory: pytest.TempPathFactory) -> tuple[SegmentationModel, Path]:
+    torch.manual_seed(1)
+    model = _model()
+    # Give BatchNorm non-trivial running stats so a lost buffer would show.
+    model.train()
+    with torch.no_grad():
+        model.segmenter(torch.rand(2, 3, 64, 64))
+        model.classifier(torch.rand(2, 3, 64, 64))
+    model.eval()
+    return model, save_model(model, tmp_path_factory.mktemp("m") / "tiny")
+
+
+def _tiles() -> torch.Tensor:
+    return torch.randint(
+        0, 256, (2, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(3)
+    )
+
+
+def test_round_trip_gives_identical_outputs(saved: tuple[SegmentationModel, Path]) -> None:
+    model, folder = saved
+    loaded = load_model(folder)
+    assert loaded.meta == model.meta
+    seg_a, cls_a = model.predict(_tiles())
+    seg_b, cls_b = loaded.predict(_tiles())
+    assert seg_a.dtype == torch.float32 and seg_a.shape == (2, 4, 64, 64) and cls_a.shape == (2, 4)
+    assert torch.equal(seg_a, seg_b) and torch.equal(cls_a, cls_b)
+    doc = json.loads((folder / "model.json").read_text())
+    assert doc["architecture"]["classifier"]["head"]["kind"] == "pda"
+    assert doc["colors"][0] == [205, 51, 51] and doc["weights"]["dtype"] == "float32"
+
+
+def test_fp16_storage_is_smaller_and_close(
+    saved: tuple[SegmentationModel, Path], tmp_path: Path
+) -> None:
+    model, folder = saved
+    small = save_model(model, tmp_path / "half", weights_dtype="float16")
+    assert (small / "model.safetensors").stat().st_size < 0.6 * (
+        folder / "model.safetensors"
+    ).stat().st_size
+    loaded = load_model(small)
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    seg_a, cls_a = model.predict(_tiles(), gate=False)
+    seg_b, cls_b = loaded.predict(_tiles(), gate=False)
+    assert (seg_a - seg_b).abs().max() < 2e-2 and (cls_a - cls_b).abs().max() < 2e-2
+
+
+def _copy(folder: Path, dest: Path) -> Path:
+    dest.mkdir()
+    for f in folder.iterdir():
+        (dest / f.name).write_bytes(f.read_bytes())
+    return dest
+
+
+def test_pickle_renamed_safetensors_is_refused(
+    saved: tuple[SegmentationModel, Path], tmp_path: Path
+) -> None:
+    _, folder = saved
+    bad = _copy(folder, tmp_path / "bad")
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):  # would create `marker` if ever unpickled
+            return (Path.touch, (marker,))
+
+    (bad / "model.safetensors").write_bytes(pickle.dumps({"state": Evil()}))
+    doc = json.loads((bad / "model.json").read_text())
+    doc["weights"].pop("sha256")  # get past the checksum to the parser itself
+    (bad / "model.json").write_text(json.dumps(doc))
+    with pytest.raises(ModelError, match="not a valid safetensors file"):
+        load_model(bad)
+    assert not marker.exists()
+
+
+def test_wrong_class_count_is_refused(
+    saved: tuple[SegmentationModel, Path], tmp_path: Path
+) -> None:
+    _, folder = saved
+    bad = _copy(folder, tmp_path / "three")
+    doc = json.loads((bad / "model.json").read_text())
+    doc["classes"], doc["colors"] = doc["classes"][:3], doc["colors"][:3]
+    (bad / "model.json").write_text(json.dumps(doc))
+    with pytest.raises(ModelError, match="4 classes but 'classes' names 3"):
+        load_model(bad)
+    for part in ("classifier", "segmenter"):
+        doc["architecture"][part]["num_classes"] = 3
+    (bad / "model.json").write_text(json.dumps(doc))
+    with pytest.raises(ModelError, match="wrong shape"):
+        load_model(bad)
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("no_folder", "does not exist"),
+        ("no_json", "model.json is missing"),
+        ("no_weights", "model.safetensors is missing"),
+        ("no_colors", "4 classes but 0 colours"),
+        ("bad_json", "not valid JSON"),
+        ("other_weights", "does not match model.json"),
+        ("changed_weights", "does not match the sha256"),
+    ],
+)
+def test_broken_folders_give_one_clear_error(
+    saved: tuple[SegmentationModel, Path], tmp_path: Path, damage: str, message: str
+) -> None:
+    model, folder = saved
+    bad = _copy(folder, tmp_path / "bad")
+    doc = json.loads((bad / "model.json").read_text())
+    if damage == "no_folder":
+        bad = tmp_path / "nowhere"
+    elif damage == "no_json":
+        (bad / "model.json").unlink()
+    elif damage == "no_weights":
+        (bad / "model.safetensors").unlink()
+    elif damage == "no_colors":
+        doc["colors"] = []
+        (bad / "model.json").write_text(json.dumps(doc))
+    elif damage == "bad_json":
+        (bad / "model.json").write_text("{not json")
+    elif damage in ("other_weights", "changed_weights"):
+        other = SegmentationModel(
+            build_classifier("resnet10t", "cam", 4),
+            build_segmenter("tu-resnet10t", 4, decoder_channels=16),
+            model.meta,
+        )
+        save_model(other, tmp_path / "other")
+        (bad / "model.safetensors").write_bytes(
+            (tmp_path / "other" / "model.safetensors").read_bytes()
+        )
+        if damage == "other_weights":
+            doc["weights"].pop("sha256")
+            (bad / "model.json").write_text(json.dumps(doc))
+    with pytest.raises(ModelError, match=message):
+        load_model(bad)
+
+
+def test_demo_model_dir_is_package_data() -> None:
+    assert demo_model_dir() == Path(__file__).resolve().parents[2] / "models" / "demo_model"
