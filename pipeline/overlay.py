@@ -1,0 +1,126 @@
+"""overlay.png: the slide thumbnail with class colours blended over the tissue, and a legend.
+
+A quick look without QuPath: is the tissue found, do the classes make sense. The legend sits
+in a white strip right of the image so it never hides tissue.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import zarr
+from PIL import Image, ImageDraw, ImageFont
+
+from wsi.errors import ConfigError
+
+NODATA = 255
+Color = tuple[int, int, int]
+
+
+def labels_from_probabilities(probs: np.ndarray, nodata: int = NODATA) -> np.ndarray:
+    """Argmax over classes of (C, h, w) uint8 probabilities; `nodata` where all are 0.
+
+    Inference writes zeros outside tissue, so an all-zero pixel means "not tissue".
+    """
+    labels = np.argmax(probs, axis=0).astype(np.uint8)
+    labels[probs.max(axis=0) == 0] = nodata
+    return labels
+
+
+def label_thumbnail(zarr_path: str | Path, max_size: int = 2048) -> tuple[np.ndarray, int]:
+    """Label map from the finest pyramid level whose larger side is <= `max_size`.
+
+    Returns (labels, factor) where factor = output pixels per thumbnail pixel (2**level).
+    Reads one small level only, never level 0 of a big slide (falls back to the coarsest).
+    """
+    group = zarr.open_group(str(zarr_path), mode="r")
+    paths = [d["path"] for d in group.attrs["multiscales"][0]["datasets"]]
+    chosen = len(paths) - 1
+    for i, p in enumerate(paths):
+        if max(group[p].shape[1:]) <= max_size:
+            chosen = i
+            break
+    return labels_from_probabilities(group[paths[chosen]][:]), 2**chosen
+
+
+def _resize_nearest(labels: np.ndarray, size_wh: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize that never invents class values."""
+    if labels.shape[::-1] == size_wh:
+        return labels
+    return np.asarray(Image.fromarray(labels).resize(size_wh, Image.Resampling.NEAREST))
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):  # Pillow without FreeType: fixed bitmap font
+        return ImageFont.load_default()
+
+
+def render_overlay(
+    thumbnail_rgb: np.ndarray,
+    label_thumb: np.ndarray,
+    class_names: Sequence[str],
+    colors: Sequence[Color],
+    alpha: float = 0.4,
+) -> Image.Image:
+    """The overlay as a PIL image: blended thumbnail plus a legend strip on the right."""
+    if thumbnail_rgb.ndim != 3 or thumbnail_rgb.shape[2] < 3:
+        raise ConfigError(f"thumbnail must be (h, w, 3) RGB, got shape {thumbnail_rgb.shape}")
+    if len(class_names) != len(colors):
+        raise ConfigError(f"{len(class_names)} class names but {len(colors)} colours")
+    if not 0.0 <= alpha <= 1.0:
+        raise ConfigError(f"alpha must be within 0..1, got {alpha}")
+    rgb = np.ascontiguousarray(thumbnail_rgb[..., :3], dtype=np.uint8)
+    h, w = rgb.shape[:2]
+    labels = _resize_nearest(np.asarray(label_thumb, dtype=np.uint8), (w, h))
+    palette = np.zeros((256, 3), dtype=np.float32)
+    palette[: len(colors)] = np.asarray(colors, dtype=np.float32)
+    tissue = labels < len(colors)
+    out = rgb.astype(np.float32)
+    out[tissue] = (1 - alpha) * out[tissue] + alpha * palette[labels[tissue]]
+    image = Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8))
+    return _with_legend(image, class_names, colors)
+
+
+def _with_legend(
+    image: Image.Image, class_names: Sequence[str], colors: Sequence[Color]
+) -> Image.Image:
+    """Append a white legend strip: one colour swatch and name per class."""
+    size = max(12, min(32, math.ceil(image.height / 40)))
+    font = _font(size)
+    pad = size // 2
+    probe = ImageDraw.Draw(image)
+    text_w = max((probe.textlength(str(n), font=font) for n in class_names), default=0)
+    legend_w = int(pad * 3 + size + text_w)
+    legend_h = pad + len(class_names) * (size + pad)
+    canvas = Image.new("RGB", (image.width + legend_w, max(image.height, legend_h)), "white")
+    canvas.paste(image, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    x0 = image.width + pad
+    for i, (name, color) in enumerate(zip(class_names, colors, strict=True)):
+        y = pad + i * (size + pad)
+        draw.rectangle(
+            [x0, y, x0 + size - 1, y + size - 1], fill=tuple(int(c) for c in color), outline="black"
+        )
+        draw.text((x0 + size + pad, y), str(name), fill="black", font=font)
+    return canvas
+
+
+def write_overlay(
+    path: str | Path,
+    thumbnail_rgb: np.ndarray,
+    label_thumb: np.ndarray,
+    class_names: Sequence[str],
+    colors: Sequence[Color],
+    alpha: float = 0.4,
+) -> Path:
+    """Write overlay.png. `label_thumb` (class ids, 255 = no tissue) is resized (nearest) to the
+    thumbnail, so any label resolution works as long as it covers the same area.
+    """
+    path = Path(path)
+    render_overlay(thumbnail_rgb, label_thumb, class_names, colors, alpha).save(path, format="PNG")
+    return path

@@ -1,0 +1,177 @@
+"""summary.json: everything needed to reproduce and audit one slide's run.
+
+Per-class areas come from pixel counts of the label map (exactly the area of the unsimplified
+polygons), so summary, zarr map and GeoJSON agree. Values are made JSON-safe here (numpy
+scalars, tuples, Paths; NaN -> null) so callers can pass what they have.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+# Distributions whose versions decide the numbers in the outputs (or how they are read).
+_DISTRIBUTIONS = {
+    "wsi-segment": "wsi-segment",
+    "torch": "torch",
+    "openslide-python": "openslide-python",
+    "openslide-bin": "openslide-bin",
+    "tiffslide": "tiffslide",
+    "zarr": "zarr",
+    "numpy": "numpy",
+    "dask": "dask",
+    "shapely": "shapely",
+    "rasterio": "rasterio",
+    "ome-zarr": "ome-zarr",
+    "segmentation-models-pytorch": "segmentation-models-pytorch",
+    "timm": "timm",
+    "pillow": "pillow",
+}
+
+
+def jsonable(value: Any) -> Any:
+    """Plain JSON types: numpy -> Python, tuples -> lists, Paths -> str, NaN/inf -> None."""
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Path):
+        return str(value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def software_versions() -> dict[str, str | None]:
+    """Installed versions (None when a package is absent), plus Python and the platform."""
+    versions: dict[str, str | None] = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+    for key, dist in _DISTRIBUTIONS.items():
+        try:
+            versions[key] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            versions[key] = None
+    try:  # the C library version matters more than the binding's
+        import openslide
+
+        versions["openslide"] = str(openslide.__library_version__)
+    except (ImportError, OSError, AttributeError):
+        versions["openslide"] = None
+    return versions
+
+
+def _mpp_pair(output_mpp: float | Sequence[float]) -> tuple[float, float]:
+    if np.isscalar(output_mpp):
+        return float(output_mpp), float(output_mpp)  # type: ignore[arg-type]
+    x, y = output_mpp  # type: ignore[misc]
+    return float(x), float(y)
+
+
+def class_areas(
+    label_counts: Mapping[str, int],
+    output_mpp: float | Sequence[float],
+    tissue_pixels: int,
+) -> dict[str, dict[str, float]]:
+    """{class: {area_um2, fraction_of_tissue}} from output-pixel counts per class name."""
+    mx, my = _mpp_pair(output_mpp)
+    out = {}
+    for name, count in label_counts.items():
+        n = int(count)
+        out[str(name)] = {
+            "pixels": n,
+            "area_um2": n * mx * my,
+            "fraction_of_tissue": n / tissue_pixels if tissue_pixels > 0 else 0.0,
+        }
+    return out
+
+
+def class_measurements(
+    class_names: Sequence[str],
+    counts: Sequence[int],
+    prob_sums: Sequence[float],
+    output_mpp: float | Sequence[float],
+) -> dict[str, dict[str, float]]:
+    """GeoJSON measurements per class: area in um^2 and mean probability (0-1) over the
+    class's pixels; `prob_sums[k]` is the sum of class-k probability (0-1) over those pixels.
+    """
+    mx, my = _mpp_pair(output_mpp)
+    out = {}
+    for name, n, s in zip(class_names, counts, prob_sums, strict=True):
+        m = {"area_um2": int(n) * mx * my}
+        if n:
+            m["mean_probability"] = float(s) / int(n)
+        out[str(name)] = m
+    return out
+
+
+def build_summary(
+    *,
+    slide: Mapping[str, Any],
+    model: Mapping[str, Any],
+    params: Mapping[str, Any],
+    classes: Mapping[str, Mapping[str, float]],
+    timings: Mapping[str, float],
+    outputs: Mapping[str, Any] | None = None,
+    fingerprint: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Assemble summary.json. `slide`: path, backend, mpp, dimensions, bounds offset...;
+    `model`: name, sha256, classes, mpp...; `params`: every run parameter; `classes`: from
+    `class_areas`; `timings`: seconds per stage; `outputs`: output geometry (output mpp,
+    level-0 scale and offset, file names); `fingerprint`: from `params_fingerprint`.
+    """
+    summary: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "created_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "fingerprint": fingerprint,
+        "slide": dict(slide),
+        "model": dict(model),
+        "params": dict(params),
+        "outputs": dict(outputs or {}),
+        "classes": {k: dict(v) for k, v in classes.items()},
+        "timings_s": dict(timings),
+        "software": software_versions(),
+        "command": sys.argv[:],
+    }
+    summary.update(extra or {})
+    return jsonable(summary)
+
+
+def write_summary(path: str | Path, summary: Mapping[str, Any]) -> Path:
+    """Write indented strict JSON atomically (temp file + rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(jsonable(summary), f, indent=2, allow_nan=False, ensure_ascii=False)
+        f.write("\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read_summary(path: str | Path) -> dict[str, Any] | None:
+    """The summary at `path`, or None when missing or unreadable (treated as not done)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
