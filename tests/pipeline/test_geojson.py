@@ -89,3 +89,39 @@ def test_no_tissue_and_errors():
         build_feature_collection(
             {0: shapely.LineString([(0, 0), (1, 1)])}, ["A"], [(1, 2, 3)], {}, None
         )
+
+
+def test_label_raster_to_qupath_file_stays_valid(tmp_path):
+    """Whole chain: blocks -> merge -> coverage simplify -> level 0 (non-integer scale, QuPath
+    offset) -> rounded JSON -> parsed back: every geometry valid, classes still disjoint."""
+    import itertools
+
+    import numpy as np
+    from scipy import ndimage
+
+    from pipeline.polygons import (
+        label_block_polygons,
+        merge_class_polygons,
+        simplify_coverage,
+        to_level0,
+    )
+
+    rng = np.random.default_rng(7)
+    labels = ndimage.gaussian_filter(rng.normal(size=(4, 96, 128)), (0, 3, 3)).argmax(0)
+    labels = labels.astype(np.uint8)
+    labels[ndimage.gaussian_filter(rng.normal(size=(96, 128)), 5) > 0.05] = 255
+    blocks = [
+        label_block_polygons(labels[y : y + 32, x : x + 32], x, y, 4)
+        for y in range(0, 96, 32)
+        for x in range(0, 128, 32)
+    ]
+    simple = simplify_coverage(merge_class_polygons(blocks), tolerance=1.0)
+    level0 = {c: to_level0(g, 7.9713, (-1234, -77)) for c, g in simple.items()}
+    fc = build_feature_collection(level0, NAMES, COLORS, {}, None, id_prefix="s")
+    data = json.loads(write_geojson(tmp_path / "t.geojson", fc).read_text())
+    geoms = [shape(f["geometry"]) for f in data["features"]]
+    assert len(geoms) == 4 and all(g.is_valid for g in geoms)
+    for a, b in itertools.combinations(geoms, 2):
+        assert a.intersection(b).area < 1e-3 * 7.9713**2
+    total = sum(g.area for g in geoms) / 7.9713**2
+    assert abs(total - (labels != 255).sum()) < 0.02 * (labels != 255).sum()
