@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import uuid
 
+import numpy as np
 import pytest
 import shapely
+from scipy import ndimage
 from shapely.geometry import MultiPolygon, Polygon, box, shape
 
 from pipeline.geojson import build_feature_collection, write_geojson
+from pipeline.polygons import (
+    label_block_polygons,
+    merge_class_polygons,
+    simplify_coverage,
+    to_level0,
+)
 from wsi.errors import ConfigError
 
 NAMES = ["TE", "NEC", "LYM", "TAS"]
@@ -94,18 +103,6 @@ def test_no_tissue_and_errors():
 def test_label_raster_to_qupath_file_stays_valid(tmp_path):
     """Whole chain: blocks -> merge -> coverage simplify -> level 0 (non-integer scale, QuPath
     offset) -> rounded JSON -> parsed back: every geometry valid, classes still disjoint."""
-    import itertools
-
-    import numpy as np
-    from scipy import ndimage
-
-    from pipeline.polygons import (
-        label_block_polygons,
-        merge_class_polygons,
-        simplify_coverage,
-        to_level0,
-    )
-
     rng = np.random.default_rng(7)
     labels = ndimage.gaussian_filter(rng.normal(size=(4, 96, 128)), (0, 3, 3)).argmax(0)
     labels = labels.astype(np.uint8)
