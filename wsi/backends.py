@@ -1,0 +1,161 @@
+"""The two slide readers behind `Slide`: openslide and tiffslide, with one shape.
+
+Each backend turns the library's own property names and pixel conventions into the
+few facts `Slide` needs, and returns RGBA pixels plus a mask of in-slide pixels so
+`Slide` can paint everything else white in one place.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+# A resolution coarser than this is not a microscope's: it is the 72/96 dpi a generic
+# TIFF writer stores by default (boxes.tiff says 352.8 um/px). Treat it as unknown.
+MAX_PLAUSIBLE_MPP = 100.0
+
+
+@dataclass(frozen=True)
+class SlideMeta:
+    """What a backend learnt at open time; plain data, so `Slide` pickles cheaply."""
+
+    vendor: str | None
+    level_dimensions: tuple[tuple[int, int], ...]
+    level_downsamples: tuple[float, ...]
+    mpp: tuple[float, float] | None
+    objective_power: float | None
+    associated_images: tuple[str, ...]
+    bounds_offset: tuple[int, int]
+    tile_sizes: tuple[tuple[int, int] | None, ...]
+    properties: dict[str, Any] = field(default_factory=dict)
+
+
+def _num(value: Any) -> float | None:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if math.isfinite(out) else None
+
+
+def _mpp(x: Any, y: Any) -> tuple[float, float] | None:
+    mx, my = _num(x), _num(y)
+    if mx is None and my is None:
+        return None
+    mx, my = mx or my, my or mx
+    if not (0 < mx < MAX_PLAUSIBLE_MPP and 0 < my < MAX_PLAUSIBLE_MPP):
+        return None
+    return (mx, my)
+
+
+def _tile(props: dict[str, Any], prefix: str, level: int) -> tuple[int, int] | None:
+    w = _num(props.get(f"{prefix}.level[{level}].tile-width"))
+    h = _num(props.get(f"{prefix}.level[{level}].tile-height"))
+    return (int(w), int(h)) if w and h else None
+
+
+class OpenSlideBackend:
+    """openslide: every vendor format it knows (SVS, NDPI, MRXS, SCN, BIF, DICOM, ...)."""
+
+    name = "openslide"
+
+    def __init__(self, path: str) -> None:
+        import openslide
+
+        self.handle = openslide.OpenSlide(path)
+
+    def meta(self) -> SlideMeta:
+        h = self.handle
+        p = dict(h.properties)
+        n = h.level_count
+        return SlideMeta(
+            vendor=p.get("openslide.vendor"),
+            level_dimensions=tuple(tuple(map(int, d)) for d in h.level_dimensions),
+            level_downsamples=tuple(float(d) for d in h.level_downsamples),
+            mpp=_mpp(p.get("openslide.mpp-x"), p.get("openslide.mpp-y")),
+            objective_power=_num(p.get("openslide.objective-power")),
+            associated_images=tuple(sorted(h.associated_images)),
+            bounds_offset=(
+                int(_num(p.get("openslide.bounds-x")) or 0),
+                int(_num(p.get("openslide.bounds-y")) or 0),
+            ),
+            tile_sizes=tuple(_tile(p, "openslide", i) for i in range(n)),
+            properties=p,
+        )
+
+    def read(
+        self, location: tuple[int, int], level: int, size: tuple[int, int]
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """RGBA (alpha 0 outside the slide / transparent), no separate mask needed."""
+        img = self.handle.read_region(location, level, size)
+        return np.asarray(img), None
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+class TiffSlideBackend:
+    """tiffslide: TIFF family incl. OME-TIFF, and fsspec URLs (s3://, file://, ...)."""
+
+    name = "tiffslide"
+
+    def __init__(self, path: str) -> None:
+        import tiffslide
+
+        log = logging.getLogger("tifffile")  # it logs, then raises, on broken files:
+        old, log.level = log.level, logging.CRITICAL  # the raise is what we report
+        try:
+            self.handle = tiffslide.TiffSlide(path)
+        finally:
+            log.setLevel(old)
+        if self.handle.level_count == 0:
+            raise ValueError("the TIFF holds no image pages (truncated?)")
+
+    def meta(self) -> SlideMeta:
+        h = self.handle
+        p = {k: v for k, v in h.properties.items() if v is not None}
+        vendor = p.get("tiffslide.vendor")
+        if vendor is None and getattr(h.ts_tifffile, "is_ome", False):
+            vendor = "ome"
+        return SlideMeta(
+            vendor=vendor,
+            level_dimensions=tuple(tuple(map(int, d)) for d in h.level_dimensions),
+            level_downsamples=tuple(float(d) for d in h.level_downsamples),
+            mpp=_mpp(p.get("tiffslide.mpp-x"), p.get("tiffslide.mpp-y")),
+            objective_power=_num(p.get("tiffslide.objective-power")),
+            associated_images=tuple(sorted(h.associated_images)),
+            bounds_offset=(
+                int(_num(p.get("tiffslide.bounds-x")) or 0),
+                int(_num(p.get("tiffslide.bounds-y")) or 0),
+            ),
+            tile_sizes=tuple(_tile(p, "tiffslide", i) for i in range(h.level_count)),
+            properties={k: str(v) for k, v in p.items()},
+        )
+
+    def read(
+        self, location: tuple[int, int], level: int, size: tuple[int, int]
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Pixels (zero padded by tiffslide) and the mask of pixels inside the level."""
+        arr = np.asarray(self.handle.read_region(location, level, size, as_array=True))
+        if arr.ndim == 2:
+            arr = arr[..., None]
+        if arr.dtype != np.uint8:  # 16-bit brightfield is rare; scale to 8 bit
+            arr = (arr.astype(np.float64) * 255.0 / max(float(arr.max()), 1.0)).astype(np.uint8)
+        # tiffslide's own level-0 -> level transform (int() truncation), then bounds
+        ds = self.handle.level_downsamples[level]
+        x0, y0 = int(location[0] / ds), int(location[1] / ds)
+        lw, lh = self.handle.level_dimensions[level]
+        xs = np.arange(x0, x0 + size[0])
+        ys = np.arange(y0, y0 + size[1])
+        inside = ((ys >= 0) & (ys < lh))[:, None] & ((xs >= 0) & (xs < lw))[None, :]
+        return arr, inside
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+BACKENDS = {"openslide": OpenSlideBackend, "tiffslide": TiffSlideBackend}

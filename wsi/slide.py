@@ -1,0 +1,272 @@
+"""One `Slide` type over openslide and tiffslide.
+
+Why a wrapper: the rest of the pipeline must not care which library decoded a slide,
+must get white (not black) outside the tissue scan, must find mpp in one place (with the
+user's override winning), and must be able to ship a slide to Dask worker processes
+(pickling keeps the path and re-opens lazily on the worker).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wsi.backends import BACKENDS, SlideMeta
+from wsi.errors import ConfigError, MppMissingError, SlideError
+
+# Relative slack when matching a level's downsample: levels of odd-sized slides have
+# downsamples like 4.016 for a nominal 4 (dimensions are rounded), and count as 4.
+LEVEL_TOLERANCE = 0.01
+
+
+def _is_url(path: str) -> bool:
+    return "://" in path and not Path(path).exists()
+
+
+class Slide:
+    """An open whole-slide image; see docs/CONTRACTS.md (wsi/) for the interface."""
+
+    def __init__(self, path: str, backend: str, meta: SlideMeta, mpp_override: float | None):
+        self.path = path
+        self.backend = backend
+        self._meta = meta
+        self._mpp_override = mpp_override
+        self._reader: Any = None
+        self._lock = threading.Lock()
+
+    # -- metadata ---------------------------------------------------------------
+    @property
+    def vendor(self) -> str | None:
+        return self._meta.vendor
+
+    @property
+    def level_count(self) -> int:
+        return len(self._meta.level_dimensions)
+
+    @property
+    def level_dimensions(self) -> tuple[tuple[int, int], ...]:
+        return self._meta.level_dimensions
+
+    @property
+    def level_downsamples(self) -> tuple[float, ...]:
+        return self._meta.level_downsamples
+
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        return self._meta.level_dimensions[0]
+
+    @property
+    def mpp(self) -> tuple[float, float] | None:
+        """(x, y) um per level-0 pixel; the override wins over the file's metadata."""
+        if self._mpp_override is not None:
+            return (self._mpp_override, self._mpp_override)
+        return self._meta.mpp
+
+    @property
+    def objective_power(self) -> float | None:
+        return self._meta.objective_power
+
+    @property
+    def associated_images(self) -> tuple[str, ...]:
+        return self._meta.associated_images
+
+    @property
+    def bounds_offset(self) -> tuple[int, int]:
+        return self._meta.bounds_offset
+
+    @property
+    def properties(self) -> dict[str, Any]:
+        return self._meta.properties
+
+    def require_mpp(self) -> tuple[float, float]:
+        """mpp, or one clear error: physical sizes are needed and nothing says them."""
+        if self.mpp is None:
+            raise MppMissingError(
+                f"{self.path}: the slide does not record its pixel size (microns per pixel); "
+                "pass it with --mpp (e.g. --mpp 0.25 for 40x, 0.5 for 20x)"
+            )
+        return self.mpp
+
+    def best_level_for_downsample(self, ds: float) -> int:
+        """Coarsest level whose downsample is <= ds (within LEVEL_TOLERANCE); else level 0."""
+        best = 0
+        for i, d in enumerate(self.level_downsamples):
+            if d <= ds * (1 + LEVEL_TOLERANCE) and d >= self.level_downsamples[best]:
+                best = i
+        return best
+
+    def storage_tile_size(self, level: int) -> tuple[int, int] | None:
+        """(w, h) of the stored tiles of `level`, so callers can read aligned blocks."""
+        self._check_level(level)
+        return self._meta.tile_sizes[level]
+
+    def info(self) -> dict[str, Any]:
+        """The JSON object `wsi-segment info` prints."""
+        return {
+            "path": self.path,
+            "backend": self.backend,
+            "vendor": self.vendor,
+            "level_count": self.level_count,
+            "level_dimensions": [list(d) for d in self.level_dimensions],
+            "level_downsamples": list(self.level_downsamples),
+            "mpp": list(self.mpp) if self.mpp is not None else None,
+            "objective_power": self.objective_power,
+            "associated_images": list(self.associated_images),
+            "bounds_offset": list(self.bounds_offset),
+            "tile_size": [list(t) if t else None for t in self._meta.tile_sizes],
+        }
+
+    # -- pixels -----------------------------------------------------------------
+    def _open_reader(self) -> Any:
+        with self._lock:
+            if self._reader is None:
+                try:
+                    self._reader = BACKENDS[self.backend](self.path)
+                except Exception as exc:  # file changed or vanished since open_slide
+                    raise SlideError(
+                        f"{self.path}: cannot re-open with {self.backend}: {exc}"
+                    ) from exc
+            return self._reader
+
+    def _check_level(self, level: int) -> None:
+        if not 0 <= level < self.level_count:
+            raise ConfigError(f"{self.path}: level {level} out of range 0..{self.level_count - 1}")
+
+    def read_region(
+        self, location_level0: tuple[int, int], level: int, size: tuple[int, int]
+    ) -> np.ndarray:
+        """RGB uint8 (h, w, 3) of `size` (level px) at level-0 `location`; white outside."""
+        self._check_level(level)
+        w, h = int(size[0]), int(size[1])
+        if w <= 0 or h <= 0:
+            raise ConfigError(f"{self.path}: region size must be positive, got {size}")
+        loc = (int(location_level0[0]), int(location_level0[1]))
+        reader = self._open_reader()
+        try:
+            arr, inside = reader.read(loc, level, (w, h))
+        except Exception as exc:
+            raise SlideError(
+                f"{self.path}: cannot read region {loc} size {(w, h)} at level {level} "
+                f"({type(exc).__name__}: {exc}); the file may be truncated or corrupt"
+            ) from exc
+        return _to_white_rgb(arr, inside)
+
+    def thumbnail(self, max_size: int) -> tuple[np.ndarray, float]:
+        """RGB image whose longer side is <= max_size, and its downsample vs level 0.
+
+        Reads the coarsest level at least as fine as needed and averages k x k blocks,
+        piece by piece, so even a single-level 100k-pixel slide never sits in memory.
+        """
+        w0, h0 = self.dimensions
+        target = max(w0, h0) / max(1, int(max_size))
+        level = self.best_level_for_downsample(max(target, 1.0))
+        lds = self.level_downsamples[level]
+        k = max(1, math.ceil(target / lds - 1e-9))
+        lw, lh = self.level_dimensions[level]
+        tw, th = math.ceil(lw / k), math.ceil(lh / k)
+        out = np.empty((th, tw, 3), np.uint8)
+        block = max(1, 2048 // k) * k  # level px per read, a multiple of k
+        for y in range(0, lh, block):
+            for x in range(0, lw, block):
+                bw, bh = min(block, tw * k - x), min(block, th * k - y)
+                loc = (round(x * lds), round(y * lds))
+                px = self.read_region(loc, level, (bw, bh)).astype(np.float32)
+                px = px.reshape(bh // k, k, bw // k, k, 3).mean(axis=(1, 3))
+                out[y // k : y // k + bh // k, x // k : x // k + bw // k] = np.round(px)
+        return out, lds * k
+
+    # -- lifecycle --------------------------------------------------------------
+    def close(self) -> None:
+        with self._lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
+
+    def __enter__(self) -> Slide:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "backend": self.backend,
+            "meta": self._meta,
+            "mpp_override": self._mpp_override,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["path"], state["backend"], state["meta"], state["mpp_override"])
+
+    def __repr__(self) -> str:
+        return f"Slide({self.path!r}, backend={self.backend!r}, dims={self.dimensions}, mpp={self.mpp})"
+
+
+def _to_white_rgb(arr: np.ndarray, inside: np.ndarray | None) -> np.ndarray:
+    """Composite RGBA over white; grey to RGB; pixels outside the slide become 255."""
+    if arr.shape[2] == 1:
+        rgb = np.repeat(arr, 3, axis=2)
+    elif arr.shape[2] >= 4:
+        a = arr[..., 3:4].astype(np.uint16)
+        rgb = arr[..., :3].astype(np.uint16)
+        rgb = ((rgb * a + 255 * (255 - a) + 127) // 255).astype(np.uint8)
+    else:
+        rgb = np.ascontiguousarray(arr[..., :3])
+    if inside is not None and not inside.all():
+        rgb = rgb.copy()
+        rgb[~inside] = 255
+    return rgb
+
+
+def open_slide(
+    path_or_url: str | os.PathLike[str], backend: str = "auto", mpp: float | None = None
+) -> Slide:
+    """Open a slide with `backend` ("auto", "openslide", "tiffslide"); one clear error else.
+
+    auto: openslide first (it knows every vendor format), tiffslide as fallback (OME-TIFF,
+    unusual TIFFs); URLs (s3://, file://, ...) go to tiffslide, the one that speaks fsspec.
+    """
+    path = str(path_or_url)
+    if backend not in ("auto", *BACKENDS):
+        raise ConfigError(f"unknown slide backend {backend!r}; use auto, openslide or tiffslide")
+    if mpp is not None and not (math.isfinite(mpp) and 0 < mpp < 1000):
+        raise ConfigError(f"--mpp must be a positive number of microns per pixel, got {mpp}")
+    if _is_url(path):
+        if backend == "openslide":
+            raise ConfigError(f"{path}: openslide reads local files only; use --backend tiffslide")
+        order = ["tiffslide"]
+    else:
+        p = Path(path)
+        if not p.exists():
+            raise SlideError(f"{path}: no such file")
+        if p.is_dir():
+            raise SlideError(
+                f"{path}: is a directory, not a slide (for MRXS pass the .mrxs file next to it)"
+            )
+        path = str(p.resolve())
+        order = ["openslide", "tiffslide"] if backend == "auto" else [backend]
+    reasons = []
+    for name in order:
+        try:
+            reader = BACKENDS[name](path)
+        except Exception as exc:
+            reasons.append(f"{name}: {type(exc).__name__}: {exc}".rstrip(": "))
+            continue
+        try:
+            meta = reader.meta()
+        finally:
+            reader.close()
+        if not meta.level_dimensions or min(meta.level_dimensions[0]) <= 0:
+            reasons.append(f"{name}: no image levels")
+            continue
+        return Slide(path, name, meta, mpp)
+    raise SlideError(
+        f"{path}: not a readable slide ({'; '.join(reasons)}). It may be truncated, corrupt or "
+        "of an unsupported format"
+    )
