@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from wsi.errors import DatasetError
@@ -252,3 +253,50 @@ def open_dataset(root: str | Path) -> WsssDataset:
     if first is not None and re.search(r"\[[01]{2,}\]\.png$", first.name):
         ds = WsssDataset(ds.root, ds.classes, ds.colors, False, "bcss", ds.background_color)
     return ds
+
+
+# --- torch side: batches for training, with augmentation drawn from a seeded generator ---
+
+
+def load_batch(paths: list[Path]) -> torch.Tensor:
+    """uint8 (N, 3, H, W) from image files (all patches of a dataset share one size)."""
+    arrays = [read_image(p) for p in paths]
+    shapes = {a.shape for a in arrays}
+    if len(shapes) != 1:
+        raise DatasetError(f"patches differ in size {sorted(shapes)}: {paths[0].parent}")
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+
+def load_masks(paths: list[Path], reader) -> torch.Tensor:
+    """uint8 (N, H, W) masks through `reader` (e.g. `WsssDataset.read_mask`)."""
+    return torch.from_numpy(np.stack([reader(p) for p in paths]))
+
+
+def augment(
+    images: torch.Tensor, masks: list[torch.Tensor], gen: torch.Generator, crop: int | None = None
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Random horizontal/vertical flips (and a random square crop), the same for image and masks.
+
+    Draws come from `gen` in a fixed order, so a run (and a resumed run) is reproducible.
+    """
+    n, _, h, w = images.shape
+    flips = torch.rand(n, 2, generator=gen) < 0.5
+    if crop is not None and crop < min(h, w):
+        y0 = int(torch.randint(0, h - crop + 1, (1,), generator=gen))
+        x0 = int(torch.randint(0, w - crop + 1, (1,), generator=gen))
+        images = images[:, :, y0 : y0 + crop, x0 : x0 + crop]
+        masks = [m[:, y0 : y0 + crop, x0 : x0 + crop] for m in masks]
+    out_img, out_masks = images.clone(), [m.clone() for m in masks]
+    for dim_img, dim_mask, col in ((3, 2, 0), (2, 1, 1)):
+        sel = flips[:, col]
+        if sel.any():
+            out_img[sel] = out_img[sel].flip(dim_img)
+            for m in out_masks:
+                m[sel] = m[sel].flip(dim_mask)
+    return out_img.contiguous(), [m.contiguous() for m in out_masks]
+
+
+def epoch_batches(n: int, batch_size: int, gen: torch.Generator) -> list[list[int]]:
+    """A seeded shuffle of 0..n-1 cut into batches (the last one may be smaller)."""
+    order = torch.randperm(n, generator=gen).tolist()
+    return [order[i : i + batch_size] for i in range(0, n, batch_size)]

@@ -1,0 +1,75 @@
+"""`wsi-segment train`: the three training stages on a WSSS dataset folder -> a model folder."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "train",
+        help="train classifier -> pseudo masks -> segmenter from patch-level labels",
+        description=(
+            "Weakly supervised training (Han et al. 2022): stage 1 patch classifier, stage 2 "
+            "multi-layer pseudo masks, stage 3 DeepLabV3+; writes a model folder usable by "
+            "`wsi-segment SLIDE --model MODEL_DIR`. Interrupted runs resume from the last epoch."
+        ),
+    )
+    p.add_argument(
+        "--data", required=True, type=Path, help="dataset folder (LUAD-HistoSeg / BCSS-WSSS layout)"
+    )
+    p.add_argument("--out", required=True, type=Path, help="model folder to write")
+    p.add_argument("--epochs", type=int, default=20, help="stage-1 classifier epochs (default 20)")
+    p.add_argument(
+        "--seg-epochs", type=int, default=None, help="stage-3 segmenter epochs (default: --epochs)"
+    )
+    p.add_argument(
+        "--encoder", default="resnet18", help="classifier backbone, timm name (default resnet18)"
+    )
+    p.add_argument(
+        "--seg-encoder", default=None, help="segmenter encoder (default: same as --encoder)"
+    )
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--head", choices=("pda", "cam", "pcam", "lficam"), default="pda")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default 1e-3)")
+    p.add_argument(
+        "--crop", type=int, default=None, help="random training crop in px (default: full patch)"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--work-dir",
+        type=Path,
+        default=None,
+        help="checkpoints and pseudo masks (default OUT.work)",
+    )
+    p.add_argument("--name", default=None, help="model name in model.json (default: folder name)")
+    p.add_argument("--fp16", action="store_true", help="store the final weights as float16")
+    p.set_defaults(run=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from pipeline.train import TrainConfig, train
+
+    cfg = TrainConfig(
+        data=args.data,
+        out=args.out,
+        epochs=args.epochs,
+        seg_epochs=args.seg_epochs if args.seg_epochs is not None else args.epochs,
+        encoder=args.encoder,
+        seg_encoder=args.seg_encoder or args.encoder,
+        batch_size=args.batch_size,
+        head=args.head,
+        device=args.device,
+        lr=args.lr,
+        crop=args.crop,
+        seed=args.seed,
+        work_dir=args.work_dir,
+        name=args.name,
+        fp16=args.fp16,
+    )
+    out = train(cfg)
+    print(f"model written to {out}")
+    return 0

@@ -1,0 +1,144 @@
+"""The whole weakly supervised training: stage 1 -> stage 2 -> stage 3 -> model folder.
+
+Every stage keeps its state in the work folder (checkpoints, pseudo masks), so running the
+same command again after an interruption continues instead of starting over. The final
+folder is written by `models.bundle.save_model` and is what `wsi-segment SLIDE --model` reads.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from models.bundle import save_model
+from models.device import pick_device
+from models.meta import ModelMeta
+from models.segmentation_model import SegmentationModel
+from pipeline.datasets import open_dataset
+from pipeline.make_pseudo_masks import make_pseudo_masks
+from pipeline.train_classifier import ClassifierConfig, classifier_history, train_classifier
+from pipeline.train_segmenter import SegmenterConfig, train_segmenter
+from wsi.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything `wsi-segment train` sets; `max_steps` caps batches per epoch (smoke tests)."""
+
+    data: Path
+    out: Path
+    epochs: int = 20
+    seg_epochs: int = 20
+    encoder: str = "resnet18"
+    seg_encoder: str = "resnet18"
+    batch_size: int = 16
+    head: str = "pda"
+    device: str = "auto"
+    lr: float = 1e-3
+    crop: int | None = None
+    seed: int = 0
+    work_dir: Path | None = None
+    name: str | None = None
+    fp16: bool = False
+    mpp: float = 1.0
+    tile_size: int = 224
+    decoder_channels: int = 256
+    max_steps: int | None = None
+    threads: int | None = None
+    provenance: dict | None = None
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).parent,
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def seg_encoder_name(name: str) -> str:
+    """smp has its own resnet18/34/50; any other timm name goes through smp's `tu-` bridge."""
+    smp_own = {"resnet18", "resnet34", "resnet50", "resnet101", "resnet152"}
+    return name if name in smp_own or name.startswith("tu-") else f"tu-{name}"
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Run the three stages and write the model folder `cfg.out`; returns it."""
+    if cfg.epochs < 1 or cfg.seg_epochs < 1 or cfg.batch_size < 1:
+        raise ConfigError("--epochs, --seg-epochs and --batch-size must be >= 1")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    t0 = time.time()
+    ds = open_dataset(cfg.data)
+    device = pick_device(cfg.device)
+    work = cfg.work_dir or cfg.out.with_name(cfg.out.name + ".work")
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "config.json").write_text(json.dumps(asdict(cfg), indent=1, default=str))
+
+    ccfg = ClassifierConfig(
+        encoder=cfg.encoder,
+        head=cfg.head,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        seed=cfg.seed,
+        max_steps=cfg.max_steps,
+    )
+    classifier = train_classifier(ds, ccfg, work / "stage1", device)
+    t1 = time.time()
+    pseudo_dirs = make_pseudo_masks(ds, classifier, work / "pseudo_masks", device, cfg.batch_size)
+    t2 = time.time()
+    scfg = SegmenterConfig(
+        encoder=seg_encoder_name(cfg.seg_encoder),
+        epochs=cfg.seg_epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        seed=cfg.seed,
+        crop=cfg.crop,
+        decoder_channels=cfg.decoder_channels,
+        max_steps=cfg.max_steps,
+    )
+    segmenter, seg_state = train_segmenter(
+        ds, scfg, pseudo_dirs, work / "stage3", device, classifier
+    )
+    t3 = time.time()
+
+    provenance = {
+        "method": "Han et al. 2022 multi-layer pseudo-supervision (wsi-segment train)",
+        "data": str(cfg.data),
+        "dataset": {k: v for k, v in ds.to_json().items() if k not in ("classes", "colors")},
+        "train_patches": len(ds.train_items()),
+        "classifier": {**asdict(ccfg), "history": classifier_history(work / "stage1")},
+        "segmenter": {**asdict(scfg), "history": seg_state["history"], "best": seg_state["best"]},
+        "seconds": {
+            "stage1": round(t1 - t0, 1),
+            "stage2": round(t2 - t1, 1),
+            "stage3": round(t3 - t2, 1),
+        },
+        "device": str(device),
+        "torch": torch.__version__,
+        "commit": _git_commit(),
+        **(cfg.provenance or {}),
+    }
+    meta = ModelMeta(
+        name=cfg.name or cfg.out.name,
+        classes=list(ds.classes),
+        colors=[tuple(c) for c in ds.colors],
+        mpp=cfg.mpp,
+        tile_size=cfg.tile_size,
+        provenance=provenance,
+    )
+    model = SegmentationModel(classifier.cpu(), segmenter.cpu(), meta)
+    return save_model(model, cfg.out, meta, weights_dtype="float16" if cfg.fp16 else "float32")

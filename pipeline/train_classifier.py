@@ -1,0 +1,114 @@
+"""Stage 1: the multi-label patch classifier (PDA head by default), resumable per epoch.
+
+Multilabel soft margin loss on the patch-level labels, random flips, AdamW. The PDA
+schedule is stepped once per epoch; after every epoch the weights, the optimizer state and
+the schedule position are checkpointed (safetensors + JSON), so an interrupted run resumes
+at the next epoch and ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from models.classifier import PatchClassifier, build_classifier
+from pipeline.checkpoints import load_checkpoint, save_checkpoint
+from pipeline.datasets import WsssDataset, augment, epoch_batches, load_batch
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """Stage-1 settings; `max_steps` (per epoch) exists for smoke tests only."""
+
+    encoder: str = "resnet18"
+    head: str = "pda"
+    epochs: int = 20
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    max_steps: int | None = None
+
+
+def to_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 (N,3,H,W) -> float in [0, 1] on `device` (no ImageNet normalisation, as the paper's code)."""
+    return images.to(device, non_blocking=True).float().div_(255.0)
+
+
+def seeded(seed: int, stage: int, epoch: int) -> torch.Generator:
+    """One generator per (seed, stage, epoch): shuffles and flips repeat exactly after a resume."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + stage * 10_007 + epoch)
+
+
+def progress_enabled() -> bool:
+    """Bars only on a terminal, so logs and CI stay clean."""
+    return sys.stderr.isatty()
+
+
+def build(cfg: ClassifierConfig, num_classes: int) -> PatchClassifier:
+    torch.manual_seed(cfg.seed)
+    return build_classifier(cfg.encoder, cfg.head, num_classes)
+
+
+def train_classifier(
+    ds: WsssDataset, cfg: ClassifierConfig, work: Path, device: torch.device
+) -> PatchClassifier:
+    """Train (or resume, or just load if finished) the classifier; checkpoints in `work`."""
+    items = ds.train_items()
+    labels = torch.tensor([it.labels for it in items], dtype=torch.float32)
+    model = build(cfg, ds.num_classes).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    state = load_checkpoint(work, model, opt) or {"epoch": 0, "history": []}
+    schedule = getattr(model.head, "schedule", None)
+    start = int(state["epoch"])
+    steps = math.ceil(len(items) / cfg.batch_size)
+    if cfg.max_steps is not None:
+        steps = min(steps, cfg.max_steps)
+    for epoch in range(start, cfg.epochs):
+        if schedule is not None:
+            schedule.epoch = epoch
+        model.train()
+        gen = seeded(cfg.seed, 1, epoch)
+        batches = epoch_batches(len(items), cfg.batch_size, gen)[:steps]
+        bar = tqdm(
+            batches, desc=f"stage 1 epoch {epoch + 1}/{cfg.epochs}", disable=not progress_enabled()
+        )
+        total, seen = 0.0, 0
+        for idx in bar:
+            images, _ = augment(load_batch([items[i].image for i in idx]), [], gen)
+            logits = model(to_input(images, device))
+            loss = F.multilabel_soft_margin_loss(logits, labels[idx].to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+            seen += len(idx)
+            postfix = {"loss": f"{total / seen:.4f}"}
+            if schedule is not None:
+                postfix["mu"] = f"{schedule.mu:.3f}" if schedule.active else "off"
+            bar.set_postfix(postfix)
+        if schedule is not None:
+            schedule.step()
+        state = {
+            "epoch": epoch + 1,
+            "history": [*state["history"], {"epoch": epoch + 1, "loss": total / max(seen, 1)}],
+        }
+        save_checkpoint(work, model, opt, state)
+    if schedule is not None:
+        schedule.epoch = cfg.epochs
+    model.eval()
+    return model
+
+
+def classifier_history(work: Path) -> list[dict]:
+    """Per-epoch losses of the checkpoint in `work` (for model.json provenance)."""
+    import json
+
+    f = Path(work) / "state.json"
+    return json.loads(f.read_text())["state"]["history"] if f.is_file() else []
