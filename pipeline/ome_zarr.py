@@ -192,9 +192,9 @@ def finalize_pyramid(path: str | Path, min_size: int = 256) -> int:
         )
         blocks = da.from_zarr(src, chunks=(1, 2 * cy, 2 * cx))
         small = _coarsen(blocks)
-        # Blocks already match dst chunks one to one: store as is (to_zarr would rechunk to
-        # ~128 MiB tasks).
-        da.store(small, dst, lock=False, compute=True)
+        # Blocks match dst chunks one to one, so store them as they are (to_zarr would rechunk
+        # to ~128 MiB tasks); local threads even when a distributed client is the default.
+        da.store(small, dst, lock=False, compute=True, scheduler="threads")
         src = dst
         level += 1
     for stale in range(level + 1, 64):
