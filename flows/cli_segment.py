@@ -1,0 +1,162 @@
+"""`wsi-segment [segment] SLIDE [SLIDE ...]`: segment slides on this machine, no server.
+
+Calls `pipeline.segment` directly (starting Prefect's local server would cost 8-20 s per
+call). Each slide is independent: one failing prints its `error:` line and the others go on;
+the exit code is 1 if any slide failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pipeline.params import SegmentParams
+from pipeline.progress import BarProgress
+from wsi.errors import WsiSegmentError
+
+
+def positive_int(low: int, high: int):
+    """argparse type: an int in [low, high], else a usage error naming the range."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is out of range [{low}, {high}]")
+        return value
+
+    return parse
+
+
+def mpp_value(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.01 <= value <= 100:
+        raise argparse.ArgumentTypeError(
+            f"{value} is out of range: micrometres per pixel must be in [0.01, 100] "
+            "(0.25 at 40x, 0.5 at 20x)"
+        )
+    return value
+
+
+def even_overlap(text: str) -> int:
+    value = positive_int(0, 1024)(text)
+    if value % 2:
+        raise argparse.ArgumentTypeError(f"{value} must be even (half goes to each side)")
+    return value
+
+
+def add_segment_options(parser: argparse.ArgumentParser) -> None:
+    """Options shared by `segment` and `batch`."""
+    parser.add_argument("--model", type=Path, help="model folder (default: the demo model)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("wsi-segment-out"),
+        help="output root; each slide gets <out>/<slide stem>/ (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="auto picks CUDA when present (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=("auto", "fp32"),
+        default="auto",
+        help="auto: bf16 where the hardware has it; fp32 forces full precision",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=positive_int(1, 4096),
+        default=16,
+        help="tiles per forward pass, 1-4096 (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--mpp",
+        type=mpp_value,
+        help="micrometres per pixel at level 0, overriding the slide's metadata",
+    )
+    parser.add_argument(
+        "--output-downsample",
+        type=positive_int(1, 64),
+        default=4,
+        help="output pixel = N model pixels, 1-64 (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--overlap",
+        type=even_overlap,
+        default=32,
+        help="model pixels shared by neighbouring tiles, even (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=positive_int(1, 256),
+        default=2,
+        help="Dask threads reading while the model runs (default: %(default)s)",
+    )
+    parser.add_argument("--backend", choices=("auto", "openslide", "tiffslide"), default="auto")
+    parser.add_argument(
+        "--no-gate",
+        action="store_true",
+        help="do not zero classes the tile classifier says are absent",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace finished outputs instead of reporting 'up to date'",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def params_from_args(args: argparse.Namespace) -> SegmentParams:
+    return SegmentParams(
+        model_dir=args.model,
+        device=args.device,
+        precision=args.precision,
+        batch_size=args.batch_size,
+        mpp=args.mpp,
+        output_downsample=args.output_downsample,
+        overlap=args.overlap,
+        threads=args.threads,
+        backend=args.backend,
+        gate=not args.no_gate,
+        overwrite=args.overwrite,
+    )
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "segment",
+        help="segment slides (also the default: wsi-segment SLIDE ...)",
+        description="Segment whole-slide images into tissue classes; writes OME-Zarr "
+        "probabilities, QuPath GeoJSON, an overlay and a summary per slide.",
+    )
+    parser.add_argument("slides", nargs="+", metavar="SLIDE", help="slide files or fsspec URLs")
+    add_segment_options(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pipeline.segment import segment_slide
+
+    params = params_from_args(args)
+    failed = 0
+    for slide in args.slides:
+        try:
+            result = segment_slide(slide, args.out, params, progress=BarProgress(args.quiet))
+        except WsiSegmentError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        if result.status == "up-to-date":
+            print(f"{slide}: up to date in {result.out_dir} (use --overwrite to redo)")
+        else:
+            print(f"{slide}: done in {result.seconds:.1f} s -> {result.out_dir}")
+    return 1 if failed else 0

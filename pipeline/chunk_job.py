@@ -1,0 +1,152 @@
+"""The unit of Dask work: one chunk of one slide, read -> infer -> stitch -> write -> polygons.
+
+A `SlideJob` is picklable: on a Dask worker process it reopens the slide and the zarr store
+and loads the model once per process (`pipeline.model_handle`). In-process, the already
+loaded model is shared by the threads, and forward passes are serialised by its lock.
+Each chunk writes whole zarr chunks it alone owns, so parallel writers never collide, and a
+recomputed chunk (worker died) writes identical bytes.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import shapely
+import zarr
+
+from pipeline.chunk_inference import (
+    TileGrid,
+    cut_tiles,
+    label_block,
+    predict_tiles,
+    quantise,
+    stitch_cores,
+)
+from pipeline.model_handle import ModelHandle
+from pipeline.polygons import label_block_polygons
+from wsi.errors import SlideError
+from wsi.region_reader import read_model_box
+from wsi.slide import open_slide
+
+
+@dataclass(frozen=True)
+class ChunkSpec:
+    """One chunk: its core in model space, the tissue tiles to run, its output box."""
+
+    row: int
+    col: int
+    core_box: tuple[int, int, int, int]  # model space (x0, y0, x1, y1), multiple of the stride
+    tiles: tuple[tuple[int, int], ...]  # (i, j) grid indices of tiles touching tissue
+    out_box: tuple[int, int, int, int]  # output pixels, clipped to the output array
+
+
+@dataclass
+class ChunkOutcome:
+    """What a chunk reports back: small, so thousands of them fit in memory."""
+
+    row: int
+    col: int
+    tiles_run: int
+    counts: np.ndarray  # (K,) output pixels per class
+    prob_sums: np.ndarray  # (K,) sum of class-k probability over pixels labelled k
+    polygons: dict[int, list[bytes]]  # class -> WKB polygons in output pixel coordinates
+
+
+@dataclass
+class SlideJob:
+    """Everything a worker needs to run any chunk of one slide."""
+
+    slide_path: str
+    backend: str
+    mpp_override: float | None
+    level0_per_model: float
+    read_level: int
+    grid: TileGrid
+    n_classes: int
+    batch_size: int
+    gate: bool
+    zarr_path: str
+    tissue_mask: np.ndarray  # bool (h, w) at tissue_downsample level-0 px per mask px
+    tissue_downsample: float
+    level0_per_output: float
+    model: ModelHandle
+    _local: threading.local = field(default_factory=threading.local, repr=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("_local")
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._local = threading.local()
+
+    def _slide(self):
+        slide = getattr(self._local, "slide", None)
+        if slide is None:
+            slide = open_slide(self.slide_path, backend=self.backend, mpp=self.mpp_override)
+            self._local.slide = slide
+        return slide
+
+    def _array(self) -> zarr.Array:
+        array = getattr(self._local, "array", None)
+        if array is None:
+            array = zarr.open_array(self.zarr_path, mode="r+")
+            self._local.array = array
+        return array
+
+    def tissue_block(self, out_box: tuple[int, int, int, int]) -> np.ndarray:
+        """Tissue mask sampled (nearest) at the centres of the output pixels of a box."""
+        x0, y0, x1, y1 = out_box
+        scale = self.level0_per_output / self.tissue_downsample
+        h, w = self.tissue_mask.shape
+        cols = np.minimum(((np.arange(x0, x1) + 0.5) * scale).astype(np.int64), w - 1)
+        rows = np.minimum(((np.arange(y0, y1) + 0.5) * scale).astype(np.int64), h - 1)
+        return self.tissue_mask[np.ix_(rows, cols)]
+
+    def run(self, spec: ChunkSpec) -> ChunkOutcome:
+        """Process one chunk end to end and write its probabilities to the zarr store."""
+        grid, k = self.grid, self.n_classes
+        x0, y0, x1, y1 = spec.core_box
+        m = grid.margin
+        read_box = (x0 - m, y0 - m, x1 + m, y1 + m)
+        try:
+            image = read_model_box(self._slide(), read_box, self.level0_per_model, self.read_level)
+        except SlideError:
+            raise
+        except Exception as exc:  # decoder errors inside a region of a corrupt slide
+            raise SlideError(
+                f"{self.slide_path}: cannot read region {read_box} (model pixels): {exc}. "
+                "The slide file is damaged there; re-scan or re-export it."
+            ) from exc
+        tiles = list(spec.tiles)
+        patches = cut_tiles(image, (read_box[0], read_box[1]), tiles, grid)
+        model, lock = self.model.get()
+        probs = predict_tiles(model, patches, self.batch_size, self.gate, lock)
+        block = stitch_cores(probs, tiles, (x0, y0), (x1 - x0, y1 - y0), k, grid)
+        ox0, oy0, ox1, oy1 = spec.out_box
+        block = block[:, : oy1 - oy0, : ox1 - ox0]
+        tissue = self.tissue_block(spec.out_box)
+        block_u8 = quantise(block)
+        block_u8[:, ~tissue] = 0
+        self._array()[:, oy0:oy1, ox0:ox1] = block_u8
+        labels = label_block(block_u8, tissue)
+        return summarise_block(spec, len(tiles), labels, block_u8, k)
+
+
+def summarise_block(
+    spec: ChunkSpec, tiles_run: int, labels: np.ndarray, probs_u8: np.ndarray, k: int
+) -> ChunkOutcome:
+    """Per-class counts, probability sums and exact polygons of one output block."""
+    counts = np.bincount(labels.ravel(), minlength=256)[:k].astype(np.int64)
+    prob_sums = np.zeros(k, dtype=np.float64)
+    for c in range(k):
+        sel = labels == c
+        if counts[c]:
+            prob_sums[c] = probs_u8[c][sel].sum(dtype=np.float64) / 255.0
+    polys = label_block_polygons(labels, spec.out_box[0], spec.out_box[1], k, nodata=255)
+    wkb = {c: [shapely.to_wkb(p) for p in plist] for c, plist in polys.items() if plist}
+    return ChunkOutcome(spec.row, spec.col, tiles_run, counts, prob_sums, wkb)

@@ -1,0 +1,120 @@
+"""Plan the Dask chunks of one slide on the global tile grid (docs/CONTRACTS.md).
+
+Model space is the slide resampled to the model's mpp. Chunks are `n x n` tiles; a chunk
+is kept only if one of its tile cores touches tissue, and inside a kept chunk only tissue
+tiles are run. Cores partition the plane, so every tissue pixel is computed exactly once.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from pipeline.chunk_inference import TileGrid
+from pipeline.chunk_job import ChunkSpec
+from wsi.errors import ConfigError
+from wsi.region_reader import choose_level
+
+
+class TissueLike(Protocol):
+    mask: np.ndarray
+    downsample: float
+
+
+class SlideLike(Protocol):
+    dimensions: tuple[int, int]
+    level_downsamples: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    level0_per_model: float
+    read_level: int
+    model_shape: tuple[int, int]  # (H, W) model pixels covering the slide
+    output_shape: tuple[int, int]  # (H, W) output pixels = ceil(model_shape / d)
+    chunk_out: int  # output pixels per chunk side = zarr chunk side
+    grid_shape: tuple[int, int]  # tiles (rows, cols)
+    specs: list[ChunkSpec]
+
+    @property
+    def tiles(self) -> int:
+        return sum(len(s.tiles) for s in self.specs)
+
+
+def tile_tissue_grid(
+    tissue: TissueLike | None, grid_shape: tuple[int, int], stride_level0: float
+) -> np.ndarray:
+    """bool (rows, cols): does tile (i, j)'s core touch tissue? All True without a mask."""
+    rows, cols = grid_shape
+    if tissue is None:
+        return np.ones(grid_shape, dtype=bool)
+    mask = np.asarray(tissue.mask, dtype=bool)
+    step = stride_level0 / float(tissue.downsample)  # mask pixels per tile core
+    out = np.zeros(grid_shape, dtype=bool)
+    ys, xs = np.nonzero(mask)
+    if len(ys) == 0:
+        return out
+    # A mask pixel [x, x+1) touches tile cores floor(x/step) .. floor((x+1)/step - tiny).
+    for dy in (0.0, 1.0 - 1e-9):
+        for dx in (0.0, 1.0 - 1e-9):
+            ti = np.floor((ys + dy) / step).astype(np.int64)
+            tj = np.floor((xs + dx) / step).astype(np.int64)
+            keep = (ti < rows) & (tj < cols)
+            out[ti[keep], tj[keep]] = True
+    return out
+
+
+def plan_chunks(
+    slide: SlideLike,
+    slide_mpp: float,
+    model_mpp: float,
+    grid: TileGrid,
+    chunk_tiles: int,
+    tissue: TissueLike | None,
+) -> ChunkPlan:
+    """Chunks (with their tissue tiles) covering the slide at the model's resolution."""
+    if slide_mpp <= 0 or model_mpp <= 0:
+        raise ConfigError(f"mpp must be positive (slide {slide_mpp}, model {model_mpp})")
+    grid.validate()
+    level0_per_model = model_mpp / slide_mpp
+    width0, height0 = slide.dimensions
+    w_m = max(1, math.ceil(width0 / level0_per_model))
+    h_m = max(1, math.ceil(height0 / level0_per_model))
+    s, d = grid.stride, grid.downsample
+    rows, cols = math.ceil(h_m / s), math.ceil(w_m / s)
+    out_h, out_w = math.ceil(h_m / d), math.ceil(w_m / d)
+    has_tissue = tile_tissue_grid(tissue, (rows, cols), s * level0_per_model)
+    n = chunk_tiles
+    chunk_out = n * s // d
+    specs: list[ChunkSpec] = []
+    for cr in range(math.ceil(rows / n)):
+        for cc in range(math.ceil(cols / n)):
+            block = has_tissue[cr * n : (cr + 1) * n, cc * n : (cc + 1) * n]
+            if not block.any():
+                continue
+            tiles = tuple(
+                (cr * n + int(i), cc * n + int(j)) for i, j in zip(*np.nonzero(block), strict=True)
+            )
+            x0, y0 = cc * n * s, cr * n * s
+            ox0, oy0 = x0 // d, y0 // d
+            specs.append(
+                ChunkSpec(
+                    row=cr,
+                    col=cc,
+                    core_box=(x0, y0, x0 + n * s, y0 + n * s),
+                    tiles=tiles,
+                    out_box=(ox0, oy0, min(ox0 + chunk_out, out_w), min(oy0 + chunk_out, out_h)),
+                )
+            )
+    return ChunkPlan(
+        level0_per_model=level0_per_model,
+        read_level=choose_level(tuple(slide.level_downsamples), level0_per_model),
+        model_shape=(h_m, w_m),
+        output_shape=(out_h, out_w),
+        chunk_out=chunk_out,
+        grid_shape=(rows, cols),
+        specs=specs,
+    )

@@ -1,0 +1,154 @@
+"""Stage 3 of a slide run: from chunk outcomes to GeoJSON, overlay, summary and pyramid.
+
+Areas come from pixel counts of the label raster (exact), and the polygons are exact to the
+same raster before simplification, so summary areas, polygon areas and the zarr map agree.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import shapely
+import zarr
+from PIL import Image
+
+from pipeline.chunk_job import ChunkOutcome
+from pipeline.geojson import build_feature_collection, write_geojson
+from pipeline.ome_zarr import finalize_pyramid
+from pipeline.overlay import write_overlay
+from pipeline.polygons import merge_class_polygons, simplify_coverage, to_level0
+from pipeline.summary import software_versions, write_summary
+
+THUMB_SIZE = 1024
+
+
+def write_outputs(prep: Any, outcomes: list[ChunkOutcome], work_dir: Path) -> dict[str, Any]:
+    """Write every file except the zarr level 0 (already streamed); return the summary."""
+    t0 = time.perf_counter()
+    classes = list(prep.meta.classes)
+    colors = [tuple(int(v) for v in c) for c in prep.meta.colors]
+    k = len(classes)
+    counts = np.zeros(k, np.int64)
+    prob_sums = np.zeros(k, np.float64)
+    for outcome in outcomes:
+        counts += outcome.counts
+        prob_sums += outcome.prob_sums
+    merged = merge_class_polygons(
+        {c: [shapely.from_wkb(w) for w in wkbs] for c, wkbs in o.polygons.items()} for o in outcomes
+    )
+    simplified = simplify_coverage(merged, tolerance=prep.params.simplify_tolerance)
+    offset = (-float(prep.slide.bounds_offset[0]), -float(prep.slide.bounds_offset[1]))
+    scale = prep.level0_per_output
+    geoms_level0 = {c: to_level0(g, scale, offset) for c, g in simplified.items()}
+    tissue_level0 = shapely.affinity.translate(prep.tissue.polygons, offset[0], offset[1])
+    px_area = prep.output_mpp[0] * prep.output_mpp[1]
+    labelled = int(counts.sum())
+    areas = {
+        name: {
+            "area_um2": float(counts[c] * px_area),
+            "fraction_of_tissue": float(counts[c] / labelled) if labelled else 0.0,
+            "mean_probability": float(prob_sums[c] / counts[c]) if counts[c] else 0.0,
+        }
+        for c, name in enumerate(classes)
+    }
+    measurements: dict[str, dict[str, float]] = {
+        name: {"area_um2": a["area_um2"], "mean_probability": a["mean_probability"]}
+        for name, a in areas.items()
+    }
+    measurements["Tissue"] = {"area_um2": float(labelled * px_area)}
+    fc = build_feature_collection(
+        geoms_level0, classes, colors, measurements, tissue_level0, id_prefix=prep.name
+    )
+    write_geojson(work_dir / "tissue.geojson", fc)
+    zarr_path = work_dir / "probabilities.ome.zarr"
+    n_levels = finalize_pyramid(zarr_path)
+    _write_overlay(prep, zarr_path, n_levels, work_dir / "overlay.png", classes, colors)
+    prep.timings["outputs_s"] = time.perf_counter() - t0
+    summary = _summary(prep, areas, labelled * px_area, n_levels)
+    write_summary(work_dir / "summary.json", summary)
+    return summary
+
+
+def _write_overlay(
+    prep: Any, zarr_path: Path, n_levels: int, path: Path, classes: list[str], colors: list
+) -> None:
+    """Thumbnail with class colours: labels from the pyramid level nearest the thumbnail."""
+    thumb, _ = prep.slide.thumbnail(THUMB_SIZE)
+    group = zarr.open_group(str(zarr_path), mode="r")
+    level = n_levels - 1
+    for candidate in range(n_levels):
+        shape = group[str(candidate)].shape
+        if max(shape[1:]) <= 2 * THUMB_SIZE:
+            level = candidate
+            break
+    probs = np.asarray(group[str(level)][:])
+    labels = np.argmax(probs, axis=0).astype(np.uint8)
+    labels[probs.max(axis=0) == 0] = 255
+    # The label grid covers ceil(model/d) pixels: crop to the slide extent before resizing.
+    ds = 2**level
+    full_w = prep.slide.dimensions[0] / (prep.level0_per_output * ds)
+    full_h = prep.slide.dimensions[1] / (prep.level0_per_output * ds)
+    labels = labels[: max(1, round(full_h)), : max(1, round(full_w))]
+    label_img = Image.fromarray(labels).resize(
+        (thumb.shape[1], thumb.shape[0]), Image.Resampling.NEAREST
+    )
+    write_overlay(path, thumb, np.asarray(label_img), classes, colors)
+
+
+def _summary(prep: Any, areas: dict, tissue_um2: float, n_levels: int) -> dict[str, Any]:
+    slide = prep.slide
+    grid = prep.grid
+    tiles = prep.tiles_total
+    return {
+        "slide": {
+            "path": prep.slide_path,
+            "name": prep.name,
+            "backend": slide.backend,
+            "vendor": slide.vendor,
+            "dimensions": list(slide.dimensions),
+            "mpp": {"x": prep.mpp[0], "y": prep.mpp[1]},
+            "mpp_override": prep.params.mpp,
+            "qupath_offset_level0": {
+                "x": -float(slide.bounds_offset[0]),
+                "y": -float(slide.bounds_offset[1]),
+            },
+            "read_level": prep.read_level,
+        },
+        "model": {
+            "name": getattr(prep.meta, "name", ""),
+            "dir": str(prep.model_dir),
+            "sha256": prep.model_hash,
+            "classes": list(prep.meta.classes),
+            "mpp": float(prep.meta.mpp),
+            "tile_size": int(prep.meta.tile_size),
+            "gate_epsilon": float(getattr(prep.meta, "gate_epsilon", 0.1)),
+        },
+        "parameters": prep.params.as_dict(),
+        "fingerprint": prep.fingerprint,
+        "output": {
+            "mpp": {"x": prep.output_mpp[0], "y": prep.output_mpp[1]},
+            "shape_yx": list(prep.output_shape),
+            "level0_per_output_pixel": prep.level0_per_output,
+            "pyramid_levels": n_levels,
+            "files": ["probabilities.ome.zarr", "tissue.geojson", "overlay.png", "summary.json"],
+        },
+        "tiling": {
+            "tile": grid.tile,
+            "overlap": grid.overlap,
+            "stride": grid.stride,
+            "chunks": len(prep.specs),
+            "tiles": tiles,
+            "redundant_fraction": 1.0 - (grid.stride / grid.tile) ** 2,
+        },
+        "tissue": {
+            "area_um2": tissue_um2,
+            "detected_fraction_of_slide": float(prep.tissue.fraction),
+            "note": "no tissue found" if tiles == 0 else "",
+        },
+        "classes": areas,
+        "timings_s": dict(prep.timings),
+        "versions": software_versions(),
+    }

@@ -1,0 +1,77 @@
+"""Parameters of one slide segmentation run, validated once at the door.
+
+Everything that changes the outputs is part of the fingerprint used for "up to date"
+checks and written to summary.json; things that only change speed (threads, batch size,
+progress display) are not.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from wsi.errors import ConfigError
+
+DEVICES = ("auto", "cpu", "cuda")
+BACKENDS = ("auto", "openslide", "tiffslide")
+PRECISIONS = ("auto", "fp32")
+
+
+@dataclass(frozen=True)
+class SegmentParams:
+    """Options of `wsi-segment SLIDE` (see the CLI help for each)."""
+
+    model_dir: Path | None = None  # None: the demo model shipped in the package
+    device: str = "auto"
+    precision: str = "auto"  # auto: bf16 where the hardware has it, else fp32
+    batch_size: int = 16
+    mpp: float | None = None  # override of the slide's level-0 mpp
+    output_downsample: int = 4
+    overlap: int = 32  # model pixels shared by neighbouring tiles (centre-crop stitching)
+    chunk_tiles: int = 4  # a Dask chunk is chunk_tiles x chunk_tiles tiles
+    gate: bool = True
+    overwrite: bool = False
+    backend: str = "auto"
+    threads: int = 2  # Dask threads: one runs the model while others read and decode
+    output_name: str | None = None  # default: the slide's file stem
+    simplify_tolerance: float = 1.0  # output pixels; polygons simplified edge-to-edge
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check_choice("device", self.device, DEVICES)
+        _check_choice("backend", self.backend, BACKENDS)
+        _check_choice("precision", self.precision, PRECISIONS)
+        _check_range("batch size", self.batch_size, 1, 4096)
+        _check_range("output downsample", self.output_downsample, 1, 64)
+        _check_range("chunk tiles", self.chunk_tiles, 1, 64)
+        _check_range("threads", self.threads, 1, 256)
+        if self.overlap < 0 or self.overlap % 2:
+            raise ConfigError(f"overlap must be an even number >= 0 (got {self.overlap})")
+        if self.mpp is not None and not (0.01 <= self.mpp <= 100.0):
+            raise ConfigError(
+                f"--mpp must be between 0.01 and 100 micrometres per pixel (got {self.mpp})"
+            )
+        if self.simplify_tolerance < 0:
+            raise ConfigError("simplify tolerance must be >= 0")
+
+    def fingerprint_fields(self) -> dict[str, Any]:
+        """The parameters that change outputs (speed-only knobs excluded)."""
+        keep = ("mpp", "output_downsample", "overlap", "gate", "simplify_tolerance", "backend")
+        return {name: getattr(self, name) for name in keep}
+
+    def as_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["model_dir"] = str(self.model_dir) if self.model_dir else None
+        return data
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
+
+
+def _check_range(name: str, value: int, low: int, high: int) -> None:
+    if not isinstance(value, int) or not (low <= value <= high):
+        raise ConfigError(f"{name} must be an integer in [{low}, {high}] (got {value})")

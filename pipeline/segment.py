@@ -1,0 +1,269 @@
+"""Segment one slide: the main job behind `wsi-segment SLIDE` and the Prefect flows.
+
+Three stages, callable one by one (the flows make each a Prefect task) or together:
+
+1. `prepare`  open the slide, check mpp, load the model, detect tissue, plan chunks,
+              decide whether the outputs are already up to date;
+2. `infer`    run every tissue chunk with Dask, streaming probabilities into the zarr store
+              inside a temporary folder;
+3. `finish`   polygons, GeoJSON, overlay, summary, pyramid; then rename the temporary folder
+              to its final name so a slide's outputs appear all at once.
+
+Nothing here starts Prefect; `client` lets the caller pass a `distributed.Client`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.chunk_inference import TileGrid
+from pipeline.chunk_job import ChunkOutcome, ChunkSpec, SlideJob
+from pipeline.chunk_planning import plan_chunks
+from pipeline.chunk_runner import run_chunks
+from pipeline.fingerprint import model_sha256, run_fingerprint
+from pipeline.model_handle import ModelHandle, load_for_process
+from pipeline.ome_zarr import create_probability_store
+from pipeline.output_dir import OutputDir, output_error, read_previous_summary
+from pipeline.params import SegmentParams
+from pipeline.progress import NullProgress, Progress
+from wsi.errors import ModelError, OutputError, WsiSegmentError
+from wsi.slide import Slide, open_slide
+from wsi.tissue import TissueMask, detect_tissue
+
+ZARR_NAME = "probabilities.ome.zarr"
+
+
+@dataclass
+class SlideResult:
+    """What one slide run ended with (the batch table is made of these)."""
+
+    slide: str
+    status: str  # "done" | "up-to-date" | "failed"
+    out_dir: Path | None
+    summary: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class PreparedSlide:
+    """The state handed from `prepare` to `infer` and `finish`."""
+
+    slide_path: str
+    name: str
+    out_root: Path
+    params: SegmentParams
+    slide: Slide
+    mpp: tuple[float, float]
+    model: ModelHandle
+    meta: Any  # models.bundle.ModelMeta
+    model_dir: Path
+    model_hash: str
+    fingerprint: str
+    tissue: TissueMask
+    grid: TileGrid
+    level0_per_model: float
+    read_level: int
+    output_shape: tuple[int, int]  # (H, W) output pixels
+    chunk_out: int  # output pixels per chunk side (= zarr chunk side)
+    specs: list[ChunkSpec]
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def out_dir(self) -> Path:
+        return self.out_root / self.name
+
+    @property
+    def level0_per_output(self) -> float:
+        return self.level0_per_model * self.grid.downsample
+
+    @property
+    def output_mpp(self) -> tuple[float, float]:
+        f = self.level0_per_output
+        return (self.mpp[0] * f, self.mpp[1] * f)
+
+    @property
+    def tiles_total(self) -> int:
+        return sum(len(s.tiles) for s in self.specs)
+
+
+def resolve_model_dir(params: SegmentParams) -> Path:
+    """The model folder asked for, or the demo model shipped with the package."""
+    if params.model_dir is not None:
+        return Path(params.model_dir)
+    from models.bundle import demo_model_dir
+
+    return demo_model_dir()
+
+
+def prepare(slide_path: str | Path, out_root: str | Path, params: SegmentParams) -> PreparedSlide:
+    """Stage 1: everything cheap that decides what the run will do."""
+    t0 = time.perf_counter()
+    slide_path = str(slide_path)
+    model_dir = resolve_model_dir(params)
+    if not model_dir.is_dir():
+        raise ModelError(
+            f"{model_dir}: model folder not found; pass --model with a folder holding "
+            "model.json and model.safetensors (or omit --model for the demo model)"
+        )
+    model, _ = load_for_process(str(model_dir), params.device, params.precision)
+    handle = ModelHandle.with_model(model, str(model_dir), params.device, params.precision)
+    meta = model.meta
+    slide = open_slide(slide_path, backend=params.backend, mpp=params.mpp)
+    mpp = slide.require_mpp()
+    name = params.output_name or Path(slide_path.rstrip("/")).stem
+    model_hash = model_sha256(model_dir)
+    fingerprint = run_fingerprint(slide_path, model_hash, params, meta)
+    t1 = time.perf_counter()
+    tissue = detect_tissue(slide)
+    grid = TileGrid(
+        tile=int(meta.tile_size), overlap=params.overlap, downsample=params.output_downsample
+    )
+    grid.validate()
+    planned = plan_chunks(slide, mpp[0], float(meta.mpp), grid, params.chunk_tiles, tissue)
+    t2 = time.perf_counter()
+    return PreparedSlide(
+        slide_path=slide_path,
+        name=name,
+        out_root=Path(out_root),
+        params=params,
+        slide=slide,
+        mpp=mpp,
+        model=handle,
+        meta=meta,
+        model_dir=model_dir,
+        model_hash=model_hash,
+        fingerprint=fingerprint,
+        tissue=tissue,
+        grid=grid,
+        level0_per_model=planned.level0_per_model,
+        read_level=planned.read_level,
+        output_shape=planned.output_shape,
+        chunk_out=planned.chunk_out,
+        specs=planned.specs,
+        timings={"open_and_model_s": t1 - t0, "tissue_and_plan_s": t2 - t1},
+    )
+
+
+def is_up_to_date(prep: PreparedSlide) -> bool:
+    """True when the final folder holds a complete run with the same fingerprint."""
+    previous = read_previous_summary(prep.out_dir)
+    if previous is None:
+        return False
+    if previous.get("fingerprint") == prep.fingerprint:
+        return not prep.params.overwrite
+    if not prep.params.overwrite:
+        raise OutputError(
+            f"{prep.out_dir} holds results of a different run (other model or parameters); "
+            "pass --overwrite to replace them or choose another --out"
+        )
+    return False
+
+
+def infer(
+    prep: PreparedSlide,
+    work_dir: Path,
+    client: Any | None = None,
+    progress: Progress | None = None,
+) -> list[ChunkOutcome]:
+    """Stage 2: run the tissue chunks, streaming uint8 probabilities into the zarr store."""
+    t0 = time.perf_counter()
+    zarr_path = work_dir / ZARR_NAME
+    create_probability_store(
+        zarr_path,
+        list(prep.meta.classes),
+        [tuple(c) for c in prep.meta.colors],
+        prep.output_shape,
+        (prep.chunk_out, prep.chunk_out),
+        prep.output_mpp,
+        prep.level0_per_output,
+        offset_level0=_qupath_offset(prep.slide),
+    )
+    job = SlideJob(
+        slide_path=prep.slide_path,
+        backend=prep.slide.backend,
+        mpp_override=prep.params.mpp,
+        level0_per_model=prep.level0_per_model,
+        read_level=prep.read_level,
+        grid=prep.grid,
+        n_classes=len(prep.meta.classes),
+        batch_size=prep.params.batch_size,
+        gate=prep.params.gate,
+        zarr_path=str(zarr_path / "0"),
+        tissue_mask=prep.tissue.mask,
+        tissue_downsample=float(prep.tissue.downsample),
+        level0_per_output=prep.level0_per_output,
+        model=prep.model,
+    )
+    progress = progress or NullProgress()
+    progress.start(prep.tiles_total, unit="tile", desc=prep.name)
+    try:
+        outcomes = run_chunks(
+            job,
+            prep.specs,
+            threads=prep.params.threads,
+            client=client,
+            progress=progress,
+            key_prefix=f"chunk-{prep.fingerprint[:16]}",
+        )
+    finally:
+        progress.close()
+    prep.timings["inference_s"] = time.perf_counter() - t0
+    return outcomes
+
+
+def finish(prep: PreparedSlide, outcomes: list[ChunkOutcome], out: OutputDir) -> SlideResult:
+    """Stage 3: vector outputs, overlay, summary and pyramid; then publish the folder."""
+    from pipeline.finish_outputs import write_outputs
+
+    summary = write_outputs(prep, outcomes, out.work_dir)
+    out.commit()
+    return SlideResult(prep.slide_path, "done", prep.out_dir, summary)
+
+
+def segment_slide(
+    slide_path: str | Path,
+    out_root: str | Path,
+    params: SegmentParams | None = None,
+    progress: Progress | None = None,
+    client: Any | None = None,
+) -> SlideResult:
+    """Run all stages for one slide; raises `WsiSegmentError` on expected failures."""
+    t0 = time.perf_counter()
+    params = params or SegmentParams()
+    prep = prepare(slide_path, out_root, params)
+    if is_up_to_date(prep):
+        summary = read_previous_summary(prep.out_dir) or {}
+        return SlideResult(prep.slide_path, "up-to-date", prep.out_dir, summary, None, 0.0)
+    with OutputDir(prep.out_root, prep.name, prep.params.overwrite) as out:
+        try:
+            outcomes = infer(prep, out.work_dir, client=client, progress=progress)
+            result = finish(prep, outcomes, out)
+        except OSError as exc:  # disk full, permissions changed mid-run
+            raise output_error(out.work_dir, exc) from exc
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def segment_slide_safely(
+    slide_path: str | Path,
+    out_root: str | Path,
+    params: SegmentParams | None = None,
+    progress: Progress | None = None,
+    client: Any | None = None,
+) -> SlideResult:
+    """Like `segment_slide` but expected errors become a "failed" result (batches go on)."""
+    t0 = time.perf_counter()
+    try:
+        return segment_slide(slide_path, out_root, params, progress, client)
+    except WsiSegmentError as exc:
+        return SlideResult(str(slide_path), "failed", None, {}, str(exc), time.perf_counter() - t0)
+
+
+def _qupath_offset(slide: Slide) -> tuple[float, float]:
+    """QuPath shows the bounded region of slides with openslide.bounds-x/y (e.g. MRXS)."""
+    bx, by = getattr(slide, "bounds_offset", (0, 0)) or (0, 0)
+    return (-float(bx), -float(by))
