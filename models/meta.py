@@ -69,8 +69,10 @@ class ModelMeta:
             )
         if not (isinstance(self.mpp, int | float) and math.isfinite(self.mpp) and self.mpp > 0):
             raise ModelError(f"{where}: mpp must be a positive number (um/px), got {self.mpp!r}")
-        if not (isinstance(self.tile_size, int) and self.tile_size >= 16):
-            raise ModelError(f"{where}: tile_size must be an integer >= 16, got {self.tile_size!r}")
+        if not (isinstance(self.tile_size, int) and self.tile_size > 0):
+            raise ModelError(
+                f"{where}: tile_size must be a positive integer, got {self.tile_size!r}"
+            )
         if not (isinstance(self.gate_epsilon, int | float) and 0.0 <= self.gate_epsilon < 1.0):
             raise ModelError(f"{where}: gate_epsilon must be in [0, 1), got {self.gate_epsilon!r}")
 

@@ -1,0 +1,171 @@
+"""Class activation maps for any `PatchClassifier` and any tapped layer.
+
+Every method returns per-class maps (N, K, H, W) at input size. With `normalise="class"`
+(default) each class map is min-max scaled to [0, 1]; `"none"` returns raw values (pseudo
+masks normalise jointly over classes themselves).
+
+Grad-CAM and ReLU: Selvaraju et al. apply ReLU to the weighted sum; the official
+WSSS-Tissue code does not, and min-max normalises the signed map. We default to
+`relu=True` for heat maps (negative evidence is not "where the class is"), and the pseudo
+masks call it with `relu=False`, as the official code does, because joint min-max over
+classes then keeps the ordering of negative values instead of flattening them to 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+
+from wsi.errors import ConfigError
+
+from .classifier import PatchClassifier
+from .heads.lficam import LFICAMHead
+
+_EPS = 1e-8
+METHODS = ("cam", "gradcam", "scorecam", "lficam")
+
+
+@contextlib.contextmanager
+def eval_mode(module: torch.nn.Module) -> Iterator[None]:
+    """Run in eval mode (BatchNorm statistics, no dropout/PDA), then restore the mode."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
+
+
+def minmax(maps: torch.Tensor, dims: tuple[int, ...] = (2, 3)) -> torch.Tensor:
+    """(maps - min) / (max - min) over `dims`; constant maps become 0."""
+    lo = maps.amin(dim=dims, keepdim=True)
+    hi = maps.amax(dim=dims, keepdim=True)
+    return (maps - lo) / (hi - lo).clamp_min(_EPS)
+
+
+def to_input_size(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear upsampling (align_corners=False) of (N, K, h, w) maps to the input size."""
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+
+
+def _finish(maps: torch.Tensor, size: tuple[int, int], normalise: str) -> torch.Tensor:
+    maps = to_input_size(maps.float(), size)
+    if normalise == "class":
+        return minmax(maps)
+    if normalise == "none":
+        return maps
+    raise ConfigError(f"normalise must be 'class' or 'none', got {normalise!r}")
+
+
+def cam(classifier: PatchClassifier, x: torch.Tensor, *, normalise: str = "class") -> torch.Tensor:
+    """CAM (Zhou et al.): relu(fc_k applied to the deepest features at every position)."""
+    with eval_mode(classifier), torch.no_grad():
+        maps = classifier.cam(x)
+    return _finish(maps, x.shape[-2:], normalise)
+
+
+def grad_cam(
+    classifier: PatchClassifier,
+    x: torch.Tensor,
+    layer: str = "deep",
+    *,
+    relu: bool = True,
+    normalise: str = "class",
+) -> torch.Tensor:
+    """Grad-CAM at a tapped layer: sum_c mean_ij(d logit_k / d A_c) * A_c, per class k.
+
+    Gradients are of the logits (before the sigmoid), as in Selvaraju et al.
+    """
+    tap = classifier.resolve_tap(layer)
+    with eval_mode(classifier), torch.enable_grad():
+        logits, taps = classifier.forward_taps(x)
+        feats = taps[tap]
+        maps = []
+        for k in range(logits.shape[1]):
+            (grad,) = torch.autograd.grad(logits[:, k].sum(), feats, retain_graph=True)
+            alpha = grad.mean(dim=(2, 3), keepdim=True)
+            maps.append((alpha * feats).sum(dim=1))
+        out = torch.stack(maps, dim=1).detach()
+    if relu:
+        out = F.relu(out)
+    return _finish(out, x.shape[-2:], normalise)
+
+
+def _channel_masks(feats: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Score-CAM masks (N, C, H, W): each channel upsampled to the input, min-max to [0, 1]."""
+    return minmax(to_input_size(feats, size))
+
+
+@torch.no_grad()
+def score_cam(
+    classifier: PatchClassifier,
+    x: torch.Tensor,
+    layer: str = "deep",
+    *,
+    batch_size: int = 64,
+    normalise: str = "class",
+) -> torch.Tensor:
+    """Score-CAM (Wang et al. 2020): channel c weighs by its increase of confidence.
+
+    alpha_kc = sigmoid(logit_k(x * mask_c)) - sigmoid(logit_k(0)); map_k = relu(sum_c
+    alpha_kc A_c). Sigmoid, not softmax, because the labels are multi-label. Masked inputs
+    run `batch_size` channels per forward pass (masks are built per batch: memory stays
+    at batch_size input images).
+    """
+    tap = classifier.resolve_tap(layer)
+    size = tuple(x.shape[-2:])
+    with eval_mode(classifier):
+        _, taps = classifier.forward_taps(x)
+        feats = taps[tap].float()
+        baseline = torch.sigmoid(classifier(torch.zeros_like(x[:1]))).float()  # (1, K)
+        n, c = feats.shape[:2]
+        alphas = []
+        for i in range(n):
+            scores = []
+            for start in range(0, c, batch_size):
+                m = _channel_masks(feats[i : i + 1, start : start + batch_size], size)
+                m = m.transpose(0, 1)  # (B, 1, H, W): one masked copy of x per channel
+                scores.append(torch.sigmoid(classifier(x[i : i + 1] * m)).float())
+            alphas.append(torch.cat(scores) - baseline)  # (C, K)
+        alpha = torch.stack(alphas)  # (N, C, K)
+    out = F.relu(torch.einsum("nck,nchw->nkhw", alpha, feats))
+    return _finish(out, size, normalise)
+
+
+@torch.no_grad()
+def lfi_cam(
+    classifier: PatchClassifier, x: torch.Tensor, *, normalise: str = "class"
+) -> torch.Tensor:
+    """LFI-CAM from the trained feature-importance network (lficam head only)."""
+    head = classifier.head
+    if not isinstance(head, LFICAMHead):
+        raise ConfigError(f"LFI-CAM needs a classifier with the lficam head, not {head.kind!r}")
+    with eval_mode(classifier):
+        taps = classifier.backbone(x)
+        maps = head.lfi_maps(taps[classifier.tap_names[-1]], x)
+    return _finish(maps, x.shape[-2:], normalise)
+
+
+def activation_maps(
+    method: str,
+    classifier: PatchClassifier,
+    x: torch.Tensor,
+    layer: str = "deep",
+    *,
+    normalise: str = "class",
+) -> torch.Tensor:
+    """Dispatch by name: cam | gradcam | scorecam | lficam (cam/lficam use the deepest tap)."""
+    if method == "cam":
+        return cam(classifier, x, normalise=normalise)
+    if method == "gradcam":
+        return grad_cam(classifier, x, layer, normalise=normalise)
+    if method == "scorecam":
+        return score_cam(classifier, x, layer, normalise=normalise)
+    if method == "lficam":
+        return lfi_cam(classifier, x, normalise=normalise)
+    raise ConfigError(f"unknown CAM method {method!r}; choose one of {list(METHODS)}")

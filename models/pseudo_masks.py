@@ -1,0 +1,89 @@
+"""Multi-layer pseudo masks: one label map per backbone depth from a trained classifier.
+
+Per depth: Grad-CAM (no ReLU, as the official code) for every class, upsampled to the
+patch; classes absent from the patch label are excluded; present classes are min-max
+normalised jointly (so their relative strength survives); LUAD-style background (white
+glass) beats every class; argmax gives the label. Background and patches without any
+label get `ignore_index` (default 255): the segmenter's loss skips them, because white
+glass is not a tissue class and its pixels carry no supervision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from .background import GREY_THRESHOLD, MIN_OBJECT_SIZE, background_mask
+from .cams import grad_cam
+from .classifier import PatchClassifier
+from .segmenter import IGNORE_INDEX
+
+_EPS = 1e-8
+
+
+def joint_minmax(maps: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """Min-max over the present classes and all positions of each sample; absent -> 0.
+
+    maps (N, K, H, W), present bool (N, K). Output in [0, 1].
+    """
+    sel = present[:, :, None, None]
+    big = torch.finfo(maps.dtype).max
+    lo = torch.where(sel, maps, big).amin(dim=(1, 2, 3), keepdim=True)
+    hi = torch.where(sel, maps, -big).amax(dim=(1, 2, 3), keepdim=True)
+    scaled = (maps - lo) / (hi - lo).clamp_min(_EPS)
+    return torch.where(sel, scaled, torch.zeros_like(maps))
+
+
+def label_from_maps(
+    maps: torch.Tensor,
+    present: torch.Tensor,
+    background: torch.Tensor | None = None,
+    ignore_index: int = IGNORE_INDEX,
+) -> torch.Tensor:
+    """uint8 (N, H, W): argmax over present classes of the jointly normalised maps.
+
+    `background` (bool (N, H, W)) wins over every class and becomes `ignore_index`, as do
+    all pixels of a patch with no present class. Absent classes can never be chosen.
+    """
+    scores = joint_minmax(maps.float(), present)
+    scores = torch.where(present[:, :, None, None], scores, torch.full_like(scores, -1.0))
+    label = scores.argmax(dim=1).to(torch.uint8)
+    none = ~present.any(dim=1)[:, None, None].expand_as(label)
+    drop = none if background is None else none | background
+    return torch.where(drop, torch.full_like(label, ignore_index), label)
+
+
+def pseudo_masks(
+    classifier: PatchClassifier,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    layers: Sequence[str] = ("shallow", "mid", "deep"),
+    mean: Sequence[float] = (0.0, 0.0, 0.0),
+    std: Sequence[float] = (1.0, 1.0, 1.0),
+    use_background: bool = True,
+    grey_threshold: int = GREY_THRESHOLD,
+    min_object_size: int = MIN_OBJECT_SIZE,
+    ignore_index: int = IGNORE_INDEX,
+) -> list[torch.Tensor]:
+    """One uint8 mask (N, H, W) per layer, shallow to deep.
+
+    images: uint8 (N, 3, H, W) RGB patches; labels: (N, K) 0/1 patch-level labels.
+    `mean`/`std` are the classifier's input normalisation (on [0, 1] inputs). Set
+    `use_background=False` for datasets where white is tissue (BCSS-WSSS).
+    """
+    if images.dtype != torch.uint8:
+        raise TypeError("pseudo_masks expects uint8 RGB patches (N, 3, H, W)")
+    device = next(classifier.parameters()).device
+    images = images.to(device)
+    m = torch.tensor(mean, device=device).view(1, 3, 1, 1)
+    s = torch.tensor(std, device=device).view(1, 3, 1, 1)
+    x = (images.float() / 255.0 - m) / s
+    present = labels.to(device) > 0.5
+    bg = background_mask(images, grey_threshold, min_object_size) if use_background else None
+    out = []
+    for layer in layers:
+        maps = grad_cam(classifier, x, layer, relu=False, normalise="none")
+        out.append(label_from_maps(maps, present, bg, ignore_index).cpu())
+    return out

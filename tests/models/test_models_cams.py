@@ -1,0 +1,87 @@
+"""CAM methods against analytic answers, and batched Score-CAM against a naive loop."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from models.cams import activation_maps, cam, grad_cam, lfi_cam, minmax, score_cam
+from models.classifier import build_classifier
+from wsi.errors import ConfigError
+
+
+def _upsample(maps: torch.Tensor, size: int) -> torch.Tensor:
+    return F.interpolate(maps, size=(size, size), mode="bilinear", align_corners=False)
+
+
+@pytest.mark.parametrize("kind", ["cam", "pda"])
+def test_grad_cam_on_linear_head_equals_analytic_map(kind: str) -> None:
+    # logit_k = mean_ij sum_c W_kc A_cij, so d logit_k / d A_cij = W_kc / (h w) everywhere:
+    # Grad-CAM_k = sum_c W_kc / (h w) * A_c = class score map / (h w).
+    clf = build_classifier("resnet10t", kind, 3).eval()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        feats = clf.backbone(x)["layer4"]
+    h, w = feats.shape[-2:]
+    analytic = _upsample(F.conv2d(feats, clf.head.fc.weight) / (h * w), 64)
+    got = grad_cam(clf, x, "deep", relu=False, normalise="none")
+    torch.testing.assert_close(got, analytic, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(
+        grad_cam(clf, x, relu=True, normalise="none"), analytic.clamp_min(0), rtol=1e-4, atol=1e-6
+    )
+    # Normalised: per-class min-max of the same map.
+    torch.testing.assert_close(grad_cam(clf, x, relu=False), minmax(analytic), rtol=1e-4, atol=1e-5)
+
+
+def test_grad_cam_any_tap_and_mode_restored() -> None:
+    clf = build_classifier("resnet10t", "cam", 2)
+    clf.train()
+    x = torch.rand(2, 3, 64, 64)
+    for layer in ("shallow", "mid", "layer4"):
+        maps = grad_cam(clf, x, layer)
+        assert maps.shape == (2, 2, 64, 64) and maps.min() >= 0 and maps.max() <= 1
+    assert clf.training
+    with pytest.raises(ConfigError, match="unknown layer"):
+        grad_cam(clf, x, "layer9")
+
+
+def test_cam_is_normalised_relu_class_map() -> None:
+    clf = build_classifier("resnet10t", "cam", 3).eval()
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = minmax(
+            _upsample(F.relu(F.conv2d(clf.backbone(x)["layer4"], clf.head.fc.weight)), 64)
+        )
+    torch.testing.assert_close(cam(clf, x), expected)
+    torch.testing.assert_close(activation_maps("cam", clf, x), expected)
+
+
+def test_score_cam_batched_equals_naive_loop() -> None:
+    clf = build_classifier("resnet10t", "cam", 3).eval()
+    x = torch.rand(2, 3, 32, 32)
+    batched = score_cam(clf, x, "shallow", batch_size=7, normalise="none")
+    with torch.no_grad():
+        feats = clf.forward_taps(x)[1]["layer2"]
+        base = torch.sigmoid(clf(torch.zeros(1, 3, 32, 32)))[0]
+        naive = torch.zeros(2, 3, 32, 32)
+        for i in range(2):
+            acc = torch.zeros(3, *feats.shape[-2:])
+            for c in range(feats.shape[1]):  # one forward pass per channel
+                up = _upsample(feats[i : i + 1, c : c + 1], 32)[0, 0]
+                mask = (up - up.min()) / (up.max() - up.min()).clamp_min(1e-8)
+                alpha = torch.sigmoid(clf(x[i : i + 1] * mask))[0] - base
+                acc += alpha[:, None, None] * feats[i, c]
+            naive[i] = _upsample(F.relu(acc)[None], 32)[0]
+    torch.testing.assert_close(batched, naive, rtol=1e-4, atol=1e-5)
+    assert score_cam(clf, x, "shallow").max() <= 1
+
+
+def test_lfi_cam_needs_lficam_head() -> None:
+    x = torch.rand(1, 3, 64, 64)
+    maps = lfi_cam(build_classifier("resnet10t", "lficam", 2), x)
+    assert maps.shape == (1, 2, 64, 64) and maps.min() >= 0 and maps.max() <= 1
+    with pytest.raises(ConfigError, match="lficam head"):
+        lfi_cam(build_classifier("resnet10t", "cam", 2), x)
+    with pytest.raises(ConfigError, match="unknown CAM method"):
+        activation_maps("gradcam++", build_classifier("resnet10t", "cam", 2), x)

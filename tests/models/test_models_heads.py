@@ -1,0 +1,115 @@
+"""Heads against their formulas on hand-built tensors: PDA, its schedule, PCAM, CAM, LFI-CAM."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from models.classifier import build_classifier
+from models.heads import PCAMHead, PDAHead, PDASchedule, pda_attention
+from models.heads.pcam import pcam_pool
+from wsi.errors import ConfigError
+
+# Two channels on a 2 x 2 grid.
+FEATS = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]], [[4.0, 0.0], [1.0, 2.0]]]])
+# Three classes: class 0 reads channel 0, class 1 channel 1, class 2 is -channel 0 (relu -> 0).
+WEIGHT = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]]).view(3, 2, 1, 1)
+
+
+def test_pda_attention_exact_positions_and_values() -> None:
+    att = pda_attention(FEATS, WEIGHT, mu=0.7)
+    # beta_0 = 0.7 * 4 = 2.8 drops (1,0)=3 and (1,1)=4 -> [[1, 2], [0, 0]]
+    # beta_1 = 0.7 * 4 = 2.8 drops (0,0)=4           -> [[0, 0], [1, 2]]
+    # class 2: relu(-ch0) = 0 everywhere              -> [[0, 0], [0, 0]]
+    # mean over K = 3 classes (not a hard-coded 4):
+    expected = torch.tensor([[[[1 / 3, 2 / 3], [1 / 3, 2 / 3]]]])
+    torch.testing.assert_close(att, expected, rtol=0, atol=1e-7)
+    # mu = 1 drops nothing: attention = mean of the relu'd maps.
+    full = torch.tensor([[[[5 / 3, 2 / 3], [4 / 3, 2.0]]]])
+    torch.testing.assert_close(pda_attention(FEATS, WEIGHT, mu=1.0), full, rtol=0, atol=1e-7)
+
+
+def test_pda_head_applies_attention_only_when_training_and_active() -> None:
+    head = PDAHead(2, 3, schedule=PDASchedule(mu0=0.7, warmup_epochs=1))
+    with torch.no_grad():
+        head.fc.weight.copy_(WEIGHT)
+    head.train()
+    plain = torch.tensor([[2.5, 1.75, -2.5]])  # fc(GAP(m)): channel means 2.5 and 1.75
+    torch.testing.assert_close(head(FEATS), plain)  # epoch 0: warm-up, PDA off
+    head.schedule.step()
+    # m * A: ch0 = [[1/3, 4/3], [1, 8/3]] (mean 4/3), ch1 = [[4/3, 0], [1/3, 4/3]] (mean 3/4)
+    torch.testing.assert_close(head(FEATS), torch.tensor([[4 / 3, 0.75, -4 / 3]]))
+    head.eval()
+    torch.testing.assert_close(head(FEATS), plain)  # inference uses plain features
+
+
+def test_pda_schedule_paper_default() -> None:
+    s = PDASchedule()
+    assert (s.sigma, s.floor, s.warmup_epochs, s.mu0) == (0.985, 0.65, 3, 1.0)
+    assert [s.active_at(e) for e in range(5)] == [False, False, False, True, True]
+    assert [s.mu_at(e) for e in (0, 3, 4, 5)] == [1.0, 1.0, 0.985, 0.985**2]
+    assert s.mu_at(31) == pytest.approx(0.985**28) and 0.985**28 > 0.65
+    assert s.mu_at(32) == 0.65 and s.mu_at(100) == 0.65  # 0.985**29 < 0.65: floor
+    for _ in range(4):
+        s.step()
+    assert s.epoch == 4 and s.active and s.mu == 0.985
+
+
+def test_pda_schedule_official_variant() -> None:
+    s = PDASchedule.official()
+    assert s.mu_at(0) == 1.0 and s.mu_at(3) == pytest.approx(0.98**3)
+    assert not s.active_at(2) and s.active_at(3)
+    assert s.mu_at(21) == pytest.approx(0.98**21) and s.mu_at(22) == 0.65
+    with pytest.raises(ConfigError):
+        PDASchedule(floor=0.9, mu0=0.8)
+
+
+def test_pcam_pooling_formula() -> None:
+    feats = torch.tensor([[[[0.0, 2.0]], [[1.0, 1.0]]]])  # (1, C=2, 1, 2)
+    head = PCAMHead(2, 1)
+    with torch.no_grad():
+        head.fc.weight.copy_(torch.tensor([1.0, -1.0]).view(1, 2, 1, 1))
+        head.fc.bias.fill_(0.5)
+    head.eval()
+    # score map s = [0 - 1 + .5, 2 - 1 + .5] = [-0.5, 1.5]; a = sigmoid(s) / sum
+    sig = [1 / (1 + math.exp(0.5)), 1 / (1 + math.exp(-1.5))]
+    a1 = sig[1] / (sig[0] + sig[1])
+    # pooled = a0 * [0, 1] + a1 * [2, 1] = [2 a1, 1]; logit = 2 a1 - 1 + 0.5
+    torch.testing.assert_close(
+        pcam_pool(feats, head.class_maps(feats)), torch.tensor([[[2 * a1, 1.0]]])
+    )
+    torch.testing.assert_close(head(feats), torch.tensor([[2 * a1 - 0.5]]))
+
+
+@pytest.mark.parametrize("kind", ["cam", "pda", "lficam"])
+def test_gap_of_class_map_equals_logit(kind: str) -> None:
+    clf = build_classifier("resnet10t", kind, 4).eval()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        logits, taps = clf.forward_taps(x)
+        maps = clf.head.class_maps(taps["layer4"], x)  # before relu
+    torch.testing.assert_close(maps.mean(dim=(2, 3)), logits, rtol=1e-5, atol=1e-5)
+    assert torch.equal(clf.cam(x), torch.relu(maps))
+
+
+def test_lficam_importance_and_maps() -> None:
+    clf = build_classifier("resnet10t", "lficam", 4).eval()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        feats = clf.backbone(x)["layer4"]
+        w = clf.head.importance(feats, x)
+        torch.testing.assert_close(w.sum(dim=1), torch.ones(2))
+        expected = torch.relu(
+            torch.nn.functional.conv2d(feats * w[:, :, None, None], clf.head.fc.weight)
+        )
+        torch.testing.assert_close(clf.head.lfi_maps(feats, x), expected)
+        att = clf.head.attention(feats, x)
+    assert (
+        att.shape == (2, 1, 4, 4)
+        and att.min() >= 0
+        and att.amax(dim=(2, 3)).allclose(torch.ones(2, 1))
+    )
+    with pytest.raises(ConfigError, match="needs the input image"):
+        clf.head(feats)

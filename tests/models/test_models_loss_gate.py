@@ -1,0 +1,50 @@
+"""Multi-layer pseudo-supervision loss and the classification gate, by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from models.gate import apply_gate
+from models.segmenter import multilayer_pseudo_loss
+from wsi.errors import ConfigError
+
+# logits (1, K=3, 1, 2): pixel a = [2, 0, -1], pixel b = [0, 1, 0]
+LOGITS = torch.tensor([[[[2.0, 0.0]], [[0.0, 1.0]], [[-1.0, 0.0]]]])
+
+
+def _nll(pixel_logits: list[float], target: int) -> float:
+    return -(pixel_logits[target] - math.log(sum(math.exp(v) for v in pixel_logits)))
+
+
+def test_multilayer_loss_is_weighted_ce_ignoring_background() -> None:
+    a, b = [2.0, 0.0, -1.0], [0.0, 1.0, 0.0]
+    masks = [
+        torch.tensor([[[0, 1]]], dtype=torch.uint8),  # both pixels labelled
+        torch.tensor([[[255, 2]]], dtype=torch.uint8),  # pixel a is background
+        torch.tensor([[[1, 255]]], dtype=torch.uint8),  # pixel b is background
+    ]
+    expected = 0.2 * (_nll(a, 0) + _nll(b, 1)) / 2 + 0.2 * _nll(b, 2) + 0.6 * _nll(a, 1)
+    got = multilayer_pseudo_loss(LOGITS, masks)
+    assert got.item() == pytest.approx(expected, rel=1e-6)
+    # An all-background mask adds 0, not NaN.
+    empty = torch.full((1, 1, 2), 255, dtype=torch.uint8)
+    got = multilayer_pseudo_loss(LOGITS, [masks[0], empty, empty])
+    assert got.item() == pytest.approx(0.2 * (_nll(a, 0) + _nll(b, 1)) / 2, rel=1e-6)
+    with pytest.raises(ConfigError):
+        multilayer_pseudo_loss(LOGITS, masks[:2])
+
+
+def test_gate_zeroes_exactly_classes_at_or_below_epsilon() -> None:
+    seg = torch.rand(2, 3, 4, 4) + 0.1
+    cls = torch.tensor([[0.1, 0.1000001, 0.5], [0.05, 1.0, 0.0999]])
+    out = apply_gate(seg, cls, 0.1)
+    keep = torch.tensor([[0, 1, 1], [0, 1, 0]], dtype=torch.bool)
+    for n in range(2):
+        for k in range(3):
+            if keep[n, k]:
+                assert torch.equal(out[n, k], seg[n, k])
+            else:
+                assert (out[n, k] == 0).all()

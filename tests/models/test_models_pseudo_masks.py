@@ -1,0 +1,87 @@
+"""Pseudo-mask rules, the background rule, and small-object removal vs scipy."""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.ndimage as ndi
+import torch
+
+from models.background import background_mask, grey_uint8, remove_small_objects
+from models.classifier import build_classifier
+from models.pseudo_masks import joint_minmax, label_from_maps, pseudo_masks
+
+MAPS = torch.tensor(
+    [
+        [
+            [[0.0, 1.0], [2.0, -1.0]],  # class 0
+            [[9.0, 9.0], [9.0, 9.0]],  # class 1: strongest everywhere, but absent
+            [[3.0, 0.0], [1.0, 0.0]],  # class 2
+        ]
+    ]
+)
+PRESENT = torch.tensor([[True, False, True]])
+
+
+def test_joint_minmax_over_present_classes() -> None:
+    # present values span [-1, 3]: (v + 1) / 4; absent class -> 0
+    expected = torch.tensor(
+        [[[[0.25, 0.5], [0.75, 0.0]], [[0.0, 0.0], [0.0, 0.0]], [[1.0, 0.25], [0.5, 0.25]]]]
+    )
+    torch.testing.assert_close(joint_minmax(MAPS, PRESENT), expected)
+
+
+def test_absent_classes_never_appear_and_background_wins() -> None:
+    label = label_from_maps(MAPS, PRESENT)
+    assert label.dtype == torch.uint8
+    assert label.tolist() == [[[2, 0], [0, 2]]]
+    bg = torch.tensor([[[False, True], [False, False]]])
+    assert label_from_maps(MAPS, PRESENT, bg).tolist() == [[[2, 255], [0, 2]]]
+    nothing = torch.zeros(1, 3, dtype=torch.bool)
+    assert label_from_maps(MAPS, nothing, ignore_index=7).tolist() == [[[7, 7], [7, 7]]]
+
+
+def test_grey_matches_opencv_formula() -> None:
+    rgb = torch.tensor(
+        [[255, 0, 0], [0, 255, 0], [0, 0, 255], [201, 201, 201], [200, 200, 201]], dtype=torch.uint8
+    )
+    grey = grey_uint8(rgb.T.reshape(1, 3, 5, 1))[0, :, 0]
+    assert grey.tolist() == [76, 150, 29, 201, 200]  # cv2.cvtColor(..., COLOR_RGB2GRAY)
+
+
+def test_remove_small_objects_matches_scipy_4_connectivity() -> None:
+    gen = torch.Generator().manual_seed(0)
+    mask = torch.rand(4, 40, 50, generator=gen) > 0.45
+    mask[0] = False
+    mask[0, 0, 0] = mask[0, 1, 1] = True  # diagonal neighbours: two objects of 1 px
+    got = remove_small_objects(mask, 6)
+    for i in range(4):
+        lab, _ = ndi.label(mask[i].numpy())  # default structure = 4-connectivity
+        keep = np.bincount(lab.ravel()) >= 6
+        keep[0] = False
+        np.testing.assert_array_equal(got[i].numpy(), keep[lab])
+    assert not got[0].any()
+
+
+def _patches() -> torch.Tensor:
+    gen = torch.Generator().manual_seed(1)
+    img = torch.randint(60, 180, (2, 3, 64, 64), dtype=torch.uint8, generator=gen)
+    img[:, :, :20, :20] = 255  # white glass: 400 px -> background
+    img[:, :, 40:42, 40:42] = 250  # 4-px white speck: removed, stays tissue
+    return img
+
+
+def test_pseudo_masks_background_rule_on_and_off() -> None:
+    clf = build_classifier("resnet10t", "cam", 4)
+    labels = torch.tensor([[1, 0, 1, 0], [0, 0, 0, 1]])
+    on = pseudo_masks(clf, _patches(), labels)
+    off = pseudo_masks(clf, _patches(), labels, use_background=False)
+    assert len(on) == len(off) == 3
+    white = torch.zeros(64, 64, dtype=torch.bool)
+    white[:20, :20] = True
+    for m_on, m_off in zip(on, off, strict=True):
+        assert m_on.shape == (2, 64, 64) and m_on.dtype == torch.uint8
+        assert (m_on[:, white] == 255).all() and (m_on[:, ~white] != 255).all()
+        assert (m_off != 255).all()
+        assert set(m_on[0][~white].unique().tolist()) <= {0, 2}  # absent classes never appear
+        assert set(m_off[1].unique().tolist()) == {3}
+    torch.testing.assert_close(background_mask(_patches())[0], white, rtol=0, atol=0)
