@@ -54,13 +54,15 @@ def create_probability_store(
     output_mpp: float | tuple[float, float],
     level0_downsample: float | tuple[float, float],
     offset_level0: tuple[float, float] = (0, 0),
+    name: str | None = None,
 ) -> zarr.Array:
     """Create the store and its level-0 array `(C, H, W)` uint8, all zeros (nothing written).
 
     `output_mpp` and `level0_downsample` are a number or an `(x, y)` pair; a level-0 pixel
     position is `output_px * level0_downsample + offset_level0`. Writers must write whole
     `chunk_yx` blocks (all channels) per task. The metadata is valid from the start (one level);
-    `finalize_pyramid` adds the coarser levels.
+    `finalize_pyramid` adds the coarser levels. `name` (e.g. the slide stem) is the image name
+    viewers show; default: the folder name.
     """
     if len(class_names) != len(colors) or not class_names:
         raise ConfigError(
@@ -84,7 +86,7 @@ def create_probability_store(
     )
     group.attrs.update(
         {
-            "multiscales": [_multiscales(Path(path).name, mpp, 1)],
+            "multiscales": [_multiscales(name or Path(path).name, mpp, 1)],
             "omero": _omero(class_names, colors),
             ATTRS_KEY: {
                 "class_names": list(class_names),
@@ -174,6 +176,7 @@ def finalize_pyramid(path: str | Path, min_size: int = 256) -> int:
     """
     group = zarr.open_group(str(path), mode="r+", zarr_format=2)
     meta = dict(group.attrs[ATTRS_KEY])
+    name = group.attrs["multiscales"][0].get("name") or Path(path).name
     mpp = (meta["output_mpp"]["x"], meta["output_mpp"]["y"])
     src = group["0"]
     _, cy, cx = src.chunks
@@ -201,7 +204,7 @@ def finalize_pyramid(path: str | Path, min_size: int = 256) -> int:
         if str(stale) not in group:
             break
         del group[str(stale)]
-    group.attrs["multiscales"] = [_multiscales(Path(path).name, mpp, level + 1)]
+    group.attrs["multiscales"] = [_multiscales(name, mpp, level + 1)]
     return level + 1
 
 

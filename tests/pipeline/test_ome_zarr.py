@@ -38,7 +38,15 @@ def _numpy_mean2(a: np.ndarray) -> np.ndarray:
 def store(tmp_path):
     path = tmp_path / "probabilities.ome.zarr"
     arr = create_probability_store(
-        path, NAMES, COLORS, (75, 101), (16, 16), (2.0, 2.5), 8.0, offset_level0=(-10, 20)
+        path,
+        NAMES,
+        COLORS,
+        (75, 101),
+        (16, 16),
+        (2.0, 2.5),
+        8.0,
+        offset_level0=(-10, 20),
+        name="slide-1",
     )
     data = np.random.default_rng(0).integers(0, 256, (4, 75, 101), dtype=np.uint8)
     # Written block by block, aligned to the chunks, as the inference writers do.
@@ -88,6 +96,7 @@ def test_metadata_exact(store):
     attrs = zarr.open_group(path, mode="r").attrs.asdict()
     ms = attrs["multiscales"]
     assert len(ms) == 1 and ms[0]["version"] == "0.4"
+    assert ms[0]["name"] == "slide-1"
     assert ms[0]["axes"] == [
         {"name": "c", "type": "channel"},
         {"name": "y", "type": "space", "unit": "micrometer"},
