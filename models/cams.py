@@ -14,7 +14,7 @@ classes then keeps the ordering of negative values instead of flattening them to
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -81,19 +81,32 @@ def grad_cam(
 
     Gradients are of the logits (before the sigmoid), as in Selvaraju et al.
     """
-    tap = classifier.resolve_tap(layer)
+    return grad_cams(classifier, x, (layer,), relu=relu, normalise=normalise)[0]
+
+
+def grad_cams(
+    classifier: PatchClassifier,
+    x: torch.Tensor,
+    layers: Sequence[str] = ("shallow", "mid", "deep"),
+    *,
+    relu: bool = True,
+    normalise: str = "class",
+) -> list[torch.Tensor]:
+    """Grad-CAM at several taps from one forward and K backward passes (pseudo masks)."""
+    taps_wanted = [classifier.resolve_tap(layer) for layer in layers]
     with eval_mode(classifier), torch.enable_grad():
         logits, taps = classifier.forward_taps(x)
-        feats = taps[tap]
-        maps = []
+        feats = [taps[t] for t in taps_wanted]
+        maps: list[list[torch.Tensor]] = [[] for _ in feats]
         for k in range(logits.shape[1]):
-            (grad,) = torch.autograd.grad(logits[:, k].sum(), feats, retain_graph=True)
-            alpha = grad.mean(dim=(2, 3), keepdim=True)
-            maps.append((alpha * feats).sum(dim=1))
-        out = torch.stack(maps, dim=1).detach()
-    if relu:
-        out = F.relu(out)
-    return _finish(out, x.shape[-2:], normalise)
+            grads = torch.autograd.grad(logits[:, k].sum(), feats, retain_graph=True)
+            for i, (f, g) in enumerate(zip(feats, grads, strict=True)):
+                maps[i].append((g.mean(dim=(2, 3), keepdim=True) * f).sum(dim=1).detach())
+    out = []
+    for per_class in maps:
+        m = torch.stack(per_class, dim=1)
+        out.append(_finish(F.relu(m) if relu else m, x.shape[-2:], normalise))
+    return out
 
 
 def _channel_masks(feats: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

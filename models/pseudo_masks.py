@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 
 from .background import GREY_THRESHOLD, MIN_OBJECT_SIZE, background_mask
-from .cams import grad_cam
+from .cams import activation_maps, grad_cams
 from .classifier import PatchClassifier
 from .segmenter import IGNORE_INDEX
 
@@ -66,12 +66,14 @@ def pseudo_masks(
     grey_threshold: int = GREY_THRESHOLD,
     min_object_size: int = MIN_OBJECT_SIZE,
     ignore_index: int = IGNORE_INDEX,
+    method: str = "gradcam",
 ) -> list[torch.Tensor]:
     """One uint8 mask (N, H, W) per layer, shallow to deep.
 
     images: uint8 (N, 3, H, W) RGB patches; labels: (N, K) 0/1 patch-level labels.
     `mean`/`std` are the classifier's input normalisation (on [0, 1] inputs). Set
-    `use_background=False` for datasets where white is tissue (BCSS-WSSS).
+    `use_background=False` for datasets where white is tissue (BCSS-WSSS). `method` may
+    also be scorecam (per layer) or cam / lficam (deepest tap only: every mask the same).
     """
     if images.dtype != torch.uint8:
         raise TypeError("pseudo_masks expects uint8 RGB patches (N, 3, H, W)")
@@ -82,8 +84,8 @@ def pseudo_masks(
     x = (images.float() / 255.0 - m) / s
     present = labels.to(device) > 0.5
     bg = background_mask(images, grey_threshold, min_object_size) if use_background else None
-    out = []
-    for layer in layers:
-        maps = grad_cam(classifier, x, layer, relu=False, normalise="none")
-        out.append(label_from_maps(maps, present, bg, ignore_index).cpu())
-    return out
+    if method == "gradcam":
+        maps = grad_cams(classifier, x, layers, relu=False, normalise="none")
+    else:
+        maps = [activation_maps(method, classifier, x, lay, normalise="none") for lay in layers]
+    return [label_from_maps(m, present, bg, ignore_index).cpu() for m in maps]

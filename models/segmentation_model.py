@@ -48,8 +48,8 @@ class SegmentationModel(nn.Module):
         self.autocast_dtype = parse_precision(precision, dev)
         self.channels_last = use_channels_last(dev, self.autocast_dtype)
         self.to(dev)
-        if self.channels_last:
-            self.to(memory_format=torch.channels_last)
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        self.to(memory_format=fmt)
         return self
 
     def preprocess(self, tiles: torch.Tensor) -> torch.Tensor:

