@@ -1,0 +1,32 @@
+"""Fixtures shared by every test package: paths to real data and a tiny model bundle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+DATA_DIR = Path(__file__).resolve().parent / "data"
+CMU_SLIDE = DATA_DIR / "CMU-1-Small-Region.svs"
+LUAD_CLASSES = ["TE", "NEC", "LYM", "TAS"]
+LUAD_COLORS = [(205, 51, 51), (0, 255, 0), (65, 105, 225), (255, 165, 0)]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A real, randomly initialised bundle (resnet10t classifier + DeepLabV3+), tile 64 at
+    2 um/px so end-to-end runs take seconds. Written and loaded through models.bundle."""
+    import torch
+
+    from models.bundle import save_model
+    from models.classifier import build_classifier
+    from models.meta import ModelMeta
+    from models.segmentation_model import SegmentationModel
+    from models.segmenter import build_segmenter
+
+    torch.manual_seed(0)
+    meta = ModelMeta("tiny-random", LUAD_CLASSES, LUAD_COLORS, mpp=2.0, tile_size=64)
+    model = SegmentationModel(
+        build_classifier("resnet10t", "cam", 4), build_segmenter("resnet18", 4), meta
+    )
+    return save_model(model, tmp_path_factory.mktemp("models") / "tiny", weights_dtype="float16")

@@ -1,0 +1,174 @@
+"""End to end on the real CMU slide: the four outputs, their schemas, and their agreement."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+
+import numpy as np
+import pytest
+import shapely
+import zarr
+from shapely.geometry import shape
+
+from pipeline.params import SegmentParams
+from pipeline.segment import segment_slide
+from tests.conftest import CMU_SLIDE, DATA_DIR, LUAD_CLASSES
+from wsi.errors import ModelError, MppMissingError, OutputError, SlideError
+
+
+@pytest.fixture(scope="module")
+def cmu_run(tmp_path_factory, tiny_model_dir):
+    out = tmp_path_factory.mktemp("out")
+    params = SegmentParams(model_dir=tiny_model_dir, precision="fp32", overlap=16)
+    result = segment_slide(CMU_SLIDE, out, params)
+    return result, out, params
+
+
+def test_outputs_exist_and_nothing_else(cmu_run):
+    result, out, _ = cmu_run
+    assert result.status == "done"
+    names = sorted(p.name for p in result.out_dir.iterdir())
+    assert names == ["overlay.png", "probabilities.ome.zarr", "summary.json", "tissue.geojson"]
+    assert not [p for p in out.iterdir() if p.name.endswith(".partial")]
+
+
+def test_zarr_shape_follows_mpp_arithmetic_and_reads_with_ome_zarr(cmu_run):
+    result, _, _ = cmu_run
+    store = result.out_dir / "probabilities.ome.zarr"
+    level0 = zarr.open_group(str(store), mode="r")["0"]
+    w0, h0 = 2220, 2967
+    f = 2.0 / 0.499  # level-0 pixels per model pixel
+    expected = (4, math.ceil(math.ceil(h0 / f) / 4), math.ceil(math.ceil(w0 / f) / 4))
+    assert level0.shape == expected and level0.dtype == np.uint8
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    nodes = list(Reader(parse_url(str(store)))())
+    assert nodes[0].data[0].shape == expected
+    attrs = zarr.open_group(str(store), mode="r").attrs.asdict()
+    assert [c["label"] for c in attrs["omero"]["channels"]] == LUAD_CLASSES
+    scale = attrs["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"]
+    assert scale[1:] == pytest.approx([0.499 * f * 4] * 2)
+
+
+def test_geojson_is_valid_for_qupath_and_inside_the_slide(cmu_run):
+    result, _, _ = cmu_run
+    fc = json.loads((result.out_dir / "tissue.geojson").read_text())
+    assert fc["type"] == "FeatureCollection"
+    names = [f["properties"]["classification"]["name"] for f in fc["features"]]
+    assert names[0] == "Tissue" and set(names[1:]) <= set(LUAD_CLASSES)
+    geoms = []
+    for feature in fc["features"]:
+        props = feature["properties"]
+        assert props["objectType"] == "annotation"
+        assert len(props["classification"]["color"]) == 3
+        assert all(isinstance(v, int | float) for v in props["measurements"].values())
+        geom = shape(feature["geometry"])
+        assert geom.is_valid and geom.geom_type in ("Polygon", "MultiPolygon")
+        minx, miny, maxx, maxy = geom.bounds
+        assert minx >= 0 and miny >= 0 and maxx <= 2220 + 1e-6 and maxy <= 2967 + 1e-6
+        if props["classification"]["name"] != "Tissue":
+            geoms.append(geom)
+    for i, a in enumerate(geoms):
+        for b in geoms[i + 1 :]:
+            assert a.intersection(b).area < 1e-6 * max(a.area, 1)
+
+
+def test_areas_agree_between_summary_zarr_and_polygons(cmu_run):
+    result, _, _ = cmu_run
+    summary = json.loads((result.out_dir / "summary.json").read_text())
+    probs = np.asarray(zarr.open_group(str(result.out_dir / "probabilities.ome.zarr"))["0"][:])
+    labels = np.argmax(probs, axis=0)
+    labelled = probs.max(axis=0) > 0
+    px_um2 = summary["output"]["mpp"]["x"] * summary["output"]["mpp"]["y"]
+    fc = json.loads((result.out_dir / "tissue.geojson").read_text())
+    polys = {
+        f["properties"]["classification"]["name"]: shape(f["geometry"]) for f in fc["features"]
+    }
+    level0_um2 = 0.499 * 0.499
+    for k, name in enumerate(LUAD_CLASSES):
+        zarr_area = float(((labels == k) & labelled).sum() * px_um2)
+        assert summary["classes"][name]["area_um2"] == pytest.approx(zarr_area)
+        if zarr_area:
+            poly_area = polys[name].area * level0_um2
+            # Simplification (1 output px tolerance) moves edges slightly; areas stay close.
+            assert poly_area == pytest.approx(zarr_area, rel=0.05)
+    assert sum(c["fraction_of_tissue"] for c in summary["classes"].values()) == pytest.approx(1.0)
+    assert summary["model"]["sha256"] and summary["versions"]["torch"]
+
+
+def test_rerun_is_up_to_date_and_overwrite_redoes(cmu_run, tiny_model_dir):
+    result, out, params = cmu_run
+    mtime = (result.out_dir / "summary.json").stat().st_mtime_ns
+    again = segment_slide(CMU_SLIDE, out, params)
+    assert again.status == "up-to-date"
+    assert (result.out_dir / "summary.json").stat().st_mtime_ns == mtime
+    with pytest.raises(OutputError, match="--overwrite"):
+        segment_slide(
+            CMU_SLIDE, out, SegmentParams(model_dir=tiny_model_dir, overlap=16, gate=False)
+        )
+
+
+@pytest.mark.parametrize(
+    ("slide", "error"),
+    [
+        (DATA_DIR / "missing.svs", SlideError),
+        (DATA_DIR / "broken.svs", SlideError),
+        (DATA_DIR, SlideError),
+    ],
+)
+def test_bad_slides_leave_no_output(tmp_path, tiny_model_dir, slide, error):
+    with pytest.raises(error, match=re.escape(slide.name)):
+        segment_slide(slide, tmp_path / "out", SegmentParams(model_dir=tiny_model_dir))
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_slide_without_mpp_needs_override(tmp_path, tiny_model_dir):
+    import tifffile
+
+    from wsi.slide import open_slide
+
+    region = open_slide(CMU_SLIDE).read_region((0, 0), 0, (300, 200))
+    path = tmp_path / "nompp.tif"
+    tifffile.imwrite(path, region, tile=(256, 256))
+    with pytest.raises(MppMissingError, match="--mpp"):
+        segment_slide(path, tmp_path / "out", SegmentParams(model_dir=tiny_model_dir))
+    assert not (tmp_path / "out").exists()
+    done = segment_slide(path, tmp_path / "out", SegmentParams(model_dir=tiny_model_dir, mpp=0.5))
+    assert done.status == "done"
+    assert json.loads((done.out_dir / "summary.json").read_text())["slide"]["mpp"]["x"] == 0.5
+
+
+def test_missing_or_broken_model_folder(tmp_path, tiny_model_dir):
+    with pytest.raises(ModelError, match="nowhere"):
+        segment_slide(CMU_SLIDE, tmp_path / "out", SegmentParams(model_dir=tmp_path / "nowhere"))
+    broken = tmp_path / "broken_model"
+    shutil.copytree(tiny_model_dir, broken)
+    os.remove(broken / "model.safetensors")
+    with pytest.raises(ModelError, match=r"model\.safetensors"):
+        segment_slide(CMU_SLIDE, tmp_path / "out", SegmentParams(model_dir=broken))
+    assert not (tmp_path / "out").exists()
+
+
+def test_unwritable_output_folder(tmp_path, tiny_model_dir):
+    if os.geteuid() == 0:
+        target = tmp_path / "file-not-folder"
+        target.write_text("x")  # root ignores permissions: use a path that cannot be a folder
+        out = target / "out"
+    else:
+        out = tmp_path / "ro"
+        out.mkdir()
+        out.chmod(0o500)
+    with pytest.raises(OutputError, match="--out"):
+        segment_slide(CMU_SLIDE, out, SegmentParams(model_dir=tiny_model_dir))
+
+
+def test_polygons_valid_after_union(cmu_run):
+    result, _, _ = cmu_run
+    fc = json.loads((result.out_dir / "tissue.geojson").read_text())
+    union = shapely.union_all([shape(f["geometry"]) for f in fc["features"][1:]])
+    assert union.is_valid
