@@ -9,11 +9,13 @@ same output folder. Finding these late would overwrite results or waste a night'
 from __future__ import annotations
 
 import csv
+import dataclasses
 import glob
 import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from wsi.errors import ConfigError, DatasetError
 
@@ -31,8 +33,6 @@ SLIDE_SUFFIXES: tuple[str, ...] = (
     ".bif",
     ".czi",
 )
-# Multi-part suffixes stripped whole when naming outputs ("a.ome.tif" -> "a").
-_COMPOUND_SUFFIXES: tuple[str, ...] = (".ome.tiff", ".ome.tif")
 PATH_COLUMNS: tuple[str, ...] = ("slide", "slide_path", "path")
 MPP_COLUMNS: tuple[str, ...] = ("mpp",)
 NAME_COLUMNS: tuple[str, ...] = ("name", "output_name", "output")
@@ -52,13 +52,8 @@ class BatchItem:
 
 
 def default_output_name(path: str | Path) -> str:
-    """The output folder name of a slide: its file name without the slide suffix."""
-    name = Path(path).name
-    lower = name.lower()
-    for suffix in _COMPOUND_SUFFIXES:
-        if lower.endswith(suffix):
-            return name[: -len(suffix)]
-    return Path(name).stem
+    """The output folder name of a slide: its file stem, as `pipeline.segment` names it."""
+    return Path(str(path).rstrip("/")).stem
 
 
 def check_output_name(name: str, source: str) -> str:
@@ -202,3 +197,22 @@ def check_items(items: list[BatchItem], source: str) -> list[BatchItem]:
             )
         seen[key] = item
     return items
+
+
+def params_for(item: BatchItem, params: Any) -> Any:
+    """The `SegmentParams` of one batch slide: its mpp override and output name applied.
+
+    The output name is only set when it differs from the default, so a batch slide and a
+    plain `segment_slide` call of the same slide record the same parameters.
+    """
+    if params.output_name:
+        raise ConfigError(
+            "an output name applies to one slide; in a batch, name slides in the manifest's "
+            "'name' column instead"
+        )
+    changes: dict[str, Any] = {}
+    if item.mpp is not None:
+        changes["mpp"] = item.mpp
+    if item.name != default_output_name(item.slide):
+        changes["output_name"] = item.name
+    return dataclasses.replace(params, **changes) if changes else params

@@ -24,7 +24,7 @@ def _touch(path: Path) -> Path:
 def test_folder_lists_slide_files_sorted(tmp_path: Path) -> None:
     b = _touch(tmp_path / "b.svs")
     a = _touch(tmp_path / "a.ndpi")
-    c = _touch(tmp_path / "c.ome.tif")
+    c = _touch(tmp_path / "c.tif")
     _touch(tmp_path / "notes.txt")
     _touch(tmp_path / ".hidden.svs")
     _touch(tmp_path / "sub" / "d.svs")  # folders are not searched recursively
@@ -127,5 +127,5 @@ def test_missing_and_empty_inputs(tmp_path: Path) -> None:
 
 def test_output_name_helpers() -> None:
     assert default_output_name("/x/CMU-1.svs") == "CMU-1"
-    assert default_output_name("/x/a.b.OME.TIFF") == "a.b"
+    assert default_output_name("/x/a.b.ome.tif") == "a.b.ome"
     assert check_output_name(" case 1 ", "src") == "case 1"

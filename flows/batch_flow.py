@@ -1,0 +1,117 @@
+"""Prefect flow for a batch: many slides, a few at a time, each failing on its own.
+
+Slides run concurrently up to `concurrency` (threads of this process, each driving one
+slide's stage tasks); their chunks all go to one Dask cluster. A slide that fails is
+recorded with its error and the others go on; finished slides are skipped (the pipeline's
+up-to-date check), so rerunning after a crash resumes. The flow ends with a table artifact
+and fails (`BatchFailedError`) if any slide failed, so schedulers and the CLI see it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any
+
+from flows import prefect_env
+
+prefect_env.apply()
+
+from prefect import flow, get_run_logger, task  # noqa: E402
+from prefect.artifacts import create_markdown_artifact, create_table_artifact  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
+from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
+
+from flows.dask_cluster import dask_client  # noqa: E402
+from flows.slide_flow import make_params, run_slide_stages  # noqa: E402
+from pipeline.batch_inputs import BatchItem, params_for, parse_batch_input  # noqa: E402
+from pipeline.batch_report import batch_rows, counts, markdown_table  # noqa: E402
+from pipeline.params import SegmentParams  # noqa: E402
+from pipeline.segment import SlideResult  # noqa: E402
+from wsi.errors import ConfigError, WsiSegmentError  # noqa: E402
+
+
+class BatchFailedError(WsiSegmentError):
+    """Some slides of a batch failed; `results` holds every slide's result."""
+
+    def __init__(self, message: str, results: list[SlideResult]) -> None:
+        super().__init__(message)
+        self.results = results
+
+    def __reduce__(self) -> tuple[Any, ...]:  # picklable, should Prefect persist the state
+        return (type(self), (str(self), self.results))
+
+
+@task(name="slide", task_run_name="slide-{item.name}", cache_policy=NO_CACHE, persist_result=False)
+def slide_task(
+    item: BatchItem, out: str, params: SegmentParams, dask_address: str | None
+) -> SlideResult:
+    """One slide's stages; any error becomes a "failed" result so the batch goes on."""
+    t0 = time.perf_counter()
+    try:
+        return run_slide_stages(str(item.slide), out, params_for(item, params), dask_address)
+    except WsiSegmentError as exc:
+        message = str(exc)
+    except Exception as exc:  # a bug on one slide must not stop the night's batch
+        get_run_logger().exception("unexpected error on %s", item.slide)
+        message = f"internal error ({type(exc).__name__}): {exc}"
+    return SlideResult(str(item.slide), "failed", None, {}, message, time.perf_counter() - t0)
+
+
+def _dask_context(
+    dask_address: str | None, workers: int | None
+) -> contextlib.AbstractContextManager:
+    """Scheduler at `dask_address`; else a local cluster; `workers=0`: in-process threads."""
+    if not dask_address and workers == 0:
+        return contextlib.nullcontext(None)
+    return dask_client(dask_address, workers)
+
+
+@flow(name="segment-batch")
+def segment_batch(
+    input: str,
+    out: str,
+    model_dir: str | None = None,
+    dask_address: str | None = None,
+    workers: int | None = None,
+    concurrency: int = 2,
+    options: dict[str, Any] | None = None,
+) -> list[SlideResult]:
+    """Segment every slide of a folder, glob or manifest CSV into `<out>/<name>/`.
+
+    `workers`: Dask worker processes of a local cluster (default: one per GPU, else one
+    CPU worker; 0 runs chunks in this process's threads); ignored with `dask_address`.
+    `options`: other `SegmentParams` fields (overlap, device, overwrite, ...).
+    """
+    if concurrency < 1:
+        raise ConfigError(f"concurrency must be >= 1 (got {concurrency})")
+    logger = get_run_logger()
+    items = parse_batch_input(input)
+    params = make_params(model_dir, options)
+    logger.info("%d slide(s) from %s -> %s", len(items), input, out)
+    with _dask_context(dask_address, workers) as client:
+        address = client.scheduler.address if client is not None else None
+        with ThreadPoolTaskRunner(max_workers=concurrency) as runner:
+            futures = [
+                runner.submit(
+                    slide_task,
+                    {"item": item, "out": out, "params": params, "dask_address": address},
+                )
+                for item in items
+            ]
+            results = [f.result() for f in futures]
+    tally = counts(results)
+    rows = batch_rows(results)
+    create_table_artifact(rows, key="segment-batch", description=f"{input} -> {out}: {tally}")
+    create_markdown_artifact(
+        f"### Batch {input} -> {out}\n\n{tally}\n\n{markdown_table(rows)}\n",
+        key="segment-batch-report",
+        description="Batch results",
+    )
+    failed = [r for r in results if r.status == "failed"]
+    for r in failed:
+        logger.error("failed: %s: %s", r.slide, r.error)
+    logger.info("batch done: %s", tally)
+    if failed:
+        raise BatchFailedError(f"{len(failed)} of {len(results)} slide(s) failed", results)
+    return results

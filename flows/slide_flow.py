@@ -1,0 +1,195 @@
+"""Prefect flow for one slide: the pipeline's three stages as tasks, with retries.
+
+The stages are `pipeline.segment.prepare` (open + tissue + plan), `infer` (chunks on Dask,
+into the zarr store) and `finish` (polygons + outputs, then the atomic publish). Splitting
+them lets Prefect retry just the stage that hit a transient I/O error (a network share
+hiccup, a stale NFS handle) and shows where a slide spends its time. Deterministic errors
+(a broken slide, a bad model) are not retried: they fail the same way every time.
+"""
+
+from __future__ import annotations
+
+import errno
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from flows import prefect_env
+
+prefect_env.apply()
+
+from prefect import flow, task  # noqa: E402
+from prefect.artifacts import create_markdown_artifact, create_table_artifact  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
+
+from flows.dask_cluster import client_for, dask_client  # noqa: E402
+from pipeline import segment  # noqa: E402
+from pipeline.batch_report import class_rows, markdown_table  # noqa: E402
+from pipeline.output_dir import OutputDir, read_previous_summary  # noqa: E402
+from pipeline.params import SegmentParams  # noqa: E402
+from wsi.errors import ConfigError  # noqa: E402
+
+# errno values of I/O failures that a later attempt can get past.
+TRANSIENT_ERRNOS = frozenset(
+    {
+        errno.EIO,
+        errno.EAGAIN,
+        errno.EBUSY,
+        errno.EINTR,
+        errno.ETIMEDOUT,
+        errno.ESTALE,
+        errno.ECONNRESET,
+        errno.ECONNABORTED,
+        errno.ECONNREFUSED,
+        errno.ENETDOWN,
+        errno.ENETUNREACH,
+        errno.EHOSTUNREACH,
+    }
+)
+RETRIES = 2
+RETRY_DELAYS_S = [1, 10]
+
+
+def is_transient(exc: BaseException | None) -> bool:
+    """True if `exc` or any exception it was raised from is a retryable I/O failure."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, TimeoutError | ConnectionError):
+            return True
+        if isinstance(exc, OSError) and exc.errno in TRANSIENT_ERRNOS:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect `retry_condition_fn`: retry only transient I/O errors."""
+    data = getattr(state, "data", None)
+    if isinstance(data, BaseException):
+        return is_transient(data)
+    try:
+        state.result()
+    except BaseException as exc:
+        return is_transient(exc)
+    return False
+
+
+# Stage results (open slides, tissue masks, chunk outcomes) stay in memory: never hashed
+# for caching and never persisted.
+_STAGE = {
+    "retries": RETRIES,
+    "retry_delay_seconds": RETRY_DELAYS_S,
+    "retry_condition_fn": _retry_if_transient,
+    "cache_policy": NO_CACHE,
+    "persist_result": False,
+}
+
+
+@task(name="open-and-tissue", **_STAGE)
+def open_and_tissue(slide_path: str, out_root: str, params: SegmentParams) -> Any:
+    """Stage 1: open the slide and model, detect tissue, plan the chunks."""
+    return segment.prepare(slide_path, out_root, params)
+
+
+@task(name="inference", **_STAGE)
+def inference(prep: Any, work_dir: Path, dask_address: str | None = None) -> list:
+    """Stage 2: every tissue chunk through the model, on the Dask cluster if there is one."""
+    return segment.infer(prep, work_dir, client=client_for(dask_address))
+
+
+@task(name="polygons-and-outputs", **_STAGE)
+def polygons_and_outputs(prep: Any, outcomes: list, out: OutputDir) -> Any:
+    """Stage 3: polygons, GeoJSON, overlay, summary; then publish the folder at once."""
+    return segment.finish(prep, outcomes, out)
+
+
+def run_slide_stages(
+    slide_path: str, out_root: str, params: SegmentParams, dask_address: str | None = None
+) -> Any:
+    """The stage tasks of one slide, in order, skipping a slide whose outputs are current.
+
+    Returns a `pipeline.segment.SlideResult`; raises what a stage raised.
+    """
+    t0 = time.perf_counter()
+    prep = open_and_tissue(slide_path, out_root, params)
+    try:
+        if segment.is_up_to_date(prep):
+            summary = read_previous_summary(prep.out_dir) or {}
+            result = segment.SlideResult(prep.slide_path, "up-to-date", prep.out_dir, summary)
+        else:
+            with OutputDir(prep.out_root, prep.name, params.overwrite) as out:
+                outcomes = inference(prep, out.work_dir, dask_address)
+                result = polygons_and_outputs(prep, outcomes, out)
+    finally:
+        close = getattr(prep.slide, "close", None)
+        if callable(close):
+            close()
+    result.seconds = time.perf_counter() - t0
+    publish_slide_artifacts(result)
+    return result
+
+
+def artifact_key(name: str) -> str:
+    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
+    key = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")
+    return f"slide-{key or 'unnamed'}"[:100]
+
+
+def publish_slide_artifacts(result: Any) -> None:
+    """Per-class area table and the output folder, attached to the current flow/task run."""
+    if result.out_dir is None:
+        return
+    out_dir = Path(result.out_dir).resolve()
+    rows = class_rows(result.summary or {})
+    key = artifact_key(out_dir.name)
+    create_table_artifact(
+        rows,
+        key=key,
+        description=f"Per-class areas of {result.slide} ({result.status}); outputs in {out_dir}",
+    )
+    create_markdown_artifact(
+        f"### {out_dir.name}: {result.status}\n\n"
+        f"Outputs: [{out_dir}]({out_dir.as_uri()})\n\n{markdown_table(rows)}\n",
+        key=f"{key}-outputs"[:100],
+        description=f"Outputs of {result.slide}",
+    )
+
+
+def make_params(
+    model_dir: str | None = None,
+    options: dict[str, Any] | None = None,
+    **fields: Any,
+) -> SegmentParams:
+    """SegmentParams from flow parameters (JSON-friendly: deployments store them as JSON)."""
+    values = dict(options or {})
+    values.update({k: v for k, v in fields.items() if v is not None})
+    if model_dir:
+        values["model_dir"] = Path(model_dir)
+    try:
+        return SegmentParams(**values)
+    except TypeError as exc:
+        raise ConfigError(f"unknown segmentation option in {sorted(values)}: {exc}") from exc
+
+
+@flow(name="segment-slide")
+def segment_slide(
+    slide: str,
+    out: str,
+    model_dir: str | None = None,
+    mpp: float | None = None,
+    output_name: str | None = None,
+    dask_address: str | None = None,
+    options: dict[str, Any] | None = None,
+) -> Any:
+    """Segment one slide into `<out>/<name>/`; the flow fails if the slide fails.
+
+    `options` holds any other `SegmentParams` field (overlap, device, overwrite, ...).
+    Chunks run on the Dask scheduler at `dask_address` if given, else in local threads.
+    """
+    params = make_params(model_dir, options, mpp=mpp, output_name=output_name)
+    if dask_address and client_for(dask_address) is None:
+        with dask_client(dask_address) as client:
+            return run_slide_stages(slide, out, params, client.scheduler.address)
+    return run_slide_stages(slide, out, params, dask_address)

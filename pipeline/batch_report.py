@@ -1,0 +1,79 @@
+"""Tables of slide results: one row per slide for a batch, one row per class for a slide.
+
+Used by the Prefect artifacts and the `wsi-segment batch` report alike, so the table a
+scheduler shows and the one a terminal prints are the same numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+STATUSES = ("done", "up-to-date", "failed")
+
+
+def class_rows(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Per-class area (um^2), fraction of tissue and mean probability from a summary."""
+    rows = []
+    for name, values in (summary.get("classes") or {}).items():
+        rows.append(
+            {
+                "class": name,
+                "area_um2": round(float(values.get("area_um2", 0.0)), 1),
+                "fraction_of_tissue": round(float(values.get("fraction_of_tissue", 0.0)), 4),
+                "mean_probability": round(float(values.get("mean_probability", 0.0)), 4),
+            }
+        )
+    return rows
+
+
+def result_row(result: Any, class_names: Sequence[str] = ()) -> dict[str, Any]:
+    """One batch table row from a `SlideResult`: status, tissue area, class fractions, error."""
+    summary = result.summary or {}
+    tissue = (summary.get("tissue") or {}).get("area_um2")
+    row: dict[str, Any] = {
+        "slide": str(result.slide),
+        "status": result.status,
+        "output": str(result.out_dir) if result.out_dir else "",
+        "tissue_area_mm2": round(float(tissue) / 1e6, 4) if tissue is not None else None,
+    }
+    classes = summary.get("classes") or {}
+    for name in class_names:
+        value = (classes.get(name) or {}).get("fraction_of_tissue")
+        row[f"{name}_fraction"] = round(float(value), 4) if value is not None else None
+    row["seconds"] = round(float(result.seconds or 0.0), 1)
+    row["error"] = result.error or ""
+    return row
+
+
+def batch_rows(results: Iterable[Any]) -> list[dict[str, Any]]:
+    """Rows for every result, with one fraction column per class seen in any summary."""
+    results = list(results)
+    names: list[str] = []
+    for result in results:
+        for name in (result.summary or {}).get("classes") or {}:
+            if name not in names:
+                names.append(name)
+    return [result_row(r, names) for r in results]
+
+
+def counts(results: Iterable[Any]) -> dict[str, int]:
+    """How many slides ended in each status."""
+    out = dict.fromkeys(STATUSES, 0)
+    for result in results:
+        out[result.status] = out.get(result.status, 0) + 1
+    return out
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """A GitHub-style markdown table (Prefect renders it; terminals show it readably)."""
+    if not rows:
+        return "_no rows_"
+    columns = list(rows[0].keys())
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        cells = ["" if row.get(c) is None else str(row.get(c)) for c in columns]
+        lines.append(
+            "| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |"
+        )
+    return "\n".join(lines)

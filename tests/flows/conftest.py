@@ -1,0 +1,117 @@
+"""Fixtures for flow tests: one Prefect test server per session, a tiny model, small slides.
+
+Prefect's temporary server costs 10-20 s to start, so every flow test shares one
+(`prefect_harness`). The model is a tiny real network (resnet10t) at 8 um/px with 64 px
+tiles, so a slide is a handful of tiles and the tests measure orchestration, not compute.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import flows.prefect_env  # noqa: F401  (offline settings before prefect is imported)
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+CMU = DATA / "CMU-1-Small-Region.svs"
+BROKEN = DATA / "broken.svs"
+CLASSES = ["TE", "NEC", "LYM", "TAS"]
+COLORS = [(205, 51, 51), (0, 255, 0), (65, 105, 225), (255, 165, 0)]
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    """Flows in this session run against one temporary Prefect server (SQLite, offline)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=None):
+        yield
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A seeded resnet10t classifier + DeepLabV3+ saved as a model folder (8 um/px, 64 px)."""
+    import torch
+
+    from models.bundle import save_model
+    from models.classifier import build_classifier
+    from models.meta import ModelMeta
+    from models.segmentation_model import SegmentationModel
+    from models.segmenter import Segmenter
+
+    torch.manual_seed(0)
+    meta = ModelMeta(name="tiny-test", classes=CLASSES, colors=COLORS, mpp=8.0, tile_size=64)
+    model = SegmentationModel(
+        build_classifier("resnet10t", "cam", len(CLASSES)),
+        Segmenter("tu-resnet10t", len(CLASSES), decoder_channels=16),
+        meta,
+    )
+    return save_model(model, tmp_path_factory.mktemp("model") / "tiny", meta)
+
+
+def write_synthetic_slide(path: Path, size: tuple[int, int], seed: int, mpp: float = 1.0) -> Path:
+    """A tiled TIFF that openslide reads as Aperio: tissue blobs of the four classes."""
+    import tifffile
+
+    from wsi.textures import render_tissue
+
+    w, h = size
+    rng = np.random.default_rng(seed)
+    labels = np.full((h, w), 255, np.uint8)
+    yy, xx = np.mgrid[0:h, 0:w]
+    for cls in range(4):
+        cx, cy = rng.uniform(0.2, 0.8) * w, rng.uniform(0.2, 0.8) * h
+        r = rng.uniform(0.15, 0.3) * min(w, h)
+        labels[(xx - cx) ** 2 + (yy - cy) ** 2 < r * r] = cls
+    image = render_tissue(labels, rng, px_um=mpp)
+    desc = (
+        f"Aperio Image Library v12.0.0\r\n{w}x{h} [0,0 {w}x{h}] (256x256) JPEG/RGB Q=90"
+        f"|AppMag = 10|MPP = {mpp}"
+    )
+    tifffile.imwrite(
+        path, image, tile=(256, 256), description=desc, compression="jpeg", metadata=None
+    )
+    return path
+
+
+@pytest.fixture(scope="session")
+def slides_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two synthetic slides (different sizes) in one folder."""
+    folder = tmp_path_factory.mktemp("slides")
+    write_synthetic_slide(folder / "synth-a.tif", (1024, 768), seed=1)
+    write_synthetic_slide(folder / "synth-b.tif", (768, 1024), seed=2)
+    return folder
+
+
+def copy_slides(src: Path, dst: Path, names: list[str]) -> Path:
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        shutil.copy2(src / name, dst / name)
+    return dst
+
+
+def output_files(folder: Path) -> dict[str, bytes]:
+    """Every file of an output folder that must not depend on how the run was orchestrated.
+
+    summary.json holds timings, dates and the command line, so it is compared separately.
+    """
+    files = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and path.name != "summary.json":
+            files[str(path.relative_to(folder))] = path.read_bytes()
+    return files
+
+
+def stable_summary(folder: Path) -> dict:
+    """summary.json without the fields that change from run to run."""
+    import json
+
+    summary = json.loads((folder / "summary.json").read_text())
+    for key in ("timings_s", "created_utc", "command", "versions", "software"):
+        summary.pop(key, None)
+    summary.get("parameters", {}).pop("threads", None)
+    return summary

@@ -1,0 +1,92 @@
+"""The single-slide flow runs for real (Prefect test server) and matches the plain pipeline."""
+
+from __future__ import annotations
+
+import errno
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.flows.conftest import BROKEN, CMU, output_files, stable_summary
+from wsi.errors import SlideError
+
+
+def test_is_transient_follows_the_cause_chain() -> None:
+    from flows.slide_flow import is_transient
+
+    assert is_transient(OSError(errno.EIO, "I/O error"))
+    assert is_transient(TimeoutError())
+    wrapped = SlideError("cannot read region")
+    wrapped.__cause__ = OSError(errno.ESTALE, "stale NFS file handle")
+    assert is_transient(wrapped)
+    assert not is_transient(SlideError("not a slide"))
+    assert not is_transient(FileNotFoundError(errno.ENOENT, "missing"))
+    assert not is_transient(None)
+
+
+def test_artifact_keys_are_valid() -> None:
+    from flows.slide_flow import artifact_key
+
+    assert artifact_key("CMU-1-Small_Region.v2") == "slide-cmu-1-small-region-v2"
+    assert artifact_key("___") == "slide-unnamed"
+
+
+def test_slide_flow_on_cmu_matches_plain_pipeline(
+    prefect_harness: None, tiny_model: Path, tmp_path: Path
+) -> None:
+    from prefect.artifacts import Artifact
+
+    from flows.slide_flow import segment_slide as slide_flow
+    from pipeline.params import SegmentParams
+    from pipeline.segment import segment_slide
+
+    plain = segment_slide(CMU, tmp_path / "plain", SegmentParams(model_dir=tiny_model))
+    assert plain.status == "done"
+    result = slide_flow(slide=str(CMU), out=str(tmp_path / "flow"), model_dir=str(tiny_model))
+    assert result.status == "done"
+    assert result.out_dir == tmp_path / "flow" / "CMU-1-Small-Region"
+    assert output_files(result.out_dir) == output_files(plain.out_dir)
+    assert stable_summary(result.out_dir) == stable_summary(plain.out_dir) | {
+        "slide": stable_summary(result.out_dir)["slide"]
+    }
+    table = Artifact.get("slide-cmu-1-small-region")
+    assert table is not None and table.type == "table"
+    rows = json.loads(table.data) if isinstance(table.data, str) else table.data
+    assert [r["class"] for r in rows] == ["TE", "NEC", "LYM", "TAS"]
+    assert str(result.out_dir) in (table.description or "")
+    # a second run finds the outputs current and skips the work
+    again = slide_flow(slide=str(CMU), out=str(tmp_path / "flow"), model_dir=str(tiny_model))
+    assert again.status == "up-to-date"
+
+
+def test_transient_error_is_retried_and_broken_slide_is_not(
+    prefect_harness: None,
+    tiny_model: Path,
+    slides_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from flows.slide_flow import segment_slide as slide_flow
+    from pipeline import segment
+
+    real_prepare = segment.prepare
+    calls: list[str] = []
+    failures = [OSError(errno.EIO, "Input/output error (network share)")]
+
+    def flaky_prepare(slide_path, out_root, params):
+        calls.append(str(slide_path))
+        if failures:
+            raise failures.pop()
+        return real_prepare(slide_path, out_root, params)
+
+    monkeypatch.setattr(segment, "prepare", flaky_prepare)
+    slide = slides_dir / "synth-a.tif"
+    result = slide_flow(slide=str(slide), out=str(tmp_path), model_dir=str(tiny_model))
+    assert result.status == "done" and len(calls) == 2
+
+    calls.clear()
+    with pytest.raises(SlideError, match=r"broken\.svs"):
+        slide_flow(slide=str(BROKEN), out=str(tmp_path), model_dir=str(tiny_model))
+    assert calls == [str(BROKEN)]  # deterministic failure: no retry
+    assert not (tmp_path / "broken").exists()
