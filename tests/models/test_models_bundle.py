@@ -135,6 +135,8 @@ def test_wrong_class_count_is_refused(
         ("bad_json", "not valid JSON"),
         ("other_weights", "does not match model.json"),
         ("changed_weights", "does not match the sha256"),
+        ("extra_keys", r"unexpected \(e.g. \['classifier.head.fin"),
+        ("missing_keys", r"missing \(e.g. \['classifier.head.fin"),
     ],
 )
 def test_broken_folders_give_one_clear_error(
@@ -167,8 +169,34 @@ def test_broken_folders_give_one_clear_error(
         if damage == "other_weights":
             doc["weights"].pop("sha256")
             (bad / "model.json").write_text(json.dumps(doc))
+    elif damage in ("extra_keys", "missing_keys"):
+        lfi = SegmentationModel(
+            build_classifier("resnet10t", "lficam", 4),
+            build_segmenter("tu-resnet10t", 4, decoder_channels=32),
+            model.meta,
+        )
+        save_model(lfi, tmp_path / "lfi")
+        if damage == "extra_keys":
+            (bad / "model.safetensors").write_bytes(
+                (tmp_path / "lfi" / "model.safetensors").read_bytes()
+            )
+            doc["weights"].pop("sha256")
+            (bad / "model.json").write_text(json.dumps(doc))
+        else:
+            bad = tmp_path / "lfi"
+            (bad / "model.safetensors").write_bytes((folder / "model.safetensors").read_bytes())
+            doc = json.loads((bad / "model.json").read_text())
+            doc["weights"].pop("sha256")
+            (bad / "model.json").write_text(json.dumps(doc))
     with pytest.raises(ModelError, match=message):
         load_model(bad)
+
+
+def test_models_never_unpickle() -> None:
+    sources = (Path(__file__).resolve().parents[2] / "models").rglob("*.py")
+    for src in sources:
+        text = src.read_text()
+        assert "torch.load" not in text and "import pickle" not in text, src
 
 
 def test_demo_model_dir_is_package_data() -> None:

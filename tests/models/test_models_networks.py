@@ -18,24 +18,24 @@ def test_heads_forward_backward(head: str, size: int) -> None:
     kwargs = {"schedule": PDASchedule(warmup_epochs=0, mu0=0.9)} if head == "pda" else {}
     clf = build_classifier("resnet10t", {"kind": head, "dropout": 0.5, **kwargs}, 4)
     clf.train()
-    x = torch.rand(2, 3, size, size)
+    n = 2 if size < 128 else 1  # BatchNorm in training mode needs > 1 value per channel
+    x = torch.rand(n, 3, size, size)
     logits, taps = clf.forward_taps(x)
-    torch.nn.functional.multilabel_soft_margin_loss(
-        logits, torch.tensor([[1.0, 0, 1, 0], [0, 1, 0, 0]])
-    ).backward()
-    assert logits.shape == (2, 4)
+    target = torch.tensor([[1.0, 0, 1, 0], [0, 1, 0, 0]])[:n]
+    torch.nn.functional.multilabel_soft_margin_loss(logits, target).backward()
+    assert logits.shape == (n, 4)
     assert list(taps) == ["layer2", "layer3", "layer4"]
     assert [t.shape[-1] for t in taps.values()] == [size // 8, size // 16, size // 16]
     assert clf.head.fc.weight.grad is not None and clf.head.fc.weight.grad.abs().sum() > 0
     clf.eval()
-    assert clf.cam(x).shape == (2, 4, size // 16, size // 16)
+    assert clf.cam(x).shape == (n, 4, size // 16, size // 16)
 
 
 @pytest.mark.parametrize("size", [64, 224])
 def test_segmenter_forward_backward(size: int) -> None:
     seg = build_segmenter("tu-resnet10t", 4, decoder_channels=32)
     seg.train()
-    out = seg(torch.rand(2, 3, size, size))
+    out = seg(torch.rand(2, 3, size, size))  # ASPP's pooled branch needs a batch of 2
     out.mean().backward()
     assert out.shape == (2, 4, size, size)
 
