@@ -79,7 +79,8 @@ def predict_tiles(
     while the other Dask threads read and decode the next chunks.
     """
     results = []
-    pin = torch.cuda.is_available()
+    device = getattr(model, "device", None)
+    pin = torch.cuda.is_available() and device is not None and torch.device(device).type == "cuda"
     for start in range(0, len(tiles), batch_size):
         batch = torch.from_numpy(np.ascontiguousarray(tiles[start : start + batch_size]))
         batch = batch.permute(0, 3, 1, 2)
