@@ -114,6 +114,34 @@ class TiffSlideBackend:
             log.setLevel(old)
         if self.handle.level_count == 0:
             raise ValueError("the TIFF holds no image pages (truncated?)")
+        try:
+            self._check_image_data()
+        except Exception:
+            self.handle.close()
+            raise
+
+    def _check_image_data(self) -> None:
+        """Refuse levels whose tile offsets are lost or point past the end of the file.
+
+        tifffile reads such pages as zeros without an error, so a truncated slide would
+        otherwise give a black image and plausible-looking outputs.
+        """
+        tf = self.handle.ts_tifffile
+        size = int(tf.filehandle.size)
+        series = tf.series[int(self.handle.properties.get("tiffslide.series-index") or 0)]
+        for i, level in enumerate(series.levels):
+            for page in level.pages:
+                if page is None:
+                    continue
+                offsets = np.asarray(page.dataoffsets, dtype=np.int64)
+                counts = np.asarray(page.databytecounts, dtype=np.int64)
+                if offsets.size == 0 or offsets.shape != counts.shape:
+                    raise ValueError(f"level {i} has no tile offsets (truncated TIFF directory)")
+                end = int((offsets + counts).max())
+                if end > size:
+                    raise ValueError(
+                        f"level {i} needs {end} bytes but the file has {size} (truncated)"
+                    )
 
     def meta(self) -> SlideMeta:
         h = self.handle
