@@ -47,6 +47,26 @@ def saved(tmp_path_factory: pytest.TempPathFactory) -> tuple[SegmentationModel, 
     return model, save_model(model, tmp_path_factory.mktemp("m") / "tiny")
 
 
+@pytest.fixture(scope="module")
+def variants(
+    saved: tuple[SegmentationModel, Path], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Path]:
+    """Folders of models that differ from `saved`: smaller decoder, and an lficam head."""
+    meta = saved[0].meta
+    root = tmp_path_factory.mktemp("variants")
+    other = SegmentationModel(
+        build_classifier("resnet10t", "cam", 4),
+        build_segmenter("tu-resnet10t", 4, decoder_channels=16),
+        meta,
+    )
+    lfi = SegmentationModel(
+        build_classifier("resnet10t", "lficam", 4),
+        build_segmenter("tu-resnet10t", 4, decoder_channels=32),
+        meta,
+    )
+    return {"other": save_model(other, root / "other"), "lfi": save_model(lfi, root / "lfi")}
+
+
 def _tiles() -> torch.Tensor:
     return torch.randint(
         0, 256, (2, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(3)
@@ -140,11 +160,16 @@ def test_wrong_class_count_is_refused(
     ],
 )
 def test_broken_folders_give_one_clear_error(
-    saved: tuple[SegmentationModel, Path], tmp_path: Path, damage: str, message: str
+    saved: tuple[SegmentationModel, Path],
+    variants: dict[str, Path],
+    tmp_path: Path,
+    damage: str,
+    message: str,
 ) -> None:
-    model, folder = saved
+    _, folder = saved
     bad = _copy(folder, tmp_path / "bad")
     doc = json.loads((bad / "model.json").read_text())
+    weights_from = {"other_weights": "other", "changed_weights": "other", "extra_keys": "lfi"}
     if damage == "no_folder":
         bad = tmp_path / "nowhere"
     elif damage == "no_json":
@@ -153,41 +178,23 @@ def test_broken_folders_give_one_clear_error(
         (bad / "model.safetensors").unlink()
     elif damage == "no_colors":
         doc["colors"] = []
-        (bad / "model.json").write_text(json.dumps(doc))
     elif damage == "bad_json":
         (bad / "model.json").write_text("{not json")
-    elif damage in ("other_weights", "changed_weights"):
-        other = SegmentationModel(
-            build_classifier("resnet10t", "cam", 4),
-            build_segmenter("tu-resnet10t", 4, decoder_channels=16),
-            model.meta,
-        )
-        save_model(other, tmp_path / "other")
+    elif damage in weights_from:
         (bad / "model.safetensors").write_bytes(
-            (tmp_path / "other" / "model.safetensors").read_bytes()
+            (variants[weights_from[damage]] / "model.safetensors").read_bytes()
         )
-        if damage == "other_weights":
-            doc["weights"].pop("sha256")
-            (bad / "model.json").write_text(json.dumps(doc))
-    elif damage in ("extra_keys", "missing_keys"):
-        lfi = SegmentationModel(
-            build_classifier("resnet10t", "lficam", 4),
-            build_segmenter("tu-resnet10t", 4, decoder_channels=32),
-            model.meta,
-        )
-        save_model(lfi, tmp_path / "lfi")
-        if damage == "extra_keys":
-            (bad / "model.safetensors").write_bytes(
-                (tmp_path / "lfi" / "model.safetensors").read_bytes()
-            )
-            doc["weights"].pop("sha256")
-            (bad / "model.json").write_text(json.dumps(doc))
-        else:
-            bad = tmp_path / "lfi"
-            (bad / "model.safetensors").write_bytes((folder / "model.safetensors").read_bytes())
-            doc = json.loads((bad / "model.json").read_text())
-            doc["weights"].pop("sha256")
-            (bad / "model.json").write_text(json.dumps(doc))
+    elif damage == "missing_keys":  # lficam JSON, weights of a model without the FIN
+        bad = _copy(variants["lfi"], tmp_path / "lfi")
+        (bad / "model.safetensors").write_bytes((folder / "model.safetensors").read_bytes())
+        doc = json.loads((bad / "model.json").read_text())
+    if (
+        damage != "changed_weights"
+        and "weights" in doc
+        and damage not in ("bad_json", "no_json", "no_folder")
+    ):
+        doc["weights"].pop("sha256")  # get past the checksum to the check under test
+        (bad / "model.json").write_text(json.dumps(doc))
     with pytest.raises(ModelError, match=message):
         load_model(bad)
 

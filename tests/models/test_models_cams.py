@@ -57,24 +57,25 @@ def test_cam_is_normalised_relu_class_map() -> None:
     torch.testing.assert_close(activation_maps("cam", clf, x), expected)
 
 
-def test_score_cam_batched_equals_naive_loop() -> None:
-    clf = build_classifier("resnet10t", "cam", 3).eval()
-    x = torch.rand(1, 3, 32, 32)
-    batched = score_cam(clf, x, "shallow", batch_size=7, normalise="none")
-    with torch.no_grad():
-        feats = clf.forward_taps(x)[1]["layer2"]
-        base = torch.sigmoid(clf(torch.zeros(1, 3, 32, 32)))[0]
-        naive = torch.zeros(1, 3, 32, 32)
-        for i in range(1):
-            acc = torch.zeros(3, *feats.shape[-2:])
-            for c in range(feats.shape[1]):  # one forward pass per channel
-                up = _upsample(feats[i : i + 1, c : c + 1], 32)[0, 0]
-                mask = (up - up.min()) / (up.max() - up.min()).clamp_min(1e-8)
-                alpha = torch.sigmoid(clf(x[i : i + 1] * mask))[0] - base
-                acc += alpha[:, None, None] * feats[i, c]
-            naive[i] = _upsample(F.relu(acc)[None], 32)[0]
-    torch.testing.assert_close(batched, naive, rtol=1e-4, atol=1e-5)
-    assert score_cam(clf, x, "shallow").max() <= 1
+def test_score_cam_batched_equals_naive_loop(tiny_classifier) -> None:
+    clf = tiny_classifier("cam", 3)
+    x = torch.rand(2, 3, 32, 32)
+    for layer in ("a", "c"):
+        batched = score_cam(clf, x, layer, batch_size=3, normalise="none")
+        with torch.no_grad():
+            feats = clf.forward_taps(x)[1][layer]
+            base = torch.sigmoid(clf(torch.zeros(1, 3, 32, 32)))[0]
+            naive = torch.zeros(2, 3, 32, 32)
+            for i in range(2):
+                acc = torch.zeros(3, *feats.shape[-2:])
+                for c in range(feats.shape[1]):  # one forward pass per channel
+                    up = _upsample(feats[i : i + 1, c : c + 1], 32)[0, 0]
+                    mask = (up - up.min()) / (up.max() - up.min()).clamp_min(1e-8)
+                    alpha = torch.sigmoid(clf(x[i : i + 1] * mask))[0] - base
+                    acc += alpha[:, None, None] * feats[i, c]
+                naive[i] = _upsample(F.relu(acc)[None], 32)[0]
+        torch.testing.assert_close(batched, naive, rtol=1e-5, atol=1e-6)
+    assert score_cam(clf, x, "b").max() <= 1
 
 
 def test_lfi_cam_needs_lficam_head() -> None:

@@ -87,11 +87,10 @@ def test_pseudo_masks_background_rule_on_and_off() -> None:
     torch.testing.assert_close(background_mask(_patches())[0], white, rtol=0, atol=0)
 
 
-def test_pseudo_masks_from_other_cam_methods() -> None:
-    clf = build_classifier("resnet10t", "cam", 4)
+def test_pseudo_masks_from_other_cam_methods(tiny_classifier) -> None:
     labels = torch.tensor([[0, 1, 0, 0], [0, 0, 1, 1]])
-    small = _patches()[:1, :, :32, :32]
-    masks = pseudo_masks(clf, small, labels[:1], method="scorecam", layers=("deep",))
-    assert len(masks) == 1 and set(masks[0][0].unique().tolist()) == {1, 255}
+    masks = pseudo_masks(tiny_classifier("cam", 4), _patches(), labels, method="scorecam")
+    assert len(masks) == 3 and set(masks[0][0].unique().tolist()) == {1, 255}
+    clf = build_classifier("resnet10t", "cam", 4)
     cams = pseudo_masks(clf, _patches(), labels, method="cam")
     assert torch.equal(cams[0], cams[2])
