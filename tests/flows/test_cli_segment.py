@@ -1,0 +1,37 @@
+"""`wsi-segment SLIDE ...` as users call it: a real subprocess, exit codes, messages."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.conftest import CMU_SLIDE, DATA_DIR
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True, timeout=600
+    )
+
+
+def test_good_and_broken_slides_in_one_call(tmp_path, tiny_model_dir):
+    out = tmp_path / "out"
+    args = ["--model", str(tiny_model_dir), "--out", str(out), "--quiet"]
+    first = run_cli(str(CMU_SLIDE), str(DATA_DIR / "broken.svs"), *args)
+    assert first.returncode == 1
+    errors = [line for line in first.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and errors[0].startswith("error:") and "broken.svs" in errors[0]
+    assert "Traceback" not in first.stderr
+    assert (out / "CMU-1-Small-Region" / "summary.json").is_file()
+    assert not (out / "broken").exists()
+    # The same call again: the finished slide is up to date, `segment` is the same command.
+    second = run_cli("segment", str(CMU_SLIDE), *args)
+    assert second.returncode == 0
+    assert "up to date" in second.stdout
+
+
+def test_usage_errors_exit_2_with_the_range(tmp_path):
+    result = run_cli(str(CMU_SLIDE), "--batch-size", "0", "--out", str(tmp_path))
+    assert result.returncode == 2
+    assert "[1, 4096]" in result.stderr
+    assert not any(tmp_path.iterdir())
