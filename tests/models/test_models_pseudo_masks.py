@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import scipy.ndimage as ndi
 import torch
+from PIL import Image
 
 from models.background import background_mask, grey_uint8, remove_small_objects
 from models.classifier import build_classifier
@@ -94,3 +97,19 @@ def test_pseudo_masks_from_other_cam_methods(tiny_classifier) -> None:
     clf = build_classifier("resnet10t", "cam", 4)
     cams = pseudo_masks(clf, _patches(), labels, method="cam")
     assert torch.equal(cams[0], cams[2])
+
+
+def test_background_rule_on_real_luad_patches() -> None:
+    """On the real LUAD-HistoSeg val/test patches, grey > 200 finds the annotated white.
+
+    Measured: recall 0.98, IoU 0.68 (the annotation leaves thin white gaps inside tissue
+    unlabelled as background; the rule calls them background, hence the lower precision).
+    """
+    root = Path(__file__).resolve().parents[1] / "data" / "luad-histoseg-sample"
+    files = sorted(root.glob("*/img/*.png"))
+    assert len(files) == 9
+    rgb = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
+    gt = np.stack([np.asarray(Image.open(f.parent.parent / "mask" / f.name)) == 4 for f in files])
+    bg = background_mask(torch.from_numpy(rgb).permute(0, 3, 1, 2)).numpy()
+    assert (bg & gt).sum() / gt.sum() > 0.95
+    assert (bg & gt).sum() / (bg | gt).sum() > 0.6
