@@ -46,6 +46,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     p.add_argument("--name", default=None, help="model name in model.json (default: folder name)")
     p.add_argument("--fp16", action="store_true", help="store the final weights as float16")
+    p.add_argument("--decoder-channels", type=int, default=256, help="DeepLabV3+ decoder width")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: all)")
     p.set_defaults(run=run)
     return p
 
@@ -69,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
         work_dir=args.work_dir,
         name=args.name,
         fp16=args.fp16,
+        decoder_channels=args.decoder_channels,
+        threads=args.threads,
     )
     out = train(cfg)
     print(f"model written to {out}")

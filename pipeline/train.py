@@ -82,6 +82,9 @@ def train(cfg: TrainConfig) -> Path:
     torch.use_deterministic_algorithms(True, warn_only=True)
     t0 = time.time()
     ds = open_dataset(cfg.data)
+    ds.train_items()  # a malformed dataset fails here, before anything is written
+    if ds.has_masks("val"):
+        ds.mask_items("val")
     device = pick_device(cfg.device)
     work = cfg.work_dir or cfg.out.with_name(cfg.out.name + ".work")
     work.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,9 +58,16 @@ def build(cfg: ClassifierConfig, num_classes: int) -> PatchClassifier:
 
 
 def train_classifier(
-    ds: WsssDataset, cfg: ClassifierConfig, work: Path, device: torch.device
+    ds: WsssDataset,
+    cfg: ClassifierConfig,
+    work: Path,
+    device: torch.device,
+    on_epoch: Callable[[int, dict], None] | None = None,
 ) -> PatchClassifier:
-    """Train (or resume, or just load if finished) the classifier; checkpoints in `work`."""
+    """Train (or resume, or just load if finished) the classifier; checkpoints in `work`.
+
+    `on_epoch(epoch, state)` runs after each saved checkpoint (progress reporting, tests).
+    """
     items = ds.train_items()
     labels = torch.tensor([it.labels for it in items], dtype=torch.float32)
     model = build(cfg, ds.num_classes).to(device)
@@ -100,6 +108,13 @@ def train_classifier(
             "history": [*state["history"], {"epoch": epoch + 1, "loss": total / max(seen, 1)}],
         }
         save_checkpoint(work, model, opt, state)
+        if not progress_enabled():
+            print(
+                f"stage 1 epoch {epoch + 1}/{cfg.epochs}: loss {total / max(seen, 1):.4f}",
+                flush=True,
+            )
+        if on_epoch is not None:
+            on_epoch(epoch + 1, state)
     if schedule is not None:
         schedule.epoch = cfg.epochs
     model.eval()

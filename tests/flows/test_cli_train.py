@@ -1,0 +1,59 @@
+"""`wsi-segment train` on a tiny synthetic dataset, then `wsi-segment evaluate` on the real sample."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+
+from flows.cli import main
+from models.bundle import load_model
+from pipeline.synthetic_dataset import SyntheticSpec, make_synthetic_dataset
+
+SAMPLE = Path(__file__).resolve().parents[1] / "data" / "luad-histoseg-sample"
+TINY = [
+    "--encoder", "resnet10t", "--seg-encoder", "resnet10t", "--decoder-channels", "32",
+    "--epochs", "1", "--seg-epochs", "1", "--batch-size", "4", "--device", "cpu", "--fp16",
+]  # fmt: skip
+
+
+def _finite(result: dict) -> bool:
+    return all(math.isfinite(result[k]) and 0 <= result[k] <= 1 for k in ("miou", "fwiou", "acc"))
+
+
+def test_train_then_evaluate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = make_synthetic_dataset(tmp_path / "data", SyntheticSpec(8, 2, 2, 64, seed=7))
+    out = tmp_path / "model"
+    assert main(["train", "--data", str(data), "--out", str(out), *TINY]) == 0
+    model = load_model(out)
+    assert model.meta.classes == ["TE", "NEC", "LYM", "TAS"]
+    assert model.meta.colors[2] == (65, 105, 225)
+    doc = json.loads((out / "model.json").read_text())
+    assert doc["weights"]["dtype"] == "float16"
+    assert doc["provenance"]["train_patches"] == 8
+    assert len(list((tmp_path / "model.work" / "pseudo_masks" / "deep").glob("*.png"))) == 8
+    capsys.readouterr()
+
+    # the real LUAD-HistoSeg sample's test split, 224 px patches
+    args = ["evaluate", "--data", str(SAMPLE), "--model", str(out), "--no-pseudo", "--json"]
+    assert main(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert {"miou", "fwiou", "acc", "iou"} <= set(result) and result["images"] == 6
+    assert list(result["iou"]) == ["TE", "NEC", "LYM", "TAS"] and _finite(result)
+
+    assert main(["evaluate", "--data", str(data), "--model", str(out), "--split", "val"]) == 0
+    table = capsys.readouterr().out
+    assert "segmentation" in table and "pseudo deep" in table and "mIoU" in table
+
+
+def test_bad_dataset_is_one_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(SAMPLE, data)
+    (data / "train" / "1223954-20699-37571-[0 0 1 1].png").rename(data / "train" / "unlabelled.png")
+    code = main(["train", "--data", str(data), "--out", str(tmp_path / "m"), *TINY])
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("error: ") and "unlabelled.png" in err
+    assert not (tmp_path / "m").exists() and not (tmp_path / "m.work").exists()

@@ -1,0 +1,52 @@
+"""Stage 1: an interrupted run resumes from its last checkpoint and ends where an uninterrupted one does."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.datasets import open_dataset
+from pipeline.synthetic_dataset import SyntheticSpec, make_synthetic_dataset
+from pipeline.train_classifier import ClassifierConfig, train_classifier
+
+CFG = ClassifierConfig(encoder="resnet10t", head="pda", epochs=2, batch_size=4, seed=1, max_steps=1)
+
+
+class Interrupt(Exception):
+    """Raised from the epoch hook, like Ctrl-C arriving right after a checkpoint."""
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("syn")
+    return open_dataset(make_synthetic_dataset(root, SyntheticSpec(8, 1, 1, 64, seed=5)))
+
+
+def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_resume_continues_from_last_checkpoint(tiny, tmp_path: Path) -> None:
+    cpu = torch.device("cpu")
+    full = _weights(train_classifier(tiny, CFG, tmp_path / "full", cpu))
+
+    def stop_after_1(epoch: int, state: dict) -> None:
+        if epoch == 1:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train_classifier(tiny, CFG, tmp_path / "cut", cpu, on_epoch=stop_after_1)
+    trained: list[int] = []
+    resumed = train_classifier(
+        tiny, CFG, tmp_path / "cut", cpu, on_epoch=lambda e, s: trained.append(e)
+    )
+    assert trained == [2]  # only the missing epoch ran
+    assert resumed.head.schedule.epoch == 2
+    got = _weights(resumed)
+    assert all(torch.equal(full[k], got[k]) for k in full)
+
+    again: list[int] = []
+    train_classifier(tiny, CFG, tmp_path / "cut", cpu, on_epoch=lambda e, s: again.append(e))
+    assert again == []  # a finished stage only loads
