@@ -22,7 +22,7 @@ KNOWN_BACKBONES: dict[str, str] = {
     "resnet18": "small, for tests and the demo model",
     "resnet34": "medium",
     "resnet50": "real training",
-    "wide_resnet50_2": "real training; the ResNet-38-like option (wide, ~69M parameters)",
+    "wide_resnet50_2": "real training; the ResNet-38-like option (wide, ~66M parameters)",
 }
 
 #: Aliases for the last three taps, counted from the deepest.
