@@ -112,6 +112,14 @@ def add_segment_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="replace finished outputs instead of reporting 'up to date'",
     )
+    parser.add_argument(
+        "--ome-tiff", action="store_true", help="also write probabilities.ome.tif for QuPath"
+    )
+    parser.add_argument(
+        "--tile-objects",
+        action="store_true",
+        help="also write tiles.geojson: one QuPath tile per model tile with class probabilities",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -128,6 +136,8 @@ def params_from_args(args: argparse.Namespace) -> SegmentParams:
         backend=args.backend,
         gate=not args.no_gate,
         overwrite=args.overwrite,
+        ome_tiff=args.ome_tiff,
+        tile_objects=args.tile_objects,
     )
 
 

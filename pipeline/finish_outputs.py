@@ -17,10 +17,12 @@ from PIL import Image
 
 from pipeline.chunk_job import ChunkOutcome
 from pipeline.geojson import build_feature_collection, write_geojson
+from pipeline.ome_tiff import write_probability_ome_tiff
 from pipeline.ome_zarr import finalize_pyramid
 from pipeline.overlay import write_overlay
 from pipeline.polygons import merge_class_polygons, simplify_coverage, to_level0
 from pipeline.summary import software_versions, write_summary
+from pipeline.tile_objects import write_tile_geojson
 
 THUMB_SIZE = 1024
 
@@ -65,9 +67,18 @@ def write_outputs(prep: Any, outcomes: list[ChunkOutcome], work_dir: Path) -> di
     write_geojson(work_dir / "tissue.geojson", fc)
     zarr_path = work_dir / "probabilities.ome.zarr"
     n_levels = finalize_pyramid(zarr_path)
+    files = ["probabilities.ome.zarr", "tissue.geojson", "overlay.png", "summary.json"]
+    if prep.params.ome_tiff:
+        write_probability_ome_tiff(zarr_path, work_dir / "probabilities.ome.tif")
+        files.append("probabilities.ome.tif")
+    if prep.params.tile_objects:
+        write_tile_geojson(
+            zarr_path, work_dir / "tiles.geojson", prep.grid.stride // prep.grid.downsample
+        )
+        files.append("tiles.geojson")
     _write_overlay(prep, zarr_path, n_levels, work_dir / "overlay.png", classes, colors)
     prep.timings["outputs_s"] = time.perf_counter() - t0
-    summary = _summary(prep, areas, labelled * px_area, n_levels)
+    summary = _summary(prep, areas, labelled * px_area, n_levels, files)
     write_summary(work_dir / "summary.json", summary)
     return summary
 
@@ -98,7 +109,9 @@ def _write_overlay(
     write_overlay(path, thumb, np.asarray(label_img), classes, colors)
 
 
-def _summary(prep: Any, areas: dict, tissue_um2: float, n_levels: int) -> dict[str, Any]:
+def _summary(
+    prep: Any, areas: dict, tissue_um2: float, n_levels: int, files: list[str]
+) -> dict[str, Any]:
     slide = prep.slide
     grid = prep.grid
     tiles = prep.tiles_total
@@ -133,7 +146,7 @@ def _summary(prep: Any, areas: dict, tissue_um2: float, n_levels: int) -> dict[s
             "shape_yx": list(prep.output_shape),
             "level0_per_output_pixel": prep.level0_per_output,
             "pyramid_levels": n_levels,
-            "files": ["probabilities.ome.zarr", "tissue.geojson", "overlay.png", "summary.json"],
+            "files": files,
         },
         "tiling": {
             "tile": grid.tile,

@@ -37,6 +37,8 @@ class SegmentParams:
     threads: int = 2  # Dask threads: one runs the model while others read and decode
     output_name: str | None = None  # default: the slide's file stem
     simplify_tolerance: float = 1.0  # output pixels; polygons simplified edge-to-edge
+    ome_tiff: bool = False  # also write probabilities.ome.tif (QuPath opens it directly)
+    tile_objects: bool = False  # also write tiles.geojson (per-tile probabilities for QuPath)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -58,7 +60,16 @@ class SegmentParams:
 
     def fingerprint_fields(self) -> dict[str, Any]:
         """The parameters that change outputs (speed-only knobs excluded)."""
-        keep = ("mpp", "output_downsample", "overlap", "gate", "simplify_tolerance", "backend")
+        keep = (
+            "mpp",
+            "output_downsample",
+            "overlap",
+            "gate",
+            "simplify_tolerance",
+            "backend",
+            "ome_tiff",
+            "tile_objects",
+        )
         return {name: getattr(self, name) for name in keep}
 
     def as_dict(self) -> dict[str, Any]:

@@ -172,3 +172,17 @@ def test_polygons_valid_after_union(cmu_run):
     fc = json.loads((result.out_dir / "tissue.geojson").read_text())
     union = shapely.union_all([shape(f["geometry"]) for f in fc["features"][1:]])
     assert union.is_valid
+
+
+def test_optional_ome_tiff_and_tile_objects(tmp_path, tiny_model_dir):
+    import tifffile
+
+    params = SegmentParams(model_dir=tiny_model_dir, ome_tiff=True, tile_objects=True)
+    result = segment_slide(CMU_SLIDE, tmp_path, params)
+    probs = zarr.open_group(str(result.out_dir / "probabilities.ome.zarr"))["0"]
+    with tifffile.TiffFile(result.out_dir / "probabilities.ome.tif") as tif:
+        assert tif.series[0].shape == probs.shape
+        np.testing.assert_array_equal(tif.series[0].asarray(), probs[:])
+    tiles = json.loads((result.out_dir / "tiles.geojson").read_text())["features"]
+    assert tiles and all(t["properties"]["objectType"] == "tile" for t in tiles)
+    assert "tiles.geojson" in result.summary["output"]["files"]
