@@ -98,6 +98,54 @@ class OpenSlideBackend:
         self.handle.close()
 
 
+class _DropSiblingTileErrors(logging.Filter):
+    """zarr decodes a region's tiles as concurrent asyncio tasks. When tiles are corrupt,
+    the first error is raised (and reported once, as a SlideError naming the region), but
+    the sibling tasks' errors are never retrieved and asyncio logs each one with a full
+    traceback when it is garbage-collected: hundreds of traceback lines on stderr for an
+    expected error. Drop exactly those records (errors raised inside the TIFF decoders);
+    `_drain_zarr_reads` lets the siblings still pending finish before the error goes up."""
+
+    DECODERS = ("tifffile", "imagecodecs", "tiffslide")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "exception was never retrieved" not in str(record.msg):
+            return True
+        exc = record.exc_info[1] if record.exc_info else None
+        tb = exc.__traceback__ if exc is not None else None
+        while tb is not None:
+            if any(name in tb.tb_frame.f_code.co_filename for name in self.DECODERS):
+                return False
+            tb = tb.tb_next
+        return True
+
+
+logging.getLogger("asyncio").addFilter(_DropSiblingTileErrors())
+
+
+def _drain_zarr_reads(timeout: float = 30.0) -> None:
+    """Wait for the tile reads zarr still runs after one failed (else they are destroyed
+    pending at exit, each printing a traceback)."""
+    try:
+        import asyncio
+
+        from zarr.core import sync
+
+        loop = sync.loop[0]
+        if loop is None or not loop.is_running():
+            return
+
+        async def drain() -> None:
+            me = asyncio.current_task()
+            others = [t for t in asyncio.all_tasks() if t is not me]
+            if others:
+                await asyncio.wait(others, timeout=timeout)
+
+        asyncio.run_coroutine_threadsafe(drain(), loop).result(timeout + 1)
+    except Exception:  # best effort: never hide the read error itself
+        pass
+
+
 class TiffSlideBackend:
     """tiffslide: TIFF family incl. OME-TIFF, and fsspec URLs (s3://, file://, ...)."""
 
@@ -168,7 +216,11 @@ class TiffSlideBackend:
         self, location: tuple[int, int], level: int, size: tuple[int, int]
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Pixels (zero padded by tiffslide) and the mask of pixels inside the level."""
-        arr = np.asarray(self.handle.read_region(location, level, size, as_array=True))
+        try:
+            arr = np.asarray(self.handle.read_region(location, level, size, as_array=True))
+        except Exception:
+            _drain_zarr_reads()
+            raise
         if arr.ndim == 2:
             arr = arr[..., None]
         if arr.dtype != np.uint8:  # 16-bit brightfield is rare; scale to 8 bit
