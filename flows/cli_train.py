@@ -32,7 +32,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--head", choices=("pda", "cam", "pcam", "lficam"), default="pda")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    p.add_argument("--device", default="auto", help="auto (GPU if present), cpu, cuda, cuda:N")
     p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default 1e-3)")
     p.add_argument(
         "--crop", type=int, default=None, help="random training crop in px (default: full patch)"
@@ -47,6 +47,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--name", default=None, help="model name in model.json (default: folder name)")
     p.add_argument("--fp16", action="store_true", help="store the final weights as float16")
     p.add_argument("--decoder-channels", type=int, default=256, help="DeepLabV3+ decoder width")
+    p.add_argument(
+        "--mpp",
+        type=float,
+        default=1.0,
+        help="um/px of the patches (model.json; default 1.0 = 10x)",
+    )
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: all)")
     p.set_defaults(run=run)
     return p
@@ -73,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         fp16=args.fp16,
         decoder_channels=args.decoder_channels,
         threads=args.threads,
+        mpp=args.mpp,
     )
     out = train(cfg)
     print(f"model written to {out}")
