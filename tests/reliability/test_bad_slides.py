@@ -1,0 +1,172 @@
+"""Bad slides through the real CLI: one clear `error:` line each, exit 1, nothing written.
+
+Covers: missing path, a directory, an empty file, a text file named .svs, the real broken
+.svs fixture, the CMU slide truncated at several offsets, no mpp without --mpp, a slide
+smaller than one tile, a slide with no tissue (valid outputs saying so), and corrupt tile
+data in the middle of the slide (the error names the region).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.conftest import DATA_DIR
+from tests.reliability.conftest import (
+    assert_clean_error,
+    assert_complete_output,
+    assert_nothing_written,
+    run_cli,
+    run_cli_inprocess,
+    write_tiff,
+)
+
+# Byte offsets at which the CMU slide (1,938,955 bytes) is cut. Its level-0 tiles come
+# first and the TIFF directory after them (at 1,275,950), so these cut: the header, the
+# middle of the tile data, the directory itself, its tile-offset array (tifffile then
+# reads the slide as black without an error: fixed in wsi/backends.py) and its JPEG tables.
+TRUNCATIONS = (0, 8, 1000, 700_000, 1_275_960, 1_276_500, 1_277_000, 1_277_950)
+NOT_A_SLIDE_FIX = "truncated, corrupt or of an unsupported format"
+
+
+@pytest.fixture(scope="module")
+def bad_slides(tmp_path_factory, cmu_bytes) -> dict[str, tuple]:
+    """name -> (path, words the error must contain)."""
+    d = tmp_path_factory.mktemp("bad")
+    (d / "empty.svs").write_bytes(b"")
+    (d / "text.svs").write_text("this is not a slide\n" * 50)
+    (d / "folder.svs").mkdir()
+    cases = {
+        "missing": (d / "missing.svs", "no such file"),
+        "directory": (d / "folder.svs", "is a directory"),
+        "empty": (d / "empty.svs", NOT_A_SLIDE_FIX),
+        "text": (d / "text.svs", NOT_A_SLIDE_FIX),
+        "broken": (DATA_DIR / "broken.svs", NOT_A_SLIDE_FIX),
+    }
+    for off in TRUNCATIONS:
+        path = d / f"cmu_cut_{off}.svs"
+        path.write_bytes(cmu_bytes[:off])
+        # cut inside the JPEG tables: opens, then the first read fails
+        fix = "truncated or corrupt" if off == 1_277_950 else NOT_A_SLIDE_FIX
+        cases[f"cut_{off}"] = (path, fix)
+    return cases
+
+
+def test_all_bad_slides_in_one_real_cli_run(bad_slides, tiny_model_dir, tmp_path):
+    """One subprocess, every bad slide: each gets its own error line, the run goes on."""
+    out = tmp_path / "out"
+    paths = [path for path, _ in bad_slides.values()]
+    result = run_cli([*paths, "--model", tiny_model_dir, "--out", out, "--quiet"])
+    text = assert_clean_error(result, count=len(paths))
+    lines = result.error_lines
+    for (path, fix), line in zip(bad_slides.values(), lines, strict=True):
+        assert path.name in line and fix in line, line
+    assert "Traceback" not in text
+    assert_nothing_written(out)
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["missing", "directory", "empty", "text", "broken", *[f"cut_{o}" for o in TRUNCATIONS]],
+)
+def test_bad_slide(case, bad_slides, tiny_model_dir, tmp_path, capsys):
+    path, fix = bad_slides[case]
+    out = tmp_path / "out"
+    result = run_cli_inprocess([path, "--model", tiny_model_dir, "--out", out, "--quiet"], capsys)
+    assert_clean_error(result, path.name, fix)
+    assert_nothing_written(out)
+
+
+def test_truncated_after_level0_still_gives_valid_output(
+    cmu_bytes, tiny_model_dir, tmp_path, capsys
+):
+    """Cut after the level-0 tiles and directory (only associated images lost): the pixels
+    are all there, so a valid run is the right outcome."""
+    path = tmp_path / "cmu_cut_tail.svs"
+    path.write_bytes(cmu_bytes[:1_600_000])
+    out = tmp_path / "out"
+    args = [path, "--model", tiny_model_dir, "--out", out, "--quiet", "--mpp", "0.1"]
+    result = run_cli_inprocess(args, capsys)
+    assert result.code == 0, result.stderr
+    assert_complete_output(out / path.stem)
+
+
+def test_no_mpp_needs_the_option_then_works(cmu_crop, tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    result = run_cli_inprocess([cmu_crop, "--model", tiny_model_dir, "--out", out], capsys)
+    assert_clean_error(result, cmu_crop.name, "--mpp")
+    assert_nothing_written(out)
+    args = [cmu_crop, "--model", tiny_model_dir, "--out", out, "--quiet", "--mpp", "0.5"]
+    result = run_cli_inprocess(args, capsys)
+    assert result.code == 0, result.stderr
+    summary = assert_complete_output(out / cmu_crop.stem)
+    assert summary["slide"]["mpp"]["x"] == 0.5
+
+
+def test_slide_smaller_than_one_tile(tiny_model_dir, tmp_path, capsys):
+    """small.svs is 16 x 16 px (4 x 4 model px for a 64-px tile): valid, tiny outputs."""
+    out = tmp_path / "out"
+    slide = DATA_DIR / "small.svs"
+    result = run_cli_inprocess([slide, "--model", tiny_model_dir, "--out", out, "--quiet"], capsys)
+    assert result.code == 0, result.stderr
+    assert_complete_output(out / "small")
+    import zarr
+
+    level0 = zarr.open_group(str(out / "small" / "probabilities.ome.zarr"), mode="r")["0"]
+    assert level0.shape == (4, 1, 1)  # ceil(ceil(16 * 0.499 / 2) / 4) = 1 output pixel
+
+
+def test_slide_with_no_tissue_gives_valid_outputs_saying_so(tiny_model_dir, tmp_path, capsys):
+    blank = write_tiff(tmp_path / "blank.tif", np.full((600, 900, 3), 250, np.uint8))
+    out = tmp_path / "out"
+    args = [blank, "--model", tiny_model_dir, "--out", out, "--quiet", "--mpp", "0.5"]
+    result = run_cli_inprocess(args, capsys)
+    assert result.code == 0, result.stderr
+    summary = assert_complete_output(out / "blank")
+    assert "no tissue" in summary["tissue"]["note"]
+    assert summary["tissue"]["area_um2"] == 0
+    assert all(c["area_um2"] == 0 for c in summary["classes"].values())
+    fc = json.loads((out / "blank" / "tissue.geojson").read_text())
+    assert fc["type"] == "FeatureCollection"
+
+
+def corrupt_middle_tile(data: bytes, path) -> tuple[int, int]:
+    """Overwrite the JPEG data of the middle level-0 tile; returns its level-0 (x, y)."""
+    import tifffile
+
+    from tests.conftest import CMU_SLIDE
+
+    with tifffile.TiffFile(CMU_SLIDE) as tf:
+        page = tf.pages[0]
+        i = len(page.dataoffsets) // 2
+        offset, count = page.dataoffsets[i], page.databytecounts[i]
+        per_row = -(-page.imagewidth // page.tilewidth)
+        xy = ((i % per_row) * page.tilewidth, (i // per_row) * page.tilelength)
+    buf = bytearray(data)
+    rng = np.random.default_rng(6)
+    buf[offset + count // 3 : offset + count] = rng.integers(
+        0, 256, count - count // 3, dtype=np.uint8
+    ).tobytes()
+    path.write_bytes(bytes(buf))
+    return xy
+
+
+def test_corrupt_tile_in_the_middle_names_the_region(cmu_bytes, tiny_model_dir, tmp_path, capsys):
+    path = tmp_path / "cmu_corrupt_tile.svs"
+    x, y = corrupt_middle_tile(cmu_bytes, path)
+    out = tmp_path / "out"
+    args = [path, "--model", tiny_model_dir, "--out", out, "--quiet", "--mpp", "0.1"]
+    result = run_cli_inprocess(args, capsys)
+    text = assert_clean_error(result, path.name, "region", "corrupt")
+    # the region named (level-0 location and size) contains the damaged tile
+    import re
+
+    m = re.search(r"region \((\d+), (\d+)\) size \((\d+), (\d+)\)", text)
+    if m:
+        rx, ry, rw, rh = map(int, m.groups())
+        assert rx <= x < rx + rw and ry <= y < ry + rh, (text, x, y)
+    else:
+        assert "model pixels" in text, text
+    assert_nothing_written(out)
