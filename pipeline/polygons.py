@@ -10,8 +10,10 @@ classes stay edge-to-edge instead of opening gaps or overlapping as per-polygon 
 
 from __future__ import annotations
 
+import os
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import rasterio.features
@@ -61,9 +63,11 @@ def merge_class_polygons(
     for block in per_block_dicts:
         for cls, polys in block.items():
             gathered[int(cls)].extend(polys)
-    return {
-        cls: _as_multipolygon(shapely.union_all(polys)) for cls, polys in sorted(gathered.items())
-    }
+    keys = sorted(gathered)
+    # One union per class; GEOS releases the GIL, so threads run the classes in parallel.
+    with ThreadPoolExecutor(max_workers=max(1, min(len(keys), os.cpu_count() or 1))) as pool:
+        unions = pool.map(lambda k: _as_multipolygon(shapely.union_all(gathered[k])), keys)
+        return dict(zip(keys, unions, strict=True))
 
 
 def _drop_small(geom: BaseGeometry, min_area: float) -> MultiPolygon:
@@ -77,6 +81,20 @@ def _drop_small(geom: BaseGeometry, min_area: float) -> MultiPolygon:
     return MultiPolygon(parts)
 
 
+def _node_pixel_grid(geoms: list[BaseGeometry]) -> list[BaseGeometry]:
+    """Put a vertex on every pixel corner along the edges of pixel-grid polygons.
+
+    Polygons from `label_block_polygons` have integer, axis-parallel edges, so 1-px segments
+    give every polygon a vertex wherever another polygon's vertex lies on its edge (as
+    coverage simplification needs). `segmentize` interpolates (7.000000000000002), so the
+    result is rounded back to the grid, which is exact here. Off-grid input is left as is.
+    """
+    coords = shapely.get_coordinates(geoms)
+    if not np.array_equal(coords, np.rint(coords)):
+        return geoms
+    return list(shapely.transform(shapely.segmentize(geoms, 1.0), np.rint))
+
+
 def simplify_coverage(
     class_geoms: Mapping[int, BaseGeometry],
     tolerance: float = 1.0,
@@ -88,8 +106,8 @@ def simplify_coverage(
     `tolerance` (output px) is roughly the square root of the largest triangle area removed;
     parts smaller than `min_area` (output px^2) are dropped. Steps: give every edge a vertex
     at each pixel corner (so where two classes meet a third, all three share the vertex, which
-    coverage simplification needs), `coverage_simplify`, repair, drop slivers, and finally
-    subtract earlier classes from later ones as a guard against any residual overlap.
+    coverage simplification needs), `coverage_simplify`, repair, drop slivers; if the result
+    is not a valid coverage, subtract earlier classes from later ones (guard against overlap).
     """
     keys = [k for k, g in class_geoms.items() if g is not None and not g.is_empty]
     out: dict[int, MultiPolygon] = {k: MultiPolygon() for k in class_geoms}
@@ -97,17 +115,26 @@ def simplify_coverage(
         return out
     geoms = [class_geoms[k] for k in keys]
     if tolerance > 0:
-        # Vertices are on the integer grid, so 1-px segments put a vertex on every junction.
-        noded = shapely.segmentize(geoms, 1.0)
-        geoms = shapely.coverage_simplify(noded, tolerance, simplify_boundary=simplify_boundary)
+        geoms = shapely.coverage_simplify(
+            _node_pixel_grid(geoms), tolerance, simplify_boundary=simplify_boundary
+        )
+    geoms = [_drop_small(g, min_area) for g in geoms]
+    if not shapely.coverage_is_valid(geoms):  # guard: the simplifier or repair left an overlap
+        geoms = _remove_overlaps(geoms, min_area)
+    out.update(zip(keys, geoms, strict=True))
+    return out
+
+
+def _remove_overlaps(geoms: list[MultiPolygon], min_area: float) -> list[MultiPolygon]:
+    """Subtract each earlier class from later ones, so no two classes share area."""
+    result: list[MultiPolygon] = []
     taken: BaseGeometry | None = None
-    for k, geom in zip(keys, geoms, strict=True):
-        geom = _drop_small(geom, min_area)
+    for geom in geoms:
         if taken is not None and shapely.relate_pattern(geom, taken, "T********"):
             geom = _drop_small(geom.difference(taken), min_area)
-        out[k] = geom
+        result.append(geom)
         taken = geom if taken is None else shapely.union(taken, geom)
-    return out
+    return result
 
 
 def to_level0(
