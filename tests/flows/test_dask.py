@@ -1,0 +1,122 @@
+"""Batches on a real distributed.LocalCluster with worker processes, including a worker death."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.flows.conftest import output_files, stable_summary
+
+# one tile per chunk: many small chunks, so a worker can die while others are pending
+OPTIONS = {"chunk_tiles": 1}
+
+
+def test_plan_local_cluster_sizes() -> None:
+    from flows.dask_cluster import plan_local_cluster
+
+    assert plan_local_cluster(n_gpus=0, n_cpus=2).n_workers == 1
+    cpu = plan_local_cluster(workers=2, n_gpus=0, n_cpus=8)
+    assert (cpu.n_workers, cpu.threads_per_worker, cpu.gpus) == (2, 4, ())
+    gpu = plan_local_cluster(n_gpus=2, n_cpus=16)
+    assert (gpu.n_workers, gpu.threads_per_worker, gpu.gpus) == (2, 8, (0, 1))
+    assert plan_local_cluster(workers=1, n_gpus=4, n_cpus=4).gpus == (0,)
+
+
+@pytest.fixture(scope="module")
+def cluster_client() -> Iterator:
+    """A real LocalCluster: 2 worker processes, 1 thread each, shared by this module's tests."""
+    from flows.dask_cluster import dask_client
+
+    with dask_client(workers=2, threads=1) as client:
+        client.wait_for_workers(2, timeout=120)
+        yield client
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_model: Path, slides_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Outputs of the plain single-process pipeline, to compare the cluster runs with."""
+    from pipeline.params import SegmentParams
+    from pipeline.segment import segment_slide
+
+    out = tmp_path_factory.mktemp("reference")
+    params = SegmentParams(model_dir=tiny_model, **OPTIONS)
+    for name in ("synth-a.tif", "synth-b.tif"):
+        assert segment_slide(slides_dir / name, out, params).status == "done"
+    return out
+
+
+def _assert_same(out: Path, reference: Path) -> None:
+    for name in ("synth-a", "synth-b"):
+        assert output_files(out / name) == output_files(reference / name), name
+        assert stable_summary(out / name) == stable_summary(reference / name), name
+
+
+def test_batch_on_local_cluster_matches_single_process(
+    prefect_harness: None,
+    cluster_client,
+    reference: Path,
+    tiny_model: Path,
+    slides_dir: Path,
+    tmp_path: Path,
+) -> None:
+    from flows.batch_flow import segment_batch
+
+    results = segment_batch(
+        input=str(slides_dir),
+        out=str(tmp_path / "out"),
+        model_dir=str(tiny_model),
+        dask_address=cluster_client.scheduler.address,
+        options=OPTIONS,
+    )
+    assert [r.status for r in results] == ["done", "done"]
+    _assert_same(tmp_path / "out", reference)
+
+
+@pytest.mark.slow  # a killed worker is restarted by its nanny: another torch import and model load
+def test_worker_killed_mid_run_still_gives_identical_outputs(
+    prefect_harness: None,
+    cluster_client,
+    reference: Path,
+    tiny_model: Path,
+    slides_dir: Path,
+    tmp_path: Path,
+) -> None:
+    from flows.batch_flow import segment_batch
+
+    pids = cluster_client.run(os.getpid)  # worker address -> process id
+    killed: list[int] = []
+    stop = threading.Event()
+
+    def kill_a_busy_worker() -> None:
+        while not stop.is_set() and not killed:
+            busy = [addr for addr, keys in cluster_client.processing().items() if keys]
+            for addr in busy:
+                if any(str(k).startswith("chunk-") for k in cluster_client.processing()[addr]):
+                    os.kill(pids[addr], signal.SIGKILL)
+                    killed.append(pids[addr])
+                    return
+            time.sleep(0.02)
+
+    killer = threading.Thread(target=kill_a_busy_worker, daemon=True)
+    killer.start()
+    try:
+        results = segment_batch(
+            input=str(slides_dir),
+            out=str(tmp_path / "out"),
+            model_dir=str(tiny_model),
+            dask_address=cluster_client.scheduler.address,
+            concurrency=1,
+            options=OPTIONS,
+        )
+    finally:
+        stop.set()
+        killer.join(timeout=5)
+    assert killed, "no worker was busy with a chunk to kill"
+    assert [r.status for r in results] == ["done", "done"]
+    _assert_same(tmp_path / "out", reference)
