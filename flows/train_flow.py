@@ -1,0 +1,92 @@
+"""Prefect flow for training: classifier -> pseudo masks -> segmenter -> model folder.
+
+Each stage is a task; each keeps its state in the work folder (`pipeline.train_stages`),
+so a flow run that was interrupted (preempted node, Ctrl-C) resumes where it stopped when
+run again with the same arguments. Only transient I/O errors are retried.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from flows import prefect_env
+
+prefect_env.apply()
+
+from prefect import flow, get_run_logger, task  # noqa: E402
+from prefect.artifacts import create_markdown_artifact  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
+
+from flows.slide_flow import RETRIES, RETRY_DELAYS_S, _retry_if_transient  # noqa: E402
+from pipeline import train_stages  # noqa: E402
+from pipeline.train import TrainConfig  # noqa: E402
+from wsi.errors import ConfigError  # noqa: E402
+
+_STAGE = {
+    "retries": RETRIES,
+    "retry_delay_seconds": RETRY_DELAYS_S,
+    "retry_condition_fn": _retry_if_transient,
+    "cache_policy": NO_CACHE,
+    "persist_result": False,
+}
+
+
+@task(name="open-dataset", **_STAGE)
+def open_dataset(cfg: TrainConfig) -> train_stages.TrainRun:
+    return train_stages.start(cfg)
+
+
+@task(name="stage-1-classifier", **_STAGE)
+def classifier(run: train_stages.TrainRun) -> Any:
+    return train_stages.stage1_classifier(run)
+
+
+@task(name="stage-2-pseudo-masks", **_STAGE)
+def pseudo_masks(run: train_stages.TrainRun, model: Any) -> list[Path]:
+    return train_stages.stage2_pseudo_masks(run, model)
+
+
+@task(name="stage-3-segmenter", **_STAGE)
+def segmenter(run: train_stages.TrainRun, pseudo_dirs: list[Path], model: Any) -> dict:
+    _, state = train_stages.stage3_segmenter(run, pseudo_dirs, model)
+    return state
+
+
+@task(name="model-folder", **_STAGE)
+def model_folder(cfg: TrainConfig) -> Path:
+    return train_stages.write_model(cfg)
+
+
+def make_train_config(data: str, out: str, options: dict[str, Any] | None) -> TrainConfig:
+    """TrainConfig from JSON-friendly flow parameters."""
+    values = dict(options or {})
+    if values.get("work_dir"):
+        values["work_dir"] = Path(values["work_dir"])
+    try:
+        return TrainConfig(data=Path(data), out=Path(out), **values)
+    except TypeError as exc:
+        raise ConfigError(f"unknown training option in {sorted(values)}: {exc}") from exc
+
+
+@flow(name="train-model")
+def train_model(data: str, out: str, options: dict[str, Any] | None = None) -> str:
+    """Train a model from a WSSS dataset folder into the model folder `out`; returns it.
+
+    `options` holds other `pipeline.train.TrainConfig` fields (epochs, encoder, head, ...).
+    """
+    cfg = make_train_config(data, out, options)
+    run = open_dataset(cfg)
+    model = classifier(run)
+    pseudo_dirs = pseudo_masks(run, model)
+    state = segmenter(run, pseudo_dirs, model)
+    folder = model_folder(cfg)
+    best = state.get("best") or {}
+    create_markdown_artifact(
+        f"### Model {folder}\n\nbest epoch: {best.get('epoch')}, score: {best.get('score')}\n\n"
+        f"work folder (checkpoints, pseudo masks): {run.work}\n",
+        key="train-model",
+        description=f"Model trained from {data}",
+    )
+    get_run_logger().info("model written to %s", folder)
+    return str(folder)

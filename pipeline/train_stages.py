@@ -1,0 +1,106 @@
+"""`pipeline.train.train` cut into its stages, so an orchestrator can run each on its own.
+
+The Prefect train flow makes each stage a task (own retries, own timing, visible progress).
+Every stage keeps its state in the work folder exactly as `train()` does, so the stages
+resume after an interruption, and the last step calls `train()` itself: it finds every
+stage finished (it only loads checkpoints and masks) and writes the model folder with the
+same provenance as a plain `wsi-segment train`. The stage settings below mirror `train()`;
+`tests/flows/test_train_flow.py` checks that both paths give the same weights.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from models.device import pick_device
+from pipeline.datasets import WsssDataset, open_dataset
+from pipeline.make_pseudo_masks import make_pseudo_masks
+from pipeline.train import TrainConfig, seg_encoder_name, train
+from pipeline.train_classifier import ClassifierConfig, train_classifier
+from pipeline.train_segmenter import SegmenterConfig, train_segmenter
+from wsi.errors import ConfigError
+
+
+@dataclass
+class TrainRun:
+    """What the stages share: the settings, the opened dataset, the device, the work folder."""
+
+    cfg: TrainConfig
+    ds: WsssDataset
+    device: torch.device
+    work: Path
+
+
+def work_dir(cfg: TrainConfig) -> Path:
+    """The folder holding checkpoints and pseudo masks (as `train()` chooses it)."""
+    return cfg.work_dir or cfg.out.with_name(cfg.out.name + ".work")
+
+
+def classifier_config(cfg: TrainConfig) -> ClassifierConfig:
+    return ClassifierConfig(
+        encoder=cfg.encoder,
+        head=cfg.head,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        seed=cfg.seed,
+        max_steps=cfg.max_steps,
+    )
+
+
+def segmenter_config(cfg: TrainConfig) -> SegmenterConfig:
+    return SegmenterConfig(
+        encoder=seg_encoder_name(cfg.seg_encoder),
+        epochs=cfg.seg_epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        seed=cfg.seed,
+        crop=cfg.crop,
+        decoder_channels=cfg.decoder_channels,
+        max_steps=cfg.max_steps,
+    )
+
+
+def start(cfg: TrainConfig) -> TrainRun:
+    """Check settings, open the dataset, pick the device, create the work folder."""
+    if cfg.epochs < 1 or cfg.seg_epochs < 1 or cfg.batch_size < 1:
+        raise ConfigError("--epochs, --seg-epochs and --batch-size must be >= 1")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    ds = open_dataset(cfg.data)
+    work = work_dir(cfg)
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "config.json").write_text(json.dumps(asdict(cfg), indent=1, default=str))
+    return TrainRun(cfg, ds, pick_device(cfg.device), work)
+
+
+def stage1_classifier(run: TrainRun) -> torch.nn.Module:
+    """Train (or resume, or load when finished) the patch classifier."""
+    return train_classifier(run.ds, classifier_config(run.cfg), run.work / "stage1", run.device)
+
+
+def stage2_pseudo_masks(run: TrainRun, classifier: torch.nn.Module) -> list[Path]:
+    """Pseudo masks of every training patch at three depths (existing masks are kept)."""
+    return make_pseudo_masks(
+        run.ds, classifier, run.work / "pseudo_masks", run.device, run.cfg.batch_size
+    )
+
+
+def stage3_segmenter(
+    run: TrainRun, pseudo_dirs: list[Path], classifier: torch.nn.Module
+) -> tuple[Any, dict]:
+    """Train (or resume) DeepLabV3+ on the multi-layer pseudo masks."""
+    return train_segmenter(
+        run.ds, segmenter_config(run.cfg), pseudo_dirs, run.work / "stage3", run.device, classifier
+    )
+
+
+def write_model(cfg: TrainConfig) -> Path:
+    """The model folder, through `train()` (which now only loads the finished stages)."""
+    return train(cfg)
