@@ -1,0 +1,93 @@
+"""deploy/: prefect.yaml builds its deployment offline; compose and Dockerfile say what they must."""
+
+from __future__ import annotations
+
+import os
+import py_compile
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+DEPLOY = REPO / "deploy"
+
+
+def test_prefect_yaml_builds_nightly_deployment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Prefect's own prefect.yaml model validates the file; the deployment builds with no server."""
+    from prefect.cli.deploy._models import PrefectYamlModel
+    from prefect.flows import load_flow_from_entrypoint
+
+    raw = yaml.safe_load((DEPLOY / "prefect.yaml").read_text())
+    model = PrefectYamlModel.model_validate(raw)
+    assert len(model.deployments) == 1
+    config = model.deployments[0]
+    assert config.work_pool is not None and config.work_pool.name == "wsi-segment"
+    assert [s.cron for s in config.schedules] == ["0 2 * * *"]
+    assert {"input", "out"} <= set(config.parameters)
+
+    monkeypatch.chdir(REPO)  # entrypoints are relative to the project root
+    flow = load_flow_from_entrypoint(config.entrypoint)
+    assert flow.name == "segment-batch"
+    deployment = flow.to_deployment(
+        config.name,
+        cron=config.schedules[0].cron,
+        parameters=config.parameters,
+        work_pool_name=config.work_pool.name,
+        tags=config.tags,
+        concurrency_limit=config.concurrency_limit,
+    )
+    assert deployment.name == "nightly"
+    assert deployment.schedules[0].schedule.cron == "0 2 * * *"
+    assert deployment.parameters == config.parameters
+    # every parameter in the file is one the flow takes
+    assert set(config.parameters) <= set(deployment._parameter_openapi_schema.properties)
+
+
+def test_docker_compose_has_the_services() -> None:
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {
+        "postgres",
+        "prefect-server",
+        "prefect-worker",
+        "dask-scheduler",
+        "dask-worker-gpu0",
+        "dask-worker-gpu1",
+    } <= set(services)
+    assert (
+        "postgresql+asyncpg://"
+        in services["prefect-server"]["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"]
+    )
+    assert services["prefect-worker"]["environment"]["PREFECT_API_URL"].endswith("/api")
+    for name in ("dask-worker-gpu0", "dask-worker-gpu1"):
+        worker = services[name]
+        assert "tcp://dask-scheduler:8786" in worker["command"]
+        devices = worker["deploy"]["resources"]["reservations"]["devices"]
+        assert devices[0]["capabilities"] == ["gpu"]
+    # slides and outputs at the same paths wherever a slide is read or written
+    mounts = {re.search(r"}:(/[^:]+)", v).group(1) for v in services["prefect-worker"]["volumes"]}
+    assert {"/data/slides", "/data/outputs"} <= mounts
+    assert services["dask-worker-gpu0"]["volumes"] == services["prefect-worker"]["volumes"]
+
+
+def test_dockerfile_is_cuda_pytorch_and_non_root() -> None:
+    text = (DEPLOY / "Dockerfile").read_text()
+    assert "pytorch/pytorch:" in text and "cuda" in text
+    users = [line.split()[1] for line in text.splitlines() if line.startswith("USER ")]
+    assert users and users[-1] not in ("root", "0")
+
+
+def test_slurm_example_compiles_and_builds_a_job_script() -> None:
+    path = DEPLOY / "slurm_dask_jobqueue.py"
+    py_compile.compile(str(path), doraise=True)
+    pytest.importorskip("dask_jobqueue")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("slurm_example", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    script = module.job_script(cores=4, memory="16GiB", gpus=1, walltime="02:00:00")
+    assert "#SBATCH" in script and "--gres=gpu:1" in script
+    assert os.fspath("distributed.cli.dask_worker") in script or "dask worker" in script
