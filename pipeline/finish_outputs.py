@@ -6,25 +6,27 @@ same raster before simplification, so summary areas, polygon areas and the zarr 
 
 from __future__ import annotations
 
+import datetime as dt
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import shapely
-import zarr
 from PIL import Image
 
 from pipeline.chunk_job import ChunkOutcome
 from pipeline.geojson import build_feature_collection, write_geojson
 from pipeline.ome_tiff import write_probability_ome_tiff
 from pipeline.ome_zarr import finalize_pyramid
-from pipeline.overlay import write_overlay
+from pipeline.overlay import label_thumbnail, write_overlay
 from pipeline.polygons import merge_class_polygons, simplify_coverage, to_level0
-from pipeline.summary import software_versions, write_summary
+from pipeline.summary import class_measurements, software_versions, write_summary
 from pipeline.tile_objects import write_tile_geojson
 
 THUMB_SIZE = 1024
+SCHEMA_VERSION = 1
 
 
 def write_outputs(prep: Any, outcomes: list[ChunkOutcome], work_dir: Path) -> dict[str, Any]:
@@ -56,10 +58,7 @@ def write_outputs(prep: Any, outcomes: list[ChunkOutcome], work_dir: Path) -> di
         }
         for c, name in enumerate(classes)
     }
-    measurements: dict[str, dict[str, float]] = {
-        name: {"area_um2": a["area_um2"], "mean_probability": a["mean_probability"]}
-        for name, a in areas.items()
-    }
+    measurements = class_measurements(classes, counts, prob_sums, prep.output_mpp)
     measurements["Tissue"] = {"area_um2": float(labelled * px_area)}
     fc = build_feature_collection(
         geoms_level0, classes, colors, measurements, tissue_level0, id_prefix=prep.name
@@ -76,7 +75,7 @@ def write_outputs(prep: Any, outcomes: list[ChunkOutcome], work_dir: Path) -> di
             zarr_path, work_dir / "tiles.geojson", prep.grid.stride // prep.grid.downsample
         )
         files.append("tiles.geojson")
-    _write_overlay(prep, zarr_path, n_levels, work_dir / "overlay.png", classes, colors)
+    _write_overlay(prep, zarr_path, work_dir / "overlay.png", classes, colors)
     prep.timings["outputs_s"] = time.perf_counter() - t0
     summary = _summary(prep, areas, labelled * px_area, n_levels, files)
     write_summary(work_dir / "summary.json", summary)
@@ -84,26 +83,16 @@ def write_outputs(prep: Any, outcomes: list[ChunkOutcome], work_dir: Path) -> di
 
 
 def _write_overlay(
-    prep: Any, zarr_path: Path, n_levels: int, path: Path, classes: list[str], colors: list
+    prep: Any, zarr_path: Path, path: Path, classes: list[str], colors: list
 ) -> None:
-    """Thumbnail with class colours: labels from the pyramid level nearest the thumbnail."""
+    """Thumbnail with class colours; labels from the pyramid level nearest the thumbnail."""
     thumb, _ = prep.slide.thumbnail(THUMB_SIZE)
-    group = zarr.open_group(str(zarr_path), mode="r")
-    level = n_levels - 1
-    for candidate in range(n_levels):
-        shape = group[str(candidate)].shape
-        if max(shape[1:]) <= 2 * THUMB_SIZE:
-            level = candidate
-            break
-    probs = np.asarray(group[str(level)][:])
-    labels = np.argmax(probs, axis=0).astype(np.uint8)
-    labels[probs.max(axis=0) == 0] = 255
-    # The label grid covers ceil(model/d) pixels: crop to the slide extent before resizing.
-    ds = 2**level
-    full_w = prep.slide.dimensions[0] / (prep.level0_per_output * ds)
-    full_h = prep.slide.dimensions[1] / (prep.level0_per_output * ds)
-    labels = labels[: max(1, round(full_h)), : max(1, round(full_w))]
-    label_img = Image.fromarray(labels).resize(
+    labels, factor = label_thumbnail(zarr_path, max_size=2 * THUMB_SIZE)
+    # The label grid covers ceil(model / d) pixels: crop to the slide extent before resizing.
+    per_label = prep.level0_per_output * factor
+    full_w = max(1, round(prep.slide.dimensions[0] / per_label))
+    full_h = max(1, round(prep.slide.dimensions[1] / per_label))
+    label_img = Image.fromarray(labels[:full_h, :full_w]).resize(
         (thumb.shape[1], thumb.shape[0]), Image.Resampling.NEAREST
     )
     write_overlay(path, thumb, np.asarray(label_img), classes, colors)
@@ -116,6 +105,9 @@ def _summary(
     grid = prep.grid
     tiles = prep.tiles_total
     return {
+        "schema_version": SCHEMA_VERSION,
+        "created_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "command": sys.argv[:],
         "slide": {
             "path": prep.slide_path,
             "name": prep.name,

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import json
 import os
 import shutil
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from pipeline.summary import read_summary
 from wsi.errors import OutputError
 
 SUMMARY_NAME = "summary.json"
@@ -26,11 +26,7 @@ SUMMARY_NAME = "summary.json"
 
 def read_previous_summary(final_dir: Path) -> dict[str, Any] | None:
     """The summary of a finished run in `final_dir`, or None when there is none."""
-    path = Path(final_dir) / SUMMARY_NAME
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
-        return None
+    return read_summary(Path(final_dir) / SUMMARY_NAME)
 
 
 class OutputDir:
@@ -64,6 +60,11 @@ class OutputDir:
             ) from exc
         self._lock_fd = fd
         try:
+            self._check_final()
+        except OutputError:
+            self._release()
+            raise
+        try:
             if self.work_dir.exists():  # left by a killed run
                 shutil.rmtree(self.work_dir)
             self.work_dir.mkdir()
@@ -72,12 +73,22 @@ class OutputDir:
             raise output_error(self.work_dir, exc) from exc
         return self
 
+    def _check_final(self) -> None:
+        """Never replace a file, nor a folder without --overwrite: a published folder only
+        comes from a finished run (atomic rename), so anything else there is not ours."""
+        if self.final_dir.exists() and not self.final_dir.is_dir():
+            raise OutputError(
+                f"{self.final_dir} exists and is not an output folder; "
+                "move it away or choose another --out"
+            )
+        if self.final_dir.exists() and not self.overwrite:
+            raise OutputError(f"{self.final_dir} already exists; pass --overwrite")
+
     def commit(self) -> None:
         """Publish: replace the final folder by the finished work folder."""
+        self._check_final()
         try:
             if self.final_dir.exists():
-                if not self.overwrite and (self.final_dir / SUMMARY_NAME).exists():
-                    raise OutputError(f"{self.final_dir} already exists; pass --overwrite")
                 old = self.out_root / f".{self.final_dir.name}.old"
                 if old.exists():
                     shutil.rmtree(old)

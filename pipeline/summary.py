@@ -7,13 +7,11 @@ scalars, tuples, Paths; NaN -> null) so callers can pass what they have.
 
 from __future__ import annotations
 
-import datetime as dt
 import importlib.metadata
 import json
 import math
 import os
 import platform
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -86,24 +84,6 @@ def _mpp_pair(output_mpp: float | Sequence[float]) -> tuple[float, float]:
     return float(x), float(y)
 
 
-def class_areas(
-    label_counts: Mapping[str, int],
-    output_mpp: float | Sequence[float],
-    tissue_pixels: int,
-) -> dict[str, dict[str, float]]:
-    """{class: {area_um2, fraction_of_tissue}} from output-pixel counts per class name."""
-    mx, my = _mpp_pair(output_mpp)
-    out = {}
-    for name, count in label_counts.items():
-        n = int(count)
-        out[str(name)] = {
-            "pixels": n,
-            "area_um2": n * mx * my,
-            "fraction_of_tissue": n / tissue_pixels if tissue_pixels > 0 else 0.0,
-        }
-    return out
-
-
 def class_measurements(
     class_names: Sequence[str],
     counts: Sequence[int],
@@ -121,39 +101,6 @@ def class_measurements(
             m["mean_probability"] = float(s) / int(n)
         out[str(name)] = m
     return out
-
-
-def build_summary(
-    *,
-    slide: Mapping[str, Any],
-    model: Mapping[str, Any],
-    params: Mapping[str, Any],
-    classes: Mapping[str, Mapping[str, float]],
-    timings: Mapping[str, float],
-    outputs: Mapping[str, Any] | None = None,
-    fingerprint: str | None = None,
-    extra: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Assemble summary.json. `slide`: path, backend, mpp, dimensions, bounds offset...;
-    `model`: name, sha256, classes, mpp...; `params`: every run parameter; `classes`: from
-    `class_areas`; `timings`: seconds per stage; `outputs`: output geometry (output mpp,
-    level-0 scale and offset, file names); `fingerprint`: from `params_fingerprint`.
-    """
-    summary: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION,
-        "created_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "fingerprint": fingerprint,
-        "slide": dict(slide),
-        "model": dict(model),
-        "params": dict(params),
-        "outputs": dict(outputs or {}),
-        "classes": {k: dict(v) for k, v in classes.items()},
-        "timings_s": dict(timings),
-        "software": software_versions(),
-        "command": sys.argv[:],
-    }
-    summary.update(extra or {})
-    return jsonable(summary)
 
 
 def write_summary(path: str | Path, summary: Mapping[str, Any]) -> Path:
