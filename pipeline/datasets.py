@@ -267,11 +267,6 @@ def load_batch(paths: list[Path]) -> torch.Tensor:
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 
-def load_masks(paths: list[Path], reader) -> torch.Tensor:
-    """uint8 (N, H, W) masks through `reader` (e.g. `WsssDataset.read_mask`)."""
-    return torch.from_numpy(np.stack([reader(p) for p in paths]))
-
-
 def augment(
     images: torch.Tensor, masks: list[torch.Tensor], gen: torch.Generator, crop: int | None = None
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:

@@ -1,7 +1,7 @@
 """Regenerate the shipped demo model: synthetic data -> `wsi-segment train` -> models/demo_model/.
 
 `python -m pipeline.demo_model` (or `make demo-model`). Light encoders (resnet10t for both
-networks), fp16 weights (~20 MB), one CPU thread, ~15 minutes on a laptop-class CPU. The
+networks), fp16 weights (~20 MB), one CPU thread, ~15 CPU-minutes. The
 model is trained only on synthetic H&E-like textures (wsi.synthetic.render_tissue), and its
 model.json says so: it demonstrates the pipeline end to end, it is not a diagnostic model.
 """
@@ -26,7 +26,7 @@ TRAIN_ARGS = [
     "--decoder-channels", "64",
     "--head", "pda",
     "--epochs", "8",
-    "--seg-epochs", "8",
+    "--seg-epochs", "6",
     "--batch-size", "16",
     "--lr", "0.002",
     "--seed", "0",

@@ -27,6 +27,7 @@ from models.segmenter import (
 )
 from pipeline.checkpoints import load_checkpoint, save_checkpoint
 from pipeline.datasets import WsssDataset, augment, epoch_batches, load_batch
+from pipeline.make_pseudo_masks import mask_name
 from pipeline.metrics import ConfusionMatrix
 from pipeline.train_classifier import progress_enabled, seeded, to_input
 
@@ -113,7 +114,7 @@ def train_segmenter(
         )
         total, seen = 0.0, 0
         for idx in bar:
-            names = [items[i].image.with_suffix("").name + ".png" for i in idx]
+            names = [mask_name(items[i]) for i in idx]
             masks = [
                 torch.from_numpy(np.stack([_read_pseudo(d / n) for n in names]))
                 for d in pseudo_dirs
