@@ -77,9 +77,19 @@ def train(cfg: TrainConfig) -> Path:
     """Run the three stages and write the model folder `cfg.out`; returns it."""
     if cfg.epochs < 1 or cfg.seg_epochs < 1 or cfg.batch_size < 1:
         raise ConfigError("--epochs, --seg-epochs and --batch-size must be >= 1")
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        return _train(cfg)
+    finally:  # leave the process as we found it (tests, notebooks)
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+
+
+def _train(cfg: TrainConfig) -> Path:
+    """The stages themselves; `train` wraps them in the thread and determinism settings."""
     t0 = time.time()
     ds = open_dataset(cfg.data)
     ds.train_items()  # a malformed dataset fails here, before anything is written
