@@ -1,0 +1,101 @@
+"""A run killed mid-slide leaves nothing that looks finished; the next run completes it and
+its outputs equal an uninterrupted run's.
+
+The SIGKILL test uses a real `wsi-segment` subprocess on the CMU slide with the tiny model,
+one tile per forward pass and one thread so inference lasts long enough to be killed while
+the zarr store is being filled. It is slow (three full runs), hence @slow; the fast test
+reproduces what a killed run leaves behind (stale partial folder, unlocked lock file).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+import zarr
+
+from tests.conftest import CMU_SLIDE
+from tests.reliability.conftest import (
+    CLI,
+    REPO,
+    assert_complete_output,
+    cli_env,
+    leftovers,
+    run_cli,
+    run_cli_inprocess,
+)
+
+STEM = CMU_SLIDE.stem
+OPTIONS = ["--batch-size", "1", "--threads", "1", "--precision", "fp32", "--quiet"]
+
+
+def zarr_level0(out_dir):
+    return np.asarray(zarr.open_group(str(out_dir / "probabilities.ome.zarr"), mode="r")["0"][:])
+
+
+def class_areas(out_dir):
+    summary = json.loads((out_dir / "summary.json").read_text())
+    return {name: c["area_um2"] for name, c in summary["classes"].items()}
+
+
+def test_leftovers_of_a_killed_run_are_cleaned_by_the_next(
+    cmu_crop, tiny_model_dir, tmp_path, capsys
+):
+    out = tmp_path / "out"
+    partial = out / f".{cmu_crop.stem}.partial"
+    (partial / "probabilities.ome.zarr" / "0").mkdir(parents=True)
+    (partial / "probabilities.ome.zarr" / "0" / "junk").write_bytes(b"half a chunk")
+    (out / f".{cmu_crop.stem}.lock").touch()  # the dead run's lock file, no longer locked
+    args = [cmu_crop, "--model", tiny_model_dir, "--out", out, "--mpp", "0.5", "--quiet"]
+    result = run_cli_inprocess(args, capsys)
+    assert result.code == 0, result.stderr
+    assert_complete_output(out / cmu_crop.stem)
+    assert leftovers(out) == [cmu_crop.stem]
+
+
+@pytest.mark.slow
+def test_sigkill_mid_slide_then_rerun_equals_uninterrupted(tiny_model_dir, tmp_path):
+    out = tmp_path / "killed"
+    cmd = [*CLI, str(CMU_SLIDE), "--model", str(tiny_model_dir), "--out", str(out), *OPTIONS]
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    chunks = out / f".{STEM}.partial" / "probabilities.ome.zarr" / "0"
+    deadline = time.monotonic() + 400
+    try:
+        # wait until inference has written some (not all) probability chunks
+        while time.monotonic() < deadline and proc.poll() is None:
+            written = [p for p in chunks.rglob("*") if p.is_file()] if chunks.exists() else []
+            if len(written) >= 2:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run finished before it could be killed"
+        assert time.monotonic() < deadline, "inference never started"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    # nothing that looks finished: no final folder, only the hidden partial folder + lock
+    assert not (out / STEM).exists()
+    assert not list(out.rglob("summary.json"))
+    assert set(leftovers(out)) <= {f".{STEM}.partial"}
+
+    rerun = run_cli([CMU_SLIDE, "--model", tiny_model_dir, "--out", out, *OPTIONS])
+    assert rerun.code == 0, rerun.stderr
+    assert "Traceback" not in rerun.stderr
+    assert_complete_output(out / STEM)
+    assert leftovers(out) == [STEM]
+
+    ref_out = tmp_path / "reference"
+    ref = run_cli([CMU_SLIDE, "--model", tiny_model_dir, "--out", ref_out, *OPTIONS])
+    assert ref.code == 0, ref.stderr
+    np.testing.assert_array_equal(zarr_level0(out / STEM), zarr_level0(ref_out / STEM))
+    assert class_areas(out / STEM) == class_areas(ref_out / STEM)
+    a = json.loads((out / STEM / "tissue.geojson").read_text())
+    b = json.loads((ref_out / STEM / "tissue.geojson").read_text())
+    assert [f["geometry"] for f in a["features"]] == [f["geometry"] for f in b["features"]]
