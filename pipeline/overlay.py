@@ -92,6 +92,8 @@ def _with_legend(
     """Append a white legend strip: one colour swatch and name per class."""
     size = max(12, min(32, math.ceil(image.height / 40)))
     font = _font(size)
+    # one line per class: names come from model.json, and Pillow cannot measure multiline text
+    class_names = [" ".join(str(n).split()) for n in class_names]
     pad = size // 2
     probe = ImageDraw.Draw(image)
     text_w = max((probe.textlength(str(n), font=font) for n in class_names), default=0)
