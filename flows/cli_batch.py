@@ -8,6 +8,7 @@ starts, so a typo costs a second, not a server start. Exit code 1 if any slide f
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from typing import Any
 
@@ -63,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
 
     parse_batch_input(args.input)  # bad input: one error line, before Prefect starts
     options = flow_options(args)
+    # the in-process Dask scheduler logs every worker start and stop at INFO: keep warnings
+    logging.getLogger("distributed").setLevel(logging.WARNING)
     from flows.batch_flow import BatchFailedError, segment_batch
 
     try:
