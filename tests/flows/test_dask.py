@@ -120,3 +120,21 @@ def test_worker_killed_mid_run_still_gives_identical_outputs(
     assert killed, "no worker was busy with a chunk to kill"
     assert [r.status for r in results] == ["done", "done"]
     _assert_same(tmp_path / "out", reference)
+
+
+def test_gpu_plan_pins_one_device_per_worker() -> None:
+    """GPU workers (started here without GPUs) each see one device and offer GPU=1."""
+    from distributed import Client
+
+    from flows.dask_cluster import ClusterPlan, start_local_cluster
+
+    cluster = start_local_cluster(ClusterPlan(n_workers=2, threads_per_worker=1, gpus=(0, 1)))
+    try:
+        with Client(cluster) as client:
+            client.wait_for_workers(2, timeout=120)
+            seen = client.run(lambda: os.environ.get("CUDA_VISIBLE_DEVICES"))
+            assert sorted(seen.values()) == ["0", "1"]
+            workers = client.scheduler_info()["workers"].values()
+            assert all(w["resources"] == {"GPU": 1} for w in workers)
+    finally:
+        cluster.close()
