@@ -64,7 +64,7 @@ def is_transient(exc: BaseException | None) -> bool:
     return False
 
 
-def _retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
+def retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
     """Prefect `retry_condition_fn`: retry only transient I/O errors."""
     data = getattr(state, "data", None)
     if isinstance(data, BaseException):
@@ -81,7 +81,7 @@ def _retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
 _STAGE = {
     "retries": RETRIES,
     "retry_delay_seconds": RETRY_DELAYS_S,
-    "retry_condition_fn": _retry_if_transient,
+    "retry_condition_fn": retry_if_transient,
     "cache_policy": NO_CACHE,
     "persist_result": False,
 }

@@ -18,7 +18,7 @@ from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.artifacts import create_markdown_artifact  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
-from flows.slide_flow import RETRIES, RETRY_DELAYS_S, _retry_if_transient  # noqa: E402
+from flows.slide_flow import RETRIES, RETRY_DELAYS_S, retry_if_transient  # noqa: E402
 from pipeline import train_stages  # noqa: E402
 from pipeline.train import TrainConfig  # noqa: E402
 from wsi.errors import ConfigError  # noqa: E402
@@ -26,7 +26,7 @@ from wsi.errors import ConfigError  # noqa: E402
 _STAGE = {
     "retries": RETRIES,
     "retry_delay_seconds": RETRY_DELAYS_S,
-    "retry_condition_fn": _retry_if_transient,
+    "retry_condition_fn": retry_if_transient,
     "cache_policy": NO_CACHE,
     "persist_result": False,
 }
