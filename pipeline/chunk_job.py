@@ -73,6 +73,12 @@ class SlideJob:
     tissue_downsample: float
     level0_per_output: float
     model: ModelHandle
+    # CPU only: > 0 runs the forward passes of concurrent chunks side by side, each with this
+    # many torch threads, instead of one at a time under the model lock with every core.
+    # On a small CPU this is 2-4x faster per core (no OpenMP barriers between a few threads,
+    # and a thread that reads never stalls the others' parallel regions). 0 keeps the lock
+    # (GPU, or a runner that did not size threads).
+    cpu_threads_per_chunk: int = 0
     _local: threading.local = field(default_factory=threading.local, repr=False)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -125,6 +131,9 @@ class SlideJob:
         tiles = list(spec.tiles)
         patches = cut_tiles(image, (read_box[0], read_box[1]), tiles, grid)
         model, lock = self.model.get()
+        if self.cpu_threads_per_chunk > 0 and _on_cpu(model):
+            lock = None
+            _set_torch_threads(self.cpu_threads_per_chunk)
         probs = predict_tiles(model, patches, self.batch_size, self.gate, lock)
         block = stitch_cores(probs, tiles, (x0, y0), (x1 - x0, y1 - y0), k, grid)
         ox0, oy0, ox1, oy1 = spec.out_box
@@ -135,6 +144,19 @@ class SlideJob:
         self._array()[:, oy0:oy1, ox0:ox1] = block_u8
         labels = label_block(block_u8, tissue)
         return summarise_block(spec, len(tiles), labels, block_u8, k)
+
+
+def _on_cpu(model: Any) -> bool:
+    device = getattr(model, "device", None)
+    return getattr(device, "type", "cpu") == "cpu"
+
+
+def _set_torch_threads(n: int) -> None:
+    """Intra-op threads of *this* thread's forward passes (OpenMP keeps one count per thread)."""
+    import torch
+
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
 
 
 def summarise_block(

@@ -1,7 +1,13 @@
 """Run the chunks of one slide with Dask: local threads, or a distributed cluster.
 
-Local: the threaded scheduler with `threads` workers; the model lock lets one thread run
-the model at a time while the others read and decode, so reading hides behind compute.
+Local: the threaded scheduler with `threads` workers, `threads` chunks in flight. On a GPU
+the model lock lets one thread run the model at a time while the others read and decode, so
+reading hides behind compute. On a CPU every thread runs its own chunk's forward passes
+with `cores // threads` torch threads each (see `SlideJob.cpu_threads_per_chunk`): the
+cores are the bottleneck, and a few single-threaded forward passes side by side waste none
+of them in OpenMP barriers, while one thread's reading simply uses a core another's
+forward pass would otherwise share. The graph is built by hand with fixed keys: `delayed`
+with `pure=True` would hash the whole job (model weights included) once per chunk.
 Distributed: the job is broadcast once to every worker, chunks are submitted as futures
 with deterministic keys, and a chunk whose worker dies is recomputed elsewhere; since a
 chunk owns its zarr chunks and its result depends only on its inputs, outputs stay identical.
@@ -9,11 +15,15 @@ chunk owns its zarr chunks and its result depends only on its inputs, outputs st
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import dataclasses
+import os
+import threading
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-import dask
 from dask.callbacks import Callback
+from dask.threaded import get as threaded_get
 
 from pipeline.chunk_job import ChunkOutcome, ChunkSpec, SlideJob
 from pipeline.progress import NullProgress, Progress
@@ -48,10 +58,46 @@ def run_chunks(
     progress = progress or NullProgress()
     if client is not None:
         return _run_distributed(job, specs, client, progress, key_prefix)
-    tasks = [dask.delayed(run_chunk, pure=True)(job, spec) for spec in specs]
-    with _TileCounter(progress):
-        results = dask.compute(*tasks, scheduler="threads", num_workers=threads)
+    if not specs:
+        return []
+    per_chunk = cpu_threads_per_chunk(job, threads)
+    if per_chunk:
+        job = dataclasses.replace(job, cpu_threads_per_chunk=per_chunk, _local=threading.local())
+    job_key = f"{key_prefix}-job"
+    keys = [f"{key_prefix}-{s.row}-{s.col}" for s in specs]
+    graph: dict[str, Any] = {job_key: job}
+    graph.update({key: (run_chunk, job_key, spec) for key, spec in zip(keys, specs, strict=True)})
+    with _TileCounter(progress), _restore_torch_threads(per_chunk > 0):
+        results = threaded_get(graph, keys, num_workers=threads)
     return list(results)
+
+
+def cpu_threads_per_chunk(job: SlideJob, threads: int) -> int:
+    """Torch threads per concurrent chunk when the model runs on the CPU, else 0 (lock)."""
+    model, _ = job.model.get()
+    device = getattr(model, "device", None)
+    if getattr(device, "type", "cpu") != "cpu":
+        return 0
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(1, threads))
+
+
+@contextlib.contextmanager
+def _restore_torch_threads(active: bool) -> Iterator[None]:
+    """Chunks change torch's thread count in their threads; give the caller its own back."""
+    if not active:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _run_distributed(
