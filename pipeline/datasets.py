@@ -183,9 +183,9 @@ def _readme_meta(root: Path) -> tuple[list[str], list[tuple[int, int, int]]] | N
         (int(a), (int(r), int(g), int(b))) for a, _, r, g, b in _PALETTE_RE.findall(text)
     )
     colors = [c for _, c in palette]
-    if not classes or len(colors) < len(classes):
+    if not classes:
         return None
-    return classes, colors
+    return classes, colors  # colours may be empty: the masks' palette can supply them
 
 
 def _mask_palette(root: Path, k: int) -> list[tuple[int, int, int]] | None:
@@ -238,6 +238,11 @@ def open_dataset(root: str | Path) -> WsssDataset:
     from_masks = _mask_palette(root, k)
     if from_masks is not None:
         colors_l = from_masks  # the masks are the ground truth for their own palette
+    elif len(colors_l) < k:
+        raise DatasetError(
+            f"{root}: Readme.txt names {k} classes but neither it ('palette[0:3] = [r,g,b]' "
+            "lines) nor a P-mode mask gives their colours; add them or write a dataset.json"
+        )
     elif len(colors_l) < k + 1:
         colors_l = [*colors_l, (255, 255, 255)]
     ds = WsssDataset(

@@ -85,3 +85,19 @@ def test_folder_without_class_description_fails(tmp_path: Path) -> None:
     (tmp_path / "train").mkdir()
     with pytest.raises(DatasetError, match="cannot tell the classes"):
         open_dataset(tmp_path)
+
+
+def test_bcss_layout_classes_from_readme(tmp_path: Path) -> None:
+    root = tmp_path / "bcss"
+    shutil.copytree(SAMPLE, root)
+    for i, f in enumerate(sorted((root / "train").glob("*.png"))):
+        packed = "".join(str(v) for v in parse_labels(f))
+        f.rename(f.with_name(f"TCGA-A1-A0SK-DX1_xmin{i}_ymin0_MPP-0.2500+{i}[{packed}].png"))
+    (root / "Readme.txt").write_text(
+        "- [a: Tumor (TUM), b: Stroma (STR), c: Lymphocytic infiltrate (LYM), d: Necrosis (NEC)]\n"
+    )
+    ds = open_dataset(root)
+    assert ds.classes == ("TUM", "STR", "LYM", "NEC")
+    assert ds.layout == "bcss" and not ds.background_rule
+    assert ds.colors[0] == (205, 51, 51)  # the palette of the masks on disk wins
+    assert sorted(it.labels for it in ds.train_items()) == sorted(EXPECTED_LABELS.values())
