@@ -42,6 +42,7 @@ def test_second_run_refuses_while_the_first_holds_the_lock(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_two_real_runs_at_once(tiny_model_dir, tmp_path):
     out = tmp_path / "out"
     cmd = [*CLI, str(CMU_SLIDE), "--model", str(tiny_model_dir), "--out", str(out)]
