@@ -22,18 +22,28 @@ import torch
 
 from models.background import background_mask
 from models.cams import activation_maps
+from models.classifier import PatchClassifier
 from models.gate import apply_gate
 from models.pseudo_masks import label_from_maps
 from models.segmenter import build_segmenter, multilayer_pseudo_loss
-from pipeline.datasets import augment, epoch_batches, load_batch, open_dataset
-from pipeline.evaluate import present_labels, pseudo_predictor, score_split
+from pipeline.datasets import (
+    MaskItem,
+    WsssDataset,
+    augment,
+    epoch_batches,
+    load_batch,
+    open_dataset,
+)
+from pipeline.evaluate import Predictor, present_labels, pseudo_predictor, score_split
 from pipeline.make_pseudo_masks import make_pseudo_masks
 from pipeline.synthetic_dataset import SyntheticSpec, make_synthetic_dataset
 from pipeline.train_classifier import ClassifierConfig, seeded, to_input, train_classifier
 from pipeline.train_segmenter import SegmenterConfig, train_segmenter
 
 
-def cam_predictor(classifier, method: str, k: int, use_background: bool):
+def cam_predictor(
+    classifier: PatchClassifier, method: str, k: int, use_background: bool
+) -> Predictor:
     """Single-layer pseudo masks from `method` at the deepest tap, with the true labels."""
 
     def predict(images: torch.Tensor, gt: torch.Tensor) -> list[torch.Tensor]:
@@ -45,7 +55,9 @@ def cam_predictor(classifier, method: str, k: int, use_background: bool):
     return predict
 
 
-def train_fully_supervised(ds_masks, items, cfg: SegmenterConfig) -> torch.nn.Module:
+def train_fully_supervised(
+    ds_masks: WsssDataset, items: list[MaskItem], cfg: SegmenterConfig
+) -> torch.nn.Module:
     """DeepLabV3+ on exact masks (background -> ignored), same loop and budget as stage 3."""
     torch.manual_seed(cfg.seed)
     model = build_segmenter(
@@ -68,7 +80,11 @@ def train_fully_supervised(ds_masks, items, cfg: SegmenterConfig) -> torch.nn.Mo
     return model.eval()
 
 
-def seg_predictor(segmenter, classifier=None, epsilon: float = 0.1):
+def seg_predictor(
+    segmenter: torch.nn.Module, classifier: torch.nn.Module | None = None, epsilon: float = 0.1
+) -> Predictor:
+    """argmax of the segmenter's softmax, gated by the classifier when one is given."""
+
     @torch.no_grad()
     def predict(images: torch.Tensor, gt: torch.Tensor) -> list[torch.Tensor]:
         x = to_input(images, torch.device("cpu"))
