@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 from models.bundle import demo_model_dir, load_model
 from pipeline.evaluate import evaluate
 from pipeline.synthetic_dataset import SyntheticSpec, make_synthetic_dataset
@@ -44,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--out", type=Path, default=demo_model_dir(), help="where the model goes")
     args = p.parse_args(argv)
+    torch.set_num_threads(1)  # the machine is usually shared; the training runs one thread too
     data = make_synthetic_dataset(args.work / "data", DEMO_SPEC, progress=sys.stderr.isatty())
     trained = args.work / "model"
     cmd = [
