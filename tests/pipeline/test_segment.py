@@ -21,9 +21,10 @@ from wsi.errors import ModelError, MppMissingError, OutputError, SlideError
 
 
 @pytest.fixture(scope="module")
-def cmu_run(tmp_path_factory, tiny_model_dir):
+def cmu_run(tmp_path_factory):
+    """The shipped demo model (the default without --model) on the real CMU slide."""
     out = tmp_path_factory.mktemp("out")
-    params = SegmentParams(model_dir=tiny_model_dir, precision="fp32", overlap=16)
+    params = SegmentParams()
     result = segment_slide(CMU_SLIDE, out, params)
     return result, out, params
 
@@ -41,7 +42,7 @@ def test_zarr_shape_follows_mpp_arithmetic_and_reads_with_ome_zarr(cmu_run):
     store = result.out_dir / "probabilities.ome.zarr"
     level0 = zarr.open_group(str(store), mode="r")["0"]
     w0, h0 = 2220, 2967
-    f = 2.0 / 0.499  # level-0 pixels per model pixel
+    f = 1.0 / 0.499  # level-0 pixels per model pixel (demo model: 1 um/px)
     expected = (4, math.ceil(math.ceil(h0 / f) / 4), math.ceil(math.ceil(w0 / f) / 4))
     assert level0.shape == expected and level0.dtype == np.uint8
     from ome_zarr.io import parse_url
@@ -99,6 +100,9 @@ def test_areas_agree_between_summary_zarr_and_polygons(cmu_run):
             assert poly_area == pytest.approx(zarr_area, rel=0.05)
     assert sum(c["fraction_of_tissue"] for c in summary["classes"].values()) == pytest.approx(1.0)
     assert summary["model"]["sha256"] and summary["versions"]["torch"]
+    assert summary["model"]["name"] == "demo-synthetic-luad-resnet10t"
+    # The demo model finds more than one tissue class on this real H&E region.
+    assert sum(c["fraction_of_tissue"] > 0.05 for c in summary["classes"].values()) >= 2
 
 
 def test_rerun_is_up_to_date_and_overwrite_redoes(cmu_run, tiny_model_dir):
