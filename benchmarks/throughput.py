@@ -21,6 +21,9 @@ Sections (numbers as in the issue):
 6. scaling   wall time for two slides of the same size with 10% and 60% tissue.
 7. precision fp32 vs bf16 (+ channels_last) tiles/s, argmax agreement and max probability
              difference, on synthetic slide tiles and the real LUAD-HistoSeg sample patches.
+   overlap   what the default overlap buys: tiles, time and the redundant fraction for
+             several overlaps, and the agreement of each label map with a wide-overlap
+             reference (how much the tile border changes the answer).
 
 Every run prints a table and appends it, with the command and the machine, to
 benchmarks/RESULTS.md (`--no-record` to skip). The last line of stdout is `ratio=X.XX`
@@ -52,7 +55,7 @@ from benchmarks.slides import make_slide  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 RUNS_END = "<!-- throughput.py appends runs above this line -->"
-SECTIONS = ("throughput", "memory", "scaling", "precision")
+SECTIONS = ("throughput", "memory", "scaling", "precision", "overlap")
 LUAD_SAMPLE = ROOT / "tests" / "data" / "luad-histoseg-sample"
 
 # Demo architecture (pipeline/demo_model.py): resnet10t PDA classifier, DeepLabV3+ on
@@ -255,13 +258,20 @@ def read_chunks(p: Planned, limit_tiles: int | None = None) -> tuple[np.ndarray,
     from pipeline.chunk_inference import cut_tiles
     from wsi.region_reader import read_model_box
 
+    try:
+        from pipeline.chunk_job import tiles_read_box
+    except ImportError:  # older pipeline: the whole chunk plus the margin
+
+        def tiles_read_box(tiles, grid):
+            return None
+
     m = p.grid.margin
     out = []
     t0, c0 = time.perf_counter(), time.process_time()
     n = 0
     for spec in p.specs:
         x0, y0, x1, y1 = spec.core_box
-        box = (x0 - m, y0 - m, x1 + m, y1 + m)
+        box = tiles_read_box(spec.tiles, p.grid) or (x0 - m, y0 - m, x1 + m, y1 + m)
         image = read_model_box(p.slide, box, p.level0_per_model, p.read_level)
         out.append(cut_tiles(image, (box[0], box[1]), list(spec.tiles), p.grid))
         n += len(spec.tiles)
@@ -495,6 +505,41 @@ def section_precision(args, work: Path, model_dir: Path, rows: list, notes: list
         )
 
 
+def section_overlap(args, work: Path, model_dir: Path, rows: list, notes: list) -> None:
+    import zarr
+
+    size = 6144
+    slide, _ = make_slide(work / "slides" / f"tp-{size}-t0.6.svs", size, 0.6, fast=args.fast)
+    overlaps = [int(o) for o in args.overlaps.split(",")]
+    ref_o = max(overlaps)
+    labels, info = {}, {}
+    for o in overlaps:
+        out = work / "out" / f"overlap-{o}"
+        log(f"[overlap] {o} ...")
+        _run, summary = run_pipeline(slide, model_dir, out, ["--overlap", str(o)])
+        z = zarr.open_group(str(out / slide.stem / "probabilities.ome.zarr"), mode="r")
+        probs = np.asarray(z["0"][:])
+        lab = probs.argmax(0)
+        lab[probs.max(0) == 0] = 255
+        labels[o] = lab
+        t = summary["timings_s"]
+        info[o] = (int(summary["tiling"]["tiles"]), t["inference_s"], summary["tiling"])
+    ref = labels[ref_o]
+    valid = ref != 255
+    for o in overlaps:
+        tiles, inf_s, tiling = info[o]
+        agree = float((labels[o][valid] == ref[valid]).mean()) if valid.any() else 1.0
+        rows.append(
+            (
+                f"overlap {o}",
+                f"{100 * agree:.2f}% = ref",
+                f"{tiles} tiles, inference {inf_s:.1f} s, redundant fraction "
+                f"{tiling['redundant_fraction']:.3f}; agreement of output labels with overlap "
+                f"{ref_o} (tissue pixels)",
+            )
+        )
+
+
 # --------------------------------------------------------------------------- output
 
 
@@ -548,6 +593,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--memory-tissue", type=float, default=0.05)
     ap.add_argument("--scaling-size", type=int, default=10240)
     ap.add_argument("--precision-tiles", type=int, default=96)
+    ap.add_argument("--overlaps", default="0,16,32,64", help="overlap section; max = reference")
     ap.add_argument("--fast", action="store_true", help="bank slides, not wsi.synthetic")
     ap.add_argument("--no-record", action="store_true", help="do not append to RESULTS.md")
     args = ap.parse_args(argv)
@@ -577,6 +623,8 @@ def main(argv: list[str] | None = None) -> int:
         section_scaling(args, work, model_dir, rows, notes)
     if "memory" in only:
         section_memory(args, work, rows, notes)
+    if "overlap" in only:
+        section_overlap(args, work, model_dir, rows, notes)
     command = "python benchmarks/throughput.py " + " ".join(sys.argv[1:] if argv is None else argv)
     block = render(rows, notes, info, command.strip(), started, time.perf_counter() - t0)
     print(block)

@@ -117,8 +117,12 @@ class SlideJob:
         """Process one chunk end to end and write its probabilities to the zarr store."""
         grid, k = self.grid, self.n_classes
         x0, y0, x1, y1 = spec.core_box
-        m = grid.margin
-        read_box = (x0 - m, y0 - m, x1 + m, y1 + m)
+        read_box = tiles_read_box(spec.tiles, grid) or (
+            x0 - grid.margin,
+            y0 - grid.margin,
+            x1 + grid.margin,
+            y1 + grid.margin,
+        )
         try:
             image = read_model_box(self._slide(), read_box, self.level0_per_model, self.read_level)
         except SlideError:
@@ -144,6 +148,23 @@ class SlideJob:
         self._array()[:, oy0:oy1, ox0:ox1] = block_u8
         labels = label_block(block_u8, tissue)
         return summarise_block(spec, len(tiles), labels, block_u8, k)
+
+
+def tiles_read_box(
+    tiles: tuple[tuple[int, int], ...], grid: TileGrid
+) -> tuple[int, int, int, int] | None:
+    """Model-space box read for a chunk: the tissue tiles' bounding box plus the margin.
+
+    Only tissue tiles run, so reading the whole chunk would decode slide that no tile uses
+    (up to 2x per tile at tissue edges). Pixels of a box depend only on global coordinates
+    (wsi.region_reader), so a smaller box gives the tiles the same values.
+    """
+    if not tiles:
+        return None
+    s, m = grid.stride, grid.margin
+    rows = [i for i, _ in tiles]
+    cols = [j for _, j in tiles]
+    return (min(cols) * s - m, min(rows) * s - m, (max(cols) + 1) * s + m, (max(rows) + 1) * s + m)
 
 
 def _on_cpu(model: Any) -> bool:
