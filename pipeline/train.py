@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -21,36 +21,18 @@ from models.meta import ModelMeta
 from models.segmentation_model import SegmentationModel
 from pipeline.datasets import open_dataset
 from pipeline.make_pseudo_masks import make_pseudo_masks
-from pipeline.train_classifier import ClassifierConfig, classifier_history, train_classifier
-from pipeline.train_segmenter import SegmenterConfig, train_segmenter
+from pipeline.train_classifier import classifier_history, train_classifier
+from pipeline.train_config import (
+    TrainConfig,
+    classifier_config,
+    seg_encoder_name,
+    segmenter_config,
+    work_dir,
+)
+from pipeline.train_segmenter import train_segmenter
 from wsi.errors import ConfigError
 
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything `wsi-segment train` sets; `max_steps` caps batches per epoch (smoke tests)."""
-
-    data: Path
-    out: Path
-    epochs: int = 20
-    seg_epochs: int = 20
-    encoder: str = "resnet18"
-    seg_encoder: str = "resnet18"
-    batch_size: int = 16
-    head: str = "pda"
-    device: str = "auto"
-    lr: float = 1e-3
-    crop: int | None = None
-    seed: int = 0
-    work_dir: Path | None = None
-    name: str | None = None
-    fp16: bool = False
-    mpp: float = 1.0
-    tile_size: int = 224
-    decoder_channels: int = 256
-    max_steps: int | None = None
-    threads: int | None = None
-    provenance: dict | None = None
+__all__ = ["TrainConfig", "seg_encoder_name", "train"]
 
 
 def _git_commit() -> str | None:
@@ -65,12 +47,6 @@ def _git_commit() -> str | None:
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
-
-
-def seg_encoder_name(name: str) -> str:
-    """smp has its own resnet18/34/50; any other timm name goes through smp's `tu-` bridge."""
-    smp_own = {"resnet18", "resnet34", "resnet50", "resnet101", "resnet152"}
-    return name if name in smp_own or name.startswith("tu-") else f"tu-{name}"
 
 
 def train(cfg: TrainConfig) -> Path:
@@ -96,33 +72,16 @@ def _train(cfg: TrainConfig) -> Path:
     if ds.has_masks("val"):
         ds.mask_items("val")
     device = pick_device(cfg.device)
-    work = cfg.work_dir or cfg.out.with_name(cfg.out.name + ".work")
+    work = work_dir(cfg)
     work.mkdir(parents=True, exist_ok=True)
     (work / "config.json").write_text(json.dumps(asdict(cfg), indent=1, default=str))
 
-    ccfg = ClassifierConfig(
-        encoder=cfg.encoder,
-        head=cfg.head,
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        lr=cfg.lr,
-        seed=cfg.seed,
-        max_steps=cfg.max_steps,
-    )
+    ccfg = classifier_config(cfg)
     classifier = train_classifier(ds, ccfg, work / "stage1", device)
     t1 = time.time()
     pseudo_dirs = make_pseudo_masks(ds, classifier, work / "pseudo_masks", device, cfg.batch_size)
     t2 = time.time()
-    scfg = SegmenterConfig(
-        encoder=seg_encoder_name(cfg.seg_encoder),
-        epochs=cfg.seg_epochs,
-        batch_size=cfg.batch_size,
-        lr=cfg.lr,
-        seed=cfg.seed,
-        crop=cfg.crop,
-        decoder_channels=cfg.decoder_channels,
-        max_steps=cfg.max_steps,
-    )
+    scfg = segmenter_config(cfg)
     segmenter, seg_state = train_segmenter(
         ds, scfg, pseudo_dirs, work / "stage3", device, classifier
     )

@@ -4,8 +4,8 @@ The Prefect train flow makes each stage a task (own retries, own timing, visible
 Every stage keeps its state in the work folder exactly as `train()` does, so the stages
 resume after an interruption, and the last step calls `train()` itself: it finds every
 stage finished (it only loads checkpoints and masks) and writes the model folder with the
-same provenance as a plain `wsi-segment train`. The stage settings below mirror `train()`;
-`tests/flows/test_train_flow.py` checks that both paths give the same weights.
+same provenance as a plain `wsi-segment train`. Both use the stage settings of
+`pipeline.train_config`; `tests/flows/test_train_flow.py` checks they give the same weights.
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ import torch
 from models.device import pick_device
 from pipeline.datasets import WsssDataset, open_dataset
 from pipeline.make_pseudo_masks import make_pseudo_masks
-from pipeline.train import TrainConfig, seg_encoder_name, train
-from pipeline.train_classifier import ClassifierConfig, train_classifier
-from pipeline.train_segmenter import SegmenterConfig, train_segmenter
+from pipeline.train import train
+from pipeline.train_classifier import train_classifier
+from pipeline.train_config import TrainConfig, classifier_config, segmenter_config, work_dir
+from pipeline.train_segmenter import train_segmenter
 from wsi.errors import ConfigError
 
 
@@ -34,36 +35,6 @@ class TrainRun:
     ds: WsssDataset
     device: torch.device
     work: Path
-
-
-def work_dir(cfg: TrainConfig) -> Path:
-    """The folder holding checkpoints and pseudo masks (as `train()` chooses it)."""
-    return cfg.work_dir or cfg.out.with_name(cfg.out.name + ".work")
-
-
-def classifier_config(cfg: TrainConfig) -> ClassifierConfig:
-    return ClassifierConfig(
-        encoder=cfg.encoder,
-        head=cfg.head,
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        lr=cfg.lr,
-        seed=cfg.seed,
-        max_steps=cfg.max_steps,
-    )
-
-
-def segmenter_config(cfg: TrainConfig) -> SegmenterConfig:
-    return SegmenterConfig(
-        encoder=seg_encoder_name(cfg.seg_encoder),
-        epochs=cfg.seg_epochs,
-        batch_size=cfg.batch_size,
-        lr=cfg.lr,
-        seed=cfg.seed,
-        crop=cfg.crop,
-        decoder_channels=cfg.decoder_channels,
-        max_steps=cfg.max_steps,
-    )
 
 
 def start(cfg: TrainConfig) -> TrainRun:

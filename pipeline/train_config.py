@@ -1,0 +1,76 @@
+"""Settings of `wsi-segment train` and how they map onto each training stage.
+
+One place for the mapping, shared by `pipeline.train` (all stages in one call) and
+`pipeline.train_stages` (one stage per Prefect task), so the two can never drift apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.train_classifier import ClassifierConfig
+from pipeline.train_segmenter import SegmenterConfig
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything `wsi-segment train` sets; `max_steps` caps batches per epoch (smoke tests)."""
+
+    data: Path
+    out: Path
+    epochs: int = 20
+    seg_epochs: int = 20
+    encoder: str = "resnet18"
+    seg_encoder: str = "resnet18"
+    batch_size: int = 16
+    head: str = "pda"
+    device: str = "auto"
+    lr: float = 1e-3
+    crop: int | None = None
+    seed: int = 0
+    work_dir: Path | None = None
+    name: str | None = None
+    fp16: bool = False
+    mpp: float = 1.0
+    tile_size: int = 224
+    decoder_channels: int = 256
+    max_steps: int | None = None
+    threads: int | None = None
+    provenance: dict | None = None
+
+
+def seg_encoder_name(name: str) -> str:
+    """smp has its own resnet18/34/50; any other timm name goes through smp's `tu-` bridge."""
+    smp_own = {"resnet18", "resnet34", "resnet50", "resnet101", "resnet152"}
+    return name if name in smp_own or name.startswith("tu-") else f"tu-{name}"
+
+
+def work_dir(cfg: TrainConfig) -> Path:
+    """The folder holding checkpoints and pseudo masks (as `train()` chooses it)."""
+    return cfg.work_dir or cfg.out.with_name(cfg.out.name + ".work")
+
+
+def classifier_config(cfg: TrainConfig) -> ClassifierConfig:
+    return ClassifierConfig(
+        encoder=cfg.encoder,
+        head=cfg.head,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        seed=cfg.seed,
+        max_steps=cfg.max_steps,
+    )
+
+
+def segmenter_config(cfg: TrainConfig) -> SegmenterConfig:
+    return SegmenterConfig(
+        encoder=seg_encoder_name(cfg.seg_encoder),
+        epochs=cfg.seg_epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        seed=cfg.seed,
+        crop=cfg.crop,
+        decoder_channels=cfg.decoder_channels,
+        max_steps=cfg.max_steps,
+    )
