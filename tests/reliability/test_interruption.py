@@ -104,3 +104,47 @@ def test_sigkill_mid_slide_then_rerun_equals_uninterrupted(tiny_model_dir, tmp_p
     a = json.loads((out / STEM / "tissue.geojson").read_text())
     b = json.loads((ref_out / STEM / "tissue.geojson").read_text())
     assert [f["geometry"] for f in a["features"]] == [f["geometry"] for f in b["features"]]
+
+
+def start_and_wait_for_chunks(tiny_model_dir, out):
+    """A slowed-down real run, returned once it has written some probability chunks."""
+    cmd = [*CLI, str(CMU_SLIDE), "--model", str(tiny_model_dir), "--out", str(out), *SLOW]
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    chunks = out / f".{STEM}.partial" / "probabilities.ome.zarr" / "0"
+    deadline = time.monotonic() + 400
+    while time.monotonic() < deadline and proc.poll() is None:
+        if chunks.exists() and len([p for p in chunks.rglob("*") if p.is_file()]) >= 2:
+            return proc
+        time.sleep(0.05)
+    proc.kill()
+    proc.communicate()
+    pytest.fail("the run never reached inference, or finished before it could be interrupted")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_interrupt_or_terminate_mid_slide(tiny_model_dir, tmp_path, sig):
+    """Ctrl-C: `error: interrupted`, exit 130, the partial folder removed. SIGTERM (what a
+    scheduler sends first): the process ends; whatever it leaves is hidden and never looks
+    finished, and the next run completes."""
+    out = tmp_path / "out"
+    proc = start_and_wait_for_chunks(tiny_model_dir, out)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=300)
+    assert "Traceback" not in err, err
+    assert not (out / STEM).exists()
+    assert not list(out.rglob("summary.json"))
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130, err
+        assert [ln for ln in err.splitlines() if ln.startswith("error:")] == ["error: interrupted"]
+        assert leftovers(out) == []
+    else:
+        assert proc.returncode in (-signal.SIGTERM, 143, 1), err
+        assert set(leftovers(out)) <= {f".{STEM}.partial"}
+    rerun = run_cli([CMU_SLIDE, "--model", tiny_model_dir, "--out", out, *OPTIONS])
+    assert rerun.code == 0, rerun.stderr
+    assert_complete_output(out / STEM)
+    assert leftovers(out) == [STEM]
