@@ -249,6 +249,10 @@ def open_slide(
             raise SlideError(
                 f"{path}: is a directory, not a slide (for MRXS pass the .mrxs file next to it)"
             )
+        if not p.is_file():  # a FIFO would block the readers forever
+            raise SlideError(
+                f"{path}: not a regular file (a pipe, socket or device); pass the slide file"
+            )
         path = str(p.resolve())
         order = ["openslide", "tiffslide"] if backend == "auto" else [backend]
     reasons = []
