@@ -173,3 +173,32 @@ def test_corrupt_tile_in_the_middle_names_the_region(cmu_bytes, tiny_model_dir, 
     else:
         assert "model pixels" in text, text
     assert_nothing_written(out)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["s3://no-such-bucket-wsi-segment/x.svs", "http://127.0.0.1:9/x.svs", "nosuchproto://x/y.svs"],
+    ids=["s3-no-credentials", "http-refused", "unknown-protocol"],
+)
+def test_unreachable_urls(url, tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    result = run_cli_inprocess([url, "--model", tiny_model_dir, "--out", out, "--quiet"], capsys)
+    assert_clean_error(result, url)
+    assert_nothing_written(out)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_special_files_are_refused_not_read(kind, tiny_model_dir, tmp_path, capsys):
+    """A named pipe called .svs used to block the slide readers forever (fixed in wsi/slide.py)."""
+    import os
+
+    path = tmp_path / f"{kind}.svs"
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.symlink_to("/dev/zero")
+    out = tmp_path / "out"
+    result = run_cli_inprocess([path, "--model", tiny_model_dir, "--out", out, "--quiet"], capsys)
+    assert_clean_error(result, "not a regular file")
+    assert_nothing_written(out)
