@@ -23,6 +23,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from dask.callbacks import Callback
+from dask.threaded import ContextAwareThreadPoolExecutor
 from dask.threaded import get as threaded_get
 
 from pipeline.chunk_job import ChunkOutcome, ChunkSpec, SlideJob
@@ -67,8 +68,16 @@ def run_chunks(
     keys = [f"{key_prefix}-{s.row}-{s.col}" for s in specs]
     graph: dict[str, Any] = {job_key: job}
     graph.update({key: (run_chunk, job_key, spec) for key, spec in zip(keys, specs, strict=True)})
+    # Our own pool, shut down (waiting) before returning or raising: when one chunk fails,
+    # dask raises at once while other chunks are still running, and those would go on
+    # writing into the partial folder after it was removed (resurrecting it, or writing
+    # into the next run's folder once the lock is released).
+    pool = ContextAwareThreadPoolExecutor(threads)
     with _TileCounter(progress), _restore_torch_threads(per_chunk > 0):
-        results = threaded_get(graph, keys, num_workers=threads)
+        try:
+            results = threaded_get(graph, keys, pool=pool)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
     return list(results)
 
 
