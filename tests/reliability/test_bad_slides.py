@@ -202,3 +202,58 @@ def test_special_files_are_refused_not_read(kind, tiny_model_dir, tmp_path, caps
     result = run_cli_inprocess([path, "--model", tiny_model_dir, "--out", out, "--quiet"], capsys)
     assert_clean_error(result, "not a regular file")
     assert_nothing_written(out)
+
+
+@pytest.fixture(scope="module")
+def pyramid_with_bad_chunk_tile(tmp_path_factory):
+    """A 4-level JPEG pyramid of the CMU slide (x2 upsampled at level 0, openslide's generic
+    TIFF) whose middle level-3 tile is damaged: tissue detection reads level 2 and succeeds,
+    the chunks read level 3 (for the tiny model at --mpp 0.25) and hit the damage mid-run,
+    while other chunks are in flight on other threads."""
+    import tifffile
+    from PIL import Image
+
+    from tests.conftest import CMU_SLIDE
+    from wsi.slide import open_slide
+
+    with open_slide(CMU_SLIDE) as slide:
+        cmu = slide.read_region((0, 0), 0, slide.dimensions)
+    image = Image.fromarray(cmu)
+    levels = [np.asarray(image.resize((4440, 5934))), cmu]
+    levels += [np.asarray(image.resize((1110, 1484))), np.asarray(image.resize((555, 742)))]
+    path = tmp_path_factory.mktemp("pyramid") / "pyramid_bad_tile.tif"
+    with tifffile.TiffWriter(path) as tw:
+        for k, level in enumerate(levels):
+            tw.write(
+                level,
+                tile=(256, 256),
+                compression="jpeg",
+                photometric="rgb",
+                subfiletype=1 if k else 0,
+            )
+    with tifffile.TiffFile(path) as tf:
+        page = tf.pages[3]
+        offset, count = page.dataoffsets[4], page.databytecounts[4]  # middle of 3 x 3
+    data = bytearray(path.read_bytes())
+    rng = np.random.default_rng(3)
+    data[offset + count // 3 : offset + count] = rng.integers(
+        0, 256, count - count // 3, dtype=np.uint8
+    ).tobytes()
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_damaged_tile_hit_mid_run_by_a_chunk(
+    pyramid_with_bad_chunk_tile, tiny_model_dir, tmp_path, capsys
+):
+    """The error names the region; chunks still running on other threads must not write
+    into the removed partial folder (they did: fixed in pipeline/chunk_runner.py)."""
+    import time
+
+    path = pyramid_with_bad_chunk_tile
+    out = tmp_path / "out"
+    args = [path, "--model", tiny_model_dir, "--out", out, "--mpp", "0.25", "--quiet"]
+    result = run_cli_inprocess([*args, "--threads", "2"], capsys)
+    assert_clean_error(result, path.name, "cannot read region", "at level 3", "corrupt")
+    time.sleep(1.0)  # a straggling chunk thread would have written by now
+    assert_nothing_written(out)
