@@ -257,3 +257,22 @@ def test_damaged_tile_hit_mid_run_by_a_chunk(
     assert_clean_error(result, path.name, "cannot read region", "at level 3", "corrupt")
     time.sleep(1.0)  # a straggling chunk thread would have written by now
     assert_nothing_written(out)
+
+
+@pytest.mark.parametrize(
+    ("name", "shape"),
+    [("one_px", (1, 1)), ("row", (1, 400)), ("column", (400, 2)), ("three_px", (3, 3))],
+)
+def test_degenerate_slide_shapes_give_valid_outputs(
+    cmu_crop, tiny_model_dir, tmp_path, capsys, name, shape
+):
+    import tifffile
+
+    image = tifffile.imread(cmu_crop)[: shape[0], : shape[1]]
+    path = tmp_path / f"{name}.tif"
+    tifffile.imwrite(path, np.ascontiguousarray(image), photometric="rgb")
+    out = tmp_path / "out"
+    args = [path, "--model", tiny_model_dir, "--out", out, "--mpp", "0.5", "--quiet"]
+    result = run_cli_inprocess(args, capsys)
+    assert result.code == 0, result.stderr
+    assert_complete_output(out / name)
