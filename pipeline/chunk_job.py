@@ -79,6 +79,9 @@ class SlideJob:
     # and a thread that reads never stalls the others' parallel regions). 0 keeps the lock
     # (GPU, or a runner that did not size threads).
     cpu_threads_per_chunk: int = 0
+    # Backend for chunk reads (None: `backend`). See `fast_read_backend`: tiffslide decodes
+    # the same SVS / generic-TIFF pixels at ~1/3 of openslide's CPU cost.
+    read_backend: str | None = None
     _local: threading.local = field(default_factory=threading.local, repr=False)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -93,7 +96,8 @@ class SlideJob:
     def _slide(self):
         slide = getattr(self._local, "slide", None)
         if slide is None:
-            slide = open_slide(self.slide_path, backend=self.backend, mpp=self.mpp_override)
+            backend = self.read_backend or self.backend
+            slide = open_slide(self.slide_path, backend=backend, mpp=self.mpp_override)
             self._local.slide = slide
         return slide
 
@@ -148,6 +152,40 @@ class SlideJob:
         self._array()[:, oy0:oy1, ox0:ox1] = block_u8
         labels = label_block(block_u8, tissue)
         return summarise_block(spec, len(tiles), labels, block_u8, k)
+
+
+FAST_READ_VENDORS = ("aperio", "generic-tiff")
+
+
+def fast_read_backend(slide: Any) -> str | None:
+    """ "tiffslide" when it reads this openslide slide's pixels identically, else None.
+
+    For plain tiled TIFFs (Aperio SVS, generic tiled TIFF) both libraries decode the same
+    tiles; tiffslide (tifffile + imagecodecs) does it at ~1/3 of openslide's CPU cost and
+    without openslide's RGBA round trip. Checked, not assumed: same level geometry and the
+    same pixels in a probe region at the centre of the slide.
+    """
+    if getattr(slide, "backend", None) != "openslide":
+        return None
+    if getattr(slide, "vendor", None) not in FAST_READ_VENDORS:
+        return None
+    try:
+        other = open_slide(slide.path, backend="tiffslide", mpp=None)
+    except Exception:
+        return None
+    try:
+        if tuple(other.level_dimensions) != tuple(slide.level_dimensions):
+            return None
+        w, h = slide.dimensions
+        loc = (max(0, w // 2 - 128), max(0, h // 2 - 128))
+        size = (min(256, w), min(256, h))
+        if not np.array_equal(other.read_region(loc, 0, size), slide.read_region(loc, 0, size)):
+            return None
+    except Exception:
+        return None
+    finally:
+        other.close()
+    return "tiffslide"
 
 
 def tiles_read_box(

@@ -38,3 +38,17 @@ def test_runner_gives_torch_threads_back():
     with _restore_torch_threads(True):
         torch.set_num_threads(1)
     assert torch.get_num_threads() == before
+
+
+def test_fast_read_backend_reads_the_same_pixels():
+    from pathlib import Path
+
+    from pipeline.chunk_job import fast_read_backend
+
+    svs = Path(__file__).resolve().parents[1] / "data" / "CMU-1-Small-Region.svs"
+    slide = open_slide(svs, backend="openslide")
+    assert fast_read_backend(slide) == "tiffslide"
+    fast = open_slide(svs, backend="tiffslide")
+    box = (100, 200, 612, 584)  # model space at 2 level-0 px per model px
+    np.testing.assert_array_equal(read_model_box(fast, box, 2.0), read_model_box(slide, box, 2.0))
+    assert fast_read_backend(fast) is None  # already tiffslide
