@@ -231,9 +231,8 @@ def plan_like_pipeline(
     slide_path: Path, model, overlap: int, chunk_tiles: int, ds: int, backend: str = "auto"
 ) -> Planned:
     """The chunks and tiles `wsi-segment` will run, by the same functions it uses."""
-    from pipeline.chunk_inference import TileGrid
-    from pipeline.chunk_planning import plan_chunks
     from wsi.slide import open_slide
+    from wsi.tiling import TileGrid, plan_chunks
     from wsi.tissue import detect_tissue
 
     slide = open_slide(str(slide_path), backend=backend)

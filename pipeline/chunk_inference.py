@@ -9,11 +9,12 @@ from exactly one tile, the one in whose centre it lies.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 import torch
+
+from wsi.tiling import TileGrid
 
 
 class TileModel(Protocol):
@@ -22,35 +23,6 @@ class TileModel(Protocol):
     def predict(
         self, tiles: torch.Tensor, gate: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor]: ...
-
-
-@dataclass(frozen=True)
-class TileGrid:
-    """The global tile grid in model space."""
-
-    tile: int  # T
-    overlap: int  # O (even)
-    downsample: int  # d: output pixels are d x d model pixels
-
-    @property
-    def margin(self) -> int:
-        return self.overlap // 2
-
-    @property
-    def stride(self) -> int:
-        return self.tile - self.overlap
-
-    def validate(self) -> None:
-        from wsi.errors import ConfigError
-
-        if self.stride <= 0:
-            raise ConfigError(f"overlap {self.overlap} must be smaller than the tile {self.tile}")
-        if self.stride % self.downsample:
-            raise ConfigError(
-                f"tile {self.tile} - overlap {self.overlap} = {self.stride} must be a multiple "
-                f"of the output downsample {self.downsample}; change --overlap or "
-                "--output-downsample"
-            )
 
 
 def cut_tiles(

@@ -18,7 +18,6 @@ import shapely
 import zarr
 
 from pipeline.chunk_inference import (
-    TileGrid,
     cut_tiles,
     label_block,
     predict_tiles,
@@ -30,17 +29,7 @@ from pipeline.polygons import label_block_polygons
 from wsi.errors import SlideError
 from wsi.region_reader import read_model_box
 from wsi.slide import open_slide
-
-
-@dataclass(frozen=True)
-class ChunkSpec:
-    """One chunk: its core in model space, the tissue tiles to run, its output box."""
-
-    row: int
-    col: int
-    core_box: tuple[int, int, int, int]  # model space (x0, y0, x1, y1), multiple of the stride
-    tiles: tuple[tuple[int, int], ...]  # (i, j) grid indices of tiles touching tissue
-    out_box: tuple[int, int, int, int]  # output pixels, clipped to the output array
+from wsi.tiling import ChunkSpec, TileGrid
 
 
 @dataclass

@@ -26,8 +26,9 @@ from dask.callbacks import Callback
 from dask.threaded import ContextAwareThreadPoolExecutor
 from dask.threaded import get as threaded_get
 
-from pipeline.chunk_job import ChunkOutcome, ChunkSpec, SlideJob
+from pipeline.chunk_job import ChunkOutcome, SlideJob
 from pipeline.progress import NullProgress, Progress
+from wsi.tiling import ChunkSpec
 
 
 class _TileCounter(Callback):

@@ -19,9 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.chunk_inference import TileGrid
-from pipeline.chunk_job import ChunkOutcome, ChunkSpec, SlideJob
-from pipeline.chunk_planning import plan_chunks
+from pipeline.chunk_job import ChunkOutcome, SlideJob
 from pipeline.chunk_runner import run_chunks
 from pipeline.fingerprint import model_sha256, run_fingerprint
 from pipeline.model_handle import ModelHandle, load_for_process
@@ -31,6 +29,7 @@ from pipeline.params import SegmentParams
 from pipeline.progress import NullProgress, Progress
 from wsi.errors import ModelError, OutputError, WsiSegmentError
 from wsi.slide import Slide, open_slide
+from wsi.tiling import ChunkSpec, TileGrid, plan_chunks
 from wsi.tissue import TissueMask, detect_tissue
 
 ZARR_NAME = "probabilities.ome.zarr"

@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.chunk_inference import TileGrid, cut_tiles
+from pipeline.chunk_inference import cut_tiles
 from pipeline.chunk_job import tiles_read_box
 from pipeline.chunk_runner import _restore_torch_threads
 from wsi.region_reader import read_model_box
 from wsi.slide import open_slide
+from wsi.tiling import TileGrid
 
 
 @pytest.mark.parametrize("level0_per_model", [1.0, 1.37, 2.0])

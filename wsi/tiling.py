@@ -1,8 +1,11 @@
-"""Plan the Dask chunks of one slide on the global tile grid (docs/CONTRACTS.md).
+"""Tile geometry: the global tile grid and the chunks of one slide (docs/CONTRACTS.md).
 
-Model space is the slide resampled to the model's mpp. Chunks are `n x n` tiles; a chunk
-is kept only if one of its tile cores touches tissue, and inside a kept chunk only tissue
-tiles are run. Cores partition the plane, so every tissue pixel is computed exactly once.
+Model space is the slide resampled to the model's mpp. Tile (i, j) of the global grid has
+core `[j*S, (j+1)*S) x [i*S, (i+1)*S)` and reads `T` px centred on it, so cores partition
+the plane whatever the chunk size. Chunks are `n x n` tiles; a chunk is kept only if one
+of its tile cores touches tissue, and inside a kept chunk only tissue tiles are run:
+every tissue pixel is computed exactly once and tissue-free regions cost nothing.
+Pure geometry (numpy only), so it is testable without slides or models.
 """
 
 from __future__ import annotations
@@ -13,10 +16,46 @@ from typing import Protocol
 
 import numpy as np
 
-from pipeline.chunk_inference import TileGrid
-from pipeline.chunk_job import ChunkSpec
 from wsi.errors import ConfigError
 from wsi.region_reader import choose_level
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """The global tile grid in model space."""
+
+    tile: int  # T
+    overlap: int  # O (even)
+    downsample: int  # d: output pixels are d x d model pixels
+
+    @property
+    def margin(self) -> int:
+        return self.overlap // 2
+
+    @property
+    def stride(self) -> int:
+        return self.tile - self.overlap
+
+    def validate(self) -> None:
+        if self.stride <= 0:
+            raise ConfigError(f"overlap {self.overlap} must be smaller than the tile {self.tile}")
+        if self.stride % self.downsample:
+            raise ConfigError(
+                f"tile {self.tile} - overlap {self.overlap} = {self.stride} must be a multiple "
+                f"of the output downsample {self.downsample}; change --overlap or "
+                "--output-downsample"
+            )
+
+
+@dataclass(frozen=True)
+class ChunkSpec:
+    """One chunk: its core in model space, the tissue tiles to run, its output box."""
+
+    row: int
+    col: int
+    core_box: tuple[int, int, int, int]  # model space (x0, y0, x1, y1), multiple of the stride
+    tiles: tuple[tuple[int, int], ...]  # (i, j) grid indices of tiles touching tissue
+    out_box: tuple[int, int, int, int]  # output pixels, clipped to the output array
 
 
 class TissueLike(Protocol):

@@ -1,0 +1,144 @@
+"""Tile planning: cores cover every tissue pixel exactly once; the read level is right."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from wsi.errors import ConfigError
+from wsi.region_reader import choose_level
+from wsi.tiling import TileGrid, plan_chunks, tile_tissue_grid
+
+
+@dataclass
+class Dims:
+    dimensions: tuple[int, int]
+    level_downsamples: tuple[float, ...] = (1.0, 4.0, 16.0)
+
+
+@dataclass
+class Mask:
+    mask: np.ndarray
+    downsample: float
+
+
+def _blob_mask(shape: tuple[int, int], seed: int) -> np.ndarray:
+    """A few random discs: tissue with holes and islands, touching the borders sometimes."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    mask = np.zeros(shape, bool)
+    for _ in range(5):
+        cy, cx = rng.uniform(0, shape[0]), rng.uniform(0, shape[1])
+        r = rng.uniform(2, max(shape) / 4)
+        mask |= (yy - cy) ** 2 + (xx - cx) ** 2 < r * r
+    return mask
+
+
+def _coverage(plan, grid: TileGrid) -> np.ndarray:
+    """How many planned tile cores cover each model pixel (clipped to the model shape)."""
+    h, w = plan.model_shape
+    hits = np.zeros((h, w), np.int32)
+    s = grid.stride
+    for spec in plan.specs:
+        x0, y0, x1, y1 = spec.core_box
+        for i, j in spec.tiles:
+            assert x0 <= j * s < x1 and y0 <= i * s < y1, "tile outside its chunk core"
+            hits[i * s : (i + 1) * s, j * s : (j + 1) * s] += 1
+    return hits
+
+
+@pytest.mark.parametrize(
+    ("dims", "slide_mpp", "model_mpp", "tile", "overlap", "d", "n", "mask_ds", "seed"),
+    [
+        ((1000, 777), 0.5, 1.0, 64, 16, 4, 3, 8.0, 0),
+        ((2051, 1333), 0.25, 1.0, 96, 32, 4, 2, 16.0, 1),
+        ((513, 1025), 0.499, 2.0, 64, 0, 1, 4, 7.3, 2),
+        ((3000, 3000), 0.2271, 0.5, 224, 32, 8, 4, 23.7, 3),
+    ],
+)
+def test_cores_cover_every_tissue_pixel_exactly_once(
+    dims, slide_mpp, model_mpp, tile, overlap, d, n, mask_ds, seed
+):
+    grid = TileGrid(tile=tile, overlap=overlap, downsample=d)
+    mask_shape = (math.ceil(dims[1] / mask_ds), math.ceil(dims[0] / mask_ds))
+    tissue = Mask(_blob_mask(mask_shape, seed), mask_ds)
+    plan = plan_chunks(Dims(dims), slide_mpp, model_mpp, grid, n, tissue)
+
+    f = model_mpp / slide_mpp  # level-0 px per model px
+    assert plan.model_shape == (math.ceil(dims[1] / f), math.ceil(dims[0] / f))
+    assert plan.output_shape == tuple(math.ceil(v / d) for v in plan.model_shape)
+    hits = _coverage(plan, grid)
+    assert hits.max() <= 1, "a model pixel is computed twice"
+
+    # Every model pixel whose level-0 footprint overlaps a tissue mask pixel is covered.
+    h, w = plan.model_shape
+    ys = (np.arange(h) * f / mask_ds).astype(int)
+    ye = np.minimum(np.ceil((np.arange(h) + 1) * f / mask_ds).astype(int), mask_shape[0])
+    xs = (np.arange(w) * f / mask_ds).astype(int)
+    xe = np.minimum(np.ceil((np.arange(w) + 1) * f / mask_ds).astype(int), mask_shape[1])
+    integral = np.pad(tissue.mask.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    touches = (
+        integral[ye][:, xe] - integral[ys][:, xe] - integral[ye][:, xs] + integral[ys][:, xs]
+    ) > 0
+    assert touches.any()
+    assert np.all(hits[touches] == 1), "a tissue pixel is not covered"
+
+    # Tissue-free chunks are not planned; output boxes tile the output array without overlap.
+    out = np.zeros(plan.output_shape, np.int32)
+    for spec in plan.specs:
+        assert spec.tiles
+        ox0, oy0, ox1, oy1 = spec.out_box
+        out[oy0:oy1, ox0:ox1] += 1
+    assert out.max() == 1
+
+
+def test_no_tissue_plans_nothing_and_no_mask_plans_everything():
+    grid = TileGrid(tile=64, overlap=16, downsample=4)
+    empty = Mask(np.zeros((50, 60), bool), 10.0)
+    assert plan_chunks(Dims((600, 500)), 0.5, 1.0, grid, 4, empty).specs == []
+    plan = plan_chunks(Dims((600, 500)), 0.5, 1.0, grid, 4, None)
+    rows, cols = plan.grid_shape
+    assert plan.tiles == rows * cols == math.ceil(250 / 48) * math.ceil(300 / 48)
+    assert _coverage(plan, grid)[: plan.model_shape[0], : plan.model_shape[1]].min() == 1
+
+
+def test_tile_tissue_grid_marks_tiles_touching_a_single_mask_pixel():
+    mask = np.zeros((10, 10), bool)
+    mask[2, 7] = True  # level-0 box x [70, 80), y [20, 30) with downsample 10
+    got = tile_tissue_grid(Mask(mask, 10.0), (5, 5), stride_level0=25.0)
+    expected = np.zeros((5, 5), bool)
+    expected[0:2, 2:4] = True  # x spans cores 2 (50-75) and 3 (75-100), y cores 0 and 1
+    np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize(
+    ("downsamples", "slide_mpp", "model_mpp", "level"),
+    [
+        ((1.0, 4.0, 16.0), 0.25, 0.25, 0),  # same resolution: level 0
+        ((1.0, 4.0, 16.0), 0.25, 0.5, 0),  # x2: level 1 (x4) would upsample
+        ((1.0, 4.0, 16.0), 0.25, 1.0, 1),  # x4 exactly
+        ((1.0, 4.0, 16.0), 0.25, 3.9, 1),  # x15.6: level 2 (x16) too coarse
+        ((1.0, 4.0, 16.0), 0.25, 4.0, 2),
+        ((1.0, 4.000183, 16.0012), 0.2527, 1.0108, 1),  # rounding in metadata: 4.0 vs 4.000183
+        ((1.0, 2.0, 4.0, 8.0), 0.5, 8.0, 3),  # x16: coarsest level 8
+        ((1.0,), 0.499, 2.0, 0),  # single level
+        ((1.0, 4.0), 1.0, 0.5, 0),  # model finer than the slide: upsample level 0
+    ],
+)
+def test_choose_level(downsamples, slide_mpp, model_mpp, level):
+    assert choose_level(downsamples, model_mpp / slide_mpp) == level
+
+
+def test_plan_reads_from_the_chosen_level_and_rejects_bad_geometry():
+    grid = TileGrid(tile=64, overlap=16, downsample=4)
+    plan = plan_chunks(Dims((4000, 4000)), 0.25, 1.0, grid, 4, None)
+    assert plan.read_level == 1 and plan.level0_per_model == 4.0
+    with pytest.raises(ConfigError, match="multiple of the output downsample"):
+        plan_chunks(Dims((100, 100)), 0.5, 1.0, TileGrid(64, 18, 4), 4, None)
+    with pytest.raises(ConfigError, match="smaller than the tile"):
+        plan_chunks(Dims((100, 100)), 0.5, 1.0, TileGrid(64, 64, 4), 4, None)
+    with pytest.raises(ConfigError, match="mpp must be positive"):
+        plan_chunks(Dims((100, 100)), 0.0, 1.0, grid, 4, None)
