@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import os
 import threading
+import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -110,20 +111,56 @@ def _restore_torch_threads(active: bool) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def run_chunk_unless_aborted(job: SlideJob, spec: ChunkSpec, abort: str) -> ChunkOutcome | None:
+    """Distributed entry point: a chunk that starts after the slide failed does nothing."""
+    from distributed import Event
+
+    if Event(abort).is_set():
+        return None
+    return job.run(spec)
+
+
 def _run_distributed(
     job: SlideJob, specs: Sequence[ChunkSpec], client: Any, progress: Progress, key_prefix: str
 ) -> list[ChunkOutcome]:
-    from distributed import as_completed
+    """Like the local pool, never return or raise while a chunk may still write: a failed
+    chunk sets a cluster-wide abort event (chunks not yet started then return at once) and
+    we wait for every future before raising. Cancelling futures would not stop a chunk that
+    is already running on a worker, and it would write into a folder the caller removed."""
+    from distributed import Event, as_completed
 
+    abort = f"{key_prefix}-abort-{uuid.uuid4().hex}"
+    event = Event(abort, client=client)
     job_future = client.scatter(job, broadcast=True, hash=False)
     keys = [f"{key_prefix}-{s.row}-{s.col}" for s in specs]
     futures = client.map(
-        run_chunk, [job_future] * len(specs), list(specs), key=keys, retries=2, pure=False
+        run_chunk_unless_aborted,
+        [job_future] * len(specs),
+        list(specs),
+        [abort] * len(specs),
+        key=keys,
+        retries=2,
+        pure=False,
     )
     index = {f.key: i for i, f in enumerate(futures)}
     results: list[ChunkOutcome | None] = [None] * len(specs)
-    for future in as_completed(futures):
-        outcome = future.result()
-        results[index[future.key]] = outcome
-        progress.advance(outcome.tiles_run)
+    error: BaseException | None = None
+    try:
+        for future in as_completed(futures):
+            try:
+                outcome = future.result()
+            except Exception as exc:  # first failure wins; the others are its echoes
+                if error is None:
+                    error = exc
+                    event.set()
+                continue
+            if outcome is not None:
+                results[index[future.key]] = outcome
+                progress.advance(outcome.tiles_run)
+    except BaseException:  # interrupted while waiting: started chunks finish, no new ones
+        event.set()
+        raise
+    event.clear()  # frees the event on the scheduler
+    if error is not None:
+        raise error
     return [r for r in results if r is not None]
