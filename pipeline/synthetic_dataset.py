@@ -117,20 +117,27 @@ def make_synthetic_dataset(
     return root
 
 
-def main() -> None:
-    """`python -m pipeline.synthetic_dataset OUT [n_train n_val n_test size seed]`."""
-    import sys
+def main(argv: list[str] | None = None) -> None:
+    """`python -m pipeline.synthetic_dataset OUT [--n-train N ...]`: a dataset folder."""
+    import argparse
 
-    args = sys.argv[1:]
-    if not args:
-        raise SystemExit(
-            "usage: python -m pipeline.synthetic_dataset OUT [n_train n_val n_test size seed]"
-        )
-    nums = [int(a) for a in args[1:]]
-    fields = ["n_train", "n_val", "n_test", "size", "seed"]
-    make_synthetic_dataset(
-        args[0], SyntheticSpec(**dict(zip(fields, nums, strict=False))), progress=True
+    d = SyntheticSpec()
+    p = argparse.ArgumentParser(
+        prog="python -m pipeline.synthetic_dataset",
+        description="Write a synthetic dataset in the LUAD-HistoSeg layout (patch labels "
+        "for train/, exact masks for val/ and test/).",
     )
+    p.add_argument("out", type=Path, help="dataset folder to create")
+    p.add_argument("--n-train", type=int, default=d.n_train, help=f"({d.n_train})")
+    p.add_argument("--n-val", type=int, default=d.n_val, help=f"({d.n_val})")
+    p.add_argument("--n-test", type=int, default=d.n_test, help=f"({d.n_test})")
+    p.add_argument("--size", type=int, default=d.size, help=f"patch side in px ({d.size})")
+    p.add_argument("--seed", type=int, default=d.seed, help=f"({d.seed})")
+    a = p.parse_args(argv)
+    spec = SyntheticSpec(
+        n_train=a.n_train, n_val=a.n_val, n_test=a.n_test, size=a.size, seed=a.seed
+    )
+    make_synthetic_dataset(a.out, spec, progress=True)
 
 
 if __name__ == "__main__":

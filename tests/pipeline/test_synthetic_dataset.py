@@ -45,3 +45,17 @@ def test_label_map_classes() -> None:
     labels = random_label_map(96, np.random.default_rng(0), background_prob=1.0)
     values = set(np.unique(labels).tolist())
     assert 255 in values and 1 <= len(values - {255}) <= 3 and values - {255} <= {0, 1, 2, 3}
+
+
+def test_command_line_options_and_help(tmp_path, capsys):
+    """`--help` prints usage and writes nothing (it used to write a folder named --help)."""
+    import pytest
+
+    from pipeline.synthetic_dataset import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0 and "--n-train" in capsys.readouterr().out
+    main([str(tmp_path / "ds"), "--n-train", "2", "--n-val", "1", "--n-test", "1", "--size", "48"])
+    assert len(list((tmp_path / "ds" / "train").glob("*.png"))) == 2
+    assert len(list((tmp_path / "ds" / "test" / "mask").glob("*.png"))) == 1
