@@ -4,15 +4,25 @@ Why a wrapper: the rest of the pipeline must not care which library decoded a sl
 must get white (not black) outside the tissue scan, must find mpp in one place (with the
 user's override winning), and must be able to ship a slide to Dask worker processes
 (pickling keeps the path and re-opens lazily on the worker).
+
+Transient I/O errors (a network file system or object store hiccup) are retried: at most
+`READ_ATTEMPTS` tries with `RETRY_DELAYS_S` between them (under 1 s in all), each on a
+freshly opened reader, then one `SlideError` naming the slide, the region and the attempts.
+Only the `OSError` family is retried (minus errors that never heal by waiting: missing
+file, permission denied); decode errors of corrupt data (openslide's, tifffile's,
+imagecodecs') would fail identically, so they are reported at once.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -23,9 +33,54 @@ from wsi.errors import ConfigError, MppMissingError, SlideError
 # downsamples like 4.016 for a nominal 4 (dimensions are rounded), and count as 4.
 LEVEL_TOLERANCE = 0.01
 
+READ_ATTEMPTS = 3
+RETRY_DELAYS_S = (0.2, 0.6)  # sleep before the 2nd and the 3rd attempt
+# OSErrors that waiting does not fix (s3fs/gcsfs map 404 and 403 to the first two as well)
+PERMANENT_OS_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
 
 def _is_url(path: str) -> bool:
     return "://" in path and not Path(path).exists()
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for I/O errors that may pass on retry (also when wrapped via `raise ... from`)."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return False
+        if isinstance(seen, OSError):
+            return not isinstance(seen, PERMANENT_OS_ERRORS)
+        seen = seen.__cause__
+    return False
+
+
+def with_retries(fn: Callable[[], T], what: str) -> T:
+    """`fn()`, called again after a short sleep while it fails with a transient error.
+
+    At most READ_ATTEMPTS calls; the last error (or any non-transient one) propagates.
+    """
+    for attempt in range(1, READ_ATTEMPTS + 1):
+        try:
+            return fn()
+        except Exception as exc:
+            if attempt == READ_ATTEMPTS or not is_transient(exc):
+                raise
+            delay = RETRY_DELAYS_S[min(attempt, len(RETRY_DELAYS_S)) - 1]
+            log.warning(
+                "%s failed (%s: %s); attempt %d of %d in %.1f s",
+                what,
+                type(exc).__name__,
+                exc,
+                attempt + 1,
+                READ_ATTEMPTS,
+                delay,
+            )
+            time.sleep(delay)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 class Slide:
@@ -66,6 +121,13 @@ class Slide:
         if self._mpp_override is not None:
             return (self._mpp_override, self._mpp_override)
         return self._meta.mpp
+
+    @property
+    def mpp_source(self) -> str | None:
+        """Where `mpp` comes from: "override" (--mpp), "metadata" (the file) or None."""
+        if self._mpp_override is not None:
+            return "override"
+        return "metadata" if self._meta.mpp is not None else None
 
     @property
     def objective_power(self) -> float | None:
@@ -115,6 +177,7 @@ class Slide:
             "level_dimensions": [list(d) for d in self.level_dimensions],
             "level_downsamples": list(self.level_downsamples),
             "mpp": list(self.mpp) if self.mpp is not None else None,
+            "mpp_source": self.mpp_source,
             "objective_power": self.objective_power,
             "associated_images": list(self.associated_images),
             "bounds_offset": list(self.bounds_offset),
@@ -123,15 +186,19 @@ class Slide:
 
     # -- pixels -----------------------------------------------------------------
     def _open_reader(self) -> Any:
+        """The shared reader, opened on first use (raises the backend's own error)."""
         with self._lock:
             if self._reader is None:
-                try:
-                    self._reader = BACKENDS[self.backend](self.path)
-                except Exception as exc:  # file changed or vanished since open_slide
-                    raise SlideError(
-                        f"{self.path}: cannot re-open with {self.backend}: {exc}"
-                    ) from exc
+                self._reader = BACKENDS[self.backend](self.path)
             return self._reader
+
+    def _drop_reader(self, reader: Any) -> None:
+        """Forget a reader after an error: an openslide handle fails every later call once
+        one read failed, and a network file may be stale. Other threads may still be using
+        it, so it is not closed here; it closes when the last reference goes."""
+        with self._lock:
+            if reader is not None and self._reader is reader:
+                self._reader = None
 
     def _check_level(self, level: int) -> None:
         if not 0 <= level < self.level_count:
@@ -146,34 +213,58 @@ class Slide:
         if w <= 0 or h <= 0:
             raise ConfigError(f"{self.path}: region size must be positive, got {size}")
         loc = (int(location_level0[0]), int(location_level0[1]))
-        reader = self._open_reader()
+        where = f"region {loc} size {(w, h)} at level {level}"
+        start = time.monotonic()
+
+        def attempt() -> tuple[np.ndarray, np.ndarray | None]:
+            reader = self._open_reader()
+            try:
+                return reader.read(loc, level, (w, h))
+            except Exception:
+                self._drop_reader(reader)
+                raise
+
         try:
-            arr, inside = reader.read(loc, level, (w, h))
+            arr, inside = with_retries(attempt, f"{self.path}: reading {where}")
         except Exception as exc:
-            raise SlideError(
-                f"{self.path}: cannot read region {loc} size {(w, h)} at level {level} "
-                f"({type(exc).__name__}: {exc}); the file may be truncated or corrupt"
-            ) from exc
+            cause = f"{type(exc).__name__}: {exc}"
+            if is_transient(exc):
+                raise SlideError(
+                    f"{self.path}: cannot read {where}: {READ_ATTEMPTS} attempts in "
+                    f"{time.monotonic() - start:.1f} s failed, the last with {cause}; check the "
+                    "file system or network connection and run again"
+                ) from exc
+            hint = (
+                "check that the file is still there and readable"
+                if isinstance(exc, OSError)
+                else "the file may be truncated or corrupt"
+            )
+            raise SlideError(f"{self.path}: cannot read {where} ({cause}); {hint}") from exc
         return _to_white_rgb(arr, inside)
 
     def thumbnail(self, max_size: int) -> tuple[np.ndarray, float]:
         """RGB image whose longer side is <= max_size, and its downsample vs level 0.
 
-        Reads the coarsest level at least as fine as needed and averages k x k blocks,
-        piece by piece, so even a single-level 100k-pixel slide never sits in memory.
+        Reads the coarsest level that still has >= max_size px (never a finer one) and
+        averages k x k blocks, in storage-tile-aligned pieces so no tile is decoded twice and
+        even a single-level 100k-pixel slide never sits in memory.
         """
-        w0, h0 = self.dimensions
-        target = max(w0, h0) / max(1, int(max_size))
-        level = self.best_level_for_downsample(max(target, 1.0))
+        max_size = max(1, int(max_size))
+        level = max(
+            (i for i, (w, h) in enumerate(self.level_dimensions) if max(w, h) >= max_size),
+            key=lambda i: self.level_downsamples[i],
+            default=0,
+        )
         lds = self.level_downsamples[level]
-        k = max(1, math.ceil(target / lds - 1e-9))
         lw, lh = self.level_dimensions[level]
+        k = max(1, math.ceil(max(lw, lh) / max_size))
         tw, th = math.ceil(lw / k), math.ceil(lh / k)
         out = np.empty((th, tw, 3), np.uint8)
-        block = max(1, 2048 // k) * k  # level px per read, a multiple of k
-        for y in range(0, lh, block):
-            for x in range(0, lw, block):
-                bw, bh = min(block, tw * k - x), min(block, th * k - y)
+        tile = self.storage_tile_size(level) or (1, 1)
+        bx, by = (_block(k, t) for t in tile)  # level px per read: multiples of k and tile
+        for y in range(0, lh, by):
+            for x in range(0, lw, bx):
+                bw, bh = min(bx, tw * k - x), min(by, th * k - y)
                 loc = (round(x * lds), round(y * lds))
                 px = self.read_region(loc, level, (bw, bh)).astype(np.float32)
                 px = px.reshape(bh // k, k, bw // k, k, 3).mean(axis=(1, 3))
@@ -208,10 +299,22 @@ class Slide:
         return f"Slide({self.path!r}, backend={self.backend!r}, dims={self.dimensions}, mpp={self.mpp})"
 
 
+def _block(k: int, tile: int, target: int = 2048) -> int:
+    """About `target` px, a multiple of k and (when not too large) of the storage tile."""
+    unit = math.lcm(k, tile) if math.lcm(k, tile) <= target else k
+    return max(1, target // unit) * unit
+
+
 def _to_white_rgb(arr: np.ndarray, inside: np.ndarray | None) -> np.ndarray:
-    """Composite RGBA over white; grey to RGB; pixels outside the slide become 255."""
+    """Composite RGBA over white; grey to RGB; pixels outside the slide become 255.
+
+    Opaque regions (alpha all 255, the usual case inside a scan) skip the blend, which
+    would give the same values at the cost of two widened copies.
+    """
     if arr.shape[2] == 1:
         rgb = np.repeat(arr, 3, axis=2)
+    elif arr.shape[2] >= 4 and arr[..., 3].min() == 255:
+        rgb = np.ascontiguousarray(arr[..., :3])
     elif arr.shape[2] >= 4:
         a = arr[..., 3:4].astype(np.uint16)
         rgb = arr[..., :3].astype(np.uint16)
@@ -258,7 +361,7 @@ def open_slide(
     reasons = []
     for name in order:
         try:
-            reader = BACKENDS[name](path)
+            reader = with_retries(lambda name=name: BACKENDS[name](path), f"opening {path}")
         except Exception as exc:
             reasons.append(f"{name}: {type(exc).__name__}: {exc}".rstrip(": "))
             continue
