@@ -216,6 +216,15 @@ class TiffSlideBackend:
         self, location: tuple[int, int], level: int, size: tuple[int, int]
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Pixels (zero padded by tiffslide) and the mask of pixels inside the level."""
+        # tiffslide's own level-0 -> level transform (int() truncation), then bounds
+        ds = self.handle.level_downsamples[level]
+        x0, y0 = int(location[0] / ds), int(location[1] / ds)
+        lw, lh = self.handle.level_dimensions[level]
+        xs = np.arange(x0, x0 + size[0])
+        ys = np.arange(y0, y0 + size[1])
+        inside = ((ys >= 0) & (ys < lh))[:, None] & ((xs >= 0) & (xs < lw))[None, :]
+        if not inside.any():  # nothing to decode (and tiffslide would warn about it)
+            return np.zeros((size[1], size[0], 3), np.uint8), inside
         try:
             arr = np.asarray(self.handle.read_region(location, level, size, as_array=True))
         except Exception:
@@ -225,13 +234,6 @@ class TiffSlideBackend:
             arr = arr[..., None]
         if arr.dtype != np.uint8:  # 16-bit brightfield is rare; scale to 8 bit
             arr = (arr.astype(np.float64) * 255.0 / max(float(arr.max()), 1.0)).astype(np.uint8)
-        # tiffslide's own level-0 -> level transform (int() truncation), then bounds
-        ds = self.handle.level_downsamples[level]
-        x0, y0 = int(location[0] / ds), int(location[1] / ds)
-        lw, lh = self.handle.level_dimensions[level]
-        xs = np.arange(x0, x0 + size[0])
-        ys = np.arange(y0, y0 + size[1])
-        inside = ((ys >= 0) & (ys < lh))[:, None] & ((xs >= 0) & (xs < lw))[None, :]
         return arr, inside
 
     def close(self) -> None:
