@@ -1,0 +1,401 @@
+"""wsi.slide on the real slides of tests/data: one Slide type over openslide and tiffslide.
+
+Measured on this machine: the CMU slide read by openslide and by tiffslide agrees pixel for
+pixel (max |difference| 0 over all 2220 x 2967 px: both decode its JPEG tiles with
+libjpeg-turbo), so the tolerance below is 0. A libjpeg build with another IDCT may differ by
+a grey level or two; raise JPEG_TOLERANCE then, and say so.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import pickle
+import time
+
+import fsspec
+import numpy as np
+import pytest
+from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
+
+from tests.conftest import CMU_SLIDE, DATA_DIR
+from wsi.errors import ConfigError, MppMissingError, SlideError
+from wsi.slide import READ_ATTEMPTS, Slide, _to_white_rgb, is_transient, open_slide
+
+JPEG_TOLERANCE = 0
+OS1 = DATA_DIR / "OS-1-detail.ome.tif"
+BOXES = DATA_DIR / "boxes.tiff"  # generic tiled TIFF, 4 levels, no mpp
+
+
+@pytest.fixture(scope="module")
+def cmu_pixels() -> np.ndarray:
+    with open_slide(CMU_SLIDE, "openslide") as slide:
+        return slide.read_region((0, 0), 0, slide.dimensions)
+
+
+@pytest.mark.parametrize("backend", ["openslide", "tiffslide"])
+def test_cmu_opens_in_both_backends_with_the_same_facts_and_pixels(backend, cmu_pixels):
+    with open_slide(CMU_SLIDE, backend) as slide:
+        assert slide.backend == backend
+        assert slide.vendor == "aperio"
+        assert slide.dimensions == (2220, 2967)
+        assert slide.level_count == 1
+        assert slide.level_dimensions == ((2220, 2967),)
+        assert slide.level_downsamples == (1.0,)
+        assert slide.mpp == pytest.approx((0.499, 0.499))
+        assert slide.mpp_source == "metadata"
+        assert slide.objective_power == 20.0
+        assert slide.associated_images == ("label", "macro", "thumbnail")
+        assert slide.bounds_offset == (0, 0)
+        assert slide.storage_tile_size(0) == (240, 240)
+        whole = slide.read_region((0, 0), 0, slide.dimensions)
+        # an unaligned region too (crosses tile borders)
+        part = slide.read_region((1001, 777), 0, (333, 251))
+    assert whole.dtype == np.uint8 and whole.shape == (2967, 2220, 3)
+    diff = np.abs(whole.astype(np.int16) - cmu_pixels.astype(np.int16))
+    assert diff.max() <= JPEG_TOLERANCE
+    assert np.array_equal(part, whole[777 : 777 + 251, 1001 : 1001 + 333])
+
+
+def test_auto_prefers_openslide_and_falls_back_to_tiffslide():
+    assert open_slide(CMU_SLIDE).backend == "openslide"
+    with open_slide(OS1) as slide:  # openslide: "Unsupported or missing image file"
+        assert slide.backend == "tiffslide"
+        assert slide.vendor == "ome"
+        assert slide.dimensions == (1101, 1101)
+        assert slide.mpp == pytest.approx((0.2271, 0.2271), abs=1e-4)
+        assert slide.read_region((500, 500), 0, (64, 64)).std() > 5  # real tissue
+    with pytest.raises(SlideError, match=r"OS-1-detail\.ome\.tif.*openslide"):
+        open_slide(OS1, backend="openslide")
+
+
+def test_broken_and_non_slides_give_one_clear_error(tmp_path):
+    with pytest.raises(SlideError) as err:
+        open_slide(DATA_DIR / "broken.svs")
+    text = str(err.value)
+    assert "broken.svs" in text and "not a readable slide" in text
+    assert "openslide:" in text and "tiffslide:" in text  # why each backend refused it
+    assert "truncated, corrupt or of an unsupported format" in text
+    text_file = tmp_path / "notes.svs"
+    text_file.write_text("not a slide\n")
+    with pytest.raises(SlideError, match=r"notes\.svs"):
+        open_slide(text_file)
+    with pytest.raises(SlideError, match="no such file"):
+        open_slide(tmp_path / "missing.svs")
+    with pytest.raises(ConfigError, match="unknown slide backend"):
+        open_slide(CMU_SLIDE, backend="bioformats")
+
+
+def test_mpp_override_wins_and_is_validated():
+    with open_slide(CMU_SLIDE, mpp=0.25) as slide:
+        assert slide.mpp == (0.25, 0.25)
+        assert slide.require_mpp() == (0.25, 0.25)
+        assert slide.mpp_source == "override"
+        assert slide.info()["mpp"] == [0.25, 0.25]
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="--mpp"):
+            open_slide(CMU_SLIDE, mpp=bad)
+
+
+def test_slide_without_mpp_opens_and_require_mpp_says_pass_mpp():
+    with open_slide(BOXES) as slide:  # 72 dpi resolution tags only: no microscope mpp
+        assert slide.mpp is None and slide.mpp_source is None
+        assert slide.info()["mpp"] is None
+        with pytest.raises(MppMissingError, match="--mpp") as err:
+            slide.require_mpp()
+        assert "boxes.tiff" in str(err.value)
+    assert open_slide(BOXES, mpp=0.5).require_mpp() == (0.5, 0.5)
+
+
+@pytest.mark.parametrize("backend", ["openslide", "tiffslide"])
+def test_out_of_bounds_pixels_are_white(backend, cmu_pixels):
+    with open_slide(CMU_SLIDE, backend) as slide:
+        w, h = slide.dimensions
+        top_left = slide.read_region((-100, -50), 0, (300, 200))
+        bottom_right = slide.read_region((w - 40, h - 30), 0, (100, 80))
+        outside = slide.read_region((w + 10, -500), 0, (50, 50))
+    assert (top_left[:50] == 255).all() and (top_left[:, :100] == 255).all()
+    assert np.array_equal(top_left[50:, 100:], cmu_pixels[:150, :200])
+    assert np.array_equal(bottom_right[:30, :40], cmu_pixels[h - 30 :, w - 40 :])
+    assert (bottom_right[30:] == 255).all() and (bottom_right[:, 40:] == 255).all()
+    assert (outside == 255).all()
+
+
+@pytest.mark.parametrize("backend", ["openslide", "tiffslide"])
+def test_out_of_bounds_white_on_a_pyramid_level(backend):
+    """boxes.tiff level 2 has downsample 4.016 (75 x 62 px): beyond its edge is white."""
+    with open_slide(BOXES, backend) as slide:
+        lw, lh = slide.level_dimensions[2]
+        region = slide.read_region((0, 0), 2, (lw + 20, lh + 10))
+    assert region.shape == (lh + 10, lw + 20, 3)
+    assert (region[:, lw:] == 255).all() and (region[lh:] == 255).all()
+    assert (region[:lh, :lw] != 255).any()
+
+
+def test_file_url_goes_through_tiffslide(cmu_pixels):
+    url = CMU_SLIDE.resolve().as_uri()
+    with open_slide(url) as slide:
+        assert slide.backend == "tiffslide" and slide.path == url
+        assert slide.mpp == pytest.approx((0.499, 0.499))
+        region = slide.read_region((1200, 1400), 0, (256, 256))
+    assert np.array_equal(region, cmu_pixels[1400:1656, 1200:1456])
+    with pytest.raises(ConfigError, match="--backend tiffslide"):
+        open_slide(url, backend="openslide")
+
+
+@pytest.mark.parametrize("backend", ["openslide", "tiffslide"])
+def test_slide_pickles_small_and_reopens(backend):
+    slide = open_slide(CMU_SLIDE, backend, mpp=0.5)
+    before = slide.read_region((300, 400), 0, (64, 64))  # reader now open
+    data = pickle.dumps(slide)
+    assert len(data) < 20_000  # path + metadata, never pixels or handles
+    clone = pickle.loads(data)
+    assert isinstance(clone, Slide) and clone._reader is None  # opens lazily where used
+    assert (clone.path, clone.backend, clone.mpp) == (slide.path, backend, (0.5, 0.5))
+    assert np.array_equal(clone.read_region((300, 400), 0, (64, 64)), before)
+    slide.close()
+    clone.close()
+
+
+def test_levels_tiles_and_info_on_a_pyramid():
+    with open_slide(BOXES) as slide:
+        assert slide.level_count == 4
+        assert slide.level_dimensions == ((300, 250), (150, 125), (75, 62), (37, 31))
+        assert slide.best_level_for_downsample(0.5) == 0
+        assert slide.best_level_for_downsample(3.9) == 1
+        assert slide.best_level_for_downsample(4.0) == 2  # 4.016 is within 1 %
+        assert slide.best_level_for_downsample(100) == 3
+        assert slide.storage_tile_size(3) == (64, 64)
+        with pytest.raises(ConfigError, match="level 4 out of range"):
+            slide.storage_tile_size(4)
+        with pytest.raises(ConfigError, match="level -1"):
+            slide.read_region((0, 0), -1, (4, 4))
+        info = slide.info()
+    assert {
+        "path",
+        "backend",
+        "vendor",
+        "level_count",
+        "level_dimensions",
+        "level_downsamples",
+        "mpp",
+        "objective_power",
+        "associated_images",
+    } <= set(info)
+    assert info["level_dimensions"][3] == [37, 31] and info["vendor"] == "generic-tiff"
+
+
+# -- thumbnails ---------------------------------------------------------------------
+
+
+def spy_reads(slide: Slide) -> list[tuple[tuple[int, int], int, tuple[int, int]]]:
+    """Record every read_region call the thumbnail makes (then do the real read)."""
+    calls = []
+    real = slide.read_region
+
+    def read(location, level, size):
+        calls.append((tuple(location), level, tuple(size)))
+        return real(location, level, size)
+
+    slide.read_region = read  # type: ignore[method-assign]
+    return calls
+
+
+@pytest.mark.parametrize(
+    ("max_size", "level", "shape", "ds"),
+    [
+        (1000, 0, (250, 300), 1.0),  # larger than the slide: level 0 as it is
+        (300, 0, (250, 300), 1.0),
+        (150, 1, (125, 150), 2.0),  # level 1 is exactly big enough
+        (100, 1, (63, 75), 4.0),  # level 2 (75 px) < 100: level 1, 2 x 2 averaged
+        (40, 2, (31, 38), 2 * 4.016129032258064),  # level 3 (37 px) < 40
+        (37, 3, (31, 37), 8.086312118570184),  # level 3 is exactly big enough
+        (20, 3, (16, 19), 2 * 8.086312118570184),
+    ],
+)
+def test_thumbnail_reads_only_the_coarsest_level_big_enough(max_size, level, shape, ds):
+    with open_slide(BOXES) as slide:
+        calls = spy_reads(slide)
+        thumb, got_ds = slide.thumbnail(max_size)
+        lw, lh = slide.level_dimensions[level]
+        k = round(ds / slide.level_downsamples[level])
+    assert thumb.shape == (*shape, 3) and thumb.dtype == np.uint8
+    assert max(thumb.shape[:2]) <= max_size
+    assert got_ds == pytest.approx(ds)
+    assert {c[1] for c in calls} == {level}
+    area = sum(w * h for _, _, (w, h) in calls)
+    assert area <= (lw + k) * (lh + k)  # each level pixel once (plus the edge of one block)
+
+
+def test_thumbnail_pieces_are_storage_tile_aligned_and_average_correctly(cmu_pixels):
+    with open_slide(CMU_SLIDE) as slide:
+        calls = spy_reads(slide)
+        thumb, ds = slide.thumbnail(1000)  # 2967 / 1000 -> 3 x 3 blocks of level 0
+    assert ds == 3.0 and thumb.shape == (989, 740, 3)
+    assert len(calls) > 1  # read piece by piece
+    assert all(x % 240 == 0 and y % 240 == 0 for (x, y), _, _ in calls)  # no tile read twice
+    assert sum(w * h for _, _, (w, h) in calls) == 2220 * 2967  # 2220, 2967 divisible by 3
+    expected = cmu_pixels.reshape(989, 3, 740, 3, 3).astype(np.float32).mean(axis=(1, 3))
+    assert np.abs(thumb.astype(np.float32) - expected).max() <= 0.5
+
+
+# -- compositing --------------------------------------------------------------------
+
+
+def blend_over_white(rgba: np.ndarray) -> np.ndarray:
+    a = rgba[..., 3:4].astype(np.float64) / 255
+    return np.round(rgba[..., :3] * a + 255 * (1 - a)).astype(np.uint8)
+
+
+def test_to_white_rgb_opaque_fast_path_and_transparency():
+    rng = np.random.default_rng(1)
+    rgba = rng.integers(0, 256, (64, 80, 4), dtype=np.uint8)
+    rgba[..., 3] = 255
+    out = _to_white_rgb(rgba, None)
+    assert out.flags.c_contiguous and out.shape == (64, 80, 3)
+    assert np.array_equal(out, rgba[..., :3])
+    rgba[..., 3] = rng.integers(0, 256, (64, 80), dtype=np.uint8)
+    rgba[0, 0, 3], rgba[0, 1, 3] = 0, 255
+    out = _to_white_rgb(rgba, None)
+    assert np.abs(out.astype(int) - blend_over_white(rgba).astype(int)).max() <= 1
+    assert (out[0, 0] == 255).all() and np.array_equal(out[0, 1], rgba[0, 1, :3])
+    inside = np.ones((64, 80), bool)
+    inside[:, 70:] = False
+    out = _to_white_rgb(rgba[..., :3].copy(), inside)
+    assert (out[:, 70:] == 255).all() and np.array_equal(out[:, :70], rgba[:, :70, :3])
+    grey = rng.integers(0, 256, (8, 8, 1), dtype=np.uint8)
+    assert np.array_equal(_to_white_rgb(grey, None), np.repeat(grey, 3, axis=2))
+
+
+# -- transient read errors: a real fsspec file system that fails on purpose ----------
+
+
+class FlakyFileSystem(AbstractFileSystem):
+    """Local files behind fsspec's buffered-file machinery (as s3fs/http use), under the
+    `flakytest://` protocol; the next `failures` byte-range fetches raise EIO."""
+
+    protocol = "flakytest"
+    failures = 0
+    fetches = 0
+
+    @classmethod
+    def _strip_protocol(cls, path):
+        path = str(path)
+        return path[len("flakytest://") :] if path.startswith("flakytest://") else path
+
+    def info(self, path, **kwargs):
+        path = self._strip_protocol(path)
+        return {"name": path, "size": os.stat(path).st_size, "type": "file"}
+
+    def _open(self, path, mode="rb", block_size=None, autocommit=True, cache_options=None, **kw):
+        return FlakyFile(self, path, mode, block_size=block_size or 2**16, cache_type="none")
+
+
+class FlakyFile(AbstractBufferedFile):
+    def _fetch_range(self, start: int, end: int) -> bytes:
+        FlakyFileSystem.fetches += 1
+        if FlakyFileSystem.failures > 0:
+            FlakyFileSystem.failures -= 1
+            raise OSError(errno.EIO, "injected network hiccup")
+        with open(self.path, "rb") as f:
+            f.seek(start)
+            return f.read(end - start)
+
+
+@pytest.fixture
+def flaky_url():
+    fsspec.register_implementation("flakytest", FlakyFileSystem, clobber=True)
+    FlakyFileSystem.failures = 0
+    yield "flakytest://" + str(CMU_SLIDE.resolve())
+    FlakyFileSystem.failures = 0
+
+
+def test_is_transient_tells_io_from_decode_errors():
+    assert is_transient(OSError(errno.EIO, "io"))
+    assert is_transient(TimeoutError()) and is_transient(ConnectionResetError())
+    wrapped = ValueError("zarr said no")
+    wrapped.__cause__ = OSError(errno.EIO, "io")
+    assert is_transient(wrapped)
+    assert not is_transient(FileNotFoundError(2, "gone"))
+    assert not is_transient(PermissionError(13, "denied"))
+    assert not is_transient(ValueError("corrupted tile")) and not is_transient(RuntimeError())
+
+
+def test_transient_read_errors_are_retried_then_succeed(flaky_url, cmu_pixels, caplog):
+    with open_slide(flaky_url) as slide:
+        assert slide.backend == "tiffslide"
+        region = slide.read_region((600, 900), 0, (300, 200))  # warm up: reader open
+        # inside one 240-px storage tile, so each attempt makes one failing fetch (a region
+        # over several tiles fetches them concurrently and would use up several failures)
+        FlakyFileSystem.failures = READ_ATTEMPTS - 1  # fail all but the last attempt
+        with caplog.at_level(logging.WARNING, logger="wsi.slide"):
+            region = slide.read_region((1205, 1445), 0, (230, 200))
+        assert FlakyFileSystem.failures == 0
+    assert np.array_equal(region, cmu_pixels[1445:1645, 1205:1435])
+    retries = [r for r in caplog.records if "injected network hiccup" in r.getMessage()]
+    assert len(retries) == READ_ATTEMPTS - 1
+
+
+def test_transient_error_at_open_is_retried(flaky_url):
+    FlakyFileSystem.failures = 1
+    with open_slide(flaky_url) as slide:
+        assert slide.dimensions == (2220, 2967)
+    assert FlakyFileSystem.failures == 0
+
+
+def test_persistent_read_errors_give_one_clear_bounded_error(flaky_url):
+    slide = open_slide(flaky_url)
+    FlakyFileSystem.failures = 10**6
+    start = time.monotonic()
+    with pytest.raises(SlideError) as err:
+        slide.read_region((100, 200), 0, (64, 32))
+    elapsed = time.monotonic() - start
+    used = 10**6 - FlakyFileSystem.failures
+    FlakyFileSystem.failures = 0
+    text = str(err.value)
+    assert flaky_url in text and "region (100, 200) size (64, 32) at level 0" in text
+    assert f"{READ_ATTEMPTS} attempts" in text and "injected network hiccup" in text
+    assert "network" in text  # what to check
+    assert used == READ_ATTEMPTS  # one failing fetch per attempt, then it stops
+    assert elapsed < 3.0
+    # the slide recovers once the file system does
+    assert slide.read_region((100, 200), 0, (64, 32)).shape == (32, 64, 3)
+
+
+def corrupt_a_tile(src, dst) -> tuple[int, int]:
+    """Copy of the slide with the last two thirds of one level-0 JPEG tile overwritten."""
+    import tifffile
+
+    with tifffile.TiffFile(src) as tf:
+        page = tf.pages[0]
+        i = len(page.dataoffsets) // 2
+        offset, count = page.dataoffsets[i], page.databytecounts[i]
+        per_row = -(-page.imagewidth // page.tilewidth)
+        xy = ((i % per_row) * page.tilewidth, (i // per_row) * page.tilelength)
+    data = bytearray(src.read_bytes())
+    noise = np.random.default_rng(6).integers(0, 256, count - count // 3, dtype=np.uint8)
+    data[offset + count // 3 : offset + count] = noise.tobytes()
+    dst.write_bytes(bytes(data))
+    return xy
+
+
+@pytest.mark.parametrize("backend", ["openslide", "tiffslide"])
+def test_corrupt_tile_is_not_retried_and_does_not_poison_the_slide(
+    backend, tmp_path, cmu_pixels, caplog
+):
+    path = tmp_path / "corrupt.svs"
+    x, y = corrupt_a_tile(CMU_SLIDE, path)
+    with open_slide(path, backend) as slide:
+        start = time.monotonic()
+        with (
+            caplog.at_level(logging.WARNING, logger="wsi.slide"),
+            pytest.raises(SlideError, match="truncated or corrupt") as err,
+        ):
+            slide.read_region((x + 10, y + 10), 0, (100, 100))
+        assert time.monotonic() - start < 0.15  # no retry sleeps
+        assert f"region ({x + 10}, {y + 10}) size (100, 100)" in str(err.value)
+        assert not caplog.records
+        # openslide fails every later call on a handle once one read failed: the reader
+        # is replaced, so the good tiles still read
+        assert np.array_equal(slide.read_region((0, 0), 0, (64, 64)), cmu_pixels[:64, :64])
