@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -146,6 +149,31 @@ def _drain_zarr_reads(timeout: float = 30.0) -> None:
         pass
 
 
+_quiet = threading.local()
+
+
+class _QuietTifffile(logging.Filter):
+    """tifffile logs what it finds wrong in a broken file, then raises (or we refuse the
+    file): the error we report is the message, so its log lines are noise on stderr. Drops
+    them only in a thread inside `_tifffile_quiet()` (a logger-level swap would race with
+    other threads and, set as an attribute, is ignored by logging's level cache)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(_quiet, "depth", 0)
+
+
+logging.getLogger("tifffile").addFilter(_QuietTifffile())
+
+
+@contextmanager
+def _tifffile_quiet() -> Iterator[None]:
+    _quiet.depth = getattr(_quiet, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _quiet.depth -= 1
+
+
 class TiffSlideBackend:
     """tiffslide: TIFF family incl. OME-TIFF, and fsspec URLs (s3://, file://, ...)."""
 
@@ -154,19 +182,15 @@ class TiffSlideBackend:
     def __init__(self, path: str) -> None:
         import tiffslide
 
-        log = logging.getLogger("tifffile")  # it logs, then raises, on broken files:
-        old, log.level = log.level, logging.CRITICAL  # the raise is what we report
-        try:
+        with _tifffile_quiet():
             self.handle = tiffslide.TiffSlide(path)
-        finally:
-            log.setLevel(old)
-        if self.handle.level_count == 0:
-            raise ValueError("the TIFF holds no image pages (truncated?)")
-        try:
-            self._check_image_data()
-        except Exception:
-            self.handle.close()
-            raise
+            try:
+                if self.handle.level_count == 0:
+                    raise ValueError("the TIFF holds no image pages (truncated?)")
+                self._check_image_data()
+            except Exception:
+                self.handle.close()
+                raise
 
     def _check_image_data(self) -> None:
         """Refuse levels whose tile offsets are lost or point past the end of the file.
@@ -192,6 +216,10 @@ class TiffSlideBackend:
                     )
 
     def meta(self) -> SlideMeta:
+        with _tifffile_quiet():
+            return self._meta()
+
+    def _meta(self) -> SlideMeta:
         h = self.handle
         p = {k: v for k, v in h.properties.items() if v is not None}
         vendor = p.get("tiffslide.vendor")
