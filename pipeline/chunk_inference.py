@@ -9,12 +9,14 @@ from exactly one tile, the one in whose centre it lies.
 from __future__ import annotations
 
 import threading
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-import torch
 
 from wsi.tiling import TileGrid
+
+if TYPE_CHECKING:  # torch is imported where tiles are predicted: the CLI loads it in parallel
+    import torch
 
 
 class TileModel(Protocol):
@@ -50,6 +52,8 @@ def predict_tiles(
     The lock serialises forward passes in a process so one model uses all compute threads
     while the other Dask threads read and decode the next chunks.
     """
+    import torch
+
     results = []
     device = getattr(model, "device", None)
     pin = torch.cuda.is_available() and device is not None and torch.device(device).type == "cuda"

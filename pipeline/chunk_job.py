@@ -10,6 +10,7 @@ recomputed chunk (worker died) writes identical bytes.
 from __future__ import annotations
 
 import threading
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,9 +87,19 @@ class SlideJob:
         slide = getattr(self._local, "slide", None)
         if slide is None:
             backend = self.read_backend or self.backend
+            if backend == "tiffslide":
+                # Chunks at the slide edge read past it on purpose (white padding, as openslide)
+                warnings.filterwarnings("ignore", message=r"location=.*is out-of-bounds")
             slide = open_slide(self.slide_path, backend=backend, mpp=self.mpp_override)
             self._local.slide = slide
         return slide
+
+    def close_local(self) -> None:
+        """Close this thread's slide handle (threads that stop reading for good)."""
+        slide = getattr(self._local, "slide", None)
+        if slide is not None:
+            self._local.slide = None
+            slide.close()
 
     def _array(self) -> zarr.Array:
         array = getattr(self._local, "array", None)
@@ -106,9 +117,9 @@ class SlideJob:
         rows = np.minimum(((np.arange(y0, y1) + 0.5) * scale).astype(np.int64), h - 1)
         return self.tissue_mask[np.ix_(rows, cols)]
 
-    def run(self, spec: ChunkSpec) -> ChunkOutcome:
-        """Process one chunk end to end and write its probabilities to the zarr store."""
-        grid, k = self.grid, self.n_classes
+    def read(self, spec: ChunkSpec) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+        """The model-space image of a chunk's tissue tiles (plus margin) and its box."""
+        grid = self.grid
         x0, y0, x1, y1 = spec.core_box
         read_box = tiles_read_box(spec.tiles, grid) or (
             x0 - grid.margin,
@@ -125,8 +136,23 @@ class SlideJob:
                 f"{self.slide_path}: cannot read region {read_box} (model pixels): {exc}. "
                 "The slide file is damaged there; re-scan or re-export it."
             ) from exc
+        return image, read_box
+
+    def run(
+        self,
+        spec: ChunkSpec,
+        read: tuple[np.ndarray, tuple[int, int, int, int]] | None = None,
+    ) -> ChunkOutcome:
+        """Process one chunk end to end and write its probabilities to the zarr store.
+
+        `read` is the chunk's `self.read(spec)` when a prefetcher already did it.
+        """
+        grid, k = self.grid, self.n_classes
+        x0, y0, x1, y1 = spec.core_box
+        image, read_box = read if read is not None else self.read(spec)
         tiles = list(spec.tiles)
         patches = cut_tiles(image, (read_box[0], read_box[1]), tiles, grid)
+        del image
         model, lock = self.model.get()
         if self.cpu_threads_per_chunk > 0 and _on_cpu(model):
             lock = None
@@ -143,16 +169,99 @@ class SlideJob:
         return summarise_block(spec, len(tiles), labels, block_u8, k)
 
 
+class ChunkPrefetcher:
+    """Reads chunk images ahead of the model in one background thread, bounded in bytes.
+
+    Started as soon as the chunks are planned, it decodes while the process is still
+    importing torch and loading the model (single-threaded, so a core is free), and during
+    inference it keeps reading ahead of the forward passes. A chunk is read exactly once:
+    `take(spec)` returns the prefetched image, waits if the reader is busy with that very
+    chunk, and otherwise claims the chunk so the caller reads it itself (None): no chunk
+    ever waits for the reader to get round to it, whatever order chunks are run in. A read
+    error stops the reader; the chunk is then read (and the error raised) by its caller.
+    """
+
+    def __init__(self, job: SlideJob, specs: list[ChunkSpec], max_bytes: int = 256 << 20):
+        self._job = job
+        self._specs = list(specs)
+        self._max_bytes = max_bytes
+        self._cond = threading.Condition()
+        self._state: dict[tuple[int, int], str] = {}  # "reading" | "done" | "taken"
+        self._images: dict[tuple[int, int], tuple[np.ndarray, tuple[int, int, int, int]]] = {}
+        self._bytes = 0
+        self._stop = False
+        self.read_s = 0.0  # thread CPU seconds spent reading (for the summary)
+        self._thread = threading.Thread(target=self._loop, name="chunk-prefetch", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        import time
+
+        t0 = time.thread_time()
+        try:
+            for spec in self._specs:
+                key = (spec.row, spec.col)
+                with self._cond:
+                    while not self._stop and self._bytes >= self._max_bytes:
+                        self._cond.wait()
+                    if self._stop:
+                        return
+                    if key in self._state:  # a runner got there first
+                        continue
+                    self._state[key] = "reading"
+                try:
+                    result = self._job.read(spec)
+                except BaseException:
+                    with self._cond:
+                        del self._state[key]  # its runner reads it and reports the error
+                        self._stop = True
+                        self._cond.notify_all()
+                    return
+                with self._cond:
+                    self._state[key] = "done"
+                    self._images[key] = result
+                    self._bytes += result[0].nbytes
+                    self._cond.notify_all()
+        finally:
+            self.read_s = time.thread_time() - t0
+            self._job.close_local()
+
+    def take(self, spec: ChunkSpec) -> tuple[np.ndarray, tuple[int, int, int, int]] | None:
+        key = (spec.row, spec.col)
+        with self._cond:
+            while self._state.get(key) == "reading":
+                self._cond.wait()
+            if self._state.get(key) == "done":
+                self._state[key] = "taken"
+                result = self._images.pop(key)
+                self._bytes -= result[0].nbytes
+                self._cond.notify_all()
+                return result
+            self._state[key] = "taken"
+            return None
+
+    def close(self) -> None:
+        """Stop reading and drop what was not taken (waits for the current read)."""
+        with self._cond:
+            self._stop = True
+            self._images.clear()
+            self._bytes = 0
+            self._cond.notify_all()
+        self._thread.join()
+
+
 FAST_READ_VENDORS = ("aperio", "generic-tiff")
 
 
-def fast_read_backend(slide: Any) -> str | None:
+def fast_read_backend(slide: Any, level: int | None = None) -> str | None:
     """ "tiffslide" when it reads this openslide slide's pixels identically, else None.
 
     For plain tiled TIFFs (Aperio SVS, generic tiled TIFF) both libraries decode the same
     tiles; tiffslide (tifffile + imagecodecs) does it at ~1/3 of openslide's CPU cost and
     without openslide's RGBA round trip. Checked, not assumed: same level geometry and the
-    same pixels in a probe region at the centre of the slide.
+    same pixels in a probe region at the centre of the slide. `level`: chunk reads use only
+    this level, so only levels 0..level must agree (tifffile takes the second page of an
+    SVS for its thumbnail, so it may list fewer pyramid levels than openslide); None: all.
     """
     if getattr(slide, "backend", None) != "openslide":
         return None
@@ -163,12 +272,23 @@ def fast_read_backend(slide: Any) -> str | None:
     except Exception:
         return None
     try:
-        if tuple(other.level_dimensions) != tuple(slide.level_dimensions):
+        ours, theirs = tuple(slide.level_dimensions), tuple(other.level_dimensions)
+        if level is not None:
+            if not 0 <= level < len(ours):
+                return None
+            ours, theirs = ours[: level + 1], theirs[: level + 1]
+        if ours != theirs:
+            return None
+        probe = level or 0
+        ds = float(slide.level_downsamples[probe])
+        if abs(float(other.level_downsamples[probe]) - ds) > 1e-6 * ds:
             return None
         w, h = slide.dimensions
-        loc = (max(0, w // 2 - 128), max(0, h // 2 - 128))
-        size = (min(256, w), min(256, h))
-        if not np.array_equal(other.read_region(loc, 0, size), slide.read_region(loc, 0, size)):
+        lw, lh = slide.level_dimensions[probe]
+        size = (min(256, lw), min(256, lh))
+        loc = (max(0, w // 2 - round(128 * ds)), max(0, h // 2 - round(128 * ds)))
+        a = other.read_region(loc, probe, size)
+        if not np.array_equal(a, slide.read_region(loc, probe, size)):
             return None
     except Exception:
         return None

@@ -27,7 +27,7 @@ from dask.callbacks import Callback
 from dask.threaded import ContextAwareThreadPoolExecutor
 from dask.threaded import get as threaded_get
 
-from pipeline.chunk_job import ChunkOutcome, SlideJob
+from pipeline.chunk_job import ChunkOutcome, ChunkPrefetcher, SlideJob
 from pipeline.progress import NullProgress, Progress
 from wsi.tiling import ChunkSpec
 
@@ -49,6 +49,11 @@ def run_chunk(job: SlideJob, spec: ChunkSpec) -> ChunkOutcome:
     return job.run(spec)
 
 
+def run_chunk_prefetched(job: SlideJob, spec: ChunkSpec, prefetch: ChunkPrefetcher) -> ChunkOutcome:
+    """Local entry point: the chunk's image from the prefetcher when it already read it."""
+    return job.run(spec, prefetch.take(spec))
+
+
 def run_chunks(
     job: SlideJob,
     specs: Sequence[ChunkSpec],
@@ -56,8 +61,12 @@ def run_chunks(
     client: Any | None = None,
     progress: Progress | None = None,
     key_prefix: str = "chunk",
+    prefetch: ChunkPrefetcher | None = None,
 ) -> list[ChunkOutcome]:
-    """Process every chunk; return outcomes in the order of `specs`."""
+    """Process every chunk; return outcomes in the order of `specs`.
+
+    `prefetch` (local runs only) supplies chunk images already read in the background.
+    """
     progress = progress or NullProgress()
     if client is not None:
         return _run_distributed(job, specs, client, progress, key_prefix)
@@ -69,7 +78,17 @@ def run_chunks(
     job_key = f"{key_prefix}-job"
     keys = [f"{key_prefix}-{s.row}-{s.col}" for s in specs]
     graph: dict[str, Any] = {job_key: job}
-    graph.update({key: (run_chunk, job_key, spec) for key, spec in zip(keys, specs, strict=True)})
+    if prefetch is None:
+        graph.update({k: (run_chunk, job_key, s) for k, s in zip(keys, specs, strict=True)})
+    else:
+        prefetch_key = f"{key_prefix}-prefetch"
+        graph[prefetch_key] = prefetch
+        graph.update(
+            {
+                k: (run_chunk_prefetched, job_key, s, prefetch_key)
+                for k, s in zip(keys, specs, strict=True)
+            }
+        )
     # Our own pool, shut down (waiting) before returning or raising: when one chunk fails,
     # dask raises at once while other chunks are still running, and those would go on
     # writing into the partial folder after it was removed (resurrecting it, or writing

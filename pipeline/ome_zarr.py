@@ -12,11 +12,12 @@ which is what parallel writers need (two writers touching one chunk lose writes)
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import dask.array as da
 import numcodecs
 import numpy as np
 import zarr
@@ -170,9 +171,11 @@ def downsample_mean2(block: np.ndarray) -> np.ndarray:
 def finalize_pyramid(path: str | Path, min_size: int = 256) -> int:
     """Add levels 1..n (2x mean each) until the coarsest fits in `min_size`; return level count.
 
-    Streams block by block with dask: each task reads a `(1, 2cy, 2cx)` block of the finer level
-    and writes exactly one `(1, cy, cx)` chunk of the coarser one, so memory is a few chunks and
-    no two tasks share a chunk. Safe to re-run: levels above 0 are rebuilt.
+    Streams block by block: each task reads a `(1, 2cy, 2cx)` block of the finer level and
+    writes exactly one `(1, cy, cx)` chunk of the coarser one, so memory is a few chunks and
+    no two tasks share a chunk. A few threads (Blosc releases the GIL); no Dask: importing
+    dask.array (and distributed, which dask probes for a client) cost more than the pyramid
+    of a typical slide. Safe to re-run: levels above 0 are rebuilt.
     """
     group = zarr.open_group(str(path), mode="r+", zarr_format=2)
     meta = dict(group.attrs[ATTRS_KEY])
@@ -181,25 +184,30 @@ def finalize_pyramid(path: str | Path, min_size: int = 256) -> int:
     src = group["0"]
     _, cy, cx = src.chunks
     level = 0
-    while max(src.shape[1:]) > min_size:
-        c, h, w = src.shape
-        dst = group.create_array(
-            str(level + 1),
-            shape=(c, math.ceil(h / 2), math.ceil(w / 2)),
-            chunks=(1, cy, cx),
-            dtype="uint8",
-            fill_value=0,
-            compressors=COMPRESSOR,
-            chunk_key_encoding={"name": "v2", "separator": "/"},
-            overwrite=True,
-        )
-        blocks = da.from_zarr(src, chunks=(1, 2 * cy, 2 * cx))
-        small = _coarsen(blocks)
-        # Blocks match dst chunks one to one, so store them as they are (to_zarr would rechunk
-        # to ~128 MiB tasks); local threads even when a distributed client is the default.
-        da.store(small, dst, lock=False, compute=True, scheduler="threads")
-        src = dst
-        level += 1
+    workers = max(1, min(4, os.cpu_count() or 1))
+    with ThreadPoolExecutor(workers) as pool:
+        while max(src.shape[1:]) > min_size:
+            c, h, w = src.shape
+            dst = group.create_array(
+                str(level + 1),
+                shape=(c, math.ceil(h / 2), math.ceil(w / 2)),
+                chunks=(1, cy, cx),
+                dtype="uint8",
+                fill_value=0,
+                compressors=COMPRESSOR,
+                chunk_key_encoding={"name": "v2", "separator": "/"},
+                overwrite=True,
+            )
+            blocks = [
+                (k, by, bx)
+                for k in range(c)
+                for by in range(math.ceil(dst.shape[1] / cy))
+                for bx in range(math.ceil(dst.shape[2] / cx))
+            ]
+            # list(): raise the first error of any block here
+            list(pool.map(lambda b, s=src, d=dst: _coarsen_chunk(s, d, *b), blocks))
+            src = dst
+            level += 1
     for stale in range(level + 1, 64):
         if str(stale) not in group:
             break
@@ -208,8 +216,9 @@ def finalize_pyramid(path: str | Path, min_size: int = 256) -> int:
     return level + 1
 
 
-def _coarsen(blocks: da.Array) -> da.Array:
-    """Map `downsample_mean2` over blocks; output chunks are the halved (ceil) input chunks."""
-    halved = tuple(tuple(math.ceil(n / 2) for n in dim) for dim in blocks.chunks[1:])
-    out_chunks = (blocks.chunks[0], *halved)
-    return blocks.map_blocks(downsample_mean2, dtype=np.uint8, chunks=out_chunks)
+def _coarsen_chunk(src: zarr.Array, dst: zarr.Array, k: int, by: int, bx: int) -> None:
+    """Write dst chunk (k, by, bx) as the 2x2 mean of the src block it covers."""
+    _, cy, cx = dst.chunks
+    block = src[k : k + 1, 2 * cy * by : 2 * cy * (by + 1), 2 * cx * bx : 2 * cx * (bx + 1)]
+    small = downsample_mean2(np.asarray(block))
+    dst[k : k + 1, cy * by : cy * by + small.shape[1], cx * bx : cx * bx + small.shape[2]] = small

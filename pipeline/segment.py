@@ -14,12 +14,18 @@ Nothing here starts Prefect; `client` lets the caller pass a `distributed.Client
 
 from __future__ import annotations
 
+import contextlib
+import json
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.chunk_job import ChunkOutcome, SlideJob
+import numpy as np
+
+from pipeline.chunk_job import ChunkOutcome, ChunkPrefetcher, SlideJob, fast_read_backend
 from pipeline.chunk_runner import run_chunks
 from pipeline.fingerprint import model_sha256, run_fingerprint
 from pipeline.model_handle import ModelHandle, load_for_process
@@ -70,6 +76,21 @@ class PreparedSlide:
     chunk_out: int  # output pixels per chunk side (= zarr chunk side)
     specs: list[ChunkSpec]
     timings: dict[str, float] = field(default_factory=dict)
+    # Backend for chunk reads (tiffslide when it reads this slide's pixels identically and
+    # cheaper, see `pipeline.chunk_job.fast_read_backend`); None: the slide's own backend.
+    read_backend: str | None = None
+    # Local runs: chunk images being read in the background since planning (never pickled).
+    prefetch: ChunkPrefetcher | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["prefetch"] = None
+        return state
+
+    def close_prefetch(self) -> None:
+        if self.prefetch is not None:
+            self.prefetch.close()
+            self.prefetch = None
 
     @property
     def out_dir(self) -> Path:
@@ -93,13 +114,65 @@ def resolve_model_dir(params: SegmentParams) -> Path:
     """The model folder asked for, or the demo model shipped with the package."""
     if params.model_dir is not None:
         return Path(params.model_dir)
-    from models.bundle import demo_model_dir
+    # models.bundle.demo_model_dir(), without importing torch here (the model loads in a
+    # background thread while tissue detection runs)
+    import importlib.util
 
-    return demo_model_dir()
+    spec = importlib.util.find_spec("models")
+    if spec is None or not spec.submodule_search_locations:
+        from models.bundle import demo_model_dir
+
+        return demo_model_dir()
+    return Path(next(iter(spec.submodule_search_locations))).resolve() / "demo_model"
 
 
-def prepare(slide_path: str | Path, out_root: str | Path, params: SegmentParams) -> PreparedSlide:
-    """Stage 1: everything cheap that decides what the run will do."""
+class _Background:
+    """Run a function in a daemon thread; `result()` joins it and re-raises its error."""
+
+    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
+        self._result: Any = None
+        self._error: BaseException | None = None
+        self.seconds = 0.0
+
+        def target() -> None:
+            t0 = time.perf_counter()
+            try:
+                self._result = fn(*args)
+            except BaseException as exc:  # handed to the caller of result()
+                self._error = exc
+            self.seconds = time.perf_counter() - t0
+
+        self._thread = threading.Thread(target=target, name="model-load", daemon=True)
+        self._thread.start()
+
+    def result(self) -> Any:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+
+def _model_geometry(model_dir: Path) -> tuple[int, float] | None:
+    """(tile_size, mpp) from model.json without importing torch; None if unreadable
+    (the model loader then reports the problem properly)."""
+    try:
+        doc = json.loads((model_dir / "model.json").read_text())
+        tile, mpp = int(doc["tile_size"]), float(doc["mpp"])
+    except Exception:
+        return None
+    return (tile, mpp) if tile > 0 and mpp > 0 else None
+
+
+def prepare(
+    slide_path: str | Path, out_root: str | Path, params: SegmentParams, prefetch: bool = False
+) -> PreparedSlide:
+    """Stage 1: everything cheap that decides what the run will do.
+
+    The model (importing torch, timm and smp is most of a small run's fixed cost, and holds
+    one core) loads in a background thread while this thread detects tissue and plans the
+    chunks; with `prefetch`, chunk images then start being read on the core the loader
+    leaves free, so the first forward passes find their tiles decoded.
+    """
     t0 = time.perf_counter()
     slide_path = str(slide_path)
     model_dir = resolve_model_dir(params)
@@ -108,22 +181,45 @@ def prepare(slide_path: str | Path, out_root: str | Path, params: SegmentParams)
             f"{model_dir}: model folder not found; pass --model with a folder holding "
             "model.json and model.safetensors (or omit --model for the demo model)"
         )
-    model, _ = load_for_process(str(model_dir), params.device, params.precision)
-    handle = ModelHandle.with_model(model, str(model_dir), params.device, params.precision)
-    meta = model.meta
     slide = open_slide(slide_path, backend=params.backend, mpp=params.mpp)
     mpp = slide.require_mpp()
-    name = params.output_name or Path(slide_path.rstrip("/")).stem
-    model_hash = model_sha256(model_dir)
+    loader = _Background(load_for_process, str(model_dir), params.device, params.precision)
+    prefetcher: ChunkPrefetcher | None = None
+    try:
+        name = params.output_name or Path(slide_path.rstrip("/")).stem
+        t1 = time.perf_counter()
+        tissue = detect_tissue(slide)
+        geometry = _model_geometry(model_dir)
+        planned = grid = read_backend = None
+        if geometry is not None:
+            grid, planned = _plan(slide, mpp, geometry, params, tissue)
+            read_backend = _read_backend(slide, params, planned.read_level)
+            if prefetch and planned.specs:
+                prefetcher = ChunkPrefetcher(
+                    _read_job(slide_path, slide, params, grid, planned, read_backend, model_dir),
+                    planned.specs,
+                )
+        t2 = time.perf_counter()
+        model, _ = loader.result()
+        meta = model.meta
+        if geometry != (int(meta.tile_size), float(meta.mpp)):  # unreadable json: plan now
+            if prefetcher is not None:
+                prefetcher.close()
+                prefetcher = None
+            grid, planned = _plan(
+                slide, mpp, (int(meta.tile_size), float(meta.mpp)), params, tissue
+            )
+            read_backend = _read_backend(slide, params, planned.read_level)
+    except BaseException:
+        if prefetcher is not None:
+            prefetcher.close()
+        with contextlib.suppress(BaseException):
+            loader.result()  # never leave a thread importing torch behind
+        raise
+    handle = ModelHandle.with_model(model, str(model_dir), params.device, params.precision)
+    model_hash = model_sha256(model_dir)  # after the load, which names a missing file best
     fingerprint = run_fingerprint(slide_path, model_hash, params, meta)
-    t1 = time.perf_counter()
-    tissue = detect_tissue(slide)
-    grid = TileGrid(
-        tile=int(meta.tile_size), overlap=params.overlap, downsample=params.output_downsample
-    )
-    grid.validate()
-    planned = plan_chunks(slide, mpp[0], float(meta.mpp), grid, params.chunk_tiles, tissue)
-    t2 = time.perf_counter()
+    t3 = time.perf_counter()
     return PreparedSlide(
         slide_path=slide_path,
         name=name,
@@ -143,7 +239,61 @@ def prepare(slide_path: str | Path, out_root: str | Path, params: SegmentParams)
         output_shape=planned.output_shape,
         chunk_out=planned.chunk_out,
         specs=planned.specs,
-        timings={"open_and_model_s": t1 - t0, "tissue_and_plan_s": t2 - t1},
+        timings={
+            # tissue + plan run while the model loads: open_and_model is the rest of prepare
+            "open_and_model_s": (t1 - t0) + (t3 - t2),
+            "tissue_and_plan_s": t2 - t1,
+            "model_load_s": loader.seconds,
+        },
+        read_backend=read_backend,
+        prefetch=prefetcher,
+    )
+
+
+def _plan(
+    slide: Slide,
+    mpp: tuple[float, float],
+    geometry: tuple[int, float],
+    params: SegmentParams,
+    tissue: TissueMask,
+) -> tuple[TileGrid, Any]:
+    tile, model_mpp = geometry
+    grid = TileGrid(tile=tile, overlap=params.overlap, downsample=params.output_downsample)
+    grid.validate()
+    return grid, plan_chunks(slide, mpp[0], model_mpp, grid, params.chunk_tiles, tissue)
+
+
+def _read_backend(slide: Slide, params: SegmentParams, level: int) -> str | None:
+    """--backend auto: chunk reads with tiffslide where it decodes the same pixels cheaper."""
+    return fast_read_backend(slide, level) if params.backend == "auto" else None
+
+
+def _read_job(
+    slide_path: str,
+    slide: Slide,
+    params: SegmentParams,
+    grid: TileGrid,
+    planned: Any,
+    read_backend: str | None,
+    model_dir: Path,
+) -> SlideJob:
+    """A SlideJob used only to read chunks (no model, no store) for the prefetcher."""
+    return SlideJob(
+        slide_path=slide_path,
+        backend=slide.backend,
+        mpp_override=params.mpp,
+        level0_per_model=planned.level0_per_model,
+        read_level=planned.read_level,
+        grid=grid,
+        n_classes=0,
+        batch_size=params.batch_size,
+        gate=params.gate,
+        zarr_path="",
+        tissue_mask=np.zeros((1, 1), bool),
+        tissue_downsample=1.0,
+        level0_per_output=1.0,
+        model=ModelHandle(str(model_dir), params.device, params.precision),
+        read_backend=read_backend,
     )
 
 
@@ -196,6 +346,7 @@ def infer(
         tissue_downsample=float(prep.tissue.downsample),
         level0_per_output=prep.level0_per_output,
         model=prep.model,
+        read_backend=prep.read_backend,
     )
     progress = progress or NullProgress()
     progress.start(prep.tiles_total, unit="tile", desc=prep.name)
@@ -207,9 +358,13 @@ def infer(
             client=client,
             progress=progress,
             key_prefix=f"chunk-{prep.fingerprint[:16]}",
+            prefetch=prep.prefetch if client is None else None,
         )
     finally:
         progress.close()
+        if prep.prefetch is not None:
+            prep.timings["prefetch_read_cpu_s"] = prep.prefetch.read_s
+        prep.close_prefetch()
     prep.timings["inference_s"] = time.perf_counter() - t0
     return outcomes
 
@@ -233,16 +388,19 @@ def segment_slide(
     """Run all stages for one slide; raises `WsiSegmentError` on expected failures."""
     t0 = time.perf_counter()
     params = params or SegmentParams()
-    prep = prepare(slide_path, out_root, params)
-    if is_up_to_date(prep):
-        summary = read_previous_summary(prep.out_dir) or {}
-        return SlideResult(prep.slide_path, "up-to-date", prep.out_dir, summary, None, 0.0)
-    with OutputDir(prep.out_root, prep.name, prep.params.overwrite) as out:
-        try:
-            outcomes = infer(prep, out.work_dir, client=client, progress=progress)
-            result = finish(prep, outcomes, out)
-        except OSError as exc:  # disk full, permissions changed mid-run
-            raise output_error(out.work_dir, exc) from exc
+    prep = prepare(slide_path, out_root, params, prefetch=client is None)
+    try:
+        if is_up_to_date(prep):
+            summary = read_previous_summary(prep.out_dir) or {}
+            return SlideResult(prep.slide_path, "up-to-date", prep.out_dir, summary, None, 0.0)
+        with OutputDir(prep.out_root, prep.name, prep.params.overwrite) as out:
+            try:
+                outcomes = infer(prep, out.work_dir, client=client, progress=progress)
+                result = finish(prep, outcomes, out)
+            except OSError as exc:  # disk full, permissions changed mid-run
+                raise output_error(out.work_dir, exc) from exc
+    finally:
+        prep.close_prefetch()
     result.seconds = time.perf_counter() - t0
     return result
 
