@@ -41,11 +41,14 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+warnings.filterwarnings("ignore", message=r"location=.*is out-of-bounds")  # tiffslide edge reads
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -240,6 +243,15 @@ def plan_like_pipeline(
     tissue = detect_tissue(slide)
     grid = TileGrid(tile=int(model.meta.tile_size), overlap=overlap, downsample=ds)
     plan = plan_chunks(slide, mpp[0], float(model.meta.mpp), grid, chunk_tiles, tissue)
+    if backend == "auto":  # chunk reads with the backend the pipeline picks (segment.py)
+        try:
+            from pipeline.chunk_job import fast_read_backend
+
+            fast = fast_read_backend(slide, plan.read_level)
+        except (ImportError, TypeError):  # older pipeline: the slide's own backend
+            fast = None
+        if fast:
+            slide = open_slide(str(slide_path), backend=fast)
     return Planned(
         slide,
         plan.specs,

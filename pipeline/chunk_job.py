@@ -181,7 +181,7 @@ class ChunkPrefetcher:
     error stops the reader; the chunk is then read (and the error raised) by its caller.
     """
 
-    def __init__(self, job: SlideJob, specs: list[ChunkSpec], max_bytes: int = 256 << 20):
+    def __init__(self, job: SlideJob, specs: list[ChunkSpec], max_bytes: int = 128 << 20):
         self._job = job
         self._specs = list(specs)
         self._max_bytes = max_bytes
