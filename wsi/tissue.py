@@ -77,9 +77,12 @@ def tissue_mask_from_rgb(
     candidate = (mn <= WHITE_MIN) & (mx >= DARK_MAX) & ~pen
     thr = float(np.clip(otsu(sat[mx >= DARK_MAX]), *SAT_CLAMP))
     mask = candidate & (sat > thr)
+    # closing + opening on an edge-replicated copy: with a constant border the opening
+    # erased the outermost ring of tissue that touches the image border
     st = np.ones((3, 3), bool)
-    mask = ndimage.binary_closing(mask, st, border_value=0)
-    mask = ndimage.binary_opening(mask, st)
+    padded = np.pad(mask, 2, mode="edge")
+    padded = ndimage.binary_opening(ndimage.binary_closing(padded, st), st)
+    mask = padded[2:-2, 2:-2]
     mask = _drop_small(mask, min_area_px)
     mask = ~_drop_small(~mask, min_hole_px, keep_border=True)
     return mask, thr
