@@ -124,5 +124,7 @@ def write_overlay(
     thumbnail, so any label resolution works as long as it covers the same area.
     """
     path = Path(path)
-    render_overlay(thumbnail_rgb, label_thumb, class_names, colors, alpha).save(path, format="PNG")
+    # compress_level 3: half the time of the default 6 for a file ~1 % larger (textured tissue)
+    image = render_overlay(thumbnail_rgb, label_thumb, class_names, colors, alpha)
+    image.save(path, format="PNG", compress_level=3)
     return path
