@@ -398,7 +398,7 @@ def section_throughput(args, work: Path, model_dir: Path, rows: list, notes: lis
         ("3 pipeline", f"{pipe_rate:.1f} tiles/s", f"{n} tiles, {run.wall_s:.1f} s wall, "
          f"{run.cpu_s:.1f} cpu-s, peak RSS {run.maxrss_mb:.0f} MB; inside: open+model "
          f"{t.get('open_and_model_s', 0):.1f} s, tissue+plan {t.get('tissue_and_plan_s', 0):.1f}"
-         f" s, inference {t.get('inference_s', 0):.1f} s, outputs {t.get('outputs_s', 0):.1f} s;"
+         f" s{_model_load(t)}, inference {t.get('inference_s', 0):.1f} s, outputs {t.get('outputs_s', 0):.1f} s;"
          f" zarr {zbytes / 1e6:.2f} MB; overlap {args.overlap} (redundant "
          f"{summary['tiling']['redundant_fraction']:.3f}), threads {args.threads}"),
         ("4 ratio", f"{ratio:.2f}", f"wall (goal >= 0.9); cpu-time ratio {cpu_ratio:.2f}; "
@@ -406,6 +406,13 @@ def section_throughput(args, work: Path, model_dir: Path, rows: list, notes: lis
          f"load avg {load_before} -> {loadavg()}"),
     ]  # fmt: skip
     return ratio
+
+
+def _model_load(timings: dict) -> str:
+    """Model load runs in the background during tissue+plan (pipeline/segment.py)."""
+    if "model_load_s" not in timings:
+        return ""
+    return f" (model load {timings['model_load_s']:.1f} s alongside)"
 
 
 def section_memory(args, work: Path, rows: list, notes: list) -> None:
