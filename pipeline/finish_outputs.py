@@ -87,7 +87,8 @@ def _write_overlay(
     prep: Any, zarr_path: Path, path: Path, classes: list[str], colors: list
 ) -> None:
     """Thumbnail with class colours; labels from the pyramid level nearest the thumbnail."""
-    thumb = overlay_thumbnail(prep.slide, THUMB_SIZE)
+    early = getattr(prep, "overlay_thumb", None)  # read during model load (segment.py)
+    thumb = early.result() if early is not None else overlay_thumbnail(prep.slide, THUMB_SIZE)
     labels, factor = label_thumbnail(zarr_path, max_size=2 * THUMB_SIZE)
     # The label grid covers ceil(model / d) pixels: crop to the slide extent before resizing.
     per_label = prep.level0_per_output * factor

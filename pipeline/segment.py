@@ -82,16 +82,23 @@ class PreparedSlide:
     read_backend: str | None = None
     # Local runs: chunk images being read in the background since planning (never pickled).
     prefetch: ChunkPrefetcher | None = None
+    # Local runs: the overlay's thumbnail, read on the core the model load leaves free.
+    overlay_thumb: _Background | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["prefetch"] = None
+        state["overlay_thumb"] = None
         return state
 
     def close_prefetch(self) -> None:
+        """Stop the background readers (prefetch, overlay thumbnail) of a local run."""
         if self.prefetch is not None:
             self.prefetch.close()
             self.prefetch = None
+        if self.overlay_thumb is not None:
+            with contextlib.suppress(BaseException):  # finish() reports its errors
+                self.overlay_thumb.result()
 
     @property
     def out_dir(self) -> Path:
@@ -143,7 +150,9 @@ class _Background:
                 self._error = exc
             self.seconds = time.perf_counter() - t0
 
-        self._thread = threading.Thread(target=target, name="model-load", daemon=True)
+        self._thread = threading.Thread(
+            target=target, name=getattr(fn, "__name__", "bg"), daemon=True
+        )
         self._thread.start()
 
     def result(self) -> Any:
@@ -151,6 +160,14 @@ class _Background:
         if self._error is not None:
             raise self._error
         return self._result
+
+
+def _overlay_thumbnail(slide_path: str, backend: str, mpp: float | None) -> Any:
+    """overlay.png's thumbnail, with a handle of its own (the main thread detects tissue)."""
+    from pipeline.finish_outputs import THUMB_SIZE, overlay_thumbnail
+
+    with open_slide(slide_path, backend=backend, mpp=mpp) as slide:
+        return overlay_thumbnail(slide, THUMB_SIZE)
 
 
 def _model_geometry(model_dir: Path) -> tuple[int, float] | None:
@@ -213,6 +230,10 @@ def _prepare_opened(
     t0: float,
 ) -> PreparedSlide:
     loader = _Background(load_for_process, str(model_dir), params.device, params.precision)
+    # openslide decoding and PIL's reduce release the GIL: this runs beside the import
+    thumb = (
+        _Background(_overlay_thumbnail, slide_path, slide.backend, params.mpp) if prefetch else None
+    )
     prefetcher: ChunkPrefetcher | None = None
     try:
         name = params.output_name or Path(slide_path.rstrip("/")).stem
@@ -244,6 +265,9 @@ def _prepare_opened(
             prefetcher.close()
         with contextlib.suppress(BaseException):
             loader.result()  # never leave a thread importing torch behind
+        if thumb is not None:
+            with contextlib.suppress(BaseException):
+                thumb.result()
         raise
     handle = ModelHandle.with_model(model, str(model_dir), params.device, params.precision)
     model_hash = model_sha256(model_dir)  # after the load, which names a missing file best
@@ -276,6 +300,7 @@ def _prepare_opened(
         },
         read_backend=read_backend,
         prefetch=prefetcher,
+        overlay_thumb=thumb,
     )
 
 
