@@ -1,12 +1,15 @@
 """WSSS on synthetic tissue: pseudo-mask quality per CAM method, final mIoU, and a fully supervised baseline.
 
-    .venv/bin/python benchmarks/wsss_synthetic.py [--train 400] [--epochs 6] [--size 112] [--threads 2]
+    .venv/bin/python benchmarks/wsss_synthetic.py [--train 400] [--epochs 6] [--seg-epochs N]
+        [--size 112] [--cls-output-stride 16] [--lr-schedule poly] [--threads 2]
 
 Prints one table (mIoU on the synthetic test split, background ignored):
 pseudo masks from CAM, Grad-CAM and PDA + Grad-CAM at each depth (made from the true patch
 labels, as stage 2 does), the segmenter trained on the multi-layer PDA pseudo masks with and
 without the classification gate, and DeepLabV3+ trained on exact pixel masks of as many
 patches for as many epochs (same encoder, same budget). Sized to run in < ~30 min on 2 cores.
+It also prints how the gate treats the test patches: present classes the classifier gates
+(y_k <= epsilon: those pixels are lost) and absent classes it lets through.
 """
 
 from __future__ import annotations
@@ -34,11 +37,24 @@ from pipeline.datasets import (
     load_batch,
     open_dataset,
 )
-from pipeline.evaluate import Predictor, present_labels, pseudo_predictor, score_split
+from pipeline.evaluate import (
+    GateCheck,
+    Predictor,
+    present_labels,
+    pseudo_predictor,
+    score_split,
+)
 from pipeline.make_pseudo_masks import make_pseudo_masks
 from pipeline.synthetic_dataset import SyntheticSpec, make_synthetic_dataset
-from pipeline.train_classifier import ClassifierConfig, seeded, to_input, train_classifier
-from pipeline.train_segmenter import SegmenterConfig, train_segmenter
+from pipeline.train_classifier import (
+    ClassifierConfig,
+    scheduled_lr,
+    seeded,
+    set_lr,
+    to_input,
+    train_classifier,
+)
+from pipeline.train_segmenter import SegmenterConfig, train_segmenter, validate
 
 
 def cam_predictor(
@@ -56,18 +72,31 @@ def cam_predictor(
 
 
 def train_fully_supervised(
-    ds_masks: WsssDataset, items: list[MaskItem], cfg: SegmenterConfig
+    ds_masks: WsssDataset,
+    items: list[MaskItem],
+    cfg: SegmenterConfig,
+    val: WsssDataset | None = None,
 ) -> torch.nn.Module:
-    """DeepLabV3+ on exact masks (background -> ignored), same loop and budget as stage 3."""
+    """DeepLabV3+ on exact masks (background -> ignored), same loop and budget as stage 3.
+
+    With `val`, the epoch with the best mIoU on its val split is kept, as stage 3 does
+    (without a gate: there is no classifier). From-scratch DeepLabV3+ swings a lot between
+    epochs in eval mode, so without the same selection the baseline would be a lottery.
+    """
     torch.manual_seed(cfg.seed)
     model = build_segmenter(
         cfg.encoder, ds_masks.num_classes, decoder_channels=cfg.decoder_channels
     )
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps = -(-len(items) // cfg.batch_size)
+    best: tuple[float, dict | None] = (-1.0, None)
     for epoch in range(cfg.epochs):
         model.train()
         gen = seeded(cfg.seed, 4, epoch)
-        for idx in epoch_batches(len(items), cfg.batch_size, gen):
+        for step, idx in enumerate(epoch_batches(len(items), cfg.batch_size, gen)):
+            set_lr(
+                opt, scheduled_lr(cfg.lr, cfg.lr_schedule, epoch * steps + step, cfg.epochs * steps)
+            )
             gt = torch.from_numpy(np.stack([ds_masks.read_mask(items[i].mask) for i in idx]))
             gt = torch.where(gt >= ds_masks.num_classes, 255, gt).to(torch.uint8)
             images, (gt,) = augment(load_batch([items[i].image for i in idx]), [gt], gen, cfg.crop)
@@ -77,6 +106,13 @@ def train_fully_supervised(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+        if val is not None:
+            score = validate(val, model, None, torch.device("cpu"), "val", cfg.batch_size)
+            print(f"fully supervised epoch {epoch + 1}: val mIoU {score:.4f}", flush=True)
+            if score > best[0]:
+                best = (score, {k: v.detach().clone() for k, v in model.state_dict().items()})
+    if best[1] is not None:
+        model.load_state_dict(best[1])
     return model.eval()
 
 
@@ -96,12 +132,29 @@ def seg_predictor(
     return predict
 
 
+@torch.no_grad()
+def gate_report(ds: WsssDataset, classifier: torch.nn.Module, split: str, epsilon: float) -> dict:
+    """How the gate treats a split: present classes gated (y <= eps), absent classes kept."""
+    check = GateCheck(ds.num_classes, epsilon)
+    for i in range(0, len(items := ds.mask_items(split)), 16):
+        chunk = items[i : i + 16]
+        x = to_input(load_batch([it.image for it in chunk]), torch.device("cpu"))
+        gt = torch.from_numpy(np.stack([ds.read_mask(it.mask) for it in chunk]))
+        check.update(torch.sigmoid(classifier(x)), gt)
+    return check.as_dict()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--train", type=int, default=400)
     p.add_argument("--test", type=int, default=80)
     p.add_argument("--size", type=int, default=112)
-    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--epochs", type=int, default=6, help="classifier epochs")
+    p.add_argument(
+        "--seg-epochs", type=int, default=None, help="segmenter epochs (default --epochs)"
+    )
+    p.add_argument("--cls-output-stride", type=int, default=16, choices=(8, 16, 32))
+    p.add_argument("--lr-schedule", default="poly", choices=("poly", "constant"))
     p.add_argument("--encoder", default="resnet10t")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=11)
@@ -136,7 +189,13 @@ def main() -> None:
             )
 
     cls_cfg = ClassifierConfig(
-        encoder=args.encoder, epochs=args.epochs, batch_size=16, lr=2e-3, seed=0
+        encoder=args.encoder,
+        output_stride=args.cls_output_stride,
+        epochs=args.epochs,
+        batch_size=16,
+        lr=2e-3,
+        lr_schedule=args.lr_schedule,
+        seed=0,
     )
     clf_cam = train_classifier(
         ds, ClassifierConfig(**{**cls_cfg.__dict__, "head": "cam"}), work / "cls_cam", cpu
@@ -158,12 +217,21 @@ def main() -> None:
     dirs = make_pseudo_masks(ds, clf_pda, work / "pseudo", cpu)
     scfg = SegmenterConfig(
         encoder=f"tu-{args.encoder}",
-        epochs=args.epochs,
+        epochs=args.seg_epochs or args.epochs,
         batch_size=16,
         lr=2e-3,
         decoder_channels=64,
+        lr_schedule=args.lr_schedule,
     )
     seg, _ = train_segmenter(ds, scfg, dirs, work / "seg_multi", cpu, clf_pda)
+    gates = {s: gate_report(ds, clf_pda, s, scfg.gate_epsilon) for s in ("val", "test")}
+    for split, g in gates.items():
+        print(
+            f"gate on {split}: {g['present_gated']}/{g['present_classes']} present classes gated "
+            f"({100 * g['tissue_pixels_gated']:.1f} % of tissue pixels), "
+            f"{g['absent_kept']}/{g['absent_classes']} absent classes kept (eps {g['epsilon']})",
+            flush=True,
+        )
     add(
         "WSSS segmenter multi-layer, gate",
         [("", score_split(ds, "test", seg_predictor(seg, clf_pda))[0])],
@@ -172,7 +240,7 @@ def main() -> None:
         "WSSS segmenter multi-layer, no gate",
         [("", score_split(ds, "test", seg_predictor(seg))[0])],
     )
-    sfs = train_fully_supervised(fs, fs.mask_items("val"), scfg)
+    sfs = train_fully_supervised(fs, fs.mask_items("val"), scfg, val=ds)
     add("fully supervised DeepLabV3+", [("", score_split(ds, "test", seg_predictor(sfs))[0])])
     print()
     print(f"| {'method':<40} | mIoU | " + " | ".join(ds.classes) + " |")
@@ -183,10 +251,14 @@ def main() -> None:
             + " | ".join(f"{100 * v:.1f}" for v in r["iou"].values())
             + " |"
         )
-    print(f"\n{args.train} train / {args.test} test patches of {args.size} px, {args.epochs} epochs, "
-          f"encoder {args.encoder}, {args.threads} threads, {time.time() - t0:.0f} s")  # fmt: skip
+    print(f"\n{args.train} train / {args.test} test patches of {args.size} px, classifier "
+          f"{args.epochs} epochs (output stride {args.cls_output_stride}), segmenters "
+          f"{scfg.epochs} epochs, lr schedule {args.lr_schedule}, encoder {args.encoder}, "
+          f"{args.threads} threads, {time.time() - t0:.0f} s")  # fmt: skip
     (work / "results.json").write_text(
-        json.dumps({"args": vars(args) | {"work": str(work)}, "rows": rows}, indent=1)
+        json.dumps(
+            {"args": vars(args) | {"work": str(work)}, "rows": rows, "gate": gates}, indent=1
+        )
     )
 
 

@@ -64,9 +64,54 @@ def present_labels(gt: torch.Tensor, num_classes: int) -> torch.Tensor:
     return torch.stack([(gt == k).flatten(1).any(1) for k in range(num_classes)], dim=1).float()
 
 
-def segmentation_predictor(model: SegmentationModel, gate: bool = True) -> Predictor:
-    """argmax of the (gated) segmentation probabilities."""
-    return lambda images, gt: [model.predict(images, gate=gate)[0].argmax(1)]
+class GateCheck:
+    """How the classification gate treats a split, from the classes present in each mask.
+
+    A present class with y_k <= epsilon is gated: its pixels are lost (they go to another
+    class). An absent class with y_k > epsilon is let through (harmless unless the
+    segmenter also predicts it). `update` per batch, `as_dict` at the end.
+    """
+
+    def __init__(self, num_classes: int, epsilon: float) -> None:
+        self.k, self.epsilon = num_classes, float(epsilon)
+        self.present = self.present_gated = self.absent = self.absent_kept = 0
+        self.pixels = self.pixels_gated = 0.0
+
+    def update(self, cls_probs: torch.Tensor, gt: torch.Tensor) -> None:
+        present = present_labels(gt, self.k) > 0.5
+        probs = cls_probs.float().cpu()
+        gated = present & (probs <= self.epsilon)
+        area = torch.stack([(gt == c).flatten(1).sum(1) for c in range(self.k)], 1).double()
+        self.present += int(present.sum())
+        self.present_gated += int(gated.sum())
+        self.absent += int((~present).sum())
+        self.absent_kept += int((~present & (probs > self.epsilon)).sum())
+        self.pixels += float(area.sum())
+        self.pixels_gated += float((area * gated).sum())
+
+    def as_dict(self) -> dict:
+        return {
+            "epsilon": self.epsilon,
+            "present_classes": self.present,
+            "present_gated": self.present_gated,
+            "absent_classes": self.absent,
+            "absent_kept": self.absent_kept,
+            "tissue_pixels_gated": self.pixels_gated / self.pixels if self.pixels else None,
+        }
+
+
+def segmentation_predictor(
+    model: SegmentationModel, gate: bool = True, check: GateCheck | None = None
+) -> Predictor:
+    """argmax of the (gated) segmentation probabilities; `check` sees the classifier's probabilities."""
+
+    def predict(images: torch.Tensor, gt: torch.Tensor) -> list[torch.Tensor]:
+        seg, cls = model.predict(images, gate=gate)
+        if check is not None:
+            check.update(cls, gt)
+        return [seg.argmax(1)]
+
+    return predict
 
 
 def pseudo_predictor(
@@ -103,7 +148,11 @@ def evaluate(
     batch_size: int = 8,
     progress: bool = True,
 ) -> dict:
-    """{miou, fwiou, acc, iou: {class: IoU}, split, images, gate, pseudo_masks: {layer: {...}}}."""
+    """{miou, fwiou, acc, iou: {class: IoU}, split, images, gate, gate_check, pseudo_masks: {layer: {...}}}.
+
+    `gate_check` (see `GateCheck`) says how many present classes the classifier gated at
+    the model's epsilon, whether or not the gate was applied to the scores.
+    """
     ds = open_dataset(data)
     if not ds.has_masks(split):
         raise DatasetError(f"{Path(data) / split}: no img/ + mask/ folders to evaluate on")
@@ -113,9 +162,9 @@ def evaluate(
             f"{model_dir}: model classes {model.meta.classes} differ from the dataset's {list(ds.classes)}"
         )
     show = progress and __import__("sys").stderr.isatty()
-    (cm,) = score_split(
-        ds, split, segmentation_predictor(model, gate), 1, batch_size, show, f"evaluate {split}"
-    )
+    check = GateCheck(ds.num_classes, model.meta.gate_epsilon)
+    predictor = segmentation_predictor(model, gate, check)
+    (cm,) = score_split(ds, split, predictor, 1, batch_size, show, f"evaluate {split}")
     scores = cm.scores().as_dict(ds.classes)
     result = {
         "miou": _clean(scores["miou"]),
@@ -125,6 +174,7 @@ def evaluate(
         "split": split,
         "images": len(ds.mask_items(split)),
         "gate": gate,
+        "gate_check": check.as_dict(),
     }
     if pseudo and isinstance(model.classifier, PatchClassifier):
         layers = ("shallow", "mid", "deep")

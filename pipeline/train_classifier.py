@@ -1,6 +1,7 @@
 """Stage 1: the multi-label patch classifier (PDA head by default), resumable per epoch.
 
-Multilabel soft margin loss on the patch-level labels, random flips, AdamW. The PDA
+Multilabel soft margin loss on the patch-level labels, random flips, AdamW with the official
+code's poly learning-rate decay (per step; `lr_schedule="constant"` turns it off). The PDA
 schedule is stepped once per epoch; after every epoch the weights, the optimizer state and
 the schedule position are checkpointed (safetensors + JSON), so an interrupted run resumes
 at the next epoch and ends with the same weights as an uninterrupted one.
@@ -29,10 +30,12 @@ class ClassifierConfig:
 
     encoder: str = "resnet18"
     head: str = "pda"
+    output_stride: int = 16
     epochs: int = 20
     batch_size: int = 16
     lr: float = 1e-3
     weight_decay: float = 1e-4
+    lr_schedule: str = "poly"
     seed: int = 0
     max_steps: int | None = None
 
@@ -47,6 +50,24 @@ def seeded(seed: int, stage: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + stage * 10_007 + epoch)
 
 
+LR_SCHEDULES = ("poly", "constant")
+
+
+def scheduled_lr(base: float, schedule: str, step: int, total: int, power: float = 0.9) -> float:
+    """Learning rate at `step` of `total`: poly `base * (1 - step/total) ** 0.9` (the official
+    code's) or constant. A function of the global step only, so a resumed run is identical."""
+    if schedule == "constant":
+        return base
+    if schedule == "poly":
+        return base * (1.0 - min(step, total) / max(total, 1)) ** power
+    raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {schedule!r}")
+
+
+def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    for group in opt.param_groups:
+        group["lr"] = lr
+
+
 def progress_enabled() -> bool:
     """Bars only on a terminal, so logs and CI stay clean."""
     return sys.stderr.isatty()
@@ -54,7 +75,7 @@ def progress_enabled() -> bool:
 
 def build(cfg: ClassifierConfig, num_classes: int) -> PatchClassifier:
     torch.manual_seed(cfg.seed)
-    return build_classifier(cfg.encoder, cfg.head, num_classes)
+    return build_classifier(cfg.encoder, cfg.head, num_classes, output_stride=cfg.output_stride)
 
 
 def train_classifier(
@@ -88,7 +109,10 @@ def train_classifier(
             batches, desc=f"stage 1 epoch {epoch + 1}/{cfg.epochs}", disable=not progress_enabled()
         )
         total, seen = 0.0, 0
-        for idx in bar:
+        for step, idx in enumerate(bar):
+            set_lr(
+                opt, scheduled_lr(cfg.lr, cfg.lr_schedule, epoch * steps + step, cfg.epochs * steps)
+            )
             images, _ = augment(load_batch([items[i].image for i in idx]), [], gen)
             logits = model(to_input(images, device))
             loss = F.multilabel_soft_margin_loss(logits, labels[idx].to(device))

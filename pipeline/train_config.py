@@ -25,6 +25,8 @@ class TrainConfig:
     seg_encoder: str = "resnet18"
     batch_size: int = 16
     head: str = "pda"
+    classifier_output_stride: int = 16
+    lr_schedule: str = "poly"
     device: str = "auto"
     lr: float = 1e-3
     crop: int | None = None
@@ -55,9 +57,11 @@ def classifier_config(cfg: TrainConfig) -> ClassifierConfig:
     return ClassifierConfig(
         encoder=cfg.encoder,
         head=cfg.head,
+        output_stride=cfg.classifier_output_stride,
         epochs=cfg.epochs,
         batch_size=cfg.batch_size,
         lr=cfg.lr,
+        lr_schedule=cfg.lr_schedule,
         seed=cfg.seed,
         max_steps=cfg.max_steps,
     )
@@ -69,6 +73,7 @@ def segmenter_config(cfg: TrainConfig) -> SegmenterConfig:
         epochs=cfg.seg_epochs,
         batch_size=cfg.batch_size,
         lr=cfg.lr,
+        lr_schedule=cfg.lr_schedule,
         seed=cfg.seed,
         crop=cfg.crop,
         decoder_channels=cfg.decoder_channels,

@@ -3,6 +3,7 @@
 Loss = 0.2 CE(shallow) + 0.2 CE(mid) + 0.6 CE(deep), background pixels (255) carry no loss.
 After each epoch the model is scored on the validation split (gated by the classifier, as
 at inference) and the epoch with the best mIoU is kept. Checkpoints every epoch, resumable.
+AdamW with poly learning-rate decay per step, as in stage 1 (`lr_schedule`).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from pipeline.checkpoints import load_checkpoint, save_checkpoint
 from pipeline.datasets import WsssDataset, augment, epoch_batches, load_batch
 from pipeline.make_pseudo_masks import mask_name
 from pipeline.metrics import ConfusionMatrix
-from pipeline.train_classifier import progress_enabled, seeded, to_input
+from pipeline.train_classifier import progress_enabled, scheduled_lr, seeded, set_lr, to_input
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class SegmenterConfig:
     decoder_channels: int = 256
     layer_weights: tuple[float, ...] = DEFAULT_LAYER_WEIGHTS
     gate_epsilon: float = 0.1
+    lr_schedule: str = "poly"
     max_steps: int | None = None
 
 
@@ -113,7 +115,10 @@ def train_segmenter(
             disable=not progress_enabled(),
         )
         total, seen = 0.0, 0
-        for idx in bar:
+        for step, idx in enumerate(bar):
+            set_lr(
+                opt, scheduled_lr(cfg.lr, cfg.lr_schedule, epoch * steps + step, cfg.epochs * steps)
+            )
             names = [mask_name(items[i]) for i in idx]
             masks = [
                 torch.from_numpy(np.stack([_read_pseudo(d / n) for n in names]))

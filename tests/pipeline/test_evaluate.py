@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from pipeline.datasets import open_dataset
-from pipeline.evaluate import present_labels, score_split
+from pipeline.evaluate import GateCheck, present_labels, score_split
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "luad-histoseg-sample"
 
@@ -36,3 +36,16 @@ def test_constant_prediction_matches_hand_count() -> None:
 def test_present_labels() -> None:
     gt = torch.tensor([[[0, 4], [2, 2]], [[4, 4], [4, 4]]], dtype=torch.uint8)
     assert present_labels(gt, 4).tolist() == [[1, 0, 1, 0], [0, 0, 0, 0]]
+
+
+def test_gate_check_counts_gated_present_classes() -> None:
+    # patch 0: classes 0 (3 px) and 2 (1 px); patch 1: class 1 (4 px)
+    gt = torch.tensor([[[0, 0], [0, 2]], [[1, 1], [1, 1]]], dtype=torch.uint8)
+    probs = torch.tensor([[0.9, 0.5, 0.1, 0.0], [0.05, 0.8, 0.2, 0.1]])
+    check = GateCheck(4, epsilon=0.1)
+    check.update(probs, gt)
+    d = check.as_dict()
+    # present: (0,0) kept, (0,2) gated at exactly eps, (1,1) kept; absent kept: (0,1), (1,2)
+    assert d["present_classes"] == 3 and d["present_gated"] == 1
+    assert d["absent_classes"] == 5 and d["absent_kept"] == 2
+    assert d["tissue_pixels_gated"] == 1 / 8 and d["epsilon"] == 0.1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,8 @@ import torch
 
 from pipeline.datasets import open_dataset
 from pipeline.synthetic_dataset import SyntheticSpec, make_synthetic_dataset
-from pipeline.train_classifier import ClassifierConfig, train_classifier
+from pipeline.train_classifier import ClassifierConfig, scheduled_lr, train_classifier
+from pipeline.train_config import TrainConfig, classifier_config
 
 CFG = ClassifierConfig(encoder="resnet10t", head="pda", epochs=2, batch_size=4, seed=1, max_steps=1)
 
@@ -50,3 +52,24 @@ def test_resume_continues_from_last_checkpoint(tiny, tmp_path: Path) -> None:
     again: list[int] = []
     train_classifier(tiny, CFG, tmp_path / "cut", cpu, on_epoch=lambda e, s: again.append(e))
     assert again == []  # a finished stage only loads
+
+
+def test_poly_lr_schedule() -> None:
+    lrs = [scheduled_lr(1e-3, "poly", s, 10) for s in range(11)]
+    assert lrs[0] == 1e-3 and lrs[-1] == 0.0
+    assert all(a > b for a, b in itertools.pairwise(lrs))
+    assert lrs[5] == pytest.approx(1e-3 * 0.5**0.9)
+    assert scheduled_lr(1e-3, "constant", 7, 10) == 1e-3
+    with pytest.raises(ValueError, match="lr_schedule"):
+        scheduled_lr(1e-3, "cosine", 0, 10)
+
+
+def test_classifier_output_stride_reaches_the_model(tiny, tmp_path: Path) -> None:
+    cfg = ClassifierConfig(
+        encoder="resnet10t", epochs=1, batch_size=4, max_steps=1, output_stride=8
+    )
+    model = train_classifier(tiny, cfg, tmp_path / "os8", torch.device("cpu"))
+    assert model.config()["backbone"]["output_stride"] == 8
+    train_cfg = TrainConfig(data=tmp_path, out=tmp_path / "m", classifier_output_stride=8)
+    assert classifier_config(train_cfg).output_stride == 8
+    assert classifier_config(TrainConfig(data=tmp_path, out=tmp_path / "m")).output_stride == 16
