@@ -22,7 +22,13 @@ from pipeline.geojson import build_feature_collection, write_geojson
 from pipeline.ome_tiff import write_probability_ome_tiff
 from pipeline.ome_zarr import finalize_pyramid
 from pipeline.overlay import label_thumbnail, write_overlay
-from pipeline.polygons import merge_class_polygons, simplify_coverage, to_level0
+from pipeline.polygons import (
+    clip_to_extent,
+    merge_class_polygons,
+    simplify_coverage,
+    slide_extent_level0,
+    to_level0,
+)
 from pipeline.summary import class_measurements, software_versions, write_summary
 from pipeline.tile_objects import write_tile_geojson
 
@@ -47,8 +53,15 @@ def write_outputs(prep: Any, outcomes: list[ChunkOutcome], work_dir: Path) -> di
     simplified = simplify_coverage(merged, tolerance=prep.params.simplify_tolerance)
     offset = (-float(prep.slide.bounds_offset[0]), -float(prep.slide.bounds_offset[1]))
     scale = prep.level0_per_output
-    geoms_level0 = {c: to_level0(g, scale, offset) for c, g in simplified.items()}
-    tissue_level0 = shapely.affinity.translate(prep.tissue.polygons, offset[0], offset[1])
+    # The last output row/column covers up to one output pixel past the slide edge: clip to
+    # the slide so coordinates stay inside the image QuPath shows (a box cut keeps coverage).
+    extent = slide_extent_level0(prep.slide.dimensions, offset)
+    geoms_level0 = {
+        c: clip_to_extent(to_level0(g, scale, offset), extent) for c, g in simplified.items()
+    }
+    tissue_level0 = clip_to_extent(
+        shapely.affinity.translate(prep.tissue.polygons, offset[0], offset[1]), extent
+    )
     px_area = prep.output_mpp[0] * prep.output_mpp[1]
     labelled = int(counts.sum())
     areas = {

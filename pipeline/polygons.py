@@ -145,3 +145,18 @@ def to_level0(
     return affine_transform(
         geom, [float(sx), 0.0, 0.0, float(sy), float(offset[0]), float(offset[1])]
     )
+
+
+def slide_extent_level0(
+    dimensions: tuple[int, int], offset: tuple[float, float] = (0, 0)
+) -> Polygon:
+    """The slide's level-0 rectangle in output coordinates (shifted like the polygons)."""
+    w, h = float(dimensions[0]), float(dimensions[1])
+    return shapely.box(offset[0], offset[1], w + offset[0], h + offset[1])
+
+
+def clip_to_extent(geom: BaseGeometry, extent: Polygon) -> MultiPolygon:
+    """Polygonal parts of `geom` inside `extent`; a geometry already inside is kept as is."""
+    if geom.is_empty or extent.contains(geom):
+        return _as_multipolygon(geom)
+    return _as_multipolygon(shapely.intersection(geom, extent))

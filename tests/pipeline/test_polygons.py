@@ -12,9 +12,11 @@ from scipy import ndimage
 from shapely.geometry import MultiPolygon, Polygon, box
 
 from pipeline.polygons import (
+    clip_to_extent,
     label_block_polygons,
     merge_class_polygons,
     simplify_coverage,
+    slide_extent_level0,
     to_level0,
 )
 
@@ -159,3 +161,25 @@ def test_noding_stays_on_the_pixel_grid():
         np.rint(shapely.get_coordinates(list(out.values()))),
     )
     assert out[0].area == 150 and out[1].area == 100 + 300
+
+
+def test_clip_to_slide_extent_keeps_coverage_inside_the_slide():
+    """The last output pixel overhangs the slide edge: clipping cuts exactly at the edge."""
+    labels = _blobs(37, 29, seed=3)
+    merged = merge_class_polygons([label_block_polygons(labels, 0, 0, K)])
+    scale = 8.016  # level-0 px per output px, not an integer (as for CMU at 0.499 um)
+    extent = slide_extent_level0((230, 290), offset=(-5.0, 2.0))
+    clipped = {
+        c: clip_to_extent(to_level0(g, scale, (-5.0, 2.0)), extent) for c, g in merged.items()
+    }
+    minx, miny, maxx, maxy = extent.bounds
+    for c, geom in clipped.items():
+        assert geom.is_valid and geom.geom_type == "MultiPolygon"
+        gx0, gy0, gx1, gy1 = geom.bounds
+        assert gx0 >= minx and gy0 >= miny and gx1 <= maxx and gy1 <= maxy
+        whole = to_level0(merged[c], scale, (-5.0, 2.0))
+        assert geom.area == pytest.approx(whole.intersection(extent).area)
+    total = shapely.union_all(list(clipped.values())).area
+    assert total == pytest.approx(sum(g.area for g in clipped.values()))
+    inside = MultiPolygon([box(0, 0, 3, 3)])
+    assert clip_to_extent(inside, box(0, 0, 10, 10)).equals(inside)
