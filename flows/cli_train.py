@@ -54,6 +54,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="um/px of the patches (model.json; default 1.0 = 10x)",
     )
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: all)")
+    p.add_argument(
+        "--lr-schedule",
+        choices=("poly", "constant"),
+        default="poly",
+        help="poly: lr * (1 - step/steps)^0.9 per step, as the official code (default); constant",
+    )
+    p.add_argument(
+        "--classifier-output-stride",
+        type=int,
+        choices=(8, 16, 32),
+        default=16,
+        help="stage-1 backbone output stride: 8 gives finer CAMs at ~3x the compute (default 16)",
+    )
     p.set_defaults(run=run)
     return p
 
@@ -80,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
         decoder_channels=args.decoder_channels,
         threads=args.threads,
         mpp=args.mpp,
+        lr_schedule=args.lr_schedule,
+        classifier_output_stride=args.classifier_output_stride,
     )
     out = train(cfg)
     print(f"model written to {out}")

@@ -27,13 +27,17 @@ def _finite(result: dict) -> bool:
 def test_train_then_evaluate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = make_synthetic_dataset(tmp_path / "data", SyntheticSpec(8, 2, 2, 64, seed=7))
     out = tmp_path / "model"
-    assert main(["train", "--data", str(data), "--out", str(out), *TINY]) == 0
+    extra = ["--lr-schedule", "constant", "--classifier-output-stride", "8"]
+    assert main(["train", "--data", str(data), "--out", str(out), *TINY, *extra]) == 0
     model = load_model(out)
     assert model.meta.classes == ["TE", "NEC", "LYM", "TAS"]
     assert model.meta.colors[2] == (65, 105, 225)
     doc = json.loads((out / "model.json").read_text())
     assert doc["weights"]["dtype"] == "float16"
     assert doc["provenance"]["train_patches"] == 8
+    assert doc["provenance"]["classifier"]["lr_schedule"] == "constant"
+    assert doc["provenance"]["classifier"]["output_stride"] == 8
+    assert doc["provenance"]["segmenter"]["lr_schedule"] == "constant"
     assert len(list((tmp_path / "model.work" / "pseudo_masks" / "deep").glob("*.png"))) == 8
     capsys.readouterr()
 
