@@ -15,18 +15,19 @@ Nothing here starts Prefect; `client` lets the caller pass a `distributed.Client
 from __future__ import annotations
 
 import contextlib
-import gc
-import json
-import threading
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from pipeline.chunk_job import ChunkOutcome, ChunkPrefetcher, SlideJob, fast_read_backend
+from pipeline.background import Background, gc_paused, read_overlay_thumbnail
+from pipeline.chunk_job import ChunkOutcome, ChunkPrefetcher, SlideJob
+from pipeline.chunk_plan import (
+    chunk_read_backend,
+    model_geometry,
+    plan_slide,
+    prefetch_read_job,
+)
 from pipeline.chunk_runner import run_chunks
 from pipeline.fingerprint import model_sha256, run_fingerprint
 from pipeline.model_handle import ModelHandle, load_for_process
@@ -36,7 +37,7 @@ from pipeline.params import SegmentParams
 from pipeline.progress import NullProgress, Progress
 from wsi.errors import ModelError, OutputError, WsiSegmentError
 from wsi.slide import Slide, open_slide
-from wsi.tiling import ChunkSpec, TileGrid, plan_chunks
+from wsi.tiling import ChunkSpec, TileGrid
 from wsi.tissue import TissueMask, detect_tissue
 
 ZARR_NAME = "probabilities.ome.zarr"
@@ -83,7 +84,7 @@ class PreparedSlide:
     # Local runs: chunk images being read in the background since planning (never pickled).
     prefetch: ChunkPrefetcher | None = None
     # Local runs: the overlay's thumbnail, read on the core the model load leaves free.
-    overlay_thumb: _Background | None = None
+    overlay_thumb: Background | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -134,53 +135,6 @@ def resolve_model_dir(params: SegmentParams) -> Path:
     return Path(next(iter(spec.submodule_search_locations))).resolve() / "demo_model"
 
 
-class _Background:
-    """Run a function in a daemon thread; `result()` joins it and re-raises its error."""
-
-    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
-        self._result: Any = None
-        self._error: BaseException | None = None
-        self.seconds = 0.0
-
-        def target() -> None:
-            t0 = time.perf_counter()
-            try:
-                self._result = fn(*args)
-            except BaseException as exc:  # handed to the caller of result()
-                self._error = exc
-            self.seconds = time.perf_counter() - t0
-
-        self._thread = threading.Thread(
-            target=target, name=getattr(fn, "__name__", "bg"), daemon=True
-        )
-        self._thread.start()
-
-    def result(self) -> Any:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._result
-
-
-def _overlay_thumbnail(slide_path: str, backend: str, mpp: float | None) -> Any:
-    """overlay.png's thumbnail, with a handle of its own (the main thread detects tissue)."""
-    from pipeline.finish_outputs import THUMB_SIZE, overlay_thumbnail
-
-    with open_slide(slide_path, backend=backend, mpp=mpp) as slide:
-        return overlay_thumbnail(slide, THUMB_SIZE)
-
-
-def _model_geometry(model_dir: Path) -> tuple[int, float] | None:
-    """(tile_size, mpp) from model.json without importing torch; None if unreadable
-    (the model loader then reports the problem properly)."""
-    try:
-        doc = json.loads((model_dir / "model.json").read_text())
-        tile, mpp = int(doc["tile_size"]), float(doc["mpp"])
-    except Exception:
-        return None
-    return (tile, mpp) if tile > 0 and mpp > 0 else None
-
-
 def prepare(
     slide_path: str | Path, out_root: str | Path, params: SegmentParams, prefetch: bool = False
 ) -> PreparedSlide:
@@ -189,7 +143,8 @@ def prepare(
     The model (importing torch, timm and smp is most of a small run's fixed cost, and holds
     one core) loads in a background thread while this thread detects tissue and plans the
     chunks; with `prefetch`, chunk images then start being read on the core the loader
-    leaves free, so the first forward passes find their tiles decoded.
+    leaves free, so the first forward passes find their tiles decoded (the side work is in
+    `pipeline.background`, planning from model.json in `pipeline.chunk_plan`).
     """
     t0 = time.perf_counter()
     slide_path = str(slide_path)
@@ -201,22 +156,8 @@ def prepare(
         )
     slide = open_slide(slide_path, backend=params.backend, mpp=params.mpp)
     mpp = slide.require_mpp()
-    with _gc_paused():
+    with gc_paused():
         return _prepare_opened(slide_path, out_root, params, prefetch, model_dir, slide, mpp, t0)
-
-
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    """No cyclic GC while torch, timm and smp are imported: their hundreds of thousands of
-    new objects trigger full collections that cost ~20 % of the import time; the few
-    cycles made meanwhile are collected afterwards."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def _prepare_opened(
@@ -229,24 +170,28 @@ def _prepare_opened(
     mpp: tuple[float, float],
     t0: float,
 ) -> PreparedSlide:
-    loader = _Background(load_for_process, str(model_dir), params.device, params.precision)
+    loader = Background(load_for_process, str(model_dir), params.device, params.precision)
     # openslide decoding and PIL's reduce release the GIL: this runs beside the import
     thumb = (
-        _Background(_overlay_thumbnail, slide_path, slide.backend, params.mpp) if prefetch else None
+        Background(read_overlay_thumbnail, slide_path, slide.backend, params.mpp)
+        if prefetch
+        else None
     )
     prefetcher: ChunkPrefetcher | None = None
     try:
         name = params.output_name or Path(slide_path.rstrip("/")).stem
         t1 = time.perf_counter()
         tissue = detect_tissue(slide)
-        geometry = _model_geometry(model_dir)
+        geometry = model_geometry(model_dir)
         planned = grid = read_backend = None
         if geometry is not None:
-            grid, planned = _plan(slide, mpp, geometry, params, tissue)
-            read_backend = _read_backend(slide, params, planned.read_level)
+            grid, planned = plan_slide(slide, mpp, geometry, params, tissue)
+            read_backend = chunk_read_backend(slide, params, planned.read_level)
             if prefetch and planned.specs:
                 prefetcher = ChunkPrefetcher(
-                    _read_job(slide_path, slide, params, grid, planned, read_backend, model_dir),
+                    prefetch_read_job(
+                        slide_path, slide, params, grid, planned, read_backend, model_dir
+                    ),
                     planned.specs,
                 )
         t2 = time.perf_counter()
@@ -256,10 +201,10 @@ def _prepare_opened(
             if prefetcher is not None:
                 prefetcher.close()
                 prefetcher = None
-            grid, planned = _plan(
+            grid, planned = plan_slide(
                 slide, mpp, (int(meta.tile_size), float(meta.mpp)), params, tissue
             )
-            read_backend = _read_backend(slide, params, planned.read_level)
+            read_backend = chunk_read_backend(slide, params, planned.read_level)
     except BaseException:
         if prefetcher is not None:
             prefetcher.close()
@@ -301,53 +246,6 @@ def _prepare_opened(
         read_backend=read_backend,
         prefetch=prefetcher,
         overlay_thumb=thumb,
-    )
-
-
-def _plan(
-    slide: Slide,
-    mpp: tuple[float, float],
-    geometry: tuple[int, float],
-    params: SegmentParams,
-    tissue: TissueMask,
-) -> tuple[TileGrid, Any]:
-    tile, model_mpp = geometry
-    grid = TileGrid(tile=tile, overlap=params.overlap, downsample=params.output_downsample)
-    grid.validate()
-    return grid, plan_chunks(slide, mpp[0], model_mpp, grid, params.chunk_tiles, tissue)
-
-
-def _read_backend(slide: Slide, params: SegmentParams, level: int) -> str | None:
-    """--backend auto: chunk reads with tiffslide where it decodes the same pixels cheaper."""
-    return fast_read_backend(slide, level) if params.backend == "auto" else None
-
-
-def _read_job(
-    slide_path: str,
-    slide: Slide,
-    params: SegmentParams,
-    grid: TileGrid,
-    planned: Any,
-    read_backend: str | None,
-    model_dir: Path,
-) -> SlideJob:
-    """A SlideJob used only to read chunks (no model, no store) for the prefetcher."""
-    return SlideJob(
-        slide_path=slide_path,
-        backend=slide.backend,
-        mpp_override=params.mpp,
-        level0_per_model=planned.level0_per_model,
-        read_level=planned.read_level,
-        grid=grid,
-        n_classes=0,
-        batch_size=params.batch_size,
-        gate=params.gate,
-        zarr_path="",
-        tissue_mask=np.zeros((1, 1), bool),
-        tissue_downsample=1.0,
-        level0_per_output=1.0,
-        model=ModelHandle(str(model_dir), params.device, params.precision),
-        read_backend=read_backend,
     )
 
 

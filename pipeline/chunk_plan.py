@@ -1,0 +1,79 @@
+"""Planning a slide's chunks from the model's geometry, before the model has loaded.
+
+`pipeline.segment.prepare` plans with the tile size and mpp read straight from model.json
+(no torch import) so planning and chunk prefetch overlap the model load; it replans with
+the loaded model's values if the JSON could not be read here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.chunk_job import SlideJob, fast_read_backend
+from pipeline.model_handle import ModelHandle
+from pipeline.params import SegmentParams
+from wsi.slide import Slide
+from wsi.tiling import ChunkPlan, TileGrid, plan_chunks
+from wsi.tissue import TissueMask
+
+
+def model_geometry(model_dir: Path) -> tuple[int, float] | None:
+    """(tile_size, mpp) from model.json without importing torch; None if unreadable
+    (the model loader then reports the problem properly)."""
+    try:
+        doc = json.loads((model_dir / "model.json").read_text())
+        tile, mpp = int(doc["tile_size"]), float(doc["mpp"])
+    except Exception:
+        return None
+    return (tile, mpp) if tile > 0 and mpp > 0 else None
+
+
+def plan_slide(
+    slide: Slide,
+    mpp: tuple[float, float],
+    geometry: tuple[int, float],
+    params: SegmentParams,
+    tissue: TissueMask,
+) -> tuple[TileGrid, ChunkPlan]:
+    """The tile grid (validated against the options) and the tissue chunks to run."""
+    tile, model_mpp = geometry
+    grid = TileGrid(tile=tile, overlap=params.overlap, downsample=params.output_downsample)
+    grid.validate()
+    return grid, plan_chunks(slide, mpp[0], model_mpp, grid, params.chunk_tiles, tissue)
+
+
+def chunk_read_backend(slide: Slide, params: SegmentParams, level: int) -> str | None:
+    """--backend auto: chunk reads with tiffslide where it decodes the same pixels cheaper."""
+    return fast_read_backend(slide, level) if params.backend == "auto" else None
+
+
+def prefetch_read_job(
+    slide_path: str,
+    slide: Slide,
+    params: SegmentParams,
+    grid: TileGrid,
+    planned: ChunkPlan,
+    read_backend: str | None,
+    model_dir: Path,
+) -> SlideJob:
+    """A SlideJob used only to read chunks (no model, no store) for the prefetcher."""
+    return SlideJob(
+        slide_path=slide_path,
+        backend=slide.backend,
+        mpp_override=params.mpp,
+        level0_per_model=planned.level0_per_model,
+        read_level=planned.read_level,
+        grid=grid,
+        n_classes=0,
+        batch_size=params.batch_size,
+        gate=params.gate,
+        zarr_path="",
+        tissue_mask=np.zeros((1, 1), bool),
+        tissue_downsample=1.0,
+        level0_per_output=1.0,
+        model=ModelHandle(str(model_dir), params.device, params.precision),
+        read_backend=read_backend,
+    )
