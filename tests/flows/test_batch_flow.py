@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 import pytest
 
-from tests.flows.conftest import BROKEN, copy_slides, output_files, stable_summary
+from tests.flows.conftest import BROKEN, CLASSES, copy_slides, output_files, stable_summary
 
 
 def test_batch_isolates_a_broken_slide_and_resumes(
@@ -39,6 +40,8 @@ def test_batch_isolates_a_broken_slide_and_resumes(
         "synth-b",
     ]
 
+    _assert_batch_artifacts(state.state_details.flow_run_id, folder, out, by_name)
+
     # identical to the plain pipeline call
     plain = segment_slide(folder / "synth-a.tif", tmp_path / "plain", SegmentParams(tiny_model))
     assert output_files(out / "synth-a") == output_files(plain.out_dir)
@@ -53,6 +56,56 @@ def test_batch_isolates_a_broken_slide_and_resumes(
         "synth-a.tif": "up-to-date",
         "synth-b.tif": "up-to-date",
     }
+
+
+def _assert_batch_artifacts(flow_run_id, folder: Path, out: Path, by_name: dict) -> None:
+    """The batch's table and markdown artifacts, read back from Prefect, match the outputs."""
+    from prefect.artifacts import Artifact
+
+    table = Artifact.get("segment-batch")
+    assert table is not None and table.type == "table"
+    assert table.flow_run_id == flow_run_id
+    tally = "{'done': 2, 'up-to-date': 0, 'failed': 1}"
+    assert table.description == f"{folder} -> {out}: {tally}"
+    rows = json.loads(table.data) if isinstance(table.data, str) else table.data
+    fractions = [f"{name}_fraction" for name in CLASSES]
+    columns = ["slide", "status", "output", "tissue_area_mm2", *fractions, "seconds", "error"]
+    assert all(list(row) == columns for row in rows)
+    rows_by_name = {Path(row["slide"]).name: row for row in rows}
+    assert sorted(rows_by_name) == ["broken.svs", "synth-a.tif", "synth-b.tif"]
+
+    broken = rows_by_name["broken.svs"]
+    assert broken["status"] == "failed" and broken["output"] == ""
+    assert broken["tissue_area_mm2"] is None
+    assert all(broken[f] is None for f in fractions)
+    assert broken["error"] == by_name["broken.svs"].error
+    assert "not a readable slide" in broken["error"]
+
+    for name in ("synth-a", "synth-b"):
+        row = rows_by_name[f"{name}.tif"]
+        summary = json.loads((out / name / "summary.json").read_text())
+        assert row["status"] == "done" and row["error"] == ""
+        assert row["output"] == str(out / name)
+        assert row["tissue_area_mm2"] == round(summary["tissue"]["area_um2"] / 1e6, 4) > 0
+        for cls in CLASSES:
+            expected = round(summary["classes"][cls]["fraction_of_tissue"], 4)
+            assert row[f"{cls}_fraction"] == expected
+        assert row["seconds"] == round(by_name[f"{name}.tif"].seconds, 1) > 0
+
+    report = Artifact.get("segment-batch-report")
+    assert report is not None and report.type == "markdown"
+    assert report.flow_run_id == flow_run_id
+    assert report.data.startswith(f"### Batch {folder} -> {out}\n")
+    assert "| " + " | ".join(columns) + " |" in report.data
+    for name in ("synth-a", "synth-b"):
+        assert f"| {folder / name}.tif | done | {out / name} |" in report.data
+        # each slide's own markdown artifact links to its output folder
+        outputs = Artifact.get(f"slide-{name}-outputs")
+        assert outputs is not None and outputs.type == "markdown"
+        assert outputs.flow_run_id == flow_run_id
+        link = f"Outputs: [{out / name}]({(out / name).as_uri()})"
+        assert link in outputs.data
+    assert f"| {folder / 'broken.svs'} | failed |  |" in report.data
 
 
 def test_batch_from_manifest_with_names_and_mpp(
