@@ -65,17 +65,29 @@ def plan_local_cluster(
     return ClusterPlan(n_workers=n, threads_per_worker=per)
 
 
+# The scheduler always runs an HTTP server (health, metrics, and the dashboard if shown).
+# `dashboard_address=None` does not turn it off: the Scheduler then binds its default :8787
+# (and warns "Port 8787 is already in use" when another cluster or service has it). "Off"
+# is therefore a free loopback port with `dashboard=False`, so no dashboard pages are served.
+DASHBOARD_ON = ":8787"
+DASHBOARD_OFF = "127.0.0.1:0"
+
+
 def start_local_cluster(plan: ClusterPlan, dashboard: bool = False):  # -> SpecCluster
-    """Start worker processes for `plan` (GPU workers get their own CUDA_VISIBLE_DEVICES)."""
+    """Start worker processes for `plan` (GPU workers get their own CUDA_VISIBLE_DEVICES).
+
+    The Dask dashboard is off unless `dashboard` (then on :8787, all interfaces).
+    """
     from distributed import LocalCluster, Nanny, Scheduler, SpecCluster
 
-    dashboard_address = ":8787" if dashboard else None
+    dashboard_address = DASHBOARD_ON if dashboard else DASHBOARD_OFF
     if not plan.gpus:
         return LocalCluster(
             n_workers=plan.n_workers,
             threads_per_worker=plan.threads_per_worker,
             processes=True,
             dashboard_address=dashboard_address,
+            scheduler_kwargs={"dashboard": dashboard},
         )
     workers = {
         f"gpu-{gpu}": {
@@ -88,7 +100,10 @@ def start_local_cluster(plan: ClusterPlan, dashboard: bool = False):  # -> SpecC
         }
         for gpu in plan.gpus
     }
-    scheduler = {"cls": Scheduler, "options": {"dashboard_address": dashboard_address}}
+    scheduler = {
+        "cls": Scheduler,
+        "options": {"dashboard_address": dashboard_address, "dashboard": dashboard},
+    }
     return SpecCluster(workers=workers, scheduler=scheduler)
 
 

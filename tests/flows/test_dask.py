@@ -6,6 +6,7 @@ import os
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,9 +34,19 @@ def cluster_client() -> Iterator:
     """A real LocalCluster: 2 worker processes, 1 thread each, shared by this module's tests."""
     from flows.dask_cluster import dask_client
 
-    with dask_client(workers=2, threads=1) as client:
-        client.wait_for_workers(2, timeout=120)
-        yield client
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with dask_client(workers=2, threads=1) as client:
+            client.wait_for_workers(2, timeout=120)
+            _assert_no_dashboard(client.cluster, caught)
+            yield client
+
+
+def _assert_no_dashboard(cluster, caught: list[warnings.WarningMessage]) -> None:
+    """The scheduler's HTTP server is on a free loopback port, not the dashboard's :8787."""
+    http = cluster.scheduler.http_server
+    assert (http.address, http.port != 8787) == ("127.0.0.1", True)
+    assert not [w for w in caught if "8787" in str(w.message)]
 
 
 @pytest.fixture(scope="module")
@@ -128,8 +139,12 @@ def test_gpu_plan_pins_one_device_per_worker() -> None:
 
     from flows.dask_cluster import ClusterPlan, start_local_cluster
 
-    cluster = start_local_cluster(ClusterPlan(n_workers=2, threads_per_worker=1, gpus=(0, 1)))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plan = ClusterPlan(n_workers=2, threads_per_worker=1, gpus=(0, 1))
+        cluster = start_local_cluster(plan)
     try:
+        _assert_no_dashboard(cluster, caught)
         with Client(cluster) as client:
             client.wait_for_workers(2, timeout=120)
             seen = client.run(lambda: os.environ.get("CUDA_VISIBLE_DEVICES"))
