@@ -89,6 +89,46 @@ def test_batch_on_local_cluster_matches_single_process(
     _assert_same(tmp_path / "out", reference)
 
 
+def test_cli_batch_with_dask_address_runs_on_that_scheduler(
+    prefect_harness: None,
+    cluster_client,
+    tiny_model: Path,
+    slides_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`wsi-segment batch --dask-address` sends the chunks to that (running) scheduler."""
+    from distributed import get_task_stream
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    from flows.cli import main
+
+    address = cluster_client.scheduler.address
+    out = tmp_path / "out"
+    args = ["batch", str(slides_dir / "synth-b.tif"), "--out", str(out), "--model", str(tiny_model)]
+    with get_task_stream(client=cluster_client) as stream:
+        code = main([*args, "--dask-address", address, "--workers", "3", "--concurrency", "1"])
+    assert code == 0
+    assert "| done |" in capsys.readouterr().out
+    assert (out / "synth-b" / "summary.json").is_file()
+    assert any(str(task["key"]).startswith("chunk-") for task in stream.data)
+    # the scheduler is still running after the CLI's client left
+    assert len(cluster_client.scheduler_info()["workers"]) == 2
+    # what the flow run recorded, as Prefect's API reports it
+    with get_client(sync_client=True) as client:
+        (run,) = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["segment-batch"])),
+            sort=FlowRunSort.EXPECTED_START_TIME_DESC,
+            limit=1,
+        )
+    assert run.state.is_completed()
+    params = run.parameters
+    assert params["input"] == str(slides_dir / "synth-b.tif") and params["out"] == str(out)
+    assert (params["dask_address"], params["workers"], params["concurrency"]) == (address, 3, 1)
+
+
 @pytest.mark.slow  # a killed worker is restarted by its nanny: another torch import and model load
 def test_worker_killed_mid_run_still_gives_identical_outputs(
     prefect_harness: None,
