@@ -279,17 +279,38 @@ def read_chunks(p: Planned, limit_tiles: int | None = None) -> tuple[np.ndarray,
     m = p.grid.margin
     out = []
     t0, c0 = time.perf_counter(), time.process_time()
-    n = 0
+    boxes = []
     for spec in p.specs:
         x0, y0, x1, y1 = spec.core_box
-        box = tiles_read_box(spec.tiles, p.grid) or (x0 - m, y0 - m, x1 + m, y1 + m)
-        image = read_model_box(p.slide, box, p.level0_per_model, p.read_level)
+        boxes.append(tiles_read_box(spec.tiles, p.grid) or (x0 - m, y0 - m, x1 + m, y1 + m))
+    reader = _tile_reuse_reader(p, boxes)  # as the pipeline's prefetcher reads (if available)
+    n = 0
+    for spec, box in zip(p.specs, boxes, strict=True):
+        image = read_model_box(p.slide, box, p.level0_per_model, p.read_level, **reader)
         out.append(cut_tiles(image, (box[0], box[1]), list(spec.tiles), p.grid))
         n += len(spec.tiles)
         if limit_tiles and n >= limit_tiles:
             break
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     return np.concatenate(out), wall, cpu
+
+
+def _tile_reuse_reader(p: Planned, boxes: list) -> dict:
+    """`reader=` for read_model_box that decodes each storage tile once, as SlideJob.read
+    with the prefetcher's TileReuse does; {} on a tree without wsi.tile_reuse."""
+    try:
+        from wsi.region_reader import level_read_box
+        from wsi.tile_reuse import TileReuse, supports_reuse
+    except ImportError:
+        return {}
+    level, slide = p.read_level, p.slide
+    tile = slide.storage_tile_size(level)
+    if not supports_reuse(slide, level, tile):
+        return {}
+    ds = float(slide.level_downsamples[level])
+    planned = [level_read_box(b, p.level0_per_model, ds) for b in boxes]
+    reuse = TileReuse(level, slide.level_dimensions[level], ds, tile, planned)
+    return {"reader": lambda lx, ly, w, h: reuse.read(slide, lx, ly, w, h)}
 
 
 def bare_model(

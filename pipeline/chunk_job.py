@@ -28,8 +28,9 @@ from pipeline.chunk_inference import (
 from pipeline.model_handle import ModelHandle
 from pipeline.polygons import label_block_polygons
 from wsi.errors import SlideError
-from wsi.region_reader import read_model_box
+from wsi.region_reader import level_read_box, read_model_box
 from wsi.slide import open_slide
+from wsi.tile_reuse import TileReuse, supports_reuse
 from wsi.tiling import ChunkSpec, TileGrid
 
 
@@ -117,18 +118,48 @@ class SlideJob:
         rows = np.minimum(((np.arange(y0, y1) + 0.5) * scale).astype(np.int64), h - 1)
         return self.tissue_mask[np.ix_(rows, cols)]
 
-    def read(self, spec: ChunkSpec) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-        """The model-space image of a chunk's tissue tiles (plus margin) and its box."""
+    def read_box(self, spec: ChunkSpec) -> tuple[int, int, int, int]:
+        """Model-space box a chunk reads: its tissue tiles' bounding box plus the margin."""
         grid = self.grid
         x0, y0, x1, y1 = spec.core_box
-        read_box = tiles_read_box(spec.tiles, grid) or (
+        return tiles_read_box(spec.tiles, grid) or (
             x0 - grid.margin,
             y0 - grid.margin,
             x1 + grid.margin,
             y1 + grid.margin,
         )
+
+    def plan_tile_reuse(self, specs: list[ChunkSpec]) -> TileReuse | None:
+        """A storage-tile reuser for reading these chunks in this process (None: not
+        possible for this slide level, e.g. untiled storage or a non-integer downsample)."""
+        slide = self._slide()
+        level = self.read_level
+        tile = slide.storage_tile_size(level)
+        if not supports_reuse(slide, level, tile):
+            return None
+        ds = float(slide.level_downsamples[level])
+        planned = [level_read_box(self.read_box(s), self.level0_per_model, ds) for s in specs]
+        return TileReuse(level, slide.level_dimensions[level], ds, tile, planned)
+
+    def read(
+        self, spec: ChunkSpec, reuse: TileReuse | None = None
+    ) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+        """The model-space image of a chunk's tissue tiles (plus margin) and its box.
+
+        `reuse` serves storage tiles that an earlier chunk already decoded (same pixels).
+        """
+        read_box = self.read_box(spec)
+        slide = self._slide()
+        reader = None
+        if reuse is not None and reuse.level == self.read_level:
+
+            def reader(lx: int, ly: int, w: int, h: int) -> np.ndarray:
+                return reuse.read(slide, lx, ly, w, h)
+
         try:
-            image = read_model_box(self._slide(), read_box, self.level0_per_model, self.read_level)
+            image = read_model_box(
+                slide, read_box, self.level0_per_model, self.read_level, reader=reader
+            )
         except SlideError:
             raise
         except Exception as exc:  # decoder errors inside a region of a corrupt slide
@@ -191,6 +222,8 @@ class ChunkPrefetcher:
         self._bytes = 0
         self._stop = False
         self.read_s = 0.0  # thread CPU seconds spent reading (for the summary)
+        self.tile_reuse: TileReuse | None = None  # planned by the reader thread, first thing
+        self._planned = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="chunk-prefetch", daemon=True)
         self._thread.start()
 
@@ -199,6 +232,12 @@ class ChunkPrefetcher:
 
         t0 = time.thread_time()
         try:
+            try:
+                self.tile_reuse = self._job.plan_tile_reuse(self._specs)
+            except Exception:  # reading still works without reuse; errors surface on read
+                self.tile_reuse = None
+            finally:
+                self._planned.set()
             for spec in self._specs:
                 key = (spec.row, spec.col)
                 with self._cond:
@@ -210,7 +249,7 @@ class ChunkPrefetcher:
                         continue
                     self._state[key] = "reading"
                 try:
-                    result = self._job.read(spec)
+                    result = self._job.read(spec, self.tile_reuse)
                 except BaseException:
                     with self._cond:
                         del self._state[key]  # its runner reads it and reports the error
@@ -239,6 +278,11 @@ class ChunkPrefetcher:
                 return result
             self._state[key] = "taken"
             return None
+
+    def read_here(self, spec: ChunkSpec) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+        """Read a chunk the caller claimed with `take`, sharing the decoded storage tiles."""
+        self._planned.wait()
+        return self._job.read(spec, self.tile_reuse)
 
     def close(self) -> None:
         """Stop reading and drop what was not taken (waits for the current read)."""

@@ -51,7 +51,8 @@ def run_chunk(job: SlideJob, spec: ChunkSpec) -> ChunkOutcome:
 
 def run_chunk_prefetched(job: SlideJob, spec: ChunkSpec, prefetch: ChunkPrefetcher) -> ChunkOutcome:
     """Local entry point: the chunk's image from the prefetcher when it already read it."""
-    return job.run(spec, prefetch.take(spec))
+    read = prefetch.take(spec)
+    return job.run(spec, read if read is not None else prefetch.read_here(spec))
 
 
 def run_chunks(

@@ -11,6 +11,7 @@ independent of chunking.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
@@ -37,32 +38,63 @@ def choose_level(level_downsamples: tuple[float, ...], level0_per_model: float) 
     return best
 
 
+def _same_pixels(level0_per_model: float, downsample: float) -> bool:
+    """Model pixels are exactly the level's pixels: read them without resampling."""
+    return abs(level0_per_model - downsample) < 1e-9 and float(downsample).is_integer()
+
+
+LevelReader = Callable[[int, int, int, int], np.ndarray]  # (lx, ly, w, h) -> RGB level px
+
+
+def level_read_box(
+    box_model: tuple[int, int, int, int], level0_per_model: float, downsample: float
+) -> tuple[int, int, int, int]:
+    """The level-pixel box (x0, y0, x1, y1) `read_model_box` reads for a model-space box:
+    the box itself when model and level pixels coincide, else scaled plus the filter margin."""
+    x0, y0, x1, y1 = box_model
+    ds = float(downsample)
+    if _same_pixels(level0_per_model, ds):
+        return int(x0), int(y0), int(x1), int(y1)
+    scale = level0_per_model / ds  # level pixels per model pixel (>= 1 by level choice)
+    margin = math.ceil(scale) + 2  # filter support of an antialiased bilinear reduction
+    return (
+        math.floor(x0 * scale) - margin,
+        math.floor(y0 * scale) - margin,
+        math.ceil(x1 * scale) + margin,
+        math.ceil(y1 * scale) + margin,
+    )
+
+
 def read_model_box(
     slide: RegionSource,
     box_model: tuple[int, int, int, int],
     level0_per_model: float,
     level: int | None = None,
+    reader: LevelReader | None = None,
 ) -> np.ndarray:
     """Return the RGB uint8 image (h, w, 3) of model-space box (x0, y0, x1, y1).
 
     `level0_per_model` = model_mpp / slide_mpp (level-0 pixels per model pixel).
-    Pixels outside the slide come back white (the slide reader guarantees it).
+    Pixels outside the slide come back white (the slide reader guarantees it). `reader`
+    replaces the direct level read (e.g. `wsi.tile_reuse.TileReuse`); same pixels.
     """
     x0, y0, x1, y1 = box_model
     width, height = x1 - x0, y1 - y0
     if level is None:
         level = choose_level(slide.level_downsamples, level0_per_model)
     ds = float(slide.level_downsamples[level])
-    if abs(level0_per_model - ds) < 1e-9 and float(ds).is_integer():
-        # Exact integer correspondence: model pixels are level pixels, no resampling.
-        return _read_level(slide, level, ds, int(x0), int(y0), width, height)
-    scale = level0_per_model / ds  # level pixels per model pixel (>= 1 by level choice)
-    margin = math.ceil(scale) + 2  # filter support of an antialiased bilinear reduction
+    ix0, iy0, ix1, iy1 = level_read_box(box_model, level0_per_model, ds)
+    if reader is None:
+
+        def reader(lx: int, ly: int, w: int, h: int) -> np.ndarray:
+            return _read_level(slide, level, ds, lx, ly, w, h)
+
+    src = reader(ix0, iy0, ix1 - ix0, iy1 - iy0)
+    if _same_pixels(level0_per_model, ds):
+        return src  # exact integer correspondence: model pixels are level pixels
+    scale = level0_per_model / ds
     sx0, sy0 = x0 * scale, y0 * scale
     sx1, sy1 = x1 * scale, y1 * scale
-    ix0, iy0 = math.floor(sx0) - margin, math.floor(sy0) - margin
-    ix1, iy1 = math.ceil(sx1) + margin, math.ceil(sy1) + margin
-    src = _read_level(slide, level, ds, ix0, iy0, ix1 - ix0, iy1 - iy0)
     image = Image.fromarray(src)
     out = image.resize(
         (width, height),

@@ -53,3 +53,53 @@ def test_fast_read_backend_reads_the_same_pixels():
     box = (100, 200, 612, 584)  # model space at 2 level-0 px per model px
     np.testing.assert_array_equal(read_model_box(fast, box, 2.0), read_model_box(slide, box, 2.0))
     assert fast_read_backend(fast) is None  # already tiffslide
+
+
+@pytest.mark.parametrize("model_mpp", [0.499, 1.0])  # exact level pixels; resampled 2.004x
+def test_chunk_reads_share_storage_tiles_with_the_same_pixels(model_mpp):
+    """Every chunk of a real plan reads the same image with storage-tile reuse as without,
+    through the prefetcher and through a runner thread that claimed its chunk first."""
+    from pipeline.chunk_job import ChunkPrefetcher, SlideJob
+    from tests.conftest import CMU_SLIDE
+    from wsi.tiling import plan_chunks
+
+    slide = open_slide(CMU_SLIDE, backend="tiffslide")
+    grid = TileGrid(tile=224, overlap=32, downsample=4)
+    plan = plan_chunks(slide, 0.499, model_mpp, grid, 2, None)
+    job = SlideJob(
+        slide_path=str(CMU_SLIDE),
+        backend="tiffslide",
+        mpp_override=None,
+        level0_per_model=plan.level0_per_model,
+        read_level=plan.read_level,
+        grid=grid,
+        n_classes=4,
+        batch_size=8,
+        gate=True,
+        zarr_path="",
+        tissue_mask=np.ones((1, 1), bool),
+        tissue_downsample=1e9,
+        level0_per_output=plan.level0_per_model * grid.downsample,
+        model=None,  # reading only
+    )
+    specs = list(plan.specs)
+    assert len(specs) >= 4
+    reuse = job.plan_tile_reuse(specs)
+    assert reuse is not None
+    for spec in specs:
+        image, box = job.read(spec, reuse)
+        direct, direct_box = job.read(spec)
+        assert box == direct_box
+        np.testing.assert_array_equal(image, direct)
+    assert reuse.tiles_reused > 0 and reuse.cached_bytes == 0
+
+    prefetch = ChunkPrefetcher(job, specs)
+    claimed = prefetch.take(specs[-1])  # a runner gets there before the reader
+    try:
+        for spec in specs:
+            got = claimed if spec is specs[-1] else prefetch.take(spec)
+            image, _ = got if got is not None else prefetch.read_here(spec)
+            np.testing.assert_array_equal(image, job.read(spec)[0])
+    finally:
+        prefetch.close()
+    assert prefetch.tile_reuse is not None and prefetch.tile_reuse.tiles_reused > 0
