@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import py_compile
 import re
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,15 @@ def test_docker_compose_has_the_services() -> None:
         in services["prefect-server"]["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"]
     )
     assert services["prefect-worker"]["environment"]["PREFECT_API_URL"].endswith("/api")
+    # the server runs our image (pyproject's fastapi/sqlalchemy pins), not prefecthq/prefect
+    server = services["prefect-server"]
+    assert server["image"] == services["prefect-worker"]["image"] == "wsi-segment:latest"
+    assert server["build"]["dockerfile"] == "deploy/Dockerfile"
+    assert server["command"].startswith("prefect server start")
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    assert re.search(r'pip install "\.(\[[a-z,]+\])?"', dockerfile)  # the project, deps pinned
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert {"fastapi<0.151", "sqlalchemy<2.1"} <= set(pyproject["project"]["dependencies"])
     for name in ("dask-worker-gpu0", "dask-worker-gpu1"):
         worker = services[name]
         assert "tcp://dask-scheduler:8786" in worker["command"]
