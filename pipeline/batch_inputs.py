@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.output_names import check_output_name, default_output_name
 from wsi.errors import ConfigError, DatasetError
 
 # File suffixes taken as slides when the input is a folder (lower case, compared case-free).
@@ -37,9 +38,6 @@ PATH_COLUMNS: tuple[str, ...] = ("slide", "slide_path", "path")
 MPP_COLUMNS: tuple[str, ...] = ("mpp",)
 NAME_COLUMNS: tuple[str, ...] = ("name", "output_name", "output")
 _GLOB_CHARS = re.compile(r"[*?\[]")
-# An output name is one folder name: no separators (so no "../x" or "a/b"), no NUL, and
-# no ':' (a drive prefix on Windows).
-_FORBIDDEN_NAME_CHARS = ("/", "\\", "\0", ":")
 
 
 @dataclass(frozen=True)
@@ -49,27 +47,6 @@ class BatchItem:
     slide: Path
     mpp: float | None
     name: str
-
-
-def default_output_name(path: str | Path) -> str:
-    """The output folder name of a slide: its file stem, as `pipeline.segment` names it."""
-    return Path(str(path).rstrip("/")).stem
-
-
-def check_output_name(name: str, source: str) -> str:
-    """Refuse names that are empty, hidden, contain a path, or would leave the output folder."""
-    cleaned = name.strip()
-    if (
-        not cleaned
-        or cleaned.startswith(".")
-        or any(ch in cleaned for ch in _FORBIDDEN_NAME_CHARS)
-        or Path(cleaned).is_absolute()
-    ):
-        raise ConfigError(
-            f"{source}: output name {name!r} is not a plain folder name; give a name with no "
-            "'/', '\\' or leading '.', so outputs stay inside the output folder"
-        )
-    return cleaned
 
 
 def _parse_mpp(value: str, source: str) -> float | None:

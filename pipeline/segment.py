@@ -33,6 +33,7 @@ from pipeline.fingerprint import model_sha256, run_fingerprint
 from pipeline.model_handle import ModelHandle, load_for_process
 from pipeline.ome_zarr import create_probability_store
 from pipeline.output_dir import OutputDir, output_error, read_previous_summary
+from pipeline.output_names import slide_output_name
 from pipeline.params import SegmentParams
 from pipeline.progress import NullProgress, Progress
 from wsi.errors import ModelError, OutputError, WsiSegmentError
@@ -148,6 +149,7 @@ def prepare(
     """
     t0 = time.perf_counter()
     slide_path = str(slide_path)
+    name = slide_output_name(slide_path, params.output_name)
     model_dir = resolve_model_dir(params)
     if not model_dir.is_dir():
         raise ModelError(
@@ -157,11 +159,14 @@ def prepare(
     slide = open_slide(slide_path, backend=params.backend, mpp=params.mpp)
     mpp = slide.require_mpp()
     with gc_paused():
-        return _prepare_opened(slide_path, out_root, params, prefetch, model_dir, slide, mpp, t0)
+        return _prepare_opened(
+            slide_path, name, out_root, params, prefetch, model_dir, slide, mpp, t0
+        )
 
 
 def _prepare_opened(
     slide_path: str,
+    name: str,
     out_root: str | Path,
     params: SegmentParams,
     prefetch: bool,
@@ -179,7 +184,6 @@ def _prepare_opened(
     )
     prefetcher: ChunkPrefetcher | None = None
     try:
-        name = params.output_name or Path(slide_path.rstrip("/")).stem
         t1 = time.perf_counter()
         tissue = detect_tissue(slide)
         geometry = model_geometry(model_dir)

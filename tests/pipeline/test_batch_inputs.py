@@ -6,12 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.batch_inputs import (
-    BatchItem,
-    check_output_name,
-    default_output_name,
-    parse_batch_input,
-)
+from pipeline.batch_inputs import BatchItem, parse_batch_input
+from pipeline.output_names import check_output_name, default_output_name
 from wsi.errors import ConfigError, DatasetError
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.batch_inputs import check_output_name, parse_batch_input, read_manifest
+from pipeline.batch_inputs import parse_batch_input, read_manifest
+from pipeline.output_names import check_output_name
 from tests.conftest import CMU_SLIDE, DATA_DIR
 from tests.reliability.conftest import assert_clean_error, assert_nothing_written, run_cli_inprocess
 from wsi.errors import ConfigError, DatasetError, WsiSegmentError

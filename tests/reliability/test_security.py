@@ -1,16 +1,23 @@
 """Untrusted strings (file names, class names from model.json) never break the outputs:
 GeoJSON, summary.json and the zarr attributes are written by a JSON serializer, so quotes,
-newlines, backslashes, braces and non-ASCII text round-trip exactly."""
+newlines, backslashes, braces and non-ASCII text round-trip exactly. A slide whose name
+would make its output folder anything but one folder inside --out is refused."""
 
 from __future__ import annotations
 
 import json
 import shutil
 
+import pytest
 import zarr
 
 from tests.conftest import CMU_SLIDE
-from tests.reliability.conftest import assert_complete_output, run_cli_inprocess
+from tests.reliability.conftest import (
+    assert_clean_error,
+    assert_complete_output,
+    assert_nothing_written,
+    run_cli_inprocess,
+)
 
 NASTY_STEM = "slide \"quoted\" 'single' \\back\\ }{],\nnewline\ttab ü 東京 <script>"
 NASTY_CLASSES = ['T"E', "NE\nC", "LYM ü 東京", '</TAS>\\"}']
@@ -61,3 +68,36 @@ def test_nasty_file_and_class_names_round_trip(tiny_model_dir, tmp_path, capsys)
 
     attrs = zarr.open_group(str(out_dir / "probabilities.ome.zarr"), mode="r").attrs.asdict()
     assert [c["label"] for c in attrs["omero"]["channels"]] == NASTY_CLASSES
+
+
+@pytest.mark.parametrize(
+    ("file_name", "folder_name"),
+    [("..tif", "."), ("...tif", ".."), (".hidden.tif", ".hidden")],
+)
+def test_slide_names_that_are_not_a_folder_inside_out_are_refused(
+    file_name, folder_name, cmu_crop, tiny_model_dir, tmp_path, capsys
+):
+    # `..tif` has the stem '.': its outputs would have replaced --out itself (with
+    # --overwrite, everything already in it); `...tif` the stem '..', the folder above.
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    slide = slides / file_name
+    shutil.copy(cmu_crop, slide)
+    out = tmp_path / "out"
+    args = [slide, "--model", tiny_model_dir, "--out", out, "--mpp", "0.5", "--quiet"]
+    result = run_cli_inprocess([*args, "--overwrite"], capsys)
+    text = assert_clean_error(result, str(slide), repr(folder_name), "rename the slide file")
+    assert "'name' column" in text
+    assert_nothing_written(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["slides"]
+    assert sorted(p.name for p in slides.iterdir()) == [file_name]
+
+
+def test_a_url_ending_in_dotdot_is_refused_before_it_is_read(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    url = "http://127.0.0.1:9/slides/case-1.svs/.."  # port 9: nothing listens, nothing read
+    args = [url, "--model", tiny_model_dir, "--out", out, "--mpp", "0.5", "--quiet"]
+    result = run_cli_inprocess(args, capsys)
+    assert_clean_error(result, url, "'..'", "point the URL at the slide file")
+    assert_nothing_written(out)
+    assert [p.name for p in tmp_path.iterdir()] == []
