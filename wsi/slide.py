@@ -237,7 +237,8 @@ class Slide:
             hint = (
                 "check that the file is still there and readable"
                 if isinstance(exc, OSError)
-                else "the file may be truncated or corrupt"
+                else "the file may be truncated or corrupt; copy it again from its source "
+                "or re-export it from the scanner software"
             )
             raise SlideError(f"{self.path}: cannot read {where} ({cause}); {hint}") from exc
         return _to_white_rgb(arr, inside)
@@ -347,10 +348,14 @@ def open_slide(
     else:
         p = Path(path)
         if not p.exists():
-            raise SlideError(f"{path}: no such file")
+            raise SlideError(
+                f"{path}: no such file; check the path (give a slide file, or a URL such as "
+                "s3://bucket/slide.svs)"
+            )
         if p.is_dir():
             raise SlideError(
-                f"{path}: is a directory, not a slide (for MRXS pass the .mrxs file next to it)"
+                f"{path}: is a directory, not a slide; pass the slide file itself (for MRXS, "
+                "the .mrxs file next to this folder)"
             )
         if not p.is_file():  # a FIFO would block the readers forever
             raise SlideError(
@@ -373,7 +378,12 @@ def open_slide(
             reasons.append(f"{name}: no image levels")
             continue
         return Slide(path, name, meta, mpp)
-    raise SlideError(
-        f"{path}: not a readable slide ({'; '.join(reasons)}). It may be truncated, corrupt or "
-        "of an unsupported format"
+    fix = (
+        "check the URL, that it can be reached and any credentials it needs (for s3://, "
+        "the AWS credentials); else the file may be truncated, corrupt or of an unsupported "
+        "format"
+        if _is_url(path)
+        else "it may be truncated, corrupt or of an unsupported format; copy it again from "
+        "its source, or convert it to a pyramidal TIFF / OME-TIFF"
     )
+    raise SlideError(f"{path}: not a readable slide ({'; '.join(reasons)}); {fix}")

@@ -30,19 +30,21 @@ from tests.reliability.conftest import (
 # middle of the tile data, the directory itself, its tile-offset array (tifffile then
 # reads the slide as black without an error: fixed in wsi/backends.py) and its JPEG tables.
 TRUNCATIONS = (0, 8, 1000, 700_000, 1_275_960, 1_276_500, 1_277_000, 1_277_950)
-NOT_A_SLIDE_FIX = "truncated, corrupt or of an unsupported format"
+# Each error names what is wrong and what to do about it.
+NOT_A_SLIDE_FIX = ("truncated, corrupt or of an unsupported format", "copy it again")
+DAMAGED_FIX = ("truncated or corrupt", "copy it again from its source", "re-export")
 
 
 @pytest.fixture(scope="module")
 def bad_slides(tmp_path_factory, cmu_bytes) -> dict[str, tuple]:
-    """name -> (path, words the error must contain)."""
+    """name -> (path, words the error must contain: the problem and the fix)."""
     d = tmp_path_factory.mktemp("bad")
     (d / "empty.svs").write_bytes(b"")
     (d / "text.svs").write_text("this is not a slide\n" * 50)
     (d / "folder.svs").mkdir()
     cases = {
-        "missing": (d / "missing.svs", "no such file"),
-        "directory": (d / "folder.svs", "is a directory"),
+        "missing": (d / "missing.svs", ("no such file", "check the path", "a slide file")),
+        "directory": (d / "folder.svs", ("is a directory", "pass the slide file itself")),
         "empty": (d / "empty.svs", NOT_A_SLIDE_FIX),
         "text": (d / "text.svs", NOT_A_SLIDE_FIX),
         "broken": (DATA_DIR / "broken.svs", NOT_A_SLIDE_FIX),
@@ -51,7 +53,7 @@ def bad_slides(tmp_path_factory, cmu_bytes) -> dict[str, tuple]:
         path = d / f"cmu_cut_{off}.svs"
         path.write_bytes(cmu_bytes[:off])
         # cut inside the JPEG tables: opens, then the first read fails
-        fix = "truncated or corrupt" if off == 1_277_950 else NOT_A_SLIDE_FIX
+        fix = DAMAGED_FIX if off == 1_277_950 else NOT_A_SLIDE_FIX
         cases[f"cut_{off}"] = (path, fix)
     return cases
 
@@ -65,7 +67,7 @@ def test_all_bad_slides_in_one_real_cli_run(bad_slides, tiny_model_dir, tmp_path
     assert_clean_error(result, count=len(paths))  # exit 1: some slides failed
     lines = result.error_lines
     for (path, fix), line in zip(bad_slides.values(), lines, strict=True):
-        assert path.name in line and fix in line, line
+        assert path.name in line and all(words in line for words in fix), line
     assert "small.svs: done" in result.stdout
     assert_complete_output(out / "small")
     assert leftovers(out) == ["small"]
@@ -79,7 +81,7 @@ def test_bad_slide(case, bad_slides, tiny_model_dir, tmp_path, capsys):
     path, fix = bad_slides[case]
     out = tmp_path / "out"
     result = run_cli_inprocess([path, "--model", tiny_model_dir, "--out", out, "--quiet"], capsys)
-    assert_clean_error(result, path.name, fix)
+    assert_clean_error(result, path.name, *fix)
     assert_nothing_written(out)
 
 
@@ -163,7 +165,7 @@ def test_corrupt_tile_in_the_middle_names_the_region(cmu_bytes, tiny_model_dir, 
     out = tmp_path / "out"
     args = [path, "--model", tiny_model_dir, "--out", out, "--quiet", "--mpp", "0.1"]
     result = run_cli_inprocess(args, capsys)
-    text = assert_clean_error(result, path.name, "region", "corrupt")
+    text = assert_clean_error(result, path.name, "region", *DAMAGED_FIX)
     # the region named (level-0 location and size) contains the damaged tile
     import re
 
@@ -184,7 +186,7 @@ def test_corrupt_tile_in_the_middle_names_the_region(cmu_bytes, tiny_model_dir, 
 def test_unreachable_urls(url, tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "out"
     result = run_cli_inprocess([url, "--model", tiny_model_dir, "--out", out, "--quiet"], capsys)
-    assert_clean_error(result, url)
+    assert_clean_error(result, url, "check the URL", "credentials")
     assert_nothing_written(out)
 
 
@@ -201,7 +203,7 @@ def test_special_files_are_refused_not_read(kind, tiny_model_dir, tmp_path, caps
         path.symlink_to("/dev/zero")
     out = tmp_path / "out"
     result = run_cli_inprocess([path, "--model", tiny_model_dir, "--out", out, "--quiet"], capsys)
-    assert_clean_error(result, "not a regular file")
+    assert_clean_error(result, "not a regular file", "pass the slide file")
     assert_nothing_written(out)
 
 
@@ -255,7 +257,7 @@ def test_damaged_tile_hit_mid_run_by_a_chunk(
     out = tmp_path / "out"
     args = [path, "--model", tiny_model_dir, "--out", out, "--mpp", "0.25", "--quiet"]
     result = run_cli_inprocess([*args, "--threads", "2"], capsys)
-    assert_clean_error(result, path.name, "cannot read region", "at level 3", "corrupt")
+    assert_clean_error(result, path.name, "cannot read region", "at level 3", *DAMAGED_FIX)
     time.sleep(1.0)  # a straggling chunk thread would have written by now
     assert_nothing_written(out)
 
