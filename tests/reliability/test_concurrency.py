@@ -15,7 +15,6 @@ from tests.reliability.conftest import (
     REPO,
     assert_clean_error,
     assert_complete_output,
-    assert_nothing_written,
     cli_env,
     leftovers,
     run_cli_inprocess,
@@ -33,12 +32,14 @@ def test_second_run_refuses_while_the_first_holds_the_lock(
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # "the first run"
         result = run_cli_inprocess(args, capsys)
         assert_clean_error(result, cmu_crop.stem, "another wsi-segment run", "--out")
-        assert_nothing_written(out)
+        # nothing of its own, and the first run's lock file is left alone (still held)
+        assert leftovers(out) == [f".{cmu_crop.stem}.lock"]
     finally:
-        os.close(fd)
+        os.close(fd)  # the first run dies without cleaning up, as a killed run does
     result = run_cli_inprocess(args, capsys)  # the first run is gone: this one works
     assert result.code == 0, result.stderr
     assert_complete_output(out / cmu_crop.stem)
+    assert leftovers(out) == [cmu_crop.stem]  # and takes the stale lock file away
 
 
 @pytest.mark.slow
