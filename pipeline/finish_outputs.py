@@ -181,6 +181,7 @@ def _summary(
             "chunks": len(prep.specs),
             "tiles": tiles,
             "redundant_fraction": 1.0 - (grid.stride / grid.tile) ** 2,
+            **getattr(prep, "read_stats", {}),
         },
         "tissue": {
             "area_um2": tissue_um2,

@@ -86,6 +86,8 @@ class PreparedSlide:
     prefetch: ChunkPrefetcher | None = None
     # Local runs: the overlay's thumbnail, read on the core the model load leaves free.
     overlay_thumb: Background | None = None
+    # Local runs: storage tiles decoded / served again from memory (wsi.tile_reuse).
+    read_stats: dict[str, int] = field(default_factory=dict)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -320,6 +322,12 @@ def infer(
         progress.close()
         if prep.prefetch is not None:
             prep.timings["prefetch_read_cpu_s"] = prep.prefetch.read_s
+            reuse = prep.prefetch.tile_reuse
+            if reuse is not None:
+                prep.read_stats = {
+                    "storage_tiles_decoded": reuse.tiles_decoded,
+                    "storage_tiles_reused": reuse.tiles_reused,
+                }
         prep.close_prefetch()
     prep.timings["inference_s"] = time.perf_counter() - t0
     return outcomes
