@@ -1,8 +1,10 @@
 """Where and in which precision the networks run.
 
-On CPUs with AMX or AVX512-BF16, bf16 autocast plus channels_last is ~3x faster than fp32
-for DeepLabV3+ (measured: 16 -> 50 tiles/s at 224 px on this project's 2-core AMX machine)
-at a small accuracy cost (see docs/models.md); elsewhere the CPU runs fp32. On CUDA,
+On CPUs with AMX, bf16 autocast plus channels_last is ~3x faster than fp32 for DeepLabV3+
+(measured: 16 -> 50 tiles/s at 224 px on this project's 2-core AMX machine) at a small
+accuracy cost (see docs/models.md). AVX512-BF16 alone is not enough: on such a CPU (no AMX)
+the demo model ran 0.72-0.78x as fast in bf16 as in fp32 (benchmarks/RESULTS.md, precision),
+so there, as everywhere else, the CPU runs fp32. On CUDA,
 bf16 where supported, else fp16. `force_fp32` turns all of it off.
 """
 
@@ -17,7 +19,7 @@ import torch
 
 from wsi.errors import ConfigError
 
-_BF16_CPU_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
+_BF16_CPU_FLAGS = frozenset({"amx_bf16"})  # avx512_bf16 alone measured slower than fp32
 
 
 def pick_device(requested: str | torch.device = "auto") -> torch.device:
@@ -55,9 +57,9 @@ def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str]:
     return frozenset()
 
 
-def cpu_supports_bf16() -> bool:
-    """True when the CPU has native bf16 matrix maths (AMX-BF16 or AVX512-BF16)."""
-    return bool(cpu_flags() & _BF16_CPU_FLAGS)
+def cpu_supports_bf16(flags: frozenset[str] | None = None) -> bool:
+    """True when bf16 is worth it on this CPU: AMX-BF16 tiles (`flags`: default this CPU's)."""
+    return bool((cpu_flags() if flags is None else flags) & _BF16_CPU_FLAGS)
 
 
 def precision_for(device: torch.device | str, force_fp32: bool = False) -> torch.dtype | None:

@@ -93,3 +93,10 @@ def test_cpu_flags_parse(tmp_path: Path) -> None:
     info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f amx_bf16 amx_tile\n")
     assert {"amx_bf16", "sse2"} <= cpu_flags(str(info))
     assert cpu_flags(str(tmp_path / "missing")) == frozenset()
+
+
+def test_bf16_only_where_amx_makes_it_pay() -> None:
+    """AVX512-BF16 without AMX ran slower in bf16 than fp32 (benchmarks/RESULTS.md)."""
+    assert cpu_supports_bf16(frozenset({"avx2", "amx_bf16", "amx_tile", "avx512_bf16"}))
+    assert not cpu_supports_bf16(frozenset({"avx2", "avx512f", "avx512_bf16"}))
+    assert not cpu_supports_bf16(frozenset())
