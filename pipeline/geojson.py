@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 import shapely
-from shapely.geometry import MultiPolygon, Polygon, mapping
+from shapely.geometry import MultiPolygon, Polygon
 from shapely.geometry.base import BaseGeometry
 
 from wsi.errors import ConfigError
@@ -60,15 +60,10 @@ def _geometry(geom: BaseGeometry, decimals: int | None) -> dict[str, Any]:
     out: BaseGeometry = parts[0] if len(parts) == 1 else MultiPolygon(parts)
     if decimals is not None:
         out = shapely.transform(out, lambda xy: np.round(xy, decimals))
-    gj = mapping(out)
-    return {"type": gj["type"], "coordinates": _lists(gj["coordinates"])}
-
-
-def _lists(coords: Any) -> Any:
-    """Tuples -> lists and numpy floats -> float, so the dict equals its JSON round trip."""
-    if isinstance(coords, (tuple, list)):
-        return [_lists(c) for c in coords]
-    return float(coords)
+    # GEOS's GeoJSON writer (C, full double precision) parsed back by json: plain lists of
+    # floats that equal their JSON round trip, ~2x faster than shapely's Python `mapping`.
+    gj = json.loads(shapely.to_geojson(out))
+    return {"type": gj["type"], "coordinates": gj["coordinates"]}
 
 
 def make_feature(
@@ -140,7 +135,9 @@ def write_geojson(path: str | Path, fc: Mapping[str, Any]) -> Path:
     """Write compact UTF-8 JSON atomically (temp file + rename): never a half-written file."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
+    # json.dumps runs the C encoder (json.dump to a file does not): ~5x faster on big maps.
+    text = json.dumps(fc, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(fc, f, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+        f.write(text)
     os.replace(tmp, path)
     return path

@@ -66,8 +66,24 @@ def merge_class_polygons(
     keys = sorted(gathered)
     # One union per class; GEOS releases the GIL, so threads run the classes in parallel.
     with ThreadPoolExecutor(max_workers=max(1, min(len(keys), os.cpu_count() or 1))) as pool:
-        unions = pool.map(lambda k: _as_multipolygon(shapely.union_all(gathered[k])), keys)
+        unions = pool.map(lambda k: _as_multipolygon(_union_pixel_polygons(gathered[k])), keys)
         return dict(zip(keys, unions, strict=True))
+
+
+def _union_pixel_polygons(polys: list[Polygon]) -> BaseGeometry:
+    """Union of one class's block polygons.
+
+    Pixel polygons of disjoint blocks never overlap, and once every edge has a vertex at each
+    pixel corner (`_node_pixel_grid`) neighbours share identical vertices: a valid coverage,
+    which GEOS's coverage union dissolves ~2.4x faster than the general `union_all` (same
+    geometry, tested). Anything else, or a result that is not valid, takes `union_all`.
+    """
+    noded = _node_pixel_grid(polys)
+    if noded is not polys:
+        merged = shapely.coverage_union_all(noded)
+        if merged.is_valid:
+            return merged
+    return shapely.union_all(polys)
 
 
 def _drop_small(geom: BaseGeometry, min_area: float) -> MultiPolygon:
@@ -90,7 +106,7 @@ def _node_pixel_grid(geoms: list[BaseGeometry]) -> list[BaseGeometry]:
     result is rounded back to the grid, which is exact here. Off-grid input is left as is.
     """
     coords = shapely.get_coordinates(geoms)
-    if not np.array_equal(coords, np.rint(coords)):
+    if not len(coords) or not np.array_equal(coords, np.rint(coords)):
         return geoms
     return list(shapely.transform(shapely.segmentize(geoms, 1.0), np.rint))
 
@@ -118,6 +134,8 @@ def simplify_coverage(
         geoms = shapely.coverage_simplify(
             _node_pixel_grid(geoms), tolerance, simplify_boundary=simplify_boundary
         )
+    else:  # drop the collinear pixel-corner vertices the merge kept (same shapes)
+        geoms = list(shapely.simplify(geoms, 0.0))
     geoms = [_drop_small(g, min_area) for g in geoms]
     if not shapely.coverage_is_valid(geoms):  # guard: the simplifier or repair left an overlap
         geoms = _remove_overlaps(geoms, min_area)

@@ -183,3 +183,18 @@ def test_clip_to_slide_extent_keeps_coverage_inside_the_slide():
     assert total == pytest.approx(sum(g.area for g in clipped.values()))
     inside = MultiPolygon([box(0, 0, 3, 3)])
     assert clip_to_extent(inside, box(0, 0, 10, 10)).equals(inside)
+
+
+@pytest.mark.parametrize("block", [16, 37])
+def test_coverage_union_equals_general_union(block):
+    """The fast coverage union of pixel polygons gives the same shapes as `union_all`."""
+    labels = _blobs(90, 110, 9)
+    blocks = list(_blocks(labels, block))
+    merged = merge_class_polygons(blocks)
+    for cls, geom in merged.items():
+        general = shapely.union_all([p for b in blocks for p in b.get(cls, [])])
+        assert geom.is_valid and geom.symmetric_difference(general).area == 0
+    plain = simplify_coverage(merged, tolerance=0)  # collinear pixel-corner vertices dropped
+    for cls, geom in plain.items():
+        assert geom.equals(merged[cls])
+        assert len(shapely.get_coordinates(geom)) < len(shapely.get_coordinates(merged[cls]))
