@@ -205,7 +205,6 @@ def _summary(
             "chunks": len(prep.specs),
             "tiles": tiles,
             "redundant_fraction": 1.0 - (grid.stride / grid.tile) ** 2,
-            **getattr(prep, "read_stats", {}),
         },
         "tissue": {
             "area_um2": tissue_um2,
@@ -214,5 +213,7 @@ def _summary(
         },
         "classes": areas,
         "timings_s": dict(prep.timings),
+        # Run statistics like the timings (local runs only; thread interleaving moves them).
+        "read_stats": dict(getattr(prep, "read_stats", {})),
         "versions": software_versions(),
     }

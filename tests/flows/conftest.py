@@ -111,7 +111,7 @@ def stable_summary(folder: Path) -> dict:
     import json
 
     summary = json.loads((folder / "summary.json").read_text())
-    for key in ("timings_s", "created_utc", "command", "versions", "software"):
+    for key in ("timings_s", "read_stats", "created_utc", "command", "versions", "software"):
         summary.pop(key, None)
     summary.get("parameters", {}).pop("threads", None)
     return summary

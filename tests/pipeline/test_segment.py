@@ -101,9 +101,9 @@ def test_areas_agree_between_summary_zarr_and_polygons(cmu_run):
     assert sum(c["fraction_of_tissue"] for c in summary["classes"].values()) == pytest.approx(1.0)
     assert summary["model"]["sha256"] and summary["versions"]["torch"]
     # Local runs decode each 240 px storage tile of the CMU slide once (wsi.tile_reuse).
-    tiling = summary["tiling"]
-    assert tiling["storage_tiles_reused"] > 0
-    assert tiling["storage_tiles_decoded"] <= math.ceil(2220 / 240) * math.ceil(2967 / 240)
+    reads = summary["read_stats"]
+    assert reads["storage_tiles_reused"] > 0
+    assert reads["storage_tiles_decoded"] <= math.ceil(2220 / 240) * math.ceil(2967 / 240)
     assert summary["model"]["name"] == "demo-synthetic-luad-resnet10t"
     # The demo model finds more than one tissue class on this real H&E region.
     assert sum(c["fraction_of_tissue"] > 0.05 for c in summary["classes"].values()) >= 2
