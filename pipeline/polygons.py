@@ -11,6 +11,7 @@ classes stay edge-to-edge instead of opening gaps or overlapping as per-polygon 
 from __future__ import annotations
 
 import os
+import warnings
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -19,11 +20,17 @@ import numpy as np
 import rasterio.features
 import shapely
 from affine import Affine
+from rasterio.errors import NotGeoreferencedWarning
 from shapely.affinity import affine_transform
 from shapely.geometry import MultiPolygon, Polygon, shape
 from shapely.geometry.base import BaseGeometry
 
 from wsi.errors import ConfigError
+
+# Label rasters are pixel grids, never georeferenced: rasterio's NotGeoreferencedWarning (it
+# fires for some blocks, seemingly depending on GDAL state) means nothing here, and a CLI run
+# printed it on stderr next to its `error:` lines. One filter, narrowed to that warning.
+warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
 
 
 def label_block_polygons(
