@@ -169,6 +169,7 @@ class ChildRun:
     maxrss_mb: float
     returncode: int
     stderr: str = ""
+    gpu: str = ""  # device utilisation during the run (GpuSampler.report)
 
 
 def run_child(cmd: list[str], env: dict[str, str] | None = None) -> ChildRun:
@@ -200,11 +201,67 @@ def wsi_segment_cmd(slide: Path, model: Path, out: Path, extra: list[str]) -> li
     ]
 
 
+def _storage_tiles(summary: dict) -> str:
+    """Storage tiles decoded / served again (wsi.tile_reuse), when the run reports them."""
+    stats = summary.get("read_stats") or {}
+    if "storage_tiles_decoded" not in stats:
+        return ""
+    return (
+        f"storage tiles decoded {stats['storage_tiles_decoded']}, "
+        f"reused {stats['storage_tiles_reused']}; "
+    )
+
+
+class GpuSampler:
+    """Device utilisation while a run lasts, from `nvidia-smi -lms` (GPU machines only).
+
+    No GPU, or no nvidia-smi: `report()` says so and nothing is started."""
+
+    def __init__(self, period_ms: int = 250) -> None:
+        self._cmd = [
+            "nvidia-smi",
+            "--query-gpu=index,utilization.gpu,memory.used",
+            "--format=csv,noheader,nounits",
+            f"-lms={period_ms}",
+        ]
+        self._proc: subprocess.Popen | None = None
+        self._lines: list[str] = []
+
+    def __enter__(self) -> GpuSampler:
+        import torch
+
+        if torch.cuda.is_available() and shutil.which("nvidia-smi"):
+            self._proc = subprocess.Popen(self._cmd, stdout=subprocess.PIPE, text=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._proc is not None:
+            self._proc.terminate()
+            out, _ = self._proc.communicate(timeout=10)
+            self._lines = [ln for ln in out.splitlines() if ln.count(",") == 2]
+
+    def report(self) -> str:
+        if self._proc is None:
+            return "GPU utilisation: n/a (no CUDA GPU or no nvidia-smi)"
+        util: dict[str, list[float]] = {}
+        mem: dict[str, float] = {}
+        for line in self._lines:
+            idx, u, m = (v.strip() for v in line.split(","))
+            util.setdefault(idx, []).append(float(u))
+            mem[idx] = max(mem.get(idx, 0.0), float(m))
+        return "GPU utilisation: " + "; ".join(
+            f"gpu{i} mean {sum(v) / len(v):.0f} %, max {max(v):.0f} %, peak mem {mem[i]:.0f} MiB"
+            for i, v in sorted(util.items())
+        )
+
+
 def run_pipeline(slide: Path, model: Path, out: Path, extra: list[str]) -> tuple[ChildRun, dict]:
     if out.exists():
         shutil.rmtree(out)
     env = dict(os.environ, PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1")
-    run = run_child(wsi_segment_cmd(slide, model, out, extra), env)
+    with GpuSampler() as gpu:
+        run = run_child(wsi_segment_cmd(slide, model, out, extra), env)
+    run.gpu = gpu.report()
     if run.returncode != 0:
         raise RuntimeError(f"wsi-segment failed ({run.returncode}):\n{run.stderr[-3000:]}")
     summary = json.loads((out / slide.stem / "summary.json").read_text())
@@ -421,7 +478,8 @@ def section_throughput(args, work: Path, model_dir: Path, rows: list, notes: lis
          f"{t.get('open_and_model_s', 0):.1f} s, tissue+plan {t.get('tissue_and_plan_s', 0):.1f}"
          f" s{_model_load(t)}, inference {t.get('inference_s', 0):.1f} s, outputs {t.get('outputs_s', 0):.1f} s;"
          f" zarr {zbytes / 1e6:.2f} MB; overlap {args.overlap} (redundant "
-         f"{summary['tiling']['redundant_fraction']:.3f}), threads {args.threads}"),
+         f"{summary['tiling']['redundant_fraction']:.3f}), threads {args.threads}; "
+         f"{_storage_tiles(summary)}{run.gpu}"),
         ("4 ratio", f"{ratio:.2f}", f"wall (goal >= 0.9); cpu-time ratio {cpu_ratio:.2f}; "
          f"inference stage alone {n / max(t.get('inference_s', 1e-9), 1e-9) / model_rate:.2f}; "
          f"load avg {load_before} -> {loadavg()}"),
