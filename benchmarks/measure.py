@@ -1,0 +1,208 @@
+"""Measuring one benchmark run: child processes, the machine, and the RESULTS.md record.
+
+Kept apart from the sections so every figure is taken the same way: wall clock, CPU time and
+peak RSS of a `wsi-segment` process from the kernel (os.wait4), device utilisation beside it,
+and the load average, which says how far a shared machine's figures can be trusted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+RUNS_END = "<!-- throughput.py appends runs above this line -->"
+
+
+def log(*args: Any) -> None:
+    """Progress goes to stderr, so stdout stays the table (and the last line ratio=X.XX)."""
+    print(*args, file=sys.stderr, flush=True)
+
+
+def loadavg() -> str:
+    """1/5/15-min load: how busy a shared machine was while a figure was taken."""
+    try:
+        return " ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU, flags (AMX / bf16), GPU and torch: what a recorded figure depends on."""
+    import torch
+
+    from models.device import cpu_flags, cpu_supports_bf16
+
+    model_name = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model_name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    flags = sorted(
+        f for f in cpu_flags() if f.startswith(("amx", "avx512_bf16", "avx512f", "avx2"))
+    )
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
+    return {
+        "cpu": model_name,
+        "cores": os.cpu_count(),
+        "mem_gb": round(mem_gb, 1),
+        "flags": " ".join(flags),
+        "bf16": cpu_supports_bf16(),
+        "gpu": gpu,
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+    }
+
+
+@dataclass
+class ChildRun:
+    """What one child process cost, from the kernel (os.wait4 rusage), not from itself."""
+
+    wall_s: float
+    cpu_s: float
+    maxrss_mb: float
+    returncode: int
+    stderr: str = ""
+    gpu: str = ""  # device utilisation during the run (GpuSampler.report)
+
+
+def run_child(cmd: list[str], env: dict[str, str] | None = None) -> ChildRun:
+    """Run a command; wall time, CPU time and peak RSS of that process (os.wait4)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=ROOT, text=True
+    )
+    err = proc.stderr.read() if proc.stderr else ""
+    _, status, ru = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return ChildRun(wall, ru.ru_utime + ru.ru_stime, ru.ru_maxrss / 1024.0, proc.returncode, err)
+
+
+def wsi_segment_cmd(slide: Path, model: Path, out: Path, extra: list[str]) -> list[str]:
+    """The installed `wsi-segment` command (module fallback), as a user would run it."""
+    exe = Path(sys.executable).with_name("wsi-segment")
+    base = [str(exe)] if exe.exists() else [sys.executable, "-m", "flows.cli"]
+    return [
+        *base,
+        str(slide),
+        "--model",
+        str(model),
+        "--out",
+        str(out),
+        "--overwrite",
+        "--quiet",
+        *extra,
+    ]
+
+
+class GpuSampler:
+    """Device utilisation while a run lasts, from `nvidia-smi -lms` (GPU machines only).
+
+    No GPU, or no nvidia-smi: `report()` says so and nothing is started."""
+
+    def __init__(self, period_ms: int = 250) -> None:
+        self._cmd = [
+            "nvidia-smi",
+            "--query-gpu=index,utilization.gpu,memory.used",
+            "--format=csv,noheader,nounits",
+            f"-lms={period_ms}",
+        ]
+        self._proc: subprocess.Popen | None = None
+        self._lines: list[str] = []
+
+    def __enter__(self) -> GpuSampler:
+        import torch
+
+        if torch.cuda.is_available() and shutil.which("nvidia-smi"):
+            self._proc = subprocess.Popen(self._cmd, stdout=subprocess.PIPE, text=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._proc is not None:
+            self._proc.terminate()
+            out, _ = self._proc.communicate(timeout=10)
+            self._lines = [ln for ln in out.splitlines() if ln.count(",") == 2]
+
+    def report(self) -> str:
+        if self._proc is None:
+            return "GPU utilisation: n/a (no CUDA GPU or no nvidia-smi)"
+        util: dict[str, list[float]] = {}
+        mem: dict[str, float] = {}
+        for line in self._lines:
+            idx, u, m = (v.strip() for v in line.split(","))
+            util.setdefault(idx, []).append(float(u))
+            mem[idx] = max(mem.get(idx, 0.0), float(m))
+        return "GPU utilisation: " + "; ".join(
+            f"gpu{i} mean {sum(v) / len(v):.0f} %, max {max(v):.0f} %, peak mem {mem[i]:.0f} MiB"
+            for i, v in sorted(util.items())
+        )
+
+
+def run_pipeline(slide: Path, model: Path, out: Path, extra: list[str]) -> tuple[ChildRun, dict]:
+    """`wsi-segment` end to end in a fresh output folder; its run figures and summary.json."""
+    if out.exists():
+        shutil.rmtree(out)
+    env = dict(os.environ, PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1")
+    with GpuSampler() as gpu:
+        run = run_child(wsi_segment_cmd(slide, model, out, extra), env)
+    run.gpu = gpu.report()
+    if run.returncode != 0:
+        raise RuntimeError(f"wsi-segment failed ({run.returncode}):\n{run.stderr[-3000:]}")
+    summary = json.loads((out / slide.stem / "summary.json").read_text())
+    return run, summary
+
+
+def zarr_bytes(folder: Path) -> int:
+    """On-disk size of an output store (compression is part of the cost)."""
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+# --------------------------------------------------------------------------- output
+
+
+def render(rows: list, notes: list, info: dict, command: str, started: str, wall: float) -> str:
+    """One Markdown block: the command, the machine and load, notes, then the table."""
+    lines = [
+        f"### {started} UTC",
+        "",
+        f"`{command}` ({wall:.0f} s)",
+        "",
+        f"Machine: {info['cpu']}, {info['cores']} cores, {info['mem_gb']} GB, flags "
+        f"`{info['flags']}`, GPU {info['gpu']}; torch {info['torch']} "
+        f"({info['torch_threads']} threads), Python {info['python']}; "
+        f"load average at start {info['load_start']}, at end {loadavg()}.",
+        "",
+    ]
+    lines += [f"- {n}" for n in notes]
+    lines += ["", "| item | figure | details |", "|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    return "\n".join(lines) + "\n"
+
+
+def record(block: str) -> None:
+    """Insert a run above RUNS_END in RESULTS.md, so runs stay in order with text after."""
+    if not RESULTS.exists():
+        RESULTS.write_text(
+            "# Benchmark results\n\n## Throughput, memory, scaling, precision "
+            "(benchmarks/throughput.py)\n\n" + RUNS_END + "\n"
+        )
+    text = RESULTS.read_text()
+    if RUNS_END not in text:
+        text = text.rstrip("\n") + "\n\n" + RUNS_END + "\n"
+    text = text.replace(RUNS_END, block + "\n" + RUNS_END, 1)
+    RESULTS.write_text(text)

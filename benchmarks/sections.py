@@ -1,0 +1,266 @@
+"""The benchmark sections of issue 8 (items 1-7 and overlap), each adding rows to the table.
+
+Every section takes the parsed options, the work folder and the model, and appends
+(item, figure, details) rows and notes; `throughput.py` picks which run and records them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.measure import ROOT, loadavg, log, run_pipeline, zarr_bytes
+from benchmarks.slides import make_slide
+from benchmarks.stages import TINY_ARCH, bare_model, make_model, plan_like_pipeline, read_chunks
+
+LUAD_SAMPLE = ROOT / "tests" / "data" / "luad-histoseg-sample"
+
+
+def section_throughput(
+    args: argparse.Namespace, work: Path, model_dir: Path, rows: list, notes: list
+) -> float:
+    """Items 1-4: bare model, read only, pipeline and their ratio; returns the ratio."""
+    from pipeline.model_handle import load_for_process
+
+    size = args.size or (8192 if args.quick else 12288)
+    slide, writer = make_slide(
+        work / "slides" / f"tp-{size}-t{args.tissue:g}.svs", size, args.tissue, fast=args.fast
+    )
+    notes.append(
+        f"throughput slide: {size} x {size} px, mpp 0.5, tissue {args.tissue:g} ({writer})"
+    )
+    model, _ = load_for_process(str(model_dir), "auto", args.precision)
+    p = plan_like_pipeline(slide, model, args.overlap, args.chunk_tiles, 4, args.backend)
+    log(f"[throughput] {p.tiles} tiles in {len(p.specs)} chunks; reading ...")
+    all_tiles, read_wall, read_cpu = read_chunks(p)
+    n = len(all_tiles)
+    # The bare model runs on a sample of the same tiles (tiles/s does not depend on which).
+    tiles = all_tiles[:: max(1, n // args.model_tiles)][: args.model_tiles]
+    nb = len(tiles)
+    configs = sorted({1, args.threads})
+    bare: dict[int, list[tuple[float, float]]] = {k: [] for k in configs}
+    log(f"[throughput] bare model (before) on {nb} of the tiles ...")
+    for k in configs:
+        bare[k].append(bare_model(model, tiles, args.batch_size, streams=k))
+    extra = ["--batch-size", str(args.batch_size), "--overlap", str(args.overlap)]
+    extra += ["--threads", str(args.threads), "--backend", args.backend]
+    if args.precision == "fp32":
+        extra += ["--precision", "fp32"]
+    log("[throughput] pipeline (wsi-segment subprocess) ...")
+    load_before = loadavg()
+    run, summary = run_pipeline(slide, model_dir, work / "out" / "throughput", extra)
+    log("[throughput] bare model (after) ...")
+    for k in reversed(configs):
+        bare[k].append(bare_model(model, tiles, args.batch_size, streams=k))
+    tiles_run = int(summary["tiling"]["tiles"])
+    assert tiles_run == n, (tiles_run, n)
+    rate = {k: len(v) * nb / sum(w for w, _ in v) for k, v in bare.items()}
+    best = max(rate, key=rate.get)
+    model_rate = rate[best]
+    model_cpu_per_tile = sum(c for _, c in bare[best]) / (len(bare[best]) * nb)
+    cores = os.cpu_count() or 1
+    bare_detail = "; ".join(
+        f"{k} stream(s) x {max(1, cores // k)} torch thr: "
+        + ", ".join(f"{nb / w:.1f}" for w, _ in v)
+        + f" (before, after), {1000 * sum(c for _, c in v) / (len(v) * nb):.0f} cpu-ms/tile"
+        for k, v in bare.items()
+    )
+    pipe_rate = n / run.wall_s
+    ratio = pipe_rate / model_rate
+    cpu_ratio = model_cpu_per_tile / (run.cpu_s / n)
+    t = summary.get("timings_s", {})
+    zbytes = zarr_bytes(work / "out" / "throughput" / slide.stem / "probabilities.ome.zarr")
+    prec = "bf16+channels_last" if model.autocast_dtype is not None else "fp32"
+    rows += [
+        ("1 bare model", f"{model_rate:.1f} tiles/s", f"best of: {bare_detail}; {prec}, "
+         f"batch {args.batch_size}, tile {p.grid.tile}, {nb} tiles"),
+        ("2 read only", f"{n / read_wall:.0f} tiles/s", f"1 thread, {1000 * read_cpu / n:.1f} "
+         f"cpu-ms/tile = {100 * read_cpu / n / model_cpu_per_tile:.1f}% of the model's; "
+         f"{p.slide.backend}, level {p.read_level}, {p.level0_per_model:g} level-0 px per model px"),
+        ("3 pipeline", f"{pipe_rate:.1f} tiles/s", f"{n} tiles, {run.wall_s:.1f} s wall, "
+         f"{run.cpu_s:.1f} cpu-s, peak RSS {run.maxrss_mb:.0f} MB; inside: open+model "
+         f"{t.get('open_and_model_s', 0):.1f} s, tissue+plan {t.get('tissue_and_plan_s', 0):.1f}"
+         f" s{_model_load(t)}, inference {t.get('inference_s', 0):.1f} s, outputs {t.get('outputs_s', 0):.1f} s;"
+         f" zarr {zbytes / 1e6:.2f} MB; overlap {args.overlap} (redundant "
+         f"{summary['tiling']['redundant_fraction']:.3f}), threads {args.threads}; "
+         f"{_storage_tiles(summary)}{run.gpu}"),
+        ("4 ratio", f"{ratio:.2f}", f"wall (goal >= 0.9); cpu-time ratio {cpu_ratio:.2f}; "
+         f"inference stage alone {n / max(t.get('inference_s', 1e-9), 1e-9) / model_rate:.2f}; "
+         f"load avg {load_before} -> {loadavg()}"),
+    ]  # fmt: skip
+    return ratio
+
+
+def _model_load(timings: dict) -> str:
+    """Model load runs in the background during tissue+plan (pipeline/segment.py)."""
+    if "model_load_s" not in timings:
+        return ""
+    return f" (model load {timings['model_load_s']:.1f} s alongside)"
+
+
+def section_memory(args: argparse.Namespace, work: Path, rows: list, notes: list) -> None:
+    """Item 5: peak RSS at each size, with a tiny model so the slide dominates."""
+    tiny = make_model(work / "models" / "tiny-random", TINY_ARCH, "bench-tiny-random")
+    sizes = [int(s) for s in args.memory_sizes.split(",")]
+    frac = args.memory_tissue
+    for size in sizes:
+        slide, writer = make_slide(
+            work / "slides" / f"mem-{size}-t{frac:g}.svs", size, frac, fast=args.fast
+        )
+        log(f"[memory] {size} px slide ({writer}) ...")
+        load = loadavg()
+        run, summary = run_pipeline(slide, tiny, work / "out" / f"mem-{size}", [])
+        tiles = int(summary["tiling"]["tiles"])
+        zb = zarr_bytes(work / "out" / f"mem-{size}" / slide.stem / "probabilities.ome.zarr")
+        rows.append(
+            (
+                f"5 memory {size // 1000}k",
+                f"{run.maxrss_mb:.0f} MB",
+                f"peak RSS; {tiles} tiles, {run.wall_s:.0f} s wall, tissue {frac:g} ({writer}); "
+                f"zarr {zb / 1e6:.1f} MB; load {load}",
+            )
+        )
+    notes.append(f"memory model: random tiny bundle ({TINY_ARCH})")
+
+
+def section_scaling(
+    args: argparse.Namespace, work: Path, model_dir: Path, rows: list, notes: list
+) -> None:
+    """Item 6: time should follow tissue (tiles), not slide area."""
+    size = args.scaling_size
+    res = {}
+    for frac in (0.1, 0.6):
+        slide, _writer = make_slide(
+            work / "slides" / f"tp-{size}-t{frac:g}.svs", size, frac, fast=args.fast
+        )
+        log(f"[scaling] {size} px, tissue {frac} ...")
+        run, summary = run_pipeline(slide, model_dir, work / "out" / f"scale-{frac:g}", [])
+        res[frac] = (run, int(summary["tiling"]["tiles"]), summary["tissue"])
+    (r1, n1, _), (r6, n6, _) = res[0.1], res[0.6]
+    for frac, (run, n, tissue) in res.items():
+        rows.append(
+            (
+                f"6 scaling {int(frac * 100)}%",
+                f"{run.wall_s:.1f} s",
+                f"{n} tiles, {size} px square, detected tissue "
+                f"{tissue['detected_fraction_of_slide']:.2f}",
+            )
+        )
+    rows.append(
+        (
+            "6 scaling ratio",
+            f"{r6.wall_s / r1.wall_s:.2f}x time",
+            f"for {n6 / max(n1, 1):.2f}x tiles (60% vs 10% tissue); time - fixed costs "
+            "follows tiles",
+        )
+    )
+
+
+def section_precision(
+    args: argparse.Namespace, work: Path, model_dir: Path, rows: list, notes: list
+) -> None:
+    """Item 7: what bf16 + channels_last gains in speed and loses in agreement."""
+    import torch
+    from PIL import Image
+
+    from models.bundle import load_model
+
+    size = 6144
+    slide, _ = make_slide(work / "slides" / f"tp-{size}-t0.6.svs", size, 0.6, fast=args.fast)
+    model = load_model(model_dir)
+    model.to_device("cpu", "fp32")
+    p = plan_like_pipeline(slide, model, args.overlap, args.chunk_tiles, 4)
+    tiles, _, _ = read_chunks(p, limit_tiles=args.precision_tiles)
+    tiles = tiles[: args.precision_tiles]
+    sets = {"synthetic slide": tiles}
+    real = sorted(LUAD_SAMPLE.rglob("*.png"))
+    real = [f for f in real if "mask" not in f.parts]
+    t = int(model.meta.tile_size)
+    if real:
+        imgs = [np.asarray(Image.open(f).convert("RGB").resize((t, t))) for f in real]
+        sets["LUAD-HistoSeg sample (real)"] = np.stack(imgs)
+
+    def run(x: np.ndarray) -> tuple[np.ndarray, float]:
+        out, t0 = [], time.perf_counter()
+        for i in range(0, len(x), args.batch_size):
+            b = torch.from_numpy(np.ascontiguousarray(x[i : i + args.batch_size]))
+            out.append(model.predict(b.permute(0, 3, 1, 2))[0].numpy())
+        return np.concatenate(out), time.perf_counter() - t0
+
+    from models.device import cpu_supports_bf16
+
+    for name, x in sets.items():
+        model.to_device("cpu", "fp32")
+        run(x[: args.batch_size])
+        p32, s32 = run(x)
+        if not cpu_supports_bf16():
+            rows.append((f"7 precision {name}", f"{len(x) / s32:.1f} tiles/s fp32", "no bf16"))
+            continue
+        model.to_device("cpu", "bf16")
+        run(x[: args.batch_size])
+        p16, s16 = run(x)
+        agree = float((p32.argmax(1) == p16.argmax(1)).mean())
+        diff = float(np.abs(p32 - p16).max())
+        mean_diff = float(np.abs(p32 - p16).mean())
+        rows.append(
+            (
+                f"7 precision {name}",
+                f"{100 * agree:.2f}% agree",
+                f"{len(x)} tiles; fp32 {len(x) / s32:.1f} tiles/s, bf16+channels_last "
+                f"{len(x) / s16:.1f} tiles/s ({s32 / s16:.2f}x); max |dp| {diff:.3f}, "
+                f"mean |dp| {mean_diff:.4f}",
+            )
+        )
+
+
+def section_overlap(
+    args: argparse.Namespace, work: Path, model_dir: Path, rows: list, notes: list
+) -> None:
+    """What the overlap costs (tiles, time) and buys (agreement with a wide one)."""
+    import zarr
+
+    size = 6144
+    slide, _ = make_slide(work / "slides" / f"tp-{size}-t0.6.svs", size, 0.6, fast=args.fast)
+    overlaps = [int(o) for o in args.overlaps.split(",")]
+    ref_o = max(overlaps)
+    labels, info = {}, {}
+    for o in overlaps:
+        out = work / "out" / f"overlap-{o}"
+        log(f"[overlap] {o} ...")
+        _run, summary = run_pipeline(slide, model_dir, out, ["--overlap", str(o)])
+        z = zarr.open_group(str(out / slide.stem / "probabilities.ome.zarr"), mode="r")
+        probs = np.asarray(z["0"][:])
+        lab = probs.argmax(0)
+        lab[probs.max(0) == 0] = 255
+        labels[o] = lab
+        t = summary["timings_s"]
+        info[o] = (int(summary["tiling"]["tiles"]), t["inference_s"], summary["tiling"])
+    ref = labels[ref_o]
+    valid = ref != 255
+    for o in overlaps:
+        tiles, inf_s, tiling = info[o]
+        agree = float((labels[o][valid] == ref[valid]).mean()) if valid.any() else 1.0
+        rows.append(
+            (
+                f"overlap {o}",
+                f"{100 * agree:.2f}% = ref",
+                f"{tiles} tiles, inference {inf_s:.1f} s, redundant fraction "
+                f"{tiling['redundant_fraction']:.3f}; agreement of output labels with overlap "
+                f"{ref_o} (tissue pixels)",
+            )
+        )
+
+
+def _storage_tiles(summary: dict) -> str:
+    """Storage tiles decoded / served again (wsi.tile_reuse), when the run reports them."""
+    stats = summary.get("read_stats") or {}
+    if "storage_tiles_decoded" not in stats:
+        return ""
+    return (
+        f"storage tiles decoded {stats['storage_tiles_decoded']}, "
+        f"reused {stats['storage_tiles_reused']}; "
+    )

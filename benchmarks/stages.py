@@ -1,0 +1,218 @@
+"""The pipeline's own stages rebuilt outside it, to measure each alone.
+
+`plan_like_pipeline` and `read_chunks` plan and read the chunks with the functions
+`wsi-segment` uses, and `bare_model` runs `model.predict` on tiles already in memory: the
+reference the pipeline's throughput is compared with. `make_model` / `default_model` give
+a bundle of the architecture to measure (random weights cost the same as trained ones).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# Demo architecture (pipeline/demo_model.py): resnet10t PDA classifier, DeepLabV3+ on
+# resnet10t with 64 decoder channels, tile 224 at 1.0 um/px.
+DEMO_ARCH = {
+    "classifier": ("resnet10t", "pda"),
+    "segmenter": ("tu-resnet10t", 64),
+    "tile": 224,
+    "mpp": 1.0,
+}
+# Tiny model for the memory run (as tests/conftest.py's tiny_model_dir): tile 64 at 2 um/px.
+TINY_ARCH = {
+    "classifier": ("resnet10t", "cam"),
+    "segmenter": ("resnet18", 256),
+    "tile": 64,
+    "mpp": 2.0,
+}
+
+
+# --------------------------------------------------------------------------- models
+
+
+def make_model(folder: Path, arch: dict[str, Any], name: str) -> Path:
+    """A random bundle with the given architecture (same cost as trained weights)."""
+    if (folder / "model.json").exists():
+        return folder
+    import torch
+
+    from models.bundle import save_model
+    from models.classifier import build_classifier
+    from models.meta import ModelMeta
+    from models.segmentation_model import SegmentationModel
+    from models.segmenter import build_segmenter
+    from wsi.textures import CLASS_COLORS, CLASS_NAMES
+
+    torch.manual_seed(0)
+    meta = ModelMeta(
+        name, list(CLASS_NAMES), list(CLASS_COLORS), mpp=arch["mpp"], tile_size=arch["tile"]
+    )
+    enc, head = arch["classifier"]
+    senc, dec = arch["segmenter"]
+    model = SegmentationModel(
+        build_classifier(enc, head, len(CLASS_NAMES)),
+        build_segmenter(senc, len(CLASS_NAMES), decoder_channels=dec),
+        meta,
+    )
+    return save_model(model, folder, weights_dtype="float16")
+
+
+def default_model(work: Path) -> tuple[Path, str]:
+    """The demo model when present, else a random bundle of its architecture."""
+    from models.bundle import demo_model_dir
+
+    demo = demo_model_dir()
+    if (demo / "model.json").exists() and (demo / "model.safetensors").exists():
+        return demo, "demo model (models/demo_model)"
+    return (
+        make_model(work / "models" / "demo-arch-random", DEMO_ARCH, "bench-random-demo-arch"),
+        "random weights, demo architecture (demo model not present)",
+    )
+
+
+# --------------------------------------------------------------------------- planning
+
+
+@dataclass
+class Planned:
+    """The pipeline's plan for one slide: what to read (chunks, level, scale) and cut."""
+
+    slide: Any
+    specs: list
+    grid: Any
+    level0_per_model: float
+    read_level: int
+    tiles: int
+    redundant: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+def plan_like_pipeline(
+    slide_path: Path, model: Any, overlap: int, chunk_tiles: int, ds: int, backend: str = "auto"
+) -> Planned:
+    """The chunks and tiles `wsi-segment` will run, by the same functions it uses."""
+    from wsi.slide import open_slide
+    from wsi.tiling import TileGrid, plan_chunks
+    from wsi.tissue import detect_tissue
+
+    slide = open_slide(str(slide_path), backend=backend)
+    mpp = slide.require_mpp()
+    tissue = detect_tissue(slide)
+    grid = TileGrid(tile=int(model.meta.tile_size), overlap=overlap, downsample=ds)
+    plan = plan_chunks(slide, mpp[0], float(model.meta.mpp), grid, chunk_tiles, tissue)
+    if backend == "auto":  # chunk reads with the backend the pipeline picks (segment.py)
+        try:
+            from pipeline.chunk_job import fast_read_backend
+
+            fast = fast_read_backend(slide, plan.read_level)
+        except (ImportError, TypeError):  # older pipeline: the slide's own backend
+            fast = None
+        if fast:
+            slide = open_slide(str(slide_path), backend=fast)
+    return Planned(
+        slide,
+        plan.specs,
+        grid,
+        plan.level0_per_model,
+        plan.read_level,
+        plan.tiles,
+        1.0 - (grid.stride / grid.tile) ** 2,
+        {"tissue_fraction": float(tissue.fraction)},
+    )
+
+
+def read_chunks(p: Planned, limit_tiles: int | None = None) -> tuple[np.ndarray, float, float]:
+    """Read and cut every planned tile as SlideJob.run does; (tiles, wall s, cpu s)."""
+    from pipeline.chunk_inference import cut_tiles
+    from wsi.region_reader import read_model_box
+
+    try:
+        from pipeline.chunk_job import tiles_read_box
+    except ImportError:  # older pipeline: the whole chunk plus the margin
+
+        def tiles_read_box(tiles, grid):
+            return None
+
+    m = p.grid.margin
+    out = []
+    t0, c0 = time.perf_counter(), time.process_time()
+    boxes = []
+    for spec in p.specs:
+        x0, y0, x1, y1 = spec.core_box
+        boxes.append(tiles_read_box(spec.tiles, p.grid) or (x0 - m, y0 - m, x1 + m, y1 + m))
+    reader = _tile_reuse_reader(p, boxes)  # as the pipeline's prefetcher reads (if available)
+    n = 0
+    for spec, box in zip(p.specs, boxes, strict=True):
+        image = read_model_box(p.slide, box, p.level0_per_model, p.read_level, **reader)
+        out.append(cut_tiles(image, (box[0], box[1]), list(spec.tiles), p.grid))
+        n += len(spec.tiles)
+        if limit_tiles and n >= limit_tiles:
+            break
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return np.concatenate(out), wall, cpu
+
+
+def _tile_reuse_reader(p: Planned, boxes: list) -> dict:
+    """`reader=` for read_model_box that decodes each storage tile once, as SlideJob.read
+    with the prefetcher's TileReuse does; {} on a tree without wsi.tile_reuse."""
+    try:
+        from wsi.region_reader import level_read_box
+        from wsi.tile_reuse import TileReuse, supports_reuse
+    except ImportError:
+        return {}
+    level, slide = p.read_level, p.slide
+    tile = slide.storage_tile_size(level)
+    if not supports_reuse(slide, level, tile):
+        return {}
+    ds = float(slide.level_downsamples[level])
+    planned = [level_read_box(b, p.level0_per_model, ds) for b in boxes]
+    reuse = TileReuse(level, slide.level_dimensions[level], ds, tile, planned)
+    return {"reader": lambda lx, ly, w, h: reuse.read(slide, lx, ly, w, h)}
+
+
+def bare_model(
+    model: Any, tiles: np.ndarray, batch: int, streams: int = 1, gate: bool = True
+) -> tuple[float, float]:
+    """(wall s, process cpu s) of model.predict over all tiles in batches, tensors ready.
+
+    streams=1: one thread, torch with all cores (the classic way). streams=k: k threads
+    each running its share of the batches with cores // k torch threads (what the pipeline
+    does on a CPU). Both are measured; the faster is the reference for the ratio.
+    """
+    import threading
+
+    import torch
+
+    batches = [
+        torch.from_numpy(np.ascontiguousarray(tiles[i : i + batch])).permute(0, 3, 1, 2)
+        for i in range(0, len(tiles), batch)
+    ]
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    per = max(1, (cores or 1) // streams)
+    before = torch.get_num_threads()
+
+    def work(mine: list) -> None:
+        torch.set_num_threads(per)
+        model.predict(mine[0], gate=gate)  # warm-up of this thread (oneDNN kernels)
+        ready.wait()
+        for b in mine:
+            model.predict(b, gate=gate)
+
+    shares = [batches[k::streams] for k in range(streams) if batches[k::streams]]
+    ready = threading.Barrier(len(shares) + 1)
+    threads = [threading.Thread(target=work, args=(mine,)) for mine in shares]
+    for t in threads:
+        t.start()
+    ready.wait()  # every thread warmed up: start the clock
+    t0, c0 = time.perf_counter(), time.process_time()
+    for t in threads:
+        t.join()
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    torch.set_num_threads(before)
+    return wall, cpu
