@@ -77,7 +77,15 @@ def add_segment_options(parser: argparse.ArgumentParser) -> None:
         "--batch-size",
         type=positive_int(1, 4096),
         default=16,
-        help="tiles per forward pass, 1-4096 (default: %(default)s)",
+        help="tiles per forward pass, 1-4096; on a GPU capped to what its memory holds "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--chunk-tiles",
+        type=positive_int(1, 64),
+        default=4,
+        help="a Dask chunk is N x N tiles, 1-64; a batch never spans chunks, so raise it with "
+        "--batch-size on a large GPU (default: %(default)s)",
     )
     parser.add_argument(
         "--mpp",
@@ -130,6 +138,7 @@ def params_from_args(args: argparse.Namespace) -> SegmentParams:
         device=args.device,
         precision=args.precision,
         batch_size=args.batch_size,
+        chunk_tiles=args.chunk_tiles,
         mpp=args.mpp,
         output_downsample=args.output_downsample,
         overlap=args.overlap,

@@ -109,3 +109,14 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> Iterator[None]:
     else:
         with torch.autocast(device_type=device.type, dtype=dtype):
             yield
+
+
+def fit_batch_size(
+    requested: int, free_bytes: int, per_tile_bytes: float, headroom: float = 0.8
+) -> int:
+    """Largest batch <= `requested` whose working memory fits `headroom` of the free device
+    memory (at least 1), so a big `--batch-size` on a small GPU runs instead of failing."""
+    if per_tile_bytes <= 0:
+        return max(1, int(requested))
+    fits = int(free_bytes * headroom // per_tile_bytes)
+    return max(1, min(int(requested), fits))

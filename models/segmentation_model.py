@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .device import autocast, parse_precision, pick_device, use_channels_last
+from .device import autocast, fit_batch_size, parse_precision, pick_device, use_channels_last
 from .gate import apply_gate
 from .meta import ModelMeta
 
@@ -27,6 +27,7 @@ class SegmentationModel(nn.Module):
         self.meta = meta
         self.autocast_dtype: torch.dtype | None = None
         self.channels_last = False
+        self._batch_caps: dict[tuple[int, int], int] = {}  # (tile, requested) -> batch
         norm = meta.normalisation
         self.register_buffer("_mean", torch.tensor(norm["mean"]).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("_std", torch.tensor(norm["std"]).view(1, 3, 1, 1), persistent=False)
@@ -80,3 +81,25 @@ class SegmentationModel(nn.Module):
         if gate:
             seg_probs = apply_gate(seg_probs, cls_probs, self.meta.gate_epsilon)
         return seg_probs.contiguous().cpu(), cls_probs.cpu()
+
+    def batch_limit(self, tile: int, requested: int, probe: int = 2) -> int:
+        """`requested` on the CPU; on a GPU, capped to what its free memory holds.
+
+        The working memory per tile is measured once per (tile, requested) with a probe
+        forward pass of `probe` blank tiles (peak allocated minus what was allocated before),
+        then `fit_batch_size` leaves 20 % headroom. Call it under the model's lock.
+        """
+        if self.device.type != "cuda":
+            return int(requested)
+        key = (int(tile), int(requested))
+        if key not in self._batch_caps:
+            dev = self.device
+            torch.cuda.synchronize(dev)
+            torch.cuda.reset_peak_memory_stats(dev)
+            before = torch.cuda.memory_allocated(dev)
+            self.predict(torch.zeros((probe, 3, tile, tile), dtype=torch.uint8), gate=True)
+            torch.cuda.synchronize(dev)
+            per_tile = (torch.cuda.max_memory_allocated(dev) - before) / probe
+            free, _total = torch.cuda.mem_get_info(dev)
+            self._batch_caps[key] = fit_batch_size(requested, free, per_tile)
+        return self._batch_caps[key]

@@ -185,10 +185,11 @@ class SlideJob:
         patches = cut_tiles(image, (read_box[0], read_box[1]), tiles, grid)
         del image
         model, lock = self.model.get()
+        batch_size = _device_batch_size(model, lock, self.grid.tile, self.batch_size)
         if self.cpu_threads_per_chunk > 0 and _on_cpu(model):
             lock = None
             _set_torch_threads(self.cpu_threads_per_chunk)
-        probs = predict_tiles(model, patches, self.batch_size, self.gate, lock)
+        probs = predict_tiles(model, patches, batch_size, self.gate, lock)
         block = stitch_cores(probs, tiles, (x0, y0), (x1 - x0, y1 - y0), k, grid)
         ox0, oy0, ox1, oy1 = spec.out_box
         block = block[:, : oy1 - oy0, : ox1 - ox0]
@@ -198,100 +199,6 @@ class SlideJob:
         self._array()[:, oy0:oy1, ox0:ox1] = block_u8
         labels = label_block(block_u8, tissue)
         return summarise_block(spec, len(tiles), labels, block_u8, k)
-
-
-class ChunkPrefetcher:
-    """Reads chunk images ahead of the model in one background thread, bounded in bytes.
-
-    Started as soon as the chunks are planned, it decodes while the process is still
-    importing torch and loading the model (single-threaded, so a core is free), and during
-    inference it keeps reading ahead of the forward passes. A chunk is read exactly once:
-    `take(spec)` returns the prefetched image, waits if the reader is busy with that very
-    chunk, and otherwise claims the chunk so the caller reads it itself (None): no chunk
-    ever waits for the reader to get round to it, whatever order chunks are run in. A read
-    error stops the reader; the chunk is then read (and the error raised) by its caller.
-    """
-
-    def __init__(self, job: SlideJob, specs: list[ChunkSpec], max_bytes: int = 128 << 20):
-        self._job = job
-        self._specs = list(specs)
-        self._max_bytes = max_bytes
-        self._cond = threading.Condition()
-        self._state: dict[tuple[int, int], str] = {}  # "reading" | "done" | "taken"
-        self._images: dict[tuple[int, int], tuple[np.ndarray, tuple[int, int, int, int]]] = {}
-        self._bytes = 0
-        self._stop = False
-        self.read_s = 0.0  # thread CPU seconds spent reading (for the summary)
-        self.tile_reuse: TileReuse | None = None  # planned by the reader thread, first thing
-        self._planned = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="chunk-prefetch", daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        import time
-
-        t0 = time.thread_time()
-        try:
-            try:
-                self.tile_reuse = self._job.plan_tile_reuse(self._specs)
-            except Exception:  # reading still works without reuse; errors surface on read
-                self.tile_reuse = None
-            finally:
-                self._planned.set()
-            for spec in self._specs:
-                key = (spec.row, spec.col)
-                with self._cond:
-                    while not self._stop and self._bytes >= self._max_bytes:
-                        self._cond.wait()
-                    if self._stop:
-                        return
-                    if key in self._state:  # a runner got there first
-                        continue
-                    self._state[key] = "reading"
-                try:
-                    result = self._job.read(spec, self.tile_reuse)
-                except BaseException:
-                    with self._cond:
-                        del self._state[key]  # its runner reads it and reports the error
-                        self._stop = True
-                        self._cond.notify_all()
-                    return
-                with self._cond:
-                    self._state[key] = "done"
-                    self._images[key] = result
-                    self._bytes += result[0].nbytes
-                    self._cond.notify_all()
-        finally:
-            self.read_s = time.thread_time() - t0
-            self._job.close_local()
-
-    def take(self, spec: ChunkSpec) -> tuple[np.ndarray, tuple[int, int, int, int]] | None:
-        key = (spec.row, spec.col)
-        with self._cond:
-            while self._state.get(key) == "reading":
-                self._cond.wait()
-            if self._state.get(key) == "done":
-                self._state[key] = "taken"
-                result = self._images.pop(key)
-                self._bytes -= result[0].nbytes
-                self._cond.notify_all()
-                return result
-            self._state[key] = "taken"
-            return None
-
-    def read_here(self, spec: ChunkSpec) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-        """Read a chunk the caller claimed with `take`, sharing the decoded storage tiles."""
-        self._planned.wait()
-        return self._job.read(spec, self.tile_reuse)
-
-    def close(self) -> None:
-        """Stop reading and drop what was not taken (waits for the current read)."""
-        with self._cond:
-            self._stop = True
-            self._images.clear()
-            self._bytes = 0
-            self._cond.notify_all()
-        self._thread.join()
 
 
 FAST_READ_VENDORS = ("aperio", "generic-tiff")
@@ -356,6 +263,15 @@ def tiles_read_box(
     rows = [i for i, _ in tiles]
     cols = [j for _, j in tiles]
     return (min(cols) * s - m, min(rows) * s - m, (max(cols) + 1) * s + m, (max(rows) + 1) * s + m)
+
+
+def _device_batch_size(model: Any, lock: Any, tile: int, requested: int) -> int:
+    """The batch size that fits the model's device (GPU memory probed once per process)."""
+    limit = getattr(model, "batch_limit", None)
+    if limit is None or _on_cpu(model):
+        return requested
+    with lock:
+        return int(limit(tile, requested))
 
 
 def _on_cpu(model: Any) -> bool:

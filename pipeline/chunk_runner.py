@@ -27,7 +27,8 @@ from dask.callbacks import Callback
 from dask.threaded import ContextAwareThreadPoolExecutor
 from dask.threaded import get as threaded_get
 
-from pipeline.chunk_job import ChunkOutcome, ChunkPrefetcher, SlideJob
+from pipeline.chunk_job import ChunkOutcome, SlideJob
+from pipeline.chunk_prefetch import ChunkPrefetcher
 from pipeline.progress import NullProgress, Progress
 from wsi.tiling import ChunkSpec
 

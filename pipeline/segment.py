@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.background import Background, gc_paused, read_overlay_thumbnail
-from pipeline.chunk_job import ChunkOutcome, ChunkPrefetcher, SlideJob
+from pipeline.chunk_job import ChunkOutcome, SlideJob
 from pipeline.chunk_plan import (
     chunk_read_backend,
     model_geometry,
     plan_slide,
     prefetch_read_job,
 )
+from pipeline.chunk_prefetch import ChunkPrefetcher
 from pipeline.chunk_runner import run_chunks
 from pipeline.fingerprint import model_sha256, run_fingerprint
 from pipeline.model_handle import ModelHandle, load_for_process

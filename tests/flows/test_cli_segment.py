@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -17,12 +18,14 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 def test_good_and_broken_slides_in_one_call(tmp_path, tiny_model_dir):
     out = tmp_path / "out"
     args = ["--model", str(tiny_model_dir), "--out", str(out), "--quiet"]
-    first = run_cli(str(CMU_SLIDE), str(DATA_DIR / "broken.svs"), *args)
+    speed = ["--chunk-tiles", "2", "--batch-size", "3"]  # speed knobs reach the run
+    first = run_cli(str(CMU_SLIDE), str(DATA_DIR / "broken.svs"), *args, *speed)
     assert first.returncode == 1
     errors = [line for line in first.stderr.splitlines() if line.strip()]
     assert len(errors) == 1 and errors[0].startswith("error:") and "broken.svs" in errors[0]
     assert "Traceback" not in first.stderr
-    assert (out / "CMU-1-Small-Region" / "summary.json").is_file()
+    summary = json.loads((out / "CMU-1-Small-Region" / "summary.json").read_text())
+    assert summary["parameters"]["chunk_tiles"] == 2 and summary["parameters"]["batch_size"] == 3
     assert not (out / "broken").exists()
     # The same call again: the finished slide is up to date, `segment` is the same command.
     second = run_cli("segment", str(CMU_SLIDE), *args)

@@ -10,7 +10,14 @@ from torch import nn
 
 from models.bundle import ModelMeta, SegmentationModel
 from models.classifier import build_classifier
-from models.device import cpu_flags, cpu_supports_bf16, pick_device, pin_memory_ok, precision_for
+from models.device import (
+    cpu_flags,
+    cpu_supports_bf16,
+    fit_batch_size,
+    pick_device,
+    pin_memory_ok,
+    precision_for,
+)
 from models.segmenter import build_segmenter
 from wsi.errors import ConfigError
 
@@ -100,3 +107,20 @@ def test_bf16_only_where_amx_makes_it_pay() -> None:
     assert cpu_supports_bf16(frozenset({"avx2", "amx_bf16", "amx_tile", "avx512_bf16"}))
     assert not cpu_supports_bf16(frozenset({"avx2", "avx512f", "avx512_bf16"}))
     assert not cpu_supports_bf16(frozenset())
+
+
+def test_fit_batch_size_leaves_headroom_and_never_exceeds_the_request() -> None:
+    mib = 1 << 20
+    # 1000 MiB free, 80 % usable, 30 MiB per tile -> 26 tiles fit; a request of 16 stays 16
+    assert fit_batch_size(64, 1000 * mib, 30 * mib) == 26
+    assert fit_batch_size(16, 1000 * mib, 30 * mib) == 16
+    assert fit_batch_size(64, 10 * mib, 30 * mib) == 1  # never 0: one tile is tried
+    assert fit_batch_size(8, 1000 * mib, 0) == 8  # nothing measured: the request stands
+    assert fit_batch_size(64, 1000 * mib, 30 * mib, headroom=0.5) == 16
+
+
+def test_batch_limit_on_the_cpu_is_the_request() -> None:
+    """No probe on the CPU (host memory is not the limit there); the GPU path probes."""
+    model = _analytic()
+    assert model.batch_limit(32, 16) == 16 and model.batch_limit(32, 7) == 7
+    assert model._batch_caps == {}

@@ -59,7 +59,8 @@ def test_fast_read_backend_reads_the_same_pixels():
 def test_chunk_reads_share_storage_tiles_with_the_same_pixels(model_mpp):
     """Every chunk of a real plan reads the same image with storage-tile reuse as without,
     through the prefetcher and through a runner thread that claimed its chunk first."""
-    from pipeline.chunk_job import ChunkPrefetcher, SlideJob
+    from pipeline.chunk_job import SlideJob
+    from pipeline.chunk_prefetch import ChunkPrefetcher
     from tests.conftest import CMU_SLIDE
     from wsi.tiling import plan_chunks
 

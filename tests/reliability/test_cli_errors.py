@@ -22,6 +22,8 @@ USAGE_CASES = [
     (["--batch-size", "-3"], ["--batch-size", "[1, 4096]"]),
     (["--batch-size", "100000"], ["--batch-size", "[1, 4096]"]),
     (["--batch-size", "two"], ["--batch-size", "not an integer"]),
+    (["--chunk-tiles", "0"], ["--chunk-tiles", "[1, 64]"]),
+    (["--chunk-tiles", "65"], ["--chunk-tiles", "[1, 64]"]),
     (["--overlap", "-2"], ["--overlap", "[0, 1024]"]),
     (["--overlap", "3"], ["--overlap", "must be even"]),
     (["--overlap", "2000"], ["--overlap", "[0, 1024]"]),
