@@ -107,8 +107,9 @@ def add_segment_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threads",
         type=positive_int(1, 256),
-        default=2,
-        help="Dask threads reading while the model runs (default: %(default)s)",
+        default=None,
+        help="Dask threads (chunks in flight), 1-256 (default: 2 on the CPU, one per core "
+        "(4-16) on a GPU so decoding keeps it fed)",
     )
     parser.add_argument("--backend", choices=("auto", "openslide", "tiffslide"), default="auto")
     parser.add_argument(

@@ -8,6 +8,7 @@ progress display) are not.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,9 @@ class SegmentParams:
     gate: bool = True
     overwrite: bool = False
     backend: str = "auto"
-    threads: int = 2  # Dask threads: one runs the model while others read and decode
+    # Dask threads (chunks in flight); None: 2 on the CPU (two model streams), one per core
+    # (4-16) on a GPU, where one thread feeds the device while the others read and decode.
+    threads: int | None = None
     output_name: str | None = None  # default: the slide's file stem
     simplify_tolerance: float = 1.0  # output pixels; polygons simplified edge-to-edge
     ome_tiff: bool = False  # also write probabilities.ome.tif (QuPath opens it directly)
@@ -48,7 +51,8 @@ class SegmentParams:
         _check_range("batch size", self.batch_size, 1, 4096)
         _check_range("output downsample", self.output_downsample, 1, 64)
         _check_range("chunk tiles", self.chunk_tiles, 1, 64)
-        _check_range("threads", self.threads, 1, 256)
+        if self.threads is not None:
+            _check_range("threads", self.threads, 1, 256)
         if self.overlap < 0 or self.overlap % 2:
             raise ConfigError(f"overlap must be an even number >= 0 (got {self.overlap})")
         if self.mpp is not None and not (0.01 <= self.mpp <= 100.0):
@@ -86,3 +90,12 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 def _check_range(name: str, value: int, low: int, high: int) -> None:
     if not isinstance(value, int) or not (low <= value <= high):
         raise ConfigError(f"{name} must be an integer in [{low}, {high}] (got {value})")
+
+
+def run_threads(requested: int | None, device_type: str) -> int:
+    """Dask threads for a local run: `requested`, or the default for the model's device."""
+    if requested is not None:
+        return requested
+    if device_type == "cuda":
+        return max(4, min(16, os.cpu_count() or 4))
+    return 2

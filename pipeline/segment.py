@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,92 +34,14 @@ from pipeline.model_handle import ModelHandle, load_for_process
 from pipeline.ome_zarr import create_probability_store
 from pipeline.output_dir import OutputDir, output_error, read_previous_summary
 from pipeline.output_names import slide_output_name
-from pipeline.params import SegmentParams
+from pipeline.params import SegmentParams, run_threads
 from pipeline.progress import NullProgress, Progress
+from pipeline.slide_state import PreparedSlide, SlideResult
 from wsi.errors import ModelError, OutputError, WsiSegmentError
 from wsi.slide import Slide, open_slide
-from wsi.tiling import ChunkSpec, TileGrid
-from wsi.tissue import TissueMask, detect_tissue
+from wsi.tissue import detect_tissue
 
 ZARR_NAME = "probabilities.ome.zarr"
-
-
-@dataclass
-class SlideResult:
-    """What one slide run ended with (the batch table is made of these)."""
-
-    slide: str
-    status: str  # "done" | "up-to-date" | "failed"
-    out_dir: Path | None
-    summary: dict[str, Any] = field(default_factory=dict)
-    error: str | None = None
-    seconds: float = 0.0
-
-
-@dataclass
-class PreparedSlide:
-    """The state handed from `prepare` to `infer` and `finish`."""
-
-    slide_path: str
-    name: str
-    out_root: Path
-    params: SegmentParams
-    slide: Slide
-    mpp: tuple[float, float]
-    model: ModelHandle
-    meta: Any  # models.bundle.ModelMeta
-    model_dir: Path
-    model_hash: str
-    fingerprint: str
-    tissue: TissueMask
-    grid: TileGrid
-    level0_per_model: float
-    read_level: int
-    output_shape: tuple[int, int]  # (H, W) output pixels
-    chunk_out: int  # output pixels per chunk side (= zarr chunk side)
-    specs: list[ChunkSpec]
-    timings: dict[str, float] = field(default_factory=dict)
-    # Backend for chunk reads (tiffslide when it reads this slide's pixels identically and
-    # cheaper, see `pipeline.chunk_job.fast_read_backend`); None: the slide's own backend.
-    read_backend: str | None = None
-    # Local runs: chunk images being read in the background since planning (never pickled).
-    prefetch: ChunkPrefetcher | None = None
-    # Local runs: the overlay's thumbnail, read on the core the model load leaves free.
-    overlay_thumb: Background | None = None
-    # Local runs: storage tiles decoded / served again from memory (wsi.tile_reuse).
-    read_stats: dict[str, int] = field(default_factory=dict)
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["prefetch"] = None
-        state["overlay_thumb"] = None
-        return state
-
-    def close_prefetch(self) -> None:
-        """Stop the background readers (prefetch, overlay thumbnail) of a local run."""
-        if self.prefetch is not None:
-            self.prefetch.close()
-            self.prefetch = None
-        if self.overlay_thumb is not None:
-            with contextlib.suppress(BaseException):  # finish() reports its errors
-                self.overlay_thumb.result()
-
-    @property
-    def out_dir(self) -> Path:
-        return self.out_root / self.name
-
-    @property
-    def level0_per_output(self) -> float:
-        return self.level0_per_model * self.grid.downsample
-
-    @property
-    def output_mpp(self) -> tuple[float, float]:
-        f = self.level0_per_output
-        return (self.mpp[0] * f, self.mpp[1] * f)
-
-    @property
-    def tiles_total(self) -> int:
-        return sum(len(s.tiles) for s in self.specs)
 
 
 def resolve_model_dir(params: SegmentParams) -> Path:
@@ -271,6 +192,14 @@ def is_up_to_date(prep: PreparedSlide) -> bool:
     return False
 
 
+def _device_type(model: ModelHandle, client: Any | None) -> str:
+    """Where this process runs the model ("cpu" when the chunks run on Dask workers)."""
+    if client is not None:
+        return "cpu"  # local threads are not used; each worker sizes its own
+    loaded, _lock = model.get()
+    return str(getattr(getattr(loaded, "device", None), "type", "cpu"))
+
+
 def infer(
     prep: PreparedSlide,
     work_dir: Path,
@@ -313,7 +242,7 @@ def infer(
         outcomes = run_chunks(
             job,
             prep.specs,
-            threads=prep.params.threads,
+            threads=run_threads(prep.params.threads, _device_type(prep.model, client)),
             client=client,
             progress=progress,
             key_prefix=f"chunk-{prep.fingerprint[:16]}",
