@@ -76,16 +76,16 @@ def add_segment_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--batch-size",
         type=positive_int(1, 4096),
-        default=16,
+        default=None,
         help="tiles per forward pass, 1-4096; on a GPU capped to what its memory holds "
-        "(default: %(default)s)",
+        "(default: 16 on the CPU, 64 on a GPU)",
     )
     parser.add_argument(
         "--chunk-tiles",
         type=positive_int(1, 64),
-        default=4,
-        help="a Dask chunk is N x N tiles, 1-64; a batch never spans chunks, so raise it with "
-        "--batch-size on a large GPU (default: %(default)s)",
+        default=None,
+        help="a Dask chunk is N x N tiles, 1-64; a batch never spans chunks (default: 4 on "
+        "the CPU, 8 when a GPU is expected)",
     )
     parser.add_argument(
         "--mpp",

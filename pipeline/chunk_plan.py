@@ -14,7 +14,7 @@ import numpy as np
 
 from pipeline.chunk_job import SlideJob, fast_read_backend
 from pipeline.model_handle import ModelHandle
-from pipeline.params import SegmentParams
+from pipeline.params import SegmentParams, plan_chunk_tiles, run_batch_size
 from wsi.slide import Slide
 from wsi.tiling import ChunkPlan, TileGrid, plan_chunks
 from wsi.tissue import TissueMask
@@ -42,7 +42,8 @@ def plan_slide(
     tile, model_mpp = geometry
     grid = TileGrid(tile=tile, overlap=params.overlap, downsample=params.output_downsample)
     grid.validate()
-    return grid, plan_chunks(slide, mpp[0], model_mpp, grid, params.chunk_tiles, tissue)
+    chunk_tiles = plan_chunk_tiles(params)
+    return grid, plan_chunks(slide, mpp[0], model_mpp, grid, chunk_tiles, tissue)
 
 
 def chunk_read_backend(slide: Slide, params: SegmentParams, level: int) -> str | None:
@@ -68,7 +69,7 @@ def prefetch_read_job(
         read_level=planned.read_level,
         grid=grid,
         n_classes=0,
-        batch_size=params.batch_size,
+        batch_size=run_batch_size(params.batch_size, "cpu"),  # reads only: never used
         gate=params.gate,
         zarr_path="",
         tissue_mask=np.zeros((1, 1), bool),

@@ -27,11 +27,13 @@ class SegmentParams:
     model_dir: Path | None = None  # None: the demo model shipped in the package
     device: str = "auto"
     precision: str = "auto"  # auto: bf16 where the hardware has it, else fp32
-    batch_size: int = 16
+    batch_size: int | None = None  # None: 16 on the CPU, 64 on a GPU (capped to its memory)
     mpp: float | None = None  # override of the slide's level-0 mpp
     output_downsample: int = 4
     overlap: int = 32  # model pixels shared by neighbouring tiles (centre-crop stitching)
-    chunk_tiles: int = 4  # a Dask chunk is chunk_tiles x chunk_tiles tiles
+    # A Dask chunk is chunk_tiles x chunk_tiles tiles; None: 4 on the CPU, 8 when a GPU is
+    # expected (a batch never spans chunks, so 64-tile batches need 8 x 8 chunks).
+    chunk_tiles: int | None = None
     gate: bool = True
     overwrite: bool = False
     backend: str = "auto"
@@ -48,9 +50,11 @@ class SegmentParams:
         _check_choice("device", self.device, DEVICES)
         _check_choice("backend", self.backend, BACKENDS)
         _check_choice("precision", self.precision, PRECISIONS)
-        _check_range("batch size", self.batch_size, 1, 4096)
+        if self.batch_size is not None:
+            _check_range("batch size", self.batch_size, 1, 4096)
         _check_range("output downsample", self.output_downsample, 1, 64)
-        _check_range("chunk tiles", self.chunk_tiles, 1, 64)
+        if self.chunk_tiles is not None:
+            _check_range("chunk tiles", self.chunk_tiles, 1, 64)
         if self.threads is not None:
             _check_range("threads", self.threads, 1, 256)
         if self.overlap < 0 or self.overlap % 2:
@@ -99,3 +103,27 @@ def run_threads(requested: int | None, device_type: str) -> int:
     if device_type == "cuda":
         return max(4, min(16, os.cpu_count() or 4))
     return 2
+
+
+def gpu_expected(device: str) -> bool:
+    """Whether the run will use a GPU, known before torch is imported (planning runs while
+    the model loads): `cuda`, or `auto` on a machine with an NVIDIA driver. A wrong guess
+    only changes the chunk size, never the results (they do not depend on it)."""
+    if device == "auto":
+        return os.path.exists("/dev/nvidiactl")
+    return device == "cuda"
+
+
+def plan_chunk_tiles(params: SegmentParams) -> int:
+    """Tiles per chunk side: the option, or 4 on the CPU and 8 when a GPU is expected."""
+    if params.chunk_tiles is not None:
+        return params.chunk_tiles
+    return 8 if gpu_expected(params.device) else 4
+
+
+def run_batch_size(requested: int | None, device_type: str) -> int:
+    """Tiles per forward pass: the option, or 16 on the CPU and 64 on a GPU (where
+    `SegmentationModel.batch_limit` then caps it to the device memory)."""
+    if requested is not None:
+        return requested
+    return 64 if device_type == "cuda" else 16

@@ -34,7 +34,7 @@ from pipeline.model_handle import ModelHandle, load_for_process
 from pipeline.ome_zarr import create_probability_store
 from pipeline.output_dir import OutputDir, output_error, read_previous_summary
 from pipeline.output_names import slide_output_name
-from pipeline.params import SegmentParams, run_threads
+from pipeline.params import SegmentParams, run_batch_size, run_threads
 from pipeline.progress import NullProgress, Progress
 from pipeline.slide_state import PreparedSlide, SlideResult
 from wsi.errors import ModelError, OutputError, WsiSegmentError
@@ -192,10 +192,11 @@ def is_up_to_date(prep: PreparedSlide) -> bool:
     return False
 
 
-def _device_type(model: ModelHandle, client: Any | None) -> str:
-    """Where this process runs the model ("cpu" when the chunks run on Dask workers)."""
+def _device_type(model: ModelHandle, client: Any | None, device: str) -> str:
+    """Where the model runs: this process's loaded model, or for Dask workers (whose
+    devices this process cannot see) the device asked for (`auto` counts as the CPU)."""
     if client is not None:
-        return "cpu"  # local threads are not used; each worker sizes its own
+        return "cuda" if device == "cuda" else "cpu"
     loaded, _lock = model.get()
     return str(getattr(getattr(loaded, "device", None), "type", "cpu"))
 
@@ -219,6 +220,7 @@ def infer(
         prep.level0_per_output,
         offset_level0=_qupath_offset(prep.slide),
     )
+    device_type = _device_type(prep.model, client, prep.params.device)
     job = SlideJob(
         slide_path=prep.slide_path,
         backend=prep.slide.backend,
@@ -227,7 +229,7 @@ def infer(
         read_level=prep.read_level,
         grid=prep.grid,
         n_classes=len(prep.meta.classes),
-        batch_size=prep.params.batch_size,
+        batch_size=run_batch_size(prep.params.batch_size, device_type),
         gate=prep.params.gate,
         zarr_path=str(zarr_path / "0"),
         tissue_mask=prep.tissue.mask,
@@ -242,7 +244,7 @@ def infer(
         outcomes = run_chunks(
             job,
             prep.specs,
-            threads=run_threads(prep.params.threads, _device_type(prep.model, client)),
+            threads=run_threads(prep.params.threads, device_type),
             client=client,
             progress=progress,
             key_prefix=f"chunk-{prep.fingerprint[:16]}",

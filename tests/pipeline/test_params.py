@@ -6,7 +6,13 @@ import os
 
 import pytest
 
-from pipeline.params import SegmentParams, run_threads
+from pipeline.params import (
+    SegmentParams,
+    gpu_expected,
+    plan_chunk_tiles,
+    run_batch_size,
+    run_threads,
+)
 from wsi.errors import ConfigError
 
 
@@ -27,3 +33,14 @@ def test_speed_knobs_do_not_change_the_fingerprint():
     base = SegmentParams().fingerprint_fields()
     assert SegmentParams(threads=7, batch_size=3, chunk_tiles=2).fingerprint_fields() == base
     assert SegmentParams(overlap=16).fingerprint_fields() != base
+
+
+def test_batch_and_chunk_defaults_follow_the_device():
+    assert SegmentParams().batch_size is None and SegmentParams().chunk_tiles is None
+    assert run_batch_size(None, "cpu") == 16 and run_batch_size(None, "cuda") == 64
+    assert run_batch_size(5, "cuda") == 5
+    assert not gpu_expected("cpu") and gpu_expected("cuda")
+    assert gpu_expected("auto") == os.path.exists("/dev/nvidiactl")
+    assert plan_chunk_tiles(SegmentParams(device="cpu")) == 4
+    assert plan_chunk_tiles(SegmentParams(device="cuda")) == 8  # 64 tiles: one GPU batch
+    assert plan_chunk_tiles(SegmentParams(device="cuda", chunk_tiles=3)) == 3
