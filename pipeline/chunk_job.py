@@ -267,11 +267,10 @@ def tiles_read_box(
 
 def _device_batch_size(model: Any, lock: Any, tile: int, requested: int) -> int:
     """The batch size that fits the model's device (GPU memory probed once per process)."""
-    limit = getattr(model, "batch_limit", None)
-    if limit is None or _on_cpu(model):
+    if _on_cpu(model):
         return requested
-    with lock:
-        return int(limit(tile, requested))
+    with lock:  # the first call on a GPU runs a probe forward pass
+        return int(model.batch_limit(tile, requested))
 
 
 def _on_cpu(model: Any) -> bool:

@@ -214,6 +214,6 @@ def _summary(
         "classes": areas,
         "timings_s": dict(prep.timings),
         # Run statistics like the timings (local runs only; thread interleaving moves them).
-        "read_stats": dict(getattr(prep, "read_stats", {})),
+        "read_stats": dict(prep.read_stats),
         "versions": software_versions(),
     }

@@ -60,10 +60,10 @@ def _geometry(geom: BaseGeometry, decimals: int | None) -> dict[str, Any]:
     out: BaseGeometry = parts[0] if len(parts) == 1 else MultiPolygon(parts)
     if decimals is not None:
         out = shapely.transform(out, lambda xy: np.round(xy, decimals))
-    # GEOS's GeoJSON writer (C, full double precision) parsed back by json: plain lists of
-    # floats that equal their JSON round trip, ~2x faster than shapely's Python `mapping`.
-    gj = json.loads(shapely.to_geojson(out))
-    return {"type": gj["type"], "coordinates": gj["coordinates"]}
+    # GEOS's GeoJSON writer (C, full double precision) parsed back by json: {type,
+    # coordinates} with plain lists of floats that equal their JSON round trip, ~2x faster
+    # than shapely's Python `mapping`.
+    return json.loads(shapely.to_geojson(out))
 
 
 def make_feature(

@@ -181,7 +181,12 @@ def slide_extent_level0(
 
 
 def clip_to_extent(geom: BaseGeometry, extent: Polygon) -> MultiPolygon:
-    """Polygonal parts of `geom` inside `extent`; a geometry already inside is kept as is."""
-    if geom.is_empty or extent.contains(geom):
+    """Polygonal parts of `geom` inside the box `extent`; a geometry already inside is kept
+    as is (for a box, comparing bounds decides that without a GEOS predicate)."""
+    ex0, ey0, ex1, ey1 = extent.bounds
+    if geom.is_empty:
+        return _as_multipolygon(geom)
+    gx0, gy0, gx1, gy1 = geom.bounds
+    if gx0 >= ex0 and gy0 >= ey0 and gx1 <= ex1 and gy1 <= ey1:
         return _as_multipolygon(geom)
     return _as_multipolygon(shapely.intersection(geom, extent))

@@ -8,6 +8,10 @@ reader counts how many planned boxes touch each storage tile, reads the tiles it
 one tile-aligned region, and keeps a decoded tile only while a later box still needs it:
 memory holds roughly one row of chunk borders, bounded by `max_bytes`.
 
+Threads share one reuser. The pipeline's prefetcher reads chunks in plan order on one
+thread; when a runner thread reads a chunk itself at the same moment, both may decode a
+tile they share (a lock per tile in flight would cost more than that rare decode).
+
 Pixels are identical to a direct read: only whole storage tiles are read and pasted at the
 same level coordinates, and this is used only where level and level-0 coordinates map
 exactly (integer downsample), so no reader rounds a location differently.
