@@ -1,11 +1,12 @@
 """Where and in which precision the networks run.
 
-On CPUs with AMX, bf16 autocast plus channels_last is ~3x faster than fp32 for DeepLabV3+
-(measured: 16 -> 50 tiles/s at 224 px on this project's 2-core AMX machine) at a small
-accuracy cost (see docs/models.md). AVX512-BF16 alone is not enough: on such a CPU (no AMX)
-the demo model ran 0.72-0.78x as fast in bf16 as in fp32 (benchmarks/RESULTS.md, precision),
-so there, as everywhere else, the CPU runs fp32. On CUDA,
-bf16 where supported, else fp16. `force_fp32` turns all of it off.
+CPUs with bf16 in hardware (AMX, or AVX512-BF16) can autocast to bf16. With AMX that is ~3x
+fp32 for DeepLabV3+ (16 -> 50 tiles/s at 224 px on this project's 2-core AMX machine); with
+AVX512-BF16 alone it measured 0.66-0.78x fp32 (benchmarks/RESULTS.md, precision). So on the
+CPU `precision_for` names bf16 as the candidate and `SegmentationModel.settle_precision`
+keeps it only when a trial on the run's own tiles shows it faster and as accurate
+(models/precision_trial.py). On CUDA, bf16 where supported, else fp16. `force_fp32` turns
+all of it off.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 
 from wsi.errors import ConfigError
 
-_BF16_CPU_FLAGS = frozenset({"amx_bf16"})  # avx512_bf16 alone measured slower than fp32
+_BF16_CPU_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
 
 
 def pick_device(requested: str | torch.device = "auto") -> torch.device:
@@ -58,12 +59,14 @@ def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str]:
 
 
 def cpu_supports_bf16(flags: frozenset[str] | None = None) -> bool:
-    """True when bf16 is worth it on this CPU: AMX-BF16 tiles (`flags`: default this CPU's)."""
+    """True when this CPU has bf16 in hardware: AMX or AVX512-BF16 (`flags`: default ours).
+
+    Whether bf16 also pays for a given model is measured, not assumed (precision_trial)."""
     return bool((cpu_flags() if flags is None else flags) & _BF16_CPU_FLAGS)
 
 
 def precision_for(device: torch.device | str, force_fp32: bool = False) -> torch.dtype | None:
-    """Autocast dtype for `device`, or None for plain fp32."""
+    """Autocast dtype for `device`, or None for plain fp32 (on the CPU: the bf16 candidate)."""
     device = torch.device(device)
     if force_fp32:
         return None
@@ -89,11 +92,6 @@ def parse_precision(
     if device.type == "cpu" and dtype == torch.float16:
         raise ConfigError("fp16 autocast is for GPUs; on CPU use bf16 or fp32")
     return dtype
-
-
-def use_channels_last(device: torch.device, dtype: torch.dtype | None) -> bool:
-    """channels_last pays off with reduced precision (oneDNN / tensor cores), not fp32 CPU."""
-    return dtype is not None or device.type == "cuda"
 
 
 def pin_memory_ok() -> bool:

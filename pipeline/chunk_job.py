@@ -186,9 +186,12 @@ class SlideJob:
         del image
         model, lock = self.model.get()
         batch_size = _device_batch_size(model, lock, self.grid.tile, self.batch_size)
-        if self.cpu_threads_per_chunk > 0 and _on_cpu(model):
-            lock = None
+        concurrent = self.cpu_threads_per_chunk > 0 and _on_cpu(model)
+        if concurrent:
             _set_torch_threads(self.cpu_threads_per_chunk)
+        _settle_precision(model, lock, patches)
+        if concurrent:
+            lock = None
         probs = predict_tiles(model, patches, batch_size, self.gate, lock)
         block = stitch_cores(probs, tiles, (x0, y0), (x1 - x0, y1 - y0), k, grid)
         ox0, oy0, ox1, oy1 = spec.out_box
@@ -271,6 +274,18 @@ def _device_batch_size(model: Any, lock: Any, tile: int, requested: int) -> int:
         return requested
     with lock:  # the first call on a GPU runs a probe forward pass
         return int(model.batch_limit(tile, requested))
+
+
+def _settle_precision(model: Any, lock: Any, patches: np.ndarray) -> None:
+    """Precision 'auto' on a bf16 CPU: the first chunk of a process times fp32 against bf16
+    on its own tiles (SegmentationModel.settle_precision); other chunks wait on the lock."""
+    if not getattr(model, "precision_pending", False) or len(patches) == 0:
+        return
+    import torch
+
+    tiles = torch.from_numpy(np.ascontiguousarray(patches)).permute(0, 3, 1, 2)  # a view
+    with lock:
+        model.settle_precision(tiles)
 
 
 def _on_cpu(model: Any) -> bool:

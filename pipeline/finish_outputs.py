@@ -212,6 +212,7 @@ def _summary(
             "note": "no tissue found" if tiles == 0 else "",
         },
         "classes": areas,
+        "precision": dict(prep.precision),
         "timings_s": dict(prep.timings),
         # Run statistics like the timings (local runs only; thread interleaving moves them).
         "read_stats": dict(prep.read_stats),

@@ -262,7 +262,17 @@ def infer(
                 }
         prep.close_prefetch()
     prep.timings["inference_s"] = time.perf_counter() - t0
+    prep.precision = _precision_report(prep.model, client, prep.params.precision)
     return outcomes
+
+
+def _precision_report(model: ModelHandle, client: Any | None, precision: str) -> dict[str, Any]:
+    """This process's model says what it ran in; Dask workers each decide their own."""
+    if client is not None:
+        return {"autocast": f"{precision} (decided by each Dask worker)", "trial": None}
+    loaded, _lock = model.get()
+    report = getattr(loaded, "precision_report", None)
+    return dict(report()) if report is not None else {}
 
 
 def finish(prep: PreparedSlide, outcomes: list[ChunkOutcome], out: OutputDir) -> SlideResult:

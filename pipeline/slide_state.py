@@ -64,6 +64,8 @@ class PreparedSlide:
     overlay_thumb: Background | None = None
     # Local runs: storage tiles decoded / served again from memory (wsi.tile_reuse).
     read_stats: dict[str, int] = field(default_factory=dict)
+    # What the forward passes ran in and why (SegmentationModel.precision_report).
+    precision: dict[str, Any] = field(default_factory=dict)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()

@@ -111,7 +111,9 @@ def stable_summary(folder: Path) -> dict:
     import json
 
     summary = json.loads((folder / "summary.json").read_text())
-    for key in ("timings_s", "read_stats", "created_utc", "command", "versions", "software"):
+    # precision holds the bf16 trial's measured speeds, which differ from run to run
+    unstable = ("timings_s", "read_stats", "precision", "created_utc", "command", "versions")
+    for key in (*unstable, "software"):
         summary.pop(key, None)
     summary.get("parameters", {}).pop("threads", None)
     return summary

@@ -14,6 +14,7 @@ import shapely
 import zarr
 from shapely.geometry import shape
 
+from models.device import cpu_supports_bf16
 from pipeline.params import SegmentParams
 from pipeline.segment import segment_slide
 from tests.conftest import CMU_SLIDE, DATA_DIR, LUAD_CLASSES
@@ -107,6 +108,14 @@ def test_areas_agree_between_summary_zarr_and_polygons(cmu_run):
     assert reads["storage_tiles_reused"] > 0
     assert reads["storage_tiles_decoded"] <= math.ceil(2220 / 240) * math.ceil(2967 / 240)
     assert summary["model"]["name"] == "demo-synthetic-luad-resnet10t"
+    # precision auto: on a CPU with bf16 hardware the first chunk timed fp32 against bf16
+    precision = summary["precision"]
+    assert precision["device"] == "cpu" and precision["channels_last"] is True
+    if cpu_supports_bf16():
+        assert precision["autocast"] == precision["trial"]["chosen"]
+        assert 0.0 <= precision["trial"]["agreement"] <= 1.0
+    else:
+        assert precision["autocast"] == "fp32" and precision["trial"] is None
     # The demo model finds more than one tissue class on this real H&E region.
     assert sum(c["fraction_of_tissue"] > 0.05 for c in summary["classes"].values()) >= 2
 
