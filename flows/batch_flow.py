@@ -28,7 +28,7 @@ from pipeline.batch_inputs import BatchItem, params_for, parse_batch_input  # no
 from pipeline.batch_report import batch_rows, counts, markdown_table  # noqa: E402
 from pipeline.params import SegmentParams  # noqa: E402
 from pipeline.segment import SlideResult  # noqa: E402
-from wsi.errors import ConfigError, WsiSegmentError  # noqa: E402
+from wsi_segment.errors import ConfigError, WsiSegmentError  # noqa: E402
 
 
 class BatchFailedError(WsiSegmentError):

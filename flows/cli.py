@@ -12,7 +12,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from wsi.errors import WsiSegmentError
+from wsi_segment.errors import WsiSegmentError
 
 # subcommand name -> module implementing add_parser(subparsers) and run(args) -> int
 SUBCOMMANDS: dict[str, str] = {

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pipeline.params import SegmentParams
 from pipeline.progress import BarProgress
-from wsi.errors import WsiSegmentError
+from wsi_segment.errors import WsiSegmentError
 
 
 def positive_int(low: int, high: int):

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from wsi.errors import ConfigError
+from wsi_segment.errors import ConfigError
 
 
 @dataclass(frozen=True)

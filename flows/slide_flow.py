@@ -28,7 +28,7 @@ from pipeline import segment  # noqa: E402
 from pipeline.batch_report import class_rows, markdown_table  # noqa: E402
 from pipeline.output_dir import OutputDir, read_previous_summary  # noqa: E402
 from pipeline.params import SegmentParams  # noqa: E402
-from wsi.errors import ConfigError  # noqa: E402
+from wsi_segment.errors import ConfigError  # noqa: E402
 
 # errno values of I/O failures that a later attempt can get past.
 TRANSIENT_ERRNOS = frozenset(

@@ -21,7 +21,7 @@ from prefect.cache_policies import NO_CACHE  # noqa: E402
 from flows.slide_flow import RETRIES, RETRY_DELAYS_S, retry_if_transient  # noqa: E402
 from pipeline import train_stages  # noqa: E402
 from pipeline.train import TrainConfig  # noqa: E402
-from wsi.errors import ConfigError  # noqa: E402
+from wsi_segment.errors import ConfigError  # noqa: E402
 
 _STAGE = {
     "retries": RETRIES,

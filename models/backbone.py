@@ -14,7 +14,7 @@ import timm
 import torch
 from torch import nn
 
-from wsi.errors import ConfigError
+from wsi_segment.errors import ConfigError
 
 #: Backbones we document and test. Any timm ResNet with `layer1..layer4` also works.
 KNOWN_BACKBONES: dict[str, str] = {

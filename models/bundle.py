@@ -17,7 +17,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from wsi.errors import ModelError
+from wsi_segment.errors import ModelError
 
 from .classifier import build_classifier
 from .meta import ModelMeta

@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from wsi.errors import ConfigError
+from wsi_segment.errors import ConfigError
 
 from .classifier import PatchClassifier
 from .heads.lficam import LFICAMHead

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from wsi.errors import ConfigError
+from wsi_segment.errors import ConfigError
 
 _BF16_CPU_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
 

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from wsi.errors import ModelError
+from wsi_segment.errors import ModelError
 
 from .gate import DEFAULT_EPSILON
 

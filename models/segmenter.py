@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wsi.errors import ConfigError
+from wsi_segment.errors import ConfigError
 
 IGNORE_INDEX = 255
 DEFAULT_LAYER_WEIGHTS = (0.2, 0.2, 0.6)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.output_names import check_output_name, default_output_name
-from wsi.errors import ConfigError, DatasetError
+from wsi_segment.errors import ConfigError, DatasetError
 
 # File suffixes taken as slides when the input is a folder (lower case, compared case-free).
 SLIDE_SUFFIXES: tuple[str, ...] = (

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from wsi.errors import ModelError
+from wsi_segment.errors import ModelError
 
 
 def _split_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:

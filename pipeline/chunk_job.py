@@ -27,11 +27,11 @@ from pipeline.chunk_inference import (
 )
 from pipeline.model_handle import ModelHandle
 from pipeline.polygons import label_block_polygons
-from wsi.errors import SlideError
 from wsi.region_reader import level_read_box, read_model_box
 from wsi.slide import open_slide
 from wsi.tile_reuse import TileReuse, supports_reuse
 from wsi.tiling import ChunkSpec, TileGrid
+from wsi_segment.errors import SlideError
 
 
 @dataclass

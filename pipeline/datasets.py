@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from wsi.errors import DatasetError
+from wsi_segment.errors import DatasetError
 
 # `-[1 0 0 1].png` (LUAD-HistoSeg) or `[1101].png` (BCSS-WSSS), at the end of the stem.
 _LABEL_RE = re.compile(r"\[([01](?:\s?[01])*)\]\.png$", re.IGNORECASE)

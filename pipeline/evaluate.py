@@ -22,7 +22,7 @@ from models.pseudo_masks import pseudo_masks
 from models.segmentation_model import SegmentationModel
 from pipeline.datasets import WsssDataset, load_batch, open_dataset
 from pipeline.metrics import ConfusionMatrix
-from wsi.errors import DatasetError, ModelError
+from wsi_segment.errors import DatasetError, ModelError
 
 # predict(images uint8 (N,3,H,W), gt masks uint8 (N,H,W)) -> one label batch (N,H,W) per output
 Predictor = Callable[[torch.Tensor, torch.Tensor], Sequence[torch.Tensor | np.ndarray]]

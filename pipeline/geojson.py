@@ -24,7 +24,7 @@ import shapely
 from shapely.geometry import MultiPolygon, Polygon
 from shapely.geometry.base import BaseGeometry
 
-from wsi.errors import ConfigError
+from wsi_segment.errors import ConfigError
 
 TISSUE_NAME = "Tissue"
 TISSUE_COLOR = (128, 128, 128)

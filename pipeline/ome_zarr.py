@@ -22,7 +22,7 @@ import numcodecs
 import numpy as np
 import zarr
 
-from wsi.errors import ConfigError
+from wsi_segment.errors import ConfigError
 
 NGFF_VERSION = "0.4"
 ATTRS_KEY = "wsi_segment"

@@ -28,7 +28,7 @@ from types import TracebackType
 from typing import Any
 
 from pipeline.summary import read_summary
-from wsi.errors import OutputError
+from wsi_segment.errors import OutputError
 
 SUMMARY_NAME = "summary.json"
 # Each retry means another run removed the lock file between our open and our flock, i.e.

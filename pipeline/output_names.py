@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from wsi.errors import ConfigError
+from wsi_segment.errors import ConfigError
 
 # A typed output name is one portable folder name: no separators (so no "../x" or "a/b"),
 # no NUL, and no ':' (a drive prefix on Windows).

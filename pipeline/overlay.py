@@ -14,7 +14,7 @@ import numpy as np
 import zarr
 from PIL import Image, ImageDraw, ImageFont
 
-from wsi.errors import ConfigError
+from wsi_segment.errors import ConfigError
 
 NODATA = 255
 Color = tuple[int, int, int]

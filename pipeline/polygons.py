@@ -25,7 +25,7 @@ from shapely.affinity import affine_transform
 from shapely.geometry import MultiPolygon, Polygon, shape
 from shapely.geometry.base import BaseGeometry
 
-from wsi.errors import ConfigError
+from wsi_segment.errors import ConfigError
 
 # Label rasters are pixel grids, never georeferenced: rasterio's NotGeoreferencedWarning (it
 # fires for some blocks, seemingly depending on GDAL state) means nothing here, and a CLI run

@@ -37,9 +37,9 @@ from pipeline.output_names import slide_output_name
 from pipeline.params import SegmentParams, run_batch_size, run_threads
 from pipeline.progress import NullProgress, Progress
 from pipeline.slide_state import PreparedSlide, SlideResult
-from wsi.errors import ModelError, OutputError, WsiSegmentError
 from wsi.slide import Slide, open_slide
 from wsi.tissue import detect_tissue
+from wsi_segment.errors import ModelError, OutputError, WsiSegmentError
 
 ZARR_NAME = "probabilities.ome.zarr"
 

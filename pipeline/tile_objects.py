@@ -18,7 +18,7 @@ import numpy as np
 import zarr
 
 from pipeline.ome_zarr import ATTRS_KEY
-from wsi.errors import ConfigError
+from wsi_segment.errors import ConfigError
 
 
 def iter_tile_features(

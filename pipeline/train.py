@@ -30,7 +30,7 @@ from pipeline.train_config import (
     work_dir,
 )
 from pipeline.train_segmenter import train_segmenter
-from wsi.errors import ConfigError
+from wsi_segment.errors import ConfigError
 
 __all__ = ["TrainConfig", "seg_encoder_name", "train"]
 

@@ -24,7 +24,7 @@ from pipeline.train import train
 from pipeline.train_classifier import train_classifier
 from pipeline.train_config import TrainConfig, classifier_config, segmenter_config, work_dir
 from pipeline.train_segmenter import train_segmenter
-from wsi.errors import ConfigError
+from wsi_segment.errors import ConfigError
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from wsi.errors import ConfigError
+from wsi_segment.errors import ConfigError
 
 from .base import ClassifierHead
 from .cam import CAMHead

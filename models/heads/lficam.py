@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wsi.errors import ConfigError
+from wsi_segment.errors import ConfigError
 
 from .base import ClassifierHead
 

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from wsi.errors import ConfigError
+from wsi_segment.errors import ConfigError
 
 from .base import ClassifierHead
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.flows.conftest import BROKEN, CMU, output_files, stable_summary
-from wsi.errors import SlideError
+from wsi_segment.errors import SlideError
 
 
 def test_is_transient_follows_the_cause_chain() -> None:

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from models.cams import activation_maps, cam, grad_cam, grad_cams, lfi_cam, minmax, score_cam
 from models.classifier import build_classifier
-from wsi.errors import ConfigError
+from wsi_segment.errors import ConfigError
 
 
 def _upsample(maps: torch.Tensor, size: int) -> torch.Tensor:

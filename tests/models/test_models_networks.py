@@ -9,7 +9,7 @@ from models.backbone import Backbone
 from models.classifier import build_classifier
 from models.heads import PDASchedule
 from models.segmenter import build_segmenter
-from wsi.errors import ConfigError
+from wsi_segment.errors import ConfigError
 
 
 @pytest.mark.parametrize("head", ["cam", "pda", "pcam", "lficam"])

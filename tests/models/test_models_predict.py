@@ -19,7 +19,7 @@ from models.device import (
     precision_for,
 )
 from models.segmenter import build_segmenter
-from wsi.errors import ConfigError
+from wsi_segment.errors import ConfigError
 
 META = ModelMeta(
     name="analytic",

@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.batch_inputs import BatchItem, parse_batch_input
 from pipeline.output_names import check_output_name, default_output_name
-from wsi.errors import ConfigError, DatasetError
+from wsi_segment.errors import ConfigError, DatasetError
 
 
 def _touch(path: Path) -> Path:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pipeline.checkpoints import load_checkpoint, save_checkpoint
-from wsi.errors import ModelError
+from wsi_segment.errors import ModelError
 
 
 def _step(model: torch.nn.Module, opt: torch.optim.Optimizer) -> None:

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from pipeline.datasets import open_dataset, parse_labels, read_image
-from wsi.errors import DatasetError
+from wsi_segment.errors import DatasetError
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "luad-histoseg-sample"
 

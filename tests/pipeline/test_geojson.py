@@ -19,7 +19,7 @@ from pipeline.polygons import (
     simplify_coverage,
     to_level0,
 )
-from wsi.errors import ConfigError
+from wsi_segment.errors import ConfigError
 
 NAMES = ["TE", "NEC", "LYM", "TAS"]
 COLORS = [(205, 51, 51), (0, 255, 0), (65, 105, 225), (255, 165, 0)]

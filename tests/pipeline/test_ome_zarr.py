@@ -17,7 +17,7 @@ from pipeline.ome_zarr import (
     downsample_mean2,
     finalize_pyramid,
 )
-from wsi.errors import ConfigError
+from wsi_segment.errors import ConfigError
 
 NAMES = ["TE", "NEC", "LYM", "TAS"]
 COLORS = [(205, 51, 51), (0, 255, 0), (65, 105, 225), (255, 165, 0)]

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from pipeline.output_dir import OutputDir, is_linked_at, read_previous_summary
-from wsi.errors import OutputError
+from wsi_segment.errors import OutputError
 
 
 def _siblings(parent):

@@ -13,7 +13,7 @@ from pipeline.params import (
     run_batch_size,
     run_threads,
 )
-from wsi.errors import ConfigError
+from wsi_segment.errors import ConfigError
 
 
 def test_threads_default_follows_the_device():

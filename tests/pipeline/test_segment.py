@@ -18,7 +18,7 @@ from models.device import cpu_supports_bf16
 from pipeline.params import SegmentParams
 from pipeline.segment import segment_slide
 from tests.conftest import CMU_SLIDE, DATA_DIR, LUAD_CLASSES
-from wsi.errors import ModelError, MppMissingError, OutputError, SlideError
+from wsi_segment.errors import ModelError, MppMissingError, OutputError, SlideError
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from shapely.geometry import box, shape
 
 from pipeline.ome_zarr import create_probability_store
 from pipeline.tile_objects import iter_tile_features, write_tile_geojson
-from wsi.errors import ConfigError
+from wsi_segment.errors import ConfigError
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from pipeline.batch_inputs import parse_batch_input, read_manifest
 from pipeline.output_names import check_output_name
 from tests.conftest import CMU_SLIDE, DATA_DIR
 from tests.reliability.conftest import assert_clean_error, assert_nothing_written, run_cli_inprocess
-from wsi.errors import ConfigError, DatasetError, WsiSegmentError
+from wsi_segment.errors import ConfigError, DatasetError, WsiSegmentError
 
 
 def manifest(tmp_path, text: str, name: str = "manifest.csv"):

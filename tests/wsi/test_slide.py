@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import CMU_SLIDE, DATA_DIR
-from wsi.errors import ConfigError, MppMissingError, SlideError
 from wsi.slide import Slide, _to_white_rgb, open_slide
+from wsi_segment.errors import ConfigError, MppMissingError, SlideError
 
 JPEG_TOLERANCE = 0
 OS1 = DATA_DIR / "OS-1-detail.ome.tif"

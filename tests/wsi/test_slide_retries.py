@@ -19,8 +19,8 @@ import pytest
 from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
 
 from tests.conftest import CMU_SLIDE
-from wsi.errors import SlideError
 from wsi.slide import READ_ATTEMPTS, is_transient, open_slide
+from wsi_segment.errors import SlideError
 
 
 class FlakyFileSystem(AbstractFileSystem):

@@ -3,7 +3,8 @@
 Every expected failure (bad slide, bad model folder, bad option, bad dataset, unwritable
 output) is a `WsiSegmentError`. The CLI prints `error: <message>` and exits 1 for these and
 only these; anything else is a bug and keeps its traceback. Messages name the file and the
-fix. This module has no dependencies so every package (including `models/`) may import it.
+fix. This module has no dependencies so every package may import it; it sits outside `wsi/`
+and `models/`, which must not import each other.
 """
 
 from __future__ import annotations
