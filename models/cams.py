@@ -172,7 +172,17 @@ def activation_maps(
     *,
     normalise: str = "class",
 ) -> torch.Tensor:
-    """Dispatch by name: cam | gradcam | scorecam | lficam (cam/lficam use the deepest tap)."""
+    """Dispatch by name: cam | gradcam | scorecam | lficam.
+
+    Grad-CAM and Score-CAM work at any tap. CAM and LFI-CAM are defined by weights that
+    read the deepest features (the fc layer; the importance network), so another `layer`
+    is refused rather than silently answered from the deepest one.
+    """
+    if method in ("cam", "lficam") and classifier.resolve_tap(layer) != classifier.tap_names[-1]:
+        raise ConfigError(
+            f"{method} is defined on the deepest features only (its weights read them); "
+            f"for layer {layer!r} use gradcam or scorecam, or ask {method} for 'deep'"
+        )
     if method == "cam":
         return cam(classifier, x, normalise=normalise)
     if method == "gradcam":

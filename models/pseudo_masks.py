@@ -86,6 +86,8 @@ def pseudo_masks(
     bg = background_mask(images, grey_threshold, min_object_size) if use_background else None
     if method == "gradcam":
         maps = grad_cams(classifier, x, layers, relu=False, normalise="none")
+    elif method in ("cam", "lficam"):  # deepest features only: one map for every depth
+        maps = [activation_maps(method, classifier, x, "deep", normalise="none")] * len(layers)
     else:
         maps = [activation_maps(method, classifier, x, lay, normalise="none") for lay in layers]
     return [label_from_maps(m, present, bg, ignore_index).cpu() for m in maps]

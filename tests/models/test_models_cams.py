@@ -88,6 +88,18 @@ def test_lfi_cam_needs_lficam_head() -> None:
         activation_maps("gradcam++", build_classifier("resnet10t", "cam", 2), x)
 
 
+def test_cam_and_lfi_cam_refuse_a_layer_their_weights_do_not_read() -> None:
+    x = torch.rand(1, 3, 64, 64)
+    for method, head in (("cam", "cam"), ("lficam", "lficam")):
+        clf = build_classifier("resnet10t", head, 2).eval()
+        deep = activation_maps(method, clf, x, clf.tap_names[-1])
+        torch.testing.assert_close(activation_maps(method, clf, x, "deep"), deep)
+        for layer in ("shallow", "mid"):
+            with pytest.raises(ConfigError, match=f"{method} is defined on the deepest"):
+                activation_maps(method, clf, x, layer)
+        assert activation_maps("gradcam", clf, x, "mid").shape == deep.shape  # any tap
+
+
 def test_grad_cams_several_layers_equal_single_layer_calls() -> None:
     clf = build_classifier("resnet10t", "pcam", 3).eval()
     x = torch.rand(2, 3, 64, 64)
