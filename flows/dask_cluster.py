@@ -70,6 +70,9 @@ def plan_local_cluster(
 # (and warns "Port 8787 is already in use" when another cluster or service has it). "Off"
 # is therefore a free loopback port with `dashboard=False`, so no dashboard pages are served.
 DASHBOARD_ON = ":8787"
+# A local cluster serves this machine only: scheduler and workers listen on loopback
+# (LocalCluster does so by itself; the GPU SpecCluster is told), never on every interface.
+LOOPBACK = "127.0.0.1"
 DASHBOARD_OFF = "127.0.0.1:0"
 
 
@@ -86,6 +89,7 @@ def start_local_cluster(plan: ClusterPlan, dashboard: bool = False):  # -> SpecC
             n_workers=plan.n_workers,
             threads_per_worker=plan.threads_per_worker,
             processes=True,
+            host=LOOPBACK,
             dashboard_address=dashboard_address,
             scheduler_kwargs={"dashboard": dashboard},
         )
@@ -94,6 +98,7 @@ def start_local_cluster(plan: ClusterPlan, dashboard: bool = False):  # -> SpecC
             "cls": Nanny,
             "options": {
                 "nthreads": plan.threads_per_worker,
+                "host": LOOPBACK,
                 "env": {"CUDA_VISIBLE_DEVICES": str(gpu)},
                 "resources": {"GPU": 1},
             },
@@ -102,7 +107,11 @@ def start_local_cluster(plan: ClusterPlan, dashboard: bool = False):  # -> SpecC
     }
     scheduler = {
         "cls": Scheduler,
-        "options": {"dashboard_address": dashboard_address, "dashboard": dashboard},
+        "options": {
+            "host": LOOPBACK,
+            "dashboard_address": dashboard_address,
+            "dashboard": dashboard,
+        },
     }
     return SpecCluster(workers=workers, scheduler=scheduler)
 

@@ -46,6 +46,10 @@ def _assert_no_dashboard(cluster, caught: list[warnings.WarningMessage]) -> None
     """The scheduler's HTTP server is on a free loopback port, not the dashboard's :8787."""
     http = cluster.scheduler.http_server
     assert (http.address, http.port != 8787) == ("127.0.0.1", True)
+    # scheduler and workers listen on loopback only: a local cluster is not a network service
+    assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
+    for worker in cluster.workers.values():
+        assert worker.address.startswith("tcp://127.0.0.1:"), worker.address
     assert not [w for w in caught if "8787" in str(w.message)]
 
 
