@@ -12,6 +12,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from flows.allocator import limit_malloc_arenas
 from wsi_segment.errors import WsiSegmentError
 
 # subcommand name -> module implementing add_parser(subparsers) and run(args) -> int
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """The console script (argv None: this process's command line) or an in-process call."""
     if argv is None:
+        limit_malloc_arenas()  # before any thread starts (flows/allocator.py)
         try:
             return _main(None)
         finally:

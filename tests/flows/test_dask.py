@@ -39,7 +39,16 @@ def cluster_client() -> Iterator:
         with dask_client(workers=2, threads=1) as client:
             client.wait_for_workers(2, timeout=120)
             _assert_no_dashboard(client.cluster, caught)
+            _assert_worker_allocator(client)
             yield client
+
+
+def _assert_worker_allocator(client) -> None:
+    """Workers get two malloc arenas and not Dask's eager trim threshold (flows/allocator)."""
+    seen = client.run(lambda: {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")})
+    expected = {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}
+    expected.setdefault("MALLOC_ARENA_MAX", "2")
+    assert list(seen.values()) == [expected] * 2
 
 
 def _assert_no_dashboard(cluster, caught: list[warnings.WarningMessage]) -> None:

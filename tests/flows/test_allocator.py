@@ -1,0 +1,24 @@
+"""flows.allocator: two glibc arenas for the console script and the workers we start."""
+
+from __future__ import annotations
+
+import platform
+
+import pytest
+
+from flows.allocator import ENV, limit_malloc_arenas, worker_environment
+
+
+def test_workers_get_two_arenas_unless_the_user_chose(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ENV, raising=False)
+    assert worker_environment() == {"MALLOC_ARENA_MAX": "2"}
+    assert worker_environment(4) == {"MALLOC_ARENA_MAX": "4"}
+    monkeypatch.setenv(ENV, "8")
+    assert worker_environment() == {}
+    assert limit_malloc_arenas() is False  # the user's variable wins
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt arenas are glibc's")
+def test_the_cap_is_applied_on_glibc(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ENV, raising=False)
+    assert limit_malloc_arenas(8) is True  # glibc's own default for this many cores or more

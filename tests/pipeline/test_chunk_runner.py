@@ -1,0 +1,49 @@
+"""Distributed CPU workers run their threads' forward passes side by side, like local runs."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from models.meta import ModelMeta
+from models.segmentation_model import SegmentationModel
+from pipeline.chunk_job import SlideJob
+from pipeline.chunk_runner import _size_for_this_worker
+from pipeline.model_handle import ModelHandle
+from wsi.tiling import TileGrid
+
+
+def _job(model: SegmentationModel, per_chunk: int = 0) -> SlideJob:
+    return SlideJob(
+        slide_path="unused.svs",
+        backend="auto",
+        mpp_override=None,
+        level0_per_model=1.0,
+        read_level=0,
+        grid=TileGrid(tile=64, overlap=16, downsample=4),
+        n_classes=2,
+        batch_size=4,
+        gate=True,
+        zarr_path="unused.zarr",
+        tissue_mask=np.ones((1, 1), bool),
+        tissue_downsample=1.0,
+        level0_per_output=4.0,
+        model=ModelHandle.with_model(model, "analytic", "cpu", "fp32"),
+        cpu_threads_per_chunk=per_chunk,
+    )
+
+
+def _model() -> SegmentationModel:
+    meta = ModelMeta("analytic", ["a", "b"], [(255, 0, 0), (0, 0, 255)], 1.0, 64)
+    cls = nn.Sequential(nn.Conv2d(3, 2, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    return SegmentationModel(cls, nn.Conv2d(3, 2, 1), meta).to_device("cpu", "fp32")
+
+
+def test_a_cpu_worker_sizes_its_job_once_to_its_torch_threads() -> None:
+    job = _job(_model())
+    _size_for_this_worker(job)
+    assert job.cpu_threads_per_chunk == max(1, torch.get_num_threads())
+    sized = _job(_model(), per_chunk=3)
+    _size_for_this_worker(sized)
+    assert sized.cpu_threads_per_chunk == 3  # a job already sized keeps its figure
