@@ -10,7 +10,6 @@ trim threshold instead took more off but cost 50 % of the speed, so it is left a
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 
 ARENAS = 2
@@ -26,8 +25,7 @@ def limit_malloc_arenas(arenas: int = ARENAS) -> bool:
     if ENV in os.environ:
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
+        mallopt = ctypes.CDLL(None).mallopt  # this process's libc, no ldconfig lookup
     except (OSError, AttributeError):
         return False
     return bool(mallopt(_M_ARENA_MAX, int(arenas)))
@@ -35,5 +33,6 @@ def limit_malloc_arenas(arenas: int = ARENAS) -> bool:
 
 def worker_environment(arenas: int = ARENAS) -> dict[str, str]:
     """Environment for Dask worker processes this tool starts: the same cap via glibc's
-    variable (honoured at process start), unless the user set their own."""
+    variable (read at process start: it must be set before the worker is spawned), unless
+    the user set their own."""
     return {} if ENV in os.environ else {ENV: str(arenas)}

@@ -86,8 +86,13 @@ def start_local_cluster(plan: ClusterPlan, dashboard: bool = False):  # -> SpecC
 
     # Dask starts workers with MALLOC_TRIM_THRESHOLD_=65536 so they hand memory back
     # eagerly; for our forward passes that cost 50 % of the speed (1770 tiles: 66 -> 99 s,
-    # benchmarks/RESULTS.md) while two arenas (worker_environment) already keep RSS low.
-    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+    # benchmarks/RESULTS.md). Two arenas keep RSS low instead. glibc reads its variables at
+    # process start, so they go in the environment the nanny spawns workers with (a nanny's
+    # `env` is only applied inside the worker, too late for malloc).
+    key = "distributed.nanny.pre-spawn-environ"
+    spawn_env = {f"{key}.MALLOC_TRIM_THRESHOLD_": None}
+    spawn_env.update({f"{key}.{k}": v for k, v in worker_environment().items()})
+    with dask.config.set(spawn_env):
         return _start_local_cluster(plan, dashboard)
 
 
@@ -101,7 +106,6 @@ def _start_local_cluster(plan: ClusterPlan, dashboard: bool):  # -> SpecCluster
             threads_per_worker=plan.threads_per_worker,
             processes=True,
             host=LOOPBACK,
-            env=worker_environment(),
             dashboard_address=dashboard_address,
             scheduler_kwargs={"dashboard": dashboard},
         )
@@ -111,7 +115,7 @@ def _start_local_cluster(plan: ClusterPlan, dashboard: bool):  # -> SpecCluster
             "options": {
                 "nthreads": plan.threads_per_worker,
                 "host": LOOPBACK,
-                "env": {**worker_environment(), "CUDA_VISIBLE_DEVICES": str(gpu)},
+                "env": {"CUDA_VISIBLE_DEVICES": str(gpu)},
                 "resources": {"GPU": 1},
             },
         }

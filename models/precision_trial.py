@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-TRIAL_TILES = 4  # ~200k pixels at 224 px: enough for agreement, ~1-2 s on a 2-core CPU
+TRIAL_TILES = 4  # ~200k pixels at 224 px: enough for agreement, ~1.5-2.5 s on 2 cores
 MIN_AGREEMENT = 0.995  # argmax agreement with fp32 that bf16 must keep
 MIN_SPEEDUP = 1.1  # below this the difference is noise, and fp32 is the exact reference
 
@@ -63,10 +63,13 @@ class PrecisionTrial:
 def run_precision_trial(
     forward: Forward, tiles: torch.Tensor, n_tiles: int = TRIAL_TILES
 ) -> PrecisionTrial:
-    """Predict `tiles[:n_tiles]` in fp32 and in bf16 (each once to warm up, once timed)."""
-    x = tiles[:n_tiles]
-    if len(x) == 0:
+    """Predict `n_tiles` tiles in fp32 and in bf16: one warm-up and the best of two timed
+    passes each. Fewer tiles (a small first chunk) are repeated, so the batch is the same."""
+    if len(tiles) == 0:
         raise ValueError("a precision trial needs at least one tile")
+    x = tiles[:n_tiles]
+    if len(x) < n_tiles:
+        x = x[torch.arange(n_tiles) % len(x)]
     ref, fp32_s = _timed(forward, x, None)
     low, bf16_s = _timed(forward, x, torch.bfloat16)
     agreement = (ref.argmax(1) == low.argmax(1)).float().mean().item()
@@ -80,10 +83,14 @@ def run_precision_trial(
 
 
 def _timed(
-    forward: Forward, x: torch.Tensor, dtype: torch.dtype | None
+    forward: Forward, x: torch.Tensor, dtype: torch.dtype | None, repeats: int = 2
 ) -> tuple[torch.Tensor, float]:
-    """The second of two calls: the first builds the kernels (oneDNN primitives) for `dtype`."""
-    forward(x, dtype)
-    t0 = time.perf_counter()
+    """Best of `repeats` timed calls after one that builds the kernels (oneDNN primitives):
+    the best is the least disturbed by other threads (a prefetcher decoding beside it)."""
     out = forward(x, dtype)
-    return out, max(time.perf_counter() - t0, 1e-9)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        forward(x, dtype)
+        best = min(best, time.perf_counter() - t0)
+    return out, max(best, 1e-9)

@@ -276,6 +276,18 @@ def _device_batch_size(model: Any, lock: Any, tile: int, requested: int) -> int:
         return int(model.batch_limit(tile, requested))
 
 
+def settle_precision_here(job: SlideJob, spec: ChunkSpec) -> dict[str, Any]:
+    """Run precision 'auto''s trial in this process on `spec`'s tiles; the model's report.
+
+    A cluster asks one worker, then pins the answer for all (pipeline.chunk_runner), so
+    every chunk, recomputed ones included, runs in the same precision."""
+    image, read_box = job.read(spec)
+    patches = cut_tiles(image, (read_box[0], read_box[1]), list(spec.tiles), job.grid)
+    model, lock = job.model.get()
+    _settle_precision(model, lock, patches)
+    return dict(model.precision_report())
+
+
 def _settle_precision(model: Any, lock: Any, patches: np.ndarray) -> None:
     """Precision 'auto' on a bf16 CPU: the first chunk of a process times fp32 against bf16
     on its own tiles (SegmentationModel.settle_precision); other chunks wait on the lock."""

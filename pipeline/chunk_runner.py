@@ -27,8 +27,9 @@ from dask.callbacks import Callback
 from dask.threaded import ContextAwareThreadPoolExecutor
 from dask.threaded import get as threaded_get
 
-from pipeline.chunk_job import ChunkOutcome, SlideJob
+from pipeline.chunk_job import ChunkOutcome, SlideJob, settle_precision_here
 from pipeline.chunk_prefetch import ChunkPrefetcher
+from pipeline.model_handle import ModelHandle
 from pipeline.progress import NullProgress, Progress
 from wsi.tiling import ChunkSpec
 
@@ -110,11 +111,7 @@ def cpu_threads_per_chunk(job: SlideJob, threads: int) -> int:
     device = getattr(model, "device", None)
     if getattr(device, "type", "cpu") != "cpu":
         return 0
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    return max(1, cores // max(1, threads))
+    return max(1, _cores() // max(1, threads))
 
 
 @contextlib.contextmanager
@@ -143,19 +140,48 @@ def run_chunk_unless_aborted(job: SlideJob, spec: ChunkSpec, abort: str) -> Chun
 
 
 def _size_for_this_worker(job: SlideJob) -> None:
-    """On a CPU worker, run the forward passes of the worker's threads side by side, each
-    with the worker's torch thread count (Dask sets OMP_NUM_THREADS=1: one core per task),
-    as local runs do, instead of one at a time under the model lock: with the lock a
-    2-thread worker computed on one core (inference 172 s instead of 60 s, 1770 tiles).
-    `job` is this worker's copy of the broadcast job, sized once on first use."""
+    """On a CPU worker, run the forward passes of the worker's threads side by side, as
+    local runs do, instead of one at a time under the model lock: with the lock a 2-thread
+    worker computed on one core (inference 172 s instead of 60 s, 1770 tiles). Each gets
+    the worker's torch threads (Dask sets OMP_NUM_THREADS=1: a core per task), at most
+    cores // worker threads. `job` is this worker's copy of the broadcast job, sized once
+    (threads racing here all write the same value)."""
     if job.cpu_threads_per_chunk:
         return
     model, _ = job.model.get()
     if getattr(getattr(model, "device", None), "type", "cpu") != "cpu":
         return
     import torch
+    from distributed import get_worker
 
-    job.cpu_threads_per_chunk = max(1, torch.get_num_threads())
+    try:
+        nthreads = int(get_worker().state.nthreads)
+    except ValueError:  # not inside a worker (a direct call)
+        nthreads = 1
+    job.cpu_threads_per_chunk = max(1, min(torch.get_num_threads(), _cores() // nthreads))
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def settle_precision_on_cluster(
+    job: SlideJob, specs: Sequence[ChunkSpec], client: Any
+) -> tuple[SlideJob, dict[str, Any]]:
+    """Precision 'auto' on CPU workers: one worker runs the trial on the first chunk's tiles
+    and every worker gets its answer, so a slide never mixes bf16 and fp32 chunks (a chunk
+    recomputed on a new worker included). Returns the job to run and the trial's report."""
+    if job.model.precision != "auto" or not specs:
+        return job, {"autocast": job.model.precision, "trial": None}
+    report = client.submit(settle_precision_here, job, specs[0], pure=False).result()
+    chosen = report.get("autocast")
+    if report.get("device") != "cpu" or chosen not in ("fp32", "bf16"):
+        return job, report  # GPUs: auto is already fixed (bf16, else fp16)
+    model = ModelHandle(job.model.model_dir, job.model.device, chosen)
+    return dataclasses.replace(job, model=model, _local=threading.local()), report
 
 
 def _run_distributed(

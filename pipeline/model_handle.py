@@ -21,7 +21,7 @@ class ModelHandle:
 
     model_dir: str
     device: str = "auto"
-    precision: str = "auto"
+    precision: str = "auto"  # auto | fp32 | bf16 (the answer a cluster's trial pinned)
     _loaded: tuple[Any, threading.Lock] | None = field(default=None, repr=False)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -48,6 +48,6 @@ def load_for_process(model_dir: str, device: str, precision: str) -> tuple[Any, 
     from models.bundle import load_model
 
     model = load_model(Path(model_dir))
-    model.to_device(device, "fp32" if precision == "fp32" else "auto")
+    model.to_device(device, precision if precision in ("fp32", "bf16") else "auto")
     model.eval()
     return model, threading.Lock()

@@ -28,7 +28,7 @@ from pipeline.chunk_plan import (
     prefetch_read_job,
 )
 from pipeline.chunk_prefetch import ChunkPrefetcher
-from pipeline.chunk_runner import run_chunks
+from pipeline.chunk_runner import run_chunks, settle_precision_on_cluster
 from pipeline.fingerprint import model_sha256, run_fingerprint
 from pipeline.model_handle import ModelHandle, load_for_process
 from pipeline.ome_zarr import create_probability_store
@@ -239,6 +239,9 @@ def infer(
         read_backend=prep.read_backend,
     )
     progress = progress or NullProgress()
+    cluster_precision: dict[str, Any] = {}
+    if client is not None:  # one worker decides 'auto' for all (no mixed-precision slide)
+        job, cluster_precision = settle_precision_on_cluster(job, prep.specs, client)
     progress.start(prep.tiles_total, unit="tile", desc=prep.name)
     try:
         outcomes = run_chunks(
@@ -262,14 +265,12 @@ def infer(
                 }
         prep.close_prefetch()
     prep.timings["inference_s"] = time.perf_counter() - t0
-    prep.precision = _precision_report(prep.model, client, prep.params.precision)
+    prep.precision = cluster_precision if client is not None else _precision_report(prep.model)
     return outcomes
 
 
-def _precision_report(model: ModelHandle, client: Any | None, precision: str) -> dict[str, Any]:
-    """This process's model says what it ran in; Dask workers each decide their own."""
-    if client is not None:
-        return {"autocast": f"{precision} (decided by each Dask worker)", "trial": None}
+def _precision_report(model: ModelHandle) -> dict[str, Any]:
+    """What this process's model ran in (a cluster's comes from the worker that decided)."""
     loaded, _lock = model.get()
     report = getattr(loaded, "precision_report", None)
     return dict(report()) if report is not None else {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -14,8 +15,10 @@ import pytest
 
 from tests.flows.conftest import output_files, stable_summary
 
-# one tile per chunk: many small chunks, so a worker can die while others are pending
-OPTIONS = {"chunk_tiles": 1}
+# one tile per chunk: many small chunks, so a worker can die while others are pending;
+# fp32 because bytes are compared with a single-process run, which times its own
+# precision trial under 'auto' (the CLI test below runs 'auto' on the cluster)
+OPTIONS = {"chunk_tiles": 1, "precision": "fp32"}
 
 
 def test_plan_local_cluster_sizes() -> None:
@@ -43,9 +46,17 @@ def cluster_client() -> Iterator:
             yield client
 
 
+def _spawn_malloc_env() -> dict[str, str]:
+    """MALLOC_* of this process as it was spawned (what glibc read), not os.environ."""
+    raw = Path("/proc/self/environ").read_bytes().split(b"\0")
+    pairs = (item.decode().partition("=") for item in raw if item.startswith(b"MALLOC_"))
+    return {k: v for k, _, v in pairs}
+
+
 def _assert_worker_allocator(client) -> None:
-    """Workers get two malloc arenas and not Dask's eager trim threshold (flows/allocator)."""
-    seen = client.run(lambda: {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")})
+    """Workers are spawned with two malloc arenas and without Dask's eager trim threshold
+    (flows/allocator.py), read from what each worker process was started with."""
+    seen = client.run(_spawn_malloc_env)
     expected = {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}
     expected.setdefault("MALLOC_ARENA_MAX", "2")
     assert list(seen.values()) == [expected] * 2
@@ -117,6 +128,7 @@ def test_cli_batch_with_dask_address_runs_on_that_scheduler(
     from prefect.client.schemas.sorting import FlowRunSort
 
     from flows.cli import main
+    from models.device import cpu_supports_bf16
 
     address = cluster_client.scheduler.address
     out = tmp_path / "out"
@@ -125,7 +137,13 @@ def test_cli_batch_with_dask_address_runs_on_that_scheduler(
         code = main([*args, "--dask-address", address, "--workers", "3", "--concurrency", "1"])
     assert code == 0
     assert "| done |" in capsys.readouterr().out
-    assert (out / "synth-b" / "summary.json").is_file()
+    # precision auto: one worker ran the trial and its answer was pinned for all of them
+    precision = json.loads((out / "synth-b" / "summary.json").read_text())["precision"]
+    if cpu_supports_bf16():
+        assert precision["device"] == "cpu" and precision["trial"]["tiles"] == 4
+        assert precision["autocast"] == precision["trial"]["chosen"]
+    else:
+        assert (precision["autocast"], precision["trial"]) == ("fp32", None)
     assert any(str(task["key"]).startswith("chunk-") for task in stream.data)
     # the scheduler is still running after the CLI's client left
     assert len(cluster_client.scheduler_info()["workers"]) == 2

@@ -63,6 +63,14 @@ def test_trial_measures_what_bf16_changes_on_these_tiles() -> None:
     report = model.precision_report()
     assert report["autocast"] == ("bf16" if trial.bf16_chosen else "fp32")
     assert report["trial"]["tiles"] == 4 and report["channels_last"] is True
+    # a first chunk with one tile: the tile is repeated so the trial batch stays 4
+    model.precision_pending = True
+    one = model.settle_precision(tiles[:1])
+    four = tiles[:1].repeat(4, 1, 1, 1)
+    ref1, _ = model.to_device("cpu", "fp32").predict(four)
+    low1, _ = model.to_device("cpu", "bf16").predict(four)
+    assert one is not None and one.tiles == 4
+    assert one.agreement == pytest.approx((ref1.argmax(1) == low1.argmax(1)).float().mean().item())
 
 
 def test_auto_waits_for_a_trial_only_on_a_bf16_cpu() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 from torch import nn
@@ -42,8 +44,9 @@ def _model() -> SegmentationModel:
 
 def test_a_cpu_worker_sizes_its_job_once_to_its_torch_threads() -> None:
     job = _job(_model())
-    _size_for_this_worker(job)
-    assert job.cpu_threads_per_chunk == max(1, torch.get_num_threads())
+    _size_for_this_worker(job)  # outside a worker: as one with a single thread
+    cores = len(os.sched_getaffinity(0))
+    assert job.cpu_threads_per_chunk == max(1, min(torch.get_num_threads(), cores))
     sized = _job(_model(), per_chunk=3)
     _size_for_this_worker(sized)
     assert sized.cpu_threads_per_chunk == 3  # a job already sized keeps its figure
