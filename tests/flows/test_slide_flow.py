@@ -41,9 +41,12 @@ def test_slide_flow_on_cmu_matches_plain_pipeline(
     from pipeline.params import SegmentParams
     from pipeline.segment import segment_slide
 
-    plain = segment_slide(CMU, tmp_path / "plain", SegmentParams(model_dir=tiny_model))
+    # fp32: two runs' bytes are compared, and 'auto' times a precision trial per loaded model
+    fp32 = {"precision": "fp32"}
+    plain = segment_slide(CMU, tmp_path / "plain", SegmentParams(model_dir=tiny_model, **fp32))
     assert plain.status == "done"
-    result = slide_flow(slide=str(CMU), out=str(tmp_path / "flow"), model_dir=str(tiny_model))
+    flow = {"slide": str(CMU), "out": str(tmp_path / "flow"), "model_dir": str(tiny_model)}
+    result = slide_flow(**flow, options=fp32)
     assert result.status == "done"
     assert result.out_dir == tmp_path / "flow" / "CMU-1-Small-Region"
     assert output_files(result.out_dir) == output_files(plain.out_dir)
@@ -56,7 +59,7 @@ def test_slide_flow_on_cmu_matches_plain_pipeline(
     assert [r["class"] for r in rows] == ["TE", "NEC", "LYM", "TAS"]
     assert str(result.out_dir) in (table.description or "")
     # a second run finds the outputs current and skips the work
-    again = slide_flow(slide=str(CMU), out=str(tmp_path / "flow"), model_dir=str(tiny_model))
+    again = slide_flow(**flow, options=fp32)
     assert again.status == "up-to-date"
 
 
