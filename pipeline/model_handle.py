@@ -46,8 +46,17 @@ class ModelHandle:
 def load_for_process(model_dir: str, device: str, precision: str) -> tuple[Any, threading.Lock]:
     """Load the bundle on the chosen device once per (process, recipe)."""
     from models.bundle import load_model
+    from models.device import pick_device
 
     model = load_model(Path(model_dir))
-    model.to_device(device, precision if precision in ("fp32", "bf16") else "auto")
+    model.to_device(device, precision_to_load(precision, pick_device(device).type))
     model.eval()
     return model, threading.Lock()
+
+
+def precision_to_load(precision: str, device_type: str) -> str:
+    """fp32 stays fp32; 'bf16' is a CPU trial's answer pinned for a cluster
+    (pipeline.chunk_runner), so a GPU worker of a mixed cluster keeps its own 'auto'."""
+    if precision == "fp32" or (precision == "bf16" and device_type == "cpu"):
+        return precision
+    return "auto"

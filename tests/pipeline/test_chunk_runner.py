@@ -50,3 +50,12 @@ def test_a_cpu_worker_sizes_its_job_once_to_its_torch_threads() -> None:
     sized = _job(_model(), per_chunk=3)
     _size_for_this_worker(sized)
     assert sized.cpu_threads_per_chunk == 3  # a job already sized keeps its figure
+
+
+def test_a_pinned_cpu_precision_applies_to_cpu_workers_only() -> None:
+    from pipeline.model_handle import precision_to_load
+
+    assert precision_to_load("fp32", "cpu") == precision_to_load("fp32", "cuda") == "fp32"
+    assert precision_to_load("bf16", "cpu") == "bf16"  # a cluster's trial said bf16
+    assert precision_to_load("bf16", "cuda") == "auto"  # a GPU worker decides for itself
+    assert precision_to_load("auto", "cpu") == precision_to_load("auto", "cuda") == "auto"
