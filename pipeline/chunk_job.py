@@ -25,7 +25,7 @@ from pipeline.chunk_inference import (
     quantise,
     stitch_cores,
 )
-from pipeline.model_handle import ModelHandle
+from pipeline.model_handle import ModelHandle, model_device_type
 from pipeline.polygons import label_block_polygons
 from wsi.region_reader import level_read_box, read_model_box
 from wsi.slide import open_slide
@@ -186,7 +186,7 @@ class SlideJob:
         del image
         model, lock = self.model.get()
         batch_size = _device_batch_size(model, lock, self.grid.tile, self.batch_size)
-        concurrent = self.cpu_threads_per_chunk > 0 and _on_cpu(model)
+        concurrent = self.cpu_threads_per_chunk > 0 and model_device_type(model) == "cpu"
         if concurrent:
             _set_torch_threads(self.cpu_threads_per_chunk)
         _settle_precision(model, lock, patches)
@@ -270,7 +270,7 @@ def tiles_read_box(
 
 def _device_batch_size(model: Any, lock: Any, tile: int, requested: int) -> int:
     """The batch size that fits the model's device (GPU memory probed once per process)."""
-    if _on_cpu(model):
+    if model_device_type(model) == "cpu":
         return requested
     with lock:  # the first call on a GPU runs a probe forward pass
         return int(model.batch_limit(tile, requested))
@@ -298,11 +298,6 @@ def _settle_precision(model: Any, lock: Any, patches: np.ndarray) -> None:
     tiles = torch.from_numpy(np.ascontiguousarray(patches)).permute(0, 3, 1, 2)  # a view
     with lock:
         model.settle_precision(tiles)
-
-
-def _on_cpu(model: Any) -> bool:
-    device = getattr(model, "device", None)
-    return getattr(device, "type", "cpu") == "cpu"
 
 
 def _set_torch_threads(n: int) -> None:

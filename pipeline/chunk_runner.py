@@ -29,7 +29,7 @@ from dask.threaded import get as threaded_get
 
 from pipeline.chunk_job import ChunkOutcome, SlideJob, settle_precision_here
 from pipeline.chunk_prefetch import ChunkPrefetcher
-from pipeline.model_handle import ModelHandle
+from pipeline.model_handle import ModelHandle, model_device_type
 from pipeline.progress import NullProgress, Progress
 from wsi.tiling import ChunkSpec
 
@@ -105,13 +105,14 @@ def run_chunks(
     return list(results)
 
 
-def cpu_threads_per_chunk(job: SlideJob, threads: int) -> int:
-    """Torch threads per concurrent chunk when the model runs on the CPU, else 0 (lock)."""
+def cpu_threads_per_chunk(job: SlideJob, threads: int, cap: int | None = None) -> int:
+    """Torch threads per concurrent chunk when the model runs on the CPU (cores // threads,
+    at most `cap`), else 0 (the model lock)."""
     model, _ = job.model.get()
-    device = getattr(model, "device", None)
-    if getattr(device, "type", "cpu") != "cpu":
+    if model_device_type(model) != "cpu":
         return 0
-    return max(1, _cores() // max(1, threads))
+    per_chunk = max(1, _cores() // max(1, threads))
+    return per_chunk if cap is None else max(1, min(cap, per_chunk))
 
 
 @contextlib.contextmanager
@@ -148,9 +149,6 @@ def _size_for_this_worker(job: SlideJob) -> None:
     (threads racing here all write the same value)."""
     if job.cpu_threads_per_chunk:
         return
-    model, _ = job.model.get()
-    if getattr(getattr(model, "device", None), "type", "cpu") != "cpu":
-        return
     import torch
     from distributed import get_worker
 
@@ -158,7 +156,7 @@ def _size_for_this_worker(job: SlideJob) -> None:
         nthreads = int(get_worker().state.nthreads)
     except ValueError:  # not inside a worker (a direct call)
         nthreads = 1
-    job.cpu_threads_per_chunk = max(1, min(torch.get_num_threads(), _cores() // nthreads))
+    job.cpu_threads_per_chunk = cpu_threads_per_chunk(job, nthreads, cap=torch.get_num_threads())
 
 
 def _cores() -> int:

@@ -54,6 +54,12 @@ def load_for_process(model_dir: str, device: str, precision: str) -> tuple[Any, 
     return model, threading.Lock()
 
 
+def model_device_type(model: Any) -> str:
+    """'cpu' or 'cuda': where a loaded model's weights live (a model without a `device`
+    attribute, e.g. a test double, counts as the CPU)."""
+    return str(getattr(getattr(model, "device", None), "type", "cpu"))
+
+
 def precision_to_load(precision: str, device_type: str) -> str:
     """fp32 stays fp32; 'bf16' is a CPU trial's answer pinned for a cluster
     (pipeline.chunk_runner), so a GPU worker of a mixed cluster keeps its own 'auto'."""

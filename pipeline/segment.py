@@ -30,7 +30,7 @@ from pipeline.chunk_plan import (
 from pipeline.chunk_prefetch import ChunkPrefetcher
 from pipeline.chunk_runner import run_chunks, settle_precision_on_cluster
 from pipeline.fingerprint import model_sha256, run_fingerprint
-from pipeline.model_handle import ModelHandle, load_for_process
+from pipeline.model_handle import ModelHandle, load_for_process, model_device_type
 from pipeline.ome_zarr import create_probability_store
 from pipeline.output_dir import OutputDir, output_error, read_previous_summary
 from pipeline.output_names import slide_output_name
@@ -198,7 +198,7 @@ def _device_type(model: ModelHandle, client: Any | None, device: str) -> str:
     if client is not None:
         return "cuda" if device == "cuda" else "cpu"
     loaded, _lock = model.get()
-    return str(getattr(getattr(loaded, "device", None), "type", "cpu"))
+    return model_device_type(loaded)
 
 
 def infer(
@@ -239,9 +239,8 @@ def infer(
         read_backend=prep.read_backend,
     )
     progress = progress or NullProgress()
-    cluster_precision: dict[str, Any] = {}
     if client is not None:  # one worker decides 'auto' for all (no mixed-precision slide)
-        job, cluster_precision = settle_precision_on_cluster(job, prep.specs, client)
+        job, prep.precision = settle_precision_on_cluster(job, prep.specs, client)
     progress.start(prep.tiles_total, unit="tile", desc=prep.name)
     try:
         outcomes = run_chunks(
@@ -265,7 +264,8 @@ def infer(
                 }
         prep.close_prefetch()
     prep.timings["inference_s"] = time.perf_counter() - t0
-    prep.precision = cluster_precision if client is not None else _precision_report(prep.model)
+    if client is None:
+        prep.precision = _precision_report(prep.model)
     return outcomes
 
 

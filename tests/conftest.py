@@ -30,3 +30,22 @@ def tiny_model_dir(tmp_path_factory) -> Path:
         build_classifier("resnet10t", "cam", 4), build_segmenter("resnet18", 4), meta
     )
     return save_model(model, tmp_path_factory.mktemp("models") / "tiny", weights_dtype="float16")
+
+
+def corrupt_middle_tile(src: Path, dst: Path) -> tuple[int, int]:
+    """Copy of slide `src` to `dst` with the last two thirds of its middle level-0 JPEG tile
+    overwritten by noise (seeded); returns that tile's level-0 (x, y)."""
+    import numpy as np
+    import tifffile
+
+    with tifffile.TiffFile(src) as tf:
+        page = tf.pages[0]
+        i = len(page.dataoffsets) // 2
+        offset, count = page.dataoffsets[i], page.databytecounts[i]
+        per_row = -(-page.imagewidth // page.tilewidth)
+        xy = ((i % per_row) * page.tilewidth, (i // per_row) * page.tilelength)
+    data = bytearray(src.read_bytes())
+    noise = np.random.default_rng(6).integers(0, 256, count - count // 3, dtype=np.uint8)
+    data[offset + count // 3 : offset + count] = noise.tobytes()
+    dst.write_bytes(bytes(data))
+    return xy

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import DATA_DIR
+from tests.conftest import CMU_SLIDE, DATA_DIR, corrupt_middle_tile
 from tests.reliability.conftest import (
     assert_clean_error,
     assert_complete_output,
@@ -138,30 +138,9 @@ def test_slide_with_no_tissue_gives_valid_outputs_saying_so(tiny_model_dir, tmp_
     assert fc["type"] == "FeatureCollection"
 
 
-def corrupt_middle_tile(data: bytes, path) -> tuple[int, int]:
-    """Overwrite the JPEG data of the middle level-0 tile; returns its level-0 (x, y)."""
-    import tifffile
-
-    from tests.conftest import CMU_SLIDE
-
-    with tifffile.TiffFile(CMU_SLIDE) as tf:
-        page = tf.pages[0]
-        i = len(page.dataoffsets) // 2
-        offset, count = page.dataoffsets[i], page.databytecounts[i]
-        per_row = -(-page.imagewidth // page.tilewidth)
-        xy = ((i % per_row) * page.tilewidth, (i // per_row) * page.tilelength)
-    buf = bytearray(data)
-    rng = np.random.default_rng(6)
-    buf[offset + count // 3 : offset + count] = rng.integers(
-        0, 256, count - count // 3, dtype=np.uint8
-    ).tobytes()
-    path.write_bytes(bytes(buf))
-    return xy
-
-
-def test_corrupt_tile_in_the_middle_names_the_region(cmu_bytes, tiny_model_dir, tmp_path, capsys):
+def test_corrupt_tile_in_the_middle_names_the_region(tiny_model_dir, tmp_path, capsys):
     path = tmp_path / "cmu_corrupt_tile.svs"
-    x, y = corrupt_middle_tile(cmu_bytes, path)
+    x, y = corrupt_middle_tile(CMU_SLIDE, path)
     out = tmp_path / "out"
     args = [path, "--model", tiny_model_dir, "--out", out, "--quiet", "--mpp", "0.1"]
     result = run_cli_inprocess(args, capsys)

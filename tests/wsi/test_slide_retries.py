@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
 
-from tests.conftest import CMU_SLIDE
+from tests.conftest import CMU_SLIDE, corrupt_middle_tile
 from wsi.slide import READ_ATTEMPTS, is_transient, open_slide
 from wsi_segment.errors import SlideError
 
@@ -115,29 +115,12 @@ def test_persistent_read_errors_give_one_clear_bounded_error(flaky_url):
     assert slide.read_region((100, 200), 0, (64, 32)).shape == (32, 64, 3)
 
 
-def corrupt_a_tile(src, dst) -> tuple[int, int]:
-    """Copy of the slide with the last two thirds of one level-0 JPEG tile overwritten."""
-    import tifffile
-
-    with tifffile.TiffFile(src) as tf:
-        page = tf.pages[0]
-        i = len(page.dataoffsets) // 2
-        offset, count = page.dataoffsets[i], page.databytecounts[i]
-        per_row = -(-page.imagewidth // page.tilewidth)
-        xy = ((i % per_row) * page.tilewidth, (i // per_row) * page.tilelength)
-    data = bytearray(src.read_bytes())
-    noise = np.random.default_rng(6).integers(0, 256, count - count // 3, dtype=np.uint8)
-    data[offset + count // 3 : offset + count] = noise.tobytes()
-    dst.write_bytes(bytes(data))
-    return xy
-
-
 @pytest.mark.parametrize("backend", ["openslide", "tiffslide"])
 def test_corrupt_tile_is_not_retried_and_does_not_poison_the_slide(
     backend, tmp_path, cmu_pixels, caplog
 ):
     path = tmp_path / "corrupt.svs"
-    x, y = corrupt_a_tile(CMU_SLIDE, path)
+    x, y = corrupt_middle_tile(CMU_SLIDE, path)
     with open_slide(path, backend) as slide:
         start = time.monotonic()
         with (
