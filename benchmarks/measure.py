@@ -40,7 +40,7 @@ def machine_info() -> dict[str, Any]:
     """CPU, flags (AMX / bf16), GPU and torch: what a recorded figure depends on."""
     import torch
 
-    from models.device import cpu_flags, cpu_supports_bf16
+    from wsi_segment.models.device import cpu_flags, cpu_supports_bf16
 
     model_name = platform.processor() or ""
     try:
@@ -96,7 +96,7 @@ def run_child(cmd: list[str], env: dict[str, str] | None = None) -> ChildRun:
 def wsi_segment_cmd(slide: Path, model: Path, out: Path, extra: list[str]) -> list[str]:
     """The installed `wsi-segment` command (module fallback), as a user would run it."""
     exe = Path(sys.executable).with_name("wsi-segment")
-    base = [str(exe)] if exe.exists() else [sys.executable, "-m", "flows.cli"]
+    base = [str(exe)] if exe.exists() else [sys.executable, "-m", "wsi_segment.flows.cli"]
     return [
         *base,
         str(slide),

@@ -26,7 +26,7 @@ def section_throughput(
     """Items 1-4: bare model, read only, pipeline and their ratio; returns the ratio."""
     import torch
 
-    from pipeline.model_handle import load_for_process
+    from wsi_segment.pipeline.model_handle import load_for_process
 
     size = args.size or (8192 if args.quick else 12288)
     slide, writer = make_slide(
@@ -174,7 +174,7 @@ def section_precision(
     import torch
     from PIL import Image
 
-    from models.bundle import load_model
+    from wsi_segment.models.bundle import load_model
 
     size = 6144
     slide, _ = make_slide(work / "slides" / f"tp-{size}-t0.6.svs", size, 0.6, fast=args.fast)
@@ -198,7 +198,7 @@ def section_precision(
             out.append(model.predict(b.permute(0, 3, 1, 2))[0].numpy())
         return np.concatenate(out), time.perf_counter() - t0
 
-    from models.device import cpu_supports_bf16
+    from wsi_segment.models.device import cpu_supports_bf16
 
     for name, x in sets.items():
         model.to_device("cpu", "fp32")

@@ -40,14 +40,14 @@ def make_slide(
     writer = "benchmarks.slides (tile bank)"
     if not fast:
         try:
-            from wsi.synthetic import write_synthetic_slide  # type: ignore[attr-defined]
+            from wsi_segment.wsi.synthetic import write_synthetic_slide  # type: ignore[attr-defined]
         except ImportError:
             write_synthetic_slide = None
         if write_synthetic_slide is not None:
             write_synthetic_slide(
                 tmp, size, size, mpp=mpp, seed=seed, tissue_fraction=tissue_fraction
             )
-            writer = "wsi.synthetic.write_synthetic_slide"
+            writer = "wsi_segment.wsi.synthetic.write_synthetic_slide"
     if writer.startswith("benchmarks"):
         write_bank_slide(tmp, size, size, tissue_fraction, mpp=mpp, seed=seed)
     tmp.rename(path)
@@ -61,7 +61,7 @@ def _writer_tag(path: Path) -> str:
 
 
 def _bank(seed: int, mpp: float) -> list[np.ndarray]:
-    from wsi.textures import Stain, render_region
+    from wsi_segment.wsi.textures import Stain, render_region
 
     rng = np.random.default_rng(seed)
     tiles = []

@@ -42,12 +42,12 @@ def make_model(folder: Path, arch: dict[str, Any], name: str) -> Path:
         return folder
     import torch
 
-    from models.bundle import save_model
-    from models.classifier import build_classifier
-    from models.meta import ModelMeta
-    from models.segmentation_model import SegmentationModel
-    from models.segmenter import build_segmenter
-    from wsi.textures import CLASS_COLORS, CLASS_NAMES
+    from wsi_segment.models.bundle import save_model
+    from wsi_segment.models.classifier import build_classifier
+    from wsi_segment.models.meta import ModelMeta
+    from wsi_segment.models.segmentation_model import SegmentationModel
+    from wsi_segment.models.segmenter import build_segmenter
+    from wsi_segment.wsi.textures import CLASS_COLORS, CLASS_NAMES
 
     torch.manual_seed(0)
     meta = ModelMeta(
@@ -65,7 +65,7 @@ def make_model(folder: Path, arch: dict[str, Any], name: str) -> Path:
 
 def default_model(work: Path) -> tuple[Path, str]:
     """The demo model when present, else a random bundle of its architecture."""
-    from models.bundle import demo_model_dir
+    from wsi_segment.models.bundle import demo_model_dir
 
     demo = demo_model_dir()
     if (demo / "model.json").exists() and (demo / "model.safetensors").exists():
@@ -97,9 +97,9 @@ def plan_like_pipeline(
     slide_path: Path, model: Any, overlap: int, chunk_tiles: int, ds: int, backend: str = "auto"
 ) -> Planned:
     """The chunks and tiles `wsi-segment` will run, by the same functions it uses."""
-    from wsi.slide import open_slide
-    from wsi.tiling import TileGrid, plan_chunks
-    from wsi.tissue import detect_tissue
+    from wsi_segment.wsi.slide import open_slide
+    from wsi_segment.wsi.tiling import TileGrid, plan_chunks
+    from wsi_segment.wsi.tissue import detect_tissue
 
     slide = open_slide(str(slide_path), backend=backend)
     mpp = slide.require_mpp()
@@ -108,7 +108,7 @@ def plan_like_pipeline(
     plan = plan_chunks(slide, mpp[0], float(model.meta.mpp), grid, chunk_tiles, tissue)
     if backend == "auto":  # chunk reads with the backend the pipeline picks (segment.py)
         try:
-            from pipeline.chunk_job import fast_read_backend
+            from wsi_segment.pipeline.chunk_job import fast_read_backend
 
             fast = fast_read_backend(slide, plan.read_level)
         except (ImportError, TypeError):  # older pipeline: the slide's own backend
@@ -129,11 +129,11 @@ def plan_like_pipeline(
 
 def read_chunks(p: Planned, limit_tiles: int | None = None) -> tuple[np.ndarray, float, float]:
     """Read and cut every planned tile as SlideJob.run does; (tiles, wall s, cpu s)."""
-    from pipeline.chunk_inference import cut_tiles
-    from wsi.region_reader import read_model_box
+    from wsi_segment.pipeline.chunk_inference import cut_tiles
+    from wsi_segment.wsi.region_reader import read_model_box
 
     try:
-        from pipeline.chunk_job import tiles_read_box
+        from wsi_segment.pipeline.chunk_job import tiles_read_box
     except ImportError:  # older pipeline: the whole chunk plus the margin
 
         def tiles_read_box(tiles, grid):
@@ -162,8 +162,8 @@ def _tile_reuse_reader(p: Planned, boxes: list) -> dict:
     """`reader=` for read_model_box that decodes each storage tile once, as SlideJob.read
     with the prefetcher's TileReuse does; {} on a tree without wsi.tile_reuse."""
     try:
-        from wsi.region_reader import level_read_box
-        from wsi.tile_reuse import TileReuse, supports_reuse
+        from wsi_segment.wsi.region_reader import level_read_box
+        from wsi_segment.wsi.tile_reuse import TileReuse, supports_reuse
     except ImportError:
         return {}
     level, slide = p.read_level, p.slide

@@ -23,13 +23,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.background import background_mask
-from models.cams import activation_maps
-from models.classifier import PatchClassifier
-from models.gate import apply_gate
-from models.pseudo_masks import label_from_maps
-from models.segmenter import build_segmenter, multilayer_pseudo_loss
-from pipeline.datasets import (
+from wsi_segment.models.background import background_mask
+from wsi_segment.models.cams import activation_maps
+from wsi_segment.models.classifier import PatchClassifier
+from wsi_segment.models.gate import apply_gate
+from wsi_segment.models.pseudo_masks import label_from_maps
+from wsi_segment.models.segmenter import build_segmenter, multilayer_pseudo_loss
+from wsi_segment.pipeline.datasets import (
     MaskItem,
     WsssDataset,
     augment,
@@ -37,16 +37,16 @@ from pipeline.datasets import (
     load_batch,
     open_dataset,
 )
-from pipeline.evaluate import (
+from wsi_segment.pipeline.evaluate import (
     GateCheck,
     Predictor,
     present_labels,
     pseudo_predictor,
     score_split,
 )
-from pipeline.make_pseudo_masks import make_pseudo_masks
-from pipeline.synthetic_dataset import SyntheticSpec, make_synthetic_dataset
-from pipeline.train_classifier import (
+from wsi_segment.pipeline.make_pseudo_masks import make_pseudo_masks
+from wsi_segment.pipeline.synthetic_dataset import SyntheticSpec, make_synthetic_dataset
+from wsi_segment.pipeline.train_classifier import (
     ClassifierConfig,
     scheduled_lr,
     seeded,
@@ -54,7 +54,7 @@ from pipeline.train_classifier import (
     to_input,
     train_classifier,
 )
-from pipeline.train_segmenter import SegmenterConfig, train_segmenter, validate
+from wsi_segment.pipeline.train_segmenter import SegmenterConfig, train_segmenter, validate
 
 
 def cam_predictor(

@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from distributed import Client
 
-    from flows.batch_flow import BatchFailedError, segment_batch
+    from wsi_segment.flows.batch_flow import BatchFailedError, segment_batch
 
     cluster = make_cluster(**options)
     cluster.scale(jobs=args.jobs)

@@ -13,7 +13,7 @@ import contextlib
 import time
 from typing import Any
 
-from flows import prefect_env
+from wsi_segment.flows import prefect_env
 
 prefect_env.apply()
 
@@ -22,13 +22,13 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact  #
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
-from flows.dask_cluster import dask_client  # noqa: E402
-from flows.slide_flow import make_params, run_slide_stages  # noqa: E402
-from pipeline.batch_inputs import BatchItem, params_for, parse_batch_input  # noqa: E402
-from pipeline.batch_report import batch_rows, counts, markdown_table  # noqa: E402
-from pipeline.params import SegmentParams  # noqa: E402
-from pipeline.segment import SlideResult  # noqa: E402
 from wsi_segment.errors import ConfigError, WsiSegmentError  # noqa: E402
+from wsi_segment.flows.dask_cluster import dask_client  # noqa: E402
+from wsi_segment.flows.slide_flow import make_params, run_slide_stages  # noqa: E402
+from wsi_segment.pipeline.batch_inputs import BatchItem, params_for, parse_batch_input  # noqa: E402
+from wsi_segment.pipeline.batch_report import batch_rows, counts, markdown_table  # noqa: E402
+from wsi_segment.pipeline.params import SegmentParams  # noqa: E402
+from wsi_segment.pipeline.segment import SlideResult  # noqa: E402
 
 
 class BatchFailedError(WsiSegmentError):

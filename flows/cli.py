@@ -12,16 +12,16 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from flows.allocator import limit_malloc_arenas
 from wsi_segment.errors import WsiSegmentError
+from wsi_segment.flows.allocator import limit_malloc_arenas
 
 # subcommand name -> module implementing add_parser(subparsers) and run(args) -> int
 SUBCOMMANDS: dict[str, str] = {
-    "segment": "flows.cli_segment",
-    "info": "flows.cli_info",
-    "train": "flows.cli_train",
-    "evaluate": "flows.cli_evaluate",
-    "batch": "flows.cli_batch",
+    "segment": "wsi_segment.flows.cli_segment",
+    "info": "wsi_segment.flows.cli_info",
+    "train": "wsi_segment.flows.cli_train",
+    "evaluate": "wsi_segment.flows.cli_evaluate",
+    "batch": "wsi_segment.flows.cli_batch",
 }
 
 

@@ -12,7 +12,7 @@ import logging
 import sys
 from typing import Any
 
-from flows.cli_segment import add_segment_options, params_from_args, positive_int
+from wsi_segment.flows.cli_segment import add_segment_options, params_from_args, positive_int
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -59,14 +59,14 @@ def flow_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.batch_inputs import parse_batch_input
-    from pipeline.batch_report import batch_rows, counts, markdown_table
+    from wsi_segment.pipeline.batch_inputs import parse_batch_input
+    from wsi_segment.pipeline.batch_report import batch_rows, counts, markdown_table
 
     parse_batch_input(args.input)  # bad input: one error line, before Prefect starts
     options = flow_options(args)
     # the in-process Dask scheduler logs every worker start and stop at INFO: keep warnings
     logging.getLogger("distributed").setLevel(logging.WARNING)
-    from flows.batch_flow import BatchFailedError, segment_batch
+    from wsi_segment.flows.batch_flow import BatchFailedError, segment_batch
 
     try:
         results = segment_batch(

@@ -16,8 +16,8 @@ import os
 import sys
 from typing import Any
 
-from flows.cli_segment import mpp_value
-from wsi.slide import Slide, open_slide
+from wsi_segment.flows.cli_segment import mpp_value
+from wsi_segment.wsi.slide import Slide, open_slide
 
 CHECK_SIZE = 256  # px of the coarsest level decoded as a sanity check
 

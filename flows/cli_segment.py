@@ -12,9 +12,9 @@ import gc
 import sys
 from pathlib import Path
 
-from pipeline.params import SegmentParams
-from pipeline.progress import BarProgress
 from wsi_segment.errors import WsiSegmentError
+from wsi_segment.pipeline.params import SegmentParams
+from wsi_segment.pipeline.progress import BarProgress
 
 
 def positive_int(low: int, high: int):
@@ -168,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
     was_enabled = gc.isenabled()
     gc.disable()  # imports make many objects and few cycles: ~20 % faster without the GC
     try:
-        from pipeline.segment import segment_slide
+        from wsi_segment.pipeline.segment import segment_slide
     finally:
         if was_enabled:
             gc.enable()

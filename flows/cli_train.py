@@ -72,7 +72,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.train import TrainConfig, train
+    from wsi_segment.pipeline.train import TrainConfig, train
 
     cfg = TrainConfig(
         data=args.data,

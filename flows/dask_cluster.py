@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from flows.allocator import worker_environment
 from wsi_segment.errors import ConfigError
+from wsi_segment.flows.allocator import worker_environment
 
 
 @dataclass(frozen=True)

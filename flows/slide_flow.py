@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from flows import prefect_env
+from wsi_segment.flows import prefect_env
 
 prefect_env.apply()
 
@@ -23,12 +23,12 @@ from prefect import flow, task  # noqa: E402
 from prefect.artifacts import create_markdown_artifact, create_table_artifact  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
-from flows.dask_cluster import client_for, dask_client  # noqa: E402
-from pipeline import segment  # noqa: E402
-from pipeline.batch_report import class_rows, markdown_table  # noqa: E402
-from pipeline.output_dir import OutputDir, read_previous_summary  # noqa: E402
-from pipeline.params import SegmentParams  # noqa: E402
 from wsi_segment.errors import ConfigError  # noqa: E402
+from wsi_segment.flows.dask_cluster import client_for, dask_client  # noqa: E402
+from wsi_segment.pipeline import segment  # noqa: E402
+from wsi_segment.pipeline.batch_report import class_rows, markdown_table  # noqa: E402
+from wsi_segment.pipeline.output_dir import OutputDir, read_previous_summary  # noqa: E402
+from wsi_segment.pipeline.params import SegmentParams  # noqa: E402
 
 # errno values of I/O failures that a later attempt can get past.
 TRANSIENT_ERRNOS = frozenset(

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from flows import prefect_env
+from wsi_segment.flows import prefect_env
 
 prefect_env.apply()
 
@@ -18,10 +18,10 @@ from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.artifacts import create_markdown_artifact  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
-from flows.slide_flow import RETRIES, RETRY_DELAYS_S, retry_if_transient  # noqa: E402
-from pipeline import train_stages  # noqa: E402
-from pipeline.train import TrainConfig  # noqa: E402
 from wsi_segment.errors import ConfigError  # noqa: E402
+from wsi_segment.flows.slide_flow import RETRIES, RETRY_DELAYS_S, retry_if_transient  # noqa: E402
+from wsi_segment.pipeline import train_stages  # noqa: E402
+from wsi_segment.pipeline.train import TrainConfig  # noqa: E402
 
 _STAGE = {
     "retries": RETRIES,

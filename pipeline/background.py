@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from wsi.slide import open_slide
+from wsi_segment.wsi.slide import open_slide
 
 
 class Background:
@@ -63,7 +63,7 @@ def gc_paused() -> Iterator[None]:
 def read_overlay_thumbnail(slide_path: str, backend: str, mpp: float | None) -> Any:
     """overlay.png's thumbnail, with a handle of its own (the main thread detects tissue);
     openslide decoding and PIL's reduce release the GIL, so this runs beside the import."""
-    from pipeline.finish_outputs import THUMB_SIZE, overlay_thumbnail
+    from wsi_segment.pipeline.finish_outputs import THUMB_SIZE, overlay_thumbnail
 
     with open_slide(slide_path, backend=backend, mpp=mpp) as slide:
         return overlay_thumbnail(slide, THUMB_SIZE)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from wsi.tiling import TileGrid
+from wsi_segment.wsi.tiling import TileGrid
 
 if TYPE_CHECKING:  # torch is imported where tiles are predicted: the CLI loads it in parallel
     import torch

@@ -18,20 +18,20 @@ import numpy as np
 import shapely
 import zarr
 
-from pipeline.chunk_inference import (
+from wsi_segment.errors import SlideError
+from wsi_segment.pipeline.chunk_inference import (
     cut_tiles,
     label_block,
     predict_tiles,
     quantise,
     stitch_cores,
 )
-from pipeline.model_handle import ModelHandle, model_device_type
-from pipeline.polygons import label_block_polygons
-from wsi.region_reader import level_read_box, read_model_box
-from wsi.slide import open_slide
-from wsi.tile_reuse import TileReuse, supports_reuse
-from wsi.tiling import ChunkSpec, TileGrid
-from wsi_segment.errors import SlideError
+from wsi_segment.pipeline.model_handle import ModelHandle, model_device_type
+from wsi_segment.pipeline.polygons import label_block_polygons
+from wsi_segment.wsi.region_reader import level_read_box, read_model_box
+from wsi_segment.wsi.slide import open_slide
+from wsi_segment.wsi.tile_reuse import TileReuse, supports_reuse
+from wsi_segment.wsi.tiling import ChunkSpec, TileGrid
 
 
 @dataclass

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.chunk_job import SlideJob, fast_read_backend
-from pipeline.model_handle import ModelHandle
-from pipeline.params import SegmentParams, plan_chunk_tiles, run_batch_size
-from wsi.slide import Slide
-from wsi.tiling import ChunkPlan, TileGrid, plan_chunks
-from wsi.tissue import TissueMask
+from wsi_segment.pipeline.chunk_job import SlideJob, fast_read_backend
+from wsi_segment.pipeline.model_handle import ModelHandle
+from wsi_segment.pipeline.params import SegmentParams, plan_chunk_tiles, run_batch_size
+from wsi_segment.wsi.slide import Slide
+from wsi_segment.wsi.tiling import ChunkPlan, TileGrid, plan_chunks
+from wsi_segment.wsi.tissue import TissueMask
 
 
 def model_geometry(model_dir: Path) -> tuple[int, float] | None:

@@ -11,9 +11,9 @@ import threading
 
 import numpy as np
 
-from pipeline.chunk_job import SlideJob
-from wsi.tile_reuse import TileReuse
-from wsi.tiling import ChunkSpec
+from wsi_segment.pipeline.chunk_job import SlideJob
+from wsi_segment.wsi.tile_reuse import TileReuse
+from wsi_segment.wsi.tiling import ChunkSpec
 
 
 class ChunkPrefetcher:

@@ -27,11 +27,11 @@ from dask.callbacks import Callback
 from dask.threaded import ContextAwareThreadPoolExecutor
 from dask.threaded import get as threaded_get
 
-from pipeline.chunk_job import ChunkOutcome, SlideJob, settle_precision_here
-from pipeline.chunk_prefetch import ChunkPrefetcher
-from pipeline.model_handle import ModelHandle, model_device_type
-from pipeline.progress import NullProgress, Progress
-from wsi.tiling import ChunkSpec
+from wsi_segment.pipeline.chunk_job import ChunkOutcome, SlideJob, settle_precision_here
+from wsi_segment.pipeline.chunk_prefetch import ChunkPrefetcher
+from wsi_segment.pipeline.model_handle import ModelHandle, model_device_type
+from wsi_segment.pipeline.progress import NullProgress, Progress
+from wsi_segment.wsi.tiling import ChunkSpec
 
 
 class _TileCounter(Callback):

@@ -1,6 +1,6 @@
 """Regenerate the shipped demo model: synthetic data -> `wsi-segment train` -> models/demo_model/.
 
-`python -m pipeline.demo_model` (or `make demo-model`). Light encoders (resnet10t for both
+`python -m wsi_segment.pipeline.demo_model` (or `make demo-model`). Light encoders (resnet10t for both
 networks), fp16 weights (~20 MB), one CPU thread, ~15 CPU-minutes. The
 model is trained only on synthetic H&E-like textures (wsi.synthetic.render_tissue), and its
 model.json says so: it demonstrates the pipeline end to end, it is not a diagnostic model.
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from models.bundle import demo_model_dir, load_model
-from pipeline.evaluate import evaluate
-from pipeline.synthetic_dataset import SyntheticSpec, make_synthetic_dataset
+from wsi_segment.models.bundle import demo_model_dir, load_model
+from wsi_segment.pipeline.evaluate import evaluate
+from wsi_segment.pipeline.synthetic_dataset import SyntheticSpec, make_synthetic_dataset
 
 DEMO_SPEC = SyntheticSpec(n_train=800, n_val=60, n_test=100, size=112, seed=2026)
 TRAIN_ARGS = [
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     cmd = [
         sys.executable,
         "-m",
-        "flows.cli",
+        "wsi_segment.flows.cli",
         "train",
         "--data",
         str(data),
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         "no real tissue was used. A demonstration model, not for diagnosis or research results."
     )
     doc["provenance"]["synthetic_spec"] = DEMO_SPEC.__dict__
-    doc["provenance"]["regenerate"] = "make demo-model  (python -m pipeline.demo_model)"
+    doc["provenance"]["regenerate"] = "make demo-model  (python -m wsi_segment.pipeline.demo_model)"
     doc["provenance"]["evaluation_synthetic"] = scores
     (trained / "model.json").write_text(json.dumps(doc, indent=2) + "\n")
     args.out.mkdir(parents=True, exist_ok=True)

@@ -16,13 +16,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from models.bundle import load_model
-from models.classifier import PatchClassifier
-from models.pseudo_masks import pseudo_masks
-from models.segmentation_model import SegmentationModel
-from pipeline.datasets import WsssDataset, load_batch, open_dataset
-from pipeline.metrics import ConfusionMatrix
 from wsi_segment.errors import DatasetError, ModelError
+from wsi_segment.models.bundle import load_model
+from wsi_segment.models.classifier import PatchClassifier
+from wsi_segment.models.pseudo_masks import pseudo_masks
+from wsi_segment.models.segmentation_model import SegmentationModel
+from wsi_segment.pipeline.datasets import WsssDataset, load_batch, open_dataset
+from wsi_segment.pipeline.metrics import ConfusionMatrix
 
 # predict(images uint8 (N,3,H,W), gt masks uint8 (N,H,W)) -> one label batch (N,H,W) per output
 Predictor = Callable[[torch.Tensor, torch.Tensor], Sequence[torch.Tensor | np.ndarray]]

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pipeline.params import SegmentParams
+from wsi_segment.pipeline.params import SegmentParams
 
 FORMAT_VERSION = 1  # bump when outputs change for the same inputs
 

@@ -18,20 +18,20 @@ import numpy as np
 import shapely
 from PIL import Image
 
-from pipeline.chunk_job import ChunkOutcome
-from pipeline.geojson import build_feature_collection, write_geojson
-from pipeline.ome_tiff import write_probability_ome_tiff
-from pipeline.ome_zarr import finalize_pyramid
-from pipeline.overlay import label_thumbnail, write_overlay
-from pipeline.polygons import (
+from wsi_segment.pipeline.chunk_job import ChunkOutcome
+from wsi_segment.pipeline.geojson import build_feature_collection, write_geojson
+from wsi_segment.pipeline.ome_tiff import write_probability_ome_tiff
+from wsi_segment.pipeline.ome_zarr import finalize_pyramid
+from wsi_segment.pipeline.overlay import label_thumbnail, write_overlay
+from wsi_segment.pipeline.polygons import (
     clip_to_extent,
     merge_class_polygons,
     simplify_coverage,
     slide_extent_level0,
     to_level0,
 )
-from pipeline.summary import class_measurements, software_versions, write_summary
-from pipeline.tile_objects import write_tile_geojson
+from wsi_segment.pipeline.summary import class_measurements, software_versions, write_summary
+from wsi_segment.pipeline.tile_objects import write_tile_geojson
 
 THUMB_SIZE = 1024
 SCHEMA_VERSION = 1

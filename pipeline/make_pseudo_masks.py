@@ -15,11 +15,11 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from models.classifier import PatchClassifier
-from models.pseudo_masks import pseudo_masks
-from models.segmenter import IGNORE_INDEX
-from pipeline.datasets import TrainItem, WsssDataset, load_batch
-from pipeline.train_classifier import progress_enabled
+from wsi_segment.models.classifier import PatchClassifier
+from wsi_segment.models.pseudo_masks import pseudo_masks
+from wsi_segment.models.segmenter import IGNORE_INDEX
+from wsi_segment.pipeline.datasets import TrainItem, WsssDataset, load_batch
+from wsi_segment.pipeline.train_classifier import progress_enabled
 
 LAYERS = ("shallow", "mid", "deep")
 

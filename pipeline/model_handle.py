@@ -45,8 +45,8 @@ class ModelHandle:
 @functools.lru_cache(maxsize=4)
 def load_for_process(model_dir: str, device: str, precision: str) -> tuple[Any, threading.Lock]:
     """Load the bundle on the chosen device once per (process, recipe)."""
-    from models.bundle import load_model
-    from models.device import pick_device
+    from wsi_segment.models.bundle import load_model
+    from wsi_segment.models.device import pick_device
 
     model = load_model(Path(model_dir))
     model.to_device(device, precision_to_load(precision, pick_device(device).type))

@@ -15,7 +15,7 @@ import numpy as np
 import tifffile
 import zarr
 
-from pipeline.ome_zarr import ATTRS_KEY
+from wsi_segment.pipeline.ome_zarr import ATTRS_KEY
 
 TILE = 256
 

@@ -27,8 +27,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from pipeline.summary import read_summary
 from wsi_segment.errors import OutputError
+from wsi_segment.pipeline.summary import read_summary
 
 SUMMARY_NAME = "summary.json"
 # Each retry means another run removed the lock file between our open and our flock, i.e.

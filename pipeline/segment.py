@@ -19,27 +19,27 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.background import Background, gc_paused, read_overlay_thumbnail
-from pipeline.chunk_job import ChunkOutcome, SlideJob
-from pipeline.chunk_plan import (
+from wsi_segment.errors import ModelError, OutputError, WsiSegmentError
+from wsi_segment.pipeline.background import Background, gc_paused, read_overlay_thumbnail
+from wsi_segment.pipeline.chunk_job import ChunkOutcome, SlideJob
+from wsi_segment.pipeline.chunk_plan import (
     chunk_read_backend,
     model_geometry,
     plan_slide,
     prefetch_read_job,
 )
-from pipeline.chunk_prefetch import ChunkPrefetcher
-from pipeline.chunk_runner import run_chunks, settle_precision_on_cluster
-from pipeline.fingerprint import model_sha256, run_fingerprint
-from pipeline.model_handle import ModelHandle, load_for_process, model_device_type
-from pipeline.ome_zarr import create_probability_store
-from pipeline.output_dir import OutputDir, output_error, read_previous_summary
-from pipeline.output_names import slide_output_name
-from pipeline.params import SegmentParams, run_batch_size, run_threads
-from pipeline.progress import NullProgress, Progress
-from pipeline.slide_state import PreparedSlide, SlideResult
-from wsi.slide import Slide, open_slide
-from wsi.tissue import detect_tissue
-from wsi_segment.errors import ModelError, OutputError, WsiSegmentError
+from wsi_segment.pipeline.chunk_prefetch import ChunkPrefetcher
+from wsi_segment.pipeline.chunk_runner import run_chunks, settle_precision_on_cluster
+from wsi_segment.pipeline.fingerprint import model_sha256, run_fingerprint
+from wsi_segment.pipeline.model_handle import ModelHandle, load_for_process, model_device_type
+from wsi_segment.pipeline.ome_zarr import create_probability_store
+from wsi_segment.pipeline.output_dir import OutputDir, output_error, read_previous_summary
+from wsi_segment.pipeline.output_names import slide_output_name
+from wsi_segment.pipeline.params import SegmentParams, run_batch_size, run_threads
+from wsi_segment.pipeline.progress import NullProgress, Progress
+from wsi_segment.pipeline.slide_state import PreparedSlide, SlideResult
+from wsi_segment.wsi.slide import Slide, open_slide
+from wsi_segment.wsi.tissue import detect_tissue
 
 ZARR_NAME = "probabilities.ome.zarr"
 
@@ -48,16 +48,12 @@ def resolve_model_dir(params: SegmentParams) -> Path:
     """The model folder asked for, or the demo model shipped with the package."""
     if params.model_dir is not None:
         return Path(params.model_dir)
-    # models.bundle.demo_model_dir(), without importing torch here (the model loads in a
-    # background thread while tissue detection runs)
-    import importlib.util
+    # = models.bundle.demo_model_dir(), without importing torch here (the model loads in a
+    # background thread while tissue detection runs); our own package, never a `models`
+    # folder that happens to be on sys.path
+    import wsi_segment.models
 
-    spec = importlib.util.find_spec("models")
-    if spec is None or not spec.submodule_search_locations:
-        from models.bundle import demo_model_dir
-
-        return demo_model_dir()
-    return Path(next(iter(spec.submodule_search_locations))).resolve() / "demo_model"
+    return Path(wsi_segment.models.__file__).resolve().parent / "demo_model"
 
 
 def prepare(
@@ -278,7 +274,7 @@ def _precision_report(model: ModelHandle) -> dict[str, Any]:
 
 def finish(prep: PreparedSlide, outcomes: list[ChunkOutcome], out: OutputDir) -> SlideResult:
     """Stage 3: vector outputs, overlay, summary and pyramid; then publish the folder."""
-    from pipeline.finish_outputs import write_outputs
+    from wsi_segment.pipeline.finish_outputs import write_outputs
 
     summary = write_outputs(prep, outcomes, out.work_dir)
     out.commit()

@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.background import Background
-from pipeline.chunk_prefetch import ChunkPrefetcher
-from pipeline.model_handle import ModelHandle
-from pipeline.params import SegmentParams
-from wsi.slide import Slide
-from wsi.tiling import ChunkSpec, TileGrid
-from wsi.tissue import TissueMask
+from wsi_segment.pipeline.background import Background
+from wsi_segment.pipeline.chunk_prefetch import ChunkPrefetcher
+from wsi_segment.pipeline.model_handle import ModelHandle
+from wsi_segment.pipeline.params import SegmentParams
+from wsi_segment.wsi.slide import Slide
+from wsi_segment.wsi.tiling import ChunkSpec, TileGrid
+from wsi_segment.wsi.tissue import TissueMask
 
 
 @dataclass

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from wsi.synthetic import CLASS_COLORS, CLASS_NAMES, render_tissue
+from wsi_segment.wsi.synthetic import CLASS_COLORS, CLASS_NAMES, render_tissue
 
 BACKGROUND = 255  # background value of render_tissue label maps
 BACKGROUND_COLOR = (255, 255, 255)
@@ -118,12 +118,12 @@ def make_synthetic_dataset(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m pipeline.synthetic_dataset OUT [--n-train N ...]`: a dataset folder."""
+    """`python -m wsi_segment.pipeline.synthetic_dataset OUT [--n-train N ...]`: a dataset folder."""
     import argparse
 
     d = SyntheticSpec()
     p = argparse.ArgumentParser(
-        prog="python -m pipeline.synthetic_dataset",
+        prog="python -m wsi_segment.pipeline.synthetic_dataset",
         description="Write a synthetic dataset in the LUAD-HistoSeg layout (patch labels "
         "for train/, exact masks for val/ and test/).",
     )

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import zarr
 
-from pipeline.ome_zarr import ATTRS_KEY
 from wsi_segment.errors import ConfigError
+from wsi_segment.pipeline.ome_zarr import ATTRS_KEY
 
 
 def iter_tile_features(

@@ -15,22 +15,22 @@ from pathlib import Path
 
 import torch
 
-from models.bundle import save_model
-from models.device import pick_device
-from models.meta import ModelMeta
-from models.segmentation_model import SegmentationModel
-from pipeline.datasets import open_dataset
-from pipeline.make_pseudo_masks import make_pseudo_masks
-from pipeline.train_classifier import classifier_history, train_classifier
-from pipeline.train_config import (
+from wsi_segment.errors import ConfigError
+from wsi_segment.models.bundle import save_model
+from wsi_segment.models.device import pick_device
+from wsi_segment.models.meta import ModelMeta
+from wsi_segment.models.segmentation_model import SegmentationModel
+from wsi_segment.pipeline.datasets import open_dataset
+from wsi_segment.pipeline.make_pseudo_masks import make_pseudo_masks
+from wsi_segment.pipeline.train_classifier import classifier_history, train_classifier
+from wsi_segment.pipeline.train_config import (
     TrainConfig,
     classifier_config,
     seg_encoder_name,
     segmenter_config,
     work_dir,
 )
-from pipeline.train_segmenter import train_segmenter
-from wsi_segment.errors import ConfigError
+from wsi_segment.pipeline.train_segmenter import train_segmenter
 
 __all__ = ["TrainConfig", "seg_encoder_name", "train"]
 

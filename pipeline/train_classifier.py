@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from models.classifier import PatchClassifier, build_classifier
-from pipeline.checkpoints import load_checkpoint, save_checkpoint
-from pipeline.datasets import WsssDataset, augment, epoch_batches, load_batch
+from wsi_segment.models.classifier import PatchClassifier, build_classifier
+from wsi_segment.pipeline.checkpoints import load_checkpoint, save_checkpoint
+from wsi_segment.pipeline.datasets import WsssDataset, augment, epoch_batches, load_batch
 
 
 @dataclass(frozen=True)

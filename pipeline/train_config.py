@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.train_classifier import ClassifierConfig
-from pipeline.train_segmenter import SegmenterConfig
+from wsi_segment.pipeline.train_classifier import ClassifierConfig
+from wsi_segment.pipeline.train_segmenter import SegmenterConfig
 
 
 @dataclass(frozen=True)

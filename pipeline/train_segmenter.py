@@ -19,18 +19,24 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from models.gate import apply_gate
-from models.segmenter import (
+from wsi_segment.models.gate import apply_gate
+from wsi_segment.models.segmenter import (
     DEFAULT_LAYER_WEIGHTS,
     Segmenter,
     build_segmenter,
     multilayer_pseudo_loss,
 )
-from pipeline.checkpoints import load_checkpoint, save_checkpoint
-from pipeline.datasets import WsssDataset, augment, epoch_batches, load_batch
-from pipeline.make_pseudo_masks import mask_name
-from pipeline.metrics import ConfusionMatrix
-from pipeline.train_classifier import progress_enabled, scheduled_lr, seeded, set_lr, to_input
+from wsi_segment.pipeline.checkpoints import load_checkpoint, save_checkpoint
+from wsi_segment.pipeline.datasets import WsssDataset, augment, epoch_batches, load_batch
+from wsi_segment.pipeline.make_pseudo_masks import mask_name
+from wsi_segment.pipeline.metrics import ConfusionMatrix
+from wsi_segment.pipeline.train_classifier import (
+    progress_enabled,
+    scheduled_lr,
+    seeded,
+    set_lr,
+    to_input,
+)
 
 
 @dataclass(frozen=True)

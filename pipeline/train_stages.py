@@ -17,14 +17,19 @@ from typing import Any
 
 import torch
 
-from models.device import pick_device
-from pipeline.datasets import WsssDataset, open_dataset
-from pipeline.make_pseudo_masks import make_pseudo_masks
-from pipeline.train import train
-from pipeline.train_classifier import train_classifier
-from pipeline.train_config import TrainConfig, classifier_config, segmenter_config, work_dir
-from pipeline.train_segmenter import train_segmenter
 from wsi_segment.errors import ConfigError
+from wsi_segment.models.device import pick_device
+from wsi_segment.pipeline.datasets import WsssDataset, open_dataset
+from wsi_segment.pipeline.make_pseudo_masks import make_pseudo_masks
+from wsi_segment.pipeline.train import train
+from wsi_segment.pipeline.train_classifier import train_classifier
+from wsi_segment.pipeline.train_config import (
+    TrainConfig,
+    classifier_config,
+    segmenter_config,
+    work_dir,
+)
+from wsi_segment.pipeline.train_segmenter import train_segmenter
 
 
 @dataclass

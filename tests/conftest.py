@@ -18,11 +18,11 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     2 um/px so end-to-end runs take seconds. Written and loaded through models.bundle."""
     import torch
 
-    from models.bundle import save_model
-    from models.classifier import build_classifier
-    from models.meta import ModelMeta
-    from models.segmentation_model import SegmentationModel
-    from models.segmenter import build_segmenter
+    from wsi_segment.models.bundle import save_model
+    from wsi_segment.models.classifier import build_classifier
+    from wsi_segment.models.meta import ModelMeta
+    from wsi_segment.models.segmentation_model import SegmentationModel
+    from wsi_segment.models.segmenter import build_segmenter
 
     torch.manual_seed(0)
     meta = ModelMeta("tiny-random", LUAD_CLASSES, LUAD_COLORS, mpp=2.0, tile_size=64)

@@ -26,8 +26,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from wsi.backends import BACKENDS, SlideMeta
 from wsi_segment.errors import ConfigError, MppMissingError, SlideError
+from wsi_segment.wsi.backends import BACKENDS, SlideMeta
 
 # Relative slack when matching a level's downsample: levels of odd-sized slides have
 # downsamples like 4.016 for a nominal 4 (dimensions are rounded), and count as 4.

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from wsi.textures import (
+from wsi_segment.wsi.textures import (
     BACKGROUND,
     CLASS_COLORS,
     CLASS_NAMES,

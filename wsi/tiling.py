@@ -16,8 +16,8 @@ from typing import Protocol
 
 import numpy as np
 
-from wsi.region_reader import choose_level
 from wsi_segment.errors import ConfigError
+from wsi_segment.wsi.region_reader import choose_level
 
 
 @dataclass(frozen=True)

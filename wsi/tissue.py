@@ -26,7 +26,7 @@ import shapely
 from scipy import ndimage
 from shapely.geometry import MultiPolygon, Polygon, shape
 
-from wsi.slide import Slide
+from wsi_segment.wsi.slide import Slide
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import flows.prefect_env  # noqa: F401  (offline settings before prefect is imported)
+import wsi_segment.flows.prefect_env  # noqa: F401  (offline settings before prefect is imported)
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 CMU = DATA / "CMU-1-Small-Region.svs"
@@ -37,11 +37,11 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A seeded resnet10t classifier + DeepLabV3+ saved as a model folder (8 um/px, 64 px)."""
     import torch
 
-    from models.bundle import save_model
-    from models.classifier import build_classifier
-    from models.meta import ModelMeta
-    from models.segmentation_model import SegmentationModel
-    from models.segmenter import Segmenter
+    from wsi_segment.models.bundle import save_model
+    from wsi_segment.models.classifier import build_classifier
+    from wsi_segment.models.meta import ModelMeta
+    from wsi_segment.models.segmentation_model import SegmentationModel
+    from wsi_segment.models.segmenter import Segmenter
 
     torch.manual_seed(0)
     meta = ModelMeta(name="tiny-test", classes=CLASSES, colors=COLORS, mpp=8.0, tile_size=64)
@@ -57,7 +57,7 @@ def write_synthetic_slide(path: Path, size: tuple[int, int], seed: int, mpp: flo
     """A tiled TIFF that openslide reads as Aperio: tissue blobs of the four classes."""
     import tifffile
 
-    from wsi.textures import render_tissue
+    from wsi_segment.wsi.textures import render_tissue
 
     w, h = size
     rng = np.random.default_rng(seed)

@@ -1,4 +1,4 @@
-"""flows.allocator: two glibc arenas for the console script and the workers we start."""
+"""wsi_segment.flows.allocator: two glibc arenas for the console script and the workers we start."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from flows.allocator import ENV, limit_malloc_arenas, worker_environment
+from wsi_segment.flows.allocator import ENV, limit_malloc_arenas, worker_environment
 
 
 def test_workers_get_two_arenas_unless_the_user_chose(monkeypatch: pytest.MonkeyPatch) -> None:

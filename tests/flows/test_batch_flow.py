@@ -14,9 +14,9 @@ from tests.flows.conftest import BROKEN, CLASSES, copy_slides, output_files, sta
 def test_batch_isolates_a_broken_slide_and_resumes(
     prefect_harness: None, tiny_model: Path, slides_dir: Path, tmp_path: Path
 ) -> None:
-    from flows.batch_flow import BatchFailedError, segment_batch
-    from pipeline.params import SegmentParams
-    from pipeline.segment import segment_slide
+    from wsi_segment.flows.batch_flow import BatchFailedError, segment_batch
+    from wsi_segment.pipeline.params import SegmentParams
+    from wsi_segment.pipeline.segment import segment_slide
 
     folder = copy_slides(slides_dir, tmp_path / "in", ["synth-a.tif", "synth-b.tif"])
     shutil.copy2(BROKEN, folder / "broken.svs")
@@ -118,7 +118,7 @@ def test_batch_from_manifest_with_names_and_mpp(
 ) -> None:
     from prefect.artifacts import Artifact
 
-    from flows.batch_flow import segment_batch
+    from wsi_segment.flows.batch_flow import segment_batch
 
     manifest = tmp_path / "manifest.csv"
     manifest.write_text(f"slide,mpp,name\n{slides_dir / 'synth-a.tif'},2.0,case-7\n")
@@ -140,7 +140,7 @@ def test_cli_batch_exit_codes(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from flows.cli import main
+    from wsi_segment.flows.cli import main
 
     folder = copy_slides(slides_dir, tmp_path / "in", ["synth-b.tif"])
     out = tmp_path / "out"

@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 def run_info(*args: str | Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return subprocess.run(
-        [sys.executable, "-m", "flows.cli", "info", *map(str, args)],
+        [sys.executable, "-m", "wsi_segment.flows.cli", "info", *map(str, args)],
         capture_output=True,
         text=True,
         timeout=120,

@@ -11,7 +11,10 @@ from tests.conftest import CMU_SLIDE, DATA_DIR
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "wsi_segment.flows.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 

@@ -22,7 +22,7 @@ OPTIONS = {"chunk_tiles": 1, "precision": "fp32"}
 
 
 def test_plan_local_cluster_sizes() -> None:
-    from flows.dask_cluster import plan_local_cluster
+    from wsi_segment.flows.dask_cluster import plan_local_cluster
 
     assert plan_local_cluster(n_gpus=0, n_cpus=2).n_workers == 1
     cpu = plan_local_cluster(workers=2, n_gpus=0, n_cpus=8)
@@ -35,7 +35,7 @@ def test_plan_local_cluster_sizes() -> None:
 @pytest.fixture(scope="module")
 def cluster_client() -> Iterator:
     """A real LocalCluster: 2 worker processes, 1 thread each, shared by this module's tests."""
-    from flows.dask_cluster import dask_client
+    from wsi_segment.flows.dask_cluster import dask_client
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -76,8 +76,8 @@ def _assert_no_dashboard(cluster, caught: list[warnings.WarningMessage]) -> None
 @pytest.fixture(scope="module")
 def reference(tiny_model: Path, slides_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Outputs of the plain single-process pipeline, to compare the cluster runs with."""
-    from pipeline.params import SegmentParams
-    from pipeline.segment import segment_slide
+    from wsi_segment.pipeline.params import SegmentParams
+    from wsi_segment.pipeline.segment import segment_slide
 
     out = tmp_path_factory.mktemp("reference")
     params = SegmentParams(model_dir=tiny_model, **OPTIONS)
@@ -100,7 +100,7 @@ def test_batch_on_local_cluster_matches_single_process(
     slides_dir: Path,
     tmp_path: Path,
 ) -> None:
-    from flows.batch_flow import segment_batch
+    from wsi_segment.flows.batch_flow import segment_batch
 
     results = segment_batch(
         input=str(slides_dir),
@@ -127,8 +127,8 @@ def test_cli_batch_with_dask_address_runs_on_that_scheduler(
     from prefect.client.schemas.filters import FlowFilter, FlowFilterName
     from prefect.client.schemas.sorting import FlowRunSort
 
-    from flows.cli import main
-    from models.device import cpu_supports_bf16
+    from wsi_segment.flows.cli import main
+    from wsi_segment.models.device import cpu_supports_bf16
 
     address = cluster_client.scheduler.address
     out = tmp_path / "out"
@@ -169,7 +169,7 @@ def test_worker_killed_mid_run_still_gives_identical_outputs(
     slides_dir: Path,
     tmp_path: Path,
 ) -> None:
-    from flows.batch_flow import segment_batch
+    from wsi_segment.flows.batch_flow import segment_batch
 
     pids = cluster_client.run(os.getpid)  # worker address -> process id
     killed: list[int] = []
@@ -208,7 +208,7 @@ def test_gpu_plan_pins_one_device_per_worker() -> None:
     """GPU workers (started here without GPUs) each see one device and offer GPU=1."""
     from distributed import Client
 
-    from flows.dask_cluster import ClusterPlan, start_local_cluster
+    from wsi_segment.flows.dask_cluster import ClusterPlan, start_local_cluster
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -11,7 +11,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 PROBE = """
 import json, os
-import flows.prefect_env
+import wsi_segment.flows.prefect_env
 from prefect.settings import get_current_settings
 s = get_current_settings()
 print(json.dumps({
@@ -48,7 +48,7 @@ def test_offline_defaults_and_user_api_url_respected() -> None:
 
 
 def test_values_already_set_are_kept() -> None:
-    from flows import prefect_env
+    from wsi_segment.flows import prefect_env
 
     seen = _probe({"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "45"})
     assert seen["timeout"] == 45 and seen["api_url"] is None

@@ -13,7 +13,7 @@ from wsi_segment.errors import SlideError
 
 
 def test_is_transient_follows_the_cause_chain() -> None:
-    from flows.slide_flow import is_transient
+    from wsi_segment.flows.slide_flow import is_transient
 
     assert is_transient(OSError(errno.EIO, "I/O error"))
     assert is_transient(TimeoutError())
@@ -26,7 +26,7 @@ def test_is_transient_follows_the_cause_chain() -> None:
 
 
 def test_artifact_keys_are_valid() -> None:
-    from flows.slide_flow import artifact_key
+    from wsi_segment.flows.slide_flow import artifact_key
 
     assert artifact_key("CMU-1-Small_Region.v2") == "slide-cmu-1-small-region-v2"
     assert artifact_key("___") == "slide-unnamed"
@@ -37,9 +37,9 @@ def test_slide_flow_on_cmu_matches_plain_pipeline(
 ) -> None:
     from prefect.artifacts import Artifact
 
-    from flows.slide_flow import segment_slide as slide_flow
-    from pipeline.params import SegmentParams
-    from pipeline.segment import segment_slide
+    from wsi_segment.flows.slide_flow import segment_slide as slide_flow
+    from wsi_segment.pipeline.params import SegmentParams
+    from wsi_segment.pipeline.segment import segment_slide
 
     # fp32: two runs' bytes are compared, and 'auto' times a precision trial per loaded model
     fp32 = {"precision": "fp32"}
@@ -70,8 +70,8 @@ def test_transient_error_is_retried_and_broken_slide_is_not(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from flows.slide_flow import segment_slide as slide_flow
-    from pipeline import segment
+    from wsi_segment.flows.slide_flow import segment_slide as slide_flow
+    from wsi_segment.pipeline import segment
 
     real_prepare = segment.prepare
     calls: list[str] = []

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from models.classifier import PatchClassifier
-from models.heads import build_head
+from wsi_segment.models.classifier import PatchClassifier
+from wsi_segment.models.heads import build_head
 
 torch.set_num_threads(1)
 

@@ -9,10 +9,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.bundle import ModelMeta, SegmentationModel, demo_model_dir, load_model, save_model
-from models.classifier import build_classifier
-from models.segmenter import build_segmenter
 from wsi_segment.errors import ModelError
+from wsi_segment.models.bundle import (
+    ModelMeta,
+    SegmentationModel,
+    demo_model_dir,
+    load_model,
+    save_model,
+)
+from wsi_segment.models.classifier import build_classifier
+from wsi_segment.models.segmenter import build_segmenter
 
 CLASSES = ["TE", "NEC", "LYM", "TAS"]
 COLORS = [(205, 51, 51), (0, 255, 0), (65, 105, 225), (255, 165, 0)]

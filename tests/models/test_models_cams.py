@@ -6,9 +6,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.cams import activation_maps, cam, grad_cam, grad_cams, lfi_cam, minmax, score_cam
-from models.classifier import build_classifier
 from wsi_segment.errors import ConfigError
+from wsi_segment.models.cams import (
+    activation_maps,
+    cam,
+    grad_cam,
+    grad_cams,
+    lfi_cam,
+    minmax,
+    score_cam,
+)
+from wsi_segment.models.classifier import build_classifier
 
 
 def _upsample(maps: torch.Tensor, size: int) -> torch.Tensor:

@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from models.classifier import build_classifier
-from models.heads import PCAMHead, PDAHead, PDASchedule, pda_attention
-from models.heads.pcam import pcam_pool
 from wsi_segment.errors import ConfigError
+from wsi_segment.models.classifier import build_classifier
+from wsi_segment.models.heads import PCAMHead, PDAHead, PDASchedule, pda_attention
+from wsi_segment.models.heads.pcam import pcam_pool
 
 # Two channels on a 2 x 2 grid.
 FEATS = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]], [[4.0, 0.0], [1.0, 2.0]]]])

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from models.gate import apply_gate
-from models.segmenter import multilayer_pseudo_loss
 from wsi_segment.errors import ConfigError
+from wsi_segment.models.gate import apply_gate
+from wsi_segment.models.segmenter import multilayer_pseudo_loss
 
 # logits (1, K=3, 1, 2): pixel a = [2, 0, -1], pixel b = [0, 1, 0]
 LOGITS = torch.tensor([[[[2.0, 0.0]], [[0.0, 1.0]], [[-1.0, 0.0]]]])

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.backbone import Backbone
-from models.classifier import build_classifier
-from models.heads import PDASchedule
-from models.segmenter import build_segmenter
 from wsi_segment.errors import ConfigError
+from wsi_segment.models.backbone import Backbone
+from wsi_segment.models.classifier import build_classifier
+from wsi_segment.models.heads import PDASchedule
+from wsi_segment.models.segmenter import build_segmenter
 
 
 @pytest.mark.parametrize("head", ["cam", "pda", "pcam", "lficam"])

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.backbone import Backbone
-from models.bundle import ModelMeta, SegmentationModel, load_model, save_model
-from models.cams import grad_cams
-from models.classifier import build_classifier
-from models.segmenter import build_segmenter
+from wsi_segment.models.backbone import Backbone
+from wsi_segment.models.bundle import ModelMeta, SegmentationModel, load_model, save_model
+from wsi_segment.models.cams import grad_cams
+from wsi_segment.models.classifier import build_classifier
+from wsi_segment.models.segmenter import build_segmenter
 
 SIZE = 64
 

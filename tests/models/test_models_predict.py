@@ -8,9 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from models.bundle import ModelMeta, SegmentationModel
-from models.classifier import build_classifier
-from models.device import (
+from wsi_segment.errors import ConfigError
+from wsi_segment.models.bundle import ModelMeta, SegmentationModel
+from wsi_segment.models.classifier import build_classifier
+from wsi_segment.models.device import (
     cpu_flags,
     cpu_supports_bf16,
     fit_batch_size,
@@ -18,8 +19,7 @@ from models.device import (
     pin_memory_ok,
     precision_for,
 )
-from models.segmenter import build_segmenter
-from wsi_segment.errors import ConfigError
+from wsi_segment.models.segmenter import build_segmenter
 
 META = ModelMeta(
     name="analytic",

@@ -9,9 +9,9 @@ import scipy.ndimage as ndi
 import torch
 from PIL import Image
 
-from models.background import background_mask, grey_uint8, remove_small_objects
-from models.classifier import build_classifier
-from models.pseudo_masks import joint_minmax, label_from_maps, pseudo_masks
+from wsi_segment.models.background import background_mask, grey_uint8, remove_small_objects
+from wsi_segment.models.classifier import build_classifier
+from wsi_segment.models.pseudo_masks import joint_minmax, label_from_maps, pseudo_masks
 
 MAPS = torch.tensor(
     [

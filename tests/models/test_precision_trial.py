@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.classifier import build_classifier
-from models.device import cpu_supports_bf16
-from models.meta import ModelMeta
-from models.precision_trial import MIN_AGREEMENT, MIN_SPEEDUP, PrecisionTrial
-from models.segmentation_model import SegmentationModel
-from models.segmenter import build_segmenter
+from wsi_segment.models.classifier import build_classifier
+from wsi_segment.models.device import cpu_supports_bf16
+from wsi_segment.models.meta import ModelMeta
+from wsi_segment.models.precision_trial import MIN_AGREEMENT, MIN_SPEEDUP, PrecisionTrial
+from wsi_segment.models.segmentation_model import SegmentationModel
+from wsi_segment.models.segmenter import build_segmenter
 
 META = ModelMeta("tiny", ["a", "b", "c"], [(255, 0, 0), (0, 255, 0), (0, 0, 255)], 1.0, 64)
 

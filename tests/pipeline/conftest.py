@@ -14,7 +14,7 @@ def cmu_region_slide(tmp_path_factory) -> Path:
     """A 301 x 187 px crop of the real CMU slide as a tiled TIFF (open it with mpp=0.499)."""
     import tifffile
 
-    from wsi.slide import open_slide
+    from wsi_segment.wsi.slide import open_slide
 
     slide = open_slide(DATA / "CMU-1-Small-Region.svs")
     region = slide.read_region((900, 1200), 0, (301, 187))

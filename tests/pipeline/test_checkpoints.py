@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.checkpoints import load_checkpoint, save_checkpoint
 from wsi_segment.errors import ModelError
+from wsi_segment.pipeline.checkpoints import load_checkpoint, save_checkpoint
 
 
 def _step(model: torch.nn.Module, opt: torch.optim.Optimizer) -> None:

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.chunk_inference import cut_tiles
-from pipeline.chunk_job import tiles_read_box
-from pipeline.chunk_runner import _restore_torch_threads
-from wsi.region_reader import read_model_box
-from wsi.slide import open_slide
-from wsi.tiling import TileGrid
+from wsi_segment.pipeline.chunk_inference import cut_tiles
+from wsi_segment.pipeline.chunk_job import tiles_read_box
+from wsi_segment.pipeline.chunk_runner import _restore_torch_threads
+from wsi_segment.wsi.region_reader import read_model_box
+from wsi_segment.wsi.slide import open_slide
+from wsi_segment.wsi.tiling import TileGrid
 
 
 @pytest.mark.parametrize("level0_per_model", [1.0, 1.37, 2.0])
@@ -44,7 +44,7 @@ def test_runner_gives_torch_threads_back():
 def test_fast_read_backend_reads_the_same_pixels():
     from pathlib import Path
 
-    from pipeline.chunk_job import fast_read_backend
+    from wsi_segment.pipeline.chunk_job import fast_read_backend
 
     svs = Path(__file__).resolve().parents[1] / "data" / "CMU-1-Small-Region.svs"
     slide = open_slide(svs, backend="openslide")
@@ -59,10 +59,10 @@ def test_fast_read_backend_reads_the_same_pixels():
 def test_chunk_reads_share_storage_tiles_with_the_same_pixels(model_mpp):
     """Every chunk of a real plan reads the same image with storage-tile reuse as without,
     through the prefetcher and through a runner thread that claimed its chunk first."""
-    from pipeline.chunk_job import SlideJob
-    from pipeline.chunk_prefetch import ChunkPrefetcher
     from tests.conftest import CMU_SLIDE
-    from wsi.tiling import plan_chunks
+    from wsi_segment.pipeline.chunk_job import SlideJob
+    from wsi_segment.pipeline.chunk_prefetch import ChunkPrefetcher
+    from wsi_segment.wsi.tiling import plan_chunks
 
     slide = open_slide(CMU_SLIDE, backend="tiffslide")
     grid = TileGrid(tile=224, overlap=32, downsample=4)

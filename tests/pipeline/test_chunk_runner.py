@@ -8,12 +8,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.meta import ModelMeta
-from models.segmentation_model import SegmentationModel
-from pipeline.chunk_job import SlideJob
-from pipeline.chunk_runner import _size_for_this_worker
-from pipeline.model_handle import ModelHandle
-from wsi.tiling import TileGrid
+from wsi_segment.models.meta import ModelMeta
+from wsi_segment.models.segmentation_model import SegmentationModel
+from wsi_segment.pipeline.chunk_job import SlideJob
+from wsi_segment.pipeline.chunk_runner import _size_for_this_worker
+from wsi_segment.pipeline.model_handle import ModelHandle
+from wsi_segment.wsi.tiling import TileGrid
 
 
 def _job(model: SegmentationModel, per_chunk: int = 0) -> SlideJob:
@@ -53,7 +53,7 @@ def test_a_cpu_worker_sizes_its_job_once_to_its_torch_threads() -> None:
 
 
 def test_a_pinned_cpu_precision_applies_to_cpu_workers_only() -> None:
-    from pipeline.model_handle import precision_to_load
+    from wsi_segment.pipeline.model_handle import precision_to_load
 
     assert precision_to_load("fp32", "cpu") == precision_to_load("fp32", "cuda") == "fp32"
     assert precision_to_load("bf16", "cpu") == "bf16"  # a cluster's trial said bf16

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.datasets import open_dataset, parse_labels, read_image
 from wsi_segment.errors import DatasetError
+from wsi_segment.pipeline.datasets import open_dataset, parse_labels, read_image
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "luad-histoseg-sample"
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.datasets import open_dataset
-from pipeline.evaluate import GateCheck, present_labels, score_split
+from wsi_segment.pipeline.datasets import open_dataset
+from wsi_segment.pipeline.evaluate import GateCheck, present_labels, score_split
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "luad-histoseg-sample"
 

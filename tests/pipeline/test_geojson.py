@@ -12,14 +12,14 @@ import shapely
 from scipy import ndimage
 from shapely.geometry import MultiPolygon, Polygon, box, shape
 
-from pipeline.geojson import build_feature_collection, write_geojson
-from pipeline.polygons import (
+from wsi_segment.errors import ConfigError
+from wsi_segment.pipeline.geojson import build_feature_collection, write_geojson
+from wsi_segment.pipeline.polygons import (
     label_block_polygons,
     merge_class_polygons,
     simplify_coverage,
     to_level0,
 )
-from wsi_segment.errors import ConfigError
 
 NAMES = ["TE", "NEC", "LYM", "TAS"]
 COLORS = [(205, 51, 51), (0, 255, 0), (65, 105, 225), (255, 165, 0)]

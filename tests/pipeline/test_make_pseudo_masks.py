@@ -8,9 +8,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from models.classifier import build_classifier
-from pipeline.datasets import open_dataset
-from pipeline.make_pseudo_masks import make_pseudo_masks, mask_name
+from wsi_segment.models.classifier import build_classifier
+from wsi_segment.pipeline.datasets import open_dataset
+from wsi_segment.pipeline.make_pseudo_masks import make_pseudo_masks, mask_name
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "luad-histoseg-sample"
 

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from pipeline.metrics import ConfusionMatrix
+from wsi_segment.pipeline.metrics import ConfusionMatrix
 
 
 def test_hand_computed_two_classes_with_ignore() -> None:

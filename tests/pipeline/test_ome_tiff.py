@@ -6,8 +6,8 @@ import numpy as np
 import tifffile
 import zarr
 
-from pipeline.ome_tiff import write_probability_ome_tiff
-from pipeline.ome_zarr import create_probability_store, finalize_pyramid
+from wsi_segment.pipeline.ome_tiff import write_probability_ome_tiff
+from wsi_segment.pipeline.ome_zarr import create_probability_store, finalize_pyramid
 
 
 def test_ome_tiff_matches_zarr_pyramid(tmp_path):

@@ -11,13 +11,13 @@ from ome_zarr.io import parse_url
 from ome_zarr.reader import Reader
 from ome_zarr_models.v04 import Image
 
-from pipeline.ome_zarr import (
+from wsi_segment.errors import ConfigError
+from wsi_segment.pipeline.ome_zarr import (
     ATTRS_KEY,
     create_probability_store,
     downsample_mean2,
     finalize_pyramid,
 )
-from wsi_segment.errors import ConfigError
 
 NAMES = ["TE", "NEC", "LYM", "TAS"]
 COLORS = [(205, 51, 51), (0, 255, 0), (65, 105, 225), (255, 165, 0)]

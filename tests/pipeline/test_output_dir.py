@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from pipeline.output_dir import OutputDir, is_linked_at, read_previous_summary
 from wsi_segment.errors import OutputError
+from wsi_segment.pipeline.output_dir import OutputDir, is_linked_at, read_previous_summary
 
 
 def _siblings(parent):

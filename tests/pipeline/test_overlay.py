@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.ome_zarr import create_probability_store, finalize_pyramid
-from pipeline.overlay import label_thumbnail, labels_from_probabilities, write_overlay
 from wsi_segment.errors import ConfigError
+from wsi_segment.pipeline.ome_zarr import create_probability_store, finalize_pyramid
+from wsi_segment.pipeline.overlay import label_thumbnail, labels_from_probabilities, write_overlay
 
 NAMES = ["TE", "NEC", "LYM", "TAS"]
 COLORS = [(205, 51, 51), (0, 255, 0), (65, 105, 225), (255, 165, 0)]

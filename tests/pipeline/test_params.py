@@ -6,14 +6,14 @@ import os
 
 import pytest
 
-from pipeline.params import (
+from wsi_segment.errors import ConfigError
+from wsi_segment.pipeline.params import (
     SegmentParams,
     gpu_expected,
     plan_chunk_tiles,
     run_batch_size,
     run_threads,
 )
-from wsi_segment.errors import ConfigError
 
 
 def test_threads_default_follows_the_device():

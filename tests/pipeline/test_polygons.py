@@ -11,7 +11,7 @@ import shapely
 from scipy import ndimage
 from shapely.geometry import MultiPolygon, Polygon, box
 
-from pipeline.polygons import (
+from wsi_segment.pipeline.polygons import (
     clip_to_extent,
     label_block_polygons,
     merge_class_polygons,

@@ -14,11 +14,11 @@ import shapely
 import zarr
 from shapely.geometry import shape
 
-from models.device import cpu_supports_bf16
-from pipeline.params import SegmentParams
-from pipeline.segment import segment_slide
 from tests.conftest import CMU_SLIDE, DATA_DIR, LUAD_CLASSES
 from wsi_segment.errors import ModelError, MppMissingError, OutputError, SlideError
+from wsi_segment.models.device import cpu_supports_bf16
+from wsi_segment.pipeline.params import SegmentParams
+from wsi_segment.pipeline.segment import segment_slide
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +149,7 @@ def test_bad_slides_leave_no_output(tmp_path, tiny_model_dir, slide, error):
 def test_slide_without_mpp_needs_override(tmp_path, tiny_model_dir):
     import tifffile
 
-    from wsi.slide import open_slide
+    from wsi_segment.wsi.slide import open_slide
 
     region = open_slide(CMU_SLIDE).read_region((0, 0), 0, (300, 200))
     path = tmp_path / "nompp.tif"

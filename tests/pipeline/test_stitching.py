@@ -14,16 +14,16 @@ import torch
 import zarr
 from torch import nn
 
-from models.meta import ModelMeta
-from models.segmentation_model import SegmentationModel
-from pipeline.chunk_inference import quantise
-from pipeline.chunk_job import SlideJob
-from pipeline.chunk_runner import run_chunks
-from pipeline.model_handle import ModelHandle
-from pipeline.ome_zarr import create_probability_store
-from wsi.region_reader import read_model_box
-from wsi.slide import open_slide
-from wsi.tiling import TileGrid, plan_chunks
+from wsi_segment.models.meta import ModelMeta
+from wsi_segment.models.segmentation_model import SegmentationModel
+from wsi_segment.pipeline.chunk_inference import quantise
+from wsi_segment.pipeline.chunk_job import SlideJob
+from wsi_segment.pipeline.chunk_runner import run_chunks
+from wsi_segment.pipeline.model_handle import ModelHandle
+from wsi_segment.pipeline.ome_zarr import create_probability_store
+from wsi_segment.wsi.region_reader import read_model_box
+from wsi_segment.wsi.slide import open_slide
+from wsi_segment.wsi.tiling import TileGrid, plan_chunks
 
 CLASSES = ["A", "B", "C"]
 

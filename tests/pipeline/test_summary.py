@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.summary import (
+from wsi_segment.pipeline.summary import (
     class_measurements,
     read_summary,
     software_versions,

@@ -7,8 +7,12 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.datasets import open_dataset, read_image
-from pipeline.synthetic_dataset import SyntheticSpec, make_synthetic_dataset, random_label_map
+from wsi_segment.pipeline.datasets import open_dataset, read_image
+from wsi_segment.pipeline.synthetic_dataset import (
+    SyntheticSpec,
+    make_synthetic_dataset,
+    random_label_map,
+)
 
 SPEC = SyntheticSpec(n_train=6, n_val=2, n_test=3, size=64, seed=3)
 
@@ -51,7 +55,7 @@ def test_command_line_options_and_help(tmp_path, capsys):
     """`--help` prints usage and writes nothing (it used to write a folder named --help)."""
     import pytest
 
-    from pipeline.synthetic_dataset import main
+    from wsi_segment.pipeline.synthetic_dataset import main
 
     with pytest.raises(SystemExit) as exc:
         main(["--help"])

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from shapely.geometry import box, shape
 
-from pipeline.ome_zarr import create_probability_store
-from pipeline.tile_objects import iter_tile_features, write_tile_geojson
 from wsi_segment.errors import ConfigError
+from wsi_segment.pipeline.ome_zarr import create_probability_store
+from wsi_segment.pipeline.tile_objects import iter_tile_features, write_tile_geojson
 
 
 @pytest.fixture

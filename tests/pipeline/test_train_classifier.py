@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.datasets import open_dataset
-from pipeline.synthetic_dataset import SyntheticSpec, make_synthetic_dataset
-from pipeline.train_classifier import ClassifierConfig, scheduled_lr, train_classifier
-from pipeline.train_config import TrainConfig, classifier_config
+from wsi_segment.pipeline.datasets import open_dataset
+from wsi_segment.pipeline.synthetic_dataset import SyntheticSpec, make_synthetic_dataset
+from wsi_segment.pipeline.train_classifier import ClassifierConfig, scheduled_lr, train_classifier
+from wsi_segment.pipeline.train_config import TrainConfig, classifier_config
 
 CFG = ClassifierConfig(encoder="resnet10t", head="pda", epochs=2, batch_size=4, seed=1, max_steps=1)
 

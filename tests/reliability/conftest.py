@@ -2,7 +2,7 @@
 
 Two ways to run `wsi-segment`:
 
-- `run_cli`: a real subprocess (`python -m flows.cli`), as a user or a scheduler runs it.
+- `run_cli`: a real subprocess (`python -m wsi_segment.flows.cli`), as a user or a scheduler runs it.
   Importing torch costs 5-30 s on the shared 2-core machine, so tests batch several
   slides into one invocation where they can.
 - `run_cli_inprocess`: `flows.cli.main(argv)` in the test process (same dispatcher, same
@@ -29,7 +29,7 @@ import pytest
 from tests.conftest import CMU_SLIDE
 
 REPO = Path(__file__).resolve().parents[2]
-CLI = [sys.executable, "-m", "flows.cli"]
+CLI = [sys.executable, "-m", "wsi_segment.flows.cli"]
 
 
 @dataclass
@@ -65,7 +65,7 @@ def run_cli(args: list, timeout: float = 600, cwd: Path | None = None) -> CliRes
 
 def run_cli_inprocess(args: list, capsys: pytest.CaptureFixture[str]) -> CliResult:
     """`flows.cli.main` in this process; argparse's SystemExit becomes the exit code."""
-    from flows.cli import main
+    from wsi_segment.flows.cli import main
 
     capsys.readouterr()
     try:
@@ -144,7 +144,7 @@ def slides_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def cmu_crop(slides_dir) -> Path:
     """A 420 x 300 px crop of the real CMU slide, tiled TIFF with no mpp (use --mpp 0.5)."""
-    from wsi.slide import open_slide
+    from wsi_segment.wsi.slide import open_slide
 
     with open_slide(CMU_SLIDE) as slide:
         region = slide.read_region((800, 1100), 0, (420, 300))

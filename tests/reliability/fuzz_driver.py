@@ -31,7 +31,7 @@ def run_case(argv: list[str], log: str, limit: float) -> dict:
             err = os.open(log + ".err", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             os.dup2(out, 1)
             os.dup2(err, 2)
-            from flows.cli import main
+            from wsi_segment.flows.cli import main
 
             try:
                 code = int(main(argv) or 0)
@@ -66,8 +66,8 @@ def main() -> int:
     limit = float(sys.argv[3]) if len(sys.argv) > 3 else 120.0
     with open(cases_path) as fh:
         cases = json.load(fh)
-    import flows.cli  # noqa: F401  import once; children inherit it
-    import pipeline.segment  # noqa: F401
+    import wsi_segment.flows.cli
+    import wsi_segment.pipeline.segment  # noqa: F401
 
     results = []
     for case in cases:

@@ -196,7 +196,7 @@ def pyramid_with_bad_chunk_tile(tmp_path_factory):
     from PIL import Image
 
     from tests.conftest import CMU_SLIDE
-    from wsi.slide import open_slide
+    from wsi_segment.wsi.slide import open_slide
 
     with open_slide(CMU_SLIDE) as slide:
         cmu = slide.read_region((0, 0), 0, slide.dimensions)
@@ -270,9 +270,9 @@ def test_damaged_tile_on_a_cluster_leaves_nothing_behind(
     wait-for-all makes the race impossible by construction."""
     import time
 
-    from flows.dask_cluster import dask_client
-    from pipeline.params import SegmentParams
-    from pipeline.segment import segment_slide_safely
+    from wsi_segment.flows.dask_cluster import dask_client
+    from wsi_segment.pipeline.params import SegmentParams
+    from wsi_segment.pipeline.segment import segment_slide_safely
 
     out = tmp_path / "out"
     params = SegmentParams(model_dir=Path(tiny_model_dir), mpp=0.25, chunk_tiles=2)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import CMU_SLIDE
-from wsi.slide import open_slide
+from wsi_segment.wsi.slide import open_slide
 
 
 @pytest.fixture(scope="module")

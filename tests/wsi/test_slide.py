@@ -1,4 +1,4 @@
-"""wsi.slide on the real slides of tests/data: one Slide type over openslide and tiffslide.
+"""wsi_segment.wsi.slide on the real slides of tests/data: one Slide type over openslide and tiffslide.
 
 Measured on this machine: the CMU slide read by openslide and by tiffslide agrees pixel for
 pixel (max |difference| 0 over all 2220 x 2967 px: both decode its JPEG tiles with
@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import CMU_SLIDE, DATA_DIR
-from wsi.slide import Slide, _to_white_rgb, open_slide
 from wsi_segment.errors import ConfigError, MppMissingError, SlideError
+from wsi_segment.wsi.slide import Slide, _to_white_rgb, open_slide
 
 JPEG_TOLERANCE = 0
 OS1 = DATA_DIR / "OS-1-detail.ome.tif"

@@ -1,4 +1,4 @@
-"""wsi.slide read errors: transient I/O errors are retried on a fresh reader, bounded, and
+"""wsi_segment.wsi.slide read errors: transient I/O errors are retried on a fresh reader, bounded, and
 named; corrupt tile data is not retried and does not poison the slide.
 
 The transient errors come from a real fsspec file system that fails on purpose
@@ -19,8 +19,8 @@ import pytest
 from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
 
 from tests.conftest import CMU_SLIDE, corrupt_middle_tile
-from wsi.slide import READ_ATTEMPTS, is_transient, open_slide
 from wsi_segment.errors import SlideError
+from wsi_segment.wsi.slide import READ_ATTEMPTS, is_transient, open_slide
 
 
 class FlakyFileSystem(AbstractFileSystem):
@@ -81,7 +81,7 @@ def test_transient_read_errors_are_retried_then_succeed(flaky_url, cmu_pixels, c
         # inside one 240-px storage tile, so each attempt makes one failing fetch (a region
         # over several tiles fetches them concurrently and would use up several failures)
         FlakyFileSystem.failures = READ_ATTEMPTS - 1  # fail all but the last attempt
-        with caplog.at_level(logging.WARNING, logger="wsi.slide"):
+        with caplog.at_level(logging.WARNING, logger="wsi_segment.wsi.slide"):
             region = slide.read_region((1205, 1445), 0, (230, 200))
         assert FlakyFileSystem.failures == 0
     assert np.array_equal(region, cmu_pixels[1445:1645, 1205:1435])
@@ -124,7 +124,7 @@ def test_corrupt_tile_is_not_retried_and_does_not_poison_the_slide(
     with open_slide(path, backend) as slide:
         start = time.monotonic()
         with (
-            caplog.at_level(logging.WARNING, logger="wsi.slide"),
+            caplog.at_level(logging.WARNING, logger="wsi_segment.wsi.slide"),
             pytest.raises(SlideError, match="truncated or corrupt") as err,
         ):
             slide.read_region((x + 10, y + 10), 0, (100, 100))

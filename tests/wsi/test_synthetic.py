@@ -1,4 +1,4 @@
-"""wsi.synthetic: the slide opens as Aperio everywhere and its label map tells the truth."""
+"""wsi_segment.wsi.synthetic: the slide opens as Aperio everywhere and its label map tells the truth."""
 
 from __future__ import annotations
 
@@ -10,7 +10,13 @@ import shapely
 import tifffile
 from scipy import ndimage
 
-from wsi.synthetic import BACKGROUND, CLASS_NAMES, main, read_label_map, write_synthetic_slide
+from wsi_segment.wsi.synthetic import (
+    BACKGROUND,
+    CLASS_NAMES,
+    main,
+    read_label_map,
+    write_synthetic_slide,
+)
 
 SIZE = 2048
 MPP = 0.5
@@ -52,7 +58,7 @@ def test_openslide_tiffslide_and_open_slide_read_it_as_aperio(slide):
     import openslide
     import tiffslide
 
-    from wsi.slide import open_slide
+    from wsi_segment.wsi.slide import open_slide
 
     path, _ = slide
     dims = ((SIZE, SIZE), (SIZE // 4, SIZE // 4))
@@ -146,8 +152,8 @@ def test_same_seed_same_bytes_other_seed_other_labels(tmp_path):
 
 
 def test_blank_slide_has_no_tissue(tmp_path):
-    from wsi.slide import open_slide
-    from wsi.tissue import detect_tissue
+    from wsi_segment.wsi.slide import open_slide
+    from wsi_segment.wsi.tissue import detect_tissue
 
     path = tmp_path / "blank.svs"
     labels, _ = read_label_map(write_synthetic_slide(path, 1024, 1024, tissue_fraction=0))
@@ -159,8 +165,8 @@ def test_blank_slide_has_no_tissue(tmp_path):
 
 
 def test_detect_tissue_agrees_with_the_label_map(slide):
-    from wsi.slide import open_slide
-    from wsi.tissue import detect_tissue
+    from wsi_segment.wsi.slide import open_slide
+    from wsi_segment.wsi.tissue import detect_tissue
 
     path, label_path = slide
     labels, meta = read_label_map(label_path)

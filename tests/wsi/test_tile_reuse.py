@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import CMU_SLIDE
-from wsi.slide import open_slide
-from wsi.tile_reuse import TileReuse, supports_reuse
+from wsi_segment.wsi.slide import open_slide
+from wsi_segment.wsi.tile_reuse import TileReuse, supports_reuse
 
 
 def _chunk_boxes(width: int, height: int, step: int, halo: int) -> list[tuple[int, int, int, int]]:

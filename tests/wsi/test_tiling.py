@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from wsi.region_reader import choose_level
-from wsi.tiling import TileGrid, plan_chunks, tile_tissue_grid
 from wsi_segment.errors import ConfigError
+from wsi_segment.wsi.region_reader import choose_level
+from wsi_segment.wsi.tiling import TileGrid, plan_chunks, tile_tissue_grid
 
 
 @dataclass

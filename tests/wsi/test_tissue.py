@@ -1,4 +1,4 @@
-"""wsi.tissue.detect_tissue on the real CMU slide and on slides written here with tifffile.
+"""wsi_segment.wsi.tissue.detect_tissue on the real CMU slide and on slides written here with tifffile.
 
 Measured: tissue covers 0.3447 of CMU-1-Small-Region (same with both backends; mask 1110 x
 1484 px at downsample 2), its polygons 0.3448 of the slide; with the marks of the pen test
@@ -13,8 +13,8 @@ import tifffile
 from scipy import ndimage
 
 from tests.conftest import CMU_SLIDE, DATA_DIR
-from wsi.slide import open_slide
-from wsi.tissue import detect_tissue, tissue_mask_from_rgb
+from wsi_segment.wsi.slide import open_slide
+from wsi_segment.wsi.tissue import detect_tissue, tissue_mask_from_rgb
 
 
 def write_slide(path, image: np.ndarray, mpp: float | None = 0.5, jpeg: bool = True):
