@@ -1,0 +1,204 @@
+"""Decode limit: how many tiles per second reading can feed a model, with 1, 2, 4, ... decoders.
+
+    python benchmarks/decode.py                       # 12288 px bank slide, every power of 2
+    python benchmarks/decode.py --size 30720 --decoders 1,4,8,16 --modes processes
+    python benchmarks/decode.py --no-record
+
+Each decoder reads its share of the pipeline's own chunk plan exactly as `wsi-segment` does
+(`plan_like_pipeline`: tissue detection, the chunk grid, the fast read backend; then
+`read_model_box` with storage-tile reuse over its own chunks and `cut_tiles`), so the figure is
+the ceiling reading puts on the pipeline: on a GPU machine the end-to-end goal is a fraction of
+min(this, the model's limit). Two ways to run N decoders are measured side by side:
+
+- processes  N spawned processes, each with its own slide handle (no GIL between them);
+- threads    N threads in one process, each with its own slide handle (openslide and the JPEG
+             decoders release the GIL; numpy cutting and resampling partly do).
+
+All decoders open their slide and import first, then start together on a barrier; the clock
+runs from the barrier to the last decoder's end. The table is appended to RESULTS.md with the
+command and the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import multiprocessing as mp
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.measure import loadavg, machine_info, record, render  # noqa: E402
+from benchmarks.slides import make_slide  # noqa: E402
+
+MODES = ("processes", "threads")
+
+
+def model_geometry(model_dir: Path) -> Any:
+    """Tile size and mpp as the pipeline reads them (the plan needs nothing else; no torch)."""
+    from wsi_segment.pipeline.chunk_plan import model_geometry as read_geometry
+
+    geometry = read_geometry(model_dir)
+    if geometry is None:
+        raise SystemExit(f"{model_dir}/model.json: no readable tile_size and mpp")
+    tile, mpp = geometry
+    return SimpleNamespace(meta=SimpleNamespace(tile_size=tile, mpp=mpp))
+
+
+def decode_share(job: dict, share: int, shares: int, barrier: Any) -> tuple[int, float, float]:
+    """Read every `shares`-th chunk from `share` on; (tiles, start, end) in perf_counter s.
+
+    perf_counter is CLOCK_MONOTONIC on Linux, so starts and ends compare across processes.
+    """
+    from benchmarks.stages import plan_like_pipeline
+    from wsi_segment.pipeline.chunk_inference import cut_tiles
+    from wsi_segment.pipeline.chunk_job import tiles_read_box
+    from wsi_segment.wsi.region_reader import level_read_box, read_model_box
+    from wsi_segment.wsi.tile_reuse import TileReuse, supports_reuse
+
+    p = plan_like_pipeline(
+        Path(job["slide"]),
+        model_geometry(Path(job["model"])),
+        job["overlap"],
+        job["chunk_tiles"],
+        job["downsample"],
+    )
+    specs = p.specs[share::shares]
+    m = p.grid.margin
+    boxes = []
+    for spec in specs:
+        x0, y0, x1, y1 = spec.core_box
+        boxes.append(tiles_read_box(spec.tiles, p.grid) or (x0 - m, y0 - m, x1 + m, y1 + m))
+    reader: dict = {}
+    level, slide = p.read_level, p.slide
+    tile = slide.storage_tile_size(level)
+    if supports_reuse(slide, level, tile):
+        ds = float(slide.level_downsamples[level])
+        planned = [level_read_box(b, p.level0_per_model, ds) for b in boxes]
+        reuse = TileReuse(level, slide.level_dimensions[level], ds, tile, planned)
+        reader = {"reader": lambda lx, ly, w, h: reuse.read(slide, lx, ly, w, h)}
+    barrier.wait()
+    start = time.perf_counter()
+    n = 0
+    for spec, box in zip(specs, boxes, strict=True):
+        image = read_model_box(slide, box, p.level0_per_model, p.read_level, **reader)
+        n += len(cut_tiles(image, (box[0], box[1]), list(spec.tiles), p.grid))
+    return n, start, time.perf_counter()
+
+
+def _process_entry(job: dict, share: int, shares: int, barrier: Any, results: Any) -> None:
+    results.put((share, decode_share(job, share, shares, barrier)))
+
+
+def run_processes(job: dict, n: int) -> tuple[int, float]:
+    ctx = mp.get_context("spawn")
+    barrier, results = ctx.Barrier(n), ctx.Queue()
+    procs = [
+        ctx.Process(target=_process_entry, args=(job, k, n, barrier, results)) for k in range(n)
+    ]
+    for proc in procs:
+        proc.start()
+    got = [results.get(timeout=3600) for _ in procs]
+    for proc in procs:
+        proc.join()
+    return _total(r for _, r in got)
+
+
+def run_threads(job: dict, n: int) -> tuple[int, float]:
+    barrier = threading.Barrier(n)
+    got: list = [None] * n
+
+    def work(k: int) -> None:
+        got[k] = decode_share(job, k, n, barrier)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return _total(got)
+
+
+def _total(results: Any) -> tuple[int, float]:
+    """(tiles, wall s from the common start to the last end)."""
+    results = list(results)
+    tiles = sum(r[0] for r in results)
+    return tiles, max(r[2] for r in results) - min(r[1] for r in results)
+
+
+def main(argv: list[str] | None = None) -> int:
+    cores = len(os.sched_getaffinity(0))
+    powers = [1 << k for k in range(8) if (1 << k) <= cores]
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", type=int, default=12288, help="bank slide side (px)")
+    ap.add_argument("--tissue", type=float, default=0.6)
+    ap.add_argument("--model", type=Path, default=None, help="model folder (default: demo)")
+    ap.add_argument("--decoders", default=",".join(map(str, powers)))
+    ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--overlap", type=int, default=32)
+    ap.add_argument("--chunk-tiles", type=int, default=4)
+    ap.add_argument("--downsample", type=int, default=4)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/wsi-segment-bench"))
+    ap.add_argument("--no-record", action="store_true")
+    args = ap.parse_args(argv)
+    modes = [m for m in args.modes.split(",") if m]
+    if set(modes) - set(MODES):
+        ap.error(f"--modes: choose from {MODES}")
+    counts = [int(x) for x in args.decoders.split(",") if x]
+    started = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M")
+    t0 = time.perf_counter()
+    info = machine_info()
+    info["load_start"] = loadavg()
+    slide, writer = make_slide(
+        args.work / f"tp-{args.size}-t{args.tissue}.svs", args.size, args.tissue, fast=True
+    )
+    if args.model is None:
+        from benchmarks.stages import default_model
+
+        model_dir, model_desc = default_model(args.work)
+    else:
+        model_dir, model_desc = args.model, str(args.model)
+    job = {
+        "slide": str(slide),
+        "model": str(model_dir),
+        "overlap": args.overlap,
+        "chunk_tiles": args.chunk_tiles,
+        "downsample": args.downsample,
+    }
+    rows: list[tuple[str, str, str]] = []
+    notes = [
+        f"slide: {slide.name} ({writer}), model geometry: {model_desc}",
+        "tiles/s of the pipeline's own read path (plan, aligned reads with storage-tile "
+        "reuse per decoder, cut), clock from a common start to the last decoder's end",
+    ]
+    single: dict[str, float] = {}
+    for mode in modes:
+        for n in counts:
+            tiles, wall = (run_processes if mode == "processes" else run_threads)(job, n)
+            rate = tiles / wall
+            single.setdefault(mode, rate if n == 1 else float("nan"))
+            base = single[mode]
+            scale = f"{rate / base:.2f}x of 1 decoder ({rate / base / n:.0%} per decoder)"
+            rows.append((f"decode, {n} {mode}", f"{rate:,.0f} tiles/s", f"{tiles} tiles in "
+                         f"{wall:.2f} s; {scale}"))  # fmt: skip
+            print(rows[-1], file=sys.stderr, flush=True)
+    command = "python benchmarks/decode.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    block = render(rows, notes, info, command.strip(), started, time.perf_counter() - t0)
+    print(block)
+    if not args.no_record:
+        record(block)
+    best = max((r for r in rows), key=lambda r: float(r[1].split()[0].replace(",", "")))
+    print(f"decode_limit={best[1].split()[0]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
