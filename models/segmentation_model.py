@@ -1,7 +1,9 @@
-"""The inference model: classifier + DeepLabV3+ + gate, with one `predict` for any device.
+"""The inference model: classifier + DeepLabV3+ + gate, for any device.
 
-`predict` takes raw uint8 tiles on any device and returns CPU float32 probabilities, so the
-pipeline never deals with scaling, normalisation, precision or device placement.
+`predict` takes raw uint8 tiles on any device and returns CPU float32 probability maps;
+`predict_reduced` returns only what the slide path stores (uint8 cores and labels, reduced
+on the device), so the pipeline never deals with scaling, normalisation, precision or
+device placement, and full maps never cross from a GPU in the slide path.
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ import torch
 from torch import nn
 
 from .device import autocast, fit_batch_size, parse_precision, pick_device
-from .gate import apply_gate
+from .gate import apply_gate, gate_mask
 from .meta import ModelMeta
 from .precision_trial import PrecisionTrial, run_precision_trial
+from .reduction import NODATA, HostCopier, ReducedOutputs, reduce_tiles
 
 _log = logging.getLogger(__name__)
 
@@ -36,6 +39,7 @@ class SegmentationModel(nn.Module):
         self.precision_pending = False
         self.precision_trial: PrecisionTrial | None = None
         self._batch_caps: dict[tuple[int, int], int] = {}  # (tile, requested) -> batch
+        self._host = HostCopier()  # pinned buffers for predict_reduced's copies
         norm = meta.normalisation
         self.register_buffer("_mean", torch.tensor(norm["mean"]).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("_std", torch.tensor(norm["std"]).view(1, 3, 1, 1), persistent=False)
@@ -80,9 +84,39 @@ class SegmentationModel(nn.Module):
         """
         return self._predict(tiles, gate, self.autocast_dtype)
 
+    @torch.inference_mode()
+    def predict_reduced(
+        self,
+        tiles: torch.Tensor,
+        margin: int,
+        core: int,
+        downsample: int,
+        gate: bool = True,
+        nodata: int = NODATA,
+    ) -> ReducedOutputs:
+        """What the slide path stores, reduced on the device (models/reduction.py).
+
+        The same forward, softmax and gate as `predict`; then each tile's centre core
+        `[margin, margin + core)` is averaged over `downsample` x `downsample` blocks,
+        labelled (argmax of the gated values before quantisation) and quantised to uint8.
+        Only those and the classifier's probabilities are copied to the host.
+        """
+        seg_probs, cls_probs, keep, seg_logits = self._forward(tiles, gate, self.autocast_dtype)
+        probs, labels = reduce_tiles(seg_probs, seg_logits, keep, margin, core, downsample, nodata)
+        probs, labels, cls_probs = self._host.to_host([probs, labels, cls_probs])
+        return ReducedOutputs(probs, labels, cls_probs)
+
     def _predict(
         self, tiles: torch.Tensor, gate: bool, dtype: torch.dtype | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        seg_probs, cls_probs, _keep, _logits = self._forward(tiles, gate, dtype)
+        return seg_probs.contiguous().cpu(), cls_probs.cpu()
+
+    def _forward(
+        self, tiles: torch.Tensor, gate: bool, dtype: torch.dtype | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(gated seg_probs float32, cls_probs, kept classes (N, K) bool, seg_logits) on the
+        model's device: the one forward both `predict` and `predict_reduced` use."""
         if tiles.ndim != 4 or tiles.shape[1] != 3:
             raise ValueError(f"predict expects tiles (N, 3, H, W), got {tuple(tiles.shape)}")
         self.eval()
@@ -94,7 +128,10 @@ class SegmentationModel(nn.Module):
         seg_probs = torch.softmax(seg_logits.float(), dim=1)
         if gate:
             seg_probs = apply_gate(seg_probs, cls_probs, self.meta.gate_epsilon)
-        return seg_probs.contiguous().cpu(), cls_probs.cpu()
+            keep = gate_mask(cls_probs, self.meta.gate_epsilon) > 0
+        else:
+            keep = torch.ones_like(cls_probs, dtype=torch.bool)
+        return seg_probs, cls_probs, keep, seg_logits
 
     def settle_precision(self, tiles: torch.Tensor) -> PrecisionTrial | None:
         """Decide a pending 'auto' precision once, on these tiles (N, 3, H, W) uint8.

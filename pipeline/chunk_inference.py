@@ -1,5 +1,9 @@
 """One Dask chunk: cut tiles from a model-space image, run the model, stitch the cores.
 
+The model returns each tile's core already in the stored form (uint8 probabilities and
+labels of output pixels, reduced on its device: models/reduction.py); this module only
+places them.
+
 Stitching is centre-crop on a *global* tile grid (docs/CONTRACTS.md): tile (i, j) reads
 `[j*S - m, j*S - m + T)` and contributes only its core `[j*S, (j+1)*S)`. Cores partition
 the plane, so the result is the same whatever the chunk size and every output pixel comes
@@ -8,7 +12,9 @@ from exactly one tile, the one in whose centre it lies.
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
@@ -19,12 +25,43 @@ if TYPE_CHECKING:  # torch is imported where tiles are predicted: the CLI loads 
     import torch
 
 
-class TileModel(Protocol):
-    """What inference needs of a model (models.bundle.SegmentationModel satisfies it)."""
+NODATA = 255  # label of pixels outside tissue, or where the gate removed every class
 
-    def predict(
-        self, tiles: torch.Tensor, gate: bool = True
-    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+class ReducedLike(Protocol):
+    """What `predict_reduced` returns (models.reduction.ReducedOutputs satisfies it)."""
+
+    probs: torch.Tensor  # uint8 (N, K, S/d, S/d)
+    labels: torch.Tensor  # uint8 (N, S/d, S/d)
+    cls_probs: torch.Tensor  # float32 (N, K)
+
+    @property
+    def nbytes(self) -> int: ...
+
+
+class TileModel(Protocol):
+    """What inference needs of a model (models.segmentation_model.SegmentationModel)."""
+
+    def predict_reduced(
+        self,
+        tiles: torch.Tensor,
+        margin: int,
+        core: int,
+        downsample: int,
+        gate: bool = True,
+        nodata: int = NODATA,
+    ) -> ReducedLike: ...
+
+
+@dataclass
+class ReducedTiles:
+    """Outputs in their stored form: uint8 probabilities (..., K, h, w), uint8 labels
+    (..., h, w), per tile (N leading, h = w = S/d) or stitched into a chunk's block, and the
+    bytes that crossed from the model's device for them."""
+
+    probs: np.ndarray
+    labels: np.ndarray
+    bytes_from_model: int
 
 
 def cut_tiles(
@@ -40,73 +77,60 @@ def cut_tiles(
     return out
 
 
-def predict_tiles(
+def predict_reduced_tiles(
     model: TileModel,
     tiles: np.ndarray,
+    grid: TileGrid,
     batch_size: int,
     gate: bool,
     lock: threading.Lock | None = None,
-) -> np.ndarray:
-    """Gated class probabilities (N, K, T, T) float32 for uint8 tiles (N, T, T, 3).
+) -> ReducedTiles:
+    """The stored form of uint8 tiles (N, T, T, 3): cores reduced on the model's device.
 
     The lock serialises forward passes in a process so one model uses all compute threads
     while the other Dask threads read and decode the next chunks.
     """
     import torch
 
-    results = []
+    probs, labels, nbytes = [], [], 0
     device = getattr(model, "device", None)
     pin = torch.cuda.is_available() and device is not None and torch.device(device).type == "cuda"
+    reduce_args = (grid.margin, grid.stride, grid.downsample)
     for start in range(0, len(tiles), batch_size):
         batch = torch.from_numpy(np.ascontiguousarray(tiles[start : start + batch_size]))
         batch = batch.permute(0, 3, 1, 2)
         if pin:
             batch = batch.contiguous().pin_memory()
-        if lock is None:
-            seg, _ = model.predict(batch, gate=gate)
-        else:
-            with lock:
-                seg, _ = model.predict(batch, gate=gate)
-        results.append(seg.float().numpy())
-    return np.concatenate(results) if results else np.zeros((0, 0, 0, 0), np.float32)
+        with lock if lock is not None else contextlib.nullcontext():
+            out = model.predict_reduced(batch, *reduce_args, gate=gate, nodata=NODATA)
+        probs.append(out.probs.numpy())
+        labels.append(out.labels.numpy())
+        nbytes += out.nbytes
+    if not probs:
+        so = grid.stride // grid.downsample
+        return ReducedTiles(np.zeros((0, 0, so, so), np.uint8), np.zeros((0, so, so), np.uint8), 0)
+    return ReducedTiles(np.concatenate(probs), np.concatenate(labels), nbytes)
 
 
 def stitch_cores(
-    probs: np.ndarray,
+    cores: np.ndarray,
     tiles_ij: list[tuple[int, int]],
     core_origin: tuple[int, int],
     core_size: tuple[int, int],
-    n_classes: int,
     grid: TileGrid,
+    fill: int,
 ) -> np.ndarray:
-    """Place each tile's core, averaged over d x d blocks, into the chunk's output block.
+    """Place each tile's reduced core (..., S/d, S/d) into the chunk's output block.
 
-    Returns float32 (K, core_h / d, core_w / d); tiles not listed stay zero (no tissue).
+    Returns (..., core_h / d, core_w / d) of `cores`' dtype; tiles not listed (no tissue)
+    stay `fill`.
     """
-    d, s, m = grid.downsample, grid.stride, grid.margin
+    d, s = grid.downsample, grid.stride
     cx, cy = core_origin
-    out = np.zeros((n_classes, core_size[1] // d, core_size[0] // d), dtype=np.float32)
+    lead = cores.shape[1:-2]
+    out = np.full((*lead, core_size[1] // d, core_size[0] // d), fill, dtype=cores.dtype)
     so = s // d
     for n, (i, j) in enumerate(tiles_ij):
-        core = probs[n, :, m : m + s, m : m + s]
-        if d > 1:
-            core = core.reshape(n_classes, so, d, so, d).mean(axis=(2, 4))
         oy, ox = (i * s - cy) // d, (j * s - cx) // d
-        out[:, oy : oy + so, ox : ox + so] = core
+        out[..., oy : oy + so, ox : ox + so] = cores[n]
     return out
-
-
-def quantise(probs: np.ndarray) -> np.ndarray:
-    """float probabilities in [0, 1] -> uint8 0..255 (what the zarr stores)."""
-    return np.clip(np.rint(probs * 255.0), 0, 255).astype(np.uint8)
-
-
-def label_block(probs_u8: np.ndarray, tissue: np.ndarray, nodata: int = 255) -> np.ndarray:
-    """Argmax of the stored uint8 probabilities inside tissue; `nodata` elsewhere.
-
-    Computed from the stored values so that the zarr's argmax and the polygons agree exactly.
-    """
-    labels = np.argmax(probs_u8, axis=0).astype(np.uint8)
-    valid = tissue & (probs_u8.max(axis=0) > 0)
-    labels[~valid] = nodata
-    return labels

@@ -20,10 +20,10 @@ import zarr
 
 from wsi_segment.errors import SlideError
 from wsi_segment.pipeline.chunk_inference import (
+    NODATA,
+    ReducedTiles,
     cut_tiles,
-    label_block,
-    predict_tiles,
-    quantise,
+    predict_reduced_tiles,
     stitch_cores,
 )
 from wsi_segment.pipeline.model_handle import ModelHandle, model_device_type
@@ -44,6 +44,7 @@ class ChunkOutcome:
     counts: np.ndarray  # (K,) output pixels per class
     prob_sums: np.ndarray  # (K,) sum of class-k probability over pixels labelled k
     polygons: dict[int, list[bytes]]  # class -> WKB polygons in output pixel coordinates
+    bytes_from_model: int = 0  # what crossed from the model's device for this chunk
 
 
 @dataclass
@@ -178,7 +179,21 @@ class SlideJob:
 
         `read` is the chunk's `self.read(spec)` when a prefetcher already did it.
         """
-        grid, k = self.grid, self.n_classes
+        block = self.infer_block(spec, read)
+        ox0, oy0, ox1, oy1 = spec.out_box
+        self._array()[:, oy0:oy1, ox0:ox1] = block.probs
+        outcome = summarise_block(spec, len(spec.tiles), block.labels, block.probs, self.n_classes)
+        outcome.bytes_from_model = block.bytes_from_model
+        return outcome
+
+    def infer_block(
+        self,
+        spec: ChunkSpec,
+        read: tuple[np.ndarray, tuple[int, int, int, int]] | None = None,
+    ) -> ReducedTiles:
+        """The chunk's output block: uint8 probabilities (K, h, w) and labels (h, w) over
+        `spec.out_box`, 0 and NODATA outside tissue, from cores reduced on the model's device."""
+        grid = self.grid
         x0, y0, x1, y1 = spec.core_box
         image, read_box = read if read is not None else self.read(spec)
         tiles = list(spec.tiles)
@@ -192,16 +207,17 @@ class SlideJob:
         _settle_precision(model, lock, patches)
         if concurrent:
             lock = None
-        probs = predict_tiles(model, patches, batch_size, self.gate, lock)
-        block = stitch_cores(probs, tiles, (x0, y0), (x1 - x0, y1 - y0), k, grid)
+        reduced = predict_reduced_tiles(model, patches, grid, batch_size, self.gate, lock)
+        origin, size = (x0, y0), (x1 - x0, y1 - y0)
+        probs = stitch_cores(reduced.probs, tiles, origin, size, grid, fill=0)
+        labels = stitch_cores(reduced.labels, tiles, origin, size, grid, fill=NODATA)
         ox0, oy0, ox1, oy1 = spec.out_box
-        block = block[:, : oy1 - oy0, : ox1 - ox0]
+        probs = probs[:, : oy1 - oy0, : ox1 - ox0]
+        labels = labels[: oy1 - oy0, : ox1 - ox0]
         tissue = self.tissue_block(spec.out_box)
-        block_u8 = quantise(block)
-        block_u8[:, ~tissue] = 0
-        self._array()[:, oy0:oy1, ox0:ox1] = block_u8
-        labels = label_block(block_u8, tissue)
-        return summarise_block(spec, len(tiles), labels, block_u8, k)
+        probs[:, ~tissue] = 0
+        labels[~tissue] = NODATA
+        return ReducedTiles(probs, labels, reduced.bytes_from_model)
 
 
 FAST_READ_VENDORS = ("aperio", "generic-tiff")
@@ -318,6 +334,6 @@ def summarise_block(
         sel = labels == c
         if counts[c]:
             prob_sums[c] = probs_u8[c][sel].sum(dtype=np.float64) / 255.0
-    polys = label_block_polygons(labels, spec.out_box[0], spec.out_box[1], k, nodata=255)
+    polys = label_block_polygons(labels, spec.out_box[0], spec.out_box[1], k, nodata=NODATA)
     wkb = {c: [shapely.to_wkb(p) for p in plist] for c, plist in polys.items() if plist}
     return ChunkOutcome(spec.row, spec.col, tiles_run, counts, prob_sums, wkb)

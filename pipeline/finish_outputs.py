@@ -85,9 +85,21 @@ def write_outputs(prep: Any, outcomes: list[ChunkOutcome], work_dir: Path) -> di
         _write_overlay(prep, zarr_path, work_dir / "overlay.png", classes, colors)
         polygons.result()
     prep.timings["outputs_s"] = time.perf_counter() - t0
-    summary = _summary(prep, areas, labelled * px_area, n_levels, files)
+    summary = _summary(prep, areas, labelled * px_area, n_levels, files, run_stats(outcomes))
     write_summary(work_dir / "summary.json", summary)
     return summary
+
+
+def run_stats(outcomes: list[ChunkOutcome]) -> dict[str, float | int]:
+    """What crossed from the model's device: per tile, each core's uint8 probabilities and
+    labels and the classifier's probabilities (models/reduction.py), never full maps."""
+    tiles = sum(o.tiles_run for o in outcomes)
+    total = sum(o.bytes_from_model for o in outcomes)
+    return {
+        "tiles_run": tiles,
+        "bytes_from_model": total,
+        "bytes_from_model_per_tile": total / tiles if tiles else 0.0,
+    }
 
 
 def _write_polygons(
@@ -157,7 +169,7 @@ def overlay_thumbnail(slide: Any, max_size: int) -> np.ndarray:
 
 
 def _summary(
-    prep: Any, areas: dict, tissue_um2: float, n_levels: int, files: list[str]
+    prep: Any, areas: dict, tissue_um2: float, n_levels: int, files: list[str], run: dict
 ) -> dict[str, Any]:
     slide = prep.slide
     grid = prep.grid
@@ -216,5 +228,6 @@ def _summary(
         "timings_s": dict(prep.timings),
         # Run statistics like the timings (local runs only; thread interleaving moves them).
         "read_stats": dict(prep.read_stats),
+        "run_stats": run,
         "versions": software_versions(),
     }

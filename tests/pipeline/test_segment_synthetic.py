@@ -23,6 +23,7 @@ import zarr
 from affine import Affine
 from shapely.geometry import shape
 
+from tests.reference_inference import label_count_bounds
 from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.pipeline.segment import segment_slide
 from wsi_segment.wsi.synthetic import BACKGROUND, read_label_map, write_synthetic_slide
@@ -110,8 +111,14 @@ def test_summary_areas_match_polygons_and_zarr(run):
     _, meta, pred, summary, out_dir = run
     probs = zarr.open_group(str(out_dir / "probabilities.ome.zarr"), mode="r")["0"][:]
     labelled = probs.max(axis=0) > 0
-    argmax = probs.argmax(axis=0)
     out_um2 = summary["output"]["mpp"]["x"] * summary["output"]["mpp"]["y"]
+    # Labels are taken before quantisation: they differ from the stored argmax only where
+    # stored values tie at the top, or are all 0 (the gate removed the sure class).
+    low, high = label_count_bounds(probs)
+    assert (high - low).sum() <= 0.01 * labelled.sum()  # ties need a near-even top pair
+    zeros = round(sum(c["area_um2"] for c in summary["classes"].values()) / out_um2)
+    zeros -= int(labelled.sum())
+    assert 0 <= zeros <= 0.001 * labelled.sum()
     level0_um2 = summary["slide"]["mpp"]["x"] * summary["slide"]["mpp"]["y"]
     tol_level0 = (
         summary["parameters"]["simplify_tolerance"] * summary["output"]["level0_per_output_pixel"]
@@ -120,9 +127,8 @@ def test_summary_areas_match_polygons_and_zarr(run):
     for k, name in enumerate(meta["classes"]):
         area = summary["classes"][name]["area_um2"]
         total += area
-        # zarr: argmax pixel counts x output pixel area.
-        zarr_area = float(((argmax == k) & labelled).sum()) * out_um2
-        assert area == pytest.approx(zarr_area, rel=1e-6, abs=out_um2)
+        # zarr: argmax pixel counts x output pixel area, give or take the tied pixels.
+        assert low[k] * out_um2 - 1e-6 <= area <= (high[k] + zeros) * out_um2 + 1e-6
         # GeoJSON: exact before simplification; coverage simplification moves edges by at
         # most the tolerance, so the area may change by at most perimeter x tolerance.
         poly = pred.get(name, shapely.Polygon())
@@ -131,4 +137,4 @@ def test_summary_areas_match_polygons_and_zarr(run):
         assert abs(poly.area * level0_um2 - area) <= 0.01 * area + 1e-6  # measured < 0.1 %
     assert summary["tissue"]["area_um2"] == pytest.approx(total)
     assert sum(c["fraction_of_tissue"] for c in summary["classes"].values()) == pytest.approx(1.0)
-    assert total == pytest.approx(float(labelled.sum()) * out_um2)
+    assert total == pytest.approx(float(labelled.sum() + zeros) * out_um2)

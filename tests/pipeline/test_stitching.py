@@ -14,9 +14,9 @@ import torch
 import zarr
 from torch import nn
 
+from tests.reference_inference import quantise
 from wsi_segment.models.meta import ModelMeta
 from wsi_segment.models.segmentation_model import SegmentationModel
-from wsi_segment.pipeline.chunk_inference import quantise
 from wsi_segment.pipeline.chunk_job import SlideJob
 from wsi_segment.pipeline.chunk_runner import run_chunks
 from wsi_segment.pipeline.model_handle import ModelHandle

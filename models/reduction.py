@@ -1,0 +1,115 @@
+"""What leaves the device in the slide path: each tile's core, averaged, as uint8 + labels.
+
+The slide path stores, per output pixel (d x d model pixels of a tile's centre core; the
+overlap margin is cropped, docs/CONTRACTS.md), uint8 class probabilities and a label. Both
+are made here, on the model's device, so only they cross to the host, not the full float32
+maps. Labels are the argmax of the gated float values *before* quantisation: when the gate
+removes the class the segmenter was sure of, the pixel gets the best remaining class even if
+every remaining probability rounds to 0. A pixel of a tile whose classes are all gated off
+gets `nodata`: the classifier rules every class out there, and its stored probabilities are
+all 0.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+NODATA = 255
+
+
+@dataclass(frozen=True)
+class ReducedOutputs:
+    """Host tensors of one batch: uint8 `probs` (N, K, h, w), uint8 `labels` (N, h, w),
+    float32 `cls_probs` (N, K); h = w = core / downsample."""
+
+    probs: torch.Tensor
+    labels: torch.Tensor
+    cls_probs: torch.Tensor
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes that crossed from the model's device (what a CUDA run copies back)."""
+        return sum(t.numel() * t.element_size() for t in (self.probs, self.labels, self.cls_probs))
+
+
+def quantise(probs: torch.Tensor) -> torch.Tensor:
+    """float probabilities in [0, 1] -> uint8 0..255, rounding half to even (as numpy.rint)."""
+    return torch.clamp(torch.round(probs * 255.0), 0, 255).to(torch.uint8)
+
+
+def reduce_tiles(
+    seg_probs: torch.Tensor,
+    seg_logits: torch.Tensor,
+    keep: torch.Tensor,
+    margin: int,
+    core: int,
+    downsample: int,
+    nodata: int = NODATA,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(uint8 probs (N, K, h, w), uint8 labels (N, h, w)) of the tiles' cores, on their device.
+
+    `seg_probs` (N, K, T, T) float32 are the gated probabilities, `seg_logits` the raw logits,
+    `keep` (N, K) bool the classes the gate kept. The core is `[margin, margin + core)` in
+    both axes, averaged over `downsample` x `downsample` blocks. Labels: argmax of the averaged
+    gated probabilities; where every kept class underflowed to 0 in float32 (logits ~100
+    apart), the kept class with the highest mean logit; `nodata` where no class is kept.
+    """
+    t = seg_probs.shape[-1]
+    if margin < 0 or core <= 0 or margin + core > t or core % downsample:
+        raise ValueError(
+            f"core {core} at margin {margin} must fit the tile {t} and be a multiple of "
+            f"the downsample {downsample}"
+        )
+    crop = slice(margin, margin + core)
+    probs = seg_probs[:, :, crop, crop].float()
+    logits = seg_logits[:, :, crop, crop].float()
+    if downsample > 1:
+        probs = F.avg_pool2d(probs, downsample)
+        logits = F.avg_pool2d(logits, downsample)
+    labels = probs.argmax(dim=1)
+    kept = keep[:, :, None, None]
+    fallback = logits.masked_fill(~kept, float("-inf")).argmax(dim=1)
+    labels = torch.where(probs.amax(dim=1) > 0, labels, fallback)
+    labels = labels.masked_fill(~keep.any(dim=1)[:, None, None], nodata)
+    return quantise(probs), labels.to(torch.uint8)
+
+
+class HostCopier:
+    """Copies a batch's small outputs to the host.
+
+    On CUDA: into pinned buffers kept from batch to batch (grown, never shrunk), with
+    `non_blocking=True`, then a CUDA event is waited on before the host reads them; the
+    caller gets its own copy, so the buffers are free for the next batch at once. On the
+    CPU the tensors are already on the host: the same call returns them contiguous.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: list[torch.Tensor] = []
+        self._lock = threading.Lock()
+
+    def to_host(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        if all(t.device.type == "cpu" for t in tensors):
+            return [t.contiguous() for t in tensors]
+        with self._lock:
+            host = [self._buffer(i, t) for i, t in enumerate(tensors)]
+            for h, t in zip(host, tensors, strict=True):
+                h.copy_(t.contiguous(), non_blocking=True)
+            event = torch.cuda.Event()
+            event.record(torch.cuda.current_stream(tensors[0].device))
+            event.synchronize()
+            return [h.clone() for h in host]
+
+    def _buffer(self, slot: int, like: torch.Tensor) -> torch.Tensor:
+        """A pinned host view shaped like `like`, reusing slot `slot`'s storage if it fits."""
+        nbytes = like.numel() * like.element_size()
+        while len(self._buffers) <= slot:
+            self._buffers.append(torch.empty(0, dtype=torch.uint8))
+        if self._buffers[slot].numel() < nbytes:
+            self._buffers[slot] = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+        raw = self._buffers[slot][:nbytes]
+        return raw.view(like.dtype).view(like.shape)

@@ -1,0 +1,188 @@
+"""SegmentationModel.predict_reduced (on the CPU device) against the CPU reference:
+predict's full maps reduced in numpy as the pipeline used to (tests/reference_inference.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from tests.reference_inference import (
+    label_quantised,
+    near_rounding_boundary,
+    pooled_cores,
+    quantise,
+    unique_positive_max,
+)
+from wsi_segment.models.classifier import build_classifier
+from wsi_segment.models.meta import ModelMeta
+from wsi_segment.models.reduction import NODATA, HostCopier, reduce_tiles
+from wsi_segment.models.segmentation_model import SegmentationModel
+from wsi_segment.models.segmenter import build_segmenter
+
+CLASSES = ["a", "b", "c", "d"]
+META = ModelMeta("small", CLASSES, [(255, 0, 0), (0, 255, 0), (0, 0, 255), (9, 9, 9)], 1.0, 32)
+MARGIN, CORE, D = 4, 24, 4  # tile 32 = 4 + 24 + 4
+
+
+def _tiles(n: int = 6, size: int = 32, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
+
+
+def _small_model() -> SegmentationModel:
+    """A real randomly initialised classifier + DeepLabV3+ (seeded), its gate's epsilon at
+    the median classifier probability of the test tiles, so the gate removes about half of
+    the (tile, class) pairs."""
+    torch.manual_seed(0)
+    model = SegmentationModel(
+        build_classifier("resnet10t", "cam", 4),
+        build_segmenter("tu-resnet10t", 4, decoder_channels=32),
+        dataclasses.replace(META),
+    )
+    _, cls = model.to_device("cpu", "fp32").predict(_tiles(), gate=False)
+    model.meta.gate_epsilon = float(cls.median())
+    return model
+
+
+def _reference(model: SegmentationModel, tiles: torch.Tensor, gate: bool = True):
+    seg, cls = model.predict(tiles, gate=gate)
+    pooled = pooled_cores(seg.numpy(), MARGIN, CORE, D)
+    u8 = quantise(pooled)
+    return pooled, u8, label_quantised(u8), cls.numpy()
+
+
+def _assert_matches_reference(got, pooled, u8, ref_labels, cls, max_level: int = 1) -> None:
+    probs = got.probs.numpy()
+    labels = got.labels.numpy()
+    assert probs.dtype == labels.dtype == np.uint8
+    assert probs.shape == u8.shape and labels.shape == ref_labels.shape
+    diff = np.abs(probs.astype(int) - u8.astype(int))
+    # identical except where float sums in another order may round a half level apart
+    assert diff.max() <= max_level
+    assert not diff[~near_rounding_boundary(pooled)].any()
+    np.testing.assert_array_equal(got.cls_probs.numpy(), cls)
+    # labels before quantisation: the same class wherever the uint8 values had one clear
+    # maximum; where they tie (or all round to 0), the class with the larger float value
+    clear = unique_positive_max(u8)
+    np.testing.assert_array_equal(labels[clear], ref_labels[clear])
+    np.testing.assert_array_equal(labels[~clear], pooled.argmax(axis=1)[~clear])
+
+
+@pytest.mark.parametrize("gate", [True, False])
+def test_fp32_equals_cpu_reference(gate: bool) -> None:
+    model = _small_model().to_device("cpu", "fp32")
+    tiles = _tiles()
+    pooled, u8, ref_labels, cls = _reference(model, tiles, gate)
+    got = model.predict_reduced(tiles, MARGIN, CORE, D, gate=gate)
+    _assert_matches_reference(got, pooled, u8, ref_labels, cls, max_level=1)
+    assert (cls <= model.meta.gate_epsilon).any(), "the gate must have something to remove"
+    assert got.probs.shape == (6, 4, CORE // D, CORE // D) and got.labels.shape == (6, 6, 6)
+    assert got.nbytes == 6 * (4 * 36 + 36 + 4 * 4)
+
+
+def test_bf16_within_one_level_of_reference() -> None:
+    model = _small_model().to_device("cpu", "bf16")
+    assert model.autocast_dtype == torch.bfloat16
+    tiles = _tiles(seed=2)
+    pooled, u8, ref_labels, cls = _reference(model, tiles)
+    got = model.predict_reduced(tiles, MARGIN, CORE, D)
+    _assert_matches_reference(got, pooled, u8, ref_labels, cls, max_level=1)
+
+
+class FixedLogits(nn.Module):
+    """(N, K, T, T) logits: `base` per class, plus `ramp` x (column - T/2) on class 1, so
+    class 1 beats class 2 on the right half of each tile and loses on the left half."""
+
+    def __init__(self, base: list[float], ramp: float = 0.0) -> None:
+        super().__init__()
+        self.base = torch.tensor(base)
+        self.ramp = ramp
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = x.shape
+        out = self.base.view(1, -1, 1, 1).expand(n, -1, h, w).clone()
+        out[:, 1] += self.ramp * (torch.arange(w, dtype=out.dtype) - w / 2 + 0.5)
+        return out
+
+
+class FixedClassifier(nn.Module):
+    def __init__(self, logits: list[float]) -> None:
+        super().__init__()
+        self.logits = torch.tensor(logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits.expand(x.shape[0], -1)
+
+
+def _fixed(seg_base: list[float], cls_logits: list[float], ramp: float = 0.0):
+    model = SegmentationModel(FixedClassifier(cls_logits), FixedLogits(seg_base, ramp), META)
+    return model.to_device("cpu", "fp32")
+
+
+def test_gate_removing_the_sure_class_leaves_the_best_remaining_class() -> None:
+    """The segmenter is sure of class 0 (p = 0.9998); the classifier rules class 0 out. The
+    other classes' gated probabilities all round to 0, yet each pixel gets the best of them
+    (class 1 on the right half of the tile, class 2 on the left), never nodata."""
+    model = _fixed([10.0, 1.0, 1.0, -5.0], [-10.0, 10.0, 10.0, 10.0], ramp=0.01)
+    tiles = _tiles(2)
+    got = model.predict_reduced(tiles, MARGIN, CORE, D)
+    _pooled, u8, ref_labels, _ = _reference(model, tiles)
+    assert (u8 == 0).all() and (got.probs.numpy() == 0).all()  # every kept class rounds to 0
+    assert (ref_labels == NODATA).all()  # the old path: a hole where the gate acted
+    cols = MARGIN + D * np.arange(CORE // D) + (D - 1) / 2  # output pixel centres
+    want = np.where(cols > 15.5, 1, 2).astype(np.uint8)
+    np.testing.assert_array_equal(got.labels.numpy(), np.broadcast_to(want, (2, 6, 6)))
+
+
+def test_labels_when_kept_classes_underflow_or_every_class_is_gated() -> None:
+    # class 0's logit is 200 above the others: their softmax is exactly 0 in float32; gated
+    # class 0 leaves all zeros, and the label is the kept class with the highest mean logit
+    model = _fixed([200.0, 0.0, 1.0, -1.0], [-10.0, 10.0, 10.0, 10.0])
+    got = model.predict_reduced(_tiles(1), MARGIN, CORE, D)
+    assert (got.probs.numpy() == 0).all() and (got.labels.numpy() == 2).all()
+    # the classifier rules every class out: no class can be claimed
+    model = _fixed([10.0, 1.0, 1.0, -5.0], [-10.0, -10.0, -10.0, -10.0])
+    got = model.predict_reduced(_tiles(1), MARGIN, CORE, D, nodata=254)
+    assert (got.probs.numpy() == 0).all() and (got.labels.numpy() == 254).all()
+
+
+def test_reduce_tiles_exact_on_known_values() -> None:
+    """Core crop and block mean on values that are exact in float32 (multiples of 1/16)."""
+    probs = torch.zeros(1, 2, 8, 8)
+    probs[0, 0, 2:6, 2:6] = torch.arange(16, dtype=torch.float32).view(4, 4) / 16
+    probs[0, 1] = 1 - probs[0, 0]
+    probs[0, :, :2] = 7.0  # margin rows: cropped away
+    keep = torch.ones(1, 2, dtype=torch.bool)
+    u8, labels = reduce_tiles(probs, probs.log(), keep, margin=2, core=4, downsample=2)
+    means = torch.tensor([[2.5, 4.5], [10.5, 12.5]]) / 16  # 2 x 2 block means
+    want0 = torch.round(means * 255).to(torch.uint8)
+    torch.testing.assert_close(u8[0, 0], want0, rtol=0, atol=0)
+    torch.testing.assert_close(u8[0, 1], torch.round((1 - means) * 255).to(torch.uint8))
+    torch.testing.assert_close(labels[0], torch.tensor([[1, 1], [0, 0]], dtype=torch.uint8))
+    with pytest.raises(ValueError, match="multiple of the downsample"):
+        reduce_tiles(probs, probs, keep, margin=2, core=3, downsample=2)
+
+
+def test_host_copier_on_the_cpu_returns_the_values() -> None:
+    a = torch.arange(12, dtype=torch.uint8).view(3, 4).t()  # not contiguous
+    (out,) = HostCopier().to_host([a])
+    assert out.is_contiguous() and torch.equal(out, a)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_reduction_matches_cpu_and_reuses_pinned_buffers() -> None:
+    model = _small_model().to_device("cpu", "fp32")
+    tiles = _tiles()
+    want = model.predict_reduced(tiles, MARGIN, CORE, D)
+    model.to_device("cuda", "fp32")
+    got = model.predict_reduced(tiles, MARGIN, CORE, D)
+    assert got.probs.device.type == "cpu"
+    assert (got.probs.int() - want.probs.int()).abs().max() <= 1
+    pointers = [b.data_ptr() for b in model._host._buffers]
+    assert all(b.is_pinned() for b in model._host._buffers)
+    model.predict_reduced(tiles[:3], MARGIN, CORE, D)  # a smaller batch reuses them
+    assert [b.data_ptr() for b in model._host._buffers] == pointers

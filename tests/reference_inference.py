@@ -1,0 +1,88 @@
+"""The CPU reference of the slide path's reduction, as the pipeline did it before the model
+reduced on its device: full float32 maps from `predict`, then numpy core crop, d x d mean,
+uint8 quantisation and labels taken from the quantised values (gated pixels whose kept
+classes all round to 0 become nodata). Tests compare the on-device reduction against it."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def quantise(probs: np.ndarray) -> np.ndarray:
+    """float probabilities in [0, 1] -> uint8 0..255."""
+    return np.clip(np.rint(probs * 255.0), 0, 255).astype(np.uint8)
+
+
+def pooled_cores(seg_probs: np.ndarray, margin: int, core: int, d: int) -> np.ndarray:
+    """float32 (N, K, core/d, core/d): each tile's core averaged over d x d blocks."""
+    n, k = seg_probs.shape[:2]
+    c = seg_probs[:, :, margin : margin + core, margin : margin + core]
+    return c.reshape(n, k, core // d, d, core // d, d).mean(axis=(3, 5))
+
+
+def label_quantised(probs_u8: np.ndarray, nodata: int = 255) -> np.ndarray:
+    """Argmax over axis -3 of uint8 probabilities; nodata where all are 0."""
+    labels = np.argmax(probs_u8, axis=-3).astype(np.uint8)
+    labels[probs_u8.max(axis=-3) == 0] = nodata
+    return labels
+
+
+def near_rounding_boundary(probs: np.ndarray, tol: float = 1e-4) -> np.ndarray:
+    """True where x * 255 sits within `tol` of a half level: float sums in another order
+    (numpy vs torch, another CPU's vector width) may round these one level apart."""
+    frac = np.asarray(probs, np.float64) * 255.0 % 1.0
+    return np.abs(frac - 0.5) < tol
+
+
+def unique_positive_max(probs_u8: np.ndarray) -> np.ndarray:
+    """True where one class alone holds the largest uint8 value over axis -3, and it is > 0:
+    there labels before and after quantisation must agree."""
+    top = probs_u8.max(axis=-3, keepdims=True)
+    return ((probs_u8 == top).sum(axis=-3) == 1) & (top[..., 0, :, :] > 0)
+
+
+def label_count_bounds(probs_u8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per class (axis 0 of (K, H, W)), the fewest and most pixels with a positive stored
+    maximum that labels taken before quantisation can give it: exactly the argmax's where
+    one class holds a clear maximum; at ties, any of the tied classes. (Pixels whose stored
+    values are all 0 are nodata, or labelled where the gate removed the sure class.)"""
+    k = probs_u8.shape[0]
+    top = probs_u8.max(axis=0, keepdims=True)
+    clear = unique_positive_max(probs_u8)
+    tied = ~clear & (top[0] > 0)
+    argmax = probs_u8.argmax(axis=0)
+    low = np.array([((argmax == c) & clear).sum() for c in range(k)], dtype=np.int64)
+    high = low + np.array([((probs_u8[c] == top[0]) & tied).sum() for c in range(k)])
+    return low, high
+
+
+def reference_block(job, spec, model) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A chunk's output block as the pipeline made it before: (float32 probabilities,
+    uint8 probabilities, labels from the uint8 values), 0 / 255 outside tissue. `job` is a
+    pipeline.chunk_job.SlideJob; `model` predicts full maps in the job's batches."""
+    import torch
+
+    from wsi_segment.pipeline.chunk_inference import cut_tiles
+
+    grid, d, s, m = job.grid, job.grid.downsample, job.grid.stride, job.grid.margin
+    image, box = job.read(spec)
+    tiles = list(spec.tiles)
+    patches = torch.from_numpy(cut_tiles(image, box[:2], tiles, grid)).permute(0, 3, 1, 2)
+    seg = np.concatenate(
+        [
+            model.predict(patches[i : i + job.batch_size], gate=job.gate)[0].numpy()
+            for i in range(0, len(patches), job.batch_size)
+        ]
+    )
+    pooled = pooled_cores(seg, m, s, d)
+    x0, y0, x1, y1 = spec.core_box
+    block = np.zeros((seg.shape[1], (y1 - y0) // d, (x1 - x0) // d), np.float32)
+    for n, (i, j) in enumerate(tiles):
+        oy, ox = (i * s - y0) // d, (j * s - x0) // d
+        block[:, oy : oy + s // d, ox : ox + s // d] = pooled[n]
+    ox0, oy0, ox1, oy1 = spec.out_box
+    block = block[:, : oy1 - oy0, : ox1 - ox0]
+    tissue = job.tissue_block(spec.out_box)
+    block[:, ~tissue] = 0
+    u8 = quantise(block)
+    return block, u8, label_quantised(u8)
