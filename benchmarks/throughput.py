@@ -21,6 +21,10 @@ Sections (numbers as in the issue):
 6. scaling   wall time for two slides of the same size with 10% and 60% tissue.
 7. precision fp32 vs bf16 (+ channels_last) tiles/s, argmax agreement and max probability
              difference, on synthetic slide tiles and the real LUAD-HistoSeg sample patches.
+   device    the GPU mode (benchmarks/device_section.py): model forward on the device, model
+             with reduced outputs, decode limit with N decoder processes, the pipeline, GPU
+             busy, and ratio = pipeline / min(decode limit, reduced model); `--device cpu`
+             measures the same rows on the CPU as a proxy.
    overlap   what the default overlap buys: tiles, time and the redundant fraction for
              several overlaps, and the agreement of each label map with a wide-overlap
              reference (how much the tile border changes the answer).
@@ -50,6 +54,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 # benchmarks/ is not an installed package: its modules import through ROOT on sys.path.
+from benchmarks.device_section import section_device  # noqa: E402
 from benchmarks.measure import loadavg, machine_info, record, render  # noqa: E402
 from benchmarks.sections import (  # noqa: E402
     section_memory,
@@ -60,7 +65,7 @@ from benchmarks.sections import (  # noqa: E402
 )
 from benchmarks.stages import default_model  # noqa: E402
 
-SECTIONS = ("throughput", "memory", "scaling", "precision", "overlap")
+SECTIONS = ("throughput", "memory", "scaling", "precision", "overlap", "device")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,9 +89,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--precision-tiles", type=int, default=96)
     ap.add_argument("--overlaps", default="0,16,32,64", help="overlap section; max = reference")
     ap.add_argument("--fast", action="store_true", help="bank slides, not wsi.synthetic")
+    ap.add_argument("--device", default="auto", help="device section: auto, cpu or cuda")
+    cores = len(os.sched_getaffinity(0))
+    ap.add_argument(
+        "--decoders",
+        default=",".join(str(1 << k) for k in range(8) if (1 << k) <= cores),
+        help="device section: decoder process counts for the decode limit",
+    )
     ap.add_argument("--no-record", action="store_true", help="do not append to RESULTS.md")
     args = ap.parse_args(argv)
-    only = ["throughput"] if args.quick else list(SECTIONS)
+    only = ["throughput"] if args.quick else [s for s in SECTIONS if s != "device"]
     if args.only:
         only = [s.strip() for s in args.only.split(",") if s.strip()]
         bad = set(only) - set(SECTIONS)
@@ -114,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         section_memory(args, work, rows, notes)
     if "overlap" in only:
         section_overlap(args, work, model_dir, rows, notes)
+    if "device" in only:
+        ratio = section_device(args, work, model_dir, rows, notes)
     command = "python benchmarks/throughput.py " + " ".join(sys.argv[1:] if argv is None else argv)
     block = render(rows, notes, info, command.strip(), started, time.perf_counter() - t0)
     print(block)
