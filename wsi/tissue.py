@@ -3,11 +3,17 @@
 Method (simple on purpose, so its failures are predictable):
 1. Thumbnail of the slide (longer side `thumb_size`, default 2048 px).
 2. Exclude near-white glass (min RGB channel > 215), black/very dark pixels (max channel
-   < 50: slide edges, black ink, out-of-focus debris) and pen ink: blue/green where the
-   blue pen is cyan-blue (blue and green above red), green pen green-dominant; haematoxylin
-   is purple (red >= green), so nuclei survive. Red pen is not told apart from eosin.
-3. Tissue = HSV saturation above an Otsu threshold over all non-dark pixels (glass vs tissue),
-   clamped to [0.04, 0.15] so an all-tissue or nearly blank slide still behaves.
+   < 50: slide edges, black ink, out-of-focus debris) and blue/green pen ink, told apart
+   from stains in optical density (OD = -log10(I / 255)): no mixture of haematoxylin, eosin
+   and DAB is green-dominant, and blue ink absorbs red >= 3x more than blue, where pure
+   haematoxylin, the most red-absorbing stain, stays below 2.5x even when blued (IHC
+   counterstain; pale counterstain has blue and green above red, so hue alone mistakes it
+   for ink). Red pen is not told apart from eosin.
+3. Tissue = coloured (HSV saturation > 0.04) and either saturation above an Otsu threshold
+   (clamped to [0.04, 0.15]) or mean optical density above an Otsu threshold (clamped to
+   [0.05, 0.09]; glass is about 0.03), both computed over glass and stained pixels only (ink
+   and dark edges would pull them up). Saturation finds pale eosin; optical density finds
+   stains that mix to grey-brown (DAB with a blue counterstain).
 4. Clean-up: 3x3 closing then opening; drop tissue pieces smaller than `min_area_um2`
    and fill holes smaller than `min_hole_um2` (areas converted with the slide's mpp;
    without mpp the pixel defaults in `PIXEL_DEFAULTS` apply and `TissueMask.params` says so).
@@ -32,8 +38,14 @@ log = logging.getLogger(__name__)
 
 WHITE_MIN = 215  # min(R, G, B) above this = glass
 DARK_MAX = 50  # max(R, G, B) below this = black edge / ink
-PEN_MARGIN = 25  # blue or green channel this much above red = pen
+PEN_MARGIN = 25  # green this much above red (and >= blue) = green pen
+PEN_OD_RATIO = 3.0  # red OD >= this x blue OD (and blue above red) = blue pen
+PEN_MIN_OD = 0.2  # red OD needed before the ratio is trusted (pale pixels are noisy)
 SAT_CLAMP = (0.04, 0.15)
+OD_CLAMP = (0.05, 0.09)  # mean optical density: glass is about 0.03
+OD_RANGE = 1.0  # OD histogram range for Otsu
+# optical density of each 8-bit intensity (0 read as 0.5 so black stays finite)
+_OD_LUT = -np.log10(np.maximum(np.arange(256), 0.5) / 255.0).astype(np.float32)
 PIXEL_DEFAULTS = {"min_area_px": 64, "min_hole_px": 16}
 
 
@@ -69,14 +81,17 @@ def tissue_mask_from_rgb(
 ) -> tuple[np.ndarray, float]:
     """The pixel rule of this module on an RGB image; returns (mask, saturation threshold)."""
     img = rgb.astype(np.int16)
-    r, g, b = img[..., 0], img[..., 1], img[..., 2]
     mx, mn = img.max(axis=2), img.min(axis=2)
     sat = (mx - mn) / np.maximum(mx, 1).astype(np.float32)
-    # pen: blue ink is cyan-blue (green above red), haematoxylin is purple (red >= green)
-    pen = ((b > r + PEN_MARGIN) & (g > r + 10)) | ((g > r + PEN_MARGIN) & (g >= b))
-    candidate = (mn <= WHITE_MIN) & (mx >= DARK_MAX) & ~pen
-    thr = float(np.clip(otsu(sat[mx >= DARK_MAX]), *SAT_CLAMP))
-    mask = candidate & (sat > thr)
+    od = _OD_LUT[img].mean(axis=2)
+    candidate = (mn <= WHITE_MIN) & (mx >= DARK_MAX) & ~pen_ink(img)
+    # thresholds from glass vs stained pixels only: ink and dark edges would pull them up
+    sat_thr = float(np.clip(otsu(sat[candidate | (mn > WHITE_MIN)]), *SAT_CLAMP))
+    od_thr = float(np.clip(otsu(od[candidate | (mn > WHITE_MIN)] / OD_RANGE) * OD_RANGE, *OD_CLAMP))
+    # saturation finds pale eosin; optical density finds stains that mix to grey-brown
+    # (DAB with blue counterstain); either must be coloured at least a little (not grey)
+    mask = candidate & (sat > SAT_CLAMP[0]) & ((sat > sat_thr) | (od > od_thr))
+    thr = sat_thr
     # closing + opening on an edge-replicated copy: with a constant border the opening
     # erased the outermost ring of tissue that touches the image border
     st = np.ones((3, 3), bool)
@@ -86,6 +101,21 @@ def tissue_mask_from_rgb(
     mask = _drop_small(mask, min_area_px)
     mask = ~_drop_small(~mask, min_hole_px, keep_border=True)
     return mask, thr
+
+
+def pen_ink(img: np.ndarray) -> np.ndarray:
+    """Blue or green marker ink in an RGB image (int16, (h, w, 3)); see the module docstring.
+
+    Blue: red OD >= PEN_OD_RATIO x blue OD with blue above red (the blue markers of common
+    pen filters, such as (40, 80, 170) or (120, 170, 200), are 3.1x or more; haematoxylin
+    2.2x, blued 2.5x; DAB and eosin lower). Green: green the brightest channel by a margin,
+    which no non-negative mixture of haematoxylin, eosin and DAB gives.
+    """
+    r, g, b = img[..., 0], img[..., 1], img[..., 2]
+    od_r, od_b = _OD_LUT[r], _OD_LUT[b]
+    blue = (b > r) & (od_r >= PEN_MIN_OD) & (od_r >= PEN_OD_RATIO * od_b)
+    green = (g > r + PEN_MARGIN) & (g >= b)
+    return blue | green
 
 
 def _drop_small(mask: np.ndarray, min_px: float, keep_border: bool = False) -> np.ndarray:
@@ -148,7 +178,7 @@ def detect_tissue(
         polygons=polygons,
         fraction=float(mask.mean()),
         params={
-            "method": "saturation>otsu, white/dark/pen excluded, closing+opening, size filters",
+            "method": "saturation or optical density > otsu, white/dark/pen excluded, closing+opening, size filters",
             "saturation_threshold": thr,
             "min_area_um2": min_area_um2,
             "min_hole_um2": min_hole_um2,
