@@ -19,11 +19,14 @@ Method (simple on purpose, so its failures are predictable):
    without mpp the pixel defaults in `PIXEL_DEFAULTS` apply and `TissueMask.params` says so).
 5. Polygons with `rasterio.features.shapes` (exact to the mask: rasterising them back
    gives the mask), scaled to level-0 pixels and clipped to the slide.
+6. Status: "fluorescence?" when half the thumbnail or more is dark (no brightfield glass),
+   "none" when nothing was found, else "ok"; callers warn with `tissue_warning`.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +49,7 @@ OD_CLAMP = (0.05, 0.09)  # mean optical density: glass is about 0.03
 OD_RANGE = 1.0  # OD histogram range for Otsu
 # optical density of each 8-bit intensity (0 read as 0.5 so black stays finite)
 _OD_LUT = -np.log10(np.maximum(np.arange(256), 0.5) / 255.0).astype(np.float32)
+DARK_SLIDE_FRACTION = 0.5  # thumbnail share of dark pixels that suggests fluorescence
 PIXEL_DEFAULTS = {"min_area_px": 64, "min_hole_px": 16}
 
 
@@ -58,6 +62,38 @@ class TissueMask:
     polygons: MultiPolygon
     fraction: float  # tissue share of the mask's pixels
     params: dict[str, Any] = field(default_factory=dict)
+    # "ok", "none" (nothing found), "fluorescence?" (dark background), "all" (not detected:
+    # the whole slide is tissue); see `tissue_warning`
+    status: str = "ok"
+
+
+def tissue_status(fraction: float, dark_fraction: float) -> str:
+    """What a detection result means: a mostly dark thumbnail is not a brightfield slide."""
+    if dark_fraction >= DARK_SLIDE_FRACTION:
+        return "fluorescence?"
+    return "ok" if fraction > 0 else "none"
+
+
+def tissue_warning(status: str) -> str | None:
+    """The user-facing warning for a status (None when there is nothing to say)."""
+    fix = "pass --tissue all to process the whole slide, or --roi FILE.geojson for a region"
+    if status == "none":
+        return f"no tissue found, so the outputs are empty; check the slide, or {fix}"
+    if status == "fluorescence?":
+        return (
+            "dark background: this looks like a fluorescence slide, which tissue detection "
+            f"(for brightfield stains) does not handle; {fix}"
+        )
+    return None
+
+
+def whole_slide(slide: Slide, thumb_size: int = 2048) -> TissueMask:
+    """`--tissue all`: the whole slide is tissue (nothing is read)."""
+    w, h = slide.dimensions
+    ds = max(1.0, max(w, h) / thumb_size)
+    mask = np.ones((math.ceil(h / ds), math.ceil(w / ds)), bool)
+    box = shapely.box(0, 0, w, h)
+    return TissueMask(mask, ds, MultiPolygon([box]), 1.0, {"method": "all"}, status="all")
 
 
 def otsu(values: np.ndarray, bins: int = 256) -> float:
@@ -172,12 +208,15 @@ def detect_tissue(
         units = "mask pixels (slide has no mpp; pixel defaults used)"
     mask, thr = tissue_mask_from_rgb(rgb, min_area_px, min_hole_px)
     polygons = mask_to_polygons(mask, ds, slide.dimensions)
+    dark = float((rgb.max(axis=2) < DARK_MAX).mean())
     return TissueMask(
         mask=mask,
         downsample=ds,
         polygons=polygons,
         fraction=float(mask.mean()),
+        status=tissue_status(float(mask.mean()), dark),
         params={
+            "dark_fraction": dark,
             "method": "saturation or optical density > otsu, white/dark/pen excluded, closing+opening, size filters",
             "saturation_threshold": thr,
             "min_area_um2": min_area_um2,
