@@ -12,7 +12,12 @@ import logging
 import sys
 from typing import Any
 
-from wsi_segment.flows.cli_segment import add_segment_options, params_from_args, positive_int
+from wsi_segment.flows.cli_segment import (
+    add_segment_options,
+    params_from_args,
+    positive_int,
+    warn_tissue,
+)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -81,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
         code = 0
     except BatchFailedError as exc:
         results, code = exc.results, 1
+    for result in results:
+        warn_tissue(result.slide, result.summary or {})
     print(markdown_table(batch_rows(results)))
     tally = counts(results)
     print(", ".join(f"{n} {status}" for status, n in tally.items()), file=sys.stderr)

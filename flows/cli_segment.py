@@ -130,6 +130,20 @@ def add_segment_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also write tiles.geojson: one QuPath tile per model tile with class probabilities",
     )
+    parser.add_argument(
+        "--tissue",
+        choices=("auto", "all"),
+        default="auto",
+        help="auto: detect tissue on a thumbnail; all: skip detection, the whole slide is "
+        "tissue (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--roi",
+        type=Path,
+        metavar="FILE.geojson",
+        help="process only inside the polygons of a QuPath GeoJSON export (annotations); "
+        "outputs are clipped to them and class areas reported per region",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -149,7 +163,17 @@ def params_from_args(args: argparse.Namespace) -> SegmentParams:
         overwrite=args.overwrite,
         ome_tiff=args.ome_tiff,
         tile_objects=args.tile_objects,
+        tissue=args.tissue,
+        roi=args.roi,
     )
+
+
+def warn_tissue(slide: str, summary: dict) -> None:
+    """A `warning:` line when the slide gave no tissue or looks like fluorescence (the run
+    still succeeds: an empty result is a result)."""
+    warning = (summary.get("tissue") or {}).get("warning")
+    if warning:
+        print(f"warning: {slide}: {warning}", file=sys.stderr)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -182,6 +206,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"error: {exc}", file=sys.stderr)
             failed += 1
             continue
+        warn_tissue(slide, result.summary)
         if result.status == "up-to-date":
             print(f"{slide}: up to date in {result.out_dir} (use --overwrite to redo)")
         else:

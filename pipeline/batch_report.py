@@ -36,6 +36,7 @@ def result_row(result: Any, class_names: Sequence[str] = ()) -> dict[str, Any]:
         "status": result.status,
         "output": str(result.out_dir) if result.out_dir else "",
         "tissue_area_mm2": round(float(tissue) / 1e6, 4) if tissue is not None else None,
+        "tissue": tissue_mark(summary),
     }
     classes = summary.get("classes") or {}
     for name in class_names:
@@ -44,6 +45,13 @@ def result_row(result: Any, class_names: Sequence[str] = ()) -> dict[str, Any]:
     row["seconds"] = round(float(result.seconds or 0.0), 1)
     row["error"] = result.error or ""
     return row
+
+
+def tissue_mark(summary: Mapping[str, Any]) -> str:
+    """The tissue status of a slide, flagged when it needs a look ("none !")."""
+    tissue = summary.get("tissue") or {}
+    status = str(tissue.get("status") or "")
+    return f"{status} !" if tissue.get("warning") else status
 
 
 def batch_rows(results: Iterable[Any]) -> list[dict[str, Any]]:

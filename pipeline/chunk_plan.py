@@ -15,9 +15,10 @@ import numpy as np
 from wsi_segment.pipeline.chunk_job import SlideJob, fast_read_backend
 from wsi_segment.pipeline.model_handle import ModelHandle
 from wsi_segment.pipeline.params import SegmentParams, plan_chunk_tiles, run_batch_size
+from wsi_segment.wsi.roi import Roi, read_rois, restrict_to_rois
 from wsi_segment.wsi.slide import Slide
 from wsi_segment.wsi.tiling import ChunkPlan, TileGrid, plan_chunks
-from wsi_segment.wsi.tissue import TissueMask
+from wsi_segment.wsi.tissue import TissueMask, detect_tissue, whole_slide
 
 
 def model_geometry(model_dir: Path) -> tuple[int, float] | None:
@@ -29,6 +30,16 @@ def model_geometry(model_dir: Path) -> tuple[int, float] | None:
     except Exception:
         return None
     return (tile, mpp) if tile > 0 and mpp > 0 else None
+
+
+def slide_tissue(slide: Slide, params: SegmentParams) -> tuple[TissueMask, list[Roi]]:
+    """What runs: detected tissue (`--tissue auto`) or the whole slide (`all`), cut to the
+    `--roi` regions when given (their polygons are returned for the per-region report)."""
+    rois = read_rois(params.roi, slide.bounds_offset) if params.roi is not None else []
+    tissue = whole_slide(slide) if params.tissue == "all" else detect_tissue(slide)
+    if rois:
+        tissue = restrict_to_rois(tissue, rois, slide.dimensions)
+    return tissue, rois
 
 
 def plan_slide(

@@ -15,7 +15,7 @@ from typing import Any
 
 from wsi_segment.pipeline.params import SegmentParams
 
-FORMAT_VERSION = 1  # bump when outputs change for the same inputs
+FORMAT_VERSION = 2  # bump when outputs change for the same inputs
 
 
 def file_sha256(path: Path, block: int = 1 << 20) -> str:
@@ -49,12 +49,13 @@ def canonical_sha256(data: dict[str, Any]) -> str:
 
 
 def run_fingerprint(slide_path: str, model_hash: str, params: SegmentParams, meta: Any) -> str:
-    return canonical_sha256(
-        {
-            "format": FORMAT_VERSION,
-            "slide": slide_identity(slide_path),
-            "model": model_hash,
-            "params": params.fingerprint_fields(),
-            "tile": int(meta.tile_size),
-        }
-    )
+    data = {
+        "format": FORMAT_VERSION,
+        "slide": slide_identity(slide_path),
+        "model": model_hash,
+        "params": params.fingerprint_fields(),
+        "tile": int(meta.tile_size),
+    }
+    if params.roi is not None:  # the regions drawn, not the file's name, decide the outputs
+        data["roi_sha256"] = file_sha256(Path(params.roi))
+    return canonical_sha256(data)

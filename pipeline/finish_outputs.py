@@ -30,8 +30,11 @@ from wsi_segment.pipeline.polygons import (
     slide_extent_level0,
     to_level0,
 )
+from wsi_segment.pipeline.roi_outputs import clip_to_rois, roi_class_areas, roi_features
 from wsi_segment.pipeline.summary import class_measurements, software_versions, write_summary
 from wsi_segment.pipeline.tile_objects import write_tile_geojson
+from wsi_segment.wsi.roi import Roi
+from wsi_segment.wsi.tissue import tissue_warning
 
 THUMB_SIZE = 1024
 SCHEMA_VERSION = 1
@@ -83,9 +86,11 @@ def write_outputs(prep: Any, outcomes: list[ChunkOutcome], work_dir: Path) -> di
             )
             files.append("tiles.geojson")
         _write_overlay(prep, zarr_path, work_dir / "overlay.png", classes, colors)
-        polygons.result()
+        roi_report = polygons.result()
     prep.timings["outputs_s"] = time.perf_counter() - t0
     summary = _summary(prep, areas, labelled * px_area, n_levels, files, run_stats(outcomes))
+    if roi_report:
+        summary["rois"] = roi_report
     write_summary(work_dir / "summary.json", summary)
     return summary
 
@@ -109,8 +114,9 @@ def _write_polygons(
     colors: list,
     measurements: dict[str, dict[str, float]],
     work_dir: Path,
-) -> None:
-    """Chunk polygons -> merged, simplified, level-0, clipped -> tissue.geojson."""
+) -> list[dict[str, Any]]:
+    """Chunk polygons -> merged, simplified, level-0, clipped -> tissue.geojson; returns the
+    per-region class areas of a `--roi` run (empty without regions)."""
     merged = merge_class_polygons(
         {c: [shapely.from_wkb(w) for w in wkbs] for c, wkbs in o.polygons.items()} for o in outcomes
     )
@@ -126,10 +132,21 @@ def _write_polygons(
     tissue_level0 = clip_to_extent(
         shapely.affinity.translate(prep.tissue.polygons, offset[0], offset[1]), extent
     )
+    rois = [
+        Roi(r.name, shapely.affinity.translate(r.geometry, offset[0], offset[1])) for r in prep.rois
+    ]
+    report: list[dict[str, Any]] = []
+    if rois:  # areas from the unsimplified polygons (exact to the label raster)
+        exact = {c: to_level0(g, scale, offset) for c, g in merged.items()}
+        um2 = prep.mpp[0] * prep.mpp[1]
+        report = roi_class_areas(rois, exact, tissue_level0, classes, um2)
+        geoms_level0 = clip_to_rois(geoms_level0, rois)
     fc = build_feature_collection(
         geoms_level0, classes, colors, measurements, tissue_level0, id_prefix=prep.name
     )
+    fc["features"].extend(roi_features(rois, report, prep.name))
     write_geojson(work_dir / "tissue.geojson", fc)
+    return report
 
 
 def _write_overlay(
@@ -219,6 +236,10 @@ def _summary(
             "redundant_fraction": 1.0 - (grid.stride / grid.tile) ** 2,
         },
         "tissue": {
+            "status": prep.tissue.status,
+            "warning": tissue_warning(prep.tissue.status),
+            "mode": prep.params.tissue,
+            "roi": str(prep.params.roi) if prep.params.roi else None,
             "area_um2": tissue_um2,
             "detected_fraction_of_slide": float(prep.tissue.fraction),
             "note": "no tissue found" if tiles == 0 else "",

@@ -18,6 +18,7 @@ from wsi_segment.errors import ConfigError
 DEVICES = ("auto", "cpu", "cuda")
 BACKENDS = ("auto", "openslide", "tiffslide")
 PRECISIONS = ("auto", "fp32")
+TISSUE_MODES = ("auto", "all")  # all: no detection, the whole slide is tissue
 
 
 @dataclass(frozen=True)
@@ -44,12 +45,17 @@ class SegmentParams:
     simplify_tolerance: float = 1.0  # output pixels; polygons simplified edge-to-edge
     ome_tiff: bool = False  # also write probabilities.ome.tif (QuPath opens it directly)
     tile_objects: bool = False  # also write tiles.geojson (per-tile probabilities for QuPath)
+    tissue: str = "auto"  # auto: detect tissue on a thumbnail; all: the whole slide
+    roi: Path | None = None  # QuPath GeoJSON: process (and report) only inside its polygons
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _check_choice("device", self.device, DEVICES)
         _check_choice("backend", self.backend, BACKENDS)
         _check_choice("precision", self.precision, PRECISIONS)
+        _check_choice("tissue mode", self.tissue, TISSUE_MODES)
+        if self.roi is not None and not isinstance(self.roi, Path):  # from JSON flow options
+            object.__setattr__(self, "roi", Path(self.roi))
         if self.batch_size is not None:
             _check_range("batch size", self.batch_size, 1, 4096)
         _check_range("output downsample", self.output_downsample, 1, 64)
@@ -78,11 +84,15 @@ class SegmentParams:
             "ome_tiff",
             "tile_objects",
         )
-        return {name: getattr(self, name) for name in keep}
+        fields = {name: getattr(self, name) for name in keep}
+        if self.tissue != "auto":  # defaults left out: earlier runs keep their fingerprint
+            fields["tissue"] = self.tissue
+        return fields
 
     def as_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["model_dir"] = str(self.model_dir) if self.model_dir else None
+        data["roi"] = str(self.roi) if self.roi else None
         return data
 
 

@@ -27,6 +27,7 @@ from wsi_segment.pipeline.chunk_plan import (
     model_geometry,
     plan_slide,
     prefetch_read_job,
+    slide_tissue,
 )
 from wsi_segment.pipeline.chunk_prefetch import ChunkPrefetcher
 from wsi_segment.pipeline.chunk_runner import run_chunks, settle_precision_on_cluster
@@ -39,7 +40,6 @@ from wsi_segment.pipeline.params import SegmentParams, run_batch_size, run_threa
 from wsi_segment.pipeline.progress import NullProgress, Progress
 from wsi_segment.pipeline.slide_state import PreparedSlide, SlideResult
 from wsi_segment.wsi.slide import Slide, open_slide
-from wsi_segment.wsi.tissue import detect_tissue
 
 ZARR_NAME = "probabilities.ome.zarr"
 
@@ -105,7 +105,7 @@ def _prepare_opened(
     prefetcher: ChunkPrefetcher | None = None
     try:
         t1 = time.perf_counter()
-        tissue = detect_tissue(slide)
+        tissue, rois = slide_tissue(slide, params)
         geometry = model_geometry(model_dir)
         planned = grid = read_backend = None
         if geometry is not None:
@@ -155,6 +155,7 @@ def _prepare_opened(
         model_hash=model_hash,
         fingerprint=fingerprint,
         tissue=tissue,
+        rois=rois,
         grid=grid,
         level0_per_model=planned.level0_per_model,
         read_level=planned.read_level,

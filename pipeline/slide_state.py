@@ -15,6 +15,7 @@ from wsi_segment.pipeline.background import Background
 from wsi_segment.pipeline.chunk_prefetch import ChunkPrefetcher
 from wsi_segment.pipeline.model_handle import ModelHandle
 from wsi_segment.pipeline.params import SegmentParams
+from wsi_segment.wsi.roi import Roi
 from wsi_segment.wsi.slide import Slide
 from wsi_segment.wsi.tiling import ChunkSpec, TileGrid
 from wsi_segment.wsi.tissue import TissueMask
@@ -66,6 +67,8 @@ class PreparedSlide:
     read_stats: dict[str, int] = field(default_factory=dict)
     # What the forward passes ran in and why (SegmentationModel.precision_report).
     precision: dict[str, Any] = field(default_factory=dict)
+    # --roi: the regions (level-0 slide pixels) outputs are clipped to and reported per.
+    rois: list[Roi] = field(default_factory=list)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()

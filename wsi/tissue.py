@@ -1,23 +1,34 @@
 """Tissue detection on a thumbnail: a mask and exact level-0 polygons.
 
 Method (simple on purpose, so its failures are predictable):
-1. Thumbnail of the slide (longer side `thumb_size`, default 2048 px).
+1. Thumbnail of the slide (longer side `thumb_size`, default 2048 px, or a pyramid level
+   with a longer side of half that or more, read without resampling).
 2. Exclude near-white glass (min RGB channel > 215), black/very dark pixels (max channel
-   < 50: slide edges, black ink, out-of-focus debris) and pen ink: blue/green where the
-   blue pen is cyan-blue (blue and green above red), green pen green-dominant; haematoxylin
-   is purple (red >= green), so nuclei survive. Red pen is not told apart from eosin.
-3. Tissue = HSV saturation above an Otsu threshold over all non-dark pixels (glass vs tissue),
-   clamped to [0.04, 0.15] so an all-tissue or nearly blank slide still behaves.
+   < 50: slide edges, black ink, out-of-focus debris) and blue/green pen ink, told apart
+   from stains in optical density (OD = -log10(I / 255)): no mixture of haematoxylin, eosin
+   and DAB is green-dominant, and blue ink absorbs red >= 3x more than blue, where pure
+   haematoxylin, the most red-absorbing stain, stays below 2.5x even when blued (IHC
+   counterstain; pale counterstain has blue and green above red, so hue alone mistakes it
+   for ink). Red pen is not told apart from eosin.
+3. Tissue = coloured (HSV saturation > 0.04) and either saturation above an Otsu threshold
+   (clamped to [0.04, 0.15]) or mean optical density above an Otsu threshold (clamped to
+   [0.05, 0.09]; glass is about 0.03), both computed over glass and stained pixels only (ink
+   and dark edges would pull them up). Saturation finds pale eosin; optical density finds
+   stains that mix to grey-brown (DAB with a blue counterstain).
 4. Clean-up: 3x3 closing then opening; drop tissue pieces smaller than `min_area_um2`
    and fill holes smaller than `min_hole_um2` (areas converted with the slide's mpp;
    without mpp the pixel defaults in `PIXEL_DEFAULTS` apply and `TissueMask.params` says so).
 5. Polygons with `rasterio.features.shapes` (exact to the mask: rasterising them back
    gives the mask), scaled to level-0 pixels and clipped to the slide.
+6. Status: "fluorescence?" when half the thumbnail or more is dark (no brightfield glass),
+   "none" when nothing was found, else "ok"; callers warn with `tissue_warning`.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,8 +43,15 @@ log = logging.getLogger(__name__)
 
 WHITE_MIN = 215  # min(R, G, B) above this = glass
 DARK_MAX = 50  # max(R, G, B) below this = black edge / ink
-PEN_MARGIN = 25  # blue or green channel this much above red = pen
+PEN_MARGIN = 25  # green this much above red (and >= blue) = green pen
+PEN_OD_RATIO = 3.0  # red OD >= this x blue OD (and blue above red) = blue pen
+PEN_MIN_OD = 0.2  # red OD needed before the ratio is trusted (pale pixels are noisy)
 SAT_CLAMP = (0.04, 0.15)
+OD_CLAMP = (0.05, 0.09)  # mean optical density: glass is about 0.03
+OD_RANGE = 1.0  # OD histogram range for Otsu
+# optical density of each 8-bit intensity (0 read as 0.5 so black stays finite)
+_OD_LUT = -np.log10(np.maximum(np.arange(256), 0.5) / 255.0).astype(np.float32)
+DARK_SLIDE_FRACTION = 0.5  # thumbnail share of dark pixels that suggests fluorescence
 PIXEL_DEFAULTS = {"min_area_px": 64, "min_hole_px": 16}
 
 
@@ -46,6 +64,38 @@ class TissueMask:
     polygons: MultiPolygon
     fraction: float  # tissue share of the mask's pixels
     params: dict[str, Any] = field(default_factory=dict)
+    # "ok", "none" (nothing found), "fluorescence?" (dark background), "all" (not detected:
+    # the whole slide is tissue); see `tissue_warning`
+    status: str = "ok"
+
+
+def tissue_status(fraction: float, dark_fraction: float) -> str:
+    """What a detection result means: a mostly dark thumbnail is not a brightfield slide."""
+    if dark_fraction >= DARK_SLIDE_FRACTION:
+        return "fluorescence?"
+    return "ok" if fraction > 0 else "none"
+
+
+def tissue_warning(status: str) -> str | None:
+    """The user-facing warning for a status (None when there is nothing to say)."""
+    fix = "pass --tissue all to process the whole slide, or --roi FILE.geojson for a region"
+    if status == "none":
+        return f"no tissue found, so the outputs are empty; check the slide, or {fix}"
+    if status == "fluorescence?":
+        return (
+            "dark background: this looks like a fluorescence slide, which tissue detection "
+            f"(for brightfield stains) does not handle; {fix}"
+        )
+    return None
+
+
+def whole_slide(slide: Slide, thumb_size: int = 2048) -> TissueMask:
+    """`--tissue all`: the whole slide is tissue (nothing is read)."""
+    w, h = slide.dimensions
+    ds = max(1.0, max(w, h) / thumb_size)
+    mask = np.ones((math.ceil(h / ds), math.ceil(w / ds)), bool)
+    box = shapely.box(0, 0, w, h)
+    return TissueMask(mask, ds, MultiPolygon([box]), 1.0, {"method": "all"}, status="all")
 
 
 def otsu(values: np.ndarray, bins: int = 256) -> float:
@@ -69,14 +119,17 @@ def tissue_mask_from_rgb(
 ) -> tuple[np.ndarray, float]:
     """The pixel rule of this module on an RGB image; returns (mask, saturation threshold)."""
     img = rgb.astype(np.int16)
-    r, g, b = img[..., 0], img[..., 1], img[..., 2]
     mx, mn = img.max(axis=2), img.min(axis=2)
     sat = (mx - mn) / np.maximum(mx, 1).astype(np.float32)
-    # pen: blue ink is cyan-blue (green above red), haematoxylin is purple (red >= green)
-    pen = ((b > r + PEN_MARGIN) & (g > r + 10)) | ((g > r + PEN_MARGIN) & (g >= b))
-    candidate = (mn <= WHITE_MIN) & (mx >= DARK_MAX) & ~pen
-    thr = float(np.clip(otsu(sat[mx >= DARK_MAX]), *SAT_CLAMP))
-    mask = candidate & (sat > thr)
+    od = _OD_LUT[img].mean(axis=2)
+    candidate = (mn <= WHITE_MIN) & (mx >= DARK_MAX) & ~pen_ink(img)
+    # thresholds from glass vs stained pixels only: ink and dark edges would pull them up
+    sat_thr = float(np.clip(otsu(sat[candidate | (mn > WHITE_MIN)]), *SAT_CLAMP))
+    od_thr = float(np.clip(otsu(od[candidate | (mn > WHITE_MIN)] / OD_RANGE) * OD_RANGE, *OD_CLAMP))
+    # saturation finds pale eosin; optical density finds stains that mix to grey-brown
+    # (DAB with blue counterstain); either must be coloured at least a little (not grey)
+    mask = candidate & (sat > SAT_CLAMP[0]) & ((sat > sat_thr) | (od > od_thr))
+    thr = sat_thr
     # closing + opening on an edge-replicated copy: with a constant border the opening
     # erased the outermost ring of tissue that touches the image border
     st = np.ones((3, 3), bool)
@@ -86,6 +139,21 @@ def tissue_mask_from_rgb(
     mask = _drop_small(mask, min_area_px)
     mask = ~_drop_small(~mask, min_hole_px, keep_border=True)
     return mask, thr
+
+
+def pen_ink(img: np.ndarray) -> np.ndarray:
+    """Blue or green marker ink in an RGB image (int16, (h, w, 3)); see the module docstring.
+
+    Blue: red OD >= PEN_OD_RATIO x blue OD with blue above red (the blue markers of common
+    pen filters, such as (40, 80, 170) or (120, 170, 200), are 3.1x or more; haematoxylin
+    2.2x, blued 2.5x; DAB and eosin lower). Green: green the brightest channel by a margin,
+    which no non-negative mixture of haematoxylin, eosin and DAB gives.
+    """
+    r, g, b = img[..., 0], img[..., 1], img[..., 2]
+    od_r, od_b = _OD_LUT[r], _OD_LUT[b]
+    blue = (b > r) & (od_r >= PEN_MIN_OD) & (od_r >= PEN_OD_RATIO * od_b)
+    green = (g > r + PEN_MARGIN) & (g >= b)
+    return blue | green
 
 
 def _drop_small(mask: np.ndarray, min_px: float, keep_border: bool = False) -> np.ndarray:
@@ -123,6 +191,14 @@ def mask_to_polygons(mask: np.ndarray, downsample: float, bounds: tuple[int, int
     return MultiPolygon(polys)
 
 
+def thumbnail_request(level_dimensions: Sequence[tuple[int, int]], thumb_size: int) -> int:
+    """The thumbnail size to ask for: a pyramid level whose longer side is between half and
+    all of `thumb_size` is read as it is, rather than averaging a level up to 4x finer (16x
+    the pixels to decode: most of detection's cost on a large slide); else `thumb_size`."""
+    sides = [max(w, h) for w, h in level_dimensions if thumb_size // 2 <= max(w, h) <= thumb_size]
+    return max(sides) if sides else thumb_size
+
+
 def detect_tissue(
     slide: Slide,
     *,
@@ -131,7 +207,7 @@ def detect_tissue(
     thumb_size: int = 2048,
 ) -> TissueMask:
     """Find tissue on a thumbnail of `slide` (method in the module docstring)."""
-    rgb, ds = slide.thumbnail(thumb_size)
+    rgb, ds = slide.thumbnail(thumbnail_request(slide.level_dimensions, thumb_size))
     if slide.mpp is not None:
         px_um2 = (ds * slide.mpp[0]) * (ds * slide.mpp[1])
         min_area_px, min_hole_px = min_area_um2 / px_um2, min_hole_um2 / px_um2
@@ -142,13 +218,16 @@ def detect_tissue(
         units = "mask pixels (slide has no mpp; pixel defaults used)"
     mask, thr = tissue_mask_from_rgb(rgb, min_area_px, min_hole_px)
     polygons = mask_to_polygons(mask, ds, slide.dimensions)
+    dark = float((rgb.max(axis=2) < DARK_MAX).mean())
     return TissueMask(
         mask=mask,
         downsample=ds,
         polygons=polygons,
         fraction=float(mask.mean()),
+        status=tissue_status(float(mask.mean()), dark),
         params={
-            "method": "saturation>otsu, white/dark/pen excluded, closing+opening, size filters",
+            "dark_fraction": dark,
+            "method": "saturation or optical density > otsu, white/dark/pen excluded, closing+opening, size filters",
             "saturation_threshold": thr,
             "min_area_um2": min_area_um2,
             "min_hole_um2": min_hole_um2,

@@ -74,10 +74,22 @@ def _assert_batch_artifacts(flow_run_id, folder: Path, out: Path, by_name: dict)
     assert table.description == f"{folder} -> {out}: {tally}"
     rows = json.loads(table.data) if isinstance(table.data, str) else table.data
     fractions = [f"{name}_fraction" for name in CLASSES]
-    columns = ["slide", "status", "output", "tissue_area_mm2", *fractions, "seconds", "error"]
+    columns = [
+        "slide",
+        "status",
+        "output",
+        "tissue_area_mm2",
+        "tissue",
+        *fractions,
+        "seconds",
+        "error",
+    ]
     assert all(list(row) == columns for row in rows)
     rows_by_name = {Path(row["slide"]).name: row for row in rows}
     assert sorted(rows_by_name) == ["broken.svs", "synth-a.tif", "synth-b.tif"]
+    assert (
+        rows_by_name["synth-a.tif"]["tissue"] == "ok" and rows_by_name["broken.svs"]["tissue"] == ""
+    )
 
     broken = rows_by_name["broken.svs"]
     assert broken["status"] == "failed" and broken["output"] == ""

@@ -41,3 +41,17 @@ def test_usage_errors_exit_2_with_the_range(tmp_path):
     assert result.returncode == 2
     assert "[1, 4096]" in result.stderr
     assert not any(tmp_path.iterdir())
+
+
+def test_tissue_and_roi_options_reach_the_batch_flow(tmp_path):
+    """`batch` passes --tissue/--roi through the flow's JSON options back into SegmentParams."""
+    from wsi_segment.flows.cli import build_parser
+    from wsi_segment.flows.cli_batch import flow_options
+    from wsi_segment.flows.slide_flow import make_params
+
+    roi = tmp_path / "regions.geojson"
+    args = build_parser().parse_args(["batch", str(tmp_path), "--tissue", "all", "--roi", str(roi)])
+    options = json.loads(json.dumps(flow_options(args), default=str))  # as a deployment stores it
+    params = make_params(None, options)
+    assert params.tissue == "all" and params.roi == roi
+    assert params.fingerprint_fields()["tissue"] == "all"

@@ -197,3 +197,23 @@ def test_odd_sizes_and_cli(tmp_path, capsys):
     assert np.asarray(osr.read_region((1090, 690), 0, (10, 10))).shape == (10, 10, 4)
     osr.close()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_detect_tissue_reads_a_small_pyramid_level_as_it_is(slide):
+    """Asked for a 1024 px thumbnail of this 2048 px slide (levels 2048 and 512 px), the
+    512 px level is read without resampling instead of averaging level 0 (16x the pixels);
+    the tissue found is the same."""
+    from wsi_segment.wsi.slide import open_slide
+    from wsi_segment.wsi.tissue import detect_tissue, thumbnail_request
+
+    path, label_path = slide
+    labels, meta = read_label_map(label_path)
+    with open_slide(path) as s:
+        assert [max(d) for d in s.level_dimensions] == [2048, 512]
+        assert thumbnail_request(s.level_dimensions, 1024) == 512
+        assert thumbnail_request(s.level_dimensions, 2048) == 2048  # no level in [1024, 2048]
+        found = detect_tissue(s, thumb_size=1024)
+    assert found.downsample == 4.0 and found.mask.shape == (512, 512)
+    assert found.fraction == pytest.approx(float((labels != BACKGROUND).mean()), abs=0.03)
+    truth = _label_polygons(labels, meta["downsample"])
+    assert truth.intersection(found.polygons).area / truth.union(found.polygons).area > 0.95
