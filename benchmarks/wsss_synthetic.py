@@ -33,6 +33,7 @@ from wsi_segment.pipeline.datasets import (
     MaskItem,
     WsssDataset,
     augment,
+    batch_count,
     epoch_batches,
     load_batch,
     open_dataset,
@@ -88,7 +89,7 @@ def train_fully_supervised(
         cfg.encoder, ds_masks.num_classes, decoder_channels=cfg.decoder_channels
     )
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps = -(-len(items) // cfg.batch_size)
+    steps = batch_count(len(items), cfg.batch_size)
     best: tuple[float, dict | None] = (-1.0, None)
     for epoch in range(cfg.epochs):
         model.train()

@@ -9,7 +9,6 @@ at the next epoch and ends with the same weights as an uninterrupted one.
 
 from __future__ import annotations
 
-import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,7 +20,14 @@ from tqdm import tqdm
 
 from wsi_segment.models.classifier import PatchClassifier, build_classifier
 from wsi_segment.pipeline.checkpoints import load_checkpoint, save_checkpoint
-from wsi_segment.pipeline.datasets import WsssDataset, augment, epoch_batches, load_batch
+from wsi_segment.pipeline.datasets import (
+    MIN_TRAIN_PATCHES,
+    WsssDataset,
+    augment,
+    batch_count,
+    epoch_batches,
+    load_batch,
+)
 
 
 @dataclass(frozen=True)
@@ -89,14 +95,14 @@ def train_classifier(
 
     `on_epoch(epoch, state)` runs after each saved checkpoint (progress reporting, tests).
     """
-    items = ds.train_items()
+    items = ds.train_items(MIN_TRAIN_PATCHES)
     labels = torch.tensor([it.labels for it in items], dtype=torch.float32)
     model = build(cfg, ds.num_classes).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     state = load_checkpoint(work, model, opt) or {"epoch": 0, "history": []}
     schedule = getattr(model.head, "schedule", None)
     start = int(state["epoch"])
-    steps = math.ceil(len(items) / cfg.batch_size)
+    steps = batch_count(len(items), cfg.batch_size)
     if cfg.max_steps is not None:
         steps = min(steps, cfg.max_steps)
     for epoch in range(start, cfg.epochs):

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from wsi_segment.errors import ConfigError
 from wsi_segment.pipeline.train_classifier import ClassifierConfig
 from wsi_segment.pipeline.train_segmenter import SegmenterConfig
 
@@ -40,6 +41,17 @@ class TrainConfig:
     max_steps: int | None = None
     threads: int | None = None
     provenance: dict | None = None
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """Refuse settings no stage can run with, before anything is written."""
+    if cfg.epochs < 1 or cfg.seg_epochs < 1:
+        raise ConfigError("--epochs and --seg-epochs must be >= 1")
+    if cfg.batch_size < 2:
+        raise ConfigError(
+            f"--batch-size must be >= 2, got {cfg.batch_size}: BatchNorm cannot train on "
+            "batches of one sample"
+        )
 
 
 def seg_encoder_name(name: str) -> str:

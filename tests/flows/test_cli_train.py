@@ -61,3 +61,35 @@ def test_bad_dataset_is_one_clear_error(tmp_path: Path, capsys: pytest.CaptureFi
     err = capsys.readouterr().err
     assert code == 1 and err.startswith("error: ") and "unlabelled.png" in err
     assert not (tmp_path / "m").exists() and not (tmp_path / "m.work").exists()
+
+
+def test_last_batch_of_one_trains(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The real sample's 9 patches in batches of 4 leave one over: it joins the last batch."""
+    out = tmp_path / "m"
+    assert main(["train", "--data", str(SAMPLE), "--out", str(out), *TINY]) == 0
+    doc = json.loads((out / "model.json").read_text())
+    assert doc["provenance"]["train_patches"] == 9
+    assert len(doc["provenance"]["segmenter"]["history"]) == 1
+    assert len(list((tmp_path / "m.work" / "pseudo_masks" / "deep").glob("*.png"))) == 9
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("case", ["one patch", "batch of one"])
+def test_too_little_to_train_is_one_clear_error(
+    case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(SAMPLE, data)
+    args = ["train", "--data", str(data), "--out", str(tmp_path / "m"), *TINY]
+    if case == "one patch":
+        for f in sorted((data / "train").glob("*.png"))[1:]:
+            f.unlink()
+        expected = "training needs at least 2 patches, found 1"
+    else:
+        args += ["--batch-size", "1"]  # the last flag wins
+        expected = "--batch-size must be >= 2"
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("error: ") and expected in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "m").exists() and not (tmp_path / "m.work").exists()

@@ -7,10 +7,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from wsi_segment.errors import DatasetError
-from wsi_segment.pipeline.datasets import open_dataset, parse_labels, read_image
+from wsi_segment.pipeline.datasets import (
+    MIN_TRAIN_PATCHES,
+    batch_count,
+    epoch_batches,
+    open_dataset,
+    parse_labels,
+    read_image,
+)
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "luad-histoseg-sample"
 
@@ -101,3 +109,33 @@ def test_bcss_layout_classes_from_readme(tmp_path: Path) -> None:
     assert ds.layout == "bcss" and not ds.background_rule
     assert ds.colors[0] == (205, 51, 51)  # the palette of the masks on disk wins
     assert sorted(it.labels for it in ds.train_items()) == sorted(EXPECTED_LABELS.values())
+
+
+@pytest.mark.parametrize(
+    ("n", "batch_size", "sizes"),
+    [
+        (9, 4, [4, 5]),  # the real sample's 9 patches: a last batch of one joins the one before
+        (8, 4, [4, 4]),
+        (10, 4, [4, 4, 2]),
+        (3, 4, [3]),
+        (5, 2, [2, 3]),
+        (2, 16, [2]),
+    ],
+)
+def test_no_training_batch_holds_one_sample(n: int, batch_size: int, sizes: list[int]) -> None:
+    for epoch in range(3):
+        batches = epoch_batches(n, batch_size, torch.Generator().manual_seed(epoch))
+        assert [len(b) for b in batches] == sizes
+        assert sorted(i for b in batches for i in b) == list(range(n))  # every sample, once
+    assert batch_count(n, batch_size) == len(sizes)
+
+
+def test_training_needs_two_patches(tmp_path: Path) -> None:
+    root = tmp_path / "ds"
+    shutil.copytree(SAMPLE, root)
+    for f in sorted((root / "train").glob("*.png"))[1:]:
+        f.unlink()
+    ds = open_dataset(root)
+    assert len(ds.train_items()) == 1  # pseudo masks can still be made of it
+    with pytest.raises(DatasetError, match=r"train: training needs at least 2 patches, found 1"):
+        ds.train_items(MIN_TRAIN_PATCHES)
