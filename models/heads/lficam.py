@@ -17,7 +17,7 @@ from torch import nn
 
 from wsi_segment.errors import ConfigError
 
-from .base import ClassifierHead
+from .base import DEFAULT_DROPOUT, ClassifierHead
 
 _EPS = 1e-6
 
@@ -61,7 +61,12 @@ class LFICAMHead(ClassifierHead):
     kind = "lficam"
 
     def __init__(
-        self, in_channels: int, num_classes: int, *, dropout: float = 0.0, fin_width: int = 16
+        self,
+        in_channels: int,
+        num_classes: int,
+        *,
+        dropout: float = DEFAULT_DROPOUT,
+        fin_width: int = 16,
     ) -> None:
         super().__init__(in_channels, num_classes, bias=False, dropout=dropout)
         self.fin_width = fin_width

@@ -32,7 +32,7 @@ def test_pda_attention_exact_positions_and_values() -> None:
 
 
 def test_pda_head_applies_attention_only_when_training_and_active() -> None:
-    head = PDAHead(2, 3, schedule=PDASchedule(mu0=0.7, warmup_epochs=1))
+    head = PDAHead(2, 3, dropout=0.0, schedule=PDASchedule(mu0=0.7, warmup_epochs=1))
     with torch.no_grad():
         head.fc.weight.copy_(WEIGHT)
     head.train()
@@ -64,6 +64,26 @@ def test_pda_schedule_official_variant() -> None:
     assert s.mu_at(21) == pytest.approx(0.98**21) and s.mu_at(22) == 0.65
     with pytest.raises(ConfigError):
         PDASchedule(floor=0.9, mu0=0.8)
+
+
+def test_pda_schedule_presets_and_overrides() -> None:
+    assert PDASchedule.preset() == PDASchedule()
+    assert PDASchedule.preset("official") == PDASchedule.official()
+    s = PDASchedule.preset("official", sigma=0.99, floor=0.7, warmup_epochs=1)
+    assert (s.sigma, s.floor, s.warmup_epochs, s.decay_during_warmup) == (0.99, 0.7, 1, True)
+    # after 20 epochs (last epoch 19) the threshold ends at 0.985**16 vs 0.98**19
+    assert PDASchedule.preset("paper").mu_at(19) == pytest.approx(0.7852, abs=1e-4)
+    assert PDASchedule.preset("official").mu_at(19) == pytest.approx(0.6812, abs=1e-4)
+    with pytest.raises(ConfigError, match="unknown PDA schedule 'fast'"):
+        PDASchedule.preset("fast")
+    with pytest.raises(ConfigError, match="sigma"):
+        PDASchedule.preset("paper", sigma=1.5)
+
+
+def test_heads_default_to_the_methods_dropout() -> None:
+    for kind in ("cam", "pda", "pcam", "lficam"):
+        head = build_classifier("resnet10t", kind, 4).head
+        assert head.dropout.p == 0.5 and head.config()["dropout"] == 0.5
 
 
 def test_pcam_pooling_formula() -> None:
