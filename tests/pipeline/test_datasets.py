@@ -13,6 +13,7 @@ from PIL import Image
 from wsi_segment.errors import DatasetError
 from wsi_segment.pipeline.datasets import (
     MIN_TRAIN_PATCHES,
+    augment,
     batch_count,
     epoch_batches,
     open_dataset,
@@ -139,3 +140,23 @@ def test_training_needs_two_patches(tmp_path: Path) -> None:
     assert len(ds.train_items()) == 1  # pseudo masks can still be made of it
     with pytest.raises(DatasetError, match=r"train: training needs at least 2 patches, found 1"):
         ds.train_items(MIN_TRAIN_PATCHES)
+
+
+def test_augment_is_h_and_v_flips_of_image_and_masks_alike() -> None:
+    """Our augmentation on purpose (docs/training.md): flips only, no blur, masks follow."""
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8, generator=gen)
+    masks = [images[:, 0].clone(), images[:, 1].clone()]
+    out, out_masks = augment(images, masks, torch.Generator().manual_seed(1))
+    seen = set()
+    for i in range(64):
+        flips = {
+            (h, v): images[i].flip([d for d, on in ((2, h), (1, v)) if on]) if h or v else images[i]
+            for h in (False, True)
+            for v in (False, True)
+        }
+        match = [k for k, f in flips.items() if torch.equal(out[i], f)]
+        assert len(match) == 1  # exactly one of the four flips, pixel for pixel: no blur
+        seen.add(match[0])
+        assert torch.equal(out_masks[0][i], out[i, 0]) and torch.equal(out_masks[1][i], out[i, 1])
+    assert seen == {(False, False), (False, True), (True, False), (True, True)}
