@@ -5,6 +5,10 @@ input; the small FIN scores each masked image; softmax over channels gives impor
 w_c. The attention A = relu(sum_c w_c m_c) / max is applied as m * (1 + A) (residual
 attention as in ABN, so features never vanish early in training), then GAP + fc.
 Learning importances instead of the map itself gives steadier maps than ABN.
+
+Unlike the seed's reference design (residual blocks over all masked images, attention
+normalised over the batch and detached), everything here is per patch and on the graph,
+so a tile's output never depends on its batch-mates; docs/models.md gives the reasons.
 """
 
 from __future__ import annotations

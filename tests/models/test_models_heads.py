@@ -133,3 +133,28 @@ def test_lficam_importance_and_maps() -> None:
     )
     with pytest.raises(ConfigError, match="needs the input image"):
         clf.head(feats)
+
+
+def test_lficam_importance_is_per_sample_and_not_detached() -> None:
+    """The design we keep (docs/models.md): each patch's importances come from its own masked
+    images only (softmax over its channels, not over the batch), and gradients reach the
+    features through them."""
+    head = build_classifier("resnet10t", "lficam", 4).head.eval()
+    gen = torch.Generator().manual_seed(0)
+    feats = torch.rand(3, head.in_channels, 4, 4, generator=gen)
+    image = torch.rand(3, 3, 64, 64, generator=gen)
+    with torch.no_grad():
+        alone = head.importance(feats[:1], image[:1])
+        batched = head.importance(feats, image)
+        logits_alone, logits_batched = head(feats[:1], image[:1]), head(feats, image)
+    torch.testing.assert_close(batched[:1], alone, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(logits_batched[:1], logits_alone, rtol=1e-5, atol=1e-5)
+    # changing another patch of the batch leaves this one's importances alone
+    with torch.no_grad():
+        other = head.importance(torch.cat([feats[:1], feats[1:] * 3.0]), image)
+    torch.testing.assert_close(other[:1], alone, rtol=1e-5, atol=1e-6)
+
+    grad_feats = feats.clone().requires_grad_(True)
+    head.importance(grad_feats, image)[0, 0].backward()
+    assert grad_feats.grad is not None and grad_feats.grad[0].abs().sum() > 0
+    assert grad_feats.grad[1:].abs().sum() == 0  # no path between patches
