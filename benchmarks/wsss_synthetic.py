@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/wsss_synthetic.py [--train 400] [--epochs 6] [--seg-epochs N]
         [--size 112] [--cls-output-stride 16] [--lr-schedule poly] [--threads 2]
+        [--pda-schedule paper|official] [--dropout 0.5]
 
 Prints one table (mIoU on the synthetic test split, background ignored):
 pseudo masks from CAM, Grad-CAM and PDA + Grad-CAM at each depth (made from the true patch
@@ -27,12 +28,14 @@ from wsi_segment.models.background import background_mask
 from wsi_segment.models.cams import activation_maps
 from wsi_segment.models.classifier import PatchClassifier
 from wsi_segment.models.gate import apply_gate
+from wsi_segment.models.heads import DEFAULT_DROPOUT, PDA_SCHEDULES
 from wsi_segment.models.pseudo_masks import label_from_maps
 from wsi_segment.models.segmenter import build_segmenter, multilayer_pseudo_loss
 from wsi_segment.pipeline.datasets import (
     MaskItem,
     WsssDataset,
     augment,
+    batch_count,
     epoch_batches,
     load_batch,
     open_dataset,
@@ -88,7 +91,7 @@ def train_fully_supervised(
         cfg.encoder, ds_masks.num_classes, decoder_channels=cfg.decoder_channels
     )
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps = -(-len(items) // cfg.batch_size)
+    steps = batch_count(len(items), cfg.batch_size)
     best: tuple[float, dict | None] = (-1.0, None)
     for epoch in range(cfg.epochs):
         model.train()
@@ -155,6 +158,13 @@ def main() -> None:
     )
     p.add_argument("--cls-output-stride", type=int, default=16, choices=(8, 16, 32))
     p.add_argument("--lr-schedule", default="poly", choices=("poly", "constant"))
+    p.add_argument(
+        "--pda-schedule",
+        default="paper",
+        choices=PDA_SCHEDULES,
+        help="PDA schedule of the PDA classifier (run once per schedule to compare them)",
+    )
+    p.add_argument("--dropout", type=float, default=DEFAULT_DROPOUT, help="classifier dropout")
     p.add_argument("--encoder", default="resnet10t")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=11)
@@ -196,10 +206,11 @@ def main() -> None:
         lr=2e-3,
         lr_schedule=args.lr_schedule,
         seed=0,
+        dropout=args.dropout,
+        pda_schedule=args.pda_schedule,
     )
-    clf_cam = train_classifier(
-        ds, ClassifierConfig(**{**cls_cfg.__dict__, "head": "cam"}), work / "cls_cam", cpu
-    )
+    cam_cfg = ClassifierConfig(**{**cls_cfg.__dict__, "head": "cam", "pda_schedule": "paper"})
+    clf_cam = train_classifier(ds, cam_cfg, work / "cls_cam", cpu)
     clf_pda = train_classifier(ds, cls_cfg, work / "cls_pda", cpu)
     bgr = ds.background_rule
     add(
@@ -253,7 +264,8 @@ def main() -> None:
         )
     print(f"\n{args.train} train / {args.test} test patches of {args.size} px, classifier "
           f"{args.epochs} epochs (output stride {args.cls_output_stride}), segmenters "
-          f"{scfg.epochs} epochs, lr schedule {args.lr_schedule}, encoder {args.encoder}, "
+          f"{scfg.epochs} epochs, lr schedule {args.lr_schedule}, PDA schedule "
+          f"{args.pda_schedule}, dropout {args.dropout}, encoder {args.encoder}, "
           f"{args.threads} threads, {time.time() - t0:.0f} s")  # fmt: skip
     (work / "results.json").write_text(
         json.dumps(

@@ -67,6 +67,24 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         default=16,
         help="stage-1 backbone output stride: 8 gives finer CAMs at ~3x the compute (default 16)",
     )
+    p.add_argument(
+        "--dropout",
+        type=float,
+        default=0.5,
+        help="classifier channel dropout in training, as the official code (default 0.5)",
+    )
+    p.add_argument(
+        "--pda-schedule",
+        choices=("paper", "official"),
+        default="paper",
+        help="PDA schedule: paper (sigma 0.985, floor 0.65, 3 warm-up epochs, no decay during "
+        "warm-up; default) or official (the official code's: sigma 0.98, decays from epoch 0)",
+    )
+    p.add_argument("--pda-sigma", type=float, default=None, help="replace the schedule's sigma")
+    p.add_argument("--pda-floor", type=float, default=None, help="replace the schedule's floor")
+    p.add_argument(
+        "--pda-warmup", type=int, default=None, help="replace the schedule's warm-up epochs"
+    )
     p.set_defaults(run=run)
     return p
 
@@ -95,6 +113,11 @@ def run(args: argparse.Namespace) -> int:
         mpp=args.mpp,
         lr_schedule=args.lr_schedule,
         classifier_output_stride=args.classifier_output_stride,
+        dropout=args.dropout,
+        pda_schedule=args.pda_schedule,
+        pda_sigma=args.pda_sigma,
+        pda_floor=args.pda_floor,
+        pda_warmup=args.pda_warmup,
     )
     out = train(cfg)
     print(f"model written to {out}")

@@ -126,7 +126,9 @@ def score_cam(
     """Score-CAM (Wang et al. 2020): channel c weighs by its increase of confidence.
 
     alpha_kc = sigmoid(logit_k(x * mask_c)) - sigmoid(logit_k(0)); map_k = relu(sum_c
-    alpha_kc A_c). Sigmoid, not softmax, because the labels are multi-label. Masked inputs
+    alpha_kc A_c). The baseline 0 is what a mask of 0 leaves of x: a black image for our
+    [0, 1] inputs (the mean colour only under mean/std normalisation). Sigmoid, not
+    softmax, because the labels are multi-label. Masked inputs
     run `batch_size` channels per forward pass (masks are built per batch: memory stays
     at batch_size input images).
     """

@@ -26,6 +26,8 @@ _LABEL_RE = re.compile(r"\[([01](?:\s?[01])*)\]\.png$", re.IGNORECASE)
 _CLASS_RE = re.compile(r"\b([a-z]):\s*([^,()\]]+?)\s*\((\w+)\)")
 _PALETTE_RE = re.compile(r"palette\[(\d+):(\d+)\]\s*=\s*\[\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*\]")
 SPLITS = ("train", "val", "test")
+# Training batches hold at least two samples (see `epoch_batches`), so a dataset needs two.
+MIN_TRAIN_PATCHES = 2
 
 
 @dataclass(frozen=True)
@@ -75,11 +77,20 @@ class WsssDataset:
                 return self.root / name
         raise DatasetError(f"{self.root}: no train/ folder; expected train/<name>[labels].png")
 
-    def train_items(self) -> list[TrainItem]:
-        """Training patches sorted by name, each with its parsed label vector."""
+    def train_items(self, min_count: int = 1) -> list[TrainItem]:
+        """Training patches sorted by name, each with its parsed label vector.
+
+        Training asks for `MIN_TRAIN_PATCHES` (a network with BatchNorm cannot train on one
+        sample); making pseudo masks works on any number.
+        """
         files = sorted(self.train_dir().glob("*.png"))
         if not files:
             raise DatasetError(f"{self.train_dir()}: no .png patches found")
+        if len(files) < min_count:
+            raise DatasetError(
+                f"{self.train_dir()}: training needs at least {min_count} patches, found "
+                f"{len(files)} (BatchNorm cannot learn from a single sample); add patches"
+            )
         return [TrainItem(f, parse_labels(f, self.num_classes)) for f in files]
 
     def has_masks(self, split: str) -> bool:
@@ -296,7 +307,24 @@ def augment(
     return out_img.contiguous(), [m.contiguous() for m in out_masks]
 
 
+def _cut(order: list[int], batch_size: int) -> list[list[int]]:
+    """Batches of `batch_size`; a last batch of one sample joins the batch before it."""
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    if len(batches) > 1 and len(batches[-1]) == 1:
+        batches[-2].extend(batches.pop())
+    return batches
+
+
 def epoch_batches(n: int, batch_size: int, gen: torch.Generator) -> list[list[int]]:
-    """A seeded shuffle of 0..n-1 cut into batches (the last one may be smaller)."""
-    order = torch.randperm(n, generator=gen).tolist()
-    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+    """A seeded shuffle of 0..n-1 cut into batches; every index appears once per epoch.
+
+    The last batch may be smaller, but never holds a single sample: that one joins the batch
+    before it (batch_size + 1), because BatchNorm in training mode cannot normalise one
+    sample (DeepLabV3+'s image-pooling branch fails on it outright).
+    """
+    return _cut(torch.randperm(n, generator=gen).tolist(), batch_size)
+
+
+def batch_count(n: int, batch_size: int) -> int:
+    """How many batches `epoch_batches(n, batch_size, ...)` gives (for the lr schedule)."""
+    return len(_cut(list(range(n)), batch_size))

@@ -27,6 +27,7 @@ TRAIN_ARGS = [
     "--seg-encoder", "resnet10t",
     "--decoder-channels", "64",
     "--head", "pda",
+    "--dropout", "0",  # the shipped weights were trained without classifier dropout
     "--epochs", "8",
     "--seg-epochs", "6",
     "--batch-size", "16",

@@ -15,16 +15,16 @@ from pathlib import Path
 
 import torch
 
-from wsi_segment.errors import ConfigError
 from wsi_segment.models.bundle import save_model
 from wsi_segment.models.device import pick_device
 from wsi_segment.models.meta import ModelMeta
 from wsi_segment.models.segmentation_model import SegmentationModel
-from wsi_segment.pipeline.datasets import open_dataset
+from wsi_segment.pipeline.datasets import MIN_TRAIN_PATCHES, open_dataset
 from wsi_segment.pipeline.make_pseudo_masks import make_pseudo_masks
 from wsi_segment.pipeline.train_classifier import classifier_history, train_classifier
 from wsi_segment.pipeline.train_config import (
     TrainConfig,
+    check_config,
     classifier_config,
     seg_encoder_name,
     segmenter_config,
@@ -51,8 +51,7 @@ def _git_commit() -> str | None:
 
 def train(cfg: TrainConfig) -> Path:
     """Run the three stages and write the model folder `cfg.out`; returns it."""
-    if cfg.epochs < 1 or cfg.seg_epochs < 1 or cfg.batch_size < 1:
-        raise ConfigError("--epochs, --seg-epochs and --batch-size must be >= 1")
+    check_config(cfg)
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -68,7 +67,7 @@ def _train(cfg: TrainConfig) -> Path:
     """The stages themselves; `train` wraps them in the thread and determinism settings."""
     t0 = time.time()
     ds = open_dataset(cfg.data)
-    ds.train_items()  # a malformed dataset fails here, before anything is written
+    ds.train_items(MIN_TRAIN_PATCHES)  # a malformed dataset fails here, before any write
     if ds.has_masks("val"):
         ds.mask_items("val")
     device = pick_device(cfg.device)

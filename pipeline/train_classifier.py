@@ -9,7 +9,6 @@ at the next epoch and ends with the same weights as an uninterrupted one.
 
 from __future__ import annotations
 
-import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,18 +18,37 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from wsi_segment.errors import ConfigError
 from wsi_segment.models.classifier import PatchClassifier, build_classifier
+from wsi_segment.models.heads import DEFAULT_DROPOUT, PDASchedule
 from wsi_segment.pipeline.checkpoints import load_checkpoint, save_checkpoint
-from wsi_segment.pipeline.datasets import WsssDataset, augment, epoch_batches, load_batch
+from wsi_segment.pipeline.datasets import (
+    MIN_TRAIN_PATCHES,
+    WsssDataset,
+    augment,
+    batch_count,
+    epoch_batches,
+    load_batch,
+)
 
 
 @dataclass(frozen=True)
 class ClassifierConfig:
-    """Stage-1 settings; `max_steps` (per epoch) exists for smoke tests only."""
+    """Stage-1 settings; `max_steps` (per epoch) exists for smoke tests only.
+
+    `dropout` is the head's channel dropout (the method's 0.5 by default); `pda_schedule`
+    names the PDA schedule (paper | official) and `pda_sigma` / `pda_floor` / `pda_warmup`
+    replace parts of it (pda head only).
+    """
 
     encoder: str = "resnet18"
     head: str = "pda"
     output_stride: int = 16
+    dropout: float = DEFAULT_DROPOUT
+    pda_schedule: str = "paper"
+    pda_sigma: float | None = None
+    pda_floor: float | None = None
+    pda_warmup: int | None = None
     epochs: int = 20
     batch_size: int = 16
     lr: float = 1e-3
@@ -73,9 +91,43 @@ def progress_enabled() -> bool:
     return sys.stderr.isatty()
 
 
+def pda_schedule(cfg: ClassifierConfig) -> PDASchedule | None:
+    """The PDA schedule `cfg` asks for (None for other heads, which must not ask for one)."""
+    tuned = (cfg.pda_sigma, cfg.pda_floor, cfg.pda_warmup) != (None, None, None)
+    if cfg.head != "pda":
+        if tuned or cfg.pda_schedule != "paper":
+            raise ConfigError(
+                f"--pda-schedule, --pda-sigma, --pda-floor and --pda-warmup apply to the pda "
+                f"head only, not to --head {cfg.head}"
+            )
+        return None
+    return PDASchedule.preset(
+        cfg.pda_schedule, sigma=cfg.pda_sigma, floor=cfg.pda_floor, warmup_epochs=cfg.pda_warmup
+    )
+
+
+def head_spec(cfg: ClassifierConfig) -> dict:
+    """The head as `build_classifier` takes it: kind, dropout and (pda) the schedule."""
+    if not 0.0 <= cfg.dropout < 1.0:
+        raise ConfigError(f"--dropout must be in [0, 1), got {cfg.dropout}")
+    spec: dict = {"kind": cfg.head, "dropout": cfg.dropout}
+    schedule = pda_schedule(cfg)
+    if schedule is not None:
+        spec["schedule"] = schedule
+    return spec
+
+
 def build(cfg: ClassifierConfig, num_classes: int) -> PatchClassifier:
     torch.manual_seed(cfg.seed)
-    return build_classifier(cfg.encoder, cfg.head, num_classes, output_stride=cfg.output_stride)
+    return build_classifier(
+        cfg.encoder, head_spec(cfg), num_classes, output_stride=cfg.output_stride
+    )
+
+
+def seed_dropout(seed: int, stage: int, epoch: int) -> None:
+    """Seed torch's global generator (dropout masks) per epoch, apart from `seeded`'s stream,
+    so a resumed run draws the same masks as an uninterrupted one."""
+    torch.manual_seed(seeded(seed, stage + 100, epoch).initial_seed())
 
 
 def train_classifier(
@@ -89,14 +141,14 @@ def train_classifier(
 
     `on_epoch(epoch, state)` runs after each saved checkpoint (progress reporting, tests).
     """
-    items = ds.train_items()
+    items = ds.train_items(MIN_TRAIN_PATCHES)
     labels = torch.tensor([it.labels for it in items], dtype=torch.float32)
     model = build(cfg, ds.num_classes).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     state = load_checkpoint(work, model, opt) or {"epoch": 0, "history": []}
     schedule = getattr(model.head, "schedule", None)
     start = int(state["epoch"])
-    steps = math.ceil(len(items) / cfg.batch_size)
+    steps = batch_count(len(items), cfg.batch_size)
     if cfg.max_steps is not None:
         steps = min(steps, cfg.max_steps)
     for epoch in range(start, cfg.epochs):
@@ -104,6 +156,7 @@ def train_classifier(
             schedule.epoch = epoch
         model.train()
         gen = seeded(cfg.seed, 1, epoch)
+        seed_dropout(cfg.seed, 1, epoch)
         batches = epoch_batches(len(items), cfg.batch_size, gen)[:steps]
         bar = tqdm(
             batches, desc=f"stage 1 epoch {epoch + 1}/{cfg.epochs}", disable=not progress_enabled()

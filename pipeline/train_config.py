@@ -9,7 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from wsi_segment.pipeline.train_classifier import ClassifierConfig
+from wsi_segment.errors import ConfigError
+from wsi_segment.models.heads import DEFAULT_DROPOUT
+from wsi_segment.pipeline.train_classifier import ClassifierConfig, head_spec
 from wsi_segment.pipeline.train_segmenter import SegmenterConfig
 
 
@@ -25,6 +27,11 @@ class TrainConfig:
     seg_encoder: str = "resnet18"
     batch_size: int = 16
     head: str = "pda"
+    dropout: float = DEFAULT_DROPOUT
+    pda_schedule: str = "paper"
+    pda_sigma: float | None = None
+    pda_floor: float | None = None
+    pda_warmup: int | None = None
     classifier_output_stride: int = 16
     lr_schedule: str = "poly"
     device: str = "auto"
@@ -40,6 +47,18 @@ class TrainConfig:
     max_steps: int | None = None
     threads: int | None = None
     provenance: dict | None = None
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """Refuse settings no stage can run with, before anything is written."""
+    if cfg.epochs < 1 or cfg.seg_epochs < 1:
+        raise ConfigError("--epochs and --seg-epochs must be >= 1")
+    if cfg.batch_size < 2:
+        raise ConfigError(
+            f"--batch-size must be >= 2, got {cfg.batch_size}: BatchNorm cannot train on "
+            "batches of one sample"
+        )
+    head_spec(classifier_config(cfg))  # dropout and PDA schedule
 
 
 def seg_encoder_name(name: str) -> str:
@@ -58,6 +77,11 @@ def classifier_config(cfg: TrainConfig) -> ClassifierConfig:
         encoder=cfg.encoder,
         head=cfg.head,
         output_stride=cfg.classifier_output_stride,
+        dropout=cfg.dropout,
+        pda_schedule=cfg.pda_schedule,
+        pda_sigma=cfg.pda_sigma,
+        pda_floor=cfg.pda_floor,
+        pda_warmup=cfg.pda_warmup,
         epochs=cfg.epochs,
         batch_size=cfg.batch_size,
         lr=cfg.lr,

@@ -27,7 +27,14 @@ from wsi_segment.models.segmenter import (
     multilayer_pseudo_loss,
 )
 from wsi_segment.pipeline.checkpoints import load_checkpoint, save_checkpoint
-from wsi_segment.pipeline.datasets import WsssDataset, augment, epoch_batches, load_batch
+from wsi_segment.pipeline.datasets import (
+    MIN_TRAIN_PATCHES,
+    WsssDataset,
+    augment,
+    batch_count,
+    epoch_batches,
+    load_batch,
+)
 from wsi_segment.pipeline.make_pseudo_masks import mask_name
 from wsi_segment.pipeline.metrics import ConfusionMatrix
 from wsi_segment.pipeline.train_classifier import (
@@ -100,7 +107,7 @@ def train_segmenter(
         raise ValueError(
             f"{len(pseudo_dirs)} pseudo-mask folders for {len(cfg.layer_weights)} loss weights"
         )
-    items = ds.train_items()
+    items = ds.train_items(MIN_TRAIN_PATCHES)
     work.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     model = build_segmenter(cfg.encoder, ds.num_classes, decoder_channels=cfg.decoder_channels).to(
@@ -109,7 +116,7 @@ def train_segmenter(
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     state = load_checkpoint(work / "last", model, opt) or {"epoch": 0, "history": [], "best": None}
     has_val = ds.has_masks("val")
-    steps = math.ceil(len(items) / cfg.batch_size)
+    steps = batch_count(len(items), cfg.batch_size)
     if cfg.max_steps is not None:
         steps = min(steps, cfg.max_steps)
     for epoch in range(int(state["epoch"]), cfg.epochs):

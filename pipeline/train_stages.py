@@ -17,14 +17,14 @@ from typing import Any
 
 import torch
 
-from wsi_segment.errors import ConfigError
 from wsi_segment.models.device import pick_device
-from wsi_segment.pipeline.datasets import WsssDataset, open_dataset
+from wsi_segment.pipeline.datasets import MIN_TRAIN_PATCHES, WsssDataset, open_dataset
 from wsi_segment.pipeline.make_pseudo_masks import make_pseudo_masks
 from wsi_segment.pipeline.train import train
 from wsi_segment.pipeline.train_classifier import train_classifier
 from wsi_segment.pipeline.train_config import (
     TrainConfig,
+    check_config,
     classifier_config,
     segmenter_config,
     work_dir,
@@ -44,12 +44,12 @@ class TrainRun:
 
 def start(cfg: TrainConfig) -> TrainRun:
     """Check settings, open the dataset, pick the device, create the work folder."""
-    if cfg.epochs < 1 or cfg.seg_epochs < 1 or cfg.batch_size < 1:
-        raise ConfigError("--epochs, --seg-epochs and --batch-size must be >= 1")
+    check_config(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
     ds = open_dataset(cfg.data)
+    ds.train_items(MIN_TRAIN_PATCHES)  # a malformed dataset fails here, before any write
     work = work_dir(cfg)
     work.mkdir(parents=True, exist_ok=True)
     (work / "config.json").write_text(json.dumps(asdict(cfg), indent=1, default=str))

@@ -6,11 +6,11 @@ from typing import Any
 
 from wsi_segment.errors import ConfigError
 
-from .base import ClassifierHead
+from .base import DEFAULT_DROPOUT, ClassifierHead
 from .cam import CAMHead
 from .lficam import LFICAMHead
 from .pcam import PCAMHead
-from .pda import PDAHead, PDASchedule, pda_attention
+from .pda import PDA_SCHEDULES, PDAHead, PDASchedule, pda_attention
 
 HEADS: dict[str, type[ClassifierHead]] = {
     "cam": CAMHead,
@@ -33,7 +33,9 @@ def build_head(kind: str, in_channels: int, num_classes: int, **kwargs: Any) -> 
 
 
 __all__ = [
+    "DEFAULT_DROPOUT",
     "HEADS",
+    "PDA_SCHEDULES",
     "CAMHead",
     "ClassifierHead",
     "LFICAMHead",

@@ -12,18 +12,27 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# The official WSSS-Tissue classifier applies Dropout2d(0.5) to the (attended) features on
+# every training pass; it regularises the classifier and never acts at inference.
+DEFAULT_DROPOUT = 0.5
+
 
 class ClassifierHead(nn.Module):
     """Base: a 1x1-conv classifier `fc` over C channels for K classes, plus feature dropout.
 
-    `dropout` is channel dropout (Dropout2d) on the feature map before pooling, as in the
-    official code (0.5 there); it acts in training only.
+    `dropout` is channel dropout (Dropout2d) on the feature map (after any attention) before
+    pooling, as in the official code; it acts in training only.
     """
 
     kind = "base"
 
     def __init__(
-        self, in_channels: int, num_classes: int, *, bias: bool = False, dropout: float = 0.0
+        self,
+        in_channels: int,
+        num_classes: int,
+        *,
+        bias: bool = False,
+        dropout: float = DEFAULT_DROPOUT,
     ) -> None:
         super().__init__()
         self.in_channels = in_channels

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import ClassifierHead
+from .base import DEFAULT_DROPOUT, ClassifierHead
 
 
 class CAMHead(ClassifierHead):
@@ -16,7 +16,9 @@ class CAMHead(ClassifierHead):
 
     kind = "cam"
 
-    def __init__(self, in_channels: int, num_classes: int, *, dropout: float = 0.0) -> None:
+    def __init__(
+        self, in_channels: int, num_classes: int, *, dropout: float = DEFAULT_DROPOUT
+    ) -> None:
         super().__init__(in_channels, num_classes, bias=False, dropout=dropout)
 
     def forward(self, feats: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:

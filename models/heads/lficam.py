@@ -5,6 +5,10 @@ input; the small FIN scores each masked image; softmax over channels gives impor
 w_c. The attention A = relu(sum_c w_c m_c) / max is applied as m * (1 + A) (residual
 attention as in ABN, so features never vanish early in training), then GAP + fc.
 Learning importances instead of the map itself gives steadier maps than ABN.
+
+Unlike the seed's reference design (residual blocks over all masked images, attention
+normalised over the batch and detached), everything here is per patch and on the graph,
+so a tile's output never depends on its batch-mates; docs/models.md gives the reasons.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from torch import nn
 
 from wsi_segment.errors import ConfigError
 
-from .base import ClassifierHead
+from .base import DEFAULT_DROPOUT, ClassifierHead
 
 _EPS = 1e-6
 
@@ -61,7 +65,12 @@ class LFICAMHead(ClassifierHead):
     kind = "lficam"
 
     def __init__(
-        self, in_channels: int, num_classes: int, *, dropout: float = 0.0, fin_width: int = 16
+        self,
+        in_channels: int,
+        num_classes: int,
+        *,
+        dropout: float = DEFAULT_DROPOUT,
+        fin_width: int = 16,
     ) -> None:
         super().__init__(in_channels, num_classes, bias=False, dropout=dropout)
         self.fin_width = fin_width

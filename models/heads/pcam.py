@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import ClassifierHead
+from .base import DEFAULT_DROPOUT, ClassifierHead
 
 
 def pcam_pool(feats: torch.Tensor, score_maps: torch.Tensor) -> torch.Tensor:
@@ -24,7 +24,9 @@ class PCAMHead(ClassifierHead):
 
     kind = "pcam"
 
-    def __init__(self, in_channels: int, num_classes: int, *, dropout: float = 0.0) -> None:
+    def __init__(
+        self, in_channels: int, num_classes: int, *, dropout: float = DEFAULT_DROPOUT
+    ) -> None:
         super().__init__(in_channels, num_classes, bias=True, dropout=dropout)
 
     def forward(self, feats: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:

@@ -8,7 +8,7 @@ to use the rest of the tissue, so CAMs cover whole regions. Inference uses plain
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -16,7 +16,10 @@ import torch.nn.functional as F
 
 from wsi_segment.errors import ConfigError
 
-from .base import ClassifierHead
+from .base import DEFAULT_DROPOUT, ClassifierHead
+
+# Named schedules: the paper's (default, see docs/models.md) and the official code's.
+PDA_SCHEDULES = ("paper", "official")
 
 
 @dataclass
@@ -47,6 +50,22 @@ class PDASchedule:
     def official(cls) -> PDASchedule:
         """The schedule of ChuHan89/WSSS-Tissue (sigma 0.98, decays during warm-up)."""
         return cls(sigma=0.98, decay_during_warmup=True)
+
+    @classmethod
+    def preset(
+        cls,
+        name: str = "paper",
+        *,
+        sigma: float | None = None,
+        floor: float | None = None,
+        warmup_epochs: int | None = None,
+    ) -> PDASchedule:
+        """A named schedule (`PDA_SCHEDULES`) with any of sigma, floor, warm-up replaced."""
+        if name not in PDA_SCHEDULES:
+            raise ConfigError(f"unknown PDA schedule {name!r}; choose one of {PDA_SCHEDULES}")
+        base = cls() if name == "paper" else cls.official()
+        given = {"sigma": sigma, "floor": floor, "warmup_epochs": warmup_epochs}
+        return replace(base, **{k: v for k, v in given.items() if v is not None})
 
     def mu_at(self, epoch: int) -> float:
         """mu used during `epoch` (0-based)."""
@@ -91,7 +110,7 @@ class PDAHead(ClassifierHead):
         in_channels: int,
         num_classes: int,
         *,
-        dropout: float = 0.0,
+        dropout: float = DEFAULT_DROPOUT,
         schedule: PDASchedule | None = None,
     ) -> None:
         super().__init__(in_channels, num_classes, bias=False, dropout=dropout)

@@ -27,7 +27,8 @@ def _finite(result: dict) -> bool:
 def test_train_then_evaluate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = make_synthetic_dataset(tmp_path / "data", SyntheticSpec(8, 2, 2, 64, seed=7))
     out = tmp_path / "model"
-    extra = ["--lr-schedule", "constant", "--classifier-output-stride", "8"]
+    extra = ["--lr-schedule", "constant", "--classifier-output-stride", "8", "--dropout", "0.3"]
+    extra += ["--pda-schedule", "official", "--pda-sigma", "0.9", "--pda-warmup", "0"]
     assert main(["train", "--data", str(data), "--out", str(out), *TINY, *extra]) == 0
     model = load_model(out)
     assert model.meta.classes == ["TE", "NEC", "LYM", "TAS"]
@@ -38,6 +39,13 @@ def test_train_then_evaluate(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert doc["provenance"]["classifier"]["lr_schedule"] == "constant"
     assert doc["provenance"]["classifier"]["output_stride"] == 8
     assert doc["provenance"]["segmenter"]["lr_schedule"] == "constant"
+    head = doc["architecture"]["classifier"]["head"]
+    assert head["dropout"] == 0.3 and model.classifier.head.dropout.p == 0.3
+    assert head["schedule"] == {
+        "mu0": 1.0, "warmup_epochs": 0, "sigma": 0.9, "floor": 0.65, "decay_during_warmup": True
+    }  # fmt: skip
+    cls = doc["provenance"]["classifier"]
+    assert (cls["pda_schedule"], cls["pda_sigma"], cls["pda_floor"]) == ("official", 0.9, None)
     assert len(list((tmp_path / "model.work" / "pseudo_masks" / "deep").glob("*.png"))) == 8
     capsys.readouterr()
 
@@ -60,4 +68,42 @@ def test_bad_dataset_is_one_clear_error(tmp_path: Path, capsys: pytest.CaptureFi
     code = main(["train", "--data", str(data), "--out", str(tmp_path / "m"), *TINY])
     err = capsys.readouterr().err
     assert code == 1 and err.startswith("error: ") and "unlabelled.png" in err
+    assert not (tmp_path / "m").exists() and not (tmp_path / "m.work").exists()
+
+
+def test_last_batch_of_one_trains(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The real sample's 9 patches in batches of 4 leave one over: it joins the last batch."""
+    out = tmp_path / "m"
+    assert main(["train", "--data", str(SAMPLE), "--out", str(out), *TINY]) == 0
+    doc = json.loads((out / "model.json").read_text())
+    assert doc["provenance"]["train_patches"] == 9
+    assert len(doc["provenance"]["segmenter"]["history"]) == 1
+    assert len(list((tmp_path / "m.work" / "pseudo_masks" / "deep").glob("*.png"))) == 9
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("case", ["one patch", "batch of one", "pda option", "dropout"])
+def test_untrainable_settings_are_one_clear_error(
+    case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(SAMPLE, data)
+    args = ["train", "--data", str(data), "--out", str(tmp_path / "m"), *TINY]
+    if case == "one patch":
+        for f in sorted((data / "train").glob("*.png"))[1:]:
+            f.unlink()
+        expected = "training needs at least 2 patches, found 1"
+    elif case == "batch of one":
+        args += ["--batch-size", "1"]  # the last flag wins
+        expected = "--batch-size must be >= 2"
+    elif case == "pda option":
+        args += ["--head", "cam", "--pda-floor", "0.5"]
+        expected = "apply to the pda head only, not to --head cam"
+    else:
+        args += ["--dropout", "1"]
+        expected = "--dropout must be in [0, 1), got 1.0"
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("error: ") and expected in err
+    assert "Traceback" not in err
     assert not (tmp_path / "m").exists() and not (tmp_path / "m.work").exists()

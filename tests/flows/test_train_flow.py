@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,9 @@ OPTIONS = {
     "device": "cpu",
     "threads": 1,
     "tile_size": 64,
+    "dropout": 0.25,
+    "pda_schedule": "official",
+    "pda_floor": 0.7,
 }
 
 
@@ -48,6 +52,9 @@ def test_train_flow_matches_plain_train_and_resumes(
     assert (folder / "model.json").is_file()
     a, b = _weights(plain), _weights(folder)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    head = json.loads((folder / "model.json").read_text())["architecture"]["classifier"]["head"]
+    assert head["dropout"] == 0.25
+    assert (head["schedule"]["sigma"], head["schedule"]["floor"]) == (0.98, 0.7)
 
     # a rerun finds every stage finished: checkpoints are not rewritten
     stage1 = tmp_path / "flow.work" / "stage1" / "state.json"

@@ -18,6 +18,7 @@ from wsi_segment.models.bundle import (
     save_model,
 )
 from wsi_segment.models.classifier import build_classifier
+from wsi_segment.models.heads import PDASchedule
 from wsi_segment.models.segmenter import build_segmenter
 
 CLASSES = ["TE", "NEC", "LYM", "TAS"]
@@ -90,6 +91,43 @@ def test_round_trip_gives_identical_outputs(saved: tuple[SegmentationModel, Path
     doc = json.loads((folder / "model.json").read_text())
     assert doc["architecture"]["classifier"]["head"]["kind"] == "pda"
     assert doc["colors"][0] == [205, 51, 51] and doc["weights"]["dtype"] == "float32"
+
+
+def test_head_dropout_and_pda_schedule_round_trip(
+    saved: tuple[SegmentationModel, Path], tmp_path: Path
+) -> None:
+    model = saved[0]
+    schedule = PDASchedule.preset("official", floor=0.7, warmup_epochs=2)
+    head = {"kind": "pda", "dropout": 0.3, "schedule": schedule}
+    tuned = SegmentationModel(build_classifier("resnet10t", head, 4), model.segmenter, model.meta)
+    folder = save_model(tuned, tmp_path / "tuned")
+    doc = json.loads((folder / "model.json").read_text())
+    assert doc["architecture"]["classifier"]["head"] == {
+        "kind": "pda",
+        "dropout": 0.3,
+        "schedule": {
+            "mu0": 1.0,
+            "warmup_epochs": 2,
+            "sigma": 0.98,
+            "floor": 0.7,
+            "decay_during_warmup": True,
+        },
+    }
+    before = load_model(folder)
+    loaded = before.classifier.head
+    assert loaded.dropout.p == 0.3 and loaded.schedule == schedule
+    assert loaded.config() == tuned.classifier.head.config()
+
+    # a model.json written before dropout and the schedule were recorded still loads, with
+    # the defaults (dropout acts in training only: the outputs are the same)
+    del doc["architecture"]["classifier"]["head"]["dropout"]
+    del doc["architecture"]["classifier"]["head"]["schedule"]
+    (folder / "model.json").write_text(json.dumps(doc))
+    old = load_model(folder)
+    assert old.classifier.head.dropout.p == 0.5 and old.classifier.head.schedule == PDASchedule()
+    seg_a, cls_a = before.predict(_tiles())  # loaded alike: equal by construction
+    seg_b, cls_b = old.predict(_tiles())
+    assert torch.equal(seg_a, seg_b) and torch.equal(cls_a, cls_b)
 
 
 def test_fp16_storage_is_smaller_and_close(

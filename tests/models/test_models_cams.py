@@ -72,7 +72,7 @@ def test_score_cam_batched_equals_naive_loop(tiny_classifier) -> None:
         batched = score_cam(clf, x, layer, batch_size=3, normalise="none")
         with torch.no_grad():
             feats = clf.forward_taps(x)[1][layer]
-            base = torch.sigmoid(clf(torch.zeros(1, 3, 32, 32)))[0]
+            base = torch.sigmoid(clf(torch.zeros(1, 3, 32, 32)))[0]  # black, what mask 0 gives
             naive = torch.zeros(2, 3, 32, 32)
             for i in range(2):
                 acc = torch.zeros(3, *feats.shape[-2:])

@@ -32,7 +32,7 @@ def test_pda_attention_exact_positions_and_values() -> None:
 
 
 def test_pda_head_applies_attention_only_when_training_and_active() -> None:
-    head = PDAHead(2, 3, schedule=PDASchedule(mu0=0.7, warmup_epochs=1))
+    head = PDAHead(2, 3, dropout=0.0, schedule=PDASchedule(mu0=0.7, warmup_epochs=1))
     with torch.no_grad():
         head.fc.weight.copy_(WEIGHT)
     head.train()
@@ -64,6 +64,26 @@ def test_pda_schedule_official_variant() -> None:
     assert s.mu_at(21) == pytest.approx(0.98**21) and s.mu_at(22) == 0.65
     with pytest.raises(ConfigError):
         PDASchedule(floor=0.9, mu0=0.8)
+
+
+def test_pda_schedule_presets_and_overrides() -> None:
+    assert PDASchedule.preset() == PDASchedule()
+    assert PDASchedule.preset("official") == PDASchedule.official()
+    s = PDASchedule.preset("official", sigma=0.99, floor=0.7, warmup_epochs=1)
+    assert (s.sigma, s.floor, s.warmup_epochs, s.decay_during_warmup) == (0.99, 0.7, 1, True)
+    # after 20 epochs (last epoch 19) the threshold ends at 0.985**16 vs 0.98**19
+    assert PDASchedule.preset("paper").mu_at(19) == pytest.approx(0.7852, abs=1e-4)
+    assert PDASchedule.preset("official").mu_at(19) == pytest.approx(0.6812, abs=1e-4)
+    with pytest.raises(ConfigError, match="unknown PDA schedule 'fast'"):
+        PDASchedule.preset("fast")
+    with pytest.raises(ConfigError, match="sigma"):
+        PDASchedule.preset("paper", sigma=1.5)
+
+
+def test_heads_default_to_the_methods_dropout() -> None:
+    for kind in ("cam", "pda", "pcam", "lficam"):
+        head = build_classifier("resnet10t", kind, 4).head
+        assert head.dropout.p == 0.5 and head.config()["dropout"] == 0.5
 
 
 def test_pcam_pooling_formula() -> None:
@@ -113,3 +133,28 @@ def test_lficam_importance_and_maps() -> None:
     )
     with pytest.raises(ConfigError, match="needs the input image"):
         clf.head(feats)
+
+
+def test_lficam_importance_is_per_sample_and_not_detached() -> None:
+    """The design we keep (docs/models.md): each patch's importances come from its own masked
+    images only (softmax over its channels, not over the batch), and gradients reach the
+    features through them."""
+    head = build_classifier("resnet10t", "lficam", 4).head.eval()
+    gen = torch.Generator().manual_seed(0)
+    feats = torch.rand(3, head.in_channels, 4, 4, generator=gen)
+    image = torch.rand(3, 3, 64, 64, generator=gen)
+    with torch.no_grad():
+        alone = head.importance(feats[:1], image[:1])
+        batched = head.importance(feats, image)
+        logits_alone, logits_batched = head(feats[:1], image[:1]), head(feats, image)
+    torch.testing.assert_close(batched[:1], alone, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(logits_batched[:1], logits_alone, rtol=1e-5, atol=1e-5)
+    # changing another patch of the batch leaves this one's importances alone
+    with torch.no_grad():
+        other = head.importance(torch.cat([feats[:1], feats[1:] * 3.0]), image)
+    torch.testing.assert_close(other[:1], alone, rtol=1e-5, atol=1e-6)
+
+    grad_feats = feats.clone().requires_grad_(True)
+    head.importance(grad_feats, image)[0, 0].backward()
+    assert grad_feats.grad is not None and grad_feats.grad[0].abs().sum() > 0
+    assert grad_feats.grad[1:].abs().sum() == 0  # no path between patches

@@ -7,10 +7,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from wsi_segment.errors import DatasetError
-from wsi_segment.pipeline.datasets import open_dataset, parse_labels, read_image
+from wsi_segment.pipeline.datasets import (
+    MIN_TRAIN_PATCHES,
+    augment,
+    batch_count,
+    epoch_batches,
+    open_dataset,
+    parse_labels,
+    read_image,
+)
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "luad-histoseg-sample"
 
@@ -101,3 +110,53 @@ def test_bcss_layout_classes_from_readme(tmp_path: Path) -> None:
     assert ds.layout == "bcss" and not ds.background_rule
     assert ds.colors[0] == (205, 51, 51)  # the palette of the masks on disk wins
     assert sorted(it.labels for it in ds.train_items()) == sorted(EXPECTED_LABELS.values())
+
+
+@pytest.mark.parametrize(
+    ("n", "batch_size", "sizes"),
+    [
+        (9, 4, [4, 5]),  # the real sample's 9 patches: a last batch of one joins the one before
+        (8, 4, [4, 4]),
+        (10, 4, [4, 4, 2]),
+        (3, 4, [3]),
+        (5, 2, [2, 3]),
+        (2, 16, [2]),
+    ],
+)
+def test_no_training_batch_holds_one_sample(n: int, batch_size: int, sizes: list[int]) -> None:
+    for epoch in range(3):
+        batches = epoch_batches(n, batch_size, torch.Generator().manual_seed(epoch))
+        assert [len(b) for b in batches] == sizes
+        assert sorted(i for b in batches for i in b) == list(range(n))  # every sample, once
+    assert batch_count(n, batch_size) == len(sizes)
+
+
+def test_training_needs_two_patches(tmp_path: Path) -> None:
+    root = tmp_path / "ds"
+    shutil.copytree(SAMPLE, root)
+    for f in sorted((root / "train").glob("*.png"))[1:]:
+        f.unlink()
+    ds = open_dataset(root)
+    assert len(ds.train_items()) == 1  # pseudo masks can still be made of it
+    with pytest.raises(DatasetError, match=r"train: training needs at least 2 patches, found 1"):
+        ds.train_items(MIN_TRAIN_PATCHES)
+
+
+def test_augment_is_h_and_v_flips_of_image_and_masks_alike() -> None:
+    """Our augmentation on purpose (docs/training.md): flips only, no blur, masks follow."""
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8, generator=gen)
+    masks = [images[:, 0].clone(), images[:, 1].clone()]
+    out, out_masks = augment(images, masks, torch.Generator().manual_seed(1))
+    seen = set()
+    for i in range(64):
+        flips = {
+            (h, v): images[i].flip([d for d, on in ((2, h), (1, v)) if on]) if h or v else images[i]
+            for h in (False, True)
+            for v in (False, True)
+        }
+        match = [k for k, f in flips.items() if torch.equal(out[i], f)]
+        assert len(match) == 1  # exactly one of the four flips, pixel for pixel: no blur
+        seen.add(match[0])
+        assert torch.equal(out_masks[0][i], out[i, 0]) and torch.equal(out_masks[1][i], out[i, 1])
+    assert seen == {(False, False), (False, True), (True, False), (True, True)}

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from wsi_segment.errors import ConfigError
 from wsi_segment.pipeline.datasets import open_dataset
 from wsi_segment.pipeline.synthetic_dataset import SyntheticSpec, make_synthetic_dataset
 from wsi_segment.pipeline.train_classifier import ClassifierConfig, scheduled_lr, train_classifier
@@ -73,3 +74,22 @@ def test_classifier_output_stride_reaches_the_model(tiny, tmp_path: Path) -> Non
     train_cfg = TrainConfig(data=tmp_path, out=tmp_path / "m", classifier_output_stride=8)
     assert classifier_config(train_cfg).output_stride == 8
     assert classifier_config(TrainConfig(data=tmp_path, out=tmp_path / "m")).output_stride == 16
+
+
+def test_dropout_and_pda_schedule_reach_the_head(tiny, tmp_path: Path) -> None:
+    cfg = ClassifierConfig(
+        encoder="resnet10t", epochs=1, batch_size=4, max_steps=1, pda_schedule="official",
+        pda_warmup=0, dropout=0.25,
+    )  # fmt: skip
+    head = train_classifier(tiny, cfg, tmp_path / "tuned", torch.device("cpu")).head
+    assert head.dropout.p == 0.25
+    assert (head.schedule.sigma, head.schedule.warmup_epochs, head.schedule.floor) == (
+        0.98, 0, 0.65,
+    )  # fmt: skip
+    assert head.schedule.epoch == 1  # finished: the schedule stands after its last epoch
+    default = classifier_config(TrainConfig(data=tmp_path, out=tmp_path / "m"))
+    assert (default.dropout, default.pda_schedule) == (0.5, "paper")
+    with pytest.raises(ConfigError, match="pda head only"):
+        train_classifier(
+            tiny, ClassifierConfig(head="cam", pda_sigma=0.9), tmp_path / "x", torch.device("cpu")
+        )
