@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -134,6 +135,26 @@ def test_rerun_is_up_to_date_and_overwrite_redoes(cmu_run, tiny_model_dir):
         segment_slide(
             CMU_SLIDE, out, SegmentParams(model_dir=tiny_model_dir, overlap=16, gate=False)
         )
+
+
+def test_rerun_with_another_precision_request_is_not_up_to_date(tmp_path, cmu_region_slide):
+    """`auto` may have run bf16; a rerun asking for `fp32` must not keep those outputs (it
+    is refused like any other parameter change, and --overwrite redoes it in fp32)."""
+    from wsi_segment.models.bundle import demo_model_dir
+
+    auto = SegmentParams(model_dir=demo_model_dir(), mpp=0.499, device="cpu", precision="auto")
+    fp32 = dataclasses.replace(auto, precision="fp32")
+    assert segment_slide(cmu_region_slide, tmp_path, auto).status == "done"
+    assert segment_slide(cmu_region_slide, tmp_path, auto).status == "up-to-date"
+    with pytest.raises(OutputError, match="--overwrite"):
+        segment_slide(cmu_region_slide, tmp_path, fp32)
+    redone = segment_slide(cmu_region_slide, tmp_path, dataclasses.replace(fp32, overwrite=True))
+    assert redone.status == "done"
+    assert redone.summary["parameters"]["precision"] == "fp32"
+    assert redone.summary["precision"]["autocast"] == "fp32"
+    assert segment_slide(cmu_region_slide, tmp_path, fp32).status == "up-to-date"
+    with pytest.raises(OutputError, match="--overwrite"):
+        segment_slide(cmu_region_slide, tmp_path, auto)
 
 
 @pytest.mark.parametrize(
