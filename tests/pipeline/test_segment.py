@@ -230,3 +230,23 @@ def test_optional_ome_tiff_and_tile_objects(tmp_path, tiny_model_dir):
     tiles = json.loads((result.out_dir / "tiles.geojson").read_text())["features"]
     assert tiles and all(t["properties"]["objectType"] == "tile" for t in tiles)
     assert "tiles.geojson" in result.summary["output"]["files"]
+
+
+def test_the_stage_sequence_closes_the_slide_it_prepared(tmp_path, tiny_model_dir):
+    """`run_stages` (behind `segment_slide` and the Prefect flows) closes the slide when the
+    run returns, done or up to date, instead of leaving its file to the garbage collector."""
+    from wsi_segment.pipeline import segment
+
+    prepared = []
+
+    def prepare_and_keep(path, root, params):
+        prepared.append(segment.prepare(path, root, params))
+        return prepared[-1]
+
+    stages = segment.Stages(
+        prepare_and_keep, lambda prep, work_dir: segment.infer(prep, work_dir), segment.finish
+    )
+    params = SegmentParams(model_dir=tiny_model_dir, backend="tiffslide", device="cpu")
+    assert segment.run_stages(CMU_SLIDE, tmp_path, params, stages).status == "done"
+    assert segment.run_stages(CMU_SLIDE, tmp_path, params, stages).status == "up-to-date"
+    assert [p.slide._reader for p in prepared] == [None, None]  # closed
