@@ -4,14 +4,15 @@ The stages are `pipeline.segment.prepare` (open + tissue + plan), `infer` (chunk
 into the zarr store) and `finish` (polygons + outputs, then the atomic publish). Splitting
 them lets Prefect retry just the stage that hit a transient I/O error (a network share
 hiccup, a stale NFS handle) and shows where a slide spends its time. Deterministic errors
-(a broken slide, a bad model) are not retried: they fail the same way every time.
+(a broken slide, a bad model) are not retried: they fail the same way every time. Which
+errors are transient is `wsi.retries.is_transient`, the rule slide reads retry by; the order of
+the stages, the up-to-date check, the error mapping and closing the slide are
+`pipeline.segment.run_stages`, shared with the CLI.
 """
 
 from __future__ import annotations
 
-import errno
 import re
-import time
 from pathlib import Path
 from typing import Any
 
@@ -27,41 +28,12 @@ from wsi_segment.errors import ConfigError  # noqa: E402
 from wsi_segment.flows.dask_cluster import client_for, dask_client  # noqa: E402
 from wsi_segment.pipeline import segment  # noqa: E402
 from wsi_segment.pipeline.batch_report import class_rows, markdown_table  # noqa: E402
-from wsi_segment.pipeline.output_dir import OutputDir, read_previous_summary  # noqa: E402
+from wsi_segment.pipeline.output_dir import OutputDir  # noqa: E402
 from wsi_segment.pipeline.params import SegmentParams  # noqa: E402
+from wsi_segment.wsi.retries import is_transient  # noqa: E402
 
-# errno values of I/O failures that a later attempt can get past.
-TRANSIENT_ERRNOS = frozenset(
-    {
-        errno.EIO,
-        errno.EAGAIN,
-        errno.EBUSY,
-        errno.EINTR,
-        errno.ETIMEDOUT,
-        errno.ESTALE,
-        errno.ECONNRESET,
-        errno.ECONNABORTED,
-        errno.ECONNREFUSED,
-        errno.ENETDOWN,
-        errno.ENETUNREACH,
-        errno.EHOSTUNREACH,
-    }
-)
 RETRIES = 2
 RETRY_DELAYS_S = [1, 10]
-
-
-def is_transient(exc: BaseException | None) -> bool:
-    """True if `exc` or any exception it was raised from is a retryable I/O failure."""
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, TimeoutError | ConnectionError):
-            return True
-        if isinstance(exc, OSError) and exc.errno in TRANSIENT_ERRNOS:
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
 
 
 def retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
@@ -108,25 +80,16 @@ def polygons_and_outputs(prep: Any, outcomes: list, out: OutputDir) -> Any:
 def run_slide_stages(
     slide_path: str, out_root: str, params: SegmentParams, dask_address: str | None = None
 ) -> Any:
-    """The stage tasks of one slide, in order, skipping a slide whose outputs are current.
+    """`pipeline.segment.run_stages` with the stage tasks above, then the slide's artifacts.
 
-    Returns a `pipeline.segment.SlideResult`; raises what a stage raised.
+    Returns a `pipeline.segment.SlideResult`; raises what the stage sequence raised.
     """
-    t0 = time.perf_counter()
-    prep = open_and_tissue(slide_path, out_root, params)
-    try:
-        if segment.is_up_to_date(prep):
-            summary = read_previous_summary(prep.out_dir) or {}
-            result = segment.SlideResult(prep.slide_path, "up-to-date", prep.out_dir, summary)
-        else:
-            with OutputDir(prep.out_root, prep.name, params.overwrite) as out:
-                outcomes = inference(prep, out.work_dir, dask_address)
-                result = polygons_and_outputs(prep, outcomes, out)
-    finally:
-        close = getattr(prep.slide, "close", None)
-        if callable(close):
-            close()
-    result.seconds = time.perf_counter() - t0
+    stages = segment.Stages(
+        prepare=open_and_tissue,
+        infer=lambda prep, work_dir: inference(prep, work_dir, dask_address),
+        finish=polygons_and_outputs,
+    )
+    result = segment.run_stages(slide_path, out_root, params, stages)
     publish_slide_artifacts(result)
     return result
 

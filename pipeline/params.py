@@ -73,9 +73,14 @@ class SegmentParams:
             raise ConfigError("simplify tolerance must be >= 0")
 
     def fingerprint_fields(self) -> dict[str, Any]:
-        """The parameters that change outputs (speed-only knobs excluded)."""
+        """The parameters that change outputs (speed-only knobs excluded).
+
+        `precision` is the request, as `backend` is: `fp32` asks for the exact reference,
+        while `auto` may have run bf16 (decided during the run, on that machine), so outputs
+        made under one request never stand in for the other."""
         keep = (
             "mpp",
+            "precision",
             "output_downsample",
             "overlap",
             "gate",

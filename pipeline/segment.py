@@ -1,6 +1,7 @@
 """Segment one slide: the main job behind `wsi-segment SLIDE` and the Prefect flows.
 
-Three stages, callable one by one (the flows make each a Prefect task) or together:
+Three stages, run in order by `run_stages` (the one sequence: `segment_slide` passes the
+functions, the Prefect flow the same functions wrapped as tasks):
 
 1. `prepare`  open the slide, check mpp, load the model, detect tissue, plan chunks,
               decide whether the outputs are already up to date;
@@ -16,6 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -282,6 +285,41 @@ def finish(prep: PreparedSlide, outcomes: list[ChunkOutcome], out: OutputDir) ->
     return SlideResult(prep.slide_path, "done", prep.out_dir, summary)
 
 
+@dataclass(frozen=True)
+class Stages:
+    """The three stages `run_stages` calls in order. `segment_slide` passes the functions
+    above; the Prefect flow passes the same functions wrapped as tasks (with retries)."""
+
+    prepare: Callable[[str, str | Path, SegmentParams], PreparedSlide]
+    infer: Callable[[PreparedSlide, Path], list[ChunkOutcome]]
+    finish: Callable[[PreparedSlide, list[ChunkOutcome], OutputDir], SlideResult]
+
+
+def run_stages(
+    slide_path: str | Path, out_root: str | Path, params: SegmentParams, stages: Stages
+) -> SlideResult:
+    """The one stage sequence of a slide, for the CLI and the flows alike: prepare; skip if up
+    to date; else infer and finish inside the atomic output folder. A write error (disk full,
+    permissions changed mid-run) becomes the OutputError with its fix; the slide and its
+    background readers are closed whatever happens."""
+    t0 = time.perf_counter()
+    prep = stages.prepare(str(slide_path), out_root, params)
+    try:
+        if is_up_to_date(prep):
+            summary = read_previous_summary(prep.out_dir) or {}
+            return SlideResult(prep.slide_path, "up-to-date", prep.out_dir, summary, None, 0.0)
+        with OutputDir(prep.out_root, prep.name, prep.params.overwrite) as out:
+            try:
+                result = stages.finish(prep, stages.infer(prep, out.work_dir), out)
+            except OSError as exc:
+                raise output_error(out.work_dir, exc) from exc
+    finally:
+        prep.close_prefetch()
+        prep.slide.close()
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
 def segment_slide(
     slide_path: str | Path,
     out_root: str | Path,
@@ -290,23 +328,12 @@ def segment_slide(
     client: Any | None = None,
 ) -> SlideResult:
     """Run all stages for one slide; raises `WsiSegmentError` on expected failures."""
-    t0 = time.perf_counter()
-    params = params or SegmentParams()
-    prep = prepare(slide_path, out_root, params, prefetch=client is None)
-    try:
-        if is_up_to_date(prep):
-            summary = read_previous_summary(prep.out_dir) or {}
-            return SlideResult(prep.slide_path, "up-to-date", prep.out_dir, summary, None, 0.0)
-        with OutputDir(prep.out_root, prep.name, prep.params.overwrite) as out:
-            try:
-                outcomes = infer(prep, out.work_dir, client=client, progress=progress)
-                result = finish(prep, outcomes, out)
-            except OSError as exc:  # disk full, permissions changed mid-run
-                raise output_error(out.work_dir, exc) from exc
-    finally:
-        prep.close_prefetch()
-    result.seconds = time.perf_counter() - t0
-    return result
+    stages = Stages(
+        prepare=lambda path, root, p: prepare(path, root, p, prefetch=client is None),
+        infer=lambda prep, work_dir: infer(prep, work_dir, client=client, progress=progress),
+        finish=finish,
+    )
+    return run_stages(slide_path, out_root, params or SegmentParams(), stages)
 
 
 def segment_slide_safely(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -49,3 +52,21 @@ def corrupt_middle_tile(src: Path, dst: Path) -> tuple[int, int]:
     data[offset + count // 3 : offset + count] = noise.tobytes()
     dst.write_bytes(bytes(data))
     return xy
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, options: str) -> Iterator[Path]:
+    """A tmpfs mounted at `path` (e.g. "size=64k": a disk that fills mid-run; "ro"), or the
+    test skipped where mounting is not allowed (it needs root in a container)."""
+    path.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()})")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)

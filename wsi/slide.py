@@ -8,9 +8,10 @@ user's override winning), and must be able to ship a slide to Dask worker proces
 Transient I/O errors (a network file system or object store hiccup) are retried: at most
 `READ_ATTEMPTS` tries with `RETRY_DELAYS_S` between them (under 1 s in all), each on a
 freshly opened reader, then one `SlideError` naming the slide, the region and the attempts.
-Only the `OSError` family is retried (minus errors that never heal by waiting: missing
-file, permission denied); decode errors of corrupt data (openslide's, tifffile's,
-imagecodecs') would fail identically, so they are reported at once.
+Which errors are transient is `wsi.retries.is_transient` (I/O errors, minus those that
+never heal by waiting: missing file, permission denied, a full disk); decode errors of
+corrupt data (openslide's, tifffile's, imagecodecs') would fail identically, so they are
+reported at once.
 """
 
 from __future__ import annotations
@@ -20,67 +21,24 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
 from wsi_segment.errors import ConfigError, MppMissingError, SlideError
 from wsi_segment.wsi.backends import BACKENDS, SlideMeta
+from wsi_segment.wsi.retries import READ_ATTEMPTS, is_transient, with_retries
 
 # Relative slack when matching a level's downsample: levels of odd-sized slides have
 # downsamples like 4.016 for a nominal 4 (dimensions are rounded), and count as 4.
 LEVEL_TOLERANCE = 0.01
 
-READ_ATTEMPTS = 3
-RETRY_DELAYS_S = (0.2, 0.6)  # sleep before the 2nd and the 3rd attempt
-# OSErrors that waiting does not fix (s3fs/gcsfs map 404 and 403 to the first two as well)
-PERMANENT_OS_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
-
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 def _is_url(path: str) -> bool:
     return "://" in path and not Path(path).exists()
-
-
-def is_transient(exc: BaseException) -> bool:
-    """True for I/O errors that may pass on retry (also when wrapped via `raise ... from`)."""
-    seen: BaseException | None = exc
-    for _ in range(5):
-        if seen is None:
-            return False
-        if isinstance(seen, OSError):
-            return not isinstance(seen, PERMANENT_OS_ERRORS)
-        seen = seen.__cause__
-    return False
-
-
-def with_retries(fn: Callable[[], T], what: str) -> T:
-    """`fn()`, called again after a short sleep while it fails with a transient error.
-
-    At most READ_ATTEMPTS calls; the last error (or any non-transient one) propagates.
-    """
-    for attempt in range(1, READ_ATTEMPTS + 1):
-        try:
-            return fn()
-        except Exception as exc:
-            if attempt == READ_ATTEMPTS or not is_transient(exc):
-                raise
-            delay = RETRY_DELAYS_S[min(attempt, len(RETRY_DELAYS_S)) - 1]
-            log.warning(
-                "%s failed (%s: %s); attempt %d of %d in %.1f s",
-                what,
-                type(exc).__name__,
-                exc,
-                attempt + 1,
-                READ_ATTEMPTS,
-                delay,
-            )
-            time.sleep(delay)
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 class Slide:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.flows.conftest import BROKEN, CLASSES, copy_slides, output_files, stable_summary
+from wsi_segment.errors import OutputError
 
 
 def test_batch_isolates_a_broken_slide_and_resumes(
@@ -168,3 +169,29 @@ def test_cli_batch_exit_codes(
     bad.write_text("slide,name\nx.svs,../escape\n")
     assert main(["batch", str(bad), "--out", str(out)]) == 1
     assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_batch_reports_a_full_disk_as_the_cli_does(
+    prefect_harness: None, tiny_model: Path, slides_dir: Path, tmp_path: Path
+) -> None:
+    """A write error in a batch is the OutputError with its fix (as on the CLI), not an
+    "internal error": both run `pipeline.segment.run_stages`. A 64 KiB file system holds the
+    lock and partial folder but not the outputs."""
+    from tests.conftest import tmpfs
+    from wsi_segment.flows.batch_flow import BatchFailedError, segment_batch
+    from wsi_segment.pipeline.params import SegmentParams
+    from wsi_segment.pipeline.segment import segment_slide
+
+    slide = slides_dir / "synth-a.tif"
+    with tmpfs(tmp_path / "full", "size=64k") as full:
+        with pytest.raises(BatchFailedError) as failed:
+            segment_batch(
+                input=str(slide), out=str(full / "batch"), model_dir=str(tiny_model), workers=0
+            )
+        (result,) = failed.value.results
+        assert result.status == "failed"
+        assert "internal error" not in result.error
+        assert "disk full" in result.error and "free space" in result.error
+        with pytest.raises(OutputError) as cli:
+            segment_slide(slide, full / "cli", SegmentParams(model_dir=tiny_model))
+        assert result.error == str(cli.value).replace(str(full / "cli"), str(full / "batch"))

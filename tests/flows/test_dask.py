@@ -17,8 +17,9 @@ from tests.flows.conftest import output_files, stable_summary
 
 # one tile per chunk: many small chunks, so a worker can die while others are pending;
 # fp32 because bytes are compared with a single-process run, which times its own
-# precision trial under 'auto' (the CLI test below runs 'auto' on the cluster)
-OPTIONS = {"chunk_tiles": 1, "precision": "fp32"}
+# precision trial under 'auto' (the CLI test below runs 'auto' on the cluster); the CPU
+# because that comparison needs the same arithmetic on both sides (see `reference`)
+OPTIONS = {"chunk_tiles": 1, "precision": "fp32", "device": "cpu"}
 
 
 def test_plan_local_cluster_sizes() -> None:
@@ -75,12 +76,18 @@ def _assert_no_dashboard(cluster, caught: list[warnings.WarningMessage]) -> None
 
 @pytest.fixture(scope="module")
 def reference(tiny_model: Path, slides_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Outputs of the plain single-process pipeline, to compare the cluster runs with."""
+    """Outputs of the plain single-process pipeline, to compare the cluster runs with.
+
+    As many Dask threads as cores, so each forward pass runs on one torch thread as on the
+    cluster's workers (Dask starts them with OMP_NUM_THREADS=1): the last bits of a forward
+    pass may depend on its thread count, and the bytes are compared exactly."""
     from wsi_segment.pipeline.params import SegmentParams
     from wsi_segment.pipeline.segment import segment_slide
 
     out = tmp_path_factory.mktemp("reference")
-    params = SegmentParams(model_dir=tiny_model, **OPTIONS)
+    params = SegmentParams(
+        model_dir=tiny_model, threads=min(256, len(os.sched_getaffinity(0))), **OPTIONS
+    )
     for name in ("synth-a.tif", "synth-b.tif"):
         assert segment_slide(slides_dir / name, out, params).status == "done"
     return out

@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from tests.conftest import DATA_DIR as DATA
 from wsi_segment.errors import ConfigError
 from wsi_segment.pipeline.params import (
     SegmentParams,
@@ -44,3 +45,18 @@ def test_batch_and_chunk_defaults_follow_the_device():
     assert plan_chunk_tiles(SegmentParams(device="cpu")) == 4
     assert plan_chunk_tiles(SegmentParams(device="cuda")) == 8  # 64 tiles: one GPU batch
     assert plan_chunk_tiles(SegmentParams(device="cuda", chunk_tiles=3)) == 3
+
+
+def test_precision_request_changes_the_fingerprint():
+    """`auto` may run bf16 (decided during the run); `fp32` asks for the exact reference."""
+    from wsi_segment.models.meta import ModelMeta
+    from wsi_segment.pipeline.fingerprint import run_fingerprint
+
+    auto, fp32 = SegmentParams(precision="auto"), SegmentParams(precision="fp32")
+    assert auto.fingerprint_fields()["precision"] == "auto"
+    assert fp32.fingerprint_fields() == auto.fingerprint_fields() | {"precision": "fp32"}
+    meta = ModelMeta("m", ["A"], [(1, 2, 3)], mpp=1.0, tile_size=64)
+    slide = str(DATA / "small.svs")
+    assert run_fingerprint(slide, "h", auto, meta) != run_fingerprint(slide, "h", fp32, meta)
+    same = SegmentParams(precision="fp32", threads=3)
+    assert run_fingerprint(slide, "h", same, meta) == run_fingerprint(slide, "h", fp32, meta)

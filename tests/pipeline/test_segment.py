@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -24,9 +25,13 @@ from wsi_segment.pipeline.segment import segment_slide
 
 @pytest.fixture(scope="module")
 def cmu_run(tmp_path_factory):
-    """The shipped demo model (the default without --model) on the real CMU slide."""
+    """The shipped demo model (the default without --model) on the real CMU slide.
+
+    Device and chunk size are pinned: with `auto` a machine with a GPU plans 8 x 8 tile
+    chunks (one chunk covers this slide, so no storage tile is shared between chunks) and
+    reports another device; the checks below are about the CPU run with 4 x 4 chunks."""
     out = tmp_path_factory.mktemp("out")
-    params = SegmentParams()
+    params = SegmentParams(device="cpu", chunk_tiles=4)
     result = segment_slide(CMU_SLIDE, out, params)
     return result, out, params
 
@@ -116,7 +121,7 @@ def test_areas_agree_between_summary_zarr_and_polygons(cmu_run):
     assert run["bytes_from_model_per_tile"] == 4 * side * side + side * side + 4 * 4
     # Local runs decode each 240 px storage tile of the CMU slide once (wsi.tile_reuse): the
     # prefetcher reads all of its few chunks alone while the model loads, so no two threads
-    # race for a tile here.
+    # race for a tile here; with 4 x 4 chunks neighbouring chunks share storage tiles.
     reads = summary["read_stats"]
     assert reads["storage_tiles_reused"] > 0
     assert reads["storage_tiles_decoded"] <= math.ceil(2220 / 240) * math.ceil(2967 / 240)
@@ -143,6 +148,26 @@ def test_rerun_is_up_to_date_and_overwrite_redoes(cmu_run, tiny_model_dir):
         segment_slide(
             CMU_SLIDE, out, SegmentParams(model_dir=tiny_model_dir, overlap=16, gate=False)
         )
+
+
+def test_rerun_with_another_precision_request_is_not_up_to_date(tmp_path, cmu_region_slide):
+    """`auto` may have run bf16; a rerun asking for `fp32` must not keep those outputs (it
+    is refused like any other parameter change, and --overwrite redoes it in fp32)."""
+    from wsi_segment.models.bundle import demo_model_dir
+
+    auto = SegmentParams(model_dir=demo_model_dir(), mpp=0.499, device="cpu", precision="auto")
+    fp32 = dataclasses.replace(auto, precision="fp32")
+    assert segment_slide(cmu_region_slide, tmp_path, auto).status == "done"
+    assert segment_slide(cmu_region_slide, tmp_path, auto).status == "up-to-date"
+    with pytest.raises(OutputError, match="--overwrite"):
+        segment_slide(cmu_region_slide, tmp_path, fp32)
+    redone = segment_slide(cmu_region_slide, tmp_path, dataclasses.replace(fp32, overwrite=True))
+    assert redone.status == "done"
+    assert redone.summary["parameters"]["precision"] == "fp32"
+    assert redone.summary["precision"]["autocast"] == "fp32"
+    assert segment_slide(cmu_region_slide, tmp_path, fp32).status == "up-to-date"
+    with pytest.raises(OutputError, match="--overwrite"):
+        segment_slide(cmu_region_slide, tmp_path, auto)
 
 
 @pytest.mark.parametrize(
@@ -218,3 +243,23 @@ def test_optional_ome_tiff_and_tile_objects(tmp_path, tiny_model_dir):
     tiles = json.loads((result.out_dir / "tiles.geojson").read_text())["features"]
     assert tiles and all(t["properties"]["objectType"] == "tile" for t in tiles)
     assert "tiles.geojson" in result.summary["output"]["files"]
+
+
+def test_the_stage_sequence_closes_the_slide_it_prepared(tmp_path, tiny_model_dir):
+    """`run_stages` (behind `segment_slide` and the Prefect flows) closes the slide when the
+    run returns, done or up to date, instead of leaving its file to the garbage collector."""
+    from wsi_segment.pipeline import segment
+
+    prepared = []
+
+    def prepare_and_keep(path, root, params):
+        prepared.append(segment.prepare(path, root, params))
+        return prepared[-1]
+
+    stages = segment.Stages(
+        prepare_and_keep, lambda prep, work_dir: segment.infer(prep, work_dir), segment.finish
+    )
+    params = SegmentParams(model_dir=tiny_model_dir, backend="tiffslide", device="cpu")
+    assert segment.run_stages(CMU_SLIDE, tmp_path, params, stages).status == "done"
+    assert segment.run_stages(CMU_SLIDE, tmp_path, params, stages).status == "up-to-date"
+    assert [p.slide._reader for p in prepared] == [None, None]  # closed

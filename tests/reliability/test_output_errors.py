@@ -8,13 +8,11 @@ Tests may run as root, which ignores permission bits, so "not writable" is made 
 
 from __future__ import annotations
 
-import contextlib
 import os
-import subprocess
-from pathlib import Path
 
 import pytest
 
+from tests.conftest import tmpfs
 from tests.reliability.conftest import (
     assert_clean_error,
     assert_nothing_written,
@@ -54,22 +52,6 @@ def test_slide_output_name_taken_by_a_file(cmu_crop, tiny_model_dir, tmp_path, c
     assert_clean_error(result, cmu_crop.stem)
     assert (out / cmu_crop.stem).read_text() == "someone else's file"
     assert leftovers(out) == [cmu_crop.stem]
-
-
-@contextlib.contextmanager
-def tmpfs(path: Path, options: str):
-    path.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()})")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
 
 
 def test_read_only_output_folder(cmu_crop, tiny_model_dir, tmp_path, capsys):

@@ -72,6 +72,17 @@ def test_is_transient_tells_io_from_decode_errors():
     assert not is_transient(FileNotFoundError(2, "gone"))
     assert not is_transient(PermissionError(13, "denied"))
     assert not is_transient(ValueError("corrupted tile")) and not is_transient(RuntimeError())
+    assert is_transient(OSError("remote read failed"))  # fsspec file systems: often no errno
+    # waiting does not free a disk or make a file system writable
+    assert not is_transient(OSError(errno.ENOSPC, "No space left on device"))
+    assert not is_transient(OSError(errno.EROFS, "Read-only file system"))
+
+
+def test_one_transient_rule_for_slide_reads_and_flow_retries():
+    from wsi_segment.flows import slide_flow
+    from wsi_segment.wsi import retries
+
+    assert slide_flow.is_transient is retries.is_transient is is_transient
 
 
 def test_transient_read_errors_are_retried_then_succeed(flaky_url, cmu_pixels, caplog):

@@ -1,0 +1,85 @@
+"""Which I/O errors may pass on retry, and the short retry loop of slide reads.
+
+`is_transient` is the one rule of the project: slide reads retry by it (`with_retries`,
+under 1 s in all), and the Prefect flows retry a failed stage by it (seconds apart).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+READ_ATTEMPTS = 3
+RETRY_DELAYS_S = (0.2, 0.6)  # sleep before the 2nd and the 3rd attempt
+# OSErrors that waiting does not fix (s3fs/gcsfs map 404 and 403 to the first two as well)
+PERMANENT_OS_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+# errno values of I/O failures that a later attempt can get past (network shares, NFS)
+TRANSIENT_ERRNOS = frozenset(
+    {
+        errno.EIO,
+        errno.EAGAIN,
+        errno.EBUSY,
+        errno.EINTR,
+        errno.ETIMEDOUT,
+        errno.ESTALE,
+        errno.ECONNRESET,
+        errno.ECONNABORTED,
+        errno.ECONNREFUSED,
+        errno.ENETDOWN,
+        errno.ENETUNREACH,
+        errno.EHOSTUNREACH,
+    }
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def is_transient(exc: BaseException | None) -> bool:
+    """True for I/O errors that may pass on retry, also when wrapped (`raise ... from`, or
+    raised while handling one). The one rule of the project: slide reads retry by it here,
+    and the Prefect flows retry their stages by it.
+
+    Timeouts and connection errors, and OSErrors with a network/NFS errno or none at all
+    (remote file systems often give none) are transient. Errors that waiting does not fix
+    are not: a missing file, permissions, a full disk or read-only file system.
+    """
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, TimeoutError | ConnectionError):
+            return True
+        if isinstance(exc, OSError):
+            if isinstance(exc, PERMANENT_OS_ERRORS):
+                return False
+            return exc.errno is None or exc.errno in TRANSIENT_ERRNOS
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def with_retries(fn: Callable[[], T], what: str) -> T:
+    """`fn()`, called again after a short sleep while it fails with a transient error.
+
+    At most READ_ATTEMPTS calls; the last error (or any non-transient one) propagates.
+    """
+    for attempt in range(1, READ_ATTEMPTS + 1):
+        try:
+            return fn()
+        except Exception as exc:
+            if attempt == READ_ATTEMPTS or not is_transient(exc):
+                raise
+            delay = RETRY_DELAYS_S[min(attempt, len(RETRY_DELAYS_S)) - 1]
+            log.warning(
+                "%s failed (%s: %s); attempt %d of %d in %.1f s",
+                what,
+                type(exc).__name__,
+                exc,
+                attempt + 1,
+                READ_ATTEMPTS,
+                delay,
+            )
+            time.sleep(delay)
+    raise AssertionError("unreachable")  # pragma: no cover
