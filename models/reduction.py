@@ -92,6 +92,13 @@ class HostCopier:
         self._buffers: list[torch.Tensor] = []
         self._lock = threading.Lock()
 
+    def __getstate__(self) -> dict:
+        """Copies and pickles of a model start with no buffers and their own lock."""
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__()  # type: ignore[misc]
+
     def to_host(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         if all(t.device.type == "cpu" for t in tensors):
             return [t.contiguous() for t in tensors]

@@ -186,3 +186,17 @@ def test_cuda_reduction_matches_cpu_and_reuses_pinned_buffers() -> None:
     assert all(b.is_pinned() for b in model._host._buffers)
     model.predict_reduced(tiles[:3], MARGIN, CORE, D)  # a smaller batch reuses them
     assert [b.data_ptr() for b in model._host._buffers] == pointers
+
+
+def test_a_model_with_its_host_copier_deep_copies_and_pickles() -> None:
+    """The copier's lock and pinned buffers are per object: copies start fresh."""
+    import copy
+    import pickle
+
+    from wsi_segment.models.reduction import HostCopier
+
+    copier = HostCopier()
+    copier._buffers.append(torch.zeros(4, dtype=torch.uint8))
+    for clone in (copy.deepcopy(copier), pickle.loads(pickle.dumps(copier))):
+        assert clone._buffers == [] and clone._lock is not copier._lock
+        assert clone.to_host([torch.ones(2)])[0].tolist() == [1.0, 1.0]
