@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from wsi_segment.pipeline.train_config import TrainConfig
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -90,15 +94,25 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    from wsi_segment.pipeline.train import TrainConfig, train
+    from wsi_segment.pipeline.train import train
 
-    cfg = TrainConfig(
+    out = train(config_from_args(args))
+    print(f"model written to {out}")
+    return 0
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The command line as a TrainConfig; options left out keep TrainConfig's defaults,
+    the same the Prefect train flow gets."""
+    from wsi_segment.pipeline.train import TrainConfig
+
+    return TrainConfig(
         data=args.data,
         out=args.out,
         epochs=args.epochs,
-        seg_epochs=args.seg_epochs if args.seg_epochs is not None else args.epochs,
+        seg_epochs=args.seg_epochs,
         encoder=args.encoder,
-        seg_encoder=args.seg_encoder or args.encoder,
+        seg_encoder=args.seg_encoder,
         batch_size=args.batch_size,
         head=args.head,
         device=args.device,
@@ -119,6 +133,3 @@ def run(args: argparse.Namespace) -> int:
         pda_floor=args.pda_floor,
         pda_warmup=args.pda_warmup,
     )
-    out = train(cfg)
-    print(f"model written to {out}")
-    return 0

@@ -22,9 +22,9 @@ class TrainConfig:
     data: Path
     out: Path
     epochs: int = 20
-    seg_epochs: int = 20
+    seg_epochs: int | None = None  # None: the same as `epochs`
     encoder: str = "resnet18"
-    seg_encoder: str = "resnet18"
+    seg_encoder: str | None = None  # None: the same as `encoder`
     batch_size: int = 16
     head: str = "pda"
     dropout: float = DEFAULT_DROPOUT
@@ -47,6 +47,14 @@ class TrainConfig:
     max_steps: int | None = None
     threads: int | None = None
     provenance: dict | None = None
+
+    def __post_init__(self) -> None:
+        # One rule for both doors (`wsi-segment train` and the Prefect train flow): the
+        # segmenter follows the classifier's epochs and encoder unless told otherwise.
+        if self.seg_epochs is None:
+            object.__setattr__(self, "seg_epochs", self.epochs)
+        if self.seg_encoder is None:
+            object.__setattr__(self, "seg_encoder", self.encoder)
 
 
 def check_config(cfg: TrainConfig) -> None:

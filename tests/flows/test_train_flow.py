@@ -61,3 +61,31 @@ def test_train_flow_matches_plain_train_and_resumes(
     before = stage1.stat().st_mtime_ns
     train_model(data=str(dataset), out=str(tmp_path / "flow"), options=OPTIONS)
     assert stage1.stat().st_mtime_ns == before
+
+
+@pytest.mark.parametrize(
+    "cli_extra, options",
+    [
+        ([], {}),
+        (["--epochs", "3", "--encoder", "resnet10t"], {"epochs": 3, "encoder": "resnet10t"}),
+        (
+            ["--epochs", "3", "--seg-epochs", "5", "--seg-encoder", "resnet34"],
+            {"epochs": 3, "seg_epochs": 5, "seg_encoder": "resnet34"},
+        ),
+    ],
+)
+def test_cli_and_flow_build_the_same_training_config(
+    tmp_path: Path, cli_extra: list[str], options: dict
+) -> None:
+    """One source of defaults: the segmenter follows --epochs / --encoder through both doors."""
+    from wsi_segment.flows.cli import build_parser
+    from wsi_segment.flows.cli_train import config_from_args
+    from wsi_segment.flows.train_flow import make_train_config
+
+    data, out = tmp_path / "data", tmp_path / "m"
+    args = build_parser().parse_args(["train", "--data", str(data), "--out", str(out), *cli_extra])
+    from_cli = config_from_args(args)
+    from_flow = make_train_config(str(data), str(out), options)
+    assert from_cli == from_flow
+    assert from_cli.seg_epochs == options.get("seg_epochs", options.get("epochs", 20))
+    assert from_cli.seg_encoder == options.get("seg_encoder", options.get("encoder", "resnet18"))
