@@ -32,7 +32,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/throughput.py
 
 demo-model: $(STAMP)
-	$(BIN)/python -m wsi_segment.pipeline.demo_model
+	$(BIN)/python -m wsi_segment.pipeline.training.demo_model
 
 clean:
 	rm -rf $(VENV) wsi-segment-out .pytest_cache

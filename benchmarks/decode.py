@@ -44,7 +44,7 @@ MODES = ("processes", "threads")
 
 def model_geometry(model_dir: Path) -> Any:
     """Tile size and mpp as the pipeline reads them (the plan needs nothing else; no torch)."""
-    from wsi_segment.pipeline.chunk_plan import model_geometry as read_geometry
+    from wsi_segment.pipeline.inference.chunk_plan import model_geometry as read_geometry
 
     geometry = read_geometry(model_dir)
     if geometry is None:
@@ -59,8 +59,8 @@ def decode_share(job: dict, share: int, shares: int, barrier: Any) -> tuple[int,
     perf_counter is CLOCK_MONOTONIC on Linux, so starts and ends compare across processes.
     """
     from benchmarks.stages import plan_like_pipeline
-    from wsi_segment.pipeline.chunk_inference import cut_tiles
-    from wsi_segment.pipeline.chunk_job import tiles_read_box
+    from wsi_segment.pipeline.inference.chunk_inference import cut_tiles
+    from wsi_segment.pipeline.inference.chunk_job import tiles_read_box
     from wsi_segment.wsi.region_reader import level_read_box, read_model_box
     from wsi_segment.wsi.tile_reuse import TileReuse, supports_reuse
 

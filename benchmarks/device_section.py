@@ -92,7 +92,7 @@ def section_device(
     args: argparse.Namespace, work: Path, model_dir: Path, rows: list, notes: list
 ) -> float:
     """The device rows and the ratio pipeline / min(decode limit, reduced-model limit)."""
-    from wsi_segment.pipeline.model_handle import load_for_process
+    from wsi_segment.pipeline.inference.model_handle import load_for_process
 
     size = args.size or 12288
     slide, writer = make_slide(

@@ -26,7 +26,7 @@ def section_throughput(
     """Items 1-4: bare model, read only, pipeline and their ratio; returns the ratio."""
     import torch
 
-    from wsi_segment.pipeline.model_handle import load_for_process
+    from wsi_segment.pipeline.inference.model_handle import load_for_process
 
     size = args.size or (8192 if args.quick else 12288)
     slide, writer = make_slide(

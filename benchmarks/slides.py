@@ -1,9 +1,9 @@
 """Synthetic slides for the benchmarks.
 
-`make_slide` uses `wsi.synthetic.write_synthetic_slide` when it exists; otherwise (or with
+`make_slide` uses `synthetic.slides.write_synthetic_slide` when it exists; otherwise (or with
 `fast=True`) it writes a stand-in: an Aperio-like pyramidal tiled JPEG TIFF whose tissue
 is an ellipse covering `tissue_fraction` of the slide, filled with a small bank of
-procedural H&E tiles (`wsi.textures.render_region`) reused across the slide. Rendering
+procedural H&E tiles (`synthetic.textures.render_region`) reused across the slide. Rendering
 every tile procedurally costs ~0.3 s per 256 px tile on this machine, too slow for 100k px
 slides; a bank keeps the decode and compute cost of real tiles (JPEG of textured
 content) while writing a 100k x 100k slide in minutes. Memory stays flat: tiles are
@@ -40,14 +40,14 @@ def make_slide(
     writer = "benchmarks.slides (tile bank)"
     if not fast:
         try:
-            from wsi_segment.wsi.synthetic import write_synthetic_slide  # type: ignore[attr-defined]
+            from wsi_segment.synthetic.slides import write_synthetic_slide  # type: ignore[attr-defined]
         except ImportError:
             write_synthetic_slide = None
         if write_synthetic_slide is not None:
             write_synthetic_slide(
                 tmp, size, size, mpp=mpp, seed=seed, tissue_fraction=tissue_fraction
             )
-            writer = "wsi_segment.wsi.synthetic.write_synthetic_slide"
+            writer = "wsi_segment.synthetic.slides.write_synthetic_slide"
     if writer.startswith("benchmarks"):
         write_bank_slide(tmp, size, size, tissue_fraction, mpp=mpp, seed=seed)
     tmp.rename(path)
@@ -61,7 +61,7 @@ def _writer_tag(path: Path) -> str:
 
 
 def _bank(seed: int, mpp: float) -> list[np.ndarray]:
-    from wsi_segment.wsi.textures import Stain, render_region
+    from wsi_segment.synthetic.textures import Stain, render_region
 
     rng = np.random.default_rng(seed)
     tiles = []

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-# Demo architecture (pipeline/demo_model.py): resnet10t PDA classifier, DeepLabV3+ on
+# Demo architecture (pipeline/training/demo_model.py): resnet10t PDA classifier, DeepLabV3+ on
 # resnet10t with 64 decoder channels, tile 224 at 1.0 um/px.
 DEMO_ARCH = {
     "classifier": ("resnet10t", "pda"),
@@ -47,7 +47,7 @@ def make_model(folder: Path, arch: dict[str, Any], name: str) -> Path:
     from wsi_segment.models.meta import ModelMeta
     from wsi_segment.models.segmentation_model import SegmentationModel
     from wsi_segment.models.segmenter import build_segmenter
-    from wsi_segment.wsi.textures import CLASS_COLORS, CLASS_NAMES
+    from wsi_segment.synthetic.textures import CLASS_COLORS, CLASS_NAMES
 
     torch.manual_seed(0)
     meta = ModelMeta(
@@ -108,7 +108,7 @@ def plan_like_pipeline(
     plan = plan_chunks(slide, mpp[0], float(model.meta.mpp), grid, chunk_tiles, tissue)
     if backend == "auto":  # chunk reads with the backend the pipeline picks (segment.py)
         try:
-            from wsi_segment.pipeline.chunk_job import fast_read_backend
+            from wsi_segment.pipeline.inference.chunk_job import fast_read_backend
 
             fast = fast_read_backend(slide, plan.read_level)
         except (ImportError, TypeError):  # older pipeline: the slide's own backend
@@ -129,11 +129,11 @@ def plan_like_pipeline(
 
 def read_chunks(p: Planned, limit_tiles: int | None = None) -> tuple[np.ndarray, float, float]:
     """Read and cut every planned tile as SlideJob.run does; (tiles, wall s, cpu s)."""
-    from wsi_segment.pipeline.chunk_inference import cut_tiles
+    from wsi_segment.pipeline.inference.chunk_inference import cut_tiles
     from wsi_segment.wsi.region_reader import read_model_box
 
     try:
-        from wsi_segment.pipeline.chunk_job import tiles_read_box
+        from wsi_segment.pipeline.inference.chunk_job import tiles_read_box
     except ImportError:  # older pipeline: the whole chunk plus the margin
 
         def tiles_read_box(tiles, grid):

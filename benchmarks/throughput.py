@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scaling-size", type=int, default=10240)
     ap.add_argument("--precision-tiles", type=int, default=96)
     ap.add_argument("--overlaps", default="0,16,32,64", help="overlap section; max = reference")
-    ap.add_argument("--fast", action="store_true", help="bank slides, not wsi.synthetic")
+    ap.add_argument("--fast", action="store_true", help="bank slides, not synthetic.slides")
     ap.add_argument("--device", default="auto", help="device section: auto, cpu or cuda")
     cores = len(os.sched_getaffinity(0))
     ap.add_argument(

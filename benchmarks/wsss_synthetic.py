@@ -31,7 +31,7 @@ from wsi_segment.models.gate import apply_gate
 from wsi_segment.models.heads import DEFAULT_DROPOUT, PDA_SCHEDULES
 from wsi_segment.models.pseudo_masks import label_from_maps
 from wsi_segment.models.segmenter import build_segmenter, multilayer_pseudo_loss
-from wsi_segment.pipeline.datasets import (
+from wsi_segment.pipeline.training.datasets import (
     MaskItem,
     WsssDataset,
     augment,
@@ -40,16 +40,15 @@ from wsi_segment.pipeline.datasets import (
     load_batch,
     open_dataset,
 )
-from wsi_segment.pipeline.evaluate import (
+from wsi_segment.pipeline.training.evaluate import (
     GateCheck,
     Predictor,
     present_labels,
     pseudo_predictor,
     score_split,
 )
-from wsi_segment.pipeline.make_pseudo_masks import make_pseudo_masks
-from wsi_segment.pipeline.synthetic_dataset import SyntheticSpec, make_synthetic_dataset
-from wsi_segment.pipeline.train_classifier import (
+from wsi_segment.pipeline.training.make_pseudo_masks import make_pseudo_masks
+from wsi_segment.pipeline.training.train_classifier import (
     ClassifierConfig,
     scheduled_lr,
     seeded,
@@ -57,7 +56,8 @@ from wsi_segment.pipeline.train_classifier import (
     to_input,
     train_classifier,
 )
-from wsi_segment.pipeline.train_segmenter import SegmenterConfig, train_segmenter, validate
+from wsi_segment.pipeline.training.train_segmenter import SegmenterConfig, train_segmenter, validate
+from wsi_segment.synthetic.dataset import SyntheticSpec, make_synthetic_dataset
 
 
 def cam_predictor(

@@ -58,7 +58,7 @@ def format_table(result: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from wsi_segment.pipeline.evaluate import evaluate
+    from wsi_segment.pipeline.training.evaluate import evaluate
 
     result = evaluate(
         args.data,

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from wsi_segment.pipeline.train_config import TrainConfig
+    from wsi_segment.pipeline.training.train_config import TrainConfig
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -94,7 +94,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    from wsi_segment.pipeline.train import train
+    from wsi_segment.pipeline.training.train import train
 
     out = train(config_from_args(args))
     print(f"model written to {out}")
@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The command line as a TrainConfig; options left out keep TrainConfig's defaults,
     the same the Prefect train flow gets."""
-    from wsi_segment.pipeline.train import TrainConfig
+    from wsi_segment.pipeline.training.train import TrainConfig
 
     return TrainConfig(
         data=args.data,

@@ -28,7 +28,7 @@ from wsi_segment.errors import ConfigError  # noqa: E402
 from wsi_segment.flows.dask_cluster import client_for, dask_client  # noqa: E402
 from wsi_segment.pipeline import segment  # noqa: E402
 from wsi_segment.pipeline.batch_report import class_rows, markdown_table  # noqa: E402
-from wsi_segment.pipeline.output_dir import OutputDir  # noqa: E402
+from wsi_segment.pipeline.outputs.output_dir import OutputDir  # noqa: E402
 from wsi_segment.pipeline.params import SegmentParams  # noqa: E402
 from wsi_segment.wsi.retries import is_transient  # noqa: E402
 

@@ -1,6 +1,6 @@
 """Prefect flow for training: classifier -> pseudo masks -> segmenter -> model folder.
 
-Each stage is a task; each keeps its state in the work folder (`pipeline.train_stages`),
+Each stage is a task; each keeps its state in the work folder (`pipeline.training.train_stages`),
 so a flow run that was interrupted (preempted node, Ctrl-C) resumes where it stopped when
 run again with the same arguments. Only transient I/O errors are retried.
 """
@@ -20,8 +20,8 @@ from prefect.cache_policies import NO_CACHE  # noqa: E402
 
 from wsi_segment.errors import ConfigError  # noqa: E402
 from wsi_segment.flows.slide_flow import RETRIES, RETRY_DELAYS_S, retry_if_transient  # noqa: E402
-from wsi_segment.pipeline import train_stages  # noqa: E402
-from wsi_segment.pipeline.train import TrainConfig  # noqa: E402
+from wsi_segment.pipeline.training import train_stages  # noqa: E402
+from wsi_segment.pipeline.training.train import TrainConfig  # noqa: E402
 
 _STAGE = {
     "retries": RETRIES,
@@ -73,7 +73,7 @@ def make_train_config(data: str, out: str, options: dict[str, Any] | None) -> Tr
 def train_model(data: str, out: str, options: dict[str, Any] | None = None) -> str:
     """Train a model from a WSSS dataset folder into the model folder `out`; returns it.
 
-    `options` holds other `pipeline.train.TrainConfig` fields (epochs, encoder, head, ...).
+    `options` holds other `pipeline.training.train.TrainConfig` fields (epochs, encoder, head, ...).
     """
     cfg = make_train_config(data, out, options)
     run = open_dataset(cfg)

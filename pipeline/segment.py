@@ -23,25 +23,30 @@ from pathlib import Path
 from typing import Any
 
 from wsi_segment.errors import ModelError, OutputError, WsiSegmentError
-from wsi_segment.pipeline.background import Background, gc_paused, read_overlay_thumbnail
-from wsi_segment.pipeline.chunk_job import ChunkOutcome, SlideJob
-from wsi_segment.pipeline.chunk_plan import (
+from wsi_segment.pipeline.inference.chunk_job import SlideJob
+from wsi_segment.pipeline.inference.chunk_plan import (
     chunk_read_backend,
     model_geometry,
     plan_slide,
     prefetch_read_job,
     slide_tissue,
 )
-from wsi_segment.pipeline.chunk_prefetch import ChunkPrefetcher
-from wsi_segment.pipeline.chunk_runner import run_chunks, settle_precision_on_cluster
-from wsi_segment.pipeline.fingerprint import model_sha256, run_fingerprint
-from wsi_segment.pipeline.model_handle import ModelHandle, load_for_process, model_device_type
-from wsi_segment.pipeline.ome_zarr import create_probability_store
-from wsi_segment.pipeline.output_dir import OutputDir, output_error, read_previous_summary
-from wsi_segment.pipeline.output_names import slide_output_name
+from wsi_segment.pipeline.inference.chunk_prefetch import ChunkPrefetcher
+from wsi_segment.pipeline.inference.chunk_runner import run_chunks, settle_precision_on_cluster
+from wsi_segment.pipeline.inference.model_handle import (
+    ModelHandle,
+    load_for_process,
+    model_device_type,
+)
+from wsi_segment.pipeline.inference.slide_state import PreparedSlide, SlideResult
+from wsi_segment.pipeline.inference.startup import Background, gc_paused, read_overlay_thumbnail
+from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome
+from wsi_segment.pipeline.outputs.fingerprint import model_sha256, run_fingerprint
+from wsi_segment.pipeline.outputs.ome_zarr import create_probability_store
+from wsi_segment.pipeline.outputs.output_dir import OutputDir, output_error, read_previous_summary
+from wsi_segment.pipeline.outputs.output_names import slide_output_name
 from wsi_segment.pipeline.params import SegmentParams, run_batch_size, run_threads
 from wsi_segment.pipeline.progress import NullProgress, Progress
-from wsi_segment.pipeline.slide_state import PreparedSlide, SlideResult
 from wsi_segment.wsi.slide import Slide, open_slide
 
 ZARR_NAME = "probabilities.ome.zarr"
@@ -68,7 +73,7 @@ def prepare(
     one core) loads in a background thread while this thread detects tissue and plans the
     chunks; with `prefetch`, chunk images then start being read on the core the loader
     leaves free, so the first forward passes find their tiles decoded (the side work is in
-    `pipeline.background`, planning from model.json in `pipeline.chunk_plan`).
+    `pipeline.inference.startup`, planning from model.json in `pipeline.inference.chunk_plan`).
     """
     t0 = time.perf_counter()
     slide_path = str(slide_path)
@@ -278,7 +283,7 @@ def _precision_report(model: ModelHandle) -> dict[str, Any]:
 
 def finish(prep: PreparedSlide, outcomes: list[ChunkOutcome], out: OutputDir) -> SlideResult:
     """Stage 3: vector outputs, overlay, summary and pyramid; then publish the folder."""
-    from wsi_segment.pipeline.finish_outputs import write_outputs
+    from wsi_segment.pipeline.outputs.finish_outputs import write_outputs
 
     summary = write_outputs(prep, outcomes, out.work_dir)
     out.commit()

@@ -59,10 +59,10 @@ def label_count_bounds(probs_u8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def reference_block(job, spec, model) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A chunk's output block as the pipeline made it before: (float32 probabilities,
     uint8 probabilities, labels from the uint8 values), 0 / 255 outside tissue. `job` is a
-    pipeline.chunk_job.SlideJob; `model` predicts full maps in the job's batches."""
+    pipeline.inference.chunk_job.SlideJob; `model` predicts full maps in the job's batches."""
     import torch
 
-    from wsi_segment.pipeline.chunk_inference import cut_tiles
+    from wsi_segment.pipeline.inference.chunk_inference import cut_tiles
 
     grid, d, s, m = job.grid, job.grid.downsample, job.grid.stride, job.grid.margin
     image, box = job.read(spec)

@@ -84,12 +84,12 @@ def doc_references() -> list[tuple[str, int, str, bool]]:
 
 def test_the_checker_sees_tables_paths_and_dotted_names() -> None:
     names = {name for _, _, name, _ in doc_references()}
-    assert "wsi_segment.pipeline.summary: write_summary" in names
+    assert "wsi_segment.pipeline.outputs.summary: write_summary" in names
     assert any(n.endswith("models.bundle: load_model") for n in names)  # a file table row
     assert "pipeline/segment.py" in names
     assert "wsi_segment.flows.batch_flow.segment_batch" in names
     assert not resolve("wsi_segment.pipeline.atomic")
-    assert not resolve("wsi_segment.pipeline.summary.build_summary")
+    assert not resolve("wsi_segment.pipeline.outputs.summary.build_summary")
 
 
 @pytest.mark.parametrize("doc", [d.relative_to(REPO).as_posix() for d in DOCS])

@@ -13,15 +13,36 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = ("wsi", "models", "pipeline", "flows")
-FORBIDDEN = {
-    "wsi": {"models", "pipeline", "flows"},
-    "models": {"wsi", "pipeline", "flows"},
-    "pipeline": {"flows"},
-    "flows": set(),
-    "wsi_segment": {"wsi", "models", "pipeline", "flows"},
+PIPELINE_PARTS = ("inference", "outputs", "training")
+BASE = ("params", "progress")  # pipeline/params.py and progress.py: read by every part
+# unit -> the units it may import (besides itself and wsi_segment's own errors/lazy_exports).
+# pipeline is split by concern: inference writes outputs as chunks finish, outputs never
+# reach back into inference, training stands beside both; synthetic data is for tests,
+# benchmarks and training the demo model, never for a run.
+ALLOWED = {
+    "wsi_segment": set(),
+    "wsi": set(),
+    "models": set(),
+    "synthetic": set(),
+    "pipeline.base": set(),
+    "pipeline.outputs": {"wsi", "models", "pipeline.base"},
+    "pipeline.inference": {"wsi", "models", "pipeline.base", "pipeline.outputs"},
+    "pipeline.training": {"wsi", "models", "pipeline.base", "synthetic"},
+    "pipeline": {"wsi", "models", "pipeline.base", "pipeline.outputs", "pipeline.inference"},
+    "flows": {
+        "wsi",
+        "models",
+        "pipeline",
+        "pipeline.base",
+        "pipeline.outputs",
+        "pipeline.inference",
+        "pipeline.training",
+    },
 }
 # where modules of the project live: the layers, the package, tests and benchmarks
 SOURCES = (*LAYERS, "wsi_segment", "tests", "benchmarks", "deploy")
+# wsi_segment/__init__.py (the lazy public API) and __main__.py are doors over every layer
+DOORS = {ROOT / "wsi_segment" / "__init__.py", ROOT / "wsi_segment" / "__main__.py"}
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -35,24 +56,51 @@ def imported_modules(path: Path) -> set[str]:
     return names
 
 
+def unit_of(dotted: str) -> str | None:
+    """The unit of an installed module name (None: not ours)."""
+    parts = dotted.split(".")
+    if parts[0] != "wsi_segment":
+        return None
+    if len(parts) < 2 or parts[1] not in (*LAYERS, "synthetic"):
+        return "wsi_segment"
+    if parts[1] != "pipeline" or len(parts) < 3:
+        return parts[1]
+    if parts[2] in PIPELINE_PARTS:
+        return f"pipeline.{parts[2]}"
+    return "pipeline.base" if parts[2] in BASE else "pipeline"
+
+
+def unit_of_file(path: Path) -> str:
+    """The unit of a source file, from where it lies in the checkout."""
+    rel = path.relative_to(ROOT).with_suffix("").parts
+    if rel[0] == "wsi_segment":
+        return unit_of(".".join(rel)) or "wsi_segment"
+    return unit_of(".".join(("wsi_segment", *rel))) or "wsi_segment"
+
+
+def units_used(path: Path) -> set[str]:
+    """Which of our units a file imports."""
+    return {u for u in map(unit_of, imported_modules(path)) if u is not None}
+
+
 def layers_used(path: Path) -> set[str]:
     """Which of our layers a file imports (`wsi_segment.<layer>...`)."""
-    used = set()
-    for name in imported_modules(path):
-        parts = name.split(".")
-        if parts[0] == "wsi_segment" and len(parts) > 1 and parts[1] in LAYERS:
-            used.add(parts[1])
-    return used
+    return {u.split(".")[0] for u in units_used(path)} & set(LAYERS)
 
 
-@pytest.mark.parametrize("package", sorted(FORBIDDEN))
-def test_package_imports_only_what_the_data_flow_allows(package: str) -> None:
-    # wsi_segment/__init__.py (the lazy public API) and __main__.py are doors over every layer;
-    # the rest of that folder (errors.py) sits below all layers and imports none
-    doors = {ROOT / "wsi_segment" / "__init__.py", ROOT / "wsi_segment" / "__main__.py"}
-    modules = sorted(set((ROOT / package).rglob("*.py")) - doors)
-    assert modules, f"no modules under {package}/"
-    wrong = {str(m.relative_to(ROOT)): sorted(layers_used(m) & FORBIDDEN[package]) for m in modules}
+def source_files() -> list[Path]:
+    roots = [ROOT / d for d in (*LAYERS, "wsi_segment")]
+    return sorted({p for r in roots for p in r.rglob("*.py")} - DOORS)
+
+
+@pytest.mark.parametrize("unit", sorted(ALLOWED))
+def test_each_unit_imports_only_what_the_data_flow_allows(unit: str) -> None:
+    modules = [p for p in source_files() if unit_of_file(p) == unit]
+    assert modules, f"no modules in {unit}"
+    wrong = {
+        str(m.relative_to(ROOT)): sorted(units_used(m) - ALLOWED[unit] - {unit, "wsi_segment"})
+        for m in modules
+    }
     assert {k: v for k, v in wrong.items() if v} == {}
 
 
@@ -75,6 +123,8 @@ def test_every_package_folder_is_installed_under_wsi_segment() -> None:
     mapping = config["package-dir"]
     assert mapping == {"wsi_segment": "wsi_segment", **{f"wsi_segment.{x}": x for x in LAYERS}}
     on_disk = {"wsi_segment"}
+    for init in (ROOT / "wsi_segment").rglob("__init__.py"):
+        on_disk.add(".".join(init.parent.relative_to(ROOT).parts))
     for layer in LAYERS:
         for init in (ROOT / layer).rglob("__init__.py"):
             rel = init.parent.relative_to(ROOT / layer).parts
@@ -90,3 +140,9 @@ def test_the_check_sees_a_violation(tmp_path: Path) -> None:
     )
     assert imported_modules(bad) == {"os", "wsi_segment.wsi.slide", "models"}
     assert layers_used(bad) == {"wsi"}
+    assert unit_of("wsi_segment.pipeline.inference.chunk_job") == "pipeline.inference"
+    assert unit_of("wsi_segment.pipeline.params") == "pipeline.base"
+    assert unit_of("wsi_segment.pipeline.segment") == "pipeline"
+    assert unit_of("wsi_segment.synthetic.slides") == "synthetic"
+    assert unit_of_file(ROOT / "pipeline" / "outputs" / "ome_zarr.py") == "pipeline.outputs"
+    assert unit_of_file(ROOT / "wsi_segment" / "errors.py") == "wsi_segment"

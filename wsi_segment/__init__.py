@@ -12,9 +12,10 @@ The public API is importable from here; it loads lazily, so `import wsi_segment.
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from wsi_segment.lazy_exports import lazy_exports
 
 _LAYERS = ("wsi", "models", "pipeline", "flows")
 
@@ -43,7 +44,7 @@ if _root is not None:
 _PUBLIC: dict[str, str] = {
     "segment_slide": "wsi_segment.pipeline.segment",
     "SegmentParams": "wsi_segment.pipeline.params",
-    "SlideResult": "wsi_segment.pipeline.slide_state",
+    "SlideResult": "wsi_segment.pipeline.inference.slide_state",
     "open_slide": "wsi_segment.wsi.slide",
     "Slide": "wsi_segment.wsi.slide",
     "load_model": "wsi_segment.models.bundle",
@@ -85,20 +86,10 @@ if TYPE_CHECKING:
         WsiSegmentError,
     )
     from wsi_segment.models.bundle import load_model, save_model
+    from wsi_segment.pipeline.inference.slide_state import SlideResult
     from wsi_segment.pipeline.params import SegmentParams
     from wsi_segment.pipeline.segment import segment_slide
-    from wsi_segment.pipeline.slide_state import SlideResult
     from wsi_segment.wsi.slide import Slide, open_slide
 
 
-def __getattr__(name: str) -> Any:
-    module = _PUBLIC.get(name)
-    if module is None:
-        raise AttributeError(f"module 'wsi_segment' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _PUBLIC, globals())

@@ -57,7 +57,7 @@ def write_synthetic_slide(path: Path, size: tuple[int, int], seed: int, mpp: flo
     """A tiled TIFF that openslide reads as Aperio: tissue blobs of the four classes."""
     import tifffile
 
-    from wsi_segment.wsi.textures import render_tissue
+    from wsi_segment.synthetic.textures import render_tissue
 
     w, h = size
     rng = np.random.default_rng(seed)

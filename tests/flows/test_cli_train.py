@@ -11,7 +11,7 @@ import pytest
 
 from wsi_segment.flows.cli import main
 from wsi_segment.models.bundle import load_model
-from wsi_segment.pipeline.synthetic_dataset import SyntheticSpec, make_synthetic_dataset
+from wsi_segment.synthetic.dataset import SyntheticSpec, make_synthetic_dataset
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "luad-histoseg-sample"
 TINY = [

@@ -26,7 +26,7 @@ OPTIONS = {
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from wsi_segment.pipeline.synthetic_dataset import SyntheticSpec, make_synthetic_dataset
+    from wsi_segment.synthetic.dataset import SyntheticSpec, make_synthetic_dataset
 
     return make_synthetic_dataset(
         tmp_path_factory.mktemp("wsss"), SyntheticSpec(8, 1, 1, 64, seed=5)
@@ -45,7 +45,7 @@ def test_train_flow_matches_plain_train_and_resumes(
     import torch
 
     from wsi_segment.flows.train_flow import make_train_config, train_model
-    from wsi_segment.pipeline.train import train
+    from wsi_segment.pipeline.training.train import train
 
     plain = train(make_train_config(str(dataset), str(tmp_path / "plain"), OPTIONS))
     folder = Path(train_model(data=str(dataset), out=str(tmp_path / "flow"), options=OPTIONS))

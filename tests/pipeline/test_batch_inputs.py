@@ -8,7 +8,7 @@ import pytest
 
 from wsi_segment.errors import ConfigError, DatasetError
 from wsi_segment.pipeline.batch_inputs import BatchItem, parse_batch_input
-from wsi_segment.pipeline.output_names import check_output_name, default_output_name
+from wsi_segment.pipeline.outputs.output_names import check_output_name, default_output_name
 
 
 def _touch(path: Path) -> Path:

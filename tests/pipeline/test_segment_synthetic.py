@@ -26,7 +26,7 @@ from shapely.geometry import shape
 from tests.reference_inference import label_count_bounds
 from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.pipeline.segment import segment_slide
-from wsi_segment.wsi.synthetic import BACKGROUND, read_label_map, write_synthetic_slide
+from wsi_segment.synthetic.slides import BACKGROUND, read_label_map, write_synthetic_slide
 
 SIZE, MPP, SEED = 2048, 0.5, 1
 IOU_LARGE = 0.75  # classes >= 10 % of the tissue (measured >= 0.89)

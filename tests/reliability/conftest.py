@@ -11,7 +11,7 @@ Two ways to run `wsi-segment`:
 
 Every expected failure must look the same: exit 1 (2 for usage errors), one stderr line
 per failed slide starting with `error:` that names the file and the fix, no traceback,
-and nothing at all left in the output folder (pipeline/output_dir.py removes its lock
+and nothing at all left in the output folder (pipeline/outputs/output_dir.py removes its lock
 file when a run ends; only a SIGKILLed run leaves an empty `.NAME.lock` behind).
 """
 

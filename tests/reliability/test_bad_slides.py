@@ -229,7 +229,7 @@ def test_damaged_tile_hit_mid_run_by_a_chunk(
     pyramid_with_bad_chunk_tile, tiny_model_dir, tmp_path, capsys
 ):
     """The error names the region; chunks still running on other threads must not write
-    into the removed partial folder (they did: fixed in pipeline/chunk_runner.py)."""
+    into the removed partial folder (they did: fixed in pipeline/inference/chunk_runner.py)."""
     import time
 
     path = pyramid_with_bad_chunk_tile

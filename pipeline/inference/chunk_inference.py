@@ -1,0 +1,133 @@
+"""One Dask chunk: cut tiles from a model-space image, run the model, stitch the cores.
+
+The model returns each tile's core already in the stored form (uint8 probabilities and
+labels of output pixels, reduced on its device: models/reduction.py); this module only
+places them.
+
+Stitching is centre-crop on a *global* tile grid (docs/CONTRACTS.md): tile (i, j) reads
+`[j*S - m, j*S - m + T)` and contributes only its core `[j*S, (j+1)*S)`. Cores partition
+the plane, so the result is the same whatever the chunk size and every output pixel comes
+from exactly one tile, the one in whose centre it lies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+from wsi_segment.pipeline.outputs.chunk_summary import NODATA
+from wsi_segment.wsi.tiling import TileGrid
+
+if TYPE_CHECKING:  # torch is imported where tiles are predicted: the CLI loads it in parallel
+    import torch
+
+
+class ReducedLike(Protocol):
+    """What `predict_reduced` returns (models.reduction.ReducedOutputs satisfies it)."""
+
+    probs: torch.Tensor  # uint8 (N, K, S/d, S/d)
+    labels: torch.Tensor  # uint8 (N, S/d, S/d)
+    cls_probs: torch.Tensor  # float32 (N, K)
+
+    @property
+    def nbytes(self) -> int: ...
+
+
+class TileModel(Protocol):
+    """What inference needs of a model (models.segmentation_model.SegmentationModel)."""
+
+    def predict_reduced(
+        self,
+        tiles: torch.Tensor,
+        margin: int,
+        core: int,
+        downsample: int,
+        gate: bool = True,
+        nodata: int = NODATA,
+    ) -> ReducedLike: ...
+
+
+@dataclass
+class ReducedTiles:
+    """Outputs in their stored form: uint8 probabilities (..., K, h, w), uint8 labels
+    (..., h, w), per tile (N leading, h = w = S/d) or stitched into a chunk's block, and the
+    bytes that crossed from the model's device for them."""
+
+    probs: np.ndarray
+    labels: np.ndarray
+    bytes_from_model: int
+
+
+def cut_tiles(
+    image: np.ndarray, read_origin: tuple[int, int], tiles_ij: list[tuple[int, int]], grid: TileGrid
+) -> np.ndarray:
+    """Tiles (N, T, T, 3) uint8 from a chunk image whose top-left is model pixel `read_origin`."""
+    ox, oy = read_origin
+    t, s, m = grid.tile, grid.stride, grid.margin
+    out = np.empty((len(tiles_ij), t, t, 3), dtype=np.uint8)
+    for n, (i, j) in enumerate(tiles_ij):
+        x, y = j * s - m - ox, i * s - m - oy
+        out[n] = image[y : y + t, x : x + t]
+    return out
+
+
+def predict_reduced_tiles(
+    model: TileModel,
+    tiles: np.ndarray,
+    grid: TileGrid,
+    batch_size: int,
+    gate: bool,
+    lock: threading.Lock | None = None,
+) -> ReducedTiles:
+    """The stored form of uint8 tiles (N, T, T, 3): cores reduced on the model's device.
+
+    The lock serialises forward passes in a process so one model uses all compute threads
+    while the other Dask threads read and decode the next chunks.
+    """
+    import torch
+
+    # Tiles go to the device from pageable memory: pinning a fresh buffer per batch (a
+    # cudaHostAlloc on the hot path) costs more than the asynchronous copy it enables. Reused
+    # pinned staging belongs to the consumer that owns the device.
+    probs, labels, nbytes = [], [], 0
+    reduce_args = (grid.margin, grid.stride, grid.downsample)
+    for start in range(0, len(tiles), batch_size):
+        batch = torch.from_numpy(np.ascontiguousarray(tiles[start : start + batch_size]))
+        batch = batch.permute(0, 3, 1, 2)
+        with lock if lock is not None else contextlib.nullcontext():
+            out = model.predict_reduced(batch, *reduce_args, gate=gate, nodata=NODATA)
+        probs.append(out.probs.numpy())
+        labels.append(out.labels.numpy())
+        nbytes += out.nbytes
+    if not probs:
+        so = grid.stride // grid.downsample
+        return ReducedTiles(np.zeros((0, 0, so, so), np.uint8), np.zeros((0, so, so), np.uint8), 0)
+    return ReducedTiles(np.concatenate(probs), np.concatenate(labels), nbytes)
+
+
+def stitch_cores(
+    cores: np.ndarray,
+    tiles_ij: list[tuple[int, int]],
+    core_origin: tuple[int, int],
+    core_size: tuple[int, int],
+    grid: TileGrid,
+    fill: int,
+) -> np.ndarray:
+    """Place each tile's reduced core (..., S/d, S/d) into the chunk's output block.
+
+    Returns (..., core_h / d, core_w / d) of `cores`' dtype; tiles not listed (no tissue)
+    stay `fill`.
+    """
+    d, s = grid.downsample, grid.stride
+    cx, cy = core_origin
+    lead = cores.shape[1:-2]
+    out = np.full((*lead, core_size[1] // d, core_size[0] // d), fill, dtype=cores.dtype)
+    so = s // d
+    for n, (i, j) in enumerate(tiles_ij):
+        oy, ox = (i * s - cy) // d, (j * s - cx) // d
+        out[..., oy : oy + so, ox : ox + so] = cores[n]
+    return out

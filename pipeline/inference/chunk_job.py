@@ -1,0 +1,310 @@
+"""The unit of Dask work: one chunk of one slide, read -> infer -> stitch -> write -> polygons.
+
+A `SlideJob` is picklable: on a Dask worker process it reopens the slide and the zarr store
+and loads the model once per process (`pipeline.inference.model_handle`). In-process, the already
+loaded model is shared by the threads, and forward passes are serialised by its lock.
+Each chunk writes whole zarr chunks it alone owns, so parallel writers never collide, and a
+recomputed chunk (worker died) writes identical bytes.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import zarr
+
+from wsi_segment.errors import SlideError
+from wsi_segment.pipeline.inference.chunk_inference import (
+    NODATA,
+    ReducedTiles,
+    cut_tiles,
+    predict_reduced_tiles,
+    stitch_cores,
+)
+from wsi_segment.pipeline.inference.model_handle import ModelHandle, model_device_type
+from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome, summarise_block
+from wsi_segment.wsi.region_reader import level_read_box, read_model_box
+from wsi_segment.wsi.slide import open_slide
+from wsi_segment.wsi.tile_reuse import TileReuse, supports_reuse
+from wsi_segment.wsi.tiling import ChunkSpec, TileGrid
+
+
+@dataclass
+class SlideJob:
+    """Everything a worker needs to run any chunk of one slide."""
+
+    slide_path: str
+    backend: str
+    mpp_override: float | None
+    level0_per_model: float
+    read_level: int
+    grid: TileGrid
+    n_classes: int
+    batch_size: int
+    gate: bool
+    zarr_path: str
+    tissue_mask: np.ndarray  # bool (h, w) at tissue_downsample level-0 px per mask px
+    tissue_downsample: float
+    level0_per_output: float
+    model: ModelHandle
+    # CPU only: > 0 runs the forward passes of concurrent chunks side by side, each with this
+    # many torch threads, instead of one at a time under the model lock with every core.
+    # On a small CPU this is 2-4x faster per core (no OpenMP barriers between a few threads,
+    # and a thread that reads never stalls the others' parallel regions). 0 keeps the lock
+    # (GPU, or a runner that did not size threads).
+    cpu_threads_per_chunk: int = 0
+    # Backend for chunk reads (None: `backend`). See `fast_read_backend`: tiffslide decodes
+    # the same SVS / generic-TIFF pixels at ~1/3 of openslide's CPU cost.
+    read_backend: str | None = None
+    _local: threading.local = field(default_factory=threading.local, repr=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("_local")
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._local = threading.local()
+
+    def _slide(self):
+        slide = getattr(self._local, "slide", None)
+        if slide is None:
+            backend = self.read_backend or self.backend
+            if backend == "tiffslide":
+                # Chunks at the slide edge read past it on purpose (white padding, as openslide)
+                warnings.filterwarnings("ignore", message=r"location=.*is out-of-bounds")
+            slide = open_slide(self.slide_path, backend=backend, mpp=self.mpp_override)
+            self._local.slide = slide
+        return slide
+
+    def close_local(self) -> None:
+        """Close this thread's slide handle (threads that stop reading for good)."""
+        slide = getattr(self._local, "slide", None)
+        if slide is not None:
+            self._local.slide = None
+            slide.close()
+
+    def _array(self) -> zarr.Array:
+        array = getattr(self._local, "array", None)
+        if array is None:
+            array = zarr.open_array(self.zarr_path, mode="r+")
+            self._local.array = array
+        return array
+
+    def tissue_block(self, out_box: tuple[int, int, int, int]) -> np.ndarray:
+        """Tissue mask sampled (nearest) at the centres of the output pixels of a box."""
+        x0, y0, x1, y1 = out_box
+        scale = self.level0_per_output / self.tissue_downsample
+        h, w = self.tissue_mask.shape
+        cols = np.minimum(((np.arange(x0, x1) + 0.5) * scale).astype(np.int64), w - 1)
+        rows = np.minimum(((np.arange(y0, y1) + 0.5) * scale).astype(np.int64), h - 1)
+        return self.tissue_mask[np.ix_(rows, cols)]
+
+    def read_box(self, spec: ChunkSpec) -> tuple[int, int, int, int]:
+        """Model-space box a chunk reads: its tissue tiles' bounding box plus the margin."""
+        grid = self.grid
+        x0, y0, x1, y1 = spec.core_box
+        return tiles_read_box(spec.tiles, grid) or (
+            x0 - grid.margin,
+            y0 - grid.margin,
+            x1 + grid.margin,
+            y1 + grid.margin,
+        )
+
+    def plan_tile_reuse(self, specs: list[ChunkSpec]) -> TileReuse | None:
+        """A storage-tile reuser for reading these chunks in this process (None: not
+        possible for this slide level, e.g. untiled storage or a non-integer downsample)."""
+        slide = self._slide()
+        level = self.read_level
+        tile = slide.storage_tile_size(level)
+        if not supports_reuse(slide, level, tile):
+            return None
+        ds = float(slide.level_downsamples[level])
+        planned = [level_read_box(self.read_box(s), self.level0_per_model, ds) for s in specs]
+        return TileReuse(level, slide.level_dimensions[level], ds, tile, planned)
+
+    def read(
+        self, spec: ChunkSpec, reuse: TileReuse | None = None
+    ) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+        """The model-space image of a chunk's tissue tiles (plus margin) and its box.
+
+        `reuse` serves storage tiles that an earlier chunk already decoded (same pixels).
+        """
+        read_box = self.read_box(spec)
+        slide = self._slide()
+        reader = None
+        if reuse is not None and reuse.level == self.read_level:
+
+            def reader(lx: int, ly: int, w: int, h: int) -> np.ndarray:
+                return reuse.read(slide, lx, ly, w, h)
+
+        try:
+            image = read_model_box(
+                slide, read_box, self.level0_per_model, self.read_level, reader=reader
+            )
+        except SlideError:
+            raise
+        except Exception as exc:  # decoder errors inside a region of a corrupt slide
+            raise SlideError(
+                f"{self.slide_path}: cannot read region {read_box} (model pixels): {exc}. "
+                "The slide file is damaged there; re-scan or re-export it."
+            ) from exc
+        return image, read_box
+
+    def run(
+        self,
+        spec: ChunkSpec,
+        read: tuple[np.ndarray, tuple[int, int, int, int]] | None = None,
+    ) -> ChunkOutcome:
+        """Process one chunk end to end and write its probabilities to the zarr store.
+
+        `read` is the chunk's `self.read(spec)` when a prefetcher already did it.
+        """
+        block = self.infer_block(spec, read)
+        ox0, oy0, ox1, oy1 = spec.out_box
+        self._array()[:, oy0:oy1, ox0:ox1] = block.probs
+        outcome = summarise_block(spec, len(spec.tiles), block.labels, block.probs, self.n_classes)
+        outcome.bytes_from_model = block.bytes_from_model
+        return outcome
+
+    def infer_block(
+        self,
+        spec: ChunkSpec,
+        read: tuple[np.ndarray, tuple[int, int, int, int]] | None = None,
+    ) -> ReducedTiles:
+        """The chunk's output block: uint8 probabilities (K, h, w) and labels (h, w) over
+        `spec.out_box`, 0 and NODATA outside tissue, from cores reduced on the model's device."""
+        grid = self.grid
+        x0, y0, x1, y1 = spec.core_box
+        image, read_box = read if read is not None else self.read(spec)
+        tiles = list(spec.tiles)
+        patches = cut_tiles(image, (read_box[0], read_box[1]), tiles, grid)
+        del image
+        model, lock = self.model.get()
+        batch_size = _device_batch_size(model, lock, self.grid.tile, self.batch_size)
+        concurrent = self.cpu_threads_per_chunk > 0 and model_device_type(model) == "cpu"
+        if concurrent:
+            _set_torch_threads(self.cpu_threads_per_chunk)
+        _settle_precision(model, lock, patches)
+        if concurrent:
+            lock = None
+        reduced = predict_reduced_tiles(model, patches, grid, batch_size, self.gate, lock)
+        origin, size = (x0, y0), (x1 - x0, y1 - y0)
+        probs = stitch_cores(reduced.probs, tiles, origin, size, grid, fill=0)
+        labels = stitch_cores(reduced.labels, tiles, origin, size, grid, fill=NODATA)
+        ox0, oy0, ox1, oy1 = spec.out_box
+        probs = probs[:, : oy1 - oy0, : ox1 - ox0]
+        labels = labels[: oy1 - oy0, : ox1 - ox0]
+        tissue = self.tissue_block(spec.out_box)
+        probs[:, ~tissue] = 0
+        labels[~tissue] = NODATA
+        return ReducedTiles(probs, labels, reduced.bytes_from_model)
+
+
+FAST_READ_VENDORS = ("aperio", "generic-tiff")
+
+
+def fast_read_backend(slide: Any, level: int | None = None) -> str | None:
+    """ "tiffslide" when it reads this openslide slide's pixels identically, else None.
+
+    For plain tiled TIFFs (Aperio SVS, generic tiled TIFF) both libraries decode the same
+    tiles; tiffslide (tifffile + imagecodecs) does it at ~1/3 of openslide's CPU cost and
+    without openslide's RGBA round trip. Checked, not assumed: same level geometry and the
+    same pixels in a probe region at the centre of the slide. `level`: chunk reads use only
+    this level, so only levels 0..level must agree (tifffile takes the second page of an
+    SVS for its thumbnail, so it may list fewer pyramid levels than openslide); None: all.
+    """
+    if getattr(slide, "backend", None) != "openslide":
+        return None
+    if getattr(slide, "vendor", None) not in FAST_READ_VENDORS:
+        return None
+    try:
+        other = open_slide(slide.path, backend="tiffslide", mpp=None)
+    except Exception:
+        return None
+    try:
+        ours, theirs = tuple(slide.level_dimensions), tuple(other.level_dimensions)
+        if level is not None:
+            if not 0 <= level < len(ours):
+                return None
+            ours, theirs = ours[: level + 1], theirs[: level + 1]
+        if ours != theirs:
+            return None
+        probe = level or 0
+        ds = float(slide.level_downsamples[probe])
+        if abs(float(other.level_downsamples[probe]) - ds) > 1e-6 * ds:
+            return None
+        w, h = slide.dimensions
+        lw, lh = slide.level_dimensions[probe]
+        size = (min(256, lw), min(256, lh))
+        loc = (max(0, w // 2 - round(128 * ds)), max(0, h // 2 - round(128 * ds)))
+        a = other.read_region(loc, probe, size)
+        if not np.array_equal(a, slide.read_region(loc, probe, size)):
+            return None
+    except Exception:
+        return None
+    finally:
+        other.close()
+    return "tiffslide"
+
+
+def tiles_read_box(
+    tiles: tuple[tuple[int, int], ...], grid: TileGrid
+) -> tuple[int, int, int, int] | None:
+    """Model-space box read for a chunk: the tissue tiles' bounding box plus the margin.
+
+    Only tissue tiles run, so reading the whole chunk would decode slide that no tile uses
+    (up to 2x per tile at tissue edges). Pixels of a box depend only on global coordinates
+    (wsi.region_reader), so a smaller box gives the tiles the same values.
+    """
+    if not tiles:
+        return None
+    s, m = grid.stride, grid.margin
+    rows = [i for i, _ in tiles]
+    cols = [j for _, j in tiles]
+    return (min(cols) * s - m, min(rows) * s - m, (max(cols) + 1) * s + m, (max(rows) + 1) * s + m)
+
+
+def _device_batch_size(model: Any, lock: Any, tile: int, requested: int) -> int:
+    """The batch size that fits the model's device (GPU memory probed once per process)."""
+    if model_device_type(model) == "cpu":
+        return requested
+    with lock:  # the first call on a GPU runs a probe forward pass
+        return int(model.batch_limit(tile, requested))
+
+
+def settle_precision_here(job: SlideJob, spec: ChunkSpec) -> dict[str, Any]:
+    """Run precision 'auto''s trial in this process on `spec`'s tiles; the model's report.
+
+    A cluster asks one worker, then pins the answer for all (pipeline.inference.chunk_runner), so
+    every chunk, recomputed ones included, runs in the same precision."""
+    image, read_box = job.read(spec)
+    patches = cut_tiles(image, (read_box[0], read_box[1]), list(spec.tiles), job.grid)
+    model, lock = job.model.get()
+    _settle_precision(model, lock, patches)
+    return dict(model.precision_report())
+
+
+def _settle_precision(model: Any, lock: Any, patches: np.ndarray) -> None:
+    """Precision 'auto' on a bf16 CPU: the first chunk of a process times fp32 against bf16
+    on its own tiles (SegmentationModel.settle_precision); other chunks wait on the lock."""
+    if not getattr(model, "precision_pending", False) or len(patches) == 0:
+        return
+    import torch
+
+    tiles = torch.from_numpy(np.ascontiguousarray(patches)).permute(0, 3, 1, 2)  # a view
+    with lock:
+        model.settle_precision(tiles)
+
+
+def _set_torch_threads(n: int) -> None:
+    """Intra-op threads of *this* thread's forward passes (OpenMP keeps one count per thread)."""
+    import torch
+
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)

@@ -1,0 +1,91 @@
+"""Planning a slide's chunks from the model's geometry, before the model has loaded.
+
+`pipeline.segment.prepare` plans with the tile size and mpp read straight from model.json
+(no torch import) so planning and chunk prefetch overlap the model load; it replans with
+the loaded model's values if the JSON could not be read here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from wsi_segment.pipeline.inference.chunk_job import SlideJob, fast_read_backend
+from wsi_segment.pipeline.inference.model_handle import ModelHandle
+from wsi_segment.pipeline.params import SegmentParams, plan_chunk_tiles, run_batch_size
+from wsi_segment.wsi.roi import Roi, read_rois, restrict_to_rois
+from wsi_segment.wsi.slide import Slide
+from wsi_segment.wsi.tiling import ChunkPlan, TileGrid, plan_chunks
+from wsi_segment.wsi.tissue import TissueMask, detect_tissue, whole_slide
+
+
+def model_geometry(model_dir: Path) -> tuple[int, float] | None:
+    """(tile_size, mpp) from model.json without importing torch; None if unreadable
+    (the model loader then reports the problem properly)."""
+    try:
+        doc = json.loads((model_dir / "model.json").read_text())
+        tile, mpp = int(doc["tile_size"]), float(doc["mpp"])
+    except Exception:
+        return None
+    return (tile, mpp) if tile > 0 and mpp > 0 else None
+
+
+def slide_tissue(slide: Slide, params: SegmentParams) -> tuple[TissueMask, list[Roi]]:
+    """What runs: detected tissue (`--tissue auto`) or the whole slide (`all`), cut to the
+    `--roi` regions when given (their polygons are returned for the per-region report)."""
+    rois = read_rois(params.roi, slide.bounds_offset) if params.roi is not None else []
+    tissue = whole_slide(slide) if params.tissue == "all" else detect_tissue(slide)
+    if rois:
+        tissue = restrict_to_rois(tissue, rois, slide.dimensions)
+    return tissue, rois
+
+
+def plan_slide(
+    slide: Slide,
+    mpp: tuple[float, float],
+    geometry: tuple[int, float],
+    params: SegmentParams,
+    tissue: TissueMask,
+) -> tuple[TileGrid, ChunkPlan]:
+    """The tile grid (validated against the options) and the tissue chunks to run."""
+    tile, model_mpp = geometry
+    grid = TileGrid(tile=tile, overlap=params.overlap, downsample=params.output_downsample)
+    grid.validate()
+    chunk_tiles = plan_chunk_tiles(params)
+    return grid, plan_chunks(slide, mpp[0], model_mpp, grid, chunk_tiles, tissue)
+
+
+def chunk_read_backend(slide: Slide, params: SegmentParams, level: int) -> str | None:
+    """--backend auto: chunk reads with tiffslide where it decodes the same pixels cheaper."""
+    return fast_read_backend(slide, level) if params.backend == "auto" else None
+
+
+def prefetch_read_job(
+    slide_path: str,
+    slide: Slide,
+    params: SegmentParams,
+    grid: TileGrid,
+    planned: ChunkPlan,
+    read_backend: str | None,
+    model_dir: Path,
+) -> SlideJob:
+    """A SlideJob used only to read chunks (no model, no store) for the prefetcher."""
+    return SlideJob(
+        slide_path=slide_path,
+        backend=slide.backend,
+        mpp_override=params.mpp,
+        level0_per_model=planned.level0_per_model,
+        read_level=planned.read_level,
+        grid=grid,
+        n_classes=0,
+        batch_size=run_batch_size(params.batch_size, "cpu"),  # reads only: never used
+        gate=params.gate,
+        zarr_path="",
+        tissue_mask=np.zeros((1, 1), bool),
+        tissue_downsample=1.0,
+        level0_per_output=1.0,
+        model=ModelHandle(str(model_dir), params.device, params.precision),
+        read_backend=read_backend,
+    )

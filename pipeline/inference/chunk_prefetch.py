@@ -1,0 +1,110 @@
+"""Read chunk images ahead of the model, in one background thread, bounded in bytes.
+
+Local runs only: the reader starts as soon as the chunks are planned, so the slide is being
+decoded while the process still imports torch and loads the model, and it shares decoded
+storage tiles between chunks (`wsi.tile_reuse`).
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from wsi_segment.pipeline.inference.chunk_job import SlideJob
+from wsi_segment.wsi.tile_reuse import TileReuse
+from wsi_segment.wsi.tiling import ChunkSpec
+
+
+class ChunkPrefetcher:
+    """Reads chunk images ahead of the model in one background thread, bounded in bytes.
+
+    Started as soon as the chunks are planned, it decodes while the process is still
+    importing torch and loading the model (single-threaded, so a core is free), and during
+    inference it keeps reading ahead of the forward passes. A chunk is read exactly once:
+    `take(spec)` returns the prefetched image, waits if the reader is busy with that very
+    chunk, and otherwise claims the chunk so the caller reads it itself (None): no chunk
+    ever waits for the reader to get round to it, whatever order chunks are run in. A read
+    error stops the reader; the chunk is then read (and the error raised) by its caller.
+    """
+
+    def __init__(self, job: SlideJob, specs: list[ChunkSpec], max_bytes: int = 128 << 20):
+        self._job = job
+        self._specs = list(specs)
+        self._max_bytes = max_bytes
+        self._cond = threading.Condition()
+        self._state: dict[tuple[int, int], str] = {}  # "reading" | "done" | "taken"
+        self._images: dict[tuple[int, int], tuple[np.ndarray, tuple[int, int, int, int]]] = {}
+        self._bytes = 0
+        self._stop = False
+        self.read_s = 0.0  # thread CPU seconds spent reading (for the summary)
+        self.tile_reuse: TileReuse | None = None  # planned by the reader thread, first thing
+        self._planned = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="chunk-prefetch", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        import time
+
+        t0 = time.thread_time()
+        try:
+            try:
+                self.tile_reuse = self._job.plan_tile_reuse(self._specs)
+            except Exception:  # reading still works without reuse; errors surface on read
+                self.tile_reuse = None
+            finally:
+                self._planned.set()
+            for spec in self._specs:
+                key = (spec.row, spec.col)
+                with self._cond:
+                    while not self._stop and self._bytes >= self._max_bytes:
+                        self._cond.wait()
+                    if self._stop:
+                        return
+                    if key in self._state:  # a runner got there first
+                        continue
+                    self._state[key] = "reading"
+                try:
+                    result = self._job.read(spec, self.tile_reuse)
+                except BaseException:
+                    with self._cond:
+                        del self._state[key]  # its runner reads it and reports the error
+                        self._stop = True
+                        self._cond.notify_all()
+                    return
+                with self._cond:
+                    self._state[key] = "done"
+                    self._images[key] = result
+                    self._bytes += result[0].nbytes
+                    self._cond.notify_all()
+        finally:
+            self.read_s = time.thread_time() - t0
+            self._job.close_local()
+
+    def take(self, spec: ChunkSpec) -> tuple[np.ndarray, tuple[int, int, int, int]] | None:
+        key = (spec.row, spec.col)
+        with self._cond:
+            while self._state.get(key) == "reading":
+                self._cond.wait()
+            if self._state.get(key) == "done":
+                self._state[key] = "taken"
+                result = self._images.pop(key)
+                self._bytes -= result[0].nbytes
+                self._cond.notify_all()
+                return result
+            self._state[key] = "taken"
+            return None
+
+    def read_here(self, spec: ChunkSpec) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+        """Read a chunk the caller claimed with `take`, sharing the decoded storage tiles."""
+        self._planned.wait()
+        return self._job.read(spec, self.tile_reuse)
+
+    def close(self) -> None:
+        """Stop reading and drop what was not taken (waits for the current read)."""
+        with self._cond:
+            self._stop = True
+            self._images.clear()
+            self._bytes = 0
+            self._cond.notify_all()
+        self._thread.join()

@@ -1,0 +1,68 @@
+"""Load a model once per process and share it between the threads of that process.
+
+A `ModelHandle` travels to Dask worker processes by pickling only its recipe (folder,
+device, precision); the worker loads the weights on first use and keeps them for every
+later chunk. The per-process memo is the only process-wide state: a cache of immutable
+loaded models keyed by their recipe.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class ModelHandle:
+    """Recipe + (in this process) the loaded model and the lock serialising its forwards."""
+
+    model_dir: str
+    device: str = "auto"
+    precision: str = "auto"  # auto | fp32 | bf16 (the answer a cluster's trial pinned)
+    _loaded: tuple[Any, threading.Lock] | None = field(default=None, repr=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"model_dir": self.model_dir, "device": self.device, "precision": self.precision}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._loaded = None
+
+    def get(self) -> tuple[Any, threading.Lock]:
+        if self._loaded is None:
+            self._loaded = load_for_process(self.model_dir, self.device, self.precision)
+        return self._loaded
+
+    @classmethod
+    def with_model(cls, model: Any, model_dir: str, device: str, precision: str) -> ModelHandle:
+        """A handle around an already loaded model (tests, the CLI's single process)."""
+        return cls(model_dir, device, precision, (model, threading.Lock()))
+
+
+@functools.lru_cache(maxsize=4)
+def load_for_process(model_dir: str, device: str, precision: str) -> tuple[Any, threading.Lock]:
+    """Load the bundle on the chosen device once per (process, recipe)."""
+    from wsi_segment.models.bundle import load_model
+    from wsi_segment.models.device import pick_device
+
+    model = load_model(Path(model_dir))
+    model.to_device(device, precision_to_load(precision, pick_device(device).type))
+    model.eval()
+    return model, threading.Lock()
+
+
+def model_device_type(model: Any) -> str:
+    """'cpu' or 'cuda': where a loaded model's weights live (a model without a `device`
+    attribute, e.g. a test double, counts as the CPU)."""
+    return str(getattr(getattr(model, "device", None), "type", "cpu"))
+
+
+def precision_to_load(precision: str, device_type: str) -> str:
+    """fp32 stays fp32; 'bf16' is a CPU trial's answer pinned for a cluster
+    (pipeline.inference.chunk_runner), so a GPU worker of a mixed cluster keeps its own 'auto'."""
+    if precision == "fp32" or (precision == "bf16" and device_type == "cpu"):
+        return precision
+    return "auto"

@@ -1,0 +1,45 @@
+"""What one chunk reports back to the slide: class counts, probability sums and polygons.
+
+Small by design (thousands fit in memory); the slide's summary, GeoJSON and statistics are
+merged from these in `pipeline.outputs.finish_outputs`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import shapely
+
+from wsi_segment.pipeline.outputs.polygons import label_block_polygons
+from wsi_segment.wsi.tiling import ChunkSpec
+
+NODATA = 255  # label of pixels outside tissue, or where the gate removed every class
+
+
+@dataclass
+class ChunkOutcome:
+    """What a chunk reports back: small, so thousands of them fit in memory."""
+
+    row: int
+    col: int
+    tiles_run: int
+    counts: np.ndarray  # (K,) output pixels per class
+    prob_sums: np.ndarray  # (K,) sum of class-k probability over pixels labelled k
+    polygons: dict[int, list[bytes]]  # class -> WKB polygons in output pixel coordinates
+    bytes_from_model: int = 0  # what crossed from the model's device for this chunk
+
+
+def summarise_block(
+    spec: ChunkSpec, tiles_run: int, labels: np.ndarray, probs_u8: np.ndarray, k: int
+) -> ChunkOutcome:
+    """Per-class counts, probability sums and exact polygons of one output block."""
+    counts = np.bincount(labels.ravel(), minlength=256)[:k].astype(np.int64)
+    prob_sums = np.zeros(k, dtype=np.float64)
+    for c in range(k):
+        sel = labels == c
+        if counts[c]:
+            prob_sums[c] = probs_u8[c][sel].sum(dtype=np.float64) / 255.0
+    polys = label_block_polygons(labels, spec.out_box[0], spec.out_box[1], k, nodata=NODATA)
+    wkb = {c: [shapely.to_wkb(p) for p in plist] for c, plist in polys.items() if plist}
+    return ChunkOutcome(spec.row, spec.col, tiles_run, counts, prob_sums, wkb)

@@ -1,0 +1,90 @@
+"""Optional pyramidal OME-TIFF copy of the probability maps.
+
+Why: every QuPath version (and most slide viewers) opens a tiled pyramidal OME-TIFF directly,
+where OME-Zarr needs QuPath 0.6+. Written from the OME-Zarr pyramid tile by tile, so memory
+is one tile row whatever the slide size. Channel names and colours, and the physical pixel
+size, are in the OME-XML.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import tifffile
+import zarr
+
+from wsi_segment.pipeline.outputs.ome_zarr import ATTRS_KEY
+
+TILE = 256
+
+
+def _ome_color(rgb: list[int]) -> int:
+    """OME Color: RGBA packed in a signed 32-bit int (alpha 255)."""
+    value = (int(rgb[0]) << 24) | (int(rgb[1]) << 16) | (int(rgb[2]) << 8) | 0xFF
+    return value - (1 << 32) if value >= 1 << 31 else value
+
+
+def _tiles(arr: zarr.Array, tile: int) -> Iterator[np.ndarray]:
+    """Tiles in TIFF order (plane, then rows, then columns), reading one tile row at a time."""
+    c, h, w = arr.shape
+    for ch in range(c):
+        for y0 in range(0, h, tile):
+            strip = np.asarray(arr[ch, y0 : y0 + tile, :])
+            for x0 in range(0, w, tile):
+                block = strip[:, x0 : x0 + tile]
+                if block.shape != (tile, tile):  # edge tiles are padded with 0 (no tissue)
+                    padded = np.zeros((tile, tile), dtype=np.uint8)
+                    padded[: block.shape[0], : block.shape[1]] = block
+                    block = padded
+                yield block
+
+
+def write_probability_ome_tiff(
+    zarr_path: str | Path, tiff_path: str | Path, tile: int = TILE, compression: str = "zlib"
+) -> Path:
+    """Copy every level of the probability OME-Zarr into one pyramidal OME-TIFF (sub-IFDs).
+
+    `compression` "zlib" (deflate) is lossless and read by Bio-Formats/QuPath everywhere.
+    """
+    group = zarr.open_group(str(zarr_path), mode="r")
+    meta = group.attrs[ATTRS_KEY]
+    paths = [d["path"] for d in group.attrs["multiscales"][0]["datasets"]]
+    levels = [group[p] for p in paths]
+    mpp_x, mpp_y = float(meta["output_mpp"]["x"]), float(meta["output_mpp"]["y"])
+    tiff_path = Path(tiff_path)
+    tmp = tiff_path.with_name(f".{tiff_path.name}.tmp")
+    options = {
+        "tile": (tile, tile),
+        "compression": compression,
+        "photometric": "minisblack",
+        "dtype": np.uint8,
+    }
+    metadata = {
+        "axes": "CYX",
+        "Name": group.attrs["multiscales"][0].get("name", ""),
+        "PhysicalSizeX": mpp_x,
+        "PhysicalSizeXUnit": "µm",
+        "PhysicalSizeY": mpp_y,
+        "PhysicalSizeYUnit": "µm",
+        "Channel": {
+            "Name": list(meta["class_names"]),
+            "Color": [_ome_color(c) for c in meta["colors"]],
+        },
+    }
+    with tifffile.TiffWriter(tmp, bigtiff=True, ome=True) as tif:
+        for i, arr in enumerate(levels):
+            f = 2**i
+            tif.write(
+                _tiles(arr, tile),
+                shape=arr.shape,
+                subifds=len(levels) - 1 if i == 0 else None,
+                subfiletype=1 if i else 0,
+                metadata=metadata if i == 0 else None,
+                resolution=(1e4 / (mpp_x * f), 1e4 / (mpp_y * f)),
+                resolutionunit="CENTIMETER",
+                **options,
+            )
+    tmp.replace(tiff_path)
+    return tiff_path

@@ -1,0 +1,171 @@
+"""A slide's output folder appears all at once, and two runs never write it together.
+
+Work happens in a hidden sibling `.<name>.partial` that is renamed to `<name>` only when
+every file is written; on any error the partial folder is removed, so nothing that looks
+finished is ever left behind. An exclusive `flock` on `.<name>.lock` keeps a second run on
+the same slide and output folder from interfering (the kernel drops the lock if the holder
+is killed, so a SIGKILLed run never blocks the next one).
+
+The lock file is removed when a run ends (done, failed or refused for an existing folder),
+so a failed run leaves nothing. Removing a lock file is only safe with two rules, both here:
+the holder unlinks it while it still holds the lock, as its very last step; and a run that
+got the lock checks that the file it locked is still the one at `.<name>.lock`. Without the
+check, a second run that opened the file just before the holder removed it would lock the
+removed file while a third run locks a new one, and both would write. With it, the second
+run sees a removed file and starts over on the new one (refused if the third holds it).
+Only a SIGKILLed run leaves its (empty) lock file behind; the next run takes it over.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import shutil
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from wsi_segment.errors import OutputError
+from wsi_segment.pipeline.outputs.summary import read_summary
+
+SUMMARY_NAME = "summary.json"
+# Each retry means another run removed the lock file between our open and our flock, i.e.
+# finished just then; more than a few in a row would take runs finishing in a tight loop.
+LOCK_ATTEMPTS = 20
+
+
+def read_previous_summary(final_dir: Path) -> dict[str, Any] | None:
+    """The summary of a finished run in `final_dir`, or None when there is none."""
+    return read_summary(Path(final_dir) / SUMMARY_NAME)
+
+
+class OutputDir:
+    """Context manager: lock, temporary work folder, atomic publish on `commit()`."""
+
+    def __init__(self, out_root: Path, name: str, overwrite: bool) -> None:
+        self.out_root = Path(out_root)
+        self.final_dir = self.out_root / name
+        self.work_dir = self.out_root / f".{name}.partial"
+        self.lock_path = self.out_root / f".{name}.lock"
+        self.overwrite = overwrite
+        self._lock_fd: int | None = None
+        self.committed = False
+
+    def __enter__(self) -> OutputDir:
+        try:
+            self.out_root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise self._unwritable(exc) from exc
+        self._lock_fd = self._lock()
+        try:
+            self._check_final()
+        except OutputError:
+            self._release()
+            raise
+        try:
+            if self.work_dir.exists():  # left by a killed run
+                shutil.rmtree(self.work_dir)
+            self.work_dir.mkdir()
+        except OSError as exc:
+            self._release()
+            raise output_error(self.work_dir, exc) from exc
+        return self
+
+    def _lock(self) -> int:
+        """An fd holding the exclusive lock on the file now at `lock_path` (see the module
+        docstring: a file removed by its finishing holder after our open is retried)."""
+        busy = OutputError(
+            f"{self.final_dir}: another wsi-segment run is writing this output right now; "
+            "wait for it to finish or choose another --out"
+        )
+        for _ in range(LOCK_ATTEMPTS):
+            try:
+                fd = os.open(self.lock_path, os.O_CREAT | os.O_RDWR, 0o644)
+            except OSError as exc:
+                raise self._unwritable(exc) from exc
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                os.close(fd)
+                raise busy from exc
+            if is_linked_at(fd, self.lock_path):
+                return fd
+            os.close(fd)  # locked a removed file: its holder just finished; lock the new one
+        raise busy
+
+    def _unwritable(self, exc: OSError) -> OutputError:
+        return OutputError(
+            f"{self.out_root}: cannot write outputs here ({exc.strerror}); "
+            "choose a writable folder with --out"
+        )
+
+    def _check_final(self) -> None:
+        """Never replace a file, nor a folder without --overwrite: a published folder only
+        comes from a finished run (atomic rename), so anything else there is not ours."""
+        if self.final_dir.exists() and not self.final_dir.is_dir():
+            raise OutputError(
+                f"{self.final_dir} exists and is not an output folder; "
+                "move it away or choose another --out"
+            )
+        if self.final_dir.exists() and not self.overwrite:
+            raise OutputError(f"{self.final_dir} already exists; pass --overwrite")
+
+    def commit(self) -> None:
+        """Publish: replace the final folder by the finished work folder."""
+        self._check_final()
+        try:
+            if self.final_dir.exists():
+                old = self.out_root / f".{self.final_dir.name}.old"
+                if old.exists():
+                    shutil.rmtree(old)
+                os.replace(self.final_dir, old)
+                os.replace(self.work_dir, self.final_dir)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(self.work_dir, self.final_dir)
+        except OSError as exc:
+            raise output_error(self.final_dir, exc) from exc
+        self.committed = True
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if not self.committed:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+        self._release()
+
+    def _release(self) -> None:
+        """Remove the lock file while still holding the lock, then unlock (the last step:
+        a run that locks a new lock file from here on may use the output folder at once)."""
+        if self._lock_fd is not None:
+            # only our own file (someone may have deleted it by hand and a new run made a
+            # new one); OSError: e.g. the folder became read-only, the next run takes it over
+            with contextlib.suppress(OSError):
+                if is_linked_at(self._lock_fd, self.lock_path):
+                    os.unlink(self.lock_path)
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+
+def is_linked_at(fd: int, path: Path) -> bool:
+    """True when `fd` is the file now at `path` (not one removed or replaced since)."""
+    try:
+        here = os.stat(path)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (mine.st_dev, mine.st_ino) == (here.st_dev, here.st_ino)
+
+
+def output_error(path: Path, exc: OSError) -> OutputError:
+    if exc.errno == errno.ENOSPC:
+        return OutputError(f"{path}: disk full while writing outputs; free space and rerun")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return OutputError(f"{path}: output folder is not writable; choose another --out")
+    return OutputError(f"{path}: cannot write outputs: {exc}")

@@ -1,0 +1,84 @@
+"""Outputs of a `--roi` run: class polygons cut to the regions, areas per region, and one
+QuPath annotation per region carrying those areas as measurements.
+
+Per-region areas intersect the unsimplified class polygons (exact to the label raster) with
+each region, so they do not depend on the simplification tolerance; regions may overlap,
+and then each reports its own areas.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import shapely
+from shapely.geometry.base import BaseGeometry
+
+from wsi_segment.pipeline.outputs.geojson import make_feature
+from wsi_segment.pipeline.outputs.polygons import _as_multipolygon
+from wsi_segment.wsi.roi import Roi
+
+ROI_CLASS = "ROI"
+ROI_COLOR = (255, 200, 0)
+
+
+def clip_to_rois(
+    class_geoms: Mapping[int, BaseGeometry], rois: Sequence[Roi]
+) -> dict[int, BaseGeometry]:
+    """Each class's geometry inside the union of the regions."""
+    area = shapely.union_all([r.geometry for r in rois])
+    return {c: _as_multipolygon(shapely.intersection(g, area)) for c, g in class_geoms.items()}
+
+
+def roi_class_areas(
+    rois: Sequence[Roi],
+    class_geoms: Mapping[int, BaseGeometry],
+    tissue: BaseGeometry,
+    classes: Sequence[str],
+    um2_per_px: float,
+) -> list[dict[str, Any]]:
+    """Per region: its area, the tissue in it, and each class's area and share of that
+    tissue (um^2; geometries in level-0 px, `um2_per_px` = mpp_x * mpp_y)."""
+    report = []
+    for roi in rois:
+        cls_um2 = {
+            name: float(shapely.intersection(class_geoms[c], roi.geometry).area) * um2_per_px
+            if c in class_geoms
+            else 0.0
+            for c, name in enumerate(classes)
+        }
+        labelled = sum(cls_um2.values())
+        report.append(
+            {
+                "name": roi.name,
+                "area_um2": float(roi.geometry.area) * um2_per_px,
+                "tissue_area_um2": float(shapely.intersection(tissue, roi.geometry).area)
+                * um2_per_px,
+                "classes": {
+                    name: {
+                        "area_um2": a,
+                        "fraction_of_tissue": a / labelled if labelled else 0.0,
+                    }
+                    for name, a in cls_um2.items()
+                },
+            }
+        )
+    return report
+
+
+def roi_features(
+    rois: Sequence[Roi], report: Sequence[Mapping[str, Any]], id_prefix: str
+) -> list[dict[str, Any]]:
+    """One annotation per region (class "ROI"), measurements = its class areas."""
+    features = []
+    for i, (roi, rep) in enumerate(zip(rois, report, strict=True)):
+        measurements = {"area_um2": rep["area_um2"], "Tissue area_um2": rep["tissue_area_um2"]}
+        for name, values in rep["classes"].items():
+            measurements[f"{name} area_um2"] = values["area_um2"]
+            measurements[f"{name} fraction_of_tissue"] = values["fraction_of_tissue"]
+        feature = make_feature(
+            roi.geometry, ROI_CLASS, ROI_COLOR, measurements, f"{id_prefix}/roi/{i}"
+        )
+        feature["properties"]["name"] = roi.name
+        features.append(feature)
+    return features

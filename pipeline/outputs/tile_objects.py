@@ -1,0 +1,92 @@
+"""Optional per-tile QuPath objects: one square per tile with class probabilities as
+measurements, so QuPath's *Measure > Show measurement maps* paints probability heat maps.
+
+QuPath reads `"objectType": "tile"` as a tile object (a detection), which measurement maps and
+the measurement table handle in the tens of thousands, where one annotation per output pixel
+would not. Read from the probability store strip by strip: memory is one row of tiles.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from wsi_segment.errors import ConfigError
+from wsi_segment.pipeline.outputs.ome_zarr import ATTRS_KEY
+
+
+def iter_tile_features(
+    zarr_path: str | Path, tile_px: int, min_tissue_fraction: float = 0.05
+) -> Iterator[dict[str, Any]]:
+    """Yield one QuPath tile feature per `tile_px` x `tile_px` block of output pixels that has
+    at least `min_tissue_fraction` tissue (pixels with any probability > 0).
+
+    Measurements: "<class> probability" = mean class probability (0-1) over the tile's tissue
+    pixels, and "Tissue fraction". Classification: the class with the highest mean. Geometry in
+    level-0 pixels using the store's `level0_downsample` and `offset_level0`.
+    """
+    if tile_px <= 0:
+        raise ConfigError(f"tile size must be positive, got {tile_px}")
+    group = zarr.open_group(str(zarr_path), mode="r")
+    meta = group.attrs[ATTRS_KEY]
+    names: list[str] = list(meta["class_names"])
+    colors: list[list[int]] = [list(c) for c in meta["colors"]]
+    sx, sy = meta["level0_downsample"]["x"], meta["level0_downsample"]["y"]
+    ox, oy = meta["offset_level0"]["x"], meta["offset_level0"]["y"]
+    arr = group["0"]
+    _, h, w = arr.shape
+    for y0 in range(0, h, tile_px):
+        strip = np.asarray(arr[:, y0 : y0 + tile_px, :], dtype=np.float64) / 255.0
+        for x0 in range(0, w, tile_px):
+            block = strip[:, :, x0 : x0 + tile_px]
+            tissue = block.max(axis=0) > 0
+            n = int(tissue.sum())
+            if n == 0 or n < min_tissue_fraction * tissue.size:
+                continue
+            means = block[:, tissue].mean(axis=1)
+            best = int(np.argmax(means))
+            th, tw = tissue.shape
+            x_a, y_a = x0 * sx + ox, y0 * sy + oy
+            x_b, y_b = (x0 + tw) * sx + ox, (y0 + th) * sy + oy
+            ring = [[x_a, y_a], [x_b, y_a], [x_b, y_b], [x_a, y_b], [x_a, y_a]]
+            measurements = {
+                f"{name} probability": float(m) for name, m in zip(names, means, strict=True)
+            }
+            measurements["Tissue fraction"] = n / tissue.size
+            yield {
+                "type": "Feature",
+                "geometry": {
+                    "type": "Polygon",
+                    "coordinates": [[[round(v, 3) for v in p] for p in ring]],
+                },
+                "properties": {
+                    "objectType": "tile",
+                    "classification": {"name": names[best], "color": colors[best]},
+                    "measurements": measurements,
+                },
+            }
+
+
+def write_tile_geojson(
+    zarr_path: str | Path, path: str | Path, tile_px: int, min_tissue_fraction: float = 0.05
+) -> int:
+    """Write the tile FeatureCollection (streamed feature by feature); return the tile count."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    count = 0
+    with open(tmp, "w", encoding="utf-8") as f:
+        # Constant envelope written by hand so features stream; every feature is json.dump'ed.
+        f.write('{"type":"FeatureCollection","features":[')
+        for feature in iter_tile_features(zarr_path, tile_px, min_tissue_fraction):
+            f.write("," if count else "")
+            json.dump(feature, f, allow_nan=False, separators=(",", ":"))
+            count += 1
+        f.write("]}")
+    os.replace(tmp, path)
+    return count

@@ -1,0 +1,115 @@
+"""The whole weakly supervised training: stage 1 -> stage 2 -> stage 3 -> model folder.
+
+Every stage keeps its state in the work folder (checkpoints, pseudo masks), so running the
+same command again after an interruption continues instead of starting over. The final
+folder is written by `models.bundle.save_model` and is what `wsi-segment SLIDE --model` reads.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from wsi_segment.models.bundle import save_model
+from wsi_segment.models.device import pick_device
+from wsi_segment.models.meta import ModelMeta
+from wsi_segment.models.segmentation_model import SegmentationModel
+from wsi_segment.pipeline.training.datasets import MIN_TRAIN_PATCHES, open_dataset
+from wsi_segment.pipeline.training.make_pseudo_masks import make_pseudo_masks
+from wsi_segment.pipeline.training.train_classifier import classifier_history, train_classifier
+from wsi_segment.pipeline.training.train_config import (
+    TrainConfig,
+    check_config,
+    classifier_config,
+    seg_encoder_name,
+    segmenter_config,
+    work_dir,
+)
+from wsi_segment.pipeline.training.train_segmenter import train_segmenter
+
+__all__ = ["TrainConfig", "seg_encoder_name", "train"]
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).parent,
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Run the three stages and write the model folder `cfg.out`; returns it."""
+    check_config(cfg)
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        return _train(cfg)
+    finally:  # leave the process as we found it (tests, notebooks)
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+
+
+def _train(cfg: TrainConfig) -> Path:
+    """The stages themselves; `train` wraps them in the thread and determinism settings."""
+    t0 = time.time()
+    ds = open_dataset(cfg.data)
+    ds.train_items(MIN_TRAIN_PATCHES)  # a malformed dataset fails here, before any write
+    if ds.has_masks("val"):
+        ds.mask_items("val")
+    device = pick_device(cfg.device)
+    work = work_dir(cfg)
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "config.json").write_text(json.dumps(asdict(cfg), indent=1, default=str))
+
+    ccfg = classifier_config(cfg)
+    classifier = train_classifier(ds, ccfg, work / "stage1", device)
+    t1 = time.time()
+    pseudo_dirs = make_pseudo_masks(ds, classifier, work / "pseudo_masks", device, cfg.batch_size)
+    t2 = time.time()
+    scfg = segmenter_config(cfg)
+    segmenter, seg_state = train_segmenter(
+        ds, scfg, pseudo_dirs, work / "stage3", device, classifier
+    )
+    t3 = time.time()
+
+    provenance = {
+        "method": "Han et al. 2022 multi-layer pseudo-supervision (wsi-segment train)",
+        "data": str(cfg.data),
+        "dataset": {k: v for k, v in ds.to_json().items() if k not in ("classes", "colors")},
+        "train_patches": len(ds.train_items()),
+        "classifier": {**asdict(ccfg), "history": classifier_history(work / "stage1")},
+        "segmenter": {**asdict(scfg), "history": seg_state["history"], "best": seg_state["best"]},
+        "seconds": {
+            "stage1": round(t1 - t0, 1),
+            "stage2": round(t2 - t1, 1),
+            "stage3": round(t3 - t2, 1),
+        },
+        "device": str(device),
+        "torch": torch.__version__,
+        "commit": _git_commit(),
+        **(cfg.provenance or {}),
+    }
+    meta = ModelMeta(
+        name=cfg.name or cfg.out.name,
+        classes=list(ds.classes),
+        colors=[tuple(c) for c in ds.colors],
+        mpp=cfg.mpp,
+        tile_size=cfg.tile_size,
+        provenance=provenance,
+    )
+    model = SegmentationModel(classifier.cpu(), segmenter.cpu(), meta)
+    return save_model(model, cfg.out, meta, weights_dtype="float16" if cfg.fp16 else "float32")

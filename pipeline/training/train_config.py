@@ -1,0 +1,113 @@
+"""Settings of `wsi-segment train` and how they map onto each training stage.
+
+One place for the mapping, shared by `pipeline.training.train` (all stages in one call) and
+`pipeline.training.train_stages` (one stage per Prefect task), so the two can never drift apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from wsi_segment.errors import ConfigError
+from wsi_segment.models.heads import DEFAULT_DROPOUT
+from wsi_segment.pipeline.training.train_classifier import ClassifierConfig, head_spec
+from wsi_segment.pipeline.training.train_segmenter import SegmenterConfig
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything `wsi-segment train` sets; `max_steps` caps batches per epoch (smoke tests)."""
+
+    data: Path
+    out: Path
+    epochs: int = 20
+    seg_epochs: int | None = None  # None: the same as `epochs`
+    encoder: str = "resnet18"
+    seg_encoder: str | None = None  # None: the same as `encoder`
+    batch_size: int = 16
+    head: str = "pda"
+    dropout: float = DEFAULT_DROPOUT
+    pda_schedule: str = "paper"
+    pda_sigma: float | None = None
+    pda_floor: float | None = None
+    pda_warmup: int | None = None
+    classifier_output_stride: int = 16
+    lr_schedule: str = "poly"
+    device: str = "auto"
+    lr: float = 1e-3
+    crop: int | None = None
+    seed: int = 0
+    work_dir: Path | None = None
+    name: str | None = None
+    fp16: bool = False
+    mpp: float = 1.0
+    tile_size: int = 224
+    decoder_channels: int = 256
+    max_steps: int | None = None
+    threads: int | None = None
+    provenance: dict | None = None
+
+    def __post_init__(self) -> None:
+        # One rule for both doors (`wsi-segment train` and the Prefect train flow): the
+        # segmenter follows the classifier's epochs and encoder unless told otherwise.
+        if self.seg_epochs is None:
+            object.__setattr__(self, "seg_epochs", self.epochs)
+        if self.seg_encoder is None:
+            object.__setattr__(self, "seg_encoder", self.encoder)
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """Refuse settings no stage can run with, before anything is written."""
+    if cfg.epochs < 1 or cfg.seg_epochs < 1:
+        raise ConfigError("--epochs and --seg-epochs must be >= 1")
+    if cfg.batch_size < 2:
+        raise ConfigError(
+            f"--batch-size must be >= 2, got {cfg.batch_size}: BatchNorm cannot train on "
+            "batches of one sample"
+        )
+    head_spec(classifier_config(cfg))  # dropout and PDA schedule
+
+
+def seg_encoder_name(name: str) -> str:
+    """smp has its own resnet18/34/50; any other timm name goes through smp's `tu-` bridge."""
+    smp_own = {"resnet18", "resnet34", "resnet50", "resnet101", "resnet152"}
+    return name if name in smp_own or name.startswith("tu-") else f"tu-{name}"
+
+
+def work_dir(cfg: TrainConfig) -> Path:
+    """The folder holding checkpoints and pseudo masks (as `train()` chooses it)."""
+    return cfg.work_dir or cfg.out.with_name(cfg.out.name + ".work")
+
+
+def classifier_config(cfg: TrainConfig) -> ClassifierConfig:
+    return ClassifierConfig(
+        encoder=cfg.encoder,
+        head=cfg.head,
+        output_stride=cfg.classifier_output_stride,
+        dropout=cfg.dropout,
+        pda_schedule=cfg.pda_schedule,
+        pda_sigma=cfg.pda_sigma,
+        pda_floor=cfg.pda_floor,
+        pda_warmup=cfg.pda_warmup,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        lr_schedule=cfg.lr_schedule,
+        seed=cfg.seed,
+        max_steps=cfg.max_steps,
+    )
+
+
+def segmenter_config(cfg: TrainConfig) -> SegmenterConfig:
+    return SegmenterConfig(
+        encoder=seg_encoder_name(cfg.seg_encoder),
+        epochs=cfg.seg_epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        lr_schedule=cfg.lr_schedule,
+        seed=cfg.seed,
+        crop=cfg.crop,
+        decoder_channels=cfg.decoder_channels,
+        max_steps=cfg.max_steps,
+    )

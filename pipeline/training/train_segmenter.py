@@ -1,0 +1,170 @@
+"""Stage 3: DeepLabV3+ trained on the three pseudo masks of every training patch.
+
+Loss = 0.2 CE(shallow) + 0.2 CE(mid) + 0.6 CE(deep), background pixels (255) carry no loss.
+After each epoch the model is scored on the validation split (gated by the classifier, as
+at inference) and the epoch with the best mIoU is kept. Checkpoints every epoch, resumable.
+AdamW with poly learning-rate decay per step, as in stage 1 (`lr_schedule`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from wsi_segment.models.gate import apply_gate
+from wsi_segment.models.segmenter import (
+    DEFAULT_LAYER_WEIGHTS,
+    Segmenter,
+    build_segmenter,
+    multilayer_pseudo_loss,
+)
+from wsi_segment.pipeline.training.checkpoints import load_checkpoint, save_checkpoint
+from wsi_segment.pipeline.training.datasets import (
+    MIN_TRAIN_PATCHES,
+    WsssDataset,
+    augment,
+    batch_count,
+    epoch_batches,
+    load_batch,
+)
+from wsi_segment.pipeline.training.make_pseudo_masks import mask_name
+from wsi_segment.pipeline.training.metrics import ConfusionMatrix
+from wsi_segment.pipeline.training.train_classifier import (
+    progress_enabled,
+    scheduled_lr,
+    seeded,
+    set_lr,
+    to_input,
+)
+
+
+@dataclass(frozen=True)
+class SegmenterConfig:
+    """Stage-3 settings; `crop` trains on random square crops (masks cropped alike)."""
+
+    encoder: str = "resnet18"
+    epochs: int = 20
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    crop: int | None = None
+    decoder_channels: int = 256
+    layer_weights: tuple[float, ...] = DEFAULT_LAYER_WEIGHTS
+    gate_epsilon: float = 0.1
+    lr_schedule: str = "poly"
+    max_steps: int | None = None
+
+
+def _read_pseudo(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im, dtype=np.uint8)
+
+
+@torch.no_grad()
+def validate(
+    ds: WsssDataset,
+    segmenter: torch.nn.Module,
+    classifier: torch.nn.Module | None,
+    device: torch.device,
+    split: str = "val",
+    batch_size: int = 16,
+    gate_epsilon: float = 0.1,
+) -> float:
+    """Split mIoU of the segmenter (gated by the classifier when given)."""
+    segmenter.eval()
+    cm = ConfusionMatrix(ds.num_classes)
+    items = ds.mask_items(split)
+    for i in range(0, len(items), batch_size):
+        chunk = items[i : i + batch_size]
+        x = to_input(load_batch([it.image for it in chunk]), device)
+        probs = segmenter(x).softmax(1)
+        if classifier is not None:
+            probs = apply_gate(probs, torch.sigmoid(classifier(x)), gate_epsilon)
+        for it, pred in zip(chunk, probs.argmax(1).cpu().numpy(), strict=True):
+            cm.update(pred, ds.read_mask(it.mask))
+    return cm.scores().miou
+
+
+def train_segmenter(
+    ds: WsssDataset,
+    cfg: SegmenterConfig,
+    pseudo_dirs: list[Path],
+    work: Path,
+    device: torch.device,
+    classifier: torch.nn.Module | None = None,
+) -> tuple[Segmenter, dict]:
+    """Train (or resume) the segmenter on pseudo masks; returns the best-epoch model and its record."""
+    if len(pseudo_dirs) != len(cfg.layer_weights):
+        raise ValueError(
+            f"{len(pseudo_dirs)} pseudo-mask folders for {len(cfg.layer_weights)} loss weights"
+        )
+    items = ds.train_items(MIN_TRAIN_PATCHES)
+    work.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    model = build_segmenter(cfg.encoder, ds.num_classes, decoder_channels=cfg.decoder_channels).to(
+        device
+    )
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    state = load_checkpoint(work / "last", model, opt) or {"epoch": 0, "history": [], "best": None}
+    has_val = ds.has_masks("val")
+    steps = batch_count(len(items), cfg.batch_size)
+    if cfg.max_steps is not None:
+        steps = min(steps, cfg.max_steps)
+    for epoch in range(int(state["epoch"]), cfg.epochs):
+        model.train()
+        gen = seeded(cfg.seed, 3, epoch)
+        bar = tqdm(
+            epoch_batches(len(items), cfg.batch_size, gen)[:steps],
+            desc=f"stage 3 epoch {epoch + 1}/{cfg.epochs}",
+            disable=not progress_enabled(),
+        )
+        total, seen = 0.0, 0
+        for step, idx in enumerate(bar):
+            set_lr(
+                opt, scheduled_lr(cfg.lr, cfg.lr_schedule, epoch * steps + step, cfg.epochs * steps)
+            )
+            names = [mask_name(items[i]) for i in idx]
+            masks = [
+                torch.from_numpy(np.stack([_read_pseudo(d / n) for n in names]))
+                for d in pseudo_dirs
+            ]
+            images, masks = augment(load_batch([items[i].image for i in idx]), masks, gen, cfg.crop)
+            logits = model(to_input(images, device))
+            loss = multilayer_pseudo_loss(logits, [m.to(device) for m in masks], cfg.layer_weights)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+            seen += len(idx)
+            bar.set_postfix(loss=f"{total / seen:.4f}")
+        record = {"epoch": epoch + 1, "loss": total / max(seen, 1)}
+        if has_val:
+            record["val_miou"] = validate(
+                ds, model, classifier, device, "val", cfg.batch_size, cfg.gate_epsilon
+            )
+            print(
+                f"stage 3 epoch {epoch + 1}: loss {record['loss']:.4f} val mIoU {record['val_miou']:.4f}"
+            )
+        best = state["best"]
+        score = record.get("val_miou", -record["loss"])
+        if best is None or not math.isfinite(best["score"]) or score > best["score"]:
+            best = {**record, "score": score}
+            weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+            save_file(weights, str(work / "best.safetensors.tmp"))
+            (work / "best.safetensors.tmp").replace(work / "best.safetensors")
+        state = {"epoch": epoch + 1, "history": [*state["history"], record], "best": best}
+        save_checkpoint(work / "last", model, opt, state)
+    if (work / "best.safetensors").is_file():
+        model.load_state_dict(load_file(str(work / "best.safetensors")))
+    (work / "result.json").write_text(json.dumps(state, indent=1))
+    model.eval()
+    return model, state

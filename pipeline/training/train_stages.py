@@ -1,0 +1,82 @@
+"""`pipeline.training.train.train` cut into its stages, so an orchestrator can run each on its own.
+
+The Prefect train flow makes each stage a task (own retries, own timing, visible progress).
+Every stage keeps its state in the work folder exactly as `train()` does, so the stages
+resume after an interruption, and the last step calls `train()` itself: it finds every
+stage finished (it only loads checkpoints and masks) and writes the model folder with the
+same provenance as a plain `wsi-segment train`. Both use the stage settings of
+`pipeline.training.train_config`; `tests/flows/test_train_flow.py` checks they give the same weights.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from wsi_segment.models.device import pick_device
+from wsi_segment.pipeline.training.datasets import MIN_TRAIN_PATCHES, WsssDataset, open_dataset
+from wsi_segment.pipeline.training.make_pseudo_masks import make_pseudo_masks
+from wsi_segment.pipeline.training.train import train
+from wsi_segment.pipeline.training.train_classifier import train_classifier
+from wsi_segment.pipeline.training.train_config import (
+    TrainConfig,
+    check_config,
+    classifier_config,
+    segmenter_config,
+    work_dir,
+)
+from wsi_segment.pipeline.training.train_segmenter import train_segmenter
+
+
+@dataclass
+class TrainRun:
+    """What the stages share: the settings, the opened dataset, the device, the work folder."""
+
+    cfg: TrainConfig
+    ds: WsssDataset
+    device: torch.device
+    work: Path
+
+
+def start(cfg: TrainConfig) -> TrainRun:
+    """Check settings, open the dataset, pick the device, create the work folder."""
+    check_config(cfg)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    ds = open_dataset(cfg.data)
+    ds.train_items(MIN_TRAIN_PATCHES)  # a malformed dataset fails here, before any write
+    work = work_dir(cfg)
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "config.json").write_text(json.dumps(asdict(cfg), indent=1, default=str))
+    return TrainRun(cfg, ds, pick_device(cfg.device), work)
+
+
+def stage1_classifier(run: TrainRun) -> torch.nn.Module:
+    """Train (or resume, or load when finished) the patch classifier."""
+    return train_classifier(run.ds, classifier_config(run.cfg), run.work / "stage1", run.device)
+
+
+def stage2_pseudo_masks(run: TrainRun, classifier: torch.nn.Module) -> list[Path]:
+    """Pseudo masks of every training patch at three depths (existing masks are kept)."""
+    return make_pseudo_masks(
+        run.ds, classifier, run.work / "pseudo_masks", run.device, run.cfg.batch_size
+    )
+
+
+def stage3_segmenter(
+    run: TrainRun, pseudo_dirs: list[Path], classifier: torch.nn.Module
+) -> tuple[Any, dict]:
+    """Train (or resume) DeepLabV3+ on the multi-layer pseudo masks."""
+    return train_segmenter(
+        run.ds, segmenter_config(run.cfg), pseudo_dirs, run.work / "stage3", run.device, classifier
+    )
+
+
+def write_model(cfg: TrainConfig) -> Path:
+    """The model folder, through `train()` (which now only loads the finished stages)."""
+    return train(cfg)

@@ -1,0 +1,151 @@
+"""Output folders appear all at once, never half-written, and one run at a time; a run
+that ends (done or failed) leaves no lock file, without ever letting two runs in at once."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+import time
+
+import pytest
+
+from wsi_segment.errors import OutputError
+from wsi_segment.pipeline.outputs.output_dir import OutputDir, is_linked_at, read_previous_summary
+
+
+def _siblings(parent):
+    return sorted(p.name for p in parent.iterdir())
+
+
+def test_outputs_appear_on_commit_only(tmp_path):
+    root = tmp_path / "out"
+    with OutputDir(root, "slide", overwrite=False) as out:
+        (out.work_dir / "summary.json").write_text('{"fingerprint": "x"}')
+        assert not (root / "slide").exists()  # nothing visible while writing
+        out.commit()
+    assert _siblings(root) == ["slide"]
+    assert read_previous_summary(root / "slide") == {"fingerprint": "x"}
+
+
+def test_error_leaves_nothing(tmp_path):
+    with pytest.raises(RuntimeError), OutputDir(tmp_path, "slide", False) as out:
+        (out.work_dir / "half.bin").write_bytes(b"x")
+        raise RuntimeError("boom")
+    assert _siblings(tmp_path) == []
+
+
+def test_overwrite_replaces_and_failure_keeps_old(tmp_path):
+    final = tmp_path / "slide"
+    final.mkdir()
+    (final / "summary.json").write_text("{}")
+    with (
+        pytest.raises(OutputError, match="--overwrite"),
+        OutputDir(tmp_path, "slide", False) as out,
+    ):
+        out.commit()
+    with pytest.raises(KeyboardInterrupt), OutputDir(tmp_path, "slide", True) as out:
+        (out.work_dir / "new.txt").write_text("new")
+        raise KeyboardInterrupt
+    assert _siblings(final) == ["summary.json"] and _siblings(tmp_path) == ["slide"]
+    with OutputDir(tmp_path, "slide", True) as out:
+        (out.work_dir / "new.txt").write_text("new")
+        out.commit()
+    assert _siblings(final) == ["new.txt"] and _siblings(tmp_path) == ["slide"]
+
+
+def test_a_second_writer_is_refused_while_the_first_holds_the_lock(tmp_path):
+    with OutputDir(tmp_path, "slide", False) as first:
+        with pytest.raises(OutputError, match="another wsi-segment run"):
+            OutputDir(tmp_path, "slide", False).__enter__()
+        assert first.work_dir.is_dir()  # the refused run did not touch the first's work
+    with OutputDir(tmp_path, "slide", False):  # released: the next run proceeds
+        pass
+
+
+def test_partial_folder_of_a_killed_run_is_discarded(tmp_path):
+    stale = tmp_path / ".slide.partial"
+    stale.mkdir()
+    (stale / "half.bin").write_bytes(b"x")
+    with OutputDir(tmp_path, "slide", False) as out:
+        assert list(out.work_dir.iterdir()) == []
+
+
+def test_unwritable_parent(tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")  # a file where the output root should be
+    with pytest.raises(OutputError, match="writable"), OutputDir(blocker / "o", "s", False):
+        pass
+
+
+def test_no_lock_file_is_left_when_a_run_ends(tmp_path):
+    with OutputDir(tmp_path, "done", False) as out:
+        assert out.lock_path.is_file()  # held while the run works
+        out.commit()
+    with pytest.raises(RuntimeError), OutputDir(tmp_path, "failed", False):
+        raise RuntimeError("boom")
+    with pytest.raises(OutputError, match="--overwrite"), OutputDir(tmp_path, "done", False):
+        pass  # refused up front: the finished folder exists
+    assert _siblings(tmp_path) == ["done"]
+
+
+def test_a_refused_run_leaves_the_holders_lock_alone(tmp_path):
+    with OutputDir(tmp_path, "slide", False) as first:
+        held = os.stat(first.lock_path).st_ino
+        for _ in range(3):
+            with pytest.raises(OutputError, match="another wsi-segment run"):
+                OutputDir(tmp_path, "slide", False).__enter__()
+        assert os.stat(first.lock_path).st_ino == held
+        assert is_linked_at(first._lock_fd, first.lock_path)
+    assert _siblings(tmp_path) == []
+
+
+def test_a_lock_taken_on_a_removed_lock_file_is_not_trusted(tmp_path):
+    """The race that removing lock files opens: a second run opens the lock file, the first
+    run finishes (removes it, unlocks), the second's flock then succeeds on the removed file
+    while a third run creates and locks a new one. The second must see it holds nothing."""
+    first = OutputDir(tmp_path, "slide", False).__enter__()
+    second_fd = os.open(first.lock_path, os.O_RDWR)  # the second run's open...
+    try:
+        first.__exit__(None, None, None)  # ...then the first run ends
+        fcntl.flock(second_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # succeeds: nobody holds it
+        assert not is_linked_at(second_fd, first.lock_path)  # but the file is gone
+        with OutputDir(tmp_path, "slide", False) as third:
+            assert is_linked_at(third._lock_fd, third.lock_path)
+            assert not is_linked_at(second_fd, third.lock_path)  # a new file, not ours
+    finally:
+        os.close(second_fd)
+
+
+def test_runs_racing_for_one_output_never_hold_it_together(tmp_path):
+    """Threads entering and leaving OutputDir as fast as they can (flock conflicts between
+    separate opens in one process as between processes): never two inside at once."""
+    inside: list[int] = []
+    overlaps: list[int] = []
+    entered = [0]
+    guard = threading.Lock()
+    deadline = time.monotonic() + 1.5
+
+    def worker() -> None:
+        while time.monotonic() < deadline:
+            try:
+                with OutputDir(tmp_path, "slide", False):
+                    with guard:
+                        inside.append(1)
+                        entered[0] += 1
+                        if len(inside) > 1:
+                            overlaps.append(len(inside))
+                    time.sleep(0)
+                    with guard:
+                        inside.pop()
+            except OutputError:
+                pass  # refused while another holds it: what a real second run does
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert overlaps == []
+    assert entered[0] > 50  # the race was really run
+    assert _siblings(tmp_path) == []

@@ -1,0 +1,299 @@
+"""Synthetic whole-slide images with exact ground truth, for tests, demos and benchmarks.
+
+`write_synthetic_slide` writes an Aperio-like pyramidal tiled JPEG TIFF (openslide and
+tiffslide read it as vendor aperio, with its mpp) and, next to it, the label map it was
+painted from, so a segmentation can be scored against the truth.
+
+Why it is built this way:
+- The label map lives on a coarse grid (one cell per `label_downsample` level-0 px, a
+  divisor of the tile size) and is upsampled by nearest neighbour per tile, so a big slide
+  never needs its full-resolution label map in memory.
+- Every random quantity is a hash of position (`synthetic.textures`), so tiles render seamlessly
+  one at a time, and one seed gives the same bytes.
+- Tiles stream to tifffile from generators; only tiles holding tissue are rendered
+  (~0.3 s each), the rest are one shared white tile. Lower levels are 4x box averages of
+  the level above, kept in a temporary disk-backed array, so memory stays flat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from wsi_segment.synthetic.textures import (
+    BACKGROUND,
+    CLASS_COLORS,
+    CLASS_NAMES,
+    Stain,
+    fbm,
+    render_region,
+    render_tissue,
+)
+
+__all__ = [
+    "BACKGROUND",
+    "CLASS_COLORS",
+    "CLASS_NAMES",
+    "read_label_map",
+    "render_tissue",
+    "write_synthetic_slide",
+]
+
+REGION_UM = 250.0  # feature size of the class partition (regions of ~100-400 um)
+MIN_PIECE_UM2 = 40_000.0  # tissue pieces smaller than this are dropped (detect_tissue: 20k)
+MIN_HOLE_UM2 = 10_000.0  # holes smaller than this are filled (detect_tissue: 5k)
+_BAND = 256  # label rows computed at once (bounds float64 temporaries)
+TileFn = Callable[[int, int], np.ndarray]  # (row, col) -> one (tile, tile, 3) tile
+
+
+def _cells(n_rows: int, n_cols: int, r0: int) -> tuple[np.ndarray, np.ndarray]:
+    y = (np.arange(r0, r0 + n_rows, dtype=np.float64) + 0.5)[:, None]
+    x = (np.arange(n_cols, dtype=np.float64) + 0.5)[None, :]
+    return y, x
+
+
+def _tissue_field(y: np.ndarray, x: np.ndarray, shape: tuple[int, int], seed: int) -> np.ndarray:
+    """Blobby fbm, pulled down towards the slide edges so tissue sits inside the slide."""
+    rows, cols = shape
+    scale = max(rows, cols) / 3.0
+    ry, rx = (y / rows - 0.5) * 2, (x / cols - 0.5) * 2
+    return fbm(y, x, scale, seed * 31 + 11, octaves=3) - 0.35 * (ry * ry + rx * rx)
+
+
+def make_label_map(
+    width: int, height: int, *, mpp: float, seed: int, tissue_fraction: float, downsample: int
+) -> np.ndarray:
+    """Coarse uint8 label map (ceil(H/ds), ceil(W/ds)): classes 0..3, 255 = background.
+
+    Tissue = the fbm field above its (1 - fraction) quantile (estimated on a <= 256^2
+    subsample, so the cost of the threshold does not grow with the slide); classes = argmax
+    of four fbm fields at REGION_UM, so regions are tens to hundreds of micrometres.
+    """
+    rows, cols = math.ceil(height / downsample), math.ceil(width / downsample)
+    labels = np.full((rows, cols), BACKGROUND, np.uint8)
+    if tissue_fraction <= 0:
+        return labels
+    step = max(1, math.ceil(max(rows, cols) / 256))
+    sy = (np.arange(0, rows, step, dtype=np.float64) + 0.5)[:, None]
+    sx = (np.arange(0, cols, step, dtype=np.float64) + 0.5)[None, :]
+    sample = _tissue_field(sy, sx, (rows, cols), seed)
+    thr = -np.inf if tissue_fraction >= 1 else float(np.quantile(sample, 1 - tissue_fraction))
+    cell_um = downsample * mpp
+    region = REGION_UM / cell_um
+    tissue = np.zeros((rows, cols), bool)
+    for r0 in range(0, rows, _BAND):
+        y, x = _cells(min(_BAND, rows - r0), cols, r0)
+        tissue[r0 : r0 + y.shape[0]] = _tissue_field(y, x, (rows, cols), seed) > thr
+        fields = np.stack([fbm(y, x, region, seed * 97 + 1 + 13 * k) for k in range(4)])
+        labels[r0 : r0 + y.shape[0]] = np.argmax(fields, axis=0)
+    if 0 < tissue_fraction < 1:  # (tiny slides: never drop more than 2 % of the slide)
+        small = 0.02 * rows * cols
+        tissue = _drop_small(tissue, min(MIN_PIECE_UM2 / cell_um**2, small))
+        tissue = ~_drop_small(~tissue, min(MIN_HOLE_UM2 / cell_um**2, small), keep_border=True)
+    labels[~tissue] = BACKGROUND
+    return labels
+
+
+def _drop_small(mask: np.ndarray, min_cells: float, keep_border: bool = False) -> np.ndarray:
+    """Remove 8-connected components smaller than min_cells (optionally not border ones)."""
+    lab, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    if n == 0:
+        return mask
+    sizes = np.bincount(lab.ravel(), minlength=n + 1)
+    keep = sizes >= min_cells
+    if keep_border:  # background touching the slide edge is not a hole
+        keep[np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))] = True
+    keep[0] = False
+    return keep[lab]
+
+
+def _level_downsamples(width: int, height: int, tile: int) -> list[int]:
+    """1, 4, 16, ... while the level is at least one tile on its longer side (like Aperio)."""
+    levels = [1]
+    while max(width, height) / (levels[-1] * 4) >= tile:
+        levels.append(levels[-1] * 4)
+    return levels
+
+
+def _box(img: np.ndarray, k: int = 4) -> np.ndarray:
+    """k x k box average of an (H, W, 3) uint8 array (padded with white to multiples of k)."""
+    h, w = -(-img.shape[0] // k), -(-img.shape[1] // k)
+    if img.shape[:2] != (h * k, w * k):
+        img = np.pad(
+            img, ((0, h * k - img.shape[0]), (0, w * k - img.shape[1]), (0, 0)), constant_values=255
+        )
+    return (img.reshape(h, k, w, k, 3).mean(axis=(1, 3)) + 0.5).astype(np.uint8)
+
+
+def _thumbnail(level1: np.ndarray, w1: int, h1: int, max_side: int = 1024) -> np.ndarray:
+    """Aperio's second page: a small stripped overview, box-averaged band by band."""
+    k = max(1, math.ceil(max(w1, h1) / max_side))
+    band = k * 64
+    parts = [_box(np.asarray(level1[r : min(r + band, h1), :w1]), k) for r in range(0, h1, band)]
+    return np.concatenate(parts, axis=0)
+
+
+def _description(width: int, height: int, w: int, h: int, tile: int, mpp: float, q: int) -> str:
+    head = (
+        f"Aperio Image Library v12.0.0 \r\n{width}x{height} [0,0 {width}x{height}] ({tile}x{tile})"
+    )
+    if (w, h) != (width, height):
+        head += f" -> {w}x{h}"
+    return f"{head} JPEG/RGB Q={q}|AppMag = {10.0 / mpp:g}|MPP = {mpp:g}"
+
+
+def write_synthetic_slide(
+    path: str | Path,
+    width: int,
+    height: int,
+    *,
+    mpp: float = 0.5,
+    seed: int = 0,
+    tissue_fraction: float = 0.5,
+    tile: int = 256,
+    quality: int = 90,
+    label_downsample: int = 16,
+) -> Path:
+    """Write the slide at `path` and its label map; return the label map path.
+
+    The label map is `<stem>.labels.png` (uint8, one pixel per `label_downsample` level-0
+    px, 0..3 = CLASS_NAMES, 255 = background); `<stem>.labels.json` records its downsample,
+    classes, colours, mpp and the arguments.
+    """
+    import tifffile
+    from PIL import Image
+
+    path = Path(path)
+    if width < 1 or height < 1 or tile % 16 or tile % label_downsample:
+        raise ValueError("need width, height >= 1, tile a multiple of 16 and of label_downsample")
+    ds_lab = label_downsample
+    labels = make_label_map(
+        width, height, mpp=mpp, seed=seed, tissue_fraction=tissue_fraction, downsample=ds_lab
+    )
+    rng = np.random.default_rng(seed)
+    stain = Stain(h=float(rng.uniform(0.9, 1.1)), e=float(rng.uniform(0.9, 1.1)))
+    rows0, cols0 = math.ceil(height / tile), math.ceil(width / tile)
+    per = tile // ds_lab  # label cells per tile side
+    padded = np.full((rows0 * per, cols0 * per), BACKGROUND, np.uint8)
+    padded[: labels.shape[0], : labels.shape[1]] = labels
+    white = np.full((tile, tile, 3), 255, np.uint8)
+
+    def level0_tile(i: int, j: int) -> np.ndarray:
+        cells = padded[i * per : (i + 1) * per, j * per : (j + 1) * per]
+        if (cells == BACKGROUND).all():
+            return white
+        lab = np.repeat(np.repeat(cells, ds_lab, axis=0), ds_lab, axis=1)
+        lab[max(0, height - i * tile) :, :] = BACKGROUND  # past the slide edge
+        lab[:, max(0, width - j * tile) :] = BACKGROUND
+        return render_region(lab, (j * tile, i * tile), seed, stain, px_um=mpp)
+
+    def tiles(rows: int, cols: int, get: TileFn, nxt: np.ndarray | None) -> Iterator[np.ndarray]:
+        q = tile // 4
+        for i in range(rows):
+            for j in range(cols):
+                t = get(i, j)
+                if nxt is not None:
+                    nxt[i * q : (i + 1) * q, j * q : (j + 1) * q] = _box(t)
+                yield t
+
+    def from_array(src: np.ndarray) -> TileFn:
+        def get(i: int, j: int) -> np.ndarray:
+            t = src[i * tile : (i + 1) * tile, j * tile : (j + 1) * tile]
+            if t.shape[:2] == (tile, tile):
+                return np.ascontiguousarray(t)
+            out = white.copy()
+            out[: t.shape[0], : t.shape[1]] = t
+            return out
+
+        return get
+
+    levels = _level_downsamples(width, height, tile)
+    jpeg = {"compression": "jpeg", "compressionargs": {"level": quality}, "photometric": "rgb"}
+    with (
+        tempfile.TemporaryDirectory(dir=path.parent, prefix=".synthetic-") as scratch,
+        tifffile.TiffWriter(path, bigtiff=width * height > 2**31) as tif,
+    ):
+        get, rows, cols = level0_tile, rows0, cols0
+        for n, ds in enumerate(levels):
+            w, h = math.ceil(width / ds), math.ceil(height / ds)
+            nxt = None
+            if n + 1 < len(levels) or n == 0:  # next level (and thumbnail) source
+                nxt = np.lib.format.open_memmap(
+                    Path(scratch) / f"level{n + 1}.npy",
+                    "w+",
+                    np.uint8,
+                    (rows * tile // 4, cols * tile // 4, 3),
+                )
+            tif.write(
+                tiles(rows, cols, get, nxt),
+                shape=(h, w, 3),
+                dtype=np.uint8,
+                tile=(tile, tile),
+                description=_description(width, height, w, h, tile, mpp, quality),
+                metadata=None,
+                **jpeg,
+            )
+            if nxt is None:
+                continue
+            nxt.flush()
+            if n == 0:  # readers (tifffile, tiffslide) expect page 2 to be the thumbnail
+                w1, h1 = math.ceil(width / 4), math.ceil(height / 4)
+                thumb = _thumbnail(nxt, w1, h1)
+                desc = _description(
+                    width, height, thumb.shape[1], thumb.shape[0], tile, mpp, quality
+                )
+                tif.write(thumb, description=desc, metadata=None, **jpeg)
+            get = from_array(nxt)
+            rows, cols = math.ceil(nxt.shape[0] / tile), math.ceil(nxt.shape[1] / tile)
+    label_path = path.with_name(path.stem + ".labels.png")
+    Image.fromarray(labels, mode="L").save(label_path)
+    meta = {
+        "downsample": ds_lab,
+        "width": width,
+        "height": height,
+        "mpp": mpp,
+        "classes": list(CLASS_NAMES),
+        "colors": [list(c) for c in CLASS_COLORS],
+        "background": BACKGROUND,
+        "seed": seed,
+        "tissue_fraction": tissue_fraction,
+        "slide": path.name,
+    }
+    path.with_name(path.stem + ".labels.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return label_path
+
+
+def read_label_map(label_path: str | Path) -> tuple[np.ndarray, dict]:
+    """(coarse label map, its JSON sidecar); pixel (r, c) covers level-0 px
+    [c*ds, (c+1)*ds) x [r*ds, (r+1)*ds) with ds = meta["downsample"]."""
+    from PIL import Image
+
+    label_path = Path(label_path)
+    meta = json.loads(label_path.with_name(label_path.name[: -len(".png")] + ".json").read_text())
+    return np.asarray(Image.open(label_path)), meta
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Write a synthetic Aperio-like slide + label map.")
+    p.add_argument("out", type=Path)
+    p.add_argument("--size", type=int, default=4096, help="width = height in level-0 px")
+    p.add_argument("--tissue", type=float, default=0.5, help="tissue fraction of the slide")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mpp", type=float, default=0.5)
+    args = p.parse_args(argv)
+    label_path = write_synthetic_slide(
+        args.out, args.size, args.size, mpp=args.mpp, seed=args.seed, tissue_fraction=args.tissue
+    )
+    print(f"{args.out}  (labels: {label_path})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
