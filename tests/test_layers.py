@@ -18,12 +18,12 @@ BASE = ("params", "progress")  # pipeline/params.py and progress.py: read by eve
 # unit -> the units it may import (besides itself and wsi_segment's own errors/lazy_exports).
 # pipeline is split by concern: inference writes outputs as chunks finish, outputs never
 # reach back into inference, training stands beside both; synthetic data is for tests,
-# benchmarks and training the demo model, never for a run.
+# benchmarks and training the demo model, never for a run (it may use wsi's mask helpers).
 ALLOWED = {
     "wsi_segment": set(),
     "wsi": set(),
     "models": set(),
-    "synthetic": set(),
+    "synthetic": {"wsi"},
     "pipeline.base": set(),
     "pipeline.outputs": {"wsi", "models", "pipeline.base"},
     "pipeline.inference": {"wsi", "models", "pipeline.base", "pipeline.outputs"},

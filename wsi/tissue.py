@@ -136,8 +136,8 @@ def tissue_mask_from_rgb(
     padded = np.pad(mask, 2, mode="edge")
     padded = ndimage.binary_opening(ndimage.binary_closing(padded, st), st)
     mask = padded[2:-2, 2:-2]
-    mask = _drop_small(mask, min_area_px)
-    mask = ~_drop_small(~mask, min_hole_px, keep_border=True)
+    mask = drop_small(mask, min_area_px)
+    mask = ~drop_small(~mask, min_hole_px, keep_border=True)
     return mask, thr
 
 
@@ -156,8 +156,11 @@ def pen_ink(img: np.ndarray) -> np.ndarray:
     return blue | green
 
 
-def _drop_small(mask: np.ndarray, min_px: float, keep_border: bool = False) -> np.ndarray:
-    """Remove 8-connected components smaller than min_px (optionally keep border ones)."""
+def drop_small(mask: np.ndarray, min_px: float, keep_border: bool = False) -> np.ndarray:
+    """Remove 8-connected components smaller than min_px (optionally keep border ones).
+
+    Public because the synthetic slides drop their small pieces and fill their small holes
+    with it too."""
     if min_px <= 1 or not mask.any():
         return mask
     lab, n = ndimage.label(mask, structure=np.ones((3, 3), bool))

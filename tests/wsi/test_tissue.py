@@ -13,7 +13,7 @@ from scipy import ndimage
 
 from tests.conftest import CMU_SLIDE, DATA_DIR
 from wsi_segment.wsi.slide import open_slide
-from wsi_segment.wsi.tissue import detect_tissue, tissue_mask_from_rgb
+from wsi_segment.wsi.tissue import detect_tissue, drop_small, tissue_mask_from_rgb
 
 
 def write_slide(path, image: np.ndarray, mpp: float | None = 0.5, jpeg: bool = True):
@@ -67,6 +67,24 @@ def test_blank_slide_has_no_tissue(tmp_path):
     glass = np.clip(rng.normal(235, 4, (1000, 1500, 3)), 0, 255).astype(np.uint8)
     with open_slide(write_slide(tmp_path / "glass.tif", glass)) as slide:
         assert detect_tissue(slide).fraction == 0.0
+
+
+def test_drop_small_counts_8_connected_pixels_and_can_keep_border_pieces():
+    """The size filter detection and the synthetic slides share: a diagonal pair is one
+    component of 2; with keep_border, pieces touching the edge stay whatever their size."""
+    mask = np.zeros((6, 7), bool)
+    mask[0, 0] = True  # 1 px on the border
+    mask[2, 2] = mask[3, 3] = True  # 2 px, 8-connected
+    mask[1:4, 5:7] = True  # 6 px touching the right border
+    assert drop_small(mask, 1) is mask  # nothing can be smaller than 1 px
+    expected = mask.copy()
+    expected[0, 0] = False
+    np.testing.assert_array_equal(drop_small(mask, 2), expected)
+    kept = drop_small(mask, 3)
+    assert kept.sum() == 6 and kept[1:4, 5:7].all()
+    with_border = drop_small(mask, 3, keep_border=True)
+    assert with_border.sum() == 7 and with_border[0, 0] and not with_border[2, 2]
+    assert not drop_small(mask, 7).any()
 
 
 def test_size_filters_are_in_micrometres(tmp_path):

@@ -25,7 +25,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
 from wsi_segment.synthetic.textures import (
     BACKGROUND,
@@ -36,6 +35,7 @@ from wsi_segment.synthetic.textures import (
     render_region,
     render_tissue,
 )
+from wsi_segment.wsi.tissue import drop_small
 
 __all__ = [
     "BACKGROUND",
@@ -95,23 +95,10 @@ def make_label_map(
         labels[r0 : r0 + y.shape[0]] = np.argmax(fields, axis=0)
     if 0 < tissue_fraction < 1:  # (tiny slides: never drop more than 2 % of the slide)
         small = 0.02 * rows * cols
-        tissue = _drop_small(tissue, min(MIN_PIECE_UM2 / cell_um**2, small))
-        tissue = ~_drop_small(~tissue, min(MIN_HOLE_UM2 / cell_um**2, small), keep_border=True)
+        tissue = drop_small(tissue, min(MIN_PIECE_UM2 / cell_um**2, small))
+        tissue = ~drop_small(~tissue, min(MIN_HOLE_UM2 / cell_um**2, small), keep_border=True)
     labels[~tissue] = BACKGROUND
     return labels
-
-
-def _drop_small(mask: np.ndarray, min_cells: float, keep_border: bool = False) -> np.ndarray:
-    """Remove 8-connected components smaller than min_cells (optionally not border ones)."""
-    lab, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
-    if n == 0:
-        return mask
-    sizes = np.bincount(lab.ravel(), minlength=n + 1)
-    keep = sizes >= min_cells
-    if keep_border:  # background touching the slide edge is not a hole
-        keep[np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))] = True
-    keep[0] = False
-    return keep[lab]
 
 
 def _level_downsamples(width: int, height: int, tile: int) -> list[int]:
