@@ -8,7 +8,6 @@ weight is present with the right shape before anything runs.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from wsi_segment.errors import ModelError
 
+from .checksum import file_sha256
 from .classifier import build_classifier
 from .meta import ModelMeta
 from .segmentation_model import SegmentationModel
@@ -80,7 +80,7 @@ def save_model(
         "format_version": FORMAT_VERSION,
         **meta.to_json(),
         "architecture": arch,
-        "weights": {"file": WEIGHTS_FILE, "dtype": weights_dtype, "sha256": _sha256(weights)},
+        "weights": {"file": WEIGHTS_FILE, "dtype": weights_dtype, "sha256": file_sha256(weights)},
     }
     (folder / META_FILE).write_text(json.dumps(doc, indent=2) + "\n")
     return folder
@@ -107,7 +107,7 @@ def load_model(
             f"{weights} is missing: model.json has no weights next to it; copy the whole model folder"
         )
     expected_sha = doc.get("weights", {}).get("sha256")
-    if expected_sha and _sha256(weights) != expected_sha:
+    if expected_sha and file_sha256(weights) != expected_sha:
         raise ModelError(
             f"{weights} does not match the sha256 in model.json (file replaced or corrupt); re-save the model"
         )
@@ -189,11 +189,3 @@ def _check_state(model: SegmentationModel, state: dict[str, torch.Tensor], path:
             f"{path} does not match model.json ({'; '.join(problems)}); "
             "the JSON and the weights come from different models"
         )
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

@@ -13,17 +13,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from wsi_segment.models.checksum import file_sha256
 from wsi_segment.pipeline.params import SegmentParams
 
 FORMAT_VERSION = 2  # bump when outputs change for the same inputs
-
-
-def file_sha256(path: Path, block: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(block):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def model_sha256(model_dir: Path) -> str:

@@ -1,0 +1,19 @@
+"""sha256 of a file, read in blocks: the weights' checksum in model.json and a run's
+fingerprint (model files, ROI file) use this one digest.
+
+Torch-free on purpose: the slide path hashes the model while torch loads in the background.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+
+def file_sha256(path: Path, block: int = 1 << 20) -> str:
+    """Hex sha256 of the file's bytes, read `block` bytes at a time (any size of file)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
