@@ -32,6 +32,7 @@ from wsi_segment.pipeline.outputs.polygons import (
 )
 from wsi_segment.pipeline.outputs.roi_outputs import clip_to_rois, roi_class_areas, roi_features
 from wsi_segment.pipeline.outputs.summary import (
+    SCHEMA_VERSION,
     class_measurements,
     software_versions,
     write_summary,
@@ -41,7 +42,6 @@ from wsi_segment.wsi.roi import Roi
 from wsi_segment.wsi.tissue import tissue_warning
 
 THUMB_SIZE = 1024
-SCHEMA_VERSION = 1
 
 
 def write_outputs(prep: Any, outcomes: list[ChunkOutcome], work_dir: Path) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from tests.conftest import CMU_SLIDE, DATA_DIR, LUAD_CLASSES
 from tests.reference_inference import label_count_bounds
 from wsi_segment.errors import ModelError, MppMissingError, OutputError, SlideError
 from wsi_segment.models.device import cpu_supports_bf16
+from wsi_segment.pipeline.outputs.summary import SCHEMA_VERSION
 from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.pipeline.segment import segment_slide
 
@@ -114,6 +115,7 @@ def test_areas_agree_between_summary_zarr_and_polygons(cmu_run):
             assert poly_area == pytest.approx(zarr_area, rel=0.05)
     assert sum(c["fraction_of_tissue"] for c in summary["classes"].values()) == pytest.approx(1.0)
     assert summary["model"]["sha256"] and summary["versions"]["torch"]
+    assert summary["schema_version"] == SCHEMA_VERSION
     # From the model, per tile: its core's uint8 probabilities and labels, and y (float32)
     run = summary["run_stats"]
     side = summary["tiling"]["stride"] // summary["parameters"]["output_downsample"]
