@@ -15,6 +15,7 @@ from pathlib import Path
 from wsi_segment.errors import WsiSegmentError
 from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.pipeline.progress import BarProgress
+from wsi_segment.wsi.mpp import mpp_problem
 
 
 def positive_int(low: int, high: int):
@@ -37,11 +38,8 @@ def mpp_value(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.01 <= value <= 100:
-        raise argparse.ArgumentTypeError(
-            f"{value} is out of range: micrometres per pixel must be in [0.01, 100] "
-            "(0.25 at 40x, 0.5 at 20x)"
-        )
+    if (problem := mpp_problem(value)) is not None:
+        raise argparse.ArgumentTypeError(problem)
     return value
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from wsi_segment.errors import ConfigError
+from wsi_segment.wsi.mpp import mpp_problem
 
 DEVICES = ("auto", "cpu", "cuda")
 BACKENDS = ("auto", "openslide", "tiffslide")
@@ -65,10 +66,8 @@ class SegmentParams:
             _check_range("threads", self.threads, 1, 256)
         if self.overlap < 0 or self.overlap % 2:
             raise ConfigError(f"overlap must be an even number >= 0 (got {self.overlap})")
-        if self.mpp is not None and not (0.01 <= self.mpp <= 100.0):
-            raise ConfigError(
-                f"--mpp must be between 0.01 and 100 micrometres per pixel (got {self.mpp})"
-            )
+        if self.mpp is not None and (problem := mpp_problem(self.mpp)) is not None:
+            raise ConfigError(f"--mpp {problem}")
         if self.simplify_tolerance < 0:
             raise ConfigError("simplify tolerance must be >= 0")
 

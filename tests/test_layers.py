@@ -24,7 +24,7 @@ ALLOWED = {
     "wsi": set(),
     "models": set(),
     "synthetic": {"wsi"},
-    "pipeline.base": set(),
+    "pipeline.base": {"wsi"},  # params checks --mpp with the range wsi owns
     "pipeline.outputs": {"wsi", "models", "pipeline.base"},
     "pipeline.inference": {"wsi", "models", "pipeline.base", "pipeline.outputs"},
     "pipeline.training": {"wsi", "models", "pipeline.base", "synthetic"},

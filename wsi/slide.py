@@ -28,6 +28,7 @@ import numpy as np
 
 from wsi_segment.errors import ConfigError, MppMissingError, SlideError
 from wsi_segment.wsi.backends import BACKENDS, SlideMeta
+from wsi_segment.wsi.mpp import mpp_problem
 from wsi_segment.wsi.retries import READ_ATTEMPTS, is_transient, with_retries
 
 # Relative slack when matching a level's downsample: levels of odd-sized slides have
@@ -297,8 +298,8 @@ def open_slide(
     path = str(path_or_url)
     if backend not in ("auto", *BACKENDS):
         raise ConfigError(f"unknown slide backend {backend!r}; use auto, openslide or tiffslide")
-    if mpp is not None and not (math.isfinite(mpp) and 0 < mpp < 1000):
-        raise ConfigError(f"--mpp must be a positive number of microns per pixel, got {mpp}")
+    if mpp is not None and (problem := mpp_problem(mpp)) is not None:
+        raise ConfigError(f"--mpp {problem}")
     if _is_url(path):
         if backend == "openslide":
             raise ConfigError(f"{path}: openslide reads local files only; use --backend tiffslide")
