@@ -15,8 +15,8 @@ import zarr
 from PIL import Image, ImageDraw, ImageFont
 
 from wsi_segment.errors import ConfigError
+from wsi_segment.pipeline.outputs.chunk_summary import NODATA
 
-NODATA = 255
 Color = tuple[int, int, int]
 
 
