@@ -49,8 +49,8 @@ def retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
 
 
 # Stage results (open slides, tissue masks, chunk outcomes) stay in memory: never hashed
-# for caching and never persisted.
-_STAGE = {
+# for caching and never persisted. The training flow's stages use the same options.
+STAGE_TASK_OPTIONS = {
     "retries": RETRIES,
     "retry_delay_seconds": RETRY_DELAYS_S,
     "retry_condition_fn": retry_if_transient,
@@ -59,19 +59,19 @@ _STAGE = {
 }
 
 
-@task(name="open-and-tissue", **_STAGE)
+@task(name="open-and-tissue", **STAGE_TASK_OPTIONS)
 def open_and_tissue(slide_path: str, out_root: str, params: SegmentParams) -> Any:
     """Stage 1: open the slide and model, detect tissue, plan the chunks."""
     return segment.prepare(slide_path, out_root, params)
 
 
-@task(name="inference", **_STAGE)
+@task(name="inference", **STAGE_TASK_OPTIONS)
 def inference(prep: Any, work_dir: Path, dask_address: str | None = None) -> list:
     """Stage 2: every tissue chunk through the model, on the Dask cluster if there is one."""
     return segment.infer(prep, work_dir, client=client_for(dask_address))
 
 
-@task(name="polygons-and-outputs", **_STAGE)
+@task(name="polygons-and-outputs", **STAGE_TASK_OPTIONS)
 def polygons_and_outputs(prep: Any, outcomes: list, out: OutputDir) -> Any:
     """Stage 3: polygons, GeoJSON, overlay, summary; then publish the folder at once."""
     return segment.finish(prep, outcomes, out)

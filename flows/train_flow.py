@@ -16,44 +16,35 @@ prefect_env.apply()
 
 from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.artifacts import create_markdown_artifact  # noqa: E402
-from prefect.cache_policies import NO_CACHE  # noqa: E402
 
 from wsi_segment.errors import ConfigError  # noqa: E402
-from wsi_segment.flows.slide_flow import RETRIES, RETRY_DELAYS_S, retry_if_transient  # noqa: E402
+from wsi_segment.flows.slide_flow import STAGE_TASK_OPTIONS  # noqa: E402
 from wsi_segment.pipeline.training import train_stages  # noqa: E402
 from wsi_segment.pipeline.training.train import TrainConfig  # noqa: E402
 
-_STAGE = {
-    "retries": RETRIES,
-    "retry_delay_seconds": RETRY_DELAYS_S,
-    "retry_condition_fn": retry_if_transient,
-    "cache_policy": NO_CACHE,
-    "persist_result": False,
-}
 
-
-@task(name="open-dataset", **_STAGE)
+@task(name="open-dataset", **STAGE_TASK_OPTIONS)
 def open_dataset(cfg: TrainConfig) -> train_stages.TrainRun:
     return train_stages.start(cfg)
 
 
-@task(name="stage-1-classifier", **_STAGE)
+@task(name="stage-1-classifier", **STAGE_TASK_OPTIONS)
 def classifier(run: train_stages.TrainRun) -> Any:
     return train_stages.stage1_classifier(run)
 
 
-@task(name="stage-2-pseudo-masks", **_STAGE)
+@task(name="stage-2-pseudo-masks", **STAGE_TASK_OPTIONS)
 def pseudo_masks(run: train_stages.TrainRun, model: Any) -> list[Path]:
     return train_stages.stage2_pseudo_masks(run, model)
 
 
-@task(name="stage-3-segmenter", **_STAGE)
+@task(name="stage-3-segmenter", **STAGE_TASK_OPTIONS)
 def segmenter(run: train_stages.TrainRun, pseudo_dirs: list[Path], model: Any) -> dict:
     _, state = train_stages.stage3_segmenter(run, pseudo_dirs, model)
     return state
 
 
-@task(name="model-folder", **_STAGE)
+@task(name="model-folder", **STAGE_TASK_OPTIONS)
 def model_folder(cfg: TrainConfig) -> Path:
     return train_stages.write_model(cfg)
 

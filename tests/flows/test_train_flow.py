@@ -89,3 +89,22 @@ def test_cli_and_flow_build_the_same_training_config(
     assert from_cli == from_flow
     assert from_cli.seg_epochs == options.get("seg_epochs", options.get("epochs", 20))
     assert from_cli.seg_encoder == options.get("seg_encoder", options.get("encoder", "resnet18"))
+
+
+def test_training_stages_retry_and_cache_as_the_slide_stages():
+    """One set of task options: only transient I/O errors are retried, nothing is cached."""
+    from wsi_segment.flows import slide_flow, train_flow
+
+    stages = (
+        train_flow.open_dataset,
+        train_flow.classifier,
+        train_flow.pseudo_masks,
+        train_flow.segmenter,
+        train_flow.model_folder,
+        slide_flow.open_and_tissue,
+    )
+    for stage in stages:
+        assert stage.retries == slide_flow.RETRIES
+        assert stage.retry_delay_seconds == slide_flow.RETRY_DELAYS_S
+        assert stage.retry_condition_fn is slide_flow.retry_if_transient
+        assert stage.persist_result is False
