@@ -1,7 +1,7 @@
 """What leaves the device in the slide path: each tile's core, averaged, as uint8 + labels.
 
 The slide path stores, per output pixel (d x d model pixels of a tile's centre core; the
-overlap margin is cropped, docs/CONTRACTS.md), uint8 class probabilities and a label. Both
+overlap margin is cropped, docs/architecture.md), uint8 class probabilities and a label. Both
 are made here, on the model's device, so only they cross to the host, not the full float32
 maps. Labels are the argmax of the gated float values *before* quantisation: when the gate
 removes the class the segmenter was sure of, the pixel gets the best remaining class even if

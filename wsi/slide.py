@@ -43,7 +43,7 @@ def _is_url(path: str) -> bool:
 
 
 class Slide:
-    """An open whole-slide image; see docs/CONTRACTS.md (wsi/) for the interface."""
+    """An open whole-slide image; see docs/architecture.md for where it sits."""
 
     def __init__(self, path: str, backend: str, meta: SlideMeta, mpp_override: float | None):
         self.path = path

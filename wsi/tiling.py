@@ -1,4 +1,4 @@
-"""Tile geometry: the global tile grid and the chunks of one slide (docs/CONTRACTS.md).
+"""Tile geometry: the global tile grid and the chunks of one slide (docs/architecture.md).
 
 Model space is the slide resampled to the model's mpp. Tile (i, j) of the global grid has
 core `[j*S, (j+1)*S) x [i*S, (i+1)*S)` and reads `T` px centred on it, so cores partition

@@ -4,7 +4,7 @@ The model returns each tile's core already in the stored form (uint8 probabiliti
 labels of output pixels, reduced on its device: models/reduction.py); this module only
 places them.
 
-Stitching is centre-crop on a *global* tile grid (docs/CONTRACTS.md): tile (i, j) reads
+Stitching is centre-crop on a *global* tile grid (docs/architecture.md): tile (i, j) reads
 `[j*S - m, j*S - m + T)` and contributes only its core `[j*S, (j+1)*S)`. Cores partition
 the plane, so the result is the same whatever the chunk size and every output pixel comes
 from exactly one tile, the one in whose centre it lies.
