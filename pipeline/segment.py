@@ -41,10 +41,15 @@ from wsi_segment.pipeline.inference.model_handle import (
 from wsi_segment.pipeline.inference.slide_state import PreparedSlide, SlideResult
 from wsi_segment.pipeline.inference.startup import Background, gc_paused, read_overlay_thumbnail
 from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome
-from wsi_segment.pipeline.outputs.fingerprint import model_sha256, run_fingerprint
 from wsi_segment.pipeline.outputs.ome_zarr import create_probability_store
-from wsi_segment.pipeline.outputs.output_dir import OutputDir, output_error, read_previous_summary
-from wsi_segment.pipeline.outputs.output_names import slide_output_name
+from wsi_segment.pipeline.outputs.output_dir import (
+    OutputDir,
+    model_sha256,
+    output_error,
+    read_previous_summary,
+    run_fingerprint,
+    slide_output_name,
+)
 from wsi_segment.pipeline.params import SegmentParams, run_batch_size, run_threads
 from wsi_segment.pipeline.progress import NullProgress, Progress
 from wsi_segment.wsi.slide import Slide, open_slide
