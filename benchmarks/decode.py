@@ -29,7 +29,6 @@ import sys
 import threading
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,58 +37,34 @@ if str(ROOT) not in sys.path:
 
 from benchmarks.measure import loadavg, machine_info, record, render  # noqa: E402
 from benchmarks.slides import make_slide  # noqa: E402
+from wsi_segment.errors import ModelError  # noqa: E402
+from wsi_segment.models.meta import read_model_json  # noqa: E402
 
 MODES = ("processes", "threads")
-
-
-def model_geometry(model_dir: Path) -> Any:
-    """Tile size and mpp as the pipeline reads them (the plan needs nothing else; no torch)."""
-    from wsi_segment.pipeline.inference.chunk_plan import model_geometry as read_geometry
-
-    geometry = read_geometry(model_dir)
-    if geometry is None:
-        raise SystemExit(f"{model_dir}/model.json: no readable tile_size and mpp")
-    tile, mpp = geometry
-    return SimpleNamespace(meta=SimpleNamespace(tile_size=tile, mpp=mpp))
 
 
 def decode_share(job: dict, share: int, shares: int, barrier: Any) -> tuple[int, float, float]:
     """Read every `shares`-th chunk from `share` on; (tiles, start, end) in perf_counter s.
 
+    The plan needs only model.json's tile size and mpp (read by the models' parser, no torch).
     perf_counter is CLOCK_MONOTONIC on Linux, so starts and ends compare across processes.
     """
-    from benchmarks.stages import plan_like_pipeline
+    from benchmarks.stages import chunk_read_boxes, plan_like_pipeline, tile_reuse_reader
     from wsi_segment.pipeline.inference.chunk_inference import cut_tiles
-    from wsi_segment.pipeline.inference.chunk_job import tiles_read_box
-    from wsi_segment.wsi.region_reader import level_read_box, read_model_box
-    from wsi_segment.wsi.tile_reuse import TileReuse, supports_reuse
+    from wsi_segment.wsi.region_reader import read_model_box
 
+    _, meta = read_model_json(job["model"])
     p = plan_like_pipeline(
-        Path(job["slide"]),
-        model_geometry(Path(job["model"])),
-        job["overlap"],
-        job["chunk_tiles"],
-        job["downsample"],
+        Path(job["slide"]), meta, job["overlap"], job["chunk_tiles"], job["downsample"]
     )
     specs = p.specs[share::shares]
-    m = p.grid.margin
-    boxes = []
-    for spec in specs:
-        x0, y0, x1, y1 = spec.core_box
-        boxes.append(tiles_read_box(spec.tiles, p.grid) or (x0 - m, y0 - m, x1 + m, y1 + m))
-    reader: dict = {}
-    level, slide = p.read_level, p.slide
-    tile = slide.storage_tile_size(level)
-    if supports_reuse(slide, level, tile):
-        ds = float(slide.level_downsamples[level])
-        planned = [level_read_box(b, p.level0_per_model, ds) for b in boxes]
-        reuse = TileReuse(level, slide.level_dimensions[level], ds, tile, planned)
-        reader = {"reader": lambda lx, ly, w, h: reuse.read(slide, lx, ly, w, h)}
+    boxes = chunk_read_boxes(p, specs)
+    reader = tile_reuse_reader(p, boxes)
     barrier.wait()
     start = time.perf_counter()
     n = 0
     for spec, box in zip(specs, boxes, strict=True):
-        image = read_model_box(slide, box, p.level0_per_model, p.read_level, **reader)
+        image = read_model_box(p.slide, box, p.level0_per_model, p.read_level, **reader)
         n += len(cut_tiles(image, (box[0], box[1]), list(spec.tiles), p.grid))
     return n, start, time.perf_counter()
 
@@ -166,6 +141,10 @@ def main(argv: list[str] | None = None) -> int:
         model_dir, model_desc = default_model(args.work)
     else:
         model_dir, model_desc = args.model, str(args.model)
+    try:
+        read_model_json(model_dir)  # one clear line here, not one traceback per decoder
+    except ModelError as exc:
+        raise SystemExit(f"error: {exc}") from exc
     job = {
         "slide": str(slide),
         "model": str(model_dir),

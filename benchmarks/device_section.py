@@ -100,11 +100,11 @@ def section_device(
     )
     notes.append(f"device slide: {size} x {size} px, mpp 0.5, tissue {args.tissue:g} ({writer})")
     model, _ = load_for_process(str(model_dir), args.device, args.precision)
-    p = plan_like_pipeline(slide, model, args.overlap, args.chunk_tiles, 4, args.backend)
+    p = plan_like_pipeline(slide, model.meta, args.overlap, args.chunk_tiles, 4, args.backend)
     log(f"[device] {p.tiles} tiles; reading a sample for the model rows ...")
     tiles, _, _ = read_chunks(p, limit_tiles=max(args.model_tiles, 4 * args.batch_size))
     tiles = tiles[: max(args.model_tiles, 4 * args.batch_size)]
-    if getattr(model, "precision_pending", False):
+    if model.precision_pending:
         import torch
 
         model.settle_precision(

@@ -36,7 +36,7 @@ def section_throughput(
         f"throughput slide: {size} x {size} px, mpp 0.5, tissue {args.tissue:g} ({writer})"
     )
     model, _ = load_for_process(str(model_dir), "auto", args.precision)
-    p = plan_like_pipeline(slide, model, args.overlap, args.chunk_tiles, 4, args.backend)
+    p = plan_like_pipeline(slide, model.meta, args.overlap, args.chunk_tiles, 4, args.backend)
     log(f"[throughput] {p.tiles} tiles in {len(p.specs)} chunks; reading ...")
     all_tiles, read_wall, read_cpu = read_chunks(p)
     n = len(all_tiles)
@@ -180,7 +180,7 @@ def section_precision(
     slide, _ = make_slide(work / "slides" / f"tp-{size}-t0.6.svs", size, 0.6, fast=args.fast)
     model = load_model(model_dir)
     model.to_device("cpu", "fp32")
-    p = plan_like_pipeline(slide, model, args.overlap, args.chunk_tiles, 4)
+    p = plan_like_pipeline(slide, model.meta, args.overlap, args.chunk_tiles, 4)
     tiles, _, _ = read_chunks(p, limit_tiles=args.precision_tiles)
     tiles = tiles[: args.precision_tiles]
     sets = {"synthetic slide": tiles}

@@ -1,7 +1,7 @@
 """Synthetic slides for the benchmarks.
 
-`make_slide` uses `synthetic.slides.write_synthetic_slide` when it exists; otherwise (or with
-`fast=True`) it writes a stand-in: an Aperio-like pyramidal tiled JPEG TIFF whose tissue
+`make_slide` uses `wsi_segment.synthetic.slides.write_synthetic_slide`; with `fast=True` it
+writes a stand-in instead: an Aperio-like pyramidal tiled JPEG TIFF whose tissue
 is an ellipse covering `tissue_fraction` of the slide, filled with a small bank of
 procedural H&E tiles (`synthetic.textures.render_region`) reused across the slide. Rendering
 every tile procedurally costs ~0.3 s per 256 px tile on this machine, too slow for 100k px
@@ -37,19 +37,14 @@ def make_slide(
         return path, _writer_tag(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".partial" + path.suffix)
-    writer = "benchmarks.slides (tile bank)"
-    if not fast:
-        try:
-            from wsi_segment.synthetic.slides import write_synthetic_slide  # type: ignore[attr-defined]
-        except ImportError:
-            write_synthetic_slide = None
-        if write_synthetic_slide is not None:
-            write_synthetic_slide(
-                tmp, size, size, mpp=mpp, seed=seed, tissue_fraction=tissue_fraction
-            )
-            writer = "wsi_segment.synthetic.slides.write_synthetic_slide"
-    if writer.startswith("benchmarks"):
+    if fast:
+        writer = "benchmarks.slides (tile bank)"
         write_bank_slide(tmp, size, size, tissue_fraction, mpp=mpp, seed=seed)
+    else:
+        from wsi_segment.synthetic.slides import write_synthetic_slide
+
+        writer = "wsi_segment.synthetic.slides.write_synthetic_slide"
+        write_synthetic_slide(tmp, size, size, mpp=mpp, seed=seed, tissue_fraction=tissue_fraction)
     tmp.rename(path)
     path.with_name(path.name + ".writer").write_text(writer)
     return path, writer

@@ -94,9 +94,11 @@ class Planned:
 
 
 def plan_like_pipeline(
-    slide_path: Path, model: Any, overlap: int, chunk_tiles: int, ds: int, backend: str = "auto"
+    slide_path: Path, meta: Any, overlap: int, chunk_tiles: int, ds: int, backend: str = "auto"
 ) -> Planned:
-    """The chunks and tiles `wsi-segment` will run, by the same functions it uses."""
+    """The chunks and tiles `wsi-segment` will run for a model described by `meta` (a
+    `models.meta.ModelMeta`: its tile size and mpp), by the same functions it uses."""
+    from wsi_segment.pipeline.inference.chunk_job import fast_read_backend
     from wsi_segment.wsi.slide import open_slide
     from wsi_segment.wsi.tiling import TileGrid, plan_chunks
     from wsi_segment.wsi.tissue import detect_tissue
@@ -104,15 +106,10 @@ def plan_like_pipeline(
     slide = open_slide(str(slide_path), backend=backend)
     mpp = slide.require_mpp()
     tissue = detect_tissue(slide)
-    grid = TileGrid(tile=int(model.meta.tile_size), overlap=overlap, downsample=ds)
-    plan = plan_chunks(slide, mpp[0], float(model.meta.mpp), grid, chunk_tiles, tissue)
+    grid = TileGrid(tile=int(meta.tile_size), overlap=overlap, downsample=ds)
+    plan = plan_chunks(slide, mpp[0], float(meta.mpp), grid, chunk_tiles, tissue)
     if backend == "auto":  # chunk reads with the backend the pipeline picks (segment.py)
-        try:
-            from wsi_segment.pipeline.inference.chunk_job import fast_read_backend
-
-            fast = fast_read_backend(slide, plan.read_level)
-        except (ImportError, TypeError):  # older pipeline: the slide's own backend
-            fast = None
+        fast = fast_read_backend(slide, plan.read_level)
         if fast:
             slide = open_slide(str(slide_path), backend=fast)
     return Planned(
@@ -132,21 +129,10 @@ def read_chunks(p: Planned, limit_tiles: int | None = None) -> tuple[np.ndarray,
     from wsi_segment.pipeline.inference.chunk_inference import cut_tiles
     from wsi_segment.wsi.region_reader import read_model_box
 
-    try:
-        from wsi_segment.pipeline.inference.chunk_job import tiles_read_box
-    except ImportError:  # older pipeline: the whole chunk plus the margin
-
-        def tiles_read_box(tiles, grid):
-            return None
-
-    m = p.grid.margin
     out = []
     t0, c0 = time.perf_counter(), time.process_time()
-    boxes = []
-    for spec in p.specs:
-        x0, y0, x1, y1 = spec.core_box
-        boxes.append(tiles_read_box(spec.tiles, p.grid) or (x0 - m, y0 - m, x1 + m, y1 + m))
-    reader = _tile_reuse_reader(p, boxes)  # as the pipeline's prefetcher reads (if available)
+    boxes = chunk_read_boxes(p, p.specs)
+    reader = tile_reuse_reader(p, boxes)  # as the pipeline's prefetcher reads
     n = 0
     for spec, box in zip(p.specs, boxes, strict=True):
         image = read_model_box(p.slide, box, p.level0_per_model, p.read_level, **reader)
@@ -158,14 +144,25 @@ def read_chunks(p: Planned, limit_tiles: int | None = None) -> tuple[np.ndarray,
     return np.concatenate(out), wall, cpu
 
 
-def _tile_reuse_reader(p: Planned, boxes: list) -> dict:
+def chunk_read_boxes(p: Planned, specs: list) -> list[tuple[int, int, int, int]]:
+    """The model-pixel box each chunk reads: its tiles' extent (SlideJob's), else the whole
+    chunk plus the margin."""
+    from wsi_segment.pipeline.inference.chunk_job import tiles_read_box
+
+    m = p.grid.margin
+    boxes = []
+    for spec in specs:
+        x0, y0, x1, y1 = spec.core_box
+        boxes.append(tiles_read_box(spec.tiles, p.grid) or (x0 - m, y0 - m, x1 + m, y1 + m))
+    return boxes
+
+
+def tile_reuse_reader(p: Planned, boxes: list) -> dict:
     """`reader=` for read_model_box that decodes each storage tile once, as SlideJob.read
-    with the prefetcher's TileReuse does; {} on a tree without wsi.tile_reuse."""
-    try:
-        from wsi_segment.wsi.region_reader import level_read_box
-        from wsi_segment.wsi.tile_reuse import TileReuse, supports_reuse
-    except ImportError:
-        return {}
+    with the prefetcher's TileReuse does; {} where the slide's level does not support it."""
+    from wsi_segment.wsi.region_reader import level_read_box
+    from wsi_segment.wsi.tile_reuse import TileReuse, supports_reuse
+
     level, slide = p.read_level, p.slide
     tile = slide.storage_tile_size(level)
     if not supports_reuse(slide, level, tile):

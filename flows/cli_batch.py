@@ -59,7 +59,7 @@ def flow_options(args: argparse.Namespace) -> dict[str, Any]:
     return {
         k: v
         for k, v in params.as_dict().items()
-        if k not in ("model_dir", "output_name", "extra") and v is not None
+        if k not in ("model_dir", "output_name") and v is not None
     }
 
 

@@ -29,13 +29,11 @@ class ClusterPlan:
 
 
 def gpu_count() -> int:
-    """Visible CUDA devices; 0 without torch/CUDA. Imported lazily: torch is slow to import."""
+    """Visible CUDA devices; 0 without CUDA. Imported lazily: torch is slow to import."""
     if os.environ.get("CUDA_VISIBLE_DEVICES", None) == "":
         return 0
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - torch is a hard dependency
-        return 0
+    import torch
+
     return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
 
 

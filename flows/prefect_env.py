@@ -43,9 +43,4 @@ def apply() -> dict[str, str]:
     return applied
 
 
-def api_url() -> str | None:
-    """The Prefect server this process talks to, or None for the ephemeral in-process one."""
-    return os.environ.get("PREFECT_API_URL") or None
-
-
 apply()

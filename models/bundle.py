@@ -20,14 +20,9 @@ from wsi_segment.errors import ModelError
 
 from .checksum import file_sha256
 from .classifier import build_classifier
-from .meta import ModelMeta
+from .meta import FORMAT, FORMAT_VERSION, META_FILE, WEIGHTS_FILE, ModelMeta, read_model_json
 from .segmentation_model import SegmentationModel
 from .segmenter import Segmenter
-
-WEIGHTS_FILE = "model.safetensors"
-META_FILE = "model.json"
-FORMAT = "wsi-segment-model"
-FORMAT_VERSION = 1
 
 __all__ = ["ModelMeta", "SegmentationModel", "demo_model_dir", "load_model", "save_model"]
 
@@ -99,8 +94,7 @@ def load_model(
         raise ModelError(
             f"model folder {folder} does not exist (expected model.json + model.safetensors)"
         )
-    doc = _read_json(folder / META_FILE)
-    meta = ModelMeta.from_json(doc, where=str(folder / META_FILE))
+    doc, meta = read_model_json(folder)
     weights = folder / doc.get("weights", {}).get("file", WEIGHTS_FILE)
     if not weights.is_file():
         raise ModelError(
@@ -139,22 +133,6 @@ def _build(doc: dict[str, Any], meta: ModelMeta, where: Path) -> SegmentationMod
     except Exception as exc:  # ConfigError from the builders: re-label as a model problem
         raise ModelError(f"{where}: cannot build the architecture it describes: {exc}") from exc
     return SegmentationModel(classifier, segmenter, meta)
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ModelError(
-            f"{path} is missing: a model folder needs model.json next to model.safetensors"
-        )
-    try:
-        doc = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelError(f"{path} is not valid JSON ({exc})") from exc
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise ModelError(f'{path} is not a wsi-segment model description (no "format": "{FORMAT}")')
-    if doc.get("format_version", 0) > FORMAT_VERSION:
-        raise ModelError(f"{path} has format_version {doc['format_version']}; upgrade wsi-segment")
-    return doc
 
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:

@@ -94,11 +94,6 @@ def parse_precision(
     return dtype
 
 
-def pin_memory_ok() -> bool:
-    """Pinned host memory only helps (and only works) when a CUDA device exists."""
-    return torch.cuda.is_available()
-
-
 @contextlib.contextmanager
 def autocast(device: torch.device, dtype: torch.dtype | None) -> Iterator[None]:
     """torch.autocast for `dtype`, or nothing when dtype is None."""

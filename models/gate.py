@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-DEFAULT_EPSILON = 0.1
+from .meta import DEFAULT_EPSILON
 
 
 def gate_mask(cls_probs: torch.Tensor, epsilon: float = DEFAULT_EPSILON) -> torch.Tensor:

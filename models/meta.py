@@ -1,15 +1,24 @@
-"""What a model expects and where it came from: the non-weight half of a model folder."""
+"""What a model expects and where it came from: the non-weight half of a model folder.
+
+`read_model_json` is the one parser of `model.json`. It imports no torch, so a slide is
+planned from the model's tile size and mpp while the weights load in the background.
+"""
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from wsi_segment.errors import ModelError
 
-from .gate import DEFAULT_EPSILON
-
+WEIGHTS_FILE = "model.safetensors"
+META_FILE = "model.json"
+FORMAT = "wsi-segment-model"
+FORMAT_VERSION = 1
+DEFAULT_EPSILON = 0.1  # the classification gate's threshold when model.json names none
 IDENTITY_NORMALISATION: dict[str, list[float]] = {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
 
 
@@ -105,3 +114,24 @@ class ModelMeta:
         meta.provenance = dict(data.get("provenance") or {})
         meta.validate(where)
         return meta
+
+
+def read_model_json(folder: str | Path) -> tuple[dict[str, Any], ModelMeta]:
+    """`folder/model.json` as a dict (architecture and weights entries included) and its
+    ModelMeta; any problem is a ModelError naming the file and the fix."""
+    path = Path(folder) / META_FILE
+    if not path.is_file():
+        raise ModelError(
+            f"{path} is missing: a model folder needs model.json next to model.safetensors"
+        )
+    try:
+        doc = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{path} is not valid JSON ({exc})") from exc
+    except OSError as exc:
+        raise ModelError(f"{path} cannot be read ({exc.strerror}); check its permissions") from exc
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise ModelError(f'{path} is not a wsi-segment model description (no "format": "{FORMAT}")')
+    if doc.get("format_version", 0) > FORMAT_VERSION:
+        raise ModelError(f"{path} has format_version {doc['format_version']}; upgrade wsi-segment")
+    return doc, ModelMeta.from_json(doc, where=str(path))

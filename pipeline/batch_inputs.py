@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from wsi_segment.errors import ConfigError, DatasetError
-from wsi_segment.pipeline.outputs.output_names import check_output_name, default_output_name
+from wsi_segment.pipeline.outputs.output_dir import check_output_name, default_output_name
 
 # File suffixes taken as slides when the input is a folder (lower case, compared case-free).
 SLIDE_SUFFIXES: tuple[str, ...] = (

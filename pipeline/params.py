@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,6 @@ class SegmentParams:
     tile_objects: bool = False  # also write tiles.geojson (per-tile probabilities for QuPath)
     tissue: str = "auto"  # auto: detect tissue on a thumbnail; all: the whole slide
     roi: Path | None = None  # QuPath GeoJSON: process (and report) only inside its polygons
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _check_choice("device", self.device, DEVICES)

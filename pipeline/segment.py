@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from wsi_segment.errors import ModelError, OutputError, WsiSegmentError
+from wsi_segment.errors import ModelError, OutputError
 from wsi_segment.pipeline.inference.chunk_job import SlideJob
 from wsi_segment.pipeline.inference.chunk_plan import (
     chunk_read_backend,
@@ -41,10 +41,15 @@ from wsi_segment.pipeline.inference.model_handle import (
 from wsi_segment.pipeline.inference.slide_state import PreparedSlide, SlideResult
 from wsi_segment.pipeline.inference.startup import Background, gc_paused, read_overlay_thumbnail
 from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome
-from wsi_segment.pipeline.outputs.fingerprint import model_sha256, run_fingerprint
 from wsi_segment.pipeline.outputs.ome_zarr import create_probability_store
-from wsi_segment.pipeline.outputs.output_dir import OutputDir, output_error, read_previous_summary
-from wsi_segment.pipeline.outputs.output_names import slide_output_name
+from wsi_segment.pipeline.outputs.output_dir import (
+    OutputDir,
+    model_sha256,
+    output_error,
+    read_previous_summary,
+    run_fingerprint,
+    slide_output_name,
+)
 from wsi_segment.pipeline.params import SegmentParams, run_batch_size, run_threads
 from wsi_segment.pipeline.progress import NullProgress, Progress
 from wsi_segment.wsi.slide import Slide, open_slide
@@ -339,21 +344,6 @@ def segment_slide(
         finish=finish,
     )
     return run_stages(slide_path, out_root, params or SegmentParams(), stages)
-
-
-def segment_slide_safely(
-    slide_path: str | Path,
-    out_root: str | Path,
-    params: SegmentParams | None = None,
-    progress: Progress | None = None,
-    client: Any | None = None,
-) -> SlideResult:
-    """Like `segment_slide` but expected errors become a "failed" result (batches go on)."""
-    t0 = time.perf_counter()
-    try:
-        return segment_slide(slide_path, out_root, params, progress, client)
-    except WsiSegmentError as exc:
-        return SlideResult(str(slide_path), "failed", None, {}, str(exc), time.perf_counter() - t0)
 
 
 def _qupath_offset(slide: Slide) -> tuple[float, float]:

@@ -1,17 +1,19 @@
 """Planning a slide's chunks from the model's geometry, before the model has loaded.
 
-`pipeline.segment.prepare` plans with the tile size and mpp read straight from model.json
-(no torch import) so planning and chunk prefetch overlap the model load; it replans with
-the loaded model's values if the JSON could not be read here.
+`pipeline.segment.prepare` plans with the tile size and mpp of model.json, read by the
+models' own parser (`models.meta.read_model_json`, which imports no torch), so planning and
+chunk prefetch overlap the model load; it replans with the loaded model's values if the
+JSON could not be read here.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
+from wsi_segment.errors import ModelError
+from wsi_segment.models.meta import read_model_json
 from wsi_segment.pipeline.inference.chunk_job import SlideJob, fast_read_backend
 from wsi_segment.pipeline.inference.model_handle import ModelHandle
 from wsi_segment.pipeline.params import SegmentParams, plan_chunk_tiles, run_batch_size
@@ -22,14 +24,13 @@ from wsi_segment.wsi.tissue import TissueMask, detect_tissue, whole_slide
 
 
 def model_geometry(model_dir: Path) -> tuple[int, float] | None:
-    """(tile_size, mpp) from model.json without importing torch; None if unreadable
-    (the model loader then reports the problem properly)."""
+    """(tile_size, mpp) from model.json without importing torch; None if it is refused
+    (the model loader, which reads it the same way, then reports the problem)."""
     try:
-        doc = json.loads((model_dir / "model.json").read_text())
-        tile, mpp = int(doc["tile_size"]), float(doc["mpp"])
-    except Exception:
+        _, meta = read_model_json(model_dir)
+    except ModelError:
         return None
-    return (tile, mpp) if tile > 0 and mpp > 0 else None
+    return int(meta.tile_size), float(meta.mpp)
 
 
 def slide_tissue(slide: Slide, params: SegmentParams) -> tuple[TissueMask, list[Roi]]:

@@ -1,10 +1,22 @@
-"""A slide's output folder appears all at once, and two runs never write it together.
+"""A slide's output folder: its name, its identity, and its atomic lifecycle.
 
-Work happens in a hidden sibling `.<name>.partial` that is renamed to `<name>` only when
-every file is written; on any error the partial folder is removed, so nothing that looks
-finished is ever left behind. An exclusive `flock` on `.<name>.lock` keeps a second run on
-the same slide and output folder from interfering (the kernel drops the lock if the holder
-is killed, so a SIGKILLed run never blocks the next one).
+**Name.** A name is one folder inside the output folder. Anything else would write where the
+user did not ask: a slide named `..svs` has the stem '.', so its outputs would replace the
+output folder itself; a URL ending in '/..' has the stem '..', the folder above it; a
+manifest name `../x` or `/abs` points anywhere. Both single slides and batches go through
+these checks before anything is read or written.
+
+**Identity.** A run is the same slide + the same model weights + the same output-changing
+parameters; a rerun whose fingerprint matches a finished output folder is "up to date" and
+skipped. The slide is identified by path, size and modification time (hashing gigabytes of
+pixels would cost more than some runs); the model by the sha256 of its two files.
+
+**Lifecycle.** The folder appears all at once, and two runs never write it together. Work
+happens in a hidden sibling `.<name>.partial` that is renamed to `<name>` only when every
+file is written; on any error the partial folder is removed, so nothing that looks finished
+is ever left behind. An exclusive `flock` on `.<name>.lock` keeps a second run on the same
+slide and output folder from interfering (the kernel drops the lock if the holder is
+killed, so a SIGKILLed run never blocks the next one).
 
 The lock file is removed when a run ends (done, failed or refused for an existing folder),
 so a failed run leaves nothing. Removing a lock file is only safe with two rules, both here:
@@ -21,14 +33,119 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from wsi_segment.errors import OutputError
+from wsi_segment.errors import ConfigError, OutputError
+from wsi_segment.models.checksum import file_sha256
 from wsi_segment.pipeline.outputs.summary import read_summary
+from wsi_segment.pipeline.params import SegmentParams
+
+# --- the name: one plain folder inside the output folder ---
+
+# A typed output name is one portable folder name: no separators (so no "../x" or "a/b"),
+# no NUL, and no ':' (a drive prefix on Windows).
+_FORBIDDEN_NAME_CHARS = ("/", "\\", "\0", ":")
+
+
+def default_output_name(path: str | Path) -> str:
+    """The output folder name of a slide: its file stem (a URL's: its last part's)."""
+    return Path(str(path).rstrip("/")).stem
+
+
+def leaves_output_folder(name: str) -> bool:
+    """True for a name that is not one new, visible folder inside the output folder here:
+    empty, '.' (the output folder itself), '..' (its parent), hidden (a leading '.' could
+    also hit a sibling's `.<name>.partial` or `.<name>.lock`), or holding a '/' or NUL."""
+    return not name or name.startswith(".") or "/" in name or "\0" in name
+
+
+def check_output_name(name: str, source: str) -> str:
+    """Refuse names that are empty, hidden, contain a path, or would leave the output folder.
+
+    Stricter than `leaves_output_folder`: a typed name must also be portable ('\\' and ':'
+    are separators on Windows), since manifests travel between machines.
+    """
+    cleaned = name.strip()
+    if (
+        leaves_output_folder(cleaned)
+        or any(ch in cleaned for ch in _FORBIDDEN_NAME_CHARS)
+        or Path(cleaned).is_absolute()
+    ):
+        raise ConfigError(
+            f"{source}: output name {name!r} is not a plain folder name; give a name with no "
+            "'/', '\\' or leading '.', so outputs stay inside the output folder"
+        )
+    return cleaned
+
+
+def slide_output_name(slide_path: str, output_name: str | None = None) -> str:
+    """The output folder name of one slide run: `output_name` if given (checked like a
+    manifest name), else the slide's stem, refused if it would not be a folder inside
+    --out. Stems keep '\\' and ':', which are plain characters in a POSIX file name."""
+    if output_name:
+        return check_output_name(output_name, slide_path)
+    name = default_output_name(slide_path)
+    if leaves_output_folder(name):
+        fix = (
+            "point the URL at the slide file itself"
+            if "://" in slide_path
+            else "rename the slide file so its name does not start with '.' (or list it in "
+            "a `wsi-segment batch` manifest with an output name in the 'name' column)"
+        )
+        raise ConfigError(
+            f"{slide_path}: its output folder would be named {name!r}, which is not a plain "
+            f"folder inside --out; {fix}"
+        )
+    return name
+
+
+# --- the identity: what decides "up to date" ---
+
+FORMAT_VERSION = 2  # bump when outputs change for the same inputs
+
+
+def model_sha256(model_dir: Path) -> str:
+    """sha256 over model.json and model.safetensors, in that order."""
+    digest = hashlib.sha256()
+    for name in ("model.json", "model.safetensors"):
+        digest.update(file_sha256(Path(model_dir) / name).encode())
+    return digest.hexdigest()
+
+
+def slide_identity(slide_path: str) -> dict[str, Any]:
+    """Path, size and mtime for local files; the URL itself for remote ones."""
+    if "://" in slide_path and not slide_path.startswith("file://"):
+        return {"url": slide_path}
+    path = Path(slide_path.removeprefix("file://")).resolve()
+    stat = os.stat(path)
+    return {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def canonical_sha256(data: dict[str, Any]) -> str:
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def run_fingerprint(slide_path: str, model_hash: str, params: SegmentParams, meta: Any) -> str:
+    data = {
+        "format": FORMAT_VERSION,
+        "slide": slide_identity(slide_path),
+        "model": model_hash,
+        "params": params.fingerprint_fields(),
+        "tile": int(meta.tile_size),
+    }
+    if params.roi is not None:  # the regions drawn, not the file's name, decide the outputs
+        data["roi_sha256"] = file_sha256(Path(params.roi))
+    return canonical_sha256(data)
+
+
+# --- the lifecycle: lock, work folder, atomic publish ---
 
 SUMMARY_NAME = "summary.json"
 # Each retry means another run removed the lock file between our open and our flock, i.e.

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from wsi_segment.models.bundle import demo_model_dir, load_model
+from wsi_segment.models.meta import read_model_json
 from wsi_segment.pipeline.training.evaluate import evaluate
 from wsi_segment.synthetic.dataset import SyntheticSpec, make_synthetic_dataset
 
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         split: evaluate(data, trained, split=split, device="cpu", progress=False)
         for split in ("val", "test")
     }
-    doc = json.loads((trained / "model.json").read_text())
+    doc, _ = read_model_json(trained)
     doc["provenance"]["training_data"] = (
         f"SYNTHETIC ONLY: {DEMO_SPEC.n_train} procedurally rendered {DEMO_SPEC.size} px H&E-like patches "
         "(synthetic.dataset, textures of synthetic.slides.render_tissue) with patch-level labels; "

@@ -48,8 +48,5 @@ def test_offline_defaults_and_user_api_url_respected() -> None:
 
 
 def test_values_already_set_are_kept() -> None:
-    from wsi_segment.flows import prefect_env
-
     seen = _probe({"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "45"})
     assert seen["timeout"] == 45 and seen["api_url"] is None
-    assert prefect_env.api_url() == (os.environ.get("PREFECT_API_URL") or None)

@@ -8,7 +8,6 @@ import pytest
 
 from wsi_segment.errors import ConfigError, DatasetError
 from wsi_segment.pipeline.batch_inputs import BatchItem, parse_batch_input
-from wsi_segment.pipeline.outputs.output_names import check_output_name, default_output_name
 
 
 def _touch(path: Path) -> Path:
@@ -119,9 +118,3 @@ def test_missing_and_empty_inputs(tmp_path: Path) -> None:
     empty.write_text("slide\n")
     with pytest.raises(DatasetError, match="lists no slides"):
         parse_batch_input(empty)
-
-
-def test_output_name_helpers() -> None:
-    assert default_output_name("/x/CMU-1.svs") == "CMU-1"
-    assert default_output_name("/x/a.b.ome.tif") == "a.b.ome"
-    assert check_output_name(" case 1 ", "src") == "case 1"

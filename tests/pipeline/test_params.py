@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -50,7 +53,7 @@ def test_batch_and_chunk_defaults_follow_the_device():
 def test_precision_request_changes_the_fingerprint():
     """`auto` may run bf16 (decided during the run); `fp32` asks for the exact reference."""
     from wsi_segment.models.meta import ModelMeta
-    from wsi_segment.pipeline.outputs.fingerprint import run_fingerprint
+    from wsi_segment.pipeline.outputs.output_dir import run_fingerprint
 
     auto, fp32 = SegmentParams(precision="auto"), SegmentParams(precision="fp32")
     assert auto.fingerprint_fields()["precision"] == "auto"
@@ -60,3 +63,13 @@ def test_precision_request_changes_the_fingerprint():
     assert run_fingerprint(slide, "h", auto, meta) != run_fingerprint(slide, "h", fp32, meta)
     same = SegmentParams(precision="fp32", threads=3)
     assert run_fingerprint(slide, "h", same, meta) == run_fingerprint(slide, "h", fp32, meta)
+
+
+def test_summary_records_the_options_as_plain_json():
+    """summary.json's `parameters`: every option, paths as strings, and no free-form
+    `extra` dict (nothing read it, so recording it only misled)."""
+    params = SegmentParams(model_dir=Path("m"), roi=Path("r.geojson"), overlap=16)
+    data = json.loads(json.dumps(params.as_dict()))
+    assert list(data) == [f.name for f in dataclasses.fields(SegmentParams)]
+    assert "extra" not in data
+    assert data["model_dir"] == "m" and data["roi"] == "r.geojson" and data["overlap"] == 16

@@ -270,17 +270,18 @@ def test_damaged_tile_on_a_cluster_leaves_nothing_behind(
     wait-for-all makes the race impossible by construction."""
     import time
 
+    from wsi_segment.errors import SlideError
     from wsi_segment.flows.dask_cluster import dask_client
     from wsi_segment.pipeline.params import SegmentParams
-    from wsi_segment.pipeline.segment import segment_slide_safely
+    from wsi_segment.pipeline.segment import segment_slide
 
     out = tmp_path / "out"
     params = SegmentParams(model_dir=Path(tiny_model_dir), mpp=0.25, chunk_tiles=2)
     with dask_client(workers=2, threads=1) as client:
         client.wait_for_workers(2, timeout=120)
-        result = segment_slide_safely(pyramid_with_bad_chunk_tile, out, params, client=client)
-        assert result.status == "failed"
-        assert "cannot read region" in result.error and "at level 3" in result.error
+        with pytest.raises(SlideError, match="cannot read region") as failed:
+            segment_slide(pyramid_with_bad_chunk_tile, out, params, client=client)
+        assert "at level 3" in str(failed.value)
         time.sleep(1.0)
         assert_nothing_written(out)
         assert not [t for t in client.processing().values() if t], "chunks still running"

@@ -1,17 +1,34 @@
-"""Output folders appear all at once, never half-written, and one run at a time; a run
-that ends (done or failed) leaves no lock file, without ever letting two runs in at once."""
+"""A slide's output folder: one plain folder inside --out, named before anything is read;
+"up to date" decided by the run's identity; and it appears all at once, never half-written,
+one run at a time; a run that ends (done or failed) leaves no lock file, without ever
+letting two runs in at once."""
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
+import shutil
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
-from wsi_segment.errors import OutputError
-from wsi_segment.pipeline.outputs.output_dir import OutputDir, is_linked_at, read_previous_summary
+from wsi_segment.errors import ConfigError, OutputError
+from wsi_segment.models.meta import ModelMeta
+from wsi_segment.pipeline.outputs.output_dir import (
+    OutputDir,
+    check_output_name,
+    default_output_name,
+    is_linked_at,
+    model_sha256,
+    read_previous_summary,
+    run_fingerprint,
+    slide_identity,
+    slide_output_name,
+)
+from wsi_segment.pipeline.params import SegmentParams
 
 
 def _siblings(parent):
@@ -149,3 +166,46 @@ def test_runs_racing_for_one_output_never_hold_it_together(tmp_path):
     assert overlaps == []
     assert entered[0] > 50  # the race was really run
     assert _siblings(tmp_path) == []
+
+
+def test_output_names() -> None:
+    assert default_output_name("/x/CMU-1.svs") == "CMU-1"
+    assert default_output_name("/x/a.b.ome.tif") == "a.b.ome"
+    assert default_output_name("https://host/a/slide.svs/") == "slide"
+    assert check_output_name(" case 1 ", "src") == "case 1"
+    assert slide_output_name("/x/CMU-1.svs") == "CMU-1"
+    assert slide_output_name("/x/CMU-1.svs", "case 1") == "case 1"
+    assert slide_output_name("/x/a:b\\c.svs") == "a:b\\c"  # plain characters in a POSIX stem
+    with pytest.raises(ConfigError, match="rename the slide file"):
+        slide_output_name("/x/..svs")  # stem '.': the output folder itself
+    with pytest.raises(ConfigError, match="point the URL at the slide file"):
+        slide_output_name("https://host/a/..")
+    for typed in ("../up", "/abs", "a\\b", "c:d", ".hidden", " "):
+        with pytest.raises(ConfigError, match="not a plain folder name"):
+            slide_output_name("/x/s.svs", typed)
+
+
+def test_run_identity(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """Same slide file + same model files + same output parameters = same fingerprint."""
+    model = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    digests = [
+        hashlib.sha256((model / n).read_bytes()).hexdigest()
+        for n in ("model.json", "model.safetensors")
+    ]
+    assert model_sha256(model) == hashlib.sha256("".join(digests).encode()).hexdigest()
+    assert slide_identity("https://host/s.svs") == {"url": "https://host/s.svs"}
+    slide = tmp_path / "s.svs"
+    slide.write_bytes(b"x")
+    os.utime(slide, ns=(1, 1))
+    assert slide_identity(f"file://{slide}") == {
+        "path": str(slide.resolve()),
+        "size": 1,
+        "mtime_ns": 1,
+    }
+    meta = ModelMeta("m", ["A"], [(1, 2, 3)], mpp=1.0, tile_size=64)
+    params = SegmentParams()
+    first = run_fingerprint(str(slide), "h", params, meta)
+    assert run_fingerprint(str(slide), "h", SegmentParams(threads=3), meta) == first
+    assert run_fingerprint(str(slide), "other", params, meta) != first
+    slide.write_bytes(b"xy")  # another slide at the same path
+    assert run_fingerprint(str(slide), "h", params, meta) != first
