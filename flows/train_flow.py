@@ -14,46 +14,40 @@ from wsi_segment.flows import prefect_env
 
 prefect_env.apply()
 
-from prefect import flow, get_run_logger, task  # noqa: E402
+from prefect import flow, get_run_logger  # noqa: E402
 from prefect.artifacts import create_markdown_artifact  # noqa: E402
-from prefect.cache_policies import NO_CACHE  # noqa: E402
 
 from wsi_segment.errors import ConfigError  # noqa: E402
-from wsi_segment.flows.slide_flow import RETRIES, RETRY_DELAYS_S, retry_if_transient  # noqa: E402
+from wsi_segment.flows.slide_flow import stage_task  # noqa: E402
+from wsi_segment.models.classifier import PatchClassifier  # noqa: E402
 from wsi_segment.pipeline.training import train_stages  # noqa: E402
 from wsi_segment.pipeline.training.train import TrainConfig  # noqa: E402
 
-_STAGE = {
-    "retries": RETRIES,
-    "retry_delay_seconds": RETRY_DELAYS_S,
-    "retry_condition_fn": retry_if_transient,
-    "cache_policy": NO_CACHE,
-    "persist_result": False,
-}
 
-
-@task(name="open-dataset", **_STAGE)
+@stage_task("open-dataset")
 def open_dataset(cfg: TrainConfig) -> train_stages.TrainRun:
     return train_stages.start(cfg)
 
 
-@task(name="stage-1-classifier", **_STAGE)
-def classifier(run: train_stages.TrainRun) -> Any:
+@stage_task("stage-1-classifier")
+def classifier(run: train_stages.TrainRun) -> PatchClassifier:
     return train_stages.stage1_classifier(run)
 
 
-@task(name="stage-2-pseudo-masks", **_STAGE)
-def pseudo_masks(run: train_stages.TrainRun, model: Any) -> list[Path]:
+@stage_task("stage-2-pseudo-masks")
+def pseudo_masks(run: train_stages.TrainRun, model: PatchClassifier) -> list[Path]:
     return train_stages.stage2_pseudo_masks(run, model)
 
 
-@task(name="stage-3-segmenter", **_STAGE)
-def segmenter(run: train_stages.TrainRun, pseudo_dirs: list[Path], model: Any) -> dict:
+@stage_task("stage-3-segmenter")
+def segmenter(
+    run: train_stages.TrainRun, pseudo_dirs: list[Path], model: PatchClassifier
+) -> dict[str, Any]:
     _, state = train_stages.stage3_segmenter(run, pseudo_dirs, model)
     return state
 
 
-@task(name="model-folder", **_STAGE)
+@stage_task("model-folder")
 def model_folder(cfg: TrainConfig) -> Path:
     return train_stages.write_model(cfg)
 

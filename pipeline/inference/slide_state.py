@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from wsi_segment.models.meta import ModelMeta
 from wsi_segment.pipeline.inference.chunk_prefetch import ChunkPrefetcher
 from wsi_segment.pipeline.inference.model_handle import ModelHandle
 from wsi_segment.pipeline.inference.startup import Background
@@ -44,7 +45,7 @@ class PreparedSlide:
     slide: Slide
     mpp: tuple[float, float]
     model: ModelHandle
-    meta: Any  # models.bundle.ModelMeta
+    meta: ModelMeta
     model_dir: Path
     model_hash: str
     fingerprint: str

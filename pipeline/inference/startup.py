@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import numpy as np
+
 from wsi_segment.wsi.slide import open_slide
 
 
@@ -60,7 +62,7 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def read_overlay_thumbnail(slide_path: str, backend: str, mpp: float | None) -> Any:
+def read_overlay_thumbnail(slide_path: str, backend: str, mpp: float | None) -> np.ndarray:
     """overlay.png's thumbnail, with a handle of its own (the main thread detects tissue);
     openslide decoding and PIL's reduce release the GIL, so this runs beside the import."""
     from wsi_segment.pipeline.outputs.finish_outputs import THUMB_SIZE, overlay_thumbnail
