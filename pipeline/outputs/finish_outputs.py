@@ -13,13 +13,12 @@ import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import shapely
 from PIL import Image
 
-from wsi_segment.models.meta import ModelMeta
 from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome
 from wsi_segment.pipeline.outputs.geojson import build_feature_collection, write_geojson
 from wsi_segment.pipeline.outputs.ome_tiff import write_probability_ome_tiff
@@ -44,6 +43,9 @@ from wsi_segment.wsi.roi import Roi
 from wsi_segment.wsi.slide import Slide
 from wsi_segment.wsi.tiling import ChunkSpec, TileGrid
 from wsi_segment.wsi.tissue import TissueMask, tissue_warning
+
+if TYPE_CHECKING:  # models.meta imports torch, which a run loads in the background
+    from wsi_segment.models.meta import ModelMeta
 
 THUMB_SIZE = 1024
 SCHEMA_VERSION = 1
