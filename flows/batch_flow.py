@@ -91,7 +91,8 @@ def segment_batch(
     logger.info("%d slide(s) from %s -> %s", len(items), input, out)
     with _dask_context(dask_address, workers) as client:
         address = client.scheduler.address if client is not None else None
-        with ThreadPoolTaskRunner(max_workers=concurrency) as runner:
+        pool: ThreadPoolTaskRunner[SlideResult] = ThreadPoolTaskRunner(max_workers=concurrency)
+        with pool as runner:
             futures = [
                 runner.submit(
                     slide_task,

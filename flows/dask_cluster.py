@@ -88,7 +88,7 @@ def start_local_cluster(plan: ClusterPlan, dashboard: bool = False):  # -> SpecC
     # process start, so they go in the environment the nanny spawns workers with (a nanny's
     # `env` is only applied inside the worker, too late for malloc).
     key = "distributed.nanny.pre-spawn-environ"
-    spawn_env = {f"{key}.MALLOC_TRIM_THRESHOLD_": None}
+    spawn_env: dict[str, str | None] = {f"{key}.MALLOC_TRIM_THRESHOLD_": None}
     spawn_env.update({f"{key}.{k}": v for k, v in worker_environment().items()})
     with dask.config.set(spawn_env):
         return _start_local_cluster(plan, dashboard)

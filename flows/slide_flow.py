@@ -13,14 +13,15 @@ the stages, the up-to-date check, the error mapping and closing the slide are
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from wsi_segment.flows import prefect_env
 
 prefect_env.apply()
 
-from prefect import flow, task  # noqa: E402
+from prefect import Task, flow, task  # noqa: E402
 from prefect.artifacts import create_markdown_artifact, create_table_artifact  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
@@ -28,12 +29,16 @@ from wsi_segment.errors import ConfigError  # noqa: E402
 from wsi_segment.flows.dask_cluster import client_for, dask_client  # noqa: E402
 from wsi_segment.pipeline import segment  # noqa: E402
 from wsi_segment.pipeline.batch_report import class_rows, markdown_table  # noqa: E402
+from wsi_segment.pipeline.inference.slide_state import PreparedSlide, SlideResult  # noqa: E402
+from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome  # noqa: E402
 from wsi_segment.pipeline.outputs.output_dir import OutputDir  # noqa: E402
 from wsi_segment.pipeline.params import SegmentParams  # noqa: E402
 from wsi_segment.wsi.retries import is_transient  # noqa: E402
 
+P = ParamSpec("P")
+R = TypeVar("R")
 RETRIES = 2
-RETRY_DELAYS_S = [1, 10]
+RETRY_DELAYS_S: list[float] = [1, 10]
 
 
 def retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
@@ -48,38 +53,45 @@ def retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
     return False
 
 
-# Stage results (open slides, tissue masks, chunk outcomes) stay in memory: never hashed
-# for caching and never persisted. The training flow's stages use the same options.
-STAGE_TASK_OPTIONS = {
-    "retries": RETRIES,
-    "retry_delay_seconds": RETRY_DELAYS_S,
-    "retry_condition_fn": retry_if_transient,
-    "cache_policy": NO_CACHE,
-    "persist_result": False,
-}
+def stage_task(name: str) -> Callable[[Callable[P, R]], Task[P, R]]:
+    """`@task` for a pipeline stage (the slide's and the training flow's): retried on
+    transient I/O errors only. Stage results (open slides, tissue masks, chunk outcomes)
+    stay in memory: never hashed for caching and never persisted."""
+    return task(
+        name=name,
+        retries=RETRIES,
+        retry_delay_seconds=RETRY_DELAYS_S,
+        retry_condition_fn=retry_if_transient,
+        cache_policy=NO_CACHE,
+        persist_result=False,
+    )
 
 
-@task(name="open-and-tissue", **STAGE_TASK_OPTIONS)
-def open_and_tissue(slide_path: str, out_root: str, params: SegmentParams) -> Any:
+@stage_task("open-and-tissue")
+def open_and_tissue(slide_path: str, out_root: str | Path, params: SegmentParams) -> PreparedSlide:
     """Stage 1: open the slide and model, detect tissue, plan the chunks."""
     return segment.prepare(slide_path, out_root, params)
 
 
-@task(name="inference", **STAGE_TASK_OPTIONS)
-def inference(prep: Any, work_dir: Path, dask_address: str | None = None) -> list:
+@stage_task("inference")
+def inference(
+    prep: PreparedSlide, work_dir: Path, dask_address: str | None = None
+) -> list[ChunkOutcome]:
     """Stage 2: every tissue chunk through the model, on the Dask cluster if there is one."""
     return segment.infer(prep, work_dir, client=client_for(dask_address))
 
 
-@task(name="polygons-and-outputs", **STAGE_TASK_OPTIONS)
-def polygons_and_outputs(prep: Any, outcomes: list, out: OutputDir) -> Any:
+@stage_task("polygons-and-outputs")
+def polygons_and_outputs(
+    prep: PreparedSlide, outcomes: list[ChunkOutcome], out: OutputDir
+) -> SlideResult:
     """Stage 3: polygons, GeoJSON, overlay, summary; then publish the folder at once."""
     return segment.finish(prep, outcomes, out)
 
 
 def run_slide_stages(
     slide_path: str, out_root: str, params: SegmentParams, dask_address: str | None = None
-) -> Any:
+) -> SlideResult:
     """`pipeline.segment.run_stages` with the stage tasks above, then the slide's artifacts.
 
     Returns a `pipeline.segment.SlideResult`; raises what the stage sequence raised.
@@ -100,7 +112,7 @@ def artifact_key(name: str) -> str:
     return f"slide-{key or 'unnamed'}"[:100]
 
 
-def publish_slide_artifacts(result: Any) -> None:
+def publish_slide_artifacts(result: SlideResult) -> None:
     """Per-class area table and the output folder, attached to the current flow/task run."""
     if result.out_dir is None:
         return
@@ -145,7 +157,7 @@ def segment_slide(
     output_name: str | None = None,
     dask_address: str | None = None,
     options: dict[str, Any] | None = None,
-) -> Any:
+) -> SlideResult:
     """Segment one slide into `<out>/<name>/`; the flow fails if the slide fails.
 
     `options` holds any other `SegmentParams` field (overlap, device, overwrite, ...).

@@ -14,37 +14,40 @@ from wsi_segment.flows import prefect_env
 
 prefect_env.apply()
 
-from prefect import flow, get_run_logger, task  # noqa: E402
+from prefect import flow, get_run_logger  # noqa: E402
 from prefect.artifacts import create_markdown_artifact  # noqa: E402
 
 from wsi_segment.errors import ConfigError  # noqa: E402
-from wsi_segment.flows.slide_flow import STAGE_TASK_OPTIONS  # noqa: E402
+from wsi_segment.flows.slide_flow import stage_task  # noqa: E402
+from wsi_segment.models.classifier import PatchClassifier  # noqa: E402
 from wsi_segment.pipeline.training import train_stages  # noqa: E402
 from wsi_segment.pipeline.training.train import TrainConfig  # noqa: E402
 
 
-@task(name="open-dataset", **STAGE_TASK_OPTIONS)
+@stage_task("open-dataset")
 def open_dataset(cfg: TrainConfig) -> train_stages.TrainRun:
     return train_stages.start(cfg)
 
 
-@task(name="stage-1-classifier", **STAGE_TASK_OPTIONS)
-def classifier(run: train_stages.TrainRun) -> Any:
+@stage_task("stage-1-classifier")
+def classifier(run: train_stages.TrainRun) -> PatchClassifier:
     return train_stages.stage1_classifier(run)
 
 
-@task(name="stage-2-pseudo-masks", **STAGE_TASK_OPTIONS)
-def pseudo_masks(run: train_stages.TrainRun, model: Any) -> list[Path]:
+@stage_task("stage-2-pseudo-masks")
+def pseudo_masks(run: train_stages.TrainRun, model: PatchClassifier) -> list[Path]:
     return train_stages.stage2_pseudo_masks(run, model)
 
 
-@task(name="stage-3-segmenter", **STAGE_TASK_OPTIONS)
-def segmenter(run: train_stages.TrainRun, pseudo_dirs: list[Path], model: Any) -> dict:
+@stage_task("stage-3-segmenter")
+def segmenter(
+    run: train_stages.TrainRun, pseudo_dirs: list[Path], model: PatchClassifier
+) -> dict[str, Any]:
     _, state = train_stages.stage3_segmenter(run, pseudo_dirs, model)
     return state
 
 
-@task(name="model-folder", **STAGE_TASK_OPTIONS)
+@stage_task("model-folder")
 def model_folder(cfg: TrainConfig) -> Path:
     return train_stages.write_model(cfg)
 

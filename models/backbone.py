@@ -8,10 +8,11 @@ deepest one feeds the classifier head. Encoders are always built with
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol, cast
 
 import timm
 import torch
+from timm.models import FeatureInfo
 from torch import nn
 
 from wsi_segment.errors import ConfigError
@@ -29,6 +30,14 @@ KNOWN_BACKBONES: dict[str, str] = {
 TAP_ALIASES = {"shallow": -3, "mid": -2, "deep": -1, "deepest": -1}
 
 DEFAULT_TAPS = ("layer2", "layer3", "layer4")
+
+
+class TapBackbone(Protocol):
+    """What a classifier reads of its backbone (a `Backbone`, or a test's small module)."""
+
+    tap_names: tuple[str, ...]
+
+    def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]: ...
 
 
 class Backbone(nn.Module):
@@ -63,15 +72,14 @@ class Backbone(nn.Module):
             raise ConfigError(
                 f"unknown or unsupported backbone {name!r} ({exc}); use one of {sorted(KNOWN_BACKBONES)}"
             ) from exc
-        names = tuple(self.body.feature_info.module_name())
+        info = cast(FeatureInfo, self.body.feature_info)  # features_only=True models carry it
+        names = tuple(info.module_name())
         if names != tuple(taps):
             raise ConfigError(f"backbone {name!r} has stages {names}, expected {tuple(taps)}")
         self.name = name
         self.tap_names: tuple[str, ...] = tuple(taps)
         self.output_stride = output_stride
-        self.channels: dict[str, int] = dict(
-            zip(self.tap_names, self.body.feature_info.channels(), strict=True)
-        )
+        self.channels: dict[str, int] = dict(zip(self.tap_names, info.channels(), strict=True))
 
     @property
     def deepest(self) -> str:

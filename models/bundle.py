@@ -32,6 +32,15 @@ def demo_model_dir() -> Path:
     return Path(__file__).resolve().parent / "demo_model"
 
 
+def _config(net: torch.nn.Module) -> dict[str, Any]:
+    """`net.config()`, the architecture model.json records to rebuild the network."""
+    config = getattr(net, "config", None)
+    if not callable(config):
+        raise AttributeError(f"{type(net).__name__} has no config()")
+    arch: dict[str, Any] = config()
+    return arch
+
+
 def save_model(
     model: SegmentationModel,
     folder: str | Path,
@@ -50,7 +59,7 @@ def save_model(
     if weights_dtype not in ("float32", "float16"):
         raise ModelError(f"weights_dtype must be float32 or float16, got {weights_dtype!r}")
     try:
-        arch = {"classifier": model.classifier.config(), "segmenter": model.segmenter.config()}
+        arch = {"classifier": _config(model.classifier), "segmenter": _config(model.segmenter)}
     except (AttributeError, TypeError) as exc:
         raise ModelError(
             f"cannot describe this model's architecture for model.json: {exc}"

@@ -46,14 +46,14 @@ def minmax(maps: torch.Tensor, dims: tuple[int, ...] = (2, 3)) -> torch.Tensor:
     return (maps - lo) / (hi - lo).clamp_min(_EPS)
 
 
-def to_input_size(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def to_input_size(maps: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
     """Bilinear upsampling (align_corners=False) of (N, K, h, w) maps to the input size."""
     if tuple(maps.shape[-2:]) == tuple(size):
         return maps
     return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
 
 
-def _finish(maps: torch.Tensor, size: tuple[int, int], normalise: str) -> torch.Tensor:
+def _finish(maps: torch.Tensor, size: tuple[int, ...], normalise: str) -> torch.Tensor:
     maps = to_input_size(maps.float(), size)
     if normalise == "class":
         return minmax(maps)
@@ -109,7 +109,7 @@ def grad_cams(
     return out
 
 
-def _channel_masks(feats: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def _channel_masks(feats: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
     """Score-CAM masks (N, C, H, W): each channel upsampled to the input, min-max to [0, 1]."""
     return minmax(to_input_size(feats, size))
 

@@ -12,14 +12,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from .backbone import DEFAULT_TAPS, Backbone, resolve_tap
+from .backbone import DEFAULT_TAPS, Backbone, TapBackbone, resolve_tap
 from .heads import ClassifierHead, build_head
 
 
 class PatchClassifier(nn.Module):
     """Backbone (dict of tapped maps) + head reading the deepest tap."""
 
-    def __init__(self, backbone: nn.Module, head: ClassifierHead) -> None:
+    def __init__(self, backbone: TapBackbone, head: ClassifierHead) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = head

@@ -65,7 +65,8 @@ class ModelMeta:
                 raise ModelError(f"{where}: colour {c!r} is not [r, g, b] with ints 0..255")
             colors.append((int(c[0]), int(c[1]), int(c[2])))
         self.colors = colors
-        if self.normalisation in (None, "identity"):
+        given: object = self.normalisation  # from_json stores model.json's value unchecked
+        if given is None or given == "identity":
             self.normalisation = {k: list(v) for k, v in IDENTITY_NORMALISATION.items()}
         norm = self.normalisation
         if not isinstance(norm, dict) or set(norm) != {"mean", "std"}:
@@ -106,7 +107,7 @@ class ModelMeta:
         meta = object.__new__(cls)
         meta.name = str(data["name"])
         meta.classes = list(data["classes"]) if isinstance(data["classes"], list) else []
-        meta.colors = list(data["colors"]) if isinstance(data["colors"], list) else None
+        meta.colors = list(data["colors"]) if isinstance(data["colors"], list) else []
         meta.mpp = data["mpp"]
         meta.tile_size = data["tile_size"]
         meta.normalisation = data.get("normalisation", "identity")

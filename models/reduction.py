@@ -15,6 +15,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -92,12 +93,12 @@ class HostCopier:
         self._buffers: list[torch.Tensor] = []
         self._lock = threading.Lock()
 
-    def __getstate__(self) -> dict:
+    def __getstate__(self) -> dict[str, Any]:
         """Copies and pickles of a model start with no buffers and their own lock."""
         return {}
 
-    def __setstate__(self, state: dict) -> None:
-        self.__init__()  # type: ignore[misc]
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        HostCopier.__init__(self)
 
     def to_host(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         if all(t.device.type == "cpu" for t in tensors):

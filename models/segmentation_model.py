@@ -28,6 +28,9 @@ class SegmentationModel(nn.Module):
     Any modules with those signatures work (tests use fixed analytic ones).
     """
 
+    _mean: torch.Tensor  # buffers registered in __init__
+    _std: torch.Tensor
+
     def __init__(self, classifier: nn.Module, segmenter: nn.Module, meta: ModelMeta) -> None:
         super().__init__()
         self.classifier = classifier

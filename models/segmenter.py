@@ -58,7 +58,8 @@ class Segmenter(nn.Module):
         self.decoder_channels = decoder_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        logits: torch.Tensor = self.net(x)
+        return logits
 
     def config(self) -> dict[str, Any]:
         """Architecture stored in model.json; `Segmenter(**config)` rebuilds it."""

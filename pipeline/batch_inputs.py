@@ -19,6 +19,7 @@ from typing import Any
 
 from wsi_segment.errors import ConfigError, DatasetError
 from wsi_segment.pipeline.outputs.output_dir import check_output_name, default_output_name
+from wsi_segment.pipeline.params import SegmentParams
 
 # File suffixes taken as slides when the input is a folder (lower case, compared case-free).
 SLIDE_SUFFIXES: tuple[str, ...] = (
@@ -176,7 +177,7 @@ def check_items(items: list[BatchItem], source: str) -> list[BatchItem]:
     return items
 
 
-def params_for(item: BatchItem, params: Any) -> Any:
+def params_for(item: BatchItem, params: SegmentParams) -> SegmentParams:
     """The `SegmentParams` of one batch slide: its mpp override and output name applied.
 
     The output name is only set when it differs from the default, so a batch slide and a

@@ -7,7 +7,10 @@ scheduler shows and the one a terminal prints are the same numbers.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the report is read without importing the inference stack
+    from wsi_segment.pipeline.inference.slide_state import SlideResult
 
 STATUSES = ("done", "up-to-date", "failed")
 
@@ -27,7 +30,7 @@ def class_rows(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def result_row(result: Any, class_names: Sequence[str] = ()) -> dict[str, Any]:
+def result_row(result: SlideResult, class_names: Sequence[str] = ()) -> dict[str, Any]:
     """One batch table row from a `SlideResult`: status, tissue area, class fractions, error."""
     summary = result.summary or {}
     tissue = (summary.get("tissue") or {}).get("area_um2")
@@ -54,7 +57,7 @@ def tissue_mark(summary: Mapping[str, Any]) -> str:
     return f"{status} !" if tissue.get("warning") else status
 
 
-def batch_rows(results: Iterable[Any]) -> list[dict[str, Any]]:
+def batch_rows(results: Iterable[SlideResult]) -> list[dict[str, Any]]:
     """Rows for every result, with one fraction column per class seen in any summary."""
     results = list(results)
     names: list[str] = []
@@ -65,7 +68,7 @@ def batch_rows(results: Iterable[Any]) -> list[dict[str, Any]]:
     return [result_row(r, names) for r in results]
 
 
-def counts(results: Iterable[Any]) -> dict[str, int]:
+def counts(results: Iterable[SlideResult]) -> dict[str, int]:
     """How many slides ended in each status."""
     out = dict.fromkeys(STATUSES, 0)
     for result in results:

@@ -151,6 +151,8 @@ def _prepare_opened(
             with contextlib.suppress(BaseException):
                 thumb.result()
         raise
+    # planned before the model loaded, or above from the loaded model's own geometry
+    assert grid is not None and planned is not None
     handle = ModelHandle.with_model(model, str(model_dir), params.device, params.precision)
     model_hash = model_sha256(model_dir)  # after the load, which names a missing file best
     fingerprint = run_fingerprint(slide_path, model_hash, params, meta)
@@ -223,7 +225,7 @@ def infer(
     create_probability_store(
         zarr_path,
         list(prep.meta.classes),
-        [tuple(c) for c in prep.meta.colors],
+        list(prep.meta.colors),
         prep.output_shape,
         (prep.chunk_out, prep.chunk_out),
         prep.output_mpp,

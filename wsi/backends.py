@@ -10,10 +10,10 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -47,9 +47,9 @@ def _num(value: Any) -> float | None:
 
 def _mpp(x: Any, y: Any) -> tuple[float, float] | None:
     mx, my = _num(x), _num(y)
-    if mx is None and my is None:
-        return None
     mx, my = mx or my, my or mx
+    if mx is None or my is None:
+        return None
     if not (0 < mx < MAX_PLAUSIBLE_MPP and 0 < my < MAX_PLAUSIBLE_MPP):
         return None
     return (mx, my)
@@ -77,7 +77,7 @@ class OpenSlideBackend:
         n = h.level_count
         return SlideMeta(
             vendor=p.get("openslide.vendor"),
-            level_dimensions=tuple(tuple(map(int, d)) for d in h.level_dimensions),
+            level_dimensions=tuple((int(d[0]), int(d[1])) for d in h.level_dimensions),
             level_downsamples=tuple(float(d) for d in h.level_downsamples),
             mpp=_mpp(p.get("openslide.mpp-x"), p.get("openslide.mpp-y")),
             objective_power=_num(p.get("openslide.objective-power")),
@@ -227,7 +227,7 @@ class TiffSlideBackend:
             vendor = "ome"
         return SlideMeta(
             vendor=vendor,
-            level_dimensions=tuple(tuple(map(int, d)) for d in h.level_dimensions),
+            level_dimensions=tuple((int(d[0]), int(d[1])) for d in h.level_dimensions),
             level_downsamples=tuple(float(d) for d in h.level_downsamples),
             mpp=_mpp(p.get("tiffslide.mpp-x"), p.get("tiffslide.mpp-y")),
             objective_power=_num(p.get("tiffslide.objective-power")),
@@ -268,4 +268,19 @@ class TiffSlideBackend:
         self.handle.close()
 
 
-BACKENDS = {"openslide": OpenSlideBackend, "tiffslide": TiffSlideBackend}
+class SlideReader(Protocol):
+    """What `Slide` asks of a backend: its facts once, then pixels, then close."""
+
+    def meta(self) -> SlideMeta: ...
+
+    def read(
+        self, location: tuple[int, int], level: int, size: tuple[int, int]
+    ) -> tuple[np.ndarray, np.ndarray | None]: ...
+
+    def close(self) -> None: ...
+
+
+BACKENDS: dict[str, Callable[[str], SlideReader]] = {
+    "openslide": OpenSlideBackend,
+    "tiffslide": TiffSlideBackend,
+}

@@ -97,13 +97,14 @@ def roi_mask(rois: list[Roi], shape_hw: tuple[int, int], downsample: float) -> n
     from rasterio import features
     from rasterio.transform import Affine
 
-    return features.rasterize(
+    mask: np.ndarray = features.rasterize(
         [(r.geometry, 1) for r in rois],
         out_shape=shape_hw,
         transform=Affine.scale(downsample),
         fill=0,
         dtype="uint8",
     ).astype(bool)
+    return mask
 
 
 def restrict_to_rois(

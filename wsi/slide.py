@@ -21,13 +21,14 @@ import math
 import os
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from wsi_segment.errors import ConfigError, MppMissingError, SlideError
-from wsi_segment.wsi.backends import BACKENDS, SlideMeta
+from wsi_segment.wsi.backends import BACKENDS, SlideMeta, SlideReader
 from wsi_segment.wsi.mpp import mpp_problem
 from wsi_segment.wsi.retries import READ_ATTEMPTS, is_transient, with_retries
 
@@ -50,7 +51,7 @@ class Slide:
         self.backend = backend
         self._meta = meta
         self._mpp_override = mpp_override
-        self._reader: Any = None
+        self._reader: SlideReader | None = None
         self._lock = threading.Lock()
 
     # -- metadata ---------------------------------------------------------------
@@ -144,14 +145,14 @@ class Slide:
         }
 
     # -- pixels -----------------------------------------------------------------
-    def _open_reader(self) -> Any:
+    def _open_reader(self) -> SlideReader:
         """The shared reader, opened on first use (raises the backend's own error)."""
         with self._lock:
             if self._reader is None:
                 self._reader = BACKENDS[self.backend](self.path)
             return self._reader
 
-    def _drop_reader(self, reader: Any) -> None:
+    def _drop_reader(self, reader: SlideReader | None) -> None:
         """Forget a reader after an error: an openslide handle fails every later call once
         one read failed, and a network file may be stale. Other threads may still be using
         it, so it is not closed here; it closes when the last reference goes."""
@@ -253,7 +254,7 @@ class Slide:
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["path"], state["backend"], state["meta"], state["mpp_override"])
+        Slide.__init__(self, state["path"], state["backend"], state["meta"], state["mpp_override"])
 
     def __repr__(self) -> str:
         return f"Slide({self.path!r}, backend={self.backend!r}, dims={self.dimensions}, mpp={self.mpp})"
@@ -325,7 +326,7 @@ def open_slide(
     reasons = []
     for name in order:
         try:
-            reader = with_retries(lambda name=name: BACKENDS[name](path), f"opening {path}")
+            reader = with_retries(partial(BACKENDS[name], path), f"opening {path}")
         except Exception as exc:
             reasons.append(f"{name}: {type(exc).__name__}: {exc}".rstrip(": "))
             continue

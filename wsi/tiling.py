@@ -64,8 +64,13 @@ class TissueLike(Protocol):
 
 
 class SlideLike(Protocol):
-    dimensions: tuple[int, int]
-    level_downsamples: tuple[float, ...]
+    """What planning reads of a slide (a `Slide`, or plain data in tests)."""
+
+    @property
+    def dimensions(self) -> tuple[int, int]: ...
+
+    @property
+    def level_downsamples(self) -> tuple[float, ...]: ...
 
 
 @dataclass(frozen=True)

@@ -153,7 +153,8 @@ def pen_ink(img: np.ndarray) -> np.ndarray:
     od_r, od_b = _OD_LUT[r], _OD_LUT[b]
     blue = (b > r) & (od_r >= PEN_MIN_OD) & (od_r >= PEN_OD_RATIO * od_b)
     green = (g > r + PEN_MARGIN) & (g >= b)
-    return blue | green
+    ink: np.ndarray = blue | green
+    return ink
 
 
 def drop_small(mask: np.ndarray, min_px: float, keep_border: bool = False) -> np.ndarray:
@@ -170,7 +171,8 @@ def drop_small(mask: np.ndarray, min_px: float, keep_border: bool = False) -> np
         edge = np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))
         keep[edge] = True
     keep[0] = False
-    return keep[lab]
+    kept: np.ndarray = keep[lab]
+    return kept
 
 
 def mask_to_polygons(mask: np.ndarray, downsample: float, bounds: tuple[int, int]) -> MultiPolygon:

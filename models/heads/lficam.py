@@ -56,7 +56,8 @@ class FeatureImportanceNet(nn.Module):
         )
 
     def forward(self, masked: torch.Tensor) -> torch.Tensor:
-        return self.net(masked).squeeze(1)
+        scores: torch.Tensor = self.net(masked)
+        return scores.squeeze(1)
 
 
 class LFICAMHead(ClassifierHead):

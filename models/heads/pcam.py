@@ -33,4 +33,5 @@ class PCAMHead(ClassifierHead):
         feats = self.dropout(feats)
         pooled = pcam_pool(feats, self.class_maps(feats))
         w = self.fc.weight.flatten(1)
+        assert self.fc.bias is not None  # built with bias=True
         return (pooled * w.unsqueeze(0)).sum(dim=2) + self.fc.bias

@@ -64,8 +64,12 @@ class PDASchedule:
         if name not in PDA_SCHEDULES:
             raise ConfigError(f"unknown PDA schedule {name!r}; choose one of {PDA_SCHEDULES}")
         base = cls() if name == "paper" else cls.official()
-        given = {"sigma": sigma, "floor": floor, "warmup_epochs": warmup_epochs}
-        return replace(base, **{k: v for k, v in given.items() if v is not None})
+        return replace(
+            base,
+            sigma=base.sigma if sigma is None else sigma,
+            floor=base.floor if floor is None else floor,
+            warmup_epochs=base.warmup_epochs if warmup_epochs is None else warmup_epochs,
+        )
 
     def mu_at(self, epoch: int) -> float:
         """mu used during `epoch` (0-based)."""

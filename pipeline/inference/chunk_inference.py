@@ -29,9 +29,12 @@ if TYPE_CHECKING:  # torch is imported where tiles are predicted: the CLI loads 
 class ReducedLike(Protocol):
     """What `predict_reduced` returns (models.reduction.ReducedOutputs satisfies it)."""
 
-    probs: torch.Tensor  # uint8 (N, K, S/d, S/d)
-    labels: torch.Tensor  # uint8 (N, S/d, S/d)
-    cls_probs: torch.Tensor  # float32 (N, K)
+    @property
+    def probs(self) -> torch.Tensor: ...  # uint8 (N, K, S/d, S/d)
+    @property
+    def labels(self) -> torch.Tensor: ...  # uint8 (N, S/d, S/d)
+    @property
+    def cls_probs(self) -> torch.Tensor: ...  # float32 (N, K)
 
     @property
     def nbytes(self) -> int: ...

@@ -191,9 +191,8 @@ class SlideJob:
         if concurrent:
             _set_torch_threads(self.cpu_threads_per_chunk)
         _settle_precision(model, lock, patches)
-        if concurrent:
-            lock = None
-        reduced = predict_reduced_tiles(model, patches, grid, batch_size, self.gate, lock)
+        reduce_lock = None if concurrent else lock
+        reduced = predict_reduced_tiles(model, patches, grid, batch_size, self.gate, reduce_lock)
         origin, size = (x0, y0), (x1 - x0, y1 - y0)
         probs = stitch_cores(reduced.probs, tiles, origin, size, grid, fill=0)
         labels = stitch_cores(reduced.labels, tiles, origin, size, grid, fill=NODATA)

@@ -12,7 +12,10 @@ import functools
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # loaded on first use: importing torch is most of a small run's start
+    from wsi_segment.models.segmentation_model import SegmentationModel
 
 
 @dataclass
@@ -22,7 +25,7 @@ class ModelHandle:
     model_dir: str
     device: str = "auto"
     precision: str = "auto"  # auto | fp32 | bf16 (the answer a cluster's trial pinned)
-    _loaded: tuple[Any, threading.Lock] | None = field(default=None, repr=False)
+    _loaded: tuple[SegmentationModel, threading.Lock] | None = field(default=None, repr=False)
 
     def __getstate__(self) -> dict[str, Any]:
         return {"model_dir": self.model_dir, "device": self.device, "precision": self.precision}
@@ -31,19 +34,23 @@ class ModelHandle:
         self.__dict__.update(state)
         self._loaded = None
 
-    def get(self) -> tuple[Any, threading.Lock]:
+    def get(self) -> tuple[SegmentationModel, threading.Lock]:
         if self._loaded is None:
             self._loaded = load_for_process(self.model_dir, self.device, self.precision)
         return self._loaded
 
     @classmethod
-    def with_model(cls, model: Any, model_dir: str, device: str, precision: str) -> ModelHandle:
+    def with_model(
+        cls, model: SegmentationModel, model_dir: str, device: str, precision: str
+    ) -> ModelHandle:
         """A handle around an already loaded model (tests, the CLI's single process)."""
         return cls(model_dir, device, precision, (model, threading.Lock()))
 
 
 @functools.lru_cache(maxsize=4)
-def load_for_process(model_dir: str, device: str, precision: str) -> tuple[Any, threading.Lock]:
+def load_for_process(
+    model_dir: str, device: str, precision: str
+) -> tuple[SegmentationModel, threading.Lock]:
     """Load the bundle on the chosen device once per (process, recipe)."""
     from wsi_segment.models.bundle import load_model
     from wsi_segment.models.device import pick_device

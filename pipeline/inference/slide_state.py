@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from wsi_segment.pipeline.inference.chunk_prefetch import ChunkPrefetcher
 from wsi_segment.pipeline.inference.model_handle import ModelHandle
@@ -19,6 +21,9 @@ from wsi_segment.wsi.roi import Roi
 from wsi_segment.wsi.slide import Slide
 from wsi_segment.wsi.tiling import ChunkSpec, TileGrid
 from wsi_segment.wsi.tissue import TissueMask
+
+if TYPE_CHECKING:  # models.meta imports torch, which a run loads in the background
+    from wsi_segment.models.meta import ModelMeta
 
 
 @dataclass
@@ -44,7 +49,7 @@ class PreparedSlide:
     slide: Slide
     mpp: tuple[float, float]
     model: ModelHandle
-    meta: Any  # models.bundle.ModelMeta
+    meta: ModelMeta
     model_dir: Path
     model_hash: str
     fingerprint: str
@@ -62,7 +67,7 @@ class PreparedSlide:
     # Local runs: chunk images being read in the background since planning (never pickled).
     prefetch: ChunkPrefetcher | None = None
     # Local runs: the overlay's thumbnail, read on the core the model load leaves free.
-    overlay_thumb: Background | None = None
+    overlay_thumb: Background[np.ndarray] | None = None
     # Local runs: storage tiles decoded / served again from memory (wsi.tile_reuse).
     read_stats: dict[str, int] = field(default_factory=dict)
     # What the forward passes ran in and why (SegmentationModel.precision_report).

@@ -13,23 +13,27 @@ import gc
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Generic, TypeVar
+
+import numpy as np
 
 from wsi_segment.wsi.slide import open_slide
 
+T = TypeVar("T")
 
-class Background:
+
+class Background(Generic[T]):
     """Run a function in a daemon thread; `result()` joins it and re-raises its error."""
 
-    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
-        self._result: Any = None
+    def __init__(self, fn: Callable[..., T], *args: Any) -> None:
+        self._result: list[T] = []  # the value, once the thread has returned one
         self._error: BaseException | None = None
         self.seconds = 0.0
 
         def target() -> None:
             t0 = time.perf_counter()
             try:
-                self._result = fn(*args)
+                self._result.append(fn(*args))
             except BaseException as exc:  # handed to the caller of result()
                 self._error = exc
             self.seconds = time.perf_counter() - t0
@@ -39,11 +43,11 @@ class Background:
         )
         self._thread.start()
 
-    def result(self) -> Any:
+    def result(self) -> T:
         self._thread.join()
         if self._error is not None:
             raise self._error
-        return self._result
+        return self._result[0]
 
 
 @contextlib.contextmanager
@@ -60,7 +64,7 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def read_overlay_thumbnail(slide_path: str, backend: str, mpp: float | None) -> Any:
+def read_overlay_thumbnail(slide_path: str, backend: str, mpp: float | None) -> np.ndarray:
     """overlay.png's thumbnail, with a handle of its own (the main thread detects tissue);
     openslide decoding and PIL's reduce release the GIL, so this runs beside the import."""
     from wsi_segment.pipeline.outputs.finish_outputs import THUMB_SIZE, overlay_thumbnail

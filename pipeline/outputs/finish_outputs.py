@@ -10,9 +10,10 @@ import datetime as dt
 import math
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import shapely
@@ -21,7 +22,7 @@ from PIL import Image
 from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome
 from wsi_segment.pipeline.outputs.geojson import build_feature_collection, write_geojson
 from wsi_segment.pipeline.outputs.ome_tiff import write_probability_ome_tiff
-from wsi_segment.pipeline.outputs.ome_zarr import finalize_pyramid
+from wsi_segment.pipeline.outputs.ome_zarr import Color, finalize_pyramid
 from wsi_segment.pipeline.outputs.overlay import label_thumbnail, write_overlay
 from wsi_segment.pipeline.outputs.polygons import (
     clip_to_extent,
@@ -38,13 +39,79 @@ from wsi_segment.pipeline.outputs.summary import (
     write_summary,
 )
 from wsi_segment.pipeline.outputs.tile_objects import write_tile_geojson
+from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.wsi.roi import Roi
-from wsi_segment.wsi.tissue import tissue_warning
+from wsi_segment.wsi.slide import Slide
+from wsi_segment.wsi.tiling import ChunkSpec, TileGrid
+from wsi_segment.wsi.tissue import TissueMask, tissue_warning
+
+if TYPE_CHECKING:  # models.meta imports torch, which a run loads in the background
+    from wsi_segment.models.meta import ModelMeta
 
 THUMB_SIZE = 1024
 
 
-def write_outputs(prep: Any, outcomes: list[ChunkOutcome], work_dir: Path) -> dict[str, Any]:
+class PendingThumbnail(Protocol):
+    """A thumbnail being read in the background (inference.startup.Background)."""
+
+    def result(self) -> np.ndarray: ...
+
+
+class PreparedRun(Protocol):
+    """What the outputs read of a prepared slide (inference.slide_state.PreparedSlide).
+
+    A protocol, not the class: outputs never import inference (tests/test_layers.py).
+    """
+
+    @property
+    def slide_path(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def params(self) -> SegmentParams: ...
+    @property
+    def slide(self) -> Slide: ...
+    @property
+    def mpp(self) -> tuple[float, float]: ...
+    @property
+    def meta(self) -> ModelMeta: ...
+    @property
+    def model_dir(self) -> Path: ...
+    @property
+    def model_hash(self) -> str: ...
+    @property
+    def fingerprint(self) -> str: ...
+    @property
+    def tissue(self) -> TissueMask: ...
+    @property
+    def grid(self) -> TileGrid: ...
+    @property
+    def read_level(self) -> int: ...
+    @property
+    def output_shape(self) -> tuple[int, int]: ...
+    @property
+    def specs(self) -> Sequence[ChunkSpec]: ...
+    @property
+    def timings(self) -> dict[str, float]: ...  # write_outputs adds its own
+    @property
+    def read_stats(self) -> Mapping[str, int]: ...
+    @property
+    def precision(self) -> Mapping[str, Any]: ...
+    @property
+    def rois(self) -> Sequence[Roi]: ...
+    @property
+    def overlay_thumb(self) -> PendingThumbnail | None: ...
+    @property
+    def level0_per_output(self) -> float: ...
+    @property
+    def output_mpp(self) -> tuple[float, float]: ...
+    @property
+    def tiles_total(self) -> int: ...
+
+
+def write_outputs(
+    prep: PreparedRun, outcomes: list[ChunkOutcome], work_dir: Path
+) -> dict[str, Any]:
     """Write every file except the zarr level 0 (already streamed); return the summary.
 
     The polygons (GEOS unions and simplification, which release the GIL) and the GeoJSON run
@@ -53,7 +120,7 @@ def write_outputs(prep: Any, outcomes: list[ChunkOutcome], work_dir: Path) -> di
     """
     t0 = time.perf_counter()
     classes = list(prep.meta.classes)
-    colors = [tuple(int(v) for v in c) for c in prep.meta.colors]
+    colors: list[Color] = [(int(c[0]), int(c[1]), int(c[2])) for c in prep.meta.colors]
     k = len(classes)
     counts = np.zeros(k, np.int64)
     prob_sums = np.zeros(k, np.float64)
@@ -112,10 +179,10 @@ def run_stats(outcomes: list[ChunkOutcome]) -> dict[str, float | int]:
 
 
 def _write_polygons(
-    prep: Any,
+    prep: PreparedRun,
     outcomes: list[ChunkOutcome],
     classes: list[str],
-    colors: list,
+    colors: list[Color],
     measurements: dict[str, dict[str, float]],
     work_dir: Path,
 ) -> list[dict[str, Any]]:
@@ -154,10 +221,10 @@ def _write_polygons(
 
 
 def _write_overlay(
-    prep: Any, zarr_path: Path, path: Path, classes: list[str], colors: list
+    prep: PreparedRun, zarr_path: Path, path: Path, classes: list[str], colors: list[Color]
 ) -> None:
     """Thumbnail with class colours; labels from the pyramid level nearest the thumbnail."""
-    early = getattr(prep, "overlay_thumb", None)  # read during model load (segment.py)
+    early = prep.overlay_thumb  # read during model load (segment.py)
     thumb = early.result() if early is not None else overlay_thumbnail(prep.slide, THUMB_SIZE)
     labels, factor = label_thumbnail(zarr_path, max_size=2 * THUMB_SIZE)
     # The label grid covers ceil(model / d) pixels: crop to the slide extent before resizing.
@@ -170,7 +237,7 @@ def _write_overlay(
     write_overlay(path, thumb, np.asarray(label_img), classes, colors)
 
 
-def overlay_thumbnail(slide: Any, max_size: int) -> np.ndarray:
+def overlay_thumbnail(slide: Slide, max_size: int) -> np.ndarray:
     """RGB thumbnail, longer side <= max_size, for the overlay: same level choice as
     `Slide.thumbnail` (the coarsest level at least as fine as needed), box-averaged with
     PIL's `reduce` in row bands of ~4 M level pixels: ~2x cheaper than float averaging, and
@@ -190,7 +257,12 @@ def overlay_thumbnail(slide: Any, max_size: int) -> np.ndarray:
 
 
 def _summary(
-    prep: Any, areas: dict, tissue_um2: float, n_levels: int, files: list[str], run: dict
+    prep: PreparedRun,
+    areas: dict[str, Any],
+    tissue_um2: float,
+    n_levels: int,
+    files: list[str],
+    run: dict[str, Any],
 ) -> dict[str, Any]:
     slide = prep.slide
     grid = prep.grid
@@ -214,13 +286,13 @@ def _summary(
             "read_level": prep.read_level,
         },
         "model": {
-            "name": getattr(prep.meta, "name", ""),
+            "name": prep.meta.name,
             "dir": str(prep.model_dir),
             "sha256": prep.model_hash,
             "classes": list(prep.meta.classes),
             "mpp": float(prep.meta.mpp),
             "tile_size": int(prep.meta.tile_size),
-            "gate_epsilon": float(getattr(prep.meta, "gate_epsilon", 0.1)),
+            "gate_epsilon": float(prep.meta.gate_epsilon),
         },
         "parameters": prep.params.as_dict(),
         "fingerprint": prep.fingerprint,

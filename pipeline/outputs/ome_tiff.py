@@ -8,19 +8,20 @@ size, are in the OME-XML.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tifffile
 import zarr
 
-from wsi_segment.pipeline.outputs.ome_zarr import ATTRS_KEY
+from wsi_segment.pipeline.outputs.ome_zarr import open_probability_store
 
 TILE = 256
 
 
-def _ome_color(rgb: list[int]) -> int:
+def _ome_color(rgb: Sequence[int]) -> int:
     """OME Color: RGBA packed in a signed 32-bit int (alpha 255)."""
     value = (int(rgb[0]) << 24) | (int(rgb[1]) << 16) | (int(rgb[2]) << 8) | 0xFF
     return value - (1 << 32) if value >= 1 << 31 else value
@@ -48,14 +49,12 @@ def write_probability_ome_tiff(
 
     `compression` "zlib" (deflate) is lossless and read by Bio-Formats/QuPath everywhere.
     """
-    group = zarr.open_group(str(zarr_path), mode="r")
-    meta = group.attrs[ATTRS_KEY]
-    paths = [d["path"] for d in group.attrs["multiscales"][0]["datasets"]]
-    levels = [group[p] for p in paths]
-    mpp_x, mpp_y = float(meta["output_mpp"]["x"]), float(meta["output_mpp"]["y"])
+    store = open_probability_store(zarr_path)
+    levels = store.levels
+    mpp_x, mpp_y = store.output_mpp
     tiff_path = Path(tiff_path)
     tmp = tiff_path.with_name(f".{tiff_path.name}.tmp")
-    options = {
+    options: dict[str, Any] = {
         "tile": (tile, tile),
         "compression": compression,
         "photometric": "minisblack",
@@ -63,14 +62,14 @@ def write_probability_ome_tiff(
     }
     metadata = {
         "axes": "CYX",
-        "Name": group.attrs["multiscales"][0].get("name", ""),
+        "Name": store.name,
         "PhysicalSizeX": mpp_x,
         "PhysicalSizeXUnit": "µm",
         "PhysicalSizeY": mpp_y,
         "PhysicalSizeYUnit": "µm",
         "Channel": {
-            "Name": list(meta["class_names"]),
-            "Color": [_ome_color(c) for c in meta["colors"]],
+            "Name": store.class_names,
+            "Color": [_ome_color(c) for c in store.colors],
         },
     }
     with tifffile.TiffWriter(tmp, bigtiff=True, ome=True) as tif:

@@ -15,14 +15,15 @@ import math
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numcodecs
 import numpy as np
 import zarr
 
-from wsi_segment.errors import ConfigError
+from wsi_segment.errors import ConfigError, OutputError
 
 NGFF_VERSION = "0.4"
 ATTRS_KEY = "wsi_segment"
@@ -36,7 +37,7 @@ IN_MEMORY_BYTES = 64 << 20  # finalize_pyramid: level 0 up to this size is coars
 
 def _pair(value: float | Sequence[float], name: str) -> tuple[float, float]:
     """Accept one number or an (x, y) pair; reject non-positive values."""
-    pair = (value, value) if np.isscalar(value) else tuple(value)  # type: ignore[arg-type]
+    pair = tuple(value) if isinstance(value, Sequence | np.ndarray) else (value, value)
     if len(pair) != 2 or not all(float(v) > 0 for v in pair):
         raise ConfigError(f"{name} must be a positive number or an (x, y) pair, got {value!r}")
     return float(pair[0]), float(pair[1])
@@ -102,6 +103,48 @@ def create_probability_store(
         }
     )
     return arr
+
+
+@dataclass(frozen=True)
+class ProbabilityStore:
+    """A probability store opened for reading: what `create_probability_store` recorded,
+    typed once here so readers (overlay, OME-TIFF, tile objects) never index raw JSON."""
+
+    group: zarr.Group
+    name: str
+    levels: list[zarr.Array]  # finest first, as the multiscales metadata lists them
+    class_names: list[str]
+    colors: list[Color]
+    output_mpp: tuple[float, float]
+    level0_downsample: tuple[float, float]
+    offset_level0: tuple[float, float]
+
+
+def open_probability_store(path: str | Path, mode: Literal["r", "r+"] = "r") -> ProbabilityStore:
+    """Open a store written by `create_probability_store` (and `finalize_pyramid`)."""
+    group = zarr.open_group(str(path), mode=mode, zarr_format=2)
+    attrs: Any = group.attrs.asdict()  # JSON: its shape is checked field by field below
+    multiscales, meta = attrs["multiscales"][0], attrs[ATTRS_KEY]
+    levels = []
+    for dataset in multiscales["datasets"]:
+        level = group[str(dataset["path"])]
+        if not isinstance(level, zarr.Array):
+            raise OutputError(f"{path}: level {dataset['path']!r} is not an array; write it again")
+        levels.append(level)
+
+    def xy(key: str) -> tuple[float, float]:
+        return float(meta[key]["x"]), float(meta[key]["y"])
+
+    return ProbabilityStore(
+        group=group,
+        name=str(multiscales.get("name") or Path(path).name),
+        levels=levels,
+        class_names=[str(c) for c in meta["class_names"]],
+        colors=[(int(c[0]), int(c[1]), int(c[2])) for c in meta["colors"]],
+        output_mpp=xy("output_mpp"),
+        level0_downsample=xy("level0_downsample"),
+        offset_level0=xy("offset_level0"),
+    )
 
 
 def _multiscales(name: str, mpp: tuple[float, float], n_levels: int) -> dict[str, Any]:
@@ -178,11 +221,9 @@ def finalize_pyramid(path: str | Path, min_size: int = 256) -> int:
     dask.array (and distributed, which dask probes for a client) cost more than the pyramid
     of a typical slide. Safe to re-run: levels above 0 are rebuilt.
     """
-    group = zarr.open_group(str(path), mode="r+", zarr_format=2)
-    meta = dict(group.attrs[ATTRS_KEY])
-    name = group.attrs["multiscales"][0].get("name") or Path(path).name
-    mpp = (meta["output_mpp"]["x"], meta["output_mpp"]["y"])
-    src = group["0"]
+    store = open_probability_store(path, mode="r+")
+    group, name, mpp = store.group, store.name, store.output_mpp
+    src = store.levels[0]
     _, cy, cx = src.chunks
     level = 0
     workers = max(1, min(4, os.cpu_count() or 1))

@@ -11,11 +11,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import zarr
 from PIL import Image, ImageDraw, ImageFont
 
 from wsi_segment.errors import ConfigError
 from wsi_segment.pipeline.outputs.chunk_summary import NODATA
+from wsi_segment.pipeline.outputs.ome_zarr import open_probability_store
 
 Color = tuple[int, int, int]
 
@@ -36,14 +36,13 @@ def label_thumbnail(zarr_path: str | Path, max_size: int = 2048) -> tuple[np.nda
     Returns (labels, factor) where factor = output pixels per thumbnail pixel (2**level).
     Reads one small level only, never level 0 of a big slide (falls back to the coarsest).
     """
-    group = zarr.open_group(str(zarr_path), mode="r")
-    paths = [d["path"] for d in group.attrs["multiscales"][0]["datasets"]]
-    chosen = len(paths) - 1
-    for i, p in enumerate(paths):
-        if max(group[p].shape[1:]) <= max_size:
+    levels = open_probability_store(zarr_path).levels
+    chosen = len(levels) - 1
+    for i, level in enumerate(levels):
+        if max(level.shape[1:]) <= max_size:
             chosen = i
             break
-    return labels_from_probabilities(group[paths[chosen]][:]), 2**chosen
+    return labels_from_probabilities(np.asarray(levels[chosen][:])), 2**chosen
 
 
 def _resize_nearest(labels: np.ndarray, size_wh: tuple[int, int]) -> np.ndarray:

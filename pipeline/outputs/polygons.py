@@ -166,7 +166,7 @@ def to_level0(
     geom: BaseGeometry, scale: float | tuple[float, float], offset: tuple[float, float] = (0, 0)
 ) -> BaseGeometry:
     """Output-pixel geometry -> level-0 pixel coordinates: `level0 = px * scale + offset`."""
-    sx, sy = (scale, scale) if np.isscalar(scale) else scale  # type: ignore[misc]
+    sx, sy = scale if isinstance(scale, Sequence | np.ndarray) else (scale, scale)
     return affine_transform(
         geom, [float(sx), 0.0, 0.0, float(sy), float(offset[0]), float(offset[1])]
     )

@@ -86,8 +86,8 @@ def _mpp_pair(output_mpp: float | Sequence[float]) -> tuple[float, float]:
 
 def class_measurements(
     class_names: Sequence[str],
-    counts: Sequence[int],
-    prob_sums: Sequence[float],
+    counts: Sequence[int] | np.ndarray,
+    prob_sums: Sequence[float] | np.ndarray,
     output_mpp: float | Sequence[float],
 ) -> dict[str, dict[str, float]]:
     """GeoJSON measurements per class: area in um^2 and mean probability (0-1) over the

@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import zarr
 
 from wsi_segment.errors import ConfigError
-from wsi_segment.pipeline.outputs.ome_zarr import ATTRS_KEY
+from wsi_segment.pipeline.outputs.ome_zarr import open_probability_store
 
 
 def iter_tile_features(
@@ -33,13 +32,12 @@ def iter_tile_features(
     """
     if tile_px <= 0:
         raise ConfigError(f"tile size must be positive, got {tile_px}")
-    group = zarr.open_group(str(zarr_path), mode="r")
-    meta = group.attrs[ATTRS_KEY]
-    names: list[str] = list(meta["class_names"])
-    colors: list[list[int]] = [list(c) for c in meta["colors"]]
-    sx, sy = meta["level0_downsample"]["x"], meta["level0_downsample"]["y"]
-    ox, oy = meta["offset_level0"]["x"], meta["offset_level0"]["y"]
-    arr = group["0"]
+    store = open_probability_store(zarr_path)
+    names = store.class_names
+    colors = [list(c) for c in store.colors]
+    sx, sy = store.level0_downsample
+    ox, oy = store.offset_level0
+    arr = store.levels[0]
     _, h, w = arr.shape
     for y0 in range(0, h, tile_px):
         strip = np.asarray(arr[:, y0 : y0 + tile_px, :], dtype=np.float64) / 255.0

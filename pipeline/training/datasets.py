@@ -234,7 +234,7 @@ def open_dataset(root: str | Path) -> WsssDataset:
             colors=colors,  # type: ignore[arg-type]
             background_rule=bool(meta.get("background_rule", True)),
             layout=str(meta.get("layout", "luad")),
-            background_color=tuple(meta.get("background_color", (255, 255, 255))),  # type: ignore[arg-type]
+            background_color=tuple(meta.get("background_color", (255, 255, 255))),
             extra={k: v for k, v in meta.items() if k not in known},
         )
     readme = _readme_meta(root)

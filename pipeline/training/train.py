@@ -106,7 +106,7 @@ def _train(cfg: TrainConfig) -> Path:
     meta = ModelMeta(
         name=cfg.name or cfg.out.name,
         classes=list(ds.classes),
-        colors=[tuple(c) for c in ds.colors],
+        colors=[(c[0], c[1], c[2]) for c in ds.colors],
         mpp=cfg.mpp,
         tile_size=cfg.tile_size,
         provenance=provenance,

@@ -56,10 +56,20 @@ class TrainConfig:
         if self.seg_encoder is None:
             object.__setattr__(self, "seg_encoder", self.encoder)
 
+    @property
+    def segmenter_epochs(self) -> int:
+        """`seg_epochs`, never None once constructed (typed for the stages that read it)."""
+        return self.epochs if self.seg_epochs is None else self.seg_epochs
+
+    @property
+    def segmenter_encoder(self) -> str:
+        """`seg_encoder`, never None once constructed."""
+        return self.encoder if self.seg_encoder is None else self.seg_encoder
+
 
 def check_config(cfg: TrainConfig) -> None:
     """Refuse settings no stage can run with, before anything is written."""
-    if cfg.epochs < 1 or cfg.seg_epochs < 1:
+    if cfg.epochs < 1 or cfg.segmenter_epochs < 1:
         raise ConfigError("--epochs and --seg-epochs must be >= 1")
     if cfg.batch_size < 2:
         raise ConfigError(
@@ -101,8 +111,8 @@ def classifier_config(cfg: TrainConfig) -> ClassifierConfig:
 
 def segmenter_config(cfg: TrainConfig) -> SegmenterConfig:
     return SegmenterConfig(
-        encoder=seg_encoder_name(cfg.seg_encoder),
-        epochs=cfg.seg_epochs,
+        encoder=seg_encoder_name(cfg.segmenter_encoder),
+        epochs=cfg.segmenter_epochs,
         batch_size=cfg.batch_size,
         lr=cfg.lr,
         lr_schedule=cfg.lr_schedule,

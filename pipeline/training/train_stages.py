@@ -17,7 +17,9 @@ from typing import Any
 
 import torch
 
+from wsi_segment.models.classifier import PatchClassifier
 from wsi_segment.models.device import pick_device
+from wsi_segment.models.segmenter import Segmenter
 from wsi_segment.pipeline.training.datasets import MIN_TRAIN_PATCHES, WsssDataset, open_dataset
 from wsi_segment.pipeline.training.make_pseudo_masks import make_pseudo_masks
 from wsi_segment.pipeline.training.train import train
@@ -56,12 +58,12 @@ def start(cfg: TrainConfig) -> TrainRun:
     return TrainRun(cfg, ds, pick_device(cfg.device), work)
 
 
-def stage1_classifier(run: TrainRun) -> torch.nn.Module:
+def stage1_classifier(run: TrainRun) -> PatchClassifier:
     """Train (or resume, or load when finished) the patch classifier."""
     return train_classifier(run.ds, classifier_config(run.cfg), run.work / "stage1", run.device)
 
 
-def stage2_pseudo_masks(run: TrainRun, classifier: torch.nn.Module) -> list[Path]:
+def stage2_pseudo_masks(run: TrainRun, classifier: PatchClassifier) -> list[Path]:
     """Pseudo masks of every training patch at three depths (existing masks are kept)."""
     return make_pseudo_masks(
         run.ds, classifier, run.work / "pseudo_masks", run.device, run.cfg.batch_size
@@ -69,8 +71,8 @@ def stage2_pseudo_masks(run: TrainRun, classifier: torch.nn.Module) -> list[Path
 
 
 def stage3_segmenter(
-    run: TrainRun, pseudo_dirs: list[Path], classifier: torch.nn.Module
-) -> tuple[Any, dict]:
+    run: TrainRun, pseudo_dirs: list[Path], classifier: PatchClassifier
+) -> tuple[Segmenter, dict[str, Any]]:
     """Train (or resume) DeepLabV3+ on the multi-layer pseudo masks."""
     return train_segmenter(
         run.ds, segmenter_config(run.cfg), pseudo_dirs, run.work / "stage3", run.device, classifier

@@ -23,6 +23,7 @@ import math
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -202,12 +203,17 @@ def write_synthetic_slide(
         return get
 
     levels = _level_downsamples(width, height, tile)
-    jpeg = {"compression": "jpeg", "compressionargs": {"level": quality}, "photometric": "rgb"}
+    jpeg: dict[str, Any] = {
+        "compression": "jpeg",
+        "compressionargs": {"level": quality},
+        "photometric": "rgb",
+    }
     with (
         tempfile.TemporaryDirectory(dir=path.parent, prefix=".synthetic-") as scratch,
         tifffile.TiffWriter(path, bigtiff=width * height > 2**31) as tif,
     ):
-        get, rows, cols = level0_tile, rows0, cols0
+        get: TileFn = level0_tile
+        rows, cols = rows0, cols0
         for n, ds in enumerate(levels):
             w, h = math.ceil(width / ds), math.ceil(height / ds)
             nxt = None

@@ -76,11 +76,12 @@ def value_noise(y: np.ndarray, x: np.ndarray, scale: float, seed: int) -> np.nda
 
 def fbm(y: np.ndarray, x: np.ndarray, scale: float, seed: int, octaves: int = 3) -> np.ndarray:
     """Fractal sum of value noise, normalised to [0, 1]."""
-    total, amp, norm = 0.0, 1.0, 0.0
-    for k in range(octaves):
+    total = value_noise(y, x, scale, seed)
+    amp, norm = 1.0, 1.0
+    for k in range(1, octaves):
+        amp *= 0.5
         total = total + amp * value_noise(y, x, scale / 2**k, seed + 7919 * k)
         norm += amp
-        amp *= 0.5
     return total / norm
 
 
