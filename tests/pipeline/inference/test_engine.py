@@ -1,0 +1,133 @@
+"""The device engine (decoder processes -> one consumer -> writer) writes exactly what the
+threaded path writes: same zarr bytes, same outcomes, whatever the number of decoders and
+however its batches mix chunks."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from tests.conftest import CMU_SLIDE
+from wsi_segment.models.bundle import load_model
+from wsi_segment.pipeline.inference.chunk_job import SlideJob
+from wsi_segment.pipeline.inference.chunk_runner import run_chunks
+from wsi_segment.pipeline.inference.engine import run_engine
+from wsi_segment.pipeline.inference.engine_state import EngineStats
+from wsi_segment.pipeline.inference.model_handle import ModelHandle
+from wsi_segment.pipeline.outputs.ome_zarr import create_probability_store
+from wsi_segment.wsi.slide import open_slide
+from wsi_segment.wsi.tiling import ChunkSpec, TileGrid, plan_chunks
+from wsi_segment.wsi.tissue import detect_tissue
+
+
+class TileByTile:
+    """The real model, one forward pass per tile: its arithmetic is then the same whichever
+    batch a tile came in (a batch of 1 and of 5 may run different kernels on some CPUs), so
+    the paths can be compared byte for byte while the engine still batches across chunks."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+        self.device = model.device
+        self.precision_pending = False
+
+    def predict_reduced(self, tiles, margin, core, downsample, gate=True, nodata=255):
+        outs = [
+            self.model.predict_reduced(tiles[i : i + 1], margin, core, downsample, gate, nodata)
+            for i in range(len(tiles))
+        ]
+        return dataclasses.replace(
+            outs[0], **{f: torch.cat([getattr(o, f) for o in outs]) for f in outs[0].__dict__}
+        )
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir: Path) -> TileByTile:
+    model = load_model(tiny_model_dir)
+    model.to_device("cpu", "fp32")
+    return TileByTile(model)
+
+
+def make_job(tmp: Path, model: TileByTile, chunk_tiles: int) -> tuple[SlideJob, list[ChunkSpec]]:
+    """A job over CMU-1-Small-Region.svs with detected tissue and small chunks."""
+    slide = open_slide(CMU_SLIDE)
+    mpp = slide.require_mpp()
+    meta = model.model.meta
+    grid = TileGrid(tile=meta.tile_size, overlap=16, downsample=4)
+    tissue = detect_tissue(slide)
+    plan = plan_chunks(slide, mpp[0], meta.mpp, grid, chunk_tiles, tissue)
+    create_probability_store(
+        tmp,
+        list(meta.classes),
+        [tuple(c) for c in meta.colors],
+        plan.output_shape,
+        (plan.chunk_out,) * 2,
+        meta.mpp * grid.downsample,
+        plan.level0_per_model * grid.downsample,
+    )
+    job = SlideJob(
+        slide_path=str(CMU_SLIDE),
+        backend=slide.backend,
+        mpp_override=None,
+        level0_per_model=plan.level0_per_model,
+        read_level=plan.read_level,
+        grid=grid,
+        n_classes=len(meta.classes),
+        batch_size=5,  # never a divisor of a chunk's tiles: batches span chunks
+        gate=True,
+        zarr_path=str(tmp / "0"),
+        tissue_mask=tissue.mask,
+        tissue_downsample=float(tissue.downsample),
+        level0_per_output=plan.level0_per_model * grid.downsample,
+        model=ModelHandle.with_model(model, "tiny", "cpu", "fp32"),
+    )
+    slide.close()
+    return job, plan.specs
+
+
+def stored(job: SlideJob) -> np.ndarray:
+    return np.asarray(zarr.open_array(job.zarr_path, mode="r")[:])
+
+
+def assert_same_outcomes(a, b) -> None:
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        assert (x.row, x.col, x.tiles_run, x.bytes_from_model) == (
+            y.row,
+            y.col,
+            y.tiles_run,
+            y.bytes_from_model,
+        )
+        np.testing.assert_array_equal(x.counts, y.counts)
+        np.testing.assert_array_equal(x.prob_sums, y.prob_sums)
+        assert x.polygons == y.polygons
+
+
+@pytest.fixture(scope="module")
+def threaded(tmp_path_factory, tiny):
+    job, specs = make_job(tmp_path_factory.mktemp("threaded") / "p.zarr", tiny, chunk_tiles=2)
+    return stored_run(job, run_chunks(job, specs, threads=2)), specs
+
+
+def stored_run(job, outcomes):
+    return stored(job), outcomes
+
+
+@pytest.mark.parametrize("decoders", [1, 2])
+def test_engine_writes_what_the_threaded_path_writes(tmp_path, tiny, threaded, decoders):
+    (expected, expected_outcomes), specs = threaded
+    assert len(specs) >= 8 and sum(len(s.tiles) for s in specs) >= 40
+    assert any(len(s.tiles) < 4 for s in specs)  # tissue edges: partial chunks
+    job, specs = make_job(tmp_path / "p.zarr", tiny, chunk_tiles=2)
+    stats = EngineStats()
+    outcomes = run_engine(job, specs, decoders, stats=stats)
+    assert stats.tiles == sum(len(s.tiles) for s in specs)
+    assert max(stats.chunks_per_batch) >= 2  # a batch held tiles of several chunks
+    assert stats.decoders == decoders
+    np.testing.assert_array_equal(stored(job), expected)
+    assert_same_outcomes(outcomes, expected_outcomes)
+    assert stats.bytes_from_model == sum(o.bytes_from_model for o in outcomes) > 0
