@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -54,6 +55,7 @@ def run_engine(
     that crossed from the device)."""
     from wsi_segment.pipeline.inference.device_consumer import DeviceConsumer  # torch
 
+    started = time.perf_counter()
     specs = list(specs)
     progress = progress or NullProgress()
     stats = stats if stats is not None else EngineStats()
@@ -92,7 +94,7 @@ def run_engine(
         for target, args in bodies:
             threads.append(threading.Thread(target=target, args=args, daemon=True))
             threads[-1].start()
-        _supervise(job, procs, results, inbox, errors)
+        _supervise(job, procs, results, inbox, errors, stats, started)
         inbox.put(None)  # every chunk decoded: flush the last batch, then the writer ends
         for thread in threads:
             while thread.is_alive():
@@ -115,6 +117,8 @@ def _supervise(
     results: Any,
     inbox: queue.Queue[Decoded | None],
     errors: FirstError,
+    stats: EngineStats,
+    started: float,
 ) -> None:
     """Forward decoded chunks until every decoder finished; a decoder's error, or one that
     died without a word (killed for memory, a crash in a codec), stops the run."""
@@ -128,6 +132,8 @@ def _supervise(
                     errors.report(_died(job, proc.exitcode))
             continue
         if isinstance(msg, Decoded):
+            if not stats.first_chunk_s:
+                stats.first_chunk_s = time.perf_counter() - started
             inbox.put(msg)
         elif isinstance(msg, Finished):
             finished.add(msg.decoder)

@@ -73,4 +73,5 @@ class EngineStats:
     batch_size: int = 0
     chunks_per_batch: list[int] = field(default_factory=list)
     tiles: int = 0
+    first_chunk_s: float = 0.0  # from the start to the first decoded chunk (start-up)
     bytes_from_model: int = 0
