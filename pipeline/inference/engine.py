@@ -19,6 +19,7 @@ import contextlib
 import queue
 import threading
 import time
+import traceback
 from collections.abc import Sequence
 from typing import Any
 
@@ -67,22 +68,46 @@ def run_engine(
     slot_tiles = max(1, max(len(s.tiles) for s in specs))
     slots = ring_slots(decoders, slot_tiles * tile * tile * 3)
     stats.decoders, stats.slots, stats.batch_size = decoders, slots, batch
-    ctx = spawn_context()
+    writer = ChunkWriter(job, specs, progress)
     errors = FirstError()
+
+    def consumer(ring: SlotRing, release: Any) -> Any:
+        return DeviceConsumer(model, lock, job.grid, batch, job.gate, ring, release, errors, stats)
+
+    _run(job, specs, decoders, (slots, slot_tiles), consumer, writer, errors, stats, started)
+    if errors.error is not None:
+        # The frames of the parts (their queues hold named semaphores in /dev/shm) are done:
+        # drop their locals so nothing outlives the run, keeping the lines for a traceback.
+        traceback.clear_frames(errors.error.__traceback__)
+        raise errors.error
+    return writer.results()
+
+
+def _run(
+    job: SlideJob,
+    specs: list[ChunkSpec],
+    decoders: int,
+    ring_shape: tuple[int, int],
+    make_consumer: Any,
+    writer: ChunkWriter,
+    errors: FirstError,
+    stats: EngineStats,
+    started: float,
+) -> None:
+    """Start every part, supervise, shut down. Errors (an interrupt included) end up in
+    `errors`; the multiprocessing queues and shared memory live and die in this frame."""
+    ctx = spawn_context()
     stop = ctx.Event()
     free, results = ctx.Queue(), ctx.Queue()
     ring: SlotRing | None = None
     procs: list[Any] = []
     threads: list[threading.Thread] = []
-    writer = ChunkWriter(job, specs, progress)
     try:
-        ring = SlotRing(slots, slot_tiles, tile)
-        for slot in range(slots):
+        ring = SlotRing(ring_shape[0], ring_shape[1], job.grid.tile)
+        for slot in range(ring.slots):
             free.put(slot)
         procs = start_decoders(job, specs, decoders, ring, free, results, stop, ctx)
-        consumer = DeviceConsumer(
-            model, lock, job.grid, batch, job.gate, ring, free.put, errors, stats
-        )
+        consumer = make_consumer(ring, free.put)
         inbox: queue.Queue[Decoded | None] = queue.Queue()
         staged: queue.Queue[Any] = queue.Queue(maxsize=1)
         written: queue.Queue[Any] = queue.Queue(maxsize=4)
@@ -91,24 +116,20 @@ def run_engine(
             (consumer.compute, (staged, written)),
             (writer.run, (written, errors)),
         ]
+        del consumer
         for target, args in bodies:
             threads.append(threading.Thread(target=target, args=args, daemon=True))
             threads[-1].start()
+        del bodies
         _supervise(job, procs, results, inbox, errors, stats, started)
         inbox.put(None)  # every chunk decoded: flush the last batch, then the writer ends
         for thread in threads:
             while thread.is_alive():
                 thread.join(timeout=0.1)
-    except BaseException as exc:
+    except BaseException as exc:  # an interrupt too: cleaned up here, re-raised by the caller
         errors.report(exc)
-        raise_it = not isinstance(exc, Exception)  # an interrupt is re-raised as itself
-        if raise_it:
-            _shut_down(errors, stop, threads, procs, ring, free, results)
-            raise
-    _shut_down(errors, stop, threads, procs, ring, free, results)
-    if errors.error is not None:
-        raise errors.error
-    return writer.results()
+    finally:
+        _shut_down(errors, stop, threads, procs, ring, free, results)
 
 
 def _supervise(
@@ -174,9 +195,9 @@ def _shut_down(
         if proc.is_alive():
             proc.kill()
             _uninterrupted(proc.join)
-    for q in (free, results):
-        q.cancel_join_thread()
+    for q in (free, results):  # flush and end their feeder threads (they hold semaphores)
         q.close()
+        _uninterrupted(q.join_thread)
     if ring is not None:
         ring.close()
 

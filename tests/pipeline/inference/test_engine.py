@@ -5,6 +5,9 @@ however its batches mix chunks."""
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing
+import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +15,8 @@ import pytest
 import torch
 import zarr
 
-from tests.conftest import CMU_SLIDE
+from tests.conftest import CMU_SLIDE, corrupt_middle_tile
+from wsi_segment.errors import SlideError
 from wsi_segment.models.bundle import load_model
 from wsi_segment.pipeline.inference.chunk_job import SlideJob
 from wsi_segment.pipeline.inference.chunk_runner import run_chunks
@@ -22,7 +26,7 @@ from wsi_segment.pipeline.inference.model_handle import ModelHandle
 from wsi_segment.pipeline.outputs.ome_zarr import create_probability_store
 from wsi_segment.wsi.slide import open_slide
 from wsi_segment.wsi.tiling import ChunkSpec, TileGrid, plan_chunks
-from wsi_segment.wsi.tissue import detect_tissue
+from wsi_segment.wsi.tissue import detect_tissue, whole_slide
 
 
 class TileByTile:
@@ -52,13 +56,16 @@ def tiny(tiny_model_dir: Path) -> TileByTile:
     return TileByTile(model)
 
 
-def make_job(tmp: Path, model: TileByTile, chunk_tiles: int) -> tuple[SlideJob, list[ChunkSpec]]:
-    """A job over CMU-1-Small-Region.svs with detected tissue and small chunks."""
-    slide = open_slide(CMU_SLIDE)
+def make_job(
+    tmp: Path, model, chunk_tiles: int, slide_path: Path = CMU_SLIDE, detect: bool = True
+) -> tuple[SlideJob, list[ChunkSpec]]:
+    """A job over CMU-1-Small-Region.svs (or a damaged copy) with small chunks, over the
+    detected tissue (`detect`) or the whole slide."""
+    slide = open_slide(slide_path)
     mpp = slide.require_mpp()
-    meta = model.model.meta
+    meta = getattr(model, "model", model).meta
     grid = TileGrid(tile=meta.tile_size, overlap=16, downsample=4)
-    tissue = detect_tissue(slide)
+    tissue = detect_tissue(slide) if detect else whole_slide(slide)
     plan = plan_chunks(slide, mpp[0], meta.mpp, grid, chunk_tiles, tissue)
     create_probability_store(
         tmp,
@@ -70,7 +77,7 @@ def make_job(tmp: Path, model: TileByTile, chunk_tiles: int) -> tuple[SlideJob, 
         plan.level0_per_model * grid.downsample,
     )
     job = SlideJob(
-        slide_path=str(CMU_SLIDE),
+        slide_path=str(slide_path),
         backend=slide.backend,
         mpp_override=None,
         level0_per_model=plan.level0_per_model,
@@ -131,3 +138,62 @@ def test_engine_writes_what_the_threaded_path_writes(tmp_path, tiny, threaded, d
     np.testing.assert_array_equal(stored(job), expected)
     assert_same_outcomes(outcomes, expected_outcomes)
     assert stats.bytes_from_model == sum(o.bytes_from_model for o in outcomes) > 0
+
+
+def shm_entries() -> set[str]:
+    return set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+
+
+def test_a_damaged_tile_is_one_slide_error_and_leaves_nothing_behind(tmp_path, tiny):
+    damaged = tmp_path / "cmu_damaged.svs"
+    corrupt_middle_tile(CMU_SLIDE, damaged)
+    job, specs = make_job(tmp_path / "p.zarr", tiny, 2, damaged, detect=False)
+    before = shm_entries()
+    with pytest.raises(SlideError) as caught:
+        run_engine(job, specs, 2)
+    text = str(caught.value)
+    assert "cmu_damaged.svs" in text and "re-export" in text  # the file and the fix
+    assert multiprocessing.active_children() == []  # decoders joined
+    assert shm_entries() <= before  # the slot ring is gone
+
+
+class FailsOnSecondBatch(TileByTile):
+    """The real model, failing (as out-of-memory would) on its second forward pass."""
+
+    def __init__(self, model) -> None:
+        super().__init__(model)
+        self.calls = 0
+
+    def predict_reduced(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls == 2:
+            raise RuntimeError("device out of memory (test)")
+        return super().predict_reduced(*args, **kwargs)
+
+
+def test_a_model_error_stops_the_decoders_and_nothing_writes_after(tmp_path, tiny):
+    job, specs = make_job(tmp_path / "p.zarr", FailsOnSecondBatch(tiny.model), chunk_tiles=2)
+    before = shm_entries()
+    with pytest.raises(RuntimeError, match="out of memory"):
+        run_engine(job, specs, 2)
+    assert multiprocessing.active_children() == []
+    assert shm_entries() <= before
+    written = sorted(p.name for p in Path(job.zarr_path).iterdir() if not p.name.startswith("."))
+    time.sleep(0.3)  # nothing may still be writing once run_engine has raised
+    assert sorted(p.name for p in Path(job.zarr_path).iterdir() if not p.name.startswith(".")) == (
+        written
+    )
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_engine_on_cuda_matches_the_cpu_within_one_level(tmp_path, tiny_model_dir, threaded):
+    """Pinned staging, the side-stream copy and the device reduction, against the CPU run."""
+    (expected, _), _ = threaded
+    model = load_model(tiny_model_dir)
+    model.to_device("cuda", "fp32")
+    job, specs = make_job(tmp_path / "p.zarr", model, chunk_tiles=2)
+    stats = EngineStats()
+    run_engine(job, specs, 2, stats=stats)
+    assert max(stats.chunks_per_batch) >= 2
+    diff = np.abs(stored(job).astype(int) - expected.astype(int))
+    assert diff.max() <= 1
