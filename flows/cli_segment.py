@@ -109,6 +109,14 @@ def add_segment_options(parser: argparse.ArgumentParser) -> None:
         help="Dask threads (chunks in flight), 1-256 (default: 2 on the CPU, one per core "
         "(4-16) on a GPU so decoding keeps it fed)",
     )
+    parser.add_argument(
+        "--decoders",
+        type=positive_int(0, 256),
+        default=None,
+        help="decoder processes feeding the model's one owner (the device engine), 0-256; "
+        "0: Dask threads instead (default: one per core but one, at most 16, on a GPU; "
+        "0 on the CPU). Local runs only",
+    )
     parser.add_argument("--backend", choices=("auto", "openslide", "tiffslide"), default="auto")
     parser.add_argument(
         "--no-gate",
@@ -156,6 +164,7 @@ def params_from_args(args: argparse.Namespace) -> SegmentParams:
         output_downsample=args.output_downsample,
         overlap=args.overlap,
         threads=args.threads,
+        decoders=args.decoders,
         backend=args.backend,
         gate=not args.no_gate,
         overwrite=args.overwrite,

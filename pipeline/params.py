@@ -42,6 +42,10 @@ class SegmentParams:
     # Dask threads (chunks in flight); None: 2 on the CPU (two model streams), one per core
     # (4-16) on a GPU, where one thread feeds the device while the others read and decode.
     threads: int | None = None
+    # Decoder processes of the device engine (pipeline.inference.engine); 0: the threaded
+    # Dask path; None: one per core but one (at most 16) when the model is on a GPU, 0 on
+    # the CPU. Local runs only (a Dask client keeps the distributed path). Speed only.
+    decoders: int | None = None
     output_name: str | None = None  # default: the slide's file stem
     simplify_tolerance: float = 1.0  # output pixels; polygons simplified edge-to-edge
     ome_tiff: bool = False  # also write probabilities.ome.tif (QuPath opens it directly)
@@ -63,6 +67,8 @@ class SegmentParams:
             _check_range("chunk tiles", self.chunk_tiles, 1, 64)
         if self.threads is not None:
             _check_range("threads", self.threads, 1, 256)
+        if self.decoders is not None:
+            _check_range("decoders", self.decoders, 0, 256)
         if self.overlap < 0 or self.overlap % 2:
             raise ConfigError(f"overlap must be an even number >= 0 (got {self.overlap})")
         if self.mpp is not None and (problem := mpp_problem(self.mpp)) is not None:
@@ -140,3 +146,29 @@ def run_batch_size(requested: int | None, device_type: str) -> int:
     if requested is not None:
         return requested
     return 64 if device_type == "cuda" else 16
+
+
+def run_decoders(requested: int | None, device_type: str) -> int:
+    """Decoder processes for a local run (0: the threaded path): `requested`, or on a GPU one
+    per core but one, at most 16 (the consumer and writer need a core; decoding must keep
+    up with the device), and 0 on the CPU, where the model bounds the run and its threads
+    already use every core (the engine measured no faster there: docs/performance.md)."""
+    if requested is not None:
+        return requested
+    if device_type == "cuda":
+        return max(1, min(16, _cores() - 1))
+    return 0
+
+
+def engine_expected(params: SegmentParams) -> bool:
+    """Whether a local run will use the device engine, known before torch is imported (the
+    threaded path's prefetcher is then not started). A wrong guess only costs speed."""
+    device_type = "cuda" if gpu_expected(params.device) else "cpu"
+    return run_decoders(params.decoders, device_type) > 0
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1

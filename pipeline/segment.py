@@ -33,6 +33,7 @@ from wsi_segment.pipeline.inference.chunk_plan import (
 )
 from wsi_segment.pipeline.inference.chunk_prefetch import ChunkPrefetcher
 from wsi_segment.pipeline.inference.chunk_runner import run_chunks, settle_precision_on_cluster
+from wsi_segment.pipeline.inference.engine import run_engine
 from wsi_segment.pipeline.inference.model_handle import (
     ModelHandle,
     load_for_process,
@@ -50,7 +51,13 @@ from wsi_segment.pipeline.outputs.output_dir import (
     run_fingerprint,
     slide_output_name,
 )
-from wsi_segment.pipeline.params import SegmentParams, run_batch_size, run_threads
+from wsi_segment.pipeline.params import (
+    SegmentParams,
+    engine_expected,
+    run_batch_size,
+    run_decoders,
+    run_threads,
+)
 from wsi_segment.pipeline.progress import NullProgress, Progress
 from wsi_segment.wsi.slide import Slide, open_slide
 
@@ -254,16 +261,21 @@ def infer(
     if client is not None:  # one worker decides 'auto' for all (no mixed-precision slide)
         job, prep.precision = settle_precision_on_cluster(job, prep.specs, client)
     progress.start(prep.tiles_total, unit="tile", desc=prep.name)
+    decoders = run_decoders(prep.params.decoders, device_type) if client is None else 0
     try:
-        outcomes = run_chunks(
-            job,
-            prep.specs,
-            threads=run_threads(prep.params.threads, device_type),
-            client=client,
-            progress=progress,
-            key_prefix=f"chunk-{prep.fingerprint[:16]}",
-            prefetch=prep.prefetch if client is None else None,
-        )
+        if decoders:  # the device engine reads with its own processes
+            prep.close_prefetch()
+            outcomes = run_engine(job, prep.specs, decoders, progress)
+        else:
+            outcomes = run_chunks(
+                job,
+                prep.specs,
+                threads=run_threads(prep.params.threads, device_type),
+                client=client,
+                progress=progress,
+                key_prefix=f"chunk-{prep.fingerprint[:16]}",
+                prefetch=prep.prefetch if client is None else None,
+            )
     finally:
         progress.close()
         if prep.prefetch is not None:
@@ -341,7 +353,9 @@ def segment_slide(
 ) -> SlideResult:
     """Run all stages for one slide; raises `WsiSegmentError` on expected failures."""
     stages = Stages(
-        prepare=lambda path, root, p: prepare(path, root, p, prefetch=client is None),
+        prepare=lambda path, root, p: prepare(
+            path, root, p, prefetch=client is None and not engine_expected(p)
+        ),
         infer=lambda prep, work_dir: infer(prep, work_dir, client=client, progress=progress),
         finish=finish,
     )

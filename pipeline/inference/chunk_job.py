@@ -165,12 +165,7 @@ class SlideJob:
 
         `read` is the chunk's `self.read(spec)` when a prefetcher already did it.
         """
-        block = self.infer_block(spec, read)
-        ox0, oy0, ox1, oy1 = spec.out_box
-        self._array()[:, oy0:oy1, ox0:ox1] = block.probs
-        outcome = summarise_block(spec, len(spec.tiles), block.labels, block.probs, self.n_classes)
-        outcome.bytes_from_model = block.bytes_from_model
-        return outcome
+        return self.finish_block(spec, self.predict_chunk(spec, read))
 
     def infer_block(
         self,
@@ -179,23 +174,38 @@ class SlideJob:
     ) -> ReducedTiles:
         """The chunk's output block: uint8 probabilities (K, h, w) and labels (h, w) over
         `spec.out_box`, 0 and NODATA outside tissue, from cores reduced on the model's device."""
-        grid = self.grid
-        x0, y0, x1, y1 = spec.core_box
+        return self.stitch_block(spec, self.predict_chunk(spec, read))
+
+    def predict_chunk(
+        self,
+        spec: ChunkSpec,
+        read: tuple[np.ndarray, tuple[int, int, int, int]] | None = None,
+    ) -> ReducedTiles:
+        """The reduced cores of the chunk's tiles, in `spec.tiles` order (read, cut, model)."""
         image, read_box = read if read is not None else self.read(spec)
-        tiles = list(spec.tiles)
-        patches = cut_tiles(image, (read_box[0], read_box[1]), tiles, grid)
+        patches = cut_tiles(image, (read_box[0], read_box[1]), list(spec.tiles), self.grid)
         del image
         model, lock = self.model.get()
-        batch_size = _device_batch_size(model, lock, self.grid.tile, self.batch_size)
+        batch_size = device_batch_size(model, lock, self.grid.tile, self.batch_size)
         concurrent = self.cpu_threads_per_chunk > 0 and model_device_type(model) == "cpu"
         if concurrent:
             _set_torch_threads(self.cpu_threads_per_chunk)
-        _settle_precision(model, lock, patches)
+        settle_precision(model, lock, patches)
         reduce_lock = None if concurrent else lock
-        reduced = predict_reduced_tiles(model, patches, grid, batch_size, self.gate, reduce_lock)
+        return predict_reduced_tiles(model, patches, self.grid, batch_size, self.gate, reduce_lock)
+
+    def stitch_block(self, spec: ChunkSpec, reduced: ReducedTiles) -> ReducedTiles:
+        """Place the reduced cores of `spec.tiles` (in that order) into the chunk's output
+        block over `spec.out_box`: 0 and NODATA outside tissue. What every path does after
+        the model, whichever way the tiles were batched (`run`, the device engine)."""
+        grid = self.grid
+        x0, y0, x1, y1 = spec.core_box
+        tiles = list(spec.tiles)
         origin, size = (x0, y0), (x1 - x0, y1 - y0)
         probs = stitch_cores(reduced.probs, tiles, origin, size, grid, fill=0)
         labels = stitch_cores(reduced.labels, tiles, origin, size, grid, fill=NODATA)
+        if not tiles:  # stitch_cores cannot know K without a tile
+            probs = np.zeros((self.n_classes, *labels.shape), np.uint8)
         ox0, oy0, ox1, oy1 = spec.out_box
         probs = probs[:, : oy1 - oy0, : ox1 - ox0]
         labels = labels[: oy1 - oy0, : ox1 - ox0]
@@ -203,6 +213,15 @@ class SlideJob:
         probs[:, ~tissue] = 0
         labels[~tissue] = NODATA
         return ReducedTiles(probs, labels, reduced.bytes_from_model)
+
+    def finish_block(self, spec: ChunkSpec, reduced: ReducedTiles) -> ChunkOutcome:
+        """Stitch the chunk's reduced cores, write the zarr chunks it owns, summarise it."""
+        block = self.stitch_block(spec, reduced)
+        ox0, oy0, ox1, oy1 = spec.out_box
+        self._array()[:, oy0:oy1, ox0:ox1] = block.probs
+        outcome = summarise_block(spec, len(spec.tiles), block.labels, block.probs, self.n_classes)
+        outcome.bytes_from_model = block.bytes_from_model
+        return outcome
 
 
 FAST_READ_VENDORS = ("aperio", "generic-tiff")
@@ -269,7 +288,7 @@ def tiles_read_box(
     return (min(cols) * s - m, min(rows) * s - m, (max(cols) + 1) * s + m, (max(rows) + 1) * s + m)
 
 
-def _device_batch_size(model: Any, lock: Any, tile: int, requested: int) -> int:
+def device_batch_size(model: Any, lock: Any, tile: int, requested: int) -> int:
     """The batch size that fits the model's device (GPU memory probed once per process)."""
     if model_device_type(model) == "cpu":
         return requested
@@ -285,11 +304,11 @@ def settle_precision_here(job: SlideJob, spec: ChunkSpec) -> dict[str, Any]:
     image, read_box = job.read(spec)
     patches = cut_tiles(image, (read_box[0], read_box[1]), list(spec.tiles), job.grid)
     model, lock = job.model.get()
-    _settle_precision(model, lock, patches)
+    settle_precision(model, lock, patches)
     return dict(model.precision_report())
 
 
-def _settle_precision(model: Any, lock: Any, patches: np.ndarray) -> None:
+def settle_precision(model: Any, lock: Any, patches: np.ndarray) -> None:
     """Precision 'auto' on a bf16 CPU: the first chunk of a process times fp32 against bf16
     on its own tiles (SegmentationModel.settle_precision); other chunks wait on the lock."""
     if not getattr(model, "precision_pending", False) or len(patches) == 0:

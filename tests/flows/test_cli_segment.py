@@ -55,3 +55,30 @@ def test_tissue_and_roi_options_reach_the_batch_flow(tmp_path):
     params = make_params(None, options)
     assert params.tissue == "all" and params.roi == roi
     assert params.fingerprint_fields()["tissue"] == "all"
+
+
+def test_decoders_change_speed_not_results(tmp_path, tiny_model_dir):
+    """`--decoders 2` (the device engine) stores what `--decoders 0` (Dask threads) stores,
+    and is a speed knob: a finished run counts as up to date whatever the decoders."""
+    import numpy as np
+    import zarr
+
+    # One tile per forward pass: the same float math for every tile on any CPU, however the
+    # engine batches across chunks.
+    same = ["--model", str(tiny_model_dir), "--quiet", "--precision", "fp32", "--device", "cpu"]
+    same += ["--chunk-tiles", "2", "--batch-size", "1", "--overlap", "16"]
+    stored = {}
+    for decoders in ("0", "2"):
+        out = tmp_path / decoders
+        done = run_cli(str(CMU_SLIDE), "--out", str(out), "--decoders", decoders, *same)
+        assert done.returncode == 0, done.stderr
+        folder = out / "CMU-1-Small-Region"
+        summary = json.loads((folder / "summary.json").read_text())
+        assert summary["parameters"]["decoders"] == int(decoders)
+        array = zarr.open_array(str(folder / "probabilities.ome.zarr" / "0"), mode="r")
+        stored[decoders] = (np.asarray(array[:]), summary["classes"], summary["fingerprint"])
+    (a, classes_a, print_a), (b, classes_b, print_b) = stored["0"], stored["2"]
+    np.testing.assert_array_equal(a, b)
+    assert classes_a == classes_b and print_a == print_b
+    again = run_cli(str(CMU_SLIDE), "--out", str(tmp_path / "0"), "--decoders", "2", *same)
+    assert again.returncode == 0 and "up to date" in again.stdout

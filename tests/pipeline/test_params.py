@@ -73,3 +73,16 @@ def test_summary_records_the_options_as_plain_json():
     assert list(data) == [f.name for f in dataclasses.fields(SegmentParams)]
     assert "extra" not in data
     assert data["model_dir"] == "m" and data["roi"] == "r.geojson" and data["overlap"] == 16
+
+
+def test_decoders_default_by_device_and_stay_out_of_the_fingerprint():
+
+    from wsi_segment.pipeline.params import SegmentParams, run_decoders
+
+    cores = len(os.sched_getaffinity(0))
+    assert run_decoders(None, "cpu") == 0  # the threaded path stays the CPU default
+    assert run_decoders(None, "cuda") == max(1, min(16, cores - 1))
+    assert run_decoders(3, "cpu") == 3 and run_decoders(0, "cuda") == 0
+    assert SegmentParams(decoders=4).fingerprint_fields() == SegmentParams().fingerprint_fields()
+    with pytest.raises(ConfigError, match=r"decoders must be an integer in \[0, 256\]"):
+        SegmentParams(decoders=-1)

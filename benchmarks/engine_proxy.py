@@ -1,0 +1,179 @@
+"""CPU proxy of the device engine: its overhead with an instant model, no GPU needed.
+
+    python benchmarks/engine_proxy.py                    # 12288 px bank slide, 1 and 2 decoders
+    python benchmarks/engine_proxy.py --size 12288 --decoders 1,2,4 --no-record
+
+The engine (`wsi_segment.pipeline.inference.engine.run_engine`: decoder processes ->
+shared-memory slots -> one consumer -> writer) runs the pipeline's own plan of a bank slide
+with a model whose `predict_reduced` costs next to nothing (it subsamples the tile's core:
+the right shapes and dtypes, no network), so the figure is what the engine's reading,
+hand-over, stitching and writing can deliver. It is compared with the decode limit of the
+same decoders measured alone (`benchmarks/decode.py`: one spawned process reading its share):
+
+    ratio = engine tiles/s / (decoders x single-decoder tiles/s)     goal >= 0.8 on 2 cores
+
+The ratio uses the engine's rate after its first decoded chunk (the start-up, spawning and
+importing the decoders, is reported apart: it overlaps the model load in a real run). Bytes per tile from the device are those of the instant model's outputs,
+which have the shapes of the real model's. The table is appended to RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.decode import model_geometry, run_processes  # noqa: E402
+from benchmarks.measure import loadavg, machine_info, record, render  # noqa: E402
+from benchmarks.slides import make_slide  # noqa: E402
+
+CLASSES = 4
+
+
+class InstantModel:
+    """A `TileModel` (pipeline.inference.chunk_inference) that costs ~nothing: each output
+    pixel is a subsampled pixel of the tile's core, its classes the colour channels."""
+
+    device = None  # counts as the CPU
+    precision_pending = False
+
+    def predict_reduced(self, tiles, margin, core, downsample, gate=True, nodata=255):
+        import torch
+
+        from wsi_segment.models.reduction import ReducedOutputs
+
+        crop = slice(margin, margin + core, downsample)
+        probs = tiles[:, [0, 1, 2, 0], crop, crop].contiguous()
+        labels = probs.argmax(dim=1).to(torch.uint8)
+        return ReducedOutputs(probs, labels, torch.zeros((len(tiles), CLASSES)))
+
+
+def engine_job(slide: Path, model_dir: Path, args: argparse.Namespace, store: Path) -> tuple:
+    """A SlideJob over the pipeline's plan of `slide`, writing into a fresh zarr `store`."""
+    from benchmarks.stages import plan_like_pipeline
+    from wsi_segment.pipeline.inference.chunk_job import SlideJob
+    from wsi_segment.pipeline.inference.model_handle import ModelHandle
+    from wsi_segment.pipeline.outputs.ome_zarr import create_probability_store
+    from wsi_segment.wsi.tissue import detect_tissue
+
+    geometry = model_geometry(model_dir)
+    p = plan_like_pipeline(slide, geometry, args.overlap, args.chunk_tiles, args.downsample)
+    tissue = detect_tissue(p.slide)
+    per_output = p.level0_per_model * p.grid.downsample
+    out_h = max(s.out_box[3] for s in p.specs)
+    out_w = max(s.out_box[2] for s in p.specs)
+    chunk_out = args.chunk_tiles * p.grid.stride // p.grid.downsample
+    names = [f"c{k}" for k in range(CLASSES)]
+    colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)]
+    create_probability_store(
+        store, names, colours, (out_h, out_w), (chunk_out,) * 2, 1.0, per_output
+    )
+    job = SlideJob(
+        slide_path=str(slide),
+        backend="auto",
+        mpp_override=None,
+        level0_per_model=p.level0_per_model,
+        read_level=p.read_level,
+        grid=p.grid,
+        n_classes=CLASSES,
+        batch_size=args.batch_size,
+        gate=True,
+        zarr_path=str(store / "0"),
+        tissue_mask=tissue.mask,
+        tissue_downsample=float(tissue.downsample),
+        level0_per_output=per_output,
+        model=ModelHandle.with_model(InstantModel(), "instant", "cpu", "fp32"),
+        read_backend=getattr(p.slide, "backend", None),
+    )
+    return job, p.specs
+
+
+def run_engine_once(slide: Path, model_dir: Path, args: argparse.Namespace, n: int) -> Any:
+    from wsi_segment.pipeline.inference.engine import run_engine
+    from wsi_segment.pipeline.inference.engine_state import EngineStats
+
+    with tempfile.TemporaryDirectory(dir=args.work) as tmp:
+        job, specs = engine_job(slide, model_dir, args, Path(tmp) / "p.zarr")
+        stats = EngineStats()
+        t0 = time.perf_counter()
+        run_engine(job, specs, n, stats=stats)
+        return stats, time.perf_counter() - t0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", type=int, default=12288, help="bank slide side (px)")
+    ap.add_argument("--tissue", type=float, default=0.6)
+    ap.add_argument("--model", type=Path, default=None, help="model folder (default: demo)")
+    ap.add_argument("--decoders", default="1,2")
+    ap.add_argument("--overlap", type=int, default=32)
+    ap.add_argument("--chunk-tiles", type=int, default=8)
+    ap.add_argument("--downsample", type=int, default=4)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/wsi-segment-bench"))
+    ap.add_argument("--no-record", action="store_true")
+    args = ap.parse_args(argv)
+    counts = [int(x) for x in args.decoders.split(",") if x]
+    started = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M")
+    t0 = time.perf_counter()
+    info = machine_info()
+    info["load_start"] = loadavg()
+    args.work.mkdir(parents=True, exist_ok=True)
+    slide, writer = make_slide(
+        args.work / f"tp-{args.size}-t{args.tissue}.svs", args.size, args.tissue, fast=True
+    )
+    if args.model is None:
+        from benchmarks.stages import default_model
+
+        model_dir, model_desc = default_model(args.work)
+    else:
+        model_dir, model_desc = args.model, str(args.model)
+    decode_job = {
+        "slide": str(slide),
+        "model": str(model_dir),
+        "overlap": args.overlap,
+        "chunk_tiles": args.chunk_tiles,
+        "downsample": args.downsample,
+    }
+    tiles, wall = run_processes(decode_job, 1)
+    single = tiles / wall
+    rows = [("decode, 1 process (alone)", f"{single:,.0f} tiles/s", f"{tiles} tiles")]
+    print(rows[-1], file=sys.stderr, flush=True)
+    for n in counts:
+        stats, wall = run_engine_once(slide, model_dir, args, n)
+        rate = stats.tiles / wall
+        steady = stats.tiles / max(1e-9, wall - stats.first_chunk_s)
+        ratio = steady / (n * single)
+        per_tile = stats.bytes_from_model / max(1, stats.tiles)
+        spans = sum(c > 1 for c in stats.chunks_per_batch)
+        rows.append((f"engine, {n} decoders, instant model", f"{rate:,.0f} tiles/s",
+                     f"{steady:,.0f} tiles/s after the first chunk: ratio={ratio:.2f} (goal "
+                     f">= 0.8); start-up {stats.first_chunk_s:.2f} s; {per_tile:,.0f} B/tile from the device; "
+                     f"{len(stats.chunks_per_batch)} batches of {stats.batch_size}, {spans} "
+                     f"spanning chunks; {stats.slots} slots; {wall:.2f} s"))  # fmt: skip
+        print(rows[-1], file=sys.stderr, flush=True)
+    notes = [
+        f"slide: {slide.name} ({writer}), model geometry: {model_desc}",
+        "CPU proxy of the device engine (no GPU): an instant model, so the engine's own "
+        "reading, hand-over, stitching and writing bound it; ratio from the first decoded chunk on",
+    ]
+    command = "python benchmarks/engine_proxy.py " + " ".join(
+        sys.argv[1:] if argv is None else argv
+    )
+    block = render(rows, notes, info, command.strip(), started, time.perf_counter() - t0)
+    print(block)
+    if not args.no_record:
+        record(block)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,148 @@
+"""The device engine's consumer: the one owner of the model, fed batches across chunks.
+
+Two threads share the work of feeding one device. The stager takes decoded chunks in the
+order they arrive, copies their tiles from the shared-memory slots into one of two reused
+staging buffers (pinned on CUDA) until a batch is full (a batch may hold tiles of several
+chunks), frees each slot as soon as its tiles are copied, and on CUDA starts the batch's
+host-to-device copy on a side stream. The compute thread runs `predict_reduced` batch after
+batch with no lock (it is the model's only user for the whole slide), so the next batch's
+copy overlaps this batch's compute, and hands the uint8 outputs to the writer.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from wsi_segment.pipeline.inference.chunk_inference import NODATA, TileModel
+from wsi_segment.pipeline.inference.chunk_job import settle_precision
+from wsi_segment.pipeline.inference.chunk_writer import Segment, TileBatch
+from wsi_segment.pipeline.inference.decode_pool import Decoded, SlotRing
+from wsi_segment.pipeline.inference.engine_state import EngineStats, FirstError
+from wsi_segment.pipeline.inference.model_handle import model_device_type
+from wsi_segment.wsi.tiling import TileGrid
+
+
+@dataclass
+class _Staged:
+    buffer: int  # which staging buffer holds the batch (returned after the forward pass)
+    tiles: torch.Tensor  # (N, T, T, 3) uint8 on the model's device (CPU: the buffer itself)
+    host: np.ndarray  # the same tiles in the host buffer
+    segments: list[Segment]
+    ready: Any  # CUDA event recorded after the copy on the side stream; None on the CPU
+
+
+class DeviceConsumer:
+    """Feeds one model batches of `batch_size` tiles gathered across chunks."""
+
+    def __init__(
+        self,
+        model: TileModel,
+        lock: threading.Lock,
+        grid: TileGrid,
+        batch_size: int,
+        gate: bool,
+        ring: SlotRing,
+        release: Callable[[int], None],
+        errors: FirstError,
+        stats: EngineStats,
+    ) -> None:
+        self._model, self._lock, self._grid = model, lock, grid
+        self._batch, self._gate, self._ring = batch_size, gate, ring
+        self._release, self._errors, self._stats = release, errors, stats
+        self._cuda = model_device_type(model) == "cuda" and torch.cuda.is_available()
+        self._device = getattr(model, "device", torch.device("cpu"))
+        shape = (batch_size, grid.tile, grid.tile, 3)
+        self._buffers = [
+            torch.empty(shape, dtype=torch.uint8, pin_memory=self._cuda) for _ in range(2)
+        ]
+        self._free_buffers: queue.Queue[int] = queue.Queue()
+        for i in range(len(self._buffers)):
+            self._free_buffers.put(i)
+        self._side = torch.cuda.Stream(self._device) if self._cuda else None
+        self._threads = torch.get_num_threads()  # the caller's: the compute thread uses them
+
+    def stage(self, inbox: queue.Queue[Decoded | None], staged: queue.Queue[_Staged | None]):
+        """Thread body: decoded chunks -> full batches on the device (None ends both)."""
+        try:
+            self._stage(inbox, staged)
+        except BaseException as exc:
+            self._errors.report(exc)
+
+    def _stage(self, inbox: queue.Queue[Decoded | None], staged: queue.Queue[_Staged | None]):
+        errors, ring = self._errors, self._ring
+        current: Decoded | None = None
+        done = 0  # tiles of `current` already copied
+        ended = False
+        while not ended:
+            k = errors.get(self._free_buffers)
+            host = self._buffers[k].numpy()
+            filled, segments = 0, []
+            while filled < self._batch:
+                if current is None:
+                    current, done = errors.get(inbox), 0
+                    if current is None:
+                        ended = True
+                        break
+                take = min(self._batch - filled, current.tiles - done)
+                host[filled : filled + take] = ring.view(current.slot, current.tiles)[
+                    done : done + take
+                ]
+                segments.append((current.index, done, take))
+                filled, done = filled + take, done + take
+                if done == current.tiles:
+                    self._release(current.slot)
+                    current = None
+            if filled:
+                errors.put(staged, self._transfer(k, filled, segments))
+            else:
+                self._free_buffers.put(k)
+        errors.put(staged, None)
+
+    def _transfer(self, k: int, n: int, segments: list[Segment]) -> _Staged:
+        """Start the batch's copy to the device (CUDA: asynchronous, on the side stream)."""
+        host = self._buffers[k][:n]
+        if not self._cuda:
+            return _Staged(k, host, host.numpy(), segments, None)
+        with torch.cuda.stream(self._side):
+            tiles = host.to(self._device, non_blocking=True)
+            ready = torch.cuda.Event()
+            ready.record(self._side)
+        return _Staged(k, tiles, host.numpy(), segments, ready)
+
+    def compute(self, staged: queue.Queue[_Staged | None], out: queue.Queue[TileBatch | None]):
+        """Thread body: forward passes back to back; outputs to the writer (None ends it)."""
+        try:
+            if not self._cuda:  # a new thread starts with OpenMP's default, not the caller's
+                torch.set_num_threads(self._threads)
+            while (batch := self._errors.get(staged)) is not None:
+                self._errors.put(out, self._forward(batch))
+            self._errors.put(out, None)
+        except BaseException as exc:
+            self._errors.report(exc)
+
+    def _forward(self, batch: _Staged) -> TileBatch:
+        tiles = batch.tiles
+        if batch.ready is not None:  # the copy ran on the side stream: order it before compute
+            stream = torch.cuda.current_stream(self._device)
+            stream.wait_event(batch.ready)
+            tiles.record_stream(stream)
+        settle_precision(self._model, self._lock, batch.host)  # 'auto' on a CPU, first batch
+        g = self._grid
+        out = self._model.predict_reduced(
+            tiles.permute(0, 3, 1, 2), g.margin, g.stride, g.downsample, self._gate, NODATA
+        )
+        self._free_buffers.put(batch.buffer)  # its copy is done: the forward pass used it
+        n = len(batch.host)
+        probs, labels = out.probs.numpy(), out.labels.numpy()
+        stats = self._stats
+        stats.chunks_per_batch.append(len({index for index, _, _ in batch.segments}))
+        stats.tiles += n
+        stats.bytes_from_model += out.nbytes
+        return TileBatch(batch.segments, probs, labels, out.nbytes // n)

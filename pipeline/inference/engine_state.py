@@ -1,0 +1,77 @@
+"""What the parts of the device engine share: the first error, the stop, and run statistics.
+
+Every part (decoders, consumer, writer) reports its error here; each checks `stopped` while
+it waits, so one failure stops them all, and the engine raises the first error once every
+part has ended.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class Stopped(Exception):
+    """Raised inside a part that was waiting when the run stopped (not an error itself)."""
+
+
+class FirstError:
+    """Holds the first error reported; later ones are echoes of it (or of the stop)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.error: BaseException | None = None
+
+    def report(self, exc: BaseException) -> None:
+        """Record `exc` unless an earlier error is already held, and ask every part to stop."""
+        if isinstance(exc, Stopped):
+            return
+        with self._lock:
+            if self.error is None:
+                self.error = exc
+        self._stop.set()
+
+    def stop(self) -> None:
+        """Ask every part to stop (an interrupt, or the supervisor's own failure)."""
+        self._stop.set()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
+    def get(self, q: queue.Queue[T]) -> T:
+        """The next item of `q`; raises Stopped if the run stops while waiting."""
+        while not self.stopped:
+            try:
+                return q.get(timeout=0.05)
+            except queue.Empty:
+                continue
+        raise Stopped
+
+    def put(self, q: queue.Queue[Any], item: Any) -> None:
+        """Put on a bounded queue; raises Stopped if the run stops while it is full."""
+        while not self.stopped:
+            try:
+                q.put(item, timeout=0.05)
+                return
+            except queue.Full:
+                continue
+        raise Stopped
+
+
+@dataclass
+class EngineStats:
+    """What an engine run did: for tests, benchmarks and the summary."""
+
+    decoders: int = 0
+    slots: int = 0
+    batch_size: int = 0
+    chunks_per_batch: list[int] = field(default_factory=list)
+    tiles: int = 0
+    first_chunk_s: float = 0.0  # from the start to the first decoded chunk (start-up)
+    bytes_from_model: int = 0

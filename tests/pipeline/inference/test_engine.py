@@ -1,0 +1,199 @@
+"""The device engine (decoder processes -> one consumer -> writer) writes exactly what the
+threaded path writes: same zarr bytes, same outcomes, whatever the number of decoders and
+however its batches mix chunks."""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from tests.conftest import CMU_SLIDE, corrupt_middle_tile
+from wsi_segment.errors import SlideError
+from wsi_segment.models.bundle import load_model
+from wsi_segment.pipeline.inference.chunk_job import SlideJob
+from wsi_segment.pipeline.inference.chunk_runner import run_chunks
+from wsi_segment.pipeline.inference.engine import run_engine
+from wsi_segment.pipeline.inference.engine_state import EngineStats
+from wsi_segment.pipeline.inference.model_handle import ModelHandle
+from wsi_segment.pipeline.outputs.ome_zarr import create_probability_store
+from wsi_segment.wsi.slide import open_slide
+from wsi_segment.wsi.tiling import ChunkSpec, TileGrid, plan_chunks
+from wsi_segment.wsi.tissue import detect_tissue, whole_slide
+
+
+class TileByTile:
+    """The real model, one forward pass per tile: its arithmetic is then the same whichever
+    batch a tile came in (a batch of 1 and of 5 may run different kernels on some CPUs), so
+    the paths can be compared byte for byte while the engine still batches across chunks."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+        self.device = model.device
+        self.precision_pending = False
+
+    def predict_reduced(self, tiles, margin, core, downsample, gate=True, nodata=255):
+        outs = [
+            self.model.predict_reduced(tiles[i : i + 1], margin, core, downsample, gate, nodata)
+            for i in range(len(tiles))
+        ]
+        return dataclasses.replace(
+            outs[0], **{f: torch.cat([getattr(o, f) for o in outs]) for f in outs[0].__dict__}
+        )
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir: Path) -> TileByTile:
+    model = load_model(tiny_model_dir)
+    model.to_device("cpu", "fp32")
+    return TileByTile(model)
+
+
+def make_job(
+    tmp: Path, model, chunk_tiles: int, slide_path: Path = CMU_SLIDE, detect: bool = True
+) -> tuple[SlideJob, list[ChunkSpec]]:
+    """A job over CMU-1-Small-Region.svs (or a damaged copy) with small chunks, over the
+    detected tissue (`detect`) or the whole slide."""
+    slide = open_slide(slide_path)
+    mpp = slide.require_mpp()
+    meta = getattr(model, "model", model).meta
+    grid = TileGrid(tile=meta.tile_size, overlap=16, downsample=4)
+    tissue = detect_tissue(slide) if detect else whole_slide(slide)
+    plan = plan_chunks(slide, mpp[0], meta.mpp, grid, chunk_tiles, tissue)
+    create_probability_store(
+        tmp,
+        list(meta.classes),
+        [tuple(c) for c in meta.colors],
+        plan.output_shape,
+        (plan.chunk_out,) * 2,
+        meta.mpp * grid.downsample,
+        plan.level0_per_model * grid.downsample,
+    )
+    job = SlideJob(
+        slide_path=str(slide_path),
+        backend=slide.backend,
+        mpp_override=None,
+        level0_per_model=plan.level0_per_model,
+        read_level=plan.read_level,
+        grid=grid,
+        n_classes=len(meta.classes),
+        batch_size=5,  # never a divisor of a chunk's tiles: batches span chunks
+        gate=True,
+        zarr_path=str(tmp / "0"),
+        tissue_mask=tissue.mask,
+        tissue_downsample=float(tissue.downsample),
+        level0_per_output=plan.level0_per_model * grid.downsample,
+        model=ModelHandle.with_model(model, "tiny", "cpu", "fp32"),
+    )
+    slide.close()
+    return job, plan.specs
+
+
+def stored(job: SlideJob) -> np.ndarray:
+    return np.asarray(zarr.open_array(job.zarr_path, mode="r")[:])
+
+
+def assert_same_outcomes(a, b) -> None:
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        assert (x.row, x.col, x.tiles_run, x.bytes_from_model) == (
+            y.row,
+            y.col,
+            y.tiles_run,
+            y.bytes_from_model,
+        )
+        np.testing.assert_array_equal(x.counts, y.counts)
+        np.testing.assert_array_equal(x.prob_sums, y.prob_sums)
+        assert x.polygons == y.polygons
+
+
+@pytest.fixture(scope="module")
+def threaded(tmp_path_factory, tiny):
+    job, specs = make_job(tmp_path_factory.mktemp("threaded") / "p.zarr", tiny, chunk_tiles=2)
+    return stored_run(job, run_chunks(job, specs, threads=2)), specs
+
+
+def stored_run(job, outcomes):
+    return stored(job), outcomes
+
+
+@pytest.mark.parametrize("decoders", [1, 2])
+def test_engine_writes_what_the_threaded_path_writes(tmp_path, tiny, threaded, decoders):
+    (expected, expected_outcomes), specs = threaded
+    assert len(specs) >= 8 and sum(len(s.tiles) for s in specs) >= 40
+    assert any(len(s.tiles) < 4 for s in specs)  # tissue edges: partial chunks
+    job, specs = make_job(tmp_path / "p.zarr", tiny, chunk_tiles=2)
+    stats = EngineStats()
+    outcomes = run_engine(job, specs, decoders, stats=stats)
+    assert stats.tiles == sum(len(s.tiles) for s in specs)
+    assert max(stats.chunks_per_batch) >= 2  # a batch held tiles of several chunks
+    assert stats.decoders == decoders
+    np.testing.assert_array_equal(stored(job), expected)
+    assert_same_outcomes(outcomes, expected_outcomes)
+    assert stats.bytes_from_model == sum(o.bytes_from_model for o in outcomes) > 0
+
+
+def shm_entries() -> set[str]:
+    return set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+
+
+def test_a_damaged_tile_is_one_slide_error_and_leaves_nothing_behind(tmp_path, tiny):
+    damaged = tmp_path / "cmu_damaged.svs"
+    corrupt_middle_tile(CMU_SLIDE, damaged)
+    job, specs = make_job(tmp_path / "p.zarr", tiny, 2, damaged, detect=False)
+    before = shm_entries()
+    with pytest.raises(SlideError) as caught:
+        run_engine(job, specs, 2)
+    text = str(caught.value)
+    assert "cmu_damaged.svs" in text and "re-export" in text  # the file and the fix
+    assert multiprocessing.active_children() == []  # decoders joined
+    assert shm_entries() <= before  # the slot ring is gone
+
+
+class FailsOnSecondBatch(TileByTile):
+    """The real model, failing (as out-of-memory would) on its second forward pass."""
+
+    def __init__(self, model) -> None:
+        super().__init__(model)
+        self.calls = 0
+
+    def predict_reduced(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls == 2:
+            raise RuntimeError("device out of memory (test)")
+        return super().predict_reduced(*args, **kwargs)
+
+
+def test_a_model_error_stops_the_decoders_and_nothing_writes_after(tmp_path, tiny):
+    job, specs = make_job(tmp_path / "p.zarr", FailsOnSecondBatch(tiny.model), chunk_tiles=2)
+    before = shm_entries()
+    with pytest.raises(RuntimeError, match="out of memory"):
+        run_engine(job, specs, 2)
+    assert multiprocessing.active_children() == []
+    assert shm_entries() <= before
+    written = sorted(p.name for p in Path(job.zarr_path).iterdir() if not p.name.startswith("."))
+    time.sleep(0.3)  # nothing may still be writing once run_engine has raised
+    assert sorted(p.name for p in Path(job.zarr_path).iterdir() if not p.name.startswith(".")) == (
+        written
+    )
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_engine_on_cuda_matches_the_cpu_within_one_level(tmp_path, tiny_model_dir, threaded):
+    """Pinned staging, the side-stream copy and the device reduction, against the CPU run."""
+    (expected, _), _ = threaded
+    model = load_model(tiny_model_dir)
+    model.to_device("cuda", "fp32")
+    job, specs = make_job(tmp_path / "p.zarr", model, chunk_tiles=2)
+    stats = EngineStats()
+    run_engine(job, specs, 2, stats=stats)
+    assert max(stats.chunks_per_batch) >= 2
+    diff = np.abs(stored(job).astype(int) - expected.astype(int))
+    assert diff.max() <= 1
