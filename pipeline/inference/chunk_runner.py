@@ -42,7 +42,7 @@ class _TileCounter(Callback):
     """Advance the progress bar by the tiles of every finished chunk."""
 
     def __init__(self, progress: Progress) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # dask's, unannotated
         self.progress = progress
 
     def _posttask(
