@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from wsi_segment.flows import prefect_env
 
@@ -28,7 +28,10 @@ from wsi_segment.flows.slide_flow import make_params, run_slide_stages  # noqa: 
 from wsi_segment.pipeline.batch_inputs import BatchItem, params_for, parse_batch_input  # noqa: E402
 from wsi_segment.pipeline.batch_report import batch_rows, counts, markdown_table  # noqa: E402
 from wsi_segment.pipeline.params import SegmentParams  # noqa: E402
-from wsi_segment.pipeline.segment import SlideResult  # noqa: E402
+
+if TYPE_CHECKING:
+    from distributed import Client
+from wsi_segment.pipeline.inference.slide_state import SlideResult  # noqa: E402
 
 
 class BatchFailedError(WsiSegmentError):
@@ -60,7 +63,7 @@ def slide_task(
 
 def _dask_context(
     dask_address: str | None, workers: int | None
-) -> contextlib.AbstractContextManager:
+) -> contextlib.AbstractContextManager[Client | None]:
     """Scheduler at `dask_address`; else a local cluster; `workers=0`: in-process threads."""
     if not dask_address and workers == 0:
         return contextlib.nullcontext(None)

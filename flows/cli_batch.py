@@ -20,7 +20,7 @@ from wsi_segment.flows.cli_segment import (
 )
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "batch",
         help="segment a folder, glob or manifest CSV of slides (Prefect flow, Dask)",

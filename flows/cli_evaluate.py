@@ -6,9 +6,12 @@ import argparse
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+def add_parser(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "evaluate",
         help="score a model on a dataset split with pixel masks",
@@ -37,14 +40,14 @@ def _fmt(v: float | None) -> str:
     return "   n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:6.2f}"
 
 
-def format_table(result: dict) -> str:
+def format_table(result: dict[str, Any]) -> str:
     """Per-class IoU and the summary scores (percent), then pseudo masks per depth if any."""
     classes = list(result["iou"])
     lines = [
         f"{'':>14}" + "".join(f"{c:>8}" for c in classes) + f"{'mIoU':>8}{'FwIoU':>8}{'Acc':>8}"
     ]
 
-    def row(name: str, r: dict) -> str:
+    def row(name: str, r: dict[str, Any]) -> str:
         return (
             f"{name:>14}"
             + "".join(f"{_fmt(r['iou'][c]):>8}" for c in classes)

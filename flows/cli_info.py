@@ -22,7 +22,7 @@ from wsi_segment.wsi.slide import Slide, open_slide
 CHECK_SIZE = 256  # px of the coarsest level decoded as a sanity check
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "info",
         help="print a slide's levels, mpp and backend as JSON",

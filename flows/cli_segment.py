@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import gc
 import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from wsi_segment.errors import WsiSegmentError
 from wsi_segment.pipeline.params import SegmentParams
@@ -18,7 +20,7 @@ from wsi_segment.pipeline.progress import BarProgress
 from wsi_segment.wsi.mpp import mpp_problem
 
 
-def positive_int(low: int, high: int):
+def positive_int(low: int, high: int) -> Callable[[str], int]:
     """argparse type: an int in [low, high], else a usage error naming the range."""
 
     def parse(text: str) -> int:
@@ -175,7 +177,7 @@ def params_from_args(args: argparse.Namespace) -> SegmentParams:
     )
 
 
-def warn_tissue(slide: str, summary: dict) -> None:
+def warn_tissue(slide: str, summary: Mapping[str, Any]) -> None:
     """A `warning:` line when the slide gave no tissue or looks like fluorescence (the run
     still succeeds: an empty result is a result)."""
     warning = (summary.get("tissue") or {}).get("warning")
@@ -183,7 +185,7 @@ def warn_tissue(slide: str, summary: dict) -> None:
         print(f"warning: {slide}: {warning}", file=sys.stderr)
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "segment",
         help="segment slides (also the default: wsi-segment SLIDE ...)",

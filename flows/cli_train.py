@@ -10,7 +10,9 @@ if TYPE_CHECKING:
     from wsi_segment.pipeline.training.train_config import TrainConfig
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+def add_parser(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "train",
         help="train classifier -> pseudo masks -> segmenter from patch-level labels",

@@ -14,9 +14,13 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from wsi_segment.errors import ConfigError
 from wsi_segment.flows.allocator import worker_environment
+
+if TYPE_CHECKING:  # distributed is imported when a cluster is used
+    from distributed import Client, SpecCluster
 
 
 @dataclass(frozen=True)
@@ -75,7 +79,7 @@ LOOPBACK = "127.0.0.1"
 DASHBOARD_OFF = "127.0.0.1:0"
 
 
-def start_local_cluster(plan: ClusterPlan, dashboard: bool = False):  # -> SpecCluster
+def start_local_cluster(plan: ClusterPlan, dashboard: bool = False) -> SpecCluster:
     """Start worker processes for `plan` (GPU workers get their own CUDA_VISIBLE_DEVICES).
 
     The Dask dashboard is off unless `dashboard` (then on :8787, all interfaces).
@@ -94,7 +98,7 @@ def start_local_cluster(plan: ClusterPlan, dashboard: bool = False):  # -> SpecC
         return _start_local_cluster(plan, dashboard)
 
 
-def _start_local_cluster(plan: ClusterPlan, dashboard: bool):  # -> SpecCluster
+def _start_local_cluster(plan: ClusterPlan, dashboard: bool) -> SpecCluster:
     from distributed import LocalCluster, Nanny, Scheduler, SpecCluster
 
     dashboard_address = DASHBOARD_ON if dashboard else DASHBOARD_OFF
@@ -135,7 +139,7 @@ def dask_client(
     address: str | None = None,
     workers: int | None = None,
     threads: int | None = None,
-) -> Iterator:  # Iterator[distributed.Client]
+) -> Iterator[Client]:
     """A Dask client for a run: connect to `address`, or start (and stop) a local cluster.
 
     A remote cluster is left running at exit; only our connection closes.
@@ -170,12 +174,12 @@ def dask_client(
 
 # Clients open in this process, by scheduler address: Prefect tasks get the address as a
 # (serialisable) parameter and look the live client up here instead of reconnecting.
-_CLIENTS: dict[str, object] = {}
+_CLIENTS: dict[str, Client] = {}
 _LOCK = threading.Lock()
 
 
 @contextmanager
-def _registered(client) -> Iterator[None]:
+def _registered(client: Client) -> Iterator[None]:
     address = client.scheduler.address
     with _LOCK:
         _CLIENTS[address] = client
@@ -187,7 +191,7 @@ def _registered(client) -> Iterator[None]:
                 del _CLIENTS[address]
 
 
-def client_for(address: str | None):  # -> distributed.Client | None
+def client_for(address: str | None) -> Client | None:
     """The live client this process opened for `address` (None if there is none)."""
     if not address:
         return None

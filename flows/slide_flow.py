@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from wsi_segment.flows import prefect_env
 
@@ -35,13 +35,17 @@ from wsi_segment.pipeline.outputs.output_dir import OutputDir  # noqa: E402
 from wsi_segment.pipeline.params import SegmentParams  # noqa: E402
 from wsi_segment.wsi.retries import is_transient  # noqa: E402
 
+if TYPE_CHECKING:
+    from prefect.client.schemas import TaskRun
+    from prefect.states import State
+
 P = ParamSpec("P")
 R = TypeVar("R")
 RETRIES = 2
 RETRY_DELAYS_S: list[float] = [1, 10]
 
 
-def retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
+def retry_if_transient(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
     """Prefect `retry_condition_fn`: retry only transient I/O errors."""
     data = getattr(state, "data", None)
     if isinstance(data, BaseException):

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from wsi_segment.errors import ModelError, OutputError
 from wsi_segment.pipeline.inference.chunk_job import SlideJob
@@ -60,6 +60,9 @@ from wsi_segment.pipeline.params import (
 )
 from wsi_segment.pipeline.progress import NullProgress, Progress
 from wsi_segment.wsi.slide import Slide, open_slide
+
+if TYPE_CHECKING:  # distributed is imported only when a cluster is used
+    from distributed import Client
 
 ZARR_NAME = "probabilities.ome.zarr"
 
@@ -211,7 +214,7 @@ def is_up_to_date(prep: PreparedSlide) -> bool:
     return False
 
 
-def _device_type(model: ModelHandle, client: Any | None, device: str) -> str:
+def _device_type(model: ModelHandle, client: Client | None, device: str) -> str:
     """Where the model runs: this process's loaded model, or for Dask workers (whose
     devices this process cannot see) the device asked for (`auto` counts as the CPU)."""
     if client is not None:
@@ -223,7 +226,7 @@ def _device_type(model: ModelHandle, client: Any | None, device: str) -> str:
 def infer(
     prep: PreparedSlide,
     work_dir: Path,
-    client: Any | None = None,
+    client: Client | None = None,
     progress: Progress | None = None,
 ) -> list[ChunkOutcome]:
     """Stage 2: run the tissue chunks, streaming uint8 probabilities into the zarr store."""
@@ -349,7 +352,7 @@ def segment_slide(
     out_root: str | Path,
     params: SegmentParams | None = None,
     progress: Progress | None = None,
-    client: Any | None = None,
+    client: Client | None = None,
 ) -> SlideResult:
     """Run all stages for one slide; raises `WsiSegmentError` on expected failures."""
     stages = Stages(

@@ -21,7 +21,8 @@ from PIL import Image
 class RegionSource(Protocol):
     """What this module needs from a slide (wsi.slide.Slide satisfies it)."""
 
-    level_downsamples: tuple[float, ...]
+    @property
+    def level_downsamples(self) -> tuple[float, ...]: ...
 
     def read_region(
         self, location_level0: tuple[int, int], level: int, size: tuple[int, int]

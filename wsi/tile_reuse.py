@@ -32,8 +32,10 @@ WHITE = 255
 class LevelSource(Protocol):
     """What this module needs from a slide (wsi.slide.Slide satisfies it)."""
 
-    level_downsamples: tuple[float, ...]
-    level_dimensions: tuple[tuple[int, int], ...]
+    @property
+    def level_downsamples(self) -> tuple[float, ...]: ...
+    @property
+    def level_dimensions(self) -> tuple[tuple[int, int], ...]: ...
 
     def read_region(
         self, location_level0: tuple[int, int], level: int, size: tuple[int, int]

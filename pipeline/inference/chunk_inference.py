@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from wsi_segment.pipeline.outputs.chunk_summary import NODATA
+from wsi_segment.pipeline.outputs.chunk_summary import NODATA as NODATA  # re-exported
 from wsi_segment.wsi.tiling import TileGrid
 
 if TYPE_CHECKING:  # torch is imported where tiles are predicted: the CLI loads it in parallel

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zarr
@@ -28,9 +28,12 @@ from wsi_segment.pipeline.inference.chunk_inference import (
 from wsi_segment.pipeline.inference.model_handle import ModelHandle, model_device_type
 from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome, summarise_block
 from wsi_segment.wsi.region_reader import level_read_box, read_model_box
-from wsi_segment.wsi.slide import open_slide
+from wsi_segment.wsi.slide import Slide, open_slide
 from wsi_segment.wsi.tile_reuse import TileReuse, supports_reuse
 from wsi_segment.wsi.tiling import ChunkSpec, TileGrid
+
+if TYPE_CHECKING:  # torch loads where the model does, never to open a slide
+    from wsi_segment.models.segmentation_model import SegmentationModel
 
 
 @dataclass
@@ -71,8 +74,8 @@ class SlideJob:
         self.__dict__.update(state)
         self._local = threading.local()
 
-    def _slide(self):
-        slide = getattr(self._local, "slide", None)
+    def _slide(self) -> Slide:
+        slide: Slide | None = getattr(self._local, "slide", None)
         if slide is None:
             backend = self.read_backend or self.backend
             if backend == "tiffslide":
@@ -89,8 +92,8 @@ class SlideJob:
             self._local.slide = None
             slide.close()
 
-    def _array(self) -> zarr.Array:
-        array = getattr(self._local, "array", None)
+    def _array(self) -> zarr.Array[Any]:
+        array: zarr.Array[Any] | None = getattr(self._local, "array", None)
         if array is None:
             array = zarr.open_array(self.zarr_path, mode="r+")
             self._local.array = array
@@ -122,7 +125,7 @@ class SlideJob:
         slide = self._slide()
         level = self.read_level
         tile = slide.storage_tile_size(level)
-        if not supports_reuse(slide, level, tile):
+        if tile is None or not supports_reuse(slide, level, tile):
             return None
         ds = float(slide.level_downsamples[level])
         planned = [level_read_box(self.read_box(s), self.level0_per_model, ds) for s in specs]
@@ -227,7 +230,7 @@ class SlideJob:
 FAST_READ_VENDORS = ("aperio", "generic-tiff")
 
 
-def fast_read_backend(slide: Any, level: int | None = None) -> str | None:
+def fast_read_backend(slide: Slide, level: int | None = None) -> str | None:
     """ "tiffslide" when it reads this openslide slide's pixels identically, else None.
 
     For plain tiled TIFFs (Aperio SVS, generic tiled TIFF) both libraries decode the same
@@ -288,7 +291,9 @@ def tiles_read_box(
     return (min(cols) * s - m, min(rows) * s - m, (max(cols) + 1) * s + m, (max(rows) + 1) * s + m)
 
 
-def device_batch_size(model: Any, lock: Any, tile: int, requested: int) -> int:
+def device_batch_size(
+    model: SegmentationModel, lock: threading.Lock, tile: int, requested: int
+) -> int:
     """The batch size that fits the model's device (GPU memory probed once per process)."""
     if model_device_type(model) == "cpu":
         return requested
@@ -308,7 +313,7 @@ def settle_precision_here(job: SlideJob, spec: ChunkSpec) -> dict[str, Any]:
     return dict(model.precision_report())
 
 
-def settle_precision(model: Any, lock: Any, patches: np.ndarray) -> None:
+def settle_precision(model: SegmentationModel, lock: threading.Lock, patches: np.ndarray) -> None:
     """Precision 'auto' on a bf16 CPU: the first chunk of a process times fp32 against bf16
     on its own tiles (SegmentationModel.settle_precision); other chunks wait on the lock."""
     if not getattr(model, "precision_pending", False) or len(patches) == 0:

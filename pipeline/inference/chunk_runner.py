@@ -21,7 +21,7 @@ import os
 import threading
 import uuid
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dask.callbacks import Callback
 from dask.threaded import ContextAwareThreadPoolExecutor
@@ -34,15 +34,20 @@ from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome
 from wsi_segment.pipeline.progress import NullProgress, Progress
 from wsi_segment.wsi.tiling import ChunkSpec
 
+if TYPE_CHECKING:  # distributed is imported only when a cluster is used
+    from distributed import Client
+
 
 class _TileCounter(Callback):
     """Advance the progress bar by the tiles of every finished chunk."""
 
     def __init__(self, progress: Progress) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # dask's, unannotated
         self.progress = progress
 
-    def _posttask(self, key, result, dsk, state, worker_id) -> None:
+    def _posttask(
+        self, key: object, result: object, dsk: object, state: object, worker_id: object
+    ) -> None:
         if isinstance(result, ChunkOutcome):
             self.progress.advance(result.tiles_run)
 
@@ -62,7 +67,7 @@ def run_chunks(
     job: SlideJob,
     specs: Sequence[ChunkSpec],
     threads: int = 2,
-    client: Any | None = None,
+    client: Client | None = None,
     progress: Progress | None = None,
     key_prefix: str = "chunk",
     prefetch: ChunkPrefetcher | None = None,
@@ -81,7 +86,7 @@ def run_chunks(
         job = dataclasses.replace(job, cpu_threads_per_chunk=per_chunk, _local=threading.local())
     job_key = f"{key_prefix}-job"
     keys = [f"{key_prefix}-{s.row}-{s.col}" for s in specs]
-    graph: dict[str, Any] = {job_key: job}
+    graph: dict[str, object] = {job_key: job}
     if prefetch is None:
         graph.update({k: (run_chunk, job_key, s) for k, s in zip(keys, specs, strict=True)})
     else:
@@ -168,7 +173,7 @@ def _cores() -> int:
 
 
 def settle_precision_on_cluster(
-    job: SlideJob, specs: Sequence[ChunkSpec], client: Any
+    job: SlideJob, specs: Sequence[ChunkSpec], client: Client
 ) -> tuple[SlideJob, dict[str, Any]]:
     """Precision 'auto' on CPU workers: one worker runs the trial on the first chunk's tiles
     and every worker gets its answer, so a slide never mixes bf16 and fp32 chunks (a chunk
@@ -184,7 +189,7 @@ def settle_precision_on_cluster(
 
 
 def _run_distributed(
-    job: SlideJob, specs: Sequence[ChunkSpec], client: Any, progress: Progress, key_prefix: str
+    job: SlideJob, specs: Sequence[ChunkSpec], client: Client, progress: Progress, key_prefix: str
 ) -> list[ChunkOutcome]:
     """Like the local pool, never return or raise while a chunk may still write: a failed
     chunk sets a cluster-wide abort event (chunks not yet started then return at once) and

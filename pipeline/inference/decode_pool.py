@@ -20,7 +20,7 @@ import queue
 from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.shared_memory import SharedMemory
-from typing import Any
+from typing import TYPE_CHECKING, TypeAlias
 
 import numpy as np
 
@@ -28,6 +28,12 @@ from wsi_segment.errors import SlideError, WsiSegmentError
 from wsi_segment.pipeline.inference.chunk_inference import cut_tiles
 from wsi_segment.pipeline.inference.chunk_job import SlideJob
 from wsi_segment.wsi.tiling import ChunkSpec
+
+if TYPE_CHECKING:
+    from multiprocessing.context import SpawnContext
+    from multiprocessing.process import BaseProcess
+    from multiprocessing.queues import Queue
+    from multiprocessing.synchronize import Event
 
 SHM_DIR = "/dev/shm"
 
@@ -54,6 +60,9 @@ class Failed:
 
     decoder: int
     error: BaseException
+
+
+Message: TypeAlias = Decoded | Finished | Failed  # what a decoder puts on `results`
 
 
 class SlotRing:
@@ -129,13 +138,13 @@ def start_decoders(
     specs: Sequence[ChunkSpec],
     decoders: int,
     ring: SlotRing,
-    free: Any,
-    results: Any,
-    stop: Any,
-    ctx: Any,
-) -> list[Any]:
+    free: Queue[int],
+    results: Queue[Message],
+    stop: Event,
+    ctx: SpawnContext,
+) -> list[BaseProcess]:
     """Spawn one daemon process per band; each puts Decoded / Finished / Failed on `results`."""
-    procs = []
+    procs: list[BaseProcess] = []
     for d, band in enumerate(bands(specs, decoders)):
         args = (d, job, [specs[i] for i in band], band, ring.shm.name, ring.slots,
                 ring.slot_tiles, ring.tile, free, results, stop)  # fmt: skip
@@ -145,7 +154,7 @@ def start_decoders(
     return procs
 
 
-def spawn_context() -> Any:
+def spawn_context() -> SpawnContext:
     return mp.get_context("spawn")
 
 
@@ -158,9 +167,9 @@ def decode_band(
     slots: int,
     slot_tiles: int,
     tile: int,
-    free: Any,
-    results: Any,
-    stop: Any,
+    free: Queue[int],
+    results: Queue[Message],
+    stop: Event,
 ) -> None:
     """Process body: read each chunk of the band, cut its tiles into a free slot, report it."""
     ring = SlotRing(slots, slot_tiles, tile, name=shm_name)
@@ -188,7 +197,7 @@ def decode_band(
         ring.close()
 
 
-def _take_slot(free: Any, stop: Any) -> int | None:
+def _take_slot(free: Queue[int], stop: Event) -> int | None:
     while not stop.is_set():
         try:
             return int(free.get(timeout=0.1))

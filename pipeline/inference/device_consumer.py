@@ -15,12 +15,12 @@ import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from wsi_segment.pipeline.inference.chunk_inference import NODATA, TileModel
+from wsi_segment.pipeline.inference.chunk_inference import NODATA
 from wsi_segment.pipeline.inference.chunk_job import settle_precision
 from wsi_segment.pipeline.inference.chunk_writer import Segment, TileBatch
 from wsi_segment.pipeline.inference.decode_pool import Decoded, SlotRing
@@ -28,14 +28,19 @@ from wsi_segment.pipeline.inference.engine_state import EngineStats, FirstError
 from wsi_segment.pipeline.inference.model_handle import model_device_type
 from wsi_segment.wsi.tiling import TileGrid
 
+if TYPE_CHECKING:
+    from wsi_segment.models.segmentation_model import SegmentationModel
+
 
 @dataclass
-class _Staged:
+class StagedBatch:
+    """A batch copied out of the slots, on its way to (or already on) the device."""
+
     buffer: int  # which staging buffer holds the batch (returned after the forward pass)
     tiles: torch.Tensor  # (N, T, T, 3) uint8 on the model's device (CPU: the buffer itself)
     host: np.ndarray  # the same tiles in the host buffer
     segments: list[Segment]
-    ready: Any  # CUDA event recorded after the copy on the side stream; None on the CPU
+    ready: torch.cuda.Event | None  # recorded after the copy on the side stream; CPU: None
 
 
 class DeviceConsumer:
@@ -43,7 +48,7 @@ class DeviceConsumer:
 
     def __init__(
         self,
-        model: TileModel,
+        model: SegmentationModel,
         lock: threading.Lock,
         grid: TileGrid,
         batch_size: int,
@@ -57,7 +62,7 @@ class DeviceConsumer:
         self._batch, self._gate, self._ring = batch_size, gate, ring
         self._release, self._errors, self._stats = release, errors, stats
         self._cuda = model_device_type(model) == "cuda" and torch.cuda.is_available()
-        self._device = getattr(model, "device", torch.device("cpu"))
+        self._device = model.device
         shape = (batch_size, grid.tile, grid.tile, 3)
         self._buffers = [
             torch.empty(shape, dtype=torch.uint8, pin_memory=self._cuda) for _ in range(2)
@@ -68,14 +73,18 @@ class DeviceConsumer:
         self._side = torch.cuda.Stream(self._device) if self._cuda else None
         self._threads = torch.get_num_threads()  # the caller's: the compute thread uses them
 
-    def stage(self, inbox: queue.Queue[Decoded | None], staged: queue.Queue[_Staged | None]):
+    def stage(
+        self, inbox: queue.Queue[Decoded | None], staged: queue.Queue[StagedBatch | None]
+    ) -> None:
         """Thread body: decoded chunks -> full batches on the device (None ends both)."""
         try:
             self._stage(inbox, staged)
         except BaseException as exc:
             self._errors.report(exc)
 
-    def _stage(self, inbox: queue.Queue[Decoded | None], staged: queue.Queue[_Staged | None]):
+    def _stage(
+        self, inbox: queue.Queue[Decoded | None], staged: queue.Queue[StagedBatch | None]
+    ) -> None:
         errors, ring = self._errors, self._ring
         current: Decoded | None = None
         done = 0  # tiles of `current` already copied
@@ -105,18 +114,20 @@ class DeviceConsumer:
                 self._free_buffers.put(k)
         errors.put(staged, None)
 
-    def _transfer(self, k: int, n: int, segments: list[Segment]) -> _Staged:
+    def _transfer(self, k: int, n: int, segments: list[Segment]) -> StagedBatch:
         """Start the batch's copy to the device (CUDA: asynchronous, on the side stream)."""
         host = self._buffers[k][:n]
         if not self._cuda:
-            return _Staged(k, host, host.numpy(), segments, None)
+            return StagedBatch(k, host, host.numpy(), segments, None)
         with torch.cuda.stream(self._side):
             tiles = host.to(self._device, non_blocking=True)
             ready = torch.cuda.Event()
             ready.record(self._side)
-        return _Staged(k, tiles, host.numpy(), segments, ready)
+        return StagedBatch(k, tiles, host.numpy(), segments, ready)
 
-    def compute(self, staged: queue.Queue[_Staged | None], out: queue.Queue[TileBatch | None]):
+    def compute(
+        self, staged: queue.Queue[StagedBatch | None], out: queue.Queue[TileBatch | None]
+    ) -> None:
         """Thread body: forward passes back to back; outputs to the writer (None ends it)."""
         try:
             if not self._cuda:  # a new thread starts with OpenMP's default, not the caller's
@@ -127,7 +138,7 @@ class DeviceConsumer:
         except BaseException as exc:
             self._errors.report(exc)
 
-    def _forward(self, batch: _Staged) -> TileBatch:
+    def _forward(self, batch: StagedBatch) -> TileBatch:
         tiles = batch.tiles
         if batch.ready is not None:  # the copy ran on the side stream: order it before compute
             stream = torch.cuda.current_stream(self._device)

@@ -20,8 +20,8 @@ import queue
 import threading
 import time
 import traceback
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from wsi_segment.errors import SlideError
 from wsi_segment.pipeline.inference.chunk_job import SlideJob, device_batch_size
@@ -30,6 +30,7 @@ from wsi_segment.pipeline.inference.decode_pool import (
     Decoded,
     Failed,
     Finished,
+    Message,
     SlotRing,
     ring_slots,
     spawn_context,
@@ -39,6 +40,16 @@ from wsi_segment.pipeline.inference.engine_state import EngineStats, FirstError
 from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome
 from wsi_segment.pipeline.progress import NullProgress, Progress
 from wsi_segment.wsi.tiling import ChunkSpec
+
+if TYPE_CHECKING:  # the consumer imports torch: loaded when an engine runs
+    from multiprocessing.process import BaseProcess
+    from multiprocessing.queues import Queue
+    from multiprocessing.synchronize import Event
+
+    from wsi_segment.pipeline.inference.chunk_writer import TileBatch
+    from wsi_segment.pipeline.inference.device_consumer import DeviceConsumer, StagedBatch
+
+    MakeConsumer = Callable[[SlotRing, Callable[[int], None]], DeviceConsumer]
 
 JOIN_S = 5.0  # a decoder asked to stop finishes its current read first
 
@@ -71,7 +82,7 @@ def run_engine(
     writer = ChunkWriter(job, specs, progress)
     errors = FirstError()
 
-    def consumer(ring: SlotRing, release: Any) -> Any:
+    def consumer(ring: SlotRing, release: Callable[[int], None]) -> DeviceConsumer:
         return DeviceConsumer(model, lock, job.grid, batch, job.gate, ring, release, errors, stats)
 
     _run(job, specs, decoders, (slots, slot_tiles), consumer, writer, errors, stats, started)
@@ -88,7 +99,7 @@ def _run(
     specs: list[ChunkSpec],
     decoders: int,
     ring_shape: tuple[int, int],
-    make_consumer: Any,
+    make_consumer: MakeConsumer,
     writer: ChunkWriter,
     errors: FirstError,
     stats: EngineStats,
@@ -98,9 +109,10 @@ def _run(
     `errors`; the multiprocessing queues and shared memory live and die in this frame."""
     ctx = spawn_context()
     stop = ctx.Event()
-    free, results = ctx.Queue(), ctx.Queue()
+    free: Queue[int] = ctx.Queue()
+    results: Queue[Message] = ctx.Queue()
     ring: SlotRing | None = None
-    procs: list[Any] = []
+    procs: list[BaseProcess] = []
     threads: list[threading.Thread] = []
     try:
         ring = SlotRing(ring_shape[0], ring_shape[1], job.grid.tile)
@@ -109,9 +121,9 @@ def _run(
         procs = start_decoders(job, specs, decoders, ring, free, results, stop, ctx)
         consumer = make_consumer(ring, free.put)
         inbox: queue.Queue[Decoded | None] = queue.Queue()
-        staged: queue.Queue[Any] = queue.Queue(maxsize=1)
-        written: queue.Queue[Any] = queue.Queue(maxsize=4)
-        bodies = [
+        staged: queue.Queue[StagedBatch | None] = queue.Queue(maxsize=1)
+        written: queue.Queue[TileBatch | None] = queue.Queue(maxsize=4)
+        bodies: list[tuple[Callable[..., None], tuple[object, ...]]] = [
             (consumer.stage, (inbox, staged)),
             (consumer.compute, (staged, written)),
             (writer.run, (written, errors)),
@@ -134,8 +146,8 @@ def _run(
 
 def _supervise(
     job: SlideJob,
-    procs: list[Any],
-    results: Any,
+    procs: list[BaseProcess],
+    results: Queue[Message],
     inbox: queue.Queue[Decoded | None],
     errors: FirstError,
     stats: EngineStats,
@@ -172,12 +184,12 @@ def _died(job: SlideJob, code: int) -> SlideError:
 
 def _shut_down(
     errors: FirstError,
-    stop: Any,
+    stop: Event,
     threads: list[threading.Thread],
-    procs: list[Any],
+    procs: list[BaseProcess],
     ring: SlotRing | None,
-    free: Any,
-    results: Any,
+    free: Queue[int],
+    results: Queue[Message],
 ) -> None:
     """Stop every part and wait for it: threads first (the writer may be mid-chunk), then
     the decoders (joined, terminated if they do not stop), then the queues and the shared
@@ -202,7 +214,7 @@ def _shut_down(
         ring.close()
 
 
-def _uninterrupted(wait: Any, *args: Any) -> None:
+def _uninterrupted(wait: Callable[..., object], *args: float) -> None:
     """Wait even through Ctrl-C: cleanup that stops half way would leak."""
     while True:
         with contextlib.suppress(KeyboardInterrupt):

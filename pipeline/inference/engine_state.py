@@ -10,7 +10,7 @@ from __future__ import annotations
 import queue
 import threading
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TypeVar
 
 T = TypeVar("T")
 
@@ -53,7 +53,7 @@ class FirstError:
                 continue
         raise Stopped
 
-    def put(self, q: queue.Queue[Any], item: Any) -> None:
+    def put(self, q: queue.Queue[T], item: T) -> None:
         """Put on a bounded queue; raises Stopped if the run stops while it is full."""
         while not self.stopped:
             try:

@@ -61,10 +61,9 @@ def load_for_process(
     return model, threading.Lock()
 
 
-def model_device_type(model: Any) -> str:
-    """'cpu' or 'cuda': where a loaded model's weights live (a model without a `device`
-    attribute, e.g. a test double, counts as the CPU)."""
-    return str(getattr(getattr(model, "device", None), "type", "cpu"))
+def model_device_type(model: SegmentationModel) -> str:
+    """'cpu' or 'cuda': where a loaded model's weights live."""
+    return str(model.device.type)
 
 
 def precision_to_load(precision: str, device_type: str) -> str:

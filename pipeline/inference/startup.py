@@ -13,19 +13,20 @@ import gc
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar, TypeVarTuple
 
 import numpy as np
 
 from wsi_segment.wsi.slide import open_slide
 
 T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
 
 
 class Background(Generic[T]):
     """Run a function in a daemon thread; `result()` joins it and re-raises its error."""
 
-    def __init__(self, fn: Callable[..., T], *args: Any) -> None:
+    def __init__(self, fn: Callable[[*Ts], T], *args: *Ts) -> None:
         self._result: list[T] = []  # the value, once the thread has returned one
         self._error: BaseException | None = None
         self.seconds = 0.0

@@ -63,7 +63,8 @@ def _geometry(geom: BaseGeometry, decimals: int | None) -> dict[str, Any]:
     # GEOS's GeoJSON writer (C, full double precision) parsed back by json: {type,
     # coordinates} with plain lists of floats that equal their JSON round trip, ~2x faster
     # than shapely's Python `mapping`.
-    return json.loads(shapely.to_geojson(out))
+    geometry: dict[str, Any] = json.loads(shapely.to_geojson(out))
+    return geometry
 
 
 def make_feature(

@@ -27,7 +27,7 @@ def _ome_color(rgb: Sequence[int]) -> int:
     return value - (1 << 32) if value >= 1 << 31 else value
 
 
-def _tiles(arr: zarr.Array, tile: int) -> Iterator[np.ndarray]:
+def _tiles(arr: zarr.Array[Any], tile: int) -> Iterator[np.ndarray]:
     """Tiles in TIFF order (plane, then rows, then columns), reading one tile row at a time."""
     c, h, w = arr.shape
     for ch in range(c):

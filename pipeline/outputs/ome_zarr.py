@@ -58,7 +58,7 @@ def create_probability_store(
     level0_downsample: float | tuple[float, float],
     offset_level0: tuple[float, float] = (0, 0),
     name: str | None = None,
-) -> zarr.Array:
+) -> zarr.Array[Any]:
     """Create the store and its level-0 array `(C, H, W)` uint8, all zeros (nothing written).
 
     `output_mpp` and `level0_downsample` are a number or an `(x, y)` pair; a level-0 pixel
@@ -112,7 +112,7 @@ class ProbabilityStore:
 
     group: zarr.Group
     name: str
-    levels: list[zarr.Array]  # finest first, as the multiscales metadata lists them
+    levels: list[zarr.Array[Any]]  # finest first, as the multiscales metadata lists them
     class_names: list[str]
     colors: list[Color]
     output_mpp: tuple[float, float]
@@ -265,7 +265,7 @@ def finalize_pyramid(path: str | Path, min_size: int = 256) -> int:
     return level + 1
 
 
-def _coarsen_chunk(src: zarr.Array, dst: zarr.Array, k: int, by: int, bx: int) -> None:
+def _coarsen_chunk(src: zarr.Array[Any], dst: zarr.Array[Any], k: int, by: int, bx: int) -> None:
     """Write dst chunk (k, by, bx) as the 2x2 mean of the src block it covers."""
     _, cy, cx = dst.chunks
     block = src[k : k + 1, 2 * cy * by : 2 * cy * (by + 1), 2 * cx * bx : 2 * cx * (bx + 1)]

@@ -39,12 +39,15 @@ import os
 import shutil
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from wsi_segment.errors import ConfigError, OutputError
 from wsi_segment.models.checksum import file_sha256
 from wsi_segment.pipeline.outputs.summary import read_summary
 from wsi_segment.pipeline.params import SegmentParams
+
+if TYPE_CHECKING:  # models.meta imports torch, which a run loads in the background
+    from wsi_segment.models.meta import ModelMeta
 
 # --- the name: one plain folder inside the output folder ---
 
@@ -132,7 +135,9 @@ def canonical_sha256(data: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def run_fingerprint(slide_path: str, model_hash: str, params: SegmentParams, meta: Any) -> str:
+def run_fingerprint(
+    slide_path: str, model_hash: str, params: SegmentParams, meta: ModelMeta
+) -> str:
     data = {
         "format": FORMAT_VERSION,
         "slide": slide_identity(slide_path),

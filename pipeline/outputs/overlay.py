@@ -25,7 +25,7 @@ def labels_from_probabilities(probs: np.ndarray, nodata: int = NODATA) -> np.nda
 
     Inference writes zeros outside tissue, so an all-zero pixel means "not tissue".
     """
-    labels = np.argmax(probs, axis=0).astype(np.uint8)
+    labels: np.ndarray = np.argmax(probs, axis=0).astype(np.uint8)
     labels[probs.max(axis=0) == 0] = nodata
     return labels
 

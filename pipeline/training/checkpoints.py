@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,9 @@ from safetensors.torch import load_file, save_file
 from wsi_segment.errors import ModelError
 
 
-def _split_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
+def _split_optimizer(
+    state: dict[str, Any],
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict[str, Any]] = {}
     for idx, per_param in state["state"].items():
@@ -35,7 +38,7 @@ def _split_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, {"scalars": scalars, "param_groups": groups}
 
 
-def _join_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+def _join_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
     state: dict[int, dict[str, Any]] = {}
     for name, value in tensors.items():
         idx, key = name.split(".", 1)
@@ -48,14 +51,17 @@ def _join_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
     return {"state": state, "param_groups": groups}
 
 
-def _atomic(path: Path, write) -> None:
+def _atomic(path: Path, write: Callable[[Path], object]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     write(tmp)
     os.replace(tmp, path)
 
 
 def save_checkpoint(
-    folder: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict
+    folder: str | Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: dict[str, Any],
 ) -> None:
     """Write model weights, optimizer state and `state` (epoch, schedule, history) to `folder`."""
     folder = Path(folder)
@@ -71,7 +77,7 @@ def save_checkpoint(
 
 def load_checkpoint(
     folder: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None
-) -> dict | None:
+) -> dict[str, Any] | None:
     """Restore `model` (and `optimizer`) from `folder`; returns the saved state, or None if absent."""
     folder = Path(folder)
     if not (folder / "state.json").is_file():
@@ -87,4 +93,5 @@ def load_checkpoint(
             f"{folder}: checkpoint unreadable or from another configuration ({exc}); "
             "delete the folder to start this stage again"
         ) from exc
-    return payload["state"]
+    state: dict[str, Any] = payload["state"]
+    return state

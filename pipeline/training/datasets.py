@@ -13,6 +13,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -61,7 +62,7 @@ class WsssDataset:
     background_rule: bool
     layout: str
     background_color: tuple[int, int, int] = (255, 255, 255)
-    extra: dict = field(default_factory=dict, compare=False)
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def num_classes(self) -> int:
@@ -115,7 +116,7 @@ class WsssDataset:
         """Mask as uint8 class indices (H, W), values in 0..K (K = background/exclude)."""
         return read_mask(path, self.colors, self.background_color)
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {
             "classes": list(self.classes),
             "colors": [list(c) for c in self.colors],

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -89,7 +90,7 @@ class GateCheck:
         self.pixels += float(area.sum())
         self.pixels_gated += float((area * gated).sum())
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {
             "epsilon": self.epsilon,
             "present_classes": self.present,
@@ -119,7 +120,7 @@ def pseudo_predictor(
     num_classes: int,
     layers: Sequence[str] = ("shallow", "mid", "deep"),
     use_background: bool = True,
-    normalisation: dict | None = None,
+    normalisation: dict[str, Any] | None = None,
 ) -> Predictor:
     """Pseudo masks per layer from the ground-truth patch labels."""
     norm = normalisation or {"mean": [0.0] * 3, "std": [1.0] * 3}
@@ -147,7 +148,7 @@ def evaluate(
     device: str = "auto",
     batch_size: int = 8,
     progress: bool = True,
-) -> dict:
+) -> dict[str, Any]:
     """{miou, fwiou, acc, iou: {class: IoU}, split, images, gate, gate_check, pseudo_masks: {layer: {...}}}.
 
     `gate_check` (see `GateCheck`) says how many present classes the classifier gated at

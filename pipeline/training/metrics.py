@@ -8,6 +8,7 @@ Predictions outside 0..K-1 (e.g. background in a pseudo mask) count as misses.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -21,7 +22,7 @@ class Scores:
     fwiou: float
     acc: float
 
-    def as_dict(self, classes: list[str] | tuple[str, ...]) -> dict:
+    def as_dict(self, classes: list[str] | tuple[str, ...]) -> dict[str, Any]:
         return {
             "miou": self.miou,
             "fwiou": self.fwiou,

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -77,7 +78,7 @@ def scheduled_lr(base: float, schedule: str, step: int, total: int, power: float
     if schedule == "constant":
         return base
     if schedule == "poly":
-        return base * (1.0 - min(step, total) / max(total, 1)) ** power
+        return base * float((1.0 - min(step, total) / max(total, 1)) ** power)
     raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {schedule!r}")
 
 
@@ -106,11 +107,11 @@ def pda_schedule(cfg: ClassifierConfig) -> PDASchedule | None:
     )
 
 
-def head_spec(cfg: ClassifierConfig) -> dict:
+def head_spec(cfg: ClassifierConfig) -> dict[str, Any]:
     """The head as `build_classifier` takes it: kind, dropout and (pda) the schedule."""
     if not 0.0 <= cfg.dropout < 1.0:
         raise ConfigError(f"--dropout must be in [0, 1), got {cfg.dropout}")
-    spec: dict = {"kind": cfg.head, "dropout": cfg.dropout}
+    spec: dict[str, Any] = {"kind": cfg.head, "dropout": cfg.dropout}
     schedule = pda_schedule(cfg)
     if schedule is not None:
         spec["schedule"] = schedule
@@ -135,7 +136,7 @@ def train_classifier(
     cfg: ClassifierConfig,
     work: Path,
     device: torch.device,
-    on_epoch: Callable[[int, dict], None] | None = None,
+    on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
 ) -> PatchClassifier:
     """Train (or resume, or just load if finished) the classifier; checkpoints in `work`.
 
@@ -198,7 +199,7 @@ def train_classifier(
     return model
 
 
-def classifier_history(work: Path) -> list[dict]:
+def classifier_history(work: Path) -> list[dict[str, Any]]:
     """Per-epoch losses of the checkpoint in `work` (for model.json provenance)."""
     import json
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from wsi_segment.errors import ConfigError
 from wsi_segment.models.heads import DEFAULT_DROPOUT
@@ -46,7 +47,7 @@ class TrainConfig:
     decoder_channels: int = 256
     max_steps: int | None = None
     threads: int | None = None
-    provenance: dict | None = None
+    provenance: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         # One rule for both doors (`wsi-segment train` and the Prefect train flow): the

@@ -12,6 +12,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -101,7 +102,7 @@ def train_segmenter(
     work: Path,
     device: torch.device,
     classifier: torch.nn.Module | None = None,
-) -> tuple[Segmenter, dict]:
+) -> tuple[Segmenter, dict[str, Any]]:
     """Train (or resume) the segmenter on pseudo masks; returns the best-epoch model and its record."""
     if len(pseudo_dirs) != len(cfg.layer_weights):
         raise ValueError(

@@ -46,7 +46,7 @@ def random_label_map(
         ndimage.zoom(rng.normal(size=(grid, grid)), size / grid, order=3)[:size, :size]
         for _ in classes
     ]
-    labels = classes[np.argmax(np.stack(fields), axis=0)].astype(np.uint8)
+    labels: np.ndarray = classes[np.argmax(np.stack(fields), axis=0)].astype(np.uint8)
     if rng.random() < background_prob:
         bg = ndimage.zoom(rng.normal(size=(grid + 1, grid + 1)), size / (grid + 1), order=3)[
             :size, :size

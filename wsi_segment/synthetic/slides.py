@@ -117,7 +117,8 @@ def _box(img: np.ndarray, k: int = 4) -> np.ndarray:
         img = np.pad(
             img, ((0, h * k - img.shape[0]), (0, w * k - img.shape[1]), (0, 0)), constant_values=255
         )
-    return (img.reshape(h, k, w, k, 3).mean(axis=(1, 3)) + 0.5).astype(np.uint8)
+    boxed: np.ndarray = (img.reshape(h, k, w, k, 3).mean(axis=(1, 3)) + 0.5).astype(np.uint8)
+    return boxed
 
 
 def _thumbnail(level1: np.ndarray, w1: int, h1: int, max_side: int = 1024) -> np.ndarray:
@@ -263,7 +264,7 @@ def write_synthetic_slide(
     return label_path
 
 
-def read_label_map(label_path: str | Path) -> tuple[np.ndarray, dict]:
+def read_label_map(label_path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
     """(coarse label map, its JSON sidecar); pixel (r, c) covers level-0 px
     [c*ds, (c+1)*ds) x [r*ds, (r+1)*ds) with ds = meta["downsample"]."""
     from PIL import Image

@@ -48,7 +48,8 @@ def _mix(h: np.ndarray) -> np.ndarray:
     h = h * np.uint64(0xBF58476D1CE4E5B9)
     h = h ^ (h >> np.uint64(27))
     h = h * np.uint64(0x94D049BB133111EB)
-    return h ^ (h >> np.uint64(31))
+    mixed: np.ndarray = h ^ (h >> np.uint64(31))
+    return mixed
 
 
 def _hash(seed: int, *coords: np.ndarray) -> np.ndarray:
@@ -131,7 +132,9 @@ def _nuclei(
     return ink, dmin
 
 
-def _class_od(cls: int, y: np.ndarray, x: np.ndarray, seed: int, px_um: float):
+def _class_od(
+    cls: int, y: np.ndarray, x: np.ndarray, seed: int, px_um: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Haematoxylin and eosin concentration maps of one class over pixel grid (y, x)."""
     s = seed * 16 + cls * 1000003
     um = 1.0 / px_um  # px per micrometre
