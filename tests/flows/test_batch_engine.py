@@ -75,3 +75,16 @@ def test_the_slides_in_flight_share_the_decoders(tiny_model_dir: Path) -> None:
     assert not chunks_in_process(None, 1, "cuda")
     assert not chunks_in_process("tcp://127.0.0.1:8786", 0, "cuda")
     assert not chunks_in_process(None, None, "cpu")  # a CPU batch keeps its local cluster
+
+
+def test_one_gpu_runs_the_batch_s_chunks_in_process() -> None:
+    import pytest
+    import torch
+
+    from wsi_segment.flows.batch_flow import chunks_in_process
+
+    if not torch.cuda.is_available() or os.environ.get("CUDA_VISIBLE_DEVICES") == "":
+        pytest.skip("needs a GPU")
+    one_gpu = torch.cuda.device_count() == 1
+    assert chunks_in_process(None, None, "auto") == one_gpu  # several GPUs: one worker each
+    assert chunks_in_process(None, None, "cuda") == one_gpu
