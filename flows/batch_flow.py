@@ -36,6 +36,7 @@ from wsi_segment.pipeline.batch_report import batch_rows, counts, markdown_table
 from wsi_segment.pipeline.params import (  # noqa: E402
     SegmentParams,
     gpu_expected,
+    run_decoders,
     shared_decoders,
 )
 from wsi_segment.pipeline.segment import SlideResult  # noqa: E402
@@ -92,9 +93,13 @@ def _dask_context(
 def slide_params(params: SegmentParams, slides: int) -> SegmentParams:
     """The parameters of each of `slides` slides in flight in this process: the decoder
     processes shared out (`--decoders`, if given, stays as it is). Whether the model will be
-    on a GPU is guessed before torch is imported; a wrong guess only costs speed."""
+    on a GPU is guessed before torch is imported; a wrong guess only costs speed. Params the
+    share leaves as a lone slide's stay as they are, so summary.json records what a plain
+    run of that slide records."""
     device_type = "cuda" if gpu_expected(params.device) else "cpu"
     decoders = shared_decoders(params.decoders, device_type, slides)
+    if decoders == run_decoders(params.decoders, device_type):
+        return params
     return dataclasses.replace(params, decoders=decoders)
 
 

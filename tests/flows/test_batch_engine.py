@@ -62,13 +62,17 @@ def test_two_slides_in_flight_on_the_engine_write_what_one_at_a_time_writes(
 
 def test_the_slides_in_flight_share_the_decoders(tiny_model_dir: Path) -> None:
     from wsi_segment.flows.batch_flow import chunks_in_process, slide_params
-    from wsi_segment.pipeline.params import SegmentParams, shared_decoders
+    from wsi_segment.pipeline.params import SegmentParams, run_decoders, shared_decoders
 
     gpu = SegmentParams(tiny_model_dir, device="cuda")
-    assert slide_params(gpu, 2).decoders == shared_decoders(None, "cuda", 2)
-    assert slide_params(gpu, 1).decoders == shared_decoders(None, "cuda", 1)
+    shared = shared_decoders(None, "cuda", 2)  # on 2 cores, 1: a lone slide's count too
+    assert slide_params(gpu, 2).decoders == (
+        None if shared == run_decoders(None, "cuda") else shared
+    )
+    assert slide_params(gpu, 1) == gpu  # alone: a plain run's params (and summary.json)
     assert slide_params(SegmentParams(device="cuda", decoders=3), 2).decoders == 3  # as asked
-    assert slide_params(SegmentParams(device="cpu"), 2).decoders == 0  # CPU: threaded path
+    cpu = SegmentParams(device="cpu")
+    assert slide_params(cpu, 2) == cpu  # CPU: the threaded path, as a plain run
     assert slide_params(gpu, 2).fingerprint_fields() == gpu.fingerprint_fields()
 
     assert chunks_in_process(None, 0, "auto")
