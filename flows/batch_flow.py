@@ -1,7 +1,12 @@
 """Prefect flow for a batch: many slides, a few at a time, each failing on its own.
 
 Slides run concurrently up to `concurrency` (threads of this process, each driving one
-slide's stage tasks); their chunks all go to one Dask cluster. A slide that fails is
+slide's stage tasks); their chunks all go to one Dask cluster, or, on a machine with one
+GPU (or `workers=0`), run in this process: on a GPU through the device engine, where the
+slides in flight share the machine's decoder processes (`pipeline.params.shared_decoders`)
+and their consumers take turns on the one model (one forward pass at a time), so the next
+slide's tissue detection, planning and first decodes overlap this slide's inference and
+its outputs the next one's. A slide that fails is
 recorded with its error and the others go on; finished slides are skipped (the pipeline's
 up-to-date check), so rerunning after a crash resumes. The flow ends with a table artifact
 and fails (`BatchFailedError`) if any slide failed, so schedulers and the CLI see it.
@@ -10,6 +15,7 @@ and fails (`BatchFailedError`) if any slide failed, so schedulers and the CLI se
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -23,15 +29,20 @@ from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
 from wsi_segment.errors import ConfigError, WsiSegmentError  # noqa: E402
-from wsi_segment.flows.dask_cluster import dask_client  # noqa: E402
+from wsi_segment.flows.dask_cluster import dask_client, gpu_count  # noqa: E402
 from wsi_segment.flows.slide_flow import make_params, run_slide_stages  # noqa: E402
 from wsi_segment.pipeline.batch_inputs import BatchItem, params_for, parse_batch_input  # noqa: E402
 from wsi_segment.pipeline.batch_report import batch_rows, counts, markdown_table  # noqa: E402
-from wsi_segment.pipeline.params import SegmentParams  # noqa: E402
+from wsi_segment.pipeline.inference.slide_state import SlideResult  # noqa: E402
+from wsi_segment.pipeline.params import (  # noqa: E402
+    SegmentParams,
+    gpu_expected,
+    run_decoders,
+    shared_decoders,
+)
 
 if TYPE_CHECKING:
     from distributed import Client
-from wsi_segment.pipeline.inference.slide_state import SlideResult  # noqa: E402
 
 
 class BatchFailedError(WsiSegmentError):
@@ -61,13 +72,38 @@ def slide_task(
     return SlideResult(str(item.slide), "failed", None, {}, message, time.perf_counter() - t0)
 
 
+def chunks_in_process(dask_address: str | None, workers: int | None, device: str) -> bool:
+    """Whether the slides' chunks run in this process rather than on a Dask cluster: with
+    `workers=0`, and by default on a machine with one GPU, where a cluster's single GPU
+    worker would run the threaded path while this process runs the device engine (one
+    consumer for the device, decoders on every core). Several GPUs keep one worker each."""
+    if dask_address:
+        return False
+    if workers is not None:
+        return workers == 0
+    return gpu_expected(device) and gpu_count() == 1
+
+
 def _dask_context(
-    dask_address: str | None, workers: int | None
+    dask_address: str | None, workers: int | None, in_process: bool
 ) -> contextlib.AbstractContextManager[Client | None]:
-    """Scheduler at `dask_address`; else a local cluster; `workers=0`: in-process threads."""
-    if not dask_address and workers == 0:
+    """Scheduler at `dask_address`; else a local cluster, unless chunks run `in_process`."""
+    if in_process:
         return contextlib.nullcontext(None)
     return dask_client(dask_address, workers)
+
+
+def slide_params(params: SegmentParams, slides: int) -> SegmentParams:
+    """The parameters of each of `slides` slides in flight in this process: the decoder
+    processes shared out (`--decoders`, if given, stays as it is). Whether the model will be
+    on a GPU is guessed before torch is imported; a wrong guess only costs speed. Params the
+    share leaves as a lone slide's stay as they are, so summary.json records what a plain
+    run of that slide records."""
+    device_type = "cuda" if gpu_expected(params.device) else "cpu"
+    decoders = shared_decoders(params.decoders, device_type, slides)
+    if decoders == run_decoders(params.decoders, device_type):
+        return params
+    return dataclasses.replace(params, decoders=decoders)
 
 
 @flow(name="segment-batch")
@@ -82,8 +118,11 @@ def segment_batch(
 ) -> list[SlideResult]:
     """Segment every slide of a folder, glob or manifest CSV into `<out>/<name>/`.
 
-    `workers`: Dask worker processes of a local cluster (default: one per GPU, else one
-    CPU worker; 0 runs chunks in this process's threads); ignored with `dask_address`.
+    `workers`: Dask worker processes of a local cluster (default: one per GPU, but none on a
+    machine with one GPU, else one CPU worker; 0 runs chunks in this process: the device
+    engine on a GPU, threads on the CPU); ignored with `dask_address`. `concurrency`: slides
+    in flight; 2 overlaps one slide's fixed costs (open, tissue, plan; polygons and outputs)
+    with the other's inference, and more only splits the same device and cores further.
     `options`: other `SegmentParams` fields (overlap, device, overwrite, ...).
     """
     if concurrency < 1:
@@ -92,7 +131,10 @@ def segment_batch(
     items = parse_batch_input(input)
     params = make_params(model_dir, options)
     logger.info("%d slide(s) from %s -> %s", len(items), input, out)
-    with _dask_context(dask_address, workers) as client:
+    in_process = chunks_in_process(dask_address, workers, params.device)
+    if in_process:
+        params = slide_params(params, min(concurrency, max(1, len(items))))
+    with _dask_context(dask_address, workers, in_process) as client:
         address = client.scheduler.address if client is not None else None
         pool: ThreadPoolTaskRunner[SlideResult] = ThreadPoolTaskRunner(max_workers=concurrency)
         with pool as runner:

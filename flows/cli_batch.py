@@ -41,14 +41,17 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.add_argument(
         "--workers",
         type=positive_int(0, 1024),
-        help="local Dask worker processes (default: one per GPU, else 1; 0: no cluster, "
-        "chunks run in this process's threads)",
+        help="local Dask worker processes (default: one per GPU, else 1; none on a machine "
+        "with one GPU; 0: no cluster, chunks run in this process: the device engine on a GPU, "
+        "threads on the CPU)",
     )
     parser.add_argument(
         "--concurrency",
         type=positive_int(1, 256),
         default=2,
-        help="slides in flight at once (default: %(default)s)",
+        help="slides in flight at once; without a cluster they share the decoder processes "
+        "and take turns on the model, so one slide's tissue detection and outputs overlap "
+        "the other's inference (default: %(default)s)",
     )
     parser.set_defaults(run=run)
 

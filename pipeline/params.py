@@ -153,11 +153,23 @@ def run_decoders(requested: int | None, device_type: str) -> int:
     per core but one, at most 16 (the consumer and writer need a core; decoding must keep
     up with the device), and 0 on the CPU, where the model bounds the run and its threads
     already use every core (the engine measured no faster there: docs/performance.md)."""
+    return shared_decoders(requested, device_type, slides=1)
+
+
+def shared_decoders(
+    requested: int | None, device_type: str, slides: int, cores: int | None = None
+) -> int:
+    """Decoder processes of each of `slides` slides running at once in one process (a batch
+    on one GPU machine): `requested`, else `run_decoders`' machine-wide count shared out,
+    at least one each, so the slides in flight never spawn more decoders than the machine
+    has cores. Their consumers feed one device, which needs the sum, not each share, to
+    keep up. `cores`: the usable cores (default: this process's affinity)."""
     if requested is not None:
         return requested
-    if device_type == "cuda":
-        return max(1, min(16, _cores() - 1))
-    return 0
+    if device_type != "cuda":
+        return 0
+    machine = max(1, min(16, (cores if cores is not None else _cores()) - 1))
+    return max(1, machine // max(1, slides))
 
 
 def engine_expected(params: SegmentParams) -> bool:

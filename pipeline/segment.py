@@ -142,7 +142,7 @@ def _prepare_opened(
                     planned.specs,
                 )
         t2 = time.perf_counter()
-        model, _ = loader.result()
+        model, lock = loader.result()
         meta = model.meta
         if geometry != (int(meta.tile_size), float(meta.mpp)):  # unreadable json: plan now
             if prefetcher is not None:
@@ -163,7 +163,7 @@ def _prepare_opened(
         raise
     # planned before the model loaded, or above from the loaded model's own geometry
     assert grid is not None and planned is not None
-    handle = ModelHandle.with_model(model, str(model_dir), params.device, params.precision)
+    handle = ModelHandle.with_model(model, str(model_dir), params.device, params.precision, lock)
     model_hash = model_sha256(model_dir)  # after the load, which names a missing file best
     fingerprint = run_fingerprint(slide_path, model_hash, params, meta)
     t3 = time.perf_counter()

@@ -5,8 +5,16 @@ order they arrive, copies their tiles from the shared-memory slots into one of t
 staging buffers (pinned on CUDA) until a batch is full (a batch may hold tiles of several
 chunks), frees each slot as soon as its tiles are copied, and on CUDA starts the batch's
 host-to-device copy on a side stream. The compute thread runs `predict_reduced` batch after
-batch with no lock (it is the model's only user for the whole slide), so the next batch's
-copy overlaps this batch's compute, and hands the uint8 outputs to the writer.
+batch, so the next batch's copy overlaps this batch's compute, and hands the uint8 outputs
+to the writer.
+
+Each forward pass holds the model's lock. Alone, the consumer is its only user and the lock
+costs nothing; in a batch, the slides in flight share one loaded model per process
+(`model_handle.load_for_process`) and each runs a consumer, so the lock makes it one
+forward pass at a time per device, the slides' batches interleaved. Side by side they would
+gain nothing (their kernels queue on the device's one default stream, or on the CPU fight
+over the same cores) and could run the device out of memory: `batch_limit` sizes a batch to
+the memory free for *one* forward pass.
 """
 
 from __future__ import annotations
@@ -146,9 +154,10 @@ class DeviceConsumer:
             tiles.record_stream(stream)
         settle_precision(self._model, self._lock, batch.host)  # 'auto' on a CPU, first batch
         g = self._grid
-        out = self._model.predict_reduced(
-            tiles.permute(0, 3, 1, 2), g.margin, g.stride, g.downsample, self._gate, NODATA
-        )
+        with self._lock:  # one forward pass at a time per model (see the module's docstring)
+            out = self._model.predict_reduced(
+                tiles.permute(0, 3, 1, 2), g.margin, g.stride, g.downsample, self._gate, NODATA
+            )
         self._free_buffers.put(batch.buffer)  # its copy is done: the forward pass used it
         n = len(batch.host)
         probs, labels = out.probs.numpy(), out.labels.numpy()

@@ -41,10 +41,19 @@ class ModelHandle:
 
     @classmethod
     def with_model(
-        cls, model: SegmentationModel, model_dir: str, device: str, precision: str
+        cls,
+        model: SegmentationModel,
+        model_dir: str,
+        device: str,
+        precision: str,
+        lock: threading.Lock | None = None,
     ) -> ModelHandle:
-        """A handle around an already loaded model (tests, the CLI's single process)."""
-        return cls(model_dir, device, precision, (model, threading.Lock()))
+        """A handle around an already loaded model (tests, the CLI's single process).
+
+        `lock`: the one `load_for_process` gave with the model; every handle of one model
+        must share it, or slides run side by side (a batch) would not take turns on it."""
+        held = lock if lock is not None else threading.Lock()
+        return cls(model_dir, device, precision, (model, held))
 
 
 @functools.lru_cache(maxsize=4)

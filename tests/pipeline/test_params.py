@@ -86,3 +86,21 @@ def test_decoders_default_by_device_and_stay_out_of_the_fingerprint():
     assert SegmentParams(decoders=4).fingerprint_fields() == SegmentParams().fingerprint_fields()
     with pytest.raises(ConfigError, match=r"decoders must be an integer in \[0, 256\]"):
         SegmentParams(decoders=-1)
+
+
+def test_slides_in_flight_share_the_machine_s_decoders():
+    """A batch on one GPU machine: each slide in flight gets its share of `run_decoders`'
+    count (at least one), so two slides never spawn 2 x (cores - 1) decoders."""
+    from wsi_segment.pipeline.params import run_decoders, shared_decoders
+
+    assert shared_decoders(None, "cuda", slides=2, cores=16) == 7  # 15 // 2: 14 + 2 consumers
+    assert shared_decoders(None, "cuda", slides=3, cores=16) == 5
+    assert shared_decoders(None, "cuda", slides=1, cores=16) == 15
+    assert shared_decoders(None, "cuda", slides=2, cores=64) == 8  # the 16 cap, shared
+    assert shared_decoders(None, "cuda", slides=4, cores=2) == 1  # never none: one each
+    assert shared_decoders(None, "cuda", slides=2, cores=1) == 1
+    assert shared_decoders(None, "cpu", slides=2, cores=16) == 0  # the CPU keeps its threads
+    assert shared_decoders(5, "cuda", slides=2, cores=16) == 5  # --decoders wins
+    assert shared_decoders(0, "cuda", slides=2, cores=16) == 0
+    for device_type in ("cpu", "cuda"):  # one slide alone: the single-slide rule
+        assert shared_decoders(None, device_type, slides=1) == run_decoders(None, device_type)

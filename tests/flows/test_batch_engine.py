@@ -1,0 +1,94 @@
+"""A batch whose chunks run in the flow's process: slides in flight on the device engine
+write what they write one at a time, share the machine's decoders, and leave no decoder
+process or shared memory behind."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import shutil
+from pathlib import Path
+
+from tests.conftest import CMU_SLIDE, DATA_DIR
+from tests.flows.conftest import output_files, stable_summary
+
+OS1_SLIDE = DATA_DIR / "OS-1-detail.ome.tif"
+
+
+def shm_entries() -> set[str]:
+    return set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+
+
+def test_two_slides_in_flight_on_the_engine_write_what_one_at_a_time_writes(
+    prefect_harness: None, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from wsi_segment.flows.batch_flow import segment_batch
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for slide in (CMU_SLIDE, OS1_SLIDE):
+        shutil.copy2(slide, folder / slide.name)
+    # decoders=1: the engine on the CPU (its default there is the threaded path); fp32: the
+    # bytes of two runs are compared; small chunks and batches: batches span chunks
+    options = {"precision": "fp32", "decoders": 1, "chunk_tiles": 2, "batch_size": 8}
+    before = shm_entries()
+    runs = {}
+    for concurrency in (2, 1):
+        out = tmp_path / f"out-{concurrency}"
+        results = segment_batch(
+            input=str(folder),
+            out=str(out),
+            model_dir=str(tiny_model_dir),
+            workers=0,
+            concurrency=concurrency,
+            options=options,
+        )
+        assert sorted((Path(r.slide).name, r.status) for r in results) == [
+            ("CMU-1-Small-Region.svs", "done"),
+            ("OS-1-detail.ome.tif", "done"),
+        ]
+        runs[concurrency] = out
+        assert multiprocessing.active_children() == []  # every decoder joined
+        assert shm_entries() <= before  # every slot ring removed
+
+    for name in ("CMU-1-Small-Region", "OS-1-detail.ome"):
+        together, alone = runs[2] / name, runs[1] / name
+        files = output_files(together)
+        assert any(path.startswith("probabilities.ome.zarr/0/") for path in files)
+        assert files == output_files(alone)  # the zarr chunks' bytes included
+        assert stable_summary(together) == stable_summary(alone)
+        assert stable_summary(together)["parameters"]["decoders"] == 1
+
+
+def test_the_slides_in_flight_share_the_decoders(tiny_model_dir: Path) -> None:
+    from wsi_segment.flows.batch_flow import chunks_in_process, slide_params
+    from wsi_segment.pipeline.params import SegmentParams, run_decoders, shared_decoders
+
+    gpu = SegmentParams(tiny_model_dir, device="cuda")
+    shared = shared_decoders(None, "cuda", 2)  # on 2 cores, 1: a lone slide's count too
+    assert slide_params(gpu, 2).decoders == (
+        None if shared == run_decoders(None, "cuda") else shared
+    )
+    assert slide_params(gpu, 1) == gpu  # alone: a plain run's params (and summary.json)
+    assert slide_params(SegmentParams(device="cuda", decoders=3), 2).decoders == 3  # as asked
+    cpu = SegmentParams(device="cpu")
+    assert slide_params(cpu, 2) == cpu  # CPU: the threaded path, as a plain run
+    assert slide_params(gpu, 2).fingerprint_fields() == gpu.fingerprint_fields()
+
+    assert chunks_in_process(None, 0, "auto")
+    assert not chunks_in_process(None, 1, "cuda")
+    assert not chunks_in_process("tcp://127.0.0.1:8786", 0, "cuda")
+    assert not chunks_in_process(None, None, "cpu")  # a CPU batch keeps its local cluster
+
+
+def test_one_gpu_runs_the_batch_s_chunks_in_process() -> None:
+    import pytest
+    import torch
+
+    from wsi_segment.flows.batch_flow import chunks_in_process
+
+    if not torch.cuda.is_available() or os.environ.get("CUDA_VISIBLE_DEVICES") == "":
+        pytest.skip("needs a GPU")
+    one_gpu = torch.cuda.device_count() == 1
+    assert chunks_in_process(None, None, "auto") == one_gpu  # several GPUs: one worker each
+    assert chunks_in_process(None, None, "cuda") == one_gpu
