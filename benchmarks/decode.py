@@ -50,7 +50,7 @@ def decode_share(job: dict, share: int, shares: int, barrier: Any) -> tuple[int,
     perf_counter is CLOCK_MONOTONIC on Linux, so starts and ends compare across processes.
     """
     from benchmarks.stages import chunk_read_boxes, plan_like_pipeline, tile_reuse_reader
-    from wsi_segment.pipeline.inference.chunk_inference import cut_tiles
+    from wsi_segment.pipeline.inference.chunk_reader import cut_tiles
     from wsi_segment.wsi.region_reader import read_model_box
 
     _, meta = read_model_json(job["model"])

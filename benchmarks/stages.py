@@ -126,7 +126,7 @@ def plan_like_pipeline(
 
 def read_chunks(p: Planned, limit_tiles: int | None = None) -> tuple[np.ndarray, float, float]:
     """Read and cut every planned tile as SlideJob.run does; (tiles, wall s, cpu s)."""
-    from wsi_segment.pipeline.inference.chunk_inference import cut_tiles
+    from wsi_segment.pipeline.inference.chunk_reader import cut_tiles
     from wsi_segment.wsi.region_reader import read_model_box
 
     out = []
@@ -147,7 +147,7 @@ def read_chunks(p: Planned, limit_tiles: int | None = None) -> tuple[np.ndarray,
 def chunk_read_boxes(p: Planned, specs: list) -> list[tuple[int, int, int, int]]:
     """The model-pixel box each chunk reads: its tiles' extent (SlideJob's), else the whole
     chunk plus the margin."""
-    from wsi_segment.pipeline.inference.chunk_job import tiles_read_box
+    from wsi_segment.pipeline.inference.chunk_reader import tiles_read_box
 
     m = p.grid.margin
     boxes = []

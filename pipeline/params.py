@@ -172,11 +172,12 @@ def shared_decoders(
     return max(1, machine // max(1, slides))
 
 
-def engine_expected(params: SegmentParams) -> bool:
-    """Whether a local run will use the device engine, known before torch is imported (the
-    threaded path's prefetcher is then not started). A wrong guess only costs speed."""
+def expected_decoders(params: SegmentParams) -> int:
+    """The decoders a local run will use, known before torch is imported (the engine's
+    decoders then start while the model loads, and the threaded path's prefetcher does
+    not). A wrong guess only costs speed: `infer` decides with the loaded model."""
     device_type = "cuda" if gpu_expected(params.device) else "cpu"
-    return run_decoders(params.decoders, device_type) > 0
+    return run_decoders(params.decoders, device_type)
 
 
 def _cores() -> int:

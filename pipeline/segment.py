@@ -27,13 +27,15 @@ from wsi_segment.pipeline.inference.chunk_job import SlideJob
 from wsi_segment.pipeline.inference.chunk_plan import (
     chunk_read_backend,
     model_geometry,
+    plan_reader,
     plan_slide,
-    prefetch_read_job,
     slide_tissue,
 )
 from wsi_segment.pipeline.inference.chunk_prefetch import ChunkPrefetcher
 from wsi_segment.pipeline.inference.chunk_runner import run_chunks, settle_precision_on_cluster
+from wsi_segment.pipeline.inference.decode_pool import DecodePool
 from wsi_segment.pipeline.inference.engine import run_engine
+from wsi_segment.pipeline.inference.engine_state import EngineStats
 from wsi_segment.pipeline.inference.model_handle import (
     ModelHandle,
     load_for_process,
@@ -53,7 +55,7 @@ from wsi_segment.pipeline.outputs.output_dir import (
 )
 from wsi_segment.pipeline.params import (
     SegmentParams,
-    engine_expected,
+    expected_decoders,
     run_batch_size,
     run_decoders,
     run_threads,
@@ -80,7 +82,11 @@ def resolve_model_dir(params: SegmentParams) -> Path:
 
 
 def prepare(
-    slide_path: str | Path, out_root: str | Path, params: SegmentParams, prefetch: bool = False
+    slide_path: str | Path,
+    out_root: str | Path,
+    params: SegmentParams,
+    prefetch: bool = False,
+    decoders: int = 0,
 ) -> PreparedSlide:
     """Stage 1: everything cheap that decides what the run will do.
 
@@ -89,6 +95,8 @@ def prepare(
     chunks; with `prefetch`, chunk images then start being read on the core the loader
     leaves free, so the first forward passes find their tiles decoded (the side work is in
     `pipeline.inference.startup`, planning from model.json in `pipeline.inference.chunk_plan`).
+    With `decoders`, the device engine's decoder processes start instead (`DecodePool`,
+    held by the PreparedSlide until `infer` hands it to the engine).
     """
     t0 = time.perf_counter()
     slide_path = str(slide_path)
@@ -103,7 +111,7 @@ def prepare(
     mpp = slide.require_mpp()
     with gc_paused():
         return _prepare_opened(
-            slide_path, name, out_root, params, prefetch, model_dir, slide, mpp, t0
+            slide_path, name, out_root, params, (prefetch, decoders), model_dir, slide, mpp, t0
         )
 
 
@@ -112,12 +120,13 @@ def _prepare_opened(
     name: str,
     out_root: str | Path,
     params: SegmentParams,
-    prefetch: bool,
+    readers: tuple[bool, int],  # (prefetch, decoders): what starts reading after planning
     model_dir: Path,
     slide: Slide,
     mpp: tuple[float, float],
     t0: float,
 ) -> PreparedSlide:
+    prefetch, decoders = readers
     loader = Background(load_for_process, str(model_dir), params.device, params.precision)
     # openslide decoding and PIL's reduce release the GIL: this runs beside the import
     thumb = (
@@ -126,21 +135,21 @@ def _prepare_opened(
         else None
     )
     prefetcher: ChunkPrefetcher | None = None
+    pool: DecodePool | None = None
     try:
         t1 = time.perf_counter()
         tissue, rois = slide_tissue(slide, params)
+        t_tissue = time.perf_counter()
         geometry = model_geometry(model_dir)
         planned = grid = read_backend = None
         if geometry is not None:
             grid, planned = plan_slide(slide, mpp, geometry, params, tissue)
             read_backend = chunk_read_backend(slide, params, planned.read_level)
-            if prefetch and planned.specs:
-                prefetcher = ChunkPrefetcher(
-                    prefetch_read_job(
-                        slide_path, slide, params, grid, planned, read_backend, model_dir
-                    ),
-                    planned.specs,
-                )
+            reader = plan_reader(slide_path, slide, params, planned, grid, read_backend)
+            if decoders and planned.specs:
+                pool = DecodePool(reader, planned.specs, decoders)
+            elif prefetch and planned.specs:
+                prefetcher = ChunkPrefetcher(reader, planned.specs)
         t2 = time.perf_counter()
         model, lock = loader.result()
         meta = model.meta
@@ -148,24 +157,31 @@ def _prepare_opened(
             if prefetcher is not None:
                 prefetcher.close()
                 prefetcher = None
+            if pool is not None:  # infer starts the engine's own for the new plan
+                pool.close()
+                pool = None
             grid, planned = plan_slide(
                 slide, mpp, (int(meta.tile_size), float(meta.mpp)), params, tissue
             )
             read_backend = chunk_read_backend(slide, params, planned.read_level)
+        # planned before the model loaded, or above from the loaded model's own geometry
+        assert grid is not None and planned is not None
+        handle = ModelHandle.with_model(
+            model, str(model_dir), params.device, params.precision, lock
+        )
+        model_hash = model_sha256(model_dir)  # after the load, which names a missing file best
+        fingerprint = run_fingerprint(slide_path, model_hash, params, meta)
     except BaseException:
         if prefetcher is not None:
             prefetcher.close()
+        if pool is not None:
+            pool.close()
         with contextlib.suppress(BaseException):
             loader.result()  # never leave a thread importing torch behind
         if thumb is not None:
             with contextlib.suppress(BaseException):
                 thumb.result()
         raise
-    # planned before the model loaded, or above from the loaded model's own geometry
-    assert grid is not None and planned is not None
-    handle = ModelHandle.with_model(model, str(model_dir), params.device, params.precision, lock)
-    model_hash = model_sha256(model_dir)  # after the load, which names a missing file best
-    fingerprint = run_fingerprint(slide_path, model_hash, params, meta)
     t3 = time.perf_counter()
     return PreparedSlide(
         slide_path=slide_path,
@@ -191,10 +207,13 @@ def _prepare_opened(
             # tissue + plan run while the model loads: open_and_model is the rest of prepare
             "open_and_model_s": (t1 - t0) + (t3 - t2),
             "tissue_and_plan_s": t2 - t1,
+            "tissue_s": t_tissue - t1,
             "model_load_s": loader.seconds,
+            **({"decoder_spawn_s": pool.spawn_s} if pool is not None else {}),
         },
         read_backend=read_backend,
         prefetch=prefetcher,
+        decode_pool=pool,
         overlay_thumb=thumb,
     )
 
@@ -228,8 +247,11 @@ def infer(
     work_dir: Path,
     client: Client | None = None,
     progress: Progress | None = None,
+    stats: EngineStats | None = None,
 ) -> list[ChunkOutcome]:
-    """Stage 2: run the tissue chunks, streaming uint8 probabilities into the zarr store."""
+    """Stage 2: run the tissue chunks, streaming uint8 probabilities into the zarr store.
+
+    `stats` receives what the device engine did, when it runs (benchmarks)."""
     t0 = time.perf_counter()
     zarr_path = work_dir / ZARR_NAME
     create_probability_store(
@@ -266,9 +288,10 @@ def infer(
     progress.start(prep.tiles_total, unit="tile", desc=prep.name)
     decoders = run_decoders(prep.params.decoders, device_type) if client is None else 0
     try:
-        if decoders:  # the device engine reads with its own processes
+        if decoders:  # the device engine reads with its own processes, maybe started early
+            pool = prep.take_decode_pool()
             prep.close_prefetch()
-            outcomes = run_engine(job, prep.specs, decoders, progress)
+            outcomes = run_engine(job, prep.specs, decoders, progress, stats, pool)
         else:
             outcomes = run_chunks(
                 job,
@@ -357,7 +380,11 @@ def segment_slide(
     """Run all stages for one slide; raises `WsiSegmentError` on expected failures."""
     stages = Stages(
         prepare=lambda path, root, p: prepare(
-            path, root, p, prefetch=client is None and not engine_expected(p)
+            path,
+            root,
+            p,
+            prefetch=client is None and not expected_decoders(p),
+            decoders=expected_decoders(p) if client is None else 0,
         ),
         infer=lambda prep, work_dir: infer(prep, work_dir, client=client, progress=progress),
         finish=finish,

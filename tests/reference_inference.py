@@ -62,7 +62,7 @@ def reference_block(job, spec, model) -> tuple[np.ndarray, np.ndarray, np.ndarra
     pipeline.inference.chunk_job.SlideJob; `model` predicts full maps in the job's batches."""
     import torch
 
-    from wsi_segment.pipeline.inference.chunk_inference import cut_tiles
+    from wsi_segment.pipeline.inference.chunk_reader import cut_tiles
 
     grid, d, s, m = job.grid, job.grid.downsample, job.grid.stride, job.grid.margin
     image, box = job.read(spec)

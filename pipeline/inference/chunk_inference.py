@@ -65,26 +65,6 @@ class ReducedTiles:
     bytes_from_model: int
 
 
-def cut_tiles(
-    image: np.ndarray,
-    read_origin: tuple[int, int],
-    tiles_ij: list[tuple[int, int]],
-    grid: TileGrid,
-    out: np.ndarray | None = None,
-) -> np.ndarray:
-    """Tiles (N, T, T, 3) uint8 from a chunk image whose top-left is model pixel `read_origin`.
-
-    `out`: where to put them (e.g. a shared-memory slot of the device engine); else new."""
-    ox, oy = read_origin
-    t, s, m = grid.tile, grid.stride, grid.margin
-    if out is None:
-        out = np.empty((len(tiles_ij), t, t, 3), dtype=np.uint8)
-    for n, (i, j) in enumerate(tiles_ij):
-        x, y = j * s - m - ox, i * s - m - oy
-        out[n] = image[y : y + t, x : x + t]
-    return out
-
-
 def predict_reduced_tiles(
     model: TileModel,
     tiles: np.ndarray,

@@ -10,26 +10,23 @@ recomputed chunk (worker died) writes identical bytes.
 from __future__ import annotations
 
 import threading
-import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zarr
 
-from wsi_segment.errors import SlideError
 from wsi_segment.pipeline.inference.chunk_inference import (
     NODATA,
     ReducedTiles,
-    cut_tiles,
     predict_reduced_tiles,
     stitch_cores,
 )
+from wsi_segment.pipeline.inference.chunk_reader import ChunkReader, cut_tiles
 from wsi_segment.pipeline.inference.model_handle import ModelHandle, model_device_type
 from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome, summarise_block
-from wsi_segment.wsi.region_reader import level_read_box, read_model_box
 from wsi_segment.wsi.slide import Slide, open_slide
-from wsi_segment.wsi.tile_reuse import TileReuse, supports_reuse
+from wsi_segment.wsi.tile_reuse import TileReuse
 from wsi_segment.wsi.tiling import ChunkSpec, TileGrid
 
 if TYPE_CHECKING:  # torch loads where the model does, never to open a slide
@@ -74,23 +71,24 @@ class SlideJob:
         self.__dict__.update(state)
         self._local = threading.local()
 
-    def _slide(self) -> Slide:
-        slide: Slide | None = getattr(self._local, "slide", None)
-        if slide is None:
-            backend = self.read_backend or self.backend
-            if backend == "tiffslide":
-                # Chunks at the slide edge read past it on purpose (white padding, as openslide)
-                warnings.filterwarnings("ignore", message=r"location=.*is out-of-bounds")
-            slide = open_slide(self.slide_path, backend=backend, mpp=self.mpp_override)
-            self._local.slide = slide
-        return slide
+    def __post_init__(self) -> None:
+        self._reader = self.reader()
+
+    def reader(self) -> ChunkReader:
+        """The read half of this job: what a decoder process needs, and nothing more."""
+        return ChunkReader(
+            self.slide_path,
+            self.backend,
+            self.mpp_override,
+            self.level0_per_model,
+            self.read_level,
+            self.grid,
+            self.read_backend,
+        )
 
     def close_local(self) -> None:
         """Close this thread's slide handle (threads that stop reading for good)."""
-        slide = getattr(self._local, "slide", None)
-        if slide is not None:
-            self._local.slide = None
-            slide.close()
+        self._reader.close_local()
 
     def _array(self) -> zarr.Array[Any]:
         array: zarr.Array[Any] | None = getattr(self._local, "array", None)
@@ -109,55 +107,18 @@ class SlideJob:
         return self.tissue_mask[np.ix_(rows, cols)]
 
     def read_box(self, spec: ChunkSpec) -> tuple[int, int, int, int]:
-        """Model-space box a chunk reads: its tissue tiles' bounding box plus the margin."""
-        grid = self.grid
-        x0, y0, x1, y1 = spec.core_box
-        return tiles_read_box(spec.tiles, grid) or (
-            x0 - grid.margin,
-            y0 - grid.margin,
-            x1 + grid.margin,
-            y1 + grid.margin,
-        )
+        """Model-space box a chunk reads (`ChunkReader.read_box`)."""
+        return self._reader.read_box(spec)
 
     def plan_tile_reuse(self, specs: list[ChunkSpec]) -> TileReuse | None:
-        """A storage-tile reuser for reading these chunks in this process (None: not
-        possible for this slide level, e.g. untiled storage or a non-integer downsample)."""
-        slide = self._slide()
-        level = self.read_level
-        tile = slide.storage_tile_size(level)
-        if tile is None or not supports_reuse(slide, level, tile):
-            return None
-        ds = float(slide.level_downsamples[level])
-        planned = [level_read_box(self.read_box(s), self.level0_per_model, ds) for s in specs]
-        return TileReuse(level, slide.level_dimensions[level], ds, tile, planned)
+        """A storage-tile reuser for these chunks in this process (`ChunkReader`)."""
+        return self._reader.plan_tile_reuse(specs)
 
     def read(
         self, spec: ChunkSpec, reuse: TileReuse | None = None
     ) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-        """The model-space image of a chunk's tissue tiles (plus margin) and its box.
-
-        `reuse` serves storage tiles that an earlier chunk already decoded (same pixels).
-        """
-        read_box = self.read_box(spec)
-        slide = self._slide()
-        reader = None
-        if reuse is not None and reuse.level == self.read_level:
-
-            def reader(lx: int, ly: int, w: int, h: int) -> np.ndarray:
-                return reuse.read(slide, lx, ly, w, h)
-
-        try:
-            image = read_model_box(
-                slide, read_box, self.level0_per_model, self.read_level, reader=reader
-            )
-        except SlideError:
-            raise
-        except Exception as exc:  # decoder errors inside a region of a corrupt slide
-            raise SlideError(
-                f"{self.slide_path}: cannot read region {read_box} (model pixels): {exc}. "
-                "The slide file is damaged there; re-scan or re-export it."
-            ) from exc
-        return image, read_box
+        """The model-space image of a chunk's tissue tiles (plus margin) and its box."""
+        return self._reader.read(spec, reuse)
 
     def run(
         self,
@@ -272,23 +233,6 @@ def fast_read_backend(slide: Slide, level: int | None = None) -> str | None:
     finally:
         other.close()
     return "tiffslide"
-
-
-def tiles_read_box(
-    tiles: tuple[tuple[int, int], ...], grid: TileGrid
-) -> tuple[int, int, int, int] | None:
-    """Model-space box read for a chunk: the tissue tiles' bounding box plus the margin.
-
-    Only tissue tiles run, so reading the whole chunk would decode slide that no tile uses
-    (up to 2x per tile at tissue edges). Pixels of a box depend only on global coordinates
-    (wsi.region_reader), so a smaller box gives the tiles the same values.
-    """
-    if not tiles:
-        return None
-    s, m = grid.stride, grid.margin
-    rows = [i for i, _ in tiles]
-    cols = [j for _, j in tiles]
-    return (min(cols) * s - m, min(rows) * s - m, (max(cols) + 1) * s + m, (max(rows) + 1) * s + m)
 
 
 def device_batch_size(

@@ -2,7 +2,7 @@
 
 `pipeline.segment.prepare` plans with the tile size and mpp of model.json, read by the
 models' own parser (`models.meta.read_model_json`, which imports no torch), so planning and
-chunk prefetch overlap the model load; it replans with the loaded model's values if the
+chunk reads (the prefetcher, the engine's decoders) overlap the model load; it replans with the loaded model's values if the
 JSON could not be read here.
 """
 
@@ -10,13 +10,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from wsi_segment.errors import ModelError
 from wsi_segment.models.meta import read_model_json
-from wsi_segment.pipeline.inference.chunk_job import SlideJob, fast_read_backend
-from wsi_segment.pipeline.inference.model_handle import ModelHandle
-from wsi_segment.pipeline.params import SegmentParams, plan_chunk_tiles, run_batch_size
+from wsi_segment.pipeline.inference.chunk_job import fast_read_backend
+from wsi_segment.pipeline.inference.chunk_reader import ChunkReader
+from wsi_segment.pipeline.params import SegmentParams, plan_chunk_tiles
 from wsi_segment.wsi.roi import Roi, read_rois, restrict_to_rois
 from wsi_segment.wsi.slide import Slide
 from wsi_segment.wsi.tiling import ChunkPlan, TileGrid, plan_chunks
@@ -63,30 +61,22 @@ def chunk_read_backend(slide: Slide, params: SegmentParams, level: int) -> str |
     return fast_read_backend(slide, level) if params.backend == "auto" else None
 
 
-def prefetch_read_job(
+def plan_reader(
     slide_path: str,
     slide: Slide,
     params: SegmentParams,
-    grid: TileGrid,
     planned: ChunkPlan,
+    grid: TileGrid,
     read_backend: str | None,
-    model_dir: Path,
-) -> SlideJob:
-    """A SlideJob used only to read chunks (no model, no store) for the prefetcher."""
-    return SlideJob(
+) -> ChunkReader:
+    """The reader of the planned chunks, for what reads before the model has loaded (the
+    prefetcher, the device engine's decoders)."""
+    return ChunkReader(
         slide_path=slide_path,
         backend=slide.backend,
         mpp_override=params.mpp,
         level0_per_model=planned.level0_per_model,
         read_level=planned.read_level,
         grid=grid,
-        n_classes=0,
-        batch_size=run_batch_size(params.batch_size, "cpu"),  # reads only: never used
-        gate=params.gate,
-        zarr_path="",
-        tissue_mask=np.zeros((1, 1), bool),
-        tissue_downsample=1.0,
-        level0_per_output=1.0,
-        model=ModelHandle(str(model_dir), params.device, params.precision),
         read_backend=read_backend,
     )

@@ -11,7 +11,7 @@ import threading
 
 import numpy as np
 
-from wsi_segment.pipeline.inference.chunk_job import SlideJob
+from wsi_segment.pipeline.inference.chunk_reader import ChunkReader
 from wsi_segment.wsi.tile_reuse import TileReuse
 from wsi_segment.wsi.tiling import ChunkSpec
 
@@ -28,7 +28,7 @@ class ChunkPrefetcher:
     error stops the reader; the chunk is then read (and the error raised) by its caller.
     """
 
-    def __init__(self, job: SlideJob, specs: list[ChunkSpec], max_bytes: int = 128 << 20):
+    def __init__(self, job: ChunkReader, specs: list[ChunkSpec], max_bytes: int = 128 << 20):
         self._job = job
         self._specs = list(specs)
         self._max_bytes = max_bytes

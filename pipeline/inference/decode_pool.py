@@ -3,30 +3,38 @@
 Decoding (openslide, JPEG) is CPU work that does not scale with threads in one process, so
 each decoder is its own process. They are *spawned*, never forked (a fork of a process that
 holds CUDA or torch's thread pools can hang), and import only numpy and the slide code, so
-they start in well under a second. Each decoder gets a contiguous band of chunks, so it can
-decode each shared storage tile once (`SlideJob.plan_tile_reuse`). Tiles go into a fixed ring
+they start in well under a second (`pipeline.inference.chunk_reader`: a decoder is sent a
+`ChunkReader`, a few numbers and paths). Each decoder gets a contiguous band of chunks, so it can
+decode each shared storage tile once (`ChunkReader.plan_tile_reuse`). Tiles go into a fixed ring
 of shared-memory slots, one chunk per slot; a slot comes from the free-slot queue and goes
 back when the device consumer has copied its tiles: memory is bounded by the ring. What
 travels on the queues is small: slot numbers and (slot, chunk, tiles) descriptors.
+
+A `DecodePool` holds one run's decoders, queues and ring. `pipeline.segment.prepare`
+starts it right after planning, so the decoders spawn and fill the ring while the model
+loads (they then wait for free slots); `run_engine` adopts it, or starts its own.
 """
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import multiprocessing as mp
 import os
 import pickle
 import queue
-from collections.abc import Sequence
+import sys
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.shared_memory import SharedMemory
-from typing import TYPE_CHECKING, TypeAlias
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
 
-from wsi_segment.errors import SlideError, WsiSegmentError
-from wsi_segment.pipeline.inference.chunk_inference import cut_tiles
-from wsi_segment.pipeline.inference.chunk_job import SlideJob
+from wsi_segment.errors import ConfigError, SlideError, WsiSegmentError
+from wsi_segment.pipeline.inference.chunk_reader import ChunkReader, cut_tiles
 from wsi_segment.wsi.tiling import ChunkSpec
 
 if TYPE_CHECKING:
@@ -36,6 +44,7 @@ if TYPE_CHECKING:
     from multiprocessing.synchronize import Event
 
 SHM_DIR = "/dev/shm"
+JOIN_S = 5.0  # a decoder asked to stop finishes its current read first
 
 
 @dataclass(frozen=True)
@@ -133,8 +142,79 @@ def bands(specs: Sequence[ChunkSpec], decoders: int) -> list[list[int]]:
     return [b for b in out if b]
 
 
+class DecodePool:
+    """The decoder processes of one run, with their queues and slot ring.
+
+    Spawning is what takes time (each child imports numpy and the slide code), so a run
+    starts the pool as early as it knows its chunks; the decoders fill the ring and then
+    wait for free slots, so memory stays bounded however long the model takes to load.
+    Whoever holds the pool closes it (`close` is idempotent) on every path."""
+
+    def __init__(self, reader: ChunkReader, specs: Sequence[ChunkSpec], decoders: int) -> None:
+        check_main_guard()
+        self.started = time.perf_counter()
+        self.specs, self.decoders = list(specs), decoders
+        tile = reader.grid.tile
+        self.slot_tiles = max([1, *(len(s.tiles) for s in self.specs)])
+        slots = ring_slots(decoders, self.slot_tiles * tile * tile * 3)
+        ctx = spawn_context()
+        self.stop: Any = ctx.Event()
+        self.free: Any = ctx.Queue()
+        self.results: Any = ctx.Queue()
+        self.ring: SlotRing | None = None
+        self.procs: list[Any] = []
+        try:
+            self.ring = SlotRing(slots, self.slot_tiles, tile)
+            for slot in range(slots):
+                self.free.put(slot)
+            self.procs = start_decoders(
+                reader, self.specs, decoders, self.ring, self.free, self.results, self.stop, ctx
+            )
+        except BaseException:
+            self.close()
+            raise
+        self.spawn_s = time.perf_counter() - self.started  # until every decoder was started
+
+    def serves(self, specs: Sequence[ChunkSpec], decoders: int) -> bool:
+        """Whether this pool reads exactly these chunks with this many decoders."""
+        return self.ring is not None and decoders == self.decoders and list(specs) == self.specs
+
+    def close(self) -> None:
+        """Stop the decoders (joined, terminated if they do not stop), close the queues and
+        remove the shared memory; every reference to them is dropped, so no named semaphore
+        outlives the pool. A second interrupt here does not skip the cleanup."""
+        if self.ring is None and not self.procs:
+            return
+        if self.stop is not None:
+            self.stop.set()
+        for proc in self.procs:
+            wait_uninterrupted(proc.join, JOIN_S)
+            if proc.is_alive():
+                proc.terminate()
+                wait_uninterrupted(proc.join, JOIN_S)
+            if proc.is_alive():
+                proc.kill()
+                wait_uninterrupted(proc.join)
+        for q in (self.free, self.results):  # flush and end their feeder threads
+            if q is not None:
+                q.close()
+                wait_uninterrupted(q.join_thread)
+        if self.ring is not None:
+            self.ring.close()
+        self.procs, self.ring = [], None
+        self.stop = self.free = self.results = None
+
+
+def wait_uninterrupted(wait: Callable[..., Any], *args: Any) -> None:
+    """Wait even through Ctrl-C: cleanup that stops half way would leak."""
+    while True:
+        with contextlib.suppress(KeyboardInterrupt):
+            wait(*args)
+            return
+
+
 def start_decoders(
-    job: SlideJob,
+    reader: ChunkReader,
     specs: Sequence[ChunkSpec],
     decoders: int,
     ring: SlotRing,
@@ -146,7 +226,7 @@ def start_decoders(
     """Spawn one daemon process per band; each puts Decoded / Finished / Failed on `results`."""
     procs: list[BaseProcess] = []
     for d, band in enumerate(bands(specs, decoders)):
-        args = (d, job, [specs[i] for i in band], band, ring.shm.name, ring.slots,
+        args = (d, reader, [specs[i] for i in band], band, ring.shm.name, ring.slots,
                 ring.slot_tiles, ring.tile, free, results, stop)  # fmt: skip
         proc = ctx.Process(target=decode_band, args=args, name=f"wsi-decoder-{d}", daemon=True)
         proc.start()
@@ -158,9 +238,45 @@ def spawn_context() -> SpawnContext:
     return mp.get_context("spawn")
 
 
+GUARD_FIX = (
+    'put the code that runs segment_slide under `if __name__ == "__main__":` (each decoder '
+    "process of the device engine imports the main script again, and would run it), or pass "
+    "decoders=0 (threads, no processes)"
+)
+
+
+def check_main_guard() -> None:
+    """Raise ConfigError before spawning when a decoder would re-run the main script.
+
+    A spawned child imports the parent's main script (as `__mp_main__`); a script that
+    segments at module level would then segment again in every decoder. Checked in the
+    parent (the script has no top-level `if __name__ ...` block) and, for a script that has
+    one but also segments outside it, in the child while it imports (multiprocessing's own
+    test of a child still bootstrapping)."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if getattr(mp.current_process(), "_inheriting", False):
+        raise ConfigError(f"{path or 'the main script'}: segment_slide ran while a decoder "
+                          f"process imported this script; {GUARD_FIX}")  # fmt: skip
+    spec_name = getattr(getattr(main, "__spec__", None), "name", None) or ""
+    if path is None or spec_name.rpartition(".")[2] == "__main__":
+        return  # interactive, -c, or a package's __main__: spawn does not re-run it
+    try:
+        tree = ast.parse(Path(path).read_bytes(), path)
+    except (OSError, SyntaxError, ValueError):
+        return  # not a Python source file: nothing to check
+    if not any(isinstance(node, ast.If) and _names_main(node.test) for node in tree.body):
+        raise ConfigError(f"{path}: this script has no `if __name__ == \"__main__\":` block, "
+                          f"and the device engine spawns decoder processes; {GUARD_FIX}")  # fmt: skip
+
+
+def _names_main(test: ast.expr) -> bool:
+    return any(isinstance(n, ast.Name) and n.id == "__name__" for n in ast.walk(test))
+
+
 def decode_band(
     decoder: int,
-    job: SlideJob,
+    reader: ChunkReader,
     specs: list[ChunkSpec],
     indices: list[int],
     shm_name: str,
@@ -175,25 +291,27 @@ def decode_band(
     ring = SlotRing(slots, slot_tiles, tile, name=shm_name)
     try:
         try:
-            reuse = job.plan_tile_reuse(specs)
+            reuse = reader.plan_tile_reuse(specs)
         except Exception:  # reading works without reuse; read errors surface below
             reuse = None
         for index, spec in zip(indices, specs, strict=True):
             if stop.is_set():
                 return
-            image, box = job.read(spec, reuse)
+            image, box = reader.read(spec, reuse)
             slot = _take_slot(free, stop)
             if slot is None:
                 return
             n = len(spec.tiles)
-            cut_tiles(image, (box[0], box[1]), list(spec.tiles), job.grid, out=ring.view(slot, n))
+            cut_tiles(
+                image, (box[0], box[1]), list(spec.tiles), reader.grid, out=ring.view(slot, n)
+            )
             del image
             results.put(Decoded(slot, index, n))
         results.put(Finished(decoder))
     except BaseException as exc:
-        results.put(Failed(decoder, _picklable(exc, job.slide_path)))
+        results.put(Failed(decoder, _picklable(exc, reader.slide_path)))
     finally:
-        job.close_local()
+        reader.close_local()
         ring.close()
 
 

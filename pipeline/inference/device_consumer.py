@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -154,6 +155,8 @@ class DeviceConsumer:
             tiles.record_stream(stream)
         settle_precision(self._model, self._lock, batch.host)  # 'auto' on a CPU, first batch
         g = self._grid
+        if not self._stats.first_batch_at:
+            self._stats.first_batch_at = time.perf_counter()
         with self._lock:  # one forward pass at a time per model (see the module's docstring)
             out = self._model.predict_reduced(
                 tiles.permute(0, 3, 1, 2), g.margin, g.stride, g.downsample, self._gate, NODATA

@@ -10,12 +10,13 @@ This thread supervises: it forwards decoded chunks to the stager and watches eve
 The first error (a decoder's SlideError, the model's, the writer's) wins and stops the rest.
 `run_engine` never returns or raises while a part may still write into the zarr store (the
 caller then removes the partial folder), and on every path (success, error, interrupt) it
-joins or terminates the decoders and removes the shared memory.
+joins or terminates the decoders and removes the shared memory. The decoders may have been
+started before the model loaded (`DecodePool`, handed in by `pipeline.segment.infer`); the
+engine then adopts them, and closes them like its own.
 """
 
 from __future__ import annotations
 
-import contextlib
 import queue
 import threading
 import time
@@ -28,13 +29,12 @@ from wsi_segment.pipeline.inference.chunk_job import SlideJob, device_batch_size
 from wsi_segment.pipeline.inference.chunk_writer import ChunkWriter
 from wsi_segment.pipeline.inference.decode_pool import (
     Decoded,
+    DecodePool,
     Failed,
     Finished,
     Message,
     SlotRing,
-    ring_slots,
-    spawn_context,
-    start_decoders,
+    wait_uninterrupted,
 )
 from wsi_segment.pipeline.inference.engine_state import EngineStats, FirstError
 from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome
@@ -44,14 +44,11 @@ from wsi_segment.wsi.tiling import ChunkSpec
 if TYPE_CHECKING:  # the consumer imports torch: loaded when an engine runs
     from multiprocessing.process import BaseProcess
     from multiprocessing.queues import Queue
-    from multiprocessing.synchronize import Event
 
     from wsi_segment.pipeline.inference.chunk_writer import TileBatch
     from wsi_segment.pipeline.inference.device_consumer import DeviceConsumer, StagedBatch
 
     MakeConsumer = Callable[[SlotRing, Callable[[int], None]], DeviceConsumer]
-
-JOIN_S = 5.0  # a decoder asked to stop finishes its current read first
 
 
 def run_engine(
@@ -60,35 +57,54 @@ def run_engine(
     decoders: int,
     progress: Progress | None = None,
     stats: EngineStats | None = None,
+    pool: DecodePool | None = None,
 ) -> list[ChunkOutcome]:
     """Run every chunk through the engine; outcomes in `specs` order.
 
+    `pool`: decoders already started for these chunks (adopted, and closed whatever
+    happens; one started for other chunks or another count is closed and replaced).
     `stats` (optional) receives what the run did (batches and the chunks each held, bytes
     that crossed from the device)."""
-    from wsi_segment.pipeline.inference.device_consumer import DeviceConsumer  # torch
-
     started = time.perf_counter()
     specs = list(specs)
+    try:
+        if pool is not None and not pool.serves(specs, decoders):
+            pool.close()
+            pool = None
+        if not specs:
+            return []
+        return _run_engine(job, specs, decoders, progress, stats, pool, started)
+    finally:
+        if pool is not None:
+            pool.close()
+
+
+def _run_engine(
+    job: SlideJob,
+    specs: list[ChunkSpec],
+    decoders: int,
+    progress: Progress | None,
+    stats: EngineStats | None,
+    pool: DecodePool | None,
+    started: float,
+) -> list[ChunkOutcome]:
+    from wsi_segment.pipeline.inference.device_consumer import DeviceConsumer  # torch
+
     progress = progress or NullProgress()
     stats = stats if stats is not None else EngineStats()
-    if not specs:
-        return []
     model, lock = job.model.get()
-    tile = job.grid.tile
-    batch = device_batch_size(model, lock, tile, job.batch_size)
-    slot_tiles = max(1, max(len(s.tiles) for s in specs))
-    slots = ring_slots(decoders, slot_tiles * tile * tile * 3)
-    stats.decoders, stats.slots, stats.batch_size = decoders, slots, batch
+    batch = device_batch_size(model, lock, job.grid.tile, job.batch_size)
+    stats.decoders, stats.batch_size = decoders, batch
     writer = ChunkWriter(job, specs, progress)
     errors = FirstError()
 
     def consumer(ring: SlotRing, release: Callable[[int], None]) -> DeviceConsumer:
         return DeviceConsumer(model, lock, job.grid, batch, job.gate, ring, release, errors, stats)
 
-    _run(job, specs, decoders, (slots, slot_tiles), consumer, writer, errors, stats, started)
+    _run(job, specs, decoders, pool, consumer, writer, errors, stats, started)
     if errors.error is not None:
-        # The frames of the parts (their queues hold named semaphores in /dev/shm) are done:
-        # drop their locals so nothing outlives the run, keeping the lines for a traceback.
+        # The frames of the parts are done: drop their locals so nothing outlives the run,
+        # keeping the lines for a traceback.
         traceback.clear_frames(errors.error.__traceback__)
         raise errors.error
     return writer.results()
@@ -98,28 +114,23 @@ def _run(
     job: SlideJob,
     specs: list[ChunkSpec],
     decoders: int,
-    ring_shape: tuple[int, int],
+    pool: DecodePool | None,
     make_consumer: MakeConsumer,
     writer: ChunkWriter,
     errors: FirstError,
     stats: EngineStats,
     started: float,
 ) -> None:
-    """Start every part, supervise, shut down. Errors (an interrupt included) end up in
-    `errors`; the multiprocessing queues and shared memory live and die in this frame."""
-    ctx = spawn_context()
-    stop = ctx.Event()
-    free: Queue[int] = ctx.Queue()
-    results: Queue[Message] = ctx.Queue()
-    ring: SlotRing | None = None
-    procs: list[BaseProcess] = []
+    """Start every part (the decoders unless `pool` holds them), supervise, shut down.
+    Errors (an interrupt included) end up in `errors`; the pool is closed here."""
     threads: list[threading.Thread] = []
+    stats.early_decoders = pool is not None
     try:
-        ring = SlotRing(ring_shape[0], ring_shape[1], job.grid.tile)
-        for slot in range(ring.slots):
-            free.put(slot)
-        procs = start_decoders(job, specs, decoders, ring, free, results, stop, ctx)
-        consumer = make_consumer(ring, free.put)
+        if pool is None:
+            pool = DecodePool(job.reader(), specs, decoders)
+        assert pool.ring is not None
+        stats.slots = pool.ring.slots
+        consumer = make_consumer(pool.ring, pool.free.put)
         inbox: queue.Queue[Decoded | None] = queue.Queue()
         staged: queue.Queue[StagedBatch | None] = queue.Queue(maxsize=1)
         written: queue.Queue[TileBatch | None] = queue.Queue(maxsize=4)
@@ -133,7 +144,7 @@ def _run(
             threads.append(threading.Thread(target=target, args=args, daemon=True))
             threads[-1].start()
         del bodies
-        _supervise(job, procs, results, inbox, errors, stats, started)
+        _supervise(job, pool.procs, pool.results, inbox, errors, stats, started)
         inbox.put(None)  # every chunk decoded: flush the last batch, then the writer ends
         for thread in threads:
             while thread.is_alive():
@@ -141,7 +152,7 @@ def _run(
     except BaseException as exc:  # an interrupt too: cleaned up here, re-raised by the caller
         errors.report(exc)
     finally:
-        _shut_down(errors, stop, threads, procs, ring, free, results)
+        _shut_down(errors, threads, pool)
 
 
 def _supervise(
@@ -166,7 +177,8 @@ def _supervise(
             continue
         if isinstance(msg, Decoded):
             if not stats.first_chunk_s:
-                stats.first_chunk_s = time.perf_counter() - started
+                stats.first_chunk_at = time.perf_counter()
+                stats.first_chunk_s = stats.first_chunk_at - started
             inbox.put(msg)
         elif isinstance(msg, Finished):
             finished.add(msg.decoder)
@@ -183,40 +195,16 @@ def _died(job: SlideJob, code: int) -> SlideError:
 
 
 def _shut_down(
-    errors: FirstError,
-    stop: Event,
-    threads: list[threading.Thread],
-    procs: list[BaseProcess],
-    ring: SlotRing | None,
-    free: Queue[int],
-    results: Queue[Message],
+    errors: FirstError, threads: list[threading.Thread], pool: DecodePool | None
 ) -> None:
     """Stop every part and wait for it: threads first (the writer may be mid-chunk), then
-    the decoders (joined, terminated if they do not stop), then the queues and the shared
-    memory. Runs on every path; a second interrupt here does not skip the cleanup."""
+    the decoders (`DecodePool.close`: joined or terminated, queues and shared memory
+    removed). Runs on every path; a second interrupt here does not skip the cleanup."""
     if errors.error is not None or any(t.is_alive() for t in threads):
         errors.stop()
-    stop.set()
+    if pool is not None and pool.stop is not None:
+        pool.stop.set()
     for thread in threads:
-        _uninterrupted(thread.join)
-    for proc in procs:
-        _uninterrupted(proc.join, JOIN_S)
-        if proc.is_alive():
-            proc.terminate()
-            _uninterrupted(proc.join, JOIN_S)
-        if proc.is_alive():
-            proc.kill()
-            _uninterrupted(proc.join)
-    for q in (free, results):  # flush and end their feeder threads (they hold semaphores)
-        q.close()
-        _uninterrupted(q.join_thread)
-    if ring is not None:
-        ring.close()
-
-
-def _uninterrupted(wait: Callable[..., object], *args: float) -> None:
-    """Wait even through Ctrl-C: cleanup that stops half way would leak."""
-    while True:
-        with contextlib.suppress(KeyboardInterrupt):
-            wait(*args)
-            return
+        wait_uninterrupted(thread.join)
+    if pool is not None:
+        pool.close()

@@ -74,4 +74,9 @@ class EngineStats:
     chunks_per_batch: list[int] = field(default_factory=list)
     tiles: int = 0
     first_chunk_s: float = 0.0  # from the start to the first decoded chunk (start-up)
+    # time.perf_counter() when the first decoded chunk reached the engine, and when the first
+    # batch entered the model (0: not yet): start-up measured from outside `run_engine`
+    first_chunk_at: float = 0.0
+    early_decoders: bool = False  # the run adopted decoders started before it (DecodePool)
+    first_batch_at: float = 0.0
     bytes_from_model: int = 0

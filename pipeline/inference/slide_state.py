@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from wsi_segment.pipeline.inference.chunk_prefetch import ChunkPrefetcher
+from wsi_segment.pipeline.inference.decode_pool import DecodePool
 from wsi_segment.pipeline.inference.model_handle import ModelHandle
 from wsi_segment.pipeline.inference.startup import Background
 from wsi_segment.pipeline.params import SegmentParams
@@ -66,6 +67,9 @@ class PreparedSlide:
     read_backend: str | None = None
     # Local runs: chunk images being read in the background since planning (never pickled).
     prefetch: ChunkPrefetcher | None = None
+    # Local runs on the device engine: its decoders, started after planning (never pickled);
+    # `infer` hands them to `run_engine`, which closes them.
+    decode_pool: DecodePool | None = None
     # Local runs: the overlay's thumbnail, read on the core the model load leaves free.
     overlay_thumb: Background[np.ndarray] | None = None
     # Local runs: storage tiles decoded / served again from memory (wsi.tile_reuse).
@@ -78,17 +82,26 @@ class PreparedSlide:
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["prefetch"] = None
+        state["decode_pool"] = None
         state["overlay_thumb"] = None
         return state
 
     def close_prefetch(self) -> None:
-        """Stop the background readers (prefetch, overlay thumbnail) of a local run."""
+        """Stop the background readers (prefetch, decoders, overlay thumbnail) of a local run."""
+        pool, self.decode_pool = self.decode_pool, None
+        if pool is not None:
+            pool.close()
         if self.prefetch is not None:
             self.prefetch.close()
             self.prefetch = None
         if self.overlay_thumb is not None:
             with contextlib.suppress(BaseException):  # finish() reports its errors
                 self.overlay_thumb.result()
+
+    def take_decode_pool(self) -> DecodePool | None:
+        """The early decoders, handed over to whoever runs the engine (which closes them)."""
+        pool, self.decode_pool = self.decode_pool, None
+        return pool
 
     @property
     def out_dir(self) -> Path:

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from wsi_segment.pipeline.inference.chunk_inference import cut_tiles
-from wsi_segment.pipeline.inference.chunk_job import tiles_read_box
+from wsi_segment.pipeline.inference.chunk_reader import cut_tiles, tiles_read_box
 from wsi_segment.pipeline.inference.chunk_runner import _restore_torch_threads
 from wsi_segment.wsi.region_reader import read_model_box
 from wsi_segment.wsi.slide import open_slide
@@ -94,7 +93,7 @@ def test_chunk_reads_share_storage_tiles_with_the_same_pixels(model_mpp):
         np.testing.assert_array_equal(image, direct)
     assert reuse.tiles_reused > 0 and reuse.cached_bytes == 0
 
-    prefetch = ChunkPrefetcher(job, specs)
+    prefetch = ChunkPrefetcher(job.reader(), specs)
     claimed = prefetch.take(specs[-1])  # a runner gets there before the reader
     try:
         for spec in specs:

@@ -20,6 +20,7 @@ from wsi_segment.errors import SlideError
 from wsi_segment.models.bundle import load_model
 from wsi_segment.pipeline.inference.chunk_job import SlideJob
 from wsi_segment.pipeline.inference.chunk_runner import run_chunks
+from wsi_segment.pipeline.inference.decode_pool import DecodePool
 from wsi_segment.pipeline.inference.engine import run_engine
 from wsi_segment.pipeline.inference.engine_state import EngineStats
 from wsi_segment.pipeline.inference.model_handle import ModelHandle
@@ -197,3 +198,42 @@ def test_engine_on_cuda_matches_the_cpu_within_one_level(tmp_path, tiny_model_di
     assert max(stats.chunks_per_batch) >= 2
     diff = np.abs(stored(job).astype(int) - expected.astype(int))
     assert diff.max() <= 1
+
+
+def test_decoders_started_early_fill_the_ring_and_the_engine_adopts_them(tmp_path, tiny, threaded):
+    """A pool started before the model loads decodes until the ring is full and no further
+    (memory stays bounded), then `run_engine` adopts it and closes it."""
+    job, specs = make_job(tmp_path / "p.zarr", tiny, chunk_tiles=2)
+    before = shm_entries()
+    pool = DecodePool(job.reader(), specs, 2)
+    assert pool.ring is not None
+    slots = pool.ring.slots
+    assert len(specs) > slots  # more chunks than slots: the decoders must wait
+    deadline = time.monotonic() + 120
+    while pool.results.qsize() < slots and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # room for a (wrong) decoder to decode past the ring
+    assert pool.results.qsize() == slots  # one Decoded per slot, every slot taken
+    stats = EngineStats()
+    outcomes = run_engine(job, specs, 2, stats=stats, pool=pool)
+    assert stats.early_decoders and stats.first_batch_at >= stats.first_chunk_at > 0
+    (expected, expected_outcomes), _ = threaded
+    np.testing.assert_array_equal(stored(job), expected)
+    assert_same_outcomes(outcomes, expected_outcomes)
+    assert pool.ring is None and pool.procs == []  # closed by the engine
+    assert multiprocessing.active_children() == []
+    assert shm_entries() <= before
+
+
+def test_a_pool_for_other_chunks_is_closed_and_replaced(tmp_path, tiny, threaded):
+    job, specs = make_job(tmp_path / "p.zarr", tiny, chunk_tiles=2)
+    before = shm_entries()
+    stale = DecodePool(job.reader(), specs[:3], 2)
+    stats = EngineStats()
+    outcomes = run_engine(job, specs, 2, stats=stats, pool=stale)
+    assert not stats.early_decoders and stale.ring is None
+    (expected, expected_outcomes), _ = threaded
+    np.testing.assert_array_equal(stored(job), expected)
+    assert_same_outcomes(outcomes, expected_outcomes)
+    assert multiprocessing.active_children() == []
+    assert shm_entries() <= before

@@ -1,0 +1,45 @@
+"""A script that segments at module level, without `if __name__ == "__main__":`, would
+segment again in every spawned decoder: it gets one ConfigError naming it and the fix."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import CMU_SLIDE
+
+BODY = """
+from wsi_segment.pipeline.params import SegmentParams
+from wsi_segment.pipeline.segment import segment_slide
+
+def main():
+    params = SegmentParams(model_dir={model!r}, device="cpu", decoders=1, tissue="all")
+    print(segment_slide({slide!r}, {out!r}, params).status)
+"""
+
+
+def run_script(path: Path, text: str) -> subprocess.CompletedProcess[str]:
+    path.write_text(text)
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    return subprocess.run(
+        [sys.executable, str(path)], capture_output=True, text=True, env=env, check=False
+    )
+
+
+def test_a_script_without_main_guard_gets_one_config_error(tmp_path, tiny_model_dir):
+    body = BODY.format(model=str(tiny_model_dir), slide=str(CMU_SLIDE), out=str(tmp_path))
+    script = tmp_path / "unguarded.py"
+    done = run_script(script, body + "\nmain()\n")
+    assert done.returncode == 1
+    assert "ConfigError" in done.stderr and str(script) in done.stderr
+    assert 'if __name__ == "__main__":' in done.stderr and "decoders=0" in done.stderr
+    assert not (tmp_path / "CMU-1-Small-Region").exists()
+
+
+def test_a_guarded_script_runs_the_engine(tmp_path, tiny_model_dir):
+    body = BODY.format(model=str(tiny_model_dir), slide=str(CMU_SLIDE), out=str(tmp_path))
+    done = run_script(tmp_path / "guarded.py", body + '\nif __name__ == "__main__":\n    main()\n')
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["done"]

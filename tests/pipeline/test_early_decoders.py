@@ -1,0 +1,87 @@
+"""The device engine's decoders start in `prepare`, while the model loads, and are closed
+on every path: adopted by the engine, skipped by an up-to-date rerun, or a failure."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import CMU_SLIDE, corrupt_middle_tile
+from wsi_segment.errors import ModelError, SlideError
+from wsi_segment.pipeline.inference.decode_pool import DecodePool
+from wsi_segment.pipeline.inference.slide_state import PreparedSlide
+from wsi_segment.pipeline.params import SegmentParams
+from wsi_segment.pipeline.segment import Stages, finish, infer, prepare, run_stages
+
+
+def shm_entries() -> set[str]:
+    return set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+
+
+def params(model_dir: Path, tissue: str = "auto") -> SegmentParams:
+    return SegmentParams(
+        model_dir=model_dir,
+        device="cpu",
+        precision="fp32",
+        chunk_tiles=2,
+        decoders=2,
+        tissue=tissue,
+    )
+
+
+def run_recording(slide: Path, out: Path, p: SegmentParams, pools: list[DecodePool | None]):
+    """`segment_slide`'s stages with decoders started in prepare; `pools` gets each."""
+
+    def prepare_early(path: str, root: str | Path, p: SegmentParams) -> PreparedSlide:
+        prep = prepare(path, root, p, decoders=2)
+        pools.append(prep.decode_pool)
+        return prep
+
+    return run_stages(slide, out, p, Stages(prepare_early, infer, finish))
+
+
+def assert_closed(pools: list[DecodePool | None], before: set[str]) -> None:
+    assert pools and all(pool is not None for pool in pools)  # each run started one
+    assert all(pool.ring is None and pool.procs == [] for pool in pools if pool)
+    assert multiprocessing.active_children() == []
+    assert shm_entries() <= before
+
+
+def test_early_decoders_are_adopted_and_an_up_to_date_rerun_closes_them(tmp_path, tiny_model_dir):
+    before = shm_entries()
+    pools: list[DecodePool | None] = []
+    first = run_recording(CMU_SLIDE, tmp_path, params(tiny_model_dir), pools)
+    assert first.status == "done"
+    again = run_recording(CMU_SLIDE, tmp_path, params(tiny_model_dir), pools)
+    assert again.status == "up-to-date"
+    assert len(pools) == 2
+    assert_closed(pools, before)
+
+
+def test_a_failed_read_closes_the_early_decoders(tmp_path, tiny_model_dir):
+    damaged = tmp_path / "cmu_damaged.svs"
+    corrupt_middle_tile(CMU_SLIDE, damaged)
+    before = shm_entries()
+    pools: list[DecodePool | None] = []
+    # the whole slide: tissue detection reads level 0 of this one-level slide
+    with pytest.raises(SlideError, match=r"cmu_damaged\.svs"):
+        run_recording(damaged, tmp_path / "out", params(tiny_model_dir, "all"), pools)
+    assert_closed(pools, before)
+    assert not (tmp_path / "out" / "cmu_damaged").exists()
+
+
+def test_a_model_that_fails_to_load_closes_the_early_decoders(tmp_path, tiny_model_dir):
+    """model.json plans the chunks (decoders start), then the weights fail to load."""
+    broken = tmp_path / "broken_model"
+    shutil.copytree(tiny_model_dir, broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    before = shm_entries()
+    with pytest.raises(ModelError):
+        prepare(CMU_SLIDE, tmp_path / "out", params(broken), decoders=2)
+    assert multiprocessing.active_children() == []
+    assert shm_entries() <= before
