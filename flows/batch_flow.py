@@ -33,13 +33,13 @@ from wsi_segment.flows.dask_cluster import dask_client, gpu_count  # noqa: E402
 from wsi_segment.flows.slide_flow import make_params, run_slide_stages  # noqa: E402
 from wsi_segment.pipeline.batch_inputs import BatchItem, params_for, parse_batch_input  # noqa: E402
 from wsi_segment.pipeline.batch_report import batch_rows, counts, markdown_table  # noqa: E402
-from wsi_segment.pipeline.inference.slide_state import SlideResult  # noqa: E402
 from wsi_segment.pipeline.params import (  # noqa: E402
     SegmentParams,
     gpu_expected,
     run_decoders,
     shared_decoders,
 )
+from wsi_segment.pipeline.segment import SlideResult  # noqa: E402
 
 if TYPE_CHECKING:
     from distributed import Client

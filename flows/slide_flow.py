@@ -29,10 +29,11 @@ from wsi_segment.errors import ConfigError  # noqa: E402
 from wsi_segment.flows.dask_cluster import client_for, dask_client  # noqa: E402
 from wsi_segment.pipeline import segment  # noqa: E402
 from wsi_segment.pipeline.batch_report import class_rows, markdown_table  # noqa: E402
-from wsi_segment.pipeline.inference.slide_state import PreparedSlide, SlideResult  # noqa: E402
 from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome  # noqa: E402
 from wsi_segment.pipeline.outputs.output_dir import OutputDir  # noqa: E402
 from wsi_segment.pipeline.params import SegmentParams  # noqa: E402
+from wsi_segment.pipeline.prepare import PreparedSlide  # noqa: E402
+from wsi_segment.pipeline.segment import SlideResult  # noqa: E402
 from wsi_segment.wsi.retries import is_transient  # noqa: E402
 
 if TYPE_CHECKING:

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the report is read without importing the inference stack
-    from wsi_segment.pipeline.inference.slide_state import SlideResult
+    from wsi_segment.pipeline.segment import SlideResult
 
 STATUSES = ("done", "up-to-date", "failed")
 

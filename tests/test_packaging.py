@@ -123,7 +123,7 @@ def test_installed_wheel_segments_a_slide_beside_decoy_packages(
     assert cli.returncode == 0, cli.stderr
     assert (tmp_path / "b" / "CMU-1-Small-Region" / "summary.json").is_file()
     demo = subprocess.run(
-        [python, "-c", "from wsi_segment.pipeline.segment import resolve_model_dir;"
+        [python, "-c", "from wsi_segment.pipeline.prepare import resolve_model_dir;"
          "from wsi_segment import SegmentParams; print(resolve_model_dir(SegmentParams()))"],
         cwd=work, env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip

@@ -44,7 +44,7 @@ if _root is not None:
 _PUBLIC: dict[str, str] = {
     "segment_slide": "wsi_segment.pipeline.segment",
     "SegmentParams": "wsi_segment.pipeline.params",
-    "SlideResult": "wsi_segment.pipeline.inference.slide_state",
+    "SlideResult": "wsi_segment.pipeline.segment",
     "open_slide": "wsi_segment.wsi.slide",
     "Slide": "wsi_segment.wsi.slide",
     "load_model": "wsi_segment.models.bundle",
@@ -86,9 +86,8 @@ if TYPE_CHECKING:
         WsiSegmentError,
     )
     from wsi_segment.models.bundle import load_model, save_model
-    from wsi_segment.pipeline.inference.slide_state import SlideResult
     from wsi_segment.pipeline.params import SegmentParams
-    from wsi_segment.pipeline.segment import segment_slide
+    from wsi_segment.pipeline.segment import SlideResult, segment_slide
     from wsi_segment.wsi.slide import Slide, open_slide
 
 

@@ -23,6 +23,7 @@ import multiprocessing as mp
 import os
 import pickle
 import queue
+import secrets
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -45,6 +46,14 @@ if TYPE_CHECKING:
 
 SHM_DIR = "/dev/shm"
 JOIN_S = 5.0  # a decoder asked to stop finishes its current read first
+# slot rings are named "<prefix><pid>_<random>": an operator (or a test) can tell whose
+# shared memory an entry in /dev/shm is
+SHM_PREFIX = "wsiseg"
+
+
+def ring_name() -> str:
+    """A fresh shared-memory name owned by this process."""
+    return f"{SHM_PREFIX}{os.getpid()}_{secrets.token_hex(6)}"
 
 
 @dataclass(frozen=True)
@@ -81,7 +90,11 @@ class SlotRing:
         self.slots, self.slot_tiles, self.tile = slots, slot_tiles, tile
         size = max(1, slots * self.slot_bytes)
         self._owner = name is None
-        self.shm = SharedMemory(create=True, size=size) if name is None else SharedMemory(name)
+        self.shm = (
+            SharedMemory(ring_name(), create=True, size=size)
+            if name is None
+            else SharedMemory(name)
+        )
         self._array: np.ndarray | None = np.ndarray(
             (slots, slot_tiles, tile, tile, 3), np.uint8, buffer=self.shm.buf
         )

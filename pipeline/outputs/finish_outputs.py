@@ -58,7 +58,7 @@ class PendingThumbnail(Protocol):
 
 
 class PreparedRun(Protocol):
-    """What the outputs read of a prepared slide (inference.slide_state.PreparedSlide).
+    """What the outputs read of a prepared slide (pipeline.prepare.PreparedSlide).
 
     A protocol, not the class: outputs never import inference (tests/test_layers.py).
     """

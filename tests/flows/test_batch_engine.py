@@ -10,13 +10,10 @@ import shutil
 from pathlib import Path
 
 from tests.conftest import CMU_SLIDE, DATA_DIR
+from tests.engine_leaks import shm_entries
 from tests.flows.conftest import output_files, stable_summary
 
 OS1_SLIDE = DATA_DIR / "OS-1-detail.ome.tif"
-
-
-def shm_entries() -> set[str]:
-    return set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
 
 
 def test_two_slides_in_flight_on_the_engine_write_what_one_at_a_time_writes(

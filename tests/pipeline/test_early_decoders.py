@@ -4,22 +4,18 @@ on every path: adopted by the engine, skipped by an up-to-date rerun, or a failu
 from __future__ import annotations
 
 import multiprocessing
-import os
 import shutil
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import CMU_SLIDE, corrupt_middle_tile
+from tests.engine_leaks import shm_entries
 from wsi_segment.errors import ModelError, SlideError
 from wsi_segment.pipeline.inference.decode_pool import DecodePool
-from wsi_segment.pipeline.inference.slide_state import PreparedSlide
 from wsi_segment.pipeline.params import SegmentParams
+from wsi_segment.pipeline.prepare import PreparedSlide
 from wsi_segment.pipeline.segment import Stages, finish, infer, prepare, run_stages
-
-
-def shm_entries() -> set[str]:
-    return set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
 
 
 def params(model_dir: Path, tissue: str = "auto") -> SegmentParams:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing
-import os
 import time
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import torch
 import zarr
 
 from tests.conftest import CMU_SLIDE, corrupt_middle_tile
+from tests.engine_leaks import shm_entries
 from wsi_segment.errors import SlideError
 from wsi_segment.models.bundle import load_model
 from wsi_segment.pipeline.inference.chunk_job import SlideJob
@@ -139,10 +139,6 @@ def test_engine_writes_what_the_threaded_path_writes(tmp_path, tiny, threaded, d
     np.testing.assert_array_equal(stored(job), expected)
     assert_same_outcomes(outcomes, expected_outcomes)
     assert stats.bytes_from_model == sum(o.bytes_from_model for o in outcomes) > 0
-
-
-def shm_entries() -> set[str]:
-    return set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
 
 
 def test_a_damaged_tile_is_one_slide_error_and_leaves_nothing_behind(tmp_path, tiny):

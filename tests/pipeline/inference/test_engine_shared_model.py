@@ -12,8 +12,8 @@ import pytest
 from tests.conftest import CMU_SLIDE, DATA_DIR
 from wsi_segment.pipeline import segment
 from wsi_segment.pipeline.inference.model_handle import ModelHandle, load_for_process
-from wsi_segment.pipeline.inference.slide_state import PreparedSlide
 from wsi_segment.pipeline.params import SegmentParams
+from wsi_segment.pipeline.prepare import PreparedSlide
 
 OS1_SLIDE = DATA_DIR / "OS-1-detail.ome.tif"
 
