@@ -36,7 +36,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.measure import loadavg, machine_info, record, render  # noqa: E402
-from benchmarks.slides import make_slide  # noqa: E402
+from benchmarks.stages import slide_and_model  # noqa: E402
 from wsi_segment.errors import ModelError  # noqa: E402
 from wsi_segment.models.meta import read_model_json  # noqa: E402
 
@@ -132,15 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     info = machine_info()
     info["load_start"] = loadavg()
-    slide, writer = make_slide(
-        args.work / f"tp-{args.size}-t{args.tissue}.svs", args.size, args.tissue, fast=True
+    slide, writer, model_dir, model_desc = slide_and_model(
+        args.work, args.size, args.tissue, args.model
     )
-    if args.model is None:
-        from benchmarks.stages import default_model
-
-        model_dir, model_desc = default_model(args.work)
-    else:
-        model_dir, model_desc = args.model, str(args.model)
     try:
         read_model_json(model_dir)  # one clear line here, not one traceback per decoder
     except ModelError as exc:

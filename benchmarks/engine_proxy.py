@@ -33,7 +33,7 @@ if str(ROOT) not in sys.path:
 
 from benchmarks.decode import run_processes  # noqa: E402
 from benchmarks.measure import loadavg, machine_info, record, render  # noqa: E402
-from benchmarks.slides import make_slide  # noqa: E402
+from benchmarks.stages import slide_and_model  # noqa: E402
 
 CLASSES = 4
 BLOCK = 8  # output pixels per label block of the instant model
@@ -47,7 +47,12 @@ class InstantModel:
     polygon tracing costs in proportion to the regions' edges (a per-pixel label map is about
     60x dearer to trace than a real one on CMU-1-Small-Region, 8-pixel blocks about as dear)."""
 
-    device = None  # counts as the CPU
+    @property
+    def device(self) -> Any:
+        import torch
+
+        return torch.device("cpu")
+
     precision_pending = False
 
     def predict_reduced(self, tiles, margin, core, downsample, gate=True, nodata=255):
@@ -147,16 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     info = machine_info()
     info["load_start"] = loadavg()
-    args.work.mkdir(parents=True, exist_ok=True)
-    slide, writer = make_slide(
-        args.work / f"tp-{args.size}-t{args.tissue}.svs", args.size, args.tissue, fast=True
+    slide, writer, model_dir, model_desc = slide_and_model(
+        args.work, args.size, args.tissue, args.model
     )
-    if args.model is None:
-        from benchmarks.stages import default_model
-
-        model_dir, model_desc = default_model(args.work)
-    else:
-        model_dir, model_desc = args.model, str(args.model)
     decode_job = {
         "slide": str(slide),
         "model": str(model_dir),

@@ -63,6 +63,22 @@ def make_model(folder: Path, arch: dict[str, Any], name: str) -> Path:
     return save_model(model, folder, weights_dtype="float16")
 
 
+def slide_and_model(
+    work: Path, size: int, tissue: float, model: Path | None
+) -> tuple[Path, str, Path, str]:
+    """The bank slide of `size` px (made once, reused) and the model folder a benchmark runs:
+    (slide, how it was written, model folder, what the model is)."""
+    from benchmarks.slides import make_slide
+
+    work.mkdir(parents=True, exist_ok=True)
+    slide, writer = make_slide(work / f"tp-{size}-t{tissue}.svs", size, tissue, fast=True)
+    if model is None:
+        model_dir, model_desc = default_model(work)
+    else:
+        model_dir, model_desc = model, str(model)
+    return slide, writer, model_dir, model_desc
+
+
 def default_model(work: Path) -> tuple[Path, str]:
     """The demo model when present, else a random bundle of its architecture."""
     from wsi_segment.models.bundle import demo_model_dir
