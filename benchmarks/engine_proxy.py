@@ -86,6 +86,7 @@ def engine_job(slide: Path, model_dir: Path, args: argparse.Namespace, store: Pa
     from benchmarks.stages import plan_like_pipeline
     from wsi_segment.models.meta import read_model_json
     from wsi_segment.pipeline.inference.chunk_job import SlideJob
+    from wsi_segment.pipeline.inference.chunk_reader import ChunkReader
     from wsi_segment.pipeline.inference.model_handle import ModelHandle
     from wsi_segment.pipeline.outputs.ome_zarr import create_probability_store
     from wsi_segment.wsi.tissue import detect_tissue
@@ -103,12 +104,15 @@ def engine_job(slide: Path, model_dir: Path, args: argparse.Namespace, store: Pa
         store, names, colours, (out_h, out_w), (chunk_out,) * 2, 1.0, per_output
     )
     job = SlideJob(
-        slide_path=str(slide),
-        backend="auto",
-        mpp_override=None,
-        level0_per_model=p.level0_per_model,
-        read_level=p.read_level,
-        grid=p.grid,
+        reader=ChunkReader(
+            slide_path=str(slide),
+            backend="auto",
+            mpp_override=None,
+            level0_per_model=p.level0_per_model,
+            read_level=p.read_level,
+            grid=p.grid,
+            read_backend=getattr(p.slide, "backend", None),
+        ),
         n_classes=CLASSES,
         batch_size=args.batch_size,
         gate=True,
@@ -117,7 +121,6 @@ def engine_job(slide: Path, model_dir: Path, args: argparse.Namespace, store: Pa
         tissue_downsample=float(tissue.downsample),
         level0_per_output=per_output,
         model=ModelHandle.with_model(InstantModel(), "instant", "cpu", "fp32"),
-        read_backend=getattr(p.slide, "backend", None),
     )
     return job, p.specs
 

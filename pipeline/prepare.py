@@ -24,6 +24,7 @@ from wsi_segment.pipeline.inference.chunk_plan import (
     slide_tissue,
 )
 from wsi_segment.pipeline.inference.chunk_prefetch import ChunkPrefetcher
+from wsi_segment.pipeline.inference.chunk_reader import ChunkReader
 from wsi_segment.pipeline.inference.decode_pool import DecodePool
 from wsi_segment.pipeline.inference.model_handle import (
     ModelHandle,
@@ -75,6 +76,7 @@ class PreparedSlide:
     output_shape: tuple[int, int]  # (H, W) output pixels
     chunk_out: int  # output pixels per chunk side (= zarr chunk side)
     specs: list[ChunkSpec]
+    reader: ChunkReader  # what reads the planned chunks (decoders, prefetcher, SlideJob)
     timings: dict[str, float] = field(default_factory=dict)
     # Backend for chunk reads (tiffslide when it reads this slide's pixels identically and
     # cheaper, see `pipeline.inference.chunk_job.fast_read_backend`); None: the slide's own backend.
@@ -207,7 +209,7 @@ def _prepare_opened(
         tissue, rois = slide_tissue(slide, params)
         t_tissue = time.perf_counter()
         geometry = model_geometry(model_dir)
-        planned = grid = read_backend = None
+        planned = grid = read_backend = reader = None
         if geometry is not None:
             grid, planned = plan_slide(slide, mpp, geometry, params, tissue)
             read_backend = chunk_read_backend(slide, params, planned.read_level)
@@ -230,8 +232,9 @@ def _prepare_opened(
                 slide, mpp, (int(meta.tile_size), float(meta.mpp)), params, tissue
             )
             read_backend = chunk_read_backend(slide, params, planned.read_level)
+            reader = plan_reader(slide_path, slide, params, planned, grid, read_backend)
         # planned before the model loaded, or above from the loaded model's own geometry
-        assert grid is not None and planned is not None
+        assert grid is not None and planned is not None and reader is not None
         handle = ModelHandle.with_model(
             model, str(model_dir), params.device, params.precision, lock
         )
@@ -269,6 +272,7 @@ def _prepare_opened(
         output_shape=planned.output_shape,
         chunk_out=planned.chunk_out,
         specs=planned.specs,
+        reader=reader,
         timings={
             # tissue + plan run while the model loads: open_and_model is the rest of prepare
             "open_and_model_s": (t1 - t0) + (t3 - t2),

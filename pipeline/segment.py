@@ -101,12 +101,7 @@ def infer(
     )
     device_type = _device_type(prep.model, client, prep.params.device)
     job = SlideJob(
-        slide_path=prep.slide_path,
-        backend=prep.slide.backend,
-        mpp_override=prep.params.mpp,
-        level0_per_model=prep.level0_per_model,
-        read_level=prep.read_level,
-        grid=prep.grid,
+        reader=prep.reader,
         n_classes=len(prep.meta.classes),
         batch_size=run_batch_size(prep.params.batch_size, device_type),
         gate=prep.params.gate,
@@ -115,7 +110,6 @@ def infer(
         tissue_downsample=float(prep.tissue.downsample),
         level0_per_output=prep.level0_per_output,
         model=prep.model,
-        read_backend=prep.read_backend,
     )
     progress = progress or NullProgress()
     if client is not None:  # one worker decides 'auto' for all (no mixed-precision slide)

@@ -37,12 +37,7 @@ if TYPE_CHECKING:  # torch loads where the model does, never to open a slide
 class SlideJob:
     """Everything a worker needs to run any chunk of one slide."""
 
-    slide_path: str
-    backend: str
-    mpp_override: float | None
-    level0_per_model: float
-    read_level: int
-    grid: TileGrid
+    reader: ChunkReader  # the read half: also what a decoder process is sent
     n_classes: int
     batch_size: int
     gate: bool
@@ -57,9 +52,6 @@ class SlideJob:
     # and a thread that reads never stalls the others' parallel regions). 0 keeps the lock
     # (GPU, or a runner that did not size threads).
     cpu_threads_per_chunk: int = 0
-    # Backend for chunk reads (None: `backend`). See `fast_read_backend`: tiffslide decodes
-    # the same SVS / generic-TIFF pixels at ~1/3 of openslide's CPU cost.
-    read_backend: str | None = None
     _local: threading.local = field(default_factory=threading.local, repr=False)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -71,24 +63,17 @@ class SlideJob:
         self.__dict__.update(state)
         self._local = threading.local()
 
-    def __post_init__(self) -> None:
-        self._reader = self.reader()
+    @property
+    def grid(self) -> TileGrid:
+        return self.reader.grid
 
-    def reader(self) -> ChunkReader:
-        """The read half of this job: what a decoder process needs, and nothing more."""
-        return ChunkReader(
-            self.slide_path,
-            self.backend,
-            self.mpp_override,
-            self.level0_per_model,
-            self.read_level,
-            self.grid,
-            self.read_backend,
-        )
+    @property
+    def slide_path(self) -> str:
+        return self.reader.slide_path
 
     def close_local(self) -> None:
         """Close this thread's slide handle (threads that stop reading for good)."""
-        self._reader.close_local()
+        self.reader.close_local()
 
     def _array(self) -> zarr.Array[Any]:
         array: zarr.Array[Any] | None = getattr(self._local, "array", None)
@@ -108,17 +93,17 @@ class SlideJob:
 
     def read_box(self, spec: ChunkSpec) -> tuple[int, int, int, int]:
         """Model-space box a chunk reads (`ChunkReader.read_box`)."""
-        return self._reader.read_box(spec)
+        return self.reader.read_box(spec)
 
     def plan_tile_reuse(self, specs: list[ChunkSpec]) -> TileReuse | None:
         """A storage-tile reuser for these chunks in this process (`ChunkReader`)."""
-        return self._reader.plan_tile_reuse(specs)
+        return self.reader.plan_tile_reuse(specs)
 
     def read(
         self, spec: ChunkSpec, reuse: TileReuse | None = None
     ) -> tuple[np.ndarray, tuple[int, int, int, int]]:
         """The model-space image of a chunk's tissue tiles (plus margin) and its box."""
-        return self._reader.read(spec, reuse)
+        return self.reader.read(spec, reuse)
 
     def run(
         self,

@@ -127,7 +127,7 @@ def _run(
     stats.early_decoders = pool is not None
     try:
         if pool is None:
-            pool = DecodePool(job.reader(), specs, decoders)
+            pool = DecodePool(job.reader, specs, decoders)
         assert pool.ring is not None
         stats.slots = pool.ring.slots
         consumer = make_consumer(pool.ring, pool.free.put)

@@ -12,6 +12,7 @@ from tests.reference_inference import near_rounding_boundary, reference_block, u
 from wsi_segment.models.bundle import load_model
 from wsi_segment.pipeline.inference.chunk_inference import NODATA
 from wsi_segment.pipeline.inference.chunk_job import SlideJob
+from wsi_segment.pipeline.inference.chunk_reader import ChunkReader
 from wsi_segment.pipeline.inference.model_handle import ModelHandle
 from wsi_segment.wsi.slide import open_slide
 from wsi_segment.wsi.tiling import TileGrid, plan_chunks
@@ -40,12 +41,14 @@ def _job(model, grid: TileGrid) -> tuple[SlideJob, list]:
     mpp = slide.require_mpp()[0]
     plan = plan_chunks(slide, mpp, model.meta.mpp, grid, 3, tissue)
     job = SlideJob(
-        slide_path=str(CMU_SLIDE),
-        backend="auto",
-        mpp_override=None,
-        level0_per_model=plan.level0_per_model,
-        read_level=plan.read_level,
-        grid=grid,
+        reader=ChunkReader(
+            slide_path=str(CMU_SLIDE),
+            backend="auto",
+            mpp_override=None,
+            level0_per_model=plan.level0_per_model,
+            read_level=plan.read_level,
+            grid=grid,
+        ),
         n_classes=len(model.meta.classes),
         batch_size=16,
         gate=True,

@@ -61,18 +61,21 @@ def test_chunk_reads_share_storage_tiles_with_the_same_pixels(model_mpp):
     from tests.conftest import CMU_SLIDE
     from wsi_segment.pipeline.inference.chunk_job import SlideJob
     from wsi_segment.pipeline.inference.chunk_prefetch import ChunkPrefetcher
+    from wsi_segment.pipeline.inference.chunk_reader import ChunkReader
     from wsi_segment.wsi.tiling import plan_chunks
 
     slide = open_slide(CMU_SLIDE, backend="tiffslide")
     grid = TileGrid(tile=224, overlap=32, downsample=4)
     plan = plan_chunks(slide, 0.499, model_mpp, grid, 2, None)
     job = SlideJob(
-        slide_path=str(CMU_SLIDE),
-        backend="tiffslide",
-        mpp_override=None,
-        level0_per_model=plan.level0_per_model,
-        read_level=plan.read_level,
-        grid=grid,
+        reader=ChunkReader(
+            slide_path=str(CMU_SLIDE),
+            backend="tiffslide",
+            mpp_override=None,
+            level0_per_model=plan.level0_per_model,
+            read_level=plan.read_level,
+            grid=grid,
+        ),
         n_classes=4,
         batch_size=8,
         gate=True,
@@ -80,7 +83,7 @@ def test_chunk_reads_share_storage_tiles_with_the_same_pixels(model_mpp):
         tissue_mask=np.ones((1, 1), bool),
         tissue_downsample=1e9,
         level0_per_output=plan.level0_per_model * grid.downsample,
-        model=None,  # reading only
+        model=None,
     )
     specs = list(plan.specs)
     assert len(specs) >= 4
@@ -93,7 +96,7 @@ def test_chunk_reads_share_storage_tiles_with_the_same_pixels(model_mpp):
         np.testing.assert_array_equal(image, direct)
     assert reuse.tiles_reused > 0 and reuse.cached_bytes == 0
 
-    prefetch = ChunkPrefetcher(job.reader(), specs)
+    prefetch = ChunkPrefetcher(job.reader, specs)
     claimed = prefetch.take(specs[-1])  # a runner gets there before the reader
     try:
         for spec in specs:

@@ -11,6 +11,7 @@ from torch import nn
 from wsi_segment.models.meta import ModelMeta
 from wsi_segment.models.segmentation_model import SegmentationModel
 from wsi_segment.pipeline.inference.chunk_job import SlideJob
+from wsi_segment.pipeline.inference.chunk_reader import ChunkReader
 from wsi_segment.pipeline.inference.chunk_runner import _size_for_this_worker
 from wsi_segment.pipeline.inference.model_handle import ModelHandle
 from wsi_segment.wsi.tiling import TileGrid
@@ -18,12 +19,14 @@ from wsi_segment.wsi.tiling import TileGrid
 
 def _job(model: SegmentationModel, per_chunk: int = 0) -> SlideJob:
     return SlideJob(
-        slide_path="unused.svs",
-        backend="auto",
-        mpp_override=None,
-        level0_per_model=1.0,
-        read_level=0,
-        grid=TileGrid(tile=64, overlap=16, downsample=4),
+        reader=ChunkReader(
+            slide_path="unused.svs",
+            backend="auto",
+            mpp_override=None,
+            level0_per_model=1.0,
+            read_level=0,
+            grid=TileGrid(tile=64, overlap=16, downsample=4),
+        ),
         n_classes=2,
         batch_size=4,
         gate=True,

@@ -19,6 +19,7 @@ from tests.engine_leaks import shm_entries
 from wsi_segment.errors import SlideError
 from wsi_segment.models.bundle import load_model
 from wsi_segment.pipeline.inference.chunk_job import SlideJob
+from wsi_segment.pipeline.inference.chunk_reader import ChunkReader
 from wsi_segment.pipeline.inference.chunk_runner import run_chunks
 from wsi_segment.pipeline.inference.decode_pool import DecodePool
 from wsi_segment.pipeline.inference.engine import run_engine
@@ -78,14 +79,16 @@ def make_job(
         plan.level0_per_model * grid.downsample,
     )
     job = SlideJob(
-        slide_path=str(slide_path),
-        backend=slide.backend,
-        mpp_override=None,
-        level0_per_model=plan.level0_per_model,
-        read_level=plan.read_level,
-        grid=grid,
+        reader=ChunkReader(
+            slide_path=str(slide_path),
+            backend=slide.backend,
+            mpp_override=None,
+            level0_per_model=plan.level0_per_model,
+            read_level=plan.read_level,
+            grid=grid,
+        ),
         n_classes=len(meta.classes),
-        batch_size=5,  # never a divisor of a chunk's tiles: batches span chunks
+        batch_size=5,
         gate=True,
         zarr_path=str(tmp / "0"),
         tissue_mask=tissue.mask,
@@ -201,7 +204,7 @@ def test_decoders_started_early_fill_the_ring_and_the_engine_adopts_them(tmp_pat
     (memory stays bounded), then `run_engine` adopts it and closes it."""
     job, specs = make_job(tmp_path / "p.zarr", tiny, chunk_tiles=2)
     before = shm_entries()
-    pool = DecodePool(job.reader(), specs, 2)
+    pool = DecodePool(job.reader, specs, 2)
     assert pool.ring is not None
     slots = pool.ring.slots
     assert len(specs) > slots  # more chunks than slots: the decoders must wait
@@ -224,7 +227,7 @@ def test_decoders_started_early_fill_the_ring_and_the_engine_adopts_them(tmp_pat
 def test_a_pool_for_other_chunks_is_closed_and_replaced(tmp_path, tiny, threaded):
     job, specs = make_job(tmp_path / "p.zarr", tiny, chunk_tiles=2)
     before = shm_entries()
-    stale = DecodePool(job.reader(), specs[:3], 2)
+    stale = DecodePool(job.reader, specs[:3], 2)
     stats = EngineStats()
     outcomes = run_engine(job, specs, 2, stats=stats, pool=stale)
     assert not stats.early_decoders and stale.ring is None

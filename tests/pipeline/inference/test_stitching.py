@@ -18,6 +18,7 @@ from tests.reference_inference import quantise
 from wsi_segment.models.meta import ModelMeta
 from wsi_segment.models.segmentation_model import SegmentationModel
 from wsi_segment.pipeline.inference.chunk_job import SlideJob
+from wsi_segment.pipeline.inference.chunk_reader import ChunkReader
 from wsi_segment.pipeline.inference.chunk_runner import run_chunks
 from wsi_segment.pipeline.inference.model_handle import ModelHandle
 from wsi_segment.pipeline.outputs.ome_zarr import create_probability_store
@@ -77,12 +78,14 @@ def run_job(tmp_path, slide_path, model, grid, chunk_tiles, gate=True, batch_siz
         plan.level0_per_model * grid.downsample,
     )
     job = SlideJob(
-        slide_path=str(slide_path),
-        backend="auto",
-        mpp_override=0.499,
-        level0_per_model=plan.level0_per_model,
-        read_level=plan.read_level,
-        grid=grid,
+        reader=ChunkReader(
+            slide_path=str(slide_path),
+            backend="auto",
+            mpp_override=0.499,
+            level0_per_model=plan.level0_per_model,
+            read_level=plan.read_level,
+            grid=grid,
+        ),
         n_classes=len(CLASSES),
         batch_size=batch_size,
         gate=gate,
