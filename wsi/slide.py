@@ -29,6 +29,7 @@ import numpy as np
 
 from wsi_segment.errors import ConfigError, MppMissingError, SlideError
 from wsi_segment.wsi.backends import BACKENDS, SlideMeta, SlideReader
+from wsi_segment.wsi.box_mean import box_mean
 from wsi_segment.wsi.mpp import mpp_problem
 from wsi_segment.wsi.retries import READ_ATTEMPTS, is_transient, with_retries
 
@@ -207,7 +208,8 @@ class Slide:
         """RGB image whose longer side is <= max_size, and its downsample vs level 0.
 
         Reads the coarsest level that still has >= max_size px (never a finer one) and
-        averages k x k blocks, in storage-tile-aligned pieces so no tile is decoded twice and
+        averages k x k blocks (`box_mean`, edge blocks completed with white), in
+        storage-tile-aligned pieces so no tile is decoded twice and
         even a single-level 100k-pixel slide never sits in memory.
         """
         max_size = max(1, int(max_size))
@@ -225,11 +227,11 @@ class Slide:
         bx, by = (_block(k, t) for t in tile)  # level px per read: multiples of k and tile
         for y in range(0, lh, by):
             for x in range(0, lw, bx):
-                bw, bh = min(bx, tw * k - x), min(by, th * k - y)
-                loc = (round(x * lds), round(y * lds))
-                px = self.read_region(loc, level, (bw, bh)).astype(np.float32)
-                px = px.reshape(bh // k, k, bw // k, k, 3).mean(axis=(1, 3))
-                out[y // k : y // k + bh // k, x // k : x // k + bw // k] = np.round(px)
+                bw, bh = min(bx, lw - x), min(by, lh - y)
+                px = box_mean(
+                    self.read_region((round(x * lds), round(y * lds)), level, (bw, bh)), k
+                )
+                out[y // k : y // k + px.shape[0], x // k : x // k + px.shape[1]] = px
         return out, lds * k
 
     # -- lifecycle --------------------------------------------------------------

@@ -265,3 +265,28 @@ def test_the_stage_sequence_closes_the_slide_it_prepared(tmp_path, tiny_model_di
     assert segment.run_stages(CMU_SLIDE, tmp_path, params, stages).status == "done"
     assert segment.run_stages(CMU_SLIDE, tmp_path, params, stages).status == "up-to-date"
     assert [p.slide._reader for p in prepared] == [None, None]  # closed
+
+
+def test_overlay_shows_the_thumbnail_tissue_detection_saw(cmu_run):
+    """overlay.png is `Slide.thumbnail` with class colours blended in: every pixel is the
+    thumbnail's own or its blend with one class colour (alpha 0.4), nothing else."""
+    from PIL import Image
+
+    from wsi_segment.models.bundle import demo_model_dir
+    from wsi_segment.models.meta import read_model_json
+    from wsi_segment.pipeline.outputs.finish_outputs import THUMB_SIZE
+    from wsi_segment.wsi.slide import open_slide
+
+    result, _, _ = cmu_run
+    with open_slide(CMU_SLIDE) as slide:
+        thumb, _ = slide.thumbnail(THUMB_SIZE)
+    h, w = thumb.shape[:2]
+    overlay = np.asarray(Image.open(result.out_dir / "overlay.png").convert("RGB"))[:h, :w]
+    colors = read_model_json(demo_model_dir())[1].colors
+    t = thumb.astype(np.float32)
+    candidates = [t] + [0.6 * t + 0.4 * np.asarray(c, np.float32) for c in colors]
+    explained = np.zeros((h, w), bool)
+    for cand in candidates:
+        explained |= (np.abs(np.rint(cand) - overlay) <= 0.5).all(axis=2)
+    assert explained.all()
+    assert (overlay == thumb).all(axis=2).mean() > 0.05  # glass around the tissue stays as is

@@ -17,6 +17,7 @@ import pytest
 
 from tests.conftest import CMU_SLIDE, DATA_DIR
 from wsi_segment.errors import ConfigError, MppMissingError, SlideError
+from wsi_segment.wsi.box_mean import box_mean
 from wsi_segment.wsi.slide import Slide, _to_white_rgb, open_slide
 
 JPEG_TOLERANCE = 0
@@ -226,8 +227,14 @@ def test_thumbnail_pieces_are_storage_tile_aligned_and_average_correctly(cmu_pix
     assert len(calls) > 1  # read piece by piece
     assert all(x % 240 == 0 and y % 240 == 0 for (x, y), _, _ in calls)  # no tile read twice
     assert sum(w * h for _, _, (w, h) in calls) == 2220 * 2967  # 2220, 2967 divisible by 3
-    expected = cmu_pixels.reshape(989, 3, 740, 3, 3).astype(np.float32).mean(axis=(1, 3))
-    assert np.abs(thumb.astype(np.float32) - expected).max() <= 0.5
+    assert np.array_equal(thumb, box_mean(cmu_pixels, 3))  # the one rule, read piece by piece
+
+
+def test_thumbnail_edge_blocks_are_completed_with_white(cmu_pixels):
+    with open_slide(CMU_SLIDE) as slide:
+        thumb, ds = slide.thumbnail(740)  # 2967 / 740 -> 5 x 5 blocks: 2220 = 444 x 5, 2967 not
+    assert ds == 5.0 and thumb.shape == (594, 444, 3)
+    assert np.array_equal(thumb, box_mean(cmu_pixels, 5))
 
 
 # -- compositing --------------------------------------------------------------------

@@ -36,6 +36,7 @@ from wsi_segment.synthetic.textures import (
     render_region,
     render_tissue,
 )
+from wsi_segment.wsi.box_mean import box_mean
 from wsi_segment.wsi.tissue import drop_small
 
 __all__ = [
@@ -110,22 +111,13 @@ def _level_downsamples(width: int, height: int, tile: int) -> list[int]:
     return levels
 
 
-def _box(img: np.ndarray, k: int = 4) -> np.ndarray:
-    """k x k box average of an (H, W, 3) uint8 array (padded with white to multiples of k)."""
-    h, w = -(-img.shape[0] // k), -(-img.shape[1] // k)
-    if img.shape[:2] != (h * k, w * k):
-        img = np.pad(
-            img, ((0, h * k - img.shape[0]), (0, w * k - img.shape[1]), (0, 0)), constant_values=255
-        )
-    boxed: np.ndarray = (img.reshape(h, k, w, k, 3).mean(axis=(1, 3)) + 0.5).astype(np.uint8)
-    return boxed
-
-
 def _thumbnail(level1: np.ndarray, w1: int, h1: int, max_side: int = 1024) -> np.ndarray:
     """Aperio's second page: a small stripped overview, box-averaged band by band."""
     k = max(1, math.ceil(max(w1, h1) / max_side))
     band = k * 64
-    parts = [_box(np.asarray(level1[r : min(r + band, h1), :w1]), k) for r in range(0, h1, band)]
+    parts = [
+        box_mean(np.asarray(level1[r : min(r + band, h1), :w1]), k) for r in range(0, h1, band)
+    ]
     return np.concatenate(parts, axis=0)
 
 
@@ -189,7 +181,7 @@ def write_synthetic_slide(
             for j in range(cols):
                 t = get(i, j)
                 if nxt is not None:
-                    nxt[i * q : (i + 1) * q, j * q : (j + 1) * q] = _box(t)
+                    nxt[i * q : (i + 1) * q, j * q : (j + 1) * q] = box_mean(t, 4)
                 yield t
 
     def from_array(src: np.ndarray) -> TileFn:
