@@ -13,7 +13,7 @@ from scipy import ndimage
 
 from tests.conftest import CMU_SLIDE, DATA_DIR
 from wsi_segment.wsi.slide import open_slide
-from wsi_segment.wsi.tissue import detect_tissue, drop_small, tissue_mask_from_rgb
+from wsi_segment.wsi.tissue import box3, detect_tissue, drop_small, tissue_mask_from_rgb
 
 
 def write_slide(path, image: np.ndarray, mpp: float | None = 0.5, jpeg: bool = True):
@@ -171,3 +171,13 @@ def test_slide_without_mpp_uses_pixel_defaults():
     assert "pixel defaults" in tissue.params["units"]
     assert tissue.mask.shape == (250, 300)
     assert 0.0 <= tissue.fraction <= 1.0 and tissue.polygons.is_valid
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 6), (6, 1), (2, 2), (3, 7), (40, 57)])
+@pytest.mark.parametrize("density", [0.1, 0.5, 0.9])
+def test_box3_is_scipys_3x3_dilation_and_erosion(shape, density):
+    rng = np.random.default_rng(shape[0] * 100 + shape[1])
+    mask = rng.random(shape) < density
+    square = np.ones((3, 3), bool)
+    assert np.array_equal(box3(mask, dilate=True), ndimage.binary_dilation(mask, square))
+    assert np.array_equal(box3(mask, dilate=False), ndimage.binary_erosion(mask, square))
