@@ -205,19 +205,24 @@ def _prepare_opened(
     prefetcher: ChunkPrefetcher | None = None
     pool: DecodePool | None = None
     try:
+        geometry = model_geometry(model_dir)
+        if decoders and geometry is not None:
+            pool = DecodePool(decoders)  # they import while tissue is detected
         t1 = time.perf_counter()
         tissue, rois = slide_tissue(slide, params)
         t_tissue = time.perf_counter()
-        geometry = model_geometry(model_dir)
         planned = grid = read_backend = reader = None
         if geometry is not None:
             grid, planned = plan_slide(slide, mpp, geometry, params, tissue)
             read_backend = chunk_read_backend(slide, params, planned.read_level)
             reader = plan_reader(slide_path, slide, params, planned, grid, read_backend)
-            if decoders and planned.specs:
-                pool = DecodePool(reader, planned.specs, decoders)
+            if pool is not None and planned.specs:
+                pool.assign(reader, planned.specs)
             elif prefetch and planned.specs:
                 prefetcher = ChunkPrefetcher(reader, planned.specs)
+        if pool is not None and pool.specs is None:  # nothing to read
+            pool.close()
+            pool = None
         t2 = time.perf_counter()
         model, lock = loader.result()
         meta = model.meta

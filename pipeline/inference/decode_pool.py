@@ -10,9 +10,10 @@ of shared-memory slots, one chunk per slot; a slot comes from the free-slot queu
 back when the device consumer has copied its tiles: memory is bounded by the ring. What
 travels on the queues is small: slot numbers and (slot, chunk, tiles) descriptors.
 
-A `DecodePool` holds one run's decoders, queues and ring. `pipeline.segment.prepare`
-starts it right after planning, so the decoders spawn and fill the ring while the model
-loads (they then wait for free slots); `run_engine` adopts it, or starts its own.
+A `DecodePool` holds one run's decoders, queues and ring. `pipeline.prepare.prepare` spawns
+it before tissue detection, so the decoders import while tissue is found and the chunks are
+planned, then assigns their bands; they fill the ring while the model loads (then wait for
+free slots). `run_engine` adopts it, or starts its own.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.shared_memory import SharedMemory
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 import numpy as np
 
@@ -40,7 +41,6 @@ from wsi_segment.wsi.tiling import ChunkSpec
 
 if TYPE_CHECKING:
     from multiprocessing.context import SpawnContext
-    from multiprocessing.process import BaseProcess
     from multiprocessing.queues import Queue
     from multiprocessing.synchronize import Event
 
@@ -159,34 +159,67 @@ class DecodePool:
     """The decoder processes of one run, with their queues and slot ring.
 
     Spawning is what takes time (each child imports numpy and the slide code), so a run
-    starts the pool as early as it knows its chunks; the decoders fill the ring and then
-    wait for free slots, so memory stays bounded however long the model takes to load.
-    Whoever holds the pool closes it (`close` is idempotent) on every path."""
+    spawns the decoders before it even knows its chunks (`DecodePool(decoders)`, while
+    tissue is detected) and hands them their bands once planned (`assign`); they then fill
+    the ring and wait for free slots, so memory stays bounded however long the model takes
+    to load. Whoever holds the pool closes it (`close` is idempotent) on every path."""
 
-    def __init__(self, reader: ChunkReader, specs: Sequence[ChunkSpec], decoders: int) -> None:
+    def __init__(self, decoders: int) -> None:
         check_main_guard()
         self.started = time.perf_counter()
-        self.specs, self.decoders = list(specs), decoders
-        tile = reader.grid.tile
-        self.slot_tiles = max([1, *(len(s.tiles) for s in self.specs)])
-        slots = ring_slots(decoders, self.slot_tiles * tile * tile * 3)
+        self.decoders = decoders
+        self.specs: list[ChunkSpec] | None = None  # None until `assign`
         ctx = spawn_context()
         self.stop: Any = ctx.Event()
         self.free: Any = ctx.Queue()
         self.results: Any = ctx.Queue()
+        self.work: Any = ctx.Queue()
         self.ring: SlotRing | None = None
         self.procs: list[Any] = []
         try:
-            self.ring = SlotRing(slots, self.slot_tiles, tile)
-            for slot in range(slots):
-                self.free.put(slot)
-            self.procs = start_decoders(
-                reader, self.specs, decoders, self.ring, self.free, self.results, self.stop, ctx
-            )
+            for d in range(decoders):
+                args = (d, self.work, self.free, self.results, self.stop)
+                proc = ctx.Process(target=decoder_main, args=args, name=f"wsi-decoder-{d}",
+                                   daemon=True)  # fmt: skip
+                proc.start()
+                self.procs.append(proc)
         except BaseException:
             self.close()
             raise
         self.spawn_s = time.perf_counter() - self.started  # until every decoder was started
+
+    @classmethod
+    def for_chunks(
+        cls, reader: ChunkReader, specs: Sequence[ChunkSpec], decoders: int
+    ) -> DecodePool:
+        """Spawned and assigned at once (a run that had no time to start them early)."""
+        pool = cls(decoders)
+        try:
+            pool.assign(reader, specs)
+        except BaseException:
+            pool.close()
+            raise
+        return pool
+
+    def assign(self, reader: ChunkReader, specs: Sequence[ChunkSpec]) -> None:
+        """Make the slot ring for these chunks and send each decoder its band (a decoder
+        left without one reports itself finished)."""
+        if self.specs is not None or not self.procs:
+            raise RuntimeError("a DecodePool is assigned once, while its decoders run")
+        self.specs = list(specs)
+        tile = reader.grid.tile
+        slot_tiles = max([1, *(len(s.tiles) for s in self.specs)])
+        slots = ring_slots(self.decoders, slot_tiles * tile * tile * 3)
+        self.ring = SlotRing(slots, slot_tiles, tile)
+        for slot in range(slots):
+            self.free.put(slot)
+        work = bands(self.specs, self.decoders)
+        for band in work:
+            task = DecoderTask(reader, [self.specs[i] for i in band], band, self.ring.shm.name,
+                               slots, slot_tiles, tile)  # fmt: skip
+            self.work.put(task)
+        for _ in range(self.decoders - len(work)):
+            self.work.put(None)
 
     def serves(self, specs: Sequence[ChunkSpec], decoders: int) -> bool:
         """Whether this pool reads exactly these chunks with this many decoders."""
@@ -208,14 +241,27 @@ class DecodePool:
             if proc.is_alive():
                 proc.kill()
                 wait_uninterrupted(proc.join)
-        for q in (self.free, self.results):  # flush and end their feeder threads
+        for q in (self.free, self.results, self.work):  # flush and end their feeder threads
             if q is not None:
                 q.close()
                 wait_uninterrupted(q.join_thread)
         if self.ring is not None:
             self.ring.close()
         self.procs, self.ring = [], None
-        self.stop = self.free = self.results = None
+        self.stop = self.free = self.results = self.work = None
+
+
+@dataclass(frozen=True)
+class DecoderTask:
+    """One decoder's share of a run: its band of chunks and where the slot ring lives."""
+
+    reader: ChunkReader
+    specs: list[ChunkSpec]
+    indices: list[int]
+    shm_name: str
+    slots: int
+    slot_tiles: int
+    tile: int
 
 
 def wait_uninterrupted(wait: Callable[..., Any], *args: Any) -> None:
@@ -224,27 +270,6 @@ def wait_uninterrupted(wait: Callable[..., Any], *args: Any) -> None:
         with contextlib.suppress(KeyboardInterrupt):
             wait(*args)
             return
-
-
-def start_decoders(
-    reader: ChunkReader,
-    specs: Sequence[ChunkSpec],
-    decoders: int,
-    ring: SlotRing,
-    free: Queue[int],
-    results: Queue[Message],
-    stop: Event,
-    ctx: SpawnContext,
-) -> list[BaseProcess]:
-    """Spawn one daemon process per band; each puts Decoded / Finished / Failed on `results`."""
-    procs: list[BaseProcess] = []
-    for d, band in enumerate(bands(specs, decoders)):
-        args = (d, reader, [specs[i] for i in band], band, ring.shm.name, ring.slots,
-                ring.slot_tiles, ring.tile, free, results, stop)  # fmt: skip
-        proc = ctx.Process(target=decode_band, args=args, name=f"wsi-decoder-{d}", daemon=True)
-        proc.start()
-        procs.append(proc)
-    return procs
 
 
 def spawn_context() -> SpawnContext:
@@ -287,31 +312,32 @@ def _names_main(test: ast.expr) -> bool:
     return any(isinstance(n, ast.Name) and n.id == "__name__" for n in ast.walk(test))
 
 
-def decode_band(
+def decoder_main(
     decoder: int,
-    reader: ChunkReader,
-    specs: list[ChunkSpec],
-    indices: list[int],
-    shm_name: str,
-    slots: int,
-    slot_tiles: int,
-    tile: int,
+    work: Queue[DecoderTask | None],
     free: Queue[int],
     results: Queue[Message],
     stop: Event,
 ) -> None:
-    """Process body: read each chunk of the band, cut its tiles into a free slot, report it."""
-    ring = SlotRing(slots, slot_tiles, tile, name=shm_name)
+    """Process body: wait for this decoder's band (the imports are done by then), then read
+    each chunk of it, cut its tiles into a free slot and report it."""
+    task = _wait_for(work, stop)
+    if task is None:
+        if not stop.is_set():
+            results.put(Finished(decoder))
+        return
+    reader = task.reader
+    ring = SlotRing(task.slots, task.slot_tiles, task.tile, name=task.shm_name)
     try:
         try:
-            reuse = reader.plan_tile_reuse(specs)
+            reuse = reader.plan_tile_reuse(task.specs)
         except Exception:  # reading works without reuse; read errors surface below
             reuse = None
-        for index, spec in zip(indices, specs, strict=True):
+        for index, spec in zip(task.indices, task.specs, strict=True):
             if stop.is_set():
                 return
             image, box = reader.read(spec, reuse)
-            slot = _take_slot(free, stop)
+            slot = _wait_for(free, stop)
             if slot is None:
                 return
             n = len(spec.tiles)
@@ -328,10 +354,14 @@ def decode_band(
         ring.close()
 
 
-def _take_slot(free: Queue[int], stop: Event) -> int | None:
+T = TypeVar("T")
+
+
+def _wait_for(source: Queue[T], stop: Event) -> T | None:
+    """The next item of `source`, or None once the pool is stopping."""
     while not stop.is_set():
         try:
-            return int(free.get(timeout=0.1))
+            return source.get(timeout=0.1)
         except queue.Empty:
             continue
     return None

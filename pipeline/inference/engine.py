@@ -11,7 +11,7 @@ The first error (a decoder's SlideError, the model's, the writer's) wins and sto
 `run_engine` never returns or raises while a part may still write into the zarr store (the
 caller then removes the partial folder), and on every path (success, error, interrupt) it
 joins or terminates the decoders and removes the shared memory. The decoders may have been
-started before the model loaded (`DecodePool`, handed in by `pipeline.segment.infer`); the
+spawned before tissue detection (`DecodePool`, handed in by `pipeline.segment.infer`); the
 engine then adopts them, and closes them like its own.
 """
 
@@ -127,7 +127,7 @@ def _run(
     stats.early_decoders = pool is not None
     try:
         if pool is None:
-            pool = DecodePool(job.reader, specs, decoders)
+            pool = DecodePool.for_chunks(job.reader, specs, decoders)
         assert pool.ring is not None
         stats.slots = pool.ring.slots
         consumer = make_consumer(pool.ring, pool.free.put)

@@ -81,3 +81,33 @@ def test_a_model_that_fails_to_load_closes_the_early_decoders(tmp_path, tiny_mod
         prepare(CMU_SLIDE, tmp_path / "out", params(broken), decoders=2)
     assert multiprocessing.active_children() == []
     assert shm_entries() <= before
+
+
+def test_decoders_spawned_before_tissue_detection_are_closed_when_it_fails(
+    tmp_path, tiny_model_dir
+):
+    """The decoders spawn before tissue is detected (they import meanwhile); detection
+    reading a damaged tile fails, and they are stopped with nothing left behind."""
+    damaged = tmp_path / "cmu_damaged.svs"
+    corrupt_middle_tile(CMU_SLIDE, damaged)
+    before = shm_entries()
+    with pytest.raises(SlideError, match=r"cmu_damaged\.svs"):
+        prepare(damaged, tmp_path / "out", params(tiny_model_dir), decoders=2)
+    assert multiprocessing.active_children() == []
+    assert shm_entries() <= before
+
+
+def test_a_slide_without_tissue_keeps_no_decoders(tmp_path, tiny_model_dir):
+    import numpy as np
+    import tifffile
+
+    blank = tmp_path / "blank.tif"
+    tifffile.imwrite(blank, np.full((512, 512, 3), 240, np.uint8), tile=(256, 256),
+                     photometric="rgb", resolution=(2e4, 2e4), resolutionunit="CENTIMETER")  # fmt: skip
+    prep = prepare(blank, tmp_path / "out", params(tiny_model_dir), decoders=2)
+    try:
+        assert prep.specs == [] or all(not s.tiles for s in prep.specs)
+        assert prep.decode_pool is None
+        assert multiprocessing.active_children() == []
+    finally:
+        prep.close_prefetch()

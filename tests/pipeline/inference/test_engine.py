@@ -204,7 +204,7 @@ def test_decoders_started_early_fill_the_ring_and_the_engine_adopts_them(tmp_pat
     (memory stays bounded), then `run_engine` adopts it and closes it."""
     job, specs = make_job(tmp_path / "p.zarr", tiny, chunk_tiles=2)
     before = shm_entries()
-    pool = DecodePool(job.reader, specs, 2)
+    pool = DecodePool.for_chunks(job.reader, specs, 2)
     assert pool.ring is not None
     slots = pool.ring.slots
     assert len(specs) > slots  # more chunks than slots: the decoders must wait
@@ -227,7 +227,7 @@ def test_decoders_started_early_fill_the_ring_and_the_engine_adopts_them(tmp_pat
 def test_a_pool_for_other_chunks_is_closed_and_replaced(tmp_path, tiny, threaded):
     job, specs = make_job(tmp_path / "p.zarr", tiny, chunk_tiles=2)
     before = shm_entries()
-    stale = DecodePool(job.reader, specs[:3], 2)
+    stale = DecodePool.for_chunks(job.reader, specs[:3], 2)
     stats = EngineStats()
     outcomes = run_engine(job, specs, 2, stats=stats, pool=stale)
     assert not stats.early_decoders and stale.ring is None
