@@ -14,6 +14,7 @@ from wsi_segment.errors import ConfigError
 from wsi_segment.models.heads import DEFAULT_DROPOUT
 from wsi_segment.pipeline.training.train_classifier import ClassifierConfig, head_spec
 from wsi_segment.pipeline.training.train_segmenter import SegmenterConfig
+from wsi_segment.wsi.mpp import mpp_problem
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,9 @@ def check_config(cfg: TrainConfig) -> None:
             f"--batch-size must be >= 2, got {cfg.batch_size}: BatchNorm cannot train on "
             "batches of one sample"
         )
+    problem = mpp_problem(cfg.mpp)
+    if problem is not None:  # model.json would record it, and every slide be resampled to it
+        raise ConfigError(f"--mpp {problem}; give the patches' pixel size (1.0 = 10x)")
     head_spec(classifier_config(cfg))  # dropout and PDA schedule
 
 

@@ -82,7 +82,9 @@ def test_last_batch_of_one_trains(tmp_path: Path, capsys: pytest.CaptureFixture[
     capsys.readouterr()
 
 
-@pytest.mark.parametrize("case", ["one patch", "batch of one", "pda option", "dropout"])
+@pytest.mark.parametrize(
+    "case", ["one patch", "batch of one", "pda option", "dropout", "mpp", "mpp nan"]
+)
 def test_untrainable_settings_are_one_clear_error(
     case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -99,6 +101,12 @@ def test_untrainable_settings_are_one_clear_error(
     elif case == "pda option":
         args += ["--head", "cam", "--pda-floor", "0.5"]
         expected = "apply to the pda head only, not to --head cam"
+    elif case == "mpp":
+        args += ["--mpp", "0"]
+        expected = "--mpp 0.0 is out of range: micrometres per pixel must be in [0.01, 100]"
+    elif case == "mpp nan":
+        args += ["--mpp", "nan"]
+        expected = "--mpp nan is out of range"
     else:
         args += ["--dropout", "1"]
         expected = "--dropout must be in [0, 1), got 1.0"
