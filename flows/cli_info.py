@@ -17,6 +17,7 @@ import sys
 from typing import Any
 
 from wsi_segment.flows.cli_segment import mpp_value
+from wsi_segment.wsi.backends import BACKENDS
 from wsi_segment.wsi.slide import Slide, open_slide
 
 CHECK_SIZE = 256  # px of the coarsest level decoded as a sanity check
@@ -33,7 +34,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.add_argument("slide", metavar="SLIDE", help="slide file or fsspec URL (file://...)")
     parser.add_argument(
         "--backend",
-        choices=("auto", "openslide", "tiffslide"),
+        choices=("auto", *BACKENDS),
         default="auto",
         help="auto: openslide, then tiffslide if openslide cannot open it (default: %(default)s)",
     )

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from wsi_segment.errors import WsiSegmentError
-from wsi_segment.pipeline.params import SegmentParams
+from wsi_segment.pipeline.params import BACKENDS, SegmentParams
 from wsi_segment.pipeline.progress import BarProgress
 from wsi_segment.wsi.mpp import mpp_problem
 
@@ -119,7 +119,7 @@ def add_segment_options(parser: argparse.ArgumentParser) -> None:
         "0: Dask threads instead (default: one per core but one, at most 16, on a GPU; "
         "0 on the CPU). Local runs only",
     )
-    parser.add_argument("--backend", choices=("auto", "openslide", "tiffslide"), default="auto")
+    parser.add_argument("--backend", choices=BACKENDS, default="auto")
     parser.add_argument(
         "--no-gate",
         action="store_true",

@@ -17,7 +17,7 @@ from wsi_segment.errors import ConfigError
 from wsi_segment.wsi.mpp import mpp_problem
 
 DEVICES = ("auto", "cpu", "cuda")
-BACKENDS = ("auto", "openslide", "tiffslide")
+BACKENDS = ("auto", "openslide", "tiffslide")  # wsi.backends.BACKENDS, named without importing it
 PRECISIONS = ("auto", "fp32")
 TISSUE_MODES = ("auto", "all")  # all: no detection, the whole slide is tissue
 

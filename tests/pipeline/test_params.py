@@ -104,3 +104,12 @@ def test_slides_in_flight_share_the_machine_s_decoders():
     assert shared_decoders(0, "cuda", slides=2, cores=16) == 0
     for device_type in ("cpu", "cuda"):  # one slide alone: the single-slide rule
         assert shared_decoders(None, device_type, slides=1) == run_decoders(None, device_type)
+
+
+def test_backend_choices_are_the_readers_wsi_has():
+    """The options name the backends without importing them (a quick CLI start): the two
+    lists must not drift apart."""
+    from wsi_segment.pipeline.params import BACKENDS
+    from wsi_segment.wsi.backends import BACKENDS as READERS
+
+    assert ("auto", *READERS) == BACKENDS
