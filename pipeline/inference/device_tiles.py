@@ -16,7 +16,12 @@ from dataclasses import dataclass
 import torch
 
 from wsi_segment.pipeline.inference.chunk_reader import ChunkReader
-from wsi_segment.pipeline.inference.jpeg_batch import Decoder, decode_tiles, tile_decoder
+from wsi_segment.pipeline.inference.jpeg_batch import (
+    Decoder,
+    copy_into,
+    decode_tiles,
+    tile_decoder,
+)
 from wsi_segment.wsi.raw_tiles import JpegTiles, Unsupported, open_jpeg_tiles
 from wsi_segment.wsi.region_reader import same_pixels
 from wsi_segment.wsi.tiling import ChunkSpec
@@ -42,17 +47,29 @@ class DeviceTiles:
         x0, y0, x1, y1 = self.reader.read_box(spec)  # level px: model px are level px
         box = self._paste(x0, y0, x1, y1)
         t, s, m = grid.tile, grid.stride, grid.margin
-        cuts = [
-            box[i * s - m - y0 : i * s - m - y0 + t, j * s - m - x0 : j * s - m - x0 + t]
-            for i, j in spec.tiles
-        ]
-        if not cuts:
+        if not spec.tiles:
             return torch.empty((0, t, t, 3), dtype=torch.uint8, device=self.device)
-        return torch.stack(cuts)
+        # every grid tile inside the box as one strided view, (rows, cols, T, T, 3); the
+        # box starts at a tile's corner (read_box), so tile (i, j) is view[i - i0, j - j0]
+        h, w = y1 - y0, x1 - x0
+        view = box.as_strided(
+            ((h - t) // s + 1, (w - t) // s + 1, t, t, 3), (s * w * 3, s * 3, w * 3, 3, 1)
+        )
+        i0, j0 = (y0 + m) // s, (x0 + m) // s
+        rows = [i - i0 for i, _ in spec.tiles]
+        cols = [j - j0 for _, j in spec.tiles]
+        if self.device.type == "cpu":  # numpy's gather of uint8 is far faster than torch's
+            return torch.from_numpy(view.numpy()[rows, cols])
+        index = torch.tensor([rows, cols], dtype=torch.long).to(self.device)
+        return view[index[0], index[1]]  # one gather: (N, T, T, 3), contiguous
 
     def _paste(self, x0: int, y0: int, x1: int, y1: int) -> torch.Tensor:
         """The level box (x0, y0)-(x1, y1) as (H, W, 3) uint8 on the device."""
-        out = torch.full((y1 - y0, x1 - x0, 3), WHITE, dtype=torch.uint8, device=self.device)
+        out = torch.empty((y1 - y0, x1 - x0, 3), dtype=torch.uint8, device=self.device)
+        if self.device.type == "cpu":  # as copy_into: numpy fills faster than torch here
+            out.numpy().fill(WHITE)
+        else:
+            out.fill_(WHITE)
         (tw, th), (lw, lh) = self.tiles.tile_size, self.tiles.level_size
         ix0, iy0, ix1, iy1 = max(x0, 0), max(y0, 0), min(x1, lw), min(y1, lh)
         if ix0 >= ix1 or iy0 >= iy1:
@@ -67,9 +84,10 @@ class DeviceTiles:
             # the part of the tile inside both the level and the box, in level px
             px0, py0 = max(c * tw, ix0), max(r * th, iy0)
             px1, py1 = min((c + 1) * tw, ix1), min((r + 1) * th, iy1)
-            out[py0 - y0 : py1 - y0, px0 - x0 : px1 - x0] = tile[
-                py0 - r * th : py1 - r * th, px0 - c * tw : px1 - c * tw
-            ]
+            copy_into(
+                out[py0 - y0 : py1 - y0, px0 - x0 : px1 - x0],
+                tile[py0 - r * th : py1 - r * th, px0 - c * tw : px1 - c * tw],
+            )
         return out
 
     def close(self) -> None:
