@@ -3,6 +3,7 @@
     python benchmarks/decode.py                       # 12288 px bank slide, every power of 2
     python benchmarks/decode.py --size 30720 --decoders 1,4,8,16 --modes processes
     python benchmarks/decode.py --no-record
+    python benchmarks/decode.py --modes device,processes --model-mpp 0.5 --device cuda
 
 Each decoder reads its share of the pipeline's own chunk plan exactly as `wsi-segment` does
 (`plan_like_pipeline`: tissue detection, the chunk grid, the fast read backend; then
@@ -14,6 +15,12 @@ min(this, the model's limit). Two ways to run N decoders are measured side by si
 - threads    N threads in one process, each with its own slide handle (openslide and the JPEG
              decoders release the GIL; numpy cutting and resampling partly do).
 
+A third, `device`, measures the device read path (`pipeline.inference.device_tiles`): one
+thread decodes each chunk's storage tiles in one `torchvision.io.decode_jpeg` call (nvJPEG on
+`--device cuda` where the tiles' header states YCbCr, libjpeg-turbo otherwise) and assembles
+its model tiles on `--device`. It serves only slides whose model pixels are level pixels (the
+bank slide at `--model-mpp 0.5`); otherwise its row gives the reason the CPU decoders read.
+
 All decoders open their slide and import first, then start together on a barrier; the clock
 runs from the barrier to the last decoder's end. The table is appended to RESULTS.md with the
 command and the machine.
@@ -22,6 +29,7 @@ command and the machine.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import multiprocessing as mp
 import os
@@ -40,7 +48,15 @@ from benchmarks.stages import slide_and_model  # noqa: E402
 from wsi_segment.errors import ModelError  # noqa: E402
 from wsi_segment.models.meta import read_model_json  # noqa: E402
 
-MODES = ("processes", "threads")
+MODES = ("processes", "threads", "device")
+
+
+def _meta(job: dict) -> Any:
+    """model.json's geometry, with `--model-mpp` in place of its mpp when given."""
+    _, meta = read_model_json(job["model"])
+    if job.get("model_mpp"):
+        meta = dataclasses.replace(meta, mpp=float(job["model_mpp"]))
+    return meta
 
 
 def decode_share(job: dict, share: int, shares: int, barrier: Any) -> tuple[int, float, float]:
@@ -53,9 +69,8 @@ def decode_share(job: dict, share: int, shares: int, barrier: Any) -> tuple[int,
     from wsi_segment.pipeline.inference.chunk_reader import cut_tiles
     from wsi_segment.wsi.region_reader import read_model_box
 
-    _, meta = read_model_json(job["model"])
     p = plan_like_pipeline(
-        Path(job["slide"]), meta, job["overlap"], job["chunk_tiles"], job["downsample"]
+        Path(job["slide"]), _meta(job), job["overlap"], job["chunk_tiles"], job["downsample"]
     )
     specs = p.specs[share::shares]
     boxes = chunk_read_boxes(p, specs)
@@ -102,11 +117,56 @@ def run_threads(job: dict, n: int) -> tuple[int, float]:
     return _total(got)
 
 
+def run_device(job: dict, device_name: str) -> tuple[int, float, str]:
+    """(tiles, wall s, decoder or the reason for falling back) of the device read path over
+    every chunk; the first chunk is read once before the clock starts (decoder set-up)."""
+    import torch
+
+    from benchmarks.stages import plan_like_pipeline
+    from wsi_segment.pipeline.inference.chunk_reader import ChunkReader
+    from wsi_segment.pipeline.inference.device_tiles import DeviceTiles, open_device_tiles
+
+    p = plan_like_pipeline(
+        Path(job["slide"]), _meta(job), job["overlap"], job["chunk_tiles"], job["downsample"]
+    )
+    reader = ChunkReader(
+        slide_path=job["slide"],
+        backend=p.slide.backend,
+        mpp_override=None,
+        level0_per_model=p.level0_per_model,
+        read_level=p.read_level,
+        grid=p.grid,
+    )
+    device = torch.device(device_name)
+    found = open_device_tiles(reader, device)
+    if not isinstance(found, DeviceTiles):
+        return 0, 0.0, found.reason
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    found.read_tiles(p.specs[0])
+    sync()
+    start, n = time.perf_counter(), 0
+    for spec in p.specs:
+        n += len(found.read_tiles(spec))
+    sync()
+    return n, time.perf_counter() - start, found.decoder
+
+
 def _total(results: Any) -> tuple[int, float]:
     """(tiles, wall s from the common start to the last end)."""
     results = list(results)
     tiles = sum(r[0] for r in results)
     return tiles, max(r[2] for r in results) - min(r[1] for r in results)
+
+
+def _device_row(job: dict, device_name: str | None) -> tuple[str, str, str]:
+    import torch
+
+    name = device_name or ("cuda" if torch.cuda.is_available() else "cpu")
+    tiles, wall, decoder = run_device(job, name)
+    if not tiles:
+        return (f"decode, device {name}", "not served", decoder)
+    return (f"decode, device {name}", f"{tiles / wall:,.0f} tiles/s",
+            f"{tiles} tiles in {wall:.2f} s; {decoder}, tiles assembled on {name}")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--overlap", type=int, default=32)
     ap.add_argument("--chunk-tiles", type=int, default=4)
     ap.add_argument("--downsample", type=int, default=4)
+    ap.add_argument("--model-mpp", type=float, default=None, help="plan at this mpp instead")
+    ap.add_argument("--device", default=None, help="device mode's torch device (cuda if any)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/wsi-segment-bench"))
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args(argv)
@@ -145,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         "overlap": args.overlap,
         "chunk_tiles": args.chunk_tiles,
         "downsample": args.downsample,
+        "model_mpp": args.model_mpp,
     }
     rows: list[tuple[str, str, str]] = []
     notes = [
@@ -154,6 +217,10 @@ def main(argv: list[str] | None = None) -> int:
     ]
     single: dict[str, float] = {}
     for mode in modes:
+        if mode == "device":
+            rows.append(_device_row(job, args.device))
+            print(rows[-1], file=sys.stderr, flush=True)
+            continue
         for n in counts:
             tiles, wall = (run_processes if mode == "processes" else run_threads)(job, n)
             rate = tiles / wall
@@ -168,8 +235,10 @@ def main(argv: list[str] | None = None) -> int:
     print(block)
     if not args.no_record:
         record(block)
-    best = max((r for r in rows), key=lambda r: float(r[1].split()[0].replace(",", "")))
-    print(f"decode_limit={best[1].split()[0]}")
+    rated = [r for r in rows if r[1].endswith("tiles/s")]
+    if rated:
+        best = max(rated, key=lambda r: float(r[1].split()[0].replace(",", "")))
+        print(f"decode_limit={best[1].split()[0]}")
     return 0
 
 

@@ -39,7 +39,7 @@ def choose_level(level_downsamples: tuple[float, ...], level0_per_model: float) 
     return best
 
 
-def _same_pixels(level0_per_model: float, downsample: float) -> bool:
+def same_pixels(level0_per_model: float, downsample: float) -> bool:
     """Model pixels are exactly the level's pixels: read them without resampling."""
     return abs(level0_per_model - downsample) < 1e-9 and float(downsample).is_integer()
 
@@ -54,7 +54,7 @@ def level_read_box(
     the box itself when model and level pixels coincide, else scaled plus the filter margin."""
     x0, y0, x1, y1 = box_model
     ds = float(downsample)
-    if _same_pixels(level0_per_model, ds):
+    if same_pixels(level0_per_model, ds):
         return int(x0), int(y0), int(x1), int(y1)
     scale = level0_per_model / ds  # level pixels per model pixel (>= 1 by level choice)
     margin = math.ceil(scale) + 2  # filter support of an antialiased bilinear reduction
@@ -91,7 +91,7 @@ def read_model_box(
             return _read_level(slide, level, ds, lx, ly, w, h)
 
     src = reader(ix0, iy0, ix1 - ix0, iy1 - iy0)
-    if _same_pixels(level0_per_model, ds):
+    if same_pixels(level0_per_model, ds):
         return src  # exact integer correspondence: model pixels are level pixels
     scale = level0_per_model / ds
     sx0, sy0 = x0 * scale, y0 * scale
