@@ -329,11 +329,15 @@ def decode_band(
 
 
 def _take_slot(free: Queue[int], stop: Event) -> int | None:
+    """A free slot; None once the run stops, or once the process that started this decoder
+    died without stopping it (a Dask worker killed mid-band): no one would free a slot."""
+    parent = mp.parent_process()
     while not stop.is_set():
         try:
             return int(free.get(timeout=0.1))
         except queue.Empty:
-            continue
+            if parent is not None and not parent.is_alive():
+                return None
     return None
 
 
