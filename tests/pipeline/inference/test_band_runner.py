@@ -7,7 +7,9 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing
 import os
+import signal
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -151,3 +153,41 @@ def test_bad_input_comes_back_as_the_band_s_error_not_raised(
     assert isinstance(band.error, SlideError) and "cmu_damaged.svs" in str(band.error)
     assert band.outcomes == [] and not band.aborted
     assert multiprocessing.active_children() == []
+
+
+def _pool_then_wait(job: SlideJob, specs: list[ChunkSpec], out: multiprocessing.Queue) -> None:
+    """Start decoders that fill the ring and wait for free slots, report them, then wait to
+    be killed (as a Dask worker killed mid-band)."""
+    from wsi_segment.pipeline.inference.decode_pool import DecodePool
+
+    pool = DecodePool(job.reader, specs, 2)
+    out.put([p.pid for p in pool.procs])
+    threading.Event().wait()
+
+
+def test_decoders_exit_when_the_process_that_started_them_is_killed(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """No one would free a slot again: waiting decoders notice their parent is gone."""
+    job, specs = band_job(tmp_path / "p.zarr", tiny_model_dir)
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    parent = ctx.Process(target=_pool_then_wait, args=(job, specs, out))
+    parent.start()
+    pids = out.get(timeout=120)
+    time.sleep(1.0)  # the decoders fill the ring and wait for slots
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.join()
+    deadline = time.monotonic() + 60
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in pids)
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, already exited but not yet reaped by init, is not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
