@@ -10,16 +10,17 @@ a band recomputed after its worker died writes the same bytes again.
 Workers whose resources name a `GPU` (our local GPU clusters, the compose file, the SLURM
 example) run one band at a time each: one consumer per device, with the worker's cores as
 its decoders. Elsewhere a worker runs as many bands at once as it has threads, and shares
-its cores out between them.
+its cores out between them; the workers of one machine share its cores too.
 """
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from wsi_segment.pipeline.inference.band_task import BandResult, run_band
+from wsi_segment.pipeline.inference.band_task import DAEMON_FIX, BandResult, run_band
 from wsi_segment.pipeline.inference.chunk_job import SlideJob
 from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome
 from wsi_segment.pipeline.progress import NullProgress, Progress
@@ -27,6 +28,8 @@ from wsi_segment.wsi.tiling import ChunkSpec
 
 if TYPE_CHECKING:  # distributed is imported only when a cluster is used
     from distributed import Client
+
+log = logging.getLogger(__name__)
 
 BANDS_PER_SLOT = 3  # bands per band a worker can run at once: a lost band is a small part
 GPU_RESOURCE = "GPU"
@@ -78,14 +81,20 @@ def band_slices(specs: Sequence[ChunkSpec], bands: int) -> list[range]:
     return [range(a, b) for a, b in zip(starts, ends, strict=True)]
 
 
-def _slots(client: Client) -> tuple[int, bool]:
-    """Bands the cluster runs at once, and whether each takes a worker's GPU resource
-    (every worker declares one): then one band per worker at a time."""
+def _slots(client: Client) -> tuple[dict[str, int], bool]:
+    """Bands the cluster runs at once, per host, and whether each takes a worker's GPU
+    resource (every worker declares one): then one band per worker at a time, else one
+    per worker thread."""
+    from distributed.comm import get_address_host
+
     workers: dict[str, Any] = client.scheduler_info(n_workers=-1)["workers"]
     gpus = [float(w.get("resources", {}).get(GPU_RESOURCE, 0)) for w in workers.values()]
-    if gpus and all(g >= 1 for g in gpus):
-        return len(gpus), True
-    return max(1, sum(int(w.get("nthreads", 1)) for w in workers.values())), False
+    gpu = bool(gpus) and all(g >= 1 for g in gpus)
+    per_host: dict[str, int] = {}
+    for address, w in workers.items():
+        host = get_address_host(address)
+        per_host[host] = per_host.get(host, 0) + (1 if gpu else max(1, int(w.get("nthreads", 1))))
+    return per_host, gpu
 
 
 def run_bands(
@@ -115,7 +124,8 @@ def run_bands(
 
     progress = progress or NullProgress()
     specs = list(specs)
-    slots, gpu = _slots(client)
+    at_once, gpu = _slots(client)
+    slots = max(1, sum(at_once.values()))
     ranges = band_slices(specs, bands if bands is not None else BANDS_PER_SLOT * slots)
     if not ranges:
         return []
@@ -130,6 +140,7 @@ def run_bands(
             abort,
             decoders,
             gpu,
+            at_once,
             key=f"{key_prefix}-{k}-of-{len(ranges)}",
             retries=2,
             pure=False,
@@ -162,6 +173,8 @@ def run_bands(
     finished = [b for b in done if b is not None]
     if len(finished) != len(ranges):
         raise RuntimeError(f"{len(ranges) - len(finished)} bands never completed")
+    if any(b.decoders == 0 for b in finished):
+        log.warning("%s: daemonic Dask workers decoded in threads; %s", job.slide_path, DAEMON_FIX)
     if results is not None:
         results.extend(finished)
     return [o for b in finished for o in b.outcomes]

@@ -61,16 +61,23 @@ def band_decoders(requested: int | None, in_flight: int, cores: int | None = Non
 
 
 def run_band(
-    job: SlideJob, specs: list[ChunkSpec], abort: str | None, decoders: int | None, gpu: bool
+    job: SlideJob,
+    specs: list[ChunkSpec],
+    abort: str | None,
+    decoders: int | None,
+    gpu: bool,
+    at_once: dict[str, int] | None = None,
 ) -> BandResult:
     """Dask task: run `specs` (contiguous chunks) through the engine on this worker.
 
     `abort`: name of the slide's distributed Event (None: not on a cluster); `gpu`: the
-    band holds the worker's GPU resource, so it is the only band running there."""
+    band holds the worker's GPU resource, so it is the only band running there;
+    `at_once`: bands that may run at once on each host (the workers of one machine share
+    its cores; default: this worker's threads, or 1 with `gpu`)."""
     event = _abort_event(abort)
     if event is not None and event.is_set():
         return BandResult([], 0, aborted=True)
-    n = band_decoders(decoders, 1 if gpu else _worker_threads())
+    n = band_decoders(decoders, _bands_at_once_here(gpu, at_once or {}))
     try:
         if mp.current_process().daemon:
             log.warning("%s: this Dask worker is daemonic, decoding in threads; %s",
@@ -93,14 +100,18 @@ def _abort_event(name: str | None) -> Event | None:
     return Event(name)
 
 
-def _worker_threads() -> int:
-    """Threads of this Dask worker: the bands it may run at once (1 outside a worker)."""
+def _bands_at_once_here(gpu: bool, at_once: dict[str, int]) -> int:
+    """Bands sharing this machine's cores: `at_once` for this worker's host, else this
+    worker's own (1 with the GPU resource, else its threads; 1 outside a worker)."""
     from distributed import get_worker
+    from distributed.comm import get_address_host
 
     try:
-        return max(1, int(get_worker().state.nthreads))
+        worker = get_worker()
     except ValueError:  # not inside a worker (a direct call)
         return 1
+    here = at_once.get(get_address_host(worker.address), 0)
+    return max(1, here or (1 if gpu else int(worker.state.nthreads)))
 
 
 @contextlib.contextmanager

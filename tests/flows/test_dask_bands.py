@@ -120,6 +120,33 @@ def test_a_damaged_slide_fails_with_one_clear_error_and_no_band_retried(
     assert len(keys) == len(set(keys)) > 0  # each band ran at most once: no retries
 
 
+def test_the_cluster_is_sized_for_bands(client) -> None:
+    from wsi_segment.pipeline.inference.band_runner import _slots, worker_device_type
+
+    # two CPU workers of one thread on this machine: two bands at once share its cores
+    assert _slots(client) == ({"127.0.0.1": 2}, False)
+    assert worker_device_type(client, "auto") == "cpu"  # asked of the workers themselves
+    assert worker_device_type(client, "cuda") == "cuda"
+
+
+def test_a_running_band_stops_its_engine_once_the_slide_failed(client) -> None:
+    """The band's watcher turns the cluster-wide abort event into the engine's `abort`
+    (an aborted engine stops and cleans up: test_band_runner)."""
+    from distributed import Event
+
+    from wsi_segment.pipeline.inference.band_task import _watching
+
+    event = Event("band-watch-test", client=client)
+    stop = threading.Event()
+    try:
+        with _watching(event, stop):
+            assert not stop.is_set()
+            event.set()
+            assert stop.wait(timeout=60)
+    finally:
+        event.clear()
+
+
 def test_a_band_that_starts_after_the_slide_failed_does_nothing(
     client, tmp_path: Path, tiny_model_dir: Path
 ) -> None:
