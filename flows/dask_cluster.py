@@ -150,7 +150,9 @@ def dask_client(
 ) -> Iterator[Client]:
     """A Dask client for a run: connect to `address`, or start (and stop) a local cluster.
 
-    A remote cluster is left running at exit; only our connection closes.
+    A local cluster's workers are non-daemonic for its whole life (`WORKERS_NOT_DAEMONIC`:
+    bands of the device engine start decoder processes on them). A remote cluster is left
+    running at exit; only our connection closes.
     """
     from distributed import Client
 
