@@ -17,6 +17,9 @@ import argparse
 import sys
 from typing import Any
 
+# Dask starts worker processes daemonic, and a daemonic process may not start processes
+WORKER_NOT_DAEMONIC = "DASK_DISTRIBUTED__WORKER__DAEMON=False"
+
 
 def make_cluster(
     cores: int = 8,
@@ -40,8 +43,9 @@ def make_cluster(
         account=account,
         job_extra_directives=directives,
         worker_extra_args=["--resources", f"GPU={gpus}"] if gpus else [],
-        # the same environment on every node, e.g. ["source /shared/wsi-segment/.venv/bin/activate"]
-        job_script_prologue=prologue or [],
+        # the same environment on every node, e.g. ["source /shared/wsi-segment/.venv/bin/activate"];
+        # a non-daemonic worker may start the device engine's decoder processes
+        job_script_prologue=[*(prologue or []), f"export {WORKER_NOT_DAEMONIC}"],
         scheduler_options={"dashboard_address": None},
     )
 

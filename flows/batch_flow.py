@@ -74,9 +74,11 @@ def slide_task(
 
 def chunks_in_process(dask_address: str | None, workers: int | None, device: str) -> bool:
     """Whether the slides' chunks run in this process rather than on a Dask cluster: with
-    `workers=0`, and by default on a machine with one GPU, where a cluster's single GPU
-    worker would run the threaded path while this process runs the device engine (one
-    consumer for the device, decoders on every core). Several GPUs keep one worker each."""
+    `workers=0`, and by default on a machine with one GPU: this process runs the device
+    engine (one consumer for the device, decoders on every core) as a cluster's single GPU
+    worker would, without a cluster's start-up, and the slides in flight share its one
+    loaded model. Several GPUs keep one worker each (each runs bands of chunks through the
+    engine, `pipeline.inference.band_runner`)."""
     if dask_address:
         return False
     if workers is not None:

@@ -117,7 +117,8 @@ def add_segment_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="decoder processes feeding the model's one owner (the device engine), 0-256; "
         "0: Dask threads instead (default: one per core but one, at most 16, on a GPU; "
-        "0 on the CPU). Local runs only",
+        "0 on the CPU). On a Dask cluster: per band of chunks on each worker (default: "
+        "bands when the workers run CUDA)",
     )
     parser.add_argument("--backend", choices=BACKENDS, default="auto")
     parser.add_argument(

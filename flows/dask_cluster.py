@@ -77,12 +77,20 @@ DASHBOARD_ON = ":8787"
 # (LocalCluster does so by itself; the GPU SpecCluster is told), never on every interface.
 LOOPBACK = "127.0.0.1"
 DASHBOARD_OFF = "127.0.0.1:0"
+# Each band of the device engine starts decoder processes on its worker, and a daemonic
+# process may not start processes; Dask starts workers daemonic by default. A nanny reads
+# this setting each time it (re)starts its worker, in the process that holds the cluster,
+# so `dask_client` keeps it set while its cluster runs (a worker restarted after a crash
+# included). Workers started elsewhere: DASK_DISTRIBUTED__WORKER__DAEMON=False.
+WORKERS_NOT_DAEMONIC = {"distributed.worker.daemon": False}
 
 
 def start_local_cluster(plan: ClusterPlan, dashboard: bool = False) -> SpecCluster:
     """Start worker processes for `plan` (GPU workers get their own CUDA_VISIBLE_DEVICES).
 
-    The Dask dashboard is off unless `dashboard` (then on :8787, all interfaces).
+    Workers start non-daemonic (`WORKERS_NOT_DAEMONIC`; hold that setting while the cluster
+    runs for restarted workers to be so too). The Dask dashboard is off unless `dashboard`
+    (then on :8787, all interfaces).
     """
     import dask
 
@@ -94,7 +102,7 @@ def start_local_cluster(plan: ClusterPlan, dashboard: bool = False) -> SpecClust
     key = "distributed.nanny.pre-spawn-environ"
     spawn_env: dict[str, str | None] = {f"{key}.MALLOC_TRIM_THRESHOLD_": None}
     spawn_env.update({f"{key}.{k}": v for k, v in worker_environment().items()})
-    with dask.config.set(spawn_env):
+    with dask.config.set({**spawn_env, **WORKERS_NOT_DAEMONIC}):
         return _start_local_cluster(plan, dashboard)
 
 
@@ -142,7 +150,9 @@ def dask_client(
 ) -> Iterator[Client]:
     """A Dask client for a run: connect to `address`, or start (and stop) a local cluster.
 
-    A remote cluster is left running at exit; only our connection closes.
+    A local cluster's workers are non-daemonic for its whole life (`WORKERS_NOT_DAEMONIC`:
+    bands of the device engine start decoder processes on them). A remote cluster is left
+    running at exit; only our connection closes.
     """
     from distributed import Client
 
@@ -160,16 +170,19 @@ def dask_client(
             finally:
                 client.close()
         return
-    cluster = start_local_cluster(plan_local_cluster(workers, threads))
-    try:
-        client = Client(cluster)
-        with _registered(client):
-            try:
-                yield client
-            finally:
-                client.close()
-    finally:
-        cluster.close()
+    import dask
+
+    with dask.config.set(WORKERS_NOT_DAEMONIC):
+        cluster = start_local_cluster(plan_local_cluster(workers, threads))
+        try:
+            client = Client(cluster)
+            with _registered(client):
+                try:
+                    yield client
+                finally:
+                    client.close()
+        finally:
+            cluster.close()
 
 
 # Clients open in this process, by scheduler address: Prefect tasks get the address as a

@@ -44,7 +44,9 @@ class SegmentParams:
     threads: int | None = None
     # Decoder processes of the device engine (pipeline.inference.engine); 0: the threaded
     # Dask path; None: one per core but one (at most 16) when the model is on a GPU, 0 on
-    # the CPU. Local runs only (a Dask client keeps the distributed path). Speed only.
+    # the CPU. With a Dask client: N > 0 runs bands of chunks through the engine on the
+    # workers with N decoders each, on any device; None does so when the workers run the
+    # model on CUDA (pipeline.inference.band_runner); 0: one Dask task per chunk. Speed only.
     decoders: int | None = None
     output_name: str | None = None  # default: the slide's file stem
     simplify_tolerance: float = 1.0  # output pixels; polygons simplified edge-to-edge

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from wsi_segment.pipeline.inference.band_runner import run_bands, use_bands, worker_device_type
 from wsi_segment.pipeline.inference.chunk_job import SlideJob
 from wsi_segment.pipeline.inference.chunk_runner import run_chunks, settle_precision_on_cluster
 from wsi_segment.pipeline.inference.engine import run_engine
@@ -70,9 +71,9 @@ class SlideResult:
 
 def _device_type(model: ModelHandle, client: Client | None, device: str) -> str:
     """Where the model runs: this process's loaded model, or for Dask workers (whose
-    devices this process cannot see) the device asked for (`auto` counts as the CPU)."""
+    devices this process may not have) where the workers would load it."""
     if client is not None:
-        return "cuda" if device == "cuda" else "cpu"
+        return worker_device_type(client, device)
     loaded, _lock = model.get()
     return model_device_type(loaded)
 
@@ -121,6 +122,16 @@ def infer(
             pool = prep.take_decode_pool()
             prep.close_prefetch()
             outcomes = run_engine(job, prep.specs, decoders, progress, stats, pool)
+        elif client is not None and use_bands(prep.params.decoders, device_type):
+            # each worker runs the device engine over bands of contiguous chunks
+            outcomes = run_bands(
+                job,
+                prep.specs,
+                client,
+                decoders=prep.params.decoders,
+                progress=progress,
+                key_prefix=f"band-{prep.fingerprint[:16]}",
+            )
         else:
             outcomes = run_chunks(
                 job,

@@ -358,12 +358,16 @@ T = TypeVar("T")
 
 
 def _wait_for(source: Queue[T], stop: Event) -> T | None:
-    """The next item of `source`, or None once the pool is stopping."""
+    """The next item of `source`; None once the run stops, or once the process that started
+    this decoder died without stopping it (a Dask worker killed mid-band): no one would
+    send it work or free a slot."""
+    parent = mp.parent_process()
     while not stop.is_set():
         try:
             return source.get(timeout=0.1)
         except queue.Empty:
-            continue
+            if parent is not None and not parent.is_alive():
+                return None
     return None
 
 

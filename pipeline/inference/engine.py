@@ -36,7 +36,7 @@ from wsi_segment.pipeline.inference.decode_pool import (
     SlotRing,
     wait_uninterrupted,
 )
-from wsi_segment.pipeline.inference.engine_state import EngineStats, FirstError
+from wsi_segment.pipeline.inference.engine_state import EngineAborted, EngineStats, FirstError
 from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome
 from wsi_segment.pipeline.progress import NullProgress, Progress
 from wsi_segment.wsi.tiling import ChunkSpec
@@ -58,13 +58,15 @@ def run_engine(
     progress: Progress | None = None,
     stats: EngineStats | None = None,
     pool: DecodePool | None = None,
+    abort: threading.Event | None = None,
 ) -> list[ChunkOutcome]:
     """Run every chunk through the engine; outcomes in `specs` order.
 
     `pool`: decoders already started for these chunks (adopted, and closed whatever
     happens; one started for other chunks or another count is closed and replaced).
     `stats` (optional) receives what the run did (batches and the chunks each held, bytes
-    that crossed from the device)."""
+    that crossed from the device). `abort` (optional): set by someone else (a Dask band
+    whose slide failed elsewhere) to stop the run; it then raises `EngineAborted`."""
     started = time.perf_counter()
     specs = list(specs)
     try:
@@ -73,7 +75,7 @@ def run_engine(
             pool = None
         if not specs:
             return []
-        return _run_engine(job, specs, decoders, progress, stats, pool, started)
+        return _run_engine(job, specs, decoders, progress, stats, pool, started, abort)
     finally:
         if pool is not None:
             pool.close()
@@ -87,6 +89,7 @@ def _run_engine(
     stats: EngineStats | None,
     pool: DecodePool | None,
     started: float,
+    abort: threading.Event | None = None,
 ) -> list[ChunkOutcome]:
     from wsi_segment.pipeline.inference.device_consumer import DeviceConsumer  # torch
 
@@ -101,7 +104,7 @@ def _run_engine(
     def consumer(ring: SlotRing, release: Callable[[int], None]) -> DeviceConsumer:
         return DeviceConsumer(model, lock, job.grid, batch, job.gate, ring, release, errors, stats)
 
-    _run(job, specs, decoders, pool, consumer, writer, errors, stats, started)
+    _run(job, specs, decoders, pool, consumer, writer, errors, stats, started, abort)
     if errors.error is not None:
         # The frames of the parts are done: drop their locals so nothing outlives the run,
         # keeping the lines for a traceback.
@@ -120,6 +123,7 @@ def _run(
     errors: FirstError,
     stats: EngineStats,
     started: float,
+    abort: threading.Event | None = None,
 ) -> None:
     """Start every part (the decoders unless `pool` holds them), supervise, shut down.
     Errors (an interrupt included) end up in `errors`; the pool is closed here."""
@@ -144,7 +148,7 @@ def _run(
             threads.append(threading.Thread(target=target, args=args, daemon=True))
             threads[-1].start()
         del bodies
-        _supervise(job, pool.procs, pool.results, inbox, errors, stats, started)
+        _supervise(job, pool.procs, pool.results, inbox, errors, stats, started, abort)
         inbox.put(None)  # every chunk decoded: flush the last batch, then the writer ends
         for thread in threads:
             while thread.is_alive():
@@ -163,11 +167,15 @@ def _supervise(
     errors: FirstError,
     stats: EngineStats,
     started: float,
+    abort: threading.Event | None = None,
 ) -> None:
-    """Forward decoded chunks until every decoder finished; a decoder's error, or one that
-    died without a word (killed for memory, a crash in a codec), stops the run."""
+    """Forward decoded chunks until every decoder finished; a decoder's error, one that
+    died without a word (killed for memory, a crash in a codec), or `abort` stops the run."""
     finished: set[int] = set()
     while len(finished) < len(procs) and not errors.stopped:
+        if abort is not None and abort.is_set():
+            errors.report(EngineAborted(f"{job.slide_path}: the run was asked to stop"))
+            return
         try:
             msg = results.get(timeout=0.1)
         except queue.Empty:

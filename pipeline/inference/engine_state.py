@@ -19,6 +19,10 @@ class Stopped(Exception):
     """Raised inside a part that was waiting when the run stopped (not an error itself)."""
 
 
+class EngineAborted(Exception):
+    """The run stopped because its caller set the `abort` event (the slide failed elsewhere)."""
+
+
 class FirstError:
     """Holds the first error reported; later ones are echoes of it (or of the stop)."""
 

@@ -76,6 +76,9 @@ def test_docker_compose_has_the_services() -> None:
         assert "tcp://dask-scheduler:8786" in worker["command"]
         devices = worker["deploy"]["resources"]["reservations"]["devices"]
         assert devices[0]["capabilities"] == ["gpu"]
+        # bands start decoder processes: the worker is not daemonic, /dev/shm holds the ring
+        assert worker["environment"]["DASK_DISTRIBUTED__WORKER__DAEMON"] == "False"
+        assert "--resources GPU=1" in worker["command"] and worker["shm_size"] == "2gb"
     # slides and outputs at the same paths wherever a slide is read or written
     mounts = {re.search(r"}:(/[^:]+)", v).group(1) for v in services["prefect-worker"]["volumes"]}
     assert {"/data/slides", "/data/outputs"} <= mounts
@@ -101,3 +104,4 @@ def test_slurm_example_compiles_and_builds_a_job_script() -> None:
     script = module.job_script(cores=4, memory="16GiB", gpus=1, walltime="02:00:00")
     assert "#SBATCH" in script and "--gres=gpu:1" in script
     assert os.fspath("distributed.cli.dask_worker") in script or "dask worker" in script
+    assert "export DASK_DISTRIBUTED__WORKER__DAEMON=False" in script

@@ -1,0 +1,180 @@
+"""Run a slide on a Dask cluster whose workers each run the device engine over bands of chunks.
+
+The chunk plan is cut into bands: contiguous runs of chunks in plan order, balanced by tile
+count, a few per worker slot so a slow or lost worker costs little. Each band is one Dask
+task; on its worker it runs `run_engine` (its own decoder processes feeding the worker's
+one model owner, batches across the band's chunks) and returns the band's outcomes
+(`pipeline.inference.band_task`). A band writes only the zarr chunks of its own chunks, so
+a band recomputed after its worker died writes the same bytes again.
+
+Workers whose resources name a `GPU` (our local GPU clusters, the compose file, the SLURM
+example) run one band at a time each: one consumer per device, with the worker's cores as
+its decoders. Elsewhere a worker runs as many bands at once as it has threads, and shares
+its cores out between them; the workers of one machine share its cores too.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from wsi_segment.pipeline.inference.band_task import DAEMON_FIX, BandResult, run_band
+from wsi_segment.pipeline.inference.chunk_job import SlideJob
+from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome
+from wsi_segment.pipeline.progress import NullProgress, Progress
+from wsi_segment.wsi.tiling import ChunkSpec
+
+if TYPE_CHECKING:  # distributed is imported only when a cluster is used
+    from distributed import Client
+
+log = logging.getLogger(__name__)
+
+BANDS_PER_SLOT = 3  # bands per band a worker can run at once: a lost band is a small part
+GPU_RESOURCE = "GPU"
+
+
+def use_bands(decoders: int | None, worker_device: str) -> bool:
+    """Whether a cluster run uses bands: `--decoders N` (N > 0) asks for them on any device,
+    0 for one Dask task per chunk; by default, when the workers run the model on CUDA."""
+    if decoders is not None:
+        return decoders > 0
+    return worker_device == "cuda"
+
+
+def worker_device_type(client: Client, device: str) -> str:
+    """'cuda' when every worker would load the model on a GPU for `device`, else 'cpu'.
+
+    `auto` asks the workers themselves (this process may have no GPU at all)."""
+    if device != "auto":
+        return "cuda" if device == "cuda" else "cpu"
+    found = client.run(_device_here, device)
+    return "cuda" if found and all(d == "cuda" for d in found.values()) else "cpu"
+
+
+def _device_here(device: str) -> str:
+    from wsi_segment.models.device import pick_device
+
+    return str(pick_device(device).type)
+
+
+def band_slices(specs: Sequence[ChunkSpec], bands: int) -> list[range]:
+    """Contiguous ranges of `specs` covering all of them in order, balanced by tile count,
+    each holding at least one chunk with tiles (at most `bands`; one if none has tiles).
+
+    A chunk without tiles rides along with its neighbours: it still writes its (empty)
+    zarr block, and only the band that owns it does."""
+    with_tiles = [i for i, s in enumerate(specs) if s.tiles]
+    n = max(1, min(bands, len(with_tiles)))
+    if not specs:
+        return []
+    total = sum(len(specs[i].tiles) for i in with_tiles)
+    starts, current, done = [0], 0, 0
+    for i in with_tiles:
+        band = min(n - 1, done * n // max(1, total))
+        if band > current and i > starts[-1]:  # this chunk opens the next band
+            starts.append(i)
+            current = band
+        done += len(specs[i].tiles)
+    ends = [*starts[1:], len(specs)]
+    return [range(a, b) for a, b in zip(starts, ends, strict=True)]
+
+
+def _slots(client: Client) -> tuple[dict[str, int], bool]:
+    """Bands the cluster runs at once, per host, and whether each takes a worker's GPU
+    resource (every worker declares one): then one band per worker at a time, else one
+    per worker thread."""
+    from distributed.comm import get_address_host
+
+    workers: dict[str, Any] = client.scheduler_info(n_workers=-1)["workers"]
+    gpus = [float(w.get("resources", {}).get(GPU_RESOURCE, 0)) for w in workers.values()]
+    gpu = bool(gpus) and all(g >= 1 for g in gpus)
+    per_host: dict[str, int] = {}
+    for address, w in workers.items():
+        host = get_address_host(address)
+        per_host[host] = per_host.get(host, 0) + (1 if gpu else max(1, int(w.get("nthreads", 1))))
+    return per_host, gpu
+
+
+def run_bands(
+    job: SlideJob,
+    specs: Sequence[ChunkSpec],
+    client: Client,
+    decoders: int | None = None,
+    progress: Progress | None = None,
+    key_prefix: str = "band",
+    bands: int | None = None,
+    results: list[BandResult] | None = None,
+) -> list[ChunkOutcome]:
+    """Run every chunk in bands on the cluster's workers; outcomes in `specs` order.
+
+    `decoders`: decoder processes per band (None: the worker's cores shared out between the
+    bands it runs at once, `band_task.band_decoders`). `bands`: how many (None: a few per
+    worker slot). `results` (optional) receives each band's `BandResult`, in band order.
+    The progress bar advances per band, by its tiles, as each band finishes.
+
+    Like the chunk path, this never returns or raises while a band may still write: a
+    failed band sets a cluster-wide abort event (bands not yet started return at once,
+    running ones stop their engine) and every band is waited for before the first error is
+    raised. A `WsiSegmentError` (bad input) comes back as the band's value, so Dask does
+    not retry it; other errors are retried twice, and a band whose worker died is
+    recomputed elsewhere by the scheduler."""
+    from distributed import Event, as_completed
+
+    progress = progress or NullProgress()
+    specs = list(specs)
+    at_once, gpu = _slots(client)
+    slots = max(1, sum(at_once.values()))
+    ranges = band_slices(specs, bands if bands is not None else BANDS_PER_SLOT * slots)
+    if not ranges:
+        return []
+    abort = f"{key_prefix}-abort-{uuid.uuid4().hex}"
+    event = Event(abort, client=client)
+    job_future = client.scatter(job, broadcast=True, hash=False)
+    futures = [
+        client.submit(
+            run_band,
+            job_future,
+            specs[r.start : r.stop],
+            abort,
+            decoders,
+            gpu,
+            at_once,
+            key=f"{key_prefix}-{k}-of-{len(ranges)}",
+            retries=2,
+            pure=False,
+            resources={GPU_RESOURCE: 1} if gpu else None,
+        )
+        for k, r in enumerate(ranges)
+    ]
+    index = {f.key: k for k, f in enumerate(futures)}
+    done: list[BandResult | None] = [None] * len(ranges)
+    error: BaseException | None = None
+    try:
+        for future in as_completed(futures):
+            try:
+                band: BandResult = future.result()
+            except Exception as exc:  # first failure wins; the others are its echoes
+                band = BandResult([], 0, error=exc)
+            if band.error is not None:
+                if error is None:
+                    error = band.error
+                    event.set()
+            elif not band.aborted:
+                done[index[future.key]] = band
+                progress.advance(sum(o.tiles_run for o in band.outcomes))
+    except BaseException:  # interrupted while waiting: running bands stop, no new ones
+        event.set()
+        raise
+    event.clear()  # frees the event on the scheduler
+    if error is not None:
+        raise error
+    finished = [b for b in done if b is not None]
+    if len(finished) != len(ranges):
+        raise RuntimeError(f"{len(ranges) - len(finished)} bands never completed")
+    if any(b.decoders == 0 for b in finished):
+        log.warning("%s: daemonic Dask workers decoded in threads; %s", job.slide_path, DAEMON_FIX)
+    if results is not None:
+        results.extend(finished)
+    return [o for b in finished for o in b.outcomes]

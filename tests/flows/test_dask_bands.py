@@ -1,0 +1,228 @@
+"""Bands on a real LocalCluster with worker processes: each band runs the device engine on
+its worker, with decoder processes, and the slide comes out as a local run writes it."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import CMU_SLIDE, corrupt_middle_tile
+from tests.flows.conftest import output_files, stable_summary
+from tests.pipeline.inference.test_band_runner import band_job, one_torch_thread_reference
+from tests.pipeline.inference.test_engine import assert_same_outcomes, stored
+from wsi_segment.errors import SlideError
+from wsi_segment.pipeline.inference.band_runner import run_bands
+from wsi_segment.pipeline.inference.band_task import BandResult, run_band
+from wsi_segment.pipeline.inference.engine import run_engine
+
+
+class Counted:
+    """A progress bar that remembers what it was told."""
+
+    def __init__(self) -> None:
+        self.advances: list[int] = []
+
+    def start(self, total: int, unit: str = "tile", desc: str = "") -> None:
+        pass
+
+    def advance(self, n: int) -> None:
+        self.advances.append(n)
+
+    def close(self) -> None:
+        pass
+
+
+def _daemonic() -> bool:
+    return multiprocessing.current_process().daemon
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return int(torch.get_num_threads())
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator:
+    """Our local cluster (flows.dask_cluster): 2 non-daemonic worker processes, 1 thread each."""
+    from wsi_segment.flows.dask_cluster import dask_client
+
+    with dask_client(workers=2, threads=1) as c:
+        c.wait_for_workers(2, timeout=120)
+        assert list(c.run(_daemonic).values()) == [False, False]
+        # forward passes on one torch thread, as the reference's
+        assert list(c.run(_torch_threads).values()) == [1, 1]
+        yield c
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path):
+    """The threaded path in this process (one torch thread per forward pass)."""
+    job, specs = band_job(tmp_path_factory.mktemp("ref") / "p.zarr", tiny_model_dir)
+    outcomes = one_torch_thread_reference(job, specs)
+    return stored(job), outcomes
+
+
+def test_bands_on_workers_write_what_local_runs_write(
+    client, reference, tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    from distributed import get_task_stream
+
+    expected, expected_outcomes = reference
+    job, specs = band_job(tmp_path / "engine.zarr", tiny_model_dir)
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:  # the engine in this process, too: one consumer, all the chunks
+        local = run_engine(job, specs, 1)
+    finally:
+        torch.set_num_threads(before)
+    np.testing.assert_array_equal(stored(job), expected)
+    assert_same_outcomes(local, expected_outcomes)
+
+    job, specs = band_job(tmp_path / "bands.zarr", tiny_model_dir)
+    bands: list[BandResult] = []
+    progress = Counted()
+    with get_task_stream(client=client) as stream:
+        outcomes = run_bands(job, specs, client, 1, progress, key_prefix="band-t", results=bands)
+    np.testing.assert_array_equal(stored(job), expected)
+    assert_same_outcomes(outcomes, expected_outcomes)
+    assert len(bands) == 6  # three per worker slot
+    assert [b.decoders for b in bands] == [1] * 6  # the engine, with a decoder process
+    # the bar advances once per band, by its tiles
+    assert len(progress.advances) == 6
+    assert sum(progress.advances) == sum(len(s.tiles) for s in specs)
+    workers = {task["worker"] for task in stream.data if str(task["key"]).startswith("band-t")}
+    assert len(workers) == 2  # both workers ran bands
+
+
+def test_a_damaged_slide_fails_with_one_clear_error_and_no_band_retried(
+    client, tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    from distributed import get_task_stream
+
+    damaged = tmp_path / "cmu_damaged.svs"
+    corrupt_middle_tile(CMU_SLIDE, damaged)
+    job, specs = band_job(tmp_path / "p.zarr", tiny_model_dir, slide=damaged)
+    with get_task_stream(client=client) as stream, pytest.raises(SlideError) as caught:
+        run_bands(job, specs, client, 1, key_prefix="band-bad")
+    assert "cmu_damaged.svs" in str(caught.value) and "re-export" in str(caught.value)
+    keys = [str(t["key"]) for t in stream.data if str(t["key"]).startswith("band-bad")]
+    assert len(keys) == len(set(keys)) > 0  # each band ran at most once: no retries
+
+
+def test_the_cluster_is_sized_for_bands(client) -> None:
+    from wsi_segment.pipeline.inference.band_runner import _slots, worker_device_type
+
+    # two CPU workers of one thread on this machine: two bands at once share its cores
+    assert _slots(client) == ({"127.0.0.1": 2}, False)
+    assert worker_device_type(client, "auto") == "cpu"  # asked of the workers themselves
+    assert worker_device_type(client, "cuda") == "cuda"
+
+
+def test_a_running_band_stops_its_engine_once_the_slide_failed(client) -> None:
+    """The band's watcher turns the cluster-wide abort event into the engine's `abort`
+    (an aborted engine stops and cleans up: test_band_runner)."""
+    from distributed import Event
+
+    from wsi_segment.pipeline.inference.band_task import _watching
+
+    event = Event("band-watch-test", client=client)
+    stop = threading.Event()
+    try:
+        with _watching(event, stop):
+            assert not stop.is_set()
+            event.set()
+            assert stop.wait(timeout=60)
+    finally:
+        event.clear()
+
+
+def test_a_band_that_starts_after_the_slide_failed_does_nothing(
+    client, tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    from distributed import Event
+
+    job, specs = band_job(tmp_path / "p.zarr", tiny_model_dir)
+    Event("band-test-abort", client=client).set()
+    try:
+        band = client.submit(run_band, job, specs, "band-test-abort", 1, False).result()
+    finally:
+        Event("band-test-abort", client=client).clear()
+    assert band.aborted and band.outcomes == []
+    assert not stored(job).any()  # nothing written
+
+
+def test_segment_slide_with_a_client_and_decoders_runs_bands(
+    client, tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """Through `segment_slide`: `--decoders 1` with a client sends bands to the workers,
+    and every output file equals the single-process run's."""
+    from distributed import get_task_stream
+
+    from wsi_segment.pipeline.params import SegmentParams
+    from wsi_segment.pipeline.segment import segment_slide
+
+    common = {"model_dir": tiny_model_dir, "device": "cpu", "precision": "fp32"}
+    common |= {"batch_size": 1, "chunk_tiles": 2}
+    cores = len(os.sched_getaffinity(0))
+    local = SegmentParams(threads=cores, decoders=0, **common)  # one torch thread a chunk
+    assert segment_slide(CMU_SLIDE, tmp_path / "local", local).status == "done"
+    with get_task_stream(client=client) as stream:
+        result = segment_slide(
+            CMU_SLIDE, tmp_path / "bands", SegmentParams(decoders=1, **common), client=client
+        )
+    assert result.status == "done"
+    assert any(str(t["key"]).startswith("band-") for t in stream.data)
+    assert not any(str(t["key"]).startswith("chunk-") for t in stream.data)
+    name = CMU_SLIDE.stem
+    assert output_files(tmp_path / "bands" / name) == output_files(tmp_path / "local" / name)
+    a, b = stable_summary(tmp_path / "bands" / name), stable_summary(tmp_path / "local" / name)
+    for summary in (a, b):
+        summary["parameters"].pop("decoders")
+    assert a == b
+
+
+@pytest.mark.slow  # the killed worker is restarted by its nanny: another torch import
+def test_a_worker_killed_mid_band_still_gives_identical_outputs(
+    client, reference, tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """The scheduler recomputes the lost band elsewhere; it rewrites the same zarr chunks.
+    The restarted worker is non-daemonic too (the setting holds while the cluster runs)."""
+    expected, expected_outcomes = reference
+    job, specs = band_job(tmp_path / "p.zarr", tiny_model_dir)
+    pids = client.run(os.getpid)
+    killed: list[int] = []
+    stop = threading.Event()
+
+    def kill_a_worker_running_a_band() -> None:
+        while not stop.is_set() and not killed:
+            for addr, keys in client.processing().items():
+                if any(str(k).startswith("band-kill") for k in keys):
+                    time.sleep(0.5)  # into the band: decoders started
+                    os.kill(pids[addr], signal.SIGKILL)
+                    killed.append(pids[addr])
+                    return
+            time.sleep(0.02)
+
+    killer = threading.Thread(target=kill_a_worker_running_a_band, daemon=True)
+    killer.start()
+    try:
+        outcomes = run_bands(job, specs, client, 1, key_prefix="band-kill")
+    finally:
+        stop.set()
+        killer.join()
+    assert killed
+    np.testing.assert_array_equal(stored(job), expected)
+    assert_same_outcomes(outcomes, expected_outcomes)
+    client.wait_for_workers(2, timeout=120)
+    assert list(client.run(_daemonic).values()) == [False, False]

@@ -1,0 +1,193 @@
+"""Bands of a slide for Dask workers: how the plan is cut, and one band run in a process, a
+daemonic one included (which may not start decoders and decodes in threads instead).
+Cluster runs are in tests/flows/test_dask_bands.py."""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import CMU_SLIDE, corrupt_middle_tile
+from tests.engine_leaks import shm_entries
+from tests.pipeline.inference.test_engine import assert_same_outcomes, make_job, stored
+from wsi_segment.errors import SlideError
+from wsi_segment.models.bundle import load_model
+from wsi_segment.pipeline.inference.band_runner import band_slices, use_bands
+from wsi_segment.pipeline.inference.band_task import BandResult, band_decoders, run_band
+from wsi_segment.pipeline.inference.chunk_job import SlideJob
+from wsi_segment.pipeline.inference.chunk_runner import run_chunks
+from wsi_segment.pipeline.inference.engine import run_engine
+from wsi_segment.pipeline.inference.engine_state import EngineAborted
+from wsi_segment.pipeline.inference.model_handle import ModelHandle
+from wsi_segment.wsi.tiling import ChunkSpec
+
+
+def band_job(
+    zarr: Path, model_dir: Path, chunk_tiles: int = 2, slide: Path = CMU_SLIDE
+) -> tuple[SlideJob, list[ChunkSpec]]:
+    """A job over the CMU slide whose model travels as its folder (a worker loads it), CPU
+    fp32, one tile per forward pass: a tile's arithmetic is then the same whichever chunks
+    share its batch, so every path can be compared byte for byte."""
+    model = load_model(model_dir)
+    job, specs = make_job(zarr, model, chunk_tiles, slide, detect=slide == CMU_SLIDE)
+    handle = ModelHandle(str(model_dir), "cpu", "fp32")
+    return dataclasses.replace(job, model=handle, batch_size=1), specs
+
+
+def one_torch_thread_reference(job: SlideJob, specs: list[ChunkSpec]):
+    """The threaded path with one torch thread per forward pass, as on a Dask worker
+    (started with OMP_NUM_THREADS=1): the last bits of a forward pass may depend on it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return run_chunks(job, specs, threads=len(os.sched_getaffinity(0)))
+    finally:
+        torch.set_num_threads(before)
+
+
+def _spec(row: int, tiles: int) -> ChunkSpec:
+    return ChunkSpec(row, 0, (0, 0, 1, 1), tuple((i, 0) for i in range(tiles)), (0, 0, 1, 1))
+
+
+def test_bands_are_contiguous_runs_of_the_plan_balanced_by_tiles() -> None:
+    tiles = [0, 4, 4, 0, 4, 4, 0, 4, 4, 0]
+    specs = [_spec(r, n) for r, n in enumerate(tiles)]
+    bands = band_slices(specs, 3)
+    assert bands == [range(0, 4), range(4, 7), range(7, 10)]
+    assert [sum(tiles[i] for i in b) for b in bands] == [8, 8, 8]
+    # never more bands than chunks with tiles, each holding one; every chunk, in order
+    assert band_slices(specs, 50) == [
+        range(0, 2), range(2, 4), range(4, 5), range(5, 7), range(7, 8), range(8, 10)
+    ]  # fmt: skip
+    # a chunk holding most tiles takes its band alone; the few after it share the last
+    heavy = [_spec(r, n) for r, n in enumerate([1, 90, 1, 1, 1])]
+    assert band_slices(heavy, 3) == [range(0, 2), range(2, 5)]
+    assert band_slices([_spec(0, 0), _spec(1, 0)], 4) == [range(0, 2)]  # no tissue: one band
+    assert band_slices([], 4) == []
+
+
+def test_bands_run_on_gpu_workers_by_default_and_on_request_anywhere() -> None:
+    assert use_bands(None, "cuda") and not use_bands(None, "cpu")
+    assert use_bands(2, "cpu") and not use_bands(0, "cuda")
+    assert band_decoders(3, in_flight=4) == 3
+    assert band_decoders(None, in_flight=1, cores=16) == 15  # the consumer keeps a core
+    assert band_decoders(None, in_flight=4, cores=16) == 3
+    assert band_decoders(None, in_flight=8, cores=2) == 1
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path):
+    job, specs = band_job(tmp_path_factory.mktemp("ref") / "p.zarr", tiny_model_dir)
+    outcomes = one_torch_thread_reference(job, specs)
+    return stored(job), outcomes
+
+
+def test_an_aborted_engine_stops_and_leaves_nothing_behind(tmp_path: Path, tiny_model_dir: Path):
+    job, specs = band_job(tmp_path / "p.zarr", tiny_model_dir)
+    abort = threading.Event()
+    abort.set()
+    before = shm_entries()
+    with pytest.raises(EngineAborted):
+        run_engine(job, specs, 1, abort=abort)
+    assert multiprocessing.active_children() == []
+    assert shm_entries() <= before
+
+
+def test_a_band_runs_the_engine_and_writes_what_the_threaded_path_writes(
+    tmp_path: Path, tiny_model_dir: Path, reference
+) -> None:
+    expected, expected_outcomes = reference
+    job, specs = band_job(tmp_path / "p.zarr", tiny_model_dir)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # the consumer's forward passes use the caller's count
+    try:
+        band = run_band(job, specs, None, 1, gpu=False)
+    finally:
+        torch.set_num_threads(before)
+    assert (band.decoders, band.error, band.aborted) == (1, None, False)
+    np.testing.assert_array_equal(stored(job), expected)
+    assert_same_outcomes(band.outcomes, expected_outcomes)
+
+
+def _band_in_daemon(job: SlideJob, specs: list[ChunkSpec], out: multiprocessing.Queue) -> None:
+    torch.set_num_threads(1)
+    out.put((multiprocessing.current_process().daemon, run_band(job, specs, None, 1, False)))
+
+
+def test_a_daemonic_worker_decodes_in_threads_with_the_same_outputs(
+    tmp_path: Path, tiny_model_dir: Path, reference
+) -> None:
+    """A daemonic process may not start decoders (Dask's default for workers): the band
+    falls back to the threaded path in that process, and says so (0 decoders)."""
+    expected, expected_outcomes = reference
+    job, specs = band_job(tmp_path / "p.zarr", tiny_model_dir)
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    proc = ctx.Process(target=_band_in_daemon, args=(job, specs, out), daemon=True)
+    proc.start()
+    daemonic, band = out.get(timeout=300)
+    proc.join(timeout=60)
+    assert daemonic and proc.exitcode == 0
+    assert isinstance(band, BandResult) and (band.decoders, band.error) == (0, None)
+    np.testing.assert_array_equal(stored(job), expected)
+    assert_same_outcomes(band.outcomes, expected_outcomes)
+
+
+def test_bad_input_comes_back_as_the_band_s_error_not_raised(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """Raised, Dask would retry the band twice, reading the damaged slide three times."""
+    damaged = tmp_path / "cmu_damaged.svs"
+    corrupt_middle_tile(CMU_SLIDE, damaged)
+    job, specs = band_job(tmp_path / "p.zarr", tiny_model_dir, slide=damaged)
+    band = run_band(job, specs, None, 1, gpu=False)
+    assert isinstance(band.error, SlideError) and "cmu_damaged.svs" in str(band.error)
+    assert band.outcomes == [] and not band.aborted
+    assert multiprocessing.active_children() == []
+
+
+def _pool_then_wait(job: SlideJob, specs: list[ChunkSpec], out: multiprocessing.Queue) -> None:
+    """Start decoders that fill the ring and wait for free slots, report them, then wait to
+    be killed (as a Dask worker killed mid-band)."""
+    from wsi_segment.pipeline.inference.decode_pool import DecodePool
+
+    pool = DecodePool(job.reader, specs, 2)
+    out.put([p.pid for p in pool.procs])
+    threading.Event().wait()
+
+
+def test_decoders_exit_when_the_process_that_started_them_is_killed(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """No one would free a slot again: waiting decoders notice their parent is gone."""
+    job, specs = band_job(tmp_path / "p.zarr", tiny_model_dir)
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    parent = ctx.Process(target=_pool_then_wait, args=(job, specs, out))
+    parent.start()
+    pids = out.get(timeout=120)
+    time.sleep(1.0)  # the decoders fill the ring and wait for slots
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.join()
+    deadline = time.monotonic() + 60
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in pids)
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, already exited but not yet reaped by init, is not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
