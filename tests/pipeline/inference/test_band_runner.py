@@ -160,7 +160,7 @@ def _pool_then_wait(job: SlideJob, specs: list[ChunkSpec], out: multiprocessing.
     be killed (as a Dask worker killed mid-band)."""
     from wsi_segment.pipeline.inference.decode_pool import DecodePool
 
-    pool = DecodePool(job.reader, specs, 2)
+    pool = DecodePool.for_chunks(job.reader, specs, 2)
     out.put([p.pid for p in pool.procs])
     threading.Event().wait()
 
