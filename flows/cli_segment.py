@@ -119,6 +119,13 @@ def add_segment_options(parser: argparse.ArgumentParser) -> None:
         "0: Dask threads instead (default: one per core but one, at most 16, on a GPU; "
         "0 on the CPU). Local runs only",
     )
+    parser.add_argument(
+        "--writers",
+        type=positive_int(1, 64),
+        default=None,
+        help="threads of the device engine that finish chunks side by side (stitch, zarr "
+        "write, polygons), 1-64 (default: the cores the decoders leave, 1 to 4)",
+    )
     parser.add_argument("--backend", choices=("auto", "openslide", "tiffslide"), default="auto")
     parser.add_argument(
         "--no-gate",
@@ -167,6 +174,7 @@ def params_from_args(args: argparse.Namespace) -> SegmentParams:
         overlap=args.overlap,
         threads=args.threads,
         decoders=args.decoders,
+        writers=args.writers,
         backend=args.backend,
         gate=not args.no_gate,
         overwrite=args.overwrite,

@@ -120,7 +120,9 @@ def infer(
         if decoders:  # the device engine reads with its own processes, maybe started early
             pool = prep.take_decode_pool()
             prep.close_prefetch()
-            outcomes = run_engine(job, prep.specs, decoders, progress, stats, pool)
+            outcomes = run_engine(
+                job, prep.specs, decoders, progress, stats, pool, prep.params.writers
+            )
         else:
             outcomes = run_chunks(
                 job,

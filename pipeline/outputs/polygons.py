@@ -46,9 +46,8 @@ def label_block_polygons(
         raise ConfigError(f"labels must be 2-D (h, w), got shape {labels.shape}")
     labels = np.ascontiguousarray(labels, dtype=np.uint8)
     mask = (labels != nodata) & (labels < n_classes)
-    out: dict[int, list[Polygon]] = {}
     if not mask.any():
-        return out
+        return {}
     transform = Affine.translation(float(x0_out), float(y0_out))
     values: list[int] = []
     rings: list[list[tuple[float, float]]] = []
