@@ -15,8 +15,10 @@ the measurement, so the figures are the writer's alone:
 - **parts**: stitch (cores into the block), tissue (mask sampled, outside zeroed), zarr write
   (compression included, a fresh store each repeat), statistics (counts, probability sums),
   polygons (rasterio tracing + WKB); `finish_block` is the whole, measured as such.
-- **threads**: the same parts, and `finish_block`, over all chunks with 1, 2, 4 threads.
-  A part whose rate grows with threads releases the GIL; one that stays flat holds it.
+- **threads**: the same parts, and `finish_block`, over all chunks with 1, 2, 4 threads of a
+  plain pool (a part whose rate grows with threads releases the GIL; one that stays flat
+  holds it, given free cores), and the engine's own writer (`ChunkWriter.run` with that many
+  finisher threads) fed the tiles in batches that span chunks, as the consumer sends them.
 
 Each figure is the median of `--repeats` rounds; within a round every variant runs back to
 back, so ratios are taken in one run. The table is appended to RESULTS.md.
@@ -46,6 +48,7 @@ from benchmarks.measure import loadavg, log, machine_info, record, render  # noq
 from benchmarks.stages import slide_and_model  # noqa: E402
 
 PARTS = ("stitch", "tissue", "zarr write", "statistics", "polygons")
+WRITER = "engine writer (ChunkWriter, N finisher threads)"
 
 
 def model_tiles(job: Any, specs: list, cache: Path) -> list[Any]:
@@ -118,6 +121,45 @@ def part_functions(job: Any, specs: list, reduced: list) -> dict[str, Callable[[
     return dict(zip((*PARTS, "finish_block (all)"), (stitch, tissue, write, stats, polygons, finish), strict=True))  # fmt: skip
 
 
+def engine_writer(job: Any, specs: list, reduced: list, batch: int) -> Callable[[int], float]:
+    """Seconds for the engine's own writer (`ChunkWriter.run`, `threads` finishers) to take
+    every chunk's tiles in batches of `batch` that span chunks, as the consumer sends them."""
+    import queue
+
+    from wsi_segment.pipeline.inference.chunk_writer import ChunkWriter, TileBatch
+    from wsi_segment.pipeline.inference.engine_state import FirstError
+
+    probs = np.concatenate([r.probs for r in reduced if len(r.probs)])
+    labels = np.concatenate([r.labels for r in reduced if len(r.labels)])
+    owner = [(i, t) for i, s in enumerate(specs) for t in range(len(s.tiles))]
+    per_tile = reduced[0].bytes_from_model // max(1, len(specs[0].tiles))
+    batches = []
+    for start in range(0, len(owner), batch):
+        segments: list[tuple[int, int, int]] = []
+        for index, tile in owner[start : start + batch]:
+            if segments and segments[-1][0] == index:
+                segments[-1] = (index, segments[-1][1], segments[-1][2] + 1)
+            else:
+                segments.append((index, tile, 1))
+        end = start + len(owner[start : start + batch])
+        batches.append(TileBatch(segments, probs[start:end], labels[start:end], per_tile))
+
+    def run(threads: int) -> float:
+        inbox: queue.Queue[TileBatch | None] = queue.Queue()
+        for b in batches:
+            inbox.put(b)
+        inbox.put(None)
+        writer, errors = ChunkWriter(job, specs, threads=threads), FirstError()
+        t0 = time.perf_counter()
+        writer.run(inbox, errors)
+        if errors.error is not None:
+            raise errors.error
+        writer.results()
+        return time.perf_counter() - t0
+
+    return run
+
+
 def fresh_store(job: Any, store: Path) -> Any:
     """`job` writing into a copy of its (still empty) store at `store`."""
     import dataclasses
@@ -166,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--overlap", type=int, default=32)
     ap.add_argument("--chunk-tiles", type=int, default=8)
     ap.add_argument("--downsample", type=int, default=4)
-    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--batch-size", type=int, default=64, help="tiles per batch to the writer")
     ap.add_argument("--work", type=Path, default=Path("/tmp/wsi-segment-bench"))
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args(argv)
@@ -198,8 +240,11 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 for name, fn in fns.items():
                     seconds.setdefault((name, n), []).append(timed(fn, len(specs), n))
+                writer_job = fresh_store(job, Path(tmp) / f"w{rep}-{n}.zarr")
+                run = engine_writer(writer_job, specs, reduced, args.batch_size)
+                seconds.setdefault((WRITER, n), []).append(run(n))
             log(f"round {rep + 1}/{args.repeats} done, load {loadavg()}")
-    for name in fns:
+    for name in (*fns, WRITER):
         med = {n: statistics.median(seconds[(name, n)]) for n in counts}
         base = med[counts[0]]
         figures = ", ".join(
