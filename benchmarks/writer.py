@@ -19,6 +19,12 @@ the measurement, so the figures are the writer's alone:
   plain pool (a part whose rate grows with threads releases the GIL; one that stays flat
   holds it, given free cores), and the engine's own writer (`ChunkWriter.run` with that many
   finisher threads) fed the tiles in batches that span chunks, as the consumer sends them.
+  For comparison, polygon tracing alone in N spawned processes (not what the engine does).
+
+Profile (py-spy, all threads; `--gil` keeps only samples holding the GIL):
+
+    py-spy record --format raw [--gil] -r 200 -o p.txt -- python benchmarks/writer.py --loop 30
+    python benchmarks/writer.py --attribute p.txt     # seconds per part, from the samples
 
 Each figure is the median of `--repeats` rounds; within a round every variant runs back to
 back, so ratios are taken in one run. The table is appended to RESULTS.md.
@@ -49,6 +55,7 @@ from benchmarks.stages import slide_and_model  # noqa: E402
 
 PARTS = ("stitch", "tissue", "zarr write", "statistics", "polygons")
 WRITER = "engine writer (ChunkWriter, N finisher threads)"
+PROCESSES = "polygons in N processes (not in the engine)"
 
 
 def model_tiles(job: Any, specs: list, cache: Path) -> list[Any]:
@@ -160,6 +167,28 @@ def engine_writer(job: Any, specs: list, reduced: list, batch: int) -> Callable[
     return run
 
 
+def polygons_in_processes(job: Any, specs: list, reduced: list) -> Callable[[int], float]:
+    """Seconds to trace every chunk's polygons in `n` spawned processes (started and
+    warmed before the clock starts; labels sent, WKB returned): what processes would give
+    the part that holds the GIL."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from wsi_segment.pipeline.outputs.chunk_summary import block_polygons
+
+    labels = [job.stitch_block(s, r).labels for s, r in zip(specs, reduced, strict=True)]
+
+    def run(n: int) -> float:
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(n, mp_context=ctx) as pool:
+            list(pool.map(block_polygons, specs[:n], labels[:n], [job.n_classes] * n))
+            t0 = time.perf_counter()
+            list(pool.map(block_polygons, specs, labels, [job.n_classes] * len(specs)))
+            return time.perf_counter() - t0
+
+    return run
+
+
 def fresh_store(job: Any, store: Path) -> Any:
     """`job` writing into a copy of its (still empty) store at `store`."""
     import dataclasses
@@ -198,6 +227,34 @@ def polygon_stats(job: Any, specs: list, reduced: list) -> tuple[float, float]:
     return polys / tiles, verts / tiles
 
 
+# py-spy frames -> the writer's parts (the last match in a stack wins)
+FRAMES = (
+    ("SlideJob.stitch_block", "stitch + tissue"),
+    ("Array.__setitem__", "zarr write, calling thread"),
+    ("block_statistics", "statistics"),
+    ("block_polygons", "polygons"),
+    ("BaseEventLoop.run_forever", "zarr write, zarr's event loop thread"),
+    ("_WorkItem.run", "zarr write, worker threads (compression, files)"),
+)
+
+
+def attribute(raw: Path, hz: float) -> list[tuple[str, float]]:
+    """Seconds per part in a py-spy raw profile of `--loop` (idle waits left out)."""
+    seconds: dict[str, float] = {}
+    for line in raw.read_text().splitlines():
+        stack, count = line.rsplit(" ", 1)
+        frames = stack.split(";")
+        if "thread.py:81" in frames[-1] or "select" in frames[-1]:
+            continue  # a pool thread or the event loop waiting for work
+        part = "other (set-up: slide, tissue, plan)"
+        for frame in frames:
+            for key, name in FRAMES:
+                if frame.startswith(key):
+                    part = name
+        seconds[part] = seconds.get(part, 0.0) + int(count) / hz
+    return sorted(seconds.items(), key=lambda kv: -kv[1])
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=12288, help="bank slide side (px)")
@@ -211,7 +268,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=64, help="tiles per batch to the writer")
     ap.add_argument("--work", type=Path, default=Path("/tmp/wsi-segment-bench"))
     ap.add_argument("--no-record", action="store_true")
+    ap.add_argument("--loop", type=int, default=0, help="only run finish_block N rounds")
+    ap.add_argument("--attribute", type=Path, default=None, help="py-spy raw file to split")
+    ap.add_argument("--hz", type=float, default=200.0, help="py-spy's rate (-r)")
     args = ap.parse_args(argv)
+    if args.attribute is not None:
+        for part, sec in attribute(args.attribute, args.hz):
+            print(f"{sec:8.2f} s  {part}")
+        return 0
     counts = [int(x) for x in args.threads.split(",") if x]
     started = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M")
     t0 = time.perf_counter()
@@ -231,6 +295,13 @@ def main(argv: list[str] | None = None) -> int:
         tiles = sum(len(s.tiles) for s in specs)
         per_poly, per_vert = polygon_stats(job, specs, reduced)
         fns = part_functions(job, specs, reduced)
+        if args.loop:
+            t1 = time.perf_counter()
+            for _ in range(args.loop):
+                timed(fns["finish_block (all)"], len(specs), 1)
+            log(f"finish_block: {args.loop * tiles / (time.perf_counter() - t1):,.0f} tiles/s")
+            return 0
+        in_processes = polygons_in_processes(job, specs, reduced)
         seconds: dict[tuple[str, int], list[float]] = {}
         for rep in range(args.repeats):
             for n in counts:
@@ -243,8 +314,9 @@ def main(argv: list[str] | None = None) -> int:
                 writer_job = fresh_store(job, Path(tmp) / f"w{rep}-{n}.zarr")
                 run = engine_writer(writer_job, specs, reduced, args.batch_size)
                 seconds.setdefault((WRITER, n), []).append(run(n))
+                seconds.setdefault((PROCESSES, n), []).append(in_processes(n))
             log(f"round {rep + 1}/{args.repeats} done, load {loadavg()}")
-    for name in (*fns, WRITER):
+    for name in (*fns, WRITER, PROCESSES):
         med = {n: statistics.median(seconds[(name, n)]) for n in counts}
         base = med[counts[0]]
         figures = ", ".join(
