@@ -81,8 +81,11 @@ def spread(x: Any, block: int) -> Any:
     )
 
 
-def engine_job(slide: Path, model_dir: Path, args: argparse.Namespace, store: Path) -> tuple:
-    """A SlideJob over the pipeline's plan of `slide`, writing into a fresh zarr `store`."""
+def engine_job(
+    slide: Path, model_dir: Path, args: argparse.Namespace, store: Path, handle: Any = None
+) -> tuple:
+    """A SlideJob over the pipeline's plan of `slide`, writing into a fresh zarr `store`;
+    its model is `handle` (a ModelHandle), by default the instant model."""
     from benchmarks.stages import plan_like_pipeline
     from wsi_segment.models.meta import read_model_json
     from wsi_segment.pipeline.inference.chunk_job import SlideJob
@@ -120,7 +123,7 @@ def engine_job(slide: Path, model_dir: Path, args: argparse.Namespace, store: Pa
         tissue_mask=tissue.mask,
         tissue_downsample=float(tissue.downsample),
         level0_per_output=per_output,
-        model=ModelHandle.with_model(InstantModel(), "instant", "cpu", "fp32"),
+        model=handle or ModelHandle.with_model(InstantModel(), "instant", "cpu", "fp32"),
     )
     return job, p.specs
 

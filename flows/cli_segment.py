@@ -120,6 +120,13 @@ def add_segment_options(parser: argparse.ArgumentParser) -> None:
         "0 on the CPU). On a Dask cluster: per band of chunks on each worker (default: "
         "bands when the workers run CUDA)",
     )
+    parser.add_argument(
+        "--writers",
+        type=positive_int(1, 64),
+        default=None,
+        help="threads of the device engine that finish chunks side by side (stitch, zarr "
+        "write, polygons), 1-64 (default: the cores the decoders leave, 1 to 4)",
+    )
     parser.add_argument("--backend", choices=BACKENDS, default="auto")
     parser.add_argument(
         "--no-gate",
@@ -168,6 +175,7 @@ def params_from_args(args: argparse.Namespace) -> SegmentParams:
         overlap=args.overlap,
         threads=args.threads,
         decoders=args.decoders,
+        writers=args.writers,
         backend=args.backend,
         gate=not args.no_gate,
         overwrite=args.overwrite,

@@ -48,6 +48,9 @@ class SegmentParams:
     # workers with N decoders each, on any device; None does so when the workers run the
     # model on CUDA (pipeline.inference.band_runner); 0: one Dask task per chunk. Speed only.
     decoders: int | None = None
+    # Writer threads of the device engine (finish whole chunks side by side); None: the
+    # cores the decoders leave, 1 to 4 (`run_writers`). Speed only.
+    writers: int | None = None
     output_name: str | None = None  # default: the slide's file stem
     simplify_tolerance: float = 1.0  # output pixels; polygons simplified edge-to-edge
     ome_tiff: bool = False  # also write probabilities.ome.tif (QuPath opens it directly)
@@ -71,6 +74,8 @@ class SegmentParams:
             _check_range("threads", self.threads, 1, 256)
         if self.decoders is not None:
             _check_range("decoders", self.decoders, 0, 256)
+        if self.writers is not None:
+            _check_range("writers", self.writers, 1, 64)
         if self.overlap < 0 or self.overlap % 2:
             raise ConfigError(f"overlap must be an even number >= 0 (got {self.overlap})")
         if self.mpp is not None and (problem := mpp_problem(self.mpp)) is not None:
@@ -172,6 +177,22 @@ def shared_decoders(
         return 0
     machine = max(1, min(16, (cores if cores is not None else _cores()) - 1))
     return max(1, machine // max(1, slides))
+
+
+WRITERS_MAX = 4
+
+
+def run_writers(requested: int | None, decoders: int, cores: int | None = None) -> int:
+    """Writer threads of a device engine with `decoders` decoder processes: `requested`, or
+    the cores the decoders leave, at least 1 and at most WRITERS_MAX. Writers only cost CPU
+    when chunks arrive faster than one thread finishes them; beyond a few, polygon tracing
+    and zarr's event loop (which hold the GIL) bound them, and more threads only compete
+    with the consumer's threads for it. `cores`: the usable cores (default: this process's
+    affinity)."""
+    if requested is not None:
+        return requested
+    free = (cores if cores is not None else _cores()) - decoders
+    return max(1, min(WRITERS_MAX, free))
 
 
 def expected_decoders(params: SegmentParams) -> int:

@@ -121,7 +121,9 @@ def infer(
         if decoders:  # the device engine reads with its own processes, maybe started early
             pool = prep.take_decode_pool()
             prep.close_prefetch()
-            outcomes = run_engine(job, prep.specs, decoders, progress, stats, pool)
+            outcomes = run_engine(
+                job, prep.specs, decoders, progress, stats, pool, writers=prep.params.writers
+            )
         elif client is not None and use_bands(prep.params.decoders, device_type):
             # each worker runs the device engine over bands of contiguous chunks
             outcomes = run_bands(

@@ -2,13 +2,18 @@
 
 Batches of the device consumer mix tiles of several chunks; a chunk is stitched, written
 and summarised (`SlideJob.finish_block`, exactly what the threaded path does after the
-model) as soon as its last tile arrives, so memory holds only the chunks in flight. The
-writer is the only thread that writes the zarr store, and each chunk owns its zarr chunks.
+model) as soon as its last tile arrives, so memory holds only the chunks in flight. Each
+chunk owns its zarr chunks, so chunks can be finished side by side: with `threads` > 1 the
+gathering thread hands whole chunks through a bounded queue to that many finisher threads.
+Compression, file writes and the numpy steps release the GIL, so threads overlap them;
+polygon tracing and zarr's own event loop hold it (benchmarks/writer.py measures the parts).
+Outcomes are kept by chunk index, so results do not depend on which thread finished what.
 """
 
 from __future__ import annotations
 
 import queue
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -46,12 +51,21 @@ class ChunkWriter:
     """Collects tiles per chunk and finishes each chunk once all its tiles have arrived."""
 
     def __init__(
-        self, job: SlideJob, specs: Sequence[ChunkSpec], progress: Progress | None = None
+        self,
+        job: SlideJob,
+        specs: Sequence[ChunkSpec],
+        progress: Progress | None = None,
+        threads: int = 1,
     ) -> None:
         self._job = job
         self._specs = list(specs)
         self._progress = progress or NullProgress()
         self._partial: dict[int, _Partial] = {}
+        self._threads = max(1, threads)
+        self._progress_lock = threading.Lock()
+        # set while `run` hands whole chunks to finisher threads (threads > 1)
+        self._whole: queue.Queue[tuple[int, ReducedTiles] | None] | None = None
+        self._errors: FirstError | None = None
         self.outcomes: list[ChunkOutcome | None] = [None] * len(self._specs)
 
     def add(self, batch: TileBatch) -> None:
@@ -73,7 +87,7 @@ class ChunkWriter:
             pos += count
             if part.filled == len(part.probs):
                 del self._partial[index]
-                self._finish(index, ReducedTiles(part.probs, part.labels, part.nbytes))
+                self._complete(index, ReducedTiles(part.probs, part.labels, part.nbytes))
 
     def finish_empty(self) -> None:
         """Chunks without tissue tiles still write their (empty) block and outcome."""
@@ -85,21 +99,60 @@ class ChunkWriter:
                     np.zeros((0, so, so), np.uint8),
                     0,
                 )
-                self._finish(index, empty)
+                self._complete(index, empty)
+
+    def _complete(self, index: int, reduced: ReducedTiles) -> None:
+        """A whole chunk: to a finisher thread when there are some, else finished here."""
+        if self._whole is None or self._errors is None:
+            self._finish(index, reduced)
+        else:
+            self._errors.put(self._whole, (index, reduced))
 
     def _finish(self, index: int, reduced: ReducedTiles) -> None:
         spec = self._specs[index]
         self.outcomes[index] = self._job.finish_block(spec, reduced)
-        self._progress.advance(len(spec.tiles))
+        with self._progress_lock:
+            self._progress.advance(len(spec.tiles))
 
     def run(self, inbox: queue.Queue[TileBatch | None], errors: FirstError) -> None:
         """Thread body: add batches until the end marker (None) or a stop; errors go to
-        `errors`. Closes this thread's handles."""
+        `errors`. Returns only once every finisher thread has ended (nothing writes after).
+        Closes this thread's handles."""
+        finishers: list[threading.Thread] = []
         try:
+            if self._threads > 1:
+                self._errors, self._whole = errors, queue.Queue(maxsize=self._threads)
+                for _ in range(self._threads):
+                    finishers.append(
+                        threading.Thread(target=self._finisher, args=(errors,), daemon=True)
+                    )
+                    finishers[-1].start()
             self.finish_empty()
             while (batch := errors.get(inbox)) is not None:
                 self.add(batch)
+            for _ in finishers:  # every chunk handed over: one end marker per finisher
+                errors.put(self._whole_queue(), None)
         except BaseException as exc:  # Stopped included: report ignores it
+            errors.report(exc)
+        finally:
+            # After an error the run is stopped (`report`): a finisher waiting for a chunk
+            # ends at once, one mid-chunk after that chunk; on success each takes its marker.
+            for thread in finishers:
+                thread.join()
+            self._whole = None
+            self._job.close_local()
+
+    def _whole_queue(self) -> queue.Queue[tuple[int, ReducedTiles] | None]:
+        assert self._whole is not None
+        return self._whole
+
+    def _finisher(self, errors: FirstError) -> None:
+        """Finisher thread body: finish whole chunks until the end marker or a stop."""
+        whole = self._whole_queue()
+        try:
+            while (item := errors.get(whole)) is not None:
+                self._finish(*item)
+        except BaseException as exc:
             errors.report(exc)
         finally:
             self._job.close_local()

@@ -4,7 +4,7 @@
         | (slot, chunk, tiles) on a queue; slots come back on the free-slot queue
     stager + compute (threads)     batches across chunks, staged and copied to the device,
         |                          `predict_reduced` back to back by the model's one owner
-    writer (thread)                stitch, write the zarr chunks, summarise, per whole chunk
+    writer (threads)               stitch, write the zarr chunks, summarise, per whole chunk
 
 This thread supervises: it forwards decoded chunks to the stager and watches every part.
 The first error (a decoder's SlideError, the model's, the writer's) wins and stops the rest.
@@ -38,6 +38,7 @@ from wsi_segment.pipeline.inference.decode_pool import (
 )
 from wsi_segment.pipeline.inference.engine_state import EngineAborted, EngineStats, FirstError
 from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome
+from wsi_segment.pipeline.params import run_writers
 from wsi_segment.pipeline.progress import NullProgress, Progress
 from wsi_segment.wsi.tiling import ChunkSpec
 
@@ -59,9 +60,12 @@ def run_engine(
     stats: EngineStats | None = None,
     pool: DecodePool | None = None,
     abort: threading.Event | None = None,
+    writers: int | None = None,
 ) -> list[ChunkOutcome]:
     """Run every chunk through the engine; outcomes in `specs` order.
 
+    `writers`: threads finishing whole chunks side by side (default
+    `pipeline.params.run_writers`: the cores the decoders leave, 1 to 4).
     `pool`: decoders already started for these chunks (adopted, and closed whatever
     happens; one started for other chunks or another count is closed and replaced).
     `stats` (optional) receives what the run did (batches and the chunks each held, bytes
@@ -75,7 +79,8 @@ def run_engine(
             pool = None
         if not specs:
             return []
-        return _run_engine(job, specs, decoders, progress, stats, pool, started, abort)
+        writers = run_writers(writers, decoders)
+        return _run_engine(job, specs, decoders, progress, stats, pool, started, abort, writers)
     finally:
         if pool is not None:
             pool.close()
@@ -89,7 +94,8 @@ def _run_engine(
     stats: EngineStats | None,
     pool: DecodePool | None,
     started: float,
-    abort: threading.Event | None = None,
+    abort: threading.Event | None,
+    writers: int,
 ) -> list[ChunkOutcome]:
     from wsi_segment.pipeline.inference.device_consumer import DeviceConsumer  # torch
 
@@ -97,8 +103,8 @@ def _run_engine(
     stats = stats if stats is not None else EngineStats()
     model, lock = job.model.get()
     batch = device_batch_size(model, lock, job.grid.tile, job.batch_size)
-    stats.decoders, stats.batch_size = decoders, batch
-    writer = ChunkWriter(job, specs, progress)
+    stats.decoders, stats.batch_size, stats.writers = decoders, batch, writers
+    writer = ChunkWriter(job, specs, progress, writers)
     errors = FirstError()
 
     def consumer(ring: SlotRing, release: Callable[[int], None]) -> DeviceConsumer:

@@ -73,6 +73,7 @@ class EngineStats:
     """What an engine run did: for tests, benchmarks and the summary."""
 
     decoders: int = 0
+    writers: int = 0
     slots: int = 0
     batch_size: int = 0
     chunks_per_batch: list[int] = field(default_factory=list)

@@ -34,12 +34,25 @@ def summarise_block(
     spec: ChunkSpec, tiles_run: int, labels: np.ndarray, probs_u8: np.ndarray, k: int
 ) -> ChunkOutcome:
     """Per-class counts, probability sums and exact polygons of one output block."""
+    counts, prob_sums = block_statistics(labels, probs_u8, k)
+    wkb = block_polygons(spec, labels, k)
+    return ChunkOutcome(spec.row, spec.col, tiles_run, counts, prob_sums, wkb)
+
+
+def block_statistics(
+    labels: np.ndarray, probs_u8: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(K,) output pixels per class and (K,) sums of class-k probability over them."""
     counts = np.bincount(labels.ravel(), minlength=256)[:k].astype(np.int64)
     prob_sums = np.zeros(k, dtype=np.float64)
     for c in range(k):
         sel = labels == c
         if counts[c]:
             prob_sums[c] = probs_u8[c][sel].sum(dtype=np.float64) / 255.0
+    return counts, prob_sums
+
+
+def block_polygons(spec: ChunkSpec, labels: np.ndarray, k: int) -> dict[int, list[bytes]]:
+    """Class -> WKB polygons of the block, in output pixel coordinates of the whole map."""
     polys = label_block_polygons(labels, spec.out_box[0], spec.out_box[1], k, nodata=NODATA)
-    wkb = {c: [shapely.to_wkb(p) for p in plist] for c, plist in polys.items() if plist}
-    return ChunkOutcome(spec.row, spec.col, tiles_run, counts, prob_sums, wkb)
+    return {c: [shapely.to_wkb(p) for p in plist] for c, plist in polys.items() if plist}

@@ -27,9 +27,11 @@ from wsi_segment.errors import ConfigError, OutputError
 
 NGFF_VERSION = "0.4"
 ATTRS_KEY = "wsi_segment"
-# Blosc is what bioformats2raw writes and every OME-Zarr 0.4 reader decodes; zstd inside it
-# compresses smooth probability maps better than lz4 at similar speed.
-COMPRESSOR = numcodecs.Blosc(cname="zstd", clevel=5, shuffle=numcodecs.Blosc.SHUFFLE)
+# Blosc is what bioformats2raw writes and every OME-Zarr 0.4 reader decodes. zstd inside it
+# stores smooth probability maps in ~2/3 of lz4's bytes; level 1, not 5: compression is the
+# writer's dearest step, level 5 costs ~5x the CPU of level 1 for ~10 % fewer bytes
+# (benchmarks/RESULTS.md, "Writer"), and readers decode every level alike.
+COMPRESSOR = numcodecs.Blosc(cname="zstd", clevel=1, shuffle=numcodecs.Blosc.SHUFFLE)
 
 Color = tuple[int, int, int]
 IN_MEMORY_BYTES = 64 << 20  # finalize_pyramid: level 0 up to this size is coarsened in memory

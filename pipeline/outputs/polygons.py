@@ -10,6 +10,7 @@ classes stay edge-to-edge instead of opening gaps or overlapping as per-polygon 
 
 from __future__ import annotations
 
+import itertools
 import os
 import warnings
 from collections import defaultdict
@@ -22,7 +23,7 @@ import shapely
 from affine import Affine
 from rasterio.errors import NotGeoreferencedWarning
 from shapely.affinity import affine_transform
-from shapely.geometry import MultiPolygon, Polygon, shape
+from shapely.geometry import MultiPolygon, Polygon
 from shapely.geometry.base import BaseGeometry
 
 from wsi_segment.errors import ConfigError
@@ -45,14 +46,31 @@ def label_block_polygons(
         raise ConfigError(f"labels must be 2-D (h, w), got shape {labels.shape}")
     labels = np.ascontiguousarray(labels, dtype=np.uint8)
     mask = (labels != nodata) & (labels < n_classes)
-    out: dict[int, list[Polygon]] = {}
     if not mask.any():
-        return out
+        return {}
     transform = Affine.translation(float(x0_out), float(y0_out))
+    values: list[int] = []
+    rings: list[list[tuple[float, float]]] = []
+    rings_per_polygon: list[int] = []
     for geom, value in rasterio.features.shapes(
         labels, mask=mask, connectivity=4, transform=transform
     ):
-        out.setdefault(int(value), []).append(shape(geom))
+        values.append(int(value))
+        rings.extend(geom["coordinates"])
+        rings_per_polygon.append(len(geom["coordinates"]))
+    if not values:
+        return {}
+    # One GEOS call builds every polygon from the rings' coordinates: the same polygons as
+    # `shape(geom)` one by one (same coordinates, same WKB), without a Python object per ring.
+    coords = np.array(list(itertools.chain.from_iterable(rings)), dtype=np.float64)
+    ring_offsets = np.concatenate([[0], np.cumsum([len(r) for r in rings])])
+    polygon_offsets = np.concatenate([[0], np.cumsum(rings_per_polygon)])
+    polygons = shapely.from_ragged_array(
+        shapely.GeometryType.POLYGON, coords, (ring_offsets, polygon_offsets)
+    )
+    out: dict[int, list[Polygon]] = {}
+    for value, polygon in zip(values, polygons, strict=True):
+        out.setdefault(value, []).append(polygon)
     return out
 
 

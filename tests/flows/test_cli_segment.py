@@ -58,8 +58,9 @@ def test_tissue_and_roi_options_reach_the_batch_flow(tmp_path):
 
 
 def test_decoders_change_speed_not_results(tmp_path, tiny_model_dir):
-    """`--decoders 2` (the device engine) stores what `--decoders 0` (Dask threads) stores,
-    and is a speed knob: a finished run counts as up to date whatever the decoders."""
+    """`--decoders 2` (the device engine), with one writer thread or three, stores what
+    `--decoders 0` (Dask threads) stores, and both are speed knobs: a finished run counts as
+    up to date whatever the decoders."""
     import numpy as np
     import zarr
 
@@ -67,18 +68,23 @@ def test_decoders_change_speed_not_results(tmp_path, tiny_model_dir):
     # engine batches across chunks.
     same = ["--model", str(tiny_model_dir), "--quiet", "--precision", "fp32", "--device", "cpu"]
     same += ["--chunk-tiles", "2", "--batch-size", "1", "--overlap", "16"]
+    runs = {"0": ["--decoders", "0"], "2": ["--decoders", "2", "--writers", "1"]}
+    runs["2w3"] = ["--decoders", "2", "--writers", "3"]
     stored = {}
-    for decoders in ("0", "2"):
-        out = tmp_path / decoders
-        done = run_cli(str(CMU_SLIDE), "--out", str(out), "--decoders", decoders, *same)
+    for name, options in runs.items():
+        out = tmp_path / name
+        done = run_cli(str(CMU_SLIDE), "--out", str(out), *options, *same)
         assert done.returncode == 0, done.stderr
         folder = out / "CMU-1-Small-Region"
         summary = json.loads((folder / "summary.json").read_text())
-        assert summary["parameters"]["decoders"] == int(decoders)
+        assert summary["parameters"]["decoders"] == int(options[1])
+        if "--writers" in options:
+            assert summary["parameters"]["writers"] == int(options[3])
         array = zarr.open_array(str(folder / "probabilities.ome.zarr" / "0"), mode="r")
-        stored[decoders] = (np.asarray(array[:]), summary["classes"], summary["fingerprint"])
-    (a, classes_a, print_a), (b, classes_b, print_b) = stored["0"], stored["2"]
-    np.testing.assert_array_equal(a, b)
-    assert classes_a == classes_b and print_a == print_b
+        stored[name] = (np.asarray(array[:]), summary["classes"], summary["fingerprint"])
+    a, classes_a, print_a = stored["0"]
+    for b, classes_b, print_b in (stored["2"], stored["2w3"]):
+        np.testing.assert_array_equal(a, b)
+        assert classes_a == classes_b and print_a == print_b
     again = run_cli(str(CMU_SLIDE), "--out", str(tmp_path / "0"), "--decoders", "2", *same)
     assert again.returncode == 0 and "up to date" in again.stdout

@@ -88,6 +88,19 @@ def test_decoders_default_by_device_and_stay_out_of_the_fingerprint():
         SegmentParams(decoders=-1)
 
 
+def test_writers_take_the_cores_the_decoders_leave():
+    from wsi_segment.pipeline.params import WRITERS_MAX, SegmentParams, run_writers
+
+    assert run_writers(None, decoders=15, cores=16) == 1  # GPU default: decoders take them
+    assert run_writers(None, decoders=4, cores=16) == WRITERS_MAX == 4  # GIL-bound beyond
+    assert run_writers(None, decoders=1, cores=3) == 2
+    assert run_writers(None, decoders=2, cores=2) == 1  # never none
+    assert run_writers(6, decoders=15, cores=16) == 6  # --writers wins
+    assert SegmentParams(writers=3).fingerprint_fields() == SegmentParams().fingerprint_fields()
+    with pytest.raises(ConfigError, match=r"writers must be an integer in \[1, 64\]"):
+        SegmentParams(writers=0)
+
+
 def test_slides_in_flight_share_the_machine_s_decoders():
     """A batch on one GPU machine: each slide in flight gets its share of `run_decoders`'
     count (at least one), so two slides never spawn 2 x (cores - 1) decoders."""

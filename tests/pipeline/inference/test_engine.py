@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing
+import threading
 import time
 from pathlib import Path
 
@@ -236,3 +237,64 @@ def test_a_pool_for_other_chunks_is_closed_and_replaced(tmp_path, tiny, threaded
     assert_same_outcomes(outcomes, expected_outcomes)
     assert multiprocessing.active_children() == []
     assert shm_entries() <= before
+
+
+class TwoChunksAtOnce(SlideJob):
+    """The real job, whose first two chunks must be in `finish_block` at the same time (a
+    barrier): it passes only if two writer threads finish chunks side by side."""
+
+    def finish_block(self, spec, reduced):
+        with self.probe_lock:
+            self.calls += 1
+            first_two = self.calls <= 2
+        if first_two:
+            self.barrier.wait()
+        return super().finish_block(spec, reduced)
+
+
+class FailsOnThirdChunk(SlideJob):
+    """The real job, failing (as a full disk would) when finishing its third chunk."""
+
+    def finish_block(self, spec, reduced):
+        with self.probe_lock:
+            self.calls += 1
+            fail = self.calls == 3
+        if fail:
+            raise OSError("No space left on device (test)")
+        return super().finish_block(spec, reduced)
+
+
+def probed(job: SlideJob, cls: type[SlideJob]) -> SlideJob:
+    fields = {f.name: getattr(job, f.name) for f in dataclasses.fields(job) if f.init}
+    probe = cls(**fields)
+    probe.probe_lock, probe.calls = threading.Lock(), 0
+    probe.barrier = threading.Barrier(2, timeout=30)
+    return probe
+
+
+def test_several_writer_threads_finish_chunks_side_by_side_and_write_the_same(
+    tmp_path, tiny, threaded
+):
+    (expected, expected_outcomes), _ = threaded
+    job, specs = make_job(tmp_path / "p.zarr", tiny, chunk_tiles=2)
+    job = probed(job, TwoChunksAtOnce)
+    stats = EngineStats()
+    outcomes = run_engine(job, specs, 2, stats=stats, writers=3)
+    assert stats.writers == 3 and job.calls == len(specs)
+    np.testing.assert_array_equal(stored(job), expected)
+    assert_same_outcomes(outcomes, expected_outcomes)  # in plan order, whoever finished
+    assert stats.bytes_from_model == sum(o.bytes_from_model for o in outcomes)
+
+
+def test_a_writer_error_wins_and_nothing_writes_after(tmp_path, tiny):
+    job, specs = make_job(tmp_path / "p.zarr", tiny, chunk_tiles=2)
+    job = probed(job, FailsOnThirdChunk)
+    before = shm_entries()
+    with pytest.raises(OSError, match="No space left"):
+        run_engine(job, specs, 2, writers=3)
+    assert multiprocessing.active_children() == []
+    assert shm_entries() <= before
+    listing = sorted(p.name for p in Path(job.zarr_path).iterdir())
+    time.sleep(0.3)  # no writer thread may still be finishing a chunk
+    assert sorted(p.name for p in Path(job.zarr_path).iterdir()) == listing
+    assert job.calls < len(specs)  # the stop reached the writers: not every chunk was tried

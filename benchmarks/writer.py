@@ -1,0 +1,346 @@
+"""Where the device engine's writer spends its time, and how it scales with writer threads.
+
+    python benchmarks/writer.py                        # 12288 px bank slide, 1, 2, 4 threads
+    python benchmarks/writer.py --size 20480 --threads 1,2,4 --repeats 5 --no-record
+
+The writer finishes every chunk (`SlideJob.finish_block`: stitch the reduced tile cores, mask
+the tissue, write the zarr chunks the chunk owns, count, trace polygons). This script feeds it
+the reduced tiles of the pipeline's own plan of a bank slide, with no model and no decoders in
+the measurement, so the figures are the writer's alone:
+
+- **labels and probabilities from the demo model**: its real `predict_reduced` outputs for
+  every tissue tile of the slide, computed once (CPU, fp32) and cached beside the slide. Region
+  sizes are what a trained model gives on this slide, not a synthetic pattern; polygon tracing
+  costs in proportion to region edges, and random labels would make it ~60x dearer.
+- **parts**: stitch (cores into the block), tissue (mask sampled, outside zeroed), zarr write
+  (compression included, a fresh store each repeat), statistics (counts, probability sums),
+  polygons (rasterio tracing + WKB); `finish_block` is the whole, measured as such.
+- **threads**: the same parts, and `finish_block`, over all chunks with 1, 2, 4 threads of a
+  plain pool (a part whose rate grows with threads releases the GIL; one that stays flat
+  holds it, given free cores), and the engine's own writer (`ChunkWriter.run` with that many
+  finisher threads) fed the tiles in batches that span chunks, as the consumer sends them.
+  For comparison, polygon tracing alone in N spawned processes (not what the engine does).
+
+Profile (py-spy, all threads; `--gil` keeps only samples holding the GIL):
+
+    py-spy record --format raw [--gil] -r 200 -o p.txt -- python benchmarks/writer.py --loop 30
+    python benchmarks/writer.py --attribute p.txt     # seconds per part, from the samples
+
+Each figure is the median of `--repeats` rounds; within a round every variant runs back to
+back, so ratios are taken in one run. The table is appended to RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.engine_proxy import engine_job  # noqa: E402
+from benchmarks.measure import loadavg, log, machine_info, record, render  # noqa: E402
+from benchmarks.stages import slide_and_model  # noqa: E402
+
+PARTS = ("stitch", "tissue", "zarr write", "statistics", "polygons")
+WRITER = "engine writer (ChunkWriter, N finisher threads)"
+PROCESSES = "polygons in N processes (not in the engine)"
+
+
+def model_tiles(job: Any, specs: list, cache: Path) -> list[Any]:
+    """Each chunk's `ReducedTiles` from the real model (cached: the model is not measured)."""
+    from wsi_segment.pipeline.inference.chunk_inference import ReducedTiles
+
+    if not cache.exists():
+        t0 = time.perf_counter()
+        reduced = [job.predict_chunk(s) for s in specs]
+        tmp = cache.with_name(cache.stem + ".partial.npz")
+        np.savez(
+            tmp,
+            probs=np.concatenate([r.probs for r in reduced if len(r.probs)]),
+            labels=np.concatenate([r.labels for r in reduced if len(r.labels)]),
+            nbytes=np.array([r.bytes_from_model for r in reduced]),
+        )
+        tmp.rename(cache)
+        log(f"model outputs for {sum(len(s.tiles) for s in specs)} tiles: "
+            f"{time.perf_counter() - t0:.1f} s (cached in {cache})")  # fmt: skip
+    data = np.load(cache)
+    probs, labels, nbytes = data["probs"], data["labels"], data["nbytes"]
+    out, pos = [], 0
+    for s, nb in zip(specs, nbytes, strict=True):
+        n = len(s.tiles)
+        out.append(ReducedTiles(probs[pos : pos + n], labels[pos : pos + n], int(nb)))
+        pos += n
+    if pos != len(probs):
+        raise RuntimeError(f"{cache}: cached tiles do not match the plan; delete it")
+    return out
+
+
+def part_functions(job: Any, specs: list, reduced: list) -> dict[str, Callable[[int], object]]:
+    """One callable per part, taking a chunk's index; inputs of later parts made up front."""
+    from wsi_segment.pipeline.inference.chunk_inference import NODATA, stitch_cores
+    from wsi_segment.pipeline.outputs.chunk_summary import block_polygons, block_statistics
+
+    grid = job.grid
+    blocks = [job.stitch_block(s, r) for s, r in zip(specs, reduced, strict=True)]
+
+    def stitch(i: int) -> object:
+        s, r = specs[i], reduced[i]
+        x0, y0, x1, y1 = s.core_box
+        tiles, origin, size = list(s.tiles), (x0, y0), (x1 - x0, y1 - y0)
+        return (
+            stitch_cores(r.probs, tiles, origin, size, grid, fill=0),
+            stitch_cores(r.labels, tiles, origin, size, grid, fill=NODATA),
+        )
+
+    def tissue(i: int) -> object:
+        probs, labels = blocks[i].probs.copy(), blocks[i].labels.copy()
+        inside = job.tissue_block(specs[i].out_box)
+        probs[:, ~inside] = 0
+        labels[~inside] = NODATA
+        return probs
+
+    def write(i: int) -> object:
+        ox0, oy0, ox1, oy1 = specs[i].out_box
+        job._array()[:, oy0:oy1, ox0:ox1] = blocks[i].probs
+        return None
+
+    def stats(i: int) -> object:
+        return block_statistics(blocks[i].labels, blocks[i].probs, job.n_classes)
+
+    def polygons(i: int) -> object:
+        return block_polygons(specs[i], blocks[i].labels, job.n_classes)
+
+    def finish(i: int) -> object:
+        return job.finish_block(specs[i], reduced[i])
+
+    return dict(zip((*PARTS, "finish_block (all)"), (stitch, tissue, write, stats, polygons, finish), strict=True))  # fmt: skip
+
+
+def engine_writer(job: Any, specs: list, reduced: list, batch: int) -> Callable[[int], float]:
+    """Seconds for the engine's own writer (`ChunkWriter.run`, `threads` finishers) to take
+    every chunk's tiles in batches of `batch` that span chunks, as the consumer sends them."""
+    import queue
+
+    from wsi_segment.pipeline.inference.chunk_writer import ChunkWriter, TileBatch
+    from wsi_segment.pipeline.inference.engine_state import FirstError
+
+    probs = np.concatenate([r.probs for r in reduced if len(r.probs)])
+    labels = np.concatenate([r.labels for r in reduced if len(r.labels)])
+    owner = [(i, t) for i, s in enumerate(specs) for t in range(len(s.tiles))]
+    per_tile = reduced[0].bytes_from_model // max(1, len(specs[0].tiles))
+    batches = []
+    for start in range(0, len(owner), batch):
+        segments: list[tuple[int, int, int]] = []
+        for index, tile in owner[start : start + batch]:
+            if segments and segments[-1][0] == index:
+                segments[-1] = (index, segments[-1][1], segments[-1][2] + 1)
+            else:
+                segments.append((index, tile, 1))
+        end = start + len(owner[start : start + batch])
+        batches.append(TileBatch(segments, probs[start:end], labels[start:end], per_tile))
+
+    def run(threads: int) -> float:
+        inbox: queue.Queue[TileBatch | None] = queue.Queue()
+        for b in batches:
+            inbox.put(b)
+        inbox.put(None)
+        writer, errors = ChunkWriter(job, specs, threads=threads), FirstError()
+        t0 = time.perf_counter()
+        writer.run(inbox, errors)
+        if errors.error is not None:
+            raise errors.error
+        writer.results()
+        return time.perf_counter() - t0
+
+    return run
+
+
+def polygons_in_processes(job: Any, specs: list, reduced: list) -> Callable[[int], float]:
+    """Seconds to trace every chunk's polygons in `n` spawned processes (started and
+    warmed before the clock starts; labels sent, WKB returned): what processes would give
+    the part that holds the GIL."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from wsi_segment.pipeline.outputs.chunk_summary import block_polygons
+
+    labels = [job.stitch_block(s, r).labels for s, r in zip(specs, reduced, strict=True)]
+
+    def run(n: int) -> float:
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(n, mp_context=ctx) as pool:
+            list(pool.map(block_polygons, specs[:n], labels[:n], [job.n_classes] * n))
+            t0 = time.perf_counter()
+            list(pool.map(block_polygons, specs, labels, [job.n_classes] * len(specs)))
+            return time.perf_counter() - t0
+
+    return run
+
+
+def fresh_store(job: Any, store: Path) -> Any:
+    """`job` writing into a copy of its (still empty) store at `store`."""
+    import dataclasses
+    import shutil
+    import threading
+
+    shutil.copytree(Path(job.zarr_path).parent, store)
+    return dataclasses.replace(job, zarr_path=str(store / "0"), _local=threading.local())
+
+
+def timed(fn: Callable[[int], object], chunks: int, threads: int) -> float:
+    """Seconds to run `fn` on every chunk with `threads` threads (1: in this thread)."""
+    t0 = time.perf_counter()
+    if threads == 1:
+        for i in range(chunks):
+            fn(i)
+    else:
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(fn, range(chunks)))
+    return time.perf_counter() - t0
+
+
+def polygon_stats(job: Any, specs: list, reduced: list) -> tuple[float, float]:
+    """Polygons and vertices per tile: how much edge the labels carry (tracing's cost)."""
+    import shapely
+
+    from wsi_segment.pipeline.outputs.chunk_summary import block_polygons
+
+    polys = verts = 0
+    for s, r in zip(specs, reduced, strict=True):
+        wkb = block_polygons(s, job.stitch_block(s, r).labels, job.n_classes)
+        geoms = [shapely.from_wkb(w) for ws in wkb.values() for w in ws]
+        polys += len(geoms)
+        verts += int(sum(shapely.get_num_coordinates(geoms))) if geoms else 0
+    tiles = max(1, sum(len(s.tiles) for s in specs))
+    return polys / tiles, verts / tiles
+
+
+# py-spy frames -> the writer's parts (the last match in a stack wins)
+FRAMES = (
+    ("SlideJob.stitch_block", "stitch + tissue"),
+    ("Array.__setitem__", "zarr write, calling thread"),
+    ("block_statistics", "statistics"),
+    ("block_polygons", "polygons"),
+    ("BaseEventLoop.run_forever", "zarr write, zarr's event loop thread"),
+    ("_WorkItem.run", "zarr write, worker threads (compression, files)"),
+)
+
+
+def attribute(raw: Path, hz: float) -> list[tuple[str, float]]:
+    """Seconds per part in a py-spy raw profile of `--loop` (idle waits left out)."""
+    seconds: dict[str, float] = {}
+    for line in raw.read_text().splitlines():
+        stack, count = line.rsplit(" ", 1)
+        frames = stack.split(";")
+        if "thread.py:81" in frames[-1] or "select" in frames[-1]:
+            continue  # a pool thread or the event loop waiting for work
+        part = "other (set-up: slide, tissue, plan)"
+        for frame in frames:
+            for key, name in FRAMES:
+                if frame.startswith(key):
+                    part = name
+        seconds[part] = seconds.get(part, 0.0) + int(count) / hz
+    return sorted(seconds.items(), key=lambda kv: -kv[1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", type=int, default=12288, help="bank slide side (px)")
+    ap.add_argument("--tissue", type=float, default=0.6)
+    ap.add_argument("--model", type=Path, default=None, help="model folder (default: demo)")
+    ap.add_argument("--threads", default="1,2,4")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--overlap", type=int, default=32)
+    ap.add_argument("--chunk-tiles", type=int, default=8)
+    ap.add_argument("--downsample", type=int, default=4)
+    ap.add_argument("--batch-size", type=int, default=64, help="tiles per batch to the writer")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/wsi-segment-bench"))
+    ap.add_argument("--no-record", action="store_true")
+    ap.add_argument("--loop", type=int, default=0, help="only run finish_block N rounds")
+    ap.add_argument("--attribute", type=Path, default=None, help="py-spy raw file to split")
+    ap.add_argument("--hz", type=float, default=200.0, help="py-spy's rate (-r)")
+    args = ap.parse_args(argv)
+    if args.attribute is not None:
+        for part, sec in attribute(args.attribute, args.hz):
+            print(f"{sec:8.2f} s  {part}")
+        return 0
+    counts = [int(x) for x in args.threads.split(",") if x]
+    started = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M")
+    t0 = time.perf_counter()
+    info = machine_info()
+    info["load_start"] = loadavg()
+    slide, writer, model_dir, model_desc = slide_and_model(
+        args.work, args.size, args.tissue, args.model
+    )
+    from wsi_segment.pipeline.inference.model_handle import ModelHandle
+
+    handle = ModelHandle(str(model_dir), "cpu", "fp32")
+    cache = args.work / f"writer-{slide.stem}-{Path(model_dir).name}-d{args.downsample}.npz"
+    rows: list[tuple[str, str, str]] = []
+    with tempfile.TemporaryDirectory(dir=args.work) as tmp:
+        job, specs = engine_job(slide, model_dir, args, Path(tmp) / "p0.zarr", handle)
+        reduced = model_tiles(job, specs, cache)
+        tiles = sum(len(s.tiles) for s in specs)
+        per_poly, per_vert = polygon_stats(job, specs, reduced)
+        fns = part_functions(job, specs, reduced)
+        if args.loop:
+            t1 = time.perf_counter()
+            for _ in range(args.loop):
+                timed(fns["finish_block (all)"], len(specs), 1)
+            log(f"finish_block: {args.loop * tiles / (time.perf_counter() - t1):,.0f} tiles/s")
+            return 0
+        in_processes = polygons_in_processes(job, specs, reduced)
+        seconds: dict[tuple[str, int], list[float]] = {}
+        for rep in range(args.repeats):
+            for n in counts:
+                # a fresh store per round and thread count: writes never overwrite warm files
+                fns = part_functions(
+                    fresh_store(job, Path(tmp) / f"p{rep}-{n}.zarr"), specs, reduced
+                )
+                for name, fn in fns.items():
+                    seconds.setdefault((name, n), []).append(timed(fn, len(specs), n))
+                writer_job = fresh_store(job, Path(tmp) / f"w{rep}-{n}.zarr")
+                run = engine_writer(writer_job, specs, reduced, args.batch_size)
+                seconds.setdefault((WRITER, n), []).append(run(n))
+                seconds.setdefault((PROCESSES, n), []).append(in_processes(n))
+            log(f"round {rep + 1}/{args.repeats} done, load {loadavg()}")
+    for name in (*fns, WRITER, PROCESSES):
+        med = {n: statistics.median(seconds[(name, n)]) for n in counts}
+        base = med[counts[0]]
+        figures = ", ".join(
+            f"{n} thr {tiles / med[n]:,.0f} tiles/s (x{base / med[n]:.2f})" for n in counts
+        )
+        spread = "; ".join(
+            f"{n} thr {min(seconds[(name, n)]):.3f}-{max(seconds[(name, n)]):.3f} s" for n in counts
+        )
+        rows.append((name, f"{tiles / base:,.0f} tiles/s", f"{figures}; range {spread}"))
+    notes = [
+        f"slide: {slide.name} ({writer}); {len(specs)} chunks, {tiles} tissue tiles; model "
+        f"outputs: {model_desc}, CPU fp32, cached in {cache.name}",
+        f"labels carry {per_poly:.1f} polygons and {per_vert:.0f} vertices per tile (edges: what "
+        "tracing costs)",
+        f"figure: 1 thread; details: tiles/s with 1, 2, 4 threads and the speed-up over 1 "
+        f"thread; median of {args.repeats} rounds",
+    ]
+    command = "python benchmarks/writer.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    block = render(rows, notes, info, command.strip(), started, time.perf_counter() - t0)
+    print(block)
+    if not args.no_record:
+        record(block)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
