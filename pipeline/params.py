@@ -175,7 +175,7 @@ def shared_decoders(
         return requested
     if device_type != "cuda":
         return 0
-    machine = max(1, min(16, (cores if cores is not None else _cores()) - 1))
+    machine = max(1, min(16, (cores if cores is not None else usable_cores()) - 1))
     return max(1, machine // max(1, slides))
 
 
@@ -191,7 +191,7 @@ def run_writers(requested: int | None, decoders: int, cores: int | None = None) 
     affinity)."""
     if requested is not None:
         return requested
-    free = (cores if cores is not None else _cores()) - decoders
+    free = (cores if cores is not None else usable_cores()) - decoders
     return max(1, min(WRITERS_MAX, free))
 
 
@@ -203,7 +203,9 @@ def expected_decoders(params: SegmentParams) -> int:
     return run_decoders(params.decoders, device_type)
 
 
-def _cores() -> int:
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity: a container or job may get fewer
+    than the machine has)."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux

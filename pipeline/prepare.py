@@ -37,16 +37,9 @@ from wsi_segment.pipeline.outputs.output_dir import (
     run_fingerprint,
     slide_output_name,
 )
-from wsi_segment.pipeline.params import (
-    SegmentParams,
-)
-from wsi_segment.wsi.slide import Slide, open_slide
-
-if TYPE_CHECKING:  # distributed is imported only when a cluster is used
-    pass
-
-
+from wsi_segment.pipeline.params import SegmentParams, usable_cores
 from wsi_segment.wsi.roi import Roi
+from wsi_segment.wsi.slide import Slide, open_slide
 from wsi_segment.wsi.tiling import ChunkSpec, TileGrid
 from wsi_segment.wsi.tissue import TissueMask
 
@@ -206,8 +199,10 @@ def _prepare_opened(
     pool: DecodePool | None = None
     try:
         geometry = model_geometry(model_dir)
-        if decoders and geometry is not None:
-            pool = DecodePool(decoders)  # they import while tissue is detected
+        if decoders and geometry is not None and decoders < usable_cores():
+            # they import while tissue is detected, on the cores detection leaves free (with
+            # none free they would only slow it down: then they spawn once planned)
+            pool = DecodePool(decoders)
         t1 = time.perf_counter()
         tissue, rois = slide_tissue(slide, params)
         t_tissue = time.perf_counter()
@@ -216,7 +211,8 @@ def _prepare_opened(
             grid, planned = plan_slide(slide, mpp, geometry, params, tissue)
             read_backend = chunk_read_backend(slide, params, planned.read_level)
             reader = plan_reader(slide_path, slide, params, planned, grid, read_backend)
-            if pool is not None and planned.specs:
+            if decoders and planned.specs:
+                pool = pool or DecodePool(decoders)
                 pool.assign(reader, planned.specs)
             elif prefetch and planned.specs:
                 prefetcher = ChunkPrefetcher(reader, planned.specs)

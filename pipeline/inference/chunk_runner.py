@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import threading
 import uuid
 from collections.abc import Iterator, Sequence
@@ -31,6 +30,7 @@ from wsi_segment.pipeline.inference.chunk_job import SlideJob, settle_precision_
 from wsi_segment.pipeline.inference.chunk_prefetch import ChunkPrefetcher
 from wsi_segment.pipeline.inference.model_handle import ModelHandle, model_device_type
 from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome
+from wsi_segment.pipeline.params import usable_cores
 from wsi_segment.pipeline.progress import NullProgress, Progress
 from wsi_segment.wsi.tiling import ChunkSpec
 
@@ -117,7 +117,7 @@ def cpu_threads_per_chunk(job: SlideJob, threads: int, cap: int | None = None) -
     model, _ = job.model.get()
     if model_device_type(model) != "cpu":
         return 0
-    per_chunk = max(1, _cores() // max(1, threads))
+    per_chunk = max(1, usable_cores() // max(1, threads))
     return per_chunk if cap is None else max(1, min(cap, per_chunk))
 
 
@@ -163,13 +163,6 @@ def _size_for_this_worker(job: SlideJob) -> None:
     except ValueError:  # not inside a worker (a direct call)
         nthreads = 1
     job.cpu_threads_per_chunk = cpu_threads_per_chunk(job, nthreads, cap=torch.get_num_threads())
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def settle_precision_on_cluster(
