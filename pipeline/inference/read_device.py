@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from wsi_segment.pipeline.params import SegmentParams, gpu_expected
 from wsi_segment.wsi.raw_tiles import JpegTiles, Unsupported, open_jpeg_tiles
 from wsi_segment.wsi.region_reader import choose_level, same_pixels
 
@@ -119,3 +120,17 @@ def settle_reads(
     if choice is not None and choice.cuda == cuda and choice.level in (None, key):
         return choice
     return decide()
+
+
+def plan_reads(
+    slide_path: str,
+    slide: LevelSlide,
+    params: SegmentParams,
+    slide_mpp: float,
+    model_mpp: float,
+) -> ReadChoice:
+    """`prepare`'s choice, before the model has loaded: a GPU is guessed as for the chunk
+    size (`pipeline.params.gpu_expected`)."""
+    key = read_level(slide, slide_mpp, model_mpp)
+    cuda = gpu_expected(params.device)
+    return choose_reads(params.read_device, cuda, slide_path, slide, key)
