@@ -10,7 +10,11 @@ Rows, all on the same slide and tiles in one run:
 - `predict` as callers of full maps get it (float32 maps copied back), for comparison;
 - decode limit with N decoder processes (benchmarks/decode.py);
 - the pipeline end to end (`wsi-segment` subprocess), with GPU utilisation beside it;
-- ratio = pipeline / min(decode limit, reduced-model limit).
+- ratio = pipeline / min(decode limit, reduced-model limit);
+- the pipeline with `--read-device gpu` and, on the same plan, `--read-device cpu`
+  (`--read-devices`): the slide's mpp is overridden to the model's (`--mpp`), so model pixels
+  are level-0 pixels, the only plan the device read path serves (more tiles than the rows
+  above); each row says which read path ran and why (summary.json `run_stats`).
 On a machine without a GPU the same rows are measured on the CPU (`--device cpu`): a proxy
 that checks the code path, not the GPU figure.
 """
@@ -159,4 +163,28 @@ def section_device(
          f"pipeline / min(decode {decode_limit:,.0f}, reduced model {rates['reduced']:,.0f}); "
          f"inference stage alone {stage / limit:.2f}; load {load_before} -> {loadavg()}"),
     ]  # fmt: skip
+    for read_device in [x.strip() for x in args.read_devices.split(",") if x.strip()]:
+        rows.append(read_device_row(slide, model_dir, work, extra, model.meta.mpp, read_device))
     return ratio
+
+
+def read_device_row(
+    slide: Path, model_dir: Path, work: Path, extra: list[str], model_mpp: float, read: str
+) -> tuple[str, str, str]:
+    """The pipeline with `--read-device read` at model pixels = level-0 pixels."""
+    log(f"[device] pipeline --read-device {read} ...")
+    more = [*extra, "--read-device", read, "--mpp", f"{model_mpp:g}"]
+    run, summary = run_pipeline(slide, model_dir, work / "out" / f"read-{read}", more)
+    n = int(summary["tiling"]["tiles"])
+    t = summary.get("timings_s", {})
+    stage = n / max(t.get("inference_s", 1e-9), 1e-9)
+    stats = summary.get("run_stats", {})
+    reads = summary.get("read_stats", {})
+    return (
+        f"device: pipeline --read-device {read}",
+        f"{n / run.wall_s:,.1f} tiles/s",
+        f"--mpp {model_mpp:g}: {n} tiles, {run.wall_s:.1f} s wall (inference stage "
+        f"{stage:,.1f} tiles/s); read {stats.get('read_device')} "
+        f"({stats.get('read_device_reason')}), storage tiles {reads or 'not counted'}; "
+        f"{run.gpu}",
+    )

@@ -96,6 +96,12 @@ def main(argv: list[str] | None = None) -> int:
         default=",".join(str(1 << k) for k in range(8) if (1 << k) <= cores),
         help="device section: decoder process counts for the decode limit",
     )
+    ap.add_argument(
+        "--read-devices",
+        default="gpu,cpu",
+        help="device section: --read-device values of extra pipeline runs at model pixels = "
+        "level-0 pixels (empty: none)",
+    )
     ap.add_argument("--no-record", action="store_true", help="do not append to RESULTS.md")
     args = ap.parse_args(argv)
     only = ["throughput"] if args.quick else [s for s in SECTIONS if s != "device"]

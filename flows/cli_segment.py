@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from wsi_segment.errors import WsiSegmentError
-from wsi_segment.pipeline.params import BACKENDS, SegmentParams
+from wsi_segment.pipeline.params import BACKENDS, READ_DEVICES, SegmentParams
 from wsi_segment.pipeline.progress import BarProgress
 from wsi_segment.wsi.mpp import mpp_problem
 
@@ -127,6 +127,16 @@ def add_segment_options(parser: argparse.ArgumentParser) -> None:
         help="threads of the device engine that finish chunks side by side (stitch, zarr "
         "write, polygons), 1-64 (default: the cores the decoders leave, 1 to 4)",
     )
+    parser.add_argument(
+        "--read-device",
+        choices=READ_DEVICES,
+        default="auto",
+        help="where the device engine decodes JPEG tiles: gpu reads them onto the model's "
+        "device (nvJPEG on CUDA; one reader thread, no decoder processes) wherever the slide "
+        "allows it (model pixels = a level's pixels, tiled JPEG), else says why; cpu: the "
+        "decoder processes; auto: gpu only on CUDA for YCbCr JPEG tiles (default: "
+        "%(default)s). Local runs only",
+    )
     parser.add_argument("--backend", choices=BACKENDS, default="auto")
     parser.add_argument(
         "--no-gate",
@@ -176,6 +186,7 @@ def params_from_args(args: argparse.Namespace) -> SegmentParams:
         threads=args.threads,
         decoders=args.decoders,
         writers=args.writers,
+        read_device=args.read_device,
         backend=args.backend,
         gate=not args.no_gate,
         overwrite=args.overwrite,
@@ -192,6 +203,14 @@ def warn_tissue(slide: str, summary: Mapping[str, Any]) -> None:
     warning = (summary.get("tissue") or {}).get("warning")
     if warning:
         print(f"warning: {slide}: {warning}", file=sys.stderr)
+
+
+def warn_read_device(slide: str, params: SegmentParams, summary: Mapping[str, Any]) -> None:
+    """A `warning:` line when `--read-device gpu` could not read this slide on the device."""
+    run = summary.get("run_stats") or {}
+    if params.read_device == "gpu" and run.get("read_device") == "cpu":
+        reason = run.get("read_device_reason", "")
+        print(f"warning: {slide}: --read-device gpu: {reason}; read on the CPU", file=sys.stderr)
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -228,5 +247,6 @@ def run(args: argparse.Namespace) -> int:
         if result.status == "up-to-date":
             print(f"{slide}: up to date in {result.out_dir} (use --overwrite to redo)")
         else:
+            warn_read_device(slide, params, result.summary)
             print(f"{slide}: done in {result.seconds:.1f} s -> {result.out_dir}")
     return 1 if failed else 0

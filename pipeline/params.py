@@ -20,6 +20,7 @@ DEVICES = ("auto", "cpu", "cuda")
 BACKENDS = ("auto", "openslide", "tiffslide")  # wsi.backends.BACKENDS, named without importing it
 PRECISIONS = ("auto", "fp32")
 TISSUE_MODES = ("auto", "all")  # all: no detection, the whole slide is tissue
+READ_DEVICES = ("auto", "cpu", "gpu")  # pipeline.inference.read_device
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,11 @@ class SegmentParams:
     # Writer threads of the device engine (finish whole chunks side by side); None: the
     # cores the decoders leave, 1 to 4 (`run_writers`). Speed only.
     writers: int | None = None
+    # Where the device engine's tiles are decoded: "gpu" reads the slide's JPEG tiles straight
+    # onto the model's device (one reader thread, no decoder processes) wherever it can,
+    # "cpu" always uses the decoder processes, "auto" the device only on CUDA with nvJPEG
+    # (pipeline.inference.read_device). Local runs only. Speed only.
+    read_device: str = "auto"
     output_name: str | None = None  # default: the slide's file stem
     simplify_tolerance: float = 1.0  # output pixels; polygons simplified edge-to-edge
     ome_tiff: bool = False  # also write probabilities.ome.tif (QuPath opens it directly)
@@ -63,6 +69,7 @@ class SegmentParams:
         _check_choice("backend", self.backend, BACKENDS)
         _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("tissue mode", self.tissue, TISSUE_MODES)
+        _check_choice("read device", self.read_device, READ_DEVICES)
         if self.roi is not None and not isinstance(self.roi, Path):  # from JSON flow options
             object.__setattr__(self, "roi", Path(self.roi))
         if self.batch_size is not None:

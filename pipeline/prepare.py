@@ -30,6 +30,7 @@ from wsi_segment.pipeline.inference.model_handle import (
     ModelHandle,
     load_for_process,
 )
+from wsi_segment.pipeline.inference.read_device import GPU, ReadChoice, plan_reads
 from wsi_segment.pipeline.inference.startup import Background, gc_paused, read_overlay_thumbnail
 from wsi_segment.pipeline.outputs.output_dir import (
     model_sha256,
@@ -87,6 +88,10 @@ class PreparedSlide:
     precision: dict[str, Any] = field(default_factory=dict)
     # --roi: the regions (level-0 slide pixels) outputs are clipped to and reported per.
     rois: list[Roi] = field(default_factory=list)
+    # --read-device as decided before any decoder started (pipeline.inference.read_device);
+    # `infer` settles it with the loaded model and reports it in `read_device`.
+    read_choice: ReadChoice | None = None
+    read_device: dict[str, str] = field(default_factory=dict)  # summary.json run_stats
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -157,7 +162,9 @@ def prepare(
     leaves free, so the first forward passes find their tiles decoded (the side work is in
     `pipeline.inference.startup`, planning from model.json in `pipeline.inference.chunk_plan`).
     With `decoders`, the device engine's decoder processes start instead (`DecodePool`,
-    held by the PreparedSlide until `infer` hands it to the engine).
+    held by the PreparedSlide until `infer` hands it to the engine). Neither starts when the
+    engine will read on the model's device (`--read-device`, decided first:
+    `pipeline.inference.read_device`).
     """
     t0 = time.perf_counter()
     slide_path = str(slide_path)
@@ -197,8 +204,13 @@ def _prepare_opened(
     )
     prefetcher: ChunkPrefetcher | None = None
     pool: DecodePool | None = None
+    choice: ReadChoice | None = None
     try:
         geometry = model_geometry(model_dir)
+        if geometry is not None:  # the device read path starts no decoders and no prefetch
+            choice = plan_reads(slide_path, slide, params, mpp[0], geometry[1])
+            if choice.device == GPU:
+                prefetch, decoders = False, 0
         if decoders and geometry is not None and decoders < usable_cores():
             # they import while tissue is detected, on the cores detection leaves free (with
             # none free they would only slow it down: then they spawn once planned)
@@ -286,6 +298,7 @@ def _prepare_opened(
         prefetch=prefetcher,
         decode_pool=pool,
         overlay_thumb=thumb,
+        read_choice=choice,
     )
 
 

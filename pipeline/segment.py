@@ -30,6 +30,7 @@ from wsi_segment.pipeline.inference.model_handle import (
     ModelHandle,
     model_device_type,
 )
+from wsi_segment.pipeline.inference.read_device import GPU, choose_reads, settle_reads
 from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome
 from wsi_segment.pipeline.outputs.ome_zarr import create_probability_store
 from wsi_segment.pipeline.outputs.output_dir import (
@@ -53,6 +54,8 @@ from wsi_segment.wsi.slide import Slide
 
 if TYPE_CHECKING:  # distributed is imported only when a cluster is used
     from distributed import Client
+
+    from wsi_segment.pipeline.inference.device_tiles import DeviceTiles
 
 ZARR_NAME = "probabilities.ome.zarr"
 
@@ -117,8 +120,19 @@ def infer(
         job, prep.precision = settle_precision_on_cluster(job, prep.specs, client)
     progress.start(prep.tiles_total, unit="tile", desc=prep.name)
     decoders = run_decoders(prep.params.decoders, device_type) if client is None else 0
+    reads = _device_reads(prep, device_type, client is not None)
     try:
-        if decoders:  # the device engine reads with its own processes, maybe started early
+        if reads is not None:  # the device engine reads onto the model's device
+            prep.close_prefetch()
+            outcomes = run_engine(
+                job, prep.specs, 0, progress, stats, writers=prep.params.writers, reads=reads
+            )
+            if reads.cache is not None:
+                prep.read_stats = {
+                    "storage_tiles_decoded": reads.cache.tiles_decoded,
+                    "storage_tiles_reused": reads.cache.tiles_reused,
+                }
+        elif decoders:  # the device engine reads with its own processes, maybe started early
             pool = prep.take_decode_pool()
             prep.close_prefetch()
             outcomes = run_engine(
@@ -159,6 +173,30 @@ def infer(
     if client is None:
         prep.precision = _precision_report(prep.model)
     return outcomes
+
+
+def _device_reads(prep: PreparedSlide, device_type: str, cluster: bool) -> DeviceTiles | None:
+    """The device read path's reader when the run reads on the model's device (the choice
+    `prepare` made, settled with the loaded model), else None; the choice goes into
+    `prep.read_device` for summary.json."""
+    cuda = device_type == "cuda"
+    requested = prep.params.read_device
+    key = (prep.read_level, prep.level0_per_model)
+    choice = settle_reads(
+        prep.read_choice,
+        requested,
+        cuda,
+        cluster,
+        key,
+        lambda: choose_reads(requested, cuda, prep.slide_path, prep.slide, key),
+    )
+    prep.read_device = choice.report()
+    if choice.device != GPU or choice.tiles is None:
+        return None
+    from wsi_segment.pipeline.inference.device_tiles import DeviceTiles  # torch: loaded
+
+    model, _lock = prep.model.get()
+    return DeviceTiles(prep.reader, choice.tiles, model.device)
 
 
 def _precision_report(model: ModelHandle) -> dict[str, Any]:

@@ -6,7 +6,9 @@ staging buffers (pinned on CUDA) until a batch is full (a batch may hold tiles o
 chunks), frees each slot as soon as its tiles are copied, and on CUDA starts the batch's
 host-to-device copy on a side stream. The compute thread runs `predict_reduced` batch after
 batch, so the next batch's copy overlaps this batch's compute, and hands the uint8 outputs
-to the writer.
+to the writer. On the device read path (`pipeline.inference.device_reader`) a reader thread
+makes the batches on the device instead of the stager, and the compute thread runs them the
+same way.
 
 Each forward pass holds the model's lock. Alone, the consumer is its only user and the lock
 costs nothing; in a batch, the slides in flight share one loaded model per process
@@ -45,9 +47,10 @@ if TYPE_CHECKING:
 class StagedBatch:
     """A batch copied out of the slots, on its way to (or already on) the device."""
 
-    buffer: int  # which staging buffer holds the batch (returned after the forward pass)
+    buffer: int | None  # which staging buffer holds the batch (returned after the forward
+    # pass); None: made on the device by the device reader
     tiles: torch.Tensor  # (N, T, T, 3) uint8 on the model's device (CPU: the buffer itself)
-    host: np.ndarray  # the same tiles in the host buffer
+    host: np.ndarray | None  # the same tiles on the host (None: only on the GPU)
     segments: list[Segment]
     ready: torch.cuda.Event | None  # recorded after the copy on the side stream; CPU: None
 
@@ -62,11 +65,12 @@ class DeviceConsumer:
         grid: TileGrid,
         batch_size: int,
         gate: bool,
-        ring: SlotRing,
+        ring: SlotRing | None,
         release: Callable[[int], None],
         errors: FirstError,
         stats: EngineStats,
     ) -> None:
+        """`ring` None: no stager (the device reader makes the batches), no staging buffers."""
         self._model, self._lock, self._grid = model, lock, grid
         self._batch, self._gate, self._ring = batch_size, gate, ring
         self._release, self._errors, self._stats = release, errors, stats
@@ -74,7 +78,8 @@ class DeviceConsumer:
         self._device = model.device
         shape = (batch_size, grid.tile, grid.tile, 3)
         self._buffers = [
-            torch.empty(shape, dtype=torch.uint8, pin_memory=self._cuda) for _ in range(2)
+            torch.empty(shape, dtype=torch.uint8, pin_memory=self._cuda)
+            for _ in range(2 if ring is not None else 0)
         ]
         self._free_buffers: queue.Queue[int] = queue.Queue()
         for i in range(len(self._buffers)):
@@ -95,6 +100,7 @@ class DeviceConsumer:
         self, inbox: queue.Queue[Decoded | None], staged: queue.Queue[StagedBatch | None]
     ) -> None:
         errors, ring = self._errors, self._ring
+        assert ring is not None, "a consumer without a slot ring has no stager"
         current: Decoded | None = None
         done = 0  # tiles of `current` already copied
         ended = False
@@ -153,7 +159,8 @@ class DeviceConsumer:
             stream = torch.cuda.current_stream(self._device)
             stream.wait_event(batch.ready)
             tiles.record_stream(stream)
-        settle_precision(self._model, self._lock, batch.host)  # 'auto' on a CPU, first batch
+        if batch.host is not None:  # 'auto' on a CPU, first batch
+            settle_precision(self._model, self._lock, batch.host)
         g = self._grid
         if not self._stats.first_batch_at:
             self._stats.first_batch_at = time.perf_counter()
@@ -161,8 +168,9 @@ class DeviceConsumer:
             out = self._model.predict_reduced(
                 tiles.permute(0, 3, 1, 2), g.margin, g.stride, g.downsample, self._gate, NODATA
             )
-        self._free_buffers.put(batch.buffer)  # its copy is done: the forward pass used it
-        n = len(batch.host)
+        if batch.buffer is not None:  # its copy is done: the forward pass used it
+            self._free_buffers.put(batch.buffer)
+        n = len(batch.tiles)
         probs, labels = out.probs.numpy(), out.labels.numpy()
         stats = self._stats
         stats.chunks_per_batch.append(len({index for index, _, _ in batch.segments}))

@@ -6,24 +6,28 @@ outside the level, as `wsi.slide.Slide` reads), and cut into the chunk's model t
 the geometry `ChunkReader.read` and `cut_tiles` use: the same tiles, byte for byte where
 the same decoder runs. Only where model pixels are the read level's pixels (no resampling);
 elsewhere, and for slides whose tiles `wsi.raw_tiles` cannot serve, `open_device_tiles`
-says why and the CPU decoders read the slide.
+says why and the CPU decoders read the slide (`pipeline.inference.read_device`). With
+`plan_reuse`, each storage tile is decoded once for all the planned chunks
+(`pipeline.inference.device_tile_cache`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
 from wsi_segment.pipeline.inference.chunk_reader import ChunkReader
+from wsi_segment.pipeline.inference.device_tile_cache import DeviceTileCache, Key, tiles_of
 from wsi_segment.pipeline.inference.jpeg_batch import (
     Decoder,
     copy_into,
     decode_tiles,
     tile_decoder,
 )
-from wsi_segment.wsi.raw_tiles import JpegTiles, Unsupported, open_jpeg_tiles
-from wsi_segment.wsi.region_reader import same_pixels
+from wsi_segment.pipeline.inference.read_device import jpeg_level
+from wsi_segment.wsi.raw_tiles import JpegTiles, Unsupported
 from wsi_segment.wsi.tiling import ChunkSpec
 
 WHITE = 255
@@ -36,19 +40,26 @@ class DeviceTiles:
     reader: ChunkReader
     tiles: JpegTiles
     device: torch.device
+    cache: DeviceTileCache | None = None  # `plan_reuse`: storage tiles decoded once
 
     @property
     def decoder(self) -> Decoder:
         return tile_decoder(self.tiles, self.device)
 
+    def plan_reuse(self, specs: Sequence[ChunkSpec], max_bytes: int = 128 << 20) -> None:
+        """Decode each storage tile once while these chunks are read (a tile is kept until
+        the last planned read of it, within `max_bytes` on the device)."""
+        boxes = [self.reader.read_box(s) for s in specs if s.tiles]  # level px = model px
+        self.cache = DeviceTileCache(self.tiles, self.device, boxes, max_bytes)
+
     def read_tiles(self, spec: ChunkSpec) -> torch.Tensor:
         """(len(spec.tiles), T, T, 3) uint8 on the device, in `spec.tiles` order."""
         grid = self.reader.grid
-        x0, y0, x1, y1 = self.reader.read_box(spec)  # level px: model px are level px
-        box = self._paste(x0, y0, x1, y1)
         t, s, m = grid.tile, grid.stride, grid.margin
         if not spec.tiles:
             return torch.empty((0, t, t, 3), dtype=torch.uint8, device=self.device)
+        x0, y0, x1, y1 = self.reader.read_box(spec)  # level px: model px are level px
+        box = self._paste(x0, y0, x1, y1)
         # every grid tile inside the box as one strided view, (rows, cols, T, T, 3); the
         # box starts at a tile's corner (read_box), so tile (i, j) is view[i - i0, j - j0]
         h, w = y1 - y0, x1 - x0
@@ -74,13 +85,8 @@ class DeviceTiles:
         ix0, iy0, ix1, iy1 = max(x0, 0), max(y0, 0), min(x1, lw), min(y1, lh)
         if ix0 >= ix1 or iy0 >= iy1:
             return out
-        keys = [
-            (c, r)
-            for r in range(iy0 // th, (iy1 - 1) // th + 1)
-            for c in range(ix0 // tw, (ix1 - 1) // tw + 1)
-        ]
-        decoded = decode_tiles(self.tiles, keys, self.device)
-        for (c, r), tile in zip(keys, decoded, strict=True):
+        keys = tiles_of((x0, y0, x1, y1), (tw, th), (lw, lh))
+        for (c, r), tile in zip(keys, self._decode(keys), strict=True):
             # the part of the tile inside both the level and the box, in level px
             px0, py0 = max(c * tw, ix0), max(r * th, iy0)
             px1, py1 = min((c + 1) * tw, ix1), min((r + 1) * th, iy1)
@@ -90,24 +96,19 @@ class DeviceTiles:
             )
         return out
 
+    def _decode(self, keys: list[Key]) -> Sequence[torch.Tensor]:
+        if self.cache is not None:
+            return self.cache.take(keys)
+        return list(decode_tiles(self.tiles, keys, self.device)) if keys else []
+
     def close(self) -> None:
         self.tiles.close()
 
 
 def open_device_tiles(reader: ChunkReader, device: torch.device) -> DeviceTiles | Unsupported:
     """Device reads for this reader's chunks, or why the CPU decoders must read them."""
-    slide = reader.slide()
-    level = reader.read_level
-    ds = float(slide.level_downsamples[level])
-    if not same_pixels(reader.level0_per_model, ds):
-        return Unsupported(
-            f"model pixels are not level {level}'s pixels "
-            f"({reader.level0_per_model:g} level-0 px per model px, level downsample {ds:g}):"
-            " resampling runs on the CPU"
-        )
-    if slide.bounds_offset != (0, 0):
-        return Unsupported("the slide has a bounds offset")
-    tiles = open_jpeg_tiles(reader.slide_path, level, slide.level_dimensions[level])
+    key = (reader.read_level, reader.level0_per_model)
+    tiles = jpeg_level(reader.slide_path, reader.slide(), key)
     if isinstance(tiles, Unsupported):
         return tiles
     return DeviceTiles(reader, tiles, device)

@@ -13,10 +13,15 @@ caller then removes the partial folder), and on every path (success, error, inte
 joins or terminates the decoders and removes the shared memory. The decoders may have been
 spawned before tissue detection (`DecodePool`, handed in by `pipeline.segment.infer`); the
 engine then adopts them, and closes them like its own.
+
+With `reads` (the device read path, `pipeline.inference.device_reader`), one reader thread
+reading onto the model's device replaces the decoders and the stager; compute and writer
+are the same.
 """
 
 from __future__ import annotations
 
+import functools
 import queue
 import threading
 import time
@@ -48,8 +53,9 @@ if TYPE_CHECKING:  # the consumer imports torch: loaded when an engine runs
 
     from wsi_segment.pipeline.inference.chunk_writer import TileBatch
     from wsi_segment.pipeline.inference.device_consumer import DeviceConsumer, StagedBatch
+    from wsi_segment.pipeline.inference.device_tiles import DeviceTiles
 
-    MakeConsumer = Callable[[SlotRing, Callable[[int], None]], DeviceConsumer]
+    MakeConsumer = Callable[[SlotRing | None, Callable[[int], None]], DeviceConsumer]
 
 
 def run_engine(
@@ -61,6 +67,7 @@ def run_engine(
     pool: DecodePool | None = None,
     abort: threading.Event | None = None,
     writers: int | None = None,
+    reads: DeviceTiles | None = None,
 ) -> list[ChunkOutcome]:
     """Run every chunk through the engine; outcomes in `specs` order.
 
@@ -70,20 +77,26 @@ def run_engine(
     happens; one started for other chunks or another count is closed and replaced).
     `stats` (optional) receives what the run did (batches and the chunks each held, bytes
     that crossed from the device). `abort` (optional): set by someone else (a Dask band
-    whose slide failed elsewhere) to stop the run; it then raises `EngineAborted`."""
+    whose slide failed elsewhere) to stop the run; it then raises `EngineAborted`.
+    `reads`: read the chunks onto the model's device instead (adopted and closed too; a
+    pool is then closed unused; `abort` is not watched on that path, which bands never take)."""
     started = time.perf_counter()
     specs = list(specs)
     try:
-        if pool is not None and not pool.serves(specs, decoders):
+        if pool is not None and (reads is not None or not pool.serves(specs, decoders)):
             pool.close()
             pool = None
         if not specs:
             return []
         writers = run_writers(writers, decoders)
-        return _run_engine(job, specs, decoders, progress, stats, pool, started, abort, writers)
+        return _run_engine(
+            job, specs, decoders, progress, stats, pool, started, abort, writers, reads
+        )
     finally:
         if pool is not None:
             pool.close()
+        if reads is not None:
+            reads.close()
 
 
 def _run_engine(
@@ -96,6 +109,7 @@ def _run_engine(
     started: float,
     abort: threading.Event | None,
     writers: int,
+    reads: DeviceTiles | None,
 ) -> list[ChunkOutcome]:
     from wsi_segment.pipeline.inference.device_consumer import DeviceConsumer  # torch
 
@@ -107,16 +121,27 @@ def _run_engine(
     writer = ChunkWriter(job, specs, progress, writers)
     errors = FirstError()
 
-    def consumer(ring: SlotRing, release: Callable[[int], None]) -> DeviceConsumer:
+    def consumer(ring: SlotRing | None, release: Callable[[int], None]) -> DeviceConsumer:
         return DeviceConsumer(model, lock, job.grid, batch, job.gate, ring, release, errors, stats)
 
-    _run(job, specs, decoders, pool, consumer, writer, errors, stats, started, abort)
+    if reads is not None:  # the device read path: a reader thread, no decoders, no stager
+        from wsi_segment.pipeline.inference.device_reader import run_device_reads
+
+        stats.decoders = 0
+        make = functools.partial(consumer, None, _no_slots)
+        run_device_reads(reads, specs, make, batch, writer, errors, stats, started)
+    else:
+        _run(job, specs, decoders, pool, consumer, writer, errors, stats, started, abort)
     if errors.error is not None:
         # The frames of the parts are done: drop their locals so nothing outlives the run,
         # keeping the lines for a traceback.
         traceback.clear_frames(errors.error.__traceback__)
         raise errors.error
     return writer.results()
+
+
+def _no_slots(slot: int) -> None:
+    """The device read path's consumer has no slot ring to release into."""
 
 
 def _run(

@@ -95,6 +95,8 @@ class PreparedRun(Protocol):
     @property
     def read_stats(self) -> Mapping[str, int]: ...
     @property
+    def read_device(self) -> Mapping[str, str]: ...  # read_device, read_device_reason
+    @property
     def precision(self) -> Mapping[str, Any]: ...
     @property
     def rois(self) -> Sequence[Roi]: ...
@@ -158,7 +160,8 @@ def write_outputs(
         _write_overlay(prep, zarr_path, work_dir / "overlay.png", classes, colors)
         roi_report = polygons.result()
     prep.timings["outputs_s"] = time.perf_counter() - t0
-    summary = _summary(prep, areas, labelled * px_area, n_levels, files, run_stats(outcomes))
+    run = {**run_stats(outcomes), **prep.read_device}
+    summary = _summary(prep, areas, labelled * px_area, n_levels, files, run)
     if roi_report:
         summary["rois"] = roi_report
     write_summary(work_dir / "summary.json", summary)

@@ -116,4 +116,7 @@ def stable_summary(folder: Path) -> dict:
     for key in (*unstable, "software"):
         summary.pop(key, None)
     summary.get("parameters", {}).pop("threads", None)
+    # how the chunks were read depends on where they ran (a cluster reads on its workers)
+    for key in ("read_device", "read_device_reason"):
+        summary.get("run_stats", {}).pop(key, None)
     return summary

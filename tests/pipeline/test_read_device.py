@@ -1,0 +1,137 @@
+"""`--read-device`: decided in `prepare` before any decoder starts, reported in summary.json,
+results unchanged. On the CPU device `gpu` runs the device read path with libjpeg, whose
+tiles are byte-identical to the decoder processes', so the outputs are too."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from tests.conftest import CMU_SLIDE, DATA_DIR
+from tests.engine_leaks import shm_entries
+from wsi_segment.errors import ConfigError
+from wsi_segment.pipeline.inference.read_device import (
+    ASKED_CPU,
+    NOT_CUDA,
+    RGB_CODED,
+    choose_reads,
+    read_level,
+)
+from wsi_segment.pipeline.params import SegmentParams
+from wsi_segment.pipeline.segment import prepare, segment_slide
+from wsi_segment.wsi.slide import open_slide
+
+OME_TIFF = DATA_DIR / "OS-1-detail.ome.tif"
+
+
+def level0_params(model_dir: Path, read_device: str, **more) -> SegmentParams:
+    """The tiny model (2 um/px) on OS-1 taken as 2 um/px: model pixels are level-0 pixels.
+    One decoder: the engine then batches the chunks in plan order, as the device reader."""
+    return SegmentParams(
+        model_dir=model_dir,
+        device="cpu",
+        precision="fp32",
+        mpp=2.0,
+        chunk_tiles=2,
+        decoders=1,
+        read_device=read_device,
+        **more,
+    )
+
+
+def test_the_device_read_path_writes_what_the_decoder_processes_write(tmp_path, tiny_model_dir):
+    before = shm_entries()
+    device = segment_slide(OME_TIFF, tmp_path / "gpu", level0_params(tiny_model_dir, "gpu"))
+    cpu = segment_slide(OME_TIFF, tmp_path / "cpu", level0_params(tiny_model_dir, "cpu"))
+    assert device.summary["run_stats"]["read_device"] == "gpu"
+    assert device.summary["run_stats"]["read_device_reason"] == "libjpeg"
+    assert cpu.summary["run_stats"]["read_device"] == "cpu"
+    assert cpu.summary["run_stats"]["read_device_reason"] == ASKED_CPU
+    # 3 x 3 storage tiles of 512 px, each decoded once for the slide's many chunks
+    assert device.summary["read_stats"]["storage_tiles_decoded"] == 9
+    assert device.summary["read_stats"]["storage_tiles_reused"] > 9
+    assert device.summary["run_stats"]["tiles_run"] == cpu.summary["run_stats"]["tiles_run"] > 100
+    assert device.summary["classes"] == cpu.summary["classes"]
+    for level in ("0", "1"):
+        a = zarr.open_array(device.out_dir / "probabilities.ome.zarr" / level, mode="r")
+        b = zarr.open_array(cpu.out_dir / "probabilities.ome.zarr" / level, mode="r")
+        np.testing.assert_array_equal(a[:], b[:])
+    geojson = "tissue.geojson"
+    assert (device.out_dir / geojson).read_text() == (cpu.out_dir / geojson).read_text()
+    # not in the fingerprint: the other setting's outputs are up to date
+    again = segment_slide(OME_TIFF, tmp_path / "gpu", level0_params(tiny_model_dir, "cpu"))
+    assert again.status == "up-to-date"
+    assert multiprocessing.active_children() == [] and shm_entries() <= before
+
+
+def test_prepare_starts_no_decoders_when_the_device_reads(tmp_path, tiny_model_dir):
+    prep = prepare(OME_TIFF, tmp_path, level0_params(tiny_model_dir, "gpu"), decoders=2)
+    try:
+        assert prep.decode_pool is None and prep.prefetch is None
+        assert multiprocessing.active_children() == []
+        assert prep.read_choice is not None and prep.read_choice.device == "gpu"
+    finally:
+        prep.close_prefetch()
+        prep.slide.close()
+    prep = prepare(OME_TIFF, tmp_path, level0_params(tiny_model_dir, "cpu"), decoders=2)
+    try:
+        assert prep.decode_pool is not None  # the decoder processes, as before
+    finally:
+        prep.close_prefetch()
+        prep.slide.close()
+    assert multiprocessing.active_children() == []
+
+
+def test_a_slide_the_device_cannot_read_falls_back_with_the_reason(tmp_path, tiny_model_dir):
+    """CMU-1 at its own 0.499 um/px: the 2 um/px model's pixels are resampled on the CPU."""
+    p = SegmentParams(model_dir=tiny_model_dir, device="cpu", precision="fp32", read_device="gpu")
+    result = segment_slide(CMU_SLIDE, tmp_path, p)
+    run = result.summary["run_stats"]
+    assert run["read_device"] == "cpu"
+    assert run["read_device_reason"].startswith("model pixels are not level 0's pixels")
+    assert run["tiles_run"] > 0
+
+
+def test_the_cli_says_once_why_gpu_reads_fell_back(tmp_path, tiny_model_dir):
+    args = [str(CMU_SLIDE), "--model", str(tiny_model_dir), "--out", str(tmp_path), "--quiet"]
+    cli = [sys.executable, "-m", "wsi_segment.flows.cli", *args, "--read-device", "gpu"]
+    done = subprocess.run(cli, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    warnings = [line for line in done.stderr.splitlines() if "--read-device gpu" in line]
+    assert warnings == [
+        f"warning: {CMU_SLIDE}: --read-device gpu: model pixels are not level 0's pixels "
+        "(4.00802 level-0 px per model px, level downsample 1): resampling runs on the CPU; "
+        "read on the CPU"
+    ]
+    summary = json.loads((tmp_path / "CMU-1-Small-Region" / "summary.json").read_text())
+    assert summary["parameters"]["read_device"] == "gpu"
+
+
+def test_auto_reads_on_the_device_only_on_cuda_with_nvjpeg():
+    ome = open_slide(OME_TIFF, mpp=2.0)
+    key = read_level(ome, 2.0, 2.0)
+    assert key == (0, 1.0)
+    on_cuda = choose_reads("auto", True, str(OME_TIFF), ome, key)
+    assert (on_cuda.device, on_cuda.reason) == ("gpu", "nvjpeg")
+    assert choose_reads("auto", False, str(OME_TIFF), ome, key).reason == NOT_CUDA
+    assert choose_reads("gpu", False, str(OME_TIFF), ome, key).reason == "libjpeg"
+    assert choose_reads("cpu", True, str(OME_TIFF), ome, key).reason == ASKED_CPU
+    cmu = open_slide(CMU_SLIDE, mpp=2.0)
+    rgb = choose_reads("auto", True, str(CMU_SLIDE), cmu, read_level(cmu, 2.0, 2.0))
+    assert (rgb.device, rgb.reason) == ("cpu", RGB_CODED)  # Aperio: the decoder processes
+    forced = choose_reads("gpu", True, str(CMU_SLIDE), cmu, read_level(cmu, 2.0, 2.0))
+    assert (forced.device, forced.reason) == ("gpu", "libjpeg")
+    ome.close()
+    cmu.close()
+
+
+def test_an_unknown_read_device_is_a_config_error():
+    with pytest.raises(ConfigError, match="read device 'npu'; choose one of auto, cpu, gpu"):
+        SegmentParams(read_device="npu")
