@@ -24,6 +24,14 @@ DEMO_ARCH = {
     "tile": 224,
     "mpp": 1.0,
 }
+# The larger architecture: resnet50 PDA classifier + DeepLabV3+ on resnet50 (256).
+R50_ARCH = {
+    "classifier": ("resnet50", "pda"),
+    "segmenter": ("resnet50", 256),
+    "tile": 224,
+    "mpp": 1.0,
+}
+ARCHS = {"demo": DEMO_ARCH, "r50": R50_ARCH}
 # Tiny model for the memory run (as tests/conftest.py's tiny_model_dir): tile 64 at 2 um/px.
 TINY_ARCH = {
     "classifier": ("resnet10t", "cam"),
