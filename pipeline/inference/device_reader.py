@@ -32,7 +32,14 @@ from wsi_segment.pipeline.inference.chunk_writer import ChunkWriter, Segment
 from wsi_segment.pipeline.inference.decode_pool import wait_uninterrupted
 from wsi_segment.pipeline.inference.device_consumer import DeviceConsumer, StagedBatch
 from wsi_segment.pipeline.inference.device_tiles import DeviceTiles
-from wsi_segment.pipeline.inference.engine_state import EngineStats, FirstError, Stopped
+from wsi_segment.pipeline.inference.engine_state import (
+    EngineStats,
+    FirstError,
+    Part,
+    Stopped,
+    join_parts,
+    start_parts,
+)
 from wsi_segment.wsi.tiling import ChunkSpec
 
 if TYPE_CHECKING:
@@ -136,19 +143,15 @@ def run_device_reads(
         reader = DeviceReader(reads, specs, batch, errors, stats, started)
         staged: queue.Queue[StagedBatch | None] = queue.Queue(maxsize=1)
         written: queue.Queue[TileBatch | None] = queue.Queue(maxsize=4)
-        bodies: list[tuple[Callable[..., None], tuple[object, ...]]] = [
+        bodies: list[Part] = [
             (reader.run, (staged,)),
             (consumer.compute, (staged, written)),
             (writer.run, (written, errors)),
         ]
         del consumer, reader
-        for target, args in bodies:
-            threads.append(threading.Thread(target=target, args=args, daemon=True))
-            threads[-1].start()
+        start_parts(bodies, threads)
         del bodies
-        for thread in threads:
-            while thread.is_alive():
-                thread.join(timeout=0.1)
+        join_parts(threads)
     except BaseException as exc:  # an interrupt too: cleaned up here, re-raised by the caller
         errors.report(exc)
     finally:

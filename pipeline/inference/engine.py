@@ -41,7 +41,14 @@ from wsi_segment.pipeline.inference.decode_pool import (
     SlotRing,
     wait_uninterrupted,
 )
-from wsi_segment.pipeline.inference.engine_state import EngineAborted, EngineStats, FirstError
+from wsi_segment.pipeline.inference.engine_state import (
+    EngineAborted,
+    EngineStats,
+    FirstError,
+    Part,
+    join_parts,
+    start_parts,
+)
 from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome
 from wsi_segment.pipeline.params import run_writers
 from wsi_segment.pipeline.progress import NullProgress, Progress
@@ -169,21 +176,17 @@ def _run(
         inbox: queue.Queue[Decoded | None] = queue.Queue()
         staged: queue.Queue[StagedBatch | None] = queue.Queue(maxsize=1)
         written: queue.Queue[TileBatch | None] = queue.Queue(maxsize=4)
-        bodies: list[tuple[Callable[..., None], tuple[object, ...]]] = [
+        bodies: list[Part] = [
             (consumer.stage, (inbox, staged)),
             (consumer.compute, (staged, written)),
             (writer.run, (written, errors)),
         ]
         del consumer
-        for target, args in bodies:
-            threads.append(threading.Thread(target=target, args=args, daemon=True))
-            threads[-1].start()
+        start_parts(bodies, threads)
         del bodies
         _supervise(job, pool.procs, pool.results, inbox, errors, stats, started, abort)
         inbox.put(None)  # every chunk decoded: flush the last batch, then the writer ends
-        for thread in threads:
-            while thread.is_alive():
-                thread.join(timeout=0.1)
+        join_parts(threads)
     except BaseException as exc:  # an interrupt too: cleaned up here, re-raised by the caller
         errors.report(exc)
     finally:

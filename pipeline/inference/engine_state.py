@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TypeAlias, TypeVar
 
 T = TypeVar("T")
 
@@ -85,3 +86,22 @@ class EngineStats:
     early_decoders: bool = False  # the run adopted decoders started before it (DecodePool)
     first_batch_at: float = 0.0
     bytes_from_model: int = 0
+
+
+# One part of a run: a thread body and its arguments.
+Part: TypeAlias = tuple[Callable[..., None], tuple[object, ...]]
+
+
+def start_parts(parts: list[Part], threads: list[threading.Thread]) -> None:
+    """Start one daemon thread per part, each appended to `threads` as it starts, so the
+    caller's cleanup joins every thread that did start even when a later start fails."""
+    for target, args in parts:
+        threads.append(threading.Thread(target=target, args=args, daemon=True))
+        threads[-1].start()
+
+
+def join_parts(threads: list[threading.Thread]) -> None:
+    """Wait for every part in short joins, so Ctrl-C still reaches the waiting thread."""
+    for thread in threads:
+        while thread.is_alive():
+            thread.join(timeout=0.1)
