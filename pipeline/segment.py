@@ -114,6 +114,8 @@ def infer(
         tissue_downsample=float(prep.tissue.downsample),
         level0_per_output=prep.level0_per_output,
         model=prep.model,
+        simplify_tolerance=prep.params.simplify_tolerance,
+        keep_exact_polygons=bool(prep.rois),
     )
     progress = progress or NullProgress()
     if client is not None:  # one worker decides 'auto' for all (no mixed-precision slide)

@@ -52,6 +52,10 @@ class SlideJob:
     # and a thread that reads never stalls the others' parallel regions). 0 keeps the lock
     # (GPU, or a runner that did not size threads).
     cpu_threads_per_chunk: int = 0
+    # Polygons are simplified per chunk as it is written (output px, 0: exact), so the end
+    # of the run only unions them; the exact ones are kept too for a `--roi` run's areas.
+    simplify_tolerance: float = 1.0
+    keep_exact_polygons: bool = False
     _local: threading.local = field(default_factory=threading.local, repr=False)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -168,7 +172,15 @@ class SlideJob:
         block = self.stitch_block(spec, reduced)
         ox0, oy0, ox1, oy1 = spec.out_box
         self._array()[:, oy0:oy1, ox0:ox1] = block.probs
-        outcome = summarise_block(spec, len(spec.tiles), block.labels, block.probs, self.n_classes)
+        outcome = summarise_block(
+            spec,
+            len(spec.tiles),
+            block.labels,
+            block.probs,
+            self.n_classes,
+            self.simplify_tolerance,
+            self.keep_exact_polygons,
+        )
         outcome.bytes_from_model = block.bytes_from_model
         return outcome
 

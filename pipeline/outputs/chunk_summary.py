@@ -6,12 +6,12 @@ merged from these in `pipeline.outputs.finish_outputs`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import shapely
 
-from wsi_segment.pipeline.outputs.polygons import label_block_polygons
+from wsi_segment.pipeline.outputs.polygons import label_block_polygons, simplified_block_polygons
 from wsi_segment.wsi.tiling import ChunkSpec
 
 NODATA = 255  # label of pixels outside tissue, or where the gate removed every class
@@ -28,15 +28,28 @@ class ChunkOutcome:
     prob_sums: np.ndarray  # (K,) sum of class-k probability over pixels labelled k
     polygons: dict[int, list[bytes]]  # class -> WKB polygons in output pixel coordinates
     bytes_from_model: int = 0  # what crossed from the model's device for this chunk
+    # class -> WKB of the unsimplified polygons (exact to the raster), kept only when asked
+    # (a `--roi` run's areas); `polygons` itself is simplified when the tolerance is > 0
+    exact_polygons: dict[int, list[bytes]] = field(default_factory=dict)
 
 
 def summarise_block(
-    spec: ChunkSpec, tiles_run: int, labels: np.ndarray, probs_u8: np.ndarray, k: int
+    spec: ChunkSpec,
+    tiles_run: int,
+    labels: np.ndarray,
+    probs_u8: np.ndarray,
+    k: int,
+    tolerance: float = 0.0,
+    keep_exact: bool = False,
 ) -> ChunkOutcome:
-    """Per-class counts, probability sums and exact polygons of one output block."""
+    """Per-class counts, probability sums and polygons of one output block: simplified
+    with `tolerance` (output px, 0: exact), plus the exact ones when `keep_exact`."""
     counts, prob_sums = block_statistics(labels, probs_u8, k)
-    wkb = block_polygons(spec, labels, k)
-    return ChunkOutcome(spec.row, spec.col, tiles_run, counts, prob_sums, wkb)
+    wkb = block_polygons(spec, labels, k, tolerance)
+    exact = {}
+    if keep_exact:
+        exact = wkb if tolerance <= 0 else block_polygons(spec, labels, k)
+    return ChunkOutcome(spec.row, spec.col, tiles_run, counts, prob_sums, wkb, exact_polygons=exact)
 
 
 def block_statistics(
@@ -52,7 +65,15 @@ def block_statistics(
     return counts, prob_sums
 
 
-def block_polygons(spec: ChunkSpec, labels: np.ndarray, k: int) -> dict[int, list[bytes]]:
-    """Class -> WKB polygons of the block, in output pixel coordinates of the whole map."""
-    polys = label_block_polygons(labels, spec.out_box[0], spec.out_box[1], k, nodata=NODATA)
+def block_polygons(
+    spec: ChunkSpec, labels: np.ndarray, k: int, tolerance: float = 0.0
+) -> dict[int, list[bytes]]:
+    """Class -> WKB polygons of the block, in output pixel coordinates of the whole map:
+    exact (`tolerance` 0), or simplified edge-to-edge with the block's border kept, so the
+    slide only has to union them (`polygons.merge_simplified_polygons`)."""
+    x0, y0 = spec.out_box[0], spec.out_box[1]
+    if tolerance > 0:
+        polys = simplified_block_polygons(labels, x0, y0, k, tolerance)
+    else:
+        polys = label_block_polygons(labels, x0, y0, k, nodata=NODATA)
     return {c: [shapely.to_wkb(p) for p in plist] for c, plist in polys.items() if plist}

@@ -2,6 +2,8 @@
 
 Areas come from pixel counts of the label raster (exact), and the polygons are exact to the
 same raster before simplification, so summary areas, polygon areas and the zarr map agree.
+The chunks arrive with their polygons already simplified (in the writer, during inference):
+this stage only unions them.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import shapely
 from PIL import Image
+from shapely.geometry import MultiPolygon, Polygon
 
 from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome
 from wsi_segment.pipeline.outputs.geojson import build_feature_collection, write_geojson
@@ -25,7 +28,9 @@ from wsi_segment.pipeline.outputs.ome_zarr import Color, finalize_pyramid
 from wsi_segment.pipeline.outputs.overlay import label_thumbnail, write_overlay
 from wsi_segment.pipeline.outputs.polygons import (
     clip_to_extent,
+    drop_collinear_vertices,
     merge_class_polygons,
+    merge_simplified_polygons,
     simplify_coverage,
     slide_extent_level0,
     to_level0,
@@ -188,12 +193,9 @@ def _write_polygons(
     measurements: dict[str, dict[str, float]],
     work_dir: Path,
 ) -> list[dict[str, Any]]:
-    """Chunk polygons -> merged, simplified, level-0, clipped -> tissue.geojson; returns the
-    per-region class areas of a `--roi` run (empty without regions)."""
-    merged = merge_class_polygons(
-        {c: [shapely.from_wkb(w) for w in wkbs] for c, wkbs in o.polygons.items()} for o in outcomes
-    )
-    simplified = simplify_coverage(merged, tolerance=prep.params.simplify_tolerance)
+    """Chunk polygons (simplified per chunk) -> merged, level-0, clipped -> tissue.geojson;
+    returns the per-region class areas of a `--roi` run (empty without regions)."""
+    simplified = _merge_outcomes(outcomes, prep.params.simplify_tolerance)
     offset = (-float(prep.slide.bounds_offset[0]), -float(prep.slide.bounds_offset[1]))
     scale = prep.level0_per_output
     # The last output row/column covers up to one output pixel past the slide edge: clip to
@@ -210,6 +212,7 @@ def _write_polygons(
     ]
     report: list[dict[str, Any]] = []
     if rois:  # areas from the unsimplified polygons (exact to the label raster)
+        merged = merge_class_polygons(_decode(o.exact_polygons) for o in outcomes)
         exact = {c: to_level0(g, scale, offset) for c, g in merged.items()}
         um2 = prep.mpp[0] * prep.mpp[1]
         report = roi_class_areas(rois, exact, tissue_level0, classes, um2)
@@ -220,6 +223,19 @@ def _write_polygons(
     fc["features"].extend(roi_features(rois, report, prep.name))
     write_geojson(work_dir / "tissue.geojson", fc)
     return report
+
+
+def _merge_outcomes(outcomes: list[ChunkOutcome], tolerance: float) -> dict[int, MultiPolygon]:
+    """The slide's class polygons from the chunks' pieces: those simplified per chunk are
+    only unioned; exact ones (tolerance 0) are unioned, then lose their collinear vertices."""
+    pieces = (_decode(o.polygons) for o in outcomes)
+    if tolerance > 0:
+        return drop_collinear_vertices(merge_simplified_polygons(pieces))
+    return simplify_coverage(merge_class_polygons(pieces), tolerance=0)
+
+
+def _decode(wkb: Mapping[int, list[bytes]]) -> dict[int, list[Polygon]]:
+    return {c: list(shapely.from_wkb(ws)) for c, ws in wkb.items()}
 
 
 def _write_overlay(

@@ -6,6 +6,9 @@ neighbouring blocks share their border exactly, so `shapely.union_all` merges th
 seam. `cv2.findContours` traces pixel centres: shapes shrink by half a pixel and tiles leave
 gaps. Simplification uses `shapely.coverage_simplify`, which moves shared edges together, so
 classes stay edge-to-edge instead of opening gaps or overlapping as per-polygon simplify does.
+A run simplifies each block as it is written (`simplified_block_polygons`, in the writer
+threads, with the block's border fixed) and only unions the pieces at the end
+(`merge_simplified_polygons`), so the slide's polygons cost little after inference.
 """
 
 from __future__ import annotations
@@ -42,12 +45,52 @@ def label_block_polygons(
     `labels` is uint8 (h, w) with classes 0..n_classes-1; `nodata` (and any value >= n_classes)
     is left out. Pixel (r, c) of the block covers [x0+c, x0+c+1) x [y0+r, y0+r+1).
     """
-    if labels.ndim != 2:
-        raise ConfigError(f"labels must be 2-D (h, w), got shape {labels.shape}")
-    labels = np.ascontiguousarray(labels, dtype=np.uint8)
+    labels = _as_labels(labels)
     mask = (labels != nodata) & (labels < n_classes)
     if not mask.any():
         return {}
+    out: dict[int, list[Polygon]] = {}
+    for value, polygon in zip(*_trace(labels, x0_out, y0_out, mask), strict=True):
+        out.setdefault(value, []).append(polygon)
+    return out
+
+
+def simplified_block_polygons(
+    labels: np.ndarray, x0_out: int, y0_out: int, n_classes: int, tolerance: float
+) -> dict[int, list[Polygon]]:
+    """Polygons of each class in one block, simplified edge-to-edge inside the block.
+
+    Every region of the block, the non-class area included, is one member of a coverage
+    whose outer boundary (the block's box) is kept fixed with a vertex at each pixel corner:
+    classes and tissue outlines inside the block are simplified, while the pieces of
+    neighbouring blocks still share identical vertices on their common border, so the
+    slide's classes merge with no seam (`merge_simplified_polygons`). Values >= n_classes
+    (NODATA) are left out of the result. `tolerance` > 0, as in `simplify_coverage`.
+    """
+    labels = _as_labels(labels)
+    if not (labels < n_classes).any():
+        return {}
+    values, polygons = _trace(labels, x0_out, y0_out, None)
+    simplified = shapely.coverage_simplify(
+        _node_pixel_grid(list(polygons)), tolerance, simplify_boundary=False
+    )
+    out: dict[int, list[Polygon]] = {}
+    for value, polygon in zip(values, simplified, strict=True):
+        if value < n_classes and not polygon.is_empty:
+            out.setdefault(value, []).append(polygon)
+    return out
+
+
+def _as_labels(labels: np.ndarray) -> np.ndarray:
+    if labels.ndim != 2:
+        raise ConfigError(f"labels must be 2-D (h, w), got shape {labels.shape}")
+    return np.ascontiguousarray(labels, dtype=np.uint8)
+
+
+def _trace(
+    labels: np.ndarray, x0_out: int, y0_out: int, mask: np.ndarray | None
+) -> tuple[list[int], np.ndarray]:
+    """(value, polygon) of every 4-connected region of `labels` inside `mask` (None: all)."""
     transform = Affine.translation(float(x0_out), float(y0_out))
     values: list[int] = []
     rings: list[list[tuple[float, float]]] = []
@@ -59,7 +102,7 @@ def label_block_polygons(
         rings.extend(geom["coordinates"])
         rings_per_polygon.append(len(geom["coordinates"]))
     if not values:
-        return {}
+        return [], np.empty(0, dtype=object)
     # One GEOS call builds every polygon from the rings' coordinates: the same polygons as
     # `shape(geom)` one by one (same coordinates, same WKB), without a Python object per ring.
     coords = np.array(list(itertools.chain.from_iterable(rings)), dtype=np.float64)
@@ -68,10 +111,7 @@ def label_block_polygons(
     polygons = shapely.from_ragged_array(
         shapely.GeometryType.POLYGON, coords, (ring_offsets, polygon_offsets)
     )
-    out: dict[int, list[Polygon]] = {}
-    for value, polygon in zip(values, polygons, strict=True):
-        out.setdefault(value, []).append(polygon)
-    return out
+    return values, polygons
 
 
 def _as_multipolygon(geom: BaseGeometry) -> MultiPolygon:
@@ -93,6 +133,45 @@ def merge_class_polygons(
     with ThreadPoolExecutor(max_workers=max(1, min(len(keys), os.cpu_count() or 1))) as pool:
         unions = pool.map(lambda k: _as_multipolygon(_union_pixel_polygons(gathered[k])), keys)
         return dict(zip(keys, unions, strict=True))
+
+
+def merge_simplified_polygons(
+    per_block_dicts: Iterable[Mapping[int, Sequence[Polygon]]], min_area: float = 1.0
+) -> dict[int, MultiPolygon]:
+    """Union each class's block-simplified pieces (`simplified_block_polygons`): a valid
+    coverage, slivers (< `min_area` output px^2) dropped, overlaps guarded.
+
+    The pieces of one class already share identical vertices along block borders, so the
+    coverage union dissolves them without noding (`union_all` where that fails). Those
+    border vertices stay: `drop_collinear_vertices` removes them for the output files.
+    """
+    gathered: dict[int, list[Polygon]] = defaultdict(list)
+    for block in per_block_dicts:
+        for cls, polys in block.items():
+            gathered[int(cls)].extend(polys)
+    keys = sorted(gathered)
+    with ThreadPoolExecutor(max_workers=max(1, min(len(keys), os.cpu_count() or 1))) as pool:
+        unions = list(pool.map(lambda k: _coverage_union(gathered[k]), keys))
+    parts = [_drop_small(g, min_area) for g in unions]
+    if not shapely.coverage_is_valid(parts):  # guard: a repair or fallback left an overlap
+        parts = _remove_overlaps(parts, min_area)
+    return dict(zip(keys, parts, strict=True))
+
+
+def drop_collinear_vertices(class_geoms: Mapping[int, BaseGeometry]) -> dict[int, MultiPolygon]:
+    """The same shapes without vertices in the middle of straight edges (smaller files).
+
+    Run last: classes still meet edge-to-edge, but a vertex where two classes meet a third
+    is no longer shared by all three, which coverage checks (`coverage_is_valid`) require.
+    """
+    keys = list(class_geoms)
+    plain = shapely.simplify([class_geoms[k] for k in keys], 0.0)
+    return {k: _as_multipolygon(g) for k, g in zip(keys, plain, strict=True)}
+
+
+def _coverage_union(polys: list[Polygon]) -> BaseGeometry:
+    merged = shapely.coverage_union_all(polys)
+    return merged if merged.is_valid else shapely.union_all(polys)
 
 
 def _union_pixel_polygons(polys: list[Polygon]) -> BaseGeometry:

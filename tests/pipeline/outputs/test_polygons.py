@@ -15,8 +15,11 @@ from shapely.geometry import MultiPolygon, Polygon, box
 
 from wsi_segment.pipeline.outputs.polygons import (
     clip_to_extent,
+    drop_collinear_vertices,
     label_block_polygons,
     merge_class_polygons,
+    merge_simplified_polygons,
+    simplified_block_polygons,
     simplify_coverage,
     slide_extent_level0,
     to_level0,
@@ -44,6 +47,15 @@ def _blocks(labels: np.ndarray, size: int) -> list[dict[int, list[Polygon]]]:
     h, w = labels.shape
     return [
         label_block_polygons(labels[y : y + size, x : x + size], x, y, K)
+        for y in range(0, h, size)
+        for x in range(0, w, size)
+    ]
+
+
+def _simplified_blocks(labels: np.ndarray, size: int, tol: float) -> list[dict[int, list]]:
+    h, w = labels.shape
+    return [
+        simplified_block_polygons(labels[y : y + size, x : x + size], x, y, K, tol)
         for y in range(0, h, size)
         for x in range(0, w, size)
     ]
@@ -228,3 +240,58 @@ def test_real_masks_give_the_polygons_of_shape_one_by_one(mask_path):
     shifted = {c: shapely.affinity.translate(MultiPolygon(ps), -x0, -y0) for c, ps in polys.items()}
     back = _rasterize(shifted, labels.shape)
     np.testing.assert_array_equal(back, np.where(labels < K, labels, 255))
+
+
+# coverage_simplify's tolerance bounds the area of each removed triangle (tol^2), not a
+# distance; on pixel-grid shapes that keeps every point within sqrt(2) x tol of the exact
+# outline (the slide-wide simplification of the same labels reaches the same distances).
+HAUSDORFF_PER_TOL = 2**0.5
+
+
+@pytest.mark.parametrize(("seed", "block", "tol"), [(0, 16, 1.0), (3, 37, 1.0), (1, 50, 2.0)])
+def test_blocks_simplified_alone_merge_edge_to_edge(seed, block, tol):
+    """Each block simplified on its own (border fixed), then only unioned: the classes form
+    a valid coverage across block borders (no gaps, no overlaps, no seams) that covers the
+    exact tissue, and no class moves further from the raster than the tolerance allows."""
+    labels = _blobs(120, 160, seed)
+    exact = merge_class_polygons(_blocks(labels, block))
+    merged = merge_simplified_polygons(_simplified_blocks(labels, block, tol), min_area=0.0)
+    assert set(merged) == set(exact)
+    geoms = [merged[c] for c in sorted(merged)]
+    assert all(g.is_valid and isinstance(g, MultiPolygon) for g in geoms)
+    assert shapely.coverage_is_valid(geoms)
+    # block borders dissolved: a region never splits into pieces at a border
+    for c in exact:
+        assert len(merged[c].geoms) <= len(exact[c].geoms)
+    tissue = shapely.union_all(list(exact.values()))
+    covered = shapely.union_all(geoms)
+    assert covered.area == pytest.approx(sum(g.area for g in geoms), abs=1e-6)  # no overlap
+    assert shapely.hausdorff_distance(covered, tissue) <= HAUSDORFF_PER_TOL * tol
+    assert covered.symmetric_difference(tissue).area < 0.03 * tissue.area
+    for c in exact:
+        assert shapely.hausdorff_distance(merged[c], exact[c]) <= HAUSDORFF_PER_TOL * tol
+        assert merged[c].area == pytest.approx(exact[c].area, rel=0.03)
+    # vertices stay on pixel corners (a subset of the raster's), fewer of them
+    coords = shapely.get_coordinates(geoms)
+    assert np.array_equal(coords, np.rint(coords))
+    plain = drop_collinear_vertices(merged)
+    for c in merged:
+        assert plain[c].equals(merged[c])
+    assert sum(map(shapely.get_num_coordinates, plain.values())) < 0.6 * sum(
+        map(shapely.get_num_coordinates, exact.values())
+    )
+
+
+def test_block_simplification_keeps_the_block_border_fixed():
+    """Where a block's classes reach its border, the simplified pieces keep every pixel
+    corner of the border: the neighbour's pieces meet them vertex for vertex."""
+    labels = _blobs(40, 40, 2)
+    pieces = simplified_block_polygons(labels, 100, 200, K, 2.0)
+    exact = label_block_polygons(labels, 100, 200, K)
+    border = box(100, 200, 140, 240).boundary
+    for c in exact:
+        on_border = MultiPolygon(exact[c]).boundary.intersection(border)
+        simple = MultiPolygon(pieces[c]).boundary.intersection(border)
+        assert simple.equals(on_border)
+        assert shapely.get_num_coordinates(simple) >= on_border.length  # a vertex per px
+    assert simplified_block_polygons(np.full((5, 5), 255, np.uint8), 0, 0, K, 1.0) == {}
