@@ -14,7 +14,8 @@ the measurement, so the figures are the writer's alone:
   costs in proportion to region edges, and random labels would make it ~60x dearer.
 - **parts**: stitch (cores into the block), tissue (mask sampled, outside zeroed), zarr write
   (compression included, a fresh store each repeat), statistics (counts, probability sums),
-  polygons (rasterio tracing + WKB); `finish_block` is the whole, measured as such.
+  polygons (rasterio tracing, simplification per chunk, WKB); `finish_block` is the whole,
+  measured as such.
 - **threads**: the same parts, and `finish_block`, over all chunks with 1, 2, 4 threads of a
   plain pool (a part whose rate grows with threads releases the GIL; one that stays flat
   holds it, given free cores), and the engine's own writer (`ChunkWriter.run` with that many
@@ -120,7 +121,7 @@ def part_functions(job: Any, specs: list, reduced: list) -> dict[str, Callable[[
         return block_statistics(blocks[i].labels, blocks[i].probs, job.n_classes)
 
     def polygons(i: int) -> object:
-        return block_polygons(specs[i], blocks[i].labels, job.n_classes)
+        return block_polygons(specs[i], blocks[i].labels, job.n_classes, job.simplify_tolerance)
 
     def finish(i: int) -> object:
         return job.finish_block(specs[i], reduced[i])
