@@ -187,3 +187,44 @@ def test_bad_roi_file_is_a_clear_error(tmp_path, tiny_model_dir):
 def test_unknown_tissue_mode_is_refused():
     with pytest.raises(ConfigError, match="tissue mode"):
         SegmentParams(tissue="some")
+
+
+def test_roi_class_areas_are_exact_to_the_label_raster(roi_run):
+    """Per-region class areas come from the unsimplified polygons even though the GeoJSON's
+    are simplified per chunk: each is the area of that class's output pixels inside the
+    region (a rectangle: a pixel's share is the product of its x and y overlaps), to the
+    pixels whose stored probabilities tie or are all 0 (labels precede quantisation)."""
+    import zarr
+
+    from tests.reference_inference import unique_positive_max
+
+    result, _ = roi_run
+    summary = summary_of(result)
+    assert summary["parameters"]["simplify_tolerance"] > 0
+    probs = zarr.open_group(str(result.out_dir / "probabilities.ome.zarr"), mode="r")["0"][:]
+    top = probs.max(axis=0)
+    clear = unique_positive_max(probs)
+    argmax = probs.argmax(axis=0)
+    scale = summary["output"]["level0_per_output_pixel"]
+    um2 = summary["slide"]["mpp"]["x"] * summary["slide"]["mpp"]["y"]
+    h, w = top.shape
+
+    def overlap(n: int, lo: float, hi: float) -> np.ndarray:
+        edges = np.arange(n + 1) * scale
+        return np.clip(np.minimum(edges[1:], hi) - np.maximum(edges[:-1], lo), 0, None)
+
+    # labelled pixels stored all 0 (the gate removed the sure class): at most a pixel each
+    out_um2 = summary["output"]["mpp"]["x"] * summary["output"]["mpp"]["y"]
+    labelled = round(sum(c["area_um2"] for c in summary["classes"].values()) / out_um2)
+    gated_um2 = (labelled - int((top > 0).sum())) * scale * scale * um2
+    boxes = [(700, 900, 1500, 1700), (300, 2200, 1300, 2900)]
+    for (x0, y0, x1, y1), report in zip(boxes, summary["rois"], strict=True):
+        wx, wy = overlap(w, x0, x1), overlap(h, y0, y1)
+        total = sum(c["area_um2"] for c in report["classes"].values())
+        positive = float(wy @ (top > 0) @ wx) * um2
+        assert positive * (1 - 1e-9) <= total <= positive * (1 + 1e-9) + gated_um2
+        for k, name in enumerate(LUAD_CLASSES):
+            low = float(wy @ ((argmax == k) & clear) @ wx) * um2
+            maybe = (probs[k] == top) & ~clear & (top > 0)
+            high = low + float(wy @ maybe @ wx) * um2
+            assert low - 1e-6 <= report["classes"][name]["area_um2"] <= high + 1e-6
