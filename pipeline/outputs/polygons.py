@@ -17,7 +17,7 @@ import itertools
 import os
 import warnings
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -124,15 +124,23 @@ def merge_class_polygons(
     per_block_dicts: Iterable[Mapping[int, Sequence[Polygon]]],
 ) -> dict[int, MultiPolygon]:
     """Union each class's polygons over all blocks: shared block borders dissolve exactly."""
+    unions = _union_per_class(per_block_dicts, _union_pixel_polygons)
+    return {k: _as_multipolygon(g) for k, g in unions.items()}
+
+
+def _union_per_class(
+    per_block_dicts: Iterable[Mapping[int, Sequence[Polygon]]],
+    union: Callable[[list[Polygon]], BaseGeometry],
+) -> dict[int, BaseGeometry]:
+    """`union` of each class's polygons gathered over all blocks, classes in sorted order.
+    One union per class; GEOS releases the GIL, so threads run the classes in parallel."""
     gathered: dict[int, list[Polygon]] = defaultdict(list)
     for block in per_block_dicts:
         for cls, polys in block.items():
             gathered[int(cls)].extend(polys)
     keys = sorted(gathered)
-    # One union per class; GEOS releases the GIL, so threads run the classes in parallel.
     with ThreadPoolExecutor(max_workers=max(1, min(len(keys), os.cpu_count() or 1))) as pool:
-        unions = pool.map(lambda k: _as_multipolygon(_union_pixel_polygons(gathered[k])), keys)
-        return dict(zip(keys, unions, strict=True))
+        return dict(zip(keys, pool.map(lambda k: union(gathered[k]), keys), strict=True))
 
 
 def merge_simplified_polygons(
@@ -145,17 +153,11 @@ def merge_simplified_polygons(
     coverage union dissolves them without noding (`union_all` where that fails). Those
     border vertices stay: `drop_collinear_vertices` removes them for the output files.
     """
-    gathered: dict[int, list[Polygon]] = defaultdict(list)
-    for block in per_block_dicts:
-        for cls, polys in block.items():
-            gathered[int(cls)].extend(polys)
-    keys = sorted(gathered)
-    with ThreadPoolExecutor(max_workers=max(1, min(len(keys), os.cpu_count() or 1))) as pool:
-        unions = list(pool.map(lambda k: _coverage_union(gathered[k]), keys))
-    parts = [_drop_small(g, min_area) for g in unions]
+    unions = _union_per_class(per_block_dicts, _coverage_union)
+    parts = [_drop_small(g, min_area) for g in unions.values()]
     if not shapely.coverage_is_valid(parts):  # guard: a repair or fallback left an overlap
         parts = _remove_overlaps(parts, min_area)
-    return dict(zip(keys, parts, strict=True))
+    return dict(zip(unions, parts, strict=True))
 
 
 def drop_collinear_vertices(class_geoms: Mapping[int, BaseGeometry]) -> dict[int, MultiPolygon]:
