@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from wsi_segment.pipeline.inference.band_task import DAEMON_FIX, BandResult, run_band
 from wsi_segment.pipeline.inference.chunk_job import SlideJob
+from wsi_segment.pipeline.inference.cluster_gather import gather_all
 from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome
 from wsi_segment.pipeline.progress import NullProgress, Progress
 from wsi_segment.wsi.tiling import ChunkSpec
@@ -120,7 +121,7 @@ def run_bands(
     raised. A `WsiSegmentError` (bad input) comes back as the band's value, so Dask does
     not retry it; other errors are retried twice, and a band whose worker died is
     recomputed elsewhere by the scheduler."""
-    from distributed import Event, as_completed
+    from distributed import Event
 
     progress = progress or NullProgress()
     specs = list(specs)
@@ -148,28 +149,15 @@ def run_bands(
         )
         for k, r in enumerate(ranges)
     ]
-    index = {f.key: k for k, f in enumerate(futures)}
     done: list[BandResult | None] = [None] * len(ranges)
-    error: BaseException | None = None
-    try:
-        for future in as_completed(futures):
-            try:
-                band: BandResult = future.result()
-            except Exception as exc:  # first failure wins; the others are its echoes
-                band = BandResult([], 0, error=exc)
-            if band.error is not None:
-                if error is None:
-                    error = band.error
-                    event.set()
-            elif not band.aborted:
-                done[index[future.key]] = band
-                progress.advance(sum(o.tiles_run for o in band.outcomes))
-    except BaseException:  # interrupted while waiting: running bands stop, no new ones
-        event.set()
-        raise
-    event.clear()  # frees the event on the scheduler
-    if error is not None:
-        raise error
+
+    def take(k: int, band: BandResult) -> BaseException | None:
+        if band.error is None and not band.aborted:
+            done[k] = band
+            progress.advance(sum(o.tiles_run for o in band.outcomes))
+        return band.error
+
+    gather_all(futures, event, take)
     finished = [b for b in done if b is not None]
     if len(finished) != len(ranges):
         raise RuntimeError(f"{len(ranges) - len(finished)} bands never completed")

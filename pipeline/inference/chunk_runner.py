@@ -28,6 +28,7 @@ from dask.threaded import get as threaded_get
 
 from wsi_segment.pipeline.inference.chunk_job import SlideJob, settle_precision_here
 from wsi_segment.pipeline.inference.chunk_prefetch import ChunkPrefetcher
+from wsi_segment.pipeline.inference.cluster_gather import gather_all
 from wsi_segment.pipeline.inference.model_handle import ModelHandle, model_device_type
 from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome
 from wsi_segment.pipeline.params import usable_cores
@@ -188,7 +189,7 @@ def _run_distributed(
     chunk sets a cluster-wide abort event (chunks not yet started then return at once) and
     we wait for every future before raising. Cancelling futures would not stop a chunk that
     is already running on a worker, and it would write into a folder the caller removed."""
-    from distributed import Event, as_completed
+    from distributed import Event
 
     abort = f"{key_prefix}-abort-{uuid.uuid4().hex}"
     event = Event(abort, client=client)
@@ -203,25 +204,12 @@ def _run_distributed(
         retries=2,
         pure=False,
     )
-    index = {f.key: i for i, f in enumerate(futures)}
     results: list[ChunkOutcome | None] = [None] * len(specs)
-    error: BaseException | None = None
-    try:
-        for future in as_completed(futures):
-            try:
-                outcome = future.result()
-            except Exception as exc:  # first failure wins; the others are its echoes
-                if error is None:
-                    error = exc
-                    event.set()
-                continue
-            if outcome is not None:
-                results[index[future.key]] = outcome
-                progress.advance(outcome.tiles_run)
-    except BaseException:  # interrupted while waiting: started chunks finish, no new ones
-        event.set()
-        raise
-    event.clear()  # frees the event on the scheduler
-    if error is not None:
-        raise error
+
+    def take(i: int, outcome: ChunkOutcome | None) -> None:
+        if outcome is not None:
+            results[i] = outcome
+            progress.advance(outcome.tiles_run)
+
+    gather_all(futures, event, take)
     return [r for r in results if r is not None]
