@@ -91,7 +91,8 @@ def engine_job(
     from wsi_segment.pipeline.inference.chunk_job import SlideJob
     from wsi_segment.pipeline.inference.chunk_reader import ChunkReader
     from wsi_segment.pipeline.inference.model_handle import ModelHandle
-    from wsi_segment.pipeline.outputs.ome_zarr import create_probability_store
+    from wsi_segment.pipeline.outputs.label_image import create_label_image, label_level0_path
+    from wsi_segment.pipeline.outputs.ome_zarr import create_probability_store, level0_path
     from wsi_segment.wsi.tissue import detect_tissue
 
     _, meta = read_model_json(model_dir)
@@ -106,6 +107,7 @@ def engine_job(
     create_probability_store(
         store, names, colours, (out_h, out_w), (chunk_out,) * 2, 1.0, per_output
     )
+    create_label_image(store)
     job = SlideJob(
         reader=ChunkReader(
             slide_path=str(slide),
@@ -119,7 +121,8 @@ def engine_job(
         n_classes=CLASSES,
         batch_size=args.batch_size,
         gate=True,
-        zarr_path=str(store / "0"),
+        zarr_path=str(level0_path(store)),
+        labels_path=str(label_level0_path(store)),
         tissue_mask=tissue.mask,
         tissue_downsample=float(tissue.downsample),
         level0_per_output=per_output,

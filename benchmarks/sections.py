@@ -240,7 +240,7 @@ def section_overlap(
         log(f"[overlap] {o} ...")
         _run, summary = run_pipeline(slide, model_dir, out, ["--overlap", str(o)])
         z = zarr.open_group(str(out / slide.stem / "probabilities.ome.zarr"), mode="r")
-        probs = np.asarray(z["0"][:])
+        probs = np.asarray(z["0/0"][:])
         lab = probs.argmax(0)
         lab[probs.max(0) == 0] = 255
         labels[o] = lab

@@ -196,8 +196,14 @@ def fresh_store(job: Any, store: Path) -> Any:
     import shutil
     import threading
 
-    shutil.copytree(Path(job.zarr_path).parent, store)
-    return dataclasses.replace(job, zarr_path=str(store / "0"), _local=threading.local())
+    from wsi_segment.pipeline.outputs.label_image import label_level0_path
+    from wsi_segment.pipeline.outputs.ome_zarr import level0_path
+
+    shutil.copytree(Path(job.zarr_path).parents[1], store)  # the root above image "0/0"
+    labels = str(label_level0_path(store)) if job.labels_path else ""
+    return dataclasses.replace(
+        job, zarr_path=str(level0_path(store)), labels_path=labels, _local=threading.local()
+    )
 
 
 def timed(fn: Callable[[int], object], chunks: int, threads: int) -> float:

@@ -32,7 +32,8 @@ from wsi_segment.pipeline.inference.model_handle import (
 )
 from wsi_segment.pipeline.inference.read_device import GPU, choose_reads, settle_reads
 from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome
-from wsi_segment.pipeline.outputs.ome_zarr import create_probability_store
+from wsi_segment.pipeline.outputs.label_image import create_label_image, label_level0_path
+from wsi_segment.pipeline.outputs.ome_zarr import create_probability_store, level0_path
 from wsi_segment.pipeline.outputs.output_dir import (
     OutputDir,
     output_error,
@@ -102,14 +103,17 @@ def infer(
         prep.output_mpp,
         prep.level0_per_output,
         offset_level0=_qupath_offset(prep.slide),
+        name=prep.name,
     )
+    create_label_image(zarr_path)
     device_type = _device_type(prep.model, client, prep.params.device)
     job = SlideJob(
         reader=prep.reader,
         n_classes=len(prep.meta.classes),
         batch_size=run_batch_size(prep.params.batch_size, device_type),
         gate=prep.params.gate,
-        zarr_path=str(zarr_path / "0"),
+        zarr_path=str(level0_path(zarr_path)),
+        labels_path=str(label_level0_path(zarr_path)),
         tissue_mask=prep.tissue.mask,
         tissue_downsample=float(prep.tissue.downsample),
         level0_per_output=prep.level0_per_output,

@@ -25,6 +25,7 @@ from wsi_segment.pipeline.inference.chunk_inference import (
 from wsi_segment.pipeline.inference.chunk_reader import ChunkReader, cut_tiles
 from wsi_segment.pipeline.inference.model_handle import ModelHandle, model_device_type
 from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome, summarise_block
+from wsi_segment.pipeline.outputs.label_image import label_values
 from wsi_segment.wsi.slide import Slide, open_slide
 from wsi_segment.wsi.tile_reuse import TileReuse
 from wsi_segment.wsi.tiling import ChunkSpec, TileGrid
@@ -56,6 +57,9 @@ class SlideJob:
     # of the run only unions them; the exact ones are kept too for a `--roi` run's areas.
     simplify_tolerance: float = 1.0
     keep_exact_polygons: bool = False
+    # the level-0 label array (`outputs.label_image`): the class map written beside the
+    # probabilities, block for block; "" writes none (benchmarks of the probabilities alone)
+    labels_path: str = ""
     _local: threading.local = field(default_factory=threading.local, repr=False)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -79,12 +83,15 @@ class SlideJob:
         """Close this thread's slide handle (threads that stop reading for good)."""
         self.reader.close_local()
 
-    def _array(self) -> zarr.Array[Any]:
-        array: zarr.Array[Any] | None = getattr(self._local, "array", None)
-        if array is None:
-            array = zarr.open_array(self.zarr_path, mode="r+")
-            self._local.array = array
-        return array
+    def _array(self, path: str | None = None) -> zarr.Array[Any]:
+        """This thread's handle on the probability array (or the array at `path`)."""
+        path = path or self.zarr_path
+        arrays: dict[str, zarr.Array[Any]] | None = getattr(self._local, "arrays", None)
+        if arrays is None:
+            arrays = self._local.arrays = {}
+        if path not in arrays:
+            arrays[path] = zarr.open_array(path, mode="r+")
+        return arrays[path]
 
     def tissue_block(self, out_box: tuple[int, int, int, int]) -> np.ndarray:
         """Tissue mask sampled (nearest) at the centres of the output pixels of a box."""
@@ -168,10 +175,13 @@ class SlideJob:
         return ReducedTiles(probs, labels, reduced.bytes_from_model)
 
     def finish_block(self, spec: ChunkSpec, reduced: ReducedTiles) -> ChunkOutcome:
-        """Stitch the chunk's reduced cores, write the zarr chunks it owns, summarise it."""
+        """Stitch the chunk's reduced cores, write the zarr chunks it owns (probabilities and
+        labels), summarise it."""
         block = self.stitch_block(spec, reduced)
         ox0, oy0, ox1, oy1 = spec.out_box
         self._array()[:, oy0:oy1, ox0:ox1] = block.probs
+        if self.labels_path:
+            self._array(self.labels_path)[oy0:oy1, ox0:ox1] = label_values(block.labels)
         outcome = summarise_block(
             spec,
             len(spec.tiles),

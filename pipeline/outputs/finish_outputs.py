@@ -18,14 +18,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import shapely
-from PIL import Image
 from shapely.geometry import MultiPolygon, Polygon
 
 from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome
 from wsi_segment.pipeline.outputs.geojson import build_feature_collection, write_geojson
+from wsi_segment.pipeline.outputs.label_image import finalize_label_pyramid
 from wsi_segment.pipeline.outputs.ome_tiff import write_probability_ome_tiff
 from wsi_segment.pipeline.outputs.ome_zarr import Color, finalize_pyramid
-from wsi_segment.pipeline.outputs.overlay import label_thumbnail, write_overlay
+from wsi_segment.pipeline.outputs.overlay import label_thumbnail, sample_labels, write_overlay
 from wsi_segment.pipeline.outputs.polygons import (
     clip_to_extent,
     drop_collinear_vertices,
@@ -154,6 +154,7 @@ def write_outputs(
             _write_polygons, prep, outcomes, classes, colors, measurements, work_dir
         )
         n_levels = finalize_pyramid(zarr_path)
+        finalize_label_pyramid(zarr_path, n_levels)
         if prep.params.ome_tiff:
             write_probability_ome_tiff(zarr_path, work_dir / "probabilities.ome.tif")
             files.append("probabilities.ome.tif")
@@ -241,18 +242,14 @@ def _decode(wkb: Mapping[int, list[bytes]]) -> dict[int, list[Polygon]]:
 def _write_overlay(
     prep: PreparedRun, zarr_path: Path, path: Path, classes: list[str], colors: list[Color]
 ) -> None:
-    """Thumbnail with class colours; labels from the pyramid level nearest the thumbnail."""
+    """Thumbnail with class colours from the stored label image (the raster the GeoJSON and
+    the areas come from), its level nearest the thumbnail, sampled under each pixel."""
     early = prep.overlay_thumb  # read during model load (segment.py)
     thumb = early.result() if early is not None else overlay_thumbnail(prep.slide, THUMB_SIZE)
     labels, factor = label_thumbnail(zarr_path, max_size=2 * THUMB_SIZE)
-    # The label grid covers ceil(model / d) pixels: crop to the slide extent before resizing.
-    per_label = prep.level0_per_output * factor
-    full_w = max(1, round(prep.slide.dimensions[0] / per_label))
-    full_h = max(1, round(prep.slide.dimensions[1] / per_label))
-    label_img = Image.fromarray(labels[:full_h, :full_w]).resize(
-        (thumb.shape[1], thumb.shape[0]), Image.Resampling.NEAREST
-    )
-    write_overlay(path, thumb, np.asarray(label_img), classes, colors)
+    dims = (int(prep.slide.dimensions[0]), int(prep.slide.dimensions[1]))
+    shown = sample_labels(labels, factor, prep.level0_per_output, dims, thumb.shape[:2])
+    write_overlay(path, thumb, shown, classes, colors)
 
 
 def overlay_thumbnail(slide: Slide, max_size: int) -> np.ndarray:

@@ -8,7 +8,7 @@ size, are in the OME-XML.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,15 +16,10 @@ import numpy as np
 import tifffile
 import zarr
 
+from wsi_segment.pipeline.outputs.ome_xml import ome_color
 from wsi_segment.pipeline.outputs.ome_zarr import open_probability_store
 
 TILE = 256
-
-
-def _ome_color(rgb: Sequence[int]) -> int:
-    """OME Color: RGBA packed in a signed 32-bit int (alpha 255)."""
-    value = (int(rgb[0]) << 24) | (int(rgb[1]) << 16) | (int(rgb[2]) << 8) | 0xFF
-    return value - (1 << 32) if value >= 1 << 31 else value
 
 
 def _tiles(arr: zarr.Array[Any], tile: int) -> Iterator[np.ndarray]:
@@ -69,7 +64,7 @@ def write_probability_ome_tiff(
         "PhysicalSizeYUnit": "µm",
         "Channel": {
             "Name": store.class_names,
-            "Color": [_ome_color(c) for c in store.colors],
+            "Color": [ome_color(c) for c in store.colors],
         },
     }
     with tifffile.TiffWriter(tmp, bigtiff=True, ome=True) as tif:

@@ -4,6 +4,11 @@ Why 0.4 / Zarr v2: QuPath (0.6+, through Bio-Formats) and most viewers read it; 
 not read 0.5. Values are uint8 (0-255 = probability 0-1): no float16, which neither
 Bio-Formats nor Neuroglancer reads.
 
+Layout: the bioformats2raw form of NGFF 0.4. The root holds only `bioformats2raw.layout: 3`;
+the image (multiscales, omero, levels `0`, `1`, ...) is series `0/`; `OME/METADATA.ome.xml`
+names and colours the channels and gives the pixel size, which is all Bio-Formats (QuPath
+0.6) reads. NGFF readers (ome-zarr-py, napari) open the image group `0/`.
+
 Chunks are `(1, cy, cx)`: one class per chunk, so a viewer showing one channel decodes only
 that channel, and a writer that owns a yx block owns every chunk of that block (all classes),
 which is what parallel writers need (two writers touching one chunk lose writes).
@@ -24,9 +29,13 @@ import numpy as np
 import zarr
 
 from wsi_segment.errors import ConfigError, OutputError
+from wsi_segment.pipeline.outputs.ome_xml import probability_ome_xml
 
 NGFF_VERSION = "0.4"
 ATTRS_KEY = "wsi_segment"
+IMAGE = "0"  # the image group: series 0 of the bioformats2raw layout
+LAYOUT_KEY = "bioformats2raw.layout"
+CHUNK_KEYS = {"name": "v2", "separator": "/"}  # NGFF 0.4 requires "/"
 # Blosc is what bioformats2raw writes and every OME-Zarr 0.4 reader decodes. zstd inside it
 # stores smooth probability maps in ~2/3 of lz4's bytes; level 1, not 5: compression is the
 # writer's dearest step, level 5 costs ~5x the CPU of level 1 for ~10 % fewer bytes
@@ -43,6 +52,16 @@ def _pair(value: float | Sequence[float], name: str) -> tuple[float, float]:
     if len(pair) != 2 or not all(float(v) > 0 for v in pair):
         raise ConfigError(f"{name} must be a positive number or an (x, y) pair, got {value!r}")
     return float(pair[0]), float(pair[1])
+
+
+def image_path(path: str | Path) -> Path:
+    """The NGFF image group of a store: what ome-zarr-py and napari open."""
+    return Path(path) / IMAGE
+
+
+def level0_path(path: str | Path) -> Path:
+    """The level-0 probability array of a store: what the inference writers open."""
+    return image_path(path) / "0"
 
 
 def _hex(color: Color) -> str:
@@ -67,7 +86,8 @@ def create_probability_store(
     position is `output_px * level0_downsample + offset_level0`. Writers must write whole
     `chunk_yx` blocks (all channels) per task. The metadata is valid from the start (one level);
     `finalize_pyramid` adds the coarser levels. `name` (e.g. the slide stem) is the image name
-    viewers show; default: the folder name.
+    viewers show; default: the folder name. `path` is the store's root (bioformats2raw
+    layout); the array returned is `level0_path(path)`.
     """
     if len(class_names) != len(colors) or not class_names:
         raise ConfigError(
@@ -79,7 +99,13 @@ def create_probability_store(
         raise ConfigError(f"shape {shape_yx} and chunks {chunk_yx} must be positive")
     mpp = _pair(output_mpp, "output_mpp")
     ds = _pair(level0_downsample, "level0_downsample")
-    group = zarr.open_group(str(path), mode="w", zarr_format=2)
+    image_name = name or Path(path).name
+    root = zarr.open_group(str(path), mode="w", zarr_format=2)
+    root.attrs[LAYOUT_KEY] = 3
+    root.create_group("OME", attributes={"series": [IMAGE]})
+    xml = probability_ome_xml(image_name, class_names, colors, (len(class_names), h, w), mpp)
+    (Path(path) / "OME" / "METADATA.ome.xml").write_text(xml, encoding="utf-8")
+    group = root.create_group(IMAGE)
     arr = group.create_array(
         "0",
         shape=(len(class_names), h, w),
@@ -87,11 +113,11 @@ def create_probability_store(
         dtype="uint8",
         fill_value=0,
         compressors=COMPRESSOR,
-        chunk_key_encoding={"name": "v2", "separator": "/"},  # NGFF 0.4 requires "/"
+        chunk_key_encoding=CHUNK_KEYS,
     )
     group.attrs.update(
         {
-            "multiscales": [_multiscales(name or Path(path).name, mpp, 1)],
+            "multiscales": [_multiscales(image_name, mpp, 1)],
             "omero": _omero(class_names, colors),
             ATTRS_KEY: {
                 "class_names": list(class_names),
@@ -123,8 +149,14 @@ class ProbabilityStore:
 
 
 def open_probability_store(path: str | Path, mode: Literal["r", "r+"] = "r") -> ProbabilityStore:
-    """Open a store written by `create_probability_store` (and `finalize_pyramid`)."""
-    group = zarr.open_group(str(path), mode=mode, zarr_format=2)
+    """Open a store written by `create_probability_store` (and `finalize_pyramid`): its root."""
+    root = zarr.open_group(str(path), mode="r", zarr_format=2)
+    if root.attrs.get(LAYOUT_KEY) != 3 or IMAGE not in root:
+        raise OutputError(
+            f"{path}: not a wsi-segment probability store (no bioformats2raw layout with an "
+            f"image {IMAGE!r}); an older output? Run the slide again with --overwrite"
+        )
+    group = zarr.open_group(str(image_path(path)), mode=mode, zarr_format=2)
     attrs: Any = group.attrs.asdict()  # JSON: its shape is checked field by field below
     multiscales, meta = attrs["multiscales"][0], attrs[ATTRS_KEY]
     levels = []
@@ -242,7 +274,7 @@ def finalize_pyramid(path: str | Path, min_size: int = 256) -> int:
                 dtype="uint8",
                 fill_value=0,
                 compressors=COMPRESSOR,
-                chunk_key_encoding={"name": "v2", "separator": "/"},
+                chunk_key_encoding=CHUNK_KEYS,
                 overwrite=True,
             )
             if whole is not None:

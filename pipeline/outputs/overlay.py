@@ -14,35 +14,49 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from wsi_segment.errors import ConfigError
-from wsi_segment.pipeline.outputs.chunk_summary import NODATA
-from wsi_segment.pipeline.outputs.ome_zarr import open_probability_store
+from wsi_segment.pipeline.outputs.label_image import class_ids, open_label_levels
 
 Color = tuple[int, int, int]
 
 
-def labels_from_probabilities(probs: np.ndarray, nodata: int = NODATA) -> np.ndarray:
-    """Argmax over classes of (C, h, w) uint8 probabilities; `nodata` where all are 0.
-
-    Inference writes zeros outside tissue, so an all-zero pixel means "not tissue".
-    """
-    labels: np.ndarray = np.argmax(probs, axis=0).astype(np.uint8)
-    labels[probs.max(axis=0) == 0] = nodata
-    return labels
-
-
 def label_thumbnail(zarr_path: str | Path, max_size: int = 2048) -> tuple[np.ndarray, int]:
-    """Label map from the finest pyramid level whose larger side is <= `max_size`.
-
-    Returns (labels, factor) where factor = output pixels per thumbnail pixel (2**level).
-    Reads one small level only, never level 0 of a big slide (falls back to the coarsest).
+    """Class ids (0..K-1, NODATA) of the finest level of the store's label image whose larger
+    side is <= `max_size` (the coarsest if none is): the class map the GeoJSON and the areas
+    come from, never an argmax of rounded probabilities. Returns (labels, factor), factor =
+    output pixels per label pixel (2**level). Never reads level 0 of a big slide.
     """
-    levels = open_probability_store(zarr_path).levels
+    levels = open_label_levels(zarr_path)
     chosen = len(levels) - 1
     for i, level in enumerate(levels):
-        if max(level.shape[1:]) <= max_size:
+        if max(level.shape) <= max_size:
             chosen = i
             break
-    return labels_from_probabilities(np.asarray(levels[chosen][:])), 2**chosen
+    return class_ids(np.asarray(levels[chosen][:])), 2**chosen
+
+
+def sample_labels(
+    labels: np.ndarray,
+    factor: int,
+    level0_per_output: float,
+    slide_wh: tuple[int, int],
+    size_hw: tuple[int, int],
+) -> np.ndarray:
+    """The label each pixel of a `size_hw` picture of the whole slide shows.
+
+    Picture pixel (x, y) shows the output pixel under its centre, the level-0 point
+    ((x + 0.5) W / w, (y + 0.5) H / h), as its label level stores it: index
+    floor(output pixel / factor), which the nearest pyramid took from output pixel
+    factor * index. So at factor 1 the overlay is exactly the label raster, sampled.
+    """
+    h, w = size_hw
+
+    def index(n: int, extent: int, limit: int) -> np.ndarray:
+        out_px = np.floor((np.arange(n) + 0.5) * (extent / n) / level0_per_output)
+        return np.minimum(out_px.astype(np.int64) // factor, limit - 1)
+
+    rows = index(h, slide_wh[1], labels.shape[0])
+    cols = index(w, slide_wh[0], labels.shape[1])
+    return labels[np.ix_(rows, cols)]
 
 
 def _resize_nearest(labels: np.ndarray, size_wh: tuple[int, int]) -> np.ndarray:

@@ -80,7 +80,7 @@ def test_decoders_change_speed_not_results(tmp_path, tiny_model_dir):
         assert summary["parameters"]["decoders"] == int(options[1])
         if "--writers" in options:
             assert summary["parameters"]["writers"] == int(options[3])
-        array = zarr.open_array(str(folder / "probabilities.ome.zarr" / "0"), mode="r")
+        array = zarr.open_array(str(folder / "probabilities.ome.zarr" / "0" / "0"), mode="r")
         stored[name] = (np.asarray(array[:]), summary["classes"], summary["fingerprint"])
     a, classes_a, print_a = stored["0"]
     for b, classes_b, print_b in (stored["2"], stored["2w3"]):

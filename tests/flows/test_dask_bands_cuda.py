@@ -36,7 +36,7 @@ def test_gpu_workers_run_bands_by_default_within_one_level_of_the_cpu(
     )
     cpu = dataclasses.replace(params, device="cpu")
     assert segment_slide(CMU_SLIDE, tmp_path / "cpu", cpu).status == "done"
-    store = f"{CMU_SLIDE.stem}/probabilities.ome.zarr/0"
+    store = f"{CMU_SLIDE.stem}/probabilities.ome.zarr/0/0"
     gpu_probs = np.asarray(zarr.open_array(str(tmp_path / "gpu" / store), mode="r")[:])
     cpu_probs = np.asarray(zarr.open_array(str(tmp_path / "cpu" / store), mode="r")[:])
     assert np.abs(gpu_probs.astype(int) - cpu_probs.astype(int)).max() <= 1

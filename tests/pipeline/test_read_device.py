@@ -60,8 +60,8 @@ def test_the_device_read_path_writes_what_the_decoder_processes_write(tmp_path, 
     assert device.summary["run_stats"]["tiles_run"] == cpu.summary["run_stats"]["tiles_run"] > 100
     assert device.summary["classes"] == cpu.summary["classes"]
     for level in ("0", "1"):
-        a = zarr.open_array(device.out_dir / "probabilities.ome.zarr" / level, mode="r")
-        b = zarr.open_array(cpu.out_dir / "probabilities.ome.zarr" / level, mode="r")
+        a = zarr.open_array(device.out_dir / "probabilities.ome.zarr" / "0" / level, mode="r")
+        b = zarr.open_array(cpu.out_dir / "probabilities.ome.zarr" / "0" / level, mode="r")
         np.testing.assert_array_equal(a[:], b[:])
     geojson = "tissue.geojson"
     assert (device.out_dir / geojson).read_text() == (cpu.out_dir / geojson).read_text()

@@ -90,7 +90,7 @@ def test_geojson_is_valid_for_qupath_and_inside_the_slide(cmu_run):
 def test_areas_agree_between_summary_zarr_and_polygons(cmu_run):
     result, _, _ = cmu_run
     summary = json.loads((result.out_dir / "summary.json").read_text())
-    probs = np.asarray(zarr.open_group(str(result.out_dir / "probabilities.ome.zarr"))["0"][:])
+    probs = np.asarray(zarr.open_group(str(result.out_dir / "probabilities.ome.zarr"))["0/0"][:])
     labels = np.argmax(probs, axis=0)
     labelled = probs.max(axis=0) > 0
     px_um2 = summary["output"]["mpp"]["x"] * summary["output"]["mpp"]["y"]
@@ -238,7 +238,7 @@ def test_optional_ome_tiff_and_tile_objects(tmp_path, tiny_model_dir):
 
     params = SegmentParams(model_dir=tiny_model_dir, ome_tiff=True, tile_objects=True)
     result = segment_slide(CMU_SLIDE, tmp_path, params)
-    probs = zarr.open_group(str(result.out_dir / "probabilities.ome.zarr"))["0"]
+    probs = zarr.open_group(str(result.out_dir / "probabilities.ome.zarr"))["0/0"]
     with tifffile.TiffFile(result.out_dir / "probabilities.ome.tif") as tif:
         assert tif.series[0].shape == probs.shape
         np.testing.assert_array_equal(tif.series[0].asarray(), probs[:])

@@ -93,7 +93,7 @@ def test_polygons_agree_with_the_ground_truth(run):
 
 def test_zarr_map_agrees_with_the_ground_truth(run):
     labels, meta, _, summary, out_dir = run
-    probs = zarr.open_group(str(out_dir / "probabilities.ome.zarr"), mode="r")["0"][:]
+    probs = zarr.open_group(str(out_dir / "probabilities.ome.zarr"), mode="r")["0/0"][:]
     f = summary["output"]["level0_per_output_pixel"]
     # Output pixel centres -> label cells (nearest), so both maps sit on the output grid.
     rows = ((np.arange(probs.shape[1]) + 0.5) * f // meta["downsample"]).astype(int)
@@ -109,7 +109,7 @@ def test_zarr_map_agrees_with_the_ground_truth(run):
 
 def test_summary_areas_match_polygons_and_zarr(run):
     _, meta, pred, summary, out_dir = run
-    probs = zarr.open_group(str(out_dir / "probabilities.ome.zarr"), mode="r")["0"][:]
+    probs = zarr.open_group(str(out_dir / "probabilities.ome.zarr"), mode="r")["0/0"][:]
     labelled = probs.max(axis=0) > 0
     out_um2 = summary["output"]["mpp"]["x"] * summary["output"]["mpp"]["y"]
     # Labels are taken before quantisation: they differ from the stored argmax only where

@@ -201,7 +201,7 @@ def test_roi_class_areas_are_exact_to_the_label_raster(roi_run):
     result, _ = roi_run
     summary = summary_of(result)
     assert summary["parameters"]["simplify_tolerance"] > 0
-    probs = zarr.open_group(str(result.out_dir / "probabilities.ome.zarr"), mode="r")["0"][:]
+    probs = zarr.open_group(str(result.out_dir / "probabilities.ome.zarr"), mode="r")["0/0"][:]
     top = probs.max(axis=0)
     clear = unique_positive_max(probs)
     argmax = probs.argmax(axis=0)

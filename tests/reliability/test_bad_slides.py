@@ -120,7 +120,7 @@ def test_slide_smaller_than_one_tile(tiny_model_dir, tmp_path, capsys):
     assert_complete_output(out / "small")
     import zarr
 
-    level0 = zarr.open_group(str(out / "small" / "probabilities.ome.zarr"), mode="r")["0"]
+    level0 = zarr.open_group(str(out / "small" / "probabilities.ome.zarr"), mode="r")["0/0"]
     assert level0.shape == (4, 1, 1)  # ceil(ceil(16 * 0.499 / 2) / 4) = 1 output pixel
 
 

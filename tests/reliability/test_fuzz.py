@@ -102,7 +102,7 @@ def classify(code: int, timed_out: bool, log: str, out, slide_name: str) -> str:
             summary = assert_complete_output(out / stem)
             import zarr
 
-            zarr.open_group(str(out / stem / "probabilities.ome.zarr"), mode="r")["0"][:1, :1, :1]
+            zarr.open_group(str(out / stem / "probabilities.ome.zarr"), mode="r")["0/0"][:1, :1, :1]
         except Exception as exc:  # any failure here is the finding
             return f"BAD: incomplete output ({exc!r})"
         if leftovers(out) != [stem]:

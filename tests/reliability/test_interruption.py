@@ -43,7 +43,7 @@ KILLED_LEFTOVERS = {f".{STEM}.partial", f".{STEM}.lock"}
 
 
 def zarr_level0(out_dir):
-    return np.asarray(zarr.open_group(str(out_dir / "probabilities.ome.zarr"), mode="r")["0"][:])
+    return np.asarray(zarr.open_group(str(out_dir / "probabilities.ome.zarr"), mode="r")["0/0"][:])
 
 
 def class_areas(out_dir):
@@ -56,7 +56,7 @@ def test_leftovers_of_a_killed_run_are_cleaned_by_the_next(
 ):
     out = tmp_path / "out"
     partial = out / f".{cmu_crop.stem}.partial"
-    (partial / "probabilities.ome.zarr" / "0").mkdir(parents=True)
+    (partial / "probabilities.ome.zarr" / "0" / "0").mkdir(parents=True)
     (partial / "probabilities.ome.zarr" / "0" / "junk").write_bytes(b"half a chunk")
     (out / f".{cmu_crop.stem}.lock").touch()  # the dead run's lock file, no longer locked
     args = [cmu_crop, "--model", tiny_model_dir, "--out", out, "--mpp", "0.5", "--quiet"]
@@ -74,7 +74,7 @@ def test_sigkill_mid_slide_then_rerun_equals_uninterrupted(tiny_model_dir, tmp_p
     proc = subprocess.Popen(
         cmd, cwd=REPO, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
-    chunks = out / f".{STEM}.partial" / "probabilities.ome.zarr" / "0"
+    chunks = out / f".{STEM}.partial" / "probabilities.ome.zarr" / "0" / "0"
     deadline = time.monotonic() + 400
     try:
         # wait until inference has written some (not all) probability chunks
@@ -116,7 +116,7 @@ def start_and_wait_for_chunks(tiny_model_dir, out):
     proc = subprocess.Popen(
         cmd, cwd=REPO, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    chunks = out / f".{STEM}.partial" / "probabilities.ome.zarr" / "0"
+    chunks = out / f".{STEM}.partial" / "probabilities.ome.zarr" / "0" / "0"
     deadline = time.monotonic() + 400
     while time.monotonic() < deadline and proc.poll() is None:
         if chunks.exists() and len([p for p in chunks.rglob("*") if p.is_file()]) >= 2:

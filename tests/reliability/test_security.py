@@ -66,7 +66,7 @@ def test_nasty_file_and_class_names_round_trip(tiny_model_dir, tmp_path, capsys)
         if "slide " in s:
             assert NASTY_STEM in s, s
 
-    attrs = zarr.open_group(str(out_dir / "probabilities.ome.zarr"), mode="r").attrs.asdict()
+    attrs = zarr.open_group(str(out_dir / "probabilities.ome.zarr" / "0"), mode="r").attrs.asdict()
     assert [c["label"] for c in attrs["omero"]["channels"]] == NASTY_CLASSES
 
 

@@ -27,7 +27,7 @@ from wsi_segment.pipeline.inference.device_tiles import DeviceTiles, open_device
 from wsi_segment.pipeline.inference.engine import run_engine
 from wsi_segment.pipeline.inference.engine_state import EngineStats
 from wsi_segment.pipeline.inference.model_handle import ModelHandle
-from wsi_segment.pipeline.outputs.ome_zarr import create_probability_store
+from wsi_segment.pipeline.outputs.ome_zarr import create_probability_store, level0_path
 from wsi_segment.wsi.slide import open_slide
 from wsi_segment.wsi.tiling import ChunkSpec, TileGrid, plan_chunks
 from wsi_segment.wsi.tissue import detect_tissue, whole_slide
@@ -75,7 +75,7 @@ def level_job(
         n_classes=len(meta.classes),
         batch_size=5,
         gate=True,
-        zarr_path=str(tmp / "0"),
+        zarr_path=str(level0_path(tmp)),
         tissue_mask=tissue.mask,
         tissue_downsample=float(tissue.downsample),
         level0_per_output=float(grid.downsample),

@@ -21,7 +21,7 @@ from wsi_segment.pipeline.inference.chunk_job import SlideJob
 from wsi_segment.pipeline.inference.chunk_reader import ChunkReader
 from wsi_segment.pipeline.inference.chunk_runner import run_chunks
 from wsi_segment.pipeline.inference.model_handle import ModelHandle
-from wsi_segment.pipeline.outputs.ome_zarr import create_probability_store
+from wsi_segment.pipeline.outputs.ome_zarr import create_probability_store, level0_path
 from wsi_segment.wsi.region_reader import read_model_box
 from wsi_segment.wsi.slide import open_slide
 from wsi_segment.wsi.tiling import TileGrid, plan_chunks
@@ -89,14 +89,14 @@ def run_job(tmp_path, slide_path, model, grid, chunk_tiles, gate=True, batch_siz
         n_classes=len(CLASSES),
         batch_size=batch_size,
         gate=gate,
-        zarr_path=str(store / "0"),
+        zarr_path=str(level0_path(store)),
         tissue_mask=np.ones((1, 1), bool),
         tissue_downsample=1e9,
         level0_per_output=plan.level0_per_model * grid.downsample,
         model=ModelHandle.with_model(model, "analytic", "cpu", "fp32"),
     )
     outcomes = run_chunks(job, plan.specs, threads=2)
-    return np.asarray(zarr.open_array(str(store / "0"), mode="r")[:]), plan, outcomes
+    return np.asarray(zarr.open_array(str(level0_path(store)), mode="r")[:]), plan, outcomes
 
 
 def direct(slide_path, model, plan, grid) -> np.ndarray:

@@ -5,18 +5,23 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import ome_types
 import pytest
 import zarr
 from ome_zarr.io import parse_url
 from ome_zarr.reader import Reader
 from ome_zarr_models.v04 import Image
+from ome_zarr_models.v04.bioformats2raw import BioFormats2Raw
 
-from wsi_segment.errors import ConfigError
+from wsi_segment.errors import ConfigError, OutputError
 from wsi_segment.pipeline.outputs.ome_zarr import (
     ATTRS_KEY,
     create_probability_store,
     downsample_mean2,
     finalize_pyramid,
+    image_path,
+    level0_path,
+    open_probability_store,
 )
 
 NAMES = ["TE", "NEC", "LYM", "TAS"]
@@ -58,7 +63,7 @@ def store(tmp_path):
 
 def test_level0_layout(store):
     path, data = store
-    zarray = json.loads((path / "0" / ".zarray").read_text())
+    zarray = json.loads((level0_path(path) / ".zarray").read_text())
     assert zarray["zarr_format"] == 2
     assert zarray["shape"] == [4, 75, 101]
     assert zarray["chunks"] == [1, 16, 16]
@@ -67,14 +72,15 @@ def test_level0_layout(store):
     assert zarray["dimension_separator"] == "/"
     assert zarray["compressor"]["id"] == "blosc"
     assert json.loads((path / ".zgroup").read_text())["zarr_format"] == 2
-    assert (path / "0" / "2" / "1" / "3").is_file()  # nested "c/y/x" chunk keys
-    np.testing.assert_array_equal(zarr.open_array(path / "0", mode="r")[:], data)
+    assert json.loads((image_path(path) / ".zgroup").read_text())["zarr_format"] == 2
+    assert (level0_path(path) / "2" / "1" / "3").is_file()  # nested "c/y/x" chunk keys
+    np.testing.assert_array_equal(zarr.open_array(level0_path(path), mode="r")[:], data)
 
 
 def test_pyramid_equals_numpy_mean(store):
     path, data = store
     n = finalize_pyramid(path, min_size=16)
-    group = zarr.open_group(path, mode="r")
+    group = zarr.open_group(image_path(path), mode="r")
     shapes = [group[str(i)].shape for i in range(n)]
     assert shapes == [(4, 75, 101), (4, 38, 51), (4, 19, 26), (4, 10, 13)]
     assert "4" not in group
@@ -93,7 +99,7 @@ def test_downsample_edges():
 def test_metadata_exact(store):
     path, _ = store
     finalize_pyramid(path, min_size=16)
-    attrs = zarr.open_group(path, mode="r").attrs.asdict()
+    attrs = zarr.open_group(image_path(path), mode="r").attrs.asdict()
     ms = attrs["multiscales"]
     assert len(ms) == 1 and ms[0]["version"] == "0.4"
     assert ms[0]["name"] == "slide-1"
@@ -122,13 +128,14 @@ def test_metadata_exact(store):
     assert custom["output_mpp"] == {"x": 2.0, "y": 2.5}
     assert custom["class_names"] == NAMES
     assert custom["colors"] == [list(c) for c in COLORS]
-    Image.from_zarr(zarr.open_group(path, mode="r"))  # validates against the 0.4 models
+    Image.from_zarr(zarr.open_group(image_path(path), mode="r"))  # the 0.4 models validate
+    BioFormats2Raw.from_zarr(zarr.open_group(path, mode="r"))  # the layout, image "0" in it
 
 
 def test_ome_zarr_reader(store):
     path, data = store
     finalize_pyramid(path, min_size=16)
-    nodes = list(Reader(parse_url(str(path)))())
+    nodes = list(Reader(parse_url(str(image_path(path))))())
     image = nodes[0]
     assert image.metadata["channel_names"] == NAMES
     assert [a["name"] for a in image.metadata["axes"]] == ["c", "y", "x"]
@@ -139,11 +146,11 @@ def test_ome_zarr_reader(store):
 
 def test_valid_before_finalize_and_rerun(store):
     path, _ = store
-    group = zarr.open_group(path, mode="r")
+    group = zarr.open_group(image_path(path), mode="r")
     assert [d["path"] for d in group.attrs["multiscales"][0]["datasets"]] == ["0"]
     assert finalize_pyramid(path, min_size=16) == 4
     assert finalize_pyramid(path, min_size=40) == 3  # rebuilt, stale level removed
-    group = zarr.open_group(path, mode="r")
+    group = zarr.open_group(image_path(path), mode="r")
     assert "3" not in group
     assert len(group.attrs["multiscales"][0]["datasets"]) == 3
 
@@ -174,3 +181,53 @@ def test_bad_parameters(tmp_path, kwargs):
     } | kwargs
     with pytest.raises(ConfigError):
         create_probability_store(tmp_path / "x.zarr", **args)
+
+
+def test_bioformats2raw_layout(store):
+    """Root: only the layout version; series list in OME/; the image is group "0"."""
+    path, _ = store
+    finalize_pyramid(path, min_size=16)
+    assert json.loads((path / ".zattrs").read_text()) == {"bioformats2raw.layout": 3}
+    assert json.loads((path / "OME" / ".zattrs").read_text()) == {"series": ["0"]}
+    assert (path / "OME" / "METADATA.ome.xml").is_file()
+    root = zarr.open_group(path, mode="r")
+    assert sorted(root.group_keys()) == ["0", "OME"] and not list(root.array_keys())
+    # ome-zarr-py's Reader (napari-ome-zarr) finds no image at the root: users open "0"
+    assert list(Reader(parse_url(str(path)))()) == []
+
+
+def test_ome_xml_describes_series_0_level_0(store):
+    """What Bio-Formats (QuPath 0.6) reads, valid against the OME 2016-06 schema."""
+    path, _ = store
+    finalize_pyramid(path, min_size=16)
+    xml = (path / "OME" / "METADATA.ome.xml").read_text(encoding="utf-8")
+    ome = ome_types.from_xml(xml, validate=True)
+    (image,) = ome.images
+    px = image.pixels
+    level0 = zarr.open_array(level0_path(path), mode="r")
+    assert (px.size_c, px.size_y, px.size_x, px.size_z, px.size_t) == (*level0.shape, 1, 1)
+    assert px.type.value == str(level0.dtype) == "uint8"
+    assert image.name == "slide-1"
+    assert [c.name for c in px.channels] == NAMES
+    assert [c.color.as_rgb_tuple(alpha=False) for c in px.channels] == COLORS
+    assert [int(c.color) for c in px.channels] == [-852282369, 16711935, 1097458175, -5963521]
+    assert (px.physical_size_x, px.physical_size_y) == (2.0, 2.5)
+    assert px.physical_size_x_unit.value == px.physical_size_y_unit.value == "µm"
+    assert px.metadata_only is not None  # the pixels are the zarr arrays, not in the XML
+
+
+def test_ome_xml_validation_catches_a_broken_document(store):
+    """The schema check is real: the same XML without MetadataOnly (required) is refused."""
+    path, _ = store
+    xml = (path / "OME" / "METADATA.ome.xml").read_text(encoding="utf-8")
+    broken = xml.replace("<MetadataOnly />", "")
+    assert broken != xml
+    with pytest.raises(Exception, match=r"(?i)valid"):
+        ome_types.from_xml(broken, validate=True)
+
+
+def test_open_refuses_a_store_without_the_layout(tmp_path):
+    old = zarr.open_group(str(tmp_path / "old.ome.zarr"), mode="w", zarr_format=2)
+    old.attrs["multiscales"] = [{"version": "0.4", "datasets": [{"path": "0"}]}]
+    with pytest.raises(OutputError, match="bioformats2raw"):
+        open_probability_store(tmp_path / "old.ome.zarr")
