@@ -85,31 +85,27 @@ def create_label_image(path: str | Path) -> zarr.Array[Any]:
         compressors=COMPRESSOR,
         chunk_key_encoding=CHUNK_KEYS,
     )
-    colors = [{"label-value": NO_CLASS, "rgba": [0, 0, 0, 0]}] + [
+    colors: list[dict[str, Any]] = [{"label-value": NO_CLASS, "rgba": [0, 0, 0, 0]}] + [
         {"label-value": k + 1, "rgba": [*(int(v) for v in color), 255]}
         for k, color in enumerate(store.colors)
     ]
-    group.attrs.update(
-        {
-            "multiscales": [_multiscales(store.name, store.output_mpp, 1)],
-            "image-label": {
-                "version": NGFF_VERSION,
-                "colors": colors,
-                "properties": [{"label-value": NO_CLASS, "class": NO_CLASS_NAME}]
-                + [
-                    {"label-value": k + 1, "class": name}
-                    for k, name in enumerate(store.class_names)
-                ],
-                "source": {"image": "../../"},
-            },
-            ATTRS_KEY: {
-                "class_names": store.class_names,
-                "values": VALUES_RULE,
-                "no_class_value": NO_CLASS,
-                "pyramid": PYRAMID_RULE,
-            },
-        }
-    )
+    attrs: dict[str, Any] = {
+        "multiscales": [_multiscales(store.name, store.output_mpp, 1)],
+        "image-label": {
+            "version": NGFF_VERSION,
+            "colors": colors,
+            "properties": [{"label-value": NO_CLASS, "class": NO_CLASS_NAME}]
+            + [{"label-value": k + 1, "class": name} for k, name in enumerate(store.class_names)],
+            "source": {"image": "../../"},
+        },
+        ATTRS_KEY: {
+            "class_names": store.class_names,
+            "values": VALUES_RULE,
+            "no_class_value": NO_CLASS,
+            "pyramid": PYRAMID_RULE,
+        },
+    }
+    group.attrs.update(attrs)
     return arr
 
 
@@ -122,9 +118,10 @@ def open_label_levels(path: str | Path) -> list[zarr.Array[Any]]:
             f"{path}: no label image {NAME!r}; an older output? Run the slide again with "
             "--overwrite"
         ) from exc
+    attrs: Any = group.attrs.asdict()  # JSON, written by create_label_image
     levels = []
-    for dataset in group.attrs["multiscales"][0]["datasets"]:  # type: ignore[index]
-        level = group[str(dataset["path"])]  # type: ignore[index]
+    for dataset in attrs["multiscales"][0]["datasets"]:
+        level = group[str(dataset["path"])]
         if not isinstance(level, zarr.Array):
             raise OutputError(f"{path}: label level {dataset!r} is not an array; write it again")
         levels.append(level)

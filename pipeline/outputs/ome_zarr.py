@@ -27,6 +27,7 @@ from typing import Any, Literal
 import numcodecs
 import numpy as np
 import zarr
+from zarr.core.chunk_key_encodings import ChunkKeyEncodingParams
 
 from wsi_segment.errors import ConfigError, OutputError
 from wsi_segment.pipeline.outputs.ome_xml import probability_ome_xml
@@ -35,7 +36,7 @@ NGFF_VERSION = "0.4"
 ATTRS_KEY = "wsi_segment"
 IMAGE = "0"  # the image group: series 0 of the bioformats2raw layout
 LAYOUT_KEY = "bioformats2raw.layout"
-CHUNK_KEYS = {"name": "v2", "separator": "/"}  # NGFF 0.4 requires "/"
+CHUNK_KEYS: ChunkKeyEncodingParams = {"name": "v2", "separator": "/"}  # NGFF 0.4 requires "/"
 # Blosc is what bioformats2raw writes and every OME-Zarr 0.4 reader decodes. zstd inside it
 # stores smooth probability maps in ~2/3 of lz4's bytes; level 1, not 5: compression is the
 # writer's dearest step, level 5 costs ~5x the CPU of level 1 for ~10 % fewer bytes

@@ -52,11 +52,13 @@ def sample_labels(
 
     def index(n: int, extent: int, limit: int) -> np.ndarray:
         out_px = np.floor((np.arange(n) + 0.5) * (extent / n) / level0_per_output)
-        return np.minimum(out_px.astype(np.int64) // factor, limit - 1)
+        picked: np.ndarray = np.minimum(out_px.astype(np.int64) // factor, limit - 1)
+        return picked
 
     rows = index(h, slide_wh[1], labels.shape[0])
     cols = index(w, slide_wh[0], labels.shape[1])
-    return labels[np.ix_(rows, cols)]
+    shown: np.ndarray = labels[np.ix_(rows, cols)]
+    return shown
 
 
 def _resize_nearest(labels: np.ndarray, size_wh: tuple[int, int]) -> np.ndarray:
