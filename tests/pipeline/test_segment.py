@@ -47,7 +47,7 @@ def test_outputs_exist_and_nothing_else(cmu_run):
 
 def test_zarr_shape_follows_mpp_arithmetic_and_reads_with_ome_zarr(cmu_run):
     result, _, _ = cmu_run
-    store = result.out_dir / "probabilities.ome.zarr"
+    store = result.out_dir / "probabilities.ome.zarr" / "0"  # the image (bioformats2raw)
     level0 = zarr.open_group(str(store), mode="r")["0"]
     w0, h0 = 2220, 2967
     f = 1.0 / 0.499  # level-0 pixels per model pixel (demo model: 1 um/px)
@@ -62,6 +62,17 @@ def test_zarr_shape_follows_mpp_arithmetic_and_reads_with_ome_zarr(cmu_run):
     assert [c["label"] for c in attrs["omero"]["channels"]] == LUAD_CLASSES
     scale = attrs["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"]
     assert scale[1:] == pytest.approx([0.499 * f * 4] * 2)
+    assert attrs["multiscales"][0]["name"] == CMU_SLIDE.stem
+    labels = [n for n in nodes if "image-label" in n.zarr.root_attrs]
+    assert len(labels) == 1 and labels[0].data[0].shape == expected[1:]
+    # what Bio-Formats (QuPath 0.6) reads: valid OME-XML that matches the arrays
+    import ome_types
+
+    xml = (store.parent / "OME" / "METADATA.ome.xml").read_text(encoding="utf-8")
+    pixels = ome_types.from_xml(xml, validate=True).images[0].pixels
+    assert (pixels.size_c, pixels.size_y, pixels.size_x) == expected
+    assert [c.name for c in pixels.channels] == LUAD_CLASSES
+    assert pixels.physical_size_x == pytest.approx(scale[2])
 
 
 def test_geojson_is_valid_for_qupath_and_inside_the_slide(cmu_run):

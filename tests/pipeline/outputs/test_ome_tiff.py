@@ -7,7 +7,11 @@ import tifffile
 import zarr
 
 from wsi_segment.pipeline.outputs.ome_tiff import write_probability_ome_tiff
-from wsi_segment.pipeline.outputs.ome_zarr import create_probability_store, finalize_pyramid
+from wsi_segment.pipeline.outputs.ome_zarr import (
+    create_probability_store,
+    finalize_pyramid,
+    image_path,
+)
 
 
 def test_ome_tiff_matches_zarr_pyramid(tmp_path):
@@ -20,7 +24,7 @@ def test_ome_tiff_matches_zarr_pyramid(tmp_path):
     arr[:] = data
     n = finalize_pyramid(store, min_size=100)
     path = write_probability_ome_tiff(store, tmp_path / "probabilities.ome.tif", tile=64)
-    group = zarr.open_group(store, mode="r")
+    group = zarr.open_group(image_path(store), mode="r")
     with tifffile.TiffFile(path) as tif:
         assert tif.is_ome
         series = tif.series[0]
