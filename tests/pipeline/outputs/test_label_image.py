@@ -11,6 +11,7 @@ from ome_zarr_models.v04 import Image
 from ome_zarr_models.v04.image_label import ImageLabel
 
 from wsi_segment.errors import OutputError
+from wsi_segment.pipeline.outputs import label_image
 from wsi_segment.pipeline.outputs.chunk_summary import NODATA
 from wsi_segment.pipeline.outputs.label_image import (
     class_ids,
@@ -58,8 +59,10 @@ def test_level0_shares_the_probability_chunks(store):
     np.testing.assert_array_equal(arr[:], values)
 
 
-def test_pyramid_is_nearest_with_the_probability_level_count(store):
+@pytest.mark.parametrize("in_memory_bytes", [1 << 30, 0], ids=["in-memory", "block-by-block"])
+def test_pyramid_is_nearest_with_the_probability_level_count(store, monkeypatch, in_memory_bytes):
     path, values = store
+    monkeypatch.setattr(label_image, "IN_MEMORY_BYTES", in_memory_bytes)
     n = finalize_pyramid(path, min_size=16)
     finalize_label_pyramid(path, n)
     levels = open_label_levels(path)
