@@ -9,12 +9,20 @@ ids: the same run writes the same bytes.
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 
 OME_NS = "http://www.openmicroscopy.org/Schemas/OME/2016-06"
 XSI_NS = "http://www.w3.org/2001/XMLSchema-instance"
 SCHEMA_LOCATION = f"{OME_NS} {OME_NS}/ome.xsd"
+# characters XML 1.0 cannot hold even escaped (names come from model.json and file names)
+_NOT_XML = re.compile("[^\t\n\r\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def _text(value: str) -> str:
+    """A name as XML can carry it: characters XML 1.0 forbids become U+FFFD."""
+    return _NOT_XML.sub("\ufffd", str(value))
 
 
 def ome_color(rgb: Sequence[int]) -> int:
@@ -39,7 +47,7 @@ def probability_ome_xml(
         f"{{{OME_NS}}}OME",
         {"Creator": "wsi-segment", f"{{{XSI_NS}}}schemaLocation": SCHEMA_LOCATION},
     )
-    image = ET.SubElement(root, f"{{{OME_NS}}}Image", {"ID": "Image:0", "Name": name})
+    image = ET.SubElement(root, f"{{{OME_NS}}}Image", {"ID": "Image:0", "Name": _text(name)})
     pixels = ET.SubElement(
         image,
         f"{{{OME_NS}}}Pixels",
@@ -67,7 +75,7 @@ def probability_ome_xml(
             f"{{{OME_NS}}}Channel",
             {
                 "ID": f"Channel:0:{k}",
-                "Name": str(label),
+                "Name": _text(label),
                 "Color": str(ome_color(color)),
                 "SamplesPerPixel": "1",
             },

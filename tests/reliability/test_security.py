@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import ome_types
 import pytest
 import zarr
 
@@ -68,6 +69,10 @@ def test_nasty_file_and_class_names_round_trip(tiny_model_dir, tmp_path, capsys)
 
     attrs = zarr.open_group(str(out_dir / "probabilities.ome.zarr" / "0"), mode="r").attrs.asdict()
     assert [c["label"] for c in attrs["omero"]["channels"]] == NASTY_CLASSES
+    # the OME-XML Bio-Formats reads carries them too, escaped, and stays valid
+    xml = (out_dir / "probabilities.ome.zarr" / "OME" / "METADATA.ome.xml").read_text("utf-8")
+    image = ome_types.from_xml(xml, validate=True).images[0]
+    assert [c.name for c in image.pixels.channels] == NASTY_CLASSES
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ from ome_zarr_models.v04 import Image
 from ome_zarr_models.v04.bioformats2raw import BioFormats2Raw
 
 from wsi_segment.errors import ConfigError, OutputError
+from wsi_segment.pipeline.outputs.ome_xml import probability_ome_xml
 from wsi_segment.pipeline.outputs.ome_zarr import (
     ATTRS_KEY,
     create_probability_store,
@@ -231,3 +232,11 @@ def test_open_refuses_a_store_without_the_layout(tmp_path):
     old.attrs["multiscales"] = [{"version": "0.4", "datasets": [{"path": "0"}]}]
     with pytest.raises(OutputError, match="bioformats2raw"):
         open_probability_store(tmp_path / "old.ome.zarr")
+
+
+def test_ome_xml_keeps_names_xml_can_hold_and_replaces_the_rest():
+    names = ['T"E <&>', "NE\nC", "bell\x07", "東京"]
+    xml = probability_ome_xml("s\x00lide", names, [(1, 2, 3)] * 4, (4, 5, 6), (1.0, 1.0))
+    image = ome_types.from_xml(xml, validate=True).images[0]
+    assert image.name == "s\ufffdlide"
+    assert [c.name for c in image.pixels.channels] == ['T"E <&>', "NE\nC", "bell\ufffd", "東京"]
