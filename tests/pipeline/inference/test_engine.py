@@ -26,6 +26,7 @@ from wsi_segment.pipeline.inference.decode_pool import DecodePool
 from wsi_segment.pipeline.inference.engine import run_engine
 from wsi_segment.pipeline.inference.engine_state import EngineStats
 from wsi_segment.pipeline.inference.model_handle import ModelHandle
+from wsi_segment.pipeline.outputs.label_image import create_label_image, label_level0_path
 from wsi_segment.pipeline.outputs.ome_zarr import create_probability_store, level0_path
 from wsi_segment.wsi.slide import open_slide
 from wsi_segment.wsi.tiling import ChunkSpec, TileGrid, plan_chunks
@@ -79,6 +80,7 @@ def make_job(
         meta.mpp * grid.downsample,
         plan.level0_per_model * grid.downsample,
     )
+    create_label_image(tmp)
     job = SlideJob(
         reader=ChunkReader(
             slide_path=str(slide_path),
@@ -92,6 +94,7 @@ def make_job(
         batch_size=5,
         gate=True,
         zarr_path=str(level0_path(tmp)),
+        labels_path=str(label_level0_path(tmp)),
         tissue_mask=tissue.mask,
         tissue_downsample=float(tissue.downsample),
         level0_per_output=plan.level0_per_model * grid.downsample,
@@ -103,6 +106,14 @@ def make_job(
 
 def stored(job: SlideJob) -> np.ndarray:
     return np.asarray(zarr.open_array(job.zarr_path, mode="r")[:])
+
+
+def assert_labels_match_outcomes(job: SlideJob, outcomes) -> None:
+    """The label image the writers stored holds exactly the pixels the outcomes counted."""
+    values = np.asarray(zarr.open_array(job.labels_path, mode="r")[:])
+    counts = np.bincount(values.ravel(), minlength=job.n_classes + 1)
+    np.testing.assert_array_equal(counts[1:], sum(o.counts for o in outcomes))
+    assert counts[1:].sum() > 0
 
 
 def assert_same_outcomes(a, b) -> None:
@@ -142,6 +153,7 @@ def test_engine_writes_what_the_threaded_path_writes(tmp_path, tiny, threaded, d
     assert stats.decoders == decoders
     np.testing.assert_array_equal(stored(job), expected)
     assert_same_outcomes(outcomes, expected_outcomes)
+    assert_labels_match_outcomes(job, outcomes)
     assert stats.bytes_from_model == sum(o.bytes_from_model for o in outcomes) > 0
 
 
@@ -283,6 +295,7 @@ def test_several_writer_threads_finish_chunks_side_by_side_and_write_the_same(
     assert stats.writers == 3 and job.calls == len(specs)
     np.testing.assert_array_equal(stored(job), expected)
     assert_same_outcomes(outcomes, expected_outcomes)  # in plan order, whoever finished
+    assert_labels_match_outcomes(job, outcomes)
     assert stats.bytes_from_model == sum(o.bytes_from_model for o in outcomes)
 
 
