@@ -12,6 +12,7 @@ from typing import Any
 
 from wsi_segment.errors import ConfigError
 from wsi_segment.models.heads import DEFAULT_DROPOUT
+from wsi_segment.models.pretrained import is_file_source
 from wsi_segment.models.segmenter import SEG_LOSSES
 from wsi_segment.pipeline.training.recipes import Recipe, resolve_recipe
 from wsi_segment.pipeline.training.train_classifier import ClassifierConfig, head_spec
@@ -96,6 +97,17 @@ def check_config(cfg: TrainConfig) -> None:
     if problem is not None:  # model.json would record it, and every slide be resampled to it
         raise ConfigError(f"--mpp {problem}; give the patches' pixel size (1.0 = 10x)")
     head_spec(classifier_config(cfg))  # dropout and PDA schedule
+    for option, source in (
+        ("--pretrained", cfg.pretrained),
+        ("--seg-pretrained", cfg.seg_pretrained),
+    ):
+        if (
+            source is not None
+            and is_file_source(source)
+            and not Path(source).expanduser().is_file()
+        ):
+            raise ConfigError(f"{source}: {option} weights file not found; check the path")
+    recipe(cfg)  # a recipe name or setting out of range
     if cfg.seg_loss is not None and cfg.seg_loss not in SEG_LOSSES:
         raise ConfigError(f"--seg-loss must be one of {sorted(SEG_LOSSES)}, got {cfg.seg_loss!r}")
 
