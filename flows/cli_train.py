@@ -45,8 +45,8 @@ def add_parser(
         default=None,
         help="default: AdamW lr 1e-3, wd 1e-4, BatchNorm training; paper: the official code's "
         "SGD lr 0.01 (2x biases, 10x new layers), wd 5e-4, BatchNorm frozen in stage 1, stage-3 "
-        "blur, official loss, ungated validation (default: paper with --pretrained / "
-        "--seg-pretrained, else default)",
+        "blur, official loss, ungated validation (default, per stage: paper where the encoder "
+        "starts from --pretrained / --seg-pretrained weights, else default)",
     )
     p.add_argument(
         "--pretrained",

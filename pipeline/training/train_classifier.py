@@ -89,11 +89,6 @@ def scheduled_lr(base: float, schedule: str, step: int, total: int, power: float
     raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {schedule!r}")
 
 
-def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
-    for group in opt.param_groups:
-        group["lr"] = lr
-
-
 def schedule_lrs(
     opt: torch.optim.Optimizer, base: list[float], schedule: str, step: int, total: int
 ) -> None:

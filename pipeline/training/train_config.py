@@ -107,16 +107,18 @@ def check_config(cfg: TrainConfig) -> None:
             and not Path(source).expanduser().is_file()
         ):
             raise ConfigError(f"{source}: {option} weights file not found; check the path")
-    recipe(cfg)  # a recipe name or setting out of range
+    recipe(cfg, cfg.pretrained)  # a recipe name or setting out of range
     if cfg.seg_loss is not None and cfg.seg_loss not in SEG_LOSSES:
         raise ConfigError(f"--seg-loss must be one of {sorted(SEG_LOSSES)}, got {cfg.seg_loss!r}")
 
 
-def recipe(cfg: TrainConfig) -> Recipe:
-    """The named recipe with the settings `cfg` replaces (both stages)."""
+def recipe(cfg: TrainConfig, pretrained: str | None) -> Recipe:
+    """The named recipe with the settings `cfg` replaces; without a name, per stage: `paper`
+    where that stage's encoder starts from `pretrained` weights, else `default` (freezing a
+    randomly initialised stem would only hurt)."""
     return resolve_recipe(
         cfg.recipe,
-        cfg.pretrained is not None or cfg.seg_pretrained is not None,
+        pretrained is not None,
         lr=cfg.lr,
         weight_decay=cfg.weight_decay,
         bias_lr_mult=cfg.bias_lr_mult,
@@ -151,8 +153,8 @@ def classifier_config(cfg: TrainConfig) -> ClassifierConfig:
         pda_warmup=cfg.pda_warmup,
         epochs=cfg.epochs,
         batch_size=cfg.batch_size,
-        optim=recipe(cfg).stage1,
-        recipe=recipe(cfg).name,
+        optim=recipe(cfg, cfg.pretrained).stage1,
+        recipe=recipe(cfg, cfg.pretrained).name,
         pretrained=cfg.pretrained,
         lr_schedule=cfg.lr_schedule,
         seed=cfg.seed,
@@ -161,7 +163,7 @@ def classifier_config(cfg: TrainConfig) -> ClassifierConfig:
 
 
 def segmenter_config(cfg: TrainConfig) -> SegmenterConfig:
-    rec = recipe(cfg)
+    rec = recipe(cfg, cfg.seg_pretrained)
     return SegmenterConfig(
         encoder=seg_encoder_name(cfg.segmenter_encoder),
         epochs=cfg.segmenter_epochs,

@@ -152,7 +152,11 @@ def test_recipe_choice_and_overrides(tmp_path: Path) -> None:
     cfg = TrainConfig(data=tmp_path, out=tmp_path / "m", pretrained="w.safetensors")
     c, s = classifier_config(cfg), segmenter_config(cfg)
     assert (c.recipe, c.optim, c.pretrained) == ("paper", PAPER.stage1, "w.safetensors")
-    assert (s.recipe, s.optim, s.pretrained) == ("paper", PAPER.stage3, None)
+    # per stage: the segmenter starts from scratch, so it keeps the default recipe
+    assert (s.recipe, s.optim, s.pretrained) == ("default", RECIPES["default"].stage3, None)
+    assert (s.vflip, s.blur, s.loss, s.val_gate) == (True, False, "ours", True)
+    s = segmenter_config(replace(cfg, seg_pretrained="resnet18.a1_in1k"))
+    assert (s.recipe, s.optim, s.pretrained) == ("paper", PAPER.stage3, "resnet18.a1_in1k")
     assert (s.vflip, s.blur, s.loss, s.val_gate) == (False, True, "official", False)
     mixed = TrainConfig(
         data=tmp_path, out=tmp_path / "m", recipe="paper", seg_blur=False, val_gate=True
