@@ -158,7 +158,7 @@ def train_classifier(
     encoder = model.backbone
     if not isinstance(encoder, nn.Module):
         raise TypeError("train_classifier needs a classifier whose backbone is an nn.Module")
-    warm_start(encoder, cfg.pretrained, work, "classifier encoder")
+    warm_start(encoder, cfg.pretrained, work, "classifier encoder", work)
     model = model.to(device)
     freeze(model, encoder, cfg.optim)
     opt, base_lrs = make_optimizer(model, [model.head], cfg.optim)

@@ -131,7 +131,7 @@ def train_segmenter(
     torch.manual_seed(cfg.seed)
     model = build_segmenter(cfg.encoder, ds.num_classes, decoder_channels=cfg.decoder_channels)
     encoder = model.net.encoder
-    warm_start(encoder, cfg.pretrained, work, "segmenter encoder")
+    warm_start(encoder, cfg.pretrained, work, "segmenter encoder", work / "last")
     model = model.to(device)
     freeze(model, encoder, cfg.optim)
     opt, base_lrs = make_optimizer(

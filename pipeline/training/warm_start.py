@@ -18,15 +18,26 @@ from wsi_segment.models.pretrained import load_pretrained
 RECORD = "pretrained.json"
 
 
-def warm_start(encoder: nn.Module, source: str | None, work: Path, what: str) -> None:
-    """Load `source` into `encoder` (nothing when None), print the report, record it in `work`."""
+def warm_start(
+    encoder: nn.Module, source: str | None, work: Path, what: str, checkpoint: Path
+) -> None:
+    """Load `source` into `encoder` (nothing when None), print the report, record it in `work`.
+
+    When `checkpoint` holds a saved epoch the run resumes from it: the weights come from the
+    checkpoint, so the source is not read again (nor fetched: a timm name works offline then)
+    and the record of the start is kept.
+    """
+    record = work / RECORD
     if source is None:
-        (work / RECORD).unlink(missing_ok=True)  # a rerun from scratch in an old work folder
+        record.unlink(missing_ok=True)  # a rerun from scratch in an old work folder
+        return
+    if (checkpoint / "state.json").is_file() and record.is_file():
+        print(f"pretrained {what}: resuming from {checkpoint}, started from {source}", flush=True)
         return
     report = load_pretrained(encoder, source)
     print(report.summary(what), flush=True)
     work.mkdir(parents=True, exist_ok=True)
-    (work / RECORD).write_text(json.dumps(report.as_dict(), indent=1))
+    record.write_text(json.dumps(report.as_dict(), indent=1))
 
 
 def pretrained_record(work: Path) -> dict[str, Any] | None:
