@@ -48,11 +48,11 @@ from wsi_segment.pipeline.training.evaluate import (
     score_split,
 )
 from wsi_segment.pipeline.training.make_pseudo_masks import make_pseudo_masks
+from wsi_segment.pipeline.training.recipes import Optim, make_optimizer
 from wsi_segment.pipeline.training.train_classifier import (
     ClassifierConfig,
-    scheduled_lr,
+    schedule_lrs,
     seeded,
-    set_lr,
     to_input,
     train_classifier,
 )
@@ -90,16 +90,16 @@ def train_fully_supervised(
     model = build_segmenter(
         cfg.encoder, ds_masks.num_classes, decoder_channels=cfg.decoder_channels
     )
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt, base_lrs = make_optimizer(
+        model, [model.net.decoder, model.net.segmentation_head], cfg.optim
+    )
     steps = batch_count(len(items), cfg.batch_size)
     best: tuple[float, dict | None] = (-1.0, None)
     for epoch in range(cfg.epochs):
         model.train()
         gen = seeded(cfg.seed, 4, epoch)
         for step, idx in enumerate(epoch_batches(len(items), cfg.batch_size, gen)):
-            set_lr(
-                opt, scheduled_lr(cfg.lr, cfg.lr_schedule, epoch * steps + step, cfg.epochs * steps)
-            )
+            schedule_lrs(opt, base_lrs, cfg.lr_schedule, epoch * steps + step, cfg.epochs * steps)
             gt = torch.from_numpy(np.stack([ds_masks.read_mask(items[i].mask) for i in idx]))
             gt = torch.where(gt >= ds_masks.num_classes, 255, gt).to(torch.uint8)
             images, (gt,) = augment(load_batch([items[i].image for i in idx]), [gt], gen, cfg.crop)
@@ -203,7 +203,7 @@ def main() -> None:
         output_stride=args.cls_output_stride,
         epochs=args.epochs,
         batch_size=16,
-        lr=2e-3,
+        optim=Optim(lr=2e-3),
         lr_schedule=args.lr_schedule,
         seed=0,
         dropout=args.dropout,
@@ -230,7 +230,7 @@ def main() -> None:
         encoder=f"tu-{args.encoder}",
         epochs=args.seg_epochs or args.epochs,
         batch_size=16,
-        lr=2e-3,
+        optim=Optim(lr=2e-3),
         decoder_channels=64,
         lr_schedule=args.lr_schedule,
     )

@@ -39,7 +39,63 @@ def add_parser(
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--head", choices=("pda", "cam", "pcam", "lficam"), default="pda")
     p.add_argument("--device", default="auto", help="auto (GPU if present), cpu, cuda, cuda:N")
-    p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default 1e-3)")
+    p.add_argument(
+        "--recipe",
+        choices=("default", "paper"),
+        default=None,
+        help="default: AdamW lr 1e-3, wd 1e-4, BatchNorm training; paper: the official code's "
+        "SGD lr 0.01 (2x biases, 10x new layers), wd 5e-4, BatchNorm frozen in stage 1, stage-3 "
+        "blur, official loss, ungated validation (default, per stage: paper where the encoder "
+        "starts from --pretrained / --seg-pretrained weights, else default)",
+    )
+    p.add_argument(
+        "--pretrained",
+        default=None,
+        help="classifier encoder weights: a .safetensors file, a PyTorch state dict (read with "
+        "weights_only=True), or a timm / Hugging Face name (needs the machine online)",
+    )
+    p.add_argument(
+        "--seg-pretrained",
+        default=None,
+        help="segmenter (DeepLabV3+) encoder weights, as --pretrained",
+    )
+    p.add_argument("--lr", type=float, default=None, help="base learning rate (default: recipe's)")
+    p.add_argument(
+        "--weight-decay", type=float, default=None, help="weight decay (default: recipe's)"
+    )
+    p.add_argument(
+        "--bias-lr-mult", type=float, default=None, help="lr multiplier of biases (recipe's)"
+    )
+    p.add_argument(
+        "--head-lr-mult",
+        type=float,
+        default=None,
+        help="lr multiplier of the new layers: classifier head, DeepLabV3+ decoder (recipe's)",
+    )
+    p.add_argument(
+        "--seg-blur",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="stage-3 Gaussian blur, p 0.5, radius U(0, 1) (default: recipe's)",
+    )
+    p.add_argument(
+        "--seg-vflip",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="stage-3 vertical flips besides horizontal ones (default: recipe's)",
+    )
+    p.add_argument(
+        "--seg-loss",
+        choices=("ours", "official"),
+        default=None,
+        help="stage-3 loss scale: ours (labelled pixels) or official (all pixels, / batch size)",
+    )
+    p.add_argument(
+        "--val-gate",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="stage-3 validation through the classification gate (default: recipe's)",
+    )
     p.add_argument(
         "--crop", type=int, default=None, help="random training crop in px (default: full patch)"
     )
@@ -118,7 +174,17 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         batch_size=args.batch_size,
         head=args.head,
         device=args.device,
+        recipe=args.recipe,
+        pretrained=args.pretrained,
+        seg_pretrained=args.seg_pretrained,
         lr=args.lr,
+        weight_decay=args.weight_decay,
+        bias_lr_mult=args.bias_lr_mult,
+        head_lr_mult=args.head_lr_mult,
+        seg_blur=args.seg_blur,
+        seg_vflip=args.seg_vflip,
+        seg_loss=args.seg_loss,
+        val_gate=args.val_gate,
         crop=args.crop,
         seed=args.seed,
         work_dir=args.work_dir,

@@ -2,12 +2,14 @@
 
 The segmenter is trained on three pseudo masks (from Grad-CAM at three depths): the
 shallow masks are finer but noisier, the deep one coarser but more reliable, so the loss
-is a weighted sum of one cross-entropy per mask (0.2, 0.2, 0.6, as in the paper).
+is a weighted sum of one cross-entropy per mask (0.2, 0.2, 0.6, as in the paper). Two
+scalings of it (`SEG_LOSSES`): ours averages over labelled pixels; the official code's
+averages over all pixels with background as a fixed extra class, divided by the batch size.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import segmentation_models_pytorch as smp
@@ -97,3 +99,41 @@ def multilayer_pseudo_loss(
         else:
             total = total + 0.0 * logits.sum()
     return total
+
+
+#: The official code's fixed logit of the extra background class on background pixels.
+OFFICIAL_BACKGROUND_LOGIT = 100.0
+
+
+def official_pseudo_loss(
+    logits: torch.Tensor,
+    masks: Sequence[torch.Tensor],
+    weights: Sequence[float] = DEFAULT_LAYER_WEIGHTS,
+    ignore_index: int = IGNORE_INDEX,
+) -> torch.Tensor:
+    """The official stage-3 loss: sum_i weights[i] * CE_i / N.
+
+    A fifth logit is appended, 100 on background pixels (those `ignore_index` marks in the
+    last, deepest mask) and 0 elsewhere; background pixels are that class in every mask. Each
+    CE averages over all N*H*W pixels (background included, where it is ~0), and is divided
+    again by the batch size N, as the official code's `batch_average`.
+    """
+    if len(masks) != len(weights):
+        raise ConfigError(f"{len(masks)} pseudo masks but {len(weights)} loss weights")
+    n, k = logits.shape[:2]
+    background = masks[-1] == ignore_index
+    extra = (OFFICIAL_BACKGROUND_LOGIT * background).to(logits.dtype).unsqueeze(1)
+    full = torch.cat([logits, extra], dim=1)
+    total = logits.new_zeros(())
+    for mask, weight in zip(masks, weights, strict=True):
+        target = mask.long().masked_fill(mask == ignore_index, k)
+        total = total + weight * F.cross_entropy(full, target) / n
+    return total
+
+
+PseudoLoss = Callable[[torch.Tensor, Sequence[torch.Tensor], Sequence[float]], torch.Tensor]
+#: Stage-3 loss by name (`--seg-loss`).
+SEG_LOSSES: dict[str, PseudoLoss] = {
+    "ours": multilayer_pseudo_loss,
+    "official": official_pseudo_loss,
+}

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from wsi_segment.errors import DatasetError
 
@@ -285,14 +285,25 @@ def load_batch(paths: list[Path]) -> torch.Tensor:
 
 
 def augment(
-    images: torch.Tensor, masks: list[torch.Tensor], gen: torch.Generator, crop: int | None = None
+    images: torch.Tensor,
+    masks: list[torch.Tensor],
+    gen: torch.Generator,
+    crop: int | None = None,
+    *,
+    vflip: bool = True,
+    blur: bool = False,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Random horizontal/vertical flips (and a random square crop), the same for image and masks.
+    """Random horizontal (and, with `vflip`, vertical) flips and a random square crop, the same
+    for image and masks; with `blur`, a Gaussian blur of the image (the official stage 3's).
 
-    Draws come from `gen` in a fixed order, so a run (and a resumed run) is reproducible.
+    Draws come from `gen` in a fixed order (the vertical draw is made even when unused, and
+    blur draws only after all others), so a run (and a resumed run) is reproducible and
+    switching blur on leaves the flips and crops of a run as they were.
     """
     n, _, h, w = images.shape
     flips = torch.rand(n, 2, generator=gen) < 0.5
+    if not vflip:
+        flips[:, 1] = False
     if crop is not None and crop < min(h, w):
         y0 = int(torch.randint(0, h - crop + 1, (1,), generator=gen))
         x0 = int(torch.randint(0, w - crop + 1, (1,), generator=gen))
@@ -305,7 +316,22 @@ def augment(
             out_img[sel] = out_img[sel].flip(dim_img)
             for m in out_masks:
                 m[sel] = m[sel].flip(dim_mask)
+    if blur:
+        out_img = random_blur(out_img, gen)
     return out_img.contiguous(), [m.contiguous() for m in out_masks]
+
+
+def random_blur(images: torch.Tensor, gen: torch.Generator, p: float = 0.5) -> torch.Tensor:
+    """Per image, with probability `p`, PIL's Gaussian blur of radius U(0, 1): the official
+    stage 3's `RandomGaussianBlur` (uint8 (N,3,H,W) in and out)."""
+    draws = torch.rand(len(images), 2, generator=gen, dtype=torch.float64)
+    out = images.clone()
+    for i, (u, radius) in enumerate(draws.tolist()):
+        if u < p:
+            im = Image.fromarray(images[i].permute(1, 2, 0).numpy())
+            blurred = np.asarray(im.filter(ImageFilter.GaussianBlur(radius=radius)))
+            out[i] = torch.from_numpy(blurred.copy()).permute(2, 0, 1)
+    return out
 
 
 def _cut(order: list[int], batch_size: int) -> list[list[int]]:

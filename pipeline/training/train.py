@@ -31,6 +31,7 @@ from wsi_segment.pipeline.training.train_config import (
     work_dir,
 )
 from wsi_segment.pipeline.training.train_segmenter import train_segmenter
+from wsi_segment.pipeline.training.warm_start import pretrained_record
 
 __all__ = ["TrainConfig", "seg_encoder_name", "train"]
 
@@ -91,8 +92,17 @@ def _train(cfg: TrainConfig) -> Path:
         "data": str(cfg.data),
         "dataset": {k: v for k, v in ds.to_json().items() if k not in ("classes", "colors")},
         "train_patches": len(ds.train_items()),
-        "classifier": {**asdict(ccfg), "history": classifier_history(work / "stage1")},
-        "segmenter": {**asdict(scfg), "history": seg_state["history"], "best": seg_state["best"]},
+        "classifier": {
+            **asdict(ccfg),
+            "history": classifier_history(work / "stage1"),
+            "pretrained_weights": pretrained_record(work / "stage1"),
+        },
+        "segmenter": {
+            **asdict(scfg),
+            "history": seg_state["history"],
+            "best": seg_state["best"],
+            "pretrained_weights": pretrained_record(work / "stage3"),
+        },
         "seconds": {
             "stage1": round(t1 - t0, 1),
             "stage2": round(t2 - t1, 1),

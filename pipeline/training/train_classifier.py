@@ -1,7 +1,9 @@
 """Stage 1: the multi-label patch classifier (PDA head by default), resumable per epoch.
 
-Multilabel soft margin loss on the patch-level labels, random flips, AdamW with the official
-code's poly learning-rate decay (per step; `lr_schedule="constant"` turns it off). The PDA
+Multilabel soft margin loss on the patch-level labels, random flips, the recipe's optimiser
+(`pipeline.training.recipes`: AdamW, or the official code's SGD with per-group learning rates
+and frozen BatchNorm) with the official code's poly learning-rate decay (per step;
+`lr_schedule="constant"` turns it off), optionally from pretrained encoder weights. The PDA
 schedule is stepped once per epoch; after every epoch the weights, the optimizer state and
 the schedule position are checkpointed (safetensors + JSON), so an interrupted run resumes
 at the next epoch and ends with the same weights as an uninterrupted one.
@@ -11,12 +13,13 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm import tqdm
 
 from wsi_segment.errors import ConfigError
@@ -31,6 +34,8 @@ from wsi_segment.pipeline.training.datasets import (
     epoch_batches,
     load_batch,
 )
+from wsi_segment.pipeline.training.recipes import Optim, freeze, make_optimizer, train_mode
+from wsi_segment.pipeline.training.warm_start import warm_start
 
 
 @dataclass(frozen=True)
@@ -39,7 +44,8 @@ class ClassifierConfig:
 
     `dropout` is the head's channel dropout (the method's 0.5 by default); `pda_schedule`
     names the PDA schedule (paper | official) and `pda_sigma` / `pda_floor` / `pda_warmup`
-    replace parts of it (pda head only).
+    replace parts of it (pda head only). `optim` is the recipe's stage-1 optimiser and
+    `pretrained` a weights file or timm name the encoder starts from.
     """
 
     encoder: str = "resnet18"
@@ -52,8 +58,9 @@ class ClassifierConfig:
     pda_warmup: int | None = None
     epochs: int = 20
     batch_size: int = 16
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
+    optim: Optim = field(default_factory=Optim)
+    recipe: str = "default"
+    pretrained: str | None = None
     lr_schedule: str = "poly"
     seed: int = 0
     max_steps: int | None = None
@@ -82,9 +89,12 @@ def scheduled_lr(base: float, schedule: str, step: int, total: int, power: float
     raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {schedule!r}")
 
 
-def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
-    for group in opt.param_groups:
-        group["lr"] = lr
+def schedule_lrs(
+    opt: torch.optim.Optimizer, base: list[float], schedule: str, step: int, total: int
+) -> None:
+    """Every parameter group at its own base rate, scaled by the schedule at `step`."""
+    for group, lr in zip(opt.param_groups, base, strict=True):
+        group["lr"] = scheduled_lr(lr, schedule, step, total)
 
 
 def progress_enabled() -> bool:
@@ -144,8 +154,14 @@ def train_classifier(
     """
     items = ds.train_items(MIN_TRAIN_PATCHES)
     labels = torch.tensor([it.labels for it in items], dtype=torch.float32)
-    model = build(cfg, ds.num_classes).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    model = build(cfg, ds.num_classes)
+    encoder = model.backbone
+    if not isinstance(encoder, nn.Module):
+        raise TypeError("train_classifier needs a classifier whose backbone is an nn.Module")
+    warm_start(encoder, cfg.pretrained, work, "classifier encoder", work)
+    model = model.to(device)
+    freeze(model, encoder, cfg.optim)
+    opt, base_lrs = make_optimizer(model, [model.head], cfg.optim)
     state = load_checkpoint(work, model, opt) or {"epoch": 0, "history": []}
     schedule = getattr(model.head, "schedule", None)
     start = int(state["epoch"])
@@ -155,7 +171,7 @@ def train_classifier(
     for epoch in range(start, cfg.epochs):
         if schedule is not None:
             schedule.epoch = epoch
-        model.train()
+        train_mode(model, encoder, cfg.optim)
         gen = seeded(cfg.seed, 1, epoch)
         seed_dropout(cfg.seed, 1, epoch)
         batches = epoch_batches(len(items), cfg.batch_size, gen)[:steps]
@@ -164,9 +180,7 @@ def train_classifier(
         )
         total, seen = 0.0, 0
         for step, idx in enumerate(bar):
-            set_lr(
-                opt, scheduled_lr(cfg.lr, cfg.lr_schedule, epoch * steps + step, cfg.epochs * steps)
-            )
+            schedule_lrs(opt, base_lrs, cfg.lr_schedule, epoch * steps + step, cfg.epochs * steps)
             images, _ = augment(load_batch([items[i].image for i in idx]), [], gen)
             logits = model(to_input(images, device))
             loss = F.multilabel_soft_margin_loss(logits, labels[idx].to(device))

@@ -12,6 +12,9 @@ from typing import Any
 
 from wsi_segment.errors import ConfigError
 from wsi_segment.models.heads import DEFAULT_DROPOUT
+from wsi_segment.models.pretrained import is_file_source
+from wsi_segment.models.segmenter import SEG_LOSSES
+from wsi_segment.pipeline.training.recipes import Recipe, resolve_recipe
 from wsi_segment.pipeline.training.train_classifier import ClassifierConfig, head_spec
 from wsi_segment.pipeline.training.train_segmenter import SegmenterConfig
 from wsi_segment.wsi.mpp import mpp_problem
@@ -37,7 +40,19 @@ class TrainConfig:
     classifier_output_stride: int = 16
     lr_schedule: str = "poly"
     device: str = "auto"
-    lr: float = 1e-3
+    # recipe (None: paper when an encoder starts from pretrained weights, else default) and
+    # what replaces its settings; None keeps the recipe's
+    recipe: str | None = None
+    pretrained: str | None = None  # classifier encoder: weights file or timm name
+    seg_pretrained: str | None = None  # segmenter encoder: weights file or timm name
+    lr: float | None = None
+    weight_decay: float | None = None
+    bias_lr_mult: float | None = None
+    head_lr_mult: float | None = None
+    seg_vflip: bool | None = None
+    seg_blur: bool | None = None
+    seg_loss: str | None = None
+    val_gate: bool | None = None
     crop: int | None = None
     seed: int = 0
     work_dir: Path | None = None
@@ -82,6 +97,37 @@ def check_config(cfg: TrainConfig) -> None:
     if problem is not None:  # model.json would record it, and every slide be resampled to it
         raise ConfigError(f"--mpp {problem}; give the patches' pixel size (1.0 = 10x)")
     head_spec(classifier_config(cfg))  # dropout and PDA schedule
+    for option, source in (
+        ("--pretrained", cfg.pretrained),
+        ("--seg-pretrained", cfg.seg_pretrained),
+    ):
+        if (
+            source is not None
+            and is_file_source(source)
+            and not Path(source).expanduser().is_file()
+        ):
+            raise ConfigError(f"{source}: {option} weights file not found; check the path")
+    recipe(cfg, cfg.pretrained)  # a recipe name or setting out of range
+    if cfg.seg_loss is not None and cfg.seg_loss not in SEG_LOSSES:
+        raise ConfigError(f"--seg-loss must be one of {sorted(SEG_LOSSES)}, got {cfg.seg_loss!r}")
+
+
+def recipe(cfg: TrainConfig, pretrained: str | None) -> Recipe:
+    """The named recipe with the settings `cfg` replaces; without a name, per stage: `paper`
+    where that stage's encoder starts from `pretrained` weights, else `default` (freezing a
+    randomly initialised stem would only hurt)."""
+    return resolve_recipe(
+        cfg.recipe,
+        pretrained is not None,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        bias_lr_mult=cfg.bias_lr_mult,
+        head_lr_mult=cfg.head_lr_mult,
+    )
+
+
+def _pick(value: bool | str | None, default: bool | str) -> Any:
+    return default if value is None else value
 
 
 def seg_encoder_name(name: str) -> str:
@@ -107,7 +153,9 @@ def classifier_config(cfg: TrainConfig) -> ClassifierConfig:
         pda_warmup=cfg.pda_warmup,
         epochs=cfg.epochs,
         batch_size=cfg.batch_size,
-        lr=cfg.lr,
+        optim=recipe(cfg, cfg.pretrained).stage1,
+        recipe=recipe(cfg, cfg.pretrained).name,
+        pretrained=cfg.pretrained,
         lr_schedule=cfg.lr_schedule,
         seed=cfg.seed,
         max_steps=cfg.max_steps,
@@ -115,11 +163,18 @@ def classifier_config(cfg: TrainConfig) -> ClassifierConfig:
 
 
 def segmenter_config(cfg: TrainConfig) -> SegmenterConfig:
+    rec = recipe(cfg, cfg.seg_pretrained)
     return SegmenterConfig(
         encoder=seg_encoder_name(cfg.segmenter_encoder),
         epochs=cfg.segmenter_epochs,
         batch_size=cfg.batch_size,
-        lr=cfg.lr,
+        optim=rec.stage3,
+        recipe=rec.name,
+        pretrained=cfg.seg_pretrained,
+        vflip=_pick(cfg.seg_vflip, rec.seg_vflip),
+        blur=_pick(cfg.seg_blur, rec.seg_blur),
+        loss=_pick(cfg.seg_loss, rec.seg_loss),
+        val_gate=_pick(cfg.val_gate, rec.val_gate),
         lr_schedule=cfg.lr_schedule,
         seed=cfg.seed,
         crop=cfg.crop,

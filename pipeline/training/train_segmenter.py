@@ -1,16 +1,19 @@
 """Stage 3: DeepLabV3+ trained on the three pseudo masks of every training patch.
 
-Loss = 0.2 CE(shallow) + 0.2 CE(mid) + 0.6 CE(deep), background pixels (255) carry no loss.
+Loss = 0.2 CE(shallow) + 0.2 CE(mid) + 0.6 CE(deep), background pixels (255) carry no loss
+(`loss="ours"`), or the official code's scaling (`loss="official"`, models.segmenter).
 After each epoch the model is scored on the validation split (gated by the classifier, as
-at inference) and the epoch with the best mIoU is kept. Checkpoints every epoch, resumable.
-AdamW with poly learning-rate decay per step, as in stage 1 (`lr_schedule`).
+at inference, unless `val_gate` is off as in the official code) and the epoch with the best
+mIoU is kept. Checkpoints every epoch, resumable. The recipe's optimiser with poly
+learning-rate decay per step, as in stage 1 (`lr_schedule`), optionally from a pretrained
+encoder.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +23,13 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from wsi_segment.errors import ConfigError
 from wsi_segment.models.gate import apply_gate
 from wsi_segment.models.segmenter import (
     DEFAULT_LAYER_WEIGHTS,
+    SEG_LOSSES,
     Segmenter,
     build_segmenter,
-    multilayer_pseudo_loss,
 )
 from wsi_segment.pipeline.training.checkpoints import load_checkpoint, save_checkpoint
 from wsi_segment.pipeline.training.datasets import (
@@ -38,24 +42,35 @@ from wsi_segment.pipeline.training.datasets import (
 )
 from wsi_segment.pipeline.training.make_pseudo_masks import mask_name
 from wsi_segment.pipeline.training.metrics import ConfusionMatrix
+from wsi_segment.pipeline.training.recipes import Optim, freeze, make_optimizer, train_mode
 from wsi_segment.pipeline.training.train_classifier import (
     progress_enabled,
-    scheduled_lr,
+    schedule_lrs,
     seeded,
-    set_lr,
     to_input,
 )
+from wsi_segment.pipeline.training.warm_start import warm_start
 
 
 @dataclass(frozen=True)
 class SegmenterConfig:
-    """Stage-3 settings; `crop` trains on random square crops (masks cropped alike)."""
+    """Stage-3 settings; `crop` trains on random square crops (masks cropped alike).
+
+    `optim` is the recipe's stage-3 optimiser, `pretrained` a weights file or timm name the
+    encoder starts from; `vflip` / `blur` switch the vertical flips and the official
+    Gaussian blur, `loss` names one of `SEG_LOSSES`, `val_gate` gates validation.
+    """
 
     encoder: str = "resnet18"
     epochs: int = 20
     batch_size: int = 16
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
+    optim: Optim = field(default_factory=Optim)
+    recipe: str = "default"
+    pretrained: str | None = None
+    vflip: bool = True
+    blur: bool = False
+    loss: str = "ours"
+    val_gate: bool = True
     seed: int = 0
     crop: int | None = None
     decoder_channels: int = 256
@@ -108,20 +123,27 @@ def train_segmenter(
         raise ValueError(
             f"{len(pseudo_dirs)} pseudo-mask folders for {len(cfg.layer_weights)} loss weights"
         )
+    if cfg.loss not in SEG_LOSSES:
+        raise ConfigError(f"--seg-loss must be one of {sorted(SEG_LOSSES)}, got {cfg.loss!r}")
+    loss_fn = SEG_LOSSES[cfg.loss]
     items = ds.train_items(MIN_TRAIN_PATCHES)
     work.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    model = build_segmenter(cfg.encoder, ds.num_classes, decoder_channels=cfg.decoder_channels).to(
-        device
+    model = build_segmenter(cfg.encoder, ds.num_classes, decoder_channels=cfg.decoder_channels)
+    encoder = model.net.encoder
+    warm_start(encoder, cfg.pretrained, work, "segmenter encoder", work / "last")
+    model = model.to(device)
+    freeze(model, encoder, cfg.optim)
+    opt, base_lrs = make_optimizer(
+        model, [model.net.decoder, model.net.segmentation_head], cfg.optim
     )
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     state = load_checkpoint(work / "last", model, opt) or {"epoch": 0, "history": [], "best": None}
     has_val = ds.has_masks("val")
     steps = batch_count(len(items), cfg.batch_size)
     if cfg.max_steps is not None:
         steps = min(steps, cfg.max_steps)
     for epoch in range(int(state["epoch"]), cfg.epochs):
-        model.train()
+        train_mode(model, encoder, cfg.optim)
         gen = seeded(cfg.seed, 3, epoch)
         bar = tqdm(
             epoch_batches(len(items), cfg.batch_size, gen)[:steps],
@@ -130,17 +152,22 @@ def train_segmenter(
         )
         total, seen = 0.0, 0
         for step, idx in enumerate(bar):
-            set_lr(
-                opt, scheduled_lr(cfg.lr, cfg.lr_schedule, epoch * steps + step, cfg.epochs * steps)
-            )
+            schedule_lrs(opt, base_lrs, cfg.lr_schedule, epoch * steps + step, cfg.epochs * steps)
             names = [mask_name(items[i]) for i in idx]
             masks = [
                 torch.from_numpy(np.stack([_read_pseudo(d / n) for n in names]))
                 for d in pseudo_dirs
             ]
-            images, masks = augment(load_batch([items[i].image for i in idx]), masks, gen, cfg.crop)
+            images, masks = augment(
+                load_batch([items[i].image for i in idx]),
+                masks,
+                gen,
+                cfg.crop,
+                vflip=cfg.vflip,
+                blur=cfg.blur,
+            )
             logits = model(to_input(images, device))
-            loss = multilayer_pseudo_loss(logits, [m.to(device) for m in masks], cfg.layer_weights)
+            loss = loss_fn(logits, [m.to(device) for m in masks], cfg.layer_weights)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -150,7 +177,13 @@ def train_segmenter(
         record = {"epoch": epoch + 1, "loss": total / max(seen, 1)}
         if has_val:
             record["val_miou"] = validate(
-                ds, model, classifier, device, "val", cfg.batch_size, cfg.gate_epsilon
+                ds,
+                model,
+                classifier if cfg.val_gate else None,
+                device,
+                "val",
+                cfg.batch_size,
+                cfg.gate_epsilon,
             )
             print(
                 f"stage 3 epoch {epoch + 1}: loss {record['loss']:.4f} val mIoU {record['val_miou']:.4f}"

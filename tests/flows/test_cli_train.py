@@ -8,9 +8,14 @@ import shutil
 from pathlib import Path
 
 import pytest
+import timm
+import torch
+from safetensors.torch import save_file
 
-from wsi_segment.flows.cli import main
+from wsi_segment.flows.cli import build_parser, main
+from wsi_segment.flows.cli_train import config_from_args
 from wsi_segment.models.bundle import load_model
+from wsi_segment.models.checksum import file_sha256
 from wsi_segment.synthetic.dataset import SyntheticSpec, make_synthetic_dataset
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "luad-histoseg-sample"
@@ -83,7 +88,18 @@ def test_last_batch_of_one_trains(tmp_path: Path, capsys: pytest.CaptureFixture[
 
 
 @pytest.mark.parametrize(
-    "case", ["one patch", "batch of one", "pda option", "dropout", "mpp", "mpp nan"]
+    "case",
+    [
+        "one patch",
+        "batch of one",
+        "pda option",
+        "dropout",
+        "mpp",
+        "mpp nan",
+        "pretrained missing",
+        "seg pretrained missing",
+        "lr",
+    ],
 )
 def test_untrainable_settings_are_one_clear_error(
     case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -107,6 +123,15 @@ def test_untrainable_settings_are_one_clear_error(
     elif case == "mpp nan":
         args += ["--mpp", "nan"]
         expected = "--mpp nan is out of range"
+    elif case == "pretrained missing":
+        args += ["--pretrained", str(tmp_path / "r10t.safetensors")]
+        expected = "r10t.safetensors: --pretrained weights file not found; check the path"
+    elif case == "seg pretrained missing":
+        args += ["--seg-pretrained", str(tmp_path / "w.pth")]
+        expected = "w.pth: --seg-pretrained weights file not found"
+    elif case == "lr":
+        args += ["--recipe", "paper", "--lr", "0"]
+        expected = "--lr must be > 0, got 0.0"
     else:
         args += ["--dropout", "1"]
         expected = "--dropout must be in [0, 1), got 1.0"
@@ -115,3 +140,67 @@ def test_untrainable_settings_are_one_clear_error(
     assert code == 1 and err.startswith("error: ") and expected in err
     assert "Traceback" not in err
     assert not (tmp_path / "m").exists() and not (tmp_path / "m.work").exists()
+
+
+def _timm_weights_file(path: Path) -> dict[str, torch.Tensor]:
+    """A resnet10t state dict as a lab would save it (with `module.` and the ImageNet fc)."""
+    torch.manual_seed(11)
+    weights = timm.create_model("resnet10t").state_dict()
+    with torch.no_grad():
+        for name, t in weights.items():
+            if t.is_floating_point() and "running" in name:
+                t.copy_(torch.rand_like(t) + 0.5)
+    save_file({f"module.{k}": v.contiguous() for k, v in weights.items()}, str(path))
+    return weights
+
+
+def test_train_options_reach_the_config(tmp_path: Path) -> None:
+    argv = [
+        "train", "--data", "d", "--out", "o", "--pretrained", "w.safetensors",
+        "--seg-pretrained", "resnet18.a1_in1k", "--recipe", "paper", "--lr", "0.02",
+        "--weight-decay", "1e-3", "--bias-lr-mult", "1", "--head-lr-mult", "5",
+        "--no-seg-blur", "--seg-vflip", "--seg-loss", "ours", "--val-gate",
+    ]  # fmt: skip
+    args = build_parser().parse_args(argv)
+    cfg = config_from_args(args)
+    assert (cfg.pretrained, cfg.seg_pretrained, cfg.recipe) == (
+        "w.safetensors", "resnet18.a1_in1k", "paper"
+    )  # fmt: skip
+    assert (cfg.lr, cfg.weight_decay, cfg.bias_lr_mult, cfg.head_lr_mult) == (0.02, 1e-3, 1, 5)
+    assert (cfg.seg_blur, cfg.seg_vflip, cfg.seg_loss, cfg.val_gate) == (False, True, "ours", True)
+    plain = config_from_args(build_parser().parse_args(["train", "--data", "d", "--out", "o"]))
+    assert (plain.recipe, plain.lr, plain.seg_blur, plain.val_gate) == (None, None, None, None)
+
+
+@pytest.mark.slow
+def test_train_from_a_local_pretrained_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The real LUAD sample from a local weights file: the paper recipe by default, the frozen
+    stem, first stage and BatchNorm of the classifier still equal the file's, model.json
+    records the source and its sha256."""
+    weights = _timm_weights_file(tmp_path / "r10t.safetensors")
+    out = tmp_path / "m"
+    tiny = [a for a in TINY if a != "--fp16"]
+    src = str(tmp_path / "r10t.safetensors")
+    args = ["train", "--data", str(SAMPLE), "--out", str(out), *tiny, "--pretrained", src]
+    assert main([*args, "--seg-pretrained", src]) == 0
+    log = capsys.readouterr().out
+    assert f"pretrained classifier encoder from {src}: 84 tensors matched, 0 missing" in log
+    assert f"pretrained segmenter encoder from {src}: 84 tensors matched, 0 missing" in log
+
+    doc = json.loads((out / "model.json").read_text())["provenance"]
+    for stage in ("classifier", "segmenter"):
+        record = doc[stage]["pretrained_weights"]
+        assert (record["source"], record["kind"], record["matched"]) == (src, "file", 84)
+        assert record["sha256"] == file_sha256(tmp_path / "r10t.safetensors")
+        assert record["unexpected"] == ["module.fc.bias", "module.fc.weight"]
+        assert doc[stage]["recipe"] == "paper" and doc[stage]["optim"]["optimizer"] == "sgd"
+    assert doc["classifier"]["optim"]["frozen_stages"] == ["stem", "layer1"]
+    assert doc["segmenter"]["loss"] == "official" and doc["segmenter"]["blur"] is True
+
+    body = load_model(out).classifier.backbone.body.state_dict()
+    frozen = [k for k in body if k.startswith(("conv1", "layer1")) or "running" in k]
+    for key in frozen:  # frozen by the paper recipe: exactly the file's tensors
+        assert torch.equal(body[key], weights[key]), key
+    assert not torch.equal(body["layer4.0.conv1.weight"], weights["layer4.0.conv1.weight"])

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from wsi_segment.errors import DatasetError
 from wsi_segment.pipeline.training.datasets import (
@@ -160,3 +160,46 @@ def test_augment_is_h_and_v_flips_of_image_and_masks_alike() -> None:
         seen.add(match[0])
         assert torch.equal(out_masks[0][i], out[i, 0]) and torch.equal(out_masks[1][i], out[i, 1])
     assert seen == {(False, False), (False, True), (True, False), (True, True)}
+
+
+def test_augment_without_vflip_and_with_blur() -> None:
+    """The official stage 3: horizontal flips only, and PIL's Gaussian blur (p 0.5, radius
+    U(0, 1)) drawn after every other draw, so flips and crops stay those of a run without it."""
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (32, 3, 12, 12), dtype=torch.uint8, generator=gen)
+    masks = [images[:, 0].clone()]
+    plain, plain_masks = augment(images, masks, torch.Generator().manual_seed(2), 8, vflip=False)
+    mirrored = 0
+    for i in range(32):
+        as_is, mirror = _is_crop(images[i], plain[i]), _is_crop(images[i], plain[i].flip(2))
+        assert as_is or mirror  # no vertical flip: a crop of the image or of its mirror
+        mirrored += mirror and not as_is
+        assert torch.equal(plain_masks[0][i], plain[i, 0])
+    assert 0 < mirrored < 32
+    blur_gen = torch.Generator().manual_seed(2)
+    blurred, blurred_masks = augment(images, masks, blur_gen, 8, vflip=False, blur=True)
+    assert torch.equal(blurred_masks[0], plain_masks[0])  # same flips and crop as without blur
+    # the blur draws, replayed: (u, radius) per image after the flips and the crop offsets
+    replay = torch.Generator().manual_seed(2)
+    torch.rand(32, 2, generator=replay)
+    torch.randint(0, 5, (1,), generator=replay), torch.randint(0, 5, (1,), generator=replay)
+    draws = torch.rand(32, 2, generator=replay, dtype=torch.float64).tolist()
+    assert 0 < sum(u < 0.5 for u, _ in draws) < 32
+    for i, (u, radius) in enumerate(draws):
+        if u < 0.5:
+            pil = Image.fromarray(plain[i].permute(1, 2, 0).numpy())
+            want = torch.from_numpy(
+                np.asarray(pil.filter(ImageFilter.GaussianBlur(radius=radius))).copy()
+            ).permute(2, 0, 1)
+            assert torch.equal(blurred[i], want)
+        else:
+            assert torch.equal(blurred[i], plain[i])
+
+
+def _is_crop(image: torch.Tensor, crop: torch.Tensor) -> bool:
+    size = crop.shape[-1]
+    return any(
+        torch.equal(image[:, y : y + size, x : x + size], crop)
+        for y in range(image.shape[1] - size + 1)
+        for x in range(image.shape[2] - size + 1)
+    )

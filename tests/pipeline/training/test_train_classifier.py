@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -10,8 +11,10 @@ import torch
 
 from wsi_segment.errors import ConfigError
 from wsi_segment.pipeline.training.datasets import open_dataset
+from wsi_segment.pipeline.training.recipes import RECIPES
 from wsi_segment.pipeline.training.train_classifier import (
     ClassifierConfig,
+    build,
     scheduled_lr,
     train_classifier,
 )
@@ -97,3 +100,23 @@ def test_dropout_and_pda_schedule_reach_the_head(tiny, tmp_path: Path) -> None:
         train_classifier(
             tiny, ClassifierConfig(head="cam", pda_sigma=0.9), tmp_path / "x", torch.device("cpu")
         )
+
+
+def test_paper_recipe_resumes_to_the_same_weights(tiny, tmp_path: Path) -> None:
+    """SGD with four-way parameter groups and frozen BatchNorm: the optimiser state (momentum
+    buffers, groups) survives the checkpoint, so a resumed run ends where a whole one does."""
+    cfg = replace(CFG, optim=RECIPES["paper"].stage1, recipe="paper")
+    cpu = torch.device("cpu")
+    full = _weights(train_classifier(tiny, cfg, tmp_path / "full", cpu))
+
+    def stop_after_1(epoch: int, state: dict) -> None:
+        if epoch == 1:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train_classifier(tiny, cfg, tmp_path / "cut", cpu, on_epoch=stop_after_1)
+    got = _weights(train_classifier(tiny, cfg, tmp_path / "cut", cpu))
+    assert all(torch.equal(full[k], got[k]) for k in full)
+    fresh = _weights(build(cfg, tiny.num_classes))
+    bn = [k for k in full if "running" in k or k.startswith("backbone.body.layer1")]
+    assert bn and all(torch.equal(full[k], fresh[k]) for k in bn)  # frozen through training

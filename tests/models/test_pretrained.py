@@ -1,0 +1,115 @@
+"""Pretrained encoder weights: local files written here (never a download), loaded exactly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+from wsi_segment.errors import ConfigError
+from wsi_segment.models.checksum import file_sha256
+from wsi_segment.models.classifier import build_classifier
+from wsi_segment.models.pretrained import canonical, is_file_source, load_pretrained
+from wsi_segment.models.segmenter import build_segmenter
+
+
+def _source_weights(seed: int = 3) -> dict[str, torch.Tensor]:
+    """A full timm resnet10t (with its fc) whose tensors differ from any fresh build."""
+    torch.manual_seed(seed)
+    model = timm.create_model("resnet10t")
+    with torch.no_grad():  # BatchNorm statistics too, so running stats are checked as well
+        for name, t in model.state_dict().items():
+            if t.is_floating_point() and "running" in name:
+                t.copy_(torch.rand_like(t) + 0.5)
+    return {k: v.clone().contiguous() for k, v in model.state_dict().items()}
+
+
+def test_safetensors_loads_into_the_classifier_encoder_exactly(tmp_path: Path) -> None:
+    weights = _source_weights()
+    f = tmp_path / "r10t.safetensors"
+    save_file({f"module.{k}": v for k, v in weights.items()}, str(f))  # a DataParallel save
+    torch.manual_seed(0)
+    clf = build_classifier("resnet10t", "pda", 4)
+    head_before = clf.head.fc.weight.clone()
+
+    report = load_pretrained(clf.backbone, str(f))
+
+    got = clf.backbone.body.state_dict()
+    assert set(got) == {k for k in weights if not k.startswith("fc.")}
+    for key, value in got.items():
+        assert torch.equal(value, weights[key]), key
+    assert torch.equal(clf.head.fc.weight, head_before)  # the new head is left as built
+    assert (report.kind, report.matched, report.missing) == ("file", 84, [])
+    assert report.unexpected == ["module.fc.bias", "module.fc.weight"]
+    assert report.sha256 == file_sha256(f)
+    assert "84 tensors matched, 0 missing, 2 unexpected" in report.summary("classifier encoder")
+
+
+def test_torch_checkpoint_loads_into_a_tu_segmenter_encoder(tmp_path: Path) -> None:
+    """A PyTorch checkpoint ({"state_dict": {"encoder.*"}}) onto smp's `tu-` names (`model.*`)."""
+    weights = _source_weights(seed=4)
+    f = tmp_path / "ckpt.pth"
+    torch.save({"epoch": 3, "state_dict": {f"encoder.{k}": v for k, v in weights.items()}}, f)
+    seg = build_segmenter("tu-resnet10t", 4, decoder_channels=16)
+
+    report = load_pretrained(seg.net.encoder, str(f))
+
+    for key, value in seg.net.encoder.state_dict().items():
+        assert key.startswith("model.") and torch.equal(value, weights[key[len("model.") :]]), key
+    assert (report.matched, report.missing, len(report.unexpected)) == (84, [], 2)
+
+
+def test_shape_mismatch_is_reported_not_loaded(tmp_path: Path) -> None:
+    weights = _source_weights()
+    weights["conv1.0.weight"] = torch.zeros(5, 3, 3, 3)
+    f = tmp_path / "w.safetensors"
+    save_file(weights, str(f))
+    clf = build_classifier("resnet10t", "cam", 4)
+    before = clf.backbone.body.conv1[0].weight.clone()
+    report = load_pretrained(clf.backbone, str(f))
+    assert report.missing == ["body.conv1.0.weight"]
+    assert report.mismatched == ["conv1.0.weight (5, 3, 3, 3) vs (24, 3, 3, 3)"]
+    assert torch.equal(clf.backbone.body.conv1[0].weight, before)
+
+
+def test_nothing_matching_is_refused(tmp_path: Path) -> None:
+    f = tmp_path / "other.safetensors"
+    save_file({"decoder.proj.weight": torch.ones(2, 2)}, str(f))
+    with pytest.raises(ConfigError, match=r"other\.safetensors: none of its 1 tensors matches"):
+        load_pretrained(build_classifier("resnet10t", "cam", 4).backbone, str(f))
+
+
+class _Payload:
+    """An arbitrary object: unpickling it would run code, so loading must refuse it."""
+
+
+def test_a_pickle_with_code_is_refused_not_unpickled(tmp_path: Path) -> None:
+    f = tmp_path / "evil.pt"
+    torch.save({"state_dict": _Payload()}, f)
+    with pytest.raises(ConfigError, match=r"evil\.pt: not a readable weights file"):
+        load_pretrained(build_classifier("resnet10t", "cam", 4).backbone, str(f))
+
+
+def test_a_missing_file_names_it(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"nope\.safetensors: pretrained weights file not found"):
+        load_pretrained(torch.nn.Linear(2, 2), str(tmp_path / "nope.safetensors"))
+
+
+def test_a_timm_name_offline_is_one_error_with_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # never download
+    with pytest.raises(ConfigError) as err:
+        load_pretrained(torch.nn.Linear(2, 2), "resnet10t")
+    assert "https://huggingface.co/timm/resnet10t.c3_in1k" in str(err.value)
+    assert "--pretrained" in str(err.value)
+
+
+def test_sources_and_key_names() -> None:
+    assert canonical("module.encoder.model.layer1.0.conv1.weight") == "layer1.0.conv1.weight"
+    assert canonical("backbone.body.bn1.bias") == "bn1.bias"
+    assert is_file_source("weights.pth") and is_file_source("/abs/w")
+    assert not is_file_source("resnet50.a1_in1k") and not is_file_source("hf-hub:timm/resnet18")

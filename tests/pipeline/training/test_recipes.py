@@ -1,0 +1,169 @@
+"""Named recipes: exact parameter groups, frozen BatchNorm and stages, poly schedule per group."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from wsi_segment.errors import ConfigError
+from wsi_segment.models.classifier import build_classifier
+from wsi_segment.models.segmenter import build_segmenter
+from wsi_segment.pipeline.training.recipes import (
+    RECIPES,
+    freeze,
+    make_optimizer,
+    resolve_recipe,
+    train_mode,
+)
+from wsi_segment.pipeline.training.train_classifier import schedule_lrs
+from wsi_segment.pipeline.training.train_config import (
+    TrainConfig,
+    classifier_config,
+    segmenter_config,
+)
+
+PAPER = RECIPES["paper"]
+
+
+def _groups(opt: torch.optim.Optimizer, model: nn.Module) -> list[tuple[float, float, set[str]]]:
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [
+        (g["lr"], g["weight_decay"], {names[id(p)] for p in g["params"]}) for g in opt.param_groups
+    ]
+
+
+def test_paper_stage1_groups_and_freezing() -> None:
+    torch.manual_seed(0)
+    model = build_classifier("resnet10t", "pda", 4)
+    freeze(model, model.backbone, PAPER.stage1)
+    opt, base = make_optimizer(model, [model.head], PAPER.stage1)
+
+    assert isinstance(opt, torch.optim.SGD) and opt.defaults["momentum"] == 0.9
+    convs = {
+        n
+        for n, m in model.named_modules()
+        if isinstance(m, nn.Conv2d)
+        and n.startswith(("backbone.body.layer2", "backbone.body.layer3", "backbone.body.layer4"))
+    }
+    assert _groups(opt, model) == [
+        (0.01, 5e-4, {f"{n}.weight" for n in convs}),  # encoder weights; BN and stem+layer1 frozen
+        (0.1, 5e-4, {"head.fc.weight"}),  # the new classifier layer at 10x
+    ]
+    assert base == [0.01, 0.1]
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {f"{n}.weight" for n in convs} | {"head.fc.weight"}
+
+
+def test_bias_groups_get_their_multiplier_and_decay() -> None:
+    """Stage 3 of the paper recipe with --bias-lr-mult 2: four groups, exact lr and wd."""
+    recipe = resolve_recipe("paper", False, bias_lr_mult=2.0)
+    seg = build_segmenter("tu-resnet10t", 4, decoder_channels=16)
+    freeze(seg, seg.net.encoder, recipe.stage3)
+    opt, _ = make_optimizer(seg, [seg.net.decoder, seg.net.segmentation_head], recipe.stage3)
+    groups = _groups(opt, seg)
+    assert [(lr, wd) for lr, wd, _ in groups] == [
+        (0.01, 5e-4), (0.02, 5e-4), (0.1, 5e-4), (0.2, 5e-4)
+    ]  # fmt: skip
+    enc, enc_bias, head, head_bias = (names for _, _, names in groups)
+    assert all(n.startswith("net.encoder.") and not n.endswith(".bias") for n in enc)
+    assert all(n.startswith("net.encoder.") and n.endswith(".bias") for n in enc_bias)
+    assert "net.segmentation_head.0.bias" in head_bias and not any(n.endswith("bias") for n in head)
+    assert len(enc | enc_bias | head | head_bias) == len(list(seg.parameters()))  # BN trains
+    # the paper's stage 1 keeps biases out of weight decay
+    s1 = replace(PAPER.stage1, freeze_bn=False, frozen_stages=())
+    opt1, _ = make_optimizer(seg, [seg.net.decoder, seg.net.segmentation_head], s1)
+    assert [(g["lr"], g["weight_decay"]) for g in opt1.param_groups] == [
+        (0.01, 5e-4), (0.02, 0.0), (0.1, 5e-4), (0.2, 0.0)
+    ]  # fmt: skip
+
+
+def test_default_recipe_is_one_adamw_group() -> None:
+    model = build_classifier("resnet10t", "pda", 4)
+    opt, base = make_optimizer(model, [model.head], RECIPES["default"].stage1)
+    assert isinstance(opt, torch.optim.AdamW) and base == [1e-3]
+    assert opt.param_groups[0]["weight_decay"] == 1e-4
+    assert len(opt.param_groups[0]["params"]) == len(list(model.parameters()))
+
+
+def test_paper_step_leaves_batchnorm_and_frozen_stages_unchanged() -> None:
+    torch.manual_seed(1)
+    model = build_classifier("resnet10t", "pda", 4)
+    encoder = model.backbone
+    freeze(model, encoder, PAPER.stage1)
+    opt, _ = make_optimizer(model, [model.head], PAPER.stage1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    train_mode(model, encoder, PAPER.stage1)
+    assert model.training and not any(
+        m.training for m in model.modules() if isinstance(m, nn.BatchNorm2d)
+    )
+    x = torch.rand(2, 3, 64, 64)
+    loss = nn.functional.multilabel_soft_margin_loss(model(x), torch.tensor([[1.0, 0, 1, 0]] * 2))
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    after = model.state_dict()
+    norms = tuple(f"{n}." for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d))
+    bn = [k for k in before if k.startswith(norms)]  # running stats and affine parameters
+    frozen = [k for k in before if k.startswith(("backbone.body.conv1", "backbone.body.layer1"))]
+    assert len(bn) == 5 * len(norms) and len(frozen) > 0
+    for key in set(bn) | set(frozen):
+        assert torch.equal(before[key], after[key]), key
+    assert not torch.equal(
+        before["backbone.body.layer4.0.conv1.weight"], after["backbone.body.layer4.0.conv1.weight"]
+    )
+    assert not torch.equal(before["head.fc.weight"], after["head.fc.weight"])
+
+
+def test_poly_schedule_per_group_is_exact() -> None:
+    model = build_classifier("resnet10t", "pda", 4)
+    freeze(model, model.backbone, PAPER.stage1)
+    opt, base = make_optimizer(model, [model.head], PAPER.stage1)
+    for step, total in ((0, 10), (3, 10), (9, 10), (10, 10)):
+        schedule_lrs(opt, base, "poly", step, total)
+        factor = (1 - step / total) ** 0.9
+        assert [g["lr"] for g in opt.param_groups] == [0.01 * factor, 0.1 * factor]
+    schedule_lrs(opt, base, "constant", 7, 10)
+    assert [g["lr"] for g in opt.param_groups] == [0.01, 0.1]
+
+
+def test_recipe_choice_and_overrides(tmp_path: Path) -> None:
+    assert resolve_recipe(None, False).name == "default"
+    assert resolve_recipe(None, True).name == "paper"
+    tuned = resolve_recipe("paper", True, lr=0.02, weight_decay=1e-3, head_lr_mult=5.0)
+    assert (tuned.stage1.lr, tuned.stage1.weight_decay, tuned.stage1.head_lr_mult) == (
+        0.02,
+        1e-3,
+        5.0,
+    )
+    assert (tuned.stage3.lr, tuned.stage3.weight_decay, tuned.stage3.head_lr_mult) == (
+        0.02,
+        1e-3,
+        5.0,
+    )
+    with pytest.raises(ConfigError, match="unknown --recipe 'adam'"):
+        resolve_recipe("adam", False)
+    with pytest.raises(ConfigError, match="--lr must be > 0"):
+        resolve_recipe(None, False, lr=0.0)
+
+    cfg = TrainConfig(data=tmp_path, out=tmp_path / "m", pretrained="w.safetensors")
+    c, s = classifier_config(cfg), segmenter_config(cfg)
+    assert (c.recipe, c.optim, c.pretrained) == ("paper", PAPER.stage1, "w.safetensors")
+    # per stage: the segmenter starts from scratch, so it keeps the default recipe
+    assert (s.recipe, s.optim, s.pretrained) == ("default", RECIPES["default"].stage3, None)
+    assert (s.vflip, s.blur, s.loss, s.val_gate) == (True, False, "ours", True)
+    s = segmenter_config(replace(cfg, seg_pretrained="resnet18.a1_in1k"))
+    assert (s.recipe, s.optim, s.pretrained) == ("paper", PAPER.stage3, "resnet18.a1_in1k")
+    assert (s.vflip, s.blur, s.loss, s.val_gate) == (False, True, "official", False)
+    mixed = TrainConfig(
+        data=tmp_path, out=tmp_path / "m", recipe="paper", seg_blur=False, val_gate=True
+    )
+    s = segmenter_config(mixed)
+    assert (s.vflip, s.blur, s.loss, s.val_gate) == (False, False, "official", True)
+    s = segmenter_config(TrainConfig(data=tmp_path, out=tmp_path / "m"))
+    assert (s.recipe, s.optim, s.vflip, s.blur, s.loss, s.val_gate) == (
+        "default", RECIPES["default"].stage3, True, False, "ours", True
+    )  # fmt: skip

@@ -1,0 +1,67 @@
+"""Stage 3 with the official choices: SGD groups, blur, no vertical flip, the official loss,
+and validation with or without the gate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from wsi_segment.pipeline.training.datasets import WsssDataset, open_dataset
+from wsi_segment.pipeline.training.make_pseudo_masks import mask_name
+from wsi_segment.pipeline.training.recipes import RECIPES
+from wsi_segment.pipeline.training.train_segmenter import (
+    SegmenterConfig,
+    train_segmenter,
+    validate,
+)
+from wsi_segment.synthetic.dataset import SyntheticSpec, make_synthetic_dataset
+
+PAPER = RECIPES["paper"]
+CFG = SegmenterConfig(
+    encoder="tu-resnet10t", epochs=1, batch_size=4, decoder_channels=16, max_steps=1, seed=2,
+    optim=PAPER.stage3, recipe="paper", vflip=False, blur=True, loss="official", val_gate=False,
+)  # fmt: skip
+
+
+class AllAbsent(torch.nn.Module):
+    """A classifier that rules every class out: the gate then zeroes every probability."""
+
+    def __init__(self, k: int) -> None:
+        super().__init__()
+        self.k = k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.full((len(x), self.k), -10.0)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[WsssDataset, list[Path]]:
+    """A 64 px synthetic dataset and three pseudo-mask folders (its val masks' stand-ins)."""
+    root = tmp_path_factory.mktemp("syn")
+    ds = open_dataset(make_synthetic_dataset(root, SyntheticSpec(4, 3, 1, 64, seed=3)))
+    rng = np.random.default_rng(0)
+    dirs = []
+    for depth in ("shallow", "mid", "deep"):
+        d = root / "pseudo" / depth
+        d.mkdir(parents=True)
+        for item in ds.train_items():
+            mask = rng.integers(0, ds.num_classes, (64, 64)).astype(np.uint8)
+            mask[:16] = 255  # background rows
+            Image.fromarray(mask).save(d / mask_name(item))
+        dirs.append(d)
+    return ds, dirs
+
+
+def test_ungated_validation_scores_the_plain_argmax(tiny, tmp_path: Path) -> None:
+    ds, dirs = tiny
+    cpu = torch.device("cpu")
+    gate_all = AllAbsent(ds.num_classes)
+    model, state = train_segmenter(ds, CFG, dirs, tmp_path / "ungated", cpu, gate_all)
+    score = state["history"][0]["val_miou"]
+    assert score == validate(ds, model, None, cpu, "val", 4)
+    assert score != validate(ds, model, gate_all, cpu, "val", 4)  # what the gate would give
+    assert state["best"]["val_miou"] == score
