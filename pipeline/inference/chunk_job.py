@@ -56,6 +56,9 @@ class SlideJob:
     # of the run only unions them; the exact ones are kept too for a `--roi` run's areas.
     simplify_tolerance: float = 1.0
     keep_exact_polygons: bool = False
+    # The slide's (width, height) in output px: class areas count only the part of the
+    # raster's last column and row on the slide (None: whole pixels).
+    slide_extent_out: tuple[float, float] | None = None
     _local: threading.local = field(default_factory=threading.local, repr=False)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -180,6 +183,7 @@ class SlideJob:
             self.n_classes,
             self.simplify_tolerance,
             self.keep_exact_polygons,
+            self.slide_extent_out,
         )
         outcome.bytes_from_model = block.bytes_from_model
         return outcome
