@@ -2,10 +2,10 @@
 
 QuPath writes objects (*File > Export objects as GeoJSON*, or `exportObjectsToGeoJson` in a
 script) as a FeatureCollection, a bare array of Features (the dialog's "Export as
-FeatureCollection" off), or one Feature; "Compress data (zip)" writes a `.zip` holding one
-`<name>.geojson` entry, and QuPath's importer (`PathIO.readObjects`) reads every `.geojson` /
-`.json` entry of a zip. A `.geojson.gz` (gzip) is read too: QuPath does not write one, but
-users and scripts compress exports that way.
+FeatureCollection" off), or one Feature. Its "Compression" choice (0.5, 0.6; a checkbox for
+zip in 0.4) writes a `.zip` holding one `<name>.geojson` entry, or a gzipped `.geojson.gz`;
+QuPath's importer (`PathIO.readObjects`) reads every `.geojson`, `.json` (or gzipped) entry of
+a zip. This module reads the same, telling gzip and zip by their first bytes.
 
 The object type is `properties.objectType` (QuPath 0.4+), else `object_type` or `type` (older
 files and other tools), else the feature `id` of QuPath 0.2 (`PathAnnotationObject`, ...);
@@ -41,6 +41,7 @@ _LEGACY_TYPES = {
     "PathRootObject": "root",
 }
 _TYPES = {"tma_core": "tmaCore", **{v: v for v in _LEGACY_TYPES.values()}}
+_ZIP_ENTRIES = (".geojson", ".json", ".geojson.gz", ".json.gz")
 FIX = (
     "draw the regions in QuPath with the rectangle, ellipse, polygon or brush tool and "
     "export them with File > Export objects as GeoJSON"
@@ -133,31 +134,38 @@ def _texts(path: Path) -> list[tuple[str, str]]:
         ) from None
     except OSError as exc:
         raise RoiError(f"{path}: cannot read the ROI file ({exc.strerror})") from None
-    if data[:2] == b"\x1f\x8b":
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError) as exc:
-            raise RoiError(f"{path}: broken gzip file ({exc}); export it again") from None
+    data = _gunzip(path, data)
     if data[:4] == b"PK\x03\x04":
         return _zip_texts(path, data)
     return [(path.name, _decode(path, path.name, data))]
 
 
+def _gunzip(path: Path, data: bytes) -> bytes:
+    """The data, decompressed when it is gzip (QuPath's "Compression: gzip")."""
+    if data[:2] != b"\x1f\x8b":
+        return data
+    try:
+        return gzip.decompress(data)
+    except (OSError, EOFError) as exc:
+        raise RoiError(f"{path}: broken gzip file ({exc}); export it again") from None
+
+
 def _zip_texts(path: Path, data: bytes) -> list[tuple[str, str]]:
-    """Every `.geojson` / `.json` entry, in name order (QuPath reads each one it can)."""
+    """Every `.geojson` / `.json` entry (gzipped or not), in name order (QuPath reads each
+    one it can)."""
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
             names = sorted(
                 i.filename
                 for i in zf.infolist()
-                if not i.is_dir() and i.filename.lower().endswith((".geojson", ".json"))
+                if not i.is_dir() and i.filename.lower().endswith(_ZIP_ENTRIES)
             )
             if not names:
                 raise RoiError(
                     f"{path}: the zip holds no .geojson entry; export with File > Export "
                     "objects as GeoJSON (with or without 'Compress data (zip)')"
                 )
-            return [(n, _decode(path, n, zf.read(n))) for n in names]
+            return [(n, _decode(path, n, _gunzip(path, zf.read(n)))) for n in names]
     except (zipfile.BadZipFile, EOFError, OSError) as exc:
         raise RoiError(f"{path}: broken zip file ({exc}); export it again") from None
 

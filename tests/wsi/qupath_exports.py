@@ -15,8 +15,9 @@ Each builder follows a named part of QuPath's source (qupath/qupath):
 - Files: `qupath-core/.../io/PathIO.java`, `exportObjectsAsGeoJSON`: a FeatureCollection
   (option FEATURE_COLLECTION, on by default in `ExportObjectsCommand`), else one Feature
   for one object or a bare array; a `.zip` path holds one entry `<name>.geojson`
-  (`ZipOutputStream`, the dialog's "Compress data (zip)"). Compact JSON (`GsonTools`
-  without pretty printing). QuPath writes no gzip; `gzipped` is a user compressing one.
+  (`ZipOutputStream`), a `.gz` path is gzipped (`GZIPOutputStream`): the "Compression"
+  choice None / ZIP / gzip of `ExportObjectsCommand` (0.5, 0.6). Compact JSON (`GsonTools`
+  without pretty printing).
 - Older files: QuPath 0.2 put the Java class in the feature `id` ("PathAnnotationObject",
   the `LEGACY_TYPE_IDS` of `PathObjectTypeAdapter`) with measurements as a list of
   {name, value}; `object_type` is the key QuPath wrote before `objectType` (the commented-
@@ -154,7 +155,7 @@ def _text(objects: list[dict[str, Any]], collection: bool) -> str:
 
 
 def export(path: Path, objects: list[dict[str, Any]], collection: bool = True) -> Path:
-    """*File > Export objects as GeoJSON* to `.geojson`, or to `.zip` ("Compress data")."""
+    """*File > Export objects as GeoJSON* to `.geojson`, or to `.zip` ("Compression: ZIP")."""
     text = _text(objects, collection)
     if path.suffix.lower() == ".zip":
         with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
@@ -165,6 +166,6 @@ def export(path: Path, objects: list[dict[str, Any]], collection: bool = True) -
 
 
 def gzipped(path: Path, objects: list[dict[str, Any]]) -> Path:
-    """An export the user compressed with gzip (`objects.geojson.gz`)."""
+    """*Export objects as GeoJSON* with "Compression: gzip" (`objects.geojson.gz`)."""
     path.write_bytes(gzip.compress(_text(objects, True).encode("utf-8"), mtime=0))
     return path

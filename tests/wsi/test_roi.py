@@ -123,8 +123,9 @@ def test_no_area_annotation_is_one_error(tmp_path):
 
 
 def test_zip_and_gzip_exports_read_like_the_plain_file(tmp_path):
-    """ "Compress data (zip)": a zip of one `<name>.geojson`, as `PathIO.readObjects` reads
-    it; a gzip the user made. Both give the plain export's regions."""
+    """QuPath's "Compression: ZIP" (a zip of one `<name>.geojson`, as `PathIO.readObjects`
+    reads it) and "Compression: gzip" (`.geojson.gz`) give the plain export's regions; so
+    does a zip holding a gzipped entry, which QuPath reads too."""
     objects = [qp.annotation(square(0, 0, 100), "a", name="A"), qp.cell(5, 5, "c")]
     plain = read_rois(qp.export(tmp_path / "objects.geojson", objects), SLIDE)
     zipped = qp.export(tmp_path / "objects.zip", objects)
@@ -134,6 +135,12 @@ def test_zip_and_gzip_exports_read_like_the_plain_file(tmp_path):
     assert (
         read_roi_file(gz).warning() == f"{gz}: skipped 1 cell (not area annotations); 1 region used"
     )
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "nested.zip", "w") as zf:
+        zf.writestr("objects.geojson.gz", gz.read_bytes())
+        zf.writestr("README.txt", "not objects")
+    assert read_rois(tmp_path / "nested.zip", SLIDE) == plain
 
 
 def test_bounds_offset_moves_regions_into_slide_pixels(tmp_path):
