@@ -178,7 +178,11 @@ def prepare(
     slide = open_slide(slide_path, backend=params.backend, mpp=params.mpp)
     mpp = slide.require_mpp()
     # a bad --roi file (or regions off this slide) is refused before the model loads
-    rois = read_rois(params.roi, slide.dimensions, slide.bounds_offset) if params.roi else []
+    try:
+        rois = read_rois(params.roi, slide.dimensions, slide.bounds_offset) if params.roi else []
+    except BaseException:
+        slide.close()
+        raise
     with gc_paused():
         return _prepare_opened(
             slide_path,
