@@ -14,6 +14,7 @@ from typing import Any
 
 from wsi_segment.flows.cli_segment import (
     add_segment_options,
+    check_roi_file,
     params_from_args,
     positive_int,
     warn_tissue,
@@ -72,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
 
     parse_batch_input(args.input)  # bad input: one error line, before Prefect starts
     options = flow_options(args)
+    if not check_roi_file(args.roi):
+        return 2
     # the in-process Dask scheduler logs every worker start and stop at INFO: keep warnings
     logging.getLogger("distributed").setLevel(logging.WARNING)
     from wsi_segment.flows.batch_flow import BatchFailedError, segment_batch

@@ -2,7 +2,8 @@
 
 Calls `pipeline.segment` directly (starting Prefect's local server would cost 8-20 s per
 call). Each slide is independent: one failing prints its `error:` line and the others go on;
-the exit code is 1 if any slide failed.
+the exit code is 1 if any slide failed, 2 if the `--roi` file is bad (a usage error: checked
+before anything loads) or has no region on a slide.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from wsi_segment.errors import WsiSegmentError
+from wsi_segment.errors import RoiError, WsiSegmentError
 from wsi_segment.pipeline.params import BACKENDS, READ_DEVICES, SegmentParams
 from wsi_segment.pipeline.progress import BarProgress
 from wsi_segment.wsi.mpp import mpp_problem
@@ -197,6 +198,23 @@ def params_from_args(args: argparse.Namespace) -> SegmentParams:
     )
 
 
+def check_roi_file(roi: Path | None) -> bool:
+    """Read the `--roi` file once before any slide or model loads: a bad one is one `error:`
+    line (False); objects that are not regions are one `warning:` line that counts them."""
+    if roi is None:
+        return True
+    from wsi_segment.wsi.roi_file import read_roi_file
+
+    try:
+        warning = read_roi_file(roi).warning()
+    except RoiError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return False
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+    return True
+
+
 def warn_tissue(slide: str, summary: Mapping[str, Any]) -> None:
     """A `warning:` line when the slide gave no tissue or looks like fluorescence (the run
     still succeeds: an empty result is a result)."""
@@ -235,13 +253,16 @@ def run(args: argparse.Namespace) -> int:
             gc.enable()
 
     params = params_from_args(args)
-    failed = 0
+    if not check_roi_file(params.roi):
+        return 2
+    failed = usage = 0
     for slide in args.slides:
         try:
             result = segment_slide(slide, args.out, params, progress=BarProgress(args.quiet))
         except WsiSegmentError as exc:
             print(f"error: {exc}", file=sys.stderr)
             failed += 1
+            usage += isinstance(exc, RoiError)  # its regions are off this slide
             continue
         warn_tissue(slide, result.summary)
         if result.status == "up-to-date":
@@ -249,4 +270,4 @@ def run(args: argparse.Namespace) -> int:
         else:
             warn_read_device(slide, params, result.summary)
             print(f"{slide}: done in {result.seconds:.1f} s -> {result.out_dir}")
-    return 1 if failed else 0
+    return 2 if usage else 1 if failed else 0

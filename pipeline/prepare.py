@@ -39,7 +39,7 @@ from wsi_segment.pipeline.outputs.output_dir import (
     slide_output_name,
 )
 from wsi_segment.pipeline.params import SegmentParams, usable_cores
-from wsi_segment.wsi.roi import Roi
+from wsi_segment.wsi.roi import Roi, read_rois
 from wsi_segment.wsi.slide import Slide, open_slide
 from wsi_segment.wsi.tiling import ChunkSpec, TileGrid
 from wsi_segment.wsi.tissue import TissueMask
@@ -177,9 +177,22 @@ def prepare(
         )
     slide = open_slide(slide_path, backend=params.backend, mpp=params.mpp)
     mpp = slide.require_mpp()
+    # a bad --roi file (or regions off this slide) is refused before the model loads
+    try:
+        rois = read_rois(params.roi, slide.dimensions, slide.bounds_offset) if params.roi else []
+    except BaseException:
+        slide.close()
+        raise
     with gc_paused():
         return _prepare_opened(
-            slide_path, name, out_root, params, (prefetch, decoders), model_dir, slide, mpp, t0
+            slide_path,
+            name,
+            out_root,
+            params,
+            (prefetch, decoders),
+            model_dir,
+            (slide, mpp, rois),
+            t0,
         )
 
 
@@ -190,11 +203,11 @@ def _prepare_opened(
     params: SegmentParams,
     readers: tuple[bool, int],  # (prefetch, decoders): what starts reading after planning
     model_dir: Path,
-    slide: Slide,
-    mpp: tuple[float, float],
+    opened: tuple[Slide, tuple[float, float], list[Roi]],  # the slide, its mpp, its regions
     t0: float,
 ) -> PreparedSlide:
     prefetch, decoders = readers
+    slide, mpp, rois = opened
     loader = Background(load_for_process, str(model_dir), params.device, params.precision)
     # openslide decoding and PIL's reduce release the GIL: this runs beside the import
     thumb = (
@@ -216,7 +229,7 @@ def _prepare_opened(
             # none free they would only slow it down: then they spawn once planned)
             pool = DecodePool(decoders)
         t1 = time.perf_counter()
-        tissue, rois = slide_tissue(slide, params)
+        tissue = slide_tissue(slide, params, rois)
         t_tissue = time.perf_counter()
         planned = grid = read_backend = reader = None
         if geometry is not None:

@@ -120,6 +120,10 @@ def infer(
         model=prep.model,
         simplify_tolerance=prep.params.simplify_tolerance,
         keep_exact_polygons=bool(prep.rois),
+        slide_extent_out=(
+            prep.slide.dimensions[0] / prep.level0_per_output,
+            prep.slide.dimensions[1] / prep.level0_per_output,
+        ),
     )
     progress = progress or NullProgress()
     if client is not None:  # one worker decides 'auto' for all (no mixed-precision slide)

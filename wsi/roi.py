@@ -1,15 +1,15 @@
-"""Regions of interest drawn in QuPath: GeoJSON annotations -> polygons in slide pixels.
+"""Regions of interest drawn in QuPath -> polygons in slide pixels, clipped to the slide.
 
-QuPath exports (*File > Export objects as GeoJSON*) a FeatureCollection, a list of
-Features or a single Feature, in level-0 pixel coordinates of the image it shows. For
-slides with `openslide.bounds-x/y` (e.g. MRXS) that image starts at the bounds, so
-`slide = qupath + bounds` here. Only Polygon and MultiPolygon geometries are regions;
-points and lines are refused, so a wrong export is noticed instead of silently ignored.
+`wsi.roi_file` reads the export as QuPath does and picks the regions (area annotations and
+TMA cores). Their coordinates are level-0 pixels of the image QuPath shows; for slides with
+`openslide.bounds-x/y` (e.g. MRXS) that image starts at the bounds, so `slide = qupath +
+bounds` here. Each region is clipped to the slide: what lies off it is no region's area, and
+a region wholly off it is refused (a wrong slide or a wrong file), as is a file none of whose
+regions has an area.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,80 +20,98 @@ from shapely.affinity import translate
 from shapely.geometry import MultiPolygon, Polygon, shape
 from shapely.geometry.base import BaseGeometry
 
-from wsi_segment.errors import ConfigError
+from wsi_segment.errors import RoiError
+from wsi_segment.wsi.roi_file import FIX, RegionFeature, RoiFile, read_roi_file
 from wsi_segment.wsi.tissue import TissueMask
-
-_POLYGONAL = ("Polygon", "MultiPolygon")
 
 
 @dataclass(frozen=True)
 class Roi:
-    """One region: its name (QuPath name, else classification, else `ROI <n>`) and area."""
+    """One region, with what QuPath knows it by, so results can go back onto it."""
 
-    name: str
-    geometry: BaseGeometry  # Polygon / MultiPolygon in level-0 slide pixels
-
-
-def _features(doc: Any) -> list[dict[str, Any]]:
-    if isinstance(doc, list):
-        return [f for d in doc for f in _features(d)]
-    if isinstance(doc, dict) and doc.get("type") == "FeatureCollection":
-        return list(doc.get("features") or [])
-    if isinstance(doc, dict) and doc.get("type") == "Feature":
-        return [doc]
-    if isinstance(doc, dict) and doc.get("type") in _POLYGONAL:
-        return [{"type": "Feature", "geometry": doc, "properties": {}}]
-    raise ValueError("expected a GeoJSON FeatureCollection, Feature or Polygon")
+    name: str  # QuPath name, else its classification, else `ROI <n>` (n: its place in the file)
+    geometry: BaseGeometry  # MultiPolygon in level-0 slide pixels, inside the slide
+    qupath_id: str | None = None  # the object's UUID in QuPath (0.4+ exports)
+    classification: dict[str, Any] | None = None  # {"name", "color"} as QuPath wrote it
+    user_name: str | None = None  # the object's own name in QuPath (None: it had none)
 
 
-def _name(props: dict[str, Any], index: int) -> str:
-    cls = props.get("classification")
-    cls_name = cls.get("name") if isinstance(cls, dict) else None
-    return str(props.get("name") or cls_name or f"ROI {index + 1}")
+def _display_name(region: RegionFeature, number: int) -> str:
+    cls = region.classification["name"] if region.classification else None
+    return region.name or cls or f"ROI {number}"
 
 
-def read_rois(path: str | Path, bounds_offset: tuple[float, float] = (0, 0)) -> list[Roi]:
-    """The polygons of a QuPath GeoJSON file, shifted into slide coordinates.
+def _shape(path: Path, region: RegionFeature) -> BaseGeometry:
+    try:
+        g = shape(region.geometry)
+    except Exception as exc:  # shapely raises several types for malformed coordinates
+        raise RoiError(
+            f"{path}: object {region.index} has bad coordinates ({exc}); {FIX}"
+        ) from None
+    return shapely.make_valid(g) if not g.is_valid else g
 
-    Raises `ConfigError` naming the file for anything that is not polygonal GeoJSON.
+
+def slide_rois(
+    roi_file: RoiFile,
+    dimensions: tuple[int, int],
+    bounds_offset: tuple[float, float] = (0, 0),
+) -> list[Roi]:
+    """The file's regions in slide pixels, each clipped to the slide's `dimensions`.
+
+    Raises `RoiError` for a region wholly off the slide (naming it and where the slide is in
+    QuPath's coordinates) or without an area.
     """
-    path = Path(path)
-    fix = "export the annotations from QuPath with File > Export objects as GeoJSON"
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: ROI file not found; check the --roi path") from None
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ConfigError(f"{path}: not a readable GeoJSON file ({exc}); {fix}") from None
-    try:
-        features = _features(doc)
-    except ValueError as exc:
-        raise ConfigError(f"{path}: {exc}; {fix}") from None
+    path = roi_file.path
+    slide = shapely.box(0, 0, float(dimensions[0]), float(dimensions[1]))
+    dx, dy = float(bounds_offset[0]), float(bounds_offset[1])
     rois: list[Roi] = []
-    for i, feature in enumerate(features):
-        geom = (feature or {}).get("geometry") if isinstance(feature, dict) else None
-        kind = geom.get("type") if isinstance(geom, dict) else None
-        if kind not in _POLYGONAL:
-            raise ConfigError(
-                f"{path}: feature {i + 1} is a {kind or 'feature without geometry'}, not an "
-                f"area; draw regions (rectangle, polygon, brush) in QuPath and {fix}"
-            )
-        try:
-            g = shape(geom)
-        except Exception as exc:  # shapely raises several types for malformed coordinates
-            raise ConfigError(f"{path}: feature {i + 1} has bad coordinates ({exc})") from None
-        g = shapely.make_valid(g) if not g.is_valid else g
-        g = translate(g, float(bounds_offset[0]), float(bounds_offset[1]))
+    for number, region in enumerate(roi_file.regions, start=1):
+        name = _display_name(region, number)
+        g = translate(_shape(path, region), dx, dy)
         parts = [p for p in shapely.get_parts(g) if isinstance(p, Polygon) and p.area > 0]
-        if parts:
-            rois.append(Roi(_name(feature.get("properties") or {}, i), MultiPolygon(parts)))
-    if not rois:
-        raise ConfigError(f"{path}: no region with an area in this file; {fix}")
+        if not parts:
+            raise RoiError(f"{path}: region {name!r} has no area; {FIX}")
+        inside = shapely.intersection(MultiPolygon(parts), slide)
+        kept = [p for p in shapely.get_parts(inside) if isinstance(p, Polygon) and p.area > 0]
+        if not kept:
+            x0, y0, x1, y1 = (round(v) for v in shapely.bounds(MultiPolygon(parts)))
+            raise RoiError(
+                f"{path}: region {name!r} lies wholly off the slide (its box is x {x0 - dx:g}"
+                f"-{x1 - dx:g}, y {y0 - dy:g}-{y1 - dy:g} in QuPath's pixels; the slide is x "
+                f"{0 - dx:g}-{dimensions[0] - dx:g}, y {0 - dy:g}-{dimensions[1] - dy:g}); export "
+                "the regions from this slide's image in QuPath"
+            )
+        rois.append(
+            Roi(
+                name,
+                MultiPolygon(kept),
+                qupath_id=region.qupath_id,
+                classification=region.classification,
+                user_name=region.name,
+            )
+        )
     return rois
 
 
-def roi_mask(rois: list[Roi], shape_hw: tuple[int, int], downsample: float) -> np.ndarray:
-    """bool mask (h, w) of mask pixels whose centre lies in a region (mask px = ds level-0 px)."""
+def read_rois(
+    path: str | Path,
+    dimensions: tuple[int, int],
+    bounds_offset: tuple[float, float] = (0, 0),
+) -> list[Roi]:
+    """`read_roi_file` then `slide_rois`: the regions of a QuPath export on one slide."""
+    return slide_rois(read_roi_file(path), dimensions, bounds_offset)
+
+
+def roi_mask(
+    rois: list[Roi],
+    shape_hw: tuple[int, int],
+    downsample: float,
+    dimensions: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """bool mask (h, w) of mask pixels whose centre lies in a region (mask px = ds level-0
+    px). With the slide's `dimensions`, a last row or column that hangs over the slide's
+    edge is judged by the centre of its part on the slide, so a region covering the slide
+    keeps every pixel the slide has."""
     from rasterio import features
     from rasterio.transform import Affine
 
@@ -104,6 +122,22 @@ def roi_mask(rois: list[Roi], shape_hw: tuple[int, int], downsample: float) -> n
         fill=0,
         dtype="uint8",
     ).astype(bool)
+    if dimensions is None:
+        return mask
+    h, w = shape_hw
+    xs = (np.arange(w) + 0.5) * downsample
+    ys = (np.arange(h) + 0.5) * downsample
+    over_x = w > 0 and w * downsample > dimensions[0]
+    over_y = h > 0 and h * downsample > dimensions[1]
+    if over_x:
+        xs[-1] = ((w - 1) * downsample + min(w * downsample, dimensions[0])) / 2
+    if over_y:
+        ys[-1] = ((h - 1) * downsample + min(h * downsample, dimensions[1])) / 2
+    area = shapely.union_all([r.geometry for r in rois])
+    if over_x:
+        mask[:, -1] = shapely.contains_xy(area, np.full(h, xs[-1]), ys)
+    if over_y:
+        mask[-1, :] = shapely.contains_xy(area, xs, np.full(w, ys[-1]))
     return mask
 
 
@@ -111,11 +145,9 @@ def restrict_to_rois(
     tissue: TissueMask, rois: list[Roi], dimensions: tuple[int, int]
 ) -> TissueMask:
     """Tissue inside the regions only: the mask (what runs) and the polygons (what is drawn)."""
-    inside = roi_mask(rois, tissue.mask.shape, tissue.downsample)
+    inside = roi_mask(rois, tissue.mask.shape, tissue.downsample, dimensions)
     mask = tissue.mask & inside
-    area = shapely.intersection(
-        shapely.union_all([r.geometry for r in rois]), shapely.box(0, 0, *dimensions)
-    )
+    area = shapely.union_all([r.geometry for r in rois])  # already on the slide
     polygons = shapely.intersection(tissue.polygons, area)
     parts = [p for p in shapely.get_parts(polygons) if isinstance(p, Polygon) and p.area > 0]
     status = tissue.status if mask.any() or tissue.status == "fluorescence?" else "none"

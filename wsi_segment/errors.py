@@ -1,9 +1,9 @@
 """The one exception hierarchy of wsi-segment.
 
 Every expected failure (bad slide, bad model folder, bad option, bad dataset, unwritable
-output) is a `WsiSegmentError`. The CLI prints `error: <message>` and exits 1 for these and
-only these; anything else is a bug and keeps its traceback. Messages name the file and the
-fix. This module has no dependencies so every package may import it; it sits outside `wsi/`
+output) is a `WsiSegmentError`. The CLI prints `error: <message>` and exits 1 for these (2
+for a bad `--roi` file, a usage error) and only these; anything else is a bug and keeps its
+traceback. Messages name the file and the fix. This module has no dependencies so every package may import it; it sits outside `wsi/`
 and `models/`, which must not import each other.
 """
 
@@ -36,3 +36,8 @@ class ConfigError(WsiSegmentError):
 
 class OutputError(WsiSegmentError):
     """Outputs cannot be written (permissions, disk full, locked by another run)."""
+
+
+class RoiError(ConfigError):
+    """A `--roi` file is missing, unreadable, holds no area annotation, or has a region off
+    the slide. A usage error: the CLI exits 2 for it."""

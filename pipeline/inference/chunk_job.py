@@ -60,6 +60,9 @@ class SlideJob:
     # the level-0 label array (`outputs.label_image`): the class map written beside the
     # probabilities, block for block; "" writes none (benchmarks of the probabilities alone)
     labels_path: str = ""
+    # The slide's (width, height) in output px: class areas count only the part of the
+    # raster's last column and row on the slide (None: whole pixels).
+    slide_extent_out: tuple[float, float] | None = None
     _local: threading.local = field(default_factory=threading.local, repr=False)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -190,6 +193,7 @@ class SlideJob:
             self.n_classes,
             self.simplify_tolerance,
             self.keep_exact_polygons,
+            self.slide_extent_out,
         )
         outcome.bytes_from_model = block.bytes_from_model
         return outcome

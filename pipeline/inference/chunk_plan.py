@@ -15,7 +15,7 @@ from wsi_segment.models.meta import read_model_json
 from wsi_segment.pipeline.inference.chunk_job import fast_read_backend
 from wsi_segment.pipeline.inference.chunk_reader import ChunkReader
 from wsi_segment.pipeline.params import SegmentParams, plan_chunk_tiles
-from wsi_segment.wsi.roi import Roi, read_rois, restrict_to_rois
+from wsi_segment.wsi.roi import Roi, restrict_to_rois
 from wsi_segment.wsi.slide import Slide
 from wsi_segment.wsi.tiling import ChunkPlan, TileGrid, plan_chunks
 from wsi_segment.wsi.tissue import TissueMask, detect_tissue, whole_slide
@@ -31,14 +31,13 @@ def model_geometry(model_dir: Path) -> tuple[int, float] | None:
     return int(meta.tile_size), float(meta.mpp)
 
 
-def slide_tissue(slide: Slide, params: SegmentParams) -> tuple[TissueMask, list[Roi]]:
+def slide_tissue(slide: Slide, params: SegmentParams, rois: list[Roi]) -> TissueMask:
     """What runs: detected tissue (`--tissue auto`) or the whole slide (`all`), cut to the
-    `--roi` regions when given (their polygons are returned for the per-region report)."""
-    rois = read_rois(params.roi, slide.bounds_offset) if params.roi is not None else []
+    `--roi` regions when given (`wsi.roi.read_rois`, read before the model starts loading)."""
     tissue = whole_slide(slide) if params.tissue == "all" else detect_tissue(slide)
     if rois:
         tissue = restrict_to_rois(tissue, rois, slide.dimensions)
-    return tissue, rois
+    return tissue
 
 
 def plan_slide(

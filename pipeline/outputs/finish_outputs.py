@@ -8,6 +8,7 @@ this stage only unions them.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import sys
 import time
@@ -129,21 +130,23 @@ def write_outputs(
     colors: list[Color] = [(int(c[0]), int(c[1]), int(c[2])) for c in prep.meta.colors]
     k = len(classes)
     counts = np.zeros(k, np.int64)
+    area_px = np.zeros(k, np.float64)  # on the slide: see ChunkOutcome.areas
     prob_sums = np.zeros(k, np.float64)
     for outcome in outcomes:
         counts += outcome.counts
+        area_px += outcome.area_px()
         prob_sums += outcome.prob_sums
     px_area = prep.output_mpp[0] * prep.output_mpp[1]
-    labelled = int(counts.sum())
+    labelled = float(area_px.sum())
     areas = {
         name: {
-            "area_um2": float(counts[c] * px_area),
-            "fraction_of_tissue": float(counts[c] / labelled) if labelled else 0.0,
+            "area_um2": float(area_px[c] * px_area),
+            "fraction_of_tissue": float(area_px[c] / labelled) if labelled else 0.0,
             "mean_probability": float(prob_sums[c] / counts[c]) if counts[c] else 0.0,
         }
         for c, name in enumerate(classes)
     }
-    measurements = class_measurements(classes, counts, prob_sums, prep.output_mpp)
+    measurements = class_measurements(classes, counts, prob_sums, prep.output_mpp, area_px)
     measurements["Tissue"] = {"area_um2": float(labelled * px_area)}
     zarr_path = work_dir / "probabilities.ome.zarr"
     files = ["probabilities.ome.zarr", "tissue.geojson", "overlay.png", "summary.json"]
@@ -209,14 +212,15 @@ def _write_polygons(
         shapely.affinity.translate(prep.tissue.polygons, offset[0], offset[1]), extent
     )
     rois = [
-        Roi(r.name, shapely.affinity.translate(r.geometry, offset[0], offset[1])) for r in prep.rois
+        dataclasses.replace(r, geometry=shapely.affinity.translate(r.geometry, *offset))
+        for r in prep.rois
     ]
     report: list[dict[str, Any]] = []
     if rois:  # areas from the unsimplified polygons (exact to the label raster)
         merged = merge_class_polygons(_decode(o.exact_polygons) for o in outcomes)
         exact = {c: to_level0(g, scale, offset) for c, g in merged.items()}
         um2 = prep.mpp[0] * prep.mpp[1]
-        report = roi_class_areas(rois, exact, tissue_level0, classes, um2)
+        report = roi_class_areas(rois, exact, classes, um2)
         geoms_level0 = clip_to_rois(geoms_level0, rois)
     fc = build_feature_collection(
         geoms_level0, classes, colors, measurements, tissue_level0, id_prefix=prep.name

@@ -28,10 +28,13 @@ from wsi_segment.errors import ConfigError
 
 TISSUE_NAME = "Tissue"
 TISSUE_COLOR = (128, 128, 128)
-# Fixed namespace: the same slide stem + class gives the same feature id on every run, so
-# re-imports replace rather than duplicate when tools match on id.
+# Fixed namespace: the same slide stem + class gives the same feature id on every run, so a
+# script can find the objects of an earlier import by id (docs/qupath/wsi_segment_import.groovy
+# removes them first). QuPath's own import never replaces by id: when ids are already in the
+# image it asks whether to give the new objects new ids, and adds them either way.
 _ID_NAMESPACE = uuid.UUID("6f1d3c2e-5b7a-4e8f-9a0b-1c2d3e4f5a6b")
 Color = tuple[int, int, int]
+METADATA_KEY = "wsi_segment"  # properties.metadata key naming what made an object
 
 
 def _rgb(color: Sequence[int]) -> list[int]:
@@ -74,8 +77,12 @@ def make_feature(
     measurements: Mapping[str, float] | None = None,
     id_key: str | None = None,
     decimals: int | None = 3,
+    kind: str = "class",
 ) -> dict[str, Any]:
-    """One QuPath annotation feature; `id_key` makes the UUID deterministic."""
+    """One QuPath annotation feature; `id_key` makes the UUID deterministic. `kind` goes
+    into the object's metadata (`wsi_segment`: "class" for class polygons and the tissue
+    outline, "region" for a `--roi` region), which QuPath 0.5+ keeps on the object, so the
+    import script (docs/qupath/wsi_segment_import.groovy) tells them apart."""
     fid = uuid.uuid5(_ID_NAMESPACE, id_key) if id_key else uuid.uuid4()
     properties: dict[str, Any] = {
         "objectType": "annotation",
@@ -85,6 +92,7 @@ def make_feature(
     numbers = _numbers(measurements)
     if numbers:
         properties["measurements"] = numbers
+    properties["metadata"] = {METADATA_KEY: kind}
     return {
         "type": "Feature",
         "id": str(fid),

@@ -2,12 +2,14 @@
 QuPath annotation per region carrying those areas as measurements.
 
 Per-region areas intersect the unsimplified class polygons (exact to the label raster) with
-each region, so they do not depend on the simplification tolerance; regions may overlap,
-and then each reports its own areas.
+each region (already cut to the slide), so they do not depend on the simplification
+tolerance, and output pixels over the slide's edge count for their part on it, as in the
+slide's own areas; regions may overlap, and then each reports its own areas.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -33,12 +35,16 @@ def clip_to_rois(
 def roi_class_areas(
     rois: Sequence[Roi],
     class_geoms: Mapping[int, BaseGeometry],
-    tissue: BaseGeometry,
     classes: Sequence[str],
     um2_per_px: float,
 ) -> list[dict[str, Any]]:
-    """Per region: its area, the tissue in it, and each class's area and share of that
-    tissue (um^2; geometries in level-0 px, `um2_per_px` = mpp_x * mpp_y)."""
+    """Per region: its area on the slide, the tissue in it, and each class's area and share
+    of that tissue (um^2; geometries in level-0 px, `um2_per_px` = mpp_x * mpp_y).
+
+    The tissue of a region is what was labelled in it (the sum of its class areas), as the
+    slide's `Tissue` area is: so no class exceeds it, and a region covering the slide
+    reports the slide's areas.
+    """
     report = []
     for roi in rois:
         cls_um2 = {
@@ -47,13 +53,13 @@ def roi_class_areas(
             else 0.0
             for c, name in enumerate(classes)
         }
-        labelled = sum(cls_um2.values())
+        labelled = math.fsum(cls_um2.values())
         report.append(
             {
                 "name": roi.name,
+                **({"qupath_id": roi.qupath_id} if roi.qupath_id else {}),
                 "area_um2": float(roi.geometry.area) * um2_per_px,
-                "tissue_area_um2": float(shapely.intersection(tissue, roi.geometry).area)
-                * um2_per_px,
+                "tissue_area_um2": labelled,
                 "classes": {
                     name: {
                         "area_um2": a,
@@ -69,16 +75,27 @@ def roi_class_areas(
 def roi_features(
     rois: Sequence[Roi], report: Sequence[Mapping[str, Any]], id_prefix: str
 ) -> list[dict[str, Any]]:
-    """One annotation per region (class "ROI"), measurements = its class areas."""
+    """One annotation per region, measurements = its class areas. It keeps what QuPath
+    knows the region by: its id (so `docs/qupath/wsi_segment_import.groovy` can put the
+    measurements on the user's own object), its name and its classification; a region
+    without a class gets `ROI`, one from a file without ids a reproducible id."""
     features = []
     for i, (roi, rep) in enumerate(zip(rois, report, strict=True)):
         measurements = {"area_um2": rep["area_um2"], "Tissue area_um2": rep["tissue_area_um2"]}
         for name, values in rep["classes"].items():
             measurements[f"{name} area_um2"] = values["area_um2"]
             measurements[f"{name} fraction_of_tissue"] = values["fraction_of_tissue"]
+        cls = roi.classification
         feature = make_feature(
-            roi.geometry, ROI_CLASS, ROI_COLOR, measurements, f"{id_prefix}/roi/{i}"
+            roi.geometry,
+            cls["name"] if cls else ROI_CLASS,
+            (cls.get("color") or ROI_COLOR) if cls else ROI_COLOR,
+            measurements,
+            f"{id_prefix}/roi/{i}",
+            kind="region",
         )
+        if roi.qupath_id:
+            feature["id"] = roi.qupath_id
         feature["properties"]["name"] = roi.name
         features.append(feature)
     return features

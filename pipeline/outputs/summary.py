@@ -89,14 +89,18 @@ def class_measurements(
     counts: Sequence[int] | np.ndarray,
     prob_sums: Sequence[float] | np.ndarray,
     output_mpp: float | Sequence[float],
+    area_px: Sequence[float] | np.ndarray | None = None,
 ) -> dict[str, dict[str, float]]:
     """GeoJSON measurements per class: area in um^2 and mean probability (0-1) over the
     class's pixels; `prob_sums[k]` is the sum of class-k probability (0-1) over those pixels.
+    `area_px`: the class's output px^2 on the slide when they differ from `counts` (pixels
+    over the slide's edge count for their part on it).
     """
     mx, my = _mpp_pair(output_mpp)
+    sizes = counts if area_px is None else area_px
     out = {}
-    for name, n, s in zip(class_names, counts, prob_sums, strict=True):
-        m = {"area_um2": int(n) * mx * my}
+    for name, n, a, s in zip(class_names, counts, sizes, prob_sums, strict=True):
+        m = {"area_um2": (int(a) if area_px is None else float(a)) * mx * my}
         if n:
             m["mean_probability"] = float(s) / int(n)
         out[str(name)] = m

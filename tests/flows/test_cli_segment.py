@@ -88,3 +88,70 @@ def test_decoders_change_speed_not_results(tmp_path, tiny_model_dir):
         assert classes_a == classes_b and print_a == print_b
     again = run_cli(str(CMU_SLIDE), "--out", str(tmp_path / "0"), "--decoders", "2", *same)
     assert again.returncode == 0 and "up to date" in again.stdout
+
+
+def test_bad_roi_files_are_usage_errors(tmp_path):
+    """Missing, unreadable or region-less `--roi` files: one `error:` line naming the file,
+    exit 2, no traceback, nothing written; checked before the slide or the model loads (the
+    model folder here does not even exist)."""
+    from tests.wsi import qupath_exports as qp
+
+    cells = qp.export(
+        tmp_path / "cells.geojson", [qp.cell(1, 1, "c"), qp.line([(0, 0), (9, 9)], "l")]
+    )
+    (tmp_path / "bad.geojson").write_text("{not json")
+    out = tmp_path / "out"
+    for roi, words in [
+        (tmp_path / "missing.geojson", "ROI file not found"),
+        (tmp_path / "bad.geojson", "not valid JSON"),
+        (cells, "no area annotation to use as a region (it holds 1 cell, 1 line annotation)"),
+    ]:
+        for command in ([str(CMU_SLIDE)], ["batch", str(DATA_DIR)]):
+            run = run_cli(
+                *command, "--roi", str(roi), "--model", str(tmp_path / "none"), "--out", str(out)
+            )
+            assert run.returncode == 2, run.stderr
+            lines = [line for line in run.stderr.splitlines() if line.strip()]
+            assert len(lines) == 1 and lines[0].startswith(f"error: {roi}: "), run.stderr
+            assert words in lines[0] and "Traceback" not in run.stderr
+    assert not out.exists()
+
+
+def test_region_off_the_slide_exits_2_and_skipped_objects_warn_once(tmp_path, tiny_model_dir):
+    from tests.wsi import qupath_exports as qp
+
+    off = qp.export(tmp_path / "off.zip", [qp.annotation(qp.rect(9000, 0, 9500, 400), "o")])
+    run = run_cli(
+        str(CMU_SLIDE),
+        "--roi",
+        str(off),
+        "--model",
+        str(tiny_model_dir),
+        "--out",
+        str(tmp_path / "o"),
+    )
+    assert run.returncode == 2
+    lines = [line for line in run.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "lies wholly off the slide" in lines[0]
+    mixed = [qp.annotation(qp.rect(700, 900, 900, 1100), "r", name="r")]
+    mixed += [qp.cell(710 + 12 * i, 910, f"c{i}") for i in range(5)] + [
+        qp.points([(720, 950)], "p")
+    ]
+    roi = qp.gzipped(tmp_path / "mixed.geojson.gz", mixed)
+    done = run_cli(
+        str(CMU_SLIDE),
+        "--roi",
+        str(roi),
+        "--model",
+        str(tiny_model_dir),
+        "--out",
+        str(tmp_path / "m"),
+        "--quiet",
+    )
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert lines == [
+        f"warning: {roi}: skipped 5 cells, 1 point annotation (not area annotations); 1 region used"
+    ]
+    summary = json.loads((tmp_path / "m" / "CMU-1-Small-Region" / "summary.json").read_text())
+    assert [r["name"] for r in summary["rois"]] == ["r"]

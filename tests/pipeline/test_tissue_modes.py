@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
@@ -12,8 +13,9 @@ import shapely
 from shapely.geometry import shape
 
 from tests.conftest import CMU_SLIDE, LUAD_CLASSES
+from tests.wsi import qupath_exports as qp
 from tests.wsi.test_tissue import write_slide
-from wsi_segment.errors import ConfigError, OutputError
+from wsi_segment.errors import ConfigError, OutputError, RoiError
 from wsi_segment.pipeline.batch_report import batch_rows
 from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.pipeline.segment import segment_slide
@@ -91,35 +93,23 @@ def test_tissue_all_runs_the_whole_slide(tmp_path, tiny_model_dir, blank_slide):
         segment_slide(blank_slide, tmp_path, SegmentParams(model_dir=tiny_model_dir))
 
 
-def qupath_rois(path, offset=(0, 0)):
-    """Two rectangles drawn in QuPath over CMU tissue, and a named polygon."""
-
-    def rect(x0, y0, x1, y1):
-        return [[[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]]
-
-    features = [
-        {
-            "type": "Feature",
-            "geometry": {"type": "Polygon", "coordinates": rect(700, 900, 1500, 1700)},
-            "properties": {"objectType": "annotation", "name": "upper"},
-        },
-        {
-            "type": "Feature",
-            "geometry": {"type": "Polygon", "coordinates": rect(300, 2200, 1300, 2900)},
-            "properties": {
-                "objectType": "annotation",
-                "classification": {"name": "Region*", "color": [0, 0, 180]},
-            },
-        },
+def qupath_rois(path):
+    """Two rectangles drawn in QuPath over CMU tissue, exported with "All objects": one
+    named, one classified, and cells and a point annotation that are not regions."""
+    objects = [
+        qp.annotation(qp.rect(700, 900, 1500, 1700), "upper", name="upper"),
+        qp.annotation(qp.rect(300, 2200, 1300, 2900), "lower", cls="Region*", color=(0, 0, 180)),
+        qp.cell(800, 1000, "cell-1"),
+        qp.cell(820, 1000, "cell-2"),
+        qp.points([(900, 1100)], "point"),
     ]
-    path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
-    return path
+    return qp.export(path, objects), objects
 
 
 @pytest.fixture(scope="module")
 def roi_run(tmp_path_factory, tiny_model_dir):
     tmp = tmp_path_factory.mktemp("roi")
-    roi = qupath_rois(tmp / "cmu.geojson")
+    roi, _ = qupath_rois(tmp / "cmu.geojson")
     params = SegmentParams(model_dir=tiny_model_dir, roi=roi)
     return segment_slide(CMU_SLIDE, tmp / "out", params), roi
 
@@ -138,19 +128,32 @@ def test_roi_clips_outputs_and_reports_per_region(roi_run):
     for name in [*LUAD_CLASSES, "Tissue"]:
         for f in by_class.get(name, []):
             assert shape(f["geometry"]).difference(regions).area < 1e-6
-    rois = by_class["ROI"]
+    # each region comes back with its QuPath id, name and class ("ROI" when it had none)
+    _, objects = qupath_rois(result.out_dir.parent.parent / "again.geojson")
+    rois = [f for f in fc["features"] if f["id"] in (objects[0]["id"], objects[1]["id"])]
+    assert [f["id"] for f in rois] == [objects[0]["id"], objects[1]["id"]]
     assert [f["properties"]["name"] for f in rois] == ["upper", "Region*"]
+    assert [f["properties"]["classification"] for f in rois] == [
+        {"name": "ROI", "color": [255, 200, 0]},
+        {"name": "Region*", "color": [0, 0, 180]},
+    ]
+    assert len(by_class["ROI"]) == 1 and len(by_class["Region*"]) == 1  # no cell came back
     report = summary["rois"]
     assert [r["name"] for r in report] == ["upper", "Region*"]
+    assert [r["qupath_id"] for r in report] == [objects[0]["id"], objects[1]["id"]]
     um2 = 0.499 * 0.499
     assert report[0]["area_um2"] == pytest.approx(800 * 800 * um2)
     for f, r in zip(rois, report, strict=True):
         m = f["properties"]["measurements"]
         for name in LUAD_CLASSES:
             assert m[f"{name} area_um2"] == pytest.approx(r["classes"][name]["area_um2"])
-        # class areas add up to the tissue in the region (classes tile the tissue)
-        assert sum(c["area_um2"] for c in r["classes"].values()) == pytest.approx(
-            r["tissue_area_um2"], rel=0.02
+            # no class exceeds the tissue of its region
+            assert r["classes"][name]["area_um2"] <= r["tissue_area_um2"]
+        # the tissue of a region is what was labelled in it: its classes add up to it
+        total = math.fsum(c["area_um2"] for c in r["classes"].values())
+        assert total == pytest.approx(r["tissue_area_um2"], rel=1e-12)
+        assert math.fsum(c["fraction_of_tissue"] for c in r["classes"].values()) == (
+            pytest.approx(1.0, rel=1e-12)
         )
     # the regions do not overlap: per-region areas add up to the slide's class areas, up to
     # the output pixels the region edges cut (perimeter x one output pixel of 16 level-0 px)
@@ -174,14 +177,37 @@ def test_roi_is_part_of_the_fingerprint(roi_run, tiny_model_dir):
         segment_slide(CMU_SLIDE, out, params)
 
 
-def test_bad_roi_file_is_a_clear_error(tmp_path, tiny_model_dir):
-    bad = tmp_path / "points.geojson"
-    bad.write_text(
-        json.dumps({"type": "Feature", "geometry": {"type": "Point", "coordinates": [1, 2]}})
+def test_bad_roi_file_is_refused_before_the_model_loads(tmp_path, tiny_model_dir):
+    """A file of cells and points, and one whose region lies off the slide: one RoiError
+    each, raised before the model starts loading (torch never imported), nothing written."""
+    cells = qp.export(tmp_path / "cells.geojson", [qp.cell(5, 5, "c"), qp.points([(1, 2)], "p")])
+    off = qp.export(tmp_path / "off.geojson", [qp.annotation(qp.rect(5000, 0, 6000, 90), "o")])
+    code = f"""
+import sys
+from wsi_segment.errors import RoiError
+from wsi_segment.pipeline.params import SegmentParams
+from wsi_segment.pipeline.segment import segment_slide
+for roi in sys.argv[1:]:
+    try:
+        segment_slide({str(CMU_SLIDE)!r}, {str(tmp_path / "out")!r},
+                      SegmentParams(model_dir={str(tiny_model_dir)!r}, roi=roi))
+    except RoiError as exc:
+        print(type(exc).__name__, str(exc))
+print("torch" in sys.modules)
+"""
+    run = subprocess.run(
+        [sys.executable, "-c", code, str(cells), str(off)],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
-    with pytest.raises(ConfigError, match=r"points\.geojson: feature 1 is a Point"):
-        segment_slide(CMU_SLIDE, tmp_path / "out", SegmentParams(model_dir=tiny_model_dir, roi=bad))
+    lines = run.stdout.splitlines()
+    assert run.returncode == 0, run.stderr
+    assert lines[0].startswith(f"RoiError {cells}: no area annotation to use as a region")
+    assert lines[1].startswith(f"RoiError {off}: region 'ROI 1' lies wholly off the slide")
+    assert lines[2] == "False"
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    assert issubclass(RoiError, ConfigError)
 
 
 def test_unknown_tissue_mode_is_refused():
@@ -228,3 +254,38 @@ def test_roi_class_areas_are_exact_to_the_label_raster(roi_run):
             maybe = (probs[k] == top) & ~clear & (top > 0)
             high = low + float(wy @ maybe @ wx) * um2
             assert low - 1e-6 <= report["classes"][name]["area_um2"] <= high + 1e-6
+
+
+@pytest.fixture(scope="module")
+def odd_slide(tmp_path_factory):
+    """642 x 515 px at 2 um/px: with the tiny model (2 um/px, output downsample 4) the output
+    raster is 161 x 129 px, its last column and row hanging 0.5 and 0.25 px over the edge."""
+    rng = np.random.default_rng(1)
+    img = np.clip(rng.normal(200, 30, (515, 642, 3)), 0, 255).astype(np.uint8)
+    return write_slide(tmp_path_factory.mktemp("odd") / "odd.tif", img, mpp=2.0)
+
+
+def test_one_region_covering_the_slide_reports_the_slide_areas(tmp_path, tiny_model_dir, odd_slide):
+    """A region drawn over the whole image (and past it) is cut to the slide; its class areas
+    are the slide's, which count the output pixels over the slide's edge for their part on
+    it only: with `--tissue all` the labelled area is the slide's area exactly. The run is
+    the one without `--roi`."""
+    roi = qp.export(tmp_path / "all.geojson", [qp.annotation(qp.rect(-50, -50, 700, 600), "a")])
+    params = dict(model_dir=tiny_model_dir, tissue="all", precision="fp32", device="cpu")
+    with_roi = summary_of(
+        segment_slide(odd_slide, tmp_path / "a", SegmentParams(**params, roi=roi))
+    )
+    plain = summary_of(segment_slide(odd_slide, tmp_path / "b", SegmentParams(**params)))
+    region = with_roi["rois"][0]
+    slide_um2 = 642 * 515 * 4.0
+    assert region["area_um2"] == pytest.approx(slide_um2, rel=1e-12)
+    assert with_roi["tissue"]["area_um2"] == pytest.approx(slide_um2, rel=1e-12)
+    assert region["tissue_area_um2"] == pytest.approx(slide_um2, rel=1e-12)
+    assert with_roi["classes"] == plain["classes"]
+    for name in LUAD_CLASSES:
+        whole = with_roi["classes"][name]
+        assert region["classes"][name]["area_um2"] == pytest.approx(whole["area_um2"], rel=1e-12)
+        assert region["classes"][name]["fraction_of_tissue"] == pytest.approx(
+            whole["fraction_of_tissue"], rel=1e-12
+        )
+    assert sum(c["area_um2"] > 0 for c in plain["classes"].values()) >= 1

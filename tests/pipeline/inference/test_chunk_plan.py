@@ -29,7 +29,7 @@ model_dir = Path(sys.argv[2])
 read_model_json(model_dir)
 params = SegmentParams(model_dir=model_dir, device="cpu", precision="fp32")
 with open_slide(sys.argv[1]) as slide:
-    tissue, _ = slide_tissue(slide, params)
+    tissue = slide_tissue(slide, params, [])
     geometry = model_geometry(model_dir)
     grid, planned = plan_slide(slide, slide.require_mpp(), geometry, params, tissue)
 print(json.dumps({"geometry": geometry, "tiles": planned.tiles,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import shapely
 from PIL import Image
 
@@ -47,3 +48,27 @@ def test_writer_simplifies_and_keeps_exact_polygons_only_when_asked():
     assert _area(roi.exact_polygons) == {c: float(counts[c]) for c in exact}
     zero = summarise_block(spec, 1, labels, probs, K, tolerance=0.0, keep_exact=True)
     assert zero.polygons == zero.exact_polygons == exact
+
+
+def test_areas_count_only_the_part_of_edge_pixels_on_the_slide():
+    """The slide ends 0.5 output px into the block's last column and 0.25 px into its last
+    row: those pixels count for that part, the exact polygons cut to the slide agree, and a
+    block wholly on the slide reports its counts."""
+    spec, labels, probs = _mask_block()
+    x1, y1 = spec.out_box[2], spec.out_box[3]
+    extent = (x1 - 0.5, y1 - 0.75)
+    out = summarise_block(spec, 1, labels, probs, K, keep_exact=True, extent=extent)
+    counts = np.bincount(labels.ravel(), minlength=256)[:K].astype(float)
+    last_col = np.bincount(labels[:-1, -1], minlength=256)[:K]
+    last_row = np.bincount(labels[-1, :-1], minlength=256)[:K]
+    corner = np.bincount(labels[-1:, -1], minlength=256)[:K]
+    want = counts - 0.5 * last_col - 0.75 * last_row - (1 - 0.5 * 0.25) * corner
+    np.testing.assert_allclose(out.area_px(), want, rtol=0, atol=1e-9)
+    slide = shapely.box(0, 0, *extent)
+    for c, ws in out.exact_polygons.items():
+        cut = float(
+            shapely.area(shapely.intersection(shapely.union_all(shapely.from_wkb(ws)), slide))
+        )
+        assert cut == pytest.approx(out.area_px()[c], rel=1e-12)
+    inside = summarise_block(spec, 1, labels, probs, K, extent=(x1 + 3.0, y1))
+    assert inside.areas is None and np.array_equal(inside.area_px(), counts)

@@ -1,0 +1,84 @@
+"""pipeline.outputs.roi_outputs: per-region areas and the features that carry them back to
+the user's own QuPath objects."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import pytest
+import shapely
+
+from tests.wsi import qupath_exports as qp
+from wsi_segment.pipeline.outputs.geojson import METADATA_KEY
+from wsi_segment.pipeline.outputs.roi_outputs import roi_class_areas, roi_features
+from wsi_segment.wsi.roi import read_rois
+
+SCRIPT = Path(__file__).resolve().parents[3] / "docs" / "qupath" / "wsi_segment_import.groovy"
+
+
+@pytest.fixture
+def rois(tmp_path):
+    objects = [
+        qp.annotation(qp.rect(0, 0, 100, 100), "tumour", name="T1", cls="Tumor", color=(200, 0, 0)),
+        qp.annotation(qp.rect(100, 0, 200, 100), "plain"),
+    ]
+    return read_rois(qp.export(tmp_path / "r.geojson", objects), (1000, 1000)), objects
+
+
+def test_regions_keep_their_qupath_id_class_and_name(rois):
+    regions, objects = rois
+    report = roi_class_areas(regions, {0: shapely.box(0, 0, 150, 50)}, ["TE", "NEC"], 0.25)
+    feats = roi_features(regions, report, "slide")
+    assert [f["id"] for f in feats] == [objects[0]["id"], objects[1]["id"]]
+    props = [f["properties"] for f in feats]
+    assert [p["name"] for p in props] == ["T1", "ROI 2"]
+    assert [p["classification"] for p in props] == [
+        {"name": "Tumor", "color": [200, 0, 0]},
+        {"name": "ROI", "color": [255, 200, 0]},
+    ]
+    assert all(p["metadata"] == {METADATA_KEY: "region"} for p in props)
+    assert props[0]["measurements"] == {
+        "area_um2": 2500.0,
+        "Tissue area_um2": 1250.0,
+        "TE area_um2": 1250.0,
+        "TE fraction_of_tissue": 1.0,
+        "NEC area_um2": 0.0,
+        "NEC fraction_of_tissue": 0.0,
+    }
+    assert [r["qupath_id"] for r in report] == [objects[0]["id"], objects[1]["id"]]
+
+
+def test_a_region_from_a_file_without_ids_gets_a_reproducible_one(tmp_path):
+    path = qp.export(tmp_path / "old.geojson", [qp.legacy_02(qp.rect(0, 0, 10, 10))])
+    regions = read_rois(path, (100, 100))
+    report = roi_class_areas(regions, {}, ["TE"], 1.0)
+    a, b = roi_features(regions, report, "s"), roi_features(regions, report, "s")
+    assert a[0]["id"] == b[0]["id"] and "qupath_id" not in report[0]
+
+
+def test_tissue_of_a_region_is_what_was_labelled_in_it(rois):
+    """Classes tile the labelled pixels; a region's tissue is their sum, so no class exceeds
+    it and the fractions add up to 1."""
+    regions, _ = rois
+    geoms = {0: shapely.box(0, 0, 130, 40), 1: shapely.box(0, 40, 130, 70)}
+    report = roi_class_areas(regions, geoms, ["TE", "NEC"], 1.0)
+    assert [r["tissue_area_um2"] for r in report] == [7000.0, 2100.0]
+    for r in report:
+        areas = [c["area_um2"] for c in r["classes"].values()]
+        assert math.fsum(areas) == r["tissue_area_um2"]
+        assert all(a <= r["tissue_area_um2"] for a in areas)
+
+
+def test_the_import_script_reads_what_the_outputs_write():
+    """The QuPath script matches on what roi_features and make_feature write: the metadata
+    key and kind, the file name, and the object id (PathIO keeps a Feature's `id`)."""
+    text = SCRIPT.read_text()
+    assert f"getMetadata().get('{METADATA_KEY}')" in text
+    assert "kind == 'region'" in text and "'tissue.geojson'" in text
+    assert "PathIO.readObjects(" in text and "obj.getID()" in text
+    # QuPath's scripting API the script relies on (0.5 and 0.6)
+    for call in ("removeObjects(", "addObjects(", "fireHierarchyUpdate()", "putAll("):
+        assert call in text
+    assert re.search(r"def OUT = '[^']+'", text)

@@ -1,0 +1,306 @@
+"""QuPath object exports read as QuPath's own importer reads them: which objects are regions.
+
+QuPath writes objects (*File > Export objects as GeoJSON*, or `exportObjectsToGeoJson` in a
+script) as a FeatureCollection, a bare array of Features (the dialog's "Export as
+FeatureCollection" off), or one Feature. Its "Compression" choice (0.5, 0.6; a checkbox for
+zip in 0.4) writes a `.zip` holding one `<name>.geojson` entry, or a gzipped `.geojson.gz`;
+QuPath's importer (`PathIO.readObjects`) reads every `.geojson`, `.json` (or gzipped) entry of
+a zip. This module reads the same, telling gzip and zip by their first bytes.
+
+The object type is `properties.objectType` (QuPath 0.4+), else `object_type` or `type` (older
+files and other tools), else the feature `id` of QuPath 0.2 (`PathAnnotationObject`, ...);
+a feature without any is an annotation, as QuPath imports it. Regions are annotations with
+an area (Polygon / MultiPolygon) and TMA cores that are not marked missing (a core is an area
+a pathologist placed to be measured on its own). Detections, cells, tiles, point and line
+annotations, and missing cores are not regions: they are counted, never guessed at.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import uuid
+import zipfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from wsi_segment.errors import RoiError
+
+_POLYGONAL = ("Polygon", "MultiPolygon")
+_GEOMETRIES = ("Point", "MultiPoint", "LineString", "MultiLineString", *_POLYGONAL)
+# QuPath 0.2 stored the object type in the feature id
+_LEGACY_TYPES = {
+    "PathAnnotationObject": "annotation",
+    "PathDetectionObject": "detection",
+    "PathCellObject": "cell",
+    "PathTileObject": "tile",
+    "TMACoreObject": "tmaCore",
+    "PathRootObject": "root",
+}
+_TYPES = {"tma_core": "tmaCore", **{v: v for v in _LEGACY_TYPES.values()}}
+_ZIP_ENTRIES = (".geojson", ".json", ".geojson.gz", ".json.gz")
+FIX = (
+    "draw the regions in QuPath with the rectangle, ellipse, polygon or brush tool and "
+    "export them with File > Export objects as GeoJSON"
+)
+
+
+@dataclass(frozen=True)
+class RegionFeature:
+    """One region as QuPath exported it (coordinates still in QuPath's image frame)."""
+
+    index: int  # 1-based position among the file's objects, for messages
+    geometry: dict[str, Any]  # GeoJSON Polygon / MultiPolygon
+    name: str | None  # the object's name in QuPath
+    classification: dict[str, Any] | None  # {"name": str, "color": [r, g, b]} when it has one
+    qupath_id: str | None  # the object's UUID in QuPath (0.4+), None before
+    object_type: str  # "annotation" or "tmaCore"
+
+
+@dataclass
+class RoiFile:
+    """The regions of an export and what was skipped (`kind` -> count)."""
+
+    path: Path
+    regions: list[RegionFeature]
+    skipped: Counter[str] = field(default_factory=Counter)
+
+    def warning(self) -> str | None:
+        """One line counting the objects that are not regions (None when all were)."""
+        if not self.skipped:
+            return None
+        n = len(self.regions)
+        return (
+            f"{self.path}: skipped {describe(self.skipped)} (not area annotations); "
+            f"{n} region{'s' if n != 1 else ''} used"
+        )
+
+
+def describe(counts: Counter[str]) -> str:
+    """'2,000 cells, 1 point annotation' in a fixed order (most first, then by name)."""
+    items = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    return ", ".join(f"{n:,} {_plural(kind, n)}" for kind, n in items)
+
+
+_PLURALS = {"object without geometry": "objects without geometry", "root": "root objects"}
+
+
+def _plural(kind: str, n: int) -> str:
+    return kind if n == 1 else _PLURALS.get(kind, f"{kind}s")
+
+
+def read_roi_file(path: str | Path) -> RoiFile:
+    """The regions of a QuPath export (`.geojson`, `.json`, `.zip`, `.gz`).
+
+    Raises `RoiError` naming the file and the fix when it is missing, unreadable, not
+    GeoJSON, or holds no area annotation.
+    """
+    path = Path(path)
+    docs = [_parse(path, name, text) for name, text in _texts(path)]
+    features: list[dict[str, Any]] = []
+    for doc in docs:
+        found = _features(doc)
+        if found is None:
+            raise RoiError(
+                f"{path}: not QuPath GeoJSON (expected a FeatureCollection, a list of "
+                f"Features, a Feature or a geometry); {FIX}"
+            )
+        features.extend(found)
+    result = RoiFile(path, [])
+    for i, feature in enumerate(features, start=1):
+        region, skip = _classify(path, feature, i)
+        if region is not None:
+            result.regions.append(region)
+        else:
+            result.skipped[skip] += 1
+    if not result.regions:
+        what = f"it holds {describe(result.skipped)}" if result.skipped else "it holds no objects"
+        raise RoiError(f"{path}: no area annotation to use as a region ({what}); {FIX}")
+    return result
+
+
+def _texts(path: Path) -> list[tuple[str, str]]:
+    """(entry name, text) of the file, or of each GeoJSON entry of a zip."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise RoiError(f"{path}: ROI file not found; check the --roi path") from None
+    except IsADirectoryError:
+        raise RoiError(
+            f"{path}: is a folder; --roi takes a GeoJSON file exported by QuPath"
+        ) from None
+    except OSError as exc:
+        raise RoiError(f"{path}: cannot read the ROI file ({exc.strerror})") from None
+    data = _gunzip(path, data)
+    if data[:4] == b"PK\x03\x04":
+        return _zip_texts(path, data)
+    return [(path.name, _decode(path, path.name, data))]
+
+
+def _gunzip(path: Path, data: bytes) -> bytes:
+    """The data, decompressed when it is gzip (QuPath's "Compression: gzip")."""
+    if data[:2] != b"\x1f\x8b":
+        return data
+    try:
+        return gzip.decompress(data)
+    except (OSError, EOFError) as exc:
+        raise RoiError(f"{path}: broken gzip file ({exc}); export it again") from None
+
+
+def _zip_texts(path: Path, data: bytes) -> list[tuple[str, str]]:
+    """Every `.geojson` / `.json` entry (gzipped or not), in name order (QuPath reads each
+    one it can)."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            names = sorted(
+                i.filename
+                for i in zf.infolist()
+                if not i.is_dir() and i.filename.lower().endswith(_ZIP_ENTRIES)
+            )
+            if not names:
+                raise RoiError(
+                    f"{path}: the zip holds no .geojson entry; export with File > Export "
+                    "objects as GeoJSON (with or without 'Compress data (zip)')"
+                )
+            return [(n, _decode(path, n, _gunzip(path, zf.read(n)))) for n in names]
+    except (zipfile.BadZipFile, EOFError, OSError) as exc:
+        raise RoiError(f"{path}: broken zip file ({exc}); export it again") from None
+
+
+def _decode(path: Path, entry: str, data: bytes) -> str:
+    where = path.name if entry == path.name else f"{path.name}:{entry}"
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise RoiError(
+            f"{path}: {where} is not UTF-8 text, so not a GeoJSON export; {FIX}"
+        ) from None
+
+
+def _parse(path: Path, entry: str, text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        where = "" if entry == path.name else f" (entry {entry})"
+        raise RoiError(f"{path}: not valid JSON{where} ({exc}); {FIX}") from None
+
+
+def _features(doc: Any) -> list[dict[str, Any]] | None:
+    """Features as `PathIO.readObjectsFromGeoJSON` finds them; None if there are none to find."""
+    if isinstance(doc, list):
+        out: list[dict[str, Any]] = []
+        for item in doc:
+            out.extend(_features(item) or [])
+        return out
+    if not isinstance(doc, dict):
+        return None
+    kind = doc.get("type")
+    if kind == "FeatureCollection":
+        feats = doc.get("features")
+        return [f for f in feats if isinstance(f, dict)] if isinstance(feats, list) else []
+    if kind == "Feature":
+        return [doc]
+    if kind in _GEOMETRIES or kind == "GeometryCollection":
+        return [{"type": "Feature", "geometry": doc, "properties": {}}]
+    return None
+
+
+def object_type(feature: dict[str, Any]) -> str:
+    """QuPath's object type of a feature ("annotation" when it names none, as QuPath reads it)."""
+    props = feature.get("properties")
+    props = props if isinstance(props, dict) else {}
+    for key in ("objectType", "object_type", "type"):
+        value = props.get(key)
+        if isinstance(value, str):
+            return _TYPES.get(value, "annotation")  # QuPath makes unknown types annotations
+    legacy = feature.get("id")
+    if isinstance(legacy, str) and legacy in _LEGACY_TYPES:
+        return _LEGACY_TYPES[legacy]
+    return "annotation"
+
+
+def _classify(path: Path, feature: dict[str, Any], index: int) -> tuple[RegionFeature | None, str]:
+    """A region, or (None, what to count it as)."""
+    kind = object_type(feature)
+    props = feature.get("properties")
+    props = props if isinstance(props, dict) else {}
+    if kind in ("detection", "cell", "tile", "root"):
+        return None, kind
+    if kind == "tmaCore" and props.get("isMissing") is True:
+        return None, "missing TMA core"
+    geometry = _polygonal(feature.get("geometry"))
+    if isinstance(geometry, str):
+        return None, geometry
+    name = props.get("name")
+    return (
+        RegionFeature(
+            index=index,
+            geometry=geometry,
+            name=str(name) if isinstance(name, str) and name else None,
+            classification=_classification(props.get("classification")),
+            qupath_id=_uuid(feature.get("id")),
+            object_type=kind,
+        ),
+        "",
+    )
+
+
+def _polygonal(geometry: Any) -> dict[str, Any] | str:
+    """The polygonal geometry, or what to count a feature without one as."""
+    if not isinstance(geometry, dict):
+        return "object without geometry"
+    kind = geometry.get("type")
+    if kind in _POLYGONAL:
+        return geometry
+    if kind in ("Point", "MultiPoint"):
+        return "point annotation"
+    if kind in ("LineString", "MultiLineString"):
+        return "line annotation"
+    if kind == "GeometryCollection":  # QuPath keeps the polygons of a mixed collection
+        members = geometry.get("geometries")
+        polys = [g for g in members or [] if isinstance(g, dict) and g.get("type") in _POLYGONAL]
+        if polys:
+            coords = [
+                c
+                for g in polys
+                for c in (g["coordinates"] if g["type"] == "MultiPolygon" else [g["coordinates"]])
+            ]
+            return {"type": "MultiPolygon", "coordinates": coords}
+        return "line annotation" if members else "object without geometry"
+    return "object without geometry"
+
+
+def _classification(value: Any) -> dict[str, Any] | None:
+    """{"name", "color"} from QuPath's forms: {"name", "color"}, {"names": [...], "color"}
+    (derived classes, 0.5+) or {"name", "colorRGB": packed int} (0.2-0.3)."""
+    if isinstance(value, str) and value:
+        return {"name": value, "color": None}
+    if not isinstance(value, dict):
+        return None
+    name = value.get("name")
+    names = value.get("names")
+    if not (isinstance(name, str) and name) and isinstance(names, list) and names:
+        name = ": ".join(str(n) for n in names)
+    if not (isinstance(name, str) and name):
+        return None
+    color = value.get("color")
+    rgb: list[int] | None = None
+    if isinstance(color, list) and len(color) == 3 and all(isinstance(c, int) for c in color):
+        rgb = [int(c) for c in color]
+    elif isinstance(value.get("colorRGB"), int):
+        packed = int(value["colorRGB"])
+        rgb = [(packed >> 16) & 255, (packed >> 8) & 255, packed & 255]
+    return {"name": name, "color": rgb}
+
+
+def _uuid(value: Any) -> str | None:
+    """QuPath's object id when it is one (0.4+ writes a UUID; 0.2 wrote the class name)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        return None
