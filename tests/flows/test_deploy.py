@@ -61,6 +61,11 @@ def test_local_deployment_needs_neither_docker_nor_dask() -> None:
     assert f"WORKDIR {directory}" in (DEPLOY / "Dockerfile").read_text()
     for name in ("input", "out"):
         assert compose["parameters"][name].startswith("/data/")
+    # one deployment per machine: the docs deploy by name, never both with --all
+    for path in (REPO / "README.md", REPO / "docs" / "deploy.md", DEPLOY / "docker-compose.yml"):
+        text = path.read_text()
+        assert "deploy/prefect.yaml --all" not in text, path
+        assert "--name nightly" in text, path
 
 
 def test_compose_worker_and_docs_name_the_server_service() -> None:
