@@ -30,9 +30,16 @@ from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
 from wsi_segment.errors import ConfigError, WsiSegmentError  # noqa: E402
 from wsi_segment.flows.dask_cluster import dask_client, gpu_count  # noqa: E402
+from wsi_segment.flows.run_log import pipeline_warnings_to_run_log  # noqa: E402
+from wsi_segment.flows.run_origin import flow_run_origin  # noqa: E402
 from wsi_segment.flows.slide_flow import make_params, run_slide_stages  # noqa: E402
 from wsi_segment.pipeline.batch_inputs import BatchItem, params_for, parse_batch_input  # noqa: E402
-from wsi_segment.pipeline.batch_report import batch_rows, counts, markdown_table  # noqa: E402
+from wsi_segment.pipeline.batch_report import (  # noqa: E402
+    batch_rows,
+    counts,
+    failure_message,
+    markdown_table,
+)
 from wsi_segment.pipeline.params import (  # noqa: E402
     SegmentParams,
     gpu_expected,
@@ -131,12 +138,12 @@ def segment_batch(
         raise ConfigError(f"concurrency must be >= 1 (got {concurrency})")
     logger = get_run_logger()
     items = parse_batch_input(input)
-    params = make_params(model_dir, options)
+    params = make_params(model_dir, options, origin=flow_run_origin())
     logger.info("%d slide(s) from %s -> %s", len(items), input, out)
     in_process = chunks_in_process(dask_address, workers, params.device)
     if in_process:
         params = slide_params(params, min(concurrency, max(1, len(items))))
-    with _dask_context(dask_address, workers, in_process) as client:
+    with pipeline_warnings_to_run_log(), _dask_context(dask_address, workers, in_process) as client:
         address = client.scheduler.address if client is not None else None
         pool: ThreadPoolTaskRunner[SlideResult] = ThreadPoolTaskRunner(max_workers=concurrency)
         with pool as runner:
@@ -158,7 +165,7 @@ def segment_batch(
     )
     failed = [r for r in results if r.status == "failed"]
     for r in failed:
-        logger.error("failed: %s: %s", r.slide, r.error)
+        logger.error("failed: %s", failure_message(r))
     logger.info("batch done: %s", tally)
     if failed:
         raise BatchFailedError(f"{len(failed)} of {len(results)} slide(s) failed", results)

@@ -17,7 +17,7 @@ from wsi_segment.flows.cli_segment import (
     check_roi_file,
     params_from_args,
     positive_int,
-    warn_tissue,
+    print_warnings,
 )
 
 
@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     except BatchFailedError as exc:
         results, code = exc.results, 1
     for result in results:
-        warn_tissue(result.slide, result.summary or {})
+        print_warnings(result)
     print(markdown_table(batch_rows(results)))
     tally = counts(results)
     print(", ".join(f"{n} {status}" for status, n in tally.items()), file=sys.stderr)

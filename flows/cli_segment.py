@@ -11,14 +11,18 @@ from __future__ import annotations
 import argparse
 import gc
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from wsi_segment.errors import RoiError, WsiSegmentError
 from wsi_segment.pipeline.params import BACKENDS, READ_DEVICES, SegmentParams
 from wsi_segment.pipeline.progress import BarProgress
+from wsi_segment.pipeline.run_warnings import slide_warnings
 from wsi_segment.wsi.mpp import mpp_problem
+
+if TYPE_CHECKING:
+    from wsi_segment.pipeline.segment import SlideResult
 
 
 def positive_int(low: int, high: int) -> Callable[[str], int]:
@@ -215,20 +219,11 @@ def check_roi_file(roi: Path | None) -> bool:
     return True
 
 
-def warn_tissue(slide: str, summary: Mapping[str, Any]) -> None:
-    """A `warning:` line when the slide gave no tissue or looks like fluorescence (the run
-    still succeeds: an empty result is a result)."""
-    warning = (summary.get("tissue") or {}).get("warning")
-    if warning:
-        print(f"warning: {slide}: {warning}", file=sys.stderr)
-
-
-def warn_read_device(slide: str, params: SegmentParams, summary: Mapping[str, Any]) -> None:
-    """A `warning:` line when `--read-device gpu` could not read this slide on the device."""
-    run = summary.get("run_stats") or {}
-    if params.read_device == "gpu" and run.get("read_device") == "cpu":
-        reason = run.get("read_device_reason", "")
-        print(f"warning: {slide}: --read-device gpu: {reason}; read on the CPU", file=sys.stderr)
+def print_warnings(result: SlideResult) -> None:
+    """A `warning:` line per warning of the run (`pipeline.run_warnings`; the run still
+    succeeds: an empty result is a result)."""
+    for warning in slide_warnings(result):
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -264,10 +259,9 @@ def run(args: argparse.Namespace) -> int:
             failed += 1
             usage += isinstance(exc, RoiError)  # its regions are off this slide
             continue
-        warn_tissue(slide, result.summary)
+        print_warnings(result)
         if result.status == "up-to-date":
             print(f"{slide}: up to date in {result.out_dir} (use --overwrite to redo)")
         else:
-            warn_read_device(slide, params, result.summary)
             print(f"{slide}: done in {result.seconds:.1f} s -> {result.out_dir}")
     return 2 if usage else 1 if failed else 0

@@ -27,6 +27,8 @@ from prefect.cache_policies import NO_CACHE  # noqa: E402
 
 from wsi_segment.errors import ConfigError  # noqa: E402
 from wsi_segment.flows.dask_cluster import client_for, dask_client  # noqa: E402
+from wsi_segment.flows.run_log import log_slide_warnings, pipeline_warnings_to_run_log  # noqa: E402
+from wsi_segment.flows.run_origin import flow_run_origin  # noqa: E402
 from wsi_segment.pipeline import segment  # noqa: E402
 from wsi_segment.pipeline.batch_report import class_rows, markdown_table  # noqa: E402
 from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome  # noqa: E402
@@ -108,6 +110,7 @@ def run_slide_stages(
     )
     result = segment.run_stages(slide_path, out_root, params, stages)
     publish_slide_artifacts(result)
+    log_slide_warnings(result)
     return result
 
 
@@ -168,8 +171,11 @@ def segment_slide(
     `options` holds any other `SegmentParams` field (overlap, device, overwrite, ...).
     Chunks run on the Dask scheduler at `dask_address` if given, else in local threads.
     """
-    params = make_params(model_dir, options, mpp=mpp, output_name=output_name)
-    if dask_address and client_for(dask_address) is None:
-        with dask_client(dask_address) as client:
-            return run_slide_stages(slide, out, params, client.scheduler.address)
-    return run_slide_stages(slide, out, params, dask_address)
+    params = make_params(
+        model_dir, options, mpp=mpp, output_name=output_name, origin=flow_run_origin()
+    )
+    with pipeline_warnings_to_run_log():
+        if dask_address and client_for(dask_address) is None:
+            with dask_client(dask_address) as client:
+                return run_slide_stages(slide, out, params, client.scheduler.address)
+        return run_slide_stages(slide, out, params, dask_address)

@@ -45,9 +45,15 @@ def result_row(result: SlideResult, class_names: Sequence[str] = ()) -> dict[str
     for name in class_names:
         value = (classes.get(name) or {}).get("fraction_of_tissue")
         row[f"{name}_fraction"] = round(float(value), 4) if value is not None else None
-    row["seconds"] = round(float(result.seconds or 0.0), 1)
+    row["seconds"] = seconds_cell(float(result.seconds or 0.0))
     row["error"] = result.error or ""
     return row
+
+
+def seconds_cell(seconds: float) -> float:
+    """Seconds for the table: tenths, or milliseconds under a second, so a slide that
+    failed at once shows the time it took rather than 0.0."""
+    return round(seconds, 1) if seconds >= 1 else round(seconds, 3)
 
 
 def tissue_mark(summary: Mapping[str, Any]) -> str:
@@ -66,6 +72,12 @@ def batch_rows(results: Iterable[SlideResult]) -> list[dict[str, Any]]:
             if name not in names:
                 names.append(name)
     return [result_row(r, names) for r in results]
+
+
+def failure_message(result: SlideResult) -> str:
+    """A failed slide's error for a log line, naming the slide once (errors name their file)."""
+    error = result.error or "failed"
+    return error if str(result.slide) in error else f"{result.slide}: {error}"
 
 
 def counts(results: Iterable[SlideResult]) -> dict[str, int]:

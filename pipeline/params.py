@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,16 @@ BACKENDS = ("auto", "openslide", "tiffslide")  # wsi.backends.BACKENDS, named wi
 PRECISIONS = ("auto", "fp32")
 TISSUE_MODES = ("auto", "all")  # all: no detection, the whole slide is tissue
 READ_DEVICES = ("auto", "cpu", "gpu")  # pipeline.inference.read_device
+
+
+@dataclass(frozen=True)
+class RunOrigin:
+    """How a run was started, for summary.json: `command` repeats it (an argv), `details`
+    names the run (a flow run's id, deployment and parameters). Not a parameter: never
+    part of the fingerprint."""
+
+    command: tuple[str, ...]
+    details: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -63,6 +74,8 @@ class SegmentParams:
     tile_objects: bool = False  # also write tiles.geojson (per-tile probabilities for QuPath)
     tissue: str = "auto"  # auto: detect tissue on a thumbnail; all: the whole slide
     roi: Path | None = None  # QuPath GeoJSON: process (and report) only inside its polygons
+    # What started the run (a Prefect flow run); None: this process's command line (sys.argv).
+    origin: RunOrigin | None = None
 
     def __post_init__(self) -> None:
         _check_choice("device", self.device, DEVICES)
@@ -116,6 +129,7 @@ class SegmentParams:
         data = dataclasses.asdict(self)
         data["model_dir"] = str(self.model_dir) if self.model_dir else None
         data["roi"] = str(self.roi) if self.roi else None
+        del data["origin"]  # how the run started, not how it segments (summary.json: command)
         return data
 
 

@@ -273,10 +273,12 @@ def _summary(
     slide = prep.slide
     grid = prep.grid
     tiles = prep.tiles_total
+    origin = prep.params.origin
     return {
         "schema_version": SCHEMA_VERSION,
         "created_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "command": sys.argv[:],
+        "command": list(origin.command) if origin else sys.argv[:],
+        "run": dict(origin.details) if origin else None,
         "slide": {
             "path": prep.slide_path,
             "name": prep.name,

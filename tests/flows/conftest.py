@@ -112,7 +112,8 @@ def stable_summary(folder: Path) -> dict:
 
     summary = json.loads((folder / "summary.json").read_text())
     # precision holds the bf16 trial's measured speeds, which differ from run to run
-    unstable = ("timings_s", "read_stats", "precision", "created_utc", "command", "versions")
+    # command and run say which flow run or command made the outputs
+    unstable = ("timings_s", "read_stats", "precision", "created_utc", "command", "run", "versions")
     for key in (*unstable, "software"):
         summary.pop(key, None)
     summary.get("parameters", {}).pop("threads", None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -10,10 +11,15 @@ import pytest
 
 from tests.flows.conftest import BROKEN, CLASSES, copy_slides, output_files, stable_summary
 from wsi_segment.errors import OutputError
+from wsi_segment.pipeline.batch_report import seconds_cell
 
 
 def test_batch_isolates_a_broken_slide_and_resumes(
-    prefect_harness: None, tiny_model: Path, slides_dir: Path, tmp_path: Path
+    prefect_harness: None,
+    tiny_model: Path,
+    slides_dir: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     from wsi_segment.flows.batch_flow import BatchFailedError, segment_batch
     from wsi_segment.pipeline.params import SegmentParams
@@ -27,8 +33,12 @@ def test_batch_isolates_a_broken_slide_and_resumes(
     # trial per loaded model (the tiny model's bf16 speed is near the threshold here)
     kwargs["options"] = {"precision": "fp32"}
 
-    state = segment_batch(**kwargs, return_state=True)
+    with caplog.at_level(logging.INFO):
+        state = segment_batch(**kwargs, return_state=True)
     assert state.is_failed()
+    # the failure's log line names the slide once (its error already does)
+    [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("failed: ")]
+    assert line.count(str(folder / "broken.svs")) == 1 and "not a readable slide" in line
     error = state.result(raise_on_failure=False)
     assert isinstance(error, BatchFailedError)
     by_name = {Path(r.slide).name: r for r in error.results}
@@ -97,6 +107,8 @@ def _assert_batch_artifacts(flow_run_id, folder: Path, out: Path, by_name: dict)
     assert broken["tissue_area_mm2"] is None
     assert all(broken[f] is None for f in fractions)
     assert broken["error"] == by_name["broken.svs"].error
+    # the time it took to fail, not 0.0
+    assert broken["seconds"] == seconds_cell(by_name["broken.svs"].seconds) > 0
     assert "not a readable slide" in broken["error"]
 
     for name in ("synth-a", "synth-b"):
@@ -108,7 +120,7 @@ def _assert_batch_artifacts(flow_run_id, folder: Path, out: Path, by_name: dict)
         for cls in CLASSES:
             expected = round(summary["classes"][cls]["fraction_of_tissue"], 4)
             assert row[f"{cls}_fraction"] == expected
-        assert row["seconds"] == round(by_name[f"{name}.tif"].seconds, 1) > 0
+        assert row["seconds"] == seconds_cell(by_name[f"{name}.tif"].seconds) > 0
 
     report = Artifact.get("segment-batch-report")
     assert report is not None and report.type == "markdown"

@@ -15,35 +15,69 @@ REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 
 
-def test_prefect_yaml_builds_nightly_deployment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Prefect's own prefect.yaml model validates the file; the deployment builds with no server."""
+def test_prefect_yaml_builds_both_deployments(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Prefect's own prefect.yaml model validates the file; each deployment builds with no server."""
     from prefect.cli.deploy._models import PrefectYamlModel
     from prefect.flows import load_flow_from_entrypoint
 
     raw = yaml.safe_load((DEPLOY / "prefect.yaml").read_text())
     model = PrefectYamlModel.model_validate(raw)
-    assert len(model.deployments) == 1
-    config = model.deployments[0]
-    assert config.work_pool is not None and config.work_pool.name == "wsi-segment"
-    assert [s.cron for s in config.schedules] == ["0 2 * * *"]
-    assert {"input", "out"} <= set(config.parameters)
-
+    assert [d.name for d in model.deployments] == ["nightly", "nightly-compose"]
     monkeypatch.chdir(REPO)  # entrypoints are relative to the project root
-    flow = load_flow_from_entrypoint(config.entrypoint)
-    assert flow.name == "segment-batch"
-    deployment = flow.to_deployment(
-        config.name,
-        cron=config.schedules[0].cron,
-        parameters=config.parameters,
-        work_pool_name=config.work_pool.name,
-        tags=config.tags,
-        concurrency_limit=config.concurrency_limit,
-    )
-    assert deployment.name == "nightly"
-    assert deployment.schedules[0].schedule.cron == "0 2 * * *"
-    assert deployment.parameters == config.parameters
-    # every parameter in the file is one the flow takes
-    assert set(config.parameters) <= set(deployment._parameter_openapi_schema.properties)
+    for config in model.deployments:
+        assert config.work_pool is not None and config.work_pool.name == "wsi-segment"
+        assert [s.cron for s in config.schedules] == ["0 2 * * *"]
+        assert {"input", "out", "model_dir", "dask_address"} <= set(config.parameters)
+        flow = load_flow_from_entrypoint(config.entrypoint)
+        assert flow.name == "segment-batch"
+        deployment = flow.to_deployment(
+            config.name,
+            cron=config.schedules[0].cron,
+            parameters=config.parameters,
+            work_pool_name=config.work_pool.name,
+            tags=config.tags,
+            concurrency_limit=config.concurrency_limit,
+        )
+        assert deployment.schedules[0].schedule.cron == "0 2 * * *"
+        assert deployment.parameters == config.parameters
+        # every parameter in the file is one the flow takes
+        assert set(config.parameters) <= set(deployment._parameter_openapi_schema.properties)
+
+
+def test_local_deployment_needs_neither_docker_nor_dask() -> None:
+    """`nightly` runs where it is deployed from: no pull step into the image's folder (so
+    `prefect deploy` records its own folder), no scheduler address, no container paths."""
+    raw = yaml.safe_load((DEPLOY / "prefect.yaml").read_text())
+    local, compose = raw["deployments"]
+    assert raw["pull"] is None and "pull" not in local
+    assert local["parameters"]["dask_address"] is None
+    assert not any(str(v).startswith("/data/") for v in local["parameters"].values())
+    # the compose one names the stack's services and the image's folder
+    services = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())["services"]
+    host, port = compose["parameters"]["dask_address"].removeprefix("tcp://").split(":")
+    assert host in services and f"--port {port}" in services[host]["command"]
+    [step] = compose["pull"]
+    directory = step["prefect.deployments.steps.set_working_directory"]["directory"]
+    assert f"WORKDIR {directory}" in (DEPLOY / "Dockerfile").read_text()
+    for name in ("input", "out"):
+        assert compose["parameters"][name].startswith("/data/")
+    # one deployment per machine: the docs deploy by name, never both with --all
+    for path in (REPO / "README.md", REPO / "docs" / "deploy.md", DEPLOY / "docker-compose.yml"):
+        text = path.read_text()
+        assert "deploy/prefect.yaml --all" not in text, path
+        assert "--name nightly" in text, path
+
+
+def test_compose_worker_and_docs_name_the_server_service() -> None:
+    """The worker's PREFECT_API_URL (and the one docs/deploy.md gives for the stack) reach
+    the compose service that runs the server."""
+    services = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())["services"]
+    url = services["prefect-worker"]["environment"]["PREFECT_API_URL"]
+    host = re.match(r"http://([^:/]+):4200/api$", url).group(1)
+    assert host == "prefect-server" and "prefect server start" in services[host]["command"]
+    docs = (REPO / "docs" / "deploy.md").read_text()
+    for found in re.findall(r"PREFECT_API_URL=http://([^:/]+):", docs):
+        assert found in services or found in ("127.0.0.1", "localhost"), found
 
 
 def test_docker_compose_has_the_services() -> None:

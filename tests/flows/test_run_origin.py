@@ -1,0 +1,67 @@
+"""summary.json says how to repeat a flow run: a deployment's name, the flow run id and its
+parameters (in a deployed run, `sys.argv` is Prefect's engine); in-process, with a real
+deployment on the test server."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from tests.flows.conftest import copy_slides
+
+
+def test_deployed_run_records_deployment_run_and_parameters(
+    prefect_harness: None, tiny_model: Path, slides_dir: Path, tmp_path: Path
+) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.flow_engine import run_flow
+
+    from wsi_segment.flows.batch_flow import segment_batch
+
+    folder = copy_slides(slides_dir, tmp_path / "in", ["synth-b.tif"])
+    parameters = {
+        "input": str(folder),
+        "out": str(tmp_path / "out"),
+        "model_dir": str(tiny_model),
+        "workers": 0,
+    }
+    deployment_id = segment_batch.to_deployment("nightly-test", parameters=parameters).apply()
+    with get_client(sync_client=True) as client:
+        flow_run = client.create_flow_run_from_deployment(deployment_id)
+    [result] = run_flow(segment_batch, flow_run=flow_run, parameters=flow_run.parameters)
+
+    summary = json.loads((result.out_dir / "summary.json").read_text())
+    command = summary["command"]
+    assert command[:5] == ["prefect", "deployment", "run", "segment-batch/nightly-test", "--params"]
+    # every parameter the run had, its defaults too, so a later default cannot change a repeat
+    repeat = json.loads(command[5])
+    assert flow_run.parameters.items() <= repeat.items()
+    assert set(repeat) == set(segment_batch.parameters.properties)
+    assert repeat == summary["run"]["parameters"]
+    assert summary["run"]["flow_run_id"] == str(flow_run.id)
+    assert summary["run"]["deployment"] == "segment-batch/nightly-test"
+    assert summary["run"]["parameters"]["input"] == str(folder)
+    # how a run started is not how it segments: never a parameter, never in the fingerprint
+    assert "origin" not in summary["parameters"]
+
+
+def test_flow_called_in_process_keeps_its_command_line(
+    prefect_harness: None, tiny_model: Path, slides_dir: Path, tmp_path: Path
+) -> None:
+    from wsi_segment.flows.slide_flow import segment_slide
+
+    state = segment_slide(
+        slide=str(slides_dir / "synth-a.tif"),
+        out=str(tmp_path),
+        model_dir=str(tiny_model),
+        options={"decoders": 0},
+        return_state=True,
+    )
+    result = state.result()
+    summary = json.loads((result.out_dir / "summary.json").read_text())
+    assert summary["command"] == sys.argv
+    assert summary["run"]["flow_run_id"] == str(state.state_details.flow_run_id)
+    assert summary["run"]["deployment"] is None
+    assert summary["run"]["flow"] == "segment-slide"
+    assert summary["run"]["parameters"]["slide"] == str(slides_dir / "synth-a.tif")
