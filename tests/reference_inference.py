@@ -41,18 +41,24 @@ def unique_positive_max(probs_u8: np.ndarray) -> np.ndarray:
     return ((probs_u8 == top).sum(axis=-3) == 1) & (top[..., 0, :, :] > 0)
 
 
-def label_count_bounds(probs_u8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def label_count_bounds(
+    probs_u8: np.ndarray, weights: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Per class (axis 0 of (K, H, W)), the fewest and most pixels with a positive stored
     maximum that labels taken before quantisation can give it: exactly the argmax's where
     one class holds a clear maximum; at ties, any of the tied classes. (Pixels whose stored
-    values are all 0 are nodata, or labelled where the gate removed the sure class.)"""
+    values are all 0 are nodata, or labelled where the gate removed the sure class.)
+    `weights` (H, W): what each pixel counts for (its part on the slide), else 1."""
     k = probs_u8.shape[0]
+    w = np.ones(probs_u8.shape[1:]) if weights is None else weights
     top = probs_u8.max(axis=0, keepdims=True)
     clear = unique_positive_max(probs_u8)
     tied = ~clear & (top[0] > 0)
     argmax = probs_u8.argmax(axis=0)
-    low = np.array([((argmax == c) & clear).sum() for c in range(k)], dtype=np.int64)
-    high = low + np.array([((probs_u8[c] == top[0]) & tied).sum() for c in range(k)])
+    low = np.array([w[(argmax == c) & clear].sum() for c in range(k)])
+    high = low + np.array([w[(probs_u8[c] == top[0]) & tied].sum() for c in range(k)])
+    if weights is None:
+        return low.astype(np.int64), high.astype(np.int64)
     return low, high
 
 
