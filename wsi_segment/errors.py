@@ -36,3 +36,15 @@ class ConfigError(WsiSegmentError):
 
 class OutputError(WsiSegmentError):
     """Outputs cannot be written (permissions, disk full, locked by another run)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what `timeout`, schedulers, Docker and Kubernetes send) turned into the
+    exception Ctrl-C raises, so it takes the same cleanup path: every `finally`, every
+    wait that survives an interrupt, the partial folder and lock removed. Not a
+    `WsiSegmentError`: a batch must stop on it, not record a failed slide and go on."""
+
+
+def raise_terminated(signum: int, frame: object) -> None:
+    """The SIGTERM handler (`signal.signal(signal.SIGTERM, raise_terminated)`)."""
+    raise Terminated(f"terminated by signal {signum}")
