@@ -78,7 +78,7 @@ def section_throughput(
     prec = "bf16+channels_last" if model.autocast_dtype is not None else "fp32+channels_last"
     piped = summary.get("precision", {}).get("autocast", "?")
     if piped != ("bf16" if model.autocast_dtype is not None else "fp32"):
-        notes.append(f"precision trials disagreed: pipeline {piped}, bare model {prec}")
+        notes.append(f"precision choices disagreed: pipeline {piped}, bare model {prec}")
     rows += [
         ("1 bare model", f"{model_rate:.1f} tiles/s", f"best of: {bare_detail}; {prec}, "
          f"batch {args.batch_size}, tile {p.grid.tile}, {nb} tiles"),
