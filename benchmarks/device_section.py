@@ -108,12 +108,6 @@ def section_device(
     log(f"[device] {p.tiles} tiles; reading a sample for the model rows ...")
     tiles, _, _ = read_chunks(p, limit_tiles=max(args.model_tiles, 4 * args.batch_size))
     tiles = tiles[: max(args.model_tiles, 4 * args.batch_size)]
-    if model.precision_pending:
-        import torch
-
-        model.settle_precision(
-            torch.from_numpy(np.ascontiguousarray(tiles[:4])).permute(0, 3, 1, 2)
-        )
     rates = model_rates(model, tiles, args.batch_size, p.grid, 4)
     prec = str(model.autocast_dtype or "fp32").replace("torch.", "")
     where = (

@@ -53,8 +53,6 @@ class InstantModel:
 
         return torch.device("cpu")
 
-    precision_pending = False
-
     def predict_reduced(self, tiles, margin, core, downsample, gate=True, nodata=255):
         import torch
 

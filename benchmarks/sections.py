@@ -24,7 +24,6 @@ def section_throughput(
     args: argparse.Namespace, work: Path, model_dir: Path, rows: list, notes: list
 ) -> float:
     """Items 1-4: bare model, read only, pipeline and their ratio; returns the ratio."""
-    import torch
 
     from wsi_segment.pipeline.inference.model_handle import load_for_process
 
@@ -44,8 +43,6 @@ def section_throughput(
     tiles = all_tiles[:: max(1, n // args.model_tiles)][: args.model_tiles]
     nb = len(tiles)
     configs = sorted({1, args.threads})
-    # 'auto' on a bf16 CPU: the same trial the pipeline's first chunk runs (precision_trial)
-    model.settle_precision(torch.from_numpy(np.ascontiguousarray(tiles)).permute(0, 3, 1, 2))
     bare: dict[int, list[tuple[float, float]]] = {k: [] for k in configs}
     log(f"[throughput] bare model (before) on {nb} of the tiles ...")
     for k in configs:
@@ -81,7 +78,7 @@ def section_throughput(
     prec = "bf16+channels_last" if model.autocast_dtype is not None else "fp32+channels_last"
     piped = summary.get("precision", {}).get("autocast", "?")
     if piped != ("bf16" if model.autocast_dtype is not None else "fp32"):
-        notes.append(f"precision trials disagreed: pipeline {piped}, bare model {prec}")
+        notes.append(f"precision choices disagreed: pipeline {piped}, bare model {prec}")
     rows += [
         ("1 bare model", f"{model_rate:.1f} tiles/s", f"best of: {bare_detail}; {prec}, "
          f"batch {args.batch_size}, tile {p.grid.tile}, {nb} tiles"),

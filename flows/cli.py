@@ -2,17 +2,22 @@
 
 `wsi-segment SLIDE ...` is shorthand for `wsi-segment segment SLIDE ...`. Expected failures
 (`WsiSegmentError`) print one `error:` line and exit 1; usage errors exit 2 (argparse).
+Ctrl-C prints `error: interrupted` and exits 130; SIGTERM takes the same path (`Terminated`)
+and exits 143, as a process killed by it would, so schedulers read it as terminated.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import importlib
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 
-from wsi_segment.errors import WsiSegmentError
+from wsi_segment.errors import Terminated, WsiSegmentError, raise_terminated
 from wsi_segment.flows.allocator import limit_malloc_arenas
 
 # subcommand name -> module implementing add_parser(subparsers) and run(args) -> int
@@ -61,13 +66,33 @@ def _main(argv: Sequence[str] | None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.run(args) or 0)
+        with sigterm_as_interrupt():
+            return int(args.run(args) or 0)
     except WsiSegmentError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except Terminated:
+        print("error: terminated (SIGTERM)", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """While a command runs, SIGTERM raises `Terminated` (a KeyboardInterrupt) in the main
+    thread, so it cleans up as Ctrl-C does; the previous handler is restored after. Only the
+    main thread may set handlers: elsewhere (an in-process call from a thread) nothing
+    changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from wsi_segment.errors import RoiError, WsiSegmentError
-from wsi_segment.pipeline.params import BACKENDS, READ_DEVICES, SegmentParams
+from wsi_segment.pipeline.params import BACKENDS, PRECISIONS, READ_DEVICES, SegmentParams
 from wsi_segment.pipeline.progress import BarProgress
 from wsi_segment.pipeline.run_warnings import slide_warnings
 from wsi_segment.wsi.mpp import mpp_problem
@@ -74,9 +74,11 @@ def add_segment_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--precision",
-        choices=("auto", "fp32"),
+        choices=PRECISIONS,
         default="auto",
-        help="auto: bf16 where the hardware has it; fp32 forces full precision",
+        help="auto: bf16 on GPUs and on CPUs with AMX where the model keeps its labels on "
+        "fixed calibration tiles, else fp32 (never decided by the slide or timing); "
+        "fp32 forces full precision; bf16 asks for bf16 autocast",
     )
     parser.add_argument(
         "--batch-size",

@@ -3,10 +3,11 @@
 CPUs with bf16 in hardware (AMX, or AVX512-BF16) can autocast to bf16. With AMX that is ~3x
 fp32 for DeepLabV3+ (16 -> 50 tiles/s at 224 px on this project's 2-core AMX machine); with
 AVX512-BF16 alone it measured 0.66-0.78x fp32 (benchmarks/RESULTS.md, precision). So on the
-CPU `precision_for` names bf16 as the candidate and `SegmentationModel.settle_precision`
-keeps it only when a trial on the run's own tiles shows it faster and as accurate
-(models/precision_trial.py). On CUDA, bf16 where supported, else fp16. `force_fp32` turns
-all of it off.
+CPU `precision_for` names bf16 as the candidate only where the CPU has AMX, and
+`SegmentationModel.to_device` keeps it only when the model's labels on fixed calibration
+tiles agree with fp32's (models/precision_calibration.py): the choice depends on the model
+and the machine, never on a run's tiles or timing. On CUDA, bf16 where supported, else
+fp16. `force_fp32` turns all of it off.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 from wsi_segment.errors import ConfigError
 
 _BF16_CPU_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
+_AMX_FLAG = "amx_bf16"
 
 
 def pick_device(requested: str | torch.device = "auto") -> torch.device:
@@ -61,18 +63,27 @@ def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str]:
 def cpu_supports_bf16(flags: frozenset[str] | None = None) -> bool:
     """True when this CPU has bf16 in hardware: AMX or AVX512-BF16 (`flags`: default ours).
 
-    Whether bf16 also pays for a given model is measured, not assumed (precision_trial)."""
+    `--precision bf16` runs on it; 'auto' asks for more (`cpu_has_amx`)."""
     return bool((cpu_flags() if flags is None else flags) & _BF16_CPU_FLAGS)
 
 
-def precision_for(device: torch.device | str, force_fp32: bool = False) -> torch.dtype | None:
-    """Autocast dtype for `device`, or None for plain fp32 (on the CPU: the bf16 candidate)."""
+def cpu_has_amx(flags: frozenset[str] | None = None) -> bool:
+    """True when this CPU has AMX with bf16, the only CPU bf16 measured reliably faster
+    than fp32 (`flags`: default ours)."""
+    return _AMX_FLAG in (cpu_flags() if flags is None else flags)
+
+
+def precision_for(
+    device: torch.device | str, force_fp32: bool = False, flags: frozenset[str] | None = None
+) -> torch.dtype | None:
+    """Autocast dtype 'auto' starts from on `device`, or None for plain fp32 (on the CPU:
+    bf16 is only the candidate, and only with AMX; `flags`: the CPU's, default ours)."""
     device = torch.device(device)
     if force_fp32:
         return None
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu" and cpu_supports_bf16():
+    if device.type == "cpu" and cpu_has_amx(flags):
         return torch.bfloat16
     return None
 

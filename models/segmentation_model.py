@@ -13,13 +13,26 @@ import logging
 import torch
 from torch import nn
 
-from .device import autocast, fit_batch_size, parse_precision, pick_device
+from .device import (
+    autocast,
+    cpu_has_amx,
+    cpu_supports_bf16,
+    fit_batch_size,
+    parse_precision,
+    pick_device,
+)
 from .gate import apply_gate, gate_mask
 from .meta import ModelMeta
-from .precision_trial import PrecisionTrial, run_precision_trial
+from .precision_calibration import PrecisionCalibration, calibrate_bf16
 from .reduction import NODATA, HostCopier, ReducedOutputs, reduce_tiles
 
 _log = logging.getLogger(__name__)
+_NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def cpu_has_bf16_only() -> bool:
+    """This CPU has AVX512-BF16 but no AMX (bf16 in hardware, measured slower than fp32)."""
+    return cpu_supports_bf16() and not cpu_has_amx()
 
 
 class SegmentationModel(nn.Module):
@@ -37,10 +50,9 @@ class SegmentationModel(nn.Module):
         self.segmenter = segmenter
         self.meta = meta
         self.autocast_dtype: torch.dtype | None = None
-        # precision "auto" on a CPU with bf16 hardware: fp32 until `settle_precision` has
-        # timed and compared both on real tiles (models/precision_trial.py)
-        self.precision_pending = False
-        self.precision_trial: PrecisionTrial | None = None
+        self.precision_reason = "fp32: the default until to_device chooses"
+        # precision "auto" on a CPU with AMX: fp32 vs bf16 on fixed calibration tiles
+        self.precision_calibration: PrecisionCalibration | None = None
         self._batch_caps: dict[tuple[int, int], int] = {}  # (tile, requested) -> batch
         self._host = HostCopier()  # pinned buffers for predict_reduced's copies
         norm = meta.normalisation
@@ -60,15 +72,28 @@ class SegmentationModel(nn.Module):
 
         Weights stay fp32 and channels_last (faster on oneDNN and tensor cores alike:
         1.09-1.7x for fp32 on the CPU, measured); reduced precision is autocast. 'auto' on a
-        CPU with bf16 hardware is decided later by `settle_precision` on the run's tiles.
+        CPU is fp32, or bf16 where the CPU has AMX and the model keeps its labels in bf16 on
+        fixed calibration tiles (`calibrate_bf16`): a function of the model and the machine,
+        so every run and every process of a run chooses the same.
         """
         dev = pick_device(device)
         dtype = parse_precision(precision, dev)
-        self.precision_pending = precision == "auto" and dev.type == "cpu" and dtype is not None
-        self.autocast_dtype = None if self.precision_pending else dtype
-        self.precision_trial = None
         self.to(dev)
         self.to(memory_format=torch.channels_last)
+        self.precision_calibration = None
+        self.autocast_dtype = dtype
+        if precision != "auto":
+            self.precision_reason = f"{_NAMES[dtype]}: asked for (--precision {precision})"
+        elif dev.type != "cpu":
+            self.precision_reason = f"{_NAMES[dtype]}: auto on a GPU (bf16 where supported)"
+        elif dtype is None:
+            has = "AVX512-BF16 without AMX" if cpu_has_bf16_only() else "no bf16 hardware"
+            self.precision_reason = f"fp32: auto on a CPU with {has}; bf16 is not reliably faster"
+        else:
+            self.precision_calibration = self._calibrate()
+            self.autocast_dtype = torch.bfloat16 if self.precision_calibration.bf16_chosen else None
+            self.precision_reason = self.precision_calibration.reason()
+            _log.info("precision auto: %s", self.precision_reason)
         return self
 
     def preprocess(self, tiles: torch.Tensor) -> torch.Tensor:
@@ -136,34 +161,25 @@ class SegmentationModel(nn.Module):
             keep = torch.ones_like(cls_probs, dtype=torch.bool)
         return seg_probs, cls_probs, keep, seg_logits
 
-    def settle_precision(self, tiles: torch.Tensor) -> PrecisionTrial | None:
-        """Decide a pending 'auto' precision once, on these tiles (N, 3, H, W) uint8.
-
-        Runs `run_precision_trial` and keeps bf16 only if it is faster and agrees with fp32;
-        a no-op when nothing is pending. Call it under the model's lock.
-        """
-        if not self.precision_pending or len(tiles) == 0:
-            return None
+    def _calibrate(self) -> PrecisionCalibration:
+        """fp32 against bf16 on the fixed calibration tiles, at the model's tile size."""
 
         @torch.inference_mode()
         def forward(x: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
             return self._predict(x, True, dtype)[0]
 
-        trial = run_precision_trial(forward, tiles)
-        self.autocast_dtype = torch.bfloat16 if trial.bf16_chosen else None
-        self.precision_trial = trial
-        self.precision_pending = False
-        _log.info("precision auto: %s", trial.reason())
-        return trial
+        return calibrate_bf16(forward, int(self.meta.tile_size))
 
     def precision_report(self) -> dict[str, object]:
         """What the forward passes ran in, and why (for summary.json)."""
-        names = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
-        used = (
-            "fp32 (auto, not yet decided)" if self.precision_pending else names[self.autocast_dtype]
-        )
-        trial = self.precision_trial.as_dict() if self.precision_trial is not None else None
-        return {"device": self.device.type, "autocast": used, "channels_last": True, "trial": trial}
+        calibration = self.precision_calibration
+        return {
+            "device": self.device.type,
+            "autocast": _NAMES[self.autocast_dtype],
+            "channels_last": True,
+            "reason": self.precision_reason,
+            "calibration": calibration.as_dict() if calibration is not None else None,
+        }
 
     def batch_limit(self, tile: int, requested: int, probe: int = 2) -> int:
         """`requested` on the CPU; on a GPU, capped to what its free memory holds.

@@ -19,7 +19,7 @@ from wsi_segment.wsi.mpp import mpp_problem
 
 DEVICES = ("auto", "cpu", "cuda")
 BACKENDS = ("auto", "openslide", "tiffslide")  # wsi.backends.BACKENDS, named without importing it
-PRECISIONS = ("auto", "fp32")
+PRECISIONS = ("auto", "fp32", "bf16")
 TISSUE_MODES = ("auto", "all")  # all: no detection, the whole slide is tissue
 READ_DEVICES = ("auto", "cpu", "gpu")  # pipeline.inference.read_device
 
@@ -40,7 +40,7 @@ class SegmentParams:
 
     model_dir: Path | None = None  # None: the demo model shipped in the package
     device: str = "auto"
-    precision: str = "auto"  # auto: bf16 where the hardware has it, else fp32
+    precision: str = "auto"  # auto: fixed by the model and machine (SegmentationModel.to_device)
     batch_size: int | None = None  # None: 16 on the CPU, 64 on a GPU (capped to its memory)
     mpp: float | None = None  # override of the slide's level-0 mpp
     output_downsample: int = 4
@@ -107,8 +107,8 @@ class SegmentParams:
         """The parameters that change outputs (speed-only knobs excluded).
 
         `precision` is the request, as `backend` is: `fp32` asks for the exact reference,
-        while `auto` may have run bf16 (decided during the run, on that machine), so outputs
-        made under one request never stand in for the other."""
+        while `auto` may run bf16 (decided by the model and the machine), so outputs made
+        under one request never stand in for the other."""
         keep = (
             "mpp",
             "precision",

@@ -41,6 +41,7 @@ from wsi_segment.pipeline.outputs.output_dir import (
 from wsi_segment.pipeline.params import SegmentParams, usable_cores
 from wsi_segment.wsi.roi import Roi, read_rois
 from wsi_segment.wsi.slide import Slide, open_slide
+from wsi_segment.wsi.slide_limits import check_slide_size
 from wsi_segment.wsi.tiling import ChunkSpec, TileGrid
 from wsi_segment.wsi.tissue import TissueMask
 
@@ -176,6 +177,11 @@ def prepare(
             "model.json and model.safetensors (or omit --model for the demo model)"
         )
     slide = open_slide(slide_path, backend=params.backend, mpp=params.mpp)
+    try:
+        check_slide_size(slide)  # before anything reads or plans in proportion to it
+    except BaseException:
+        slide.close()
+        raise
     mpp = slide.require_mpp()
     # a bad --roi file (or regions off this slide) is refused before the model loads
     try:

@@ -204,6 +204,14 @@ class Slide:
             raise SlideError(f"{self.path}: cannot read {where} ({cause}); {hint}") from exc
         return _to_white_rgb(arr, inside)
 
+    def thumbnail_level(self, max_size: int) -> int:
+        """The level `thumbnail(max_size)` decodes: the coarsest with >= max_size px."""
+        return max(
+            (i for i, (w, h) in enumerate(self.level_dimensions) if max(w, h) >= max_size),
+            key=lambda i: self.level_downsamples[i],
+            default=0,
+        )
+
     def thumbnail(self, max_size: int) -> tuple[np.ndarray, float]:
         """RGB image whose longer side is <= max_size, and its downsample vs level 0.
 
@@ -213,11 +221,7 @@ class Slide:
         even a single-level 100k-pixel slide never sits in memory.
         """
         max_size = max(1, int(max_size))
-        level = max(
-            (i for i, (w, h) in enumerate(self.level_dimensions) if max(w, h) >= max_size),
-            key=lambda i: self.level_downsamples[i],
-            default=0,
-        )
+        level = self.thumbnail_level(max_size)
         lds = self.level_downsamples[level]
         lw, lh = self.level_dimensions[level]
         k = max(1, math.ceil(max(lw, lh) / max_size))

@@ -41,3 +41,15 @@ class OutputError(WsiSegmentError):
 class RoiError(ConfigError):
     """A `--roi` file is missing, unreadable, holds no area annotation, or has a region off
     the slide. A usage error: the CLI exits 2 for it."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what `timeout`, schedulers, Docker and Kubernetes send) turned into the
+    exception Ctrl-C raises, so it takes the same cleanup path: every `finally`, every
+    wait that survives an interrupt, the partial folder and lock removed. Not a
+    `WsiSegmentError`: a batch must stop on it, not record a failed slide and go on."""
+
+
+def raise_terminated(signum: int, frame: object) -> None:
+    """The SIGTERM handler (`signal.signal(signal.SIGTERM, raise_terminated)`)."""
+    raise Terminated(f"terminated by signal {signum}")

@@ -153,7 +153,6 @@ class SlideJob:
         concurrent = self.cpu_threads_per_chunk > 0 and model_device_type(model) == "cpu"
         if concurrent:
             _set_torch_threads(self.cpu_threads_per_chunk)
-        settle_precision(model, lock, patches)
         reduce_lock = None if concurrent else lock
         return predict_reduced_tiles(model, patches, self.grid, batch_size, self.gate, reduce_lock)
 
@@ -256,28 +255,14 @@ def device_batch_size(
         return int(model.batch_limit(tile, requested))
 
 
-def settle_precision_here(job: SlideJob, spec: ChunkSpec) -> dict[str, Any]:
-    """Run precision 'auto''s trial in this process on `spec`'s tiles; the model's report.
+def precision_here(job: SlideJob) -> dict[str, Any]:
+    """The precision this process's model runs in, and why (its `precision_report`).
 
-    A cluster asks one worker, then pins the answer for all (pipeline.inference.chunk_runner), so
-    every chunk, recomputed ones included, runs in the same precision."""
-    image, read_box = job.read(spec)
-    patches = cut_tiles(image, (read_box[0], read_box[1]), list(spec.tiles), job.grid)
-    model, lock = job.model.get()
-    settle_precision(model, lock, patches)
+    A cluster asks one worker, then pins the answer for all (pipeline.inference.chunk_runner),
+    so every chunk, recomputed ones included, runs in the same precision even on a cluster
+    of unlike machines."""
+    model, _lock = job.model.get()
     return dict(model.precision_report())
-
-
-def settle_precision(model: SegmentationModel, lock: threading.Lock, patches: np.ndarray) -> None:
-    """Precision 'auto' on a bf16 CPU: the first chunk of a process times fp32 against bf16
-    on its own tiles (SegmentationModel.settle_precision); other chunks wait on the lock."""
-    if not getattr(model, "precision_pending", False) or len(patches) == 0:
-        return
-    import torch
-
-    tiles = torch.from_numpy(np.ascontiguousarray(patches)).permute(0, 3, 1, 2)  # a view
-    with lock:
-        model.settle_precision(tiles)
 
 
 def _set_torch_threads(n: int) -> None:

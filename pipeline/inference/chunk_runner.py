@@ -26,7 +26,7 @@ from dask.callbacks import Callback
 from dask.threaded import ContextAwareThreadPoolExecutor
 from dask.threaded import get as threaded_get
 
-from wsi_segment.pipeline.inference.chunk_job import SlideJob, settle_precision_here
+from wsi_segment.pipeline.inference.chunk_job import SlideJob, precision_here
 from wsi_segment.pipeline.inference.chunk_prefetch import ChunkPrefetcher
 from wsi_segment.pipeline.inference.cluster_gather import gather_all
 from wsi_segment.pipeline.inference.model_handle import ModelHandle, model_device_type
@@ -169,12 +169,14 @@ def _size_for_this_worker(job: SlideJob) -> None:
 def settle_precision_on_cluster(
     job: SlideJob, specs: Sequence[ChunkSpec], client: Client
 ) -> tuple[SlideJob, dict[str, Any]]:
-    """Precision 'auto' on CPU workers: one worker runs the trial on the first chunk's tiles
-    and every worker gets its answer, so a slide never mixes bf16 and fp32 chunks (a chunk
-    recomputed on a new worker included). Returns the job to run and the trial's report."""
+    """Precision 'auto' on CPU workers: one worker loads the model (which chooses by the
+    model and that machine, SegmentationModel.to_device) and every worker gets its answer,
+    so a slide never mixes bf16 and fp32 chunks (a chunk recomputed on a new worker
+    included). Returns the job to run and that worker's report."""
     if job.model.precision != "auto" or not specs:
-        return job, {"autocast": job.model.precision, "trial": None}
-    report = client.submit(settle_precision_here, job, specs[0], pure=False).result()
+        reason = f"{job.model.precision}: asked for (--precision {job.model.precision})"
+        return job, {"autocast": job.model.precision, "reason": reason, "calibration": None}
+    report = client.submit(precision_here, job, pure=False).result()
     chosen = report.get("autocast")
     if report.get("device") != "cpu" or chosen not in ("fp32", "bf16"):
         return job, report  # GPUs: auto is already fixed (bf16, else fp16)

@@ -25,6 +25,7 @@ import os
 import pickle
 import queue
 import secrets
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -35,7 +36,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 import numpy as np
 
-from wsi_segment.errors import ConfigError, SlideError, WsiSegmentError
+from wsi_segment.errors import ConfigError, SlideError, WsiSegmentError, raise_terminated
 from wsi_segment.pipeline.inference.chunk_reader import ChunkReader, cut_tiles
 from wsi_segment.wsi.tiling import ChunkSpec
 
@@ -320,8 +321,14 @@ def decoder_main(
     stop: Event,
 ) -> None:
     """Process body: wait for this decoder's band (the imports are done by then), then read
-    each chunk of it, cut its tiles into a free slot and report it."""
-    task = _wait_for(work, stop)
+    each chunk of it, cut its tiles into a free slot and report it. SIGTERM (`timeout`
+    signals the whole process group; `close` terminates a decoder that does not stop)
+    raises `Terminated` as Ctrl-C raises KeyboardInterrupt, so the slot ring is closed."""
+    signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        task = _wait_for(work, stop)
+    except KeyboardInterrupt:  # signalled with its parent (a process group): it cleans up
+        return
     if task is None:
         if not stop.is_set():
             results.put(Finished(decoder))

@@ -28,11 +28,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 
 from wsi_segment.pipeline.inference.chunk_inference import NODATA
-from wsi_segment.pipeline.inference.chunk_job import settle_precision
 from wsi_segment.pipeline.inference.chunk_writer import Segment, TileBatch
 from wsi_segment.pipeline.inference.decode_pool import Decoded, SlotRing
 from wsi_segment.pipeline.inference.engine_state import EngineStats, FirstError
@@ -50,7 +48,6 @@ class StagedBatch:
     buffer: int | None  # which staging buffer holds the batch (returned after the forward
     # pass); None: made on the device by the device reader
     tiles: torch.Tensor  # (N, T, T, 3) uint8 on the model's device (CPU: the buffer itself)
-    host: np.ndarray | None  # the same tiles on the host (None: only on the GPU)
     segments: list[Segment]
     ready: torch.cuda.Event | None  # recorded after the copy on the side stream; CPU: None
 
@@ -133,12 +130,12 @@ class DeviceConsumer:
         """Start the batch's copy to the device (CUDA: asynchronous, on the side stream)."""
         host = self._buffers[k][:n]
         if not self._cuda:
-            return StagedBatch(k, host, host.numpy(), segments, None)
+            return StagedBatch(k, host, segments, None)
         with torch.cuda.stream(self._side):
             tiles = host.to(self._device, non_blocking=True)
             ready = torch.cuda.Event()
             ready.record(self._side)
-        return StagedBatch(k, tiles, host.numpy(), segments, ready)
+        return StagedBatch(k, tiles, segments, ready)
 
     def compute(
         self, staged: queue.Queue[StagedBatch | None], out: queue.Queue[TileBatch | None]
@@ -159,8 +156,6 @@ class DeviceConsumer:
             stream = torch.cuda.current_stream(self._device)
             stream.wait_event(batch.ready)
             tiles.record_stream(stream)
-        if batch.host is not None:  # 'auto' on a CPU, first batch
-            settle_precision(self._model, self._lock, batch.host)
         g = self._grid
         if not self._stats.first_batch_at:
             self._stats.first_batch_at = time.perf_counter()

@@ -116,11 +116,11 @@ class DeviceReader:
         chunks' tiles), ready for the compute thread."""
         if self._side is None:  # numpy concatenates uint8 far faster than torch on the CPU
             host = np.concatenate([p.numpy() for p in parts])
-            return StagedBatch(None, torch.from_numpy(host), host, segments, None)
+            return StagedBatch(None, torch.from_numpy(host), segments, None)
         tiles = torch.cat(parts)
         ready = torch.cuda.Event()
         ready.record(self._side)
-        return StagedBatch(None, tiles, None, segments, ready)
+        return StagedBatch(None, tiles, segments, ready)
 
 
 def run_device_reads(

@@ -135,7 +135,7 @@ def test_cli_batch_with_dask_address_runs_on_that_scheduler(
     from prefect.client.schemas.sorting import FlowRunSort
 
     from wsi_segment.flows.cli import main
-    from wsi_segment.models.device import cpu_supports_bf16
+    from wsi_segment.models.device import cpu_has_amx
 
     address = cluster_client.scheduler.address
     out = tmp_path / "out"
@@ -144,13 +144,13 @@ def test_cli_batch_with_dask_address_runs_on_that_scheduler(
         code = main([*args, "--dask-address", address, "--workers", "3", "--concurrency", "1"])
     assert code == 0
     assert "| done |" in capsys.readouterr().out
-    # precision auto: one worker ran the trial and its answer was pinned for all of them
+    # precision auto: one worker's choice (model + machine) was pinned for all of them
     precision = json.loads((out / "synth-b" / "summary.json").read_text())["precision"]
-    if cpu_supports_bf16():
-        assert precision["device"] == "cpu" and precision["trial"]["tiles"] == 4
-        assert precision["autocast"] == precision["trial"]["chosen"]
+    if cpu_has_amx():
+        assert precision["device"] == "cpu" and precision["calibration"]["tiles"] == 4
+        assert precision["autocast"] == precision["calibration"]["chosen"]
     else:
-        assert (precision["autocast"], precision["trial"]) == ("fp32", None)
+        assert (precision["autocast"], precision["calibration"]) == ("fp32", None)
     assert any(str(task["key"]).startswith("chunk-") for task in stream.data)
     # the scheduler is still running after the CLI's client left
     assert len(cluster_client.scheduler_info()["workers"]) == 2

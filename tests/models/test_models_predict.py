@@ -13,6 +13,7 @@ from wsi_segment.models.bundle import ModelMeta, SegmentationModel
 from wsi_segment.models.classifier import build_classifier
 from wsi_segment.models.device import (
     cpu_flags,
+    cpu_has_amx,
     cpu_supports_bf16,
     fit_batch_size,
     pick_device,
@@ -74,7 +75,8 @@ def test_bf16_autocast_agrees_with_fp32() -> None:
     )
     seg32, cls32 = model.to_device("cpu", "fp32").predict(tiles, gate=False)
     model.to_device("cpu", "bf16")
-    assert model.autocast_dtype == torch.bfloat16 and not model.precision_pending
+    assert model.autocast_dtype == torch.bfloat16
+    assert model.precision_report()["reason"] == "bf16: asked for (--precision bf16)"
     assert model.segmenter.net.encoder.model.conv1[0].weight.is_contiguous(
         memory_format=torch.channels_last
     )
@@ -93,7 +95,11 @@ def test_device_choice() -> None:
     with pytest.raises(ConfigError, match="unknown device"):
         pick_device("tpu")
     assert precision_for("cpu", force_fp32=True) is None
-    assert precision_for("cpu") == (torch.bfloat16 if cpu_supports_bf16() else None)
+    amx = frozenset({"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"})
+    assert precision_for("cpu", flags=amx) == torch.bfloat16  # the candidate, calibrated next
+    # AVX512-BF16 without AMX measured slower than fp32: auto does not consider bf16
+    assert precision_for("cpu", flags=frozenset({"avx512f", "avx512_bf16"})) is None
+    assert precision_for("cpu", flags=frozenset({"avx2"})) is None
 
 
 def test_cpu_flags_parse(tmp_path: Path) -> None:
@@ -104,11 +110,13 @@ def test_cpu_flags_parse(tmp_path: Path) -> None:
 
 
 def test_bf16_hardware_is_amx_or_avx512_bf16() -> None:
-    """Hardware support only; whether bf16 pays is measured (tests/models/test_precision_trial)."""
+    """Hardware support; only AMX makes bf16 an 'auto' candidate (test_precision_calibration)."""
     assert cpu_supports_bf16(frozenset({"avx2", "amx_bf16", "amx_tile", "avx512_bf16"}))
     assert cpu_supports_bf16(frozenset({"avx2", "avx512f", "avx512_bf16"}))
     assert not cpu_supports_bf16(frozenset({"avx2", "avx512f"}))
     assert not cpu_supports_bf16(frozenset())
+    assert cpu_has_amx(frozenset({"avx2", "amx_bf16", "amx_tile", "avx512_bf16"}))
+    assert not cpu_has_amx(frozenset({"avx2", "avx512f", "avx512_bf16"}))
 
 
 def test_fit_batch_size_leaves_headroom_and_never_exceeds_the_request() -> None:

@@ -18,7 +18,7 @@ from shapely.geometry import shape
 from tests.conftest import CMU_SLIDE, DATA_DIR, LUAD_CLASSES
 from tests.reference_inference import label_count_bounds
 from wsi_segment.errors import ModelError, MppMissingError, OutputError, SlideError
-from wsi_segment.models.device import cpu_supports_bf16
+from wsi_segment.models.device import cpu_has_amx
 from wsi_segment.pipeline.outputs.summary import SCHEMA_VERSION
 from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.pipeline.segment import segment_slide
@@ -148,14 +148,15 @@ def test_areas_agree_between_summary_zarr_and_polygons(cmu_run):
     assert reads["storage_tiles_reused"] > 0
     assert reads["storage_tiles_decoded"] <= math.ceil(2220 / 240) * math.ceil(2967 / 240)
     assert summary["model"]["name"] == "demo-synthetic-luad-resnet10t"
-    # precision auto: on a CPU with bf16 hardware the first chunk timed fp32 against bf16
+    # precision auto: on a CPU with AMX, fp32 vs bf16 on the fixed calibration tiles
     precision = summary["precision"]
     assert precision["device"] == "cpu" and precision["channels_last"] is True
-    if cpu_supports_bf16():
-        assert precision["autocast"] == precision["trial"]["chosen"]
-        assert 0.0 <= precision["trial"]["agreement"] <= 1.0
+    if cpu_has_amx():
+        assert precision["autocast"] == precision["calibration"]["chosen"]
+        assert 0.0 <= precision["calibration"]["agreement"] <= 1.0
     else:
-        assert precision["autocast"] == "fp32" and precision["trial"] is None
+        assert precision["autocast"] == "fp32" and precision["calibration"] is None
+        assert precision["reason"].startswith("fp32: auto on a CPU with ")
     # The demo model finds more than one tissue class on this real H&E region.
     assert sum(c["fraction_of_tissue"] > 0.05 for c in summary["classes"].values()) >= 2
 

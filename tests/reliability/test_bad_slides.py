@@ -285,3 +285,33 @@ def test_damaged_tile_on_a_cluster_leaves_nothing_behind(
         time.sleep(1.0)
         assert_nothing_written(out)
         assert not [t for t in client.processing().values() if t], "chunks still running"
+
+
+@pytest.fixture(scope="module")
+def absurd_slide(tmp_path_factory) -> Path:
+    """746 KB: a single-level tiled-JPEG TIFF declaring 10^6 x 10^6 px, one tile stored."""
+    from tests.wsi.test_slide_limits import write_sparse_tiff
+
+    return write_sparse_tiff(tmp_path_factory.mktemp("absurd") / "absurd.tif", 10**6, 10**6)
+
+
+ABSURD_FIX = ("declares 1000000 x 1000000 px", "most of its tiles are not stored", "copy it")
+
+
+@pytest.mark.timeout(120)
+def test_absurd_slide_is_refused_at_once_by_the_real_cli(absurd_slide, tiny_model_dir, tmp_path):
+    """Once tissue detection decoded for minutes; now one error before anything is read."""
+    out = tmp_path / "out"
+    result = run_cli([absurd_slide, "--model", tiny_model_dir, "--out", out, "--quiet"])
+    assert_clean_error(result, str(absurd_slide), *ABSURD_FIX)
+    assert_nothing_written(out)
+
+
+@pytest.mark.timeout(60)
+def test_absurd_slide_with_tissue_all_plans_nothing(absurd_slide, tiny_model_dir, tmp_path, capsys):
+    """`--tissue all` once planned chunks over the declared size until memory ran out."""
+    out = tmp_path / "out"
+    args = [absurd_slide, "--model", tiny_model_dir, "--out", out, "--tissue", "all", "--quiet"]
+    result = run_cli_inprocess(args, capsys)
+    assert_clean_error(result, str(absurd_slide), *ABSURD_FIX)
+    assert_nothing_written(out)

@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -40,6 +41,7 @@ SLOW = ["--batch-size", "1", "--threads", "1", "--precision", "fp32", "--quiet"]
 OPTIONS = ["--precision", "fp32", "--quiet"]
 # what a killed run may leave: hidden, never looking finished; the next run removes them
 KILLED_LEFTOVERS = {f".{STEM}.partial", f".{STEM}.lock"}
+TERMINATED = "error: terminated (SIGTERM)"
 
 
 def zarr_level0(out_dir):
@@ -110,11 +112,17 @@ def test_sigkill_mid_slide_then_rerun_equals_uninterrupted(tiny_model_dir, tmp_p
     assert [f["geometry"] for f in a["features"]] == [f["geometry"] for f in b["features"]]
 
 
-def start_and_wait_for_chunks(tiny_model_dir, out):
+def start_and_wait_for_chunks(tiny_model_dir, out, extra=(), new_session=False):
     """A slowed-down real run, returned once it has written some probability chunks."""
     cmd = [*CLI, str(CMU_SLIDE), "--model", str(tiny_model_dir), "--out", str(out), *SLOW]
     proc = subprocess.Popen(
-        cmd, cwd=REPO, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [*cmd, *extra],
+        cwd=REPO,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=new_session,
     )
     chunks = out / f".{STEM}.partial" / "probabilities.ome.zarr" / "0" / "0"
     deadline = time.monotonic() + 400
@@ -131,9 +139,9 @@ def start_and_wait_for_chunks(tiny_model_dir, out):
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_interrupt_or_terminate_mid_slide(tiny_model_dir, tmp_path, sig):
-    """Ctrl-C: `error: interrupted`, exit 130, the partial folder removed. SIGTERM (what a
-    scheduler sends first): the process ends; whatever it leaves is hidden and never looks
-    finished, and the next run completes."""
+    """Ctrl-C: `error: interrupted`, exit 130; SIGTERM (what a scheduler sends first): the
+    same cleanup, `error: terminated (SIGTERM)`, exit 143. The partial folder and the lock
+    are removed, and the next run completes."""
     out = tmp_path / "out"
     proc = start_and_wait_for_chunks(tiny_model_dir, out)
     proc.send_signal(sig)
@@ -141,14 +149,50 @@ def test_interrupt_or_terminate_mid_slide(tiny_model_dir, tmp_path, sig):
     assert "Traceback" not in err, err
     assert not (out / STEM).exists()
     assert not list(out.rglob("summary.json"))
-    if sig == signal.SIGINT:
-        assert proc.returncode == 130, err
-        assert [ln for ln in err.splitlines() if ln.startswith("error:")] == ["error: interrupted"]
-        assert leftovers(out) == []
-    else:
-        assert proc.returncode in (-signal.SIGTERM, 143, 1), err
-        assert set(leftovers(out)) <= KILLED_LEFTOVERS
+    code, line = (130, "error: interrupted") if sig == signal.SIGINT else (143, TERMINATED)
+    assert proc.returncode == code, err
+    assert [ln for ln in err.splitlines() if ln.startswith("error:")] == [line]
+    assert leftovers(out) == []
     rerun = run_cli([CMU_SLIDE, "--model", tiny_model_dir, "--out", out, *OPTIONS])
     assert rerun.code == 0, rerun.stderr
     assert_complete_output(out / STEM)
     assert leftovers(out) == [STEM]
+
+
+def our_shared_memory(pid: int) -> list[str]:
+    """Entries in /dev/shm that a process made (slot rings are named after its pid)."""
+    from wsi_segment.pipeline.inference.decode_pool import SHM_DIR, SHM_PREFIX
+
+    shm = Path(SHM_DIR)
+    return sorted(p.name for p in shm.glob(f"{SHM_PREFIX}{pid}_*")) if shm.is_dir() else []
+
+
+def assert_terminated_cleanly(proc: subprocess.Popen, out: Path) -> None:
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143, err
+    assert [ln for ln in err.splitlines() if ln.startswith("error:")] == [TERMINATED], err
+    assert "Traceback" not in err and "leaked" not in err, err  # resource_tracker warnings
+    assert leftovers(out) == []  # no partial folder, no lock
+    assert our_shared_memory(proc.pid) == []
+
+
+@pytest.mark.timeout(600)
+def test_sigterm_with_decoder_processes_cleans_up_like_ctrl_c(tiny_model_dir, tmp_path):
+    """SIGTERM to the CLI alone (Docker, Kubernetes) while a decoder process fills shared
+    memory: one `error:` line, exit 143, nothing left on disk or in /dev/shm."""
+    out = tmp_path / "out"
+    proc = start_and_wait_for_chunks(tiny_model_dir, out, ["--decoders", "1"])
+    assert our_shared_memory(proc.pid)  # the slot ring exists while it runs
+    proc.send_signal(signal.SIGTERM)
+    assert_terminated_cleanly(proc, out)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_sigterm_to_the_process_group_cleans_up_like_ctrl_c(tiny_model_dir, tmp_path):
+    """`timeout` signals the whole process group: the decoders get SIGTERM too and end
+    quietly, and the CLI cleans up as when it alone is signalled."""
+    out = tmp_path / "out"
+    proc = start_and_wait_for_chunks(tiny_model_dir, out, ["--decoders", "1"], new_session=True)
+    os.killpg(proc.pid, signal.SIGTERM)
+    assert_terminated_cleanly(proc, out)

@@ -41,7 +41,6 @@ class TileByTile:
     def __init__(self, model) -> None:
         self.model = model
         self.device = model.device
-        self.precision_pending = False
 
     def predict_reduced(self, tiles, margin, core, downsample, gate=True, nodata=255):
         outs = [

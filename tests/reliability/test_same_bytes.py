@@ -1,0 +1,93 @@
+"""Same input, same bytes under `--precision auto`: one region of the CMU slide gives the
+same zarr chunks, class geometry and per-region areas whatever other regions the `--roi`
+file holds, and in whatever order (the precision never depends on which tiles come first)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import shapely
+from shapely.geometry import box, shape
+
+from tests.conftest import CMU_SLIDE
+from wsi_segment.pipeline.params import SegmentParams
+from wsi_segment.pipeline.segment import segment_slide
+
+# Level-0 boxes (x0, y0, x1, y1) on tissue. With the tiny model's 32 px zarr chunks at
+# 16 level-0 px per output pixel, A's chunks (columns 1-2, rows 1-3) hold no other region.
+A = (700, 900, 1500, 1700)
+OTHERS = {
+    "B": (300, 2200, 1300, 2900),
+    "C": (1700, 2200, 2150, 2700),
+    "D": (1700, 1200, 2150, 1600),
+}
+A_CHUNKS = [(y, x) for y in (1, 2, 3) for x in (1, 2)]
+
+
+def write_rois(path: Path, names: list[str]) -> Path:
+    boxes = {"A": A, **OTHERS}
+    features = [
+        {
+            "type": "Feature",
+            "geometry": shapely.geometry.mapping(box(*boxes[name])),
+            "properties": {"objectType": "annotation", "name": name},
+        }
+        for name in names
+    ]
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    return path
+
+
+def region_a(out_dir: Path) -> tuple[dict[str, bytes | None], dict[str, bytes], object, object]:
+    """A's zarr chunk files, its class geometry (normalised WKB), its report, the precision."""
+    summary = json.loads((out_dir / "summary.json").read_text())
+    level = out_dir / "probabilities.ome.zarr" / "0"
+    channels = len(summary["classes"])
+    chunks: dict[str, bytes | None] = {}
+    for c in range(channels):
+        for y, x in A_CHUNKS:
+            f = level / str(c) / str(y) / str(x)
+            chunks[f"{c}/{y}/{x}"] = f.read_bytes() if f.exists() else None
+    geo = json.loads((out_dir / "tissue.geojson").read_text())
+    shapes = {}
+    for feature in geo["features"]:
+        name = feature["properties"]["classification"]["name"]
+        if name == "ROI":
+            continue
+        clipped = shapely.normalize(shape(feature["geometry"]).intersection(box(*A)))
+        shapes[name] = shapely.to_wkb(clipped)
+    (report,) = [r for r in summary["rois"] if r["name"] == "A"]
+    return chunks, shapes, report, summary["precision"]
+
+
+def run_roi_sets(tmp_path: Path, model_dir: Path, roi_sets: list[list[str]]) -> list:
+    results = []
+    for i, names in enumerate(roi_sets):
+        roi = write_rois(tmp_path / f"roi{i}.geojson", names)
+        params = SegmentParams(model_dir=model_dir, roi=roi, precision="auto")
+        result = segment_slide(CMU_SLIDE, tmp_path / f"out{i}", params)
+        assert result.status == "done"
+        summary = json.loads((result.out_dir / "summary.json").read_text())
+        assert [r["name"] for r in summary["rois"]] == names
+        assert all(r["tissue_area_um2"] > 0 for r in summary["rois"])  # every region ran
+        results.append(region_a(result.out_dir))
+    chunks, shapes, report, precision = results[0]
+    assert sum(v is not None for v in chunks.values()) >= 8  # A's tissue was written
+    assert set(shapes) >= {"Tissue", "TE"} and report["tissue_area_um2"] > 1e5
+    assert precision["reason"]  # summary.json says what ran and why
+    return results
+
+
+def test_one_region_gives_the_same_bytes_beside_another(tmp_path, tiny_model_dir):
+    first, second = run_roi_sets(tmp_path, tiny_model_dir, [["A"], ["B", "A"]])
+    assert second == first
+
+
+@pytest.mark.slow
+def test_one_region_gives_the_same_bytes_in_five_roi_sets(tmp_path, tiny_model_dir):
+    sets = [["A"], ["B", "A"], ["C", "A", "D"], ["A", "D"], ["D", "C", "B", "A"]]
+    first, *others = run_roi_sets(tmp_path, tiny_model_dir, sets)
+    for other in others:
+        assert other == first
