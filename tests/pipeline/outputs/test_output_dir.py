@@ -52,10 +52,13 @@ def test_error_leaves_nothing(tmp_path):
     assert _siblings(tmp_path) == []
 
 
+OURS = '{"schema_version": 1, "fingerprint": "f", "output": {"files": ["summary.json"]}}'
+
+
 def test_overwrite_replaces_and_failure_keeps_old(tmp_path):
     final = tmp_path / "slide"
     final.mkdir()
-    (final / "summary.json").write_text("{}")
+    (final / "summary.json").write_text(OURS)
     with (
         pytest.raises(OutputError, match="--overwrite"),
         OutputDir(tmp_path, "slide", False) as out,
@@ -66,6 +69,10 @@ def test_overwrite_replaces_and_failure_keeps_old(tmp_path):
         raise KeyboardInterrupt
     assert _siblings(final) == ["summary.json"] and _siblings(tmp_path) == ["slide"]
     with OutputDir(tmp_path, "slide", True) as out:
+        (out.work_dir / "summary.json").write_text(OURS)
+        out.commit()
+    assert _siblings(final) == ["summary.json"] and _siblings(tmp_path) == ["slide"]
+    with OutputDir(tmp_path, "slide", True) as out:  # our own output is replaceable again
         (out.work_dir / "new.txt").write_text("new")
         out.commit()
     assert _siblings(final) == ["new.txt"] and _siblings(tmp_path) == ["slide"]
@@ -98,6 +105,7 @@ def test_unwritable_parent(tmp_path):
 def test_no_lock_file_is_left_when_a_run_ends(tmp_path):
     with OutputDir(tmp_path, "done", False) as out:
         assert out.lock_path.is_file()  # held while the run works
+        (out.work_dir / "summary.json").write_text(OURS)
         out.commit()
     with pytest.raises(RuntimeError), OutputDir(tmp_path, "failed", False):
         raise RuntimeError("boom")
