@@ -33,7 +33,6 @@ from wsi_segment.pipeline.inference.model_handle import (
 from wsi_segment.pipeline.inference.read_device import GPU, ReadChoice, plan_reads
 from wsi_segment.pipeline.inference.startup import Background, gc_paused, read_overlay_thumbnail
 from wsi_segment.pipeline.outputs.output_dir import (
-    model_sha256,
     read_previous_summary,
     run_fingerprint,
     slide_output_name,
@@ -253,7 +252,7 @@ def _prepare_opened(
         handle = ModelHandle.with_model(
             model, str(model_dir), params.device, params.precision, lock
         )
-        model_hash = model_sha256(model_dir)  # after the load, which names a missing file best
+        model_hash = model.identity  # the bytes loaded, hashed as they were read
         fingerprint = run_fingerprint(slide_path, model_hash, params, meta)
     except BaseException:
         if prefetcher is not None:

@@ -9,7 +9,8 @@ these checks before anything is read or written.
 **Identity.** A run is the same slide + the same model weights + the same output-changing
 parameters; a rerun whose fingerprint matches a finished output folder is "up to date" and
 skipped. The slide is identified by path, size and modification time (hashing gigabytes of
-pixels would cost more than some runs); the model by the sha256 of its two files.
+pixels would cost more than some runs); the model by the hash of the model.json and weight
+bytes it was loaded from (`SegmentationModel.identity`, set by `models.bundle.load_model`).
 
 **Lifecycle.** The folder appears all at once, and two runs never write it together. Work
 happens in a hidden sibling `.<name>.partial` that is renamed to `<name>` only when every
@@ -127,14 +128,6 @@ def slide_output_name(slide_path: str, output_name: str | None = None) -> str:
 # --- the identity: what decides "up to date" ---
 
 FORMAT_VERSION = 3  # bump when outputs change for the same inputs
-
-
-def model_sha256(model_dir: Path) -> str:
-    """sha256 over model.json and model.safetensors, in that order."""
-    digest = hashlib.sha256()
-    for name in ("model.json", "model.safetensors"):
-        digest.update(file_sha256(Path(model_dir) / name).encode())
-    return digest.hexdigest()
 
 
 def slide_identity(slide_path: str) -> dict[str, Any]:
