@@ -188,3 +188,22 @@ def test_our_hidden_names_as_symlinks_are_refused(
     result = run_cli_inprocess(args_for(cmu_crop, tiny_model_dir, out, "--overwrite"), capsys)
     assert_clean_error(result, str(link), "symbolic link")
     assert snapshot(tmp_path) == before
+
+
+def test_a_symlink_loop_or_dangling_link_as_the_slide_says_so(
+    cmu_crop, tiny_model_dir, tmp_path, capsys
+):
+    """Not "no such file": the fix is the link, not the name. Both in one run, then a good
+    slide still finishes."""
+    (tmp_path / "a.svs").symlink_to("b.svs")
+    (tmp_path / "b.svs").symlink_to("a.svs")
+    (tmp_path / "gone.svs").symlink_to("moved-away.svs")
+    out = tmp_path / "out"
+    slides = [tmp_path / "a.svs", tmp_path / "gone.svs"]
+    result = run_cli_inprocess([*slides, *args_for(cmu_crop, tiny_model_dir, out)], capsys)
+    text = assert_clean_error(result, count=2)
+    assert f"{slides[0]}: symbolic link loop" in text, text
+    assert f"{slides[1]}: symbolic link to 'moved-away.svs', which does not exist" in text
+    assert "no such file" not in text
+    assert leftovers(out) == [cmu_crop.stem]
+    assert_complete_output(out / cmu_crop.stem)
