@@ -68,7 +68,8 @@ class ModelHandle:
         `lock`: the one `load_for_process` gave with the model; every handle of one model
         must share it, or slides run side by side (a batch) would not take turns on it."""
         held = lock if lock is not None else threading.Lock()
-        return cls(model_dir, device, precision, model.identity, (model, held))
+        identity = getattr(model, "identity", "")  # test and benchmark stand-ins have none
+        return cls(model_dir, device, precision, identity, (model, held))
 
 
 def load_for_process(

@@ -24,7 +24,6 @@ class TurnWatch:
 
     def __init__(self, model, lock: threading.Lock) -> None:
         self.model, self.lock, self.device = model, lock, model.device
-        self.identity = model.identity
         self.precision_pending = False
         self.held: list[bool] = []
         self.running = 0
