@@ -8,19 +8,29 @@ weight is present with the right shape before anything runs.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as safetensors_load
+from safetensors.torch import save_file
 
 from wsi_segment.errors import ModelError
 
-from .checksum import file_sha256
+from .checksum import file_sha256, model_identity
 from .classifier import build_classifier
-from .meta import FORMAT, FORMAT_VERSION, META_FILE, WEIGHTS_FILE, ModelMeta, read_model_json
+from .meta import (
+    FORMAT,
+    FORMAT_VERSION,
+    META_FILE,
+    WEIGHTS_FILE,
+    ModelMeta,
+    load_model_json,
+    weights_path,
+)
 from .segmentation_model import SegmentationModel
 from .segmenter import Segmenter
 
@@ -96,28 +106,29 @@ def load_model(
     """Rebuild the model described by `folder/model.json` with its weights, in eval mode.
 
     Any problem (missing folder or file, bad JSON, unsafe or corrupt weights, weights that
-    do not match the JSON) raises one ModelError naming the file and the fix.
+    do not match the JSON, a weights file outside the folder) raises one ModelError naming
+    the file and the fix. `model.identity` is the hash of the JSON and weight bytes loaded.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise ModelError(
             f"model folder {folder} does not exist (expected model.json + model.safetensors)"
         )
-    doc, meta = read_model_json(folder)
-    weights = folder / doc.get("weights", {}).get("file", WEIGHTS_FILE)
-    if not weights.is_file():
-        raise ModelError(
-            f"{weights} is missing: model.json has no weights next to it; copy the whole model folder"
-        )
+    doc, meta, json_sha = load_model_json(folder)
+    weights = weights_path(folder, doc)
+    data = _read_bytes(weights)  # hashed and parsed from these bytes: read once
+    weights_sha = hashlib.sha256(data).hexdigest()
     expected_sha = doc.get("weights", {}).get("sha256")
-    if expected_sha and file_sha256(weights) != expected_sha:
+    if expected_sha and weights_sha != expected_sha:
         raise ModelError(
             f"{weights} does not match the sha256 in model.json (file replaced or corrupt); re-save the model"
         )
-    state = _read_weights(weights)
+    state = _parse_weights(data, weights)
+    del data
     model = _build(doc, meta, folder / META_FILE)
     _check_state(model, state, weights)
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    model.identity = model_identity(json_sha, weights_sha)
     return model.to_device(device, precision)
 
 
@@ -144,9 +155,19 @@ def _build(doc: dict[str, Any], meta: ModelMeta, where: Path) -> SegmentationMod
     return SegmentationModel(classifier, segmenter, meta)
 
 
-def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+def _read_bytes(path: Path) -> bytes:
     try:
-        return load_file(str(path), device="cpu")
+        return path.read_bytes()
+    except OSError as exc:
+        raise ModelError(
+            f"{path} cannot be read ({exc.strerror}); check that the model folder is complete "
+            "and readable"
+        ) from exc
+
+
+def _parse_weights(data: bytes, path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return safetensors_load(data)
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise ModelError(
             f"{path} is not a valid safetensors file ({exc}); pickled checkpoints (.pt/.pth) "

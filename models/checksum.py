@@ -17,3 +17,9 @@ def file_sha256(path: Path, block: int = 1 << 20) -> str:
         while chunk := handle.read(block):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def model_identity(json_sha256: str, weights_sha256: str) -> str:
+    """A model's identity (run fingerprint, summary.json): sha256 over the hex digests of the
+    model.json bytes and the weight bytes that were loaded, in that order."""
+    return hashlib.sha256((json_sha256 + weights_sha256).encode()).hexdigest()

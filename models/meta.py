@@ -1,18 +1,23 @@
 """What a model expects and where it came from: the non-weight half of a model folder.
 
-`read_model_json` is the one parser of `model.json`. It imports no torch, so a slide is
-planned from the model's tile size and mpp while the weights load in the background.
+`read_model_json` is the one parser of `model.json` (every key checked against the table in
+`models/model_json.py`). It imports no torch, so a slide is planned from the model's tile
+size and mpp while the weights load in the background.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from wsi_segment.errors import ModelError
+
+from .model_json import check_model_json
 
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "model.json"
@@ -120,19 +125,71 @@ class ModelMeta:
 def read_model_json(folder: str | Path) -> tuple[dict[str, Any], ModelMeta]:
     """`folder/model.json` as a dict (architecture and weights entries included) and its
     ModelMeta; any problem is a ModelError naming the file and the fix."""
+    doc, meta, _ = load_model_json(folder)
+    return doc, meta
+
+
+def load_model_json(folder: str | Path) -> tuple[dict[str, Any], ModelMeta, str]:
+    """`read_model_json` plus the sha256 of the very bytes parsed (the model's identity is
+    the hash of what was loaded, never of a file read again later)."""
     path = Path(folder) / META_FILE
     if not path.is_file():
         raise ModelError(
             f"{path} is missing: a model folder needs model.json next to model.safetensors"
         )
     try:
-        doc = json.loads(path.read_text())
+        raw = path.read_bytes()
+        doc = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelError(f"{path} is not valid JSON ({exc})") from exc
     except OSError as exc:
         raise ModelError(f"{path} cannot be read ({exc.strerror}); check its permissions") from exc
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise ModelError(f'{path} is not a wsi-segment model description (no "format": "{FORMAT}")')
-    if doc.get("format_version", 0) > FORMAT_VERSION:
-        raise ModelError(f"{path} has format_version {doc['format_version']}; upgrade wsi-segment")
-    return doc, ModelMeta.from_json(doc, where=str(path))
+    version = doc.get("format_version", FORMAT_VERSION)
+    if not (isinstance(version, int) and not isinstance(version, bool) and version >= 1):
+        raise ModelError(
+            f"{path}: 'format_version' is {version!r}; allowed: an integer from 1 to {FORMAT_VERSION}"
+        )
+    if version > FORMAT_VERSION:
+        raise ModelError(f"{path} has format_version {version}; upgrade wsi-segment")
+    problem = check_model_json(doc, str(path))
+    if problem is not None:
+        raise ModelError(f"{problem}; fix model.json or re-save the model")
+    return doc, ModelMeta.from_json(doc, where=str(path)), hashlib.sha256(raw).hexdigest()
+
+
+def weights_path(folder: str | Path, doc: dict[str, Any]) -> Path:
+    """The weights file model.json names, which must lie inside the model folder once links
+    are resolved (a file elsewhere could change without the model's identity changing)."""
+    folder = Path(folder)
+    name = str((doc.get("weights") or {}).get("file", WEIGHTS_FILE))
+    path = folder / name
+    real, home = os.path.realpath(path), os.path.realpath(folder)
+    if os.path.commonpath([real, home]) != home or real == home:
+        raise ModelError(
+            f"{path} leads outside the model folder (to {real}); weight files must lie inside "
+            f"{folder}: copy the weights there and name them relative to it in model.json"
+        )
+    if os.path.isdir(real):
+        raise ModelError(
+            f"{path} is a folder, not a weights file; copy the model's weights file there"
+        )
+    if not os.path.isfile(real):
+        raise ModelError(
+            f"{path} is missing: model.json has no weights next to it; copy the whole model folder"
+        )
+    return path
+
+
+def model_files_stamp(folder: str | Path) -> tuple[int, ...]:
+    """(inode, size, mtime_ns) of model.json and the weights file it names: what tells a
+    process that a model it loaded earlier is no longer what is on disk. Empty when the
+    folder is refused (loading it then reports why)."""
+    try:
+        doc, _ = read_model_json(folder)
+        files = (Path(folder) / META_FILE, weights_path(folder, doc))
+        stats = [os.stat(f) for f in files]
+    except (ModelError, OSError):
+        return ()
+    return tuple(v for st in stats for v in (st.st_ino, st.st_size, st.st_mtime_ns))

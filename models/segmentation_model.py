@@ -55,6 +55,9 @@ class SegmentationModel(nn.Module):
         self.precision_calibration: PrecisionCalibration | None = None
         self._batch_caps: dict[tuple[int, int], int] = {}  # (tile, requested) -> batch
         self._host = HostCopier()  # pinned buffers for predict_reduced's copies
+        # sha256 of the model.json and weight bytes it was loaded from (models.bundle);
+        # '' for a model built in memory
+        self.identity = ""
         norm = meta.normalisation
         self.register_buffer("_mean", torch.tensor(norm["mean"]).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("_std", torch.tensor(norm["std"]).view(1, 3, 1, 1), persistent=False)

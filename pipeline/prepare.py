@@ -33,11 +33,11 @@ from wsi_segment.pipeline.inference.model_handle import (
 from wsi_segment.pipeline.inference.read_device import GPU, ReadChoice, plan_reads
 from wsi_segment.pipeline.inference.startup import Background, gc_paused, read_overlay_thumbnail
 from wsi_segment.pipeline.outputs.output_dir import (
-    model_sha256,
     read_previous_summary,
     run_fingerprint,
     slide_output_name,
 )
+from wsi_segment.pipeline.outputs.ownership import refuse_foreign, refuse_link
 from wsi_segment.pipeline.params import SegmentParams, usable_cores
 from wsi_segment.wsi.roi import Roi, read_rois
 from wsi_segment.wsi.slide import Slide, open_slide
@@ -170,6 +170,7 @@ def prepare(
     t0 = time.perf_counter()
     slide_path = str(slide_path)
     name = slide_output_name(slide_path, params.output_name)
+    refuse_link(Path(out_root) / name)  # before any work: outputs are never written through it
     model_dir = resolve_model_dir(params)
     if not model_dir.is_dir():
         raise ModelError(
@@ -270,7 +271,7 @@ def _prepare_opened(
         handle = ModelHandle.with_model(
             model, str(model_dir), params.device, params.precision, lock
         )
-        model_hash = model_sha256(model_dir)  # after the load, which names a missing file best
+        model_hash = model.identity  # the bytes loaded, hashed as they were read
         fingerprint = run_fingerprint(slide_path, model_hash, params, meta)
     except BaseException:
         if prefetcher is not None:
@@ -322,12 +323,15 @@ def _prepare_opened(
 
 
 def is_up_to_date(prep: PreparedSlide) -> bool:
-    """True when the final folder holds a complete run with the same fingerprint."""
+    """True when the final folder holds a complete run with the same fingerprint. A folder
+    that is not ours is named as such rather than offered to --overwrite (which would
+    refuse it too)."""
     previous = read_previous_summary(prep.out_dir)
     if previous is None:
         return False
     if previous.get("fingerprint") == prep.fingerprint:
         return not prep.params.overwrite
+    refuse_foreign(prep.out_dir)
     if not prep.params.overwrite:
         raise OutputError(
             f"{prep.out_dir} holds results of a different run (other model or parameters); "

@@ -16,6 +16,7 @@ reported at once.
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
@@ -294,6 +295,24 @@ def _to_white_rgb(arr: np.ndarray, inside: np.ndarray | None) -> np.ndarray:
     return rgb
 
 
+def _refuse_broken_link(path: str) -> None:
+    """A path that does not resolve because of a link says so: a loop, or a link to nothing,
+    is not the same fix as a mistyped name."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise SlideError(
+                f"{path}: symbolic link loop (the link leads back to itself); point the link "
+                "at the slide file, or pass the slide file itself"
+            ) from exc
+    if os.path.islink(path):
+        raise SlideError(
+            f"{path}: symbolic link to {os.readlink(path)!r}, which does not exist; point the "
+            "link at the slide file, or pass the slide file itself"
+        )
+
+
 def open_slide(
     path_or_url: str | os.PathLike[str], backend: str = "auto", mpp: float | None = None
 ) -> Slide:
@@ -314,6 +333,7 @@ def open_slide(
     else:
         p = Path(path)
         if not p.exists():
+            _refuse_broken_link(path)
             raise SlideError(
                 f"{path}: no such file; check the path (give a slide file, or a URL such as "
                 "s3://bucket/slide.svs)"

@@ -180,7 +180,7 @@ def settle_precision_on_cluster(
     chosen = report.get("autocast")
     if report.get("device") != "cpu" or chosen not in ("fp32", "bf16"):
         return job, report  # GPUs: auto is already fixed (bf16, else fp16)
-    model = ModelHandle(job.model.model_dir, job.model.device, chosen)
+    model = ModelHandle(job.model.model_dir, job.model.device, chosen, job.model.identity)
     return dataclasses.replace(job, model=model, _local=threading.local()), report
 
 

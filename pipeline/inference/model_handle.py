@@ -25,10 +25,17 @@ class ModelHandle:
     model_dir: str
     device: str = "auto"
     precision: str = "auto"  # auto | fp32 | bf16 (the answer a cluster's trial pinned)
+    # the run's model identity (summary.json): a worker that loads other bytes refuses them
+    identity: str = ""
     _loaded: tuple[SegmentationModel, threading.Lock] | None = field(default=None, repr=False)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"model_dir": self.model_dir, "device": self.device, "precision": self.precision}
+        return {
+            "model_dir": self.model_dir,
+            "device": self.device,
+            "precision": self.precision,
+            "identity": self.identity,
+        }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -36,7 +43,15 @@ class ModelHandle:
 
     def get(self) -> tuple[SegmentationModel, threading.Lock]:
         if self._loaded is None:
-            self._loaded = load_for_process(self.model_dir, self.device, self.precision)
+            loaded = load_for_process(self.model_dir, self.device, self.precision)
+            if self.identity and loaded[0].identity != self.identity:
+                from wsi_segment.errors import ModelError
+
+                raise ModelError(
+                    f"{self.model_dir}: the model files changed during the run (this process "
+                    "loaded other bytes than the run's model); rerun once they stay unchanged"
+                )
+            self._loaded = loaded
         return self._loaded
 
     @classmethod
@@ -53,14 +68,25 @@ class ModelHandle:
         `lock`: the one `load_for_process` gave with the model; every handle of one model
         must share it, or slides run side by side (a batch) would not take turns on it."""
         held = lock if lock is not None else threading.Lock()
-        return cls(model_dir, device, precision, (model, held))
+        identity = getattr(model, "identity", "")  # test and benchmark stand-ins have none
+        return cls(model_dir, device, precision, identity, (model, held))
 
 
-@functools.lru_cache(maxsize=4)
 def load_for_process(
     model_dir: str, device: str, precision: str
 ) -> tuple[SegmentationModel, threading.Lock]:
-    """Load the bundle on the chosen device once per (process, recipe)."""
+    """Load the bundle on the chosen device once per (process, recipe, state of its files):
+    a long-lived process (a batch, a worker) loads again when model.json or the weights
+    change on disk, so a cached model never stands in for files that are no longer there."""
+    from wsi_segment.models.meta import model_files_stamp
+
+    return _load_cached(model_dir, device, precision, model_files_stamp(model_dir))
+
+
+@functools.lru_cache(maxsize=4)
+def _load_cached(
+    model_dir: str, device: str, precision: str, stamp: tuple[int, ...]
+) -> tuple[SegmentationModel, threading.Lock]:
     from wsi_segment.models.bundle import load_model
     from wsi_segment.models.device import pick_device
 

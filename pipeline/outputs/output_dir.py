@@ -9,7 +9,8 @@ these checks before anything is read or written.
 **Identity.** A run is the same slide + the same model weights + the same output-changing
 parameters; a rerun whose fingerprint matches a finished output folder is "up to date" and
 skipped. The slide is identified by path, size and modification time (hashing gigabytes of
-pixels would cost more than some runs); the model by the sha256 of its two files.
+pixels would cost more than some runs); the model by the hash of the model.json and weight
+bytes it was loaded from (`SegmentationModel.identity`, set by `models.bundle.load_model`).
 
 **Lifecycle.** The folder appears all at once, and two runs never write it together. Work
 happens in a hidden sibling `.<name>.partial` that is renamed to `<name>` only when every
@@ -26,6 +27,15 @@ check, a second run that opened the file just before the holder removed it would
 removed file while a third run locks a new one, and both would write. With it, the second
 run sees a removed file and starts over on the new one (refused if the third holds it).
 Only a SIGKILLed run leaves its (empty) lock file behind; the next run takes it over.
+
+**Ours, and only ours.** A folder at `<name>` is replaced (with --overwrite) only when it is
+a finished output of ours: a real folder (not a symlink) whose `summary.json`, written last,
+is ours (`schema_version` and `fingerprint`) and that holds nothing but the files that
+summary lists. Anything else there is refused, untouched, with the folder named. The same
+rule holds for `.<name>.old`, the previous output set aside while a new one is published.
+Symbolic links at `<name>`, `.<name>.partial`, `.<name>.old` or `.<name>.lock` are never
+followed to create or delete: the run is refused and the link left alone (`--out` itself may
+be a link: it is the user's choice of where outputs go).
 """
 
 from __future__ import annotations
@@ -43,6 +53,13 @@ from typing import TYPE_CHECKING, Any
 
 from wsi_segment.errors import ConfigError, OutputError
 from wsi_segment.models.checksum import file_sha256
+from wsi_segment.pipeline.outputs.ownership import (
+    SUMMARY_NAME,
+    link_error,
+    refuse_foreign,
+    refuse_link,
+    remove_output,
+)
 from wsi_segment.pipeline.outputs.summary import read_summary
 from wsi_segment.pipeline.params import SegmentParams
 
@@ -113,14 +130,6 @@ def slide_output_name(slide_path: str, output_name: str | None = None) -> str:
 FORMAT_VERSION = 4  # bump when outputs change for the same inputs
 
 
-def model_sha256(model_dir: Path) -> str:
-    """sha256 over model.json and model.safetensors, in that order."""
-    digest = hashlib.sha256()
-    for name in ("model.json", "model.safetensors"):
-        digest.update(file_sha256(Path(model_dir) / name).encode())
-    return digest.hexdigest()
-
-
 def slide_identity(slide_path: str) -> dict[str, Any]:
     """Path, size and mtime for local files; the URL itself for remote ones."""
     if "://" in slide_path and not slide_path.startswith("file://"):
@@ -152,7 +161,6 @@ def run_fingerprint(
 
 # --- the lifecycle: lock, work folder, atomic publish ---
 
-SUMMARY_NAME = "summary.json"
 # Each retry means another run removed the lock file between our open and our flock, i.e.
 # finished just then; more than a few in a row would take runs finishing in a tight loop.
 LOCK_ATTEMPTS = 20
@@ -187,7 +195,7 @@ class OutputDir:
             self._release()
             raise
         try:
-            if self.work_dir.exists():  # left by a killed run
+            if os.path.lexists(self.work_dir):  # left by a killed run (a link was refused)
                 shutil.rmtree(self.work_dir)
             self.work_dir.mkdir()
         except OSError as exc:
@@ -204,8 +212,10 @@ class OutputDir:
         )
         for _ in range(LOCK_ATTEMPTS):
             try:
-                fd = os.open(self.lock_path, os.O_CREAT | os.O_RDWR, 0o644)
+                fd = os.open(self.lock_path, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW, 0o644)
             except OSError as exc:
+                if exc.errno == errno.ELOOP:  # a symlink: never create or lock its target
+                    raise link_error(self.lock_path) from exc
                 raise self._unwritable(exc) from exc
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -224,27 +234,38 @@ class OutputDir:
         )
 
     def _check_final(self) -> None:
-        """Never replace a file, nor a folder without --overwrite: a published folder only
-        comes from a finished run (atomic rename), so anything else there is not ours."""
-        if self.final_dir.exists() and not self.final_dir.is_dir():
+        """Replace only a finished output of ours, and only with --overwrite; refuse links
+        and anything else at our names before any work is done (module docstring)."""
+        refuse_link(self.work_dir)
+        if os.path.lexists(self.work_dir) and not self.work_dir.is_dir():
             raise OutputError(
-                f"{self.final_dir} exists and is not an output folder; "
-                "move it away or choose another --out"
+                f"{self.work_dir} is in the way and is not a folder wsi-segment left; nothing "
+                "was changed: move it away or choose another --out"
             )
-        if self.final_dir.exists() and not self.overwrite:
+        refuse_link(self.old_dir)
+        if os.path.lexists(self.old_dir):  # set aside by a replace that was killed
+            refuse_foreign(self.old_dir)
+        if not os.path.lexists(self.final_dir):
+            return
+        refuse_foreign(self.final_dir)
+        if not self.overwrite:
             raise OutputError(f"{self.final_dir} already exists; pass --overwrite")
+
+    @property
+    def old_dir(self) -> Path:
+        return self.out_root / f".{self.final_dir.name}.old"
 
     def commit(self) -> None:
         """Publish: replace the final folder by the finished work folder."""
         self._check_final()
         try:
-            if self.final_dir.exists():
-                old = self.out_root / f".{self.final_dir.name}.old"
-                if old.exists():
-                    shutil.rmtree(old)
-                os.replace(self.final_dir, old)
+            if os.path.lexists(self.old_dir):
+                remove_output(self.old_dir)
+            if os.path.lexists(self.final_dir):
+                os.replace(self.final_dir, self.old_dir)
                 os.replace(self.work_dir, self.final_dir)
-                shutil.rmtree(old, ignore_errors=True)
+                with contextlib.suppress(OSError):  # the next run removes what is left
+                    remove_output(self.old_dir)
             else:
                 os.replace(self.work_dir, self.final_dir)
         except OSError as exc:
@@ -276,9 +297,10 @@ class OutputDir:
 
 
 def is_linked_at(fd: int, path: Path) -> bool:
-    """True when `fd` is the file now at `path` (not one removed or replaced since)."""
+    """True when `fd` is the file now at `path` (not one removed or replaced since, nor a
+    link put there to it)."""
     try:
-        here = os.stat(path)
+        here = os.lstat(path)
     except FileNotFoundError:
         return False
     mine = os.fstat(fd)

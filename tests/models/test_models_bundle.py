@@ -204,7 +204,7 @@ def test_wrong_class_count_is_refused(
         ("no_folder", "does not exist"),
         ("no_json", "model.json is missing"),
         ("no_weights", "model.safetensors is missing"),
-        ("no_colors", "4 classes but 0 colours"),
+        ("no_colors", r"'colors' is \[\]; allowed"),
         ("bad_json", "not valid JSON"),
         ("other_weights", "does not match model.json"),
         ("changed_weights", "does not match the sha256"),

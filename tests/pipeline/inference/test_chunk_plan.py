@@ -65,8 +65,8 @@ def _with_json(src: Path, dst: Path, change: dict | None, text: str | None = Non
     [
         ({"format": "something-else"}, None, "not a wsi-segment model description"),
         ({"format_version": 99}, None, "upgrade wsi-segment"),
-        ({"tile_size": -1}, None, "tile_size must be a positive integer"),
-        ({"mpp": "ten"}, None, "mpp must be a positive number"),
+        ({"tile_size": -1}, None, "'tile_size' is -1; allowed: an integer from 32 to 2048"),
+        ({"mpp": "ten"}, None, "'mpp' is 'ten'; allowed: a number in"),
         (None, "{not json", "not valid JSON"),
     ],
 )

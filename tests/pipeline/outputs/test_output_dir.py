@@ -22,7 +22,6 @@ from wsi_segment.pipeline.outputs.output_dir import (
     check_output_name,
     default_output_name,
     is_linked_at,
-    model_sha256,
     read_previous_summary,
     run_fingerprint,
     slide_identity,
@@ -52,10 +51,13 @@ def test_error_leaves_nothing(tmp_path):
     assert _siblings(tmp_path) == []
 
 
+OURS = '{"schema_version": 1, "fingerprint": "f", "output": {"files": ["summary.json"]}}'
+
+
 def test_overwrite_replaces_and_failure_keeps_old(tmp_path):
     final = tmp_path / "slide"
     final.mkdir()
-    (final / "summary.json").write_text("{}")
+    (final / "summary.json").write_text(OURS)
     with (
         pytest.raises(OutputError, match="--overwrite"),
         OutputDir(tmp_path, "slide", False) as out,
@@ -66,6 +68,10 @@ def test_overwrite_replaces_and_failure_keeps_old(tmp_path):
         raise KeyboardInterrupt
     assert _siblings(final) == ["summary.json"] and _siblings(tmp_path) == ["slide"]
     with OutputDir(tmp_path, "slide", True) as out:
+        (out.work_dir / "summary.json").write_text(OURS)
+        out.commit()
+    assert _siblings(final) == ["summary.json"] and _siblings(tmp_path) == ["slide"]
+    with OutputDir(tmp_path, "slide", True) as out:  # our own output is replaceable again
         (out.work_dir / "new.txt").write_text("new")
         out.commit()
     assert _siblings(final) == ["new.txt"] and _siblings(tmp_path) == ["slide"]
@@ -98,6 +104,7 @@ def test_unwritable_parent(tmp_path):
 def test_no_lock_file_is_left_when_a_run_ends(tmp_path):
     with OutputDir(tmp_path, "done", False) as out:
         assert out.lock_path.is_file()  # held while the run works
+        (out.work_dir / "summary.json").write_text(OURS)
         out.commit()
     with pytest.raises(RuntimeError), OutputDir(tmp_path, "failed", False):
         raise RuntimeError("boom")
@@ -187,12 +194,15 @@ def test_output_names() -> None:
 
 def test_run_identity(tmp_path: Path, tiny_model_dir: Path) -> None:
     """Same slide file + same model files + same output parameters = same fingerprint."""
+    from wsi_segment.models.bundle import load_model
+
     model = shutil.copytree(tiny_model_dir, tmp_path / "model")
     digests = [
         hashlib.sha256((model / n).read_bytes()).hexdigest()
         for n in ("model.json", "model.safetensors")
     ]
-    assert model_sha256(model) == hashlib.sha256("".join(digests).encode()).hexdigest()
+    expected = hashlib.sha256("".join(digests).encode()).hexdigest()
+    assert load_model(model).identity == expected  # the formula of earlier releases
     assert slide_identity("https://host/s.svs") == {"url": "https://host/s.svs"}
     slide = tmp_path / "s.svs"
     slide.write_bytes(b"x")
