@@ -43,7 +43,7 @@ def write_rois(path: Path, names: list[str]) -> Path:
 def region_a(out_dir: Path) -> tuple[dict[str, bytes | None], dict[str, bytes], object, object]:
     """A's zarr chunk files, its class geometry (normalised WKB), its report, the precision."""
     summary = json.loads((out_dir / "summary.json").read_text())
-    level = out_dir / "probabilities.ome.zarr" / "0"
+    level = out_dir / "probabilities.ome.zarr" / "0" / "0"  # series 0, level 0
     channels = len(summary["classes"])
     chunks: dict[str, bytes | None] = {}
     for c in range(channels):
@@ -53,9 +53,9 @@ def region_a(out_dir: Path) -> tuple[dict[str, bytes | None], dict[str, bytes], 
     geo = json.loads((out_dir / "tissue.geojson").read_text())
     shapes = {}
     for feature in geo["features"]:
-        name = feature["properties"]["classification"]["name"]
-        if name == "ROI":
+        if feature["properties"].get("metadata", {}).get("wsi_segment") == "region":
             continue
+        name = feature["properties"]["classification"]["name"]
         clipped = shapely.normalize(shape(feature["geometry"]).intersection(box(*A)))
         shapes[name] = shapely.to_wkb(clipped)
     (report,) = [r for r in summary["rois"] if r["name"] == "A"]
