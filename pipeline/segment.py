@@ -237,6 +237,22 @@ class Stages:
     finish: Callable[[PreparedSlide, list[ChunkOutcome], OutputDir], SlideResult]
 
 
+def up_to_date_result(
+    slide_path: str | Path, out_root: str | Path, params: SegmentParams
+) -> SlideResult | None:
+    """The "up-to-date" result of a slide whose finished output is this run, decided before
+    anything loads (`pipeline.up_to_date.finished_output`); None when it must run. A batch
+    asks first, so finished slides cost it no task either."""
+    t0 = time.perf_counter()
+    finished = finished_output(str(slide_path), out_root, params)
+    if finished is None:
+        return None
+    out_dir, summary = finished
+    return SlideResult(
+        str(slide_path), "up-to-date", out_dir, summary, None, time.perf_counter() - t0
+    )
+
+
 def run_stages(
     slide_path: str | Path, out_root: str | Path, params: SegmentParams, stages: Stages
 ) -> SlideResult:
@@ -246,12 +262,9 @@ def run_stages(
     mid-run) becomes the OutputError with its fix; the slide and its background readers are
     closed whatever happens."""
     t0 = time.perf_counter()
-    finished = finished_output(str(slide_path), out_root, params)
-    if finished is not None:
-        out_dir, summary = finished
-        return SlideResult(
-            str(slide_path), "up-to-date", out_dir, summary, None, time.perf_counter() - t0
-        )
+    skipped = up_to_date_result(slide_path, out_root, params)
+    if skipped is not None:
+        return skipped
     prep = stages.prepare(str(slide_path), out_root, params)
     try:
         if is_up_to_date(prep):  # up to date since the check above (another run finished it)
