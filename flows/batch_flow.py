@@ -51,6 +51,7 @@ from wsi_segment.pipeline.params import (  # noqa: E402
     shared_decoders,
 )
 from wsi_segment.pipeline.segment import SlideResult, up_to_date_result  # noqa: E402
+from wsi_segment.pipeline.up_to_date import model_files  # noqa: E402
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -88,12 +89,16 @@ def finished_slides(
 ) -> dict[int, SlideResult]:
     """The "up-to-date" results of the items whose finished outputs are this run, by index,
     decided before any task starts (a rerun over a finished folder then costs a check per
-    slide, not a Prefect task and its artifacts). An item the check cannot settle (a bad
-    name, a link in the way) is left to its task, which reports it."""
+    slide, not a Prefect task and its artifacts; the model files are hashed once). An item
+    the check cannot settle (a bad name, a link in the way) is left to its task, which
+    reports it."""
     done: dict[int, SlideResult] = {}
+    model = model_files(params)
+    if model is None:  # no model to compare with: every slide runs and reports why
+        return done
     for i, item in enumerate(items):
         try:
-            result = up_to_date_result(str(item.slide), out, params_for(item, params))
+            result = up_to_date_result(str(item.slide), out, params_for(item, params), model)
         except WsiSegmentError:
             continue
         if result is not None:

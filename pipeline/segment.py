@@ -52,7 +52,7 @@ from wsi_segment.pipeline.params import (
 from wsi_segment.pipeline.prepare import PreparedSlide, is_up_to_date
 from wsi_segment.pipeline.prepare import prepare as prepare
 from wsi_segment.pipeline.progress import NullProgress, Progress
-from wsi_segment.pipeline.up_to_date import finished_output
+from wsi_segment.pipeline.up_to_date import ModelFiles, finished_output
 from wsi_segment.wsi.slide import Slide
 
 if TYPE_CHECKING:  # distributed is imported only when a cluster is used
@@ -238,13 +238,17 @@ class Stages:
 
 
 def up_to_date_result(
-    slide_path: str | Path, out_root: str | Path, params: SegmentParams
+    slide_path: str | Path,
+    out_root: str | Path,
+    params: SegmentParams,
+    model: ModelFiles | None = None,
 ) -> SlideResult | None:
     """The "up-to-date" result of a slide whose finished output is this run, decided before
-    anything loads (`pipeline.up_to_date.finished_output`); None when it must run. A batch
-    asks first, so finished slides cost it no task either."""
+    anything loads (`pipeline.up_to_date.finished_output`; `model`: the model files' identity
+    when hashed once for many slides); None when it must run. A batch asks first, so
+    finished slides cost it no task either."""
     t0 = time.perf_counter()
-    finished = finished_output(str(slide_path), out_root, params)
+    finished = finished_output(str(slide_path), out_root, params, model)
     if finished is None:
         return None
     out_dir, summary = finished

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from wsi_segment.errors import WsiSegmentError
-from wsi_segment.models.meta import model_files_identity
+from wsi_segment.models.meta import ModelMeta, model_files_identity
 from wsi_segment.pipeline.outputs.output_dir import (
     read_previous_summary,
     run_fingerprint,
@@ -28,12 +28,24 @@ from wsi_segment.pipeline.outputs.ownership import refuse_link
 from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.pipeline.prepare import resolve_model_dir
 
+ModelFiles = tuple[str, ModelMeta]  # (identity, meta): `models.meta.model_files_identity`
+
+
+def model_files(params: SegmentParams) -> ModelFiles | None:
+    """The identity and meta of the run's model files, hashed once for many slides (a
+    batch's check); None when they cannot be read (each slide's `prepare` then says why)."""
+    try:
+        return model_files_identity(resolve_model_dir(params))
+    except (WsiSegmentError, OSError):
+        return None
+
 
 def finished_output(
-    slide_path: str, out_root: str | Path, params: SegmentParams
+    slide_path: str, out_root: str | Path, params: SegmentParams, model: ModelFiles | None = None
 ) -> tuple[Path, dict[str, Any]] | None:
     """(output folder, its summary) when the folder holds a finished run with this run's
-    fingerprint and --overwrite is not given; None when `prepare` must decide.
+    fingerprint and --overwrite is not given; None when `prepare` must decide. `model`: the
+    model files' identity if already hashed (`model_files`), else they are hashed here.
 
     A bad output name or a link at the output folder raises the error `prepare` would."""
     name = slide_output_name(slide_path, params.output_name)
@@ -45,7 +57,7 @@ def finished_output(
     if previous is None or not previous.get("fingerprint"):
         return None
     try:
-        model_hash, meta = model_files_identity(resolve_model_dir(params))
+        model_hash, meta = model or model_files_identity(resolve_model_dir(params))
         fingerprint = run_fingerprint(slide_path, model_hash, params, meta)
     except (WsiSegmentError, OSError):  # a missing slide, model or ROI: prepare names it
         return None
