@@ -8,7 +8,8 @@ and their consumers take turns on the one model (one forward pass at a time), so
 slide's tissue detection, planning and first decodes overlap this slide's inference and
 its outputs the next one's. A slide that fails is
 recorded with its error and the others go on; finished slides are skipped (the pipeline's
-up-to-date check), so rerunning after a crash resumes. The flow ends with a table artifact
+up-to-date check, made for every slide before any task starts), so rerunning after a crash
+resumes. The flow ends with a table artifact
 and fails (`BatchFailedError`) if any slide failed, so schedulers and the CLI see it.
 """
 
@@ -30,7 +31,10 @@ from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
 from wsi_segment.errors import ConfigError, WsiSegmentError  # noqa: E402
 from wsi_segment.flows.dask_cluster import dask_client, gpu_count  # noqa: E402
-from wsi_segment.flows.run_log import pipeline_warnings_to_run_log  # noqa: E402
+from wsi_segment.flows.run_log import (  # noqa: E402
+    log_slide_warnings,
+    pipeline_warnings_to_run_log,
+)
 from wsi_segment.flows.run_origin import flow_run_origin  # noqa: E402
 from wsi_segment.flows.slide_flow import make_params, run_slide_stages  # noqa: E402
 from wsi_segment.pipeline.batch_inputs import BatchItem, params_for, parse_batch_input  # noqa: E402
@@ -46,7 +50,8 @@ from wsi_segment.pipeline.params import (  # noqa: E402
     run_decoders,
     shared_decoders,
 )
-from wsi_segment.pipeline.segment import SlideResult  # noqa: E402
+from wsi_segment.pipeline.segment import SlideResult, up_to_date_result  # noqa: E402
+from wsi_segment.pipeline.up_to_date import model_files  # noqa: E402
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -77,6 +82,28 @@ def slide_task(
         get_run_logger().exception("unexpected error on %s", item.slide)
         message = f"internal error ({type(exc).__name__}): {exc}"
     return SlideResult(str(item.slide), "failed", None, {}, message, time.perf_counter() - t0)
+
+
+def finished_slides(
+    items: list[BatchItem], out: str, params: SegmentParams
+) -> dict[int, SlideResult]:
+    """The "up-to-date" results of the items whose finished outputs are this run, by index,
+    decided before any task starts (a rerun over a finished folder then costs a check per
+    slide, not a Prefect task and its artifacts; the model files are hashed once). An item
+    the check cannot settle (a bad name, a link in the way) is left to its task, which
+    reports it."""
+    done: dict[int, SlideResult] = {}
+    model = model_files(params)
+    if model is None:  # no model to compare with: every slide runs and reports why
+        return done
+    for i, item in enumerate(items):
+        try:
+            result = up_to_date_result(str(item.slide), out, params_for(item, params), model)
+        except WsiSegmentError:
+            continue
+        if result is not None:
+            done[i] = result
+    return done
 
 
 def chunks_in_process(dask_address: str | None, workers: int | None, device: str) -> bool:
@@ -143,18 +170,28 @@ def segment_batch(
     in_process = chunks_in_process(dask_address, workers, params.device)
     if in_process:
         params = slide_params(params, min(concurrency, max(1, len(items))))
-    with pipeline_warnings_to_run_log(), _dask_context(dask_address, workers, in_process) as client:
-        address = client.scheduler.address if client is not None else None
-        pool: ThreadPoolTaskRunner[SlideResult] = ThreadPoolTaskRunner(max_workers=concurrency)
-        with pool as runner:
-            futures = [
-                runner.submit(
-                    slide_task,
-                    {"item": item, "out": out, "params": params, "dask_address": address},
-                )
-                for item in items
-            ]
-            results = [f.result() for f in futures]
+    finished = finished_slides(items, out, params)
+    if finished:
+        logger.info("%d slide(s) already up to date: skipped", len(finished))
+    for result in finished.values():  # a finished slide's warnings still stand (no tissue)
+        log_slide_warnings(result)
+    todo = [i for i in range(len(items)) if i not in finished]
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(pipeline_warnings_to_run_log())
+        if todo:  # no cluster starts for a batch that is all finished
+            client = stack.enter_context(_dask_context(dask_address, workers, in_process))
+            address = client.scheduler.address if client is not None else None
+            pool: ThreadPoolTaskRunner[SlideResult] = ThreadPoolTaskRunner(max_workers=concurrency)
+            with pool as runner:
+                futures = {
+                    i: runner.submit(
+                        slide_task,
+                        {"item": items[i], "out": out, "params": params, "dask_address": address},
+                    )
+                    for i in todo
+                }
+                finished.update({i: f.result() for i, f in futures.items()})
+    results = [finished[i] for i in range(len(items))]
     tally = counts(results)
     rows = batch_rows(results)
     create_table_artifact(rows, key="segment-batch", description=f"{input} -> {out}: {tally}")

@@ -17,6 +17,7 @@ from typing import Any
 
 from wsi_segment.errors import ModelError
 
+from .checksum import file_sha256, model_identity
 from .model_json import check_model_json
 
 WEIGHTS_FILE = "model.safetensors"
@@ -180,6 +181,24 @@ def weights_path(folder: str | Path, doc: dict[str, Any]) -> Path:
             f"{path} is missing: model.json has no weights next to it; copy the whole model folder"
         )
     return path
+
+
+def model_files_identity(folder: str | Path) -> tuple[str, ModelMeta]:
+    """The identity `bundle.load_model` gives the model in `folder` (`checksum.model_identity`
+    of model.json's and the weights' bytes), with its meta, without building the network or
+    importing torch: a rerun compares it with a finished run's before any model loads. A
+    folder that would not load may still hash (loading it reports why); an unreadable file
+    is the ModelError loading would raise."""
+    doc, meta, json_sha = load_model_json(folder)
+    weights = weights_path(folder, doc)
+    try:
+        weights_sha = file_sha256(weights)
+    except OSError as exc:
+        raise ModelError(
+            f"{weights} cannot be read ({exc.strerror}); check that the model folder is "
+            "complete and readable"
+        ) from exc
+    return model_identity(json_sha, weights_sha), meta
 
 
 def model_files_stamp(folder: str | Path) -> tuple[int, ...]:

@@ -1,10 +1,11 @@
 """Segment one slide: the main job behind `wsi-segment SLIDE` and the Prefect flows.
 
 Three stages, run in order by `run_stages` (the one sequence: `segment_slide` passes the
-functions, the Prefect flow the same functions wrapped as tasks):
+functions, the Prefect flow the same functions wrapped as tasks), unless the slide's outputs
+are already up to date (`pipeline.up_to_date`, decided before any of them runs):
 
-1. `prepare`  (pipeline/prepare.py) open the slide, check mpp, load the model, detect tissue, plan chunks,
-              decide whether the outputs are already up to date;
+1. `prepare`  (pipeline/prepare.py) open the slide, check mpp, load the model, detect tissue,
+              plan chunks;
 2. `infer`    run every tissue chunk with Dask, streaming probabilities into the zarr store
               inside a temporary folder;
 3. `finish`   polygons, GeoJSON, overlay, summary, pyramid; then rename the temporary folder
@@ -51,6 +52,7 @@ from wsi_segment.pipeline.params import (
 from wsi_segment.pipeline.prepare import PreparedSlide, is_up_to_date
 from wsi_segment.pipeline.prepare import prepare as prepare
 from wsi_segment.pipeline.progress import NullProgress, Progress
+from wsi_segment.pipeline.up_to_date import ModelFiles, finished_output
 from wsi_segment.wsi.slide import Slide
 
 if TYPE_CHECKING:  # distributed is imported only when a cluster is used
@@ -235,19 +237,44 @@ class Stages:
     finish: Callable[[PreparedSlide, list[ChunkOutcome], OutputDir], SlideResult]
 
 
+def up_to_date_result(
+    slide_path: str | Path,
+    out_root: str | Path,
+    params: SegmentParams,
+    model: ModelFiles | None = None,
+) -> SlideResult | None:
+    """The "up-to-date" result of a slide whose finished output is this run, decided before
+    anything loads (`pipeline.up_to_date.finished_output`; `model`: the model files' identity
+    when hashed once for many slides); None when it must run. A batch asks first, so
+    finished slides cost it no task either."""
+    t0 = time.perf_counter()
+    finished = finished_output(str(slide_path), out_root, params, model)
+    if finished is None:
+        return None
+    out_dir, summary = finished
+    return SlideResult(
+        str(slide_path), "up-to-date", out_dir, summary, None, time.perf_counter() - t0
+    )
+
+
 def run_stages(
     slide_path: str | Path, out_root: str | Path, params: SegmentParams, stages: Stages
 ) -> SlideResult:
-    """The one stage sequence of a slide, for the CLI and the flows alike: prepare; skip if up
-    to date; else infer and finish inside the atomic output folder. A write error (disk full,
-    permissions changed mid-run) becomes the OutputError with its fix; the slide and its
-    background readers are closed whatever happens."""
+    """The one stage sequence of a slide, for the CLI and the flows alike: skip if up to
+    date (decided before anything loads: `pipeline.up_to_date`); else prepare, and infer and
+    finish inside the atomic output folder. A write error (disk full, permissions changed
+    mid-run) becomes the OutputError with its fix; the slide and its background readers are
+    closed whatever happens."""
     t0 = time.perf_counter()
+    skipped = up_to_date_result(slide_path, out_root, params)
+    if skipped is not None:
+        return skipped
     prep = stages.prepare(str(slide_path), out_root, params)
     try:
-        if is_up_to_date(prep):
+        if is_up_to_date(prep):  # up to date since the check above (another run finished it)
             summary = read_previous_summary(prep.out_dir) or {}
-            return SlideResult(prep.slide_path, "up-to-date", prep.out_dir, summary, None, 0.0)
+            seconds = time.perf_counter() - t0
+            return SlideResult(prep.slide_path, "up-to-date", prep.out_dir, summary, None, seconds)
         with OutputDir(prep.out_root, prep.name, prep.params.overwrite) as out:
             try:
                 result = stages.finish(prep, stages.infer(prep, out.work_dir), out)

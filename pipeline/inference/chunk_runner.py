@@ -33,6 +33,7 @@ from wsi_segment.pipeline.inference.model_handle import ModelHandle, model_devic
 from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome
 from wsi_segment.pipeline.params import usable_cores
 from wsi_segment.pipeline.progress import NullProgress, Progress
+from wsi_segment.wsi.retries import is_transient
 from wsi_segment.wsi.tiling import ChunkSpec
 
 if TYPE_CHECKING:  # distributed is imported only when a cluster is used
@@ -137,14 +138,29 @@ def _restore_torch_threads(active: bool) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def run_chunk_unless_aborted(job: SlideJob, spec: ChunkSpec, abort: str) -> ChunkOutcome | None:
+@dataclasses.dataclass(frozen=True)
+class ChunkFailed:
+    """A chunk's error that would recur (a damaged tile: a SlideError), returned as the
+    task's value so Dask does not retry it; only transient I/O errors are raised (retried)."""
+
+    error: BaseException
+
+
+def run_chunk_unless_aborted(
+    job: SlideJob, spec: ChunkSpec, abort: str
+) -> ChunkOutcome | ChunkFailed | None:
     """Distributed entry point: a chunk that starts after the slide failed does nothing."""
     from distributed import Event
 
     if Event(abort).is_set():
         return None
     _size_for_this_worker(job)
-    return job.run(spec)
+    try:
+        return job.run(spec)
+    except Exception as exc:
+        if is_transient(exc):
+            raise
+        return ChunkFailed(exc)
 
 
 def _size_for_this_worker(job: SlideJob) -> None:
@@ -208,10 +224,13 @@ def _run_distributed(
     )
     results: list[ChunkOutcome | None] = [None] * len(specs)
 
-    def take(i: int, outcome: ChunkOutcome | None) -> None:
+    def take(i: int, outcome: ChunkOutcome | ChunkFailed | None) -> BaseException | None:
+        if isinstance(outcome, ChunkFailed):
+            return outcome.error
         if outcome is not None:
             results[i] = outcome
             progress.advance(outcome.tiles_run)
+        return None
 
     gather_all(futures, event, take)
     return [r for r in results if r is not None]

@@ -63,15 +63,31 @@ def test_batch_isolates_a_broken_slide_and_resumes(
     assert output_files(out / "synth-a") == output_files(plain.out_dir)
     assert stable_summary(out / "synth-a") == stable_summary(plain.out_dir)
 
-    # a rerun skips the finished slides and still reports the broken one
-    with pytest.raises(BatchFailedError) as again:
-        segment_batch(**kwargs)
-    statuses = {Path(r.slide).name: r.status for r in again.value.results}
+    # a rerun skips the finished slides and still reports the broken one; the finished
+    # ones are decided before any task starts: only the broken slide gets a task
+    rerun = segment_batch(**kwargs, return_state=True)
+    again = rerun.result(raise_on_failure=False)
+    assert isinstance(again, BatchFailedError)
+    statuses = {Path(r.slide).name: r.status for r in again.results}
     assert statuses == {
         "broken.svs": "failed",
         "synth-a.tif": "up-to-date",
         "synth-b.tif": "up-to-date",
     }
+    assert all(r.seconds > 0 for r in again.results)  # the check's time, not 0.0
+    assert _task_names(rerun.state_details.flow_run_id) == ["slide-broken"]
+
+
+def _task_names(flow_run_id) -> list[str]:
+    """The slide tasks (not their stage tasks) that a flow run started."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+    return sorted(r.name for r in runs if r.name.startswith("slide-"))
 
 
 def _assert_batch_artifacts(flow_run_id, folder: Path, out: Path, by_name: dict) -> None:

@@ -120,6 +120,37 @@ def test_a_damaged_slide_fails_with_one_clear_error_and_no_band_retried(
     assert len(keys) == len(set(keys)) > 0  # each band ran at most once: no retries
 
 
+def test_a_damaged_slide_fails_with_one_clear_error_and_no_chunk_retried(
+    client, tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """The chunk path (one Dask task per chunk) likewise: the damaged tile's SlideError is
+    not retried by Dask (it would fail the same way), and it is the error raised."""
+    from distributed import get_task_stream
+
+    from wsi_segment.pipeline.inference.chunk_runner import run_chunks
+
+    damaged = tmp_path / "cmu_damaged.svs"
+    corrupt_middle_tile(CMU_SLIDE, damaged)
+    job, specs = band_job(tmp_path / "p.zarr", tiny_model_dir, slide=damaged)
+    with get_task_stream(client=client) as stream, pytest.raises(SlideError) as caught:
+        run_chunks(job, specs, client=client, key_prefix="chunk-bad")
+    assert "cmu_damaged.svs" in str(caught.value) and "re-export" in str(caught.value)
+    keys = [str(t["key"]) for t in stream.data if str(t["key"]).startswith("chunk-bad")]
+    assert len(keys) == len(set(keys)) > 0  # each chunk ran at most once: no retries
+    starts = client.run_on_scheduler(_times_processing, "chunk-bad")
+    assert starts and max(starts.values()) == 1, starts  # the scheduler sent each once
+
+
+def _times_processing(prefix: str, dask_scheduler=None) -> dict[str, int]:
+    """How often the scheduler sent each task whose key starts with `prefix` to a worker."""
+    counts: dict[str, int] = {}
+    for entry in dask_scheduler.transition_log:
+        key, finish = str(entry[0]), entry[2]
+        if key.startswith(prefix) and finish == "processing":
+            counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
 def test_the_cluster_is_sized_for_bands(client) -> None:
     from wsi_segment.pipeline.inference.band_runner import _slots, worker_device_type
 

@@ -102,6 +102,19 @@ def test_round_trip_gives_identical_outputs(saved: tuple[SegmentationModel, Path
     assert doc["colors"][0] == [205, 51, 51] and doc["weights"]["dtype"] == "float32"
 
 
+def test_identity_of_the_files_is_the_loaded_models(
+    saved: tuple[SegmentationModel, Path], variants: dict[str, Path]
+) -> None:
+    """A rerun compares `model_files_identity` (no network built) with what a run loaded."""
+    from wsi_segment.models.meta import model_files_identity
+
+    _, folder = saved
+    identity, meta = model_files_identity(folder)
+    loaded = load_model(folder)
+    assert identity == loaded.identity and meta == loaded.meta
+    assert identity != model_files_identity(variants["other"])[0]
+
+
 def test_head_dropout_and_pda_schedule_round_trip(
     saved: tuple[SegmentationModel, Path], tmp_path: Path
 ) -> None:

@@ -29,12 +29,22 @@ def params(model_dir: Path, tissue: str = "auto") -> SegmentParams:
     )
 
 
-def run_recording(slide: Path, out: Path, p: SegmentParams, pools: list[DecodePool | None]):
-    """`segment_slide`'s stages with decoders started in prepare; `pools` gets each."""
+def run_recording(
+    slide: Path,
+    out: Path,
+    p: SegmentParams,
+    pools: list[DecodePool | None],
+    finished_meanwhile: Path | None = None,
+):
+    """`segment_slide`'s stages with decoders started in prepare; `pools` gets each. With
+    `finished_meanwhile`, that finished output is copied into place once prepare returns,
+    as if another run had finished the slide while this one prepared it."""
 
     def prepare_early(path: str, root: str | Path, p: SegmentParams) -> PreparedSlide:
         prep = prepare(path, root, p, decoders=2)
         pools.append(prep.decode_pool)
+        if finished_meanwhile is not None:
+            shutil.copytree(finished_meanwhile, prep.out_dir)
         return prep
 
     return run_stages(slide, out, p, Stages(prepare_early, infer, finish))
@@ -50,10 +60,14 @@ def assert_closed(pools: list[DecodePool | None], before: set[str]) -> None:
 def test_early_decoders_are_adopted_and_an_up_to_date_rerun_closes_them(tmp_path, tiny_model_dir):
     before = shm_entries()
     pools: list[DecodePool | None] = []
-    first = run_recording(CMU_SLIDE, tmp_path, params(tiny_model_dir), pools)
+    first = run_recording(CMU_SLIDE, tmp_path / "a", params(tiny_model_dir), pools)
     assert first.status == "done"
-    again = run_recording(CMU_SLIDE, tmp_path, params(tiny_model_dir), pools)
+    again = run_recording(CMU_SLIDE, tmp_path / "a", params(tiny_model_dir), pools)
     assert again.status == "up-to-date"
+    assert len(pools) == 1  # decided before prepare: no decoder started
+    # finished by another run while this one prepared: its early decoders are closed
+    raced = run_recording(CMU_SLIDE, tmp_path / "b", params(tiny_model_dir), pools, first.out_dir)
+    assert raced.status == "up-to-date"
     assert len(pools) == 2
     assert_closed(pools, before)
 

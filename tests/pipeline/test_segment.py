@@ -270,21 +270,30 @@ def test_optional_ome_tiff_and_tile_objects(tmp_path, tiny_model_dir):
 
 def test_the_stage_sequence_closes_the_slide_it_prepared(tmp_path, tiny_model_dir):
     """`run_stages` (behind `segment_slide` and the Prefect flows) closes the slide when the
-    run returns, done or up to date, instead of leaving its file to the garbage collector."""
+    run returns, done or found up to date once prepared (another run finished the slide
+    meanwhile), instead of leaving its file to the garbage collector. A plain rerun of a
+    finished slide prepares nothing."""
     from wsi_segment.pipeline import segment
 
     prepared = []
+    finished_meanwhile = []
 
     def prepare_and_keep(path, root, params):
         prepared.append(segment.prepare(path, root, params))
+        for done in finished_meanwhile:
+            shutil.copytree(done, prepared[-1].out_dir)
         return prepared[-1]
 
     stages = segment.Stages(
         prepare_and_keep, lambda prep, work_dir: segment.infer(prep, work_dir), segment.finish
     )
     params = SegmentParams(model_dir=tiny_model_dir, backend="tiffslide", device="cpu")
-    assert segment.run_stages(CMU_SLIDE, tmp_path, params, stages).status == "done"
-    assert segment.run_stages(CMU_SLIDE, tmp_path, params, stages).status == "up-to-date"
+    first = segment.run_stages(CMU_SLIDE, tmp_path / "a", params, stages)
+    assert first.status == "done"
+    assert segment.run_stages(CMU_SLIDE, tmp_path / "a", params, stages).status == "up-to-date"
+    assert len(prepared) == 1
+    finished_meanwhile.append(first.out_dir)
+    assert segment.run_stages(CMU_SLIDE, tmp_path / "b", params, stages).status == "up-to-date"
     assert [p.slide._reader for p in prepared] == [None, None]  # closed
 
 

@@ -1,0 +1,64 @@
+"""Is a slide's finished output already this run? Decided before anything is loaded.
+
+A rerun over finished slides (a nightly batch over a folder) must cost a stat and a few
+hashes per slide, not a model load, tissue detection and decoder start-up each. The run's
+fingerprint (`pipeline.outputs.output_dir.run_fingerprint`) needs only the slide's identity
+(path, size, mtime), the model's identity (the hash of its files, computed as loading them
+would: `models.meta.model_files_identity`, no torch), the parameters and the --roi file's
+bytes; all are known before `prepare` opens anything.
+
+Only "up to date" is decided here. Anything else (no finished output, another run's output,
+a model or slide that cannot be read) is left to `prepare` and `prepare.is_up_to_date`, which
+report it as before; so a check that cannot be completed costs nothing but its time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from wsi_segment.errors import WsiSegmentError
+from wsi_segment.models.meta import ModelMeta, model_files_identity
+from wsi_segment.pipeline.outputs.output_dir import (
+    read_previous_summary,
+    run_fingerprint,
+    slide_output_name,
+)
+from wsi_segment.pipeline.outputs.ownership import refuse_link
+from wsi_segment.pipeline.params import SegmentParams
+from wsi_segment.pipeline.prepare import resolve_model_dir
+
+ModelFiles = tuple[str, ModelMeta]  # (identity, meta): `models.meta.model_files_identity`
+
+
+def model_files(params: SegmentParams) -> ModelFiles | None:
+    """The identity and meta of the run's model files, hashed once for many slides (a
+    batch's check); None when they cannot be read (each slide's `prepare` then says why)."""
+    try:
+        return model_files_identity(resolve_model_dir(params))
+    except (WsiSegmentError, OSError):
+        return None
+
+
+def finished_output(
+    slide_path: str, out_root: str | Path, params: SegmentParams, model: ModelFiles | None = None
+) -> tuple[Path, dict[str, Any]] | None:
+    """(output folder, its summary) when the folder holds a finished run with this run's
+    fingerprint and --overwrite is not given; None when `prepare` must decide. `model`: the
+    model files' identity if already hashed (`model_files`), else they are hashed here.
+
+    A bad output name or a link at the output folder raises the error `prepare` would."""
+    name = slide_output_name(slide_path, params.output_name)
+    out_dir = Path(out_root) / name
+    refuse_link(out_dir)  # as prepare does first: outputs are never read through a link
+    if params.overwrite:
+        return None
+    previous = read_previous_summary(out_dir)
+    if previous is None or not previous.get("fingerprint"):
+        return None
+    try:
+        model_hash, meta = model or model_files_identity(resolve_model_dir(params))
+        fingerprint = run_fingerprint(slide_path, model_hash, params, meta)
+    except (WsiSegmentError, OSError):  # a missing slide, model or ROI: prepare names it
+        return None
+    return (out_dir, previous) if previous["fingerprint"] == fingerprint else None

@@ -1,0 +1,163 @@
+"""A rerun of a finished slide is decided up to date before anything loads (no torch, no
+process, no `prepare`), and every change the fingerprint covers still makes it a new run."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+
+from tests.wsi import qupath_exports as qp
+from wsi_segment.errors import OutputError
+from wsi_segment.pipeline import segment
+from wsi_segment.pipeline.params import SegmentParams
+from wsi_segment.synthetic.slides import write_synthetic_slide
+
+
+@dataclass
+class Finished:
+    slide: Path
+    out: Path
+    params: SegmentParams
+    result: segment.SlideResult
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Finished:
+    """One finished run of a small synthetic slide, with its own copy of the model (without
+    the weights' sha256 in model.json, so a test can change the weights alone) and a ROI."""
+    tmp = tmp_path_factory.mktemp("up-to-date")
+    slide = tmp / "slide.svs"
+    write_synthetic_slide(slide, 1024, 768, mpp=1.0, seed=3)
+    model = tmp / "model"
+    shutil.copytree(tiny_model_dir, model)
+    doc = json.loads((model / "model.json").read_text())
+    del doc["weights"]["sha256"]
+    (model / "model.json").write_text(json.dumps(doc, indent=2))
+    roi = qp.export(tmp / "roi.geojson", [qp.annotation(qp.rect(0, 0, 900, 700), "r")])
+    params = SegmentParams(model_dir=model, device="cpu", precision="fp32", roi=roi)
+    result = segment.segment_slide(slide, tmp / "out", params)
+    assert result.status == "done"
+    return Finished(slide, tmp / "out", params, result)
+
+
+def recording_stages(prepared: list[str]) -> segment.Stages:
+    """The plain stages, with `prepare` recording each slide it is asked to prepare."""
+
+    def prepare(path: str, root: str | Path, params: SegmentParams) -> segment.PreparedSlide:
+        prepared.append(path)
+        return segment.prepare(path, root, params)
+
+    return segment.Stages(prepare, lambda prep, work: segment.infer(prep, work), segment.finish)
+
+
+def test_a_rerun_loads_nothing_and_starts_no_process(finished: Finished) -> None:
+    """In a fresh interpreter, as a nightly rerun starts: the CLI reports the slide up to
+    date without importing torch (so no model loaded) or starting any process."""
+    code = (
+        "import sys, psutil\n"
+        "from wsi_segment.flows.cli import main\n"
+        "code = main(sys.argv[1:])\n"
+        "print(code, 'torch' in sys.modules, len(psutil.Process().children(recursive=True)))\n"
+    )
+    p = finished.params
+    args = [str(finished.slide), "--out", str(finished.out), "--model", str(p.model_dir)]
+    args += ["--device", "cpu", "--precision", "fp32", "--roi", str(p.roi), "--quiet"]
+    run = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.strip().splitlines()
+    assert lines[-1] == "0 False 0"
+    assert (
+        lines[0]
+        == f"{finished.slide}: up to date in {finished.result.out_dir} (use --overwrite to redo)"
+    )
+
+
+def test_a_rerun_is_up_to_date_without_prepare(finished: Finished) -> None:
+    summary = finished.result.out_dir / "summary.json"
+    mtime = summary.stat().st_mtime_ns
+    prepared: list[str] = []
+    again = segment.run_stages(
+        finished.slide, finished.out, finished.params, recording_stages(prepared)
+    )
+    assert prepared == []
+    assert again.status == "up-to-date" and again.out_dir == finished.result.out_dir
+    assert again.summary == json.loads(summary.read_text())
+    assert 0 < again.seconds < 60  # the time the check took, shown in the batch table
+    assert summary.stat().st_mtime_ns == mtime
+
+
+@contextmanager
+def restored(path: Path) -> Iterator[None]:
+    """Put the file's bytes and times back after the test changed them."""
+    data, st = path.read_bytes(), path.stat()
+    try:
+        yield
+    finally:
+        path.write_bytes(data)
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def assert_new_run(finished: Finished, params: SegmentParams) -> None:
+    """Not up to date: the full `prepare` ran and the finished output of another run was
+    refused (as without the early check)."""
+    prepared: list[str] = []
+    with pytest.raises(OutputError, match="different run"):
+        segment.run_stages(finished.slide, finished.out, params, recording_stages(prepared))
+    assert prepared == [str(finished.slide)]
+
+
+def test_changed_parameters_are_a_new_run(finished: Finished) -> None:
+    assert_new_run(finished, replace(finished.params, overlap=16))
+    assert_new_run(finished, replace(finished.params, gate=False))
+
+
+def test_changed_weights_are_a_new_run(finished: Finished) -> None:
+    """Same model.json, one weight byte changed: the identity hashes the weights' bytes."""
+    weights = Path(finished.params.model_dir or "") / "model.safetensors"
+    with restored(weights):
+        data = bytearray(weights.read_bytes())
+        data[-1] ^= 1  # the last tensor's last byte: still a valid file, another model
+        weights.write_bytes(bytes(data))
+        assert_new_run(finished, finished.params)
+
+
+def test_changed_model_json_is_a_new_run(finished: Finished) -> None:
+    meta = Path(finished.params.model_dir or "") / "model.json"
+    with restored(meta):
+        meta.write_text(meta.read_text() + "\n")  # the same description, other bytes
+        assert_new_run(finished, finished.params)
+
+
+def test_changed_slide_is_a_new_run(finished: Finished) -> None:
+    """A slide rewritten in place: its size and mtime are its identity."""
+    with restored(finished.slide):
+        st = finished.slide.stat()
+        os.utime(finished.slide, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+        assert_new_run(finished, finished.params)
+
+
+def test_changed_roi_is_a_new_run(finished: Finished) -> None:
+    roi = Path(finished.params.roi or "")
+    with restored(roi):
+        qp.export(roi, [qp.annotation(qp.rect(0, 0, 800, 700), "r")])
+        assert_new_run(finished, finished.params)
+
+
+def test_a_missing_model_is_reported_not_skipped(finished: Finished, tmp_path: Path) -> None:
+    """The early check cannot hash a model that is not there: `prepare` names the folder."""
+    from wsi_segment.errors import ModelError
+
+    params = replace(finished.params, model_dir=tmp_path / "nowhere")
+    with pytest.raises(ModelError, match="nowhere"):
+        segment.segment_slide(finished.slide, finished.out, params)
