@@ -63,6 +63,11 @@ def run_cli(args: list, timeout: float = 600, cwd: Path | None = None) -> CliRes
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
 
+def cli_args(slide, model, out, *extra) -> list:
+    """`wsi-segment` arguments for one slide with the tests' model at 0.5 um/px, quietly."""
+    return [slide, "--model", model, "--out", out, "--quiet", "--mpp", "0.5", *extra]
+
+
 def run_cli_inprocess(args: list, capsys: pytest.CaptureFixture[str]) -> CliResult:
     """`flows.cli.main` in this process; argparse's SystemExit becomes the exit code."""
     from wsi_segment.flows.cli import main

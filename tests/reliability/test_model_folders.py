@@ -25,14 +25,11 @@ from tests.reliability.conftest import (
     assert_clean_error,
     assert_complete_output,
     assert_nothing_written,
+    cli_args,
     run_cli_inprocess,
 )
 from wsi_segment.errors import ModelError
 from wsi_segment.models.meta import read_model_json
-
-
-def args_for(slide, model, out, *extra):
-    return [slide, "--model", model, "--out", out, "--quiet", "--mpp", "0.5", *extra]
 
 
 def edit_json(folder: Path, change) -> None:
@@ -77,7 +74,7 @@ def test_weights_outside_the_folder_are_refused(fake_model_dir, cmu_crop, tmp_pa
     (folder / "model.safetensors").rename(outside)
     edit_json(folder, lambda doc: doc["weights"].__setitem__("file", "../w.safetensors"))
     out = tmp_path / "out"
-    result = run_cli_inprocess(args_for(cmu_crop, folder, out), capsys)
+    result = run_cli_inprocess(cli_args(cmu_crop, folder, out), capsys)
     assert_clean_error(result, "'weights.file' is '../w.safetensors'", "inside the model folder")
     assert_nothing_written(out)
 
@@ -87,7 +84,7 @@ def test_absolute_weights_path_is_refused(fake_model_dir, cmu_crop, tmp_path, ca
     weights = folder / "model.safetensors"
     edit_json(folder, lambda doc: doc["weights"].__setitem__("file", str(weights)))
     out = tmp_path / "out"
-    result = run_cli_inprocess(args_for(cmu_crop, folder, out), capsys)
+    result = run_cli_inprocess(cli_args(cmu_crop, folder, out), capsys)
     assert_clean_error(result, f"'weights.file' is '{weights}'", "relative")
     assert_nothing_written(out)
 
@@ -98,7 +95,7 @@ def test_weights_link_leading_outside_is_refused(fake_model_dir, cmu_crop, tmp_p
     (folder / "model.safetensors").rename(outside)
     (folder / "model.safetensors").symlink_to(outside)
     out = tmp_path / "out"
-    result = run_cli_inprocess(args_for(cmu_crop, folder, out), capsys)
+    result = run_cli_inprocess(cli_args(cmu_crop, folder, out), capsys)
     assert_clean_error(result, "model.safetensors", "leads outside the model folder", "copy")
     assert_nothing_written(out)
 
@@ -109,7 +106,7 @@ def test_missing_weights_file_named_in_the_json(fake_model_dir, cmu_crop, tmp_pa
     (folder / "model.safetensors").rename(folder / "w.safetensors")
     edit_json(folder, lambda doc: doc["weights"].__setitem__("file", "weights/w2.safetensors"))
     out = tmp_path / "out"
-    result = run_cli_inprocess(args_for(cmu_crop, folder, out), capsys)
+    result = run_cli_inprocess(cli_args(cmu_crop, folder, out), capsys)
     assert_clean_error(result, "weights/w2.safetensors", "is missing", "copy the whole model")
     assert_nothing_written(out)
 
@@ -133,16 +130,16 @@ def test_identity_is_the_hash_of_the_weights_loaded(
 
     edit_json(folder, renamed)
     out = tmp_path / "out"
-    first = run_cli_inprocess(args_for(cmu_crop, folder, out), capsys)
+    first = run_cli_inprocess(cli_args(cmu_crop, folder, out), capsys)
     assert first.code == 0, first.stderr
     summary = assert_complete_output(out / cmu_crop.stem)
     weights = folder / "weights" / "w.safetensors"
     assert summary["model"]["sha256"] == model_identity(sha(folder / "model.json"), sha(weights))
 
     weights.write_bytes(other_weights.read_bytes())  # same architecture, other values
-    again = run_cli_inprocess(args_for(cmu_crop, folder, out), capsys)
+    again = run_cli_inprocess(cli_args(cmu_crop, folder, out), capsys)
     assert_clean_error(again, "different run", "--overwrite")
-    redone = run_cli_inprocess(args_for(cmu_crop, folder, out, "--overwrite"), capsys)
+    redone = run_cli_inprocess(cli_args(cmu_crop, folder, out, "--overwrite"), capsys)
     assert redone.code == 0, redone.stderr
     summary = assert_complete_output(out / cmu_crop.stem)
     assert summary["model"]["sha256"] == model_identity(sha(folder / "model.json"), sha(weights))
@@ -233,7 +230,7 @@ def test_an_encoder_that_would_download_is_refused_before_any_network_access(
         read_model_json(folder)
     out = tmp_path / "out"
     with _sockets_seen() as seen:
-        result = run_cli_inprocess(args_for(cmu_crop, folder, out), capsys)
+        result = run_cli_inprocess(cli_args(cmu_crop, folder, out), capsys)
     assert_clean_error(result, f"'{key}' is '{value}'", "inference never does")
     assert_nothing_written(out)
     assert seen == [], seen
@@ -253,7 +250,7 @@ def test_bad_keys_through_the_cli_leave_nothing(
     folder = fake_model_dir("cli_bad_key")
     edit_json(folder, _set(key, value))
     out = tmp_path / "out"
-    result = run_cli_inprocess(args_for(cmu_crop, folder, out), capsys)
+    result = run_cli_inprocess(cli_args(cmu_crop, folder, out), capsys)
     assert_clean_error(result, "model.json", f"'{key}' is", "allowed:")
     assert_nothing_written(out)
 

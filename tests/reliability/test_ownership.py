@@ -17,13 +17,10 @@ import pytest
 from tests.reliability.conftest import (
     assert_clean_error,
     assert_complete_output,
+    cli_args,
     leftovers,
     run_cli_inprocess,
 )
-
-
-def args_for(slide, model, out, *extra):
-    return [slide, "--model", model, "--out", out, "--quiet", "--mpp", "0.5", *extra]
 
 
 def snapshot(root: Path) -> dict[str, object]:
@@ -47,7 +44,7 @@ def snapshot(root: Path) -> dict[str, object]:
 def finished(cmu_crop, tiny_model_dir, tmp_path, capsys) -> Path:
     """`<out>` holding one finished output of ours for the CMU crop."""
     out = tmp_path / "out"
-    result = run_cli_inprocess(args_for(cmu_crop, tiny_model_dir, out), capsys)
+    result = run_cli_inprocess(cli_args(cmu_crop, tiny_model_dir, out), capsys)
     assert result.code == 0, result.stderr
     assert_complete_output(out / cmu_crop.stem)
     return out
@@ -67,7 +64,7 @@ def test_a_foreign_folder_is_never_replaced(cmu_crop, tiny_model_dir, tmp_path, 
     folder = foreign_folder(out / cmu_crop.stem)
     before = snapshot(tmp_path)
     extra = ["--overwrite"] if overwrite else []
-    result = run_cli_inprocess(args_for(cmu_crop, tiny_model_dir, out, *extra), capsys)
+    result = run_cli_inprocess(cli_args(cmu_crop, tiny_model_dir, out, *extra), capsys)
     assert_clean_error(result, str(folder), "not a wsi-segment output", "move it away")
     assert snapshot(tmp_path) == before
 
@@ -82,7 +79,7 @@ def test_a_folder_with_a_summary_not_ours_is_never_replaced(
     (folder / "summary.json").write_text('{"fingerprint": 3, "tool": "other"}')
     (folder / "data.csv").write_text("x,y\n1,2\n")
     before = snapshot(tmp_path)
-    result = run_cli_inprocess(args_for(cmu_crop, tiny_model_dir, out, "--overwrite"), capsys)
+    result = run_cli_inprocess(cli_args(cmu_crop, tiny_model_dir, out, "--overwrite"), capsys)
     assert_clean_error(result, str(folder), "no summary.json of a finished wsi-segment run")
     assert snapshot(tmp_path) == before
 
@@ -94,7 +91,7 @@ def test_our_output_with_a_file_added_by_hand_is_not_replaced(
     folder = finished / cmu_crop.stem
     (folder / "review.txt").write_text("checked by Dr. X")
     before = snapshot(finished)
-    result = run_cli_inprocess(args_for(cmu_crop, tiny_model_dir, finished, "--overwrite"), capsys)
+    result = run_cli_inprocess(cli_args(cmu_crop, tiny_model_dir, finished, "--overwrite"), capsys)
     assert_clean_error(result, str(folder), "review.txt", "did not write")
     assert snapshot(finished) == before
 
@@ -103,7 +100,7 @@ def test_overwrite_replaces_our_own_output(finished, cmu_crop, tiny_model_dir, c
     """The clean case stays clean: our finished output is redone, nothing else is left."""
     folder = finished / cmu_crop.stem
     inode = folder.stat().st_ino
-    result = run_cli_inprocess(args_for(cmu_crop, tiny_model_dir, finished, "--overwrite"), capsys)
+    result = run_cli_inprocess(cli_args(cmu_crop, tiny_model_dir, finished, "--overwrite"), capsys)
     assert result.code == 0, result.stderr
     assert "Traceback" not in result.stderr
     assert folder.stat().st_ino != inode  # a new folder was published
@@ -121,7 +118,7 @@ def test_a_replace_cut_short_is_finished_by_the_next_run(
     old = finished / f".{cmu_crop.stem}.old"
     os.replace(folder, old)
     (old / "overlay.png").unlink()  # its removal had begun: summary.json goes last
-    result = run_cli_inprocess(args_for(cmu_crop, tiny_model_dir, finished), capsys)
+    result = run_cli_inprocess(cli_args(cmu_crop, tiny_model_dir, finished), capsys)
     assert result.code == 0, result.stderr
     assert_complete_output(folder)
     assert leftovers(finished) == [cmu_crop.stem]
@@ -132,7 +129,7 @@ def test_a_foreign_folder_at_the_old_name_is_never_removed(
 ):
     old = foreign_folder(finished / f".{cmu_crop.stem}.old")
     before = snapshot(finished)
-    result = run_cli_inprocess(args_for(cmu_crop, tiny_model_dir, finished, "--overwrite"), capsys)
+    result = run_cli_inprocess(cli_args(cmu_crop, tiny_model_dir, finished, "--overwrite"), capsys)
     assert_clean_error(result, str(old), "not a wsi-segment output")
     assert snapshot(finished) == before
 
@@ -161,7 +158,7 @@ def test_output_folder_that_is_a_symlink_is_refused(
     before = snapshot(tmp_path)
     extra = ["--overwrite"] if overwrite else []
     for _ in range(2):  # and again: nothing left over changes the answer
-        result = run_cli_inprocess(args_for(cmu_crop, tiny_model_dir, finished, *extra), capsys)
+        result = run_cli_inprocess(cli_args(cmu_crop, tiny_model_dir, finished, *extra), capsys)
         assert_clean_error(result, str(link), "symbolic link", "remove the link")
         assert snapshot(tmp_path) == before
 
@@ -185,7 +182,7 @@ def test_our_hidden_names_as_symlinks_are_refused(
     link = out / f".{cmu_crop.stem}.{name}"
     link.symlink_to(dest)
     before = snapshot(tmp_path)
-    result = run_cli_inprocess(args_for(cmu_crop, tiny_model_dir, out, "--overwrite"), capsys)
+    result = run_cli_inprocess(cli_args(cmu_crop, tiny_model_dir, out, "--overwrite"), capsys)
     assert_clean_error(result, str(link), "symbolic link")
     assert snapshot(tmp_path) == before
 
@@ -200,7 +197,7 @@ def test_a_symlink_loop_or_dangling_link_as_the_slide_says_so(
     (tmp_path / "gone.svs").symlink_to("moved-away.svs")
     out = tmp_path / "out"
     slides = [tmp_path / "a.svs", tmp_path / "gone.svs"]
-    result = run_cli_inprocess([*slides, *args_for(cmu_crop, tiny_model_dir, out)], capsys)
+    result = run_cli_inprocess([*slides, *cli_args(cmu_crop, tiny_model_dir, out)], capsys)
     text = assert_clean_error(result, count=2)
     assert f"{slides[0]}: symbolic link loop" in text, text
     assert f"{slides[1]}: symbolic link to 'moved-away.svs', which does not exist" in text
