@@ -7,10 +7,13 @@ slides in flight share the machine's decoder processes (`pipeline.params.shared_
 and their consumers take turns on the one model (one forward pass at a time), so the next
 slide's tissue detection, planning and first decodes overlap this slide's inference and
 its outputs the next one's. A slide that fails is
-recorded with its error and the others go on; finished slides are skipped (the pipeline's
-up-to-date check, made for every slide before any task starts), so rerunning after a crash
-resumes. The flow ends with a table artifact
-and fails (`BatchFailedError`) if any slide failed, so schedulers and the CLI see it.
+recorded with its error and the others go on (its slide task ends Failed, as its stage task
+does); finished slides are skipped (the pipeline's up-to-date check, made for every slide
+before any task starts), so rerunning after a crash resumes. A slide that failed before and
+has not changed since (same slide, model and parameters) is not retried unless asked
+(`pipeline.known_failures`). The flow ends with a table artifact and fails
+(`BatchFailedError`) if any slide failed anew, so schedulers and the CLI see it; known
+failures alone leave it Completed, with a WARNING line each.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ prefect_env.apply()
 from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.artifacts import create_markdown_artifact, create_table_artifact  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
+from prefect.futures import PrefectFuture  # noqa: E402
+from prefect.states import Failed, State  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
 from wsi_segment.errors import ConfigError, WsiSegmentError  # noqa: E402
@@ -42,7 +47,13 @@ from wsi_segment.pipeline.batch_report import (  # noqa: E402
     batch_rows,
     counts,
     failure_message,
+    known_failure_message,
     markdown_table,
+)
+from wsi_segment.pipeline.known_failures import (  # noqa: E402
+    error_class_of,
+    known_failures,
+    settle_records,
 )
 from wsi_segment.pipeline.params import (  # noqa: E402
     SegmentParams,
@@ -51,10 +62,12 @@ from wsi_segment.pipeline.params import (  # noqa: E402
     shared_decoders,
 )
 from wsi_segment.pipeline.segment import SlideResult, up_to_date_result  # noqa: E402
-from wsi_segment.pipeline.up_to_date import model_files  # noqa: E402
+from wsi_segment.pipeline.up_to_date import ModelFiles, model_files  # noqa: E402
 
 if TYPE_CHECKING:
     from distributed import Client
+
+SlideOrFailed = SlideResult | State[SlideResult]  # what a slide task returns
 
 
 class BatchFailedError(WsiSegmentError):
@@ -71,29 +84,43 @@ class BatchFailedError(WsiSegmentError):
 @task(name="slide", task_run_name="slide-{item.name}", cache_policy=NO_CACHE, persist_result=False)
 def slide_task(
     item: BatchItem, out: str, params: SegmentParams, dask_address: str | None
-) -> SlideResult:
-    """One slide's stages; any error becomes a "failed" result so the batch goes on."""
+) -> SlideOrFailed:
+    """One slide's stages; any error becomes a "failed" result so the batch goes on, handed
+    back in a Failed state, so the slide's task shows what its stage task shows."""
     t0 = time.perf_counter()
+    error: Exception
     try:
         return run_slide_stages(str(item.slide), out, params_for(item, params), dask_address)
     except WsiSegmentError as exc:
-        message = str(exc)
+        message, error = str(exc), exc
     except Exception as exc:  # a bug on one slide must not stop the night's batch
         get_run_logger().exception("unexpected error on %s", item.slide)
-        message = f"internal error ({type(exc).__name__}): {exc}"
-    return SlideResult(str(item.slide), "failed", None, {}, message, time.perf_counter() - t0)
+        message, error = f"internal error ({type(exc).__name__}): {exc}", exc
+    seconds = time.perf_counter() - t0
+    result = SlideResult(
+        str(item.slide), "failed", None, {}, message, seconds, error_class=error_class_of(error)
+    )
+    return Failed(message=failure_message(result), data=result)
+
+
+def slide_outcome(future: PrefectFuture[SlideOrFailed]) -> SlideResult:
+    """The `SlideResult` of a slide task, whether its state is Completed or Failed."""
+    result = future.result(raise_on_failure=False)
+    if not isinstance(result, SlideResult):  # crashed or cancelled: the task never returned
+        future.result()  # raises what ended it
+        raise TypeError(f"slide task ended in {future.state!r} without a result")
+    return result
 
 
 def finished_slides(
-    items: list[BatchItem], out: str, params: SegmentParams
+    items: list[BatchItem], out: str, params: SegmentParams, model: ModelFiles | None
 ) -> dict[int, SlideResult]:
     """The "up-to-date" results of the items whose finished outputs are this run, by index,
     decided before any task starts (a rerun over a finished folder then costs a check per
     slide, not a Prefect task and its artifacts; the model files are hashed once). An item
     the check cannot settle (a bad name, a link in the way) is left to its task, which
-    reports it."""
+    reports it. `model`: `model_files(params)`."""
     done: dict[int, SlideResult] = {}
-    model = model_files(params)
     if model is None:  # no model to compare with: every slide runs and reports why
         return done
     for i, item in enumerate(items):
@@ -151,6 +178,7 @@ def segment_batch(
     workers: int | None = None,
     concurrency: int = 2,
     options: dict[str, Any] | None = None,
+    retry_failed: bool = False,
 ) -> list[SlideResult]:
     """Segment every slide of a folder, glob or manifest CSV into `<out>/<name>/`.
 
@@ -160,6 +188,8 @@ def segment_batch(
     in flight; 2 overlaps one slide's fixed costs (open, tissue, plan; polygons and outputs)
     with the other's inference, and more only splits the same device and cores further.
     `options`: other `SegmentParams` fields (overlap, device, overwrite, ...).
+    `retry_failed`: also run the slides that failed before and have not changed since
+    (known failures, otherwise reported without being retried).
     """
     if concurrency < 1:
         raise ConfigError(f"concurrency must be >= 1 (got {concurrency})")
@@ -170,18 +200,23 @@ def segment_batch(
     in_process = chunks_in_process(dask_address, workers, params.device)
     if in_process:
         params = slide_params(params, min(concurrency, max(1, len(items))))
-    finished = finished_slides(items, out, params)
+    model = model_files(params)
+    finished = finished_slides(items, out, params, model)
     if finished:
         logger.info("%d slide(s) already up to date: skipped", len(finished))
     for result in finished.values():  # a finished slide's warnings still stand (no tissue)
         log_slide_warnings(result)
+    if not retry_failed:
+        finished.update(known_failures(items, out, params, model, skip=finished))
     todo = [i for i in range(len(items)) if i not in finished]
     with contextlib.ExitStack() as stack:
         stack.enter_context(pipeline_warnings_to_run_log())
         if todo:  # no cluster starts for a batch that is all finished
             client = stack.enter_context(_dask_context(dask_address, workers, in_process))
             address = client.scheduler.address if client is not None else None
-            pool: ThreadPoolTaskRunner[SlideResult] = ThreadPoolTaskRunner(max_workers=concurrency)
+            pool: ThreadPoolTaskRunner[SlideOrFailed] = ThreadPoolTaskRunner(
+                max_workers=concurrency
+            )
             with pool as runner:
                 futures = {
                     i: runner.submit(
@@ -190,8 +225,12 @@ def segment_batch(
                     )
                     for i in todo
                 }
-                finished.update({i: f.result() for i, f in futures.items()})
-    results = [finished[i] for i in range(len(items))]
+                finished.update({i: slide_outcome(f) for i, f in futures.items()})
+    results, unrecorded = settle_records(
+        items, [finished[i] for i in range(len(items))], out, params, model
+    )
+    for problem in unrecorded:
+        logger.warning("failure not recorded: %s", problem)
     tally = counts(results)
     rows = batch_rows(results)
     create_table_artifact(rows, key="segment-batch", description=f"{input} -> {out}: {tally}")
@@ -200,6 +239,9 @@ def segment_batch(
         key="segment-batch-report",
         description="Batch results",
     )
+    for r in results:
+        if r.status == "known-failure":
+            logger.warning("%s", known_failure_message(r))
     failed = [r for r in results if r.status == "failed"]
     for r in failed:
         logger.error("failed: %s", failure_message(r))

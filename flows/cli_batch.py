@@ -2,7 +2,9 @@
 
 INPUT is a folder of slides, a glob ('slides/**/*.svs') or a manifest CSV (slide path,
 optional mpp, optional output name). The input and options are checked before Prefect
-starts, so a typo costs a second, not a server start. Exit code 1 if any slide failed.
+starts, so a typo costs a second, not a server start. Exit code 1 if any slide failed anew;
+0 when the only failures are known ones (failed before, slide, model and parameters
+unchanged: not retried without --retry-failed), each named on a `warning:` line.
 """
 
 from __future__ import annotations
@@ -54,6 +56,12 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "and take turns on the model, so one slide's tissue detection and outputs overlap "
         "the other's inference (default: %(default)s)",
     )
+    parser.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="also run slides that failed before and have not changed since (known "
+        "failures are otherwise reported as such, not retried, and do not fail the batch)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -69,7 +77,12 @@ def flow_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     from wsi_segment.pipeline.batch_inputs import parse_batch_input
-    from wsi_segment.pipeline.batch_report import batch_rows, counts, markdown_table
+    from wsi_segment.pipeline.batch_report import (
+        batch_rows,
+        counts,
+        known_failure_message,
+        markdown_table,
+    )
 
     parse_batch_input(args.input)  # bad input: one error line, before Prefect starts
     options = flow_options(args)
@@ -88,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
             workers=args.workers,
             concurrency=args.concurrency,
             options=options,
+            retry_failed=args.retry_failed,
         )
         code = 0
     except BatchFailedError as exc:
@@ -95,6 +109,9 @@ def run(args: argparse.Namespace) -> int:
     for result in results:
         print_warnings(result)
     print(markdown_table(batch_rows(results)))
+    for result in results:
+        if result.status == "known-failure":
+            print(f"warning: {known_failure_message(result)}", file=sys.stderr)
     tally = counts(results)
     print(", ".join(f"{n} {status}" for status, n in tally.items()), file=sys.stderr)
     return code

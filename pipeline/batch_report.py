@@ -36,7 +36,7 @@ def result_row(result: SlideResult, class_names: Sequence[str] = ()) -> dict[str
     tissue = (summary.get("tissue") or {}).get("area_um2")
     row: dict[str, Any] = {
         "slide": str(result.slide),
-        "status": result.status,
+        "status": status_cell(result),
         "output": str(result.out_dir) if result.out_dir else "",
         "tissue_area_mm2": round(float(tissue) / 1e6, 4) if tissue is not None else None,
         "tissue": tissue_mark(summary),
@@ -48,6 +48,32 @@ def result_row(result: SlideResult, class_names: Sequence[str] = ()) -> dict[str
     row["seconds"] = seconds_cell(float(result.seconds or 0.0))
     row["error"] = result.error or ""
     return row
+
+
+def since_text(since_utc: str) -> str:
+    """A record's `2026-11-23T02:00:41Z` as `2026-11-23 02:00 UTC` for tables and logs."""
+    return f"{since_utc[:10]} {since_utc[11:16]} UTC" if len(since_utc) >= 16 else since_utc
+
+
+def status_cell(result: SlideResult) -> str:
+    """The status a reader sees: a failure says whether it is new, failing again (retried
+    on request) or known and not retried (`pipeline.known_failures`)."""
+    if result.status == "known-failure":
+        return f"failed (known, since {since_text(result.known_since or '')})"
+    if result.status == "failed":
+        if result.known_since:
+            return f"failed (again, since {since_text(result.known_since)})"
+        return "failed (new)"
+    return result.status
+
+
+def known_failure_message(result: SlideResult) -> str:
+    """A known failure's line for a log or the terminal: the slide, since when, its error
+    and how to retry it (a changed slide, model or parameters are retried without asking)."""
+    return (
+        f"{status_cell(result)}, not retried: {failure_message(result)}; to retry it "
+        "unchanged, rerun with --retry-failed (flow parameter retry_failed)"
+    )
 
 
 def seconds_cell(seconds: float) -> float:

@@ -68,11 +68,13 @@ class SlideResult:
     """What one slide run ended with (the batch table is made of these)."""
 
     slide: str
-    status: str  # "done" | "up-to-date" | "failed"
+    status: str  # "done" | "up-to-date" | "failed" | "known-failure" (pipeline.known_failures)
     out_dir: Path | None
     summary: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     seconds: float = 0.0
+    error_class: str | None = None  # a failure's `wsi_segment.errors` class name
+    known_since: str | None = None  # a failure on record since then (UTC), not a new one
 
 
 def _device_type(model: ModelHandle, client: Client | None, device: str) -> str:
