@@ -71,19 +71,24 @@ def test_batch_isolates_a_broken_slide_and_resumes(
     assert output_files(out / "synth-a") == output_files(plain.out_dir)
     assert stable_summary(out / "synth-a") == stable_summary(plain.out_dir)
 
-    # a rerun skips the finished slides and still reports the broken one; the finished
-    # ones are decided before any task starts: only the broken slide gets a task
+    # a rerun skips the finished slides and reports the broken one, unchanged since it
+    # failed, as a known failure without retrying it; both are decided before any task
+    # starts: no slide gets a task, and the run is not Failed
     rerun = segment_batch(**kwargs, return_state=True)
-    again = rerun.result(raise_on_failure=False)
-    assert isinstance(again, BatchFailedError)
-    statuses = {Path(r.slide).name: r.status for r in again.results}
+    assert rerun.is_completed()
+    again = rerun.result()
+    statuses = {Path(r.slide).name: r.status for r in again}
     assert statuses == {
-        "broken.svs": "failed",
+        "broken.svs": "known-failure",
         "synth-a.tif": "up-to-date",
         "synth-b.tif": "up-to-date",
     }
-    assert all(r.seconds > 0 for r in again.results)  # the check's time, not 0.0
-    assert _task_names(rerun.state_details.flow_run_id) == ["slide-broken"]
+    assert all(r.seconds > 0 for r in again)  # the check's time, not 0.0
+    assert _task_names(rerun.state_details.flow_run_id) == []
+    # asked to retry it, the batch runs it (alone) and fails again
+    retried = segment_batch(**kwargs, retry_failed=True, return_state=True)
+    assert retried.is_failed()
+    assert _task_names(retried.state_details.flow_run_id) == ["slide-broken"]
 
 
 def _task_names(flow_run_id) -> list[str]:
@@ -127,7 +132,7 @@ def _assert_batch_artifacts(flow_run_id, folder: Path, out: Path, by_name: dict)
     )
 
     broken = rows_by_name["broken.svs"]
-    assert broken["status"] == "failed" and broken["output"] == ""
+    assert broken["status"] == "failed (new)" and broken["output"] == ""
     assert broken["tissue_area_mm2"] is None
     assert all(broken[f] is None for f in fractions)
     assert broken["error"] == by_name["broken.svs"].error
@@ -159,7 +164,7 @@ def _assert_batch_artifacts(flow_run_id, folder: Path, out: Path, by_name: dict)
         assert outputs.flow_run_id == flow_run_id
         link = f"Outputs: [{out / name}]({(out / name).as_uri()})"
         assert link in outputs.data
-    assert f"| {folder / 'broken.svs'} | failed |  |" in report.data
+    assert f"| {folder / 'broken.svs'} | failed (new) |  |" in report.data
 
 
 def test_batch_from_manifest_with_names_and_mpp(
@@ -197,9 +202,20 @@ def test_cli_batch_exit_codes(
     assert main(base) == 0
     assert "| done |" in capsys.readouterr().out
     shutil.copy2(BROKEN, folder / "broken.svs")
-    assert main([*base, "--concurrency", "1"]) == 1
+    assert main([*base, "--concurrency", "1"]) == 1  # a new failure
     captured = capsys.readouterr()
-    assert "up-to-date" in captured.out and "failed" in captured.out
+    assert "| up-to-date |" in captured.out and "| failed (new) |" in captured.out
+    # the same broken slide again: a known failure, not retried: exit 0 and a warning line
+    assert main(base) == 0
+    captured = capsys.readouterr()
+    assert "| failed (known, since " in captured.out
+    [warning] = [line for line in captured.err.splitlines() if line.startswith("warning: ")]
+    assert f"not retried: {folder / 'broken.svs'}: not a readable slide" in warning
+    assert "--retry-failed" in warning
+    assert "1 known-failure" in captured.err
+    # asked to retry it: it runs and fails again (exit 1)
+    assert main([*base, "--retry-failed"]) == 1
+    assert "| failed (again, since " in capsys.readouterr().out
     # a bad manifest fails before Prefect starts: one error line, exit 1
     bad = tmp_path / "bad.csv"
     bad.write_text("slide,name\nx.svs,../escape\n")
