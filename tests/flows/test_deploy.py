@@ -6,7 +6,9 @@ import os
 import py_compile
 import re
 import tomllib
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -139,3 +141,57 @@ def test_slurm_example_compiles_and_builds_a_job_script() -> None:
     assert "#SBATCH" in script and "--gres=gpu:1" in script
     assert os.fspath("distributed.cli.dask_worker") in script or "dask worker" in script
     assert "export DASK_DISTRIBUTED__WORKER__DAEMON=False" in script
+
+
+def _failed_run_event(state: str, deployment: str) -> Any:
+    """The event Prefect's server emits when a deployment's flow run enters `state`, with
+    its related resources built by the server's own code."""
+    from uuid import uuid4
+
+    from prefect.server.events.schemas.events import ReceivedEvent
+    from prefect.server.models.events import _resource_data_as_related_resources
+
+    related = _resource_data_as_related_resources(
+        {
+            "flow": {"id": str(uuid4()), "name": "segment-batch", "tags": [], "role": "flow"},
+            "deployment": {
+                "id": str(uuid4()),
+                "name": deployment,
+                "tags": ["wsi-segment", "nightly"],
+                "role": "deployment",
+            },
+        }
+    )
+    return ReceivedEvent(
+        occurred=datetime.now(UTC),
+        event=f"prefect.flow-run.{state}",
+        resource={"prefect.resource.id": f"prefect.flow-run.{uuid4()}"},
+        related=related,
+        id=uuid4(),
+    )
+
+
+def test_failure_automation_validates_and_fires_only_for_a_failed_nightly_run() -> None:
+    """deploy/automation-nightly-failed.yaml is what `prefect automation create --from-file`
+    accepts once its block id is filled in (refused before), and its trigger covers a failed
+    run of the `nightly` deployment and nothing else (the server's own trigger model)."""
+    from uuid import uuid4
+
+    from prefect.events.schemas.automations import AutomationCore
+    from prefect.server.events.schemas.automations import EventTrigger
+    from pydantic import ValidationError
+
+    raw = yaml.safe_load((DEPLOY / "automation-nightly-failed.yaml").read_text())
+    with pytest.raises(ValidationError):  # the <BLOCK_ID> placeholder must be replaced
+        AutomationCore.model_validate(raw)
+    raw["actions"][0]["block_document_id"] = str(uuid4())
+    automation = AutomationCore.model_validate(raw)
+    assert automation.enabled and automation.actions[0].type == "send-notification"
+    names = [
+        d["name"] for d in yaml.safe_load((DEPLOY / "prefect.yaml").read_text())["deployments"]
+    ]
+    assert raw["trigger"]["match_related"]["prefect.resource.name"] in names
+    trigger = EventTrigger.model_validate(raw["trigger"])
+    assert trigger.covers(_failed_run_event("Failed", "nightly"))
+    assert not trigger.covers(_failed_run_event("Completed", "nightly"))
+    assert not trigger.covers(_failed_run_event("Failed", "weekly"))
