@@ -42,9 +42,9 @@ class TileByTile:
         self.model = model
         self.device = model.device
 
-    def predict_reduced(self, tiles, margin, core, downsample, gate=True, nodata=255):
+    def predict_reduced(self, tiles, margin, core, downsample, gate=True):
         outs = [
-            self.model.predict_reduced(tiles[i : i + 1], margin, core, downsample, gate, nodata)
+            self.model.predict_reduced(tiles[i : i + 1], margin, core, downsample, gate)
             for i in range(len(tiles))
         ]
         return dataclasses.replace(
