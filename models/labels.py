@@ -11,5 +11,5 @@ from __future__ import annotations
 NODATA = 255  # outside the tissue: not analysed
 UNCLASSIFIED = 254  # tissue of a tile where the classification gate kept no class
 UNCLASSIFIED_NAME = "Unclassified"  # its name in summary.json, the GeoJSON and the overlay
-UNCLASSIFIED_COLOR = (160, 160, 160)  # grey: a QuPath classification colour and the overlay's
+UNCLASSIFIED_COLOR = (64, 64, 64)  # dark grey: QuPath's colour for a class given none
 RESERVED_NAMES = (UNCLASSIFIED_NAME,)  # no model class may be named so

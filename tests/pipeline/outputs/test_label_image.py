@@ -89,7 +89,7 @@ def test_metadata_exact_and_valid(store):
         {"label-value": 2, "rgba": [0, 255, 0, 255]},
         {"label-value": 3, "rgba": [65, 105, 225, 255]},
         {"label-value": 4, "rgba": [255, 165, 0, 255]},
-        {"label-value": 255, "rgba": [160, 160, 160, 255]},
+        {"label-value": 255, "rgba": [64, 64, 64, 255]},
     ]
     assert image_label["properties"] == [{"label-value": 0, "class": "no class"}] + [
         {"label-value": k + 1, "class": name} for k, name in enumerate(NAMES)
