@@ -82,6 +82,8 @@ def reduce_tiles(
     `label_pixels` (`unclassified` where no class is kept).
     """
     t = seg_probs.shape[-1]
+    if seg_probs.shape[-2] != t:
+        raise ValueError(f"tiles must be square, got {tuple(seg_probs.shape[-2:])}")
     if margin < 0 or core <= 0 or margin + core > t or core % downsample:
         raise ValueError(
             f"core {core} at margin {margin} must fit the tile {t} and be a multiple of "

@@ -4,9 +4,10 @@ Scores follow the paper's official metric (pipeline.training.metrics): one confu
 the split, background/exclude pixels ignored. The segmentation scored is what the slide path
 writes for the same tile: `SegmentationModel.predict_reduced` of the whole tile (gate, its
 fallback, and `Unclassified` where the gate rules every class out, which counts as wrong on
-a labelled pixel), and stage-3 validation scores the same rule (`module_predictor`). Pseudo masks are made from the ground-truth
-patch labels (the classes present in each mask), as stage 2 does with the training labels,
-so their scores say how good the supervision of stage 3 was.
+a labelled pixel); stage-3 validation scores the same rule (`module_predictor`). Pseudo
+masks are made from the ground-truth patch labels (the classes present in each mask), as
+stage 2 does with the training labels, so their scores say how good the supervision of
+stage 3 was.
 """
 
 from __future__ import annotations
@@ -114,7 +115,13 @@ def segmentation_predictor(
     sees the classifier's probabilities."""
 
     def predict(images: torch.Tensor, gt: torch.Tensor) -> list[torch.Tensor]:
-        out = model.predict_reduced(images, 0, int(images.shape[-1]), 1, gate=gate)
+        h, w = int(images.shape[-2]), int(images.shape[-1])
+        if h != w:
+            raise DatasetError(
+                f"patches of {w} x {h} px: evaluate scores square patches, as the slide path's "
+                "tiles are; crop the split's images and masks square"
+            )
+        out = model.predict_reduced(images, 0, w, 1, gate=gate)
         if check is not None:
             check.update(out.cls_probs, gt)
         return [out.labels]
