@@ -75,8 +75,9 @@ class GateCheck:
     """How the classification gate treats a split, from the classes present in each mask.
 
     A present class with y_k <= epsilon is gated: its pixels are lost (they go to another
-    class). An absent class with y_k > epsilon is let through (harmless unless the
-    segmenter also predicts it). `update` per batch, `as_dict` at the end.
+    class, or to `Unclassified` where every class of the patch is gated). An absent class
+    with y_k > epsilon is let through (harmless unless the segmenter also predicts it).
+    `update` per batch, `as_dict` at the end.
     """
 
     def __init__(self, num_classes: int, epsilon: float) -> None:

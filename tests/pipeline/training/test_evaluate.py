@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from wsi_segment.errors import DatasetError
 from wsi_segment.models.bundle import demo_model_dir, load_model
 from wsi_segment.models.labels import UNCLASSIFIED
 from wsi_segment.models.meta import DEFAULT_EPSILON
@@ -125,3 +126,9 @@ def test_unclassified_counts_as_wrong_on_labelled_pixels(demo, tmp_path: Path) -
     assert present > 0 and result["gate_check"]["present_gated"] == present
     plain = evaluate(SAMPLE, model, "test", gate=False, pseudo=False, device="cpu", progress=False)
     assert plain["acc"] > 0.0  # the same model scores without the gate
+
+
+def test_non_square_patches_are_refused_with_a_dataset_error(demo) -> None:
+    images, gt = _test_split()
+    with pytest.raises(DatasetError, match="224 x 112 px: evaluate scores square patches"):
+        segmentation_predictor(demo)(images[:, :, :112], gt[:, :112])
