@@ -53,7 +53,7 @@ class InstantModel:
 
         return torch.device("cpu")
 
-    def predict_reduced(self, tiles, margin, core, downsample, gate=True, nodata=255):
+    def predict_reduced(self, tiles, margin, core, downsample, gate=True):
         import torch
 
         from wsi_segment.models.reduction import ReducedOutputs

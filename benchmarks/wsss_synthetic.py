@@ -27,7 +27,6 @@ import torch
 from wsi_segment.models.background import background_mask
 from wsi_segment.models.cams import activation_maps
 from wsi_segment.models.classifier import PatchClassifier
-from wsi_segment.models.gate import apply_gate
 from wsi_segment.models.heads import DEFAULT_DROPOUT, PDA_SCHEDULES
 from wsi_segment.models.pseudo_masks import label_from_maps
 from wsi_segment.models.segmenter import build_segmenter, multilayer_pseudo_loss
@@ -43,6 +42,7 @@ from wsi_segment.pipeline.training.datasets import (
 from wsi_segment.pipeline.training.evaluate import (
     GateCheck,
     Predictor,
+    module_predictor,
     present_labels,
     pseudo_predictor,
     score_split,
@@ -122,17 +122,9 @@ def train_fully_supervised(
 def seg_predictor(
     segmenter: torch.nn.Module, classifier: torch.nn.Module | None = None, epsilon: float = 0.1
 ) -> Predictor:
-    """argmax of the segmenter's softmax, gated by the classifier when one is given."""
-
-    @torch.no_grad()
-    def predict(images: torch.Tensor, gt: torch.Tensor) -> list[torch.Tensor]:
-        x = to_input(images, torch.device("cpu"))
-        probs = segmenter(x).softmax(1)
-        if classifier is not None:
-            probs = apply_gate(probs, torch.sigmoid(classifier(x)), epsilon)
-        return [probs.argmax(1)]
-
-    return predict
+    """What the slide path would write (`evaluate.module_predictor`): the segmenter's labels,
+    gated by the classifier when one is given (Unclassified where it keeps no class)."""
+    return module_predictor(segmenter, classifier, epsilon, torch.device("cpu"))
 
 
 @torch.no_grad()

@@ -18,6 +18,7 @@ from typing import Any
 from wsi_segment.errors import ModelError
 
 from .checksum import file_sha256, model_identity
+from .labels import RESERVED_NAMES
 from .model_json import check_model_json
 
 WEIGHTS_FILE = "model.safetensors"
@@ -60,6 +61,12 @@ class ModelMeta:
             raise ModelError(f"{where}: 'classes' must be a non-empty list of names")
         if len(set(self.classes)) != len(self.classes):
             raise ModelError(f"{where}: class names must be unique, got {self.classes}")
+        reserved = [c for c in self.classes if c in RESERVED_NAMES]
+        if reserved:
+            raise ModelError(
+                f"{where}: class name {reserved[0]!r} is reserved for tissue the gate leaves "
+                "without a class; rename that class in model.json"
+            )
         if self.colors is None or len(self.colors) != len(self.classes):
             n = 0 if self.colors is None else len(self.colors)
             raise ModelError(

@@ -24,7 +24,7 @@ from typing import Any
 # A check returns None when the value is allowed, else a phrase saying what is allowed.
 Check = Callable[[Any], str | None]
 
-MAX_CLASSES = 64  # label maps are uint8 with 255 reserved; no tissue taxonomy comes near
+MAX_CLASSES = 64  # label maps are uint8 with 254 and 255 reserved (models.labels); no tissue taxonomy comes near
 TILE_RANGE = (32, 2048)  # px; a multiple of 16 (DeepLabV3+ input, encoder stride 8 or 16)
 DECODER_CHANNELS_RANGE = (8, 1024)  # smp's default is 256
 MPP_RANGE = (0.01, 100.0)  # um/px, the range --mpp accepts

@@ -3,11 +3,16 @@
 The slide path stores, per output pixel (d x d model pixels of a tile's centre core; the
 overlap margin is cropped, docs/architecture.md), uint8 class probabilities and a label. Both
 are made here, on the model's device, so only they cross to the host, not the full float32
-maps. Labels are the argmax of the gated float values *before* quantisation: when the gate
-removes the class the segmenter was sure of, the pixel gets the best remaining class even if
-every remaining probability rounds to 0. A pixel of a tile whose classes are all gated off
-gets `nodata`: the classifier rules every class out there, and its stored probabilities are
-all 0.
+maps. The label rule (`label_pixels`) is the method's argmax of the gated output, taken
+before quantisation, so it is the same for every caller: the slide path, `evaluate` and
+stage-3 validation (`tile_labels`) label a tile alike:
+
+- the kept class with the highest gated probability (even if every kept probability rounds
+  to 0 in uint8: the gate removed the class the segmenter was sure of);
+- where every kept probability underflowed to exactly 0 in float32 (logits ~100 apart), the
+  kept class with the highest mean logit;
+- `UNCLASSIFIED` in a tile whose classes the gate removed all: the classifier rules every
+  class out there, and its stored probabilities are all 0. It is tissue, never `NODATA`.
 """
 
 from __future__ import annotations
@@ -20,7 +25,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-NODATA = 255
+from .gate import gated_probabilities
+from .labels import NODATA as NODATA  # re-exported: the slide path's "not analysed"
+from .labels import UNCLASSIFIED
 
 
 @dataclass(frozen=True)
@@ -43,6 +50,21 @@ def quantise(probs: torch.Tensor) -> torch.Tensor:
     return torch.clamp(torch.round(probs * 255.0), 0, 255).to(torch.uint8)
 
 
+def label_pixels(
+    probs: torch.Tensor, logits: torch.Tensor, keep: torch.Tensor, unclassified: int = UNCLASSIFIED
+) -> torch.Tensor:
+    """Labels (N, H, W) int64 of gated probabilities (N, K, H, W): the module's rule.
+
+    argmax of `probs`; where every kept class is 0 (underflow), the kept class with the
+    highest `logits`; `unclassified` in tiles where `keep` (N, K) holds no class.
+    """
+    labels = probs.argmax(dim=1)
+    kept = keep[:, :, None, None]
+    fallback = logits.masked_fill(~kept, float("-inf")).argmax(dim=1)
+    labels = torch.where(probs.amax(dim=1) > 0, labels, fallback)
+    return labels.masked_fill(~keep.any(dim=1)[:, None, None], unclassified)
+
+
 def reduce_tiles(
     seg_probs: torch.Tensor,
     seg_logits: torch.Tensor,
@@ -50,17 +72,18 @@ def reduce_tiles(
     margin: int,
     core: int,
     downsample: int,
-    nodata: int = NODATA,
+    unclassified: int = UNCLASSIFIED,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(uint8 probs (N, K, h, w), uint8 labels (N, h, w)) of the tiles' cores, on their device.
 
     `seg_probs` (N, K, T, T) float32 are the gated probabilities, `seg_logits` the raw logits,
     `keep` (N, K) bool the classes the gate kept. The core is `[margin, margin + core)` in
-    both axes, averaged over `downsample` x `downsample` blocks. Labels: argmax of the averaged
-    gated probabilities; where every kept class underflowed to 0 in float32 (logits ~100
-    apart), the kept class with the highest mean logit; `nodata` where no class is kept.
+    both axes, averaged over `downsample` x `downsample` blocks, then labelled by
+    `label_pixels` (`unclassified` where no class is kept).
     """
     t = seg_probs.shape[-1]
+    if seg_probs.shape[-2] != t:
+        raise ValueError(f"tiles must be square, got {tuple(seg_probs.shape[-2:])}")
     if margin < 0 or core <= 0 or margin + core > t or core % downsample:
         raise ValueError(
             f"core {core} at margin {margin} must fit the tile {t} and be a multiple of "
@@ -72,12 +95,22 @@ def reduce_tiles(
     if downsample > 1:
         probs = F.avg_pool2d(probs, downsample)
         logits = F.avg_pool2d(logits, downsample)
-    labels = probs.argmax(dim=1)
-    kept = keep[:, :, None, None]
-    fallback = logits.masked_fill(~kept, float("-inf")).argmax(dim=1)
-    labels = torch.where(probs.amax(dim=1) > 0, labels, fallback)
-    labels = labels.masked_fill(~keep.any(dim=1)[:, None, None], nodata)
+    labels = label_pixels(probs, logits, keep, unclassified)
     return quantise(probs), labels.to(torch.uint8)
+
+
+def tile_labels(
+    seg_logits: torch.Tensor, cls_logits: torch.Tensor | None, epsilon: float | None
+) -> torch.Tensor:
+    """uint8 labels (N, T, T) of whole tiles from a forward's logits, by the slide path's
+    rule (gate, fallback, `UNCLASSIFIED`): what `predict_reduced(tiles, 0, T, 1)` labels.
+    No classifier logits, or `epsilon` None, is no gate. For training code that holds the
+    segmenter and the classifier as separate modules (stage-3 validation)."""
+    if cls_logits is None:
+        cls_logits = seg_logits.new_zeros(seg_logits.shape[:2])
+        epsilon = None
+    seg_probs, _cls, keep = gated_probabilities(seg_logits, cls_logits, epsilon)
+    return label_pixels(seg_probs, seg_logits.float(), keep).to(torch.uint8)
 
 
 class HostCopier:

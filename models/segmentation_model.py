@@ -21,10 +21,10 @@ from .device import (
     parse_precision,
     pick_device,
 )
-from .gate import apply_gate, gate_mask
+from .gate import gated_probabilities
 from .meta import ModelMeta
 from .precision_calibration import PrecisionCalibration, calibrate_bf16
-from .reduction import NODATA, HostCopier, ReducedOutputs, reduce_tiles
+from .reduction import HostCopier, ReducedOutputs, reduce_tiles
 
 _log = logging.getLogger(__name__)
 _NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
@@ -123,17 +123,18 @@ class SegmentationModel(nn.Module):
         core: int,
         downsample: int,
         gate: bool = True,
-        nodata: int = NODATA,
     ) -> ReducedOutputs:
         """What the slide path stores, reduced on the device (models/reduction.py).
 
         The same forward, softmax and gate as `predict`; then each tile's centre core
         `[margin, margin + core)` is averaged over `downsample` x `downsample` blocks,
-        labelled (argmax of the gated values before quantisation) and quantised to uint8.
-        Only those and the classifier's probabilities are copied to the host.
+        labelled by the module's rule (argmax of the gated values before quantisation;
+        `UNCLASSIFIED` in a tile whose classes the gate removed all) and quantised to uint8.
+        Only those and the classifier's probabilities are copied to the host. `evaluate`
+        scores `predict_reduced(tiles, 0, T, 1)`: the slide path's labels of whole tiles.
         """
         seg_probs, cls_probs, keep, seg_logits = self._forward(tiles, gate, self.autocast_dtype)
-        probs, labels = reduce_tiles(seg_probs, seg_logits, keep, margin, core, downsample, nodata)
+        probs, labels = reduce_tiles(seg_probs, seg_logits, keep, margin, core, downsample)
         probs, labels, cls_probs = self._host.to_host([probs, labels, cls_probs])
         return ReducedOutputs(probs, labels, cls_probs)
 
@@ -155,13 +156,8 @@ class SegmentationModel(nn.Module):
         with autocast(self.device, dtype):
             cls_logits = self.classifier(x)
             seg_logits = self.segmenter(x)
-        cls_probs = torch.sigmoid(cls_logits.float())
-        seg_probs = torch.softmax(seg_logits.float(), dim=1)
-        if gate:
-            seg_probs = apply_gate(seg_probs, cls_probs, self.meta.gate_epsilon)
-            keep = gate_mask(cls_probs, self.meta.gate_epsilon) > 0
-        else:
-            keep = torch.ones_like(cls_probs, dtype=torch.bool)
+        epsilon = self.meta.gate_epsilon if gate else None
+        seg_probs, cls_probs, keep = gated_probabilities(seg_logits, cls_logits, epsilon)
         return seg_probs, cls_probs, keep, seg_logits
 
     def _calibrate(self) -> PrecisionCalibration:

@@ -50,7 +50,6 @@ class TileModel(Protocol):
         core: int,
         downsample: int,
         gate: bool = True,
-        nodata: int = NODATA,
     ) -> ReducedLike: ...
 
 
@@ -89,7 +88,7 @@ def predict_reduced_tiles(
         batch = torch.from_numpy(np.ascontiguousarray(tiles[start : start + batch_size]))
         batch = batch.permute(0, 3, 1, 2)
         with lock if lock is not None else contextlib.nullcontext():
-            out = model.predict_reduced(batch, *reduce_args, gate=gate, nodata=NODATA)
+            out = model.predict_reduced(batch, *reduce_args, gate=gate)
         probs.append(out.probs.numpy())
         labels.append(out.labels.numpy())
         nbytes += out.nbytes

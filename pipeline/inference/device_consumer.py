@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from wsi_segment.pipeline.inference.chunk_inference import NODATA
 from wsi_segment.pipeline.inference.chunk_writer import Segment, TileBatch
 from wsi_segment.pipeline.inference.decode_pool import Decoded, SlotRing
 from wsi_segment.pipeline.inference.engine_state import EngineStats, FirstError
@@ -161,7 +160,7 @@ class DeviceConsumer:
             self._stats.first_batch_at = time.perf_counter()
         with self._lock:  # one forward pass at a time per model (see the module's docstring)
             out = self._model.predict_reduced(
-                tiles.permute(0, 3, 1, 2), g.margin, g.stride, g.downsample, self._gate, NODATA
+                tiles.permute(0, 3, 1, 2), g.margin, g.stride, g.downsample, self._gate
             )
         if batch.buffer is not None:  # its copy is done: the forward pass used it
             self._free_buffers.put(batch.buffer)

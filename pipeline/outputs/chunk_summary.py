@@ -1,7 +1,8 @@
 """What one chunk reports back to the slide: class counts, probability sums and polygons.
 
 Small by design (thousands fit in memory); the slide's summary, GeoJSON and statistics are
-merged from these in `pipeline.outputs.finish_outputs`.
+merged from these in `pipeline.outputs.finish_outputs`. Per-class arrays and polygon keys run
+over the output classes (`output_classes`): the model's K classes, then `Unclassified` (K).
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import shapely
 
+from wsi_segment.models.labels import NODATA as NODATA  # re-exported: "not analysed"
+from wsi_segment.models.labels import UNCLASSIFIED
+from wsi_segment.pipeline.outputs.output_classes import output_ids
 from wsi_segment.pipeline.outputs.polygons import label_block_polygons, simplified_block_polygons
 from wsi_segment.wsi.tiling import ChunkSpec
-
-NODATA = 255  # label of pixels outside tissue, or where the gate removed every class
 
 
 @dataclass
@@ -24,19 +26,19 @@ class ChunkOutcome:
     row: int
     col: int
     tiles_run: int
-    counts: np.ndarray  # (K,) output pixels per class
-    prob_sums: np.ndarray  # (K,) sum of class-k probability over pixels labelled k
-    polygons: dict[int, list[bytes]]  # class -> WKB polygons in output pixel coordinates
+    counts: np.ndarray  # (K + 1,) output pixels per class, then Unclassified
+    prob_sums: np.ndarray  # (K + 1,) sum of class-k probability over pixels labelled k (0 for K)
+    polygons: dict[int, list[bytes]]  # output class -> WKB polygons in output pixel coordinates
     bytes_from_model: int = 0  # what crossed from the model's device for this chunk
     # class -> WKB of the unsimplified polygons (exact to the raster), kept only when asked
     # (a `--roi` run's areas); `polygons` itself is simplified when the tolerance is > 0
     exact_polygons: dict[int, list[bytes]] = field(default_factory=dict)
-    # (K,) output px^2 of each class on the slide: `counts`, less the parts of the last
+    # (K + 1,) output px^2 of each output class on the slide: `counts`, less the parts of the last
     # column and row of output pixels that hang over the slide's edge (None: `counts`)
     areas: np.ndarray | None = None
 
     def area_px(self) -> np.ndarray:
-        """(K,) float64 output px^2 of each class on the slide."""
+        """(K + 1,) float64 output px^2 of each output class on the slide."""
         return self.areas if self.areas is not None else self.counts.astype(np.float64)
 
 
@@ -50,9 +52,10 @@ def summarise_block(
     keep_exact: bool = False,
     extent: tuple[float, float] | None = None,
 ) -> ChunkOutcome:
-    """Per-class counts, areas, probability sums and polygons of one output block:
-    simplified with `tolerance` (output px, 0: exact), plus the exact ones when `keep_exact`.
-    `extent`: the slide's (width, height) in output px, which the areas are cut to."""
+    """Per-class counts, areas, probability sums and polygons of one output block (`labels`:
+    class ids, UNCLASSIFIED, NODATA; `k` model classes): simplified with `tolerance` (output
+    px, 0: exact), plus the exact ones when `keep_exact`. `extent`: the slide's (width,
+    height) in output px, which the areas are cut to."""
     counts, prob_sums = block_statistics(labels, probs_u8, k)
     wkb = block_polygons(spec, labels, k, tolerance)
     exact = {}
@@ -67,8 +70,8 @@ def summarise_block(
 def block_areas(
     labels: np.ndarray, k: int, out_box: tuple[int, int, int, int], extent: tuple[float, float]
 ) -> np.ndarray | None:
-    """(K,) output px^2 of each class on the slide: an output pixel counts for its part on
-    the slide (the raster's last column and row can hang up to a pixel over the slide's
+    """(K + 1,) output px^2 of each output class on the slide: an output pixel counts for its
+    part on the slide (the raster's last column and row can hang up to a pixel over the slide's
     edge, which is no tissue). None when the block lies wholly on the slide (= counts)."""
     h, w = labels.shape
     x0, y0 = out_box[0], out_box[1]
@@ -77,16 +80,17 @@ def block_areas(
     wx = np.clip(extent[0] - np.arange(x0, x0 + w, dtype=np.float64), 0.0, 1.0)
     wy = np.clip(extent[1] - np.arange(y0, y0 + h, dtype=np.float64), 0.0, 1.0)
     weights = np.outer(wy, wx).ravel()
-    areas: np.ndarray = np.bincount(labels.ravel(), weights=weights, minlength=256)[:k]
+    areas: np.ndarray = _per_output_class(np.bincount(labels.ravel(), weights, minlength=256), k)
     return areas
 
 
 def block_statistics(
     labels: np.ndarray, probs_u8: np.ndarray, k: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(K,) output pixels per class and (K,) sums of class-k probability over them."""
-    counts = np.bincount(labels.ravel(), minlength=256)[:k].astype(np.int64)
-    prob_sums = np.zeros(k, dtype=np.float64)
+    """(K + 1,) output pixels per output class and (K + 1,) sums of class-k probability over
+    them (Unclassified has no probability: 0)."""
+    counts = _per_output_class(np.bincount(labels.ravel(), minlength=256), k).astype(np.int64)
+    prob_sums = np.zeros(k + 1, dtype=np.float64)
     for c in range(k):
         sel = labels == c
         if counts[c]:
@@ -97,12 +101,19 @@ def block_statistics(
 def block_polygons(
     spec: ChunkSpec, labels: np.ndarray, k: int, tolerance: float = 0.0
 ) -> dict[int, list[bytes]]:
-    """Class -> WKB polygons of the block, in output pixel coordinates of the whole map:
-    exact (`tolerance` 0), or simplified edge-to-edge with the block's border kept, so the
-    slide only has to union them (`polygons.merge_simplified_polygons`)."""
+    """Output class (0..K, K = Unclassified) -> WKB polygons of the block, in output pixel
+    coordinates of the whole map: exact (`tolerance` 0), or simplified edge-to-edge with the
+    block's border kept, so the slide only has to union them
+    (`polygons.merge_simplified_polygons`)."""
     x0, y0 = spec.out_box[0], spec.out_box[1]
+    ids = output_ids(labels, k)
     if tolerance > 0:
-        polys = simplified_block_polygons(labels, x0, y0, k, tolerance)
+        polys = simplified_block_polygons(ids, x0, y0, k + 1, tolerance)
     else:
-        polys = label_block_polygons(labels, x0, y0, k, nodata=NODATA)
+        polys = label_block_polygons(ids, x0, y0, k + 1, nodata=NODATA)
     return {c: [shapely.to_wkb(p) for p in plist] for c, plist in polys.items() if plist}
+
+
+def _per_output_class(per_value: np.ndarray, k: int) -> np.ndarray:
+    """(K + 1,) of a (256,) per-label-value count: the K classes, then UNCLASSIFIED."""
+    return np.append(per_value[:k], per_value[UNCLASSIFIED])

@@ -21,11 +21,13 @@ import numpy as np
 import shapely
 from shapely.geometry import MultiPolygon, Polygon
 
+from wsi_segment.models.labels import UNCLASSIFIED_NAME
 from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome
 from wsi_segment.pipeline.outputs.geojson import build_feature_collection, write_geojson
 from wsi_segment.pipeline.outputs.label_image import finalize_label_pyramid
 from wsi_segment.pipeline.outputs.ome_tiff import write_probability_ome_tiff
 from wsi_segment.pipeline.outputs.ome_zarr import Color, finalize_pyramid
+from wsi_segment.pipeline.outputs.output_classes import output_classes, output_ids
 from wsi_segment.pipeline.outputs.overlay import label_thumbnail, sample_labels, write_overlay
 from wsi_segment.pipeline.outputs.polygons import (
     clip_to_extent,
@@ -126,27 +128,31 @@ def write_outputs(
     that takes ~1.5 s off the fixed cost of a run.
     """
     t0 = time.perf_counter()
-    classes = list(prep.meta.classes)
-    colors: list[Color] = [(int(c[0]), int(c[1]), int(c[2])) for c in prep.meta.colors]
-    k = len(classes)
-    counts = np.zeros(k, np.int64)
-    area_px = np.zeros(k, np.float64)  # on the slide: see ChunkOutcome.areas
-    prob_sums = np.zeros(k, np.float64)
+    k = len(prep.meta.classes)
+    # the model's classes, then Unclassified (index k): tissue the gate left with no class
+    classes, colors = output_classes(prep.meta.classes, prep.meta.colors)
+    counts = np.zeros(k + 1, np.int64)
+    area_px = np.zeros(k + 1, np.float64)  # on the slide: see ChunkOutcome.areas
+    prob_sums = np.zeros(k + 1, np.float64)
     for outcome in outcomes:
         counts += outcome.counts
         area_px += outcome.area_px()
         prob_sums += outcome.prob_sums
     px_area = prep.output_mpp[0] * prep.output_mpp[1]
     labelled = float(area_px.sum())
-    areas = {
+    # Unclassified has no probability: null in summary.json, no measurement in the GeoJSON
+    areas: dict[str, dict[str, float | None]] = {
         name: {
             "area_um2": float(area_px[c] * px_area),
             "fraction_of_tissue": float(area_px[c] / labelled) if labelled else 0.0,
-            "mean_probability": float(prob_sums[c] / counts[c]) if counts[c] else 0.0,
+            "mean_probability": None
+            if c == k
+            else (float(prob_sums[c] / counts[c]) if counts[c] else 0.0),
         }
         for c, name in enumerate(classes)
     }
     measurements = class_measurements(classes, counts, prob_sums, prep.output_mpp, area_px)
+    measurements[UNCLASSIFIED_NAME].pop("mean_probability", None)
     measurements["Tissue"] = {"area_um2": float(labelled * px_area)}
     zarr_path = work_dir / "probabilities.ome.zarr"
     files = ["probabilities.ome.zarr", "tissue.geojson", "overlay.png", "summary.json"]
@@ -247,12 +253,17 @@ def _write_overlay(
     prep: PreparedRun, zarr_path: Path, path: Path, classes: list[str], colors: list[Color]
 ) -> None:
     """Thumbnail with class colours from the stored label image (the raster the GeoJSON and
-    the areas come from), its level nearest the thumbnail, sampled under each pixel."""
+    the areas come from), its level nearest the thumbnail, sampled under each pixel.
+    `Unclassified` (the last of `classes`) is in the legend only where the picture shows it."""
     early = prep.overlay_thumb  # read during model load (segment.py)
     thumb = early.result() if early is not None else overlay_thumbnail(prep.slide, THUMB_SIZE)
     labels, factor = label_thumbnail(zarr_path, max_size=2 * THUMB_SIZE)
     dims = (int(prep.slide.dimensions[0]), int(prep.slide.dimensions[1]))
     shown = sample_labels(labels, factor, prep.level0_per_output, dims, thumb.shape[:2])
+    k = len(classes) - 1
+    shown = output_ids(shown, k)
+    if not (shown == k).any():
+        classes, colors = classes[:k], colors[:k]
     write_overlay(path, thumb, shown, classes, colors)
 
 

@@ -1,12 +1,12 @@
 """The class map as an NGFF 0.4 label image beside the probabilities (`0/labels/classes`).
 
 The GeoJSON polygons, the summary's class areas and the overlay all come from this one label
-raster (labels taken before quantisation, so the gate never leaves a tissue pixel without a
-class): storing it means a viewer, a script and the overlay see the same answer, even where
+raster (labels taken before quantisation): storing it means a viewer, a script and the overlay see the same answer, even where
 every stored probability of a labelled pixel rounds to 0.
 
-Values: class k (in `class_names` order) is `k + 1`; 0 is "no class" (outside tissue, or
-where the gate removed every class), the background every NGFF viewer leaves transparent.
+Values: class k (in `class_names` order) is `k + 1`; 255 is `Unclassified` (tissue of a tile
+where the classification gate ruled every class out); 0 is "no class" (outside tissue), the
+background every NGFF viewer leaves transparent.
 Each inference writer writes the blocks it owns, like the probabilities (same chunks). The
 pyramid is nearest, not a mode: level l pixel (y, x) is level-0 pixel (2**l y, 2**l x), so a
 coarse level never shows a class that is not at a real pixel, and one rule says where.
@@ -22,7 +22,7 @@ import numpy as np
 import zarr
 
 from wsi_segment.errors import OutputError
-from wsi_segment.pipeline.outputs.chunk_summary import NODATA
+from wsi_segment.models.labels import NODATA, UNCLASSIFIED, UNCLASSIFIED_COLOR, UNCLASSIFIED_NAME
 from wsi_segment.pipeline.outputs.ome_zarr import (
     ATTRS_KEY,
     CHUNK_KEYS,
@@ -36,9 +36,10 @@ from wsi_segment.pipeline.outputs.ome_zarr import (
 NAME = "classes"  # the label image's name under the image's `labels` group
 NO_CLASS = 0
 NO_CLASS_NAME = "no class"  # its `class` property: colours and properties list every value
+UNCLASSIFIED_VALUE = UNCLASSIFIED + 1  # 255: what `label_values` stores for UNCLASSIFIED
 VALUES_RULE = (
-    "value = class index + 1 (class_names order); 0 = no class "
-    "(outside tissue, or where the gate removed every class)"
+    f"value = class index + 1 (class_names order); {UNCLASSIFIED_VALUE} = {UNCLASSIFIED_NAME} "
+    "(tissue where the classification gate ruled every class out); 0 = no class (outside tissue)"
 )
 PYRAMID_RULE = "nearest: level l pixel (y, x) is level-0 pixel (2**l * y, 2**l * x)"
 
@@ -54,14 +55,15 @@ def label_level0_path(path: str | Path) -> Path:
 
 
 def label_values(labels: np.ndarray) -> np.ndarray:
-    """Class ids (0..K-1, NODATA) of a block -> stored values (k + 1, 0)."""
+    """Class ids (0..K-1, UNCLASSIFIED, NODATA) of a block -> stored values (k + 1, 255, 0)."""
     out = labels.astype(np.uint8) + np.uint8(1)
     out[labels == NODATA] = NO_CLASS
     return out
 
 
 def class_ids(values: np.ndarray) -> np.ndarray:
-    """Stored values (k + 1, 0) -> class ids (0..K-1, NODATA): the inverse of `label_values`."""
+    """Stored values (k + 1, 255, 0) -> class ids (0..K-1, UNCLASSIFIED, NODATA): the inverse of
+    `label_values`."""
     out = values.astype(np.uint8) - np.uint8(1)
     out[values == NO_CLASS] = NODATA
     return out
@@ -89,19 +91,22 @@ def create_label_image(path: str | Path) -> zarr.Array[Any]:
         {"label-value": k + 1, "rgba": [*(int(v) for v in color), 255]}
         for k, color in enumerate(store.colors)
     ]
+    colors.append({"label-value": UNCLASSIFIED_VALUE, "rgba": [*UNCLASSIFIED_COLOR, 255]})
     attrs: dict[str, Any] = {
         "multiscales": [_multiscales(store.name, store.output_mpp, 1)],
         "image-label": {
             "version": NGFF_VERSION,
             "colors": colors,
             "properties": [{"label-value": NO_CLASS, "class": NO_CLASS_NAME}]
-            + [{"label-value": k + 1, "class": name} for k, name in enumerate(store.class_names)],
+            + [{"label-value": k + 1, "class": name} for k, name in enumerate(store.class_names)]
+            + [{"label-value": UNCLASSIFIED_VALUE, "class": UNCLASSIFIED_NAME}],
             "source": {"image": "../../"},
         },
         ATTRS_KEY: {
             "class_names": store.class_names,
             "values": VALUES_RULE,
             "no_class_value": NO_CLASS,
+            "unclassified_value": UNCLASSIFIED_VALUE,
             "pyramid": PYRAMID_RULE,
         },
     }

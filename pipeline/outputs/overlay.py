@@ -20,7 +20,7 @@ Color = tuple[int, int, int]
 
 
 def label_thumbnail(zarr_path: str | Path, max_size: int = 2048) -> tuple[np.ndarray, int]:
-    """Class ids (0..K-1, NODATA) of the finest level of the store's label image whose larger
+    """Class ids (0..K-1, UNCLASSIFIED, NODATA) of the finest level of the store's label image whose larger
     side is <= `max_size` (the coarsest if none is): the class map the GeoJSON and the areas
     come from, never an argmax of rounded probabilities. Returns (labels, factor), factor =
     output pixels per label pixel (2**level). Never reads level 0 of a big slide.
@@ -135,7 +135,8 @@ def write_overlay(
     colors: Sequence[Color],
     alpha: float = 0.4,
 ) -> Path:
-    """Write overlay.png. `label_thumb` (class ids, 255 = no tissue) is resized (nearest) to the
+    """Write overlay.png. `label_thumb` (indices into `class_names`; any value past them, e.g.
+    255, is left uncoloured) is resized (nearest) to the
     thumbnail, so any label resolution works as long as it covers the same area.
     """
     path = Path(path)

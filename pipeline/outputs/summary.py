@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-SCHEMA_VERSION = 1  # summary.json's layout: bump when a key moves or changes meaning
+SCHEMA_VERSION = 2  # summary.json's layout: bump when a key moves or changes meaning
 # Distributions whose versions decide the numbers in the outputs (or how they are read).
 _DISTRIBUTIONS = {
     "wsi-segment": "wsi-segment",

@@ -1,9 +1,13 @@
 """Evaluation on a split with pixel masks: the segmentation, and the pseudo masks per depth.
 
 Scores follow the paper's official metric (pipeline.training.metrics): one confusion matrix over
-the split, background/exclude pixels ignored. Pseudo masks are made from the ground-truth
-patch labels (the classes present in each mask), as stage 2 does with the training labels,
-so their scores say how good the supervision of stage 3 was.
+the split, background/exclude pixels ignored. The segmentation scored is what the slide path
+writes for the same tile: `SegmentationModel.predict_reduced` of the whole tile (gate, its
+fallback, and `Unclassified` where the gate rules every class out, which counts as wrong on
+a labelled pixel); stage-3 validation scores the same rule (`module_predictor`). Pseudo
+masks are made from the ground-truth patch labels (the classes present in each mask), as
+stage 2 does with the training labels, so their scores say how good the supervision of
+stage 3 was.
 """
 
 from __future__ import annotations
@@ -21,9 +25,11 @@ from wsi_segment.errors import DatasetError, ModelError
 from wsi_segment.models.bundle import load_model
 from wsi_segment.models.classifier import PatchClassifier
 from wsi_segment.models.pseudo_masks import pseudo_masks
+from wsi_segment.models.reduction import tile_labels
 from wsi_segment.models.segmentation_model import SegmentationModel
 from wsi_segment.pipeline.training.datasets import WsssDataset, load_batch, open_dataset
 from wsi_segment.pipeline.training.metrics import ConfusionMatrix
+from wsi_segment.pipeline.training.train_classifier import to_input
 
 # predict(images uint8 (N,3,H,W), gt masks uint8 (N,H,W)) -> one label batch (N,H,W) per output
 Predictor = Callable[[torch.Tensor, torch.Tensor], Sequence[torch.Tensor | np.ndarray]]
@@ -69,8 +75,9 @@ class GateCheck:
     """How the classification gate treats a split, from the classes present in each mask.
 
     A present class with y_k <= epsilon is gated: its pixels are lost (they go to another
-    class). An absent class with y_k > epsilon is let through (harmless unless the
-    segmenter also predicts it). `update` per batch, `as_dict` at the end.
+    class, or to `Unclassified` where every class of the patch is gated). An absent class
+    with y_k > epsilon is let through (harmless unless the segmenter also predicts it).
+    `update` per batch, `as_dict` at the end.
     """
 
     def __init__(self, num_classes: int, epsilon: float) -> None:
@@ -104,13 +111,40 @@ class GateCheck:
 def segmentation_predictor(
     model: SegmentationModel, gate: bool = True, check: GateCheck | None = None
 ) -> Predictor:
-    """argmax of the (gated) segmentation probabilities; `check` sees the classifier's probabilities."""
+    """The slide path's labels of each whole tile (`predict_reduced(tiles, 0, T, 1)`: the
+    gated argmax, its fallback, and `UNCLASSIFIED` where the gate keeps no class); `check`
+    sees the classifier's probabilities."""
 
     def predict(images: torch.Tensor, gt: torch.Tensor) -> list[torch.Tensor]:
-        seg, cls = model.predict(images, gate=gate)
+        h, w = int(images.shape[-2]), int(images.shape[-1])
+        if h != w:
+            raise DatasetError(
+                f"patches of {w} x {h} px: evaluate scores square patches, as the slide path's "
+                "tiles are; crop the split's images and masks square"
+            )
+        out = model.predict_reduced(images, 0, w, 1, gate=gate)
         if check is not None:
-            check.update(cls, gt)
-        return [seg.argmax(1)]
+            check.update(out.cls_probs, gt)
+        return [out.labels]
+
+    return predict
+
+
+def module_predictor(
+    segmenter: torch.nn.Module,
+    classifier: torch.nn.Module | None,
+    epsilon: float,
+    device: torch.device,
+) -> Predictor:
+    """The same labels from a segmenter and a classifier held apart, as in training (inputs
+    scaled to [0, 1], `to_input`): `tile_labels`, the slide path's rule; no classifier, no
+    gate."""
+
+    @torch.no_grad()
+    def predict(images: torch.Tensor, gt: torch.Tensor) -> list[torch.Tensor]:
+        x = to_input(images, device)
+        cls_logits = classifier(x) if classifier is not None else None
+        return [tile_labels(segmenter(x), cls_logits, epsilon).cpu()]
 
     return predict
 

@@ -2,11 +2,11 @@
 
 Loss = 0.2 CE(shallow) + 0.2 CE(mid) + 0.6 CE(deep), background pixels (255) carry no loss
 (`loss="ours"`), or the official code's scaling (`loss="official"`, models.segmenter).
-After each epoch the model is scored on the validation split (gated by the classifier, as
-at inference, unless `val_gate` is off as in the official code) and the epoch with the best
-mIoU is kept. Checkpoints every epoch, resumable. The recipe's optimiser with poly
-learning-rate decay per step, as in stage 1 (`lr_schedule`), optionally from a pretrained
-encoder.
+After each epoch the model is scored on the validation split as the slide path would label
+it (`evaluate.module_predictor`: gated by the classifier, as at inference, unless `val_gate`
+is off as in the official code) and the epoch with the best mIoU is kept. Checkpoints every
+epoch, resumable. The recipe's optimiser with poly learning-rate decay per step, as in
+stage 1 (`lr_schedule`), optionally from a pretrained encoder.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from wsi_segment.errors import ConfigError
-from wsi_segment.models.gate import apply_gate
 from wsi_segment.models.segmenter import (
     DEFAULT_LAYER_WEIGHTS,
     SEG_LOSSES,
@@ -40,8 +39,8 @@ from wsi_segment.pipeline.training.datasets import (
     epoch_batches,
     load_batch,
 )
+from wsi_segment.pipeline.training.evaluate import module_predictor, score_split
 from wsi_segment.pipeline.training.make_pseudo_masks import mask_name
-from wsi_segment.pipeline.training.metrics import ConfusionMatrix
 from wsi_segment.pipeline.training.recipes import Optim, freeze, make_optimizer, train_mode
 from wsi_segment.pipeline.training.train_classifier import (
     progress_enabled,
@@ -85,7 +84,6 @@ def _read_pseudo(path: Path) -> np.ndarray:
         return np.asarray(im, dtype=np.uint8)
 
 
-@torch.no_grad()
 def validate(
     ds: WsssDataset,
     segmenter: torch.nn.Module,
@@ -95,18 +93,11 @@ def validate(
     batch_size: int = 16,
     gate_epsilon: float = 0.1,
 ) -> float:
-    """Split mIoU of the segmenter (gated by the classifier when given)."""
+    """Split mIoU of what the slide path would write (gated by the classifier when given:
+    tissue the gate leaves with no class is `Unclassified`, wrong on a labelled pixel)."""
     segmenter.eval()
-    cm = ConfusionMatrix(ds.num_classes)
-    items = ds.mask_items(split)
-    for i in range(0, len(items), batch_size):
-        chunk = items[i : i + batch_size]
-        x = to_input(load_batch([it.image for it in chunk]), device)
-        probs = segmenter(x).softmax(1)
-        if classifier is not None:
-            probs = apply_gate(probs, torch.sigmoid(classifier(x)), gate_epsilon)
-        for it, pred in zip(chunk, probs.argmax(1).cpu().numpy(), strict=True):
-            cm.update(pred, ds.read_mask(it.mask))
+    predictor = module_predictor(segmenter, classifier, gate_epsilon, device)
+    (cm,) = score_split(ds, split, predictor, 1, batch_size)
     return cm.scores().miou
 
 

@@ -21,6 +21,7 @@ from wsi_segment.models.bundle import (
 )
 from wsi_segment.models.classifier import build_classifier
 from wsi_segment.models.heads import PDASchedule
+from wsi_segment.models.meta import read_model_json
 from wsi_segment.models.segmenter import build_segmenter
 
 CLASSES = ["TE", "NEC", "LYM", "TAS"]
@@ -281,3 +282,16 @@ def test_models_never_unpickle() -> None:
 
 def test_demo_model_dir_is_package_data() -> None:
     assert demo_model_dir() == Path(__file__).resolve().parents[2] / "models" / "demo_model"
+
+
+def test_a_class_named_unclassified_is_refused_with_the_file_named(tmp_path: Path) -> None:
+    """`Unclassified` is the outputs' name for tissue the gate leaves with no class: a model
+    class of that name would be reported twice, so model.json is refused before loading."""
+    bad = _copy(demo_model_dir(), tmp_path / "bad")
+    doc = json.loads((bad / "model.json").read_text())
+    doc["classes"][1] = "Unclassified"
+    (bad / "model.json").write_text(json.dumps(doc))
+    with pytest.raises(ModelError, match=r"model\.json: class name 'Unclassified' is reserved"):
+        read_model_json(bad)
+    with pytest.raises(ModelError, match="reserved"):
+        ModelMeta("m", ["a", "Unclassified"], [(0, 0, 0), (1, 1, 1)])

@@ -18,8 +18,15 @@ from tests.reference_inference import (
     unique_positive_max,
 )
 from wsi_segment.models.classifier import build_classifier
+from wsi_segment.models.labels import UNCLASSIFIED
 from wsi_segment.models.meta import ModelMeta
-from wsi_segment.models.reduction import NODATA, HostCopier, reduce_tiles
+from wsi_segment.models.reduction import (
+    NODATA,
+    HostCopier,
+    label_pixels,
+    reduce_tiles,
+    tile_labels,
+)
 from wsi_segment.models.segmentation_model import SegmentationModel
 from wsi_segment.models.segmenter import build_segmenter
 
@@ -144,10 +151,54 @@ def test_labels_when_kept_classes_underflow_or_every_class_is_gated() -> None:
     model = _fixed([200.0, 0.0, 1.0, -1.0], [-10.0, 10.0, 10.0, 10.0])
     got = model.predict_reduced(_tiles(1), MARGIN, CORE, D)
     assert (got.probs.numpy() == 0).all() and (got.labels.numpy() == 2).all()
-    # the classifier rules every class out: no class can be claimed
+    # the classifier rules every class out: no class can be claimed, the tissue is
+    # Unclassified (254), never "not analysed" (255)
     model = _fixed([10.0, 1.0, 1.0, -5.0], [-10.0, -10.0, -10.0, -10.0])
-    got = model.predict_reduced(_tiles(1), MARGIN, CORE, D, nodata=254)
-    assert (got.probs.numpy() == 0).all() and (got.labels.numpy() == 254).all()
+    got = model.predict_reduced(_tiles(1), MARGIN, CORE, D)
+    assert UNCLASSIFIED == 254
+    assert (got.probs.numpy() == 0).all() and (got.labels.numpy() == UNCLASSIFIED).all()
+    # without the gate the same tile has a class
+    got = model.predict_reduced(_tiles(1), MARGIN, CORE, D, gate=False)
+    assert (got.labels.numpy() == 0).all()
+
+
+def test_label_rule_exact_on_small_tensors() -> None:
+    """The rule on 3 tiles x 2 pixels, K = 3: tile 0 keeps classes 1 and 2 (argmax of the
+    gated values; a pixel whose kept values are all 0 falls back to the kept class with the
+    higher logit), tile 1 keeps every class, tile 2 none (Unclassified)."""
+    probs = torch.tensor(
+        [
+            [[0.0, 0.0], [0.3, 0.0], [0.1, 0.0]],  # tile 0: class 0 gated (zeroed)
+            [[0.2, 0.1], [0.5, 0.1], [0.3, 0.8]],
+            [[0.0, 0.0], [0.0, 0.0], [0.0, 0.0]],  # tile 2: every class gated
+        ]
+    ).view(3, 3, 1, 2)
+    logits = torch.tensor(
+        [
+            [[9.0, 9.0], [1.0, -3.0], [0.0, -2.0]],  # pixel 1 of tile 0: class 2 (-2 > -3)
+            [[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]],
+            [[5.0, 5.0], [0.0, 0.0], [0.0, 0.0]],
+        ]
+    ).view(3, 3, 1, 2)
+    keep = torch.tensor([[False, True, True], [True, True, True], [False, False, False]])
+    got = label_pixels(probs, logits, keep)
+    assert got.view(3, 2).tolist() == [[1, 2], [1, 2], [UNCLASSIFIED, UNCLASSIFIED]]
+    assert label_pixels(probs, logits, keep, unclassified=7)[2].unique().tolist() == [7]
+
+
+def test_tile_labels_equal_predict_reduced_of_whole_tiles() -> None:
+    """`tile_labels` (training code's modules) and the slide path's `predict_reduced` of the
+    whole tile (margin 0, core T, d 1) label alike, gated tiles included."""
+    model = _small_model().to_device("cpu", "fp32")
+    tiles = _tiles()
+    for eps in (model.meta.gate_epsilon, 0.9999):
+        model.meta.gate_epsilon = eps
+        want = model.predict_reduced(tiles, 0, 32, 1).labels
+        x = model.preprocess(tiles)
+        with torch.no_grad():
+            got = tile_labels(model.segmenter(x), model.classifier(x), eps)
+        assert torch.equal(got, want)
+    assert (want == UNCLASSIFIED).all()  # epsilon 0.9999 gates every class of every tile
 
 
 def test_reduce_tiles_exact_on_known_values() -> None:

@@ -42,9 +42,9 @@ class TileByTile:
         self.model = model
         self.device = model.device
 
-    def predict_reduced(self, tiles, margin, core, downsample, gate=True, nodata=255):
+    def predict_reduced(self, tiles, margin, core, downsample, gate=True):
         outs = [
-            self.model.predict_reduced(tiles[i : i + 1], margin, core, downsample, gate, nodata)
+            self.model.predict_reduced(tiles[i : i + 1], margin, core, downsample, gate)
             for i in range(len(tiles))
         ]
         return dataclasses.replace(
@@ -110,9 +110,10 @@ def stored(job: SlideJob) -> np.ndarray:
 def assert_labels_match_outcomes(job: SlideJob, outcomes) -> None:
     """The label image the writers stored holds exactly the pixels the outcomes counted."""
     values = np.asarray(zarr.open_array(job.labels_path, mode="r")[:])
-    counts = np.bincount(values.ravel(), minlength=job.n_classes + 1)
-    np.testing.assert_array_equal(counts[1:], sum(o.counts for o in outcomes))
-    assert counts[1:].sum() > 0
+    per_value = np.bincount(values.ravel(), minlength=256)
+    counts = np.append(per_value[1 : job.n_classes + 1], per_value[255])  # classes, Unclassified
+    np.testing.assert_array_equal(counts, sum(o.counts for o in outcomes))
+    assert counts.sum() > 0
 
 
 def assert_same_outcomes(a, b) -> None:

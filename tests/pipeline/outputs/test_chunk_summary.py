@@ -9,6 +9,7 @@ import pytest
 import shapely
 from PIL import Image
 
+from wsi_segment.models.labels import NODATA, UNCLASSIFIED
 from wsi_segment.pipeline.outputs.chunk_summary import block_polygons, summarise_block
 from wsi_segment.wsi.tiling import ChunkSpec
 
@@ -24,6 +25,12 @@ def _mask_block() -> tuple[ChunkSpec, np.ndarray, np.ndarray]:
     spec = ChunkSpec(1, 2, (0, 0, 4 * w, 4 * h), ((0, 0),), (300, 50, 300 + w, 50 + h))
     probs = np.zeros((K, h, w), np.uint8)
     return spec, labels, probs
+
+
+def _per_output_class(values: np.ndarray) -> np.ndarray:
+    """(K + 1,) pixels of each output class: the K classes, then Unclassified."""
+    n = np.bincount(values.ravel(), minlength=256)
+    return np.append(n[:K], n[UNCLASSIFIED])
 
 
 def _area(wkb: dict[int, list[bytes]]) -> dict[int, float]:
@@ -55,13 +62,14 @@ def test_areas_count_only_the_part_of_edge_pixels_on_the_slide():
     row: those pixels count for that part, the exact polygons cut to the slide agree, and a
     block wholly on the slide reports its counts."""
     spec, labels, probs = _mask_block()
+    labels[-3:, -3:] = UNCLASSIFIED  # gated tissue in the corner counts for its part too
     x1, y1 = spec.out_box[2], spec.out_box[3]
     extent = (x1 - 0.5, y1 - 0.75)
     out = summarise_block(spec, 1, labels, probs, K, keep_exact=True, extent=extent)
-    counts = np.bincount(labels.ravel(), minlength=256)[:K].astype(float)
-    last_col = np.bincount(labels[:-1, -1], minlength=256)[:K]
-    last_row = np.bincount(labels[-1, :-1], minlength=256)[:K]
-    corner = np.bincount(labels[-1:, -1], minlength=256)[:K]
+    counts = _per_output_class(labels).astype(float)
+    last_col = _per_output_class(labels[:-1, -1])
+    last_row = _per_output_class(labels[-1, :-1])
+    corner = _per_output_class(labels[-1:, -1])
     want = counts - 0.5 * last_col - 0.75 * last_row - (1 - 0.5 * 0.25) * corner
     np.testing.assert_allclose(out.area_px(), want, rtol=0, atol=1e-9)
     slide = shapely.box(0, 0, *extent)
@@ -72,3 +80,29 @@ def test_areas_count_only_the_part_of_edge_pixels_on_the_slide():
         assert cut == pytest.approx(out.area_px()[c], rel=1e-12)
     inside = summarise_block(spec, 1, labels, probs, K, extent=(x1 + 3.0, y1))
     assert inside.areas is None and np.array_equal(inside.area_px(), counts)
+
+
+def test_unclassified_tissue_is_output_class_k_and_the_rest_is_unchanged():
+    """Pixels of a gated tile (UNCLASSIFIED) are counted, traced and simplified as output
+    class K; the classes' polygons and counts are those of the block with that tile
+    removed, so a block without gated tiles reports exactly what it did before."""
+    spec, labels, probs = _mask_block()
+    probs[:] = 200  # every class stored at 200/255 where it is labelled
+    gated = labels.copy()
+    gated[:40, :60] = np.where(gated[:40, :60] == NODATA, NODATA, UNCLASSIFIED)
+    n_unclassified = int((gated == UNCLASSIFIED).sum())
+    assert n_unclassified > 0
+    out = summarise_block(spec, 1, gated, probs, K, tolerance=1.0, keep_exact=True)
+    assert out.counts.shape == out.prob_sums.shape == (K + 1,)
+    np.testing.assert_array_equal(out.counts, _per_output_class(gated))
+    assert out.counts[K] == n_unclassified and out.prob_sums[K] == 0.0
+    np.testing.assert_allclose(out.prob_sums[:K], out.counts[:K] * 200 / 255, rtol=1e-12)
+    assert _area(out.exact_polygons)[K] == float(n_unclassified)
+    assert K in out.polygons  # simplified with the classes, edge-to-edge
+    plain = summarise_block(spec, 1, labels, probs, K, tolerance=1.0, keep_exact=True)
+    assert plain.counts[K] == 0 and K not in plain.polygons
+    assert plain.counts[:K].sum() == out.counts.sum()  # the same tissue, now K + 1 classes
+    removed = np.where(gated == UNCLASSIFIED, NODATA, gated).astype(np.uint8)
+    assert block_polygons(spec, removed, K) == {
+        c: ws for c, ws in out.exact_polygons.items() if c != K
+    }

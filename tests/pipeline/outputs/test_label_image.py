@@ -11,8 +11,8 @@ from ome_zarr_models.v04 import Image
 from ome_zarr_models.v04.image_label import ImageLabel
 
 from wsi_segment.errors import OutputError
+from wsi_segment.models.labels import NODATA, UNCLASSIFIED
 from wsi_segment.pipeline.outputs import label_image
-from wsi_segment.pipeline.outputs.chunk_summary import NODATA
 from wsi_segment.pipeline.outputs.label_image import (
     class_ids,
     create_label_image,
@@ -44,10 +44,10 @@ def store(tmp_path):
     return path, values
 
 
-def test_values_are_class_plus_one_and_zero_for_no_class():
-    labels = np.array([[0, 3, NODATA], [1, 2, NODATA]], dtype=np.uint8)
+def test_values_are_class_plus_one_255_unclassified_and_zero_for_no_class():
+    labels = np.array([[0, 3, NODATA], [1, 2, NODATA], [UNCLASSIFIED, 0, 2]], dtype=np.uint8)
     values = label_values(labels)
-    np.testing.assert_array_equal(values, [[1, 4, 0], [2, 3, 0]])
+    np.testing.assert_array_equal(values, [[1, 4, 0], [2, 3, 0], [255, 1, 3]])
     np.testing.assert_array_equal(class_ids(values), labels)
 
 
@@ -89,10 +89,11 @@ def test_metadata_exact_and_valid(store):
         {"label-value": 2, "rgba": [0, 255, 0, 255]},
         {"label-value": 3, "rgba": [65, 105, 225, 255]},
         {"label-value": 4, "rgba": [255, 165, 0, 255]},
+        {"label-value": 255, "rgba": [64, 64, 64, 255]},
     ]
     assert image_label["properties"] == [{"label-value": 0, "class": "no class"}] + [
         {"label-value": k + 1, "class": name} for k, name in enumerate(NAMES)
-    ]
+    ] + [{"label-value": 255, "class": "Unclassified"}]
     assert image_label["source"] == {"image": "../../"}
     ms = attrs["multiscales"][0]
     assert [a["name"] for a in ms["axes"]] == ["y", "x"]
@@ -100,6 +101,7 @@ def test_metadata_exact_and_valid(store):
         {"type": "scale", "scale": [10.0, 8.0]}
     ]
     assert attrs["wsi_segment"]["no_class_value"] == 0
+    assert attrs["wsi_segment"]["unclassified_value"] == 255
     ImageLabel.from_zarr(zarr.open_group(label_image_path(path), mode="r"))
     image = Image.from_zarr(zarr.open_group(image_path(path), mode="r"))
     assert image.labels is not None and image.labels.attributes.labels == ["classes"]
@@ -112,7 +114,8 @@ def test_ome_zarr_reader_finds_the_labels_with_colours_and_classes(store):
     (label,) = [n for n in nodes if "image-label" in n.zarr.root_attrs]
     np.testing.assert_array_equal(label.data[0].compute(), values)
     assert label.metadata["properties"] == {
-        k: {"class": n} for k, n in enumerate(["no class", *NAMES])
+        **{k: {"class": n} for k, n in enumerate(["no class", *NAMES])},
+        255: {"class": "Unclassified"},
     }
     assert label.metadata["color"][1] == pytest.approx([205 / 255, 51 / 255, 51 / 255, 1.0])
 

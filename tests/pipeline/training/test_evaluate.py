@@ -1,14 +1,32 @@
-"""Evaluation plumbing on the real sample: perfect predictions score exactly 1, labels from masks."""
+"""Evaluation on the real sample: perfect predictions score exactly 1, labels from masks, and
+the labels scored are the ones the slide path writes."""
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
-from wsi_segment.pipeline.training.datasets import open_dataset
-from wsi_segment.pipeline.training.evaluate import GateCheck, present_labels, score_split
+from wsi_segment.errors import DatasetError
+from wsi_segment.models.bundle import demo_model_dir, load_model
+from wsi_segment.models.labels import UNCLASSIFIED
+from wsi_segment.models.meta import DEFAULT_EPSILON
+from wsi_segment.models.segmentation_model import SegmentationModel
+from wsi_segment.pipeline.inference.chunk_inference import predict_reduced_tiles
+from wsi_segment.pipeline.training.datasets import load_batch, open_dataset
+from wsi_segment.pipeline.training.evaluate import (
+    GateCheck,
+    evaluate,
+    module_predictor,
+    present_labels,
+    score_split,
+    segmentation_predictor,
+)
+from wsi_segment.wsi.tiling import TileGrid
 
 SAMPLE = Path(__file__).resolve().parents[2] / "data" / "luad-histoseg-sample"
 
@@ -49,3 +67,68 @@ def test_gate_check_counts_gated_present_classes() -> None:
     assert d["present_classes"] == 3 and d["present_gated"] == 1
     assert d["absent_classes"] == 5 and d["absent_kept"] == 2
     assert d["tissue_pixels_gated"] == 1 / 8 and d["epsilon"] == 0.1
+
+
+@pytest.fixture(scope="module")
+def demo() -> SegmentationModel:
+    torch.set_num_threads(1)
+    return load_model(demo_model_dir(), device="cpu", precision="fp32")
+
+
+def _test_split() -> tuple[torch.Tensor, torch.Tensor]:
+    ds = open_dataset(SAMPLE)
+    items = ds.mask_items("test")
+    gt = torch.from_numpy(np.stack([ds.read_mask(it.mask) for it in items]))
+    return load_batch([it.image for it in items]), gt
+
+
+def test_evaluate_and_validation_score_the_labels_the_slide_path_writes(demo) -> None:
+    """For real LUAD-HistoSeg patches and the demo model: the labels `evaluate` scores and
+    those stage-3 validation scores equal what the slide path's reduction writes for the
+    same tiles (`predict_reduced_tiles`, a grid of whole tiles), at the model's epsilon, at
+    one where the gate removes every class of some tiles, and at one where it removes every
+    class of every tile (Unclassified everywhere)."""
+    images, gt = _test_split()
+    tile = int(images.shape[-1])
+    grid = TileGrid(tile=tile, overlap=0, downsample=1)
+    _, cls = demo.predict(images)
+    top = cls.max(dim=1).values  # a tile is all gated where epsilon >= its top probability
+    half = float(top.median())
+    all_gated = float(top.max())
+    assert 0 < int((top <= half).sum()) < len(top) and all_gated < 1.0
+    nhwc = images.permute(0, 2, 3, 1).numpy()
+    for eps in (demo.meta.gate_epsilon, half, all_gated):
+        demo.meta.gate_epsilon = eps
+        (scored,) = segmentation_predictor(demo)(images, gt)
+        slide = predict_reduced_tiles(demo, nhwc, grid, batch_size=4, gate=True).labels
+        np.testing.assert_array_equal(np.asarray(scored), slide)
+        val = module_predictor(demo.segmenter, demo.classifier, eps, torch.device("cpu"))
+        np.testing.assert_array_equal(np.asarray(val(images, gt)[0]), slide)
+        gated = (top <= eps).numpy()
+        assert (slide[gated] == UNCLASSIFIED).all() and not (slide[~gated] == UNCLASSIFIED).any()
+    demo.meta.gate_epsilon = DEFAULT_EPSILON
+
+
+def test_unclassified_counts_as_wrong_on_labelled_pixels(demo, tmp_path: Path) -> None:
+    """`evaluate` of a model folder whose gate rules every class out on every test patch
+    (model.json's epsilon above every classifier probability): every labelled pixel is
+    Unclassified, so every class scores 0 (not class 0 everywhere, the official rule)."""
+    images, _ = _test_split()
+    _, cls = demo.predict(images)
+    model = tmp_path / "model"
+    shutil.copytree(demo_model_dir(), model)
+    doc = json.loads((model / "model.json").read_text())
+    doc["gate_epsilon"] = float(cls.max())
+    (model / "model.json").write_text(json.dumps(doc))
+    result = evaluate(SAMPLE, model, "test", pseudo=False, device="cpu", progress=False)
+    assert result["miou"] == 0.0 and result["acc"] == 0.0
+    present = result["gate_check"]["present_classes"]
+    assert present > 0 and result["gate_check"]["present_gated"] == present
+    plain = evaluate(SAMPLE, model, "test", gate=False, pseudo=False, device="cpu", progress=False)
+    assert plain["acc"] > 0.0  # the same model scores without the gate
+
+
+def test_non_square_patches_are_refused_with_a_dataset_error(demo) -> None:
+    images, gt = _test_split()
+    with pytest.raises(DatasetError, match="224 x 112 px: evaluate scores square patches"):
+        segmentation_predictor(demo)(images[:, :, :112], gt[:, :112])

@@ -1,0 +1,15 @@
+"""The label ids every output and every score shares: classes 0..K-1 and two reserved values.
+
+A class map (uint8) holds a model class id `k` (0..K-1, model.json order), `UNCLASSIFIED`
+where the tile's classifier ruled every class out (tissue the gate left with no class), or
+`NODATA` where nothing was analysed (outside the tissue). Defined here, once, and without
+torch, so the output writers read them without loading a model.
+"""
+
+from __future__ import annotations
+
+NODATA = 255  # outside the tissue: not analysed
+UNCLASSIFIED = 254  # tissue of a tile where the classification gate kept no class
+UNCLASSIFIED_NAME = "Unclassified"  # its name in summary.json, the GeoJSON and the overlay
+UNCLASSIFIED_COLOR = (64, 64, 64)  # dark grey: QuPath's colour for a class given none
+RESERVED_NAMES = (UNCLASSIFIED_NAME,)  # no model class may be named so
