@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from wsi_segment.models.cam_methods import CAM_METHODS, DEFAULT_CAM_METHOD
+
 if TYPE_CHECKING:
     from wsi_segment.pipeline.training.train_config import TrainConfig
 
@@ -38,6 +40,16 @@ def add_parser(
     )
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--head", choices=("pda", "cam", "pcam", "lficam"), default="pda")
+    p.add_argument(
+        "--cam-method",
+        choices=tuple(CAM_METHODS),
+        default=DEFAULT_CAM_METHOD,
+        help="stage-2 pseudo masks from: gradcam (Grad-CAM at the three depths, the paper's; "
+        "default), cam (the head's class maps, deepest features: the three masks are equal), "
+        "scorecam (Score-CAM at the three depths; one classifier forward pass per channel, "
+        "hundreds of times Grad-CAM's cost), lficam (needs --head lficam). PCAM is a head: "
+        "--head pcam, with any method but lficam",
+    )
     p.add_argument("--device", default="auto", help="auto (GPU if present), cpu, cuda, cuda:N")
     p.add_argument(
         "--recipe",
@@ -195,6 +207,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         mpp=args.mpp,
         lr_schedule=args.lr_schedule,
         classifier_output_stride=args.classifier_output_stride,
+        cam_method=args.cam_method,
         dropout=args.dropout,
         pda_schedule=args.pda_schedule,
         pda_sigma=args.pda_sigma,

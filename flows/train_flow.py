@@ -67,7 +67,8 @@ def make_train_config(data: str, out: str, options: dict[str, Any] | None) -> Tr
 def train_model(data: str, out: str, options: dict[str, Any] | None = None) -> str:
     """Train a model from a WSSS dataset folder into the model folder `out`; returns it.
 
-    `options` holds other `pipeline.training.train.TrainConfig` fields (epochs, encoder, head, ...).
+    `options` holds other `pipeline.training.train.TrainConfig` fields (epochs, encoder, head,
+    cam_method, ...).
     """
     cfg = make_train_config(data, out, options)
     run = open_dataset(cfg)

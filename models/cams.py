@@ -21,11 +21,12 @@ import torch.nn.functional as F
 
 from wsi_segment.errors import ConfigError
 
+from .cam_methods import CAM_METHODS, cam_method
 from .classifier import PatchClassifier
 from .heads.lficam import LFICAMHead
 
 _EPS = 1e-8
-METHODS = ("cam", "gradcam", "scorecam", "lficam")
+METHODS = tuple(CAM_METHODS)
 
 
 @contextlib.contextmanager
@@ -180,7 +181,8 @@ def activation_maps(
     read the deepest features (the fc layer; the importance network), so another `layer`
     is refused rather than silently answered from the deepest one.
     """
-    if method in ("cam", "lficam") and classifier.resolve_tap(layer) != classifier.tap_names[-1]:
+    spec = cam_method(method)
+    if not spec.any_tap and classifier.resolve_tap(layer) != classifier.tap_names[-1]:
         raise ConfigError(
             f"{method} is defined on the deepest features only (its weights read them); "
             f"for layer {layer!r} use gradcam or scorecam, or ask {method} for 'deep'"
@@ -193,4 +195,4 @@ def activation_maps(
         return score_cam(classifier, x, layer, normalise=normalise)
     if method == "lficam":
         return lfi_cam(classifier, x, normalise=normalise)
-    raise ConfigError(f"unknown CAM method {method!r}; choose one of {list(METHODS)}")
+    raise AssertionError(f"{method!r} is in CAM_METHODS but has no implementation here")

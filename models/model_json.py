@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
+from .cam_methods import CAM_METHODS
+
 # A check returns None when the value is allowed, else a phrase saying what is allowed.
 Check = Callable[[Any], str | None]
 
@@ -71,6 +73,10 @@ def number(lo: float, hi: float, *, hi_open: bool = False, lo_open: bool = False
 
 def text(v: Any) -> str | None:
     return None if isinstance(v, str) and 0 < len(v) <= NAME_LENGTH else "a non-empty string"
+
+
+def boolean(v: Any) -> str | None:
+    return None if isinstance(v, bool) else "true or false"
 
 
 def choice(*values: Any) -> Check:
@@ -150,6 +156,13 @@ MODEL_JSON_KEYS: tuple[Key, ...] = (
     Key("normalisation", normalisation),
     Key("gate_epsilon", number(0.0, 1.0, hi_open=True)),
     Key("provenance", either(mapping, choice(None))),
+    # how stage 2 made the pseudo masks; absent (older models): Grad-CAM at three depths
+    Key("provenance.pseudo_masks", either(mapping, choice(None))),
+    Key("provenance.pseudo_masks.method", choice(*CAM_METHODS), required=True),
+    Key("provenance.pseudo_masks.layers", list_of(text, 1, 8, "mask names")),
+    Key("provenance.pseudo_masks.taps", list_of(choice(*_TAPS), 1, 8, "stage names")),
+    Key("provenance.pseudo_masks.relu", boolean),
+    Key("provenance.pseudo_masks.background", boolean),
     Key("architecture", mapping, required=True),
     Key("architecture.classifier", mapping, required=True),
     Key("architecture.classifier.backbone", either(local_name, mapping), required=True),

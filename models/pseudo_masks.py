@@ -1,7 +1,7 @@
 """Multi-layer pseudo masks: one label map per backbone depth from a trained classifier.
 
-Per depth: Grad-CAM (no ReLU, as the official code) for every class, upsampled to the
-patch; classes absent from the patch label are excluded; present classes are min-max
+Per depth: the maps of a CAM method (`models.cam_methods`; default Grad-CAM without ReLU,
+as the official code) for every class, upsampled to the patch; classes absent from the patch label are excluded; present classes are min-max
 normalised jointly (so their relative strength survives); LUAD-style background (white
 glass) beats every class; argmax gives the label. Background and patches without any
 label get `ignore_index` (default 255): the segmenter's loss skips them, because white
@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import torch
 
 from .background import GREY_THRESHOLD, MIN_OBJECT_SIZE, background_mask
+from .cam_methods import DEFAULT_CAM_METHOD, DEFAULT_LAYERS, cam_method
 from .cams import activation_maps, grad_cams
 from .classifier import PatchClassifier
 from .segmenter import IGNORE_INDEX
@@ -54,19 +55,27 @@ def label_from_maps(
     return torch.where(drop, torch.full_like(label, ignore_index), label)
 
 
+def mask_taps(classifier: PatchClassifier, method: str, layers: Sequence[str]) -> list[str]:
+    """The backbone tap each mask's maps come from: the layer's own, or the deepest for
+    methods whose weights read only the deepest features (CAM, LFI-CAM)."""
+    if cam_method(method).any_tap:
+        return [classifier.resolve_tap(layer) for layer in layers]
+    return [classifier.tap_names[-1]] * len(layers)
+
+
 def pseudo_masks(
     classifier: PatchClassifier,
     images: torch.Tensor,
     labels: torch.Tensor,
     *,
-    layers: Sequence[str] = ("shallow", "mid", "deep"),
+    layers: Sequence[str] = DEFAULT_LAYERS,
     mean: Sequence[float] = (0.0, 0.0, 0.0),
     std: Sequence[float] = (1.0, 1.0, 1.0),
     use_background: bool = True,
     grey_threshold: int = GREY_THRESHOLD,
     min_object_size: int = MIN_OBJECT_SIZE,
     ignore_index: int = IGNORE_INDEX,
-    method: str = "gradcam",
+    method: str = DEFAULT_CAM_METHOD,
 ) -> list[torch.Tensor]:
     """One uint8 mask (N, H, W) per layer, shallow to deep.
 
@@ -75,6 +84,7 @@ def pseudo_masks(
     `use_background=False` for datasets where white is tissue (BCSS-WSSS). `method` may
     also be scorecam (per layer) or cam / lficam (deepest tap only: every mask the same).
     """
+    spec = cam_method(method)
     if images.dtype != torch.uint8:
         raise TypeError("pseudo_masks expects uint8 RGB patches (N, 3, H, W)")
     device = next(classifier.parameters()).device
@@ -85,8 +95,8 @@ def pseudo_masks(
     present = labels.to(device) > 0.5
     bg = background_mask(images, grey_threshold, min_object_size) if use_background else None
     if method == "gradcam":
-        maps = grad_cams(classifier, x, layers, relu=False, normalise="none")
-    elif method in ("cam", "lficam"):  # deepest features only: one map for every depth
+        maps = grad_cams(classifier, x, layers, relu=spec.relu, normalise="none")
+    elif not spec.any_tap:  # deepest features only: one map for every depth
         maps = [activation_maps(method, classifier, x, "deep", normalise="none")] * len(layers)
     else:
         maps = [activation_maps(method, classifier, x, lay, normalise="none") for lay in layers]

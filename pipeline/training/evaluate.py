@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from wsi_segment.errors import DatasetError, ModelError
 from wsi_segment.models.bundle import load_model
+from wsi_segment.models.cam_methods import DEFAULT_CAM_METHOD, recorded_method
 from wsi_segment.models.classifier import PatchClassifier
 from wsi_segment.models.pseudo_masks import pseudo_masks
 from wsi_segment.models.reduction import tile_labels
@@ -155,8 +156,9 @@ def pseudo_predictor(
     layers: Sequence[str] = ("shallow", "mid", "deep"),
     use_background: bool = True,
     normalisation: dict[str, Any] | None = None,
+    method: str = DEFAULT_CAM_METHOD,
 ) -> Predictor:
-    """Pseudo masks per layer from the ground-truth patch labels."""
+    """Pseudo masks per layer from the ground-truth patch labels, with the CAM `method`."""
     norm = normalisation or {"mean": [0.0] * 3, "std": [1.0] * 3}
 
     def predict(images: torch.Tensor, gt: torch.Tensor) -> list[torch.Tensor]:
@@ -168,6 +170,7 @@ def pseudo_predictor(
             mean=norm["mean"],
             std=norm["std"],
             use_background=use_background,
+            method=method,
         )
 
     return predict
@@ -214,7 +217,12 @@ def evaluate(
     if pseudo and isinstance(model.classifier, PatchClassifier):
         layers = ("shallow", "mid", "deep")
         predictor = pseudo_predictor(
-            model.classifier, ds.num_classes, layers, ds.background_rule, model.meta.normalisation
+            model.classifier,
+            ds.num_classes,
+            layers,
+            ds.background_rule,
+            model.meta.normalisation,
+            recorded_method(model.meta.provenance)["method"],  # what stage 2 used
         )
         cms = score_split(
             ds, split, predictor, len(layers), batch_size, show, f"pseudo masks {split}"

@@ -20,12 +20,13 @@ from wsi_segment.models.device import pick_device
 from wsi_segment.models.meta import ModelMeta
 from wsi_segment.models.segmentation_model import SegmentationModel
 from wsi_segment.pipeline.training.datasets import MIN_TRAIN_PATCHES, open_dataset
-from wsi_segment.pipeline.training.make_pseudo_masks import make_pseudo_masks
+from wsi_segment.pipeline.training.make_pseudo_masks import made_with, make_pseudo_masks
 from wsi_segment.pipeline.training.train_classifier import classifier_history, train_classifier
 from wsi_segment.pipeline.training.train_config import (
     TrainConfig,
     check_config,
     classifier_config,
+    pseudo_mask_dir,
     seg_encoder_name,
     segmenter_config,
     work_dir,
@@ -79,7 +80,10 @@ def _train(cfg: TrainConfig) -> Path:
     ccfg = classifier_config(cfg)
     classifier = train_classifier(ds, ccfg, work / "stage1", device)
     t1 = time.time()
-    pseudo_dirs = make_pseudo_masks(ds, classifier, work / "pseudo_masks", device, cfg.batch_size)
+    masks = pseudo_mask_dir(cfg)
+    pseudo_dirs = make_pseudo_masks(
+        ds, classifier, masks, device, cfg.batch_size, method=cfg.cam_method
+    )
     t2 = time.time()
     scfg = segmenter_config(cfg)
     segmenter, seg_state = train_segmenter(
@@ -97,6 +101,7 @@ def _train(cfg: TrainConfig) -> Path:
             "history": classifier_history(work / "stage1"),
             "pretrained_weights": pretrained_record(work / "stage1"),
         },
+        "pseudo_masks": made_with(masks),
         "segmenter": {
             **asdict(scfg),
             "history": seg_state["history"],

@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from wsi_segment.errors import ConfigError
+from wsi_segment.models.cam_methods import CAM_METHODS, DEFAULT_CAM_METHOD, check_head
 from wsi_segment.models.heads import DEFAULT_DROPOUT
 from wsi_segment.models.pretrained import is_file_source
 from wsi_segment.models.segmenter import SEG_LOSSES
+from wsi_segment.pipeline.training.make_pseudo_masks import check_pseudo_mask_folder
 from wsi_segment.pipeline.training.recipes import Recipe, resolve_recipe
 from wsi_segment.pipeline.training.train_classifier import ClassifierConfig, head_spec
 from wsi_segment.pipeline.training.train_segmenter import SegmenterConfig
@@ -38,6 +40,7 @@ class TrainConfig:
     pda_floor: float | None = None
     pda_warmup: int | None = None
     classifier_output_stride: int = 16
+    cam_method: str = DEFAULT_CAM_METHOD  # stage 2: a name of models.cam_methods.CAM_METHODS
     lr_schedule: str = "poly"
     device: str = "auto"
     # recipe (None: paper when an encoder starts from pretrained weights, else default) and
@@ -97,6 +100,12 @@ def check_config(cfg: TrainConfig) -> None:
     if problem is not None:  # model.json would record it, and every slide be resampled to it
         raise ConfigError(f"--mpp {problem}; give the patches' pixel size (1.0 = 10x)")
     head_spec(classifier_config(cfg))  # dropout and PDA schedule
+    if cfg.cam_method not in CAM_METHODS:
+        raise ConfigError(
+            f"--cam-method must be one of {list(CAM_METHODS)}, got {cfg.cam_method!r}"
+        )
+    check_head(cfg.cam_method, cfg.head)
+    check_pseudo_mask_folder(pseudo_mask_dir(cfg), cfg.cam_method)
     for option, source in (
         ("--pretrained", cfg.pretrained),
         ("--seg-pretrained", cfg.seg_pretrained),
@@ -139,6 +148,11 @@ def seg_encoder_name(name: str) -> str:
 def work_dir(cfg: TrainConfig) -> Path:
     """The folder holding checkpoints and pseudo masks (as `train()` chooses it)."""
     return cfg.work_dir or cfg.out.with_name(cfg.out.name + ".work")
+
+
+def pseudo_mask_dir(cfg: TrainConfig) -> Path:
+    """The stage-2 folder (one subfolder per depth, and method.json)."""
+    return work_dir(cfg) / "pseudo_masks"
 
 
 def classifier_config(cfg: TrainConfig) -> ClassifierConfig:

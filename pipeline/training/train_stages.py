@@ -28,6 +28,7 @@ from wsi_segment.pipeline.training.train_config import (
     TrainConfig,
     check_config,
     classifier_config,
+    pseudo_mask_dir,
     segmenter_config,
     work_dir,
 )
@@ -66,7 +67,12 @@ def stage1_classifier(run: TrainRun) -> PatchClassifier:
 def stage2_pseudo_masks(run: TrainRun, classifier: PatchClassifier) -> list[Path]:
     """Pseudo masks of every training patch at three depths (existing masks are kept)."""
     return make_pseudo_masks(
-        run.ds, classifier, run.work / "pseudo_masks", run.device, run.cfg.batch_size
+        run.ds,
+        classifier,
+        pseudo_mask_dir(run.cfg),
+        run.device,
+        run.cfg.batch_size,
+        method=run.cfg.cam_method,
     )
 
 

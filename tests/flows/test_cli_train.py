@@ -99,6 +99,7 @@ def test_last_batch_of_one_trains(tmp_path: Path, capsys: pytest.CaptureFixture[
         "pretrained missing",
         "seg pretrained missing",
         "lr",
+        "cam method head",
     ],
 )
 def test_untrainable_settings_are_one_clear_error(
@@ -132,6 +133,9 @@ def test_untrainable_settings_are_one_clear_error(
     elif case == "lr":
         args += ["--recipe", "paper", "--lr", "0"]
         expected = "--lr must be > 0, got 0.0"
+    elif case == "cam method head":
+        args += ["--cam-method", "lficam"]
+        expected = "--cam-method lficam needs --head lficam, not --head pda"
     else:
         args += ["--dropout", "1"]
         expected = "--dropout must be in [0, 1), got 1.0"
@@ -140,6 +144,55 @@ def test_untrainable_settings_are_one_clear_error(
     assert code == 1 and err.startswith("error: ") and expected in err
     assert "Traceback" not in err
     assert not (tmp_path / "m").exists() and not (tmp_path / "m.work").exists()
+
+
+@pytest.mark.slow
+def test_train_with_another_cam_method(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """PCAM pooling (a head) with CAM pseudo masks on the real sample: model.json records both."""
+    out = tmp_path / "m"
+    args = ["train", "--data", str(SAMPLE), "--out", str(out), *TINY]
+    assert main([*args, "--head", "pcam", "--cam-method", "cam"]) == 0
+    doc = json.loads((out / "model.json").read_text())
+    assert doc["architecture"]["classifier"]["head"]["kind"] == "pcam"
+    assert doc["provenance"]["pseudo_masks"] == {
+        "method": "cam",
+        "layers": ["shallow", "mid", "deep"],
+        "taps": ["layer4", "layer4", "layer4"],
+        "relu": True,
+        "background": True,
+    }
+    masks = tmp_path / "m.work" / "pseudo_masks"
+    assert len(list((masks / "deep").glob("*.png"))) == 9
+    capsys.readouterr()
+
+    # the same work folder with another method: refused before anything changes
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "m.work").rglob("*") if p.is_file()}
+    shutil.rmtree(out)
+    assert main([*args, "--head", "pcam", "--cam-method", "gradcam"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {masks}: holds pseudo masks made with --cam-method cam, and ")
+    assert "delete that folder to make them again, or give another --work-dir" in err
+    assert not out.exists()
+    after = {p: p.stat().st_mtime_ns for p in (tmp_path / "m.work").rglob("*") if p.is_file()}
+    assert after == stamps
+
+
+def test_masks_of_an_earlier_run_are_not_reused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A work folder from before the method was recorded holds Grad-CAM masks: another method
+    is refused before anything is written, and the masks stay."""
+    deep = tmp_path / "m.work" / "pseudo_masks" / "deep"
+    deep.mkdir(parents=True)
+    (deep / "a.png").write_bytes(b"not read")
+    args = ["train", "--data", str(SAMPLE), "--out", str(tmp_path / "m"), *TINY]
+    assert main([*args, "--cam-method", "scorecam"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "made with --cam-method gradcam, and this run" in err
+    assert sorted(p.name for p in (tmp_path / "m.work").rglob("*")) == [
+        "a.png", "deep", "pseudo_masks"
+    ]  # fmt: skip
+    assert (deep / "a.png").read_bytes() == b"not read" and not (tmp_path / "m").exists()
 
 
 def _timm_weights_file(path: Path) -> dict[str, torch.Tensor]:
@@ -160,6 +213,7 @@ def test_train_options_reach_the_config(tmp_path: Path) -> None:
         "--seg-pretrained", "resnet18.a1_in1k", "--recipe", "paper", "--lr", "0.02",
         "--weight-decay", "1e-3", "--bias-lr-mult", "1", "--head-lr-mult", "5",
         "--no-seg-blur", "--seg-vflip", "--seg-loss", "ours", "--val-gate",
+        "--cam-method", "scorecam",
     ]  # fmt: skip
     args = build_parser().parse_args(argv)
     cfg = config_from_args(args)
@@ -168,8 +222,10 @@ def test_train_options_reach_the_config(tmp_path: Path) -> None:
     )  # fmt: skip
     assert (cfg.lr, cfg.weight_decay, cfg.bias_lr_mult, cfg.head_lr_mult) == (0.02, 1e-3, 1, 5)
     assert (cfg.seg_blur, cfg.seg_vflip, cfg.seg_loss, cfg.val_gate) == (False, True, "ours", True)
+    assert cfg.cam_method == "scorecam"
     plain = config_from_args(build_parser().parse_args(["train", "--data", "d", "--out", "o"]))
     assert (plain.recipe, plain.lr, plain.seg_blur, plain.val_gate) == (None, None, None, None)
+    assert plain.cam_method == "gradcam"
 
 
 @pytest.mark.slow

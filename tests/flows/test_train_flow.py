@@ -72,6 +72,11 @@ def test_train_flow_matches_plain_train_and_resumes(
             ["--epochs", "3", "--seg-epochs", "5", "--seg-encoder", "resnet34"],
             {"epochs": 3, "seg_epochs": 5, "seg_encoder": "resnet34"},
         ),
+        (["--cam-method", "scorecam"], {"cam_method": "scorecam"}),
+        (
+            ["--head", "lficam", "--cam-method", "lficam"],
+            {"head": "lficam", "cam_method": "lficam"},
+        ),
     ],
 )
 def test_cli_and_flow_build_the_same_training_config(
@@ -89,6 +94,27 @@ def test_cli_and_flow_build_the_same_training_config(
     assert from_cli == from_flow
     assert from_cli.seg_epochs == options.get("seg_epochs", options.get("epochs", 20))
     assert from_cli.seg_encoder == options.get("seg_encoder", options.get("encoder", "resnet18"))
+
+
+@pytest.mark.parametrize(
+    "options, expected",
+    [
+        ({"cam_method": "gradcam++"}, "--cam-method must be one of ['gradcam', 'cam', 'scorecam',"),
+        ({"cam_method": "lficam"}, "--cam-method lficam needs --head lficam, not --head pda"),
+    ],
+)
+def test_flow_refuses_a_cam_method_before_any_write(
+    tmp_path: Path, options: dict, expected: str
+) -> None:
+    from wsi_segment.errors import ConfigError
+    from wsi_segment.flows.train_flow import make_train_config
+    from wsi_segment.pipeline.training import train_stages
+
+    cfg = make_train_config(str(tmp_path / "data"), str(tmp_path / "m"), options)
+    with pytest.raises(ConfigError) as err:
+        train_stages.start(cfg)
+    assert expected in str(err.value)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_training_stages_retry_and_cache_as_the_slide_stages():

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
+from wsi_segment.errors import ConfigError
 from wsi_segment.models.classifier import build_classifier
 from wsi_segment.pipeline.training.datasets import open_dataset
-from wsi_segment.pipeline.training.make_pseudo_masks import make_pseudo_masks, mask_name
+from wsi_segment.pipeline.training.make_pseudo_masks import (
+    check_pseudo_mask_folder,
+    made_with,
+    make_pseudo_masks,
+    mask_name,
+)
 
 SAMPLE = Path(__file__).resolve().parents[2] / "data" / "luad-histoseg-sample"
 
@@ -41,3 +49,44 @@ def test_masks_per_depth_and_skip_done(tmp_path: Path) -> None:
     unchanged = [p for p, t in stamps.items() if p.exists() and p.stat().st_mtime_ns == t]
     # only the patch with the missing file is redone (its 3 depths)
     assert len(unchanged) == len(stamps) - 3
+
+
+def test_method_is_recorded_and_another_is_refused(tmp_path: Path) -> None:
+    """method.json says how the masks were made; a rerun asking for another method is one
+    ConfigError and leaves the masks as they were (stage 3 never trains on the wrong ones)."""
+    ds = open_dataset(SAMPLE)
+    torch.manual_seed(0)
+    clf = build_classifier("resnet10t", "lficam", ds.num_classes)
+    dirs = make_pseudo_masks(ds, clf, tmp_path, torch.device("cpu"), batch_size=9, method="cam")
+    record = json.loads((tmp_path / "method.json").read_text())
+    assert record == {
+        "method": "cam",
+        "layers": ["shallow", "mid", "deep"],
+        "taps": ["layer4", "layer4", "layer4"],  # CAM reads the deepest features only
+        "relu": True,
+        "background": True,
+    }
+    assert made_with(tmp_path) == record
+    for it in ds.train_items():  # one map for every depth: three equal masks
+        first, *rest = (np.asarray(Image.open(d / mask_name(it))) for d in dirs)
+        assert all(np.array_equal(first, m) for m in rest)
+    stamps = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+    with pytest.raises(ConfigError, match="holds pseudo masks made with --cam-method cam, and "):
+        make_pseudo_masks(ds, clf, tmp_path, torch.device("cpu"), method="lficam")
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()} == stamps
+    check_pseudo_mask_folder(tmp_path, "cam")  # the same method resumes
+
+
+def test_masks_without_a_record_were_made_with_grad_cam(tmp_path: Path) -> None:
+    """Work folders from before the record existed hold Grad-CAM masks (the only method then)."""
+    assert made_with(tmp_path) is None
+    check_pseudo_mask_folder(tmp_path, "scorecam")  # nothing made yet: any method
+    (tmp_path / "mid").mkdir()
+    Image.new("P", (4, 4)).save(tmp_path / "mid" / "a.png")
+    assert made_with(tmp_path) == {"method": "gradcam"}
+    check_pseudo_mask_folder(tmp_path, "gradcam")
+    with pytest.raises(ConfigError, match="made with --cam-method gradcam, and this run asks for"):
+        check_pseudo_mask_folder(tmp_path, "scorecam")
+    (tmp_path / "method.json").write_text("{")
+    with pytest.raises(ConfigError, match=r"method.json: unreadable .*; delete .* to make the"):
+        made_with(tmp_path)
