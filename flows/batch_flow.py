@@ -30,6 +30,7 @@ from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
 from wsi_segment.errors import ConfigError, WsiSegmentError  # noqa: E402
+from wsi_segment.flows.batch_interrupt import stopped_result, wait_for_slides  # noqa: E402
 from wsi_segment.flows.dask_cluster import dask_client, gpu_count  # noqa: E402
 from wsi_segment.flows.run_log import (  # noqa: E402
     log_slide_warnings,
@@ -37,6 +38,7 @@ from wsi_segment.flows.run_log import (  # noqa: E402
 )
 from wsi_segment.flows.run_origin import flow_run_origin  # noqa: E402
 from wsi_segment.flows.slide_flow import make_params, run_slide_stages  # noqa: E402
+from wsi_segment.flows.slide_watch import SlideStopped, SlideWatch  # noqa: E402
 from wsi_segment.pipeline.batch_inputs import BatchItem, params_for, parse_batch_input  # noqa: E402
 from wsi_segment.pipeline.batch_report import (  # noqa: E402
     batch_rows,
@@ -70,12 +72,22 @@ class BatchFailedError(WsiSegmentError):
 
 @task(name="slide", task_run_name="slide-{item.name}", cache_policy=NO_CACHE, persist_result=False)
 def slide_task(
-    item: BatchItem, out: str, params: SegmentParams, dask_address: str | None
+    item: BatchItem,
+    out: str,
+    params: SegmentParams,
+    dask_address: str | None,
+    index: int = 0,
+    watch: SlideWatch | None = None,
 ) -> SlideResult:
-    """One slide's stages; any error becomes a "failed" result so the batch goes on."""
+    """One slide's stages; any error becomes a "failed" result so the batch goes on. `watch`
+    (the batch's) may stop the slide: its time limit, or an interrupt."""
     t0 = time.perf_counter()
+    watch = watch or SlideWatch(None)
     try:
-        return run_slide_stages(str(item.slide), out, params_for(item, params), dask_address)
+        with watch.running(index):
+            return run_slide_stages(str(item.slide), out, params_for(item, params), dask_address)
+    except SlideStopped as exc:
+        return stopped_result(item, exc, watch.timeout_s, time.perf_counter() - t0)
     except WsiSegmentError as exc:
         message = str(exc)
     except Exception as exc:  # a bug on one slide must not stop the night's batch
@@ -151,6 +163,7 @@ def segment_batch(
     workers: int | None = None,
     concurrency: int = 2,
     options: dict[str, Any] | None = None,
+    slide_timeout: float | None = None,
 ) -> list[SlideResult]:
     """Segment every slide of a folder, glob or manifest CSV into `<out>/<name>/`.
 
@@ -160,9 +173,14 @@ def segment_batch(
     in flight; 2 overlaps one slide's fixed costs (open, tissue, plan; polygons and outputs)
     with the other's inference, and more only splits the same device and cores further.
     `options`: other `SegmentParams` fields (overlap, device, overwrite, ...).
+    `slide_timeout`: seconds a slide may run before it is stopped and marked failed (none:
+    no limit). On Ctrl-C / SIGTERM the slides in flight are stopped and cleaned up, and the
+    interrupt is raised with every slide's result (`flows.batch_interrupt`).
     """
     if concurrency < 1:
         raise ConfigError(f"concurrency must be >= 1 (got {concurrency})")
+    if slide_timeout is not None and not slide_timeout > 0:
+        raise ConfigError(f"slide_timeout must be > 0 seconds (got {slide_timeout})")
     logger = get_run_logger()
     items = parse_batch_input(input)
     params = make_params(model_dir, options, origin=flow_run_origin())
@@ -182,15 +200,14 @@ def segment_batch(
             client = stack.enter_context(_dask_context(dask_address, workers, in_process))
             address = client.scheduler.address if client is not None else None
             pool: ThreadPoolTaskRunner[SlideResult] = ThreadPoolTaskRunner(max_workers=concurrency)
+            watch = stack.enter_context(SlideWatch(slide_timeout))
             with pool as runner:
+                common = {"out": out, "params": params, "dask_address": address, "watch": watch}
                 futures = {
-                    i: runner.submit(
-                        slide_task,
-                        {"item": items[i], "out": out, "params": params, "dask_address": address},
-                    )
+                    i: runner.submit(slide_task, {"item": items[i], "index": i, **common})
                     for i in todo
                 }
-                finished.update({i: f.result() for i, f in futures.items()})
+                finished.update(wait_for_slides(futures, items, watch, finished))
     results = [finished[i] for i in range(len(items))]
     tally = counts(results)
     rows = batch_rows(results)
