@@ -68,7 +68,7 @@ class SlideResult:
     """What one slide run ended with (the batch table is made of these)."""
 
     slide: str
-    status: str  # "done" | "up-to-date" | "failed"
+    status: str  # "done" | "up-to-date" | "failed"; a batch adds "interrupted", "not started"
     out_dir: Path | None
     summary: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
