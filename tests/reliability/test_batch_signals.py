@@ -23,6 +23,7 @@ import pytest
 from tests.conftest import CMU_SLIDE, corrupt_middle_tile
 from tests.flows.conftest import write_synthetic_slide
 from tests.reliability.conftest import CLI, REPO, cli_env, leftovers
+from tests.reliability.test_interruption import our_shared_memory
 
 SLOW = ["--batch-size", "1", "--threads", "1", "--precision", "fp32", "--quiet"]
 
@@ -73,23 +74,35 @@ def wait_for_chunks(proc: subprocess.Popen[str], partial: Path, timeout: float =
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize(
+    ("sig", "where"),
+    [
+        (signal.SIGINT, []),
+        (signal.SIGTERM, []),
+        (signal.SIGTERM, ["--workers", "0", "--decoders", "1"]),
+    ],
+    ids=["SIGINT-dask", "SIGTERM-dask", "SIGTERM-engine"],
+)
 def test_interrupting_a_batch_stops_it_cleans_up_and_reports(
-    tiny_model_dir: Path, tmp_path: Path, sig: signal.Signals
+    tiny_model_dir: Path, tmp_path: Path, sig: signal.Signals, where: list[str]
 ) -> None:
     """Mid-inference of the second slide: exit within seconds, 130 (SIGTERM: 143) with one
     `error:` line; the table shows the finished slide, the one cut off and the one never
     started; only the finished slide's folder is left (no partial folder, no lock); no
-    process of the batch (Dask scheduler's workers, nannies) outlives it. A second Ctrl-C
-    during the cleanup changes nothing (no Prefect "Crash detected!", same exit)."""
+    process of the batch (Dask nannies and workers; with `--workers 0 --decoders 1` the
+    device engine's decoder process) outlives it, and no shared memory of its decoders is
+    left. A second Ctrl-C during the cleanup changes nothing (no Prefect "Crash detected!",
+    same exit)."""
     folder, out = slow_folder(tmp_path), tmp_path / "out"
-    cmd = batch_cmd(folder, tiny_model_dir, out, "--mpp", "0.5", "--concurrency", "1", *SLOW)
+    cmd = batch_cmd(
+        folder, tiny_model_dir, out, "--mpp", "0.5", "--concurrency", "1", *SLOW, *where
+    )
     proc = subprocess.Popen(
         cmd, cwd=REPO, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     wait_for_chunks(proc, out / ".b-cmu.partial")
     children = descendants(proc.pid)
-    assert children  # the Dask nanny and worker
+    assert children  # the Dask nanny and worker, or the decoder
     t0 = time.monotonic()
     proc.send_signal(sig)
     if sig == signal.SIGINT:
@@ -115,6 +128,8 @@ def test_interrupting_a_batch_stops_it_cleans_up_and_reports(
     assert (out / "a-small" / "summary.json").is_file()
     _, alive = psutil.wait_procs(children, timeout=10)
     assert not alive, alive
+    assert "leaked" not in stderr, stderr[-3000:]  # the resource tracker's warnings
+    assert our_shared_memory(proc.pid) == []
 
 
 @pytest.mark.slow
