@@ -199,3 +199,24 @@ def test_each_failed_slide_is_one_line_on_stderr(tiny_model_dir: Path, tmp_path:
     }
     assert leftovers(out) == ["good"]
     assert os.path.isfile(out / "good" / "summary.json")
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "abc", "nan", "inf"])
+def test_a_bad_slide_timeout_is_a_usage_error(value: str, tmp_path: Path, capsys) -> None:
+    from tests.reliability.conftest import assert_usage_error, run_cli_inprocess
+
+    result = run_cli_inprocess(
+        ["batch", str(CMU_SLIDE), "--out", str(tmp_path / "out"), "--slide-timeout", value],
+        capsys,
+    )
+    assert_usage_error(result, "--slide-timeout")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("value", [0, -1.0, float("nan")])
+def test_the_flow_refuses_a_bad_slide_timeout(value: float, tmp_path: Path) -> None:
+    from wsi_segment.errors import ConfigError
+    from wsi_segment.flows.batch_flow import segment_batch
+
+    with pytest.raises(ConfigError, match="slide_timeout must be > 0"):
+        segment_batch.fn(input=str(CMU_SLIDE), out=str(tmp_path), slide_timeout=value)
