@@ -30,11 +30,11 @@ prefect_env.apply()
 from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.artifacts import create_markdown_artifact, create_table_artifact  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
-from prefect.futures import PrefectFuture  # noqa: E402
 from prefect.states import Failed, State  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
 from wsi_segment.errors import ConfigError, WsiSegmentError  # noqa: E402
+from wsi_segment.flows.batch_interrupt import stopped_result, wait_for_slides  # noqa: E402
 from wsi_segment.flows.dask_cluster import dask_client, gpu_count  # noqa: E402
 from wsi_segment.flows.run_log import (  # noqa: E402
     log_slide_warnings,
@@ -42,6 +42,7 @@ from wsi_segment.flows.run_log import (  # noqa: E402
 )
 from wsi_segment.flows.run_origin import flow_run_origin  # noqa: E402
 from wsi_segment.flows.slide_flow import make_params, run_slide_stages  # noqa: E402
+from wsi_segment.flows.slide_watch import SlideStopped, SlideWatch  # noqa: E402
 from wsi_segment.pipeline.batch_inputs import BatchItem, params_for, parse_batch_input  # noqa: E402
 from wsi_segment.pipeline.batch_report import (  # noqa: E402
     batch_rows,
@@ -83,14 +84,27 @@ class BatchFailedError(WsiSegmentError):
 
 @task(name="slide", task_run_name="slide-{item.name}", cache_policy=NO_CACHE, persist_result=False)
 def slide_task(
-    item: BatchItem, out: str, params: SegmentParams, dask_address: str | None
+    item: BatchItem,
+    out: str,
+    params: SegmentParams,
+    dask_address: str | None,
+    index: int = 0,
+    watch: SlideWatch | None = None,
 ) -> SlideOrFailed:
     """One slide's stages; any error becomes a "failed" result so the batch goes on, handed
-    back in a Failed state, so the slide's task shows what its stage task shows."""
+    back in a Failed state, so the slide's task shows what its stage task shows. `watch`
+    (the batch's) may stop the slide: its time limit, or an interrupt."""
     t0 = time.perf_counter()
+    watch = watch or SlideWatch(None)
     error: Exception
     try:
-        return run_slide_stages(str(item.slide), out, params_for(item, params), dask_address)
+        with watch.running(index):
+            return run_slide_stages(str(item.slide), out, params_for(item, params), dask_address)
+    except SlideStopped as exc:
+        stopped = stopped_result(item, exc, watch.timeout_s, time.perf_counter() - t0)
+        if stopped.status != "failed":
+            return stopped
+        return Failed(message=failure_message(stopped), data=stopped)
     except WsiSegmentError as exc:
         message, error = str(exc), exc
     except Exception as exc:  # a bug on one slide must not stop the night's batch
@@ -101,15 +115,6 @@ def slide_task(
         str(item.slide), "failed", None, {}, message, seconds, error_class=error_class_of(error)
     )
     return Failed(message=failure_message(result), data=result)
-
-
-def slide_outcome(future: PrefectFuture[SlideOrFailed]) -> SlideResult:
-    """The `SlideResult` of a slide task, whether its state is Completed or Failed."""
-    result = future.result(raise_on_failure=False)
-    if not isinstance(result, SlideResult):  # crashed or cancelled: the task never returned
-        future.result()  # raises what ended it
-        raise TypeError(f"slide task ended in {future.state!r} without a result")
-    return result
 
 
 def finished_slides(
@@ -179,6 +184,7 @@ def segment_batch(
     concurrency: int = 2,
     options: dict[str, Any] | None = None,
     retry_failed: bool = False,
+    slide_timeout: float | None = None,
 ) -> list[SlideResult]:
     """Segment every slide of a folder, glob or manifest CSV into `<out>/<name>/`.
 
@@ -190,9 +196,14 @@ def segment_batch(
     `options`: other `SegmentParams` fields (overlap, device, overwrite, ...).
     `retry_failed`: also run the slides that failed before and have not changed since
     (known failures, otherwise reported without being retried).
+    `slide_timeout`: seconds a slide may run before it is stopped and marked failed (none:
+    no limit). On Ctrl-C / SIGTERM the slides in flight are stopped and cleaned up, and the
+    interrupt is raised with every slide's result (`flows.batch_interrupt`).
     """
     if concurrency < 1:
         raise ConfigError(f"concurrency must be >= 1 (got {concurrency})")
+    if slide_timeout is not None and not slide_timeout > 0:
+        raise ConfigError(f"slide_timeout must be > 0 seconds (got {slide_timeout})")
     logger = get_run_logger()
     items = parse_batch_input(input)
     params = make_params(model_dir, options, origin=flow_run_origin())
@@ -217,15 +228,14 @@ def segment_batch(
             pool: ThreadPoolTaskRunner[SlideOrFailed] = ThreadPoolTaskRunner(
                 max_workers=concurrency
             )
+            watch = stack.enter_context(SlideWatch(slide_timeout))
             with pool as runner:
+                common = {"out": out, "params": params, "dask_address": address, "watch": watch}
                 futures = {
-                    i: runner.submit(
-                        slide_task,
-                        {"item": items[i], "out": out, "params": params, "dask_address": address},
-                    )
+                    i: runner.submit(slide_task, {"item": items[i], "index": i, **common})
                     for i in todo
                 }
-                finished.update({i: slide_outcome(f) for i, f in futures.items()})
+                finished.update(wait_for_slides(futures, items, watch, finished))
     results, unrecorded = settle_records(
         items, [finished[i] for i in range(len(items))], out, params, model
     )

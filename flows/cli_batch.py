@@ -2,18 +2,21 @@
 
 INPUT is a folder of slides, a glob ('slides/**/*.svs') or a manifest CSV (slide path,
 optional mpp, optional output name). The input and options are checked before Prefect
-starts, so a typo costs a second, not a server start. Exit code 1 if any slide failed anew;
-0 when the only failures are known ones (failed before, slide, model and parameters
-unchanged: not retried without --retry-failed), each named on a `warning:` line.
+starts, so a typo costs a second, not a server start. Exit code 1 if any slide failed anew,
+with one `error:` line per failed slide on stderr; 0 when the only failures are known ones
+(failed before, slide, model and parameters unchanged: not retried without --retry-failed),
+each named on a `warning:` line. Ctrl-C (SIGTERM alike) stops the slides in flight, removes
+their partial outputs, prints the table of what finished and exits 130 (143) through
+`flows.cli`.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from wsi_segment.errors import Terminated
 from wsi_segment.flows.cli_segment import (
     add_segment_options,
     check_roi_file,
@@ -21,6 +24,9 @@ from wsi_segment.flows.cli_segment import (
     positive_int,
     print_warnings,
 )
+
+if TYPE_CHECKING:
+    from wsi_segment.pipeline.segment import SlideResult
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -62,7 +68,25 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="also run slides that failed before and have not changed since (known "
         "failures are otherwise reported as such, not retried, and do not fail the batch)",
     )
+    parser.add_argument(
+        "--slide-timeout",
+        type=positive_seconds,
+        metavar="SECONDS",
+        help="stop a slide that runs longer than this, mark it failed (its partial outputs "
+        "removed) and go on with the others (default: no limit)",
+    )
     parser.set_defaults(run=run)
+
+
+def positive_seconds(text: str) -> float:
+    """argparse type: a number of seconds > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{value:g} is not > 0 seconds")
+    return value
 
 
 def flow_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -76,42 +100,69 @@ def flow_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from wsi_segment.flows.batch_console import InterruptGuard, quiet_console
     from wsi_segment.pipeline.batch_inputs import parse_batch_input
-    from wsi_segment.pipeline.batch_report import (
-        batch_rows,
-        counts,
-        known_failure_message,
-        markdown_table,
-    )
 
     parse_batch_input(args.input)  # bad input: one error line, before Prefect starts
     options = flow_options(args)
     if not check_roi_file(args.roi):
         return 2
-    # the in-process Dask scheduler logs every worker start and stop at INFO: keep warnings
-    logging.getLogger("distributed").setLevel(logging.WARNING)
     from wsi_segment.flows.batch_flow import BatchFailedError, segment_batch
+    from wsi_segment.flows.batch_interrupt import BatchInterrupted, BatchTerminated
 
-    try:
-        results = segment_batch(
-            input=str(args.input),
-            out=str(args.out),
-            model_dir=str(args.model) if args.model else None,
-            dask_address=args.dask_address,
-            workers=args.workers,
-            concurrency=args.concurrency,
-            options=options,
-            retry_failed=args.retry_failed,
-        )
-        code = 0
-    except BatchFailedError as exc:
-        results, code = exc.results, 1
+    interrupt: KeyboardInterrupt | None = None
+    with InterruptGuard() as guard, quiet_console():
+        try:
+            results = segment_batch(
+                input=str(args.input),
+                out=str(args.out),
+                model_dir=str(args.model) if args.model else None,
+                dask_address=args.dask_address,
+                workers=args.workers,
+                concurrency=args.concurrency,
+                options=options,
+                slide_timeout=args.slide_timeout,
+                retry_failed=args.retry_failed,
+            )
+            code = 0
+        except BatchFailedError as exc:
+            results, code = exc.results, 1
+        except BatchInterrupted as exc:
+            guard.hold()
+            results, code, interrupt = exc.results, 130, exc
+        except BatchTerminated as exc:
+            guard.hold()
+            results, code, interrupt = exc.results, 143, Terminated("terminated by SIGTERM")
+        report(results)
+    if interrupt is not None:  # flows.cli prints the one `error:` line and exits 130 / 143
+        raise interrupt
+    return code
+
+
+def report(results: list[SlideResult]) -> None:
+    """Warnings, the table on stdout, one `error:` line per failed slide, the tally."""
+    from wsi_segment.pipeline.batch_report import (
+        batch_rows,
+        counts,
+        failure_message,
+        known_failure_message,
+        markdown_table,
+    )
+
     for result in results:
         print_warnings(result)
-    print(markdown_table(batch_rows(results)))
+    print(markdown_table(batch_rows(results)), flush=True)
     for result in results:
         if result.status == "known-failure":
             print(f"warning: {known_failure_message(result)}", file=sys.stderr)
+        elif result.status == "failed":
+            print(f"error: {failure_message(result)}", file=sys.stderr)
     tally = counts(results)
-    print(", ".join(f"{n} {status}" for status, n in tally.items()), file=sys.stderr)
-    return code
+    print(
+        ", ".join(
+            f"{n} {status}"
+            for status, n in tally.items()
+            if n or status in ("done", "up-to-date", "failed")
+        ),
+        file=sys.stderr,
+    )

@@ -16,15 +16,17 @@ STATUSES = ("done", "up-to-date", "failed")
 
 
 def class_rows(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Per-class area (um^2), fraction of tissue and mean probability from a summary."""
+    """Per-class area (um^2), fraction of tissue and mean probability from a summary
+    (`Unclassified` has no probability: its cell stays empty)."""
     rows = []
     for name, values in (summary.get("classes") or {}).items():
+        probability = values.get("mean_probability")
         rows.append(
             {
                 "class": name,
                 "area_um2": round(float(values.get("area_um2", 0.0)), 1),
                 "fraction_of_tissue": round(float(values.get("fraction_of_tissue", 0.0)), 4),
-                "mean_probability": round(float(values.get("mean_probability", 0.0)), 4),
+                "mean_probability": None if probability is None else round(float(probability), 4),
             }
         )
     return rows

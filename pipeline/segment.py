@@ -68,7 +68,9 @@ class SlideResult:
     """What one slide run ended with (the batch table is made of these)."""
 
     slide: str
-    status: str  # "done" | "up-to-date" | "failed" | "known-failure" (pipeline.known_failures)
+    # "done" | "up-to-date" | "failed" | "known-failure" (pipeline.known_failures);
+    # a batch adds "interrupted" and "not started"
+    status: str
     out_dir: Path | None
     summary: dict[str, Any] = field(default_factory=dict)
     error: str | None = None

@@ -4,16 +4,21 @@ raised.
 Cancelling futures would not stop a task already running on a worker, and it would write
 into a folder the caller removes on error. So a failure sets the slide's cluster-wide abort
 event (tasks not yet started return at once, running engines stop) and the caller still waits
-for every future; the chunk path and the band path share this.
+for every future; the chunk path and the band path share this. An interrupt (Ctrl-C, or a
+batch stopping a slide over its time limit) waits only `STOP_GRACE_S` for the running tasks,
+so a task stuck on a worker cannot hold the interrupt.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from distributed import Event, Future
+
+STOP_GRACE_S = 10.0
 
 
 def gather_all(
@@ -39,7 +44,18 @@ def gather_all(
                 event.set()
     except BaseException:  # interrupted while waiting: started tasks finish, no new ones
         event.set()
+        _wait_briefly(futures)
         raise
     event.clear()  # frees the event on the scheduler
     if error is not None:
         raise error
+
+
+def _wait_briefly(futures: Sequence[Future[Any]]) -> None:
+    """Wait up to STOP_GRACE_S for the running tasks (they stop early once the abort event
+    is set), so they do not write into a folder the caller is about to remove."""
+    from distributed import wait
+
+    # timed out, or the cluster is going away: the interrupt goes on
+    with contextlib.suppress(Exception):
+        wait(list(futures), timeout=STOP_GRACE_S)

@@ -1,0 +1,97 @@
+"""What `wsi-segment batch` shows on the terminal: one line per failed slide, one interrupt.
+
+The batch CLI prints an `error: <slide>: <reason>` line for each failed slide itself, so on
+the console it drops what Prefect's run loggers log at ERROR (a stage task's "Finished in
+state Failed", the flow's "failed:" lines and its BatchFailedError traceback, "Crash
+detected!" after an interrupt, an unexpected error's traceback): each would repeat a slide's
+failure in other words. Only the console is filtered: the Prefect server still receives every
+record (its API handler sits on the run loggers, not on the console). Dask's INFO chatter
+(workers starting and stopping) is dropped from the console too.
+
+`InterruptGuard`: the first Ctrl-C or SIGTERM interrupts the batch; later ones are ignored
+until the command has cleaned up and printed what finished, so a second Ctrl-C cannot cut the
+cleanup short or leave a half-reported run. While a flow runs, Prefect's own SIGTERM handler
+raises its `TerminationSignal`, and on the way out Prefect sends SIGTERM again to the handler
+it replaced (ours) so that it runs too: arriving while that exception is handled, it is the
+same termination, not a second one.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+from typing import Any
+
+from wsi_segment.flows import prefect_env
+
+prefect_env.apply()
+
+from prefect.exceptions import TerminationSignal  # noqa: E402
+
+from wsi_segment.errors import Terminated  # noqa: E402
+
+RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
+
+
+class BatchConsoleFilter(logging.Filter):
+    """Drops run-logger errors (the CLI reports each failed slide once) and Dask's INFO."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        name = record.name
+        if record.levelno >= logging.ERROR and name.startswith(RUN_LOGGERS):
+            return False
+        return not (record.levelno < logging.WARNING and name.startswith("distributed"))
+
+
+@contextmanager
+def quiet_console() -> Iterator[None]:
+    """`BatchConsoleFilter` on the root logger's handlers (Prefect's console handler) while
+    the block runs."""
+    handlers = list(logging.getLogger().handlers)
+    console_filter = BatchConsoleFilter()
+    for handler in handlers:
+        handler.addFilter(console_filter)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(console_filter)
+
+
+class InterruptGuard:
+    """While entered (main thread only): the first SIGINT raises KeyboardInterrupt and the
+    first SIGTERM `Terminated`; once either has come (or `hold` was called), both are
+    ignored. The previous handlers come back on exit."""
+
+    def __init__(self) -> None:
+        self.fired = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> InterruptGuard:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def hold(self) -> None:
+        """Ignore every later signal (an interrupt has come by another way)."""
+        self.fired = True
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.fired:
+            return
+        self.fired = True
+        if isinstance(sys.exc_info()[1], TerminationSignal):
+            return  # Prefect passing on the SIGTERM it has already raised as TerminationSignal
+        if signum == signal.SIGTERM:
+            raise Terminated(f"terminated by signal {signum}")
+        raise KeyboardInterrupt

@@ -1,0 +1,145 @@
+"""Ctrl-C and SIGTERM during a batch: stop the slides in flight, clean up, report what finished.
+
+Prefect runs a sync flow in the main thread, so the signal's exception (KeyboardInterrupt;
+for SIGTERM, Prefect's own handler raises `TerminationSignal` while a flow runs) arrives in
+the flow while it waits for its slides. `wait_for_slides` catches it there: every running
+slide is stopped in its own thread (`flows.slide_watch`), which removes its partial folder
+and lock and stops its chunks; the slides are given `GRACE_S` to unwind, with further
+signals ignored meanwhile (a second Ctrl-C must not cut the cleanup short); then the
+exception goes on, carrying every slide's result (finished, "interrupted", or
+"not started"), so the CLI prints the table and one `error:` line. Prefect still sees the
+interrupt (a `KeyboardInterrupt`, or a `TerminationSignal` for its cancellation handling).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any, Protocol
+
+from prefect.exceptions import TerminationSignal
+
+from wsi_segment.flows.slide_watch import (
+    SlideNotStarted,
+    SlideStopped,
+    SlideTimedOut,
+    SlideWatch,
+)
+from wsi_segment.pipeline.batch_inputs import BatchItem
+from wsi_segment.pipeline.segment import SlideResult
+
+GRACE_S = 30.0  # the most a batch waits for its interrupted slides to clean up
+INTERRUPTED = "interrupted"
+NOT_STARTED = "not started"
+
+
+class SlideFuture(Protocol):
+    """What the batch waits on (a Prefect future of the slide task)."""
+
+    def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> Any: ...
+
+    def wait(self, timeout: float | None = None) -> None: ...
+
+
+class BatchInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a batch; `results` holds every slide's result at that moment."""
+
+    def __init__(self, results: list[SlideResult]) -> None:
+        super().__init__("interrupted")
+        self.results = results
+
+
+class BatchTerminated(TerminationSignal):
+    """SIGTERM during a batch (Prefect's `TerminationSignal`, so a deployment's cancellation
+    is handled as Prefect handles it); `results` as for `BatchInterrupted`."""
+
+    def __init__(self, signum: int, results: list[SlideResult]) -> None:
+        super().__init__(signum)
+        self.results = results
+
+
+def wait_for_slides(
+    futures: Mapping[int, SlideFuture],
+    items: list[BatchItem],
+    watch: SlideWatch,
+    settled: Mapping[int, SlideResult],
+) -> dict[int, SlideResult]:
+    """Each submitted slide's result by index; on an interrupt, stop the slides and raise
+    `BatchInterrupted` / `BatchTerminated` with the result of every item (`settled`: those
+    decided without a task, e.g. up to date)."""
+    try:
+        return {i: slide_outcome(f) for i, f in futures.items()}
+    except (KeyboardInterrupt, TerminationSignal) as exc:
+        with signals_ignored():
+            stopped = {**settled, **stop_slides(futures, items, watch)}
+        results = [stopped[i] for i in range(len(items)) if i in stopped]
+        if isinstance(exc, TerminationSignal):
+            raise BatchTerminated(exc.signal, results) from exc
+        raise BatchInterrupted(results) from exc
+
+
+def slide_outcome(future: SlideFuture) -> SlideResult:
+    """The `SlideResult` of a slide task, whether its state is Completed or Failed (a failed
+    slide's task hands its result back in a Failed state)."""
+    result = future.result(raise_on_failure=False)
+    if not isinstance(result, SlideResult):  # crashed or cancelled: the task never returned
+        future.result()  # raises what ended it
+        raise TypeError(f"slide task ended without a result: {result!r}")
+    return result
+
+
+def stop_slides(
+    futures: Mapping[int, SlideFuture], items: list[BatchItem], watch: SlideWatch
+) -> dict[int, SlideResult]:
+    """Stop the running slides, wait up to GRACE_S for them to clean up, and return a result
+    for every submitted slide, by index."""
+    running = watch.started()
+    watch.interrupt_all()
+    deadline = time.monotonic() + GRACE_S
+    for future in futures.values():
+        with contextlib.suppress(Exception):
+            future.wait(timeout=max(0.0, deadline - time.monotonic()))
+    return {i: _result_now(f, items[i], i in running) for i, f in futures.items()}
+
+
+def stopped_result(
+    item: BatchItem, exc: SlideStopped, timeout_s: float | None, seconds: float
+) -> SlideResult:
+    """The result of a slide stopped from outside: over its time limit (failed), cut off by
+    an interrupt, or never started."""
+    if isinstance(exc, SlideTimedOut):
+        error = (
+            f"{item.slide}: timed out after {timeout_s:g} s (the batch's slide time limit); "
+            "its partial outputs were removed; run it again with a longer --slide-timeout"
+        )
+        return SlideResult(str(item.slide), "failed", None, {}, error, seconds)
+    status = NOT_STARTED if isinstance(exc, SlideNotStarted) else INTERRUPTED  # SlideInterrupted
+    return SlideResult(str(item.slide), status, None, {}, f"{status} (batch interrupted)", seconds)
+
+
+def _result_now(future: SlideFuture, item: BatchItem, was_running: bool) -> SlideResult:
+    """The slide's own result if its task has returned, else one saying it was cut off."""
+    with contextlib.suppress(Exception):
+        result = future.result(timeout=0, raise_on_failure=False)
+        if isinstance(result, SlideResult):
+            return result
+    status = INTERRUPTED if was_running else NOT_STARTED
+    return SlideResult(str(item.slide), status, None, {}, f"{status} (batch interrupted)", 0.0)
+
+
+@contextlib.contextmanager
+def signals_ignored() -> Iterator[None]:
+    """SIGINT and SIGTERM are ignored while the block runs (main thread only: elsewhere
+    signals cannot be set and are not delivered anyway)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)

@@ -1,0 +1,223 @@
+"""`wsi-segment batch` as a scheduler and a person at a terminal meet it: Ctrl-C and SIGTERM
+mid-slide, a slide over its time limit, and failed slides reported one line each.
+
+Real subprocesses of the CLI over real slides: a small synthetic slide that finishes, and
+copies of the CMU slide slowed down (one tile per forward pass, one thread) so that a signal
+or a time limit lands while a slide is in inference. Chunks run on the default local Dask
+cluster (worker processes), so "nothing left behind" covers its processes too.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.conftest import CMU_SLIDE, corrupt_middle_tile
+from tests.flows.conftest import write_synthetic_slide
+from tests.reliability.conftest import CLI, REPO, cli_env, leftovers
+from tests.reliability.test_interruption import our_shared_memory
+
+SLOW = ["--batch-size", "1", "--threads", "1", "--precision", "fp32", "--quiet"]
+
+
+def batch_cmd(folder: Path, model: Path, out: Path, *extra: str) -> list[str]:
+    return [*CLI, "batch", str(folder), "--model", str(model), "--out", str(out), *extra]
+
+
+def table_statuses(stdout: str) -> dict[str, str]:
+    """Slide file name -> status, from the markdown table the batch prints."""
+    rows = {}
+    for line in stdout.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) > 2 and cells[0].startswith("/"):
+            rows[Path(cells[0]).name] = cells[1]
+    return rows
+
+
+def slow_folder(tmp_path: Path) -> Path:
+    """a-small finishes in seconds; b-cmu and c-cmu (the CMU slide, slowed) take minutes."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_synthetic_slide(folder / "a-small.tif", (512, 384), seed=1)
+    shutil.copy2(CMU_SLIDE, folder / "b-cmu.svs")
+    shutil.copy2(CMU_SLIDE, folder / "c-cmu.svs")
+    return folder
+
+
+def descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def wait_for_chunks(proc: subprocess.Popen[str], partial: Path, timeout: float = 400) -> None:
+    """Return once the slide at `partial` has written probability chunks (it is mid-inference)."""
+    chunks = partial / "probabilities.ome.zarr" / "0" / "0"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if chunks.exists() and len([p for p in chunks.rglob("*") if p.is_file()]) >= 2:
+            return
+        time.sleep(0.05)
+    proc.kill()
+    proc.communicate()
+    pytest.fail("the batch never reached the slow slide's inference")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize(
+    ("sig", "where"),
+    [
+        (signal.SIGINT, []),
+        (signal.SIGTERM, []),
+        (signal.SIGTERM, ["--workers", "0", "--decoders", "1"]),
+    ],
+    ids=["SIGINT-dask", "SIGTERM-dask", "SIGTERM-engine"],
+)
+def test_interrupting_a_batch_stops_it_cleans_up_and_reports(
+    tiny_model_dir: Path, tmp_path: Path, sig: signal.Signals, where: list[str]
+) -> None:
+    """Mid-inference of the second slide: exit within seconds, 130 (SIGTERM: 143) with one
+    `error:` line; the table shows the finished slide, the one cut off and the one never
+    started; only the finished slide's folder is left (no partial folder, no lock); no
+    process of the batch (Dask nannies and workers; with `--workers 0 --decoders 1` the
+    device engine's decoder process) outlives it, and no shared memory of its decoders is
+    left. A second Ctrl-C during the cleanup changes nothing (no Prefect "Crash detected!",
+    same exit)."""
+    folder, out = slow_folder(tmp_path), tmp_path / "out"
+    cmd = batch_cmd(
+        folder, tiny_model_dir, out, "--mpp", "0.5", "--concurrency", "1", *SLOW, *where
+    )
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    wait_for_chunks(proc, out / ".b-cmu.partial")
+    children = descendants(proc.pid)
+    assert children  # the Dask nanny and worker, or the decoder
+    t0 = time.monotonic()
+    proc.send_signal(sig)
+    if sig == signal.SIGINT:
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)  # impatient second Ctrl-C
+    stdout, stderr = proc.communicate(timeout=300)
+    took = time.monotonic() - t0
+    code, line = (
+        (130, "error: interrupted")
+        if sig == signal.SIGINT
+        else (143, "error: terminated (SIGTERM)")
+    )
+    assert proc.returncode == code, stderr[-3000:]
+    assert took < 45, took  # the Dask cluster's shutdown is most of it
+    assert [ln for ln in stderr.splitlines() if ln.startswith("error:")] == [line], stderr
+    assert "Traceback" not in stderr and "Crash detected" not in stderr, stderr[-3000:]
+    assert table_statuses(stdout) == {
+        "a-small.tif": "done",
+        "b-cmu.svs": "interrupted",
+        "c-cmu.svs": "not started",
+    }, stdout
+    assert leftovers(out) == ["a-small"]
+    assert (out / "a-small" / "summary.json").is_file()
+    _, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive, alive
+    assert "leaked" not in stderr, stderr[-3000:]  # the resource tracker's warnings
+    assert our_shared_memory(proc.pid) == []
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_slide_over_its_time_limit_fails_and_the_batch_goes_on(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """`--slide-timeout`: the CMU slide read as if at 2 um/px (a manifest's mpp: 16 times the
+    tiles) runs past 30 s; it is stopped, marked failed "timed out after 30 s" with one
+    `error:` line, its partial folder and lock are removed, and the slide after it finishes."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    small = write_synthetic_slide(folder / "small.tif", (512, 384), seed=1)
+    manifest = tmp_path / "batch.csv"
+    manifest.write_text(f"slide,mpp,name\n{CMU_SLIDE},2.0,cmu\n{small},1.0,small\n")
+    out = tmp_path / "out"
+    cmd = [*batch_cmd(manifest, tiny_model_dir, out, "--concurrency", "1"), *SLOW]
+    done = subprocess.run(
+        [*cmd, "--slide-timeout", "30"],
+        cwd=REPO,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    errors = [ln for ln in done.stderr.splitlines() if ln.startswith("error:")]
+    assert errors == [
+        f"error: {CMU_SLIDE}: timed out after 30 s (the batch's slide time limit); its "
+        "partial outputs were removed; run it again with a longer --slide-timeout"
+    ], done.stderr[-3000:]
+    assert table_statuses(done.stdout) == {CMU_SLIDE.name: "failed (new)", "small.tif": "done"}
+    seconds = re.search(
+        rf"\| {re.escape(str(CMU_SLIDE))} \| failed \(new\) .*\| ([0-9.]+) \| ", done.stdout
+    )
+    assert seconds and 30 <= float(seconds.group(1)) < 45, done.stdout  # stopped promptly
+    assert leftovers(out) == ["small"]  # a time limit is not a known failure: no record
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_each_failed_slide_is_one_line_on_stderr(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """An unreadable file and a slide with a damaged tile next to a good slide: stderr names
+    each failed slide on one `error:` line and nowhere else, with no traceback (Prefect's
+    task and flow failure records stay in the Prefect log)."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_synthetic_slide(folder / "good.tif", (512, 384), seed=1)
+    (folder / "unreadable.svs").write_bytes(b"this is not a slide")
+    corrupt_middle_tile(CMU_SLIDE, folder / "damaged.svs")
+    out = tmp_path / "out"
+    cmd = batch_cmd(folder, tiny_model_dir, out, "--mpp", "0.5", "--precision", "fp32")
+    done = subprocess.run(cmd, cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=500)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr, done.stderr
+    lines = done.stderr.splitlines()
+    for name in ("unreadable.svs", "damaged.svs"):
+        naming = [ln for ln in lines if name in ln]
+        assert len(naming) == 1 and naming[0].startswith(f"error: {folder / name}: "), lines
+    assert len([ln for ln in lines if ln.startswith("error:")]) == 2, lines
+    assert not [ln for ln in lines if "ERROR" in ln], lines
+    assert table_statuses(done.stdout) == {
+        "damaged.svs": "failed (new)",
+        "good.tif": "done",
+        "unreadable.svs": "failed (new)",
+    }
+    # both errors recur: each is written down (pipeline.known_failures), nothing else is left
+    assert leftovers(out) == [".damaged.failed.json", ".unreadable.failed.json", "good"]
+    assert os.path.isfile(out / "good" / "summary.json")
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "abc", "nan", "inf"])
+def test_a_bad_slide_timeout_is_a_usage_error(value: str, tmp_path: Path, capsys) -> None:
+    from tests.reliability.conftest import assert_usage_error, run_cli_inprocess
+
+    result = run_cli_inprocess(
+        ["batch", str(CMU_SLIDE), "--out", str(tmp_path / "out"), "--slide-timeout", value],
+        capsys,
+    )
+    assert_usage_error(result, "--slide-timeout")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("value", [0, -1.0, float("nan")])
+def test_the_flow_refuses_a_bad_slide_timeout(value: float, tmp_path: Path) -> None:
+    from wsi_segment.errors import ConfigError
+    from wsi_segment.flows.batch_flow import segment_batch
+
+    with pytest.raises(ConfigError, match="slide_timeout must be > 0"):
+        segment_batch.fn(input=str(CMU_SLIDE), out=str(tmp_path), slide_timeout=value)
