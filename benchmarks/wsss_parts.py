@@ -21,7 +21,7 @@ from wsi_segment.pipeline.training.datasets import (
     epoch_batches,
     load_batch,
 )
-from wsi_segment.pipeline.training.evaluate import GateCheck, Predictor, present_labels
+from wsi_segment.pipeline.training.evaluate import Predictor, present_labels
 from wsi_segment.pipeline.training.metrics import ConfusionMatrix
 from wsi_segment.pipeline.training.recipes import make_optimizer
 from wsi_segment.pipeline.training.train_classifier import schedule_lrs, seeded, to_input
@@ -105,18 +105,6 @@ def seg_predictor(
         return [probs.argmax(1)]
 
     return predict
-
-
-@torch.no_grad()
-def gate_report(ds: WsssDataset, classifier: torch.nn.Module, split: str, epsilon: float) -> dict:
-    """How the gate treats a split: present classes gated (y <= eps), absent classes kept."""
-    check = GateCheck(ds.num_classes, epsilon)
-    for i in range(0, len(items := ds.mask_items(split)), 16):
-        chunk = items[i : i + 16]
-        x = to_input(load_batch([it.image for it in chunk]), torch.device("cpu"))
-        gt = torch.from_numpy(np.stack([ds.read_mask(it.mask) for it in chunk]))
-        check.update(torch.sigmoid(classifier(x)), gt)
-    return check.as_dict()
 
 
 def score_head(

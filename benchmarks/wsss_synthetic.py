@@ -3,7 +3,8 @@ the weakly supervised segmenter, a fully supervised baseline, and the gap betwee
 
     .venv/bin/python benchmarks/wsss_synthetic.py [--seeds 0,1,2] [--recipes default,paper]
         [--starts scratch,pretrained] [--train 300] [--test 60] [--epochs 10] [--seg-epochs 8]
-        [--heads cam,pcam,lficam] [--scorecam-patches 16] [--threads 1] [--work DIR]
+        [--heads cam,pcam,lficam] [--heads-recipes default] [--scorecam-patches 16] [--pda-schedule paper|official]
+        [--cls-output-stride 16] [--dropout 0.5] [--lr LR] [--threads 1] [--work DIR]
 
 For each seed (its own synthetic data set and training seed), each recipe and each start
 (random weights, or encoders pretrained once on another synthetic task by
@@ -12,7 +13,7 @@ For each seed (its own synthetic data set and training seed), each recipe and ea
 `--pretrained`, `--seg-pretrained`). Scored on the test split (mIoU, background ignored):
 pseudo masks from the true patch labels per CAM method (CAM, Grad-CAM at each depth and
 Score-CAM of the PDA classifier; CAM of the CAM and PCAM heads, LFI-CAM of the LFI-CAM head,
-each head trained with the same recipe), the segmenter with and without the gate, and
+each head trained with the same recipe, in the `--heads-recipes` only), the segmenter with and without the gate, and
 DeepLabV3+ on exact masks of as many patches for as many epochs with the default recipe
 (once per seed and start, shared by both recipes). Prints one table of mean (min-max) over
 seeds; results.json in the work folder keeps every run and lets an interrupted run go on.
@@ -41,7 +42,7 @@ from benchmarks.wsss_parts import (  # noqa: E402
     train_fully_supervised,
 )
 from benchmarks.wsss_pretrain import pretrain_encoder  # noqa: E402
-from wsi_segment.models.heads import DEFAULT_DROPOUT  # noqa: E402
+from wsi_segment.models.heads import DEFAULT_DROPOUT, PDA_SCHEDULES  # noqa: E402
 from wsi_segment.pipeline.training.datasets import WsssDataset, open_dataset  # noqa: E402
 from wsi_segment.pipeline.training.evaluate import pseudo_predictor, score_split  # noqa: E402
 from wsi_segment.pipeline.training.make_pseudo_masks import make_pseudo_masks  # noqa: E402
@@ -69,7 +70,7 @@ def train_config(args: argparse.Namespace, data: Path, seed: int, recipe: str, w
         epochs=args.epochs,
         seg_epochs=args.seg_epochs,
         encoder=args.encoder,
-        batch_size=16,
+        batch_size=args.batch_size,
         recipe=recipe,
         pretrained=w,
         seg_pretrained=w,
@@ -77,6 +78,8 @@ def train_config(args: argparse.Namespace, data: Path, seed: int, recipe: str, w
         seed=seed,
         decoder_channels=64,
         dropout=args.dropout,
+        pda_schedule=args.pda_schedule,
+        classifier_output_stride=args.cls_output_stride,
         lr_schedule=args.lr_schedule,
     )
 
@@ -94,8 +97,10 @@ def pseudo_rows(ds: WsssDataset, cfg: TrainConfig, work: Path, args: argparse.Na
     if args.scorecam_patches:
         sc = cam_predictor(clf, "scorecam", k, bgr)
         out["pseudo Score-CAM deep (PDA head)*"] = score_head(ds, "test", sc, args.scorecam_patches)
-    for head in args.heads:
-        other = train_classifier(ds, replace(ccfg, head=head), work / f"cls_{head}", CPU)
+    for head in args.heads if cfg.recipe in args.heads_recipes else ():
+        other = train_classifier(
+            ds, replace(ccfg, head=head, pda_schedule="paper"), work / f"cls_{head}", CPU
+        )
         method = HEAD_METHODS[head]
         name = f"pseudo {'LFI-CAM' if method == 'lficam' else 'CAM'} ({head} head)"
         out[name] = score_split(ds, "test", cam_predictor(other, method, k, bgr))[0]
@@ -169,18 +174,25 @@ def parse() -> argparse.Namespace:
     p.add_argument("--recipes", type=names, default=["default", "paper"])
     p.add_argument("--starts", type=names, default=["scratch", "pretrained"])
     p.add_argument("--heads", type=names, default=["cam", "pcam", "lficam"])
+    p.add_argument(
+        "--heads-recipes", type=names, default=["default"], help="recipes that train --heads"
+    )
     p.add_argument("--scorecam-patches", type=int, default=16, help="0: no Score-CAM")
     p.add_argument("--train", type=int, default=300)
     p.add_argument("--test", type=int, default=60)
     p.add_argument("--size", type=int, default=112)
+    p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--epochs", type=int, default=10, help="classifier epochs")
     p.add_argument("--seg-epochs", type=int, default=8)
     p.add_argument("--lr", type=float, default=None, help="replaces both recipes' base lr")
     p.add_argument("--lr-schedule", default="poly", choices=("poly", "constant"))
     p.add_argument("--dropout", type=float, default=DEFAULT_DROPOUT)
+    p.add_argument("--pda-schedule", default="paper", choices=PDA_SCHEDULES)
+    p.add_argument("--cls-output-stride", type=int, default=16, choices=(8, 16, 32))
     p.add_argument("--encoder", default="resnet10t")
     p.add_argument("--pretrain-patches", type=int, default=600)
     p.add_argument("--pretrain-epochs", type=int, default=4)
+    p.add_argument("--pretrain-size", type=int, default=112)
     p.add_argument("--data-seed", type=int, default=11, help="data of seed s: data seed + s")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--work", type=Path, default=None)
@@ -204,9 +216,10 @@ def main() -> None:
     if "pretrained" in args.starts:
         weights = pretrain_encoder(
             args.encoder,
-            work / "pretrained" / f"{args.encoder}-textures.safetensors",
+            work / "pretrained" / f"{args.encoder}-textures-{args.pretrain_size}px-"
+            f"{args.pretrain_patches}x{args.pretrain_epochs}.safetensors",
             n=args.pretrain_patches,
-            size=args.size,
+            size=args.pretrain_size,
             epochs=args.pretrain_epochs,
         )
     configs = [f"{r} / {s}" for r in args.recipes for s in args.starts]
@@ -238,8 +251,9 @@ def main() -> None:
     print(table(results, configs, args.seeds))
     print(
         f"\n{args.train} train / {args.test} test patches of {args.size} px per seed, "
-        f"classifier {args.epochs} epochs, segmenters {args.seg_epochs} epochs, encoder "
-        f"{args.encoder}, lr schedule {args.lr_schedule}, dropout {args.dropout}; fully "
+        f"batch {args.batch_size}, classifier {args.epochs} epochs, segmenters {args.seg_epochs} epochs, encoder "
+        f"{args.encoder} (classifier output stride {args.cls_output_stride}, PDA schedule "
+        f"{args.pda_schedule}), lr schedule {args.lr_schedule}, dropout {args.dropout}; fully "
         "supervised: default recipe, one per seed and start, shared by both recipes; "
         f"* Score-CAM on the first {args.scorecam_patches} test patches only; "
         f"{args.threads} threads, {time.time() - t0:.0f} s"
