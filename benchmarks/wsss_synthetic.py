@@ -3,7 +3,8 @@ the weakly supervised segmenter, a fully supervised baseline, and the gap betwee
 
     .venv/bin/python benchmarks/wsss_synthetic.py [--seeds 0,1,2] [--recipes default,paper]
         [--starts scratch,pretrained] [--train 300] [--test 60] [--epochs 10] [--seg-epochs 8]
-        [--heads cam,pcam,lficam] [--heads-recipes default] [--scorecam-patches 16] [--pda-schedule paper|official]
+        [--heads cam,pcam,lficam] [--heads-recipes default] [--heads-starts scratch]
+        [--scorecam-patches 16] [--pda-schedule paper|official]
         [--cls-output-stride 16] [--dropout 0.5] [--lr LR] [--threads 1] [--work DIR]
 
 For each seed (its own synthetic data set and training seed), each recipe and each start
@@ -13,7 +14,8 @@ For each seed (its own synthetic data set and training seed), each recipe and ea
 `--pretrained`, `--seg-pretrained`). Scored on the test split (mIoU, background ignored):
 pseudo masks from the true patch labels per CAM method (CAM, Grad-CAM at each depth and
 Score-CAM of the PDA classifier; CAM of the CAM and PCAM heads, LFI-CAM of the LFI-CAM head,
-each head trained with the same recipe, in the `--heads-recipes` only), the segmenter with and without the gate, and
+each head trained with the same recipe, in `--heads-recipes` x `--heads-starts` only), the
+segmenter with and without the gate, and
 DeepLabV3+ on exact masks of as many patches for as many epochs with the default recipe
 (once per seed and start, shared by both recipes). Prints one table of mean (min-max) over
 seeds; results.json in the work folder keeps every run and lets an interrupted run go on.
@@ -84,7 +86,7 @@ def train_config(args: argparse.Namespace, data: Path, seed: int, recipe: str, w
     )
 
 
-def pseudo_rows(ds: WsssDataset, cfg: TrainConfig, work: Path, args: argparse.Namespace) -> tuple[dict[str, float], torch.nn.Module]:  # fmt: skip
+def pseudo_rows(ds: WsssDataset, cfg: TrainConfig, work: Path, args: argparse.Namespace, heads: list[str]) -> tuple[dict[str, float], torch.nn.Module]:  # fmt: skip
     """Stage 1 (PDA classifier and the extra heads) and its pseudo-mask mIoU per method."""
     k, bgr, out = ds.num_classes, ds.background_rule, {}
     ccfg = classifier_config(cfg)
@@ -97,7 +99,7 @@ def pseudo_rows(ds: WsssDataset, cfg: TrainConfig, work: Path, args: argparse.Na
     if args.scorecam_patches:
         sc = cam_predictor(clf, "scorecam", k, bgr)
         out["pseudo Score-CAM deep (PDA head)*"] = score_head(ds, "test", sc, args.scorecam_patches)
-    for head in args.heads if cfg.recipe in args.heads_recipes else ():
+    for head in heads:
         other = train_classifier(
             ds, replace(ccfg, head=head, pda_schedule="paper"), work / f"cls_{head}", CPU
         )
@@ -107,9 +109,9 @@ def pseudo_rows(ds: WsssDataset, cfg: TrainConfig, work: Path, args: argparse.Na
     return {name: 100 * cm.scores().miou for name, cm in out.items()}, clf
 
 
-def run_config(ds: WsssDataset, cfg: TrainConfig, work: Path, args: argparse.Namespace) -> dict[str, float]:  # fmt: skip
+def run_config(ds: WsssDataset, cfg: TrainConfig, work: Path, args: argparse.Namespace, heads: list[str]) -> dict[str, float]:  # fmt: skip
     """One seed / recipe / start: pseudo masks per method, then the segmenter."""
-    rows, clf = pseudo_rows(ds, cfg, work, args)
+    rows, clf = pseudo_rows(ds, cfg, work, args, heads)
     dirs = make_pseudo_masks(ds, clf, work / "pseudo", CPU)
     seg, _ = train_segmenter(ds, segmenter_config(cfg), dirs, work / "seg", CPU, clf)
     rows[WSSS] = 100 * score_split(ds, "test", seg_predictor(seg, clf))[0].scores().miou
@@ -177,6 +179,9 @@ def parse() -> argparse.Namespace:
     p.add_argument(
         "--heads-recipes", type=names, default=["default"], help="recipes that train --heads"
     )
+    p.add_argument(
+        "--heads-starts", type=names, default=["scratch"], help="starts that train --heads"
+    )
     p.add_argument("--scorecam-patches", type=int, default=16, help="0: no Score-CAM")
     p.add_argument("--train", type=int, default=300)
     p.add_argument("--test", type=int, default=60)
@@ -222,39 +227,44 @@ def main() -> None:
             size=args.pretrain_size,
             epochs=args.pretrain_epochs,
         )
-    configs = [f"{r} / {s}" for r in args.recipes for s in args.starts]
+    configs = [f"{r} / {s}" for s in args.starts for r in args.recipes]
+    extra = {(r, s) for r in args.heads_recipes for s in args.heads_starts}
 
     def save(key: str, rows: dict[str, float], started: float) -> None:
         results[key] = rows | {"seconds": round(time.time() - started, 1)}
         store.write_text(json.dumps({"args": vars(args) | {"work": str(work)}, "results": results}, indent=1, default=str))  # fmt: skip
         print(f"{key}: " + ", ".join(f"{n} {v:.1f}" for n, v in results[key].items()), flush=True)
 
-    for seed in args.seeds:
-        ds, fs = seed_data(args, work / f"seed{seed}", seed)
-        for start in args.starts:
-            w = weights if start == "pretrained" else None
-            key = f"full / {start} seed {seed}"
-            if key not in results:
-                t = time.time()
-                scfg = segmenter_config(train_config(args, ds.root, seed, "default", w))
-                sfs = train_fully_supervised(fs, fs.mask_items("val"), scfg, val=ds)
-                miou = score_split(ds, "test", seg_predictor(sfs))[0].scores().miou
-                save(key, {FULL: 100 * miou}, t)
-            for recipe in args.recipes:
+    data = {seed: seed_data(args, work / f"seed{seed}", seed) for seed in args.seeds}
+    # config-major: a run cut short leaves whole columns over every seed
+    for start in args.starts:
+        w = weights if start == "pretrained" else None
+        for recipe in args.recipes:
+            for seed in args.seeds:
+                ds, fs = data[seed]
+                key = f"full / {start} seed {seed}"
+                if key not in results:
+                    t = time.time()
+                    scfg = segmenter_config(train_config(args, ds.root, seed, "default", w))
+                    sfs = train_fully_supervised(fs, fs.mask_items("val"), scfg, val=ds)
+                    miou = score_split(ds, "test", seg_predictor(sfs))[0].scores().miou
+                    save(key, {FULL: 100 * miou}, t)
                 key = f"{recipe} / {start} seed {seed}"
                 if key not in results:
                     t = time.time()
                     cfg = train_config(args, ds.root, seed, recipe, w)
-                    rows = run_config(ds, cfg, work / f"seed{seed}" / f"{recipe}-{start}", args)
-                    save(key, rows, t)
+                    heads = args.heads if (recipe, start) in extra else []
+                    run = work / f"seed{seed}" / f"{recipe}-{start}"
+                    save(key, run_config(ds, cfg, run, args, heads), t)
     print()
     print(table(results, configs, args.seeds))
     print(
         f"\n{args.train} train / {args.test} test patches of {args.size} px per seed, "
-        f"batch {args.batch_size}, classifier {args.epochs} epochs, segmenters {args.seg_epochs} epochs, encoder "
-        f"{args.encoder} (classifier output stride {args.cls_output_stride}, PDA schedule "
+        f"batch {args.batch_size}, classifier {args.epochs} epochs, segmenters "
+        f"{args.seg_epochs} epochs, encoder {args.encoder} (classifier output stride {args.cls_output_stride}, PDA schedule "
         f"{args.pda_schedule}), lr schedule {args.lr_schedule}, dropout {args.dropout}; fully "
-        "supervised: default recipe, one per seed and start, shared by both recipes; "
+        "supervised: default recipe, one per seed and start, shared by both recipes; heads "
+        f"{','.join(args.heads)} trained in {sorted(extra)} only; "
         f"* Score-CAM on the first {args.scorecam_patches} test patches only; "
         f"{args.threads} threads, {time.time() - t0:.0f} s"
     )
