@@ -1,268 +1,272 @@
-"""WSSS on synthetic tissue: pseudo-mask quality per CAM method, final mIoU, and a fully supervised baseline.
+"""WSSS on synthetic tissue over seeds, recipes and starts: pseudo masks per CAM method,
+the weakly supervised segmenter, a fully supervised baseline, and the gap between them.
 
-    .venv/bin/python benchmarks/wsss_synthetic.py [--train 400] [--epochs 6] [--seg-epochs N]
-        [--size 112] [--cls-output-stride 16] [--lr-schedule poly] [--threads 2]
-        [--pda-schedule paper|official] [--dropout 0.5]
+    .venv/bin/python benchmarks/wsss_synthetic.py [--seeds 0,1,2] [--recipes default,paper]
+        [--starts scratch,pretrained] [--train 300] [--test 60] [--epochs 10] [--seg-epochs 8]
+        [--heads cam,pcam,lficam] [--heads-recipes default] [--heads-starts scratch]
+        [--scorecam-patches 16] [--pda-schedule paper|official]
+        [--cls-output-stride 16] [--dropout 0.5] [--lr LR] [--threads 1] [--work DIR]
 
-Prints one table (mIoU on the synthetic test split, background ignored):
-pseudo masks from CAM, Grad-CAM and PDA + Grad-CAM at each depth (made from the true patch
-labels, as stage 2 does), the segmenter trained on the multi-layer PDA pseudo masks with and
-without the classification gate, and DeepLabV3+ trained on exact pixel masks of as many
-patches for as many epochs (same encoder, same budget). Sized to run in < ~30 min on 2 cores.
-It also prints how the gate treats the test patches: present classes the classifier gates
-(y_k <= epsilon: those pixels are lost) and absent classes it lets through.
+For each seed (its own synthetic data set and training seed), each recipe and each start
+(random weights, or encoders pretrained once on another synthetic task by
+`wsss_pretrain.py`), the stages run through the same configuration functions as
+`wsi-segment train` (`TrainConfig` -> `classifier_config` / `segmenter_config`: recipe,
+`--pretrained`, `--seg-pretrained`). Scored on the test split (mIoU, background ignored):
+pseudo masks from the true patch labels per CAM method (CAM, Grad-CAM at each depth and
+Score-CAM of the PDA classifier; CAM of the CAM and PCAM heads, LFI-CAM of the LFI-CAM head,
+each head trained with the same recipe, in `--heads-recipes` x `--heads-starts` only), the
+segmenter with and without the gate, and
+DeepLabV3+ on exact masks of as many patches for as many epochs with the default recipe
+(once per seed and start, shared by both recipes). Prints one table of mean (min-max) over
+seeds; results.json in the work folder keeps every run and lets an interrupted run go on.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from wsi_segment.models.background import background_mask
-from wsi_segment.models.cams import activation_maps
-from wsi_segment.models.classifier import PatchClassifier
-from wsi_segment.models.heads import DEFAULT_DROPOUT, PDA_SCHEDULES
-from wsi_segment.models.pseudo_masks import label_from_maps
-from wsi_segment.models.segmenter import build_segmenter, multilayer_pseudo_loss
-from wsi_segment.pipeline.training.datasets import (
-    MaskItem,
-    WsssDataset,
-    augment,
-    batch_count,
-    epoch_batches,
-    load_batch,
-    open_dataset,
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.wsss_parts import (  # noqa: E402
+    cam_predictor,
+    score_head,
+    seg_predictor,
+    train_fully_supervised,
 )
-from wsi_segment.pipeline.training.evaluate import (
-    GateCheck,
-    Predictor,
-    module_predictor,
-    present_labels,
-    pseudo_predictor,
-    score_split,
+from benchmarks.wsss_pretrain import pretrain_encoder  # noqa: E402
+from wsi_segment.models.heads import DEFAULT_DROPOUT, PDA_SCHEDULES  # noqa: E402
+from wsi_segment.pipeline.training.datasets import WsssDataset, open_dataset  # noqa: E402
+from wsi_segment.pipeline.training.evaluate import pseudo_predictor, score_split  # noqa: E402
+from wsi_segment.pipeline.training.make_pseudo_masks import make_pseudo_masks  # noqa: E402
+from wsi_segment.pipeline.training.train_classifier import train_classifier  # noqa: E402
+from wsi_segment.pipeline.training.train_config import (  # noqa: E402
+    TrainConfig,
+    classifier_config,
+    segmenter_config,
 )
-from wsi_segment.pipeline.training.make_pseudo_masks import make_pseudo_masks
-from wsi_segment.pipeline.training.recipes import Optim, make_optimizer
-from wsi_segment.pipeline.training.train_classifier import (
-    ClassifierConfig,
-    schedule_lrs,
-    seeded,
-    to_input,
-    train_classifier,
-)
-from wsi_segment.pipeline.training.train_segmenter import SegmenterConfig, train_segmenter, validate
-from wsi_segment.synthetic.dataset import SyntheticSpec, make_synthetic_dataset
+from wsi_segment.pipeline.training.train_segmenter import train_segmenter  # noqa: E402
+from wsi_segment.synthetic.dataset import SyntheticSpec, make_synthetic_dataset  # noqa: E402
+
+CPU = torch.device("cpu")
+#: Pseudo-mask method of each extra head: what that head exists for.
+HEAD_METHODS = {"cam": "cam", "pcam": "cam", "lficam": "lficam"}
+WSSS, FULL = "WSSS segmenter, gate", "fully supervised DeepLabV3+"
 
 
-def cam_predictor(
-    classifier: PatchClassifier, method: str, k: int, use_background: bool
-) -> Predictor:
-    """Single-layer pseudo masks from `method` at the deepest tap, with the true labels."""
-
-    def predict(images: torch.Tensor, gt: torch.Tensor) -> list[torch.Tensor]:
-        x = to_input(images, torch.device("cpu"))
-        maps = activation_maps(method, classifier, x, "deep", normalise="none")
-        bg = background_mask(images) if use_background else None
-        return [label_from_maps(maps, present_labels(gt, k) > 0.5, bg)]
-
-    return predict
-
-
-def train_fully_supervised(
-    ds_masks: WsssDataset,
-    items: list[MaskItem],
-    cfg: SegmenterConfig,
-    val: WsssDataset | None = None,
-) -> torch.nn.Module:
-    """DeepLabV3+ on exact masks (background -> ignored), same loop and budget as stage 3.
-
-    With `val`, the epoch with the best mIoU on its val split is kept, as stage 3 does
-    (without a gate: there is no classifier). From-scratch DeepLabV3+ swings a lot between
-    epochs in eval mode, so without the same selection the baseline would be a lottery.
-    """
-    torch.manual_seed(cfg.seed)
-    model = build_segmenter(
-        cfg.encoder, ds_masks.num_classes, decoder_channels=cfg.decoder_channels
+def train_config(args: argparse.Namespace, data: Path, seed: int, recipe: str, weights: Path | None) -> TrainConfig:  # fmt: skip
+    """The run as `wsi-segment train` would get it from its command line."""
+    w = None if weights is None else str(weights)
+    return TrainConfig(
+        data=data,
+        out=data.parent / "model",
+        epochs=args.epochs,
+        seg_epochs=args.seg_epochs,
+        encoder=args.encoder,
+        batch_size=args.batch_size,
+        recipe=recipe,
+        pretrained=w,
+        seg_pretrained=w,
+        lr=args.lr,
+        seed=seed,
+        decoder_channels=64,
+        dropout=args.dropout,
+        pda_schedule=args.pda_schedule,
+        classifier_output_stride=args.cls_output_stride,
+        lr_schedule=args.lr_schedule,
     )
-    opt, base_lrs = make_optimizer(
-        model, [model.net.decoder, model.net.segmentation_head], cfg.optim
+
+
+def pseudo_rows(ds: WsssDataset, cfg: TrainConfig, work: Path, args: argparse.Namespace, heads: list[str]) -> tuple[dict[str, float], torch.nn.Module]:  # fmt: skip
+    """Stage 1 (PDA classifier and the extra heads) and its pseudo-mask mIoU per method."""
+    k, bgr, out = ds.num_classes, ds.background_rule, {}
+    ccfg = classifier_config(cfg)
+    clf = train_classifier(ds, ccfg, work / "cls_pda", CPU)
+    out["pseudo CAM (PDA head)"] = score_split(ds, "test", cam_predictor(clf, "cam", k, bgr))[0]
+    layers = ("shallow", "mid", "deep")
+    cms = score_split(ds, "test", pseudo_predictor(clf, k, layers, bgr), 3)
+    for layer, cm in zip(layers, cms, strict=True):
+        out[f"pseudo Grad-CAM {layer} (PDA head)"] = cm
+    if args.scorecam_patches:
+        sc = cam_predictor(clf, "scorecam", k, bgr)
+        out["pseudo Score-CAM deep (PDA head)*"] = score_head(ds, "test", sc, args.scorecam_patches)
+    for head in heads:
+        other = train_classifier(
+            ds, replace(ccfg, head=head, pda_schedule="paper"), work / f"cls_{head}", CPU
+        )
+        method = HEAD_METHODS[head]
+        name = f"pseudo {'LFI-CAM' if method == 'lficam' else 'CAM'} ({head} head)"
+        out[name] = score_split(ds, "test", cam_predictor(other, method, k, bgr))[0]
+    return {name: 100 * cm.scores().miou for name, cm in out.items()}, clf
+
+
+def run_config(ds: WsssDataset, cfg: TrainConfig, work: Path, args: argparse.Namespace, heads: list[str]) -> dict[str, float]:  # fmt: skip
+    """One seed / recipe / start: pseudo masks per method, then the segmenter."""
+    rows, clf = pseudo_rows(ds, cfg, work, args, heads)
+    dirs = make_pseudo_masks(ds, clf, work / "pseudo", CPU)
+    seg, _ = train_segmenter(ds, segmenter_config(cfg), dirs, work / "seg", CPU, clf)
+    rows[WSSS] = 100 * score_split(ds, "test", seg_predictor(seg, clf))[0].scores().miou
+    rows["WSSS segmenter, no gate"] = (
+        100 * score_split(ds, "test", seg_predictor(seg))[0].scores().miou
     )
-    steps = batch_count(len(items), cfg.batch_size)
-    best: tuple[float, dict | None] = (-1.0, None)
-    for epoch in range(cfg.epochs):
-        model.train()
-        gen = seeded(cfg.seed, 4, epoch)
-        for step, idx in enumerate(epoch_batches(len(items), cfg.batch_size, gen)):
-            schedule_lrs(opt, base_lrs, cfg.lr_schedule, epoch * steps + step, cfg.epochs * steps)
-            gt = torch.from_numpy(np.stack([ds_masks.read_mask(items[i].mask) for i in idx]))
-            gt = torch.where(gt >= ds_masks.num_classes, 255, gt).to(torch.uint8)
-            images, (gt,) = augment(load_batch([items[i].image for i in idx]), [gt], gen, cfg.crop)
-            loss = multilayer_pseudo_loss(
-                model(to_input(images, torch.device("cpu"))), [gt], (1.0,)
-            )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        if val is not None:
-            score = validate(val, model, None, torch.device("cpu"), "val", cfg.batch_size)
-            print(f"fully supervised epoch {epoch + 1}: val mIoU {score:.4f}", flush=True)
-            if score > best[0]:
-                best = (score, {k: v.detach().clone() for k, v in model.state_dict().items()})
-    if best[1] is not None:
-        model.load_state_dict(best[1])
-    return model.eval()
+    return rows
 
 
-def seg_predictor(
-    segmenter: torch.nn.Module, classifier: torch.nn.Module | None = None, epsilon: float = 0.1
-) -> Predictor:
-    """What the slide path would write (`evaluate.module_predictor`): the segmenter's labels,
-    gated by the classifier when one is given (Unclassified where it keeps no class)."""
-    return module_predictor(segmenter, classifier, epsilon, torch.device("cpu"))
+def spread(values: list[float]) -> str:
+    """mean (min-max) over seeds, or the one value."""
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{sum(values) / len(values):.1f} ({min(values):.1f}-{max(values):.1f})"
 
 
-@torch.no_grad()
-def gate_report(ds: WsssDataset, classifier: torch.nn.Module, split: str, epsilon: float) -> dict:
-    """How the gate treats a split: present classes gated (y <= eps), absent classes kept."""
-    check = GateCheck(ds.num_classes, epsilon)
-    for i in range(0, len(items := ds.mask_items(split)), 16):
-        chunk = items[i : i + 16]
-        x = to_input(load_batch([it.image for it in chunk]), torch.device("cpu"))
-        gt = torch.from_numpy(np.stack([ds.read_mask(it.mask) for it in chunk]))
-        check.update(torch.sigmoid(classifier(x)), gt)
-    return check.as_dict()
+def table(results: dict[str, dict[str, float]], configs: list[str], seeds: list[int]) -> str:
+    """Markdown: one row per measure, one column per recipe / start, mean (min-max) over seeds."""
+    names: list[str] = []
+    for key in results:
+        names += [n for n in results[key] if n not in names and n != "seconds"]
+    lines = ["| measure | " + " | ".join(configs) + " |", "|---" * (1 + len(configs)) + "|"]
+    for name in [*names, "gap (fully - weakly)", "seeds done"]:
+        cells = []
+        for c in configs:
+            runs = [(s, results.get(f"{c} seed {s}")) for s in seeds]
+            done = [(s, r) for s, r in runs if r is not None]
+            if name == "seeds done":
+                cells.append(",".join(str(s) for s, _ in done) or "-")
+                continue
+            if name == FULL or name.startswith("gap"):
+                start = c.split(" / ")[1]
+                fulls = {s: results.get(f"full / {start} seed {s}", {}).get(FULL) for s, _ in done}
+                if name == FULL:
+                    vals = [v for v in fulls.values() if v is not None]
+                else:
+                    vals = [f - r[WSSS] for s, r in done if (f := fulls[s]) is not None]
+            else:
+                vals = [r[name] for _, r in done if name in r]
+            cells.append(spread(vals) if vals else "-")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def seed_data(args: argparse.Namespace, work: Path, seed: int) -> tuple[WsssDataset, WsssDataset]:
+    """The seed's weakly labelled set and an exactly masked train set of the same size."""
+    data_seed = args.data_seed + seed
+    ds_root = make_synthetic_dataset(
+        work / "data", SyntheticSpec(args.train, 30, args.test, args.size, data_seed)
+    )
+    fs_root = make_synthetic_dataset(
+        work / "fs", SyntheticSpec(1, args.train, 1, args.size, data_seed + 1000)
+    )
+    return open_dataset(ds_root), open_dataset(fs_root)
+
+
+def parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ints = lambda s: [int(v) for v in s.split(",") if v]  # noqa: E731
+    names = lambda s: [v for v in s.split(",") if v]  # noqa: E731
+    p.add_argument("--seeds", type=ints, default=[0, 1, 2])
+    p.add_argument("--recipes", type=names, default=["default", "paper"])
+    p.add_argument("--starts", type=names, default=["scratch", "pretrained"])
+    p.add_argument("--heads", type=names, default=["cam", "pcam", "lficam"])
+    p.add_argument(
+        "--heads-recipes", type=names, default=["default"], help="recipes that train --heads"
+    )
+    p.add_argument(
+        "--heads-starts", type=names, default=["scratch"], help="starts that train --heads"
+    )
+    p.add_argument("--scorecam-patches", type=int, default=16, help="0: no Score-CAM")
+    p.add_argument("--train", type=int, default=300)
+    p.add_argument("--test", type=int, default=60)
+    p.add_argument("--size", type=int, default=112)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--epochs", type=int, default=10, help="classifier epochs")
+    p.add_argument("--seg-epochs", type=int, default=8)
+    p.add_argument("--lr", type=float, default=None, help="replaces both recipes' base lr")
+    p.add_argument("--lr-schedule", default="poly", choices=("poly", "constant"))
+    p.add_argument("--dropout", type=float, default=DEFAULT_DROPOUT)
+    p.add_argument("--pda-schedule", default="paper", choices=PDA_SCHEDULES)
+    p.add_argument("--cls-output-stride", type=int, default=16, choices=(8, 16, 32))
+    p.add_argument("--encoder", default="resnet10t")
+    p.add_argument("--pretrain-patches", type=int, default=600)
+    p.add_argument("--pretrain-epochs", type=int, default=4)
+    p.add_argument("--pretrain-size", type=int, default=112)
+    p.add_argument("--data-seed", type=int, default=11, help="data of seed s: data seed + s")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--work", type=Path, default=None)
+    args = p.parse_args()
+    for head in args.heads:
+        if head not in HEAD_METHODS:
+            p.error(f"--heads: {head!r} is not one of {sorted(HEAD_METHODS)}")
+    return args
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--train", type=int, default=400)
-    p.add_argument("--test", type=int, default=80)
-    p.add_argument("--size", type=int, default=112)
-    p.add_argument("--epochs", type=int, default=6, help="classifier epochs")
-    p.add_argument(
-        "--seg-epochs", type=int, default=None, help="segmenter epochs (default --epochs)"
-    )
-    p.add_argument("--cls-output-stride", type=int, default=16, choices=(8, 16, 32))
-    p.add_argument("--lr-schedule", default="poly", choices=("poly", "constant"))
-    p.add_argument(
-        "--pda-schedule",
-        default="paper",
-        choices=PDA_SCHEDULES,
-        help="PDA schedule of the PDA classifier (run once per schedule to compare them)",
-    )
-    p.add_argument("--dropout", type=float, default=DEFAULT_DROPOUT, help="classifier dropout")
-    p.add_argument("--encoder", default="resnet10t")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--seed", type=int, default=11)
-    p.add_argument("--work", type=Path, default=None)
-    args = p.parse_args()
+    args = parse()
     torch.set_num_threads(args.threads)
     t0 = time.time()
-    work = args.work or Path(tempfile.mkdtemp(prefix="wsss-bench-"))
-    cpu = torch.device("cpu")
-    spec = SyntheticSpec(args.train, 30, args.test, args.size, args.seed)
-    ds = open_dataset(make_synthetic_dataset(work / "data", spec))
-    # same distribution, but with exact masks for the fully supervised baseline
-    fs = open_dataset(
-        make_synthetic_dataset(
-            work / "fs", SyntheticSpec(1, args.train, 1, args.size, args.seed + 1)
+    work: Path = args.work or Path(tempfile.mkdtemp(prefix="wsss-bench-"))
+    store = work / "results.json"
+    results: dict[str, dict[str, float]] = (
+        json.loads(store.read_text())["results"] if store.is_file() else {}
+    )
+    weights = None
+    if "pretrained" in args.starts:
+        weights = pretrain_encoder(
+            args.encoder,
+            work / "pretrained" / f"{args.encoder}-textures-{args.pretrain_size}px-"
+            f"{args.pretrain_patches}x{args.pretrain_epochs}.safetensors",
+            n=args.pretrain_patches,
+            size=args.pretrain_size,
+            epochs=args.pretrain_epochs,
         )
-    )
-    k, rows = ds.num_classes, []
+    configs = [f"{r} / {s}" for s in args.starts for r in args.recipes]
+    extra = {(r, s) for r in args.heads_recipes for s in args.heads_starts}
 
-    def add(name: str, cms) -> None:
-        for suffix, cm in cms:
-            s = cm.scores()
-            rows.append(
-                {
-                    "what": f"{name}{suffix}",
-                    "miou": s.miou,
-                    "iou": dict(zip(ds.classes, s.iou.tolist(), strict=True)),
-                }
-            )
-            print(
-                f"{rows[-1]['what']:<40} mIoU {s.miou:.4f}  ({time.time() - t0:.0f} s)", flush=True
-            )
+    def save(key: str, rows: dict[str, float], started: float) -> None:
+        results[key] = rows | {"seconds": round(time.time() - started, 1)}
+        store.write_text(json.dumps({"args": vars(args) | {"work": str(work)}, "results": results}, indent=1, default=str))  # fmt: skip
+        print(f"{key}: " + ", ".join(f"{n} {v:.1f}" for n, v in results[key].items()), flush=True)
 
-    cls_cfg = ClassifierConfig(
-        encoder=args.encoder,
-        output_stride=args.cls_output_stride,
-        epochs=args.epochs,
-        batch_size=16,
-        optim=Optim(lr=2e-3),
-        lr_schedule=args.lr_schedule,
-        seed=0,
-        dropout=args.dropout,
-        pda_schedule=args.pda_schedule,
-    )
-    cam_cfg = ClassifierConfig(**{**cls_cfg.__dict__, "head": "cam", "pda_schedule": "paper"})
-    clf_cam = train_classifier(ds, cam_cfg, work / "cls_cam", cpu)
-    clf_pda = train_classifier(ds, cls_cfg, work / "cls_pda", cpu)
-    bgr = ds.background_rule
-    add(
-        "pseudo CAM (CAM head)",
-        [("", score_split(ds, "test", cam_predictor(clf_cam, "cam", k, bgr))[0])],
-    )
-    add(
-        "pseudo Grad-CAM (CAM head) deep",
-        [("", score_split(ds, "test", cam_predictor(clf_cam, "gradcam", k, bgr))[0])],
-    )
-    layers = ("shallow", "mid", "deep")
-    cms = score_split(ds, "test", pseudo_predictor(clf_pda, k, layers, bgr), 3)
-    add("pseudo PDA + Grad-CAM", [(f" {layer}", cm) for layer, cm in zip(layers, cms, strict=True)])
-
-    dirs = make_pseudo_masks(ds, clf_pda, work / "pseudo", cpu)
-    scfg = SegmenterConfig(
-        encoder=f"tu-{args.encoder}",
-        epochs=args.seg_epochs or args.epochs,
-        batch_size=16,
-        optim=Optim(lr=2e-3),
-        decoder_channels=64,
-        lr_schedule=args.lr_schedule,
-    )
-    seg, _ = train_segmenter(ds, scfg, dirs, work / "seg_multi", cpu, clf_pda)
-    gates = {s: gate_report(ds, clf_pda, s, scfg.gate_epsilon) for s in ("val", "test")}
-    for split, g in gates.items():
-        print(
-            f"gate on {split}: {g['present_gated']}/{g['present_classes']} present classes gated "
-            f"({100 * g['tissue_pixels_gated']:.1f} % of tissue pixels), "
-            f"{g['absent_kept']}/{g['absent_classes']} absent classes kept (eps {g['epsilon']})",
-            flush=True,
-        )
-    add(
-        "WSSS segmenter multi-layer, gate",
-        [("", score_split(ds, "test", seg_predictor(seg, clf_pda))[0])],
-    )
-    add(
-        "WSSS segmenter multi-layer, no gate",
-        [("", score_split(ds, "test", seg_predictor(seg))[0])],
-    )
-    sfs = train_fully_supervised(fs, fs.mask_items("val"), scfg, val=ds)
-    add("fully supervised DeepLabV3+", [("", score_split(ds, "test", seg_predictor(sfs))[0])])
+    data = {seed: seed_data(args, work / f"seed{seed}", seed) for seed in args.seeds}
+    # config-major: a run cut short leaves whole columns over every seed
+    for start in args.starts:
+        w = weights if start == "pretrained" else None
+        for recipe in args.recipes:
+            for seed in args.seeds:
+                ds, fs = data[seed]
+                key = f"full / {start} seed {seed}"
+                if key not in results:
+                    t = time.time()
+                    scfg = segmenter_config(train_config(args, ds.root, seed, "default", w))
+                    sfs = train_fully_supervised(fs, fs.mask_items("val"), scfg, val=ds)
+                    miou = score_split(ds, "test", seg_predictor(sfs))[0].scores().miou
+                    save(key, {FULL: 100 * miou}, t)
+                key = f"{recipe} / {start} seed {seed}"
+                if key not in results:
+                    t = time.time()
+                    cfg = train_config(args, ds.root, seed, recipe, w)
+                    heads = args.heads if (recipe, start) in extra else []
+                    run = work / f"seed{seed}" / f"{recipe}-{start}"
+                    save(key, run_config(ds, cfg, run, args, heads), t)
     print()
-    print(f"| {'method':<40} | mIoU | " + " | ".join(ds.classes) + " |")
-    print("|" + "---|" * (2 + k))
-    for r in rows:
-        print(
-            f"| {r['what']:<40} | {100 * r['miou']:.1f} | "
-            + " | ".join(f"{100 * v:.1f}" for v in r["iou"].values())
-            + " |"
-        )
-    print(f"\n{args.train} train / {args.test} test patches of {args.size} px, classifier "
-          f"{args.epochs} epochs (output stride {args.cls_output_stride}), segmenters "
-          f"{scfg.epochs} epochs, lr schedule {args.lr_schedule}, PDA schedule "
-          f"{args.pda_schedule}, dropout {args.dropout}, encoder {args.encoder}, "
-          f"{args.threads} threads, {time.time() - t0:.0f} s")  # fmt: skip
-    (work / "results.json").write_text(
-        json.dumps(
-            {"args": vars(args) | {"work": str(work)}, "rows": rows, "gate": gates}, indent=1
-        )
+    print(table(results, configs, args.seeds))
+    print(
+        f"\n{args.train} train / {args.test} test patches of {args.size} px per seed, "
+        f"batch {args.batch_size}, classifier {args.epochs} epochs, segmenters "
+        f"{args.seg_epochs} epochs, encoder {args.encoder} (classifier output stride {args.cls_output_stride}, PDA schedule "
+        f"{args.pda_schedule}), lr schedule {args.lr_schedule}, dropout {args.dropout}; fully "
+        "supervised: default recipe, one per seed and start, shared by both recipes; heads "
+        f"{','.join(args.heads)} trained in {sorted(extra)} only; "
+        f"* Score-CAM on the first {args.scorecam_patches} test patches only; "
+        f"{args.threads} threads, {time.time() - t0:.0f} s"
     )
 
 
