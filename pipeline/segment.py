@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from wsi_segment.pipeline.inference.band_runner import run_bands, use_bands, worker_device_type
 from wsi_segment.pipeline.inference.chunk_job import SlideJob
 from wsi_segment.pipeline.inference.chunk_runner import run_chunks, settle_precision_on_cluster
+from wsi_segment.pipeline.inference.decoder_reads import DecoderProcesses
 from wsi_segment.pipeline.inference.engine import run_engine
 from wsi_segment.pipeline.inference.engine_state import EngineStats
 from wsi_segment.pipeline.inference.model_handle import (
@@ -96,37 +97,9 @@ def infer(
     `stats` receives what the device engine did, when it runs (benchmarks)."""
     t0 = time.perf_counter()
     zarr_path = work_dir / ZARR_NAME
-    create_probability_store(
-        zarr_path,
-        list(prep.meta.classes),
-        list(prep.meta.colors),
-        prep.output_shape,
-        (prep.chunk_out, prep.chunk_out),
-        prep.output_mpp,
-        prep.level0_per_output,
-        offset_level0=_qupath_offset(prep.slide),
-        name=prep.name,
-    )
-    create_label_image(zarr_path)
+    create_stores(prep, zarr_path)
     device_type = _device_type(prep.model, client, prep.params.device)
-    job = SlideJob(
-        reader=prep.reader,
-        n_classes=len(prep.meta.classes),
-        batch_size=run_batch_size(prep.params.batch_size, device_type),
-        gate=prep.params.gate,
-        zarr_path=str(level0_path(zarr_path)),
-        labels_path=str(label_level0_path(zarr_path)),
-        tissue_mask=prep.tissue.mask,
-        tissue_downsample=float(prep.tissue.downsample),
-        level0_per_output=prep.level0_per_output,
-        model=prep.model,
-        simplify_tolerance=prep.params.simplify_tolerance,
-        keep_exact_polygons=bool(prep.rois),
-        slide_extent_out=(
-            prep.slide.dimensions[0] / prep.level0_per_output,
-            prep.slide.dimensions[1] / prep.level0_per_output,
-        ),
-    )
+    job = slide_job(prep, zarr_path, device_type)
     progress = progress or NullProgress()
     if client is not None:  # one worker decides 'auto' for all (no mixed-precision slide)
         job, prep.precision = settle_precision_on_cluster(job, prep.specs, client)
@@ -135,9 +108,11 @@ def infer(
     reads = _device_reads(prep, device_type, client is not None)
     try:
         if reads is not None:  # the device engine reads onto the model's device
+            from wsi_segment.pipeline.inference.reader_thread import ReaderThread  # torch
+
             prep.close_prefetch()
             outcomes = run_engine(
-                job, prep.specs, 0, progress, stats, writers=prep.params.writers, reads=reads
+                job, prep.specs, ReaderThread(reads), progress, stats, writers=prep.params.writers
             )
             if reads.cache is not None:
                 prep.read_stats = {
@@ -145,10 +120,10 @@ def infer(
                     "storage_tiles_reused": reads.cache.tiles_reused,
                 }
         elif decoders:  # the device engine reads with its own processes, maybe started early
-            pool = prep.take_decode_pool()
+            source = DecoderProcesses(decoders, prep.take_decode_pool())
             prep.close_prefetch()
             outcomes = run_engine(
-                job, prep.specs, decoders, progress, stats, pool, writers=prep.params.writers
+                job, prep.specs, source, progress, stats, writers=prep.params.writers
             )
         elif client is not None and use_bands(prep.params.decoders, device_type):
             # each worker runs the device engine over bands of contiguous chunks
@@ -185,6 +160,45 @@ def infer(
     if client is None:
         prep.precision = _precision_report(prep.model)
     return outcomes
+
+
+def slide_job(prep: PreparedSlide, zarr_path: Path, device_type: str) -> SlideJob:
+    """What every read source and runner needs to run any chunk of the prepared slide into
+    the store at `zarr_path` (made by `infer`; benchmarks make their own)."""
+    return SlideJob(
+        reader=prep.reader,
+        n_classes=len(prep.meta.classes),
+        batch_size=run_batch_size(prep.params.batch_size, device_type),
+        gate=prep.params.gate,
+        zarr_path=str(level0_path(zarr_path)),
+        labels_path=str(label_level0_path(zarr_path)),
+        tissue_mask=prep.tissue.mask,
+        tissue_downsample=float(prep.tissue.downsample),
+        level0_per_output=prep.level0_per_output,
+        model=prep.model,
+        simplify_tolerance=prep.params.simplify_tolerance,
+        keep_exact_polygons=bool(prep.rois),
+        slide_extent_out=(
+            prep.slide.dimensions[0] / prep.level0_per_output,
+            prep.slide.dimensions[1] / prep.level0_per_output,
+        ),
+    )
+
+
+def create_stores(prep: PreparedSlide, zarr_path: Path) -> None:
+    """The empty probability store and label image the chunks are written into."""
+    create_probability_store(
+        zarr_path,
+        list(prep.meta.classes),
+        list(prep.meta.colors),
+        prep.output_shape,
+        (prep.chunk_out, prep.chunk_out),
+        prep.output_mpp,
+        prep.level0_per_output,
+        offset_level0=_qupath_offset(prep.slide),
+        name=prep.name,
+    )
+    create_label_image(zarr_path)
 
 
 def _device_reads(prep: PreparedSlide, device_type: str, cluster: bool) -> DeviceTiles | None:

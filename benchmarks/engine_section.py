@@ -1,0 +1,130 @@
+"""Section `engine` of benchmarks/throughput.py: the engine with the reader thread against
+`run_chunks` (Dask threads, a chunk each, fed by the prefetch thread), measured in one run.
+
+    python benchmarks/throughput.py --only engine --size 20480 --fast --reps 3
+
+One `prepare` of the slide (the CLI's settings, model loaded once), then the inference
+stage alone, `--reps` times per runner, interleaved (chunks, engine, chunks, engine, ...)
+so a machine shared with other work loads both alike. Each run writes a fresh store and
+starts its own prefetch thread at the clock's start, as `infer` hands one to either. The
+row gives the medians, min-max, tiles/s and the ratio engine / run_chunks of medians (and
+of each interleaved pair); the zarr bytes of every run are compared with the first's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from benchmarks.measure import loadavg, log
+from benchmarks.slides import make_slide
+
+
+def _digest(store: Path) -> str:
+    """sha256 over every file of the store, in path order (the bytes a run wrote)."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in store.rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(store)).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def _runners(prep: Any, threads: int) -> dict[str, Callable[[Any], dict[str, Any]]]:
+    from wsi_segment.pipeline.inference.chunk_prefetch import ChunkPrefetcher
+    from wsi_segment.pipeline.inference.chunk_runner import run_chunks
+    from wsi_segment.pipeline.inference.engine import run_engine
+    from wsi_segment.pipeline.inference.engine_state import EngineStats
+    from wsi_segment.pipeline.inference.reader_thread import HostTiles, ReaderThread
+
+    def chunks(job: Any) -> dict[str, Any]:
+        prefetch = ChunkPrefetcher(job.reader, prep.specs)
+        try:
+            run_chunks(job, prep.specs, threads=threads, prefetch=prefetch)
+        finally:
+            prefetch.close()
+        return {}
+
+    def engine(job: Any) -> dict[str, Any]:
+        stats = EngineStats()
+        source = ReaderThread(HostTiles(job.reader, ChunkPrefetcher(job.reader, prep.specs)))
+        run_engine(job, prep.specs, source, stats=stats, computes=threads)
+        batches = stats.chunks_per_batch
+        return {"batches": len(batches), "computes": stats.computes, "writers": stats.writers}
+
+    return {"run_chunks": chunks, "engine (reader thread)": engine}
+
+
+def section_engine(
+    args: argparse.Namespace, work: Path, model_dir: Path, rows: list, notes: list
+) -> float:
+    """Inference stage of the two CPU runners, interleaved; returns engine / run_chunks."""
+    from wsi_segment.pipeline.params import SegmentParams
+    from wsi_segment.pipeline.prepare import prepare
+    from wsi_segment.pipeline.segment import create_stores, slide_job
+
+    size = args.size or 12288
+    slide, writer = make_slide(
+        work / "slides" / f"tp-{size}-t{args.tissue:g}.svs", size, args.tissue, fast=args.fast
+    )
+    notes.append(f"engine slide: {size} x {size} px, mpp 0.5, tissue {args.tissue:g} ({writer})")
+    params = SegmentParams(
+        model_dir=model_dir,
+        batch_size=args.batch_size,
+        overlap=args.overlap,
+        threads=args.threads,
+        backend=args.backend,
+        precision=args.precision,
+        device="cpu",
+    )
+    load_before = loadavg()
+    with tempfile.TemporaryDirectory(dir=work) as tmp:
+        prep = prepare(slide, tmp, params)
+        try:
+            n = prep.tiles_total
+            runners = _runners(prep, args.threads)
+            walls: dict[str, list[float]] = {k: [] for k in runners}
+            extra: dict[str, dict[str, Any]] = {}
+            digests: set[str] = set()
+            for rep in range(args.reps):
+                for name, run in runners.items():
+                    store = Path(tmp) / f"{rep}-{len(digests)}-{name[:6]}.zarr"
+                    create_stores(prep, store)
+                    job = slide_job(prep, store, "cpu")
+                    t0 = time.perf_counter()
+                    extra[name] = run(job)
+                    walls[name].append(time.perf_counter() - t0)
+                    digests.add(_digest(store))
+                    log(f"[engine] rep {rep + 1}: {name} {walls[name][-1]:.1f} s")
+        finally:
+            prep.slide.close()
+    med = {k: statistics.median(v) for k, v in walls.items()}
+    chunks, engine = walls["run_chunks"], walls["engine (reader thread)"]
+    ratio = med["run_chunks"] / med["engine (reader thread)"]
+    pairs = ", ".join(f"{c / e:.2f}" for c, e in zip(chunks, engine, strict=True))
+    for name, v in walls.items():
+        rows.append(
+            (
+                f"engine: {name}",
+                f"{n / med[name]:.1f} tiles/s",
+                f"{n} tiles; inference stage median {med[name]:.1f} s, min-max "
+                f"{min(v):.1f}-{max(v):.1f} s over {len(v)} runs ({', '.join(f'{w:.1f}' for w in v)})"
+                + (f"; {extra[name]}" if extra.get(name) else ""),
+            )
+        )
+    rows.append(
+        (
+            "engine: ratio",
+            f"{ratio:.2f}",
+            f"engine tiles/s / run_chunks tiles/s (medians; >= 1: not slower); per interleaved "
+            f"pair {pairs}; zarr bytes {'identical' if len(digests) == 1 else 'DIFFER'} "
+            f"across all {sum(map(len, walls.values()))} runs; threads {args.threads}, "
+            f"batch {args.batch_size}; load avg {load_before} -> {loadavg()}",
+        )
+    )
+    return ratio
