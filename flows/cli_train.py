@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from wsi_segment.models.head_names import HEAD_NAMES
+
 if TYPE_CHECKING:
     from wsi_segment.pipeline.training.train_config import TrainConfig
 
@@ -37,7 +39,7 @@ def add_parser(
         "--seg-encoder", default=None, help="segmenter encoder (default: same as --encoder)"
     )
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--head", choices=("pda", "cam", "pcam", "lficam"), default="pda")
+    p.add_argument("--head", choices=HEAD_NAMES, default=HEAD_NAMES[0])
     p.add_argument("--device", default="auto", help="auto (GPU if present), cpu, cuda, cuda:N")
     p.add_argument(
         "--recipe",

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-NODATA = 255
+from wsi_segment.models.labels import NODATA as NODATA  # importable here too
 
 
 @dataclass(frozen=True)

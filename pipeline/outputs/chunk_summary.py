@@ -11,10 +11,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import shapely
 
+from wsi_segment.models.labels import NODATA as NODATA  # the one definition, re-exported
 from wsi_segment.pipeline.outputs.polygons import label_block_polygons, simplified_block_polygons
 from wsi_segment.wsi.tiling import ChunkSpec
-
-NODATA = 255  # label of pixels outside tissue, or where the gate removed every class
 
 
 @dataclass
