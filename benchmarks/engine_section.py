@@ -35,6 +35,29 @@ def _digest(store: Path) -> str:
     return h.hexdigest()
 
 
+def _difference(a: Path, b: Path) -> str:
+    """How two runs' stores differ: identical, or the largest probability difference (of
+    255) and the share of labelled pixels whose class differs."""
+    import numpy as np
+    import zarr
+
+    from wsi_segment.pipeline.outputs.label_image import label_level0_path
+    from wsi_segment.pipeline.outputs.ome_zarr import level0_path
+
+    if _digest(a) == _digest(b):
+        return "identical bytes"
+    pa = np.asarray(zarr.open_array(str(level0_path(a)), mode="r")[:]).astype(np.int16)
+    pb = np.asarray(zarr.open_array(str(level0_path(b)), mode="r")[:]).astype(np.int16)
+    la = np.asarray(zarr.open_array(str(label_level0_path(a)), mode="r")[:])
+    lb = np.asarray(zarr.open_array(str(label_level0_path(b)), mode="r")[:])
+    labelled = (la > 0) | (lb > 0)
+    changed = float(np.mean(la[labelled] != lb[labelled])) if labelled.any() else 0.0
+    return (
+        f"probabilities differ by at most {int(np.abs(pa - pb).max())}/255, "
+        f"{100 * changed:.3f}% of labelled pixels change class"
+    )
+
+
 def _runners(prep: Any, threads: int) -> dict[str, Callable[[Any], dict[str, Any]]]:
     from wsi_segment.pipeline.inference.chunk_prefetch import ChunkPrefetcher
     from wsi_segment.pipeline.inference.chunk_runner import run_chunks
@@ -90,17 +113,20 @@ def section_engine(
             runners = _runners(prep, args.threads)
             walls: dict[str, list[float]] = {k: [] for k in runners}
             extra: dict[str, dict[str, Any]] = {}
-            digests: set[str] = set()
+            digests: dict[str, set[str]] = {k: set() for k in runners}
+            first: dict[str, Path] = {}
             for rep in range(args.reps):
-                for name, run in runners.items():
-                    store = Path(tmp) / f"{rep}-{len(digests)}-{name[:6]}.zarr"
+                for k, (name, run) in enumerate(runners.items()):
+                    store = Path(tmp) / f"{rep}-{k}.zarr"
                     create_stores(prep, store)
                     job = slide_job(prep, store, "cpu")
                     t0 = time.perf_counter()
                     extra[name] = run(job)
                     walls[name].append(time.perf_counter() - t0)
-                    digests.add(_digest(store))
+                    digests[name].add(_digest(store))
+                    first.setdefault(name, store)
                     log(f"[engine] rep {rep + 1}: {name} {walls[name][-1]:.1f} s")
+            across = _difference(*first.values())
         finally:
             prep.slide.close()
     med = {k: statistics.median(v) for k, v in walls.items()}
@@ -122,8 +148,11 @@ def section_engine(
             "engine: ratio",
             f"{ratio:.2f}",
             f"engine tiles/s / run_chunks tiles/s (medians; >= 1: not slower); per interleaved "
-            f"pair {pairs}; zarr bytes {'identical' if len(digests) == 1 else 'DIFFER'} "
-            f"across all {sum(map(len, walls.values()))} runs; threads {args.threads}, "
+            f"pair {pairs}; zarr bytes of each runner's {args.reps} runs: "
+            + ", ".join(
+                f"{k} {'identical' if len(d) == 1 else 'DIFFER'}" for k, d in digests.items()
+            )
+            + f"; between the runners: {across}; threads {args.threads}, "
             f"batch {args.batch_size}; load avg {load_before} -> {loadavg()}",
         )
     )

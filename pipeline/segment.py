@@ -1,13 +1,15 @@
 """Segment one slide: the main job behind `wsi-segment SLIDE` and the Prefect flows.
 
 Three stages, run in order by `run_stages` (the one sequence: `segment_slide` passes the
-functions, the Prefect flow the same functions wrapped as tasks), unless the slide's outputs
-are already up to date (`pipeline.up_to_date`, decided before any of them runs):
+functions, the Prefect slide flow the same functions wrapped as tasks), unless the slide's
+outputs are already up to date (`pipeline.up_to_date`, decided before any of them runs):
 
-1. `prepare`  (pipeline/prepare.py) open the slide, check mpp, load the model, detect tissue,
-              plan chunks;
-2. `infer`    run every tissue chunk with Dask, streaming probabilities into the zarr store
-              inside a temporary folder;
+1. `prepare_stage` (pipeline/prepare.py) open the slide, check mpp, load the model, detect
+              tissue, plan chunks; a local run starts reading while the model loads;
+2. `infer`    run every tissue chunk through the engine (`pipeline.inference.engine`: a read
+              source, the model's compute threads, the writer), streaming probabilities into
+              the zarr store inside a temporary folder; on a Dask cluster, bands of the
+              engine on the workers (or, for CPU workers, one Dask task per chunk);
 3. `finish`   polygons, GeoJSON, overlay, summary, pyramid; then rename the temporary folder
               to its final name so a slide's outputs appear all at once.
 
@@ -94,7 +96,10 @@ def infer(
 ) -> list[ChunkOutcome]:
     """Stage 2: run the tissue chunks, streaming uint8 probabilities into the zarr store.
 
-    `stats` receives what the device engine did, when it runs (benchmarks)."""
+    Locally one `run_engine` call, its read source chosen here: the device read path where
+    `prepare` chose it, decoder processes where they run (a GPU by default, or
+    `--decoders N`), else one reader thread adopting the prefetcher. `stats` receives what
+    the engine did (benchmarks)."""
     t0 = time.perf_counter()
     zarr_path = work_dir / ZARR_NAME
     create_stores(prep, zarr_path)
@@ -135,7 +140,7 @@ def infer(
                 progress=progress,
                 key_prefix=f"band-{prep.fingerprint[:16]}",
             )
-        else:
+        elif client is not None:
             outcomes = run_chunks(
                 job,
                 prep.specs,
@@ -143,8 +148,25 @@ def infer(
                 client=client,
                 progress=progress,
                 key_prefix=f"chunk-{prep.fingerprint[:16]}",
-                prefetch=prep.prefetch if client is None else None,
             )
+        else:  # the engine with one reader thread (adopting the prefetcher): any slide
+            from wsi_segment.pipeline.inference.reader_thread import HostTiles, ReaderThread
+
+            host = HostTiles(prep.reader, prep.prefetch)
+            outcomes = run_engine(
+                job,
+                prep.specs,
+                ReaderThread(host),
+                progress,
+                stats,
+                writers=prep.params.writers,
+                computes=run_threads(prep.params.threads, device_type),
+            )
+            if prep.prefetch is None and host.tile_reuse is not None:
+                prep.read_stats = {
+                    "storage_tiles_decoded": host.tile_reuse.tiles_decoded,
+                    "storage_tiles_reused": host.tile_reuse.tiles_reused,
+                }
     finally:
         progress.close()
         if prep.prefetch is not None:
@@ -301,6 +323,17 @@ def run_stages(
     return result
 
 
+def prepare_stage(
+    slide_path: str | Path, out_root: str | Path, params: SegmentParams, local: bool = True
+) -> PreparedSlide:
+    """Stage 1 as every door runs it (`segment_slide`, the Prefect slide flow): a local run
+    starts reading while the model loads (the engine's decoder processes when it will use
+    them, else the prefetch thread its reader thread adopts); a cluster's workers read
+    for themselves."""
+    decoders = expected_decoders(params) if local else 0
+    return prepare(slide_path, out_root, params, prefetch=local and not decoders, decoders=decoders)
+
+
 def segment_slide(
     slide_path: str | Path,
     out_root: str | Path,
@@ -310,13 +343,7 @@ def segment_slide(
 ) -> SlideResult:
     """Run all stages for one slide; raises `WsiSegmentError` on expected failures."""
     stages = Stages(
-        prepare=lambda path, root, p: prepare(
-            path,
-            root,
-            p,
-            prefetch=client is None and not expected_decoders(p),
-            decoders=expected_decoders(p) if client is None else 0,
-        ),
+        prepare=lambda path, root, p: prepare_stage(path, root, p, local=client is None),
         infer=lambda prep, work_dir: infer(prep, work_dir, client=client, progress=progress),
         finish=finish,
     )

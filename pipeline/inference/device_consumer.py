@@ -9,13 +9,16 @@ the cores are the bottleneck and a forward pass with all of them spends time in 
 barriers, so `computes` threads run side by side, each with cores // computes torch
 threads: a thread that waits for a batch then leaves its cores to the others.
 
-A forward pass holds the model's lock unless the compute threads run side by side on the
-CPU. Alone, the consumer is the lock's only user and it costs nothing; in a batch, the
-slides in flight share one loaded model per process (`model_handle.load_for_process`) and
-each runs a consumer, so on a GPU the lock makes it one forward pass at a time per device,
-the slides' batches interleaved: side by side they would gain nothing (their kernels queue
-on the device's one default stream) and could run the device out of memory, since
-`batch_limit` sizes a batch to the memory free for *one* forward pass.
+On a GPU a forward pass holds the model's lock. Alone, the consumer is its only user and
+it costs nothing; in a batch (or in the bands a Dask worker runs at once), the slides in
+flight share one loaded model per process (`model_handle.load_for_process`) and each runs
+a consumer, so the lock makes it one forward pass at a time per device, the batches
+interleaved: side by side they would gain nothing (their kernels queue on the device's one
+default stream) and could run the device out of memory, since `batch_limit` sizes a batch
+to the memory free for *one* forward pass. On the CPU a consumer with several compute
+threads runs its forward passes side by side without the lock, each with its own few torch
+threads (the lock would leave all but one thread's cores idle); one with a single compute
+thread takes turns like a GPU's.
 """
 
 from __future__ import annotations
@@ -70,7 +73,7 @@ class DeviceConsumer:
         caller = torch.get_num_threads()
         # a new thread starts with OpenMP's default, not the caller's: each sets its own
         self._threads = max(1, caller // self.computes) if cpu else 0
-        self._side_by_side = self.computes > 1
+        self._locked = self.computes == 1  # side by side on the CPU: no lock
         self._running = self.computes
         self._count_lock = threading.Lock()
         self._stats_lock = threading.Lock()
@@ -104,7 +107,7 @@ class DeviceConsumer:
         g = self._grid
         if not self._stats.first_batch_at:
             self._stats.first_batch_at = time.perf_counter()
-        lock = contextlib.nullcontext() if self._side_by_side else self._lock
+        lock = self._lock if self._locked else contextlib.nullcontext()
         with lock:  # one forward pass at a time per model (see the module's docstring)
             out = self._model.predict_reduced(
                 tiles.permute(0, 3, 1, 2), g.margin, g.stride, g.downsample, self._gate, NODATA
