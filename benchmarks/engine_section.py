@@ -7,14 +7,17 @@ One `prepare` of the slide (the CLI's settings, model loaded once), then the inf
 stage alone, `--reps` times per runner, interleaved (chunks, engine, chunks, engine, ...)
 so a machine shared with other work loads both alike. Each run writes a fresh store and
 starts its own prefetch thread at the clock's start, as `infer` hands one to either. The
-row gives the medians, min-max, tiles/s and the ratio engine / run_chunks of medians (and
-of each interleaved pair); the zarr bytes of every run are compared with the first's.
+row gives the medians, min-max, tiles/s, the process's CPU time per tile of each run (steadier
+than wall time on a shared machine) and the ratio engine / run_chunks of medians (and of each
+interleaved pair); the zarr bytes of each runner's runs are compared, and the two runners'
+first stores with each other.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import statistics
 import tempfile
 import time
@@ -112,6 +115,7 @@ def section_engine(
             n = prep.tiles_total
             runners = _runners(prep, args.threads)
             walls: dict[str, list[float]] = {k: [] for k in runners}
+            cpus: dict[str, list[float]] = {k: [] for k in runners}
             extra: dict[str, dict[str, Any]] = {}
             digests: dict[str, set[str]] = {k: set() for k in runners}
             first: dict[str, Path] = {}
@@ -120,9 +124,11 @@ def section_engine(
                     store = Path(tmp) / f"{rep}-{k}.zarr"
                     create_stores(prep, store)
                     job = slide_job(prep, store, "cpu")
-                    t0 = time.perf_counter()
+                    c0, t0 = os.times(), time.perf_counter()
                     extra[name] = run(job)
                     walls[name].append(time.perf_counter() - t0)
+                    c1 = os.times()
+                    cpus[name].append(c1.user - c0.user + c1.system - c0.system)
                     digests[name].add(_digest(store))
                     first.setdefault(name, store)
                     log(f"[engine] rep {rep + 1}: {name} {walls[name][-1]:.1f} s")
@@ -139,7 +145,8 @@ def section_engine(
                 f"engine: {name}",
                 f"{n / med[name]:.1f} tiles/s",
                 f"{n} tiles; inference stage median {med[name]:.1f} s, min-max "
-                f"{min(v):.1f}-{max(v):.1f} s over {len(v)} runs ({', '.join(f'{w:.1f}' for w in v)})"
+                f"{min(v):.1f}-{max(v):.1f} s over {len(v)} runs ({', '.join(f'{w:.1f}' for w in v)}); "
+                f"cpu-ms/tile {', '.join(f'{1000 * c / n:.1f}' for c in cpus[name])}"
                 + (f"; {extra[name]}" if extra.get(name) else ""),
             )
         )

@@ -115,18 +115,17 @@ def add_segment_options(parser: argparse.ArgumentParser) -> None:
         "--threads",
         type=positive_int(1, 256),
         default=None,
-        help="on the CPU: forward passes side by side in the engine (each with cores/N torch "
-        "threads); on a Dask cluster's per-chunk path: chunks in flight per worker; 1-256 "
-        "(default: 2 on the CPU, one per core (4-16) on a GPU)",
+        help="Dask threads (chunks in flight), 1-256 (default: 2 on the CPU, one per core "
+        "(4-16) on a GPU so decoding keeps it fed)",
     )
     parser.add_argument(
         "--decoders",
         type=positive_int(0, 256),
         default=None,
-        help="decoder processes feeding the engine, 0-256; 0: one reader thread instead "
-        "(default: one per core but one, at most 16, on a GPU; 0 on the CPU). On a Dask "
-        "cluster: per band of chunks on each worker (default: bands when the workers run "
-        "CUDA; 0: one Dask task per chunk)",
+        help="decoder processes feeding the model's one owner (the device engine), 0-256; "
+        "0: Dask threads instead (default: one per core but one, at most 16, on a GPU; "
+        "0 on the CPU). On a Dask cluster: per band of chunks on each worker (default: "
+        "bands when the workers run CUDA)",
     )
     parser.add_argument(
         "--writers",

@@ -51,17 +51,16 @@ class SegmentParams:
     gate: bool = True
     overwrite: bool = False
     backend: str = "auto"
-    # On the CPU the engine's compute threads (forward passes side by side, cores // threads
-    # torch threads each); on a Dask cluster's per-chunk path, chunks in flight per worker.
-    # None: 2 on the CPU (two model streams), one per core (4-16) on a GPU.
+    # Dask threads (chunks in flight); None: 2 on the CPU (two model streams), one per core
+    # (4-16) on a GPU, where one thread feeds the device while the others read and decode.
     threads: int | None = None
-    # Decoder processes of the engine (pipeline.inference.engine); 0: one reader thread
-    # instead; None: one per core but one (at most 16) when the model is on a GPU, 0 on
+    # Decoder processes of the device engine (pipeline.inference.engine); 0: the threaded
+    # Dask path; None: one per core but one (at most 16) when the model is on a GPU, 0 on
     # the CPU. With a Dask client: N > 0 runs bands of chunks through the engine on the
     # workers with N decoders each, on any device; None does so when the workers run the
     # model on CUDA (pipeline.inference.band_runner); 0: one Dask task per chunk. Speed only.
     decoders: int | None = None
-    # Writer threads of the engine (finish whole chunks side by side); None: the
+    # Writer threads of the device engine (finish whole chunks side by side); None: the
     # cores the decoders leave, 1 to 4 (`run_writers`). Speed only.
     writers: int | None = None
     # Where the device engine's tiles are decoded: "gpu" reads the slide's JPEG tiles straight

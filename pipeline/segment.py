@@ -6,10 +6,11 @@ outputs are already up to date (`pipeline.up_to_date`, decided before any of the
 
 1. `prepare_stage` (pipeline/prepare.py) open the slide, check mpp, load the model, detect
               tissue, plan chunks; a local run starts reading while the model loads;
-2. `infer`    run every tissue chunk through the engine (`pipeline.inference.engine`: a read
-              source, the model's compute threads, the writer), streaming probabilities into
-              the zarr store inside a temporary folder; on a Dask cluster, bands of the
-              engine on the workers (or, for CPU workers, one Dask task per chunk);
+2. `infer`    run every tissue chunk, streaming probabilities into the zarr store inside a
+              temporary folder: through the engine (`pipeline.inference.engine`: a read
+              source, the model's compute threads, the writer) on a GPU or with decoder
+              processes, bands of it on a Dask cluster's GPU workers; on the CPU with Dask
+              threads, a chunk each (`pipeline.inference.chunk_runner`);
 3. `finish`   polygons, GeoJSON, overlay, summary, pyramid; then rename the temporary folder
               to its final name so a slide's outputs appear all at once.
 
@@ -96,10 +97,11 @@ def infer(
 ) -> list[ChunkOutcome]:
     """Stage 2: run the tissue chunks, streaming uint8 probabilities into the zarr store.
 
-    Locally one `run_engine` call, its read source chosen here: the device read path where
-    `prepare` chose it, decoder processes where they run (a GPU by default, or
-    `--decoders N`), else one reader thread adopting the prefetcher. `stats` receives what
-    the engine did (benchmarks)."""
+    Locally `run_engine` with the read source chosen here (the device read path where
+    `prepare` chose it, decoder processes where they run: a GPU by default, or
+    `--decoders N`), else `run_chunks` (the CPU default: not replaced by the engine's reader
+    thread until it measures not slower, benchmarks/RESULTS.md). `stats` receives what the
+    engine did (benchmarks)."""
     t0 = time.perf_counter()
     zarr_path = work_dir / ZARR_NAME
     create_stores(prep, zarr_path)
@@ -140,7 +142,7 @@ def infer(
                 progress=progress,
                 key_prefix=f"band-{prep.fingerprint[:16]}",
             )
-        elif client is not None:
+        else:  # Dask threads, a chunk each (local: fed by the prefetch thread)
             outcomes = run_chunks(
                 job,
                 prep.specs,
@@ -148,25 +150,8 @@ def infer(
                 client=client,
                 progress=progress,
                 key_prefix=f"chunk-{prep.fingerprint[:16]}",
+                prefetch=prep.prefetch if client is None else None,
             )
-        else:  # the engine with one reader thread (adopting the prefetcher): any slide
-            from wsi_segment.pipeline.inference.reader_thread import HostTiles, ReaderThread
-
-            host = HostTiles(prep.reader, prep.prefetch)
-            outcomes = run_engine(
-                job,
-                prep.specs,
-                ReaderThread(host),
-                progress,
-                stats,
-                writers=prep.params.writers,
-                computes=run_threads(prep.params.threads, device_type),
-            )
-            if prep.prefetch is None and host.tile_reuse is not None:
-                prep.read_stats = {
-                    "storage_tiles_decoded": host.tile_reuse.tiles_decoded,
-                    "storage_tiles_reused": host.tile_reuse.tiles_reused,
-                }
     finally:
         progress.close()
         if prep.prefetch is not None:
@@ -328,8 +313,7 @@ def prepare_stage(
 ) -> PreparedSlide:
     """Stage 1 as every door runs it (`segment_slide`, the Prefect slide flow): a local run
     starts reading while the model loads (the engine's decoder processes when it will use
-    them, else the prefetch thread its reader thread adopts); a cluster's workers read
-    for themselves."""
+    them, else the prefetch thread); a cluster's workers read for themselves."""
     decoders = expected_decoders(params) if local else 0
     return prepare(slide_path, out_root, params, prefetch=local and not decoders, decoders=decoders)
 
