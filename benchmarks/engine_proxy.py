@@ -130,6 +130,7 @@ def engine_job(
 
 
 def run_engine_once(slide: Path, model_dir: Path, args: argparse.Namespace, n: int) -> Any:
+    from wsi_segment.pipeline.inference.decoder_reads import DecoderProcesses
     from wsi_segment.pipeline.inference.engine import run_engine
     from wsi_segment.pipeline.inference.engine_state import EngineStats
 
@@ -137,7 +138,7 @@ def run_engine_once(slide: Path, model_dir: Path, args: argparse.Namespace, n: i
         job, specs = engine_job(slide, model_dir, args, Path(tmp) / "p.zarr")
         stats = EngineStats()
         t0 = time.perf_counter()
-        run_engine(job, specs, n, stats=stats)
+        run_engine(job, specs, DecoderProcesses(n), stats=stats)
         return stats, time.perf_counter() - t0
 
 

@@ -25,6 +25,8 @@ Sections (numbers as in the issue):
              with reduced outputs, decode limit with N decoder processes, the pipeline, GPU
              busy, and ratio = pipeline / min(decode limit, reduced model); `--device cpu`
              measures the same rows on the CPU as a proxy.
+   engine    the engine with the reader thread against `run_chunks`, inference stage alone,
+             interleaved repetitions in one process (benchmarks/engine_section.py).
    overlap   what the default overlap buys: tiles, time and the redundant fraction for
              several overlaps, and the agreement of each label map with a wide-overlap
              reference (how much the tile border changes the answer).
@@ -55,6 +57,7 @@ if str(ROOT) not in sys.path:
 
 # benchmarks/ is not an installed package: its modules import through ROOT on sys.path.
 from benchmarks.device_section import section_device  # noqa: E402
+from benchmarks.engine_section import section_engine  # noqa: E402
 from benchmarks.measure import loadavg, machine_info, record, render  # noqa: E402
 from benchmarks.sections import (  # noqa: E402
     section_memory,
@@ -65,7 +68,7 @@ from benchmarks.sections import (  # noqa: E402
 )
 from benchmarks.stages import default_model  # noqa: E402
 
-SECTIONS = ("throughput", "memory", "scaling", "precision", "overlap", "device")
+SECTIONS = ("throughput", "memory", "scaling", "precision", "overlap", "device", "engine")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,9 +105,10 @@ def main(argv: list[str] | None = None) -> int:
         help="device section: --read-device values of extra pipeline runs at model pixels = "
         "level-0 pixels (empty: none)",
     )
+    ap.add_argument("--reps", type=int, default=3, help="engine section: runs per runner")
     ap.add_argument("--no-record", action="store_true", help="do not append to RESULTS.md")
     args = ap.parse_args(argv)
-    only = ["throughput"] if args.quick else [s for s in SECTIONS if s != "device"]
+    only = ["throughput"] if args.quick else [s for s in SECTIONS if s not in ("device", "engine")]
     if args.only:
         only = [s.strip() for s in args.only.split(",") if s.strip()]
         bad = set(only) - set(SECTIONS)
@@ -134,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         section_overlap(args, work, model_dir, rows, notes)
     if "device" in only:
         ratio = section_device(args, work, model_dir, rows, notes)
+    if "engine" in only:
+        ratio = section_engine(args, work, model_dir, rows, notes)
     command = "python benchmarks/throughput.py " + " ".join(sys.argv[1:] if argv is None else argv)
     block = render(rows, notes, info, command.strip(), started, time.perf_counter() - t0)
     print(block)

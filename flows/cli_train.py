@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from wsi_segment.models.cam_methods import CAM_METHODS, DEFAULT_CAM_METHOD
+from wsi_segment.models.head_names import HEAD_NAMES
 
 if TYPE_CHECKING:
     from wsi_segment.pipeline.training.train_config import TrainConfig
@@ -39,7 +40,7 @@ def add_parser(
         "--seg-encoder", default=None, help="segmenter encoder (default: same as --encoder)"
     )
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--head", choices=("pda", "cam", "pcam", "lficam"), default="pda")
+    p.add_argument("--head", choices=HEAD_NAMES, default=HEAD_NAMES[0])
     p.add_argument(
         "--cam-method",
         choices=tuple(CAM_METHODS),

@@ -1,7 +1,8 @@
 """Prefect flow for one slide: the pipeline's three stages as tasks, with retries.
 
-The stages are `pipeline.segment.prepare` (open + tissue + plan), `infer` (chunks on Dask,
-into the zarr store) and `finish` (polygons + outputs, then the atomic publish). Splitting
+The stages are `pipeline.segment.prepare_stage` (open + tissue + plan, reading started
+early as the CLI's run does), `infer` (the engine, or bands of it on a Dask cluster, into
+the zarr store) and `finish` (polygons + outputs, then the atomic publish). Splitting
 them lets Prefect retry just the stage that hit a transient I/O error (a network share
 hiccup, a stale NFS handle) and shows where a slide spends its time. Deterministic errors
 (a broken slide, a bad model) are not retried: they fail the same way every time. Which
@@ -75,9 +76,12 @@ def stage_task(name: str) -> Callable[[Callable[P, R]], Task[P, R]]:
 
 
 @stage_task("open-and-tissue")
-def open_and_tissue(slide_path: str, out_root: str | Path, params: SegmentParams) -> PreparedSlide:
-    """Stage 1: open the slide and model, detect tissue, plan the chunks."""
-    return segment.prepare(slide_path, out_root, params)
+def open_and_tissue(
+    slide_path: str, out_root: str | Path, params: SegmentParams, local: bool = True
+) -> PreparedSlide:
+    """Stage 1: open the slide and model, detect tissue, plan the chunks; a local run starts
+    reading as the CLI's does (`pipeline.segment.prepare_stage`)."""
+    return segment.prepare_stage(slide_path, out_root, params, local=local)
 
 
 @stage_task("inference")
@@ -104,7 +108,7 @@ def run_slide_stages(
     Returns a `pipeline.segment.SlideResult`; raises what the stage sequence raised.
     """
     stages = segment.Stages(
-        prepare=open_and_tissue,
+        prepare=lambda path, root, p: open_and_tissue(path, root, p, dask_address is None),
         infer=lambda prep, work_dir: inference(prep, work_dir, dask_address),
         finish=polygons_and_outputs,
     )
@@ -157,7 +161,7 @@ def make_params(
 
 
 @flow(name="segment-slide")
-def segment_slide(
+def segment_slide_flow(
     slide: str,
     out: str,
     model_dir: str | None = None,

@@ -1,13 +1,16 @@
 """Segment one slide: the main job behind `wsi-segment SLIDE` and the Prefect flows.
 
 Three stages, run in order by `run_stages` (the one sequence: `segment_slide` passes the
-functions, the Prefect flow the same functions wrapped as tasks), unless the slide's outputs
-are already up to date (`pipeline.up_to_date`, decided before any of them runs):
+functions, the Prefect slide flow the same functions wrapped as tasks), unless the slide's
+outputs are already up to date (`pipeline.up_to_date`, decided before any of them runs):
 
-1. `prepare`  (pipeline/prepare.py) open the slide, check mpp, load the model, detect tissue,
-              plan chunks;
-2. `infer`    run every tissue chunk with Dask, streaming probabilities into the zarr store
-              inside a temporary folder;
+1. `prepare_stage` (pipeline/prepare.py) open the slide, check mpp, load the model, detect
+              tissue, plan chunks; a local run starts reading while the model loads;
+2. `infer`    run every tissue chunk, streaming probabilities into the zarr store inside a
+              temporary folder: through the engine (`pipeline.inference.engine`: a read
+              source, the model's compute threads, the writer) on a GPU or with decoder
+              processes, bands of it on a Dask cluster's GPU workers; on the CPU with Dask
+              threads, a chunk each (`pipeline.inference.chunk_runner`);
 3. `finish`   polygons, GeoJSON, overlay, summary, pyramid; then rename the temporary folder
               to its final name so a slide's outputs appear all at once.
 
@@ -25,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from wsi_segment.pipeline.inference.band_runner import run_bands, use_bands, worker_device_type
 from wsi_segment.pipeline.inference.chunk_job import SlideJob
 from wsi_segment.pipeline.inference.chunk_runner import run_chunks, settle_precision_on_cluster
+from wsi_segment.pipeline.inference.decoder_reads import DecoderProcesses
 from wsi_segment.pipeline.inference.engine import run_engine
 from wsi_segment.pipeline.inference.engine_state import EngineStats
 from wsi_segment.pipeline.inference.model_handle import (
@@ -97,40 +101,16 @@ def infer(
 ) -> list[ChunkOutcome]:
     """Stage 2: run the tissue chunks, streaming uint8 probabilities into the zarr store.
 
-    `stats` receives what the device engine did, when it runs (benchmarks)."""
+    Locally `run_engine` with the read source chosen here (the device read path where
+    `prepare` chose it, decoder processes where they run: a GPU by default, or
+    `--decoders N`), else `run_chunks` (the CPU default: not replaced by the engine's reader
+    thread until it measures not slower, benchmarks/RESULTS.md). `stats` receives what the
+    engine did (benchmarks)."""
     t0 = time.perf_counter()
     zarr_path = work_dir / ZARR_NAME
-    create_probability_store(
-        zarr_path,
-        list(prep.meta.classes),
-        list(prep.meta.colors),
-        prep.output_shape,
-        (prep.chunk_out, prep.chunk_out),
-        prep.output_mpp,
-        prep.level0_per_output,
-        offset_level0=_qupath_offset(prep.slide),
-        name=prep.name,
-    )
-    create_label_image(zarr_path)
+    create_stores(prep, zarr_path)
     device_type = _device_type(prep.model, client, prep.params.device)
-    job = SlideJob(
-        reader=prep.reader,
-        n_classes=len(prep.meta.classes),
-        batch_size=run_batch_size(prep.params.batch_size, device_type),
-        gate=prep.params.gate,
-        zarr_path=str(level0_path(zarr_path)),
-        labels_path=str(label_level0_path(zarr_path)),
-        tissue_mask=prep.tissue.mask,
-        tissue_downsample=float(prep.tissue.downsample),
-        level0_per_output=prep.level0_per_output,
-        model=prep.model,
-        simplify_tolerance=prep.params.simplify_tolerance,
-        keep_exact_polygons=bool(prep.rois),
-        slide_extent_out=(
-            prep.slide.dimensions[0] / prep.level0_per_output,
-            prep.slide.dimensions[1] / prep.level0_per_output,
-        ),
-    )
+    job = slide_job(prep, zarr_path, device_type)
     progress = progress or NullProgress()
     if client is not None:  # one worker decides 'auto' for all (no mixed-precision slide)
         job, prep.precision = settle_precision_on_cluster(job, prep.specs, client)
@@ -139,9 +119,11 @@ def infer(
     reads = _device_reads(prep, device_type, client is not None)
     try:
         if reads is not None:  # the device engine reads onto the model's device
+            from wsi_segment.pipeline.inference.reader_thread import ReaderThread  # torch
+
             prep.close_prefetch()
             outcomes = run_engine(
-                job, prep.specs, 0, progress, stats, writers=prep.params.writers, reads=reads
+                job, prep.specs, ReaderThread(reads), progress, stats, writers=prep.params.writers
             )
             if reads.cache is not None:
                 prep.read_stats = {
@@ -149,10 +131,10 @@ def infer(
                     "storage_tiles_reused": reads.cache.tiles_reused,
                 }
         elif decoders:  # the device engine reads with its own processes, maybe started early
-            pool = prep.take_decode_pool()
+            source = DecoderProcesses(decoders, prep.take_decode_pool())
             prep.close_prefetch()
             outcomes = run_engine(
-                job, prep.specs, decoders, progress, stats, pool, writers=prep.params.writers
+                job, prep.specs, source, progress, stats, writers=prep.params.writers
             )
         elif client is not None and use_bands(prep.params.decoders, device_type):
             # each worker runs the device engine over bands of contiguous chunks
@@ -164,7 +146,7 @@ def infer(
                 progress=progress,
                 key_prefix=f"band-{prep.fingerprint[:16]}",
             )
-        else:
+        else:  # Dask threads, a chunk each (local: fed by the prefetch thread)
             outcomes = run_chunks(
                 job,
                 prep.specs,
@@ -189,6 +171,45 @@ def infer(
     if client is None:
         prep.precision = _precision_report(prep.model)
     return outcomes
+
+
+def slide_job(prep: PreparedSlide, zarr_path: Path, device_type: str) -> SlideJob:
+    """What every read source and runner needs to run any chunk of the prepared slide into
+    the store at `zarr_path` (made by `infer`; benchmarks make their own)."""
+    return SlideJob(
+        reader=prep.reader,
+        n_classes=len(prep.meta.classes),
+        batch_size=run_batch_size(prep.params.batch_size, device_type),
+        gate=prep.params.gate,
+        zarr_path=str(level0_path(zarr_path)),
+        labels_path=str(label_level0_path(zarr_path)),
+        tissue_mask=prep.tissue.mask,
+        tissue_downsample=float(prep.tissue.downsample),
+        level0_per_output=prep.level0_per_output,
+        model=prep.model,
+        simplify_tolerance=prep.params.simplify_tolerance,
+        keep_exact_polygons=bool(prep.rois),
+        slide_extent_out=(
+            prep.slide.dimensions[0] / prep.level0_per_output,
+            prep.slide.dimensions[1] / prep.level0_per_output,
+        ),
+    )
+
+
+def create_stores(prep: PreparedSlide, zarr_path: Path) -> None:
+    """The empty probability store and label image the chunks are written into."""
+    create_probability_store(
+        zarr_path,
+        list(prep.meta.classes),
+        list(prep.meta.colors),
+        prep.output_shape,
+        (prep.chunk_out, prep.chunk_out),
+        prep.output_mpp,
+        prep.level0_per_output,
+        offset_level0=_qupath_offset(prep.slide),
+        name=prep.name,
+    )
+    create_label_image(zarr_path)
 
 
 def _device_reads(prep: PreparedSlide, device_type: str, cluster: bool) -> DeviceTiles | None:
@@ -291,6 +312,16 @@ def run_stages(
     return result
 
 
+def prepare_stage(
+    slide_path: str | Path, out_root: str | Path, params: SegmentParams, local: bool = True
+) -> PreparedSlide:
+    """Stage 1 as every door runs it (`segment_slide`, the Prefect slide flow): a local run
+    starts reading while the model loads (the engine's decoder processes when it will use
+    them, else the prefetch thread); a cluster's workers read for themselves."""
+    decoders = expected_decoders(params) if local else 0
+    return prepare(slide_path, out_root, params, prefetch=local and not decoders, decoders=decoders)
+
+
 def segment_slide(
     slide_path: str | Path,
     out_root: str | Path,
@@ -300,13 +331,7 @@ def segment_slide(
 ) -> SlideResult:
     """Run all stages for one slide; raises `WsiSegmentError` on expected failures."""
     stages = Stages(
-        prepare=lambda path, root, p: prepare(
-            path,
-            root,
-            p,
-            prefetch=client is None and not expected_decoders(p),
-            decoders=expected_decoders(p) if client is None else 0,
-        ),
+        prepare=lambda path, root, p: prepare_stage(path, root, p, local=client is None),
         infer=lambda prep, work_dir: infer(prep, work_dir, client=client, progress=progress),
         finish=finish,
     )

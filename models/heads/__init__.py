@@ -12,9 +12,10 @@ from .lficam import LFICAMHead
 from .pcam import PCAMHead
 from .pda import PDA_SCHEDULES, PDAHead, PDASchedule, pda_attention
 
+# in the order of `models.head_names.HEAD_NAMES` (the command line's choices)
 HEADS: dict[str, type[ClassifierHead]] = {
-    "cam": CAMHead,
     "pda": PDAHead,
+    "cam": CAMHead,
     "pcam": PCAMHead,
     "lficam": LFICAMHead,
 }

@@ -1,4 +1,5 @@
-"""Inference: plan a slide's chunks, read and decode them, run the model, stitch the cores.
+"""Inference: plan a slide's chunks, read and decode them (a read source), run the model,
+stitch the cores (the engine; or `run_chunks`, a chunk per Dask task).
 
 The entry points below load on first use (torch stays unimported until needed)."""
 
@@ -12,15 +13,32 @@ _EXPORTS = {
     "SlideJob": "wsi_segment.pipeline.inference.chunk_job",
     "run_chunks": "wsi_segment.pipeline.inference.chunk_runner",
     "run_engine": "wsi_segment.pipeline.inference.engine",
+    "ReadSource": "wsi_segment.pipeline.inference.read_source",
+    "ReaderThread": "wsi_segment.pipeline.inference.reader_thread",
+    "HostTiles": "wsi_segment.pipeline.inference.reader_thread",
+    "DecoderProcesses": "wsi_segment.pipeline.inference.decoder_reads",
     "ModelHandle": "wsi_segment.pipeline.inference.model_handle",
     "plan_slide": "wsi_segment.pipeline.inference.chunk_plan",
 }
-__all__ = ["ModelHandle", "SlideJob", "plan_slide", "run_chunks", "run_engine"]
+__all__ = [
+    "DecoderProcesses",
+    "HostTiles",
+    "ModelHandle",
+    "ReadSource",
+    "ReaderThread",
+    "SlideJob",
+    "plan_slide",
+    "run_chunks",
+    "run_engine",
+]
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
 
 if TYPE_CHECKING:
     from wsi_segment.pipeline.inference.chunk_job import SlideJob
     from wsi_segment.pipeline.inference.chunk_plan import plan_slide
     from wsi_segment.pipeline.inference.chunk_runner import run_chunks
+    from wsi_segment.pipeline.inference.decoder_reads import DecoderProcesses
     from wsi_segment.pipeline.inference.engine import run_engine
     from wsi_segment.pipeline.inference.model_handle import ModelHandle
+    from wsi_segment.pipeline.inference.read_source import ReadSource
+    from wsi_segment.pipeline.inference.reader_thread import HostTiles, ReaderThread

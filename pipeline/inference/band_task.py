@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from wsi_segment.errors import WsiSegmentError
 from wsi_segment.pipeline.inference.chunk_job import SlideJob
 from wsi_segment.pipeline.inference.chunk_runner import run_chunks
+from wsi_segment.pipeline.inference.decoder_reads import DecoderProcesses
 from wsi_segment.pipeline.inference.engine import run_engine
 from wsi_segment.pipeline.inference.engine_state import EngineAborted
 from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome
@@ -85,7 +86,7 @@ def run_band(
             return BandResult(run_chunks(job, specs, threads=n), 0)
         stop = threading.Event()
         with _watching(event, stop):
-            return BandResult(run_engine(job, specs, n, abort=stop), n)
+            return BandResult(run_engine(job, specs, DecoderProcesses(n), abort=stop), n)
     except EngineAborted:
         return BandResult([], n, aborted=True)
     except WsiSegmentError as exc:

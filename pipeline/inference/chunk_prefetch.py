@@ -8,6 +8,7 @@ storage tiles between chunks (`wsi.tile_reuse`).
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -80,6 +81,10 @@ class ChunkPrefetcher:
         finally:
             self.read_s = time.thread_time() - t0
             self._job.close_local()
+
+    def serves(self, specs: Sequence[ChunkSpec]) -> bool:
+        """Whether this prefetcher reads exactly these chunks."""
+        return list(specs) == self._specs
 
     def take(self, spec: ChunkSpec) -> tuple[np.ndarray, tuple[int, int, int, int]] | None:
         key = (spec.row, spec.col)

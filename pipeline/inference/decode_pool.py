@@ -13,7 +13,7 @@ travels on the queues is small: slot numbers and (slot, chunk, tiles) descriptor
 A `DecodePool` holds one run's decoders, queues and ring. `pipeline.prepare.prepare` spawns
 it before tissue detection, so the decoders import while tissue is found and the chunks are
 planned, then assigns their bands; they fill the ring while the model loads (then wait for
-free slots). `run_engine` adopts it, or starts its own.
+free slots). The engine's `DecoderProcesses` read source adopts it, or starts its own.
 """
 
 from __future__ import annotations

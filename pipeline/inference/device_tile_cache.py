@@ -8,7 +8,7 @@ lacks in one batch, and keeps a decoded tile (on the model's device) only while 
 still needs it, within `max_bytes`: roughly one row of chunk borders. A tile that does not
 fit is decoded again when needed, so pixels never depend on the bound.
 
-One reader thread uses it (`pipeline.inference.device_reader`): no lock.
+One reader thread uses it (`pipeline.inference.reader_thread`): no lock.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from wsi_segment.errors import SlideError
 from wsi_segment.pipeline.inference.chunk_reader import ChunkReader
 from wsi_segment.pipeline.inference.device_tile_cache import DeviceTileCache, Key, tiles_of
 from wsi_segment.pipeline.inference.jpeg_batch import (
@@ -73,6 +74,23 @@ class DeviceTiles:
             return torch.from_numpy(view.numpy()[rows, cols])
         index = torch.tensor([rows, cols], dtype=torch.long).to(self.device)
         return view[index[0], index[1]]  # one gather: (N, T, T, 3), contiguous
+
+    def read_chunk(self, spec: ChunkSpec) -> torch.Tensor:
+        """`read_tiles`, a codec's error on a damaged tile made a SlideError with the fix."""
+        try:
+            return self.read_tiles(spec)
+        except torch.OutOfMemoryError:
+            raise  # the device's, not the slide's
+        except (RuntimeError, ValueError, OSError) as exc:  # a codec on a damaged tile
+            raise SlideError(
+                f"{self.reader.slide_path}: cannot decode the tiles of chunk ({spec.row}, "
+                f"{spec.col}) on the {self.device.type} device: {exc}. The slide file is "
+                "damaged there; re-scan or re-export it (--read-device cpu reads it with the "
+                "slide library)"
+            ) from exc
+
+    def thread_done(self) -> None:
+        """Nothing per thread: the tiles' file handle is closed by `close`."""
 
     def _paste(self, x0: int, y0: int, x1: int, y1: int) -> torch.Tensor:
         """The level box (x0, y0)-(x1, y1) as (H, W, 3) uint8 on the device."""

@@ -1,6 +1,6 @@
-"""What the parts of the device engine share: the first error, the stop, and run statistics.
+"""What the parts of the engine share: the first error, the stop, and run statistics.
 
-Every part (decoders, consumer, writer) reports its error here; each checks `stopped` while
+Every part (the read source's, the consumer's, the writer's) reports its error here; each checks `stopped` while
 it waits, so one failure stops them all, and the engine raises the first error once every
 part has ended.
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeAlias, TypeVar
@@ -86,6 +87,15 @@ class EngineStats:
     early_decoders: bool = False  # the run adopted decoders started before it (DecodePool)
     first_batch_at: float = 0.0
     bytes_from_model: int = 0
+    started: float = 0.0  # time.perf_counter() when the run started (set by the engine)
+    source: str = ""  # which read source fed the run (its class name)
+    computes: int = 0  # compute threads (CPU: side by side)
+
+    def chunk_arrived(self) -> None:
+        """Note the first chunk's tiles reaching the engine (start-up), once."""
+        if not self.first_chunk_s:
+            self.first_chunk_at = time.perf_counter()
+            self.first_chunk_s = self.first_chunk_at - self.started
 
 
 # One part of a run: a thread body and its arguments.

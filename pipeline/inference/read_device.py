@@ -1,6 +1,6 @@
 """Where the device engine decodes a slide's tiles: on the model's device, or in processes.
 
-The device read path (`pipeline.inference.device_reader`) decodes a level's JPEG storage
+The device read path (`pipeline.inference.reader_thread`) decodes a level's JPEG storage
 tiles in batches (nvJPEG on CUDA, libjpeg-turbo on the CPU) and assembles the model tiles on
 the model's device in one reader thread: no decoder processes. It serves a slide only where
 model pixels are the read level's pixels and `wsi.raw_tiles` hands out the level's streams.

@@ -21,6 +21,7 @@ from tests.pipeline.inference.test_engine import assert_same_outcomes, stored
 from wsi_segment.errors import SlideError
 from wsi_segment.pipeline.inference.band_runner import run_bands
 from wsi_segment.pipeline.inference.band_task import BandResult, run_band
+from wsi_segment.pipeline.inference.decoder_reads import DecoderProcesses
 from wsi_segment.pipeline.inference.engine import run_engine
 
 
@@ -83,7 +84,7 @@ def test_bands_on_workers_write_what_local_runs_write(
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:  # the engine in this process, too: one consumer, all the chunks
-        local = run_engine(job, specs, 1)
+        local = run_engine(job, specs, DecoderProcesses(1))
     finally:
         torch.set_num_threads(before)
     np.testing.assert_array_equal(stored(job), expected)

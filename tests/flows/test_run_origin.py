@@ -49,9 +49,9 @@ def test_deployed_run_records_deployment_run_and_parameters(
 def test_flow_called_in_process_keeps_its_command_line(
     prefect_harness: None, tiny_model: Path, slides_dir: Path, tmp_path: Path
 ) -> None:
-    from wsi_segment.flows.slide_flow import segment_slide
+    from wsi_segment.flows.slide_flow import segment_slide_flow
 
-    state = segment_slide(
+    state = segment_slide_flow(
         slide=str(slides_dir / "synth-a.tif"),
         out=str(tmp_path),
         model_dir=str(tiny_model),

@@ -37,7 +37,7 @@ def test_slide_flow_on_cmu_matches_plain_pipeline(
 ) -> None:
     from prefect.artifacts import Artifact
 
-    from wsi_segment.flows.slide_flow import segment_slide as slide_flow
+    from wsi_segment.flows.slide_flow import segment_slide_flow as slide_flow
     from wsi_segment.pipeline.params import SegmentParams
     from wsi_segment.pipeline.segment import segment_slide
 
@@ -70,23 +70,29 @@ def test_transient_error_is_retried_and_broken_slide_is_not(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from wsi_segment.flows.slide_flow import segment_slide as slide_flow
+    from wsi_segment.flows.slide_flow import segment_slide_flow as slide_flow
     from wsi_segment.pipeline import segment
 
     real_prepare = segment.prepare
     calls: list[str] = []
     failures = [OSError(errno.EIO, "Input/output error (network share)")]
 
-    def flaky_prepare(slide_path, out_root, params):
+    readers: list[dict] = []
+
+    def flaky_prepare(slide_path, out_root, params, **early):
         calls.append(str(slide_path))
+        readers.append(early)
         if failures:
             raise failures.pop()
-        return real_prepare(slide_path, out_root, params)
+        return real_prepare(slide_path, out_root, params, **early)
 
     monkeypatch.setattr(segment, "prepare", flaky_prepare)
     slide = slides_dir / "synth-a.tif"
     result = slide_flow(slide=str(slide), out=str(tmp_path), model_dir=str(tiny_model))
     assert result.status == "done" and len(calls) == 2
+    # the flow prepares as the CLI does (`segment.prepare_stage`): on this CPU machine the
+    # prefetch thread starts while the model loads, no decoder processes
+    assert readers[-1] == {"prefetch": True, "decoders": 0}
 
     calls.clear()
     with pytest.raises(SlideError, match=r"broken\.svs"):

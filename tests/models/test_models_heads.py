@@ -158,3 +158,19 @@ def test_lficam_importance_is_per_sample_and_not_detached() -> None:
     head.importance(grad_feats, image)[0, 0].backward()
     assert grad_feats.grad is not None and grad_feats.grad[0].abs().sum() > 0
     assert grad_feats.grad[1:].abs().sum() == 0  # no path between patches
+
+
+def test_head_names_are_the_registry_keys_and_the_cli_choices() -> None:
+    """One list of names: the torch-free HEAD_NAMES the CLI offers is the registry's."""
+    import argparse
+
+    from wsi_segment.flows import cli_train
+    from wsi_segment.models.head_names import HEAD_NAMES
+    from wsi_segment.models.heads import HEADS
+
+    assert tuple(HEADS) == HEAD_NAMES
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers()
+    train = cli_train.add_parser(sub)
+    (head,) = [a for a in train._actions if a.dest == "head"]
+    assert tuple(head.choices) == HEAD_NAMES and head.default == "pda"

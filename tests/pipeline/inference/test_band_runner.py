@@ -25,9 +25,11 @@ from wsi_segment.pipeline.inference.band_runner import band_slices, use_bands
 from wsi_segment.pipeline.inference.band_task import BandResult, band_decoders, run_band
 from wsi_segment.pipeline.inference.chunk_job import SlideJob
 from wsi_segment.pipeline.inference.chunk_runner import run_chunks
+from wsi_segment.pipeline.inference.decoder_reads import DecoderProcesses
 from wsi_segment.pipeline.inference.engine import run_engine
 from wsi_segment.pipeline.inference.engine_state import EngineAborted
 from wsi_segment.pipeline.inference.model_handle import ModelHandle
+from wsi_segment.pipeline.inference.reader_thread import HostTiles, ReaderThread
 from wsi_segment.wsi.tiling import ChunkSpec
 
 
@@ -91,13 +93,17 @@ def reference(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path):
     return stored(job), outcomes
 
 
-def test_an_aborted_engine_stops_and_leaves_nothing_behind(tmp_path: Path, tiny_model_dir: Path):
+@pytest.mark.parametrize("threads", [False, True], ids=["decoders", "reader-thread"])
+def test_an_aborted_engine_stops_and_leaves_nothing_behind(
+    tmp_path: Path, tiny_model_dir: Path, threads: bool
+):
     job, specs = band_job(tmp_path / "p.zarr", tiny_model_dir)
     abort = threading.Event()
     abort.set()
     before = shm_entries()
+    source = ReaderThread(HostTiles(job.reader)) if threads else DecoderProcesses(1)
     with pytest.raises(EngineAborted):
-        run_engine(job, specs, 1, abort=abort)
+        run_engine(job, specs, source, abort=abort)
     assert multiprocessing.active_children() == []
     assert shm_entries() <= before
 

@@ -1,6 +1,6 @@
-"""The device engine (decoder processes -> one consumer -> writer) writes exactly what the
-threaded path writes: same zarr bytes, same outcomes, whatever the number of decoders and
-however its batches mix chunks."""
+"""The engine (a read source -> compute threads -> writer) writes exactly what the threaded
+path writes: same zarr bytes, same outcomes, whatever reads the tiles (a reader thread,
+decoder processes), however many compute threads and however its batches mix chunks."""
 
 from __future__ import annotations
 
@@ -20,12 +20,16 @@ from tests.engine_leaks import shm_entries
 from wsi_segment.errors import SlideError
 from wsi_segment.models.bundle import load_model
 from wsi_segment.pipeline.inference.chunk_job import SlideJob
+from wsi_segment.pipeline.inference.chunk_prefetch import ChunkPrefetcher
 from wsi_segment.pipeline.inference.chunk_reader import ChunkReader
 from wsi_segment.pipeline.inference.chunk_runner import run_chunks
 from wsi_segment.pipeline.inference.decode_pool import DecodePool
+from wsi_segment.pipeline.inference.decoder_reads import DecoderProcesses
 from wsi_segment.pipeline.inference.engine import run_engine
 from wsi_segment.pipeline.inference.engine_state import EngineStats
 from wsi_segment.pipeline.inference.model_handle import ModelHandle
+from wsi_segment.pipeline.inference.read_source import ReadSource
+from wsi_segment.pipeline.inference.reader_thread import HostTiles, ReaderThread
 from wsi_segment.pipeline.outputs.label_image import create_label_image, label_level0_path
 from wsi_segment.pipeline.outputs.ome_zarr import create_probability_store, level0_path
 from wsi_segment.wsi.slide import open_slide
@@ -140,30 +144,57 @@ def stored_run(job, outcomes):
     return stored(job), outcomes
 
 
-@pytest.mark.parametrize("decoders", [1, 2])
-def test_engine_writes_what_the_threaded_path_writes(tmp_path, tiny, threaded, decoders):
+def source_for(name: str, job: SlideJob, specs: list[ChunkSpec]) -> ReadSource:
+    """The read source `name` for this job (a prefetcher started on its chunks included)."""
+    if name.startswith("decoders-"):
+        return DecoderProcesses(int(name.rsplit("-", 1)[1]))
+    prefetch = ChunkPrefetcher(job.reader, specs) if name.endswith("prefetched") else None
+    return ReaderThread(HostTiles(job.reader, prefetch))
+
+
+SOURCES = {  # name -> compute threads
+    "decoders-1": 1,
+    "decoders-2": 1,
+    "reader-thread": 1,
+    "reader-thread-2-computes": 2,
+    "reader-thread-prefetched": 2,
+}
+
+
+@pytest.mark.parametrize("name", list(SOURCES))
+def test_every_source_writes_what_the_threaded_path_writes(tmp_path, tiny, threaded, name):
     (expected, expected_outcomes), specs = threaded
     assert len(specs) >= 8 and sum(len(s.tiles) for s in specs) >= 40
     assert any(len(s.tiles) < 4 for s in specs)  # tissue edges: partial chunks
     job, specs = make_job(tmp_path / "p.zarr", tiny, chunk_tiles=2)
     stats = EngineStats()
-    outcomes = run_engine(job, specs, decoders, stats=stats)
+    threads_before = threading.active_count()
+    torch_threads = torch.get_num_threads()
+    source = source_for(name, job, specs)
+    outcomes = run_engine(job, specs, source, stats=stats, computes=SOURCES[name])
     assert stats.tiles == sum(len(s.tiles) for s in specs)
     assert max(stats.chunks_per_batch) >= 2  # a batch held tiles of several chunks
-    assert stats.decoders == decoders
+    assert stats.decoders == (int(name[-1]) if name.startswith("decoders") else 0)
+    assert stats.computes == SOURCES[name]
     np.testing.assert_array_equal(stored(job), expected)
     assert_same_outcomes(outcomes, expected_outcomes)
     assert_labels_match_outcomes(job, outcomes)
     assert stats.bytes_from_model == sum(o.bytes_from_model for o in outcomes) > 0
+    assert multiprocessing.active_children() == []
+    assert threading.active_count() == threads_before  # every part (a prefetcher too) ended
+    assert torch.get_num_threads() == torch_threads  # the caller's count is its own again
 
 
-def test_a_damaged_tile_is_one_slide_error_and_leaves_nothing_behind(tmp_path, tiny):
+@pytest.mark.parametrize("name", ["decoders-2", "reader-thread-prefetched"])
+def test_a_damaged_tile_is_one_slide_error_and_leaves_nothing_behind(tmp_path, tiny, name):
     damaged = tmp_path / "cmu_damaged.svs"
     corrupt_middle_tile(CMU_SLIDE, damaged)
     job, specs = make_job(tmp_path / "p.zarr", tiny, 2, damaged, detect=False)
     before = shm_entries()
+    threads_before = threading.active_count()
     with pytest.raises(SlideError) as caught:
-        run_engine(job, specs, 2)
+        run_engine(job, specs, source_for(name, job, specs), computes=2)
+    assert threading.active_count() == threads_before
     text = str(caught.value)
     assert "cmu_damaged.svs" in text and "re-export" in text  # the file and the fix
     assert multiprocessing.active_children() == []  # decoders joined
@@ -184,11 +215,12 @@ class FailsOnSecondBatch(TileByTile):
         return super().predict_reduced(*args, **kwargs)
 
 
-def test_a_model_error_stops_the_decoders_and_nothing_writes_after(tmp_path, tiny):
+@pytest.mark.parametrize("name", ["decoders-2", "reader-thread"])
+def test_a_model_error_stops_the_source_and_nothing_writes_after(tmp_path, tiny, name):
     job, specs = make_job(tmp_path / "p.zarr", FailsOnSecondBatch(tiny.model), chunk_tiles=2)
     before = shm_entries()
     with pytest.raises(RuntimeError, match="out of memory"):
-        run_engine(job, specs, 2)
+        run_engine(job, specs, source_for(name, job, specs), computes=2)
     assert multiprocessing.active_children() == []
     assert shm_entries() <= before
     written = sorted(p.name for p in Path(job.zarr_path).iterdir() if not p.name.startswith("."))
@@ -206,7 +238,7 @@ def test_engine_on_cuda_matches_the_cpu_within_one_level(tmp_path, tiny_model_di
     model.to_device("cuda", "fp32")
     job, specs = make_job(tmp_path / "p.zarr", model, chunk_tiles=2)
     stats = EngineStats()
-    run_engine(job, specs, 2, stats=stats)
+    run_engine(job, specs, DecoderProcesses(2), stats=stats)
     assert max(stats.chunks_per_batch) >= 2
     diff = np.abs(stored(job).astype(int) - expected.astype(int))
     assert diff.max() <= 1
@@ -227,7 +259,7 @@ def test_decoders_started_early_fill_the_ring_and_the_engine_adopts_them(tmp_pat
     time.sleep(0.3)  # room for a (wrong) decoder to decode past the ring
     assert pool.results.qsize() == slots  # one Decoded per slot, every slot taken
     stats = EngineStats()
-    outcomes = run_engine(job, specs, 2, stats=stats, pool=pool)
+    outcomes = run_engine(job, specs, DecoderProcesses(2, pool), stats=stats)
     assert stats.early_decoders and stats.first_batch_at >= stats.first_chunk_at > 0
     (expected, expected_outcomes), _ = threaded
     np.testing.assert_array_equal(stored(job), expected)
@@ -242,7 +274,7 @@ def test_a_pool_for_other_chunks_is_closed_and_replaced(tmp_path, tiny, threaded
     before = shm_entries()
     stale = DecodePool.for_chunks(job.reader, specs[:3], 2)
     stats = EngineStats()
-    outcomes = run_engine(job, specs, 2, stats=stats, pool=stale)
+    outcomes = run_engine(job, specs, DecoderProcesses(2, stale), stats=stats)
     assert not stats.early_decoders and stale.ring is None
     (expected, expected_outcomes), _ = threaded
     np.testing.assert_array_equal(stored(job), expected)
@@ -291,7 +323,7 @@ def test_several_writer_threads_finish_chunks_side_by_side_and_write_the_same(
     job, specs = make_job(tmp_path / "p.zarr", tiny, chunk_tiles=2)
     job = probed(job, TwoChunksAtOnce)
     stats = EngineStats()
-    outcomes = run_engine(job, specs, 2, stats=stats, writers=3)
+    outcomes = run_engine(job, specs, DecoderProcesses(2), stats=stats, writers=3)
     assert stats.writers == 3 and job.calls == len(specs)
     np.testing.assert_array_equal(stored(job), expected)
     assert_same_outcomes(outcomes, expected_outcomes)  # in plan order, whoever finished
@@ -304,7 +336,7 @@ def test_a_writer_error_wins_and_nothing_writes_after(tmp_path, tiny):
     job = probed(job, FailsOnThirdChunk)
     before = shm_entries()
     with pytest.raises(OSError, match="No space left"):
-        run_engine(job, specs, 2, writers=3)
+        run_engine(job, specs, DecoderProcesses(2), writers=3)
     assert multiprocessing.active_children() == []
     assert shm_entries() <= before
     listing = sorted(p.name for p in Path(job.zarr_path).iterdir())

@@ -23,10 +23,12 @@ from wsi_segment.errors import SlideError
 from wsi_segment.models.bundle import load_model
 from wsi_segment.pipeline.inference.chunk_job import SlideJob
 from wsi_segment.pipeline.inference.chunk_reader import ChunkReader
+from wsi_segment.pipeline.inference.decoder_reads import DecoderProcesses
 from wsi_segment.pipeline.inference.device_tiles import DeviceTiles, open_device_tiles
 from wsi_segment.pipeline.inference.engine import run_engine
 from wsi_segment.pipeline.inference.engine_state import EngineStats
 from wsi_segment.pipeline.inference.model_handle import ModelHandle
+from wsi_segment.pipeline.inference.reader_thread import ReaderThread
 from wsi_segment.pipeline.outputs.ome_zarr import create_probability_store, level0_path
 from wsi_segment.wsi.slide import open_slide
 from wsi_segment.wsi.tiling import ChunkSpec, TileGrid, plan_chunks
@@ -129,7 +131,7 @@ def test_device_reads_write_what_the_decoder_processes_write(tmp_path, tiny, sli
 
     job, specs = planned("a.zarr")
     assert len(specs) == 12 and sum(len(s.tiles) for s in specs) < 48
-    expected = run_engine(job, specs, 1)
+    expected = run_engine(job, specs, DecoderProcesses(1))
     expected_bytes = stored(job)
 
     job, specs = planned("b.zarr")
@@ -137,7 +139,7 @@ def test_device_reads_write_what_the_decoder_processes_write(tmp_path, tiny, sli
     assert reads.decoder == decoder
     threads_before = threading.active_count()
     stats = EngineStats()
-    outcomes = run_engine(job, specs, 1, stats=stats, reads=reads)
+    outcomes = run_engine(job, specs, ReaderThread(reads), stats=stats)
     assert stats.decoders == 0 and multiprocessing.active_children() == []
     assert stats.tiles == sum(len(s.tiles) for s in specs)
     assert max(stats.chunks_per_batch) >= 2  # a batch held tiles of several chunks
@@ -196,7 +198,7 @@ def test_a_damaged_tile_stops_the_run_and_nothing_writes_after(tmp_path, tiny):
     before = shm_entries()
     threads_before = threading.active_count()
     with pytest.raises(SlideError) as caught:
-        run_engine(job, specs, 1, reads=reads)
+        run_engine(job, specs, ReaderThread(reads))
     text = str(caught.value)
     assert "cmu_damaged.svs" in text and "re-export" in text  # the file and the fix
     written = sorted(p.name for p in Path(job.zarr_path).iterdir() if not p.name.startswith("."))
@@ -210,19 +212,6 @@ def test_a_damaged_tile_stops_the_run_and_nothing_writes_after(tmp_path, tiny):
     assert open_fds_to(damaged) == 0  # the reads' file handle is closed
 
 
-def test_a_pool_handed_in_is_closed_unused(tmp_path, tiny):
-    from wsi_segment.pipeline.inference.decode_pool import DecodePool
-
-    job, specs = level_job(tmp_path / "p.zarr", tiny, OME_TIFF)
-    specs = window(specs, *WINDOWS[OME_TIFF])
-    before = shm_entries()
-    pool = DecodePool.for_chunks(job.reader, specs, 1)
-    outcomes = run_engine(job, specs, 1, pool=pool, reads=device_reads(job))
-    assert len(outcomes) == len(specs)
-    assert pool.ring is None and pool.procs == []
-    assert multiprocessing.active_children() == [] and shm_entries() <= before
-
-
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_device_reads_on_cuda_write_what_the_decoder_processes_write(tmp_path, tiny_model_dir):
     """CMU-1's RGB-coded tiles are decoded by libjpeg and copied to the device: the same
@@ -233,13 +222,13 @@ def test_device_reads_on_cuda_write_what_the_decoder_processes_write(tmp_path, t
     wrapped = TileByTile(model)
     job, specs = level_job(tmp_path / "a.zarr", wrapped, CMU_SLIDE, detect=False)
     specs = window(specs, *WINDOWS[CMU_SLIDE])
-    expected = run_engine(job, specs, 1)
+    expected = run_engine(job, specs, DecoderProcesses(1))
     expected_bytes = stored(job)
     job, specs = level_job(tmp_path / "b.zarr", wrapped, CMU_SLIDE, detect=False)
     specs = window(specs, *WINDOWS[CMU_SLIDE])
     reads = open_device_tiles(job.reader, torch.device("cuda"))
     assert isinstance(reads, DeviceTiles) and reads.decoder == "libjpeg"
-    assert_same_outcomes(run_engine(job, specs, 1, reads=reads), expected)
+    assert_same_outcomes(run_engine(job, specs, ReaderThread(reads)), expected)
     np.testing.assert_array_equal(stored(job), expected_bytes)
 
 
@@ -253,6 +242,6 @@ def test_nvjpeg_reads_feed_the_engine(tmp_path, tiny_model_dir):
     reads = open_device_tiles(job.reader, torch.device("cuda"))
     assert isinstance(reads, DeviceTiles) and reads.decoder == "nvjpeg"
     stats = EngineStats()
-    outcomes = run_engine(job, specs, 1, stats=stats, reads=reads)
+    outcomes = run_engine(job, specs, ReaderThread(reads), stats=stats)
     assert stats.tiles == sum(o.tiles_run for o in outcomes) == sum(len(s.tiles) for s in specs)
     assert reads.cache is not None and reads.cache.tiles_decoded == 9  # 3 x 3 storage tiles

@@ -1,0 +1,193 @@
+"""The reader-thread read source: one thread reads chunk after chunk and fills batches.
+
+    reader (thread)    walks the chunks in plan order, gets each chunk's tiles from its
+                       `TileReads` and fills batches across chunks, then None
+
+Two kinds of `TileReads`: `HostTiles` reads with the slide library (`ChunkReader`, storage
+tiles shared between chunks: `wsi.tile_reuse`), on the CPU, any slide; it may take chunk
+images a `ChunkPrefetcher` started reading while the model loaded. `DeviceTiles`
+(`pipeline.inference.device_tiles`) decodes the slide's JPEG tiles on the model's device.
+On CUDA the thread works on a side stream and records each batch's `ready` event there, so
+the next batch is assembled while this one computes; on the CPU the same code runs without
+streams. Memory is bounded by the engine's queues: one batch being filled, one waiting,
+one per compute thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+import torch
+
+from wsi_segment.pipeline.inference.chunk_reader import ChunkReader, cut_tiles
+from wsi_segment.pipeline.inference.chunk_writer import Segment
+from wsi_segment.pipeline.inference.device_consumer import StagedBatch
+from wsi_segment.pipeline.inference.engine_state import EngineStats, FirstError, Part, Stopped
+from wsi_segment.wsi.tile_reuse import TileReuse
+from wsi_segment.wsi.tiling import ChunkSpec
+
+if TYPE_CHECKING:
+    from wsi_segment.pipeline.inference.chunk_job import SlideJob
+    from wsi_segment.pipeline.inference.chunk_prefetch import ChunkPrefetcher
+
+
+class TileReads(Protocol):
+    """Reads one chunk's tiles at a time, in the reader thread."""
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def plan_reuse(self, specs: Sequence[ChunkSpec]) -> None:
+        """Get ready to read these chunks (share storage tiles between them)."""
+        ...
+
+    def read_chunk(self, spec: ChunkSpec) -> torch.Tensor:
+        """(len(spec.tiles), T, T, 3) uint8 on `device`; a damaged tile raises SlideError."""
+        ...
+
+    def thread_done(self) -> None:
+        """The reader thread reads no more: close what it opened."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class HostTiles:
+    """Chunks read with the slide library on the CPU (`ChunkReader`), any slide."""
+
+    def __init__(self, reader: ChunkReader, prefetch: ChunkPrefetcher | None = None) -> None:
+        """`prefetch`: a prefetcher reading these chunks already (adopted and closed)."""
+        self.reader, self._prefetch = reader, prefetch
+        self._reuse: TileReuse | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    @property
+    def tile_reuse(self) -> TileReuse | None:
+        """The storage-tile reuse of the run (the prefetcher's when it read)."""
+        return self._prefetch.tile_reuse if self._prefetch is not None else self._reuse
+
+    def plan_reuse(self, specs: Sequence[ChunkSpec]) -> None:
+        if self._prefetch is not None and not self._prefetch.serves(specs):
+            self._prefetch.close()
+            self._prefetch = None
+        if self._prefetch is None:
+            try:
+                self._reuse = self.reader.plan_tile_reuse(list(specs))
+            except Exception:  # reading works without reuse; read errors surface on read
+                self._reuse = None
+
+    def read_chunk(self, spec: ChunkSpec) -> torch.Tensor:
+        prefetch = self._prefetch
+        if prefetch is None:
+            image, box = self.reader.read(spec, self._reuse)
+        else:
+            image, box = prefetch.take(spec) or prefetch.read_here(spec)
+        tiles = cut_tiles(image, (box[0], box[1]), list(spec.tiles), self.reader.grid)
+        return torch.from_numpy(tiles)
+
+    def thread_done(self) -> None:
+        self.reader.close_local()
+
+    def close(self) -> None:
+        if self._prefetch is not None:
+            self._prefetch.close()
+
+
+class ReaderThread:
+    """A read source (`pipeline.inference.read_source`): one thread reading with `reads`."""
+
+    def __init__(self, reads: TileReads) -> None:
+        self.reads = reads
+
+    @property
+    def processes(self) -> int:
+        return 0
+
+    def parts(
+        self,
+        job: SlideJob,
+        specs: list[ChunkSpec],
+        batch: int,
+        staged: queue.Queue[StagedBatch | None],
+        errors: FirstError,
+        stats: EngineStats,
+    ) -> list[Part]:
+        self.reads.plan_reuse(specs)
+        return [(self._run, (specs, batch, staged, errors, stats))]
+
+    def close(self) -> None:
+        self.reads.close()
+
+    def _run(
+        self,
+        specs: list[ChunkSpec],
+        batch: int,
+        staged: queue.Queue[StagedBatch | None],
+        errors: FirstError,
+        stats: EngineStats,
+    ) -> None:
+        """Thread body: every chunk's tiles, batched, then None; errors go to `errors`."""
+        device = self.reads.device
+        side = torch.cuda.Stream(device) if device.type == "cuda" else None
+        try:
+            with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
+                self._batches(specs, batch, staged, errors, stats, side)
+        except BaseException as exc:  # Stopped included: report ignores it
+            errors.report(exc)
+        finally:
+            self.reads.thread_done()
+
+    def _batches(
+        self,
+        specs: list[ChunkSpec],
+        batch: int,
+        staged: queue.Queue[StagedBatch | None],
+        errors: FirstError,
+        stats: EngineStats,
+        side: torch.cuda.Stream | None,
+    ) -> None:
+        parts: list[torch.Tensor] = []
+        segments: list[Segment] = []
+        filled = 0
+        for index, spec in enumerate(specs):
+            if not spec.tiles:
+                continue  # the writer writes chunks without tissue tiles itself
+            if errors.stopped:
+                raise Stopped
+            tiles = self.reads.read_chunk(spec)
+            stats.chunk_arrived()
+            done = 0
+            while done < len(tiles):
+                take = min(batch - filled, len(tiles) - done)
+                parts.append(tiles[done : done + take])
+                segments.append((index, done, take))
+                filled, done = filled + take, done + take
+                if filled == batch:
+                    errors.put(staged, _staged(parts, segments, side))
+                    parts, segments, filled = [], [], 0
+        if filled:
+            errors.put(staged, _staged(parts, segments, side))
+        errors.put(staged, None)
+
+
+def _staged(
+    parts: list[torch.Tensor], segments: list[Segment], side: torch.cuda.Stream | None
+) -> StagedBatch:
+    """One batch from the parts (copied into one tensor: the parts are views of their
+    chunks' tiles), ready for a compute thread."""
+    if side is None:  # numpy concatenates uint8 far faster than torch on the CPU
+        if len(parts) == 1:
+            return StagedBatch(parts[0], segments, None)
+        return StagedBatch(torch.from_numpy(np.concatenate([p.numpy() for p in parts])),
+                           segments, None)  # fmt: skip
+    tiles = torch.cat(parts)
+    ready = torch.cuda.Event()
+    ready.record(side)
+    return StagedBatch(tiles, segments, ready)
