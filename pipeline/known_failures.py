@@ -34,13 +34,17 @@ from wsi_segment.pipeline.up_to_date import ModelFiles
 
 KNOWN = "known-failure"  # the status of a slide not retried because it failed before
 RECURRING: tuple[type[WsiSegmentError], ...] = (SlideError, RoiError)
+# may not recur: a decoder killed for memory looks like a damaged file
+NOT_RECURRING: tuple[type[WsiSegmentError], ...] = (errors.DecoderDied,)
 
 
 def recurs(error_class: str | None) -> bool:
     """Whether an error of this class (a name in `wsi_segment.errors`) would fail the same
     slide, model and parameters again: only those are recorded."""
     cls = getattr(errors, error_class or "", None)
-    return isinstance(cls, type) and issubclass(cls, RECURRING)
+    return (
+        isinstance(cls, type) and issubclass(cls, RECURRING) and not issubclass(cls, NOT_RECURRING)
+    )
 
 
 def error_class_of(exc: BaseException) -> str:

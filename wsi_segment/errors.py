@@ -18,6 +18,11 @@ class SlideError(WsiSegmentError):
     """A slide is missing, not a slide, truncated or unreadable."""
 
 
+class DecoderDied(SlideError):
+    """A decoder process died while reading a slide: a damaged file, or the machine ran out
+    of memory; a batch does not record it as a known failure (it may not recur)."""
+
+
 class MppMissingError(SlideError):
     """A step needs physical pixel size but the slide has none and no override was given."""
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from wsi_segment.errors import SlideError
+from wsi_segment.errors import DecoderDied
 from wsi_segment.pipeline.inference.chunk_writer import Segment
 from wsi_segment.pipeline.inference.decode_pool import (
     Decoded,
@@ -117,8 +117,8 @@ def _supervise(
         errors.report(exc)
 
 
-def _died(slide_path: str, code: int) -> SlideError:
-    return SlideError(
+def _died(slide_path: str, code: int) -> DecoderDied:
+    return DecoderDied(
         f"{slide_path}: a decoder process died (exit code {code}) while reading this "
         "slide; the file may be damaged there (re-scan or re-export it), or the machine ran "
         "out of memory (pass fewer --decoders)"

@@ -34,6 +34,7 @@ MESSAGE = "not a readable slide"
         ("SlideError", True),
         ("MppMissingError", True),
         ("RoiError", True),
+        ("DecoderDied", False),  # a decoder killed for memory looks like a damaged file
         ("OutputError", False),  # a full disk, a lock held: the environment, not the slide
         ("ModelError", False),  # every slide would fail: fix the model
         ("ConfigError", False),
