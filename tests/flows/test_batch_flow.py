@@ -113,7 +113,7 @@ def _assert_batch_artifacts(flow_run_id, folder: Path, out: Path, by_name: dict)
     tally = "{'done': 2, 'up-to-date': 0, 'failed': 1}"
     assert table.description == f"{folder} -> {out}: {tally}"
     rows = json.loads(table.data) if isinstance(table.data, str) else table.data
-    fractions = [f"{name}_fraction" for name in CLASSES]
+    fractions = [f"{name}_fraction" for name in (*CLASSES, "Unclassified")]
     columns = [
         "slide",
         "status",
