@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any
 from wsi_segment.pipeline.inference.band_runner import run_bands, use_bands, worker_device_type
 from wsi_segment.pipeline.inference.chunk_job import SlideJob
 from wsi_segment.pipeline.inference.chunk_runner import run_chunks, settle_precision_on_cluster
-from wsi_segment.pipeline.inference.decoder_reads import DecoderProcesses
 from wsi_segment.pipeline.inference.engine import run_engine
 from wsi_segment.pipeline.inference.engine_state import EngineStats
 from wsi_segment.pipeline.inference.model_handle import (
@@ -131,6 +130,9 @@ def infer(
                     "storage_tiles_reused": reads.cache.tiles_reused,
                 }
         elif decoders:  # the device engine reads with its own processes, maybe started early
+            # imported here: it imports torch, which a rerun of finished slides never loads
+            from wsi_segment.pipeline.inference.decoder_reads import DecoderProcesses
+
             source = DecoderProcesses(decoders, prep.take_decode_pool())
             prep.close_prefetch()
             outcomes = run_engine(

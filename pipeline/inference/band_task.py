@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING
 from wsi_segment.errors import WsiSegmentError
 from wsi_segment.pipeline.inference.chunk_job import SlideJob
 from wsi_segment.pipeline.inference.chunk_runner import run_chunks
-from wsi_segment.pipeline.inference.decoder_reads import DecoderProcesses
 from wsi_segment.pipeline.inference.engine import run_engine
 from wsi_segment.pipeline.inference.engine_state import EngineAborted
 from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome
@@ -84,6 +83,10 @@ def run_band(
             log.warning("%s: this Dask worker is daemonic, decoding in threads; %s",
                         job.slide_path, DAEMON_FIX)  # fmt: skip
             return BandResult(run_chunks(job, specs, threads=n), 0)
+        # imported here: decoder_reads imports torch, and a rerun that finds every slide up
+        # to date must not (pipeline.up_to_date)
+        from wsi_segment.pipeline.inference.decoder_reads import DecoderProcesses
+
         stop = threading.Event()
         with _watching(event, stop):
             return BandResult(run_engine(job, specs, DecoderProcesses(n), abort=stop), n)
