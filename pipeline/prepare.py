@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from wsi_segment.errors import ModelError, OutputError
+from wsi_segment.models.meta import read_model_json, weights_path
 from wsi_segment.pipeline.inference.chunk_plan import (
     chunk_read_backend,
     model_geometry,
@@ -177,6 +178,9 @@ def prepare(
             f"{model_dir}: model folder not found; pass --model with a folder holding "
             "model.json and model.safetensors (or omit --model for the demo model)"
         )
+    # a refused model.json or a missing weights file is said now, not after tissue detection
+    # (the model itself loads in the background later); no torch is imported for this
+    weights_path(model_dir, read_model_json(model_dir)[0])
     slide = open_slide(slide_path, backend=params.backend, mpp=params.mpp)
     try:
         check_slide_size(slide)  # before anything reads or plans in proportion to it

@@ -283,3 +283,23 @@ def test_the_socket_recorder_sees_a_lookup():
     with _sockets_seen() as seen, contextlib.suppress(OSError):
         socket.getaddrinfo("localhost", 80)
     assert any(e.startswith("socket.getaddrinfo") for e in seen), seen
+
+
+def test_a_refused_model_is_said_before_the_slide_is_read(fake_model_dir, tmp_path):
+    """model.json and the weights file are checked before the slide is opened and tissue
+    is detected (the model itself loads in the background later): a slide that could not
+    even be opened does not hide the model's problem, nor do minutes of tissue detection."""
+    from wsi_segment.pipeline.params import SegmentParams
+    from wsi_segment.pipeline.prepare import prepare
+
+    folder = fake_model_dir("refused_early")
+    edit_json(folder, lambda doc: doc.__setitem__("tile_size", "big"))
+    not_a_slide = tmp_path / "empty.svs"
+    not_a_slide.write_bytes(b"")
+    params = SegmentParams(model_dir=str(folder), precision="fp32")
+    with pytest.raises(ModelError, match="tile_size"):
+        prepare(not_a_slide, tmp_path / "out", params)
+    edit_json(folder, lambda doc: doc.__setitem__("tile_size", 64))
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(ModelError, match="is missing"):
+        prepare(not_a_slide, tmp_path / "out", params)
