@@ -8,6 +8,7 @@ JSON could not be read here.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from wsi_segment.errors import ModelError
@@ -60,6 +61,13 @@ def chunk_read_backend(slide: Slide, params: SegmentParams, level: int) -> str |
     return fast_read_backend(slide, level) if params.backend == "auto" else None
 
 
+def path_for_readers(slide_path: str) -> str:
+    """`slide_path` as every process can open it: absolute for a local file, a URL as is."""
+    if "://" in slide_path and not slide_path.startswith("file://"):
+        return slide_path
+    return os.path.abspath(slide_path.removeprefix("file://"))
+
+
 def plan_reader(
     slide_path: str,
     slide: Slide,
@@ -69,9 +77,10 @@ def plan_reader(
     read_backend: str | None,
 ) -> ChunkReader:
     """The reader of the planned chunks, for what reads before the model has loaded (the
-    prefetcher, the device engine's decoders)."""
+    prefetcher, the device engine's decoders). A local path is made absolute: decoder
+    processes and Dask workers (on other machines too) may run in another directory."""
     return ChunkReader(
-        slide_path=slide_path,
+        slide_path=path_for_readers(slide_path),
         backend=slide.backend,
         mpp_override=params.mpp,
         level0_per_model=planned.level0_per_model,
