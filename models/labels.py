@@ -12,4 +12,9 @@ NODATA = 255  # outside the tissue: not analysed
 UNCLASSIFIED = 254  # tissue of a tile where the classification gate kept no class
 UNCLASSIFIED_NAME = "Unclassified"  # its name in summary.json, the GeoJSON and the overlay
 UNCLASSIFIED_COLOR = (64, 64, 64)  # dark grey: QuPath's colour for a class given none
-RESERVED_NAMES = (UNCLASSIFIED_NAME,)  # no model class may be named so
+TISSUE_NAME = "Tissue"  # the GeoJSON feature of the whole analysed tissue; summary's "Tissue"
+# no model class may be named so: each name means one thing in the GeoJSON and in QuPath
+RESERVED_NAMES = {
+    UNCLASSIFIED_NAME: "tissue the gate leaves without a class",
+    TISSUE_NAME: "the outline of all the tissue analysed",
+}

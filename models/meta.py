@@ -64,8 +64,8 @@ class ModelMeta:
         reserved = [c for c in self.classes if c in RESERVED_NAMES]
         if reserved:
             raise ModelError(
-                f"{where}: class name {reserved[0]!r} is reserved for tissue the gate leaves "
-                "without a class; rename that class in model.json"
+                f"{where}: class name {reserved[0]!r} is reserved for "
+                f"{RESERVED_NAMES[reserved[0]]} in the outputs; rename that class in model.json"
             )
         if self.colors is None or len(self.colors) != len(self.classes):
             n = 0 if self.colors is None else len(self.colors)

@@ -25,8 +25,8 @@ from shapely.geometry import MultiPolygon, Polygon
 from shapely.geometry.base import BaseGeometry
 
 from wsi_segment.errors import ConfigError
+from wsi_segment.models.labels import TISSUE_NAME
 
-TISSUE_NAME = "Tissue"
 TISSUE_COLOR = (128, 128, 128)
 # Fixed namespace: the same slide stem + class gives the same feature id on every run, so a
 # script can find the objects of an earlier import by id (docs/qupath/wsi_segment_import.groovy

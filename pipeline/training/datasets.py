@@ -20,6 +20,7 @@ import torch
 from PIL import Image, ImageFilter
 
 from wsi_segment.errors import DatasetError
+from wsi_segment.models.labels import RESERVED_NAMES
 
 # `-[1 0 0 1].png` (LUAD-HistoSeg) or `[1101].png` (BCSS-WSSS), at the end of the stem.
 _LABEL_RE = re.compile(r"\[([01](?:\s?[01])*)\]\.png$", re.IGNORECASE)
@@ -63,6 +64,17 @@ class WsssDataset:
     layout: str
     background_color: tuple[int, int, int] = (255, 255, 255)
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        """A class the outputs reserve a name for would be refused when the trained model is
+        saved: say so before any training starts."""
+        reserved = [c for c in self.classes if c in RESERVED_NAMES]
+        if reserved:
+            raise DatasetError(
+                f"{self.root}: class name {reserved[0]!r} is reserved for "
+                f"{RESERVED_NAMES[reserved[0]]} in wsi-segment's outputs; rename that class "
+                "(dataset.json or Readme.txt)"
+            )
 
     @property
     def num_classes(self) -> int:

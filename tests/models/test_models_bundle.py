@@ -284,14 +284,23 @@ def test_demo_model_dir_is_package_data() -> None:
     assert demo_model_dir() == Path(__file__).resolve().parents[2] / "models" / "demo_model"
 
 
-def test_a_class_named_unclassified_is_refused_with_the_file_named(tmp_path: Path) -> None:
-    """`Unclassified` is the outputs' name for tissue the gate leaves with no class: a model
-    class of that name would be reported twice, so model.json is refused before loading."""
+@pytest.mark.parametrize(
+    ("name", "meaning"),
+    [("Unclassified", "tissue the gate leaves"), ("Tissue", "the outline of all the tissue")],
+)
+def test_a_reserved_class_name_is_refused_with_the_file_named(
+    tmp_path: Path, name: str, meaning: str
+) -> None:
+    """`Unclassified` is the outputs' name for tissue the gate leaves with no class, `Tissue`
+    the GeoJSON feature (and summary entry) of all the tissue: a model class of either name
+    would be two things in QuPath, so model.json is refused before loading."""
     bad = _copy(demo_model_dir(), tmp_path / "bad")
     doc = json.loads((bad / "model.json").read_text())
-    doc["classes"][1] = "Unclassified"
+    doc["classes"][1] = name
     (bad / "model.json").write_text(json.dumps(doc))
-    with pytest.raises(ModelError, match=r"model\.json: class name 'Unclassified' is reserved"):
+    with pytest.raises(
+        ModelError, match=rf"model\.json: class name '{name}' is reserved for {meaning}"
+    ):
         read_model_json(bad)
     with pytest.raises(ModelError, match="reserved"):
-        ModelMeta("m", ["a", "Unclassified"], [(0, 0, 0), (1, 1, 1)])
+        ModelMeta("m", ["a", name], [(0, 0, 0), (1, 1, 1)])

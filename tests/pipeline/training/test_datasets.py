@@ -96,6 +96,16 @@ def test_folder_without_class_description_fails(tmp_path: Path) -> None:
         open_dataset(tmp_path)
 
 
+def test_a_reserved_class_name_is_refused_before_training(tmp_path: Path) -> None:
+    """A dataset class named like an output's reserved name (`Tissue`, `Unclassified`) would
+    only be refused when the trained model is saved: refused when the dataset opens."""
+    (tmp_path / "train").mkdir()
+    doc = '{"classes": ["Tumour", "Tissue"], "colors": [[255, 0, 0], [0, 255, 0]]}'
+    (tmp_path / "dataset.json").write_text(doc)
+    with pytest.raises(DatasetError, match=r"class name 'Tissue' is reserved.*rename"):
+        open_dataset(tmp_path)
+
+
 def test_bcss_layout_classes_from_readme(tmp_path: Path) -> None:
     root = tmp_path / "bcss"
     shutil.copytree(SAMPLE, root)
