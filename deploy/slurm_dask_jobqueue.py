@@ -59,7 +59,7 @@ def job_script(**kwargs: Any) -> str:
         cluster.close()
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("input", help="folder, glob or manifest CSV of slides")
     parser.add_argument("--out", required=True)
@@ -73,8 +73,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--account", default=None)
     parser.add_argument("--prologue", action="append", default=None, help="shell line run first")
     parser.add_argument("--concurrency", type=int, default=4, help="slides in flight")
+    parser.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="also run slides that failed before and have not changed since",
+    )
+    parser.add_argument(
+        "--slide-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="fail a slide that runs longer than this and go on (default: no limit)",
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the job script and stop")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def batch_arguments(args: argparse.Namespace, scheduler_address: str) -> dict[str, Any]:
+    """What `segment_batch` is called with: the batch's own options, as on the CLI."""
+    return {
+        "input": args.input,
+        "out": args.out,
+        "model_dir": args.model,
+        "dask_address": scheduler_address,
+        "concurrency": args.concurrency,
+        "retry_failed": args.retry_failed,
+        "slide_timeout": args.slide_timeout,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     options = {
         "cores": args.cores,
         "memory": args.memory,
@@ -98,13 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         with Client(cluster) as client:
             client.wait_for_workers(1, timeout=3600)  # the queue may take a while
             try:
-                segment_batch(
-                    input=args.input,
-                    out=args.out,
-                    model_dir=args.model,
-                    dask_address=cluster.scheduler_address,
-                    concurrency=args.concurrency,
-                )
+                segment_batch(**batch_arguments(args, cluster.scheduler_address))
             except BatchFailedError as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 return 1

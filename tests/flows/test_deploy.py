@@ -128,19 +128,43 @@ def test_dockerfile_is_cuda_pytorch_and_non_root() -> None:
     assert users and users[-1] not in ("root", "0")
 
 
+def _slurm_example() -> Any:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "slurm_example", DEPLOY / "slurm_dask_jobqueue.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_slurm_example_compiles_and_builds_a_job_script() -> None:
     path = DEPLOY / "slurm_dask_jobqueue.py"
     py_compile.compile(str(path), doraise=True)
-    pytest.importorskip("dask_jobqueue")
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("slurm_example", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _slurm_example()
     script = module.job_script(cores=4, memory="16GiB", gpus=1, walltime="02:00:00")
     assert "#SBATCH" in script and "--gres=gpu:1" in script
     assert os.fspath("distributed.cli.dask_worker") in script or "dask worker" in script
     assert "export DASK_DISTRIBUTED__WORKER__DAEMON=False" in script
+
+
+def test_slurm_example_passes_the_batch_options_the_cli_has() -> None:
+    """A nightly SLURM batch can retry known failures and bound a stuck slide like
+    `wsi-segment batch`; every argument it passes is one `segment_batch` takes."""
+    import inspect
+
+    from wsi_segment.flows.batch_flow import segment_batch
+
+    module = _slurm_example()
+    args = module.parse_args(["/s", "--out", "/o", "--retry-failed", "--slide-timeout", "600"])
+    kwargs = module.batch_arguments(args, "tcp://scheduler:8786")
+    assert kwargs["retry_failed"] is True and kwargs["slide_timeout"] == 600.0
+    assert kwargs["dask_address"] == "tcp://scheduler:8786"
+    accepted = inspect.signature(segment_batch.fn).parameters
+    assert set(kwargs) <= set(accepted), set(kwargs) - set(accepted)
+    defaults = module.batch_arguments(module.parse_args(["/s", "--out", "/o"]), "tcp://x:1")
+    assert defaults["retry_failed"] is False and defaults["slide_timeout"] is None
 
 
 def _failed_run_event(state: str, deployment: str) -> Any:
