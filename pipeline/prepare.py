@@ -67,16 +67,13 @@ class PreparedSlide:
     fingerprint: str
     tissue: TissueMask
     grid: TileGrid
-    level0_per_model: float
-    read_level: int
     output_shape: tuple[int, int]  # (H, W) output pixels
     chunk_out: int  # output pixels per chunk side (= zarr chunk side)
     specs: list[ChunkSpec]
-    reader: ChunkReader  # what reads the planned chunks (decoders, prefetcher, SlideJob)
+    # What reads the planned chunks (decoders, prefetcher, the engine's reader thread), and
+    # the one place its level, scale and backend are kept (the properties below read it).
+    reader: ChunkReader
     timings: dict[str, float] = field(default_factory=dict)
-    # Backend for chunk reads (tiffslide when it reads this slide's pixels identically and
-    # cheaper, see `pipeline.inference.chunk_job.fast_read_backend`); None: the slide's own backend.
-    read_backend: str | None = None
     # Local runs: chunk images being read in the background since planning (never pickled).
     prefetch: ChunkPrefetcher | None = None
     # Local runs on the device engine: its decoders, started after planning (never pickled);
@@ -122,6 +119,22 @@ class PreparedSlide:
     @property
     def out_dir(self) -> Path:
         return self.out_root / self.name
+
+    @property
+    def level0_per_model(self) -> float:
+        """Level-0 pixels per model pixel."""
+        return self.reader.level0_per_model
+
+    @property
+    def read_level(self) -> int:
+        """The pyramid level chunks are read from."""
+        return self.reader.read_level
+
+    @property
+    def read_backend(self) -> str | None:
+        """Backend for chunk reads (tiffslide where it reads this slide's pixels identically
+        and cheaper: `chunk_job.fast_read_backend`); None: the slide's own backend."""
+        return self.reader.read_backend
 
     @property
     def level0_per_output(self) -> float:
@@ -304,8 +317,6 @@ def _prepare_opened(
         tissue=tissue,
         rois=rois,
         grid=grid,
-        level0_per_model=planned.level0_per_model,
-        read_level=planned.read_level,
         output_shape=planned.output_shape,
         chunk_out=planned.chunk_out,
         specs=planned.specs,
@@ -318,7 +329,6 @@ def _prepare_opened(
             "model_load_s": loader.seconds,
             **({"decoder_spawn_s": pool.spawn_s} if pool is not None else {}),
         },
-        read_backend=read_backend,
         prefetch=prefetcher,
         decode_pool=pool,
         overlay_thumb=thumb,
