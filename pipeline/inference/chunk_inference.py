@@ -64,6 +64,49 @@ class ReducedTiles:
     bytes_from_model: int
 
 
+def predict_batch(
+    model: TileModel,
+    tiles: torch.Tensor,
+    batch: int,
+    grid: TileGrid,
+    gate: bool,
+    lock: threading.Lock | None = None,
+) -> ReducedTiles:
+    """The stored form of at most `batch` uint8 tiles (N, T, T, 3), computed in a forward pass
+    of exactly `batch` tiles: a short batch is padded with zero tiles whose outputs are
+    dropped. Every forward pass of the engine (`DeviceConsumer`) goes through here.
+
+    Why: a tile's output must not depend on the batch it was computed in, or the same slide
+    gives other bytes from run to run and from one read source to another (a run's last batch
+    is short; decoder processes fill batches in the order chunks arrive). oneDNN and cuDNN
+    pick kernels, blockings and (bf16/fp16) accumulation orders by the input's shape, so
+    the same tile in a batch of 3 and of 16 may differ by an ulp, enough to move a uint8
+    probability by 1/255 or a classifier probability across the gate's epsilon. At one
+    shape the kernels are the same, and which other tiles share the batch does not matter
+    for the models we ship: eval-mode conv nets (ResNet classifiers, DeepLabV3+) compute
+    each sample alone: convolutions, BatchNorm with its running statistics, pooling
+    (ASPP's global pooling too) and the per-tile softmax and gate reduce within a sample,
+    never across the batch, and a sample's reduction order depends on the kernel, not on
+    its neighbours' values (`tests/pipeline/inference/test_fixed_batch.py` checks it at
+    every position of a batch). The bits also depend on the torch thread count (the engine
+    keeps it fixed for a run). `bytes_from_model` counts the kept tiles only. The padding
+    happens once per engine run (its last batch: sources fill every other batch), at most
+    `batch - 1` blank tiles. The chunk path (`predict_reduced_tiles`) batches each chunk
+    alone, the same way on every run, and is not padded: there it would cost once per chunk.
+    """
+    import torch
+
+    n = len(tiles)
+    if not 0 < n <= batch:
+        raise ValueError(f"a batch holds 1 to {batch} tiles, got {n}")
+    if n < batch:
+        tiles = torch.cat([tiles, tiles.new_zeros((batch - n, *tiles.shape[1:]))])
+    reduce_args = (grid.margin, grid.stride, grid.downsample)
+    with lock if lock is not None else contextlib.nullcontext():
+        out = model.predict_reduced(tiles.permute(0, 3, 1, 2), *reduce_args, gate=gate)
+    return ReducedTiles(out.probs[:n].numpy(), out.labels[:n].numpy(), out.nbytes // batch * n)
+
+
 def predict_reduced_tiles(
     model: TileModel,
     tiles: np.ndarray,

@@ -3,6 +3,9 @@
 A read source (`pipeline.inference.read_source`) puts batches of tiles, already on the
 model's device, on the `staged` queue; batches may hold tiles of several chunks. The compute
 threads run `predict_reduced` batch after batch and hand the uint8 outputs to the writer.
+Every forward pass is of exactly the engine's batch size (`chunk_inference.predict_batch`
+pads a run's short last batch), so a tile's bytes do not depend on which batch the source
+put it in, nor on which source read it.
 On CUDA one compute thread keeps the device busy (the source copies the next batch on a
 side stream while this one computes: the batch's `ready` event orders the two). On the CPU
 the cores are the bottleneck and a forward pass with all of them spends time in OpenMP
@@ -23,7 +26,6 @@ thread takes turns like a GPU's.
 
 from __future__ import annotations
 
-import contextlib
 import queue
 import threading
 import time
@@ -33,6 +35,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from wsi_segment.pipeline.inference.chunk_inference import predict_batch
 from wsi_segment.pipeline.inference.chunk_writer import Segment, TileBatch
 from wsi_segment.pipeline.inference.engine_state import EngineStats, FirstError
 from wsi_segment.pipeline.inference.model_handle import model_device_type
@@ -61,11 +64,13 @@ class DeviceConsumer:
         lock: threading.Lock,
         grid: TileGrid,
         gate: bool,
+        batch: int,
         errors: FirstError,
         stats: EngineStats,
         computes: int = 1,
     ) -> None:
         self._model, self._lock, self._grid, self._gate = model, lock, grid, gate
+        self._batch = batch
         self._errors, self._stats = errors, stats
         cpu = model_device_type(model) == "cpu"
         self.computes = max(1, computes) if cpu else 1
@@ -103,21 +108,16 @@ class DeviceConsumer:
             stream = torch.cuda.current_stream(tiles.device)
             stream.wait_event(batch.ready)
             tiles.record_stream(stream)
-        g = self._grid
         if not self._stats.first_batch_at:
             self._stats.first_batch_at = time.perf_counter()
-        lock = self._lock if self._locked else contextlib.nullcontext()
-        with lock:  # one forward pass at a time per model (see the module's docstring)
-            out = self._model.predict_reduced(
-                tiles.permute(0, 3, 1, 2), g.margin, g.stride, g.downsample, self._gate
-            )
+        lock = self._lock if self._locked else None  # one forward pass at a time per model
+        out = predict_batch(self._model, tiles, self._batch, self._grid, self._gate, lock)
         if batch.release is not None:  # the forward pass is done with the source's buffer
             batch.release()
         n = len(tiles)
-        probs, labels = out.probs.numpy(), out.labels.numpy()
         stats = self._stats
         with self._stats_lock:
             stats.chunks_per_batch.append(len({index for index, _, _ in batch.segments}))
             stats.tiles += n
-            stats.bytes_from_model += out.nbytes
-        return TileBatch(batch.segments, probs, labels, out.nbytes // n)
+            stats.bytes_from_model += out.bytes_from_model
+        return TileBatch(batch.segments, out.probs, out.labels, out.bytes_from_model // n)

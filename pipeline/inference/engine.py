@@ -4,7 +4,8 @@
         |                       mixing chunks (`pipeline.inference.read_source`: a reader
         |                       thread, decoder processes, or the device read path)
     compute (threads)           `predict_reduced` back to back by the model's owner
-        |                       (`DeviceConsumer`; on the CPU a few side by side)
+        |                       (`DeviceConsumer`; on the CPU a few side by side), every
+        |                       forward pass of exactly `batch` tiles (a short one padded)
     writer (threads)            stitch, write the zarr chunks, summarise, per whole chunk
 
 This thread starts every part and watches them. The first error (the source's SlideError
@@ -92,7 +93,7 @@ def _run(
     model, lock = job.model.get()
     batch = device_batch_size(model, lock, job.grid.tile, job.batch_size)
     errors = FirstError()
-    consumer = DeviceConsumer(model, lock, job.grid, job.gate, errors, stats, computes)
+    consumer = DeviceConsumer(model, lock, job.grid, job.gate, batch, errors, stats, computes)
     stats.decoders, stats.batch_size, stats.writers = source.processes, batch, writers
     stats.source, stats.computes = type(source).__name__, consumer.computes
     writer = ChunkWriter(job, specs, progress or NullProgress(), writers)

@@ -2,25 +2,29 @@
 
 A folder at `<out>/<name>` is ours only when it is a real folder (not a symbolic link) whose
 `summary.json`, the file a run writes last, is ours (`schema_version` and `fingerprint`) and
-that holds nothing but the files that summary lists. Anything else may be a person's work:
-it is refused with its path named and left untouched. Links are never followed to create or
-delete anything.
+that holds nothing but the files that summary lists, and inside the zarr store nothing but
+what we write there (`STORE_LAYOUT`). Anything else may be a person's work: it is refused
+with its path named and left untouched. Links are never followed to create or delete
+anything, and a link anywhere in the folder is not ours.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from wsi_segment.errors import OutputError
 from wsi_segment.pipeline.outputs.summary import read_summary
 
 SUMMARY_NAME = "summary.json"
+STORE_NAME = "probabilities.ome.zarr"  # the one folder an output holds
 # What a finished output may hold when its summary lists no files (older summaries).
 OUTPUT_FILES = (
-    "probabilities.ome.zarr",
+    STORE_NAME,
     "tissue.geojson",
     "overlay.png",
     SUMMARY_NAME,
@@ -44,8 +48,9 @@ def refuse_link(path: Path) -> None:
 
 def not_our_output(path: Path) -> str | None:
     """Why the folder at `path` is not a finished wsi-segment output; None when it is one:
-    a real folder whose summary.json (written last) is ours and that holds only the files
-    it lists, so replacing it loses nothing a person put there."""
+    a real folder whose summary.json (written last) is ours, that holds only the files it
+    lists, and whose zarr store holds only what a run writes there (`STORE_LAYOUT`: names
+    checked in a walk, nothing opened), so replacing it loses nothing a person put there."""
     if os.path.islink(path):
         return "it is a symbolic link"
     if not path.is_dir():
@@ -61,12 +66,83 @@ def not_our_output(path: Path) -> str | None:
     output = summary.get("output")
     listed = output.get("files") if isinstance(output, dict) else None
     ours = {f for f in listed if isinstance(f, str)} if isinstance(listed, list) else set()
-    ours = ours or set(OUTPUT_FILES)
-    extra = sorted(p.name for p in path.iterdir() if p.name not in ours | {SUMMARY_NAME})
+    ours = (ours or set(OUTPUT_FILES)) | {SUMMARY_NAME}
+    extra = []
+    for entry in sorted(os.scandir(path), key=lambda e: e.name):
+        if entry.name not in ours or entry.is_symlink():
+            extra.append(entry.name)
+        elif entry.name == STORE_NAME and entry.is_dir():
+            extra += _not_in_layout(Path(entry.path), STORE_LAYOUT, entry.name)
+        elif entry.name == STORE_NAME or not entry.is_file():  # not what we write there
+            extra.append(entry.name)
     if extra:
         shown = ", ".join(extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
         return f"it also holds files wsi-segment did not write ({shown})"
     return None
+
+
+@dataclass(frozen=True)
+class Node:
+    """A folder of the zarr store as we write it: its files, named sub-folders, and folders
+    named by a number (pyramid levels) of one kind. `chunk_dims` > 0: a zarr v2 array whose
+    chunk keys are that many numbers joined by "/" (nested folders, the last a file)."""
+
+    files: frozenset[str] = frozenset({".zattrs", ".zgroup"})
+    folders: tuple[tuple[str, Node], ...] = ()
+    numbered: Node | None = None
+    chunk_dims: int = 0
+
+    def folder(self, name: str) -> Node | None:
+        return next((node for key, node in self.folders if key == name), None)
+
+
+_ARRAY = frozenset({".zarray", ".zattrs"})
+_NUMBER = re.compile(r"[0-9]+")
+# The OME-Zarr store (pipeline.outputs.ome_zarr, label_image): bioformats2raw layout,
+# series `0/` with its levels (class, y, x) and the label image `0/labels/classes` (y, x).
+_LABELS = Node(folders=(("classes", Node(numbered=Node(files=_ARRAY, chunk_dims=2))),))
+STORE_LAYOUT = Node(
+    folders=(
+        ("OME", Node(files=frozenset({".zattrs", ".zgroup", "METADATA.ome.xml"}))),
+        ("0", Node(folders=(("labels", _LABELS),), numbered=Node(files=_ARRAY, chunk_dims=3))),
+    )
+)
+
+
+def _not_in_layout(folder: Path, node: Node, shown: str) -> list[str]:
+    """Paths under `folder` (shown as `shown/...`) that `node` does not describe: names
+    only, no file is opened, so a store of thousands of chunks is checked in a walk. A
+    foreign folder is named, not entered."""
+    extra = []
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        name, here = entry.name, f"{shown}/{entry.name}"
+        number = _NUMBER.fullmatch(name) is not None
+        if entry.is_symlink():
+            extra.append(here)
+        elif entry.is_dir():
+            if node.chunk_dims > 1 and number:
+                extra += _not_chunk_keys(Path(entry.path), node.chunk_dims - 1, here)
+            elif (sub := node.folder(name) or (node.numbered if number else None)) is not None:
+                extra += _not_in_layout(Path(entry.path), sub, here)
+            else:
+                extra.append(here)
+        elif not (entry.is_file() and (name in node.files or (node.chunk_dims == 1 and number))):
+            extra.append(here)
+    return extra
+
+
+def _not_chunk_keys(folder: Path, dims: int, shown: str) -> list[str]:
+    """Paths under a chunk-key folder with `dims` key parts still to come that are not."""
+    extra = []
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        here = f"{shown}/{entry.name}"
+        if entry.is_symlink() or _NUMBER.fullmatch(entry.name) is None:
+            extra.append(here)
+        elif dims > 1 and entry.is_dir():
+            extra += _not_chunk_keys(Path(entry.path), dims - 1, here)
+        elif not (dims == 1 and entry.is_file()):
+            extra.append(here)
+    return extra
 
 
 def refuse_foreign(path: Path) -> None:

@@ -1,7 +1,8 @@
 """What is not ours is never deleted, and links are never followed (issue 22, items 1 and 8).
 
 `--overwrite` replaces only a finished output of ours (a real folder whose summary.json is
-ours and that holds only the files it lists); anything else at `<out>/<stem>`, and links at
+ours and that holds only the files it lists, and in its zarr store only what a run writes
+there); anything else at `<out>/<stem>`, and links at
 any of our names (`<stem>`, `.<stem>.lock`, `.<stem>.partial`, `.<stem>.old`), give one
 `error:` line naming the path, exit 1, and leave every byte where it was.
 """
@@ -93,6 +94,27 @@ def test_our_output_with_a_file_added_by_hand_is_not_replaced(
     before = snapshot(finished)
     result = run_cli_inprocess(cli_args(cmu_crop, tiny_model_dir, finished, "--overwrite"), capsys)
     assert_clean_error(result, str(folder), "review.txt", "did not write")
+    assert snapshot(finished) == before
+
+
+@pytest.mark.parametrize(
+    "added", ["probabilities.ome.zarr/notes.txt", "probabilities.ome.zarr/0/my_analysis/"]
+)
+def test_our_output_with_a_file_added_inside_the_store_is_not_replaced(
+    finished, cmu_crop, tiny_model_dir, capsys, added
+):
+    """Inside the zarr store too: only what a run writes there (metadata, chunk keys of its
+    arrays, OME/, the label image) is ours."""
+    folder = finished / cmu_crop.stem
+    path = folder / added.rstrip("/")
+    if added.endswith("/"):
+        path.mkdir()
+        (path / "result.csv").write_text("region,area\n1,2\n")
+    else:
+        path.write_text("checked by Dr. X")
+    before = snapshot(finished)
+    result = run_cli_inprocess(cli_args(cmu_crop, tiny_model_dir, finished, "--overwrite"), capsys)
+    assert_clean_error(result, str(folder), added.rstrip("/"), "did not write")
     assert snapshot(finished) == before
 
 

@@ -1,0 +1,107 @@
+"""Every forward pass of the engine runs at the run's batch size, so a tile's bytes do not
+depend on the batch it came in: the zarr store's files are the same whatever read source
+filled the batches, in whatever order decoders delivered chunks, and however many tiles
+the last batch held (issues 22 and 25)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.pipeline.inference.test_engine import make_job
+from wsi_segment.models.bundle import load_model
+from wsi_segment.models.segmentation_model import SegmentationModel
+from wsi_segment.pipeline.inference.decoder_reads import DecoderProcesses
+from wsi_segment.pipeline.inference.engine import run_engine
+from wsi_segment.pipeline.inference.engine_state import EngineStats
+from wsi_segment.pipeline.inference.read_source import ReadSource
+from wsi_segment.pipeline.inference.reader_thread import HostTiles, ReaderThread
+
+
+class BatchSizes:
+    """The real model, noting the number of tiles of every forward pass (an instrument)."""
+
+    def __init__(self, model: SegmentationModel) -> None:
+        self.model, self.meta, self.device = model, model.meta, model.device
+        self.sizes: list[int] = []
+        self._lock = threading.Lock()
+
+    def predict_reduced(self, tiles, margin, core, downsample, gate=True):
+        with self._lock:
+            self.sizes.append(len(tiles))
+        return self.model.predict_reduced(tiles, margin, core, downsample, gate)
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_dir: Path) -> SegmentationModel:
+    loaded = load_model(tiny_model_dir)
+    loaded.to_device("cpu", "fp32")
+    return loaded
+
+
+def chunk_files(store: Path) -> dict[str, bytes]:
+    """Every file of the zarr store (chunk keys and metadata) by its path in the store."""
+    return {
+        str(p.relative_to(store)): p.read_bytes() for p in sorted(store.rglob("*")) if p.is_file()
+    }
+
+
+def run(tmp: Path, model: SegmentationModel, name: str, batch: int):
+    """One engine run over the CMU slide in chunks of 2 x 2 tiles: (store files, forward
+    pass sizes, stats, tissue tiles)."""
+    counter = BatchSizes(model)
+    job, specs = make_job(tmp / "p.zarr", counter, chunk_tiles=2)
+    job.batch_size = batch
+    stats = EngineStats()
+    reads: ReadSource = (
+        DecoderProcesses(2) if name.startswith("decoders") else ReaderThread(HostTiles(job.reader))
+    )
+    run_engine(job, specs, reads, stats=stats)
+    tiles = sum(len(s.tiles) for s in specs)
+    return chunk_files(tmp / "p.zarr"), counter.sizes, stats, tiles
+
+
+@pytest.mark.parametrize("batch", [6, 7])
+def test_every_source_writes_the_same_bytes_in_forward_passes_of_the_batch_size(
+    tmp_path, model, batch
+):
+    """The same compute threads for all (the bits depend on the torch thread count too)."""
+    runs = {
+        name: run(tmp_path / name, model, name, batch)
+        for name in ("reader-thread", "decoders-2", "decoders-2-again")
+    }
+    files, _sizes, _stats, tiles = runs["reader-thread"]
+    assert tiles % batch != 0  # the last batch of every run is short: padded
+    assert sum(Path(f).name.isdigit() for f in files) >= 16  # chunk keys, probs and labels
+    for name, (other, sizes, stats, _tiles) in runs.items():
+        assert stats.tiles == tiles, name
+        assert sizes == [batch] * -(-tiles // batch), name  # one short batch, padded
+        assert max(stats.chunks_per_batch) >= 2, name  # batches mixed chunks
+        assert other.keys() == files.keys(), name
+        for key in files:
+            assert other[key] == files[key], f"{name}: {key} differs"
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_tiles_output_does_not_depend_on_the_other_tiles_of_its_batch(tiny_model_dir, precision):
+    """What `predict_batch` relies on, for the models we ship (eval-mode ResNet classifier
+    and DeepLabV3+): at one batch size, a tile gives the same bits at every position of the
+    batch and beside any other tiles."""
+    model = load_model(tiny_model_dir)
+    model.to_device("cpu", precision)
+    size = int(model.meta.tile_size)
+    gen = torch.Generator().manual_seed(3)
+    tile = torch.randint(0, 256, (1, 3, size, size), dtype=torch.uint8, generator=gen)
+    outs = []
+    for position in range(3):
+        batch = torch.randint(0, 256, (3, 3, size, size), dtype=torch.uint8, generator=gen)
+        batch[position] = tile[0]
+        out = model.predict_reduced(batch, 8, 48, 4, gate=True)
+        outs.append((out.probs[position], out.labels[position], out.cls_probs[position]))
+    for probs, labels, cls_probs in outs[1:]:
+        assert torch.equal(probs, outs[0][0])
+        assert torch.equal(labels, outs[0][1])
+        assert torch.equal(cls_probs, outs[0][2])  # bitwise, before the gate
