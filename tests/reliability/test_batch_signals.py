@@ -286,6 +286,7 @@ def test_a_slide_stuck_past_the_grace_does_not_keep_the_batch_from_exiting(
         "error: terminated (SIGTERM)"
     ], stderr[-3000:]
     assert "Traceback" not in stderr, stderr[-3000:]
+    assert "b-stuck.tif: still running 5 s after the interrupt" in stderr, stderr[-3000:]
     assert table_statuses(stdout) == {"a-small.tif": "done", "b-stuck.tif": "interrupted"}, stdout
     assert leftovers(out) == ["a-small"]
     _, alive = psutil.wait_procs(children, timeout=10)
