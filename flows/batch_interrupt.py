@@ -5,7 +5,9 @@ for SIGTERM, Prefect's own handler raises `TerminationSignal` while a flow runs)
 the flow while it waits for its slides. `wait_for_slides` catches it there: every running
 slide is stopped in its own thread (`flows.slide_watch`), which removes its partial folder
 and lock and stops its chunks; the slides are given `GRACE_S` to unwind, with further
-signals ignored meanwhile (a second Ctrl-C must not cut the cleanup short); then the
+signals ignored meanwhile (a second Ctrl-C must not cut the cleanup short; a slide still
+running after it, stuck where the stop cannot reach, is named in a warning and not waited
+for: `flows.slide_runner`); then the
 exception goes on, carrying every slide's result (finished, "interrupted", or
 "not started"), so the CLI prints the table and one `error:` line. Prefect still sees the
 interrupt (a `KeyboardInterrupt`, or a `TerminationSignal` for its cancellation handling).
