@@ -31,7 +31,6 @@ from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.artifacts import create_markdown_artifact, create_table_artifact  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.states import Failed, State  # noqa: E402
-from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
 from wsi_segment.errors import ConfigError, WsiSegmentError  # noqa: E402
 from wsi_segment.flows.batch_interrupt import stopped_result, wait_for_slides  # noqa: E402
@@ -42,6 +41,7 @@ from wsi_segment.flows.run_log import (  # noqa: E402
 )
 from wsi_segment.flows.run_origin import flow_run_origin  # noqa: E402
 from wsi_segment.flows.slide_flow import make_params, run_slide_stages  # noqa: E402
+from wsi_segment.flows.slide_runner import SlideTaskRunner  # noqa: E402
 from wsi_segment.flows.slide_watch import SlideStopped, SlideWatch  # noqa: E402
 from wsi_segment.pipeline.batch_inputs import BatchItem, params_for, parse_batch_input  # noqa: E402
 from wsi_segment.pipeline.batch_report import (  # noqa: E402
@@ -225,9 +225,8 @@ def segment_batch(
         if todo:  # no cluster starts for a batch that is all finished
             client = stack.enter_context(_dask_context(dask_address, workers, in_process))
             address = client.scheduler.address if client is not None else None
-            pool: ThreadPoolTaskRunner[SlideOrFailed] = ThreadPoolTaskRunner(
-                max_workers=concurrency
-            )
+            # daemon slide threads: one stuck past the interrupt's grace does not hold the exit
+            pool: SlideTaskRunner[SlideOrFailed] = SlideTaskRunner(max_workers=concurrency)
             watch = stack.enter_context(SlideWatch(slide_timeout))
             with pool as runner:
                 common = {"out": out, "params": params, "dask_address": address, "watch": watch}

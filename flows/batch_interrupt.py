@@ -5,7 +5,9 @@ for SIGTERM, Prefect's own handler raises `TerminationSignal` while a flow runs)
 the flow while it waits for its slides. `wait_for_slides` catches it there: every running
 slide is stopped in its own thread (`flows.slide_watch`), which removes its partial folder
 and lock and stops its chunks; the slides are given `GRACE_S` to unwind, with further
-signals ignored meanwhile (a second Ctrl-C must not cut the cleanup short); then the
+signals ignored meanwhile (a second Ctrl-C must not cut the cleanup short; a slide still
+running after it, stuck where the stop cannot reach, is named in a warning and not waited
+for: `flows.slide_runner`); then the
 exception goes on, carrying every slide's result (finished, "interrupted", or
 "not started"), so the CLI prints the table and one `error:` line. Prefect still sees the
 interrupt (a `KeyboardInterrupt`, or a `TerminationSignal` for its cancellation handling).
@@ -14,6 +16,7 @@ interrupt (a `KeyboardInterrupt`, or a `TerminationSignal` for its cancellation 
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
 import threading
 import time
@@ -34,6 +37,7 @@ from wsi_segment.pipeline.segment import SlideResult
 GRACE_S = 30.0  # the most a batch waits for its interrupted slides to clean up
 INTERRUPTED = "interrupted"
 NOT_STARTED = "not started"
+logger = logging.getLogger(__name__)
 
 
 class SlideFuture(Protocol):
@@ -121,13 +125,28 @@ def stopped_result(
 
 
 def _result_now(future: SlideFuture, item: BatchItem, was_running: bool) -> SlideResult:
-    """The slide's own result if its task has returned, else one saying it was cut off."""
-    with contextlib.suppress(Exception):
+    """The slide's own result if its task has returned, else one saying it was cut off (a
+    slide still running now is stuck where the stop cannot reach it: it ends with the
+    process, as if killed, so its partial folder and lock may stay for the next run)."""
+    still_running = False
+    try:
         result = future.result(timeout=0, raise_on_failure=False)
+    except TimeoutError:
+        still_running = was_running
+    except Exception:  # crashed: reported as cut off, below
+        pass
+    else:
         if isinstance(result, SlideResult):
             return result
     status = INTERRUPTED if was_running else NOT_STARTED
-    return SlideResult(str(item.slide), status, None, {}, f"{status} (batch interrupted)", 0.0)
+    error = f"{status} (batch interrupted)"
+    if still_running:
+        error = (
+            f"{item.slide}: still running {GRACE_S:g} s after the interrupt; it ends with the "
+            "process, as if killed (a rerun takes over its partial folder and lock)"
+        )
+        logger.warning("%s", error)
+    return SlideResult(str(item.slide), status, None, {}, error, 0.0)
 
 
 @contextlib.contextmanager

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import faulthandler
 import gc
 import importlib
+import os
 import signal
 import sys
 import threading
@@ -28,6 +30,7 @@ SUBCOMMANDS: dict[str, str] = {
     "evaluate": "wsi_segment.flows.cli_evaluate",
     "batch": "wsi_segment.flows.cli_batch",
 }
+EXIT_S = 60.0  # the most an interrupted command may take to exit after its report
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,14 +49,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv is None:
         limit_malloc_arenas()  # before any thread starts (flows/allocator.py)
         try:
-            return _main(None)
+            code = _main(None)
         finally:
             # The process exits next: move everything to the permanent GC generation so the
             # interpreter does not walk torch's object graph once more while shutting down
             # (1.3-1.6 s of a run on a 2-core machine). Only for the real command line:
             # in-process callers (tests) keep normal garbage collection.
             gc.freeze()
+        if code in (130, 143):  # interrupted, cleaned up and reported: the exit is bounded
+            exit_within(EXIT_S, code)
+        return code
     return _main(argv)
+
+
+def exit_within(seconds: float, code: int) -> None:
+    """End the process with `code` if it is still alive `seconds` from now, after printing
+    every thread's stack on stderr (what hung, for a bug report). The interpreter's exit
+    joins threads and processes this command did not start itself (an executor's threads,
+    a queue's feeder, non-daemon children) and runs atexit handlers: after an interrupt a
+    scheduler must see the process end even if one of them waits for ever."""
+
+    def end() -> None:
+        print(f"warning: still exiting {seconds:g} s after the interrupt was reported; "
+              "ending the process (the stacks of its threads follow)", file=sys.stderr,
+              flush=True)  # fmt: skip
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        os._exit(code)
+
+    timer = threading.Timer(seconds, end)
+    timer.daemon = True
+    timer.start()
 
 
 def _main(argv: Sequence[str] | None) -> int:

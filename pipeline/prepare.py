@@ -108,7 +108,9 @@ class PreparedSlide:
             self.prefetch.close()
             self.prefetch = None
         if self.overlay_thumb is not None:
-            with contextlib.suppress(BaseException):  # finish() reports its errors
+            # its own error: finish() reports it; a stop raised in this thread from outside
+            # (Ctrl-C, a batch's interrupt) while waiting goes on, or the slide would not stop
+            with contextlib.suppress(Exception):
                 self.overlay_thumb.result()
 
     def take_decode_pool(self) -> DecodePool | None:

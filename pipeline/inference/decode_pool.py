@@ -234,22 +234,26 @@ class DecodePool:
             return
         if self.stop is not None:
             self.stop.set()
+        stops: list[BaseException | None] = []
         for proc in self.procs:
-            wait_uninterrupted(proc.join, JOIN_S)
+            stops.append(wait_uninterrupted(proc.join, JOIN_S))
             if proc.is_alive():
                 proc.terminate()
-                wait_uninterrupted(proc.join, JOIN_S)
+                stops.append(wait_uninterrupted(proc.join, JOIN_S))
             if proc.is_alive():
                 proc.kill()
-                wait_uninterrupted(proc.join)
+                stops.append(wait_uninterrupted(proc.join))
         for q in (self.free, self.results, self.work):  # flush and end their feeder threads
             if q is not None:
                 q.close()
-                wait_uninterrupted(q.join_thread)
+                stops.append(wait_uninterrupted(q.join_thread))
         if self.ring is not None:
             self.ring.close()
         self.procs, self.ring = [], None
         self.stop = self.free = self.results = self.work = None
+        first_stop = next((s for s in stops if s is not None), None)
+        if first_stop is not None:
+            raise first_stop
 
 
 @dataclass(frozen=True)
@@ -265,12 +269,24 @@ class DecoderTask:
     tile: int
 
 
-def wait_uninterrupted(wait: Callable[..., Any], *args: Any) -> None:
-    """Wait even through Ctrl-C: cleanup that stops half way would leak."""
+def wait_uninterrupted(wait: Callable[..., Any], *args: Any) -> BaseException | None:
+    """Wait even through an exception raised in this thread from outside, since cleanup
+    that stops half way would leak: Ctrl-C (a second one, the first being cleaned up: it is
+    dropped), or a batch stopping this slide (`flows.slide_watch`: a `BaseException` that is
+    not an `Exception`), which is returned once the wait is over for the caller to raise
+    when its cleanup is done, so a slide stopped during its cleanup still stops. Errors of
+    `wait` itself propagate."""
+    stop: BaseException | None = None
     while True:
-        with contextlib.suppress(KeyboardInterrupt):
+        try:
             wait(*args)
-            return
+            return stop
+        except KeyboardInterrupt:
+            continue
+        except Exception:
+            raise
+        except BaseException as exc:
+            stop = stop or exc
 
 
 def spawn_context() -> SpawnContext:

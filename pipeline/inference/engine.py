@@ -139,7 +139,10 @@ def _run_parts(
             if errors.error is not None or any(t.is_alive() for t in threads):
                 errors.stop()
             for thread in threads:
-                wait_uninterrupted(thread.join)
+                stop = wait_uninterrupted(thread.join)
+                if stop is not None:  # stopped from outside while its parts ended
+                    errors.report(stop)
+                    errors.stop()
 
 
 def _watch(

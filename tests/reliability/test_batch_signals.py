@@ -9,11 +9,13 @@ cluster (worker processes), so "nothing left behind" covers its processes too.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -221,3 +223,79 @@ def test_the_flow_refuses_a_bad_slide_timeout(value: float, tmp_path: Path) -> N
 
     with pytest.raises(ConfigError, match="slide_timeout must be > 0"):
         segment_batch.fn(input=str(CMU_SLIDE), out=str(tmp_path), slide_timeout=value)
+
+
+# The CLI with one fault injected: the slide whose file name holds "stuck" blocks in a read
+# from a pipe nobody writes to, in the kernel, where the exception that stops a slide cannot
+# reach it (a hung network file system, a driver call). The grace is cut to 5 s.
+STUCK_CLI = """
+import os, sys
+from pathlib import Path
+from wsi_segment.flows import batch_flow, batch_interrupt
+batch_interrupt.GRACE_S = 5.0
+real = batch_flow.run_slide_stages
+def run_slide_stages(slide, *args):
+    if "stuck" in Path(slide).name:
+        r, w = os.pipe()
+        Path(os.environ["STUCK_MARKER"]).touch()
+        os.read(r, 1)
+    return real(slide, *args)
+batch_flow.run_slide_stages = run_slide_stages
+from wsi_segment.flows.cli import main
+sys.exit(main())
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_slide_stuck_past_the_grace_does_not_keep_the_batch_from_exiting(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """SIGTERM while a slide's thread is blocked in a system call: the batch waits the grace
+    (5 s here) for it, then prints the table (the stuck slide "interrupted") and exits 143
+    with one `error:` line, instead of waiting for that thread for ever."""
+    folder, out, marker = tmp_path / "in", tmp_path / "out", tmp_path / "stuck-now"
+    folder.mkdir()
+    write_synthetic_slide(folder / "a-small.tif", (512, 384), seed=1)
+    write_synthetic_slide(folder / "b-stuck.tif", (512, 384), seed=2)
+    cmd = [sys.executable, "-c", STUCK_CLI, "batch", str(folder), "--model", str(tiny_model_dir),
+           "--out", str(out), "--mpp", "0.5", "--concurrency", "1", "--workers", "0", "--quiet"]  # fmt: skip
+    env = {**cli_env(), "STUCK_MARKER": str(marker)}
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 200
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    children = descendants(proc.pid)  # the Prefect server: it holds stdout too
+    if not marker.exists():
+        kill_all(proc, children)
+        pytest.fail(f"the batch never reached its stuck slide: {proc.communicate()[1][-3000:]}")
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    try:
+        stdout, stderr = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        kill_all(proc, children)
+        proc.communicate()
+        pytest.fail("the batch waited for its stuck slide past the grace")
+    took = time.monotonic() - t0
+    assert proc.returncode == 143, stderr[-3000:]
+    assert 5 <= took < 25, took  # the grace, then the table and the Prefect server's exit
+    assert [ln for ln in stderr.splitlines() if ln.startswith("error:")] == [
+        "error: terminated (SIGTERM)"
+    ], stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    assert "b-stuck.tif: still running 5 s after the interrupt" in stderr, stderr[-3000:]
+    assert table_statuses(stdout) == {"a-small.tif": "done", "b-stuck.tif": "interrupted"}, stdout
+    assert leftovers(out) == ["a-small"]
+    _, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive, alive
+
+
+def kill_all(proc: subprocess.Popen[str], children: list[psutil.Process]) -> None:
+    """SIGKILL the batch and the processes it started (a hung test leaves nothing behind)."""
+    proc.kill()
+    for child in children:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()

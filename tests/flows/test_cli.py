@@ -1,0 +1,45 @@
+"""The `wsi-segment` command line as a process: an interrupted command ends within a bound
+even when something on the way out of the interpreter waits for ever."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+from tests.reliability.conftest import REPO, cli_env
+
+# The real console entry point with two faults injected: `info` is interrupted (Ctrl-C in its
+# run), and an exit step never ends (an atexit handler blocked in a pipe read).
+INTERRUPTED_AND_STUCK_AT_EXIT = """
+import atexit, os, sys
+from wsi_segment.flows import cli, cli_info
+cli.EXIT_S = 2.0
+def run(args):
+    raise KeyboardInterrupt
+cli_info.run = run
+r, w = os.pipe()
+atexit.register(os.read, r, 1)
+sys.exit(cli.main())
+"""
+
+
+def test_an_interrupted_command_ends_even_if_its_exit_hangs(tmp_path) -> None:
+    """Exit 130 about `EXIT_S` after the report, with the one `error:` line, a warning, and
+    the stack of every thread (the main one, blocked in the atexit handler, too) on stderr."""
+    t0 = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-c", INTERRUPTED_AND_STUCK_AT_EXIT, "info", str(tmp_path / "x.svs")],
+        cwd=REPO,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    took = time.monotonic() - t0
+    assert done.returncode == 130, done.stderr
+    lines = done.stderr.splitlines()
+    assert [ln for ln in lines if ln.startswith("error:")] == ["error: interrupted"], lines
+    assert "warning: still exiting 2 s after the interrupt was reported" in done.stderr
+    assert "Current thread" in done.stderr and "\nThread 0x" in done.stderr, done.stderr
+    assert 2 <= took < 60, took
