@@ -6,6 +6,7 @@ the weakly supervised segmenter, a fully supervised baseline, and the gap betwee
         [--heads cam,pcam,lficam] [--heads-recipes default] [--heads-starts scratch]
         [--scorecam-patches 16] [--pda-schedule paper|official]
         [--cls-output-stride 16] [--dropout 0.5] [--lr LR] [--threads 1] [--work DIR]
+        [--full-from OTHER_WORK/results.json]
 
 For each seed (its own synthetic data set and training seed), each recipe and each start
 (random weights, or encoders pretrained once on another synthetic task by
@@ -17,7 +18,8 @@ Score-CAM of the PDA classifier; CAM of the CAM and PCAM heads, LFI-CAM of the L
 each head trained with the same recipe, in `--heads-recipes` x `--heads-starts` only), the
 segmenter with and without the gate, and
 DeepLabV3+ on exact masks of as many patches for as many epochs with the default recipe
-(once per seed and start, shared by both recipes). Prints one table of mean (min-max) over
+(once per seed and start, shared by both recipes; `--full-from` takes it from another run
+beside this one that differs only in WSSS settings, e.g. `--dropout`). Prints one table of mean (min-max) over
 seeds; results.json in the work folder keeps every run and lets an interrupted run go on.
 """
 
@@ -168,6 +170,24 @@ def seed_data(args: argparse.Namespace, work: Path, seed: int) -> tuple[WsssData
     return open_dataset(ds_root), open_dataset(fs_root)
 
 
+#: Options the fully supervised baseline depends on: runs equal in these share it.
+FULL_ARGS = ("train", "test", "size", "batch_size", "seg_epochs", "lr", "lr_schedule", "encoder",
+             "data_seed", "pretrain_patches", "pretrain_epochs", "pretrain_size")  # fmt: skip
+
+
+def shared_full(path: Path | None, args: argparse.Namespace, key: str) -> dict[str, float] | None:
+    """The baseline row `key` of another run's results.json (`--full-from`), read afresh each
+    time so a run beside this one can still be filling it; None when it has no such row."""
+    if path is None or not path.is_file():
+        return None
+    doc = json.loads(path.read_text())
+    differ = [a for a in FULL_ARGS if doc["args"].get(a) != getattr(args, a)]
+    if differ:
+        raise SystemExit(f"error: {path}: its run differs in {differ}; drop --full-from")
+    row: dict[str, float] | None = doc["results"].get(key)
+    return row
+
+
 def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ints = lambda s: [int(v) for v in s.split(",") if v]  # noqa: E731
@@ -201,6 +221,13 @@ def parse() -> argparse.Namespace:
     p.add_argument("--data-seed", type=int, default=11, help="data of seed s: data seed + s")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--work", type=Path, default=None)
+    p.add_argument(
+        "--full-from",
+        type=Path,
+        default=None,
+        help="results.json of a run with the same data and baseline settings: take its fully "
+        "supervised rows (when it has them) instead of training them again",
+    )
     args = p.parse_args()
     for head in args.heads:
         if head not in HEAD_METHODS:
@@ -230,8 +257,9 @@ def main() -> None:
     configs = [f"{r} / {s}" for s in args.starts for r in args.recipes]
     extra = {(r, s) for r in args.heads_recipes for s in args.heads_starts}
 
-    def save(key: str, rows: dict[str, float], started: float) -> None:
-        results[key] = rows | {"seconds": round(time.time() - started, 1)}
+    def save(key: str, rows: dict[str, float], started: float | None) -> None:
+        """Record `rows` (with their seconds since `started`; None: they carry their own)."""
+        results[key] = rows if started is None else rows | {"seconds": round(time.time() - started, 1)}  # fmt: skip
         store.write_text(json.dumps({"args": vars(args) | {"work": str(work)}, "results": results}, indent=1, default=str))  # fmt: skip
         print(f"{key}: " + ", ".join(f"{n} {v:.1f}" for n, v in results[key].items()), flush=True)
 
@@ -242,13 +270,6 @@ def main() -> None:
         for recipe in args.recipes:
             for seed in args.seeds:
                 ds, fs = data[seed]
-                key = f"full / {start} seed {seed}"
-                if key not in results:
-                    t = time.time()
-                    scfg = segmenter_config(train_config(args, ds.root, seed, "default", w))
-                    sfs = train_fully_supervised(fs, fs.mask_items("val"), scfg, val=ds)
-                    miou = score_split(ds, "test", seg_predictor(sfs))[0].scores().miou
-                    save(key, {FULL: 100 * miou}, t)
                 key = f"{recipe} / {start} seed {seed}"
                 if key not in results:
                     t = time.time()
@@ -256,6 +277,15 @@ def main() -> None:
                     heads = args.heads if (recipe, start) in extra else []
                     run = work / f"seed{seed}" / f"{recipe}-{start}"
                     save(key, run_config(ds, cfg, run, args, heads), t)
+                key = f"full / {start} seed {seed}"  # after: a run beside may have it by now
+                if key not in results and (row := shared_full(args.full_from, args, key)):
+                    save(key, row, None)
+                elif key not in results:
+                    t = time.time()
+                    scfg = segmenter_config(train_config(args, ds.root, seed, "default", w))
+                    sfs = train_fully_supervised(fs, fs.mask_items("val"), scfg, val=ds)
+                    miou = score_split(ds, "test", seg_predictor(sfs))[0].scores().miou
+                    save(key, {FULL: 100 * miou}, t)
     print()
     print(table(results, configs, args.seeds))
     print(

@@ -27,6 +27,7 @@ from wsi_segment.pipeline.training.train_config import (
     check_config,
     classifier_config,
     pseudo_mask_dir,
+    recipe_choices,
     seg_encoder_name,
     segmenter_config,
     work_dir,
@@ -76,6 +77,8 @@ def _train(cfg: TrainConfig) -> Path:
     work = work_dir(cfg)
     work.mkdir(parents=True, exist_ok=True)
     (work / "config.json").write_text(json.dumps(asdict(cfg), indent=1, default=str))
+    for line in recipe_choices(cfg):
+        print(line, flush=True)
 
     ccfg = classifier_config(cfg)
     classifier = train_classifier(ds, ccfg, work / "stage1", device)

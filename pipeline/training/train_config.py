@@ -135,6 +135,37 @@ def recipe(cfg: TrainConfig, pretrained: str | None) -> Recipe:
     )
 
 
+_PAPER_STAGE1 = (
+    "made for ImageNet-like weights, it keeps every BatchNorm at the loaded statistics and "
+    "the stem and layer1 fixed"
+)
+_PAPER_STAGE3 = (
+    "made for ImageNet-like weights, the encoder learns at a tenth of the decoder's rate"
+)
+
+
+def recipe_choices(cfg: TrainConfig) -> list[str]:
+    """One log line per stage: the recipe it trains with and why. `paper`, picked only because
+    weights were given, fails with weights of a task unlike this one (stage 1 keeps their
+    BatchNorm statistics; docs/training.md), so that line says how to choose otherwise."""
+    lines = []
+    for stage, option, source, made_for in (
+        ("stage 1 (classifier)", "--pretrained", cfg.pretrained, _PAPER_STAGE1),
+        ("stage 3 (segmenter)", "--seg-pretrained", cfg.seg_pretrained, _PAPER_STAGE3),
+    ):
+        if cfg.recipe is not None:
+            why = "named by --recipe"
+        elif source is None:
+            why = f"no --recipe and no {option}: a random start"
+        else:
+            why = (
+                f"no --recipe and {option} given: {made_for}; for weights of a task unlike "
+                "this one give --recipe default"
+            )
+        lines.append(f"{stage} recipe: {recipe(cfg, source).name} ({why})")
+    return lines
+
+
 def _pick(value: bool | str | None, default: bool | str) -> Any:
     return default if value is None else value
 

@@ -29,6 +29,7 @@ from wsi_segment.pipeline.training.train_config import (
     check_config,
     classifier_config,
     pseudo_mask_dir,
+    recipe_choices,
     segmenter_config,
     work_dir,
 )
@@ -56,6 +57,8 @@ def start(cfg: TrainConfig) -> TrainRun:
     work = work_dir(cfg)
     work.mkdir(parents=True, exist_ok=True)
     (work / "config.json").write_text(json.dumps(asdict(cfg), indent=1, default=str))
+    for line in recipe_choices(cfg):
+        print(line, flush=True)
     return TrainRun(cfg, ds, pick_device(cfg.device), work)
 
 

@@ -52,7 +52,8 @@ def test_train_then_evaluate(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     cls = doc["provenance"]["classifier"]
     assert (cls["pda_schedule"], cls["pda_sigma"], cls["pda_floor"]) == ("official", 0.9, None)
     assert len(list((tmp_path / "model.work" / "pseudo_masks" / "deep").glob("*.png"))) == 8
-    capsys.readouterr()
+    log = capsys.readouterr().out
+    assert "stage 1 (classifier) recipe: default (no --recipe and no --pretrained" in log
 
     # the real LUAD-HistoSeg sample's test split, 224 px patches
     args = ["evaluate", "--data", str(SAMPLE), "--model", str(out), "--no-pseudo", "--json"]
@@ -242,6 +243,11 @@ def test_train_from_a_local_pretrained_file(
     args = ["train", "--data", str(SAMPLE), "--out", str(out), *tiny, "--pretrained", src]
     assert main([*args, "--seg-pretrained", src]) == 0
     log = capsys.readouterr().out
+    for stage, option in (
+        ("1 (classifier)", "--pretrained"),
+        ("3 (segmenter)", "--seg-pretrained"),
+    ):
+        assert f"stage {stage} recipe: paper (no --recipe and {option} given" in log
     assert f"pretrained classifier encoder from {src}: 84 tensors matched, 0 missing" in log
     assert f"pretrained segmenter encoder from {src}: 84 tensors matched, 0 missing" in log
 

@@ -23,6 +23,7 @@ from wsi_segment.pipeline.training.train_classifier import schedule_lrs
 from wsi_segment.pipeline.training.train_config import (
     TrainConfig,
     classifier_config,
+    recipe_choices,
     segmenter_config,
 )
 
@@ -167,3 +168,29 @@ def test_recipe_choice_and_overrides(tmp_path: Path) -> None:
     assert (s.recipe, s.optim, s.vflip, s.blur, s.loss, s.val_gate) == (
         "default", RECIPES["default"].stage3, True, False, "ours", True
     )  # fmt: skip
+
+
+def test_recipe_choice_is_said_per_stage(tmp_path: Path) -> None:
+    """The log says which recipe each stage trains with and why; `paper` picked only because
+    weights were given says how to choose `default` (it fails with another task's weights)."""
+    cfg = TrainConfig(data=tmp_path, out=tmp_path / "m", pretrained="w.safetensors")
+    assert recipe_choices(cfg) == [
+        "stage 1 (classifier) recipe: paper (no --recipe and --pretrained given: made for "
+        "ImageNet-like weights, it keeps every BatchNorm at the loaded statistics and the stem "
+        "and layer1 fixed; for weights of a task unlike this one give --recipe default)",
+        "stage 3 (segmenter) recipe: default (no --recipe and no --seg-pretrained: a random start)",
+    ]
+    both = replace(cfg, seg_pretrained="w.safetensors")
+    assert recipe_choices(both)[1] == (
+        "stage 3 (segmenter) recipe: paper (no --recipe and --seg-pretrained given: made for "
+        "ImageNet-like weights, the encoder learns at a tenth of the decoder's rate; for "
+        "weights of a task unlike this one give --recipe default)"
+    )
+    assert recipe_choices(replace(both, recipe="default")) == [
+        "stage 1 (classifier) recipe: default (named by --recipe)",
+        "stage 3 (segmenter) recipe: default (named by --recipe)",
+    ]
+    assert recipe_choices(TrainConfig(data=tmp_path, out=tmp_path / "m", recipe="paper")) == [
+        "stage 1 (classifier) recipe: paper (named by --recipe)",
+        "stage 3 (segmenter) recipe: paper (named by --recipe)",
+    ]
