@@ -52,6 +52,7 @@ class TrainConfig:
     weight_decay: float | None = None
     bias_lr_mult: float | None = None
     head_lr_mult: float | None = None
+    bias_weight_decay: bool | None = None
     seg_vflip: bool | None = None
     seg_blur: bool | None = None
     seg_loss: str | None = None
@@ -132,6 +133,7 @@ def recipe(cfg: TrainConfig, pretrained: str | None) -> Recipe:
         weight_decay=cfg.weight_decay,
         bias_lr_mult=cfg.bias_lr_mult,
         head_lr_mult=cfg.head_lr_mult,
+        bias_weight_decay=cfg.bias_weight_decay,
     )
 
 
