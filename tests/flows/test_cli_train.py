@@ -196,6 +196,37 @@ def test_masks_of_an_earlier_run_are_not_reused(
     assert (deep / "a.png").read_bytes() == b"not read" and not (tmp_path / "m").exists()
 
 
+def test_a_stage_that_started_otherwise_is_not_resumed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A work folder whose stage 1 checkpoint started from random weights, or whose stage 3
+    started from a file this run does not name: one error before anything is written (the
+    resumed weights would ignore the option, and model.json would name the wrong start)."""
+    weights = tmp_path / "w.safetensors"
+    _timm_weights_file(weights)
+    work = tmp_path / "m.work"
+    (work / "stage1").mkdir(parents=True)
+    (work / "stage1" / "state.json").write_text("{}")
+    args = ["train", "--data", str(SAMPLE), "--out", str(tmp_path / "m"), *TINY]
+    assert main([*args, "--pretrained", str(weights)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert "classifier encoder of this work folder started from random weights" in err
+
+    shutil.rmtree(work / "stage1")
+    (work / "stage3" / "last").mkdir(parents=True)
+    (work / "stage3" / "last" / "state.json").write_text("{}")
+    (work / "stage3" / "pretrained.json").write_text(json.dumps({"source": str(weights)}))
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert f"segmenter encoder of this work folder started from {weights}" in err
+    assert "this run starts it from random weights" in err
+    assert sorted(p.name for p in work.rglob("*")) == [
+        "last", "pretrained.json", "stage3", "state.json"
+    ]  # fmt: skip
+    assert not (tmp_path / "m").exists()
+
+
 def _timm_weights_file(path: Path) -> dict[str, torch.Tensor]:
     """A resnet10t state dict as a lab would save it (with `module.` and the ImageNet fc)."""
     torch.manual_seed(11)
