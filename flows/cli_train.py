@@ -86,6 +86,12 @@ def add_parser(
         help="lr multiplier of the new layers: classifier head, DeepLabV3+ decoder (recipe's)",
     )
     p.add_argument(
+        "--bias-weight-decay",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="weight decay on biases too (default: recipe's; paper: none on stage-1 biases)",
+    )
+    p.add_argument(
         "--seg-blur",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -194,6 +200,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         weight_decay=args.weight_decay,
         bias_lr_mult=args.bias_lr_mult,
         head_lr_mult=args.head_lr_mult,
+        bias_weight_decay=args.bias_weight_decay,
         seg_blur=args.seg_blur,
         seg_vflip=args.seg_vflip,
         seg_loss=args.seg_loss,

@@ -13,6 +13,10 @@ still lacks and what the file has beyond it; a file of which nothing matches is 
 from __future__ import annotations
 
 import hashlib
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,16 +125,62 @@ def timm_weights(name: str) -> dict[str, torch.Tensor]:
     """The pretrained state dict of timm model `name` (timm's download and cache; online only)."""
     import timm
 
+    offline = ""
     try:
-        model = timm.create_model(name, pretrained=True)
+        with _offline_unless_reachable() as offline:
+            model = timm.create_model(name, pretrained=True)
     except Exception as exc:  # offline, unknown name, no weights: one line with the fix
+        why = " ".join(str(exc).split()).split(". ")[0][:200]  # its first sentence, one line
         raise ConfigError(
             f"could not load pretrained weights {name!r} through timm ({type(exc).__name__}: "
-            f"{str(exc)[:160]}); where this machine cannot download them, fetch "
+            f"{why}); {offline + '; ' if offline else ''}where this machine cannot download "
+            f"them, fetch "
             f"model.safetensors from https://huggingface.co/{hub_id(name)} on a machine that "
             "is online and pass the file's path to --pretrained / --seg-pretrained"
         ) from exc
     return {k: v.detach() for k, v in model.state_dict().items()}
+
+
+#: Environment variables of a proxy: with one, a direct connection says nothing.
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+
+
+def hub_reachable(timeout: float = 5.0) -> bool:
+    """Whether a connection to the Hugging Face endpoint opens (True behind a proxy: the proxy
+    decides). One quick try, so an offline machine does not wait through the Hub client's
+    retries (about a minute, a warning line each) before the one error line."""
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    if any(os.environ.get(v) for v in PROXY_VARIABLES):
+        return True
+    url = urlsplit(constants.ENDPOINT)
+    port = url.port or (80 if url.scheme == "http" else 443)
+    try:
+        with socket.create_connection((url.hostname or "", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@contextmanager
+def _offline_unless_reachable() -> Iterator[str]:
+    """The Hub client in offline mode (timm's cache only) while the endpoint is unreachable;
+    yields why it is offline ("" when it is not)."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        yield "HF_HUB_OFFLINE is set"
+        return
+    if hub_reachable():
+        yield ""
+        return
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield f"{constants.ENDPOINT} is not reachable from this machine"
+    finally:
+        constants.HF_HUB_OFFLINE = False
 
 
 def hub_id(name: str) -> str:

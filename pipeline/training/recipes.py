@@ -103,6 +103,7 @@ def resolve_recipe(
     weight_decay: float | None = None,
     bias_lr_mult: float | None = None,
     head_lr_mult: float | None = None,
+    bias_weight_decay: bool | None = None,
 ) -> Recipe:
     """The recipe `name` (None: `paper` from pretrained weights, else `default`) with the
     given settings replaced in both stages."""
@@ -122,6 +123,8 @@ def resolve_recipe(
     for key, value in changes.items():
         if value < 0 or (key == "lr" and value == 0):
             raise ConfigError(f"--{key.replace('_', '-')} must be > 0, got {value}")
+    if bias_weight_decay is not None:
+        changes["bias_weight_decay"] = bias_weight_decay
     recipe = RECIPES[chosen]
     return replace(
         recipe, stage1=replace(recipe.stage1, **changes), stage3=replace(recipe.stage3, **changes)

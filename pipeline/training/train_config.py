@@ -18,7 +18,8 @@ from wsi_segment.models.segmenter import SEG_LOSSES
 from wsi_segment.pipeline.training.make_pseudo_masks import check_pseudo_mask_folder
 from wsi_segment.pipeline.training.recipes import Recipe, resolve_recipe
 from wsi_segment.pipeline.training.train_classifier import ClassifierConfig, head_spec
-from wsi_segment.pipeline.training.train_segmenter import SegmenterConfig
+from wsi_segment.pipeline.training.train_segmenter import CHECKPOINT, SegmenterConfig
+from wsi_segment.pipeline.training.warm_start import check_start
 from wsi_segment.wsi.mpp import mpp_problem
 
 
@@ -52,6 +53,7 @@ class TrainConfig:
     weight_decay: float | None = None
     bias_lr_mult: float | None = None
     head_lr_mult: float | None = None
+    bias_weight_decay: bool | None = None
     seg_vflip: bool | None = None
     seg_blur: bool | None = None
     seg_loss: str | None = None
@@ -116,6 +118,10 @@ def check_config(cfg: TrainConfig) -> None:
             and not Path(source).expanduser().is_file()
         ):
             raise ConfigError(f"{source}: {option} weights file not found; check the path")
+    # a stage resumed from a checkpoint that started otherwise: refused now, not after stage 1
+    stage1, stage3 = work_dir(cfg) / "stage1", work_dir(cfg) / "stage3"
+    check_start(cfg.pretrained, stage1, "classifier encoder", stage1)
+    check_start(cfg.seg_pretrained, stage3, "segmenter encoder", stage3 / CHECKPOINT)
     recipe(cfg, cfg.pretrained)  # a recipe name or setting out of range
     if cfg.seg_loss is not None and cfg.seg_loss not in SEG_LOSSES:
         raise ConfigError(f"--seg-loss must be one of {sorted(SEG_LOSSES)}, got {cfg.seg_loss!r}")
@@ -132,6 +138,7 @@ def recipe(cfg: TrainConfig, pretrained: str | None) -> Recipe:
         weight_decay=cfg.weight_decay,
         bias_lr_mult=cfg.bias_lr_mult,
         head_lr_mult=cfg.head_lr_mult,
+        bias_weight_decay=cfg.bias_weight_decay,
     )
 
 

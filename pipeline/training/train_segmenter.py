@@ -50,6 +50,9 @@ from wsi_segment.pipeline.training.train_classifier import (
 )
 from wsi_segment.pipeline.training.warm_start import warm_start
 
+#: The stage folder's checkpoint of the last finished epoch (resumed from).
+CHECKPOINT = "last"
+
 
 @dataclass(frozen=True)
 class SegmenterConfig:
@@ -122,13 +125,17 @@ def train_segmenter(
     torch.manual_seed(cfg.seed)
     model = build_segmenter(cfg.encoder, ds.num_classes, decoder_channels=cfg.decoder_channels)
     encoder = model.net.encoder
-    warm_start(encoder, cfg.pretrained, work, "segmenter encoder", work / "last")
+    warm_start(encoder, cfg.pretrained, work, "segmenter encoder", work / CHECKPOINT)
     model = model.to(device)
     freeze(model, encoder, cfg.optim)
     opt, base_lrs = make_optimizer(
         model, [model.net.decoder, model.net.segmentation_head], cfg.optim
     )
-    state = load_checkpoint(work / "last", model, opt) or {"epoch": 0, "history": [], "best": None}
+    state = load_checkpoint(work / CHECKPOINT, model, opt) or {
+        "epoch": 0,
+        "history": [],
+        "best": None,
+    }
     has_val = ds.has_masks("val")
     steps = batch_count(len(items), cfg.batch_size)
     if cfg.max_steps is not None:
@@ -187,7 +194,7 @@ def train_segmenter(
             save_file(weights, str(work / "best.safetensors.tmp"))
             (work / "best.safetensors.tmp").replace(work / "best.safetensors")
         state = {"epoch": epoch + 1, "history": [*state["history"], record], "best": best}
-        save_checkpoint(work / "last", model, opt, state)
+        save_checkpoint(work / CHECKPOINT, model, opt, state)
     if (work / "best.safetensors").is_file():
         model.load_state_dict(load_file(str(work / "best.safetensors")))
     (work / "result.json").write_text(json.dumps(state, indent=1))

@@ -196,6 +196,37 @@ def test_masks_of_an_earlier_run_are_not_reused(
     assert (deep / "a.png").read_bytes() == b"not read" and not (tmp_path / "m").exists()
 
 
+def test_a_stage_that_started_otherwise_is_not_resumed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A work folder whose stage 1 checkpoint started from random weights, or whose stage 3
+    started from a file this run does not name: one error before anything is written (the
+    resumed weights would ignore the option, and model.json would name the wrong start)."""
+    weights = tmp_path / "w.safetensors"
+    _timm_weights_file(weights)
+    work = tmp_path / "m.work"
+    (work / "stage1").mkdir(parents=True)
+    (work / "stage1" / "state.json").write_text("{}")
+    args = ["train", "--data", str(SAMPLE), "--out", str(tmp_path / "m"), *TINY]
+    assert main([*args, "--pretrained", str(weights)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert "classifier encoder of this work folder started from random weights" in err
+
+    shutil.rmtree(work / "stage1")
+    (work / "stage3" / "last").mkdir(parents=True)
+    (work / "stage3" / "last" / "state.json").write_text("{}")
+    (work / "stage3" / "pretrained.json").write_text(json.dumps({"source": str(weights)}))
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert f"segmenter encoder of this work folder started from {weights}" in err
+    assert "this run starts it from random weights" in err
+    assert sorted(p.name for p in work.rglob("*")) == [
+        "last", "pretrained.json", "stage3", "state.json"
+    ]  # fmt: skip
+    assert not (tmp_path / "m").exists()
+
+
 def _timm_weights_file(path: Path) -> dict[str, torch.Tensor]:
     """A resnet10t state dict as a lab would save it (with `module.` and the ImageNet fc)."""
     torch.manual_seed(11)
@@ -213,6 +244,7 @@ def test_train_options_reach_the_config(tmp_path: Path) -> None:
         "train", "--data", "d", "--out", "o", "--pretrained", "w.safetensors",
         "--seg-pretrained", "resnet18.a1_in1k", "--recipe", "paper", "--lr", "0.02",
         "--weight-decay", "1e-3", "--bias-lr-mult", "1", "--head-lr-mult", "5",
+        "--bias-weight-decay",
         "--no-seg-blur", "--seg-vflip", "--seg-loss", "ours", "--val-gate",
         "--cam-method", "scorecam",
     ]  # fmt: skip
@@ -222,10 +254,16 @@ def test_train_options_reach_the_config(tmp_path: Path) -> None:
         "w.safetensors", "resnet18.a1_in1k", "paper"
     )  # fmt: skip
     assert (cfg.lr, cfg.weight_decay, cfg.bias_lr_mult, cfg.head_lr_mult) == (0.02, 1e-3, 1, 5)
+    assert cfg.bias_weight_decay is True
     assert (cfg.seg_blur, cfg.seg_vflip, cfg.seg_loss, cfg.val_gate) == (False, True, "ours", True)
     assert cfg.cam_method == "scorecam"
     plain = config_from_args(build_parser().parse_args(["train", "--data", "d", "--out", "o"]))
     assert (plain.recipe, plain.lr, plain.seg_blur, plain.val_gate) == (None, None, None, None)
+    assert plain.bias_weight_decay is None
+    off = build_parser().parse_args(
+        ["train", "--data", "d", "--out", "o", "--no-bias-weight-decay"]
+    )
+    assert config_from_args(off).bias_weight_decay is False
     assert plain.cam_method == "gradcam"
 
 

@@ -10,9 +10,15 @@ import torch
 from safetensors.torch import save_file
 
 from wsi_segment.errors import ConfigError
+from wsi_segment.models import pretrained
 from wsi_segment.models.checksum import file_sha256
 from wsi_segment.models.classifier import build_classifier
-from wsi_segment.models.pretrained import canonical, is_file_source, load_pretrained
+from wsi_segment.models.pretrained import (
+    canonical,
+    hub_reachable,
+    is_file_source,
+    load_pretrained,
+)
 from wsi_segment.models.segmenter import build_segmenter
 
 
@@ -105,7 +111,51 @@ def test_a_timm_name_offline_is_one_error_with_the_fix(monkeypatch: pytest.Monke
     with pytest.raises(ConfigError) as err:
         load_pretrained(torch.nn.Linear(2, 2), "resnet10t")
     assert "https://huggingface.co/timm/resnet10t.c3_in1k" in str(err.value)
-    assert "--pretrained" in str(err.value)
+    assert "--pretrained" in str(err.value) and "HF_HUB_OFFLINE is set" in str(err.value)
+    assert "\n" not in str(err.value)  # the CLI prints it as one `error:` line
+
+
+def test_an_unreachable_hub_fails_at_once_from_the_cache_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No HF_HUB_OFFLINE, but the endpoint does not answer: the Hub client is put offline for
+    the call (timm's cache still serves), so no retries, and the error says why."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(pretrained, "hub_reachable", lambda: False)
+    seen: list[bool] = []
+
+    def create_model(name: str, pretrained: bool) -> torch.nn.Module:
+        seen.append(huggingface_hub.constants.HF_HUB_OFFLINE)
+        raise huggingface_hub.errors.LocalEntryNotFoundError("not in the cache.\nSecond line")
+
+    monkeypatch.setattr(timm, "create_model", create_model)
+    with pytest.raises(ConfigError) as err:
+        load_pretrained(torch.nn.Linear(2, 2), "resnet10t")
+    assert seen == [True] and huggingface_hub.constants.HF_HUB_OFFLINE is False
+    message = str(err.value)
+    assert "(LocalEntryNotFoundError: not in the cache)" in message and "\n" not in message
+    assert "https://huggingface.co is not reachable from this machine" in message
+
+
+def test_hub_reachable_tries_one_connection(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A listening local port is reachable, a closed one not; behind a proxy the proxy decides."""
+    import socket
+
+    import huggingface_hub.constants
+
+    for var in pretrained.PROXY_VARIABLES:
+        monkeypatch.delenv(var, raising=False)
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        port = server.getsockname()[1]
+        monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+        assert hub_reachable(timeout=2.0) is True
+    assert hub_reachable(timeout=2.0) is False  # the same port, closed
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    assert hub_reachable(timeout=2.0) is True
 
 
 def test_sources_and_key_names() -> None:

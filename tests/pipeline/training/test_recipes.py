@@ -80,6 +80,18 @@ def test_bias_groups_get_their_multiplier_and_decay() -> None:
     assert [(g["lr"], g["weight_decay"]) for g in opt1.param_groups] == [
         (0.01, 5e-4), (0.02, 0.0), (0.1, 5e-4), (0.2, 0.0)
     ]  # fmt: skip
+    # --bias-weight-decay puts them back in, in both stages; --no-bias-weight-decay takes
+    # them out of the default recipe's one group (then groups: weights, biases)
+    back = resolve_recipe("paper", True, bias_weight_decay=True)
+    assert back.stage1.bias_weight_decay and back.stage3.bias_weight_decay
+    s1 = replace(back.stage1, freeze_bn=False, frozen_stages=())
+    opt1, _ = make_optimizer(seg, [seg.net.decoder, seg.net.segmentation_head], s1)
+    assert [g["weight_decay"] for g in opt1.param_groups] == [5e-4] * 4
+    out = resolve_recipe("default", False, bias_weight_decay=False).stage1
+    opt2, _ = make_optimizer(seg, [seg.net.decoder, seg.net.segmentation_head], out)
+    assert [(g["lr"], g["weight_decay"]) for g in opt2.param_groups] == [
+        (1e-3, 1e-4), (1e-3, 0.0), (1e-3, 1e-4), (1e-3, 0.0)
+    ]  # fmt: skip
 
 
 def test_default_recipe_is_one_adamw_group() -> None:

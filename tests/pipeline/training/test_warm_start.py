@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from wsi_segment.errors import ConfigError
 from wsi_segment.models.checksum import file_sha256
 from wsi_segment.pipeline.training.checkpoints import save_checkpoint
 from wsi_segment.pipeline.training.warm_start import pretrained_record, warm_start
@@ -37,6 +38,39 @@ def test_loaded_recorded_then_kept_on_resume(
     assert pretrained_record(work) == record
     assert "resuming from" in capsys.readouterr().out
 
-    warm_start(layer, None, work, "classifier encoder", work)  # from scratch: no stale record
-    assert pretrained_record(work) is None and not (work / "pretrained.json").exists()
     assert json.loads((work / "state.json").read_text())["state"] == {"epoch": 1}
+
+
+def test_a_checkpoint_that_started_otherwise_is_refused(tmp_path: Path) -> None:
+    """Resuming would ignore the option and model.json would name a start the weights lack:
+    another file, random weights where a file is named, a file where none is named."""
+    src, other = tmp_path / "w.safetensors", tmp_path / "other.safetensors"
+    for f in (src, other):
+        save_file({"weight": torch.ones(2, 2), "bias": torch.zeros(2)}, str(f))
+    layer = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(layer.parameters(), lr=0.1)
+    pre, scratch = tmp_path / "pre", tmp_path / "scratch"
+    warm_start(layer, str(src), pre, "classifier encoder", pre)
+    save_checkpoint(pre, layer, opt, {"epoch": 1})
+    save_checkpoint(scratch, layer, opt, {"epoch": 1})
+    record = pretrained_record(pre)
+
+    for work, source, was, now in (
+        (pre, str(other), str(src), str(other)),
+        (pre, None, str(src), "random weights"),
+        (scratch, str(src), "random weights", str(src)),
+    ):
+        with pytest.raises(ConfigError) as err:
+            warm_start(layer, source, work, "classifier encoder", work)
+        assert f"started from {was} and would resume" in str(err.value)
+        assert f"this run starts it from {now}; delete {work}" in str(err.value)
+    assert pretrained_record(pre) == record and pretrained_record(scratch) is None
+    warm_start(layer, None, scratch, "classifier encoder", scratch)  # the same start resumes
+
+
+def test_from_scratch_without_a_checkpoint_drops_an_old_record(tmp_path: Path) -> None:
+    src, work = tmp_path / "w.safetensors", tmp_path / "stage1"
+    save_file({"weight": torch.ones(2, 2), "bias": torch.zeros(2)}, str(src))
+    warm_start(torch.nn.Linear(2, 2), str(src), work, "classifier encoder", work)
+    warm_start(torch.nn.Linear(2, 2), None, work, "classifier encoder", work)
+    assert pretrained_record(work) is None and not (work / "pretrained.json").exists()
