@@ -87,7 +87,7 @@ def slide_task(
     item: BatchItem,
     out: str,
     params: SegmentParams,
-    dask_address: str | None,
+    client: Client | None,
     index: int = 0,
     watch: SlideWatch | None = None,
 ) -> SlideOrFailed:
@@ -99,7 +99,7 @@ def slide_task(
     error: Exception
     try:
         with watch.running(index):
-            return run_slide_stages(str(item.slide), out, params_for(item, params), dask_address)
+            return run_slide_stages(str(item.slide), out, params_for(item, params), client)
     except SlideStopped as exc:
         stopped = stopped_result(item, exc, watch.timeout_s, time.perf_counter() - t0)
         if stopped.status != "failed":
@@ -224,12 +224,11 @@ def segment_batch(
         stack.enter_context(pipeline_warnings_to_run_log())
         if todo:  # no cluster starts for a batch that is all finished
             client = stack.enter_context(_dask_context(dask_address, workers, in_process))
-            address = client.scheduler.address if client is not None else None
             # daemon slide threads: one stuck past the interrupt's grace does not hold the exit
             pool: SlideTaskRunner[SlideOrFailed] = SlideTaskRunner(max_workers=concurrency)
             watch = stack.enter_context(SlideWatch(slide_timeout))
             with pool as runner:
-                common = {"out": out, "params": params, "dask_address": address, "watch": watch}
+                common = {"out": out, "params": params, "client": client, "watch": watch}
                 futures = {
                     i: runner.submit(slide_task, {"item": items[i], "index": i, **common})
                     for i in todo

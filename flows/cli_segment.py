@@ -115,17 +115,16 @@ def add_segment_options(parser: argparse.ArgumentParser) -> None:
         "--threads",
         type=positive_int(1, 256),
         default=None,
-        help="Dask threads (chunks in flight), 1-256 (default: 2 on the CPU, one per core "
-        "(4-16) on a GPU so decoding keeps it fed)",
+        help="forward passes side by side on the CPU, each with cores/N torch threads, 1-256 "
+        "(default: 2; on a GPU one thread owns the model). Speed only",
     )
     parser.add_argument(
         "--decoders",
         type=positive_int(0, 256),
         default=None,
-        help="decoder processes feeding the model's one owner (the device engine), 0-256; "
-        "0: Dask threads instead (default: one per core but one, at most 16, on a GPU; "
-        "0 on the CPU). On a Dask cluster: per band of chunks on each worker (default: "
-        "bands when the workers run CUDA)",
+        help="decoder processes feeding the model's owner, 0-256; 0: one reader thread "
+        "instead (default: one per core but one, at most 16, on a GPU; 0 on the CPU). On a "
+        "Dask cluster: per band of chunks on each worker (default: as a local run there)",
     )
     parser.add_argument(
         "--writers",

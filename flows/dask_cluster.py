@@ -10,7 +10,6 @@ overlap reading/decoding with the model (the model already uses every core).
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -164,11 +163,10 @@ def dask_client(
                 f"cannot reach the Dask scheduler at {address} ({exc}); check --dask-address "
                 "(e.g. tcp://host:8786) and that the scheduler is running"
             ) from exc
-        with _registered(client):
-            try:
-                yield client
-            finally:
-                client.close()
+        try:
+            yield client
+        finally:
+            client.close()
         return
     import dask
 
@@ -176,37 +174,9 @@ def dask_client(
         cluster = start_local_cluster(plan_local_cluster(workers, threads))
         try:
             client = Client(cluster)
-            with _registered(client):
-                try:
-                    yield client
-                finally:
-                    client.close()
+            try:
+                yield client
+            finally:
+                client.close()
         finally:
             cluster.close()
-
-
-# Clients open in this process, by scheduler address: Prefect tasks get the address as a
-# (serialisable) parameter and look the live client up here instead of reconnecting.
-_CLIENTS: dict[str, Client] = {}
-_LOCK = threading.Lock()
-
-
-@contextmanager
-def _registered(client: Client) -> Iterator[None]:
-    address = client.scheduler.address
-    with _LOCK:
-        _CLIENTS[address] = client
-    try:
-        yield
-    finally:
-        with _LOCK:
-            if _CLIENTS.get(address) is client:
-                del _CLIENTS[address]
-
-
-def client_for(address: str | None) -> Client | None:
-    """The live client this process opened for `address` (None if there is none)."""
-    if not address:
-        return None
-    with _LOCK:
-        return _CLIENTS.get(address)

@@ -118,6 +118,11 @@ class PreparedSlide:
         pool, self.decode_pool = self.decode_pool, None
         return pool
 
+    def take_prefetch(self) -> ChunkPrefetcher | None:
+        """The prefetcher, handed over to the engine's reader thread (which closes it)."""
+        prefetch, self.prefetch = self.prefetch, None
+        return prefetch
+
     @property
     def out_dir(self) -> Path:
         return self.out_root / self.name

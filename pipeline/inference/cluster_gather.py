@@ -4,7 +4,7 @@ raised.
 Cancelling futures would not stop a task already running on a worker, and it would write
 into a folder the caller removes on error. So a failure sets the slide's cluster-wide abort
 event (tasks not yet started return at once, running engines stop) and the caller still waits
-for every future; the chunk path and the band path share this. An interrupt (Ctrl-C, or a
+for every future (`band_runner.run_bands`). An interrupt (Ctrl-C, or a
 batch stopping a slide over its time limit) waits only `STOP_GRACE_S` for the running tasks,
 so a task stuck on a worker cannot hold the interrupt.
 """
