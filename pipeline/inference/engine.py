@@ -35,6 +35,7 @@ from wsi_segment.pipeline.inference.engine_state import (
     EngineStats,
     FirstError,
     Part,
+    join_part,
     start_parts,
 )
 from wsi_segment.pipeline.inference.read_source import ReadSource
@@ -139,7 +140,7 @@ def _run_parts(
             if errors.error is not None or any(t.is_alive() for t in threads):
                 errors.stop()
             for thread in threads:
-                stop = wait_uninterrupted(thread.join)
+                stop = wait_uninterrupted(join_part, thread)
                 if stop is not None:  # stopped from outside while its parts ended
                     errors.report(stop)
                     errors.stop()
