@@ -2,7 +2,7 @@
 
 Slides run concurrently up to `concurrency` (threads of this process, each driving one
 slide's stage tasks); their chunks all go to one Dask cluster, or, on a machine with one
-GPU (or `workers=0`), run in this process: on a GPU through the device engine, where the
+GPU (or `workers=0`), run in this process: on a GPU through the engine, where the
 slides in flight share the machine's decoder processes (`pipeline.params.shared_decoders`)
 and their consumers take turns on the one model (one forward pass at a time), so the next
 slide's tissue detection, planning and first decodes overlap this slide's inference and
@@ -189,8 +189,8 @@ def segment_batch(
     """Segment every slide of a folder, glob or manifest CSV into `<out>/<name>/`.
 
     `workers`: Dask worker processes of a local cluster (default: one per GPU, but none on a
-    machine with one GPU, else one CPU worker; 0 runs chunks in this process: the device
-    engine on a GPU, threads on the CPU); ignored with `dask_address`. `concurrency`: slides
+    machine with one GPU, else one CPU worker; 0 runs chunks through the engine in this
+    process); ignored with `dask_address`. `concurrency`: slides
     in flight; 2 overlaps one slide's fixed costs (open, tissue, plan; polygons and outputs)
     with the other's inference, and more only splits the same device and cores further.
     `options`: other `SegmentParams` fields (overlap, device, overwrite, ...).

@@ -130,14 +130,14 @@ def add_segment_options(parser: argparse.ArgumentParser) -> None:
         "--writers",
         type=positive_int(1, 64),
         default=None,
-        help="threads of the device engine that finish chunks side by side (stitch, zarr "
+        help="threads of the engine that finish chunks side by side (stitch, zarr "
         "write, polygons), 1-64 (default: the cores the decoders leave, 1 to 4)",
     )
     parser.add_argument(
         "--read-device",
         choices=READ_DEVICES,
         default="auto",
-        help="where the device engine decodes JPEG tiles: gpu reads them onto the model's "
+        help="where the engine decodes JPEG tiles: gpu reads them onto the model's "
         "device (nvJPEG on CUDA; one reader thread, no decoder processes) wherever the slide "
         "allows it (model pixels = a level's pixels, tiled JPEG), else says why; cpu: the "
         "decoder processes; auto: gpu only on CUDA for YCbCr JPEG tiles (default: "

@@ -76,7 +76,7 @@ DASHBOARD_ON = ":8787"
 # (LocalCluster does so by itself; the GPU SpecCluster is told), never on every interface.
 LOOPBACK = "127.0.0.1"
 DASHBOARD_OFF = "127.0.0.1:0"
-# Each band of the device engine starts decoder processes on its worker, and a daemonic
+# Each band of the engine starts decoder processes on its worker, and a daemonic
 # process may not start processes; Dask starts workers daemonic by default. A nanny reads
 # this setting each time it (re)starts its worker, in the process that holds the cluster,
 # so `dask_client` keeps it set while its cluster runs (a worker restarted after a crash
@@ -150,7 +150,7 @@ def dask_client(
     """A Dask client for a run: connect to `address`, or start (and stop) a local cluster.
 
     A local cluster's workers are non-daemonic for its whole life (`WORKERS_NOT_DAEMONIC`:
-    bands of the device engine start decoder processes on them). A remote cluster is left
+    bands of the engine start decoder processes on them). A remote cluster is left
     running at exit; only our connection closes.
     """
     from distributed import Client

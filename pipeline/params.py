@@ -59,10 +59,10 @@ class SegmentParams:
     # With a Dask client: per band on each worker, the default decided there the same way
     # (pipeline.inference.band_task). Speed only.
     decoders: int | None = None
-    # Writer threads of the device engine (finish whole chunks side by side); None: the
+    # Writer threads of the engine (finish whole chunks side by side); None: the
     # cores the decoders leave, 1 to 4 (`run_writers`). Speed only.
     writers: int | None = None
-    # Where the device engine's tiles are decoded: "gpu" reads the slide's JPEG tiles straight
+    # Where the engine's tiles are decoded: "gpu" reads the slide's JPEG tiles straight
     # onto the model's device (one reader thread, no decoder processes) wherever it can,
     # "cpu" always uses the decoder processes, "auto" the device only on CUDA with nvJPEG
     # (pipeline.inference.read_device). Local runs only. Speed only.
@@ -204,7 +204,7 @@ WRITERS_MAX = 4
 
 
 def run_writers(requested: int | None, decoders: int, cores: int | None = None) -> int:
-    """Writer threads of a device engine with `decoders` decoder processes: `requested`, or
+    """Writer threads of an engine with `decoders` decoder processes: `requested`, or
     the cores the decoders leave, at least 1 and at most WRITERS_MAX. Writers only cost CPU
     when chunks arrive faster than one thread finishes them; beyond a few, polygon tracing
     and zarr's event loop (which hold the GIL) bound them, and more threads only compete

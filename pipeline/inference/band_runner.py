@@ -17,23 +17,23 @@ its cores out between them; the workers of one machine share its cores too.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from wsi_segment.pipeline.inference.band_task import DAEMON_FIX, BandReads, BandResult, run_band
 from wsi_segment.pipeline.inference.chunk_job import SlideJob, precision_here
-from wsi_segment.pipeline.inference.cluster_gather import gather_all
 from wsi_segment.pipeline.inference.model_handle import ModelHandle
 from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome
 from wsi_segment.pipeline.progress import NullProgress, Progress
 from wsi_segment.wsi.tiling import ChunkSpec
 
 if TYPE_CHECKING:  # distributed is imported only when a cluster is used
-    from distributed import Client
+    from distributed import Client, Event, Future
 
 log = logging.getLogger(__name__)
 
@@ -180,3 +180,53 @@ def settle_precision(
         return job, report  # GPUs: auto is already fixed (bf16, else fp16)
     model = ModelHandle(job.model.model_dir, job.model.device, chosen, job.model.identity)
     return dataclasses.replace(job, model=model, _local=threading.local()), report
+
+
+# Waiting for a slide's bands: every one ends before the first failure is raised.
+# Cancelling futures would not stop a band already running on a worker, and it would write
+# into a folder the caller removes on error. So a failure sets the slide's cluster-wide
+# abort event (bands not yet started return at once, running engines stop) and the caller
+# still waits for every future. An interrupt (Ctrl-C, or a batch stopping a slide over its
+# time limit) waits only `STOP_GRACE_S` for the running bands, so a band stuck on a worker
+# cannot hold the interrupt.
+STOP_GRACE_S = 10.0
+
+
+def gather_all(
+    futures: Sequence[Future[Any]],
+    event: Event,
+    on_result: Callable[[int, Any], BaseException | None],
+) -> None:
+    """Hand each future's value to `on_result` (with its index in `futures`) as it completes;
+    the first failure (a raised exception, or the error `on_result` returns) sets `event` and
+    is raised once every future has ended. An interrupt while waiting sets `event` too."""
+    from distributed import as_completed
+
+    index = {f.key: i for i, f in enumerate(futures)}
+    error: BaseException | None = None
+    try:
+        for future in as_completed(futures):
+            try:
+                failure = on_result(index[future.key], future.result())
+            except Exception as exc:  # first failure wins; the others are its echoes
+                failure = exc
+            if failure is not None and error is None:
+                error = failure
+                event.set()
+    except BaseException:  # interrupted while waiting: started tasks finish, no new ones
+        event.set()
+        _wait_briefly(futures)
+        raise
+    event.clear()  # frees the event on the scheduler
+    if error is not None:
+        raise error
+
+
+def _wait_briefly(futures: Sequence[Future[Any]]) -> None:
+    """Wait up to STOP_GRACE_S for the running tasks (they stop early once the abort event
+    is set), so they do not write into a folder the caller is about to remove."""
+    from distributed import wait
+
+    # timed out, or the cluster is going away: the interrupt goes on
+    with contextlib.suppress(Exception):
+        wait(list(futures), timeout=STOP_GRACE_S)

@@ -77,7 +77,7 @@ def plan_reader(
     read_backend: str | None,
 ) -> ChunkReader:
     """The reader of the planned chunks, for what reads before the model has loaded (the
-    prefetcher, the device engine's decoders). A local path is made absolute: decoder
+    prefetcher, the engine's decoders). A local path is made absolute: decoder
     processes and Dask workers (on other machines too) may run in another directory."""
     return ChunkReader(
         slide_path=path_for_readers(slide_path),

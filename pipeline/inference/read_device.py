@@ -1,4 +1,4 @@
-"""Where the device engine decodes a slide's tiles: on the model's device, or in processes.
+"""Where the engine decodes a slide's tiles: on the model's device, or in processes.
 
 The device read path (`pipeline.inference.reader_thread`) decodes a level's JPEG storage
 tiles in batches (nvJPEG on CUDA, libjpeg-turbo on the CPU) and assembles the model tiles on

@@ -1,4 +1,4 @@
-"""A batch whose chunks run in the flow's process: slides in flight on the device engine
+"""A batch whose chunks run in the flow's process: slides in flight on the engine
 write what they write one at a time, share the machine's decoders, and leave no decoder
 process or shared memory behind."""
 
