@@ -140,8 +140,8 @@ def finished_slides(
 
 def chunks_in_process(dask_address: str | None, workers: int | None, device: str) -> bool:
     """Whether the slides' chunks run in this process rather than on a Dask cluster: with
-    `workers=0`, and by default on a machine with one GPU: this process runs the device
-    engine (one consumer for the device, decoders on every core) as a cluster's single GPU
+    `workers=0`, and by default on a machine with one GPU: this process runs the engine
+    (one consumer for the device, decoders on every core) as a cluster's single GPU
     worker would, without a cluster's start-up, and the slides in flight share its one
     loaded model. Several GPUs keep one worker each (each runs bands of chunks through the
     engine, `pipeline.inference.band_runner`)."""

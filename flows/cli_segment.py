@@ -141,7 +141,7 @@ def add_segment_options(parser: argparse.ArgumentParser) -> None:
         "device (nvJPEG on CUDA; one reader thread, no decoder processes) wherever the slide "
         "allows it (model pixels = a level's pixels, tiled JPEG), else says why; cpu: the "
         "decoder processes; auto: gpu only on CUDA for YCbCr JPEG tiles (default: "
-        "%(default)s). Local runs only",
+        "%(default)s); on a Dask cluster each worker decides for its bands",
     )
     parser.add_argument("--backend", choices=BACKENDS, default="auto")
     parser.add_argument(

@@ -2,9 +2,9 @@
 
 Prefect tasks (one per slide per stage) stay in the flow process; the tile chunks of every
 slide go to Dask. Workers are processes, so each loads the model once and a worker that
-dies has its chunks recomputed elsewhere by the scheduler. Sizing: one worker per GPU
-(each pinned to its device with CUDA_VISIBLE_DEVICES), else one CPU worker whose threads
-overlap reading/decoding with the model (the model already uses every core).
+dies has its band of chunks recomputed elsewhere by the scheduler. Sizing: one worker per
+GPU (each pinned to its device with CUDA_VISIBLE_DEVICES), else one CPU worker running one
+band of the engine per thread, the cores shared out between them.
 """
 
 from __future__ import annotations
@@ -49,8 +49,9 @@ def plan_local_cluster(
 ) -> ClusterPlan:
     """Size a local cluster: one worker per GPU, else `workers` (default 1) CPU workers.
 
-    `threads` defaults to the cores shared out between workers (at least 2 per worker so
-    one thread can read while another runs the model).
+    `threads` defaults to the cores shared out between workers, at least 2 per worker: each
+    thread runs one band of the engine (its reader thread and its forward passes), so two
+    keep a core busy while one band's reader waits.
     """
     if workers is not None and workers < 1:
         raise ConfigError(f"--workers must be >= 1 (got {workers})")

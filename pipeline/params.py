@@ -65,7 +65,8 @@ class SegmentParams:
     # Where the engine's tiles are decoded: "gpu" reads the slide's JPEG tiles straight
     # onto the model's device (one reader thread, no decoder processes) wherever it can,
     # "cpu" always uses the decoder processes, "auto" the device only on CUDA with nvJPEG
-    # (pipeline.inference.read_device). Local runs only. Speed only.
+    # (pipeline.inference.read_device); on a Dask cluster each band decides on its worker.
+    # Speed only.
     read_device: str = "auto"
     output_name: str | None = None  # default: the slide's file stem
     simplify_tolerance: float = 1.0  # output pixels; polygons simplified edge-to-edge

@@ -34,7 +34,13 @@ from wsi_segment.pipeline.inference.chunk_job import SlideJob
 from wsi_segment.pipeline.inference.engine import run_engine
 from wsi_segment.pipeline.inference.engine_state import EngineStats
 from wsi_segment.pipeline.inference.model_handle import ModelHandle, model_device_type
-from wsi_segment.pipeline.inference.read_device import GPU, choose_reads, settle_reads
+from wsi_segment.pipeline.inference.read_device import (
+    CPU,
+    GPU,
+    NO_BANDS,
+    choose_reads,
+    settle_reads,
+)
 from wsi_segment.pipeline.inference.read_source import ReadSource
 from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome
 from wsi_segment.pipeline.outputs.label_image import create_label_image, label_level0_path
@@ -119,17 +125,12 @@ def _infer_here(
     loaded, _lock = prep.model.get()
     device_type = model_device_type(loaded)
     job = slide_job(prep, zarr_path, device_type)
-    source = local_source(prep, device_type)
+    computes = run_threads(prep.params.threads, device_type)
     progress.start(prep.tiles_total, unit="tile", desc=prep.name)
-    try:
+    source = local_source(prep, device_type)
+    try:  # nothing between: run_engine closes the source on every path
         outcomes = run_engine(
-            job,
-            prep.specs,
-            source,
-            progress,
-            stats,
-            writers=prep.params.writers,
-            computes=run_threads(prep.params.threads, device_type),
+            job, prep.specs, source, progress, stats, writers=prep.params.writers, computes=computes
         )
     finally:
         _record_reads(prep, source)
@@ -141,25 +142,32 @@ def local_source(prep: PreparedSlide, device_type: str) -> ReadSource:
     """What reads a local run's tiles: the device read path where `prepare` chose it (settled
     with the loaded model), decoder processes where they run (a GPU by default, or
     `--decoders N`; maybe started early), else the reader thread (the CPU default), which
-    adopts the prefetcher reading since planning. The source now owns what it adopted."""
+    adopts the prefetcher reading since planning. The source owns what it adopted, and is
+    closed here if an interrupt lands before it is handed back."""
     reads = _device_reads(prep, device_type)
+    decoders = run_decoders(prep.params.decoders, device_type)
     # imported here: they import torch, which a rerun of finished slides never loads
+    from wsi_segment.pipeline.inference.decoder_reads import DecoderProcesses
     from wsi_segment.pipeline.inference.reader_thread import HostTiles, ReaderThread
 
+    source: ReadSource
     if reads is not None:
-        prep.close_prefetch()
-        return ReaderThread(reads)
-    decoders = run_decoders(prep.params.decoders, device_type)
-    if decoders:
-        from wsi_segment.pipeline.inference.decoder_reads import DecoderProcesses
-
+        source = ReaderThread(reads)
+    elif decoders:
         source = DecoderProcesses(decoders, prep.take_decode_pool())
-        prep.close_prefetch()
-        return source
-    pool = prep.take_decode_pool()  # started for a GPU that is not there: not used
-    if pool is not None:
-        pool.close()
-    return ReaderThread(HostTiles(prep.reader, prep.take_prefetch()))
+    else:
+        source = ReaderThread(HostTiles(prep.reader, prep.take_prefetch()))
+    try:
+        if reads is not None or decoders:
+            prep.close_prefetch()  # the prefetcher (and early decoders) go unused
+        else:
+            pool = prep.take_decode_pool()  # started for a GPU that is not there
+            if pool is not None:
+                pool.close()
+    except BaseException:
+        source.close()
+        raise
+    return source
 
 
 def _record_reads(prep: PreparedSlide, source: ReadSource) -> None:
@@ -204,8 +212,9 @@ def _infer_on_cluster(
         key_prefix=f"band-{prep.fingerprint[:16]}",
         results=bands,
     )
-    if bands:
-        prep.read_device = bands[0].reads
+    prep.read_device = (
+        bands[0].reads if bands else {"read_device": CPU, "read_device_reason": NO_BANDS}
+    )
     return outcomes
 
 

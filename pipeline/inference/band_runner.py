@@ -112,11 +112,12 @@ def run_bands(
     worker slot). `results` (optional) receives each band's `BandResult`, in band order.
     The progress bar advances per band, by its tiles, as each band finishes.
 
-    This never returns or raises while a band may still write: a failed band sets a cluster-wide abort event (bands not yet started return at once,
-    running ones stop their engine) and every band is waited for before the first error is
-    raised. A `WsiSegmentError` (bad input) comes back as the band's value, so Dask does
-    not retry it; other errors are retried twice, and a band whose worker died is
-    recomputed elsewhere by the scheduler."""
+    This never returns or raises while a band may still write: a failed band sets a
+    cluster-wide abort event (bands not yet started return at once, running ones stop their
+    engine) and every band is waited for before the first error is raised. A
+    `WsiSegmentError` (bad input) comes back as the band's value, so Dask does not retry it;
+    other errors are retried twice, and a band whose worker died is recomputed elsewhere by
+    the scheduler."""
     from distributed import Event
 
     progress = progress or NullProgress()

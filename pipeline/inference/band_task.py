@@ -28,7 +28,7 @@ from wsi_segment.pipeline.inference.engine import run_engine
 from wsi_segment.pipeline.inference.engine_state import EngineAborted
 from wsi_segment.pipeline.inference.read_device import GPU, choose_reads
 from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome
-from wsi_segment.pipeline.params import shared_decoders, usable_cores
+from wsi_segment.pipeline.params import run_writers, shared_decoders, usable_cores
 from wsi_segment.wsi.tiling import ChunkSpec
 
 if TYPE_CHECKING:
@@ -128,15 +128,27 @@ def run_band(
     if event is not None and event.is_set():
         return BandResult([], 0, aborted=True)
     in_flight = _bands_at_once_here(gpu, at_once or {})
+    share = max(1, usable_cores() // in_flight)  # this band's cores
     try:
         source, choice, daemonic = band_source(job, reads, in_flight)
-        n = source.processes
-        if daemonic:
-            log.warning("%s: this Dask worker is daemonic, reading in a thread; %s",
-                        job.slide_path, DAEMON_FIX)  # fmt: skip
-        stop = threading.Event()
-        with _watching(event, stop), _torch_threads(max(1, usable_cores() // in_flight)):
-            outcomes = run_engine(job, specs, source, abort=stop)
+        try:
+            n = source.processes
+            if daemonic:
+                log.warning("%s: this Dask worker is daemonic, reading in a thread; %s",
+                            job.slide_path, DAEMON_FIX)  # fmt: skip
+            stop = threading.Event()
+            with _watching(event, stop), _torch_threads(share):
+                # side by side with the worker's other bands, each on its share of the cores
+                outcomes = run_engine(
+                    job,
+                    specs,
+                    source,
+                    abort=stop,
+                    writers=run_writers(None, n, cores=share),
+                    locked=False,
+                )
+        finally:
+            source.close()  # run_engine closed it, unless an interrupt came first
         return BandResult(outcomes, n, reads=choice, daemonic=daemonic)
     except EngineAborted:
         return BandResult([], 0, aborted=True)

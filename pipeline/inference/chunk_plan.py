@@ -2,8 +2,8 @@
 
 `pipeline.segment.prepare` plans with the tile size and mpp of model.json, read by the
 models' own parser (`models.meta.read_model_json`, which imports no torch), so planning and
-chunk reads (the prefetcher, the engine's decoders) overlap the model load; it replans with the loaded model's values if the
-JSON could not be read here.
+chunk reads (the prefetcher, the engine's decoders) overlap the model load; it replans with
+the loaded model's values if the JSON could not be read here.
 """
 
 from __future__ import annotations

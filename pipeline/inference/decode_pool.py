@@ -135,7 +135,7 @@ def ring_slots(decoders: int, slot_bytes: int, shm_dir: str = SHM_DIR) -> int:
         raise WsiSegmentError(
             f"{shm_dir}: {free >> 20} MiB of shared memory free, the engine needs "
             f"{(decoders + 1) * slot_bytes * 2 >> 20} MiB for {decoders} decoders; pass fewer "
-            "--decoders, --decoders 0 (threads), or give the container more (docker run "
+            "--decoders, --decoders 0 (one reader thread), or give the container more (docker run "
             "--shm-size=1g)"
         )
     return int(min(wanted, fits))
@@ -296,7 +296,7 @@ def spawn_context() -> SpawnContext:
 GUARD_FIX = (
     'put the code that runs segment_slide under `if __name__ == "__main__":` (each decoder '
     "process of the engine imports the main script again, and would run it), or pass "
-    "decoders=0 (threads, no processes)"
+    "decoders=0 (one reader thread, no processes)"
 )
 
 

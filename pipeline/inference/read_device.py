@@ -35,6 +35,7 @@ RGB_CODED = (
     "than in one reader thread"
 )
 ASKED_CPU = "--read-device cpu"
+NO_BANDS = "a Dask cluster's bands choose on their workers, and none ran (no tissue)"
 
 LevelKey = tuple[int, float]  # (read level, level-0 px per model px) a choice was made for
 
