@@ -1,4 +1,4 @@
-"""CPU proxy of the device engine: its overhead with an instant model, no GPU needed.
+"""CPU proxy of the engine: its overhead with an instant model, no GPU needed.
 
     python benchmarks/engine_proxy.py                    # 12288 px bank slide, 1 and 2 decoders
     python benchmarks/engine_proxy.py --size 12288 --decoders 1,2,4 --no-record
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         print(rows[-1], file=sys.stderr, flush=True)
     notes = [
         f"slide: {slide.name} ({writer}), model geometry: {model_desc}",
-        "CPU proxy of the device engine (no GPU): an instant model, so the engine's own "
+        "CPU proxy of the engine (no GPU): an instant model, so the engine's own "
         "reading, hand-over, stitching and writing bound it; ratio from the first decoded chunk on",
     ]
     command = "python benchmarks/engine_proxy.py " + " ".join(

@@ -1,16 +1,18 @@
-"""Section `engine` of benchmarks/throughput.py: the engine with the reader thread against
-`run_chunks` (Dask threads, a chunk each, fed by the prefetch thread), measured in one run.
+"""Section `engine` of benchmarks/throughput.py: the engine's two CPU read sources, the
+reader thread (the CPU default, fed by the prefetch thread) against one decoder process,
+measured in one run. (Until 2026-11-24 it compared the reader thread with `run_chunks`, the
+per-chunk Dask path the engine replaced: RESULTS.md holds those runs.)
 
     python benchmarks/throughput.py --only engine --size 20480 --fast --reps 3
 
 One `prepare` of the slide (the CLI's settings, model loaded once), then the inference
-stage alone, `--reps` times per runner, interleaved (chunks, engine, chunks, engine, ...)
-so a machine shared with other work loads both alike. Each run writes a fresh store and
-starts its own prefetch thread at the clock's start, as `infer` hands one to either. The
-row gives the medians, min-max, tiles/s, the process's CPU time per tile of each run (steadier
-than wall time on a shared machine) and the ratio engine / run_chunks of medians (and of each
-interleaved pair); the zarr bytes of each runner's runs are compared, and the two runners'
-first stores with each other.
+stage alone, `--reps` times per source, interleaved (decoders, reader, decoders, reader, ...)
+so a machine shared with other work loads both alike. Each run writes a fresh store; the
+reader thread starts its own prefetch thread at the clock's start, as `infer` hands one to
+it. The row gives the medians, min-max, tiles/s, the process's CPU time per tile of each run
+(steadier than wall time on a shared machine) and the ratio reader thread / decoders of
+medians (and of each interleaved pair); the zarr bytes of each source's runs are compared,
+and the two sources' first stores with each other.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from typing import Any
 
 from benchmarks.measure import loadavg, log
 from benchmarks.slides import make_slide
+
+DECODERS, READER = "engine (1 decoder process)", "engine (reader thread)"
 
 
 def _digest(store: Path) -> str:
@@ -63,33 +67,34 @@ def _difference(a: Path, b: Path) -> str:
 
 def _runners(prep: Any, threads: int) -> dict[str, Callable[[Any], dict[str, Any]]]:
     from wsi_segment.pipeline.inference.chunk_prefetch import ChunkPrefetcher
-    from wsi_segment.pipeline.inference.chunk_runner import run_chunks
+    from wsi_segment.pipeline.inference.decoder_reads import DecoderProcesses
     from wsi_segment.pipeline.inference.engine import run_engine
     from wsi_segment.pipeline.inference.engine_state import EngineStats
+    from wsi_segment.pipeline.inference.read_source import ReadSource
     from wsi_segment.pipeline.inference.reader_thread import HostTiles, ReaderThread
 
-    def chunks(job: Any) -> dict[str, Any]:
-        prefetch = ChunkPrefetcher(job.reader, prep.specs)
-        try:
-            run_chunks(job, prep.specs, threads=threads, prefetch=prefetch)
-        finally:
-            prefetch.close()
-        return {}
-
-    def engine(job: Any) -> dict[str, Any]:
+    def engine(job: Any, source: ReadSource) -> dict[str, Any]:
         stats = EngineStats()
-        source = ReaderThread(HostTiles(job.reader, ChunkPrefetcher(job.reader, prep.specs)))
         run_engine(job, prep.specs, source, stats=stats, computes=threads)
         batches = stats.chunks_per_batch
         return {"batches": len(batches), "computes": stats.computes, "writers": stats.writers}
 
-    return {"run_chunks": chunks, "engine (reader thread)": engine}
+    def decoders(job: Any) -> dict[str, Any]:
+        return engine(job, DecoderProcesses(1))
+
+    def reader(job: Any) -> dict[str, Any]:
+        return engine(
+            job, ReaderThread(HostTiles(job.reader, ChunkPrefetcher(job.reader, prep.specs)))
+        )
+
+    return {DECODERS: decoders, READER: reader}
 
 
 def section_engine(
     args: argparse.Namespace, work: Path, model_dir: Path, rows: list, notes: list
 ) -> float:
-    """Inference stage of the two CPU runners, interleaved; returns engine / run_chunks."""
+    """Inference stage of the engine's two CPU read sources, interleaved; returns reader
+    thread / decoders."""
     from wsi_segment.pipeline.params import SegmentParams
     from wsi_segment.pipeline.prepare import prepare
     from wsi_segment.pipeline.segment import create_stores, slide_job
@@ -136,9 +141,8 @@ def section_engine(
         finally:
             prep.slide.close()
     med = {k: statistics.median(v) for k, v in walls.items()}
-    chunks, engine = walls["run_chunks"], walls["engine (reader thread)"]
-    ratio = med["run_chunks"] / med["engine (reader thread)"]
-    pairs = ", ".join(f"{c / e:.2f}" for c, e in zip(chunks, engine, strict=True))
+    ratio = med[DECODERS] / med[READER]
+    pairs = ", ".join(f"{c / e:.2f}" for c, e in zip(walls[DECODERS], walls[READER], strict=True))
     for name, v in walls.items():
         rows.append(
             (
@@ -154,12 +158,12 @@ def section_engine(
         (
             "engine: ratio",
             f"{ratio:.2f}",
-            f"engine tiles/s / run_chunks tiles/s (medians; >= 1: not slower); per interleaved "
-            f"pair {pairs}; zarr bytes of each runner's {args.reps} runs: "
+            f"reader thread tiles/s / decoders tiles/s (medians; >= 1: not slower); per interleaved "
+            f"pair {pairs}; zarr bytes of each source's {args.reps} runs: "
             + ", ".join(
                 f"{k} {'identical' if len(d) == 1 else 'DIFFER'}" for k, d in digests.items()
             )
-            + f"; between the runners: {across}; threads {args.threads}, "
+            + f"; between the sources: {across}; threads {args.threads}, "
             f"batch {args.batch_size}; load avg {load_before} -> {loadavg()}",
         )
     )

@@ -149,7 +149,7 @@ def plan_like_pipeline(
 
 
 def read_chunks(p: Planned, limit_tiles: int | None = None) -> tuple[np.ndarray, float, float]:
-    """Read and cut every planned tile as SlideJob.run does; (tiles, wall s, cpu s)."""
+    """Read and cut every planned tile as the reader thread does; (tiles, wall s, cpu s)."""
     from wsi_segment.pipeline.inference.chunk_reader import cut_tiles
     from wsi_segment.wsi.region_reader import read_model_box
 

@@ -25,8 +25,9 @@ Sections (numbers as in the issue):
              with reduced outputs, decode limit with N decoder processes, the pipeline, GPU
              busy, and ratio = pipeline / min(decode limit, reduced model); `--device cpu`
              measures the same rows on the CPU as a proxy.
-   engine    the engine with the reader thread against `run_chunks`, inference stage alone,
-             interleaved repetitions in one process (benchmarks/engine_section.py).
+   engine    the engine's CPU read sources, the reader thread against one decoder process,
+             inference stage alone, interleaved repetitions in one process
+             (benchmarks/engine_section.py).
    overlap   what the default overlap buys: tiles, time and the redundant fraction for
              several overlaps, and the agreement of each label map with a wide-overlap
              reference (how much the tile border changes the answer).

@@ -1,4 +1,4 @@
-"""Where the device engine's writer spends its time, and how it scales with writer threads.
+"""Where the engine's writer spends its time, and how it scales with writer threads.
 
     python benchmarks/writer.py                        # 12288 px bank slide, 1, 2, 4 threads
     python benchmarks/writer.py --size 20480 --threads 1,2,4 --repeats 5 --no-record

@@ -44,7 +44,7 @@ def make_cluster(
         job_extra_directives=directives,
         worker_extra_args=["--resources", f"GPU={gpus}"] if gpus else [],
         # the same environment on every node, e.g. ["source /shared/wsi-segment/.venv/bin/activate"];
-        # a non-daemonic worker may start the device engine's decoder processes
+        # a non-daemonic worker may start the engine's decoder processes
         job_script_prologue=[*(prologue or []), f"export {WORKER_NOT_DAEMONIC}"],
         scheduler_options={"dashboard_address": None},
     )

@@ -2,7 +2,7 @@
 
 Slides run concurrently up to `concurrency` (threads of this process, each driving one
 slide's stage tasks); their chunks all go to one Dask cluster, or, on a machine with one
-GPU (or `workers=0`), run in this process: on a GPU through the device engine, where the
+GPU (or `workers=0`), run in this process: on a GPU through the engine, where the
 slides in flight share the machine's decoder processes (`pipeline.params.shared_decoders`)
 and their consumers take turns on the one model (one forward pass at a time), so the next
 slide's tissue detection, planning and first decodes overlap this slide's inference and
@@ -87,7 +87,7 @@ def slide_task(
     item: BatchItem,
     out: str,
     params: SegmentParams,
-    dask_address: str | None,
+    client: Client | None,
     index: int = 0,
     watch: SlideWatch | None = None,
 ) -> SlideOrFailed:
@@ -99,7 +99,7 @@ def slide_task(
     error: Exception
     try:
         with watch.running(index):
-            return run_slide_stages(str(item.slide), out, params_for(item, params), dask_address)
+            return run_slide_stages(str(item.slide), out, params_for(item, params), client)
     except SlideStopped as exc:
         stopped = stopped_result(item, exc, watch.timeout_s, time.perf_counter() - t0)
         if stopped.status != "failed":
@@ -140,8 +140,8 @@ def finished_slides(
 
 def chunks_in_process(dask_address: str | None, workers: int | None, device: str) -> bool:
     """Whether the slides' chunks run in this process rather than on a Dask cluster: with
-    `workers=0`, and by default on a machine with one GPU: this process runs the device
-    engine (one consumer for the device, decoders on every core) as a cluster's single GPU
+    `workers=0`, and by default on a machine with one GPU: this process runs the engine
+    (one consumer for the device, decoders on every core) as a cluster's single GPU
     worker would, without a cluster's start-up, and the slides in flight share its one
     loaded model. Several GPUs keep one worker each (each runs bands of chunks through the
     engine, `pipeline.inference.band_runner`)."""
@@ -189,8 +189,8 @@ def segment_batch(
     """Segment every slide of a folder, glob or manifest CSV into `<out>/<name>/`.
 
     `workers`: Dask worker processes of a local cluster (default: one per GPU, but none on a
-    machine with one GPU, else one CPU worker; 0 runs chunks in this process: the device
-    engine on a GPU, threads on the CPU); ignored with `dask_address`. `concurrency`: slides
+    machine with one GPU, else one CPU worker; 0 runs chunks through the engine in this
+    process); ignored with `dask_address`. `concurrency`: slides
     in flight; 2 overlaps one slide's fixed costs (open, tissue, plan; polygons and outputs)
     with the other's inference, and more only splits the same device and cores further.
     `options`: other `SegmentParams` fields (overlap, device, overwrite, ...).
@@ -224,12 +224,11 @@ def segment_batch(
         stack.enter_context(pipeline_warnings_to_run_log())
         if todo:  # no cluster starts for a batch that is all finished
             client = stack.enter_context(_dask_context(dask_address, workers, in_process))
-            address = client.scheduler.address if client is not None else None
             # daemon slide threads: one stuck past the interrupt's grace does not hold the exit
             pool: SlideTaskRunner[SlideOrFailed] = SlideTaskRunner(max_workers=concurrency)
             watch = stack.enter_context(SlideWatch(slide_timeout))
             with pool as runner:
-                common = {"out": out, "params": params, "dask_address": address, "watch": watch}
+                common = {"out": out, "params": params, "client": client, "watch": watch}
                 futures = {
                     i: runner.submit(slide_task, {"item": items[i], "index": i, **common})
                     for i in todo

@@ -51,8 +51,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--workers",
         type=positive_int(0, 1024),
         help="local Dask worker processes (default: one per GPU, else 1; none on a machine "
-        "with one GPU; 0: no cluster, chunks run in this process: the device engine on a GPU, "
-        "threads on the CPU)",
+        "with one GPU; 0: no cluster, chunks run through the engine in this process)",
     )
     parser.add_argument(
         "--concurrency",

@@ -115,34 +115,33 @@ def add_segment_options(parser: argparse.ArgumentParser) -> None:
         "--threads",
         type=positive_int(1, 256),
         default=None,
-        help="Dask threads (chunks in flight), 1-256 (default: 2 on the CPU, one per core "
-        "(4-16) on a GPU so decoding keeps it fed)",
+        help="forward passes side by side on the CPU, each with cores/N torch threads, 1-256 "
+        "(default: 2; on a GPU one thread owns the model). Speed only",
     )
     parser.add_argument(
         "--decoders",
         type=positive_int(0, 256),
         default=None,
-        help="decoder processes feeding the model's one owner (the device engine), 0-256; "
-        "0: Dask threads instead (default: one per core but one, at most 16, on a GPU; "
-        "0 on the CPU). On a Dask cluster: per band of chunks on each worker (default: "
-        "bands when the workers run CUDA)",
+        help="decoder processes feeding the model's owner, 0-256; 0: one reader thread "
+        "instead (default: one per core but one, at most 16, on a GPU; 0 on the CPU). On a "
+        "Dask cluster: per band of chunks on each worker (default: as a local run there)",
     )
     parser.add_argument(
         "--writers",
         type=positive_int(1, 64),
         default=None,
-        help="threads of the device engine that finish chunks side by side (stitch, zarr "
+        help="threads of the engine that finish chunks side by side (stitch, zarr "
         "write, polygons), 1-64 (default: the cores the decoders leave, 1 to 4)",
     )
     parser.add_argument(
         "--read-device",
         choices=READ_DEVICES,
         default="auto",
-        help="where the device engine decodes JPEG tiles: gpu reads them onto the model's "
+        help="where the engine decodes JPEG tiles: gpu reads them onto the model's "
         "device (nvJPEG on CUDA; one reader thread, no decoder processes) wherever the slide "
         "allows it (model pixels = a level's pixels, tiled JPEG), else says why; cpu: the "
         "decoder processes; auto: gpu only on CUDA for YCbCr JPEG tiles (default: "
-        "%(default)s). Local runs only",
+        "%(default)s); on a Dask cluster each worker decides for its bands",
     )
     parser.add_argument("--backend", choices=BACKENDS, default="auto")
     parser.add_argument(

@@ -2,15 +2,14 @@
 
 Prefect tasks (one per slide per stage) stay in the flow process; the tile chunks of every
 slide go to Dask. Workers are processes, so each loads the model once and a worker that
-dies has its chunks recomputed elsewhere by the scheduler. Sizing: one worker per GPU
-(each pinned to its device with CUDA_VISIBLE_DEVICES), else one CPU worker whose threads
-overlap reading/decoding with the model (the model already uses every core).
+dies has its band of chunks recomputed elsewhere by the scheduler. Sizing: one worker per
+GPU (each pinned to its device with CUDA_VISIBLE_DEVICES), else one CPU worker running one
+band of the engine per thread, the cores shared out between them.
 """
 
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -50,8 +49,9 @@ def plan_local_cluster(
 ) -> ClusterPlan:
     """Size a local cluster: one worker per GPU, else `workers` (default 1) CPU workers.
 
-    `threads` defaults to the cores shared out between workers (at least 2 per worker so
-    one thread can read while another runs the model).
+    `threads` defaults to the cores shared out between workers, at least 2 per worker: each
+    thread runs one band of the engine (its reader thread and its forward passes), so two
+    keep a core busy while one band's reader waits.
     """
     if workers is not None and workers < 1:
         raise ConfigError(f"--workers must be >= 1 (got {workers})")
@@ -77,7 +77,7 @@ DASHBOARD_ON = ":8787"
 # (LocalCluster does so by itself; the GPU SpecCluster is told), never on every interface.
 LOOPBACK = "127.0.0.1"
 DASHBOARD_OFF = "127.0.0.1:0"
-# Each band of the device engine starts decoder processes on its worker, and a daemonic
+# Each band of the engine starts decoder processes on its worker, and a daemonic
 # process may not start processes; Dask starts workers daemonic by default. A nanny reads
 # this setting each time it (re)starts its worker, in the process that holds the cluster,
 # so `dask_client` keeps it set while its cluster runs (a worker restarted after a crash
@@ -151,7 +151,7 @@ def dask_client(
     """A Dask client for a run: connect to `address`, or start (and stop) a local cluster.
 
     A local cluster's workers are non-daemonic for its whole life (`WORKERS_NOT_DAEMONIC`:
-    bands of the device engine start decoder processes on them). A remote cluster is left
+    bands of the engine start decoder processes on them). A remote cluster is left
     running at exit; only our connection closes.
     """
     from distributed import Client
@@ -164,11 +164,10 @@ def dask_client(
                 f"cannot reach the Dask scheduler at {address} ({exc}); check --dask-address "
                 "(e.g. tcp://host:8786) and that the scheduler is running"
             ) from exc
-        with _registered(client):
-            try:
-                yield client
-            finally:
-                client.close()
+        try:
+            yield client
+        finally:
+            client.close()
         return
     import dask
 
@@ -176,37 +175,9 @@ def dask_client(
         cluster = start_local_cluster(plan_local_cluster(workers, threads))
         try:
             client = Client(cluster)
-            with _registered(client):
-                try:
-                    yield client
-                finally:
-                    client.close()
+            try:
+                yield client
+            finally:
+                client.close()
         finally:
             cluster.close()
-
-
-# Clients open in this process, by scheduler address: Prefect tasks get the address as a
-# (serialisable) parameter and look the live client up here instead of reconnecting.
-_CLIENTS: dict[str, Client] = {}
-_LOCK = threading.Lock()
-
-
-@contextmanager
-def _registered(client: Client) -> Iterator[None]:
-    address = client.scheduler.address
-    with _LOCK:
-        _CLIENTS[address] = client
-    try:
-        yield
-    finally:
-        with _LOCK:
-            if _CLIENTS.get(address) is client:
-                del _CLIENTS[address]
-
-
-def client_for(address: str | None) -> Client | None:
-    """The live client this process opened for `address` (None if there is none)."""
-    if not address:
-        return None
-    with _LOCK:
-        return _CLIENTS.get(address)

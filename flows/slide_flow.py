@@ -27,7 +27,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact  #
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
 from wsi_segment.errors import ConfigError  # noqa: E402
-from wsi_segment.flows.dask_cluster import client_for, dask_client  # noqa: E402
+from wsi_segment.flows.dask_cluster import dask_client  # noqa: E402
 from wsi_segment.flows.run_log import log_slide_warnings, pipeline_warnings_to_run_log  # noqa: E402
 from wsi_segment.flows.run_origin import flow_run_origin  # noqa: E402
 from wsi_segment.pipeline import segment  # noqa: E402
@@ -40,6 +40,7 @@ from wsi_segment.pipeline.segment import SlideResult  # noqa: E402
 from wsi_segment.wsi.retries import is_transient  # noqa: E402
 
 if TYPE_CHECKING:
+    from distributed import Client
     from prefect.client.schemas import TaskRun
     from prefect.states import State
 
@@ -86,10 +87,10 @@ def open_and_tissue(
 
 @stage_task("inference")
 def inference(
-    prep: PreparedSlide, work_dir: Path, dask_address: str | None = None
+    prep: PreparedSlide, work_dir: Path, client: Client | None = None
 ) -> list[ChunkOutcome]:
     """Stage 2: every tissue chunk through the model, on the Dask cluster if there is one."""
-    return segment.infer(prep, work_dir, client=client_for(dask_address))
+    return segment.infer(prep, work_dir, client=client)
 
 
 @stage_task("polygons-and-outputs")
@@ -101,15 +102,16 @@ def polygons_and_outputs(
 
 
 def run_slide_stages(
-    slide_path: str, out_root: str, params: SegmentParams, dask_address: str | None = None
+    slide_path: str, out_root: str, params: SegmentParams, client: Client | None = None
 ) -> SlideResult:
     """`pipeline.segment.run_stages` with the stage tasks above, then the slide's artifacts.
+    `client`: the Dask cluster the chunks run on (None: this process).
 
     Returns a `pipeline.segment.SlideResult`; raises what the stage sequence raised.
     """
     stages = segment.Stages(
-        prepare=lambda path, root, p: open_and_tissue(path, root, p, dask_address is None),
-        infer=lambda prep, work_dir: inference(prep, work_dir, dask_address),
+        prepare=lambda path, root, p: open_and_tissue(path, root, p, client is None),
+        infer=lambda prep, work_dir: inference(prep, work_dir, client),
         finish=polygons_and_outputs,
     )
     result = segment.run_stages(slide_path, out_root, params, stages)
@@ -179,7 +181,7 @@ def segment_slide_flow(
         model_dir, options, mpp=mpp, output_name=output_name, origin=flow_run_origin()
     )
     with pipeline_warnings_to_run_log():
-        if dask_address and client_for(dask_address) is None:
+        if dask_address:
             with dask_client(dask_address) as client:
-                return run_slide_stages(slide, out, params, client.scheduler.address)
-        return run_slide_stages(slide, out, params, dask_address)
+                return run_slide_stages(slide, out, params, client)
+        return run_slide_stages(slide, out, params)

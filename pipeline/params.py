@@ -51,22 +51,22 @@ class SegmentParams:
     gate: bool = True
     overwrite: bool = False
     backend: str = "auto"
-    # Dask threads (chunks in flight); None: 2 on the CPU (two model streams), one per core
-    # (4-16) on a GPU, where one thread feeds the device while the others read and decode.
+    # Compute threads of the engine on the CPU (forward passes side by side, each with
+    # cores // threads torch threads); None: 2. On a GPU one thread owns the model.
     threads: int | None = None
-    # Decoder processes of the device engine (pipeline.inference.engine); 0: the threaded
-    # Dask path; None: one per core but one (at most 16) when the model is on a GPU, 0 on
-    # the CPU. With a Dask client: N > 0 runs bands of chunks through the engine on the
-    # workers with N decoders each, on any device; None does so when the workers run the
-    # model on CUDA (pipeline.inference.band_runner); 0: one Dask task per chunk. Speed only.
+    # Decoder processes of the engine (pipeline.inference.engine); 0: its reader thread;
+    # None: one per core but one (at most 16) when the model is on a GPU, 0 on the CPU.
+    # With a Dask client: per band on each worker, the default decided there the same way
+    # (pipeline.inference.band_task). Speed only.
     decoders: int | None = None
-    # Writer threads of the device engine (finish whole chunks side by side); None: the
+    # Writer threads of the engine (finish whole chunks side by side); None: the
     # cores the decoders leave, 1 to 4 (`run_writers`). Speed only.
     writers: int | None = None
-    # Where the device engine's tiles are decoded: "gpu" reads the slide's JPEG tiles straight
+    # Where the engine's tiles are decoded: "gpu" reads the slide's JPEG tiles straight
     # onto the model's device (one reader thread, no decoder processes) wherever it can,
     # "cpu" always uses the decoder processes, "auto" the device only on CUDA with nvJPEG
-    # (pipeline.inference.read_device). Local runs only. Speed only.
+    # (pipeline.inference.read_device); on a Dask cluster each band decides on its worker.
+    # Speed only.
     read_device: str = "auto"
     output_name: str | None = None  # default: the slide's file stem
     simplify_tolerance: float = 1.0  # output pixels; polygons simplified edge-to-edge
@@ -144,12 +144,13 @@ def _check_range(name: str, value: int, low: int, high: int) -> None:
 
 
 def run_threads(requested: int | None, device_type: str) -> int:
-    """Dask threads for a local run: `requested`, or the default for the model's device."""
+    """Compute threads of a local engine on the CPU: `requested`, else 2. Forward passes
+    side by side, each with cores // threads torch threads, waste no core in OpenMP
+    barriers and let the reader's work use a core one of them would otherwise share. On a
+    GPU one thread owns the model (the engine ignores more)."""
     if requested is not None:
         return requested
-    if device_type == "cuda":
-        return max(4, min(16, os.cpu_count() or 4))
-    return 2
+    return 2 if device_type == "cpu" else 1
 
 
 def gpu_expected(device: str) -> bool:
@@ -177,7 +178,7 @@ def run_batch_size(requested: int | None, device_type: str) -> int:
 
 
 def run_decoders(requested: int | None, device_type: str) -> int:
-    """Decoder processes for a local run (0: the threaded path): `requested`, or on a GPU one
+    """Decoder processes for a local run (0: the reader thread): `requested`, or on a GPU one
     per core but one, at most 16 (the consumer and writer need a core; decoding must keep
     up with the device), and 0 on the CPU, where the model bounds the run and its threads
     already use every core (the engine measured no faster there: docs/performance.md)."""
@@ -204,7 +205,7 @@ WRITERS_MAX = 4
 
 
 def run_writers(requested: int | None, decoders: int, cores: int | None = None) -> int:
-    """Writer threads of a device engine with `decoders` decoder processes: `requested`, or
+    """Writer threads of an engine with `decoders` decoder processes: `requested`, or
     the cores the decoders leave, at least 1 and at most WRITERS_MAX. Writers only cost CPU
     when chunks arrive faster than one thread finishes them; beyond a few, polygon tracing
     and zarr's event loop (which hold the GIL) bound them, and more threads only compete
@@ -218,8 +219,8 @@ def run_writers(requested: int | None, decoders: int, cores: int | None = None) 
 
 def expected_decoders(params: SegmentParams) -> int:
     """The decoders a local run will use, known before torch is imported (the engine's
-    decoders then start while the model loads, and the threaded path's prefetcher does
-    not). A wrong guess only costs speed: `infer` decides with the loaded model."""
+    decoders then start while the model loads; without them the reader thread's prefetcher
+    does). A wrong guess only costs speed: `infer` decides with the loaded model."""
     device_type = "cuda" if gpu_expected(params.device) else "cpu"
     return run_decoders(params.decoders, device_type)
 

@@ -2,7 +2,7 @@
 
 `prepare` hands a `PreparedSlide` to `infer` and `finish` (pipeline.segment): the slide, the
 plan, the loaded model's handle, the run's identity, and the readers started early (the
-prefetcher, or the device engine's decoders) while the model loads in the background.
+prefetcher, or the engine's decoders) while the model loads in the background.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from wsi_segment.pipeline.inference.model_handle import (
     load_for_process,
 )
 from wsi_segment.pipeline.inference.read_device import GPU, ReadChoice, plan_reads
-from wsi_segment.pipeline.inference.startup import Background, gc_paused, read_overlay_thumbnail
 from wsi_segment.pipeline.outputs.output_dir import (
     read_previous_summary,
     run_fingerprint,
@@ -40,6 +39,7 @@ from wsi_segment.pipeline.outputs.output_dir import (
 )
 from wsi_segment.pipeline.outputs.ownership import refuse_foreign, refuse_link
 from wsi_segment.pipeline.params import SegmentParams, usable_cores
+from wsi_segment.pipeline.startup import Background, gc_paused, read_overlay_thumbnail
 from wsi_segment.wsi.roi import Roi, read_rois
 from wsi_segment.wsi.slide import Slide, open_slide
 from wsi_segment.wsi.slide_limits import check_slide_size
@@ -76,7 +76,7 @@ class PreparedSlide:
     timings: dict[str, float] = field(default_factory=dict)
     # Local runs: chunk images being read in the background since planning (never pickled).
     prefetch: ChunkPrefetcher | None = None
-    # Local runs on the device engine: its decoders, started after planning (never pickled);
+    # Local runs on the engine: its decoders, started after planning (never pickled);
     # `infer` hands them to `run_engine`, which closes them.
     decode_pool: DecodePool | None = None
     # Local runs: the overlay's thumbnail, read on the core the model load leaves free.
@@ -117,6 +117,11 @@ class PreparedSlide:
         """The early decoders, handed over to whoever runs the engine (which closes them)."""
         pool, self.decode_pool = self.decode_pool, None
         return pool
+
+    def take_prefetch(self) -> ChunkPrefetcher | None:
+        """The prefetcher, handed over to the engine's reader thread (which closes it)."""
+        prefetch, self.prefetch = self.prefetch, None
+        return prefetch
 
     @property
     def out_dir(self) -> Path:
@@ -177,8 +182,8 @@ def prepare(
     one core) loads in a background thread while this thread detects tissue and plans the
     chunks; with `prefetch`, chunk images then start being read on the core the loader
     leaves free, so the first forward passes find their tiles decoded (the side work is in
-    `pipeline.inference.startup`, planning from model.json in `pipeline.inference.chunk_plan`).
-    With `decoders`, the device engine's decoder processes start instead (`DecodePool`,
+    `pipeline.startup`, planning from model.json in `pipeline.inference.chunk_plan`).
+    With `decoders`, the engine's decoder processes start instead (`DecodePool`,
     held by the PreparedSlide until `infer` hands it to the engine). Neither starts when the
     engine will read on the model's device (`--read-device`, decided first:
     `pipeline.inference.read_device`).

@@ -8,9 +8,8 @@ outputs are already up to date (`pipeline.up_to_date`, decided before any of the
               tissue, plan chunks; a local run starts reading while the model loads;
 2. `infer`    run every tissue chunk, streaming probabilities into the zarr store inside a
               temporary folder: through the engine (`pipeline.inference.engine`: a read
-              source, the model's compute threads, the writer) on a GPU or with decoder
-              processes, bands of it on a Dask cluster's GPU workers; on the CPU with Dask
-              threads, a chunk each (`pipeline.inference.chunk_runner`);
+              source, the model's compute threads, the writer), in this process or in
+              bands on a Dask cluster's workers (`pipeline.inference.band_runner`);
 3. `finish`   polygons, GeoJSON, overlay, summary, pyramid; then rename the temporary folder
               to its final name so a slide's outputs appear all at once.
 
@@ -25,16 +24,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from wsi_segment.pipeline.inference.band_runner import run_bands, use_bands, worker_device_type
+from wsi_segment.pipeline.inference.band_runner import (
+    run_bands,
+    settle_precision,
+    worker_device_type,
+)
+from wsi_segment.pipeline.inference.band_task import BandReads, BandResult
 from wsi_segment.pipeline.inference.chunk_job import SlideJob
-from wsi_segment.pipeline.inference.chunk_runner import run_chunks, settle_precision_on_cluster
 from wsi_segment.pipeline.inference.engine import run_engine
 from wsi_segment.pipeline.inference.engine_state import EngineStats
-from wsi_segment.pipeline.inference.model_handle import (
-    ModelHandle,
-    model_device_type,
+from wsi_segment.pipeline.inference.model_handle import ModelHandle, model_device_type
+from wsi_segment.pipeline.inference.read_device import (
+    CPU,
+    GPU,
+    NO_BANDS,
+    choose_reads,
+    settle_reads,
 )
-from wsi_segment.pipeline.inference.read_device import GPU, choose_reads, settle_reads
+from wsi_segment.pipeline.inference.read_source import ReadSource
 from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome
 from wsi_segment.pipeline.outputs.label_image import create_label_image, label_level0_path
 from wsi_segment.pipeline.outputs.ome_zarr import create_probability_store, level0_path
@@ -82,15 +89,6 @@ class SlideResult:
     known_since: str | None = None  # a failure on record since then (UTC), not a new one
 
 
-def _device_type(model: ModelHandle, client: Client | None, device: str) -> str:
-    """Where the model runs: this process's loaded model, or for Dask workers (whose
-    devices this process may not have) where the workers would load it."""
-    if client is not None:
-        return worker_device_type(client, device)
-    loaded, _lock = model.get()
-    return model_device_type(loaded)
-
-
 def infer(
     prep: PreparedSlide,
     work_dir: Path,
@@ -100,78 +98,123 @@ def infer(
 ) -> list[ChunkOutcome]:
     """Stage 2: run the tissue chunks, streaming uint8 probabilities into the zarr store.
 
-    Locally `run_engine` with the read source chosen here (the device read path where
-    `prepare` chose it, decoder processes where they run: a GPU by default, or
-    `--decoders N`), else `run_chunks` (the CPU default: not replaced by the engine's reader
-    thread until it measures not slower, benchmarks/RESULTS.md). `stats` receives what the
-    engine did (benchmarks)."""
+    One engine (`pipeline.inference.engine.run_engine`) whatever reads the tiles: locally
+    with the read source `local_source` picks, on a Dask cluster in bands on the workers
+    (`run_bands`), each picking its source there the same way. `stats` receives what a
+    local engine did (benchmarks)."""
     t0 = time.perf_counter()
     zarr_path = work_dir / ZARR_NAME
     create_stores(prep, zarr_path)
-    device_type = _device_type(prep.model, client, prep.params.device)
-    job = slide_job(prep, zarr_path, device_type)
     progress = progress or NullProgress()
-    if client is not None:  # one worker decides 'auto' for all (no mixed-precision slide)
-        job, prep.precision = settle_precision_on_cluster(job, prep.specs, client)
-    progress.start(prep.tiles_total, unit="tile", desc=prep.name)
-    decoders = run_decoders(prep.params.decoders, device_type) if client is None else 0
-    reads = _device_reads(prep, device_type, client is not None)
     try:
-        if reads is not None:  # the device engine reads onto the model's device
-            from wsi_segment.pipeline.inference.reader_thread import ReaderThread  # torch
-
-            prep.close_prefetch()
-            outcomes = run_engine(
-                job, prep.specs, ReaderThread(reads), progress, stats, writers=prep.params.writers
-            )
-            if reads.cache is not None:
-                prep.read_stats = {
-                    "storage_tiles_decoded": reads.cache.tiles_decoded,
-                    "storage_tiles_reused": reads.cache.tiles_reused,
-                }
-        elif decoders:  # the device engine reads with its own processes, maybe started early
-            # imported here: it imports torch, which a rerun of finished slides never loads
-            from wsi_segment.pipeline.inference.decoder_reads import DecoderProcesses
-
-            source = DecoderProcesses(decoders, prep.take_decode_pool())
-            prep.close_prefetch()
-            outcomes = run_engine(
-                job, prep.specs, source, progress, stats, writers=prep.params.writers
-            )
-        elif client is not None and use_bands(prep.params.decoders, device_type):
-            # each worker runs the device engine over bands of contiguous chunks
-            outcomes = run_bands(
-                job,
-                prep.specs,
-                client,
-                decoders=prep.params.decoders,
-                progress=progress,
-                key_prefix=f"band-{prep.fingerprint[:16]}",
-            )
-        else:  # Dask threads, a chunk each (local: fed by the prefetch thread)
-            outcomes = run_chunks(
-                job,
-                prep.specs,
-                threads=run_threads(prep.params.threads, device_type),
-                client=client,
-                progress=progress,
-                key_prefix=f"chunk-{prep.fingerprint[:16]}",
-                prefetch=prep.prefetch if client is None else None,
-            )
+        if client is not None:
+            outcomes = _infer_on_cluster(prep, zarr_path, client, progress)
+        else:
+            outcomes = _infer_here(prep, zarr_path, progress, stats)
     finally:
         progress.close()
-        if prep.prefetch is not None:
-            prep.timings["prefetch_read_cpu_s"] = prep.prefetch.read_s
-            reuse = prep.prefetch.tile_reuse
-            if reuse is not None:
-                prep.read_stats = {
-                    "storage_tiles_decoded": reuse.tiles_decoded,
-                    "storage_tiles_reused": reuse.tiles_reused,
-                }
         prep.close_prefetch()
     prep.timings["inference_s"] = time.perf_counter() - t0
-    if client is None:
-        prep.precision = _precision_report(prep.model)
+    return outcomes
+
+
+def _infer_here(
+    prep: PreparedSlide, zarr_path: Path, progress: Progress, stats: EngineStats | None
+) -> list[ChunkOutcome]:
+    """The engine in this process, fed by `local_source`."""
+    loaded, _lock = prep.model.get()
+    device_type = model_device_type(loaded)
+    job = slide_job(prep, zarr_path, device_type)
+    computes = run_threads(prep.params.threads, device_type)
+    progress.start(prep.tiles_total, unit="tile", desc=prep.name)
+    source = local_source(prep, device_type)
+    try:  # nothing between: run_engine closes the source on every path
+        outcomes = run_engine(
+            job, prep.specs, source, progress, stats, writers=prep.params.writers, computes=computes
+        )
+    finally:
+        _record_reads(prep, source)
+    prep.precision = _precision_report(prep.model)
+    return outcomes
+
+
+def local_source(prep: PreparedSlide, device_type: str) -> ReadSource:
+    """What reads a local run's tiles: the device read path where `prepare` chose it (settled
+    with the loaded model), decoder processes where they run (a GPU by default, or
+    `--decoders N`; maybe started early), else the reader thread (the CPU default), which
+    adopts the prefetcher reading since planning. The source owns what it adopted, and is
+    closed here if an interrupt lands before it is handed back."""
+    reads = _device_reads(prep, device_type)
+    decoders = run_decoders(prep.params.decoders, device_type)
+    # imported here: they import torch, which a rerun of finished slides never loads
+    from wsi_segment.pipeline.inference.decoder_reads import DecoderProcesses
+    from wsi_segment.pipeline.inference.reader_thread import HostTiles, ReaderThread
+
+    source: ReadSource
+    if reads is not None:
+        source = ReaderThread(reads)
+    elif decoders:
+        source = DecoderProcesses(decoders, prep.take_decode_pool())
+    else:
+        source = ReaderThread(HostTiles(prep.reader, prep.take_prefetch()))
+    try:
+        if reads is not None or decoders:
+            prep.close_prefetch()  # the prefetcher (and early decoders) go unused
+        else:
+            pool = prep.take_decode_pool()  # started for a GPU that is not there
+            if pool is not None:
+                pool.close()
+    except BaseException:
+        source.close()
+        raise
+    return source
+
+
+def _record_reads(prep: PreparedSlide, source: ReadSource) -> None:
+    """Storage tiles decoded and served again (summary.json `run_stats`), and the CPU
+    seconds the prefetcher read for, of whichever source read them."""
+    from wsi_segment.pipeline.inference.reader_thread import ReaderThread
+
+    reads = source.reads if isinstance(source, ReaderThread) else None
+    prefetch = getattr(reads, "prefetch", None)
+    if prefetch is not None:
+        prep.timings["prefetch_read_cpu_s"] = prefetch.read_s
+    cache = getattr(reads, "cache", None)  # the device read path's
+    reuse = getattr(reads, "tile_reuse", None)  # the slide library's
+    if cache is not None:
+        prep.read_stats = {
+            "storage_tiles_decoded": cache.tiles_decoded,
+            "storage_tiles_reused": cache.tiles_reused,
+        }
+    elif reuse is not None:
+        prep.read_stats = {
+            "storage_tiles_decoded": reuse.tiles_decoded,
+            "storage_tiles_reused": reuse.tiles_reused,
+        }
+
+
+def _infer_on_cluster(
+    prep: PreparedSlide, zarr_path: Path, client: Client, progress: Progress
+) -> list[ChunkOutcome]:
+    """Bands of the engine on the cluster's workers; one worker decides `auto` precision
+    for all (no mixed-precision slide)."""
+    device_type = worker_device_type(client, prep.params.device)
+    job = slide_job(prep, zarr_path, device_type)
+    job, prep.precision = settle_precision(job, prep.specs, client)
+    progress.start(prep.tiles_total, unit="tile", desc=prep.name)
+    bands: list[BandResult] = []
+    outcomes = run_bands(
+        job,
+        prep.specs,
+        client,
+        BandReads(prep.params.decoders, prep.params.read_device),
+        progress=progress,
+        key_prefix=f"band-{prep.fingerprint[:16]}",
+        results=bands,
+    )
+    prep.read_device = (
+        bands[0].reads if bands else {"read_device": CPU, "read_device_reason": NO_BANDS}
+    )
     return outcomes
 
 
@@ -214,7 +257,7 @@ def create_stores(prep: PreparedSlide, zarr_path: Path) -> None:
     create_label_image(zarr_path)
 
 
-def _device_reads(prep: PreparedSlide, device_type: str, cluster: bool) -> DeviceTiles | None:
+def _device_reads(prep: PreparedSlide, device_type: str) -> DeviceTiles | None:
     """The device read path's reader when the run reads on the model's device (the choice
     `prepare` made, settled with the loaded model), else None; the choice goes into
     `prep.read_device` for summary.json."""
@@ -225,7 +268,6 @@ def _device_reads(prep: PreparedSlide, device_type: str, cluster: bool) -> Devic
         prep.read_choice,
         requested,
         cuda,
-        cluster,
         key,
         lambda: choose_reads(requested, cuda, prep.slide_path, prep.slide, key),
     )

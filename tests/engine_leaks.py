@@ -1,4 +1,4 @@
-"""What the device engine could leak into /dev/shm, counted for this process only.
+"""What the engine could leak into /dev/shm, counted for this process only.
 
 /dev/shm is shared by every process on the machine (another test run, a CI job beside
 this one), so comparing its whole listing is flaky. This process's leaks are still its own:

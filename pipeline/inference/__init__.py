@@ -1,5 +1,6 @@
 """Inference: plan a slide's chunks, read and decode them (a read source), run the model,
-stitch the cores (the engine; or `run_chunks`, a chunk per Dask task).
+stitch the cores: one engine (`run_engine`), locally or in bands on a Dask cluster
+(`run_bands`).
 
 The entry points below load on first use (torch stays unimported until needed)."""
 
@@ -11,7 +12,7 @@ from wsi_segment.lazy_exports import lazy_exports
 
 _EXPORTS = {
     "SlideJob": "wsi_segment.pipeline.inference.chunk_job",
-    "run_chunks": "wsi_segment.pipeline.inference.chunk_runner",
+    "run_bands": "wsi_segment.pipeline.inference.band_runner",
     "run_engine": "wsi_segment.pipeline.inference.engine",
     "ReadSource": "wsi_segment.pipeline.inference.read_source",
     "ReaderThread": "wsi_segment.pipeline.inference.reader_thread",
@@ -28,15 +29,15 @@ __all__ = [
     "ReaderThread",
     "SlideJob",
     "plan_slide",
-    "run_chunks",
+    "run_bands",
     "run_engine",
 ]
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
 
 if TYPE_CHECKING:
+    from wsi_segment.pipeline.inference.band_runner import run_bands
     from wsi_segment.pipeline.inference.chunk_job import SlideJob
     from wsi_segment.pipeline.inference.chunk_plan import plan_slide
-    from wsi_segment.pipeline.inference.chunk_runner import run_chunks
     from wsi_segment.pipeline.inference.decoder_reads import DecoderProcesses
     from wsi_segment.pipeline.inference.engine import run_engine
     from wsi_segment.pipeline.inference.model_handle import ModelHandle

@@ -1,11 +1,13 @@
-"""Run a slide on a Dask cluster whose workers each run the device engine over bands of chunks.
+"""Run a slide on a Dask cluster whose workers each run the engine over bands of chunks.
 
 The chunk plan is cut into bands: contiguous runs of chunks in plan order, balanced by tile
 count, a few per worker slot so a slow or lost worker costs little. Each band is one Dask
-task; on its worker it runs `run_engine` (its own decoder processes feeding the worker's
-one model owner, batches across the band's chunks) and returns the band's outcomes
+task; on its worker it runs `run_engine` (the read source a local run would pick there:
+the reader thread, decoder processes or the device read path, feeding the worker's one
+model owner, batches across the band's chunks) and returns the band's outcomes
 (`pipeline.inference.band_task`). A band writes only the zarr chunks of its own chunks, so
-a band recomputed after its worker died writes the same bytes again.
+a band recomputed after its worker died writes the same bytes again. The precision of
+`--precision auto` is decided by one worker and pinned for all (`settle_precision`).
 
 Workers whose resources name a `GPU` (our local GPU clusters, the compose file, the SLURM
 example) run one band at a time each: one consumer per device, with the worker's cores as
@@ -15,33 +17,28 @@ its cores out between them; the workers of one machine share its cores too.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
+import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from wsi_segment.pipeline.inference.band_task import DAEMON_FIX, BandResult, run_band
-from wsi_segment.pipeline.inference.chunk_job import SlideJob
-from wsi_segment.pipeline.inference.cluster_gather import gather_all
+from wsi_segment.pipeline.inference.band_task import DAEMON_FIX, BandReads, BandResult, run_band
+from wsi_segment.pipeline.inference.chunk_job import SlideJob, precision_here
+from wsi_segment.pipeline.inference.model_handle import ModelHandle
 from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome
 from wsi_segment.pipeline.progress import NullProgress, Progress
 from wsi_segment.wsi.tiling import ChunkSpec
 
 if TYPE_CHECKING:  # distributed is imported only when a cluster is used
-    from distributed import Client
+    from distributed import Client, Event, Future
 
 log = logging.getLogger(__name__)
 
 BANDS_PER_SLOT = 3  # bands per band a worker can run at once: a lost band is a small part
 GPU_RESOURCE = "GPU"
-
-
-def use_bands(decoders: int | None, worker_device: str) -> bool:
-    """Whether a cluster run uses bands: `--decoders N` (N > 0) asks for them on any device,
-    0 for one Dask task per chunk; by default, when the workers run the model on CUDA."""
-    if decoders is not None:
-        return decoders > 0
-    return worker_device == "cuda"
 
 
 def worker_device_type(client: Client, device: str) -> str:
@@ -102,7 +99,7 @@ def run_bands(
     job: SlideJob,
     specs: Sequence[ChunkSpec],
     client: Client,
-    decoders: int | None = None,
+    reads: BandReads | None = None,
     progress: Progress | None = None,
     key_prefix: str = "band",
     bands: int | None = None,
@@ -110,17 +107,17 @@ def run_bands(
 ) -> list[ChunkOutcome]:
     """Run every chunk in bands on the cluster's workers; outcomes in `specs` order.
 
-    `decoders`: decoder processes per band (None: the worker's cores shared out between the
-    bands it runs at once, `band_task.band_decoders`). `bands`: how many (None: a few per
+    `reads`: how bands read (`band_task.band_source`; default: as a local run would on that
+    worker). `bands`: how many (None: a few per
     worker slot). `results` (optional) receives each band's `BandResult`, in band order.
     The progress bar advances per band, by its tiles, as each band finishes.
 
-    Like the chunk path, this never returns or raises while a band may still write: a
-    failed band sets a cluster-wide abort event (bands not yet started return at once,
-    running ones stop their engine) and every band is waited for before the first error is
-    raised. A `WsiSegmentError` (bad input) comes back as the band's value, so Dask does
-    not retry it; other errors are retried twice, and a band whose worker died is
-    recomputed elsewhere by the scheduler."""
+    This never returns or raises while a band may still write: a failed band sets a
+    cluster-wide abort event (bands not yet started return at once, running ones stop their
+    engine) and every band is waited for before the first error is raised. A
+    `WsiSegmentError` (bad input) comes back as the band's value, so Dask does not retry it;
+    other errors are retried twice, and a band whose worker died is recomputed elsewhere by
+    the scheduler."""
     from distributed import Event
 
     progress = progress or NullProgress()
@@ -139,7 +136,7 @@ def run_bands(
             job_future,
             specs[r.start : r.stop],
             abort,
-            decoders,
+            reads or BandReads(),
             gpu,
             at_once,
             key=f"{key_prefix}-{k}-of-{len(ranges)}",
@@ -161,8 +158,76 @@ def run_bands(
     finished = [b for b in done if b is not None]
     if len(finished) != len(ranges):
         raise RuntimeError(f"{len(ranges) - len(finished)} bands never completed")
-    if any(b.decoders == 0 for b in finished):
-        log.warning("%s: daemonic Dask workers decoded in threads; %s", job.slide_path, DAEMON_FIX)
+    if any(b.daemonic for b in finished):
+        log.warning("%s: daemonic Dask workers read in threads; %s", job.slide_path, DAEMON_FIX)
     if results is not None:
         results.extend(finished)
     return [o for b in finished for o in b.outcomes]
+
+
+def settle_precision(
+    job: SlideJob, specs: Sequence[ChunkSpec], client: Client
+) -> tuple[SlideJob, dict[str, Any]]:
+    """Precision 'auto' on CPU workers: one worker loads the model (which chooses by the
+    model and that machine, SegmentationModel.to_device) and every worker gets its answer,
+    so a slide never mixes bf16 and fp32 chunks (a band recomputed on a new worker
+    included). Returns the job to run and that worker's report."""
+    if job.model.precision != "auto" or not specs:
+        reason = f"{job.model.precision}: asked for (--precision {job.model.precision})"
+        return job, {"autocast": job.model.precision, "reason": reason, "calibration": None}
+    report = client.submit(precision_here, job, pure=False).result()
+    chosen = report.get("autocast")
+    if report.get("device") != "cpu" or chosen not in ("fp32", "bf16"):
+        return job, report  # GPUs: auto is already fixed (bf16, else fp16)
+    model = ModelHandle(job.model.model_dir, job.model.device, chosen, job.model.identity)
+    return dataclasses.replace(job, model=model, _local=threading.local()), report
+
+
+# Waiting for a slide's bands: every one ends before the first failure is raised.
+# Cancelling futures would not stop a band already running on a worker, and it would write
+# into a folder the caller removes on error. So a failure sets the slide's cluster-wide
+# abort event (bands not yet started return at once, running engines stop) and the caller
+# still waits for every future. An interrupt (Ctrl-C, or a batch stopping a slide over its
+# time limit) waits only `STOP_GRACE_S` for the running bands, so a band stuck on a worker
+# cannot hold the interrupt.
+STOP_GRACE_S = 10.0
+
+
+def gather_all(
+    futures: Sequence[Future[Any]],
+    event: Event,
+    on_result: Callable[[int, Any], BaseException | None],
+) -> None:
+    """Hand each future's value to `on_result` (with its index in `futures`) as it completes;
+    the first failure (a raised exception, or the error `on_result` returns) sets `event` and
+    is raised once every future has ended. An interrupt while waiting sets `event` too."""
+    from distributed import as_completed
+
+    index = {f.key: i for i, f in enumerate(futures)}
+    error: BaseException | None = None
+    try:
+        for future in as_completed(futures):
+            try:
+                failure = on_result(index[future.key], future.result())
+            except Exception as exc:  # first failure wins; the others are its echoes
+                failure = exc
+            if failure is not None and error is None:
+                error = failure
+                event.set()
+    except BaseException:  # interrupted while waiting: started tasks finish, no new ones
+        event.set()
+        _wait_briefly(futures)
+        raise
+    event.clear()  # frees the event on the scheduler
+    if error is not None:
+        raise error
+
+
+def _wait_briefly(futures: Sequence[Future[Any]]) -> None:
+    """Wait up to STOP_GRACE_S for the running tasks (they stop early once the abort event
+    is set), so they do not write into a folder the caller is about to remove."""
+    from distributed import wait
+
+    # timed out, or the cluster is going away: the interrupt goes on
+    with contextlib.suppress(Exception):
+        wait(list(futures), timeout=STOP_GRACE_S)

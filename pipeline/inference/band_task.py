@@ -1,13 +1,15 @@
-"""One band of a slide on a Dask worker: the device engine over a run of contiguous chunks.
+"""One band of a slide on a Dask worker: the engine over a run of contiguous chunks.
 
-The band starts its own decoder processes and runs `run_engine` with the worker's model
-(loaded once per worker process, shared under its lock like the slides of a local batch).
-A worker process that is *daemonic* may not start processes (Python refuses: its children
-would be orphaned when it is terminated). Dask starts workers daemonic unless
-`distributed.worker.daemon` is False; our local clusters turn it off
-(`flows.dask_cluster`), for workers started by hand set `DASK_DISTRIBUTED__WORKER__DAEMON=False`.
-On a daemonic worker the band decodes in threads instead (the chunk path, `run_chunks`,
-the same outputs), logs a warning naming the setting, and reports 0 decoders.
+The band runs `run_engine` with the worker's model (loaded once per worker process, shared
+under its lock like the slides of a local batch) and the read source a local run would pick
+on that machine (`band_source`): the device read path where `--read-device` and the slide
+allow it, decoder processes where asked for (`--decoders N`) or on a GPU worker, else the
+reader thread. A worker process that is *daemonic* may not start processes (Python refuses:
+its children would be orphaned when it is terminated). Dask starts workers daemonic unless
+`distributed.worker.daemon` is False; our local clusters turn it off (`flows.dask_cluster`),
+for workers started by hand set `DASK_DISTRIBUTED__WORKER__DAEMON=False`. On a daemonic
+worker a band that would start decoders reads in its reader thread instead (the same bytes),
+logs a warning naming the setting, and reports 0 decoders.
 """
 
 from __future__ import annotations
@@ -17,20 +19,22 @@ import logging
 import multiprocessing as mp
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from wsi_segment.errors import WsiSegmentError
 from wsi_segment.pipeline.inference.chunk_job import SlideJob
-from wsi_segment.pipeline.inference.chunk_runner import run_chunks
 from wsi_segment.pipeline.inference.engine import run_engine
 from wsi_segment.pipeline.inference.engine_state import EngineAborted
+from wsi_segment.pipeline.inference.read_device import GPU, choose_reads
 from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome
-from wsi_segment.pipeline.params import shared_decoders
+from wsi_segment.pipeline.params import run_writers, shared_decoders, usable_cores
 from wsi_segment.wsi.tiling import ChunkSpec
 
 if TYPE_CHECKING:
     from distributed import Event
+
+    from wsi_segment.pipeline.inference.read_source import ReadSource
 
 log = logging.getLogger(__name__)
 
@@ -46,25 +50,71 @@ class BandResult:
     """What one band returns to the client (a value, so Dask retries only real crashes)."""
 
     outcomes: list[ChunkOutcome]
-    decoders: int  # decoder processes the band ran with; 0: threads (a daemonic worker)
+    decoders: int  # decoder processes the band ran with; 0: a reader thread
     error: BaseException | None = None  # bad input (a WsiSegmentError): fails the slide
     aborted: bool = False  # the slide failed elsewhere; this band stopped or never started
+    reads: dict[str, str] = field(default_factory=dict)  # the read choice, for summary.json
+    daemonic: bool = False  # asked for decoders on a daemonic worker: read in a thread
 
 
-def band_decoders(requested: int | None, in_flight: int, cores: int | None = None) -> int:
-    """Decoders of one band: `requested`, else the engine's GPU default (one per core but
-    one, at most 16) shared out between the `in_flight` bands the worker runs at once,
-    at least 1."""
+@dataclass(frozen=True)
+class BandReads:
+    """How a band reads, as the run asked: `--decoders` (None: the device's default) and
+    `--read-device`."""
+
+    decoders: int | None = None
+    read_device: str = "auto"
+
+
+def band_decoders(
+    requested: int | None, device_type: str, in_flight: int, cores: int | None = None
+) -> int:
+    """Decoders of one band: `requested` (0: the reader thread), else on a GPU the engine's
+    default (one per core but one, at most 16) shared out between the `in_flight` bands the
+    worker runs at once, at least 1; 0 on the CPU, as a local run."""
     if requested is not None:
-        return max(1, requested)
-    return shared_decoders(None, "cuda", slides=max(1, in_flight), cores=cores)
+        return max(0, requested)
+    return shared_decoders(None, device_type, slides=max(1, in_flight), cores=cores)
+
+
+def band_source(
+    job: SlideJob, reads: BandReads, in_flight: int
+) -> tuple[ReadSource, dict[str, str], bool]:
+    """The read source of a band on this worker, the read choice it reports, and whether
+    decoders were due but the worker is daemonic: the device read path where it serves the
+    slide, else decoder processes or the reader thread."""
+    from wsi_segment.pipeline.inference.model_handle import model_device_type  # torch
+    from wsi_segment.pipeline.inference.reader_thread import HostTiles, ReaderThread
+
+    model, _lock = job.model.get()
+    device_type = model_device_type(model)
+    reader = job.reader
+    key = (reader.read_level, reader.level0_per_model)
+    try:
+        choice = choose_reads(
+            reads.read_device, device_type == "cuda", job.slide_path, reader.slide(), key
+        )
+    finally:
+        reader.close_local()
+    if choice.device == GPU and choice.tiles is not None:
+        from wsi_segment.pipeline.inference.device_tiles import DeviceTiles
+
+        source = ReaderThread(DeviceTiles(reader, choice.tiles, model.device))
+        return source, choice.report(), False
+    n = band_decoders(reads.decoders, device_type, in_flight)
+    daemonic = bool(n) and mp.current_process().daemon
+    if n and not daemonic:
+        from wsi_segment.pipeline.inference.decoder_reads import DecoderProcesses
+
+        return DecoderProcesses(n), choice.report(), False
+    return ReaderThread(HostTiles(reader)), choice.report(), daemonic
 
 
 def run_band(
     job: SlideJob,
     specs: list[ChunkSpec],
     abort: str | None,
-    decoders: int | None,
+    reads: BandReads,
     gpu: bool,
     at_once: dict[str, int] | None = None,
 ) -> BandResult:
@@ -77,23 +127,33 @@ def run_band(
     event = _abort_event(abort)
     if event is not None and event.is_set():
         return BandResult([], 0, aborted=True)
-    n = band_decoders(decoders, _bands_at_once_here(gpu, at_once or {}))
+    in_flight = _bands_at_once_here(gpu, at_once or {})
+    share = max(1, usable_cores() // in_flight)  # this band's cores
     try:
-        if mp.current_process().daemon:
-            log.warning("%s: this Dask worker is daemonic, decoding in threads; %s",
-                        job.slide_path, DAEMON_FIX)  # fmt: skip
-            return BandResult(run_chunks(job, specs, threads=n), 0)
-        # imported here: decoder_reads imports torch, and a rerun that finds every slide up
-        # to date must not (pipeline.up_to_date)
-        from wsi_segment.pipeline.inference.decoder_reads import DecoderProcesses
-
-        stop = threading.Event()
-        with _watching(event, stop):
-            return BandResult(run_engine(job, specs, DecoderProcesses(n), abort=stop), n)
+        source, choice, daemonic = band_source(job, reads, in_flight)
+        try:
+            n = source.processes
+            if daemonic:
+                log.warning("%s: this Dask worker is daemonic, reading in a thread; %s",
+                            job.slide_path, DAEMON_FIX)  # fmt: skip
+            stop = threading.Event()
+            with _watching(event, stop), _torch_threads(share):
+                # side by side with the worker's other bands, each on its share of the cores
+                outcomes = run_engine(
+                    job,
+                    specs,
+                    source,
+                    abort=stop,
+                    writers=run_writers(None, n, cores=share),
+                    locked=False,
+                )
+        finally:
+            source.close()  # run_engine closed it, unless an interrupt came first
+        return BandResult(outcomes, n, reads=choice, daemonic=daemonic)
     except EngineAborted:
-        return BandResult([], n, aborted=True)
+        return BandResult([], 0, aborted=True)
     except WsiSegmentError as exc:
-        return BandResult([], n, error=exc)
+        return BandResult([], 0, error=exc)
 
 
 def _abort_event(name: str | None) -> Event | None:
@@ -116,6 +176,21 @@ def _bands_at_once_here(gpu: bool, at_once: dict[str, int]) -> int:
         return 1
     here = at_once.get(get_address_host(worker.address), 0)
     return max(1, here or (1 if gpu else int(worker.state.nthreads)))
+
+
+@contextlib.contextmanager
+def _torch_threads(cap: int) -> Iterator[None]:
+    """At most `cap` torch threads for this band's forward passes on the CPU (the bands of a
+    machine share its cores; Dask's workers may already run with fewer: kept), the band
+    thread's own count given back after."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, min(before, cap)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @contextlib.contextmanager

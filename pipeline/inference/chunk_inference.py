@@ -91,8 +91,8 @@ def predict_batch(
     every position of a batch). The bits also depend on the torch thread count (the engine
     keeps it fixed for a run). `bytes_from_model` counts the kept tiles only. The padding
     happens once per engine run (its last batch: sources fill every other batch), at most
-    `batch - 1` blank tiles. The chunk path (`predict_reduced_tiles`) batches each chunk
-    alone, the same way on every run, and is not padded: there it would cost once per chunk.
+    `batch - 1` blank tiles. `predict_reduced_tiles` (one chunk alone, outside the engine:
+    tests and benchmarks) batches each chunk alone and is not padded.
     """
     import torch
 
@@ -117,8 +117,8 @@ def predict_reduced_tiles(
 ) -> ReducedTiles:
     """The stored form of uint8 tiles (N, T, T, 3): cores reduced on the model's device.
 
-    The lock serialises forward passes in a process so one model uses all compute threads
-    while the other Dask threads read and decode the next chunks.
+    One chunk alone, outside the engine (`SlideJob.predict_chunk`: tests and benchmarks);
+    the lock serialises forward passes in a process.
     """
     import torch
 

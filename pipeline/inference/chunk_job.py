@@ -47,12 +47,6 @@ class SlideJob:
     tissue_downsample: float
     level0_per_output: float
     model: ModelHandle
-    # CPU only: > 0 runs the forward passes of concurrent chunks side by side, each with this
-    # many torch threads, instead of one at a time under the model lock with every core.
-    # On a small CPU this is 2-4x faster per core (no OpenMP barriers between a few threads,
-    # and a thread that reads never stalls the others' parallel regions). 0 keeps the lock
-    # (GPU, or a runner that did not size threads).
-    cpu_threads_per_chunk: int = 0
     # Polygons are simplified per chunk as it is written (output px, 0: exact), so the end
     # of the run only unions them; the exact ones are kept too for a `--roi` run's areas.
     simplify_tolerance: float = 1.0
@@ -119,17 +113,6 @@ class SlideJob:
         """The model-space image of a chunk's tissue tiles (plus margin) and its box."""
         return self.reader.read(spec, reuse)
 
-    def run(
-        self,
-        spec: ChunkSpec,
-        read: tuple[np.ndarray, tuple[int, int, int, int]] | None = None,
-    ) -> ChunkOutcome:
-        """Process one chunk end to end and write its probabilities to the zarr store.
-
-        `read` is the chunk's `self.read(spec)` when a prefetcher already did it.
-        """
-        return self.finish_block(spec, self.predict_chunk(spec, read))
-
     def infer_block(
         self,
         spec: ChunkSpec,
@@ -144,22 +127,19 @@ class SlideJob:
         spec: ChunkSpec,
         read: tuple[np.ndarray, tuple[int, int, int, int]] | None = None,
     ) -> ReducedTiles:
-        """The reduced cores of the chunk's tiles, in `spec.tiles` order (read, cut, model)."""
+        """The reduced cores of the chunk's tiles, in `spec.tiles` order (read, cut, model):
+        one chunk alone, outside the engine (tests and benchmarks compare against it)."""
         image, read_box = read if read is not None else self.read(spec)
         patches = cut_tiles(image, (read_box[0], read_box[1]), list(spec.tiles), self.grid)
         del image
         model, lock = self.model.get()
         batch_size = device_batch_size(model, lock, self.grid.tile, self.batch_size)
-        concurrent = self.cpu_threads_per_chunk > 0 and model_device_type(model) == "cpu"
-        if concurrent:
-            _set_torch_threads(self.cpu_threads_per_chunk)
-        reduce_lock = None if concurrent else lock
-        return predict_reduced_tiles(model, patches, self.grid, batch_size, self.gate, reduce_lock)
+        return predict_reduced_tiles(model, patches, self.grid, batch_size, self.gate, lock)
 
     def stitch_block(self, spec: ChunkSpec, reduced: ReducedTiles) -> ReducedTiles:
         """Place the reduced cores of `spec.tiles` (in that order) into the chunk's output
         block over `spec.out_box`: 0 and NODATA outside tissue. What every path does after
-        the model, whichever way the tiles were batched (`run`, the device engine)."""
+        the model, whichever way the tiles were batched."""
         grid = self.grid
         x0, y0, x1, y1 = spec.core_box
         tiles = list(spec.tiles)
@@ -258,16 +238,8 @@ def device_batch_size(
 def precision_here(job: SlideJob) -> dict[str, Any]:
     """The precision this process's model runs in, and why (its `precision_report`).
 
-    A cluster asks one worker, then pins the answer for all (pipeline.inference.chunk_runner),
+    A cluster asks one worker, then pins the answer for all (band_runner.settle_precision),
     so every chunk, recomputed ones included, runs in the same precision even on a cluster
     of unlike machines."""
     model, _lock = job.model.get()
     return dict(model.precision_report())
-
-
-def _set_torch_threads(n: int) -> None:
-    """Intra-op threads of *this* thread's forward passes (OpenMP keeps one count per thread)."""
-    import torch
-
-    if torch.get_num_threads() != n:
-        torch.set_num_threads(n)

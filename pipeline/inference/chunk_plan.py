@@ -2,8 +2,8 @@
 
 `pipeline.segment.prepare` plans with the tile size and mpp of model.json, read by the
 models' own parser (`models.meta.read_model_json`, which imports no torch), so planning and
-chunk reads (the prefetcher, the engine's decoders) overlap the model load; it replans with the loaded model's values if the
-JSON could not be read here.
+chunk reads (the prefetcher, the engine's decoders) overlap the model load; it replans with
+the loaded model's values if the JSON could not be read here.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def plan_reader(
     read_backend: str | None,
 ) -> ChunkReader:
     """The reader of the planned chunks, for what reads before the model has loaded (the
-    prefetcher, the device engine's decoders). A local path is made absolute: decoder
+    prefetcher, the engine's decoders). A local path is made absolute: decoder
     processes and Dask workers (on other machines too) may run in another directory."""
     return ChunkReader(
         slide_path=path_for_readers(slide_path),

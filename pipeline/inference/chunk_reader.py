@@ -1,6 +1,6 @@
 """Reading a slide's chunks into tiles: the read half of a `SlideJob`, light on purpose.
 
-The device engine's decoder processes are spawned, so every module they import costs each
+The engine's decoder processes are spawned, so every module they import costs each
 of them start-up time; this one needs only numpy and the slide code (no torch, zarr, shapely
 or rasterio), and a `ChunkReader` pickles to a few numbers and paths (no tissue mask, no
 model), so a decoder starts reading as soon as it is spawned.
@@ -142,7 +142,7 @@ def cut_tiles(
 ) -> np.ndarray:
     """Tiles (N, T, T, 3) uint8 from a chunk image whose top-left is model pixel `read_origin`.
 
-    `out`: where to put them (e.g. a shared-memory slot of the device engine); else new."""
+    `out`: where to put them (e.g. a shared-memory slot of the engine); else new."""
     ox, oy = read_origin
     t, s, m = grid.tile, grid.stride, grid.margin
     if out is None:

@@ -1,10 +1,10 @@
-"""The device engine's writer: gather each chunk's reduced tiles, finish a chunk when whole.
+"""The engine's writer: gather each chunk's reduced tiles, finish a chunk when whole.
 
-Batches of the device consumer mix tiles of several chunks; a chunk is stitched, written
-and summarised (`SlideJob.finish_block`, exactly what the threaded path does after the
-model) as soon as its last tile arrives, so memory holds only the chunks in flight. Each
-chunk owns its zarr chunks, so chunks can be finished side by side: with `threads` > 1 the
-gathering thread hands whole chunks through a bounded queue to that many finisher threads.
+Batches of the consumer mix tiles of several chunks; a chunk is stitched, written and
+summarised (`SlideJob.finish_block`) as soon as its last tile arrives, so memory holds only
+the chunks in flight. Each chunk owns its zarr chunks, so chunks can be finished side by
+side: with `threads` > 1 the gathering thread hands whole chunks through a bounded queue to
+that many finisher threads.
 Compression, file writes and the numpy steps release the GIL, so threads overlap them;
 polygon tracing and zarr's own event loop hold it (benchmarks/writer.py measures the parts).
 Outcomes are kept by chunk index, so results do not depend on which thread finished what.

@@ -1,4 +1,4 @@
-"""Decoder processes of the device engine: read chunks, cut tiles into shared-memory slots.
+"""Decoder processes of the engine: read chunks, cut tiles into shared-memory slots.
 
 Decoding (openslide, JPEG) is CPU work that does not scale with threads in one process, so
 each decoder is its own process. They are *spawned*, never forked (a fork of a process that
@@ -133,9 +133,9 @@ def ring_slots(decoders: int, slot_bytes: int, shm_dir: str = SHM_DIR) -> int:
     fits = (free // 2) // max(1, slot_bytes)
     if fits < decoders + 1:
         raise WsiSegmentError(
-            f"{shm_dir}: {free >> 20} MiB of shared memory free, the device engine needs "
+            f"{shm_dir}: {free >> 20} MiB of shared memory free, the engine needs "
             f"{(decoders + 1) * slot_bytes * 2 >> 20} MiB for {decoders} decoders; pass fewer "
-            "--decoders, --decoders 0 (threads), or give the container more (docker run "
+            "--decoders, --decoders 0 (one reader thread), or give the container more (docker run "
             "--shm-size=1g)"
         )
     return int(min(wanted, fits))
@@ -295,8 +295,8 @@ def spawn_context() -> SpawnContext:
 
 GUARD_FIX = (
     'put the code that runs segment_slide under `if __name__ == "__main__":` (each decoder '
-    "process of the device engine imports the main script again, and would run it), or pass "
-    "decoders=0 (threads, no processes)"
+    "process of the engine imports the main script again, and would run it), or pass "
+    "decoders=0 (one reader thread, no processes)"
 )
 
 
@@ -322,7 +322,7 @@ def check_main_guard() -> None:
         return  # not a Python source file: nothing to check
     if not any(isinstance(node, ast.If) and _names_main(node.test) for node in tree.body):
         raise ConfigError(f"{path}: this script has no `if __name__ == \"__main__\":` block, "
-                          f"and the device engine spawns decoder processes; {GUARD_FIX}")  # fmt: skip
+                          f"and the engine spawns decoder processes; {GUARD_FIX}")  # fmt: skip
 
 
 def _names_main(test: ast.expr) -> bool:

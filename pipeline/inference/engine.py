@@ -35,6 +35,7 @@ from wsi_segment.pipeline.inference.engine_state import (
     EngineStats,
     FirstError,
     Part,
+    join_part,
     start_parts,
 )
 from wsi_segment.pipeline.inference.read_source import ReadSource
@@ -57,12 +58,14 @@ def run_engine(
     abort: threading.Event | None = None,
     writers: int | None = None,
     computes: int = 1,
+    locked: bool | None = None,
 ) -> list[ChunkOutcome]:
     """Run every chunk through the engine, tiles read by `source`; outcomes in `specs` order.
 
     `source` is adopted: closed whatever happens. `writers`: threads finishing whole chunks
     side by side (default `pipeline.params.run_writers`: the cores the source's processes
-    leave, 1 to 4). `computes`: forward passes side by side on the CPU (1 on a GPU).
+    leave, 1 to 4). `computes`: forward passes side by side on the CPU (1 on a GPU);
+    `locked`: whether they take the model's lock (`DeviceConsumer`; None: with one compute).
     `stats` (optional) receives what the run did (batches and the chunks each held, bytes
     that crossed from the device). `abort` (optional): set by someone else (a Dask band
     whose slide failed elsewhere) to stop the run; it then raises `EngineAborted`."""
@@ -73,7 +76,7 @@ def run_engine(
         if not specs:
             return []
         writers = run_writers(writers, source.processes)
-        return _run(job, specs, source, progress, stats, abort, writers, computes)
+        return _run(job, specs, source, progress, stats, abort, writers, (computes, locked))
     finally:
         source.close()
 
@@ -86,14 +89,14 @@ def _run(
     stats: EngineStats,
     abort: threading.Event | None,
     writers: int,
-    computes: int,
+    computes: tuple[int, bool | None],  # compute threads, and whether they lock
 ) -> list[ChunkOutcome]:
     from wsi_segment.pipeline.inference.device_consumer import DeviceConsumer  # torch
 
     model, lock = job.model.get()
     batch = device_batch_size(model, lock, job.grid.tile, job.batch_size)
     errors = FirstError()
-    consumer = DeviceConsumer(model, lock, job.grid, job.gate, batch, errors, stats, computes)
+    consumer = DeviceConsumer(model, lock, job.grid, job.gate, batch, errors, stats, *computes)
     stats.decoders, stats.batch_size, stats.writers = source.processes, batch, writers
     stats.source, stats.computes = type(source).__name__, consumer.computes
     writer = ChunkWriter(job, specs, progress or NullProgress(), writers)
@@ -139,7 +142,7 @@ def _run_parts(
             if errors.error is not None or any(t.is_alive() for t in threads):
                 errors.stop()
             for thread in threads:
-                stop = wait_uninterrupted(thread.join)
+                stop = wait_uninterrupted(join_part, thread)
                 if stop is not None:  # stopped from outside while its parts ended
                     errors.report(stop)
                     errors.stop()

@@ -1,8 +1,8 @@
 """What the parts of the engine share: the first error, the stop, and run statistics.
 
-Every part (the read source's, the consumer's, the writer's) reports its error here; each checks `stopped` while
-it waits, so one failure stops them all, and the engine raises the first error once every
-part has ended.
+Every part (the read source's, the consumer's, the writer's) reports its error here; each
+checks `stopped` while it waits, so one failure stops them all, and the engine raises the
+first error once every part has ended.
 """
 
 from __future__ import annotations
@@ -103,15 +103,30 @@ Part: TypeAlias = tuple[Callable[..., None], tuple[object, ...]]
 
 
 def start_parts(parts: list[Part], threads: list[threading.Thread]) -> None:
-    """Start one daemon thread per part, each appended to `threads` as it starts, so the
-    caller's cleanup joins every thread that did start even when a later start fails."""
+    """Start one daemon thread per part, each appended to `threads` once its start was
+    tried, so the caller's cleanup joins every thread that did start even when a later
+    start fails or an interrupt (SIGTERM, a batch's stop) lands inside `start`."""
     for target, args in parts:
-        threads.append(threading.Thread(target=target, args=args, daemon=True))
-        threads[-1].start()
+        thread = threading.Thread(target=target, args=args, daemon=True)
+        try:
+            thread.start()
+        finally:
+            threads.append(thread)
 
 
-def join_parts(threads: list[threading.Thread]) -> None:
-    """Wait for every part in short joins, so Ctrl-C still reaches the waiting thread."""
-    for thread in threads:
-        while thread.is_alive():
-            thread.join(timeout=0.1)
+START_FLAG_WAIT_S = 1.0
+
+
+def join_part(thread: threading.Thread) -> None:
+    """Join a part's thread. One whose start an interrupt cut short may never have run
+    (nothing to wait for), or may run without Python having flagged it started yet
+    (`join` refuses it for now): wait for that flag a moment, then join."""
+    deadline = time.monotonic() + START_FLAG_WAIT_S
+    while True:
+        try:
+            thread.join()
+            return
+        except RuntimeError:  # "cannot join thread before it is started"
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.01)

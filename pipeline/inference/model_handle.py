@@ -103,7 +103,7 @@ def model_device_type(model: SegmentationModel) -> str:
 
 def precision_to_load(precision: str, device_type: str) -> str:
     """fp32 stays fp32; 'bf16' is a CPU trial's answer pinned for a cluster
-    (pipeline.inference.chunk_runner), so a GPU worker of a mixed cluster keeps its own 'auto'."""
+    (band_runner.settle_precision), so a GPU worker of a mixed cluster keeps its own 'auto'."""
     if precision == "fp32" or (precision == "bf16" and device_type == "cpu"):
         return precision
     return "auto"

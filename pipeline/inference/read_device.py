@@ -1,4 +1,4 @@
-"""Where the device engine decodes a slide's tiles: on the model's device, or in processes.
+"""Where the engine decodes a slide's tiles: on the model's device, or in processes.
 
 The device read path (`pipeline.inference.reader_thread`) decodes a level's JPEG storage
 tiles in batches (nvJPEG on CUDA, libjpeg-turbo on the CPU) and assembles the model tiles on
@@ -6,7 +6,7 @@ the model's device in one reader thread: no decoder processes. It serves a slide
 model pixels are the read level's pixels and `wsi.raw_tiles` hands out the level's streams.
 `--read-device` (`SegmentParams.read_device`):
 
-- `cpu`: the decoder processes (or the threaded path), always;
+- `cpu`: the decoder processes (or the reader thread), always;
 - `gpu`: the device path wherever it serves the slide, on any device (the tests run it on
   the CPU); elsewhere the decoder processes, and the CLI prints why;
 - `auto`: the device path only for a model on CUDA and tiles nvJPEG decodes (YCbCr stated in
@@ -35,7 +35,7 @@ RGB_CODED = (
     "than in one reader thread"
 )
 ASKED_CPU = "--read-device cpu"
-CLUSTER = "a Dask cluster runs the chunks"
+NO_BANDS = "a Dask cluster's bands choose on their workers, and none ran (no tissue)"
 
 LevelKey = tuple[int, float]  # (read level, level-0 px per model px) a choice was made for
 
@@ -108,15 +108,12 @@ def settle_reads(
     choice: ReadChoice | None,
     requested: str,
     cuda: bool,
-    cluster: bool,
     key: LevelKey,
     decide: Callable[[], ReadChoice],
 ) -> ReadChoice:
-    """The run's choice once the model has loaded: `choice` (made in `prepare`) when it was
-    made for this device and read level `key`, else `decide()` again. A Dask cluster reads
-    on its workers."""
-    if cluster:
-        return ReadChoice(CPU, ASKED_CPU if requested == CPU else CLUSTER, cuda)
+    """A local run's choice once the model has loaded: `choice` (made in `prepare`) when it
+    was made for this device and read level `key`, else `decide()` again. (A Dask cluster's
+    bands choose on their workers: `band_task.band_source`.)"""
     if choice is not None and choice.cuda == cuda and choice.level in (None, key):
         return choice
     return decide()

@@ -65,6 +65,11 @@ class HostTiles:
         self._reuse: TileReuse | None = None
 
     @property
+    def prefetch(self) -> ChunkPrefetcher | None:
+        """The adopted prefetcher (its read seconds go into summary.json)."""
+        return self._prefetch
+
+    @property
     def device(self) -> torch.device:
         return torch.device("cpu")
 

@@ -59,7 +59,7 @@ THUMB_SIZE = 1024
 
 
 class PendingThumbnail(Protocol):
-    """A thumbnail being read in the background (inference.startup.Background)."""
+    """A thumbnail being read in the background (pipeline.startup.Background)."""
 
     def result(self) -> np.ndarray: ...
 

@@ -1,4 +1,4 @@
-"""A batch whose chunks run in the flow's process: slides in flight on the device engine
+"""A batch whose chunks run in the flow's process: slides in flight on the engine
 write what they write one at a time, share the machine's decoders, and leave no decoder
 process or shared memory behind."""
 
@@ -25,7 +25,7 @@ def test_two_slides_in_flight_on_the_engine_write_what_one_at_a_time_writes(
     folder.mkdir()
     for slide in (CMU_SLIDE, OS1_SLIDE):
         shutil.copy2(slide, folder / slide.name)
-    # decoders=1: the engine on the CPU (its default there is the threaded path); fp32: the
+    # decoders=1: the engine on the CPU (its default there is the reader thread); fp32: the
     # bytes of two runs are compared; small chunks and batches: batches span chunks
     options = {"precision": "fp32", "decoders": 1, "chunk_tiles": 2, "batch_size": 8}
     before = shm_entries()
@@ -69,7 +69,7 @@ def test_the_slides_in_flight_share_the_decoders(tiny_model_dir: Path) -> None:
     assert slide_params(gpu, 1) == gpu  # alone: a plain run's params (and summary.json)
     assert slide_params(SegmentParams(device="cuda", decoders=3), 2).decoders == 3  # as asked
     cpu = SegmentParams(device="cpu")
-    assert slide_params(cpu, 2) == cpu  # CPU: the threaded path, as a plain run
+    assert slide_params(cpu, 2) == cpu  # CPU: the reader thread, as a plain run
     assert slide_params(gpu, 2).fingerprint_fields() == gpu.fingerprint_fields()
 
     assert chunks_in_process(None, 0, "auto")

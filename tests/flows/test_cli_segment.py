@@ -58,8 +58,8 @@ def test_tissue_and_roi_options_reach_the_batch_flow(tmp_path):
 
 
 def test_decoders_change_speed_not_results(tmp_path, tiny_model_dir):
-    """`--decoders 2` (the device engine), with one writer thread or three, stores what
-    `--decoders 0` (Dask threads) stores, and both are speed knobs: a finished run counts as
+    """`--decoders 2` (the engine), with one writer thread or three, stores what
+    `--decoders 0` (the reader thread) stores, and both are speed knobs: a finished run counts as
     up to date whatever the decoders."""
     import numpy as np
     import zarr

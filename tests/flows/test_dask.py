@@ -78,7 +78,7 @@ def _assert_no_dashboard(cluster, caught: list[warnings.WarningMessage]) -> None
 def reference(tiny_model: Path, slides_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Outputs of the plain single-process pipeline, to compare the cluster runs with.
 
-    As many Dask threads as cores, so each forward pass runs on one torch thread as on the
+    As many compute threads as cores, so each forward pass runs on one torch thread as on the
     cluster's workers (Dask starts them with OMP_NUM_THREADS=1): the last bits of a forward
     pass may depend on its thread count, and the bytes are compared exactly."""
     from wsi_segment.pipeline.params import SegmentParams
@@ -128,7 +128,8 @@ def test_cli_batch_with_dask_address_runs_on_that_scheduler(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """`wsi-segment batch --dask-address` sends the chunks to that (running) scheduler."""
+    """`wsi-segment batch --dask-address` sends the chunks, in bands, to that (running)
+    scheduler."""
     from distributed import get_task_stream
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowFilter, FlowFilterName
@@ -151,7 +152,7 @@ def test_cli_batch_with_dask_address_runs_on_that_scheduler(
         assert precision["autocast"] == precision["calibration"]["chosen"]
     else:
         assert (precision["autocast"], precision["calibration"]) == ("fp32", None)
-    assert any(str(task["key"]).startswith("chunk-") for task in stream.data)
+    assert any(str(task["key"]).startswith("band-") for task in stream.data)
     # the scheduler is still running after the CLI's client left
     assert len(cluster_client.scheduler_info()["workers"]) == 2
     # what the flow run recorded, as Prefect's API reports it
@@ -186,7 +187,7 @@ def test_worker_killed_mid_run_still_gives_identical_outputs(
         while not stop.is_set() and not killed:
             busy = [addr for addr, keys in cluster_client.processing().items() if keys]
             for addr in busy:
-                if any(str(k).startswith("chunk-") for k in cluster_client.processing()[addr]):
+                if any(str(k).startswith("band-") for k in cluster_client.processing()[addr]):
                     os.kill(pids[addr], signal.SIGKILL)
                     killed.append(pids[addr])
                     return
@@ -206,7 +207,7 @@ def test_worker_killed_mid_run_still_gives_identical_outputs(
     finally:
         stop.set()
         killer.join(timeout=5)
-    assert killed, "no worker was busy with a chunk to kill"
+    assert killed, "no worker was busy with a band to kill"
     assert [r.status for r in results] == ["done", "done"]
     _assert_same(tmp_path / "out", reference)
 

@@ -1,5 +1,6 @@
-"""Bands on a real LocalCluster with worker processes: each band runs the device engine on
-its worker, with decoder processes, and the slide comes out as a local run writes it."""
+"""Bands on a real LocalCluster with worker processes: each band runs the engine on its
+worker, with decoder processes or its reader thread, and the slide comes out as a local run
+writes it, whichever reads the tiles."""
 
 from __future__ import annotations
 
@@ -20,9 +21,12 @@ from tests.pipeline.inference.test_band_runner import band_job, one_torch_thread
 from tests.pipeline.inference.test_engine import assert_same_outcomes, stored
 from wsi_segment.errors import SlideError
 from wsi_segment.pipeline.inference.band_runner import run_bands
-from wsi_segment.pipeline.inference.band_task import BandResult, run_band
+from wsi_segment.pipeline.inference.band_task import BandReads, BandResult, run_band
 from wsi_segment.pipeline.inference.decoder_reads import DecoderProcesses
 from wsi_segment.pipeline.inference.engine import run_engine
+from wsi_segment.pipeline.inference.reader_thread import HostTiles, ReaderThread
+
+SOURCES = {"decoders": 1, "reader-thread": None}  # name -> --decoders of the run
 
 
 class Counted:
@@ -66,25 +70,28 @@ def client() -> Iterator:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path):
-    """The threaded path in this process (one torch thread per forward pass)."""
+    """Every chunk alone in this process (one torch thread per forward pass)."""
     job, specs = band_job(tmp_path_factory.mktemp("ref") / "p.zarr", tiny_model_dir)
     outcomes = one_torch_thread_reference(job, specs)
     return stored(job), outcomes
 
 
+@pytest.mark.parametrize("name", list(SOURCES))
 def test_bands_on_workers_write_what_local_runs_write(
-    client, reference, tmp_path: Path, tiny_model_dir: Path
+    client, reference, tmp_path: Path, tiny_model_dir: Path, name: str
 ) -> None:
     from distributed import get_task_stream
 
     expected, expected_outcomes = reference
+    decoders = SOURCES[name]
     job, specs = band_job(tmp_path / "engine.zarr", tiny_model_dir)
     import torch
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:  # the engine in this process, too: one consumer, all the chunks
-        local = run_engine(job, specs, DecoderProcesses(1))
+        source = DecoderProcesses(decoders) if decoders else ReaderThread(HostTiles(job.reader))
+        local = run_engine(job, specs, source)
     finally:
         torch.set_num_threads(before)
     np.testing.assert_array_equal(stored(job), expected)
@@ -93,16 +100,21 @@ def test_bands_on_workers_write_what_local_runs_write(
     job, specs = band_job(tmp_path / "bands.zarr", tiny_model_dir)
     bands: list[BandResult] = []
     progress = Counted()
+    prefix = f"band-t{name}"
     with get_task_stream(client=client) as stream:
-        outcomes = run_bands(job, specs, client, 1, progress, key_prefix="band-t", results=bands)
+        outcomes = run_bands(
+            job, specs, client, BandReads(decoders), progress, key_prefix=prefix, results=bands
+        )
     np.testing.assert_array_equal(stored(job), expected)
     assert_same_outcomes(outcomes, expected_outcomes)
     assert len(bands) == 6  # three per worker slot
-    assert [b.decoders for b in bands] == [1] * 6  # the engine, with a decoder process
+    # the engine, with a decoder process each, or (the CPU default) its reader thread
+    assert [b.decoders for b in bands] == [decoders or 0] * 6
+    assert not any(b.daemonic for b in bands)
     # the bar advances once per band, by its tiles
     assert len(progress.advances) == 6
     assert sum(progress.advances) == sum(len(s.tiles) for s in specs)
-    workers = {task["worker"] for task in stream.data if str(task["key"]).startswith("band-t")}
+    workers = {task["worker"] for task in stream.data if str(task["key"]).startswith(prefix)}
     assert len(workers) == 2  # both workers ran bands
 
 
@@ -115,30 +127,11 @@ def test_a_damaged_slide_fails_with_one_clear_error_and_no_band_retried(
     corrupt_middle_tile(CMU_SLIDE, damaged)
     job, specs = band_job(tmp_path / "p.zarr", tiny_model_dir, slide=damaged)
     with get_task_stream(client=client) as stream, pytest.raises(SlideError) as caught:
-        run_bands(job, specs, client, 1, key_prefix="band-bad")
+        run_bands(job, specs, client, BandReads(1), key_prefix="band-bad")
     assert "cmu_damaged.svs" in str(caught.value) and "re-export" in str(caught.value)
     keys = [str(t["key"]) for t in stream.data if str(t["key"]).startswith("band-bad")]
     assert len(keys) == len(set(keys)) > 0  # each band ran at most once: no retries
-
-
-def test_a_damaged_slide_fails_with_one_clear_error_and_no_chunk_retried(
-    client, tmp_path: Path, tiny_model_dir: Path
-) -> None:
-    """The chunk path (one Dask task per chunk) likewise: the damaged tile's SlideError is
-    not retried by Dask (it would fail the same way), and it is the error raised."""
-    from distributed import get_task_stream
-
-    from wsi_segment.pipeline.inference.chunk_runner import run_chunks
-
-    damaged = tmp_path / "cmu_damaged.svs"
-    corrupt_middle_tile(CMU_SLIDE, damaged)
-    job, specs = band_job(tmp_path / "p.zarr", tiny_model_dir, slide=damaged)
-    with get_task_stream(client=client) as stream, pytest.raises(SlideError) as caught:
-        run_chunks(job, specs, client=client, key_prefix="chunk-bad")
-    assert "cmu_damaged.svs" in str(caught.value) and "re-export" in str(caught.value)
-    keys = [str(t["key"]) for t in stream.data if str(t["key"]).startswith("chunk-bad")]
-    assert len(keys) == len(set(keys)) > 0  # each chunk ran at most once: no retries
-    starts = client.run_on_scheduler(_times_processing, "chunk-bad")
+    starts = client.run_on_scheduler(_times_processing, "band-bad")
     assert starts and max(starts.values()) == 1, starts  # the scheduler sent each once
 
 
@@ -187,18 +180,20 @@ def test_a_band_that_starts_after_the_slide_failed_does_nothing(
     job, specs = band_job(tmp_path / "p.zarr", tiny_model_dir)
     Event("band-test-abort", client=client).set()
     try:
-        band = client.submit(run_band, job, specs, "band-test-abort", 1, False).result()
+        band = client.submit(run_band, job, specs, "band-test-abort", BandReads(1), False).result()
     finally:
         Event("band-test-abort", client=client).clear()
     assert band.aborted and band.outcomes == []
     assert not stored(job).any()  # nothing written
 
 
-def test_segment_slide_with_a_client_and_decoders_runs_bands(
-    client, tmp_path: Path, tiny_model_dir: Path
+@pytest.mark.parametrize("name", list(SOURCES))
+def test_segment_slide_with_a_client_runs_bands(
+    client, tmp_path: Path, tiny_model_dir: Path, name: str
 ) -> None:
-    """Through `segment_slide`: `--decoders 1` with a client sends bands to the workers,
-    and every output file equals the single-process run's."""
+    """Through `segment_slide`: with a client, bands go to the workers (with `--decoders 1`
+    decoder processes, by default the reader thread), and every output file equals the
+    single-process run's."""
     from distributed import get_task_stream
 
     from wsi_segment.pipeline.params import SegmentParams
@@ -211,7 +206,10 @@ def test_segment_slide_with_a_client_and_decoders_runs_bands(
     assert segment_slide(CMU_SLIDE, tmp_path / "local", local).status == "done"
     with get_task_stream(client=client) as stream:
         result = segment_slide(
-            CMU_SLIDE, tmp_path / "bands", SegmentParams(decoders=1, **common), client=client
+            CMU_SLIDE,
+            tmp_path / "bands",
+            SegmentParams(decoders=SOURCES[name], **common),
+            client=client,
         )
     assert result.status == "done"
     assert any(str(t["key"]).startswith("band-") for t in stream.data)
@@ -225,8 +223,9 @@ def test_segment_slide_with_a_client_and_decoders_runs_bands(
 
 
 @pytest.mark.slow  # the killed worker is restarted by its nanny: another torch import
+@pytest.mark.parametrize("name", list(SOURCES))
 def test_a_worker_killed_mid_band_still_gives_identical_outputs(
-    client, reference, tmp_path: Path, tiny_model_dir: Path
+    client, reference, tmp_path: Path, tiny_model_dir: Path, name: str
 ) -> None:
     """The scheduler recomputes the lost band elsewhere; it rewrites the same zarr chunks.
     The restarted worker is non-daemonic too (the setting holds while the cluster runs)."""
@@ -240,7 +239,7 @@ def test_a_worker_killed_mid_band_still_gives_identical_outputs(
         while not stop.is_set() and not killed:
             for addr, keys in client.processing().items():
                 if any(str(k).startswith("band-kill") for k in keys):
-                    time.sleep(0.5)  # into the band: decoders started
+                    time.sleep(0.5)  # into the band: reading started
                     os.kill(pids[addr], signal.SIGKILL)
                     killed.append(pids[addr])
                     return
@@ -249,7 +248,9 @@ def test_a_worker_killed_mid_band_still_gives_identical_outputs(
     killer = threading.Thread(target=kill_a_worker_running_a_band, daemon=True)
     killer.start()
     try:
-        outcomes = run_bands(job, specs, client, 1, key_prefix="band-kill")
+        outcomes = run_bands(
+            job, specs, client, BandReads(SOURCES[name]), key_prefix=f"band-kill-{name}"
+        )
     finally:
         stop.set()
         killer.join()

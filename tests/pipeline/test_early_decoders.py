@@ -1,4 +1,4 @@
-"""The device engine's decoders start in `prepare`, while the model loads, and are closed
+"""The engine's decoders start in `prepare`, while the model loads, and are closed
 on every path: adopted by the engine, skipped by an up-to-date rerun, or a failure."""
 
 from __future__ import annotations

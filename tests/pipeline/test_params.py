@@ -22,8 +22,8 @@ from wsi_segment.pipeline.params import (
 
 def test_threads_default_follows_the_device():
     assert SegmentParams().threads is None
-    assert run_threads(None, "cpu") == 2  # two model streams on the CPU
-    assert run_threads(None, "cuda") == max(4, min(16, os.cpu_count() or 4))
+    assert run_threads(None, "cpu") == 2  # two forward passes side by side on the CPU
+    assert run_threads(None, "cuda") == 1  # one owner of the GPU's model
     assert run_threads(3, "cuda") == 3 and run_threads(5, "cpu") == 5
 
 
@@ -81,7 +81,7 @@ def test_decoders_default_by_device_and_stay_out_of_the_fingerprint():
     from wsi_segment.pipeline.params import SegmentParams, run_decoders
 
     cores = len(os.sched_getaffinity(0))
-    assert run_decoders(None, "cpu") == 0  # the threaded path stays the CPU default
+    assert run_decoders(None, "cpu") == 0  # the reader thread is the CPU default
     assert run_decoders(None, "cuda") == max(1, min(16, cores - 1))
     assert run_decoders(3, "cpu") == 3 and run_decoders(0, "cuda") == 0
     assert SegmentParams(decoders=4).fingerprint_fields() == SegmentParams().fingerprint_fields()

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from tests.conftest import CMU_SLIDE
 from wsi_segment.flows.slide_watch import SlideInterrupted, SlideWatch
-from wsi_segment.pipeline.inference.startup import Background
 from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.pipeline.prepare import prepare
+from wsi_segment.pipeline.startup import Background
 
 
 def poll_until(event: threading.Event) -> None:

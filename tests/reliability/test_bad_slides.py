@@ -229,7 +229,7 @@ def test_damaged_tile_hit_mid_run_by_a_chunk(
     pyramid_with_bad_chunk_tile, tiny_model_dir, tmp_path, capsys
 ):
     """The error names the region; chunks still running on other threads must not write
-    into the removed partial folder (they did: fixed in pipeline/inference/chunk_runner.py)."""
+    into the removed partial folder (they did, in the per-chunk path the engine replaced)."""
     import time
 
     path = pyramid_with_bad_chunk_tile
@@ -266,7 +266,7 @@ def test_damaged_tile_on_a_cluster_leaves_nothing_behind(
     """Same damage on a real LocalCluster (2 worker processes): the slide fails with the
     region named and leaves nothing. The race it guards (a chunk still running on the other
     worker writing after the failure) needs slow chunks to show; with the tiny model it
-    rarely does, so this checks the cluster error path, and chunk_runner's abort event +
+    rarely does, so this checks the cluster error path, and band_runner's abort event +
     wait-for-all makes the race impossible by construction."""
     import time
 

@@ -92,7 +92,7 @@ def test_interrupting_a_batch_stops_it_cleans_up_and_reports(
     `error:` line; the table shows the finished slide, the one cut off and the one never
     started; only the finished slide's folder is left (no partial folder, no lock); no
     process of the batch (Dask nannies and workers; with `--workers 0 --decoders 1` the
-    device engine's decoder process) outlives it, and no shared memory of its decoders is
+    engine's decoder process) outlives it, and no shared memory of its decoders is
     left. A second Ctrl-C during the cleanup changes nothing (no Prefect "Crash detected!",
     same exit)."""
     folder, out = slow_folder(tmp_path), tmp_path / "out"

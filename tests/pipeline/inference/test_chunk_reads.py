@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from wsi_segment.pipeline.inference.chunk_reader import cut_tiles, tiles_read_box
-from wsi_segment.pipeline.inference.chunk_runner import _restore_torch_threads
 from wsi_segment.wsi.region_reader import read_model_box
 from wsi_segment.wsi.slide import open_slide
 from wsi_segment.wsi.tiling import TileGrid
@@ -31,13 +29,6 @@ def test_bounding_box_read_gives_the_same_tiles(cmu_region_slide, level0_per_mod
 
 def test_no_tiles_means_no_box():
     assert tiles_read_box((), TileGrid(64, 16, 4)) is None
-
-
-def test_runner_gives_torch_threads_back():
-    before = torch.get_num_threads()
-    with _restore_torch_threads(True):
-        torch.set_num_threads(1)
-    assert torch.get_num_threads() == before
 
 
 def test_fast_read_backend_reads_the_same_pixels():

@@ -1,6 +1,7 @@
-"""The engine (a read source -> compute threads -> writer) writes exactly what the threaded
-path writes: same zarr bytes, same outcomes, whatever reads the tiles (a reader thread,
-decoder processes), however many compute threads and however its batches mix chunks."""
+"""The engine (a read source -> compute threads -> writer) writes exactly what each chunk run
+alone writes (read, model, stitch, write: `SlideJob.predict_chunk` + `finish_block`, no
+engine): same zarr bytes, same outcomes, whatever reads the tiles (a reader thread, decoder
+processes), however many compute threads and however its batches mix chunks."""
 
 from __future__ import annotations
 
@@ -22,7 +23,6 @@ from wsi_segment.models.bundle import load_model
 from wsi_segment.pipeline.inference.chunk_job import SlideJob
 from wsi_segment.pipeline.inference.chunk_prefetch import ChunkPrefetcher
 from wsi_segment.pipeline.inference.chunk_reader import ChunkReader
-from wsi_segment.pipeline.inference.chunk_runner import run_chunks
 from wsi_segment.pipeline.inference.decode_pool import DecodePool
 from wsi_segment.pipeline.inference.decoder_reads import DecoderProcesses
 from wsi_segment.pipeline.inference.engine import run_engine
@@ -136,8 +136,9 @@ def assert_same_outcomes(a, b) -> None:
 
 @pytest.fixture(scope="module")
 def threaded(tmp_path_factory, tiny):
+    """The reference: every chunk alone, one after the other, outside the engine."""
     job, specs = make_job(tmp_path_factory.mktemp("threaded") / "p.zarr", tiny, chunk_tiles=2)
-    return stored_run(job, run_chunks(job, specs, threads=2)), specs
+    return stored_run(job, [job.finish_block(s, job.predict_chunk(s)) for s in specs]), specs
 
 
 def stored_run(job, outcomes):
@@ -162,7 +163,7 @@ SOURCES = {  # name -> compute threads
 
 
 @pytest.mark.parametrize("name", list(SOURCES))
-def test_every_source_writes_what_the_threaded_path_writes(tmp_path, tiny, threaded, name):
+def test_every_source_writes_what_each_chunk_alone_writes(tmp_path, tiny, threaded, name):
     (expected, expected_outcomes), specs = threaded
     assert len(specs) >= 8 and sum(len(s.tiles) for s in specs) >= 40
     assert any(len(s.tiles) < 4 for s in specs)  # tissue edges: partial chunks

@@ -43,9 +43,17 @@ class TurnWatch:
 
 @pytest.fixture
 def params(tiny_model_dir: Path) -> SegmentParams:
-    # decoders=1: the engine on the CPU; chunks of 2 x 2 tiles: several batches per slide
+    # decoders=1: decoder processes; one compute thread per slide, as on a GPU (on the CPU
+    # more run side by side without the lock, by design); chunks of 2 x 2 tiles: several
+    # batches per slide
     return SegmentParams(
-        tiny_model_dir, device="cpu", precision="fp32", decoders=1, chunk_tiles=2, batch_size=4
+        tiny_model_dir,
+        device="cpu",
+        precision="fp32",
+        decoders=1,
+        threads=1,
+        chunk_tiles=2,
+        batch_size=4,
     )
 
 

@@ -1,7 +1,7 @@
 """Stitching is exact: chunked, tiled inference equals one pass over the whole region.
 
 The model is analytic (fixed convolutions, receptive field smaller than the tile margin)
-and runs through exactly the production path (SlideJob.run -> zarr). Centre-crop stitching
+and runs through exactly the production path (the engine with the reader thread -> zarr). Centre-crop stitching
 on a global grid means every output pixel is computed by one tile whose window contains its
 whole receptive field, so the result equals direct inference on the white-padded slide.
 """
@@ -19,8 +19,9 @@ from wsi_segment.models.meta import ModelMeta
 from wsi_segment.models.segmentation_model import SegmentationModel
 from wsi_segment.pipeline.inference.chunk_job import SlideJob
 from wsi_segment.pipeline.inference.chunk_reader import ChunkReader
-from wsi_segment.pipeline.inference.chunk_runner import run_chunks
+from wsi_segment.pipeline.inference.engine import run_engine
 from wsi_segment.pipeline.inference.model_handle import ModelHandle
+from wsi_segment.pipeline.inference.reader_thread import HostTiles, ReaderThread
 from wsi_segment.pipeline.outputs.ome_zarr import create_probability_store, level0_path
 from wsi_segment.wsi.region_reader import read_model_box
 from wsi_segment.wsi.slide import open_slide
@@ -95,7 +96,7 @@ def run_job(tmp_path, slide_path, model, grid, chunk_tiles, gate=True, batch_siz
         level0_per_output=plan.level0_per_model * grid.downsample,
         model=ModelHandle.with_model(model, "analytic", "cpu", "fp32"),
     )
-    outcomes = run_chunks(job, plan.specs, threads=2)
+    outcomes = run_engine(job, plan.specs, ReaderThread(HostTiles(job.reader)), computes=2)
     return np.asarray(zarr.open_array(str(level0_path(store)), mode="r")[:]), plan, outcomes
 
 
