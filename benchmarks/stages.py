@@ -122,7 +122,7 @@ def plan_like_pipeline(
 ) -> Planned:
     """The chunks and tiles `wsi-segment` will run for a model described by `meta` (a
     `models.meta.ModelMeta`: its tile size and mpp), by the same functions it uses."""
-    from wsi_segment.pipeline.inference.chunk_job import fast_read_backend
+    from wsi_segment.wsi.read_backend import fast_read_backend
     from wsi_segment.wsi.slide import open_slide
     from wsi_segment.wsi.tiling import TileGrid, plan_chunks
     from wsi_segment.wsi.tissue import detect_tissue

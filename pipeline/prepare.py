@@ -140,7 +140,7 @@ class PreparedSlide:
     @property
     def read_backend(self) -> str | None:
         """Backend for chunk reads (tiffslide where it reads this slide's pixels identically
-        and cheaper: `chunk_job.fast_read_backend`); None: the slide's own backend."""
+        and cheaper: `wsi.read_backend.fast_read_backend`); None: the slide's own backend."""
         return self.reader.read_backend
 
     @property

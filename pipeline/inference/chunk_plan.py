@@ -13,9 +13,9 @@ from pathlib import Path
 
 from wsi_segment.errors import ModelError
 from wsi_segment.models.meta import read_model_json
-from wsi_segment.pipeline.inference.chunk_job import fast_read_backend
 from wsi_segment.pipeline.inference.chunk_reader import ChunkReader
 from wsi_segment.pipeline.params import SegmentParams, plan_chunk_tiles
+from wsi_segment.wsi.read_backend import fast_read_backend
 from wsi_segment.wsi.roi import Roi, restrict_to_rois
 from wsi_segment.wsi.slide import Slide
 from wsi_segment.wsi.tiling import ChunkPlan, TileGrid, plan_chunks

@@ -32,7 +32,7 @@ class ChunkReader:
     level0_per_model: float
     read_level: int
     grid: TileGrid
-    # Backend for chunk reads (None: `backend`), see `chunk_job.fast_read_backend`.
+    # Backend for chunk reads (None: `backend`), see `wsi.read_backend.fast_read_backend`.
     read_backend: str | None = None
     _local: threading.local = field(default_factory=threading.local, repr=False)
 

@@ -222,6 +222,31 @@ def test_segment_slide_with_a_client_runs_bands(
     assert a == b
 
 
+def test_bands_read_on_the_device_where_the_slide_allows_it(
+    client, tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """`--read-device gpu` reaches the workers: each band reads the slide's JPEG tiles onto
+    the model's device (libjpeg on the CPU) and the slide comes out as a local run writes it."""
+    from tests.pipeline.test_read_device import OME_TIFF, level0_params
+    from wsi_segment.pipeline.segment import segment_slide
+
+    one_torch_thread_each = min(256, len(os.sched_getaffinity(0)))
+    local = segment_slide(
+        OME_TIFF,
+        tmp_path / "local",
+        level0_params(tiny_model_dir, "gpu", threads=one_torch_thread_each),
+    )
+    bands = segment_slide(
+        OME_TIFF, tmp_path / "bands", level0_params(tiny_model_dir, "gpu"), client=client
+    )
+    for result in (local, bands):
+        assert result.status == "done" and result.out_dir is not None
+        run_stats = result.summary["run_stats"]
+        assert (run_stats["read_device"], run_stats["read_device_reason"]) == ("gpu", "libjpeg")
+    assert bands.out_dir is not None and local.out_dir is not None
+    assert output_files(bands.out_dir) == output_files(local.out_dir)
+
+
 @pytest.mark.slow  # the killed worker is restarted by its nanny: another torch import
 @pytest.mark.parametrize("name", list(SOURCES))
 def test_a_worker_killed_mid_band_still_gives_identical_outputs(

@@ -31,20 +31,6 @@ def test_no_tiles_means_no_box():
     assert tiles_read_box((), TileGrid(64, 16, 4)) is None
 
 
-def test_fast_read_backend_reads_the_same_pixels():
-    from pathlib import Path
-
-    from wsi_segment.pipeline.inference.chunk_job import fast_read_backend
-
-    svs = Path(__file__).resolve().parents[2] / "data" / "CMU-1-Small-Region.svs"
-    slide = open_slide(svs, backend="openslide")
-    assert fast_read_backend(slide) == "tiffslide"
-    fast = open_slide(svs, backend="tiffslide")
-    box = (100, 200, 612, 584)  # model space at 2 level-0 px per model px
-    np.testing.assert_array_equal(read_model_box(fast, box, 2.0), read_model_box(slide, box, 2.0))
-    assert fast_read_backend(fast) is None  # already tiffslide
-
-
 @pytest.mark.parametrize("model_mpp", [0.499, 1.0])  # exact level pixels; resampled 2.004x
 def test_chunk_reads_share_storage_tiles_with_the_same_pixels(model_mpp):
     """Every chunk of a real plan reads the same image with storage-tile reuse as without,
