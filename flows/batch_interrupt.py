@@ -2,19 +2,23 @@
 
 Prefect runs a sync flow in the main thread, so the signal's exception (KeyboardInterrupt;
 for SIGTERM, Prefect's own handler raises `TerminationSignal` while a flow runs) arrives in
-the flow while it waits for its slides. `wait_for_slides` catches it there: every running
+the flow while it waits for its slides. `wait_for_slides` waits in short steps (`POLL_S`):
+Python runs handlers only in the main thread, but the kernel may deliver the signal to any
+thread of the process, and then nothing wakes a main thread blocked in a wait without a
+limit; the handler would run only when that slide ended. On the interrupt, every running
 slide is stopped in its own thread (`flows.slide_watch`), which removes its partial folder
 and lock and stops its chunks; the slides are given `GRACE_S` to unwind, with further
 signals ignored meanwhile (a second Ctrl-C must not cut the cleanup short; a slide still
 running after it, stuck where the stop cannot reach, is named in a warning and not waited
-for: `flows.slide_runner`); then the
-exception goes on, carrying every slide's result (finished, "interrupted", or
-"not started"), so the CLI prints the table and one `error:` line. Prefect still sees the
-interrupt (a `KeyboardInterrupt`, or a `TerminationSignal` for its cancellation handling).
+for: `flows.slide_runner`); then the exception goes on, carrying every slide's result
+(finished, "interrupted", or "not started"), so the CLI prints the table and one `error:`
+line. Prefect still sees the interrupt (a `KeyboardInterrupt`, or a `TerminationSignal`
+for its cancellation handling).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import logging
 import signal
@@ -35,6 +39,7 @@ from wsi_segment.pipeline.batch_inputs import BatchItem
 from wsi_segment.pipeline.segment import SlideResult
 
 GRACE_S = 30.0  # the most a batch waits for its interrupted slides to clean up
+POLL_S = 0.5  # the longest the main thread waits before it runs pending signal handlers
 INTERRUPTED = "interrupted"
 NOT_STARTED = "not started"
 logger = logging.getLogger(__name__)
@@ -46,6 +51,9 @@ class SlideFuture(Protocol):
     def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> Any: ...
 
     def wait(self, timeout: float | None = None) -> None: ...
+
+    @property
+    def wrapped_future(self) -> concurrent.futures.Future[Any]: ...
 
 
 class BatchInterrupted(KeyboardInterrupt):
@@ -87,7 +95,9 @@ def wait_for_slides(
 
 def slide_outcome(future: SlideFuture) -> SlideResult:
     """The `SlideResult` of a slide task, whether its state is Completed or Failed (a failed
-    slide's task hands its result back in a Failed state)."""
+    slide's task hands its result back in a Failed state), waited for in short steps."""
+    while not future.wrapped_future.done():
+        future.wait(timeout=POLL_S)
     result = future.result(raise_on_failure=False)
     if not isinstance(result, SlideResult):  # crashed or cancelled: the task never returned
         future.result()  # raises what ended it

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 POLL_S = 0.2
+START_WAIT_S = 1.0  # the most a stop waits for threads being started to be running
 
 
 class SlideStopped(BaseException):
@@ -117,7 +118,21 @@ class SlideWatch:
 
 
 def _send(thread_id: int, exc: type[BaseException] | None) -> None:
-    """Raise `exc` in thread `thread_id` at its next instruction (None: withdraw a pending one)."""
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(
-        ctypes.c_ulong(thread_id), ctypes.py_object(exc) if exc is not None else None
-    )
+    """Raise `exc` in thread `thread_id` at its next instruction (None: withdraw a pending one).
+
+    Not while a thread is being started: CPython makes a new thread's state in the thread
+    that starts it, with that thread's id, until the new thread runs, and gives the
+    exception to the first state with the id, which is the newest. A stop sent then kills
+    the new thread before it says it started, and the slide waits in `Thread.start` for
+    ever. Threads being started are in `threading._limbo`; holding its lock keeps any from
+    starting while the exception is sent."""
+    lock, limbo = threading._active_limbo_lock, threading._limbo  # type: ignore[attr-defined]
+    deadline = time.monotonic() + START_WAIT_S
+    while True:
+        with lock:
+            if not limbo or time.monotonic() > deadline:
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                    ctypes.c_ulong(thread_id), ctypes.py_object(exc) if exc is not None else None
+                )
+                return
+        time.sleep(0.001)

@@ -59,3 +59,37 @@ def test_an_interrupt_stops_the_running_slides_and_no_other_starts() -> None:
         assert caught[0][0] is SlideInterrupted and caught[0][1] < 2.0
         with pytest.raises(SlideNotStarted), watch.running(1):
             pass
+
+
+def thread_starting_slide(watch: SlideWatch, caught: list) -> None:
+    """A slide that keeps starting short threads (the pipeline starts readers, writers and
+    decoder supervisors), so a stop often lands while one is being started."""
+    try:
+        with watch.running(0):
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < 30.0:
+                helper = threading.Thread(target=lambda: None)
+                helper.start()
+                helper.join()
+        caught.append(None)
+    except SlideStopped as exc:
+        caught.append(type(exc))
+
+
+def test_a_stop_sent_while_the_slide_starts_a_thread_reaches_the_slide() -> None:
+    """The stop reaches the slide's own thread, not a thread it is starting (which would die
+    before it said it started, leaving the slide waiting in `Thread.start` for ever)."""
+    for _ in range(10):
+        caught: list = []
+        with SlideWatch(None) as watch:
+            slide = threading.Thread(
+                target=thread_starting_slide, args=(watch, caught), daemon=True
+            )
+            slide.start()
+            while watch.started() != {0}:
+                time.sleep(0.001)
+            time.sleep(0.02)
+            watch.interrupt_all()
+            slide.join(timeout=10)
+            assert not slide.is_alive(), "the slide never got its stop"
+        assert caught == [SlideInterrupted]

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import zarr
 
@@ -196,3 +197,37 @@ def test_sigterm_to_the_process_group_cleans_up_like_ctrl_c(tiny_model_dir, tmp_
     proc = start_and_wait_for_chunks(tiny_model_dir, out, ["--decoders", "1"], new_session=True)
     os.killpg(proc.pid, signal.SIGTERM)
     assert_terminated_cleanly(proc, out)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_decoder_killed_mid_slide_is_one_error_and_the_rerun_equals_uninterrupted(
+    tiny_model_dir, tmp_path
+):
+    """The OOM killer takes one decoder process: the run fails with one `error:` line that
+    says so (no traceback), leaves nothing on disk or in /dev/shm, and the rerun's outputs
+    equal an uninterrupted run's with the same decoders."""
+    out = tmp_path / "out"
+    decoders = ["--decoders", "1"]
+    proc = start_and_wait_for_chunks(tiny_model_dir, out, decoders)
+    (decoder,) = [p for p in psutil.Process(proc.pid).children() if "resource_tracker" not in
+                  " ".join(p.cmdline())]  # fmt: skip
+    decoder.kill()
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1, err
+    errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "a decoder process died" in errors[0], err
+    assert "Traceback" not in err and "leaked" not in err, err
+    assert leftovers(out) == []
+    assert our_shared_memory(proc.pid) == []
+
+    args = [CMU_SLIDE, "--model", tiny_model_dir, *OPTIONS, *decoders]
+    rerun = run_cli([*args, "--out", out])
+    assert rerun.code == 0, rerun.stderr
+    assert_complete_output(out / STEM)
+    ref = run_cli([*args, "--out", tmp_path / "reference"])
+    assert ref.code == 0, ref.stderr
+    np.testing.assert_array_equal(
+        zarr_level0(out / STEM), zarr_level0(tmp_path / "reference" / STEM)
+    )
+    assert class_areas(out / STEM) == class_areas(tmp_path / "reference" / STEM)
