@@ -125,14 +125,24 @@ def _send(thread_id: int, exc: type[BaseException] | None) -> None:
     exception to the first state with the id, which is the newest. A stop sent then kills
     the new thread before it says it started, and the slide waits in `Thread.start` for
     ever. Threads being started are in `threading._limbo`; holding its lock keeps any from
-    starting while the exception is sent."""
-    lock, limbo = threading._active_limbo_lock, threading._limbo  # type: ignore[attr-defined]
+    starting while the exception is sent (CPython's private names, checked on 3.11; an
+    interpreter without them gets the stop at once, as before)."""
+    lock = getattr(threading, "_active_limbo_lock", None)
+    limbo = getattr(threading, "_limbo", None)
+    if lock is None or limbo is None:
+        _set_async_exc(thread_id, exc)
+        return
     deadline = time.monotonic() + START_WAIT_S
     while True:
         with lock:
             if not limbo or time.monotonic() > deadline:
-                ctypes.pythonapi.PyThreadState_SetAsyncExc(
-                    ctypes.c_ulong(thread_id), ctypes.py_object(exc) if exc is not None else None
-                )
+                _set_async_exc(thread_id, exc)
                 return
         time.sleep(0.001)
+
+
+def _set_async_exc(thread_id: int, exc: type[BaseException] | None) -> None:
+    """Raise `exc` in the thread (None: take back one not yet raised)."""
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(thread_id), ctypes.py_object(exc) if exc is not None else None
+    )

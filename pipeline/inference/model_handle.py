@@ -24,7 +24,7 @@ class ModelHandle:
 
     model_dir: str
     device: str = "auto"
-    precision: str = "auto"  # auto | fp32 | bf16 (the answer a cluster's trial pinned)
+    precision: str = "auto"  # auto | fp32 | bf16 (the answer a cluster's calibration pinned)
     # the run's model identity (summary.json): a worker that loads other bytes refuses them
     identity: str = ""
     _loaded: tuple[SegmentationModel, threading.Lock] | None = field(default=None, repr=False)
@@ -102,7 +102,7 @@ def model_device_type(model: SegmentationModel) -> str:
 
 
 def precision_to_load(precision: str, device_type: str) -> str:
-    """fp32 stays fp32; 'bf16' is a CPU trial's answer pinned for a cluster
+    """fp32 stays fp32; 'bf16' is a CPU calibration's answer pinned for a cluster
     (band_runner.settle_precision), so a GPU worker of a mixed cluster keeps its own 'auto'."""
     if precision == "fp32" or (precision == "bf16" and device_type == "cpu"):
         return precision
