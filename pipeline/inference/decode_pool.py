@@ -18,7 +18,6 @@ free slots). The engine's `DecoderProcesses` read source adopts it, or starts it
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import multiprocessing as mp
 import os
@@ -26,18 +25,18 @@ import pickle
 import queue
 import secrets
 import signal
-import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.shared_memory import SharedMemory
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 import numpy as np
 
-from wsi_segment.errors import ConfigError, SlideError, WsiSegmentError, raise_terminated
+from wsi_segment.errors import SlideError, WsiSegmentError, raise_terminated
 from wsi_segment.pipeline.inference.chunk_reader import ChunkReader, cut_tiles
+from wsi_segment.pipeline.inference.engine_state import wait_uninterrupted
+from wsi_segment.pipeline.inference.main_guard import check_main_guard
 from wsi_segment.wsi.tiling import ChunkSpec
 
 if TYPE_CHECKING:
@@ -269,64 +268,8 @@ class DecoderTask:
     tile: int
 
 
-def wait_uninterrupted(wait: Callable[..., Any], *args: Any) -> BaseException | None:
-    """Wait even through an exception raised in this thread from outside, since cleanup
-    that stops half way would leak: Ctrl-C (a second one, the first being cleaned up: it is
-    dropped), or a batch stopping this slide (`flows.slide_watch`: a `BaseException` that is
-    not an `Exception`), which is returned once the wait is over for the caller to raise
-    when its cleanup is done, so a slide stopped during its cleanup still stops. Errors of
-    `wait` itself propagate."""
-    stop: BaseException | None = None
-    while True:
-        try:
-            wait(*args)
-            return stop
-        except KeyboardInterrupt:
-            continue
-        except Exception:
-            raise
-        except BaseException as exc:
-            stop = stop or exc
-
-
 def spawn_context() -> SpawnContext:
     return mp.get_context("spawn")
-
-
-GUARD_FIX = (
-    'put the code that runs segment_slide under `if __name__ == "__main__":` (each decoder '
-    "process of the engine imports the main script again, and would run it), or pass "
-    "decoders=0 (one reader thread, no processes)"
-)
-
-
-def check_main_guard() -> None:
-    """Raise ConfigError before spawning when a decoder would re-run the main script.
-
-    A spawned child imports the parent's main script (as `__mp_main__`); a script that
-    segments at module level would then segment again in every decoder. Checked in the
-    parent (the script has no top-level `if __name__ ...` block) and, for a script that has
-    one but also segments outside it, in the child while it imports (multiprocessing's own
-    test of a child still bootstrapping)."""
-    main = sys.modules.get("__main__")
-    path = getattr(main, "__file__", None)
-    if getattr(mp.current_process(), "_inheriting", False):
-        raise ConfigError(f"{path or 'the main script'}: segment_slide ran while a decoder "
-                          f"process imported this script; {GUARD_FIX}")  # fmt: skip
-    spec_name = getattr(getattr(main, "__spec__", None), "name", None) or ""
-    if path is None or spec_name.rpartition(".")[2] == "__main__":
-        return  # interactive, -c, or a package's __main__: spawn does not re-run it
-    try:
-        tree = ast.parse(Path(path).read_bytes(), path)
-    except (OSError, SyntaxError, ValueError):
-        return  # not a Python source file: nothing to check
-    if not any(isinstance(node, ast.If) and _names_main(node.test) for node in tree.body):
-        raise ConfigError(f"{path}: this script has no `if __name__ == \"__main__\":` block, "
-                          f"and the engine spawns decoder processes; {GUARD_FIX}")  # fmt: skip
-
-
-def _names_main(test: ast.expr) -> bool:
-    return any(isinstance(n, ast.Name) and n.id == "__name__" for n in ast.walk(test))
 
 
 def decoder_main(

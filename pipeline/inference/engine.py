@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING
 
 from wsi_segment.pipeline.inference.chunk_job import SlideJob, device_batch_size
 from wsi_segment.pipeline.inference.chunk_writer import ChunkWriter
-from wsi_segment.pipeline.inference.decode_pool import wait_uninterrupted
 from wsi_segment.pipeline.inference.engine_state import (
     EngineAborted,
     EngineStats,
@@ -37,6 +36,7 @@ from wsi_segment.pipeline.inference.engine_state import (
     Part,
     join_part,
     start_parts,
+    wait_uninterrupted,
 )
 from wsi_segment.pipeline.inference.read_source import ReadSource
 from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome

@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeAlias, TypeVar
+from typing import Any, TypeAlias, TypeVar
 
 T = TypeVar("T")
 
@@ -130,3 +130,23 @@ def join_part(thread: threading.Thread) -> None:
             if time.monotonic() > deadline:
                 return
             time.sleep(0.01)
+
+
+def wait_uninterrupted(wait: Callable[..., Any], *args: Any) -> BaseException | None:
+    """Wait even through an exception raised in this thread from outside, since cleanup
+    that stops half way would leak: Ctrl-C (a second one, the first being cleaned up: it is
+    dropped), or a batch stopping this slide (`flows.slide_watch`: a `BaseException` that is
+    not an `Exception`), which is returned once the wait is over for the caller to raise
+    when its cleanup is done, so a slide stopped during its cleanup still stops. Errors of
+    `wait` itself propagate."""
+    stop: BaseException | None = None
+    while True:
+        try:
+            wait(*args)
+            return stop
+        except KeyboardInterrupt:
+            continue
+        except Exception:
+            raise
+        except BaseException as exc:
+            stop = stop or exc

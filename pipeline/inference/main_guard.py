@@ -1,0 +1,47 @@
+"""Decoders are spawned, and a spawned child imports the parent's main script again: a
+script that segments at module level would segment again in every decoder. Refuse that
+before any process starts, with the fix."""
+
+from __future__ import annotations
+
+import ast
+import multiprocessing as mp
+import sys
+from pathlib import Path
+
+from wsi_segment.errors import ConfigError
+
+GUARD_FIX = (
+    'put the code that runs segment_slide under `if __name__ == "__main__":` (each decoder '
+    "process of the engine imports the main script again, and would run it), or pass "
+    "decoders=0 (one reader thread, no processes)"
+)
+
+
+def check_main_guard() -> None:
+    """Raise ConfigError before spawning when a decoder would re-run the main script.
+
+    A spawned child imports the parent's main script (as `__mp_main__`); a script that
+    segments at module level would then segment again in every decoder. Checked in the
+    parent (the script has no top-level `if __name__ ...` block) and, for a script that has
+    one but also segments outside it, in the child while it imports (multiprocessing's own
+    test of a child still bootstrapping)."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if getattr(mp.current_process(), "_inheriting", False):
+        raise ConfigError(f"{path or 'the main script'}: segment_slide ran while a decoder "
+                          f"process imported this script; {GUARD_FIX}")  # fmt: skip
+    spec_name = getattr(getattr(main, "__spec__", None), "name", None) or ""
+    if path is None or spec_name.rpartition(".")[2] == "__main__":
+        return  # interactive, -c, or a package's __main__: spawn does not re-run it
+    try:
+        tree = ast.parse(Path(path).read_bytes(), path)
+    except (OSError, SyntaxError, ValueError):
+        return  # not a Python source file: nothing to check
+    if not any(isinstance(node, ast.If) and _names_main(node.test) for node in tree.body):
+        raise ConfigError(f"{path}: this script has no `if __name__ == \"__main__\":` block, "
+                          f"and the engine spawns decoder processes; {GUARD_FIX}")  # fmt: skip
+
+
+def _names_main(test: ast.expr) -> bool:
+    return any(isinstance(n, ast.Name) and n.id == "__name__" for n in ast.walk(test))
