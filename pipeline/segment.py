@@ -179,17 +179,13 @@ def _record_reads(prep: PreparedSlide, source: ReadSource) -> None:
     prefetch = getattr(reads, "prefetch", None)
     if prefetch is not None:
         prep.timings["prefetch_read_cpu_s"] = prefetch.read_s
-    cache = getattr(reads, "cache", None)  # the device read path's
-    reuse = getattr(reads, "tile_reuse", None)  # the slide library's
-    if cache is not None:
+    counts = getattr(reads, "cache", None)  # the device read path's
+    if counts is None:
+        counts = getattr(reads, "tile_reuse", None)  # the slide library's
+    if counts is not None:
         prep.read_stats = {
-            "storage_tiles_decoded": cache.tiles_decoded,
-            "storage_tiles_reused": cache.tiles_reused,
-        }
-    elif reuse is not None:
-        prep.read_stats = {
-            "storage_tiles_decoded": reuse.tiles_decoded,
-            "storage_tiles_reused": reuse.tiles_reused,
+            "storage_tiles_decoded": counts.tiles_decoded,
+            "storage_tiles_reused": counts.tiles_reused,
         }
 
 

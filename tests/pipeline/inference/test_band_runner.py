@@ -19,6 +19,7 @@ import torch
 from tests.conftest import CMU_SLIDE, corrupt_middle_tile
 from tests.engine_leaks import shm_entries
 from tests.pipeline.inference.test_engine import assert_same_outcomes, make_job, stored
+from tests.pipeline.inference.test_engine_shared_model import TurnWatch
 from wsi_segment.errors import SlideError
 from wsi_segment.models.bundle import load_model
 from wsi_segment.pipeline.inference.band_runner import band_slices
@@ -135,29 +136,6 @@ def test_a_band_runs_the_engine_and_writes_what_each_chunk_alone_writes(
     assert_same_outcomes(band.outcomes, expected_outcomes)
 
 
-class Overlap:
-    """The real model; records whether the model's lock was held during each forward pass and
-    how many ran at once, each held a moment so two bands' passes can meet."""
-
-    def __init__(self, model, lock: threading.Lock) -> None:
-        self.model, self.lock, self.device = model, lock, model.device
-        self.running = self.most_at_once = 0
-        self.held: list[bool] = []
-        self._count = threading.Lock()
-
-    def predict_reduced(self, *args, **kwargs):
-        with self._count:
-            self.held.append(self.lock.locked())
-            self.running += 1
-            self.most_at_once = max(self.most_at_once, self.running)
-        try:
-            time.sleep(0.05)
-            return self.model.predict_reduced(*args, **kwargs)
-        finally:
-            with self._count:
-                self.running -= 1
-
-
 def test_bands_of_one_cpu_worker_run_their_forward_passes_side_by_side(
     tmp_path: Path, tiny_model_dir: Path
 ) -> None:
@@ -167,7 +145,7 @@ def test_bands_of_one_cpu_worker_run_their_forward_passes_side_by_side(
     model = load_model(tiny_model_dir)
     model.to_device("cpu", "fp32")
     lock = threading.Lock()
-    watch = Overlap(model, lock)
+    watch = TurnWatch(model, lock, hold_s=0.05)  # passes that can overlap do
     handle = ModelHandle.with_model(watch, str(tiny_model_dir), "cpu", "fp32", lock=lock)
     bands: list[BandResult] = []
     threads = []

@@ -135,9 +135,9 @@ def assert_same_outcomes(a, b) -> None:
 
 
 @pytest.fixture(scope="module")
-def threaded(tmp_path_factory, tiny):
+def alone(tmp_path_factory, tiny):
     """The reference: every chunk alone, one after the other, outside the engine."""
-    job, specs = make_job(tmp_path_factory.mktemp("threaded") / "p.zarr", tiny, chunk_tiles=2)
+    job, specs = make_job(tmp_path_factory.mktemp("alone") / "p.zarr", tiny, chunk_tiles=2)
     return stored_run(job, [job.finish_block(s, job.predict_chunk(s)) for s in specs]), specs
 
 
@@ -163,8 +163,8 @@ SOURCES = {  # name -> compute threads
 
 
 @pytest.mark.parametrize("name", list(SOURCES))
-def test_every_source_writes_what_each_chunk_alone_writes(tmp_path, tiny, threaded, name):
-    (expected, expected_outcomes), specs = threaded
+def test_every_source_writes_what_each_chunk_alone_writes(tmp_path, tiny, alone, name):
+    (expected, expected_outcomes), specs = alone
     assert len(specs) >= 8 and sum(len(s.tiles) for s in specs) >= 40
     assert any(len(s.tiles) < 4 for s in specs)  # tissue edges: partial chunks
     job, specs = make_job(tmp_path / "p.zarr", tiny, chunk_tiles=2)
@@ -232,9 +232,9 @@ def test_a_model_error_stops_the_source_and_nothing_writes_after(tmp_path, tiny,
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_engine_on_cuda_matches_the_cpu_within_one_level(tmp_path, tiny_model_dir, threaded):
+def test_engine_on_cuda_matches_the_cpu_within_one_level(tmp_path, tiny_model_dir, alone):
     """Pinned staging, the side-stream copy and the device reduction, against the CPU run."""
-    (expected, _), _ = threaded
+    (expected, _), _ = alone
     model = load_model(tiny_model_dir)
     model.to_device("cuda", "fp32")
     job, specs = make_job(tmp_path / "p.zarr", model, chunk_tiles=2)
@@ -245,7 +245,7 @@ def test_engine_on_cuda_matches_the_cpu_within_one_level(tmp_path, tiny_model_di
     assert diff.max() <= 1
 
 
-def test_decoders_started_early_fill_the_ring_and_the_engine_adopts_them(tmp_path, tiny, threaded):
+def test_decoders_started_early_fill_the_ring_and_the_engine_adopts_them(tmp_path, tiny, alone):
     """A pool started before the model loads decodes until the ring is full and no further
     (memory stays bounded), then `run_engine` adopts it and closes it."""
     job, specs = make_job(tmp_path / "p.zarr", tiny, chunk_tiles=2)
@@ -262,7 +262,7 @@ def test_decoders_started_early_fill_the_ring_and_the_engine_adopts_them(tmp_pat
     stats = EngineStats()
     outcomes = run_engine(job, specs, DecoderProcesses(2, pool), stats=stats)
     assert stats.early_decoders and stats.first_batch_at >= stats.first_chunk_at > 0
-    (expected, expected_outcomes), _ = threaded
+    (expected, expected_outcomes), _ = alone
     np.testing.assert_array_equal(stored(job), expected)
     assert_same_outcomes(outcomes, expected_outcomes)
     assert pool.ring is None and pool.procs == []  # closed by the engine
@@ -270,14 +270,14 @@ def test_decoders_started_early_fill_the_ring_and_the_engine_adopts_them(tmp_pat
     assert shm_entries() <= before
 
 
-def test_a_pool_for_other_chunks_is_closed_and_replaced(tmp_path, tiny, threaded):
+def test_a_pool_for_other_chunks_is_closed_and_replaced(tmp_path, tiny, alone):
     job, specs = make_job(tmp_path / "p.zarr", tiny, chunk_tiles=2)
     before = shm_entries()
     stale = DecodePool.for_chunks(job.reader, specs[:3], 2)
     stats = EngineStats()
     outcomes = run_engine(job, specs, DecoderProcesses(2, stale), stats=stats)
     assert not stats.early_decoders and stale.ring is None
-    (expected, expected_outcomes), _ = threaded
+    (expected, expected_outcomes), _ = alone
     np.testing.assert_array_equal(stored(job), expected)
     assert_same_outcomes(outcomes, expected_outcomes)
     assert multiprocessing.active_children() == []
@@ -318,9 +318,9 @@ def probed(job: SlideJob, cls: type[SlideJob]) -> SlideJob:
 
 
 def test_several_writer_threads_finish_chunks_side_by_side_and_write_the_same(
-    tmp_path, tiny, threaded
+    tmp_path, tiny, alone
 ):
-    (expected, expected_outcomes), _ = threaded
+    (expected, expected_outcomes), _ = alone
     job, specs = make_job(tmp_path / "p.zarr", tiny, chunk_tiles=2)
     job = probed(job, TwoChunksAtOnce)
     stats = EngineStats()

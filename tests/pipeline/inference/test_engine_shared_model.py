@@ -5,6 +5,7 @@ runs each forward pass under that lock, so two consumers never run the model at 
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -20,10 +21,12 @@ OS1_SLIDE = DATA_DIR / "OS-1-detail.ome.tif"
 
 class TurnWatch:
     """The real model; records, per forward pass, whether the model's lock was held and how
-    many forward passes ran at that moment (its own included)."""
+    many forward passes ran at that moment (its own included). `hold_s`: each pass holds on
+    that long, so passes that can overlap do."""
 
-    def __init__(self, model, lock: threading.Lock) -> None:
+    def __init__(self, model, lock: threading.Lock, hold_s: float = 0.0) -> None:
         self.model, self.lock, self.device = model, lock, model.device
+        self.hold_s = hold_s
         self.held: list[bool] = []
         self.running = 0
         self.most_at_once = 0
@@ -35,6 +38,7 @@ class TurnWatch:
             self.running += 1
             self.most_at_once = max(self.most_at_once, self.running)
         try:
+            time.sleep(self.hold_s)
             return self.model.predict_reduced(*args, **kwargs)
         finally:
             with self._count:
