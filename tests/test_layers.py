@@ -1,4 +1,4 @@
-"""DESIGN.md's one-way data flow: `wsi` and `models` know nothing of each other, and neither
+"""The one-way data flow of docs/architecture.md: `wsi` and `models` know nothing of each other, and neither
 knows `pipeline` or `flows`; and everything imports our layers through the one import name
 `wsi_segment` (never a bare `models` or `pipeline`, which other packages may own). Checked on
 the imports of every module, read with `ast`."""

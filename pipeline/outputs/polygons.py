@@ -1,6 +1,6 @@
 """Label raster -> per-class polygons that are exact, seamless across blocks, edge-to-edge.
 
-Why rasterio's `features.shapes` (GDAL polygonize): its rings follow pixel edges, so the
+Why `rasterio.features.shapes` (GDAL polygonize): its rings follow pixel edges, so the
 polygons rasterise back to the label raster with 0 wrong pixels (holes kept), and polygons of
 neighbouring blocks share their border exactly, so `shapely.union_all` merges them with no
 seam. `cv2.findContours` traces pixel centres: shapes shrink by half a pixel and tiles leave
