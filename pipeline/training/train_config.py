@@ -54,6 +54,7 @@ class TrainConfig:
     bias_lr_mult: float | None = None
     head_lr_mult: float | None = None
     bias_weight_decay: bool | None = None
+    momentum: float | None = None  # SGD's, both stages
     seg_vflip: bool | None = None
     seg_blur: bool | None = None
     seg_loss: str | None = None
@@ -139,6 +140,7 @@ def recipe(cfg: TrainConfig, pretrained: str | None) -> Recipe:
         bias_lr_mult=cfg.bias_lr_mult,
         head_lr_mult=cfg.head_lr_mult,
         bias_weight_decay=cfg.bias_weight_decay,
+        momentum=cfg.momentum,
     )
 
 

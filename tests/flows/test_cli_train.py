@@ -244,7 +244,7 @@ def test_train_options_reach_the_config(tmp_path: Path) -> None:
         "train", "--data", "d", "--out", "o", "--pretrained", "w.safetensors",
         "--seg-pretrained", "resnet18.a1_in1k", "--recipe", "paper", "--lr", "0.02",
         "--weight-decay", "1e-3", "--bias-lr-mult", "1", "--head-lr-mult", "5",
-        "--bias-weight-decay",
+        "--bias-weight-decay", "--momentum", "5e-4",
         "--no-seg-blur", "--seg-vflip", "--seg-loss", "ours", "--val-gate",
         "--cam-method", "scorecam",
     ]  # fmt: skip
@@ -254,12 +254,12 @@ def test_train_options_reach_the_config(tmp_path: Path) -> None:
         "w.safetensors", "resnet18.a1_in1k", "paper"
     )  # fmt: skip
     assert (cfg.lr, cfg.weight_decay, cfg.bias_lr_mult, cfg.head_lr_mult) == (0.02, 1e-3, 1, 5)
-    assert cfg.bias_weight_decay is True
+    assert cfg.bias_weight_decay is True and cfg.momentum == 5e-4
     assert (cfg.seg_blur, cfg.seg_vflip, cfg.seg_loss, cfg.val_gate) == (False, True, "ours", True)
     assert cfg.cam_method == "scorecam"
     plain = config_from_args(build_parser().parse_args(["train", "--data", "d", "--out", "o"]))
     assert (plain.recipe, plain.lr, plain.seg_blur, plain.val_gate) == (None, None, None, None)
-    assert plain.bias_weight_decay is None
+    assert plain.bias_weight_decay is None and plain.momentum is None
     off = build_parser().parse_args(
         ["train", "--data", "d", "--out", "o", "--no-bias-weight-decay"]
     )

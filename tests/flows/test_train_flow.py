@@ -73,6 +73,7 @@ def test_train_flow_matches_plain_train_and_resumes(
             {"epochs": 3, "seg_epochs": 5, "seg_encoder": "resnet34"},
         ),
         (["--cam-method", "scorecam"], {"cam_method": "scorecam"}),
+        (["--recipe", "paper", "--momentum", "0.5"], {"recipe": "paper", "momentum": 0.5}),
         (
             ["--head", "lficam", "--cam-method", "lficam"],
             {"head": "lficam", "cam_method": "lficam"},
