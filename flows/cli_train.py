@@ -31,7 +31,10 @@ def add_parser(
     p.add_argument("--out", required=True, type=Path, help="model folder to write")
     p.add_argument("--epochs", type=int, default=20, help="stage-1 classifier epochs (default 20)")
     p.add_argument(
-        "--seg-epochs", type=int, default=None, help="stage-3 segmenter epochs (default: --epochs)"
+        "--seg-epochs",
+        type=int,
+        default=None,
+        help="stage-3 segmenter epochs (default: --epochs; --recipe official: 30)",
     )
     p.add_argument(
         "--encoder", default="resnet18", help="classifier backbone, timm name (default resnet18)"
@@ -39,7 +42,7 @@ def add_parser(
     p.add_argument(
         "--seg-encoder", default=None, help="segmenter encoder (default: same as --encoder)"
     )
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=None, help="default 16; --recipe official: 20")
     p.add_argument("--head", choices=HEAD_NAMES, default=HEAD_NAMES[0])
     p.add_argument(
         "--cam-method",
@@ -58,9 +61,11 @@ def add_parser(
         default=None,
         help="default: AdamW lr 1e-3, wd 1e-4, BatchNorm training; paper: the official code's "
         "SGD lr 0.01 (2x biases, 10x new layers), momentum 0.9, wd 5e-4, BatchNorm frozen in "
-        "stage 1, stage-3 blur, official loss, ungated validation; official: paper with the "
-        "stage-1 momentum 5e-4 the official code really trains with (default, per stage: paper "
-        "where the encoder starts from --pretrained / --seg-pretrained weights, else default)",
+        "stage 1, stage-3 blur, official loss, ungated validation; official: the official "
+        "code's training as far as this architecture allows: paper with the stage-1 momentum "
+        "5e-4 it really trains with, and --batch-size 20 --seg-epochs 30 --pda-schedule "
+        "official --classifier-output-stride 8 unless given (default, per stage: paper where "
+        "the encoder starts from --pretrained / --seg-pretrained weights, else default)",
     )
     p.add_argument(
         "--pretrained",
@@ -152,8 +157,9 @@ def add_parser(
         "--classifier-output-stride",
         type=int,
         choices=(8, 16, 32),
-        default=16,
-        help="stage-1 backbone output stride: 8 gives finer CAMs at ~3x the compute (default 16)",
+        default=None,
+        help="stage-1 backbone output stride: 8 gives finer CAMs at ~3x the compute (default "
+        "16; --recipe official: 8)",
     )
     p.add_argument(
         "--dropout",
@@ -164,9 +170,10 @@ def add_parser(
     p.add_argument(
         "--pda-schedule",
         choices=("paper", "official"),
-        default="paper",
+        default=None,
         help="PDA schedule: paper (sigma 0.985, floor 0.65, 3 warm-up epochs, no decay during "
-        "warm-up; default) or official (the official code's: sigma 0.98, decays from epoch 0)",
+        "warm-up; default) or official (the official code's: sigma 0.98, decays from epoch 0; "
+        "--recipe official's)",
     )
     p.add_argument("--pda-sigma", type=float, default=None, help="replace the schedule's sigma")
     p.add_argument("--pda-floor", type=float, default=None, help="replace the schedule's floor")

@@ -6,7 +6,7 @@ One place for the mapping, shared by `pipeline.training.train` (all stages in on
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,13 @@ from wsi_segment.models.heads import DEFAULT_DROPOUT
 from wsi_segment.models.pretrained import is_file_source
 from wsi_segment.models.segmenter import SEG_LOSSES
 from wsi_segment.pipeline.training.make_pseudo_masks import check_pseudo_mask_folder
-from wsi_segment.pipeline.training.recipes import Recipe, resolve_recipe
+from wsi_segment.pipeline.training.recipes import (
+    PROJECT_DEFAULTS,
+    RECIPES,
+    Preset,
+    Recipe,
+    resolve_recipe,
+)
 from wsi_segment.pipeline.training.train_classifier import ClassifierConfig, head_spec
 from wsi_segment.pipeline.training.train_segmenter import CHECKPOINT, SegmenterConfig
 from wsi_segment.pipeline.training.warm_start import check_start
@@ -29,18 +35,20 @@ class TrainConfig:
 
     data: Path
     out: Path
+    # seg_epochs, batch_size, pda_schedule, classifier_output_stride: None takes the recipe's
+    # preset, else PROJECT_DEFAULTS (seg_epochs: the same as `epochs`); `settings` resolves them
     epochs: int = 20
-    seg_epochs: int | None = None  # None: the same as `epochs`
+    seg_epochs: int | None = None
     encoder: str = "resnet18"
     seg_encoder: str | None = None  # None: the same as `encoder`
-    batch_size: int = 16
+    batch_size: int | None = None
     head: str = "pda"
     dropout: float = DEFAULT_DROPOUT
-    pda_schedule: str = "paper"
+    pda_schedule: str | None = None
     pda_sigma: float | None = None
     pda_floor: float | None = None
     pda_warmup: int | None = None
-    classifier_output_stride: int = 16
+    classifier_output_stride: int | None = None
     cam_method: str = DEFAULT_CAM_METHOD  # stage 2: a name of models.cam_methods.CAM_METHODS
     lr_schedule: str = "poly"
     device: str = "auto"
@@ -73,16 +81,27 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         # One rule for both doors (`wsi-segment train` and the Prefect train flow): the
-        # segmenter follows the classifier's epochs and encoder unless told otherwise.
-        if self.seg_epochs is None:
-            object.__setattr__(self, "seg_epochs", self.epochs)
+        # segmenter follows the classifier's encoder unless told otherwise.
         if self.seg_encoder is None:
             object.__setattr__(self, "seg_encoder", self.encoder)
 
     @property
+    def settings(self) -> Settings:
+        """The preset-able settings as they run: given > the recipe's preset > the default."""
+        preset = RECIPES[self.recipe].preset if self.recipe in RECIPES else Preset()
+
+        def pick(name: str) -> Any:
+            for source in (self, preset, PROJECT_DEFAULTS):
+                if getattr(source, name) is not None:
+                    return getattr(source, name)
+            return self.epochs  # seg_epochs, given by nobody
+
+        return Settings(**{name: pick(name) for name in Settings.__dataclass_fields__})
+
+    @property
     def segmenter_epochs(self) -> int:
-        """`seg_epochs`, never None once constructed (typed for the stages that read it)."""
-        return self.epochs if self.seg_epochs is None else self.seg_epochs
+        """The stage-3 epochs as they run (given, the preset's, else `epochs`)."""
+        return self.settings.seg_epochs
 
     @property
     def segmenter_encoder(self) -> str:
@@ -90,13 +109,35 @@ class TrainConfig:
         return self.encoder if self.seg_encoder is None else self.seg_encoder
 
 
+@dataclass(frozen=True)
+class Settings:
+    """`Preset`'s fields resolved for one TrainConfig (`TrainConfig.settings`)."""
+
+    seg_epochs: int
+    batch_size: int
+    pda_schedule: str
+    classifier_output_stride: int
+
+
+def preset_record(cfg: TrainConfig) -> dict[str, Any]:
+    """What model.json says of the preset: the recipe named, the settings its preset gave,
+    and those the user gave instead of the preset's."""
+    preset = RECIPES[cfg.recipe].preset if cfg.recipe in RECIPES else Preset()
+    named = {k: v for k, v in asdict(preset).items() if v is not None}
+    return {
+        "recipe": cfg.recipe,
+        "applied": {k: v for k, v in named.items() if getattr(cfg, k) is None},
+        "overridden": {k: getattr(cfg, k) for k in named if getattr(cfg, k) is not None},
+    }
+
+
 def check_config(cfg: TrainConfig) -> None:
     """Refuse settings no stage can run with, before anything is written."""
     if cfg.epochs < 1 or cfg.segmenter_epochs < 1:
         raise ConfigError("--epochs and --seg-epochs must be >= 1")
-    if cfg.batch_size < 2:
+    if cfg.settings.batch_size < 2:
         raise ConfigError(
-            f"--batch-size must be >= 2, got {cfg.batch_size}: BatchNorm cannot train on "
+            f"--batch-size must be >= 2, got {cfg.settings.batch_size}: BatchNorm cannot train on "
             "batches of one sample"
         )
     problem = mpp_problem(cfg.mpp)
@@ -196,17 +237,18 @@ def pseudo_mask_dir(cfg: TrainConfig) -> Path:
 
 
 def classifier_config(cfg: TrainConfig) -> ClassifierConfig:
+    settings = cfg.settings
     return ClassifierConfig(
         encoder=cfg.encoder,
         head=cfg.head,
-        output_stride=cfg.classifier_output_stride,
+        output_stride=settings.classifier_output_stride,
         dropout=cfg.dropout,
-        pda_schedule=cfg.pda_schedule,
+        pda_schedule=settings.pda_schedule,
         pda_sigma=cfg.pda_sigma,
         pda_floor=cfg.pda_floor,
         pda_warmup=cfg.pda_warmup,
         epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
+        batch_size=settings.batch_size,
         optim=recipe(cfg, cfg.pretrained).stage1,
         recipe=recipe(cfg, cfg.pretrained).name,
         pretrained=cfg.pretrained,
@@ -221,7 +263,7 @@ def segmenter_config(cfg: TrainConfig) -> SegmenterConfig:
     return SegmenterConfig(
         encoder=seg_encoder_name(cfg.segmenter_encoder),
         epochs=cfg.segmenter_epochs,
-        batch_size=cfg.batch_size,
+        batch_size=cfg.settings.batch_size,
         optim=rec.stage3,
         recipe=rec.name,
         pretrained=cfg.seg_pretrained,

@@ -67,6 +67,26 @@ def test_train_then_evaluate(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert "segmentation" in table and "pseudo deep" in table and "mIoU" in table
 
 
+def test_official_recipe_runs_and_is_recorded(tmp_path: Path) -> None:
+    """`--recipe official` trains with the official settings it does not get from the command
+    line, and model.json says which preset ran and what replaced it."""
+    data = make_synthetic_dataset(tmp_path / "data", SyntheticSpec(8, 2, 2, 64, seed=7))
+    out = tmp_path / "model"
+    assert (
+        main(["train", "--data", str(data), "--out", str(out), *TINY, "--recipe", "official"]) == 0
+    )
+    prov = json.loads((out / "model.json").read_text())["provenance"]
+    assert prov["preset"] == {
+        "recipe": "official",
+        "applied": {"pda_schedule": "official", "classifier_output_stride": 8},
+        "overridden": {"seg_epochs": 1, "batch_size": 4},
+    }
+    cls, seg = prov["classifier"], prov["segmenter"]
+    assert (cls["recipe"], cls["optim"]["momentum"], cls["output_stride"]) == ("official", 5e-4, 8)
+    assert (cls["pda_schedule"], cls["batch_size"], seg["epochs"]) == ("official", 4, 1)
+    assert (seg["recipe"], seg["optim"]["momentum"], seg["loss"]) == ("official", 0.9, "official")
+
+
 def test_bad_dataset_is_one_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = tmp_path / "data"
     shutil.copytree(SAMPLE, data)

@@ -74,6 +74,8 @@ def test_train_flow_matches_plain_train_and_resumes(
         ),
         (["--cam-method", "scorecam"], {"cam_method": "scorecam"}),
         (["--recipe", "paper", "--momentum", "0.5"], {"recipe": "paper", "momentum": 0.5}),
+        (["--recipe", "official"], {"recipe": "official"}),
+        (["--recipe", "official", "--batch-size", "8"], {"recipe": "official", "batch_size": 8}),
         (
             ["--head", "lficam", "--cam-method", "lficam"],
             {"head": "lficam", "cam_method": "lficam"},
@@ -93,7 +95,8 @@ def test_cli_and_flow_build_the_same_training_config(
     from_cli = config_from_args(args)
     from_flow = make_train_config(str(data), str(out), options)
     assert from_cli == from_flow
-    assert from_cli.seg_epochs == options.get("seg_epochs", options.get("epochs", 20))
+    follows = 30 if options.get("recipe") == "official" else options.get("epochs", 20)
+    assert from_cli.segmenter_epochs == options.get("seg_epochs", follows)
     assert from_cli.seg_encoder == options.get("seg_encoder", options.get("encoder", "resnet18"))
 
 

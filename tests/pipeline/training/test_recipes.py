@@ -23,6 +23,7 @@ from wsi_segment.pipeline.training.train_classifier import schedule_lrs
 from wsi_segment.pipeline.training.train_config import (
     TrainConfig,
     classifier_config,
+    preset_record,
     recipe_choices,
     segmenter_config,
 )
@@ -273,3 +274,50 @@ def test_momentum_option_replaces_both_stages(tmp_path: Path) -> None:
         resolve_recipe("paper", True, momentum=1.0)
     with pytest.raises(ConfigError, match=r"--momentum must be >= 0, got -0\.1"):
         resolve_recipe("paper", True, momentum=-0.1)
+
+
+def test_official_preset_sets_the_official_codes_settings(tmp_path: Path) -> None:
+    """`--recipe official` alone gives the official scripts' settings in both stages."""
+    cfg = TrainConfig(data=tmp_path, out=tmp_path / "m", recipe="official")
+    c, s = classifier_config(cfg), segmenter_config(cfg)
+    assert (c.recipe, c.batch_size, c.epochs, c.output_stride, c.pda_schedule, c.dropout) == (
+        "official", 20, 20, 8, "official", 0.5
+    )  # fmt: skip
+    assert (c.optim.optimizer, c.optim.lr, c.optim.momentum, c.lr_schedule) == (
+        "sgd", 0.01, 5e-4, "poly"
+    )  # fmt: skip
+    assert (s.recipe, s.batch_size, s.epochs, s.optim) == ("official", 20, 30, PAPER.stage3)
+    assert (s.vflip, s.blur, s.loss, s.val_gate) == (False, True, "official", False)
+    assert cfg.cam_method == "gradcam"
+    assert preset_record(cfg) == {
+        "recipe": "official",
+        "applied": {
+            "seg_epochs": 30, "batch_size": 20, "pda_schedule": "official",
+            "classifier_output_stride": 8,
+        },
+        "overridden": {},
+    }  # fmt: skip
+
+
+def test_explicit_settings_win_over_the_preset(tmp_path: Path) -> None:
+    cfg = TrainConfig(
+        data=tmp_path, out=tmp_path / "m", recipe="official", batch_size=8,
+        classifier_output_stride=16, momentum=0.9, seg_loss="ours",
+    )  # fmt: skip
+    c, s = classifier_config(cfg), segmenter_config(cfg)
+    assert (c.batch_size, c.output_stride, c.pda_schedule, c.optim.momentum) == (
+        8, 16, "official", 0.9
+    )  # fmt: skip
+    assert (s.batch_size, s.epochs, s.loss) == (8, 30, "ours")
+    assert preset_record(cfg) == {
+        "recipe": "official",
+        "applied": {"seg_epochs": 30, "pda_schedule": "official"},
+        "overridden": {"batch_size": 8, "classifier_output_stride": 16},
+    }
+    # a recipe without a preset keeps the project's defaults; seg_epochs follows --epochs
+    plain = TrainConfig(data=tmp_path, out=tmp_path / "m", recipe="paper", epochs=7)
+    c, s = classifier_config(plain), segmenter_config(plain)
+    assert (c.batch_size, c.output_stride, c.pda_schedule, s.epochs) == (16, 16, "paper", 7)
+    assert preset_record(plain) == {"recipe": "paper", "applied": {}, "overridden": {}}
+    # the preset follows a recipe set later (nothing was filled in at construction)
+    assert classifier_config(replace(plain, recipe="official")).batch_size == 20
