@@ -6,7 +6,7 @@ One place for the mapping, shared by `pipeline.training.train` (all stages in on
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +88,7 @@ class TrainConfig:
     @property
     def settings(self) -> Settings:
         """The preset-able settings as they run: given > the recipe's preset > the default."""
-        preset = RECIPES[self.recipe].preset if self.recipe in RECIPES else Preset()
+        preset = recipe_preset(self)
 
         def pick(name: str) -> Any:
             for source in (self, preset, PROJECT_DEFAULTS):
@@ -119,10 +119,16 @@ class Settings:
     classifier_output_stride: int
 
 
+def recipe_preset(cfg: TrainConfig) -> Preset:
+    """The named recipe's preset, less its PDA schedule for a head without PDA."""
+    preset = RECIPES[cfg.recipe].preset if cfg.recipe in RECIPES else Preset()
+    return preset if cfg.head == "pda" else replace(preset, pda_schedule=None)
+
+
 def preset_record(cfg: TrainConfig) -> dict[str, Any]:
     """What model.json says of the preset: the recipe named, the settings its preset gave,
     and those the user gave instead of the preset's."""
-    preset = RECIPES[cfg.recipe].preset if cfg.recipe in RECIPES else Preset()
+    preset = recipe_preset(cfg)
     named = {k: v for k, v in asdict(preset).items() if v is not None}
     return {
         "recipe": cfg.recipe,

@@ -321,3 +321,6 @@ def test_explicit_settings_win_over_the_preset(tmp_path: Path) -> None:
     assert preset_record(plain) == {"recipe": "paper", "applied": {}, "overridden": {}}
     # the preset follows a recipe set later (nothing was filled in at construction)
     assert classifier_config(replace(plain, recipe="official")).batch_size == 20
+    # the PDA schedule is the pda head's: another head takes the rest of the preset
+    cam_head = classifier_config(replace(plain, recipe="official", head="cam"))
+    assert (cam_head.head, cam_head.pda_schedule, cam_head.output_stride) == ("cam", "paper", 8)
