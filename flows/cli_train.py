@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from wsi_segment.models.cam_methods import CAM_METHODS, DEFAULT_CAM_METHOD
+from wsi_segment.models.cam_methods import DEFAULT_CAM_METHOD, PSEUDO_MASK_METHODS
 from wsi_segment.models.head_names import HEAD_NAMES
 
 if TYPE_CHECKING:
@@ -46,13 +46,14 @@ def add_parser(
     p.add_argument("--head", choices=HEAD_NAMES, default=HEAD_NAMES[0])
     p.add_argument(
         "--cam-method",
-        choices=tuple(CAM_METHODS),
+        choices=PSEUDO_MASK_METHODS,
         default=DEFAULT_CAM_METHOD,
         help="stage-2 pseudo masks from: gradcam (Grad-CAM at the three depths, the paper's; "
         "default), cam (the head's class maps, deepest features: the three masks are equal), "
         "scorecam (Score-CAM at the three depths; one classifier forward pass per channel, "
-        "hundreds of times Grad-CAM's cost), lficam (needs --head lficam). PCAM is a head: "
-        "--head pcam, with any method but lficam",
+        "hundreds of times Grad-CAM's cost), lficam (needs --head lficam), scorecam-ref (Score-CAM "
+        "as its reference code: softmax scores, no baseline). PCAM is a head: --head pcam, with "
+        "any method but lficam; --head lficam-ref is LFI-CAM's reference head",
     )
     p.add_argument("--device", default="auto", help="auto (GPU if present), cpu, cuda, cuda:N")
     p.add_argument(

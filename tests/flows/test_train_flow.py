@@ -105,6 +105,7 @@ def test_cli_and_flow_build_the_same_training_config(
     [
         ({"cam_method": "gradcam++"}, "--cam-method must be one of ['gradcam', 'cam', 'scorecam',"),
         ({"cam_method": "lficam"}, "--cam-method lficam needs --head lficam, not --head pda"),
+        ({"cam_method": "lficam-ref"}, "--cam-method lficam-ref gives one class-agnostic map"),
     ],
 )
 def test_flow_refuses_a_cam_method_before_any_write(

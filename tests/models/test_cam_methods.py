@@ -14,6 +14,7 @@ from wsi_segment.models.bundle import load_model
 from wsi_segment.models.cam_methods import (
     CAM_METHODS,
     LEGACY_RECORD,
+    PSEUDO_MASK_METHODS,
     check_head,
     pseudo_mask_record,
     recorded_method,
@@ -25,24 +26,26 @@ DEMO = Path(__file__).resolve().parents[2] / "models" / "demo_model"
 
 
 def test_registry_is_what_cams_implements() -> None:
-    assert cams.METHODS == ("gradcam", "cam", "scorecam", "lficam")
+    assert cams.METHODS == ("gradcam", "cam", "scorecam", "lficam", "scorecam-ref", "lficam-ref")
+    assert PSEUDO_MASK_METHODS == ("gradcam", "cam", "scorecam", "lficam", "scorecam-ref")
     for spec in CAM_METHODS.values():  # a required head is a real head
         assert spec.head is None or spec.head in HEADS
 
 
 @pytest.mark.parametrize("head", sorted(HEADS))
-def test_only_lficam_needs_its_head(head: str) -> None:
-    for method in ("gradcam", "cam", "scorecam"):
+def test_only_the_lficam_methods_need_their_heads(head: str) -> None:
+    for method in ("gradcam", "cam", "scorecam", "scorecam-ref"):
         check_head(method, head)  # every head, PCAM included, gives these
-    if head == "lficam":
-        check_head("lficam", head)
-    else:
+    for method in ("lficam", "lficam-ref"):
+        if head == method:
+            check_head(method, head)
+            continue
         with pytest.raises(ConfigError) as err:
-            check_head("lficam", head)
+            check_head(method, head)
         assert str(err.value).startswith(
-            f"--cam-method lficam needs --head lficam, not --head {head}"
+            f"--cam-method {method} needs --head {method}, not --head {head}"
         )
-        assert "gradcam, cam, scorecam work with any head" in str(err.value)
+        assert "gradcam, cam, scorecam, scorecam-ref work with any head" in str(err.value)
 
 
 def test_unknown_method_names_the_choices() -> None:
