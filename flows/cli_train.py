@@ -77,7 +77,9 @@ def add_parser(
     p.add_argument(
         "--seg-pretrained",
         default=None,
-        help="segmenter (DeepLabV3+) encoder weights, as --pretrained",
+        help="segmenter (DeepLabV3+) encoder weights, as --pretrained; a file holding a whole "
+        "smp DeepLabV3+ state dict starts its encoder, ASPP and decoder (and its last layer "
+        "when the class count agrees)",
     )
     p.add_argument("--lr", type=float, default=None, help="base learning rate (default: recipe's)")
     p.add_argument(
