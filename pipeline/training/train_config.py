@@ -230,6 +230,14 @@ def recipe_choices(cfg: TrainConfig) -> list[str]:
                 "this one give --recipe default"
             )
         lines.append(f"{stage} recipe: {recipe(cfg, source).name} ({why})")
+    record = preset_record(cfg)
+    if record["applied"] or record["overridden"]:
+        applied = ", ".join(f"{k} {v}" for k, v in record["applied"].items()) or "nothing"
+        given = ", ".join(f"{k} {v}" for k, v in record["overridden"].items())
+        lines.append(
+            f"--recipe {cfg.recipe} preset: {applied}"
+            + (f"; given instead: {given}" if given else "")
+        )
     return lines
 
 

@@ -314,6 +314,10 @@ def test_explicit_settings_win_over_the_preset(tmp_path: Path) -> None:
         "applied": {"seg_epochs": 30, "pda_schedule": "official"},
         "overridden": {"batch_size": 8, "classifier_output_stride": 16},
     }
+    assert recipe_choices(cfg)[-1] == (
+        "--recipe official preset: seg_epochs 30, pda_schedule official; given instead: "
+        "batch_size 8, classifier_output_stride 16"
+    )
     # a recipe without a preset keeps the project's defaults; seg_epochs follows --epochs
     plain = TrainConfig(data=tmp_path, out=tmp_path / "m", recipe="paper", epochs=7)
     c, s = classifier_config(plain), segmenter_config(plain)
