@@ -98,3 +98,21 @@ def test_model_json_checks_the_record(record: object, problem: str | None) -> No
         assert found is None
     else:
         assert found is not None and found.startswith("m/model.json: ") and problem in found
+
+
+def test_a_class_agnostic_map_makes_no_pseudo_masks() -> None:
+    """lficam-ref gives one map for every class: argmax over present classes would always
+    pick the first, so pseudo masks refuse it (heat maps take it)."""
+    import torch
+
+    from wsi_segment.models.classifier import build_classifier
+    from wsi_segment.models.pseudo_masks import pseudo_masks
+
+    clf = build_classifier("resnet10t", "lficam-ref", 4).eval()
+    images = torch.randint(0, 255, (1, 3, 64, 64), dtype=torch.uint8)
+    labels = torch.tensor([[1.0, 1.0, 0.0, 0.0]])
+    with pytest.raises(ConfigError, match="lficam-ref gives one class-agnostic map"):
+        pseudo_masks(clf, images, labels, method="lficam-ref")
+    maps = cams.activation_maps("lficam-ref", clf, images.float() / 255)
+    assert torch.equal(maps[:, 0], maps[:, 3])  # the same map for every class
+    assert len(pseudo_masks(clf, images, labels, method="cam")) == 3  # per-class methods work
