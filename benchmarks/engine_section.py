@@ -97,7 +97,7 @@ def section_engine(
     thread / decoders."""
     from wsi_segment.pipeline.params import SegmentParams
     from wsi_segment.pipeline.prepare import prepare
-    from wsi_segment.pipeline.segment import create_stores, slide_job
+    from wsi_segment.pipeline.segment import create_stores, local_policy, slide_job
 
     size = args.size or 12288
     slide, writer = make_slide(
@@ -128,7 +128,7 @@ def section_engine(
                 for k, (name, run) in enumerate(runners.items()):
                     store = Path(tmp) / f"{rep}-{k}.zarr"
                     create_stores(prep, store)
-                    job = slide_job(prep, store, "cpu")
+                    job = slide_job(prep, store, local_policy(prep).batch_size.value)
                     c0, t0 = os.times(), time.perf_counter()
                     extra[name] = run(job)
                     walls[name].append(time.perf_counter() - t0)

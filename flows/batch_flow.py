@@ -3,7 +3,8 @@
 Slides run concurrently up to `concurrency` (threads of this process, each driving one
 slide's stage tasks); their chunks all go to one Dask cluster, or, on a machine with one
 GPU (or `workers=0`), run in this process: on a GPU through the engine, where the
-slides in flight share the machine's decoder processes (`pipeline.params.shared_decoders`)
+slides in flight share the machine's decoder processes (the run policy's `decoders`, for
+`RunFacts.at_once` slides: `pipeline.run_policy`)
 and their consumers take turns on the one model (one forward pass at a time), so the next
 slide's tissue detection, planning and first decodes overlap this slide's inference and
 its outputs the next one's. A slide that fails is
@@ -34,7 +35,7 @@ from prefect.states import Failed, State  # noqa: E402
 
 from wsi_segment.errors import ConfigError, WsiSegmentError  # noqa: E402
 from wsi_segment.flows.batch_interrupt import stopped_result, wait_for_slides  # noqa: E402
-from wsi_segment.flows.dask_cluster import dask_client, gpu_count  # noqa: E402
+from wsi_segment.flows.dask_cluster import dask_client  # noqa: E402
 from wsi_segment.flows.run_log import (  # noqa: E402
     log_slide_warnings,
     pipeline_warnings_to_run_log,
@@ -56,12 +57,9 @@ from wsi_segment.pipeline.known_failures import (  # noqa: E402
     known_failures,
     settle_records,
 )
-from wsi_segment.pipeline.params import (  # noqa: E402
-    SegmentParams,
-    gpu_expected,
-    run_decoders,
-    shared_decoders,
-)
+from wsi_segment.pipeline.machine import Machine, probe_machine  # noqa: E402
+from wsi_segment.pipeline.params import SegmentParams  # noqa: E402
+from wsi_segment.pipeline.run_policy import RunFacts, decide, engine_in_process  # noqa: E402
 from wsi_segment.pipeline.segment import SlideResult, up_to_date_result  # noqa: E402
 from wsi_segment.pipeline.up_to_date import ModelFiles, model_files  # noqa: E402
 
@@ -138,20 +136,6 @@ def finished_slides(
     return done
 
 
-def chunks_in_process(dask_address: str | None, workers: int | None, device: str) -> bool:
-    """Whether the slides' chunks run in this process rather than on a Dask cluster: with
-    `workers=0`, and by default on a machine with one GPU: this process runs the engine
-    (one consumer for the device, decoders on every core) as a cluster's single GPU
-    worker would, without a cluster's start-up, and the slides in flight share its one
-    loaded model. Several GPUs keep one worker each (each runs bands of chunks through the
-    engine, `pipeline.inference.band_runner`)."""
-    if dask_address:
-        return False
-    if workers is not None:
-        return workers == 0
-    return gpu_expected(device) and gpu_count() == 1
-
-
 def _dask_context(
     dask_address: str | None, workers: int | None, in_process: bool
 ) -> contextlib.AbstractContextManager[Client | None]:
@@ -161,15 +145,13 @@ def _dask_context(
     return dask_client(dask_address, workers)
 
 
-def slide_params(params: SegmentParams, slides: int) -> SegmentParams:
+def slide_params(params: SegmentParams, slides: int, machine: Machine) -> SegmentParams:
     """The parameters of each of `slides` slides in flight in this process: the decoder
-    processes shared out (`--decoders`, if given, stays as it is). Whether the model will be
-    on a GPU is guessed before torch is imported; a wrong guess only costs speed. Params the
-    share leaves as a lone slide's stay as they are, so summary.json records what a plain
-    run of that slide records."""
-    device_type = "cuda" if gpu_expected(params.device) else "cpu"
-    decoders = shared_decoders(params.decoders, device_type, slides)
-    if decoders == run_decoders(params.decoders, device_type):
+    processes shared out as the run policy shares them (`--decoders`, if given, stays as
+    it is). Params the share leaves as a lone slide's stay as they are, so summary.json
+    records what a plain run of that slide records."""
+    decoders = decide(machine, params, RunFacts(at_once=slides)).decoders.value
+    if decoders == decide(machine, params).decoders.value:
         return params
     return dataclasses.replace(params, decoders=decoders)
 
@@ -208,9 +190,10 @@ def segment_batch(
     items = parse_batch_input(input)
     params = make_params(model_dir, options, origin=flow_run_origin())
     logger.info("%d slide(s) from %s -> %s", len(items), input, out)
-    in_process = chunks_in_process(dask_address, workers, params.device)
+    machine = probe_machine()
+    in_process = engine_in_process(machine, params, workers, dask_address).value
     if in_process:
-        params = slide_params(params, min(concurrency, max(1, len(items))))
+        params = slide_params(params, min(concurrency, max(1, len(items))), machine)
     model = model_files(params)
     finished = finished_slides(items, out, params, model)
     if finished:

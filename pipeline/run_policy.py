@@ -16,6 +16,8 @@ the precision request, whose effect the model decides on fixed calibration tiles
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Generic, TypeVar
 
@@ -319,3 +321,20 @@ def _writers(options: SegmentParams, cores: int, decoders: int, band: bool) -> D
         return Decision(options.writers, f"asked for (--writers {options.writers})")
     n = max(1, min(WRITERS_MAX, cores - decoders))
     return Decision(n, f"the cores the decoders leave, 1 to {WRITERS_MAX}")
+
+
+def band_policies(
+    chunk_tiles: Decision[int] | None, bands: Sequence[Mapping[str, Any]]
+) -> dict[str, Any]:
+    """summary.json `run_policy` of a Dask run: the chunk size, decided where the slide was
+    planned, and each distinct policy the bands decided on their workers (`as_dict`), with
+    the bands (in plan order) that ran it."""
+    distinct: dict[str, dict[str, Any]] = {}
+    for k, policy in enumerate(bands):
+        entry = distinct.setdefault(json.dumps(policy, sort_keys=True), {"bands": [], **policy})
+        entry["bands"].append(k)
+    out: dict[str, Any] = {"place": CLUSTER}
+    if chunk_tiles is not None:
+        out["chunk_tiles"] = chunk_tiles.as_dict()
+    out["band_policies"] = list(distinct.values())
+    return out

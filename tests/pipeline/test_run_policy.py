@@ -3,6 +3,7 @@ here on a CPU, with the descriptions of the machines it is made for (no torch, n
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -231,6 +232,14 @@ def test_bands_decide_from_their_share_of_the_worker():
     assert decide(BF16_ONLY, SegmentParams(decoders=3), band).decoders.value == 3
     gpu = decide(ONE_H100, AUTO, RunFacts(place=BAND, reads=APERIO))
     assert (gpu.model_lock.value, gpu.decoders.value) == (True, 15)
+    # decoders: on GPU workers by default, shared by the bands at once; anywhere as asked
+    assert decide(BF16_ONLY, SegmentParams(decoders=3), band).decoders.value == 3
+    asked_none = SegmentParams(decoders=0)
+    assert decide(ONE_H100, asked_none, RunFacts(BAND, reads=APERIO)).decoders.value == 0
+    for bands, cores, decoders in ((1, 16, 15), (4, 16, 3), (8, 2, 1)):
+        facts = RunFacts(BAND, bands, reads=APERIO)
+        machine = dataclasses.replace(ONE_H100, cores=cores)
+        assert decide(machine, AUTO, facts).decoders.value == decoders
     daemonic = decide(ONE_H100, AUTO, RunFacts(place=BAND, reads=APERIO, daemonic=True))
     assert daemonic.decoders.value == 0
     assert daemonic.decoders.reason.startswith(DAEMONIC)
