@@ -19,12 +19,13 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from wsi_segment.pipeline.machine import GIB, Gpu, Machine
 from wsi_segment.pipeline.params import SegmentParams
 
 T = TypeVar("T")
+JpegDecoder = Literal["nvjpeg", "libjpeg"]  # = pipeline.inference.jpeg_batch.Decoder
 
 LOCAL, BAND, CLUSTER = "local", "band", "cluster"  # where the engine runs (`RunFacts.place`)
 GPU, CPU = "gpu", "cpu"  # reads on the device (the device read path), or on the host
@@ -98,9 +99,11 @@ class RunPolicy:
     writers: Decision[int]  # writer threads finishing whole chunks side by side
 
     @property
-    def device_decoder(self) -> str | None:
+    def device_decoder(self) -> JpegDecoder | None:
         """The device read path's JPEG decoder ("nvjpeg" / "libjpeg"), None without it."""
-        return self.read_device.reason if self.read_device.value == GPU else None
+        if self.read_device.value != GPU:
+            return None
+        return "nvjpeg" if self.read_device.reason == "nvjpeg" else "libjpeg"
 
     @property
     def read_source(self) -> str:

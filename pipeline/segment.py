@@ -151,7 +151,8 @@ def local_source(prep: PreparedSlide, policy: RunPolicy) -> ReadSource:
         from wsi_segment.pipeline.inference.device_tiles import DeviceTiles  # torch: loaded
 
         model, _lock = prep.model.get()
-        source = ReaderThread(DeviceTiles(prep.reader, prep.read_tiles, model.device))
+        tiles = DeviceTiles(prep.reader, prep.read_tiles, model.device, decoder)
+        source = ReaderThread(tiles)
     elif decoders:
         source = DecoderProcesses(decoders, prep.take_decode_pool())
     else:

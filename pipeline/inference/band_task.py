@@ -109,11 +109,12 @@ def band_source(job: SlideJob, policy: RunPolicy, tiles: JpegTiles | None) -> Re
     processes, or the reader thread."""
     from wsi_segment.pipeline.inference.reader_thread import HostTiles, ReaderThread  # torch
 
-    if tiles is not None:
+    decoder = policy.device_decoder
+    if tiles is not None and decoder is not None:
         from wsi_segment.pipeline.inference.device_tiles import DeviceTiles
 
         model, _lock = job.model.get()
-        return ReaderThread(DeviceTiles(job.reader, tiles, model.device))
+        return ReaderThread(DeviceTiles(job.reader, tiles, model.device, decoder))
     if policy.decoders.value:
         from wsi_segment.pipeline.inference.decoder_reads import DecoderProcesses
 
