@@ -42,6 +42,7 @@ from wsi_segment.pipeline.outputs.output_dir import (
 from wsi_segment.pipeline.outputs.ownership import refuse_foreign, refuse_link
 from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.pipeline.run_policy import (
+    CLUSTER,
     GPU,
     LOCAL,
     RunFacts,
@@ -370,10 +371,11 @@ def slide_policy(
     key: LevelKey | None,
 ) -> tuple[RunPolicy, JpegTiles | None]:
     """The run's policy, the slide's read level examined first where the policy may read it
-    on the device (`key`: that level; None: not known yet), and the tiles it would read."""
+    on the device (`key`: that level; None: not known yet), and the tiles it would read. A
+    cluster's plan examines nothing: its bands read, and decide, on the workers."""
     tiles = None
     reads = None
-    if key is not None and wants_slide_reads(machine, params):
+    if key is not None and place != CLUSTER and wants_slide_reads(machine, params):
         reads, tiles = slide_reads(slide_path, slide, key)
     policy = decide(machine, params, RunFacts(place=place, reads=reads))
     return policy, tiles if policy.read_device.value == GPU else None

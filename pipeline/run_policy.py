@@ -326,9 +326,7 @@ def _writers(options: SegmentParams, cores: int, decoders: int, band: bool) -> D
     return Decision(n, f"the cores the decoders leave, 1 to {WRITERS_MAX}")
 
 
-def band_policies(
-    chunk_tiles: Decision[int] | None, bands: Sequence[Mapping[str, Any]]
-) -> dict[str, Any]:
+def band_policies(chunk_tiles: Decision[int], bands: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """summary.json `run_policy` of a Dask run: the chunk size, decided where the slide was
     planned, and each distinct policy the bands decided on their workers (`as_dict`), with
     the bands (in plan order) that ran it."""
@@ -336,8 +334,8 @@ def band_policies(
     for k, policy in enumerate(bands):
         entry = distinct.setdefault(json.dumps(policy, sort_keys=True), {"bands": [], **policy})
         entry["bands"].append(k)
-    out: dict[str, Any] = {"place": CLUSTER}
-    if chunk_tiles is not None:
-        out["chunk_tiles"] = chunk_tiles.as_dict()
-    out["band_policies"] = list(distinct.values())
-    return out
+    return {
+        "place": CLUSTER,
+        "chunk_tiles": chunk_tiles.as_dict(),
+        "band_policies": list(distinct.values()),
+    }

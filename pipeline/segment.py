@@ -194,7 +194,10 @@ def _infer_on_cluster(
 ) -> list[ChunkOutcome]:
     """Bands of the engine on the cluster's workers, each running the policy it decides
     there; one worker decides `auto` precision for all (no mixed-precision slide)."""
-    job = slide_job(prep, zarr_path, 1)  # each band sets its own policy's batch size
+    planned = prep.policy
+    if planned is None or planned.place != CLUSTER:
+        raise ValueError(f"{prep.slide_path}: prepared for a local run, not a Dask cluster")
+    job = slide_job(prep, zarr_path, planned.batch_size.value)  # each band sets its own
     job, prep.precision = settle_precision(job, prep.specs, client, prep.params)
     progress.start(prep.tiles_total, unit="tile", desc=prep.name)
     bands: list[BandResult] = []
@@ -207,10 +210,7 @@ def _infer_on_cluster(
         key_prefix=f"band-{prep.fingerprint[:16]}",
         results=bands,
     )
-    planned = prep.policy
-    prep.run_policy = band_policies(
-        planned.chunk_tiles if planned is not None else None, [b.policy for b in bands]
-    )
+    prep.run_policy = band_policies(planned.chunk_tiles, [b.policy for b in bands])
     prep.read_device = bands[0].reads if bands else NO_BANDS_READS
     return outcomes
 

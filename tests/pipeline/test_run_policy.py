@@ -24,6 +24,7 @@ from wsi_segment.pipeline.run_policy import (
     RGB_CODED,
     ReadFacts,
     RunFacts,
+    band_policies,
     decide,
     engine_in_process,
     wants_slide_reads,
@@ -294,3 +295,19 @@ def test_probe_describes_this_machine_without_importing_torch_on_a_cpu():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_dask_run_records_each_distinct_band_policy_with_its_bands():
+    """Bands on unlike workers: every policy is kept, each once, with the bands (in plan
+    order) that ran it."""
+    cpu = decide(BF16_ONLY, AUTO, RunFacts(place=BAND, at_once=2)).as_dict()
+    gpu = decide(ONE_H100, AUTO, RunFacts(place=BAND, reads=APERIO)).as_dict()
+    planned = decide(CPU_ONLY, AUTO, RunFacts(place=CLUSTER)).chunk_tiles
+    recorded = band_policies(planned, [cpu, gpu, cpu, gpu, gpu])
+    assert recorded == {
+        "place": "cluster",
+        "chunk_tiles": {"value": 4, "reason": "the CPU default"},
+        "band_policies": [{"bands": [0, 2], **cpu}, {"bands": [1, 3, 4], **gpu}],
+    }
+    assert json.loads(json.dumps(recorded)) == recorded
+    assert band_policies(planned, [])["band_policies"] == []  # no tissue: no band ran
