@@ -106,6 +106,11 @@ class RunPolicy:
         return "nvjpeg" if self.read_device.reason == "nvjpeg" else "libjpeg"
 
     @property
+    def decoders_refused(self) -> bool:
+        """Decoders were due, but this daemonic Dask worker may not start them."""
+        return self.decoders.reason.startswith(DAEMONIC)
+
+    @property
     def read_source(self) -> str:
         """What reads the tiles: the device read path, decoder processes or a reader thread."""
         if self.read_device.value == GPU:

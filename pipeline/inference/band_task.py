@@ -36,7 +36,6 @@ from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome
 from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.pipeline.run_policy import (
     BAND,
-    DAEMONIC,
     ReadFacts,
     RunFacts,
     RunPolicy,
@@ -153,7 +152,7 @@ def run_band(
     in_flight = _bands_at_once_here(gpu, at_once or {})
     try:
         policy, job, tiles = band_policy(job, options, in_flight)
-        daemonic = policy.decoders.reason.startswith(DAEMONIC)
+        daemonic = policy.decoders_refused
         source = band_source(job, policy, tiles)
         try:
             if daemonic:
@@ -173,9 +172,12 @@ def run_band(
                 )
         finally:
             source.close()  # run_engine closed it, unless an interrupt came first
-        report = policy.read_report()
         return BandResult(
-            outcomes, source.processes, None, False, report, daemonic, policy.as_dict()
+            outcomes,
+            source.processes,
+            reads=policy.read_report(),
+            daemonic=daemonic,
+            policy=policy.as_dict(),
         )
     except EngineAborted:
         return BandResult([], 0, aborted=True)

@@ -243,7 +243,8 @@ def test_bands_decide_from_their_share_of_the_worker():
         assert decide(machine, AUTO, facts).decoders.value == decoders
     daemonic = decide(ONE_H100, AUTO, RunFacts(place=BAND, reads=APERIO, daemonic=True))
     assert daemonic.decoders.value == 0
-    assert daemonic.decoders.reason.startswith(DAEMONIC)
+    assert daemonic.decoders.reason.startswith(DAEMONIC) and daemonic.decoders_refused
+    assert not gpu.decoders_refused
     assert daemonic.read_source == "reader thread"
 
 
