@@ -72,10 +72,12 @@ def _runners(prep: Any, threads: int) -> dict[str, Callable[[Any], dict[str, Any
     from wsi_segment.pipeline.inference.engine_state import EngineStats
     from wsi_segment.pipeline.inference.read_source import ReadSource
     from wsi_segment.pipeline.inference.reader_thread import HostTiles, ReaderThread
+    from wsi_segment.pipeline.segment import local_policy
 
     def engine(job: Any, source: ReadSource) -> dict[str, Any]:
         stats = EngineStats()
-        run_engine(job, prep.specs, source, stats=stats, computes=threads)
+        writers = local_policy(prep).writers.value  # as a run on this machine
+        run_engine(job, prep.specs, source, stats=stats, writers=writers, computes=threads)
         batches = stats.chunks_per_batch
         return {"batches": len(batches), "computes": stats.computes, "writers": stats.writers}
 
