@@ -2,7 +2,8 @@
 
 `decide(machine, options, facts)` is a pure function of the machine's description
 (`pipeline.machine.Machine`), the user's options (`SegmentParams`) and what the run knows of
-its model, slide and place (`RunFacts`); it returns a `RunPolicy` holding each decision with
+its slide and place (`RunFacts`; no decision needs facts of the model yet: the model itself
+runs what depends on it, the bf16 calibration and the GPU batch probe); it returns a `RunPolicy` holding each decision with
 its reason: device, runtime, precision request, chunk size, batch size, compute threads,
 model lock, cores, JPEG reads on the device, decoder processes and writer threads. A local
 run decides once in `prepare` (`pipeline.prepare`), every Dask band decides on its worker
@@ -10,8 +11,9 @@ from that worker's machine and the same options (`pipeline.inference.band_task`)
 summary.json records the policies whole (`run_policy`). The code that runs a slide only
 executes what the policy says.
 
-Speed only, except `chunk_tiles` (results do not depend on it where stitching is exact) and
-the precision request, whose effect the model decides on fixed calibration tiles.
+Every decision changes speed only, but the precision request (what `auto` runs in is
+decided by the model on fixed calibration tiles) and `chunk_tiles`, which the stitching's
+contract makes speed only too.
 """
 
 from __future__ import annotations
@@ -68,7 +70,8 @@ class ReadFacts:
 
 @dataclass(frozen=True)
 class RunFacts:
-    """What a run knows besides the machine and the options: its model, slide and place."""
+    """What a run knows besides the machine and the options: its slide and its place (model
+    facts go here once a decision needs them: a runtime that compiles some models only)."""
 
     place: str = LOCAL  # LOCAL: this process runs the engine; BAND: one band on a Dask
     # worker; CLUSTER: this process plans, the bands run (and decide) on the workers
