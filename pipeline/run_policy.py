@@ -156,7 +156,7 @@ def decide(machine: Machine, options: SegmentParams, facts: RunFacts | None = No
         machine=machine,
         place=facts.place,
         device=device,
-        runtime=Decision("torch", "the only inference runtime"),
+        runtime=_runtime(machine, options, cuda),
         precision=_precision(options, machine, gpu, facts.pinned_precision),
         chunk_tiles=_chunk_tiles(options, cuda),
         batch_size=_batch_size(options, cuda, gpu),
@@ -206,6 +206,12 @@ def engine_in_process(
     gpus = len(machine.gpus)
     where = f"{gpus} GPUs: one worker each" if gpus > 1 else "no GPU: a local CPU cluster"
     return Decision(False, where)
+
+
+def _runtime(machine: Machine, options: SegmentParams, cuda: bool) -> Decision[str]:
+    """Which runtime runs the inference graph: torch, the only one so far (an optimised CPU
+    runtime is chosen here, from the CPU's flags, once it exists)."""
+    return Decision("torch", "the only inference runtime")
 
 
 def _precision(
