@@ -20,7 +20,6 @@ failures alone leave it Completed, with a WARNING line each.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -57,9 +56,9 @@ from wsi_segment.pipeline.known_failures import (  # noqa: E402
     known_failures,
     settle_records,
 )
-from wsi_segment.pipeline.machine import Machine, probe_machine  # noqa: E402
+from wsi_segment.pipeline.machine import probe_machine  # noqa: E402
 from wsi_segment.pipeline.params import SegmentParams  # noqa: E402
-from wsi_segment.pipeline.run_policy import RunFacts, decide, engine_in_process  # noqa: E402
+from wsi_segment.pipeline.run_policy import engine_in_process  # noqa: E402
 from wsi_segment.pipeline.segment import SlideResult, up_to_date_result  # noqa: E402
 from wsi_segment.pipeline.up_to_date import ModelFiles, model_files  # noqa: E402
 
@@ -88,16 +87,19 @@ def slide_task(
     client: Client | None,
     index: int = 0,
     watch: SlideWatch | None = None,
+    at_once: int = 1,
 ) -> SlideOrFailed:
     """One slide's stages; any error becomes a "failed" result so the batch goes on, handed
     back in a Failed state, so the slide's task shows what its stage task shows. `watch`
-    (the batch's) may stop the slide: its time limit, or an interrupt."""
+    (the batch's) may stop the slide: its time limit, or an interrupt. `at_once`: slides in
+    flight in this process (their run policies share its decoders out)."""
     t0 = time.perf_counter()
     watch = watch or SlideWatch(None)
     error: Exception
     try:
         with watch.running(index):
-            return run_slide_stages(str(item.slide), out, params_for(item, params), client)
+            slide_params = params_for(item, params)
+            return run_slide_stages(str(item.slide), out, slide_params, client, at_once)
     except SlideStopped as exc:
         stopped = stopped_result(item, exc, watch.timeout_s, time.perf_counter() - t0)
         if stopped.status != "failed":
@@ -145,17 +147,6 @@ def _dask_context(
     return dask_client(dask_address, workers)
 
 
-def slide_params(params: SegmentParams, slides: int, machine: Machine) -> SegmentParams:
-    """The parameters of each of `slides` slides in flight in this process: the decoder
-    processes shared out as the run policy shares them (`--decoders`, if given, stays as
-    it is). Params the share leaves as a lone slide's stay as they are, so summary.json
-    records what a plain run of that slide records."""
-    decoders = decide(machine, params, RunFacts(at_once=slides)).decoders.value
-    if decoders == decide(machine, params).decoders.value:
-        return params
-    return dataclasses.replace(params, decoders=decoders)
-
-
 @flow(name="segment-batch")
 def segment_batch(
     input: str,
@@ -190,10 +181,9 @@ def segment_batch(
     items = parse_batch_input(input)
     params = make_params(model_dir, options, origin=flow_run_origin())
     logger.info("%d slide(s) from %s -> %s", len(items), input, out)
-    machine = probe_machine()
-    in_process = engine_in_process(machine, params, workers, dask_address).value
-    if in_process:
-        params = slide_params(params, min(concurrency, max(1, len(items))), machine)
+    in_process = engine_in_process(probe_machine(), params, workers, dask_address).value
+    # the slides in flight in this process share its decoders (each slide's run policy)
+    at_once = min(concurrency, max(1, len(items))) if in_process else 1
     model = model_files(params)
     finished = finished_slides(items, out, params, model)
     if finished:
@@ -212,6 +202,7 @@ def segment_batch(
             watch = stack.enter_context(SlideWatch(slide_timeout))
             with pool as runner:
                 common = {"out": out, "params": params, "client": client, "watch": watch}
+                common["at_once"] = at_once
                 futures = {
                     i: runner.submit(slide_task, {"item": items[i], "index": i, **common})
                     for i in todo

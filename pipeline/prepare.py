@@ -9,6 +9,7 @@ and the slide), the loaded model's handle, the run's identity, and the readers s
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -190,6 +191,7 @@ def prepare(
     params: SegmentParams,
     early: bool = False,
     place: str = LOCAL,
+    at_once: int = 1,
 ) -> PreparedSlide:
     """Stage 1: everything cheap that decides what the run will do.
 
@@ -199,8 +201,8 @@ def prepare(
     leaves free, so the first forward passes find their tiles decoded (the side work is in
     `pipeline.startup`, planning from model.json in `pipeline.inference.chunk_plan`).
     The run policy (`pipeline.run_policy`, for `place`: a local run, or the plan of a Dask
-    cluster's run) is decided first, from this machine, the options and the slide's read
-    level. With `early`, the readers it names start while the model loads: the engine's
+    cluster's run; `at_once`: the slides in flight on this machine, a batch's) is decided
+    first, from this machine, the options and the slide's read level. With `early`, the readers it names start while the model loads: the engine's
     decoder processes (`DecodePool`, held by the PreparedSlide until `infer` hands it to
     the engine), else the prefetcher, and neither when it reads on the model's device.
     """
@@ -236,7 +238,8 @@ def prepare(
             name,
             out_root,
             params,
-            (early, place),
+            RunFacts(place=place, at_once=at_once),
+            early,
             model_dir,
             (slide, mpp, rois),
             t0,
@@ -248,17 +251,17 @@ def _prepare_opened(
     name: str,
     out_root: str | Path,
     params: SegmentParams,
-    readers: tuple[bool, str],  # (early: start the policy's readers, place: where it runs)
+    facts: RunFacts,  # where it runs, how many slides at once (the slide's facts: below)
+    early: bool,  # start the policy's readers while the model loads
     model_dir: Path,
     opened: tuple[Slide, tuple[float, float], list[Roi]],  # the slide, its mpp, its regions
     t0: float,
 ) -> PreparedSlide:
-    early, place = readers
     slide, mpp, rois = opened
     machine = probe_machine()
     geometry = model_geometry(model_dir)
     key = read_level(slide, mpp[0], geometry[1]) if geometry is not None else None
-    policy, tiles = slide_policy(machine, params, place, slide_path, slide, key)
+    policy, tiles = slide_policy(machine, params, facts, slide_path, slide, key)
     device, precision = policy.device.value, policy.precision.value
     loader = Background(load_for_process, str(model_dir), device, precision)
     decoders = policy.decoders.value if early else 0
@@ -307,7 +310,7 @@ def _prepare_opened(
             grid, planned = plan_slide(slide, mpp, geometry, params, tissue, chunk_tiles)
             if key != (planned.read_level, float(meta.mpp) / mpp[0]):  # decided for this level
                 key = (planned.read_level, float(meta.mpp) / mpp[0])
-                policy, tiles = slide_policy(machine, params, place, slide_path, slide, key)
+                policy, tiles = slide_policy(machine, params, facts, slide_path, slide, key)
             read_backend = chunk_read_backend(slide, params, planned.read_level)
             reader = plan_reader(slide_path, slide, params, planned, grid, read_backend)
         # planned before the model loaded, or above from the loaded model's own geometry
@@ -365,7 +368,7 @@ def _prepare_opened(
 def slide_policy(
     machine: Machine,
     params: SegmentParams,
-    place: str,
+    facts: RunFacts,
     slide_path: str,
     slide: Slide,
     key: LevelKey | None,
@@ -375,9 +378,9 @@ def slide_policy(
     cluster's plan examines nothing: its bands read, and decide, on the workers."""
     tiles = None
     reads = None
-    if key is not None and place != CLUSTER and wants_slide_reads(machine, params):
+    if key is not None and facts.place != CLUSTER and wants_slide_reads(machine, params):
         reads, tiles = slide_reads(slide_path, slide, key)
-    policy = decide(machine, params, RunFacts(place=place, reads=reads))
+    policy = decide(machine, params, dataclasses.replace(facts, reads=reads))
     return policy, tiles if policy.read_device.value == GPU else None
 
 

@@ -339,12 +339,18 @@ def run_stages(
 
 
 def prepare_stage(
-    slide_path: str | Path, out_root: str | Path, params: SegmentParams, local: bool = True
+    slide_path: str | Path,
+    out_root: str | Path,
+    params: SegmentParams,
+    local: bool = True,
+    at_once: int = 1,
 ) -> PreparedSlide:
     """Stage 1 as every door runs it (`segment_slide`, the Prefect slide flow): a local run
-    starts reading while the model loads (the readers its policy names); a cluster's
-    workers read for themselves, each band deciding its policy there."""
-    return prepare(slide_path, out_root, params, early=local, place=LOCAL if local else CLUSTER)
+    starts reading while the model loads (the readers its policy names, for `at_once`
+    slides in flight on this machine); a cluster's workers read for themselves, each band
+    deciding its policy there."""
+    place = LOCAL if local else CLUSTER
+    return prepare(slide_path, out_root, params, early=local, place=place, at_once=at_once)
 
 
 def segment_slide(

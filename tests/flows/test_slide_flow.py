@@ -92,7 +92,7 @@ def test_transient_error_is_retried_and_broken_slide_is_not(
     assert result.status == "done" and len(calls) == 2
     # the flow prepares as the CLI does (`segment.prepare_stage`): on this CPU machine the
     # readers its policy names start while the model loads
-    assert readers[-1] == {"early": True, "place": "local"}
+    assert readers[-1] == {"early": True, "place": "local", "at_once": 1}
     assert result.summary["run_policy"]["read_source"] == "reader thread"
 
     calls.clear()
