@@ -195,8 +195,8 @@ def _infer_on_cluster(
     """Bands of the engine on the cluster's workers, each running the policy it decides
     there; one worker decides `auto` precision for all (no mixed-precision slide)."""
     planned = prep.policy
-    if planned is None or planned.place != CLUSTER:
-        raise ValueError(f"{prep.slide_path}: prepared for a local run, not a Dask cluster")
+    if planned is None:
+        raise ValueError(f"{prep.slide_path}: prepared without a run policy")
     job = slide_job(prep, zarr_path, planned.batch_size.value)  # each band sets its own
     job, prep.precision = settle_precision(job, prep.specs, client, prep.params)
     progress.start(prep.tiles_total, unit="tile", desc=prep.name)
