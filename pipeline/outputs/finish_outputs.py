@@ -107,6 +107,8 @@ class PreparedRun(Protocol):
     @property
     def precision(self) -> Mapping[str, Any]: ...
     @property
+    def run_policy(self) -> Mapping[str, Any]: ...  # pipeline.run_policy, with its reasons
+    @property
     def rois(self) -> Sequence[Roi]: ...
     @property
     def overlay_thumb(self) -> PendingThumbnail | None: ...
@@ -341,6 +343,8 @@ def _summary(
         },
         "classes": areas,
         "precision": dict(prep.precision),
+        # every machine-dependent decision and its reason (a Dask run's: each band's)
+        "run_policy": dict(prep.run_policy),
         "timings_s": dict(prep.timings),
         # Run statistics like the timings (local runs only; thread interleaving moves them).
         "read_stats": dict(prep.read_stats),

@@ -19,8 +19,10 @@ from tests.conftest import CMU_SLIDE, DATA_DIR, LUAD_CLASSES
 from tests.reference_inference import label_count_bounds
 from wsi_segment.errors import ModelError, MppMissingError, OutputError, SlideError
 from wsi_segment.models.device import cpu_has_amx
+from wsi_segment.pipeline.machine import probe_machine
 from wsi_segment.pipeline.outputs.summary import SCHEMA_VERSION
 from wsi_segment.pipeline.params import SegmentParams
+from wsi_segment.pipeline.run_policy import decide
 from wsi_segment.pipeline.segment import segment_slide
 
 
@@ -159,6 +161,21 @@ def test_areas_agree_between_summary_zarr_and_polygons(cmu_run):
         assert precision["reason"].startswith("fp32: auto on a CPU with ")
     # The demo model finds more than one tissue class on this real H&E region.
     assert sum(c["fraction_of_tissue"] > 0.05 for c in summary["classes"].values()) >= 2
+
+
+def test_summary_records_the_run_policy_it_ran(cmu_run):
+    """summary.json `run_policy`: the decisions of `pipeline.run_policy.decide` for this
+    machine and the options, every one with its reason, and what the run did matches."""
+    result, _out, params = cmu_run
+    summary = json.loads((result.out_dir / "summary.json").read_text())
+    expected = decide(probe_machine(), params).as_dict()  # a CPU run examines no JPEG tiles
+    assert summary["run_policy"] == expected
+    assert summary["run_policy"]["chunk_tiles"] == {
+        "value": 4,
+        "reason": "asked for (--chunk-tiles 4)",
+    }
+    assert summary["run_policy"]["read_source"] == "reader thread"
+    assert summary["precision"]["device"] == summary["run_policy"]["device"]["value"] == "cpu"
 
 
 def test_rerun_is_up_to_date_and_overwrite_redoes(cmu_run, tiny_model_dir):
