@@ -12,7 +12,8 @@ files and other tools), else the feature `id` of QuPath 0.2 (`PathAnnotationObje
 a feature without any is an annotation, as QuPath imports it. Regions are annotations with
 an area (Polygon / MultiPolygon) and TMA cores that are not marked missing (a core is an area
 a pathologist placed to be measured on its own). Detections, cells, tiles, point and line
-annotations, and missing cores are not regions: they are counted, never guessed at.
+annotations, annotations without area (an empty or zero-area polygon) and missing cores are
+not regions: they are counted, never guessed at.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import shapely
+from shapely.geometry import shape
 
 from wsi_segment.errors import RoiError
 
@@ -85,7 +89,11 @@ def describe(counts: Counter[str]) -> str:
     return ", ".join(f"{n:,} {_plural(kind, n)}" for kind, n in items)
 
 
-_PLURALS = {"object without geometry": "objects without geometry", "root": "root objects"}
+_PLURALS = {
+    "object without geometry": "objects without geometry",
+    "annotation without area": "annotations without area",
+    "root": "root objects",
+}
 
 
 def _plural(kind: str, n: int) -> str:
@@ -234,6 +242,8 @@ def _classify(path: Path, feature: dict[str, Any], index: int) -> tuple[RegionFe
     geometry = _polygonal(feature.get("geometry"))
     if isinstance(geometry, str):
         return None, geometry
+    if not _has_area(path, index, geometry):
+        return None, "annotation without area"
     name = props.get("name")
     return (
         RegionFeature(
@@ -271,6 +281,19 @@ def _polygonal(geometry: Any) -> dict[str, Any] | str:
             return {"type": "MultiPolygon", "coordinates": coords}
         return "line annotation" if members else "object without geometry"
     return "object without geometry"
+
+
+def _has_area(path: Path, index: int, geometry: dict[str, Any]) -> bool:
+    """Whether the polygon encloses any area once made valid (an empty ring, or one whose
+    points lie on a line, does not: it is skipped like a point, never the whole file)."""
+    try:
+        g = shape(geometry)
+    except Exception as exc:  # shapely raises several types for malformed coordinates
+        raise RoiError(f"{path}: object {index} has bad coordinates ({exc}); {FIX}") from None
+    if g.is_empty:
+        return False
+    valid = g if g.is_valid else shapely.make_valid(g)
+    return bool(valid.area > 0)
 
 
 def _classification(value: Any) -> dict[str, Any] | None:
