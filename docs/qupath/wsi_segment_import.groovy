@@ -11,7 +11,8 @@
  *
  * Use: Automate > Script editor, File > Open this file, set OUT below to the --out folder
  * of the run, then Run (this image) or Run > Run for project (every image; each image
- * reads OUT/<image name without extension>/tissue.geojson).
+ * reads OUT/<image name without extension>/tissue.geojson, the extension as QuPath's
+ * GeneralTools.stripExtension strips it: OS-1-detail.ome.tif -> OUT/OS-1-detail/).
  */
 import qupath.lib.common.GeneralTools
 import qupath.lib.io.PathIO
@@ -20,7 +21,13 @@ def OUT = '/path/to/wsi-segment-out'  // the run's --out folder
 
 def entry = getProjectEntry()
 def imageName = entry != null ? entry.getImageName() : getCurrentServer().getMetadata().getName()
+// wsi-segment names the output folder of a slide by this same rule (a.ome.tif -> a);
+// versions before it cut at the last '.' only (a.ome.tif -> a.ome): read such a folder too
 def file = new File(new File(OUT, GeneralTools.stripExtension(imageName)), 'tissue.geojson')
+def dot = imageName.lastIndexOf('.')
+def older = new File(new File(OUT, dot > 0 ? imageName.substring(0, dot) : imageName), 'tissue.geojson')
+if (!file.isFile() && older.isFile())
+    file = older
 if (!file.isFile()) {
     println "wsi-segment: ${file} not found: set OUT to the --out folder of the run"
     return
