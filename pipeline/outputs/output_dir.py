@@ -129,7 +129,7 @@ def slide_output_name(slide_path: str, output_name: str | None = None) -> str:
 
 # --- the identity: what decides "up to date" ---
 
-FORMAT_VERSION = 5  # bump when outputs change for the same inputs
+FORMAT_VERSION = 6  # bump when outputs change for the same inputs
 
 
 def slide_identity(slide_path: str) -> dict[str, Any]:
