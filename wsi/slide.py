@@ -313,6 +313,26 @@ def _refuse_broken_link(path: str) -> None:
         )
 
 
+def _folder_fix(folder: Path) -> str:
+    """What to pass instead of a folder: for a DICOM slide (a folder of .dcm files, one per
+    level and associated image) one of its files, from which openslide finds the others in
+    the same folder; for MRXS the .mrxs file beside its data folder."""
+    try:
+        dcm = [f for f in folder.iterdir() if f.name.lower().endswith(".dcm") and f.is_file()]
+    except OSError:
+        dcm = []
+    if dcm:  # the example: the largest file, most likely the full-resolution level
+        largest = max(dcm, key=lambda f: (f.stat().st_size, f.name))
+        return (
+            f"it holds a DICOM slide: pass one of its .dcm files, e.g. {largest} "
+            "(openslide reads the other levels from the files beside it)"
+        )
+    mrxs = folder.parent / f"{folder.name}.mrxs"
+    if mrxs.is_file():
+        return f"it is the data folder of an MRXS slide: pass {mrxs}"
+    return "pass the slide file itself (for MRXS, the .mrxs file next to this folder)"
+
+
 def open_slide(
     path_or_url: str | os.PathLike[str], backend: str = "auto", mpp: float | None = None
 ) -> Slide:
@@ -339,10 +359,7 @@ def open_slide(
                 "s3://bucket/slide.svs)"
             )
         if p.is_dir():
-            raise SlideError(
-                f"{path}: is a directory, not a slide; pass the slide file itself (for MRXS, "
-                "the .mrxs file next to this folder)"
-            )
+            raise SlideError(f"{path}: is a directory, not a slide; {_folder_fix(p)}")
         if not p.is_file():  # a FIFO would block the readers forever
             raise SlideError(
                 f"{path}: not a regular file (a pipe, socket or device); pass the slide file"

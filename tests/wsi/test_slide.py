@@ -78,6 +78,31 @@ def test_broken_and_non_slides_give_one_clear_error(tmp_path):
         open_slide(CMU_SLIDE, backend="bioformats")
 
 
+def test_a_folder_is_refused_with_the_file_to_pass(tmp_path):
+    """A DICOM slide is a folder of .dcm files (one per level and associated image):
+    openslide opens it from any of them, so the error names one (the largest, most likely
+    the full-resolution level). An MRXS data folder names
+    its .mrxs file; any other folder asks for the slide file."""
+    dicom = tmp_path / "case-7"
+    dicom.mkdir()
+    for name, size in (("level-1.dcm", 20), ("LABEL.DCM", 5), ("level-0.dcm", 80), ("a.txt", 99)):
+        (dicom / name).write_bytes(b"x" * size)
+    with pytest.raises(SlideError) as err:
+        open_slide(dicom)
+    assert str(err.value) == (
+        f"{dicom}: is a directory, not a slide; it holds a DICOM slide: pass one of its .dcm "
+        f"files, e.g. {dicom / 'level-0.dcm'} (openslide reads the other levels from the files "
+        "beside it)"
+    )
+    mirax = tmp_path / "CMU-1"
+    mirax.mkdir()
+    (tmp_path / "CMU-1.mrxs").write_bytes(b"x")
+    with pytest.raises(SlideError, match=f"MRXS slide: pass {tmp_path / 'CMU-1.mrxs'}$"):
+        open_slide(mirax)
+    with pytest.raises(SlideError, match="pass the slide file itself"):
+        open_slide(tmp_path)
+
+
 def test_mpp_override_wins_and_is_validated():
     with open_slide(CMU_SLIDE, mpp=0.25) as slide:
         assert slide.mpp == (0.25, 0.25)
