@@ -33,6 +33,7 @@ from wsi_segment.wsi.backends import BACKENDS, SlideMeta, SlideReader
 from wsi_segment.wsi.box_mean import box_mean
 from wsi_segment.wsi.mpp import mpp_problem
 from wsi_segment.wsi.retries import READ_ATTEMPTS, is_transient, with_retries
+from wsi_segment.wsi.slide_folder import slide_file_of_folder
 
 # Relative slack when matching a level's downsample: levels of odd-sized slides have
 # downsamples like 4.016 for a nominal 4 (dimensions are rounded), and count as 4.
@@ -313,26 +314,6 @@ def _refuse_broken_link(path: str) -> None:
         )
 
 
-def _folder_fix(folder: Path) -> str:
-    """What to pass instead of a folder: for a DICOM slide (a folder of .dcm files, one per
-    level and associated image) one of its files, from which openslide finds the others in
-    the same folder; for MRXS the .mrxs file beside its data folder."""
-    try:
-        dcm = [f for f in folder.iterdir() if f.name.lower().endswith(".dcm") and f.is_file()]
-    except OSError:
-        dcm = []
-    if dcm:  # the example: the largest file, most likely the full-resolution level
-        largest = max(dcm, key=lambda f: (f.stat().st_size, f.name))
-        return (
-            f"it holds a DICOM slide: pass one of its .dcm files, e.g. {largest} "
-            "(openslide reads the other levels from the files beside it)"
-        )
-    mrxs = folder.parent / f"{folder.name}.mrxs"
-    if mrxs.is_file():
-        return f"it is the data folder of an MRXS slide: pass {mrxs}"
-    return "pass the slide file itself (for MRXS, the .mrxs file next to this folder)"
-
-
 def open_slide(
     path_or_url: str | os.PathLike[str], backend: str = "auto", mpp: float | None = None
 ) -> Slide:
@@ -358,8 +339,8 @@ def open_slide(
                 f"{path}: no such file; check the path (give a slide file, or a URL such as "
                 "s3://bucket/slide.svs)"
             )
-        if p.is_dir():
-            raise SlideError(f"{path}: is a directory, not a slide; {_folder_fix(p)}")
+        if p.is_dir():  # a DICOM slide folder opens by one of its files
+            p = Path(slide_file_of_folder(p))
         if not p.is_file():  # a FIFO would block the readers forever
             raise SlideError(
                 f"{path}: not a regular file (a pipe, socket or device); pass the slide file"

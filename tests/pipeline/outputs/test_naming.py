@@ -111,3 +111,22 @@ def test_an_earlier_versions_folder_is_left_untouched(tmp_path: Path, tiny_model
     shutil.rmtree(older.out_dir)
     again = segment_slide(OS1_SLIDE, tmp_path, params)
     assert again.status == "up-to-date" and slide_warnings(again) == []
+
+
+def test_a_dicom_slide_folder_is_named_after_the_folder(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """`wsi-segment case-7/` (a DICOM slide folder): the run opens it by its level-0 file and
+    names the outputs after the folder the user passed."""
+    pytest.importorskip("pydicom")
+    from tests.conftest import CMU_SLIDE
+    from tests.wsi.dicom_slides import write_dicom_slide
+    from wsi_segment.wsi.slide import open_slide
+
+    with open_slide(CMU_SLIDE) as slide:
+        rgb = slide.read_region((800, 1100), 0, (700, 500))
+    folder = tmp_path / "case-7"
+    write_dicom_slide(folder, rgb, 0.499)
+    result = segment_slide(folder, tmp_path / "out", SegmentParams(model_dir=tiny_model_dir))
+    assert result.status == "done" and result.out_dir == tmp_path / "out" / "case-7"
+    assert result.summary["slide"]["backend"] == "openslide"
