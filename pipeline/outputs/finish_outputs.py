@@ -231,9 +231,9 @@ def _write_polygons(
         report = roi_class_areas(rois, exact, classes, um2)
         geoms_level0 = clip_to_rois(geoms_level0, rois)
     fc = build_feature_collection(
-        geoms_level0, classes, colors, measurements, tissue_level0, id_prefix=prep.name
+        geoms_level0, classes, colors, measurements, tissue_level0, id_prefix=prep.fingerprint
     )
-    fc["features"].extend(roi_features(rois, report, prep.name))
+    fc["features"].extend(roi_features(rois, report, prep.fingerprint))
     write_geojson(work_dir / "tissue.geojson", fc)
     return report
 

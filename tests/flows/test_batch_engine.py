@@ -49,7 +49,7 @@ def test_two_slides_in_flight_on_the_engine_write_what_one_at_a_time_writes(
         assert multiprocessing.active_children() == []  # every decoder joined
         assert shm_entries() <= before  # every slot ring removed
 
-    for name in ("CMU-1-Small-Region", "OS-1-detail.ome"):
+    for name in ("CMU-1-Small-Region", "OS-1-detail"):
         together, alone = runs[2] / name, runs[1] / name
         files = output_files(together)
         assert any(path.startswith("probabilities.ome.zarr/0/") for path in files)

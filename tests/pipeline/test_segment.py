@@ -132,9 +132,11 @@ def test_areas_agree_between_summary_zarr_and_polygons(cmu_run):
         zarr_area = float(((labels == k) & labelled).sum() * px_um2)
         assert low[k] - 1e-6 <= pixels[name] <= high[k] + zeros + 1e-6
         if zarr_area:
+            # what QuPath's Area column shows for the polygon: within 1 % of the reported area
+            # (simplification, 1 output px tolerance, keeps each class's area; the demo
+            # model's NEC here is 28 output px, in specks)
             poly_area = polys[name].area * level0_um2
-            # Simplification (1 output px tolerance) moves edges slightly; areas stay close.
-            assert poly_area == pytest.approx(zarr_area, rel=0.05)
+            assert poly_area == pytest.approx(pixels[name] * px_um2, rel=0.01)
     assert sum(c["fraction_of_tissue"] for c in summary["classes"].values()) == pytest.approx(1.0)
     assert summary["model"]["sha256"] and summary["versions"]["torch"]
     assert summary["schema_version"] == SCHEMA_VERSION
