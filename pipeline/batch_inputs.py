@@ -18,7 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from wsi_segment.errors import ConfigError, DatasetError
-from wsi_segment.pipeline.outputs.output_dir import check_output_name, default_output_name
+from wsi_segment.pipeline.outputs.output_dir import (
+    check_distinct_names,
+    check_output_name,
+    default_output_name,
+)
 from wsi_segment.pipeline.params import SegmentParams
 
 # File suffixes taken as slides when the input is a folder (lower case, compared case-free).
@@ -164,16 +168,13 @@ def check_items(items: list[BatchItem], source: str) -> list[BatchItem]:
             f" and {len(missing) - 5} more" if len(missing) > 5 else ""
         )
         raise DatasetError(f"{source}: {len(missing)} slide(s) not found: {shown}")
-    seen: dict[str, BatchItem] = {}
     for item in items:
         check_output_name(item.name, source)
-        key = item.name.casefold()  # case-insensitive file systems would merge these
-        if key in seen:
-            raise ConfigError(
-                f"{source}: {seen[key].slide} and {item.slide} would both write to the output "
-                f"folder {item.name!r}; give one of them another name (manifest 'name' column)"
-            )
-        seen[key] = item
+    check_distinct_names(
+        [(str(item.slide), item.name) for item in items],
+        f"{source}: ",
+        "give one of them another name (manifest 'name' column)",
+    )
     return items
 
 

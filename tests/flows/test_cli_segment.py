@@ -155,3 +155,23 @@ def test_region_off_the_slide_exits_2_and_skipped_objects_warn_once(tmp_path, ti
     ]
     summary = json.loads((tmp_path / "m" / "CMU-1-Small-Region" / "summary.json").read_text())
     assert [r["name"] for r in summary["rois"]] == ["r"]
+
+
+def test_two_slides_with_one_output_folder_are_refused_up_front(tmp_path, tiny_model_dir):
+    """`a/x.svs b/X.svs` would both write `<out>/x` (case-free: one folder on macOS): with
+    --overwrite the second replaced the first and both said "done". Refused before anything
+    loads, one line naming both files."""
+    for folder, name in (("a", "x.svs"), ("b", "X.svs")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / name).symlink_to(CMU_SLIDE)
+    first, second = str(tmp_path / "a" / "x.svs"), str(tmp_path / "b" / "X.svs")
+    out = tmp_path / "out"
+    result = run_cli(first, second, "--overwrite", "--model", str(tiny_model_dir),
+                     "--out", str(out), "--quiet")  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"error: {first} and {second} would both write to the output folder 'X'; segment "
+        "them in separate calls with different --out folders, or run them with `wsi-segment "
+        "batch` and a manifest whose 'name' column names each one"
+    ]
+    assert result.stdout == "" and not out.exists()
