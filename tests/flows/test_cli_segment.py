@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 from tests.conftest import CMU_SLIDE, DATA_DIR
 
@@ -175,3 +177,20 @@ def test_two_slides_with_one_output_folder_are_refused_up_front(tmp_path, tiny_m
         "batch` and a manifest whose 'name' column names each one"
     ]
     assert result.stdout == "" and not out.exists()
+
+
+def test_summary_command_pastes_into_a_shell_and_repeats_the_run(tmp_path, tiny_model_dir):
+    """summary.json `command` is one shell line, quoted: a path with a space and a quote,
+    pasted as it is into bash, repeats the run (here: reports it up to date)."""
+    slide = tmp_path / "it's a slide.svs"
+    slide.symlink_to(CMU_SLIDE)
+    out = tmp_path / "my out"
+    wsi_segment = str(Path(sys.executable).parent / "wsi-segment")  # the console script
+    argv = [wsi_segment, str(slide), "--model", str(tiny_model_dir), "--out", str(out),
+            "--quiet", "--tissue", "all"]  # fmt: skip
+    first = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr
+    command = json.loads((out / "it's a slide" / "summary.json").read_text())["command"]
+    assert command == shlex.join(argv)
+    again = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and again.stdout.startswith(f"{slide}: up to date")
