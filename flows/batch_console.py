@@ -1,12 +1,14 @@
 """What `wsi-segment batch` shows on the terminal: one line per failed slide, one interrupt.
 
-The batch CLI prints an `error: <slide>: <reason>` line for each failed slide itself, so on
-the console it drops what Prefect's run loggers log at ERROR (a stage task's "Finished in
+The batch CLI prints an `error: <slide>: <reason>` line for each failed slide itself (and a
+`warning:` line for each slide warning and known failure, so it drops the run loggers' records
+marked `REPORT_LINE` too), so on the console it drops what Prefect's run loggers log at ERROR (a stage task's "Finished in
 state Failed", the flow's "failed:" lines and its BatchFailedError traceback, "Crash
 detected!" after an interrupt, an unexpected error's traceback): each would repeat a slide's
 failure in other words. Only the console is filtered: the Prefect server still receives every
 record (its API handler sits on the run loggers, not on the console). Dask's INFO chatter
-(workers starting and stopping) is dropped from the console too.
+(workers starting and stopping) is dropped from the console too, and with `--quiet` Prefect's
+INFO lines as well: what is left is warnings, the table and its `error:` lines.
 
 `InterruptGuard`: the first Ctrl-C or SIGTERM interrupts the batch; later ones are ignored
 until the command has cleaned up and printed what finished, so a second Ctrl-C cannot cut the
@@ -36,24 +38,36 @@ from prefect.exceptions import TerminationSignal  # noqa: E402
 from wsi_segment.errors import Terminated  # noqa: E402
 
 RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
+# A log record with this attribute set (`extra=REPORT_LINE`) says what the CLI prints itself
+# as a `warning:` line (a slide's warnings, a known failure): not repeated on the console.
+REPORT_LINE = {"wsi_segment_report_line": True}
 
 
 class BatchConsoleFilter(logging.Filter):
-    """Drops run-logger errors (the CLI reports each failed slide once) and Dask's INFO."""
+    """Drops run-logger errors (the CLI reports each failed slide once), the warnings the CLI
+    prints itself (`REPORT_LINE`) and Dask's INFO;
+    `quiet` (`--quiet`) drops Prefect's INFO too (the temporary server starting and
+    stopping, each task's "Finished in state Completed()"), keeping its warnings."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        super().__init__()
+        self.chatter = ("distributed", "prefect") if quiet else ("distributed",)
 
     def filter(self, record: logging.LogRecord) -> bool:
         name = record.name
         if record.levelno >= logging.ERROR and name.startswith(RUN_LOGGERS):
             return False
-        return not (record.levelno < logging.WARNING and name.startswith("distributed"))
+        if getattr(record, "wsi_segment_report_line", False):
+            return False
+        return not (record.levelno < logging.WARNING and name.startswith(self.chatter))
 
 
 @contextmanager
-def quiet_console() -> Iterator[None]:
+def quiet_console(quiet: bool = False) -> Iterator[None]:
     """`BatchConsoleFilter` on the root logger's handlers (Prefect's console handler) while
     the block runs."""
     handlers = list(logging.getLogger().handlers)
-    console_filter = BatchConsoleFilter()
+    console_filter = BatchConsoleFilter(quiet)
     for handler in handlers:
         handler.addFilter(console_filter)
     try:

@@ -33,6 +33,7 @@ from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.states import Failed, State  # noqa: E402
 
 from wsi_segment.errors import ConfigError, WsiSegmentError  # noqa: E402
+from wsi_segment.flows.batch_console import REPORT_LINE  # noqa: E402
 from wsi_segment.flows.batch_interrupt import stopped_result, wait_for_slides  # noqa: E402
 from wsi_segment.flows.dask_cluster import dask_client, gpu_count  # noqa: E402
 from wsi_segment.flows.run_log import (  # noqa: E402
@@ -249,7 +250,7 @@ def segment_batch(
     )
     for r in results:
         if r.status == "known-failure":
-            logger.warning("%s", known_failure_message(r))
+            logger.warning("%s", known_failure_message(r), extra=REPORT_LINE)
     failed = [r for r in results if r.status == "failed"]
     for r in failed:
         logger.error("failed: %s", failure_message(r))

@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     from wsi_segment.flows.batch_interrupt import BatchInterrupted, BatchTerminated
 
     interrupt: KeyboardInterrupt | None = None
-    with InterruptGuard() as guard, quiet_console():
+    with InterruptGuard() as guard, quiet_console(args.quiet):
         try:
             results = segment_batch(
                 input=str(args.input),

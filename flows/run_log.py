@@ -21,6 +21,7 @@ prefect_env.apply()
 
 from prefect import get_run_logger  # noqa: E402
 
+from wsi_segment.flows.batch_console import REPORT_LINE  # noqa: E402
 from wsi_segment.pipeline.run_warnings import slide_warnings  # noqa: E402
 from wsi_segment.pipeline.segment import SlideResult  # noqa: E402
 
@@ -28,10 +29,11 @@ PIPELINE_LOGGER = "wsi_segment"
 
 
 def log_slide_warnings(result: SlideResult) -> None:
-    """Each warning of a slide's result at WARNING on the current run's logger."""
+    """Each warning of a slide's result at WARNING on the current run's logger (marked
+    `REPORT_LINE`: the CLI prints it itself)."""
     logger = get_run_logger()
     for warning in slide_warnings(result):
-        logger.warning("%s", warning)
+        logger.warning("%s", warning, extra=REPORT_LINE)
 
 
 class _ToRunLogger(logging.Handler):

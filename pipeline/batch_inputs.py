@@ -119,8 +119,11 @@ def read_manifest(csv_path: Path) -> list[BatchItem]:
 
 
 def _is_slide_file(path: Path) -> bool:
+    """A visible entry with a slide suffix that is not a folder. A named pipe, device or
+    socket is kept, so its slide fails with its own error (`wsi.slide` refuses anything but
+    a regular file) instead of being skipped without a word."""
     lower = path.name.lower()
-    return path.is_file() and not lower.startswith(".") and lower.endswith(SLIDE_SUFFIXES)
+    return not path.is_dir() and not lower.startswith(".") and lower.endswith(SLIDE_SUFFIXES)
 
 
 def parse_batch_input(spec: str | Path) -> list[BatchItem]:
@@ -146,7 +149,7 @@ def parse_batch_input(spec: str | Path) -> list[BatchItem]:
             raise DatasetError(f"{path}: the manifest lists no slides")
     elif _GLOB_CHARS.search(text):
         matches = sorted(Path(p) for p in glob.glob(str(path), recursive=True))
-        slides = [p for p in matches if p.is_file()]
+        slides = [p for p in matches if not p.is_dir()]  # a pipe too: its slide says why
         if not slides:
             raise DatasetError(f"{text}: the pattern matches no files")
         items = [BatchItem(p, None, default_output_name(p)) for p in slides]
@@ -162,7 +165,7 @@ def parse_batch_input(spec: str | Path) -> list[BatchItem]:
 
 def check_items(items: list[BatchItem], source: str) -> list[BatchItem]:
     """Refuse missing slides and output-name collisions, all reported at once."""
-    missing = [str(item.slide) for item in items if not item.slide.is_file()]
+    missing = [str(item.slide) for item in items if not item.slide.exists() or item.slide.is_dir()]
     if missing:
         shown = ", ".join(missing[:5]) + (
             f" and {len(missing) - 5} more" if len(missing) > 5 else ""
