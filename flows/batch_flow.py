@@ -36,6 +36,7 @@ from wsi_segment.errors import ConfigError, WsiSegmentError  # noqa: E402
 from wsi_segment.flows.batch_console import REPORT_LINE  # noqa: E402
 from wsi_segment.flows.batch_interrupt import stopped_result, wait_for_slides  # noqa: E402
 from wsi_segment.flows.dask_cluster import dask_client, gpu_count  # noqa: E402
+from wsi_segment.flows.door_words import run_words  # noqa: E402
 from wsi_segment.flows.run_log import (  # noqa: E402
     log_slide_warnings,
     pipeline_warnings_to_run_log,
@@ -105,9 +106,10 @@ def slide_task(
         stopped = stopped_result(item, exc, watch.timeout_s, time.perf_counter() - t0)
         if stopped.status != "failed":
             return stopped
+        stopped.error = run_words(stopped.error or "")
         return Failed(message=failure_message(stopped), data=stopped)
     except WsiSegmentError as exc:
-        message, error = str(exc), exc
+        message, error = run_words(str(exc)), exc
     except Exception as exc:  # a bug on one slide must not stop the night's batch
         get_run_logger().exception("unexpected error on %s", item.slide)
         message, error = f"internal error ({type(exc).__name__}): {exc}", exc
@@ -250,7 +252,7 @@ def segment_batch(
     )
     for r in results:
         if r.status == "known-failure":
-            logger.warning("%s", known_failure_message(r), extra=REPORT_LINE)
+            logger.warning("%s", run_words(known_failure_message(r)), extra=REPORT_LINE)
     failed = [r for r in results if r.status == "failed"]
     for r in failed:
         logger.error("failed: %s", failure_message(r))

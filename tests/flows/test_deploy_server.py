@@ -218,12 +218,14 @@ def test_nightly_deployment_runs_on_a_live_server_and_worker(
     assert by_key["segment-batch-report"]["type"] == "markdown"
     assert "synth-a" in by_key["segment-batch-report"]["data"]
 
-    # the CLI's warning is a WARNING line of the run on the server
+    # the CLI's warning is a WARNING line of the run on the server, naming the deployment's
+    # parameters where the CLI names its options
     logs = api(url, "POST", "/logs/filter", {"logs": {"flow_run_id": {"any_": [flow_run_id]}}})
     warnings = [log["message"] for log in logs if log["level"] == 30]
     assert [w for w in warnings if "no tissue found" in w] == [
         f"{slides / 'blank.tif'}: no tissue found, so the outputs are empty; check the slide, "
-        "or pass --tissue all to process the whole slide, or --roi FILE.geojson for a region"
+        "or pass `options.tissue=all` to process the whole slide, or `options.roi=FILE.geojson` "
+        "for a region"
     ]
     # summary.json says how to repeat the run: the deployment, with the run's parameters
     summary = json.loads((out / "synth-a" / "summary.json").read_text())
