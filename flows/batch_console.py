@@ -35,7 +35,7 @@ prefect_env.apply()
 
 from prefect.exceptions import TerminationSignal  # noqa: E402
 
-from wsi_segment.errors import Terminated  # noqa: E402
+from wsi_segment.errors import TERMINATING_SIGNALS, Terminated  # noqa: E402
 
 RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
 # A log record with this attribute set (`extra=REPORT_LINE`) says what the CLI prints itself
@@ -79,7 +79,7 @@ def quiet_console(quiet: bool = False) -> Iterator[None]:
 
 class InterruptGuard:
     """While entered (main thread only): the first SIGINT raises KeyboardInterrupt and the
-    first SIGTERM `Terminated`; once either has come (or `hold` was called), both are
+    first SIGTERM or SIGHUP `Terminated`; once any has come (or `hold` was called), all are
     ignored. The previous handlers come back on exit."""
 
     def __init__(self) -> None:
@@ -88,7 +88,7 @@ class InterruptGuard:
 
     def __enter__(self) -> InterruptGuard:
         if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM):
+            for signum in (signal.SIGINT, *TERMINATING_SIGNALS):
                 self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
@@ -106,6 +106,6 @@ class InterruptGuard:
         self.fired = True
         if isinstance(sys.exc_info()[1], TerminationSignal):
             return  # Prefect passing on the SIGTERM it has already raised as TerminationSignal
-        if signum == signal.SIGTERM:
-            raise Terminated(f"terminated by signal {signum}")
+        if signum in TERMINATING_SIGNALS:
+            raise Terminated(f"terminated by signal {signum}", signum)
         raise KeyboardInterrupt

@@ -126,9 +126,11 @@ def run(args: argparse.Namespace) -> int:
             code = 0
         except BatchFailedError as exc:
             results, code = exc.results, 1
-        except BatchInterrupted as exc:
+        except BatchInterrupted as exc:  # Ctrl-C, or SIGHUP (`Terminated`) as its cause
             guard.hold()
-            results, code, interrupt = exc.results, 130, exc
+            interrupt = exc.__cause__ if isinstance(exc.__cause__, Terminated) else exc
+            results = exc.results
+            code = 128 + interrupt.signum if isinstance(interrupt, Terminated) else 130
         except BatchTerminated as exc:
             guard.hold()
             results, code, interrupt = exc.results, 143, Terminated("terminated by SIGTERM")
