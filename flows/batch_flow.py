@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import signal
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from wsi_segment.flows import prefect_env
@@ -32,7 +34,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact  #
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.states import Failed, State  # noqa: E402
 
-from wsi_segment.errors import ConfigError, WsiSegmentError  # noqa: E402
+from wsi_segment.errors import TERMINATING_SIGNALS, ConfigError, WsiSegmentError  # noqa: E402
 from wsi_segment.flows.batch_console import REPORT_LINE  # noqa: E402
 from wsi_segment.flows.batch_interrupt import stopped_result, wait_for_slides  # noqa: E402
 from wsi_segment.flows.dask_cluster import dask_client, gpu_count  # noqa: E402
@@ -53,6 +55,7 @@ from wsi_segment.pipeline.batch_report import (  # noqa: E402
     known_failure_message,
     markdown_table,
 )
+from wsi_segment.pipeline.inference.decode_pool import start_resource_tracker  # noqa: E402
 from wsi_segment.pipeline.known_failures import (  # noqa: E402
     error_class_of,
     known_failures,
@@ -161,7 +164,29 @@ def _dask_context(
     """Scheduler at `dask_address`; else a local cluster, unless chunks run `in_process`."""
     if in_process:
         return contextlib.nullcontext(None)
-    return dask_client(dask_address, workers)
+    if dask_address:
+        return dask_client(dask_address, workers)
+    return _out_of_group_signals(dask_client(dask_address, workers))
+
+
+@contextlib.contextmanager
+def _out_of_group_signals(
+    cluster: contextlib.AbstractContextManager[Client | None],
+) -> Iterator[Client | None]:
+    """Enter `cluster` (a local cluster) with Ctrl-C, SIGTERM and SIGHUP blocked in this
+    thread, so the threads it starts, and the worker processes and resource tracker those
+    spawn, inherit the block: a signal to the batch's process group (a terminal's Ctrl-C,
+    `timeout`, a scheduler) reaches the batch alone, which stops its slides and closes the
+    cluster, instead of killing the workers mid-chunk with tracebacks of their own. The
+    nanny stops its worker through a queue, and kills it if it must."""
+    start_resource_tracker()  # else starting it would unblock SIGINT and SIGTERM here
+    with contextlib.ExitStack() as stack:
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGINT, *TERMINATING_SIGNALS))
+        try:
+            client = stack.enter_context(cluster)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        yield client
 
 
 def slide_params(params: SegmentParams, slides: int) -> SegmentParams:
