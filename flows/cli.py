@@ -57,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             # (1.3-1.6 s of a run on a 2-core machine). Only for the real command line:
             # in-process callers (tests) keep normal garbage collection.
             gc.freeze()
-        if code in (130, 143):  # interrupted, cleaned up and reported: the exit is bounded
+        if code in (129, 130, 143):  # interrupted, cleaned up and reported: the exit is bounded
             exit_within(EXIT_S, code)
         return code
     return _main(argv)

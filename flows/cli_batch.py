@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
             results, interrupt = stopped.results, cli_interrupt(stopped)
             code = 128 + interrupt.signum if isinstance(interrupt, Terminated) else 130
         report(results)
-    if interrupt is not None:  # flows.cli prints the one `error:` line and exits 130 / 143
+    if interrupt is not None:  # flows.cli prints the one `error:` line, exits 130 / 143 / 129
         raise interrupt
     return code
 
