@@ -1,12 +1,14 @@
 """What `wsi-segment batch` shows on the terminal: one line per failed slide, one interrupt.
 
-The batch CLI prints an `error: <slide>: <reason>` line for each failed slide itself, so on
-the console it drops what Prefect's run loggers log at ERROR (a stage task's "Finished in
+The batch CLI prints an `error: <slide>: <reason>` line for each failed slide itself (and a
+`warning:` line for each slide warning and known failure, so it drops the run loggers' records
+marked `REPORT_LINE` too), so on the console it drops what Prefect's run loggers log at ERROR (a stage task's "Finished in
 state Failed", the flow's "failed:" lines and its BatchFailedError traceback, "Crash
 detected!" after an interrupt, an unexpected error's traceback): each would repeat a slide's
 failure in other words. Only the console is filtered: the Prefect server still receives every
 record (its API handler sits on the run loggers, not on the console). Dask's INFO chatter
-(workers starting and stopping) is dropped from the console too.
+(workers starting and stopping) is dropped from the console too, and with `--quiet` Prefect's
+INFO lines as well: what is left is warnings, the table and its `error:` lines.
 
 `InterruptGuard`: the first Ctrl-C or SIGTERM interrupts the batch; later ones are ignored
 until the command has cleaned up and printed what finished, so a second Ctrl-C cannot cut the
@@ -33,27 +35,39 @@ prefect_env.apply()
 
 from prefect.exceptions import TerminationSignal  # noqa: E402
 
-from wsi_segment.errors import Terminated  # noqa: E402
+from wsi_segment.errors import TERMINATING_SIGNALS, Terminated  # noqa: E402
 
 RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
+# A log record with this attribute set (`extra=REPORT_LINE`) says what the CLI prints itself
+# as a `warning:` line (a slide's warnings, a known failure): not repeated on the console.
+REPORT_LINE = {"wsi_segment_report_line": True}
 
 
 class BatchConsoleFilter(logging.Filter):
-    """Drops run-logger errors (the CLI reports each failed slide once) and Dask's INFO."""
+    """Drops run-logger errors (the CLI reports each failed slide once), the warnings the CLI
+    prints itself (`REPORT_LINE`) and Dask's INFO;
+    `quiet` (`--quiet`) drops Prefect's INFO too (the temporary server starting and
+    stopping, each task's "Finished in state Completed()"), keeping its warnings."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        super().__init__()
+        self.chatter = ("distributed", "prefect") if quiet else ("distributed",)
 
     def filter(self, record: logging.LogRecord) -> bool:
         name = record.name
         if record.levelno >= logging.ERROR and name.startswith(RUN_LOGGERS):
             return False
-        return not (record.levelno < logging.WARNING and name.startswith("distributed"))
+        if getattr(record, "wsi_segment_report_line", False):
+            return False
+        return not (record.levelno < logging.WARNING and name.startswith(self.chatter))
 
 
 @contextmanager
-def quiet_console() -> Iterator[None]:
+def quiet_console(quiet: bool = False) -> Iterator[None]:
     """`BatchConsoleFilter` on the root logger's handlers (Prefect's console handler) while
     the block runs."""
     handlers = list(logging.getLogger().handlers)
-    console_filter = BatchConsoleFilter()
+    console_filter = BatchConsoleFilter(quiet)
     for handler in handlers:
         handler.addFilter(console_filter)
     try:
@@ -65,7 +79,7 @@ def quiet_console() -> Iterator[None]:
 
 class InterruptGuard:
     """While entered (main thread only): the first SIGINT raises KeyboardInterrupt and the
-    first SIGTERM `Terminated`; once either has come (or `hold` was called), both are
+    first SIGTERM or SIGHUP `Terminated`; once any has come (or `hold` was called), all are
     ignored. The previous handlers come back on exit."""
 
     def __init__(self) -> None:
@@ -74,7 +88,7 @@ class InterruptGuard:
 
     def __enter__(self) -> InterruptGuard:
         if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM):
+            for signum in (signal.SIGINT, *TERMINATING_SIGNALS):
                 self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
@@ -92,6 +106,6 @@ class InterruptGuard:
         self.fired = True
         if isinstance(sys.exc_info()[1], TerminationSignal):
             return  # Prefect passing on the SIGTERM it has already raised as TerminationSignal
-        if signum == signal.SIGTERM:
-            raise Terminated(f"terminated by signal {signum}")
+        if signum in TERMINATING_SIGNALS:
+            raise Terminated(f"terminated by signal {signum}", signum)
         raise KeyboardInterrupt

@@ -20,7 +20,9 @@ failures alone leave it Completed, with a WARNING line each.
 from __future__ import annotations
 
 import contextlib
+import signal
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from wsi_segment.flows import prefect_env
@@ -32,9 +34,11 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact  #
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.states import Failed, State  # noqa: E402
 
-from wsi_segment.errors import ConfigError, WsiSegmentError  # noqa: E402
+from wsi_segment.errors import TERMINATING_SIGNALS, ConfigError, WsiSegmentError  # noqa: E402
+from wsi_segment.flows.batch_console import REPORT_LINE  # noqa: E402
 from wsi_segment.flows.batch_interrupt import stopped_result, wait_for_slides  # noqa: E402
 from wsi_segment.flows.dask_cluster import dask_client  # noqa: E402
+from wsi_segment.flows.door_words import run_words  # noqa: E402
 from wsi_segment.flows.run_log import (  # noqa: E402
     log_slide_warnings,
     pipeline_warnings_to_run_log,
@@ -51,6 +55,7 @@ from wsi_segment.pipeline.batch_report import (  # noqa: E402
     known_failure_message,
     markdown_table,
 )
+from wsi_segment.pipeline.inference.decode_pool import start_resource_tracker  # noqa: E402
 from wsi_segment.pipeline.known_failures import (  # noqa: E402
     error_class_of,
     known_failures,
@@ -104,9 +109,10 @@ def slide_task(
         stopped = stopped_result(item, exc, watch.timeout_s, time.perf_counter() - t0)
         if stopped.status != "failed":
             return stopped
+        stopped.error = run_words(stopped.error or "")
         return Failed(message=failure_message(stopped), data=stopped)
     except WsiSegmentError as exc:
-        message, error = str(exc), exc
+        message, error = run_words(str(exc)), exc
     except Exception as exc:  # a bug on one slide must not stop the night's batch
         get_run_logger().exception("unexpected error on %s", item.slide)
         message, error = f"internal error ({type(exc).__name__}): {exc}", exc
@@ -144,7 +150,29 @@ def _dask_context(
     """Scheduler at `dask_address`; else a local cluster, unless chunks run `in_process`."""
     if in_process:
         return contextlib.nullcontext(None)
-    return dask_client(dask_address, workers)
+    if dask_address:
+        return dask_client(dask_address, workers)
+    return _out_of_group_signals(dask_client(dask_address, workers))
+
+
+@contextlib.contextmanager
+def _out_of_group_signals(
+    cluster: contextlib.AbstractContextManager[Client | None],
+) -> Iterator[Client | None]:
+    """Enter `cluster` (a local cluster) with Ctrl-C, SIGTERM and SIGHUP blocked in this
+    thread, so the threads it starts, and the worker processes and resource tracker those
+    spawn, inherit the block: a signal to the batch's process group (a terminal's Ctrl-C,
+    `timeout`, a scheduler) reaches the batch alone, which stops its slides and closes the
+    cluster, instead of killing the workers mid-chunk with tracebacks of their own. The
+    nanny stops its worker through a queue, and kills it if it must."""
+    start_resource_tracker()  # else starting it would unblock SIGINT and SIGTERM here
+    with contextlib.ExitStack() as stack:
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGINT, *TERMINATING_SIGNALS))
+        try:
+            client = stack.enter_context(cluster)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        yield client
 
 
 @flow(name="segment-batch")
@@ -223,7 +251,7 @@ def segment_batch(
     )
     for r in results:
         if r.status == "known-failure":
-            logger.warning("%s", known_failure_message(r))
+            logger.warning("%s", run_words(known_failure_message(r)), extra=REPORT_LINE)
     failed = [r for r in results if r.status == "failed"]
     for r in failed:
         logger.error("failed: %s", failure_message(r))

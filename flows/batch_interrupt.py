@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 from prefect.exceptions import TerminationSignal
 
+from wsi_segment.errors import TERMINATING_SIGNALS
 from wsi_segment.flows.slide_watch import (
     SlideNotStarted,
     SlideStopped,
@@ -161,12 +162,13 @@ def _result_now(future: SlideFuture, item: BatchItem, was_running: bool) -> Slid
 
 @contextlib.contextmanager
 def signals_ignored() -> Iterator[None]:
-    """SIGINT and SIGTERM are ignored while the block runs (main thread only: elsewhere
-    signals cannot be set and are not delivered anyway)."""
+    """SIGINT, SIGTERM and SIGHUP are ignored while the block runs (main thread only:
+    elsewhere signals cannot be set and are not delivered anyway)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    ignored = (signal.SIGINT, *TERMINATING_SIGNALS)
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in ignored}
     try:
         yield
     finally:

@@ -3,7 +3,8 @@
 `wsi-segment SLIDE ...` is shorthand for `wsi-segment segment SLIDE ...`. Expected failures
 (`WsiSegmentError`) print one `error:` line and exit 1; usage errors exit 2 (argparse).
 Ctrl-C prints `error: interrupted` and exits 130; SIGTERM takes the same path (`Terminated`)
-and exits 143, as a process killed by it would, so schedulers read it as terminated.
+and exits 143, as a process killed by it would, so schedulers read it as terminated; SIGHUP
+(the terminal or ssh session closed) too, exiting 129.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import sys
 import threading
 from collections.abc import Iterator, Sequence
 
-from wsi_segment.errors import Terminated, WsiSegmentError, raise_terminated
+from wsi_segment.errors import TERMINATING_SIGNALS, Terminated, WsiSegmentError, raise_terminated
 from wsi_segment.flows.allocator import limit_malloc_arenas
 
 # subcommand name -> module implementing add_parser(subparsers) and run(args) -> int
@@ -56,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             # (1.3-1.6 s of a run on a 2-core machine). Only for the real command line:
             # in-process callers (tests) keep normal garbage collection.
             gc.freeze()
-        if code in (130, 143):  # interrupted, cleaned up and reported: the exit is bounded
+        if code in (129, 130, 143):  # interrupted, cleaned up and reported: the exit is bounded
             exit_within(EXIT_S, code)
         return code
     return _main(argv)
@@ -96,9 +97,9 @@ def _main(argv: Sequence[str] | None) -> int:
     except WsiSegmentError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except Terminated:
-        print("error: terminated (SIGTERM)", file=sys.stderr)
-        return 143
+    except Terminated as exc:
+        print(f"error: terminated ({exc.signal_name})", file=sys.stderr)
+        return 128 + exc.signum
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
@@ -106,18 +107,19 @@ def _main(argv: Sequence[str] | None) -> int:
 
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
-    """While a command runs, SIGTERM raises `Terminated` (a KeyboardInterrupt) in the main
-    thread, so it cleans up as Ctrl-C does; the previous handler is restored after. Only the
-    main thread may set handlers: elsewhere (an in-process call from a thread) nothing
-    changes."""
+    """While a command runs, SIGTERM and SIGHUP raise `Terminated` (a KeyboardInterrupt) in
+    the main thread, so they clean up as Ctrl-C does; the previous handlers are restored
+    after. Only the main thread may set handlers: elsewhere (an in-process call from a
+    thread) nothing changes."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    previous = {s: signal.signal(s, raise_terminated) for s in TERMINATING_SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 if __name__ == "__main__":

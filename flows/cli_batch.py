@@ -5,9 +5,11 @@ optional mpp, optional output name). The input and options are checked before Pr
 starts, so a typo costs a second, not a server start. Exit code 1 if any slide failed anew,
 with one `error:` line per failed slide on stderr; 0 when the only failures are known ones
 (failed before, slide, model and parameters unchanged: not retried without --retry-failed),
-each named on a `warning:` line. Ctrl-C (SIGTERM alike) stops the slides in flight, removes
-their partial outputs, prints the table of what finished and exits 130 (143) through
-`flows.cli`.
+each named on a `warning:` line. Ctrl-C (SIGTERM, SIGHUP alike) stops the slides in flight,
+removes their partial outputs, prints the table of what finished and exits 130 (143, 129)
+through `flows.cli`, whether the signal reached this process alone or its whole process
+group: the temporary Prefect server runs out of the group (`flows.local_server`) and is
+stopped after the report.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from wsi_segment.flows.cli_segment import (
 )
 
 if TYPE_CHECKING:
+    from wsi_segment.flows.batch_interrupt import BatchInterrupted, BatchTerminated
     from wsi_segment.pipeline.segment import SlideResult
 
 
@@ -106,11 +109,13 @@ def run(args: argparse.Namespace) -> int:
     options = flow_options(args)
     if not check_roi_file(args.roi):
         return 2
+    from prefect.exceptions import TerminationSignal
+
     from wsi_segment.flows.batch_flow import BatchFailedError, segment_batch
-    from wsi_segment.flows.batch_interrupt import BatchInterrupted, BatchTerminated
+    from wsi_segment.flows.local_server import temporary_server
 
     interrupt: KeyboardInterrupt | None = None
-    with InterruptGuard() as guard, quiet_console():
+    with quiet_console(args.quiet), InterruptGuard() as guard, temporary_server():
         try:
             results = segment_batch(
                 input=str(args.input),
@@ -126,16 +131,46 @@ def run(args: argparse.Namespace) -> int:
             code = 0
         except BatchFailedError as exc:
             results, code = exc.results, 1
-        except BatchInterrupted as exc:
+        except (KeyboardInterrupt, TerminationSignal) as exc:
             guard.hold()
-            results, code, interrupt = exc.results, 130, exc
-        except BatchTerminated as exc:
-            guard.hold()
-            results, code, interrupt = exc.results, 143, Terminated("terminated by SIGTERM")
+            stopped = batch_stop(exc)
+            if stopped is None:  # before any slide ran: nothing to report
+                raise
+            results, interrupt = stopped.results, cli_interrupt(stopped)
+            code = 128 + interrupt.signum if isinstance(interrupt, Terminated) else 130
         report(results)
-    if interrupt is not None:  # flows.cli prints the one `error:` line and exits 130 / 143
+    if interrupt is not None:  # flows.cli prints the one `error:` line, exits 130 / 143 / 129
         raise interrupt
     return code
+
+
+def batch_stop(exc: BaseException) -> BatchInterrupted | BatchTerminated | None:
+    """The batch's own interrupt in `exc` or what it was raised during. Prefect passes a
+    SIGTERM it turned into `TerminationSignal` on to the handler it replaced (ours) with a
+    second SIGTERM; if that lands while the batch's interrupt is on its way out, its
+    `Terminated` replaces it, and the results travel on as its context."""
+    from wsi_segment.flows.batch_interrupt import BatchInterrupted, BatchTerminated
+
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, (BatchInterrupted, BatchTerminated)):
+            return current
+        seen.add(id(current))
+        current = current.__context__
+    return None
+
+
+def cli_interrupt(stopped: BatchInterrupted | BatchTerminated) -> KeyboardInterrupt:
+    """What `flows.cli` reports for a stopped batch: `Terminated` with its signal (SIGTERM;
+    SIGHUP, which reaches the batch as the cause of a `BatchInterrupted`), else Ctrl-C."""
+    from wsi_segment.flows.batch_interrupt import BatchTerminated
+
+    if isinstance(stopped, BatchTerminated):
+        return Terminated(f"terminated by signal {stopped.signal}", stopped.signal)
+    if isinstance(stopped.__cause__, Terminated):
+        return stopped.__cause__
+    return stopped
 
 
 def report(results: list[SlideResult]) -> None:

@@ -9,13 +9,14 @@ before anything loads) or has no region on a slide.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from wsi_segment.errors import RoiError, WsiSegmentError
+from wsi_segment.errors import ConfigError, RoiError, WsiSegmentError
 from wsi_segment.pipeline.params import BACKENDS, PRECISIONS, READ_DEVICES, SegmentParams
 from wsi_segment.pipeline.progress import BarProgress
 from wsi_segment.pipeline.run_warnings import slide_warnings
@@ -220,6 +221,24 @@ def check_roi_file(roi: Path | None) -> bool:
     return True
 
 
+def check_distinct_slides(slides: list[str]) -> None:
+    """Refuse, before anything loads, two slides that would write to one output folder
+    (`a/x.svs b/x.svs`): `ConfigError`, one `error:` line naming both. A slide whose name is
+    bad on its own is left to its run, which reports it and lets the others go on."""
+    from wsi_segment.pipeline.outputs.output_dir import check_distinct_names, slide_output_name
+
+    named: list[tuple[str, str]] = []
+    for slide in slides:
+        with contextlib.suppress(ConfigError):
+            named.append((slide, slide_output_name(slide)))
+    check_distinct_names(
+        named,
+        "",
+        "segment them in separate calls with different --out folders, or run them with "
+        "`wsi-segment batch` and a manifest whose 'name' column names each one",
+    )
+
+
 def print_warnings(result: SlideResult) -> None:
     """A `warning:` line per warning of the run (`pipeline.run_warnings`; the run still
     succeeds: an empty result is a result)."""
@@ -249,6 +268,7 @@ def run(args: argparse.Namespace) -> int:
             gc.enable()
 
     params = params_from_args(args)
+    check_distinct_slides(args.slides)
     if not check_roi_file(params.roi):
         return 2
     failed = usage = 0

@@ -2,13 +2,13 @@
 
 In a deployed run `sys.argv` is Prefect's engine, which repeats nothing: the command is then
 `prefect deployment run <flow>/<deployment> --params <JSON>` with the run's parameters. A flow
-called in-process (`wsi-segment batch`, a script) keeps its own command line.
+called in-process (`wsi-segment batch`, a script) keeps its own command line
+(`pipeline.outputs.summary.process_command`).
 """
 
 from __future__ import annotations
 
 import json
-import sys
 from typing import Any
 
 from wsi_segment.flows import prefect_env
@@ -18,7 +18,7 @@ prefect_env.apply()
 from prefect.context import FlowRunContext  # noqa: E402
 from prefect.runtime import deployment  # noqa: E402
 
-from wsi_segment.pipeline.outputs.summary import jsonable  # noqa: E402
+from wsi_segment.pipeline.outputs.summary import jsonable, process_command  # noqa: E402
 from wsi_segment.pipeline.params import RunOrigin  # noqa: E402
 
 
@@ -37,7 +37,7 @@ def flow_run_origin() -> RunOrigin | None:
             "--params", json.dumps(parameters, sort_keys=True),
         )  # fmt: skip
     else:
-        command = tuple(sys.argv)
+        command = tuple(process_command())
     details = {
         "flow": flow_name,
         "flow_run_id": str(ctx.flow_run.id),

@@ -13,6 +13,8 @@ the stages, the up-to-date check, the error mapping and closing the slide are
 
 from __future__ import annotations
 
+import copy
+import functools
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -26,8 +28,9 @@ from prefect import Task, flow, task  # noqa: E402
 from prefect.artifacts import create_markdown_artifact, create_table_artifact  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
-from wsi_segment.errors import ConfigError  # noqa: E402
+from wsi_segment.errors import ConfigError, WsiSegmentError  # noqa: E402
 from wsi_segment.flows.dask_cluster import dask_client  # noqa: E402
+from wsi_segment.flows.door_words import run_words  # noqa: E402
 from wsi_segment.flows.run_log import log_slide_warnings, pipeline_warnings_to_run_log  # noqa: E402
 from wsi_segment.flows.run_origin import flow_run_origin  # noqa: E402
 from wsi_segment.pipeline import segment  # noqa: E402
@@ -65,15 +68,30 @@ def retry_if_transient(task: Task[..., Any], task_run: TaskRun, state: State[Any
 def stage_task(name: str) -> Callable[[Callable[P, R]], Task[P, R]]:
     """`@task` for a pipeline stage (the slide's and the training flow's): retried on
     transient I/O errors only. Stage results (open slides, tissue masks, chunk outcomes)
-    stay in memory: never hashed for caching and never persisted."""
-    return task(
-        name=name,
-        retries=RETRIES,
-        retry_delay_seconds=RETRY_DELAYS_S,
-        retry_condition_fn=retry_if_transient,
-        cache_policy=NO_CACHE,
-        persist_result=False,
-    )
+    stay in memory: never hashed for caching and never persisted. In a deployment's run an
+    error's advice names the flow's parameters (`in_run_words`): the task's state shows it."""
+
+    def decorate(fn: Callable[P, R]) -> Task[P, R]:
+        @functools.wraps(fn)
+        def worded(*args: P.args, **kwargs: P.kwargs) -> R:
+            try:
+                return fn(*args, **kwargs)
+            except WsiSegmentError as exc:
+                reworded = in_run_words(exc)
+                if reworded is exc:
+                    raise
+                raise reworded from exc
+
+        return task(
+            name=name,
+            retries=RETRIES,
+            retry_delay_seconds=RETRY_DELAYS_S,
+            retry_condition_fn=retry_if_transient,
+            cache_policy=NO_CACHE,
+            persist_result=False,
+        )(worded)
+
+    return decorate
 
 
 @stage_task("open-and-tissue")
@@ -187,11 +205,28 @@ def segment_slide_flow(
     `options` holds any other `SegmentParams` field (overlap, device, overwrite, ...).
     Chunks run on the Dask scheduler at `dask_address` if given, else in local threads.
     """
-    params = make_params(
-        model_dir, options, mpp=mpp, output_name=output_name, origin=flow_run_origin()
-    )
-    with pipeline_warnings_to_run_log():
-        if dask_address:
-            with dask_client(dask_address) as client:
-                return run_slide_stages(slide, out, params, client)
-        return run_slide_stages(slide, out, params)
+    try:
+        params = make_params(
+            model_dir, options, mpp=mpp, output_name=output_name, origin=flow_run_origin()
+        )
+        with pipeline_warnings_to_run_log():
+            if dask_address:
+                with dask_client(dask_address) as client:
+                    return run_slide_stages(slide, out, params, client)
+            return run_slide_stages(slide, out, params)
+    except WsiSegmentError as exc:
+        reworded = in_run_words(exc)
+        if reworded is exc:
+            raise
+        raise reworded from exc
+
+
+def in_run_words(exc: WsiSegmentError) -> WsiSegmentError:
+    """`exc`, or a copy whose message names the flow's parameters in a deployment's run
+    (`flows.door_words`): the state's message is what the lab reads."""
+    message = run_words(str(exc))
+    if message == str(exc):
+        return exc
+    reworded = copy.copy(exc)
+    reworded.args = (message,)
+    return reworded

@@ -18,7 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from wsi_segment.errors import ConfigError, DatasetError
-from wsi_segment.pipeline.outputs.output_dir import check_output_name, default_output_name
+from wsi_segment.pipeline.outputs.output_dir import (
+    check_distinct_names,
+    check_output_name,
+    default_output_name,
+)
 from wsi_segment.pipeline.params import SegmentParams
 
 # File suffixes taken as slides when the input is a folder (lower case, compared case-free).
@@ -115,8 +119,11 @@ def read_manifest(csv_path: Path) -> list[BatchItem]:
 
 
 def _is_slide_file(path: Path) -> bool:
+    """A visible entry with a slide suffix that is not a folder. A named pipe, device or
+    socket is kept, so its slide fails with its own error (`wsi.slide` refuses anything but
+    a regular file) instead of being skipped without a word."""
     lower = path.name.lower()
-    return path.is_file() and not lower.startswith(".") and lower.endswith(SLIDE_SUFFIXES)
+    return not path.is_dir() and not lower.startswith(".") and lower.endswith(SLIDE_SUFFIXES)
 
 
 def parse_batch_input(spec: str | Path) -> list[BatchItem]:
@@ -142,7 +149,7 @@ def parse_batch_input(spec: str | Path) -> list[BatchItem]:
             raise DatasetError(f"{path}: the manifest lists no slides")
     elif _GLOB_CHARS.search(text):
         matches = sorted(Path(p) for p in glob.glob(str(path), recursive=True))
-        slides = [p for p in matches if p.is_file()]
+        slides = [p for p in matches if not p.is_dir()]  # a pipe too: its slide says why
         if not slides:
             raise DatasetError(f"{text}: the pattern matches no files")
         items = [BatchItem(p, None, default_output_name(p)) for p in slides]
@@ -158,22 +165,19 @@ def parse_batch_input(spec: str | Path) -> list[BatchItem]:
 
 def check_items(items: list[BatchItem], source: str) -> list[BatchItem]:
     """Refuse missing slides and output-name collisions, all reported at once."""
-    missing = [str(item.slide) for item in items if not item.slide.is_file()]
+    missing = [str(item.slide) for item in items if not item.slide.exists() or item.slide.is_dir()]
     if missing:
         shown = ", ".join(missing[:5]) + (
             f" and {len(missing) - 5} more" if len(missing) > 5 else ""
         )
         raise DatasetError(f"{source}: {len(missing)} slide(s) not found: {shown}")
-    seen: dict[str, BatchItem] = {}
     for item in items:
         check_output_name(item.name, source)
-        key = item.name.casefold()  # case-insensitive file systems would merge these
-        if key in seen:
-            raise ConfigError(
-                f"{source}: {seen[key].slide} and {item.slide} would both write to the output "
-                f"folder {item.name!r}; give one of them another name (manifest 'name' column)"
-            )
-        seen[key] = item
+    check_distinct_names(
+        [(str(item.slide), item.name) for item in items],
+        f"{source}: ",
+        "give one of them another name (manifest 'name' column)",
+    )
     return items
 
 

@@ -13,7 +13,7 @@ import contextlib
 import os
 from pathlib import Path
 
-from wsi_segment.pipeline.inference.decode_pool import SHM_PREFIX
+from wsi_segment.pipeline.inference.shm_rings import SHM_PREFIX
 
 
 def _mapped_shm_inodes() -> set[int]:

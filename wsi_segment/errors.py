@@ -9,6 +9,12 @@ and `models/`, which must not import each other.
 
 from __future__ import annotations
 
+import signal
+
+# Signals that end a run as Ctrl-C does, cleaning up: SIGTERM (schedulers, `timeout`, Docker,
+# Kubernetes) and SIGHUP (the terminal or the ssh session closed). SIGTERM first.
+TERMINATING_SIGNALS: tuple[int, ...] = (signal.SIGTERM, signal.SIGHUP)
+
 
 class WsiSegmentError(Exception):
     """Base of all expected errors; the message is shown to the user as is."""
@@ -49,12 +55,24 @@ class RoiError(ConfigError):
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM (what `timeout`, schedulers, Docker and Kubernetes send) turned into the
-    exception Ctrl-C raises, so it takes the same cleanup path: every `finally`, every
-    wait that survives an interrupt, the partial folder and lock removed. Not a
-    `WsiSegmentError`: a batch must stop on it, not record a failed slide and go on."""
+    """SIGTERM (what `timeout`, schedulers, Docker and Kubernetes send) or SIGHUP (the
+    terminal or ssh session went away) turned into the exception Ctrl-C raises, so it takes
+    the same cleanup path: every `finally`, every wait that survives an interrupt, the
+    partial folder and lock removed. Not a `WsiSegmentError`: a batch must stop on it, not
+    record a failed slide and go on. `signum`: the signal (the CLI exits 128 + signum)."""
+
+    def __init__(self, message: str = "terminated", signum: int = TERMINATING_SIGNALS[0]) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+    def __reduce__(self) -> tuple[object, ...]:  # the signal survives a trip between processes
+        return (type(self), (str(self), self.signum))
+
+    @property
+    def signal_name(self) -> str:
+        return signal.Signals(self.signum).name
 
 
 def raise_terminated(signum: int, frame: object) -> None:
-    """The SIGTERM handler (`signal.signal(signal.SIGTERM, raise_terminated)`)."""
-    raise Terminated(f"terminated by signal {signum}")
+    """The handler of `TERMINATING_SIGNALS` (`signal.signal(signum, raise_terminated)`)."""
+    raise Terminated(f"terminated by signal {signum}", signum)

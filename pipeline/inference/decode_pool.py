@@ -23,7 +23,6 @@ import multiprocessing as mp
 import os
 import pickle
 import queue
-import secrets
 import signal
 import time
 from collections.abc import Sequence
@@ -33,10 +32,15 @@ from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 import numpy as np
 
-from wsi_segment.errors import SlideError, WsiSegmentError, raise_terminated
+from wsi_segment.errors import TERMINATING_SIGNALS, SlideError, WsiSegmentError, raise_terminated
 from wsi_segment.pipeline.inference.chunk_reader import ChunkReader, cut_tiles
 from wsi_segment.pipeline.inference.engine_state import wait_uninterrupted
 from wsi_segment.pipeline.inference.main_guard import check_main_guard
+from wsi_segment.pipeline.inference.shm_rings import (
+    SHM_DIR,
+    remove_abandoned_rings,
+    ring_name,
+)
 from wsi_segment.wsi.tiling import ChunkSpec
 
 if TYPE_CHECKING:
@@ -44,16 +48,7 @@ if TYPE_CHECKING:
     from multiprocessing.queues import Queue
     from multiprocessing.synchronize import Event
 
-SHM_DIR = "/dev/shm"
 JOIN_S = 5.0  # a decoder asked to stop finishes its current read first
-# slot rings are named "<prefix><pid>_<random>": an operator (or a test) can tell whose
-# shared memory an entry in /dev/shm is
-SHM_PREFIX = "wsiseg"
-
-
-def ring_name() -> str:
-    """A fresh shared-memory name owned by this process."""
-    return f"{SHM_PREFIX}{os.getpid()}_{secrets.token_hex(6)}"
 
 
 @dataclass(frozen=True)
@@ -166,6 +161,7 @@ class DecodePool:
 
     def __init__(self, decoders: int) -> None:
         check_main_guard()
+        start_resource_tracker()
         self.started = time.perf_counter()
         self.decoders = decoders
         self.specs: list[ChunkSpec] | None = None  # None until `assign`
@@ -209,6 +205,7 @@ class DecodePool:
         self.specs = list(specs)
         tile = reader.grid.tile
         slot_tiles = max([1, *(len(s.tiles) for s in self.specs)])
+        remove_abandoned_rings()  # rings of killed runs, before this one counts free memory
         slots = ring_slots(self.decoders, slot_tiles * tile * tile * 3)
         self.ring = SlotRing(slots, slot_tiles, tile)
         for slot in range(slots):
@@ -255,6 +252,21 @@ class DecodePool:
             raise first_stop
 
 
+def start_resource_tracker() -> None:
+    """Start multiprocessing's resource tracker (if it is not running) with SIGHUP blocked.
+    It ignores SIGINT and SIGTERM by itself, but a SIGHUP to the process group (an ssh
+    session dropping) would end it, and with it the unlinking of what it tracks: the
+    decoders' queues and semaphores would leak. Blocking SIGHUP in this thread while it
+    starts passes the block on to it (a signal mask survives fork and exec)."""
+    from multiprocessing import resource_tracker
+
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+    try:
+        resource_tracker.ensure_running()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
 @dataclass(frozen=True)
 class DecoderTask:
     """One decoder's share of a run: its band of chunks and where the slot ring lives."""
@@ -282,8 +294,10 @@ def decoder_main(
     """Process body: wait for this decoder's band (the imports are done by then), then read
     each chunk of it, cut its tiles into a free slot and report it. SIGTERM (`timeout`
     signals the whole process group; `close` terminates a decoder that does not stop)
-    raises `Terminated` as Ctrl-C raises KeyboardInterrupt, so the slot ring is closed."""
-    signal.signal(signal.SIGTERM, raise_terminated)
+    raises `Terminated` as Ctrl-C raises KeyboardInterrupt, so the slot ring is closed; so
+    does SIGHUP (the terminal's whole group gets it when the ssh session drops)."""
+    for signum in TERMINATING_SIGNALS:
+        signal.signal(signum, raise_terminated)
     try:
         task = _wait_for(work, stop)
     except KeyboardInterrupt:  # signalled with its parent (a process group): it cleans up

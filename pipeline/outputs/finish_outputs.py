@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -42,6 +41,7 @@ from wsi_segment.pipeline.outputs.roi_outputs import clip_to_rois, roi_class_are
 from wsi_segment.pipeline.outputs.summary import (
     SCHEMA_VERSION,
     class_measurements,
+    command_line,
     software_versions,
     write_summary,
 )
@@ -290,7 +290,7 @@ def _summary(
     return {
         "schema_version": SCHEMA_VERSION,
         "created_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "command": list(origin.command) if origin else sys.argv[:],
+        "command": command_line(origin.command if origin else None),
         "run": dict(origin.details) if origin else None,
         "slide": {
             "path": prep.slide_path,

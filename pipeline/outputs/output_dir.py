@@ -127,6 +127,22 @@ def slide_output_name(slide_path: str, output_name: str | None = None) -> str:
     return name
 
 
+def check_distinct_names(named: list[tuple[str, str]], source: str, fix: str) -> None:
+    """Refuse two slides of one run that would write to the same output folder (`named`:
+    (slide, output name) pairs), naming both: the second would replace the first's results
+    (or be refused as "other parameters"), and the run would still look finished. Names are
+    compared case-free, since case-insensitive file systems would merge them."""
+    seen: dict[str, str] = {}
+    for slide, name in named:
+        key = name.casefold()
+        if key in seen:
+            raise ConfigError(
+                f"{source}{seen[key]} and {slide} would both write to the output folder "
+                f"{name!r}; {fix}"
+            )
+        seen[key] = slide
+
+
 # --- the identity: what decides "up to date" ---
 
 FORMAT_VERSION = 6  # bump when outputs change for the same inputs

@@ -12,13 +12,34 @@ import json
 import math
 import os
 import platform
+import shlex
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-SCHEMA_VERSION = 2  # summary.json's layout: bump when a key moves or changes meaning
+SCHEMA_VERSION = 3  # summary.json's layout: bump when a key moves or changes meaning
+
+
+def command_line(command: Sequence[str] | None) -> str:
+    """The command that repeats a run, as one line a shell runs as it is (`shlex.join`):
+    `command` (a flow run's origin), else this process's (`process_command`)."""
+    return shlex.join(process_command() if command is None else command)
+
+
+def process_command() -> list[str]:
+    """This process's command line, as it can be run again. `python -m
+    wsi_segment.flows.cli` leaves a module's file in `sys.argv[0]`, which repeats nothing,
+    so the interpreter's own command line is taken whenever `sys.argv[0]` is not an
+    executable program."""
+    program = sys.argv[0] if sys.argv else ""
+    if os.path.isfile(program) and os.access(program, os.X_OK) and not program.endswith(".py"):
+        return list(sys.argv)
+    return [sys.executable, *sys.orig_argv[1:]]
+
+
 # Distributions whose versions decide the numbers in the outputs (or how they are read).
 _DISTRIBUTIONS = {
     "wsi-segment": "wsi-segment",

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 from tests.conftest import CMU_SLIDE, DATA_DIR
 
@@ -155,3 +157,40 @@ def test_region_off_the_slide_exits_2_and_skipped_objects_warn_once(tmp_path, ti
     ]
     summary = json.loads((tmp_path / "m" / "CMU-1-Small-Region" / "summary.json").read_text())
     assert [r["name"] for r in summary["rois"]] == ["r"]
+
+
+def test_two_slides_with_one_output_folder_are_refused_up_front(tmp_path, tiny_model_dir):
+    """`a/x.svs b/X.svs` would both write `<out>/x` (case-free: one folder on macOS): with
+    --overwrite the second replaced the first and both said "done". Refused before anything
+    loads, one line naming both files."""
+    for folder, name in (("a", "x.svs"), ("b", "X.svs")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / name).symlink_to(CMU_SLIDE)
+    first, second = str(tmp_path / "a" / "x.svs"), str(tmp_path / "b" / "X.svs")
+    out = tmp_path / "out"
+    result = run_cli(first, second, "--overwrite", "--model", str(tiny_model_dir),
+                     "--out", str(out), "--quiet")  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"error: {first} and {second} would both write to the output folder 'X'; segment "
+        "them in separate calls with different --out folders, or run them with `wsi-segment "
+        "batch` and a manifest whose 'name' column names each one"
+    ]
+    assert result.stdout == "" and not out.exists()
+
+
+def test_summary_command_pastes_into_a_shell_and_repeats_the_run(tmp_path, tiny_model_dir):
+    """summary.json `command` is one shell line, quoted: a path with a space and a quote,
+    pasted as it is into bash, repeats the run (here: reports it up to date)."""
+    slide = tmp_path / "it's a slide.svs"
+    slide.symlink_to(CMU_SLIDE)
+    out = tmp_path / "my out"
+    wsi_segment = str(Path(sys.executable).parent / "wsi-segment")  # the console script
+    argv = [wsi_segment, str(slide), "--model", str(tiny_model_dir), "--out", str(out),
+            "--quiet", "--tissue", "all"]  # fmt: skip
+    first = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr
+    command = json.loads((out / "it's a slide" / "summary.json").read_text())["command"]
+    assert command == shlex.join(argv)
+    again = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and again.stdout.startswith(f"{slide}: up to date")

@@ -218,19 +218,20 @@ def test_nightly_deployment_runs_on_a_live_server_and_worker(
     assert by_key["segment-batch-report"]["type"] == "markdown"
     assert "synth-a" in by_key["segment-batch-report"]["data"]
 
-    # the CLI's warning is a WARNING line of the run on the server
+    # the CLI's warning is a WARNING line of the run on the server, naming the deployment's
+    # parameters where the CLI names its options
     logs = api(url, "POST", "/logs/filter", {"logs": {"flow_run_id": {"any_": [flow_run_id]}}})
     warnings = [log["message"] for log in logs if log["level"] == 30]
     assert [w for w in warnings if "no tissue found" in w] == [
         f"{slides / 'blank.tif'}: no tissue found, so the outputs are empty; check the slide, "
-        "or pass --tissue all to process the whole slide, or --roi FILE.geojson for a region"
+        "or pass `options.tissue=all` to process the whole slide, or `options.roi=FILE.geojson` "
+        "for a region"
     ]
     # summary.json says how to repeat the run: the deployment, with the run's parameters
     summary = json.loads((out / "synth-a" / "summary.json").read_text())
-    assert summary["command"][:5] == [
-        "prefect", "deployment", "run", "segment-batch/nightly", "--params"
-    ]  # fmt: skip
-    assert json.loads(summary["command"][5])["input"] == str(slides)
+    command = shlex.split(summary["command"])
+    assert command[:5] == ["prefect", "deployment", "run", "segment-batch/nightly", "--params"]
+    assert json.loads(command[5])["input"] == str(slides)
     assert summary["run"]["flow_run_id"] == flow_run_id
 
     # the live server turns the cron into scheduled runs at 02:00 UTC

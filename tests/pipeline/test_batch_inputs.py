@@ -118,3 +118,23 @@ def test_missing_and_empty_inputs(tmp_path: Path) -> None:
     empty.write_text("slide\n")
     with pytest.raises(DatasetError, match="lists no slides"):
         parse_batch_input(empty)
+
+
+def test_a_named_pipe_in_a_folder_glob_or_manifest_is_a_slide_that_fails_not_skipped(
+    tmp_path: Path,
+) -> None:
+    """A FIFO named like a slide was left out without a word (`is_file` is False for it): it
+    is listed, so its own run refuses it with a clear error (`wsi.slide`), and a manifest
+    naming one does not call it "not found"."""
+    import os
+
+    folder = tmp_path / "in"
+    a = _touch(folder / "a.svs")
+    pipe = folder / "b.svs"
+    os.mkfifo(pipe)
+    (folder / "c.svs").mkdir()  # a folder named like a slide is not one
+    assert [i.slide for i in parse_batch_input(folder)] == [a, pipe]
+    assert [i.slide for i in parse_batch_input(str(folder / "*.svs"))] == [a, pipe]
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"slide\n{pipe}\n")
+    assert [i.slide for i in parse_batch_input(manifest)] == [pipe]

@@ -299,3 +299,85 @@ def kill_all(proc: subprocess.Popen[str], children: list[psutil.Process]) -> Non
     for child in children:
         with contextlib.suppress(psutil.NoSuchProcess):
             child.kill()
+
+
+def server_processes(pid: int) -> list[psutil.Process]:
+    """The batch's temporary Prefect server: its child in a session of its own."""
+    return [p for p in descendants(pid) if "wsi_segment.flows.local_server" in p.cmdline()]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize(
+    ("sig", "where", "code", "line"),
+    [
+        (signal.SIGINT, [], 130, "error: interrupted"),
+        (signal.SIGTERM, ["--workers", "0", "--decoders", "1"], 143, "error: terminated (SIGTERM)"),
+        (signal.SIGHUP, [], 129, "error: terminated (SIGHUP)"),
+    ],
+    ids=["SIGINT-dask", "SIGTERM-engine", "SIGHUP-dask"],
+)
+def test_a_signal_to_the_batchs_process_group_stops_it_in_seconds(
+    tiny_model_dir: Path, tmp_path: Path, sig: signal.Signals, where: list[str], code: int,
+    line: str,
+) -> None:  # fmt: skip
+    """Ctrl-C in a terminal, SLURM, Kubernetes and a dropped ssh session signal the whole
+    process group. The temporary Prefect server is out of it (its own session), so the
+    batch stops within seconds as when it alone is signalled: the table on stdout, one
+    `error:` line and nothing else on stderr (`--quiet`: no Prefect INFO, no Dask worker
+    traceback; the nanny may warn that it killed a worker busy with a chunk), nothing
+    partial, no process left (the server stopped after the report)."""
+    folder, out = slow_folder(tmp_path), tmp_path / "out"
+    cmd = batch_cmd(
+        folder, tiny_model_dir, out, "--mpp", "0.5", "--concurrency", "1", *SLOW, *where
+    )
+    proc = subprocess.Popen(cmd, cwd=REPO, env=cli_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    wait_for_chunks(proc, out / ".b-cmu.partial")
+    children = descendants(proc.pid)
+    server = server_processes(proc.pid)
+    assert len(server) == 1 and os.getpgid(server[0].pid) != os.getpgid(proc.pid), server
+    t0 = time.monotonic()
+    os.killpg(proc.pid, sig)
+    try:
+        stdout, stderr = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        kill_all(proc, children)
+        proc.communicate()
+        pytest.fail("the batch did not stop within 120 s of the group's signal")
+    took = time.monotonic() - t0
+    assert proc.returncode == code, stderr[-3000:]
+    assert took < 30, took
+    warning = f"warning: {folder / 'a-small.tif'}: no tissue found"
+    nanny = "| WARNING | distributed.nanny - Worker process still alive after"  # a busy worker
+    lines = [ln for ln in stderr.splitlines() if not ln.startswith(warning) and nanny not in ln]
+    assert lines == ["1 done, 0 up-to-date, 0 failed, 1 interrupted, 1 not started", line], stderr
+    assert table_statuses(stdout) == {
+        "a-small.tif": "done",
+        "b-cmu.svs": "interrupted",
+        "c-cmu.svs": "not started",
+    }, stdout
+    assert leftovers(out) == ["a-small"]
+    _, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive, alive
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_batch_under_timeout_stops_when_it_fires(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """`timeout -s TERM 90 wsi-segment batch ...`: when it fires (while the slowed slides
+    run) the batch ends within seconds, 143 (`--preserve-status`), with its table."""
+    folder, out = slow_folder(tmp_path), tmp_path / "out"
+    cmd = batch_cmd(folder, tiny_model_dir, out, "--mpp", "0.5", "--concurrency", "1", *SLOW)
+    t0 = time.monotonic()
+    done = subprocess.run(["timeout", "--preserve-status", "-s", "TERM", "90", *cmd], cwd=REPO,
+                          env=cli_env(), capture_output=True, text=True, timeout=300)  # fmt: skip
+    took = time.monotonic() - t0
+    assert done.returncode == 143, done.stderr[-3000:]
+    assert 90 <= took < 120, took
+    assert "error: terminated (SIGTERM)" in done.stderr.splitlines(), done.stderr[-3000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    statuses = table_statuses(done.stdout)
+    assert set(statuses) == {"a-small.tif", "b-cmu.svs", "c-cmu.svs"}, done.stdout
+    assert statuses["c-cmu.svs"] in ("not started", "interrupted"), statuses
+    assert not [name for name in leftovers(out) if name.endswith((".partial", ".lock"))]

@@ -162,7 +162,7 @@ def test_interrupt_or_terminate_mid_slide(tiny_model_dir, tmp_path, sig):
 
 def our_shared_memory(pid: int) -> list[str]:
     """Entries in /dev/shm that a process made (slot rings are named after its pid)."""
-    from wsi_segment.pipeline.inference.decode_pool import SHM_DIR, SHM_PREFIX
+    from wsi_segment.pipeline.inference.shm_rings import SHM_DIR, SHM_PREFIX
 
     shm = Path(SHM_DIR)
     return sorted(p.name for p in shm.glob(f"{SHM_PREFIX}{pid}_*")) if shm.is_dir() else []

@@ -1,0 +1,172 @@
+"""The temporary Prefect server of `wsi-segment batch`, out of the batch's process group.
+
+Without `PREFECT_API_URL` a flow talks to a temporary local server. Prefect starts its own
+as a child in the caller's process group, so whatever stops a batch through its group
+(Ctrl-C in a terminal, `timeout`, SLURM, Kubernetes, a dropped ssh session) stops that
+server first, and the interrupted flow then retries a dead server for minutes before it
+can report anything. This server runs in a session of its own: a signal to the batch's
+group never reaches it, the batch stops, reports to it, and stops it last (`temporary_server`).
+
+A server outside the group must still never outlive the batch, however the batch ends: it
+reads its stdin, a pipe only the batch holds, and shuts down when that pipe closes, which
+the kernel does when the batch exits for any reason, SIGKILL included.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+from wsi_segment.errors import ConfigError
+
+STOP_S = 5.0  # the most the server is given to shut down before it is killed
+ORPHAN_EXIT_S = 10.0  # the server's own limit once the batch has gone
+ATTEMPTS = 3  # a port taken between choosing it and binding it: try another
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _server_env() -> dict[str, str]:
+    """The environment Prefect gives its own temporary server, and our settings."""
+    from prefect.settings import get_current_settings
+
+    return {
+        **os.environ,
+        "PREFECT_UI_ENABLED": "0",
+        "PREFECT__SERVER_EPHEMERAL": "1",
+        "PREFECT__SERVER_FINAL": "1",
+        **get_current_settings().to_environment_variables(exclude_unset=True),
+    }
+
+
+def _healthy(proc: subprocess.Popen[bytes], url: str, timeout_s: float) -> bool:
+    """Wait for the server at `url` to answer; False if its process ended first."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    with httpx.Client() as client:
+        while time.monotonic() < deadline and proc.poll() is None:
+            with contextlib.suppress(httpx.HTTPError):
+                if client.get(f"{url}/health", timeout=2).status_code == 200:
+                    return True
+            time.sleep(0.1)
+    return False
+
+
+def start_server() -> tuple[subprocess.Popen[bytes], str]:
+    """A temporary server in its own session; returns its process and API URL."""
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
+
+    timeout_s = float(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value())
+    for _ in range(ATTEMPTS):
+        port = _free_port()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "wsi_segment.flows.local_server", str(port)],
+            stdin=subprocess.PIPE,
+            env=_server_env(),
+            start_new_session=True,
+        )
+        url = f"http://127.0.0.1:{port}/api"
+        try:
+            healthy = _healthy(proc, url, timeout_s)
+        except BaseException:  # Ctrl-C while it starts: it must not stay behind
+            stop_server(proc)
+            raise
+        if healthy:
+            return proc, url
+        stop_server(proc)
+    raise ConfigError(
+        f"the temporary Prefect server did not start within {timeout_s:g} s; raise "
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, or run a Prefect server and set "
+        "PREFECT_API_URL (docs/deploy.md)"
+    )
+
+
+def stop_server(proc: subprocess.Popen[bytes]) -> None:
+    """Close its pipe and SIGTERM it, then SIGKILL if it has not ended within STOP_S; a
+    second interrupt meanwhile does not leave it running."""
+    try:
+        if proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                proc.stdin.close()
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
+        proc.wait(timeout=STOP_S)
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        proc.wait()
+        if not isinstance(sys.exc_info()[1], subprocess.TimeoutExpired):
+            raise
+
+
+def _drain_prefect_workers() -> None:
+    """Send the logs and events still queued to the server before it stops (else they
+    are retried against a closed port and reported as errors at exit)."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    with contextlib.suppress(Exception):
+        APILogWorker.drain_all(timeout=STOP_S)
+    with contextlib.suppress(Exception):
+        EventsWorker.drain_all(timeout=STOP_S)
+
+
+@contextlib.contextmanager
+def temporary_server() -> Iterator[str | None]:
+    """While the block runs, Prefect talks to a temporary server of ours (its API URL is
+    yielded), unless `PREFECT_API_URL` names one already (None is yielded)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    if PREFECT_API_URL.value():
+        yield None
+        return
+    proc, url = start_server()
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: url}):
+            try:
+                yield url
+            finally:
+                _drain_prefect_workers()
+    finally:
+        stop_server(proc)
+
+
+def _exit_when_orphaned() -> None:
+    """In the server: once stdin closes (the batch is gone, or asks it to stop), shut
+    down as on SIGTERM, and end at once if that takes too long."""
+    while sys.stdin.buffer.read(65536):
+        pass
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(ORPHAN_EXIT_S)
+    os._exit(0)
+
+
+def main(port: int) -> None:
+    """The server process: Prefect's API app under uvicorn on 127.0.0.1:`port`."""
+    import uvicorn
+
+    threading.Thread(target=_exit_when_orphaned, daemon=True).start()
+    uvicorn.run(
+        "prefect.server.api.server:create_app",
+        factory=True,
+        host="127.0.0.1",
+        port=port,
+        log_level="error",
+        lifespan="on",
+    )
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]))
