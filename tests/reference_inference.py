@@ -68,7 +68,7 @@ def reference_block(job, spec, model) -> tuple[np.ndarray, np.ndarray, np.ndarra
     pipeline.inference.chunk_job.SlideJob; `model` predicts full maps in the job's batches."""
     import torch
 
-    grid, d, s, m = job.grid, job.grid.downsample, job.grid.stride, job.grid.margin
+    d, s, m = job.grid.downsample, job.grid.stride, job.grid.margin
     tiles = list(spec.tiles)
     patches = torch.from_numpy(job.read_tiles(spec)).permute(0, 3, 1, 2)
     seg = np.concatenate(
