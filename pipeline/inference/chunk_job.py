@@ -160,6 +160,7 @@ class SlideJob:
             self.simplify_tolerance,
             self.keep_exact_polygons,
             self.slide_extent_out,
+            cell=self.grid.stride // self.grid.downsample,  # tile cores: chunk-independent
         )
         outcome.bytes_from_model = block.bytes_from_model
         return outcome
