@@ -85,7 +85,8 @@ def read_model_box(
     Pixels outside the slide come back white (the slide reader guarantees it). `reader`
     replaces the direct level read (e.g. `wsi.tile_reuse.TileReuse`); same pixels.
     """
-    return read_model_tiles(slide, [box_model], level0_per_model, level, reader)[0]
+    image: np.ndarray = read_model_tiles(slide, [box_model], level0_per_model, level, reader)[0]
+    return image
 
 
 def read_model_tiles(

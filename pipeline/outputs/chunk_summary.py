@@ -51,9 +51,10 @@ def slide_area_px(outcomes: Iterable[ChunkOutcome], extent: tuple[float, float])
     `extent` output px: pixels count whole, but those of the last column and row only for
     their part on the slide. From integer totals, so the same whatever the chunking."""
     outcomes = list(outcomes)
-    counts = np.sum([o.counts for o in outcomes], axis=0, dtype=np.int64)
+    counts = np.zeros(len(outcomes[0].counts), np.int64)
     edges = np.zeros((3, len(counts)), np.int64)
     for o in outcomes:
+        counts += o.counts
         if o.edge_counts is not None:
             edges += o.edge_counts
     fx, fy = (e - (math.ceil(e) - 1) for e in extent)  # the last column's and row's share
