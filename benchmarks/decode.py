@@ -140,7 +140,7 @@ def run_device(job: dict, device_name: str) -> tuple[int, float, str]:
         grid=p.grid,
     )
     device = torch.device(device_name)
-    found = open_device_tiles(reader, device)
+    found = open_device_tiles(reader, device, "nvjpeg" if device.type == "cuda" else "libjpeg")
     if not isinstance(found, DeviceTiles):
         return 0, 0.0, found.reason
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)

@@ -133,12 +133,17 @@ def run_engine_once(slide: Path, model_dir: Path, args: argparse.Namespace, n: i
     from wsi_segment.pipeline.inference.decoder_reads import DecoderProcesses
     from wsi_segment.pipeline.inference.engine import run_engine
     from wsi_segment.pipeline.inference.engine_state import EngineStats
+    from wsi_segment.pipeline.machine import probe_machine
+    from wsi_segment.pipeline.params import SegmentParams
+    from wsi_segment.pipeline.run_policy import decide
 
+    # the writers a run with n decoders gets on this machine (the run policy's)
+    writers = decide(probe_machine(), SegmentParams(decoders=n)).writers.value
     with tempfile.TemporaryDirectory(dir=args.work) as tmp:
         job, specs = engine_job(slide, model_dir, args, Path(tmp) / "p.zarr")
         stats = EngineStats()
         t0 = time.perf_counter()
-        run_engine(job, specs, DecoderProcesses(n), stats=stats)
+        run_engine(job, specs, DecoderProcesses(n), stats=stats, writers=writers)
         return stats, time.perf_counter() - t0
 
 

@@ -72,10 +72,12 @@ def _runners(prep: Any, threads: int) -> dict[str, Callable[[Any], dict[str, Any
     from wsi_segment.pipeline.inference.engine_state import EngineStats
     from wsi_segment.pipeline.inference.read_source import ReadSource
     from wsi_segment.pipeline.inference.reader_thread import HostTiles, ReaderThread
+    from wsi_segment.pipeline.segment import local_policy
 
     def engine(job: Any, source: ReadSource) -> dict[str, Any]:
         stats = EngineStats()
-        run_engine(job, prep.specs, source, stats=stats, computes=threads)
+        writers = local_policy(prep).writers.value  # as a run on this machine
+        run_engine(job, prep.specs, source, stats=stats, writers=writers, computes=threads)
         batches = stats.chunks_per_batch
         return {"batches": len(batches), "computes": stats.computes, "writers": stats.writers}
 
@@ -97,7 +99,7 @@ def section_engine(
     thread / decoders."""
     from wsi_segment.pipeline.params import SegmentParams
     from wsi_segment.pipeline.prepare import prepare
-    from wsi_segment.pipeline.segment import create_stores, slide_job
+    from wsi_segment.pipeline.segment import create_stores, local_policy, slide_job
 
     size = args.size or 12288
     slide, writer = make_slide(
@@ -128,7 +130,7 @@ def section_engine(
                 for k, (name, run) in enumerate(runners.items()):
                     store = Path(tmp) / f"{rep}-{k}.zarr"
                     create_stores(prep, store)
-                    job = slide_job(prep, store, "cpu")
+                    job = slide_job(prep, store, local_policy(prep).batch_size.value)
                     c0, t0 = os.times(), time.perf_counter()
                     extra[name] = run(job)
                     walls[name].append(time.perf_counter() - t0)

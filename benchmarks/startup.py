@@ -59,7 +59,7 @@ def measure(slide: Path, model_dir: Path, args: argparse.Namespace) -> dict[str,
     stats = EngineStats()
     with tempfile.TemporaryDirectory(dir=args.work) as tmp:
         t0 = time.perf_counter()
-        prep = prepare(slide, tmp, params, decoders=args.decoders)
+        prep = prepare(slide, tmp, params, early=True)
         prepared = time.perf_counter() - t0
         try:
             infer(prep, Path(tmp), progress=StopAfterFirstChunk(), stats=stats)

@@ -3,8 +3,11 @@ baseline, and scoring on part of a split (for the slow Score-CAM)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
+from PIL import Image
 
 from wsi_segment.models.background import background_mask
 from wsi_segment.models.cams import activation_maps
@@ -25,6 +28,8 @@ from wsi_segment.pipeline.training.metrics import ConfusionMatrix
 from wsi_segment.pipeline.training.recipes import make_optimizer
 from wsi_segment.pipeline.training.train_classifier import schedule_lrs, seeded, to_input
 from wsi_segment.pipeline.training.train_segmenter import SegmenterConfig, validate
+from wsi_segment.synthetic.dataset import BACKGROUND, SyntheticSpec, random_label_map
+from wsi_segment.synthetic.slides import CLASS_NAMES, render_tissue
 
 
 def cam_predictor(
@@ -110,3 +115,27 @@ def score_head(
         (pred,) = predict(load_batch([it.image for it in chunk]), gt)
         cm.update(np.asarray(pred), gt.numpy())
     return cm
+
+
+def exact_train_items(ds: WsssDataset, spec: SyntheticSpec, out: Path) -> list[MaskItem]:
+    """The weak model's own training patches with their exact masks, written to `out`, so the
+    fully supervised baseline trains on the same images. The generator draws every patch's
+    label map but writes only its labels for train/: the draw is replayed from the spec's
+    seed, and each replayed image must equal the saved one (a changed generator fails here
+    instead of pairing images with wrong masks)."""
+    rng = np.random.default_rng(np.random.SeedSequence(spec.seed).spawn(3)[0])  # train's
+    by_stem = {t.image.name.split("-[")[0]: t.image for t in ds.train_items()}
+    out.mkdir(parents=True, exist_ok=True)
+    items = []
+    for i in range(spec.n_train):
+        labels = random_label_map(spec.size, rng, spec.background_prob)
+        rgb = render_tissue(labels, rng)
+        image = by_stem[f"syn{spec.seed}-train-{i:05d}"]
+        with Image.open(image) as im:
+            if not np.array_equal(np.asarray(im.convert("RGB")), rgb):
+                raise RuntimeError(f"{image}: the replayed patch differs; the generator changed")
+        mask = np.where(labels == BACKGROUND, len(CLASS_NAMES), labels).astype(np.uint8)
+        path = out / f"{image.stem}.png"
+        Image.fromarray(mask, mode="L").save(path)
+        items.append(MaskItem(image, path))
+    return items

@@ -6,7 +6,7 @@ the weakly supervised segmenter, a fully supervised baseline, and the gap betwee
         [--heads cam,pcam,lficam] [--heads-recipes default] [--heads-starts scratch]
         [--scorecam-patches 16] [--pda-schedule paper|official]
         [--cls-output-stride 16] [--dropout 0.5] [--lr LR] [--threads 1] [--work DIR]
-        [--full-from OTHER_WORK/results.json]
+        [--fs-images same|other] [--full-from OTHER_WORK/results.json]
 
 For each seed (its own synthetic data set and training seed), each recipe and each start
 (random weights, or encoders pretrained once on another synthetic task by
@@ -17,10 +17,14 @@ pseudo masks from the true patch labels per CAM method (CAM, Grad-CAM at each de
 Score-CAM of the PDA classifier; CAM of the CAM and PCAM heads, LFI-CAM of the LFI-CAM head,
 each head trained with the same recipe, in `--heads-recipes` x `--heads-starts` only), the
 segmenter with and without the gate, and
-DeepLabV3+ on exact masks of as many patches for as many epochs with the default recipe
-(once per seed and start, shared by both recipes; `--full-from` takes it from another run
-beside this one that differs only in WSSS settings, e.g. `--dropout`). Prints one table of mean (min-max) over
-seeds; results.json in the work folder keeps every run and lets an interrupted run go on.
+DeepLabV3+ on exact masks of the same training patches (`--fs-images same`, the default; `other`:
+as many patches of another data seed, as runs before 2026-11-24 evening did) for as many epochs
+with the default recipe (once per seed and start, shared by both recipes; `--full-from` takes it
+from another run beside this one that differs only in WSSS settings, e.g. `--dropout`). Both
+segmenters keep their best epoch on the val split, and are scored on val too: decide settings
+(budget, dropout, recipe) by the val rows, and read the test rows only for the result. Prints
+one table of mean (min-max) over seeds; results.json in the work folder keeps every run and
+lets an interrupted run go on.
 """
 
 from __future__ import annotations
@@ -41,13 +45,14 @@ if str(ROOT) not in sys.path:
 
 from benchmarks.wsss_parts import (  # noqa: E402
     cam_predictor,
+    exact_train_items,
     score_head,
     seg_predictor,
     train_fully_supervised,
 )
 from benchmarks.wsss_pretrain import pretrain_encoder  # noqa: E402
 from wsi_segment.models.heads import DEFAULT_DROPOUT, PDA_SCHEDULES  # noqa: E402
-from wsi_segment.pipeline.training.datasets import WsssDataset, open_dataset  # noqa: E402
+from wsi_segment.pipeline.training.datasets import MaskItem, WsssDataset, open_dataset  # noqa: E402
 from wsi_segment.pipeline.training.evaluate import pseudo_predictor, score_split  # noqa: E402
 from wsi_segment.pipeline.training.make_pseudo_masks import make_pseudo_masks  # noqa: E402
 from wsi_segment.pipeline.training.train_classifier import train_classifier  # noqa: E402
@@ -63,6 +68,9 @@ CPU = torch.device("cpu")
 #: Pseudo-mask method of each extra head: what that head exists for.
 HEAD_METHODS = {"cam": "cam", "pcam": "cam", "lficam": "lficam"}
 WSSS, FULL = "WSSS segmenter, gate", "fully supervised DeepLabV3+"
+WSSS_VAL, FULL_VAL = f"{WSSS}, val (decide by)", f"{FULL}, val (decide by)"
+#: gap rows: name -> (fully supervised row, weakly supervised row)
+GAPS = {"gap (fully - weakly)": (FULL, WSSS), "gap on val (decide by)": (FULL_VAL, WSSS_VAL)}
 
 
 def train_config(args: argparse.Namespace, data: Path, seed: int, recipe: str, weights: Path | None) -> TrainConfig:  # fmt: skip
@@ -120,6 +128,7 @@ def run_config(ds: WsssDataset, cfg: TrainConfig, work: Path, args: argparse.Nam
     rows["WSSS segmenter, no gate"] = (
         100 * score_split(ds, "test", seg_predictor(seg))[0].scores().miou
     )
+    rows[WSSS_VAL] = 100 * score_split(ds, "val", seg_predictor(seg, clf))[0].scores().miou
     return rows
 
 
@@ -136,7 +145,7 @@ def table(results: dict[str, dict[str, float]], configs: list[str], seeds: list[
     for key in results:
         names += [n for n in results[key] if n not in names and n != "seconds"]
     lines = ["| measure | " + " | ".join(configs) + " |", "|---" * (1 + len(configs)) + "|"]
-    for name in [*names, "gap (fully - weakly)", "seeds done"]:
+    for name in [*names, *GAPS, "seeds done"]:
         cells = []
         for c in configs:
             runs = [(s, results.get(f"{c} seed {s}")) for s in seeds]
@@ -144,13 +153,16 @@ def table(results: dict[str, dict[str, float]], configs: list[str], seeds: list[
             if name == "seeds done":
                 cells.append(",".join(str(s) for s, _ in done) or "-")
                 continue
-            if name == FULL or name.startswith("gap"):
+            if name in (FULL, FULL_VAL) or name in GAPS:
+                full, weak = GAPS.get(name, (name, ""))
                 start = c.split(" / ")[1]
-                fulls = {s: results.get(f"full / {start} seed {s}", {}).get(FULL) for s, _ in done}
-                if name == FULL:
-                    vals = [v for v in fulls.values() if v is not None]
+                fulls = {s: results.get(f"full / {start} seed {s}", {}).get(full) for s, _ in done}
+                if name in GAPS:
+                    vals = [
+                        f - r[weak] for s, r in done if (f := fulls[s]) is not None and weak in r
+                    ]
                 else:
-                    vals = [f - r[WSSS] for s, r in done if (f := fulls[s]) is not None]
+                    vals = [v for v in fulls.values() if v is not None]
             else:
                 vals = [r[name] for _, r in done if name in r]
             cells.append(spread(vals) if vals else "-")
@@ -158,21 +170,27 @@ def table(results: dict[str, dict[str, float]], configs: list[str], seeds: list[
     return "\n".join(lines)
 
 
-def seed_data(args: argparse.Namespace, work: Path, seed: int) -> tuple[WsssDataset, WsssDataset]:
-    """The seed's weakly labelled set and an exactly masked train set of the same size."""
+def seed_data(args: argparse.Namespace, work: Path, seed: int) -> tuple[WsssDataset, WsssDataset, list[MaskItem]]:  # fmt: skip
+    """The seed's weakly labelled set, and the fully supervised baseline's training patches
+    with exact masks (and the set that reads them): the same patches (`--fs-images same`), or
+    as many of another data seed (`other`)."""
     data_seed = args.data_seed + seed
-    ds_root = make_synthetic_dataset(
-        work / "data", SyntheticSpec(args.train, 30, args.test, args.size, data_seed)
-    )
+    spec = SyntheticSpec(args.train, 30, args.test, args.size, data_seed)
+    ds = open_dataset(make_synthetic_dataset(work / "data", spec))
+    if args.fs_images == "same":
+        return ds, ds, exact_train_items(ds, spec, work / "train-masks")
     fs_root = make_synthetic_dataset(
         work / "fs", SyntheticSpec(1, args.train, 1, args.size, data_seed + 1000)
     )
-    return open_dataset(ds_root), open_dataset(fs_root)
+    fs = open_dataset(fs_root)
+    return ds, fs, fs.mask_items("val")
 
 
 #: Options the fully supervised baseline depends on: runs equal in these share it.
 FULL_ARGS = ("train", "test", "size", "batch_size", "seg_epochs", "lr", "lr_schedule", "encoder",
-             "data_seed", "pretrain_patches", "pretrain_epochs", "pretrain_size")  # fmt: skip
+             "data_seed", "pretrain_patches", "pretrain_epochs", "pretrain_size", "fs_images")  # fmt: skip
+#: What `--fs-images` was in runs whose results.json predates the option.
+FS_IMAGES_BEFORE = "other"
 
 
 def shared_full(path: Path | None, args: argparse.Namespace, key: str) -> dict[str, float] | None:
@@ -181,7 +199,8 @@ def shared_full(path: Path | None, args: argparse.Namespace, key: str) -> dict[s
     if path is None or not path.is_file():
         return None
     doc = json.loads(path.read_text())
-    differ = [a for a in FULL_ARGS if doc["args"].get(a) != getattr(args, a)]
+    their = {"fs_images": FS_IMAGES_BEFORE} | doc["args"]
+    differ = [a for a in FULL_ARGS if their.get(a) != getattr(args, a)]
     if differ:
         raise SystemExit(f"error: {path}: its run differs in {differ}; drop --full-from")
     row: dict[str, float] | None = doc["results"].get(key)
@@ -219,6 +238,13 @@ def parse() -> argparse.Namespace:
     p.add_argument("--pretrain-epochs", type=int, default=4)
     p.add_argument("--pretrain-size", type=int, default=112)
     p.add_argument("--data-seed", type=int, default=11, help="data of seed s: data seed + s")
+    p.add_argument(
+        "--fs-images",
+        choices=("same", "other"),
+        default="same",
+        help="the fully supervised baseline trains on the weak model's own patches with exact "
+        "masks (same), or on as many patches of data seed + 1000 (other: runs before this option)",
+    )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--work", type=Path, default=None)
     p.add_argument(
@@ -241,9 +267,13 @@ def main() -> None:
     t0 = time.time()
     work: Path = args.work or Path(tempfile.mkdtemp(prefix="wsss-bench-"))
     store = work / "results.json"
-    results: dict[str, dict[str, float]] = (
-        json.loads(store.read_text())["results"] if store.is_file() else {}
-    )
+    before = json.loads(store.read_text()) if store.is_file() else {"args": {}, "results": {}}
+    was = before["args"].get("fs_images", FS_IMAGES_BEFORE if before["results"] else None)
+    if was not in (None, args.fs_images):
+        raise SystemExit(
+            f"error: {store}: its baselines used --fs-images {was}; give that, or another --work"
+        )
+    results: dict[str, dict[str, float]] = before["results"]
     weights = None
     if "pretrained" in args.starts:
         weights = pretrain_encoder(
@@ -269,7 +299,7 @@ def main() -> None:
         w = weights if start == "pretrained" else None
         for recipe in args.recipes:
             for seed in args.seeds:
-                ds, fs = data[seed]
+                ds, fs, fs_items = data[seed]
                 key = f"{recipe} / {start} seed {seed}"
                 if key not in results:
                     t = time.time()
@@ -283,9 +313,10 @@ def main() -> None:
                 elif key not in results:
                     t = time.time()
                     scfg = segmenter_config(train_config(args, ds.root, seed, "default", w))
-                    sfs = train_fully_supervised(fs, fs.mask_items("val"), scfg, val=ds)
+                    sfs = train_fully_supervised(fs, fs_items, scfg, val=ds)
                     miou = score_split(ds, "test", seg_predictor(sfs))[0].scores().miou
-                    save(key, {FULL: 100 * miou}, t)
+                    val = score_split(ds, "val", seg_predictor(sfs))[0].scores().miou
+                    save(key, {FULL: 100 * miou, FULL_VAL: 100 * val}, t)
     print()
     print(table(results, configs, args.seeds))
     print(
@@ -293,7 +324,9 @@ def main() -> None:
         f"batch {args.batch_size}, classifier {args.epochs} epochs, segmenters "
         f"{args.seg_epochs} epochs, encoder {args.encoder} (classifier output stride {args.cls_output_stride}, PDA schedule "
         f"{args.pda_schedule}), lr schedule {args.lr_schedule}, dropout {args.dropout}; fully "
-        "supervised: default recipe, one per seed and start, shared by both recipes; heads "
+        f"supervised: default recipe, on {'the same patches' if args.fs_images == 'same' else 'patches of data seed + 1000'} "
+        "with exact masks, one per seed and start, shared by both recipes; both segmenters keep "
+        "their best val epoch: decide by the val rows; heads "
         f"{','.join(args.heads)} trained in {sorted(extra)} only; "
         f"* Score-CAM on the first {args.scorecam_patches} test patches only; "
         f"{args.threads} threads, {time.time() - t0:.0f} s"

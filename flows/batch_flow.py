@@ -3,7 +3,8 @@
 Slides run concurrently up to `concurrency` (threads of this process, each driving one
 slide's stage tasks); their chunks all go to one Dask cluster, or, on a machine with one
 GPU (or `workers=0`), run in this process: on a GPU through the engine, where the
-slides in flight share the machine's decoder processes (`pipeline.params.shared_decoders`)
+slides in flight share the machine's decoder processes (the run policy's `decoders`, for
+`RunFacts.at_once` slides: `pipeline.run_policy`)
 and their consumers take turns on the one model (one forward pass at a time), so the next
 slide's tissue detection, planning and first decodes overlap this slide's inference and
 its outputs the next one's. A slide that fails is
@@ -19,7 +20,6 @@ failures alone leave it Completed, with a WARNING line each.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +34,7 @@ from prefect.states import Failed, State  # noqa: E402
 
 from wsi_segment.errors import ConfigError, WsiSegmentError  # noqa: E402
 from wsi_segment.flows.batch_interrupt import stopped_result, wait_for_slides  # noqa: E402
-from wsi_segment.flows.dask_cluster import dask_client, gpu_count  # noqa: E402
+from wsi_segment.flows.dask_cluster import dask_client  # noqa: E402
 from wsi_segment.flows.run_log import (  # noqa: E402
     log_slide_warnings,
     pipeline_warnings_to_run_log,
@@ -56,12 +56,9 @@ from wsi_segment.pipeline.known_failures import (  # noqa: E402
     known_failures,
     settle_records,
 )
-from wsi_segment.pipeline.params import (  # noqa: E402
-    SegmentParams,
-    gpu_expected,
-    run_decoders,
-    shared_decoders,
-)
+from wsi_segment.pipeline.machine import probe_machine  # noqa: E402
+from wsi_segment.pipeline.params import SegmentParams  # noqa: E402
+from wsi_segment.pipeline.run_policy import engine_in_process  # noqa: E402
 from wsi_segment.pipeline.segment import SlideResult, up_to_date_result  # noqa: E402
 from wsi_segment.pipeline.up_to_date import ModelFiles, model_files  # noqa: E402
 
@@ -90,16 +87,19 @@ def slide_task(
     client: Client | None,
     index: int = 0,
     watch: SlideWatch | None = None,
+    at_once: int = 1,
 ) -> SlideOrFailed:
     """One slide's stages; any error becomes a "failed" result so the batch goes on, handed
     back in a Failed state, so the slide's task shows what its stage task shows. `watch`
-    (the batch's) may stop the slide: its time limit, or an interrupt."""
+    (the batch's) may stop the slide: its time limit, or an interrupt. `at_once`: slides in
+    flight in this process (their run policies share its decoders out)."""
     t0 = time.perf_counter()
     watch = watch or SlideWatch(None)
     error: Exception
     try:
         with watch.running(index):
-            return run_slide_stages(str(item.slide), out, params_for(item, params), client)
+            slide_params = params_for(item, params)
+            return run_slide_stages(str(item.slide), out, slide_params, client, at_once)
     except SlideStopped as exc:
         stopped = stopped_result(item, exc, watch.timeout_s, time.perf_counter() - t0)
         if stopped.status != "failed":
@@ -138,20 +138,6 @@ def finished_slides(
     return done
 
 
-def chunks_in_process(dask_address: str | None, workers: int | None, device: str) -> bool:
-    """Whether the slides' chunks run in this process rather than on a Dask cluster: with
-    `workers=0`, and by default on a machine with one GPU: this process runs the engine
-    (one consumer for the device, decoders on every core) as a cluster's single GPU
-    worker would, without a cluster's start-up, and the slides in flight share its one
-    loaded model. Several GPUs keep one worker each (each runs bands of chunks through the
-    engine, `pipeline.inference.band_runner`)."""
-    if dask_address:
-        return False
-    if workers is not None:
-        return workers == 0
-    return gpu_expected(device) and gpu_count() == 1
-
-
 def _dask_context(
     dask_address: str | None, workers: int | None, in_process: bool
 ) -> contextlib.AbstractContextManager[Client | None]:
@@ -159,19 +145,6 @@ def _dask_context(
     if in_process:
         return contextlib.nullcontext(None)
     return dask_client(dask_address, workers)
-
-
-def slide_params(params: SegmentParams, slides: int) -> SegmentParams:
-    """The parameters of each of `slides` slides in flight in this process: the decoder
-    processes shared out (`--decoders`, if given, stays as it is). Whether the model will be
-    on a GPU is guessed before torch is imported; a wrong guess only costs speed. Params the
-    share leaves as a lone slide's stay as they are, so summary.json records what a plain
-    run of that slide records."""
-    device_type = "cuda" if gpu_expected(params.device) else "cpu"
-    decoders = shared_decoders(params.decoders, device_type, slides)
-    if decoders == run_decoders(params.decoders, device_type):
-        return params
-    return dataclasses.replace(params, decoders=decoders)
 
 
 @flow(name="segment-batch")
@@ -208,9 +181,9 @@ def segment_batch(
     items = parse_batch_input(input)
     params = make_params(model_dir, options, origin=flow_run_origin())
     logger.info("%d slide(s) from %s -> %s", len(items), input, out)
-    in_process = chunks_in_process(dask_address, workers, params.device)
-    if in_process:
-        params = slide_params(params, min(concurrency, max(1, len(items))))
+    in_process = engine_in_process(probe_machine(), params, workers, dask_address).value
+    # the slides in flight in this process share its decoders (each slide's run policy)
+    at_once = min(concurrency, max(1, len(items))) if in_process else 1
     model = model_files(params)
     finished = finished_slides(items, out, params, model)
     if finished:
@@ -229,6 +202,7 @@ def segment_batch(
             watch = stack.enter_context(SlideWatch(slide_timeout))
             with pool as runner:
                 common = {"out": out, "params": params, "client": client, "watch": watch}
+                common["at_once"] = at_once
                 futures = {
                     i: runner.submit(slide_task, {"item": items[i], "index": i, **common})
                     for i in todo

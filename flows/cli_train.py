@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from wsi_segment.models.cam_methods import CAM_METHODS, DEFAULT_CAM_METHOD
+from wsi_segment.models.cam_methods import DEFAULT_CAM_METHOD, PSEUDO_MASK_METHODS
 from wsi_segment.models.head_names import HEAD_NAMES
 
 if TYPE_CHECKING:
@@ -31,7 +31,10 @@ def add_parser(
     p.add_argument("--out", required=True, type=Path, help="model folder to write")
     p.add_argument("--epochs", type=int, default=20, help="stage-1 classifier epochs (default 20)")
     p.add_argument(
-        "--seg-epochs", type=int, default=None, help="stage-3 segmenter epochs (default: --epochs)"
+        "--seg-epochs",
+        type=int,
+        default=None,
+        help="stage-3 segmenter epochs (default: --epochs; --recipe official: 30)",
     )
     p.add_argument(
         "--encoder", default="resnet18", help="classifier backbone, timm name (default resnet18)"
@@ -39,27 +42,31 @@ def add_parser(
     p.add_argument(
         "--seg-encoder", default=None, help="segmenter encoder (default: same as --encoder)"
     )
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=None, help="default 16; --recipe official: 20")
     p.add_argument("--head", choices=HEAD_NAMES, default=HEAD_NAMES[0])
     p.add_argument(
         "--cam-method",
-        choices=tuple(CAM_METHODS),
+        choices=PSEUDO_MASK_METHODS,
         default=DEFAULT_CAM_METHOD,
         help="stage-2 pseudo masks from: gradcam (Grad-CAM at the three depths, the paper's; "
         "default), cam (the head's class maps, deepest features: the three masks are equal), "
         "scorecam (Score-CAM at the three depths; one classifier forward pass per channel, "
-        "hundreds of times Grad-CAM's cost), lficam (needs --head lficam). PCAM is a head: "
-        "--head pcam, with any method but lficam",
+        "hundreds of times Grad-CAM's cost), lficam (needs --head lficam), scorecam-ref (Score-CAM "
+        "as its reference code: softmax scores, no baseline). PCAM is a head: --head pcam, with "
+        "any method but lficam; --head lficam-ref is LFI-CAM's reference head",
     )
     p.add_argument("--device", default="auto", help="auto (GPU if present), cpu, cuda, cuda:N")
     p.add_argument(
         "--recipe",
-        choices=("default", "paper"),
+        choices=("default", "paper", "official"),
         default=None,
         help="default: AdamW lr 1e-3, wd 1e-4, BatchNorm training; paper: the official code's "
-        "SGD lr 0.01 (2x biases, 10x new layers), wd 5e-4, BatchNorm frozen in stage 1, stage-3 "
-        "blur, official loss, ungated validation (default, per stage: paper where the encoder "
-        "starts from --pretrained / --seg-pretrained weights, else default)",
+        "SGD lr 0.01 (2x biases, 10x new layers), momentum 0.9, wd 5e-4, BatchNorm frozen in "
+        "stage 1, stage-3 blur, official loss, ungated validation; official: the official "
+        "code's training as far as this architecture allows: paper with the stage-1 momentum "
+        "5e-4 it really trains with, and --batch-size 20 --seg-epochs 30 --pda-schedule "
+        "official --classifier-output-stride 8 unless given (default, per stage: paper where "
+        "the encoder starts from --pretrained / --seg-pretrained weights, else default)",
     )
     p.add_argument(
         "--pretrained",
@@ -70,7 +77,9 @@ def add_parser(
     p.add_argument(
         "--seg-pretrained",
         default=None,
-        help="segmenter (DeepLabV3+) encoder weights, as --pretrained",
+        help="segmenter (DeepLabV3+) encoder weights, as --pretrained; a file holding a whole "
+        "smp DeepLabV3+ state dict starts its encoder, ASPP and decoder (and its last layer "
+        "when the class count agrees)",
     )
     p.add_argument("--lr", type=float, default=None, help="base learning rate (default: recipe's)")
     p.add_argument(
@@ -90,6 +99,12 @@ def add_parser(
         action=argparse.BooleanOptionalAction,
         default=None,
         help="weight decay on biases too (default: recipe's; paper: none on stage-1 biases)",
+    )
+    p.add_argument(
+        "--momentum",
+        type=float,
+        default=None,
+        help="SGD momentum in both stages (default: recipe's; AdamW ignores it)",
     )
     p.add_argument(
         "--seg-blur",
@@ -145,8 +160,9 @@ def add_parser(
         "--classifier-output-stride",
         type=int,
         choices=(8, 16, 32),
-        default=16,
-        help="stage-1 backbone output stride: 8 gives finer CAMs at ~3x the compute (default 16)",
+        default=None,
+        help="stage-1 backbone output stride: 8 gives finer CAMs at ~3x the compute (default "
+        "16; --recipe official: 8)",
     )
     p.add_argument(
         "--dropout",
@@ -157,9 +173,10 @@ def add_parser(
     p.add_argument(
         "--pda-schedule",
         choices=("paper", "official"),
-        default="paper",
+        default=None,
         help="PDA schedule: paper (sigma 0.985, floor 0.65, 3 warm-up epochs, no decay during "
-        "warm-up; default) or official (the official code's: sigma 0.98, decays from epoch 0)",
+        "warm-up; default) or official (the official code's: sigma 0.98, decays from epoch 0; "
+        "--recipe official's)",
     )
     p.add_argument("--pda-sigma", type=float, default=None, help="replace the schedule's sigma")
     p.add_argument("--pda-floor", type=float, default=None, help="replace the schedule's floor")
@@ -201,6 +218,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         bias_lr_mult=args.bias_lr_mult,
         head_lr_mult=args.head_lr_mult,
         bias_weight_decay=args.bias_weight_decay,
+        momentum=args.momentum,
         seg_blur=args.seg_blur,
         seg_vflip=args.seg_vflip,
         seg_loss=args.seg_loss,

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from wsi_segment.errors import ConfigError
 from wsi_segment.flows.allocator import worker_environment
+from wsi_segment.pipeline.machine import probe_machine
 
 if TYPE_CHECKING:  # distributed is imported when a cluster is used
     from distributed import Client, SpecCluster
@@ -29,15 +30,6 @@ class ClusterPlan:
     n_workers: int
     threads_per_worker: int
     gpus: tuple[int, ...] = ()
-
-
-def gpu_count() -> int:
-    """Visible CUDA devices; 0 without CUDA. Imported lazily: torch is slow to import."""
-    if os.environ.get("CUDA_VISIBLE_DEVICES", None) == "":
-        return 0
-    import torch
-
-    return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
 
 
 def plan_local_cluster(
@@ -58,7 +50,7 @@ def plan_local_cluster(
     if threads is not None and threads < 1:
         raise ConfigError(f"threads per worker must be >= 1 (got {threads})")
     cpus = n_cpus if n_cpus is not None else (os.cpu_count() or 1)
-    gpus = gpu_count() if n_gpus is None else n_gpus
+    gpus = len(probe_machine().gpus) if n_gpus is None else n_gpus
     if gpus > 0:
         n = min(workers, gpus) if workers else gpus
         per = threads or max(2, cpus // n)

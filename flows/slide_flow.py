@@ -78,11 +78,16 @@ def stage_task(name: str) -> Callable[[Callable[P, R]], Task[P, R]]:
 
 @stage_task("open-and-tissue")
 def open_and_tissue(
-    slide_path: str, out_root: str | Path, params: SegmentParams, local: bool = True
+    slide_path: str,
+    out_root: str | Path,
+    params: SegmentParams,
+    local: bool = True,
+    at_once: int = 1,
 ) -> PreparedSlide:
     """Stage 1: open the slide and model, detect tissue, plan the chunks; a local run starts
-    reading as the CLI's does (`pipeline.segment.prepare_stage`)."""
-    return segment.prepare_stage(slide_path, out_root, params, local=local)
+    reading as the CLI's does (`pipeline.segment.prepare_stage`; `at_once`: the slides in
+    flight in this process, which share its decoders)."""
+    return segment.prepare_stage(slide_path, out_root, params, local=local, at_once=at_once)
 
 
 @stage_task("inference")
@@ -102,15 +107,20 @@ def polygons_and_outputs(
 
 
 def run_slide_stages(
-    slide_path: str, out_root: str, params: SegmentParams, client: Client | None = None
+    slide_path: str,
+    out_root: str,
+    params: SegmentParams,
+    client: Client | None = None,
+    at_once: int = 1,
 ) -> SlideResult:
     """`pipeline.segment.run_stages` with the stage tasks above, then the slide's artifacts.
-    `client`: the Dask cluster the chunks run on (None: this process).
+    `client`: the Dask cluster the chunks run on (None: this process, where `at_once`
+    slides are in flight).
 
     Returns a `pipeline.segment.SlideResult`; raises what the stage sequence raised.
     """
     stages = segment.Stages(
-        prepare=lambda path, root, p: open_and_tissue(path, root, p, client is None),
+        prepare=lambda path, root, p: open_and_tissue(path, root, p, client is None, at_once),
         infer=lambda prep, work_dir: inference(prep, work_dir, client),
         finish=polygons_and_outputs,
     )

@@ -21,7 +21,9 @@ from wsi_segment.errors import ConfigError
 class CamMethod:
     """One method. `any_tap`: maps at every tapped depth (else the deepest only, the features
     its weights read); `head`: the classifier head it needs (None: any); `relu`: whether its
-    maps are ReLU'd before the pseudo masks' joint min-max; `cost`: passes per patch."""
+    maps are ReLU'd before the pseudo masks' joint min-max; `cost`: passes per patch;
+    `per_class`: False for a class-agnostic map (the same for every class), which cannot
+    make pseudo masks (heat maps only)."""
 
     name: str
     title: str
@@ -29,6 +31,7 @@ class CamMethod:
     head: str | None
     relu: bool
     cost: str
+    per_class: bool = True
 
 
 CAM_METHODS: dict[str, CamMethod] = {
@@ -64,7 +67,26 @@ CAM_METHODS: dict[str, CamMethod] = {
         relu=True,
         cost="1 forward pass per patch",
     ),
+    "scorecam-ref": CamMethod(
+        "scorecam-ref",
+        "Score-CAM as haofanwang/Score-CAM: softmax score of each masked input, no baseline",
+        any_tap=True,
+        head=None,
+        relu=True,
+        cost="1 forward pass per non-constant channel of every depth per patch",
+    ),
+    "lficam-ref": CamMethod(
+        "lficam-ref",
+        "LFI-CAM as TrustworthyAI-kr/LFI-CAM resnet_lfiv2: the head's class-agnostic map",
+        any_tap=False,
+        head="lficam-ref",
+        relu=True,
+        cost="1 forward pass per patch",
+        per_class=False,
+    ),
 }
+#: The methods that can make pseudo masks (`--cam-method`): those with a map per class.
+PSEUDO_MASK_METHODS = tuple(name for name, spec in CAM_METHODS.items() if spec.per_class)
 DEFAULT_CAM_METHOD = "gradcam"
 # What every model.json written before the method was recorded used for its pseudo masks.
 DEFAULT_LAYERS = ("shallow", "mid", "deep")

@@ -24,6 +24,7 @@ from wsi_segment.errors import ConfigError
 from .cam_methods import CAM_METHODS, cam_method
 from .classifier import PatchClassifier
 from .heads.lficam import LFICAMHead
+from .heads.lficam_ref import LFICAMRefHead
 
 _EPS = 1e-8
 METHODS = tuple(CAM_METHODS)
@@ -154,6 +155,43 @@ def score_cam(
 
 
 @torch.no_grad()
+def score_cam_reference(
+    classifier: PatchClassifier,
+    x: torch.Tensor,
+    layer: str = "deep",
+    *,
+    batch_size: int = 64,
+    normalise: str = "class",
+) -> torch.Tensor:
+    """Score-CAM as the reference code (haofanwang/Score-CAM) computes it, for every class.
+
+    alpha_kc = softmax(logits(x * mask_c))_k, no baseline; channels whose upsampled map is
+    constant are skipped (alpha 0); map_k = relu(sum_c alpha_kc up(A_c)), the ReLU after
+    upsampling. Softmax makes the classes compete, as in the reference's single-label
+    setting; `score_cam` is the multi-label form with a baseline.
+    """
+    tap = classifier.resolve_tap(layer)
+    size = tuple(x.shape[-2:])
+    with eval_mode(classifier):
+        _, taps = classifier.forward_taps(x)
+        feats = taps[tap].float()
+        n, c = feats.shape[:2]
+        alphas = []
+        for i in range(n):
+            scores = []
+            for start in range(0, c, batch_size):
+                up = to_input_size(feats[i : i + 1, start : start + batch_size], size)
+                varies = (up.amax(dim=(2, 3)) > up.amin(dim=(2, 3))).transpose(0, 1)  # (B, 1)
+                m = minmax(up).transpose(0, 1)  # (B, 1, H, W): one masked copy per channel
+                probs = torch.softmax(classifier(x[i : i + 1] * m).float(), dim=1)
+                scores.append(torch.where(varies, probs, 0.0))
+            alphas.append(torch.cat(scores))  # (C, K)
+        alpha = torch.stack(alphas)  # (N, C, K)
+    summed = to_input_size(torch.einsum("nck,nchw->nkhw", alpha, feats), size)
+    return _finish(F.relu(summed), size, normalise)
+
+
+@torch.no_grad()
 def lfi_cam(
     classifier: PatchClassifier, x: torch.Tensor, *, normalise: str = "class"
 ) -> torch.Tensor:
@@ -167,6 +205,23 @@ def lfi_cam(
     return _finish(maps, x.shape[-2:], normalise)
 
 
+@torch.no_grad()
+def lfi_cam_reference(
+    classifier: PatchClassifier, x: torch.Tensor, *, normalise: str = "class"
+) -> torch.Tensor:
+    """The reference LFI-CAM map (lficam-ref head only): one class-agnostic map, the
+    head's attention, given for every class (N, K, H, W)."""
+    head = classifier.head
+    if not isinstance(head, LFICAMRefHead):
+        raise ConfigError(
+            f"the reference LFI-CAM needs a classifier with the lficam-ref head, not {head.kind!r}"
+        )
+    with eval_mode(classifier):
+        taps = classifier.backbone(x)
+        att = head.attention(taps[classifier.tap_names[-1]], x)
+    return _finish(att.expand(-1, head.num_classes, -1, -1), x.shape[-2:], normalise)
+
+
 def activation_maps(
     method: str,
     classifier: PatchClassifier,
@@ -175,7 +230,7 @@ def activation_maps(
     *,
     normalise: str = "class",
 ) -> torch.Tensor:
-    """Dispatch by name: cam | gradcam | scorecam | lficam.
+    """Dispatch by name: cam | gradcam | scorecam | lficam | scorecam-ref | lficam-ref.
 
     Grad-CAM and Score-CAM work at any tap. CAM and LFI-CAM are defined by weights that
     read the deepest features (the fc layer; the importance network), so another `layer`
@@ -195,4 +250,8 @@ def activation_maps(
         return score_cam(classifier, x, layer, normalise=normalise)
     if method == "lficam":
         return lfi_cam(classifier, x, normalise=normalise)
+    if method == "scorecam-ref":
+        return score_cam_reference(classifier, x, layer, normalise=normalise)
+    if method == "lficam-ref":
+        return lfi_cam_reference(classifier, x, normalise=normalise)
     raise AssertionError(f"{method!r} is in CAM_METHODS but has no implementation here")

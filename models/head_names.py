@@ -3,4 +3,4 @@ loading a network (`models.heads.HEADS` maps the same names to their classes).""
 
 from __future__ import annotations
 
-HEAD_NAMES = ("pda", "cam", "pcam", "lficam")  # the first is the default
+HEAD_NAMES = ("pda", "cam", "pcam", "lficam", "lficam-ref")  # the first is the default

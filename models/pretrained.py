@@ -8,6 +8,12 @@ dropping the wrappers checkpoints commonly carry (`module.`, `encoder.`, `backbo
 `model.`, ...), which also maps smp's `tu-` encoders (`model.*`) onto timm names; a key
 counts as matched only with the same shape. The report says what matched, what the encoder
 still lacks and what the file has beyond it; a file of which nothing matches is refused.
+
+A whole segmentation model (an smp DeepLabV3+ state dict: `encoder.*`, `decoder.*`,
+`segmentation_head.*`) starts the whole DeepLabV3+ when the caller offers it (`whole`): its
+encoder, ASPP and decoder, and its last layer only where the class counts agree (else that
+layer is reported as of another shape and keeps its fresh initialisation), as the official
+stage 3 starts from a pretrained DeepLabV3+ minus its last layer.
 """
 
 from __future__ import annotations
@@ -47,12 +53,14 @@ class PretrainedReport:
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     mismatched: list[str] = field(default_factory=list)  # same name, other shape
+    scope: str = "encoder"  # "encoder", or "model": a whole segmentation model was loaded
 
     def summary(self, what: str) -> str:
         """One line for the training log."""
         extra = ", ".join(self.unexpected[:4]) + (" ..." if len(self.unexpected) > 4 else "")
+        whole = " (whole DeepLabV3+: encoder, ASPP, decoder)" if self.scope == "model" else ""
         return (
-            f"pretrained {what} from {self.source}: {self.matched} tensors matched, "
+            f"pretrained {what}{whole} from {self.source}: {self.matched} tensors matched, "
             f"{len(self.missing)} missing, {len(self.unexpected)} unexpected"
             + (f" ({extra})" if extra else "")
             + (f", {len(self.mismatched)} of another shape" if self.mismatched else "")
@@ -67,6 +75,7 @@ class PretrainedReport:
             "missing": self.missing,
             "unexpected": self.unexpected,
             "mismatched": self.mismatched,
+            "scope": self.scope,
         }
 
 
@@ -208,15 +217,31 @@ def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def load_pretrained(module: nn.Module, source: str) -> PretrainedReport:
+#: Leading key parts that only a whole segmentation model has (smp's DeepLabV3+).
+MODEL_PARTS = ("decoder", "segmentation_head")
+
+
+def holds_whole_model(tensors: dict[str, torch.Tensor]) -> bool:
+    """Whether a state dict is a whole smp segmentation model, not an encoder alone."""
+    return any(canonical(k).split(".")[0] in MODEL_PARTS for k in tensors)
+
+
+def load_pretrained(
+    module: nn.Module, source: str, *, whole: nn.Module | None = None
+) -> PretrainedReport:
     """Copy the tensors of `source` (file or timm name) into `module` where names and shapes
-    match; returns the report. Refuses (ConfigError) when nothing matches."""
+    match; returns the report. With `whole` (the smp model `module` is the encoder of), a
+    file holding a whole segmentation model goes into `whole` instead. Refuses (ConfigError)
+    when nothing matches."""
     if is_file_source(source):
         path = Path(source).expanduser()
         tensors, kind, sha = read_weights_file(path), "file", file_sha256(path)
     else:
         tensors, kind = timm_weights(source), "timm"
         sha = tensors_sha256(tensors)
+    scope = "encoder"
+    if whole is not None and holds_whole_model(tensors):
+        module, scope = whole, "model"
     target = module.state_dict()
     by_name = {canonical(k): k for k in target}
     found: dict[str, torch.Tensor] = {}
@@ -232,12 +257,14 @@ def load_pretrained(module: nn.Module, source: str) -> PretrainedReport:
             found[name] = value
     if not found:
         raise ConfigError(
-            f"{source}: none of its {len(tensors)} tensors matches the encoder (its keys look "
-            f"like {sorted(tensors)[:3]}, the encoder's like {sorted(target)[:3]}); give "
+            f"{source}: none of its {len(tensors)} tensors matches the {scope} (its keys look "
+            f"like {sorted(tensors)[:3]}, the {scope}'s like {sorted(target)[:3]}); give "
             "weights of the same architecture as --encoder / --seg-encoder"
         )
     with torch.no_grad():
         for name, value in found.items():
             target[name].copy_(value.to(target[name].dtype))
     missing = sorted(k for k in target if k not in found)
-    return PretrainedReport(source, kind, sha, len(found), missing, sorted(unexpected), mismatched)
+    return PretrainedReport(
+        source, kind, sha, len(found), missing, sorted(unexpected), mismatched, scope
+    )

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 
 import torch
 
+from wsi_segment.errors import ConfigError
+
 from .background import GREY_THRESHOLD, MIN_OBJECT_SIZE, background_mask
 from .cam_methods import DEFAULT_CAM_METHOD, DEFAULT_LAYERS, cam_method
 from .cams import activation_maps, grad_cams
@@ -85,6 +87,8 @@ def pseudo_masks(
     also be scorecam (per layer) or cam / lficam (deepest tap only: every mask the same).
     """
     spec = cam_method(method)
+    if not spec.per_class:
+        raise ConfigError(f"{method} gives one class-agnostic map: no pseudo masks from it")
     if images.dtype != torch.uint8:
         raise TypeError("pseudo_masks expects uint8 RGB patches (N, 3, H, W)")
     device = next(classifier.parameters()).device

@@ -8,7 +8,6 @@ progress display) are not.
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,7 @@ DEVICES = ("auto", "cpu", "cuda")
 BACKENDS = ("auto", "openslide", "tiffslide")  # wsi.backends.BACKENDS, named without importing it
 PRECISIONS = ("auto", "fp32", "bf16")
 TISSUE_MODES = ("auto", "all")  # all: no detection, the whole slide is tissue
-READ_DEVICES = ("auto", "cpu", "gpu")  # pipeline.inference.read_device
+READ_DEVICES = ("auto", "cpu", "gpu")  # pipeline.run_policy
 
 
 @dataclass(frozen=True)
@@ -40,13 +39,14 @@ class SegmentParams:
 
     model_dir: Path | None = None  # None: the demo model shipped in the package
     device: str = "auto"
+    # The speed knobs' defaults (None, "auto") are decided by the run policy
+    # (pipeline.run_policy) from the machine; each is recorded there with its reason.
     precision: str = "auto"  # auto: fixed by the model and machine (SegmentationModel.to_device)
     batch_size: int | None = None  # None: 16 on the CPU, 64 on a GPU (capped to its memory)
     mpp: float | None = None  # override of the slide's level-0 mpp
     output_downsample: int = 4
     overlap: int = 32  # model pixels shared by neighbouring tiles (centre-crop stitching)
-    # A Dask chunk is chunk_tiles x chunk_tiles tiles; None: 4 on the CPU, 8 when a GPU is
-    # expected (a batch never spans chunks, so 64-tile batches need 8 x 8 chunks).
+    # A chunk is chunk_tiles x chunk_tiles tiles; None: 4 on the CPU, 8 on a GPU.
     chunk_tiles: int | None = None
     gate: bool = True
     overwrite: bool = False
@@ -60,12 +60,12 @@ class SegmentParams:
     # (pipeline.inference.band_task). Speed only.
     decoders: int | None = None
     # Writer threads of the engine (finish whole chunks side by side); None: the
-    # cores the decoders leave, 1 to 4 (`run_writers`). Speed only.
+    # cores the decoders leave, 1 to 4. Speed only.
     writers: int | None = None
     # Where the engine's tiles are decoded: "gpu" reads the slide's JPEG tiles straight
     # onto the model's device (one reader thread, no decoder processes) wherever it can,
     # "cpu" always uses the decoder processes, "auto" the device only on CUDA with nvJPEG
-    # (pipeline.inference.read_device); on a Dask cluster each band decides on its worker.
+    # (pipeline.run_policy); on a Dask cluster each band decides on its worker.
     # Speed only.
     read_device: str = "auto"
     output_name: str | None = None  # default: the slide's file stem
@@ -141,94 +141,3 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 def _check_range(name: str, value: int, low: int, high: int) -> None:
     if not isinstance(value, int) or not (low <= value <= high):
         raise ConfigError(f"{name} must be an integer in [{low}, {high}] (got {value})")
-
-
-def run_threads(requested: int | None, device_type: str) -> int:
-    """Compute threads of a local engine on the CPU: `requested`, else 2. Forward passes
-    side by side, each with cores // threads torch threads, waste no core in OpenMP
-    barriers and let the reader's work use a core one of them would otherwise share. On a
-    GPU one thread owns the model (the engine ignores more)."""
-    if requested is not None:
-        return requested
-    return 2 if device_type == "cpu" else 1
-
-
-def gpu_expected(device: str) -> bool:
-    """Whether the run will use a GPU, known before torch is imported (planning runs while
-    the model loads): `cuda`, or `auto` on a machine with an NVIDIA driver. A wrong guess
-    only changes the chunk size, never the results (they do not depend on it)."""
-    if device == "auto":
-        return os.path.exists("/dev/nvidiactl")
-    return device == "cuda"
-
-
-def plan_chunk_tiles(params: SegmentParams) -> int:
-    """Tiles per chunk side: the option, or 4 on the CPU and 8 when a GPU is expected."""
-    if params.chunk_tiles is not None:
-        return params.chunk_tiles
-    return 8 if gpu_expected(params.device) else 4
-
-
-def run_batch_size(requested: int | None, device_type: str) -> int:
-    """Tiles per forward pass: the option, or 16 on the CPU and 64 on a GPU (where
-    `SegmentationModel.batch_limit` then caps it to the device memory)."""
-    if requested is not None:
-        return requested
-    return 64 if device_type == "cuda" else 16
-
-
-def run_decoders(requested: int | None, device_type: str) -> int:
-    """Decoder processes for a local run (0: the reader thread): `requested`, or on a GPU one
-    per core but one, at most 16 (the consumer and writer need a core; decoding must keep
-    up with the device), and 0 on the CPU, where the model bounds the run and its threads
-    already use every core (the engine measured no faster there: docs/performance.md)."""
-    return shared_decoders(requested, device_type, slides=1)
-
-
-def shared_decoders(
-    requested: int | None, device_type: str, slides: int, cores: int | None = None
-) -> int:
-    """Decoder processes of each of `slides` slides running at once in one process (a batch
-    on one GPU machine): `requested`, else `run_decoders`' machine-wide count shared out,
-    at least one each, so the slides in flight never spawn more decoders than the machine
-    has cores. Their consumers feed one device, which needs the sum, not each share, to
-    keep up. `cores`: the usable cores (default: this process's affinity)."""
-    if requested is not None:
-        return requested
-    if device_type != "cuda":
-        return 0
-    machine = max(1, min(16, (cores if cores is not None else usable_cores()) - 1))
-    return max(1, machine // max(1, slides))
-
-
-WRITERS_MAX = 4
-
-
-def run_writers(requested: int | None, decoders: int, cores: int | None = None) -> int:
-    """Writer threads of an engine with `decoders` decoder processes: `requested`, or
-    the cores the decoders leave, at least 1 and at most WRITERS_MAX. Writers only cost CPU
-    when chunks arrive faster than one thread finishes them; beyond a few, polygon tracing
-    and zarr's event loop (which hold the GIL) bound them, and more threads only compete
-    with the consumer's threads for it. `cores`: the usable cores (default: this process's
-    affinity)."""
-    if requested is not None:
-        return requested
-    free = (cores if cores is not None else usable_cores()) - decoders
-    return max(1, min(WRITERS_MAX, free))
-
-
-def expected_decoders(params: SegmentParams) -> int:
-    """The decoders a local run will use, known before torch is imported (the engine's
-    decoders then start while the model loads; without them the reader thread's prefetcher
-    does). A wrong guess only costs speed: `infer` decides with the loaded model."""
-    device_type = "cuda" if gpu_expected(params.device) else "cpu"
-    return run_decoders(params.decoders, device_type)
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity: a container or job may get fewer
-    than the machine has)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1

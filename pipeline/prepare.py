@@ -1,13 +1,15 @@
 """Stage 1 of a slide run: open, detect tissue, plan, load the model; and its product.
 
 `prepare` hands a `PreparedSlide` to `infer` and `finish` (pipeline.segment): the slide, the
-plan, the loaded model's handle, the run's identity, and the readers started early (the
-prefetcher, or the engine's decoders) while the model loads in the background.
+plan, the run policy (`pipeline.run_policy`, decided here once from the machine, the options
+and the slide), the loaded model's handle, the run's identity, and the readers started early
+(the prefetcher, or the engine's decoders) while the model loads in the background.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,14 +33,24 @@ from wsi_segment.pipeline.inference.model_handle import (
     ModelHandle,
     load_for_process,
 )
-from wsi_segment.pipeline.inference.read_device import GPU, ReadChoice, plan_reads
+from wsi_segment.pipeline.inference.read_device import LevelKey, read_level, slide_reads
+from wsi_segment.pipeline.machine import Machine, probe_machine
 from wsi_segment.pipeline.outputs.output_dir import (
     read_previous_summary,
     run_fingerprint,
     slide_output_name,
 )
 from wsi_segment.pipeline.outputs.ownership import refuse_foreign, refuse_link
-from wsi_segment.pipeline.params import SegmentParams, usable_cores
+from wsi_segment.pipeline.params import SegmentParams
+from wsi_segment.pipeline.run_policy import (
+    CLUSTER,
+    GPU,
+    LOCAL,
+    RunFacts,
+    RunPolicy,
+    decide,
+    wants_slide_reads,
+)
 from wsi_segment.pipeline.startup import Background, gc_paused, read_overlay_thumbnail
 from wsi_segment.wsi.roi import Roi, read_rois
 from wsi_segment.wsi.slide import Slide, open_slide
@@ -48,6 +60,7 @@ from wsi_segment.wsi.tissue import TissueMask
 
 if TYPE_CHECKING:
     from wsi_segment.models.meta import ModelMeta
+    from wsi_segment.wsi.raw_tiles import JpegTiles
 
 
 @dataclass
@@ -87,10 +100,13 @@ class PreparedSlide:
     precision: dict[str, Any] = field(default_factory=dict)
     # --roi: the regions (level-0 slide pixels) outputs are clipped to and reported per.
     rois: list[Roi] = field(default_factory=list)
-    # --read-device as decided before any decoder started (pipeline.inference.read_device);
-    # `infer` settles it with the loaded model and reports it in `read_device`.
-    read_choice: ReadChoice | None = None
+    # Every decision of the run with its reason (pipeline.run_policy), made before any
+    # reader started; on a Dask cluster only the plan's, each band deciding its own.
+    policy: RunPolicy | None = None
+    # The read level's JPEG tiles when the policy reads them on the device, else None.
+    read_tiles: JpegTiles | None = None
     read_device: dict[str, str] = field(default_factory=dict)  # summary.json run_stats
+    run_policy: dict[str, Any] = field(default_factory=dict)  # summary.json, set by `infer`
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -173,8 +189,9 @@ def prepare(
     slide_path: str | Path,
     out_root: str | Path,
     params: SegmentParams,
-    prefetch: bool = False,
-    decoders: int = 0,
+    early: bool = False,
+    place: str = LOCAL,
+    at_once: int = 1,
 ) -> PreparedSlide:
     """Stage 1: everything cheap that decides what the run will do.
 
@@ -183,10 +200,11 @@ def prepare(
     chunks; with `prefetch`, chunk images then start being read on the core the loader
     leaves free, so the first forward passes find their tiles decoded (the side work is in
     `pipeline.startup`, planning from model.json in `pipeline.inference.chunk_plan`).
-    With `decoders`, the engine's decoder processes start instead (`DecodePool`,
-    held by the PreparedSlide until `infer` hands it to the engine). Neither starts when the
-    engine will read on the model's device (`--read-device`, decided first:
-    `pipeline.inference.read_device`).
+    The run policy (`pipeline.run_policy`, for `place`: a local run, or the plan of a Dask
+    cluster's run; `at_once`: the slides in flight on this machine, a batch's) is decided
+    first, from this machine, the options and the slide's read level. With `early`, the readers it names start while the model loads: the engine's
+    decoder processes (`DecodePool`, held by the PreparedSlide until `infer` hands it to
+    the engine), else the prefetcher, and neither when it reads on the model's device.
     """
     t0 = time.perf_counter()
     slide_path = str(slide_path)
@@ -220,7 +238,8 @@ def prepare(
             name,
             out_root,
             params,
-            (prefetch, decoders),
+            RunFacts(place=place, at_once=at_once),
+            early,
             model_dir,
             (slide, mpp, rois),
             t0,
@@ -232,14 +251,22 @@ def _prepare_opened(
     name: str,
     out_root: str | Path,
     params: SegmentParams,
-    readers: tuple[bool, int],  # (prefetch, decoders): what starts reading after planning
+    facts: RunFacts,  # where it runs, how many slides at once (the slide's facts: below)
+    early: bool,  # start the policy's readers while the model loads
     model_dir: Path,
     opened: tuple[Slide, tuple[float, float], list[Roi]],  # the slide, its mpp, its regions
     t0: float,
 ) -> PreparedSlide:
-    prefetch, decoders = readers
     slide, mpp, rois = opened
-    loader = Background(load_for_process, str(model_dir), params.device, params.precision)
+    machine = probe_machine()
+    geometry = model_geometry(model_dir)
+    key = read_level(slide, mpp[0], geometry[1]) if geometry is not None else None
+    policy, tiles = slide_policy(machine, params, facts, slide_path, slide, key)
+    device, precision = policy.device.value, policy.precision.value
+    loader = Background(load_for_process, str(model_dir), device, precision)
+    decoders = policy.decoders.value if early else 0
+    chunk_tiles = policy.chunk_tiles.value
+    prefetch = early and not decoders and policy.read_device.value != GPU
     # openslide decoding and PIL's reduce release the GIL: this runs beside the import
     thumb = (
         Background(read_overlay_thumbnail, slide_path, slide.backend, params.mpp)
@@ -248,14 +275,8 @@ def _prepare_opened(
     )
     prefetcher: ChunkPrefetcher | None = None
     pool: DecodePool | None = None
-    choice: ReadChoice | None = None
     try:
-        geometry = model_geometry(model_dir)
-        if geometry is not None:  # the device read path starts no decoders and no prefetch
-            choice = plan_reads(slide_path, slide, params, mpp[0], geometry[1])
-            if choice.device == GPU:
-                prefetch, decoders = False, 0
-        if decoders and geometry is not None and decoders < usable_cores():
+        if decoders and geometry is not None and decoders < machine.cores:
             # they import while tissue is detected, on the cores detection leaves free (with
             # none free they would only slow it down: then they spawn once planned)
             pool = DecodePool(decoders)
@@ -264,7 +285,7 @@ def _prepare_opened(
         t_tissue = time.perf_counter()
         planned = grid = read_backend = reader = None
         if geometry is not None:
-            grid, planned = plan_slide(slide, mpp, geometry, params, tissue)
+            grid, planned = plan_slide(slide, mpp, geometry, params, tissue, chunk_tiles)
             read_backend = chunk_read_backend(slide, params, planned.read_level)
             reader = plan_reader(slide_path, slide, params, planned, grid, read_backend)
             if decoders and planned.specs:
@@ -285,16 +306,16 @@ def _prepare_opened(
             if pool is not None:  # infer starts the engine's own for the new plan
                 pool.close()
                 pool = None
-            grid, planned = plan_slide(
-                slide, mpp, (int(meta.tile_size), float(meta.mpp)), params, tissue
-            )
+            geometry = (int(meta.tile_size), float(meta.mpp))
+            grid, planned = plan_slide(slide, mpp, geometry, params, tissue, chunk_tiles)
+            if key != (planned.read_level, float(meta.mpp) / mpp[0]):  # decided for this level
+                key = (planned.read_level, float(meta.mpp) / mpp[0])
+                policy, tiles = slide_policy(machine, params, facts, slide_path, slide, key)
             read_backend = chunk_read_backend(slide, params, planned.read_level)
             reader = plan_reader(slide_path, slide, params, planned, grid, read_backend)
         # planned before the model loaded, or above from the loaded model's own geometry
         assert grid is not None and planned is not None and reader is not None
-        handle = ModelHandle.with_model(
-            model, str(model_dir), params.device, params.precision, lock
-        )
+        handle = ModelHandle.with_model(model, str(model_dir), device, precision, lock)
         model_hash = model.identity  # the bytes loaded, hashed as they were read
         fingerprint = run_fingerprint(slide_path, model_hash, params, meta)
     except BaseException:
@@ -339,8 +360,28 @@ def _prepare_opened(
         prefetch=prefetcher,
         decode_pool=pool,
         overlay_thumb=thumb,
-        read_choice=choice,
+        policy=policy,
+        read_tiles=tiles,
     )
+
+
+def slide_policy(
+    machine: Machine,
+    params: SegmentParams,
+    facts: RunFacts,
+    slide_path: str,
+    slide: Slide,
+    key: LevelKey | None,
+) -> tuple[RunPolicy, JpegTiles | None]:
+    """The run's policy, the slide's read level examined first where the policy may read it
+    on the device (`key`: that level; None: not known yet), and the tiles it would read. A
+    cluster's plan examines nothing: its bands read, and decide, on the workers."""
+    tiles = None
+    reads = None
+    if key is not None and facts.place != CLUSTER and wants_slide_reads(machine, params):
+        reads, tiles = slide_reads(slide_path, slide, key)
+    policy = decide(machine, params, dataclasses.replace(facts, reads=reads))
+    return policy, tiles if policy.read_device.value == GPU else None
 
 
 def is_up_to_date(prep: PreparedSlide) -> bool:

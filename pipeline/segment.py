@@ -4,12 +4,14 @@ Three stages, run in order by `run_stages` (the one sequence: `segment_slide` pa
 functions, the Prefect slide flow the same functions wrapped as tasks), unless the slide's
 outputs are already up to date (`pipeline.up_to_date`, decided before any of them runs):
 
-1. `prepare_stage` (pipeline/prepare.py) open the slide, check mpp, load the model, detect
-              tissue, plan chunks; a local run starts reading while the model loads;
+1. `prepare_stage` (pipeline/prepare.py) open the slide, check mpp, decide the run policy
+              (`pipeline.run_policy`), load the model, detect tissue, plan chunks; a local
+              run starts reading while the model loads;
 2. `infer`    run every tissue chunk, streaming probabilities into the zarr store inside a
               temporary folder: through the engine (`pipeline.inference.engine`: a read
-              source, the model's compute threads, the writer), in this process or in
-              bands on a Dask cluster's workers (`pipeline.inference.band_runner`);
+              source, the model's compute threads, the writer) as the policy says, in this
+              process or in bands on a Dask cluster's workers, each band deciding its own
+              policy there (`pipeline.inference.band_runner`);
 3. `finish`   polygons, GeoJSON, overlay, summary, pyramid; then rename the temporary folder
               to its final name so a slide's outputs appear all at once.
 
@@ -24,23 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from wsi_segment.pipeline.inference.band_runner import (
-    run_bands,
-    settle_precision,
-    worker_device_type,
-)
-from wsi_segment.pipeline.inference.band_task import BandReads, BandResult
+from wsi_segment.pipeline.inference.band_runner import run_bands, settle_precision
+from wsi_segment.pipeline.inference.band_task import BandResult
 from wsi_segment.pipeline.inference.chunk_job import SlideJob
 from wsi_segment.pipeline.inference.engine import run_engine
 from wsi_segment.pipeline.inference.engine_state import EngineStats
-from wsi_segment.pipeline.inference.model_handle import ModelHandle, model_device_type
-from wsi_segment.pipeline.inference.read_device import (
-    CPU,
-    GPU,
-    NO_BANDS,
-    choose_reads,
-    settle_reads,
-)
+from wsi_segment.pipeline.inference.model_handle import ModelHandle
 from wsi_segment.pipeline.inference.read_source import ReadSource
 from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome
 from wsi_segment.pipeline.outputs.label_image import create_label_image, label_level0_path
@@ -50,25 +41,18 @@ from wsi_segment.pipeline.outputs.output_dir import (
     output_error,
     read_previous_summary,
 )
-from wsi_segment.pipeline.params import (
-    SegmentParams,
-    expected_decoders,
-    run_batch_size,
-    run_decoders,
-    run_threads,
-)
+from wsi_segment.pipeline.params import SegmentParams
 
 # the three stages are reached through this module (the Prefect flow calls segment.prepare)
 from wsi_segment.pipeline.prepare import PreparedSlide, is_up_to_date
 from wsi_segment.pipeline.prepare import prepare as prepare
 from wsi_segment.pipeline.progress import NullProgress, Progress
+from wsi_segment.pipeline.run_policy import CLUSTER, CPU, LOCAL, RunPolicy, band_policies
 from wsi_segment.pipeline.up_to_date import ModelFiles, finished_output
 from wsi_segment.wsi.slide import Slide
 
 if TYPE_CHECKING:  # distributed is imported only when a cluster is used
     from distributed import Client
-
-    from wsi_segment.pipeline.inference.device_tiles import DeviceTiles
 
 ZARR_NAME = "probabilities.ome.zarr"
 
@@ -99,9 +83,9 @@ def infer(
     """Stage 2: run the tissue chunks, streaming uint8 probabilities into the zarr store.
 
     One engine (`pipeline.inference.engine.run_engine`) whatever reads the tiles: locally
-    with the read source `local_source` picks, on a Dask cluster in bands on the workers
-    (`run_bands`), each picking its source there the same way. `stats` receives what a
-    local engine did (benchmarks)."""
+    as the run policy `prepare` decided, on a Dask cluster in bands on the workers
+    (`run_bands`), each deciding its policy there with the same function. `stats` receives
+    what a local engine did (benchmarks)."""
     t0 = time.perf_counter()
     zarr_path = work_dir / ZARR_NAME
     create_stores(prep, zarr_path)
@@ -121,16 +105,22 @@ def infer(
 def _infer_here(
     prep: PreparedSlide, zarr_path: Path, progress: Progress, stats: EngineStats | None
 ) -> list[ChunkOutcome]:
-    """The engine in this process, fed by `local_source`."""
-    loaded, _lock = prep.model.get()
-    device_type = model_device_type(loaded)
-    job = slide_job(prep, zarr_path, device_type)
-    computes = run_threads(prep.params.threads, device_type)
+    """The engine in this process, run as the policy `prepare` decided."""
+    policy = local_policy(prep)
+    job = slide_job(prep, zarr_path, policy.batch_size.value)
     progress.start(prep.tiles_total, unit="tile", desc=prep.name)
-    source = local_source(prep, device_type)
+    source = local_source(prep, policy)
+    prep.read_device, prep.run_policy = policy.read_report(), policy.as_dict()
     try:  # nothing between: run_engine closes the source on every path
         outcomes = run_engine(
-            job, prep.specs, source, progress, stats, writers=prep.params.writers, computes=computes
+            job,
+            prep.specs,
+            source,
+            progress,
+            stats,
+            writers=policy.writers.value,
+            computes=policy.compute_threads.value,
+            locked=policy.model_lock.value,
         )
     finally:
         _record_reads(prep, source)
@@ -138,30 +128,40 @@ def _infer_here(
     return outcomes
 
 
-def local_source(prep: PreparedSlide, device_type: str) -> ReadSource:
-    """What reads a local run's tiles: the device read path where `prepare` chose it (settled
-    with the loaded model), decoder processes where they run (a GPU by default, or
-    `--decoders N`; maybe started early), else the reader thread (the CPU default), which
-    adopts the prefetcher reading since planning. The source owns what it adopted, and is
-    closed here if an interrupt lands before it is handed back."""
-    reads = _device_reads(prep, device_type)
-    decoders = run_decoders(prep.params.decoders, device_type)
+def local_policy(prep: PreparedSlide) -> RunPolicy:
+    """The policy a local run executes: the one `prepare` decided for this process."""
+    if prep.policy is None or prep.policy.place != LOCAL:
+        raise ValueError(f"{prep.slide_path}: prepared for a Dask cluster, not a local run")
+    return prep.policy
+
+
+def local_source(prep: PreparedSlide, policy: RunPolicy) -> ReadSource:
+    """What reads a local run's tiles, as `policy` says: the device read path, decoder
+    processes (maybe started early), or the reader thread, which adopts the prefetcher
+    reading since planning. The source owns what it adopted, and is closed here if an
+    interrupt lands before it is handed back."""
+    decoders = policy.decoders.value
     # imported here: they import torch, which a rerun of finished slides never loads
     from wsi_segment.pipeline.inference.decoder_reads import DecoderProcesses
     from wsi_segment.pipeline.inference.reader_thread import HostTiles, ReaderThread
 
     source: ReadSource
-    if reads is not None:
-        source = ReaderThread(reads)
+    decoder = policy.device_decoder
+    if decoder is not None and prep.read_tiles is not None:
+        from wsi_segment.pipeline.inference.device_tiles import DeviceTiles  # torch: loaded
+
+        model, _lock = prep.model.get()
+        tiles = DeviceTiles(prep.reader, prep.read_tiles, model.device, decoder)
+        source = ReaderThread(tiles)
     elif decoders:
         source = DecoderProcesses(decoders, prep.take_decode_pool())
     else:
         source = ReaderThread(HostTiles(prep.reader, prep.take_prefetch()))
     try:
-        if reads is not None or decoders:
+        if decoder is not None or decoders:
             prep.close_prefetch()  # the prefetcher (and early decoders) go unused
         else:
-            pool = prep.take_decode_pool()  # started for a GPU that is not there
+            pool = prep.take_decode_pool()  # none: the policy named no decoders
             if pool is not None:
                 pool.close()
     except BaseException:
@@ -192,35 +192,44 @@ def _record_reads(prep: PreparedSlide, source: ReadSource) -> None:
 def _infer_on_cluster(
     prep: PreparedSlide, zarr_path: Path, client: Client, progress: Progress
 ) -> list[ChunkOutcome]:
-    """Bands of the engine on the cluster's workers; one worker decides `auto` precision
-    for all (no mixed-precision slide)."""
-    device_type = worker_device_type(client, prep.params.device)
-    job = slide_job(prep, zarr_path, device_type)
-    job, prep.precision = settle_precision(job, prep.specs, client)
+    """Bands of the engine on the cluster's workers, each running the policy it decides
+    there; one worker decides `auto` precision for all (no mixed-precision slide)."""
+    planned = prep.policy
+    if planned is None:
+        raise ValueError(f"{prep.slide_path}: prepared without a run policy")
+    job = slide_job(prep, zarr_path, planned.batch_size.value)  # each band sets its own
+    job, prep.precision = settle_precision(job, prep.specs, client, prep.params)
     progress.start(prep.tiles_total, unit="tile", desc=prep.name)
     bands: list[BandResult] = []
     outcomes = run_bands(
         job,
         prep.specs,
         client,
-        BandReads(prep.params.decoders, prep.params.read_device),
+        prep.params,
         progress=progress,
         key_prefix=f"band-{prep.fingerprint[:16]}",
         results=bands,
     )
-    prep.read_device = (
-        bands[0].reads if bands else {"read_device": CPU, "read_device_reason": NO_BANDS}
-    )
+    prep.run_policy = band_policies(planned.chunk_tiles, [b.policy for b in bands])
+    prep.read_device = bands[0].reads if bands else NO_BANDS_READS
     return outcomes
 
 
-def slide_job(prep: PreparedSlide, zarr_path: Path, device_type: str) -> SlideJob:
+# run_stats' read choice of a cluster's run where no band ran (no tissue)
+NO_BANDS_READS = {
+    "read_device": CPU,
+    "read_device_reason": "a Dask cluster's bands choose on their workers, and none ran",
+}
+
+
+def slide_job(prep: PreparedSlide, zarr_path: Path, batch_size: int) -> SlideJob:
     """What every read source and runner needs to run any chunk of the prepared slide into
-    the store at `zarr_path` (made by `infer`; benchmarks make their own)."""
+    the store at `zarr_path` (made by `infer`; benchmarks make their own), in forward passes
+    of `batch_size` tiles (the policy's)."""
     return SlideJob(
         reader=prep.reader,
         n_classes=len(prep.meta.classes),
-        batch_size=run_batch_size(prep.params.batch_size, device_type),
+        batch_size=batch_size,
         gate=prep.params.gate,
         zarr_path=str(level0_path(zarr_path)),
         labels_path=str(label_level0_path(zarr_path)),
@@ -251,29 +260,6 @@ def create_stores(prep: PreparedSlide, zarr_path: Path) -> None:
         name=prep.name,
     )
     create_label_image(zarr_path)
-
-
-def _device_reads(prep: PreparedSlide, device_type: str) -> DeviceTiles | None:
-    """The device read path's reader when the run reads on the model's device (the choice
-    `prepare` made, settled with the loaded model), else None; the choice goes into
-    `prep.read_device` for summary.json."""
-    cuda = device_type == "cuda"
-    requested = prep.params.read_device
-    key = (prep.read_level, prep.level0_per_model)
-    choice = settle_reads(
-        prep.read_choice,
-        requested,
-        cuda,
-        key,
-        lambda: choose_reads(requested, cuda, prep.slide_path, prep.slide, key),
-    )
-    prep.read_device = choice.report()
-    if choice.device != GPU or choice.tiles is None:
-        return None
-    from wsi_segment.pipeline.inference.device_tiles import DeviceTiles  # torch: loaded
-
-    model, _lock = prep.model.get()
-    return DeviceTiles(prep.reader, choice.tiles, model.device)
 
 
 def _precision_report(model: ModelHandle) -> dict[str, Any]:
@@ -353,13 +339,18 @@ def run_stages(
 
 
 def prepare_stage(
-    slide_path: str | Path, out_root: str | Path, params: SegmentParams, local: bool = True
+    slide_path: str | Path,
+    out_root: str | Path,
+    params: SegmentParams,
+    local: bool = True,
+    at_once: int = 1,
 ) -> PreparedSlide:
     """Stage 1 as every door runs it (`segment_slide`, the Prefect slide flow): a local run
-    starts reading while the model loads (the engine's decoder processes when it will use
-    them, else the prefetch thread); a cluster's workers read for themselves."""
-    decoders = expected_decoders(params) if local else 0
-    return prepare(slide_path, out_root, params, prefetch=local and not decoders, decoders=decoders)
+    starts reading while the model loads (the readers its policy names, for `at_once`
+    slides in flight on this machine); a cluster's workers read for themselves, each band
+    deciding its policy there."""
+    place = LOCAL if local else CLUSTER
+    return prepare(slide_path, out_root, params, early=local, place=place, at_once=at_once)
 
 
 def segment_slide(

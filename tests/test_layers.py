@@ -1,4 +1,4 @@
-"""DESIGN.md's one-way data flow: `wsi` and `models` know nothing of each other, and neither
+"""The one-way data flow of docs/architecture.md: `wsi` and `models` know nothing of each other, and neither
 knows `pipeline` or `flows`; and everything imports our layers through the one import name
 `wsi_segment` (never a bare `models` or `pipeline`, which other packages may own). Checked on
 the imports of every module, read with `ast`."""
@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = ("wsi", "models", "pipeline", "flows")
 PIPELINE_PARTS = ("inference", "outputs", "training")
-BASE = ("params", "progress")  # pipeline/params.py and progress.py: read by every part
+BASE = ("params", "progress", "machine", "run_policy")  # read by every part of pipeline
 # unit -> the units it may import (besides itself and wsi_segment's own errors/lazy_exports).
 # pipeline is split by concern: inference writes outputs as chunks finish, outputs never
 # reach back into inference, training stands beside both; synthetic data is for tests,

@@ -12,22 +12,31 @@ files and other tools), else the feature `id` of QuPath 0.2 (`PathAnnotationObje
 a feature without any is an annotation, as QuPath imports it. Regions are annotations with
 an area (Polygon / MultiPolygon) and TMA cores that are not marked missing (a core is an area
 a pathologist placed to be measured on its own). Detections, cells, tiles, point and line
-annotations, and missing cores are not regions: they are counted, never guessed at.
+annotations, annotations without area (an empty or zero-area polygon) and missing cores are
+not regions: they are counted, never guessed at.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import json
 import uuid
 import zipfile
+import zlib
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import shapely
+from shapely.geometry import shape
+
 from wsi_segment.errors import RoiError
+from wsi_segment.wsi.roi_stream import BrokenExport, ByteStream, NotStreamable, stream_objects
 
 _POLYGONAL = ("Polygon", "MultiPolygon")
 _GEOMETRIES = ("Point", "MultiPoint", "LineString", "MultiLineString", *_POLYGONAL)
@@ -42,6 +51,8 @@ _LEGACY_TYPES = {
 }
 _TYPES = {"tma_core": "tmaCore", **{v: v for v in _LEGACY_TYPES.values()}}
 _ZIP_ENTRIES = (".geojson", ".json", ".geojson.gz", ".json.gz")
+_GZIP = b"\x1f\x8b"
+_ZIP = b"PK\x03\x04"
 FIX = (
     "draw the regions in QuPath with the rectangle, ellipse, polygon or brush tool and "
     "export them with File > Export objects as GeoJSON"
@@ -85,7 +96,11 @@ def describe(counts: Counter[str]) -> str:
     return ", ".join(f"{n:,} {_plural(kind, n)}" for kind, n in items)
 
 
-_PLURALS = {"object without geometry": "objects without geometry", "root": "root objects"}
+_PLURALS = {
+    "object without geometry": "objects without geometry",
+    "annotation without area": "annotations without area",
+    "root": "root objects",
+}
 
 
 def _plural(kind: str, n: int) -> str:
@@ -95,37 +110,44 @@ def _plural(kind: str, n: int) -> str:
 def read_roi_file(path: str | Path) -> RoiFile:
     """The regions of a QuPath export (`.geojson`, `.json`, `.zip`, `.gz`).
 
-    Raises `RoiError` naming the file and the fix when it is missing, unreadable, not
-    GeoJSON, or holds no area annotation.
+    Read in blocks (`wsi.roi_stream`): cells and detections are counted without being
+    decoded, so an "All objects" export of 200,000 cells costs a glance at each. Raises
+    `RoiError` naming the file and the fix when it is missing, unreadable, not GeoJSON, or
+    holds no area annotation.
     """
     path = Path(path)
-    docs = [_parse(path, name, text) for name, text in _texts(path)]
-    features: list[dict[str, Any]] = []
-    for doc in docs:
-        found = _features(doc)
-        if found is None:
-            raise RoiError(
-                f"{path}: not QuPath GeoJSON (expected a FeatureCollection, a list of "
-                f"Features, a Feature or a geometry); {FIX}"
-            )
-        features.extend(found)
     result = RoiFile(path, [])
-    for i, feature in enumerate(features, start=1):
-        region, skip = _classify(path, feature, i)
-        if region is not None:
-            result.regions.append(region)
-        else:
-            result.skipped[skip] += 1
+    index = 0
+    with contextlib.ExitStack() as stack:
+        for entry, opener, kind in _sources(path, stack):
+            for item in _objects(path, entry, opener, kind):
+                if isinstance(item, str):  # counted without being decoded
+                    index += 1
+                    result.skipped[item] += 1
+                    continue
+                found = _features(item)  # a Feature, or a bare geometry QuPath wraps
+                for feature in found if found is not None else [item]:
+                    index += 1
+                    region, skip = _classify(path, feature, index)
+                    if region is not None:
+                        result.regions.append(region)
+                    else:
+                        result.skipped[skip] += 1
     if not result.regions:
         what = f"it holds {describe(result.skipped)}" if result.skipped else "it holds no objects"
         raise RoiError(f"{path}: no area annotation to use as a region ({what}); {FIX}")
     return result
 
 
-def _texts(path: Path) -> list[tuple[str, str]]:
-    """(entry name, text) of the file, or of each GeoJSON entry of a zip."""
+Opener = Callable[[], ByteStream]
+
+
+def _sources(path: Path, stack: contextlib.ExitStack) -> list[tuple[str, Opener, str]]:
+    """(entry name, opener of its decompressed bytes, "gzip" / "zip" / "") for the file,
+    or for each GeoJSON entry of a zip, telling gzip and zip by their first bytes."""
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as f:
+            head = f.read(4)
     except FileNotFoundError:
         raise RoiError(f"{path}: ROI file not found; check the --roi path") from None
     except IsADirectoryError:
@@ -134,40 +156,73 @@ def _texts(path: Path) -> list[tuple[str, str]]:
         ) from None
     except OSError as exc:
         raise RoiError(f"{path}: cannot read the ROI file ({exc.strerror})") from None
-    data = _gunzip(path, data)
-    if data[:4] == b"PK\x03\x04":
-        return _zip_texts(path, data)
-    return [(path.name, _decode(path, path.name, data))]
+    if head[:2] == _GZIP:
+        with _reading(path, "gzip"), gzip.open(path, "rb") as g:
+            inner = g.read(4)
+        if inner != _ZIP:
+            return [(path.name, lambda: gzip.open(path, "rb"), "gzip")]
+        with _reading(path, "gzip"), gzip.open(path, "rb") as g:  # a gzipped zip: rare, small
+            archive: Any = io.BytesIO(g.read())
+    elif head == _ZIP:
+        archive = path
+    else:
+        return [(path.name, lambda: open(path, "rb"), "")]
+    with _reading(path, "zip"):
+        zf = stack.enter_context(zipfile.ZipFile(archive))
+        names = sorted(
+            i.filename
+            for i in zf.infolist()
+            if not i.is_dir() and i.filename.lower().endswith(_ZIP_ENTRIES)
+        )
+    if not names:
+        raise RoiError(
+            f"{path}: the zip holds no .geojson entry; export with File > Export "
+            "objects as GeoJSON (with or without 'Compress data (zip)')"
+        )
+    return [(n, partial(_zip_entry, zf, n), "zip") for n in names]
 
 
-def _gunzip(path: Path, data: bytes) -> bytes:
-    """The data, decompressed when it is gzip (QuPath's "Compression: gzip")."""
-    if data[:2] != b"\x1f\x8b":
-        return data
+def _zip_entry(zf: zipfile.ZipFile, name: str) -> ByteStream:
+    """A zip entry's bytes, gunzipped when the entry is gzip (QuPath reads both)."""
+    stream = zf.open(name)
+    if isinstance(stream, zipfile.ZipExtFile) and stream.peek(2)[:2] == _GZIP:
+        return gzip.GzipFile(fileobj=stream)
+    return stream
+
+
+@contextlib.contextmanager
+def _reading(path: Path, kind: str) -> Iterator[None]:
+    """Read errors as one `RoiError`: of a compressed file (QuPath's "Compression"), or
+    of the file itself."""
     try:
-        return gzip.decompress(data)
-    except (OSError, EOFError) as exc:
-        raise RoiError(f"{path}: broken gzip file ({exc}); export it again") from None
+        yield
+    except (OSError, EOFError, zlib.error, zipfile.BadZipFile) as exc:
+        if not kind:
+            raise RoiError(f"{path}: cannot read the ROI file ({exc})") from None
+        raise RoiError(f"{path}: broken {kind} file ({exc}); export it again") from None
 
 
-def _zip_texts(path: Path, data: bytes) -> list[tuple[str, str]]:
-    """Every `.geojson` / `.json` entry (gzipped or not), in name order (QuPath reads each
-    one it can)."""
+def _objects(path: Path, entry: str, opener: Opener, kind: str) -> Iterator[dict[str, Any] | str]:
+    """The entry's objects (a dict to classify, or the kind of one counted undecoded),
+    streamed when the entry is in QuPath's form, else read whole as any GeoJSON."""
+    where = "" if entry == path.name else f" (entry {entry})"
     try:
-        with zipfile.ZipFile(io.BytesIO(data)) as zf:
-            names = sorted(
-                i.filename
-                for i in zf.infolist()
-                if not i.is_dir() and i.filename.lower().endswith(_ZIP_ENTRIES)
-            )
-            if not names:
-                raise RoiError(
-                    f"{path}: the zip holds no .geojson entry; export with File > Export "
-                    "objects as GeoJSON (with or without 'Compress data (zip)')"
-                )
-            return [(n, _decode(path, n, _gunzip(path, zf.read(n)))) for n in names]
-    except (zipfile.BadZipFile, EOFError, OSError) as exc:
-        raise RoiError(f"{path}: broken zip file ({exc}); export it again") from None
+        with _reading(path, kind), contextlib.closing(opener()) as stream:
+            yield from stream_objects(stream)
+        return
+    except NotStreamable:
+        pass
+    except BrokenExport as exc:
+        raise RoiError(f"{path}: not valid JSON{where} ({exc}); {FIX}") from None
+    with _reading(path, kind), contextlib.closing(opener()) as stream:
+        data = stream.read()
+    found = _features(_parse(path, entry, _decode(path, entry, data)))
+    if found is None:
+        raise RoiError(
+            f"{path}: not QuPath GeoJSON (expected a FeatureCollection, a list of "
+            f"Features, a Feature or a geometry); {FIX}"
+        )
+    yield from found
 
 
 def _decode(path: Path, entry: str, data: bytes) -> str:
@@ -234,6 +289,8 @@ def _classify(path: Path, feature: dict[str, Any], index: int) -> tuple[RegionFe
     geometry = _polygonal(feature.get("geometry"))
     if isinstance(geometry, str):
         return None, geometry
+    if not _has_area(path, index, geometry):
+        return None, "annotation without area"
     name = props.get("name")
     return (
         RegionFeature(
@@ -271,6 +328,19 @@ def _polygonal(geometry: Any) -> dict[str, Any] | str:
             return {"type": "MultiPolygon", "coordinates": coords}
         return "line annotation" if members else "object without geometry"
     return "object without geometry"
+
+
+def _has_area(path: Path, index: int, geometry: dict[str, Any]) -> bool:
+    """Whether the polygon encloses any area once made valid (an empty ring, or one whose
+    points lie on a line, does not: it is skipped like a point, never the whole file)."""
+    try:
+        g = shape(geometry)
+    except Exception as exc:  # shapely raises several types for malformed coordinates
+        raise RoiError(f"{path}: object {index} has bad coordinates ({exc}); {FIX}") from None
+    if g.is_empty:
+        return False
+    valid = g if g.is_valid else shapely.make_valid(g)
+    return bool(valid.area > 0)
 
 
 def _classification(value: Any) -> dict[str, Any] | None:

@@ -33,6 +33,7 @@ from wsi_segment.wsi.backends import BACKENDS, SlideMeta, SlideReader
 from wsi_segment.wsi.box_mean import box_mean
 from wsi_segment.wsi.mpp import mpp_problem
 from wsi_segment.wsi.retries import READ_ATTEMPTS, is_transient, with_retries
+from wsi_segment.wsi.slide_folder import slide_file_of_folder
 
 # Relative slack when matching a level's downsample: levels of odd-sized slides have
 # downsamples like 4.016 for a nominal 4 (dimensions are rounded), and count as 4.
@@ -338,11 +339,8 @@ def open_slide(
                 f"{path}: no such file; check the path (give a slide file, or a URL such as "
                 "s3://bucket/slide.svs)"
             )
-        if p.is_dir():
-            raise SlideError(
-                f"{path}: is a directory, not a slide; pass the slide file itself (for MRXS, "
-                "the .mrxs file next to this folder)"
-            )
+        if p.is_dir():  # a DICOM slide folder opens by one of its files
+            p = Path(slide_file_of_folder(p))
         if not p.is_file():  # a FIFO would block the readers forever
             raise SlideError(
                 f"{path}: not a regular file (a pipe, socket or device); pass the slide file"

@@ -1,7 +1,7 @@
 """wsi-segment: weakly supervised tissue segmentation of whole-slide images.
 
 The one import name of the project. The layers live in folders at the top of the repository
-(`wsi/`, `models/`, `pipeline/`, `flows/`, as DESIGN.md lays out) and are installed as
+(`wsi/`, `models/`, `pipeline/`, `flows/`, as docs/architecture.md lays out) and are installed as
 `wsi_segment.wsi`, `wsi_segment.models`, `wsi_segment.pipeline` and `wsi_segment.flows`
 (setuptools `package-dir`), so generic names like `models` never enter a user's
 site-packages and a folder called `models/` in the working directory cannot shadow ours.

@@ -9,6 +9,7 @@ from wsi_segment.errors import ConfigError
 from .base import DEFAULT_DROPOUT, ClassifierHead
 from .cam import CAMHead
 from .lficam import LFICAMHead
+from .lficam_ref import LFICAMRefHead
 from .pcam import PCAMHead
 from .pda import PDA_SCHEDULES, PDAHead, PDASchedule, pda_attention
 
@@ -18,11 +19,12 @@ HEADS: dict[str, type[ClassifierHead]] = {
     "cam": CAMHead,
     "pcam": PCAMHead,
     "lficam": LFICAMHead,
+    "lficam-ref": LFICAMRefHead,
 }
 
 
 def build_head(kind: str, in_channels: int, num_classes: int, **kwargs: Any) -> ClassifierHead:
-    """Build a head by name (cam, pda, pcam, lficam); kwargs as returned by `head.config()`."""
+    """Build a head by name (cam, pda, pcam, lficam, lficam-ref); kwargs as returned by `head.config()`."""
     if kind not in HEADS:
         raise ConfigError(f"unknown classifier head {kind!r}; choose one of {sorted(HEADS)}")
     if kind == "pda" and isinstance(kwargs.get("schedule"), dict):
@@ -40,6 +42,7 @@ __all__ = [
     "CAMHead",
     "ClassifierHead",
     "LFICAMHead",
+    "LFICAMRefHead",
     "PCAMHead",
     "PDAHead",
     "PDASchedule",

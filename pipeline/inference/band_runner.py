@@ -2,10 +2,11 @@
 
 The chunk plan is cut into bands: contiguous runs of chunks in plan order, balanced by tile
 count, a few per worker slot so a slow or lost worker costs little. Each band is one Dask
-task; on its worker it runs `run_engine` (the read source a local run would pick there:
-the reader thread, decoder processes or the device read path, feeding the worker's one
-model owner, batches across the band's chunks) and returns the band's outcomes
-(`pipeline.inference.band_task`). A band writes only the zarr chunks of its own chunks, so
+task; on its worker it decides its run policy (`pipeline.run_policy.decide`, from that
+worker's machine and the run's options, as a local run does), runs `run_engine` as the
+policy says (the reader thread, decoder processes or the device read path, feeding the
+worker's one model owner, batches across the band's chunks) and returns the band's
+outcomes and policy (`pipeline.inference.band_task`). A band writes only the zarr chunks of its own chunks, so
 a band recomputed after its worker died writes the same bytes again. The precision of
 `--precision auto` is decided by one worker and pinned for all (`settle_precision`).
 
@@ -25,10 +26,16 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from wsi_segment.pipeline.inference.band_task import DAEMON_FIX, BandReads, BandResult, run_band
-from wsi_segment.pipeline.inference.chunk_job import SlideJob, precision_here
+from wsi_segment.pipeline.inference.band_task import (
+    DAEMON_FIX,
+    BandResult,
+    band_precision,
+    run_band,
+)
+from wsi_segment.pipeline.inference.chunk_job import SlideJob
 from wsi_segment.pipeline.inference.model_handle import ModelHandle
 from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome
+from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.pipeline.progress import NullProgress, Progress
 from wsi_segment.wsi.tiling import ChunkSpec
 
@@ -39,22 +46,6 @@ log = logging.getLogger(__name__)
 
 BANDS_PER_SLOT = 3  # bands per band a worker can run at once: a lost band is a small part
 GPU_RESOURCE = "GPU"
-
-
-def worker_device_type(client: Client, device: str) -> str:
-    """'cuda' when every worker would load the model on a GPU for `device`, else 'cpu'.
-
-    `auto` asks the workers themselves (this process may have no GPU at all)."""
-    if device != "auto":
-        return "cuda" if device == "cuda" else "cpu"
-    found = client.run(_device_here, device)
-    return "cuda" if found and all(d == "cuda" for d in found.values()) else "cpu"
-
-
-def _device_here(device: str) -> str:
-    from wsi_segment.models.device import pick_device
-
-    return str(pick_device(device).type)
 
 
 def band_slices(specs: Sequence[ChunkSpec], bands: int) -> list[range]:
@@ -99,7 +90,7 @@ def run_bands(
     job: SlideJob,
     specs: Sequence[ChunkSpec],
     client: Client,
-    reads: BandReads | None = None,
+    options: SegmentParams | None = None,
     progress: Progress | None = None,
     key_prefix: str = "band",
     bands: int | None = None,
@@ -107,9 +98,8 @@ def run_bands(
 ) -> list[ChunkOutcome]:
     """Run every chunk in bands on the cluster's workers; outcomes in `specs` order.
 
-    `reads`: how bands read (`band_task.band_source`; default: as a local run would on that
-    worker). `bands`: how many (None: a few per
-    worker slot). `results` (optional) receives each band's `BandResult`, in band order.
+    `options`: the run's options, from which each band decides its policy on its worker
+    (default: all defaults). `bands`: how many (None: a few per worker slot). `results` (optional) receives each band's `BandResult`, in band order.
     The progress bar advances per band, by its tiles, as each band finishes.
 
     This never returns or raises while a band may still write: a failed band sets a
@@ -136,7 +126,7 @@ def run_bands(
             job_future,
             specs[r.start : r.stop],
             abort,
-            reads or BandReads(),
+            options or SegmentParams(),
             gpu,
             at_once,
             key=f"{key_prefix}-{k}-of-{len(ranges)}",
@@ -166,16 +156,17 @@ def run_bands(
 
 
 def settle_precision(
-    job: SlideJob, specs: Sequence[ChunkSpec], client: Client
+    job: SlideJob, specs: Sequence[ChunkSpec], client: Client, options: SegmentParams
 ) -> tuple[SlideJob, dict[str, Any]]:
-    """Precision 'auto' on CPU workers: one worker loads the model (which chooses by the
-    model and that machine, SegmentationModel.to_device) and every worker gets its answer,
-    so a slide never mixes bf16 and fp32 chunks (a band recomputed on a new worker
-    included). Returns the job to run and that worker's report."""
-    if job.model.precision != "auto" or not specs:
-        reason = f"{job.model.precision}: asked for (--precision {job.model.precision})"
-        return job, {"autocast": job.model.precision, "reason": reason, "calibration": None}
-    report = client.submit(precision_here, job, pure=False).result()
+    """Precision 'auto' on CPU workers: one worker loads the model as its band policy says
+    (which chooses by the model and that machine, SegmentationModel.to_device) and every
+    worker gets its answer (`RunFacts.pinned_precision`), so a slide never mixes bf16 and
+    fp32 chunks (a band recomputed on a new worker included). Returns the job to run and
+    that worker's report."""
+    if options.precision != "auto" or not specs:
+        reason = f"{options.precision}: asked for (--precision {options.precision})"
+        return job, {"autocast": options.precision, "reason": reason, "calibration": None}
+    report = client.submit(band_precision, job, options, pure=False).result()
     chosen = report.get("autocast")
     if report.get("device") != "cpu" or chosen not in ("fp32", "bf16"):
         return job, report  # GPUs: auto is already fixed (bf16, else fp16)

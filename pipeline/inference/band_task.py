@@ -1,40 +1,54 @@
 """One band of a slide on a Dask worker: the engine over a run of contiguous chunks.
 
-The band runs `run_engine` with the worker's model (loaded once per worker process, shared
-under its lock like the slides of a local batch) and the read source a local run would pick
-on that machine (`band_source`): the device read path where `--read-device` and the slide
-allow it, decoder processes where asked for (`--decoders N`) or on a GPU worker, else the
-reader thread. A worker process that is *daemonic* may not start processes (Python refuses:
-its children would be orphaned when it is terminated). Dask starts workers daemonic unless
-`distributed.worker.daemon` is False; our local clusters turn it off (`flows.dask_cluster`),
-for workers started by hand set `DASK_DISTRIBUTED__WORKER__DAEMON=False`. On a daemonic
-worker a band that would start decoders reads in its reader thread instead (the same bytes),
-logs a warning naming the setting, and reports 0 decoders.
+Each band decides its run policy on its worker (`band_policy`: `pipeline.run_policy.decide`
+from the worker's machine, the run's options, its share of the machine and the slide's read
+level), then runs `run_engine` as it says: the worker's model (loaded once per worker process,
+shared under its lock like the slides of a local batch) on the policy's device and precision,
+and the read source it names (`band_source`): the device read path, decoder processes, or
+the reader thread. The band returns its policy for summary.json. A worker process that is
+*daemonic* may not start processes (Python refuses: its children would be orphaned when it
+is terminated). Dask starts workers daemonic unless `distributed.worker.daemon` is False;
+our local clusters turn it off (`flows.dask_cluster`), for workers started by hand set
+`DASK_DISTRIBUTED__WORKER__DAEMON=False`. On a daemonic worker the policy gives a band no
+decoders (it reads in its reader thread: the same bytes); the band logs a warning naming the
+setting.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import multiprocessing as mp
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from wsi_segment.errors import WsiSegmentError
 from wsi_segment.pipeline.inference.chunk_job import SlideJob
 from wsi_segment.pipeline.inference.engine import run_engine
 from wsi_segment.pipeline.inference.engine_state import EngineAborted
-from wsi_segment.pipeline.inference.read_device import GPU, choose_reads
+from wsi_segment.pipeline.inference.model_handle import ModelHandle
+from wsi_segment.pipeline.inference.read_device import slide_reads
+from wsi_segment.pipeline.machine import probe_machine
 from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome
-from wsi_segment.pipeline.params import run_writers, shared_decoders, usable_cores
+from wsi_segment.pipeline.params import SegmentParams
+from wsi_segment.pipeline.run_policy import (
+    BAND,
+    ReadFacts,
+    RunFacts,
+    RunPolicy,
+    decide,
+    wants_slide_reads,
+)
 from wsi_segment.wsi.tiling import ChunkSpec
 
 if TYPE_CHECKING:
     from distributed import Event
 
     from wsi_segment.pipeline.inference.read_source import ReadSource
+    from wsi_segment.wsi.raw_tiles import JpegTiles
 
 log = logging.getLogger(__name__)
 
@@ -54,71 +68,79 @@ class BandResult:
     error: BaseException | None = None  # bad input (a WsiSegmentError): fails the slide
     aborted: bool = False  # the slide failed elsewhere; this band stopped or never started
     reads: dict[str, str] = field(default_factory=dict)  # the read choice, for summary.json
-    daemonic: bool = False  # asked for decoders on a daemonic worker: read in a thread
+    daemonic: bool = False  # decoders were due on a daemonic worker: read in a thread
+    policy: dict[str, Any] = field(default_factory=dict)  # its run policy, for summary.json
 
 
-@dataclass(frozen=True)
-class BandReads:
-    """How a band reads, as the run asked: `--decoders` (None: the device's default) and
-    `--read-device`."""
-
-    decoders: int | None = None
-    read_device: str = "auto"
-
-
-def band_decoders(
-    requested: int | None, device_type: str, in_flight: int, cores: int | None = None
-) -> int:
-    """Decoders of one band: `requested` (0: the reader thread), else on a GPU the engine's
-    default (one per core but one, at most 16) shared out between the `in_flight` bands the
-    worker runs at once, at least 1; 0 on the CPU, as a local run."""
-    if requested is not None:
-        return max(0, requested)
-    return shared_decoders(None, device_type, slides=max(1, in_flight), cores=cores)
-
-
-def band_source(
-    job: SlideJob, reads: BandReads, in_flight: int
-) -> tuple[ReadSource, dict[str, str], bool]:
-    """The read source of a band on this worker, the read choice it reports, and whether
-    decoders were due but the worker is daemonic: the device read path where it serves the
-    slide, else decoder processes or the reader thread."""
-    from wsi_segment.pipeline.inference.model_handle import model_device_type  # torch
-    from wsi_segment.pipeline.inference.reader_thread import HostTiles, ReaderThread
-
-    model, _lock = job.model.get()
-    device_type = model_device_type(model)
+def band_policy(
+    job: SlideJob, options: SegmentParams, in_flight: int, examine: bool = True
+) -> tuple[RunPolicy, SlideJob, JpegTiles | None]:
+    """This band's policy, decided here from this worker's machine, the run's `options`,
+    the `in_flight` bands sharing the machine and (`examine`) the slide's read level; the
+    job to run it (the model's device, precision and batch size as it says), and the tiles
+    the device read path reads, if it does."""
+    machine = probe_machine()
     reader = job.reader
-    key = (reader.read_level, reader.level0_per_model)
-    try:
-        choice = choose_reads(
-            reads.read_device, device_type == "cuda", job.slide_path, reader.slide(), key
-        )
-    finally:
-        reader.close_local()
-    if choice.device == GPU and choice.tiles is not None:
+    reads: ReadFacts | None = None
+    tiles = None
+    if examine and wants_slide_reads(machine, options):
+        try:
+            reads, tiles = slide_reads(
+                job.slide_path, reader.slide(), (reader.read_level, reader.level0_per_model)
+            )
+        finally:
+            reader.close_local()
+    asked = job.model.precision
+    pinned = asked if options.precision == "auto" and asked != "auto" else None
+    facts = RunFacts(BAND, in_flight, reads, pinned, mp.current_process().daemon)
+    policy = decide(machine, options, facts)
+    device, precision = policy.device.value, policy.precision.value
+    if (job.model.device, job.model.precision) != (device, precision):
+        model = ModelHandle(job.model.model_dir, device, precision, job.model.identity)
+        job = dataclasses.replace(job, model=model, _local=threading.local())
+    if job.batch_size != policy.batch_size.value:
+        job = dataclasses.replace(job, batch_size=policy.batch_size.value, _local=threading.local())
+    return policy, job, tiles if policy.device_decoder is not None else None
+
+
+def band_source(job: SlideJob, policy: RunPolicy, tiles: JpegTiles | None) -> ReadSource:
+    """The read source `policy` names: the device read path (on `tiles`), decoder
+    processes, or the reader thread."""
+    from wsi_segment.pipeline.inference.reader_thread import HostTiles, ReaderThread  # torch
+
+    decoder = policy.device_decoder
+    if tiles is not None and decoder is not None:
         from wsi_segment.pipeline.inference.device_tiles import DeviceTiles
 
-        source = ReaderThread(DeviceTiles(reader, choice.tiles, model.device))
-        return source, choice.report(), False
-    n = band_decoders(reads.decoders, device_type, in_flight)
-    daemonic = bool(n) and mp.current_process().daemon
-    if n and not daemonic:
+        model, _lock = job.model.get()
+        return ReaderThread(DeviceTiles(job.reader, tiles, model.device, decoder))
+    if policy.decoders.value:
         from wsi_segment.pipeline.inference.decoder_reads import DecoderProcesses
 
-        return DecoderProcesses(n), choice.report(), False
-    return ReaderThread(HostTiles(reader)), choice.report(), daemonic
+        return DecoderProcesses(policy.decoders.value)
+    return ReaderThread(HostTiles(job.reader))
+
+
+def band_precision(job: SlideJob, options: SegmentParams) -> dict[str, Any]:
+    """What this worker's model runs in for a band's policy, and why (its
+    `precision_report`). A cluster asks one worker, then pins the answer for all
+    (band_runner.settle_precision), so every chunk, recomputed ones included, runs in the
+    same precision even on a cluster of unlike machines."""
+    _policy, job, _tiles = band_policy(job, options, 1, examine=False)
+    model, _lock = job.model.get()
+    return dict(model.precision_report())
 
 
 def run_band(
     job: SlideJob,
     specs: list[ChunkSpec],
     abort: str | None,
-    reads: BandReads,
+    options: SegmentParams,
     gpu: bool,
     at_once: dict[str, int] | None = None,
 ) -> BandResult:
-    """Dask task: run `specs` (contiguous chunks) through the engine on this worker.
+    """Dask task: run `specs` (contiguous chunks) through the engine on this worker, as
+    the policy the band decides here for the run's `options` says.
 
     `abort`: name of the slide's distributed Event (None: not on a cluster); `gpu`: the
     band holds the worker's GPU resource, so it is the only band running there;
@@ -128,28 +150,35 @@ def run_band(
     if event is not None and event.is_set():
         return BandResult([], 0, aborted=True)
     in_flight = _bands_at_once_here(gpu, at_once or {})
-    share = max(1, usable_cores() // in_flight)  # this band's cores
     try:
-        source, choice, daemonic = band_source(job, reads, in_flight)
+        policy, job, tiles = band_policy(job, options, in_flight)
+        daemonic = policy.decoders_refused
+        source = band_source(job, policy, tiles)
         try:
-            n = source.processes
             if daemonic:
                 log.warning("%s: this Dask worker is daemonic, reading in a thread; %s",
                             job.slide_path, DAEMON_FIX)  # fmt: skip
             stop = threading.Event()
-            with _watching(event, stop), _torch_threads(share):
+            with _watching(event, stop), _torch_threads(policy.cores.value):
                 # side by side with the worker's other bands, each on its share of the cores
                 outcomes = run_engine(
                     job,
                     specs,
                     source,
                     abort=stop,
-                    writers=run_writers(None, n, cores=share),
-                    locked=False,
+                    writers=policy.writers.value,
+                    computes=policy.compute_threads.value,
+                    locked=policy.model_lock.value,
                 )
         finally:
             source.close()  # run_engine closed it, unless an interrupt came first
-        return BandResult(outcomes, n, reads=choice, daemonic=daemonic)
+        return BandResult(
+            outcomes,
+            source.processes,
+            reads=policy.read_report(),
+            daemonic=daemonic,
+            policy=policy.as_dict(),
+        )
     except EngineAborted:
         return BandResult([], 0, aborted=True)
     except WsiSegmentError as exc:

@@ -174,13 +174,3 @@ def device_batch_size(
         return requested
     with lock:  # the first call on a GPU runs a probe forward pass
         return int(model.batch_limit(tile, requested))
-
-
-def precision_here(job: SlideJob) -> dict[str, Any]:
-    """The precision this process's model runs in, and why (its `precision_report`).
-
-    A cluster asks one worker, then pins the answer for all (band_runner.settle_precision),
-    so every chunk, recomputed ones included, runs in the same precision even on a cluster
-    of unlike machines."""
-    model, _lock = job.model.get()
-    return dict(model.precision_report())

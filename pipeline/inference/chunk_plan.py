@@ -14,7 +14,7 @@ from pathlib import Path
 from wsi_segment.errors import ModelError
 from wsi_segment.models.meta import read_model_json
 from wsi_segment.pipeline.inference.chunk_reader import ChunkReader
-from wsi_segment.pipeline.params import SegmentParams, plan_chunk_tiles
+from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.wsi.read_backend import fast_read_backend
 from wsi_segment.wsi.roi import Roi, restrict_to_rois
 from wsi_segment.wsi.slide import Slide
@@ -47,12 +47,13 @@ def plan_slide(
     geometry: tuple[int, float],
     params: SegmentParams,
     tissue: TissueMask,
+    chunk_tiles: int,
 ) -> tuple[TileGrid, ChunkPlan]:
-    """The tile grid (validated against the options) and the tissue chunks to run."""
+    """The tile grid (validated against the options) and the tissue chunks to run, in
+    chunks of `chunk_tiles` x `chunk_tiles` tiles (the run policy's)."""
     tile, model_mpp = geometry
     grid = TileGrid(tile=tile, overlap=params.overlap, downsample=params.output_downsample)
     grid.validate()
-    chunk_tiles = plan_chunk_tiles(params)
     return grid, plan_chunks(slide, mpp[0], model_mpp, grid, chunk_tiles, tissue)
 
 

@@ -70,19 +70,18 @@ class DeviceConsumer:
         computes: int = 1,
         locked: bool | None = None,
     ) -> None:
-        """`locked`: forward passes take the model's lock (None: when one thread computes;
-        always on a GPU). Bands of a CPU Dask worker pass False: each already has its share
-        of the cores, and the lock would run one band's forward pass at a time."""
+        """`computes` and `locked` (forward passes take the model's lock; None: when one
+        thread computes) as the run policy decided them (`pipeline.run_policy`: one locked
+        thread on a GPU; bands of a CPU Dask worker unlocked, each on its share of the
+        cores)."""
         self._model, self._lock, self._grid, self._gate = model, lock, grid, gate
         self._batch = batch
         self._errors, self._stats = errors, stats
-        cpu = model_device_type(model) == "cpu"
-        self.computes = max(1, computes) if cpu else 1
-        caller = torch.get_num_threads()
+        self.computes = max(1, computes)
         # a new thread starts with OpenMP's default, not the caller's: each sets its own
-        self._threads = max(1, caller // self.computes) if cpu else 0
-        default = self.computes == 1  # side by side on the CPU: no lock
-        self._locked = not cpu or (default if locked is None else locked)
+        cpu = model_device_type(model) == "cpu"
+        self._threads = max(1, torch.get_num_threads() // self.computes) if cpu else 0
+        self._locked = self.computes == 1 if locked is None else locked
         self._running = self.computes
         self._count_lock = threading.Lock()
         self._stats_lock = threading.Lock()

@@ -20,12 +20,7 @@ import torch
 
 from wsi_segment.errors import SlideError
 from wsi_segment.pipeline.inference.chunk_reader import ChunkReader
-from wsi_segment.pipeline.inference.jpeg_batch import (
-    Decoder,
-    copy_into,
-    decode_tiles,
-    tile_decoder,
-)
+from wsi_segment.pipeline.inference.jpeg_batch import Decoder, copy_into, decode_tiles
 from wsi_segment.pipeline.inference.read_device import jpeg_level
 from wsi_segment.wsi.raw_tiles import JpegTiles, Unsupported
 from wsi_segment.wsi.tiling import ChunkSpec
@@ -63,10 +58,12 @@ class DeviceTileCache:
         self,
         tiles: JpegTiles,
         device: torch.device,
+        decoder: Decoder,
         planned: Iterable[Box],
         max_bytes: int = 128 << 20,
     ) -> None:
         self._tiles, self._device, self._max_bytes = tiles, device, int(max_bytes)
+        self._decoder = decoder
         self._uses: dict[Key, int] = {}
         for box in planned:
             for key in tiles_of(box, tiles.tile_size, tiles.level_size):
@@ -81,7 +78,13 @@ class DeviceTileCache:
         planned use of each is spent (a tile no later read needs is dropped)."""
         missing = [k for k in keys if k not in self._cache]
         decoded = (
-            dict(zip(missing, decode_tiles(self._tiles, missing, self._device), strict=True))
+            dict(
+                zip(
+                    missing,
+                    decode_tiles(self._tiles, missing, self._device, self._decoder),
+                    strict=True,
+                )
+            )
             if missing
             else {}
         )
@@ -117,22 +120,20 @@ WHITE = 255
 
 @dataclass
 class DeviceTiles:
-    """Reads chunks' model tiles onto `device`; one per slide and device."""
+    """Reads chunks' model tiles onto `device` with `decoder` (the run policy's); one per
+    slide and device."""
 
     reader: ChunkReader
     tiles: JpegTiles
     device: torch.device
+    decoder: Decoder
     cache: DeviceTileCache | None = None  # `plan_reuse`: storage tiles decoded once
-
-    @property
-    def decoder(self) -> Decoder:
-        return tile_decoder(self.tiles, self.device)
 
     def plan_reuse(self, specs: Sequence[ChunkSpec], max_bytes: int = 128 << 20) -> None:
         """Decode each storage tile once while these chunks are read (a tile is kept until
         the last planned read of it, within `max_bytes` on the device)."""
         boxes = [self.reader.read_box(s) for s in specs if s.tiles]  # level px = model px
-        self.cache = DeviceTileCache(self.tiles, self.device, boxes, max_bytes)
+        self.cache = DeviceTileCache(self.tiles, self.device, self.decoder, boxes, max_bytes)
 
     def read_tiles(self, spec: ChunkSpec) -> torch.Tensor:
         """(len(spec.tiles), T, T, 3) uint8 on the device, in `spec.tiles` order."""
@@ -198,16 +199,19 @@ class DeviceTiles:
     def _decode(self, keys: list[Key]) -> Sequence[torch.Tensor]:
         if self.cache is not None:
             return self.cache.take(keys)
-        return list(decode_tiles(self.tiles, keys, self.device)) if keys else []
+        return list(decode_tiles(self.tiles, keys, self.device, self.decoder)) if keys else []
 
     def close(self) -> None:
         self.tiles.close()
 
 
-def open_device_tiles(reader: ChunkReader, device: torch.device) -> DeviceTiles | Unsupported:
-    """Device reads for this reader's chunks, or why the CPU decoders must read them."""
+def open_device_tiles(
+    reader: ChunkReader, device: torch.device, decoder: Decoder
+) -> DeviceTiles | Unsupported:
+    """Device reads for this reader's chunks with `decoder`, or why the CPU decoders must
+    read them."""
     key = (reader.read_level, reader.level0_per_model)
     tiles = jpeg_level(reader.slide_path, reader.slide(), key)
     if isinstance(tiles, Unsupported):
         return tiles
-    return DeviceTiles(reader, tiles, device)
+    return DeviceTiles(reader, tiles, device, decoder)

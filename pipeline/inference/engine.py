@@ -40,7 +40,6 @@ from wsi_segment.pipeline.inference.engine_state import (
 )
 from wsi_segment.pipeline.inference.read_source import ReadSource
 from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome
-from wsi_segment.pipeline.params import run_writers
 from wsi_segment.pipeline.progress import NullProgress, Progress
 from wsi_segment.wsi.tiling import ChunkSpec
 
@@ -56,16 +55,16 @@ def run_engine(
     progress: Progress | None = None,
     stats: EngineStats | None = None,
     abort: threading.Event | None = None,
-    writers: int | None = None,
+    writers: int = 1,
     computes: int = 1,
     locked: bool | None = None,
 ) -> list[ChunkOutcome]:
     """Run every chunk through the engine, tiles read by `source`; outcomes in `specs` order.
 
     `source` is adopted: closed whatever happens. `writers`: threads finishing whole chunks
-    side by side (default `pipeline.params.run_writers`: the cores the source's processes
-    leave, 1 to 4). `computes`: forward passes side by side on the CPU (1 on a GPU);
-    `locked`: whether they take the model's lock (`DeviceConsumer`; None: with one compute).
+    side by side; `computes`: forward passes side by side; `locked`: whether they take the
+    model's lock (`DeviceConsumer`; None: with one compute). Runs pass their run policy's
+    (`pipeline.run_policy`).
     `stats` (optional) receives what the run did (batches and the chunks each held, bytes
     that crossed from the device). `abort` (optional): set by someone else (a Dask band
     whose slide failed elsewhere) to stop the run; it then raises `EngineAborted`."""
@@ -75,7 +74,6 @@ def run_engine(
     try:
         if not specs:
             return []
-        writers = run_writers(writers, source.processes)
         return _run(job, specs, source, progress, stats, abort, writers, (computes, locked))
     finally:
         source.close()

@@ -7,8 +7,9 @@ their colour coding in the header: `wsi.raw_tiles`).
 
 Colour: nvJPEG converts every 3-component stream as YCbCr and its handling of the APP14
 marker that says "RGB, no transform" is not documented, so only streams whose header states
-YCbCr (`JpegTiles.colour_safe_anywhere`) are decoded on the GPU. RGB-coded streams (Aperio
-SVS) are decoded on the CPU and copied to the device: right colours first, speed second.
+YCbCr (`JpegTiles.colour_safe_anywhere`) are decoded on the GPU (the run policy's decision,
+`pipeline.run_policy`). RGB-coded streams (Aperio SVS) are decoded on the CPU and copied to
+the device: right colours first, speed second.
 """
 
 from __future__ import annotations
@@ -32,13 +33,6 @@ warnings.filterwarnings(
     message=r"The image decoding and encoding capabilities of TorchVision are deprecated",
     category=DeprecationWarning,
 )
-
-
-def tile_decoder(tiles: JpegTiles, device: torch.device) -> Decoder:
-    """Which decoder serves these tiles for a model on `device` (module doc: colour)."""
-    if device.type == "cuda" and tiles.colour_safe_anywhere:
-        return "nvjpeg"
-    return "libjpeg"
 
 
 def decode_streams(
@@ -77,9 +71,10 @@ def copy_into(dst: torch.Tensor, src: torch.Tensor) -> None:
 
 
 def decode_tiles(
-    tiles: JpegTiles, keys: Sequence[tuple[int, int]], device: torch.device
+    tiles: JpegTiles, keys: Sequence[tuple[int, int]], device: torch.device, decoder: Decoder
 ) -> torch.Tensor:
-    """Storage tiles (col, row) of one level, decoded: (N, tile_h, tile_w, 3) uint8 on
-    `device` (edge tiles whole, padding included: the caller crops to the level)."""
+    """Storage tiles (col, row) of one level, decoded by `decoder` (the run policy's: nvJPEG
+    only for tiles whose header states YCbCr, module doc) into (N, tile_h, tile_w, 3) uint8
+    on `device` (edge tiles whole, padding included: the caller crops to the level)."""
     streams = [tiles.stream(c, r) for c, r in keys]
-    return decode_streams(streams, device, tile_decoder(tiles, device))
+    return decode_streams(streams, device, decoder)

@@ -23,8 +23,8 @@ class ModelHandle:
     """Recipe + (in this process) the loaded model and the lock serialising its forwards."""
 
     model_dir: str
-    device: str = "auto"
-    precision: str = "auto"  # auto | fp32 | bf16 (the answer a cluster's calibration pinned)
+    device: str = "auto"  # the run policy's (pipeline.run_policy): cpu | cuda
+    precision: str = "auto"  # the run policy's request: auto | fp32 | bf16
     # the run's model identity (summary.json): a worker that loads other bytes refuses them
     identity: str = ""
     _loaded: tuple[SegmentationModel, threading.Lock] | None = field(default=None, repr=False)
@@ -88,10 +88,9 @@ def _load_cached(
     model_dir: str, device: str, precision: str, stamp: tuple[int, ...]
 ) -> tuple[SegmentationModel, threading.Lock]:
     from wsi_segment.models.bundle import load_model
-    from wsi_segment.models.device import pick_device
 
     model = load_model(Path(model_dir))
-    model.to_device(device, precision_to_load(precision, pick_device(device).type))
+    model.to_device(device, precision)
     model.eval()
     return model, threading.Lock()
 
@@ -99,11 +98,3 @@ def _load_cached(
 def model_device_type(model: SegmentationModel) -> str:
     """'cpu' or 'cuda': where a loaded model's weights live."""
     return str(model.device.type)
-
-
-def precision_to_load(precision: str, device_type: str) -> str:
-    """fp32 stays fp32; 'bf16' is a CPU calibration's answer pinned for a cluster
-    (band_runner.settle_precision), so a GPU worker of a mixed cluster keeps its own 'auto'."""
-    if precision == "fp32" or (precision == "bf16" and device_type == "cpu"):
-        return precision
-    return "auto"

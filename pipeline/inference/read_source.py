@@ -14,7 +14,7 @@ queue, then None. Three sources exist:
   bands of chunks into shared memory, a stager thread batches them.
 
 A source reports its errors (a damaged tile: a `SlideError` naming the file and the fix)
-to the run's `FirstError` and checks `errors.stopped` while it waits; the engine handles
+to the run's `FirstError` and checks `FirstError.stopped` while it waits; the engine handles
 the abort, the progress and the first error once for all of them, and calls `close` on
 every path after its threads have ended.
 """

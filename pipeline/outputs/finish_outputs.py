@@ -107,6 +107,8 @@ class PreparedRun(Protocol):
     @property
     def precision(self) -> Mapping[str, Any]: ...
     @property
+    def run_policy(self) -> Mapping[str, Any]: ...  # pipeline.run_policy, with its reasons
+    @property
     def rois(self) -> Sequence[Roi]: ...
     @property
     def overlay_thumb(self) -> PendingThumbnail | None: ...
@@ -232,9 +234,9 @@ def _write_polygons(
         report = roi_class_areas(rois, exact, classes, um2)
         geoms_level0 = clip_to_rois(geoms_level0, rois)
     fc = build_feature_collection(
-        geoms_level0, classes, colors, measurements, tissue_level0, id_prefix=prep.name
+        geoms_level0, classes, colors, measurements, tissue_level0, id_prefix=prep.fingerprint
     )
-    fc["features"].extend(roi_features(rois, report, prep.name))
+    fc["features"].extend(roi_features(rois, report, prep.fingerprint))
     write_geojson(work_dir / "tissue.geojson", fc)
     return report
 
@@ -350,6 +352,8 @@ def _summary(
         },
         "classes": areas,
         "precision": dict(prep.precision),
+        # every machine-dependent decision and its reason (a Dask run's: each band's)
+        "run_policy": dict(prep.run_policy),
         "timings_s": dict(prep.timings),
         # Run statistics like the timings (local runs only; thread interleaving moves them).
         "read_stats": dict(prep.read_stats),

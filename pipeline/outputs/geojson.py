@@ -28,10 +28,12 @@ from wsi_segment.errors import ConfigError
 from wsi_segment.models.labels import TISSUE_NAME
 
 TISSUE_COLOR = (128, 128, 128)
-# Fixed namespace: the same slide stem + class gives the same feature id on every run, so a
-# script can find the objects of an earlier import by id (docs/qupath/wsi_segment_import.groovy
-# removes them first). QuPath's own import never replaces by id: when ids are already in the
-# image it asks whether to give the new objects new ids, and adds them either way.
+# Feature ids are UUIDs derived from the run's fingerprint (slide, model, parameters, regions)
+# and the object's key: the same run gives the same bytes, and two different runs never share
+# an id, so importing both into one image gives no duplicate ids. Importing the *same* file
+# twice always does (QuPath's importObjectsFromFile adds objects without asking, keeping their
+# ids); the import script (docs/qupath/wsi_segment_import.groovy) instead removes what an
+# earlier import of ours added, found by the metadata key below, not by id.
 _ID_NAMESPACE = uuid.UUID("6f1d3c2e-5b7a-4e8f-9a0b-1c2d3e4f5a6b")
 Color = tuple[int, int, int]
 METADATA_KEY = "wsi_segment"  # properties.metadata key naming what made an object
@@ -78,11 +80,13 @@ def make_feature(
     id_key: str | None = None,
     decimals: int | None = 3,
     kind: str = "class",
+    metadata: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """One QuPath annotation feature; `id_key` makes the UUID deterministic. `kind` goes
     into the object's metadata (`wsi_segment`: "class" for class polygons and the tissue
-    outline, "region" for a `--roi` region), which QuPath 0.5+ keeps on the object, so the
-    import script (docs/qupath/wsi_segment_import.groovy) tells them apart."""
+    outline, "region" for a `--roi` region), which QuPath 0.5+ keeps on the object (string
+    values only), so the import script (docs/qupath/wsi_segment_import.groovy) finds what an
+    earlier import added; `metadata` adds entries (a region's QuPath object)."""
     fid = uuid.uuid5(_ID_NAMESPACE, id_key) if id_key else uuid.uuid4()
     properties: dict[str, Any] = {
         "objectType": "annotation",
@@ -92,7 +96,10 @@ def make_feature(
     numbers = _numbers(measurements)
     if numbers:
         properties["measurements"] = numbers
-    properties["metadata"] = {METADATA_KEY: kind}
+    properties["metadata"] = {
+        METADATA_KEY: kind,
+        **{k: str(v) for k, v in (metadata or {}).items()},
+    }
     return {
         "type": "Feature",
         "id": str(fid),
@@ -112,8 +119,8 @@ def build_feature_collection(
 ) -> dict[str, Any]:
     """FeatureCollection: the Tissue outline first (QuPath draws later objects on top), then
     one feature per class in class order. Empty classes are left out (QuPath cannot show an
-    empty ROI). `measurements` is keyed by class name (and "Tissue"); `id_prefix` (e.g. the
-    slide stem) makes feature ids reproducible.
+    empty ROI). `measurements` is keyed by class name (and "Tissue"); `id_prefix` (the run's
+    fingerprint) makes feature ids reproducible, and different for another run.
     """
     if len(class_names) != len(colors):
         raise ConfigError(f"{len(class_names)} class names but {len(colors)} colours")

@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 
 from wsi_segment.errors import ConfigError, OutputError
 from wsi_segment.models.checksum import file_sha256
+from wsi_segment.pipeline.outputs.naming import slide_file_name, strip_extension
 from wsi_segment.pipeline.outputs.ownership import (
     SUMMARY_NAME,
     link_error,
@@ -74,8 +75,9 @@ _FORBIDDEN_NAME_CHARS = ("/", "\\", "\0", ":")
 
 
 def default_output_name(path: str | Path) -> str:
-    """The output folder name of a slide: its file stem (a URL's: its last part's)."""
-    return Path(str(path).rstrip("/")).stem
+    """The output folder name of a slide: its file name (a URL's: its last part) without
+    the extension, as QuPath strips it (`naming.strip_extension`: `a.ome.tif` -> `a`)."""
+    return strip_extension(slide_file_name(path))
 
 
 def leaves_output_folder(name: str) -> bool:
@@ -106,7 +108,7 @@ def check_output_name(name: str, source: str) -> str:
 
 def slide_output_name(slide_path: str, output_name: str | None = None) -> str:
     """The output folder name of one slide run: `output_name` if given (checked like a
-    manifest name), else the slide's stem, refused if it would not be a folder inside
+    manifest name), else `default_output_name`, refused if it would not be a folder inside
     --out. Stems keep '\\' and ':', which are plain characters in a POSIX file name."""
     if output_name:
         return check_output_name(output_name, slide_path)
@@ -127,7 +129,7 @@ def slide_output_name(slide_path: str, output_name: str | None = None) -> str:
 
 # --- the identity: what decides "up to date" ---
 
-FORMAT_VERSION = 5  # bump when outputs change for the same inputs
+FORMAT_VERSION = 6  # bump when outputs change for the same inputs
 
 
 def slide_identity(slide_path: str) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Label raster -> per-class polygons that are exact, seamless across blocks, edge-to-edge.
 
-Why rasterio's `features.shapes` (GDAL polygonize): its rings follow pixel edges, so the
+Why `rasterio.features.shapes` (GDAL polygonize): its rings follow pixel edges, so the
 polygons rasterise back to the label raster with 0 wrong pixels (holes kept), and polygons of
 neighbouring blocks share their border exactly, so `shapely.union_all` merges them with no
 seam. `cv2.findContours` traces pixel centres: shapes shrink by half a pixel and tiles leave
@@ -72,14 +72,77 @@ def simplified_block_polygons(
     if not (labels < n_classes).any():
         return {}
     values, polygons = _trace(labels, x0_out, y0_out, None)
-    simplified = shapely.coverage_simplify(
-        _node_pixel_grid(list(polygons)), tolerance, simplify_boundary=False
-    )
+    noded = _node_pixel_grid(list(polygons))
+    simplified = _simplify_keeping_areas(np.array(values), polygons, noded, n_classes, tolerance)
     out: dict[int, list[Polygon]] = {}
     for value, polygon in zip(values, simplified, strict=True):
         if value < n_classes and not polygon.is_empty:
             out.setdefault(value, []).append(polygon)
     return out
+
+
+# Simplification may change a class's area in a block by at most this share of it, so each
+# class's polygons stay within 1 % of its raster area over the slide (a sum of blocks), with
+# room for the clip at the slide's edge.
+AREA_CHANGE_LIMIT = 0.005
+# Rounds of "keep the polygons that moved a class's area most as traced, simplify the others
+# again" before a block is kept as traced (one or two settle it in practice).
+_AREA_ROUNDS = 4
+
+
+def _simplify_keeping_areas(
+    values: np.ndarray,
+    exact: np.ndarray,
+    noded: list[BaseGeometry],
+    n_classes: int,
+    tolerance: float,
+    min_area: float = 1.0,
+) -> list[BaseGeometry]:
+    """`coverage_simplify` of the block, except the polygons that would move a class's area
+    in the block by more than `AREA_CHANGE_LIMIT`, which stay as traced.
+
+    Small and thin shapes are what simplification changes most (a 3-pixel speck becomes a
+    triangle, or a part under `min_area` that the merge drops, counted here as lost); along
+    a large outline, cut corners and filled ones mostly cancel. A polygon left out of the
+    coverage leaves a gap whose edges are the coverage's boundary, which
+    `simplify_boundary=False` keeps: its neighbours' shared edges stay as traced too, so it
+    fits back exactly. The block is kept as traced when the rounds do not settle it."""
+    exact_area = shapely.area(exact)
+    shapes = np.array(noded, dtype=object)
+    free = np.ones(len(shapes), dtype=bool)
+    classes = values < n_classes
+    budget = AREA_CHANGE_LIMIT * np.bincount(
+        values[classes], weights=exact_area[classes], minlength=n_classes
+    )
+    for _ in range(_AREA_ROUNDS):
+        idx = np.flatnonzero(free)
+        simplified = shapely.coverage_simplify(shapes[idx], tolerance, simplify_boundary=False)
+        areas = shapely.area(simplified)
+        areas[areas < min_area] = 0.0  # dropped by the merge unless joined to a neighbour
+        change = np.zeros(len(shapes))
+        change[idx] = areas - exact_area[idx]
+        change[~classes] = 0.0
+        moved = np.bincount(values[classes], weights=change[classes], minlength=n_classes)
+        over = np.flatnonzero(np.abs(moved) > budget)
+        if not len(over):
+            shapes[idx] = simplified
+            return list(shapes)
+        for c in over:
+            free[_largest_movers(values, change, int(c), moved[c], budget[c])] = False
+    return noded
+
+
+def _largest_movers(
+    values: np.ndarray, change: np.ndarray, cls: int, moved: float, budget: float
+) -> np.ndarray:
+    """Indices of class `cls`'s polygons that moved its area the way it went too far, most
+    first, as many as bring it back within `budget`."""
+    sign = 1.0 if moved > 0 else -1.0
+    mine = np.flatnonzero((values == cls) & (change * sign > 0))
+    order = mine[np.argsort(-np.abs(change[mine]), kind="stable")]
+    excess = abs(moved) - budget
+    cut = int(np.searchsorted(np.cumsum(np.abs(change[order])), excess)) + 1
+    return order[:cut]
 
 
 def _as_labels(labels: np.ndarray) -> np.ndarray:

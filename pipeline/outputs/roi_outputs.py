@@ -22,6 +22,7 @@ from wsi_segment.wsi.roi import Roi
 
 ROI_CLASS = "ROI"
 ROI_COLOR = (255, 200, 0)
+REGION_OF_KEY = "wsi_segment_region_of"  # metadata: the QuPath id of the user's region
 
 
 def clip_to_rois(
@@ -76,9 +77,11 @@ def roi_features(
     rois: Sequence[Roi], report: Sequence[Mapping[str, Any]], id_prefix: str
 ) -> list[dict[str, Any]]:
     """One annotation per region, measurements = its class areas. It keeps what QuPath
-    knows the region by: its id (so `docs/qupath/wsi_segment_import.groovy` can put the
-    measurements on the user's own object), its name and its classification; a region
-    without a class gets `ROI`, one from a file without ids a reproducible id."""
+    knows the region by: its name, its classification (`ROI` when it had none) and, in the
+    metadata (`REGION_OF_KEY`), the id of the user's object, so
+    `docs/qupath/wsi_segment_import.groovy` puts the measurements on that object. Its own id
+    is new (from `id_prefix`, the run's fingerprint, and its place): a plain import adds it
+    beside the user's object instead of giving the image two objects with one id."""
     features = []
     for i, (roi, rep) in enumerate(zip(rois, report, strict=True)):
         measurements = {"area_um2": rep["area_um2"], "Tissue area_um2": rep["tissue_area_um2"]}
@@ -93,9 +96,8 @@ def roi_features(
             measurements,
             f"{id_prefix}/roi/{i}",
             kind="region",
+            metadata={REGION_OF_KEY: roi.qupath_id} if roi.qupath_id else None,
         )
-        if roi.qupath_id:
-            feature["id"] = roi.qupath_id
         feature["properties"]["name"] = roi.name
         features.append(feature)
     return features

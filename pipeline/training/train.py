@@ -26,6 +26,7 @@ from wsi_segment.pipeline.training.train_config import (
     TrainConfig,
     check_config,
     classifier_config,
+    preset_record,
     pseudo_mask_dir,
     recipe_choices,
     seg_encoder_name,
@@ -85,7 +86,7 @@ def _train(cfg: TrainConfig) -> Path:
     t1 = time.time()
     masks = pseudo_mask_dir(cfg)
     pseudo_dirs = make_pseudo_masks(
-        ds, classifier, masks, device, cfg.batch_size, method=cfg.cam_method
+        ds, classifier, masks, device, cfg.settings.batch_size, method=cfg.cam_method
     )
     t2 = time.time()
     scfg = segmenter_config(cfg)
@@ -99,6 +100,7 @@ def _train(cfg: TrainConfig) -> Path:
         "data": str(cfg.data),
         "dataset": {k: v for k, v in ds.to_json().items() if k not in ("classes", "colors")},
         "train_patches": len(ds.train_items()),
+        "preset": preset_record(cfg),
         "classifier": {
             **asdict(ccfg),
             "history": classifier_history(work / "stage1"),

@@ -6,17 +6,28 @@ One place for the mapping, shared by `pipeline.training.train` (all stages in on
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from wsi_segment.errors import ConfigError
-from wsi_segment.models.cam_methods import CAM_METHODS, DEFAULT_CAM_METHOD, check_head
+from wsi_segment.models.cam_methods import (
+    CAM_METHODS,
+    DEFAULT_CAM_METHOD,
+    PSEUDO_MASK_METHODS,
+    check_head,
+)
 from wsi_segment.models.heads import DEFAULT_DROPOUT
 from wsi_segment.models.pretrained import is_file_source
 from wsi_segment.models.segmenter import SEG_LOSSES
 from wsi_segment.pipeline.training.make_pseudo_masks import check_pseudo_mask_folder
-from wsi_segment.pipeline.training.recipes import Recipe, resolve_recipe
+from wsi_segment.pipeline.training.recipes import (
+    PROJECT_DEFAULTS,
+    RECIPES,
+    Preset,
+    Recipe,
+    resolve_recipe,
+)
 from wsi_segment.pipeline.training.train_classifier import ClassifierConfig, head_spec
 from wsi_segment.pipeline.training.train_segmenter import CHECKPOINT, SegmenterConfig
 from wsi_segment.pipeline.training.warm_start import check_start
@@ -29,18 +40,20 @@ class TrainConfig:
 
     data: Path
     out: Path
+    # seg_epochs, batch_size, pda_schedule, classifier_output_stride: None takes the recipe's
+    # preset, else PROJECT_DEFAULTS (seg_epochs: the same as `epochs`); `settings` resolves them
     epochs: int = 20
-    seg_epochs: int | None = None  # None: the same as `epochs`
+    seg_epochs: int | None = None
     encoder: str = "resnet18"
     seg_encoder: str | None = None  # None: the same as `encoder`
-    batch_size: int = 16
+    batch_size: int | None = None
     head: str = "pda"
     dropout: float = DEFAULT_DROPOUT
-    pda_schedule: str = "paper"
+    pda_schedule: str | None = None
     pda_sigma: float | None = None
     pda_floor: float | None = None
     pda_warmup: int | None = None
-    classifier_output_stride: int = 16
+    classifier_output_stride: int | None = None
     cam_method: str = DEFAULT_CAM_METHOD  # stage 2: a name of models.cam_methods.CAM_METHODS
     lr_schedule: str = "poly"
     device: str = "auto"
@@ -54,6 +67,7 @@ class TrainConfig:
     bias_lr_mult: float | None = None
     head_lr_mult: float | None = None
     bias_weight_decay: bool | None = None
+    momentum: float | None = None  # SGD's, both stages
     seg_vflip: bool | None = None
     seg_blur: bool | None = None
     seg_loss: str | None = None
@@ -72,16 +86,27 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         # One rule for both doors (`wsi-segment train` and the Prefect train flow): the
-        # segmenter follows the classifier's epochs and encoder unless told otherwise.
-        if self.seg_epochs is None:
-            object.__setattr__(self, "seg_epochs", self.epochs)
+        # segmenter follows the classifier's encoder unless told otherwise.
         if self.seg_encoder is None:
             object.__setattr__(self, "seg_encoder", self.encoder)
 
     @property
+    def settings(self) -> Settings:
+        """The preset-able settings as they run: given > the recipe's preset > the default."""
+        preset = recipe_preset(self)
+
+        def pick(name: str) -> Any:
+            for source in (self, preset, PROJECT_DEFAULTS):
+                if getattr(source, name) is not None:
+                    return getattr(source, name)
+            return self.epochs  # seg_epochs, given by nobody
+
+        return Settings(**{name: pick(name) for name in Settings.__dataclass_fields__})
+
+    @property
     def segmenter_epochs(self) -> int:
-        """`seg_epochs`, never None once constructed (typed for the stages that read it)."""
-        return self.epochs if self.seg_epochs is None else self.seg_epochs
+        """The stage-3 epochs as they run (given, the preset's, else `epochs`)."""
+        return self.settings.seg_epochs
 
     @property
     def segmenter_encoder(self) -> str:
@@ -89,22 +114,56 @@ class TrainConfig:
         return self.encoder if self.seg_encoder is None else self.seg_encoder
 
 
+@dataclass(frozen=True)
+class Settings:
+    """`Preset`'s fields resolved for one TrainConfig (`TrainConfig.settings`)."""
+
+    seg_epochs: int
+    batch_size: int
+    pda_schedule: str
+    classifier_output_stride: int
+
+
+def recipe_preset(cfg: TrainConfig) -> Preset:
+    """The named recipe's preset, less its PDA schedule for a head without PDA."""
+    preset = RECIPES[cfg.recipe].preset if cfg.recipe in RECIPES else Preset()
+    return preset if cfg.head == "pda" else replace(preset, pda_schedule=None)
+
+
+def preset_record(cfg: TrainConfig) -> dict[str, Any]:
+    """What model.json says of the preset: the recipe named, the settings its preset gave,
+    and those the user gave instead of the preset's."""
+    preset = recipe_preset(cfg)
+    named = {k: v for k, v in asdict(preset).items() if v is not None}
+    return {
+        "recipe": cfg.recipe,
+        "applied": {k: v for k, v in named.items() if getattr(cfg, k) is None},
+        "overridden": {k: getattr(cfg, k) for k in named if getattr(cfg, k) is not None},
+    }
+
+
 def check_config(cfg: TrainConfig) -> None:
     """Refuse settings no stage can run with, before anything is written."""
     if cfg.epochs < 1 or cfg.segmenter_epochs < 1:
         raise ConfigError("--epochs and --seg-epochs must be >= 1")
-    if cfg.batch_size < 2:
+    if cfg.settings.batch_size < 2:
         raise ConfigError(
-            f"--batch-size must be >= 2, got {cfg.batch_size}: BatchNorm cannot train on "
+            f"--batch-size must be >= 2, got {cfg.settings.batch_size}: BatchNorm cannot train on "
             "batches of one sample"
         )
     problem = mpp_problem(cfg.mpp)
     if problem is not None:  # model.json would record it, and every slide be resampled to it
         raise ConfigError(f"--mpp {problem}; give the patches' pixel size (1.0 = 10x)")
     head_spec(classifier_config(cfg))  # dropout and PDA schedule
-    if cfg.cam_method not in CAM_METHODS:
+    if cfg.cam_method in CAM_METHODS and cfg.cam_method not in PSEUDO_MASK_METHODS:
         raise ConfigError(
-            f"--cam-method must be one of {list(CAM_METHODS)}, got {cfg.cam_method!r}"
+            f"--cam-method {cfg.cam_method} gives one class-agnostic map (the same for every "
+            f"class), so it cannot tell classes apart in pseudo masks; pick one of "
+            f"{list(PSEUDO_MASK_METHODS)} (it stays available for heat maps)"
+        )
+    if cfg.cam_method not in PSEUDO_MASK_METHODS:
+        raise ConfigError(
+            f"--cam-method must be one of {list(PSEUDO_MASK_METHODS)}, got {cfg.cam_method!r}"
         )
     check_head(cfg.cam_method, cfg.head)
     check_pseudo_mask_folder(pseudo_mask_dir(cfg), cfg.cam_method)
@@ -139,6 +198,7 @@ def recipe(cfg: TrainConfig, pretrained: str | None) -> Recipe:
         bias_lr_mult=cfg.bias_lr_mult,
         head_lr_mult=cfg.head_lr_mult,
         bias_weight_decay=cfg.bias_weight_decay,
+        momentum=cfg.momentum,
     )
 
 
@@ -170,6 +230,14 @@ def recipe_choices(cfg: TrainConfig) -> list[str]:
                 "this one give --recipe default"
             )
         lines.append(f"{stage} recipe: {recipe(cfg, source).name} ({why})")
+    record = preset_record(cfg)
+    if record["applied"] or record["overridden"]:
+        applied = ", ".join(f"{k} {v}" for k, v in record["applied"].items()) or "nothing"
+        given = ", ".join(f"{k} {v}" for k, v in record["overridden"].items())
+        lines.append(
+            f"--recipe {cfg.recipe} preset: {applied}"
+            + (f"; given instead: {given}" if given else "")
+        )
     return lines
 
 
@@ -194,17 +262,18 @@ def pseudo_mask_dir(cfg: TrainConfig) -> Path:
 
 
 def classifier_config(cfg: TrainConfig) -> ClassifierConfig:
+    settings = cfg.settings
     return ClassifierConfig(
         encoder=cfg.encoder,
         head=cfg.head,
-        output_stride=cfg.classifier_output_stride,
+        output_stride=settings.classifier_output_stride,
         dropout=cfg.dropout,
-        pda_schedule=cfg.pda_schedule,
+        pda_schedule=settings.pda_schedule,
         pda_sigma=cfg.pda_sigma,
         pda_floor=cfg.pda_floor,
         pda_warmup=cfg.pda_warmup,
         epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
+        batch_size=settings.batch_size,
         optim=recipe(cfg, cfg.pretrained).stage1,
         recipe=recipe(cfg, cfg.pretrained).name,
         pretrained=cfg.pretrained,
@@ -219,7 +288,7 @@ def segmenter_config(cfg: TrainConfig) -> SegmenterConfig:
     return SegmenterConfig(
         encoder=seg_encoder_name(cfg.segmenter_encoder),
         epochs=cfg.segmenter_epochs,
-        batch_size=cfg.batch_size,
+        batch_size=cfg.settings.batch_size,
         optim=rec.stage3,
         recipe=rec.name,
         pretrained=cfg.seg_pretrained,

@@ -125,7 +125,9 @@ def train_segmenter(
     torch.manual_seed(cfg.seed)
     model = build_segmenter(cfg.encoder, ds.num_classes, decoder_channels=cfg.decoder_channels)
     encoder = model.net.encoder
-    warm_start(encoder, cfg.pretrained, work, "segmenter encoder", work / CHECKPOINT)
+    warm_start(
+        encoder, cfg.pretrained, work, "segmenter encoder", work / CHECKPOINT, whole=model.net
+    )
     model = model.to(device)
     freeze(model, encoder, cfg.optim)
     opt, base_lrs = make_optimizer(

@@ -74,7 +74,7 @@ def stage2_pseudo_masks(run: TrainRun, classifier: PatchClassifier) -> list[Path
         classifier,
         pseudo_mask_dir(run.cfg),
         run.device,
-        run.cfg.batch_size,
+        run.cfg.settings.batch_size,
         method=run.cfg.cam_method,
     )
 

@@ -20,9 +20,17 @@ RECORD = "pretrained.json"
 
 
 def warm_start(
-    encoder: nn.Module, source: str | None, work: Path, what: str, checkpoint: Path
+    encoder: nn.Module,
+    source: str | None,
+    work: Path,
+    what: str,
+    checkpoint: Path,
+    *,
+    whole: nn.Module | None = None,
 ) -> None:
     """Load `source` into `encoder` (nothing when None), print the report, record it in `work`.
+    With `whole` (stage 3's DeepLabV3+), a file holding a whole segmentation model starts all
+    of it (`models.pretrained.load_pretrained`).
 
     When `checkpoint` holds a saved epoch the run resumes from it: the weights come from the
     checkpoint, so the source is not read again (nor fetched: a timm name works offline then)
@@ -39,7 +47,7 @@ def warm_start(
     if source is None:
         record.unlink(missing_ok=True)  # a stage started over from scratch in an old work folder
         return
-    report = load_pretrained(encoder, source)
+    report = load_pretrained(encoder, source, whole=whole)
     print(report.summary(what), flush=True)
     work.mkdir(parents=True, exist_ok=True)
     record.write_text(json.dumps(report.as_dict(), indent=1))

@@ -117,7 +117,9 @@ def stable_summary(folder: Path) -> dict:
     for key in (*unstable, "software"):
         summary.pop(key, None)
     summary.get("parameters", {}).pop("threads", None)
-    # how the chunks were read depends on where they ran (a cluster reads on its workers)
+    # how the chunks were read and run depends on where they ran (a cluster's bands decide
+    # their own run policy on their workers)
+    summary.pop("run_policy", None)
     for key in ("read_device", "read_device_reason"):
         summary.get("run_stats", {}).pop(key, None)
     return summary

@@ -4,6 +4,7 @@ process or shared memory behind."""
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import shutil
@@ -48,44 +49,29 @@ def test_two_slides_in_flight_on_the_engine_write_what_one_at_a_time_writes(
         assert multiprocessing.active_children() == []  # every decoder joined
         assert shm_entries() <= before  # every slot ring removed
 
-    for name in ("CMU-1-Small-Region", "OS-1-detail.ome"):
+    for name in ("CMU-1-Small-Region", "OS-1-detail"):
         together, alone = runs[2] / name, runs[1] / name
         files = output_files(together)
         assert any(path.startswith("probabilities.ome.zarr/0/") for path in files)
         assert files == output_files(alone)  # the zarr chunks' bytes included
         assert stable_summary(together) == stable_summary(alone)
         assert stable_summary(together)["parameters"]["decoders"] == 1
-
-
-def test_the_slides_in_flight_share_the_decoders(tiny_model_dir: Path) -> None:
-    from wsi_segment.flows.batch_flow import chunks_in_process, slide_params
-    from wsi_segment.pipeline.params import SegmentParams, run_decoders, shared_decoders
-
-    gpu = SegmentParams(tiny_model_dir, device="cuda")
-    shared = shared_decoders(None, "cuda", 2)  # on 2 cores, 1: a lone slide's count too
-    assert slide_params(gpu, 2).decoders == (
-        None if shared == run_decoders(None, "cuda") else shared
-    )
-    assert slide_params(gpu, 1) == gpu  # alone: a plain run's params (and summary.json)
-    assert slide_params(SegmentParams(device="cuda", decoders=3), 2).decoders == 3  # as asked
-    cpu = SegmentParams(device="cpu")
-    assert slide_params(cpu, 2) == cpu  # CPU: the reader thread, as a plain run
-    assert slide_params(gpu, 2).fingerprint_fields() == gpu.fingerprint_fields()
-
-    assert chunks_in_process(None, 0, "auto")
-    assert not chunks_in_process(None, 1, "cuda")
-    assert not chunks_in_process("tcp://127.0.0.1:8786", 0, "cuda")
-    assert not chunks_in_process(None, None, "cpu")  # a CPU batch keeps its local cluster
+        # each slide's run policy knew the slides in flight (sharing applies on a GPU)
+        policy = json.loads((together / "summary.json").read_text())["run_policy"]
+        assert policy["decoders"] == {"value": 1, "reason": "asked for (--decoders 1)"}
 
 
 def test_one_gpu_runs_the_batch_s_chunks_in_process() -> None:
     import pytest
     import torch
 
-    from wsi_segment.flows.batch_flow import chunks_in_process
+    from wsi_segment.pipeline.machine import probe_machine
+    from wsi_segment.pipeline.params import SegmentParams
+    from wsi_segment.pipeline.run_policy import engine_in_process
 
     if not torch.cuda.is_available() or os.environ.get("CUDA_VISIBLE_DEVICES") == "":
         pytest.skip("needs a GPU")
     one_gpu = torch.cuda.device_count() == 1
-    assert chunks_in_process(None, None, "auto") == one_gpu  # several GPUs: one worker each
-    assert chunks_in_process(None, None, "cuda") == one_gpu
+    machine = probe_machine()
+    for device in ("auto", "cuda"):  # several GPUs: one worker each
+        assert engine_in_process(machine, SegmentParams(device=device), None, None).value == one_gpu

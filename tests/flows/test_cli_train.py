@@ -67,6 +67,26 @@ def test_train_then_evaluate(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert "segmentation" in table and "pseudo deep" in table and "mIoU" in table
 
 
+def test_official_recipe_runs_and_is_recorded(tmp_path: Path) -> None:
+    """`--recipe official` trains with the official settings it does not get from the command
+    line, and model.json says which preset ran and what replaced it."""
+    data = make_synthetic_dataset(tmp_path / "data", SyntheticSpec(8, 2, 2, 64, seed=7))
+    out = tmp_path / "model"
+    assert (
+        main(["train", "--data", str(data), "--out", str(out), *TINY, "--recipe", "official"]) == 0
+    )
+    prov = json.loads((out / "model.json").read_text())["provenance"]
+    assert prov["preset"] == {
+        "recipe": "official",
+        "applied": {"pda_schedule": "official", "classifier_output_stride": 8},
+        "overridden": {"seg_epochs": 1, "batch_size": 4},
+    }
+    cls, seg = prov["classifier"], prov["segmenter"]
+    assert (cls["recipe"], cls["optim"]["momentum"], cls["output_stride"]) == ("official", 5e-4, 8)
+    assert (cls["pda_schedule"], cls["batch_size"], seg["epochs"]) == ("official", 4, 1)
+    assert (seg["recipe"], seg["optim"]["momentum"], seg["loss"]) == ("official", 0.9, "official")
+
+
 def test_bad_dataset_is_one_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = tmp_path / "data"
     shutil.copytree(SAMPLE, data)
@@ -244,7 +264,7 @@ def test_train_options_reach_the_config(tmp_path: Path) -> None:
         "train", "--data", "d", "--out", "o", "--pretrained", "w.safetensors",
         "--seg-pretrained", "resnet18.a1_in1k", "--recipe", "paper", "--lr", "0.02",
         "--weight-decay", "1e-3", "--bias-lr-mult", "1", "--head-lr-mult", "5",
-        "--bias-weight-decay",
+        "--bias-weight-decay", "--momentum", "5e-4",
         "--no-seg-blur", "--seg-vflip", "--seg-loss", "ours", "--val-gate",
         "--cam-method", "scorecam",
     ]  # fmt: skip
@@ -254,12 +274,12 @@ def test_train_options_reach_the_config(tmp_path: Path) -> None:
         "w.safetensors", "resnet18.a1_in1k", "paper"
     )  # fmt: skip
     assert (cfg.lr, cfg.weight_decay, cfg.bias_lr_mult, cfg.head_lr_mult) == (0.02, 1e-3, 1, 5)
-    assert cfg.bias_weight_decay is True
+    assert cfg.bias_weight_decay is True and cfg.momentum == 5e-4
     assert (cfg.seg_blur, cfg.seg_vflip, cfg.seg_loss, cfg.val_gate) == (False, True, "ours", True)
     assert cfg.cam_method == "scorecam"
     plain = config_from_args(build_parser().parse_args(["train", "--data", "d", "--out", "o"]))
     assert (plain.recipe, plain.lr, plain.seg_blur, plain.val_gate) == (None, None, None, None)
-    assert plain.bias_weight_decay is None
+    assert plain.bias_weight_decay is None and plain.momentum is None
     off = build_parser().parse_args(
         ["train", "--data", "d", "--out", "o", "--no-bias-weight-decay"]
     )

@@ -17,11 +17,15 @@ import pytest
 
 from tests.conftest import CMU_SLIDE, corrupt_middle_tile
 from tests.flows.conftest import output_files, stable_summary
-from tests.pipeline.inference.test_band_runner import band_job, one_torch_thread_reference
+from tests.pipeline.inference.test_band_runner import (
+    band_job,
+    band_options,
+    one_torch_thread_reference,
+)
 from tests.pipeline.inference.test_engine import assert_same_outcomes, stored
 from wsi_segment.errors import SlideError
 from wsi_segment.pipeline.inference.band_runner import run_bands
-from wsi_segment.pipeline.inference.band_task import BandReads, BandResult, run_band
+from wsi_segment.pipeline.inference.band_task import BandResult, run_band
 from wsi_segment.pipeline.inference.decoder_reads import DecoderProcesses
 from wsi_segment.pipeline.inference.engine import run_engine
 from wsi_segment.pipeline.inference.reader_thread import HostTiles, ReaderThread
@@ -103,7 +107,7 @@ def test_bands_on_workers_write_what_local_runs_write(
     prefix = f"band-t{name}"
     with get_task_stream(client=client) as stream:
         outcomes = run_bands(
-            job, specs, client, BandReads(decoders), progress, key_prefix=prefix, results=bands
+            job, specs, client, band_options(decoders), progress, key_prefix=prefix, results=bands
         )
     np.testing.assert_array_equal(stored(job), expected)
     assert_same_outcomes(outcomes, expected_outcomes)
@@ -127,7 +131,7 @@ def test_a_damaged_slide_fails_with_one_clear_error_and_no_band_retried(
     corrupt_middle_tile(CMU_SLIDE, damaged)
     job, specs = band_job(tmp_path / "p.zarr", tiny_model_dir, slide=damaged)
     with get_task_stream(client=client) as stream, pytest.raises(SlideError) as caught:
-        run_bands(job, specs, client, BandReads(1), key_prefix="band-bad")
+        run_bands(job, specs, client, band_options(1), key_prefix="band-bad")
     assert "cmu_damaged.svs" in str(caught.value) and "re-export" in str(caught.value)
     keys = [str(t["key"]) for t in stream.data if str(t["key"]).startswith("band-bad")]
     assert len(keys) == len(set(keys)) > 0  # each band ran at most once: no retries
@@ -146,12 +150,10 @@ def _times_processing(prefix: str, dask_scheduler=None) -> dict[str, int]:
 
 
 def test_the_cluster_is_sized_for_bands(client) -> None:
-    from wsi_segment.pipeline.inference.band_runner import _slots, worker_device_type
+    from wsi_segment.pipeline.inference.band_runner import _slots
 
     # two CPU workers of one thread on this machine: two bands at once share its cores
     assert _slots(client) == ({"127.0.0.1": 2}, False)
-    assert worker_device_type(client, "auto") == "cpu"  # asked of the workers themselves
-    assert worker_device_type(client, "cuda") == "cuda"
 
 
 def test_a_running_band_stops_its_engine_once_the_slide_failed(client) -> None:
@@ -180,7 +182,9 @@ def test_a_band_that_starts_after_the_slide_failed_does_nothing(
     job, specs = band_job(tmp_path / "p.zarr", tiny_model_dir)
     Event("band-test-abort", client=client).set()
     try:
-        band = client.submit(run_band, job, specs, "band-test-abort", BandReads(1), False).result()
+        band = client.submit(
+            run_band, job, specs, "band-test-abort", band_options(1), False
+        ).result()
     finally:
         Event("band-test-abort", client=client).clear()
     assert band.aborted and band.outcomes == []
@@ -220,6 +224,16 @@ def test_segment_slide_with_a_client_runs_bands(
     for summary in (a, b):
         summary["parameters"].pop("decoders")
     assert a == b
+    # every band decided its policy on its worker; the workers are alike: one policy
+    policy = result.summary["run_policy"]
+    assert policy["place"] == "cluster"
+    assert policy["chunk_tiles"] == {"value": 2, "reason": "asked for (--chunk-tiles 2)"}
+    [band] = policy["band_policies"]
+    assert len(band["bands"]) > 1 and band["bands"] == list(range(len(band["bands"])))
+    assert band["place"] == "band" and band["device"]["value"] == "cpu"
+    asked = result.summary["parameters"]["decoders"]
+    assert band["read_source"] == ("decoder processes" if asked else "reader thread")
+    assert band["cores"]["value"] == max(1, cores // 2)  # two bands at once on this machine
 
 
 def test_bands_read_on_the_device_where_the_slide_allows_it(
@@ -274,7 +288,7 @@ def test_a_worker_killed_mid_band_still_gives_identical_outputs(
     killer.start()
     try:
         outcomes = run_bands(
-            job, specs, client, BandReads(SOURCES[name]), key_prefix=f"band-kill-{name}"
+            job, specs, client, band_options(SOURCES[name]), key_prefix=f"band-kill-{name}"
         )
     finally:
         stop.set()

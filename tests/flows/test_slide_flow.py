@@ -91,8 +91,9 @@ def test_transient_error_is_retried_and_broken_slide_is_not(
     result = slide_flow(slide=str(slide), out=str(tmp_path), model_dir=str(tiny_model))
     assert result.status == "done" and len(calls) == 2
     # the flow prepares as the CLI does (`segment.prepare_stage`): on this CPU machine the
-    # prefetch thread starts while the model loads, no decoder processes
-    assert readers[-1] == {"prefetch": True, "decoders": 0}
+    # readers its policy names start while the model loads
+    assert readers[-1] == {"early": True, "place": "local", "at_once": 1}
+    assert result.summary["run_policy"]["read_source"] == "reader thread"
 
     calls.clear()
     with pytest.raises(SlideError, match=r"broken\.svs"):

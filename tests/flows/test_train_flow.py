@@ -73,6 +73,9 @@ def test_train_flow_matches_plain_train_and_resumes(
             {"epochs": 3, "seg_epochs": 5, "seg_encoder": "resnet34"},
         ),
         (["--cam-method", "scorecam"], {"cam_method": "scorecam"}),
+        (["--recipe", "paper", "--momentum", "0.5"], {"recipe": "paper", "momentum": 0.5}),
+        (["--recipe", "official"], {"recipe": "official"}),
+        (["--recipe", "official", "--batch-size", "8"], {"recipe": "official", "batch_size": 8}),
         (
             ["--head", "lficam", "--cam-method", "lficam"],
             {"head": "lficam", "cam_method": "lficam"},
@@ -92,7 +95,8 @@ def test_cli_and_flow_build_the_same_training_config(
     from_cli = config_from_args(args)
     from_flow = make_train_config(str(data), str(out), options)
     assert from_cli == from_flow
-    assert from_cli.seg_epochs == options.get("seg_epochs", options.get("epochs", 20))
+    follows = 30 if options.get("recipe") == "official" else options.get("epochs", 20)
+    assert from_cli.segmenter_epochs == options.get("seg_epochs", follows)
     assert from_cli.seg_encoder == options.get("seg_encoder", options.get("encoder", "resnet18"))
 
 
@@ -101,6 +105,7 @@ def test_cli_and_flow_build_the_same_training_config(
     [
         ({"cam_method": "gradcam++"}, "--cam-method must be one of ['gradcam', 'cam', 'scorecam',"),
         ({"cam_method": "lficam"}, "--cam-method lficam needs --head lficam, not --head pda"),
+        ({"cam_method": "lficam-ref"}, "--cam-method lficam-ref gives one class-agnostic map"),
     ],
 )
 def test_flow_refuses_a_cam_method_before_any_write(

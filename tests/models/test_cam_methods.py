@@ -14,6 +14,7 @@ from wsi_segment.models.bundle import load_model
 from wsi_segment.models.cam_methods import (
     CAM_METHODS,
     LEGACY_RECORD,
+    PSEUDO_MASK_METHODS,
     check_head,
     pseudo_mask_record,
     recorded_method,
@@ -25,24 +26,26 @@ DEMO = Path(__file__).resolve().parents[2] / "models" / "demo_model"
 
 
 def test_registry_is_what_cams_implements() -> None:
-    assert cams.METHODS == ("gradcam", "cam", "scorecam", "lficam")
+    assert cams.METHODS == ("gradcam", "cam", "scorecam", "lficam", "scorecam-ref", "lficam-ref")
+    assert PSEUDO_MASK_METHODS == ("gradcam", "cam", "scorecam", "lficam", "scorecam-ref")
     for spec in CAM_METHODS.values():  # a required head is a real head
         assert spec.head is None or spec.head in HEADS
 
 
 @pytest.mark.parametrize("head", sorted(HEADS))
-def test_only_lficam_needs_its_head(head: str) -> None:
-    for method in ("gradcam", "cam", "scorecam"):
+def test_only_the_lficam_methods_need_their_heads(head: str) -> None:
+    for method in ("gradcam", "cam", "scorecam", "scorecam-ref"):
         check_head(method, head)  # every head, PCAM included, gives these
-    if head == "lficam":
-        check_head("lficam", head)
-    else:
+    for method in ("lficam", "lficam-ref"):
+        if head == method:
+            check_head(method, head)
+            continue
         with pytest.raises(ConfigError) as err:
-            check_head("lficam", head)
+            check_head(method, head)
         assert str(err.value).startswith(
-            f"--cam-method lficam needs --head lficam, not --head {head}"
+            f"--cam-method {method} needs --head {method}, not --head {head}"
         )
-        assert "gradcam, cam, scorecam work with any head" in str(err.value)
+        assert "gradcam, cam, scorecam, scorecam-ref work with any head" in str(err.value)
 
 
 def test_unknown_method_names_the_choices() -> None:
@@ -95,3 +98,21 @@ def test_model_json_checks_the_record(record: object, problem: str | None) -> No
         assert found is None
     else:
         assert found is not None and found.startswith("m/model.json: ") and problem in found
+
+
+def test_a_class_agnostic_map_makes_no_pseudo_masks() -> None:
+    """lficam-ref gives one map for every class: argmax over present classes would always
+    pick the first, so pseudo masks refuse it (heat maps take it)."""
+    import torch
+
+    from wsi_segment.models.classifier import build_classifier
+    from wsi_segment.models.pseudo_masks import pseudo_masks
+
+    clf = build_classifier("resnet10t", "lficam-ref", 4).eval()
+    images = torch.randint(0, 255, (1, 3, 64, 64), dtype=torch.uint8)
+    labels = torch.tensor([[1.0, 1.0, 0.0, 0.0]])
+    with pytest.raises(ConfigError, match="lficam-ref gives one class-agnostic map"):
+        pseudo_masks(clf, images, labels, method="lficam-ref")
+    maps = cams.activation_maps("lficam-ref", clf, images.float() / 255)
+    assert torch.equal(maps[:, 0], maps[:, 3])  # the same map for every class
+    assert len(pseudo_masks(clf, images, labels, method="cam")) == 3  # per-class methods work

@@ -15,6 +15,7 @@ from wsi_segment.models.cams import (
     lfi_cam,
     minmax,
     score_cam,
+    score_cam_reference,
 )
 from wsi_segment.models.classifier import build_classifier
 
@@ -114,3 +115,41 @@ def test_grad_cams_several_layers_equal_single_layer_calls() -> None:
     together = grad_cams(clf, x, ("shallow", "mid", "deep"), relu=False, normalise="none")
     for layer, maps in zip(("shallow", "mid", "deep"), together, strict=True):
         torch.testing.assert_close(maps, grad_cam(clf, x, layer, relu=False, normalise="none"))
+
+
+def _reference_score_cam(clf, x: torch.Tensor, layer: str, k: int) -> torch.Tensor:
+    """haofanwang/Score-CAM's `ScoreCAM.forward(input, class_idx=k)`, re-derived as its loop:
+    per channel, upsample, skip a constant map, min-max, softmax of the masked input's
+    logits, add score * upsampled map; ReLU (its last step, a min-max of the whole map, is
+    the caller's)."""
+    with torch.no_grad():
+        acts = clf.forward_taps(x)[1][layer]
+        h, w = x.shape[-2:]
+        total = torch.zeros(1, 1, h, w)
+        for i in range(acts.shape[1]):
+            sal = _upsample(acts[:, i : i + 1], h)
+            if sal.max() == sal.min():
+                continue
+            norm = (sal - sal.min()) / (sal.max() - sal.min())
+            total += F.softmax(clf(x * norm), dim=1)[0][k] * sal
+        return F.relu(total)
+
+
+def test_score_cam_reference_equals_the_reference_loop(tiny_classifier) -> None:
+    clf = tiny_classifier("cam", 3)
+    with torch.no_grad():  # channel 0 of tap c constant (0.5): the reference skips it
+        clf.backbone.c[0].weight[0].zero_()
+        clf.backbone.c[0].bias[0] = 0.5
+    x = torch.rand(1, 3, 32, 32)
+    for layer in ("b", "c"):
+        ours = score_cam_reference(clf, x, layer, batch_size=3)
+        assert ours.shape == (1, 3, 32, 32)
+        raw = score_cam_reference(clf, x, layer, batch_size=3, normalise="none")
+        for k in range(3):
+            expected = _reference_score_cam(clf, x, layer, k)[0, 0]
+            torch.testing.assert_close(raw[0, k], expected, rtol=1e-5, atol=1e-5)
+            scaled = (expected - expected.min()) / (expected.max() - expected.min())
+            torch.testing.assert_close(ours[0, k], scaled, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(activation_maps("scorecam-ref", clf, x, "c"), ours)
+    # not the same maps as the multi-label form with a black baseline
+    assert (score_cam(clf, x, "c") - ours).abs().max() > 0.05

@@ -103,7 +103,7 @@ def test_pcam_pooling_formula() -> None:
     torch.testing.assert_close(head(feats), torch.tensor([[2 * a1 - 0.5]]))
 
 
-@pytest.mark.parametrize("kind", ["cam", "pda", "lficam"])
+@pytest.mark.parametrize("kind", ["cam", "pda", "lficam", "lficam-ref"])
 def test_gap_of_class_map_equals_logit(kind: str) -> None:
     clf = build_classifier("resnet10t", kind, 4).eval()
     x = torch.rand(2, 3, 64, 64)
@@ -158,6 +158,85 @@ def test_lficam_importance_is_per_sample_and_not_detached() -> None:
     head.importance(grad_feats, image)[0, 0].backward()
     assert grad_feats.grad is not None and grad_feats.grad[0].abs().sum() > 0
     assert grad_feats.grad[1:].abs().sum() == 0  # no path between patches
+
+
+def _reference_lfiv2(head, ex: torch.Tensor, image: torch.Tensor) -> tuple:
+    """TrustworthyAI-kr/LFI-CAM `models/imagenet/resnet_lfiv2.py` `ResNet.forward` from the
+    layer4 output on, re-derived step by step with its in-place NaN handling; the FIN's
+    att_conv1..4 / att_bn1..4 are the head's `fin` layers."""
+    F = torch.nn.functional
+    size = tuple(ex.shape[-2:])
+    input_resized = F.interpolate(image.mean(dim=1, keepdim=True), size, mode="bilinear")
+    fe = ex.clone()
+    org = fe.clone()
+    a1, a2, a3, a4 = fe.size()
+    fe = fe.view(a1, a2, -1)
+    fe -= fe.min(2, keepdim=True)[0]
+    fe /= fe.max(2, keepdim=True)[0]
+    fe = fe.view(a1, a2, a3, a4)
+    fe[torch.isnan(fe)] = 1
+    fe[(org == 0)] = 0
+    ax = fe * input_resized
+    convs = [m for m in head.fin if isinstance(m, torch.nn.Conv2d)]
+    bns = [m for m in head.fin if isinstance(m, torch.nn.BatchNorm2d)]
+    for conv, bn in zip(convs, bns, strict=True):
+        ax = F.relu(bn(conv(ax)))
+    w = F.softmax(F.avg_pool2d(ax, size).view(ax.size(0), -1), dim=1)
+    sal = torch.zeros(a1, 1, a3, a4)
+    for i in range(a2):
+        sal += w[:, i][:, None, None, None] * ex[:, i : i + 1]
+    sal = F.relu(sal)
+    org = sal.clone()
+    sal = sal.view(a1, 1, -1)
+    sal -= sal.min(2, keepdim=True)[0]
+    sal /= sal.max(2, keepdim=True)[0]
+    sal = sal.view(a1, 1, a3, a4)
+    sal[torch.isnan(sal)] = org[torch.isnan(sal)]
+    rx = F.avg_pool2d(sal * ex + ex, size).view(a1, -1)
+    return F.linear(rx, head.fc.weight.flatten(1), head.fc.bias), sal, w
+
+
+def test_lficam_ref_head_equals_the_reference_formula() -> None:
+    from wsi_segment.models.heads import LFICAMRefHead
+
+    torch.manual_seed(0)
+    head = LFICAMRefHead(6, 3)
+    for m in head.fin:  # BatchNorm in eval mode with statistics that are not the identity
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(0.0, 0.3)
+    head.eval()
+    ex = torch.relu(torch.randn(3, 6, 5, 5))
+    ex[:, 1] = 0.7  # a constant channel: normalised to 1
+    ex[:, 2] = 0.0  # an all-zero channel: stays 0
+    ex[2] = 0.0  # a patch of zero features: a constant attention map, kept as it is
+    image = torch.rand(3, 3, 20, 20)
+    with torch.no_grad():
+        logits, att, w = _reference_lfiv2(head, ex, image)
+        torch.testing.assert_close(head.importance(ex, image), w, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(head.attention(ex, image), att, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(head(ex, image), logits, rtol=1e-5, atol=1e-6)
+    assert [tuple(m.weight.shape) for m in head.fin if isinstance(m, torch.nn.Conv2d)] == [
+        (6, 6, 3, 3)
+    ] * 4  # four 3x3 convolutions across all channels
+
+    clf = build_classifier("resnet10t", "lficam-ref", 3).eval()
+    x = torch.rand(1, 3, 64, 64)
+    from wsi_segment.models.cams import activation_maps, lfi_cam_reference
+
+    maps = activation_maps("lficam-ref", clf, x, normalise="none")
+    with torch.no_grad():
+        feats = clf.backbone(x)["layer4"]
+        expected = torch.nn.functional.interpolate(
+            _reference_lfiv2(clf.head, feats, x)[1], (64, 64), mode="bilinear"
+        )
+    assert maps.shape == (1, 3, 64, 64)  # one class-agnostic map, given for every class
+    for k in range(3):
+        torch.testing.assert_close(maps[:, k : k + 1], expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ConfigError, match="lficam-ref head, not 'lficam'"):
+        lfi_cam_reference(build_classifier("resnet10t", "lficam", 3), x)
 
 
 def test_head_names_are_the_registry_keys_and_the_cli_choices() -> None:

@@ -163,3 +163,65 @@ def test_sources_and_key_names() -> None:
     assert canonical("backbone.body.bn1.bias") == "bn1.bias"
     assert is_file_source("weights.pth") and is_file_source("/abs/w")
     assert not is_file_source("resnet50.a1_in1k") and not is_file_source("hf-hub:timm/resnet18")
+
+
+def _whole_deeplab(num_classes: int, seed: int) -> dict[str, torch.Tensor]:
+    """An smp DeepLabV3+'s state dict (`encoder.*`, `decoder.*`, `segmentation_head.*`) whose
+    tensors differ from any fresh build, BatchNorm statistics included."""
+    torch.manual_seed(seed)
+    net = build_segmenter("tu-resnet10t", num_classes, decoder_channels=16).net
+    with torch.no_grad():
+        for name, t in net.state_dict().items():
+            if t.is_floating_point():
+                t.copy_(torch.rand_like(t) + (0.5 if "running_var" in name else -0.5))
+    return {k: v.clone().contiguous() for k, v in net.state_dict().items()}
+
+
+def test_a_whole_deeplab_starts_encoder_aspp_and_decoder(tmp_path: Path) -> None:
+    """A safetensors file of a whole 6-class DeepLabV3+ into a 4-class one: every tensor but
+    the last layer's is copied; the last layer (another class count) is reported and kept."""
+    weights = _whole_deeplab(6, seed=5)
+    f = tmp_path / "deeplab.safetensors"
+    save_file(weights, str(f))
+    seg = build_segmenter("tu-resnet10t", 4, decoder_channels=16)
+    head_before = {k: v.clone() for k, v in seg.net.segmentation_head.state_dict().items()}
+
+    report = load_pretrained(seg.net.encoder, str(f), whole=seg.net)
+
+    state = seg.net.state_dict()
+    last = {"segmentation_head.0.weight", "segmentation_head.0.bias"}
+    assert {k.split(".")[0] for k in state} == {"encoder", "decoder", "segmentation_head"}
+    for key in set(state) - last:
+        assert torch.equal(state[key], weights[key]), key
+    for key, value in seg.net.segmentation_head.state_dict().items():
+        assert torch.equal(value, head_before[key])  # left as built
+    assert (report.scope, report.matched, report.unexpected) == ("model", len(state) - 2, [])
+    assert report.missing == sorted(last)
+    assert sorted(report.mismatched) == [
+        "segmentation_head.0.bias (6,) vs (4,)",
+        "segmentation_head.0.weight (6, 16, 1, 1) vs (4, 16, 1, 1)",
+    ]
+    assert "(whole DeepLabV3+: encoder, ASPP, decoder)" in report.summary("segmenter encoder")
+    assert report.as_dict()["scope"] == "model"
+
+
+def test_a_whole_deeplab_checkpoint_of_the_same_classes_loads_all(tmp_path: Path) -> None:
+    """A PyTorch checkpoint (`.pth.tar`, read with weights_only=True) of a DataParallel-wrapped
+    model with the same class count: every tensor, the last layer too."""
+    weights = _whole_deeplab(4, seed=6)
+    f = tmp_path / "deeplab.pth.tar"
+    wrapped = {f"module.{k}": v for k, v in weights.items()}
+    torch.save({"epoch": 30, "best_pred": 0.7, "state_dict": wrapped}, f)
+    seg = build_segmenter("tu-resnet10t", 4, decoder_channels=16)
+    report = load_pretrained(seg.net.encoder, str(f), whole=seg.net)
+    state = seg.net.state_dict()
+    assert all(torch.equal(state[k], weights[k]) for k in state)
+    assert (report.scope, report.matched, report.missing, report.mismatched) == (
+        "model", len(state), [], []
+    )  # fmt: skip
+    # without `whole` (the classifier's door) the same file gives the encoder alone
+    enc_only = build_segmenter("tu-resnet10t", 4, decoder_channels=16)
+    report = load_pretrained(enc_only.net.encoder, str(f))
+    assert report.scope == "encoder" and report.unexpected[0].startswith("module.decoder.")
+    enc = enc_only.net.encoder.state_dict()
+    assert all(torch.equal(v, weights[f"encoder.{k}"]) for k, v in enc.items())

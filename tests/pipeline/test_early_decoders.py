@@ -18,13 +18,13 @@ from wsi_segment.pipeline.prepare import PreparedSlide
 from wsi_segment.pipeline.segment import Stages, finish, infer, prepare, run_stages
 
 
-def params(model_dir: Path, tissue: str = "auto") -> SegmentParams:
+def params(model_dir: Path, tissue: str = "auto", decoders: int = 2) -> SegmentParams:
     return SegmentParams(
         model_dir=model_dir,
         device="cpu",
         precision="fp32",
         chunk_tiles=2,
-        decoders=2,
+        decoders=decoders,
         tissue=tissue,
     )
 
@@ -41,7 +41,7 @@ def run_recording(
     as if another run had finished the slide while this one prepared it."""
 
     def prepare_early(path: str, root: str | Path, p: SegmentParams) -> PreparedSlide:
-        prep = prepare(path, root, p, decoders=2)
+        prep = prepare(path, root, p, early=True)
         pools.append(prep.decode_pool)
         if finished_meanwhile is not None:
             shutil.copytree(finished_meanwhile, prep.out_dir)
@@ -92,7 +92,7 @@ def test_a_model_that_fails_to_load_closes_the_early_decoders(tmp_path, tiny_mod
     weights.write_bytes(weights.read_bytes()[:1000])
     before = shm_entries()
     with pytest.raises(ModelError):
-        prepare(CMU_SLIDE, tmp_path / "out", params(broken), decoders=2)
+        prepare(CMU_SLIDE, tmp_path / "out", params(broken), early=True)
     assert multiprocessing.active_children() == []
     assert shm_entries() <= before
 
@@ -107,7 +107,7 @@ def test_decoders_spawned_before_tissue_detection_are_closed_when_it_fails(
     corrupt_middle_tile(CMU_SLIDE, damaged)
     before = shm_entries()
     with pytest.raises(SlideError, match=r"cmu_damaged\.svs"):
-        prepare(damaged, tmp_path / "out", params(tiny_model_dir), decoders=1)
+        prepare(damaged, tmp_path / "out", params(tiny_model_dir, decoders=1), early=True)
     assert multiprocessing.active_children() == []
     assert shm_entries() <= before
 
@@ -119,7 +119,7 @@ def test_a_slide_without_tissue_keeps_no_decoders(tmp_path, tiny_model_dir):
     blank = tmp_path / "blank.tif"
     tifffile.imwrite(blank, np.full((512, 512, 3), 240, np.uint8), tile=(256, 256),
                      photometric="rgb", resolution=(2e4, 2e4), resolutionunit="CENTIMETER")  # fmt: skip
-    prep = prepare(blank, tmp_path / "out", params(tiny_model_dir), decoders=2)
+    prep = prepare(blank, tmp_path / "out", params(tiny_model_dir), early=True)
     try:
         assert prep.specs == [] or all(not s.tiles for s in prep.specs)
         assert prep.decode_pool is None

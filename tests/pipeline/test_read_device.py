@@ -1,5 +1,5 @@
-"""`--read-device`: decided in `prepare` before any decoder starts, reported in summary.json,
-results unchanged. On the CPU device `gpu` runs the device read path with libjpeg, whose
+"""`--read-device`: decided by the run policy in `prepare` before any decoder starts, reported
+in summary.json, results unchanged. On the CPU device `gpu` runs the device read path with libjpeg, whose
 tiles are byte-identical to the decoder processes', so the outputs are too."""
 
 from __future__ import annotations
@@ -17,14 +17,16 @@ import zarr
 from tests.conftest import CMU_SLIDE, DATA_DIR
 from tests.engine_leaks import shm_entries
 from wsi_segment.errors import ConfigError
-from wsi_segment.pipeline.inference.read_device import (
+from wsi_segment.pipeline.inference.read_device import read_level, slide_reads
+from wsi_segment.pipeline.params import SegmentParams
+from wsi_segment.pipeline.run_policy import (
     ASKED_CPU,
     NOT_CUDA,
     RGB_CODED,
-    choose_reads,
-    read_level,
+    ReadFacts,
+    RunFacts,
+    decide,
 )
-from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.pipeline.segment import prepare, segment_slide
 from wsi_segment.wsi.slide import open_slide
 
@@ -40,9 +42,8 @@ def level0_params(model_dir: Path, read_device: str, **more) -> SegmentParams:
         precision="fp32",
         mpp=2.0,
         chunk_tiles=2,
-        decoders=1,
         read_device=read_device,
-        **more,
+        **({"decoders": 1} | more),
     )
 
 
@@ -72,17 +73,20 @@ def test_the_device_read_path_writes_what_the_decoder_processes_write(tmp_path, 
 
 
 def test_prepare_starts_no_decoders_when_the_device_reads(tmp_path, tiny_model_dir):
-    prep = prepare(OME_TIFF, tmp_path, level0_params(tiny_model_dir, "gpu"), decoders=2)
+    gpu_reads = level0_params(tiny_model_dir, "gpu", decoders=2)
+    prep = prepare(OME_TIFF, tmp_path, gpu_reads, early=True)
     try:
         assert prep.decode_pool is None and prep.prefetch is None
         assert multiprocessing.active_children() == []
-        assert prep.read_choice is not None and prep.read_choice.device == "gpu"
+        assert prep.policy is not None and prep.policy.read_device.value == "gpu"
+        assert prep.policy.decoders.value == 0 and prep.read_tiles is not None
     finally:
         prep.close_prefetch()
         prep.slide.close()
-    prep = prepare(OME_TIFF, tmp_path, level0_params(tiny_model_dir, "cpu"), decoders=2)
+    prep = prepare(OME_TIFF, tmp_path, level0_params(tiny_model_dir, "cpu", decoders=2), early=True)
     try:
         assert prep.decode_pool is not None  # the decoder processes, as before
+        assert prep.read_tiles is None
     finally:
         prep.close_prefetch()
         prep.slide.close()
@@ -115,19 +119,28 @@ def test_the_cli_says_once_why_gpu_reads_fell_back(tmp_path, tiny_model_dir):
 
 
 def test_auto_reads_on_the_device_only_on_cuda_with_nvjpeg():
+    """The slides' facts as `prepare` and the bands gather them, decided for an H100."""
+    from tests.pipeline.test_run_policy import CPU_ONLY, ONE_H100
+
     ome = open_slide(OME_TIFF, mpp=2.0)
     key = read_level(ome, 2.0, 2.0)
     assert key == (0, 1.0)
-    on_cuda = choose_reads("auto", True, str(OME_TIFF), ome, key)
-    assert (on_cuda.device, on_cuda.reason) == ("gpu", "nvjpeg")
-    assert choose_reads("auto", False, str(OME_TIFF), ome, key).reason == NOT_CUDA
-    assert choose_reads("gpu", False, str(OME_TIFF), ome, key).reason == "libjpeg"
-    assert choose_reads("cpu", True, str(OME_TIFF), ome, key).reason == ASKED_CPU
+    facts, tiles = slide_reads(str(OME_TIFF), ome, key)
+    assert facts == ReadFacts(ycbcr=True) and tiles is not None
+
+    def reads(machine, asked: str, facts: ReadFacts) -> tuple[str, str]:
+        policy = decide(machine, SegmentParams(read_device=asked), RunFacts(reads=facts))
+        return policy.read_device.value, policy.read_device.reason
+
+    assert reads(ONE_H100, "auto", facts) == ("gpu", "nvjpeg")
+    assert reads(CPU_ONLY, "auto", facts) == ("cpu", NOT_CUDA)
+    assert reads(CPU_ONLY, "gpu", facts) == ("gpu", "libjpeg")
+    assert reads(ONE_H100, "cpu", facts) == ("cpu", ASKED_CPU)
     cmu = open_slide(CMU_SLIDE, mpp=2.0)
-    rgb = choose_reads("auto", True, str(CMU_SLIDE), cmu, read_level(cmu, 2.0, 2.0))
-    assert (rgb.device, rgb.reason) == ("cpu", RGB_CODED)  # Aperio: the decoder processes
-    forced = choose_reads("gpu", True, str(CMU_SLIDE), cmu, read_level(cmu, 2.0, 2.0))
-    assert (forced.device, forced.reason) == ("gpu", "libjpeg")
+    rgb, _tiles = slide_reads(str(CMU_SLIDE), cmu, read_level(cmu, 2.0, 2.0))
+    assert rgb == ReadFacts(ycbcr=False)
+    assert reads(ONE_H100, "auto", rgb) == ("cpu", RGB_CODED)  # Aperio: the decoder processes
+    assert reads(ONE_H100, "gpu", rgb) == ("gpu", "libjpeg")
     ome.close()
     cmu.close()
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import subprocess
 import sys
+import uuid
 
 import numpy as np
 import pytest
@@ -128,10 +130,14 @@ def test_roi_clips_outputs_and_reports_per_region(roi_run):
     for name in [*LUAD_CLASSES, "Tissue"]:
         for f in by_class.get(name, []):
             assert shape(f["geometry"]).difference(regions).area < 1e-6
-    # each region comes back with its QuPath id, name and class ("ROI" when it had none)
+    # each region comes back naming its QuPath object, with its name and class ("ROI" when
+    # it had none)
     _, objects = qupath_rois(result.out_dir.parent.parent / "again.geojson")
-    rois = [f for f in fc["features"] if f["id"] in (objects[0]["id"], objects[1]["id"])]
-    assert [f["id"] for f in rois] == [objects[0]["id"], objects[1]["id"]]
+    rois = [f for f in fc["features"] if f["properties"]["metadata"]["wsi_segment"] == "region"]
+    assert [f["properties"]["metadata"]["wsi_segment_region_of"] for f in rois] == [
+        objects[0]["id"],
+        objects[1]["id"],
+    ]
     assert [f["properties"]["name"] for f in rois] == ["upper", "Region*"]
     assert [f["properties"]["classification"] for f in rois] == [
         {"name": "ROI", "color": [255, 200, 0]},
@@ -165,6 +171,29 @@ def test_roi_clips_outputs_and_reports_per_region(roi_run):
     assert summary["tissue"]["roi"] == str(roi) and summary["parameters"]["roi"] == str(roi)
 
 
+def test_ids_qupath_sees_are_new_per_run_and_stable_for_the_same_run(roi_run, tiny_model_dir):
+    """The ids QuPath's reader keeps (`UUID.fromString` of each feature's `id`): none equals
+    an object of the user's (a plain import of a `--roi` result adds, it does not double an
+    id), none repeats within the file, the same run gives the same bytes, and another run of
+    the slide shares no id with it (importing both doubles no id either)."""
+    result, roi = roi_run
+    path = result.out_dir / "tissue.geojson"
+    first = path.read_bytes()
+    ids = [str(uuid.UUID(f["id"])) for f in json.loads(first)["features"]]
+    users = [str(uuid.UUID(f["id"])) for f in json.loads(roi.read_text())["features"]]
+    assert len(ids) == len(set(ids)) >= 5 and not set(ids) & set(users)
+    params = SegmentParams(model_dir=tiny_model_dir, roi=roi, overwrite=True)
+    again = segment_slide(CMU_SLIDE, result.out_dir.parent, params)
+    assert again.status == "done" and path.read_bytes() == first
+    other = segment_slide(
+        CMU_SLIDE, result.out_dir.parent.parent / "other", dataclasses.replace(params, roi=None)
+    )
+    other_ids = [
+        f["id"] for f in json.loads((other.out_dir / "tissue.geojson").read_text())["features"]
+    ]
+    assert len(set(other_ids)) == len(other_ids) >= 2 and not set(other_ids) & set(ids)
+
+
 def test_roi_is_part_of_the_fingerprint(roi_run, tiny_model_dir):
     result, roi = roi_run
     out = result.out_dir.parent
@@ -184,6 +213,7 @@ def test_bad_roi_file_is_refused_before_the_model_loads(tmp_path, tiny_model_dir
     off = qp.export(tmp_path / "off.geojson", [qp.annotation(qp.rect(5000, 0, 6000, 90), "o")])
     code = f"""
 import sys
+import uuid
 from wsi_segment.errors import RoiError
 from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.pipeline.segment import segment_slide

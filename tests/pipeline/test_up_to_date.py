@@ -166,18 +166,19 @@ def test_a_missing_model_is_reported_not_skipped(finished: Finished, tmp_path: P
 def test_an_output_of_the_previous_format_is_a_new_run(
     finished: Finished, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A finished output written by the version before the `Unclassified` class (format 4,
-    where gated tissue had no class) is stale for the same slide, model and parameters."""
+    """A finished output written by the version before run-derived GeoJSON ids (format 5,
+    where a region's feature carried the user's object id) is stale for the same slide,
+    model and parameters."""
     from wsi_segment.models.meta import model_files_identity
     from wsi_segment.pipeline.outputs import output_dir
 
-    assert output_dir.FORMAT_VERSION == 5
+    assert output_dir.FORMAT_VERSION == 6
     summary = finished.result.out_dir / "summary.json"
     model_hash, meta = model_files_identity(Path(finished.params.model_dir or ""))
     fingerprint = output_dir.run_fingerprint(str(finished.slide), model_hash, finished.params, meta)
     assert fingerprint == finished.result.summary["fingerprint"]
     with monkeypatch.context() as m:
-        m.setattr(output_dir, "FORMAT_VERSION", 4)
+        m.setattr(output_dir, "FORMAT_VERSION", 5)
         old = output_dir.run_fingerprint(str(finished.slide), model_hash, finished.params, meta)
     with restored(summary):
         doc = json.loads(summary.read_text())

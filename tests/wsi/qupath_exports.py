@@ -96,6 +96,49 @@ def cell(x: float, y: float, seed: str) -> dict[str, Any]:
     return f
 
 
+def _ring(cx: float, cy: float, r: float, n: int) -> Coords:
+    import math
+
+    ring = [
+        [
+            round(cx + r * math.cos(2 * math.pi * i / n), 2),
+            round(cy + r * math.sin(2 * math.pi * i / n), 2),
+        ]
+        for i in range(n)
+    ]
+    return [*ring, ring[0]]
+
+
+def traced_cell(x: float, y: float, seed: str, vertices: int = 32) -> dict[str, Any]:
+    """A cell as *Cell detection* traces it: a many-vertex outline and nucleus, a class, and
+    the dozens of measurements it adds (what makes an "All objects" export large)."""
+    names = [
+        f"{part}: {m}"
+        for part in ("Nucleus", "Cell", "Cytoplasm")
+        for m in (
+            "Area",
+            "Perimeter",
+            "Circularity",
+            "Max caliper",
+            "Min caliper",
+            "Eccentricity",
+            "Hematoxylin OD mean",
+            "Hematoxylin OD std dev",
+            "Eosin OD mean",
+            "Eosin OD std dev",
+        )
+    ]
+    f = feature(
+        "cell",
+        {"type": "Polygon", "coordinates": [_ring(x, y, 6.5, vertices)]},
+        seed=seed,
+        cls="Tumor",
+        measurements={n: round(1 + i * 0.731, 4) for i, n in enumerate(names)},
+    )
+    f["nucleusGeometry"] = {"type": "Polygon", "coordinates": [_ring(x, y, 3.2, vertices // 2)]}
+    return f
+
+
 def points(xy: Sequence[tuple[float, float]], seed: str) -> dict[str, Any]:
     """A point annotation (*Points* tool): MultiPoint, Point for a single one."""
     if len(xy) == 1:
@@ -146,17 +189,21 @@ def with_type_key(f: dict[str, Any], key: str) -> dict[str, Any]:
     return {**f, "properties": props}
 
 
-def _text(objects: list[dict[str, Any]], collection: bool) -> str:
+def _text(objects: list[dict[str, Any]], collection: bool, pretty: bool = False) -> str:
     if collection:
         doc: Any = {"type": "FeatureCollection", "features": objects}
     else:
         doc = objects[0] if len(objects) == 1 else objects
+    if pretty:  # the dialog's "Pretty JSON": Gson's pretty printing, 2-space indents
+        return json.dumps(doc, indent=2)
     return json.dumps(doc, separators=(",", ":"))
 
 
-def export(path: Path, objects: list[dict[str, Any]], collection: bool = True) -> Path:
+def export(
+    path: Path, objects: list[dict[str, Any]], collection: bool = True, pretty: bool = False
+) -> Path:
     """*File > Export objects as GeoJSON* to `.geojson`, or to `.zip` ("Compression: ZIP")."""
-    text = _text(objects, collection)
+    text = _text(objects, collection, pretty)
     if path.suffix.lower() == ".zip":
         with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
             zf.writestr(f"{path.stem}.geojson", text)

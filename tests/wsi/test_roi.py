@@ -122,6 +122,34 @@ def test_no_area_annotation_is_one_error(tmp_path):
         read_roi_file(empty)
 
 
+def test_annotations_without_area_are_skipped_like_points(tmp_path):
+    """An empty polygon (a brush area erased to nothing), one whose points coincide and one
+    whose points lie on a line, among valid regions: skipped and counted, the rest used."""
+    objects = [
+        qp.annotation(square(0, 0, 100), "a", name="kept A"),
+        qp.annotation({"type": "Polygon", "coordinates": []}, "empty"),
+        qp.annotation(qp.rect(50, 50, 50, 50), "dot"),
+        qp.annotation(qp.rect(10, 500, 900, 500), "flat"),
+        qp.annotation({"type": "MultiPolygon", "coordinates": []}, "empty-multi"),
+        qp.annotation(square(200, 0, 50), "b", name="kept B"),
+        qp.points([(5, 5)], "p"),
+    ]
+    path = qp.export(tmp_path / "mixed.geojson", objects)
+    rois = read_rois(path, SLIDE)
+    assert [r.name for r in rois] == ["kept A", "kept B"]
+    assert [r.geometry.area for r in rois] == [10_000, 2_500]
+    assert read_roi_file(path).warning() == (
+        f"{path}: skipped 4 annotations without area, 1 point annotation (not area "
+        "annotations); 2 regions used"
+    )
+    only = qp.export(tmp_path / "only.geojson", objects[1:3])
+    with pytest.raises(RoiError) as err:
+        read_roi_file(only)
+    assert str(err.value).startswith(
+        f"{only}: no area annotation to use as a region (it holds 2 annotations without area);"
+    )
+
+
 def test_zip_and_gzip_exports_read_like_the_plain_file(tmp_path):
     """QuPath's "Compression: ZIP" (a zip of one `<name>.geojson`, as `PathIO.readObjects`
     reads it) and "Compression: gzip" (`.geojson.gz`) give the plain export's regions; so

@@ -78,6 +78,58 @@ def test_broken_and_non_slides_give_one_clear_error(tmp_path):
         open_slide(CMU_SLIDE, backend="bioformats")
 
 
+@pytest.fixture(scope="module")
+def dicom_slide(tmp_path_factory):
+    """A 700 x 500 px crop of the real CMU slide as a two-level DICOM slide folder."""
+    pytest.importorskip("pydicom")
+    from tests.wsi.dicom_slides import write_dicom_slide
+
+    with open_slide(CMU_SLIDE) as slide:
+        rgb = slide.read_region((800, 1100), 0, (700, 500))
+    folder = tmp_path_factory.mktemp("dicom") / "case-7"
+    write_dicom_slide(folder, rgb, 0.499)
+    return folder, rgb
+
+
+def test_a_dicom_slide_folder_opens_by_its_full_resolution_file(dicom_slide):
+    """openslide opens a DICOM slide from any file of its series: the folder is taken as the
+    slide, opened by its largest file (level 0), with every level and the pixel size."""
+    folder, rgb = dicom_slide
+    with open_slide(folder) as slide:
+        assert slide.path == str(folder / "level-0.dcm")
+        assert (slide.backend, slide.vendor) == ("openslide", "dicom")
+        assert slide.level_dimensions == ((700, 500), (350, 250))
+        assert slide.mpp == pytest.approx((0.499, 0.499))
+        pixels = slide.read_region((0, 0), 0, (700, 500))
+    assert np.abs(pixels.astype(int) - rgb).mean() < 8  # JPEG, quality 95, 4:2:0
+    with open_slide(folder / "level-1.dcm") as same:  # any file of the series: the slide
+        assert same.level_dimensions == ((700, 500), (350, 250))
+        np.testing.assert_array_equal(same.read_region((0, 0), 0, (700, 500)), pixels)
+
+
+def test_a_folder_that_is_no_slide_is_refused_with_the_file_to_pass(tmp_path):
+    """.dcm files openslide does not take for a DICOM slide, an MRXS data folder (its .mrxs
+    file named), any other folder: one SlideError each, with what to pass."""
+    dicom = tmp_path / "case-8"
+    dicom.mkdir()
+    for name in ("level-0.dcm", "LABEL.DCM", "a.txt"):
+        (dicom / name).write_bytes(b"not dicom")
+    with pytest.raises(SlideError) as err:
+        open_slide(dicom)
+    assert str(err.value) == (
+        f"{dicom}: is a directory whose 2 .dcm file(s) openslide does not read as a DICOM "
+        "whole-slide image; pass the slide file itself (a DICOM slide: a folder of VL Whole "
+        "Slide Microscopy .dcm files)"
+    )
+    mirax = tmp_path / "CMU-1"
+    mirax.mkdir()
+    (tmp_path / "CMU-1.mrxs").write_bytes(b"x")
+    with pytest.raises(SlideError, match=f"MRXS slide: pass {tmp_path / 'CMU-1.mrxs'}$"):
+        open_slide(mirax)
+    with pytest.raises(SlideError, match="is a directory, not a slide; pass the slide file"):
+        open_slide(tmp_path)
+
+
 def test_mpp_override_wins_and_is_validated():
     with open_slide(CMU_SLIDE, mpp=0.25) as slide:
         assert slide.mpp == (0.25, 0.25)

@@ -23,18 +23,14 @@ from tests.pipeline.inference.test_engine_shared_model import TurnWatch
 from wsi_segment.errors import SlideError
 from wsi_segment.models.bundle import load_model
 from wsi_segment.pipeline.inference.band_runner import band_slices
-from wsi_segment.pipeline.inference.band_task import (
-    BandReads,
-    BandResult,
-    band_decoders,
-    run_band,
-)
+from wsi_segment.pipeline.inference.band_task import BandResult, run_band
 from wsi_segment.pipeline.inference.chunk_job import SlideJob
 from wsi_segment.pipeline.inference.decoder_reads import DecoderProcesses
 from wsi_segment.pipeline.inference.engine import run_engine
 from wsi_segment.pipeline.inference.engine_state import EngineAborted
 from wsi_segment.pipeline.inference.model_handle import ModelHandle
 from wsi_segment.pipeline.inference.reader_thread import HostTiles, ReaderThread
+from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.wsi.tiling import ChunkSpec
 
 
@@ -48,6 +44,12 @@ def band_job(
     job, specs = make_job(zarr, model, chunk_tiles, slide, detect=slide == CMU_SLIDE)
     handle = ModelHandle(str(model_dir), "cpu", "fp32")
     return dataclasses.replace(job, model=handle, batch_size=1), specs
+
+
+def band_options(decoders: int | None = None, batch_size: int = 1) -> SegmentParams:
+    """The run's options each band decides its policy from: `band_job`'s CPU fp32 model,
+    one tile per forward pass."""
+    return SegmentParams(device="cpu", precision="fp32", batch_size=batch_size, decoders=decoders)
 
 
 def one_torch_thread_reference(job: SlideJob, specs: list[ChunkSpec]):
@@ -82,15 +84,6 @@ def test_bands_are_contiguous_runs_of_the_plan_balanced_by_tiles() -> None:
     assert band_slices([], 4) == []
 
 
-def test_bands_start_decoders_on_gpu_workers_by_default_and_on_request_anywhere() -> None:
-    assert band_decoders(3, "cpu", in_flight=4) == 3
-    assert band_decoders(0, "cuda", in_flight=1) == 0  # asked for the reader thread
-    assert band_decoders(None, "cpu", in_flight=1, cores=16) == 0  # as a local CPU run
-    assert band_decoders(None, "cuda", in_flight=1, cores=16) == 15  # the consumer keeps a core
-    assert band_decoders(None, "cuda", in_flight=4, cores=16) == 3
-    assert band_decoders(None, "cuda", in_flight=8, cores=2) == 1
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path):
     job, specs = band_job(tmp_path_factory.mktemp("ref") / "p.zarr", tiny_model_dir)
@@ -113,6 +106,10 @@ def test_an_aborted_engine_stops_and_leaves_nothing_behind(
     assert shm_entries() <= before
 
 
+def band_source_name(decoders: int | None) -> str:
+    return "decoder processes" if decoders else "reader thread"
+
+
 @pytest.mark.parametrize(("decoders", "expected_decoders"), [(1, 1), (None, 0)])
 def test_a_band_runs_the_engine_and_writes_what_each_chunk_alone_writes(
     tmp_path: Path, tiny_model_dir: Path, reference, decoders, expected_decoders
@@ -123,7 +120,7 @@ def test_a_band_runs_the_engine_and_writes_what_each_chunk_alone_writes(
     before = torch.get_num_threads()
     torch.set_num_threads(1)  # the consumer's forward passes use the caller's count
     try:
-        band = run_band(job, specs, None, BandReads(decoders), gpu=False)
+        band = run_band(job, specs, None, band_options(decoders), gpu=False)
     finally:
         torch.set_num_threads(before)
     assert (band.decoders, band.error, band.aborted) == (expected_decoders, None, False)
@@ -131,6 +128,10 @@ def test_a_band_runs_the_engine_and_writes_what_each_chunk_alone_writes(
         "read_device": "cpu",
         "read_device_reason": "the model is not on a CUDA device",
     }
+    policy = band.policy  # decided in the band from this machine and the options
+    assert policy["place"] == "band" and policy["read_source"] == band_source_name(decoders)
+    assert policy["batch_size"] == {"value": 1, "reason": "asked for (--batch-size 1)"}
+    assert (policy["compute_threads"]["value"], policy["model_lock"]["value"]) == (1, False)
     assert not band.daemonic
     np.testing.assert_array_equal(stored(job), expected)
     assert_same_outcomes(band.outcomes, expected_outcomes)
@@ -153,7 +154,7 @@ def test_bands_of_one_cpu_worker_run_their_forward_passes_side_by_side(
         job, specs = make_job(tmp_path / f"{name}.zarr", model, 2)
         job = dataclasses.replace(job, model=handle, batch_size=2)
         target = lambda job=job, specs=specs: bands.append(  # noqa: E731
-            run_band(job, specs, None, BandReads(), gpu=False)
+            run_band(job, specs, None, band_options(batch_size=2), gpu=False)
         )
         threads.append(threading.Thread(target=target))
     for thread in threads:
@@ -167,7 +168,7 @@ def test_bands_of_one_cpu_worker_run_their_forward_passes_side_by_side(
 
 def _band_in_daemon(job: SlideJob, specs: list[ChunkSpec], out: multiprocessing.Queue) -> None:
     torch.set_num_threads(1)
-    band = run_band(job, specs, None, BandReads(1), False)
+    band = run_band(job, specs, None, band_options(1), False)
     out.put((multiprocessing.current_process().daemon, band))
 
 
@@ -198,7 +199,7 @@ def test_bad_input_comes_back_as_the_band_s_error_not_raised(
     damaged = tmp_path / "cmu_damaged.svs"
     corrupt_middle_tile(CMU_SLIDE, damaged)
     job, specs = band_job(tmp_path / "p.zarr", tiny_model_dir, slide=damaged)
-    band = run_band(job, specs, None, BandReads(1), gpu=False)
+    band = run_band(job, specs, None, band_options(1), gpu=False)
     assert isinstance(band.error, SlideError) and "cmu_damaged.svs" in str(band.error)
     assert band.outcomes == [] and not band.aborted
     assert multiprocessing.active_children() == []

@@ -1,5 +1,5 @@
 """Planning reads model.json with the models' one parser, and never imports torch (the model
-loads beside it)."""
+loads beside it), the run policy's chunk size included."""
 
 from __future__ import annotations
 
@@ -22,7 +22,9 @@ import json, sys
 from pathlib import Path
 from wsi_segment.models.meta import read_model_json
 from wsi_segment.pipeline.inference.chunk_plan import model_geometry, plan_slide, slide_tissue
+from wsi_segment.pipeline.machine import probe_machine
 from wsi_segment.pipeline.params import SegmentParams
+from wsi_segment.pipeline.run_policy import decide
 from wsi_segment.wsi.slide import open_slide
 
 model_dir = Path(sys.argv[2])
@@ -31,7 +33,8 @@ params = SegmentParams(model_dir=model_dir, device="cpu", precision="fp32")
 with open_slide(sys.argv[1]) as slide:
     tissue = slide_tissue(slide, params, [])
     geometry = model_geometry(model_dir)
-    grid, planned = plan_slide(slide, slide.require_mpp(), geometry, params, tissue)
+    chunk_tiles = decide(probe_machine(), params).chunk_tiles.value
+    grid, planned = plan_slide(slide, slide.require_mpp(), geometry, params, tissue, chunk_tiles)
 print(json.dumps({"geometry": geometry, "tiles": planned.tiles,
                   "torch": sorted(m for m in sys.modules if m.split(".")[0] == "torch")}))
 """

@@ -52,7 +52,7 @@ def _cpu_tiles(reader: ChunkReader, spec: ChunkSpec) -> np.ndarray:
 )
 def test_every_chunk_gets_the_cpu_decoders_tiles(path, backend, grid):
     reader, specs = _reader(path, backend, 0.5, grid)
-    device_tiles = open_device_tiles(reader, CPU)
+    device_tiles = open_device_tiles(reader, CPU, "libjpeg")
     assert isinstance(device_tiles, DeviceTiles), device_tiles
     assert device_tiles.decoder == "libjpeg"
     # chunks at every border read past the slide (white halo); CMU's 2967 px rows end
@@ -70,7 +70,7 @@ def test_partial_tissue_chunk_reads_only_its_tiles():
     grid = TileGrid(tile=224, overlap=32, downsample=4)
     reader, specs = _reader(CMU_SLIDE, "tiffslide", 0.5, grid, chunk_tiles=4)
     spec = dataclasses.replace(specs[0], tiles=((1, 2), (2, 1), (3, 3)))
-    device_tiles = open_device_tiles(reader, CPU)
+    device_tiles = open_device_tiles(reader, CPU, "libjpeg")
     assert isinstance(device_tiles, DeviceTiles)
     got = device_tiles.read_tiles(spec)
     assert got.shape == (3, 224, 224, 3)
@@ -82,14 +82,16 @@ def test_partial_tissue_chunk_reads_only_its_tiles():
 def test_resampled_or_unservable_slides_fall_back_with_a_reason():
     grid = TileGrid(tile=224, overlap=32, downsample=4)
     reader, _ = _reader(CMU_SLIDE, "tiffslide", 1.0, grid)  # 2 level-0 px per model px
-    found = open_device_tiles(reader, CPU)
+    found = open_device_tiles(reader, CPU, "libjpeg")
     assert isinstance(found, Unsupported)
     assert found.reason == (
         "model pixels are not level 0's pixels (2 level-0 px per model px, level downsample 1):"
         " resampling runs on the CPU"
     )
     boxes, _ = _reader(DATA_DIR / "boxes.tiff", "tiffslide", 0.5, TileGrid(32, 8, 4))
-    assert open_device_tiles(boxes, CPU) == Unsupported("ADOBE_DEFLATE compression, not JPEG")
+    assert open_device_tiles(boxes, CPU, "libjpeg") == Unsupported(
+        "ADOBE_DEFLATE compression, not JPEG"
+    )
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -97,7 +99,7 @@ def test_tiles_assembled_on_cuda_match_the_cpu_decoders():
     """Aperio tiles are RGB-coded, so libjpeg decodes them before the copy: exact."""
     grid = TileGrid(tile=224, overlap=32, downsample=4)
     reader, specs = _reader(CMU_SLIDE, "tiffslide", 0.5, grid)
-    device_tiles = open_device_tiles(reader, torch.device("cuda"))
+    device_tiles = open_device_tiles(reader, torch.device("cuda"), "libjpeg")
     assert isinstance(device_tiles, DeviceTiles)
     for spec in specs:
         got = device_tiles.read_tiles(spec)

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from tests.conftest import CMU_SLIDE, DATA_DIR
-from wsi_segment.pipeline.inference.jpeg_batch import decode_streams, decode_tiles, tile_decoder
+from wsi_segment.pipeline.inference.jpeg_batch import decode_streams, decode_tiles
 from wsi_segment.wsi.raw_tiles import JpegTiles, open_jpeg_tiles
 from wsi_segment.wsi.slide import open_slide
 
@@ -40,7 +40,7 @@ def test_cpu_batch_is_tiffslides_pixels_exactly(path):
     same coefficients: identical bytes, on any CPU (libjpeg-turbo's SIMD paths are exact)."""
     tiles = _tiles(path)
     keys = _all_keys(tiles)
-    batch = decode_tiles(tiles, keys, CPU)
+    batch = decode_tiles(tiles, keys, CPU, "libjpeg")
     (tw, th), (lw, lh) = tiles.tile_size, tiles.level_size
     assert batch.shape == (len(keys), th, tw, 3) and batch.dtype == torch.uint8
     with open_slide(str(path), "tiffslide", mpp=0.5) as slide:
@@ -51,11 +51,12 @@ def test_cpu_batch_is_tiffslides_pixels_exactly(path):
             np.testing.assert_array_equal(batch[n, :h, :w].numpy(), ref)
 
 
-def test_gpu_decodes_only_streams_whose_header_states_ycbcr():
+def test_only_streams_whose_header_states_ycbcr_are_safe_for_nvjpeg():
+    """The fact the run policy gives nvJPEG only YCbCr tiles by (tests/pipeline/
+    test_run_policy.py): Aperio's RGB-coded tiles keep their colours only through libjpeg."""
     aperio, jfif = _tiles(CMU_SLIDE), _tiles(DATA_DIR / "OS-1-detail.ome.tif")
-    assert tile_decoder(aperio, CUDA) == "libjpeg"  # RGB-coded: colours guaranteed on CPU only
-    assert tile_decoder(jfif, CUDA) == "nvjpeg"
-    assert tile_decoder(jfif, CPU) == tile_decoder(aperio, CPU) == "libjpeg"
+    assert not aperio.colour_safe_anywhere
+    assert jfif.colour_safe_anywhere
 
 
 def test_bad_batches_are_refused():
@@ -99,8 +100,8 @@ def test_gpu_decode_of_420_ycbcr_slide_tiles_agrees_in_luma():
     0.5 (each decoder's rounding of R, G, B) = 2 where no channel is clipped at 0 or 255."""
     tiles = _tiles(DATA_DIR / "OS-1-detail.ome.tif")
     keys = _all_keys(tiles)
-    cpu = decode_tiles(tiles, keys, CPU).double()
-    gpu = decode_tiles(tiles, keys, CUDA).cpu().double()
+    cpu = decode_tiles(tiles, keys, CPU, "libjpeg").double()
+    gpu = decode_tiles(tiles, keys, CUDA, "nvjpeg").cpu().double()
     weights = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float64)
     unclipped = ((cpu > 0) & (cpu < 255) & (gpu > 0) & (gpu < 255)).all(dim=-1)
     luma_diff = ((gpu - cpu) @ weights).abs()[unclipped]
@@ -111,6 +112,6 @@ def test_gpu_decode_of_420_ycbcr_slide_tiles_agrees_in_luma():
 def test_rgb_coded_tiles_reach_the_gpu_decoded_by_libjpeg():
     tiles = _tiles(CMU_SLIDE)
     keys = _all_keys(tiles)[:8]
-    on_gpu = decode_tiles(tiles, keys, CUDA)
+    on_gpu = decode_tiles(tiles, keys, CUDA, "libjpeg")
     assert on_gpu.device.type == "cuda"
-    assert torch.equal(on_gpu.cpu(), decode_tiles(tiles, keys, CPU))
+    assert torch.equal(on_gpu.cpu(), decode_tiles(tiles, keys, CPU, "libjpeg"))

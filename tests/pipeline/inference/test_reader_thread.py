@@ -94,7 +94,7 @@ def window(specs: list[ChunkSpec], rows: set[int], cols: set[int]) -> list[Chunk
 
 
 def device_reads(job: SlideJob) -> DeviceTiles:
-    reads = open_device_tiles(job.reader, CPU)
+    reads = open_device_tiles(job.reader, CPU, "libjpeg")
     assert isinstance(reads, DeviceTiles), reads
     return reads
 
@@ -226,7 +226,7 @@ def test_device_reads_on_cuda_write_what_the_decoder_processes_write(tmp_path, t
     expected_bytes = stored(job)
     job, specs = level_job(tmp_path / "b.zarr", wrapped, CMU_SLIDE, detect=False)
     specs = window(specs, *WINDOWS[CMU_SLIDE])
-    reads = open_device_tiles(job.reader, torch.device("cuda"))
+    reads = open_device_tiles(job.reader, torch.device("cuda"), "libjpeg")  # RGB-coded tiles
     assert isinstance(reads, DeviceTiles) and reads.decoder == "libjpeg"
     assert_same_outcomes(run_engine(job, specs, ReaderThread(reads)), expected)
     np.testing.assert_array_equal(stored(job), expected_bytes)
@@ -239,7 +239,7 @@ def test_nvjpeg_reads_feed_the_engine(tmp_path, tiny_model_dir):
     model = load_model(tiny_model_dir)
     model.to_device("cuda", "fp32")
     job, specs = level_job(tmp_path / "p.zarr", TileByTile(model), OME_TIFF)
-    reads = open_device_tiles(job.reader, torch.device("cuda"))
+    reads = open_device_tiles(job.reader, torch.device("cuda"), "nvjpeg")  # YCbCr tiles
     assert isinstance(reads, DeviceTiles) and reads.decoder == "nvjpeg"
     stats = EngineStats()
     outcomes = run_engine(job, specs, ReaderThread(reads), stats=stats)

@@ -177,7 +177,7 @@ def test_runs_racing_for_one_output_never_hold_it_together(tmp_path):
 
 def test_output_names() -> None:
     assert default_output_name("/x/CMU-1.svs") == "CMU-1"
-    assert default_output_name("/x/a.b.ome.tif") == "a.b.ome"
+    assert default_output_name("/x/a.b.ome.tif") == "a.b"  # as QuPath strips it
     assert default_output_name("https://host/a/slide.svs/") == "slide"
     assert check_output_name(" case 1 ", "src") == "case 1"
     assert slide_output_name("/x/CMU-1.svs") == "CMU-1"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import re
+import uuid
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,11 @@ import shapely
 
 from tests.wsi import qupath_exports as qp
 from wsi_segment.pipeline.outputs.geojson import METADATA_KEY
-from wsi_segment.pipeline.outputs.roi_outputs import roi_class_areas, roi_features
+from wsi_segment.pipeline.outputs.roi_outputs import (
+    REGION_OF_KEY,
+    roi_class_areas,
+    roi_features,
+)
 from wsi_segment.wsi.roi import read_rois
 
 SCRIPT = Path(__file__).resolve().parents[3] / "docs" / "qupath" / "wsi_segment_import.groovy"
@@ -30,15 +35,23 @@ def rois(tmp_path):
 def test_regions_keep_their_qupath_id_class_and_name(rois):
     regions, objects = rois
     report = roi_class_areas(regions, {0: shapely.box(0, 0, 150, 50)}, ["TE", "NEC"], 0.25)
-    feats = roi_features(regions, report, "slide")
-    assert [f["id"] for f in feats] == [objects[0]["id"], objects[1]["id"]]
+    feats = roi_features(regions, report, "fingerprint-1")
     props = [f["properties"] for f in feats]
+    # the user's object is named in the metadata; the feature's own id is another, so a
+    # plain import never gives the image two objects with one id
+    assert [p["metadata"] for p in props] == [
+        {METADATA_KEY: "region", REGION_OF_KEY: objects[0]["id"]},
+        {METADATA_KEY: "region", REGION_OF_KEY: objects[1]["id"]},
+    ]
+    ids = [str(uuid.UUID(f["id"])) for f in feats]  # as QuPath reads it
+    assert len(set(ids)) == 2 and not set(ids) & {o["id"] for o in objects}
+    assert [f["id"] for f in roi_features(regions, report, "fingerprint-1")] == ids
+    assert not set(ids) & {f["id"] for f in roi_features(regions, report, "fingerprint-2")}
     assert [p["name"] for p in props] == ["T1", "ROI 2"]
     assert [p["classification"] for p in props] == [
         {"name": "Tumor", "color": [200, 0, 0]},
         {"name": "ROI", "color": [255, 200, 0]},
     ]
-    assert all(p["metadata"] == {METADATA_KEY: "region"} for p in props)
     assert props[0]["measurements"] == {
         "area_um2": 2500.0,
         "Tissue area_um2": 1250.0,
@@ -56,6 +69,7 @@ def test_a_region_from_a_file_without_ids_gets_a_reproducible_one(tmp_path):
     report = roi_class_areas(regions, {}, ["TE"], 1.0)
     a, b = roi_features(regions, report, "s"), roi_features(regions, report, "s")
     assert a[0]["id"] == b[0]["id"] and "qupath_id" not in report[0]
+    assert a[0]["properties"]["metadata"] == {METADATA_KEY: "region"}  # no object to name
 
 
 def test_tissue_of_a_region_is_what_was_labelled_in_it(rois):
@@ -73,11 +87,12 @@ def test_tissue_of_a_region_is_what_was_labelled_in_it(rois):
 
 def test_the_import_script_reads_what_the_outputs_write():
     """The QuPath script matches on what roi_features and make_feature write: the metadata
-    key and kind, the file name, and the object id (PathIO keeps a Feature's `id`)."""
+    keys and kind, the file name, and the user's object ids (`getID()`)."""
     text = SCRIPT.read_text()
     assert f"getMetadata().get('{METADATA_KEY}')" in text
-    assert "kind == 'region'" in text and "'tissue.geojson'" in text
-    assert "PathIO.readObjects(" in text and "obj.getID()" in text
+    assert f"getMetadata().get('{REGION_OF_KEY}')" in text
+    assert f"get('{METADATA_KEY}') == 'region'" in text and "'tissue.geojson'" in text
+    assert "PathIO.readObjects(" in text and "getID().toString()" in text
     # QuPath's scripting API the script relies on (0.5 and 0.6)
     for call in ("removeObjects(", "addObjects(", "fireHierarchyUpdate()", "putAll("):
         assert call in text

@@ -85,8 +85,10 @@ def _check(run: Run, method: str) -> None:
     assert json.loads((run.work / "pseudo_masks" / "method.json").read_text()) == record
 
     written = _written(run)
-    # the saved classifier, in stage 2's batches and threads, gives the same masks
+    # the saved classifier, in stage 2's batches, threads and memory layout (load_model makes
+    # it channels_last, whose convolutions round otherwise), gives the same masks
     clf = load_model(run.out, device="cpu", precision="fp32").classifier
+    clf = clf.to(memory_format=torch.contiguous_format)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -135,6 +137,14 @@ def test_cam_on_the_same_classifier(gradcam_run: Run, tmp_path: Path) -> None:
 
 def test_lfi_cam_with_its_head(tmp_path: Path) -> None:
     _check(_train(SAMPLE, tmp_path, "lficam", head="lficam"), "lficam")
+
+
+def test_reference_lfi_cam_head_trains_and_is_saved(tmp_path: Path) -> None:
+    """The lficam-ref head (the authors' FIN) trains, saves and reloads; its pseudo masks come
+    from a per-class method (its own LFI-CAM map is class-agnostic)."""
+    run = _train(SAMPLE, tmp_path, "cam", head="lficam-ref")
+    _check(run, "cam")
+    assert load_model(run.out).classifier.head.kind == "lficam-ref"
 
 
 @pytest.mark.slow

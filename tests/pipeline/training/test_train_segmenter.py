@@ -65,3 +65,34 @@ def test_ungated_validation_scores_the_plain_argmax(tiny, tmp_path: Path) -> Non
     assert score == validate(ds, model, None, cpu, "val", 4)
     assert score != validate(ds, model, gate_all, cpu, "val", 4)  # what the gate would give
     assert state["best"]["val_miou"] == score
+
+
+def test_stage3_starts_from_a_whole_deeplab_file(tiny, tmp_path: Path) -> None:
+    """`--seg-pretrained` naming a whole DeepLabV3+ (6 classes, safetensors) starts stage 3's
+    encoder, ASPP and decoder from it, its last layer fresh; lr 0 keeps the start visible."""
+    from dataclasses import replace
+
+    from safetensors.torch import save_file
+
+    from wsi_segment.models.segmenter import build_segmenter
+    from wsi_segment.pipeline.training.warm_start import pretrained_record
+
+    ds, dirs = tiny
+    torch.manual_seed(9)
+    source = build_segmenter("tu-resnet10t", 6, decoder_channels=16).net
+    f = tmp_path / "deeplab.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(f))
+    cfg = replace(CFG, pretrained=str(f), optim=replace(PAPER.stage3, lr=0.0), seed=1)
+    model, _ = train_segmenter(ds, cfg, dirs, tmp_path / "stage3", torch.device("cpu"), None)
+
+    theirs = dict(source.named_parameters())
+    ours = dict(model.net.named_parameters())
+    assert any(k.startswith("decoder.aspp") for k in ours)
+    for key, value in ours.items():
+        if key.startswith("segmentation_head."):
+            assert value.shape[0] == ds.num_classes  # the last layer: this task's classes
+        else:
+            assert torch.equal(value, theirs[key]), key
+    record = pretrained_record(tmp_path / "stage3")
+    assert record is not None and record["scope"] == "model"
+    assert record["missing"] == ["segmentation_head.0.bias", "segmentation_head.0.weight"]

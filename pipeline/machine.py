@@ -1,0 +1,139 @@
+"""What a run knows of the machine it runs on, as data (`pipeline.run_policy` decides from it).
+
+`Machine` is a plain frozen description: usable cores, memory, CPU feature flags, and the
+CUDA GPUs with what each can do. `probe_machine` fills it in from the real machine, once per
+run (or per Dask band, on its worker); everything else takes it as an argument, so the
+decisions made from it are tested on any machine with descriptions of others.
+
+The probe never imports torch on a machine without an NVIDIA driver (`/dev/nvidiactl`), so a
+CPU run's start pays nothing for it; where a driver is present it asks torch, which counts the
+GPUs this process may use (CUDA_VISIBLE_DEVICES) and whether its CUDA build works.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+GIB = 1 << 30
+AMX_FLAG = "amx_bf16"  # AMX with bf16: the CPU bf16 measured reliably faster than fp32
+AVX512_BF16_FLAG = "avx512_bf16"
+NVIDIA_DRIVER = "/dev/nvidiactl"
+
+
+@dataclass(frozen=True)
+class Gpu:
+    """One CUDA device this process may use."""
+
+    name: str
+    memory_bytes: int
+    bf16: bool = True  # bf16 autocast supported (compute capability 8.0 and later)
+    nvjpeg: bool = True  # torchvision decodes JPEG streams on it (its CUDA build ships nvJPEG)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "memory_gib": round(self.memory_bytes / GIB, 1),
+            "bf16": self.bf16,
+            "nvjpeg": self.nvjpeg,
+        }
+
+
+@dataclass(frozen=True)
+class Machine:
+    """The machine a run (or a Dask band) runs on, as the run policy sees it."""
+
+    cores: int  # cores this process may run on (its CPU affinity)
+    memory_bytes: int
+    cpu_flags: frozenset[str] = frozenset()
+    gpus: tuple[Gpu, ...] = ()
+
+    @property
+    def amx(self) -> bool:
+        return AMX_FLAG in self.cpu_flags
+
+    @property
+    def avx512_bf16(self) -> bool:
+        return AVX512_BF16_FLAG in self.cpu_flags
+
+    @property
+    def jpeg_decoders(self) -> tuple[str, ...]:
+        """JPEG decoders the device read path may use: libjpeg-turbo on the CPU always
+        (torchvision), nvJPEG where a GPU has it."""
+        return ("libjpeg", "nvjpeg") if any(g.nvjpeg for g in self.gpus) else ("libjpeg",)
+
+    def as_dict(self) -> dict[str, Any]:
+        """For summary.json: the facts the policy used (CPU flags only those it reads)."""
+        return {
+            "cores": self.cores,
+            "memory_gib": round(self.memory_bytes / GIB, 1),
+            "cpu_bf16": "amx" if self.amx else ("avx512_bf16" if self.avx512_bf16 else "none"),
+            "gpus": [g.as_dict() for g in self.gpus],
+            "jpeg_decoders": list(self.jpeg_decoders),
+        }
+
+
+def probe_machine() -> Machine:
+    """This machine as this process sees it (affinity, memory, /proc/cpuinfo, CUDA)."""
+    return Machine(
+        cores=usable_cores(),
+        memory_bytes=_memory_bytes(),
+        cpu_flags=read_cpu_flags(),
+        gpus=_probe_gpus(),
+    )
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity: a container or job may get fewer
+    than the machine has)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def read_cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str]:
+    """CPU feature flags from /proc/cpuinfo (empty where it does not exist, e.g. macOS)."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def _memory_bytes() -> int:
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):  # not POSIX
+        return 0
+
+
+def _probe_gpus() -> tuple[Gpu, ...]:
+    """The CUDA devices torch gives this process; none, without importing torch, where no
+    NVIDIA driver is installed or CUDA_VISIBLE_DEVICES hides them all."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES") == "" or not os.path.exists(NVIDIA_DRIVER):
+        return ()
+    import torch
+
+    if not torch.cuda.is_available():
+        return ()
+    nvjpeg = _torchvision_cuda()
+    gpus = []
+    for index in range(torch.cuda.device_count()):
+        props = torch.cuda.get_device_properties(index)
+        gpus.append(Gpu(str(props.name), int(props.total_memory), props.major >= 8, nvjpeg))
+    return tuple(gpus)
+
+
+def _torchvision_cuda() -> bool:
+    """Whether torchvision is a CUDA build (those ship nvJPEG for `decode_jpeg` on CUDA)."""
+    try:
+        import torchvision
+    except ImportError:
+        return False
+    return "+cpu" not in str(torchvision.__version__)

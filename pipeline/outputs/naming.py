@@ -1,0 +1,58 @@
+"""A slide's name without its extension, as QuPath strips it.
+
+The output folder of a slide is named so that QuPath finds it: the shipped import script
+(`docs/qupath/wsi_segment_import.groovy`) reads `OUT/<GeneralTools.stripExtension(image
+name)>/tissue.geojson`. QuPath's rule (`qupath-core` `GeneralTools.getExtension`, 0.5 and
+0.6) differs from Python's `Path.stem` for multi-part extensions: `OS-1-detail.ome.tif` is
+`OS-1-detail` there and `OS-1-detail.ome` here. So the rule is written once, here, exactly:
+
+- a name ending in `.gz` loses `.gz` and then the extension of what is left (`a.nii.gz`:
+  `a`; `a.ome.tif.gz`: `a`);
+- else the multi-part extensions `.ome.tif`, `.ome.tiff`, `.tar.gz`, `.ome.zarr` (any case)
+  go whole;
+- else the last `.` and what follows, when that is only ASCII letters, digits and `_`
+  (`a.svs`: `a`; `a.1-2` keeps its name: `-` is not a word character).
+
+Versions before this rule named the folder by `Path.stem` (`legacy_output_name`): a rerun
+leaves such a folder alone, since it may hold results the user still needs.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+# GeneralTools.DEFAULT_EXTENSIONS of QuPath 0.6 (0.5 lacks ".ome.zarr", which it cannot open)
+MULTIPART_EXTENSIONS: tuple[str, ...] = (".ome.tif", ".ome.tiff", ".tar.gz", ".ome.zarr")
+_WORD_EXTENSION = re.compile(r"\.\w+", re.ASCII)  # Java's `\w` is ASCII
+
+
+def extension(name: str) -> str:
+    """The extension QuPath strips from a file name (lower case), '' when none."""
+    lower = name.lower()
+    if lower.endswith(".gz"):
+        return extension(name[:-3]) + ".gz"
+    for ext in MULTIPART_EXTENSIONS:
+        if lower.endswith(ext):
+            return ext
+    dot = name.rfind(".")
+    if dot >= 0 and _WORD_EXTENSION.fullmatch(name[dot:]):
+        return lower[dot:]
+    return ""
+
+
+def strip_extension(name: str) -> str:
+    """`name` without its extension (`GeneralTools.stripExtension`); the name itself when
+    stripping would leave nothing (a name that is all extension, e.g. '.svs')."""
+    stripped = name[: len(name) - len(extension(name))]
+    return stripped or name
+
+
+def slide_file_name(path: str | Path) -> str:
+    """The last part of a slide's path or URL (a trailing '/' ignored)."""
+    return Path(str(path).rstrip("/")).name
+
+
+def legacy_output_name(path: str | Path) -> str:
+    """The folder name versions before this rule gave the slide (Python's stem)."""
+    return Path(str(path).rstrip("/")).stem

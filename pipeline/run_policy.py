@@ -1,0 +1,355 @@
+"""The one run policy: every choice that differs between machines, decided in one place.
+
+`decide(machine, options, facts)` is a pure function of the machine's description
+(`pipeline.machine.Machine`), the user's options (`SegmentParams`) and what the run knows of
+its slide and place (`RunFacts`; no decision needs facts of the model yet: the model itself
+runs what depends on it, the bf16 calibration and the GPU batch probe); it returns a `RunPolicy` holding each decision with
+its reason: device, runtime, precision request, chunk size, batch size, compute threads,
+model lock, cores, JPEG reads on the device, decoder processes and writer threads. A local
+run decides once in `prepare` (`pipeline.prepare`), every Dask band decides on its worker
+from that worker's machine and the same options (`pipeline.inference.band_task`), and
+summary.json records the policies whole (`run_policy`). The code that runs a slide only
+executes what the policy says.
+
+Every decision changes speed only, but the precision request (what `auto` runs in is
+decided by the model on fixed calibration tiles) and `chunk_tiles`, which the stitching's
+contract makes speed only too.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any, Generic, Literal, TypeVar
+
+from wsi_segment.pipeline.machine import GIB, Gpu, Machine
+from wsi_segment.pipeline.params import SegmentParams
+
+T = TypeVar("T")
+JpegDecoder = Literal["nvjpeg", "libjpeg"]  # = pipeline.inference.jpeg_batch.Decoder
+
+LOCAL, BAND, CLUSTER = "local", "band", "cluster"  # where the engine runs (`RunFacts.place`)
+GPU, CPU = "gpu", "cpu"  # reads on the device (the device read path), or on the host
+WRITERS_MAX = 4
+DECODERS_MAX = 16
+CPU_BATCH, GPU_BATCH = 16, 64
+CPU_CHUNK_TILES, GPU_CHUNK_TILES = 4, 8
+CPU_COMPUTES = 2
+
+# why the host reads the tiles (summary.json run_stats.read_device_reason, as before)
+NOT_CUDA = "the model is not on a CUDA device"
+RGB_CODED = (
+    "RGB-coded JPEG tiles (Aperio) decode with libjpeg, faster in the decoder processes "
+    "than in one reader thread"
+)
+NO_NVJPEG = "the GPU has no nvJPEG (a CPU build of torchvision): libjpeg in one reader thread"
+ASKED_CPU = "--read-device cpu"
+NOT_EXAMINED = "the slide's JPEG tiles were not examined"
+DAEMONIC = "a daemonic Dask worker may not start processes: its reader thread reads"
+
+
+@dataclass(frozen=True)
+class Decision(Generic[T]):
+    """One decision and why it was made."""
+
+    value: T
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"value": self.value, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class ReadFacts:
+    """The slide's read level as the device read path sees it (`read_device.jpeg_level`)."""
+
+    unsupported: str = ""  # why the device path cannot serve it; "": it can
+    ycbcr: bool = False  # the JPEG header states YCbCr, so nvJPEG decodes its colours right
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """What a run knows besides the machine and the options: its slide and its place (model
+    facts go here once a decision needs them: a runtime that compiles some models only)."""
+
+    place: str = LOCAL  # LOCAL: this process runs the engine; BAND: one band on a Dask
+    # worker; CLUSTER: this process plans, the bands run (and decide) on the workers
+    at_once: int = 1  # engines sharing this machine: slides in flight, or a worker's bands
+    reads: ReadFacts | None = None  # None: not examined (`wants_slide_reads` said no)
+    # a band's precision for `--precision auto`: the answer one CPU worker's calibration
+    # pinned for the whole cluster (`band_runner.settle_precision`); None: none pinned
+    pinned_precision: str | None = None
+    daemonic: bool = False  # a daemonic Dask worker process, which may not start processes
+
+
+@dataclass(frozen=True)
+class RunPolicy:
+    """Every decision of one engine (a local run or a band), each with its reason."""
+
+    machine: Machine
+    place: str
+    device: Decision[str]  # "cpu" | "cuda" (the first visible GPU)
+    runtime: Decision[str]  # "torch" (the only inference runtime so far)
+    precision: Decision[str]  # handed to the model: "auto" | "fp32" | "bf16"
+    chunk_tiles: Decision[int]  # tiles per chunk side (the plan)
+    batch_size: Decision[int]  # tiles per forward pass asked of the device
+    compute_threads: Decision[int]  # forward passes side by side
+    model_lock: Decision[bool]  # whether forward passes take the model's lock
+    cores: Decision[int]  # cores this engine's forward passes use (torch threads)
+    read_device: Decision[str]  # GPU: the device read path (reason: its JPEG decoder)
+    decoders: Decision[int]  # decoder processes; 0: one reader thread
+    writers: Decision[int]  # writer threads finishing whole chunks side by side
+
+    @property
+    def device_decoder(self) -> JpegDecoder | None:
+        """The device read path's JPEG decoder ("nvjpeg" / "libjpeg"), None without it."""
+        if self.read_device.value != GPU:
+            return None
+        return "nvjpeg" if self.read_device.reason == "nvjpeg" else "libjpeg"
+
+    @property
+    def decoders_refused(self) -> bool:
+        """Decoders were due, but this daemonic Dask worker may not start them."""
+        return self.decoders.reason.startswith(DAEMONIC)
+
+    @property
+    def read_source(self) -> str:
+        """What reads the tiles: the device read path, decoder processes or a reader thread."""
+        if self.read_device.value == GPU:
+            return "device read path"
+        return "decoder processes" if self.decoders.value else "reader thread"
+
+    def read_report(self) -> dict[str, str]:
+        """summary.json run_stats' read choice: read_device and read_device_reason."""
+        return {
+            "read_device": self.read_device.value,
+            "read_device_reason": self.read_device.reason,
+        }
+
+    def as_dict(self) -> dict[str, Any]:
+        """summary.json `run_policy`: every decision with its reason, and the machine."""
+        out: dict[str, Any] = {"place": self.place, "machine": self.machine.as_dict()}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Decision):
+                out[f.name] = value.as_dict()
+        out["read_source"] = self.read_source
+        return out
+
+
+def decide(machine: Machine, options: SegmentParams, facts: RunFacts | None = None) -> RunPolicy:
+    """The policy of one engine on `machine` for `options`; a pure function."""
+    facts = facts or RunFacts()
+    device = decide_device(machine, options)
+    cuda = device.value == "cuda"
+    gpu = machine.gpus[0] if cuda and machine.gpus else None
+    at_once = max(1, facts.at_once)
+    band = facts.place == BAND
+    cores = _cores(machine, band, at_once)
+    reads = _read_device(options, cuda, gpu, facts.reads)
+    decoders = _decoders(options, machine, cuda, reads.value == GPU, band, at_once)
+    if decoders.value and facts.daemonic:
+        decoders = Decision(0, f"{DAEMONIC}; {decoders.value} were due ({decoders.reason})")
+    computes = _computes(options, cuda, band)
+    return RunPolicy(
+        machine=machine,
+        place=facts.place,
+        device=device,
+        runtime=_runtime(machine, options, cuda),
+        precision=_precision(options, machine, gpu, facts.pinned_precision),
+        chunk_tiles=_chunk_tiles(options, cuda),
+        batch_size=_batch_size(options, cuda, gpu),
+        compute_threads=computes,
+        model_lock=_model_lock(cuda, band, computes.value),
+        cores=cores,
+        read_device=reads,
+        decoders=decoders,
+        writers=_writers(options, cores.value, decoders.value, band),
+    )
+
+
+def decide_device(machine: Machine, options: SegmentParams) -> Decision[str]:
+    """`--device`: cpu or cuda as asked (a missing GPU is the model loader's error, which
+    names the fix); auto takes the first GPU where there is one."""
+    if options.device != "auto":
+        return Decision(options.device, f"asked for (--device {options.device})")
+    if not machine.gpus:
+        return Decision("cpu", "auto: no CUDA GPU")
+    gpu = machine.gpus[0]
+    many = f"the first of {len(machine.gpus)} GPUs" if len(machine.gpus) > 1 else "the GPU"
+    return Decision("cuda", f"auto: {many}, {gpu.name} ({gpu.memory_bytes / GIB:.0f} GiB)")
+
+
+def wants_slide_reads(machine: Machine, options: SegmentParams) -> bool:
+    """Whether `decide` may choose the device read path, so the caller must examine the
+    slide's read level first (`RunFacts.reads`; reading its JPEG header costs a file open)."""
+    if options.read_device == CPU:
+        return False
+    return options.read_device == GPU or decide_device(machine, options).value == "cuda"
+
+
+def engine_in_process(
+    machine: Machine, options: SegmentParams, workers: int | None, dask_address: str | None
+) -> Decision[bool]:
+    """Whether a batch runs its slides' engines in this process rather than in bands on a
+    Dask cluster: with `workers=0`, and by default on a machine with one GPU (one consumer
+    for the device, decoders on every core, one loaded model for the slides in flight,
+    without a cluster's start-up). Several GPUs keep one worker each; CPUs a local cluster."""
+    if dask_address:
+        return Decision(False, "--dask-address: bands on that cluster")
+    if workers is not None:
+        return Decision(workers == 0, f"asked for (workers={workers})")
+    one_gpu = decide_device(machine, options).value == "cuda" and len(machine.gpus) == 1
+    if one_gpu:
+        return Decision(True, "one GPU: the engine in this process, without a cluster")
+    gpus = len(machine.gpus)
+    where = f"{gpus} GPUs: one worker each" if gpus > 1 else "no GPU: a local CPU cluster"
+    return Decision(False, where)
+
+
+def _runtime(machine: Machine, options: SegmentParams, cuda: bool) -> Decision[str]:
+    """Which runtime runs the inference graph: torch, the only one so far (an optimised CPU
+    runtime is chosen here, from the CPU's flags, once it exists)."""
+    return Decision("torch", "the only inference runtime")
+
+
+def _precision(
+    options: SegmentParams, machine: Machine, gpu: Gpu | None, pinned: str | None
+) -> Decision[str]:
+    asked = options.precision
+    pin = "auto, pinned for the cluster by one CPU worker's calibration"
+    if asked != "auto":
+        return Decision(asked, f"asked for (--precision {asked})")
+    if pinned == "fp32":
+        return Decision("fp32", pin)
+    if gpu is not None:  # a GPU worker of a mixed cluster keeps its own auto
+        dtype = "bf16" if gpu.bf16 else "fp16"
+        return Decision("auto", f"auto on a GPU: {dtype} autocast ({gpu.name})")
+    if pinned == "bf16":
+        return Decision("bf16", pin)
+    if machine.amx:
+        return Decision(
+            "auto",
+            "auto on a CPU with AMX: bf16 where the model keeps its labels on fixed "
+            "calibration tiles, else fp32",
+        )
+    has = "AVX512-BF16 without AMX" if machine.avx512_bf16 else "no bf16 hardware"
+    return Decision("auto", f"auto on a CPU with {has}: fp32 (bf16 is not reliably faster)")
+
+
+def _chunk_tiles(options: SegmentParams, cuda: bool) -> Decision[int]:
+    if options.chunk_tiles is not None:
+        return Decision(options.chunk_tiles, f"asked for (--chunk-tiles {options.chunk_tiles})")
+    if cuda:
+        return Decision(GPU_CHUNK_TILES, "a GPU: 8 x 8 tiles, one default batch per chunk")
+    return Decision(CPU_CHUNK_TILES, "the CPU default")
+
+
+def _batch_size(options: SegmentParams, cuda: bool, gpu: Gpu | None) -> Decision[int]:
+    cap = (
+        f"; capped to 80 % of the free memory of the {gpu.memory_bytes / GIB:.0f} GiB GPU, "
+        "measured by one probe forward pass"
+        if gpu is not None
+        else ""
+    )
+    if options.batch_size is not None:
+        return Decision(options.batch_size, f"asked for (--batch-size {options.batch_size}){cap}")
+    if cuda:
+        return Decision(GPU_BATCH, f"the GPU default{cap}")
+    return Decision(CPU_BATCH, "the CPU default")
+
+
+def _computes(options: SegmentParams, cuda: bool, band: bool) -> Decision[int]:
+    if cuda:
+        return Decision(1, "one thread owns the GPU's model (its kernels queue on one stream)")
+    if band:
+        return Decision(1, "one per band: a worker's bands run side by side on its cores")
+    if options.threads is not None:
+        return Decision(options.threads, f"asked for (--threads {options.threads})")
+    return Decision(
+        CPU_COMPUTES,
+        "the CPU default: forward passes side by side spend less time in OpenMP barriers",
+    )
+
+
+def _model_lock(cuda: bool, band: bool, computes: int) -> Decision[bool]:
+    if cuda:
+        return Decision(True, "one forward pass at a time per GPU")
+    if band:
+        return Decision(False, "each band of a CPU worker runs on its own share of the cores")
+    if computes > 1:
+        return Decision(False, "compute threads run side by side, each on its share of cores")
+    return Decision(True, "one compute thread takes turns with other slides' engines")
+
+
+def _cores(machine: Machine, band: bool, at_once: int) -> Decision[int]:
+    if band:
+        share = max(1, machine.cores // at_once)
+        return Decision(share, f"this band's share: {machine.cores} cores / {at_once} bands")
+    return Decision(machine.cores, "every usable core of this process")
+
+
+def _read_device(
+    options: SegmentParams, cuda: bool, gpu: Gpu | None, reads: ReadFacts | None
+) -> Decision[str]:
+    """GPU (reason: its JPEG decoder) where `--read-device` and the slide allow the device
+    read path: on `auto` only for a model on CUDA and tiles nvJPEG decodes."""
+    asked = options.read_device
+    if asked == CPU:
+        return Decision(CPU, ASKED_CPU)
+    if asked != GPU and not cuda:
+        return Decision(CPU, NOT_CUDA)
+    if reads is None:
+        return Decision(CPU, NOT_EXAMINED)
+    if reads.unsupported:
+        return Decision(CPU, reads.unsupported)
+    nvjpeg = gpu is not None and gpu.nvjpeg and reads.ycbcr
+    if asked != GPU and not nvjpeg:
+        return Decision(CPU, RGB_CODED if not reads.ycbcr else NO_NVJPEG)
+    return Decision(GPU, "nvjpeg" if nvjpeg else "libjpeg")
+
+
+def _decoders(
+    options: SegmentParams,
+    machine: Machine,
+    cuda: bool,
+    device_reads: bool,
+    band: bool,
+    at_once: int,
+) -> Decision[int]:
+    if device_reads:
+        return Decision(0, "the device read path decodes in its reader thread")
+    if options.decoders is not None:
+        return Decision(options.decoders, f"asked for (--decoders {options.decoders})")
+    if not cuda:
+        return Decision(0, "a CPU run: the model bounds it, its reader thread keeps up")
+    whole = max(1, min(DECODERS_MAX, machine.cores - 1))
+    share = max(1, whole // at_once)
+    why = f"a GPU: one per core but one, at most {DECODERS_MAX}"
+    if at_once > 1:
+        what = "bands on this worker's machine" if band else "slides in flight"
+        why += f", shared by {at_once} {what}"
+    return Decision(share, why)
+
+
+def _writers(options: SegmentParams, cores: int, decoders: int, band: bool) -> Decision[int]:
+    if options.writers is not None and not band:
+        return Decision(options.writers, f"asked for (--writers {options.writers})")
+    n = max(1, min(WRITERS_MAX, cores - decoders))
+    return Decision(n, f"the cores the decoders leave, 1 to {WRITERS_MAX}")
+
+
+def band_policies(chunk_tiles: Decision[int], bands: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """summary.json `run_policy` of a Dask run: the chunk size, decided where the slide was
+    planned, and each distinct policy the bands decided on their workers (`as_dict`), with
+    the bands (in plan order) that ran it."""
+    distinct: dict[str, dict[str, Any]] = {}
+    for k, policy in enumerate(bands):
+        entry = distinct.setdefault(json.dumps(policy, sort_keys=True), {"bands": [], **policy})
+        entry["bands"].append(k)
+    return {
+        "place": CLUSTER,
+        "chunk_tiles": chunk_tiles.as_dict(),
+        "band_policies": list(distinct.values()),
+    }

@@ -1,0 +1,314 @@
+"""The run policy, decided from machine descriptions as data: every GPU decision is tested
+here on a CPU, with the descriptions of the machines it is made for (no torch, no CUDA)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from wsi_segment.pipeline.machine import GIB, Gpu, Machine, probe_machine, read_cpu_flags
+from wsi_segment.pipeline.params import SegmentParams
+from wsi_segment.pipeline.run_policy import (
+    ASKED_CPU,
+    BAND,
+    CLUSTER,
+    DAEMONIC,
+    NO_NVJPEG,
+    NOT_CUDA,
+    NOT_EXAMINED,
+    RGB_CODED,
+    ReadFacts,
+    RunFacts,
+    band_policies,
+    decide,
+    engine_in_process,
+    wants_slide_reads,
+)
+
+AVX2 = frozenset({"sse4_2", "avx2", "fma"})
+ZEN4 = AVX2 | {"avx512f", "avx512_bf16"}  # AVX512-BF16, no AMX
+SAPPHIRE = ZEN4 | {"amx_tile", "amx_bf16"}
+H100 = Gpu("NVIDIA H100 80GB HBM3", 80 * GIB)
+A100 = Gpu("NVIDIA A100-SXM4-40GB", 40 * GIB)
+
+CPU_ONLY = Machine(cores=2, memory_bytes=8 * GIB, cpu_flags=AVX2)
+BF16_ONLY = Machine(cores=32, memory_bytes=64 * GIB, cpu_flags=ZEN4)
+AMX = Machine(cores=2, memory_bytes=8 * GIB, cpu_flags=SAPPHIRE)
+ONE_H100 = Machine(cores=16, memory_bytes=128 * GIB, cpu_flags=SAPPHIRE, gpus=(H100,))
+FOUR_GPUS = Machine(cores=64, memory_bytes=512 * GIB, cpu_flags=ZEN4, gpus=(A100,) * 4)
+NO_NVJPEG_GPU = Machine(
+    cores=8, memory_bytes=32 * GIB, cpu_flags=AVX2, gpus=(Gpu("NVIDIA L4", 24 * GIB, True, False),)
+)
+SMALL_GPU = Machine(
+    cores=4, memory_bytes=16 * GIB, cpu_flags=AVX2, gpus=(Gpu("Quadro P1000", 4 * GIB, False),)
+)
+YCBCR = ReadFacts(ycbcr=True)  # an OME-TIFF's JFIF tiles: nvJPEG decodes them
+APERIO = ReadFacts(ycbcr=False)  # RGB-coded tiles: right colours only through libjpeg
+AUTO = SegmentParams()
+
+
+def values(policy) -> dict:
+    """Each decision's value, by name."""
+    return {name: d["value"] for name, d in policy.as_dict().items() if isinstance(d, dict)
+            and "value" in d}  # fmt: skip
+
+
+def test_cpu_only_keeps_today_s_defaults():
+    policy = decide(CPU_ONLY, AUTO)
+    assert values(policy) == {
+        "device": "cpu",
+        "runtime": "torch",
+        "precision": "auto",
+        "chunk_tiles": 4,
+        "batch_size": 16,
+        "compute_threads": 2,
+        "model_lock": False,  # two compute threads side by side
+        "cores": 2,
+        "read_device": "cpu",
+        "decoders": 0,
+        "writers": 2,
+    }
+    assert policy.read_source == "reader thread"
+    assert policy.read_device.reason == NOT_CUDA
+    assert policy.precision.reason == (
+        "auto on a CPU with no bf16 hardware: fp32 (bf16 is not reliably faster)"
+    )
+    assert policy.device.reason == "auto: no CUDA GPU"
+    assert not wants_slide_reads(CPU_ONLY, AUTO)  # no file is opened for it
+
+
+def test_cpu_options_win_and_one_thread_takes_the_lock():
+    asked = SegmentParams(threads=1, batch_size=5, chunk_tiles=3, decoders=2, writers=3)
+    policy = decide(CPU_ONLY, asked)
+    assert (policy.compute_threads.value, policy.model_lock.value) == (1, True)
+    assert (policy.batch_size.value, policy.chunk_tiles.value) == (5, 3)
+    assert (policy.decoders.value, policy.writers.value) == (2, 3)
+    assert policy.read_source == "decoder processes"
+    assert policy.batch_size.reason == "asked for (--batch-size 5)"
+    assert decide(CPU_ONLY, SegmentParams(threads=5)).compute_threads.value == 5
+
+
+def test_avx512_bf16_without_amx_runs_fp32():
+    policy = decide(BF16_ONLY, AUTO)
+    assert policy.precision.value == "auto"
+    assert policy.precision.reason == (
+        "auto on a CPU with AVX512-BF16 without AMX: fp32 (bf16 is not reliably faster)"
+    )
+    assert (policy.decoders.value, policy.writers.value) == (0, 4)  # 32 cores: writers capped
+    assert policy.machine.as_dict()["cpu_bf16"] == "avx512_bf16"
+
+
+def test_amx_calibrates_bf16_and_fp32_stays_asked():
+    policy = decide(AMX, AUTO)
+    assert policy.precision.value == "auto"
+    assert policy.precision.reason.startswith("auto on a CPU with AMX: bf16 where the model")
+    assert policy.machine.as_dict()["cpu_bf16"] == "amx"
+    fp32 = decide(AMX, SegmentParams(precision="fp32")).precision
+    assert (fp32.value, fp32.reason) == ("fp32", "asked for (--precision fp32)")
+
+
+def test_one_h100():
+    policy = decide(ONE_H100, AUTO, RunFacts(reads=YCBCR))
+    assert values(policy) == {
+        "device": "cuda",
+        "runtime": "torch",
+        "precision": "auto",
+        "chunk_tiles": 8,
+        "batch_size": 64,
+        "compute_threads": 1,
+        "model_lock": True,
+        "cores": 16,
+        "read_device": "gpu",
+        "decoders": 0,  # the device read path decodes in its reader thread
+        "writers": 4,
+    }
+    assert policy.device.reason == "auto: the GPU, NVIDIA H100 80GB HBM3 (80 GiB)"
+    assert policy.precision.reason == "auto on a GPU: bf16 autocast (NVIDIA H100 80GB HBM3)"
+    assert policy.device_decoder == "nvjpeg"
+    assert policy.read_source == "device read path"
+    assert wants_slide_reads(ONE_H100, AUTO)
+    # Aperio's RGB-coded tiles: decoder processes on every core but one
+    aperio = decide(ONE_H100, AUTO, RunFacts(reads=APERIO))
+    assert (aperio.read_device.value, aperio.read_device.reason) == ("cpu", RGB_CODED)
+    assert (aperio.decoders.value, aperio.writers.value) == (15, 1)
+    assert aperio.read_source == "decoder processes"
+    # --threads is the CPU's: one thread owns a GPU's model
+    assert decide(ONE_H100, SegmentParams(threads=3)).compute_threads.value == 1
+    # asked for the host reads: the slide need not be examined
+    cpu_reads = SegmentParams(read_device="cpu")
+    assert not wants_slide_reads(ONE_H100, cpu_reads)
+    assert decide(ONE_H100, cpu_reads).read_device.reason == ASKED_CPU
+    assert decide(ONE_H100, AUTO).read_device.reason == NOT_EXAMINED
+
+
+def test_a_batch_on_one_gpu_shares_the_decoders_between_slides():
+    """Each slide in flight gets its share of the machine's decoders (at least one), so two
+    slides never spawn 2 x (cores - 1) of them; --decoders wins; a CPU keeps its threads."""
+    host = RunFacts(reads=APERIO)
+
+    def shared(machine: Machine, slides: int, asked: int | None = None) -> int:
+        facts = RunFacts(at_once=slides, reads=APERIO)
+        return decide(machine, SegmentParams(decoders=asked), facts).decoders.value
+
+    h100_64 = Machine(64, 0, gpus=(H100,))
+    assert shared(ONE_H100, 2) == 7  # 15 // 2: 14 decoders + 2 consumers
+    assert shared(ONE_H100, 3) == 5
+    assert shared(ONE_H100, 1) == 15 == decide(ONE_H100, AUTO, host).decoders.value
+    assert shared(h100_64, 2) == 8  # the 16 cap, shared
+    assert shared(Machine(2, 0, gpus=(H100,)), 4) == 1  # never none: one each
+    assert shared(Machine(1, 0, gpus=(H100,)), 2) == 1
+    assert shared(BF16_ONLY, 2) == 0
+    assert shared(ONE_H100, 2, asked=5) == 5 and shared(ONE_H100, 2, asked=0) == 0
+    assert (
+        "shared by 2 slides in flight"
+        in decide(ONE_H100, AUTO, RunFacts(at_once=2, reads=APERIO)).decoders.reason
+    )
+
+
+def test_four_gpus():
+    policy = decide(FOUR_GPUS, AUTO, RunFacts(reads=YCBCR))
+    assert policy.device.value == "cuda"
+    assert policy.device.reason == "auto: the first of 4 GPUs, NVIDIA A100-SXM4-40GB (40 GiB)"
+    assert (policy.batch_size.value, policy.read_device.value) == (64, "gpu")
+    assert engine_in_process(FOUR_GPUS, AUTO, None, None).value is False
+    assert engine_in_process(FOUR_GPUS, AUTO, None, None).reason == "4 GPUs: one worker each"
+    assert engine_in_process(ONE_H100, AUTO, None, None).value is True
+    assert engine_in_process(ONE_H100, AUTO, 2, None).value is False
+    assert engine_in_process(CPU_ONLY, AUTO, 0, None).value is True
+    assert engine_in_process(CPU_ONLY, AUTO, None, None).value is False
+    assert engine_in_process(ONE_H100, AUTO, None, "tcp://h:8786").value is False
+    # the 4 workers of a 4-GPU machine run one band each at a time: its cores shared out
+    band = decide(FOUR_GPUS, AUTO, RunFacts(place=BAND, at_once=4, reads=APERIO))
+    assert (band.cores.value, band.decoders.value, band.writers.value) == (16, 4, 4)
+
+
+def test_a_gpu_without_nvjpeg_reads_on_the_host():
+    policy = decide(NO_NVJPEG_GPU, AUTO, RunFacts(reads=YCBCR))
+    assert (policy.read_device.value, policy.read_device.reason) == ("cpu", NO_NVJPEG)
+    assert policy.decoders.value == 7
+    assert NO_NVJPEG_GPU.jpeg_decoders == ("libjpeg",)
+    assert ONE_H100.jpeg_decoders == ("libjpeg", "nvjpeg")
+    forced = decide(NO_NVJPEG_GPU, SegmentParams(read_device="gpu"), RunFacts(reads=YCBCR))
+    assert (forced.read_device.value, forced.device_decoder) == ("gpu", "libjpeg")
+
+
+def test_a_small_memory_gpu_caps_its_batch_and_runs_fp16():
+    policy = decide(SMALL_GPU, AUTO, RunFacts(reads=YCBCR))
+    assert policy.batch_size.value == 64
+    assert policy.batch_size.reason == (
+        "the GPU default; capped to 80 % of the free memory of the 4 GiB GPU, measured by one "
+        "probe forward pass"
+    )
+    assert policy.precision.reason == "auto on a GPU: fp16 autocast (Quadro P1000)"
+    assert policy.as_dict()["machine"]["gpus"] == [
+        {"name": "Quadro P1000", "memory_gib": 4.0, "bf16": False, "nvjpeg": True}
+    ]
+
+
+def test_device_and_reads_as_asked():
+    cuda = decide(CPU_ONLY, SegmentParams(device="cuda"))  # the loader names the fix
+    assert (cuda.device.value, cuda.chunk_tiles.value, cuda.batch_size.value) == ("cuda", 8, 64)
+    cpu = decide(ONE_H100, SegmentParams(device="cpu"))
+    assert (cpu.device.value, cpu.batch_size.value, cpu.decoders.value) == ("cpu", 16, 0)
+    # --read-device gpu on a CPU: the device read path with libjpeg wherever the slide allows
+    gpu = SegmentParams(read_device="gpu")
+    assert wants_slide_reads(CPU_ONLY, gpu)
+    on_cpu = decide(CPU_ONLY, gpu, RunFacts(reads=APERIO))
+    assert (on_cpu.read_device.value, on_cpu.device_decoder) == ("gpu", "libjpeg")
+    resampled = ReadFacts(unsupported="model pixels are not level 0's pixels")
+    why = decide(CPU_ONLY, gpu, RunFacts(reads=resampled)).read_device
+    assert (why.value, why.reason) == ("cpu", "model pixels are not level 0's pixels")
+
+
+def test_bands_decide_from_their_share_of_the_worker():
+    band = RunFacts(place=BAND, at_once=4)
+    cpu = decide(BF16_ONLY, SegmentParams(threads=6, writers=3), band)
+    assert (cpu.cores.value, cpu.compute_threads.value, cpu.model_lock.value) == (8, 1, False)
+    assert cpu.writers.value == 4  # sized from the band's cores, not --writers
+    assert decide(BF16_ONLY, SegmentParams(decoders=3), band).decoders.value == 3
+    gpu = decide(ONE_H100, AUTO, RunFacts(place=BAND, reads=APERIO))
+    assert (gpu.model_lock.value, gpu.decoders.value) == (True, 15)
+    # decoders: on GPU workers by default, shared by the bands at once; anywhere as asked
+    assert decide(BF16_ONLY, SegmentParams(decoders=3), band).decoders.value == 3
+    asked_none = SegmentParams(decoders=0)
+    assert decide(ONE_H100, asked_none, RunFacts(BAND, reads=APERIO)).decoders.value == 0
+    for bands, cores, decoders in ((1, 16, 15), (4, 16, 3), (8, 2, 1)):
+        facts = RunFacts(BAND, bands, reads=APERIO)
+        machine = dataclasses.replace(ONE_H100, cores=cores)
+        assert decide(machine, AUTO, facts).decoders.value == decoders
+    daemonic = decide(ONE_H100, AUTO, RunFacts(place=BAND, reads=APERIO, daemonic=True))
+    assert daemonic.decoders.value == 0
+    assert daemonic.decoders.reason.startswith(DAEMONIC) and daemonic.decoders_refused
+    assert not gpu.decoders_refused
+    assert daemonic.read_source == "reader thread"
+
+
+def test_a_pinned_cluster_precision_holds_on_cpus_only():
+    """One CPU worker's calibration is pinned for every CPU band; a GPU worker of a mixed
+    cluster keeps its own auto for bf16, and fp32 everywhere."""
+    for pinned in ("fp32", "bf16"):
+        facts = RunFacts(place=BAND, pinned_precision=pinned)
+        assert decide(AMX, AUTO, facts).precision.value == pinned
+    assert (
+        decide(ONE_H100, AUTO, RunFacts(place=BAND, pinned_precision="bf16")).precision.value
+        == "auto"
+    )
+    assert (
+        decide(ONE_H100, AUTO, RunFacts(place=BAND, pinned_precision="fp32")).precision.value
+        == "fp32"
+    )
+    asked = decide(AMX, SegmentParams(precision="bf16"), RunFacts(pinned_precision="fp32"))
+    assert asked.precision.value == "bf16"
+
+
+def test_cluster_planning_decides_the_chunk_size_here():
+    assert decide(CPU_ONLY, AUTO, RunFacts(place=CLUSTER)).chunk_tiles.value == 4
+    assert (
+        decide(CPU_ONLY, SegmentParams(device="cuda"), RunFacts(place=CLUSTER)).chunk_tiles.value
+        == 8
+    )
+
+
+def test_the_policy_is_plain_json_with_a_reason_for_every_decision():
+    data = json.loads(json.dumps(decide(ONE_H100, AUTO, RunFacts(reads=YCBCR)).as_dict()))
+    decisions = {k: v for k, v in data.items() if isinstance(v, dict) and "value" in v}
+    assert len(decisions) == 11 and all(d["reason"] for d in decisions.values())
+    assert data["place"] == "local" and data["read_source"] == "device read path"
+    assert data["machine"]["gpus"][0]["memory_gib"] == 80.0
+
+
+def test_probe_describes_this_machine_without_importing_torch_on_a_cpu():
+    machine = probe_machine()
+    assert machine.cores == len(os.sched_getaffinity(0))
+    assert machine.cpu_flags == read_cpu_flags()
+    assert machine.memory_bytes > 0
+    if os.path.exists("/dev/nvidiactl"):
+        pytest.skip("an NVIDIA driver: the probe asks torch")
+    assert machine.gpus == ()
+    code = (
+        "import sys; from wsi_segment.pipeline.machine import probe_machine; "
+        "probe_machine(); print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_a_dask_run_records_each_distinct_band_policy_with_its_bands():
+    """Bands on unlike workers: every policy is kept, each once, with the bands (in plan
+    order) that ran it."""
+    cpu = decide(BF16_ONLY, AUTO, RunFacts(place=BAND, at_once=2)).as_dict()
+    gpu = decide(ONE_H100, AUTO, RunFacts(place=BAND, reads=APERIO)).as_dict()
+    planned = decide(CPU_ONLY, AUTO, RunFacts(place=CLUSTER)).chunk_tiles
+    recorded = band_policies(planned, [cpu, gpu, cpu, gpu, gpu])
+    assert recorded == {
+        "place": "cluster",
+        "chunk_tiles": {"value": 4, "reason": "the CPU default"},
+        "band_policies": [{"bands": [0, 2], **cpu}, {"bands": [1, 3, 4], **gpu}],
+    }
+    assert json.loads(json.dumps(recorded)) == recorded
+    assert band_policies(planned, [])["band_policies"] == []  # no tissue: no band ran
