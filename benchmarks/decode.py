@@ -7,7 +7,7 @@
 
 Each decoder reads its share of the pipeline's own chunk plan exactly as `wsi-segment` does
 (`plan_like_pipeline`: tissue detection, the chunk grid, the fast read backend; then
-`read_model_box` with storage-tile reuse over its own chunks and `cut_tiles`), so the figure is
+`read_model_tiles` with storage-tile reuse over its own chunks), so the figure is
 the ceiling reading puts on the pipeline: on a GPU machine the end-to-end goal is a fraction of
 min(this, the model's limit). Two ways to run N decoders are measured side by side:
 
@@ -66,8 +66,8 @@ def decode_share(job: dict, share: int, shares: int, barrier: Any) -> tuple[int,
     perf_counter is CLOCK_MONOTONIC on Linux, so starts and ends compare across processes.
     """
     from benchmarks.stages import chunk_read_boxes, plan_like_pipeline, tile_reuse_reader
-    from wsi_segment.pipeline.inference.chunk_reader import cut_tiles
-    from wsi_segment.wsi.region_reader import read_model_box
+    from wsi_segment.pipeline.inference.chunk_reader import tile_boxes
+    from wsi_segment.wsi.region_reader import read_model_tiles
 
     p = plan_like_pipeline(
         Path(job["slide"]), _meta(job), job["overlap"], job["chunk_tiles"], job["downsample"]
@@ -78,9 +78,11 @@ def decode_share(job: dict, share: int, shares: int, barrier: Any) -> tuple[int,
     barrier.wait()
     start = time.perf_counter()
     n = 0
-    for spec, box in zip(specs, boxes, strict=True):
-        image = read_model_box(p.slide, box, p.level0_per_model, p.read_level, **reader)
-        n += len(cut_tiles(image, (box[0], box[1]), list(spec.tiles), p.grid))
+    for spec in specs:
+        if spec.tiles:
+            boxes_model = tile_boxes(spec.tiles, p.grid)
+            level = p.read_level
+            n += len(read_model_tiles(p.slide, boxes_model, p.level0_per_model, level, **reader))
     return n, start, time.perf_counter()
 
 

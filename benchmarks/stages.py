@@ -149,18 +149,27 @@ def plan_like_pipeline(
 
 
 def read_chunks(p: Planned, limit_tiles: int | None = None) -> tuple[np.ndarray, float, float]:
-    """Read and cut every planned tile as the reader thread does; (tiles, wall s, cpu s)."""
-    from wsi_segment.pipeline.inference.chunk_reader import cut_tiles
-    from wsi_segment.wsi.region_reader import read_model_box
+    """Read every planned tile as the reader thread does; (tiles, wall s, cpu s)."""
+    from wsi_segment.pipeline.inference.chunk_reader import tile_boxes
+    from wsi_segment.wsi.region_reader import read_model_tiles
 
     out = []
     t0, c0 = time.perf_counter(), time.process_time()
     boxes = chunk_read_boxes(p, p.specs)
     reader = tile_reuse_reader(p, boxes)  # as the pipeline's prefetcher reads
     n = 0
-    for spec, box in zip(p.specs, boxes, strict=True):
-        image = read_model_box(p.slide, box, p.level0_per_model, p.read_level, **reader)
-        out.append(cut_tiles(image, (box[0], box[1]), list(spec.tiles), p.grid))
+    for spec in p.specs:
+        if not spec.tiles:
+            continue
+        out.append(
+            read_model_tiles(
+                p.slide,
+                tile_boxes(spec.tiles, p.grid),
+                p.level0_per_model,
+                p.read_level,
+                **reader,
+            )
+        )
         n += len(spec.tiles)
         if limit_tiles and n >= limit_tiles:
             break
@@ -182,7 +191,7 @@ def chunk_read_boxes(p: Planned, specs: list) -> list[tuple[int, int, int, int]]
 
 
 def tile_reuse_reader(p: Planned, boxes: list) -> dict:
-    """`reader=` for read_model_box that decodes each storage tile once, as SlideJob.read
+    """`reader=` for read_model_tiles that decodes each storage tile once, as ChunkReader
     with the prefetcher's TileReuse does; {} where the slide's level does not support it."""
     from wsi_segment.wsi.region_reader import level_read_box
     from wsi_segment.wsi.tile_reuse import TileReuse, supports_reuse

@@ -11,7 +11,7 @@ Sections (numbers as in the issue):
              Measured before *and* after the pipeline run; the mean is the reference, so a
              machine whose load drifts during the run does not bias the ratio.
 2. read      reading + decoding + resampling the same chunks exactly as the pipeline does
-             (`wsi.region_reader.read_model_box` + `cut_tiles`), one thread -> tiles/s.
+             (`wsi.region_reader.read_model_tiles`, tile by tile), one thread -> tiles/s.
 3. pipeline  `wsi-segment SLIDE` as a subprocess, end to end (start-up, tissue detection,
              reading, inference, stitching, zarr, polygons, overlay, summary) -> tiles/s of
              wall clock; also its CPU seconds and peak RSS (os.wait4 rusage).

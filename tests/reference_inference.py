@@ -68,12 +68,9 @@ def reference_block(job, spec, model) -> tuple[np.ndarray, np.ndarray, np.ndarra
     pipeline.inference.chunk_job.SlideJob; `model` predicts full maps in the job's batches."""
     import torch
 
-    from wsi_segment.pipeline.inference.chunk_reader import cut_tiles
-
-    grid, d, s, m = job.grid, job.grid.downsample, job.grid.stride, job.grid.margin
-    image, box = job.read(spec)
+    d, s, m = job.grid.downsample, job.grid.stride, job.grid.margin
     tiles = list(spec.tiles)
-    patches = torch.from_numpy(cut_tiles(image, box[:2], tiles, grid)).permute(0, 3, 1, 2)
+    patches = torch.from_numpy(job.read_tiles(spec)).permute(0, 3, 1, 2)
     seg = np.concatenate(
         [
             model.predict(patches[i : i + job.batch_size], gate=job.gate)[0].numpy()

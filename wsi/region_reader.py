@@ -1,17 +1,23 @@
-"""Read a box of the slide resampled to the model's resolution.
+"""Read model-space pixels of the slide: boxes and tiles resampled to the model's resolution.
 
 The box is given in *model space* (slide resampled to `model_mpp`). We read from the
 coarsest pyramid level that is still at least as fine as the model, then resample with
-PIL using a fractional source box computed from global coordinates. Because the mapping
-depends only on global coordinates (plus a small source margin for the filter), two
-overlapping boxes agree on their common pixels whatever the chunk size: stitching stays
-independent of chunking.
+PIL using a fractional source box computed from global coordinates.
+
+A resampled box's pixels are a function of the box alone, not of the global position of
+each pixel: PIL rounds the box to float32, computes its filter weights in the box's own
+coordinates, and picks the order of its two passes (each rounded to uint8) by the image's
+shape, so two different boxes may disagree by 1 on the pixels they share wherever the read
+scale is not whole. The slide path therefore resamples *tile by tile*
+(`read_model_tiles`): each tile's pixels come from its own box on the global tile grid,
+so they do not depend on the chunk, the ROI set, or which other tiles were read with it.
+Where model pixels are the level's pixels nothing is resampled and boxes agree exactly.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -50,7 +56,7 @@ LevelReader = Callable[[int, int, int, int], np.ndarray]  # (lx, ly, w, h) -> RG
 def level_read_box(
     box_model: tuple[int, int, int, int], level0_per_model: float, downsample: float
 ) -> tuple[int, int, int, int]:
-    """The level-pixel box (x0, y0, x1, y1) `read_model_box` reads for a model-space box:
+    """The level-pixel box (x0, y0, x1, y1) `read_model_tiles` reads for a model-space box:
     the box itself when model and level pixels coincide, else scaled plus the filter margin."""
     x0, y0, x1, y1 = box_model
     ds = float(downsample)
@@ -79,30 +85,62 @@ def read_model_box(
     Pixels outside the slide come back white (the slide reader guarantees it). `reader`
     replaces the direct level read (e.g. `wsi.tile_reuse.TileReuse`); same pixels.
     """
-    x0, y0, x1, y1 = box_model
-    width, height = x1 - x0, y1 - y0
+    image: np.ndarray = read_model_tiles(slide, [box_model], level0_per_model, level, reader)[0]
+    return image
+
+
+def read_model_tiles(
+    slide: RegionSource,
+    boxes_model: Sequence[tuple[int, int, int, int]],
+    level0_per_model: float,
+    level: int | None = None,
+    reader: LevelReader | None = None,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """RGB uint8 images (N, h, w, 3) of equal-sized model-space boxes, each resampled on its own.
+
+    The level pixels of all boxes are read in one region (their bounding box), then each
+    box is cut from it and resampled from exactly its own `level_read_box`: a box's pixels
+    depend on the box only, whatever other boxes are read with it. `out`: where to put them.
+    """
+    if not boxes_model:
+        raise ValueError("read_model_tiles needs at least one box")
+    sizes = {(x1 - x0, y1 - y0) for x0, y0, x1, y1 in boxes_model}
+    if len(sizes) != 1:
+        raise ValueError(f"boxes must have one size, got {sorted(sizes)}")
+    ((width, height),) = sizes
     if level is None:
         level = choose_level(slide.level_downsamples, level0_per_model)
     ds = float(slide.level_downsamples[level])
-    ix0, iy0, ix1, iy1 = level_read_box(box_model, level0_per_model, ds)
+    level_boxes = [level_read_box(b, level0_per_model, ds) for b in boxes_model]
+    ix0, iy0 = min(b[0] for b in level_boxes), min(b[1] for b in level_boxes)
+    ix1, iy1 = max(b[2] for b in level_boxes), max(b[3] for b in level_boxes)
     if reader is None:
 
         def reader(lx: int, ly: int, w: int, h: int) -> np.ndarray:
             return _read_level(slide, level, ds, lx, ly, w, h)
 
     src = reader(ix0, iy0, ix1 - ix0, iy1 - iy0)
-    if same_pixels(level0_per_model, ds):
-        return src  # exact integer correspondence: model pixels are level pixels
+    if out is None:
+        out = np.empty((len(boxes_model), height, width, 3), dtype=np.uint8)
+    exact = same_pixels(level0_per_model, ds)
     scale = level0_per_model / ds
-    sx0, sy0 = x0 * scale, y0 * scale
-    sx1, sy1 = x1 * scale, y1 * scale
-    image = Image.fromarray(src)
-    out = image.resize(
-        (width, height),
-        resample=Image.Resampling.BILINEAR,
-        box=(sx0 - ix0, sy0 - iy0, sx1 - ix0, sy1 - iy0),
-    )
-    return np.asarray(out, dtype=np.uint8)
+    for n, (box, (bx0, by0, bx1, by1)) in enumerate(zip(boxes_model, level_boxes, strict=True)):
+        own = src[by0 - iy0 : by1 - iy0, bx0 - ix0 : bx1 - ix0]
+        if exact:  # exact integer correspondence: model pixels are level pixels
+            out[n] = own
+            continue
+        x0, y0, x1, y1 = box
+        image = Image.fromarray(np.ascontiguousarray(own))
+        out[n] = np.asarray(
+            image.resize(
+                (width, height),
+                resample=Image.Resampling.BILINEAR,
+                box=(x0 * scale - bx0, y0 * scale - by0, x1 * scale - bx0, y1 * scale - by0),
+            ),
+            dtype=np.uint8,
+        )
+    return out
 
 
 def _read_level(

@@ -22,7 +22,7 @@ from wsi_segment.pipeline.inference.chunk_inference import (
     predict_reduced_tiles,
     stitch_cores,
 )
-from wsi_segment.pipeline.inference.chunk_reader import ChunkReader, cut_tiles
+from wsi_segment.pipeline.inference.chunk_reader import ChunkReader
 from wsi_segment.pipeline.inference.model_handle import ModelHandle, model_device_type
 from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome, summarise_block
 from wsi_segment.pipeline.outputs.label_image import label_values
@@ -106,31 +106,19 @@ class SlideJob:
         """A storage-tile reuser for these chunks in this process (`ChunkReader`)."""
         return self.reader.plan_tile_reuse(specs)
 
-    def read(
-        self, spec: ChunkSpec, reuse: TileReuse | None = None
-    ) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-        """The model-space image of a chunk's tissue tiles (plus margin) and its box."""
-        return self.reader.read(spec, reuse)
+    def read_tiles(self, spec: ChunkSpec, reuse: TileReuse | None = None) -> np.ndarray:
+        """The chunk's tissue tiles (N, T, T, 3) uint8 (`ChunkReader.read_tiles`)."""
+        return self.reader.read_tiles(spec, reuse)
 
-    def infer_block(
-        self,
-        spec: ChunkSpec,
-        read: tuple[np.ndarray, tuple[int, int, int, int]] | None = None,
-    ) -> ReducedTiles:
+    def infer_block(self, spec: ChunkSpec, tiles: np.ndarray | None = None) -> ReducedTiles:
         """The chunk's output block: uint8 probabilities (K, h, w) and labels (h, w) over
         `spec.out_box`, 0 and NODATA outside tissue, from cores reduced on the model's device."""
-        return self.stitch_block(spec, self.predict_chunk(spec, read))
+        return self.stitch_block(spec, self.predict_chunk(spec, tiles))
 
-    def predict_chunk(
-        self,
-        spec: ChunkSpec,
-        read: tuple[np.ndarray, tuple[int, int, int, int]] | None = None,
-    ) -> ReducedTiles:
-        """The reduced cores of the chunk's tiles, in `spec.tiles` order (read, cut, model):
+    def predict_chunk(self, spec: ChunkSpec, tiles: np.ndarray | None = None) -> ReducedTiles:
+        """The reduced cores of the chunk's tiles, in `spec.tiles` order (read, model):
         one chunk alone, outside the engine (tests and benchmarks compare against it)."""
-        image, read_box = read if read is not None else self.read(spec)
-        patches = cut_tiles(image, (read_box[0], read_box[1]), list(spec.tiles), self.grid)
-        del image
+        patches = tiles if tiles is not None else self.read_tiles(spec)
         model, lock = self.model.get()
         batch_size = device_batch_size(model, lock, self.grid.tile, self.batch_size)
         return predict_reduced_tiles(model, patches, self.grid, batch_size, self.gate, lock)
@@ -172,6 +160,7 @@ class SlideJob:
             self.simplify_tolerance,
             self.keep_exact_polygons,
             self.slide_extent_out,
+            cell=self.grid.stride // self.grid.downsample,  # tile cores: chunk-independent
         )
         outcome.bytes_from_model = block.bytes_from_model
         return outcome

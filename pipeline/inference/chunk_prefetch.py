@@ -1,4 +1,4 @@
-"""Read chunk images ahead of the model, in one background thread, bounded in bytes.
+"""Read chunks' tiles ahead of the model, in one background thread, bounded in bytes.
 
 Local runs only: the reader starts as soon as the chunks are planned, so the slide is being
 decoded while the process still imports torch and loads the model, and it shares decoded
@@ -18,12 +18,12 @@ from wsi_segment.wsi.tiling import ChunkSpec
 
 
 class ChunkPrefetcher:
-    """Reads chunk images ahead of the model in one background thread, bounded in bytes.
+    """Reads chunks' tiles ahead of the model in one background thread, bounded in bytes.
 
     Started as soon as the chunks are planned, it decodes while the process is still
     importing torch and loading the model (single-threaded, so a core is free), and during
     inference it keeps reading ahead of the forward passes. A chunk is read exactly once:
-    `take(spec)` returns the prefetched image, waits if the reader is busy with that very
+    `take(spec)` returns the prefetched tiles, waits if the reader is busy with that very
     chunk, and otherwise claims the chunk so the caller reads it itself (None): no chunk
     ever waits for the reader to get round to it, whatever order chunks are run in. A read
     error stops the reader; the chunk is then read (and the error raised) by its caller.
@@ -35,7 +35,7 @@ class ChunkPrefetcher:
         self._max_bytes = max_bytes
         self._cond = threading.Condition()
         self._state: dict[tuple[int, int], str] = {}  # "reading" | "done" | "taken"
-        self._images: dict[tuple[int, int], tuple[np.ndarray, tuple[int, int, int, int]]] = {}
+        self._images: dict[tuple[int, int], np.ndarray] = {}
         self._bytes = 0
         self._stop = False
         self.read_s = 0.0  # thread CPU seconds spent reading (for the summary)
@@ -66,7 +66,7 @@ class ChunkPrefetcher:
                         continue
                     self._state[key] = "reading"
                 try:
-                    result = self._job.read(spec, self.tile_reuse)
+                    result = self._job.read_tiles(spec, self.tile_reuse)
                 except BaseException:
                     with self._cond:
                         del self._state[key]  # its runner reads it and reports the error
@@ -76,7 +76,7 @@ class ChunkPrefetcher:
                 with self._cond:
                     self._state[key] = "done"
                     self._images[key] = result
-                    self._bytes += result[0].nbytes
+                    self._bytes += result.nbytes
                     self._cond.notify_all()
         finally:
             self.read_s = time.thread_time() - t0
@@ -86,7 +86,7 @@ class ChunkPrefetcher:
         """Whether this prefetcher reads exactly these chunks."""
         return list(specs) == self._specs
 
-    def take(self, spec: ChunkSpec) -> tuple[np.ndarray, tuple[int, int, int, int]] | None:
+    def take(self, spec: ChunkSpec) -> np.ndarray | None:
         key = (spec.row, spec.col)
         with self._cond:
             while self._state.get(key) == "reading":
@@ -94,16 +94,16 @@ class ChunkPrefetcher:
             if self._state.get(key) == "done":
                 self._state[key] = "taken"
                 result = self._images.pop(key)
-                self._bytes -= result[0].nbytes
+                self._bytes -= result.nbytes
                 self._cond.notify_all()
                 return result
             self._state[key] = "taken"
             return None
 
-    def read_here(self, spec: ChunkSpec) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    def read_here(self, spec: ChunkSpec) -> np.ndarray:
         """Read a chunk the caller claimed with `take`, sharing the decoded storage tiles."""
         self._planned.wait()
-        return self._job.read(spec, self.tile_reuse)
+        return self._job.read_tiles(spec, self.tile_reuse)
 
     def close(self) -> None:
         """Stop reading and drop what was not taken (waits for the current read)."""

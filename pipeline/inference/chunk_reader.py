@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import threading
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from wsi_segment.errors import SlideError
-from wsi_segment.wsi.region_reader import level_read_box, read_model_box
+from wsi_segment.wsi.region_reader import level_read_box, read_model_tiles
 from wsi_segment.wsi.slide import Slide, open_slide
 from wsi_segment.wsi.tile_reuse import TileReuse, supports_reuse
 from wsi_segment.wsi.tiling import ChunkSpec, TileGrid
@@ -87,14 +88,21 @@ class ChunkReader:
         planned = [level_read_box(self.read_box(s), self.level0_per_model, ds) for s in specs]
         return TileReuse(level, slide.level_dimensions[level], ds, tile, planned)
 
-    def read(
-        self, spec: ChunkSpec, reuse: TileReuse | None = None
-    ) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-        """The model-space image of a chunk's tissue tiles (plus margin) and its box.
+    def read_tiles(
+        self, spec: ChunkSpec, reuse: TileReuse | None = None, out: np.ndarray | None = None
+    ) -> np.ndarray:
+        """The chunk's tissue tiles (N, T, T, 3) uint8, in `spec.tiles` order.
 
-        `reuse` serves storage tiles that an earlier chunk already decoded (same pixels).
+        One level read covers them all; each tile is then resampled from its own box on the
+        global grid (`wsi.region_reader.read_model_tiles`), so its pixels depend on its grid
+        position alone, never on the chunk or the other tiles. `reuse` serves storage tiles
+        that an earlier chunk already decoded (same pixels). `out`: where to put the tiles
+        (e.g. a shared-memory slot of the engine's decoders); else new.
         """
-        read_box = self.read_box(spec)
+        boxes = tile_boxes(spec.tiles, self.grid)
+        if not boxes:
+            t = self.grid.tile
+            return np.empty((0, t, t, 3), dtype=np.uint8) if out is None else out
         slide = self.slide()
         reader = None
         if reuse is not None and reuse.level == self.read_level:
@@ -103,27 +111,32 @@ class ChunkReader:
                 return reuse.read(slide, lx, ly, w, h)
 
         try:
-            image = read_model_box(
-                slide, read_box, self.level0_per_model, self.read_level, reader=reader
+            return read_model_tiles(
+                slide, boxes, self.level0_per_model, self.read_level, reader=reader, out=out
             )
         except SlideError:
             raise
         except Exception as exc:  # decoder errors inside a region of a corrupt slide
             raise SlideError(
-                f"{self.slide_path}: cannot read region {read_box} (model pixels): {exc}. "
-                "The slide file is damaged there; re-scan or re-export it."
+                f"{self.slide_path}: cannot read region {self.read_box(spec)} (model pixels): "
+                f"{exc}. The slide file is damaged there; re-scan or re-export it."
             ) from exc
-        return image, read_box
+
+
+def tile_boxes(tiles: Sequence[tuple[int, int]], grid: TileGrid) -> list[tuple[int, int, int, int]]:
+    """Model-space box (x0, y0, x1, y1) each grid tile (i, j) reads: `T` px centred on its core."""
+    t, s, m = grid.tile, grid.stride, grid.margin
+    return [(j * s - m, i * s - m, j * s - m + t, i * s - m + t) for i, j in tiles]
 
 
 def tiles_read_box(
     tiles: tuple[tuple[int, int], ...], grid: TileGrid
 ) -> tuple[int, int, int, int] | None:
-    """Model-space box read for a chunk: the tissue tiles' bounding box plus the margin.
+    """Model-space box a chunk reads: its tissue tiles' bounding box plus the margin.
 
     Only tissue tiles run, so reading the whole chunk would decode slide that no tile uses
-    (up to 2x per tile at tissue edges). Pixels of a box depend only on global coordinates
-    (wsi.region_reader), so a smaller box gives the tiles the same values.
+    (up to 2x per tile at tissue edges). Each tile is resampled from its own box
+    (`ChunkReader.read_tiles`), so the box read around it does not change its pixels.
     """
     if not tiles:
         return None
@@ -131,23 +144,3 @@ def tiles_read_box(
     rows = [i for i, _ in tiles]
     cols = [j for _, j in tiles]
     return (min(cols) * s - m, min(rows) * s - m, (max(cols) + 1) * s + m, (max(rows) + 1) * s + m)
-
-
-def cut_tiles(
-    image: np.ndarray,
-    read_origin: tuple[int, int],
-    tiles_ij: list[tuple[int, int]],
-    grid: TileGrid,
-    out: np.ndarray | None = None,
-) -> np.ndarray:
-    """Tiles (N, T, T, 3) uint8 from a chunk image whose top-left is model pixel `read_origin`.
-
-    `out`: where to put them (e.g. a shared-memory slot of the engine); else new."""
-    ox, oy = read_origin
-    t, s, m = grid.tile, grid.stride, grid.margin
-    if out is None:
-        out = np.empty((len(tiles_ij), t, t, 3), dtype=np.uint8)
-    for n, (i, j) in enumerate(tiles_ij):
-        x, y = j * s - m - ox, i * s - m - oy
-        out[n] = image[y : y + t, x : x + t]
-    return out

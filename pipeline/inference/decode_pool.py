@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 import numpy as np
 
 from wsi_segment.errors import TERMINATING_SIGNALS, SlideError, WsiSegmentError, raise_terminated
-from wsi_segment.pipeline.inference.chunk_reader import ChunkReader, cut_tiles
+from wsi_segment.pipeline.inference.chunk_reader import ChunkReader
 from wsi_segment.pipeline.inference.engine_state import wait_uninterrupted
 from wsi_segment.pipeline.inference.main_guard import check_main_guard
 from wsi_segment.pipeline.inference.shm_rings import (
@@ -316,15 +316,13 @@ def decoder_main(
         for index, spec in zip(task.indices, task.specs, strict=True):
             if stop.is_set():
                 return
-            image, box = reader.read(spec, reuse)
+            tiles = reader.read_tiles(spec, reuse)  # read before a slot is free: overlap
             slot = _wait_for(free, stop)
             if slot is None:
                 return
             n = len(spec.tiles)
-            cut_tiles(
-                image, (box[0], box[1]), list(spec.tiles), reader.grid, out=ring.view(slot, n)
-            )
-            del image
+            ring.view(slot, n)[:] = tiles
+            del tiles
             results.put(Decoded(slot, index, n))
         results.put(Finished(decoder))
     except BaseException as exc:

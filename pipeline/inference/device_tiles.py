@@ -2,8 +2,8 @@
 
 The GPU read path: the compressed storage tiles a chunk's read box touches are decoded in
 one batch (`pipeline.inference.jpeg_batch`), pasted into the box on the device (white
-outside the level, as `wsi.slide.Slide` reads), and cut into the chunk's model tiles with
-the geometry `ChunkReader.read` and `cut_tiles` use: the same tiles, byte for byte where
+outside the level, as `wsi.slide.Slide` reads), and cut into the chunk's model tiles on
+the global grid as `ChunkReader.read_tiles` cuts them: the same tiles, byte for byte where
 the same decoder runs. Only where model pixels are the read level's pixels (no resampling);
 elsewhere, and for slides whose tiles `wsi.raw_tiles` cannot serve, `open_device_tiles`
 says why and the CPU decoders read the slide (`pipeline.inference.read_device`). With

@@ -5,7 +5,7 @@
 
 Two kinds of `TileReads`: `HostTiles` reads with the slide library (`ChunkReader`, storage
 tiles shared between chunks: `wsi.tile_reuse`), on the CPU, any slide; it may take chunk
-images a `ChunkPrefetcher` started reading while the model loaded. `DeviceTiles`
+tiles a `ChunkPrefetcher` started reading while the model loaded. `DeviceTiles`
 (`pipeline.inference.device_tiles`) decodes the slide's JPEG tiles on the model's device.
 On CUDA the thread works on a side stream and records each batch's `ready` event there, so
 the next batch is assembled while this one computes; on the CPU the same code runs without
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 import torch
 
-from wsi_segment.pipeline.inference.chunk_reader import ChunkReader, cut_tiles
+from wsi_segment.pipeline.inference.chunk_reader import ChunkReader
 from wsi_segment.pipeline.inference.chunk_writer import Segment
 from wsi_segment.pipeline.inference.device_consumer import StagedBatch
 from wsi_segment.pipeline.inference.engine_state import EngineStats, FirstError, Part, Stopped
@@ -91,11 +91,9 @@ class HostTiles:
     def read_chunk(self, spec: ChunkSpec) -> torch.Tensor:
         prefetch = self._prefetch
         if prefetch is None:
-            image, box = self.reader.read(spec, self._reuse)
-        else:
-            image, box = prefetch.take(spec) or prefetch.read_here(spec)
-        tiles = cut_tiles(image, (box[0], box[1]), list(spec.tiles), self.reader.grid)
-        return torch.from_numpy(tiles)
+            return torch.from_numpy(self.reader.read_tiles(spec, self._reuse))
+        tiles = prefetch.take(spec)
+        return torch.from_numpy(tiles if tiles is not None else prefetch.read_here(spec))
 
     def thread_done(self) -> None:
         self.reader.close_local()

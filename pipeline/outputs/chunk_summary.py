@@ -3,10 +3,17 @@
 Small by design (thousands fit in memory); the slide's summary, GeoJSON and statistics are
 merged from these in `pipeline.outputs.finish_outputs`. Per-class arrays and polygon keys run
 over the output classes (`output_classes`): the model's K classes, then `Unclassified` (K).
+
+Nothing here depends on how the slide was cut into chunks: counts and probability sums are
+integers (exact in any grouping; fractions are taken once, over the slide, in
+`slide_area_px` and the finish), and polygons are traced and simplified per tile core of the
+global grid (`block_polygons`), so `--chunk-tiles` changes no byte of the outputs.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,19 +34,33 @@ class ChunkOutcome:
     col: int
     tiles_run: int
     counts: np.ndarray  # (K + 1,) output pixels per class, then Unclassified
-    prob_sums: np.ndarray  # (K + 1,) sum of class-k probability over pixels labelled k (0 for K)
+    # (K + 1,) int64 sum of the uint8 class-k probability (0-255) over pixels labelled k (0 for K)
+    prob_sums: np.ndarray
     polygons: dict[int, list[bytes]]  # output class -> WKB polygons in output pixel coordinates
     bytes_from_model: int = 0  # what crossed from the model's device for this chunk
     # class -> WKB of the unsimplified polygons (exact to the raster), kept only when asked
     # (a `--roi` run's areas); `polygons` itself is simplified when the tolerance is > 0
     exact_polygons: dict[int, list[bytes]] = field(default_factory=dict)
-    # (K + 1,) output px^2 of each output class on the slide: `counts`, less the parts of the last
-    # column and row of output pixels that hang over the slide's edge (None: `counts`)
-    areas: np.ndarray | None = None
+    # (3, K + 1) int64 output pixels of each output class in the raster's last column, its last
+    # row and their corner where those hang over the slide's edge (None: the block has none)
+    edge_counts: np.ndarray | None = None
 
-    def area_px(self) -> np.ndarray:
-        """(K + 1,) float64 output px^2 of each output class on the slide."""
-        return self.areas if self.areas is not None else self.counts.astype(np.float64)
+
+def slide_area_px(outcomes: Iterable[ChunkOutcome], extent: tuple[float, float]) -> np.ndarray:
+    """(K + 1,) float64 output px^2 of each output class on the slide of (width, height)
+    `extent` output px: pixels count whole, but those of the last column and row only for
+    their part on the slide. From integer totals, so the same whatever the chunking."""
+    outcomes = list(outcomes)
+    counts = np.zeros(len(outcomes[0].counts), np.int64)
+    edges = np.zeros((3, len(counts)), np.int64)
+    for o in outcomes:
+        counts += o.counts
+        if o.edge_counts is not None:
+            edges += o.edge_counts
+    fx, fy = (e - (math.ceil(e) - 1) for e in extent)  # the last column's and row's share
+    shares = np.array([fx - 1.0, fy - 1.0, fx * fy - 1.0])
+    area: np.ndarray = counts + shares @ edges
+    return area
 
 
 def summarise_block(
@@ -51,67 +72,97 @@ def summarise_block(
     tolerance: float = 0.0,
     keep_exact: bool = False,
     extent: tuple[float, float] | None = None,
+    cell: int = 0,
 ) -> ChunkOutcome:
     """Per-class counts, areas, probability sums and polygons of one output block (`labels`:
     class ids, UNCLASSIFIED, NODATA; `k` model classes): simplified with `tolerance` (output
-    px, 0: exact), plus the exact ones when `keep_exact`. `extent`: the slide's (width,
-    height) in output px, which the areas are cut to."""
+    px, 0: exact), plus the exact ones when `keep_exact`, per `cell` of the global grid
+    (`block_polygons`). `extent`: the slide's (width, height) in output px, which the areas
+    are cut to."""
     counts, prob_sums = block_statistics(labels, probs_u8, k)
-    wkb = block_polygons(spec, labels, k, tolerance)
+    wkb = block_polygons(spec, labels, k, tolerance, cell)
     exact = {}
     if keep_exact:
-        exact = wkb if tolerance <= 0 else block_polygons(spec, labels, k)
-    areas = block_areas(labels, k, spec.out_box, extent) if extent is not None else None
+        exact = wkb if tolerance <= 0 else block_polygons(spec, labels, k, 0.0, cell)
+    edges = block_edge_counts(labels, k, spec.out_box, extent) if extent is not None else None
     return ChunkOutcome(
-        spec.row, spec.col, tiles_run, counts, prob_sums, wkb, exact_polygons=exact, areas=areas
+        spec.row,
+        spec.col,
+        tiles_run,
+        counts,
+        prob_sums,
+        wkb,
+        exact_polygons=exact,
+        edge_counts=edges,
     )
 
 
-def block_areas(
+def block_edge_counts(
     labels: np.ndarray, k: int, out_box: tuple[int, int, int, int], extent: tuple[float, float]
 ) -> np.ndarray | None:
-    """(K + 1,) output px^2 of each output class on the slide: an output pixel counts for its
-    part on the slide (the raster's last column and row can hang up to a pixel over the slide's
-    edge, which is no tissue). None when the block lies wholly on the slide (= counts)."""
+    """(3, K + 1) output pixels of each output class in the raster's last column (not its last
+    row), last row (not last column) and their corner, where the slide's edge cuts them
+    (`extent`: its width and height in output px; `slide_area_px` counts them for their
+    part). None when the block lies wholly on the slide."""
     h, w = labels.shape
     x0, y0 = out_box[0], out_box[1]
     if x0 + w <= extent[0] and y0 + h <= extent[1]:
         return None
-    wx = np.clip(extent[0] - np.arange(x0, x0 + w, dtype=np.float64), 0.0, 1.0)
-    wy = np.clip(extent[1] - np.arange(y0, y0 + h, dtype=np.float64), 0.0, 1.0)
-    weights = np.outer(wy, wx).ravel()
-    areas: np.ndarray = _per_output_class(np.bincount(labels.ravel(), weights, minlength=256), k)
-    return areas
+    cut_x = np.arange(x0, x0 + w) + 1 > extent[0]  # columns the slide's edge cuts
+    cut_y = np.arange(y0, y0 + h) + 1 > extent[1]
+    col = (~cut_y)[:, None] & cut_x[None, :]
+    row = cut_y[:, None] & (~cut_x)[None, :]
+    corner = cut_y[:, None] & cut_x[None, :]
+    return np.stack(
+        [
+            _per_output_class(np.bincount(labels[m], minlength=256), k).astype(np.int64)
+            for m in (col, row, corner)
+        ]
+    )
 
 
 def block_statistics(
     labels: np.ndarray, probs_u8: np.ndarray, k: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(K + 1,) output pixels per output class and (K + 1,) sums of class-k probability over
-    them (Unclassified has no probability: 0)."""
+    """(K + 1,) output pixels per output class and (K + 1,) sums of the uint8 class-k
+    probability (0-255) over them (Unclassified has no probability: 0); all int64."""
     counts = _per_output_class(np.bincount(labels.ravel(), minlength=256), k).astype(np.int64)
-    prob_sums = np.zeros(k + 1, dtype=np.float64)
+    prob_sums = np.zeros(k + 1, dtype=np.int64)
     for c in range(k):
         sel = labels == c
         if counts[c]:
-            prob_sums[c] = probs_u8[c][sel].sum(dtype=np.float64) / 255.0
+            prob_sums[c] = probs_u8[c][sel].sum(dtype=np.int64)
     return counts, prob_sums
 
 
 def block_polygons(
-    spec: ChunkSpec, labels: np.ndarray, k: int, tolerance: float = 0.0
+    spec: ChunkSpec, labels: np.ndarray, k: int, tolerance: float = 0.0, cell: int = 0
 ) -> dict[int, list[bytes]]:
     """Output class (0..K, K = Unclassified) -> WKB polygons of the block, in output pixel
     coordinates of the whole map: exact (`tolerance` 0), or simplified edge-to-edge with the
-    block's border kept, so the slide only has to union them
-    (`polygons.merge_simplified_polygons`)."""
+    border kept, so the slide only has to union them (`polygons.merge_simplified_polygons`).
+
+    Traced and simplified per `cell` x `cell` square of the global output grid (the tile
+    cores; 0: the block as one), each with its border kept: a piece depends on its cell's
+    labels alone, so the slide's polygons are the same whatever the chunk size.
+    """
     x0, y0 = spec.out_box[0], spec.out_box[1]
     ids = output_ids(labels, k)
-    if tolerance > 0:
-        polys = simplified_block_polygons(ids, x0, y0, k + 1, tolerance)
-    else:
-        polys = label_block_polygons(ids, x0, y0, k + 1, nodata=NODATA)
-    return {c: [shapely.to_wkb(p) for p in plist] for c, plist in polys.items() if plist}
+    h, w = ids.shape
+    step_y, step_x = cell or h, cell or w
+    if (cell and (x0 % cell or y0 % cell)) or not h or not w:
+        raise ValueError(f"block at ({x0}, {y0}) must start on the {cell} px grid of cells")
+    out: dict[int, list[bytes]] = {}
+    for cy in range(0, h, step_y):
+        for cx in range(0, w, step_x):
+            sub = ids[cy : cy + step_y, cx : cx + step_x]
+            if tolerance > 0:
+                polys = simplified_block_polygons(sub, x0 + cx, y0 + cy, k + 1, tolerance)
+            else:
+                polys = label_block_polygons(sub, x0 + cx, y0 + cy, k + 1, nodata=NODATA)
+            for c, plist in polys.items():
+                out.setdefault(c, []).extend(shapely.to_wkb(p) for p in plist)
+    return {c: out[c] for c in sorted(out) if out[c]}
 
 
 def _per_output_class(per_value: np.ndarray, k: int) -> np.ndarray:

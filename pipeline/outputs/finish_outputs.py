@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -21,7 +21,7 @@ import shapely
 from shapely.geometry import MultiPolygon, Polygon
 
 from wsi_segment.models.labels import UNCLASSIFIED_NAME
-from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome
+from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome, slide_area_px
 from wsi_segment.pipeline.outputs.geojson import build_feature_collection, write_geojson
 from wsi_segment.pipeline.outputs.label_image import finalize_label_pyramid
 from wsi_segment.pipeline.outputs.ome_tiff import write_probability_ome_tiff
@@ -133,13 +133,16 @@ def write_outputs(
     k = len(prep.meta.classes)
     # the model's classes, then Unclassified (index k): tissue the gate left with no class
     classes, colors = output_classes(prep.meta.classes, prep.meta.colors)
+    # integer totals, fractions taken once: the same bytes whatever the chunking
     counts = np.zeros(k + 1, np.int64)
-    area_px = np.zeros(k + 1, np.float64)  # on the slide: see ChunkOutcome.areas
-    prob_sums = np.zeros(k + 1, np.float64)
+    prob_sums_u8 = np.zeros(k + 1, np.int64)
     for outcome in outcomes:
         counts += outcome.counts
-        area_px += outcome.area_px()
-        prob_sums += outcome.prob_sums
+        prob_sums_u8 += outcome.prob_sums
+    prob_sums = prob_sums_u8 / 255.0  # of probabilities 0-1
+    width, height = prep.slide.dimensions
+    extent = (width / prep.level0_per_output, height / prep.level0_per_output)
+    area_px = slide_area_px(outcomes, extent) if outcomes else counts.astype(np.float64)
     px_area = prep.output_mpp[0] * prep.output_mpp[1]
     labelled = float(area_px.sum())
     # Unclassified has no probability: null in summary.json, no measurement in the GeoJSON
@@ -225,7 +228,7 @@ def _write_polygons(
     ]
     report: list[dict[str, Any]] = []
     if rois:  # areas from the unsimplified polygons (exact to the label raster)
-        merged = merge_class_polygons(_decode(o.exact_polygons) for o in outcomes)
+        merged = merge_class_polygons([_pieces(o.exact_polygons for o in outcomes)])
         exact = {c: to_level0(g, scale, offset) for c, g in merged.items()}
         um2 = prep.mpp[0] * prep.mpp[1]
         report = roi_class_areas(rois, exact, classes, um2)
@@ -241,14 +244,20 @@ def _write_polygons(
 def _merge_outcomes(outcomes: list[ChunkOutcome], tolerance: float) -> dict[int, MultiPolygon]:
     """The slide's class polygons from the chunks' pieces: those simplified per chunk are
     only unioned; exact ones (tolerance 0) are unioned, then lose their collinear vertices."""
-    pieces = (_decode(o.polygons) for o in outcomes)
+    pieces = [_pieces(o.polygons for o in outcomes)]
     if tolerance > 0:
         return drop_collinear_vertices(merge_simplified_polygons(pieces))
     return simplify_coverage(merge_class_polygons(pieces), tolerance=0)
 
 
-def _decode(wkb: Mapping[int, list[bytes]]) -> dict[int, list[Polygon]]:
-    return {c: list(shapely.from_wkb(ws)) for c, ws in wkb.items()}
+def _pieces(per_chunk: Iterable[Mapping[int, list[bytes]]]) -> dict[int, list[Polygon]]:
+    """Each class's pieces over all chunks, classes and pieces in one order (by WKB) whatever
+    order the chunks came in: GEOS unions give the same bytes only for the same input order."""
+    gathered: dict[int, list[bytes]] = {}
+    for chunk in per_chunk:
+        for c, wkbs in chunk.items():
+            gathered.setdefault(int(c), []).extend(wkbs)
+    return {c: list(shapely.from_wkb(sorted(gathered[c]))) for c in sorted(gathered)}
 
 
 def _write_overlay(

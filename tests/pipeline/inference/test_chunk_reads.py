@@ -1,30 +1,41 @@
-"""A chunk reads only its tissue tiles' bounding box, and gets exactly the same tiles."""
+"""A chunk reads only its tissue tiles' bounding box, and each tile's pixels depend on its grid
+position alone (not on the chunk, the other tiles, or storage-tile reuse)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from wsi_segment.pipeline.inference.chunk_reader import cut_tiles, tiles_read_box
-from wsi_segment.wsi.region_reader import read_model_box
+from tests.conftest import CMU_SLIDE
+from wsi_segment.pipeline.inference.chunk_reader import tile_boxes, tiles_read_box
+from wsi_segment.wsi.region_reader import read_model_tiles
 from wsi_segment.wsi.slide import open_slide
 from wsi_segment.wsi.tiling import TileGrid
 
 
-@pytest.mark.parametrize("level0_per_model", [1.0, 1.37, 2.0])
-def test_bounding_box_read_gives_the_same_tiles(cmu_region_slide, level0_per_model):
-    slide = open_slide(cmu_region_slide, mpp=0.499)
+@pytest.mark.parametrize("level0_per_model", [1.0, 1.37, 2.0, 2.004008016032064])
+def test_a_tile_reads_the_same_pixels_whatever_is_read_with_it(level0_per_model):
+    """A tile's pixels are a function of its grid position: read alone, with its chunk's
+    other tissue tiles, or with a whole 8 x 8 chunk of 224 px tiles (the read box and the
+    image PIL resamples grow with the chunk; 2.004 is CMU-1 at 1 um/px, where resampling a
+    whole box put 1/255 differences into most tiles)."""
+    slide = open_slide(CMU_SLIDE, mpp=0.499)
+    grid = TileGrid(tile=224, overlap=32, downsample=4)
+    probe = [(3, 4), (4, 3), (4, 4), (5, 5)]  # tissue
+    chunk = [(i, j) for i in range(2, 8) for j in range(2, 6)]
+    boxes = tile_boxes(probe, grid)
+    alone = np.stack([read_model_tiles(slide, [b], level0_per_model)[0] for b in boxes])
+    together = read_model_tiles(slide, boxes, level0_per_model)
+    np.testing.assert_array_equal(together, alone)
+    big = read_model_tiles(slide, tile_boxes(chunk, grid), level0_per_model)
+    np.testing.assert_array_equal(big[[chunk.index(ij) for ij in probe]], alone)
+
+
+def test_a_chunk_reads_its_tiles_bounding_box():
     grid = TileGrid(tile=32, overlap=8, downsample=4)
-    s, m, n = grid.stride, grid.margin, 4
-    tiles = [(1, 2), (2, 1), (2, 2), (3, 3)]  # an irregular tissue patch inside chunk (0, 0)
-    full_box = (-m, -m, n * s + m, n * s + m)
-    full = read_model_box(slide, full_box, level0_per_model)
-    expected = cut_tiles(full, full_box[:2], tiles, grid)
-    box = tiles_read_box(tuple(tiles), grid)
+    s, m = grid.stride, grid.margin
+    box = tiles_read_box(((1, 2), (2, 1), (2, 2), (3, 3)), grid)
     assert box == (1 * s - m, 1 * s - m, 4 * s + m, 4 * s + m)
-    part = read_model_box(slide, box, level0_per_model)
-    assert part.shape[0] * part.shape[1] < full.shape[0] * full.shape[1]
-    np.testing.assert_array_equal(cut_tiles(part, box[:2], tiles, grid), expected)
 
 
 def test_no_tiles_means_no_box():
@@ -33,9 +44,8 @@ def test_no_tiles_means_no_box():
 
 @pytest.mark.parametrize("model_mpp", [0.499, 1.0])  # exact level pixels; resampled 2.004x
 def test_chunk_reads_share_storage_tiles_with_the_same_pixels(model_mpp):
-    """Every chunk of a real plan reads the same image with storage-tile reuse as without,
+    """Every chunk of a real plan reads the same tiles with storage-tile reuse as without,
     through the prefetcher and through a runner thread that claimed its chunk first."""
-    from tests.conftest import CMU_SLIDE
     from wsi_segment.pipeline.inference.chunk_job import SlideJob
     from wsi_segment.pipeline.inference.chunk_prefetch import ChunkPrefetcher
     from wsi_segment.pipeline.inference.chunk_reader import ChunkReader
@@ -67,10 +77,7 @@ def test_chunk_reads_share_storage_tiles_with_the_same_pixels(model_mpp):
     reuse = job.plan_tile_reuse(specs)
     assert reuse is not None
     for spec in specs:
-        image, box = job.read(spec, reuse)
-        direct, direct_box = job.read(spec)
-        assert box == direct_box
-        np.testing.assert_array_equal(image, direct)
+        np.testing.assert_array_equal(job.read_tiles(spec, reuse), job.read_tiles(spec))
     assert reuse.tiles_reused > 0 and reuse.cached_bytes == 0
 
     prefetch = ChunkPrefetcher(job.reader, specs)
@@ -78,8 +85,8 @@ def test_chunk_reads_share_storage_tiles_with_the_same_pixels(model_mpp):
     try:
         for spec in specs:
             got = claimed if spec is specs[-1] else prefetch.take(spec)
-            image, _ = got if got is not None else prefetch.read_here(spec)
-            np.testing.assert_array_equal(image, job.read(spec)[0])
+            tiles = got if got is not None else prefetch.read_here(spec)
+            np.testing.assert_array_equal(tiles, job.read_tiles(spec))
     finally:
         prefetch.close()
     assert prefetch.tile_reuse is not None and prefetch.tile_reuse.tiles_reused > 0

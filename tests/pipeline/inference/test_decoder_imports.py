@@ -17,14 +17,13 @@ from wsi_segment.wsi.tissue import whole_slide
 
 HEAVY = ("torch", "zarr", "shapely", "rasterio", "timm", "dask", "prefect")
 
-# What a spawned decoder runs: the decoder module, its unpickled arguments, one chunk read
-# and cut; then the heavy modules it ended up with.
+# What a spawned decoder runs: the decoder module, its unpickled arguments, one chunk's tiles
+# read; then the heavy modules it ended up with.
 CHILD = """
 import base64, pickle, sys
 from wsi_segment.pipeline.inference import decode_pool
 reader, spec = pickle.loads(base64.b64decode(sys.argv[1]))
-image, box = reader.read(spec)
-tiles = decode_pool.cut_tiles(image, box[:2], list(spec.tiles), reader.grid)
+tiles = reader.read_tiles(spec)
 print(len(tiles), [m for m in sys.argv[2].split(",") if m in sys.modules])
 """
 

@@ -1,5 +1,5 @@
 """Model tiles assembled on the device from decoded storage tiles are the tiles the CPU
-decoders cut (`ChunkReader.read` + `cut_tiles`), edges and partial tissue included."""
+decoders read (`ChunkReader.read_tiles`), edges and partial tissue included."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tests.conftest import CMU_SLIDE, DATA_DIR
-from wsi_segment.pipeline.inference.chunk_reader import ChunkReader, cut_tiles
+from wsi_segment.pipeline.inference.chunk_reader import ChunkReader
 from wsi_segment.pipeline.inference.device_tiles import DeviceTiles, open_device_tiles
 from wsi_segment.wsi.raw_tiles import Unsupported
 from wsi_segment.wsi.slide import open_slide
@@ -38,8 +38,7 @@ def _reader(
 
 
 def _cpu_tiles(reader: ChunkReader, spec: ChunkSpec) -> np.ndarray:
-    image, box = reader.read(spec)
-    return cut_tiles(image, (box[0], box[1]), list(spec.tiles), reader.grid)
+    return reader.read_tiles(spec)
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,11 @@ import shapely
 from PIL import Image
 
 from wsi_segment.models.labels import NODATA, UNCLASSIFIED
-from wsi_segment.pipeline.outputs.chunk_summary import block_polygons, summarise_block
+from wsi_segment.pipeline.outputs.chunk_summary import (
+    block_polygons,
+    slide_area_px,
+    summarise_block,
+)
 from wsi_segment.wsi.tiling import ChunkSpec
 
 K = 4
@@ -71,15 +75,54 @@ def test_areas_count_only_the_part_of_edge_pixels_on_the_slide():
     last_row = _per_output_class(labels[-1, :-1])
     corner = _per_output_class(labels[-1:, -1])
     want = counts - 0.5 * last_col - 0.75 * last_row - (1 - 0.5 * 0.25) * corner
-    np.testing.assert_allclose(out.area_px(), want, rtol=0, atol=1e-9)
+    area = slide_area_px([out], extent)
+    np.testing.assert_allclose(area, want, rtol=0, atol=1e-9)
     slide = shapely.box(0, 0, *extent)
     for c, ws in out.exact_polygons.items():
         cut = float(
             shapely.area(shapely.intersection(shapely.union_all(shapely.from_wkb(ws)), slide))
         )
-        assert cut == pytest.approx(out.area_px()[c], rel=1e-12)
+        assert cut == pytest.approx(area[c], rel=1e-12)
     inside = summarise_block(spec, 1, labels, probs, K, extent=(x1 + 3.0, y1))
-    assert inside.areas is None and np.array_equal(inside.area_px(), counts)
+    assert inside.edge_counts is None
+    assert np.array_equal(slide_area_px([inside], (x1 + 3.0, y1)), counts)
+
+
+def test_slide_totals_are_the_same_bytes_whatever_the_chunking():
+    """Counts, probability sums and edge counts are integers, and the slide's polygons are
+    pieces of the global tile-core grid: one block or the same labels cut into four chunks
+    give identical totals, areas and WKB pieces (float sums per chunk did not)."""
+    spec, labels, probs = _mask_block()
+    rng = np.random.default_rng(0)
+    probs[:] = rng.integers(0, 256, probs.shape, dtype=np.uint8)
+    x0, y0, x1, y1 = spec.out_box
+    cell = 10
+    extent = (x1 - 0.3, y1 - 0.7)
+    whole = summarise_block(spec, 1, labels, probs, K, 1.0, True, extent, cell=cell)
+    ys, xs = (y1 - y0) // 2 // cell * cell, (x1 - x0) // 2 // cell * cell
+    parts = []
+    for by, bx in ((0, 0), (0, xs), (ys, 0), (ys, xs)):
+        box = (x0 + bx, y0 + by, x0 + (xs if not bx else x1 - x0), y0 + (ys if not by else y1 - y0))
+        part = ChunkSpec(0, 0, (0, 0, 1, 1), ((0, 0),), box)
+        sub = (slice(by, box[3] - y0), slice(bx, box[2] - x0))
+        parts.append(
+            summarise_block(
+                part, 1, labels[sub], probs[(slice(None), *sub)], K, 1.0, True, extent, cell=cell
+            )
+        )
+    assert whole.prob_sums.dtype == np.int64
+    np.testing.assert_array_equal(sum(p.prob_sums for p in parts), whole.prob_sums)
+    np.testing.assert_array_equal(sum(p.counts for p in parts), whole.counts)
+    assert slide_area_px(parts, extent).tobytes() == slide_area_px([whole], extent).tobytes()
+    for kind in ("polygons", "exact_polygons"):
+        joined: dict[int, list[bytes]] = {}
+        for p in parts:
+            for c, ws in getattr(p, kind).items():
+                joined.setdefault(c, []).extend(ws)
+        want = getattr(whole, kind)
+        assert {c: sorted(ws) for c, ws in joined.items()} == {
+            c: sorted(ws) for c, ws in want.items()
+        }
 
 
 def test_unclassified_tissue_is_output_class_k_and_the_rest_is_unchanged():
@@ -96,7 +139,7 @@ def test_unclassified_tissue_is_output_class_k_and_the_rest_is_unchanged():
     assert out.counts.shape == out.prob_sums.shape == (K + 1,)
     np.testing.assert_array_equal(out.counts, _per_output_class(gated))
     assert out.counts[K] == n_unclassified and out.prob_sums[K] == 0.0
-    np.testing.assert_allclose(out.prob_sums[:K], out.counts[:K] * 200 / 255, rtol=1e-12)
+    np.testing.assert_array_equal(out.prob_sums[:K], out.counts[:K] * 200)
     assert _area(out.exact_polygons)[K] == float(n_unclassified)
     assert K in out.polygons  # simplified with the classes, edge-to-edge
     plain = summarise_block(spec, 1, labels, probs, K, tolerance=1.0, keep_exact=True)
