@@ -92,8 +92,9 @@ def add_segment_options(parser: argparse.ArgumentParser) -> None:
         "--chunk-tiles",
         type=positive_int(1, 64),
         default=None,
-        help="a Dask chunk is N x N tiles, 1-64; a batch never spans chunks (default: 4 on "
-        "the CPU, 8 when a GPU is expected)",
+        help="a chunk (the unit read, planned and written at once) is N x N tiles, 1-64; speed "
+        "only: outputs are the same bytes whatever N; batches mix tiles of several chunks "
+        "(default: the run policy's, 4 on the CPU, 8 on a GPU)",
     )
     parser.add_argument(
         "--mpp",

@@ -5,7 +5,7 @@ killed, so a slide is stopped by raising an exception in its thread
 (`PyThreadState_SetAsyncExc`): it arrives at the thread's next Python instruction, and every
 wait in the slide path polls (Dask futures, the engine's queues, decoder rings), so a slide
 stops within a fraction of a second, and its own `finally` blocks do the cleanup they do on
-any error: the slide's Dask chunks are told to stop (`band_runner.gather_all`), decoder
+any error: the slide's Dask bands are told to stop (`band_runner.gather_all`), decoder
 processes end, the slide closes, and the partial folder and lock are removed
 (`pipeline.outputs.output_dir.OutputDir`). The exceptions are `BaseException`s, so no
 `except Exception` on the way turns them into a slide error of another kind.

@@ -43,7 +43,7 @@ from wsi_segment.pipeline.outputs.output_dir import (
 )
 from wsi_segment.pipeline.params import SegmentParams
 
-# the three stages are reached through this module (the Prefect flow calls segment.prepare)
+# the three stages are reached through this module (the Prefect flows call segment.prepare_stage)
 from wsi_segment.pipeline.prepare import PreparedSlide, is_up_to_date
 from wsi_segment.pipeline.prepare import prepare as prepare
 from wsi_segment.pipeline.progress import NullProgress, Progress

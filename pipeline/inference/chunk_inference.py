@@ -1,4 +1,4 @@
-"""One Dask chunk: cut tiles from a model-space image, run the model, stitch the cores.
+"""A chunk's tiles through the model and back: batches on the device, cores stitched in place.
 
 The model returns each tile's core already in the stored form (uint8 probabilities and
 labels of output pixels, reduced on its device: models/reduction.py); this module only

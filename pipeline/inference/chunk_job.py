@@ -1,10 +1,12 @@
-"""The unit of Dask work: one chunk of one slide, read -> infer -> stitch -> write -> polygons.
+"""One slide's job for the engine: what a chunk is read from, and how its cores are stitched,
+written and turned into polygons.
 
-A `SlideJob` is picklable: on a Dask worker process it reopens the slide and the zarr store
-and loads the model once per process (`pipeline.inference.model_handle`). In-process, the already
-loaded model is shared by the threads, and forward passes are serialised by its lock.
-Each chunk writes whole zarr chunks it alone owns, so parallel writers never collide, and a
-recomputed chunk (worker died) writes identical bytes.
+The engine (`pipeline.inference.engine.run_engine`) runs every chunk of a `SlideJob`, locally
+or in a Dask band (`pipeline.inference.band_task`). A `SlideJob` is picklable: on a Dask worker
+it reopens the slide and the zarr store and loads the model once per process
+(`pipeline.inference.model_handle`). Each chunk writes whole zarr chunks it alone owns, so
+parallel writers never collide, and a recomputed chunk (a band rerun after its worker died)
+writes identical bytes.
 """
 
 from __future__ import annotations
