@@ -36,8 +36,8 @@ FILE_SUFFIXES = {
     "dcm", "log", "onnx", "bin",
 }  # fmt: skip
 # Names outside Python that docstrings cite on purpose: QuPath's Java API, GeoJSON keys,
-# OpenCV (what we do not use, named to say why), Dask config keys.
-FOREIGN = ("PathIO.", "properties.", "cv2.", "distributed.worker.", "GeneralTools.")
+# OpenCV (what we do not use, named to say why), Dask config keys, keys of a flow's `options`.
+FOREIGN = ("PathIO.", "properties.", "cv2.", "distributed.worker.", "GeneralTools.", "options.")
 
 
 def _module_name(path: Path) -> str:
