@@ -60,6 +60,7 @@ from wsi_segment.pipeline.outputs.ownership import (
     refuse_link,
     remove_output,
 )
+from wsi_segment.pipeline.outputs.shared_access import follow_folder, unwritable_folder
 from wsi_segment.pipeline.outputs.summary import read_summary
 from wsi_segment.pipeline.params import SegmentParams
 
@@ -212,7 +213,7 @@ class OutputDir:
         )
         for _ in range(LOCK_ATTEMPTS):
             try:
-                fd = os.open(self.lock_path, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW, 0o644)
+                fd = open_lock_file(self.lock_path)
             except OSError as exc:
                 if exc.errno == errno.ELOOP:  # a symlink: never create or lock its target
                     raise link_error(self.lock_path) from exc
@@ -229,7 +230,7 @@ class OutputDir:
 
     def _unwritable(self, exc: OSError) -> OutputError:
         return OutputError(
-            f"{self.out_root}: cannot write outputs here ({exc.strerror}); "
+            f"cannot write outputs: {unwritable_folder(self.out_root, exc)}; "
             "choose a writable folder with --out"
         )
 
@@ -294,6 +295,22 @@ class OutputDir:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
             os.close(self._lock_fd)
             self._lock_fd = None
+
+
+def open_lock_file(path: Path) -> int:
+    """An fd on the lock file at `path`, created if missing with its folder's group and
+    permissions. Another user's lock file left by a killed run (the lab's folders are
+    shared) is opened read-only: `flock` needs no write access."""
+    flags = os.O_CREAT | os.O_NOFOLLOW
+    try:
+        fd = os.open(path, flags | os.O_RDWR, 0o644)
+    except PermissionError:
+        if not os.path.isfile(path):
+            raise
+        fd = os.open(path, flags | os.O_RDONLY)
+    if os.fstat(fd).st_uid == os.geteuid():
+        follow_folder(fd, path.parent)
+    return fd
 
 
 def is_linked_at(fd: int, path: Path) -> bool:
