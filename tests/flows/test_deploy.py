@@ -56,7 +56,7 @@ def test_local_deployment_needs_neither_docker_nor_dask() -> None:
     assert not any(str(v).startswith("/data/") for v in local["parameters"].values())
     # the compose one names the stack's services and the image's folder
     services = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())["services"]
-    host, port = compose["parameters"]["dask_address"].removeprefix("tcp://").split(":")
+    host, port = compose["parameters"]["dask_address"].removeprefix("tls://").split(":")
     assert host in services and f"--port {port}" in services[host]["command"]
     [step] = compose["pull"]
     directory = step["prefect.deployments.steps.set_working_directory"]["directory"]
@@ -109,7 +109,8 @@ def test_docker_compose_has_the_services() -> None:
     assert {"fastapi<0.151", "sqlalchemy<2.1"} <= set(pyproject["project"]["dependencies"])
     for name in ("dask-worker-gpu0", "dask-worker-gpu1"):
         worker = services[name]
-        assert "tcp://dask-scheduler:8786" in worker["command"]
+        assert "tls://dask-scheduler:8786" in worker["command"]
+        assert "--tls-ca-file /etc/dask-tls/ca.pem" in worker["command"]
         devices = worker["deploy"]["resources"]["reservations"]["devices"]
         assert devices[0]["capabilities"] == ["gpu"]
         # bands start decoder processes: the worker is not daemonic, /dev/shm holds the ring
@@ -119,6 +120,13 @@ def test_docker_compose_has_the_services() -> None:
     mounts = {re.search(r"}:(/[^:]+)", v).group(1) for v in services["prefect-worker"]["volumes"]}
     assert {"/data/slides", "/data/outputs"} <= mounts
     assert services["dask-worker-gpu0"]["volumes"] == services["prefect-worker"]["volumes"]
+    # what listens is published on the host's loopback only, and the scheduler speaks TLS
+    for service in services.values():
+        for port in service.get("ports", []):
+            assert port.startswith("127.0.0.1:"), port
+    assert "--protocol tls" in services["dask-scheduler"]["command"]
+    tls = services["prefect-worker"]["environment"]["DASK_DISTRIBUTED__COMM__TLS__CA_FILE"]
+    assert tls == "/etc/dask-tls/ca.pem"
 
 
 def test_dockerfile_is_cuda_pytorch_and_non_root() -> None:
