@@ -203,10 +203,11 @@ def _failed_run_event(state: str, deployment: str) -> Any:
     )
 
 
-def test_failure_automation_validates_and_fires_only_for_a_failed_nightly_run() -> None:
+def test_failure_automation_validates_and_fires_only_for_an_unfinished_nightly_run() -> None:
     """deploy/automation-nightly-failed.yaml is what `prefect automation create --from-file`
-    accepts once its block id is filled in (refused before), and its trigger covers a failed
-    run of the `nightly` deployment and nothing else (the server's own trigger model)."""
+    accepts once its block id is filled in (refused before), and its trigger covers a run of
+    the `nightly` deployment that did not finish (Failed, Crashed, Cancelled, TimedOut) and
+    nothing else (the server's own trigger model)."""
     from uuid import uuid4
 
     from prefect.events.schemas.automations import AutomationCore
@@ -224,6 +225,34 @@ def test_failure_automation_validates_and_fires_only_for_a_failed_nightly_run() 
     ]
     assert raw["trigger"]["match_related"]["prefect.resource.name"] in names
     trigger = EventTrigger.model_validate(raw["trigger"])
-    assert trigger.covers(_failed_run_event("Failed", "nightly"))
-    assert not trigger.covers(_failed_run_event("Completed", "nightly"))
-    assert not trigger.covers(_failed_run_event("Failed", "weekly"))
+    for state in ("Failed", "Crashed", "Cancelled", "TimedOut"):
+        assert trigger.covers(_failed_run_event(state, "nightly")), state
+        assert not trigger.covers(_failed_run_event(state, "weekly")), state
+    for state in ("Completed", "Running", "Pending", "Scheduled", "Cancelling", "Retrying"):
+        assert not trigger.covers(_failed_run_event(state, "nightly")), state
+
+
+def test_zombie_automation_validates_and_crashes_runs_whose_heartbeats_stop() -> None:
+    """deploy/automation-zombie-crashed.yaml is an automation Prefect accepts as it is: a
+    proactive trigger per flow run, armed by a heartbeat and satisfied by the next heartbeat
+    or any final state, that sets the run Crashed (tested live in test_deploy_alerts.py)."""
+    from prefect.events.schemas.automations import AutomationCore, Posture
+
+    raw = yaml.safe_load((DEPLOY / "automation-zombie-crashed.yaml").read_text())
+    automation = AutomationCore.model_validate(raw)
+    trigger = automation.trigger
+    assert trigger.posture == Posture.Proactive
+    assert trigger.after == {"prefect.flow-run.heartbeat"}
+    finals = {f"prefect.flow-run.{s}" for s in ("Completed", "Failed", "Cancelled", "Crashed")}
+    assert trigger.expect >= {"prefect.flow-run.heartbeat", *finals}
+    assert trigger.for_each == {"prefect.resource.id"}
+    # several heartbeats (the frequency the units set) before a run counts as gone
+    frequency = int(
+        (DEPLOY / "systemd" / "prefect.env")
+        .read_text()
+        .split("PREFECT_FLOWS_HEARTBEAT_FREQUENCY=")[1]
+        .split()[0]
+    )
+    assert trigger.within.total_seconds() >= 3 * frequency
+    [action] = automation.actions
+    assert action.type == "change-flow-run-state" and action.state.value == "CRASHED"
