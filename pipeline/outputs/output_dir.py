@@ -60,7 +60,12 @@ from wsi_segment.pipeline.outputs.ownership import (
     refuse_link,
     remove_output,
 )
-from wsi_segment.pipeline.outputs.shared_access import follow_folder, unwritable_folder
+from wsi_segment.pipeline.outputs.shared_access import (
+    describe,
+    follow_folder,
+    this_user,
+    unwritable_folder,
+)
 from wsi_segment.pipeline.outputs.summary import read_summary
 from wsi_segment.pipeline.params import SegmentParams
 
@@ -197,12 +202,26 @@ class OutputDir:
             raise
         try:
             if os.path.lexists(self.work_dir):  # left by a killed run (a link was refused)
-                shutil.rmtree(self.work_dir)
+                self._remove_stale_work_dir()
             self.work_dir.mkdir()
         except OSError as exc:
             self._release()
             raise output_error(self.work_dir, exc) from exc
         return self
+
+    def _remove_stale_work_dir(self) -> None:
+        """Remove the partial folder of a run that stopped (we hold the lock, so its run is
+        gone); one another user's run left and this user may not remove is named as such."""
+        try:
+            shutil.rmtree(self.work_dir)
+        except PermissionError as exc:
+            self._release()
+            raise OutputError(
+                f"{self.work_dir} was left by a run that stopped, and user {this_user()} may "
+                f"not remove it ({describe(self.work_dir)}; a file inside: {exc.filename}); "
+                "remove it as its owner (or root), or give the lab's runs a group-writable "
+                "umask (the systemd units use UMask=0002)"
+            ) from exc
 
     def _lock(self) -> int:
         """An fd holding the exclusive lock on the file now at `lock_path` (see the module

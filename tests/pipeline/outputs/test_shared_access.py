@@ -119,3 +119,37 @@ def test_a_lock_file_left_by_another_user_does_not_block_the_next_run(
     assert done.returncode == 0, done.stderr
     assert (out / "case-1" / "x").read_text() == "x"
     assert not lock.exists()  # the finishing run removed it
+
+
+def test_a_partial_folder_another_users_killed_run_left(lab_users: LabUsers) -> None:  # noqa: F811
+    """Left with the units' UMask=0002 it is removed by the next run of another member;
+    left with a private umask, the run names it, its owner and what to do."""
+    out = lab_folder(lab_users.root / "out", lab_users.service)
+    enter = (
+        "from pathlib import Path\n"
+        "from wsi_segment.pipeline.outputs.output_dir import OutputDir\n"
+        f"with OutputDir(Path({str(out)!r}), 'case-1', overwrite=False) as o:\n"
+        "    o.commit()\n"
+    )
+    for umask, works in (("0002", True), ("0022", False)):
+        killed = (  # what a run killed mid-slide leaves: a zarr folder with a chunk
+            f"import os; os.umask(0o{umask})\n"
+            f"p = {str(out)!r} + '/.case-1.partial/probabilities.ome.zarr/0'\n"
+            "os.makedirs(p); open(p + '/0.0', 'w').close()\n"
+        )
+        assert lab_users.python(lab_users.admin, killed).returncode == 0
+        done = lab_users.python(lab_users.service, enter)
+        if works:
+            assert done.returncode == 0, done.stderr
+            assert (out / "case-1").is_dir() and not (out / ".case-1.partial").exists()
+            (out / "case-1").rmdir()
+        else:
+            partial = out / ".case-1.partial"
+            assert done.returncode == 1
+            assert (
+                f"OutputError: {partial} was left by a run that stopped, and user "
+                f"{lab_users.service} may not remove it ({lab_users.admin}:{lab_users.group}, "
+                "mode 2755; a file inside: "
+            ) in done.stderr
+            assert "UMask=0002" in done.stderr
+            assert not (out / ".case-1.lock").exists()  # the lock was released and removed
