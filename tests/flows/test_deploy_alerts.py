@@ -11,6 +11,7 @@ created with `prefect automation create --from-file`:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -27,6 +28,7 @@ from tests.flows.test_deploy_server import (
     BIN,
     REPO,
     SYSTEMD,
+    UUID,
     Processes,
     env_file,
     free_port,
@@ -201,3 +203,116 @@ def test_the_shipped_automation_alerts_on_every_night_that_did_not_finish(
             assert f"ended {state}:\n" in post["body"] and "docs/deploy.md" in post["body"]
     finally:
         hook.close()
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and all its descendants at once, as the OOM killer or a machine
+    going down would (nothing gets to clean up or report)."""
+    import psutil
+
+    root = psutil.Process(pid)
+    for proc in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+
+
+def test_a_worker_killed_mid_run_ends_crashed_and_the_next_run_does_only_what_is_missing(
+    tmp_path: Path,
+    processes: Processes,  # noqa: F811
+    tiny_model: Path,
+) -> None:
+    """The nightly deployment on a live server and process worker; the worker's whole process
+    tree SIGKILLed while a slide is being written. The run ends Crashed within the zombie
+    automation's bound (heartbeats every 30 s, `within` cut to 75 s), and the next run takes
+    over the stale lock, removes the partial folder and runs only the unfinished slides."""
+    from tests.flows.conftest import write_synthetic_slide
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(env_file(SYSTEMD / "prefect.env"))
+    env.update(
+        PREFECT_HOME=str(tmp_path / "prefect-home"),
+        TMPDIR=str(tmp_path),
+        PREFECT_SERVER_API_PORT=str(port),
+        PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
+        PREFECT_SERVER_UI_ENABLED="false",
+        PREFECT_WORKER_QUERY_SECONDS="2",
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY="30",  # Prefect's minimum: a shorter test
+    )
+    url = env["PREFECT_API_URL"]
+    server_unit = SYSTEMD / "prefect-server.service"
+    for argv in unit_commands(server_unit, "ExecStartPre"):
+        run(argv, env)
+    [server] = unit_commands(server_unit, "ExecStart")
+    processes.start("server", server, env)
+    wait_for("server health", lambda: api(url, "GET", "/health"), 180, processes, "server")
+    zombies = tmp_path / "zombies.yaml"
+    zombies.write_text(ZOMBIES.read_text().replace("within: 300", "within: 75"))
+    run([str(BIN / "prefect"), "automation", "create", "--from-file", str(zombies)], env)
+
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    names = [f"s{i}" for i in range(6)]
+    for i, name in enumerate(names):
+        write_synthetic_slide(slides / f"{name}.tif", (3072, 2048), seed=10 + i)
+    out = tmp_path / "outputs"
+    run([str(BIN / "prefect"), "work-pool", "create", "wsi-segment", "--type", "process"], env)
+    run(
+        [
+            str(BIN / "prefect"), "deploy", "--prefect-file", "deploy/prefect.yaml",
+            "--name", "nightly", "--param", f"input={slides}", "--param", f"out={out}",
+            "--param", f"model_dir={tiny_model}", "--param", "workers=0",
+            "--param", "concurrency=1",
+        ],
+        env,
+    )  # fmt: skip
+    [worker_argv] = unit_commands(SYSTEMD / "prefect-worker.service", "ExecStart")
+
+    def start_run() -> str:
+        stdout = run([str(BIN / "prefect"), "deployment", "run", "segment-batch/nightly"], env)
+        return str(UUID.search(stdout).group(0))  # type: ignore[union-attr]
+
+    def state_of(flow_run_id: str) -> str:
+        return str(api(url, "GET", f"/flow_runs/{flow_run_id}")["state_type"])
+
+    worker = processes.start("worker", worker_argv, env)
+    first = start_run()
+    partial = wait_for(
+        "a slide being written",
+        lambda: next(iter(out.glob(".*.partial")), None),
+        600,
+        processes,
+        "worker",
+    )
+    kill_tree(worker.pid)
+    killed_at = time.monotonic()
+    finished = {p.name for p in out.iterdir() if not p.name.startswith(".")}
+    assert partial.name.removeprefix(".").removesuffix(".partial") not in finished
+    assert len(finished) < len(names)
+    assert state_of(first) == "RUNNING"
+
+    wait_for("the run Crashed", lambda: state_of(first) == "CRASHED", 300, processes, "server")
+    # bounded: the last heartbeat (<= 30 s before the kill) + within (75 s) + evaluation
+    assert time.monotonic() - killed_at < 200
+    message = api(url, "GET", f"/flow_runs/{first}")["state"]["message"]
+    assert message.startswith("No heartbeat for 5 minutes"), message  # the automation's
+    assert any(out.glob(".*.partial")) or any(out.glob(".*.lock"))
+
+    processes.start("worker-again", worker_argv, env)
+    second = start_run()
+    wait_for(
+        "the next run",
+        lambda: state_of(second) in ("COMPLETED", "FAILED", "CRASHED"),
+        600,
+        processes,
+        "worker-again",
+    )
+    assert state_of(second) == "COMPLETED", processes.log("worker-again")[-4000:]
+    assert sorted(p.name for p in out.iterdir()) == names  # nothing hidden left
+    artifacts = api(
+        url, "POST", "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [second]}}}
+    )
+    [table] = [a for a in artifacts if a["key"] == "segment-batch"]
+    rows = table["data"] if isinstance(table["data"], list) else json.loads(table["data"])
+    statuses = {Path(r["slide"]).stem: r["status"] for r in rows}
+    assert statuses == {n: "up-to-date" if n in finished else "done" for n in names}
