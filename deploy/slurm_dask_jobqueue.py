@@ -73,6 +73,8 @@ def make_cluster(
 
 
 LOOPBACK = "127.0.0.1"
+# what dask-jobqueue writes to the shared folder for the jobs when certificates are made per run
+CERT_FILES = ".dask-jobqueue.worker.*"
 
 
 def worker_host_lines(interface: str | None) -> list[str]:
@@ -226,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     from wsi_segment.flows.batch_flow import BatchFailedError, segment_batch
     from wsi_segment.flows.dask_cluster import security_config
 
+    shared = Path(args.shared_temp_directory or Path.cwd())
+    before = set(shared.glob(CERT_FILES))
     cluster = make_cluster(**options)
     cluster.scale(jobs=args.jobs)
     try:
@@ -239,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
     finally:
         cluster.close()
+        for path in set(shared.glob(CERT_FILES)) - before:  # this run's key and certificates
+            path.unlink(missing_ok=True)
     return 0
 
 
