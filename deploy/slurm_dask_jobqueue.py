@@ -231,7 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     shared = Path(args.shared_temp_directory or Path.cwd())
     before = set(shared.glob(CERT_FILES))
     cluster = make_cluster(**options)
-    cluster.scale(jobs=args.jobs)
+    # adaptive with a fixed size: a job that ends (walltime, scancel, a node lost) is
+    # replaced by a new one, and its chunks run again there
+    cluster.adapt(minimum_jobs=args.jobs, maximum_jobs=args.jobs)
     try:
         # the flow connects to the scheduler by address, with the cluster's certificates
         with Client(cluster) as client, dask.config.set(security_config(cluster.security)):

@@ -81,3 +81,42 @@ def test_a_batch_through_slurm_jobs_equals_a_local_batch(
     assert here.returncode == 0, here.stderr[-4000:]
     for name in ("a", "b"):
         assert output_files(on_slurm / name) == output_files(local / name), name
+
+
+def test_a_worker_job_cancelled_mid_run_is_replaced_and_the_batch_finishes(
+    slurm: dict[str, str], tiny_model: Path, tmp_path: Path
+) -> None:
+    """`scancel` of the one worker job while a slide is being written: the recipe keeps its
+    number of jobs (adaptive, minimum = maximum = --jobs), so a new job starts, the lost
+    chunks run there, and every slide finishes in this same run, nothing hidden left."""
+    import time
+
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    names = [f"s{i}" for i in range(4)]
+    for i, name in enumerate(names):
+        write_synthetic_slide(slides / f"{name}.tif", (3072, 2048), seed=30 + i)
+    out = tmp_path / "out"
+    argv = [
+        sys.executable, str(RECIPE), str(slides), "--out", str(out), "--model", str(tiny_model),
+        "--gpus", "0", "--cores", "2", "--memory", "2GiB", "--jobs", "1",
+        "--walltime", "00:20:00", "--concurrency", "1", "--shared-temp-directory", str(tmp_path),
+    ]  # fmt: skip
+    with open(tmp_path / "run.log", "wb") as log:
+        proc = subprocess.Popen(argv, cwd=tmp_path, env=slurm, stdout=log, stderr=log)
+        try:
+            deadline = time.monotonic() + 600
+            while not any(out.glob(".*.partial")) and proc.poll() is None:
+                assert time.monotonic() < deadline, "no slide was ever being written"
+                time.sleep(0.1)
+            subprocess.run(["scancel", "-u", "root"], env=slurm, check=True)
+            code = proc.wait(timeout=600)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    text = (tmp_path / "run.log").read_text(errors="replace")
+    assert code == 0, text[-4000:]
+    assert "'done': 4" in text and "'failed': 0" in text
+    assert sorted(p.name for p in out.iterdir()) == names
+    log = (Path(slurm["SLURM_CONF"]).parent / "slurmctld.log").read_text()
+    assert log.count("_slurm_rpc_submit_batch_job: JobId=") >= 2  # the replacement job
