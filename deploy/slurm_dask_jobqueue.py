@@ -9,12 +9,20 @@ the Prefect flow; each SLURM job is one Dask worker process with one GPU, which 
 model once and processes chunks of any slide. Slides and outputs must be on a file system
 every node sees. Set PREFECT_API_URL to report to a Prefect server; without it the flow
 runs with Prefect's in-process server. Print the job script with `--dry-run` first.
+
+A worker runs any code sent to it, next to patient slides: the scheduler and the workers
+listen only on loopback (one node) or on the interface named by `--interface` (e.g. ib0, the
+one the compute nodes share), never on every interface, and every connection is TLS. The
+certificates are the lab's (`--tls-ca/--tls-cert/--tls-key`, files every node reads) or, by
+default, made for this run and written for the jobs to a folder every node sees
+(`--shared-temp-directory`, default: the current folder).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 # Dask starts worker processes daemonic, and a daemonic process may not start processes
@@ -29,11 +37,17 @@ def make_cluster(
     partition: str | None = None,
     account: str | None = None,
     prologue: list[str] | None = None,
+    interface: str | None = None,
+    tls: tuple[str, str, str] | None = None,
+    shared_temp_directory: str | None = None,
 ) -> Any:
-    """A SLURMCluster whose jobs are single GPU workers (no jobs are submitted until scaled)."""
+    """A SLURMCluster whose jobs are single GPU workers (no jobs are submitted until scaled),
+    listening on loopback or `interface` only, with TLS: the lab's (ca, cert, key) files
+    `tls`, or certificates made now."""
     from dask_jobqueue import SLURMCluster
 
     directives = [f"--gres=gpu:{gpus}"] if gpus else []
+    resources = ["--resources", f"GPU={gpus}"] if gpus else []
     return SLURMCluster(
         cores=cores,
         processes=1,  # one worker process per job: one model in memory per GPU
@@ -42,11 +56,74 @@ def make_cluster(
         queue=partition,
         account=account,
         job_extra_directives=directives,
-        worker_extra_args=["--resources", f"GPU={gpus}"] if gpus else [],
+        worker_extra_args=[*resources, *worker_listen_args(interface)],
         # the same environment on every node, e.g. ["source /shared/wsi-segment/.venv/bin/activate"];
         # a non-daemonic worker may start the engine's decoder processes
-        job_script_prologue=[*(prologue or []), f"export {WORKER_NOT_DAEMONIC}"],
-        scheduler_options={"dashboard_address": None},
+        job_script_prologue=[
+            *(prologue or []),
+            f"export {WORKER_NOT_DAEMONIC}",
+            *worker_host_lines(interface),
+        ],
+        interface=interface,
+        scheduler_options=scheduler_listen_options(interface),
+        protocol="tls://",
+        security=lab_security(tls) if tls else True,
+        shared_temp_directory=shared_temp_directory or str(Path.cwd()),
+    )
+
+
+LOOPBACK = "127.0.0.1"
+# what dask-jobqueue writes to the shared folder for the jobs when certificates are made per run
+CERT_FILES = ".dask-jobqueue.worker.*"
+
+
+def worker_host_lines(interface: str | None) -> list[str]:
+    """Job script lines that find the worker's address on `interface` (its HTTP server
+    needs an address: given only a port, Dask listens on every interface)."""
+    if interface is None:
+        return []
+    find = f"from distributed.utils import get_ip_interface; print(get_ip_interface({interface!r}))"
+    return [f'WSI_SEGMENT_WORKER_HOST=$({sys.executable} -c "{find}")']
+
+
+def worker_listen_args(interface: str | None) -> list[str]:
+    """Where a worker listens: loopback, or `interface` (`--interface`, added by
+    dask-jobqueue) and its HTTP server on the same address."""
+    if interface is None:
+        return ["--host", LOOPBACK, "--dashboard-address", f"{LOOPBACK}:0"]
+    return ["--dashboard-address", "${WSI_SEGMENT_WORKER_HOST}:0"]
+
+
+def scheduler_listen_options(interface: str | None) -> dict[str, Any]:
+    """The scheduler on loopback, or on `interface`, its HTTP server beside it (a free
+    port, no dashboard pages): never on every interface."""
+    if interface is None:
+        return {"host": LOOPBACK, "dashboard_address": f"{LOOPBACK}:0", "dashboard": False}
+    from distributed.utils import get_ip_interface
+
+    host = get_ip_interface(interface)
+    return {"interface": interface, "dashboard_address": f"{host}:0", "dashboard": False}
+
+
+def lab_security(tls: tuple[str, str, str]) -> Any:
+    """The lab's certificates for every role: CA, certificate and key files."""
+    from distributed import Security
+
+    ca, cert, key = (str(Path(p).resolve()) for p in tls)
+    for path in (ca, cert, key):
+        if not Path(path).is_file():
+            raise SystemExit(
+                f"error: {path}: no such certificate file; check --tls-ca/--tls-cert/--tls-key"
+            )
+    return Security(
+        tls_ca_file=ca,
+        tls_client_cert=cert,
+        tls_client_key=key,
+        tls_scheduler_cert=cert,
+        tls_scheduler_key=key,
+        tls_worker_cert=cert,
+        tls_worker_key=key,
+        require_encryption=True,
     )
 
 
@@ -72,6 +149,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--partition", default=None)
     parser.add_argument("--account", default=None)
     parser.add_argument("--prologue", action="append", default=None, help="shell line run first")
+    parser.add_argument(
+        "--interface",
+        default=None,
+        help="network interface the scheduler and workers listen on, e.g. ib0 (default: "
+        "loopback, for a single node)",
+    )
+    parser.add_argument("--tls-ca", default=None, help="the lab's CA certificate (PEM)")
+    parser.add_argument("--tls-cert", default=None, help="the lab's certificate (PEM)")
+    parser.add_argument("--tls-key", default=None, help="its private key (PEM)")
+    parser.add_argument(
+        "--shared-temp-directory",
+        default=None,
+        help="folder every node sees, for the certificates made for this run when no "
+        "--tls-* is given (default: the current folder)",
+    )
     parser.add_argument("--concurrency", type=int, default=4, help="slides in flight")
     parser.add_argument(
         "--retry-failed",
@@ -87,6 +179,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--dry-run", action="store_true", help="print the job script and stop")
     return parser.parse_args(argv)
+
+
+def tls_files(args: argparse.Namespace) -> tuple[str, str, str] | None:
+    """The lab's (ca, cert, key), all three or none (then certificates are made per run)."""
+    given = (args.tls_ca, args.tls_cert, args.tls_key)
+    if not any(given):
+        return None
+    if not all(given):
+        raise SystemExit("error: give all of --tls-ca, --tls-cert and --tls-key, or none")
+    return (args.tls_ca, args.tls_cert, args.tls_key)
 
 
 def batch_arguments(args: argparse.Namespace, scheduler_address: str) -> dict[str, Any]:
@@ -112,19 +214,29 @@ def main(argv: list[str] | None = None) -> int:
         "partition": args.partition,
         "account": args.account,
         "prologue": args.prologue,
+        "interface": args.interface,
+        "tls": tls_files(args),
+        "shared_temp_directory": args.shared_temp_directory,
     }
     if args.dry_run:
         print(job_script(**options))
         return 0
 
+    import dask
     from distributed import Client
 
     from wsi_segment.flows.batch_flow import BatchFailedError, segment_batch
+    from wsi_segment.flows.dask_cluster import security_config
 
+    shared = Path(args.shared_temp_directory or Path.cwd())
+    before = set(shared.glob(CERT_FILES))
     cluster = make_cluster(**options)
-    cluster.scale(jobs=args.jobs)
+    # adaptive with a fixed size: a job that ends (walltime, scancel, a node lost) is
+    # replaced by a new one, and its chunks run again there
+    cluster.adapt(minimum_jobs=args.jobs, maximum_jobs=args.jobs)
     try:
-        with Client(cluster) as client:
+        # the flow connects to the scheduler by address, with the cluster's certificates
+        with Client(cluster) as client, dask.config.set(security_config(cluster.security)):
             client.wait_for_workers(1, timeout=3600)  # the queue may take a while
             try:
                 segment_batch(**batch_arguments(args, cluster.scheduler_address))
@@ -133,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
     finally:
         cluster.close()
+        for path in set(shared.glob(CERT_FILES)) - before:  # this run's key and certificates
+            path.unlink(missing_ok=True)
     return 0
 
 

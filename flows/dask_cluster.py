@@ -5,6 +5,13 @@ slide go to Dask. Workers are processes, so each loads the model once and a work
 dies has its band of chunks recomputed elsewhere by the scheduler. Sizing: one worker per
 GPU (each pinned to its device with CUDA_VISIBLE_DEVICES), else one CPU worker running one
 band of the engine per thread, the cores shared out between them.
+
+A Dask worker runs any code sent to it, in a process that reads patient slides, so nothing
+we start listens beyond loopback, and every connection is TLS with certificates: a local
+cluster makes its own (`Security.temporary`, held in memory, gone with the cluster), and a
+remote scheduler (`tls://host:8786`) is reached with the lab's certificates from Dask's
+configuration (`distributed.comm.tls.*`: a YAML file or DASK_DISTRIBUTED__COMM__TLS__*
+variables). A client without the certificate cannot submit work.
 """
 
 from __future__ import annotations
@@ -20,7 +27,15 @@ from wsi_segment.flows.allocator import worker_environment
 from wsi_segment.pipeline.machine import probe_machine
 
 if TYPE_CHECKING:  # distributed is imported when a cluster is used
-    from distributed import Client, SpecCluster
+    from distributed import Client, Security, SpecCluster
+
+TLS = "tls://"
+# Where Dask reads the certificates of a client (this process) for a tls:// scheduler.
+TLS_CLIENT_CONFIG = (
+    "distributed.comm.tls.ca-file",
+    "distributed.comm.tls.client.cert",
+    "distributed.comm.tls.client.key",
+)
 
 
 @dataclass(frozen=True)
@@ -69,6 +84,8 @@ DASHBOARD_ON = ":8787"
 # (LocalCluster does so by itself; the GPU SpecCluster is told), never on every interface.
 LOOPBACK = "127.0.0.1"
 DASHBOARD_OFF = "127.0.0.1:0"
+# Each worker serves HTTP too (health, metrics); with a bare port it listens on 0.0.0.0.
+WORKER_HTTP = "127.0.0.1:0"
 # Each band of the engine starts decoder processes on its worker, and a daemonic
 # process may not start processes; Dask starts workers daemonic by default. A nanny reads
 # this setting each time it (re)starts its worker, in the process that holds the cluster,
@@ -77,8 +94,37 @@ DASHBOARD_OFF = "127.0.0.1:0"
 WORKERS_NOT_DAEMONIC = {"distributed.worker.daemon": False}
 
 
-def start_local_cluster(plan: ClusterPlan, dashboard: bool = False) -> SpecCluster:
-    """Start worker processes for `plan` (GPU workers get their own CUDA_VISIBLE_DEVICES).
+def local_security() -> Security:
+    """Certificates for a local cluster: made now, in memory, valid for this cluster only."""
+    from distributed import Security
+
+    try:
+        security: Security = Security.temporary()
+    except ImportError as exc:
+        raise ConfigError(
+            "a local Dask cluster is started with TLS certificates, which needs the "
+            "'cryptography' package: pip install cryptography"
+        ) from exc
+    return security
+
+
+def security_config(security: Security) -> dict[str, object]:
+    """Dask configuration that makes a client in this process use `security` (e.g. a flow
+    given the address of a cluster this process started with temporary certificates)."""
+    # Security sets its tls_* fields in __init__ from a table mypy does not see
+    return {
+        "distributed.comm.tls.ca-file": getattr(security, "tls_ca_file"),  # noqa: B009
+        "distributed.comm.tls.client.cert": getattr(security, "tls_client_cert"),  # noqa: B009
+        "distributed.comm.tls.client.key": getattr(security, "tls_client_key"),  # noqa: B009
+        "distributed.comm.require-encryption": True,
+    }
+
+
+def start_local_cluster(
+    plan: ClusterPlan, dashboard: bool = False, security: Security | None = None
+) -> SpecCluster:
+    """Start worker processes for `plan` (GPU workers get their own CUDA_VISIBLE_DEVICES),
+    every server on loopback and every connection TLS (`security`, default: temporary).
 
     Workers start non-daemonic (`WORKERS_NOT_DAEMONIC`; hold that setting while the cluster
     runs for restarted workers to be so too). The Dask dashboard is off unless `dashboard`
@@ -95,10 +141,10 @@ def start_local_cluster(plan: ClusterPlan, dashboard: bool = False) -> SpecClust
     spawn_env: dict[str, str | None] = {f"{key}.MALLOC_TRIM_THRESHOLD_": None}
     spawn_env.update({f"{key}.{k}": v for k, v in worker_environment().items()})
     with dask.config.set({**spawn_env, **WORKERS_NOT_DAEMONIC}):
-        return _start_local_cluster(plan, dashboard)
+        return _start_local_cluster(plan, dashboard, security or local_security())
 
 
-def _start_local_cluster(plan: ClusterPlan, dashboard: bool) -> SpecCluster:
+def _start_local_cluster(plan: ClusterPlan, dashboard: bool, security: Security) -> SpecCluster:
     from distributed import LocalCluster, Nanny, Scheduler, SpecCluster
 
     dashboard_address = DASHBOARD_ON if dashboard else DASHBOARD_OFF
@@ -108,7 +154,10 @@ def _start_local_cluster(plan: ClusterPlan, dashboard: bool) -> SpecCluster:
             threads_per_worker=plan.threads_per_worker,
             processes=True,
             host=LOOPBACK,
+            protocol=TLS,
+            security=security,
             dashboard_address=dashboard_address,
+            worker_dashboard_address=WORKER_HTTP,
             scheduler_kwargs={"dashboard": dashboard},
         )
     workers = {
@@ -117,6 +166,9 @@ def _start_local_cluster(plan: ClusterPlan, dashboard: bool) -> SpecCluster:
             "options": {
                 "nthreads": plan.threads_per_worker,
                 "host": LOOPBACK,
+                "protocol": TLS,
+                "security": security,
+                "dashboard_address": WORKER_HTTP,
                 "env": {"CUDA_VISIBLE_DEVICES": str(gpu)},
                 "resources": {"GPU": 1},
             },
@@ -127,11 +179,13 @@ def _start_local_cluster(plan: ClusterPlan, dashboard: bool) -> SpecCluster:
         "cls": Scheduler,
         "options": {
             "host": LOOPBACK,
+            "protocol": TLS,
+            "security": security,
             "dashboard_address": dashboard_address,
             "dashboard": dashboard,
         },
     }
-    return SpecCluster(workers=workers, scheduler=scheduler)
+    return SpecCluster(workers=workers, scheduler=scheduler, security=security)
 
 
 @contextmanager
@@ -143,19 +197,14 @@ def dask_client(
     """A Dask client for a run: connect to `address`, or start (and stop) a local cluster.
 
     A local cluster's workers are non-daemonic for its whole life (`WORKERS_NOT_DAEMONIC`:
-    bands of the engine start decoder processes on them). A remote cluster is left
-    running at exit; only our connection closes.
+    bands of the engine start decoder processes on them), and its temporary certificates
+    are this process's Dask client configuration meanwhile (`security_config`). A remote
+    cluster is left running at exit; only our connection closes.
     """
     from distributed import Client
 
     if address:
-        try:
-            client = Client(address, timeout="30s")
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot reach the Dask scheduler at {address} ({exc}); check --dask-address "
-                "(e.g. tcp://host:8786) and that the scheduler is running"
-            ) from exc
+        client = connect(address)
         try:
             yield client
         finally:
@@ -163,13 +212,38 @@ def dask_client(
         return
     import dask
 
-    with dask.config.set(WORKERS_NOT_DAEMONIC):
-        cluster = start_local_cluster(plan_local_cluster(workers, threads))
+    security = local_security()
+    # while it runs, a client of this process given its address (a flow, a test) has its key
+    with dask.config.set({**WORKERS_NOT_DAEMONIC, **security_config(security)}):
+        cluster = start_local_cluster(plan_local_cluster(workers, threads), security=security)
         try:
-            client = Client(cluster)
+            client = Client(cluster, security=security)
             try:
                 yield client
             finally:
                 client.close()
         finally:
             cluster.close()
+
+
+def connect(address: str) -> Client:
+    """A client of the scheduler at `address`, with the certificates Dask's configuration
+    names (`TLS_CLIENT_CONFIG`) for a tls:// one; a clear error when it cannot connect."""
+    import dask
+    from distributed import Client
+
+    if address.startswith(TLS) and not all(dask.config.get(k, None) for k in TLS_CLIENT_CONFIG):
+        raise ConfigError(
+            f"the Dask scheduler at {address} needs TLS certificates and none are configured; "
+            "set DASK_DISTRIBUTED__COMM__TLS__CA_FILE, DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT "
+            "and DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY (or distributed.comm.tls in a Dask "
+            "config file) to the lab's CA, certificate and key (docs/deploy.md)"
+        )
+    try:
+        return Client(address, timeout="30s")
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot reach the Dask scheduler at {address} ({exc}); check --dask-address "
+            "(e.g. tls://host:8786), that the scheduler is running, and for tls:// that this "
+            "machine has the lab's certificates (docs/deploy.md)"
+        ) from exc

@@ -10,6 +10,12 @@ The file is ours only when it is a regular file (not a link) holding our JSON (`
 `schema_version`). It is written to a fresh temporary file and renamed into place, so a
 reader sees a whole record or none; it is replaced or removed only when the file there is
 ours, and a link there is never followed. What is in the way is left alone and reported.
+
+A lab's users share the output folder (a service user's nightly run, an admin's trial, an
+operator's `--retry-failed`): a record is ours by its content, whoever wrote it, and is
+written with its folder's group and permissions (`shared_access.follow_folder`), so any
+user the folder lets in reads and replaces it. A record this user cannot read is reported
+as such (owner, mode), never mistaken for someone else's file.
 """
 
 from __future__ import annotations
@@ -20,6 +26,12 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from wsi_segment.pipeline.outputs.shared_access import (
+    follow_folder,
+    unreadable_file,
+    unwritable_folder,
+)
 
 RECORD_KIND = "wsi-segment failed slide"
 SCHEMA_VERSION = 1
@@ -63,6 +75,10 @@ def not_our_record(path: Path) -> str | None:
     if not os.path.lexists(path):
         return None
     if _load_ours(path) is None:
+        if path.is_file():
+            unreadable = unreadable_file(path)
+            if unreadable is not None:
+                return f"{unreadable}; let this user read it (e.g. chmod g+r) so it is used"
         return "it is not a failure record wsi-segment wrote"
     return None
 
@@ -78,10 +94,12 @@ def write_record(out_root: str | Path, name: str, record: dict[str, Any]) -> str
     data = {"kind": RECORD_KIND, "schema_version": SCHEMA_VERSION, **record}
     text = json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)  # as the run would have made it
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     except OSError as exc:
-        return f"{path}: cannot write the failure record ({exc.strerror})"
+        return f"{path}: cannot write the failure record ({unwritable_folder(path.parent, exc)})"
     try:
+        follow_folder(fd, path.parent)  # mkstemp makes it 0600: the lab's users read it too
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
@@ -91,7 +109,7 @@ def write_record(out_root: str | Path, name: str, record: dict[str, Any]) -> str
             return f"{path} is in the way ({problem}); left as it is"
         os.replace(tmp, path)
     except OSError as exc:
-        return f"{path}: cannot write the failure record ({exc.strerror})"
+        return f"{path}: cannot write the failure record ({unwritable_folder(path.parent, exc)})"
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

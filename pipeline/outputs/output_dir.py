@@ -61,6 +61,12 @@ from wsi_segment.pipeline.outputs.ownership import (
     refuse_link,
     remove_output,
 )
+from wsi_segment.pipeline.outputs.shared_access import (
+    describe,
+    follow_folder,
+    this_user,
+    unwritable_folder,
+)
 from wsi_segment.pipeline.outputs.summary import read_summary
 from wsi_segment.pipeline.params import SegmentParams
 
@@ -214,12 +220,26 @@ class OutputDir:
             raise
         try:
             if os.path.lexists(self.work_dir):  # left by a killed run (a link was refused)
-                shutil.rmtree(self.work_dir)
+                self._remove_stale_work_dir()
             self.work_dir.mkdir()
         except OSError as exc:
             self._release()
             raise output_error(self.work_dir, exc) from exc
         return self
+
+    def _remove_stale_work_dir(self) -> None:
+        """Remove the partial folder of a run that stopped (we hold the lock, so its run is
+        gone); one another user's run left and this user may not remove is named as such."""
+        try:
+            shutil.rmtree(self.work_dir)
+        except PermissionError as exc:
+            self._release()
+            raise OutputError(
+                f"{self.work_dir} was left by a run that stopped, and user {this_user()} may "
+                f"not remove it ({describe(self.work_dir)}; a file inside: {exc.filename}); "
+                "remove it as its owner (or root), or give the lab's runs a group-writable "
+                "umask (the systemd units use UMask=0002)"
+            ) from exc
 
     def _lock(self) -> int:
         """An fd holding the exclusive lock on the file now at `lock_path` (see the module
@@ -230,7 +250,7 @@ class OutputDir:
         )
         for _ in range(LOCK_ATTEMPTS):
             try:
-                fd = os.open(self.lock_path, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW, 0o644)
+                fd = open_lock_file(self.lock_path)
             except OSError as exc:
                 if exc.errno == errno.ELOOP:  # a symlink: never create or lock its target
                     raise link_error(self.lock_path) from exc
@@ -247,7 +267,7 @@ class OutputDir:
 
     def _unwritable(self, exc: OSError) -> OutputError:
         return OutputError(
-            f"{self.out_root}: cannot write outputs here ({exc.strerror}); "
+            f"cannot write outputs: {unwritable_folder(self.out_root, exc)}; "
             "choose a writable folder with --out"
         )
 
@@ -312,6 +332,22 @@ class OutputDir:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
             os.close(self._lock_fd)
             self._lock_fd = None
+
+
+def open_lock_file(path: Path) -> int:
+    """An fd on the lock file at `path`, created if missing with its folder's group and
+    permissions. Another user's lock file left by a killed run (the lab's folders are
+    shared) is opened read-only: `flock` needs no write access."""
+    flags = os.O_CREAT | os.O_NOFOLLOW
+    try:
+        fd = os.open(path, flags | os.O_RDWR, 0o644)
+    except PermissionError:
+        if not os.path.isfile(path):
+            raise
+        fd = os.open(path, flags | os.O_RDONLY)
+    if os.fstat(fd).st_uid == os.geteuid():
+        follow_folder(fd, path.parent)
+    return fd
 
 
 def is_linked_at(fd: int, path: Path) -> bool:

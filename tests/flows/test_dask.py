@@ -68,9 +68,9 @@ def _assert_no_dashboard(cluster, caught: list[warnings.WarningMessage]) -> None
     http = cluster.scheduler.http_server
     assert (http.address, http.port != 8787) == ("127.0.0.1", True)
     # scheduler and workers listen on loopback only: a local cluster is not a network service
-    assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
+    assert cluster.scheduler_address.startswith("tls://127.0.0.1:")
     for worker in cluster.workers.values():
-        assert worker.address.startswith("tcp://127.0.0.1:"), worker.address
+        assert worker.address.startswith("tls://127.0.0.1:"), worker.address
     assert not [w for w in caught if "8787" in str(w.message)]
 
 

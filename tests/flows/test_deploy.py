@@ -56,7 +56,7 @@ def test_local_deployment_needs_neither_docker_nor_dask() -> None:
     assert not any(str(v).startswith("/data/") for v in local["parameters"].values())
     # the compose one names the stack's services and the image's folder
     services = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())["services"]
-    host, port = compose["parameters"]["dask_address"].removeprefix("tcp://").split(":")
+    host, port = compose["parameters"]["dask_address"].removeprefix("tls://").split(":")
     assert host in services and f"--port {port}" in services[host]["command"]
     [step] = compose["pull"]
     directory = step["prefect.deployments.steps.set_working_directory"]["directory"]
@@ -109,7 +109,8 @@ def test_docker_compose_has_the_services() -> None:
     assert {"fastapi<0.151", "sqlalchemy<2.1"} <= set(pyproject["project"]["dependencies"])
     for name in ("dask-worker-gpu0", "dask-worker-gpu1"):
         worker = services[name]
-        assert "tcp://dask-scheduler:8786" in worker["command"]
+        assert "tls://dask-scheduler:8786" in worker["command"]
+        assert "--tls-ca-file /etc/dask-tls/ca.pem" in worker["command"]
         devices = worker["deploy"]["resources"]["reservations"]["devices"]
         assert devices[0]["capabilities"] == ["gpu"]
         # bands start decoder processes: the worker is not daemonic, /dev/shm holds the ring
@@ -119,6 +120,13 @@ def test_docker_compose_has_the_services() -> None:
     mounts = {re.search(r"}:(/[^:]+)", v).group(1) for v in services["prefect-worker"]["volumes"]}
     assert {"/data/slides", "/data/outputs"} <= mounts
     assert services["dask-worker-gpu0"]["volumes"] == services["prefect-worker"]["volumes"]
+    # what listens is published on the host's loopback only, and the scheduler speaks TLS
+    for service in services.values():
+        for port in service.get("ports", []):
+            assert port.startswith("127.0.0.1:"), port
+    assert "--protocol tls" in services["dask-scheduler"]["command"]
+    tls = services["prefect-worker"]["environment"]["DASK_DISTRIBUTED__COMM__TLS__CA_FILE"]
+    assert tls == "/etc/dask-tls/ca.pem"
 
 
 def test_dockerfile_is_cuda_pytorch_and_non_root() -> None:
@@ -195,10 +203,11 @@ def _failed_run_event(state: str, deployment: str) -> Any:
     )
 
 
-def test_failure_automation_validates_and_fires_only_for_a_failed_nightly_run() -> None:
+def test_failure_automation_validates_and_fires_only_for_an_unfinished_nightly_run() -> None:
     """deploy/automation-nightly-failed.yaml is what `prefect automation create --from-file`
-    accepts once its block id is filled in (refused before), and its trigger covers a failed
-    run of the `nightly` deployment and nothing else (the server's own trigger model)."""
+    accepts once its block id is filled in (refused before), and its trigger covers a run of
+    the `nightly` deployment that did not finish (Failed, Crashed, Cancelled, TimedOut) and
+    nothing else (the server's own trigger model)."""
     from uuid import uuid4
 
     from prefect.events.schemas.automations import AutomationCore
@@ -216,6 +225,34 @@ def test_failure_automation_validates_and_fires_only_for_a_failed_nightly_run() 
     ]
     assert raw["trigger"]["match_related"]["prefect.resource.name"] in names
     trigger = EventTrigger.model_validate(raw["trigger"])
-    assert trigger.covers(_failed_run_event("Failed", "nightly"))
-    assert not trigger.covers(_failed_run_event("Completed", "nightly"))
-    assert not trigger.covers(_failed_run_event("Failed", "weekly"))
+    for state in ("Failed", "Crashed", "Cancelled", "TimedOut"):
+        assert trigger.covers(_failed_run_event(state, "nightly")), state
+        assert not trigger.covers(_failed_run_event(state, "weekly")), state
+    for state in ("Completed", "Running", "Pending", "Scheduled", "Cancelling", "Retrying"):
+        assert not trigger.covers(_failed_run_event(state, "nightly")), state
+
+
+def test_zombie_automation_validates_and_crashes_runs_whose_heartbeats_stop() -> None:
+    """deploy/automation-zombie-crashed.yaml is an automation Prefect accepts as it is: a
+    proactive trigger per flow run, armed by a heartbeat and satisfied by the next heartbeat
+    or any final state, that sets the run Crashed (tested live in test_deploy_alerts.py)."""
+    from prefect.events.schemas.automations import AutomationCore, Posture
+
+    raw = yaml.safe_load((DEPLOY / "automation-zombie-crashed.yaml").read_text())
+    automation = AutomationCore.model_validate(raw)
+    trigger = automation.trigger
+    assert trigger.posture == Posture.Proactive
+    assert trigger.after == {"prefect.flow-run.heartbeat"}
+    finals = {f"prefect.flow-run.{s}" for s in ("Completed", "Failed", "Cancelled", "Crashed")}
+    assert trigger.expect >= {"prefect.flow-run.heartbeat", *finals}
+    assert trigger.for_each == {"prefect.resource.id"}
+    # several heartbeats (the frequency the units set) before a run counts as gone
+    frequency = int(
+        (DEPLOY / "systemd" / "prefect.env")
+        .read_text()
+        .split("PREFECT_FLOWS_HEARTBEAT_FREQUENCY=")[1]
+        .split()[0]
+    )
+    assert trigger.within.total_seconds() >= 3 * frequency
+    [action] = automation.actions
+    assert action.type == "change-flow-run-state" and action.state.value == "CRASHED"

@@ -142,6 +142,7 @@ def test_nightly_deployment_runs_on_a_live_server_and_worker(
     env.update(env_file(SYSTEMD / "prefect.env"))
     env.update(
         PREFECT_HOME=str(tmp_path / "prefect-home"),
+        TMPDIR=str(tmp_path),  # the units' own folder (CacheDirectory=), here tmp_path
         PREFECT_SERVER_API_PORT=str(port),
         PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
         PREFECT_SERVER_UI_ENABLED="false",  # the UI's static files cost start-up time

@@ -85,9 +85,17 @@ def test_links_are_never_followed(tmp_path: Path) -> None:
     assert not (tmp_path / "nowhere.json").exists() and dangling.is_symlink()
 
 
-def test_an_unwritable_folder_is_reported_not_raised(tmp_path: Path) -> None:
-    missing = tmp_path / "gone"  # the folder does not exist: the write cannot start
-    problem = write_record(missing, "case-1", RECORD)
-    assert problem is not None
-    assert problem.startswith(f"{record_path(missing, 'case-1')}: cannot write the failure record")
-    assert not missing.exists()
+def test_a_missing_folder_is_made_and_an_unwritable_one_reported_not_raised(
+    tmp_path: Path,
+) -> None:
+    missing = tmp_path / "new" / "out"  # no slide got as far as making it: the record does
+    assert write_record(missing, "case-1", RECORD) is None
+    assert read_record(missing, "case-1") is not None
+    blocker = tmp_path / "not-a-folder"  # below a file: not writable, root included
+    blocker.write_text("x")
+    problem = write_record(blocker / "out", "case-1", RECORD)
+    assert problem == (
+        f"{record_path(blocker / 'out', 'case-1')}: cannot write the failure record "
+        f"({blocker / 'out'}: Not a directory)"
+    )
+    assert blocker.read_text() == "x"

@@ -1,0 +1,115 @@
+"""Output folders shared by a lab: files that follow their folder, and errors that say who may not.
+
+A nightly service user, an admin's trial run and an operator's `--retry-failed` all write the
+same output folder. What one of them writes beside the outputs (a failure record, a lock
+file) must be readable and replaceable by the others wherever the folder allows it, so a
+file gets its folder's group (as a setgid folder gives it by itself) and the folder's group
+and other read bits, and group write where the folder is group-writable. Nothing is made
+writable by others. When a folder is not writable, the message names the folder that is not
+(the nearest one that exists: an output folder that cannot be created is a parent's problem),
+its owner and mode, and the user the run is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import grp
+import os
+import pwd
+import stat
+from pathlib import Path
+
+OWNER_RW = stat.S_IRUSR | stat.S_IWUSR
+
+
+def file_mode_for(folder: str | Path) -> int:
+    """The mode of a file we write in `folder`: owner rw; group r (w) where the folder is
+    group-readable (-writable); others r where the folder is other-readable; never o+w."""
+    mode = os.stat(folder).st_mode
+    bits = OWNER_RW
+    if mode & stat.S_IRGRP:
+        bits |= stat.S_IRGRP
+    if mode & stat.S_IWGRP:
+        bits |= stat.S_IWGRP
+    if mode & stat.S_IROTH:
+        bits |= stat.S_IROTH
+    return bits
+
+
+def follow_folder(fd: int, folder: str | Path) -> None:
+    """Give the file open at `fd` (ours) the group and permissions its folder implies.
+
+    A setgid folder already gave it the folder's group; elsewhere it takes the folder's group
+    when this user is a member of it (as `chgrp` would allow), else keeps the user's own.
+    Failures leave the file as created: access is a convenience, never a reason to fail.
+    """
+    with contextlib.suppress(OSError):
+        folder_gid = os.stat(folder).st_gid
+        if os.fstat(fd).st_gid != folder_gid and (
+            os.geteuid() == 0 or folder_gid in os.getgroups() or folder_gid == os.getegid()
+        ):
+            os.fchown(fd, -1, folder_gid)
+    with contextlib.suppress(OSError):
+        os.fchmod(fd, file_mode_for(folder))
+
+
+def user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+def describe(path: str | Path) -> str:
+    """`owner:group, mode 0NNN` of `path` (its link, not a target), or '' when it is gone."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return ""
+    return f"{user_name(st.st_uid)}:{group_name(st.st_gid)}, mode {stat.S_IMODE(st.st_mode):04o}"
+
+
+def nearest_existing(path: str | Path) -> Path:
+    """`path` itself, or the nearest folder above it that exists."""
+    here = Path(os.path.abspath(path))
+    while not os.path.lexists(here) and here != here.parent:
+        here = here.parent
+    return here
+
+
+def this_user() -> str:
+    return user_name(os.geteuid())
+
+
+def unwritable_folder(folder: str | Path, exc: OSError) -> str:
+    """What is wrong when creating or writing in `folder` failed with `exc`: for a
+    permission error or a missing folder, which folder (the nearest that exists) this user
+    may not write, with its owner and mode; otherwise the system's words."""
+    target = Path(os.path.abspath(folder))
+    blocker = nearest_existing(target)
+    missing_below_writable = exc.errno == errno.ENOENT and (
+        blocker == target or os.access(blocker, os.W_OK | os.X_OK)
+    )
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.ENOENT) and not missing_below_writable:
+        who = f"is not writable by user {this_user()} ({describe(blocker)})"
+        if blocker == target:
+            return f"{folder} {who}"
+        return f"{folder} does not exist and cannot be created: {blocker} {who}"
+    if exc.errno == errno.EROFS:
+        return f"{folder} is on a read-only file system"
+    return f"{folder}: {exc.strerror or exc}"
+
+
+def unreadable_file(path: str | Path) -> str | None:
+    """Why this user cannot read the file at `path` (owner, mode, user), or None if it can."""
+    if os.access(path, os.R_OK):
+        return None
+    return f"it cannot be read by user {this_user()} ({describe(path)})"

@@ -1,0 +1,155 @@
+"""A lab's output folder shared by real users: what one writes beside the outputs, the others
+read and replace; what is wrong is said in words that name the folder, its owner and mode."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+from tests.lab_users import LabUsers, lab_folder, lab_users  # noqa: F401
+from wsi_segment.pipeline.outputs.failure_record import record_path
+
+RECORD = {
+    "fingerprint": "f" * 64,
+    "since_utc": "2026-11-23T02:00:41Z",
+    "failed_utc": "2026-11-24T02:00:12Z",
+    "error_class": "SlideError",
+    "message": "x.svs: not a readable slide",
+}
+
+
+def write_as(users: LabUsers, user: str, out: Path, record: dict[str, str]) -> str:
+    """write_record run by `user`; its result ('None' when written)."""
+    done = users.python(
+        user,
+        "import json, sys\n"
+        "from wsi_segment.pipeline.outputs.failure_record import write_record\n"
+        f"print(write_record({str(out)!r}, 'case-1', json.loads({json.dumps(record)!r})))",
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def read_as(users: LabUsers, user: str, out: Path) -> str:
+    done = users.python(
+        user,
+        "from wsi_segment.pipeline.outputs.failure_record import read_record, clear_record\n"
+        f"r = read_record({str(out)!r}, 'case-1')\n"
+        "print(r and r['failed_utc'])\n"
+        f"print(clear_record({str(out)!r}, 'case-1'))",
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_a_record_written_by_one_lab_user_is_read_replaced_and_cleared_by_another(
+    lab_users: LabUsers,  # noqa: F811
+) -> None:
+    out = lab_folder(lab_users.root / "out", lab_users.service)  # setgid, group-writable
+    assert write_as(lab_users, lab_users.admin, out, RECORD) == "None"
+    path = record_path(out, "case-1")
+    st = path.stat()
+    # the folder's group and permissions: group rw (the folder is g+w), others r, no o+w
+    assert stat.S_IMODE(st.st_mode) == 0o664
+    assert st.st_gid == out.stat().st_gid
+    # the service user replaces it (same fingerprint, a later failure), then the admin reads it
+    later = {**RECORD, "failed_utc": "2026-11-25T02:00:00Z"}
+    assert write_as(lab_users, lab_users.service, out, later) == "None"
+    assert read_as(lab_users, lab_users.admin, out) == "2026-11-25T02:00:00Z\nTrue\n"
+    assert not path.exists()
+
+
+def test_a_private_folder_keeps_records_private(lab_users: LabUsers) -> None:  # noqa: F811
+    out = lab_folder(lab_users.root / "out", lab_users.admin, mode=0o700)
+    assert write_as(lab_users, lab_users.admin, out, RECORD) == "None"
+    assert stat.S_IMODE(record_path(out, "case-1").stat().st_mode) == 0o600
+
+
+def test_a_record_this_user_cannot_read_is_named_as_such(
+    lab_users: LabUsers,  # noqa: F811
+) -> None:
+    out = lab_folder(lab_users.root / "out", lab_users.service)
+    assert write_as(lab_users, lab_users.admin, out, RECORD) == "None"
+    path = record_path(out, "case-1")
+    path.chmod(0o600)  # as versions before this one wrote it
+    problem = write_as(lab_users, lab_users.service, out, RECORD)
+    assert problem == (
+        f"{path} is in the way (it cannot be read by user {lab_users.service} "
+        f"({lab_users.admin}:{lab_users.group}, mode 0600); let this user read it (e.g. chmod "
+        "g+r) so it is used); left as it is"
+    )
+    assert json.loads(path.read_text())["failed_utc"] == RECORD["failed_utc"]  # untouched
+
+
+def test_an_unwritable_parent_is_named_not_a_missing_file(
+    lab_users: LabUsers,  # noqa: F811
+) -> None:
+    parent = lab_users.root / "results"
+    parent.mkdir(mode=0o755)  # root's
+    out = parent / "nightly"
+    problem = write_as(lab_users, lab_users.service, out, RECORD)
+    assert problem == (
+        f"{out}/.case-1.failed.json: cannot write the failure record ({out} does not exist "
+        f"and cannot be created: {parent} is not writable by user {lab_users.service} "
+        "(root:root, mode 0755))"
+    )
+    assert list(parent.iterdir()) == []
+
+
+def test_a_lock_file_left_by_another_user_does_not_block_the_next_run(
+    lab_users: LabUsers,  # noqa: F811
+) -> None:
+    out = lab_folder(lab_users.root / "out", lab_users.service)
+    lock = out / ".case-1.lock"
+    done = lab_users.python(
+        lab_users.admin,
+        f"import os; os.close(os.open({str(lock)!r}, os.O_CREAT | os.O_WRONLY, 0o644))",
+    )
+    assert done.returncode == 0, done.stderr
+    assert stat.S_IMODE(lock.stat().st_mode) == 0o644  # what a killed older run left
+    done = lab_users.python(
+        lab_users.service,
+        "from pathlib import Path\n"
+        "from wsi_segment.pipeline.outputs.output_dir import OutputDir\n"
+        f"with OutputDir(Path({str(out)!r}), 'case-1', overwrite=False) as o:\n"
+        "    (o.work_dir / 'x').write_text('x')\n"
+        "    o.commit()\n",
+    )
+    assert done.returncode == 0, done.stderr
+    assert (out / "case-1" / "x").read_text() == "x"
+    assert not lock.exists()  # the finishing run removed it
+
+
+def test_a_partial_folder_another_users_killed_run_left(lab_users: LabUsers) -> None:  # noqa: F811
+    """Left with the units' UMask=0002 it is removed by the next run of another member;
+    left with a private umask, the run names it, its owner and what to do."""
+    out = lab_folder(lab_users.root / "out", lab_users.service)
+    enter = (
+        "from pathlib import Path\n"
+        "from wsi_segment.pipeline.outputs.output_dir import OutputDir\n"
+        f"with OutputDir(Path({str(out)!r}), 'case-1', overwrite=False) as o:\n"
+        "    o.commit()\n"
+    )
+    for umask, works in (("0002", True), ("0022", False)):
+        killed = (  # what a run killed mid-slide leaves: a zarr folder with a chunk
+            f"import os; os.umask(0o{umask})\n"
+            f"p = {str(out)!r} + '/.case-1.partial/probabilities.ome.zarr/0'\n"
+            "os.makedirs(p); open(p + '/0.0', 'w').close()\n"
+        )
+        assert lab_users.python(lab_users.admin, killed).returncode == 0
+        done = lab_users.python(lab_users.service, enter)
+        if works:
+            assert done.returncode == 0, done.stderr
+            assert (out / "case-1").is_dir() and not (out / ".case-1.partial").exists()
+            (out / "case-1").rmdir()
+        else:
+            partial = out / ".case-1.partial"
+            assert done.returncode == 1
+            assert (
+                f"OutputError: {partial} was left by a run that stopped, and user "
+                f"{lab_users.service} may not remove it ({lab_users.admin}:{lab_users.group}, "
+                "mode 2755; a file inside: "
+            ) in done.stderr
+            assert "UMask=0002" in done.stderr
+            assert not (out / ".case-1.lock").exists()  # the lock was released and removed
