@@ -48,7 +48,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.add_argument(
         "--dask-address",
         metavar="ADDR",
-        help="existing Dask scheduler, e.g. tcp://host:8786 (default: start a local cluster)",
+        help="existing Dask scheduler, e.g. tls://host:8786 with the lab's certificates in Dask's "
+        "config (docs/deploy.md; default: start a local cluster on loopback, with TLS)",
     )
     parser.add_argument(
         "--workers",
