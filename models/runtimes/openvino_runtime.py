@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import shutil
+import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -213,8 +214,16 @@ class OpenVINOGraphs:
             ov.save_model(converted, str(xml), compress_to_fp16=False)
             return {"xml": xml, "bin": xml.with_suffix(".bin")}
 
+        # compiled from the saved form only: a converted graph in memory compiles to other
+        # bits (an ulp in the classifier's probabilities) than the same graph read back, so
+        # a run that exported it and a run that found it cached would differ
         _cache_best_effort(self.cache_dir, ir_key, write_ir)
-        return converted
+        found = load_entry(self.cache_dir, ir_key, ("xml", "bin"))
+        if found:
+            return ov.Core().read_model(str(found["xml"]))
+        with tempfile.TemporaryDirectory() as tmp:  # the cache could not be written
+            xml = write_ir(Path(tmp))["xml"]
+            return ov.Core().read_model(str(xml))
 
 
 def _cache_best_effort(
