@@ -156,7 +156,7 @@ def test_a_graph_openvino_cannot_express_runs_in_torch_under_auto_and_is_refused
     assert choice.runtime == "torch" and choice.graphs is None
     assert choice.reason.startswith("torch: the model's graph cannot be exported to OpenVINO")
     assert choice.warning is not None and choice.warning.endswith("; ran in torch")
-    with pytest.raises(ModelError, match="cannot be exported to OpenVINO .*use --runtime torch"):
+    with pytest.raises(ModelError, match=r"cannot be exported to OpenVINO .*use --runtime torch"):
         open_runtime(model, "openvino", "fp32", "cpu", cpu_flags(), cache)
 
 
