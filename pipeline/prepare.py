@@ -239,7 +239,9 @@ def _prepare_opened(
 ) -> PreparedSlide:
     prefetch, decoders = readers
     slide, mpp, rois = opened
-    loader = Background(load_for_process, str(model_dir), params.device, params.precision)
+    loader = Background(
+        load_for_process, str(model_dir), params.device, params.precision, params.runtime
+    )
     # openslide decoding and PIL's reduce release the GIL: this runs beside the import
     thumb = (
         Background(read_overlay_thumbnail, slide_path, slide.backend, params.mpp)
@@ -293,7 +295,7 @@ def _prepare_opened(
         # planned before the model loaded, or above from the loaded model's own geometry
         assert grid is not None and planned is not None and reader is not None
         handle = ModelHandle.with_model(
-            model, str(model_dir), params.device, params.precision, lock
+            model, str(model_dir), params.device, params.precision, lock, params.runtime
         )
         model_hash = model.identity  # the bytes loaded, hashed as they were read
         fingerprint = run_fingerprint(slide_path, model_hash, params, meta)

@@ -168,18 +168,20 @@ def run_bands(
 def settle_precision(
     job: SlideJob, specs: Sequence[ChunkSpec], client: Client
 ) -> tuple[SlideJob, dict[str, Any]]:
-    """Precision 'auto' on CPU workers: one worker loads the model (which chooses by the
-    model and that machine, SegmentationModel.to_device) and every worker gets its answer,
-    so a slide never mixes bf16 and fp32 chunks (a band recomputed on a new worker
-    included). Returns the job to run and that worker's report."""
-    if job.model.precision != "auto" or not specs:
-        reason = f"{job.model.precision}: asked for (--precision {job.model.precision})"
-        return job, {"autocast": job.model.precision, "reason": reason, "calibration": None}
+    """Precision and runtime 'auto' on CPU workers: one worker loads the model (which
+    chooses by the model and that machine, SegmentationModel.to_device) and every worker
+    gets its answer, so a slide never mixes bf16 and fp32 chunks, nor runtimes (a band
+    recomputed on a new worker included). Returns the job to run and that worker's report."""
+    handle = job.model
+    if (handle.precision != "auto" and handle.runtime == "torch") or not specs:
+        reason = f"{handle.precision}: asked for (--precision {handle.precision})"
+        return job, {"autocast": handle.precision, "reason": reason, "calibration": None}
     report = client.submit(precision_here, job, pure=False).result()
     chosen = report.get("autocast")
     if report.get("device") != "cpu" or chosen not in ("fp32", "bf16"):
         return job, report  # GPUs: auto is already fixed (bf16, else fp16)
-    model = ModelHandle(job.model.model_dir, job.model.device, chosen, job.model.identity)
+    runtime = str(report.get("runtime", handle.runtime))
+    model = ModelHandle(handle.model_dir, handle.device, chosen, handle.identity, runtime)
     return dataclasses.replace(job, model=model, _local=threading.local()), report
 
 
