@@ -85,8 +85,9 @@ class SegmentationModel(nn.Module):
 
         Weights stay fp32 and channels_last (faster on oneDNN and tensor cores alike:
         1.09-1.7x for fp32 on the CPU, measured); reduced precision is autocast. 'auto' on a
-        CPU is fp32, or bf16 where the CPU has AMX and the model keeps its labels in bf16 on
-        fixed calibration tiles (`calibrate_bf16`): a function of the model and the machine,
+        CPU is fp32, or bf16 where the CPU has AMX and the model keeps its labels and class
+        areas in bf16 on real calibration tiles (`calibrate_bf16`): a function of the model
+        and the machine,
         so every run and every process of a run chooses the same. A runtime other than torch
         takes its precision from `models.runtimes.select.open_runtime` (the same rule, its
         own hardware and calibration); torch then stays fp32 for `predict`.
