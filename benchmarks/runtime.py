@@ -91,11 +91,12 @@ class PeakRss:
         while not self._stop:
             for child in self._me.children():
                 try:
-                    for line in open(f"/proc/{child.pid}/status"):
-                        if line.startswith("VmHWM:"):
-                            self.mb = max(self.mb, int(line.split()[1]) / 1024.0)
+                    status = Path(f"/proc/{child.pid}/status").read_text()
                 except OSError:
-                    pass
+                    continue
+                for line in status.splitlines():
+                    if line.startswith("VmHWM:"):
+                        self.mb = max(self.mb, int(line.split()[1]) / 1024.0)
             time.sleep(0.2)
 
     def __exit__(self, *exc: object) -> None:
