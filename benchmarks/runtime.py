@@ -159,16 +159,15 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from wsi_segment.models.bundle import demo_model_dir, load_model
-    from wsi_segment.models.device import cpu_flags
+    from wsi_segment.models.device import cpu_supports_bf16
     from wsi_segment.models.precision_calibration import compare_labels
-    from wsi_segment.models.runtimes.decision import openvino_bf16_candidate
 
     started = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M")
     t_start = time.perf_counter()
     info = machine_info()
     info["load_start"] = loadavg()
     model_dir = args.model or demo_model_dir()
-    bf16 = openvino_bf16_candidate(cpu_flags())
+    bf16 = cpu_supports_bf16()  # measured wherever the CPU has it, chosen by auto or not
     variants = [("torch", "fp32"), ("openvino", "fp32")] + ([("openvino", "bf16")] if bf16 else [])
     models = {}
     for runtime, precision in variants:  # compiles (or loads the cached graphs) off the clock

@@ -83,7 +83,7 @@ def add_segment_options(parser: argparse.ArgumentParser) -> None:
         choices=PRECISIONS,
         default="auto",
         help="auto: bf16 on GPUs, and on CPUs with bf16 hardware for the runtime (torch: "
-        "AMX; OpenVINO: AVX512-BF16 or AMX) where the model keeps its labels and class "
+        "AMX; OpenVINO: AMX, or AVX512-BF16 on AMD) where the model keeps its labels and class "
         "areas on real H&E calibration tiles, else fp32 (never decided by the slide or "
         "timing); fp32 forces full precision; bf16 asks for bf16",
     )

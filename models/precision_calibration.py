@@ -1,8 +1,9 @@
 """Whether precision 'auto' runs bf16: decided by the machine and the model only.
 
-bf16 is faster where the CPU has it in hardware for the runtime that runs the model (torch:
-AMX; OpenVINO: AVX512-BF16 or AMX), but whether a model keeps its answers in bf16 depends on
-the model, and on real tissue bf16 flips near-ties that synthetic tiles never show. So a
+bf16 is faster where the CPU has it in hardware for the runtime that runs the model
+(torch: AMX; OpenVINO: AMX, or AVX512-BF16 on AMD), but whether a model keeps its answers
+in bf16 depends on the model, and on real tissue bf16 flips near-ties that synthetic tiles
+never show. So a
 model runs bf16 under 'auto' only when, on real H&E tiles shipped in the package
 (`calibration_tiles/`, CC0 tiles of the CMU-1 slide, lossless, the same bytes everywhere),
 its bf16 labels (the slide path's: gated, `UNCLASSIFIED` included) agree with fp32's on

@@ -47,5 +47,10 @@ def runtime_decision(
 
 
 def openvino_bf16_candidate(cpu_flags: frozenset[str]) -> bool:
-    """Whether precision auto tries bf16 in OpenVINO: the CPU has AVX512-BF16 or AMX."""
-    return bool(cpu_flags & _BF16_FLAGS)
+    """Whether precision auto tries bf16 in OpenVINO: where its bf16 kernels were measured
+    faster than its fp32 ones (benchmarks/RESULTS.md): AMX, or AVX512-BF16 on an AMD CPU
+    (Zen 4: about 2x). On an Intel CPU with AVX512-BF16 and no AMX they ran 0.4-0.6x fp32,
+    so it stays fp32. AMD is told by `sse4a`, an instruction set only AMD CPUs report."""
+    if "amx_bf16" in cpu_flags:
+        return True
+    return "avx512_bf16" in cpu_flags and "sse4a" in cpu_flags

@@ -113,7 +113,8 @@ def _open_openvino(
         choice.precision_reason = (
             "fp32: asked for (--precision fp32)"
             if precision == "fp32"
-            else "fp32: auto on a CPU without AVX512-BF16 or AMX"
+            else "fp32: auto on a CPU where OpenVINO's bf16 is not faster (no AMX, and no "
+            "AVX512-BF16 on an AMD CPU)"
         )
         return choice
     bf16 = OpenVINOGraphs(model, "bf16", threads, flags, cache)
@@ -127,7 +128,7 @@ def _open_openvino(
             return ov_labels
         return bf16.predict_reduced(x, 0, tile, 1).labels
 
-    where = "OpenVINO on a CPU with AVX512-BF16 or AMX"
+    where = "OpenVINO on a CPU with AMX, or AVX512-BF16 on an AMD CPU"
     calibration = calibrate_bf16(labels_of, tile, where)
     if not calibration.bf16_chosen:
         choice.graphs, choice.precision = fp32, "fp32"

@@ -8,7 +8,8 @@ from wsi_segment.errors import ConfigError
 from wsi_segment.models.runtimes import runtime_decision
 from wsi_segment.models.runtimes.decision import openvino_bf16_candidate
 
-ZEN4 = frozenset({"avx2", "avx512f", "avx512_bf16"})
+ZEN4 = frozenset({"avx2", "avx512f", "avx512_bf16", "sse4a"})
+INTEL_BF16 = frozenset({"avx2", "avx512f", "avx512_bf16"})  # no AMX
 SPR = frozenset({"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"})
 AVX2 = frozenset({"avx2", "fma"})
 
@@ -39,6 +40,9 @@ def test_openvino_on_a_gpu_run_and_unknown_names_are_config_errors() -> None:
         runtime_decision("tensorrt", "cpu", SPR, True)
 
 
-def test_bf16_is_a_candidate_on_avx512_bf16_or_amx_only() -> None:
+def test_bf16_is_a_candidate_where_openvino_bf16_was_measured_faster() -> None:
+    """AMX, or AVX512-BF16 on AMD (Zen 4); not Intel's AVX512-BF16 without AMX (slower)."""
     assert openvino_bf16_candidate(ZEN4) and openvino_bf16_candidate(SPR)
+    assert not openvino_bf16_candidate(INTEL_BF16)
     assert not openvino_bf16_candidate(AVX2)
+    assert not openvino_bf16_candidate(AVX2 | {"sse4a"})  # AMD without bf16
