@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 _log = logging.getLogger(__name__)
 _OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
 _GRAPH_FORMAT = 1  # bump when TileGraph changes what it computes
+# torch.export keeps its tracing state in process-wide slots: two exports at once (slides of
+# a batch loading their model side by side) break each other. The one lock of this module.
+_EXPORT_LOCK = threading.Lock()
 
 
 class RuntimeUnavailable(RuntimeError):
@@ -200,7 +203,7 @@ class OpenVINOGraphs:
         example = torch.zeros((2, geometry.tile, geometry.tile, 3), dtype=torch.uint8)
         batch = torch.export.Dim("batch", min=1, max=65536)
         try:
-            with torch.no_grad():
+            with _EXPORT_LOCK, torch.no_grad():
                 exported = torch.export.export(
                     graph.eval(), (example,), dynamic_shapes=({0: batch},)
                 )
