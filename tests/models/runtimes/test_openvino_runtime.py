@@ -190,3 +190,26 @@ def test_a_cache_that_cannot_be_written_costs_only_time(cache: Path, tmp_path: P
     got = _outputs(uncached, x)
     assert uncached.builds == 1 and not (blocker / "cache").exists()
     assert all(np.array_equal(p, q) for p, q in zip(cached, got, strict=True))
+
+
+def test_models_loading_side_by_side_both_export(tmp_path: Path) -> None:
+    """Slides of a batch load their models in threads at once; torch.export's tracing state
+    is process-wide, so exports take turns (without: one fails, and runs in torch)."""
+    import threading
+
+    x = real_tiles()[:4]
+    results: dict[int, object] = {}
+
+    def load(seed: int) -> None:
+        graphs = OpenVINOGraphs(_tiny(seed), "fp32", 2, cpu_flags(), tmp_path)
+        try:
+            results[seed] = _outputs(graphs, x)
+        except Exception as exc:
+            results[seed] = exc
+
+    threads = [threading.Thread(target=load, args=(seed,)) for seed in (3, 4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(isinstance(r, list) for r in results.values()), results
