@@ -49,6 +49,7 @@ def section_throughput(
         bare[k].append(bare_model(model, tiles, args.batch_size, streams=k))
     extra = ["--batch-size", str(args.batch_size), "--overlap", str(args.overlap)]
     extra += ["--threads", str(args.threads), "--backend", args.backend]
+    extra += ["--runtime", "torch"]  # the bare model is torch's (runtimes: benchmarks/runtime.py)
     if args.precision == "fp32":
         extra += ["--precision", "fp32"]
     log("[throughput] pipeline (wsi-segment subprocess) ...")

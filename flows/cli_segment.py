@@ -17,7 +17,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from wsi_segment.errors import ConfigError, RoiError, WsiSegmentError
-from wsi_segment.pipeline.params import BACKENDS, PRECISIONS, READ_DEVICES, SegmentParams
+from wsi_segment.pipeline.params import (
+    BACKENDS,
+    PRECISIONS,
+    READ_DEVICES,
+    RUNTIMES,
+    SegmentParams,
+)
 from wsi_segment.pipeline.progress import BarProgress
 from wsi_segment.pipeline.run_warnings import slide_warnings
 from wsi_segment.wsi.mpp import mpp_problem
@@ -77,9 +83,18 @@ def add_segment_options(parser: argparse.ArgumentParser) -> None:
         "--precision",
         choices=PRECISIONS,
         default="auto",
-        help="auto: bf16 on GPUs and on CPUs with AMX where the model keeps its labels on "
-        "fixed calibration tiles, else fp32 (never decided by the slide or timing); "
-        "fp32 forces full precision; bf16 asks for bf16 autocast",
+        help="auto: bf16 on GPUs, and on CPUs with bf16 hardware for the runtime (torch: "
+        "AMX; OpenVINO: AMX, or AVX512-BF16 on AMD) where the model keeps its labels and class "
+        "areas on real H&E calibration tiles, else fp32 (never decided by the slide or "
+        "timing); fp32 forces full precision; bf16 asks for bf16",
+    )
+    parser.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default="auto",
+        help="what runs the model: auto is OpenVINO on a CPU (compiled once per model and "
+        "machine, cached in $WSI_SEGMENT_CACHE_DIR or ~/.cache/wsi-segment) and torch on a "
+        "GPU; torch keeps the torch path (default: %(default)s)",
     )
     parser.add_argument(
         "--batch-size",
@@ -186,6 +201,7 @@ def params_from_args(args: argparse.Namespace) -> SegmentParams:
         model_dir=args.model,
         device=args.device,
         precision=args.precision,
+        runtime=args.runtime,
         batch_size=args.batch_size,
         chunk_tiles=args.chunk_tiles,
         mpp=args.mpp,

@@ -4,6 +4,8 @@
 `predict_reduced` returns only what the slide path stores (uint8 cores and labels, reduced
 on the device), so the pipeline never deals with scaling, normalisation, precision or
 device placement, and full maps never cross from a GPU in the slide path.
+`predict_reduced` runs in the runtime `to_device` opened (models/runtimes: torch, or the
+whole graph compiled by OpenVINO on a CPU); training and `predict` stay in torch.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import logging
 import torch
 from torch import nn
 
+from . import device as devices
 from .device import (
     autocast,
     cpu_has_amx,
@@ -25,6 +28,7 @@ from .gate import gated_probabilities
 from .meta import ModelMeta
 from .precision_calibration import PrecisionCalibration, calibrate_bf16
 from .reduction import HostCopier, ReducedOutputs, reduce_tiles
+from .runtimes.select import RuntimeChoice, open_runtime
 
 _log = logging.getLogger(__name__)
 _NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
@@ -53,6 +57,8 @@ class SegmentationModel(nn.Module):
         self.precision_reason = "fp32: the default until to_device chooses"
         # precision "auto" on a CPU with AMX: fp32 vs bf16 on fixed calibration tiles
         self.precision_calibration: PrecisionCalibration | None = None
+        # what runs predict_reduced (models.runtimes); torch until to_device opens another
+        self.runtime = RuntimeChoice("torch", "torch: the default until to_device chooses")
         self._batch_caps: dict[tuple[int, int], int] = {}  # (tile, requested) -> batch
         self._host = HostCopier()  # pinned buffers for predict_reduced's copies
         # sha256 of the model.json and weight bytes it was loaded from (models.bundle);
@@ -69,15 +75,22 @@ class SegmentationModel(nn.Module):
         return self._mean.device
 
     def to_device(
-        self, device: str | torch.device = "auto", precision: str | torch.dtype | None = "auto"
+        self,
+        device: str | torch.device = "auto",
+        precision: str | torch.dtype | None = "auto",
+        runtime: str = "torch",
     ) -> SegmentationModel:
-        """Move to `device` (auto/cpu/cuda) and choose precision (auto/fp32/bf16/fp16).
+        """Move to `device` (auto/cpu/cuda), open `runtime` (auto/torch/openvino) and choose
+        precision (auto/fp32/bf16/fp16).
 
         Weights stay fp32 and channels_last (faster on oneDNN and tensor cores alike:
         1.09-1.7x for fp32 on the CPU, measured); reduced precision is autocast. 'auto' on a
-        CPU is fp32, or bf16 where the CPU has AMX and the model keeps its labels in bf16 on
-        fixed calibration tiles (`calibrate_bf16`): a function of the model and the machine,
-        so every run and every process of a run chooses the same.
+        CPU is fp32, or bf16 where the CPU has AMX and the model keeps its labels and class
+        areas in bf16 on real calibration tiles (`calibrate_bf16`): a function of the model
+        and the machine,
+        so every run and every process of a run chooses the same. A runtime other than torch
+        takes its precision from `models.runtimes.select.open_runtime` (the same rule, its
+        own hardware and calibration); torch then stays fp32 for `predict`.
         """
         dev = pick_device(device)
         dtype = parse_precision(precision, dev)
@@ -85,7 +98,13 @@ class SegmentationModel(nn.Module):
         self.to(memory_format=torch.channels_last)
         self.precision_calibration = None
         self.autocast_dtype = dtype
-        if precision != "auto":
+        request = precision if isinstance(precision, str) else _NAMES.get(precision, "auto")
+        self.runtime = open_runtime(self, runtime, request, dev.type, devices.cpu_flags())
+        if self.runtime.graphs is not None:
+            self.autocast_dtype = None
+            self.precision_calibration = self.runtime.calibration
+            self.precision_reason = self.runtime.precision_reason
+        elif precision != "auto":
             self.precision_reason = f"{_NAMES[dtype]}: asked for (--precision {precision})"
         elif dev.type != "cpu":
             self.precision_reason = f"{_NAMES[dtype]}: auto on a GPU (bf16 where supported)"
@@ -133,6 +152,8 @@ class SegmentationModel(nn.Module):
         Only those and the classifier's probabilities are copied to the host. `evaluate`
         scores `predict_reduced(tiles, 0, T, 1)`: the slide path's labels of whole tiles.
         """
+        if self.runtime.graphs is not None:
+            return self.runtime.graphs.predict_reduced(tiles, margin, core, downsample, gate)
         seg_probs, cls_probs, keep, seg_logits = self._forward(tiles, gate, self.autocast_dtype)
         probs, labels = reduce_tiles(seg_probs, seg_logits, keep, margin, core, downsample)
         probs, labels, cls_probs = self._host.to_host([probs, labels, cls_probs])
@@ -160,24 +181,29 @@ class SegmentationModel(nn.Module):
         seg_probs, cls_probs, keep = gated_probabilities(seg_logits, cls_logits, epsilon)
         return seg_probs, cls_probs, keep, seg_logits
 
+    def torch_labels(self, tiles: torch.Tensor, bf16: bool) -> torch.Tensor:
+        """The slide path's labels (N, T, T) of whole tiles in torch, fp32 or bf16 autocast."""
+        dtype = torch.bfloat16 if bf16 else None
+        seg_probs, _cls, keep, seg_logits = self._forward(tiles, True, dtype)
+        t = int(tiles.shape[-1])
+        return reduce_tiles(seg_probs, seg_logits, keep, 0, t, 1)[1].cpu()
+
+    @torch.inference_mode()
     def _calibrate(self) -> PrecisionCalibration:
-        """fp32 against bf16 on the fixed calibration tiles, at the model's tile size."""
-
-        @torch.inference_mode()
-        def forward(x: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
-            return self._predict(x, True, dtype)[0]
-
-        return calibrate_bf16(forward, int(self.meta.tile_size))
+        """torch fp32 against bf16 on the real calibration tiles, at the model's tile size."""
+        return calibrate_bf16(self.torch_labels, int(self.meta.tile_size), "the CPU has AMX")
 
     def precision_report(self) -> dict[str, object]:
         """What the forward passes ran in, and why (for summary.json)."""
         calibration = self.precision_calibration
+        ran = self.runtime.precision if self.runtime.graphs is not None else None
         return {
             "device": self.device.type,
-            "autocast": _NAMES[self.autocast_dtype],
+            "autocast": ran or _NAMES[self.autocast_dtype],
             "channels_last": True,
             "reason": self.precision_reason,
             "calibration": calibration.as_dict() if calibration is not None else None,
+            **self.runtime.report(),
         }
 
     def batch_limit(self, tile: int, requested: int, probe: int = 2) -> int:

@@ -12,6 +12,7 @@ GPUs this process may use (CUDA_VISIBLE_DEVICES) and whether its CUDA build work
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,7 @@ class Machine:
     memory_bytes: int
     cpu_flags: frozenset[str] = frozenset()
     gpus: tuple[Gpu, ...] = ()
+    openvino: bool = False  # the OpenVINO runtime is installed (models.runtimes)
 
     @property
     def amx(self) -> bool:
@@ -72,6 +74,7 @@ class Machine:
             "cpu_bf16": "amx" if self.amx else ("avx512_bf16" if self.avx512_bf16 else "none"),
             "gpus": [g.as_dict() for g in self.gpus],
             "jpeg_decoders": list(self.jpeg_decoders),
+            "openvino": self.openvino,
         }
 
 
@@ -82,6 +85,7 @@ def probe_machine() -> Machine:
         memory_bytes=_memory_bytes(),
         cpu_flags=read_cpu_flags(),
         gpus=_probe_gpus(),
+        openvino=importlib.util.find_spec("openvino") is not None,
     )
 
 

@@ -19,6 +19,7 @@ from wsi_segment.wsi.mpp import mpp_problem
 DEVICES = ("auto", "cpu", "cuda")
 BACKENDS = ("auto", "openslide", "tiffslide")  # wsi.backends.BACKENDS, named without importing it
 PRECISIONS = ("auto", "fp32", "bf16")
+RUNTIMES = ("auto", "torch", "openvino")  # models.runtimes.RUNTIME_CHOICES, without torch
 TISSUE_MODES = ("auto", "all")  # all: no detection, the whole slide is tissue
 READ_DEVICES = ("auto", "cpu", "gpu")  # pipeline.run_policy
 
@@ -42,6 +43,9 @@ class SegmentParams:
     # The speed knobs' defaults (None, "auto") are decided by the run policy
     # (pipeline.run_policy) from the machine; each is recorded there with its reason.
     precision: str = "auto"  # auto: fixed by the model and machine (SegmentationModel.to_device)
+    # What runs the forward passes: auto is OpenVINO on a CPU, torch on a GPU
+    # (models.runtimes.runtime_decision)
+    runtime: str = "auto"
     batch_size: int | None = None  # None: 16 on the CPU, 64 on a GPU (capped to its memory)
     mpp: float | None = None  # override of the slide's level-0 mpp
     output_downsample: int = 4
@@ -81,6 +85,7 @@ class SegmentParams:
         _check_choice("device", self.device, DEVICES)
         _check_choice("backend", self.backend, BACKENDS)
         _check_choice("precision", self.precision, PRECISIONS)
+        _check_choice("runtime", self.runtime, RUNTIMES)
         _check_choice("tissue mode", self.tissue, TISSUE_MODES)
         _check_choice("read device", self.read_device, READ_DEVICES)
         if self.roi is not None and not isinstance(self.roi, Path):  # from JSON flow options
@@ -123,6 +128,8 @@ class SegmentParams:
         fields = {name: getattr(self, name) for name in keep}
         if self.tissue != "auto":  # defaults left out: earlier runs keep their fingerprint
             fields["tissue"] = self.tissue
+        if self.runtime != "torch":  # torch ran every earlier run: theirs stays theirs
+            fields["runtime"] = self.runtime
         return fields
 
     def as_dict(self) -> dict[str, Any]:

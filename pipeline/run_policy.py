@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Generic, Literal, TypeVar
 
+from wsi_segment.models.runtimes.decision import runtime_decision
 from wsi_segment.pipeline.machine import GIB, Gpu, Machine
 from wsi_segment.pipeline.params import SegmentParams
 
@@ -80,6 +81,8 @@ class RunFacts:
     # a band's precision for `--precision auto`: the answer one CPU worker's calibration
     # pinned for the whole cluster (`band_runner.settle_precision`); None: none pinned
     pinned_precision: str | None = None
+    # a band's runtime for `--runtime auto`: what that worker ran, pinned alike; None: none
+    pinned_runtime: str | None = None
     daemonic: bool = False  # a daemonic Dask worker process, which may not start processes
 
 
@@ -90,7 +93,7 @@ class RunPolicy:
     machine: Machine
     place: str
     device: Decision[str]  # "cpu" | "cuda" (the first visible GPU)
-    runtime: Decision[str]  # "torch" (the only inference runtime so far)
+    runtime: Decision[str]  # "torch" | "openvino" (models.runtimes)
     precision: Decision[str]  # handed to the model: "auto" | "fp32" | "bf16"
     chunk_tiles: Decision[int]  # tiles per chunk side (the plan)
     batch_size: Decision[int]  # tiles per forward pass asked of the device
@@ -156,7 +159,7 @@ def decide(machine: Machine, options: SegmentParams, facts: RunFacts | None = No
         machine=machine,
         place=facts.place,
         device=device,
-        runtime=_runtime(machine, options, cuda),
+        runtime=_runtime(machine, options, cuda, facts.pinned_runtime),
         precision=_precision(options, machine, gpu, facts.pinned_precision),
         chunk_tiles=_chunk_tiles(options, cuda),
         batch_size=_batch_size(options, cuda, gpu),
@@ -208,10 +211,27 @@ def engine_in_process(
     return Decision(False, where)
 
 
-def _runtime(machine: Machine, options: SegmentParams, cuda: bool) -> Decision[str]:
-    """Which runtime runs the inference graph: torch, the only one so far (an optimised CPU
-    runtime is chosen here, from the CPU's flags, once it exists)."""
-    return Decision("torch", "the only inference runtime")
+def _runtime(
+    machine: Machine, options: SegmentParams, cuda: bool, pinned: str | None
+) -> Decision[str]:
+    """Which runtime runs the inference graph (`models.runtimes.decision.runtime_decision`:
+    OpenVINO on CPUs where it is installed, torch on GPUs). Whether OpenVINO then runs the
+    model is the loader's to find out (it compiles and checks it against torch); the model's
+    precision report in summary.json says what ran."""
+    if pinned is not None:
+        return Decision(pinned, "auto, pinned for the cluster by the runtime one worker ran")
+    device_type = "cuda" if cuda else "cpu"
+    runtime, reason = runtime_decision(
+        options.runtime, device_type, machine.cpu_flags, machine.openvino
+    )
+    return Decision(runtime, reason.split(": ", 1)[-1])
+
+
+def runtime_to_load(policy: RunPolicy, options: SegmentParams) -> str:
+    """The runtime request the model loader gets: torch where the policy chose torch; else
+    the user's request, so `auto` falls back to torch with a warning where OpenVINO cannot
+    run the model and `openvino` refuses a model it cannot express."""
+    return "torch" if policy.runtime.value == "torch" else options.runtime
 
 
 def _precision(

@@ -1,8 +1,9 @@
 """Warnings about a slide run, worded once for every door.
 
 A run can succeed and still need a look: no tissue found, a slide that looks like
-fluorescence, `--read-device gpu` falling back to the CPU, outputs of an earlier version
-under the folder name it used (left untouched). The CLI prints each as a
+fluorescence, `--read-device gpu` falling back to the CPU, OpenVINO falling back to torch,
+outputs of an earlier version under the folder name it used (left untouched). The CLI prints
+each as a
 `warning:` line; the Prefect flows log each at WARNING through the run logger, so a deployed
 run shows in its logs what a terminal shows.
 """
@@ -28,6 +29,9 @@ def slide_warnings(result: SlideResult) -> list[str]:
     tissue = (summary.get("tissue") or {}).get("warning")
     if tissue:
         warnings.append(f"{result.slide}: {tissue}")
+    runtime = (summary.get("precision") or {}).get("runtime_warning")
+    if runtime and result.status == "done":
+        warnings.append(f"{result.slide}: {runtime}")
     if result.status == "done":  # an up-to-date slide read nothing this time
         requested = (summary.get("parameters") or {}).get("read_device")
         run = summary.get("run_stats") or {}

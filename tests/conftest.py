@@ -15,6 +15,16 @@ LUAD_CLASSES = ["TE", "NEC", "LYM", "TAS"]
 LUAD_COLORS = [(205, 51, 51), (0, 255, 0), (65, 105, 225), (255, 165, 0)]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def runtime_cache(tmp_path_factory) -> Iterator[Path]:
+    """The OpenVINO runtime's compiled graphs go to one folder per test session (shared by its
+    tests and their worker processes), never to the user's ~/.cache."""
+    folder = tmp_path_factory.mktemp("runtime-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("WSI_SEGMENT_CACHE_DIR", str(folder))
+        yield folder
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A real, randomly initialised bundle (resnet10t classifier + DeepLabV3+), tile 64 at

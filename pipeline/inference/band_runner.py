@@ -158,19 +158,22 @@ def run_bands(
 def settle_precision(
     job: SlideJob, specs: Sequence[ChunkSpec], client: Client, options: SegmentParams
 ) -> tuple[SlideJob, dict[str, Any]]:
-    """Precision 'auto' on CPU workers: one worker loads the model as its band policy says
-    (which chooses by the model and that machine, SegmentationModel.to_device) and every
-    worker gets its answer (`RunFacts.pinned_precision`), so a slide never mixes bf16 and
-    fp32 chunks (a band recomputed on a new worker included). Returns the job to run and
-    that worker's report."""
-    if options.precision != "auto" or not specs:
+    """Precision and runtime 'auto' on CPU workers: one worker loads the model as its band
+    policy says (which chooses by the model and that machine: SegmentationModel.to_device,
+    models.runtimes.open_runtime) and every worker gets its answer
+    (`RunFacts.pinned_precision`, `RunFacts.pinned_runtime`), so a slide never mixes bf16 and
+    fp32 chunks, nor runtimes (a band recomputed on a new worker included). Returns the job
+    to run and that worker's report."""
+    handle = job.model
+    if (options.precision != "auto" and options.runtime != "auto") or not specs:
         reason = f"{options.precision}: asked for (--precision {options.precision})"
         return job, {"autocast": options.precision, "reason": reason, "calibration": None}
     report = client.submit(band_precision, job, options, pure=False).result()
     chosen = report.get("autocast")
     if report.get("device") != "cpu" or chosen not in ("fp32", "bf16"):
         return job, report  # GPUs: auto is already fixed (bf16, else fp16)
-    model = ModelHandle(job.model.model_dir, job.model.device, chosen, job.model.identity)
+    runtime = str(report.get("runtime", handle.runtime))
+    model = ModelHandle(handle.model_dir, handle.device, chosen, handle.identity, runtime)
     return dataclasses.replace(job, model=model, _local=threading.local()), report
 
 

@@ -40,6 +40,7 @@ from wsi_segment.pipeline.run_policy import (
     RunFacts,
     RunPolicy,
     decide,
+    runtime_to_load,
     wants_slide_reads,
 )
 from wsi_segment.wsi.tiling import ChunkSpec
@@ -92,11 +93,15 @@ def band_policy(
             reader.close_local()
     asked = job.model.precision
     pinned = asked if options.precision == "auto" and asked != "auto" else None
-    facts = RunFacts(BAND, in_flight, reads, pinned, mp.current_process().daemon)
+    # the runtime one worker ran for `--runtime auto`, pinned by band_runner.settle_precision
+    ran = job.model.runtime if options.runtime == "auto" and job.model.runtime != "auto" else None
+    daemonic = mp.current_process().daemon
+    facts = RunFacts(BAND, in_flight, reads, pinned, ran, daemonic)
     policy = decide(machine, options, facts)
     device, precision = policy.device.value, policy.precision.value
-    if (job.model.device, job.model.precision) != (device, precision):
-        model = ModelHandle(job.model.model_dir, device, precision, job.model.identity)
+    runtime = ran or runtime_to_load(policy, options)
+    if (job.model.device, job.model.precision, job.model.runtime) != (device, precision, runtime):
+        model = ModelHandle(job.model.model_dir, device, precision, job.model.identity, runtime)
         job = dataclasses.replace(job, model=model, _local=threading.local())
     if job.batch_size != policy.batch_size.value:
         job = dataclasses.replace(job, batch_size=policy.batch_size.value, _local=threading.local())

@@ -59,6 +59,21 @@ def test_tissue_and_roi_options_reach_the_batch_flow(tmp_path):
     assert params.fingerprint_fields()["tissue"] == "all"
 
 
+def test_runtime_option_reaches_the_params_and_the_batch_flow(tmp_path):
+    from wsi_segment.flows.cli import build_parser
+    from wsi_segment.flows.cli_batch import flow_options
+    from wsi_segment.flows.cli_segment import params_from_args
+    from wsi_segment.flows.slide_flow import make_params
+
+    parser = build_parser()
+    assert params_from_args(parser.parse_args(["segment", "s.svs"])).runtime == "auto"
+    args = parser.parse_args(["segment", "s.svs", "--runtime", "torch"])
+    assert params_from_args(args).runtime == "torch"
+    args = parser.parse_args(["batch", str(tmp_path), "--runtime", "openvino"])
+    options = json.loads(json.dumps(flow_options(args), default=str))
+    assert make_params(None, options).runtime == "openvino"
+
+
 def test_decoders_change_speed_not_results(tmp_path, tiny_model_dir):
     """`--decoders 2` (the engine), with one writer thread or three, stores what
     `--decoders 0` (the reader thread) stores, and both are speed knobs: a finished run counts as

@@ -136,6 +136,7 @@ def test_cli_batch_with_dask_address_runs_on_that_scheduler(
     from prefect.client.schemas.sorting import FlowRunSort
 
     from wsi_segment.flows.cli import main
+    from wsi_segment.models.bundle import load_model
     from wsi_segment.models.device import cpu_has_amx
 
     address = cluster_client.scheduler.address
@@ -147,8 +148,10 @@ def test_cli_batch_with_dask_address_runs_on_that_scheduler(
     assert "| done |" in capsys.readouterr().out
     # precision auto: one worker's choice (model + machine) was pinned for all of them
     precision = json.loads((out / "synth-b" / "summary.json").read_text())["precision"]
-    if cpu_has_amx():
-        assert precision["device"] == "cpu" and precision["calibration"]["tiles"] == 4
+    alone = load_model(tiny_model).to_device("cpu", "auto", "auto").precision_report()
+    assert precision == json.loads(json.dumps(alone))  # the runtime too
+    if cpu_has_amx() or precision["calibration"] is not None:
+        assert precision["device"] == "cpu" and precision["calibration"]["tiles"] == 6
         assert precision["autocast"] == precision["calibration"]["chosen"]
     else:
         assert (precision["autocast"], precision["calibration"]) == ("fp32", None)

@@ -1,20 +1,25 @@
-"""precision 'auto' on the CPU: a function of the model and the machine, never of the run."""
+"""precision 'auto': bf16 only for a model that keeps its answers on real tissue, decided by
+the model and the machine, never by the run."""
 
 from __future__ import annotations
 
 import hashlib
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from wsi_segment.models.classifier import build_classifier
 from wsi_segment.models.device import cpu_has_amx
 from wsi_segment.models.meta import ModelMeta
 from wsi_segment.models.precision_calibration import (
+    MAX_AREA_SHIFT,
     MIN_AGREEMENT,
     PrecisionCalibration,
     calibrate_bf16,
     calibration_tiles,
+    compare_labels,
 )
 from wsi_segment.models.segmentation_model import SegmentationModel
 from wsi_segment.models.segmenter import build_segmenter
@@ -22,23 +27,54 @@ from wsi_segment.models.segmenter import build_segmenter
 META = ModelMeta("tiny", ["a", "b", "c"], [(255, 0, 0), (0, 255, 0), (0, 0, 255)], 1.0, 64)
 
 
-def test_calibration_tiles_are_the_same_bytes_everywhere() -> None:
-    """Integers from a seeded generator: the digest holds on any CPU (no float arithmetic)."""
-    tiles = calibration_tiles(64)
-    assert tiles.shape == (4, 3, 64, 64) and tiles.dtype == torch.uint8
+def test_calibration_tiles_are_real_tissue_and_the_same_bytes_everywhere() -> None:
+    """Six lossless 224 px tiles cut from the CMU-1 slide; other sizes are centre crops or
+    mirror pads made with integer indexing only, so every machine gets the same bytes."""
+    tiles = calibration_tiles(224)
+    assert tiles.shape == (6, 3, 224, 224) and tiles.dtype == torch.uint8
     digest = hashlib.sha256(tiles.numpy().tobytes()).hexdigest()
-    assert digest == "1ea7fb302afbd26fa3edb821b3642e4c8dbec64c9380ba0162bd584bc6dedf60"
-    assert torch.equal(calibration_tiles(64), tiles)
-    assert int(tiles.min()) == 28 and int(tiles.max()) == 250  # glass to haematoxylin
+    assert digest == "b8bfef9fa1f59c24fea66f3d40626e9f766706e68ae53000c00c0a62a658df2b"
+    small = calibration_tiles(64)
+    assert torch.equal(small, tiles[:, :, 80:144, 80:144])  # the centre
+    big = calibration_tiles(300)
+    assert big.shape == (6, 3, 300, 300) and torch.equal(big[:, :, 38:262, 38:262], tiles)
+    assert torch.equal(big[:, :, 37, 38:262], tiles[:, :, 0])  # mirrored at the edge
+    # real H&E, not glass: most pixels are stained (eosin pink to haematoxylin purple)
+    stained = (tiles.float().mean(1) < 220).float().mean().item()
+    assert stained > 0.6
 
 
-def test_bf16_is_kept_only_when_it_keeps_the_labels() -> None:
-    assert MIN_AGREEMENT == 0.995
-    assert PrecisionCalibration(4, 64, MIN_AGREEMENT, 0.01).bf16_chosen
-    assert not PrecisionCalibration(4, 64, 0.9949, 0.01).bf16_chosen
-    d = PrecisionCalibration(4, 64, 0.999, 0.01).as_dict()
+def test_the_tiles_are_the_cmu_slides_own_pixels() -> None:
+    """Each file name says where on the CC0 slide it was cut (tests/data README)."""
+    import openslide
+
+    slide = openslide.OpenSlide("tests/data/CMU-1-Small-Region.svs")
+    region = slide.read_region((1264, 1264), 0, (512, 512)).convert("RGB").reduce(2)
+    expected = np.asarray(region)[16:240, 16:240]
+    tiles = calibration_tiles(224).permute(0, 2, 3, 1).numpy()
+    assert any(np.array_equal(t, expected) for t in tiles)
+
+
+def test_bf16_is_kept_only_when_it_keeps_labels_and_areas() -> None:
+    assert MIN_AGREEMENT == 0.995 and MAX_AREA_SHIFT == 0.01
+    assert PrecisionCalibration(6, 64, MIN_AGREEMENT, MAX_AREA_SHIFT).bf16_chosen
+    assert not PrecisionCalibration(6, 64, 0.9949, 0.0).bf16_chosen
+    assert not PrecisionCalibration(6, 64, 1.0, 0.0101).bf16_chosen
+    d = PrecisionCalibration(6, 64, 0.999, 0.002, "the CPU has AMX").as_dict()
     assert d["chosen"] == "bf16" and "99.90 %" in str(d["reason"])
-    assert str(d["reason"]).startswith("bf16: the CPU has AMX")
+    assert "0.20 %" in str(d["reason"]) and str(d["reason"]).startswith("bf16: the CPU has AMX")
+
+
+def test_area_shift_is_relative_to_the_fp32_area_of_labels_that_are_an_area() -> None:
+    ref = np.zeros(1000, np.uint8)
+    ref[600:] = 1  # 600 px of label 0, 400 of label 1
+    ref[999] = 2  # one pixel of label 2: 0.1 % of the pixels, judged by agreement alone
+    low = ref.copy()
+    low[:3] = 1  # 3 px move from 0 to 1
+    low[999] = 1
+    agreement, shifts = compare_labels(ref, low)
+    assert agreement == pytest.approx(0.996)
+    assert shifts == {"0": pytest.approx(3 / 600), "1": pytest.approx(4 / 399)}
 
 
 def _model() -> SegmentationModel:
@@ -50,28 +86,29 @@ def _model() -> SegmentationModel:
     )
 
 
-def test_calibration_compares_fp32_and_bf16_on_the_fixed_tiles() -> None:
-    """What `to_device('cpu', 'auto')` runs on a CPU with AMX, checked on any CPU: agreement
-    and max |dp| are those of fp32 vs bf16 predictions of the calibration tiles."""
+def test_calibration_compares_fp32_and_bf16_labels_on_the_real_tiles() -> None:
+    """What `to_device('cpu', 'auto')` runs on a CPU with AMX, checked on any CPU: the
+    agreement and area shifts are those of the slide path's fp32 and bf16 labels."""
     model = _model().to_device("cpu", "fp32")
     tiles = calibration_tiles(64)
-    ref, _ = model.predict(tiles)
-    low, _ = model.to_device("cpu", "bf16").predict(tiles)
-
-    def forward(x: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
-        return model._predict(x, True, dtype)[0]
-
-    cal = calibrate_bf16(forward, 64)
-    assert cal.tiles == 4 and cal.tile_size == 64
-    assert cal.agreement == pytest.approx((ref.argmax(1) == low.argmax(1)).float().mean().item())
-    assert cal.max_prob_diff == pytest.approx((ref - low).abs().max().item())
-    assert calibrate_bf16(forward, 64) == cal  # nothing timed, nothing drawn from the run
+    with torch.inference_mode():
+        ref = model.torch_labels(tiles, bf16=False).numpy()
+        low = model.torch_labels(tiles, bf16=True).numpy()
+    with torch.inference_mode():
+        cal = calibrate_bf16(model.torch_labels, 64, "the CPU has AMX")
+    agreement, shifts = compare_labels(ref, low)
+    assert cal.tiles == 6 and cal.tile_size == 64
+    assert cal.agreement == agreement and cal.area_shifts == shifts
+    assert cal.max_area_shift == max(shifts.values(), default=0.0)
+    with torch.inference_mode():
+        assert calibrate_bf16(model.torch_labels, 64, "the CPU has AMX") == cal  # nothing timed
 
 
 def test_auto_on_this_cpu_says_what_runs_and_why() -> None:
     model = _model().to_device("cpu", "auto")
     report = model.precision_report()
     assert report["device"] == "cpu" and report["channels_last"] is True
+    assert report["runtime"] == "torch"
     if cpu_has_amx():
         cal = report["calibration"]
         assert isinstance(cal, dict) and report["autocast"] == cal["chosen"]
@@ -84,3 +121,14 @@ def test_auto_on_this_cpu_says_what_runs_and_why() -> None:
         fixed_report = model.to_device("cpu", fixed).precision_report()
         assert fixed_report["autocast"] == fixed and fixed_report["calibration"] is None
         assert fixed_report["reason"] == f"{fixed}: asked for (--precision {fixed})"
+
+
+def test_png_tiles_decode_losslessly() -> None:
+    """PNG, not JPEG: no decoder version can change a calibration pixel."""
+    from importlib import resources
+
+    folder = resources.files("wsi_segment.models") / "calibration_tiles"
+    names = sorted(e.name for e in folder.iterdir() if e.name.endswith(".png"))
+    assert len(names) == 6
+    with (folder / names[0]).open("rb") as f, Image.open(f) as im:
+        assert im.format == "PNG" and im.size == (224, 224) and im.mode == "RGB"

@@ -68,3 +68,15 @@ def test_backend_choices_are_the_readers_wsi_has():
     from wsi_segment.wsi.backends import BACKENDS as READERS
 
     assert ("auto", *READERS) == BACKENDS
+
+
+def test_runtime_is_checked_and_a_non_torch_request_changes_the_fingerprint():
+    """torch ran every run before the runtime existed: their fingerprints stay theirs; auto
+    and openvino may give other bytes (bf16, fp32 summed in another order), so they differ."""
+    assert SegmentParams().runtime == "auto"
+    torch_fields = SegmentParams(runtime="torch").fingerprint_fields()
+    assert "runtime" not in torch_fields
+    assert SegmentParams().fingerprint_fields() == torch_fields | {"runtime": "auto"}
+    assert SegmentParams(runtime="openvino").fingerprint_fields()["runtime"] == "openvino"
+    with pytest.raises(ConfigError, match="unknown runtime 'tensorrt'"):
+        SegmentParams(runtime="tensorrt")

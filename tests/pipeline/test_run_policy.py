@@ -312,3 +312,35 @@ def test_a_dask_run_records_each_distinct_band_policy_with_its_bands():
     }
     assert json.loads(json.dumps(recorded)) == recorded
     assert band_policies(planned, [])["band_policies"] == []  # no tissue: no band ran
+
+
+def test_runtime_openvino_on_cpus_that_have_it_torch_on_gpus() -> None:
+    """`--runtime auto`: OpenVINO on a CPU where it is installed (any flags), torch on a GPU
+    and where it is missing; the reason says which; the loader gets the user's request back
+    where OpenVINO was chosen (auto: falls back to torch with a warning), torch otherwise."""
+    from wsi_segment.pipeline.run_policy import runtime_to_load
+
+    with_ov = {m: dataclasses.replace(m, openvino=True) for m in (CPU_ONLY, AMX, ONE_H100)}
+    assert decide(with_ov[CPU_ONLY], AUTO).runtime.value == "openvino"
+    assert decide(with_ov[AMX], AUTO).runtime.value == "openvino"
+    assert decide(CPU_ONLY, AUTO).runtime.value == "torch"  # not installed
+    assert "cannot be imported" in decide(CPU_ONLY, AUTO).runtime.reason
+    gpu = decide(with_ov[ONE_H100], AUTO)
+    assert gpu.runtime.value == "torch" and "cuda" in gpu.runtime.reason
+    asked_torch = SegmentParams(runtime="torch")
+    assert decide(with_ov[CPU_ONLY], asked_torch).runtime.value == "torch"
+    assert runtime_to_load(decide(with_ov[CPU_ONLY], AUTO), AUTO) == "auto"
+    assert runtime_to_load(decide(CPU_ONLY, AUTO), AUTO) == "torch"
+    named = SegmentParams(runtime="openvino")
+    assert runtime_to_load(decide(with_ov[CPU_ONLY], named), named) == "openvino"
+    # a CPU band of a cluster runs what one worker ran, whatever it has itself
+    pinned = decide(CPU_ONLY, AUTO, RunFacts(BAND, pinned_runtime="openvino"))
+    assert pinned.runtime.value == "openvino" and "pinned" in pinned.runtime.reason
+    assert decide(with_ov[CPU_ONLY], AUTO).as_dict()["machine"]["openvino"] is True
+
+
+def test_runtime_openvino_asked_for_on_a_gpu_is_refused() -> None:
+    from wsi_segment.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--runtime openvino runs on the CPU"):
+        decide(dataclasses.replace(ONE_H100, openvino=True), SegmentParams(runtime="openvino"))

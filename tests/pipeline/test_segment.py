@@ -18,7 +18,8 @@ from shapely.geometry import shape
 from tests.conftest import CMU_SLIDE, DATA_DIR, LUAD_CLASSES
 from tests.reference_inference import label_count_bounds
 from wsi_segment.errors import ModelError, MppMissingError, OutputError, SlideError
-from wsi_segment.models.device import cpu_has_amx
+from wsi_segment.models.bundle import demo_model_dir, load_model
+from wsi_segment.models.runtimes.openvino_runtime import openvino_version
 from wsi_segment.pipeline.machine import probe_machine
 from wsi_segment.pipeline.outputs.summary import SCHEMA_VERSION
 from wsi_segment.pipeline.params import SegmentParams
@@ -152,15 +153,15 @@ def test_areas_agree_between_summary_zarr_and_polygons(cmu_run):
     assert reads["storage_tiles_reused"] > 0
     assert reads["storage_tiles_decoded"] <= math.ceil(2220 / 240) * math.ceil(2967 / 240)
     assert summary["model"]["name"] == "demo-synthetic-luad-resnet10t"
-    # precision auto: on a CPU with AMX, fp32 vs bf16 on the fixed calibration tiles
+    # runtime and precision auto: what the model alone chooses on this machine, and why
     precision = summary["precision"]
     assert precision["device"] == "cpu" and precision["channels_last"] is True
-    if cpu_has_amx():
+    alone = load_model(demo_model_dir()).to_device("cpu", "auto", "auto").precision_report()
+    assert precision == json.loads(json.dumps(alone))
+    assert precision["runtime"] == ("openvino" if openvino_version() else "torch")
+    if precision["calibration"] is not None:  # bf16 hardware: judged on real tissue
         assert precision["autocast"] == precision["calibration"]["chosen"]
         assert 0.0 <= precision["calibration"]["agreement"] <= 1.0
-    else:
-        assert precision["autocast"] == "fp32" and precision["calibration"] is None
-        assert precision["reason"].startswith("fp32: auto on a CPU with ")
     # The demo model finds more than one tissue class on this real H&E region.
     assert sum(c["fraction_of_tissue"] > 0.05 for c in summary["classes"].values()) >= 2
 

@@ -21,6 +21,7 @@ from shapely.geometry import box, shape
 from tests.conftest import CMU_SLIDE
 from wsi_segment.models import device
 from wsi_segment.models.bundle import load_model
+from wsi_segment.models.runtimes.decision import openvino_bf16_candidate
 from wsi_segment.pipeline.inference import model_handle
 from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.pipeline.segment import segment_slide
@@ -86,8 +87,10 @@ def region_a(out_dir: Path) -> tuple[dict[str, bytes | None], dict[str, bytes], 
 def run_roi_sets(tmp_path: Path, model_dir: Path, roi_sets: list[list[str]], cpu: str) -> list:
     """Run each ROI set; every run's precision record is the one the model gives when it is
     loaded alone, with no slide (a choice made from a run's tiles would differ from it)."""
-    alone = load_model(model_dir).to_device("cpu", "auto").precision_report()
-    assert (alone["calibration"] is not None) == (cpu == "amx")  # 'auto' took that path
+    alone = load_model(model_dir).to_device("cpu", "auto", "auto").precision_report()
+    openvino_bf16 = alone["runtime"] == "openvino" and openvino_bf16_candidate(device.cpu_flags())
+    calibrated = cpu == "amx" or openvino_bf16
+    assert (alone["calibration"] is not None) == calibrated  # 'auto' took that path
     results = []
     for i, names in enumerate(roi_sets):
         roi = write_rois(tmp_path / f"roi{i}.geojson", names)

@@ -1,0 +1,267 @@
+"""Runtimes on the CPU (issue 33): torch fp32 channels_last against OpenVINO fp32 and bf16.
+
+    python benchmarks/runtime.py                   # model alone + end to end, 20480 px slide
+    python benchmarks/runtime.py --size 8192 --rounds 2 --no-record
+
+In one run, interleaved round by round (a shared machine's load drifts; each round measures
+every variant once, in turn):
+
+1. model alone  `predict_reduced` (the slide path's whole graph: preprocess, classifier,
+                gate, segmenter, reduction) on tiles of the synthetic slide, batch 16, each
+                variant as the engine runs it: torch with `--threads` compute threads of
+                cores // threads torch threads (and with one of all cores; the faster is the
+                reference), OpenVINO with one stream of all cores -> tiles/s.
+2. agreement    labels and per-class areas of each variant against torch fp32 on real tiles
+                (the 18 LUAD-HistoSeg sample patches and the 6 CMU-1 calibration tiles, whole
+                tiles as `evaluate` scores them); and precision auto's verdict for the model.
+3. end to end   `wsi-segment SLIDE` with `--runtime torch --precision fp32`, the defaults
+                (`--runtime auto --precision auto`) and `--runtime openvino --precision bf16`
+                (CPUs with bf16 hardware) -> tiles/s of wall clock and of the inference
+                stage, peak RSS, and the ratio of the inference stage to the same variant's
+                bare model.
+
+The compiled graphs are built (and cached) before any clock starts. The table, with the
+command, the machine and the load, is appended to benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+warnings.filterwarnings("ignore", message=r"location=.*is out-of-bounds")
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.measure import (  # noqa: E402
+    loadavg,
+    log,
+    machine_info,
+    record,
+    render,
+    run_pipeline,
+)
+from benchmarks.slides import make_slide  # noqa: E402
+from benchmarks.stages import plan_like_pipeline, read_chunks  # noqa: E402
+
+
+def real_tiles(tile: int):  # type: ignore[no-untyped-def]
+    """LUAD-HistoSeg sample patches (18) + CMU-1 calibration tiles (6), uint8 (N, 3, T, T)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from wsi_segment.models.precision_calibration import calibration_tiles
+
+    luad = ROOT / "tests" / "data" / "luad-histoseg-sample"
+    paths = sorted(luad.glob("train/*.png")) + sorted(luad.glob("*/img/*.png"))
+    arrays = [np.asarray(Image.open(p).convert("RGB").resize((tile, tile))) for p in paths]
+    x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+    return torch.cat([x, calibration_tiles(tile)]).contiguous()
+
+
+class PeakRss:
+    """Peak RSS of the `wsi-segment` child, from its own /proc VmHWM (sampled until it
+    exits): the kernel's rusage of a child counts the parent's memory at fork (this process
+    holds the loaded models), so the rusage figure would be this process's, not the run's."""
+
+    def __init__(self) -> None:
+        import psutil
+
+        self._me = psutil.Process()
+        self.mb = 0.0
+        self._stop = False
+
+    def __enter__(self) -> PeakRss:
+        import threading
+
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def _watch(self) -> None:
+        while not self._stop:
+            for child in self._me.children():
+                try:
+                    status = Path(f"/proc/{child.pid}/status").read_text()
+                except OSError:
+                    continue
+                for line in status.splitlines():
+                    if line.startswith("VmHWM:"):
+                        self.mb = max(self.mb, int(line.split()[1]) / 1024.0)
+            time.sleep(0.2)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop = True
+        self._thread.join()
+
+
+def bare_reduced(model, tiles, batch: int, streams: int) -> float:  # type: ignore[no-untyped-def]
+    """Wall s of `predict_reduced` (the engine's call, at its geometry) over `tiles` in
+    batches, `streams` threads each with cores // streams torch threads, after a warm-up."""
+    import threading
+
+    import numpy as np
+    import torch
+
+    batches = [
+        torch.from_numpy(np.ascontiguousarray(tiles[i : i + batch])).permute(0, 3, 1, 2)
+        for i in range(0, len(tiles), batch)
+    ]
+    cores = len(os.sched_getaffinity(0))
+    per = max(1, cores // streams)
+    before = torch.get_num_threads()
+
+    def work(mine: list) -> None:  # type: ignore[type-arg]
+        torch.set_num_threads(per)
+        with torch.inference_mode():
+            model.predict_reduced(mine[0], 16, 192, 4)
+            ready.wait()
+            for b in mine:
+                model.predict_reduced(b, 16, 192, 4)
+
+    shares = [batches[k::streams] for k in range(streams) if batches[k::streams]]
+    ready = threading.Barrier(len(shares) + 1)
+    threads = [threading.Thread(target=work, args=(mine,)) for mine in shares]
+    for t in threads:
+        t.start()
+    ready.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    torch.set_num_threads(before)
+    return wall
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", type=Path, default=None, help="model folder (default: demo)")
+    ap.add_argument("--size", type=int, default=20480, help="synthetic slide side, px")
+    ap.add_argument("--tissue", type=float, default=0.6)
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds, model alone")
+    ap.add_argument("--e2e-rounds", type=int, default=1, help="interleaved rounds, end to end")
+    ap.add_argument("--model-tiles", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=2, help="the engine's compute threads")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/wsi-segment-bench"))
+    ap.add_argument("--no-e2e", action="store_true")
+    ap.add_argument("--no-record", action="store_true")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from wsi_segment.models.bundle import demo_model_dir, load_model
+    from wsi_segment.models.device import cpu_supports_bf16
+    from wsi_segment.models.precision_calibration import compare_labels
+
+    started = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M")
+    t_start = time.perf_counter()
+    info = machine_info()
+    info["load_start"] = loadavg()
+    model_dir = args.model or demo_model_dir()
+    bf16 = cpu_supports_bf16()  # measured wherever the CPU has it, chosen by auto or not
+    variants = [("torch", "fp32"), ("openvino", "fp32")] + ([("openvino", "bf16")] if bf16 else [])
+    models = {}
+    for runtime, precision in variants:  # compiles (or loads the cached graphs) off the clock
+        log(f"[runtime] loading {runtime} {precision} ...")
+        models[(runtime, precision)] = load_model(model_dir).to_device("cpu", precision, runtime)
+    auto = load_model(model_dir).to_device("cpu", "auto", "auto").precision_report()
+
+    slide, writer = make_slide(
+        args.work / "slides" / f"tp-{args.size}-t{args.tissue:g}.svs", args.size, args.tissue,
+        fast=True,
+    )  # fmt: skip
+    meta = models[variants[0]].meta
+    plan = plan_like_pipeline(slide, meta, 32, 4, 4)
+    tiles_all, _, _ = read_chunks(plan)
+    n = len(tiles_all)
+    tiles = tiles_all[:: max(1, n // args.model_tiles)][: args.model_tiles]
+    log(f"[runtime] {n} tiles on the slide; model alone on {len(tiles)}")
+
+    # 1. model alone, interleaved
+    configs = {v: ([1, args.threads] if v[0] == "torch" else [1]) for v in variants}
+    rates: dict[tuple[str, str, int], list[float]] = {}
+    for r in range(args.rounds):
+        for v in variants:
+            for streams in configs[v]:
+                wall = bare_reduced(models[v], tiles, 16, streams)
+                rates.setdefault((*v, streams), []).append(len(tiles) / wall)
+        log(f"[runtime] round {r + 1}: load {loadavg()}")
+    best = {v: max(statistics.median(rates[(*v, s)]) for s in configs[v]) for v in variants}
+    ref = best[("torch", "fp32")]
+    rows = []
+    for v in variants:
+        detail = "; ".join(
+            f"{s} thread(s): " + ", ".join(f"{x:.1f}" for x in rates[(*v, s)]) for s in configs[v]
+        )
+        rows.append((f"model alone {v[0]} {v[1]}", f"{best[v]:.1f} tiles/s",
+                     f"x{best[v] / ref:.2f} torch fp32; median of rounds ({detail})"))  # fmt: skip
+
+    # 2. agreement on real tiles (whole tiles, as evaluate scores them)
+    x = real_tiles(int(meta.tile_size))
+    t = int(meta.tile_size)
+    with torch.inference_mode():
+        labels = {v: m.predict_reduced(x, 0, t, 1).labels.numpy() for v, m in models.items()}
+    for v in variants[1:]:
+        agreement, shifts = compare_labels(labels[("torch", "fp32")], labels[v])
+        worst = max(shifts.items(), key=lambda kv: kv[1], default=("-", 0.0))
+        rows.append((f"agreement {v[0]} {v[1]}", f"{100 * agreement:.3f} %",
+                     f"labels vs torch fp32 on {len(x)} real tiles; largest class area shift "
+                     f"{100 * worst[1]:.2f} % (label {worst[0]})"))  # fmt: skip
+    rows.append(("precision auto", str(auto["autocast"]), f"{auto['runtime']}: {auto['reason']}"))
+
+    # 3. end to end, interleaved
+    if not args.no_e2e:
+        e2e = [("torch fp32", ["--runtime", "torch", "--precision", "fp32"], ("torch", "fp32")),
+               ("defaults (auto)", [], (auto["runtime"], auto["autocast"]))]  # fmt: skip
+        if bf16:
+            e2e.append(("openvino bf16", ["--runtime", "openvino", "--precision", "bf16"],
+                        ("openvino", "bf16")))  # fmt: skip
+        results: dict[str, list[tuple[float, float, float]]] = {}
+        for r in range(args.e2e_rounds):
+            for name, extra, _v in e2e:
+                log(f"[runtime] e2e {name} round {r + 1} (load {loadavg()}) ...")
+                out = args.work / "out" / "runtime" / name.split()[0]
+                with PeakRss() as peak:
+                    run, summary = run_pipeline(slide, model_dir, out, extra)
+                tiles_run = int(summary["tiling"]["tiles"])
+                inference = float(summary["timings_s"]["inference_s"])
+                results.setdefault(name, []).append(
+                    (tiles_run / run.wall_s, tiles_run / inference, peak.mb)
+                )
+        base = statistics.median(w for w, _, _ in results["torch fp32"])
+        for name, _extra, v in e2e:
+            wall = statistics.median(w for w, _, _ in results[name])
+            stage = statistics.median(s for _, s, _ in results[name])
+            rss = max(m for _, _, m in results[name])
+            bare = best.get(v)
+            ratio = f"; inference stage / bare model {stage / bare:.2f}" if bare else ""
+            rows.append((f"end to end {name}", f"{wall:.1f} tiles/s",
+                         f"x{wall / base:.2f} torch fp32 (wall); inference stage {stage:.1f} "
+                         f"tiles/s{ratio}; peak RSS {rss:.0f} MB (VmHWM); {n} tiles"))  # fmt: skip
+
+    notes = [
+        f"model: {model_dir.name if args.model else 'demo model (models/demo_model)'}",
+        f"slide: {args.size} x {args.size} px synthetic, tissue {args.tissue:g} ({writer})",
+        f"model alone: {len(tiles)} tiles of the slide, batch 16, {args.rounds} rounds; "
+        f"end to end: {args.e2e_rounds} round(s); OpenVINO {auto.get('runtime')} "
+        f"threads {torch.get_num_threads()}, one stream",
+    ]
+    command = "python benchmarks/runtime.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    block = render(rows, notes, info, command.strip(), started, time.perf_counter() - t_start)
+    print(block)
+    if not args.no_record:
+        record(block)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,97 @@
+"""A disk cache of compiled graphs that never trusts what it finds.
+
+An entry is a few files `<name>.<suffix>` beside a manifest `<name>.json` that records the
+entry's key (every field the compiled result depends on) and the sha256 of each file. The
+name is a digest of the key, so a changed model, runtime version, precision, thread count
+or CPU gives another entry; a manifest that does not parse, names another key (a foreign
+entry: copied from another machine, or a digest collision) or does not match its files
+(a damaged entry: a disk error, a build killed half way) is a miss, and the entry is built
+again and replaces it. Files are written beside their final name and renamed, manifest last,
+so a reader never sees a half-written entry as whole, and processes that build the same
+entry at once each leave a complete one.
+
+The folder is `$WSI_SEGMENT_CACHE_DIR`, else `$XDG_CACHE_HOME/wsi-segment`, else
+`~/.cache/wsi-segment`; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+CACHE_ENV = "WSI_SEGMENT_CACHE_DIR"
+_FORMAT = "wsi-segment-runtime-cache"
+_VERSION = 1
+
+
+def default_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """Where compiled graphs are kept, from the environment (XDG base directories)."""
+    env = os.environ if environ is None else environ
+    if env.get(CACHE_ENV):
+        return Path(env[CACHE_ENV])
+    xdg = env.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg else Path(env.get("HOME", str(Path.home()))) / ".cache"
+    return base / "wsi-segment"
+
+
+def entry_name(key: Mapping[str, object]) -> str:
+    """The file name stem of the entry for `key` (a digest of its canonical JSON)."""
+    text = json.dumps(key, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_entry(root: Path, key: Mapping[str, object], suffixes: tuple[str, ...]) -> dict[str, Path]:
+    """{suffix: path} of the entry for `key` when it is whole and is `key`'s, else {}."""
+    name = entry_name(key)
+    try:
+        manifest = json.loads((root / f"{name}.json").read_text())
+        if (
+            manifest.get("format") != _FORMAT
+            or manifest.get("version") != _VERSION
+            or manifest.get("key") != json.loads(json.dumps(key))
+        ):
+            return {}
+        files = {s: root / f"{name}.{s}" for s in suffixes}
+        if any(manifest["sha256"].get(s) != _sha256(p) for s, p in files.items()):
+            return {}
+        return files
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
+def store_entry(
+    root: Path, key: Mapping[str, object], files: Mapping[str, Path]
+) -> dict[str, Path]:
+    """Move the built `files` ({suffix: temporary path}) into the entry for `key`, then its
+    manifest; returns {suffix: final path}."""
+    root.mkdir(parents=True, exist_ok=True)
+    name = entry_name(key)
+    sums = {s: _sha256(p) for s, p in files.items()}
+    final = {s: root / f"{name}.{s}" for s in files}
+    for s, path in files.items():
+        os.replace(path, final[s])
+    manifest = {"format": _FORMAT, "version": _VERSION, "key": key, "sha256": sums}
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".json", dir=root)
+    with os.fdopen(fd, "w") as f:
+        json.dump(manifest, f, indent=1, sort_keys=True)
+    os.replace(tmp, root / f"{name}.json")
+    return final
+
+
+def scratch_dir(root: Path) -> Path:
+    """A fresh folder inside `root` to build an entry in (same file system: renames are
+    atomic); the caller removes it."""
+    root.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=".build-", dir=root))

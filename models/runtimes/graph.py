@@ -1,0 +1,69 @@
+"""The whole inference graph of a tile as one module: what a runtime compiles.
+
+uint8 tiles (N, T, T, 3), channels last as the slide path cuts them -> (uint8 probabilities (N, K, h, w), uint8 labels (N, h, w),
+float32 classifier probabilities (N, K)): scaling and normalisation, classifier, segmenter,
+gate and the reduction to what the zarr stores (models/reduction.py), for one tile geometry
+(core margin, core size, downsample) and gate. It calls the same functions as
+`SegmentationModel.predict_reduced`, so a runtime that runs it exactly gives the same bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..gate import gated_probabilities
+from ..reduction import reduce_tiles
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """What a compiled graph is specialised for, besides the weights."""
+
+    tile: int
+    margin: int
+    core: int
+    downsample: int
+    gate: bool
+
+    def key(self) -> str:
+        gate = "gate" if self.gate else "nogate"
+        return f"t{self.tile}-m{self.margin}-c{self.core}-d{self.downsample}-{gate}"
+
+
+class TileGraph(nn.Module):
+    """`predict_reduced` of a SegmentationModel's parts at one `Geometry`, as a pure module."""
+
+    mean: torch.Tensor  # buffers registered in __init__
+    std: torch.Tensor
+
+    def __init__(
+        self,
+        classifier: nn.Module,
+        segmenter: nn.Module,
+        mean: torch.Tensor,
+        std: torch.Tensor,
+        geometry: Geometry,
+        epsilon: float,
+    ) -> None:
+        super().__init__()
+        self.classifier = classifier
+        self.segmenter = segmenter
+        self.register_buffer("mean", mean.detach().clone().float().view(1, 3, 1, 1))
+        self.register_buffer("std", std.detach().clone().float().view(1, 3, 1, 1))
+        self.geometry = geometry
+        self.epsilon = epsilon if geometry.gate else None
+
+    def forward(self, tiles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`tiles` (N, T, T, 3) uint8: the layout tiles are cut in, so the runtime reads
+        them where they lie (no copy to (N, 3, T, T))."""
+        x = tiles.permute(0, 3, 1, 2).float() / 255.0
+        x = (x - self.mean) / self.std
+        cls_logits = self.classifier(x)
+        seg_logits = self.segmenter(x)
+        seg_probs, cls_probs, keep = gated_probabilities(seg_logits, cls_logits, self.epsilon)
+        g = self.geometry
+        probs, labels = reduce_tiles(seg_probs, seg_logits, keep, g.margin, g.core, g.downsample)
+        return probs, labels, cls_probs

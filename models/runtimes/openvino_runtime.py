@@ -1,0 +1,247 @@
+"""The inference graph compiled by OpenVINO for the CPU, cached on disk.
+
+`OpenVINOGraphs.predict_reduced` returns what `SegmentationModel.predict_reduced` returns, so
+the engine does not know which runtime ran. A graph is exported once per model and tile
+geometry (`torch.export` -> `openvino.convert_model`, batch left free) and compiled once per
+batch size, precision, thread count and CPU; both are kept in the disk cache
+(`runtimes.cache`), so a later run, or another worker process on the machine, only loads them.
+The precision is always set explicitly: OpenVINO's own default on a CPU with bf16 hardware
+is bf16, which must never stand in for an fp32 request. One stream runs requests one at a
+time with all `threads`, so a tile's bytes do not depend on how many compute threads call
+it; each calling thread has its own infer request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from ..reduction import ReducedOutputs
+from .cache import entry_name, load_entry, scratch_dir, store_entry
+from .graph import Geometry, TileGraph
+
+if TYPE_CHECKING:
+    from ..segmentation_model import SegmentationModel
+
+_log = logging.getLogger(__name__)
+_OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
+_GRAPH_FORMAT = 1  # bump when TileGraph changes what it computes
+# torch.export keeps its tracing state in process-wide slots: two exports at once (slides of
+# a batch loading their model side by side) break each other. The one lock of this module.
+_EXPORT_LOCK = threading.Lock()
+
+
+class RuntimeUnavailable(RuntimeError):
+    """OpenVINO cannot be imported, or cannot compile or load a graph on this machine."""
+
+
+class GraphNotExpressible(RuntimeError):
+    """The model's graph cannot be exported to OpenVINO (the reason is the message)."""
+
+
+def openvino_version() -> str | None:
+    """The installed OpenVINO's version, or None where it cannot be imported."""
+    try:
+        import openvino
+    except Exception:  # a broken install fails in many ways; all mean "not here"
+        return None
+    return str(openvino.__version__)
+
+
+def weights_digest(model: SegmentationModel) -> str:
+    """The model's identity (sha256 of its files) or, for a model built in memory, a digest
+    of its weights and metadata: what the cache key names the graph by."""
+    if model.identity:
+        return str(model.identity)
+    digest = hashlib.sha256(repr(model.meta).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return "weights:" + digest.hexdigest()
+
+
+class OpenVINOGraphs:
+    """One model's compiled graphs, by (geometry, batch), for one precision and thread count."""
+
+    name = "openvino"
+
+    def __init__(
+        self,
+        model: SegmentationModel,
+        precision: str,
+        threads: int,
+        cpu_flags: frozenset[str],
+        cache_dir: Path,
+    ) -> None:
+        version = openvino_version()
+        if version is None:
+            raise RuntimeUnavailable("OpenVINO cannot be imported")
+        self._model = model
+        self.precision = precision
+        self.threads = max(1, int(threads))
+        self.cache_dir = cache_dir
+        self._key = {
+            "model": weights_digest(model),
+            "openvino": version,
+            "torch": torch.__version__.split("+")[0],
+            "graph_format": _GRAPH_FORMAT,
+        }
+        self._cpu = hashlib.sha256(" ".join(sorted(cpu_flags)).encode()).hexdigest()[:16]
+        self._compiled: dict[tuple[Geometry, int], Any] = {}
+        self._lock = threading.Lock()  # builds one graph at a time
+        self._local = threading.local()  # each calling thread's infer requests
+        self.cache_hits = 0  # compiled graphs loaded from the disk cache (tests, summary)
+        self.builds = 0  # compiled graphs built here
+
+    def __getstate__(self) -> dict[str, Any]:
+        """A copy rebuilds its compiled graphs (from the disk cache) where it runs."""
+        state = dict(self.__dict__)
+        state.update(_compiled={}, _lock=None, _local=None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock, self._local = threading.Lock(), threading.local()
+
+    def predict_reduced(
+        self, tiles: torch.Tensor, margin: int, core: int, downsample: int, gate: bool = True
+    ) -> ReducedOutputs:
+        """`SegmentationModel.predict_reduced` of uint8 CPU tiles (N, 3, T, T)."""
+        if tiles.ndim != 4 or tiles.shape[1] != 3:
+            raise ValueError(f"predict expects tiles (N, 3, H, W), got {tuple(tiles.shape)}")
+        if tiles.dtype != torch.uint8:
+            raise ValueError(f"the OpenVINO runtime takes uint8 tiles, got {tiles.dtype}")
+        geometry = Geometry(int(tiles.shape[-1]), int(margin), int(core), int(downsample), gate)
+        nhwc = tiles.permute(0, 2, 3, 1).cpu()  # the slide path's own layout: no copy
+        request = self._request(geometry, int(nhwc.shape[0]))
+        out = request.infer([np.ascontiguousarray(nhwc.numpy())], share_inputs=True)
+        probs, labels, cls_probs = (np.array(out[i]) for i in range(3))
+        return ReducedOutputs(
+            torch.from_numpy(probs), torch.from_numpy(labels), torch.from_numpy(cls_probs)
+        )
+
+    def _request(self, geometry: Geometry, batch: int) -> Any:
+        requests: dict[tuple[Geometry, int], Any] = getattr(self._local, "requests", {})
+        self._local.requests = requests
+        key = (geometry, batch)
+        if key not in requests:
+            with self._lock:
+                if key not in self._compiled:
+                    self._compiled[key] = self._compile(geometry, batch)
+                requests[key] = self._compiled[key].create_infer_request()
+        return requests[key]
+
+    def _config(self) -> dict[str, Any]:
+        return {
+            "INFERENCE_PRECISION_HINT": _OV_PRECISION[self.precision],
+            "INFERENCE_NUM_THREADS": self.threads,
+            "NUM_STREAMS": 1,
+            "PERFORMANCE_HINT": "LATENCY",
+        }
+
+    def _compile(self, geometry: Geometry, batch: int) -> Any:
+        """The compiled graph, from the cache or built (and then cached)."""
+        import openvino as ov
+
+        ir_key = {**self._key, "kind": "graph", "geometry": geometry.key()}
+        key = {
+            **self._key,
+            "kind": "compiled",
+            "graph": entry_name(ir_key),
+            "batch": batch,
+            "precision": self.precision,
+            "threads": self.threads,
+            "cpu": self._cpu,
+        }
+        core = ov.Core()
+        found = load_entry(self.cache_dir, key, ("blob",))
+        if found:
+            try:
+                compiled = core.import_model(found["blob"].read_bytes(), "CPU", self._config())
+                self.cache_hits += 1
+                return compiled
+            except RuntimeError:
+                pass  # written by this key but unreadable here: build it again
+        graph = self._graph(ir_key, geometry)
+        try:
+            graph.reshape([batch, geometry.tile, geometry.tile, 3])
+            compiled = core.compile_model(graph, "CPU", self._config())
+        except RuntimeError as exc:
+            raise RuntimeUnavailable(f"OpenVINO could not compile the graph: {exc}") from exc
+        self.builds += 1
+
+        def write_blob(scratch: Path) -> dict[str, Path]:
+            blob = scratch / "compiled.blob"
+            blob.write_bytes(compiled.export_model().getvalue())
+            return {"blob": blob}
+
+        _cache_best_effort(self.cache_dir, key, write_blob)
+        return compiled
+
+    def _graph(self, ir_key: dict[str, object], geometry: Geometry) -> Any:
+        """The exported graph (an openvino.Model, batch free), from the cache or exported."""
+        import openvino as ov
+
+        found = load_entry(self.cache_dir, ir_key, ("xml", "bin"))
+        if found:
+            try:
+                return ov.Core().read_model(str(found["xml"]))
+            except RuntimeError:
+                pass  # whole by its manifest, yet unreadable here: export it again
+
+        m = self._model
+        graph = TileGraph(m.classifier, m.segmenter, m._mean, m._std, geometry, m.meta.gate_epsilon)
+        example = torch.zeros((2, geometry.tile, geometry.tile, 3), dtype=torch.uint8)
+        batch = torch.export.Dim("batch", min=1, max=65536)
+        try:
+            with _EXPORT_LOCK, torch.no_grad():
+                exported = torch.export.export(
+                    graph.eval(), (example,), dynamic_shapes=({0: batch},)
+                )
+                converted = ov.convert_model(exported)
+        except Exception as exc:  # torch.export and the converter raise many kinds
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise GraphNotExpressible(f"{type(exc).__name__}: {first}") from exc
+
+        def write_ir(scratch: Path) -> dict[str, Path]:
+            xml = scratch / "graph.xml"
+            ov.save_model(converted, str(xml), compress_to_fp16=False)
+            return {"xml": xml, "bin": xml.with_suffix(".bin")}
+
+        # compiled from the saved form only: a converted graph in memory compiles to other
+        # bits (an ulp in the classifier's probabilities) than the same graph read back, so
+        # a run that exported it and a run that found it cached would differ
+        _cache_best_effort(self.cache_dir, ir_key, write_ir)
+        found = load_entry(self.cache_dir, ir_key, ("xml", "bin"))
+        if found:
+            return ov.Core().read_model(str(found["xml"]))
+        with tempfile.TemporaryDirectory() as tmp:  # the cache could not be written
+            xml = write_ir(Path(tmp))["xml"]
+            return ov.Core().read_model(str(xml))
+
+
+def _cache_best_effort(
+    cache_dir: Path, key: dict[str, object], write: Callable[[Path], dict[str, Path]]
+) -> None:
+    """Store the entry `write` makes in a scratch folder of the cache; a cache that cannot be
+    written (read-only home, full disk) only costs the next run a rebuild."""
+    try:
+        scratch = scratch_dir(cache_dir)
+    except OSError as exc:
+        _log.info("runtime cache %s not writable (%s): not cached", cache_dir, exc)
+        return
+    try:
+        store_entry(cache_dir, key, write(scratch))
+    except OSError as exc:
+        _log.info("runtime cache %s not written (%s): not cached", cache_dir, exc)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

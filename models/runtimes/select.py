@@ -1,0 +1,138 @@
+"""Open the runtime a model's slide-path forward passes run in, and its precision.
+
+`open_runtime` takes the run's request (runtime and precision) and the machine, asks
+`runtime_decision` which runtime, and for OpenVINO compiles the graph, checks it against
+torch fp32 on the real calibration tiles (a compiled graph that does not give torch's labels
+is never used: a wrong result is worse than a slow one) and, for precision 'auto' on a CPU
+with bf16 hardware, runs the bf16 calibration (models/precision_calibration.py). Whatever
+keeps OpenVINO from running (not installed, a compile failure, a failed check) is one
+warning and the torch path; a model whose graph cannot be exported is refused when OpenVINO
+was asked for by name, and runs in torch under 'auto', both with the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from wsi_segment.errors import ModelError
+
+from ..precision_calibration import (
+    MIN_AGREEMENT,
+    PrecisionCalibration,
+    calibrate_bf16,
+    calibration_tiles,
+    compare_labels,
+)
+from .cache import default_cache_dir
+from .decision import openvino_bf16_candidate, runtime_decision
+from .openvino_runtime import (
+    GraphNotExpressible,
+    OpenVINOGraphs,
+    RuntimeUnavailable,
+    openvino_version,
+)
+
+if TYPE_CHECKING:
+    from ..segmentation_model import SegmentationModel
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass
+class RuntimeChoice:
+    """The runtime that runs the slide path, why, and (OpenVINO) its graphs and precision."""
+
+    runtime: str  # torch | openvino
+    reason: str
+    warning: str | None = None  # why OpenVINO was wanted but does not run
+    graphs: OpenVINOGraphs | None = None
+    precision: str | None = None  # OpenVINO's: fp32 | bf16
+    precision_reason: str = ""
+    calibration: PrecisionCalibration | None = None
+    fp32_agreement: float | None = None  # OpenVINO fp32 vs torch fp32 labels, calibration tiles
+
+    def report(self) -> dict[str, object]:
+        return {
+            "runtime": self.runtime,
+            "runtime_reason": self.reason,
+            "runtime_warning": self.warning,
+            "runtime_fp32_agreement": self.fp32_agreement,
+        }
+
+
+def open_runtime(
+    model: SegmentationModel,
+    requested: str,
+    precision: str,
+    device_type: str,
+    flags: frozenset[str],
+    cache_dir: Path | None = None,
+) -> RuntimeChoice:
+    """The runtime for `model` (already on its device) under `requested` and `precision`
+    (auto | fp32 | bf16); `flags` are the CPU's."""
+    available = openvino_version() is not None
+    runtime, reason = runtime_decision(requested, device_type, flags, available)
+    if runtime == "torch":
+        warning = reason if requested == "openvino" else None
+        return RuntimeChoice("torch", reason, warning)
+    try:
+        return _open_openvino(model, precision, flags, reason, cache_dir or default_cache_dir())
+    except GraphNotExpressible as exc:
+        why = f"the model's graph cannot be exported to OpenVINO ({exc})"
+        if requested == "openvino":
+            raise ModelError(f"{model.meta.name}: {why}; use --runtime torch") from exc
+        return RuntimeChoice("torch", f"torch: {why}", f"{why}; ran in torch")
+    except RuntimeUnavailable as exc:
+        return RuntimeChoice("torch", f"torch: {exc}", f"{exc}; ran in torch")
+
+
+def _open_openvino(
+    model: SegmentationModel, precision: str, flags: frozenset[str], reason: str, cache: Path
+) -> RuntimeChoice:
+    threads = torch.get_num_threads()
+    tile = int(model.meta.tile_size)
+    tiles = calibration_tiles(tile)
+    fp32 = OpenVINOGraphs(model, "fp32", threads, flags, cache)
+    ov_labels = fp32.predict_reduced(tiles, 0, tile, 1).labels
+    with torch.inference_mode():
+        torch_labels = model.torch_labels(tiles, bf16=False)
+    agreement, _shifts = compare_labels(torch_labels.numpy(), ov_labels.numpy())
+    if agreement < MIN_AGREEMENT:
+        raise RuntimeUnavailable(
+            f"OpenVINO's fp32 graph kept only {100 * agreement:.2f} % of torch's labels on the "
+            "calibration tiles"
+        )
+    choice = RuntimeChoice("openvino", reason, graphs=fp32, fp32_agreement=agreement)
+    if precision == "fp32" or (precision == "auto" and not openvino_bf16_candidate(flags)):
+        choice.precision = "fp32"
+        choice.precision_reason = (
+            "fp32: asked for (--precision fp32)"
+            if precision == "fp32"
+            else "fp32: auto on a CPU where OpenVINO's bf16 is not faster (no AMX, and no "
+            "AVX512-BF16 on an AMD CPU)"
+        )
+        return choice
+    bf16 = OpenVINOGraphs(model, "bf16", threads, flags, cache)
+    choice.graphs, choice.precision = bf16, "bf16"
+    if precision == "bf16":
+        choice.precision_reason = "bf16: asked for (--precision bf16)"
+        return choice
+
+    def labels_of(x: torch.Tensor, low: bool) -> torch.Tensor:
+        if not low:
+            return ov_labels
+        return bf16.predict_reduced(x, 0, tile, 1).labels
+
+    where = "OpenVINO on a CPU with AMX, or AVX512-BF16 on an AMD CPU"
+    calibration = calibrate_bf16(labels_of, tile, where)
+    if not calibration.bf16_chosen:
+        choice.graphs, choice.precision = fp32, "fp32"
+    choice.calibration = calibration
+    choice.precision_reason = calibration.reason()
+    _log.info("precision auto: %s", choice.precision_reason)
+    return choice

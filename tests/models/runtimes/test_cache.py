@@ -1,0 +1,62 @@
+"""The runtime cache: an entry is used only when it is whole and is the key's own."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from wsi_segment.models.runtimes.cache import (
+    default_cache_dir,
+    entry_name,
+    load_entry,
+    scratch_dir,
+    store_entry,
+)
+
+KEY = {"model": "abc", "openvino": "2026.4.1", "precision": "fp32", "threads": 2}
+
+
+def _store(root: Path, key: dict[str, object], data: bytes) -> Path:
+    scratch = scratch_dir(root)
+    (scratch / "x.blob").write_bytes(data)
+    path = store_entry(root, key, {"blob": scratch / "x.blob"})["blob"]
+    scratch.rmdir()  # the file moved out of it
+    return path
+
+
+def test_a_stored_entry_loads_with_its_key_only(tmp_path: Path) -> None:
+    path = _store(tmp_path, KEY, b"compiled")
+    assert path == tmp_path / f"{entry_name(KEY)}.blob" and path.read_bytes() == b"compiled"
+    assert load_entry(tmp_path, KEY, ("blob",)) == {"blob": path}
+    for field, other in (("model", "abd"), ("precision", "bf16"), ("threads", 1)):
+        changed = {**KEY, field: other}
+        assert entry_name(changed) != entry_name(KEY)
+        assert load_entry(tmp_path, changed, ("blob",)) == {}
+
+
+def test_a_damaged_or_foreign_entry_is_a_miss_and_is_replaced(tmp_path: Path) -> None:
+    path = _store(tmp_path, KEY, b"compiled")
+    path.write_bytes(b"compiler")  # same size, one byte changed
+    assert load_entry(tmp_path, KEY, ("blob",)) == {}
+    path.write_bytes(b"compiled")
+    manifest = tmp_path / f"{entry_name(KEY)}.json"
+    doc = json.loads(manifest.read_text())
+    doc["key"]["model"] = "another model"  # a foreign entry under this name
+    manifest.write_text(json.dumps(doc))
+    assert load_entry(tmp_path, KEY, ("blob",)) == {}
+    manifest.write_text("{not json")
+    assert load_entry(tmp_path, KEY, ("blob",)) == {}
+    manifest.unlink()
+    assert load_entry(tmp_path, KEY, ("blob",)) == {}
+    _store(tmp_path, KEY, b"rebuilt")  # the rebuild replaces it
+    assert load_entry(tmp_path, KEY, ("blob",)) == {"blob": path}
+    assert path.read_bytes() == b"rebuilt"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, manifest.name])
+
+
+def test_the_cache_folder_follows_xdg_and_can_be_overridden() -> None:
+    home = {"HOME": "/home/u"}
+    assert default_cache_dir(home) == Path("/home/u/.cache/wsi-segment")
+    assert default_cache_dir({**home, "XDG_CACHE_HOME": "/x"}) == Path("/x/wsi-segment")
+    env = {**home, "XDG_CACHE_HOME": "/x", "WSI_SEGMENT_CACHE_DIR": "/scratch/c"}
+    assert default_cache_dir(env) == Path("/scratch/c")

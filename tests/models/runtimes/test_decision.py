@@ -1,0 +1,48 @@
+"""runtime_decision: one pure function of the request and the machine."""
+
+from __future__ import annotations
+
+import pytest
+
+from wsi_segment.errors import ConfigError
+from wsi_segment.models.runtimes import runtime_decision
+from wsi_segment.models.runtimes.decision import openvino_bf16_candidate
+
+ZEN4 = frozenset({"avx2", "avx512f", "avx512_bf16", "sse4a"})
+INTEL_BF16 = frozenset({"avx2", "avx512f", "avx512_bf16"})  # no AMX
+SPR = frozenset({"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"})
+AVX2 = frozenset({"avx2", "fma"})
+
+
+@pytest.mark.parametrize(
+    ("requested", "device", "flags", "available", "runtime", "reason"),
+    [
+        ("auto", "cpu", ZEN4, True, "openvino", "openvino: auto on a CPU with bf16 in hardware"),
+        ("auto", "cpu", AVX2, True, "openvino", "openvino: auto on a CPU without bf16 hardware"),
+        ("auto", "cuda", SPR, True, "torch", "torch: auto on cuda (OpenVINO is the CPU runtime)"),
+        ("auto", "cpu", SPR, False, "torch", "torch: auto on a CPU OpenVINO, but it cannot"),
+        ("torch", "cpu", SPR, True, "torch", "torch: asked for (--runtime torch)"),
+        ("openvino", "cpu", AVX2, True, "openvino", "openvino: asked for (--runtime openvino)"),
+        ("openvino", "cpu", AVX2, False, "torch", "torch: asked for OpenVINO, but it cannot"),
+    ],
+)
+def test_decision(
+    requested: str, device: str, flags: frozenset[str], available: bool, runtime: str, reason: str
+) -> None:
+    got, why = runtime_decision(requested, device, flags, available)
+    assert got == runtime and why.startswith(reason)
+
+
+def test_openvino_on_a_gpu_run_and_unknown_names_are_config_errors() -> None:
+    with pytest.raises(ConfigError, match="--runtime openvino runs on the CPU"):
+        runtime_decision("openvino", "cuda", SPR, True)
+    with pytest.raises(ConfigError, match="unknown runtime 'tensorrt'"):
+        runtime_decision("tensorrt", "cpu", SPR, True)
+
+
+def test_bf16_is_a_candidate_where_openvino_bf16_was_measured_faster() -> None:
+    """AMX, or AVX512-BF16 on AMD (Zen 4); not Intel's AVX512-BF16 without AMX (slower)."""
+    assert openvino_bf16_candidate(ZEN4) and openvino_bf16_candidate(SPR)
+    assert not openvino_bf16_candidate(INTEL_BF16)
+    assert not openvino_bf16_candidate(AVX2)
+    assert not openvino_bf16_candidate(AVX2 | {"sse4a"})  # AMD without bf16

@@ -1,0 +1,215 @@
+"""The OpenVINO runtime: torch's bytes on real tiles, a cache that never trusts a bad entry,
+and torch with a warning where it cannot run."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from wsi_segment.errors import ModelError
+from wsi_segment.models.classifier import build_classifier
+from wsi_segment.models.device import cpu_flags
+from wsi_segment.models.meta import ModelMeta
+from wsi_segment.models.precision_calibration import calibration_tiles
+from wsi_segment.models.runtimes import OpenVINOGraphs, open_runtime
+from wsi_segment.models.segmentation_model import SegmentationModel
+from wsi_segment.models.segmenter import build_segmenter
+
+TILE = 224
+LUAD = Path(__file__).resolve().parents[2] / "data" / "luad-histoseg-sample"
+META = ModelMeta(
+    "tiny", ["TE", "NEC", "LYM", "TAS"], [(205, 51, 51), (0, 255, 0), (65, 105, 225), (255, 165, 0)],
+    1.0, TILE,
+)  # fmt: skip
+
+
+def _model(seed: int = 0) -> SegmentationModel:
+    """A real (small) DeepLabV3+ and classifier: what the agreement is claimed for."""
+    torch.manual_seed(seed)
+    model = SegmentationModel(
+        build_classifier("resnet10t", "cam", 4),
+        build_segmenter("tu-resnet10t", 4, decoder_channels=16),
+        META,
+    )
+    return model.to_device("cpu", "fp32")
+
+
+class _Classifier(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, stride=4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x).mean(dim=(2, 3)) * 8
+
+
+def _tiny(seed: int = 0) -> SegmentationModel:
+    """Two convolutions: the cache's tests need a graph, not a network (fast to export)."""
+    torch.manual_seed(seed)
+    seg = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 1))
+    return SegmentationModel(_Classifier(), seg, META).to_device("cpu", "fp32")
+
+
+def real_tiles() -> torch.Tensor:
+    """The 18 LUAD-HistoSeg sample patches and the 6 CMU-1 calibration tiles, (24, 3, T, T)."""
+    paths = sorted(LUAD.glob("train/*.png")) + sorted(LUAD.glob("*/img/*.png"))
+    luad = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+    assert len(luad) == 18
+    x = torch.from_numpy(np.stack(luad)).permute(0, 3, 1, 2)
+    return torch.cat([x, calibration_tiles(TILE)]).contiguous()
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("runtime-cache")
+
+
+def _outputs(model: SegmentationModel | OpenVINOGraphs, x: torch.Tensor) -> list[np.ndarray]:
+    out = model.predict_reduced(x, 16, 192, 4)
+    return [out.probs.numpy(), out.labels.numpy(), out.cls_probs.numpy()]
+
+
+def test_fp32_gives_torchs_labels_and_probabilities_on_real_tiles(cache: Path) -> None:
+    """Exact on labels and on the stored uint8 probabilities, for the slide path's geometry
+    and for whole tiles (what evaluate scores); classifier probabilities to float rounding."""
+    model = _model()
+    graphs = OpenVINOGraphs(model, "fp32", 2, cpu_flags(), cache)
+    x = real_tiles()
+    with torch.inference_mode():
+        ref = model.predict_reduced(x, 16, 192, 4)
+    got = graphs.predict_reduced(x, 16, 192, 4)
+    assert torch.equal(got.labels, ref.labels)
+    assert torch.equal(got.probs, ref.probs)
+    assert got.probs.dtype == torch.uint8 and got.labels.dtype == torch.uint8
+    assert torch.allclose(got.cls_probs, ref.cls_probs, atol=1e-5, rtol=0)
+    assert graphs.builds == 1
+
+
+def test_a_second_load_reads_the_cache_and_gives_the_same_bytes(cache: Path) -> None:
+    x = real_tiles()[:16]
+    first = OpenVINOGraphs(_tiny(), "fp32", 2, cpu_flags(), cache)
+    a = _outputs(first, x)
+    with torch.inference_mode():
+        ref = _outputs(_tiny(), x)
+    assert all(np.array_equal(p, q) for p, q in zip(a[:2], ref[:2], strict=True))
+    second = OpenVINOGraphs(_tiny(), "fp32", 2, cpu_flags(), cache)  # another load, same bytes
+    b = _outputs(second, x)
+    assert second.builds == 0 and second.cache_hits == 1
+    assert all(np.array_equal(p, q) for p, q in zip(a, b, strict=True))
+    copy = pickle.loads(pickle.dumps(second))  # a Dask worker's copy loads from the cache
+    assert all(np.array_equal(p, q) for p, q in zip(a, _outputs(copy, x), strict=True))
+    assert copy.builds == 0
+
+
+def test_a_damaged_entry_is_rebuilt_and_keys_change_with_what_changes_the_result(
+    cache: Path,
+) -> None:
+    x = real_tiles()[:16]
+    cache = cache / "damage"
+    reference = _outputs(OpenVINOGraphs(_tiny(), "fp32", 2, cpu_flags(), cache), x)
+    blobs_before = set(cache.glob("*.blob"))
+    assert len(blobs_before) == 1
+    for blob in blobs_before:  # every compiled graph of this cache damaged
+        data = bytearray(blob.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        blob.write_bytes(bytes(data))
+    again = OpenVINOGraphs(_tiny(), "fp32", 2, cpu_flags(), cache)
+    assert all(np.array_equal(p, q) for p, q in zip(reference, _outputs(again, x), strict=True))
+    assert again.builds == 1 and again.cache_hits == 0
+    assert set(cache.glob("*.blob")) == blobs_before  # replaced in place
+    for other in (
+        OpenVINOGraphs(_tiny(), "fp32", 1, cpu_flags(), cache),  # threads
+        OpenVINOGraphs(_tiny(), "bf16", 2, cpu_flags(), cache),  # precision
+        OpenVINOGraphs(_tiny(seed=1), "fp32", 2, cpu_flags(), cache),  # weights
+    ):
+        _outputs(other, x)
+        assert other.builds == 1 and other.cache_hits == 0
+    assert len(set(cache.glob("*.blob")) - blobs_before) == 3
+
+
+class _Branchy(nn.Module):
+    """A segmenter whose path depends on the data: torch.export cannot express it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if float(x.mean()) > 0.5:
+            return self.conv(x)
+        return -self.conv(x)
+
+
+def test_a_graph_openvino_cannot_express_runs_in_torch_under_auto_and_is_refused_by_name(
+    cache: Path,
+) -> None:
+    torch.manual_seed(0)
+    model = SegmentationModel(_Classifier(), _Branchy(), META)
+    model.to_device("cpu", "fp32", "torch")
+    choice = open_runtime(model, "auto", "fp32", "cpu", cpu_flags(), cache)
+    assert choice.runtime == "torch" and choice.graphs is None
+    assert choice.reason.startswith("torch: the model's graph cannot be exported to OpenVINO")
+    assert choice.warning is not None and choice.warning.endswith("; ran in torch")
+    with pytest.raises(ModelError, match=r"cannot be exported to OpenVINO .*use --runtime torch"):
+        open_runtime(model, "openvino", "fp32", "cpu", cpu_flags(), cache)
+
+
+def test_to_device_opens_openvino_and_says_why(
+    cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WSI_SEGMENT_CACHE_DIR", str(cache))
+    model = _tiny().to_device("cpu", "fp32", "openvino")
+    report = model.precision_report()
+    assert report["runtime"] == "openvino" and report["autocast"] == "fp32"
+    assert report["runtime_reason"] == "openvino: asked for (--runtime openvino)"
+    # fp32 in another library sums in another order: a label flips only at a near-tie of
+    # the fp32 probabilities (this random two-conv net has some; the DeepLabV3+ above none)
+    agreement = report["runtime_fp32_agreement"]
+    assert isinstance(agreement, float) and 0.99999 <= agreement <= 1.0
+    assert report["runtime_warning"] is None
+    x = real_tiles()[:16]
+    with torch.inference_mode():
+        ref = _tiny().predict_reduced(x, 16, 192, 4)
+    same = (model.predict_reduced(x, 16, 192, 4).labels == ref.labels).float().mean().item()
+    assert same >= 0.99999
+
+
+def test_a_cache_that_cannot_be_written_costs_only_time(cache: Path, tmp_path: Path) -> None:
+    """Same bytes as a cached run: both compile the graph from its saved form."""
+    x = real_tiles()[:16]
+    cached = _outputs(OpenVINOGraphs(_tiny(), "fp32", 2, cpu_flags(), cache), x)
+    blocker = tmp_path / "a-file"
+    blocker.write_bytes(b"")
+    uncached = OpenVINOGraphs(_tiny(), "fp32", 2, cpu_flags(), blocker / "cache")
+    got = _outputs(uncached, x)
+    assert uncached.builds == 1 and not (blocker / "cache").exists()
+    assert all(np.array_equal(p, q) for p, q in zip(cached, got, strict=True))
+
+
+def test_models_loading_side_by_side_both_export(tmp_path: Path) -> None:
+    """Slides of a batch load their models in threads at once; torch.export's tracing state
+    is process-wide, so exports take turns (without: one fails, and runs in torch)."""
+    import threading
+
+    x = real_tiles()[:4]
+    results: dict[int, object] = {}
+
+    def load(seed: int) -> None:
+        graphs = OpenVINOGraphs(_tiny(seed), "fp32", 2, cpu_flags(), tmp_path)
+        try:
+            results[seed] = _outputs(graphs, x)
+        except Exception as exc:
+            results[seed] = exc
+
+    threads = [threading.Thread(target=load, args=(seed,)) for seed in (3, 4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(isinstance(r, list) for r in results.values()), results
