@@ -64,8 +64,8 @@ def cli() -> list[str]:
 def in_process(slides: list[Path], out: Path, old_path: bool) -> list[float]:
     """Seconds per slide of an up-to-date rerun in this process."""
     from wsi_segment.pipeline.params import SegmentParams
-    from wsi_segment.pipeline.prepare import is_up_to_date
     from wsi_segment.pipeline.segment import prepare, segment_slide
+    from wsi_segment.pipeline.up_to_date import is_up_to_date
 
     params = SegmentParams(device="cpu", precision="fp32")
     seconds = []

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from wsi_segment.errors import ModelError, OutputError
+from wsi_segment.errors import ModelError
 from wsi_segment.models.meta import read_model_json, weights_path
 from wsi_segment.pipeline.inference.chunk_plan import (
     chunk_read_backend,
@@ -36,11 +36,10 @@ from wsi_segment.pipeline.inference.model_handle import (
 from wsi_segment.pipeline.inference.read_device import LevelKey, read_level, slide_reads
 from wsi_segment.pipeline.machine import Machine, probe_machine
 from wsi_segment.pipeline.outputs.output_dir import (
-    read_previous_summary,
     run_fingerprint,
     slide_output_name,
 )
-from wsi_segment.pipeline.outputs.ownership import refuse_foreign, refuse_link
+from wsi_segment.pipeline.outputs.ownership import refuse_link
 from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.pipeline.run_policy import (
     CLUSTER,
@@ -389,21 +388,3 @@ def slide_policy(
         reads, tiles = slide_reads(slide_path, slide, key)
     policy = decide(machine, params, dataclasses.replace(facts, reads=reads))
     return policy, tiles if policy.read_device.value == GPU else None
-
-
-def is_up_to_date(prep: PreparedSlide) -> bool:
-    """True when the final folder holds a complete run with the same fingerprint. A folder
-    that is not ours is named as such rather than offered to --overwrite (which would
-    refuse it too)."""
-    previous = read_previous_summary(prep.out_dir)
-    if previous is None:
-        return False
-    if previous.get("fingerprint") == prep.fingerprint:
-        return not prep.params.overwrite
-    refuse_foreign(prep.out_dir)
-    if not prep.params.overwrite:
-        raise OutputError(
-            f"{prep.out_dir} holds results of a different run (other model or parameters); "
-            "pass --overwrite to replace them or choose another --out"
-        )
-    return False

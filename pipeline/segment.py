@@ -44,11 +44,11 @@ from wsi_segment.pipeline.outputs.output_dir import (
 from wsi_segment.pipeline.params import SegmentParams
 
 # the three stages are reached through this module (the Prefect flows call segment.prepare_stage)
-from wsi_segment.pipeline.prepare import PreparedSlide, is_up_to_date
+from wsi_segment.pipeline.prepare import PreparedSlide
 from wsi_segment.pipeline.prepare import prepare as prepare
 from wsi_segment.pipeline.progress import NullProgress, Progress
 from wsi_segment.pipeline.run_policy import CLUSTER, CPU, LOCAL, RunPolicy, band_policies
-from wsi_segment.pipeline.up_to_date import ModelFiles, finished_output
+from wsi_segment.pipeline.up_to_date import ModelFiles, finished_output, is_up_to_date
 from wsi_segment.wsi.slide import Slide
 
 if TYPE_CHECKING:  # distributed is imported only when a cluster is used

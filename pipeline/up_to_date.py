@@ -8,25 +8,28 @@ would: `models.meta.model_files_identity`, no torch), the parameters and the --r
 bytes; all are known before `prepare` opens anything.
 
 Only "up to date" is decided here. Anything else (no finished output, another run's output,
-a model or slide that cannot be read) is left to `prepare` and `prepare.is_up_to_date`, which
+a model or slide that cannot be read) is left to `prepare` and `is_up_to_date`, which
 report it as before; so a check that cannot be completed costs nothing but its time.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from wsi_segment.errors import WsiSegmentError
+from wsi_segment.errors import OutputError, WsiSegmentError
 from wsi_segment.models.meta import ModelMeta, model_files_identity
 from wsi_segment.pipeline.outputs.output_dir import (
     read_previous_summary,
     run_fingerprint,
     slide_output_name,
 )
-from wsi_segment.pipeline.outputs.ownership import refuse_link
+from wsi_segment.pipeline.outputs.ownership import refuse_foreign, refuse_link
 from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.pipeline.prepare import resolve_model_dir
+
+if TYPE_CHECKING:
+    from wsi_segment.pipeline.prepare import PreparedSlide
 
 ModelFiles = tuple[str, ModelMeta]  # (identity, meta): `models.meta.model_files_identity`
 
@@ -62,3 +65,21 @@ def finished_output(
     except (WsiSegmentError, OSError):  # a missing slide, model or ROI: prepare names it
         return None
     return (out_dir, previous) if previous["fingerprint"] == fingerprint else None
+
+
+def is_up_to_date(prep: PreparedSlide) -> bool:
+    """True when the final folder holds a complete run with the same fingerprint. A folder
+    that is not ours is named as such rather than offered to --overwrite (which would
+    refuse it too)."""
+    previous = read_previous_summary(prep.out_dir)
+    if previous is None:
+        return False
+    if previous.get("fingerprint") == prep.fingerprint:
+        return not prep.params.overwrite
+    refuse_foreign(prep.out_dir)
+    if not prep.params.overwrite:
+        raise OutputError(
+            f"{prep.out_dir} holds results of a different run (other model or parameters); "
+            "pass --overwrite to replace them or choose another --out"
+        )
+    return False
