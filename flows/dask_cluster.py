@@ -8,7 +8,7 @@ band of the engine per thread, the cores shared out between them.
 
 A Dask worker runs any code sent to it, in a process that reads patient slides, so nothing
 we start listens beyond loopback, and every connection is TLS with certificates: a local
-cluster makes its own (`Security.temporary`, held in memory, gone with the cluster), and a
+cluster makes its own (`distributed.security.Security.temporary`, held in memory, gone with the cluster), and a
 remote scheduler (`tls://host:8786`) is reached with the lab's certificates from Dask's
 configuration (`distributed.comm.tls.*`: a YAML file or DASK_DISTRIBUTED__COMM__TLS__*
 variables). A client without the certificate cannot submit work.

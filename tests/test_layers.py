@@ -24,7 +24,7 @@ ALLOWED = {
     "wsi": set(),
     "models": set(),
     "synthetic": {"wsi"},
-    "pipeline.base": {"wsi"},  # params checks --mpp with the range wsi owns
+    "pipeline.base": {"wsi", "models"},  # --mpp range (wsi); the runtime choice (models)
     "pipeline.outputs": {"wsi", "models", "pipeline.base"},
     "pipeline.inference": {"wsi", "models", "pipeline.base", "pipeline.outputs"},
     "pipeline.training": {"wsi", "models", "pipeline.base", "synthetic"},
