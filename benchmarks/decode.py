@@ -126,7 +126,8 @@ def run_device(job: dict, device_name: str) -> tuple[int, float, str]:
 
     from benchmarks.stages import plan_like_pipeline
     from wsi_segment.pipeline.inference.chunk_reader import ChunkReader
-    from wsi_segment.pipeline.inference.device_tiles import DeviceTiles, open_device_tiles
+    from wsi_segment.pipeline.inference.device_tiles import DeviceTiles
+    from wsi_segment.pipeline.inference.read_device import slide_reads
 
     p = plan_like_pipeline(
         Path(job["slide"]), _meta(job), job["overlap"], job["chunk_tiles"], job["downsample"]
@@ -140,9 +141,11 @@ def run_device(job: dict, device_name: str) -> tuple[int, float, str]:
         grid=p.grid,
     )
     device = torch.device(device_name)
-    found = open_device_tiles(reader, device, "nvjpeg" if device.type == "cuda" else "libjpeg")
-    if not isinstance(found, DeviceTiles):
-        return 0, 0.0, found.reason
+    key = (reader.read_level, reader.level0_per_model)
+    facts, tiles = slide_reads(reader.slide_path, reader.slide(), key)  # as a run opens them
+    if tiles is None:
+        return 0, 0.0, facts.unsupported
+    found = DeviceTiles(reader, tiles, device, "nvjpeg" if device.type == "cuda" else "libjpeg")
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     found.read_tiles(p.specs[0])
     sync()

@@ -1,11 +1,21 @@
 """The CPU reference of the slide path's reduction, as the pipeline did it before the model
 reduced on its device: full float32 maps from `predict`, then numpy core crop, d x d mean,
 uint8 quantisation and labels taken from the quantised values (gated pixels whose kept
-classes all round to 0 become nodata). Tests compare the on-device reduction against it."""
+classes all round to 0 become nodata). Tests compare the on-device reduction against it.
+
+Also the engine's reference: a chunk's reduced cores computed alone (`chunk_alone`), read by
+the job's `ChunkReader` and batched chunk by chunk with no engine, no read source, no padding.
+"""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
+
+if TYPE_CHECKING:
+    from wsi_segment.pipeline.inference.chunk_inference import ReducedTiles
+    from wsi_segment.wsi.tiling import ChunkSpec, TileGrid
 
 
 def quantise(probs: np.ndarray) -> np.ndarray:
@@ -70,7 +80,7 @@ def reference_block(job, spec, model) -> tuple[np.ndarray, np.ndarray, np.ndarra
 
     d, s, m = job.grid.downsample, job.grid.stride, job.grid.margin
     tiles = list(spec.tiles)
-    patches = torch.from_numpy(job.read_tiles(spec)).permute(0, 3, 1, 2)
+    patches = torch.from_numpy(job.reader.read_tiles(spec)).permute(0, 3, 1, 2)
     seg = np.concatenate(
         [
             model.predict(patches[i : i + job.batch_size], gate=job.gate)[0].numpy()
@@ -89,3 +99,41 @@ def reference_block(job, spec, model) -> tuple[np.ndarray, np.ndarray, np.ndarra
     block[:, ~tissue] = 0
     u8 = quantise(block)
     return block, u8, label_quantised(u8)
+
+
+def predict_unpadded(
+    model: Any, tiles: np.ndarray, grid: TileGrid, batch_size: int, gate: bool, lock: Any = None
+) -> ReducedTiles:
+    """uint8 tiles (N, T, T, 3) through the model's reduction in batches of `batch_size`, the
+    last one short (the engine pads it: `chunk_inference.predict_batch`)."""
+    import torch
+
+    from wsi_segment.pipeline.inference.chunk_inference import ReducedTiles, predict_batch
+
+    parts = [
+        predict_batch(
+            model, torch.from_numpy(np.ascontiguousarray(part)), len(part), grid, gate, lock
+        )
+        for part in (tiles[i : i + batch_size] for i in range(0, len(tiles), batch_size))
+    ]
+    if not parts:
+        so = grid.stride // grid.downsample
+        return ReducedTiles(np.zeros((0, 0, so, so), np.uint8), np.zeros((0, so, so), np.uint8), 0)
+    return ReducedTiles(
+        np.concatenate([p.probs for p in parts]),
+        np.concatenate([p.labels for p in parts]),
+        sum(p.bytes_from_model for p in parts),
+    )
+
+
+def chunk_alone(job: Any, spec: ChunkSpec) -> ReducedTiles:
+    """The reduced cores of one chunk's tiles, in `spec.tiles` order, computed alone: read by
+    the job's `ChunkReader`, in batches of the job's batch size holding this chunk only. `job`
+    is a pipeline.inference.chunk_job.SlideJob; `job.finish_block` writes what this gives."""
+    from wsi_segment.pipeline.inference.chunk_job import device_batch_size
+
+    model, lock = job.model.get()
+    batch_size = device_batch_size(model, lock, job.grid.tile, job.batch_size)
+    return predict_unpadded(
+        model, job.reader.read_tiles(spec), job.grid, batch_size, job.gate, lock
+    )

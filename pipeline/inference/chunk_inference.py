@@ -91,8 +91,7 @@ def predict_batch(
     every position of a batch). The bits also depend on the torch thread count (the engine
     keeps it fixed for a run). `bytes_from_model` counts the kept tiles only. The padding
     happens once per engine run (its last batch: sources fill every other batch), at most
-    `batch - 1` blank tiles. `predict_reduced_tiles` (one chunk alone, outside the engine:
-    tests and benchmarks) batches each chunk alone and is not padded.
+    `batch - 1` blank tiles.
     """
     import torch
 
@@ -105,40 +104,6 @@ def predict_batch(
     with lock if lock is not None else contextlib.nullcontext():
         out = model.predict_reduced(tiles.permute(0, 3, 1, 2), *reduce_args, gate=gate)
     return ReducedTiles(out.probs[:n].numpy(), out.labels[:n].numpy(), out.nbytes // batch * n)
-
-
-def predict_reduced_tiles(
-    model: TileModel,
-    tiles: np.ndarray,
-    grid: TileGrid,
-    batch_size: int,
-    gate: bool,
-    lock: threading.Lock | None = None,
-) -> ReducedTiles:
-    """The stored form of uint8 tiles (N, T, T, 3): cores reduced on the model's device.
-
-    One chunk alone, outside the engine (`SlideJob.predict_chunk`: tests and benchmarks);
-    the lock serialises forward passes in a process.
-    """
-    import torch
-
-    # Tiles go to the device from pageable memory: pinning a fresh buffer per batch (a
-    # cudaHostAlloc on the hot path) costs more than the asynchronous copy it enables. Reused
-    # pinned staging belongs to the consumer that owns the device.
-    probs, labels, nbytes = [], [], 0
-    reduce_args = (grid.margin, grid.stride, grid.downsample)
-    for start in range(0, len(tiles), batch_size):
-        batch = torch.from_numpy(np.ascontiguousarray(tiles[start : start + batch_size]))
-        batch = batch.permute(0, 3, 1, 2)
-        with lock if lock is not None else contextlib.nullcontext():
-            out = model.predict_reduced(batch, *reduce_args, gate=gate)
-        probs.append(out.probs.numpy())
-        labels.append(out.labels.numpy())
-        nbytes += out.nbytes
-    if not probs:
-        so = grid.stride // grid.downsample
-        return ReducedTiles(np.zeros((0, 0, so, so), np.uint8), np.zeros((0, so, so), np.uint8), 0)
-    return ReducedTiles(np.concatenate(probs), np.concatenate(labels), nbytes)
 
 
 def stitch_cores(

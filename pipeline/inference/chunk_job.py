@@ -21,14 +21,12 @@ import zarr
 from wsi_segment.pipeline.inference.chunk_inference import (
     NODATA,
     ReducedTiles,
-    predict_reduced_tiles,
     stitch_cores,
 )
 from wsi_segment.pipeline.inference.chunk_reader import ChunkReader
 from wsi_segment.pipeline.inference.model_handle import ModelHandle, model_device_type
 from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome, summarise_block
 from wsi_segment.pipeline.outputs.label_image import label_values
-from wsi_segment.wsi.tile_reuse import TileReuse
 from wsi_segment.wsi.tiling import ChunkSpec, TileGrid
 
 if TYPE_CHECKING:  # torch loads where the model does, never to open a slide
@@ -99,31 +97,6 @@ class SlideJob:
         cols = np.minimum(((np.arange(x0, x1) + 0.5) * scale).astype(np.int64), w - 1)
         rows = np.minimum(((np.arange(y0, y1) + 0.5) * scale).astype(np.int64), h - 1)
         return self.tissue_mask[np.ix_(rows, cols)]
-
-    def read_box(self, spec: ChunkSpec) -> tuple[int, int, int, int]:
-        """Model-space box a chunk reads (`ChunkReader.read_box`)."""
-        return self.reader.read_box(spec)
-
-    def plan_tile_reuse(self, specs: list[ChunkSpec]) -> TileReuse | None:
-        """A storage-tile reuser for these chunks in this process (`ChunkReader`)."""
-        return self.reader.plan_tile_reuse(specs)
-
-    def read_tiles(self, spec: ChunkSpec, reuse: TileReuse | None = None) -> np.ndarray:
-        """The chunk's tissue tiles (N, T, T, 3) uint8 (`ChunkReader.read_tiles`)."""
-        return self.reader.read_tiles(spec, reuse)
-
-    def infer_block(self, spec: ChunkSpec, tiles: np.ndarray | None = None) -> ReducedTiles:
-        """The chunk's output block: uint8 probabilities (K, h, w) and labels (h, w) over
-        `spec.out_box`, 0 and NODATA outside tissue, from cores reduced on the model's device."""
-        return self.stitch_block(spec, self.predict_chunk(spec, tiles))
-
-    def predict_chunk(self, spec: ChunkSpec, tiles: np.ndarray | None = None) -> ReducedTiles:
-        """The reduced cores of the chunk's tiles, in `spec.tiles` order (read, model):
-        one chunk alone, outside the engine (tests and benchmarks compare against it)."""
-        patches = tiles if tiles is not None else self.read_tiles(spec)
-        model, lock = self.model.get()
-        batch_size = device_batch_size(model, lock, self.grid.tile, self.batch_size)
-        return predict_reduced_tiles(model, patches, self.grid, batch_size, self.gate, lock)
 
     def stitch_block(self, spec: ChunkSpec, reduced: ReducedTiles) -> ReducedTiles:
         """Place the reduced cores of `spec.tiles` (in that order) into the chunk's output

@@ -5,8 +5,8 @@ one batch (`pipeline.inference.jpeg_batch`), pasted into the box on the device (
 outside the level, as `wsi.slide.Slide` reads), and cut into the chunk's model tiles on
 the global grid as `ChunkReader.read_tiles` cuts them: the same tiles, byte for byte where
 the same decoder runs. Only where model pixels are the read level's pixels (no resampling);
-elsewhere, and for slides whose tiles `wsi.raw_tiles` cannot serve, `open_device_tiles`
-says why and the CPU decoders read the slide (`pipeline.inference.read_device`). With
+elsewhere, and for slides whose tiles `wsi.raw_tiles` cannot serve,
+`pipeline.inference.read_device.jpeg_level` says why and the CPU decoders read the slide. With
 `plan_reuse`, each storage tile is decoded once for all the planned chunks
 (`DeviceTileCache`, below).
 """
@@ -21,8 +21,7 @@ import torch
 from wsi_segment.errors import SlideError
 from wsi_segment.pipeline.inference.chunk_reader import ChunkReader
 from wsi_segment.pipeline.inference.jpeg_batch import Decoder, copy_into, decode_tiles
-from wsi_segment.pipeline.inference.read_device import jpeg_level
-from wsi_segment.wsi.raw_tiles import JpegTiles, Unsupported
+from wsi_segment.wsi.raw_tiles import JpegTiles
 from wsi_segment.wsi.tiling import ChunkSpec
 
 # Decode each storage tile once per slide, in bounded memory. Neighbouring chunks share
@@ -203,15 +202,3 @@ class DeviceTiles:
 
     def close(self) -> None:
         self.tiles.close()
-
-
-def open_device_tiles(
-    reader: ChunkReader, device: torch.device, decoder: Decoder
-) -> DeviceTiles | Unsupported:
-    """Device reads for this reader's chunks with `decoder`, or why the CPU decoders must
-    read them."""
-    key = (reader.read_level, reader.level0_per_model)
-    tiles = jpeg_level(reader.slide_path, reader.slide(), key)
-    if isinstance(tiles, Unsupported):
-        return tiles
-    return DeviceTiles(reader, tiles, device, decoder)

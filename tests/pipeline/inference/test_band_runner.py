@@ -20,6 +20,7 @@ from tests.conftest import CMU_SLIDE, corrupt_middle_tile
 from tests.engine_leaks import shm_entries
 from tests.pipeline.inference.test_engine import assert_same_outcomes, make_job, stored
 from tests.pipeline.inference.test_engine_shared_model import TurnWatch
+from tests.reference_inference import chunk_alone
 from wsi_segment.errors import SlideError
 from wsi_segment.models.bundle import load_model
 from wsi_segment.pipeline.inference.band_runner import band_slices
@@ -58,7 +59,7 @@ def one_torch_thread_reference(job: SlideJob, specs: list[ChunkSpec]):
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return [job.finish_block(s, job.predict_chunk(s)) for s in specs]
+        return [job.finish_block(s, chunk_alone(job, s)) for s in specs]
     finally:
         torch.set_num_threads(before)
 

@@ -8,7 +8,12 @@ import numpy as np
 import torch
 
 from tests.conftest import CMU_SLIDE
-from tests.reference_inference import near_rounding_boundary, reference_block, unique_positive_max
+from tests.reference_inference import (
+    chunk_alone,
+    near_rounding_boundary,
+    reference_block,
+    unique_positive_max,
+)
 from wsi_segment.models.bundle import load_model
 from wsi_segment.pipeline.inference.chunk_inference import NODATA
 from wsi_segment.pipeline.inference.chunk_job import SlideJob
@@ -69,7 +74,7 @@ def test_slide_labels_equal_the_reference_except_where_the_gate_removed_the_sure
     assert specs
     changed = tied = pixels = 0
     for spec in specs:
-        got = job.infer_block(spec)
+        got = job.stitch_block(spec, chunk_alone(job, spec))
         block, u8, ref_labels = reference_block(job, spec, model)
         assert got.probs.shape == u8.shape and got.labels.shape == ref_labels.shape
         # uint8 probabilities as before (a half level apart at most where float sums in

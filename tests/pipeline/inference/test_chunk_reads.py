@@ -46,7 +46,6 @@ def test_no_tiles_means_no_box():
 def test_chunk_reads_share_storage_tiles_with_the_same_pixels(model_mpp):
     """Every chunk of a real plan reads the same tiles with storage-tile reuse as without,
     through the prefetcher and through a runner thread that claimed its chunk first."""
-    from wsi_segment.pipeline.inference.chunk_job import SlideJob
     from wsi_segment.pipeline.inference.chunk_prefetch import ChunkPrefetcher
     from wsi_segment.pipeline.inference.chunk_reader import ChunkReader
     from wsi_segment.wsi.tiling import plan_chunks
@@ -54,39 +53,29 @@ def test_chunk_reads_share_storage_tiles_with_the_same_pixels(model_mpp):
     slide = open_slide(CMU_SLIDE, backend="tiffslide")
     grid = TileGrid(tile=224, overlap=32, downsample=4)
     plan = plan_chunks(slide, 0.499, model_mpp, grid, 2, None)
-    job = SlideJob(
-        reader=ChunkReader(
-            slide_path=str(CMU_SLIDE),
-            backend="tiffslide",
-            mpp_override=None,
-            level0_per_model=plan.level0_per_model,
-            read_level=plan.read_level,
-            grid=grid,
-        ),
-        n_classes=4,
-        batch_size=8,
-        gate=True,
-        zarr_path="",
-        tissue_mask=np.ones((1, 1), bool),
-        tissue_downsample=1e9,
-        level0_per_output=plan.level0_per_model * grid.downsample,
-        model=None,
+    reader = ChunkReader(
+        slide_path=str(CMU_SLIDE),
+        backend="tiffslide",
+        mpp_override=None,
+        level0_per_model=plan.level0_per_model,
+        read_level=plan.read_level,
+        grid=grid,
     )
     specs = list(plan.specs)
     assert len(specs) >= 4
-    reuse = job.plan_tile_reuse(specs)
+    reuse = reader.plan_tile_reuse(specs)
     assert reuse is not None
     for spec in specs:
-        np.testing.assert_array_equal(job.read_tiles(spec, reuse), job.read_tiles(spec))
+        np.testing.assert_array_equal(reader.read_tiles(spec, reuse), reader.read_tiles(spec))
     assert reuse.tiles_reused > 0 and reuse.cached_bytes == 0
 
-    prefetch = ChunkPrefetcher(job.reader, specs)
+    prefetch = ChunkPrefetcher(reader, specs)
     claimed = prefetch.take(specs[-1])  # a runner gets there before the reader
     try:
         for spec in specs:
             got = claimed if spec is specs[-1] else prefetch.take(spec)
             tiles = got if got is not None else prefetch.read_here(spec)
-            np.testing.assert_array_equal(tiles, job.read_tiles(spec))
+            np.testing.assert_array_equal(tiles, reader.read_tiles(spec))
     finally:
         prefetch.close()
     assert prefetch.tile_reuse is not None and prefetch.tile_reuse.tiles_reused > 0

@@ -1,5 +1,7 @@
 """Model tiles assembled on the device from decoded storage tiles are the tiles the CPU
-decoders read (`ChunkReader.read_tiles`), edges and partial tissue included."""
+decoders read (`ChunkReader.read_tiles`), edges and partial tissue included. The device
+reads are opened as a run opens them: the slide's read facts (`read_device.slide_reads`),
+then `DeviceTiles` on the tiles it serves."""
 
 from __future__ import annotations
 
@@ -12,8 +14,10 @@ import torch
 
 from tests.conftest import CMU_SLIDE, DATA_DIR
 from wsi_segment.pipeline.inference.chunk_reader import ChunkReader
-from wsi_segment.pipeline.inference.device_tiles import DeviceTiles, open_device_tiles
-from wsi_segment.wsi.raw_tiles import Unsupported
+from wsi_segment.pipeline.inference.device_tiles import DeviceTiles
+from wsi_segment.pipeline.inference.jpeg_batch import Decoder
+from wsi_segment.pipeline.inference.read_device import slide_reads
+from wsi_segment.pipeline.run_policy import ReadFacts
 from wsi_segment.wsi.slide import open_slide
 from wsi_segment.wsi.tiling import ChunkSpec, TileGrid, plan_chunks
 
@@ -37,6 +41,17 @@ def _reader(
     return reader, list(plan.specs)
 
 
+def device_reads(
+    reader: ChunkReader, device: torch.device, decoder: Decoder
+) -> tuple[ReadFacts, DeviceTiles | None]:
+    """The slide's read facts as `prepare` and a Dask band take them, and the device reads a
+    run then builds on the tiles served (`segment.local_source`, `band_task.band_source`);
+    None where the device path cannot serve the slide (the facts say why)."""
+    key = (reader.read_level, reader.level0_per_model)
+    facts, tiles = slide_reads(reader.slide_path, reader.slide(), key)
+    return facts, None if tiles is None else DeviceTiles(reader, tiles, device, decoder)
+
+
 def _cpu_tiles(reader: ChunkReader, spec: ChunkSpec) -> np.ndarray:
     return reader.read_tiles(spec)
 
@@ -52,8 +67,8 @@ def _cpu_tiles(reader: ChunkReader, spec: ChunkSpec) -> np.ndarray:
 )
 def test_every_chunk_gets_the_cpu_decoders_tiles(path, backend, grid):
     reader, specs = _reader(path, backend, 0.5, grid)
-    device_tiles = open_device_tiles(reader, CPU, "libjpeg")
-    assert isinstance(device_tiles, DeviceTiles), device_tiles
+    facts, device_tiles = device_reads(reader, CPU, "libjpeg")
+    assert device_tiles is not None, facts
     assert device_tiles.decoder == "libjpeg"
     # chunks at every border read past the slide (white halo); CMU's 2967 px rows end
     # inside a storage tile, so its padded edge tiles are cropped
@@ -70,8 +85,8 @@ def test_partial_tissue_chunk_reads_only_its_tiles():
     grid = TileGrid(tile=224, overlap=32, downsample=4)
     reader, specs = _reader(CMU_SLIDE, "tiffslide", 0.5, grid, chunk_tiles=4)
     spec = dataclasses.replace(specs[0], tiles=((1, 2), (2, 1), (3, 3)))
-    device_tiles = open_device_tiles(reader, CPU, "libjpeg")
-    assert isinstance(device_tiles, DeviceTiles)
+    _, device_tiles = device_reads(reader, CPU, "libjpeg")
+    assert device_tiles is not None
     got = device_tiles.read_tiles(spec)
     assert got.shape == (3, 224, 224, 3)
     np.testing.assert_array_equal(got.numpy(), _cpu_tiles(reader, spec))
@@ -82,15 +97,16 @@ def test_partial_tissue_chunk_reads_only_its_tiles():
 def test_resampled_or_unservable_slides_fall_back_with_a_reason():
     grid = TileGrid(tile=224, overlap=32, downsample=4)
     reader, _ = _reader(CMU_SLIDE, "tiffslide", 1.0, grid)  # 2 level-0 px per model px
-    found = open_device_tiles(reader, CPU, "libjpeg")
-    assert isinstance(found, Unsupported)
-    assert found.reason == (
+    facts, found = device_reads(reader, CPU, "libjpeg")
+    assert found is None
+    assert facts.unsupported == (
         "model pixels are not level 0's pixels (2 level-0 px per model px, level downsample 1):"
         " resampling runs on the CPU"
     )
     boxes, _ = _reader(DATA_DIR / "boxes.tiff", "tiffslide", 0.5, TileGrid(32, 8, 4))
-    assert open_device_tiles(boxes, CPU, "libjpeg") == Unsupported(
-        "ADOBE_DEFLATE compression, not JPEG"
+    assert device_reads(boxes, CPU, "libjpeg") == (
+        ReadFacts(unsupported="ADOBE_DEFLATE compression, not JPEG"),
+        None,
     )
 
 
@@ -99,8 +115,8 @@ def test_tiles_assembled_on_cuda_match_the_cpu_decoders():
     """Aperio tiles are RGB-coded, so libjpeg decodes them before the copy: exact."""
     grid = TileGrid(tile=224, overlap=32, downsample=4)
     reader, specs = _reader(CMU_SLIDE, "tiffslide", 0.5, grid)
-    device_tiles = open_device_tiles(reader, torch.device("cuda"), "libjpeg")
-    assert isinstance(device_tiles, DeviceTiles)
+    _, device_tiles = device_reads(reader, torch.device("cuda"), "libjpeg")
+    assert device_tiles is not None
     for spec in specs:
         got = device_tiles.read_tiles(spec)
         assert got.device.type == "cuda"

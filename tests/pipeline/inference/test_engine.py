@@ -1,6 +1,6 @@
 """The engine (a read source -> compute threads -> writer) writes exactly what each chunk run
-alone writes (read, model, stitch, write: `SlideJob.predict_chunk` + `finish_block`, no
-engine): same zarr bytes, same outcomes, whatever reads the tiles (a reader thread, decoder
+alone writes (read, model, stitch, write: `tests.reference_inference.chunk_alone` +
+`SlideJob.finish_block`, no engine): same zarr bytes, same outcomes, whatever reads the tiles (a reader thread, decoder
 processes), however many compute threads and however its batches mix chunks."""
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import zarr
 
 from tests.conftest import CMU_SLIDE, corrupt_middle_tile
 from tests.engine_leaks import shm_entries
+from tests.reference_inference import chunk_alone
 from wsi_segment.errors import SlideError
 from wsi_segment.models.bundle import load_model
 from wsi_segment.pipeline.inference.chunk_job import SlideJob
@@ -138,7 +139,7 @@ def assert_same_outcomes(a, b) -> None:
 def alone(tmp_path_factory, tiny):
     """The reference: every chunk alone, one after the other, outside the engine."""
     job, specs = make_job(tmp_path_factory.mktemp("alone") / "p.zarr", tiny, chunk_tiles=2)
-    return stored_run(job, [job.finish_block(s, job.predict_chunk(s)) for s in specs]), specs
+    return stored_run(job, [job.finish_block(s, chunk_alone(job, s)) for s in specs]), specs
 
 
 def stored_run(job, outcomes):

@@ -18,15 +18,17 @@ import torch
 
 from tests.conftest import CMU_SLIDE, DATA_DIR, corrupt_middle_tile
 from tests.engine_leaks import shm_entries
+from tests.pipeline.inference.test_device_tiles import device_reads as open_reads
 from tests.pipeline.inference.test_engine import TileByTile, assert_same_outcomes, stored
 from wsi_segment.errors import SlideError
 from wsi_segment.models.bundle import load_model
 from wsi_segment.pipeline.inference.chunk_job import SlideJob
 from wsi_segment.pipeline.inference.chunk_reader import ChunkReader
 from wsi_segment.pipeline.inference.decoder_reads import DecoderProcesses
-from wsi_segment.pipeline.inference.device_tiles import DeviceTiles, open_device_tiles
+from wsi_segment.pipeline.inference.device_tiles import DeviceTiles
 from wsi_segment.pipeline.inference.engine import run_engine
 from wsi_segment.pipeline.inference.engine_state import EngineStats
+from wsi_segment.pipeline.inference.jpeg_batch import Decoder
 from wsi_segment.pipeline.inference.model_handle import ModelHandle
 from wsi_segment.pipeline.inference.reader_thread import ReaderThread
 from wsi_segment.pipeline.outputs.ome_zarr import create_probability_store, level0_path
@@ -93,9 +95,11 @@ def window(specs: list[ChunkSpec], rows: set[int], cols: set[int]) -> list[Chunk
     return [s for s in specs if s.row in rows and s.col in cols]
 
 
-def device_reads(job: SlideJob) -> DeviceTiles:
-    reads = open_device_tiles(job.reader, CPU, "libjpeg")
-    assert isinstance(reads, DeviceTiles), reads
+def device_reads(
+    job: SlideJob, device: torch.device = CPU, decoder: Decoder = "libjpeg"
+) -> DeviceTiles:
+    facts, reads = open_reads(job.reader, device, decoder)
+    assert reads is not None, facts
     return reads
 
 
@@ -226,8 +230,8 @@ def test_device_reads_on_cuda_write_what_the_decoder_processes_write(tmp_path, t
     expected_bytes = stored(job)
     job, specs = level_job(tmp_path / "b.zarr", wrapped, CMU_SLIDE, detect=False)
     specs = window(specs, *WINDOWS[CMU_SLIDE])
-    reads = open_device_tiles(job.reader, torch.device("cuda"), "libjpeg")  # RGB-coded tiles
-    assert isinstance(reads, DeviceTiles) and reads.decoder == "libjpeg"
+    reads = device_reads(job, torch.device("cuda"), "libjpeg")  # RGB-coded tiles
+    assert reads.decoder == "libjpeg"
     assert_same_outcomes(run_engine(job, specs, ReaderThread(reads)), expected)
     np.testing.assert_array_equal(stored(job), expected_bytes)
 
@@ -239,8 +243,8 @@ def test_nvjpeg_reads_feed_the_engine(tmp_path, tiny_model_dir):
     model = load_model(tiny_model_dir)
     model.to_device("cuda", "fp32")
     job, specs = level_job(tmp_path / "p.zarr", TileByTile(model), OME_TIFF)
-    reads = open_device_tiles(job.reader, torch.device("cuda"), "nvjpeg")  # YCbCr tiles
-    assert isinstance(reads, DeviceTiles) and reads.decoder == "nvjpeg"
+    reads = device_reads(job, torch.device("cuda"), "nvjpeg")  # YCbCr tiles
+    assert reads.decoder == "nvjpeg"
     stats = EngineStats()
     outcomes = run_engine(job, specs, ReaderThread(reads), stats=stats)
     assert stats.tiles == sum(o.tiles_run for o in outcomes) == sum(len(s.tiles) for s in specs)

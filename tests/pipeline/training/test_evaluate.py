@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
+from tests.reference_inference import predict_unpadded
 from wsi_segment.errors import DatasetError
 from wsi_segment.models.bundle import demo_model_dir, load_model
 from wsi_segment.models.labels import UNCLASSIFIED
 from wsi_segment.models.meta import DEFAULT_EPSILON
 from wsi_segment.models.segmentation_model import SegmentationModel
-from wsi_segment.pipeline.inference.chunk_inference import predict_reduced_tiles
 from wsi_segment.pipeline.training.datasets import load_batch, open_dataset
 from wsi_segment.pipeline.training.evaluate import (
     GateCheck,
@@ -85,7 +85,7 @@ def _test_split() -> tuple[torch.Tensor, torch.Tensor]:
 def test_evaluate_and_validation_score_the_labels_the_slide_path_writes(demo) -> None:
     """For real LUAD-HistoSeg patches and the demo model: the labels `evaluate` scores and
     those stage-3 validation scores equal what the slide path's reduction writes for the
-    same tiles (`predict_reduced_tiles`, a grid of whole tiles), at the model's epsilon, at
+    same tiles (`chunk_inference.predict_batch`, a grid of whole tiles), at the model's epsilon, at
     one where the gate removes every class of some tiles, and at one where it removes every
     class of every tile (Unclassified everywhere)."""
     images, gt = _test_split()
@@ -100,7 +100,7 @@ def test_evaluate_and_validation_score_the_labels_the_slide_path_writes(demo) ->
     for eps in (demo.meta.gate_epsilon, half, all_gated):
         demo.meta.gate_epsilon = eps
         (scored,) = segmentation_predictor(demo)(images, gt)
-        slide = predict_reduced_tiles(demo, nhwc, grid, batch_size=4, gate=True).labels
+        slide = predict_unpadded(demo, nhwc, grid, batch_size=4, gate=True).labels
         np.testing.assert_array_equal(np.asarray(scored), slide)
         val = module_predictor(demo.segmenter, demo.classifier, eps, torch.device("cpu"))
         np.testing.assert_array_equal(np.asarray(val(images, gt)[0]), slide)
