@@ -3,7 +3,10 @@ their certificate: a Dask worker runs any code sent to it, next to patient slide
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import psutil
@@ -27,6 +30,31 @@ def listening(pids: list[int]) -> set[tuple[int, str]]:
             if conn.status == psutil.CONN_LISTEN:
                 found.add((pid, conn.laddr.ip))
     return found
+
+
+STRANGER = """
+import json, sys
+import dask
+from distributed import Client
+address, config, marker = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+with dask.config.set(config):
+    try:
+        client = Client(address, timeout=5)
+        client.submit(open, marker, "w").result(timeout=5)
+    except (OSError, ValueError, TypeError):
+        sys.exit(3)  # refused: the outcome every stranger must get
+sys.exit(0)
+"""
+
+
+def stranger_submits(address: str, config: dict, marker: Path) -> subprocess.CompletedProcess:
+    """Another process (another user's, say) with `config` tries to run code on `address`."""
+    return subprocess.run(
+        [sys.executable, "-c", STRANGER, address, json.dumps(config), str(marker)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def tree() -> list[int]:
@@ -70,9 +98,8 @@ def test_a_local_cluster_listens_on_loopback_and_refuses_clients_without_its_cer
         }
         for what, config in strangers.items():
             target = address.replace("tls://", "tcp://") if what == "plain tcp" else address
-            with dask.config.set(config), pytest.raises((OSError, ValueError, TypeError)):
-                stranger = Client(target, timeout=5)
-                stranger.submit(marker.write_text, "ran").result(timeout=5)  # not reached
+            refused = stranger_submits(target, config, marker)
+            assert refused.returncode == 3, (what, refused.stdout, refused.stderr)
             assert not marker.exists(), what
         # the same certificate, as the flow in this process gets it (security_config)
         with dask.config.set(security_config(security)), Client(address, timeout=30) as friend:
