@@ -47,6 +47,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -317,7 +318,7 @@ class OutputDir:
         tb: TracebackType | None,
     ) -> None:
         if not self.committed:
-            shutil.rmtree(self.work_dir, ignore_errors=True)
+            remove_work_dir(self.work_dir)
         self._release()
 
     def _release(self) -> None:
@@ -332,6 +333,18 @@ class OutputDir:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
             os.close(self._lock_fd)
             self._lock_fd = None
+
+
+def remove_work_dir(work_dir: Path, tries: int = 5) -> None:
+    """Remove an unfinished run's hidden folder. An interrupt bounds how long the run waits
+    for its threads, so a writer may still be finishing a file while the folder is removed
+    (rmtree then leaves the folder it could not empty): retry briefly, so nothing partial is
+    left behind; what still remains after that, the next run removes."""
+    for attempt in range(tries):
+        shutil.rmtree(work_dir, ignore_errors=True)
+        if not work_dir.exists():
+            return
+        time.sleep(0.05 * (attempt + 1))
 
 
 def open_lock_file(path: Path) -> int:
