@@ -116,6 +116,8 @@ def test_the_systemd_recipe_as_written_and_a_worker_restart_mid_run(
         "active",
         "active",
     ]
+    server_log = machine.sh("journalctl -u prefect-server --no-pager").stdout
+    assert "UI will not be available" not in server_log
     [first] = UUID.findall(done.stdout.split("Created flow run", 1)[1])[:1]
     deployment = api(machine, "/deployments/name/segment-batch/nightly")
     assert deployment["parameters"]["input"] == "/data/slides"
