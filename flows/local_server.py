@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 from wsi_segment.errors import ConfigError
 
@@ -64,10 +65,37 @@ def _healthy(proc: subprocess.Popen[bytes], url: str, timeout_s: float) -> bool:
     return False
 
 
+def check_database_folders() -> None:
+    """The temporary server keeps its SQLite database in Prefect's home folder: one that
+    cannot be made or written is reported here, with the fix, instead of as a server that
+    fails to start three times and then "did not start within 90 s"."""
+    from prefect.settings import get_current_settings
+
+    settings = get_current_settings()
+    folders = [Path(settings.home).expanduser()]
+    secret = settings.server.database.connection_url
+    url = secret.get_secret_value() if secret is not None else ""
+    if url.startswith("sqlite") and ":///" in url and ":memory:" not in url:
+        folders.append(Path(url.split(":///", 1)[1]).expanduser().parent)
+    for folder in folders:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            usable = os.access(folder, os.W_OK | os.X_OK)
+        except OSError:
+            usable = False
+        if not usable:
+            raise ConfigError(
+                f"{folder}: cannot create or write Prefect's folder for the temporary server's "
+                f"database (HOME={os.environ.get('HOME', '')}); set PREFECT_HOME to a writable "
+                "folder, or run a Prefect server and set PREFECT_API_URL (docs/deploy.md)"
+            )
+
+
 def start_server() -> tuple[subprocess.Popen[bytes], str]:
     """A temporary server in its own session; returns its process and API URL."""
     from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
 
+    check_database_folders()
     timeout_s = float(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value())
     for _ in range(ATTEMPTS):
         port = _free_port()

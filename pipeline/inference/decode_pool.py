@@ -38,6 +38,7 @@ from wsi_segment.pipeline.inference.engine_state import wait_uninterrupted
 from wsi_segment.pipeline.inference.main_guard import check_main_guard
 from wsi_segment.pipeline.inference.shm_rings import (
     SHM_DIR,
+    owned_semaphores,
     remove_abandoned_rings,
     ring_name,
 )
@@ -166,10 +167,11 @@ class DecodePool:
         self.decoders = decoders
         self.specs: list[ChunkSpec] | None = None  # None until `assign`
         ctx = spawn_context()
-        self.stop: Any = ctx.Event()
-        self.free: Any = ctx.Queue()
-        self.results: Any = ctx.Queue()
-        self.work: Any = ctx.Queue()
+        with owned_semaphores():  # named as ours, so a killed run's are removed by the next
+            self.stop: Any = ctx.Event()
+            self.free: Any = ctx.Queue()
+            self.results: Any = ctx.Queue()
+            self.work: Any = ctx.Queue()
         self.ring: SlotRing | None = None
         self.procs: list[Any] = []
         try:

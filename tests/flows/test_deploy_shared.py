@@ -27,12 +27,19 @@ def unit_lines(unit: Path, key: str) -> list[str]:
 
 
 def privileged_commands(unit: Path, env: dict[str, str], user: str, group: str) -> list[str]:
-    """The unit's `ExecStartPre=+...` lines (run as root), with systemd's %u, %g and ${VAR}
-    resolved as it would for User=`user`, Group=`group` and environment `env`."""
+    """The unit's `ExecStartPre=+...` lines (run as root), with ${VAR} from `env` and the
+    unit's User= and Group= (which they name as `-o USER -g GROUP`) replaced by `user` and
+    `group`, as for a unit edited to run as them."""
+    [unit_user] = unit_lines(unit, "User=")
+    [unit_group] = unit_lines(unit, "Group=")
     commands = []
     for line in unit_lines(unit, "ExecStartPre="):
         if line.startswith("+"):
-            line = line[1:].replace("%u", user).replace("%g", group)
+            # systemd's %u and %g are the manager's user (root), not User=: never in these
+            assert "%u" not in line and "%g" not in line, line
+            owner = f"-o {unit_user} -g {unit_group} "
+            assert owner in line, line
+            line = line[1:].replace(owner, f"-o {user} -g {group} ")
             commands.append(VARIABLE.sub(lambda m: env[m.group(1)], line))
     return commands
 

@@ -121,3 +121,35 @@ def test_only_rings_whose_owner_is_gone_are_removed(tmp_path):
                 from multiprocessing import resource_tracker
 
                 resource_tracker.unregister(block._name, "shared_memory")  # type: ignore[attr-defined]
+
+
+SEMAPHORE_OWNER = """
+import multiprocessing, time
+from wsi_segment.pipeline.inference.shm_rings import owned_semaphores
+with owned_semaphores():
+    queue = multiprocessing.get_context("spawn").Queue()  # as the decoders' queues are made
+locks = (queue._rlock, queue._wlock, queue._sem)
+print(*(lock._semlock.name for lock in locks), flush=True)
+time.sleep(600)
+"""
+
+
+def test_semaphores_of_a_killed_run_are_removed_by_the_next():
+    """A run's queues are made with named semaphores; SIGKILL of its group (the resource
+    tracker that would unlink them included) leaves them in /dev/shm: the next run removes
+    them, as it removes rings, because they are named as its."""
+    owner = subprocess.Popen([sys.executable, "-c", SEMAPHORE_OWNER], stdout=subprocess.PIPE,
+                             text=True, start_new_session=True)  # fmt: skip
+    assert owner.stdout is not None
+    files = {f"sem.{name.lstrip('/')}" for name in owner.stdout.readline().split()}
+    assert len(files) == 3
+    os.killpg(owner.pid, signal.SIGKILL)
+    owner.wait()
+    while True:  # the resource tracker, in the same group, ends too
+        try:
+            os.killpg(owner.pid, 0)
+        except ProcessLookupError:
+            break
+    assert files <= set(os.listdir(SHM_DIR))  # left behind by the killed group
+    assert files <= set(remove_abandoned_rings())
+    assert not files & set(os.listdir(SHM_DIR))

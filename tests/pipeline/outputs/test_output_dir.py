@@ -9,6 +9,8 @@ import fcntl
 import hashlib
 import os
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -92,6 +94,40 @@ def test_partial_folder_of_a_killed_run_is_discarded(tmp_path):
     (stale / "half.bin").write_bytes(b"x")
     with OutputDir(tmp_path, "slide", False) as out:
         assert list(out.work_dir.iterdir()) == []
+
+
+WRITER = """
+import os, sys, time
+work, started = sys.argv[1], sys.argv[2]
+end = time.monotonic() + 0.3
+i = 0
+while time.monotonic() < end:  # a writer still finishing chunks, in folders of their own
+    if i == 500:
+        open(started, "w").close()
+    try:
+        os.mkdir(os.path.join(work, f"c{i % 50}"))  # never the hidden folder itself
+    except OSError:
+        pass
+    try:
+        with open(os.path.join(work, f"c{i % 50}", str(i)), "wb") as f:
+            f.write(b"x")
+    except OSError:
+        pass
+    i += 1
+"""
+
+
+def test_an_unfinished_runs_folder_goes_while_a_writer_is_still_finishing(tmp_path):
+    """An interrupt bounds the wait for writer threads, so one may still write while the
+    hidden folder is removed (a single rmtree then leaves the folder): it is retried."""
+    started = tmp_path / "started"
+    with pytest.raises(KeyboardInterrupt), OutputDir(tmp_path / "out", "slide", False) as out:
+        writer = subprocess.Popen([sys.executable, "-c", WRITER, str(out.work_dir), str(started)])
+        while not started.exists():
+            time.sleep(0.005)
+        raise KeyboardInterrupt
+    assert writer.wait(timeout=30) == 0
+    assert _siblings(tmp_path / "out") == []
 
 
 def test_unwritable_parent(tmp_path):
