@@ -15,7 +15,7 @@ import logging
 import torch
 from torch import nn
 
-from . import device as devices
+from . import cpu
 from .device import (
     autocast,
     cpu_has_amx,
@@ -99,7 +99,7 @@ class SegmentationModel(nn.Module):
         self.precision_calibration = None
         self.autocast_dtype = dtype
         request = precision if isinstance(precision, str) else _NAMES.get(precision, "auto")
-        self.runtime = open_runtime(self, runtime, request, dev.type, devices.cpu_flags())
+        self.runtime = open_runtime(self, runtime, request, dev.type, cpu.cpu_flags())
         if self.runtime.graphs is not None:
             self.autocast_dtype = None
             self.precision_calibration = self.runtime.calibration

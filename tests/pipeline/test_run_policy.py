@@ -11,7 +11,8 @@ import sys
 
 import pytest
 
-from wsi_segment.pipeline.machine import GIB, Gpu, Machine, probe_machine, read_cpu_flags
+from wsi_segment.models.cpu import cpu_flags
+from wsi_segment.pipeline.machine import GIB, Gpu, Machine, probe_machine
 from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.pipeline.run_policy import (
     ASKED_CPU,
@@ -285,7 +286,7 @@ def test_the_policy_is_plain_json_with_a_reason_for_every_decision():
 def test_probe_describes_this_machine_without_importing_torch_on_a_cpu():
     machine = probe_machine()
     assert machine.cores == len(os.sched_getaffinity(0))
-    assert machine.cpu_flags == read_cpu_flags()
+    assert machine.cpu_flags == cpu_flags()
     assert machine.memory_bytes > 0
     if os.path.exists("/dev/nvidiactl"):
         pytest.skip("an NVIDIA driver: the probe asks torch")

@@ -14,7 +14,7 @@ from torch import nn
 
 from wsi_segment.errors import ModelError
 from wsi_segment.models.classifier import build_classifier
-from wsi_segment.models.device import cpu_flags
+from wsi_segment.models.cpu import cpu_flags
 from wsi_segment.models.meta import ModelMeta
 from wsi_segment.models.precision_calibration import calibration_tiles
 from wsi_segment.models.runtimes import OpenVINOGraphs, open_runtime
