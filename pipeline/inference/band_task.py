@@ -40,7 +40,7 @@ from wsi_segment.pipeline.run_policy import (
     RunFacts,
     RunPolicy,
     decide,
-    runtime_to_load,
+    decided_runtime,
     wants_slide_reads,
 )
 from wsi_segment.wsi.tiling import ChunkSpec
@@ -99,9 +99,15 @@ def band_policy(
     facts = RunFacts(BAND, in_flight, reads, pinned, ran, daemonic)
     policy = decide(machine, options, facts)
     device, precision = policy.device.value, policy.precision.value
-    runtime = ran or runtime_to_load(policy, options)
-    if (job.model.device, job.model.precision, job.model.runtime) != (device, precision, runtime):
-        model = ModelHandle(job.model.model_dir, device, precision, job.model.identity, runtime)
+    runtime, decided = ran or options.runtime, decided_runtime(policy)
+    had = job.model
+    if (had.device, had.precision, had.runtime, had.decided_runtime) != (
+        device,
+        precision,
+        runtime,
+        decided,
+    ):
+        model = ModelHandle(had.model_dir, device, precision, had.identity, runtime, decided)
         job = dataclasses.replace(job, model=model, _local=threading.local())
     if job.batch_size != policy.batch_size.value:
         job = dataclasses.replace(job, batch_size=policy.batch_size.value, _local=threading.local())
