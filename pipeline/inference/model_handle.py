@@ -30,6 +30,9 @@ class ModelHandle:
     runtime: str = "torch"  # the request: auto | torch | openvino (models.runtimes)
     # the run policy's (runtime, reason), opened as decided; None: the loader decides
     decided_runtime: tuple[str, str] | None = None
+    # precision and runtime settled for a whole cluster from one worker's answer
+    # (band_runner.settle_precision): every band runs them, whatever its worker would choose
+    pinned: bool = False
     _loaded: tuple[SegmentationModel, threading.Lock] | None = field(default=None, repr=False)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -40,6 +43,7 @@ class ModelHandle:
             "identity": self.identity,
             "runtime": self.runtime,
             "decided_runtime": self.decided_runtime,
+            "pinned": self.pinned,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -78,7 +82,9 @@ class ModelHandle:
         must share it, or slides run side by side (a batch) would not take turns on it."""
         held = lock if lock is not None else threading.Lock()
         identity = getattr(model, "identity", "")  # test and benchmark stand-ins have none
-        return cls(model_dir, device, precision, identity, runtime, decided_runtime, (model, held))
+        return cls(
+            model_dir, device, precision, identity, runtime, decided_runtime, False, (model, held)
+        )
 
 
 def load_for_process(
