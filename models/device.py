@@ -14,15 +14,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from functools import lru_cache
-from pathlib import Path
 
 import torch
 
 from wsi_segment.errors import ConfigError
 
-_BF16_CPU_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
-_AMX_FLAG = "amx_bf16"
+from . import cpu
+from .cpu import AMX_FLAG, BF16_FLAGS
 
 
 def pick_device(requested: str | torch.device = "auto") -> torch.device:
@@ -47,30 +45,17 @@ def pick_device(requested: str | torch.device = "auto") -> torch.device:
     raise ConfigError(f"unknown device {requested!r}; use auto, cpu, cuda or cuda:<index>")
 
 
-@lru_cache(maxsize=1)
-def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str]:
-    """CPU feature flags from /proc/cpuinfo (empty where it does not exist, e.g. macOS)."""
-    try:
-        text = Path(cpuinfo).read_text()
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return frozenset(line.split(":", 1)[1].split())
-    return frozenset()
-
-
 def cpu_supports_bf16(flags: frozenset[str] | None = None) -> bool:
     """True when this CPU has bf16 in hardware: AMX or AVX512-BF16 (`flags`: default ours).
 
     `--precision bf16` runs on it; 'auto' asks for more (`cpu_has_amx`)."""
-    return bool((cpu_flags() if flags is None else flags) & _BF16_CPU_FLAGS)
+    return bool((cpu.cpu_flags() if flags is None else flags) & BF16_FLAGS)
 
 
 def cpu_has_amx(flags: frozenset[str] | None = None) -> bool:
     """True when this CPU has AMX with bf16, the only CPU bf16 measured reliably faster
     than fp32 (`flags`: default ours)."""
-    return _AMX_FLAG in (cpu_flags() if flags is None else flags)
+    return AMX_FLAG in (cpu.cpu_flags() if flags is None else flags)
 
 
 def precision_for(

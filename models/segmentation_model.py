@@ -15,7 +15,7 @@ import logging
 import torch
 from torch import nn
 
-from . import device as devices
+from . import cpu
 from .device import (
     autocast,
     cpu_has_amx,
@@ -79,9 +79,12 @@ class SegmentationModel(nn.Module):
         device: str | torch.device = "auto",
         precision: str | torch.dtype | None = "auto",
         runtime: str = "torch",
+        decided_runtime: tuple[str, str] | None = None,
     ) -> SegmentationModel:
-        """Move to `device` (auto/cpu/cuda), open `runtime` (auto/torch/openvino) and choose
-        precision (auto/fp32/bf16/fp16).
+        """Move to `device` (auto/cpu/cuda), open `runtime` (auto/torch/openvino: the request)
+        and choose precision (auto/fp32/bf16/fp16). `decided_runtime`: the run policy's
+        (runtime, reason), opened as decided (`open_runtime`); without it the request is
+        decided here.
 
         Weights stay fp32 and channels_last (faster on oneDNN and tensor cores alike:
         1.09-1.7x for fp32 on the CPU, measured); reduced precision is autocast. 'auto' on a
@@ -99,7 +102,9 @@ class SegmentationModel(nn.Module):
         self.precision_calibration = None
         self.autocast_dtype = dtype
         request = precision if isinstance(precision, str) else _NAMES.get(precision, "auto")
-        self.runtime = open_runtime(self, runtime, request, dev.type, devices.cpu_flags())
+        self.runtime = open_runtime(
+            self, runtime, request, dev.type, cpu.cpu_flags(), decided=decided_runtime
+        )
         if self.runtime.graphs is not None:
             self.autocast_dtype = None
             self.precision_calibration = self.runtime.calibration

@@ -15,12 +15,12 @@ from __future__ import annotations
 import importlib.util
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from wsi_segment.models import cpu
+from wsi_segment.models.cpu import AMX_FLAG, AVX512_BF16_FLAG
+
 GIB = 1 << 30
-AMX_FLAG = "amx_bf16"  # AMX with bf16: the CPU bf16 measured reliably faster than fp32
-AVX512_BF16_FLAG = "avx512_bf16"
 NVIDIA_DRIVER = "/dev/nvidiactl"
 
 
@@ -83,7 +83,7 @@ def probe_machine() -> Machine:
     return Machine(
         cores=usable_cores(),
         memory_bytes=_memory_bytes(),
-        cpu_flags=read_cpu_flags(),
+        cpu_flags=cpu.cpu_flags(),
         gpus=_probe_gpus(),
         openvino=importlib.util.find_spec("openvino") is not None,
     )
@@ -96,18 +96,6 @@ def usable_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
-
-
-def read_cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str]:
-    """CPU feature flags from /proc/cpuinfo (empty where it does not exist, e.g. macOS)."""
-    try:
-        text = Path(cpuinfo).read_text()
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return frozenset(line.split(":", 1)[1].split())
-    return frozenset()
 
 
 def _memory_bytes() -> int:

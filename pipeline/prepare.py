@@ -48,7 +48,7 @@ from wsi_segment.pipeline.run_policy import (
     RunFacts,
     RunPolicy,
     decide,
-    runtime_to_load,
+    decided_runtime,
     wants_slide_reads,
 )
 from wsi_segment.pipeline.startup import Background, gc_paused, read_overlay_thumbnail
@@ -266,9 +266,15 @@ def _prepare_opened(
     # a cluster's bands decide their runtime on their workers: this process only needs the
     # model's identity and geometry, so it loads torch (no compile) and hands the request on
     cluster = facts.place == CLUSTER
-    runtime = params.runtime if cluster else runtime_to_load(policy, params)
+    runtime = params.runtime
+    decided = None if cluster else decided_runtime(policy)
     loader = Background(
-        load_for_process, str(model_dir), device, precision, "torch" if cluster else runtime
+        load_for_process,
+        str(model_dir),
+        device,
+        precision,
+        "torch" if cluster else runtime,
+        decided,
     )
     decoders = policy.decoders.value if early else 0
     chunk_tiles = policy.chunk_tiles.value
@@ -321,7 +327,9 @@ def _prepare_opened(
             reader = plan_reader(slide_path, slide, params, planned, grid, read_backend)
         # planned before the model loaded, or above from the loaded model's own geometry
         assert grid is not None and planned is not None and reader is not None
-        handle = ModelHandle.with_model(model, str(model_dir), device, precision, lock, runtime)
+        handle = ModelHandle.with_model(
+            model, str(model_dir), device, precision, lock, runtime, decided
+        )
         model_hash = model.identity  # the bytes loaded, hashed as they were read
         fingerprint = run_fingerprint(slide_path, model_hash, params, meta)
     except BaseException:

@@ -227,11 +227,13 @@ def _runtime(
     return Decision(runtime, reason.split(": ", 1)[-1])
 
 
-def runtime_to_load(policy: RunPolicy, options: SegmentParams) -> str:
-    """The runtime request the model loader gets: torch where the policy chose torch; else
-    the user's request, so `auto` falls back to torch with a warning where OpenVINO cannot
-    run the model and `openvino` refuses a model it cannot express."""
-    return "torch" if policy.runtime.value == "torch" else options.runtime
+def decided_runtime(policy: RunPolicy) -> tuple[str, str]:
+    """The policy's runtime as the model loader takes it (`open_runtime`'s `decided`), which
+    opens it as decided; with the user's request beside it, `auto` falls back to torch with a
+    warning where OpenVINO cannot run the model and `openvino` refuses a model it cannot
+    express."""
+    value = policy.runtime.value
+    return value, f"{value}: {policy.runtime.reason}"
 
 
 def _precision(

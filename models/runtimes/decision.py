@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from wsi_segment.errors import ConfigError
 
+from ..cpu import AMX_FLAG, AVX512_BF16_FLAG, BF16_FLAGS
+
 RUNTIME_CHOICES = ("auto", "torch", "openvino")
-_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 
 
 def runtime_decision(
@@ -42,7 +43,7 @@ def runtime_decision(
         return "torch", f"torch: {why} OpenVINO, but it cannot be imported here"
     if requested == "openvino":
         return "openvino", "openvino: asked for (--runtime openvino)"
-    bf16 = "with bf16 in hardware" if cpu_flags & _BF16_FLAGS else "without bf16 hardware"
+    bf16 = "with bf16 in hardware" if cpu_flags & BF16_FLAGS else "without bf16 hardware"
     return "openvino", f"openvino: auto on a CPU {bf16} (faster than torch there)"
 
 
@@ -51,6 +52,6 @@ def openvino_bf16_candidate(cpu_flags: frozenset[str]) -> bool:
     faster than its fp32 ones (benchmarks/RESULTS.md): AMX, or AVX512-BF16 on an AMD CPU
     (Zen 4: about 2x). On an Intel CPU with AVX512-BF16 and no AMX they ran 0.4-0.6x fp32,
     so it stays fp32. AMD is told by `sse4a`, an instruction set only AMD CPUs report."""
-    if "amx_bf16" in cpu_flags:
+    if AMX_FLAG in cpu_flags:
         return True
-    return "avx512_bf16" in cpu_flags and "sse4a" in cpu_flags
+    return AVX512_BF16_FLAG in cpu_flags and "sse4a" in cpu_flags

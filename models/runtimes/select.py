@@ -1,10 +1,11 @@
 """Open the runtime a model's slide-path forward passes run in, and its precision.
 
-`open_runtime` takes the run's request (runtime and precision) and the machine, asks
-`runtime_decision` which runtime, and for OpenVINO compiles the graph, checks it against
-torch fp32 on the real calibration tiles (a compiled graph that does not give torch's labels
-is never used: a wrong result is worse than a slow one) and, for precision 'auto' on a CPU
-with bf16 hardware, runs the bf16 calibration (models/precision_calibration.py). Both checks'
+`open_runtime` takes the run policy's runtime decision (or, for a model loaded outside a
+run, asks `runtime_decision`), the user's request (runtime and precision) and the machine,
+and for OpenVINO compiles the graph, checks it against torch fp32 on the real calibration
+tiles (a compiled graph that does not give torch's labels is never used: a wrong result is
+worse than a slow one) and, for precision 'auto' on a CPU with bf16 hardware, runs the bf16
+calibration (models/precision_calibration.py). Both checks'
 numbers are kept in the disk cache beside the compiled graphs (`runtimes.verdict`), so a
 load that finds them runs no forward and compiles nothing until the slide path's first
 batch. Whatever keeps OpenVINO from running (not installed, a compile failure, a failed
@@ -84,11 +85,17 @@ def open_runtime(
     device_type: str,
     flags: frozenset[str],
     cache_dir: Path | None = None,
+    decided: tuple[str, str] | None = None,
 ) -> RuntimeChoice:
-    """The runtime for `model` (already on its device) under `requested` and `precision`
-    (auto | fp32 | bf16); `flags` are the CPU's."""
-    available = openvino_version() is not None
-    runtime, reason = runtime_decision(requested, device_type, flags, available)
+    """The runtime for `model` (already on its device) under `requested` (auto | torch |
+    openvino: what the user asked, which tells auto's fallback from openvino's refusal) and
+    `precision` (auto | fp32 | bf16); `flags` are the CPU's. `decided`: (runtime, reason) as
+    the run policy decided it (`runtime_decision` on its machine description), opened as
+    decided; without it (a model loaded outside a run) `runtime_decision` decides here."""
+    if decided is None:
+        available = openvino_version() is not None
+        decided = runtime_decision(requested, device_type, flags, available)
+    runtime, reason = decided
     if runtime == "torch":
         warning = reason if requested == "openvino" else None
         return RuntimeChoice("torch", reason, warning)

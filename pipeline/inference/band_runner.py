@@ -173,7 +173,9 @@ def settle_precision(
     if report.get("device") != "cpu" or chosen not in ("fp32", "bf16"):
         return job, report  # GPUs: auto is already fixed (bf16, else fp16)
     runtime = str(report.get("runtime", handle.runtime))
-    model = ModelHandle(handle.model_dir, handle.device, chosen, handle.identity, runtime)
+    model = ModelHandle(
+        handle.model_dir, handle.device, chosen, handle.identity, runtime, pinned=True
+    )
     return dataclasses.replace(job, model=model, _local=threading.local()), report
 
 

@@ -40,7 +40,7 @@ from wsi_segment.pipeline.run_policy import (
     RunFacts,
     RunPolicy,
     decide,
-    runtime_to_load,
+    decided_runtime,
     wants_slide_reads,
 )
 from wsi_segment.wsi.tiling import ChunkSpec
@@ -91,17 +91,26 @@ def band_policy(
             )
         finally:
             reader.close_local()
-    asked = job.model.precision
-    pinned = asked if options.precision == "auto" and asked != "auto" else None
-    # the runtime one worker ran for `--runtime auto`, pinned by band_runner.settle_precision
-    ran = job.model.runtime if options.runtime == "auto" and job.model.runtime != "auto" else None
+    # what one worker chose for precision and runtime 'auto', pinned for all by
+    # band_runner.settle_precision
+    pin = job.model.pinned
+    pinned = job.model.precision if pin and options.precision == "auto" else None
+    ran = job.model.runtime if pin and options.runtime == "auto" else None
     daemonic = mp.current_process().daemon
     facts = RunFacts(BAND, in_flight, reads, pinned, ran, daemonic)
     policy = decide(machine, options, facts)
     device, precision = policy.device.value, policy.precision.value
-    runtime = ran or runtime_to_load(policy, options)
-    if (job.model.device, job.model.precision, job.model.runtime) != (device, precision, runtime):
-        model = ModelHandle(job.model.model_dir, device, precision, job.model.identity, runtime)
+    runtime, decided = ran or options.runtime, decided_runtime(policy)
+    had = job.model
+    if (had.device, had.precision, had.runtime, had.decided_runtime) != (
+        device,
+        precision,
+        runtime,
+        decided,
+    ):
+        model = ModelHandle(
+            had.model_dir, device, precision, had.identity, runtime, decided, had.pinned
+        )
         job = dataclasses.replace(job, model=model, _local=threading.local())
     if job.batch_size != policy.batch_size.value:
         job = dataclasses.replace(job, batch_size=policy.batch_size.value, _local=threading.local())

@@ -27,7 +27,12 @@ class ModelHandle:
     precision: str = "auto"  # the run policy's request: auto | fp32 | bf16
     # the run's model identity (summary.json): a worker that loads other bytes refuses them
     identity: str = ""
-    runtime: str = "torch"  # auto | torch | openvino (models.runtimes)
+    runtime: str = "torch"  # the request: auto | torch | openvino (models.runtimes)
+    # the run policy's (runtime, reason), opened as decided; None: the loader decides
+    decided_runtime: tuple[str, str] | None = None
+    # precision and runtime settled for a whole cluster from one worker's answer
+    # (band_runner.settle_precision): every band runs them, whatever its worker would choose
+    pinned: bool = False
     _loaded: tuple[SegmentationModel, threading.Lock] | None = field(default=None, repr=False)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -37,6 +42,8 @@ class ModelHandle:
             "precision": self.precision,
             "identity": self.identity,
             "runtime": self.runtime,
+            "decided_runtime": self.decided_runtime,
+            "pinned": self.pinned,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -45,7 +52,9 @@ class ModelHandle:
 
     def get(self) -> tuple[SegmentationModel, threading.Lock]:
         if self._loaded is None:
-            loaded = load_for_process(self.model_dir, self.device, self.precision, self.runtime)
+            loaded = load_for_process(
+                self.model_dir, self.device, self.precision, self.runtime, self.decided_runtime
+            )
             if self.identity and loaded[0].identity != self.identity:
                 from wsi_segment.errors import ModelError
 
@@ -65,6 +74,7 @@ class ModelHandle:
         precision: str,
         lock: threading.Lock | None = None,
         runtime: str = "torch",
+        decided_runtime: tuple[str, str] | None = None,
     ) -> ModelHandle:
         """A handle around an already loaded model (tests, the CLI's single process).
 
@@ -72,28 +82,40 @@ class ModelHandle:
         must share it, or slides run side by side (a batch) would not take turns on it."""
         held = lock if lock is not None else threading.Lock()
         identity = getattr(model, "identity", "")  # test and benchmark stand-ins have none
-        return cls(model_dir, device, precision, identity, runtime, (model, held))
+        return cls(
+            model_dir, device, precision, identity, runtime, decided_runtime, False, (model, held)
+        )
 
 
 def load_for_process(
-    model_dir: str, device: str, precision: str, runtime: str = "torch"
+    model_dir: str,
+    device: str,
+    precision: str,
+    runtime: str = "torch",
+    decided_runtime: tuple[str, str] | None = None,
 ) -> tuple[SegmentationModel, threading.Lock]:
     """Load the bundle on the chosen device once per (process, recipe, state of its files):
     a long-lived process (a batch, a worker) loads again when model.json or the weights
     change on disk, so a cached model never stands in for files that are no longer there."""
     from wsi_segment.models.meta import model_files_stamp
 
-    return _load_cached(model_dir, device, precision, runtime, model_files_stamp(model_dir))
+    stamp = model_files_stamp(model_dir)
+    return _load_cached(model_dir, device, precision, runtime, decided_runtime, stamp)
 
 
 @functools.lru_cache(maxsize=4)
 def _load_cached(
-    model_dir: str, device: str, precision: str, runtime: str, stamp: tuple[int, ...]
+    model_dir: str,
+    device: str,
+    precision: str,
+    runtime: str,
+    decided_runtime: tuple[str, str] | None,
+    stamp: tuple[int, ...],
 ) -> tuple[SegmentationModel, threading.Lock]:
     from wsi_segment.models.bundle import load_model
 
     model = load_model(Path(model_dir))
-    model.to_device(device, precision, runtime)
+    model.to_device(device, precision, runtime, decided_runtime)
     model.eval()
     return model, threading.Lock()
 

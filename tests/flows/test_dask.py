@@ -156,6 +156,18 @@ def test_cli_batch_with_dask_address_runs_on_that_scheduler(
     else:
         assert (precision["autocast"], precision["calibration"]) == ("fp32", None)
     assert any(str(task["key"]).startswith("band-") for task in stream.data)
+    # every band ran what one worker chose, pinned (band_runner.settle_precision)
+    bands = json.loads((out / "synth-b" / "summary.json").read_text())["run_policy"]
+    assert bands["band_policies"]
+    for band in bands["band_policies"]:
+        assert band["runtime"] == {
+            "value": precision["runtime"],
+            "reason": "auto, pinned for the cluster by the runtime one worker ran",
+        }
+        assert band["precision"] == {
+            "value": precision["autocast"],
+            "reason": "auto, pinned for the cluster by one CPU worker's calibration",
+        }
     # the scheduler is still running after the CLI's client left
     assert len(cluster_client.scheduler_info()["workers"]) == 2
     # what the flow run recorded, as Prefect's API reports it

@@ -11,7 +11,8 @@ import sys
 
 import pytest
 
-from wsi_segment.pipeline.machine import GIB, Gpu, Machine, probe_machine, read_cpu_flags
+from wsi_segment.models.cpu import cpu_flags
+from wsi_segment.pipeline.machine import GIB, Gpu, Machine, probe_machine
 from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.pipeline.run_policy import (
     ASKED_CPU,
@@ -285,7 +286,7 @@ def test_the_policy_is_plain_json_with_a_reason_for_every_decision():
 def test_probe_describes_this_machine_without_importing_torch_on_a_cpu():
     machine = probe_machine()
     assert machine.cores == len(os.sched_getaffinity(0))
-    assert machine.cpu_flags == read_cpu_flags()
+    assert machine.cpu_flags == cpu_flags()
     assert machine.memory_bytes > 0
     if os.path.exists("/dev/nvidiactl"):
         pytest.skip("an NVIDIA driver: the probe asks torch")
@@ -316,9 +317,9 @@ def test_a_dask_run_records_each_distinct_band_policy_with_its_bands():
 
 def test_runtime_openvino_on_cpus_that_have_it_torch_on_gpus() -> None:
     """`--runtime auto`: OpenVINO on a CPU where it is installed (any flags), torch on a GPU
-    and where it is missing; the reason says which; the loader gets the user's request back
-    where OpenVINO was chosen (auto: falls back to torch with a warning), torch otherwise."""
-    from wsi_segment.pipeline.run_policy import runtime_to_load
+    and where it is missing; the reason says which; the loader gets the decision and its
+    reason, with the user's request beside it (auto falls back to torch with a warning)."""
+    from wsi_segment.pipeline.run_policy import decided_runtime
 
     with_ov = {m: dataclasses.replace(m, openvino=True) for m in (CPU_ONLY, AMX, ONE_H100)}
     assert decide(with_ov[CPU_ONLY], AUTO).runtime.value == "openvino"
@@ -329,10 +330,17 @@ def test_runtime_openvino_on_cpus_that_have_it_torch_on_gpus() -> None:
     assert gpu.runtime.value == "torch" and "cuda" in gpu.runtime.reason
     asked_torch = SegmentParams(runtime="torch")
     assert decide(with_ov[CPU_ONLY], asked_torch).runtime.value == "torch"
-    assert runtime_to_load(decide(with_ov[CPU_ONLY], AUTO), AUTO) == "auto"
-    assert runtime_to_load(decide(CPU_ONLY, AUTO), AUTO) == "torch"
+    # the loader opens the policy's runtime with its reason (models.runtimes.open_runtime)
+    assert decided_runtime(decide(with_ov[CPU_ONLY], AUTO)) == (
+        "openvino",
+        "openvino: auto on a CPU without bf16 hardware (faster than torch there)",
+    )
+    assert decided_runtime(decide(CPU_ONLY, AUTO)) == (
+        "torch",
+        "torch: auto on a CPU OpenVINO, but it cannot be imported here",
+    )
     named = SegmentParams(runtime="openvino")
-    assert runtime_to_load(decide(with_ov[CPU_ONLY], named), named) == "openvino"
+    assert decided_runtime(decide(with_ov[CPU_ONLY], named))[0] == "openvino"
     # a CPU band of a cluster runs what one worker ran, whatever it has itself
     pinned = decide(CPU_ONLY, AUTO, RunFacts(BAND, pinned_runtime="openvino"))
     assert pinned.runtime.value == "openvino" and "pinned" in pinned.runtime.reason

@@ -159,6 +159,9 @@ def test_areas_agree_between_summary_zarr_and_polygons(cmu_run):
     alone = load_model(demo_model_dir()).to_device("cpu", "auto", "auto").precision_report()
     assert precision == json.loads(json.dumps(alone))
     assert precision["runtime"] == ("openvino" if openvino_version() else "torch")
+    # the runtime is the policy's, opened as decided: the same words in both records
+    decided = summary["run_policy"]["runtime"]
+    assert precision["runtime_reason"] == f"{decided['value']}: {decided['reason']}"
     if precision["calibration"] is not None:  # bf16 hardware: judged on real tissue
         assert precision["autocast"] == precision["calibration"]["chosen"]
         assert 0.0 <= precision["calibration"]["agreement"] <= 1.0

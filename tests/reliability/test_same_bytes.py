@@ -4,7 +4,7 @@ file holds, and in whatever order (the precision never depends on which tiles co
 
 'auto' calibrates bf16 only on a CPU with AMX; elsewhere it is plain fp32 and the choice
 cannot vary. So each test runs twice: on this CPU as it is, and with AMX added to the CPU
-flags the model reads (`models.device.cpu_flags`, the one place it asks), so that the
+flags the model reads (`models.cpu.cpu_flags`, the one place it asks), so that the
 calibration and its bf16 forward passes run for real on every machine (autocast bf16 runs
 on any x86 CPU, in hardware where it has AVX512-BF16)."""
 
@@ -19,7 +19,7 @@ import shapely
 from shapely.geometry import box, shape
 
 from tests.conftest import CMU_SLIDE
-from wsi_segment.models import device
+from wsi_segment.models import cpu as cpu_info
 from wsi_segment.models.bundle import load_model
 from wsi_segment.models.runtimes.decision import openvino_bf16_candidate
 from wsi_segment.pipeline.inference import model_handle
@@ -41,8 +41,8 @@ A_CHUNKS = [(y, x) for y in (1, 2, 3) for x in (1, 2)]
 def cpu(request, monkeypatch) -> Iterator[str]:
     """This CPU, or this CPU reporting AMX; no model loaded under the other is reused."""
     if request.param == "amx":
-        flags = device.cpu_flags() | {"amx_bf16", "amx_tile"}
-        monkeypatch.setattr(device, "cpu_flags", lambda cpuinfo="/proc/cpuinfo": flags)
+        flags = cpu_info.cpu_flags() | {"amx_bf16", "amx_tile"}
+        monkeypatch.setattr(cpu_info, "cpu_flags", lambda cpuinfo="/proc/cpuinfo": flags)
     model_handle._load_cached.cache_clear()
     yield request.param
     model_handle._load_cached.cache_clear()
@@ -88,7 +88,7 @@ def run_roi_sets(tmp_path: Path, model_dir: Path, roi_sets: list[list[str]], cpu
     """Run each ROI set; every run's precision record is the one the model gives when it is
     loaded alone, with no slide (a choice made from a run's tiles would differ from it)."""
     alone = load_model(model_dir).to_device("cpu", "auto", "auto").precision_report()
-    openvino_bf16 = alone["runtime"] == "openvino" and openvino_bf16_candidate(device.cpu_flags())
+    openvino_bf16 = alone["runtime"] == "openvino" and openvino_bf16_candidate(cpu_info.cpu_flags())
     calibrated = cpu == "amx" or openvino_bf16
     assert (alone["calibration"] is not None) == calibrated  # 'auto' took that path
     results = []

@@ -14,7 +14,7 @@ from torch import nn
 
 from wsi_segment.errors import ModelError
 from wsi_segment.models.classifier import build_classifier
-from wsi_segment.models.device import cpu_flags
+from wsi_segment.models.cpu import cpu_flags
 from wsi_segment.models.meta import ModelMeta
 from wsi_segment.models.precision_calibration import calibration_tiles
 from wsi_segment.models.runtimes import OpenVINOGraphs, open_runtime
@@ -240,3 +240,18 @@ def test_a_warm_cache_opens_openvino_without_a_forward_or_a_calibration_graph(
     assert third.checks_computed == 2 and len(forwards) == 1  # the torch fp32 forward
     assert third.calibration == first.calibration
     assert third.fp32_agreement == first.fp32_agreement
+
+
+def test_the_run_policys_decision_is_opened_as_decided(cache: Path) -> None:
+    """A run hands the policy's (runtime, reason) to the loader, which decides nothing
+    again: the same request alone would open OpenVINO here; decided torch, it is torch."""
+    model = _tiny()
+    alone = open_runtime(model, "auto", "fp32", "cpu", cpu_flags(), cache)
+    assert alone.runtime == "openvino"
+    policy = ("torch", "torch: auto on a CPU, OpenVINO, but it cannot be imported here")
+    decided = open_runtime(model, "auto", "fp32", "cpu", cpu_flags(), cache, decided=policy)
+    assert (decided.runtime, decided.reason, decided.warning) == (*policy, None)
+    named = open_runtime(model, "openvino", "fp32", "cpu", cpu_flags(), cache, decided=policy)
+    assert named.runtime == "torch" and named.warning == policy[1]  # asked for by name
+    opened = model.to_device("cpu", "fp32", "auto", ("openvino", "openvino: the policy's"))
+    assert opened.precision_report()["runtime_reason"] == "openvino: the policy's"

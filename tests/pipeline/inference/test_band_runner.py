@@ -242,3 +242,25 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def test_a_band_pins_only_what_was_settled_for_the_cluster(tmp_path: Path, tiny_model_dir) -> None:
+    """A handle's precision and runtime are pinned when settle_precision says so
+    (`ModelHandle.pinned`), never because they differ from 'auto'."""
+    from wsi_segment.pipeline.inference.band_task import band_policy
+
+    job, _specs = band_job(tmp_path / "z.zarr", tiny_model_dir)  # a cpu fp32 torch handle
+    options = SegmentParams(device="cpu")  # precision and runtime auto
+    free, _job, _tiles = band_policy(job, options, 1, examine=False)
+    assert "pinned" not in free.precision.reason and "pinned" not in free.runtime.reason
+    settled = dataclasses.replace(job, model=dataclasses.replace(job.model, pinned=True))
+    pinned, pinned_job, _tiles = band_policy(settled, options, 1, examine=False)
+    assert pinned.precision.as_dict() == {
+        "value": "fp32",
+        "reason": "auto, pinned for the cluster by one CPU worker's calibration",
+    }
+    assert pinned.runtime.as_dict() == {
+        "value": "torch",
+        "reason": "auto, pinned for the cluster by the runtime one worker ran",
+    }
+    assert pinned_job.model.pinned and pinned_job.model.runtime == "torch"
