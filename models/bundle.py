@@ -16,7 +16,6 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as safetensors_load
-from safetensors.torch import save_file
 
 from wsi_segment.errors import ModelError
 
@@ -33,6 +32,7 @@ from .meta import (
 )
 from .segmentation_model import SegmentationModel
 from .segmenter import Segmenter
+from .tensor_files import write_tensors
 
 __all__ = ["ModelMeta", "SegmentationModel", "demo_model_dir", "load_model", "save_model"]
 
@@ -88,7 +88,7 @@ def save_model(
             value = value.half()
         state[key] = value
     weights = folder / WEIGHTS_FILE
-    save_file(state, str(weights), metadata={"format": FORMAT})
+    write_tensors(state, weights, metadata={"format": FORMAT})
     doc = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,

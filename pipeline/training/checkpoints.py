@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from wsi_segment.errors import ModelError
+from wsi_segment.models.tensor_files import write_tensors
 
 
 def _split_optimizer(
@@ -68,8 +69,8 @@ def save_checkpoint(
     folder.mkdir(parents=True, exist_ok=True)
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     opt_tensors, opt_meta = _split_optimizer(optimizer.state_dict())
-    _atomic(folder / "weights.safetensors", lambda p: save_file(weights, str(p)))
-    _atomic(folder / "optimizer.safetensors", lambda p: save_file(opt_tensors, str(p)))
+    _atomic(folder / "weights.safetensors", lambda p: write_tensors(weights, p))
+    _atomic(folder / "optimizer.safetensors", lambda p: write_tensors(opt_tensors, p))
     # state.json last: its presence marks a complete checkpoint
     payload = {"state": state, "optimizer": opt_meta}
     _atomic(folder / "state.json", lambda p: p.write_text(json.dumps(payload, indent=1)))

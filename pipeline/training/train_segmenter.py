@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tqdm import tqdm
 
 from wsi_segment.errors import ConfigError
@@ -30,6 +30,7 @@ from wsi_segment.models.segmenter import (
     Segmenter,
     build_segmenter,
 )
+from wsi_segment.models.tensor_files import write_tensors
 from wsi_segment.pipeline.training.checkpoints import load_checkpoint, save_checkpoint
 from wsi_segment.pipeline.training.datasets import (
     MIN_TRAIN_PATCHES,
@@ -193,7 +194,7 @@ def train_segmenter(
         if best is None or not math.isfinite(best["score"]) or score > best["score"]:
             best = {**record, "score": score}
             weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-            save_file(weights, str(work / "best.safetensors.tmp"))
+            write_tensors(weights, work / "best.safetensors.tmp")
             (work / "best.safetensors.tmp").replace(work / "best.safetensors")
         state = {"epoch": epoch + 1, "history": [*state["history"], record], "best": best}
         save_checkpoint(work / CHECKPOINT, model, opt, state)
