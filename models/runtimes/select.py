@@ -96,7 +96,7 @@ def _open_openvino(
 ) -> RuntimeChoice:
     threads = torch.get_num_threads()
     tile = int(model.meta.tile_size)
-    tiles = calibration_tiles(tile)
+    tiles = calibration_tiles(tile, model.validation_patches)
     fp32 = OpenVINOGraphs(model, "fp32", threads, flags, cache)
     ov_labels = fp32.predict_reduced(tiles, 0, tile, 1).labels
     with torch.inference_mode():
@@ -129,7 +129,7 @@ def _open_openvino(
         return bf16.predict_reduced(x, 0, tile, 1).labels
 
     where = "OpenVINO on a CPU with AMX, or AVX512-BF16 on an AMD CPU"
-    calibration = calibrate_bf16(labels_of, tile, where)
+    calibration = calibrate_bf16(labels_of, tile, where, model.validation_patches)
     if not calibration.bf16_chosen:
         choice.graphs, choice.precision = fp32, "fp32"
     choice.calibration = calibration
