@@ -164,8 +164,16 @@ def run_pipeline(slide: Path, model: Path, out: Path, extra: list[str]) -> tuple
     run.gpu = gpu.report()
     if run.returncode != 0:
         raise RuntimeError(f"wsi-segment failed ({run.returncode}):\n{run.stderr[-3000:]}")
-    summary = json.loads((out / slide.stem / "summary.json").read_text())
+    summary = json.loads((output_folder(out, slide) / "summary.json").read_text())
     return run, summary
+
+
+def output_folder(out: Path, slide: Path) -> Path:
+    """Where `wsi-segment` wrote `slide`'s outputs under `out` (`OS-1-detail.ome.tif` ->
+    `OS-1-detail`: the CLI's own naming, not `Path.stem`)."""
+    from wsi_segment.pipeline.outputs.output_dir import slide_output_name
+
+    return out / slide_output_name(str(slide))
 
 
 def zarr_bytes(folder: Path) -> int:
