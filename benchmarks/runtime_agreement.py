@@ -8,7 +8,7 @@ Per model, against torch fp32:
 1. tiles    the 18 LUAD-HistoSeg sample patches (tests/data), whole tiles as `evaluate`
             scores them: label agreement and each class's area shift.
 2. slides   `wsi-segment SLIDE --runtime R --precision P` on the real test slides: label
-            agreement (argmax of the stored uint8 probabilities on tissue pixels) and each
+            agreement (the label image the zarr stores, on tissue pixels) and each
             class's area (summary.json) shift.
 3. verdict  the bf16 calibration precision auto runs (models/precision_calibration.py) on the
             CMU-1 tiles and the model's own validation patches, for torch bf16 and for
@@ -67,11 +67,12 @@ def slide_labels(folder: Path):  # type: ignore[no-untyped-def]
     import numpy as np
     import zarr
 
-    probs = np.asarray(zarr.open(str(folder / "probabilities.ome.zarr"), mode="r")["0"])
-    tissue = probs.max(axis=0) > 0
+    store = zarr.open(str(folder / "probabilities.ome.zarr"), mode="r")
+    tissue = np.asarray(store["0/0"]).max(axis=0) > 0
+    labels = np.asarray(store["0/labels/classes/0"]).reshape(tissue.shape)
     summary = json.loads((folder / "summary.json").read_text())
     areas = {k: float(v["area_um2"]) for k, v in summary["classes"].items()}
-    return probs.argmax(axis=0)[tissue], areas
+    return labels[tissue], areas
 
 
 def slide_rows(model_dir: Path, name: str, slides: list[Path], work: Path) -> list:
@@ -97,7 +98,7 @@ def slide_rows(model_dir: Path, name: str, slides: list[Path], work: Path) -> li
             }
             worst = max(moved.items(), key=lambda kv: kv[1], default=("-", 0.0))
             rows.append((f"{name}: {slide.name} {v[0]} {v[1]}", f"{100 * agreement:.3f} %",
-                         f"labels vs torch fp32 on {labels.size} tissue px at the output scale; "
+                         f"labels vs torch fp32 on {labels.size} tissue px of the stored label image; "
                          f"largest class area shift {100 * worst[1]:.2f} % ({worst[0]})"))  # fmt: skip
     return rows
 
