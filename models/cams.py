@@ -14,7 +14,7 @@ classes then keeps the ordering of negative values instead of flattening them to
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -111,9 +111,28 @@ def grad_cams(
     return out
 
 
-def _channel_masks(feats: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
-    """Score-CAM masks (N, C, H, W): each channel upsampled to the input, min-max to [0, 1]."""
-    return minmax(to_input_size(feats, size))
+def _masked_copy_scores(
+    classifier: PatchClassifier,
+    x: torch.Tensor,
+    feats: torch.Tensor,
+    batch_size: int,
+    score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """(N, C, K): `score(logits, up)` of x masked by each channel of `feats` in turn, where
+    `up` (B, 1, H, W) is the channels upsampled to the input and the mask their min-max to
+    [0, 1]. The Score-CAM forms differ only in `score`; masks are built `batch_size`
+    channels at a time, so memory stays at batch_size input images."""
+    size = tuple(x.shape[-2:])
+    n, c = feats.shape[:2]
+    alphas = []
+    for i in range(n):
+        scores = []
+        for start in range(0, c, batch_size):
+            up = to_input_size(feats[i : i + 1, start : start + batch_size], size)
+            up = up.transpose(0, 1)  # (B, 1, H, W): one masked copy of x per channel
+            scores.append(score(classifier(x[i : i + 1] * minmax(up)).float(), up))
+        alphas.append(torch.cat(scores))  # (C, K)
+    return torch.stack(alphas)
 
 
 @torch.no_grad()
@@ -130,28 +149,25 @@ def score_cam(
     alpha_kc = sigmoid(logit_k(x * mask_c)) - sigmoid(logit_k(0)); map_k = relu(sum_c
     alpha_kc A_c). The baseline 0 is what a mask of 0 leaves of x: a black image for our
     [0, 1] inputs (the mean colour only under mean/std normalisation). Sigmoid, not
-    softmax, because the labels are multi-label. Masked inputs
-    run `batch_size` channels per forward pass (masks are built per batch: memory stays
-    at batch_size input images).
+    softmax, because the labels are multi-label.
     """
     tap = classifier.resolve_tap(layer)
     size = tuple(x.shape[-2:])
     with eval_mode(classifier):
         _, taps = classifier.forward_taps(x)
         feats = taps[tap].float()
-        baseline = torch.sigmoid(classifier(torch.zeros_like(x[:1]))).float()  # (1, K)
-        n, c = feats.shape[:2]
-        alphas = []
-        for i in range(n):
-            scores = []
-            for start in range(0, c, batch_size):
-                m = _channel_masks(feats[i : i + 1, start : start + batch_size], size)
-                m = m.transpose(0, 1)  # (B, 1, H, W): one masked copy of x per channel
-                scores.append(torch.sigmoid(classifier(x[i : i + 1] * m)).float())
-            alphas.append(torch.cat(scores) - baseline)  # (C, K)
-        alpha = torch.stack(alphas)  # (N, C, K)
+        baseline = torch.sigmoid(classifier(torch.zeros_like(x[:1])).float())  # (1, K)
+        alpha = _masked_copy_scores(
+            classifier, x, feats, batch_size, lambda logits, _up: torch.sigmoid(logits) - baseline
+        )
     out = F.relu(torch.einsum("nck,nchw->nkhw", alpha, feats))
     return _finish(out, size, normalise)
+
+
+def _reference_score(logits: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """The reference Score-CAM's alpha: softmax over classes, 0 for a constant channel."""
+    varies = up.amax(dim=(2, 3)) > up.amin(dim=(2, 3))  # (B, 1)
+    return torch.where(varies, torch.softmax(logits, dim=1), 0.0)
 
 
 @torch.no_grad()
@@ -175,18 +191,7 @@ def score_cam_reference(
     with eval_mode(classifier):
         _, taps = classifier.forward_taps(x)
         feats = taps[tap].float()
-        n, c = feats.shape[:2]
-        alphas = []
-        for i in range(n):
-            scores = []
-            for start in range(0, c, batch_size):
-                up = to_input_size(feats[i : i + 1, start : start + batch_size], size)
-                varies = (up.amax(dim=(2, 3)) > up.amin(dim=(2, 3))).transpose(0, 1)  # (B, 1)
-                m = minmax(up).transpose(0, 1)  # (B, 1, H, W): one masked copy per channel
-                probs = torch.softmax(classifier(x[i : i + 1] * m).float(), dim=1)
-                scores.append(torch.where(varies, probs, 0.0))
-            alphas.append(torch.cat(scores))  # (C, K)
-        alpha = torch.stack(alphas)  # (N, C, K)
+        alpha = _masked_copy_scores(classifier, x, feats, batch_size, _reference_score)
     summed = to_input_size(torch.einsum("nck,nchw->nkhw", alpha, feats), size)
     return _finish(F.relu(summed), size, normalise)
 

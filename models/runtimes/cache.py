@@ -18,14 +18,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 CACHE_ENV = "WSI_SEGMENT_CACHE_DIR"
 _FORMAT = "wsi-segment-runtime-cache"
 _VERSION = 1
+_log = logging.getLogger(__name__)
 
 
 def default_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
@@ -95,3 +98,21 @@ def scratch_dir(root: Path) -> Path:
     atomic); the caller removes it."""
     root.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix=".build-", dir=root))
+
+
+def store_best_effort(
+    root: Path, key: Mapping[str, object], write: Callable[[Path], Mapping[str, Path]]
+) -> None:
+    """Store the entry `write` makes in a scratch folder of the cache; a cache that cannot be
+    written (read-only home, full disk) only costs the next run a rebuild."""
+    try:
+        scratch = scratch_dir(root)
+    except OSError as exc:
+        _log.info("runtime cache %s not writable (%s): not cached", root, exc)
+        return
+    try:
+        store_entry(root, key, write(scratch))
+    except OSError as exc:
+        _log.info("runtime cache %s not written (%s): not cached", root, exc)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

@@ -14,11 +14,8 @@ it; each calling thread has its own infer request.
 from __future__ import annotations
 
 import hashlib
-import logging
-import shutil
 import tempfile
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,13 +23,12 @@ import numpy as np
 import torch
 
 from ..reduction import ReducedOutputs
-from .cache import entry_name, load_entry, scratch_dir, store_entry
+from .cache import entry_name, load_entry, store_best_effort
 from .graph import Geometry, TileGraph
 
 if TYPE_CHECKING:
     from ..segmentation_model import SegmentationModel
 
-_log = logging.getLogger(__name__)
 _OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
 _GRAPH_FORMAT = 1  # bump when TileGraph changes what it computes
 # torch.export keeps its tracing state in process-wide slots: two exports at once (slides of
@@ -140,6 +136,11 @@ class OpenVINOGraphs:
                 requests[key] = self._compiled[key].create_infer_request()
         return requests[key]
 
+    def entry_key(self) -> dict[str, object]:
+        """What every compiled result of these graphs depends on (model, versions, graph
+        format, precision, threads, CPU): the common part of their cache keys."""
+        return {**self._key, "precision": self.precision, "threads": self.threads, "cpu": self._cpu}
+
     def _config(self) -> dict[str, Any]:
         return {
             "INFERENCE_PRECISION_HINT": _OV_PRECISION[self.precision],
@@ -153,15 +154,7 @@ class OpenVINOGraphs:
         import openvino as ov
 
         ir_key = {**self._key, "kind": "graph", "geometry": geometry.key()}
-        key = {
-            **self._key,
-            "kind": "compiled",
-            "graph": entry_name(ir_key),
-            "batch": batch,
-            "precision": self.precision,
-            "threads": self.threads,
-            "cpu": self._cpu,
-        }
+        key = {**self.entry_key(), "kind": "compiled", "graph": entry_name(ir_key), "batch": batch}
         core = ov.Core()
         found = load_entry(self.cache_dir, key, ("blob",))
         if found:
@@ -184,7 +177,7 @@ class OpenVINOGraphs:
             blob.write_bytes(compiled.export_model().getvalue())
             return {"blob": blob}
 
-        _cache_best_effort(self.cache_dir, key, write_blob)
+        store_best_effort(self.cache_dir, key, write_blob)
         return compiled
 
     def _graph(self, ir_key: dict[str, object], geometry: Geometry) -> Any:
@@ -220,28 +213,10 @@ class OpenVINOGraphs:
         # compiled from the saved form only: a converted graph in memory compiles to other
         # bits (an ulp in the classifier's probabilities) than the same graph read back, so
         # a run that exported it and a run that found it cached would differ
-        _cache_best_effort(self.cache_dir, ir_key, write_ir)
+        store_best_effort(self.cache_dir, ir_key, write_ir)
         found = load_entry(self.cache_dir, ir_key, ("xml", "bin"))
         if found:
             return ov.Core().read_model(str(found["xml"]))
         with tempfile.TemporaryDirectory() as tmp:  # the cache could not be written
             xml = write_ir(Path(tmp))["xml"]
             return ov.Core().read_model(str(xml))
-
-
-def _cache_best_effort(
-    cache_dir: Path, key: dict[str, object], write: Callable[[Path], dict[str, Path]]
-) -> None:
-    """Store the entry `write` makes in a scratch folder of the cache; a cache that cannot be
-    written (read-only home, full disk) only costs the next run a rebuild."""
-    try:
-        scratch = scratch_dir(cache_dir)
-    except OSError as exc:
-        _log.info("runtime cache %s not writable (%s): not cached", cache_dir, exc)
-        return
-    try:
-        store_entry(cache_dir, key, write(scratch))
-    except OSError as exc:
-        _log.info("runtime cache %s not written (%s): not cached", cache_dir, exc)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)

@@ -4,18 +4,21 @@
 `runtime_decision` which runtime, and for OpenVINO compiles the graph, checks it against
 torch fp32 on the real calibration tiles (a compiled graph that does not give torch's labels
 is never used: a wrong result is worse than a slow one) and, for precision 'auto' on a CPU
-with bf16 hardware, runs the bf16 calibration (models/precision_calibration.py). Whatever
-keeps OpenVINO from running (not installed, a compile failure, a failed check) is one
-warning and the torch path; a model whose graph cannot be exported is refused when OpenVINO
-was asked for by name, and runs in torch under 'auto', both with the reason.
+with bf16 hardware, runs the bf16 calibration (models/precision_calibration.py). Both checks'
+numbers are kept in the disk cache beside the compiled graphs (`runtimes.verdict`), so a
+load that finds them runs no forward and compiles nothing until the slide path's first
+batch. Whatever keeps OpenVINO from running (not installed, a compile failure, a failed
+check) is one warning and the torch path; a model whose graph cannot be exported is refused
+when OpenVINO was asked for by name, and runs in torch under 'auto', both with the reason.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -36,11 +39,19 @@ from .openvino_runtime import (
     RuntimeUnavailable,
     openvino_version,
 )
+from .verdict import load_verdict, store_verdict, verdict_key
 
 if TYPE_CHECKING:
     from ..segmentation_model import SegmentationModel
 
 _log = logging.getLogger(__name__)
+# the numbers each check stores: an entry without them (an older format) is computed again
+_CHECK_FIELDS = {
+    "fp32_agreement": frozenset({"agreement"}),
+    "bf16_calibration": frozenset(
+        {"tiles", "tile_size", "agreement", "max_area_shift", "area_shifts", "own_patches"}
+    ),
+}
 
 
 @dataclass
@@ -55,6 +66,7 @@ class RuntimeChoice:
     precision_reason: str = ""
     calibration: PrecisionCalibration | None = None
     fp32_agreement: float | None = None  # OpenVINO fp32 vs torch fp32 labels, calibration tiles
+    checks_computed: int = 0  # checks run here, not read from the cache (runtimes.verdict)
 
     def report(self) -> dict[str, object]:
         return {
@@ -98,16 +110,27 @@ def _open_openvino(
     tile = int(model.meta.tile_size)
     tiles = calibration_tiles(tile, model.validation_patches)
     fp32 = OpenVINOGraphs(model, "fp32", threads, flags, cache)
-    ov_labels = fp32.predict_reduced(tiles, 0, tile, 1).labels
-    with torch.inference_mode():
-        torch_labels = model.torch_labels(tiles, bf16=False)
-    agreement, _shifts = compare_labels(torch_labels.numpy(), ov_labels.numpy())
-    if agreement < MIN_AGREEMENT:
+    choice = RuntimeChoice("openvino", reason, graphs=fp32)
+    fp32_labels: list[torch.Tensor] = []  # OpenVINO fp32 labels of the tiles, once computed
+
+    def ov_fp32_labels() -> torch.Tensor:
+        if not fp32_labels:
+            fp32_labels.append(fp32.predict_reduced(tiles, 0, tile, 1).labels)
+        return fp32_labels[0]
+
+    def fp32_agreement() -> dict[str, Any]:
+        with torch.inference_mode():
+            torch_labels = model.torch_labels(tiles, bf16=False)
+        agreement, _shifts = compare_labels(torch_labels.numpy(), ov_fp32_labels().numpy())
+        return {"agreement": agreement}
+
+    checked = _checked(choice, fp32, "fp32_agreement", tiles, fp32_agreement)
+    choice.fp32_agreement = float(checked["agreement"])
+    if choice.fp32_agreement < MIN_AGREEMENT:
         raise RuntimeUnavailable(
-            f"OpenVINO's fp32 graph kept only {100 * agreement:.2f} % of torch's labels on the "
-            "calibration tiles"
+            f"OpenVINO's fp32 graph kept only {100 * choice.fp32_agreement:.2f} % of torch's "
+            "labels on the calibration tiles"
         )
-    choice = RuntimeChoice("openvino", reason, graphs=fp32, fp32_agreement=agreement)
     if precision == "fp32" or (precision == "auto" and not openvino_bf16_candidate(flags)):
         choice.precision = "fp32"
         choice.precision_reason = (
@@ -125,14 +148,41 @@ def _open_openvino(
 
     def labels_of(x: torch.Tensor, low: bool) -> torch.Tensor:
         if not low:
-            return ov_labels
+            return ov_fp32_labels()
         return bf16.predict_reduced(x, 0, tile, 1).labels
 
     where = "OpenVINO on a CPU with AMX, or AVX512-BF16 on an AMD CPU"
-    calibration = calibrate_bf16(labels_of, tile, where, model.validation_patches)
+
+    def bf16_calibration() -> dict[str, Any]:
+        found = asdict(calibrate_bf16(labels_of, tile, where, model.validation_patches))
+        del found["where"]  # the code's words, not a measurement
+        return found
+
+    numbers = _checked(choice, bf16, "bf16_calibration", tiles, bf16_calibration)
+    stored = {k: numbers[k] for k in _CHECK_FIELDS["bf16_calibration"]}
+    calibration = PrecisionCalibration(**stored, where=where)
     if not calibration.bf16_chosen:
         choice.graphs, choice.precision = fp32, "fp32"
     choice.calibration = calibration
     choice.precision_reason = calibration.reason()
     _log.info("precision auto: %s", choice.precision_reason)
     return choice
+
+
+def _checked(
+    choice: RuntimeChoice,
+    graphs: OpenVINOGraphs,
+    check: str,
+    tiles: torch.Tensor,
+    compute: Callable[[], dict[str, Any]],
+) -> dict[str, Any]:
+    """The numbers of `check` from the cache when an entry for these graphs and tiles is
+    there and whole, else computed (counted in `choice.checks_computed`) and stored."""
+    key = verdict_key(graphs, check, tiles)
+    numbers = load_verdict(graphs.cache_dir, key)
+    if numbers is not None and _CHECK_FIELDS[check] <= numbers.keys():
+        return numbers
+    numbers = compute()
+    choice.checks_computed += 1
+    store_verdict(graphs.cache_dir, key, numbers)
+    return numbers

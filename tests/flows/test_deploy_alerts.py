@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import threading
 import time
 from datetime import UTC, datetime
@@ -30,11 +29,11 @@ from tests.flows.test_deploy_server import (
     SYSTEMD,
     UUID,
     Processes,
-    env_file,
-    free_port,
     processes,  # noqa: F401
     run,
+    start_server,
     unit_commands,
+    unit_env,
     wait_for,
 )
 from tests.flows.test_deploy_server import api as server_api
@@ -134,23 +133,8 @@ def test_the_shipped_automation_alerts_on_every_night_that_did_not_finish(
     tmp_path: Path,
     processes: Processes,  # noqa: F811
 ) -> None:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(env_file(SYSTEMD / "prefect.env"))
-    env.update(
-        PREFECT_HOME=str(tmp_path / "prefect-home"),
-        TMPDIR=str(tmp_path),
-        PREFECT_SERVER_API_PORT=str(port),
-        PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
-        PREFECT_SERVER_UI_ENABLED="false",
-    )
-    url = env["PREFECT_API_URL"]
-    server_unit = SYSTEMD / "prefect-server.service"
-    for argv in unit_commands(server_unit, "ExecStartPre"):
-        run(argv, env)
-    [server] = unit_commands(server_unit, "ExecStart")
-    processes.start("server", server, env)
-    wait_for("server health", lambda: api(url, "GET", "/health"), 180, processes, "server")
+    env = unit_env(tmp_path)
+    url = start_server(env, processes)
 
     hook = Hook()
     try:
@@ -227,25 +211,12 @@ def test_a_worker_killed_mid_run_ends_crashed_and_the_next_run_does_only_what_is
     over the stale lock, removes the partial folder and runs only the unfinished slides."""
     from tests.flows.conftest import write_synthetic_slide
 
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(env_file(SYSTEMD / "prefect.env"))
-    env.update(
-        PREFECT_HOME=str(tmp_path / "prefect-home"),
-        TMPDIR=str(tmp_path),
-        PREFECT_SERVER_API_PORT=str(port),
-        PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
-        PREFECT_SERVER_UI_ENABLED="false",
+    env = unit_env(
+        tmp_path,
         PREFECT_WORKER_QUERY_SECONDS="2",
         PREFECT_FLOWS_HEARTBEAT_FREQUENCY="30",  # Prefect's minimum: a shorter test
     )
-    url = env["PREFECT_API_URL"]
-    server_unit = SYSTEMD / "prefect-server.service"
-    for argv in unit_commands(server_unit, "ExecStartPre"):
-        run(argv, env)
-    [server] = unit_commands(server_unit, "ExecStart")
-    processes.start("server", server, env)
-    wait_for("server health", lambda: api(url, "GET", "/health"), 180, processes, "server")
+    url = start_server(env, processes)
     zombies = tmp_path / "zombies.yaml"
     zombies.write_text(ZOMBIES.read_text().replace("within: 300", "within: 75"))
     run([str(BIN / "prefect"), "automation", "create", "--from-file", str(zombies)], env)

@@ -134,30 +134,44 @@ def run(argv: list[str], env: dict[str, str]) -> str:
     return done.stdout
 
 
-def test_nightly_deployment_runs_on_a_live_server_and_worker(
-    tmp_path: Path, processes: Processes, tiny_model: Path, slides_dir: Path
-) -> None:
+def unit_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """The environment the systemd units give their commands (prefect.env), on a free port of
+    loopback, with PREFECT_HOME and TMPDIR (the units' CacheDirectory=) in `tmp_path`."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(env_file(SYSTEMD / "prefect.env"))
     env.update(
         PREFECT_HOME=str(tmp_path / "prefect-home"),
-        TMPDIR=str(tmp_path),  # the units' own folder (CacheDirectory=), here tmp_path
+        TMPDIR=str(tmp_path),
         PREFECT_SERVER_API_PORT=str(port),
         PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
         PREFECT_SERVER_UI_ENABLED="false",  # the UI's static files cost start-up time
-        PREFECT_WORKER_QUERY_SECONDS="2",  # test speed: the worker polls more often
+        **extra,
     )
-    url = env["PREFECT_API_URL"]
-    assert env["PREFECT_SERVER_API_HOST"] == "127.0.0.1"
+    return env
 
+
+def start_server(env: dict[str, str], processes: Processes, timeout: float = 180) -> str:
+    """The server unit's ExecStartPre (the database) and ExecStart, as systemd runs them;
+    returns the API url once it answers."""
+    url = env["PREFECT_API_URL"]
     server_unit = SYSTEMD / "prefect-server.service"
     for argv in unit_commands(server_unit, "ExecStartPre"):
-        run(argv, env)  # the database in PREFECT_HOME
-    assert (tmp_path / "prefect-home" / "prefect.db").is_file()
+        run(argv, env)
     [server] = unit_commands(server_unit, "ExecStart")
     processes.start("server", server, env)
-    wait_for("server health", lambda: api(url, "GET", "/health"), 120, processes, "server")
+    wait_for("server health", lambda: api(url, "GET", "/health"), timeout, processes, "server")
+    return url
+
+
+def test_nightly_deployment_runs_on_a_live_server_and_worker(
+    tmp_path: Path, processes: Processes, tiny_model: Path, slides_dir: Path
+) -> None:
+    # test speed: the worker polls more often
+    env = unit_env(tmp_path, PREFECT_WORKER_QUERY_SECONDS="2")
+    assert env["PREFECT_SERVER_API_HOST"] == "127.0.0.1"
+    url = start_server(env, processes, 120)
+    assert (tmp_path / "prefect-home" / "prefect.db").is_file()  # made by ExecStartPre
 
     run([str(BIN / "prefect"), "work-pool", "create", "wsi-segment", "--type", "process"], env)
     slides = copy_slides(slides_dir, tmp_path / "slides", ["synth-a.tif"])

@@ -149,7 +149,7 @@ class _Classifier(nn.Module):
 
 def test_openvino_calibration_labels_the_patches_too(tmp_path: Path) -> None:
     """open_runtime's own bf16 calibration (precision auto, a CPU described with AMX) counts
-    the model's patches among its tiles."""
+    the model's patches among its tiles, in the numbers it caches too."""
     pytest.importorskip("openvino")
     torch.manual_seed(0)
     seg = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 3, 1))
@@ -159,3 +159,9 @@ def test_openvino_calibration_labels_the_patches_too(tmp_path: Path) -> None:
     choice = open_runtime(model, "openvino", "auto", "cpu", flags, tmp_path)
     assert choice.runtime == "openvino" and choice.calibration is not None
     assert (choice.calibration.tiles, choice.calibration.own_patches) == (9, 3)
+    again = open_runtime(model, "openvino", "auto", "cpu", flags, tmp_path)  # numbers cached
+    assert again.checks_computed == 0 and again.calibration == choice.calibration
+    model.validation_patches = model.validation_patches[:2]  # other tiles: computed again
+    other = open_runtime(model, "openvino", "auto", "cpu", flags, tmp_path)
+    assert other.checks_computed == 2 and other.calibration is not None
+    assert (other.calibration.tiles, other.calibration.own_patches) == (8, 2)

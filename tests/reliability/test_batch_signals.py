@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -271,15 +272,10 @@ def test_a_slide_stuck_past_the_grace_does_not_keep_the_batch_from_exiting(
     if not marker.exists():
         kill_all(proc, children)
         pytest.fail(f"the batch never reached its stuck slide: {proc.communicate()[1][-3000:]}")
-    t0 = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
-    try:
-        stdout, stderr = proc.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        kill_all(proc, children)
-        proc.communicate()
-        pytest.fail("the batch waited for its stuck slide past the grace")
-    took = time.monotonic() - t0
+    stdout, stderr, took = signal_and_wait(
+        lambda: proc.send_signal(signal.SIGTERM), proc, children, 60,
+        "the batch waited for its stuck slide past the grace",
+    )  # fmt: skip
     assert proc.returncode == 143, stderr[-3000:]
     assert 5 <= took < 25, took  # the grace, then the table and the Prefect server's exit
     assert [ln for ln in stderr.splitlines() if ln.startswith("error:")] == [
@@ -291,6 +287,26 @@ def test_a_slide_stuck_past_the_grace_does_not_keep_the_batch_from_exiting(
     assert leftovers(out) == ["a-small"]
     _, alive = psutil.wait_procs(children, timeout=10)
     assert not alive, alive
+
+
+def signal_and_wait(
+    send: Callable[[], None],
+    proc: subprocess.Popen[str],
+    children: list[psutil.Process],
+    timeout: float,
+    failure: str,
+) -> tuple[str, str, float]:
+    """(stdout, stderr, seconds to exit) of `proc` after `send()` signals it; past `timeout`
+    the batch and its `children` are killed and the test fails with `failure`."""
+    t0 = time.monotonic()
+    send()
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_all(proc, children)
+        proc.communicate()
+        pytest.fail(failure)
+    return stdout, stderr, time.monotonic() - t0
 
 
 def kill_all(proc: subprocess.Popen[str], children: list[psutil.Process]) -> None:
@@ -337,15 +353,10 @@ def test_a_signal_to_the_batchs_process_group_stops_it_in_seconds(
     children = descendants(proc.pid)
     server = server_processes(proc.pid)
     assert len(server) == 1 and os.getpgid(server[0].pid) != os.getpgid(proc.pid), server
-    t0 = time.monotonic()
-    os.killpg(proc.pid, sig)
-    try:
-        stdout, stderr = proc.communicate(timeout=120)
-    except subprocess.TimeoutExpired:
-        kill_all(proc, children)
-        proc.communicate()
-        pytest.fail("the batch did not stop within 120 s of the group's signal")
-    took = time.monotonic() - t0
+    stdout, stderr, took = signal_and_wait(
+        lambda: os.killpg(proc.pid, sig), proc, children, 120,
+        "the batch did not stop within 120 s of the group's signal",
+    )  # fmt: skip
     assert proc.returncode == code, stderr[-3000:]
     assert took < 30, took
     warning = f"warning: {folder / 'a-small.tif'}: no tissue found"

@@ -213,3 +213,30 @@ def test_models_loading_side_by_side_both_export(tmp_path: Path) -> None:
     for t in threads:
         t.join()
     assert all(isinstance(r, list) for r in results.values()), results
+
+
+def test_a_warm_cache_opens_openvino_without_a_forward_or_a_calibration_graph(
+    tmp_path: Path,
+) -> None:
+    """The checks' numbers are kept beside the graphs: a second load runs no torch forward,
+    compiles no graph and gets the same verdict; a damaged verdict is checked again."""
+    model = _tiny()
+    flags = cpu_flags() | {"amx_bf16"}  # bf16 is a candidate under auto: both checks run
+    first = open_runtime(model, "openvino", "auto", "cpu", flags, tmp_path)
+    assert first.checks_computed == 2 and first.calibration is not None
+    forwards: list[int] = []
+    model.segmenter.register_forward_hook(lambda *_: forwards.append(1))
+    second = open_runtime(model, "openvino", "auto", "cpu", flags, tmp_path)
+    assert second.checks_computed == 0 and forwards == []
+    assert second.graphs is not None and second.graphs.builds + second.graphs.cache_hits == 0
+    assert second.fp32_agreement == first.fp32_agreement
+    assert second.calibration == first.calibration
+    assert (second.precision, second.precision_reason) == (first.precision, first.precision_reason)
+    verdicts = sorted(tmp_path.glob("*.verdict"))
+    assert len(verdicts) == 2
+    for path in verdicts:
+        path.write_text(path.read_text().replace("agreement", "agreemenT"))
+    third = open_runtime(model, "openvino", "auto", "cpu", flags, tmp_path)
+    assert third.checks_computed == 2 and len(forwards) == 1  # the torch fp32 forward
+    assert third.calibration == first.calibration
+    assert third.fp32_agreement == first.fp32_agreement
