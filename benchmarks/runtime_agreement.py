@@ -83,7 +83,7 @@ def slide_rows(model_dir: Path, name: str, slides: list[Path], work: Path) -> li
     for slide in slides:
         runs = {}
         for runtime, precision in (REF, *VARIANTS):
-            out = work / "agreement" / name / f"{runtime}-{precision}"
+            out = work / "agreement" / name / slide.name / f"{runtime}-{precision}"
             log(f"[agreement] {name} {slide.name} {runtime} {precision} ...")
             run_pipeline(slide, model_dir, out, ["--runtime", runtime, "--precision", precision])
             runs[(runtime, precision)] = slide_labels(output_folder(out, slide))
@@ -150,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", nargs="+", default=["demo"], help="model folders, or 'demo'")
     ap.add_argument("--slides", nargs="*", default=list(SLIDES), help="real slides ('' none)")
+    ap.add_argument("--slides-only", action="store_true", help="no tiles, no verdicts")
     ap.add_argument("--work", type=Path, default=Path("/tmp/wsi-segment-bench"))
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args(argv)
@@ -163,8 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     for given in args.models:
         model_dir = demo_model_dir() if given == "demo" else Path(given)
         name = "demo" if given == "demo" else model_dir.name
-        rows += model_rows(model_dir, name)
-        rows += slide_rows(model_dir, name, slides, args.work)
+        found = [] if args.slides_only else model_rows(model_dir, name)
+        for row in (*found, *slide_rows(model_dir, name, slides, args.work)):
+            log(f"[agreement] {row}")  # as it comes: a long run cut short keeps its figures
+            rows.append(row)
         notes.append(f"{name}: {model_dir}")
     notes.append(
         "agreement: against torch fp32 of the same model; areas judged for classes with >= 1 % "
