@@ -20,7 +20,6 @@ which have the shapes of the real model's. The table is appended to RESULTS.md.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import sys
 import tempfile
 import time
@@ -32,7 +31,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.decode import run_processes  # noqa: E402
-from benchmarks.measure import loadavg, machine_info, record, render  # noqa: E402
+from benchmarks.measure import BenchRun, slide_args  # noqa: E402
 from benchmarks.stages import slide_and_model  # noqa: E402
 
 CLASSES = 4
@@ -149,22 +148,15 @@ def run_engine_once(slide: Path, model_dir: Path, args: argparse.Namespace, n: i
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--size", type=int, default=12288, help="bank slide side (px)")
-    ap.add_argument("--tissue", type=float, default=0.6)
-    ap.add_argument("--model", type=Path, default=None, help="model folder (default: demo)")
+    slide_args(ap, 12288)
     ap.add_argument("--decoders", default="1,2")
     ap.add_argument("--overlap", type=int, default=32)
     ap.add_argument("--chunk-tiles", type=int, default=8)
     ap.add_argument("--downsample", type=int, default=4)
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--work", type=Path, default=Path("/tmp/wsi-segment-bench"))
-    ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args(argv)
     counts = [int(x) for x in args.decoders.split(",") if x]
-    started = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M")
-    t0 = time.perf_counter()
-    info = machine_info()
-    info["load_start"] = loadavg()
+    bench = BenchRun.start("engine_proxy.py", argv)
     slide, writer, model_dir, model_desc = slide_and_model(
         args.work, args.size, args.tissue, args.model
     )
@@ -197,13 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         "CPU proxy of the engine (no GPU): an instant model, so the engine's own "
         "reading, hand-over, stitching and writing bound it; ratio from the first decoded chunk on",
     ]
-    command = "python benchmarks/engine_proxy.py " + " ".join(
-        sys.argv[1:] if argv is None else argv
-    )
-    block = render(rows, notes, info, command.strip(), started, time.perf_counter() - t0)
-    print(block)
-    if not args.no_record:
-        record(block)
+    bench.finish(rows, notes, not args.no_record)
     return 0
 
 

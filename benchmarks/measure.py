@@ -7,6 +7,7 @@ and the load average, which says how far a shared machine's figures can be trust
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import platform
@@ -14,7 +15,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -163,8 +164,16 @@ def run_pipeline(slide: Path, model: Path, out: Path, extra: list[str]) -> tuple
     run.gpu = gpu.report()
     if run.returncode != 0:
         raise RuntimeError(f"wsi-segment failed ({run.returncode}):\n{run.stderr[-3000:]}")
-    summary = json.loads((out / slide.stem / "summary.json").read_text())
+    summary = json.loads((output_folder(out, slide) / "summary.json").read_text())
     return run, summary
+
+
+def output_folder(out: Path, slide: Path) -> Path:
+    """Where `wsi-segment` wrote `slide`'s outputs under `out` (`OS-1-detail.ome.tif` ->
+    `OS-1-detail`: the CLI's own naming, not `Path.stem`)."""
+    from wsi_segment.pipeline.outputs.output_dir import slide_output_name
+
+    return out / slide_output_name(str(slide))
 
 
 def zarr_bytes(folder: Path) -> int:
@@ -206,3 +215,43 @@ def record(block: str) -> None:
         text = text.rstrip("\n") + "\n\n" + RUNS_END + "\n"
     text = text.replace(RUNS_END, block + "\n" + RUNS_END, 1)
     RESULTS.write_text(text)
+
+
+def slide_args(ap: Any, size: int) -> None:
+    """The options every slide benchmark takes: a synthetic slide's side and tissue, the
+    model (default: demo), the work folder, and whether to keep the block in RESULTS.md."""
+    ap.add_argument("--size", type=int, default=size, help="synthetic slide side, px")
+    ap.add_argument("--tissue", type=float, default=0.6)
+    ap.add_argument("--model", type=Path, default=None, help="model folder (default: demo)")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/wsi-segment-bench"))
+    ap.add_argument("--no-record", action="store_true")
+
+
+@dataclass
+class BenchRun:
+    """One benchmark run from start to its RESULTS.md block: the start time, the machine and
+    its load when it began (`start`), then the command, the wall time and the table
+    (`finish`), the same for every script."""
+
+    script: str  # e.g. "runtime.py"
+    argv: list[str] | None  # main's argv (None: the command line's)
+    info: dict[str, Any]
+    started: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M"))
+    t0: float = field(default_factory=time.perf_counter)
+
+    @classmethod
+    def start(cls, script: str, argv: list[str] | None) -> BenchRun:
+        info = machine_info()
+        info["load_start"] = loadavg()
+        return cls(script, argv, info)
+
+    def finish(self, rows: list, notes: list, keep: bool) -> str:
+        """Print the block (and insert it in RESULTS.md when `keep`); returns it."""
+        args = sys.argv[1:] if self.argv is None else self.argv
+        command = f"python benchmarks/{self.script} " + " ".join(args)
+        block = render(rows, notes, self.info, command.strip(), self.started,
+                       time.perf_counter() - self.t0)  # fmt: skip
+        print(block)
+        if keep:
+            record(block)
+        return block

@@ -27,7 +27,6 @@ command, the machine and the load, is appended to benchmarks/RESULTS.md.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
 import statistics
 import sys
@@ -41,16 +40,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.measure import (  # noqa: E402
-    loadavg,
-    log,
-    machine_info,
-    record,
-    render,
-    run_pipeline,
-)
+from benchmarks.measure import BenchRun, loadavg, log, run_pipeline, slide_args  # noqa: E402
 from benchmarks.slides import make_slide  # noqa: E402
 from benchmarks.stages import plan_like_pipeline, read_chunks  # noqa: E402
+
+# what an AVX2-only proxy run sets: oneDNN (torch's and OpenVINO's), ATen, OpenVINO's own kernels
+ISA_CAPS = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "OV_CPU_MAX_ISA")
 
 
 def real_tiles(tile: int):  # type: ignore[no-untyped-def]
@@ -144,16 +139,13 @@ def bare_reduced(model, tiles, batch: int, streams: int) -> float:  # type: igno
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", type=Path, default=None, help="model folder (default: demo)")
-    ap.add_argument("--size", type=int, default=20480, help="synthetic slide side, px")
-    ap.add_argument("--tissue", type=float, default=0.6)
+    slide_args(ap, 20480)
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds, model alone")
     ap.add_argument("--e2e-rounds", type=int, default=1, help="interleaved rounds, end to end")
     ap.add_argument("--model-tiles", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2, help="the engine's compute threads")
-    ap.add_argument("--work", type=Path, default=Path("/tmp/wsi-segment-bench"))
     ap.add_argument("--no-e2e", action="store_true")
-    ap.add_argument("--no-record", action="store_true")
+    ap.add_argument("--no-bf16", action="store_true", help="fp32 variants only")
     args = ap.parse_args(argv)
 
     import torch
@@ -162,12 +154,11 @@ def main(argv: list[str] | None = None) -> int:
     from wsi_segment.models.device import cpu_supports_bf16
     from wsi_segment.models.precision_calibration import compare_labels
 
-    started = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M")
-    t_start = time.perf_counter()
-    info = machine_info()
-    info["load_start"] = loadavg()
+    bench = BenchRun.start("runtime.py", argv)
     model_dir = args.model or demo_model_dir()
-    bf16 = cpu_supports_bf16()  # measured wherever the CPU has it, chosen by auto or not
+    bf16 = (
+        cpu_supports_bf16() and not args.no_bf16
+    )  # measured wherever the CPU has it, chosen by auto or not
     variants = [("torch", "fp32"), ("openvino", "fp32")] + ([("openvino", "bf16")] if bf16 else [])
     models = {}
     for runtime, precision in variants:  # compiles (or loads the cached graphs) off the clock
@@ -255,11 +246,11 @@ def main(argv: list[str] | None = None) -> int:
         f"end to end: {args.e2e_rounds} round(s); OpenVINO {auto.get('runtime')} "
         f"threads {torch.get_num_threads()}, one stream",
     ]
-    command = "python benchmarks/runtime.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    block = render(rows, notes, info, command.strip(), started, time.perf_counter() - t_start)
-    print(block)
-    if not args.no_record:
-        record(block)
+    caps = {k: os.environ[k] for k in ISA_CAPS if k in os.environ}
+    if caps:
+        capability = torch.backends.cpu.get_cpu_capability()
+        notes.append(f"ISA capped: {caps}; torch's ATen dispatch: {capability}")
+    bench.finish(rows, notes, not args.no_record)
     return 0
 
 

@@ -14,7 +14,6 @@ load (it overlaps the three before), and the first batch entering the model.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import subprocess
 import sys
 import tempfile
@@ -25,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.measure import loadavg, machine_info, record, render  # noqa: E402
+from benchmarks.measure import BenchRun, slide_args  # noqa: E402
 from benchmarks.stages import slide_and_model  # noqa: E402
 
 GOAL_S = 2.0
@@ -95,18 +94,11 @@ def fresh_import_seconds() -> float:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--size", type=int, default=30720, help="bank slide side (px)")
-    ap.add_argument("--tissue", type=float, default=0.6)
-    ap.add_argument("--model", type=Path, default=None, help="model folder (default: demo)")
+    slide_args(ap, 30720)
     ap.add_argument("--decoders", type=int, default=2)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--work", type=Path, default=Path("/tmp/wsi-segment-bench"))
-    ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args(argv)
-    started = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M")
-    t_all = time.perf_counter()
-    info = machine_info()
-    info["load_start"] = loadavg()
+    bench = BenchRun.start("startup.py", argv)
     slide, writer, model_dir, model_desc = slide_and_model(
         args.work, args.size, args.tissue, args.model
     )
@@ -133,11 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{bool(m['early'])}",
         "start-up of the CLI's stages, imports aside: prepare -> first batch entering the model",
     ]
-    command = "python benchmarks/startup.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    block = render(rows, notes, info, command.strip(), started, time.perf_counter() - t_all)
-    print(block)
-    if not args.no_record:
-        record(block)
+    bench.finish(rows, notes, not args.no_record)
     return 0
 
 

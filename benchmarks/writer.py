@@ -34,7 +34,6 @@ back, so ratios are taken in one run. The table is appended to RESULTS.md.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import statistics
 import sys
 import tempfile
@@ -51,7 +50,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.engine_proxy import engine_job  # noqa: E402
-from benchmarks.measure import loadavg, log, machine_info, record, render  # noqa: E402
+from benchmarks.measure import BenchRun, loadavg, log, slide_args  # noqa: E402
 from benchmarks.stages import slide_and_model  # noqa: E402
 
 PARTS = ("stitch", "tissue", "zarr write", "statistics", "polygons")
@@ -266,17 +265,13 @@ def attribute(raw: Path, hz: float) -> list[tuple[str, float]]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--size", type=int, default=12288, help="bank slide side (px)")
-    ap.add_argument("--tissue", type=float, default=0.6)
-    ap.add_argument("--model", type=Path, default=None, help="model folder (default: demo)")
+    slide_args(ap, 12288)
     ap.add_argument("--threads", default="1,2,4")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--overlap", type=int, default=32)
     ap.add_argument("--chunk-tiles", type=int, default=8)
     ap.add_argument("--downsample", type=int, default=4)
     ap.add_argument("--batch-size", type=int, default=64, help="tiles per batch to the writer")
-    ap.add_argument("--work", type=Path, default=Path("/tmp/wsi-segment-bench"))
-    ap.add_argument("--no-record", action="store_true")
     ap.add_argument("--loop", type=int, default=0, help="only run finish_block N rounds")
     ap.add_argument("--attribute", type=Path, default=None, help="py-spy raw file to split")
     ap.add_argument("--hz", type=float, default=200.0, help="py-spy's rate (-r)")
@@ -286,10 +281,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{sec:8.2f} s  {part}")
         return 0
     counts = [int(x) for x in args.threads.split(",") if x]
-    started = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M")
-    t0 = time.perf_counter()
-    info = machine_info()
-    info["load_start"] = loadavg()
+    bench = BenchRun.start("writer.py", argv)
     slide, writer, model_dir, model_desc = slide_and_model(
         args.work, args.size, args.tissue, args.model
     )
@@ -343,11 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         f"figure: 1 thread; details: tiles/s with 1, 2, 4 threads and the speed-up over 1 "
         f"thread; median of {args.repeats} rounds",
     ]
-    command = "python benchmarks/writer.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    block = render(rows, notes, info, command.strip(), started, time.perf_counter() - t0)
-    print(block)
-    if not args.no_record:
-        record(block)
+    bench.finish(rows, notes, not args.no_record)
     return 0
 
 

@@ -33,6 +33,7 @@ from .meta import (
 from .segmentation_model import SegmentationModel
 from .segmenter import Segmenter
 from .tensor_files import write_tensors
+from .validation_patches import ValidationPatches, load_patches, save_patches
 
 __all__ = ["ModelMeta", "SegmentationModel", "demo_model_dir", "load_model", "save_model"]
 
@@ -57,8 +58,12 @@ def save_model(
     meta: ModelMeta | None = None,
     *,
     weights_dtype: str = "float32",
+    validation_patches: ValidationPatches | None = None,
 ) -> Path:
     """Write `folder/model.safetensors` + `folder/model.json`; returns the folder.
+
+    `validation_patches` (training gives them; models.validation_patches) are written beside
+    the weights, at the model's tile size, for the bf16 calibration.
 
     `weights_dtype="float16"` halves the file (floats are stored fp16 and loaded back as
     fp32; outputs change by ~1e-3). Both networks must have `config()` (those built by
@@ -79,6 +84,12 @@ def save_model(
             raise ModelError(
                 f"{part} has {arch[part]['num_classes']} classes but meta names {meta.num_classes}"
             )
+    tile = meta.tile_size
+    if validation_patches is not None and validation_patches.pixels.shape[1:3] != (tile, tile):
+        raise ModelError(
+            f"validation patches are {validation_patches.pixels.shape[1:3]} px, the model's "
+            f"tiles {tile} px"
+        )
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {}
@@ -96,6 +107,8 @@ def save_model(
         "architecture": arch,
         "weights": {"file": WEIGHTS_FILE, "dtype": weights_dtype, "sha256": file_sha256(weights)},
     }
+    if validation_patches is not None:
+        doc["validation_patches"] = save_patches(folder, validation_patches)
     (folder / META_FILE).write_text(json.dumps(doc, indent=2) + "\n")
     return folder
 
@@ -107,7 +120,8 @@ def load_model(
 
     Any problem (missing folder or file, bad JSON, unsafe or corrupt weights, weights that
     do not match the JSON, a weights file outside the folder) raises one ModelError naming
-    the file and the fix. `model.identity` is the hash of the JSON and weight bytes loaded.
+    the file and the fix. `model.identity` is the hash of the JSON and weight bytes loaded
+    (model.json holds the validation patches' sha256, checked against their bytes here).
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -129,6 +143,7 @@ def load_model(
     _check_state(model, state, weights)
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     model.identity = model_identity(json_sha, weights_sha)
+    model.validation_patches = load_patches(folder, doc, int(meta.tile_size))
     return model.to_device(device, precision)
 
 

@@ -170,22 +170,27 @@ def load_model_json(folder: str | Path) -> tuple[dict[str, Any], ModelMeta, str]
 def weights_path(folder: str | Path, doc: dict[str, Any]) -> Path:
     """The weights file model.json names, which must lie inside the model folder once links
     are resolved (a file elsewhere could change without the model's identity changing)."""
-    folder = Path(folder)
     name = str((doc.get("weights") or {}).get("file", WEIGHTS_FILE))
+    return bundle_file(folder, name, "weights")
+
+
+def bundle_file(folder: str | Path, name: str, what: str) -> Path:
+    """`folder/name`, a file model.json names (`what`: the weights, the validation patches),
+    refused unless it is a file inside the model folder once links are resolved."""
+    folder = Path(folder)
     path = folder / name
     real, home = os.path.realpath(path), os.path.realpath(folder)
     if os.path.commonpath([real, home]) != home or real == home:
         raise ModelError(
-            f"{path} leads outside the model folder (to {real}); weight files must lie inside "
-            f"{folder}: copy the weights there and name them relative to it in model.json"
+            f"{path} leads outside the model folder (to {real}); the {what} must lie inside "
+            f"{folder}: copy the {what} there and name them relative to it in model.json"
         )
     if os.path.isdir(real):
-        raise ModelError(
-            f"{path} is a folder, not a weights file; copy the model's weights file there"
-        )
+        raise ModelError(f"{path} is a folder, not the {what} file; copy the model's {what} there")
     if not os.path.isfile(real):
         raise ModelError(
-            f"{path} is missing: model.json has no weights next to it; copy the whole model folder"
+            f"{path} is missing: model.json names {what} that are not next to it; copy the "
+            "whole model folder"
         )
     return path
 

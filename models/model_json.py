@@ -31,6 +31,9 @@ TILE_RANGE = (32, 2048)  # px; a multiple of 16 (DeepLabV3+ input, encoder strid
 DECODER_CHANNELS_RANGE = (8, 1024)  # smp's default is 256
 MPP_RANGE = (0.01, 100.0)  # um/px, the range --mpp accepts
 NAME_LENGTH = 200
+MAX_VALIDATION_PATCHES = (
+    16  # patches training records for the bf16 calibration (models.validation_patches)
+)
 _LOCAL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _TAPS = ("layer1", "layer2", "layer3", "layer4")
@@ -186,6 +189,13 @@ MODEL_JSON_KEYS: tuple[Key, ...] = (
     Key("weights.file", relative_file),
     Key("weights.dtype", choice("float32", "float16")),
     Key("weights.sha256", sha256_hex),
+    # the model's own validation patches (absent in older models and models not trained here)
+    Key("validation_patches", mapping),
+    Key("validation_patches.file", relative_file, required=True),
+    Key("validation_patches.sha256", sha256_hex, required=True),
+    Key("validation_patches.count", integer(1, MAX_VALIDATION_PATCHES), required=True),
+    Key("validation_patches.split", choice("val", "train")),
+    Key("validation_patches.sources", list_of(text, 1, MAX_VALIDATION_PATCHES, "patch names")),
 )
 
 

@@ -6,7 +6,9 @@ in bf16 depends on the model, and on real tissue bf16 flips near-ties that synth
 never show. So a
 model runs bf16 under 'auto' only when, on real H&E tiles shipped in the package
 (`calibration_tiles/`, CC0 tiles of the CMU-1 slide, lossless, the same bytes everywhere),
-its bf16 labels (the slide path's: gated, `UNCLASSIFIED` included) agree with fp32's on
+and on the model's own validation patches recorded in its folder at training
+(models/validation_patches.py; none in older models), its bf16 labels (the slide path's:
+gated, `UNCLASSIFIED` included) agree with fp32's on
 >= 99.5 % of pixels and no label's area moves by more than 1 % of its fp32 area. Labels
 covering less than 1 % of the calibration pixels are judged by the agreement alone (a few
 pixels of a class that is nearly absent are not an area). Nothing is timed and nothing looks
@@ -30,9 +32,10 @@ MIN_AREA = 0.01  # labels below this fraction of the pixels are judged by agreem
 Labeller = Callable[[torch.Tensor, bool], torch.Tensor]
 
 
-def calibration_tiles(tile_size: int) -> torch.Tensor:
-    """The shipped real tiles as uint8 (N, 3, T, T), centre-cropped or mirror-padded to
-    `tile_size` with integer operations only."""
+def calibration_tiles(tile_size: int, own: torch.Tensor | None = None) -> torch.Tensor:
+    """The shipped real tiles, then the model's `own` validation patches (uint8 (N, 3, H, W)),
+    as uint8 (N, 3, T, T), centre-cropped or mirror-padded to `tile_size` with integer
+    operations only."""
     from PIL import Image
 
     folder = resources.files("wsi_segment.models") / "calibration_tiles"
@@ -42,11 +45,14 @@ def calibration_tiles(tile_size: int) -> torch.Tensor:
             continue
         with entry.open("rb") as f, Image.open(f) as im:
             rgb = np.asarray(im.convert("RGB"))
-        tiles.append(_fit(rgb, tile_size))
+        tiles.append(fit_tile(rgb, tile_size))
+    if own is not None:
+        tiles += [fit_tile(patch, tile_size) for patch in own.permute(0, 2, 3, 1).numpy()]
     return torch.from_numpy(np.stack(tiles)).permute(0, 3, 1, 2).contiguous()
 
 
-def _fit(rgb: np.ndarray, size: int) -> np.ndarray:
+def fit_tile(rgb: np.ndarray, size: int) -> np.ndarray:
+    """`rgb` (H, W, 3) centre-cropped, or mirror-padded then cropped, to `size` x `size`."""
     h, w = rgb.shape[:2]
     if h < size or w < size:
         py, px = max(0, size - h), max(0, size - w)
@@ -66,6 +72,7 @@ class PrecisionCalibration:
     max_area_shift: float  # largest |area_bf16 - area_fp32| / area_fp32 over judged labels
     where: str = "the CPU has AMX"  # why bf16 was a candidate (the hardware, the runtime)
     area_shifts: dict[str, float] = field(default_factory=dict)  # label -> relative shift
+    own_patches: int = 0  # of `tiles`, the model's own validation patches
 
     @property
     def bf16_chosen(self) -> bool:
@@ -74,8 +81,13 @@ class PrecisionCalibration:
     def reason(self) -> str:
         """One line a user can read in summary.json or the log."""
         verdict = "bf16" if self.bf16_chosen else "fp32"
+        own = (
+            f" ({self.own_patches} of them the model's validation patches)"
+            if self.own_patches
+            else ""
+        )
         return (
-            f"{verdict}: {self.where}, and on {self.tiles} real H&E calibration tiles of "
+            f"{verdict}: {self.where}, and on {self.tiles} real H&E calibration tiles{own} of "
             f"{self.tile_size} px bf16 kept {100 * self.agreement:.2f} % of fp32's labels "
             f"(needs >= {100 * MIN_AGREEMENT:.1f} %) and moved a label's area by at most "
             f"{100 * self.max_area_shift:.2f} % (needs <= {100 * MAX_AREA_SHIFT:.0f} %)"
@@ -103,9 +115,12 @@ def compare_labels(ref: np.ndarray, low: np.ndarray) -> tuple[float, dict[str, f
     return agreement, shifts
 
 
-def calibrate_bf16(labels_of: Labeller, tile_size: int, where: str) -> PrecisionCalibration:
-    """Label the calibration tiles in fp32 and in bf16 and compare them."""
-    x = calibration_tiles(tile_size)
+def calibrate_bf16(
+    labels_of: Labeller, tile_size: int, where: str, own: torch.Tensor | None = None
+) -> PrecisionCalibration:
+    """Label the calibration tiles (with the model's `own` validation patches) in fp32 and in
+    bf16 and compare them, all pixels pooled."""
+    x = calibration_tiles(tile_size, own)
     ref = labels_of(x, False).numpy()
     low = labels_of(x, True).numpy()
     agreement, shifts = compare_labels(ref, low)
@@ -116,4 +131,5 @@ def calibrate_bf16(labels_of: Labeller, tile_size: int, where: str) -> Precision
         max_area_shift=max(shifts.values(), default=0.0),
         where=where,
         area_shifts=shifts,
+        own_patches=0 if own is None else len(own),
     )

@@ -64,6 +64,9 @@ class SegmentationModel(nn.Module):
         # sha256 of the model.json and weight bytes it was loaded from (models.bundle);
         # '' for a model built in memory
         self.identity = ""
+        # uint8 (N, 3, T, T) patches training recorded in the model folder, calibrated
+        # beside the CMU-1 tiles (models.validation_patches); None when it has none
+        self.validation_patches: torch.Tensor | None = None
         norm = meta.normalisation
         self.register_buffer("_mean", torch.tensor(norm["mean"]).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("_std", torch.tensor(norm["std"]).view(1, 3, 1, 1), persistent=False)
@@ -196,7 +199,8 @@ class SegmentationModel(nn.Module):
     @torch.inference_mode()
     def _calibrate(self) -> PrecisionCalibration:
         """torch fp32 against bf16 on the real calibration tiles, at the model's tile size."""
-        return calibrate_bf16(self.torch_labels, int(self.meta.tile_size), "the CPU has AMX")
+        tile = int(self.meta.tile_size)
+        return calibrate_bf16(self.torch_labels, tile, "the CPU has AMX", self.validation_patches)
 
     def precision_report(self) -> dict[str, object]:
         """What the forward passes ran in, and why (for summary.json)."""

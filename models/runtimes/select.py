@@ -50,7 +50,7 @@ _log = logging.getLogger(__name__)
 _CHECK_FIELDS = {
     "fp32_agreement": frozenset({"agreement"}),
     "bf16_calibration": frozenset(
-        {"tiles", "tile_size", "agreement", "max_area_shift", "area_shifts"}
+        {"tiles", "tile_size", "agreement", "max_area_shift", "area_shifts", "own_patches"}
     ),
 }
 
@@ -115,7 +115,7 @@ def _open_openvino(
 ) -> RuntimeChoice:
     threads = torch.get_num_threads()
     tile = int(model.meta.tile_size)
-    tiles = calibration_tiles(tile)
+    tiles = calibration_tiles(tile, model.validation_patches)
     fp32 = OpenVINOGraphs(model, "fp32", threads, flags, cache)
     choice = RuntimeChoice("openvino", reason, graphs=fp32)
     fp32_labels: list[torch.Tensor] = []  # OpenVINO fp32 labels of the tiles, once computed
@@ -161,7 +161,7 @@ def _open_openvino(
     where = "OpenVINO on a CPU with AMX, or AVX512-BF16 on an AMD CPU"
 
     def bf16_calibration() -> dict[str, Any]:
-        found = asdict(calibrate_bf16(labels_of, tile, where))
+        found = asdict(calibrate_bf16(labels_of, tile, where, model.validation_patches))
         del found["where"]  # the code's words, not a measurement
         return found
 

@@ -13,13 +13,21 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from wsi_segment.models.bundle import save_model
 from wsi_segment.models.device import pick_device
 from wsi_segment.models.meta import ModelMeta
+from wsi_segment.models.precision_calibration import fit_tile
 from wsi_segment.models.segmentation_model import SegmentationModel
-from wsi_segment.pipeline.training.datasets import MIN_TRAIN_PATCHES, open_dataset
+from wsi_segment.models.validation_patches import ValidationPatches, choose
+from wsi_segment.pipeline.training.datasets import (
+    MIN_TRAIN_PATCHES,
+    WsssDataset,
+    open_dataset,
+    read_image,
+)
 from wsi_segment.pipeline.training.make_pseudo_masks import made_with, make_pseudo_masks
 from wsi_segment.pipeline.training.train_classifier import classifier_history, train_classifier
 from wsi_segment.pipeline.training.train_config import (
@@ -36,7 +44,7 @@ from wsi_segment.pipeline.training.train_config import (
 from wsi_segment.pipeline.training.train_segmenter import train_segmenter
 from wsi_segment.pipeline.training.warm_start import pretrained_record
 
-__all__ = ["TrainConfig", "seg_encoder_name", "train"]
+__all__ = ["TrainConfig", "recorded_patches", "seg_encoder_name", "train"]
 
 
 def _git_commit() -> str | None:
@@ -65,6 +73,20 @@ def train(cfg: TrainConfig) -> Path:
     finally:  # leave the process as we found it (tests, notebooks)
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)
+
+
+def recorded_patches(ds: WsssDataset, tile_size: int) -> ValidationPatches:
+    """The validation patches the model folder keeps for the bf16 calibration: up to 16 of
+    the val split (the training patches when there is none), chosen by name, cropped or
+    mirror-padded to the model's tile size."""
+    if ds.has_masks("val"):
+        split, paths = "val", [item.image for item in ds.mask_items("val")]
+    else:
+        split, paths = "train", [item.image for item in ds.train_items()]
+    by_name = {p.name: p for p in paths}
+    names = choose(list(by_name))
+    pixels = np.stack([fit_tile(read_image(by_name[n]), tile_size) for n in names])
+    return ValidationPatches(pixels, tuple(names), split)
 
 
 def _train(cfg: TrainConfig) -> Path:
@@ -132,4 +154,10 @@ def _train(cfg: TrainConfig) -> Path:
         provenance=provenance,
     )
     model = SegmentationModel(classifier.cpu(), segmenter.cpu(), meta)
-    return save_model(model, cfg.out, meta, weights_dtype="float16" if cfg.fp16 else "float32")
+    return save_model(
+        model,
+        cfg.out,
+        meta,
+        weights_dtype="float16" if cfg.fp16 else "float32",
+        validation_patches=recorded_patches(ds, cfg.tile_size),
+    )
