@@ -316,13 +316,16 @@ def test_a_dask_run_records_each_distinct_band_policy_with_its_bands():
 
 
 def test_runtime_openvino_on_cpus_that_have_it_torch_on_gpus() -> None:
-    """`--runtime auto`: OpenVINO on a CPU where it is installed (any flags), torch on a GPU
-    and where it is missing; the reason says which; the loader gets the decision and its
+    """`--runtime auto`: OpenVINO on an AVX-512 CPU where it is installed, torch on a GPU, on
+    an AVX2-only CPU (measured slower there) and where it is missing; the reason says which; the loader gets the decision and its
     reason, with the user's request beside it (auto falls back to torch with a warning)."""
     from wsi_segment.pipeline.run_policy import decided_runtime
 
-    with_ov = {m: dataclasses.replace(m, openvino=True) for m in (CPU_ONLY, AMX, ONE_H100)}
-    assert decide(with_ov[CPU_ONLY], AUTO).runtime.value == "openvino"
+    avx512 = dataclasses.replace(CPU_ONLY, cpu_flags=AVX2 | {"avx512f"})
+    with_ov = {m: dataclasses.replace(m, openvino=True) for m in (CPU_ONLY, AMX, ONE_H100, avx512)}
+    avx2_only = decide(with_ov[CPU_ONLY], AUTO).runtime
+    assert avx2_only.value == "torch" and "without AVX-512" in avx2_only.reason
+    assert decide(with_ov[avx512], AUTO).runtime.value == "openvino"
     assert decide(with_ov[AMX], AUTO).runtime.value == "openvino"
     assert decide(CPU_ONLY, AUTO).runtime.value == "torch"  # not installed
     assert "cannot be imported" in decide(CPU_ONLY, AUTO).runtime.reason
@@ -331,7 +334,7 @@ def test_runtime_openvino_on_cpus_that_have_it_torch_on_gpus() -> None:
     asked_torch = SegmentParams(runtime="torch")
     assert decide(with_ov[CPU_ONLY], asked_torch).runtime.value == "torch"
     # the loader opens the policy's runtime with its reason (models.runtimes.open_runtime)
-    assert decided_runtime(decide(with_ov[CPU_ONLY], AUTO)) == (
+    assert decided_runtime(decide(with_ov[avx512], AUTO)) == (
         "openvino",
         "openvino: auto on a CPU without bf16 hardware (faster than torch there)",
     )

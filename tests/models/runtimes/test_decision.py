@@ -18,7 +18,15 @@ AVX2 = frozenset({"avx2", "fma"})
     ("requested", "device", "flags", "available", "runtime", "reason"),
     [
         ("auto", "cpu", ZEN4, True, "openvino", "openvino: auto on a CPU with bf16 in hardware"),
-        ("auto", "cpu", AVX2, True, "openvino", "openvino: auto on a CPU without bf16 hardware"),
+        (
+            "auto",
+            "cpu",
+            INTEL_BF16 - {"avx512_bf16"},
+            True,
+            "openvino",
+            "openvino: auto on a CPU without bf16 hardware",
+        ),
+        ("auto", "cpu", AVX2, True, "torch", "torch: auto on a CPU without AVX-512, where"),
         ("auto", "cuda", SPR, True, "torch", "torch: auto on cuda (OpenVINO is the CPU runtime)"),
         ("auto", "cpu", SPR, False, "torch", "torch: auto on a CPU OpenVINO, but it cannot"),
         ("torch", "cpu", SPR, True, "torch", "torch: asked for (--runtime torch)"),

@@ -133,6 +133,23 @@ def test_a_damaged_entry_is_rebuilt_and_keys_change_with_what_changes_the_result
     assert len(set(cache.glob("*.blob")) - blobs_before) == 3
 
 
+def test_an_isa_cap_is_part_of_the_key(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run capped to AVX2 (OV_CPU_MAX_ISA, ONEDNN_MAX_CPU_ISA) never loads a blob compiled
+    for the whole CPU, nor the other way round."""
+    x = real_tiles()[:2]
+    cache = cache / "caps"
+    _outputs(OpenVINOGraphs(_tiny(), "fp32", 2, cpu_flags(), cache), x)
+    for variable in ("OV_CPU_MAX_ISA", "ONEDNN_MAX_CPU_ISA"):
+        with monkeypatch.context() as env:
+            env.setenv(variable, "AVX2")
+            capped = OpenVINOGraphs(_tiny(), "fp32", 2, cpu_flags(), cache)
+            _outputs(capped, x)
+            assert capped.builds == 1 and capped.cache_hits == 0, variable
+    whole = OpenVINOGraphs(_tiny(), "fp32", 2, cpu_flags(), cache)
+    _outputs(whole, x)
+    assert whole.builds == 0 and whole.cache_hits == 1
+
+
 class _Branchy(nn.Module):
     """A segmenter whose path depends on the data: torch.export cannot express it."""
 
