@@ -53,7 +53,8 @@ def band_slices(specs: Sequence[ChunkSpec], bands: int) -> list[range]:
     each holding at least one chunk with tiles (at most `bands`; one if none has tiles).
 
     A chunk without tiles rides along with its neighbours: it still writes its (empty)
-    zarr block, and only the band that owns it does."""
+    zarr block, and only the band that owns it does. A band never opens inside a write unit
+    (chunks of one zarr chunk, `ChunkSpec.write_unit`): one band writes it, whole."""
     with_tiles = [i for i, s in enumerate(specs) if s.tiles]
     n = max(1, min(bands, len(with_tiles)))
     if not specs:
@@ -62,7 +63,8 @@ def band_slices(specs: Sequence[ChunkSpec], bands: int) -> list[range]:
     starts, current, done = [0], 0, 0
     for i in with_tiles:
         band = min(n - 1, done * n // max(1, total))
-        if band > current and i > starts[-1]:  # this chunk opens the next band
+        opens = i > starts[-1] and specs[i].write_unit() != specs[i - 1].write_unit()
+        if band > current and opens:  # this chunk opens the next band
             starts.append(i)
             current = band
         done += len(specs[i].tiles)

@@ -20,7 +20,7 @@ from tests.conftest import CMU_SLIDE, corrupt_middle_tile
 from tests.engine_leaks import shm_entries
 from tests.pipeline.inference.test_engine import assert_same_outcomes, make_job, stored
 from tests.pipeline.inference.test_engine_shared_model import TurnWatch
-from tests.reference_inference import chunk_alone
+from tests.reference_inference import units_alone
 from wsi_segment.errors import SlideError
 from wsi_segment.models.bundle import load_model
 from wsi_segment.pipeline.inference.band_runner import band_slices
@@ -59,13 +59,16 @@ def one_torch_thread_reference(job: SlideJob, specs: list[ChunkSpec]):
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return [job.finish_block(s, chunk_alone(job, s)) for s in specs]
+        return units_alone(job, specs)
     finally:
         torch.set_num_threads(before)
 
 
-def _spec(row: int, tiles: int) -> ChunkSpec:
-    return ChunkSpec(row, 0, (0, 0, 1, 1), tuple((i, 0) for i in range(tiles)), (0, 0, 1, 1))
+def _spec(row: int, tiles: int, unit: int | None = None) -> ChunkSpec:
+    """Chunk `row` of a column; `unit`: the row of the write unit (zarr chunk) it shares."""
+    box = (0, row, 1, row + 1)
+    shared = None if unit is None else (0, unit, 1, unit + 1)
+    return ChunkSpec(row, 0, box, tuple((i, 0) for i in range(tiles)), box, shared, shared)
 
 
 def test_bands_are_contiguous_runs_of_the_plan_balanced_by_tiles() -> None:
@@ -83,6 +86,16 @@ def test_bands_are_contiguous_runs_of_the_plan_balanced_by_tiles() -> None:
     assert band_slices(heavy, 3) == [range(0, 2), range(2, 5)]
     assert band_slices([_spec(0, 0), _spec(1, 0)], 4) == [range(0, 2)]  # no tissue: one band
     assert band_slices([], 4) == []
+
+
+def test_a_band_never_splits_the_chunks_of_one_zarr_chunk() -> None:
+    """Chunks smaller than a zarr chunk share it (a write unit): one band writes it whole, or
+    two writers would each write part of one zarr chunk and lose the other's."""
+    specs = [_spec(r, 4, unit=r // 4 * 4) for r in range(8)]  # two units of four chunks
+    assert band_slices(specs, 8) == [range(0, 4), range(4, 8)]
+    assert band_slices(specs, 3) == [range(0, 4), range(4, 8)]
+    mixed = [_spec(0, 4), *[_spec(r, 1, unit=1) for r in range(1, 5)], _spec(5, 4)]
+    assert band_slices(mixed, 3) == [range(0, 1), range(1, 5), range(5, 6)]
 
 
 @pytest.fixture(scope="module")
