@@ -14,6 +14,7 @@ Pure geometry (numpy only), so it is testable without slides or models.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -193,6 +194,31 @@ def plan_chunks(
         grid_shape=(rows, cols),
         specs=specs,
     )
+
+
+def contiguous_runs(specs: Sequence[ChunkSpec], parts: int) -> list[range]:
+    """Contiguous ranges of `specs` covering all of them in order, balanced by tile count,
+    each holding at least one chunk with tiles (at most `parts`; one if none has tiles): the
+    one splitter of a plan, for a cluster's bands and for the decoders' shares.
+
+    A chunk without tiles rides along with its neighbours: it still writes its (empty)
+    zarr block, and only the run that owns it does. A run never opens inside a write unit
+    (chunks of one zarr chunk, `ChunkSpec.write_unit`): one run writes it, whole."""
+    with_tiles = [i for i, s in enumerate(specs) if s.tiles]
+    n = max(1, min(parts, len(with_tiles)))
+    if not specs:
+        return []
+    total = sum(len(specs[i].tiles) for i in with_tiles)
+    starts, current, done = [0], 0, 0
+    for i in with_tiles:
+        part = min(n - 1, done * n // max(1, total))
+        opens = i > starts[-1] and specs[i].write_unit() != specs[i - 1].write_unit()
+        if part > current and opens:  # this chunk opens the next run
+            starts.append(i)
+            current = part
+        done += len(specs[i].tiles)
+    ends = [*starts[1:], len(specs)]
+    return [range(a, b) for a, b in zip(starts, ends, strict=True)]
 
 
 def _out_box(

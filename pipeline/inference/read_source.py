@@ -11,7 +11,7 @@ queue, then None. Three sources exist:
 - `ReaderThread(DeviceTiles(...))`: the same thread decoding the slide's JPEG tiles on the
   model's device (`pipeline.inference.device_tiles`), where the slide allows it.
 - `DecoderProcesses(n)` (`pipeline.inference.decoder_reads`): n spawned processes read
-  bands of chunks into shared memory, a stager thread batches them.
+  shares of the chunks into shared memory, a stager thread batches them.
 
 A source reports its errors (a damaged tile: a `SlideError` naming the file and the fix)
 to the run's `FirstError` and checks `FirstError.stopped` while it waits; the engine handles

@@ -12,8 +12,10 @@ from wsi_segment.errors import ConfigError
 from wsi_segment.wsi.region_reader import choose_level
 from wsi_segment.wsi.tiling import (
     STORE_TILES,
+    ChunkSpec,
     TileGrid,
     check_chunk_tiles,
+    contiguous_runs,
     plan_chunks,
     tile_tissue_grid,
 )
@@ -178,3 +180,46 @@ def test_plan_reads_from_the_chosen_level_and_rejects_bad_geometry():
         plan_chunks(Dims((100, 100)), 0.5, 1.0, TileGrid(64, 64, 4), 4, None)
     with pytest.raises(ConfigError, match="mpp must be positive"):
         plan_chunks(Dims((100, 100)), 0.0, 1.0, grid, 4, None)
+
+
+def _spec(row: int, tiles: int, unit: int | None = None) -> ChunkSpec:
+    """Chunk `row` of a column; `unit`: the row of the write unit (zarr chunk) it shares."""
+    box = (0, row, 1, row + 1)
+    shared = None if unit is None else (0, unit, 1, unit + 1)
+    return ChunkSpec(row, 0, box, tuple((i, 0) for i in range(tiles)), box, shared, shared)
+
+
+def test_bands_are_contiguous_runs_of_the_plan_balanced_by_tiles() -> None:
+    tiles = [0, 4, 4, 0, 4, 4, 0, 4, 4, 0]
+    specs = [_spec(r, n) for r, n in enumerate(tiles)]
+    bands = contiguous_runs(specs, 3)
+    assert bands == [range(0, 4), range(4, 7), range(7, 10)]
+    assert [sum(tiles[i] for i in b) for b in bands] == [8, 8, 8]
+    # never more bands than chunks with tiles, each holding one; every chunk, in order
+    assert contiguous_runs(specs, 50) == [
+        range(0, 2), range(2, 4), range(4, 5), range(5, 7), range(7, 8), range(8, 10)
+    ]  # fmt: skip
+    # a chunk holding most tiles takes its band alone; the few after it share the last
+    heavy = [_spec(r, n) for r, n in enumerate([1, 90, 1, 1, 1])]
+    assert contiguous_runs(heavy, 3) == [range(0, 2), range(2, 5)]
+    assert contiguous_runs([_spec(0, 0), _spec(1, 0)], 4) == [range(0, 2)]  # no tissue: one band
+    assert contiguous_runs([], 4) == []
+
+
+def test_a_band_never_splits_the_chunks_of_one_zarr_chunk() -> None:
+    """Chunks smaller than a zarr chunk share it (a write unit): one band writes it whole, or
+    two writers would each write part of one zarr chunk and lose the other's."""
+    specs = [_spec(r, 4, unit=r // 4 * 4) for r in range(8)]  # two units of four chunks
+    assert contiguous_runs(specs, 8) == [range(0, 4), range(4, 8)]
+    assert contiguous_runs(specs, 3) == [range(0, 4), range(4, 8)]
+    mixed = [_spec(0, 4), *[_spec(r, 1, unit=1) for r in range(1, 5)], _spec(5, 4)]
+    assert contiguous_runs(mixed, 3) == [range(0, 1), range(1, 5), range(5, 6)]
+
+
+def test_decoders_share_the_plan_by_the_same_splitter_tissue_chunks_only() -> None:
+    from wsi_segment.pipeline.inference.decode_pool import decoder_shares
+
+    specs = [_spec(r, n) for r, n in enumerate([0, 4, 4, 0, 4, 4, 0, 4, 4, 0])]
+    assert decoder_shares(specs, 3) == [[1, 2], [4, 5], [7, 8]]
+    assert decoder_shares(specs, 1) == [[1, 2, 4, 5, 7, 8]]
+    assert decoder_shares([_spec(0, 0)], 2) == []

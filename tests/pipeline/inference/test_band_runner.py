@@ -23,7 +23,6 @@ from tests.pipeline.inference.test_engine_shared_model import TurnWatch
 from tests.reference_inference import units_alone
 from wsi_segment.errors import SlideError
 from wsi_segment.models.bundle import load_model
-from wsi_segment.pipeline.inference.band_runner import band_slices
 from wsi_segment.pipeline.inference.band_task import BandResult, run_band
 from wsi_segment.pipeline.inference.chunk_job import SlideJob
 from wsi_segment.pipeline.inference.decoder_reads import DecoderProcesses
@@ -62,40 +61,6 @@ def one_torch_thread_reference(job: SlideJob, specs: list[ChunkSpec]):
         return units_alone(job, specs)
     finally:
         torch.set_num_threads(before)
-
-
-def _spec(row: int, tiles: int, unit: int | None = None) -> ChunkSpec:
-    """Chunk `row` of a column; `unit`: the row of the write unit (zarr chunk) it shares."""
-    box = (0, row, 1, row + 1)
-    shared = None if unit is None else (0, unit, 1, unit + 1)
-    return ChunkSpec(row, 0, box, tuple((i, 0) for i in range(tiles)), box, shared, shared)
-
-
-def test_bands_are_contiguous_runs_of_the_plan_balanced_by_tiles() -> None:
-    tiles = [0, 4, 4, 0, 4, 4, 0, 4, 4, 0]
-    specs = [_spec(r, n) for r, n in enumerate(tiles)]
-    bands = band_slices(specs, 3)
-    assert bands == [range(0, 4), range(4, 7), range(7, 10)]
-    assert [sum(tiles[i] for i in b) for b in bands] == [8, 8, 8]
-    # never more bands than chunks with tiles, each holding one; every chunk, in order
-    assert band_slices(specs, 50) == [
-        range(0, 2), range(2, 4), range(4, 5), range(5, 7), range(7, 8), range(8, 10)
-    ]  # fmt: skip
-    # a chunk holding most tiles takes its band alone; the few after it share the last
-    heavy = [_spec(r, n) for r, n in enumerate([1, 90, 1, 1, 1])]
-    assert band_slices(heavy, 3) == [range(0, 2), range(2, 5)]
-    assert band_slices([_spec(0, 0), _spec(1, 0)], 4) == [range(0, 2)]  # no tissue: one band
-    assert band_slices([], 4) == []
-
-
-def test_a_band_never_splits_the_chunks_of_one_zarr_chunk() -> None:
-    """Chunks smaller than a zarr chunk share it (a write unit): one band writes it whole, or
-    two writers would each write part of one zarr chunk and lose the other's."""
-    specs = [_spec(r, 4, unit=r // 4 * 4) for r in range(8)]  # two units of four chunks
-    assert band_slices(specs, 8) == [range(0, 4), range(4, 8)]
-    assert band_slices(specs, 3) == [range(0, 4), range(4, 8)]
-    mixed = [_spec(0, 4), *[_spec(r, 1, unit=1) for r in range(1, 5)], _spec(5, 4)]
-    assert band_slices(mixed, 3) == [range(0, 1), range(1, 5), range(5, 6)]
 
 
 @pytest.fixture(scope="module")
