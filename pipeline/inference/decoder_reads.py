@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 
 class DecoderProcesses:
-    """A read source (`pipeline.inference.read_source`) of `decoders` spawned processes."""
+    """A read source (`pipeline.inference.engine.ReadSource`) of `decoders` spawned processes."""
 
     def __init__(self, decoders: int, pool: DecodePool | None = None) -> None:
         """`pool`: decoders already started for this run (adopted, and closed whatever

@@ -1,6 +1,6 @@
 """The engine's consumer: the one owner of the model, fed batches across chunks.
 
-A read source (`pipeline.inference.read_source`) puts batches of tiles, already on the
+A read source (`pipeline.inference.engine.ReadSource`) puts batches of tiles, already on the
 model's device, on the `staged` queue; batches may hold tiles of several chunks. The compute
 threads run `predict_reduced` batch after batch and hand the uint8 outputs to the writer.
 Every forward pass is of exactly the engine's batch size (`chunk_inference.predict_batch`

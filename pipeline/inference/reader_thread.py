@@ -104,7 +104,7 @@ class HostTiles:
 
 
 class ReaderThread:
-    """A read source (`pipeline.inference.read_source`): one thread reading with `reads`."""
+    """A read source (`pipeline.inference.engine.ReadSource`): one thread reading with `reads`."""
 
     def __init__(self, reads: TileReads) -> None:
         self.reads = reads

@@ -26,10 +26,9 @@ from wsi_segment.pipeline.inference.chunk_prefetch import ChunkPrefetcher
 from wsi_segment.pipeline.inference.chunk_reader import ChunkReader
 from wsi_segment.pipeline.inference.decode_pool import DecodePool
 from wsi_segment.pipeline.inference.decoder_reads import DecoderProcesses
-from wsi_segment.pipeline.inference.engine import run_engine
+from wsi_segment.pipeline.inference.engine import ReadSource, run_engine
 from wsi_segment.pipeline.inference.engine_state import EngineStats
 from wsi_segment.pipeline.inference.model_handle import ModelHandle
-from wsi_segment.pipeline.inference.read_source import ReadSource
 from wsi_segment.pipeline.inference.reader_thread import HostTiles, ReaderThread
 from wsi_segment.pipeline.outputs.label_image import create_label_image, label_level0_path
 from wsi_segment.pipeline.outputs.ome_zarr import create_probability_store, level0_path
