@@ -90,15 +90,16 @@ def engine_job(
     from wsi_segment.pipeline.inference.model_handle import ModelHandle
     from wsi_segment.pipeline.outputs.label_image import create_label_image, label_level0_path
     from wsi_segment.pipeline.outputs.ome_zarr import create_probability_store, level0_path
+    from wsi_segment.wsi.tiling import STORE_TILES
     from wsi_segment.wsi.tissue import detect_tissue
 
     _, meta = read_model_json(model_dir)
     p = plan_like_pipeline(slide, meta, args.overlap, args.chunk_tiles, args.downsample)
     tissue = detect_tissue(p.slide)
     per_output = p.level0_per_model * p.grid.downsample
-    out_h = max(s.out_box[3] for s in p.specs)
-    out_w = max(s.out_box[2] for s in p.specs)
-    chunk_out = args.chunk_tiles * p.grid.stride // p.grid.downsample
+    out_h = max(s.write_unit()[1][3] for s in p.specs)  # what the writer writes
+    out_w = max(s.write_unit()[1][2] for s in p.specs)
+    chunk_out = STORE_TILES * p.grid.stride // p.grid.downsample
     names = [f"c{k}" for k in range(CLASSES)]
     colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)]
     create_probability_store(

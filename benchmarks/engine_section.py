@@ -68,9 +68,8 @@ def _difference(a: Path, b: Path) -> str:
 def _runners(prep: Any, threads: int) -> dict[str, Callable[[Any], dict[str, Any]]]:
     from wsi_segment.pipeline.inference.chunk_prefetch import ChunkPrefetcher
     from wsi_segment.pipeline.inference.decoder_reads import DecoderProcesses
-    from wsi_segment.pipeline.inference.engine import run_engine
+    from wsi_segment.pipeline.inference.engine import ReadSource, run_engine
     from wsi_segment.pipeline.inference.engine_state import EngineStats
-    from wsi_segment.pipeline.inference.read_source import ReadSource
     from wsi_segment.pipeline.inference.reader_thread import HostTiles, ReaderThread
     from wsi_segment.pipeline.segment import local_policy
 

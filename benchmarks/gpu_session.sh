@@ -37,7 +37,7 @@ device_section() { # extra arguments for throughput.py
       nvidia-smi -L || true
       $PY -m pytest -q -p no:cacheprovider -rs \
         tests/models/test_models_reduction.py tests/pipeline/inference/test_engine.py \
-        tests/pipeline/inference/test_jpeg_batch.py tests/pipeline/inference/test_device_tiles.py \
+        tests/pipeline/inference/test_device_tiles_jpeg.py tests/pipeline/inference/test_device_tiles.py \
         tests/pipeline/inference/test_device_reader.py tests/flows/test_dask_bands_cuda.py
       ;;
     demo) device_section ;;

@@ -107,9 +107,10 @@ def add_segment_options(parser: argparse.ArgumentParser) -> None:
         "--chunk-tiles",
         type=positive_int(1, 64),
         default=None,
-        help="a chunk (the unit read, planned and written at once) is N x N tiles, 1-64; speed "
-        "only: outputs are the same bytes whatever N; batches mix tiles of several chunks "
-        "(default: the run policy's, 4 on the CPU, 8 on a GPU)",
+        help="a chunk (the unit read and planned at once) is N x N tiles: 1, 2, 4, 8 or a "
+        "multiple of 8 up to 64; speed only: outputs are the same bytes whatever N (zarr chunks "
+        "are 8 x 8 tile cores); batches mix tiles of several chunks (default: the run policy's, "
+        "4 on the CPU, 8 on a GPU)",
     )
     parser.add_argument(
         "--mpp",

@@ -15,6 +15,7 @@ from typing import Any
 
 from wsi_segment.errors import ConfigError
 from wsi_segment.wsi.mpp import mpp_problem
+from wsi_segment.wsi.tiling import check_chunk_tiles
 
 DEVICES = ("auto", "cpu", "cuda")
 BACKENDS = ("auto", "openslide", "tiffslide")  # wsi.backends.BACKENDS, named without importing it
@@ -50,7 +51,8 @@ class SegmentParams:
     mpp: float | None = None  # override of the slide's level-0 mpp
     output_downsample: int = 4
     overlap: int = 32  # model pixels shared by neighbouring tiles (centre-crop stitching)
-    # A chunk is chunk_tiles x chunk_tiles tiles; None: 4 on the CPU, 8 on a GPU.
+    # A chunk is chunk_tiles x chunk_tiles tiles; None: 4 on the CPU, 8 on a GPU. Speed only:
+    # the zarr chunks are wsi.tiling.STORE_TILES tiles whatever it is (a divisor or a multiple).
     chunk_tiles: int | None = None
     gate: bool = True
     overwrite: bool = False
@@ -95,6 +97,7 @@ class SegmentParams:
         _check_range("output downsample", self.output_downsample, 1, 64)
         if self.chunk_tiles is not None:
             _check_range("chunk tiles", self.chunk_tiles, 1, 64)
+            check_chunk_tiles(self.chunk_tiles)
         if self.threads is not None:
             _check_range("threads", self.threads, 1, 256)
         if self.decoders is not None:

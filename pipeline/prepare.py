@@ -81,7 +81,7 @@ class PreparedSlide:
     tissue: TissueMask
     grid: TileGrid
     output_shape: tuple[int, int]  # (H, W) output pixels
-    chunk_out: int  # output pixels per chunk side (= zarr chunk side)
+    chunk_out: int  # output pixels per zarr chunk side (wsi.tiling.STORE_TILES tile cores)
     specs: list[ChunkSpec]
     # What reads the planned chunks (decoders, prefetcher, the engine's reader thread), and
     # the one place its level, scale and backend are kept (the properties below read it).

@@ -28,7 +28,7 @@ from wsi_segment.pipeline.machine import GIB, Gpu, Machine
 from wsi_segment.pipeline.params import SegmentParams
 
 T = TypeVar("T")
-JpegDecoder = Literal["nvjpeg", "libjpeg"]  # = pipeline.inference.jpeg_batch.Decoder
+JpegDecoder = Literal["nvjpeg", "libjpeg"]  # = pipeline.inference.device_tiles.Decoder
 
 LOCAL, BAND, CLUSTER = "local", "band", "cluster"  # where the engine runs (`RunFacts.place`)
 GPU, CPU = "gpu", "cpu"  # reads on the device (the device read path), or on the host

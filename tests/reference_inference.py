@@ -137,3 +137,20 @@ def chunk_alone(job: Any, spec: ChunkSpec) -> ReducedTiles:
     return predict_unpadded(
         model, job.reader.read_tiles(spec), job.grid, batch_size, job.gate, lock
     )
+
+
+def units_alone(job: Any, specs: list[ChunkSpec]) -> list[Any]:
+    """Every chunk computed alone (`chunk_alone`), then written and summarised per write unit
+    (the chunks of one zarr chunk together, `ChunkSpec.write_unit`) as the engine's writer
+    does; the outcomes (`ChunkOutcome`) in plan order."""
+    from wsi_segment.pipeline.inference.chunk_writer import merge_unit
+
+    units: dict[tuple[int, int, int, int], list[ChunkSpec]] = {}
+    for spec in specs:
+        units.setdefault(spec.write_unit()[0], []).append(spec)
+    outcomes = []
+    for members in units.values():
+        parts = [chunk_alone(job, s) for s in members]
+        spec, reduced = merge_unit(members, parts) if len(members) > 1 else (members[0], parts[0])
+        outcomes.append(job.finish_block(spec, reduced))
+    return outcomes

@@ -35,10 +35,6 @@ from wsi_segment.wsi.mpp import mpp_problem
 from wsi_segment.wsi.retries import READ_ATTEMPTS, is_transient, with_retries
 from wsi_segment.wsi.slide_folder import slide_file_of_folder
 
-# Relative slack when matching a level's downsample: levels of odd-sized slides have
-# downsamples like 4.016 for a nominal 4 (dimensions are rounded), and count as 4.
-LEVEL_TOLERANCE = 0.01
-
 log = logging.getLogger(__name__)
 
 
@@ -116,14 +112,6 @@ class Slide:
                 "pass it with --mpp (e.g. --mpp 0.25 for 40x, 0.5 for 20x)"
             )
         return self.mpp
-
-    def best_level_for_downsample(self, ds: float) -> int:
-        """Coarsest level whose downsample is <= ds (within LEVEL_TOLERANCE); else level 0."""
-        best = 0
-        for i, d in enumerate(self.level_downsamples):
-            if d <= ds * (1 + LEVEL_TOLERANCE) and d >= self.level_downsamples[best]:
-                best = i
-        return best
 
     def storage_tile_size(self, level: int) -> tuple[int, int] | None:
         """(w, h) of the stored tiles of `level`, so callers can read aligned blocks."""

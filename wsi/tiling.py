@@ -5,12 +5,16 @@ core `[j*S, (j+1)*S) x [i*S, (i+1)*S)` and reads `T` px centred on it, so cores 
 the plane whatever the chunk size. Chunks are `n x n` tiles; a chunk is kept only if one
 of its tile cores touches tissue, and inside a kept chunk only tissue tiles are run:
 every tissue pixel is computed exactly once and tissue-free regions cost nothing.
+The zarr chunks are `STORE_TILES x STORE_TILES` tile cores whatever `n`, so the stored bytes do
+not depend on it: `n` divides `STORE_TILES` or is a multiple of it, and the chunks of one
+zarr chunk (its write unit) come one after another in the plan.
 Pure geometry (numpy only), so it is testable without slides or models.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -18,6 +22,19 @@ import numpy as np
 
 from wsi_segment.errors import ConfigError
 from wsi_segment.wsi.region_reader import choose_level
+
+# Tile cores per zarr chunk side: fixed, so the store's chunks (and bytes) do not depend on
+# the chunk size; 8 x 8 cores of 224 px tiles at d = 4 is 384 x 384 output px a chunk.
+STORE_TILES = 8
+
+
+def check_chunk_tiles(chunk_tiles: int) -> None:
+    """A chunk must fit whole zarr chunks, or whole chunks must fit in one zarr chunk."""
+    if chunk_tiles < 1 or (STORE_TILES % chunk_tiles and chunk_tiles % STORE_TILES):
+        raise ConfigError(
+            f"chunk tiles must divide {STORE_TILES} or be a multiple of it (got {chunk_tiles}); "
+            f"pass --chunk-tiles 1, 2, 4, {STORE_TILES}, {2 * STORE_TILES}, ..."
+        )
 
 
 @dataclass(frozen=True)
@@ -56,6 +73,16 @@ class ChunkSpec:
     core_box: tuple[int, int, int, int]  # model space (x0, y0, x1, y1), multiple of the stride
     tiles: tuple[tuple[int, int], ...]  # (i, j) grid indices of tiles touching tissue
     out_box: tuple[int, int, int, int]  # output pixels, clipped to the output array
+    # The write unit: the zarr chunk this chunk is written with, when the chunk is smaller
+    # than one (core in model space, output box clipped); None: the chunk itself. The chunks
+    # of one unit are stitched and written together once all have run (`ChunkWriter`), so
+    # no two writers ever touch one zarr chunk.
+    unit_core: tuple[int, int, int, int] | None = None
+    unit_out: tuple[int, int, int, int] | None = None
+
+    def write_unit(self) -> tuple[tuple[int, int, int, int], tuple[int, int, int, int]]:
+        """(core box, output box) of the block written with this chunk."""
+        return self.unit_core or self.core_box, self.unit_out or self.out_box
 
 
 class TissueLike(Protocol):
@@ -79,7 +106,7 @@ class ChunkPlan:
     read_level: int
     model_shape: tuple[int, int]  # (H, W) model pixels covering the slide
     output_shape: tuple[int, int]  # (H, W) output pixels = ceil(model_shape / d)
-    chunk_out: int  # output pixels per chunk side = zarr chunk side
+    chunk_out: int  # output pixels per zarr chunk side (`STORE_TILES` tile cores)
     grid_shape: tuple[int, int]  # tiles (rows, cols)
     specs: list[ChunkSpec]
 
@@ -132,33 +159,71 @@ def plan_chunks(
     out_h, out_w = math.ceil(h_m / d), math.ceil(w_m / d)
     has_tissue = tile_tissue_grid(tissue, (rows, cols), s * level0_per_model)
     n = chunk_tiles
-    chunk_out = n * s // d
+    check_chunk_tiles(n)
+    u = max(n, STORE_TILES)  # tiles per write unit side: a whole number of chunks and zarr chunks
     specs: list[ChunkSpec] = []
-    for cr in range(math.ceil(rows / n)):
-        for cc in range(math.ceil(cols / n)):
-            block = has_tissue[cr * n : (cr + 1) * n, cc * n : (cc + 1) * n]
-            if not block.any():
-                continue
-            tiles = tuple(
-                (cr * n + int(i), cc * n + int(j)) for i, j in zip(*np.nonzero(block), strict=True)
-            )
-            x0, y0 = cc * n * s, cr * n * s
-            ox0, oy0 = x0 // d, y0 // d
-            specs.append(
-                ChunkSpec(
-                    row=cr,
-                    col=cc,
-                    core_box=(x0, y0, x0 + n * s, y0 + n * s),
-                    tiles=tiles,
-                    out_box=(ox0, oy0, min(ox0 + chunk_out, out_w), min(oy0 + chunk_out, out_h)),
-                )
-            )
+    for ur in range(math.ceil(rows / u)):
+        for uc in range(math.ceil(cols / u)):
+            unit_core = (uc * u * s, ur * u * s, (uc + 1) * u * s, (ur + 1) * u * s)
+            unit_out = _out_box(unit_core, d, (out_h, out_w))
+            per_unit = u // n
+            for cr in range(ur * per_unit, (ur + 1) * per_unit):
+                for cc in range(uc * per_unit, (uc + 1) * per_unit):
+                    block = has_tissue[cr * n : (cr + 1) * n, cc * n : (cc + 1) * n]
+                    if not block.any():
+                        continue
+                    nz = zip(*np.nonzero(block), strict=True)
+                    core = (cc * n * s, cr * n * s, (cc + 1) * n * s, (cr + 1) * n * s)
+                    specs.append(
+                        ChunkSpec(
+                            row=cr,
+                            col=cc,
+                            core_box=core,
+                            tiles=tuple((cr * n + int(i), cc * n + int(j)) for i, j in nz),
+                            out_box=_out_box(core, d, (out_h, out_w)),
+                            unit_core=None if n == u else unit_core,
+                            unit_out=None if n == u else unit_out,
+                        )
+                    )
     return ChunkPlan(
         level0_per_model=level0_per_model,
         read_level=choose_level(tuple(slide.level_downsamples), level0_per_model),
         model_shape=(h_m, w_m),
         output_shape=(out_h, out_w),
-        chunk_out=chunk_out,
+        chunk_out=STORE_TILES * s // d,
         grid_shape=(rows, cols),
         specs=specs,
     )
+
+
+def contiguous_runs(specs: Sequence[ChunkSpec], parts: int) -> list[range]:
+    """Contiguous ranges of `specs` covering all of them in order, balanced by tile count,
+    each holding at least one chunk with tiles (at most `parts`; one if none has tiles): the
+    one splitter of a plan, for a cluster's bands and for the decoders' shares.
+
+    A chunk without tiles rides along with its neighbours: it still writes its (empty)
+    zarr block, and only the run that owns it does. A run never opens inside a write unit
+    (chunks of one zarr chunk, `ChunkSpec.write_unit`): one run writes it, whole."""
+    with_tiles = [i for i, s in enumerate(specs) if s.tiles]
+    n = max(1, min(parts, len(with_tiles)))
+    if not specs:
+        return []
+    total = sum(len(specs[i].tiles) for i in with_tiles)
+    starts, current, done = [0], 0, 0
+    for i in with_tiles:
+        part = min(n - 1, done * n // max(1, total))
+        opens = i > starts[-1] and specs[i].write_unit() != specs[i - 1].write_unit()
+        if part > current and opens:  # this chunk opens the next run
+            starts.append(i)
+            current = part
+        done += len(specs[i].tiles)
+    ends = [*starts[1:], len(specs)]
+    return [range(a, b) for a, b in zip(starts, ends, strict=True)]
+
+
+def _out_box(
+    core: tuple[int, int, int, int], d: int, out_shape: tuple[int, int]
+) -> tuple[int, int, int, int]:
+    """Output pixels of a model-space core box (multiples of d), clipped to the output array."""
+    x0, y0, x1, y1 = core
+    return (x0 // d, y0 // d, min(x1 // d, out_shape[1]), min(y1 // d, out_shape[0]))

@@ -14,7 +14,7 @@ _EXPORTS = {
     "SlideJob": "wsi_segment.pipeline.inference.chunk_job",
     "run_bands": "wsi_segment.pipeline.inference.band_runner",
     "run_engine": "wsi_segment.pipeline.inference.engine",
-    "ReadSource": "wsi_segment.pipeline.inference.read_source",
+    "ReadSource": "wsi_segment.pipeline.inference.engine",
     "ReaderThread": "wsi_segment.pipeline.inference.reader_thread",
     "HostTiles": "wsi_segment.pipeline.inference.reader_thread",
     "DecoderProcesses": "wsi_segment.pipeline.inference.decoder_reads",
@@ -39,7 +39,6 @@ if TYPE_CHECKING:
     from wsi_segment.pipeline.inference.chunk_job import SlideJob
     from wsi_segment.pipeline.inference.chunk_plan import plan_slide
     from wsi_segment.pipeline.inference.decoder_reads import DecoderProcesses
-    from wsi_segment.pipeline.inference.engine import run_engine
+    from wsi_segment.pipeline.inference.engine import ReadSource, run_engine
     from wsi_segment.pipeline.inference.model_handle import ModelHandle
-    from wsi_segment.pipeline.inference.read_source import ReadSource
     from wsi_segment.pipeline.inference.reader_thread import HostTiles, ReaderThread

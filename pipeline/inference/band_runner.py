@@ -1,7 +1,7 @@
 """Run a slide on a Dask cluster whose workers each run the engine over bands of chunks.
 
-The chunk plan is cut into bands: contiguous runs of chunks in plan order, balanced by tile
-count, a few per worker slot so a slow or lost worker costs little. Each band is one Dask
+The chunk plan is cut into bands (`wsi.tiling.contiguous_runs`: contiguous runs of chunks in
+plan order, balanced by tile count, never splitting a write unit), a few per worker slot so a slow or lost worker costs little. Each band is one Dask
 task; on its worker it decides its run policy (`pipeline.run_policy.decide`, from that
 worker's machine and the run's options, as a local run does), runs `run_engine` as the
 policy says (the reader thread, decoder processes or the device read path, feeding the
@@ -37,7 +37,7 @@ from wsi_segment.pipeline.inference.model_handle import ModelHandle
 from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome
 from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.pipeline.progress import NullProgress, Progress
-from wsi_segment.wsi.tiling import ChunkSpec
+from wsi_segment.wsi.tiling import ChunkSpec, contiguous_runs
 
 if TYPE_CHECKING:  # distributed is imported only when a cluster is used
     from distributed import Client, Event, Future
@@ -46,28 +46,6 @@ log = logging.getLogger(__name__)
 
 BANDS_PER_SLOT = 3  # bands per band a worker can run at once: a lost band is a small part
 GPU_RESOURCE = "GPU"
-
-
-def band_slices(specs: Sequence[ChunkSpec], bands: int) -> list[range]:
-    """Contiguous ranges of `specs` covering all of them in order, balanced by tile count,
-    each holding at least one chunk with tiles (at most `bands`; one if none has tiles).
-
-    A chunk without tiles rides along with its neighbours: it still writes its (empty)
-    zarr block, and only the band that owns it does."""
-    with_tiles = [i for i, s in enumerate(specs) if s.tiles]
-    n = max(1, min(bands, len(with_tiles)))
-    if not specs:
-        return []
-    total = sum(len(specs[i].tiles) for i in with_tiles)
-    starts, current, done = [0], 0, 0
-    for i in with_tiles:
-        band = min(n - 1, done * n // max(1, total))
-        if band > current and i > starts[-1]:  # this chunk opens the next band
-            starts.append(i)
-            current = band
-        done += len(specs[i].tiles)
-    ends = [*starts[1:], len(specs)]
-    return [range(a, b) for a, b in zip(starts, ends, strict=True)]
 
 
 def _slots(client: Client) -> tuple[dict[str, int], bool]:
@@ -114,7 +92,7 @@ def run_bands(
     specs = list(specs)
     at_once, gpu = _slots(client)
     slots = max(1, sum(at_once.values()))
-    ranges = band_slices(specs, bands if bands is not None else BANDS_PER_SLOT * slots)
+    ranges = contiguous_runs(specs, bands if bands is not None else BANDS_PER_SLOT * slots)
     if not ranges:
         return []
     abort = f"{key_prefix}-abort-{uuid.uuid4().hex}"

@@ -48,7 +48,7 @@ from wsi_segment.wsi.tiling import ChunkSpec
 if TYPE_CHECKING:
     from distributed import Event
 
-    from wsi_segment.pipeline.inference.read_source import ReadSource
+    from wsi_segment.pipeline.inference.engine import ReadSource
     from wsi_segment.wsi.raw_tiles import JpegTiles
 
 log = logging.getLogger(__name__)

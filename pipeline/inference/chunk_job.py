@@ -4,7 +4,8 @@ written and turned into polygons.
 The engine (`pipeline.inference.engine.run_engine`) runs every chunk of a `SlideJob`, locally
 or in a Dask band (`pipeline.inference.band_task`). A `SlideJob` is picklable: on a Dask worker
 it reopens the slide and the zarr store and loads the model once per process
-(`pipeline.inference.model_handle`). Each chunk writes whole zarr chunks it alone owns, so
+(`pipeline.inference.model_handle`). Each write unit (a chunk, or the chunks of one zarr
+chunk: `ChunkSpec.write_unit`) writes whole zarr chunks it alone owns, so
 parallel writers never collide, and a recomputed chunk (a band rerun after its worker died)
 writes identical bytes.
 """
@@ -119,7 +120,7 @@ class SlideJob:
         return ReducedTiles(probs, labels, reduced.bytes_from_model)
 
     def finish_block(self, spec: ChunkSpec, reduced: ReducedTiles) -> ChunkOutcome:
-        """Stitch the chunk's reduced cores, write the zarr chunks it owns (probabilities and
+        """Stitch a write unit's reduced cores, write the zarr chunks it owns (probabilities and
         labels), summarise it."""
         block = self.stitch_block(spec, reduced)
         ox0, oy0, ox1, oy1 = spec.out_box

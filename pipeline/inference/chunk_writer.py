@@ -1,13 +1,15 @@
-"""The engine's writer: gather each chunk's reduced tiles, finish a chunk when whole.
+"""The engine's writer: gather each chunk's reduced tiles, finish a write unit when whole.
 
-Batches of the consumer mix tiles of several chunks; a chunk is stitched, written and
+Batches of the consumer mix tiles of several chunks; a write unit (a chunk, or the chunks of
+one zarr chunk when they are smaller: `ChunkSpec.write_unit`) is stitched, written and
 summarised (`SlideJob.finish_block`) as soon as its last tile arrives, so memory holds only
-the chunks in flight. Each chunk owns its zarr chunks, so chunks can be finished side by
-side: with `threads` > 1 the gathering thread hands whole chunks through a bounded queue to
+the units in flight. Each unit owns its zarr chunks, so units can be finished side by
+side: with `threads` > 1 the gathering thread hands whole units through a bounded queue to
 that many finisher threads.
 Compression, file writes and the numpy steps release the GIL, so threads overlap them;
 polygon tracing and zarr's own event loop hold it (benchmarks/writer.py measures the parts).
-Outcomes are kept by chunk index, so results do not depend on which thread finished what.
+Outcomes are kept by unit (its first chunk's index), so results do not depend on which
+thread finished what.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from wsi_segment.pipeline.progress import NullProgress, Progress
 from wsi_segment.wsi.tiling import ChunkSpec
 
 Segment = tuple[int, int, int]  # (chunk index in specs, first tile in the chunk, tiles)
+Box = tuple[int, int, int, int]
 
 
 @dataclass
@@ -64,9 +67,14 @@ class ChunkWriter:
         self._threads = max(1, threads)
         self._progress_lock = threading.Lock()
         # set while `run` hands whole chunks to finisher threads (threads > 1)
-        self._whole: queue.Queue[tuple[int, ReducedTiles] | None] | None = None
+        self._whole: queue.Queue[tuple[int, ChunkSpec, ReducedTiles] | None] | None = None
         self._errors: FirstError | None = None
         self.outcomes: list[ChunkOutcome | None] = [None] * len(self._specs)
+        # write unit -> its chunks' indices; the chunks of a unit already complete
+        self._units: dict[Box, list[int]] = {}
+        for index, spec in enumerate(self._specs):
+            self._units.setdefault(spec.write_unit()[0], []).append(index)
+        self._unit_done: dict[Box, dict[int, ReducedTiles]] = {}
 
     def add(self, batch: TileBatch) -> None:
         """Place a batch's tiles; finish the chunks it completes."""
@@ -102,14 +110,27 @@ class ChunkWriter:
                 self._complete(index, empty)
 
     def _complete(self, index: int, reduced: ReducedTiles) -> None:
-        """A whole chunk: to a finisher thread when there are some, else finished here."""
-        if self._whole is None or self._errors is None:
-            self._finish(index, reduced)
-        else:
-            self._errors.put(self._whole, (index, reduced))
-
-    def _finish(self, index: int, reduced: ReducedTiles) -> None:
+        """A whole chunk; once its write unit is whole, that unit goes to a finisher thread
+        when there are some, else is finished here."""
         spec = self._specs[index]
+        key = spec.write_unit()[0]
+        members = self._units[key]
+        if len(members) > 1:
+            done = self._unit_done.setdefault(key, {})
+            done[index] = reduced
+            if len(done) < len(members):
+                return
+            del self._unit_done[key]
+            spec, reduced = merge_unit(
+                [self._specs[i] for i in members], [done[i] for i in members]
+            )
+            index = members[0]
+        if self._whole is None or self._errors is None:
+            self._finish(index, spec, reduced)
+        else:
+            self._errors.put(self._whole, (index, spec, reduced))
+
+    def _finish(self, index: int, spec: ChunkSpec, reduced: ReducedTiles) -> None:
         self.outcomes[index] = self._job.finish_block(spec, reduced)
         with self._progress_lock:
             self._progress.advance(len(spec.tiles))
@@ -142,7 +163,7 @@ class ChunkWriter:
             self._whole = None
             self._job.close_local()
 
-    def _whole_queue(self) -> queue.Queue[tuple[int, ReducedTiles] | None]:
+    def _whole_queue(self) -> queue.Queue[tuple[int, ChunkSpec, ReducedTiles] | None]:
         assert self._whole is not None
         return self._whole
 
@@ -158,8 +179,28 @@ class ChunkWriter:
             self._job.close_local()
 
     def results(self) -> list[ChunkOutcome]:
-        """Outcomes in `specs` order; every chunk must have finished."""
-        missing = [i for i, o in enumerate(self.outcomes) if o is None]
+        """Outcomes of the write units, in `specs` order; every unit must have finished."""
+        missing = [key for key, members in self._units.items() if self.outcomes[members[0]] is None]
         if missing:
             raise RuntimeError(f"{len(missing)} chunks never completed (first: {missing[0]})")
         return [o for o in self.outcomes if o is not None]
+
+
+def merge_unit(
+    specs: Sequence[ChunkSpec], parts: Sequence[ReducedTiles]
+) -> tuple[ChunkSpec, ReducedTiles]:
+    """The chunks of one write unit as one chunk: the unit's boxes, their tiles in order."""
+    core, out = specs[0].write_unit()
+    spec = ChunkSpec(
+        row=specs[0].row,
+        col=specs[0].col,
+        core_box=core,
+        tiles=tuple(t for s in specs for t in s.tiles),
+        out_box=out,
+    )
+    reduced = ReducedTiles(
+        np.concatenate([p.probs for p in parts]),
+        np.concatenate([p.labels for p in parts]),
+        sum(p.bytes_from_model for p in parts),
+    )
+    return spec, reduced

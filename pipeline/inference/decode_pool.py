@@ -4,7 +4,7 @@ Decoding (openslide, JPEG) is CPU work that does not scale with threads in one p
 each decoder is its own process. They are *spawned*, never forked (a fork of a process that
 holds CUDA or torch's thread pools can hang), and import only numpy and the slide code, so
 they start in well under a second (`pipeline.inference.chunk_reader`: a decoder is sent a
-`ChunkReader`, a few numbers and paths). Each decoder gets a contiguous band of chunks, so it can
+`ChunkReader`, a few numbers and paths). Each decoder gets a contiguous share of the chunks, so it can
 decode each shared storage tile once (`ChunkReader.plan_tile_reuse`). Tiles go into a fixed ring
 of shared-memory slots, one chunk per slot; a slot comes from the free-slot queue and goes
 back when the device consumer has copied its tiles: memory is bounded by the ring. What
@@ -12,7 +12,7 @@ travels on the queues is small: slot numbers and (slot, chunk, tiles) descriptor
 
 A `DecodePool` holds one run's decoders, queues and ring. `pipeline.prepare.prepare` spawns
 it before tissue detection, so the decoders import while tissue is found and the chunks are
-planned, then assigns their bands; they fill the ring while the model loads (then wait for
+planned, then assigns their shares; they fill the ring while the model loads (then wait for
 free slots). The engine's `DecoderProcesses` read source adopts it, or starts its own.
 """
 
@@ -42,7 +42,7 @@ from wsi_segment.pipeline.inference.shm_rings import (
     remove_abandoned_rings,
     ring_name,
 )
-from wsi_segment.wsi.tiling import ChunkSpec
+from wsi_segment.wsi.tiling import ChunkSpec, contiguous_runs
 
 if TYPE_CHECKING:
     from multiprocessing.context import SpawnContext
@@ -63,7 +63,7 @@ class Decoded:
 
 @dataclass(frozen=True)
 class Finished:
-    """A decoder read its whole band."""
+    """A decoder read its whole share."""
 
     decoder: int
 
@@ -136,19 +136,12 @@ def ring_slots(decoders: int, slot_bytes: int, shm_dir: str = SHM_DIR) -> int:
     return int(min(wanted, fits))
 
 
-def bands(specs: Sequence[ChunkSpec], decoders: int) -> list[list[int]]:
-    """Contiguous runs of chunk indices (chunks with tiles only), balanced by tile count,
-    one per decoder (fewer when there are fewer chunks)."""
-    indices = [i for i, s in enumerate(specs) if s.tiles]
-    n = max(1, min(decoders, len(indices)))
-    total = sum(len(specs[i].tiles) for i in indices)
-    out: list[list[int]] = [[] for _ in range(n)]
-    done = 0
-    for i in indices:
-        band = min(n - 1, done * n // max(1, total))
-        out[band].append(i)
-        done += len(specs[i].tiles)
-    return [b for b in out if b]
+def decoder_shares(specs: Sequence[ChunkSpec], decoders: int) -> list[list[int]]:
+    """Each decoder's share: the chunks with tiles of one contiguous run of the plan
+    (`wsi.tiling.contiguous_runs`, the splitter of a cluster's bands too), one per decoder
+    (fewer when there are fewer chunks)."""
+    runs = ([i for i in run if specs[i].tiles] for run in contiguous_runs(specs, decoders))
+    return [share for share in runs if share]
 
 
 class DecodePool:
@@ -156,7 +149,7 @@ class DecodePool:
 
     Spawning is what takes time (each child imports numpy and the slide code), so a run
     spawns the decoders before it even knows its chunks (`DecodePool(decoders)`, while
-    tissue is detected) and hands them their bands once planned (`assign`); they then fill
+    tissue is detected) and hands them their shares once planned (`assign`); they then fill
     the ring and wait for free slots, so memory stays bounded however long the model takes
     to load. Whoever holds the pool closes it (`close` is idempotent) on every path."""
 
@@ -200,7 +193,7 @@ class DecodePool:
         return pool
 
     def assign(self, reader: ChunkReader, specs: Sequence[ChunkSpec]) -> None:
-        """Make the slot ring for these chunks and send each decoder its band (a decoder
+        """Make the slot ring for these chunks and send each decoder its share (a decoder
         left without one reports itself finished)."""
         if self.specs is not None or not self.procs:
             raise RuntimeError("a DecodePool is assigned once, while its decoders run")
@@ -212,9 +205,9 @@ class DecodePool:
         self.ring = SlotRing(slots, slot_tiles, tile)
         for slot in range(slots):
             self.free.put(slot)
-        work = bands(self.specs, self.decoders)
-        for band in work:
-            task = DecoderTask(reader, [self.specs[i] for i in band], band, self.ring.shm.name,
+        work = decoder_shares(self.specs, self.decoders)
+        for share in work:
+            task = DecoderTask(reader, [self.specs[i] for i in share], share, self.ring.shm.name,
                                slots, slot_tiles, tile)  # fmt: skip
             self.work.put(task)
         for _ in range(self.decoders - len(work)):
@@ -271,7 +264,7 @@ def start_resource_tracker() -> None:
 
 @dataclass(frozen=True)
 class DecoderTask:
-    """One decoder's share of a run: its band of chunks and where the slot ring lives."""
+    """One decoder's share of a run: its chunks and where the slot ring lives."""
 
     reader: ChunkReader
     specs: list[ChunkSpec]
@@ -293,7 +286,7 @@ def decoder_main(
     results: Queue[Message],
     stop: Event,
 ) -> None:
-    """Process body: wait for this decoder's band (the imports are done by then), then read
+    """Process body: wait for this decoder's share (the imports are done by then), then read
     each chunk of it, cut its tiles into a free slot and report it. SIGTERM (`timeout`
     signals the whole process group; `close` terminates a decoder that does not stop)
     raises `Terminated` as Ctrl-C raises KeyboardInterrupt, so the slot ring is closed; so

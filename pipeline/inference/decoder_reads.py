@@ -1,7 +1,7 @@
 """The decoder-process read source: N spawned decoders fill shared-memory slots, a stager
 thread batches them.
 
-    decoders (spawned processes)   read a band of chunks each, cut tiles into a free slot
+    decoders (spawned processes)   read a share of the chunks each, cut tiles into a free slot
         | (slot, chunk, tiles) on a queue; slots come back on the free-slot queue
     supervisor (thread)            forwards decoded chunks; a decoder's error, or one that
         |                          died without a word, stops the run
@@ -17,7 +17,7 @@ The decoders may have been spawned before tissue detection (`DecodePool`, handed
 from __future__ import annotations
 
 import queue
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import torch
@@ -31,7 +31,7 @@ from wsi_segment.pipeline.inference.decode_pool import (
     Finished,
     SlotRing,
 )
-from wsi_segment.pipeline.inference.device_consumer import StagedBatch
+from wsi_segment.pipeline.inference.device_consumer import StagedBatch, batch_takes
 from wsi_segment.pipeline.inference.engine_state import EngineStats, FirstError, Part
 from wsi_segment.wsi.tiling import ChunkSpec
 
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 
 class DecoderProcesses:
-    """A read source (`pipeline.inference.read_source`) of `decoders` spawned processes."""
+    """A read source (`pipeline.inference.engine.ReadSource`) of `decoders` spawned processes."""
 
     def __init__(self, decoders: int, pool: DecodePool | None = None) -> None:
         """`pool`: decoders already started for this run (adopted, and closed whatever
@@ -161,33 +161,33 @@ class _Stager:
         errors: FirstError,
     ) -> None:
         ring = self._ring
-        current: Decoded | None = None
-        done = 0  # tiles of `current` already copied
-        ended = False
-        while not ended:
-            k = errors.get(self._free)
+        k: int | None = None  # the staging buffer being filled
+        segments: list[Segment] = []
+        filled = 0
+        for take in batch_takes(self._decoded(inbox, errors), self._batch):
+            if k is None:
+                k = errors.get(self._free)
             host = self._buffers[k].numpy()
-            filled, segments = 0, []
-            while filled < self._batch:
-                if current is None:
-                    current, done = errors.get(inbox), 0
-                    if current is None:
-                        ended = True
-                        break
-                take = min(self._batch - filled, current.tiles - done)
-                host[filled : filled + take] = ring.view(current.slot, current.tiles)[
-                    done : done + take
-                ]
-                segments.append((current.index, done, take))
-                filled, done = filled + take, done + take
-                if done == current.tiles:
-                    self._release(current.slot)
-                    current = None
-            if filled:
+            view = ring.view(take.payload.slot, take.payload.tiles)
+            host[take.at : take.at + take.count] = view[take.first : take.first + take.count]
+            segments.append(take.segment)
+            filled = take.at + take.count
+            if take.ends_chunk:
+                self._release(take.payload.slot)  # copied: the decoders may refill it
+            if take.ends_batch:
                 errors.put(staged, self._transfer(k, filled, segments))
-            else:
-                self._free.put(k)
+                k, segments = None, []
+        if k is not None:
+            errors.put(staged, self._transfer(k, filled, segments))
         errors.put(staged, None)
+
+    @staticmethod
+    def _decoded(
+        inbox: queue.Queue[Decoded | None], errors: FirstError
+    ) -> Iterator[tuple[int, int, Decoded]]:
+        """(index, tiles, where they are) of each decoded chunk, as the supervisor forwards them."""
+        while (chunk := errors.get(inbox)) is not None:
+            yield chunk.index, chunk.tiles, chunk
 
     def _transfer(self, k: int, n: int, segments: list[Segment]) -> StagedBatch:
         """Start the batch's copy to the device (CUDA: asynchronous, on the side stream)."""

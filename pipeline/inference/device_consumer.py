@@ -1,6 +1,6 @@
 """The engine's consumer: the one owner of the model, fed batches across chunks.
 
-A read source (`pipeline.inference.read_source`) puts batches of tiles, already on the
+A read source (`pipeline.inference.engine.ReadSource`) puts batches of tiles, already on the
 model's device, on the `staged` queue; batches may hold tiles of several chunks. The compute
 threads run `predict_reduced` batch after batch and hand the uint8 outputs to the writer.
 Every forward pass is of exactly the engine's batch size (`chunk_inference.predict_batch`
@@ -29,9 +29,9 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 import torch
 
@@ -44,6 +44,8 @@ from wsi_segment.wsi.tiling import TileGrid
 if TYPE_CHECKING:
     from wsi_segment.models.segmentation_model import SegmentationModel
 
+T = TypeVar("T")
+
 
 @dataclass
 class StagedBatch:
@@ -53,6 +55,39 @@ class StagedBatch:
     segments: list[Segment]
     ready: torch.cuda.Event | None  # recorded after the copy on a side stream; CPU: None
     release: Callable[[], None] | None = None  # gives the source its buffer back, once used
+
+
+@dataclass(frozen=True)
+class Take(Generic[T]):
+    """`count` tiles of one chunk (`index`, with `payload`: what holds its tiles) from its
+    tile `first`, for batch positions `at`.. of the batch being filled."""
+
+    index: int
+    first: int
+    count: int
+    at: int
+    payload: T
+    ends_chunk: bool
+    ends_batch: bool
+
+    @property
+    def segment(self) -> Segment:
+        return (self.index, self.first, self.count)
+
+
+def batch_takes(chunks: Iterable[tuple[int, int, T]], batch: int) -> Iterator[Take[T]]:
+    """The one batch filler of every read source: chunks given as (index, tiles, payload), in
+    order, cut into batches of `batch` tiles across chunks, one take at a time (a source
+    copies each take, and frees a chunk's memory at its last take, so a batch never waits
+    for the memory of the chunks it holds). The last batch ends short; the source flushes it."""
+    at = 0
+    for index, tiles, payload in chunks:
+        done = 0
+        while done < tiles:
+            count = min(batch - at, tiles - done)
+            full = at + count == batch
+            yield Take(index, done, count, at, payload, done + count == tiles, full)
+            at, done = 0 if full else at + count, done + count
 
 
 class DeviceConsumer:

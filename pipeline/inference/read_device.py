@@ -4,7 +4,7 @@ The device read path (`pipeline.inference.reader_thread`) decodes a level's JPEG
 tiles in batches (nvJPEG on CUDA, libjpeg-turbo on the CPU) and assembles the model tiles on
 the model's device in one reader thread: no decoder processes. It serves a slide only where
 model pixels are the read level's pixels and `wsi.raw_tiles` hands out the level's streams;
-nvJPEG only decodes tiles whose header states YCbCr (`jpeg_batch`: colour). `slide_reads`
+nvJPEG only decodes tiles whose header states YCbCr (`device_tiles`: colour). `slide_reads`
 examines the read level once (a local run in `prepare`, before any decoder starts; a band
 on its worker); whether the run reads there is the policy's `read_device` decision
 (`--read-device`). Nothing here imports torch.

@@ -1,7 +1,7 @@
 """The reader-thread read source: one thread reads chunk after chunk and fills batches.
 
     reader (thread)    walks the chunks in plan order, gets each chunk's tiles from its
-                       `TileReads` and fills batches across chunks, then None
+                       `TileReads` and fills batches across chunks (`batch_takes`), then None
 
 Two kinds of `TileReads`: `HostTiles` reads with the slide library (`ChunkReader`, storage
 tiles shared between chunks: `wsi.tile_reuse`), on the CPU, any slide; it may take chunk
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import queue
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
@@ -25,7 +25,7 @@ import torch
 
 from wsi_segment.pipeline.inference.chunk_reader import ChunkReader
 from wsi_segment.pipeline.inference.chunk_writer import Segment
-from wsi_segment.pipeline.inference.device_consumer import StagedBatch
+from wsi_segment.pipeline.inference.device_consumer import StagedBatch, batch_takes
 from wsi_segment.pipeline.inference.engine_state import EngineStats, FirstError, Part, Stopped
 from wsi_segment.wsi.tile_reuse import TileReuse
 from wsi_segment.wsi.tiling import ChunkSpec
@@ -104,7 +104,7 @@ class HostTiles:
 
 
 class ReaderThread:
-    """A read source (`pipeline.inference.read_source`): one thread reading with `reads`."""
+    """A read source (`pipeline.inference.engine.ReadSource`): one thread reading with `reads`."""
 
     def __init__(self, reads: TileReads) -> None:
         self.reads = reads
@@ -158,7 +158,20 @@ class ReaderThread:
     ) -> None:
         parts: list[torch.Tensor] = []
         segments: list[Segment] = []
-        filled = 0
+        for take in batch_takes(self._chunks(specs, errors, stats), batch):
+            parts.append(take.payload[take.first : take.first + take.count])
+            segments.append(take.segment)
+            if take.ends_batch:
+                errors.put(staged, _staged(parts, segments, side))
+                parts, segments = [], []
+        if segments:
+            errors.put(staged, _staged(parts, segments, side))
+        errors.put(staged, None)
+
+    def _chunks(
+        self, specs: list[ChunkSpec], errors: FirstError, stats: EngineStats
+    ) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """(index, tiles, the tiles) of each chunk with tissue tiles, read in plan order."""
         for index, spec in enumerate(specs):
             if not spec.tiles:
                 continue  # the writer writes chunks without tissue tiles itself
@@ -166,18 +179,7 @@ class ReaderThread:
                 raise Stopped
             tiles = self.reads.read_chunk(spec)
             stats.chunk_arrived()
-            done = 0
-            while done < len(tiles):
-                take = min(batch - filled, len(tiles) - done)
-                parts.append(tiles[done : done + take])
-                segments.append((index, done, take))
-                filled, done = filled + take, done + take
-                if filled == batch:
-                    errors.put(staged, _staged(parts, segments, side))
-                    parts, segments, filled = [], [], 0
-        if filled:
-            errors.put(staged, _staged(parts, segments, side))
-        errors.put(staged, None)
+            yield index, len(tiles), tiles
 
 
 def _staged(

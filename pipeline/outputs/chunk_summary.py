@@ -20,8 +20,7 @@ import numpy as np
 import shapely
 
 from wsi_segment.models.labels import NODATA as NODATA  # re-exported: "not analysed"
-from wsi_segment.models.labels import UNCLASSIFIED
-from wsi_segment.pipeline.outputs.output_classes import output_ids
+from wsi_segment.pipeline.outputs.output_classes import output_class_counts, output_ids
 from wsi_segment.pipeline.outputs.polygons import label_block_polygons, simplified_block_polygons
 from wsi_segment.wsi.tiling import ChunkSpec
 
@@ -113,12 +112,7 @@ def block_edge_counts(
     col = (~cut_y)[:, None] & cut_x[None, :]
     row = cut_y[:, None] & (~cut_x)[None, :]
     corner = cut_y[:, None] & cut_x[None, :]
-    return np.stack(
-        [
-            _per_output_class(np.bincount(labels[m], minlength=256), k).astype(np.int64)
-            for m in (col, row, corner)
-        ]
-    )
+    return np.stack([output_class_counts(labels[m], k) for m in (col, row, corner)])
 
 
 def block_statistics(
@@ -126,7 +120,7 @@ def block_statistics(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(K + 1,) output pixels per output class and (K + 1,) sums of the uint8 class-k
     probability (0-255) over them (Unclassified has no probability: 0); all int64."""
-    counts = _per_output_class(np.bincount(labels.ravel(), minlength=256), k).astype(np.int64)
+    counts = output_class_counts(labels, k)
     prob_sums = np.zeros(k + 1, dtype=np.int64)
     for c in range(k):
         sel = labels == c
@@ -163,8 +157,3 @@ def block_polygons(
             for c, plist in polys.items():
                 out.setdefault(c, []).extend(shapely.to_wkb(p) for p in plist)
     return {c: out[c] for c in sorted(out) if out[c]}
-
-
-def _per_output_class(per_value: np.ndarray, k: int) -> np.ndarray:
-    """(K + 1,) of a (256,) per-label-value count: the K classes, then UNCLASSIFIED."""
-    return np.append(per_value[:k], per_value[UNCLASSIFIED])

@@ -84,10 +84,10 @@ def test_cpu_only_keeps_today_s_defaults():
 
 
 def test_cpu_options_win_and_one_thread_takes_the_lock():
-    asked = SegmentParams(threads=1, batch_size=5, chunk_tiles=3, decoders=2, writers=3)
+    asked = SegmentParams(threads=1, batch_size=5, chunk_tiles=2, decoders=2, writers=3)
     policy = decide(CPU_ONLY, asked)
     assert (policy.compute_threads.value, policy.model_lock.value) == (1, True)
-    assert (policy.batch_size.value, policy.chunk_tiles.value) == (5, 3)
+    assert (policy.batch_size.value, policy.chunk_tiles.value) == (5, 2)
     assert (policy.decoders.value, policy.writers.value) == (2, 3)
     assert policy.read_source == "decoder processes"
     assert policy.batch_size.reason == "asked for (--batch-size 5)"

@@ -84,6 +84,16 @@ def test_output_downsample_that_does_not_divide_the_stride(tiny_model_dir, tmp_p
     assert_nothing_written(out)
 
 
+def test_chunk_tiles_that_would_cut_a_zarr_chunk(tiny_model_dir, tmp_path, capsys):
+    """In range for argparse, but 3 x 3 chunks would share zarr chunks (8 x 8 tile cores)
+    in ways no writer owns: a config error naming the values that work."""
+    out = tmp_path / "out"
+    args = [CMU_SLIDE, "--model", tiny_model_dir, "--out", out, "--chunk-tiles", "3"]
+    result = run_cli_inprocess(args, capsys)
+    assert_clean_error(result, "chunk tiles must divide 8", "--chunk-tiles 1, 2, 4, 8, 16")
+    assert_nothing_written(out)
+
+
 def test_overlap_as_large_as_the_tile(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "out"
     args = [CMU_SLIDE, "--model", tiny_model_dir, "--out", out, "--overlap", "64"]

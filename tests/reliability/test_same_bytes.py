@@ -26,15 +26,16 @@ from wsi_segment.pipeline.inference import model_handle
 from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.pipeline.segment import segment_slide
 
-# Level-0 boxes (x0, y0, x1, y1) on tissue. With the tiny model's 32 px zarr chunks at
-# 16 level-0 px per output pixel, A's chunks (columns 1-2, rows 1-3) hold no other region.
+# Level-0 boxes (x0, y0, x1, y1) on tissue. With the tiny model's 64 px zarr chunks (8 x 8
+# tile cores of 8 px) at 16 level-0 px per output pixel, A's chunks (columns 0-1, rows 0-1:
+# level-0 x and y below 2052) hold no other region.
 A = (700, 900, 1500, 1700)
 OTHERS = {
     "B": (300, 2200, 1300, 2900),
     "C": (1700, 2200, 2150, 2700),
-    "D": (1700, 1200, 2150, 1600),
+    "D": (1400, 2100, 1650, 2600),
 }
-A_CHUNKS = [(y, x) for y in (1, 2, 3) for x in (1, 2)]
+A_CHUNKS = [(y, x) for y in (0, 1) for x in (0, 1)]
 
 
 @pytest.fixture(params=["this-cpu", "amx"])

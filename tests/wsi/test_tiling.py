@@ -10,7 +10,15 @@ import pytest
 
 from wsi_segment.errors import ConfigError
 from wsi_segment.wsi.region_reader import choose_level
-from wsi_segment.wsi.tiling import TileGrid, plan_chunks, tile_tissue_grid
+from wsi_segment.wsi.tiling import (
+    STORE_TILES,
+    ChunkSpec,
+    TileGrid,
+    check_chunk_tiles,
+    contiguous_runs,
+    plan_chunks,
+    tile_tissue_grid,
+)
 
 
 @dataclass
@@ -53,7 +61,7 @@ def _coverage(plan, grid: TileGrid) -> np.ndarray:
 @pytest.mark.parametrize(
     ("dims", "slide_mpp", "model_mpp", "tile", "overlap", "d", "n", "mask_ds", "seed"),
     [
-        ((1000, 777), 0.5, 1.0, 64, 16, 4, 3, 8.0, 0),
+        ((1000, 777), 0.5, 1.0, 64, 16, 4, 16, 8.0, 0),
         ((2051, 1333), 0.25, 1.0, 96, 32, 4, 2, 16.0, 1),
         ((513, 1025), 0.499, 2.0, 64, 0, 1, 4, 7.3, 2),
         ((3000, 3000), 0.2271, 0.5, 224, 32, 8, 4, 23.7, 3),
@@ -93,6 +101,36 @@ def test_cores_cover_every_tissue_pixel_exactly_once(
         ox0, oy0, ox1, oy1 = spec.out_box
         out[oy0:oy1, ox0:ox1] += 1
     assert out.max() == 1
+
+
+@pytest.mark.parametrize("n", [1, 2, 4, 8, 16])
+def test_zarr_chunks_are_fixed_and_chunks_of_one_are_one_write_unit(n):
+    """The zarr chunk is STORE_TILES tile cores whatever the chunk size; smaller chunks of one
+    zarr chunk share its write unit and come one after another in the plan, so one writer
+    (and one band) writes each zarr chunk whole; larger chunks hold whole zarr chunks."""
+    grid = TileGrid(tile=64, overlap=16, downsample=4)  # 12 output px a tile core
+    tissue = Mask(_blob_mask((100, 130), 5), 10.0)
+    plan = plan_chunks(Dims((1300, 1000)), 0.5, 1.0, grid, n, tissue)
+    assert STORE_TILES == 8 and plan.chunk_out == 8 * 12
+    units = [s.write_unit() for s in plan.specs]
+    assert len(set(units)) == len([u for i, u in enumerate(units) if i == 0 or units[i - 1] != u])
+    for spec, (core, out) in zip(plan.specs, units, strict=True):
+        x0, y0, x1, y1 = core
+        assert (x1 - x0, y1 - y0) == (max(n, 8) * 48,) * 2  # 48 model px a tile core
+        assert x0 <= spec.core_box[0] and spec.core_box[2] <= x1
+        assert y0 <= spec.core_box[1] and spec.core_box[3] <= y1
+        assert out[0] % plan.chunk_out == 0 and out[1] % plan.chunk_out == 0
+        assert (spec.unit_core is None) == (n >= 8)
+    ref = plan_chunks(Dims((1300, 1000)), 0.5, 1.0, grid, 8, tissue)
+    assert sorted(t for s in plan.specs for t in s.tiles) == sorted(
+        t for s in ref.specs for t in s.tiles
+    )
+
+
+@pytest.mark.parametrize("n", [0, 3, 5, 12, 65])
+def test_chunks_that_would_cut_zarr_chunks_are_refused(n):
+    with pytest.raises(ConfigError, match="chunk tiles must divide 8 or be a multiple of it"):
+        check_chunk_tiles(n)
 
 
 def test_no_tissue_plans_nothing_and_no_mask_plans_everything():
@@ -142,3 +180,46 @@ def test_plan_reads_from_the_chosen_level_and_rejects_bad_geometry():
         plan_chunks(Dims((100, 100)), 0.5, 1.0, TileGrid(64, 64, 4), 4, None)
     with pytest.raises(ConfigError, match="mpp must be positive"):
         plan_chunks(Dims((100, 100)), 0.0, 1.0, grid, 4, None)
+
+
+def _spec(row: int, tiles: int, unit: int | None = None) -> ChunkSpec:
+    """Chunk `row` of a column; `unit`: the row of the write unit (zarr chunk) it shares."""
+    box = (0, row, 1, row + 1)
+    shared = None if unit is None else (0, unit, 1, unit + 1)
+    return ChunkSpec(row, 0, box, tuple((i, 0) for i in range(tiles)), box, shared, shared)
+
+
+def test_bands_are_contiguous_runs_of_the_plan_balanced_by_tiles() -> None:
+    tiles = [0, 4, 4, 0, 4, 4, 0, 4, 4, 0]
+    specs = [_spec(r, n) for r, n in enumerate(tiles)]
+    bands = contiguous_runs(specs, 3)
+    assert bands == [range(0, 4), range(4, 7), range(7, 10)]
+    assert [sum(tiles[i] for i in b) for b in bands] == [8, 8, 8]
+    # never more bands than chunks with tiles, each holding one; every chunk, in order
+    assert contiguous_runs(specs, 50) == [
+        range(0, 2), range(2, 4), range(4, 5), range(5, 7), range(7, 8), range(8, 10)
+    ]  # fmt: skip
+    # a chunk holding most tiles takes its band alone; the few after it share the last
+    heavy = [_spec(r, n) for r, n in enumerate([1, 90, 1, 1, 1])]
+    assert contiguous_runs(heavy, 3) == [range(0, 2), range(2, 5)]
+    assert contiguous_runs([_spec(0, 0), _spec(1, 0)], 4) == [range(0, 2)]  # no tissue: one band
+    assert contiguous_runs([], 4) == []
+
+
+def test_a_band_never_splits_the_chunks_of_one_zarr_chunk() -> None:
+    """Chunks smaller than a zarr chunk share it (a write unit): one band writes it whole, or
+    two writers would each write part of one zarr chunk and lose the other's."""
+    specs = [_spec(r, 4, unit=r // 4 * 4) for r in range(8)]  # two units of four chunks
+    assert contiguous_runs(specs, 8) == [range(0, 4), range(4, 8)]
+    assert contiguous_runs(specs, 3) == [range(0, 4), range(4, 8)]
+    mixed = [_spec(0, 4), *[_spec(r, 1, unit=1) for r in range(1, 5)], _spec(5, 4)]
+    assert contiguous_runs(mixed, 3) == [range(0, 1), range(1, 5), range(5, 6)]
+
+
+def test_decoders_share_the_plan_by_the_same_splitter_tissue_chunks_only() -> None:
+    from wsi_segment.pipeline.inference.decode_pool import decoder_shares
+
+    specs = [_spec(r, n) for r, n in enumerate([0, 4, 4, 0, 4, 4, 0, 4, 4, 0])]
+    assert decoder_shares(specs, 3) == [[1, 2], [4, 5], [7, 8]]
+    assert decoder_shares(specs, 1) == [[1, 2, 4, 5, 7, 8]]
+    assert decoder_shares([_spec(0, 0)], 2) == []

@@ -20,10 +20,9 @@ from tests.conftest import CMU_SLIDE, corrupt_middle_tile
 from tests.engine_leaks import shm_entries
 from tests.pipeline.inference.test_engine import assert_same_outcomes, make_job, stored
 from tests.pipeline.inference.test_engine_shared_model import TurnWatch
-from tests.reference_inference import chunk_alone
+from tests.reference_inference import units_alone
 from wsi_segment.errors import SlideError
 from wsi_segment.models.bundle import load_model
-from wsi_segment.pipeline.inference.band_runner import band_slices
 from wsi_segment.pipeline.inference.band_task import BandResult, run_band
 from wsi_segment.pipeline.inference.chunk_job import SlideJob
 from wsi_segment.pipeline.inference.decoder_reads import DecoderProcesses
@@ -59,30 +58,9 @@ def one_torch_thread_reference(job: SlideJob, specs: list[ChunkSpec]):
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return [job.finish_block(s, chunk_alone(job, s)) for s in specs]
+        return units_alone(job, specs)
     finally:
         torch.set_num_threads(before)
-
-
-def _spec(row: int, tiles: int) -> ChunkSpec:
-    return ChunkSpec(row, 0, (0, 0, 1, 1), tuple((i, 0) for i in range(tiles)), (0, 0, 1, 1))
-
-
-def test_bands_are_contiguous_runs_of_the_plan_balanced_by_tiles() -> None:
-    tiles = [0, 4, 4, 0, 4, 4, 0, 4, 4, 0]
-    specs = [_spec(r, n) for r, n in enumerate(tiles)]
-    bands = band_slices(specs, 3)
-    assert bands == [range(0, 4), range(4, 7), range(7, 10)]
-    assert [sum(tiles[i] for i in b) for b in bands] == [8, 8, 8]
-    # never more bands than chunks with tiles, each holding one; every chunk, in order
-    assert band_slices(specs, 50) == [
-        range(0, 2), range(2, 4), range(4, 5), range(5, 7), range(7, 8), range(8, 10)
-    ]  # fmt: skip
-    # a chunk holding most tiles takes its band alone; the few after it share the last
-    heavy = [_spec(r, n) for r, n in enumerate([1, 90, 1, 1, 1])]
-    assert band_slices(heavy, 3) == [range(0, 2), range(2, 5)]
-    assert band_slices([_spec(0, 0), _spec(1, 0)], 4) == [range(0, 2)]  # no tissue: one band
-    assert band_slices([], 4) == []
 
 
 @pytest.fixture(scope="module")

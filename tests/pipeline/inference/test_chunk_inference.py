@@ -44,7 +44,7 @@ def _job(model, grid: TileGrid) -> tuple[SlideJob, list]:
     slide = open_slide(CMU_SLIDE)
     tissue = detect_tissue(slide)
     mpp = slide.require_mpp()[0]
-    plan = plan_chunks(slide, mpp, model.meta.mpp, grid, 3, tissue)
+    plan = plan_chunks(slide, mpp, model.meta.mpp, grid, 2, tissue)
     job = SlideJob(
         reader=ChunkReader(
             slide_path=str(CMU_SLIDE),

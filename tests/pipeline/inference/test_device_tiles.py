@@ -14,8 +14,7 @@ import torch
 
 from tests.conftest import CMU_SLIDE, DATA_DIR
 from wsi_segment.pipeline.inference.chunk_reader import ChunkReader
-from wsi_segment.pipeline.inference.device_tiles import DeviceTiles
-from wsi_segment.pipeline.inference.jpeg_batch import Decoder
+from wsi_segment.pipeline.inference.device_tiles import Decoder, DeviceTiles
 from wsi_segment.pipeline.inference.read_device import slide_reads
 from wsi_segment.pipeline.run_policy import ReadFacts
 from wsi_segment.wsi.slide import open_slide

@@ -15,9 +15,8 @@ from tests.pipeline.inference.test_engine import make_job
 from wsi_segment.models.bundle import load_model
 from wsi_segment.models.segmentation_model import SegmentationModel
 from wsi_segment.pipeline.inference.decoder_reads import DecoderProcesses
-from wsi_segment.pipeline.inference.engine import run_engine
+from wsi_segment.pipeline.inference.engine import ReadSource, run_engine
 from wsi_segment.pipeline.inference.engine_state import EngineStats
-from wsi_segment.pipeline.inference.read_source import ReadSource
 from wsi_segment.pipeline.inference.reader_thread import HostTiles, ReaderThread
 
 

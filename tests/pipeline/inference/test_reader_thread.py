@@ -25,10 +25,9 @@ from wsi_segment.models.bundle import load_model
 from wsi_segment.pipeline.inference.chunk_job import SlideJob
 from wsi_segment.pipeline.inference.chunk_reader import ChunkReader
 from wsi_segment.pipeline.inference.decoder_reads import DecoderProcesses
-from wsi_segment.pipeline.inference.device_tiles import DeviceTiles
+from wsi_segment.pipeline.inference.device_tiles import Decoder, DeviceTiles
 from wsi_segment.pipeline.inference.engine import run_engine
 from wsi_segment.pipeline.inference.engine_state import EngineStats
-from wsi_segment.pipeline.inference.jpeg_batch import Decoder
 from wsi_segment.pipeline.inference.model_handle import ModelHandle
 from wsi_segment.pipeline.inference.reader_thread import ReaderThread
 from wsi_segment.pipeline.outputs.ome_zarr import create_probability_store, level0_path
@@ -239,7 +238,7 @@ def test_device_reads_on_cuda_write_what_the_decoder_processes_write(tmp_path, t
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_nvjpeg_reads_feed_the_engine(tmp_path, tiny_model_dir):
     """OS-1's YCbCr tiles go to nvJPEG (pixels within the JPEG decoder tolerance of
-    libjpeg's: tests/pipeline/inference/test_jpeg_batch.py); every tile runs."""
+    libjpeg's: tests/pipeline/inference/test_device_tiles_jpeg.py); every tile runs."""
     model = load_model(tiny_model_dir)
     model.to_device("cuda", "fp32")
     job, specs = level_job(tmp_path / "p.zarr", TileByTile(model), OME_TIFF)

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from tests.conftest import CMU_SLIDE, DATA_DIR
-from wsi_segment.pipeline.inference.jpeg_batch import decode_streams, decode_tiles
+from wsi_segment.pipeline.inference.device_tiles import decode_streams, decode_tiles
 from wsi_segment.wsi.raw_tiles import JpegTiles, open_jpeg_tiles
 from wsi_segment.wsi.slide import open_slide
 
