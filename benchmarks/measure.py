@@ -41,7 +41,8 @@ def machine_info() -> dict[str, Any]:
     """CPU, flags (AMX / bf16), GPU and torch: what a recorded figure depends on."""
     import torch
 
-    from wsi_segment.models.device import cpu_flags, cpu_supports_bf16
+    from wsi_segment.models.cpu import cpu_flags
+    from wsi_segment.models.device import cpu_supports_bf16
 
     model_name = platform.processor() or ""
     try:

@@ -11,8 +11,8 @@ from torch import nn
 from wsi_segment.errors import ConfigError
 from wsi_segment.models.bundle import ModelMeta, SegmentationModel
 from wsi_segment.models.classifier import build_classifier
+from wsi_segment.models.cpu import cpu_flags
 from wsi_segment.models.device import (
-    cpu_flags,
     cpu_has_amx,
     cpu_supports_bf16,
     fit_batch_size,
