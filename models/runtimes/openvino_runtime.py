@@ -124,23 +124,35 @@ class OpenVINOGraphs:
             raise ValueError(f"the OpenVINO runtime takes uint8 tiles, got {tiles.dtype}")
         geometry = Geometry(int(tiles.shape[-1]), int(margin), int(core), int(downsample), gate)
         nhwc = tiles.permute(0, 2, 3, 1).cpu()  # the slide path's own layout: no copy
-        request = self._request(geometry, int(nhwc.shape[0]))
-        out = request.infer([np.ascontiguousarray(nhwc.numpy())], share_inputs=True)
+        request, first = self._request(geometry, int(nhwc.shape[0]))
+        inputs = [np.ascontiguousarray(nhwc.numpy())]
+        if first:
+            # OpenVINO's bindings set up their numpy bridge lazily in a function-local static
+            # (pybind11's npy_api) on the first array they convert; two threads doing that at
+            # once deadlock (one holds the static's guard and waits for the GIL, the other
+            # holds the GIL and waits for the guard: a run hung for good with two compute
+            # threads). Each request's first inference runs alone, which sets it up once.
+            with self._lock:
+                out = request.infer(inputs, share_inputs=True)
+        else:
+            out = request.infer(inputs, share_inputs=True)
         probs, labels, cls_probs = (np.array(out[i]) for i in range(3))
         return ReducedOutputs(
             torch.from_numpy(probs), torch.from_numpy(labels), torch.from_numpy(cls_probs)
         )
 
-    def _request(self, geometry: Geometry, batch: int) -> Any:
+    def _request(self, geometry: Geometry, batch: int) -> tuple[Any, bool]:
+        """This thread's infer request for (geometry, batch), and whether it is new."""
         requests: dict[tuple[Geometry, int], Any] = getattr(self._local, "requests", {})
         self._local.requests = requests
         key = (geometry, batch)
-        if key not in requests:
-            with self._lock:
-                if key not in self._compiled:
-                    self._compiled[key] = self._compile(geometry, batch)
-                requests[key] = self._compiled[key].create_infer_request()
-        return requests[key]
+        if key in requests:
+            return requests[key], False
+        with self._lock:
+            if key not in self._compiled:
+                self._compiled[key] = self._compile(geometry, batch)
+            requests[key] = self._compiled[key].create_infer_request()
+        return requests[key], True
 
     def entry_key(self) -> dict[str, object]:
         """What every compiled result of these graphs depends on (model, versions, graph

@@ -150,6 +150,52 @@ def test_an_isa_cap_is_part_of_the_key(cache: Path, monkeypatch: pytest.MonkeyPa
     assert whole.builds == 0 and whole.cache_hits == 1
 
 
+THREADS_AT_ONCE = """
+import os, sys, threading
+from pathlib import Path
+import torch
+from tests.models.runtimes.test_openvino_runtime import TILE, _tiny
+from wsi_segment.models.cpu import cpu_flags
+from wsi_segment.models.runtimes import OpenVINOGraphs
+
+graphs = OpenVINOGraphs(_tiny(), "fp32", 1, cpu_flags(), Path(sys.argv[1]))
+x = torch.full((2, 3, TILE, TILE), 128, dtype=torch.uint8)
+if sys.argv[2] == "warm":
+    graphs.predict_reduced(x, 16, 192, 4)
+    sys.exit(0)
+start = threading.Barrier(int(sys.argv[2]))
+def infer():
+    start.wait()
+    graphs.predict_reduced(x, 16, 192, 4)
+threads = [threading.Thread(target=infer, daemon=True) for _ in range(start.parties)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join(60)
+os._exit(3 if any(t.is_alive() for t in threads) else 0)
+"""
+
+
+def test_threads_whose_first_inference_is_at_once_do_not_deadlock(cache: Path) -> None:
+    """A run's compute threads with a warm cache (no forward at load) met in OpenVINO's first
+    numpy conversion at once and hung for good (pybind11's npy_api guard against the GIL);
+    a fresh process each time, since the bridge is set up once a process."""
+    import subprocess
+    import sys
+
+    folder = cache / "threads"
+    repo = Path(__file__).resolve().parents[3]
+
+    def run(arg: str) -> int:
+        argv = [sys.executable, "-c", THREADS_AT_ONCE, str(folder), arg]
+        # a hang holds the GIL, so the script cannot time itself out: its parent does
+        return subprocess.run(argv, cwd=repo, timeout=120).returncode
+
+    assert run("warm") == 0
+    for _ in range(3):
+        assert run("4") == 0, "threads hung in their first inference"
+
+
 class _Branchy(nn.Module):
     """A segmenter whose path depends on the data: torch.export cannot express it."""
 
