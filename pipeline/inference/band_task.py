@@ -140,6 +140,7 @@ def band_precision(job: SlideJob, options: SegmentParams) -> dict[str, Any]:
     `precision_report`). A cluster asks one worker, then pins the answer for all
     (band_runner.settle_precision), so every chunk, recomputed ones included, runs in the
     same precision even on a cluster of unlike machines."""
+    quiet_cancelled_tasks()
     _policy, job, _tiles = band_policy(job, options, 1, examine=False)
     model, _lock = job.model.get()
     return dict(model.precision_report())
@@ -160,6 +161,7 @@ def run_band(
     band holds the worker's GPU resource, so it is the only band running there;
     `at_once`: bands that may run at once on each host (the workers of one machine share
     its cores; default: this worker's threads, or 1 with `gpu`)."""
+    quiet_cancelled_tasks()
     event = _abort_event(abort)
     if event is not None and event.is_set():
         return BandResult([], 0, aborted=True)
@@ -197,6 +199,25 @@ def run_band(
         return BandResult([], 0, aborted=True)
     except WsiSegmentError as exc:
         return BandResult([], 0, error=exc)
+
+
+class _CancelledTaskNotice(logging.Filter):
+    """Drops the worker's "Async instruction for <Task cancelled ...> ended with
+    CancelledError" warnings: a band cancelled because the run was interrupted, or another
+    band failed, is reported once by the client (the `error:` line, the batch table); the
+    worker's own line, printed straight to the terminal, only repeats it as noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith("Async instruction for") and "CancelledError" in message)
+
+
+def quiet_cancelled_tasks() -> None:
+    """Install `_CancelledTaskNotice` on this worker's task-state logger (once a process);
+    every other warning of the worker stays."""
+    state_machine = logging.getLogger("distributed.worker.state_machine")
+    if not any(isinstance(f, _CancelledTaskNotice) for f in state_machine.filters):
+        state_machine.addFilter(_CancelledTaskNotice())
 
 
 def _abort_event(name: str | None) -> Event | None:
