@@ -4,15 +4,15 @@
 (`pipeline.machine.Machine`), the user's options (`SegmentParams`) and what the run knows of
 its slide and place (`RunFacts`; no decision needs facts of the model yet: the model itself
 runs what depends on it, the bf16 calibration and the GPU batch probe); it returns a `RunPolicy` holding each decision with
-its reason: device, runtime, precision request, chunk size, batch size, compute threads,
+its reason: device, runtime, precision, chunk size, batch size, compute threads,
 model lock, cores, JPEG reads on the device, decoder processes and writer threads. A local
 run decides once in `prepare` (`pipeline.prepare`), every Dask band decides on its worker
 from that worker's machine and the same options (`pipeline.inference.band_task`), and
 summary.json records the policies whole (`run_policy`). The code that runs a slide only
 executes what the policy says.
 
-Every decision changes speed only, but the precision request (what `auto` runs in is
-decided by the model on fixed calibration tiles) and `chunk_tiles`, which the stitching's
+Every decision changes speed only, but the precision (`bf16-if-calibrated`: bf16 where the
+model passes the calibration on fixed tiles, which the loader runs) and `chunk_tiles`, which the stitching's
 contract makes speed only too.
 """
 
