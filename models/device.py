@@ -1,13 +1,8 @@
-"""Where and in which precision the networks run.
+"""Where the networks run, their autocast, and the CPU's bf16 hardware.
 
-CPUs with bf16 in hardware (AMX, or AVX512-BF16) can autocast to bf16. With AMX that is ~3x
-fp32 for DeepLabV3+ (16 -> 50 tiles/s at 224 px on this project's 2-core AMX machine); with
-AVX512-BF16 alone it measured 0.66-0.78x fp32 (benchmarks/RESULTS.md, precision). So on the
-CPU `precision_for` names bf16 as the candidate only where the CPU has AMX, and
-`SegmentationModel.to_device` keeps it only when the model's labels on fixed calibration
-tiles agree with fp32's (models/precision_calibration.py): the choice depends on the model
-and the machine, never on a run's tiles or timing. On CUDA, bf16 where supported, else
-fp16. `force_fp32` turns all of it off.
+The CPU's bf16 hardware (`cpu_supports_bf16`, `cpu_has_amx`) is a fact the precision rule
+reads; the rule itself is `models.runtimes.decision.precision_decision`, which the run policy
+calls (and `SegmentationModel.to_device` for a model loaded outside a run).
 """
 
 from __future__ import annotations
@@ -56,38 +51,6 @@ def cpu_has_amx(flags: frozenset[str] | None = None) -> bool:
     """True when this CPU has AMX with bf16, the only CPU bf16 measured reliably faster
     than fp32 (`flags`: default ours)."""
     return AMX_FLAG in (cpu.cpu_flags() if flags is None else flags)
-
-
-def precision_for(
-    device: torch.device | str, force_fp32: bool = False, flags: frozenset[str] | None = None
-) -> torch.dtype | None:
-    """Autocast dtype 'auto' starts from on `device`, or None for plain fp32 (on the CPU:
-    bf16 is only the candidate, and only with AMX; `flags`: the CPU's, default ours)."""
-    device = torch.device(device)
-    if force_fp32:
-        return None
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu" and cpu_has_amx(flags):
-        return torch.bfloat16
-    return None
-
-
-def parse_precision(
-    precision: str | torch.dtype | None, device: torch.device
-) -> torch.dtype | None:
-    """'auto' | 'fp32' | 'bf16' | 'fp16' | dtype | None -> autocast dtype or None."""
-    if precision is None or precision == "fp32" or precision == torch.float32:
-        return None
-    if precision == "auto":
-        return precision_for(device)
-    named = {"bf16": torch.bfloat16, "fp16": torch.float16}
-    dtype = named.get(precision, precision) if isinstance(precision, str) else precision
-    if dtype not in (torch.bfloat16, torch.float16):
-        raise ConfigError(f"unknown precision {precision!r}; use auto, fp32, bf16 or fp16")
-    if device.type == "cpu" and dtype == torch.float16:
-        raise ConfigError("fp16 autocast is for GPUs; on CPU use bf16 or fp32")
-    return dtype
 
 
 @contextlib.contextmanager

@@ -16,27 +16,20 @@ import torch
 from torch import nn
 
 from . import cpu
-from .device import (
-    autocast,
-    cpu_has_amx,
-    cpu_supports_bf16,
-    fit_batch_size,
-    parse_precision,
-    pick_device,
-)
+from .device import autocast, fit_batch_size, pick_device
 from .gate import gated_probabilities
 from .meta import ModelMeta
 from .precision_calibration import PrecisionCalibration, calibrate_bf16
 from .reduction import HostCopier, ReducedOutputs, reduce_tiles
+from .runtimes.decision import BF16_IF_CALIBRATED, precision_decision
 from .runtimes.select import RuntimeChoice, open_runtime
 
 _log = logging.getLogger(__name__)
 _NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
-def cpu_has_bf16_only() -> bool:
-    """This CPU has AVX512-BF16 but no AMX (bf16 in hardware, measured slower than fp32)."""
-    return cpu_supports_bf16() and not cpu_has_amx()
+_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+_REQUESTS = {**_NAMES, torch.float32: "fp32"}  # to_device's dtype requests
 
 
 class SegmentationModel(nn.Module):
@@ -83,47 +76,57 @@ class SegmentationModel(nn.Module):
         precision: str | torch.dtype | None = "auto",
         runtime: str = "torch",
         decided_runtime: tuple[str, str] | None = None,
+        decided_precision: tuple[str, str] | None = None,
     ) -> SegmentationModel:
         """Move to `device` (auto/cpu/cuda), open `runtime` (auto/torch/openvino: the request)
-        and choose precision (auto/fp32/bf16/fp16). `decided_runtime`: the run policy's
-        (runtime, reason), opened as decided (`open_runtime`); without it the request is
-        decided here.
+        and run the precision decided for `precision` (auto/fp32/bf16/fp16, the request).
+        `decided_runtime`, `decided_precision`: the run policy's (value, reason), run as
+        decided (`open_runtime`); without them (a model loaded outside a run) the same
+        functions decide here (`runtime_decision`, `precision_decision`).
 
-        Weights stay fp32 and channels_last (faster on oneDNN and tensor cores alike:
-        1.09-1.7x for fp32 on the CPU, measured); reduced precision is autocast. 'auto' on a
-        CPU is fp32, or bf16 where the CPU has AMX and the model keeps its labels and class
-        areas in bf16 on real calibration tiles (`calibrate_bf16`): a function of the model
-        and the machine,
-        so every run and every process of a run chooses the same. A runtime other than torch
-        takes its precision from `models.runtimes.select.open_runtime` (the same rule, its
-        own hardware and calibration); torch then stays fp32 for `predict`.
+        Weights stay fp32 and channels_last (faster on oneDNN and tensor cores alike);
+        reduced precision is autocast. `bf16-if-calibrated` runs the calibration
+        (`calibrate_bf16`): bf16 where the model keeps its labels and class areas in bf16 on
+        real calibration tiles, else fp32, a function of the model and the machine, so every
+        run and every process of a run chooses the same. A runtime other than torch runs its
+        precision itself (`models.runtimes.select.open_runtime`); torch then stays fp32 for
+        `predict`.
         """
         dev = pick_device(device)
-        dtype = parse_precision(precision, dev)
+        request = (
+            precision if isinstance(precision, str) else _REQUESTS.get(precision, str(precision))
+        )
+        flags = cpu.cpu_flags()
+        if decided_precision is None or decided_runtime is None:
+            decided_precision = None  # the policy's is for the runtime it decided, if any
+        # as pipeline.machine describes a GPU to the policy: bf16 from compute capability 8
+        gpu_bf16 = dev.type == "cuda" and torch.cuda.get_device_capability(dev)[0] >= 8
+        # torch's, should torch run; checks the request before anything moves
+        in_torch = precision_decision(request, dev.type, "torch", flags, gpu_bf16)
         self.to(dev)
         self.to(memory_format=torch.channels_last)
         self.precision_calibration = None
-        self.autocast_dtype = dtype
-        request = precision if isinstance(precision, str) else _NAMES.get(precision, "auto")
+        self.autocast_dtype = None
         self.runtime = open_runtime(
-            self, runtime, request, dev.type, cpu.cpu_flags(), decided=decided_runtime
+            self, runtime, request, dev.type, flags, None, decided_runtime, decided_precision
         )
         if self.runtime.graphs is not None:
-            self.autocast_dtype = None
             self.precision_calibration = self.runtime.calibration
             self.precision_reason = self.runtime.precision_reason
-        elif precision != "auto":
-            self.precision_reason = f"{_NAMES[dtype]}: asked for (--precision {precision})"
-        elif dev.type != "cpu":
-            self.precision_reason = f"{_NAMES[dtype]}: auto on a GPU (bf16 where supported)"
-        elif dtype is None:
-            has = "AVX512-BF16 without AMX" if cpu_has_bf16_only() else "no bf16 hardware"
-            self.precision_reason = f"fp32: auto on a CPU with {has}; bf16 is not reliably faster"
-        else:
+            return self
+        planned = decided_runtime[0] if decided_runtime is not None else None
+        if decided_precision is None or self.runtime.runtime != planned:
+            decided_precision = in_torch  # decided for another runtime, or not at all
+        value, reason = decided_precision
+        if value == BF16_IF_CALIBRATED:
             self.precision_calibration = self._calibrate()
-            self.autocast_dtype = torch.bfloat16 if self.precision_calibration.bf16_chosen else None
+            bf16 = self.precision_calibration.bf16_chosen
+            self.autocast_dtype = torch.bfloat16 if bf16 else None
             self.precision_reason = self.precision_calibration.reason()
             _log.info("precision auto: %s", self.precision_reason)
+        else:
+            self.autocast_dtype = _DTYPES[value]
+            self.precision_reason = reason
         return self
 
     def preprocess(self, tiles: torch.Tensor) -> torch.Tensor:

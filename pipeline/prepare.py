@@ -48,6 +48,7 @@ from wsi_segment.pipeline.run_policy import (
     RunFacts,
     RunPolicy,
     decide,
+    decided_precision,
     decided_runtime,
     wants_slide_reads,
 )
@@ -262,19 +263,20 @@ def _prepare_opened(
     geometry = model_geometry(model_dir)
     key = read_level(slide, mpp[0], geometry[1]) if geometry is not None else None
     policy, tiles = slide_policy(machine, params, facts, slide_path, slide, key)
-    device, precision = policy.device.value, policy.precision.value
-    # a cluster's bands decide their runtime on their workers: this process only needs the
-    # model's identity and geometry, so it loads torch (no compile) and hands the request on
+    device, precision = policy.device.value, params.precision
+    # a cluster's bands decide their runtime and precision on their workers: this process
+    # only needs the model's identity and geometry, so it loads torch (no compile) and hands
+    # the requests on
     cluster = facts.place == CLUSTER
     runtime = params.runtime
-    decided = None if cluster else decided_runtime(policy)
+    decided = (None, None) if cluster else (decided_runtime(policy), decided_precision(policy))
     loader = Background(
         load_for_process,
         str(model_dir),
         device,
         precision,
         "torch" if cluster else runtime,
-        decided,
+        *decided,
     )
     decoders = policy.decoders.value if early else 0
     chunk_tiles = policy.chunk_tiles.value
@@ -328,7 +330,7 @@ def _prepare_opened(
         # planned before the model loaded, or above from the loaded model's own geometry
         assert grid is not None and planned is not None and reader is not None
         handle = ModelHandle.with_model(
-            model, str(model_dir), device, precision, lock, runtime, decided
+            model, str(model_dir), device, precision, lock, runtime, *decided
         )
         model_hash = model.identity  # the bytes loaded, hashed as they were read
         fingerprint = run_fingerprint(slide_path, model_hash, params, meta)

@@ -4,15 +4,15 @@
 (`pipeline.machine.Machine`), the user's options (`SegmentParams`) and what the run knows of
 its slide and place (`RunFacts`; no decision needs facts of the model yet: the model itself
 runs what depends on it, the bf16 calibration and the GPU batch probe); it returns a `RunPolicy` holding each decision with
-its reason: device, runtime, precision request, chunk size, batch size, compute threads,
+its reason: device, runtime, precision, chunk size, batch size, compute threads,
 model lock, cores, JPEG reads on the device, decoder processes and writer threads. A local
 run decides once in `prepare` (`pipeline.prepare`), every Dask band decides on its worker
 from that worker's machine and the same options (`pipeline.inference.band_task`), and
 summary.json records the policies whole (`run_policy`). The code that runs a slide only
 executes what the policy says.
 
-Every decision changes speed only, but the precision request (what `auto` runs in is
-decided by the model on fixed calibration tiles) and `chunk_tiles`, which the stitching's
+Every decision changes speed only, but the precision (`bf16-if-calibrated`: bf16 where the
+model passes the calibration on fixed tiles, which the loader runs) and `chunk_tiles`, which the stitching's
 contract makes speed only too.
 """
 
@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Generic, Literal, TypeVar
 
-from wsi_segment.models.runtimes.decision import runtime_decision
+from wsi_segment.models.runtimes.decision import precision_decision, runtime_decision
 from wsi_segment.pipeline.machine import GIB, Gpu, Machine
 from wsi_segment.pipeline.params import SegmentParams
 
@@ -94,7 +94,8 @@ class RunPolicy:
     place: str
     device: Decision[str]  # "cpu" | "cuda" (the first visible GPU)
     runtime: Decision[str]  # "torch" | "openvino" (models.runtimes)
-    precision: Decision[str]  # handed to the model: "auto" | "fp32" | "bf16"
+    # handed to the model: "fp32" | "bf16" | "fp16" | "bf16-if-calibrated"
+    precision: Decision[str]
     chunk_tiles: Decision[int]  # tiles per chunk side (the plan)
     batch_size: Decision[int]  # tiles per forward pass asked of the device
     compute_threads: Decision[int]  # forward passes side by side
@@ -155,12 +156,13 @@ def decide(machine: Machine, options: SegmentParams, facts: RunFacts | None = No
     if decoders.value and facts.daemonic:
         decoders = Decision(0, f"{DAEMONIC}; {decoders.value} were due ({decoders.reason})")
     computes = _computes(options, cuda, band)
+    runtime = _runtime(machine, options, cuda, facts.pinned_runtime)
     return RunPolicy(
         machine=machine,
         place=facts.place,
         device=device,
-        runtime=_runtime(machine, options, cuda, facts.pinned_runtime),
-        precision=_precision(options, machine, gpu, facts.pinned_precision),
+        runtime=runtime,
+        precision=_precision(options, machine, cuda, gpu, runtime.value, facts.pinned_precision),
         chunk_tiles=_chunk_tiles(options, cuda),
         batch_size=_batch_size(options, cuda, gpu),
         compute_threads=computes,
@@ -237,27 +239,38 @@ def decided_runtime(policy: RunPolicy) -> tuple[str, str]:
 
 
 def _precision(
-    options: SegmentParams, machine: Machine, gpu: Gpu | None, pinned: str | None
+    options: SegmentParams,
+    machine: Machine,
+    cuda: bool,
+    gpu: Gpu | None,
+    runtime: str,
+    pinned: str | None,
 ) -> Decision[str]:
-    asked = options.precision
+    """What the forward passes run in (`models.runtimes.decision.precision_decision` for the
+    runtime decided: fp32, bf16, fp16, or bf16 if the model passes the calibration, which
+    the loader runs). A band takes the answer one CPU worker's calibration pinned."""
     pin = "auto, pinned for the cluster by one CPU worker's calibration"
-    if asked != "auto":
-        return Decision(asked, f"asked for (--precision {asked})")
-    if pinned == "fp32":
+    if options.precision == "auto" and pinned == "fp32":
         return Decision("fp32", pin)
-    if gpu is not None:  # a GPU worker of a mixed cluster keeps its own auto
-        dtype = "bf16" if gpu.bf16 else "fp16"
-        return Decision("auto", f"auto on a GPU: {dtype} autocast ({gpu.name})")
-    if pinned == "bf16":
-        return Decision("bf16", pin)
-    if machine.amx:
-        return Decision(
-            "auto",
-            "auto on a CPU with AMX: bf16 where the model keeps its labels on fixed "
-            "calibration tiles, else fp32",
-        )
-    has = "AVX512-BF16 without AMX" if machine.avx512_bf16 else "no bf16 hardware"
-    return Decision("auto", f"auto on a CPU with {has}: fp32 (bf16 is not reliably faster)")
+    if options.precision == "auto" and pinned == "bf16" and not cuda:
+        return Decision("bf16", pin)  # a GPU worker of a mixed cluster keeps its own auto
+    device_type = "cuda" if cuda else "cpu"
+    value, reason = precision_decision(
+        options.precision,
+        device_type,
+        runtime,
+        machine.cpu_flags,
+        gpu is not None and gpu.bf16,
+        gpu.name if gpu is not None else "",
+    )
+    return Decision(value, reason.split(": ", 1)[-1])
+
+
+def decided_precision(policy: RunPolicy) -> tuple[str, str]:
+    """The policy's precision as the model loader takes it (`to_device`'s
+    `decided_precision`), which runs it as decided (and the calibration it names)."""
+    value = policy.precision.value
+    return value, f"{value}: {policy.precision.reason}"
 
 
 def _chunk_tiles(options: SegmentParams, cuda: bool) -> Decision[int]:

@@ -61,3 +61,48 @@ def openvino_bf16_candidate(cpu_flags: frozenset[str]) -> bool:
     if AMX_FLAG in cpu_flags:
         return True
     return AVX512_BF16_FLAG in cpu_flags and "sse4a" in cpu_flags
+
+
+PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
+# precision auto where bf16 is faster: bf16 if the model keeps its labels in bf16 on the
+# real calibration tiles (models/precision_calibration.py, run where the model is), else fp32
+BF16_IF_CALIBRATED = "bf16-if-calibrated"
+
+
+def precision_decision(
+    requested: str,
+    device_type: str,
+    runtime: str,
+    cpu_flags: frozenset[str],
+    gpu_bf16: bool,
+    gpu_name: str = "",
+) -> tuple[str, str]:
+    """(precision, reason): what the forward passes run in for `requested` (auto | fp32 |
+    bf16 | fp16) in `runtime` (torch | openvino) on a `device_type` machine: 'fp32', 'bf16',
+    'fp16' or `BF16_IF_CALIBRATED`. Auto on a GPU is bf16 where it has bf16 (`gpu_bf16`),
+    else fp16; on a CPU, bf16 is only a candidate where the runtime's bf16 was measured
+    faster than fp32 (torch: AMX; OpenVINO: `openvino_bf16_candidate`), else fp32."""
+    if requested not in PRECISION_CHOICES:
+        raise ConfigError(f"unknown precision {requested!r}; use auto, fp32, bf16 or fp16")
+    if requested == "fp16" and device_type == "cpu":
+        raise ConfigError("fp16 autocast is for GPUs; on CPU use bf16 or fp32")
+    if requested != "auto":
+        return requested, f"{requested}: asked for (--precision {requested})"
+    if device_type != "cpu":
+        name = f" ({gpu_name})" if gpu_name else ""
+        if gpu_bf16:
+            return "bf16", f"bf16: auto on a GPU with bf16{name}"
+        return "fp16", f"fp16: auto on a GPU without bf16{name}"
+    calibrate = "bf16 where the model keeps its labels on fixed calibration tiles, else fp32"
+    if runtime == "openvino":
+        if openvino_bf16_candidate(cpu_flags):
+            why = "auto on a CPU where OpenVINO's bf16 is faster (AMX, or AVX512-BF16 on AMD)"
+            return BF16_IF_CALIBRATED, f"{BF16_IF_CALIBRATED}: {why}: {calibrate}"
+        return "fp32", (
+            "fp32: auto on a CPU where OpenVINO's bf16 is not faster (no AMX, and no "
+            "AVX512-BF16 on an AMD CPU)"
+        )
+    if AMX_FLAG in cpu_flags:
+        return BF16_IF_CALIBRATED, f"{BF16_IF_CALIBRATED}: auto on a CPU with AMX: {calibrate}"
+    has = "AVX512-BF16 without AMX" if AVX512_BF16_FLAG in cpu_flags else "no bf16 hardware"
+    return "fp32", f"fp32: auto on a CPU with {has} (bf16 is not reliably faster there)"

@@ -4,8 +4,8 @@
 run, asks `runtime_decision`), the user's request (runtime and precision) and the machine,
 and for OpenVINO compiles the graph, checks it against torch fp32 on the real calibration
 tiles (a compiled graph that does not give torch's labels is never used: a wrong result is
-worse than a slow one) and, for precision 'auto' on a CPU with bf16 hardware, runs the bf16
-calibration (models/precision_calibration.py). Both checks'
+worse than a slow one) and, where the precision decided is bf16 if calibrated
+(`precision_decision`), runs the bf16 calibration (models/precision_calibration.py). Both checks'
 numbers are kept in the disk cache beside the compiled graphs (`runtimes.verdict`), so a
 load that finds them runs no forward and compiles nothing until the slide path's first
 batch. Whatever keeps OpenVINO from running (not installed, a compile failure, a failed
@@ -33,7 +33,7 @@ from ..precision_calibration import (
     compare_labels,
 )
 from .cache import default_cache_dir
-from .decision import openvino_bf16_candidate, runtime_decision
+from .decision import BF16_IF_CALIBRATED, precision_decision, runtime_decision
 from .openvino_runtime import (
     GraphNotExpressible,
     OpenVINOGraphs,
@@ -86,12 +86,17 @@ def open_runtime(
     flags: frozenset[str],
     cache_dir: Path | None = None,
     decided: tuple[str, str] | None = None,
+    decided_precision: tuple[str, str] | None = None,
 ) -> RuntimeChoice:
     """The runtime for `model` (already on its device) under `requested` (auto | torch |
     openvino: what the user asked, which tells auto's fallback from openvino's refusal) and
     `precision` (auto | fp32 | bf16); `flags` are the CPU's. `decided`: (runtime, reason) as
     the run policy decided it (`runtime_decision` on its machine description), opened as
-    decided; without it (a model loaded outside a run) `runtime_decision` decides here."""
+    decided; without it (a model loaded outside a run) `runtime_decision` decides here.
+    `decided_precision`: the run policy's (precision, reason) for the runtime it decided
+    (`precision_decision`), used with `decided`; without them it decides here alike."""
+    if decided is None or decided_precision is None:
+        decided_precision = None  # made for the policy's runtime: decided here with it
     if decided is None:
         available = openvino_version() is not None
         decided = runtime_decision(requested, device_type, flags, available)
@@ -100,7 +105,8 @@ def open_runtime(
         warning = reason if requested == "openvino" else None
         return RuntimeChoice("torch", reason, warning)
     try:
-        return _open_openvino(model, precision, flags, reason, cache_dir or default_cache_dir())
+        chosen = decided_precision or precision_decision(precision, "cpu", runtime, flags, False)
+        return _open_openvino(model, chosen, flags, reason, cache_dir or default_cache_dir())
     except GraphNotExpressible as exc:
         why = f"the model's graph cannot be exported to OpenVINO ({exc})"
         if requested == "openvino":
@@ -111,8 +117,14 @@ def open_runtime(
 
 
 def _open_openvino(
-    model: SegmentationModel, precision: str, flags: frozenset[str], reason: str, cache: Path
+    model: SegmentationModel,
+    precision: tuple[str, str],
+    flags: frozenset[str],
+    reason: str,
+    cache: Path,
 ) -> RuntimeChoice:
+    """OpenVINO's graphs in `precision` ((fp32 | bf16 | bf16-if-calibrated, reason), as
+    `precision_decision` decided it), once they keep torch fp32's labels."""
     threads = torch.get_num_threads()
     tile = int(model.meta.tile_size)
     tiles = calibration_tiles(tile, model.validation_patches)
@@ -138,19 +150,14 @@ def _open_openvino(
             f"OpenVINO's fp32 graph kept only {100 * choice.fp32_agreement:.2f} % of torch's "
             "labels on the calibration tiles"
         )
-    if precision == "fp32" or (precision == "auto" and not openvino_bf16_candidate(flags)):
-        choice.precision = "fp32"
-        choice.precision_reason = (
-            "fp32: asked for (--precision fp32)"
-            if precision == "fp32"
-            else "fp32: auto on a CPU where OpenVINO's bf16 is not faster (no AMX, and no "
-            "AVX512-BF16 on an AMD CPU)"
-        )
+    value, why = precision
+    if value == "fp32":
+        choice.precision, choice.precision_reason = "fp32", why
         return choice
     bf16 = OpenVINOGraphs(model, "bf16", threads, flags, cache)
     choice.graphs, choice.precision = bf16, "bf16"
-    if precision == "bf16":
-        choice.precision_reason = "bf16: asked for (--precision bf16)"
+    if value != BF16_IF_CALIBRATED:
+        choice.precision_reason = why
         return choice
 
     def labels_of(x: torch.Tensor, low: bool) -> torch.Tensor:

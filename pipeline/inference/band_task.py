@@ -40,6 +40,7 @@ from wsi_segment.pipeline.run_policy import (
     RunFacts,
     RunPolicy,
     decide,
+    decided_precision,
     decided_runtime,
     wants_slide_reads,
 )
@@ -99,17 +100,18 @@ def band_policy(
     daemonic = mp.current_process().daemon
     facts = RunFacts(BAND, in_flight, reads, pinned, ran, daemonic)
     policy = decide(machine, options, facts)
-    device, precision = policy.device.value, policy.precision.value
-    runtime, decided = ran or options.runtime, decided_runtime(policy)
+    device, precision = policy.device.value, pinned or options.precision
+    runtime = ran or options.runtime
+    decided = (decided_runtime(policy), decided_precision(policy))
     had = job.model
-    if (had.device, had.precision, had.runtime, had.decided_runtime) != (
+    if (had.device, had.precision, had.runtime, had.decided_runtime, had.decided_precision) != (
         device,
         precision,
         runtime,
-        decided,
+        *decided,
     ):
         model = ModelHandle(
-            had.model_dir, device, precision, had.identity, runtime, decided, had.pinned
+            had.model_dir, device, precision, had.identity, runtime, *decided, had.pinned
         )
         job = dataclasses.replace(job, model=model, _local=threading.local())
     if job.batch_size != policy.batch_size.value:

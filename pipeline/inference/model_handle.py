@@ -24,12 +24,15 @@ class ModelHandle:
 
     model_dir: str
     device: str = "auto"  # the run policy's (pipeline.run_policy): cpu | cuda
-    precision: str = "auto"  # the run policy's request: auto | fp32 | bf16
+    precision: str = "auto"  # the request: auto | fp32 | bf16 | fp16 (or a pinned answer)
     # the run's model identity (summary.json): a worker that loads other bytes refuses them
     identity: str = ""
     runtime: str = "torch"  # the request: auto | torch | openvino (models.runtimes)
     # the run policy's (runtime, reason), opened as decided; None: the loader decides
     decided_runtime: tuple[str, str] | None = None
+    # the run policy's (precision, reason) for that runtime, run as decided; None: the
+    # loader decides
+    decided_precision: tuple[str, str] | None = None
     # precision and runtime settled for a whole cluster from one worker's answer
     # (band_runner.settle_precision): every band runs them, whatever its worker would choose
     pinned: bool = False
@@ -43,6 +46,7 @@ class ModelHandle:
             "identity": self.identity,
             "runtime": self.runtime,
             "decided_runtime": self.decided_runtime,
+            "decided_precision": self.decided_precision,
             "pinned": self.pinned,
         }
 
@@ -53,7 +57,12 @@ class ModelHandle:
     def get(self) -> tuple[SegmentationModel, threading.Lock]:
         if self._loaded is None:
             loaded = load_for_process(
-                self.model_dir, self.device, self.precision, self.runtime, self.decided_runtime
+                self.model_dir,
+                self.device,
+                self.precision,
+                self.runtime,
+                self.decided_runtime,
+                self.decided_precision,
             )
             if self.identity and loaded[0].identity != self.identity:
                 from wsi_segment.errors import ModelError
@@ -75,6 +84,7 @@ class ModelHandle:
         lock: threading.Lock | None = None,
         runtime: str = "torch",
         decided_runtime: tuple[str, str] | None = None,
+        decided_precision: tuple[str, str] | None = None,
     ) -> ModelHandle:
         """A handle around an already loaded model (tests, the CLI's single process).
 
@@ -82,9 +92,8 @@ class ModelHandle:
         must share it, or slides run side by side (a batch) would not take turns on it."""
         held = lock if lock is not None else threading.Lock()
         identity = getattr(model, "identity", "")  # test and benchmark stand-ins have none
-        return cls(
-            model_dir, device, precision, identity, runtime, decided_runtime, False, (model, held)
-        )
+        decided = (decided_runtime, decided_precision)
+        return cls(model_dir, device, precision, identity, runtime, *decided, False, (model, held))
 
 
 def load_for_process(
@@ -93,6 +102,7 @@ def load_for_process(
     precision: str,
     runtime: str = "torch",
     decided_runtime: tuple[str, str] | None = None,
+    decided_precision: tuple[str, str] | None = None,
 ) -> tuple[SegmentationModel, threading.Lock]:
     """Load the bundle on the chosen device once per (process, recipe, state of its files):
     a long-lived process (a batch, a worker) loads again when model.json or the weights
@@ -100,7 +110,8 @@ def load_for_process(
     from wsi_segment.models.meta import model_files_stamp
 
     stamp = model_files_stamp(model_dir)
-    return _load_cached(model_dir, device, precision, runtime, decided_runtime, stamp)
+    decided = (decided_runtime, decided_precision)
+    return _load_cached(model_dir, device, precision, runtime, *decided, stamp)
 
 
 @functools.lru_cache(maxsize=4)
@@ -110,12 +121,13 @@ def _load_cached(
     precision: str,
     runtime: str,
     decided_runtime: tuple[str, str] | None,
+    decided_precision: tuple[str, str] | None,
     stamp: tuple[int, ...],
 ) -> tuple[SegmentationModel, threading.Lock]:
     from wsi_segment.models.bundle import load_model
 
     model = load_model(Path(model_dir))
-    model.to_device(device, precision, runtime, decided_runtime)
+    model.to_device(device, precision, runtime, decided_runtime, decided_precision)
     model.eval()
     return model, threading.Lock()
 

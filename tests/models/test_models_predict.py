@@ -17,7 +17,6 @@ from wsi_segment.models.device import (
     cpu_supports_bf16,
     fit_batch_size,
     pick_device,
-    precision_for,
 )
 from wsi_segment.models.segmenter import build_segmenter
 
@@ -94,12 +93,6 @@ def test_device_choice() -> None:
             pick_device("cuda")
     with pytest.raises(ConfigError, match="unknown device"):
         pick_device("tpu")
-    assert precision_for("cpu", force_fp32=True) is None
-    amx = frozenset({"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"})
-    assert precision_for("cpu", flags=amx) == torch.bfloat16  # the candidate, calibrated next
-    # AVX512-BF16 without AMX measured slower than fp32: auto does not consider bf16
-    assert precision_for("cpu", flags=frozenset({"avx512f", "avx512_bf16"})) is None
-    assert precision_for("cpu", flags=frozenset({"avx2"})) is None
 
 
 def test_cpu_flags_parse(tmp_path: Path) -> None:

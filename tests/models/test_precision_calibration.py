@@ -132,3 +132,29 @@ def test_png_tiles_decode_losslessly() -> None:
     assert len(names) == 6
     with (folder / names[0]).open("rb") as f, Image.open(f) as im:
         assert im.format == "PNG" and im.size == (224, 224) and im.mode == "RGB"
+
+
+def test_to_device_runs_the_precision_the_policy_decided() -> None:
+    """A run hands the policy's (precision, reason) to the loader, which runs it and decides
+    nothing again: bf16-if-calibrated calibrates on any CPU (AMX or not), and a decided
+    value runs with the policy's reason; the request alone is decided by the same function."""
+    torch_policy = ("torch", "torch: the policy's")
+    calibrate = ("bf16-if-calibrated", "bf16-if-calibrated: the policy's")
+    model = _model().to_device("cpu", "auto", "torch", torch_policy, calibrate)
+    report = model.precision_report()
+    cal = report["calibration"]
+    assert isinstance(cal, dict) and cal["tiles"] == 6
+    assert report["autocast"] == cal["chosen"] and report["reason"] == cal["reason"]
+    decided = model.to_device("cpu", "auto", "torch", torch_policy, ("bf16", "bf16: pinned"))
+    assert decided.autocast_dtype == torch.bfloat16
+    report = decided.precision_report()
+    assert (report["autocast"], report["reason"], report["calibration"]) == (
+        "bf16",
+        "bf16: pinned",
+        None,
+    )
+    # a precision without the runtime it was decided for: decided here, for the request
+    alone = model.to_device("cpu", "fp32", "torch", None, calibrate).precision_report()
+    assert (alone["reason"], alone["calibration"]) == ("fp32: asked for (--precision fp32)", None)
+    as_dtype = _model().to_device("cpu", torch.float32).precision_report()
+    assert as_dtype["reason"] == "fp32: asked for (--precision fp32)"

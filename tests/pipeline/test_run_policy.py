@@ -64,7 +64,7 @@ def test_cpu_only_keeps_today_s_defaults():
     assert values(policy) == {
         "device": "cpu",
         "runtime": "torch",
-        "precision": "auto",
+        "precision": "fp32",
         "chunk_tiles": 4,
         "batch_size": 16,
         "compute_threads": 2,
@@ -77,7 +77,7 @@ def test_cpu_only_keeps_today_s_defaults():
     assert policy.read_source == "reader thread"
     assert policy.read_device.reason == NOT_CUDA
     assert policy.precision.reason == (
-        "auto on a CPU with no bf16 hardware: fp32 (bf16 is not reliably faster)"
+        "auto on a CPU with no bf16 hardware (bf16 is not reliably faster there)"
     )
     assert policy.device.reason == "auto: no CUDA GPU"
     assert not wants_slide_reads(CPU_ONLY, AUTO)  # no file is opened for it
@@ -96,9 +96,9 @@ def test_cpu_options_win_and_one_thread_takes_the_lock():
 
 def test_avx512_bf16_without_amx_runs_fp32():
     policy = decide(BF16_ONLY, AUTO)
-    assert policy.precision.value == "auto"
+    assert policy.precision.value == "fp32"
     assert policy.precision.reason == (
-        "auto on a CPU with AVX512-BF16 without AMX: fp32 (bf16 is not reliably faster)"
+        "auto on a CPU with AVX512-BF16 without AMX (bf16 is not reliably faster there)"
     )
     assert (policy.decoders.value, policy.writers.value) == (0, 4)  # 32 cores: writers capped
     assert policy.machine.as_dict()["cpu_bf16"] == "avx512_bf16"
@@ -106,8 +106,11 @@ def test_avx512_bf16_without_amx_runs_fp32():
 
 def test_amx_calibrates_bf16_and_fp32_stays_asked():
     policy = decide(AMX, AUTO)
-    assert policy.precision.value == "auto"
-    assert policy.precision.reason.startswith("auto on a CPU with AMX: bf16 where the model")
+    assert policy.precision.value == "bf16-if-calibrated"
+    assert policy.precision.reason == (
+        "auto on a CPU with AMX: bf16 where the model keeps its labels on fixed calibration "
+        "tiles, else fp32"
+    )
     assert policy.machine.as_dict()["cpu_bf16"] == "amx"
     fp32 = decide(AMX, SegmentParams(precision="fp32")).precision
     assert (fp32.value, fp32.reason) == ("fp32", "asked for (--precision fp32)")
@@ -118,7 +121,7 @@ def test_one_h100():
     assert values(policy) == {
         "device": "cuda",
         "runtime": "torch",
-        "precision": "auto",
+        "precision": "bf16",
         "chunk_tiles": 8,
         "batch_size": 64,
         "compute_threads": 1,
@@ -129,7 +132,7 @@ def test_one_h100():
         "writers": 4,
     }
     assert policy.device.reason == "auto: the GPU, NVIDIA H100 80GB HBM3 (80 GiB)"
-    assert policy.precision.reason == "auto on a GPU: bf16 autocast (NVIDIA H100 80GB HBM3)"
+    assert policy.precision.reason == "auto on a GPU with bf16 (NVIDIA H100 80GB HBM3)"
     assert policy.device_decoder == "nvjpeg"
     assert policy.read_source == "device read path"
     assert wants_slide_reads(ONE_H100, AUTO)
@@ -205,7 +208,8 @@ def test_a_small_memory_gpu_caps_its_batch_and_runs_fp16():
         "the GPU default; capped to 80 % of the free memory of the 4 GiB GPU, measured by one "
         "probe forward pass"
     )
-    assert policy.precision.reason == "auto on a GPU: fp16 autocast (Quadro P1000)"
+    assert policy.precision.value == "fp16"
+    assert policy.precision.reason == "auto on a GPU without bf16 (Quadro P1000)"
     assert policy.as_dict()["machine"]["gpus"] == [
         {"name": "Quadro P1000", "memory_gib": 4.0, "bf16": False, "nvjpeg": True}
     ]
@@ -255,10 +259,9 @@ def test_a_pinned_cluster_precision_holds_on_cpus_only():
     for pinned in ("fp32", "bf16"):
         facts = RunFacts(place=BAND, pinned_precision=pinned)
         assert decide(AMX, AUTO, facts).precision.value == pinned
-    assert (
-        decide(ONE_H100, AUTO, RunFacts(place=BAND, pinned_precision="bf16")).precision.value
-        == "auto"
-    )
+    for gpu, own in ((ONE_H100, "bf16"), (SMALL_GPU, "fp16")):
+        facts = RunFacts(place=BAND, pinned_precision="bf16")
+        assert decide(gpu, AUTO, facts).precision.value == own
     assert (
         decide(ONE_H100, AUTO, RunFacts(place=BAND, pinned_precision="fp32")).precision.value
         == "fp32"
@@ -355,3 +358,43 @@ def test_runtime_openvino_asked_for_on_a_gpu_is_refused() -> None:
 
     with pytest.raises(ConfigError, match="--runtime openvino runs on the CPU"):
         decide(dataclasses.replace(ONE_H100, openvino=True), SegmentParams(runtime="openvino"))
+
+
+def test_precision_is_decided_for_the_runtime_and_handed_to_the_loader() -> None:
+    """The policy decides what runs (fp32, bf16, fp16, or bf16 if the model passes the
+    calibration) for the runtime it decided, and hands (value, reason) to the loader."""
+    from wsi_segment.errors import ConfigError
+    from wsi_segment.models.runtimes.decision import precision_decision
+    from wsi_segment.pipeline.run_policy import decided_precision
+
+    with_ov = {m: dataclasses.replace(m, openvino=True) for m in (AMX, BF16_ONLY)}
+    intel_bf16 = dataclasses.replace(with_ov[BF16_ONLY], cpu_flags=ZEN4)  # no sse4a: Intel
+    amd_bf16 = dataclasses.replace(intel_bf16, cpu_flags=ZEN4 | {"sse4a"})
+    # torch on AVX512-BF16 runs fp32; OpenVINO calibrates bf16 there on AMD, not on Intel
+    assert decide(BF16_ONLY, AUTO).precision.value == "fp32"
+    assert decide(amd_bf16, AUTO).runtime.value == "openvino"
+    assert decided_precision(decide(amd_bf16, AUTO)) == (
+        "bf16-if-calibrated",
+        "bf16-if-calibrated: auto on a CPU where OpenVINO's bf16 is faster (AMX, or "
+        "AVX512-BF16 on AMD): bf16 where the model keeps its labels on fixed calibration "
+        "tiles, else fp32",
+    )
+    assert decided_precision(decide(intel_bf16, AUTO)) == (
+        "fp32",
+        "fp32: auto on a CPU where OpenVINO's bf16 is not faster (no AMX, and no "
+        "AVX512-BF16 on an AMD CPU)",
+    )
+    assert decide(with_ov[AMX], AUTO).precision.value == "bf16-if-calibrated"
+    assert decided_precision(decide(ONE_H100, AUTO)) == (
+        "bf16",
+        "bf16: auto on a GPU with bf16 (NVIDIA H100 80GB HBM3)",
+    )
+    # the same function decides for a model loaded outside a run (to_device)
+    assert precision_decision("fp16", "cuda", "torch", AVX2, True) == (
+        "fp16",
+        "fp16: asked for (--precision fp16)",
+    )
+    with pytest.raises(ConfigError, match="fp16 autocast is for GPUs"):
+        precision_decision("fp16", "cpu", "torch", AVX2, False)
+    with pytest.raises(ConfigError, match="unknown precision 'fp8'"):
+        precision_decision("fp8", "cuda", "torch", AVX2, True)

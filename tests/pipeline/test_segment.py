@@ -162,6 +162,12 @@ def test_areas_agree_between_summary_zarr_and_polygons(cmu_run):
     # the runtime is the policy's, opened as decided: the same words in both records
     decided = summary["run_policy"]["runtime"]
     assert precision["runtime_reason"] == f"{decided['value']}: {decided['reason']}"
+    # the precision too: the policy decided it; the model ran it (and the calibration it names)
+    wanted = summary["run_policy"]["precision"]
+    if precision["calibration"] is None:
+        assert precision["reason"] == f"{wanted['value']}: {wanted['reason']}"
+    else:
+        assert wanted["value"] == "bf16-if-calibrated"
     if precision["calibration"] is not None:  # bf16 hardware: judged on real tissue
         assert precision["autocast"] == precision["calibration"]["chosen"]
         assert 0.0 <= precision["calibration"]["agreement"] <= 1.0

@@ -6,7 +6,7 @@ import pytest
 
 from wsi_segment.errors import ConfigError
 from wsi_segment.models.runtimes import runtime_decision
-from wsi_segment.models.runtimes.decision import openvino_bf16_candidate
+from wsi_segment.models.runtimes.decision import openvino_bf16_candidate, precision_decision
 
 ZEN4 = frozenset({"avx2", "avx512f", "avx512_bf16", "sse4a"})
 INTEL_BF16 = frozenset({"avx2", "avx512f", "avx512_bf16"})  # no AMX
@@ -54,3 +54,32 @@ def test_bf16_is_a_candidate_where_openvino_bf16_was_measured_faster() -> None:
     assert not openvino_bf16_candidate(INTEL_BF16)
     assert not openvino_bf16_candidate(AVX2)
     assert not openvino_bf16_candidate(AVX2 | {"sse4a"})  # AMD without bf16
+
+
+@pytest.mark.parametrize(
+    ("requested", "device", "runtime", "flags", "gpu_bf16", "value", "reason"),
+    [
+        ("auto", "cpu", "torch", SPR, False, "bf16-if-calibrated", "auto on a CPU with AMX: bf16"),
+        ("auto", "cpu", "torch", ZEN4, False, "fp32", "auto on a CPU with AVX512-BF16 without"),
+        ("auto", "cpu", "torch", AVX2, False, "fp32", "auto on a CPU with no bf16 hardware"),
+        ("auto", "cpu", "openvino", ZEN4, False, "bf16-if-calibrated", "auto on a CPU where "),
+        ("auto", "cpu", "openvino", INTEL_BF16, False, "fp32", "auto on a CPU where OpenVINO's"),
+        ("auto", "cuda", "torch", AVX2, True, "bf16", "auto on a GPU with bf16"),
+        ("auto", "cuda", "torch", AVX2, False, "fp16", "auto on a GPU without bf16"),
+        ("bf16", "cpu", "torch", AVX2, False, "bf16", "asked for (--precision bf16)"),
+        ("fp32", "cuda", "torch", SPR, True, "fp32", "asked for (--precision fp32)"),
+    ],
+)
+def test_precision_decision(
+    requested: str,
+    device: str,
+    runtime: str,
+    flags: frozenset[str],
+    gpu_bf16: bool,
+    value: str,
+    reason: str,
+) -> None:
+    """What the forward passes run in: one pure function the run policy and, for a model
+    loaded outside a run, `to_device` call."""
+    got, why = precision_decision(requested, device, runtime, flags, gpu_bf16)
+    assert got == value and why.startswith(f"{value}: {reason}")

@@ -223,6 +223,28 @@ def test_a_graph_openvino_cannot_express_runs_in_torch_under_auto_and_is_refused
         open_runtime(model, "openvino", "fp32", "cpu", cpu_flags(), cache)
 
 
+def test_a_precision_decided_for_openvino_is_decided_again_where_torch_runs(
+    cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The policy decided OpenVINO and its precision; a graph OpenVINO cannot express runs in
+    torch, whose precision the same function decides for torch, not OpenVINO's calibration."""
+    from wsi_segment.models.runtimes.cache import CACHE_ENV
+    from wsi_segment.models.runtimes.decision import precision_decision
+
+    monkeypatch.setenv(CACHE_ENV, str(cache))
+    torch.manual_seed(0)
+    model = SegmentationModel(_Classifier(), _Branchy(), META)
+    ov = ("openvino", "openvino: the policy's")
+    calibrate = ("bf16-if-calibrated", "bf16-if-calibrated: OpenVINO's bf16 is faster here")
+    report = model.to_device("cpu", "fp32", "auto", ov, calibrate).precision_report()
+    assert report["runtime"] == "torch" and report["calibration"] is None
+    assert report["reason"] == "fp32: asked for (--precision fp32)"
+    if "amx_bf16" not in cpu_flags():  # torch calibrates on AMX only
+        auto = model.to_device("cpu", "auto", "auto", ov, calibrate).precision_report()
+        assert auto["runtime"] == "torch" and auto["calibration"] is None
+        assert auto["reason"] == precision_decision("auto", "cpu", "torch", cpu_flags(), False)[1]
+
+
 def test_to_device_opens_openvino_and_says_why(
     cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
