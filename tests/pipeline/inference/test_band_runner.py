@@ -30,7 +30,15 @@ from wsi_segment.pipeline.inference.engine import run_engine
 from wsi_segment.pipeline.inference.engine_state import EngineAborted
 from wsi_segment.pipeline.inference.model_handle import ModelHandle
 from wsi_segment.pipeline.inference.reader_thread import HostTiles, ReaderThread
+from wsi_segment.pipeline.machine import probe_machine
 from wsi_segment.pipeline.params import SegmentParams
+from wsi_segment.pipeline.run_policy import (
+    BAND,
+    RunFacts,
+    decide,
+    decided_precision,
+    decided_runtime,
+)
 from wsi_segment.wsi.tiling import ChunkSpec
 
 
@@ -47,9 +55,11 @@ def band_job(
 
 
 def band_options(decoders: int | None = None, batch_size: int = 1) -> SegmentParams:
-    """The run's options each band decides its policy from: `band_job`'s CPU fp32 model,
-    one tile per forward pass."""
-    return SegmentParams(device="cpu", precision="fp32", batch_size=batch_size, decoders=decoders)
+    """The run's options each band decides its policy from: `band_job`'s CPU fp32 model in
+    torch (the handle the tests give the bands), one tile per forward pass."""
+    return SegmentParams(
+        device="cpu", precision="fp32", runtime="torch", batch_size=batch_size, decoders=decoders
+    )
 
 
 def one_torch_thread_reference(job: SlideJob, specs: list[ChunkSpec]):
@@ -126,7 +136,12 @@ def test_bands_of_one_cpu_worker_run_their_forward_passes_side_by_side(
     model.to_device("cpu", "fp32")
     lock = threading.Lock()
     watch = TurnWatch(model, lock, hold_s=0.05)  # passes that can overlap do
-    handle = ModelHandle.with_model(watch, str(tiny_model_dir), "cpu", "fp32", lock=lock)
+    # the handle the bands' own policy asks for, so they run the watched model
+    policy = decide(probe_machine(), band_options(batch_size=2), RunFacts(BAND))
+    handle = ModelHandle.with_model(
+        watch, str(tiny_model_dir), "cpu", "fp32", lock=lock,
+        decided_runtime=decided_runtime(policy), decided_precision=decided_precision(policy),
+    )  # fmt: skip
     bands: list[BandResult] = []
     threads = []
     for name in ("a", "b"):
