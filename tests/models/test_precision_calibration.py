@@ -10,9 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from wsi_segment.models.classifier import build_classifier
+from tests.models.tiny_models import tiny_segmentation_model
 from wsi_segment.models.device import cpu_has_amx
-from wsi_segment.models.meta import ModelMeta
 from wsi_segment.models.precision_calibration import (
     MAX_AREA_SHIFT,
     MIN_AGREEMENT,
@@ -21,10 +20,6 @@ from wsi_segment.models.precision_calibration import (
     calibration_tiles,
     compare_labels,
 )
-from wsi_segment.models.segmentation_model import SegmentationModel
-from wsi_segment.models.segmenter import build_segmenter
-
-META = ModelMeta("tiny", ["a", "b", "c"], [(255, 0, 0), (0, 255, 0), (0, 0, 255)], 1.0, 64)
 
 
 def test_calibration_tiles_are_real_tissue_and_the_same_bytes_everywhere() -> None:
@@ -77,19 +72,10 @@ def test_area_shift_is_relative_to_the_fp32_area_of_labels_that_are_an_area() ->
     assert shifts == {"0": pytest.approx(3 / 600), "1": pytest.approx(4 / 399)}
 
 
-def _model() -> SegmentationModel:
-    torch.manual_seed(0)
-    return SegmentationModel(
-        build_classifier("resnet10t", "cam", 3),
-        build_segmenter("tu-resnet10t", 3, decoder_channels=16),
-        META,
-    )
-
-
 def test_calibration_compares_fp32_and_bf16_labels_on_the_real_tiles() -> None:
     """What `to_device('cpu', 'auto')` runs on a CPU with AMX, checked on any CPU: the
     agreement and area shifts are those of the slide path's fp32 and bf16 labels."""
-    model = _model().to_device("cpu", "fp32")
+    model = tiny_segmentation_model().to_device("cpu", "fp32")
     tiles = calibration_tiles(64)
     with torch.inference_mode():
         ref = model.torch_labels(tiles, bf16=False).numpy()
@@ -105,7 +91,7 @@ def test_calibration_compares_fp32_and_bf16_labels_on_the_real_tiles() -> None:
 
 
 def test_auto_on_this_cpu_says_what_runs_and_why() -> None:
-    model = _model().to_device("cpu", "auto")
+    model = tiny_segmentation_model().to_device("cpu", "auto")
     report = model.precision_report()
     assert report["device"] == "cpu" and report["channels_last"] is True
     assert report["runtime"] == "torch"
@@ -116,7 +102,8 @@ def test_auto_on_this_cpu_says_what_runs_and_why() -> None:
     else:
         assert report["autocast"] == "fp32" and report["calibration"] is None
         assert str(report["reason"]).startswith("fp32: auto on a CPU with ")
-    assert _model().to_device("cpu", "auto").precision_report() == report  # every load
+    again = tiny_segmentation_model().to_device("cpu", "auto").precision_report()
+    assert again == report  # every load
     for fixed in ("fp32", "bf16"):
         fixed_report = model.to_device("cpu", fixed).precision_report()
         assert fixed_report["autocast"] == fixed and fixed_report["calibration"] is None
@@ -140,7 +127,7 @@ def test_to_device_runs_the_precision_the_policy_decided() -> None:
     value runs with the policy's reason; the request alone is decided by the same function."""
     torch_policy = ("torch", "torch: the policy's")
     calibrate = ("bf16-if-calibrated", "bf16-if-calibrated: the policy's")
-    model = _model().to_device("cpu", "auto", "torch", torch_policy, calibrate)
+    model = tiny_segmentation_model().to_device("cpu", "auto", "torch", torch_policy, calibrate)
     report = model.precision_report()
     cal = report["calibration"]
     assert isinstance(cal, dict) and cal["tiles"] == 6
@@ -156,5 +143,5 @@ def test_to_device_runs_the_precision_the_policy_decided() -> None:
     # a precision without the runtime it was decided for: decided here, for the request
     alone = model.to_device("cpu", "fp32", "torch", None, calibrate).precision_report()
     assert (alone["reason"], alone["calibration"]) == ("fp32: asked for (--precision fp32)", None)
-    as_dtype = _model().to_device("cpu", torch.float32).precision_report()
+    as_dtype = tiny_segmentation_model().to_device("cpu", torch.float32).precision_report()
     assert as_dtype["reason"] == "fp32: asked for (--precision fp32)"

@@ -12,9 +12,9 @@ import torch
 from PIL import Image
 from torch import nn
 
+from tests.models.tiny_models import META, TILE, tiny_segmentation_model
 from wsi_segment.errors import ModelError
 from wsi_segment.models.bundle import load_model, save_model
-from wsi_segment.models.classifier import build_classifier
 from wsi_segment.models.meta import ModelMeta
 from wsi_segment.models.precision_calibration import (
     calibrate_bf16,
@@ -23,21 +23,9 @@ from wsi_segment.models.precision_calibration import (
 )
 from wsi_segment.models.runtimes import open_runtime
 from wsi_segment.models.segmentation_model import SegmentationModel
-from wsi_segment.models.segmenter import build_segmenter
 from wsi_segment.models.validation_patches import PATCHES_FILE, ValidationPatches, choose
 
-TILE = 64
 LUAD = Path(__file__).resolve().parents[1] / "data" / "luad-histoseg-sample"
-META = ModelMeta("tiny", ["a", "b", "c"], [(255, 0, 0), (0, 255, 0), (0, 0, 255)], 1.0, TILE)
-
-
-def _model() -> SegmentationModel:
-    torch.manual_seed(0)
-    return SegmentationModel(
-        build_classifier("resnet10t", "cam", 3),
-        build_segmenter("tu-resnet10t", 3, decoder_channels=16),
-        META,
-    )
 
 
 def _patches() -> ValidationPatches:
@@ -50,7 +38,9 @@ def _patches() -> ValidationPatches:
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_model(
-        _model(), tmp_path_factory.mktemp("m") / "tiny", validation_patches=_patches()
+        tiny_segmentation_model(),
+        tmp_path_factory.mktemp("m") / "tiny",
+        validation_patches=_patches(),
     )
 
 
@@ -71,7 +61,7 @@ def test_round_trip_is_exact_and_model_json_names_the_file(folder: Path) -> None
     assert loaded is not None and loaded.dtype == torch.uint8
     assert torch.equal(loaded, torch.from_numpy(patches.pixels).permute(0, 3, 1, 2))
     # the identity covers the patches: model.json holds their sha256
-    plain = save_model(_model(), folder.parent / "plain")
+    plain = save_model(tiny_segmentation_model(), folder.parent / "plain")
     assert load_model(plain).validation_patches is None  # older folders load as before
     assert load_model(plain).identity != load_model(folder).identity
 
@@ -114,7 +104,7 @@ def test_changed_missing_or_misshapen_patches_are_refused(folder: Path, tmp_path
 
     with pytest.raises(ModelError, match=r"validation patches are \(64, 64\) px"):
         big = ModelMeta("t", META.classes, META.colors, 1.0, 224)
-        save_model(_model(), tmp_path / "big", big, validation_patches=_patches())
+        save_model(tiny_segmentation_model(), tmp_path / "big", big, validation_patches=_patches())
 
 
 def test_torch_calibration_labels_the_patches_beside_the_cmu_tiles(folder: Path) -> None:
