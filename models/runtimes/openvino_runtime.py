@@ -6,9 +6,14 @@ geometry (`torch.export` -> `openvino.convert_model`, batch left free) and compi
 batch size, precision, thread count and CPU; both are kept in the disk cache
 (`runtimes.cache`), so a later run, or another worker process on the machine, only loads them.
 The precision is always set explicitly: OpenVINO's own default on a CPU with bf16 hardware
-is bf16, which must never stand in for an fp32 request. One stream runs requests one at a
-time with all `threads`, so a tile's bytes do not depend on how many compute threads call
-it; each calling thread has its own infer request.
+is bf16, which must never stand in for an fp32 request. Compute threads run side by side as
+they do in torch: a calling thread's requests run in a stream of its share of the cores (its
+torch thread count, which the engine sets), so `threads` make `threads // share` streams. A
+single stream of all cores served the engine's compute threads one at a time, and each layer's
+barrier waited for whichever core the slide reader had taken: 2 streams of 1 core ran the demo
+model 1.2x as fast alone and 1.45x beside a decoding thread on 2 cores (benchmarks/RESULTS.md).
+Streams are never pinned to cores: the processes of a batch or of Dask workers on one machine
+would pin theirs to the same ones. Each calling thread has its own infer request.
 """
 
 from __future__ import annotations
@@ -68,7 +73,8 @@ def weights_digest(model: SegmentationModel) -> str:
 
 
 class OpenVINOGraphs:
-    """One model's compiled graphs, by (geometry, batch), for one precision and thread count."""
+    """One model's compiled graphs, by (geometry, batch, streams), for one precision and
+    thread count."""
 
     name = "openvino"
 
@@ -98,7 +104,7 @@ class OpenVINOGraphs:
         caps = [f"{k}={os.environ.get(k, '')}" for k in ISA_CAP_VARIABLES]
         cpu = " ".join([*sorted(cpu_flags), *caps])
         self._cpu = hashlib.sha256(cpu.encode()).hexdigest()[:16]
-        self._compiled: dict[tuple[Geometry, int], Any] = {}
+        self._compiled: dict[tuple[Geometry, int, int], Any] = {}
         self._lock = threading.Lock()  # builds one graph at a time
         self._local = threading.local()  # each calling thread's infer requests
         self.cache_hits = 0  # compiled graphs loaded from the disk cache (tests, summary)
@@ -141,16 +147,22 @@ class OpenVINOGraphs:
             torch.from_numpy(probs), torch.from_numpy(labels), torch.from_numpy(cls_probs)
         )
 
+    def streams(self) -> int:
+        """Streams for the calling thread: the threads over its share of the cores (its torch
+        thread count, set by the engine's compute threads; all of them elsewhere)."""
+        share = max(1, min(self.threads, torch.get_num_threads()))
+        return self.threads // share
+
     def _request(self, geometry: Geometry, batch: int) -> tuple[Any, bool]:
         """This thread's infer request for (geometry, batch), and whether it is new."""
-        requests: dict[tuple[Geometry, int], Any] = getattr(self._local, "requests", {})
+        requests: dict[tuple[Geometry, int, int], Any] = getattr(self._local, "requests", {})
         self._local.requests = requests
-        key = (geometry, batch)
+        key = (geometry, batch, self.streams())
         if key in requests:
             return requests[key], False
         with self._lock:
             if key not in self._compiled:
-                self._compiled[key] = self._compile(geometry, batch)
+                self._compiled[key] = self._compile(*key)
             requests[key] = self._compiled[key].create_infer_request()
         return requests[key], True
 
@@ -159,33 +171,42 @@ class OpenVINOGraphs:
         format, precision, threads, CPU): the common part of their cache keys."""
         return {**self._key, "precision": self.precision, "threads": self.threads, "cpu": self._cpu}
 
-    def _config(self) -> dict[str, Any]:
+    def _config(self, streams: int) -> dict[str, Any]:
         return {
             "INFERENCE_PRECISION_HINT": _OV_PRECISION[self.precision],
             "INFERENCE_NUM_THREADS": self.threads,
-            "NUM_STREAMS": 1,
-            "PERFORMANCE_HINT": "LATENCY",
+            "NUM_STREAMS": streams,
+            "PERFORMANCE_HINT": "LATENCY" if streams == 1 else "THROUGHPUT",
+            "ENABLE_CPU_PINNING": False,
         }
 
-    def _compile(self, geometry: Geometry, batch: int) -> Any:
+    def _compile(self, geometry: Geometry, batch: int, streams: int) -> Any:
         """The compiled graph, from the cache or built (and then cached)."""
         import openvino as ov
 
         ir_key = {**self._key, "kind": "graph", "geometry": geometry.key()}
-        key = {**self.entry_key(), "kind": "compiled", "graph": entry_name(ir_key), "batch": batch}
+        graph = entry_name(ir_key)
+        key = {
+            **self.entry_key(),
+            "kind": "compiled",
+            "graph": graph,
+            "batch": batch,
+            "streams": streams,
+        }
+        config = self._config(streams)
         core = ov.Core()
         found = load_entry(self.cache_dir, key, ("blob",))
         if found:
             try:
-                compiled = core.import_model(found["blob"].read_bytes(), "CPU", self._config())
+                compiled = core.import_model(found["blob"].read_bytes(), "CPU", config)
                 self.cache_hits += 1
                 return compiled
             except RuntimeError:
                 pass  # written by this key but unreadable here: build it again
-        graph = self._graph(ir_key, geometry)
+        model = self._graph(ir_key, geometry)
         try:
-            graph.reshape([batch, geometry.tile, geometry.tile, 3])
-            compiled = core.compile_model(graph, "CPU", self._config())
+            model.reshape([batch, geometry.tile, geometry.tile, 3])
+            compiled = core.compile_model(model, "CPU", config)
         except RuntimeError as exc:
             raise RuntimeUnavailable(f"OpenVINO could not compile the graph: {exc}") from exc
         self.builds += 1

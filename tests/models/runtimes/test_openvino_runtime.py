@@ -4,6 +4,7 @@ and torch with a warning where it cannot run."""
 from __future__ import annotations
 
 import pickle
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -148,6 +149,37 @@ def test_an_isa_cap_is_part_of_the_key(cache: Path, monkeypatch: pytest.MonkeyPa
     whole = OpenVINOGraphs(_tiny(), "fp32", 2, cpu_flags(), cache)
     _outputs(whole, x)
     assert whole.builds == 0 and whole.cache_hits == 1
+
+
+def test_compute_threads_run_side_by_side_in_streams_of_their_share(cache: Path) -> None:
+    """As in torch, each of the engine's compute threads runs on its share of the cores: a
+    thread with one of the graphs' two threads runs in a graph of two streams (two such
+    threads at once, not in turn), a thread of all cores in one stream; the same bytes."""
+    x = real_tiles()[:4]
+    graphs = OpenVINOGraphs(_tiny(), "fp32", 2, cpu_flags(), cache / "streams")
+    shared: list[list[np.ndarray]] = []
+
+    def one_core() -> None:
+        torch.set_num_threads(1)  # what a compute thread of two on two cores sets
+        shared.append(_outputs(graphs, x))
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        whole = _outputs(graphs, x)
+        threads = [threading.Thread(target=one_core) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        torch.set_num_threads(before)
+    streams = sorted(int(c.get_property("NUM_STREAMS")) for c in graphs._compiled.values())
+    assert streams == [1, 2]
+    assert all(not c.get_property("ENABLE_CPU_PINNING") for c in graphs._compiled.values())
+    assert len(shared) == 2
+    for outputs in shared:
+        assert all(np.array_equal(p, q) for p, q in zip(whole, outputs, strict=True))
 
 
 THREADS_AT_ONCE = """
