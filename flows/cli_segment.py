@@ -92,7 +92,7 @@ def add_segment_options(parser: argparse.ArgumentParser) -> None:
         "--runtime",
         choices=RUNTIMES,
         default="auto",
-        help="what runs the model: auto is OpenVINO on an AVX-512 CPU (compiled once per model and "
+        help="what runs the model: auto is OpenVINO on an AVX2 or AVX-512 CPU (compiled once per model and "
         "machine, cached in $WSI_SEGMENT_CACHE_DIR or ~/.cache/wsi-segment) and torch on a "
         "GPU; torch keeps the torch path (default: %(default)s)",
     )

@@ -1,11 +1,11 @@
 """Which runtime runs the inference graph: one pure function of the request and the machine.
 
 OpenVINO runs the whole graph of a tile (preprocess, classifier, gate, segmenter, reduction)
-faster than torch on AVX-512 CPUs (benchmarks/RESULTS.md: fp32 1.2-1.4x, bf16 about 2x on
-AVX512-BF16 of AMD), so `auto` takes it on such a CPU where it is installed; on a CPU capped to
-AVX2 it ran 0.71x torch, so `auto` keeps torch there until a real AVX2-only CPU says otherwise;
-on a GPU torch stays (no GPU runtime is shipped before it is measured). Everything here is data in, data out, so the run
-policy can call it for a machine it only describes.
+faster than torch on AVX-512 CPUs (benchmarks/RESULTS.md: fp32 1.4-1.5x, bf16 about 2x on
+AVX512-BF16 of AMD) and on the same CPU capped to AVX2 (fp32 1.29x), so `auto` takes it on a
+CPU with AVX2 where it is installed. Older CPUs keep torch (not measured), and so does a GPU
+(no GPU runtime is shipped before it is measured). Everything here is data in, data out, so
+the run policy can call it for a machine it only describes.
 """
 
 from __future__ import annotations
@@ -44,10 +44,10 @@ def runtime_decision(
         return "torch", f"torch: {why} OpenVINO, but it cannot be imported here"
     if requested == "openvino":
         return "openvino", "openvino: asked for (--runtime openvino)"
-    if "avx512f" not in cpu_flags:
+    if "avx2" not in cpu_flags:
         return "torch", (
-            "torch: auto on a CPU without AVX-512, where OpenVINO's fp32 ran 0.71x torch "
-            "(AVX2 proxy, benchmarks/RESULTS.md); --runtime openvino still runs it"
+            "torch: auto on a CPU without AVX2, where OpenVINO was not measured faster; "
+            "--runtime openvino still runs it"
         )
     bf16 = "with bf16 in hardware" if cpu_flags & BF16_FLAGS else "without bf16 hardware"
     return "openvino", f"openvino: auto on a CPU {bf16} (faster than torch there)"

@@ -319,15 +319,17 @@ def test_a_dask_run_records_each_distinct_band_policy_with_its_bands():
 
 
 def test_runtime_openvino_on_cpus_that_have_it_torch_on_gpus() -> None:
-    """`--runtime auto`: OpenVINO on an AVX-512 CPU where it is installed, torch on a GPU, on
-    an AVX2-only CPU (measured slower there) and where it is missing; the reason says which; the loader gets the decision and its
-    reason, with the user's request beside it (auto falls back to torch with a warning)."""
+    """`--runtime auto`: OpenVINO on an AVX2 or AVX-512 CPU where it is installed, torch on a
+    GPU, on an older CPU (not measured) and where it is missing; the reason says which; the
+    loader gets the decision and its reason, with the user's request beside it (auto falls
+    back to torch with a warning)."""
     from wsi_segment.pipeline.run_policy import decided_runtime
 
     avx512 = dataclasses.replace(CPU_ONLY, cpu_flags=AVX2 | {"avx512f"})
     with_ov = {m: dataclasses.replace(m, openvino=True) for m in (CPU_ONLY, AMX, ONE_H100, avx512)}
-    avx2_only = decide(with_ov[CPU_ONLY], AUTO).runtime
-    assert avx2_only.value == "torch" and "without AVX-512" in avx2_only.reason
+    assert decide(with_ov[CPU_ONLY], AUTO).runtime.value == "openvino"  # AVX2, no AVX-512
+    older = dataclasses.replace(with_ov[CPU_ONLY], cpu_flags=frozenset({"sse4_2"}))
+    assert "without AVX2" in decide(older, AUTO).runtime.reason
     assert decide(with_ov[avx512], AUTO).runtime.value == "openvino"
     assert decide(with_ov[AMX], AUTO).runtime.value == "openvino"
     assert decide(CPU_ONLY, AUTO).runtime.value == "torch"  # not installed
