@@ -104,15 +104,10 @@ def band_policy(
     runtime = ran or options.runtime
     decided = (decided_runtime(policy), decided_precision(policy))
     had = job.model
-    if (had.device, had.precision, had.runtime, had.decided_runtime, had.decided_precision) != (
-        device,
-        precision,
-        runtime,
-        *decided,
-    ):
-        model = ModelHandle(
-            had.model_dir, device, precision, had.identity, runtime, *decided, had.pinned
-        )
+    model = ModelHandle(
+        had.model_dir, device, precision, had.identity, runtime, *decided, had.pinned
+    )
+    if model.recipe() != had.recipe():  # by value: the reasons' wording loads nothing
         job = dataclasses.replace(job, model=model, _local=threading.local())
     if job.batch_size != policy.batch_size.value:
         job = dataclasses.replace(job, batch_size=policy.batch_size.value, _local=threading.local())
