@@ -39,16 +39,7 @@ class ModelHandle:
     _loaded: tuple[SegmentationModel, threading.Lock] | None = field(default=None, repr=False)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {
-            "model_dir": self.model_dir,
-            "device": self.device,
-            "precision": self.precision,
-            "identity": self.identity,
-            "runtime": self.runtime,
-            "decided_runtime": self.decided_runtime,
-            "decided_precision": self.decided_precision,
-            "pinned": self.pinned,
-        }
+        return {k: v for k, v in self.__dict__.items() if k != "_loaded"}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
