@@ -358,8 +358,8 @@ def main(argv: list[str] | None = None) -> int:
         f"outputs: {model_desc}, CPU fp32, cached in {cache.name}",
         f"labels carry {per_poly:.1f} polygons and {per_vert:.0f} vertices per tile (edges: what "
         "tracing costs)",
-        f"figure: 1 thread; details: tiles/s with 1, 2, 4 threads and the speed-up over 1 "
-        f"thread; median of {args.repeats} rounds",
+        f"figure: {counts[0]} thread(s); details: tiles/s with {args.threads} threads and the "
+        f"speed-up over {counts[0]}; median of {args.repeats} rounds",
     ]
     bench.finish(rows, notes, not args.no_record)
     return 0
