@@ -3,10 +3,12 @@
     python benchmarks/writer.py                        # 12288 px bank slide, 1, 2, 4 threads
     python benchmarks/writer.py --size 20480 --threads 1,2,4 --repeats 5 --no-record
 
-The writer finishes every chunk (`SlideJob.finish_block`: stitch the reduced tile cores, mask
-the tissue, write the zarr chunks the chunk owns, count, trace polygons). This script feeds it
-the reduced tiles of the pipeline's own plan of a bank slide, with no model and no decoders in
-the measurement, so the figures are the writer's alone:
+The writer finishes every write unit (`SlideJob.finish_block`: stitch the reduced tile cores,
+mask the tissue, write the zarr chunks the unit owns, count, trace polygons). A unit is a
+chunk, or the chunks of one zarr chunk (8 x 8 tile cores) when chunks are smaller, as with
+the CPU default of 4 x 4 tiles (`ChunkSpec.write_unit`, `chunk_writer.write_units`). This
+script feeds it the reduced tiles of the pipeline's own plan of a bank slide, with no model
+and no decoders in the measurement, so the figures are the writer's alone:
 
 - **labels and probabilities from the demo model**: its real `predict_reduced` outputs for
   every tissue tile of the slide, computed once (CPU, fp32) and cached beside the slide. Region
@@ -16,7 +18,7 @@ the measurement, so the figures are the writer's alone:
   (compression included, a fresh store each repeat), statistics (counts, probability sums),
   polygons (rasterio tracing, simplification per chunk, WKB); `finish_block` is the whole,
   measured as such.
-- **threads**: the same parts, and `finish_block`, over all chunks with 1, 2, 4 threads of a
+- **threads**: the same parts, and `finish_block`, over all units with 1, 2, 4 threads of a
   plain pool (a part whose rate grows with threads releases the GIL; one that stays flat
   holds it, given free cores), and the engine's own writer (`ChunkWriter.run` with that many
   finisher threads) fed the tiles in batches that span chunks, as the consumer sends them.
@@ -89,8 +91,28 @@ def model_tiles(job: Any, specs: list, cache: Path) -> list[Any]:
     return out
 
 
+def unit_tiles(specs: list, reduced: list) -> tuple[list, list]:
+    """The write units of the plan (as the engine's writer finishes them) and each unit's
+    `ReducedTiles`: its chunks' tiles, in the unit's order."""
+    from wsi_segment.pipeline.inference.chunk_inference import ReducedTiles
+    from wsi_segment.pipeline.inference.chunk_writer import write_units
+
+    units, out = write_units(specs), []
+    for unit in units:
+        parts = [reduced[i] for i in unit.starts]
+        out.append(
+            ReducedTiles(
+                np.concatenate([p.probs for p in parts]),
+                np.concatenate([p.labels for p in parts]),
+                sum(p.bytes_from_model for p in parts),
+            )
+        )
+    return [u.spec for u in units], out
+
+
 def part_functions(job: Any, specs: list, reduced: list) -> dict[str, Callable[[int], object]]:
-    """One callable per part, taking a chunk's index; inputs of later parts made up front."""
+    """One callable per part, taking a write unit's index (`specs`, `reduced`: the units');
+    inputs of later parts made up front."""
     from wsi_segment.pipeline.inference.chunk_inference import NODATA, stitch_cores
     from wsi_segment.pipeline.outputs.chunk_summary import block_polygons, block_statistics
 
@@ -132,7 +154,8 @@ def part_functions(job: Any, specs: list, reduced: list) -> dict[str, Callable[[
 
 def engine_writer(job: Any, specs: list, reduced: list, batch: int) -> Callable[[int], float]:
     """Seconds for the engine's own writer (`ChunkWriter.run`, `threads` finishers) to take
-    every chunk's tiles in batches of `batch` that span chunks, as the consumer sends them."""
+    every chunk's tiles in batches of `batch` that span chunks, as the consumer sends them
+    (`specs`, `reduced`: the chunks'; the writer gathers them into write units)."""
     import queue
 
     from wsi_segment.pipeline.inference.chunk_writer import ChunkWriter, TileBatch
@@ -170,7 +193,7 @@ def engine_writer(job: Any, specs: list, reduced: list, batch: int) -> Callable[
 
 
 def polygons_in_processes(job: Any, specs: list, reduced: list) -> Callable[[int], float]:
-    """Seconds to trace every chunk's polygons in `n` spawned processes (started and
+    """Seconds to trace every write unit's polygons in `n` spawned processes (started and
     warmed before the clock starts; labels sent, WKB returned): what processes would give
     the part that holds the GIL."""
     import multiprocessing
@@ -208,7 +231,7 @@ def fresh_store(job: Any, store: Path) -> Any:
 
 
 def timed(fn: Callable[[int], object], chunks: int, threads: int) -> float:
-    """Seconds to run `fn` on every chunk with `threads` threads (1: in this thread)."""
+    """Seconds to run `fn` on every write unit with `threads` threads (1: in this thread)."""
     t0 = time.perf_counter()
     if threads == 1:
         for i in range(chunks):
@@ -269,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", default="1,2,4")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--overlap", type=int, default=32)
-    ap.add_argument("--chunk-tiles", type=int, default=8)
+    ap.add_argument("--chunk-tiles", type=int, default=4, help="the CPU default: 4 chunks a unit")
     ap.add_argument("--downsample", type=int, default=4)
     ap.add_argument("--batch-size", type=int, default=64, help="tiles per batch to the writer")
     ap.add_argument("--loop", type=int, default=0, help="only run finish_block N rounds")
@@ -288,30 +311,32 @@ def main(argv: list[str] | None = None) -> int:
     from wsi_segment.pipeline.inference.model_handle import ModelHandle
 
     handle = ModelHandle(str(model_dir), "cpu", "fp32")
-    cache = args.work / f"writer-{slide.stem}-{Path(model_dir).name}-d{args.downsample}.npz"
+    # the cached tiles are in plan order, which the chunk size changes
+    name = f"writer-{slide.stem}-{Path(model_dir).name}-d{args.downsample}-c{args.chunk_tiles}"
+    cache = args.work / f"{name}.npz"
     rows: list[tuple[str, str, str]] = []
     with tempfile.TemporaryDirectory(dir=args.work) as tmp:
         job, specs = engine_job(slide, model_dir, args, Path(tmp) / "p0.zarr", handle)
         reduced = model_tiles(job, specs, cache)
+        units, unit_reduced = unit_tiles(specs, reduced)
         tiles = sum(len(s.tiles) for s in specs)
-        per_poly, per_vert = polygon_stats(job, specs, reduced)
-        fns = part_functions(job, specs, reduced)
+        per_poly, per_vert = polygon_stats(job, units, unit_reduced)
+        fns = part_functions(job, units, unit_reduced)
         if args.loop:
             t1 = time.perf_counter()
             for _ in range(args.loop):
-                timed(fns["finish_block (all)"], len(specs), 1)
+                timed(fns["finish_block (all)"], len(units), 1)
             log(f"finish_block: {args.loop * tiles / (time.perf_counter() - t1):,.0f} tiles/s")
             return 0
-        in_processes = polygons_in_processes(job, specs, reduced)
+        in_processes = polygons_in_processes(job, units, unit_reduced)
         seconds: dict[tuple[str, int], list[float]] = {}
         for rep in range(args.repeats):
             for n in counts:
                 # a fresh store per round and thread count: writes never overwrite warm files
-                fns = part_functions(
-                    fresh_store(job, Path(tmp) / f"p{rep}-{n}.zarr"), specs, reduced
-                )
-                for name, fn in fns.items():
-                    seconds.setdefault((name, n), []).append(timed(fn, len(specs), n))
+                fresh = fresh_store(job, Path(tmp) / f"p{rep}-{n}.zarr")
+                fns = part_functions(fresh, units, unit_reduced)
+                for part, fn in fns.items():
+                    seconds.setdefault((part, n), []).append(timed(fn, len(units), n))
                 writer_job = fresh_store(job, Path(tmp) / f"w{rep}-{n}.zarr")
                 run = engine_writer(writer_job, specs, reduced, args.batch_size)
                 seconds.setdefault((WRITER, n), []).append(run(n))
@@ -328,12 +353,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         rows.append((name, f"{tiles / base:,.0f} tiles/s", f"{figures}; range {spread}"))
     notes = [
-        f"slide: {slide.name} ({writer}); {len(specs)} chunks, {tiles} tissue tiles; model "
+        f"slide: {slide.name} ({writer}); {len(specs)} chunks of {args.chunk_tiles} x "
+        f"{args.chunk_tiles} tiles in {len(units)} write units, {tiles} tissue tiles; model "
         f"outputs: {model_desc}, CPU fp32, cached in {cache.name}",
         f"labels carry {per_poly:.1f} polygons and {per_vert:.0f} vertices per tile (edges: what "
         "tracing costs)",
-        f"figure: 1 thread; details: tiles/s with 1, 2, 4 threads and the speed-up over 1 "
-        f"thread; median of {args.repeats} rounds",
+        f"figure: {counts[0]} thread(s); details: tiles/s with {args.threads} threads and the "
+        f"speed-up over {counts[0]}; median of {args.repeats} rounds",
     ]
     bench.finish(rows, notes, not args.no_record)
     return 0

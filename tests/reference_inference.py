@@ -143,14 +143,16 @@ def units_alone(job: Any, specs: list[ChunkSpec]) -> list[Any]:
     """Every chunk computed alone (`chunk_alone`), then written and summarised per write unit
     (the chunks of one zarr chunk together, `ChunkSpec.write_unit`) as the engine's writer
     does; the outcomes (`ChunkOutcome`) in plan order."""
-    from wsi_segment.pipeline.inference.chunk_writer import merge_unit
+    from wsi_segment.pipeline.inference.chunk_inference import ReducedTiles
+    from wsi_segment.pipeline.inference.chunk_writer import write_units
 
-    units: dict[tuple[int, int, int, int], list[ChunkSpec]] = {}
-    for spec in specs:
-        units.setdefault(spec.write_unit()[0], []).append(spec)
     outcomes = []
-    for members in units.values():
-        parts = [chunk_alone(job, s) for s in members]
-        spec, reduced = merge_unit(members, parts) if len(members) > 1 else (members[0], parts[0])
-        outcomes.append(job.finish_block(spec, reduced))
+    for unit in write_units(specs):
+        parts = [chunk_alone(job, specs[i]) for i in unit.starts]
+        reduced = ReducedTiles(
+            np.concatenate([p.probs for p in parts]),
+            np.concatenate([p.labels for p in parts]),
+            sum(p.bytes_from_model for p in parts),
+        )
+        outcomes.append(job.finish_block(unit.spec, reduced))
     return outcomes

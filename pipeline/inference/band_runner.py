@@ -1,14 +1,12 @@
 """Run a slide on a Dask cluster whose workers each run the engine over bands of chunks.
 
 The chunk plan is cut into bands (`wsi.tiling.contiguous_runs`: contiguous runs of chunks in
-plan order, balanced by tile count, never splitting a write unit), a few per worker slot so a slow or lost worker costs little. Each band is one Dask
-task; on its worker it decides its run policy (`pipeline.run_policy.decide`, from that
-worker's machine and the run's options, as a local run does), runs `run_engine` as the
-policy says (the reader thread, decoder processes or the device read path, feeding the
-worker's one model owner, batches across the band's chunks) and returns the band's
-outcomes and policy (`pipeline.inference.band_task`). A band writes only the zarr chunks of its own chunks, so
-a band recomputed after its worker died writes the same bytes again. The precision of
-`--precision auto` is decided by one worker and pinned for all (`settle_precision`).
+plan order, balanced by tile count, never splitting a write unit), a few per worker slot so
+a slow or lost worker costs little. Each band is one Dask task, which decides its run policy
+on its worker and runs `run_engine` as it says (`pipeline.inference.band_task`). A band
+writes only the zarr chunks of its own chunks, so a band recomputed after its worker died
+writes the same bytes again. The precision of `--precision auto` is decided by one worker
+and pinned for all (`settle_precision`).
 
 Workers whose resources name a `GPU` (our local GPU clusters, the compose file, the SLURM
 example) run one band at a time each: one consumer per device, with the worker's cores as
@@ -190,18 +188,14 @@ def gather_all(
                 event.set()
     except BaseException:  # interrupted while waiting: started tasks finish, no new ones
         event.set()
-        _wait_briefly(futures)
+        from distributed import wait
+
+        # up to STOP_GRACE_S for the running tasks (they stop early once `event` is set), so
+        # they do not write into a folder the caller is about to remove; timed out, or the
+        # cluster going away: the interrupt goes on
+        with contextlib.suppress(Exception):
+            wait(list(futures), timeout=STOP_GRACE_S)
         raise
     event.clear()  # frees the event on the scheduler
     if error is not None:
         raise error
-
-
-def _wait_briefly(futures: Sequence[Future[Any]]) -> None:
-    """Wait up to STOP_GRACE_S for the running tasks (they stop early once the abort event
-    is set), so they do not write into a folder the caller is about to remove."""
-    from distributed import wait
-
-    # timed out, or the cluster is going away: the interrupt goes on
-    with contextlib.suppress(Exception):
-        wait(list(futures), timeout=STOP_GRACE_S)

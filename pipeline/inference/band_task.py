@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from wsi_segment.errors import WsiSegmentError
 from wsi_segment.pipeline.inference.chunk_job import SlideJob
-from wsi_segment.pipeline.inference.engine import run_engine
+from wsi_segment.pipeline.inference.engine import run_engine, torch_threads
 from wsi_segment.pipeline.inference.engine_state import EngineAborted
 from wsi_segment.pipeline.inference.model_handle import ModelHandle
 from wsi_segment.pipeline.inference.read_device import slide_reads
@@ -104,15 +104,10 @@ def band_policy(
     runtime = ran or options.runtime
     decided = (decided_runtime(policy), decided_precision(policy))
     had = job.model
-    if (had.device, had.precision, had.runtime, had.decided_runtime, had.decided_precision) != (
-        device,
-        precision,
-        runtime,
-        *decided,
-    ):
-        model = ModelHandle(
-            had.model_dir, device, precision, had.identity, runtime, *decided, had.pinned
-        )
+    model = ModelHandle(
+        had.model_dir, device, precision, had.identity, runtime, *decided, had.pinned
+    )
+    if model.recipe() != had.recipe():  # by value: the reasons' wording loads nothing
         job = dataclasses.replace(job, model=model, _local=threading.local())
     if job.batch_size != policy.batch_size.value:
         job = dataclasses.replace(job, batch_size=policy.batch_size.value, _local=threading.local())
@@ -164,9 +159,13 @@ def run_band(
     `at_once`: bands that may run at once on each host (the workers of one machine share
     its cores; default: this worker's threads, or 1 with `gpu`)."""
     quiet_cancelled_tasks()
-    event = _abort_event(abort)
-    if event is not None and event.is_set():
-        return BandResult([], 0, aborted=True)
+    event = None
+    if abort is not None:
+        from distributed import Event
+
+        event = Event(abort)
+        if event.is_set():
+            return BandResult([], 0, aborted=True)
     in_flight = _bands_at_once_here(gpu, at_once or {})
     try:
         policy, job, tiles = band_policy(job, options, in_flight)
@@ -177,7 +176,7 @@ def run_band(
                 log.warning("%s: this Dask worker is daemonic, reading in a thread; %s",
                             job.slide_path, DAEMON_FIX)  # fmt: skip
             stop = threading.Event()
-            with _watching(event, stop), _torch_threads(policy.cores.value):
+            with _watching(event, stop), torch_threads(policy.cores.value):
                 # side by side with the worker's other bands, each on its share of the cores
                 outcomes = run_engine(
                     job,
@@ -222,14 +221,6 @@ def quiet_cancelled_tasks() -> None:
         state_machine.addFilter(_CancelledTaskNotice())
 
 
-def _abort_event(name: str | None) -> Event | None:
-    if name is None:
-        return None
-    from distributed import Event
-
-    return Event(name)
-
-
 def _bands_at_once_here(gpu: bool, at_once: dict[str, int]) -> int:
     """Bands sharing this machine's cores: `at_once` for this worker's host, else this
     worker's own (1 with the GPU resource, else its threads; 1 outside a worker)."""
@@ -242,21 +233,6 @@ def _bands_at_once_here(gpu: bool, at_once: dict[str, int]) -> int:
         return 1
     here = at_once.get(get_address_host(worker.address), 0)
     return max(1, here or (1 if gpu else int(worker.state.nthreads)))
-
-
-@contextlib.contextmanager
-def _torch_threads(cap: int) -> Iterator[None]:
-    """At most `cap` torch threads for this band's forward passes on the CPU (the bands of a
-    machine share its cores; Dask's workers may already run with fewer: kept), the band
-    thread's own count given back after."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(max(1, min(before, cap)))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @contextlib.contextmanager

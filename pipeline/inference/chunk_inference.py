@@ -33,8 +33,6 @@ class ReducedLike(Protocol):
     def probs(self) -> torch.Tensor: ...  # uint8 (N, K, S/d, S/d)
     @property
     def labels(self) -> torch.Tensor: ...  # uint8 (N, S/d, S/d)
-    @property
-    def cls_probs(self) -> torch.Tensor: ...  # float32 (N, K)
 
     @property
     def nbytes(self) -> int: ...
@@ -73,25 +71,19 @@ def predict_batch(
     lock: threading.Lock | None = None,
 ) -> ReducedTiles:
     """The stored form of at most `batch` uint8 tiles (N, T, T, 3), computed in a forward pass
-    of exactly `batch` tiles: a short batch is padded with zero tiles whose outputs are
-    dropped. Every forward pass of the engine (`DeviceConsumer`) goes through here.
+    of exactly `batch` tiles: a short batch (a run's last) is padded with zero tiles whose
+    outputs are dropped. Every forward pass of the engine (`DeviceConsumer`) goes through here.
 
     Why: a tile's output must not depend on the batch it was computed in, or the same slide
-    gives other bytes from run to run and from one read source to another (a run's last batch
-    is short; decoder processes fill batches in the order chunks arrive). oneDNN and cuDNN
+    gives other bytes from run to run and from one read source to another. oneDNN and cuDNN
     pick kernels, blockings and (bf16/fp16) accumulation orders by the input's shape, so
     the same tile in a batch of 3 and of 16 may differ by an ulp, enough to move a uint8
     probability by 1/255 or a classifier probability across the gate's epsilon. At one
-    shape the kernels are the same, and which other tiles share the batch does not matter
-    for the models we ship: eval-mode conv nets (ResNet classifiers, DeepLabV3+) compute
-    each sample alone: convolutions, BatchNorm with its running statistics, pooling
-    (ASPP's global pooling too) and the per-tile softmax and gate reduce within a sample,
-    never across the batch, and a sample's reduction order depends on the kernel, not on
-    its neighbours' values (`tests/pipeline/inference/test_fixed_batch.py` checks it at
-    every position of a batch). The bits also depend on the torch thread count (the engine
-    keeps it fixed for a run). `bytes_from_model` counts the kept tiles only. The padding
-    happens once per engine run (its last batch: sources fill every other batch), at most
-    `batch - 1` blank tiles.
+    shape the kernels are the same, and the models we ship (eval-mode conv nets, BatchNorm
+    with running statistics, per-tile softmax and gate) compute each sample alone, so which
+    other tiles share the batch does not matter (`tests/pipeline/inference/test_fixed_batch.py`
+    checks every position of a batch). The bits also depend on the torch thread count (the
+    engine keeps it fixed for a run). `bytes_from_model` counts the kept tiles only.
     """
     import torch
 

@@ -76,10 +76,6 @@ class SlideJob:
     def slide_path(self) -> str:
         return self.reader.slide_path
 
-    def close_local(self) -> None:
-        """Close this thread's slide handle (threads that stop reading for good)."""
-        self.reader.close_local()
-
     def _array(self, path: str | None = None) -> zarr.Array[Any]:
         """This thread's handle on the probability array (or the array at `path`)."""
         path = path or self.zarr_path

@@ -1,9 +1,5 @@
-"""Read chunks' tiles ahead of the model, in one background thread, bounded in bytes.
-
-Local runs only: the reader starts as soon as the chunks are planned, so the slide is being
-decoded while the process still imports torch and loads the model, and it shares decoded
-storage tiles between chunks (`wsi.tile_reuse`).
-"""
+"""Read chunks' tiles ahead of the model, in one background thread, bounded in bytes (local
+runs only: `ChunkPrefetcher`)."""
 
 from __future__ import annotations
 
@@ -29,8 +25,8 @@ class ChunkPrefetcher:
     error stops the reader; the chunk is then read (and the error raised) by its caller.
     """
 
-    def __init__(self, job: ChunkReader, specs: list[ChunkSpec], max_bytes: int = 128 << 20):
-        self._job = job
+    def __init__(self, reader: ChunkReader, specs: list[ChunkSpec], max_bytes: int = 128 << 20):
+        self._reader = reader
         self._specs = list(specs)
         self._max_bytes = max_bytes
         self._cond = threading.Condition()
@@ -50,7 +46,7 @@ class ChunkPrefetcher:
         t0 = time.thread_time()
         try:
             try:
-                self.tile_reuse = self._job.plan_tile_reuse(self._specs)
+                self.tile_reuse = self._reader.plan_tile_reuse(self._specs)
             except Exception:  # reading still works without reuse; errors surface on read
                 self.tile_reuse = None
             finally:
@@ -66,7 +62,7 @@ class ChunkPrefetcher:
                         continue
                     self._state[key] = "reading"
                 try:
-                    result = self._job.read_tiles(spec, self.tile_reuse)
+                    result = self._reader.read_tiles(spec, self.tile_reuse)
                 except BaseException:
                     with self._cond:
                         del self._state[key]  # its runner reads it and reports the error
@@ -80,7 +76,7 @@ class ChunkPrefetcher:
                     self._cond.notify_all()
         finally:
             self.read_s = time.thread_time() - t0
-            self._job.close_local()
+            self._reader.close_local()
 
     def serves(self, specs: Sequence[ChunkSpec]) -> bool:
         """Whether this prefetcher reads exactly these chunks."""
@@ -103,7 +99,7 @@ class ChunkPrefetcher:
     def read_here(self, spec: ChunkSpec) -> np.ndarray:
         """Read a chunk the caller claimed with `take`, sharing the decoded storage tiles."""
         self._planned.wait()
-        return self._job.read_tiles(spec, self.tile_reuse)
+        return self._reader.read_tiles(spec, self.tile_reuse)
 
     def close(self) -> None:
         """Stop reading and drop what was not taken (waits for the current read)."""

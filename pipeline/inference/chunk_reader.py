@@ -66,15 +66,9 @@ class ChunkReader:
             slide.close()
 
     def read_box(self, spec: ChunkSpec) -> tuple[int, int, int, int]:
-        """Model-space box a chunk reads: its tissue tiles' bounding box plus the margin."""
-        grid = self.grid
-        x0, y0, x1, y1 = spec.core_box
-        return tiles_read_box(spec.tiles, grid) or (
-            x0 - grid.margin,
-            y0 - grid.margin,
-            x1 + grid.margin,
-            y1 + grid.margin,
-        )
+        """`tiles_read_box` of the chunk's tiles; without any, its core plus the margin."""
+        (x0, y0, x1, y1), m = spec.core_box, self.grid.margin
+        return tiles_read_box(spec.tiles, self.grid) or (x0 - m, y0 - m, x1 + m, y1 + m)
 
     def plan_tile_reuse(self, specs: list[ChunkSpec]) -> TileReuse | None:
         """A storage-tile reuser for reading these chunks in this process (None: not

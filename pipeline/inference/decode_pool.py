@@ -45,7 +45,6 @@ from wsi_segment.pipeline.inference.shm_rings import (
 from wsi_segment.wsi.tiling import ChunkSpec, contiguous_runs
 
 if TYPE_CHECKING:
-    from multiprocessing.context import SpawnContext
     from multiprocessing.queues import Queue
     from multiprocessing.synchronize import Event
 
@@ -156,10 +155,10 @@ class DecodePool:
     def __init__(self, decoders: int) -> None:
         check_main_guard()
         start_resource_tracker()
-        self.started = time.perf_counter()
+        started = time.perf_counter()
         self.decoders = decoders
         self.specs: list[ChunkSpec] | None = None  # None until `assign`
-        ctx = spawn_context()
+        ctx = mp.get_context("spawn")
         with owned_semaphores():  # named as ours, so a killed run's are removed by the next
             self.stop: Any = ctx.Event()
             self.free: Any = ctx.Queue()
@@ -177,7 +176,7 @@ class DecodePool:
         except BaseException:
             self.close()
             raise
-        self.spawn_s = time.perf_counter() - self.started  # until every decoder was started
+        self.spawn_s = time.perf_counter() - started  # until every decoder was started
 
     @classmethod
     def for_chunks(
@@ -273,10 +272,6 @@ class DecoderTask:
     slots: int
     slot_tiles: int
     tile: int
-
-
-def spawn_context() -> SpawnContext:
-    return mp.get_context("spawn")
 
 
 def decoder_main(

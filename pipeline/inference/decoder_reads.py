@@ -47,7 +47,6 @@ class DecoderProcesses:
         happens; one started for other chunks or another count is closed and replaced)."""
         self.decoders = max(1, decoders)
         self._pool = pool
-        self.early = False  # the run adopted decoders started before it
 
     @property
     def processes(self) -> int:
@@ -66,7 +65,7 @@ class DecoderProcesses:
         if pool is not None and not pool.serves(specs, self.decoders):
             pool.close()
             pool = self._pool = None
-        self.early = stats.early_decoders = pool is not None
+        stats.early_decoders = pool is not None
         if pool is None:
             pool = self._pool = DecodePool.for_chunks(job.reader, specs, self.decoders)
         assert pool.ring is not None
@@ -149,37 +148,29 @@ class _Stager:
         errors: FirstError,
     ) -> None:
         """Thread body: decoded chunks -> full batches (None ends both)."""
-        try:
-            self._stage(inbox, staged, errors)
-        except BaseException as exc:  # Stopped included: report ignores it
-            errors.report(exc)
-
-    def _stage(
-        self,
-        inbox: queue.Queue[Decoded | None],
-        staged: queue.Queue[StagedBatch | None],
-        errors: FirstError,
-    ) -> None:
         ring = self._ring
         k: int | None = None  # the staging buffer being filled
         segments: list[Segment] = []
         filled = 0
-        for take in batch_takes(self._decoded(inbox, errors), self._batch):
-            if k is None:
-                k = errors.get(self._free)
-            host = self._buffers[k].numpy()
-            view = ring.view(take.payload.slot, take.payload.tiles)
-            host[take.at : take.at + take.count] = view[take.first : take.first + take.count]
-            segments.append(take.segment)
-            filled = take.at + take.count
-            if take.ends_chunk:
-                self._release(take.payload.slot)  # copied: the decoders may refill it
-            if take.ends_batch:
+        try:
+            for take in batch_takes(self._decoded(inbox, errors), self._batch):
+                if k is None:
+                    k = errors.get(self._free)
+                host = self._buffers[k].numpy()
+                view = ring.view(take.payload.slot, take.payload.tiles)
+                host[take.at : take.at + take.count] = view[take.first : take.first + take.count]
+                segments.append(take.segment)
+                filled = take.at + take.count
+                if take.ends_chunk:
+                    self._release(take.payload.slot)  # copied: the decoders may refill it
+                if take.ends_batch:
+                    errors.put(staged, self._transfer(k, filled, segments))
+                    k, segments = None, []
+            if k is not None:
                 errors.put(staged, self._transfer(k, filled, segments))
-                k, segments = None, []
-        if k is not None:
-            errors.put(staged, self._transfer(k, filled, segments))
-        errors.put(staged, None)
+            errors.put(staged, None)
+        except BaseException as exc:  # Stopped included: report ignores it
+            errors.report(exc)
 
     @staticmethod
     def _decoded(

@@ -1,11 +1,8 @@
 """The engine's consumer: the one owner of the model, fed batches across chunks.
 
-A read source (`pipeline.inference.engine.ReadSource`) puts batches of tiles, already on the
-model's device, on the `staged` queue; batches may hold tiles of several chunks. The compute
-threads run `predict_reduced` batch after batch and hand the uint8 outputs to the writer.
-Every forward pass is of exactly the engine's batch size (`chunk_inference.predict_batch`
-pads a run's short last batch), so a tile's bytes do not depend on which batch the source
-put it in, nor on which source read it.
+A read source puts batches of tiles (of several chunks), already on the model's device, on
+the `staged` queue; the compute threads run `predict_batch` (`chunk_inference`: exactly the
+engine's batch size) batch after batch and hand the uint8 outputs to the writer.
 On CUDA one compute thread keeps the device busy (the source copies the next batch on a
 side stream while this one computes: the batch's `ready` event orders the two). On the CPU
 the cores are the bottleneck and a forward pass with all of them spends time in OpenMP

@@ -37,15 +37,6 @@ from wsi_segment.pipeline.inference.chunk_reader import ChunkReader
 from wsi_segment.wsi.raw_tiles import JpegTiles
 from wsi_segment.wsi.tiling import ChunkSpec
 
-# Decode each storage tile once per slide, in bounded memory. Neighbouring chunks share
-# the storage tiles under their halo (and those that straddle a chunk border), so decoding
-# each chunk's tiles afresh decodes those two or four times. As `wsi.tile_reuse` does for
-# the CPU decoders, the reads are planned before the first one: the cache counts how many
-# planned read boxes touch each storage tile, decodes the tiles a read lacks in one batch,
-# and keeps a decoded tile (on the model's device) only while a later read still needs it,
-# within `max_bytes`: roughly one row of chunk borders. A tile that does not fit is decoded
-# again when needed, so pixels never depend on the bound. One reader thread uses it: no lock.
-
 Box = tuple[int, int, int, int]  # level px: x0, y0, x1, y1 (end exclusive)
 Key = tuple[int, int]  # storage tile (col, row)
 
@@ -120,7 +111,14 @@ def tiles_of(box: Box, tile_size: tuple[int, int], level_size: tuple[int, int]) 
 
 
 class DeviceTileCache:
-    """Decoded storage tiles of one level kept on `device` for the planned reads to come."""
+    """Decoded storage tiles of one level kept on `device` for the planned reads to come.
+
+    Neighbouring chunks share the storage tiles under their halo, which decoding each
+    chunk's tiles afresh would decode two or four times. As `wsi.tile_reuse` does for the
+    CPU, the reads are planned first: the cache counts how many planned read boxes touch
+    each storage tile, decodes the tiles a read lacks in one batch, and keeps a decoded tile
+    only while a later read needs it, within `max_bytes` (a tile that does not fit is
+    decoded again: pixels never depend on the bound). One reader thread uses it: no lock."""
 
     def __init__(
         self,
@@ -145,17 +143,8 @@ class DeviceTileCache:
         """The decoded tiles `keys` (tile_h, tile_w, 3) uint8 on the device, in order; one
         planned use of each is spent (a tile no later read needs is dropped)."""
         missing = [k for k in keys if k not in self._cache]
-        decoded = (
-            dict(
-                zip(
-                    missing,
-                    decode_tiles(self._tiles, missing, self._device, self._decoder),
-                    strict=True,
-                )
-            )
-            if missing
-            else {}
-        )
+        fresh = decode_tiles(self._tiles, missing, self._device, self._decoder) if missing else ()
+        decoded = dict(zip(missing, fresh, strict=True))
         out = [self._cache[k] if k in self._cache else decoded[k] for k in keys]
         self.tiles_decoded += len(missing)
         self.tiles_reused += len(keys) - len(missing)

@@ -6,7 +6,7 @@
     compute (threads)           `predict_reduced` back to back by the model's owner
         |                       (`DeviceConsumer`; on the CPU a few side by side), every
         |                       forward pass of exactly `batch` tiles (a short one padded)
-    writer (threads)            stitch, write the zarr chunks, summarise, per whole chunk
+    writer (threads)            stitch, write the zarr chunks, summarise, per write unit
 
 This thread starts every part and watches them. The first error (the source's SlideError
 for a damaged tile, the model's, the writer's), an interrupt, or the caller's `abort`
@@ -16,23 +16,11 @@ error, interrupt) it closes the source (decoders joined or terminated, shared me
 removed, file handles closed). Local runs and the bands of a Dask cluster
 (`pipeline.inference.band_task`) run this same function.
 
-The read source (`ReadSource`): the engine does not know where tiles come from. It hands a
-source the chunks, the batch size and the `staged` queue, and runs the threads the source
-returns beside its own compute and writer threads; the source puts batches of tiles on the
-model's device (`StagedBatch`, tiles of several chunks in one batch) on the queue, then None.
-Three sources exist:
-
-- `ReaderThread(HostTiles(...))` (`pipeline.inference.reader_thread`): one thread reads
-  each chunk with the slide library and cuts its tiles: any slide, the CPU default.
-- `ReaderThread(DeviceTiles(...))`: the same thread decoding the slide's JPEG tiles on the
-  model's device (`pipeline.inference.device_tiles`), where the slide allows it.
-- `DecoderProcesses(n)` (`pipeline.inference.decoder_reads`): n spawned processes read
-  shares of the chunks into shared memory, a stager thread batches them.
-
-A source reports its errors (a damaged tile: a `SlideError` naming the file and the fix)
-to the run's `FirstError` and checks `FirstError.stopped` while it waits; the engine handles
-the abort, the progress and the first error once for all of them, and calls `close` on
-every path after its threads have ended.
+The engine does not know where tiles come from: it hands a `ReadSource` (`ReaderThread`
+with `HostTiles` or `DeviceTiles`, or `DecoderProcesses`) the chunks, the batch size and
+the `staged` queue, and runs the threads the source returns beside its own. A source
+reports its errors to the run's `FirstError` and checks `FirstError.stopped` while it
+waits; the engine handles the abort, the progress and the first error once for all.
 """
 
 from __future__ import annotations
@@ -118,38 +106,27 @@ def run_engine(
     try:
         if not specs:
             return []
-        return _run(job, specs, source, progress, stats, abort, writers, (computes, locked))
+        from wsi_segment.pipeline.inference.device_consumer import DeviceConsumer  # torch
+
+        model, lock = job.model.get()
+        batch = device_batch_size(model, lock, job.grid.tile, job.batch_size)
+        errors = FirstError()
+        consumer = DeviceConsumer(
+            model, lock, job.grid, job.gate, batch, errors, stats, computes, locked
+        )
+        stats.decoders, stats.batch_size, stats.writers = source.processes, batch, writers
+        stats.source, stats.computes = type(source).__name__, consumer.computes
+        writer = ChunkWriter(job, specs, progress or NullProgress(), writers)
+        _run_parts(job, specs, source, batch, consumer, writer, errors, stats, abort)
+        del consumer
+        if errors.error is not None:
+            # The frames of the parts are done: drop their locals so nothing outlives the
+            # run, keeping the lines for a traceback.
+            traceback.clear_frames(errors.error.__traceback__)
+            raise errors.error
+        return writer.results()
     finally:
         source.close()
-
-
-def _run(
-    job: SlideJob,
-    specs: list[ChunkSpec],
-    source: ReadSource,
-    progress: Progress | None,
-    stats: EngineStats,
-    abort: threading.Event | None,
-    writers: int,
-    computes: tuple[int, bool | None],  # compute threads, and whether they lock
-) -> list[ChunkOutcome]:
-    from wsi_segment.pipeline.inference.device_consumer import DeviceConsumer  # torch
-
-    model, lock = job.model.get()
-    batch = device_batch_size(model, lock, job.grid.tile, job.batch_size)
-    errors = FirstError()
-    consumer = DeviceConsumer(model, lock, job.grid, job.gate, batch, errors, stats, *computes)
-    stats.decoders, stats.batch_size, stats.writers = source.processes, batch, writers
-    stats.source, stats.computes = type(source).__name__, consumer.computes
-    writer = ChunkWriter(job, specs, progress or NullProgress(), writers)
-    _run_parts(job, specs, source, batch, consumer, writer, errors, stats, abort)
-    del consumer
-    if errors.error is not None:
-        # The frames of the parts are done: drop their locals so nothing outlives the run,
-        # keeping the lines for a traceback.
-        traceback.clear_frames(errors.error.__traceback__)
-        raise errors.error
-    return writer.results()
 
 
 def _run_parts(
@@ -163,12 +140,12 @@ def _run_parts(
     stats: EngineStats,
     abort: threading.Event | None,
 ) -> None:
-    """Start the source's parts, the compute threads and the writer; watch them; return once
-    every thread has ended. Errors (an interrupt included) end up in `errors`. Returns rather
+    """Start the source's parts, the compute threads and the writer; watch them (the run
+    stops once the caller sets `abort`); return once every thread has ended. Errors (an interrupt included) end up in `errors`. Returns rather
     than raises, so the queues (and what batches still hold: a source's buffers, its
     processes' queues) go with this frame, not with a traceback."""
     threads: list[threading.Thread] = []
-    with _keep_torch_threads():
+    with torch_threads():
         try:
             staged: queue.Queue[StagedBatch | None] = queue.Queue(maxsize=1)
             written: queue.Queue[TileBatch | None] = queue.Queue(maxsize=4)
@@ -177,7 +154,11 @@ def _run_parts(
             bodies.append((writer.run, (written, errors)))
             start_parts(bodies, threads)
             del bodies
-            _watch(job, threads, errors, abort)
+            for thread in threads:  # short joins, so Ctrl-C reaches this thread
+                while thread.is_alive():
+                    if abort is not None and abort.is_set() and not errors.stopped:
+                        errors.report(EngineAborted(f"{job.slide_path}: the run was asked to stop"))
+                    thread.join(timeout=0.1)
         except BaseException as exc:  # an interrupt too: cleaned up here, re-raised above
             errors.report(exc)
         finally:
@@ -190,28 +171,16 @@ def _run_parts(
                     errors.stop()
 
 
-def _watch(
-    job: SlideJob,
-    threads: list[threading.Thread],
-    errors: FirstError,
-    abort: threading.Event | None,
-) -> None:
-    """Wait for every part in short joins (so Ctrl-C reaches this thread), stopping the
-    run when the caller sets `abort`."""
-    for thread in threads:
-        while thread.is_alive():
-            if abort is not None and abort.is_set() and not errors.stopped:
-                errors.report(EngineAborted(f"{job.slide_path}: the run was asked to stop"))
-            thread.join(timeout=0.1)
-
-
 @contextlib.contextmanager
-def _keep_torch_threads() -> Iterator[None]:
-    """Compute threads set their own torch thread counts; give the caller its own back
-    (where the count is process-wide rather than per thread)."""
+def torch_threads(cap: int | None = None) -> Iterator[None]:
+    """At most `cap` torch threads in the block (None: the caller's count; the bands of a
+    machine share its cores), the caller's own count given back after: compute threads set
+    their own, and the count may be process-wide rather than per thread."""
     import torch
 
     before = torch.get_num_threads()
+    if cap is not None:
+        torch.set_num_threads(max(1, min(before, cap)))
     try:
         yield
     finally:

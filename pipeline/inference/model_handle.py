@@ -39,20 +39,17 @@ class ModelHandle:
     _loaded: tuple[SegmentationModel, threading.Lock] | None = field(default=None, repr=False)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {
-            "model_dir": self.model_dir,
-            "device": self.device,
-            "precision": self.precision,
-            "identity": self.identity,
-            "runtime": self.runtime,
-            "decided_runtime": self.decided_runtime,
-            "decided_precision": self.decided_precision,
-            "pinned": self.pinned,
-        }
+        return {k: v for k, v in self.__dict__.items() if k != "_loaded"}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._loaded = None
+
+    def recipe(self) -> tuple[object, ...]:
+        """What the loaded model depends on: the decided runtime and precision by value
+        alone, their reasons carried beside them (a reworded reason loads nothing again)."""
+        decided = (_Decided.of(self.decided_runtime), _Decided.of(self.decided_precision))
+        return (self.model_dir, self.device, self.precision, self.runtime, *decided)
 
     def get(self) -> tuple[SegmentationModel, threading.Lock]:
         if self._loaded is None:
@@ -110,8 +107,24 @@ def load_for_process(
     from wsi_segment.models.meta import model_files_stamp
 
     stamp = model_files_stamp(model_dir)
-    decided = (decided_runtime, decided_precision)
+    decided = (_Decided.of(decided_runtime), _Decided.of(decided_precision))
     return _load_cached(model_dir, device, precision, runtime, *decided, stamp)
+
+
+@dataclass(frozen=True)
+class _Decided:
+    """A run policy's (value, reason) as handles compare it and the process cache keys it:
+    by the value alone."""
+
+    value: str
+    reason: str = field(compare=False)
+
+    @classmethod
+    def of(cls, decided: tuple[str, str] | None) -> _Decided | None:
+        return None if decided is None else cls(*decided)
+
+    def pair(self) -> tuple[str, str]:
+        return self.value, self.reason
 
 
 @functools.lru_cache(maxsize=4)
@@ -120,14 +133,15 @@ def _load_cached(
     device: str,
     precision: str,
     runtime: str,
-    decided_runtime: tuple[str, str] | None,
-    decided_precision: tuple[str, str] | None,
+    decided_runtime: _Decided | None,
+    decided_precision: _Decided | None,
     stamp: tuple[int, ...],
 ) -> tuple[SegmentationModel, threading.Lock]:
     from wsi_segment.models.bundle import load_model
 
     model = load_model(Path(model_dir))
-    model.to_device(device, precision, runtime, decided_runtime, decided_precision)
+    decided = [d.pair() if d is not None else None for d in (decided_runtime, decided_precision)]
+    model.to_device(device, precision, runtime, *decided)
     model.eval()
     return model, threading.Lock()
 

@@ -12,34 +12,22 @@ on its worker); whether the run reads there is the policy's `read_device` decisi
 
 from __future__ import annotations
 
-from typing import Protocol
-
 from wsi_segment.pipeline.run_policy import ReadFacts
 from wsi_segment.wsi.raw_tiles import JpegTiles, Unsupported, open_jpeg_tiles
 from wsi_segment.wsi.region_reader import choose_level, same_pixels
+from wsi_segment.wsi.slide import Slide
 
 LevelKey = tuple[int, float]  # (read level, level-0 px per model px) a choice was made for
 
 
-class LevelSlide(Protocol):
-    """What the choice reads of a slide (wsi.slide.Slide satisfies it)."""
-
-    @property
-    def level_downsamples(self) -> tuple[float, ...]: ...
-    @property
-    def level_dimensions(self) -> tuple[tuple[int, int], ...]: ...
-    @property
-    def bounds_offset(self) -> tuple[int, int]: ...
-
-
-def read_level(slide: LevelSlide, slide_mpp: float, model_mpp: float) -> LevelKey:
+def read_level(slide: Slide, slide_mpp: float, model_mpp: float) -> LevelKey:
     """The level chunks are read from and level-0 px per model px, as
     `wsi.tiling.plan_chunks` plans them (known before tissue detection)."""
     level0_per_model = model_mpp / slide_mpp
     return choose_level(tuple(slide.level_downsamples), level0_per_model), level0_per_model
 
 
-def jpeg_level(slide_path: str, slide: LevelSlide, key: LevelKey) -> JpegTiles | Unsupported:
+def jpeg_level(slide_path: str, slide: Slide, key: LevelKey) -> JpegTiles | Unsupported:
     """The read level's JPEG tiles where the device path can serve them, or why not."""
     level, level0_per_model = key
     ds = float(slide.level_downsamples[level])
@@ -54,9 +42,7 @@ def jpeg_level(slide_path: str, slide: LevelSlide, key: LevelKey) -> JpegTiles |
     return open_jpeg_tiles(slide_path, level, slide.level_dimensions[level])
 
 
-def slide_reads(
-    slide_path: str, slide: LevelSlide, key: LevelKey
-) -> tuple[ReadFacts, JpegTiles | None]:
+def slide_reads(slide_path: str, slide: Slide, key: LevelKey) -> tuple[ReadFacts, JpegTiles | None]:
     """The read level `key` as the device read path sees it, and its tiles where it can
     serve them (what the device read path then reads)."""
     tiles = jpeg_level(slide_path, slide, key)

@@ -60,14 +60,10 @@ class HostTiles:
     """Chunks read with the slide library on the CPU (`ChunkReader`), any slide."""
 
     def __init__(self, reader: ChunkReader, prefetch: ChunkPrefetcher | None = None) -> None:
-        """`prefetch`: a prefetcher reading these chunks already (adopted and closed)."""
-        self.reader, self._prefetch = reader, prefetch
+        """`prefetch`: a prefetcher reading these chunks already (adopted and closed; its
+        read seconds go into summary.json)."""
+        self.reader, self.prefetch = reader, prefetch
         self._reuse: TileReuse | None = None
-
-    @property
-    def prefetch(self) -> ChunkPrefetcher | None:
-        """The adopted prefetcher (its read seconds go into summary.json)."""
-        return self._prefetch
 
     @property
     def device(self) -> torch.device:
@@ -76,20 +72,20 @@ class HostTiles:
     @property
     def tile_reuse(self) -> TileReuse | None:
         """The storage-tile reuse of the run (the prefetcher's when it read)."""
-        return self._prefetch.tile_reuse if self._prefetch is not None else self._reuse
+        return self.prefetch.tile_reuse if self.prefetch is not None else self._reuse
 
     def plan_reuse(self, specs: Sequence[ChunkSpec]) -> None:
-        if self._prefetch is not None and not self._prefetch.serves(specs):
-            self._prefetch.close()
-            self._prefetch = None
-        if self._prefetch is None:
+        if self.prefetch is not None and not self.prefetch.serves(specs):
+            self.prefetch.close()
+            self.prefetch = None
+        if self.prefetch is None:
             try:
                 self._reuse = self.reader.plan_tile_reuse(list(specs))
             except Exception:  # reading works without reuse; read errors surface on read
                 self._reuse = None
 
     def read_chunk(self, spec: ChunkSpec) -> torch.Tensor:
-        prefetch = self._prefetch
+        prefetch = self.prefetch
         if prefetch is None:
             return torch.from_numpy(self.reader.read_tiles(spec, self._reuse))
         tiles = prefetch.take(spec)
@@ -99,8 +95,8 @@ class HostTiles:
         self.reader.close_local()
 
     def close(self) -> None:
-        if self._prefetch is not None:
-            self._prefetch.close()
+        if self.prefetch is not None:
+            self.prefetch.close()
 
 
 class ReaderThread:
@@ -139,34 +135,23 @@ class ReaderThread:
         """Thread body: every chunk's tiles, batched, then None; errors go to `errors`."""
         device = self.reads.device
         side = torch.cuda.Stream(device) if device.type == "cuda" else None
+        parts: list[torch.Tensor] = []
+        segments: list[Segment] = []
         try:
             with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
-                self._batches(specs, batch, staged, errors, stats, side)
+                for take in batch_takes(self._chunks(specs, errors, stats), batch):
+                    parts.append(take.payload[take.first : take.first + take.count])
+                    segments.append(take.segment)
+                    if take.ends_batch:
+                        errors.put(staged, _staged(parts, segments, side))
+                        parts, segments = [], []
+                if segments:
+                    errors.put(staged, _staged(parts, segments, side))
+                errors.put(staged, None)
         except BaseException as exc:  # Stopped included: report ignores it
             errors.report(exc)
         finally:
             self.reads.thread_done()
-
-    def _batches(
-        self,
-        specs: list[ChunkSpec],
-        batch: int,
-        staged: queue.Queue[StagedBatch | None],
-        errors: FirstError,
-        stats: EngineStats,
-        side: torch.cuda.Stream | None,
-    ) -> None:
-        parts: list[torch.Tensor] = []
-        segments: list[Segment] = []
-        for take in batch_takes(self._chunks(specs, errors, stats), batch):
-            parts.append(take.payload[take.first : take.first + take.count])
-            segments.append(take.segment)
-            if take.ends_batch:
-                errors.put(staged, _staged(parts, segments, side))
-                parts, segments = [], []
-        if segments:
-            errors.put(staged, _staged(parts, segments, side))
-        errors.put(staged, None)
 
     def _chunks(
         self, specs: list[ChunkSpec], errors: FirstError, stats: EngineStats

@@ -257,3 +257,25 @@ def test_a_band_pins_only_what_was_settled_for_the_cluster(tmp_path: Path, tiny_
         "reason": "auto, pinned for the cluster by the runtime one worker ran",
     }
     assert pinned_job.model.pinned and pinned_job.model.runtime == "torch"
+
+
+def test_a_band_keeps_a_handle_whose_decisions_differ_only_in_their_reasons_wording(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """A band replaces its handle (and so loads the model again) only for other decided
+    values: reasons worded otherwise than the band's own policy words them keep it."""
+    from wsi_segment.pipeline.inference.band_task import band_policy
+
+    job, _specs = band_job(tmp_path / "z.zarr", tiny_model_dir)
+    _policy, decided_job, _tiles = band_policy(job, band_options(), 1, examine=False)
+    had = decided_job.model
+    assert had is not job.model  # the band's own decisions, with their reasons
+    assert had.decided_runtime is not None and had.decided_precision is not None
+    reworded = dataclasses.replace(
+        had,
+        decided_runtime=(had.decided_runtime[0], "worded otherwise"),
+        decided_precision=(had.decided_precision[0], "worded otherwise"),
+    )
+    job = dataclasses.replace(decided_job, model=reworded)
+    _policy, kept_job, _tiles = band_policy(job, band_options(), 1, examine=False)
+    assert kept_job.model is reworded
