@@ -54,7 +54,9 @@ def slide_path_graph(model_dir: Path, cache: Path) -> tuple[Any, int]:
 
 
 def compile_layout(graph: Any, precision: str, threads: int, streams: int, **extra: Any) -> Any:
-    import openvino as ov
+    from wsi_segment.models.runtimes.openvino_runtime import import_openvino
+
+    ov = import_openvino()  # telemetry off, as in a run
 
     config = {
         "INFERENCE_PRECISION_HINT": _PRECISION[precision],

@@ -3,7 +3,7 @@
 `OpenVINOGraphs.predict_reduced` returns what `SegmentationModel.predict_reduced` returns, so
 the engine does not know which runtime ran. A graph is exported once per model and tile
 geometry (`torch.export` -> `openvino.convert_model`, batch left free) and compiled once per
-batch size, precision, thread count and CPU; both are kept in the disk cache
+batch size, precision, threads, streams and CPU; both are kept in the disk cache
 (`runtimes.cache`), so a later run, or another worker process on the machine, only loads them.
 The precision is always set explicitly: OpenVINO's own default on a CPU with bf16 hardware
 is bf16, which must never stand in for an fp32 request. Compute threads run side by side as
@@ -14,12 +14,15 @@ barrier waited for whichever core the slide reader had taken: 2 streams of 1 cor
 model 1.2x as fast alone and 1.45x beside a decoding thread on 2 cores (benchmarks/RESULTS.md).
 Streams are never pinned to cores: the processes of a batch or of Dask workers on one machine
 would pin theirs to the same ones. Each calling thread has its own infer request.
+
+OpenVINO is imported only through `import_openvino`, which switches its telemetry off first.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -51,10 +54,31 @@ class GraphNotExpressible(RuntimeError):
     """The model's graph cannot be exported to OpenVINO (the reason is the message)."""
 
 
+TELEMETRY_MODULE = "openvino_telemetry"
+
+
+def import_openvino() -> Any:
+    """`import openvino`, with its telemetry off in this process.
+
+    OpenVINO's model converter (`openvino.convert_model`, which `import openvino` loads) sends
+    usage events to Google Analytics unless the user ran its opt-out (a file in ~/intel), and
+    sends each from a new process. Nothing of a run that reads patient slides may leave the
+    machine; and under the spawn start method (Dask workers) each such process imports the
+    main module again: a nightly run's Dask worker under systemd (a service user with no
+    opt-out file) started some 40 of them per model conversion, which took minutes on a
+    loaded machine. Where `openvino_telemetry` cannot be imported, the converter uses its own
+    stub, which sends nothing: it is made unimportable before the converter first loads."""
+    if TELEMETRY_MODULE not in sys.modules:
+        sys.modules[TELEMETRY_MODULE] = None  # type: ignore[assignment]  # import -> ImportError
+    import openvino
+
+    return openvino
+
+
 def openvino_version() -> str | None:
     """The installed OpenVINO's version, or None where it cannot be imported."""
     try:
-        import openvino
+        openvino = import_openvino()
     except Exception:  # a broken install fails in many ways; all mean "not here"
         return None
     return str(openvino.__version__)
@@ -182,7 +206,7 @@ class OpenVINOGraphs:
 
     def _compile(self, geometry: Geometry, batch: int, streams: int) -> Any:
         """The compiled graph, from the cache or built (and then cached)."""
-        import openvino as ov
+        ov = import_openvino()
 
         ir_key = {**self._key, "kind": "graph", "geometry": geometry.key()}
         graph = entry_name(ir_key)
@@ -221,7 +245,7 @@ class OpenVINOGraphs:
 
     def _graph(self, ir_key: dict[str, object], geometry: Geometry) -> Any:
         """The exported graph (an openvino.Model, batch free), from the cache or exported."""
-        import openvino as ov
+        ov = import_openvino()
 
         found = load_entry(self.cache_dir, ir_key, ("xml", "bin"))
         if found:
