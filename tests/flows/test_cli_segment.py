@@ -23,6 +23,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 def test_good_and_broken_slides_in_one_call(tmp_path, tiny_model_dir):
     out = tmp_path / "out"
     args = ["--model", str(tiny_model_dir), "--out", str(out), "--quiet"]
+    args += ["--runtime", "torch"]  # a broken slide beside a good one, not the runtime choice
     speed = ["--chunk-tiles", "2", "--batch-size", "3"]  # speed knobs reach the run
     first = run_cli(str(CMU_SLIDE), str(DATA_DIR / "broken.svs"), *args, *speed)
     assert first.returncode == 1
