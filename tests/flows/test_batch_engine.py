@@ -27,8 +27,10 @@ def test_two_slides_in_flight_on_the_engine_write_what_one_at_a_time_writes(
     for slide in (CMU_SLIDE, OS1_SLIDE):
         shutil.copy2(slide, folder / slide.name)
     # decoders=1: the engine on the CPU (its default there is the reader thread); fp32: the
-    # bytes of two runs are compared; small chunks and batches: batches span chunks
+    # bytes of two runs are compared; small chunks and batches: batches span chunks; torch:
+    # the runtime choice has its own tests (models/runtimes, reliability/test_same_bytes)
     options = {"precision": "fp32", "decoders": 1, "chunk_tiles": 2, "batch_size": 8}
+    options["runtime"] = "torch"
     before = shm_entries()
     runs = {}
     for concurrency in (2, 1):

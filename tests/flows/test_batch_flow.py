@@ -30,8 +30,9 @@ def test_batch_isolates_a_broken_slide_and_resumes(
     out = tmp_path / "out"
     kwargs = {"input": str(folder), "out": str(out), "model_dir": str(tiny_model), "workers": 0}
     # fp32: bytes are compared with a separate run below, and 'auto' times a precision
-    # trial per loaded model (the tiny model's bf16 speed is near the threshold here)
-    kwargs["options"] = {"precision": "fp32"}
+    # trial per loaded model (the tiny model's bf16 speed is near the threshold here);
+    # torch: this is about orchestration, and the runtime choice has its own tests
+    kwargs["options"] = {"precision": "fp32", "runtime": "torch"}
 
     # Prefect's run loggers may not propagate to the root logger (their dictConfig): listen
     # on the flow-run logger itself, whatever ran before in this process
@@ -66,7 +67,9 @@ def test_batch_isolates_a_broken_slide_and_resumes(
 
     # identical to the plain pipeline call
     plain = segment_slide(
-        folder / "synth-a.tif", tmp_path / "plain", SegmentParams(tiny_model, precision="fp32")
+        folder / "synth-a.tif",
+        tmp_path / "plain",
+        SegmentParams(tiny_model, precision="fp32", runtime="torch"),
     )
     assert output_files(out / "synth-a") == output_files(plain.out_dir)
     assert stable_summary(out / "synth-a") == stable_summary(plain.out_dir)
@@ -199,6 +202,7 @@ def test_cli_batch_exit_codes(
     folder = copy_slides(slides_dir, tmp_path / "in", ["synth-b.tif"])
     out = tmp_path / "out"
     base = ["batch", str(folder), "--out", str(out), "--model", str(tiny_model), "--workers", "0"]
+    base += ["--runtime", "torch"]  # exit codes, not the runtime choice (its own tests)
     assert main(base) == 0
     assert "| done |" in capsys.readouterr().out
     shutil.copy2(BROKEN, folder / "broken.svs")

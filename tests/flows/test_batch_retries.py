@@ -42,7 +42,8 @@ def test_a_damaged_chunk_is_computed_once(
     damaged.parent.mkdir()
     corrupt_middle_tile(CMU_SLIDE, damaged)
     out = tmp_path / "out"
-    options = {"tissue": "all", "precision": "fp32", "mpp": 0.5}
+    # torch: retries, not the runtime choice (auto on a cluster is test_dask.py's)
+    options = {"tissue": "all", "precision": "fp32", "mpp": 0.5, "runtime": "torch"}
     with dask_client(workers=1, threads=1) as client, caplog.at_level(logging.WARNING):
         state = segment_batch(
             input=str(damaged.parent),

@@ -23,6 +23,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 def test_good_and_broken_slides_in_one_call(tmp_path, tiny_model_dir):
     out = tmp_path / "out"
     args = ["--model", str(tiny_model_dir), "--out", str(out), "--quiet"]
+    args += ["--runtime", "torch"]  # a broken slide beside a good one, not the runtime choice
     speed = ["--chunk-tiles", "2", "--batch-size", "3"]  # speed knobs reach the run
     first = run_cli(str(CMU_SLIDE), str(DATA_DIR / "broken.svs"), *args, *speed)
     assert first.returncode == 1
@@ -85,6 +86,7 @@ def test_decoders_change_speed_not_results(tmp_path, tiny_model_dir):
     # engine batches across chunks.
     same = ["--model", str(tiny_model_dir), "--quiet", "--precision", "fp32", "--device", "cpu"]
     same += ["--chunk-tiles", "2", "--batch-size", "1", "--overlap", "16"]
+    same += ["--runtime", "torch"]  # decoders, not the runtime choice (its own tests)
     runs = {"0": ["--decoders", "0"], "2": ["--decoders", "2", "--writers", "1"]}
     runs["2w3"] = ["--decoders", "2", "--writers", "3"]
     stored = {}

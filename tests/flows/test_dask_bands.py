@@ -206,8 +206,9 @@ def test_segment_slide_with_a_client_runs_bands(
     from wsi_segment.pipeline.params import SegmentParams
     from wsi_segment.pipeline.segment import segment_slide
 
+    # torch: the bands' orchestration; auto on a cluster is test_dask.py's
     common = {"model_dir": tiny_model_dir, "device": "cpu", "precision": "fp32"}
-    common |= {"batch_size": 1, "chunk_tiles": 2}
+    common |= {"batch_size": 1, "chunk_tiles": 2, "runtime": "torch"}
     cores = len(os.sched_getaffinity(0))
     local = SegmentParams(threads=cores, decoders=0, **common)  # one torch thread a chunk
     assert segment_slide(CMU_SLIDE, tmp_path / "local", local).status == "done"

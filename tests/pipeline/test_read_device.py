@@ -35,7 +35,8 @@ OME_TIFF = DATA_DIR / "OS-1-detail.ome.tif"
 
 def level0_params(model_dir: Path, read_device: str, **more) -> SegmentParams:
     """The tiny model (2 um/px) on OS-1 taken as 2 um/px: model pixels are level-0 pixels.
-    One decoder: the engine then batches the chunks in plan order, as the device reader."""
+    One decoder: the engine then batches the chunks in plan order, as the device reader.
+    torch: these tests are about reads (the runtime choice has its own tests)."""
     return SegmentParams(
         model_dir=model_dir,
         device="cpu",
@@ -43,7 +44,7 @@ def level0_params(model_dir: Path, read_device: str, **more) -> SegmentParams:
         mpp=2.0,
         chunk_tiles=2,
         read_device=read_device,
-        **({"decoders": 1} | more),
+        **({"decoders": 1, "runtime": "torch"} | more),
     )
 
 

@@ -57,8 +57,15 @@ def gated(tmp_path_factory: pytest.TempPathFactory) -> Run:
     with open_slide(CMU_SLIDE) as slide:
         w0, h0 = slide.dimensions
     roi = qp.export(tmp / "roi.geojson", [qp.annotation(qp.rect(0, 0, w0, h0), "whole")])
+    # torch: the gate's outputs, not the runtime choice (its own tests; test_segment.py runs
+    # the demo model end to end under auto)
     params = SegmentParams(
-        model_dir=model, device="cpu", precision="fp32", simplify_tolerance=0.0, roi=roi
+        model_dir=model,
+        device="cpu",
+        precision="fp32",
+        runtime="torch",
+        simplify_tolerance=0.0,
+        roi=roi,
     )
     return _run(tmp / "out", params)
 

@@ -276,7 +276,8 @@ def test_damaged_tile_on_a_cluster_leaves_nothing_behind(
     from wsi_segment.pipeline.segment import segment_slide
 
     out = tmp_path / "out"
-    params = SegmentParams(model_dir=Path(tiny_model_dir), mpp=0.25, chunk_tiles=2)
+    # torch: the cluster's error path (auto on a cluster is tests/flows/test_dask.py's)
+    params = SegmentParams(model_dir=Path(tiny_model_dir), mpp=0.25, chunk_tiles=2, runtime="torch")
     with dask_client(workers=2, threads=1) as client:
         client.wait_for_workers(2, timeout=120)
         with pytest.raises(SlideError, match="cannot read region") as failed:

@@ -47,7 +47,8 @@ def test_nasty_file_and_class_names_round_trip(tiny_model_dir, tmp_path, capsys)
     doc["mpp"] = 8.0  # the whole CMU slide in ~140 x 185 model pixels: seconds
     (model / "model.json").write_text(json.dumps(doc))
     out = tmp_path / "out"
-    args = [slide, "--model", model, "--out", out, "--quiet", "--no-gate"]
+    # torch: names, not the runtime choice (an edited model.json is a new model to export)
+    args = [slide, "--model", model, "--out", out, "--quiet", "--no-gate", "--runtime", "torch"]
     result = run_cli_inprocess(args, capsys)
     assert result.code == 0, result.stderr
     out_dir = out / NASTY_STEM

@@ -15,7 +15,9 @@ from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.pipeline.segment import segment_slide
 
 def main():
-    params = SegmentParams(model_dir={model!r}, device="cpu", decoders=1, tissue="all")
+    params = SegmentParams(
+        model_dir={model!r}, device="cpu", runtime="torch", decoders=1, tissue="all"
+    )
     print(segment_slide({slide!r}, {out!r}, params).status)
 """
 
