@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import CMU_SLIDE, DATA_DIR
 
 
@@ -75,10 +77,22 @@ def test_runtime_option_reaches_the_params_and_the_batch_flow(tmp_path):
     assert make_params(None, options).runtime == "openvino"
 
 
-def test_decoders_change_speed_not_results(tmp_path, tiny_model_dir):
+def run_main(capsys: pytest.CaptureFixture[str], *args: str) -> subprocess.CompletedProcess:
+    """`flows.cli.main` in this process (the same dispatcher as the console script) where the
+    test's subject is not the process: no interpreter and torch import per call."""
+    from wsi_segment.flows.cli import main
+
+    capsys.readouterr()
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(list(args), code, out, err)
+
+
+def test_decoders_change_speed_not_results(tmp_path, tiny_model_dir, capsys):
     """`--decoders 2` (the engine), with one writer thread or three, stores what
     `--decoders 0` (the reader thread) stores, and both are speed knobs: a finished run counts as
-    up to date whatever the decoders."""
+    up to date whatever the decoders. In this process: the decoder processes are real either
+    way, and four interpreters importing torch cost more than the runs."""
     import numpy as np
     import zarr
 
@@ -92,7 +106,7 @@ def test_decoders_change_speed_not_results(tmp_path, tiny_model_dir):
     stored = {}
     for name, options in runs.items():
         out = tmp_path / name
-        done = run_cli(str(CMU_SLIDE), "--out", str(out), *options, *same)
+        done = run_main(capsys, str(CMU_SLIDE), "--out", str(out), *options, *same)
         assert done.returncode == 0, done.stderr
         folder = out / "CMU-1-Small-Region"
         summary = json.loads((folder / "summary.json").read_text())
@@ -105,7 +119,7 @@ def test_decoders_change_speed_not_results(tmp_path, tiny_model_dir):
     for b, classes_b, print_b in (stored["2"], stored["2w3"]):
         np.testing.assert_array_equal(a, b)
         assert classes_a == classes_b and print_a == print_b
-    again = run_cli(str(CMU_SLIDE), "--out", str(tmp_path / "0"), "--decoders", "2", *same)
+    again = run_main(capsys, str(CMU_SLIDE), "--out", str(tmp_path / "0"), "--decoders", "2", *same)
     assert again.returncode == 0 and "up to date" in again.stdout
 
 
@@ -166,6 +180,8 @@ def test_region_off_the_slide_exits_2_and_skipped_objects_warn_once(tmp_path, ti
         "--out",
         str(tmp_path / "m"),
         "--quiet",
+        "--runtime",
+        "torch",  # the ROI's objects, not the runtime choice (its own tests)
     )
     assert done.returncode == 0, done.stderr
     lines = [line for line in done.stderr.splitlines() if line.strip()]
@@ -204,7 +220,8 @@ def test_summary_command_pastes_into_a_shell_and_repeats_the_run(tmp_path, tiny_
     out = tmp_path / "my out"
     wsi_segment = str(Path(sys.executable).parent / "wsi-segment")  # the console script
     argv = [wsi_segment, str(slide), "--model", str(tiny_model_dir), "--out", str(out),
-            "--quiet", "--tissue", "all"]  # fmt: skip
+            "--quiet", "--tissue", "all", "--runtime", "torch"]  # fmt: skip
+    # torch: quoting, not the runtime choice (its own tests); no cold OpenVINO export
     first = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr
     command = json.loads((out / "it's a slide" / "summary.json").read_text())["command"]
