@@ -226,8 +226,9 @@ def test_summary_command_pastes_into_a_shell_and_repeats_the_run(tmp_path, tiny_
     out = tmp_path / "my out"
     wsi_segment = str(Path(sys.executable).parent / "wsi-segment")  # the console script
     argv = [wsi_segment, str(slide), "--model", str(tiny_model_dir), "--out", str(out),
-            "--quiet", "--tissue", "all", "--runtime", "torch"]  # fmt: skip
-    # torch: quoting, not the runtime choice (its own tests); no cold OpenVINO export
+            "--quiet", "--tissue", "all", "--runtime", "torch", "--mpp", "0.125"]  # fmt: skip
+    # torch: quoting, not the runtime choice (its own tests); no cold OpenVINO export.
+    # --mpp 0.125: the slide taken 4x finer than it is, a sixteenth of the model tiles
     first = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr
     command = json.loads((out / "it's a slide" / "summary.json").read_text())["command"]
