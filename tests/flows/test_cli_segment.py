@@ -104,6 +104,7 @@ def test_decoders_change_speed_not_results(tmp_path, tiny_model_dir, capsys):
     same = ["--model", str(tiny_model_dir), "--quiet", "--precision", "fp32", "--device", "cpu"]
     same += ["--chunk-tiles", "2", "--batch-size", "1", "--overlap", "16"]
     same += ["--runtime", "torch"]  # decoders, not the runtime choice (its own tests)
+    same += ["--mpp", "0.25"]  # the slide taken 2x finer: 29 tiles in 11 chunks
     runs = {"0": ["--decoders", "0"], "2": ["--decoders", "2", "--writers", "1"]}
     runs["2w3"] = ["--decoders", "2", "--writers", "3"]
     stored = {}
