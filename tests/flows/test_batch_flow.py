@@ -179,8 +179,14 @@ def test_batch_from_manifest_with_names_and_mpp(
 
     manifest = tmp_path / "manifest.csv"
     manifest.write_text(f"slide,mpp,name\n{slides_dir / 'synth-a.tif'},2.0,case-7\n")
+    # torch: the manifest's columns, not the runtime choice (its own tests); auto would pay
+    # a cold OpenVINO export for this model
     results = segment_batch(
-        input=str(manifest), out=str(tmp_path / "out"), model_dir=str(tiny_model), workers=0
+        input=str(manifest),
+        out=str(tmp_path / "out"),
+        model_dir=str(tiny_model),
+        workers=0,
+        options={"runtime": "torch"},
     )
     assert [r.status for r in results] == ["done"]
     assert results[0].out_dir == tmp_path / "out" / "case-7"

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import CMU_SLIDE, DATA_DIR
 
 
@@ -18,6 +20,20 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
         text=True,
         timeout=600,
     )
+
+
+def run_main(capsys: pytest.CaptureFixture[str], *args: str) -> subprocess.CompletedProcess:
+    """`flows.cli.main` in this process (the same dispatcher as the console script) where the
+    test's subject is not the process: no interpreter and torch import per call."""
+    from wsi_segment.flows.cli import main
+
+    capsys.readouterr()
+    try:
+        code = main(list(args))
+    except SystemExit as exc:  # argparse's usage errors
+        code = exc.code if isinstance(exc.code, int) else 1
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(list(args), code, out, err)
 
 
 def test_good_and_broken_slides_in_one_call(tmp_path, tiny_model_dir):
@@ -75,10 +91,11 @@ def test_runtime_option_reaches_the_params_and_the_batch_flow(tmp_path):
     assert make_params(None, options).runtime == "openvino"
 
 
-def test_decoders_change_speed_not_results(tmp_path, tiny_model_dir):
+def test_decoders_change_speed_not_results(tmp_path, tiny_model_dir, capsys):
     """`--decoders 2` (the engine), with one writer thread or three, stores what
     `--decoders 0` (the reader thread) stores, and both are speed knobs: a finished run counts as
-    up to date whatever the decoders."""
+    up to date whatever the decoders. In this process: the decoder processes are real either
+    way, and four interpreters importing torch cost more than the runs."""
     import numpy as np
     import zarr
 
@@ -87,12 +104,13 @@ def test_decoders_change_speed_not_results(tmp_path, tiny_model_dir):
     same = ["--model", str(tiny_model_dir), "--quiet", "--precision", "fp32", "--device", "cpu"]
     same += ["--chunk-tiles", "2", "--batch-size", "1", "--overlap", "16"]
     same += ["--runtime", "torch"]  # decoders, not the runtime choice (its own tests)
+    same += ["--mpp", "0.25"]  # the slide taken 2x finer: 29 tiles in 11 chunks
     runs = {"0": ["--decoders", "0"], "2": ["--decoders", "2", "--writers", "1"]}
     runs["2w3"] = ["--decoders", "2", "--writers", "3"]
     stored = {}
     for name, options in runs.items():
         out = tmp_path / name
-        done = run_cli(str(CMU_SLIDE), "--out", str(out), *options, *same)
+        done = run_main(capsys, str(CMU_SLIDE), "--out", str(out), *options, *same)
         assert done.returncode == 0, done.stderr
         folder = out / "CMU-1-Small-Region"
         summary = json.loads((folder / "summary.json").read_text())
@@ -105,14 +123,16 @@ def test_decoders_change_speed_not_results(tmp_path, tiny_model_dir):
     for b, classes_b, print_b in (stored["2"], stored["2w3"]):
         np.testing.assert_array_equal(a, b)
         assert classes_a == classes_b and print_a == print_b
-    again = run_cli(str(CMU_SLIDE), "--out", str(tmp_path / "0"), "--decoders", "2", *same)
+    again = run_main(capsys, str(CMU_SLIDE), "--out", str(tmp_path / "0"), "--decoders", "2", *same)
     assert again.returncode == 0 and "up to date" in again.stdout
 
 
-def test_bad_roi_files_are_usage_errors(tmp_path):
+def test_bad_roi_files_are_usage_errors(tmp_path, capsys):
     """Missing, unreadable or region-less `--roi` files: one `error:` line naming the file,
     exit 2, no traceback, nothing written; checked before the slide or the model loads (the
-    model folder here does not even exist)."""
+    model folder here does not even exist). In this process (the console script's
+    dispatcher; an exception escaping it fails the test) but the first: six interpreters
+    cost more than the checks."""
     from tests.wsi import qupath_exports as qp
 
     cells = qp.export(
@@ -126,9 +146,10 @@ def test_bad_roi_files_are_usage_errors(tmp_path):
         (cells, "no area annotation to use as a region (it holds 1 cell, 1 line annotation)"),
     ]:
         for command in ([str(CMU_SLIDE)], ["batch", str(DATA_DIR)]):
-            run = run_cli(
-                *command, "--roi", str(roi), "--model", str(tmp_path / "none"), "--out", str(out)
-            )
+            args = [*command, "--roi", str(roi), "--model", str(tmp_path / "none")]
+            args += ["--out", str(out)]
+            first = roi == tmp_path / "missing.geojson" and command[0] != "batch"
+            run = run_cli(*args) if first else run_main(capsys, *args)
             assert run.returncode == 2, run.stderr
             lines = [line for line in run.stderr.splitlines() if line.strip()]
             assert len(lines) == 1 and lines[0].startswith(f"error: {roi}: "), run.stderr
@@ -166,6 +187,8 @@ def test_region_off_the_slide_exits_2_and_skipped_objects_warn_once(tmp_path, ti
         "--out",
         str(tmp_path / "m"),
         "--quiet",
+        "--runtime",
+        "torch",  # the ROI's objects, not the runtime choice (its own tests)
     )
     assert done.returncode == 0, done.stderr
     lines = [line for line in done.stderr.splitlines() if line.strip()]
@@ -204,7 +227,9 @@ def test_summary_command_pastes_into_a_shell_and_repeats_the_run(tmp_path, tiny_
     out = tmp_path / "my out"
     wsi_segment = str(Path(sys.executable).parent / "wsi-segment")  # the console script
     argv = [wsi_segment, str(slide), "--model", str(tiny_model_dir), "--out", str(out),
-            "--quiet", "--tissue", "all"]  # fmt: skip
+            "--quiet", "--tissue", "all", "--runtime", "torch", "--mpp", "0.125"]  # fmt: skip
+    # torch: quoting, not the runtime choice (its own tests); no cold OpenVINO export.
+    # --mpp 0.125: the slide taken 4x finer than it is, a sixteenth of the model tiles
     first = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr
     command = json.loads((out / "it's a slide" / "summary.json").read_text())["command"]

@@ -194,9 +194,29 @@ def test_a_band_that_starts_after_the_slide_failed_does_nothing(
     assert not stored(job).any()  # nothing written
 
 
+def _segment_common(tiny_model_dir: Path) -> dict:
+    """The parameters of the local and the band runs of the CMU slide."""
+    # torch: the bands' orchestration; auto on a cluster is test_dask.py's
+    common = {"model_dir": tiny_model_dir, "device": "cpu", "precision": "fp32"}
+    return common | {"batch_size": 1, "chunk_tiles": 2, "runtime": "torch"}
+
+
+@pytest.fixture(scope="module")
+def local_cmu(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    """The CMU slide segmented in this process, once for every source's band run (only read)."""
+    from wsi_segment.pipeline.params import SegmentParams
+    from wsi_segment.pipeline.segment import segment_slide
+
+    out = tmp_path_factory.mktemp("local-cmu")
+    cores = len(os.sched_getaffinity(0))
+    local = SegmentParams(threads=cores, decoders=0, **_segment_common(tiny_model_dir))
+    assert segment_slide(CMU_SLIDE, out, local).status == "done"  # one torch thread a chunk
+    return out
+
+
 @pytest.mark.parametrize("name", list(SOURCES))
 def test_segment_slide_with_a_client_runs_bands(
-    client, tmp_path: Path, tiny_model_dir: Path, name: str
+    client, local_cmu: Path, tmp_path: Path, tiny_model_dir: Path, name: str
 ) -> None:
     """Through `segment_slide`: with a client, bands go to the workers (with `--decoders 1`
     decoder processes, by default the reader thread), and every output file equals the
@@ -206,12 +226,8 @@ def test_segment_slide_with_a_client_runs_bands(
     from wsi_segment.pipeline.params import SegmentParams
     from wsi_segment.pipeline.segment import segment_slide
 
-    # torch: the bands' orchestration; auto on a cluster is test_dask.py's
-    common = {"model_dir": tiny_model_dir, "device": "cpu", "precision": "fp32"}
-    common |= {"batch_size": 1, "chunk_tiles": 2, "runtime": "torch"}
+    common = _segment_common(tiny_model_dir)
     cores = len(os.sched_getaffinity(0))
-    local = SegmentParams(threads=cores, decoders=0, **common)  # one torch thread a chunk
-    assert segment_slide(CMU_SLIDE, tmp_path / "local", local).status == "done"
     with get_task_stream(client=client) as stream:
         result = segment_slide(
             CMU_SLIDE,
@@ -223,8 +239,8 @@ def test_segment_slide_with_a_client_runs_bands(
     assert any(str(t["key"]).startswith("band-") for t in stream.data)
     assert not any(str(t["key"]).startswith("chunk-") for t in stream.data)
     name = CMU_SLIDE.stem
-    assert output_files(tmp_path / "bands" / name) == output_files(tmp_path / "local" / name)
-    a, b = stable_summary(tmp_path / "bands" / name), stable_summary(tmp_path / "local" / name)
+    assert output_files(tmp_path / "bands" / name) == output_files(local_cmu / name)
+    a, b = stable_summary(tmp_path / "bands" / name), stable_summary(local_cmu / name)
     for summary in (a, b):
         summary["parameters"].pop("decoders")
     assert a == b
@@ -244,18 +260,22 @@ def test_bands_read_on_the_device_where_the_slide_allows_it(
     client, tmp_path: Path, tiny_model_dir: Path
 ) -> None:
     """`--read-device gpu` reaches the workers: each band reads the slide's JPEG tiles onto
-    the model's device (libjpeg on the CPU) and the slide comes out as a local run writes it."""
+    the model's device (libjpeg on the CPU) and the slide comes out as a local run writes it.
+    A 500 px square across four of the slide's 512 px storage tiles (--roi): the reads are
+    the subject, and the whole slide is 324 model tiles of forward passes per run."""
     from tests.pipeline.test_read_device import OME_TIFF, level0_params
+    from tests.wsi import qupath_exports as qp
     from wsi_segment.pipeline.segment import segment_slide
 
+    roi = qp.export(tmp_path / "roi.geojson", [qp.annotation(qp.rect(300, 300, 800, 800), "r")])
     one_torch_thread_each = min(256, len(os.sched_getaffinity(0)))
     local = segment_slide(
         OME_TIFF,
         tmp_path / "local",
-        level0_params(tiny_model_dir, "gpu", threads=one_torch_thread_each),
+        level0_params(tiny_model_dir, "gpu", threads=one_torch_thread_each, roi=roi),
     )
     bands = segment_slide(
-        OME_TIFF, tmp_path / "bands", level0_params(tiny_model_dir, "gpu"), client=client
+        OME_TIFF, tmp_path / "bands", level0_params(tiny_model_dir, "gpu", roi=roi), client=client
     )
     for result in (local, bands):
         assert result.status == "done" and result.out_dir is not None
