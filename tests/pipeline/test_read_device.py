@@ -106,7 +106,9 @@ def test_a_slide_the_device_cannot_read_falls_back_with_the_reason(tmp_path, tin
 
 def test_the_cli_says_once_why_gpu_reads_fell_back(tmp_path, tiny_model_dir):
     args = [str(CMU_SLIDE), "--model", str(tiny_model_dir), "--out", str(tmp_path), "--quiet"]
+    # torch: the warning is about reads (under auto, a cold OpenVINO export cost ~16 s)
     cli = [sys.executable, "-m", "wsi_segment.flows.cli", *args, "--read-device", "gpu"]
+    cli += ["--runtime", "torch"]
     done = subprocess.run(cli, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     warnings = [line for line in done.stderr.splitlines() if "--read-device gpu" in line]
