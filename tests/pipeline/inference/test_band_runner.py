@@ -18,6 +18,7 @@ import torch
 
 from tests.conftest import CMU_SLIDE, corrupt_middle_tile
 from tests.engine_leaks import shm_entries
+from tests.pipeline.inference.killed_parent import pool_then_wait
 from tests.pipeline.inference.test_engine import assert_same_outcomes, make_job, stored
 from tests.pipeline.inference.test_engine_shared_model import TurnWatch
 from tests.reference_inference import units_alone
@@ -199,16 +200,6 @@ def test_bad_input_comes_back_as_the_band_s_error_not_raised(
     assert multiprocessing.active_children() == []
 
 
-def _pool_then_wait(job: SlideJob, specs: list[ChunkSpec], out: multiprocessing.Queue) -> None:
-    """Start decoders that fill the ring and wait for free slots, report them, then wait to
-    be killed (as a Dask worker killed mid-band)."""
-    from wsi_segment.pipeline.inference.decode_pool import DecodePool
-
-    pool = DecodePool.for_chunks(job.reader, specs, 2)
-    out.put([p.pid for p in pool.procs])
-    threading.Event().wait()
-
-
 def test_decoders_exit_when_the_process_that_started_them_is_killed(
     tmp_path: Path, tiny_model_dir: Path
 ) -> None:
@@ -216,7 +207,7 @@ def test_decoders_exit_when_the_process_that_started_them_is_killed(
     job, specs = band_job(tmp_path / "p.zarr", tiny_model_dir)
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
-    parent = ctx.Process(target=_pool_then_wait, args=(job, specs, out))
+    parent = ctx.Process(target=pool_then_wait, args=(job.reader, specs, out))
     parent.start()
     pids = out.get(timeout=120)
     time.sleep(1.0)  # the decoders fill the ring and wait for slots

@@ -8,7 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import CMU_SLIDE
+from tests.conftest import DATA_DIR
+
+# 1101 px at 0.227 um/px: a few of the 2 um/px model's tiles (the engine, not the slide, is
+# the subject)
+SLIDE = DATA_DIR / "OS-1-detail.ome.tif"
 
 BODY = """
 from wsi_segment.pipeline.params import SegmentParams
@@ -31,17 +35,17 @@ def run_script(path: Path, text: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_a_script_without_main_guard_gets_one_config_error(tmp_path, tiny_model_dir):
-    body = BODY.format(model=str(tiny_model_dir), slide=str(CMU_SLIDE), out=str(tmp_path))
+    body = BODY.format(model=str(tiny_model_dir), slide=str(SLIDE), out=str(tmp_path))
     script = tmp_path / "unguarded.py"
     done = run_script(script, body + "\nmain()\n")
     assert done.returncode == 1
     assert "ConfigError" in done.stderr and str(script) in done.stderr
     assert 'if __name__ == "__main__":' in done.stderr and "decoders=0" in done.stderr
-    assert not (tmp_path / "CMU-1-Small-Region").exists()
+    assert not (tmp_path / "OS-1-detail").exists()
 
 
 def test_a_guarded_script_runs_the_engine(tmp_path, tiny_model_dir):
-    body = BODY.format(model=str(tiny_model_dir), slide=str(CMU_SLIDE), out=str(tmp_path))
+    body = BODY.format(model=str(tiny_model_dir), slide=str(SLIDE), out=str(tmp_path))
     done = run_script(tmp_path / "guarded.py", body + '\nif __name__ == "__main__":\n    main()\n')
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["done"]

@@ -142,9 +142,21 @@ def test_lfi_cam_with_its_head(tmp_path: Path) -> None:
 def test_reference_lfi_cam_head_trains_and_is_saved(tmp_path: Path) -> None:
     """The lficam-ref head (the authors' FIN) trains, saves and reloads; its pseudo masks come
     from a per-class method (its own LFI-CAM map is class-agnostic)."""
-    run = _train(SAMPLE, tmp_path, "cam", head="lficam-ref")
+    data = _downscaled(tmp_path / "data", 112)  # the head is the subject: a quarter the pixels
+    run = _train(data, tmp_path / "run", "cam", head="lficam-ref")
     _check(run, "cam")
     assert load_model(run.out).classifier.head.kind == "lficam-ref"
+
+
+def _downscaled(data: Path, size: int) -> Path:
+    """The sample's training patches (and its Readme), downscaled to `size` px."""
+    (data / "train").mkdir(parents=True)
+    shutil.copy(SAMPLE / "Readme.txt", data / "Readme.txt")
+    for path in sorted((SAMPLE / "train").glob("*.png")):
+        with Image.open(path) as im:
+            small = im.convert("RGB").resize((size, size), Image.Resampling.BOX)
+            small.save(data / "train" / path.name)
+    return data
 
 
 @pytest.mark.slow
