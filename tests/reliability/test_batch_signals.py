@@ -26,9 +26,7 @@ import pytest
 from tests.conftest import CMU_SLIDE, corrupt_middle_tile
 from tests.flows.conftest import write_synthetic_slide
 from tests.reliability.conftest import CLI, REPO, cli_env, leftovers
-from tests.reliability.test_interruption import our_shared_memory
-
-SLOW = ["--batch-size", "1", "--threads", "1", "--precision", "fp32", "--quiet"]
+from tests.reliability.test_interruption import SLOW, our_shared_memory
 
 
 def batch_cmd(folder: Path, model: Path, out: Path, *extra: str) -> list[str]:

@@ -38,7 +38,19 @@ STEM = CMU_SLIDE.stem
 # The killed run is slowed down (one tile per forward pass, one thread); batch size and
 # threads change speed only (not the run's fingerprint), so the rerun and the reference
 # use the defaults. fp32 everywhere so outputs compare exactly.
-SLOW = ["--batch-size", "1", "--threads", "1", "--precision", "fp32", "--quiet"]
+# slowed so that a signal finds them mid-run: one tile a batch on one thread, in torch (a
+# compiled runtime ran the slowed slides of a batch to the end before `timeout 90` fired)
+SLOW = [
+    "--batch-size",
+    "1",
+    "--threads",
+    "1",
+    "--runtime",
+    "torch",
+    "--precision",
+    "fp32",
+    "--quiet",
+]
 OPTIONS = ["--precision", "fp32", "--quiet"]
 # what a killed run may leave: hidden, never looking finished; the next run removes them
 KILLED_LEFTOVERS = {f".{STEM}.partial", f".{STEM}.lock"}
