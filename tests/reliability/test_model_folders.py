@@ -85,7 +85,8 @@ def test_absolute_weights_path_is_refused(fake_model_dir, cmu_crop, tmp_path, ca
     edit_json(folder, lambda doc: doc["weights"].__setitem__("file", str(weights)))
     out = tmp_path / "out"
     result = run_cli_inprocess(cli_args(cmu_crop, folder, out), capsys)
-    assert_clean_error(result, f"'weights.file' is '{weights}'", "relative")
+    # the message shortens a long value (a long TMPDIR makes this one long): its start is kept
+    assert_clean_error(result, f"'weights.file' is '{str(weights)[:16]}", "relative")
     assert_nothing_written(out)
 
 
