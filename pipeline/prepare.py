@@ -33,7 +33,7 @@ from wsi_segment.pipeline.inference.model_handle import (
     ModelHandle,
     load_for_process,
 )
-from wsi_segment.pipeline.inference.read_device import LevelKey, read_level, slide_reads
+from wsi_segment.pipeline.inference.read_device import LevelKey, read_level_and_scale, slide_reads
 from wsi_segment.pipeline.machine import Machine, probe_machine
 from wsi_segment.pipeline.outputs.output_dir import (
     run_fingerprint,
@@ -261,7 +261,7 @@ def _prepare_opened(
     slide, mpp, rois = opened
     machine = probe_machine()
     geometry = model_geometry(model_dir)
-    key = read_level(slide, mpp[0], geometry[1]) if geometry is not None else None
+    key = read_level_and_scale(slide, mpp[0], geometry[1]) if geometry is not None else None
     policy, tiles = slide_policy(machine, params, facts, slide_path, slide, key)
     device, precision = policy.device.value, params.precision
     # a cluster's bands decide their runtime and precision on their workers: this process
