@@ -66,7 +66,7 @@ def decode_share(job: dict, share: int, shares: int, barrier: Any) -> tuple[int,
     perf_counter is CLOCK_MONOTONIC on Linux, so starts and ends compare across processes.
     """
     from benchmarks.stages import chunk_read_boxes, plan_like_pipeline, tile_reuse_reader
-    from wsi_segment.pipeline.inference.chunk_reader import tile_boxes
+    from wsi_segment.pipeline.inference.tile_reader import tile_boxes
     from wsi_segment.wsi.region_reader import read_model_tiles
 
     p = plan_like_pipeline(
@@ -125,14 +125,14 @@ def run_device(job: dict, device_name: str) -> tuple[int, float, str]:
     import torch
 
     from benchmarks.stages import plan_like_pipeline
-    from wsi_segment.pipeline.inference.chunk_reader import ChunkReader
     from wsi_segment.pipeline.inference.device_tiles import DeviceTiles
     from wsi_segment.pipeline.inference.read_device import slide_reads
+    from wsi_segment.pipeline.inference.tile_reader import TileReader
 
     p = plan_like_pipeline(
         Path(job["slide"]), _meta(job), job["overlap"], job["chunk_tiles"], job["downsample"]
     )
-    reader = ChunkReader(
+    reader = TileReader(
         slide_path=job["slide"],
         backend=p.slide.backend,
         mpp_override=None,

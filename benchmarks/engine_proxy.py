@@ -4,7 +4,7 @@
     python benchmarks/engine_proxy.py --size 12288 --decoders 1,2,4 --no-record
 
 The engine (`wsi_segment.pipeline.inference.engine.run_engine`: decoder processes ->
-shared-memory slots -> one consumer -> writer) runs the pipeline's own plan of a bank slide
+shared-memory slots -> compute stage -> writer) runs the pipeline's own plan of a bank slide
 with a model whose `predict_reduced` costs next to nothing (block means of the tile's core:
 the right shapes and dtypes, region-like label maps, no network), so the figure is what the engine's reading,
 hand-over, stitching and writing can deliver. It is compared with the decode limit of the
@@ -39,7 +39,7 @@ BLOCK = 8  # output pixels per label block of the instant model
 
 
 class InstantModel:
-    """A `TileModel` (pipeline.inference.chunk_inference) that costs ~nothing: its classes
+    """A `TileModel` (pipeline.inference.tile_inference) that costs ~nothing: its classes
     are the colour channels of the tile's core, sampled once per block of BLOCK output pixels.
 
     Blocks, not single pixels: a real model's label map is made of regions, and the writer's
@@ -85,9 +85,9 @@ def engine_job(
     its model is `handle` (a ModelHandle), by default the instant model."""
     from benchmarks.stages import plan_like_pipeline
     from wsi_segment.models.meta import read_model_json
-    from wsi_segment.pipeline.inference.chunk_job import SlideJob
-    from wsi_segment.pipeline.inference.chunk_reader import ChunkReader
     from wsi_segment.pipeline.inference.model_handle import ModelHandle
+    from wsi_segment.pipeline.inference.slide_job import SlideJob
+    from wsi_segment.pipeline.inference.tile_reader import TileReader
     from wsi_segment.pipeline.outputs.label_image import create_label_image, label_level0_path
     from wsi_segment.pipeline.outputs.ome_zarr import create_probability_store, level0_path
     from wsi_segment.wsi.tiling import STORE_TILES
@@ -107,7 +107,7 @@ def engine_job(
     )
     create_label_image(store)
     job = SlideJob(
-        reader=ChunkReader(
+        reader=TileReader(
             slide_path=str(slide),
             backend="auto",
             mpp_override=None,

@@ -66,11 +66,11 @@ def _difference(a: Path, b: Path) -> str:
 
 
 def _runners(prep: Any, threads: int) -> dict[str, Callable[[Any], dict[str, Any]]]:
-    from wsi_segment.pipeline.inference.chunk_prefetch import ChunkPrefetcher
     from wsi_segment.pipeline.inference.decoder_reads import DecoderProcesses
     from wsi_segment.pipeline.inference.engine import ReadSource, run_engine
     from wsi_segment.pipeline.inference.engine_state import EngineStats
     from wsi_segment.pipeline.inference.reader_thread import HostTiles, ReaderThread
+    from wsi_segment.pipeline.inference.tile_prefetch import TilePrefetcher
     from wsi_segment.pipeline.segment import local_policy
 
     def engine(job: Any, source: ReadSource) -> dict[str, Any]:
@@ -85,7 +85,7 @@ def _runners(prep: Any, threads: int) -> dict[str, Callable[[Any], dict[str, Any
 
     def reader(job: Any) -> dict[str, Any]:
         return engine(
-            job, ReaderThread(HostTiles(job.reader, ChunkPrefetcher(job.reader, prep.specs)))
+            job, ReaderThread(HostTiles(job.reader, TilePrefetcher(job.reader, prep.specs)))
         )
 
     return {DECODERS: decoders, READER: reader}

@@ -150,7 +150,7 @@ def plan_like_pipeline(
 
 def read_chunks(p: Planned, limit_tiles: int | None = None) -> tuple[np.ndarray, float, float]:
     """Read every planned tile as the reader thread does; (tiles, wall s, cpu s)."""
-    from wsi_segment.pipeline.inference.chunk_reader import tile_boxes
+    from wsi_segment.pipeline.inference.tile_reader import tile_boxes
     from wsi_segment.wsi.region_reader import read_model_tiles
 
     out = []
@@ -180,7 +180,7 @@ def read_chunks(p: Planned, limit_tiles: int | None = None) -> tuple[np.ndarray,
 def chunk_read_boxes(p: Planned, specs: list) -> list[tuple[int, int, int, int]]:
     """The model-pixel box each chunk reads: its tiles' extent (SlideJob's), else the whole
     chunk plus the margin."""
-    from wsi_segment.pipeline.inference.chunk_reader import tiles_read_box
+    from wsi_segment.pipeline.inference.tile_reader import tiles_read_box
 
     m = p.grid.margin
     boxes = []
@@ -191,7 +191,7 @@ def chunk_read_boxes(p: Planned, specs: list) -> list[tuple[int, int, int, int]]
 
 
 def tile_reuse_reader(p: Planned, boxes: list) -> dict:
-    """`reader=` for read_model_tiles that decodes each storage tile once, as ChunkReader
+    """`reader=` for read_model_tiles that decodes each storage tile once, as TileReader
     with the prefetcher's TileReuse does; {} where the slide's level does not support it."""
     from wsi_segment.wsi.region_reader import level_read_box
     from wsi_segment.wsi.tile_reuse import TileReuse, supports_reuse

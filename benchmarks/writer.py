@@ -6,7 +6,7 @@
 The writer finishes every write unit (`SlideJob.finish_block`: stitch the reduced tile cores,
 mask the tissue, write the zarr chunks the unit owns, count, trace polygons). A unit is a
 chunk, or the chunks of one zarr chunk (8 x 8 tile cores) when chunks are smaller, as with
-the CPU default of 4 x 4 tiles (`ChunkSpec.write_unit`, `chunk_writer.write_units`). This
+the CPU default of 4 x 4 tiles (`ChunkSpec.write_unit`, `unit_writer.write_units`). This
 script feeds it the reduced tiles of the pipeline's own plan of a bank slide, with no model
 and no decoders in the measurement, so the figures are the writer's alone:
 
@@ -20,8 +20,8 @@ and no decoders in the measurement, so the figures are the writer's alone:
   measured as such.
 - **threads**: the same parts, and `finish_block`, over all units with 1, 2, 4 threads of a
   plain pool (a part whose rate grows with threads releases the GIL; one that stays flat
-  holds it, given free cores), and the engine's own writer (`ChunkWriter.run` with that many
-  finisher threads) fed the tiles in batches that span chunks, as the consumer sends them.
+  holds it, given free cores), and the engine's own writer (`UnitWriter.run` with that many
+  finisher threads) fed the tiles in batches that span chunks, as the compute stage sends them.
   For comparison, polygon tracing alone in N spawned processes (not what the engine does).
 
 Profile (py-spy, all threads; `--gil` keeps only samples holding the GIL):
@@ -56,13 +56,13 @@ from benchmarks.measure import BenchRun, loadavg, log, slide_args  # noqa: E402
 from benchmarks.stages import slide_and_model  # noqa: E402
 
 PARTS = ("stitch", "tissue", "zarr write", "statistics", "polygons")
-WRITER = "engine writer (ChunkWriter, N finisher threads)"
+WRITER = "engine writer (UnitWriter, N finisher threads)"
 PROCESSES = "polygons in N processes (not in the engine)"
 
 
 def model_tiles(job: Any, specs: list, cache: Path) -> list[Any]:
     """Each chunk's `ReducedTiles` from the real model (cached: the model is not measured)."""
-    from wsi_segment.pipeline.inference.chunk_inference import ReducedTiles
+    from wsi_segment.pipeline.inference.tile_inference import ReducedTiles
 
     if not cache.exists():
         t0 = time.perf_counter()
@@ -94,8 +94,8 @@ def model_tiles(job: Any, specs: list, cache: Path) -> list[Any]:
 def unit_tiles(specs: list, reduced: list) -> tuple[list, list]:
     """The write units of the plan (as the engine's writer finishes them) and each unit's
     `ReducedTiles`: its chunks' tiles, in the unit's order."""
-    from wsi_segment.pipeline.inference.chunk_inference import ReducedTiles
-    from wsi_segment.pipeline.inference.chunk_writer import write_units
+    from wsi_segment.pipeline.inference.tile_inference import ReducedTiles
+    from wsi_segment.pipeline.inference.unit_writer import write_units
 
     units, out = write_units(specs), []
     for unit in units:
@@ -113,7 +113,7 @@ def unit_tiles(specs: list, reduced: list) -> tuple[list, list]:
 def part_functions(job: Any, specs: list, reduced: list) -> dict[str, Callable[[int], object]]:
     """One callable per part, taking a write unit's index (`specs`, `reduced`: the units');
     inputs of later parts made up front."""
-    from wsi_segment.pipeline.inference.chunk_inference import NODATA, stitch_cores
+    from wsi_segment.pipeline.inference.tile_inference import NODATA, stitch_cores
     from wsi_segment.pipeline.outputs.chunk_summary import block_polygons, block_statistics
 
     grid = job.grid
@@ -153,13 +153,13 @@ def part_functions(job: Any, specs: list, reduced: list) -> dict[str, Callable[[
 
 
 def engine_writer(job: Any, specs: list, reduced: list, batch: int) -> Callable[[int], float]:
-    """Seconds for the engine's own writer (`ChunkWriter.run`, `threads` finishers) to take
-    every chunk's tiles in batches of `batch` that span chunks, as the consumer sends them
+    """Seconds for the engine's own writer (`UnitWriter.run`, `threads` finishers) to take
+    every chunk's tiles in batches of `batch` that span chunks, as the compute stage sends them
     (`specs`, `reduced`: the chunks'; the writer gathers them into write units)."""
     import queue
 
-    from wsi_segment.pipeline.inference.chunk_writer import ChunkWriter, TileBatch
     from wsi_segment.pipeline.inference.engine_state import FirstError
+    from wsi_segment.pipeline.inference.unit_writer import TileBatch, UnitWriter
 
     probs = np.concatenate([r.probs for r in reduced if len(r.probs)])
     labels = np.concatenate([r.labels for r in reduced if len(r.labels)])
@@ -181,7 +181,7 @@ def engine_writer(job: Any, specs: list, reduced: list, batch: int) -> Callable[
         for b in batches:
             inbox.put(b)
         inbox.put(None)
-        writer, errors = ChunkWriter(job, specs, threads=threads), FirstError()
+        writer, errors = UnitWriter(job, specs, threads=threads), FirstError()
         t0 = time.perf_counter()
         writer.run(inbox, errors)
         if errors.error is not None:

@@ -5,7 +5,7 @@ slide's stage tasks); their chunks all go to one Dask cluster, or, on a machine 
 GPU (or `workers=0`), run in this process: on a GPU through the engine, where the
 slides in flight share the machine's decoder processes (the run policy's `decoders`, for
 `RunFacts.at_once` slides: `pipeline.run_policy`)
-and their consumers take turns on the one model (one forward pass at a time), so the next
+and their compute stages take turns on the one model (one forward pass at a time), so the next
 slide's tissue detection, planning and first decodes overlap this slide's inference and
 its outputs the next one's. A slide that fails is
 recorded with its error and the others go on (its slide task ends Failed, as its stage task

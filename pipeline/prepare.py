@@ -19,21 +19,21 @@ import numpy as np
 
 from wsi_segment.errors import ModelError
 from wsi_segment.models.meta import read_model_json, weights_path
-from wsi_segment.pipeline.inference.chunk_plan import (
+from wsi_segment.pipeline.inference.decode_pool import DecodePool
+from wsi_segment.pipeline.inference.model_handle import (
+    ModelHandle,
+    load_for_process,
+)
+from wsi_segment.pipeline.inference.read_device import LevelKey, read_level_and_scale, slide_reads
+from wsi_segment.pipeline.inference.slide_plan import (
     chunk_read_backend,
     model_geometry,
     plan_reader,
     plan_slide,
     slide_tissue,
 )
-from wsi_segment.pipeline.inference.chunk_prefetch import ChunkPrefetcher
-from wsi_segment.pipeline.inference.chunk_reader import ChunkReader
-from wsi_segment.pipeline.inference.decode_pool import DecodePool
-from wsi_segment.pipeline.inference.model_handle import (
-    ModelHandle,
-    load_for_process,
-)
-from wsi_segment.pipeline.inference.read_device import LevelKey, read_level, slide_reads
+from wsi_segment.pipeline.inference.tile_prefetch import TilePrefetcher
+from wsi_segment.pipeline.inference.tile_reader import TileReader
 from wsi_segment.pipeline.machine import Machine, probe_machine
 from wsi_segment.pipeline.outputs.output_dir import (
     run_fingerprint,
@@ -86,10 +86,10 @@ class PreparedSlide:
     specs: list[ChunkSpec]
     # What reads the planned chunks (decoders, prefetcher, the engine's reader thread), and
     # the one place its level, scale and backend are kept (the properties below read it).
-    reader: ChunkReader
+    reader: TileReader
     timings: dict[str, float] = field(default_factory=dict)
     # Local runs: chunk images being read in the background since planning (never pickled).
-    prefetch: ChunkPrefetcher | None = None
+    prefetch: TilePrefetcher | None = None
     # Local runs on the engine: its decoders, started after planning (never pickled);
     # `infer` hands them to `run_engine`, which closes them.
     decode_pool: DecodePool | None = None
@@ -135,7 +135,7 @@ class PreparedSlide:
         pool, self.decode_pool = self.decode_pool, None
         return pool
 
-    def take_prefetch(self) -> ChunkPrefetcher | None:
+    def take_prefetch(self) -> TilePrefetcher | None:
         """The prefetcher, handed over to the engine's reader thread (which closes it)."""
         prefetch, self.prefetch = self.prefetch, None
         return prefetch
@@ -200,7 +200,7 @@ def prepare(
     one core) loads in a background thread while this thread detects tissue and plans the
     chunks; with `prefetch`, chunk images then start being read on the core the loader
     leaves free, so the first forward passes find their tiles decoded (the side work is in
-    `pipeline.startup`, planning from model.json in `pipeline.inference.chunk_plan`).
+    `pipeline.startup`, planning from model.json in `pipeline.inference.slide_plan`).
     The run policy (`pipeline.run_policy`, for `place`: a local run, or the plan of a Dask
     cluster's run; `at_once`: the slides in flight on this machine, a batch's) is decided
     first, from this machine, the options and the slide's read level. With `early`, the readers it names start while the model loads: the engine's
@@ -261,7 +261,7 @@ def _prepare_opened(
     slide, mpp, rois = opened
     machine = probe_machine()
     geometry = model_geometry(model_dir)
-    key = read_level(slide, mpp[0], geometry[1]) if geometry is not None else None
+    key = read_level_and_scale(slide, mpp[0], geometry[1]) if geometry is not None else None
     policy, tiles = slide_policy(machine, params, facts, slide_path, slide, key)
     device, precision = policy.device.value, params.precision
     # a cluster's bands decide their runtime and precision on their workers: this process
@@ -287,7 +287,7 @@ def _prepare_opened(
         if prefetch
         else None
     )
-    prefetcher: ChunkPrefetcher | None = None
+    prefetcher: TilePrefetcher | None = None
     pool: DecodePool | None = None
     try:
         if decoders and geometry is not None and decoders < machine.cores:
@@ -306,7 +306,7 @@ def _prepare_opened(
                 pool = pool or DecodePool(decoders)
                 pool.assign(reader, planned.specs)
             elif prefetch and planned.specs:
-                prefetcher = ChunkPrefetcher(reader, planned.specs)
+                prefetcher = TilePrefetcher(reader, planned.specs)
         if pool is not None and pool.specs is None:  # nothing to read
             pool.close()
             pool = None

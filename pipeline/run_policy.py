@@ -198,8 +198,8 @@ def engine_in_process(
     machine: Machine, options: SegmentParams, workers: int | None, dask_address: str | None
 ) -> Decision[bool]:
     """Whether a batch runs its slides' engines in this process rather than in bands on a
-    Dask cluster: with `workers=0`, and by default on a machine with one GPU (one consumer
-    for the device, decoders on every core, one loaded model for the slides in flight,
+    Dask cluster: with `workers=0`, and by default on a machine with one GPU (one compute
+    stage for the device, decoders on every core, one loaded model for the slides in flight,
     without a cluster's start-up). Several GPUs keep one worker each; CPUs a local cluster."""
     if dask_address:
         return Decision(False, "--dask-address: bands on that cluster")

@@ -28,10 +28,10 @@ from typing import TYPE_CHECKING, Any
 
 from wsi_segment.pipeline.inference.band_runner import run_bands, settle_precision
 from wsi_segment.pipeline.inference.band_task import BandResult
-from wsi_segment.pipeline.inference.chunk_job import SlideJob
 from wsi_segment.pipeline.inference.engine import ReadSource, run_engine
 from wsi_segment.pipeline.inference.engine_state import EngineStats
 from wsi_segment.pipeline.inference.model_handle import ModelHandle
+from wsi_segment.pipeline.inference.slide_job import SlideJob
 from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome
 from wsi_segment.pipeline.outputs.label_image import create_label_image, label_level0_path
 from wsi_segment.pipeline.outputs.ome_zarr import create_probability_store, level0_path

@@ -4,7 +4,7 @@ uint8 quantisation and labels taken from the quantised values (gated pixels whos
 classes all round to 0 become nodata). Tests compare the on-device reduction against it.
 
 Also the engine's reference: a chunk's reduced cores computed alone (`chunk_alone`), read by
-the job's `ChunkReader` and batched chunk by chunk with no engine, no read source, no padding.
+the job's `TileReader` and batched chunk by chunk with no engine, no read source, no padding.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from wsi_segment.pipeline.inference.chunk_inference import ReducedTiles
+    from wsi_segment.pipeline.inference.tile_inference import ReducedTiles
     from wsi_segment.wsi.tiling import ChunkSpec, TileGrid
 
 
@@ -75,7 +75,7 @@ def label_count_bounds(
 def reference_block(job, spec, model) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A chunk's output block as the pipeline made it before: (float32 probabilities,
     uint8 probabilities, labels from the uint8 values), 0 / 255 outside tissue. `job` is a
-    pipeline.inference.chunk_job.SlideJob; `model` predicts full maps in the job's batches."""
+    pipeline.inference.slide_job.SlideJob; `model` predicts full maps in the job's batches."""
     import torch
 
     d, s, m = job.grid.downsample, job.grid.stride, job.grid.margin
@@ -105,10 +105,10 @@ def predict_unpadded(
     model: Any, tiles: np.ndarray, grid: TileGrid, batch_size: int, gate: bool, lock: Any = None
 ) -> ReducedTiles:
     """uint8 tiles (N, T, T, 3) through the model's reduction in batches of `batch_size`, the
-    last one short (the engine pads it: `chunk_inference.predict_batch`)."""
+    last one short (the engine pads it: `tile_inference.predict_batch`)."""
     import torch
 
-    from wsi_segment.pipeline.inference.chunk_inference import ReducedTiles, predict_batch
+    from wsi_segment.pipeline.inference.tile_inference import ReducedTiles, predict_batch
 
     parts = [
         predict_batch(
@@ -128,9 +128,9 @@ def predict_unpadded(
 
 def chunk_alone(job: Any, spec: ChunkSpec) -> ReducedTiles:
     """The reduced cores of one chunk's tiles, in `spec.tiles` order, computed alone: read by
-    the job's `ChunkReader`, in batches of the job's batch size holding this chunk only. `job`
-    is a pipeline.inference.chunk_job.SlideJob; `job.finish_block` writes what this gives."""
-    from wsi_segment.pipeline.inference.chunk_job import device_batch_size
+    the job's `TileReader`, in batches of the job's batch size holding this chunk only. `job`
+    is a pipeline.inference.slide_job.SlideJob; `job.finish_block` writes what this gives."""
+    from wsi_segment.pipeline.inference.slide_job import device_batch_size
 
     model, lock = job.model.get()
     batch_size = device_batch_size(model, lock, job.grid.tile, job.batch_size)
@@ -143,8 +143,8 @@ def units_alone(job: Any, specs: list[ChunkSpec]) -> list[Any]:
     """Every chunk computed alone (`chunk_alone`), then written and summarised per write unit
     (the chunks of one zarr chunk together, `ChunkSpec.write_unit`) as the engine's writer
     does; the outcomes (`ChunkOutcome`) in plan order."""
-    from wsi_segment.pipeline.inference.chunk_inference import ReducedTiles
-    from wsi_segment.pipeline.inference.chunk_writer import write_units
+    from wsi_segment.pipeline.inference.tile_inference import ReducedTiles
+    from wsi_segment.pipeline.inference.unit_writer import write_units
 
     outcomes = []
     for unit in write_units(specs):

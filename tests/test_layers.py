@@ -140,7 +140,7 @@ def test_the_check_sees_a_violation(tmp_path: Path) -> None:
     )
     assert imported_modules(bad) == {"os", "wsi_segment.wsi.slide", "models"}
     assert layers_used(bad) == {"wsi"}
-    assert unit_of("wsi_segment.pipeline.inference.chunk_job") == "pipeline.inference"
+    assert unit_of("wsi_segment.pipeline.inference.slide_job") == "pipeline.inference"
     assert unit_of("wsi_segment.pipeline.params") == "pipeline.base"
     assert unit_of("wsi_segment.pipeline.segment") == "pipeline"
     assert unit_of("wsi_segment.synthetic.slides") == "synthetic"

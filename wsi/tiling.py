@@ -75,7 +75,7 @@ class ChunkSpec:
     out_box: tuple[int, int, int, int]  # output pixels, clipped to the output array
     # The write unit: the zarr chunk this chunk is written with, when the chunk is smaller
     # than one (core in model space, output box clipped); None: the chunk itself. The chunks
-    # of one unit are stitched and written together once all have run (`ChunkWriter`), so
+    # of one unit are stitched and written together once all have run (`UnitWriter`), so
     # no two writers ever touch one zarr chunk.
     unit_core: tuple[int, int, int, int] | None = None
     unit_out: tuple[int, int, int, int] | None = None

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from wsi_segment.lazy_exports import lazy_exports
 
 _EXPORTS = {
-    "SlideJob": "wsi_segment.pipeline.inference.chunk_job",
+    "SlideJob": "wsi_segment.pipeline.inference.slide_job",
     "run_bands": "wsi_segment.pipeline.inference.band_runner",
     "run_engine": "wsi_segment.pipeline.inference.engine",
     "ReadSource": "wsi_segment.pipeline.inference.engine",
@@ -19,7 +19,7 @@ _EXPORTS = {
     "HostTiles": "wsi_segment.pipeline.inference.reader_thread",
     "DecoderProcesses": "wsi_segment.pipeline.inference.decoder_reads",
     "ModelHandle": "wsi_segment.pipeline.inference.model_handle",
-    "plan_slide": "wsi_segment.pipeline.inference.chunk_plan",
+    "plan_slide": "wsi_segment.pipeline.inference.slide_plan",
 }
 __all__ = [
     "DecoderProcesses",
@@ -36,9 +36,9 @@ __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
 
 if TYPE_CHECKING:
     from wsi_segment.pipeline.inference.band_runner import run_bands
-    from wsi_segment.pipeline.inference.chunk_job import SlideJob
-    from wsi_segment.pipeline.inference.chunk_plan import plan_slide
     from wsi_segment.pipeline.inference.decoder_reads import DecoderProcesses
     from wsi_segment.pipeline.inference.engine import ReadSource, run_engine
     from wsi_segment.pipeline.inference.model_handle import ModelHandle
     from wsi_segment.pipeline.inference.reader_thread import HostTiles, ReaderThread
+    from wsi_segment.pipeline.inference.slide_job import SlideJob
+    from wsi_segment.pipeline.inference.slide_plan import plan_slide

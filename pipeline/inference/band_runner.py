@@ -9,7 +9,7 @@ writes the same bytes again. The precision of `--precision auto` is decided by o
 and pinned for all (`settle_precision`).
 
 Workers whose resources name a `GPU` (our local GPU clusters, the compose file, the SLURM
-example) run one band at a time each: one consumer per device, with the worker's cores as
+example) run one band at a time each: one compute stage per device, with the worker's cores as
 its decoders. Elsewhere a worker runs as many bands at once as it has threads, and shares
 its cores out between them; the workers of one machine share its cores too.
 """
@@ -30,8 +30,8 @@ from wsi_segment.pipeline.inference.band_task import (
     band_precision,
     run_band,
 )
-from wsi_segment.pipeline.inference.chunk_job import SlideJob
 from wsi_segment.pipeline.inference.model_handle import ModelHandle
+from wsi_segment.pipeline.inference.slide_job import SlideJob
 from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome
 from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.pipeline.progress import NullProgress, Progress

@@ -26,11 +26,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from wsi_segment.errors import WsiSegmentError
-from wsi_segment.pipeline.inference.chunk_job import SlideJob
 from wsi_segment.pipeline.inference.engine import run_engine, torch_threads
 from wsi_segment.pipeline.inference.engine_state import EngineAborted
 from wsi_segment.pipeline.inference.model_handle import ModelHandle
 from wsi_segment.pipeline.inference.read_device import slide_reads
+from wsi_segment.pipeline.inference.slide_job import SlideJob
 from wsi_segment.pipeline.machine import probe_machine
 from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome
 from wsi_segment.pipeline.params import SegmentParams

@@ -3,11 +3,11 @@
 Decoding (openslide, JPEG) is CPU work that does not scale with threads in one process, so
 each decoder is its own process. They are *spawned*, never forked (a fork of a process that
 holds CUDA or torch's thread pools can hang), and import only numpy and the slide code, so
-they start in well under a second (`pipeline.inference.chunk_reader`: a decoder is sent a
-`ChunkReader`, a few numbers and paths). Each decoder gets a contiguous share of the chunks, so it can
-decode each shared storage tile once (`ChunkReader.plan_tile_reuse`). Tiles go into a fixed ring
+they start in well under a second (`pipeline.inference.tile_reader`: a decoder is sent a
+`TileReader`, a few numbers and paths). Each decoder gets a contiguous share of the chunks, so it can
+decode each shared storage tile once (`TileReader.plan_tile_reuse`). Tiles go into a fixed ring
 of shared-memory slots, one chunk per slot; a slot comes from the free-slot queue and goes
-back when the device consumer has copied its tiles: memory is bounded by the ring. What
+back when the compute stage has copied its tiles: memory is bounded by the ring. What
 travels on the queues is small: slot numbers and (slot, chunk, tiles) descriptors.
 
 A `DecodePool` holds one run's decoders, queues and ring. `pipeline.prepare.prepare` spawns
@@ -33,7 +33,6 @@ from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 import numpy as np
 
 from wsi_segment.errors import TERMINATING_SIGNALS, SlideError, WsiSegmentError, raise_terminated
-from wsi_segment.pipeline.inference.chunk_reader import ChunkReader
 from wsi_segment.pipeline.inference.engine_state import wait_uninterrupted
 from wsi_segment.pipeline.inference.main_guard import check_main_guard
 from wsi_segment.pipeline.inference.shm_rings import (
@@ -42,6 +41,7 @@ from wsi_segment.pipeline.inference.shm_rings import (
     remove_abandoned_rings,
     ring_name,
 )
+from wsi_segment.pipeline.inference.tile_reader import TileReader
 from wsi_segment.wsi.tiling import ChunkSpec, contiguous_runs
 
 if TYPE_CHECKING:
@@ -180,7 +180,7 @@ class DecodePool:
 
     @classmethod
     def for_chunks(
-        cls, reader: ChunkReader, specs: Sequence[ChunkSpec], decoders: int
+        cls, reader: TileReader, specs: Sequence[ChunkSpec], decoders: int
     ) -> DecodePool:
         """Spawned and assigned at once (a run that had no time to start them early)."""
         pool = cls(decoders)
@@ -191,7 +191,7 @@ class DecodePool:
             raise
         return pool
 
-    def assign(self, reader: ChunkReader, specs: Sequence[ChunkSpec]) -> None:
+    def assign(self, reader: TileReader, specs: Sequence[ChunkSpec]) -> None:
         """Make the slot ring for these chunks and send each decoder its share (a decoder
         left without one reports itself finished)."""
         if self.specs is not None or not self.procs:
@@ -265,7 +265,7 @@ def start_resource_tracker() -> None:
 class DecoderTask:
     """One decoder's share of a run: its chunks and where the slot ring lives."""
 
-    reader: ChunkReader
+    reader: TileReader
     specs: list[ChunkSpec]
     indices: list[int]
     shm_name: str

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from wsi_segment.errors import DecoderDied
-from wsi_segment.pipeline.inference.chunk_writer import Segment
+from wsi_segment.pipeline.inference.compute_stage import StagedBatch, batch_takes
 from wsi_segment.pipeline.inference.decode_pool import (
     Decoded,
     DecodePool,
@@ -31,12 +31,12 @@ from wsi_segment.pipeline.inference.decode_pool import (
     Finished,
     SlotRing,
 )
-from wsi_segment.pipeline.inference.device_consumer import StagedBatch, batch_takes
 from wsi_segment.pipeline.inference.engine_state import EngineStats, FirstError, Part
+from wsi_segment.pipeline.inference.unit_writer import Segment
 from wsi_segment.wsi.tiling import ChunkSpec
 
 if TYPE_CHECKING:
-    from wsi_segment.pipeline.inference.chunk_job import SlideJob
+    from wsi_segment.pipeline.inference.slide_job import SlideJob
 
 
 class DecoderProcesses:

@@ -3,7 +3,7 @@
 The GPU read path: the compressed storage tiles a chunk's read box touches are decoded in
 one batch (`decode_tiles`, below), pasted into the box on the device (white
 outside the level, as `wsi.slide.Slide` reads), and cut into the chunk's model tiles on
-the global grid as `ChunkReader.read_tiles` cuts them: the same tiles, byte for byte where
+the global grid as `TileReader.read_tiles` cuts them: the same tiles, byte for byte where
 the same decoder runs. Only where model pixels are the read level's pixels (no resampling);
 elsewhere, and for slides whose tiles `wsi.raw_tiles` cannot serve,
 `pipeline.inference.read_device.jpeg_level` says why and the CPU decoders read the slide. With
@@ -33,7 +33,7 @@ import torch
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from wsi_segment.errors import SlideError
-from wsi_segment.pipeline.inference.chunk_reader import ChunkReader
+from wsi_segment.pipeline.inference.tile_reader import TileReader
 from wsi_segment.wsi.raw_tiles import JpegTiles
 from wsi_segment.wsi.tiling import ChunkSpec
 
@@ -180,7 +180,7 @@ class DeviceTiles:
     """Reads chunks' model tiles onto `device` with `decoder` (the run policy's); one per
     slide and device."""
 
-    reader: ChunkReader
+    reader: TileReader
     tiles: JpegTiles
     device: torch.device
     decoder: Decoder

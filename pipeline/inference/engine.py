@@ -4,7 +4,7 @@
         |                       mixing chunks (`ReadSource`, below: a reader
         |                       thread, decoder processes, or the device read path)
     compute (threads)           `predict_reduced` back to back by the model's owner
-        |                       (`DeviceConsumer`; on the CPU a few side by side), every
+        |                       (`ComputeStage`; on the CPU a few side by side), every
         |                       forward pass of exactly `batch` tiles (a short one padded)
     writer (threads)            stitch, write the zarr chunks, summarise, per write unit
 
@@ -33,8 +33,6 @@ import traceback
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Protocol
 
-from wsi_segment.pipeline.inference.chunk_job import SlideJob, device_batch_size
-from wsi_segment.pipeline.inference.chunk_writer import ChunkWriter
 from wsi_segment.pipeline.inference.engine_state import (
     EngineAborted,
     EngineStats,
@@ -44,13 +42,15 @@ from wsi_segment.pipeline.inference.engine_state import (
     start_parts,
     wait_uninterrupted,
 )
+from wsi_segment.pipeline.inference.slide_job import SlideJob, device_batch_size
+from wsi_segment.pipeline.inference.unit_writer import UnitWriter
 from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome
 from wsi_segment.pipeline.progress import NullProgress, Progress
 from wsi_segment.wsi.tiling import ChunkSpec
 
-if TYPE_CHECKING:  # the consumer imports torch: loaded when an engine runs
-    from wsi_segment.pipeline.inference.chunk_writer import TileBatch
-    from wsi_segment.pipeline.inference.device_consumer import DeviceConsumer, StagedBatch
+if TYPE_CHECKING:  # the compute stage imports torch: loaded when an engine runs
+    from wsi_segment.pipeline.inference.compute_stage import ComputeStage, StagedBatch
+    from wsi_segment.pipeline.inference.unit_writer import TileBatch
 
 
 class ReadSource(Protocol):
@@ -95,7 +95,7 @@ def run_engine(
 
     `source` is adopted: closed whatever happens. `writers`: threads finishing whole chunks
     side by side; `computes`: forward passes side by side; `locked`: whether they take the
-    model's lock (`DeviceConsumer`; None: with one compute). Runs pass their run policy's
+    model's lock (`ComputeStage`; None: with one compute). Runs pass their run policy's
     (`pipeline.run_policy`).
     `stats` (optional) receives what the run did (batches and the chunks each held, bytes
     that crossed from the device). `abort` (optional): set by someone else (a Dask band
@@ -106,19 +106,19 @@ def run_engine(
     try:
         if not specs:
             return []
-        from wsi_segment.pipeline.inference.device_consumer import DeviceConsumer  # torch
+        from wsi_segment.pipeline.inference.compute_stage import ComputeStage  # torch
 
         model, lock = job.model.get()
         batch = device_batch_size(model, lock, job.grid.tile, job.batch_size)
         errors = FirstError()
-        consumer = DeviceConsumer(
+        stage = ComputeStage(
             model, lock, job.grid, job.gate, batch, errors, stats, computes, locked
         )
         stats.decoders, stats.batch_size, stats.writers = source.processes, batch, writers
-        stats.source, stats.computes = type(source).__name__, consumer.computes
-        writer = ChunkWriter(job, specs, progress or NullProgress(), writers)
-        _run_parts(job, specs, source, batch, consumer, writer, errors, stats, abort)
-        del consumer
+        stats.source, stats.computes = type(source).__name__, stage.computes
+        writer = UnitWriter(job, specs, progress or NullProgress(), writers)
+        _run_parts(job, specs, source, batch, stage, writer, errors, stats, abort)
+        del stage
         if errors.error is not None:
             # The frames of the parts are done: drop their locals so nothing outlives the
             # run, keeping the lines for a traceback.
@@ -134,8 +134,8 @@ def _run_parts(
     specs: list[ChunkSpec],
     source: ReadSource,
     batch: int,
-    consumer: DeviceConsumer,
-    writer: ChunkWriter,
+    stage: ComputeStage,
+    writer: UnitWriter,
     errors: FirstError,
     stats: EngineStats,
     abort: threading.Event | None,
@@ -150,7 +150,7 @@ def _run_parts(
             staged: queue.Queue[StagedBatch | None] = queue.Queue(maxsize=1)
             written: queue.Queue[TileBatch | None] = queue.Queue(maxsize=4)
             bodies: list[Part] = source.parts(job, specs, batch, staged, errors, stats)
-            bodies += [(consumer.compute, (staged, written))] * consumer.computes
+            bodies += [(stage.compute, (staged, written))] * stage.computes
             bodies.append((writer.run, (written, errors)))
             start_parts(bodies, threads)
             del bodies

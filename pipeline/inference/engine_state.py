@@ -1,6 +1,6 @@
 """What the parts of the engine share: the first error, the stop, and run statistics.
 
-Every part (the read source's, the consumer's, the writer's) reports its error here; each
+Every part (the read source's, the compute stage's, the writer's) reports its error here; each
 checks `stopped` while it waits, so one failure stops them all, and the engine raises the
 first error once every part has ended.
 """

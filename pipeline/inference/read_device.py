@@ -20,9 +20,9 @@ from wsi_segment.wsi.slide import Slide
 LevelKey = tuple[int, float]  # (read level, level-0 px per model px) a choice was made for
 
 
-def read_level(slide: Slide, slide_mpp: float, model_mpp: float) -> LevelKey:
-    """The level chunks are read from and level-0 px per model px, as
-    `wsi.tiling.plan_chunks` plans them (known before tissue detection)."""
+def read_level_and_scale(slide: Slide, slide_mpp: float, model_mpp: float) -> LevelKey:
+    """(read level, level-0 px per model px): the pyramid level chunks are read from and the
+    scale, as `wsi.tiling.plan_chunks` plans them (known before tissue detection)."""
     level0_per_model = model_mpp / slide_mpp
     return choose_level(tuple(slide.level_downsamples), level0_per_model), level0_per_model
 

@@ -3,9 +3,9 @@
     reader (thread)    walks the chunks in plan order, gets each chunk's tiles from its
                        `TileReads` and fills batches across chunks (`batch_takes`), then None
 
-Two kinds of `TileReads`: `HostTiles` reads with the slide library (`ChunkReader`, storage
+Two kinds of `TileReads`: `HostTiles` reads with the slide library (`TileReader`, storage
 tiles shared between chunks: `wsi.tile_reuse`), on the CPU, any slide; it may take chunk
-tiles a `ChunkPrefetcher` started reading while the model loaded. `DeviceTiles`
+tiles a `TilePrefetcher` started reading while the model loaded. `DeviceTiles`
 (`pipeline.inference.device_tiles`) decodes the slide's JPEG tiles on the model's device.
 On CUDA the thread works on a side stream and records each batch's `ready` event there, so
 the next batch is assembled while this one computes; on the CPU the same code runs without
@@ -23,16 +23,16 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 import torch
 
-from wsi_segment.pipeline.inference.chunk_reader import ChunkReader
-from wsi_segment.pipeline.inference.chunk_writer import Segment
-from wsi_segment.pipeline.inference.device_consumer import StagedBatch, batch_takes
+from wsi_segment.pipeline.inference.compute_stage import StagedBatch, batch_takes
 from wsi_segment.pipeline.inference.engine_state import EngineStats, FirstError, Part, Stopped
+from wsi_segment.pipeline.inference.tile_reader import TileReader
+from wsi_segment.pipeline.inference.unit_writer import Segment
 from wsi_segment.wsi.tile_reuse import TileReuse
 from wsi_segment.wsi.tiling import ChunkSpec
 
 if TYPE_CHECKING:
-    from wsi_segment.pipeline.inference.chunk_job import SlideJob
-    from wsi_segment.pipeline.inference.chunk_prefetch import ChunkPrefetcher
+    from wsi_segment.pipeline.inference.slide_job import SlideJob
+    from wsi_segment.pipeline.inference.tile_prefetch import TilePrefetcher
 
 
 class TileReads(Protocol):
@@ -57,9 +57,9 @@ class TileReads(Protocol):
 
 
 class HostTiles:
-    """Chunks read with the slide library on the CPU (`ChunkReader`), any slide."""
+    """Chunks read with the slide library on the CPU (`TileReader`), any slide."""
 
-    def __init__(self, reader: ChunkReader, prefetch: ChunkPrefetcher | None = None) -> None:
+    def __init__(self, reader: TileReader, prefetch: TilePrefetcher | None = None) -> None:
         """`prefetch`: a prefetcher reading these chunks already (adopted and closed; its
         read seconds go into summary.json)."""
         self.reader, self.prefetch = reader, prefetch

@@ -94,7 +94,7 @@ def test_bands_on_workers_write_what_local_runs_write(
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)
-    try:  # the engine in this process, too: one consumer, all the chunks
+    try:  # the engine in this process, too: one compute stage, all the chunks
         source = DecoderProcesses(decoders) if decoders else ReaderThread(HostTiles(job.reader))
         local = run_engine(job, specs, source)
     finally:

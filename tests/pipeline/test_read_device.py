@@ -17,7 +17,7 @@ import zarr
 from tests.conftest import CMU_SLIDE, DATA_DIR
 from tests.engine_leaks import shm_entries
 from wsi_segment.errors import ConfigError
-from wsi_segment.pipeline.inference.read_device import read_level, slide_reads
+from wsi_segment.pipeline.inference.read_device import read_level_and_scale, slide_reads
 from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.pipeline.run_policy import (
     ASKED_CPU,
@@ -129,7 +129,7 @@ def test_auto_reads_on_the_device_only_on_cuda_with_nvjpeg():
     from tests.pipeline.test_run_policy import CPU_ONLY, ONE_H100
 
     ome = open_slide(OME_TIFF, mpp=2.0)
-    key = read_level(ome, 2.0, 2.0)
+    key = read_level_and_scale(ome, 2.0, 2.0)
     assert key == (0, 1.0)
     facts, tiles = slide_reads(str(OME_TIFF), ome, key)
     assert facts == ReadFacts(ycbcr=True) and tiles is not None
@@ -143,7 +143,7 @@ def test_auto_reads_on_the_device_only_on_cuda_with_nvjpeg():
     assert reads(CPU_ONLY, "gpu", facts) == ("gpu", "libjpeg")
     assert reads(ONE_H100, "cpu", facts) == ("cpu", ASKED_CPU)
     cmu = open_slide(CMU_SLIDE, mpp=2.0)
-    rgb, _tiles = slide_reads(str(CMU_SLIDE), cmu, read_level(cmu, 2.0, 2.0))
+    rgb, _tiles = slide_reads(str(CMU_SLIDE), cmu, read_level_and_scale(cmu, 2.0, 2.0))
     assert rgb == ReadFacts(ycbcr=False)
     assert reads(ONE_H100, "auto", rgb) == ("cpu", RGB_CODED)  # Aperio: the decoder processes
     assert reads(ONE_H100, "gpu", rgb) == ("gpu", "libjpeg")

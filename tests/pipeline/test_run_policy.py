@@ -160,7 +160,7 @@ def test_a_batch_on_one_gpu_shares_the_decoders_between_slides():
         return decide(machine, SegmentParams(decoders=asked), facts).decoders.value
 
     h100_64 = Machine(64, 0, gpus=(H100,))
-    assert shared(ONE_H100, 2) == 7  # 15 // 2: 14 decoders + 2 consumers
+    assert shared(ONE_H100, 2) == 7  # 15 // 2: 14 decoders + 2 compute stages
     assert shared(ONE_H100, 3) == 5
     assert shared(ONE_H100, 1) == 15 == decide(ONE_H100, AUTO, host).decoders.value
     assert shared(h100_64, 2) == 8  # the 16 cap, shared

@@ -4,7 +4,7 @@ scales that are not whole included: CMU-1 is read at 1 / 0.499 = 2.004 level px 
 px by the demo model, 4.008 by the tiny one), and the chunks' totals and polygons do not
 depend on how they were cut. The demo model (224 px tiles, trained) runs here: it is what
 showed 1/255 differences from resampling whole chunks, which the random tiny model is too flat
-to show (tests/pipeline/inference/test_chunk_reads.py and
+to show (tests/pipeline/inference/test_tile_reader.py and
 tests/pipeline/outputs/test_chunk_summary.py check the two causes in a second each)."""
 
 from __future__ import annotations

@@ -8,13 +8,13 @@ import multiprocessing
 import threading
 from collections.abc import Sequence
 
-from wsi_segment.pipeline.inference.chunk_reader import ChunkReader
 from wsi_segment.pipeline.inference.decode_pool import DecodePool
+from wsi_segment.pipeline.inference.tile_reader import TileReader
 from wsi_segment.wsi.tiling import ChunkSpec
 
 
 def pool_then_wait(
-    reader: ChunkReader, specs: Sequence[ChunkSpec], out: multiprocessing.Queue
+    reader: TileReader, specs: Sequence[ChunkSpec], out: multiprocessing.Queue
 ) -> None:
     """Start decoders that fill the ring and wait for free slots, report them, then wait to
     be killed (as a Dask worker killed mid-band)."""

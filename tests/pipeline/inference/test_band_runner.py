@@ -25,12 +25,12 @@ from tests.reference_inference import units_alone
 from wsi_segment.errors import SlideError
 from wsi_segment.models.bundle import load_model
 from wsi_segment.pipeline.inference.band_task import BandResult, run_band
-from wsi_segment.pipeline.inference.chunk_job import SlideJob
 from wsi_segment.pipeline.inference.decoder_reads import DecoderProcesses
 from wsi_segment.pipeline.inference.engine import run_engine
 from wsi_segment.pipeline.inference.engine_state import EngineAborted
 from wsi_segment.pipeline.inference.model_handle import ModelHandle
 from wsi_segment.pipeline.inference.reader_thread import HostTiles, ReaderThread
+from wsi_segment.pipeline.inference.slide_job import SlideJob
 from wsi_segment.pipeline.machine import probe_machine
 from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.pipeline.run_policy import (
@@ -108,7 +108,7 @@ def test_a_band_runs_the_engine_and_writes_what_each_chunk_alone_writes(
     expected, expected_outcomes = reference
     job, specs = band_job(tmp_path / "p.zarr", tiny_model_dir)
     before = torch.get_num_threads()
-    torch.set_num_threads(1)  # the consumer's forward passes use the caller's count
+    torch.set_num_threads(1)  # the compute stage's forward passes use the caller's count
     try:
         band = run_band(job, specs, None, band_options(decoders), gpu=False)
     finally:

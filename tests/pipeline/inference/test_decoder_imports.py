@@ -1,5 +1,5 @@
 """A decoder process starts light: it imports numpy and the slide code, and is sent only
-what it reads with (a `ChunkReader`: no tissue mask, no model)."""
+what it reads with (a `TileReader`: no tissue mask, no model)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 from tests.conftest import CMU_SLIDE
-from wsi_segment.pipeline.inference.chunk_reader import ChunkReader
+from wsi_segment.pipeline.inference.tile_reader import TileReader
 from wsi_segment.wsi.slide import open_slide
 from wsi_segment.wsi.tiling import TileGrid, plan_chunks
 from wsi_segment.wsi.tissue import whole_slide
@@ -32,7 +32,7 @@ def test_a_decoder_imports_no_torch_zarr_shapely_or_rasterio():
     slide = open_slide(CMU_SLIDE)
     grid = TileGrid(tile=64, overlap=16, downsample=4)
     plan = plan_chunks(slide, slide.require_mpp()[0], 2.0, grid, 2, whole_slide(slide))
-    reader = ChunkReader(
+    reader = TileReader(
         str(CMU_SLIDE), slide.backend, None, plan.level0_per_model, plan.read_level, grid
     )
     slide.close()

@@ -1,5 +1,5 @@
 """Model tiles assembled on the device from decoded storage tiles are the tiles the CPU
-decoders read (`ChunkReader.read_tiles`), edges and partial tissue included. The device
+decoders read (`TileReader.read_tiles`), edges and partial tissue included. The device
 reads are opened as a run opens them: the slide's read facts (`read_device.slide_reads`),
 then `DeviceTiles` on the tiles it serves."""
 
@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from tests.conftest import CMU_SLIDE, DATA_DIR
-from wsi_segment.pipeline.inference.chunk_reader import ChunkReader
 from wsi_segment.pipeline.inference.device_tiles import Decoder, DeviceTiles
 from wsi_segment.pipeline.inference.read_device import slide_reads
+from wsi_segment.pipeline.inference.tile_reader import TileReader
 from wsi_segment.pipeline.run_policy import ReadFacts
 from wsi_segment.wsi.slide import open_slide
 from wsi_segment.wsi.tiling import ChunkSpec, TileGrid, plan_chunks
@@ -26,10 +26,10 @@ OME_TIFF = DATA_DIR / "OS-1-detail.ome.tif"
 
 def _reader(
     path: Path, backend: str, model_mpp: float, grid: TileGrid, chunk_tiles: int = 2
-) -> tuple[ChunkReader, list[ChunkSpec]]:
+) -> tuple[TileReader, list[ChunkSpec]]:
     slide = open_slide(str(path), backend=backend, mpp=0.5)
     plan = plan_chunks(slide, 0.5, model_mpp, grid, chunk_tiles, None)
-    reader = ChunkReader(
+    reader = TileReader(
         slide_path=str(path),
         backend=backend,
         mpp_override=0.5,
@@ -41,7 +41,7 @@ def _reader(
 
 
 def device_reads(
-    reader: ChunkReader, device: torch.device, decoder: Decoder
+    reader: TileReader, device: torch.device, decoder: Decoder
 ) -> tuple[ReadFacts, DeviceTiles | None]:
     """The slide's read facts as `prepare` and a Dask band take them, and the device reads a
     run then builds on the tiles served (`segment.local_source`, `band_task.band_source`);
@@ -51,7 +51,7 @@ def device_reads(
     return facts, None if tiles is None else DeviceTiles(reader, tiles, device, decoder)
 
 
-def _cpu_tiles(reader: ChunkReader, spec: ChunkSpec) -> np.ndarray:
+def _cpu_tiles(reader: TileReader, spec: ChunkSpec) -> np.ndarray:
     return reader.read_tiles(spec)
 
 

@@ -21,15 +21,15 @@ from tests.engine_leaks import shm_entries
 from tests.reference_inference import units_alone
 from wsi_segment.errors import SlideError
 from wsi_segment.models.bundle import load_model
-from wsi_segment.pipeline.inference.chunk_job import SlideJob
-from wsi_segment.pipeline.inference.chunk_prefetch import ChunkPrefetcher
-from wsi_segment.pipeline.inference.chunk_reader import ChunkReader
 from wsi_segment.pipeline.inference.decode_pool import DecodePool
 from wsi_segment.pipeline.inference.decoder_reads import DecoderProcesses
 from wsi_segment.pipeline.inference.engine import ReadSource, run_engine
 from wsi_segment.pipeline.inference.engine_state import EngineStats
 from wsi_segment.pipeline.inference.model_handle import ModelHandle
 from wsi_segment.pipeline.inference.reader_thread import HostTiles, ReaderThread
+from wsi_segment.pipeline.inference.slide_job import SlideJob
+from wsi_segment.pipeline.inference.tile_prefetch import TilePrefetcher
+from wsi_segment.pipeline.inference.tile_reader import TileReader
 from wsi_segment.pipeline.outputs.label_image import create_label_image, label_level0_path
 from wsi_segment.pipeline.outputs.ome_zarr import create_probability_store, level0_path
 from wsi_segment.wsi.slide import open_slide
@@ -85,7 +85,7 @@ def make_job(
     )
     create_label_image(tmp)
     job = SlideJob(
-        reader=ChunkReader(
+        reader=TileReader(
             slide_path=str(slide_path),
             backend=slide.backend,
             mpp_override=None,
@@ -149,7 +149,7 @@ def source_for(name: str, job: SlideJob, specs: list[ChunkSpec]) -> ReadSource:
     """The read source `name` for this job (a prefetcher started on its chunks included)."""
     if name.startswith("decoders-"):
         return DecoderProcesses(int(name.rsplit("-", 1)[1]))
-    prefetch = ChunkPrefetcher(job.reader, specs) if name.endswith("prefetched") else None
+    prefetch = TilePrefetcher(job.reader, specs) if name.endswith("prefetched") else None
     return ReaderThread(HostTiles(job.reader, prefetch))
 
 

@@ -1,6 +1,6 @@
 """Slides in flight in one process (a batch) share one loaded model and take turns on it:
-every slide's handle holds the process's model *and its lock*, and the engine's consumer
-runs each forward pass under that lock, so two consumers never run the model at once."""
+every slide's handle holds the process's model *and its lock*, and the engine's compute
+stage runs each forward pass under that lock, so two compute stages never run the model at once."""
 
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ def test_slides_of_one_process_share_the_model_and_its_lock(tmp_path, params) ->
             prep.slide.close()
 
 
-def test_two_slides_consumers_take_turns_on_the_model(tmp_path, params) -> None:
+def test_two_slides_compute_stages_take_turns_on_the_model(tmp_path, params) -> None:
     preps = prepared([CMU_SLIDE, OS1_SLIDE], tmp_path, params)
     model, lock = preps[0].model.get()
     watch = TurnWatch(model, lock)

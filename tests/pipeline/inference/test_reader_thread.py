@@ -22,14 +22,14 @@ from tests.pipeline.inference.test_device_tiles import device_reads as open_read
 from tests.pipeline.inference.test_engine import TileByTile, assert_same_outcomes, stored
 from wsi_segment.errors import SlideError
 from wsi_segment.models.bundle import load_model
-from wsi_segment.pipeline.inference.chunk_job import SlideJob
-from wsi_segment.pipeline.inference.chunk_reader import ChunkReader
 from wsi_segment.pipeline.inference.decoder_reads import DecoderProcesses
 from wsi_segment.pipeline.inference.device_tiles import Decoder, DeviceTiles
 from wsi_segment.pipeline.inference.engine import run_engine
 from wsi_segment.pipeline.inference.engine_state import EngineStats
 from wsi_segment.pipeline.inference.model_handle import ModelHandle
 from wsi_segment.pipeline.inference.reader_thread import ReaderThread
+from wsi_segment.pipeline.inference.slide_job import SlideJob
+from wsi_segment.pipeline.inference.tile_reader import TileReader
 from wsi_segment.pipeline.outputs.ome_zarr import create_probability_store, level0_path
 from wsi_segment.wsi.slide import open_slide
 from wsi_segment.wsi.tiling import ChunkSpec, TileGrid, plan_chunks
@@ -67,7 +67,7 @@ def level_job(
         float(grid.downsample),
     )
     job = SlideJob(
-        reader=ChunkReader(
+        reader=TileReader(
             slide_path=str(slide_path),
             backend=slide.backend,
             mpp_override=meta.mpp,

@@ -17,11 +17,11 @@ from torch import nn
 from tests.reference_inference import quantise
 from wsi_segment.models.meta import ModelMeta
 from wsi_segment.models.segmentation_model import SegmentationModel
-from wsi_segment.pipeline.inference.chunk_job import SlideJob
-from wsi_segment.pipeline.inference.chunk_reader import ChunkReader
 from wsi_segment.pipeline.inference.engine import run_engine
 from wsi_segment.pipeline.inference.model_handle import ModelHandle
 from wsi_segment.pipeline.inference.reader_thread import HostTiles, ReaderThread
+from wsi_segment.pipeline.inference.slide_job import SlideJob
+from wsi_segment.pipeline.inference.tile_reader import TileReader
 from wsi_segment.pipeline.outputs.ome_zarr import create_probability_store, level0_path
 from wsi_segment.wsi.region_reader import read_model_box
 from wsi_segment.wsi.slide import open_slide
@@ -79,7 +79,7 @@ def run_job(tmp_path, slide_path, model, grid, chunk_tiles, gate=True, batch_siz
         plan.level0_per_model * grid.downsample,
     )
     job = SlideJob(
-        reader=ChunkReader(
+        reader=TileReader(
             slide_path=str(slide_path),
             backend="auto",
             mpp_override=0.499,

@@ -72,7 +72,7 @@ def predict_batch(
 ) -> ReducedTiles:
     """The stored form of at most `batch` uint8 tiles (N, T, T, 3), computed in a forward pass
     of exactly `batch` tiles: a short batch (a run's last) is padded with zero tiles whose
-    outputs are dropped. Every forward pass of the engine (`DeviceConsumer`) goes through here.
+    outputs are dropped. Every forward pass of the engine (`ComputeStage`) goes through here.
 
     Why: a tile's output must not depend on the batch it was computed in, or the same slide
     gives other bytes from run to run and from one read source to another. oneDNN and cuDNN

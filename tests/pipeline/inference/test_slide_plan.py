@@ -15,13 +15,13 @@ from tests.conftest import CMU_SLIDE
 from wsi_segment.errors import ModelError
 from wsi_segment.models.bundle import demo_model_dir, load_model
 from wsi_segment.models.meta import read_model_json
-from wsi_segment.pipeline.inference.chunk_plan import model_geometry
+from wsi_segment.pipeline.inference.slide_plan import model_geometry
 
 PLAN_WITHOUT_TORCH = """
 import json, sys
 from pathlib import Path
 from wsi_segment.models.meta import read_model_json
-from wsi_segment.pipeline.inference.chunk_plan import model_geometry, plan_slide, slide_tissue
+from wsi_segment.pipeline.inference.slide_plan import model_geometry, plan_slide, slide_tissue
 from wsi_segment.pipeline.machine import probe_machine
 from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.pipeline.run_policy import decide
@@ -98,7 +98,7 @@ def test_readers_get_an_absolute_path(tmp_path: Path, monkeypatch: pytest.Monkey
     """Dask workers on other machines, or started in another directory, open the slide by
     the reader's path: a relative path given on the command line is made absolute; a URL
     stays as it is."""
-    from wsi_segment.pipeline.inference.chunk_plan import path_for_readers
+    from wsi_segment.pipeline.inference.slide_plan import path_for_readers
 
     shutil.copy(CMU_SLIDE, tmp_path / "slide.svs")
     monkeypatch.chdir(tmp_path)

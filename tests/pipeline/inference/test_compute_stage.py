@@ -3,7 +3,7 @@ take at a time, each chunk's end marked where its last tiles are taken."""
 
 from __future__ import annotations
 
-from wsi_segment.pipeline.inference.device_consumer import batch_takes
+from wsi_segment.pipeline.inference.compute_stage import batch_takes
 
 
 def test_batches_span_chunks_and_mark_where_chunks_and_batches_end():

@@ -15,10 +15,10 @@ from tests.reference_inference import (
     unique_positive_max,
 )
 from wsi_segment.models.bundle import load_model
-from wsi_segment.pipeline.inference.chunk_inference import NODATA
-from wsi_segment.pipeline.inference.chunk_job import SlideJob
-from wsi_segment.pipeline.inference.chunk_reader import ChunkReader
 from wsi_segment.pipeline.inference.model_handle import ModelHandle
+from wsi_segment.pipeline.inference.slide_job import SlideJob
+from wsi_segment.pipeline.inference.tile_inference import NODATA
+from wsi_segment.pipeline.inference.tile_reader import TileReader
 from wsi_segment.wsi.slide import open_slide
 from wsi_segment.wsi.tiling import TileGrid, plan_chunks
 from wsi_segment.wsi.tissue import detect_tissue
@@ -46,7 +46,7 @@ def _job(model, grid: TileGrid) -> tuple[SlideJob, list]:
     mpp = slide.require_mpp()[0]
     plan = plan_chunks(slide, mpp, model.meta.mpp, grid, 2, tissue)
     job = SlideJob(
-        reader=ChunkReader(
+        reader=TileReader(
             slide_path=str(CMU_SLIDE),
             backend="auto",
             mpp_override=None,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from wsi_segment.errors import ModelError
 from wsi_segment.models.meta import read_model_json
-from wsi_segment.pipeline.inference.chunk_reader import ChunkReader
+from wsi_segment.pipeline.inference.tile_reader import TileReader
 from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.wsi.read_backend import fast_read_backend
 from wsi_segment.wsi.roi import Roi, restrict_to_rois
@@ -76,11 +76,11 @@ def plan_reader(
     planned: ChunkPlan,
     grid: TileGrid,
     read_backend: str | None,
-) -> ChunkReader:
+) -> TileReader:
     """The reader of the planned chunks, for what reads before the model has loaded (the
     prefetcher, the engine's decoders). A local path is made absolute: decoder
     processes and Dask workers (on other machines too) may run in another directory."""
-    return ChunkReader(
+    return TileReader(
         slide_path=path_for_readers(slide_path),
         backend=slide.backend,
         mpp_override=params.mpp,

@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import zarr
 
-from wsi_segment.pipeline.inference.chunk_inference import (
+from wsi_segment.pipeline.inference.model_handle import ModelHandle, model_device_type
+from wsi_segment.pipeline.inference.tile_inference import (
     NODATA,
     ReducedTiles,
     stitch_cores,
 )
-from wsi_segment.pipeline.inference.chunk_reader import ChunkReader
-from wsi_segment.pipeline.inference.model_handle import ModelHandle, model_device_type
+from wsi_segment.pipeline.inference.tile_reader import TileReader
 from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome, summarise_block
 from wsi_segment.pipeline.outputs.label_image import label_values
 from wsi_segment.wsi.tiling import ChunkSpec, TileGrid
@@ -38,7 +38,7 @@ if TYPE_CHECKING:  # torch loads where the model does, never to open a slide
 class SlideJob:
     """Everything a worker needs to run any chunk of one slide."""
 
-    reader: ChunkReader  # the read half: also what a decoder process is sent
+    reader: TileReader  # the read half: also what a decoder process is sent
     n_classes: int
     batch_size: int
     gate: bool

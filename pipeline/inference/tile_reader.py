@@ -1,8 +1,9 @@
-"""Reading a slide's chunks into tiles: the read half of a `SlideJob`, light on purpose.
+"""Reading a chunk's model tiles from the slide on the CPU (the slide library): the read
+half of a `SlideJob`, light on purpose.
 
 The engine's decoder processes are spawned, so every module they import costs each
 of them start-up time; this one needs only numpy and the slide code (no torch, zarr, shapely
-or rasterio), and a `ChunkReader` pickles to a few numbers and paths (no tissue mask, no
+or rasterio), and a `TileReader` pickles to a few numbers and paths (no tissue mask, no
 model), so a decoder starts reading as soon as it is spawned.
 """
 
@@ -24,8 +25,9 @@ from wsi_segment.wsi.tiling import ChunkSpec, TileGrid
 
 
 @dataclass
-class ChunkReader:
-    """What reading any chunk of one slide needs; each thread opens its own slide handle."""
+class TileReader:
+    """Reads the model tiles of any chunk of one slide; each thread opens its own slide
+    handle."""
 
     slide_path: str
     backend: str
@@ -130,7 +132,7 @@ def tiles_read_box(
 
     Only tissue tiles run, so reading the whole chunk would decode slide that no tile uses
     (up to 2x per tile at tissue edges). Each tile is resampled from its own box
-    (`ChunkReader.read_tiles`), so the box read around it does not change its pixels.
+    (`TileReader.read_tiles`), so the box read around it does not change its pixels.
     """
     if not tiles:
         return None

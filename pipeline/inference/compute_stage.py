@@ -1,7 +1,7 @@
-"""The engine's consumer: the one owner of the model, fed batches across chunks.
+"""The engine's compute stage: the one owner of the model, fed batches across chunks.
 
 A read source puts batches of tiles (of several chunks), already on the model's device, on
-the `staged` queue; the compute threads run `predict_batch` (`chunk_inference`: exactly the
+the `staged` queue; the compute threads run `predict_batch` (`tile_inference`: exactly the
 engine's batch size) batch after batch and hand the uint8 outputs to the writer.
 On CUDA one compute thread keeps the device busy (the source copies the next batch on a
 side stream while this one computes: the batch's `ready` event orders the two). On the CPU
@@ -9,13 +9,13 @@ the cores are the bottleneck and a forward pass with all of them spends time in 
 barriers, so `computes` threads run side by side, each with cores // computes torch
 threads: a thread that waits for a batch then leaves its cores to the others.
 
-On a GPU a forward pass holds the model's lock. Alone, the consumer is its only user and
+On a GPU a forward pass holds the model's lock. Alone, the compute stage is its only user and
 it costs nothing; in a batch (or in the bands a Dask worker runs at once), the slides in
 flight share one loaded model per process (`model_handle.load_for_process`) and each runs
-a consumer, so the lock makes it one forward pass at a time per device, the batches
+a compute stage, so the lock makes it one forward pass at a time per device, the batches
 interleaved: side by side they would gain nothing (their kernels queue on the device's one
 default stream) and could run the device out of memory, since `batch_limit` sizes a batch
-to the memory free for *one* forward pass. On the CPU a consumer with several compute
+to the memory free for *one* forward pass. On the CPU a compute stage with several compute
 threads runs its forward passes side by side without the lock, each with its own few torch
 threads (the lock would leave all but one thread's cores idle); one with a single compute
 thread takes turns like a GPU's.
@@ -32,10 +32,10 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 
 import torch
 
-from wsi_segment.pipeline.inference.chunk_inference import predict_batch
-from wsi_segment.pipeline.inference.chunk_writer import Segment, TileBatch
 from wsi_segment.pipeline.inference.engine_state import EngineStats, FirstError
 from wsi_segment.pipeline.inference.model_handle import model_device_type
+from wsi_segment.pipeline.inference.tile_inference import predict_batch
+from wsi_segment.pipeline.inference.unit_writer import Segment, TileBatch
 from wsi_segment.wsi.tiling import TileGrid
 
 if TYPE_CHECKING:
@@ -87,8 +87,9 @@ def batch_takes(chunks: Iterable[tuple[int, int, T]], batch: int) -> Iterator[Ta
             at, done = 0 if full else at + count, done + count
 
 
-class DeviceConsumer:
-    """Runs the model over staged batches in `computes` threads; outputs to the writer."""
+class ComputeStage:
+    """Runs the model over staged batches in `computes` threads, on whatever device the
+    model is on (a GPU or the CPU); outputs to the writer."""
 
     def __init__(
         self,

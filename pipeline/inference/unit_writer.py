@@ -1,6 +1,6 @@
 """The engine's writer: gather each write unit's reduced tiles, finish the unit when whole.
 
-Batches of the consumer mix tiles of several chunks; a write unit (a chunk, or the chunks of
+Batches of the compute stage mix tiles of several chunks; a write unit (a chunk, or the chunks of
 one zarr chunk when they are smaller: `ChunkSpec.write_unit`) is stitched, written and
 summarised (`SlideJob.finish_block`) as soon as its last tile arrives, so memory holds only
 the units in flight. Each unit owns its zarr chunks, so units can be finished side by
@@ -21,9 +21,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from wsi_segment.pipeline.inference.chunk_inference import ReducedTiles
-from wsi_segment.pipeline.inference.chunk_job import SlideJob
 from wsi_segment.pipeline.inference.engine_state import FirstError
+from wsi_segment.pipeline.inference.slide_job import SlideJob
+from wsi_segment.pipeline.inference.tile_inference import ReducedTiles
 from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome
 from wsi_segment.pipeline.progress import NullProgress, Progress
 from wsi_segment.wsi.tiling import ChunkSpec
@@ -81,7 +81,7 @@ class _Partial:
     nbytes: int = 0
 
 
-class ChunkWriter:
+class UnitWriter:
     """Collects tiles per write unit and finishes each unit once all its tiles have arrived."""
 
     def __init__(

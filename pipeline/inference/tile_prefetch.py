@@ -1,5 +1,5 @@
 """Read chunks' tiles ahead of the model, in one background thread, bounded in bytes (local
-runs only: `ChunkPrefetcher`)."""
+runs only: `TilePrefetcher`)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from wsi_segment.pipeline.inference.chunk_reader import ChunkReader
+from wsi_segment.pipeline.inference.tile_reader import TileReader
 from wsi_segment.wsi.tile_reuse import TileReuse
 from wsi_segment.wsi.tiling import ChunkSpec
 
 
-class ChunkPrefetcher:
+class TilePrefetcher:
     """Reads chunks' tiles ahead of the model in one background thread, bounded in bytes.
 
     Started as soon as the chunks are planned, it decodes while the process is still
@@ -25,7 +25,7 @@ class ChunkPrefetcher:
     error stops the reader; the chunk is then read (and the error raised) by its caller.
     """
 
-    def __init__(self, reader: ChunkReader, specs: list[ChunkSpec], max_bytes: int = 128 << 20):
+    def __init__(self, reader: TileReader, specs: list[ChunkSpec], max_bytes: int = 128 << 20):
         self._reader = reader
         self._specs = list(specs)
         self._max_bytes = max_bytes
@@ -37,7 +37,7 @@ class ChunkPrefetcher:
         self.read_s = 0.0  # thread CPU seconds spent reading (for the summary)
         self.tile_reuse: TileReuse | None = None  # planned by the reader thread, first thing
         self._planned = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="chunk-prefetch", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name="tile-prefetch", daemon=True)
         self._thread.start()
 
     def _loop(self) -> None:

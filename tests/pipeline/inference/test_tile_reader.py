@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import CMU_SLIDE
-from wsi_segment.pipeline.inference.chunk_reader import tile_boxes, tiles_read_box
+from wsi_segment.pipeline.inference.tile_reader import tile_boxes, tiles_read_box
 from wsi_segment.wsi.region_reader import read_model_tiles
 from wsi_segment.wsi.slide import open_slide
 from wsi_segment.wsi.tiling import TileGrid
@@ -46,14 +46,14 @@ def test_no_tiles_means_no_box():
 def test_chunk_reads_share_storage_tiles_with_the_same_pixels(model_mpp):
     """Every chunk of a real plan reads the same tiles with storage-tile reuse as without,
     through the prefetcher and through a runner thread that claimed its chunk first."""
-    from wsi_segment.pipeline.inference.chunk_prefetch import ChunkPrefetcher
-    from wsi_segment.pipeline.inference.chunk_reader import ChunkReader
+    from wsi_segment.pipeline.inference.tile_prefetch import TilePrefetcher
+    from wsi_segment.pipeline.inference.tile_reader import TileReader
     from wsi_segment.wsi.tiling import plan_chunks
 
     slide = open_slide(CMU_SLIDE, backend="tiffslide")
     grid = TileGrid(tile=224, overlap=32, downsample=4)
     plan = plan_chunks(slide, 0.499, model_mpp, grid, 2, None)
-    reader = ChunkReader(
+    reader = TileReader(
         slide_path=str(CMU_SLIDE),
         backend="tiffslide",
         mpp_override=None,
@@ -69,7 +69,7 @@ def test_chunk_reads_share_storage_tiles_with_the_same_pixels(model_mpp):
         np.testing.assert_array_equal(reader.read_tiles(spec, reuse), reader.read_tiles(spec))
     assert reuse.tiles_reused > 0 and reuse.cached_bytes == 0
 
-    prefetch = ChunkPrefetcher(reader, specs)
+    prefetch = TilePrefetcher(reader, specs)
     claimed = prefetch.take(specs[-1])  # a runner gets there before the reader
     try:
         for spec in specs:
