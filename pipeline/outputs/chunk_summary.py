@@ -21,7 +21,11 @@ import shapely
 
 from wsi_segment.models.labels import NODATA as NODATA  # re-exported: "not analysed"
 from wsi_segment.pipeline.outputs.output_classes import output_class_counts, output_ids
-from wsi_segment.pipeline.outputs.polygons import label_block_polygons, simplified_block_polygons
+from wsi_segment.pipeline.outputs.polygons import (
+    label_block_polygons,
+    simplified_block_polygons,
+    tracing_session,
+)
 from wsi_segment.wsi.tiling import ChunkSpec
 
 
@@ -147,13 +151,14 @@ def block_polygons(
     if (cell and (x0 % cell or y0 % cell)) or not h or not w:
         raise ValueError(f"block at ({x0}, {y0}) must start on the {cell} px grid of cells")
     out: dict[int, list[bytes]] = {}
-    for cy in range(0, h, step_y):
-        for cx in range(0, w, step_x):
-            sub = ids[cy : cy + step_y, cx : cx + step_x]
-            if tolerance > 0:
-                polys = simplified_block_polygons(sub, x0 + cx, y0 + cy, k + 1, tolerance)
-            else:
-                polys = label_block_polygons(sub, x0 + cx, y0 + cy, k + 1, nodata=NODATA)
-            for c, plist in polys.items():
-                out.setdefault(c, []).extend(shapely.to_wkb(p) for p in plist)
+    with tracing_session():
+        for cy in range(0, h, step_y):
+            for cx in range(0, w, step_x):
+                sub = ids[cy : cy + step_y, cx : cx + step_x]
+                if tolerance > 0:
+                    polys = simplified_block_polygons(sub, x0 + cx, y0 + cy, k + 1, tolerance)
+                else:
+                    polys = label_block_polygons(sub, x0 + cx, y0 + cy, k + 1, nodata=NODATA)
+                for c, plist in polys.items():
+                    out.setdefault(c, []).extend(shapely.to_wkb(p) for p in plist)
     return {c: out[c] for c in sorted(out) if out[c]}

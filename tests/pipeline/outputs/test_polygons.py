@@ -331,3 +331,36 @@ def test_simplification_keeps_each_class_area_of_a_block(seed):
     assert shapely.coverage_is_valid([merged[c] for c in sorted(merged)])
     simple, traced = drop_collinear_vertices(merged)[2], drop_collinear_vertices(exact)[2]
     assert shapely.get_num_coordinates(simple) < 0.6 * shapely.get_num_coordinates(traced)
+
+
+def _traced(labels: np.ndarray, x0: int, y0: int, tolerance: float) -> dict[int, list[bytes]]:
+    """What rasterio's tracing (then noding and coverage simplification with the border kept)
+    gives for a block: the reference the uniform-block shortcut must equal byte for byte."""
+    transform = rasterio.Affine.translation(float(x0), float(y0))
+    out: dict[int, list[bytes]] = {}
+    for geom, value in rasterio.features.shapes(labels, connectivity=4, transform=transform):
+        if value >= K:
+            continue
+        poly = shapely.geometry.shape(geom)
+        if tolerance > 0:
+            noded = shapely.transform(shapely.segmentize(poly, 1.0), np.rint)
+            poly = shapely.coverage_simplify([noded], tolerance, simplify_boundary=False)[0]
+        out.setdefault(int(value), []).append(shapely.to_wkb(poly))
+    return out
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 7), (5, 3), (48, 48), (17, 48)])
+@pytest.mark.parametrize("value", [0, K - 1, 255])
+@pytest.mark.parametrize("tolerance", [0.0, 1.0])
+def test_a_block_of_one_value_gives_the_traced_polygon_byte_for_byte(shape, value, tolerance):
+    """A block of one value (a tile core inside one class, or outside tissue) skips tracing:
+    its box is built directly, and must be the very polygon tracing gives (same ring start,
+    direction and vertices, so the GeoJSON bytes do not change)."""
+    labels = np.full(shape, value, dtype=np.uint8)
+    if tolerance > 0:
+        got = simplified_block_polygons(labels, 96, 144, K, tolerance)
+    else:
+        got = label_block_polygons(labels, 96, 144, K)
+    wkb = {c: [shapely.to_wkb(p) for p in ps] for c, ps in got.items()}
+    assert wkb == _traced(labels, 96, 144, tolerance)
+    assert (value >= K) == (wkb == {})
