@@ -28,7 +28,7 @@ from wsi_segment.pipeline.inference.tile_inference import (
 from wsi_segment.pipeline.inference.tile_reader import TileReader
 from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome, summarise_block
 from wsi_segment.pipeline.outputs.label_image import label_values
-from wsi_segment.wsi.tiling import ChunkSpec, TileGrid
+from wsi_segment.wsi.tiling import STORE_TILES, ChunkSpec, TileGrid
 
 if TYPE_CHECKING:  # torch loads where the model does, never to open a slide
     from wsi_segment.models.segmentation_model import SegmentationModel
@@ -132,7 +132,7 @@ class SlideJob:
             self.simplify_tolerance,
             self.keep_exact_polygons,
             self.slide_extent_out,
-            cell=self.grid.stride // self.grid.downsample,  # tile cores: chunk-independent
+            cell=STORE_TILES * (self.grid.stride // self.grid.downsample),  # a zarr chunk
         )
         outcome.bytes_from_model = block.bytes_from_model
         return outcome
