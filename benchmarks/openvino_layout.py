@@ -48,7 +48,7 @@ def slide_path_graph(model_dir: Path, cache: Path) -> tuple[Any, int]:
     tile = int(model.meta.tile_size)
     geometry = Geometry(tile, 16, tile - 32, 4, True)
     graphs = OpenVINOGraphs(model, "fp32", 2, cpu_flags(), cache)
-    graph = graphs._graph({**graphs._key, "kind": "graph", "geometry": geometry.key()}, geometry)
+    graph = graphs.exported_graph(geometry)
     graph.reshape([BATCH, tile, tile, 3])
     return graph, tile
 

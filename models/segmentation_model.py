@@ -77,12 +77,15 @@ class SegmentationModel(nn.Module):
         runtime: str = "torch",
         decided_runtime: tuple[str, str] | None = None,
         decided_precision: tuple[str, str] | None = None,
+        cores: int | None = None,
     ) -> SegmentationModel:
         """Move to `device` (auto/cpu/cuda), open `runtime` (auto/torch/openvino: the request)
         and run the precision decided for `precision` (auto/fp32/bf16/fp16, the request).
         `decided_runtime`, `decided_precision`: the run policy's (value, reason), run as
         decided (`open_runtime`); without them (a model loaded outside a run) the same
-        functions decide here (`runtime_decision`, `precision_decision`).
+        functions decide here (`runtime_decision`, `precision_decision`). `cores`: the
+        threads of a runtime other than torch (the run policy's cores of this process; None:
+        this thread's torch count).
 
         Weights stay fp32 and channels_last (faster on oneDNN and tensor cores alike);
         reduced precision is autocast. `bf16-if-calibrated` runs the calibration
@@ -108,7 +111,7 @@ class SegmentationModel(nn.Module):
         self.precision_calibration = None
         self.autocast_dtype = None
         self.runtime = open_runtime(
-            self, runtime, request, dev.type, flags, None, decided_runtime, decided_precision
+            self, runtime, request, dev.type, flags, None, decided_runtime, decided_precision, cores
         )
         if self.runtime.graphs is not None:
             self.precision_calibration = self.runtime.calibration

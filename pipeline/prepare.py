@@ -269,15 +269,12 @@ def _prepare_opened(
     # the requests on
     cluster = facts.place == CLUSTER
     runtime = params.runtime
-    decided = (None, None) if cluster else (decided_runtime(policy), decided_precision(policy))
-    loader = Background(
-        load_for_process,
-        str(model_dir),
-        device,
-        precision,
-        "torch" if cluster else runtime,
-        *decided,
+    runs, precise = (
+        (None, None) if cluster else (decided_runtime(policy), decided_precision(policy))
     )
+    cores = None if cluster else policy.process_cores.value  # OpenVINO's threads
+    loading = (str(model_dir), device, precision, "torch" if cluster else runtime)
+    loader = Background(load_for_process, *loading, runs, precise, cores)
     decoders = policy.decoders.value if early else 0
     chunk_tiles = policy.chunk_tiles.value
     prefetch = early and not decoders and policy.read_device.value != GPU
@@ -330,7 +327,7 @@ def _prepare_opened(
         # planned before the model loaded, or above from the loaded model's own geometry
         assert grid is not None and planned is not None and reader is not None
         handle = ModelHandle.with_model(
-            model, str(model_dir), device, precision, lock, runtime, *decided
+            model, str(model_dir), device, precision, lock, runtime, runs, precise, cores
         )
         model_hash = model.identity  # the bytes loaded, hashed as they were read
         fingerprint = run_fingerprint(slide_path, model_hash, params, meta)

@@ -3,11 +3,12 @@
 `decide(machine, options, facts)` is a pure function of the machine's description
 (`pipeline.machine.Machine`), the user's options (`SegmentParams`) and what the run knows of
 its slide and place (`RunFacts`; no decision needs facts of the model yet: the model itself
-runs what depends on it, the bf16 calibration and the GPU batch probe); it returns a `RunPolicy` holding each decision with
-its reason: device, runtime, precision, chunk size, batch size, compute threads,
-model lock, cores, JPEG reads on the device, decoder processes and writer threads. A local
-run decides once in `prepare` (`pipeline.prepare`), every Dask band decides on its worker
-from that worker's machine and the same options (`pipeline.inference.band_task`), and
+runs what depends on it, the bf16 calibration and the GPU batch probe); it returns a
+`RunPolicy` holding each decision with its reason: device, runtime, precision, chunk size,
+batch size, compute threads, model lock, cores (the engine's, and its process's: OpenVINO's
+threads), JPEG reads on the device, decoder processes and writer threads. A local run
+decides once in `prepare` (`pipeline.prepare`), every Dask band decides on its worker from
+that worker's machine and the same options (`pipeline.inference.band_task`), and
 summary.json records the policies whole (`run_policy`). The code that runs a slide only
 executes what the policy says.
 
@@ -84,6 +85,7 @@ class RunFacts:
     # a band's runtime for `--runtime auto`: what that worker ran, pinned alike; None: none
     pinned_runtime: str | None = None
     daemonic: bool = False  # a daemonic Dask worker process, which may not start processes
+    worker_bands: int = 1  # a band's: bands its worker process runs at once (they share its model)
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,7 @@ class RunPolicy:
     compute_threads: Decision[int]  # forward passes side by side
     model_lock: Decision[bool]  # whether forward passes take the model's lock
     cores: Decision[int]  # cores this engine's forward passes use (torch threads)
+    process_cores: Decision[int]  # this process's engines together: OpenVINO's threads
     read_device: Decision[str]  # GPU: the device read path (reason: its JPEG decoder)
     decoders: Decision[int]  # decoder processes; 0: one reader thread
     writers: Decision[int]  # writer threads finishing whole chunks side by side
@@ -150,7 +153,7 @@ def decide(machine: Machine, options: SegmentParams, facts: RunFacts | None = No
     gpu = machine.gpus[0] if cuda and machine.gpus else None
     at_once = max(1, facts.at_once)
     band = facts.place == BAND
-    cores = _cores(machine, band, at_once)
+    cores, process_cores = _cores(machine, band, at_once, max(1, facts.worker_bands))
     reads = _read_device(options, cuda, gpu, facts.reads)
     decoders = _decoders(options, machine, cuda, reads.value == GPU, band, at_once)
     if decoders.value and facts.daemonic:
@@ -168,6 +171,7 @@ def decide(machine: Machine, options: SegmentParams, facts: RunFacts | None = No
         compute_threads=computes,
         model_lock=_model_lock(cuda, band, computes.value),
         cores=cores,
+        process_cores=process_cores,
         read_device=reads,
         decoders=decoders,
         writers=_writers(options, cores.value, decoders.value, band),
@@ -318,11 +322,16 @@ def _model_lock(cuda: bool, band: bool, computes: int) -> Decision[bool]:
     return Decision(True, "one compute thread takes turns with other slides' engines")
 
 
-def _cores(machine: Machine, band: bool, at_once: int) -> Decision[int]:
-    if band:
-        share = max(1, machine.cores // at_once)
-        return Decision(share, f"this band's share: {machine.cores} cores / {at_once} bands")
-    return Decision(machine.cores, "every usable core of this process")
+def _cores(machine: Machine, band: bool, at_once: int, bands: int) -> tuple[Decision[int], ...]:
+    whole = Decision(machine.cores, "every usable core of this process")
+    if not band:
+        return whole, whole
+    share = max(1, machine.cores // at_once)
+    process = max(1, min(machine.cores, share * bands))
+    return (
+        Decision(share, f"this band's share: {machine.cores} cores / {at_once} bands"),
+        Decision(process, f"this worker's {bands} bands at once, {share} cores each"),
+    )
 
 
 def _read_device(

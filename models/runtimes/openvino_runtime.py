@@ -98,7 +98,8 @@ def weights_digest(model: SegmentationModel) -> str:
 
 class OpenVINOGraphs:
     """One model's compiled graphs, by (geometry, batch, streams), for one precision and
-    thread count."""
+    thread count: the cores of the process they serve (a run's `RunPolicy.process_cores`),
+    never the loading thread's torch count, which is 1 on a Dask worker."""
 
     name = "openvino"
 
@@ -171,7 +172,7 @@ class OpenVINOGraphs:
             torch.from_numpy(probs), torch.from_numpy(labels), torch.from_numpy(cls_probs)
         )
 
-    def streams(self) -> int:
+    def _streams(self) -> int:
         """Streams for the calling thread: the threads over its share of the cores (its torch
         thread count, set by the engine's compute threads; all of them elsewhere)."""
         share = max(1, min(self.threads, torch.get_num_threads()))
@@ -181,7 +182,7 @@ class OpenVINOGraphs:
         """This thread's infer request for (geometry, batch), and whether it is new."""
         requests: dict[tuple[Geometry, int, int], Any] = getattr(self._local, "requests", {})
         self._local.requests = requests
-        key = (geometry, batch, self.streams())
+        key = (geometry, batch, self._streams())
         if key in requests:
             return requests[key], False
         with self._lock:
@@ -208,8 +209,7 @@ class OpenVINOGraphs:
         """The compiled graph, from the cache or built (and then cached)."""
         ov = import_openvino()
 
-        ir_key = {**self._key, "kind": "graph", "geometry": geometry.key()}
-        graph = entry_name(ir_key)
+        graph = entry_name(self._ir_key(geometry))
         key = {
             **self.entry_key(),
             "kind": "compiled",
@@ -227,7 +227,7 @@ class OpenVINOGraphs:
                 return compiled
             except RuntimeError:
                 pass  # written by this key but unreadable here: build it again
-        model = self._graph(ir_key, geometry)
+        model = self.exported_graph(geometry)
         try:
             model.reshape([batch, geometry.tile, geometry.tile, 3])
             compiled = core.compile_model(model, "CPU", config)
@@ -243,10 +243,15 @@ class OpenVINOGraphs:
         store_best_effort(self.cache_dir, key, write_blob)
         return compiled
 
-    def _graph(self, ir_key: dict[str, object], geometry: Geometry) -> Any:
-        """The exported graph (an openvino.Model, batch free), from the cache or exported."""
-        ov = import_openvino()
+    def _ir_key(self, geometry: Geometry) -> dict[str, object]:
+        """The cache key of the exported graph of `geometry` (any precision, threads, CPU)."""
+        return {**self._key, "kind": "graph", "geometry": geometry.key()}
 
+    def exported_graph(self, geometry: Geometry) -> Any:
+        """The exported graph of `geometry` (an openvino.Model, batch free), from the cache
+        or exported: what `_compile` compiles (benchmarks compile it in other layouts)."""
+        ov = import_openvino()
+        ir_key = self._ir_key(geometry)
         found = load_entry(self.cache_dir, ir_key, ("xml", "bin"))
         if found:
             try:

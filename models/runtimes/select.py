@@ -87,6 +87,7 @@ def open_runtime(
     cache_dir: Path | None = None,
     decided: tuple[str, str] | None = None,
     decided_precision: tuple[str, str] | None = None,
+    threads: int | None = None,
 ) -> RuntimeChoice:
     """The runtime for `model` (already on its device) under `requested` (auto | torch |
     openvino: what the user asked, which tells auto's fallback from openvino's refusal) and
@@ -94,7 +95,9 @@ def open_runtime(
     the run policy decided it (`runtime_decision` on its machine description), opened as
     decided; without it (a model loaded outside a run) `runtime_decision` decides here.
     `decided_precision`: the run policy's (precision, reason) for the runtime it decided
-    (`precision_decision`), used with `decided`; without them it decides here alike."""
+    (`precision_decision`), used with `decided`; without them it decides here alike.
+    `threads`: OpenVINO's (a run passes its policy's cores of this process); None: this
+    thread's torch count, which on a Dask worker (OMP_NUM_THREADS=1) is 1."""
     if decided is None or decided_precision is None:
         decided_precision = None  # made for the policy's runtime: decided here with it
     if decided is None:
@@ -106,7 +109,9 @@ def open_runtime(
         return RuntimeChoice("torch", reason, warning)
     try:
         chosen = decided_precision or precision_decision(precision, "cpu", runtime, flags, False)
-        return _open_openvino(model, chosen, flags, reason, cache_dir or default_cache_dir())
+        cache = cache_dir or default_cache_dir()
+        threads = threads if threads is not None else torch.get_num_threads()
+        return _open_openvino(model, chosen, flags, reason, cache, threads)
     except GraphNotExpressible as exc:
         why = f"the model's graph cannot be exported to OpenVINO ({exc})"
         if requested == "openvino":
@@ -122,10 +127,10 @@ def _open_openvino(
     flags: frozenset[str],
     reason: str,
     cache: Path,
+    threads: int,
 ) -> RuntimeChoice:
     """OpenVINO's graphs in `precision` ((fp32 | bf16 | bf16-if-calibrated, reason), as
-    `precision_decision` decided it), once they keep torch fp32's labels."""
-    threads = torch.get_num_threads()
+    `precision_decision` decided it) on `threads`, once they keep torch fp32's labels."""
     tile = int(model.meta.tile_size)
     tiles = calibration_tiles(tile, model.validation_patches)
     fp32 = OpenVINOGraphs(model, "fp32", threads, flags, cache)

@@ -144,7 +144,8 @@ def settle_precision(
     if (options.precision != "auto" and options.runtime != "auto") or not specs:
         reason = f"{options.precision}: asked for (--precision {options.precision})"
         return job, {"autocast": options.precision, "reason": reason, "calibration": None}
-    report = client.submit(band_precision, job, options, pure=False).result()
+    at_once, gpu = _slots(client)  # as the bands see them: they load the same model
+    report = client.submit(band_precision, job, options, gpu, at_once, pure=False).result()
     chosen = report.get("autocast")
     if report.get("device") != "cpu" or chosen not in ("fp32", "bf16"):
         return job, report  # GPUs: auto is already fixed (bf16, else fp16)

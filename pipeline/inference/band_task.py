@@ -75,12 +75,17 @@ class BandResult:
 
 
 def band_policy(
-    job: SlideJob, options: SegmentParams, in_flight: int, examine: bool = True
+    job: SlideJob,
+    options: SegmentParams,
+    in_flight: int,
+    examine: bool = True,
+    worker_bands: int = 1,
 ) -> tuple[RunPolicy, SlideJob, JpegTiles | None]:
     """This band's policy, decided here from this worker's machine, the run's `options`,
-    the `in_flight` bands sharing the machine and (`examine`) the slide's read level; the
-    job to run it (the model's device, precision and batch size as it says), and the tiles
-    the device read path reads, if it does."""
+    the `in_flight` bands sharing the machine (`worker_bands` of them in this process, on
+    its one model) and (`examine`) the slide's read level; the job to run it (the model's
+    device, precision, cores and batch size as it says), and the tiles the device read path
+    reads, if it does."""
     machine = probe_machine()
     reader = job.reader
     reads: ReadFacts | None = None
@@ -98,14 +103,15 @@ def band_policy(
     pinned = job.model.precision if pin and options.precision == "auto" else None
     ran = job.model.runtime if pin and options.runtime == "auto" else None
     daemonic = mp.current_process().daemon
-    facts = RunFacts(BAND, in_flight, reads, pinned, ran, daemonic)
+    facts = RunFacts(BAND, in_flight, reads, pinned, ran, daemonic, worker_bands)
     policy = decide(machine, options, facts)
     device, precision = policy.device.value, pinned or options.precision
     runtime = ran or options.runtime
     decided = (decided_runtime(policy), decided_precision(policy))
     had = job.model
+    cores = policy.process_cores.value  # OpenVINO's threads: not this thread's torch count
     model = ModelHandle(
-        had.model_dir, device, precision, had.identity, runtime, *decided, had.pinned
+        had.model_dir, device, precision, had.identity, runtime, *decided, had.pinned, cores
     )
     if model.recipe() != had.recipe():  # by value: the reasons' wording loads nothing
         job = dataclasses.replace(job, model=model, _local=threading.local())
@@ -132,13 +138,17 @@ def band_source(job: SlideJob, policy: RunPolicy, tiles: JpegTiles | None) -> Re
     return ReaderThread(HostTiles(job.reader))
 
 
-def band_precision(job: SlideJob, options: SegmentParams) -> dict[str, Any]:
+def band_precision(
+    job: SlideJob, options: SegmentParams, gpu: bool = False, at_once: dict[str, int] | None = None
+) -> dict[str, Any]:
     """What this worker's model runs in for a band's policy, and why (its
     `precision_report`). A cluster asks one worker, then pins the answer for all
     (band_runner.settle_precision), so every chunk, recomputed ones included, runs in the
-    same precision even on a cluster of unlike machines."""
+    same precision even on a cluster of unlike machines. `gpu`, `at_once`: as `run_band`'s,
+    so the model loaded here is the one the bands then run."""
     quiet_cancelled_tasks()
-    _policy, job, _tiles = band_policy(job, options, 1, examine=False)
+    in_flight, own = _bands_here(gpu, at_once or {})
+    _policy, job, _tiles = band_policy(job, options, in_flight, False, own)
     model, _lock = job.model.get()
     return dict(model.precision_report())
 
@@ -166,9 +176,9 @@ def run_band(
         event = Event(abort)
         if event.is_set():
             return BandResult([], 0, aborted=True)
-    in_flight = _bands_at_once_here(gpu, at_once or {})
+    in_flight, own = _bands_here(gpu, at_once or {})
     try:
-        policy, job, tiles = band_policy(job, options, in_flight)
+        policy, job, tiles = band_policy(job, options, in_flight, worker_bands=own)
         daemonic = policy.decoders_refused
         source = band_source(job, policy, tiles)
         try:
@@ -221,18 +231,19 @@ def quiet_cancelled_tasks() -> None:
         state_machine.addFilter(_CancelledTaskNotice())
 
 
-def _bands_at_once_here(gpu: bool, at_once: dict[str, int]) -> int:
-    """Bands sharing this machine's cores: `at_once` for this worker's host, else this
-    worker's own (1 with the GPU resource, else its threads; 1 outside a worker)."""
+def _bands_here(gpu: bool, at_once: dict[str, int]) -> tuple[int, int]:
+    """Bands sharing this machine's cores (`at_once` for this worker's host, else this
+    worker's own), and this worker's own: 1 with the GPU resource, else its threads; 1 and
+    1 outside a worker."""
     from distributed import get_worker
     from distributed.comm import get_address_host
 
     try:
         worker = get_worker()
     except ValueError:  # not inside a worker (a direct call)
-        return 1
-    here = at_once.get(get_address_host(worker.address), 0)
-    return max(1, here or (1 if gpu else int(worker.state.nthreads)))
+        return 1, 1
+    own = 1 if gpu else max(1, int(worker.state.nthreads))
+    return max(1, at_once.get(get_address_host(worker.address), 0) or own), own
 
 
 @contextlib.contextmanager

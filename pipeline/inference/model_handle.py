@@ -36,6 +36,10 @@ class ModelHandle:
     # precision and runtime settled for a whole cluster from one worker's answer
     # (band_runner.settle_precision): every band runs them, whatever its worker would choose
     pinned: bool = False
+    # the run policy's process cores (`RunPolicy.process_cores`): the threads of the model's
+    # runtime (OpenVINO's); None: the loading thread's torch count (a model loaded outside a
+    # run). A Dask worker starts with OMP_NUM_THREADS=1, so that count is no budget there
+    cores: int | None = None
     _loaded: tuple[SegmentationModel, threading.Lock] | None = field(default=None, repr=False)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -49,7 +53,7 @@ class ModelHandle:
         """What the loaded model depends on: the decided runtime and precision by value
         alone, their reasons carried beside them (a reworded reason loads nothing again)."""
         decided = (_Decided.of(self.decided_runtime), _Decided.of(self.decided_precision))
-        return (self.model_dir, self.device, self.precision, self.runtime, *decided)
+        return (self.model_dir, self.device, self.precision, self.runtime, *decided, self.cores)
 
     def get(self) -> tuple[SegmentationModel, threading.Lock]:
         if self._loaded is None:
@@ -60,6 +64,7 @@ class ModelHandle:
                 self.runtime,
                 self.decided_runtime,
                 self.decided_precision,
+                self.cores,
             )
             if self.identity and loaded[0].identity != self.identity:
                 from wsi_segment.errors import ModelError
@@ -82,6 +87,7 @@ class ModelHandle:
         runtime: str = "torch",
         decided_runtime: tuple[str, str] | None = None,
         decided_precision: tuple[str, str] | None = None,
+        cores: int | None = None,
     ) -> ModelHandle:
         """A handle around an already loaded model (tests, the CLI's single process).
 
@@ -90,7 +96,8 @@ class ModelHandle:
         held = lock if lock is not None else threading.Lock()
         identity = getattr(model, "identity", "")  # test and benchmark stand-ins have none
         decided = (decided_runtime, decided_precision)
-        return cls(model_dir, device, precision, identity, runtime, *decided, False, (model, held))
+        loaded = (model, held)
+        return cls(model_dir, device, precision, identity, runtime, *decided, False, cores, loaded)
 
 
 def load_for_process(
@@ -100,6 +107,7 @@ def load_for_process(
     runtime: str = "torch",
     decided_runtime: tuple[str, str] | None = None,
     decided_precision: tuple[str, str] | None = None,
+    cores: int | None = None,
 ) -> tuple[SegmentationModel, threading.Lock]:
     """Load the bundle on the chosen device once per (process, recipe, state of its files):
     a long-lived process (a batch, a worker) loads again when model.json or the weights
@@ -108,7 +116,7 @@ def load_for_process(
 
     stamp = model_files_stamp(model_dir)
     decided = (_Decided.of(decided_runtime), _Decided.of(decided_precision))
-    return _load_cached(model_dir, device, precision, runtime, *decided, stamp)
+    return _load_cached(model_dir, device, precision, runtime, *decided, cores, stamp)
 
 
 @dataclass(frozen=True)
@@ -135,13 +143,15 @@ def _load_cached(
     runtime: str,
     decided_runtime: _Decided | None,
     decided_precision: _Decided | None,
+    cores: int | None,
     stamp: tuple[int, ...],
 ) -> tuple[SegmentationModel, threading.Lock]:
     from wsi_segment.models.bundle import load_model
 
     model = load_model(Path(model_dir))
-    decided = [d.pair() if d is not None else None for d in (decided_runtime, decided_precision)]
-    model.to_device(device, precision, runtime, *decided)
+    runs = decided_runtime.pair() if decided_runtime is not None else None
+    precise = decided_precision.pair() if decided_precision is not None else None
+    model.to_device(device, precision, runtime, runs, precise, cores)
     model.eval()
     return model, threading.Lock()
 

@@ -70,6 +70,7 @@ def test_cpu_only_keeps_today_s_defaults():
         "compute_threads": 2,
         "model_lock": False,  # two compute threads side by side
         "cores": 2,
+        "process_cores": 2,
         "read_device": "cpu",
         "decoders": 0,
         "writers": 2,
@@ -127,6 +128,7 @@ def test_one_h100():
         "compute_threads": 1,
         "model_lock": True,
         "cores": 16,
+        "process_cores": 16,
         "read_device": "gpu",
         "decoders": 0,  # the device read path decodes in its reader thread
         "writers": 4,
@@ -253,6 +255,23 @@ def test_bands_decide_from_their_share_of_the_worker():
     assert daemonic.read_source == "reader thread"
 
 
+def test_a_worker_s_model_runs_on_its_bands_cores_together():
+    """The bands of one worker process share its model: OpenVINO's threads are their shares
+    together (never the machine's more), whatever torch's thread count in the worker."""
+    band = decide(BF16_ONLY, AUTO, RunFacts(place=BAND, at_once=8, worker_bands=2))
+    assert (band.cores.value, band.process_cores.value) == (4, 8)
+    assert band.process_cores.reason == "this worker's 2 bands at once, 4 cores each"
+    uneven = decide(BF16_ONLY, AUTO, RunFacts(place=BAND, at_once=5, worker_bands=5))
+    assert (uneven.cores.value, uneven.process_cores.value) == (6, 30)
+    crowded = decide(CPU_ONLY, AUTO, RunFacts(place=BAND, at_once=4, worker_bands=4))
+    assert (crowded.cores.value, crowded.process_cores.value) == (1, 2)
+    local = decide(BF16_ONLY, AUTO, RunFacts(at_once=3))  # slides in flight share all of it
+    assert local.process_cores.as_dict() == {
+        "value": 32,
+        "reason": "every usable core of this process",
+    }
+
+
 def test_a_pinned_cluster_precision_holds_on_cpus_only():
     """One CPU worker's calibration is pinned for every CPU band; a GPU worker of a mixed
     cluster keeps its own auto for bf16, and fp32 everywhere."""
@@ -281,7 +300,7 @@ def test_cluster_planning_decides_the_chunk_size_here():
 def test_the_policy_is_plain_json_with_a_reason_for_every_decision():
     data = json.loads(json.dumps(decide(ONE_H100, AUTO, RunFacts(reads=YCBCR)).as_dict()))
     decisions = {k: v for k, v in data.items() if isinstance(v, dict) and "value" in v}
-    assert len(decisions) == 11 and all(d["reason"] for d in decisions.values())
+    assert len(decisions) == 12 and all(d["reason"] for d in decisions.values())
     assert data["place"] == "local" and data["read_source"] == "device read path"
     assert data["machine"]["gpus"][0]["memory_gib"] == 80.0
 

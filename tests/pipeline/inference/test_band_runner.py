@@ -142,6 +142,7 @@ def test_bands_of_one_cpu_worker_run_their_forward_passes_side_by_side(
     handle = ModelHandle.with_model(
         watch, str(tiny_model_dir), "cpu", "fp32", lock=lock,
         decided_runtime=decided_runtime(policy), decided_precision=decided_precision(policy),
+        cores=policy.process_cores.value,
     )  # fmt: skip
     bands: list[BandResult] = []
     threads = []
@@ -270,3 +271,39 @@ def test_a_band_keeps_a_handle_whose_decisions_differ_only_in_their_reasons_word
     job = dataclasses.replace(decided_job, model=reworded)
     _policy, kept_job, _tiles = band_policy(job, band_options(), 1, examine=False)
     assert kept_job.model is reworded
+
+
+def test_a_worker_s_openvino_graphs_take_its_bands_cores_not_its_torch_count(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """A Dask worker starts with OMP_NUM_THREADS=1, so the thread that loads its model has
+    one torch thread. The graphs take the run policy's cores of the process instead (its
+    bands' shares together): each band's compute thread then runs in a stream of its own,
+    where one thread gave one stream and the worker's bands took turns on it."""
+    from wsi_segment.pipeline.inference.band_task import band_policy
+
+    job, _specs = band_job(tmp_path / "z.zarr", tiny_model_dir)
+    options = SegmentParams(device="cpu", precision="fp32", runtime="openvino", batch_size=1)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # what OMP_NUM_THREADS=1 gives the worker's threads
+    try:  # two bands at once on this machine, both in this worker process
+        policy, job, _tiles = band_policy(job, options, 2, examine=False, worker_bands=2)
+        model, _lock = job.model.get()
+    finally:
+        torch.set_num_threads(before)
+    cores = probe_machine().cores
+    share = max(1, cores // 2)
+    assert (policy.cores.value, policy.process_cores.value) == (share, min(cores, 2 * share))
+    assert job.model.cores == policy.process_cores.value
+    graphs = model.runtime.graphs
+    assert graphs is not None and graphs.threads == policy.process_cores.value
+    streams: list[int] = []
+
+    def band_compute_thread() -> None:  # its share of the cores, as DeviceConsumer sets it
+        torch.set_num_threads(share)
+        streams.append(graphs._streams())
+
+    thread = threading.Thread(target=band_compute_thread)
+    thread.start()
+    thread.join()
+    assert streams == [2 if cores >= 2 else 1]

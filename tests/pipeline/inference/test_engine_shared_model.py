@@ -68,9 +68,9 @@ def prepared(slides: list[Path], tmp_path: Path, params: SegmentParams) -> list[
 def test_slides_of_one_process_share_the_model_and_its_lock(tmp_path, params) -> None:
     preps = prepared([CMU_SLIDE, OS1_SLIDE], tmp_path, params)
     try:
-        h = preps[0].model  # the recipe the run policy gave (device, precision, runtime)
+        h = preps[0].model  # the recipe the run policy gave (device, precision, runtime, cores)
         assert (h.model_dir, h.device, h.precision) == (str(params.model_dir), "cpu", "fp32")
-        recipe = (h.runtime, h.decided_runtime, h.decided_precision)
+        recipe = (h.runtime, h.decided_runtime, h.decided_precision, h.cores)
         loaded = load_for_process(h.model_dir, h.device, h.precision, *recipe)
         for prep in preps:
             model, lock = prep.model.get()
