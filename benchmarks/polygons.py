@@ -1,5 +1,5 @@
 """The polygons' cost in the writer and at the end of a run, simplified slide-wide (before)
-or in the writer per tile core (now).
+or in the writer per zarr chunk (now).
 
     python benchmarks/polygons.py --size 20480 --repeats 3
 
@@ -10,10 +10,10 @@ Two ways, both single-threaded so the figures are CPU time:
 - **slide-wide** (what runs did before): the writer traces exact polygons per chunk
   (`block_polygons`, tolerance 0); the end unions them (`merge_class_polygons`) and
   simplifies the slide's coverage (`simplify_coverage`).
-- **per tile core** (what runs do now, in `finish_block`): the writer traces
-  and simplifies each tile core's cell of its chunk with the cell's border fixed
-  (`block_polygons` with the tolerance and `cell`), so the pieces do not depend on the chunk
-  size; the end only unions them (`merge_simplified_polygons`) and drops collinear vertices
+- **per zarr chunk** (what runs do now, in `finish_block`): the writer traces
+  and simplifies each zarr chunk's square (`SlideJob.polygon_cell`, 8 x 8 tile cores) with
+  its border fixed (`block_polygons` with the tolerance and `cell`), so the pieces do not
+  depend on the chunk size; the end only unions them (`merge_simplified_polygons`) and drops collinear vertices
   (`drop_collinear_vertices`).
 
 Each figure is the median of `--repeats` rounds. Printed, not recorded: copy the table into
@@ -80,8 +80,6 @@ def main(argv: list[str] | None = None) -> int:
         labels = [job.stitch_block(s, r).labels for s, r in zip(specs, reduced, strict=True)]
     k, tol, n = job.n_classes, args.tolerance, args.repeats
 
-    core = job.grid.stride // job.grid.downsample  # the cell finish_block traces by
-
     def writer(tolerance: float, cell: int) -> Callable[[], list[dict[int, list[bytes]]]]:
         pairs = list(zip(specs, labels, strict=True))
         return lambda: [block_polygons(s, lab, k, tolerance, cell) for s, lab in pairs]
@@ -90,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         return [{c: list(shapely.from_wkb(ws)) for c, ws in o.items()} for o in wkb]
 
     w_exact, exact = seconds(writer(0.0, 0), n)
-    w_simple, simple = seconds(writer(tol, core), n)
+    w_simple, simple = seconds(writer(tol, job.polygon_cell), n)
     f_old, old = seconds(lambda: simplify_coverage(merge_class_polygons(decoded(exact)), tol), n)
     f_new, new = seconds(
         lambda: drop_collinear_vertices(merge_simplified_polygons(decoded(simple))), n
@@ -103,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     tiles = sum(len(s.tiles) for s in specs)
     print(f"slide {slide.name}: {len(specs)} chunks, {tiles} tissue tiles; {model_desc}; "
           f"tolerance {tol} output px; median of {n}; load {loadavg()}")  # fmt: skip
-    print("| | slide-wide simplify | per-tile-core simplify |")
+    print("| | slide-wide simplify | per-zarr-chunk simplify |")
     print("|---|---|---|")
     print(f"| writer: polygons of all chunks (1 thread) | {w_exact:.2f} s | {w_simple:.2f} s |")
     print(f"| end of the run: merge (+ simplify) | {f_old:.2f} s | {f_new:.2f} s |")
@@ -112,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     for c in sorted(merged):
         exact_area = merged[c].area
         log(f"class {c}: area exact {exact_area:.0f}, slide-wide {old[c].area:.0f}, "
-            f"per tile core {new[c].area:.0f} output px^2")  # fmt: skip
+            f"per zarr chunk {new[c].area:.0f} output px^2")  # fmt: skip
     return 0
 
 

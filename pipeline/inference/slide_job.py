@@ -86,6 +86,13 @@ class SlideJob:
             arrays[path] = zarr.open_array(path, mode="r+")
         return arrays[path]
 
+    @property
+    def polygon_cell(self) -> int:
+        """Output px a side of the squares polygons are traced and simplified in: a zarr chunk
+        (`STORE_TILES` tile cores), which every write unit holds whole whatever the chunk
+        size, so the pieces do not depend on it."""
+        return STORE_TILES * (self.grid.stride // self.grid.downsample)
+
     def tissue_block(self, out_box: tuple[int, int, int, int]) -> np.ndarray:
         """Tissue mask sampled (nearest) at the centres of the output pixels of a box."""
         x0, y0, x1, y1 = out_box
@@ -132,7 +139,7 @@ class SlideJob:
             self.simplify_tolerance,
             self.keep_exact_polygons,
             self.slide_extent_out,
-            cell=STORE_TILES * (self.grid.stride // self.grid.downsample),  # a zarr chunk
+            cell=self.polygon_cell,
         )
         outcome.bytes_from_model = block.bytes_from_model
         return outcome
