@@ -44,8 +44,9 @@ class TileBatch:
 
 @dataclass(frozen=True)
 class WriteUnit:
-    """What the writer finishes at once (`ChunkSpec.write_unit`): a chunk, or the chunks of
-    one zarr chunk as one chunk (the unit's boxes, their tiles in plan order)."""
+    """What the writer finishes at once (`ChunkSpec.write_unit`): a chunk of whole zarr
+    chunks, or the chunks of one zarr chunk as one chunk over its boxes (their tiles in plan
+    order), even a lone one, so a unit always holds whole polygon cells."""
 
     spec: ChunkSpec
     starts: dict[int, int]  # each chunk's index in the plan -> its first tile's in `spec`
@@ -60,9 +61,9 @@ def write_units(specs: Sequence[ChunkSpec]) -> list[WriteUnit]:
     for core, chunks in members.items():
         first = specs[chunks[0]]
         tiles = tuple(t for i in chunks for t in specs[i].tiles)
-        spec = (
+        spec = (  # a unit is the whole zarr chunk even where one chunk of it has tissue
             first
-            if len(chunks) == 1
+            if len(chunks) == 1 and first.unit_core is None
             else ChunkSpec(first.row, first.col, core, tiles, first.write_unit()[1])
         )
         starts: dict[int, int] = {}
