@@ -43,7 +43,8 @@ def tracing_session() -> contextlib.AbstractContextManager[object]:
     """One GDAL environment for tracing many blocks: without one, every
     `rasterio.features.shapes` call sets up and tears down its own (about a fifth of the
     time of tracing a tile core)."""
-    return rasterio.Env()
+    env: contextlib.AbstractContextManager[object] = rasterio.Env()
+    return env
 
 
 def label_block_polygons(
@@ -186,8 +187,8 @@ def _box_polygon(x0: int, y0: int, shape: tuple[int, ...], noded: bool) -> Polyg
     h, w = int(shape[0]), int(shape[1])
     x1, y1 = x0 + w, y0 + h
     if not noded:
-        ring = [(x0, y0), (x0, y1), (x1, y1), (x1, y0), (x0, y0)]
-        return Polygon(np.array(ring, dtype=np.float64))
+        corners = [(x0, y0), (x0, y1), (x1, y1), (x1, y0), (x0, y0)]
+        return Polygon(np.array(corners, dtype=np.float64))
     ys, xs = np.arange(y0, y1 + 1), np.arange(x0, x1 + 1)
     ring = np.concatenate(
         [
