@@ -32,6 +32,7 @@ from shapely.geometry import MultiPolygon, Polygon
 from shapely.geometry.base import BaseGeometry
 
 from wsi_segment.errors import ConfigError
+from wsi_segment.pipeline.outputs.block_box import box_polygon, uniform_value
 
 # Label rasters are pixel grids, never georeferenced: rasterio's NotGeoreferencedWarning (it
 # fires for some blocks, seemingly depending on GDAL state) means nothing here, and a CLI run
@@ -56,11 +57,11 @@ def label_block_polygons(
     is left out. Pixel (r, c) of the block covers [x0+c, x0+c+1) x [y0+r, y0+r+1).
     """
     labels = _as_labels(labels)
-    value = _uniform_value(labels)
+    value = uniform_value(labels)
     if value is not None:  # one region, the block's box: what tracing gives, without tracing
         if value == nodata or value >= n_classes:
             return {}
-        return {value: [_box_polygon(x0_out, y0_out, labels.shape, noded=False)]}
+        return {value: [box_polygon(x0_out, y0_out, labels.shape, noded=False)]}
     mask = (labels != nodata) & (labels < n_classes)
     if not mask.any():
         return {}
@@ -83,11 +84,11 @@ def simplified_block_polygons(
     (NODATA) are left out of the result. `tolerance` > 0, as in `simplify_coverage`.
     """
     labels = _as_labels(labels)
-    value = _uniform_value(labels)
+    value = uniform_value(labels)
     if value is not None:  # the box alone, its border kept: nothing to simplify
         if value >= n_classes:
             return {}
-        return {value: [_box_polygon(x0_out, y0_out, labels.shape, noded=True)]}
+        return {value: [box_polygon(x0_out, y0_out, labels.shape, noded=True)]}
     if not (labels < n_classes).any():
         return {}
     values, polygons = _trace(labels, x0_out, y0_out, None)
@@ -168,37 +169,6 @@ def _as_labels(labels: np.ndarray) -> np.ndarray:
     if labels.ndim != 2:
         raise ConfigError(f"labels must be 2-D (h, w), got shape {labels.shape}")
     return np.ascontiguousarray(labels, dtype=np.uint8)
-
-
-def _uniform_value(labels: np.ndarray) -> int | None:
-    """The one value of a block that holds only one (a tile core inside one class, or
-    outside tissue: a large share of a slide's cells), else None."""
-    if not labels.size:
-        return None
-    first = labels.flat[0]
-    return int(first) if not (labels != first).any() else None
-
-
-def _box_polygon(x0: int, y0: int, shape: tuple[int, ...], noded: bool) -> Polygon:
-    """The polygon tracing gives for a block of one value: its box, from the top-left corner
-    down, along the bottom, up and back (the ring `rasterio.features.shapes` writes, same
-    start and direction, so the same WKB); `noded`: with a vertex at every pixel corner, as
-    `_node_pixel_grid` leaves it (and `coverage_simplify` keeps a border)."""
-    h, w = int(shape[0]), int(shape[1])
-    x1, y1 = x0 + w, y0 + h
-    if not noded:
-        corners = [(x0, y0), (x0, y1), (x1, y1), (x1, y0), (x0, y0)]
-        return Polygon(np.array(corners, dtype=np.float64))
-    ys, xs = np.arange(y0, y1 + 1), np.arange(x0, x1 + 1)
-    ring = np.concatenate(
-        [
-            np.column_stack([np.full(h, x0), ys[:-1]]),  # left side, down
-            np.column_stack([xs[:-1], np.full(w, y1)]),  # bottom, rightwards
-            np.column_stack([np.full(h, x1), ys[::-1][:-1]]),  # right side, up
-            np.column_stack([xs[::-1], np.full(w + 1, y0)]),  # top, back to the start
-        ]
-    )
-    return Polygon(ring.astype(np.float64))
 
 
 def _trace(
