@@ -5,13 +5,16 @@ coarsest pyramid level that is still at least as fine as the model, then resampl
 PIL using a fractional source box computed from global coordinates.
 
 A resampled box's pixels are a function of the box alone, not of the global position of
-each pixel: PIL rounds the box to float32, computes its filter weights in the box's own
-coordinates, and picks the order of its two passes (each rounded to uint8) by the image's
-shape, so two different boxes may disagree by 1 on the pixels they share wherever the read
-scale is not whole. The slide path therefore resamples *tile by tile*
+each pixel: PIL rounds the box to float32 and computes its filter weights in the box's own
+coordinates, so two different boxes may disagree by 1 on the pixels they share wherever
+the read scale is not whole. The slide path therefore resamples *tile by tile*
 (`read_model_tiles`): each tile's pixels come from its own box on the global tile grid,
 so they do not depend on the chunk, the ROI set, or which other tiles were read with it.
-Where model pixels are the level's pixels nothing is resampled and boxes agree exactly.
+At a whole scale every box starts on a level pixel, the weights are the same everywhere,
+and a chunk's tiles are resampled from their union in one pass with the same bytes (the
+cheaper way for overlapping tiles). The two passes (rows, then columns, each rounded to
+uint8) run in that order whatever the box's shape. Where model pixels are the level's
+pixels nothing is resampled and boxes agree exactly.
 """
 
 from __future__ import annotations
@@ -123,24 +126,83 @@ def read_model_tiles(
     src = reader(ix0, iy0, ix1 - ix0, iy1 - iy0)
     if out is None:
         out = np.empty((len(boxes_model), height, width, 3), dtype=np.uint8)
-    exact = same_pixels(level0_per_model, ds)
     scale = level0_per_model / ds
-    for n, (box, (bx0, by0, bx1, by1)) in enumerate(zip(boxes_model, level_boxes, strict=True)):
-        own = src[by0 - iy0 : by1 - iy0, bx0 - ix0 : bx1 - ix0]
-        if exact:  # exact integer correspondence: model pixels are level pixels
-            out[n] = own
-            continue
-        x0, y0, x1, y1 = box
-        image = Image.fromarray(np.ascontiguousarray(own))
-        out[n] = np.asarray(
-            image.resize(
-                (width, height),
-                resample=Image.Resampling.BILINEAR,
-                box=(x0 * scale - bx0, y0 * scale - by0, x1 * scale - bx0, y1 * scale - by0),
-            ),
-            dtype=np.uint8,
-        )
+    if same_pixels(level0_per_model, ds):  # model pixels are level pixels: cut, no resampling
+        for n, (bx0, by0, bx1, by1) in enumerate(level_boxes):
+            out[n] = src[by0 - iy0 : by1 - iy0, bx0 - ix0 : bx1 - ix0]
+    elif whole_scale(scale) and union_is_cheaper(boxes_model):
+        _resample_union(src, (ix0, iy0), boxes_model, scale, out)
+    else:
+        for n, (box, (bx0, by0, bx1, by1)) in enumerate(zip(boxes_model, level_boxes, strict=True)):
+            own = src[by0 - iy0 : by1 - iy0, bx0 - ix0 : bx1 - ix0]
+            out[n] = _resample(own, box, scale, (bx0, by0))
     return out
+
+
+def whole_scale(scale: float) -> bool:
+    """Level pixels per model pixel is a whole number: every box starts on a level pixel, so
+    PIL's filter weights are the same for every box and a union's pixels are each box's."""
+    return float(scale).is_integer()
+
+
+def _resample(
+    own: np.ndarray, box: tuple[int, int, int, int], scale: float, origin: tuple[int, int]
+) -> np.ndarray:
+    """Model-space `box` resampled (antialiased bilinear) from level pixels `own`, whose
+    top-left is level pixel `origin`."""
+    x0, y0, x1, y1 = box
+    ox, oy = origin
+    image = Image.fromarray(np.ascontiguousarray(own))
+    # Two explicit passes, rows then columns: given both at once, PIL runs the columns first
+    # for a tall image, and the rounding between passes would then depend on the box's shape.
+    rows = image.resize(
+        (x1 - x0, image.height),
+        resample=Image.Resampling.BILINEAR,
+        box=(x0 * scale - ox, 0, x1 * scale - ox, image.height),
+    )
+    resized = rows.resize(
+        (x1 - x0, y1 - y0),
+        resample=Image.Resampling.BILINEAR,
+        box=(0, y0 * scale - oy, x1 - x0, y1 * scale - oy),
+    )
+    return np.asarray(resized, dtype=np.uint8)
+
+
+def _union_box(boxes: Sequence[tuple[int, int, int, int]]) -> tuple[int, int, int, int]:
+    return (
+        min(b[0] for b in boxes),
+        min(b[1] for b in boxes),
+        max(b[2] for b in boxes),
+        max(b[3] for b in boxes),
+    )
+
+
+def union_is_cheaper(boxes: Sequence[tuple[int, int, int, int]]) -> bool:
+    """Resampling the boxes' bounding box once costs less than each box on its own: true for
+    a chunk's overlapping tiles, false for a few tiles scattered over a large box."""
+    x0, y0, x1, y1 = _union_box(boxes)
+    return len(boxes) > 1 and (x1 - x0) * (y1 - y0) <= sum(
+        (b[2] - b[0]) * (b[3] - b[1]) for b in boxes
+    )
+
+
+def _resample_union(
+    src: np.ndarray,
+    origin: tuple[int, int],
+    boxes: Sequence[tuple[int, int, int, int]],
+    scale: float,
+    out: np.ndarray,
+) -> None:
+    """At a whole scale: resample the boxes' union once and cut each box from it. PIL
+    computes each output pixel from its own taps, with weights that depend on where its
+    centre falls inside a level pixel; a whole scale puts it at the same place for every box,
+    and the margin of `level_read_box` keeps every tap inside `src`, so each box gets exactly
+    the bytes `_resample` gives it alone (tests/wsi/test_region_reader.py)."""
+    union = _union_box(boxes)
+    whole = _resample(src, union, scale, origin)
+    ux0, uy0 = union[0], union[1]
+    for n, (x0, y0, x1, y1) in enumerate(boxes):
+        out[n] = whole[y0 - uy0 : y1 - uy0, x0 - ux0 : x1 - ux0]
 
 
 def _read_level(
