@@ -41,9 +41,9 @@ from wsi_segment.pipeline.outputs.output_dir import (
 )
 from wsi_segment.pipeline.outputs.ownership import refuse_link
 from wsi_segment.pipeline.params import SegmentParams
+from wsi_segment.pipeline.read_policy import GPU
 from wsi_segment.pipeline.run_policy import (
     CLUSTER,
-    GPU,
     LOCAL,
     RunFacts,
     RunPolicy,

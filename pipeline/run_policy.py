@@ -6,7 +6,8 @@ its slide and place (`RunFacts`; no decision needs facts of the model yet: the m
 runs what depends on it, the bf16 calibration and the GPU batch probe); it returns a
 `RunPolicy` holding each decision with its reason: device, runtime, precision, chunk size,
 batch size, compute threads, model lock, cores (the engine's, and its process's: OpenVINO's
-threads), JPEG reads on the device, decoder processes and writer threads. A local run
+threads), JPEG reads on the device, decoder processes and writer threads (the last three
+in `pipeline.read_policy`). A local run
 decides once in `prepare` (`pipeline.prepare`), every Dask band decides on its worker from
 that worker's machine and the same options (`pipeline.inference.band_task`), and
 summary.json records the policies whole (`run_policy`). The code that runs a slide only
@@ -22,52 +23,27 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any
 
 from wsi_segment.models.runtimes.decision import precision_decision, runtime_decision
 from wsi_segment.pipeline.machine import GIB, Gpu, Machine
 from wsi_segment.pipeline.params import SegmentParams
-
-T = TypeVar("T")
-JpegDecoder = Literal["nvjpeg", "libjpeg"]  # = pipeline.inference.device_tiles.Decoder
+from wsi_segment.pipeline.read_policy import (
+    CPU,
+    DAEMONIC,
+    GPU,
+    Decision,
+    JpegDecoder,
+    ReadFacts,
+    decoders_decision,
+    read_device_decision,
+    writers_decision,
+)
 
 LOCAL, BAND, CLUSTER = "local", "band", "cluster"  # where the engine runs (`RunFacts.place`)
-GPU, CPU = "gpu", "cpu"  # reads on the device (the device read path), or on the host
-WRITERS_MAX = 4
-DECODERS_MAX = 16
 CPU_BATCH, GPU_BATCH = 16, 64
 CPU_CHUNK_TILES, GPU_CHUNK_TILES = 4, 8
 CPU_COMPUTES = 2
-
-# why the host reads the tiles (summary.json run_stats.read_device_reason, as before)
-NOT_CUDA = "the model is not on a CUDA device"
-RGB_CODED = (
-    "RGB-coded JPEG tiles (Aperio) decode with libjpeg, faster in the decoder processes "
-    "than in one reader thread"
-)
-NO_NVJPEG = "the GPU has no nvJPEG (a CPU build of torchvision): libjpeg in one reader thread"
-ASKED_CPU = "--read-device cpu"
-NOT_EXAMINED = "the slide's JPEG tiles were not examined"
-DAEMONIC = "a daemonic Dask worker may not start processes: its reader thread reads"
-
-
-@dataclass(frozen=True)
-class Decision(Generic[T]):
-    """One decision and why it was made."""
-
-    value: T
-    reason: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"value": self.value, "reason": self.reason}
-
-
-@dataclass(frozen=True)
-class ReadFacts:
-    """The slide's read level as the device read path sees it (`read_device.jpeg_level`)."""
-
-    unsupported: str = ""  # why the device path cannot serve it; "": it can
-    ycbcr: bool = False  # the JPEG header states YCbCr, so nvJPEG decodes its colours right
 
 
 @dataclass(frozen=True)
@@ -154,8 +130,8 @@ def decide(machine: Machine, options: SegmentParams, facts: RunFacts | None = No
     at_once = max(1, facts.at_once)
     band = facts.place == BAND
     cores, process_cores = _cores(machine, band, at_once, max(1, facts.worker_bands))
-    reads = _read_device(options, cuda, gpu, facts.reads)
-    decoders = _decoders(options, machine, cuda, reads.value == GPU, band, at_once)
+    reads = read_device_decision(options, cuda, gpu, facts.reads)
+    decoders = decoders_decision(options, machine, cuda, reads.value == GPU, band, at_once)
     if decoders.value and facts.daemonic:
         decoders = Decision(0, f"{DAEMONIC}; {decoders.value} were due ({decoders.reason})")
     computes = _computes(options, cuda, band)
@@ -174,7 +150,7 @@ def decide(machine: Machine, options: SegmentParams, facts: RunFacts | None = No
         process_cores=process_cores,
         read_device=reads,
         decoders=decoders,
-        writers=_writers(options, cores.value, decoders.value, band),
+        writers=writers_decision(options, cores.value, decoders.value, band),
     )
 
 
@@ -332,56 +308,6 @@ def _cores(machine: Machine, band: bool, at_once: int, bands: int) -> tuple[Deci
         Decision(share, f"this band's share: {machine.cores} cores / {at_once} bands"),
         Decision(process, f"this worker's {bands} bands at once, {share} cores each"),
     )
-
-
-def _read_device(
-    options: SegmentParams, cuda: bool, gpu: Gpu | None, reads: ReadFacts | None
-) -> Decision[str]:
-    """GPU (reason: its JPEG decoder) where `--read-device` and the slide allow the device
-    read path: on `auto` only for a model on CUDA and tiles nvJPEG decodes."""
-    asked = options.read_device
-    if asked == CPU:
-        return Decision(CPU, ASKED_CPU)
-    if asked != GPU and not cuda:
-        return Decision(CPU, NOT_CUDA)
-    if reads is None:
-        return Decision(CPU, NOT_EXAMINED)
-    if reads.unsupported:
-        return Decision(CPU, reads.unsupported)
-    nvjpeg = gpu is not None and gpu.nvjpeg and reads.ycbcr
-    if asked != GPU and not nvjpeg:
-        return Decision(CPU, RGB_CODED if not reads.ycbcr else NO_NVJPEG)
-    return Decision(GPU, "nvjpeg" if nvjpeg else "libjpeg")
-
-
-def _decoders(
-    options: SegmentParams,
-    machine: Machine,
-    cuda: bool,
-    device_reads: bool,
-    band: bool,
-    at_once: int,
-) -> Decision[int]:
-    if device_reads:
-        return Decision(0, "the device read path decodes in its reader thread")
-    if options.decoders is not None:
-        return Decision(options.decoders, f"asked for (--decoders {options.decoders})")
-    if not cuda:
-        return Decision(0, "a CPU run: the model bounds it, its reader thread keeps up")
-    whole = max(1, min(DECODERS_MAX, machine.cores - 1))
-    share = max(1, whole // at_once)
-    why = f"a GPU: one per core but one, at most {DECODERS_MAX}"
-    if at_once > 1:
-        what = "bands on this worker's machine" if band else "slides in flight"
-        why += f", shared by {at_once} {what}"
-    return Decision(share, why)
-
-
-def _writers(options: SegmentParams, cores: int, decoders: int, band: bool) -> Decision[int]:
-    if options.writers is not None and not band:
-        return Decision(options.writers, f"asked for (--writers {options.writers})")
-    n = max(1, min(WRITERS_MAX, cores - decoders))
-    return Decision(n, f"the cores the decoders leave, 1 to {WRITERS_MAX}")
 
 
 def band_policies(chunk_tiles: Decision[int], bands: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

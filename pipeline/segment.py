@@ -46,7 +46,8 @@ from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.pipeline.prepare import PreparedSlide
 from wsi_segment.pipeline.prepare import prepare as prepare
 from wsi_segment.pipeline.progress import NullProgress, Progress
-from wsi_segment.pipeline.run_policy import CLUSTER, CPU, LOCAL, RunPolicy, band_policies
+from wsi_segment.pipeline.read_policy import CPU
+from wsi_segment.pipeline.run_policy import CLUSTER, LOCAL, RunPolicy, band_policies
 from wsi_segment.pipeline.up_to_date import ModelFiles, finished_output, is_up_to_date
 from wsi_segment.wsi.slide import Slide
 

@@ -34,9 +34,9 @@ from wsi_segment.pipeline.inference.slide_job import SlideJob
 from wsi_segment.pipeline.machine import probe_machine
 from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome
 from wsi_segment.pipeline.params import SegmentParams
+from wsi_segment.pipeline.read_policy import ReadFacts
 from wsi_segment.pipeline.run_policy import (
     BAND,
-    ReadFacts,
     RunFacts,
     RunPolicy,
     decide,

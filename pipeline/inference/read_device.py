@@ -12,7 +12,7 @@ on its worker); whether the run reads there is the policy's `read_device` decisi
 
 from __future__ import annotations
 
-from wsi_segment.pipeline.run_policy import ReadFacts
+from wsi_segment.pipeline.read_policy import ReadFacts
 from wsi_segment.wsi.raw_tiles import JpegTiles, Unsupported, open_jpeg_tiles
 from wsi_segment.wsi.region_reader import choose_level, same_pixels
 from wsi_segment.wsi.slide import Slide

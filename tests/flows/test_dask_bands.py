@@ -263,7 +263,7 @@ def test_bands_read_on_the_device_where_the_slide_allows_it(
     the model's device (libjpeg on the CPU) and the slide comes out as a local run writes it.
     A 500 px square across four of the slide's 512 px storage tiles (--roi): the reads are
     the subject, and the whole slide is 324 model tiles of forward passes per run."""
-    from tests.pipeline.test_read_device import OME_TIFF, level0_params
+    from tests.pipeline.inference.test_read_device import OME_TIFF, level0_params
     from tests.wsi import qupath_exports as qp
     from wsi_segment.pipeline.segment import segment_slide
 

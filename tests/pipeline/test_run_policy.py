@@ -14,16 +14,18 @@ import pytest
 from wsi_segment.models.cpu import cpu_flags
 from wsi_segment.pipeline.machine import GIB, Gpu, Machine, probe_machine
 from wsi_segment.pipeline.params import SegmentParams
-from wsi_segment.pipeline.run_policy import (
+from wsi_segment.pipeline.read_policy import (
     ASKED_CPU,
-    BAND,
-    CLUSTER,
     DAEMONIC,
     NO_NVJPEG,
     NOT_CUDA,
     NOT_EXAMINED,
     RGB_CODED,
     ReadFacts,
+)
+from wsi_segment.pipeline.run_policy import (
+    BAND,
+    CLUSTER,
     RunFacts,
     band_policies,
     decide,

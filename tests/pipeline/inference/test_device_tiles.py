@@ -16,7 +16,7 @@ from tests.conftest import CMU_SLIDE, DATA_DIR
 from wsi_segment.pipeline.inference.device_tiles import Decoder, DeviceTiles
 from wsi_segment.pipeline.inference.read_device import slide_reads
 from wsi_segment.pipeline.inference.tile_reader import TileReader
-from wsi_segment.pipeline.run_policy import ReadFacts
+from wsi_segment.pipeline.read_policy import ReadFacts
 from wsi_segment.wsi.slide import open_slide
 from wsi_segment.wsi.tiling import ChunkSpec, TileGrid, plan_chunks
 
