@@ -14,7 +14,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = ("wsi", "models", "pipeline", "flows")
 PIPELINE_PARTS = ("inference", "outputs", "training")
-BASE = ("params", "progress", "machine", "run_policy", "read_policy")  # read by every part of pipeline
+# read by every part of pipeline
+BASE = ("params", "progress", "machine", "run_policy", "read_policy")
 # unit -> the units it may import (besides itself and wsi_segment's own errors/lazy_exports).
 # pipeline is split by concern: inference writes outputs as chunks finish, outputs never
 # reach back into inference, training stands beside both; synthetic data is for tests,
