@@ -116,8 +116,7 @@ def read_model_tiles(
         level = choose_level(slide.level_downsamples, level0_per_model)
     ds = float(slide.level_downsamples[level])
     level_boxes = [level_read_box(b, level0_per_model, ds) for b in boxes_model]
-    ix0, iy0 = min(b[0] for b in level_boxes), min(b[1] for b in level_boxes)
-    ix1, iy1 = max(b[2] for b in level_boxes), max(b[3] for b in level_boxes)
+    ix0, iy0, ix1, iy1 = _union_box(level_boxes)
     if reader is None:
 
         def reader(lx: int, ly: int, w: int, h: int) -> np.ndarray:
@@ -169,6 +168,7 @@ def _resample(
 
 
 def _union_box(boxes: Sequence[tuple[int, int, int, int]]) -> tuple[int, int, int, int]:
+    """The bounding box (x0, y0, x1, y1) of boxes, in whatever space they are given."""
     return (
         min(b[0] for b in boxes),
         min(b[1] for b in boxes),
