@@ -75,6 +75,21 @@ def import_openvino() -> Any:
     return openvino
 
 
+def _set_up_numpy_bridge() -> None:
+    """Convert one numpy array in OpenVINO's bindings, holding the GIL, before any inference.
+
+    The bindings set up their numpy bridge lazily, in a function-local static (pybind11's
+    `npy_api`), on the first array they convert. Two compute threads whose first inferences
+    converted at once deadlocked (one held the static's guard and waited for the GIL, the
+    other held the GIL and waited for the guard: a run hung for good). Set up here, under the
+    graphs' lock, the requests' first inferences then run side by side; serialising each
+    request's first inference instead left a core idle for a whole batch at every run's
+    start."""
+    ov = import_openvino()
+    for dtype in (np.uint8, np.float32):  # the dtypes an inference converts, both ways
+        ov.Tensor(np.zeros((1,), dtype=dtype)).data.sum()
+
+
 def openvino_version() -> str | None:
     """The installed OpenVINO's version, or None where it cannot be imported."""
     try:
@@ -132,13 +147,14 @@ class OpenVINOGraphs:
         self._compiled: dict[tuple[Geometry, int, int], Any] = {}
         self._lock = threading.Lock()  # builds one graph at a time
         self._local = threading.local()  # each calling thread's infer requests
+        self._bridged = False  # `_set_up_numpy_bridge` ran (under the lock) before any infer
         self.cache_hits = 0  # compiled graphs loaded from the disk cache (tests, summary)
         self.builds = 0  # compiled graphs built here
 
     def __getstate__(self) -> dict[str, Any]:
         """A copy rebuilds its compiled graphs (from the disk cache) where it runs."""
         state = dict(self.__dict__)
-        state.update(_compiled={}, _lock=None, _local=None)
+        state.update(_compiled={}, _lock=None, _local=None, _bridged=False)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -155,18 +171,9 @@ class OpenVINOGraphs:
             raise ValueError(f"the OpenVINO runtime takes uint8 tiles, got {tiles.dtype}")
         geometry = Geometry(int(tiles.shape[-1]), int(margin), int(core), int(downsample), gate)
         nhwc = tiles.permute(0, 2, 3, 1).cpu()  # the slide path's own layout: no copy
-        request, first = self._request(geometry, int(nhwc.shape[0]))
+        request = self._request(geometry, int(nhwc.shape[0]))
         inputs = [np.ascontiguousarray(nhwc.numpy())]
-        if first:
-            # OpenVINO's bindings set up their numpy bridge lazily in a function-local static
-            # (pybind11's npy_api) on the first array they convert; two threads doing that at
-            # once deadlock (one holds the static's guard and waits for the GIL, the other
-            # holds the GIL and waits for the guard: a run hung for good with two compute
-            # threads). Each request's first inference runs alone, which sets it up once.
-            with self._lock:
-                out = request.infer(inputs, share_inputs=True)
-        else:
-            out = request.infer(inputs, share_inputs=True)
+        out = request.infer(inputs, share_inputs=True)
         probs, labels, cls_probs = (np.array(out[i]) for i in range(3))
         return ReducedOutputs(
             torch.from_numpy(probs), torch.from_numpy(labels), torch.from_numpy(cls_probs)
@@ -178,18 +185,21 @@ class OpenVINOGraphs:
         share = max(1, min(self.threads, torch.get_num_threads()))
         return self.threads // share
 
-    def _request(self, geometry: Geometry, batch: int) -> tuple[Any, bool]:
-        """This thread's infer request for (geometry, batch), and whether it is new."""
+    def _request(self, geometry: Geometry, batch: int) -> Any:
+        """This thread's infer request for (geometry, batch)."""
         requests: dict[tuple[Geometry, int, int], Any] = getattr(self._local, "requests", {})
         self._local.requests = requests
         key = (geometry, batch, self._streams())
         if key in requests:
-            return requests[key], False
+            return requests[key]
         with self._lock:
             if key not in self._compiled:
                 self._compiled[key] = self._compile(*key)
+            if not self._bridged:
+                _set_up_numpy_bridge()
+                self._bridged = True
             requests[key] = self._compiled[key].create_infer_request()
-        return requests[key], True
+        return requests[key]
 
     def entry_key(self) -> dict[str, object]:
         """What every compiled result of these graphs depends on (model, versions, graph
