@@ -18,7 +18,9 @@ every variant once, in turn):
                 (`--runtime auto --precision auto`) and `--runtime openvino --precision bf16`
                 (CPUs with bf16 hardware) -> tiles/s of wall clock and of the inference
                 stage, peak RSS, and the ratio of the inference stage to the same variant's
-                bare model.
+                bare model, measured right before and right after each end-to-end run on
+                `--bare-tiles` tiles (its faster layout of the two): a shared machine's speed
+                drifts by more than the gap being measured between minutes apart.
 
 The compiled graphs are built (and cached) before any clock starts. The table, with the
 command, the machine and the load, is appended to benchmarks/RESULTS.md.
@@ -143,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds, model alone")
     ap.add_argument("--e2e-rounds", type=int, default=1, help="interleaved rounds, end to end")
     ap.add_argument("--model-tiles", type=int, default=64)
+    ap.add_argument("--bare-tiles", type=int, default=192,
+                    help="tiles of the bare model measured beside each end-to-end run")  # fmt: skip
     ap.add_argument("--threads", type=int, default=2, help="the engine's compute threads")
     ap.add_argument("--no-e2e", action="store_true")
     ap.add_argument("--no-bf16", action="store_true", help="fp32 variants only")
@@ -172,9 +176,10 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     meta = models[variants[0]].meta
     plan = plan_like_pipeline(slide, meta, 32, 4, 4)
-    tiles_all, _, _ = read_chunks(plan)
+    tiles_all, read_wall, read_cpu = read_chunks(plan)
     n = len(tiles_all)
     tiles = tiles_all[:: max(1, n // args.model_tiles)][: args.model_tiles]
+    beside = tiles_all[:: max(1, n // args.bare_tiles)][: args.bare_tiles]
     log(f"[runtime] {n} tiles on the slide; model alone on {len(tiles)}")
 
     # 1. model alone, interleaved
@@ -208,6 +213,10 @@ def main(argv: list[str] | None = None) -> int:
                      f"labels vs torch fp32 on {len(x)} real tiles; largest class area shift "
                      f"{100 * worst[1]:.2f} % (label {worst[0]})"))  # fmt: skip
     rows.append(("precision auto", str(auto["autocast"]), f"{auto['runtime']}: {auto['reason']}"))
+    fastest = max(best.values())
+    rows.append(("reading alone", f"{n / read_wall:.0f} tiles/s",
+                 f"one thread, as the reader reads, {1000 * read_cpu / n:.1f} cpu-ms a tile: "
+                 f"x{n / read_wall / fastest:.1f} the fastest model alone (the issue: >= 2)"))  # fmt: skip
 
     # 3. end to end, interleaved
     if not args.no_e2e:
@@ -216,28 +225,38 @@ def main(argv: list[str] | None = None) -> int:
         if bf16:
             e2e.append(("openvino bf16", ["--runtime", "openvino", "--precision", "bf16"],
                         ("openvino", "bf16")))  # fmt: skip
-        results: dict[str, list[tuple[float, float, float]]] = {}
+        results: dict[str, list[tuple[float, float, float, float]]] = {}
+
+        def bare_now(v: tuple[str, str]) -> float:
+            """The bare model's tiles/s now, in the faster of its two layouts."""
+            walls = [bare_reduced(models[v], beside, 16, streams) for streams in configs[v]]
+            return len(beside) / min(walls)
+
         for r in range(args.e2e_rounds):
-            for name, extra, _v in e2e:
+            for name, extra, v in e2e:
                 log(f"[runtime] e2e {name} round {r + 1} (load {loadavg()}) ...")
                 out = args.work / "out" / "runtime" / name.split()[0]
+                before = bare_now(v)
                 with PeakRss() as peak:
                     run, summary = run_pipeline(slide, model_dir, out, extra)
+                bare = (before + bare_now(v)) / 2
                 tiles_run = int(summary["tiling"]["tiles"])
                 inference = float(summary["timings_s"]["inference_s"])
                 results.setdefault(name, []).append(
-                    (tiles_run / run.wall_s, tiles_run / inference, peak.mb)
+                    (tiles_run / run.wall_s, tiles_run / inference, peak.mb, bare)
                 )
-        base = statistics.median(w for w, _, _ in results["torch fp32"])
-        for name, _extra, v in e2e:
-            wall = statistics.median(w for w, _, _ in results[name])
-            stage = statistics.median(s for _, s, _ in results[name])
-            rss = max(m for _, _, m in results[name])
-            bare = best.get(v)
-            ratio = f"; inference stage / bare model {stage / bare:.2f}" if bare else ""
+        base = statistics.median(w for w, _, _, _ in results["torch fp32"])
+        for name, _extra, _v in e2e:
+            wall = statistics.median(w for w, _, _, _ in results[name])
+            stage = statistics.median(s for _, s, _, _ in results[name])
+            rss = max(m for _, _, m, _ in results[name])
+            ratios = [s / b for _, s, _, b in results[name]]
+            bares = ", ".join(f"{b:.1f}" for _, _, _, b in results[name])
             rows.append((f"end to end {name}", f"{wall:.1f} tiles/s",
                          f"x{wall / base:.2f} torch fp32 (wall); inference stage {stage:.1f} "
-                         f"tiles/s{ratio}; peak RSS {rss:.0f} MB (VmHWM); {n} tiles"))  # fmt: skip
+                         f"tiles/s; inference stage / bare model {statistics.median(ratios):.2f} "
+                         f"(bare {bares} tiles/s on {len(beside)} tiles, before and after "
+                         f"each run); peak RSS {rss:.0f} MB (VmHWM); {n} tiles"))  # fmt: skip
 
     notes = [
         f"model: {model_dir.name if args.model else 'demo model (models/demo_model)'}",
