@@ -14,10 +14,12 @@
 #   r50      the same for resnet50 + DeepLabV3+ r50 (random weights, made on the machine)
 #   decode   decode limit: GPU JPEG decoding vs 16 decoder processes
 #   startup  prepare -> first batch on CUDA, and the engine writer's thread scaling
+#   runtimes issue 33's GPU runtimes: the torch path against torch.compile (3 modes) and
+#            TensorRT where torch-tensorrt imports, tiles/s and agreement on real tiles
 # The bank slide (30720 px) is written once into $WORK and reused while the machine is up.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PART=${1:?usage: benchmarks/gpu_session.sh check|demo|r50|decode|startup}
+PART=${1:?usage: benchmarks/gpu_session.sh check|demo|r50|decode|startup|runtimes}
 PY=${PY:-python3}
 WORK=${WORK:-/tmp/wsi-gpu}
 OUT=${OUT:-gpu-out}
@@ -52,6 +54,9 @@ device_section() { # extra arguments for throughput.py
     startup)
       $PY benchmarks/startup.py --size "$SIZE" --device "$DEVICE" --decoders "${STARTUP_DECODERS:-15}" --work "$WORK" --no-record
       $PY benchmarks/writer.py --size "$SIZE" --threads 1,2,4,8 --work "$WORK" --no-record
+      ;;
+    runtimes)
+      $PY benchmarks/gpu_runtimes.py --device "$DEVICE" --no-record
       ;;
     *) echo "unknown part $PART" >&2; exit 2 ;;
   esac
