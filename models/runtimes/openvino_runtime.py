@@ -179,6 +179,13 @@ class OpenVINOGraphs:
             torch.from_numpy(probs), torch.from_numpy(labels), torch.from_numpy(cls_probs)
         )
 
+    def drop_compiled(self) -> None:
+        """Forget the graphs compiled so far and this thread's requests for them (those of
+        the checks at load: later calls compile, or load from the cache, what they run)."""
+        with self._lock:
+            self._compiled.clear()
+        self._local.requests = {}
+
     def _streams(self) -> int:
         """Streams for the calling thread: the threads over its share of the cores (its torch
         thread count, set by the engine's compute threads; all of them elsewhere)."""

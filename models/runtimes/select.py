@@ -130,7 +130,26 @@ def _open_openvino(
     threads: int,
 ) -> RuntimeChoice:
     """OpenVINO's graphs in `precision` ((fp32 | bf16 | bf16-if-calibrated, reason), as
-    `precision_decision` decided it) on `threads`, once they keep torch fp32's labels."""
+    `precision_decision` decided it) on `threads`, once they keep torch fp32's labels.
+
+    The graphs the checks compiled (at the calibration batch and whole-tile geometry, which
+    the slide path never runs) are dropped once they are done: kept, a run that found no
+    verdict in its cache held their weights and buffers (~180 MB) to its end."""
+    choice = _checked_openvino(model, precision, flags, reason, cache, threads)
+    if choice.graphs is not None:
+        choice.graphs.drop_compiled()
+    return choice
+
+
+def _checked_openvino(
+    model: SegmentationModel,
+    precision: tuple[str, str],
+    flags: frozenset[str],
+    reason: str,
+    cache: Path,
+    threads: int,
+) -> RuntimeChoice:
+    """`_open_openvino`'s graphs and checks (verdicts from the cache, or computed here)."""
     tile = int(model.meta.tile_size)
     tiles = calibration_tiles(tile, model.validation_patches)
     fp32 = OpenVINOGraphs(model, "fp32", threads, flags, cache)

@@ -333,11 +333,14 @@ def test_a_warm_cache_opens_openvino_without_a_forward_or_a_calibration_graph(
     tmp_path: Path,
 ) -> None:
     """The checks' numbers are kept beside the graphs: a second load runs no torch forward,
-    compiles no graph and gets the same verdict; a damaged verdict is checked again."""
+    compiles no graph and gets the same verdict; a damaged verdict is checked again. The
+    graphs the checks compiled (calibration batch, whole tiles) are not kept past the load."""
     model = _tiny()
     flags = cpu_flags() | {"amx_bf16"}  # bf16 is a candidate under auto: both checks run
     first = open_runtime(model, "openvino", "auto", "cpu", flags, tmp_path)
     assert first.checks_computed == 2 and first.calibration is not None
+    assert first.graphs is not None and first.graphs.builds >= 1
+    assert first.graphs._compiled == {} and first.graphs._local.requests == {}
     forwards: list[int] = []
     model.segmenter.register_forward_hook(lambda *_: forwards.append(1))
     second = open_runtime(model, "openvino", "auto", "cpu", flags, tmp_path)
