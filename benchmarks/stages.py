@@ -31,7 +31,14 @@ R50_ARCH = {
     "tile": 224,
     "mpp": 1.0,
 }
-ARCHS = {"demo": DEMO_ARCH, "r50": R50_ARCH}
+# The issue's bf16 yardstick: resnet34 PDA classifier + DeepLabV3+ on resnet34 (256).
+R34_ARCH = {
+    "classifier": ("resnet34", "pda"),
+    "segmenter": ("resnet34", 256),
+    "tile": 224,
+    "mpp": 1.0,
+}
+ARCHS = {"demo": DEMO_ARCH, "r34": R34_ARCH, "r50": R50_ARCH}
 # Tiny model for the memory run (as tests/conftest.py's tiny_model_dir): tile 64 at 2 um/px.
 TINY_ARCH = {
     "classifier": ("resnet10t", "cam"),
@@ -194,6 +201,7 @@ def tile_reuse_reader(p: Planned, boxes: list) -> dict:
     """`reader=` for read_model_tiles that decodes each storage tile once, as TileReader
     with the prefetcher's TileReuse does; {} where the slide's level does not support it."""
     from wsi_segment.wsi.region_reader import level_read_box
+    from wsi_segment.wsi.tiff_blocks import open_level_blocks
     from wsi_segment.wsi.tile_reuse import TileReuse, supports_reuse
 
     level, slide = p.read_level, p.slide
@@ -202,7 +210,8 @@ def tile_reuse_reader(p: Planned, boxes: list) -> dict:
         return {}
     ds = float(slide.level_downsamples[level])
     planned = [level_read_box(b, p.level0_per_model, ds) for b in boxes]
-    reuse = TileReuse(level, slide.level_dimensions[level], ds, tile, planned)
+    blocks = open_level_blocks(slide, level)
+    reuse = TileReuse(level, slide.level_dimensions[level], ds, tile, planned, blocks=blocks)
     return {"reader": lambda lx, ly, w, h: reuse.read(slide, lx, ly, w, h)}
 
 

@@ -187,6 +187,9 @@ def _record_reads(prep: PreparedSlide, source: ReadSource) -> None:
             "storage_tiles_decoded": counts.tiles_decoded,
             "storage_tiles_reused": counts.tiles_reused,
         }
+        direct = getattr(counts, "blocks_direct", None)  # wsi.tiff_blocks, past tiffslide's zarr
+        if direct is not None:
+            prep.read_stats["blocks_decoded_from_file"] = direct
 
 
 def _infer_on_cluster(

@@ -42,6 +42,13 @@ class LevelSource(Protocol):
     ) -> np.ndarray: ...
 
 
+class BlockSource(Protocol):
+    """Decodes a tile-aligned level box straight from the file (`wsi.tiff_blocks`), with the
+    slide's own pixels; None where it cannot, and the slide reads it instead."""
+
+    def read_block(self, box: Box) -> np.ndarray | None: ...
+
+
 def supports_reuse(slide: LevelSource, level: int, tile_size: tuple[int, int] | None) -> bool:
     """Tiled storage and an integer downsample (level px * ds is an exact level-0 px)."""
     if tile_size is None or min(tile_size) <= 1:
@@ -60,12 +67,14 @@ class TileReuse:
         tile_size: tuple[int, int],
         planned: Iterable[Box],
         max_bytes: int = 128 << 20,
+        blocks: BlockSource | None = None,
     ) -> None:
         self.level = level
         self._lw, self._lh = int(level_size[0]), int(level_size[1])
         self._ds = float(downsample)
         self._tw, self._th = int(tile_size[0]), int(tile_size[1])
         self._max_bytes = int(max_bytes)
+        self._blocks = blocks
         self._uses: dict[tuple[int, int], int] = {}
         for box in planned:
             for key in self._tiles_of(box):
@@ -75,6 +84,7 @@ class TileReuse:
         self._lock = threading.Lock()
         self.tiles_decoded = 0  # storage tiles decoded (each read of a tile counts)
         self.tiles_reused = 0  # storage tiles served from memory instead
+        self.blocks_direct = 0  # tile-aligned reads `blocks` decoded (the rest: the slide)
 
     def _tiles_of(self, box: Box) -> list[tuple[int, int]]:
         """Storage tiles (col, row) a level box touches, inside the level only."""
@@ -124,8 +134,13 @@ class TileReuse:
         boxes = [self._tile_box(k) for k in keys]
         x0, y0 = min(b[0] for b in boxes), min(b[1] for b in boxes)
         x1, y1 = max(b[2] for b in boxes), max(b[3] for b in boxes)
-        location = (round(x0 * self._ds), round(y0 * self._ds))
-        block = slide.read_region(location, self.level, (x1 - x0, y1 - y0))
+        block = None if self._blocks is None else self._blocks.read_block((x0, y0, x1, y1))
+        if block is None:
+            location = (round(x0 * self._ds), round(y0 * self._ds))
+            block = slide.read_region(location, self.level, (x1 - x0, y1 - y0))
+        else:
+            with self._lock:
+                self.blocks_direct += 1
         if block.shape != (y1 - y0, x1 - x0, 3):
             raise ValueError(f"slide returned {block.shape}, expected {(y1 - y0, x1 - x0, 3)}")
         with self._lock:

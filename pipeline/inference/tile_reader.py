@@ -20,6 +20,7 @@ import numpy as np
 from wsi_segment.errors import SlideError
 from wsi_segment.wsi.region_reader import level_read_box, read_model_tiles
 from wsi_segment.wsi.slide import Slide, open_slide
+from wsi_segment.wsi.tiff_blocks import open_level_blocks
 from wsi_segment.wsi.tile_reuse import TileReuse, supports_reuse
 from wsi_segment.wsi.tiling import ChunkSpec, TileGrid
 
@@ -82,7 +83,8 @@ class TileReader:
             return None
         ds = float(slide.level_downsamples[level])
         planned = [level_read_box(self.read_box(s), self.level0_per_model, ds) for s in specs]
-        return TileReuse(level, slide.level_dimensions[level], ds, tile, planned)
+        blocks = open_level_blocks(slide, level)
+        return TileReuse(level, slide.level_dimensions[level], ds, tile, planned, blocks=blocks)
 
     def read_tiles(
         self, spec: ChunkSpec, reuse: TileReuse | None = None, out: np.ndarray | None = None

@@ -152,6 +152,7 @@ def test_areas_agree_between_summary_zarr_and_polygons(cmu_run):
     reads = summary["read_stats"]
     assert reads["storage_tiles_reused"] > 0
     assert reads["storage_tiles_decoded"] <= math.ceil(2220 / 240) * math.ceil(2967 / 240)
+    assert reads["blocks_decoded_from_file"] > 0  # the SVS is read with tiffslide's decoder
     assert summary["model"]["name"] == "demo-synthetic-luad-resnet10t"
     # runtime and precision auto: what the model alone chooses on this machine, and why
     precision = summary["precision"]

@@ -68,6 +68,7 @@ def test_chunk_reads_share_storage_tiles_with_the_same_pixels(model_mpp):
     for spec in specs:
         np.testing.assert_array_equal(reader.read_tiles(spec, reuse), reader.read_tiles(spec))
     assert reuse.tiles_reused > 0 and reuse.cached_bytes == 0
+    assert reuse.blocks_direct > 0  # decoded from the file (wsi.tiff_blocks), same pixels
 
     prefetch = TilePrefetcher(reader, specs)
     claimed = prefetch.take(specs[-1])  # a runner gets there before the reader

@@ -1,0 +1,110 @@
+"""Tile-aligned blocks decoded straight from a TIFF: the slide's own pixels, or None."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from tests.conftest import CMU_SLIDE
+from wsi_segment.wsi.slide import open_slide
+from wsi_segment.wsi.tiff_blocks import LevelBlocks, open_level_blocks
+from wsi_segment.wsi.tile_reuse import TileReuse
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+
+
+def _level_blocks(slide, level: int, span: int):
+    """Every block of span x span storage tiles of the level, cut by its edges."""
+    (w, h), (tw, th) = slide.level_dimensions[level], slide.storage_tile_size(level)
+    return [
+        (x, y, min(x + span * tw, w), min(y + span * th, h))
+        for y in range(0, h, span * th)
+        for x in range(0, w, span * tw)
+    ]
+
+
+def _slide_pixels(slide, level: int, box):
+    x0, y0, x1, y1 = box
+    ds = slide.level_downsamples[level]
+    return slide.read_region((round(x0 * ds), round(y0 * ds)), level, (x1 - x0, y1 - y0))
+
+
+@pytest.mark.parametrize(
+    "name", ["CMU-1-Small-Region.svs", "OS-1-detail.ome.tif", "boxes.tiff", "small.svs"]
+)
+def test_every_block_of_every_level_is_the_slides_own_pixels(name):
+    slide = open_slide(str(DATA / name), backend="tiffslide")
+    for level in range(slide.level_count):
+        blocks = open_level_blocks(slide, level)
+        assert blocks is not None, (name, level)
+        for box in _level_blocks(slide, level, span=2):
+            np.testing.assert_array_equal(blocks.read_block(box), _slide_pixels(slide, level, box))
+
+
+def _jpeg_tiff(path: Path, size=(200, 328), tile=64, dtype=np.uint8) -> Path:
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (*size, 3)).astype(dtype)
+    image = np.repeat(np.repeat(image[::8, ::8], 8, 0), 8, 1)[: size[0], : size[1]]
+    jpeg = "jpeg" if dtype == np.uint8 else "zlib"
+    tifffile.imwrite(path, image, photometric="rgb", compression=jpeg, tile=(tile, tile))
+    return path
+
+
+def _drop_tile(path: Path, index: int) -> None:
+    """Mark one storage tile as not stored (byte count 0), as scanners leave empty tiles."""
+    with tifffile.TiffFile(path, mode="r+b") as tf:
+        tag = tf.pages[0].tags["TileByteCounts"]
+        counts = list(tag.value)
+        counts[index] = 0
+        tag.overwrite(tuple(counts))
+
+
+def test_a_block_with_a_missing_tile_is_left_to_the_slide(tmp_path):
+    path = _jpeg_tiff(tmp_path / "holes.tif")
+    _drop_tile(path, 0)  # top-left tile; the probe reads the centre one
+    slide = open_slide(str(path), backend="tiffslide", mpp=0.5)
+    blocks = open_level_blocks(slide, 0)
+    assert blocks is not None
+    assert blocks.read_block((0, 0, 128, 128)) is None
+    assert blocks.read_block((128, 0, 256, 128)) is not None
+    # through TileReuse: the block with the hole comes from the slide, the rest directly
+    w, h = slide.dimensions
+    boxes = [(0, 0, 100, 100), (150, 10, 300, 190)]
+    reuse = TileReuse(0, (w, h), 1.0, (64, 64), boxes, blocks=blocks)
+    for x0, y0, x1, y1 in boxes:
+        got = reuse.read(slide, x0, y0, x1 - x0, y1 - y0)
+        np.testing.assert_array_equal(got, slide.read_region((x0, y0), 0, (x1 - x0, y1 - y0)))
+    assert reuse.blocks_direct == 1
+
+
+def test_what_it_does_not_serve_goes_to_the_slide(tmp_path):
+    assert open_level_blocks(open_slide(CMU_SLIDE, backend="openslide"), 0) is None
+    wide = _jpeg_tiff(tmp_path / "u16.tif", dtype=np.uint16)
+    assert open_level_blocks(open_slide(str(wide), backend="tiffslide", mpp=0.5), 0) is None
+    strips = tmp_path / "strips.tif"
+    tifffile.imwrite(strips, np.zeros((64, 64, 3), np.uint8), photometric="rgb")
+    assert open_level_blocks(open_slide(str(strips), backend="tiffslide", mpp=0.5), 0) is None
+
+
+def test_blocks_must_lie_on_the_tile_grid():
+    slide = open_slide(CMU_SLIDE, backend="tiffslide")
+    blocks = open_level_blocks(slide, 0)
+    assert blocks is not None
+    with pytest.raises(ValueError, match="not aligned"):
+        blocks.read_block((10, 0, 240, 240))
+    with pytest.raises(ValueError, match="not aligned"):
+        blocks.read_block((0, 0, 250, 240))
+
+
+def test_pickles_to_its_numbers_and_reads_where_it_lands():
+    slide = open_slide(CMU_SLIDE, backend="tiffslide")
+    blocks = open_level_blocks(slide, 0)
+    assert isinstance(blocks, LevelBlocks)
+    blocks.read_block((0, 0, 240, 240))  # set up the decoder, which does not pickle
+    copy = pickle.loads(pickle.dumps(blocks))
+    box = (480, 720, 960, 960)
+    np.testing.assert_array_equal(copy.read_block(box), _slide_pixels(slide, 0, box))

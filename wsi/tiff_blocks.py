@@ -1,0 +1,232 @@
+"""Tile-aligned blocks of one TIFF slide level, decoded straight from the file.
+
+tiffslide reads a region through a zarr store over tifffile: for every storage tile an
+asyncio task on zarr's event loop thread, a byte-range read, tifffile's decode, and copies
+into zarr's buffer and then into the region. A read that is already aligned to storage tiles
+(`wsi.tile_reuse`) needs none of that: here each tile's bytes are read with `os.pread` and
+handed to the very decode function tiffslide's store calls (tifffile's page decoder, with the
+page's JPEG tables and header), and the pixels are pasted into the block. Same pixels by
+construction, and checked once per level against the slide's own read; the saving is the
+machinery around the decoder (benchmarks/RESULTS.md).
+
+Only local files read with tiffslide, one plane of uint8 RGB tiles. A block holding a tile
+that is missing from the file, or that fails to read or decode, comes back as None, and the
+caller reads it through the slide as before, with its retries and its error messages.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import numpy as np
+
+Box = tuple[int, int, int, int]  # level px: x0, y0, x1, y1 (end exclusive)
+
+
+class ProbeSource(Protocol):
+    """What `open_level_blocks` needs from a slide (wsi.slide.Slide satisfies it)."""
+
+    path: str
+    backend: str
+
+    @property
+    def level_dimensions(self) -> tuple[tuple[int, int], ...]: ...
+    @property
+    def level_downsamples(self) -> tuple[float, ...]: ...
+    @property
+    def properties(self) -> dict[str, Any]: ...
+
+    def storage_tile_size(self, level: int) -> tuple[int, int] | None: ...
+
+    def read_region(
+        self, location_level0: tuple[int, int], level: int, size: tuple[int, int]
+    ) -> np.ndarray: ...
+
+
+class LevelBlocks:
+    """Decodes tile-aligned blocks of one level; thread safe, pickles to its numbers (the
+    decoder is set up again where it is used)."""
+
+    def __init__(
+        self,
+        path: str,
+        series: int,
+        level: int,
+        level_size: tuple[int, int],
+        tile_size: tuple[int, int],
+    ) -> None:
+        self.path = path
+        self.series = series
+        self.level = level
+        self.level_size = (int(level_size[0]), int(level_size[1]))
+        self.tile_size = (int(tile_size[0]), int(tile_size[1]))
+        self._lock = threading.Lock()
+        self._decoder: _Decoder | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        del state["_lock"]
+        state["_decoder"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def _get_decoder(self) -> _Decoder:
+        with self._lock:
+            if self._decoder is None:
+                self._decoder = _Decoder.open(self.path, self.series, self.level)
+            return self._decoder
+
+    def read_block(self, box: Box) -> np.ndarray | None:
+        """RGB uint8 (h, w, 3) of a level box whose corners lie on the storage-tile grid
+        (the far edge may stop at the level's edge); None where a tile is missing or cannot
+        be read or decoded here."""
+        x0, y0, x1, y1 = box
+        tw, th = self.tile_size
+        lw, lh = self.level_size
+        if x0 % tw or y0 % th or not (0 <= x0 < x1 <= lw and 0 <= y0 < y1 <= lh):
+            raise ValueError(f"block {box} is not aligned to the {tw} x {th} px tiles")
+        if (x1 % tw and x1 != lw) or (y1 % th and y1 != lh):
+            raise ValueError(f"block {box} is not aligned to the {tw} x {th} px tiles")
+        try:
+            decoder = self._get_decoder()
+            out = np.empty((y1 - y0, x1 - x0, 3), np.uint8)
+            fd = os.open(self.path, os.O_RDONLY)
+            try:
+                for ty in range(y0, y1, th):
+                    for tx in range(x0, x1, tw):
+                        tile = decoder.tile(fd, tx // tw, ty // th)
+                        if tile is None:
+                            return None
+                        h, w = min(th, y1 - ty), min(tw, x1 - tx)
+                        out[ty - y0 : ty - y0 + h, tx - x0 : tx - x0 + w] = tile[:h, :w]
+            finally:
+                os.close(fd)
+        except Exception:  # read through the slide instead, which reports it properly
+            return None
+        return out
+
+
+class _Decoder:
+    """tifffile's decode function for one page, with where each tile's bytes are."""
+
+    def __init__(
+        self,
+        decode: Callable[..., Any],
+        args: dict[str, Any],
+        offsets: tuple[int, ...],
+        counts: tuple[int, ...],
+        columns: int,
+        tile_shape: tuple[int, int, int],
+    ) -> None:
+        self._decode = decode
+        self._args = args
+        self._offsets = offsets
+        self._counts = counts
+        self._columns = columns
+        self._tile_shape = tile_shape
+
+    @classmethod
+    def open(cls, path: str, series: int, level: int) -> _Decoder:
+        import tifffile
+
+        with tifffile.TiffFile(path) as tf:
+            page = tf.series[series].levels[level].pages[0]
+            if not isinstance(page, tifffile.TiffPage):
+                raise ValueError("not a plain TIFF page")
+            args: dict[str, Any] = {"_fullsize": True}
+            if page.jpegtables is not None:
+                args["jpegtables"] = page.jpegtables
+            if page.jpegheader is not None:
+                args["jpegheader"] = page.jpegheader
+            decode = page.decode  # a closure over the page's codec settings, not the file
+            columns = -(-int(page.imagewidth) // int(page.tilewidth))
+            shape = (int(page.tilelength), int(page.tilewidth), 3)
+            return cls(
+                decode,
+                args,
+                tuple(int(o) for o in page.dataoffsets),
+                tuple(int(c) for c in page.databytecounts),
+                columns,
+                shape,
+            )
+
+    def tile(self, fd: int, column: int, row: int) -> np.ndarray | None:
+        """Storage tile (column, row) as (tile h, tile w, 3) uint8; None if not stored."""
+        index = row * self._columns + column
+        offset, count = self._offsets[index], self._counts[index]
+        if offset == 0 or count == 0:
+            return None
+        data = os.pread(fd, count, offset)
+        if len(data) != count:
+            return None
+        segment = self._decode(data, index, **self._args)[0]
+        if segment is None or segment.size != int(np.prod(self._tile_shape)):
+            return None
+        return np.asarray(segment).reshape(self._tile_shape)
+
+
+def open_level_blocks(slide: ProbeSource, level: int) -> LevelBlocks | None:
+    """`LevelBlocks` for `level` of a local slide read with tiffslide, or None where this
+    reader does not apply or does not give the slide's own pixels (probed on one tile)."""
+    if slide.backend != "tiffslide" or "://" in slide.path or not os.path.isfile(slide.path):
+        return None
+    tile = slide.storage_tile_size(level)
+    if tile is None:
+        return None
+    try:
+        series = int(slide.properties.get("tiffslide.series-index") or 0)
+        if not _plain_rgb_tiles(slide.path, series, level, slide.level_dimensions[level], tile):
+            return None
+        blocks = LevelBlocks(slide.path, series, level, slide.level_dimensions[level], tile)
+        probe = _probe_box(slide.level_dimensions[level], tile)
+        got = blocks.read_block(probe)
+        if got is None:
+            return None
+        if not np.array_equal(got, _read_level(slide, level, probe)):
+            return None
+    except Exception:  # any doubt: the slide's own reader
+        return None
+    return blocks
+
+
+def _plain_rgb_tiles(
+    path: str, series: int, level: int, size: tuple[int, int], tile: tuple[int, int]
+) -> bool:
+    """The level is one tiled page of 8-bit RGB pixels, of the slide's size and tiles."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tf:
+        levels = tf.series[series].levels
+        if level >= len(levels) or len(levels[level].pages) != 1:
+            return False
+        page = levels[level].pages[0]
+        return (
+            isinstance(page, tifffile.TiffPage)
+            and page.is_tiled
+            and int(page.imagedepth) == 1
+            and int(page.samplesperpixel) == 3
+            and int(page.planarconfig) == 1
+            and np.dtype(page.dtype) == np.uint8
+            and (int(page.imagewidth), int(page.imagelength)) == tuple(size)
+            and (int(page.tilewidth), int(page.tilelength)) == tuple(tile)
+        )
+
+
+def _probe_box(size: tuple[int, int], tile: tuple[int, int]) -> Box:
+    """The storage tile at the centre of the level (whole or cut by the level's edge)."""
+    (w, h), (tw, th) = size, tile
+    x0, y0 = (w // 2) // tw * tw, (h // 2) // th * th
+    return x0, y0, min(x0 + tw, w), min(y0 + th, h)
+
+
+def _read_level(slide: ProbeSource, level: int, box: Box) -> np.ndarray:
+    """The slide's own pixels of a level box, located as `wsi.tile_reuse` locates it."""
+    x0, y0, x1, y1 = box
+    ds = float(slide.level_downsamples[level])
+    return slide.read_region((round(x0 * ds), round(y0 * ds)), level, (x1 - x0, y1 - y0))
