@@ -1,9 +1,9 @@
 """Which runtime runs the inference graph: one pure function of the request and the machine.
 
 OpenVINO runs the whole graph of a tile (preprocess, classifier, gate, segmenter, reduction)
-faster than torch on AVX-512 CPUs (benchmarks/RESULTS.md: fp32 1.4-1.5x, bf16 about 2x on
-AVX512-BF16 of AMD) and on the same CPU capped to AVX2 (fp32 1.29x), so `auto` takes it on a
-CPU with AVX2 where it is installed. Older CPUs keep torch (not measured), and so does a GPU
+faster than torch on AVX-512 CPUs (benchmarks/RESULTS.md: fp32 1.3-1.6x; bf16 about 2x on
+AVX512-BF16 of AMD, 7-8x torch fp32 on AMX) and on AVX2-only CPUs (fp32 1.25-1.37x), so
+`auto` takes it on a CPU with AVX2 where it is installed. Older CPUs keep torch (not measured), and so does a GPU
 (no GPU runtime is shipped before it is measured). Everything here is data in, data out, so
 the run policy can call it for a machine it only describes.
 """
@@ -55,8 +55,8 @@ def runtime_decision(
 
 def openvino_bf16_candidate(cpu_flags: frozenset[str]) -> bool:
     """Whether precision auto tries bf16 in OpenVINO: where its bf16 kernels were measured
-    faster than its fp32 ones (benchmarks/RESULTS.md): AMX, or AVX512-BF16 on an AMD CPU
-    (Zen 4: about 2x). On an Intel CPU with AVX512-BF16 and no AMX they ran 0.4-0.6x fp32,
+    faster than its fp32 ones (benchmarks/RESULTS.md): AMX (4.9-6.4x), or AVX512-BF16 on an
+    AMD CPU (Zen 4: about 2x). On an Intel CPU with AVX512-BF16 and no AMX they ran 0.4-0.6x fp32,
     so it stays fp32. AMD is told by `sse4a`, an instruction set only AMD CPUs report."""
     if AMX_FLAG in cpu_flags:
         return True
