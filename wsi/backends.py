@@ -155,7 +155,7 @@ _quiet = threading.local()
 class _QuietTifffile(logging.Filter):
     """tifffile logs what it finds wrong in a broken file, then raises (or we refuse the
     file): the error we report is the message, so its log lines are noise on stderr. Drops
-    them only in a thread inside `_tifffile_quiet()` (a logger-level swap would race with
+    them only in a thread inside `tifffile_quiet()` (a logger-level swap would race with
     other threads and, set as an attribute, is ignored by logging's level cache)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -166,7 +166,8 @@ logging.getLogger("tifffile").addFilter(_QuietTifffile())
 
 
 @contextmanager
-def _tifffile_quiet() -> Iterator[None]:
+def tifffile_quiet() -> Iterator[None]:
+    """tifffile's log lines dropped in this thread while inside (see `_QuietTifffile`)."""
     _quiet.depth = getattr(_quiet, "depth", 0) + 1
     try:
         yield
@@ -182,7 +183,7 @@ class TiffSlideBackend:
     def __init__(self, path: str) -> None:
         import tiffslide
 
-        with _tifffile_quiet():
+        with tifffile_quiet():
             self.handle = tiffslide.TiffSlide(path)
             try:
                 if self.handle.level_count == 0:
@@ -216,7 +217,7 @@ class TiffSlideBackend:
                     )
 
     def meta(self) -> SlideMeta:
-        with _tifffile_quiet():
+        with tifffile_quiet():
             return self._meta()
 
     def _meta(self) -> SlideMeta:

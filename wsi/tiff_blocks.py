@@ -23,6 +23,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from wsi_segment.wsi.backends import tifffile_quiet
+
 Box = tuple[int, int, int, int]  # level px: x0, y0, x1, y1 (end exclusive)
 
 
@@ -135,7 +137,7 @@ class _Decoder:
     def open(cls, path: str, series: int, level: int) -> _Decoder:
         import tifffile
 
-        with tifffile.TiffFile(path) as tf:
+        with tifffile_quiet(), tifffile.TiffFile(path) as tf:
             page = tf.series[series].levels[level].pages[0]
             if not isinstance(page, tifffile.TiffPage):
                 raise ValueError("not a plain TIFF page")
@@ -201,7 +203,7 @@ def _plain_rgb_tiles(
     """The level is one tiled page of 8-bit RGB pixels, of the slide's size and tiles."""
     import tifffile
 
-    with tifffile.TiffFile(path) as tf:
+    with tifffile_quiet(), tifffile.TiffFile(path) as tf:
         levels = tf.series[series].levels
         if level >= len(levels) or len(levels[level].pages) != 1:
             return False
