@@ -1,15 +1,16 @@
-"""Tile-aligned blocks of one TIFF slide level, decoded straight from the file.
+"""Storage tiles of one TIFF slide level, decoded straight from the file.
 
 tiffslide reads a region through a zarr store over tifffile: for every storage tile an
 asyncio task on zarr's event loop thread, a byte-range read, tifffile's decode, and copies
 into zarr's buffer and then into the region. A read that is already aligned to storage tiles
 (`wsi.tile_reuse`) needs none of that: here each tile's bytes are read with `os.pread` and
 handed to the very decode function tiffslide's store calls (tifffile's page decoder, with the
-page's JPEG tables and header), and the pixels are pasted into the block. Same pixels by
-construction, and checked once per level against the slide's own read; the saving is the
-machinery around the decoder (benchmarks/RESULTS.md).
+page's JPEG tables and header), and each tile is handed over as the decoder made it, to be
+pasted once, where the caller needs it. Same pixels by construction, and checked once per
+level against the slide's own read; the saving is the machinery and the copies around the
+decoder (benchmarks/RESULTS.md).
 
-Only local files read with tiffslide, one plane of uint8 RGB tiles. A block holding a tile
+Only local files read with tiffslide, one plane of uint8 RGB tiles. A request holding a tile
 that is missing from the file, or that fails to read or decode, comes back as None, and the
 caller reads it through the slide as before, with its retries and its error messages.
 """
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -26,6 +27,7 @@ import numpy as np
 from wsi_segment.wsi.backends import tifffile_quiet
 
 Box = tuple[int, int, int, int]  # level px: x0, y0, x1, y1 (end exclusive)
+Key = tuple[int, int]  # storage tile (column, row)
 
 
 class ProbeSource(Protocol):
@@ -49,7 +51,7 @@ class ProbeSource(Protocol):
 
 
 class LevelBlocks:
-    """Decodes tile-aligned blocks of one level; thread safe, pickles to its numbers (the
+    """Decodes storage tiles (or tile-aligned blocks) of one level; thread safe, pickles to its numbers (the
     decoder is set up again where it is used)."""
 
     def __init__(
@@ -84,10 +86,33 @@ class LevelBlocks:
                 self._decoder = _Decoder.open(self.path, self.series, self.level)
             return self._decoder
 
+    def read_tiles(self, keys: Sequence[Key]) -> dict[Key, np.ndarray] | None:
+        """Storage tiles (column, row) as (h, w, 3) uint8 arrays, each cut to the level (edge
+        tiles are views of their padded decode); None where one is missing or cannot be read
+        or decoded here."""
+        tw, th = self.tile_size
+        lw, lh = self.level_size
+        tiles: dict[Key, np.ndarray] = {}
+        try:
+            decoder = self._get_decoder()
+            fd = os.open(self.path, os.O_RDONLY)
+            try:
+                for column, row in keys:
+                    if not (0 <= column * tw < lw and 0 <= row * th < lh):
+                        raise IndexError(f"tile {(column, row)} is outside the level")
+                    tile = decoder.tile(fd, column, row)
+                    if tile is None:
+                        return None
+                    tiles[(column, row)] = tile[: lh - row * th, : lw - column * tw]
+            finally:
+                os.close(fd)
+        except Exception:  # read through the slide instead, which reports it properly
+            return None
+        return tiles
+
     def read_block(self, box: Box) -> np.ndarray | None:
         """RGB uint8 (h, w, 3) of a level box whose corners lie on the storage-tile grid
-        (the far edge may stop at the level's edge); None where a tile is missing or cannot
-        be read or decoded here."""
+        (the far edge may stop at the level's edge); None as `read_tiles`."""
         x0, y0, x1, y1 = box
         tw, th = self.tile_size
         lw, lh = self.level_size
@@ -95,22 +120,16 @@ class LevelBlocks:
             raise ValueError(f"block {box} is not aligned to the {tw} x {th} px tiles")
         if (x1 % tw and x1 != lw) or (y1 % th and y1 != lh):
             raise ValueError(f"block {box} is not aligned to the {tw} x {th} px tiles")
-        try:
-            decoder = self._get_decoder()
-            out = np.empty((y1 - y0, x1 - x0, 3), np.uint8)
-            fd = os.open(self.path, os.O_RDONLY)
-            try:
-                for ty in range(y0, y1, th):
-                    for tx in range(x0, x1, tw):
-                        tile = decoder.tile(fd, tx // tw, ty // th)
-                        if tile is None:
-                            return None
-                        h, w = min(th, y1 - ty), min(tw, x1 - tx)
-                        out[ty - y0 : ty - y0 + h, tx - x0 : tx - x0 + w] = tile[:h, :w]
-            finally:
-                os.close(fd)
-        except Exception:  # read through the slide instead, which reports it properly
+        keys = [
+            (c, r) for r in range(y0 // th, -(-y1 // th)) for c in range(x0 // tw, -(-x1 // tw))
+        ]
+        tiles = self.read_tiles(keys)
+        if tiles is None:
             return None
+        out = np.empty((y1 - y0, x1 - x0, 3), np.uint8)
+        for (c, r), tile in tiles.items():
+            h, w = tile.shape[:2]
+            out[r * th - y0 : r * th - y0 + h, c * tw - x0 : c * tw - x0 + w] = tile
         return out
 
 

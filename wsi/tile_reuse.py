@@ -20,7 +20,7 @@ exactly (integer downsample), so no reader rounds a location differently.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -43,10 +43,12 @@ class LevelSource(Protocol):
 
 
 class BlockSource(Protocol):
-    """Decodes a tile-aligned level box straight from the file (`wsi.tiff_blocks`), with the
-    slide's own pixels; None where it cannot, and the slide reads it instead."""
+    """Decodes storage tiles straight from the file (`wsi.tiff_blocks`), with the slide's own
+    pixels; None where it cannot, and the slide reads them instead."""
 
-    def read_block(self, box: Box) -> np.ndarray | None: ...
+    def read_tiles(
+        self, keys: Sequence[tuple[int, int]]
+    ) -> dict[tuple[int, int], np.ndarray] | None: ...
 
 
 def supports_reuse(slide: LevelSource, level: int, tile_size: tuple[int, int] | None) -> bool:
@@ -84,7 +86,7 @@ class TileReuse:
         self._lock = threading.Lock()
         self.tiles_decoded = 0  # storage tiles decoded (each read of a tile counts)
         self.tiles_reused = 0  # storage tiles served from memory instead
-        self.blocks_direct = 0  # tile-aligned reads `blocks` decoded (the rest: the slide)
+        self.blocks_direct = 0  # reads whose tiles `blocks` decoded (the rest: the slide)
 
     def _tiles_of(self, box: Box) -> list[tuple[int, int]]:
         """Storage tiles (col, row) a level box touches, inside the level only."""
@@ -113,7 +115,11 @@ class TileReuse:
             have = {k: self._cache[k] for k in keys if k in self._cache}
         missing = [k for k in keys if k not in have]
         decoded = self._decode(slide, missing) if missing else {}
-        out = np.full((int(height), int(width), 3), WHITE, np.uint8)
+        shape = (int(height), int(width), 3)
+        if box[0] >= 0 and box[1] >= 0 and box[2] <= self._lw and box[3] <= self._lh:
+            out = np.empty(shape, np.uint8)  # inside the level the tiles cover every pixel
+        else:
+            out = np.full(shape, WHITE, np.uint8)
         for key in keys:
             tile = have.get(key)
             if tile is None:
@@ -130,17 +136,19 @@ class TileReuse:
     def _decode(
         self, slide: LevelSource, keys: list[tuple[int, int]]
     ) -> dict[tuple[int, int], np.ndarray]:
-        """One tile-aligned read covering the missing tiles (their bounding box)."""
+        """The missing tiles: each decoded straight from the file where `blocks` can, else
+        one tile-aligned read of the slide covering them (their bounding box)."""
+        direct = None if self._blocks is None else self._blocks.read_tiles(keys)
+        if direct is not None:
+            with self._lock:
+                self.tiles_decoded += len(keys)
+                self.blocks_direct += 1
+            return direct
         boxes = [self._tile_box(k) for k in keys]
         x0, y0 = min(b[0] for b in boxes), min(b[1] for b in boxes)
         x1, y1 = max(b[2] for b in boxes), max(b[3] for b in boxes)
-        block = None if self._blocks is None else self._blocks.read_block((x0, y0, x1, y1))
-        if block is None:
-            location = (round(x0 * self._ds), round(y0 * self._ds))
-            block = slide.read_region(location, self.level, (x1 - x0, y1 - y0))
-        else:
-            with self._lock:
-                self.blocks_direct += 1
+        location = (round(x0 * self._ds), round(y0 * self._ds))
+        block = slide.read_region(location, self.level, (x1 - x0, y1 - y0))
         if block.shape != (y1 - y0, x1 - x0, 3):
             raise ValueError(f"slide returned {block.shape}, expected {(y1 - y0, x1 - x0, 3)}")
         with self._lock:

@@ -108,3 +108,29 @@ def test_pickles_to_its_numbers_and_reads_where_it_lands():
     copy = pickle.loads(pickle.dumps(blocks))
     box = (480, 720, 960, 960)
     np.testing.assert_array_equal(copy.read_block(box), _slide_pixels(slide, 0, box))
+
+
+def test_tiles_come_cut_to_the_level_and_whole_requests_only():
+    slide = open_slide(CMU_SLIDE, backend="tiffslide")
+    blocks = open_level_blocks(slide, 0)
+    assert blocks is not None
+    # CMU-1-Small-Region: 2220 x 2967 px in 240 px tiles, so the last tile is 60 x 87 px
+    tiles = blocks.read_tiles([(9, 12), (0, 0)])
+    assert tiles is not None and tiles[(9, 12)].shape == (87, 60, 3)
+    np.testing.assert_array_equal(tiles[(9, 12)], _slide_pixels(slide, 0, (2160, 2880, 2220, 2967)))
+    np.testing.assert_array_equal(tiles[(0, 0)], _slide_pixels(slide, 0, (0, 0, 240, 240)))
+    assert blocks.read_tiles([(0, 0), (10, 0)]) is None  # a tile past the level: all or none
+
+
+def test_reuse_decodes_only_the_missing_tiles_when_it_decodes_directly():
+    slide = open_slide(CMU_SLIDE, backend="tiffslide")
+    blocks = open_level_blocks(slide, 0)
+    w, h = slide.dimensions
+    # the second box needs tiles (0..2, 0..1); the first already decoded (0, 0) and (1, 0),
+    # kept for it: only the other 4 are decoded, not the 6 of their bounding box
+    boxes = [(0, 0, 400, 200), (0, 0, 700, 400)]
+    reuse = TileReuse(0, (w, h), 1.0, (240, 240), boxes, blocks=blocks)
+    for x0, y0, x1, y1 in boxes:
+        got = reuse.read(slide, x0, y0, x1 - x0, y1 - y0)
+        np.testing.assert_array_equal(got, slide.read_region((x0, y0), 0, (x1 - x0, y1 - y0)))
+    assert (reuse.tiles_decoded, reuse.tiles_reused, reuse.blocks_direct) == (6, 2, 2)
