@@ -26,7 +26,6 @@ import numpy as np
 
 from wsi_segment.wsi.backends import tifffile_quiet
 
-Box = tuple[int, int, int, int]  # level px: x0, y0, x1, y1 (end exclusive)
 Key = tuple[int, int]  # storage tile (column, row)
 
 
@@ -51,7 +50,7 @@ class ProbeSource(Protocol):
 
 
 class LevelBlocks:
-    """Decodes storage tiles (or tile-aligned blocks) of one level; thread safe, pickles to its numbers (the
+    """Decodes the storage tiles of one level (the blocks `wsi.tile_reuse` reads); thread safe, pickles to its numbers (the
     decoder is set up again where it is used)."""
 
     def __init__(
@@ -83,7 +82,9 @@ class LevelBlocks:
     def _get_decoder(self) -> _Decoder:
         with self._lock:
             if self._decoder is None:
-                self._decoder = _Decoder.open(self.path, self.series, self.level)
+                self._decoder = _Decoder.open(
+                    self.path, self.series, self.level, self.level_size, self.tile_size
+                )
             return self._decoder
 
     def read_tiles(self, keys: Sequence[Key]) -> dict[Key, np.ndarray] | None:
@@ -110,28 +111,6 @@ class LevelBlocks:
             return None
         return tiles
 
-    def read_block(self, box: Box) -> np.ndarray | None:
-        """RGB uint8 (h, w, 3) of a level box whose corners lie on the storage-tile grid
-        (the far edge may stop at the level's edge); None as `read_tiles`."""
-        x0, y0, x1, y1 = box
-        tw, th = self.tile_size
-        lw, lh = self.level_size
-        if x0 % tw or y0 % th or not (0 <= x0 < x1 <= lw and 0 <= y0 < y1 <= lh):
-            raise ValueError(f"block {box} is not aligned to the {tw} x {th} px tiles")
-        if (x1 % tw and x1 != lw) or (y1 % th and y1 != lh):
-            raise ValueError(f"block {box} is not aligned to the {tw} x {th} px tiles")
-        keys = [
-            (c, r) for r in range(y0 // th, -(-y1 // th)) for c in range(x0 // tw, -(-x1 // tw))
-        ]
-        tiles = self.read_tiles(keys)
-        if tiles is None:
-            return None
-        out = np.empty((y1 - y0, x1 - x0, 3), np.uint8)
-        for (c, r), tile in tiles.items():
-            h, w = tile.shape[:2]
-            out[r * th - y0 : r * th - y0 + h, c * tw - x0 : c * tw - x0 + w] = tile
-        return out
-
 
 class _Decoder:
     """tifffile's decode function for one page, with where each tile's bytes are."""
@@ -153,13 +132,28 @@ class _Decoder:
         self._tile_shape = tile_shape
 
     @classmethod
-    def open(cls, path: str, series: int, level: int) -> _Decoder:
+    def open(
+        cls, path: str, series: int, level: int, size: tuple[int, int], tile: tuple[int, int]
+    ) -> _Decoder:
+        """The decoder of the level's page; ValueError unless the level is one tiled page of
+        8-bit RGB pixels of the slide's `size` and storage `tile` size."""
         import tifffile
 
         with tifffile_quiet(), tifffile.TiffFile(path) as tf:
-            page = tf.series[series].levels[level].pages[0]
-            if not isinstance(page, tifffile.TiffPage):
-                raise ValueError("not a plain TIFF page")
+            pages = tf.series[series].levels[level].pages
+            page = pages[0]
+            if not (
+                len(pages) == 1
+                and isinstance(page, tifffile.TiffPage)
+                and page.is_tiled
+                and int(page.imagedepth) == 1
+                and int(page.samplesperpixel) == 3
+                and int(page.planarconfig) == 1
+                and np.dtype(page.dtype) == np.uint8
+                and (int(page.imagewidth), int(page.imagelength)) == tuple(size)
+                and (int(page.tilewidth), int(page.tilelength)) == tuple(tile)
+            ):
+                raise ValueError(f"level {level} is not one plane of 8-bit RGB tiles")
             args: dict[str, Any] = {"_fullsize": True}
             if page.jpegtables is not None:
                 args["jpegtables"] = page.jpegtables
@@ -200,54 +194,25 @@ def open_level_blocks(slide: ProbeSource, level: int) -> LevelBlocks | None:
     tile = slide.storage_tile_size(level)
     if tile is None:
         return None
+    size = slide.level_dimensions[level]
     try:
         series = int(slide.properties.get("tiffslide.series-index") or 0)
-        if not _plain_rgb_tiles(slide.path, series, level, slide.level_dimensions[level], tile):
-            return None
-        blocks = LevelBlocks(slide.path, series, level, slide.level_dimensions[level], tile)
-        probe = _probe_box(slide.level_dimensions[level], tile)
-        got = blocks.read_block(probe)
-        if got is None:
-            return None
-        if not np.array_equal(got, _read_level(slide, level, probe)):
+        blocks = LevelBlocks(slide.path, series, level, size, tile)
+        blocks._get_decoder()  # refuses a level that is not one plane of RGB tiles
+        key = ((size[0] // 2) // tile[0], (size[1] // 2) // tile[1])  # the centre tile
+        got = blocks.read_tiles([key])
+        if got is None or not np.array_equal(got[key], _slide_tile(slide, level, key, tile)):
             return None
     except Exception:  # any doubt: the slide's own reader
         return None
     return blocks
 
 
-def _plain_rgb_tiles(
-    path: str, series: int, level: int, size: tuple[int, int], tile: tuple[int, int]
-) -> bool:
-    """The level is one tiled page of 8-bit RGB pixels, of the slide's size and tiles."""
-    import tifffile
-
-    with tifffile_quiet(), tifffile.TiffFile(path) as tf:
-        levels = tf.series[series].levels
-        if level >= len(levels) or len(levels[level].pages) != 1:
-            return False
-        page = levels[level].pages[0]
-        return (
-            isinstance(page, tifffile.TiffPage)
-            and page.is_tiled
-            and int(page.imagedepth) == 1
-            and int(page.samplesperpixel) == 3
-            and int(page.planarconfig) == 1
-            and np.dtype(page.dtype) == np.uint8
-            and (int(page.imagewidth), int(page.imagelength)) == tuple(size)
-            and (int(page.tilewidth), int(page.tilelength)) == tuple(tile)
-        )
-
-
-def _probe_box(size: tuple[int, int], tile: tuple[int, int]) -> Box:
-    """The storage tile at the centre of the level (whole or cut by the level's edge)."""
-    (w, h), (tw, th) = size, tile
-    x0, y0 = (w // 2) // tw * tw, (h // 2) // th * th
-    return x0, y0, min(x0 + tw, w), min(y0 + th, h)
-
-
-def _read_level(slide: ProbeSource, level: int, box: Box) -> np.ndarray:
-    """The slide's own pixels of a level box, located as `wsi.tile_reuse` locates it."""
-    x0, y0, x1, y1 = box
+def _slide_tile(slide: ProbeSource, level: int, key: Key, tile: tuple[int, int]) -> np.ndarray:
+    """The slide's own pixels of storage tile `key`, cut to the level, located as
+    `wsi.tile_reuse` locates its reads."""
+    (c, r), (tw, th), (lw, lh) = key, tile, slide.level_dimensions[level]
+    x0, y0 = c * tw, r * th
     ds = float(slide.level_downsamples[level])
-    return slide.read_region((round(x0 * ds), round(y0 * ds)), level, (x1 - x0, y1 - y0))
+    size = (min(tw, lw - x0), min(th, lh - y0))
+    return slide.read_region((round(x0 * ds), round(y0 * ds)), level, size)

@@ -111,7 +111,13 @@ def open_runtime(
         chosen = decided_precision or precision_decision(precision, "cpu", runtime, flags, False)
         cache = cache_dir or default_cache_dir()
         threads = threads if threads is not None else torch.get_num_threads()
-        return _open_openvino(model, chosen, flags, reason, cache, threads)
+        choice = _open_openvino(model, chosen, flags, reason, cache, threads)
+        if choice.graphs is not None:
+            # the graphs the checks compiled (calibration batch, whole tiles), which the
+            # slide path never runs: kept, they would hold their weights and buffers to the
+            # run's end
+            choice.graphs.drop_compiled()
+        return choice
     except GraphNotExpressible as exc:
         why = f"the model's graph cannot be exported to OpenVINO ({exc})"
         if requested == "openvino":
@@ -130,26 +136,8 @@ def _open_openvino(
     threads: int,
 ) -> RuntimeChoice:
     """OpenVINO's graphs in `precision` ((fp32 | bf16 | bf16-if-calibrated, reason), as
-    `precision_decision` decided it) on `threads`, once they keep torch fp32's labels.
-
-    The graphs the checks compiled (at the calibration batch and whole-tile geometry, which
-    the slide path never runs) are dropped once they are done: kept, a run that found no
-    verdict in its cache held their weights and buffers (~180 MB) to its end."""
-    choice = _checked_openvino(model, precision, flags, reason, cache, threads)
-    if choice.graphs is not None:
-        choice.graphs.drop_compiled()
-    return choice
-
-
-def _checked_openvino(
-    model: SegmentationModel,
-    precision: tuple[str, str],
-    flags: frozenset[str],
-    reason: str,
-    cache: Path,
-    threads: int,
-) -> RuntimeChoice:
-    """`_open_openvino`'s graphs and checks (verdicts from the cache, or computed here)."""
+    `precision_decision` decided it) on `threads`, once they keep torch fp32's labels
+    (the checks' verdicts from the cache, or computed here)."""
     tile = int(model.meta.tile_size)
     tiles = calibration_tiles(tile, model.validation_patches)
     fp32 = OpenVINOGraphs(model, "fp32", threads, flags, cache)

@@ -1,4 +1,4 @@
-"""Tile-aligned blocks decoded straight from a TIFF: the slide's own pixels, or None."""
+"""Storage tiles decoded straight from a TIFF: the slide's own pixels, or None."""
 
 from __future__ import annotations
 
@@ -17,14 +17,10 @@ from wsi_segment.wsi.tile_reuse import TileReuse
 DATA = Path(__file__).resolve().parents[1] / "data"
 
 
-def _level_blocks(slide, level: int, span: int):
-    """Every block of span x span storage tiles of the level, cut by its edges."""
+def _level_tiles(slide, level: int):
+    """Every storage tile (column, row) of the level."""
     (w, h), (tw, th) = slide.level_dimensions[level], slide.storage_tile_size(level)
-    return [
-        (x, y, min(x + span * tw, w), min(y + span * th, h))
-        for y in range(0, h, span * th)
-        for x in range(0, w, span * tw)
-    ]
+    return [(c, r) for r in range(-(-h // th)) for c in range(-(-w // tw))]
 
 
 def _slide_pixels(slide, level: int, box):
@@ -33,16 +29,36 @@ def _slide_pixels(slide, level: int, box):
     return slide.read_region((round(x0 * ds), round(y0 * ds)), level, (x1 - x0, y1 - y0))
 
 
+def _tile_box(slide, level: int, key):
+    """Storage tile `key`'s level box, cut by the level's edges."""
+    (w, h), (tw, th) = slide.level_dimensions[level], slide.storage_tile_size(level)
+    c, r = key
+    return c * tw, r * th, min((c + 1) * tw, w), min((r + 1) * th, h)
+
+
+def _reads_like_the_slide(reuse: TileReuse, slide, boxes) -> None:
+    for x0, y0, x1, y1 in boxes:
+        got = reuse.read(slide, x0, y0, x1 - x0, y1 - y0)
+        np.testing.assert_array_equal(got, slide.read_region((x0, y0), 0, (x1 - x0, y1 - y0)))
+
+
 @pytest.mark.parametrize(
     "name", ["CMU-1-Small-Region.svs", "OS-1-detail.ome.tif", "boxes.tiff", "small.svs"]
 )
-def test_every_block_of_every_level_is_the_slides_own_pixels(name):
+def test_every_tile_of_every_level_is_the_slides_own_pixels(name):
     slide = open_slide(str(DATA / name), backend="tiffslide")
     for level in range(slide.level_count):
         blocks = open_level_blocks(slide, level)
         assert blocks is not None, (name, level)
-        for box in _level_blocks(slide, level, span=2):
-            np.testing.assert_array_equal(blocks.read_block(box), _slide_pixels(slide, level, box))
+        keys = _level_tiles(slide, level)
+        tiles = blocks.read_tiles(keys)
+        assert tiles is not None and list(tiles) == keys
+        # the whole level in one read from its origin: exact at levels whose downsample is
+        # not whole too (boxes.tiff's 4.016), where a read located at a tile rounds
+        whole = slide.read_region((0, 0), level, slide.level_dimensions[level])
+        for key, tile in tiles.items():
+            x0, y0, x1, y1 = _tile_box(slide, level, key)
+            np.testing.assert_array_equal(tile, whole[y0:y1, x0:x1])
 
 
 def _jpeg_tiff(path: Path, size=(200, 328), tile=64, dtype=np.uint8) -> Path:
@@ -69,15 +85,13 @@ def test_a_block_with_a_missing_tile_is_left_to_the_slide(tmp_path):
     slide = open_slide(str(path), backend="tiffslide", mpp=0.5)
     blocks = open_level_blocks(slide, 0)
     assert blocks is not None
-    assert blocks.read_block((0, 0, 128, 128)) is None
-    assert blocks.read_block((128, 0, 256, 128)) is not None
-    # through TileReuse: the block with the hole comes from the slide, the rest directly
+    assert blocks.read_tiles([(0, 0), (1, 0), (0, 1), (1, 1)]) is None
+    assert blocks.read_tiles([(2, 0), (3, 0), (2, 1), (3, 1)]) is not None
+    # through TileReuse: the read with the hole comes from the slide, the other directly
     w, h = slide.dimensions
     boxes = [(0, 0, 100, 100), (150, 10, 300, 190)]
     reuse = TileReuse(0, (w, h), 1.0, (64, 64), boxes, blocks=blocks)
-    for x0, y0, x1, y1 in boxes:
-        got = reuse.read(slide, x0, y0, x1 - x0, y1 - y0)
-        np.testing.assert_array_equal(got, slide.read_region((x0, y0), 0, (x1 - x0, y1 - y0)))
+    _reads_like_the_slide(reuse, slide, boxes)
     assert reuse.blocks_direct == 1
 
 
@@ -90,24 +104,16 @@ def test_what_it_does_not_serve_goes_to_the_slide(tmp_path):
     assert open_level_blocks(open_slide(str(strips), backend="tiffslide", mpp=0.5), 0) is None
 
 
-def test_blocks_must_lie_on_the_tile_grid():
-    slide = open_slide(CMU_SLIDE, backend="tiffslide")
-    blocks = open_level_blocks(slide, 0)
-    assert blocks is not None
-    with pytest.raises(ValueError, match="not aligned"):
-        blocks.read_block((10, 0, 240, 240))
-    with pytest.raises(ValueError, match="not aligned"):
-        blocks.read_block((0, 0, 250, 240))
-
-
 def test_pickles_to_its_numbers_and_reads_where_it_lands():
     slide = open_slide(CMU_SLIDE, backend="tiffslide")
     blocks = open_level_blocks(slide, 0)
     assert isinstance(blocks, LevelBlocks)
-    blocks.read_block((0, 0, 240, 240))  # set up the decoder, which does not pickle
+    assert blocks._decoder is not None  # set up by the probe; it does not pickle
     copy = pickle.loads(pickle.dumps(blocks))
-    box = (480, 720, 960, 960)
-    np.testing.assert_array_equal(copy.read_block(box), _slide_pixels(slide, 0, box))
+    assert copy._decoder is None
+    tiles = copy.read_tiles([(2, 3)])
+    assert tiles is not None
+    np.testing.assert_array_equal(tiles[(2, 3)], _slide_pixels(slide, 0, (480, 720, 720, 960)))
 
 
 def test_tiles_come_cut_to_the_level_and_whole_requests_only():
@@ -130,7 +136,5 @@ def test_reuse_decodes_only_the_missing_tiles_when_it_decodes_directly():
     # kept for it: only the other 4 are decoded, not the 6 of their bounding box
     boxes = [(0, 0, 400, 200), (0, 0, 700, 400)]
     reuse = TileReuse(0, (w, h), 1.0, (240, 240), boxes, blocks=blocks)
-    for x0, y0, x1, y1 in boxes:
-        got = reuse.read(slide, x0, y0, x1 - x0, y1 - y0)
-        np.testing.assert_array_equal(got, slide.read_region((x0, y0), 0, (x1 - x0, y1 - y0)))
+    _reads_like_the_slide(reuse, slide, boxes)
     assert (reuse.tiles_decoded, reuse.tiles_reused, reuse.blocks_direct) == (6, 2, 2)
