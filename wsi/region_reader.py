@@ -2,7 +2,8 @@
 
 The box is given in *model space* (slide resampled to `model_mpp`). We read from the
 coarsest pyramid level that is still at least as fine as the model, then resample with
-PIL using a fractional source box computed from global coordinates.
+PIL using a fractional source box computed from global coordinates (`wsi.resample`: PIL's
+bytes, through torch's vectorised kernel where that is exact).
 
 A resampled box's pixels are a function of the box alone, not of the global position of
 each pixel: PIL rounds the box to float32 and computes its filter weights in the box's own
@@ -24,7 +25,8 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import numpy as np
-from PIL import Image
+
+from wsi_segment.wsi.resample import resample_box, resample_whole
 
 
 class RegionSource(Protocol):
@@ -134,7 +136,10 @@ def read_model_tiles(
     else:
         for n, (box, (bx0, by0, bx1, by1)) in enumerate(zip(boxes_model, level_boxes, strict=True)):
             own = src[by0 - iy0 : by1 - iy0, bx0 - ix0 : bx1 - ix0]
-            out[n] = _resample(own, box, scale, (bx0, by0))
+            if whole_scale(scale):
+                out[n] = resample_whole(own, box, int(scale), (bx0, by0))
+            else:
+                out[n] = resample_box(own, box, scale, (bx0, by0))
     return out
 
 
@@ -142,29 +147,6 @@ def whole_scale(scale: float) -> bool:
     """Level pixels per model pixel is a whole number: every box starts on a level pixel, so
     PIL's filter weights are the same for every box and a union's pixels are each box's."""
     return float(scale).is_integer()
-
-
-def _resample(
-    own: np.ndarray, box: tuple[int, int, int, int], scale: float, origin: tuple[int, int]
-) -> np.ndarray:
-    """Model-space `box` resampled (antialiased bilinear) from level pixels `own`, whose
-    top-left is level pixel `origin`."""
-    x0, y0, x1, y1 = box
-    ox, oy = origin
-    image = Image.fromarray(np.ascontiguousarray(own))
-    # Two explicit passes, rows then columns: given both at once, PIL runs the columns first
-    # for a tall image, and the rounding between passes would then depend on the box's shape.
-    rows = image.resize(
-        (x1 - x0, image.height),
-        resample=Image.Resampling.BILINEAR,
-        box=(x0 * scale - ox, 0, x1 * scale - ox, image.height),
-    )
-    resized = rows.resize(
-        (x1 - x0, y1 - y0),
-        resample=Image.Resampling.BILINEAR,
-        box=(0, y0 * scale - oy, x1 - x0, y1 * scale - oy),
-    )
-    return np.asarray(resized, dtype=np.uint8)
 
 
 def _union_box(boxes: Sequence[tuple[int, int, int, int]]) -> tuple[int, int, int, int]:
@@ -197,9 +179,9 @@ def _resample_union(
     computes each output pixel from its own taps, with weights that depend on where its
     centre falls inside a level pixel; a whole scale puts it at the same place for every box,
     and the margin of `level_read_box` keeps every tap inside `src`, so each box gets exactly
-    the bytes `_resample` gives it alone (tests/wsi/test_region_reader.py)."""
+    the bytes `resample_box` gives it alone (tests/wsi/test_region_reader.py)."""
     union = _union_box(boxes)
-    whole = _resample(src, union, scale, origin)
+    whole = resample_whole(src, union, int(scale), origin)
     ux0, uy0 = union[0], union[1]
     for n, (x0, y0, x1, y1) in enumerate(boxes):
         out[n] = whole[y0 - uy0 : y1 - uy0, x0 - ux0 : x1 - ux0]
