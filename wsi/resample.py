@@ -97,6 +97,8 @@ def _torch_reduce(torch: ModuleType, src: np.ndarray, rows: Span, cols: Span, k:
     # Whole rows keep the array contiguous; a column cut is copied once here, in numpy, so
     # torch does not copy it again (with its thread pool).
     part = np.ascontiguousarray(src[r0:r1, c0:c1])
+    if not part.flags.writeable:  # torch warns on read-only arrays; it only reads this one
+        part = part.copy()
     image = torch.from_numpy(part).permute(2, 0, 1).unsqueeze(0)  # channels-last view
     with torch.inference_mode():
         reduced = torch.nn.functional.interpolate(

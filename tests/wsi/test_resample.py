@@ -92,3 +92,14 @@ def test_resampling_never_imports_torch():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.split() == ["(4,", "4,", "3)", "False"]
+
+
+def test_read_only_pixels_are_resampled_without_a_warning(recwarn):
+    """A reader may hand out read-only arrays; torch would warn about one on every run."""
+    box = (0, 0, 16, 16)
+    lx0, ly0, lx1, ly1 = _read_box(box, 2)
+    src = np.random.default_rng(1).integers(0, 256, (ly1 - ly0, lx1 - lx0, 3), dtype=np.uint8)
+    src.flags.writeable = False
+    got = resample_whole(src, box, 2, (lx0, ly0))
+    np.testing.assert_array_equal(got, resample_box(src, box, 2.0, (lx0, ly0)))
+    assert not [w for w in recwarn if "not writable" in str(w.message)]
