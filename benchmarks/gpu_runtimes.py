@@ -48,13 +48,9 @@ Runner = Callable[[Any], Outputs]
 
 def graph_of(model: Any, tile: int, margin: int, core: int, downsample: int) -> Any:
     """The model's whole tile graph at one geometry, gated, on the model's device."""
-    from wsi_segment.models.runtimes.graph import Geometry, TileGraph
+    from wsi_segment.models.runtimes.graph import Geometry
 
-    geometry = Geometry(tile, margin, core, downsample, True)
-    graph = TileGraph(
-        model.classifier, model.segmenter, model._mean, model._std, geometry,
-        model.meta.gate_epsilon,
-    )  # fmt: skip
+    graph = model.tile_graph(Geometry(tile, margin, core, downsample, True))
     return graph.to(model.device).eval()
 
 

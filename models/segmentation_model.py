@@ -22,6 +22,7 @@ from .meta import ModelMeta
 from .precision_calibration import PrecisionCalibration, calibrate_bf16
 from .reduction import HostCopier, ReducedOutputs, reduce_tiles
 from .runtimes.decision import BF16_IF_CALIBRATED, precision_decision
+from .runtimes.graph import Geometry, TileGraph
 from .runtimes.select import RuntimeChoice, open_runtime
 
 _log = logging.getLogger(__name__)
@@ -131,6 +132,13 @@ class SegmentationModel(nn.Module):
             self.autocast_dtype = _DTYPES[value]
             self.precision_reason = reason
         return self
+
+    def tile_graph(self, geometry: Geometry) -> TileGraph:
+        """This model's whole tile graph at `geometry` (normalisation, classifier, gate,
+        segmenter, reduction) as one module sharing these weights: what a runtime compiles."""
+        return TileGraph(
+            self.classifier, self.segmenter, self._mean, self._std, geometry, self.meta.gate_epsilon
+        )
 
     def preprocess(self, tiles: torch.Tensor) -> torch.Tensor:
         """uint8 0..255 (or float already in [0, 1]) on any device -> normalised float here."""

@@ -33,7 +33,7 @@ import torch
 
 from ..reduction import ReducedOutputs
 from .cache import entry_name, load_entry, store_best_effort
-from .graph import Geometry, TileGraph
+from .graph import Geometry
 
 if TYPE_CHECKING:
     from ..segmentation_model import SegmentationModel
@@ -276,8 +276,7 @@ class OpenVINOGraphs:
             except RuntimeError:
                 pass  # whole by its manifest, yet unreadable here: export it again
 
-        m = self._model
-        graph = TileGraph(m.classifier, m.segmenter, m._mean, m._std, geometry, m.meta.gate_epsilon)
+        graph = self._model.tile_graph(geometry)
         example = torch.zeros((2, geometry.tile, geometry.tile, 3), dtype=torch.uint8)
         batch = torch.export.Dim("batch", min=1, max=65536)
         try:
