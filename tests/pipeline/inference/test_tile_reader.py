@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import CMU_SLIDE
+from tests.wsi.test_resample import VECTORISED
 from wsi_segment.pipeline.inference.tile_reader import tile_boxes, tiles_read_box
 from wsi_segment.wsi.region_reader import read_model_tiles
 from wsi_segment.wsi.slide import open_slide
@@ -80,3 +81,47 @@ def test_chunk_reads_share_storage_tiles_with_the_same_pixels(model_mpp):
     finally:
         prefetch.close()
     assert prefetch.tile_reuse is not None and prefetch.tile_reuse.tiles_reused > 0
+
+
+# A decoder process: numpy and the slide code only, so its reads resample with PIL.
+DECODER_READS = """
+import hashlib, pickle, sys
+reader, specs = pickle.loads(sys.stdin.buffer.read())
+digests = [hashlib.sha256(reader.read_tiles(s).tobytes()).hexdigest() for s in specs]
+print("torch" in sys.modules, *digests)
+"""
+
+
+@pytest.mark.parametrize("model_mpp", [0.998, 1.996])  # 2x and 4x: torch's kernel where loaded
+def test_a_decoder_without_torch_reads_the_bytes_of_the_models_process(model_mpp):
+    """The model's process (torch loaded: `wsi.resample` runs torch's kernel at whole
+    power-of-two scales) and a spawned decoder (no torch: PIL) read every chunk of a real
+    plan with the same bytes."""
+    import hashlib
+    import pickle
+    import subprocess
+    import sys
+
+    from wsi_segment.pipeline.inference.tile_reader import TileReader
+    from wsi_segment.wsi.resample import _torch_matches_pil
+    from wsi_segment.wsi.tiling import plan_chunks
+
+    slide = open_slide(CMU_SLIDE, backend="tiffslide")
+    grid = TileGrid(tile=64, overlap=16, downsample=4)
+    plan = plan_chunks(slide, 0.499, model_mpp, grid, 2, None)
+    assert plan.level0_per_model in (2.0, 4.0) and plan.read_level == 0
+    reader = TileReader(
+        str(CMU_SLIDE), "tiffslide", None, plan.level0_per_model, plan.read_level, grid
+    )
+    specs = [s for s in plan.specs if s.tiles]
+    here = [hashlib.sha256(reader.read_tiles(s).tobytes()).hexdigest() for s in specs]
+    assert _torch_matches_pil(int(plan.level0_per_model)) or not VECTORISED
+    done = subprocess.run(
+        [sys.executable, "-c", DECODER_READS],
+        input=pickle.dumps((reader, specs)),
+        capture_output=True,
+        check=True,
+    )
+    torch_there, *there = done.stdout.decode().split()
+    assert torch_there == "False"
+    assert len(specs) >= 4 and there == here
