@@ -20,7 +20,8 @@ def box_polygon(x0: int, y0: int, shape: tuple[int, ...], noded: bool) -> Polygo
     """The polygon tracing gives for a block of one value: its box, from the top-left corner
     down, along the bottom, up and back (the ring `rasterio.features.shapes` writes, same
     start and direction, so the same WKB); `noded`: with a vertex at every pixel corner, as
-    `polygons._node_pixel_grid` leaves it (and `coverage_simplify` keeps a border)."""
+    `pixel_noding.node_pixel_polygons` leaves a block's border (and `coverage_simplify` keeps
+    a border)."""
     h, w = int(shape[0]), int(shape[1])
     x1, y1 = x0 + w, y0 + h
     if not noded:

@@ -33,6 +33,7 @@ from shapely.geometry.base import BaseGeometry
 
 from wsi_segment.errors import ConfigError
 from wsi_segment.pipeline.outputs.block_box import box_polygon, uniform_value
+from wsi_segment.pipeline.outputs.pixel_noding import node_pixel_polygons
 
 # Label rasters are pixel grids, never georeferenced: rasterio's NotGeoreferencedWarning (it
 # fires for some blocks, seemingly depending on GDAL state) means nothing here, and a CLI run
@@ -92,7 +93,8 @@ def simplified_block_polygons(
     if not (labels < n_classes).any():
         return {}
     values, polygons = _trace(labels, x0_out, y0_out, None)
-    noded = _node_pixel_grid(list(polygons))
+    h, w = labels.shape
+    noded = node_pixel_polygons(list(polygons), (x0_out, y0_out, x0_out + w, y0_out + h))
     simplified = _simplify_keeping_areas(np.array(values), polygons, noded, n_classes, tolerance)
     out: dict[int, list[Polygon]] = {}
     for value, polygon in zip(values, simplified, strict=True):
