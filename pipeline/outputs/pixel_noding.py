@@ -86,11 +86,10 @@ def _points_inside_edges(
     forward = (b > a)[owner]
     step = np.where(forward, rank, count[owner] - 1 - rank)  # walk from the edge's start
     on_grid = lo[owner] + 1 + step
-    sorted_keys = np.where(across[owner], by_row[_clip(first[owner] + step, by_row)], 0)
-    sorted_keys = np.where(
-        across[owner], sorted_keys, by_column[_clip(first[owner] + step, by_column)]
-    )
-    along = np.where(border[owner], on_grid, sorted_keys % _KEY)
+    row_keys = by_row[_clip(first[owner] + step, by_row)]
+    column_keys = by_column[_clip(first[owner] + step, by_column)]
+    keys = np.where(across[owner], row_keys, column_keys)
+    along = np.where(border[owner], on_grid, keys - fixed[owner] * _KEY)  # negatives too
     inside = np.empty((len(owner), 2), dtype=np.int64)
     inside[:, 0] = np.where(across[owner], along, fixed[owner])
     inside[:, 1] = np.where(across[owner], fixed[owner], along)

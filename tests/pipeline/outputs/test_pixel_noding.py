@@ -31,11 +31,12 @@ def _traced(labels: np.ndarray, x0: int, y0: int) -> tuple[list[int], list[Polyg
 
 
 BLOCKS = [(48, 48, 0, 3.0), (40, 56, 1, 1.5), (33, 21, 2, 0.0), (64, 64, 3, 5.0)]
+ORIGINS = [(0, 300), (7, 301), (-40, -3), (21, 303)]  # any integer origin, negative ones too
 
 
 @pytest.mark.parametrize(("h", "w", "seed", "smooth"), BLOCKS)
 def test_same_shapes_a_valid_coverage_and_every_junction_a_vertex(h, w, seed, smooth):
-    x0, y0 = 7 * seed, 300 + seed
+    x0, y0 = ORIGINS[seed]
     _values, traced = _traced(_labels(h, w, seed, smooth), x0, y0)
     noded = node_pixel_polygons(traced, (x0, y0, x0 + w, y0 + h))
     assert all(shapely.equals(noded, traced)) and all(shapely.is_valid(noded))
