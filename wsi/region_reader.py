@@ -26,7 +26,7 @@ from typing import Protocol
 
 import numpy as np
 
-from wsi_segment.wsi.resample import resample_box, resample_whole
+from wsi_segment.wsi.resample import resample_box
 
 
 class RegionSource(Protocol):
@@ -136,10 +136,7 @@ def read_model_tiles(
     else:
         for n, (box, (bx0, by0, bx1, by1)) in enumerate(zip(boxes_model, level_boxes, strict=True)):
             own = src[by0 - iy0 : by1 - iy0, bx0 - ix0 : bx1 - ix0]
-            if whole_scale(scale):
-                out[n] = resample_whole(own, box, int(scale), (bx0, by0))
-            else:
-                out[n] = resample_box(own, box, scale, (bx0, by0))
+            out[n] = resample_box(own, box, scale, (bx0, by0))
     return out
 
 
@@ -181,7 +178,7 @@ def _resample_union(
     and the margin of `level_read_box` keeps every tap inside `src`, so each box gets exactly
     the bytes `resample_box` gives it alone (tests/wsi/test_region_reader.py)."""
     union = _union_box(boxes)
-    whole = resample_whole(src, union, int(scale), origin)
+    whole = resample_box(src, union, scale, origin)
     ux0, uy0 = union[0], union[1]
     for n, (x0, y0, x1, y1) in enumerate(boxes):
         out[n] = whole[y0 - uy0 : y1 - uy0, x0 - ux0 : x1 - ux0]

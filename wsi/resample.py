@@ -28,7 +28,16 @@ def resample_box(
     own: np.ndarray, box: tuple[int, int, int, int], scale: float, origin: tuple[int, int]
 ) -> np.ndarray:
     """Model-space `box` resampled (antialiased bilinear) from level pixels `own`, whose
-    top-left is level pixel `origin`: PIL, the reference."""
+    top-left is level pixel `origin`: PIL's bytes, through torch's kernel where that gives
+    them (a whole power-of-two `scale`, every tap of the box inside `own`; see the module)."""
+    fast = _fast_resample(own, box, scale, origin)
+    return fast if fast is not None else pil_resample(own, box, scale, origin)
+
+
+def pil_resample(
+    own: np.ndarray, box: tuple[int, int, int, int], scale: float, origin: tuple[int, int]
+) -> np.ndarray:
+    """`resample_box` through PIL, the reference that defines its bytes."""
     x0, y0, x1, y1 = box
     ox, oy = origin
     image = Image.fromarray(np.ascontiguousarray(own))
@@ -47,20 +56,14 @@ def resample_box(
     return np.asarray(resized, dtype=np.uint8)
 
 
-def resample_whole(
-    src: np.ndarray, box: tuple[int, int, int, int], scale: int, origin: tuple[int, int]
-) -> np.ndarray:
-    """`resample_box` at a whole scale, where every tap of the box lies inside `src`: the
-    same bytes, through torch's vectorised kernel where that is exact (see the module)."""
-    fast = _fast_resample(src, box, scale, origin)
-    return fast if fast is not None else resample_box(src, box, scale, origin)
-
-
 def _fast_resample(
-    src: np.ndarray, box: tuple[int, int, int, int], k: int, origin: tuple[int, int]
+    src: np.ndarray, box: tuple[int, int, int, int], scale: float, origin: tuple[int, int]
 ) -> np.ndarray | None:
     """The box through torch, or None where it would not be PIL's bytes or torch is absent."""
-    if k < 2 or k & (k - 1) or src.dtype != np.uint8 or src.ndim != 3 or src.shape[2] != 3:
+    if not float(scale).is_integer() or src.dtype != np.uint8 or src.ndim != 3:
+        return None
+    k = int(scale)
+    if k < 2 or k & (k - 1) or src.shape[2] != 3:
         return None
     torch = _loaded_torch()
     if torch is None:
@@ -141,6 +144,6 @@ def _torch_matches_pil(k: int) -> bool:
             fast = _torch_reduce(torch, src, rows, cols, k)
         except Exception:  # an old or odd build without the antialiased kernel
             return False
-        if not np.array_equal(fast, resample_box(src, box, float(k), (0, 0))):
+        if not np.array_equal(fast, pil_resample(src, box, float(k), (0, 0))):
             return False
     return True

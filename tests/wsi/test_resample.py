@@ -13,7 +13,7 @@ import torch
 
 from tests.conftest import CMU_SLIDE
 from wsi_segment.wsi.region_reader import level_read_box
-from wsi_segment.wsi.resample import _fast_resample, resample_box, resample_whole
+from wsi_segment.wsi.resample import _fast_resample, pil_resample, resample_box
 from wsi_segment.wsi.slide import open_slide
 
 # torch's uint8 antialiased kernel is vectorised for these CPU capabilities; elsewhere the
@@ -36,8 +36,8 @@ def test_whole_scale_gives_pils_bytes_on_random_pixels(k, shape):
         box = (x0, y0, x0 + w, y0 + h)
         lx0, ly0, lx1, ly1 = _read_box(box, k)
         src = rng.integers(0, 256, (ly1 - ly0, lx1 - lx0, 3), dtype=np.uint8)
-        expected = resample_box(src, box, float(k), (lx0, ly0))
-        np.testing.assert_array_equal(resample_whole(src, box, k, (lx0, ly0)), expected)
+        expected = pil_resample(src, box, float(k), (lx0, ly0))
+        np.testing.assert_array_equal(resample_box(src, box, k, (lx0, ly0)), expected)
         fast = _fast_resample(src, box, k, (lx0, ly0))
         if VECTORISED:
             assert fast is not None  # the fast path ran, and was compared above
@@ -52,22 +52,24 @@ def test_whole_scale_gives_pils_bytes_on_real_slide_pixels(k):
     lx0, ly0, lx1, ly1 = _read_box(box, k)
     with open_slide(CMU_SLIDE, backend="tiffslide") as slide:
         src = slide.read_region((lx0, ly0), 0, (lx1 - lx0, ly1 - ly0))
-    expected = resample_box(src, box, float(k), (lx0, ly0))
+    expected = pil_resample(src, box, float(k), (lx0, ly0))
     assert len(np.unique(expected.reshape(-1, 3), axis=0)) > 1000  # tissue, not blank
-    got = resample_whole(src, box, k, (lx0, ly0))
+    got = resample_box(src, box, k, (lx0, ly0))
     np.testing.assert_array_equal(got, expected)
     assert (_fast_resample(src, box, k, (lx0, ly0)) is not None) or not VECTORISED
 
 
-@pytest.mark.parametrize("k", [3, 5, 6])
+@pytest.mark.parametrize("k", [3, 5, 6, 2.004008016032064])
 def test_scales_whose_weights_are_not_exact_stay_with_pil(k):
-    """At k = 3 torch's fixed point rounds some pixels 1 away from PIL's: never used there."""
+    """At k = 3 torch's fixed point rounds some pixels 1 away from PIL's, and at a scale that
+    is not whole PIL's weights depend on the box: never used there."""
     box = (0, 0, 30, 30)
     lx0, ly0, lx1, ly1 = _read_box(box, k)
-    src = np.random.default_rng(k).integers(0, 256, (ly1 - ly0, lx1 - lx0, 3), dtype=np.uint8)
+    rng = np.random.default_rng(int(k))
+    src = rng.integers(0, 256, (ly1 - ly0, lx1 - lx0, 3), dtype=np.uint8)
     assert _fast_resample(src, box, k, (lx0, ly0)) is None
     np.testing.assert_array_equal(
-        resample_whole(src, box, k, (lx0, ly0)), resample_box(src, box, float(k), (lx0, ly0))
+        resample_box(src, box, k, (lx0, ly0)), pil_resample(src, box, float(k), (lx0, ly0))
     )
 
 
@@ -83,9 +85,9 @@ def test_resampling_never_imports_torch():
     there runs PIL and leaves torch unimported."""
     code = (
         "import sys, numpy as np\n"
-        "from wsi_segment.wsi.resample import resample_whole\n"
+        "from wsi_segment.wsi.resample import resample_box\n"
         "src = np.zeros((24, 24, 3), np.uint8)\n"
-        "out = resample_whole(src, (4, 4, 8, 8), 2, (0, 0))\n"
+        "out = resample_box(src, (4, 4, 8, 8), 2, (0, 0))\n"
         "print(out.shape, 'torch' in sys.modules)\n"
     )
     result = subprocess.run(
@@ -100,6 +102,6 @@ def test_read_only_pixels_are_resampled_without_a_warning(recwarn):
     lx0, ly0, lx1, ly1 = _read_box(box, 2)
     src = np.random.default_rng(1).integers(0, 256, (ly1 - ly0, lx1 - lx0, 3), dtype=np.uint8)
     src.flags.writeable = False
-    got = resample_whole(src, box, 2, (lx0, ly0))
-    np.testing.assert_array_equal(got, resample_box(src, box, 2.0, (lx0, ly0)))
+    got = resample_box(src, box, 2, (lx0, ly0))
+    np.testing.assert_array_equal(got, pil_resample(src, box, 2.0, (lx0, ly0)))
     assert not [w for w in recwarn if "not writable" in str(w.message)]
