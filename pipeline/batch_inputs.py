@@ -1,9 +1,10 @@
 """Turn a batch input (folder, glob or manifest CSV) into a checked list of slides.
 
 Everything that can be wrong with a batch's input is found here, before any slide runs:
-a missing column, a missing file, an unparsable mpp, an output name that would write
-outside the output folder (`../x`, `/abs`, `a/b`), or two slides that would write to the
-same output folder. Finding these late would overwrite results or waste a night's run.
+a missing column, a missing file, an unparsable mpp, a slide path with a control
+character (a newline would split every line that names it), an output name that would
+write outside the output folder (`../x`, `/abs`, `a/b`), or two slides that would write
+to the same output folder. Finding these late would overwrite results or waste a night's run.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from wsi_segment.pipeline.outputs.output_dir import (
     check_distinct_names,
     check_output_name,
     default_output_name,
+    refuse_control_characters,
 )
 from wsi_segment.pipeline.params import SegmentParams
 
@@ -164,7 +166,10 @@ def parse_batch_input(spec: str | Path) -> list[BatchItem]:
 
 
 def check_items(items: list[BatchItem], source: str) -> list[BatchItem]:
-    """Refuse missing slides and output-name collisions, all reported at once."""
+    """Refuse control characters in slide paths (the first, named on one line), then
+    missing slides and output-name collisions, all reported at once."""
+    for item in items:
+        refuse_control_characters(str(item.slide))
     missing = [str(item.slide) for item in items if not item.slide.exists() or item.slide.is_dir()]
     if missing:
         shown = ", ".join(missing[:5]) + (

@@ -15,11 +15,18 @@ name)>/tissue.geojson`. QuPath's rule (`qupath-core` `GeneralTools.getExtension`
 
 Versions before this rule named the folder by `Path.stem` (`legacy_output_name`): a rerun
 leaves such a folder alone, since it may hold results the user still needs.
+
+A slide path holding a control character or a line break (a newline, a tab, an escape,
+U+2028) is refused rather than renamed: it would name the output folder with it and split
+the one-line `error:` / `warning:` / `done` messages, and a folder named otherwise is one
+QuPath's import script would not find. `one_line` writes such a path on one line for the
+refusal.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from pathlib import Path
 
 # GeneralTools.DEFAULT_EXTENSIONS of QuPath 0.6 (0.5 lacks ".ome.zarr", which it cannot open)
@@ -56,3 +63,20 @@ def slide_file_name(path: str | Path) -> str:
 def legacy_output_name(path: str | Path) -> str:
     """The folder name versions before this rule gave the slide (Python's stem)."""
     return Path(str(path).rstrip("/")).stem
+
+
+# Control characters, and the separators Python's str.splitlines() and terminals break at.
+_LINE_BREAKING_CATEGORIES = frozenset({"Cc", "Zl", "Zp"})
+
+
+def is_control(ch: str) -> bool:
+    """True for a control character or a line or paragraph separator."""
+    return unicodedata.category(ch) in _LINE_BREAKING_CATEGORIES
+
+
+def one_line(text: str) -> str:
+    """`text` on one line: each control character or separator written as its Python
+    escape (`\\n`, `\\t`, `\\x1b`, `\\u2028`), everything else as it is."""
+    return "".join(
+        ch.encode("unicode_escape").decode("ascii") if is_control(ch) else ch for ch in text
+    )

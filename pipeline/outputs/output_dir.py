@@ -54,7 +54,12 @@ from typing import TYPE_CHECKING, Any
 
 from wsi_segment.errors import ConfigError, OutputError
 from wsi_segment.models.checksum import file_sha256
-from wsi_segment.pipeline.outputs.naming import slide_file_name, strip_extension
+from wsi_segment.pipeline.outputs.naming import (
+    is_control,
+    one_line,
+    slide_file_name,
+    strip_extension,
+)
 from wsi_segment.pipeline.outputs.ownership import (
     SUMMARY_NAME,
     link_error,
@@ -98,17 +103,19 @@ def check_output_name(name: str, source: str) -> str:
     """Refuse names that are empty, hidden, contain a path, or would leave the output folder.
 
     Stricter than `leaves_output_folder`: a typed name must also be portable ('\\' and ':'
-    are separators on Windows), since manifests travel between machines.
+    are separators on Windows), since manifests travel between machines, and hold no control
+    character (a tab or newline would split the lines that name it).
     """
     cleaned = name.strip()
     if (
         leaves_output_folder(cleaned)
-        or any(ch in cleaned for ch in _FORBIDDEN_NAME_CHARS)
+        or any(ch in _FORBIDDEN_NAME_CHARS or is_control(ch) for ch in cleaned)
         or Path(cleaned).is_absolute()
     ):
         raise ConfigError(
-            f"{source}: output name {name!r} is not a plain folder name; give a name with no "
-            "'/', '\\' or leading '.', so outputs stay inside the output folder"
+            f"{one_line(source)}: output name {name!r} is not a plain folder name; give a name "
+            "with no '/', '\\', control character or leading '.', so outputs stay inside the "
+            "output folder"
         )
     return cleaned
 
@@ -117,6 +124,7 @@ def slide_output_name(slide_path: str, output_name: str | None = None) -> str:
     """The output folder name of one slide run: `output_name` if given (checked like a
     manifest name), else `default_output_name`, refused if it would not be a folder inside
     --out. Stems keep '\\' and ':', which are plain characters in a POSIX file name."""
+    refuse_control_characters(slide_path)
     if output_name:
         return check_output_name(output_name, slide_path)
     name = default_output_name(slide_path)
@@ -132,6 +140,19 @@ def slide_output_name(slide_path: str, output_name: str | None = None) -> str:
             f"folder inside --out; {fix}"
         )
     return name
+
+
+def refuse_control_characters(slide_path: str) -> None:
+    """ConfigError, on one line, for a slide path holding a control character or a line
+    break (`naming.is_control`): its output folder would carry it, and every message that
+    names the slide would break across lines."""
+    found = sorted({one_line(ch) for ch in slide_path if is_control(ch)})
+    if found:
+        raise ConfigError(
+            f"{one_line(slide_path)}: the slide's path holds control characters "
+            f"({', '.join(found)}), which would break wsi-segment's one-line messages and its "
+            "output folder's name; rename the file (or its folder) without them and rerun"
+        )
 
 
 def check_distinct_names(named: list[tuple[str, str]], source: str, fix: str) -> None:

@@ -130,3 +130,12 @@ def test_a_dicom_slide_folder_is_named_after_the_folder(
     result = segment_slide(folder, tmp_path / "out", SegmentParams(model_dir=tiny_model_dir))
     assert result.status == "done" and result.out_dir == tmp_path / "out" / "case-7"
     assert result.summary["slide"]["backend"] == "openslide"
+
+
+def test_one_line_escapes_control_characters_and_separators_only() -> None:
+    from wsi_segment.pipeline.outputs.naming import is_control, one_line
+
+    text = "a\nb\tc\x1bd\u2028e\x85f ü 東京 \\ 'q'"
+    assert one_line(text) == "a\\nb\\tc\\x1bd\\u2028e\\x85f ü 東京 \\ 'q'"
+    assert len(one_line(text).splitlines()) == 1
+    assert [ch for ch in text if is_control(ch)] == ["\n", "\t", "\x1b", "\u2028", "\x85"]
