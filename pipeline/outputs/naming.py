@@ -13,6 +13,11 @@ name)>/tissue.geojson`. QuPath's rule (`qupath-core` `GeneralTools.getExtension`
 - else the last `.` and what follows, when that is only ASCII letters, digits and `_`
   (`a.svs`: `a`; `a.1-2` keeps its name: `-` is not a word character).
 
+A DICOM whole-slide image is a folder of `.dcm` files, one per level, and QuPath (or
+openslide) opens it by any one of them: its output folder is named after the folder, whether
+the folder or one of its `.dcm` files is given (`slide_stem`), and the import script reads
+`OUT/<the folder holding the .dcm file QuPath opened>/` for such an image.
+
 Versions before this rule named the folder by `Path.stem` (`legacy_output_name`): a rerun
 leaves such a folder alone, since it may hold results the user still needs.
 
@@ -27,7 +32,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 # GeneralTools.DEFAULT_EXTENSIONS of QuPath 0.6 (0.5 lacks ".ome.zarr", which it cannot open)
 MULTIPART_EXTENSIONS: tuple[str, ...] = (".ome.tif", ".ome.tiff", ".tar.gz", ".ome.zarr")
@@ -58,6 +63,21 @@ def strip_extension(name: str) -> str:
 def slide_file_name(path: str | Path) -> str:
     """The last part of a slide's path or URL (a trailing '/' ignored)."""
     return Path(str(path).rstrip("/")).name
+
+
+DICOM_SUFFIX = ".dcm"
+
+
+def slide_stem(path: str | Path) -> str:
+    """A slide's name without its extension (`strip_extension` of its file name), except a
+    DICOM slide's `.dcm` file: the name of the folder holding it, the slide's own name (any
+    of its files opens the same slide)."""
+    name = slide_file_name(path)
+    if name.lower().endswith(DICOM_SUFFIX):
+        folder = PurePosixPath(str(path).rstrip("/")).parent.name
+        if folder and folder not in (".", ".."):
+            return folder
+    return strip_extension(name)
 
 
 def legacy_output_name(path: str | Path) -> str:

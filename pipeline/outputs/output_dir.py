@@ -54,12 +54,7 @@ from typing import TYPE_CHECKING, Any
 
 from wsi_segment.errors import ConfigError, OutputError
 from wsi_segment.models.checksum import file_sha256
-from wsi_segment.pipeline.outputs.naming import (
-    is_control,
-    one_line,
-    slide_file_name,
-    strip_extension,
-)
+from wsi_segment.pipeline.outputs.naming import is_control, one_line, slide_stem
 from wsi_segment.pipeline.outputs.ownership import (
     SUMMARY_NAME,
     link_error,
@@ -88,8 +83,9 @@ _FORBIDDEN_NAME_CHARS = ("/", "\\", "\0", ":")
 
 def default_output_name(path: str | Path) -> str:
     """The output folder name of a slide: its file name (a URL's: its last part) without
-    the extension, as QuPath strips it (`naming.strip_extension`: `a.ome.tif` -> `a`)."""
-    return strip_extension(slide_file_name(path))
+    the extension, as QuPath strips it (`naming.slide_stem`: `a.ome.tif` -> `a`; a DICOM
+    slide's `.dcm` file -> its folder's name, as the DICOM slide folder itself)."""
+    return slide_stem(path)
 
 
 def leaves_output_folder(name: str) -> bool:
