@@ -46,7 +46,7 @@ def recipe() -> str:
             continue
         if line.startswith(("sudoedit ", "journalctl ")):  # an editor; a follow that never ends
             continue
-        lines.append(line.removeprefix("sudo "))
+        lines.append(line.removeprefix("sudo ").replace("|| sudo ", "|| "))
     return "\n".join(lines)
 
 
@@ -61,7 +61,7 @@ def launcher() -> bytes:
 def machine(tmp_path: Path) -> Iterator[SystemdMachine]:
     slides = tmp_path / "slides"
     slides.mkdir()
-    files = {f"{REPO}/.venv/bin/prefect": launcher()}
+    files = {f"{CHECKOUT}/.venv/bin/prefect": launcher()}  # bound over the checkout's
     for seed, name in enumerate(SLIDES, start=1):
         path = write_synthetic_slide(slides / f"{name}.tif", (1024, 768), seed=seed)
         files[f"/data/slides/{name}.tif"] = path.read_bytes()
