@@ -24,7 +24,7 @@ JPEG_SYNTAXES = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51")
 #: Explicit VR little endian (7FE0,0010) OB of undefined length: encapsulated pixel data.
 _PIXEL_DATA = b"\xe0\x7f\x10\x00OB\x00\x00\xff\xff\xff\xff"
 _ITEM = b"\xfe\xff\x00\xe0"
-_HEAD_BYTES = 64 << 20  # the header and first frame lie well within this
+_HEAD_BYTES = (1 << 20, 64 << 20)  # the header and first frame: usually within the first
 
 
 def needs_ycbcr_conversion(path: str, properties: Mapping[str, str]) -> bool:
@@ -43,8 +43,17 @@ def needs_ycbcr_conversion(path: str, properties: Mapping[str, str]) -> bool:
 def first_frame(path: Path) -> bytes | None:
     """The first JPEG frame of an encapsulated DICOM file (after the basic offset table);
     None when the pixel data is not found as expected."""
-    with path.open("rb") as f:
-        head = f.read(_HEAD_BYTES)
+    for size in _HEAD_BYTES:
+        with path.open("rb") as f:
+            head = f.read(size)
+        frame = _first_frame_in(head)
+        if frame is not None or len(head) < size:
+            return frame
+    return None
+
+
+def _first_frame_in(head: bytes) -> bytes | None:
+    """The first frame within the file's first bytes `head`, if all of it is there."""
     at = head.find(_PIXEL_DATA)
     if at < 0:
         return None
@@ -54,7 +63,8 @@ def first_frame(path: Path) -> bytes | None:
             return None
         length = int.from_bytes(head[pos + 4 : pos + 8], "little")
         if index == 1:
-            return head[pos + 8 : pos + 8 + length]
+            end = pos + 8 + length
+            return head[pos + 8 : end] if end <= len(head) else None
         pos += 8 + length
     return None
 
