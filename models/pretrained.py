@@ -253,7 +253,7 @@ def load_pretrained(
         tensors, kind = timm_weights(source), "timm"
         sha = tensors_sha256(tensors)
     whole_file = whole is not None and holds_whole_model(tensors)
-    if whole_file:
+    if whole is not None and whole_file:
         module = whole
     target = module.state_dict()
     by_name = {canonical(k): k for k in target}

@@ -146,7 +146,9 @@ def chunk_grid(folder: Path, dims: int) -> tuple[int, ...]:
     if not isinstance(meta, dict) or meta.get("dimension_separator") != "/":
         return ()
     shape, chunks = meta.get("shape"), meta.get("chunks")
-    if not all(isinstance(v, list) and len(v) == dims for v in (shape, chunks)):
+    if not (isinstance(shape, list) and isinstance(chunks, list)):
+        return ()
+    if len(shape) != dims or len(chunks) != dims:
         return ()
     if not all(isinstance(n, int) and n > 0 for n in (*shape, *chunks)):
         return ()
