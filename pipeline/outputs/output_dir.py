@@ -173,12 +173,22 @@ FORMAT_VERSION = 6  # bump when outputs change for the same inputs
 
 
 def slide_identity(slide_path: str) -> dict[str, Any]:
-    """Path, size and mtime for local files; the URL itself for remote ones."""
+    """Path, size and mtime for local files; the URL itself for remote ones. A folder (a
+    DICOM slide) adds the name, size and mtime of each file in it: its files are the slide,
+    and rewriting one changes the folder's own mtime not at all."""
     if "://" in slide_path and not slide_path.startswith("file://"):
         return {"url": slide_path}
     path = Path(slide_path.removeprefix("file://")).resolve()
     stat = os.stat(path)
-    return {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    identity: dict[str, Any] = {
+        "path": str(path),
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+    }
+    if path.is_dir():
+        files = sorted(f for f in path.iterdir() if f.is_file())
+        identity["files"] = [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+    return identity
 
 
 def canonical_sha256(data: dict[str, Any]) -> str:
