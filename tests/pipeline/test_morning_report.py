@@ -83,8 +83,10 @@ def test_rows_hold_the_numbers_of_each_summary(out: Path, tmp_path: Path) -> Non
         assert row["tissue_status"] == s["tissue"]["status"]
         if row["region"]:
             [numbers] = [r for r in s["rois"] if r["name"] == row["region"]]
-            assert row["region_id"] == numbers["qupath_id"] == qp._uuid(
-                {"A1": "core-a", "B2": "core-b"}[row["region"]]
+            assert (
+                row["region_id"]
+                == numbers["qupath_id"]
+                == qp._uuid({"A1": "core-a", "B2": "core-b"}[row["region"]])
             )
             assert float(row["region_area_um2"]) == numbers["area_um2"] > 0
             assert float(row["tissue_area_um2"]) == numbers["tissue_area_um2"]
@@ -101,7 +103,9 @@ def test_rows_hold_the_numbers_of_each_summary(out: Path, tmp_path: Path) -> Non
     assert small["tissue_status"] == "none" and small["qc_flags"].startswith("no tissue")
 
     page = report.page.read_text()
-    cards = re.findall(r'<article class="card[^"]*" data-slide="([^"]+)" data-status="([^"]+)"', page)
+    cards = re.findall(
+        r'<article class="card[^"]*" data-slide="([^"]+)" data-status="([^"]+)"', page
+    )
     assert cards == [("CMU-1-Small-Region", "done"), ("OS-1-detail", "done"), ("small", "done")]
     for name in ("CMU-1-Small-Region", "OS-1-detail"):  # thumbnails beside the page
         thumb = work / ".report" / f"{name}.jpg"
