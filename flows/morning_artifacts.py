@@ -10,16 +10,14 @@ from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from wsi_segment.errors import WsiSegmentError
-from wsi_segment.flows.batch_interrupt import slide_outcome
+from wsi_segment.flows.batch_interrupt import SlideFuture, slide_outcome
 from wsi_segment.pipeline.morning_report import BatchReport
 
 if TYPE_CHECKING:
-    from prefect.futures import PrefectFuture
-
     from wsi_segment.pipeline.segment import SlideResult
 
 
-def report_slide(morning: BatchReport, index: int, future: PrefectFuture[object]) -> None:
+def report_slide(morning: BatchReport, index: int, future: SlideFuture) -> None:
     """After slide `index` ends (its task's future is done): rebuild cohort.csv and
     report.html. Runs in the slide's thread, outside the flow's run context; a problem there
     is a warning: it never fails the slides, and the batch's end rebuilds again."""

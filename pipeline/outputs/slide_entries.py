@@ -44,8 +44,18 @@ FAILED, KNOWN, DAMAGED, FOREIGN, NEWER, IN_PROGRESS, STOPPED = (
     "stopped",
 )
 OLDER, UP_TO_DATE, DONE = "older schema", "up to date", "done"
-STATUS_ORDER = (FAILED, KNOWN, DAMAGED, FOREIGN, NEWER, IN_PROGRESS, STOPPED, OLDER)
-STATUS_ORDER += (UP_TO_DATE, DONE)
+STATUS_ORDER = (
+    FAILED,
+    KNOWN,
+    DAMAGED,
+    FOREIGN,
+    NEWER,
+    IN_PROGRESS,
+    STOPPED,
+    OLDER,
+    UP_TO_DATE,
+    DONE,
+)
 PROBLEMS = frozenset(STATUS_ORDER[: STATUS_ORDER.index(OLDER) + 1])  # failures first
 # tonight's batch statuses (pipeline.segment.SlideResult) -> what the report calls them
 BATCH_STATUS = {"up-to-date": UP_TO_DATE, "known-failure": KNOWN, "failed": FAILED}
