@@ -9,8 +9,10 @@ finished, and at its end, with every slide's result.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,6 +35,8 @@ from wsi_segment.pipeline.outputs.slide_entries import (
 
 if TYPE_CHECKING:
     from wsi_segment.pipeline.segment import SlideResult
+
+THUMBNAIL_THREADS = min(8, len(os.sched_getaffinity(0)))  # the cores pictures decode on
 
 
 @dataclass(frozen=True)
@@ -60,16 +64,20 @@ def build_morning_report(out_root: str | Path, tonight: Tonight) -> MorningRepor
     refuse_foreign_file(page, OURS_PREFIX, "a report")
     entries = scan_slides(root, tonight)
     cohort = write_cohort(root, entries)
-    folder = thumbnails_folder(root)
-    thumbs = {
-        e.name: ensure_thumbnail(root / e.name / OVERLAY_NAME, folder, e.name)
-        if e.has_overlay
-        else None
-        for e in entries
-    }
+    thumbs = _thumbnails(root, entries)
     title = f"wsi-segment: {root.resolve().name}"
     write_atomically(page, page_html(title, entries, thumbs))
     return MorningReport(cohort, page, tuple(entries))
+
+
+def _thumbnails(root: Path, entries: Sequence[SlideEntry]) -> dict[str, str | None]:
+    """Each slide's thumbnail (made where missing or stale), by name. Pillow decodes with
+    the GIL released, so a few threads make a cold folder's pictures on every core."""
+    folder = thumbnails_folder(root)
+    shown = [e.name for e in entries if e.has_overlay]
+    with ThreadPoolExecutor(THUMBNAIL_THREADS) as pool:
+        made = pool.map(lambda n: ensure_thumbnail(root / n / OVERLAY_NAME, folder, n), shown)
+        return {e.name: None for e in entries} | dict(zip(shown, made, strict=True))
 
 
 def tonight_of(names: Sequence[str], results: Iterable[SlideResult | None]) -> Tonight:
