@@ -28,6 +28,7 @@ from wsi_segment.pipeline.outputs.report_page import OURS_PREFIX, PAGE_NAME, pag
 from wsi_segment.pipeline.outputs.report_thumbnails import ensure_thumbnail, thumbnails_folder
 from wsi_segment.pipeline.outputs.slide_entries import (
     OVERLAY_NAME,
+    BatchOutcome,
     SlideEntry,
     Tonight,
     scan_slides,
@@ -83,7 +84,7 @@ def _thumbnails(root: Path, entries: Sequence[SlideEntry]) -> dict[str, str | No
 def tonight_of(names: Sequence[str], results: Iterable[SlideResult | None]) -> Tonight:
     """A batch's results by output name (`names[i]` is the folder of result `i`)."""
     return {
-        name: (result.status, result.error or "")
+        name: BatchOutcome(result.status, result.error or "", str(result.slide))
         for name, result in zip(names, results, strict=True)
         if result is not None
     }
@@ -100,7 +101,7 @@ class BatchReport:
         ran (up to date, known failures), by index."""
         self.out_root = Path(out_root)
         self.names = list(names)
-        self._results = {self.names[i]: (r.status, r.error or "") for i, r in settled.items()}
+        self._results = dict(tonight_of([self.names[i] for i in settled], settled.values()))
         self._lock = threading.Lock()
 
     def add(self, index: int, result: SlideResult) -> MorningReport | None:

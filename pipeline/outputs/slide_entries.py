@@ -123,7 +123,18 @@ class _Unusable(ValueError):
     """summary.json lacks or garbles a key the report reads."""
 
 
-Tonight = Mapping[str, tuple[str, str]]  # output name -> (batch status, error)
+@dataclass(frozen=True)
+class BatchOutcome:
+    """What tonight's batch says of a slide (`pipeline.segment.SlideResult`'s status,
+    error and slide path)."""
+
+    status: str
+    error: str = ""
+    slide: str = ""
+
+
+Tonight = Mapping[str, BatchOutcome]  # output name -> what the batch saw
+NOTHING_TONIGHT = BatchOutcome("")
 
 
 def scan_slides(out_root: str | Path, tonight: Tonight) -> list[SlideEntry]:
@@ -133,7 +144,9 @@ def scan_slides(out_root: str | Path, tonight: Tonight) -> list[SlideEntry]:
     root = Path(out_root)
     names: set[str] = set()
     folders: set[str] = set()
-    for entry in os.scandir(root):
+    with os.scandir(root) as listing:
+        found = list(listing)
+    for entry in found:
         name = entry.name
         if not name.startswith("."):
             if entry.is_dir(follow_symlinks=False) and _looks_like_output(Path(entry.path)):
@@ -142,8 +155,10 @@ def scan_slides(out_root: str | Path, tonight: Tonight) -> list[SlideEntry]:
         elif name.endswith(RECORD_SUFFIX) or name.endswith(PARTIAL_SUFFIX):
             suffix = RECORD_SUFFIX if name.endswith(RECORD_SUFFIX) else PARTIAL_SUFFIX
             names.add(name[1 : -len(suffix)])
-    names |= {n for n, (status, _) in tonight.items() if status in ("failed", "known-failure")}
-    return [_entry(root, n, n in folders, tonight.get(n, ("", ""))) for n in sorted(names) if n]
+    names |= {n for n, seen in tonight.items() if seen.status in ("failed", "known-failure")}
+    return [
+        _entry(root, n, n in folders, tonight.get(n, NOTHING_TONIGHT)) for n in sorted(names) if n
+    ]
 
 
 def _looks_like_output(path: Path) -> bool:
@@ -156,10 +171,10 @@ def _looks_like_output(path: Path) -> bool:
     )
 
 
-def _entry(root: Path, name: str, is_folder: bool, tonight: tuple[str, str]) -> SlideEntry:
+def _entry(root: Path, name: str, is_folder: bool, tonight: BatchOutcome) -> SlideEntry:
     """The entry of `name`: its finished folder's numbers, overlaid with what else is
     known of it (a failure record, a run writing it now, tonight's status)."""
-    status_tonight, error_tonight = tonight
+    status_tonight, error_tonight = tonight.status, tonight.error
     entry = _folder_entry(root / name, name) if is_folder else SlideEntry(name, STOPPED)
     record = read_record(root, name)
     if record is not None or status_tonight in ("failed", "known-failure"):
@@ -170,7 +185,7 @@ def _entry(root: Path, name: str, is_folder: bool, tonight: tuple[str, str]) -> 
             reason = f"failing since {record['since_utc'][:10]}: {reason}"
         if is_folder:
             reason += " (the outputs shown are an earlier run's)"
-        path = entry.slide_path or _record_slide(record)
+        path = entry.slide_path or _record_slide(record) or tonight.slide
         return dataclasses.replace(entry, status=status, reason=reason, slide_path=path)
     writing = _being_written(root, name)
     if writing is not None and not is_folder:
