@@ -42,8 +42,8 @@ def publish_morning_report(morning: BatchReport, results: list[SlideResult]) -> 
         report.table(), key="segment-batch-cohort", description=str(report.cohort)
     )
     create_markdown_artifact(
-        f"### Morning report\n\n[{report.page}]({report.page.as_uri()}) · "
-        f"[{report.cohort}]({report.cohort.as_uri()})\n",
+        f"### Morning report\n\n[{report.page}]({report.page.absolute().as_uri()}) · "
+        f"[{report.cohort}]({report.cohort.absolute().as_uri()})\n",
         key="segment-batch-morning-report",
         description="cohort.csv and report.html",
     )
