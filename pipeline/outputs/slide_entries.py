@@ -177,6 +177,8 @@ def _entry(root: Path, name: str, is_folder: bool, tonight: BatchOutcome) -> Sli
     status_tonight, error_tonight = tonight.status, tonight.error
     entry = _folder_entry(root / name, name) if is_folder else SlideEntry(name, STOPPED)
     record = read_record(root, name)
+    if record is not None and _outlived(record, entry, status_tonight):
+        record = None
     if record is not None or status_tonight in ("failed", "known-failure"):
         status = BATCH_STATUS.get(status_tonight, FAILED)
         message = record["message"] if record is not None else error_tonight
@@ -194,6 +196,16 @@ def _entry(root: Path, name: str, is_folder: bool, tonight: BatchOutcome) -> Sli
     if entry.status == DONE and status_tonight == "up-to-date":
         return dataclasses.replace(entry, status=UP_TO_DATE)
     return entry
+
+
+def _outlived(record: Mapping[str, Any], entry: SlideEntry, status_tonight: str) -> bool:
+    """Whether a failure record is older news: the slide finished tonight (the batch
+    removes the record at its end), or its outputs were made after the failure (a run
+    outside a batch, which keeps no records)."""
+    if status_tonight in ("done", "up-to-date"):
+        return True
+    finished, failed = entry.created_utc[:19], str(record.get("failed_utc", ""))[:19]
+    return bool(finished) and finished > failed
 
 
 def _record_slide(record: Mapping[str, Any] | None) -> str:

@@ -211,3 +211,37 @@ def test_the_report_command(out: Path, tmp_path: Path, capsys: pytest.CaptureFix
     ]
     assert main(["report", str(tmp_path / "nothing")]) == 1
     assert "is not a folder of wsi-segment outputs" in capsys.readouterr().err
+
+
+def test_a_failure_record_beside_outputs_the_newer_wins(out: Path, tmp_path: Path) -> None:
+    """A failure after the outputs were made: failed, numbers of the earlier run kept and
+    said so; outputs made after the failure (a run outside a batch keeps no record): done;
+    a slide tonight's batch finished: done, whatever the record it removes at its end."""
+    from wsi_segment.pipeline.morning_report import build_morning_report
+    from wsi_segment.pipeline.outputs.failure_record import write_record
+    from wsi_segment.pipeline.outputs.slide_entries import BatchOutcome
+
+    work = tmp_path / "out"
+    for name in ("later-failure", "earlier-failure", "tonight"):
+        shutil.copytree(out / "small", work / name)
+    created = summary_of(out, "small")["created_utc"]  # e.g. 2026-11-25T22:10:03+00:00
+    for name, when in (
+        ("later-failure", "2999-01-01T00:00:00Z"),
+        ("earlier-failure", "2000-01-01T00:00:00Z"),
+        ("tonight", "2999-01-01T00:00:00Z"),
+    ):
+        record = {k: "x" for k in ("fingerprint", "since_utc", "error_class")}
+        record |= {"failed_utc": when, "message": f"{name}.svs: not a readable slide\nmore"}
+        assert write_record(work, name, record) is None
+    tonight = {"tonight": BatchOutcome("done", "", "/slides/tonight.svs")}
+    rows = {r["slide"]: r for r in read_rows(build_morning_report(work, tonight).cohort)}
+    assert rows["later-failure"]["status"] == "failed"
+    assert rows["later-failure"]["reason"] == (
+        "later-failure.svs: not a readable slide (the outputs shown are an earlier run's)"
+    )
+    assert (
+        float(rows["later-failure"]["tissue_area_um2"])
+        == summary_of(out, "small")["tissue"]["area_um2"]
+    )
+    assert created < "2999" and rows["earlier-failure"]["status"] == "done"
+    assert rows["tonight"]["status"] == "done" and rows["tonight"]["reason"] == ""
