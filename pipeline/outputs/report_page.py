@@ -136,7 +136,7 @@ def _card(entry: SlideEntry, thumbnail: str | None) -> str:
         img = f'<img src="{quote(thumbnail)}" alt="overlay of {escape(entry.name)}" loading="lazy">'
         pic = f'<a href="{quote(entry.name)}/overlay.png">{img}</a>'
     elif entry.has_overlay:
-        pic = "overlay unreadable"
+        pic = "no picture"  # the overlay could not be read, or its thumbnail not written
     lines = [
         f'<article class="{css}" data-slide="{escape(entry.name)}" '
         f'data-status="{escape(entry.status)}">',

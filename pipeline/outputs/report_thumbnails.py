@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -34,7 +35,16 @@ def thumbnails_folder(out_root: Path) -> Path:
             f"{folder} is in the way (a link or a file, not the report's thumbnails folder); "
             "it is left as it is: move it away and rebuild the report with `wsi-segment report`"
         )
-    folder.mkdir(exist_ok=True)
+    try:
+        folder.mkdir()
+    except FileExistsError:
+        return folder
+    except OSError as exc:
+        raise OutputError(
+            f"{folder}: cannot be made ({exc}); check OUT's space and rights"
+        ) from exc
+    # the lab's users share OUT: the folder opens to them as OUT does (never to all for writing)
+    os.chmod(folder, stat.S_IMODE(os.stat(out_root).st_mode) & ~stat.S_IWOTH)
     return folder
 
 
