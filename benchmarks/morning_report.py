@@ -42,7 +42,15 @@ def seed_output(work: Path) -> Path:
     """One real output folder of the demo model (made once)."""
     out = work / "seed"
     if not (out / CMU.stem / "summary.json").is_file():
-        cmd = [sys.executable, "-m", "wsi_segment.flows.cli", str(CMU), "--out", str(out), "--quiet"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "wsi_segment.flows.cli",
+            str(CMU),
+            "--out",
+            str(out),
+            "--quiet",
+        ]
         subprocess.run(cmd, check=True)
     return out / CMU.stem
 
