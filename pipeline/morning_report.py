@@ -103,17 +103,21 @@ class BatchReport:
         self.names = list(names)
         self._results = dict(tonight_of([self.names[i] for i in settled], settled.values()))
         self._lock = threading.Lock()
+        self._finished = False  # after the last rebuild, a straggler's result changes nothing
 
     def add(self, index: int, result: SlideResult) -> MorningReport | None:
         """Take slide `index`'s result and rebuild; None when OUT does not exist (every slide
-        so far failed before writing anything)."""
+        so far failed before writing anything) or the batch has had its last rebuild."""
         with self._lock:
+            if self._finished:
+                return None
             self._results.update(tonight_of([self.names[index]], [result]))
             return self._rebuild()
 
     def finish(self, results: Sequence[SlideResult]) -> MorningReport | None:
         """The last rebuild, with every slide's settled result (failure records written)."""
         with self._lock:
+            self._finished = True
             self._results = dict(tonight_of(self.names, results))
             return self._rebuild()
 

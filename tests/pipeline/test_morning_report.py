@@ -245,3 +245,33 @@ def test_a_failure_record_beside_outputs_the_newer_wins(out: Path, tmp_path: Pat
     )
     assert created < "2999" and rows["earlier-failure"]["status"] == "done"
     assert rows["tonight"]["status"] == "done" and rows["tonight"]["reason"] == ""
+
+
+def test_a_batch_report_rebuilds_as_slides_finish(out: Path, tmp_path: Path) -> None:
+    """What a batch hands over: the slides settled before it ran, each slide as it ends (a
+    failure without a record still gets its row), the last rebuild; nothing after it."""
+    from wsi_segment.pipeline.morning_report import BatchReport
+    from wsi_segment.pipeline.segment import SlideResult
+
+    work = tmp_path / "out"
+    names = ["small", "lost", "CMU-1-Small-Region"]
+    up_to_date = SlideResult("/s/small.svs", "up-to-date", work / "small")
+    report = BatchReport(work, names, {0: up_to_date})
+    failed = SlideResult("/s/lost.svs", "failed", None, {}, "/s/lost.svs: disk full\nmore")
+    assert report.add(1, failed) is None  # OUT does not exist yet: nothing to write
+    shutil.copytree(out / "small", work / "small")
+    rows = read_rows(report.add(1, failed).cohort)
+    assert [(r["slide"], r["status"], r["reason"], r["slide_path"]) for r in rows] == [
+        ("lost", "failed", "/s/lost.svs: disk full", "/s/lost.svs"),
+        ("small", "up to date", "", str(DATA / "small.svs")),  # the summary's path
+    ]
+    shutil.copytree(out / "CMU-1-Small-Region", work / "CMU-1-Small-Region")
+    done = SlideResult("/s/CMU-1-Small-Region.svs", "done", work / "CMU-1-Small-Region")
+    last = report.finish([up_to_date, failed, done])
+    assert [(e.name, e.status) for e in last.entries] == [
+        ("CMU-1-Small-Region", "done"),
+        ("lost", "failed"),
+        ("small", "up to date"),
+    ]
+    assert report.add(1, done) is None  # after the last rebuild
+    assert len(read_rows(last.cohort)) == 3
