@@ -198,21 +198,6 @@ def test_files_not_ours_are_left_alone(out: Path, tmp_path: Path) -> None:
         build_morning_report(tmp_path / "missing", {})
 
 
-def test_the_report_command(out: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from wsi_segment.flows.cli import main
-
-    work = tmp_path / "out"
-    shutil.copytree(out, work)
-    assert main(["report", str(work)]) == 0
-    assert capsys.readouterr().out.splitlines() == [
-        str(work / "report.html"),
-        str(work / "cohort.csv"),
-        "3 slide(s), 0 need a look",
-    ]
-    assert main(["report", str(tmp_path / "nothing")]) == 1
-    assert "is not a folder of wsi-segment outputs" in capsys.readouterr().err
-
-
 def test_a_failure_record_beside_outputs_the_newer_wins(out: Path, tmp_path: Path) -> None:
     """A failure after the outputs were made: failed, numbers of the earlier run kept and
     said so; outputs made after the failure (a run outside a batch keeps no record): done;
