@@ -260,3 +260,23 @@ def test_a_batch_report_rebuilds_as_slides_finish(out: Path, tmp_path: Path) -> 
     ]
     assert report.add(1, done) is None  # after the last rebuild
     assert len(read_rows(last.cohort)) == 3
+
+
+def test_names_are_text_in_the_page_and_the_table(out: Path, tmp_path: Path) -> None:
+    """A slide name with markup, quotes, commas and non-ASCII text: escaped in the page,
+    quoted in the CSV, linked by its URL-quoted path."""
+    from urllib.parse import quote
+
+    from wsi_segment.pipeline.morning_report import build_morning_report
+
+    name = 'a "b", <img src=x onerror=alert(1)> & ü #1'  # a folder name has no '/'
+    work = tmp_path / "out"
+    shutil.copytree(out / "CMU-1-Small-Region", work / name)
+    report = build_morning_report(work, {})
+    [row] = read_rows(report.cohort)
+    assert row["slide"] == name
+    page = report.page.read_text()
+    assert "<img src=x" not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
+    assert f'href="{quote(name)}/overlay.png"' in page
+    assert f'src="{quote(".report/" + name + ".jpg")}"' in page
+    assert (work / ".report" / f"{name}.jpg").is_file()
