@@ -1,9 +1,16 @@
 """Multi-layer pseudo masks: one label map per backbone depth from a trained classifier.
 
 Per depth: the maps of a CAM method (`models.cam_methods`; default Grad-CAM without ReLU,
-as the official code) for every class, upsampled to the patch; classes absent from the patch label are excluded; present classes are min-max
-normalised jointly (so their relative strength survives); LUAD-style background (white
-glass) beats every class; argmax gives the label. Background and patches without any
+as the official code) for every class, upsampled to the patch; classes absent from the
+patch label are excluded; present classes are min-max normalised jointly (so their relative
+strength survives); LUAD-style background (white glass) beats every class; argmax gives
+the label.
+
+The min-max runs over the present classes only, and absent classes never take part in the
+argmax. The official code normalises over all classes' maps, absent ones included, then
+zeroes the absent ones: a present class at the minimum then ties with an absent class at 0
+and argmax picks the lower index, which can label a pixel with a class the patch does not
+have. Ours cannot. Background and patches without any
 label get `ignore_index` (default 255): the segmenter's loss skips them, because white
 glass is not a tissue class and its pixels carry no supervision.
 """

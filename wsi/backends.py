@@ -17,6 +17,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from wsi_segment.wsi.dicom_colour import needs_ycbcr_conversion, ycbcr_to_rgb
+
 # A resolution coarser than this is not a microscope's: it is the 72/96 dpi a generic
 # TIFF writer stores by default (boxes.tiff says 352.8 um/px). Treat it as unknown.
 MAX_PLAUSIBLE_MPP = 100.0
@@ -70,6 +72,8 @@ class OpenSlideBackend:
         import openslide
 
         self.handle = openslide.OpenSlide(path)
+        # YCbCr frames under a header saying RGB: converted on every read (`wsi.dicom_colour`)
+        self.ycbcr = needs_ycbcr_conversion(path, self.handle.properties)
 
     def meta(self) -> SlideMeta:
         h = self.handle
@@ -94,8 +98,8 @@ class OpenSlideBackend:
         self, location: tuple[int, int], level: int, size: tuple[int, int]
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """RGBA (alpha 0 outside the slide / transparent), no separate mask needed."""
-        img = self.handle.read_region(location, level, size)
-        return np.asarray(img), None
+        pixels = np.asarray(self.handle.read_region(location, level, size))
+        return (ycbcr_to_rgb(pixels) if self.ycbcr else pixels), None
 
     def close(self) -> None:
         self.handle.close()
