@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING
 
 from wsi_segment.errors import ConfigError, RoiError, WsiSegmentError
 from wsi_segment.pipeline.params import (
-    BACKENDS,
     PRECISIONS,
     READ_DEVICES,
     RUNTIMES,
@@ -26,6 +25,7 @@ from wsi_segment.pipeline.params import (
 )
 from wsi_segment.pipeline.progress import BarProgress
 from wsi_segment.pipeline.run_warnings import slide_warnings
+from wsi_segment.wsi.backends import BACKENDS, backend_choices
 from wsi_segment.wsi.mpp import mpp_problem
 
 if TYPE_CHECKING:
@@ -62,6 +62,17 @@ def even_overlap(text: str) -> int:
     if value % 2:
         raise argparse.ArgumentTypeError(f"{value} must be even (half goes to each side)")
     return value
+
+
+def add_backend_option(parser: argparse.ArgumentParser) -> None:
+    """`--backend`, its choices and order read from the registry (`wsi.backends.BACKENDS`)."""
+    parser.add_argument(
+        "--backend",
+        choices=backend_choices(),
+        default="auto",
+        help=f"the slide reader; auto: {', then '.join(BACKENDS)}, the first that opens the "
+        "slide (a URL: those that read URLs) (default: %(default)s)",
+    )
 
 
 def add_segment_options(parser: argparse.ArgumentParser) -> None:
@@ -161,7 +172,7 @@ def add_segment_options(parser: argparse.ArgumentParser) -> None:
         "decoder processes; auto: gpu only on CUDA for YCbCr JPEG tiles (default: "
         "%(default)s); on a Dask cluster each worker decides for its bands",
     )
-    parser.add_argument("--backend", choices=BACKENDS, default="auto")
+    add_backend_option(parser)
     parser.add_argument(
         "--no-gate",
         action="store_true",

@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from wsi_segment.errors import ConfigError
+from wsi_segment.wsi.backends import backend_choices
 from wsi_segment.wsi.mpp import mpp_problem
 from wsi_segment.wsi.tiling import check_chunk_tiles
 
 DEVICES = ("auto", "cpu", "cuda")
-BACKENDS = ("auto", "openslide", "tiffslide")  # wsi.backends.BACKENDS, named without importing it
 PRECISIONS = ("auto", "fp32", "bf16")
 RUNTIMES = ("auto", "torch", "openvino")  # models.runtimes.RUNTIME_CHOICES, without torch
 TISSUE_MODES = ("auto", "all")  # all: no detection, the whole slide is tissue
@@ -85,7 +85,7 @@ class SegmentParams:
 
     def __post_init__(self) -> None:
         _check_choice("device", self.device, DEVICES)
-        _check_choice("backend", self.backend, BACKENDS)
+        _check_choice("backend", self.backend, backend_choices())
         _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("runtime", self.runtime, RUNTIMES)
         _check_choice("tissue mode", self.tissue, TISSUE_MODES)

@@ -61,15 +61,6 @@ def test_decoders_and_writers_stay_out_of_the_fingerprint():
         SegmentParams(writers=0)
 
 
-def test_backend_choices_are_the_readers_wsi_has():
-    """The options name the backends without importing them (a quick CLI start): the two
-    lists must not drift apart."""
-    from wsi_segment.pipeline.params import BACKENDS
-    from wsi_segment.wsi.backends import BACKENDS as READERS
-
-    assert ("auto", *READERS) == BACKENDS
-
-
 def test_runtime_is_checked_and_a_non_torch_request_changes_the_fingerprint():
     """torch ran every run before the runtime existed: their fingerprints stay theirs; auto
     and openvino may give other bytes (bf16, fp32 summed in another order), so they differ."""
