@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from wsi_segment.errors import ConfigError, RoiError, WsiSegmentError
+from wsi_segment.pipeline.output_files import optional_outputs, output_options
 from wsi_segment.pipeline.params import (
     PRECISIONS,
     READ_DEVICES,
@@ -183,14 +184,8 @@ def add_segment_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="replace finished outputs instead of reporting 'up to date'",
     )
-    parser.add_argument(
-        "--ome-tiff", action="store_true", help="also write probabilities.ome.tif for QuPath"
-    )
-    parser.add_argument(
-        "--tile-objects",
-        action="store_true",
-        help="also write tiles.geojson: one QuPath tile per model tile with class probabilities",
-    )
+    for output in optional_outputs():  # --ome-tiff, --tile-objects, ...: the registry's
+        parser.add_argument(output.flag, action="store_true", help=output.help)
     parser.add_argument(
         "--tissue",
         choices=("auto", "all"),
@@ -226,8 +221,7 @@ def params_from_args(args: argparse.Namespace) -> SegmentParams:
         backend=args.backend,
         gate=not args.no_gate,
         overwrite=args.overwrite,
-        ome_tiff=args.ome_tiff,
-        tile_objects=args.tile_objects,
+        extra_outputs=frozenset(o for o in output_options() if getattr(args, o)),
         tissue=args.tissue,
         roi=args.roi,
     )
