@@ -15,6 +15,7 @@ import zarr
 from torch import nn
 
 from tests.reference_inference import quantise
+from tests.wsi.model_box import read_model_box
 from wsi_segment.models.meta import ModelMeta
 from wsi_segment.models.segmentation_model import SegmentationModel
 from wsi_segment.pipeline.inference.engine import run_engine
@@ -23,7 +24,6 @@ from wsi_segment.pipeline.inference.reader_thread import HostTiles, ReaderThread
 from wsi_segment.pipeline.inference.slide_job import SlideJob
 from wsi_segment.pipeline.inference.tile_reader import TileReader
 from wsi_segment.pipeline.outputs.ome_zarr import create_probability_store, level0_path
-from wsi_segment.wsi.region_reader import read_model_box
 from wsi_segment.wsi.slide import open_slide
 from wsi_segment.wsi.tiling import TileGrid, plan_chunks
 
