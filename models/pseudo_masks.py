@@ -25,7 +25,7 @@ from wsi_segment.errors import ConfigError
 
 from .background import GREY_THRESHOLD, MIN_OBJECT_SIZE, background_mask
 from .cam_methods import DEFAULT_CAM_METHOD, DEFAULT_LAYERS, cam_method
-from .cams import activation_maps, grad_cams
+from .cams import activation_maps
 from .classifier import PatchClassifier
 from .segmenter import IGNORE_INDEX
 
@@ -105,8 +105,8 @@ def pseudo_masks(
     x = (images.float() / 255.0 - m) / s
     present = labels.to(device) > 0.5
     bg = background_mask(images, grey_threshold, min_object_size) if use_background else None
-    if method == "gradcam":
-        maps = grad_cams(classifier, x, layers, relu=spec.relu, normalise="none")
+    if spec.at_taps is not None:  # every depth from one pass
+        maps = spec.at_taps(classifier, x, layers, relu=spec.relu, normalise="none")
     elif not spec.any_tap:  # deepest features only: one map for every depth
         maps = [activation_maps(method, classifier, x, "deep", normalise="none")] * len(layers)
     else:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from wsi_segment.errors import OutputError
+from wsi_segment.pipeline.output_files import OVERLAY_NAME
 from wsi_segment.pipeline.outputs.cohort import (
     cohort_rows,
     refuse_foreign_file,
@@ -27,7 +28,6 @@ from wsi_segment.pipeline.outputs.cohort import (
 from wsi_segment.pipeline.outputs.report_page import OURS_PREFIX, PAGE_NAME, page_html
 from wsi_segment.pipeline.outputs.report_thumbnails import ensure_thumbnail, thumbnails_folder
 from wsi_segment.pipeline.outputs.slide_entries import (
-    OVERLAY_NAME,
     BatchOutcome,
     SlideEntry,
     Tonight,

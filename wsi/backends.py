@@ -1,8 +1,9 @@
-"""The two slide readers behind `Slide`: openslide and tiffslide, with one shape.
+"""The slide readers behind `Slide` (openslide and tiffslide), with one shape, and their registry.
 
 Each backend turns the library's own property names and pixel conventions into the
 few facts `Slide` needs, and returns RGBA pixels plus a mask of in-slide pixels so
-`Slide` can paint everything else white in one place.
+`Slide` can paint everything else white in one place. `BACKENDS` names them once: the
+`--backend` choices, the parameters' check and `open_slide`'s order all read it.
 """
 
 from __future__ import annotations
@@ -10,10 +11,10 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
@@ -66,7 +67,8 @@ def _tile(props: dict[str, Any], prefix: str, level: int) -> tuple[int, int] | N
 class OpenSlideBackend:
     """openslide: every vendor format it knows (SVS, NDPI, MRXS, SCN, BIF, DICOM, ...)."""
 
-    name = "openslide"
+    name: ClassVar[str] = "openslide"
+    reads_urls: ClassVar[bool] = False
 
     def __init__(self, path: str) -> None:
         import openslide
@@ -182,7 +184,8 @@ def tifffile_quiet() -> Iterator[None]:
 class TiffSlideBackend:
     """tiffslide: TIFF family incl. OME-TIFF, and fsspec URLs (s3://, file://, ...)."""
 
-    name = "tiffslide"
+    name: ClassVar[str] = "tiffslide"
+    reads_urls: ClassVar[bool] = True
 
     def __init__(self, path: str) -> None:
         import tiffslide
@@ -274,7 +277,14 @@ class TiffSlideBackend:
 
 
 class SlideReader(Protocol):
-    """What `Slide` asks of a backend: its facts once, then pixels, then close."""
+    """What `Slide` asks of a backend: its facts once, then pixels, then close. `name` is
+    its registry key and `--backend` choice; `reads_urls`: it opens fsspec URLs (s3://,
+    file://, ...), not only local files."""
+
+    name: ClassVar[str]
+    reads_urls: ClassVar[bool]
+
+    def __init__(self, path: str) -> None: ...
 
     def meta(self) -> SlideMeta: ...
 
@@ -285,7 +295,23 @@ class SlideReader(Protocol):
     def close(self) -> None: ...
 
 
-BACKENDS: dict[str, Callable[[str], SlideReader]] = {
-    "openslide": OpenSlideBackend,
-    "tiffslide": TiffSlideBackend,
+# The backends, one line each, in the order `open_slide(..., backend="auto")` tries them
+# (openslide first: it knows every vendor format; tiffslide for OME-TIFF, unusual TIFFs and
+# URLs).
+BACKENDS: dict[str, type[SlideReader]] = {
+    backend.name: backend
+    for backend in (
+        OpenSlideBackend,
+        TiffSlideBackend,
+    )
 }
+
+
+def backend_choices() -> tuple[str, ...]:
+    """What `--backend` accepts: auto, then every registered backend."""
+    return ("auto", *BACKENDS)
+
+
+def url_backends() -> tuple[str, ...]:
+    """The registered backends that open URLs, in `auto`'s order."""
+    return tuple(name for name, backend in BACKENDS.items() if backend.reads_urls)

@@ -54,9 +54,9 @@ from typing import TYPE_CHECKING, Any
 
 from wsi_segment.errors import ConfigError, OutputError
 from wsi_segment.models.checksum import file_sha256
+from wsi_segment.pipeline.output_files import SUMMARY_NAME
 from wsi_segment.pipeline.outputs.naming import is_control, one_line, slide_stem
 from wsi_segment.pipeline.outputs.ownership import (
-    SUMMARY_NAME,
     link_error,
     refuse_foreign,
     refuse_link,

@@ -22,19 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wsi_segment.errors import OutputError
+from wsi_segment.pipeline.output_files import OUTPUT_FILES, STORE_NAME, SUMMARY_NAME
 from wsi_segment.pipeline.outputs.summary import read_summary
-
-SUMMARY_NAME = "summary.json"
-STORE_NAME = "probabilities.ome.zarr"  # the one folder an output holds
-# What a finished output may hold when its summary lists no files (older summaries).
-OUTPUT_FILES = (
-    STORE_NAME,
-    "tissue.geojson",
-    "overlay.png",
-    SUMMARY_NAME,
-    "probabilities.ome.tif",
-    "tiles.geojson",
-)
 
 
 def link_error(path: Path) -> OutputError:
@@ -70,6 +59,7 @@ def not_our_output(path: Path) -> str | None:
     output = summary.get("output")
     listed = output.get("files") if isinstance(output, dict) else None
     ours = {f for f in listed if isinstance(f, str)} if isinstance(listed, list) else set()
+    # a summary that lists no files (older ones): what any run may write
     ours = (ours or set(OUTPUT_FILES)) | {SUMMARY_NAME}
     extra = []
     for entry in sorted(os.scandir(path), key=lambda e: e.name):

@@ -26,12 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from wsi_segment.models.labels import UNCLASSIFIED_NAME
+from wsi_segment.pipeline.output_files import GEOJSON_NAME, OVERLAY_NAME, STORE_NAME, SUMMARY_NAME
 from wsi_segment.pipeline.outputs.failure_record import RECORD_SUFFIX, read_record
 from wsi_segment.pipeline.outputs.output_classes import output_classes
-from wsi_segment.pipeline.outputs.ownership import STORE_NAME, SUMMARY_NAME
 from wsi_segment.pipeline.outputs.summary import SCHEMA_VERSION
 
-OVERLAY_NAME = "overlay.png"
 PARTIAL_SUFFIX = ".partial"
 # What the report calls a slide: statuses of entries, in the order the page lists them.
 FAILED, KNOWN, DAMAGED, FOREIGN, NEWER, IN_PROGRESS, STOPPED = (
@@ -166,8 +165,7 @@ def _looks_like_output(path: Path) -> bool:
     the outputs. Other folders under OUT (the slides themselves, a person's notes) are not
     slides of the report."""
     return any(
-        os.path.lexists(path / n)
-        for n in (SUMMARY_NAME, STORE_NAME, OVERLAY_NAME, "tissue.geojson")
+        os.path.lexists(path / n) for n in (SUMMARY_NAME, STORE_NAME, OVERLAY_NAME, GEOJSON_NAME)
     )
 
 

@@ -14,8 +14,8 @@ from wsi_segment.errors import ConfigError
 from wsi_segment.models.cam_methods import (
     CAM_METHODS,
     DEFAULT_CAM_METHOD,
-    PSEUDO_MASK_METHODS,
     check_head,
+    pseudo_mask_methods,
 )
 from wsi_segment.models.heads import DEFAULT_DROPOUT
 from wsi_segment.models.pretrained import is_file_source
@@ -156,15 +156,15 @@ def check_config(cfg: TrainConfig) -> None:
     if problem is not None:  # model.json would record it, and every slide be resampled to it
         raise ConfigError(f"--mpp {problem}; give the patches' pixel size (1.0 = 10x)")
     head_spec(classifier_config(cfg))  # dropout and PDA schedule
-    if cfg.cam_method in CAM_METHODS and cfg.cam_method not in PSEUDO_MASK_METHODS:
+    if cfg.cam_method in CAM_METHODS and cfg.cam_method not in pseudo_mask_methods():
         raise ConfigError(
             f"--cam-method {cfg.cam_method} gives one class-agnostic map (the same for every "
             f"class), so it cannot tell classes apart in pseudo masks; pick one of "
-            f"{list(PSEUDO_MASK_METHODS)} (it stays available for heat maps)"
+            f"{list(pseudo_mask_methods())} (it stays available for heat maps)"
         )
-    if cfg.cam_method not in PSEUDO_MASK_METHODS:
+    if cfg.cam_method not in pseudo_mask_methods():
         raise ConfigError(
-            f"--cam-method must be one of {list(PSEUDO_MASK_METHODS)}, got {cfg.cam_method!r}"
+            f"--cam-method must be one of {list(pseudo_mask_methods())}, got {cfg.cam_method!r}"
         )
     check_head(cfg.cam_method, cfg.head)
     check_pseudo_mask_folder(pseudo_mask_dir(cfg), cfg.cam_method)

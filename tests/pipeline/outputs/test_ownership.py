@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import zarr
 
+from wsi_segment.pipeline.output_files import STORE_NAME
 from wsi_segment.pipeline.outputs.label_image import (
     create_label_image,
     finalize_label_pyramid,
@@ -22,7 +23,7 @@ from wsi_segment.pipeline.outputs.ome_zarr import (
     finalize_pyramid,
     level0_path,
 )
-from wsi_segment.pipeline.outputs.ownership import STORE_NAME, not_our_output
+from wsi_segment.pipeline.outputs.ownership import not_our_output
 from wsi_segment.pipeline.outputs.summary import write_summary
 
 
