@@ -18,6 +18,7 @@ whose graph cannot be exported is refused when OpenVINO was asked for by name. T
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -91,6 +92,22 @@ class OpenedRuntime:
         if self.graphs is not None:
             return OpenVINOExecutor(self.graphs, geometry)
         return TorchExecutor(model, geometry, self.precision)
+
+    def worded(self, spec: RuntimeSpec) -> OpenedRuntime:
+        """This runtime with `spec`'s reasons wherever it ran what `spec` said: a process
+        shares one opened runtime between specs that differ only in their words (the process
+        cache keys on values), and each run reports its own plan's."""
+        if self.runtime != spec.runtime:  # fell back to torch: its own reason
+            if self.calibration is None and self.precision == spec.fallback:
+                return dataclasses.replace(self, precision_reason=spec.fallback_reason)
+            return self
+        calibrated = self.calibration is not None  # the verdict's reason, not the plan's
+        return dataclasses.replace(
+            self,
+            reason=spec.runtime_reason,
+            warning=spec.runtime_reason if self.warning is not None else None,
+            precision_reason=self.precision_reason if calibrated else spec.precision_reason,
+        )
 
     def report(self) -> dict[str, object]:
         """What the forward passes ran in, and why (summary.json `precision`)."""

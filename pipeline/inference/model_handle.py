@@ -9,6 +9,7 @@ models keyed by their recipe's values.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import threading
 from dataclasses import dataclass, field
@@ -74,8 +75,10 @@ class ModelHandle:
         self._loaded = None
 
     def get(self) -> LoadedModel:
+        """This process's model and runtime for the recipe, reporting this handle's reasons."""
         if self._loaded is None:
             loaded = load_for_process(self.model_dir, self.device, self.spec)
+            loaded = dataclasses.replace(loaded, runtime=loaded.runtime.worded(self.spec))
             if self.identity and loaded.model.identity != self.identity:
                 raise ModelError(
                     f"{self.model_dir}: the model files changed during the run (this process "

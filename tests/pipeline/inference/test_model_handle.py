@@ -35,4 +35,22 @@ def test_a_handle_travels_as_its_recipe(tiny_model_dir: Path) -> None:
     loaded = handle.get()
     copy = pickle.loads(pickle.dumps(handle))
     assert copy._loaded is None and copy == handle
-    assert copy.get() is loaded  # this process's cache: the same model and lock
+    again = copy.get()  # this process's cache: the same model and lock
+    assert again.model is loaded.model and again.lock is loaded.lock
+
+
+def test_handles_sharing_a_load_each_report_their_own_reasons(tiny_model_dir: Path) -> None:
+    """The process loads once for specs equal in value, yet summary.json says each run's own
+    plan's words (a batch's and a band's reasons differ: "pinned for the cluster")."""
+    folder = str(tiny_model_dir)
+    first = ModelHandle(folder, "cpu", torch_spec("fp32")).get()
+    spec = dataclasses.replace(
+        torch_spec("fp32"), runtime_reason="torch: pinned", precision_reason="fp32: pinned"
+    )
+    second = ModelHandle(folder, "cpu", spec).get()
+    assert second.model is first.model and second.lock is first.lock
+    assert first.runtime.report()["reason"] == "fp32: a test's"
+    assert (second.runtime.report()["reason"], second.runtime.reason) == (
+        "fp32: pinned",
+        "torch: pinned",
+    )
