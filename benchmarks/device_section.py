@@ -5,7 +5,7 @@
 
 Rows, all on the same slide and tiles in one run:
 - model forward, input and output on the device (tiles uploaded once, no copy back);
-- model with reduced outputs (`predict_reduced`: core, d x d mean, gate, uint8, labels,
+- model with reduced outputs (the torch executor of the tile graph: core, d x d mean, gate, uint8, labels,
   copied to the host) and bytes per tile that cross;
 - `predict` as callers of full maps get it (float32 maps copied back), for comparison;
 - decode limit with N decoder processes (benchmarks/decode.py);
@@ -56,13 +56,18 @@ def _timed(model: Any, batches: list, fn: Any, repeat: int = 2) -> float:
     return best
 
 
-def model_rates(model: Any, tiles: np.ndarray, batch: int, grid: Any, downsample: int) -> dict:
+def model_rates(
+    model: Any, runtime: Any, tiles: np.ndarray, batch: int, grid: Any, downsample: int
+) -> dict:
     """tiles/s of the forward alone, with reduced outputs, and with full maps copied back."""
     import torch
 
     from wsi_segment.models.device import autocast
+    from wsi_segment.models.runtimes.executor import TORCH_DTYPES
+    from wsi_segment.models.runtimes.graph import Geometry
 
     dev = model.device
+    dtype = TORCH_DTYPES[runtime.precision]
     host = torch.from_numpy(np.ascontiguousarray(tiles)).permute(0, 3, 1, 2)
     on_dev = [host[i : i + batch].to(dev) for i in range(0, len(host), batch)]
     margin, core = grid.margin, grid.stride
@@ -70,18 +75,20 @@ def model_rates(model: Any, tiles: np.ndarray, batch: int, grid: Any, downsample
     @torch.inference_mode()
     def forward(x: torch.Tensor) -> None:
         xx = model.preprocess(x)
-        with autocast(dev, model.autocast_dtype):
+        with autocast(dev, dtype):
             model.classifier(xx)
             torch.softmax(model.segmenter(xx).float(), dim=1)
 
     reduced_bytes: list[int] = []
 
+    executor = runtime.executor(model, Geometry(grid.tile, margin, core, downsample))
+
     def reduced(x: torch.Tensor) -> None:
-        out = model.predict_reduced(x, margin, core, downsample)
+        out = executor.run(x.permute(0, 2, 3, 1))
         reduced_bytes.append(out.nbytes // len(x))
 
     def full(x: torch.Tensor) -> None:
-        model.predict(x)
+        model.predict(x, dtype=dtype)
 
     return {
         "forward": _timed(model, on_dev, forward),
@@ -96,20 +103,20 @@ def section_device(
     args: argparse.Namespace, work: Path, model_dir: Path, rows: list, notes: list
 ) -> float:
     """The device rows and the ratio pipeline / min(decode limit, reduced-model limit)."""
-    from wsi_segment.pipeline.inference.model_handle import load_for_process
+    from benchmarks.executors import opened
 
     size = args.size or 12288
     slide, writer = make_slide(
         work / "slides" / f"tp-{size}-t{args.tissue:g}.svs", size, args.tissue, fast=args.fast
     )
     notes.append(f"device slide: {size} x {size} px, mpp 0.5, tissue {args.tissue:g} ({writer})")
-    model, _ = load_for_process(str(model_dir), args.device, args.precision)
+    model, runtime = opened(model_dir, args.device, args.precision, "torch")
     p = plan_like_pipeline(slide, model.meta, args.overlap, args.chunk_tiles, 4, args.backend)
     log(f"[device] {p.tiles} tiles; reading a sample for the model rows ...")
     tiles, _, _ = read_chunks(p, limit_tiles=max(args.model_tiles, 4 * args.batch_size))
     tiles = tiles[: max(args.model_tiles, 4 * args.batch_size)]
-    rates = model_rates(model, tiles, args.batch_size, p.grid, 4)
-    prec = str(model.autocast_dtype or "fp32").replace("torch.", "")
+    rates = model_rates(model, runtime, tiles, args.batch_size, p.grid, 4)
+    prec = runtime.precision
     where = (
         f"{model.device}, {prec}, batch {args.batch_size}, tile {p.grid.tile}, {len(tiles)} tiles"
     )
@@ -145,7 +152,7 @@ def section_device(
         ("device: model forward", f"{rates['forward']:,.0f} tiles/s",
          f"input and output on the device; {where}"),
         ("device: model reduced", f"{rates['reduced']:,.0f} tiles/s",
-         f"predict_reduced, copied back: {rates['reduced_bytes']:,} B/tile "
+         f"the tile graph, copied back: {rates['reduced_bytes']:,} B/tile "
          f"(full maps: {rates['full_bytes']:,} B/tile)"),
         ("device: predict full maps", f"{rates['full']:,.0f} tiles/s", "float32 maps back"),
         ("device: decode limit", f"{decode_limit:,.0f} tiles/s",

@@ -5,7 +5,7 @@
 
 The engine (`wsi_segment.pipeline.inference.engine.run_engine`: decoder processes ->
 shared-memory slots -> compute stage -> writer) runs the pipeline's own plan of a bank slide
-with a model whose `predict_reduced` costs next to nothing (block means of the tile's core:
+with an executor whose `run` costs next to nothing (block means of the tile's core:
 the right shapes and dtypes, region-like label maps, no network), so the figure is what the engine's reading,
 hand-over, stitching and writing can deliver. It is compared with the decode limit of the
 same decoders measured alone (`benchmarks/decode.py`: one spawned process reading its share):
@@ -39,24 +39,24 @@ BLOCK = 8  # output pixels per label block of the instant model
 
 
 class InstantModel:
-    """A `TileModel` (pipeline.inference.tile_inference) that costs ~nothing: its classes
+    """An executor (models.runtimes.executor) that costs ~nothing: its classes
     are the colour channels of the tile's core, sampled once per block of BLOCK output pixels.
 
     Blocks, not single pixels: a real model's label map is made of regions, and the writer's
     polygon tracing costs in proportion to the regions' edges (a per-pixel label map is about
     60x dearer to trace than a real one on CMU-1-Small-Region, 8-pixel blocks about as dear)."""
 
-    @property
-    def device(self) -> Any:
-        import torch
+    def __init__(self, geometry: Any) -> None:
+        self.geometry = geometry
 
-        return torch.device("cpu")
-
-    def predict_reduced(self, tiles, margin, core, downsample, gate=True):
+    def run(self, tiles):  # type: ignore[no-untyped-def]
         import torch
 
         from wsi_segment.models.reduction import ReducedOutputs
 
+        g = self.geometry
+        margin, core, downsample = g.margin, g.core, g.downsample
+        tiles = tiles.permute(0, 3, 1, 2)
         step, so = BLOCK * downsample, core // downsample
         # one pixel per block (textures are smooth at this scale), spread over the block
         seeds = tiles[:, [0, 1, 2, 0], margin : margin + core : step, margin : margin + core : step]
@@ -66,6 +66,24 @@ class InstantModel:
         return ReducedOutputs(
             probs.contiguous(), labels.contiguous(), torch.zeros((len(tiles), CLASSES))
         )
+
+
+def instant_handle() -> Any:
+    """A model handle whose executors are `InstantModel`s, on the CPU."""
+    import types
+
+    import torch
+
+    from wsi_segment.models.runtimes.select import RuntimeSpec
+    from wsi_segment.pipeline.inference.model_handle import LoadedModel, ModelHandle
+
+    class InstantLoaded(LoadedModel):
+        def executor(self, geometry: Any) -> Any:
+            return InstantModel(geometry)
+
+    model = types.SimpleNamespace(device=torch.device("cpu"))
+    loaded = InstantLoaded(model, None)  # type: ignore[arg-type]
+    return ModelHandle.of(loaded, "instant", "cpu", RuntimeSpec("torch", "fp32"))
 
 
 def spread(x: Any, block: int) -> Any:
@@ -85,7 +103,6 @@ def engine_job(
     its model is `handle` (a ModelHandle), by default the instant model."""
     from benchmarks.stages import plan_like_pipeline
     from wsi_segment.models.meta import read_model_json
-    from wsi_segment.pipeline.inference.model_handle import ModelHandle
     from wsi_segment.pipeline.inference.slide_job import SlideJob
     from wsi_segment.pipeline.inference.tile_reader import TileReader
     from wsi_segment.pipeline.outputs.label_image import create_label_image, label_level0_path
@@ -124,7 +141,7 @@ def engine_job(
         tissue_mask=tissue.mask,
         tissue_downsample=float(tissue.downsample),
         level0_per_output=per_output,
-        model=handle or ModelHandle.with_model(InstantModel(), "instant", "cpu", "fp32"),
+        model=handle or instant_handle(),
     )
     return job, p.specs
 

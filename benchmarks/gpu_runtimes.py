@@ -10,7 +10,7 @@ classifier, segmenter, gate, reduction to the uint8 the zarr stores) at the engi
 the precision the run policy picks there (`--precision auto`: bf16 autocast on a GPU that has
 it), weights channels_last:
 
-- `torch`              `SegmentationModel.predict_reduced`, as the engine calls it (today's path)
+- `torch`              the torch executor of the tile graph, as the engine calls it (today's path)
 - `compile`            `torch.compile(TileGraph)` (inductor, default mode)
 - `compile-autotune`   mode `max-autotune-no-cudagraphs` (kernels chosen by measurement)
 - `compile-cudagraphs` mode `reduce-overhead` (the fixed batch shape replayed as a CUDA graph)
@@ -66,14 +66,20 @@ def autocast_runner(module: Any, device: str, dtype: Any) -> Runner:
     return run
 
 
-def variants(model: Any, device: str, tile: int, margin: int, core: int, ds: int) -> dict[str, Any]:
+def variants(
+    model: Any, runtime: Any, device: str, tile: int, margin: int, core: int, ds: int
+) -> dict[str, Any]:
     """name -> a runner, or the reason it cannot run here (a string)."""
     import torch
 
-    dtype = model.autocast_dtype
+    from wsi_segment.models.runtimes.executor import TORCH_DTYPES
+    from wsi_segment.models.runtimes.graph import Geometry
+
+    dtype = TORCH_DTYPES[runtime.precision]
+    executor = runtime.executor(model, Geometry(tile, margin, core, ds))
 
     def torch_path(tiles: Any) -> Outputs:
-        out = model.predict_reduced(tiles.permute(0, 3, 1, 2), margin, core, ds, gate=True)
+        out = executor.run(tiles)
         return out.probs, out.labels
 
     found: dict[str, Any] = {"torch": torch_path}
@@ -161,14 +167,15 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from benchmarks.executors import opened
     from benchmarks.runtime import real_tiles
-    from wsi_segment.models.bundle import demo_model_dir, load_model
+    from wsi_segment.models.bundle import demo_model_dir
 
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("gpu_runtimes.py: no CUDA device here; --device cpu for a dry run")
     bench = BenchRun.start("gpu_runtimes.py", argv)
     model_dir = args.model or demo_model_dir()
-    model = load_model(model_dir).to_device(args.device, "auto", "torch")
+    model, runtime = opened(model_dir, args.device, "auto", "torch")
     tile = int(model.meta.tile_size)
     gen = torch.Generator().manual_seed(0)
     shape = (args.batch, tile, tile, 3)
@@ -182,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     n_real = len(real)
     real = torch.cat([real, real.new_zeros((args.batch - n_real, *real.shape[1:]))])
     real = real.to(args.device)
-    found = variants(model, args.device, tile, MARGIN, CORE, DOWNSAMPLE)
+    found = variants(model, runtime, args.device, tile, MARGIN, CORE, DOWNSAMPLE)
 
     runners: dict[str, Runner] = {}
     rows: list[tuple[str, str, str]] = []
@@ -218,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         rows,
         [
             f"device: {dev}; model: {model_dir.name if args.model else 'demo model'}; "
-            f"precision {model.precision_report().get('autocast')}, weights channels_last",
+            f"precision {runtime.precision}, weights channels_last",
             f"batch {args.batch}, {args.batches} batches a round, {args.rounds} rounds, "
             f"uint8 NHWC tiles already on the device; geometry margin {MARGIN}, core {CORE}, "
             f"{DOWNSAMPLE} x {DOWNSAMPLE} means",

@@ -54,6 +54,7 @@ def seconds(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
 def main(argv: list[str] | None = None) -> int:
     import shapely
 
+    from wsi_segment.models.runtimes.select import RuntimeSpec
     from wsi_segment.pipeline.inference.model_handle import ModelHandle
     from wsi_segment.pipeline.outputs.chunk_summary import block_polygons
     from wsi_segment.pipeline.outputs.polygons import (
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     args.overlap, args.chunk_tiles, args.downsample, args.batch_size = 32, 8, 4, 64
     slide, _, model_dir, model_desc = slide_and_model(args.work, args.size, args.tissue, None)
-    handle = ModelHandle(str(model_dir), "cpu", "fp32")
+    handle = ModelHandle(str(model_dir), "cpu", RuntimeSpec("torch", "fp32"))
     cache = args.work / f"writer-{slide.stem}-{Path(model_dir).name}-d{args.downsample}.npz"
     with tempfile.TemporaryDirectory(dir=args.work) as tmp:
         job, specs = engine_job(slide, model_dir, args, Path(tmp) / "p0.zarr", handle)

@@ -6,7 +6,7 @@
 In one run, interleaved round by round (a shared machine's load drifts; each round measures
 every variant once, in turn):
 
-1. model alone  `predict_reduced` (the slide path's whole graph: preprocess, classifier,
+1. model alone  an executor's `run` (the slide path's whole graph: preprocess, classifier,
                 gate, segmenter, reduction) on tiles of the synthetic slide, batch 16, each
                 variant as the engine runs it: `--threads` compute threads of cores //
                 threads torch threads (OpenVINO: a stream each, of that share), and one of
@@ -65,8 +65,8 @@ def real_tiles(tile: int):  # type: ignore[no-untyped-def]
     return torch.cat([x, calibration_tiles(tile)]).contiguous()
 
 
-def bare_reduced(model, tiles, batch: int, streams: int) -> float:  # type: ignore[no-untyped-def]
-    """Wall s of `predict_reduced` (the engine's call, at its geometry) over `tiles` in
+def bare_reduced(executor, tiles, batch: int, streams: int) -> float:  # type: ignore[no-untyped-def]
+    """Wall s of an executor's `run` (the engine's call, at its geometry) over `tiles` in
     batches, `streams` threads each with cores // streams torch threads, after a warm-up."""
     import threading
 
@@ -74,7 +74,7 @@ def bare_reduced(model, tiles, batch: int, streams: int) -> float:  # type: igno
     import torch
 
     batches = [
-        torch.from_numpy(np.ascontiguousarray(tiles[i : i + batch])).permute(0, 3, 1, 2)
+        torch.from_numpy(np.ascontiguousarray(tiles[i : i + batch]))
         for i in range(0, len(tiles), batch)
     ]
     cores = len(os.sched_getaffinity(0))
@@ -84,10 +84,10 @@ def bare_reduced(model, tiles, batch: int, streams: int) -> float:  # type: igno
     def work(mine: list) -> None:  # type: ignore[type-arg]
         torch.set_num_threads(per)
         with torch.inference_mode():
-            model.predict_reduced(mine[0], 16, 192, 4)
+            executor.run(mine[0])
             ready.wait()
             for b in mine:
-                model.predict_reduced(b, 16, 192, 4)
+                executor.run(b)
 
     shares = [batches[k::streams] for k in range(streams) if batches[k::streams]]
     ready = threading.Barrier(len(shares) + 1)
@@ -118,9 +118,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from wsi_segment.models.bundle import demo_model_dir, load_model
+    from benchmarks.executors import opened, reduced
+    from wsi_segment.models.bundle import demo_model_dir
     from wsi_segment.models.device import cpu_supports_bf16
     from wsi_segment.models.precision_calibration import compare_labels
+    from wsi_segment.models.runtimes.graph import Geometry
 
     bench = BenchRun.start("runtime.py", argv)
     model_dir = args.model or demo_model_dir()
@@ -131,14 +133,14 @@ def main(argv: list[str] | None = None) -> int:
     models = {}
     for runtime, precision in variants:  # compiles (or loads the cached graphs) off the clock
         log(f"[runtime] loading {runtime} {precision} ...")
-        models[(runtime, precision)] = load_model(model_dir).to_device("cpu", precision, runtime)
-    auto = load_model(model_dir).to_device("cpu", "auto", "auto").precision_report()
+        models[(runtime, precision)] = opened(model_dir, "cpu", precision, runtime)
+    auto = opened(model_dir, "cpu", "auto", "auto")[1].report()
 
     slide, writer = make_slide(
         args.work / "slides" / f"tp-{args.size}-t{args.tissue:g}.svs", args.size, args.tissue,
         fast=True,
     )  # fmt: skip
-    meta = models[variants[0]].meta
+    meta = models[variants[0]][0].meta
     plan = plan_like_pipeline(slide, meta, 32, 4, 4)
     tiles_all, read_wall, read_cpu = read_chunks(plan)
     n = len(tiles_all)
@@ -152,7 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     for r in range(args.rounds):
         for v in variants:
             for streams in configs[v]:
-                wall = bare_reduced(models[v], tiles, 16, streams)
+                model, runtime = models[v]
+                geometry = Geometry(int(meta.tile_size), 16, 192, 4)
+                wall = bare_reduced(runtime.executor(model, geometry), tiles, 16, streams)
                 rates.setdefault((*v, streams), []).append(len(tiles) / wall)
         log(f"[runtime] round {r + 1}: load {loadavg()}")
     best = {v: max(statistics.median(rates[(*v, s)]) for s in configs[v]) for v in variants}
@@ -168,8 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     # 2. agreement on real tiles (whole tiles, as evaluate scores them)
     x = real_tiles(int(meta.tile_size))
     t = int(meta.tile_size)
-    with torch.inference_mode():
-        labels = {v: m.predict_reduced(x, 0, t, 1).labels.numpy() for v, m in models.items()}
+    labels = {v: reduced(*mr, x, 0, t, 1).labels.numpy() for v, mr in models.items()}
     for v in variants[1:]:
         agreement, shifts = compare_labels(labels[("torch", "fp32")], labels[v])
         worst = max(shifts.items(), key=lambda kv: kv[1], default=("-", 0.0))

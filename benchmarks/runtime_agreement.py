@@ -105,38 +105,47 @@ def slide_rows(model_dir: Path, name: str, slides: list[Path], work: Path) -> li
 
 def model_rows(model_dir: Path, name: str) -> list:
     """Tile agreement and both calibration verdicts of one model."""
-    import torch
-
-    from wsi_segment.models.bundle import load_model
+    from benchmarks.executors import opened, reduced
     from wsi_segment.models.precision_calibration import calibrate_bf16, compare_labels
 
-    models = {v: load_model(model_dir).to_device("cpu", v[1], v[0]) for v in (REF, *VARIANTS)}
-    ref = models[REF]
+    models = {v: opened(model_dir, "cpu", v[1], v[0]) for v in (REF, *VARIANTS)}
+    ref = models[REF][0]
     names = [*ref.meta.classes, "Unclassified"]
     t = int(ref.meta.tile_size)
     x = luad_tiles(t)
     rows = []
-    with torch.inference_mode():
-        labels = {v: m.predict_reduced(x, 0, t, 1).labels.numpy() for v, m in models.items()}
-        for v in VARIANTS:
-            agreement, shifts = compare_labels(labels[REF], labels[v])
-            rows.append((f"{name}: LUAD tiles {v[0]} {v[1]}", f"{100 * agreement:.3f} %",
-                         f"labels vs torch fp32 on {len(x)} LUAD-HistoSeg sample patches; "
-                         f"{shift_text(shifts, names)}"))  # fmt: skip
-        own = ref.validation_patches
-        verdicts = {
-            "torch": calibrate_bf16(ref.torch_labels, t, "torch bf16", own),
-            "openvino": calibrate_bf16(
-                lambda tiles, low: (
-                    models[("openvino", "bf16" if low else "fp32")]
-                    .predict_reduced(tiles, 0, t, 1)
-                    .labels
-                ),
-                t,
-                "OpenVINO bf16",
-                own,
+    labels = {v: reduced(*mr, x, 0, t, 1).labels.numpy() for v, mr in models.items()}
+    for v in VARIANTS:
+        agreement, shifts = compare_labels(labels[REF], labels[v])
+        rows.append((f"{name}: LUAD tiles {v[0]} {v[1]}", f"{100 * agreement:.3f} %",
+                     f"labels vs torch fp32 on {len(x)} LUAD-HistoSeg sample patches; "
+                     f"{shift_text(shifts, names)}"))  # fmt: skip
+    own = ref.validation_patches
+    verdicts = {
+        "torch": calibrate_bf16(
+            lambda tiles, low: (
+                reduced(
+                    ref,
+                    opened(ref, "cpu", "bf16" if low else "fp32", "torch")[1],
+                    tiles,
+                    0,
+                    t,
+                    1,
+                ).labels
             ),
-        }
+            t,
+            "torch bf16",
+            own,
+        ),
+        "openvino": calibrate_bf16(
+            lambda tiles, low: (
+                reduced(*models[("openvino", "bf16" if low else "fp32")], tiles, 0, t, 1).labels
+            ),
+            t,
+            "OpenVINO bf16",
+            own,
+        ),
+    }
     for runtime, cal in verdicts.items():
         chosen = "bf16" if cal.bf16_chosen else "fp32"
         rows.append((f"{name}: calibration {runtime} bf16", chosen,

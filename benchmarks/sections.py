@@ -25,7 +25,8 @@ def section_throughput(
 ) -> float:
     """Items 1-4: bare model, read only, pipeline and their ratio; returns the ratio."""
 
-    from wsi_segment.pipeline.inference.model_handle import load_for_process
+    from benchmarks.executors import opened
+    from wsi_segment.models.runtimes.executor import TORCH_DTYPES
 
     size = args.size or (8192 if args.quick else 12288)
     slide, writer = make_slide(
@@ -34,7 +35,8 @@ def section_throughput(
     notes.append(
         f"throughput slide: {size} x {size} px, mpp 0.5, tissue {args.tissue:g} ({writer})"
     )
-    model, _ = load_for_process(str(model_dir), "auto", args.precision)
+    model, runtime = opened(model_dir, "auto", args.precision, "torch")
+    dtype = TORCH_DTYPES[runtime.precision]
     p = plan_like_pipeline(slide, model.meta, args.overlap, args.chunk_tiles, 4, args.backend)
     log(f"[throughput] {p.tiles} tiles in {len(p.specs)} chunks; reading ...")
     all_tiles, read_wall, read_cpu = read_chunks(p)
@@ -46,7 +48,7 @@ def section_throughput(
     bare: dict[int, list[tuple[float, float]]] = {k: [] for k in configs}
     log(f"[throughput] bare model (before) on {nb} of the tiles ...")
     for k in configs:
-        bare[k].append(bare_model(model, tiles, args.batch_size, streams=k))
+        bare[k].append(bare_model(model, tiles, args.batch_size, streams=k, dtype=dtype))
     extra = ["--batch-size", str(args.batch_size), "--overlap", str(args.overlap)]
     extra += ["--threads", str(args.threads), "--backend", args.backend]
     extra += ["--runtime", "torch"]  # the bare model is torch's (runtimes: benchmarks/runtime.py)
@@ -57,7 +59,7 @@ def section_throughput(
     run, summary = run_pipeline(slide, model_dir, work / "out" / "throughput", extra)
     log("[throughput] bare model (after) ...")
     for k in reversed(configs):
-        bare[k].append(bare_model(model, tiles, args.batch_size, streams=k))
+        bare[k].append(bare_model(model, tiles, args.batch_size, streams=k, dtype=dtype))
     tiles_run = int(summary["tiling"]["tiles"])
     assert tiles_run == n, (tiles_run, n)
     rate = {k: len(v) * nb / sum(w for w, _ in v) for k, v in bare.items()}
@@ -76,9 +78,9 @@ def section_throughput(
     cpu_ratio = model_cpu_per_tile / (run.cpu_s / n)
     t = summary.get("timings_s", {})
     zbytes = zarr_bytes(work / "out" / "throughput" / slide.stem / "probabilities.ome.zarr")
-    prec = "bf16+channels_last" if model.autocast_dtype is not None else "fp32+channels_last"
+    prec = f"{runtime.precision}+channels_last"
     piped = summary.get("precision", {}).get("autocast", "?")
-    if piped != ("bf16" if model.autocast_dtype is not None else "fp32"):
+    if piped != runtime.precision:
         notes.append(f"precision choices disagreed: pipeline {piped}, bare model {prec}")
     rows += [
         ("1 bare model", f"{model_rate:.1f} tiles/s", f"best of: {bare_detail}; {prec}, "
@@ -176,8 +178,7 @@ def section_precision(
 
     size = 6144
     slide, _ = make_slide(work / "slides" / f"tp-{size}-t0.6.svs", size, 0.6, fast=args.fast)
-    model = load_model(model_dir)
-    model.to_device("cpu", "fp32")
+    model = load_model(model_dir, "cpu")
     p = plan_like_pipeline(slide, model.meta, args.overlap, args.chunk_tiles, 4)
     tiles, _, _ = read_chunks(p, limit_tiles=args.precision_tiles)
     tiles = tiles[: args.precision_tiles]
@@ -189,25 +190,23 @@ def section_precision(
         imgs = [np.asarray(Image.open(f).convert("RGB").resize((t, t))) for f in real]
         sets["LUAD-HistoSeg sample (real)"] = np.stack(imgs)
 
-    def run(x: np.ndarray) -> tuple[np.ndarray, float]:
+    def run(x: np.ndarray, dtype: torch.dtype | None = None) -> tuple[np.ndarray, float]:
         out, t0 = [], time.perf_counter()
         for i in range(0, len(x), args.batch_size):
             b = torch.from_numpy(np.ascontiguousarray(x[i : i + args.batch_size]))
-            out.append(model.predict(b.permute(0, 3, 1, 2))[0].numpy())
+            out.append(model.predict(b.permute(0, 3, 1, 2), dtype=dtype)[0].numpy())
         return np.concatenate(out), time.perf_counter() - t0
 
     from wsi_segment.models.device import cpu_supports_bf16
 
     for name, x in sets.items():
-        model.to_device("cpu", "fp32")
         run(x[: args.batch_size])
         p32, s32 = run(x)
         if not cpu_supports_bf16():
             rows.append((f"7 precision {name}", f"{len(x) / s32:.1f} tiles/s fp32", "no bf16"))
             continue
-        model.to_device("cpu", "bf16")
-        run(x[: args.batch_size])
-        p16, s16 = run(x)
+        run(x[: args.batch_size], torch.bfloat16)
+        p16, s16 = run(x, torch.bfloat16)
         agree = float((p32.argmax(1) == p16.argmax(1)).mean())
         diff = float(np.abs(p32 - p16).max())
         mean_diff = float(np.abs(p32 - p16).mean())

@@ -216,9 +216,15 @@ def tile_reuse_reader(p: Planned, boxes: list) -> dict:
 
 
 def bare_model(
-    model: Any, tiles: np.ndarray, batch: int, streams: int = 1, gate: bool = True
+    model: Any,
+    tiles: np.ndarray,
+    batch: int,
+    streams: int = 1,
+    gate: bool = True,
+    dtype: Any = None,
 ) -> tuple[float, float]:
-    """(wall s, process cpu s) of model.predict over all tiles in batches, tensors ready.
+    """(wall s, process cpu s) of model.predict (autocast `dtype`, None: fp32) over all
+    tiles in batches, tensors ready.
 
     streams=1: one thread, torch with all cores (the classic way). streams=k: k threads
     each running its share of the batches with cores // k torch threads (what the pipeline
@@ -238,10 +244,10 @@ def bare_model(
 
     def work(mine: list) -> None:
         torch.set_num_threads(per)
-        model.predict(mine[0], gate=gate)  # warm-up of this thread (oneDNN kernels)
+        model.predict(mine[0], gate=gate, dtype=dtype)  # warm-up of this thread (oneDNN)
         ready.wait()
         for b in mine:
-            model.predict(b, gate=gate)
+            model.predict(b, gate=gate, dtype=dtype)
 
     shares = [batches[k::streams] for k in range(streams) if batches[k::streams]]
     ready = threading.Barrier(len(shares) + 1)

@@ -10,7 +10,7 @@ the CPU default of 4 x 4 tiles (`ChunkSpec.write_unit`, `unit_writer.write_units
 script feeds it the reduced tiles of the pipeline's own plan of a bank slide, with no model
 and no decoders in the measurement, so the figures are the writer's alone:
 
-- **labels and probabilities from the demo model**: its real `predict_reduced` outputs for
+- **labels and probabilities from the demo model**: its real tile graph's outputs for
   every tissue tile of the slide, computed once (CPU, fp32) and cached beside the slide. Region
   sizes are what a trained model gives on this slide, not a synthetic pattern; polygon tracing
   costs in proportion to region edges, and random labels would make it ~60x dearer.
@@ -310,9 +310,10 @@ def main(argv: list[str] | None = None) -> int:
     slide, writer, model_dir, model_desc = slide_and_model(
         args.work, args.size, args.tissue, args.model
     )
+    from wsi_segment.models.runtimes.select import RuntimeSpec
     from wsi_segment.pipeline.inference.model_handle import ModelHandle
 
-    handle = ModelHandle(str(model_dir), "cpu", "fp32")
+    handle = ModelHandle(str(model_dir), "cpu", RuntimeSpec("torch", "fp32"))
     # the cached tiles are in plan order, which the chunk size changes
     name = f"writer-{slide.stem}-{Path(model_dir).name}-d{args.downsample}-c{args.chunk_tiles}"
     cache = args.work / f"{name}.npz"

@@ -113,9 +113,7 @@ def save_model(
     return folder
 
 
-def load_model(
-    folder: str | Path, device: str = "cpu", precision: str | torch.dtype | None = "fp32"
-) -> SegmentationModel:
+def load_model(folder: str | Path, device: str = "cpu") -> SegmentationModel:
     """Rebuild the model described by `folder/model.json` with its weights, in eval mode.
 
     Any problem (missing folder or file, bad JSON, unsafe or corrupt weights, weights that
@@ -144,7 +142,7 @@ def load_model(
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     model.identity = model_identity(json_sha, weights_sha)
     model.validation_patches = load_patches(folder, doc, int(meta.tile_size))
-    return model.to_device(device, precision)
+    return model.to_device(device)
 
 
 def _build(doc: dict[str, Any], meta: ModelMeta, where: Path) -> SegmentationModel:

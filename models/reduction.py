@@ -103,7 +103,7 @@ def tile_labels(
     seg_logits: torch.Tensor, cls_logits: torch.Tensor | None, epsilon: float | None
 ) -> torch.Tensor:
     """uint8 labels (N, T, T) of whole tiles from a forward's logits, by the slide path's
-    rule (gate, fallback, `UNCLASSIFIED`): what `predict_reduced(tiles, 0, T, 1)` labels.
+    rule (gate, fallback, `UNCLASSIFIED`): what the tile graph at `Geometry.whole(T)` labels.
     No classifier logits, or `epsilon` None, is no gate. For training code that holds the
     segmenter and the classifier as separate modules (stage-3 validation)."""
     if cls_logits is None:

@@ -19,6 +19,7 @@ import numpy as np
 
 from wsi_segment.errors import ModelError
 from wsi_segment.models.meta import read_model_json, weights_path
+from wsi_segment.pipeline.early_readers import EarlyReaders
 from wsi_segment.pipeline.inference.decode_pool import DecodePool
 from wsi_segment.pipeline.inference.model_handle import (
     ModelHandle,
@@ -27,7 +28,6 @@ from wsi_segment.pipeline.inference.model_handle import (
 from wsi_segment.pipeline.inference.read_device import LevelKey, read_level_and_scale, slide_reads
 from wsi_segment.pipeline.inference.slide_plan import (
     chunk_read_backend,
-    model_geometry,
     plan_reader,
     plan_slide,
     slide_tissue,
@@ -48,11 +48,10 @@ from wsi_segment.pipeline.run_policy import (
     RunFacts,
     RunPolicy,
     decide,
-    decided_precision,
-    decided_runtime,
+    runtime_spec,
     wants_slide_reads,
 )
-from wsi_segment.pipeline.startup import Background, gc_paused, read_overlay_thumbnail
+from wsi_segment.pipeline.startup import Background, gc_paused
 from wsi_segment.wsi.roi import Roi, read_rois
 from wsi_segment.wsi.slide import Slide, open_slide
 from wsi_segment.wsi.slide_limits import check_slide_size
@@ -61,6 +60,7 @@ from wsi_segment.wsi.tissue import TissueMask
 
 if TYPE_CHECKING:
     from wsi_segment.models.meta import ModelMeta
+    from wsi_segment.models.runtimes.select import RuntimeSpec
     from wsi_segment.wsi.raw_tiles import JpegTiles
 
 
@@ -97,7 +97,7 @@ class PreparedSlide:
     overlay_thumb: Background[np.ndarray] | None = None
     # Local runs: storage tiles decoded / served again from memory (wsi.tile_reuse).
     read_stats: dict[str, int] = field(default_factory=dict)
-    # What the forward passes ran in and why (SegmentationModel.precision_report).
+    # What the forward passes ran in and why (models.runtimes.select.OpenedRuntime.report).
     precision: dict[str, Any] = field(default_factory=dict)
     # --roi: the regions (level-0 slide pixels) outputs are clipped to and reported per.
     rois: list[Roi] = field(default_factory=list)
@@ -194,57 +194,67 @@ def prepare(
     place: str = LOCAL,
     at_once: int = 1,
 ) -> PreparedSlide:
-    """Stage 1: everything cheap that decides what the run will do.
+    """Stage 1: everything cheap that decides what the run will do, in three steps.
 
-    The model (importing torch, timm and smp is most of a small run's fixed cost, and holds
-    one core) loads in a background thread while this thread detects tissue and plans the
-    chunks; with `early`, the chunks' tiles then start being read on the core the loader
-    leaves free, so the first forward passes find their tiles decoded (the side work is in
-    `pipeline.startup`, planning from model.json in `pipeline.inference.slide_plan`).
-    The run policy (`pipeline.run_policy`, for `place`: a local run, or the plan of a Dask
-    cluster's run; `at_once`: the slides in flight on this machine, a batch's) is decided
-    first, from this machine, the options and the slide's read level. With `early`, the readers it names start while the model loads: the engine's
-    decoder processes (`DecodePool`, held by the PreparedSlide until `infer` hands it to
-    the engine), else the prefetcher, and neither when it reads on the model's device.
+    1. the plan (`pipeline.run_policy`, for `place`: a local run, or the plan of a Dask
+       cluster's run; `at_once`: the slides in flight on this machine, a batch's), decided
+       from this machine, the options and the slide's read level;
+    2. with `early`, the readers it names start (`EarlyReaders`: the engine's decoder
+       processes, else the prefetcher, neither when it reads on the model's device) while
+       this thread detects tissue and plans the chunks;
+    3. meanwhile the model loads and its runtime opens in a background thread as the plan
+       says (importing torch, timm and smp is most of a small run's fixed cost).
     """
     t0 = time.perf_counter()
     slide_path = str(slide_path)
     name = slide_output_name(slide_path, params.output_name)
     refuse_link(Path(out_root) / name)  # before any work: outputs are never written through it
     model_dir = resolve_model_dir(params)
-    if not model_dir.is_dir():
-        raise ModelError(
-            f"{model_dir}: model folder not found; pass --model with a folder holding "
-            "model.json and model.safetensors (or omit --model for the demo model)"
-        )
-    # a refused model.json or a missing weights file is said now, not after tissue detection
-    # (the model itself loads in the background later); no torch is imported for this
-    weights_path(model_dir, read_model_json(model_dir)[0])
-    slide = open_slide(slide_path, backend=params.backend, mpp=params.mpp)
-    try:
-        check_slide_size(slide)  # before anything reads or plans in proportion to it
-    except BaseException:
-        slide.close()
-        raise
-    mpp = slide.require_mpp()
-    # a bad --roi file (or regions off this slide) is refused before the model loads
-    try:
-        rois = read_rois(params.roi, slide.dimensions, slide.bounds_offset) if params.roi else []
-    except BaseException:
-        slide.close()
-        raise
+    meta = _model_meta(model_dir)
+    slide, mpp, rois = _open_slide(slide_path, params)
     with gc_paused():
+        facts = RunFacts(place=place, at_once=at_once)
         return _prepare_opened(
             slide_path,
             name,
             out_root,
             params,
-            RunFacts(place=place, at_once=at_once),
+            facts,
             early,
             model_dir,
+            meta,
             (slide, mpp, rois),
             t0,
         )
+
+
+def _model_meta(model_dir: Path) -> ModelMeta:
+    """model.json's metadata, read without torch: a refused model.json or a missing weights
+    file is said now, not after tissue detection."""
+    if not model_dir.is_dir():
+        raise ModelError(
+            f"{model_dir}: model folder not found; pass --model with a folder holding "
+            "model.json and model.safetensors (or omit --model for the demo model)"
+        )
+    doc, meta = read_model_json(model_dir)
+    weights_path(model_dir, doc)
+    return meta
+
+
+def _open_slide(
+    slide_path: str, params: SegmentParams
+) -> tuple[Slide, tuple[float, float], list[Roi]]:
+    """The slide, its mpp and its `--roi` regions; a slide too large, without mpp or with a
+    bad --roi file is refused (and closed) before the model loads."""
+    slide = open_slide(slide_path, backend=params.backend, mpp=params.mpp)
+    try:
+        check_slide_size(slide)  # before anything reads or plans in proportion to it
+        mpp = slide.require_mpp()
+        rois = read_rois(params.roi, slide.dimensions, slide.bounds_offset) if params.roi else []
+    except BaseException:
+        slide.close()
+        raise
+    return slide, mpp, rois
 
 
 def _prepare_opened(
@@ -253,94 +263,37 @@ def _prepare_opened(
     out_root: str | Path,
     params: SegmentParams,
     facts: RunFacts,  # where it runs, how many slides at once (the slide's facts: below)
-    early: bool,  # start the policy's readers while the model loads
+    early: bool,  # start the plan's readers while the model loads
     model_dir: Path,
+    meta: ModelMeta,
     opened: tuple[Slide, tuple[float, float], list[Roi]],  # the slide, its mpp, its regions
     t0: float,
 ) -> PreparedSlide:
     slide, mpp, rois = opened
     machine = probe_machine()
-    geometry = model_geometry(model_dir)
-    key = read_level_and_scale(slide, mpp[0], geometry[1]) if geometry is not None else None
+    geometry = (int(meta.tile_size), float(meta.mpp))
+    key = read_level_and_scale(slide, mpp[0], geometry[1])
     policy, tiles = slide_policy(machine, params, facts, slide_path, slide, key)
-    device, precision = policy.device.value, params.precision
-    # a cluster's bands decide their runtime and precision on their workers: this process
-    # only needs the model's identity and geometry, so it loads torch (no compile) and hands
-    # the requests on
-    cluster = facts.place == CLUSTER
-    runtime = params.runtime
-    runs, precise = (
-        (None, None) if cluster else (decided_runtime(policy), decided_precision(policy))
-    )
-    cores = None if cluster else policy.process_cores.value  # OpenVINO's threads
-    loading = (str(model_dir), device, precision, "torch" if cluster else runtime)
-    loader = Background(load_for_process, *loading, runs, precise, cores)
-    decoders = policy.decoders.value if early else 0
-    chunk_tiles = policy.chunk_tiles.value
-    prefetch = early and not decoders and policy.read_device.value != GPU
-    # openslide decoding and PIL's reduce release the GIL: this runs beside the import
-    thumb = (
-        Background(read_overlay_thumbnail, slide_path, slide.backend, params.mpp)
-        if prefetch
-        else None
-    )
-    prefetcher: TilePrefetcher | None = None
-    pool: DecodePool | None = None
+    spec = loader_spec(policy, params)
+    loader = Background(load_for_process, str(model_dir), policy.device.value, spec)
+    readers = EarlyReaders.start(policy if early else None, machine, slide_path, slide, params)
     try:
-        if decoders and geometry is not None and decoders < machine.cores:
-            # they import while tissue is detected, on the cores detection leaves free (with
-            # none free they would only slow it down: then they spawn once planned)
-            pool = DecodePool(decoders)
         t1 = time.perf_counter()
         tissue = slide_tissue(slide, params, rois)
         t_tissue = time.perf_counter()
-        planned = grid = read_backend = reader = None
-        if geometry is not None:
-            grid, planned = plan_slide(slide, mpp, geometry, params, tissue, chunk_tiles)
-            read_backend = chunk_read_backend(slide, params, planned.read_level)
-            reader = plan_reader(slide_path, slide, params, planned, grid, read_backend)
-            if decoders and planned.specs:
-                pool = pool or DecodePool(decoders)
-                pool.assign(reader, planned.specs)
-            elif prefetch and planned.specs:
-                prefetcher = TilePrefetcher(reader, planned.specs)
-        if pool is not None and pool.specs is None:  # nothing to read
-            pool.close()
-            pool = None
+        grid, planned = plan_slide(slide, mpp, geometry, params, tissue, policy.chunk_tiles.value)
+        read_backend = chunk_read_backend(slide, params, planned.read_level)
+        reader = plan_reader(slide_path, slide, params, planned, grid, read_backend)
+        readers.assign(reader, planned.specs)
         t2 = time.perf_counter()
-        model, lock = loader.result()
-        meta = model.meta
-        if geometry != (int(meta.tile_size), float(meta.mpp)):  # unreadable json: plan now
-            if prefetcher is not None:
-                prefetcher.close()
-                prefetcher = None
-            if pool is not None:  # infer starts the engine's own for the new plan
-                pool.close()
-                pool = None
-            geometry = (int(meta.tile_size), float(meta.mpp))
-            grid, planned = plan_slide(slide, mpp, geometry, params, tissue, chunk_tiles)
-            if key != (planned.read_level, float(meta.mpp) / mpp[0]):  # decided for this level
-                key = (planned.read_level, float(meta.mpp) / mpp[0])
-                policy, tiles = slide_policy(machine, params, facts, slide_path, slide, key)
-            read_backend = chunk_read_backend(slide, params, planned.read_level)
-            reader = plan_reader(slide_path, slide, params, planned, grid, read_backend)
-        # planned before the model loaded, or above from the loaded model's own geometry
-        assert grid is not None and planned is not None and reader is not None
-        handle = ModelHandle.with_model(
-            model, str(model_dir), device, precision, lock, runtime, runs, precise, cores
-        )
-        model_hash = model.identity  # the bytes loaded, hashed as they were read
-        fingerprint = run_fingerprint(slide_path, model_hash, params, meta)
+        loaded = loader.result()
+        handle = ModelHandle.of(loaded, str(model_dir), policy.device.value, spec)
+        _same_geometry(model_dir, geometry, loaded.model.meta)
+        fingerprint = run_fingerprint(slide_path, handle.identity, params, loaded.model.meta)
     except BaseException:
-        if prefetcher is not None:
-            prefetcher.close()
-        if pool is not None:
-            pool.close()
+        readers.close()
         with contextlib.suppress(BaseException):
             loader.result()  # never leave a thread importing torch behind
-        if thumb is not None:
-            with contextlib.suppress(BaseException):
-                thumb.result()
         raise
     t3 = time.perf_counter()
     return PreparedSlide(
@@ -351,9 +304,9 @@ def _prepare_opened(
         slide=slide,
         mpp=mpp,
         model=handle,
-        meta=meta,
+        meta=loaded.model.meta,
         model_dir=model_dir,
-        model_hash=model_hash,
+        model_hash=handle.identity,  # the bytes loaded, hashed as they were read
         fingerprint=fingerprint,
         tissue=tissue,
         rois=rois,
@@ -368,14 +321,37 @@ def _prepare_opened(
             "tissue_and_plan_s": t2 - t1,
             "tissue_s": t_tissue - t1,
             "model_load_s": loader.seconds,
-            **({"decoder_spawn_s": pool.spawn_s} if pool is not None else {}),
+            **readers.timings(),
         },
-        prefetch=prefetcher,
-        decode_pool=pool,
-        overlay_thumb=thumb,
+        prefetch=readers.prefetcher,
+        decode_pool=readers.pool,
+        overlay_thumb=readers.thumb,
         policy=policy,
         read_tiles=tiles,
     )
+
+
+def loader_spec(policy: RunPolicy, params: SegmentParams) -> RuntimeSpec:
+    """What the model loader opens: the plan's runtime and precision; a cluster's plan only
+    needs the model's identity and metadata (its bands open their own runtime on their
+    workers), so it loads into torch at fp32 and compiles and calibrates nothing."""
+    if policy.place != CLUSTER:
+        return runtime_spec(policy, params)
+    from wsi_segment.models.runtimes.select import RuntimeSpec
+
+    why = "a Dask cluster's plan: the bands run the model on their workers"
+    return RuntimeSpec("torch", "fp32", runtime_reason=why, precision_reason=why)
+
+
+def _same_geometry(model_dir: Path, planned: tuple[int, float], meta: ModelMeta) -> None:
+    """The chunks were planned from model.json before the model loaded: a model.json that
+    changed in between is refused rather than planned again."""
+    if planned != (int(meta.tile_size), float(meta.mpp)):
+        raise ModelError(
+            f"{model_dir / 'model.json'}: changed while the slide was prepared (planned for "
+            f"tile {planned[0]} at {planned[1]} mpp, loaded {meta.tile_size} at {meta.mpp}); "
+            "rerun once the model folder stays unchanged"
+        )
 
 
 def slide_policy(

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from wsi_segment.models.runtimes.decision import precision_decision, runtime_decision
 from wsi_segment.pipeline.machine import GIB, Gpu, Machine
@@ -39,6 +39,9 @@ from wsi_segment.pipeline.read_policy import (
     read_device_decision,
     writers_decision,
 )
+
+if TYPE_CHECKING:
+    from wsi_segment.models.runtimes.select import RuntimeSpec
 
 LOCAL, BAND, CLUSTER = "local", "band", "cluster"  # where the engine runs (`RunFacts.place`)
 CPU_BATCH, GPU_BATCH = 16, 64
@@ -209,15 +212,6 @@ def _runtime(
     return Decision(runtime, reason.split(": ", 1)[-1])
 
 
-def decided_runtime(policy: RunPolicy) -> tuple[str, str]:
-    """The policy's runtime as the model loader takes it (`open_runtime`'s `decided`), which
-    opens it as decided; with the user's request beside it, `auto` falls back to torch with a
-    warning where OpenVINO cannot run the model and `openvino` refuses a model it cannot
-    express."""
-    value = policy.runtime.value
-    return value, f"{value}: {policy.runtime.reason}"
-
-
 def _precision(
     options: SegmentParams,
     machine: Machine,
@@ -246,11 +240,29 @@ def _precision(
     return Decision(value, reason.split(": ", 1)[-1])
 
 
-def decided_precision(policy: RunPolicy) -> tuple[str, str]:
-    """The policy's precision as the model loader takes it (`to_device`'s
-    `decided_precision`), which runs it as decided (and the calibration it names)."""
-    value = policy.precision.value
-    return value, f"{value}: {policy.precision.reason}"
+def runtime_spec(plan: RunPolicy, options: SegmentParams) -> RuntimeSpec:
+    """What the model's loader carries out of `plan` (`models.runtimes.select.open_runtime`):
+    the runtime and precision decided, torch's precision should OpenVINO not run the model
+    (decided here too, by the same function), OpenVINO's threads (this process's cores) and
+    whether OpenVINO was asked for by name (then a model it cannot export is refused)."""
+    from wsi_segment.models.runtimes.select import RuntimeSpec
+
+    fallback = plan.precision
+    if plan.runtime.value != "torch":
+        fallback = _precision(
+            options, plan.machine, plan.device.value == "cuda", None, "torch", None
+        )
+    return RuntimeSpec(
+        runtime=plan.runtime.value,
+        precision=plan.precision.value,
+        fallback=fallback.value,
+        threads=plan.process_cores.value,
+        cpu_flags=plan.machine.cpu_flags,
+        by_name=options.runtime == "openvino",
+        runtime_reason=f"{plan.runtime.value}: {plan.runtime.reason}",
+        precision_reason=f"{plan.precision.value}: {plan.precision.reason}",
+        fallback_reason=f"{fallback.value}: {fallback.reason}",
+    )
 
 
 def _chunk_tiles(options: SegmentParams, cuda: bool) -> Decision[int]:

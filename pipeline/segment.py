@@ -149,8 +149,8 @@ def local_source(prep: PreparedSlide, policy: RunPolicy) -> ReadSource:
     if decoder is not None and prep.read_tiles is not None:
         from wsi_segment.pipeline.inference.device_tiles import DeviceTiles  # torch: loaded
 
-        model, _lock = prep.model.get()
-        tiles = DeviceTiles(prep.reader, prep.read_tiles, model.device, decoder)
+        device = prep.model.get().model.device
+        tiles = DeviceTiles(prep.reader, prep.read_tiles, device, decoder)
         source = ReaderThread(tiles)
     elif decoders:
         source = DecoderProcesses(decoders, prep.take_decode_pool())
@@ -200,7 +200,7 @@ def _infer_on_cluster(
     if planned is None:
         raise ValueError(f"{prep.slide_path}: prepared without a run policy")
     job = slide_job(prep, zarr_path, planned.batch_size.value)  # each band sets its own
-    job, prep.precision = settle_precision(job, prep.specs, client, prep.params)
+    settled, prep.precision = settle_precision(job, prep.specs, client, prep.params)
     progress.start(prep.tiles_total, unit="tile", desc=prep.name)
     bands: list[BandResult] = []
     outcomes = run_bands(
@@ -211,6 +211,7 @@ def _infer_on_cluster(
         progress=progress,
         key_prefix=f"band-{prep.fingerprint[:16]}",
         results=bands,
+        settled=settled,
     )
     prep.run_policy = band_policies(planned.chunk_tiles, [b.policy for b in bands])
     prep.read_device = bands[0].reads if bands else NO_BANDS_READS
@@ -266,9 +267,7 @@ def create_stores(prep: PreparedSlide, zarr_path: Path) -> None:
 
 def _precision_report(model: ModelHandle) -> dict[str, Any]:
     """What this process's model ran in (a cluster's comes from the worker that decided)."""
-    loaded, _lock = model.get()
-    report = getattr(loaded, "precision_report", None)
-    return dict(report()) if report is not None else {}
+    return model.get().runtime.report()
 
 
 def finish(prep: PreparedSlide, outcomes: list[ChunkOutcome], out: OutputDir) -> SlideResult:

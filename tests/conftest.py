@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+from wsi_segment.pipeline.inference.model_handle import LoadedModel, ModelHandle
+
+if TYPE_CHECKING:
+    import torch
+
+    from wsi_segment.models.reduction import ReducedOutputs
+    from wsi_segment.models.runtimes.executor import Executor
+    from wsi_segment.models.runtimes.graph import Geometry
+    from wsi_segment.models.runtimes.select import RuntimeSpec
+    from wsi_segment.models.segmentation_model import SegmentationModel
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 CMU_SLIDE = DATA_DIR / "CMU-1-Small-Region.svs"
@@ -89,3 +102,99 @@ def tmpfs(path: Path, options: str) -> Iterator[Path]:
         yield path
     finally:
         subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def torch_spec(precision: str = "fp32") -> RuntimeSpec:
+    """A run's runtime spec for torch at `precision`, as a test's plan would decide it."""
+    from wsi_segment.models.runtimes.select import RuntimeSpec
+
+    why = f"{precision}: a test's"
+    return RuntimeSpec("torch", precision, runtime_reason="torch: a test's", precision_reason=why)
+
+
+@dataclasses.dataclass(frozen=True)
+class WrappedLoaded(LoadedModel):
+    """A loaded model whose executors a test wraps (one tile at a time, failing, counting)."""
+
+    wrap: Callable[[Executor], Executor] | None = None
+
+    def executor(self, geometry: Geometry) -> Executor:
+        inner = super().executor(geometry)
+        return inner if self.wrap is None else self.wrap(inner)
+
+
+def torch_loaded(
+    model: SegmentationModel,
+    precision: str = "fp32",
+    device: str = "cpu",
+    wrap: Callable[[Executor], Executor] | None = None,
+) -> LoadedModel:
+    """`model` on `device` with torch opened at `precision`: what a run's loader gives (its
+    executors wrapped by `wrap`, if given)."""
+    from wsi_segment.models.runtimes.select import open_runtime
+
+    model.to_device(device)
+    return WrappedLoaded(model, open_runtime(model, torch_spec(precision)), wrap=wrap)
+
+
+def torch_handle(
+    model: SegmentationModel,
+    name: str = "tiny",
+    precision: str = "fp32",
+    device: str = "cpu",
+    wrap: Callable[[Executor], Executor] | None = None,
+) -> ModelHandle:
+    """A handle around `model` loaded as `torch_loaded` does (tests' stand-in for prepare)."""
+    loaded = torch_loaded(model, precision, device, wrap)
+    return ModelHandle.of(loaded, name, device, torch_spec(precision))
+
+
+def run_tiles(
+    model: SegmentationModel,
+    tiles: torch.Tensor,
+    margin: int,
+    core: int,
+    downsample: int,
+    gate: bool = True,
+    precision: str = "fp32",
+) -> ReducedOutputs:
+    """The slide path's outputs of uint8 tiles (N, 3, T, T) by `model` (on its device) in
+    torch at `precision`: its tile graph at that geometry, run by the torch executor."""
+    from wsi_segment.models.runtimes.executor import TorchExecutor
+    from wsi_segment.models.runtimes.graph import Geometry
+
+    geometry = Geometry(int(tiles.shape[-1]), margin, core, downsample, gate)
+    return TorchExecutor(model, geometry, precision).run(tiles.permute(0, 2, 3, 1))
+
+
+def plan_spec(precision: str = "auto", runtime: str = "torch") -> RuntimeSpec:
+    """The runtime spec a local CPU run's plan on this machine hands the loader for the
+    options `--precision precision --runtime runtime`."""
+    from wsi_segment.pipeline.machine import probe_machine
+    from wsi_segment.pipeline.params import SegmentParams
+    from wsi_segment.pipeline.run_policy import decide, runtime_spec
+
+    options = SegmentParams(device="cpu", precision=precision, runtime=runtime)
+    return runtime_spec(decide(probe_machine(), options), options)
+
+
+def torch_labeller(
+    model: SegmentationModel, tile: int
+) -> Callable[[torch.Tensor, bool], torch.Tensor]:
+    """The slide path's labels of whole uint8 tiles (N, 3, T, T) in torch, fp32 or bf16: what
+    precision auto's calibration compares (`models.runtimes.select`)."""
+    from wsi_segment.models.runtimes.executor import TorchExecutor, whole_tile_labels
+    from wsi_segment.models.runtimes.graph import Geometry
+
+    executors = {
+        low: TorchExecutor(model, Geometry.whole(tile), "bf16" if low else "fp32")
+        for low in (False, True)
+    }
+    return lambda tiles, low: whole_tile_labels(executors[low], tiles)
+
+
+def calibrating_spec() -> RuntimeSpec:
+    """torch at bf16-if-calibrated: what precision auto runs on a CPU with AMX."""
+    from wsi_segment.models.runtimes.select import RuntimeSpec
+
+    return RuntimeSpec("torch", "bf16-if-calibrated", precision_reason="bf16-if-calibrated")

@@ -102,18 +102,16 @@ def reference_block(job, spec, model) -> tuple[np.ndarray, np.ndarray, np.ndarra
 
 
 def predict_unpadded(
-    model: Any, tiles: np.ndarray, grid: TileGrid, batch_size: int, gate: bool, lock: Any = None
+    executor: Any, tiles: np.ndarray, grid: TileGrid, batch_size: int, lock: Any = None
 ) -> ReducedTiles:
-    """uint8 tiles (N, T, T, 3) through the model's reduction in batches of `batch_size`, the
-    last one short (the engine pads it: `tile_inference.predict_batch`)."""
+    """uint8 tiles (N, T, T, 3) through an executor of the tile graph in batches of
+    `batch_size`, the last one short (the engine pads it: `tile_inference.predict_batch`)."""
     import torch
 
     from wsi_segment.pipeline.inference.tile_inference import ReducedTiles, predict_batch
 
     parts = [
-        predict_batch(
-            model, torch.from_numpy(np.ascontiguousarray(part)), len(part), grid, gate, lock
-        )
+        predict_batch(executor, torch.from_numpy(np.ascontiguousarray(part)), len(part), lock)
         for part in (tiles[i : i + batch_size] for i in range(0, len(tiles), batch_size))
     ]
     if not parts:
@@ -130,13 +128,13 @@ def chunk_alone(job: Any, spec: ChunkSpec) -> ReducedTiles:
     """The reduced cores of one chunk's tiles, in `spec.tiles` order, computed alone: read by
     the job's `TileReader`, in batches of the job's batch size holding this chunk only. `job`
     is a pipeline.inference.slide_job.SlideJob; `job.finish_block` writes what this gives."""
-    from wsi_segment.pipeline.inference.slide_job import device_batch_size
+    from wsi_segment.pipeline.inference.compute_stage import tile_geometry
 
-    model, lock = job.model.get()
-    batch_size = device_batch_size(model, lock, job.grid.tile, job.batch_size)
-    return predict_unpadded(
-        model, job.reader.read_tiles(spec), job.grid, batch_size, job.gate, lock
-    )
+    loaded = job.model.get()
+    batch_size = loaded.batch_size(job.grid.tile, job.batch_size)
+    executor = loaded.executor(tile_geometry(job.grid, job.gate))
+    tiles = job.reader.read_tiles(spec)
+    return predict_unpadded(executor, tiles, job.grid, batch_size, loaded.lock)
 
 
 def units_alone(job: Any, specs: list[ChunkSpec]) -> list[Any]:

@@ -2,9 +2,11 @@
 
 - `runtime_decision`: which runtime a request runs in on a machine (pure, no torch: the run
   policy asks it before torch is imported).
-- `open_runtime` / `RuntimeChoice`: open it for a loaded model, with its precision.
-- `OpenVINOGraphs`: the compiled runtime (a new one is one module beside it).
-- `TileGraph` / `Geometry`: the whole graph of a tile that a runtime compiles.
+- `TileGraph` / `Geometry`: the one inference of a tile, which every runtime executes.
+- `open_runtime(model, RuntimeSpec)` -> `OpenedRuntime`: carry out a run's decisions for a
+  loaded model (its checks and the bf16 verdict), whose `executor(geometry)` runs the graph.
+- `TorchExecutor`, `OpenVINOExecutor` (over `OpenVINOGraphs`, compiled and cached): the
+  executors; a new runtime is one executor beside them.
 
 The entry points load on first use, so importing the decision costs no torch.
 """
@@ -21,15 +23,23 @@ _EXPORTS = {
     "Geometry": "wsi_segment.models.runtimes.graph",
     "TileGraph": "wsi_segment.models.runtimes.graph",
     "OpenVINOGraphs": "wsi_segment.models.runtimes.openvino_runtime",
-    "RuntimeChoice": "wsi_segment.models.runtimes.select",
+    "Executor": "wsi_segment.models.runtimes.executor",
+    "TorchExecutor": "wsi_segment.models.runtimes.executor",
+    "OpenVINOExecutor": "wsi_segment.models.runtimes.executor",
+    "OpenedRuntime": "wsi_segment.models.runtimes.select",
+    "RuntimeSpec": "wsi_segment.models.runtimes.select",
     "open_runtime": "wsi_segment.models.runtimes.select",
 }
 __all__ = [
     "RUNTIME_CHOICES",
+    "Executor",
     "Geometry",
+    "OpenVINOExecutor",
     "OpenVINOGraphs",
-    "RuntimeChoice",
+    "OpenedRuntime",
+    "RuntimeSpec",
     "TileGraph",
+    "TorchExecutor",
     "open_runtime",
     "runtime_decision",
 ]
@@ -37,6 +47,7 @@ __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
 
 if TYPE_CHECKING:
     from wsi_segment.models.runtimes.decision import RUNTIME_CHOICES, runtime_decision
+    from wsi_segment.models.runtimes.executor import Executor, OpenVINOExecutor, TorchExecutor
     from wsi_segment.models.runtimes.graph import Geometry, TileGraph
     from wsi_segment.models.runtimes.openvino_runtime import OpenVINOGraphs
-    from wsi_segment.models.runtimes.select import RuntimeChoice, open_runtime
+    from wsi_segment.models.runtimes.select import OpenedRuntime, RuntimeSpec, open_runtime

@@ -1,10 +1,12 @@
-"""The whole inference graph of a tile as one module: what a runtime compiles.
+"""The one inference of a tile, as a module: what torch runs and OpenVINO compiles.
 
-uint8 tiles (N, T, T, 3), channels last as the slide path cuts them -> (uint8 probabilities (N, K, h, w), uint8 labels (N, h, w),
-float32 classifier probabilities (N, K)): scaling and normalisation, classifier, segmenter,
-gate and the reduction to what the zarr stores (models/reduction.py), for one tile geometry
-(core margin, core size, downsample) and gate. It calls the same functions as
-`SegmentationModel.predict_reduced`, so a runtime that runs it exactly gives the same bytes.
+uint8 tiles (N, T, T, 3), channels last as the slide path cuts them -> (uint8 probabilities
+(N, K, h, w), uint8 labels (N, h, w), float32 classifier probabilities (N, K)): scaling and
+normalisation, classifier, segmenter, gate and the reduction to what the zarr stores
+(models/reduction.py), for one tile geometry (core margin, core size, downsample) and gate.
+There is no other copy of this sequence: the torch executor runs this module
+(`runtimes.executor.TorchExecutor`, its precision as autocast around the two networks) and
+the OpenVINO runtime exports this same module, so both give the slide path's bytes.
 """
 
 from __future__ import annotations
@@ -14,19 +16,25 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..device import autocast
 from ..gate import gated_probabilities
 from ..reduction import reduce_tiles
 
 
 @dataclass(frozen=True)
 class Geometry:
-    """What a compiled graph is specialised for, besides the weights."""
+    """What a tile graph is specialised for, besides the weights."""
 
     tile: int
     margin: int
     core: int
     downsample: int
-    gate: bool
+    gate: bool = True
+
+    @classmethod
+    def whole(cls, tile: int, gate: bool = True) -> Geometry:
+        """Whole tiles at full resolution: the labels `evaluate` and the calibration score."""
+        return cls(tile, 0, tile, 1, gate)
 
     def key(self) -> str:
         gate = "gate" if self.gate else "nogate"
@@ -34,7 +42,8 @@ class Geometry:
 
 
 class TileGraph(nn.Module):
-    """`predict_reduced` of a SegmentationModel's parts at one `Geometry`, as a pure module."""
+    """A SegmentationModel's parts at one `Geometry` and autocast `dtype` (None: fp32), as a
+    pure module sharing the model's weights."""
 
     mean: torch.Tensor  # buffers registered in __init__
     std: torch.Tensor
@@ -47,6 +56,7 @@ class TileGraph(nn.Module):
         std: torch.Tensor,
         geometry: Geometry,
         epsilon: float,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         self.classifier = classifier
@@ -55,14 +65,18 @@ class TileGraph(nn.Module):
         self.register_buffer("std", std.detach().clone().float().view(1, 3, 1, 1))
         self.geometry = geometry
         self.epsilon = epsilon if geometry.gate else None
+        self.dtype = dtype
 
     def forward(self, tiles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """`tiles` (N, T, T, 3) uint8: the layout tiles are cut in, so the runtime reads
-        them where they lie (no copy to (N, 3, T, T))."""
+        """`tiles` (N, T, T, 3) uint8: the layout tiles are cut in, so a runtime reads them
+        where they lie; the permuted view is channels last, as the weights are."""
+        if tiles.ndim != 4 or tiles.shape[-1] != 3:
+            raise ValueError(f"a tile graph takes tiles (N, T, T, 3), got {tuple(tiles.shape)}")
         x = tiles.permute(0, 3, 1, 2).float() / 255.0
         x = (x - self.mean) / self.std
-        cls_logits = self.classifier(x)
-        seg_logits = self.segmenter(x)
+        with autocast(x.device, self.dtype):
+            cls_logits = self.classifier(x)
+            seg_logits = self.segmenter(x)
         seg_probs, cls_probs, keep = gated_probabilities(seg_logits, cls_logits, self.epsilon)
         g = self.geometry
         probs, labels = reduce_tiles(seg_probs, seg_logits, keep, g.margin, g.core, g.downsample)

@@ -1,7 +1,8 @@
 """The inference graph compiled by OpenVINO for the CPU, cached on disk.
 
-`OpenVINOGraphs.predict_reduced` returns what `SegmentationModel.predict_reduced` returns, so
-the engine does not know which runtime ran. A graph is exported once per model and tile
+`OpenVINOGraphs.run` returns what the torch executor returns for the same tile graph
+(`runtimes.graph.TileGraph`, exported from the module torch runs), so the engine does not
+know which runtime ran. A graph is exported once per model and tile
 geometry (`torch.export` -> `openvino.convert_model`, batch left free) and compiled once per
 batch size, precision, threads, streams and CPU; both are kept in the disk cache
 (`runtimes.cache`), so a later run, or another worker process on the machine, only loads them.
@@ -161,18 +162,16 @@ class OpenVINOGraphs:
         self.__dict__.update(state)
         self._lock, self._local = threading.Lock(), threading.local()
 
-    def predict_reduced(
-        self, tiles: torch.Tensor, margin: int, core: int, downsample: int, gate: bool = True
-    ) -> ReducedOutputs:
-        """`SegmentationModel.predict_reduced` of uint8 CPU tiles (N, 3, T, T)."""
-        if tiles.ndim != 4 or tiles.shape[1] != 3:
-            raise ValueError(f"predict expects tiles (N, 3, H, W), got {tuple(tiles.shape)}")
-        if tiles.dtype != torch.uint8:
-            raise ValueError(f"the OpenVINO runtime takes uint8 tiles, got {tiles.dtype}")
-        geometry = Geometry(int(tiles.shape[-1]), int(margin), int(core), int(downsample), gate)
-        nhwc = tiles.permute(0, 2, 3, 1).cpu()  # the slide path's own layout: no copy
-        request = self._request(geometry, int(nhwc.shape[0]))
-        inputs = [np.ascontiguousarray(nhwc.numpy())]
+    def run(self, tiles: torch.Tensor, geometry: Geometry) -> ReducedOutputs:
+        """The tile graph at `geometry` of uint8 CPU tiles (N, T, T, 3), the slide path's
+        layout, read where they lie (no copy when they are contiguous)."""
+        if tiles.ndim != 4 or tiles.shape[-1] != 3 or tiles.dtype != torch.uint8:
+            raise ValueError(
+                f"the OpenVINO runtime takes uint8 tiles (N, T, T, 3), got {tiles.dtype} "
+                f"{tuple(tiles.shape)}"
+            )
+        request = self._request(geometry, int(tiles.shape[0]))
+        inputs = [np.ascontiguousarray(tiles.cpu().numpy())]
         out = request.infer(inputs, share_inputs=True)
         probs, labels, cls_probs = (np.array(out[i]) for i in range(3))
         return ReducedOutputs(

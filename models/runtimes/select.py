@@ -1,23 +1,27 @@
-"""Open the runtime a model's slide-path forward passes run in, and its precision.
+"""Open the runtime that executes a model's tile graph, at the precision a run decided.
 
-`open_runtime` takes the run policy's runtime decision (or, for a model loaded outside a
-run, asks `runtime_decision`), the user's request (runtime and precision) and the machine,
-and for OpenVINO compiles the graph, checks it against torch fp32 on the real calibration
-tiles (a compiled graph that does not give torch's labels is never used: a wrong result is
-worse than a slow one) and, where the precision decided is bf16 if calibrated
-(`precision_decision`), runs the bf16 calibration (models/precision_calibration.py). Both checks'
-numbers are kept in the disk cache beside the compiled graphs (`runtimes.verdict`), so a
-load that finds them runs no forward and compiles nothing until the slide path's first
-batch. Whatever keeps OpenVINO from running (not installed, a compile failure, a failed
-check) is one warning and the torch path; a model whose graph cannot be exported is refused
-when OpenVINO was asked for by name, and runs in torch under 'auto', both with the reason.
+`open_runtime(model, spec)` takes a `RuntimeSpec`: plain values a run's execution plan
+hands down (`pipeline.run_policy`: the runtime and precision decided, with their reasons,
+the precision torch runs should OpenVINO not run the model, OpenVINO's threads). It decides
+nothing; it carries out. For OpenVINO it compiles the graph, checks it against torch fp32 on
+the real calibration tiles (a compiled graph that does not give torch's labels is never
+used: a wrong result is worse than a slow one) and, where the precision is bf16 if
+calibrated, obtains the bf16 calibration's verdict (models/precision_calibration.py); torch
+obtains that verdict alike. Both checks' numbers are kept in the disk cache beside the
+compiled graphs (`runtimes.verdict`), so a load that finds them runs no forward and compiles
+nothing until the slide path's first batch. Whatever keeps OpenVINO from running (a compile
+failure, a failed check) is one warning and torch at the spec's fallback precision; a model
+whose graph cannot be exported is refused when OpenVINO was asked for by name. The result,
+`OpenedRuntime`, says what runs and why (summary.json) and builds executors
+(`runtimes.executor`) for any tile geometry.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,13 +37,10 @@ from ..precision_calibration import (
     compare_labels,
 )
 from .cache import default_cache_dir
-from .decision import BF16_IF_CALIBRATED, precision_decision, runtime_decision
-from .openvino_runtime import (
-    GraphNotExpressible,
-    OpenVINOGraphs,
-    RuntimeUnavailable,
-    openvino_version,
-)
+from .decision import BF16_IF_CALIBRATED
+from .executor import Executor, OpenVINOExecutor, TorchExecutor, whole_tile_labels
+from .graph import Geometry
+from .openvino_runtime import GraphNotExpressible, OpenVINOGraphs, RuntimeUnavailable
 from .verdict import load_verdict, store_verdict, verdict_key
 
 if TYPE_CHECKING:
@@ -55,22 +56,68 @@ _CHECK_FIELDS = {
 }
 
 
+@dataclass(frozen=True)
+class RuntimeSpec:
+    """What models/ is handed of a run's plan, as plain values (all decided there). Specs
+    that differ only in their reasons are equal: a reworded reason opens nothing again."""
+
+    runtime: str  # torch | openvino
+    precision: str  # fp32 | bf16 | fp16 | bf16-if-calibrated, for that runtime
+    fallback: str = "fp32"  # torch's precision should OpenVINO not run the model
+    threads: int = 1  # OpenVINO's: the cores of the process it serves
+    cpu_flags: frozenset[str] = frozenset()  # the machine's (OpenVINO's cache keys name them)
+    by_name: bool = False  # OpenVINO asked for by name: a model it cannot export is refused
+    runtime_reason: str = field(default="", compare=False)
+    precision_reason: str = field(default="", compare=False)
+    fallback_reason: str = field(default="", compare=False)
+
+
 @dataclass
-class RuntimeChoice:
-    """The runtime that runs the slide path, why, and (OpenVINO) its graphs and precision."""
+class OpenedRuntime:
+    """What executes a model's tile graph, at which precision, and why."""
 
     runtime: str  # torch | openvino
     reason: str
+    precision: str  # what runs: fp32 | bf16 | fp16
+    precision_reason: str
+    device: str  # cpu | cuda
     warning: str | None = None  # why OpenVINO was wanted but does not run
     graphs: OpenVINOGraphs | None = None
-    precision: str | None = None  # OpenVINO's: fp32 | bf16
-    precision_reason: str = ""
     calibration: PrecisionCalibration | None = None
     fp32_agreement: float | None = None  # OpenVINO fp32 vs torch fp32 labels, calibration tiles
     checks_computed: int = 0  # checks run here, not read from the cache (runtimes.verdict)
 
+    def executor(self, model: SegmentationModel, geometry: Geometry) -> Executor:
+        """An executor of `model`'s tile graph at `geometry` in this runtime."""
+        if self.graphs is not None:
+            return OpenVINOExecutor(self.graphs, geometry)
+        return TorchExecutor(model, geometry, self.precision)
+
+    def worded(self, spec: RuntimeSpec) -> OpenedRuntime:
+        """This runtime with `spec`'s reasons wherever it ran what `spec` said: a process
+        shares one opened runtime between specs that differ only in their words (the process
+        cache keys on values), and each run reports its own plan's."""
+        if self.runtime != spec.runtime:  # fell back to torch: its own reason
+            if self.calibration is None and self.precision == spec.fallback:
+                return dataclasses.replace(self, precision_reason=spec.fallback_reason)
+            return self
+        calibrated = self.calibration is not None  # the verdict's reason, not the plan's
+        return dataclasses.replace(
+            self,
+            reason=spec.runtime_reason,
+            warning=spec.runtime_reason if self.warning is not None else None,
+            precision_reason=self.precision_reason if calibrated else spec.precision_reason,
+        )
+
     def report(self) -> dict[str, object]:
+        """What the forward passes ran in, and why (summary.json `precision`)."""
+        calibration = self.calibration
         return {
+            "device": self.device,
+            "autocast": self.precision,
+            "channels_last": True,
+            "reason": self.precision_reason,
+            "calibration": calibration.as_dict() if calibration is not None else None,
             "runtime": self.runtime,
             "runtime_reason": self.reason,
             "runtime_warning": self.warning,
@@ -79,103 +126,101 @@ class RuntimeChoice:
 
 
 def open_runtime(
-    model: SegmentationModel,
-    requested: str,
-    precision: str,
-    device_type: str,
-    flags: frozenset[str],
-    cache_dir: Path | None = None,
-    decided: tuple[str, str] | None = None,
-    decided_precision: tuple[str, str] | None = None,
-    threads: int | None = None,
-) -> RuntimeChoice:
-    """The runtime for `model` (already on its device) under `requested` (auto | torch |
-    openvino: what the user asked, which tells auto's fallback from openvino's refusal) and
-    `precision` (auto | fp32 | bf16); `flags` are the CPU's. `decided`: (runtime, reason) as
-    the run policy decided it (`runtime_decision` on its machine description), opened as
-    decided; without it (a model loaded outside a run) `runtime_decision` decides here.
-    `decided_precision`: the run policy's (precision, reason) for the runtime it decided
-    (`precision_decision`), used with `decided`; without them it decides here alike.
-    `threads`: OpenVINO's (a run passes its policy's cores of this process); None: this
-    thread's torch count, which on a Dask worker (OMP_NUM_THREADS=1) is 1."""
-    if decided is None or decided_precision is None:
-        decided_precision = None  # made for the policy's runtime: decided here with it
-    if decided is None:
-        available = openvino_version() is not None
-        decided = runtime_decision(requested, device_type, flags, available)
-    runtime, reason = decided
-    if runtime == "torch":
-        warning = reason if requested == "openvino" else None
-        return RuntimeChoice("torch", reason, warning)
+    model: SegmentationModel, spec: RuntimeSpec, cache_dir: Path | None = None
+) -> OpenedRuntime:
+    """`spec` carried out for `model` (already on its device)."""
+    if spec.runtime == "torch":
+        warning = spec.runtime_reason if spec.by_name else None
+        opened = _open_torch(model, spec.precision, spec.precision_reason)
+        opened.reason, opened.warning = spec.runtime_reason, warning
+        return opened
     try:
-        chosen = decided_precision or precision_decision(precision, "cpu", runtime, flags, False)
-        cache = cache_dir or default_cache_dir()
-        threads = threads if threads is not None else torch.get_num_threads()
-        choice = _open_openvino(model, chosen, flags, reason, cache, threads)
-        if choice.graphs is not None:
+        opened = _open_openvino(model, spec, cache_dir or default_cache_dir())
+        if opened.graphs is not None:
             # the graphs the checks compiled (calibration batch, whole tiles), which the
             # slide path never runs: kept, they would hold their weights and buffers to the
             # run's end
-            choice.graphs.drop_compiled()
-        return choice
+            opened.graphs.drop_compiled()
+        return opened
     except GraphNotExpressible as exc:
         why = f"the model's graph cannot be exported to OpenVINO ({exc})"
-        if requested == "openvino":
+        if spec.by_name:
             raise ModelError(f"{model.meta.name}: {why}; use --runtime torch") from exc
-        return RuntimeChoice("torch", f"torch: {why}", f"{why}; ran in torch")
+        return _fallen_back(model, spec, f"torch: {why}", f"{why}; ran in torch")
     except RuntimeUnavailable as exc:
-        return RuntimeChoice("torch", f"torch: {exc}", f"{exc}; ran in torch")
+        return _fallen_back(model, spec, f"torch: {exc}", f"{exc}; ran in torch")
 
 
-def _open_openvino(
-    model: SegmentationModel,
-    precision: tuple[str, str],
-    flags: frozenset[str],
-    reason: str,
-    cache: Path,
-    threads: int,
-) -> RuntimeChoice:
-    """OpenVINO's graphs in `precision` ((fp32 | bf16 | bf16-if-calibrated, reason), as
-    `precision_decision` decided it) on `threads`, once they keep torch fp32's labels
-    (the checks' verdicts from the cache, or computed here)."""
+def _fallen_back(
+    model: SegmentationModel, spec: RuntimeSpec, reason: str, warning: str
+) -> OpenedRuntime:
+    opened = _open_torch(model, spec.fallback, spec.fallback_reason)
+    opened.reason, opened.warning = reason, warning
+    return opened
+
+
+def _open_torch(model: SegmentationModel, precision: str, why: str) -> OpenedRuntime:
+    """torch at `precision`; bf16-if-calibrated gets the calibration's verdict here."""
+    device = model.device.type
+    if precision != BF16_IF_CALIBRATED:
+        return OpenedRuntime("torch", "", precision, why, device)
     tile = int(model.meta.tile_size)
+    executors = {
+        low: TorchExecutor(model, Geometry.whole(tile), "bf16" if low else "fp32")
+        for low in (False, True)
+    }
+
+    def labels_of(x: torch.Tensor, low: bool) -> torch.Tensor:
+        return whole_tile_labels(executors[low], x)
+
+    calibration = calibrate_bf16(labels_of, tile, "the CPU has AMX", model.validation_patches)
+    _log.info("precision auto: %s", calibration.reason())
+    chosen = "bf16" if calibration.bf16_chosen else "fp32"
+    return OpenedRuntime("torch", "", chosen, calibration.reason(), device, calibration=calibration)
+
+
+def _open_openvino(model: SegmentationModel, spec: RuntimeSpec, cache: Path) -> OpenedRuntime:
+    """OpenVINO's graphs at the spec's precision on its threads, once they keep torch fp32's
+    labels (the checks' verdicts from the cache, or computed here)."""
+    tile = int(model.meta.tile_size)
+    whole = Geometry.whole(tile)
     tiles = calibration_tiles(tile, model.validation_patches)
-    fp32 = OpenVINOGraphs(model, "fp32", threads, flags, cache)
-    choice = RuntimeChoice("openvino", reason, graphs=fp32)
+    flags = spec.cpu_flags
+    fp32 = OpenVINOGraphs(model, "fp32", spec.threads, flags, cache)
+    opened = OpenedRuntime("openvino", spec.runtime_reason, "fp32", "", "cpu", graphs=fp32)
     fp32_labels: list[torch.Tensor] = []  # OpenVINO fp32 labels of the tiles, once computed
 
     def ov_fp32_labels() -> torch.Tensor:
         if not fp32_labels:
-            fp32_labels.append(fp32.predict_reduced(tiles, 0, tile, 1).labels)
+            fp32_labels.append(whole_tile_labels(OpenVINOExecutor(fp32, whole), tiles))
         return fp32_labels[0]
 
     def fp32_agreement() -> dict[str, Any]:
-        with torch.inference_mode():
-            torch_labels = model.torch_labels(tiles, bf16=False)
+        torch_labels = whole_tile_labels(TorchExecutor(model, whole, "fp32"), tiles)
         agreement, _shifts = compare_labels(torch_labels.numpy(), ov_fp32_labels().numpy())
         return {"agreement": agreement}
 
-    checked = _checked(choice, fp32, "fp32_agreement", tiles, fp32_agreement)
-    choice.fp32_agreement = float(checked["agreement"])
-    if choice.fp32_agreement < MIN_AGREEMENT:
+    checked = _checked(opened, fp32, "fp32_agreement", tiles, fp32_agreement)
+    opened.fp32_agreement = float(checked["agreement"])
+    if opened.fp32_agreement < MIN_AGREEMENT:
         raise RuntimeUnavailable(
-            f"OpenVINO's fp32 graph kept only {100 * choice.fp32_agreement:.2f} % of torch's "
+            f"OpenVINO's fp32 graph kept only {100 * opened.fp32_agreement:.2f} % of torch's "
             "labels on the calibration tiles"
         )
-    value, why = precision
+    value, why = spec.precision, spec.precision_reason
     if value == "fp32":
-        choice.precision, choice.precision_reason = "fp32", why
-        return choice
-    bf16 = OpenVINOGraphs(model, "bf16", threads, flags, cache)
-    choice.graphs, choice.precision = bf16, "bf16"
+        opened.precision_reason = why
+        return opened
+    bf16 = OpenVINOGraphs(model, "bf16", spec.threads, flags, cache)
+    opened.graphs, opened.precision = bf16, "bf16"
     if value != BF16_IF_CALIBRATED:
-        choice.precision_reason = why
-        return choice
+        opened.precision_reason = why
+        return opened
 
     def labels_of(x: torch.Tensor, low: bool) -> torch.Tensor:
         if not low:
             return ov_fp32_labels()
-        return bf16.predict_reduced(x, 0, tile, 1).labels
+        return whole_tile_labels(OpenVINOExecutor(bf16, whole), x)
 
     where = "OpenVINO on a CPU with AMX, or AVX512-BF16 on an AMD CPU"
 
@@ -184,31 +229,31 @@ def _open_openvino(
         del found["where"]  # the code's words, not a measurement
         return found
 
-    numbers = _checked(choice, bf16, "bf16_calibration", tiles, bf16_calibration)
+    numbers = _checked(opened, bf16, "bf16_calibration", tiles, bf16_calibration)
     stored = {k: numbers[k] for k in _CHECK_FIELDS["bf16_calibration"]}
     calibration = PrecisionCalibration(**stored, where=where)
     if not calibration.bf16_chosen:
-        choice.graphs, choice.precision = fp32, "fp32"
-    choice.calibration = calibration
-    choice.precision_reason = calibration.reason()
-    _log.info("precision auto: %s", choice.precision_reason)
-    return choice
+        opened.graphs, opened.precision = fp32, "fp32"
+    opened.calibration = calibration
+    opened.precision_reason = calibration.reason()
+    _log.info("precision auto: %s", opened.precision_reason)
+    return opened
 
 
 def _checked(
-    choice: RuntimeChoice,
+    opened: OpenedRuntime,
     graphs: OpenVINOGraphs,
     check: str,
     tiles: torch.Tensor,
     compute: Callable[[], dict[str, Any]],
 ) -> dict[str, Any]:
     """The numbers of `check` from the cache when an entry for these graphs and tiles is
-    there and whole, else computed (counted in `choice.checks_computed`) and stored."""
+    there and whole, else computed (counted in `opened.checks_computed`) and stored."""
     key = verdict_key(graphs, check, tiles)
     numbers = load_verdict(graphs.cache_dir, key)
     if numbers is not None and _CHECK_FIELDS[check] <= numbers.keys():
         return numbers
     numbers = compute()
-    choice.checks_computed += 1
+    opened.checks_computed += 1
     store_verdict(graphs.cache_dir, key, numbers)
     return numbers

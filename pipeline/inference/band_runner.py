@@ -19,22 +19,22 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import threading
 import uuid
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from wsi_segment.pipeline.inference.band_task import (
+    CLUSTER_FACTS,
     DAEMON_FIX,
     BandResult,
     band_precision,
     run_band,
 )
-from wsi_segment.pipeline.inference.model_handle import ModelHandle
 from wsi_segment.pipeline.inference.slide_job import SlideJob
 from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome
 from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.pipeline.progress import NullProgress, Progress
+from wsi_segment.pipeline.run_policy import RunFacts
 from wsi_segment.wsi.tiling import ChunkSpec, contiguous_runs
 
 if TYPE_CHECKING:  # distributed is imported only when a cluster is used
@@ -71,11 +71,14 @@ def run_bands(
     key_prefix: str = "band",
     bands: int | None = None,
     results: list[BandResult] | None = None,
+    settled: RunFacts = CLUSTER_FACTS,
 ) -> list[ChunkOutcome]:
     """Run every chunk in bands on the cluster's workers; outcomes in `specs` order.
 
     `options`: the run's options, from which each band decides its policy on its worker
-    (default: all defaults). `bands`: how many (None: a few per worker slot). `results` (optional) receives each band's `BandResult`, in band order.
+    (default: all defaults), with what the client `settled` for all of them
+    (`settle_precision`). `bands`: how many (None: a few per worker slot). `results`
+    (optional) receives each band's `BandResult`, in band order.
     The progress bar advances per band, by its tiles, as each band finishes.
 
     This never returns or raises while a band may still write: a failed band sets a
@@ -105,6 +108,7 @@ def run_bands(
             options or SegmentParams(),
             gpu,
             at_once,
+            settled,
             key=f"{key_prefix}-{k}-of-{len(ranges)}",
             retries=2,
             pure=False,
@@ -133,27 +137,26 @@ def run_bands(
 
 def settle_precision(
     job: SlideJob, specs: Sequence[ChunkSpec], client: Client, options: SegmentParams
-) -> tuple[SlideJob, dict[str, Any]]:
-    """Precision and runtime 'auto' on CPU workers: one worker loads the model as its band
-    policy says (which chooses by the model and that machine: SegmentationModel.to_device,
-    models.runtimes.open_runtime) and every worker gets its answer
-    (`RunFacts.pinned_precision`, `RunFacts.pinned_runtime`), so a slide never mixes bf16 and
-    fp32 chunks, nor runtimes (a band recomputed on a new worker included). Returns the job
-    to run and that worker's report."""
-    handle = job.model
+) -> tuple[RunFacts, dict[str, object]]:
+    """Precision and runtime 'auto' on CPU workers: one worker opens the model as its band's
+    plan says (the bf16 calibration's verdict, and whether OpenVINO runs the model, depend on
+    the model and that machine: `models.runtimes.select.open_runtime`), and every band's plan
+    takes its answer (`RunFacts.pinned_precision`, `RunFacts.pinned_runtime`), so a slide
+    never mixes bf16 and fp32 chunks, nor runtimes (a band recomputed on a new worker
+    included). Returns the facts settled for every band and that worker's report."""
     if (options.precision != "auto" and options.runtime != "auto") or not specs:
         reason = f"{options.precision}: asked for (--precision {options.precision})"
-        return job, {"autocast": options.precision, "reason": reason, "calibration": None}
+        return CLUSTER_FACTS, {"autocast": options.precision, "reason": reason, "calibration": None}
     at_once, gpu = _slots(client)  # as the bands see them: they load the same model
     report = client.submit(band_precision, job, options, gpu, at_once, pure=False).result()
     chosen = report.get("autocast")
     if report.get("device") != "cpu" or chosen not in ("fp32", "bf16"):
-        return job, report  # GPUs: auto is already fixed (bf16, else fp16)
-    runtime = str(report.get("runtime", handle.runtime))
-    model = ModelHandle(
-        handle.model_dir, handle.device, chosen, handle.identity, runtime, pinned=True
-    )
-    return dataclasses.replace(job, model=model, _local=threading.local()), report
+        return CLUSTER_FACTS, report  # GPUs: auto is already fixed (bf16, else fp16)
+    auto = options.precision == "auto", options.runtime == "auto"
+    precision = str(chosen) if auto[0] else None
+    runtime = str(report.get("runtime")) if auto[1] else None
+    settled = dataclasses.replace(CLUSTER_FACTS, pinned_precision=precision, pinned_runtime=runtime)
+    return settled, report
 
 
 # Waiting for a slide's bands: every one ends before the first failure is raised.

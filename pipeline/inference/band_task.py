@@ -40,8 +40,7 @@ from wsi_segment.pipeline.run_policy import (
     RunFacts,
     RunPolicy,
     decide,
-    decided_precision,
-    decided_runtime,
+    runtime_spec,
     wants_slide_reads,
 )
 from wsi_segment.wsi.tiling import ChunkSpec
@@ -54,6 +53,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+CLUSTER_FACTS = RunFacts(BAND)  # a band's facts before its worker adds its own
 ABORT_POLL_S = 0.5  # how soon a running band notices that another band failed
 DAEMON_FIX = (
     "start the workers with DASK_DISTRIBUTED__WORKER__DAEMON=False in their environment "
@@ -80,12 +80,14 @@ def band_policy(
     in_flight: int,
     examine: bool = True,
     worker_bands: int = 1,
+    settled: RunFacts = CLUSTER_FACTS,
 ) -> tuple[RunPolicy, SlideJob, JpegTiles | None]:
-    """This band's policy, decided here from this worker's machine, the run's `options`,
-    the `in_flight` bands sharing the machine (`worker_bands` of them in this process, on
-    its one model) and (`examine`) the slide's read level; the job to run it (the model's
-    device, precision, cores and batch size as it says), and the tiles the device read path
-    reads, if it does."""
+    """This band's plan, decided here by `decide` from the run's `options`, what the client
+    `settled` for every band (`band_runner.settle_precision`) and what only this worker knows:
+    its machine, the `in_flight` bands sharing it (`worker_bands` of them in this process, on
+    its one model), whether it is daemonic and (`examine`) the slide's read level. Returns the
+    plan, the job that carries it out (the model on its device with its runtime spec, its
+    batch size) and the tiles the device read path reads, if it does."""
     machine = probe_machine()
     reader = job.reader
     reads: ReadFacts | None = None
@@ -97,26 +99,21 @@ def band_policy(
             )
         finally:
             reader.close_local()
-    # what one worker chose for precision and runtime 'auto', pinned for all by
-    # band_runner.settle_precision
-    pin = job.model.pinned
-    pinned = job.model.precision if pin and options.precision == "auto" else None
-    ran = job.model.runtime if pin and options.runtime == "auto" else None
     daemonic = mp.current_process().daemon
-    facts = RunFacts(BAND, in_flight, reads, pinned, ran, daemonic, worker_bands)
-    policy = decide(machine, options, facts)
-    device, precision = policy.device.value, pinned or options.precision
-    runtime = ran or options.runtime
-    decided = (decided_runtime(policy), decided_precision(policy))
-    had = job.model
-    cores = policy.process_cores.value  # OpenVINO's threads: not this thread's torch count
-    model = ModelHandle(
-        had.model_dir, device, precision, had.identity, runtime, *decided, had.pinned, cores
+    here = dataclasses.replace(
+        settled, at_once=in_flight, reads=reads, daemonic=daemonic, worker_bands=worker_bands
     )
-    if model.recipe() != had.recipe():  # by value: the reasons' wording loads nothing
-        job = dataclasses.replace(job, model=model, _local=threading.local())
-    if job.batch_size != policy.batch_size.value:
-        job = dataclasses.replace(job, batch_size=policy.batch_size.value, _local=threading.local())
+    policy = decide(machine, options, here)
+    had = job.model
+    model = ModelHandle(
+        had.model_dir, policy.device.value, runtime_spec(policy, options), had.identity
+    )
+    job = dataclasses.replace(
+        job,
+        model=had if model == had else model,  # by value: a reworded reason loads nothing
+        batch_size=policy.batch_size.value,
+        _local=threading.local(),
+    )
     return policy, job, tiles if policy.device_decoder is not None else None
 
 
@@ -129,8 +126,8 @@ def band_source(job: SlideJob, policy: RunPolicy, tiles: JpegTiles | None) -> Re
     if tiles is not None and decoder is not None:
         from wsi_segment.pipeline.inference.device_tiles import DeviceTiles
 
-        model, _lock = job.model.get()
-        return ReaderThread(DeviceTiles(job.reader, tiles, model.device, decoder))
+        device = job.model.get().model.device
+        return ReaderThread(DeviceTiles(job.reader, tiles, device, decoder))
     if policy.decoders.value:
         from wsi_segment.pipeline.inference.decoder_reads import DecoderProcesses
 
@@ -140,17 +137,16 @@ def band_source(job: SlideJob, policy: RunPolicy, tiles: JpegTiles | None) -> Re
 
 def band_precision(
     job: SlideJob, options: SegmentParams, gpu: bool = False, at_once: dict[str, int] | None = None
-) -> dict[str, Any]:
+) -> dict[str, object]:
     """What this worker's model runs in for a band's policy, and why (its
-    `precision_report`). A cluster asks one worker, then pins the answer for all
+    `OpenedRuntime.report`). A cluster asks one worker, then pins the answer for all
     (band_runner.settle_precision), so every chunk, recomputed ones included, runs in the
     same precision even on a cluster of unlike machines. `gpu`, `at_once`: as `run_band`'s,
     so the model loaded here is the one the bands then run."""
     quiet_cancelled_tasks()
     in_flight, own = _bands_here(gpu, at_once or {})
     _policy, job, _tiles = band_policy(job, options, in_flight, False, own)
-    model, _lock = job.model.get()
-    return dict(model.precision_report())
+    return job.model.get().runtime.report()
 
 
 def run_band(
@@ -160,6 +156,7 @@ def run_band(
     options: SegmentParams,
     gpu: bool,
     at_once: dict[str, int] | None = None,
+    settled: RunFacts = CLUSTER_FACTS,
 ) -> BandResult:
     """Dask task: run `specs` (contiguous chunks) through the engine on this worker, as
     the policy the band decides here for the run's `options` says.
@@ -167,7 +164,8 @@ def run_band(
     `abort`: name of the slide's distributed Event (None: not on a cluster); `gpu`: the
     band holds the worker's GPU resource, so it is the only band running there;
     `at_once`: bands that may run at once on each host (the workers of one machine share
-    its cores; default: this worker's threads, or 1 with `gpu`)."""
+    its cores; default: this worker's threads, or 1 with `gpu`); `settled`: what the client
+    settled for every band (`band_policy`)."""
     quiet_cancelled_tasks()
     event = None
     if abort is not None:
@@ -178,7 +176,7 @@ def run_band(
             return BandResult([], 0, aborted=True)
     in_flight, own = _bands_here(gpu, at_once or {})
     try:
-        policy, job, tiles = band_policy(job, options, in_flight, worker_bands=own)
+        policy, job, tiles = band_policy(job, options, in_flight, True, own, settled)
         daemonic = policy.decoders_refused
         source = band_source(job, policy, tiles)
         try:

@@ -14,7 +14,7 @@ it costs nothing; in a batch (or in the bands a Dask worker runs at once), the s
 flight share one loaded model per process (`model_handle.load_for_process`) and each runs
 a compute stage, so the lock makes it one forward pass at a time per device, the batches
 interleaved: side by side they would gain nothing (their kernels queue on the device's one
-default stream) and could run the device out of memory, since `batch_limit` sizes a batch
+default stream) and could run the device out of memory, since `LoadedModel.batch_size` sizes a batch
 to the memory free for *one* forward pass. On the CPU a compute stage with several compute
 threads runs its forward passes side by side without the lock, each with its own few torch
 threads (the lock would leave all but one thread's cores idle); one with a single compute
@@ -32,14 +32,14 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 
 import torch
 
+from wsi_segment.models.runtimes.graph import Geometry
 from wsi_segment.pipeline.inference.engine_state import EngineStats, FirstError
-from wsi_segment.pipeline.inference.model_handle import model_device_type
 from wsi_segment.pipeline.inference.tile_inference import predict_batch
 from wsi_segment.pipeline.inference.unit_writer import Segment, TileBatch
 from wsi_segment.wsi.tiling import TileGrid
 
 if TYPE_CHECKING:
-    from wsi_segment.models.segmentation_model import SegmentationModel
+    from wsi_segment.models.runtimes.executor import Executor
 
 T = TypeVar("T")
 
@@ -87,34 +87,37 @@ def batch_takes(chunks: Iterable[tuple[int, int, T]], batch: int) -> Iterator[Ta
             at, done = 0 if full else at + count, done + count
 
 
+def tile_geometry(grid: TileGrid, gate: bool) -> Geometry:
+    """The tile graph's geometry of a run on `grid`: each tile's core, downsampled."""
+    return Geometry(grid.tile, grid.margin, grid.stride, grid.downsample, gate)
+
+
 class ComputeStage:
-    """Runs the model over staged batches in `computes` threads, on whatever device the
-    model is on (a GPU or the CPU); outputs to the writer."""
+    """Runs the executor over staged batches in `computes` threads, on whatever device it
+    runs on (a GPU or the CPU); outputs to the writer."""
 
     def __init__(
         self,
-        model: SegmentationModel,
+        executor: Executor,
         lock: threading.Lock,
-        grid: TileGrid,
-        gate: bool,
         batch: int,
         errors: FirstError,
         stats: EngineStats,
-        computes: int = 1,
-        locked: bool | None = None,
+        computes: int,
+        locked: bool,
+        cpu: bool,
     ) -> None:
-        """`computes` and `locked` (forward passes take the model's lock; None: when one
-        thread computes) as the run policy decided them (`pipeline.run_policy`: one locked
-        thread on a GPU; bands of a CPU Dask worker unlocked, each on its share of the
-        cores)."""
-        self._model, self._lock, self._grid, self._gate = model, lock, grid, gate
+        """`computes` and `locked` (forward passes take the model's lock) as the run's plan
+        decided them (`pipeline.run_policy`: one locked thread on a GPU; bands of a CPU Dask
+        worker unlocked, each on its share of the cores); `cpu`: the model runs on the CPU,
+        so each compute thread takes its share of the torch threads."""
+        self._executor, self._lock = executor, lock
         self._batch = batch
         self._errors, self._stats = errors, stats
         self.computes = max(1, computes)
         # a new thread starts with OpenMP's default, not the caller's: each sets its own
-        cpu = model_device_type(model) == "cpu"
         self._threads = max(1, torch.get_num_threads() // self.computes) if cpu else 0
-        self._locked = self.computes == 1 if locked is None else locked
+        self._locked = locked
         self._running = self.computes
         self._count_lock = threading.Lock()
         self._stats_lock = threading.Lock()
@@ -148,7 +151,7 @@ class ComputeStage:
         if not self._stats.first_batch_at:
             self._stats.first_batch_at = time.perf_counter()
         lock = self._lock if self._locked else None  # one forward pass at a time per model
-        out = predict_batch(self._model, tiles, self._batch, self._grid, self._gate, lock)
+        out = predict_batch(self._executor, tiles, self._batch, lock)
         if batch.release is not None:  # the forward pass is done with the source's buffer
             batch.release()
         n = len(tiles)

@@ -70,8 +70,7 @@ class DecoderProcesses:
             pool = self._pool = DecodePool.for_chunks(job.reader, specs, self.decoders)
         assert pool.ring is not None
         stats.slots = pool.ring.slots
-        model, _lock = job.model.get()
-        stager = _Stager(pool.ring, pool.free.put, batch, model.device)
+        stager = _Stager(pool.ring, pool.free.put, batch, job.model.get().model.device)
         inbox: queue.Queue[Decoded | None] = queue.Queue()
         return [
             (_supervise, (job.slide_path, pool, inbox, errors, stats)),

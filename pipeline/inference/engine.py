@@ -3,7 +3,7 @@
     read source (its threads)   chunks -> batches of tiles on the model's device, batches
         |                       mixing chunks (`ReadSource`, below: a reader
         |                       thread, decoder processes, or the device read path)
-    compute (threads)           `predict_reduced` back to back by the model's owner
+    compute (threads)           the executor's `run` back to back
         |                       (`ComputeStage`; on the CPU a few side by side), every
         |                       forward pass of exactly `batch` tiles (a short one padded)
     writer (threads)            stitch, write the zarr chunks, summarise, per write unit
@@ -42,7 +42,7 @@ from wsi_segment.pipeline.inference.engine_state import (
     start_parts,
     wait_uninterrupted,
 )
-from wsi_segment.pipeline.inference.slide_job import SlideJob, device_batch_size
+from wsi_segment.pipeline.inference.slide_job import SlideJob
 from wsi_segment.pipeline.inference.unit_writer import UnitWriter
 from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome
 from wsi_segment.pipeline.progress import NullProgress, Progress
@@ -89,14 +89,13 @@ def run_engine(
     abort: threading.Event | None = None,
     writers: int = 1,
     computes: int = 1,
-    locked: bool | None = None,
+    locked: bool = True,
 ) -> list[ChunkOutcome]:
     """Run every chunk through the engine, tiles read by `source`; outcomes in `specs` order.
 
     `source` is adopted: closed whatever happens. `writers`: threads finishing whole chunks
     side by side; `computes`: forward passes side by side; `locked`: whether they take the
-    model's lock (`ComputeStage`; None: with one compute). Runs pass their run policy's
-    (`pipeline.run_policy`).
+    model's lock (`ComputeStage`). Runs pass their plan's (`pipeline.run_policy`).
     `stats` (optional) receives what the run did (batches and the chunks each held, bytes
     that crossed from the device). `abort` (optional): set by someone else (a Dask band
     whose slide failed elsewhere) to stop the run; it then raises `EngineAborted`."""
@@ -106,14 +105,14 @@ def run_engine(
     try:
         if not specs:
             return []
-        from wsi_segment.pipeline.inference.compute_stage import ComputeStage  # torch
+        from wsi_segment.pipeline.inference.compute_stage import ComputeStage, tile_geometry
 
-        model, lock = job.model.get()
-        batch = device_batch_size(model, lock, job.grid.tile, job.batch_size)
+        loaded = job.model.get()
+        batch = loaded.batch_size(job.grid.tile, job.batch_size)
+        executor = loaded.executor(tile_geometry(job.grid, job.gate))
         errors = FirstError()
-        stage = ComputeStage(
-            model, lock, job.grid, job.gate, batch, errors, stats, computes, locked
-        )
+        cpu = loaded.model.device.type == "cpu"
+        stage = ComputeStage(executor, loaded.lock, batch, errors, stats, computes, locked, cpu)
         stats.decoders, stats.batch_size, stats.writers = source.processes, batch, writers
         stats.source, stats.computes = type(source).__name__, stage.computes
         writer = UnitWriter(job, specs, progress or NullProgress(), writers)

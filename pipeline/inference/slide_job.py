@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import zarr
 
-from wsi_segment.pipeline.inference.model_handle import ModelHandle, model_device_type
+from wsi_segment.pipeline.inference.model_handle import ModelHandle
 from wsi_segment.pipeline.inference.tile_inference import (
     NODATA,
     ReducedTiles,
@@ -29,9 +29,6 @@ from wsi_segment.pipeline.inference.tile_reader import TileReader
 from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome, summarise_block
 from wsi_segment.pipeline.outputs.label_image import label_values
 from wsi_segment.wsi.tiling import STORE_TILES, ChunkSpec, TileGrid
-
-if TYPE_CHECKING:  # torch loads where the model does, never to open a slide
-    from wsi_segment.models.segmentation_model import SegmentationModel
 
 
 @dataclass
@@ -142,13 +139,3 @@ class SlideJob:
         )
         outcome.bytes_from_model = block.bytes_from_model
         return outcome
-
-
-def device_batch_size(
-    model: SegmentationModel, lock: threading.Lock, tile: int, requested: int
-) -> int:
-    """The batch size that fits the model's device (GPU memory probed once per process)."""
-    if model_device_type(model) == "cpu":
-        return requested
-    with lock:  # the first call on a GPU runs a probe forward pass
-        return int(model.batch_limit(tile, requested))

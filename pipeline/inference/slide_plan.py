@@ -9,10 +9,7 @@ the loaded model's values if the JSON could not be read here.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
-from wsi_segment.errors import ModelError
-from wsi_segment.models.meta import read_model_json
 from wsi_segment.pipeline.inference.tile_reader import TileReader
 from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.wsi.read_backend import fast_read_backend
@@ -20,16 +17,6 @@ from wsi_segment.wsi.roi import Roi, restrict_to_rois
 from wsi_segment.wsi.slide import Slide
 from wsi_segment.wsi.tiling import ChunkPlan, TileGrid, plan_chunks
 from wsi_segment.wsi.tissue import TissueMask, detect_tissue, whole_slide
-
-
-def model_geometry(model_dir: Path) -> tuple[int, float] | None:
-    """(tile_size, mpp) from model.json without importing torch; None if it is refused
-    (the model loader, which reads it the same way, then reports the problem)."""
-    try:
-        _, meta = read_model_json(model_dir)
-    except ModelError:
-        return None
-    return int(meta.tile_size), float(meta.mpp)
 
 
 def slide_tissue(slide: Slide, params: SegmentParams, rois: list[Roi]) -> TissueMask:

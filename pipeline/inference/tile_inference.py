@@ -1,8 +1,8 @@
 """A chunk's tiles through the model and back: batches on the device, cores stitched in place.
 
-The model returns each tile's core already in the stored form (uint8 probabilities and
-labels of output pixels, reduced on its device: models/reduction.py); this module only
-places them.
+The executor returns each tile's core already in the stored form (uint8 probabilities and
+labels of output pixels, reduced on the model's device: models/runtimes/graph.py); this
+module only places them.
 
 Stitching is centre-crop on a *global* tile grid (docs/architecture.md): tile (i, j) reads
 `[j*S - m, j*S - m + T)` and contributes only its core `[j*S, (j+1)*S)`. Cores partition
@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -25,30 +25,7 @@ from wsi_segment.wsi.tiling import TileGrid
 if TYPE_CHECKING:  # torch is imported where tiles are predicted: the CLI loads it in parallel
     import torch
 
-
-class ReducedLike(Protocol):
-    """What `predict_reduced` returns (models.reduction.ReducedOutputs satisfies it)."""
-
-    @property
-    def probs(self) -> torch.Tensor: ...  # uint8 (N, K, S/d, S/d)
-    @property
-    def labels(self) -> torch.Tensor: ...  # uint8 (N, S/d, S/d)
-
-    @property
-    def nbytes(self) -> int: ...
-
-
-class TileModel(Protocol):
-    """What inference needs of a model (models.segmentation_model.SegmentationModel)."""
-
-    def predict_reduced(
-        self,
-        tiles: torch.Tensor,
-        margin: int,
-        core: int,
-        downsample: int,
-        gate: bool = True,
-    ) -> ReducedLike: ...
+    from wsi_segment.models.runtimes.executor import Executor
 
 
 @dataclass
@@ -63,12 +40,7 @@ class ReducedTiles:
 
 
 def predict_batch(
-    model: TileModel,
-    tiles: torch.Tensor,
-    batch: int,
-    grid: TileGrid,
-    gate: bool,
-    lock: threading.Lock | None = None,
+    executor: Executor, tiles: torch.Tensor, batch: int, lock: threading.Lock | None = None
 ) -> ReducedTiles:
     """The stored form of at most `batch` uint8 tiles (N, T, T, 3), computed in a forward pass
     of exactly `batch` tiles: a short batch (a run's last) is padded with zero tiles whose
@@ -92,9 +64,8 @@ def predict_batch(
         raise ValueError(f"a batch holds 1 to {batch} tiles, got {n}")
     if n < batch:
         tiles = torch.cat([tiles, tiles.new_zeros((batch - n, *tiles.shape[1:]))])
-    reduce_args = (grid.margin, grid.stride, grid.downsample)
     with lock if lock is not None else contextlib.nullcontext():
-        out = model.predict_reduced(tiles.permute(0, 3, 1, 2), *reduce_args, gate=gate)
+        out = executor.run(tiles)
     return ReducedTiles(out.probs[:n].numpy(), out.labels[:n].numpy(), out.nbytes // batch * n)
 
 

@@ -2,7 +2,7 @@
 
 Scores follow the paper's official metric (pipeline.training.metrics): one confusion matrix over
 the split, background/exclude pixels ignored. The segmentation scored is what the slide path
-writes for the same tile: `SegmentationModel.predict_reduced` of the whole tile (gate, its
+writes for the same tile: the model's tile graph of the whole tile (gate, its
 fallback, and `Unclassified` where the gate rules every class out, which counts as wrong on
 a labelled pixel); stage-3 validation scores the same rule (`module_predictor`). Pseudo
 masks are made from the ground-truth patch labels (the classes present in each mask), as
@@ -27,6 +27,8 @@ from wsi_segment.models.cam_methods import DEFAULT_CAM_METHOD, recorded_method
 from wsi_segment.models.classifier import PatchClassifier
 from wsi_segment.models.pseudo_masks import pseudo_masks
 from wsi_segment.models.reduction import tile_labels
+from wsi_segment.models.runtimes.executor import TorchExecutor
+from wsi_segment.models.runtimes.graph import Geometry
 from wsi_segment.models.segmentation_model import SegmentationModel
 from wsi_segment.pipeline.training.datasets import WsssDataset, load_batch, open_dataset
 from wsi_segment.pipeline.training.metrics import ConfusionMatrix
@@ -112,7 +114,7 @@ class GateCheck:
 def segmentation_predictor(
     model: SegmentationModel, gate: bool = True, check: GateCheck | None = None
 ) -> Predictor:
-    """The slide path's labels of each whole tile (`predict_reduced(tiles, 0, T, 1)`: the
+    """The slide path's labels of each whole tile (its tile graph at `Geometry.whole`: the
     gated argmax, its fallback, and `UNCLASSIFIED` where the gate keeps no class); `check`
     sees the classifier's probabilities."""
 
@@ -123,7 +125,8 @@ def segmentation_predictor(
                 f"patches of {w} x {h} px: evaluate scores square patches, as the slide path's "
                 "tiles are; crop the split's images and masks square"
             )
-        out = model.predict_reduced(images, 0, w, 1, gate=gate)
+        executor = TorchExecutor(model, Geometry.whole(w, gate), "fp32")
+        out = executor.run(images.permute(0, 2, 3, 1))
         if check is not None:
             check.update(out.cls_probs, gt)
         return [out.labels]
@@ -194,7 +197,7 @@ def evaluate(
     ds = open_dataset(data)
     if not ds.has_masks(split):
         raise DatasetError(f"{Path(data) / split}: no img/ + mask/ folders to evaluate on")
-    model = load_model(model_dir, device=device, precision="fp32")
+    model = load_model(model_dir, device=device)
     if list(model.meta.classes) != list(ds.classes):
         raise ModelError(
             f"{model_dir}: model classes {model.meta.classes} differ from the dataset's {list(ds.classes)}"

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import plan_spec
 from tests.flows.conftest import output_files, stable_summary
 
 # one tile per chunk: many small chunks, so a worker can die while others are pending;
@@ -138,6 +139,7 @@ def test_cli_batch_with_dask_address_runs_on_that_scheduler(
     from wsi_segment.flows.cli import main
     from wsi_segment.models.bundle import load_model
     from wsi_segment.models.device import cpu_has_amx
+    from wsi_segment.models.runtimes.select import open_runtime
 
     address = cluster_client.scheduler.address
     out = tmp_path / "out"
@@ -148,7 +150,7 @@ def test_cli_batch_with_dask_address_runs_on_that_scheduler(
     assert "| done |" in capsys.readouterr().out
     # precision auto: one worker's choice (model + machine) was pinned for all of them
     precision = json.loads((out / "synth-b" / "summary.json").read_text())["precision"]
-    alone = load_model(tiny_model).to_device("cpu", "auto", "auto").precision_report()
+    alone = open_runtime(load_model(tiny_model), plan_spec("auto", "auto")).report()
     assert precision == json.loads(json.dumps(alone))  # the runtime too
     if cpu_has_amx() or precision["calibration"] is not None:
         assert precision["device"] == "cpu" and precision["calibration"]["tiles"] == 6

@@ -93,7 +93,7 @@ def test_round_trip_gives_identical_outputs(saved: tuple[SegmentationModel, Path
     # Outputs: compared with the original prepared as load_model prepares (CPU, fp32,
     # channels_last), so both run the same kernels. A model never moved to channels_last runs
     # other kernels, whose last bits differ on some CPUs (AMD EPYC) and thread counts.
-    reference = copy.deepcopy(model).to_device("cpu", "fp32")
+    reference = copy.deepcopy(model).to_device("cpu")
     seg_a, cls_a = reference.predict(_tiles())
     seg_b, cls_b = loaded.predict(_tiles())
     assert seg_a.dtype == torch.float32 and seg_a.shape == (2, 4, 64, 64) and cls_a.shape == (2, 4)

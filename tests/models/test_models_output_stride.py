@@ -77,7 +77,7 @@ def test_stride_8_round_trips_through_model_json(tmp_path: Path) -> None:
     assert loaded.classifier.backbone.output_stride == 8
     # the original prepared as load_model prepares it (CPU, fp32, channels_last): same kernels,
     # so equal bit for bit on any CPU (other memory layouts differ in the last bits on some)
-    want = model.to_device("cpu", "fp32").predict(_tiles())
+    want = model.to_device("cpu").predict(_tiles())
     got = loaded.predict(_tiles())
     assert torch.equal(want[1], got[1]) and torch.equal(want[0], got[0])
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from tests.conftest import plan_spec, torch_loaded
 from wsi_segment.errors import ConfigError
 from wsi_segment.models.bundle import ModelMeta, SegmentationModel
 from wsi_segment.models.classifier import build_classifier
@@ -18,6 +19,8 @@ from wsi_segment.models.device import (
     fit_batch_size,
     pick_device,
 )
+from wsi_segment.models.runtimes.executor import TORCH_DTYPES
+from wsi_segment.models.runtimes.select import open_runtime
 from wsi_segment.models.segmenter import build_segmenter
 
 META = ModelMeta(
@@ -38,7 +41,7 @@ def _analytic() -> SegmentationModel:
         cls_conv.weight.copy_(W.view(2, 3, 1, 1))
         seg_conv.weight.copy_(2 * W.view(2, 3, 1, 1))
     classifier = nn.Sequential(cls_conv, nn.AdaptiveAvgPool2d(1), nn.Flatten())
-    return SegmentationModel(classifier, seg_conv, META).to_device("cpu", "fp32")
+    return SegmentationModel(classifier, seg_conv, META).to_device("cpu")
 
 
 def test_predict_equals_formula() -> None:
@@ -72,14 +75,14 @@ def test_bf16_autocast_agrees_with_fp32() -> None:
     tiles = torch.randint(
         0, 256, (2, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(1)
     )
-    seg32, cls32 = model.to_device("cpu", "fp32").predict(tiles, gate=False)
-    model.to_device("cpu", "bf16")
-    assert model.autocast_dtype == torch.bfloat16
-    assert model.precision_report()["reason"] == "bf16: asked for (--precision bf16)"
+    seg32, cls32 = model.to_device("cpu").predict(tiles, gate=False)
+    opened = open_runtime(model, plan_spec("bf16"))
+    assert opened.precision == "bf16"
+    assert opened.report()["reason"] == "bf16: asked for (--precision bf16)"
     assert model.segmenter.net.encoder.model.conv1[0].weight.is_contiguous(
         memory_format=torch.channels_last
     )
-    seg16, cls16 = model.predict(tiles, gate=False)
+    seg16, cls16 = model.predict(tiles, gate=False, dtype=TORCH_DTYPES[opened.precision])
     assert seg16.dtype == torch.float32 and seg16.is_contiguous()
     assert (seg16 - seg32).abs().max() <= 0.02 and (seg16 - seg32).abs().mean() <= 0.002
     assert (cls16 - cls32).abs().max() <= 0.02
@@ -122,8 +125,8 @@ def test_fit_batch_size_leaves_headroom_and_never_exceeds_the_request() -> None:
     assert fit_batch_size(64, 1000 * mib, 30 * mib, headroom=0.5) == 16
 
 
-def test_batch_limit_on_the_cpu_is_the_request() -> None:
+def test_batch_size_on_the_cpu_is_the_request() -> None:
     """No probe on the CPU (host memory is not the limit there); the GPU path probes."""
-    model = _analytic()
-    assert model.batch_limit(32, 16) == 16 and model.batch_limit(32, 7) == 7
-    assert model._batch_caps == {}
+    loaded = torch_loaded(_analytic())
+    assert loaded.batch_size(32, 16) == 16 and loaded.batch_size(32, 7) == 7
+    assert loaded.batch_caps == {}

@@ -1,4 +1,4 @@
-"""SegmentationModel.predict_reduced (on the CPU device) against the CPU reference:
+"""The tile graph run by the torch executor (on the CPU device) against the CPU reference:
 predict's full maps reduced in numpy as the pipeline used to (tests/reference_inference.py)."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from tests.conftest import run_tiles
 from tests.reference_inference import (
     label_quantised,
     near_rounding_boundary,
@@ -27,6 +28,8 @@ from wsi_segment.models.reduction import (
     reduce_tiles,
     tile_labels,
 )
+from wsi_segment.models.runtimes.executor import TorchExecutor
+from wsi_segment.models.runtimes.graph import Geometry
 from wsi_segment.models.segmentation_model import SegmentationModel
 from wsi_segment.models.segmenter import build_segmenter
 
@@ -50,13 +53,13 @@ def _small_model() -> SegmentationModel:
         build_segmenter("tu-resnet10t", 4, decoder_channels=32),
         dataclasses.replace(META),
     )
-    _, cls = model.to_device("cpu", "fp32").predict(_tiles(), gate=False)
+    _, cls = model.to_device("cpu").predict(_tiles(), gate=False)
     model.meta.gate_epsilon = float(cls.median())
     return model
 
 
-def _reference(model: SegmentationModel, tiles: torch.Tensor, gate: bool = True):
-    seg, cls = model.predict(tiles, gate=gate)
+def _reference(model: SegmentationModel, tiles: torch.Tensor, gate: bool = True, dtype=None):
+    seg, cls = model.predict(tiles, gate=gate, dtype=dtype)
     pooled = pooled_cores(seg.numpy(), MARGIN, CORE, D)
     u8 = quantise(pooled)
     return pooled, u8, label_quantised(u8), cls.numpy()
@@ -81,10 +84,10 @@ def _assert_matches_reference(got, pooled, u8, ref_labels, cls, max_level: int =
 
 @pytest.mark.parametrize("gate", [True, False])
 def test_fp32_equals_cpu_reference(gate: bool) -> None:
-    model = _small_model().to_device("cpu", "fp32")
+    model = _small_model().to_device("cpu")
     tiles = _tiles()
     pooled, u8, ref_labels, cls = _reference(model, tiles, gate)
-    got = model.predict_reduced(tiles, MARGIN, CORE, D, gate=gate)
+    got = run_tiles(model, tiles, MARGIN, CORE, D, gate=gate)
     _assert_matches_reference(got, pooled, u8, ref_labels, cls, max_level=1)
     assert (cls <= model.meta.gate_epsilon).any(), "the gate must have something to remove"
     assert got.probs.shape == (6, 4, CORE // D, CORE // D) and got.labels.shape == (6, 6, 6)
@@ -92,11 +95,10 @@ def test_fp32_equals_cpu_reference(gate: bool) -> None:
 
 
 def test_bf16_within_one_level_of_reference() -> None:
-    model = _small_model().to_device("cpu", "bf16")
-    assert model.autocast_dtype == torch.bfloat16
+    model = _small_model().to_device("cpu")
     tiles = _tiles(seed=2)
-    pooled, u8, ref_labels, cls = _reference(model, tiles)
-    got = model.predict_reduced(tiles, MARGIN, CORE, D)
+    pooled, u8, ref_labels, cls = _reference(model, tiles, dtype=torch.bfloat16)
+    got = run_tiles(model, tiles, MARGIN, CORE, D, precision="bf16")
     _assert_matches_reference(got, pooled, u8, ref_labels, cls, max_level=1)
 
 
@@ -127,7 +129,7 @@ class FixedClassifier(nn.Module):
 
 def _fixed(seg_base: list[float], cls_logits: list[float], ramp: float = 0.0):
     model = SegmentationModel(FixedClassifier(cls_logits), FixedLogits(seg_base, ramp), META)
-    return model.to_device("cpu", "fp32")
+    return model.to_device("cpu")
 
 
 def test_gate_removing_the_sure_class_leaves_the_best_remaining_class() -> None:
@@ -136,7 +138,7 @@ def test_gate_removing_the_sure_class_leaves_the_best_remaining_class() -> None:
     (class 1 on the right half of the tile, class 2 on the left), never nodata."""
     model = _fixed([10.0, 1.0, 1.0, -5.0], [-10.0, 10.0, 10.0, 10.0], ramp=0.01)
     tiles = _tiles(2)
-    got = model.predict_reduced(tiles, MARGIN, CORE, D)
+    got = run_tiles(model, tiles, MARGIN, CORE, D)
     _pooled, u8, ref_labels, _ = _reference(model, tiles)
     assert (u8 == 0).all() and (got.probs.numpy() == 0).all()  # every kept class rounds to 0
     assert (ref_labels == NODATA).all()  # the old path: a hole where the gate acted
@@ -149,16 +151,16 @@ def test_labels_when_kept_classes_underflow_or_every_class_is_gated() -> None:
     # class 0's logit is 200 above the others: their softmax is exactly 0 in float32; gated
     # class 0 leaves all zeros, and the label is the kept class with the highest mean logit
     model = _fixed([200.0, 0.0, 1.0, -1.0], [-10.0, 10.0, 10.0, 10.0])
-    got = model.predict_reduced(_tiles(1), MARGIN, CORE, D)
+    got = run_tiles(model, _tiles(1), MARGIN, CORE, D)
     assert (got.probs.numpy() == 0).all() and (got.labels.numpy() == 2).all()
     # the classifier rules every class out: no class can be claimed, the tissue is
     # Unclassified (254), never "not analysed" (255)
     model = _fixed([10.0, 1.0, 1.0, -5.0], [-10.0, -10.0, -10.0, -10.0])
-    got = model.predict_reduced(_tiles(1), MARGIN, CORE, D)
+    got = run_tiles(model, _tiles(1), MARGIN, CORE, D)
     assert UNCLASSIFIED == 254
     assert (got.probs.numpy() == 0).all() and (got.labels.numpy() == UNCLASSIFIED).all()
     # without the gate the same tile has a class
-    got = model.predict_reduced(_tiles(1), MARGIN, CORE, D, gate=False)
+    got = run_tiles(model, _tiles(1), MARGIN, CORE, D, gate=False)
     assert (got.labels.numpy() == 0).all()
 
 
@@ -186,14 +188,14 @@ def test_label_rule_exact_on_small_tensors() -> None:
     assert label_pixels(probs, logits, keep, unclassified=7)[2].unique().tolist() == [7]
 
 
-def test_tile_labels_equal_predict_reduced_of_whole_tiles() -> None:
-    """`tile_labels` (training code's modules) and the slide path's `predict_reduced` of the
+def test_tile_labels_equal_the_tile_graph_of_whole_tiles() -> None:
+    """`tile_labels` (training code's modules) and the slide path's tile graph of the
     whole tile (margin 0, core T, d 1) label alike, gated tiles included."""
-    model = _small_model().to_device("cpu", "fp32")
+    model = _small_model().to_device("cpu")
     tiles = _tiles()
     for eps in (model.meta.gate_epsilon, 0.9999):
         model.meta.gate_epsilon = eps
-        want = model.predict_reduced(tiles, 0, 32, 1).labels
+        want = run_tiles(model, tiles, 0, 32, 1).labels
         x = model.preprocess(tiles)
         with torch.no_grad():
             got = tile_labels(model.segmenter(x), model.classifier(x), eps)
@@ -226,20 +228,21 @@ def test_host_copier_on_the_cpu_returns_the_values() -> None:
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_reduction_matches_cpu_and_reuses_pinned_buffers() -> None:
-    model = _small_model().to_device("cpu", "fp32")
+    model = _small_model().to_device("cpu")
     tiles = _tiles()
-    want = model.predict_reduced(tiles, MARGIN, CORE, D)
-    model.to_device("cuda", "fp32")
-    got = model.predict_reduced(tiles, MARGIN, CORE, D)
+    want = run_tiles(model, tiles, MARGIN, CORE, D)
+    model.to_device("cuda")
+    executor = TorchExecutor(model, Geometry(32, MARGIN, CORE, D), "fp32")
+    got = executor.run(tiles.permute(0, 2, 3, 1))
     assert got.probs.device.type == "cpu"
     assert (got.probs.int() - want.probs.int()).abs().max() <= 1
-    pointers = [b.data_ptr() for b in model._host._buffers]
-    assert all(b.is_pinned() for b in model._host._buffers)
-    model.predict_reduced(tiles[:3], MARGIN, CORE, D)  # a smaller batch reuses them
-    assert [b.data_ptr() for b in model._host._buffers] == pointers
+    pointers = [b.data_ptr() for b in executor._host._buffers]
+    assert all(b.is_pinned() for b in executor._host._buffers)
+    executor.run(tiles[:3].permute(0, 2, 3, 1))  # a smaller batch reuses them
+    assert [b.data_ptr() for b in executor._host._buffers] == pointers
 
 
-def test_a_model_with_its_host_copier_deep_copies_and_pickles() -> None:
+def test_a_host_copier_deep_copies_and_pickles() -> None:
     """The copier's lock and pinned buffers are per object: copies start fresh."""
     import copy
     import pickle

@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.conftest import plan_spec, torch_labeller
 from tests.models.tiny_models import tiny_segmentation_model
 from wsi_segment.models.device import cpu_has_amx
 from wsi_segment.models.precision_calibration import (
@@ -20,6 +21,7 @@ from wsi_segment.models.precision_calibration import (
     calibration_tiles,
     compare_labels,
 )
+from wsi_segment.models.runtimes.select import RuntimeSpec, open_runtime
 
 
 def test_calibration_tiles_are_real_tissue_and_the_same_bytes_everywhere() -> None:
@@ -73,26 +75,24 @@ def test_area_shift_is_relative_to_the_fp32_area_of_labels_that_are_an_area() ->
 
 
 def test_calibration_compares_fp32_and_bf16_labels_on_the_real_tiles() -> None:
-    """What `to_device('cpu', 'auto')` runs on a CPU with AMX, checked on any CPU: the
-    agreement and area shifts are those of the slide path's fp32 and bf16 labels."""
-    model = tiny_segmentation_model().to_device("cpu", "fp32")
+    """What precision auto runs on a CPU with AMX, checked on any CPU: the agreement and
+    area shifts are those of the slide path's fp32 and bf16 labels."""
+    model = tiny_segmentation_model().to_device("cpu")
+    labels_of = torch_labeller(model, 64)
     tiles = calibration_tiles(64)
-    with torch.inference_mode():
-        ref = model.torch_labels(tiles, bf16=False).numpy()
-        low = model.torch_labels(tiles, bf16=True).numpy()
-    with torch.inference_mode():
-        cal = calibrate_bf16(model.torch_labels, 64, "the CPU has AMX")
+    ref = labels_of(tiles, False).numpy()
+    low = labels_of(tiles, True).numpy()
+    cal = calibrate_bf16(labels_of, 64, "the CPU has AMX")
     agreement, shifts = compare_labels(ref, low)
     assert cal.tiles == 6 and cal.tile_size == 64
     assert cal.agreement == agreement and cal.area_shifts == shifts
     assert cal.max_area_shift == max(shifts.values(), default=0.0)
-    with torch.inference_mode():
-        assert calibrate_bf16(model.torch_labels, 64, "the CPU has AMX") == cal  # nothing timed
+    assert calibrate_bf16(labels_of, 64, "the CPU has AMX") == cal  # nothing timed
 
 
 def test_auto_on_this_cpu_says_what_runs_and_why() -> None:
-    model = tiny_segmentation_model().to_device("cpu", "auto")
-    report = model.precision_report()
+    model = tiny_segmentation_model().to_device("cpu")
+    report = open_runtime(model, plan_spec("auto")).report()
     assert report["device"] == "cpu" and report["channels_last"] is True
     assert report["runtime"] == "torch"
     if cpu_has_amx():
@@ -102,10 +102,10 @@ def test_auto_on_this_cpu_says_what_runs_and_why() -> None:
     else:
         assert report["autocast"] == "fp32" and report["calibration"] is None
         assert str(report["reason"]).startswith("fp32: auto on a CPU with ")
-    again = tiny_segmentation_model().to_device("cpu", "auto").precision_report()
+    again = open_runtime(tiny_segmentation_model().to_device("cpu"), plan_spec("auto")).report()
     assert again == report  # every load
     for fixed in ("fp32", "bf16"):
-        fixed_report = model.to_device("cpu", fixed).precision_report()
+        fixed_report = open_runtime(model, plan_spec(fixed)).report()
         assert fixed_report["autocast"] == fixed and fixed_report["calibration"] is None
         assert fixed_report["reason"] == f"{fixed}: asked for (--precision {fixed})"
 
@@ -121,27 +121,23 @@ def test_png_tiles_decode_losslessly() -> None:
         assert im.format == "PNG" and im.size == (224, 224) and im.mode == "RGB"
 
 
-def test_to_device_runs_the_precision_the_policy_decided() -> None:
-    """A run hands the policy's (precision, reason) to the loader, which runs it and decides
-    nothing again: bf16-if-calibrated calibrates on any CPU (AMX or not), and a decided
-    value runs with the policy's reason; the request alone is decided by the same function."""
-    torch_policy = ("torch", "torch: the policy's")
-    calibrate = ("bf16-if-calibrated", "bf16-if-calibrated: the policy's")
-    model = tiny_segmentation_model().to_device("cpu", "auto", "torch", torch_policy, calibrate)
-    report = model.precision_report()
+def test_open_runtime_runs_the_precision_the_plan_decided() -> None:
+    """A run hands its plan's precision and reason to the loader, which runs it and decides
+    nothing again: bf16-if-calibrated obtains the calibration's verdict on any CPU (AMX or
+    not), and a decided value runs with the plan's reason."""
+    calibrate = RuntimeSpec(
+        "torch", "bf16-if-calibrated", precision_reason="bf16-if-calibrated: the policy's"
+    )
+    model = tiny_segmentation_model().to_device("cpu")
+    report = open_runtime(model, calibrate).report()
     cal = report["calibration"]
     assert isinstance(cal, dict) and cal["tiles"] == 6
     assert report["autocast"] == cal["chosen"] and report["reason"] == cal["reason"]
-    decided = model.to_device("cpu", "auto", "torch", torch_policy, ("bf16", "bf16: pinned"))
-    assert decided.autocast_dtype == torch.bfloat16
-    report = decided.precision_report()
+    decided = open_runtime(model, RuntimeSpec("torch", "bf16", precision_reason="bf16: pinned"))
+    assert decided.precision == "bf16"
+    report = decided.report()
     assert (report["autocast"], report["reason"], report["calibration"]) == (
         "bf16",
         "bf16: pinned",
         None,
     )
-    # a precision without the runtime it was decided for: decided here, for the request
-    alone = model.to_device("cpu", "fp32", "torch", None, calibrate).precision_report()
-    assert (alone["reason"], alone["calibration"]) == ("fp32: asked for (--precision fp32)", None)
-    as_dtype = tiny_segmentation_model().to_device("cpu", torch.float32).precision_report()
-    assert as_dtype["reason"] == "fp32: asked for (--precision fp32)"

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from tests.conftest import calibrating_spec, torch_labeller
 from tests.models.tiny_models import META, TILE, tiny_segmentation_model
 from wsi_segment.errors import ModelError
 from wsi_segment.models.bundle import load_model, save_model
@@ -21,7 +22,7 @@ from wsi_segment.models.precision_calibration import (
     calibration_tiles,
     compare_labels,
 )
-from wsi_segment.models.runtimes import open_runtime
+from wsi_segment.models.runtimes import RuntimeSpec, open_runtime
 from wsi_segment.models.segmentation_model import SegmentationModel
 from wsi_segment.models.validation_patches import PATCHES_FILE, ValidationPatches, choose
 
@@ -114,18 +115,18 @@ def test_torch_calibration_labels_the_patches_beside_the_cmu_tiles(folder: Path)
     x = calibration_tiles(TILE, own)
     assert x.shape == (9, 3, TILE, TILE)
     assert torch.equal(x[:6], calibration_tiles(TILE)) and torch.equal(x[6:], own)
-    with torch.inference_mode():
-        ref = model.torch_labels(x, bf16=False).numpy()
-        low = model.torch_labels(x, bf16=True).numpy()
-        cal = model._calibrate()  # what precision auto runs on a CPU with AMX
+    labels_of = torch_labeller(model, TILE)
+    ref = labels_of(x, False).numpy()
+    low = labels_of(x, True).numpy()
+    cal = open_runtime(model, calibrating_spec()).calibration  # precision auto on a CPU with AMX
+    assert cal is not None
     agreement, shifts = compare_labels(ref, low)
     assert (cal.tiles, cal.own_patches) == (9, 3)
     assert cal.agreement == agreement and cal.area_shifts == shifts
     assert "on 9 real H&E calibration tiles (3 of them the model's validation patches)" in (
         cal.reason()
     )
-    with torch.inference_mode():
-        assert calibrate_bf16(model.torch_labels, TILE, "the CPU has AMX").own_patches == 0
+    assert calibrate_bf16(labels_of, TILE, "the CPU has AMX").own_patches == 0
 
 
 class _Classifier(nn.Module):
@@ -143,15 +144,16 @@ def test_openvino_calibration_labels_the_patches_too(tmp_path: Path) -> None:
     pytest.importorskip("openvino")
     torch.manual_seed(0)
     seg = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 3, 1))
-    model = SegmentationModel(_Classifier(), seg, META).to_device("cpu", "fp32")
+    model = SegmentationModel(_Classifier(), seg, META).to_device("cpu")
     model.validation_patches = torch.from_numpy(_patches().pixels).permute(0, 3, 1, 2)
     flags = frozenset({"avx2", "avx512f", "avx512_bf16", "amx_bf16"})
-    choice = open_runtime(model, "openvino", "auto", "cpu", flags, tmp_path)
+    spec = RuntimeSpec("openvino", "bf16-if-calibrated", cpu_flags=flags)
+    choice = open_runtime(model, spec, tmp_path)
     assert choice.runtime == "openvino" and choice.calibration is not None
     assert (choice.calibration.tiles, choice.calibration.own_patches) == (9, 3)
-    again = open_runtime(model, "openvino", "auto", "cpu", flags, tmp_path)  # numbers cached
+    again = open_runtime(model, spec, tmp_path)  # numbers cached
     assert again.checks_computed == 0 and again.calibration == choice.calibration
     model.validation_patches = model.validation_patches[:2]  # other tiles: computed again
-    other = open_runtime(model, "openvino", "auto", "cpu", flags, tmp_path)
+    other = open_runtime(model, spec, tmp_path)
     assert other.checks_computed == 2 and other.calibration is not None
     assert (other.calibration.tiles, other.calibration.own_patches) == (8, 2)

@@ -344,7 +344,11 @@ def test_runtime_openvino_on_cpus_that_have_it_torch_on_gpus() -> None:
     GPU, on an older CPU (not measured) and where it is missing; the reason says which; the
     loader gets the decision and its reason, with the user's request beside it (auto falls
     back to torch with a warning)."""
-    from wsi_segment.pipeline.run_policy import decided_runtime
+    from wsi_segment.pipeline.run_policy import runtime_spec
+
+    def decided_runtime(machine, options=AUTO):
+        spec = runtime_spec(decide(machine, options), options)
+        return spec.runtime, spec.runtime_reason
 
     avx512 = dataclasses.replace(CPU_ONLY, cpu_flags=AVX2 | {"avx512f"})
     with_ov = {m: dataclasses.replace(m, openvino=True) for m in (CPU_ONLY, AMX, ONE_H100, avx512)}
@@ -360,16 +364,17 @@ def test_runtime_openvino_on_cpus_that_have_it_torch_on_gpus() -> None:
     asked_torch = SegmentParams(runtime="torch")
     assert decide(with_ov[CPU_ONLY], asked_torch).runtime.value == "torch"
     # the loader opens the policy's runtime with its reason (models.runtimes.open_runtime)
-    assert decided_runtime(decide(with_ov[avx512], AUTO)) == (
+    assert decided_runtime(with_ov[avx512]) == (
         "openvino",
         "openvino: auto on a CPU without bf16 hardware (faster than torch there)",
     )
-    assert decided_runtime(decide(CPU_ONLY, AUTO)) == (
+    assert decided_runtime(CPU_ONLY) == (
         "torch",
         "torch: auto on a CPU OpenVINO, but it cannot be imported here",
     )
     named = SegmentParams(runtime="openvino")
-    assert decided_runtime(decide(with_ov[CPU_ONLY], named))[0] == "openvino"
+    assert decided_runtime(with_ov[CPU_ONLY], named)[0] == "openvino"
+    assert runtime_spec(decide(with_ov[CPU_ONLY], named), named).by_name
     # a CPU band of a cluster runs what one worker ran, whatever it has itself
     pinned = decide(CPU_ONLY, AUTO, RunFacts(BAND, pinned_runtime="openvino"))
     assert pinned.runtime.value == "openvino" and "pinned" in pinned.runtime.reason
@@ -385,10 +390,19 @@ def test_runtime_openvino_asked_for_on_a_gpu_is_refused() -> None:
 
 def test_precision_is_decided_for_the_runtime_and_handed_to_the_loader() -> None:
     """The policy decides what runs (fp32, bf16, fp16, or bf16 if the model passes the
-    calibration) for the runtime it decided, and hands (value, reason) to the loader."""
+    calibration) for the runtime it decided, and torch's precision should OpenVINO not run
+    the model, and hands both (value, reason) to the loader (`runtime_spec`)."""
     from wsi_segment.errors import ConfigError
     from wsi_segment.models.runtimes.decision import precision_decision
-    from wsi_segment.pipeline.run_policy import decided_precision
+    from wsi_segment.pipeline.run_policy import runtime_spec
+
+    def decided_precision(machine, options=AUTO):
+        spec = runtime_spec(decide(machine, options), options)
+        return spec.precision, spec.precision_reason
+
+    def fallback(machine, options=AUTO):
+        spec = runtime_spec(decide(machine, options), options)
+        return spec.fallback, spec.fallback_reason
 
     with_ov = {m: dataclasses.replace(m, openvino=True) for m in (AMX, BF16_ONLY)}
     intel_bf16 = dataclasses.replace(with_ov[BF16_ONLY], cpu_flags=ZEN4)  # no sse4a: Intel
@@ -396,23 +410,29 @@ def test_precision_is_decided_for_the_runtime_and_handed_to_the_loader() -> None
     # torch on AVX512-BF16 runs fp32; OpenVINO calibrates bf16 there on AMD, not on Intel
     assert decide(BF16_ONLY, AUTO).precision.value == "fp32"
     assert decide(amd_bf16, AUTO).runtime.value == "openvino"
-    assert decided_precision(decide(amd_bf16, AUTO)) == (
+    assert decided_precision(amd_bf16) == (
         "bf16-if-calibrated",
         "bf16-if-calibrated: auto on a CPU where OpenVINO's bf16 is faster (AMX, or "
         "AVX512-BF16 on AMD): bf16 where the model keeps its labels on fixed calibration "
         "tiles, else fp32",
     )
-    assert decided_precision(decide(intel_bf16, AUTO)) == (
+    assert decided_precision(intel_bf16) == (
         "fp32",
         "fp32: auto on a CPU where OpenVINO's bf16 is not faster (no AMX, and no "
         "AVX512-BF16 on an AMD CPU)",
     )
     assert decide(with_ov[AMX], AUTO).precision.value == "bf16-if-calibrated"
-    assert decided_precision(decide(ONE_H100, AUTO)) == (
+    assert decided_precision(ONE_H100) == (
         "bf16",
         "bf16: auto on a GPU with bf16 (NVIDIA H100 80GB HBM3)",
     )
-    # the same function decides for a model loaded outside a run (to_device)
+    # OpenVINO on AMD decided bf16-if-calibrated; torch there would run fp32 (no AMX)
+    assert fallback(amd_bf16) == (
+        "fp32",
+        "fp32: auto on a CPU with AVX512-BF16 without AMX (bf16 is not reliably faster there)",
+    )
+    assert fallback(with_ov[AMX])[0] == "bf16-if-calibrated"
+    assert fallback(ONE_H100) == decided_precision(ONE_H100)  # torch's own
     assert precision_decision("fp16", "cuda", "torch", AVX2, True) == (
         "fp16",
         "fp16: asked for (--precision fp16)",

@@ -15,11 +15,12 @@ import shapely
 import zarr
 from shapely.geometry import shape
 
-from tests.conftest import CMU_SLIDE, DATA_DIR, LUAD_CLASSES
+from tests.conftest import CMU_SLIDE, DATA_DIR, LUAD_CLASSES, plan_spec
 from tests.reference_inference import label_count_bounds
 from wsi_segment.errors import ModelError, MppMissingError, OutputError, SlideError
 from wsi_segment.models.bundle import demo_model_dir, load_model
 from wsi_segment.models.runtimes.openvino_runtime import openvino_version
+from wsi_segment.models.runtimes.select import open_runtime
 from wsi_segment.pipeline.machine import probe_machine
 from wsi_segment.pipeline.outputs.summary import SCHEMA_VERSION
 from wsi_segment.pipeline.params import SegmentParams
@@ -157,7 +158,7 @@ def test_areas_agree_between_summary_zarr_and_polygons(cmu_run):
     # runtime and precision auto: what the model alone chooses on this machine, and why
     precision = summary["precision"]
     assert precision["device"] == "cpu" and precision["channels_last"] is True
-    alone = load_model(demo_model_dir()).to_device("cpu", "auto", "auto").precision_report()
+    alone = open_runtime(load_model(demo_model_dir()), plan_spec("auto", "auto")).report()
     assert precision == json.loads(json.dumps(alone))
     assert precision["runtime"] == ("openvino" if openvino_version() else "torch")
     # the runtime is the policy's, opened as decided: the same words in both records

@@ -151,14 +151,16 @@ def test_identity_is_the_hash_of_the_weights_loaded(
 def test_a_worker_loading_other_bytes_refuses_them(fake_model_dir):
     """A Dask worker loads the model again from disk: if the files changed since the run
     loaded them, it refuses rather than mixing two models in one slide."""
+    from tests.conftest import torch_spec
     from wsi_segment.pipeline.inference.model_handle import ModelHandle
 
     folder = fake_model_dir("worker")
-    handle = ModelHandle(str(folder), "cpu", "fp32", identity="0" * 64)
+    spec = torch_spec("fp32")
+    handle = ModelHandle(str(folder), "cpu", spec, identity="0" * 64)
     with pytest.raises(ModelError, match="model files changed during the run"):
         handle.get()
-    model, _ = ModelHandle(str(folder), "cpu", "fp32").get()
-    assert ModelHandle(str(folder), "cpu", "fp32", model.identity).get()[0] is model
+    model = ModelHandle(str(folder), "cpu", spec).get().model
+    assert ModelHandle(str(folder), "cpu", spec, model.identity).get().model is model
 
 
 # --- item 7: every key checked when model.json is read ---

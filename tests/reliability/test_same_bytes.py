@@ -18,10 +18,11 @@ import pytest
 import shapely
 from shapely.geometry import box, shape
 
-from tests.conftest import CMU_SLIDE
+from tests.conftest import CMU_SLIDE, plan_spec
 from wsi_segment.models import cpu as cpu_info
 from wsi_segment.models.bundle import load_model
 from wsi_segment.models.runtimes.decision import openvino_bf16_candidate
+from wsi_segment.models.runtimes.select import open_runtime
 from wsi_segment.pipeline.inference import model_handle
 from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.pipeline.segment import segment_slide
@@ -88,7 +89,7 @@ def region_a(out_dir: Path) -> tuple[dict[str, bytes | None], dict[str, bytes], 
 def run_roi_sets(tmp_path: Path, model_dir: Path, roi_sets: list[list[str]], cpu: str) -> list:
     """Run each ROI set; every run's precision record is the one the model gives when it is
     loaded alone, with no slide (a choice made from a run's tiles would differ from it)."""
-    alone = load_model(model_dir).to_device("cpu", "auto", "auto").precision_report()
+    alone = open_runtime(load_model(model_dir), plan_spec("auto", "auto")).report()
     openvino_bf16 = alone["runtime"] == "openvino" and openvino_bf16_candidate(cpu_info.cpu_flags())
     calibrated = cpu == "amx" or openvino_bf16
     assert (alone["calibration"] is not None) == calibrated  # 'auto' took that path

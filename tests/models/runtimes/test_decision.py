@@ -80,7 +80,6 @@ def test_precision_decision(
     value: str,
     reason: str,
 ) -> None:
-    """What the forward passes run in: one pure function the run policy and, for a model
-    loaded outside a run, `to_device` call."""
+    """What the forward passes run in: one pure function the run policy calls."""
     got, why = precision_decision(requested, device, runtime, flags, gpu_bf16)
     assert got == value and why.startswith(f"{value}: {reason}")

@@ -3,6 +3,7 @@ and torch with a warning where it cannot run."""
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 import threading
 from pathlib import Path
@@ -18,7 +19,13 @@ from wsi_segment.models.classifier import build_classifier
 from wsi_segment.models.cpu import cpu_flags
 from wsi_segment.models.meta import ModelMeta
 from wsi_segment.models.precision_calibration import calibration_tiles
-from wsi_segment.models.runtimes import OpenVINOGraphs, open_runtime
+from wsi_segment.models.runtimes import (
+    Geometry,
+    OpenVINOGraphs,
+    RuntimeSpec,
+    TorchExecutor,
+    open_runtime,
+)
 from wsi_segment.models.segmentation_model import SegmentationModel
 from wsi_segment.models.segmenter import build_segmenter
 
@@ -38,7 +45,7 @@ def _model(seed: int = 0) -> SegmentationModel:
         build_segmenter("tu-resnet10t", 4, decoder_channels=16),
         META,
     )
-    return model.to_device("cpu", "fp32")
+    return model.to_device("cpu")
 
 
 class _Classifier(nn.Module):
@@ -54,7 +61,7 @@ def _tiny(seed: int = 0) -> SegmentationModel:
     """Two convolutions: the cache's tests need a graph, not a network (fast to export)."""
     torch.manual_seed(seed)
     seg = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 1))
-    return SegmentationModel(_Classifier(), seg, META).to_device("cpu", "fp32")
+    return SegmentationModel(_Classifier(), seg, META).to_device("cpu")
 
 
 def real_tiles() -> torch.Tensor:
@@ -66,13 +73,42 @@ def real_tiles() -> torch.Tensor:
     return torch.cat([x, calibration_tiles(TILE)]).contiguous()
 
 
+GEOMETRY = Geometry(TILE, 16, 192, 4)  # the slide path's, at the default overlap and d
+
+
+def ov_spec(
+    precision: str = "fp32", by_name: bool = False, flags: frozenset[str] | None = None
+) -> RuntimeSpec:
+    """OpenVINO at `precision` as a run's plan hands it to the loader."""
+    why = "openvino: asked for (--runtime openvino)" if by_name else "openvino: the plan's"
+    return RuntimeSpec(
+        "openvino",
+        precision,
+        threads=torch.get_num_threads(),
+        by_name=by_name,
+        cpu_flags=cpu_flags() if flags is None else flags,
+        runtime_reason=why,
+        precision_reason=f"{precision}: the plan's",
+        fallback_reason="fp32: the plan's for torch",
+    )
+
+
+def run(model: SegmentationModel | OpenVINOGraphs, x: torch.Tensor, geometry=GEOMETRY):
+    """The tile graph at `geometry` of uint8 tiles (N, 3, T, T): in torch fp32 for a model,
+    compiled for OpenVINO's graphs."""
+    nhwc = x.permute(0, 2, 3, 1)
+    if isinstance(model, OpenVINOGraphs):
+        return model.run(nhwc, geometry)
+    return TorchExecutor(model, geometry, "fp32").run(nhwc)
+
+
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("runtime-cache")
 
 
 def _outputs(model: SegmentationModel | OpenVINOGraphs, x: torch.Tensor) -> list[np.ndarray]:
-    out = model.predict_reduced(x, 16, 192, 4)
+    out = run(model, x)
     return [out.probs.numpy(), out.labels.numpy(), out.cls_probs.numpy()]
 
 
@@ -82,9 +118,8 @@ def test_fp32_gives_torchs_labels_and_probabilities_on_real_tiles(cache: Path) -
     model = _model()
     graphs = OpenVINOGraphs(model, "fp32", 2, cpu_flags(), cache)
     x = real_tiles()
-    with torch.inference_mode():
-        ref = model.predict_reduced(x, 16, 192, 4)
-    got = graphs.predict_reduced(x, 16, 192, 4)
+    ref = run(model, x)
+    got = run(graphs, x)
     assert torch.equal(got.labels, ref.labels)
     assert torch.equal(got.probs, ref.probs)
     assert got.probs.dtype == torch.uint8 and got.labels.dtype == torch.uint8
@@ -96,8 +131,7 @@ def test_a_second_load_reads_the_cache_and_gives_the_same_bytes(cache: Path) -> 
     x = real_tiles()[:16]
     first = OpenVINOGraphs(_tiny(), "fp32", 2, cpu_flags(), cache)
     a = _outputs(first, x)
-    with torch.inference_mode():
-        ref = _outputs(_tiny(), x)
+    ref = _outputs(_tiny(), x)
     assert all(np.array_equal(p, q) for p, q in zip(a[:2], ref[:2], strict=True))
     second = OpenVINOGraphs(_tiny(), "fp32", 2, cpu_flags(), cache)  # another load, same bytes
     b = _outputs(second, x)
@@ -188,14 +222,14 @@ from pathlib import Path
 import torch
 from tests.models.runtimes.test_openvino_runtime import TILE, _tiny
 from wsi_segment.models.cpu import cpu_flags
-from wsi_segment.models.runtimes import OpenVINOGraphs
+from wsi_segment.models.runtimes import Geometry, OpenVINOGraphs
 
 graphs = OpenVINOGraphs(_tiny(), "fp32", 1, cpu_flags(), Path(sys.argv[1]))
-x = torch.full((2, 3, TILE, TILE), 128, dtype=torch.uint8)
+x = torch.full((2, TILE, TILE, 3), 128, dtype=torch.uint8)
 start = threading.Barrier(int(sys.argv[2]))
 def infer():
     start.wait()
-    graphs.predict_reduced(x, 16, 192, 4)
+    graphs.run(x, Geometry(TILE, 16, 192, 4))
 threads = [threading.Thread(target=infer, daemon=True) for _ in range(start.parties)]
 for t in threads:
     t.start()
@@ -216,7 +250,7 @@ def test_threads_whose_first_inference_is_at_once_do_not_deadlock(cache: Path) -
     folder = cache / "threads"
     repo = Path(__file__).resolve().parents[3]
     warm = OpenVINOGraphs(_tiny(), "fp32", 1, cpu_flags(), folder)
-    warm.predict_reduced(torch.full((2, 3, TILE, TILE), 128, dtype=torch.uint8), 16, 192, 4)
+    run(warm, torch.full((2, 3, TILE, TILE), 128, dtype=torch.uint8))
     assert warm.builds == 1
     argv = [sys.executable, "-c", THREADS_AT_ONCE, str(folder), "4"]
     for _ in range(3):
@@ -243,43 +277,35 @@ def test_a_graph_openvino_cannot_express_runs_in_torch_under_auto_and_is_refused
 ) -> None:
     torch.manual_seed(0)
     model = SegmentationModel(_Classifier(), _Branchy(), META)
-    model.to_device("cpu", "fp32", "torch")
-    choice = open_runtime(model, "auto", "fp32", "cpu", cpu_flags(), cache)
+    model.to_device("cpu")
+    choice = open_runtime(model, ov_spec(), cache)
     assert choice.runtime == "torch" and choice.graphs is None
     assert choice.reason.startswith("torch: the model's graph cannot be exported to OpenVINO")
     assert choice.warning is not None and choice.warning.endswith("; ran in torch")
     with pytest.raises(ModelError, match=r"cannot be exported to OpenVINO .*use --runtime torch"):
-        open_runtime(model, "openvino", "fp32", "cpu", cpu_flags(), cache)
+        open_runtime(model, ov_spec(by_name=True), cache)
 
 
-def test_a_precision_decided_for_openvino_is_decided_again_where_torch_runs(
-    cache: Path, monkeypatch: pytest.MonkeyPatch
+def test_where_openvino_cannot_run_torch_runs_the_plans_precision_for_torch(
+    cache: Path,
 ) -> None:
-    """The policy decided OpenVINO and its precision; a graph OpenVINO cannot express runs in
-    torch, whose precision the same function decides for torch, not OpenVINO's calibration."""
-    from wsi_segment.models.runtimes.cache import CACHE_ENV
-    from wsi_segment.models.runtimes.decision import precision_decision
-
-    monkeypatch.setenv(CACHE_ENV, str(cache))
+    """The plan decided OpenVINO at its precision, and torch's precision should OpenVINO not
+    run the model (`RuntimeSpec.fallback`); a graph OpenVINO cannot express runs in torch at
+    that precision, not at OpenVINO's (no OpenVINO calibration, nothing decided again)."""
     torch.manual_seed(0)
-    model = SegmentationModel(_Classifier(), _Branchy(), META)
-    ov = ("openvino", "openvino: the policy's")
-    calibrate = ("bf16-if-calibrated", "bf16-if-calibrated: OpenVINO's bf16 is faster here")
-    report = model.to_device("cpu", "fp32", "auto", ov, calibrate).precision_report()
+    model = SegmentationModel(_Classifier(), _Branchy(), META).to_device("cpu")
+    spec = dataclasses.replace(ov_spec("bf16-if-calibrated"), fallback="fp32")
+    report = open_runtime(model, spec, cache).report()
     assert report["runtime"] == "torch" and report["calibration"] is None
-    assert report["reason"] == "fp32: asked for (--precision fp32)"
-    if "amx_bf16" not in cpu_flags():  # torch calibrates on AMX only
-        auto = model.to_device("cpu", "auto", "auto", ov, calibrate).precision_report()
-        assert auto["runtime"] == "torch" and auto["calibration"] is None
-        assert auto["reason"] == precision_decision("auto", "cpu", "torch", cpu_flags(), False)[1]
+    assert (report["autocast"], report["reason"]) == ("fp32", "fp32: the plan's for torch")
+    spec = dataclasses.replace(spec, fallback="bf16-if-calibrated")  # torch on AMX: calibrated
+    report = open_runtime(model, spec, cache).report()
+    assert report["runtime"] == "torch" and isinstance(report["calibration"], dict)
 
 
-def test_to_device_opens_openvino_and_says_why(
-    cache: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("WSI_SEGMENT_CACHE_DIR", str(cache))
-    model = _tiny().to_device("cpu", "fp32", "openvino")
-    report = model.precision_report()
+def test_open_runtime_opens_openvino_and_says_why(cache: Path) -> None:
+    model = _tiny()
+    report = open_runtime(model, ov_spec(by_name=True), cache).report()
     assert report["runtime"] == "openvino" and report["autocast"] == "fp32"
     assert report["runtime_reason"] == "openvino: asked for (--runtime openvino)"
     # fp32 in another library sums in another order: a label flips only at a near-tie of
@@ -288,9 +314,9 @@ def test_to_device_opens_openvino_and_says_why(
     assert isinstance(agreement, float) and 0.99999 <= agreement <= 1.0
     assert report["runtime_warning"] is None
     x = real_tiles()[:16]
-    with torch.inference_mode():
-        ref = _tiny().predict_reduced(x, 16, 192, 4)
-    same = (model.predict_reduced(x, 16, 192, 4).labels == ref.labels).float().mean().item()
+    ref = run(_tiny(), x)
+    executor = open_runtime(model, ov_spec(by_name=True), cache).executor(model, GEOMETRY)
+    same = (executor.run(x.permute(0, 2, 3, 1)).labels == ref.labels).float().mean().item()
     assert same >= 0.99999
 
 
@@ -336,14 +362,15 @@ def test_a_warm_cache_opens_openvino_without_a_forward_or_a_calibration_graph(
     compiles no graph and gets the same verdict; a damaged verdict is checked again. The
     graphs the checks compiled (calibration batch, whole tiles) are not kept past the load."""
     model = _tiny()
-    flags = cpu_flags() | {"amx_bf16"}  # bf16 is a candidate under auto: both checks run
-    first = open_runtime(model, "openvino", "auto", "cpu", flags, tmp_path)
+    # bf16 is a candidate under auto (a CPU with AMX): both checks run
+    spec = ov_spec("bf16-if-calibrated", flags=cpu_flags() | {"amx_bf16"})
+    first = open_runtime(model, spec, tmp_path)
     assert first.checks_computed == 2 and first.calibration is not None
     assert first.graphs is not None and first.graphs.builds >= 1
     assert first.graphs._compiled == {} and first.graphs._local.requests == {}
     forwards: list[int] = []
     model.segmenter.register_forward_hook(lambda *_: forwards.append(1))
-    second = open_runtime(model, "openvino", "auto", "cpu", flags, tmp_path)
+    second = open_runtime(model, spec, tmp_path)
     assert second.checks_computed == 0 and forwards == []
     assert second.graphs is not None and second.graphs.builds + second.graphs.cache_hits == 0
     assert second.fp32_agreement == first.fp32_agreement
@@ -353,22 +380,25 @@ def test_a_warm_cache_opens_openvino_without_a_forward_or_a_calibration_graph(
     assert len(verdicts) == 2
     for path in verdicts:
         path.write_text(path.read_text().replace("agreement", "agreemenT"))
-    third = open_runtime(model, "openvino", "auto", "cpu", flags, tmp_path)
+    third = open_runtime(model, spec, tmp_path)
     assert third.checks_computed == 2 and len(forwards) == 1  # the torch fp32 forward
     assert third.calibration == first.calibration
     assert third.fp32_agreement == first.fp32_agreement
 
 
-def test_the_run_policys_decision_is_opened_as_decided(cache: Path) -> None:
-    """A run hands the policy's (runtime, reason) to the loader, which decides nothing
-    again: the same request alone would open OpenVINO here; decided torch, it is torch."""
+def test_the_plans_decision_is_opened_as_decided(cache: Path) -> None:
+    """A run hands its plan's runtime and reason to the loader, which decides nothing again:
+    OpenVINO where the plan says so; torch where it decided torch (the reason kept, and a
+    warning where OpenVINO was asked for by name)."""
     model = _tiny()
-    alone = open_runtime(model, "auto", "fp32", "cpu", cpu_flags(), cache)
-    assert alone.runtime == "openvino"
-    policy = ("torch", "torch: auto on a CPU, OpenVINO, but it cannot be imported here")
-    decided = open_runtime(model, "auto", "fp32", "cpu", cpu_flags(), cache, decided=policy)
-    assert (decided.runtime, decided.reason, decided.warning) == (*policy, None)
-    named = open_runtime(model, "openvino", "fp32", "cpu", cpu_flags(), cache, decided=policy)
-    assert named.runtime == "torch" and named.warning == policy[1]  # asked for by name
-    opened = model.to_device("cpu", "fp32", "auto", ("openvino", "openvino: the policy's"))
-    assert opened.precision_report()["runtime_reason"] == "openvino: the policy's"
+    opened = open_runtime(model, ov_spec(), cache)
+    assert (opened.runtime, opened.report()["runtime_reason"]) == (
+        "openvino",
+        "openvino: the plan's",
+    )
+    why = "torch: asked for OpenVINO, but it cannot be imported here"
+    torch_spec = RuntimeSpec("torch", "fp32", runtime_reason=why)
+    decided = open_runtime(model, torch_spec, cache)
+    assert (decided.runtime, decided.reason, decided.warning) == ("torch", why, None)
+    named = open_runtime(model, dataclasses.replace(torch_spec, by_name=True), cache)
+    assert named.runtime == "torch" and named.warning == why  # asked for by name

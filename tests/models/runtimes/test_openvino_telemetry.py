@@ -25,10 +25,10 @@ import torch
 
 from tests.models.runtimes.test_openvino_runtime import _tiny
 from wsi_segment.models.cpu import cpu_flags
-from wsi_segment.models.runtimes import OpenVINOGraphs
+from wsi_segment.models.runtimes import Geometry, OpenVINOGraphs
 
 graphs = OpenVINOGraphs(_tiny(), "fp32", 1, cpu_flags(), Path(sys.argv[1]))
-graphs.predict_reduced(torch.zeros((2, 3, 224, 224), dtype=torch.uint8), 16, 192, 4)
+graphs.run(torch.zeros((2, 224, 224, 3), dtype=torch.uint8), Geometry(224, 16, 192, 4))
 assert graphs.builds == 1, graphs.builds  # exported and converted here, not read from a cache
 converter = sys.modules["openvino.tools.ovc.convert_impl"]
 print(converter.tm.__name__)

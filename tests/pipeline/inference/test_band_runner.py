@@ -16,7 +16,14 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import CMU_SLIDE, corrupt_middle_tile
+from tests.conftest import (
+    CMU_SLIDE,
+    WrappedLoaded,
+    corrupt_middle_tile,
+    torch_handle,
+    torch_loaded,
+    torch_spec,
+)
 from tests.engine_leaks import shm_entries
 from tests.pipeline.inference.killed_parent import pool_then_wait
 from tests.pipeline.inference.test_engine import assert_same_outcomes, make_job, stored
@@ -37,8 +44,7 @@ from wsi_segment.pipeline.run_policy import (
     BAND,
     RunFacts,
     decide,
-    decided_precision,
-    decided_runtime,
+    runtime_spec,
 )
 from wsi_segment.wsi.tiling import ChunkSpec
 
@@ -49,9 +55,9 @@ def band_job(
     """A job over the CMU slide whose model travels as its folder (a worker loads it), CPU
     fp32, one tile per forward pass: a tile's arithmetic is then the same whichever chunks
     share its batch, so every path can be compared byte for byte."""
-    model = load_model(model_dir)
+    model = torch_handle(load_model(model_dir))
     job, specs = make_job(zarr, model, chunk_tiles, slide, detect=slide == CMU_SLIDE)
-    handle = ModelHandle(str(model_dir), "cpu", "fp32")
+    handle = ModelHandle(str(model_dir), "cpu", torch_spec("fp32"))
     return dataclasses.replace(job, model=handle, batch_size=1), specs
 
 
@@ -133,22 +139,18 @@ def test_bands_of_one_cpu_worker_run_their_forward_passes_side_by_side(
     """A CPU worker runs one band per thread, each on its share of the cores: under the
     worker's one model lock they would compute one at a time (the per-chunk path measured
     172 s instead of 60 s that way)."""
-    model = load_model(tiny_model_dir)
-    model.to_device("cpu", "fp32")
-    lock = threading.Lock()
-    watch = TurnWatch(model, lock, hold_s=0.05)  # passes that can overlap do
-    # the handle the bands' own policy asks for, so they run the watched model
-    policy = decide(probe_machine(), band_options(batch_size=2), RunFacts(BAND))
-    handle = ModelHandle.with_model(
-        watch, str(tiny_model_dir), "cpu", "fp32", lock=lock,
-        decided_runtime=decided_runtime(policy), decided_precision=decided_precision(policy),
-        cores=policy.process_cores.value,
-    )  # fmt: skip
+    loaded = torch_loaded(load_model(tiny_model_dir))
+    watch = TurnWatch(loaded.lock, hold_s=0.05)  # passes that can overlap do
+    watched = WrappedLoaded(loaded.model, loaded.runtime, loaded.lock, wrap=watch.wrap)
+    # the handle the bands' own plan asks for, so they run the watched model
+    options = band_options(batch_size=2)
+    spec = runtime_spec(decide(probe_machine(), options, RunFacts(BAND)), options)
+    handle = ModelHandle.of(watched, str(tiny_model_dir), "cpu", spec)
     bands: list[BandResult] = []
     threads = []
     for name in ("a", "b"):
-        job, specs = make_job(tmp_path / f"{name}.zarr", model, 2)
-        job = dataclasses.replace(job, model=handle, batch_size=2)
+        job, specs = make_job(tmp_path / f"{name}.zarr", handle, 2)
+        job = dataclasses.replace(job, batch_size=2)
         target = lambda job=job, specs=specs: bands.append(  # noqa: E731
             run_band(job, specs, None, band_options(batch_size=2), gpu=False)
         )
@@ -230,16 +232,16 @@ def _alive(pid: int) -> bool:
 
 
 def test_a_band_pins_only_what_was_settled_for_the_cluster(tmp_path: Path, tiny_model_dir) -> None:
-    """A handle's precision and runtime are pinned when settle_precision says so
-    (`ModelHandle.pinned`), never because they differ from 'auto'."""
+    """A band's precision and runtime are pinned when the client settled them for the
+    cluster (`settle_precision`'s facts), never because they differ from 'auto'."""
     from wsi_segment.pipeline.inference.band_task import band_policy
 
     job, _specs = band_job(tmp_path / "z.zarr", tiny_model_dir)  # a cpu fp32 torch handle
     options = SegmentParams(device="cpu")  # precision and runtime auto
     free, _job, _tiles = band_policy(job, options, 1, examine=False)
     assert "pinned" not in free.precision.reason and "pinned" not in free.runtime.reason
-    settled = dataclasses.replace(job, model=dataclasses.replace(job.model, pinned=True))
-    pinned, pinned_job, _tiles = band_policy(settled, options, 1, examine=False)
+    settled = RunFacts(BAND, pinned_precision="fp32", pinned_runtime="torch")
+    pinned, pinned_job, _tiles = band_policy(job, options, 1, False, 1, settled)
     assert pinned.precision.as_dict() == {
         "value": "fp32",
         "reason": "auto, pinned for the cluster by one CPU worker's calibration",
@@ -248,26 +250,24 @@ def test_a_band_pins_only_what_was_settled_for_the_cluster(tmp_path: Path, tiny_
         "value": "torch",
         "reason": "auto, pinned for the cluster by the runtime one worker ran",
     }
-    assert pinned_job.model.pinned and pinned_job.model.runtime == "torch"
+    assert (pinned_job.model.spec.runtime, pinned_job.model.spec.precision) == ("torch", "fp32")
 
 
 def test_a_band_keeps_a_handle_whose_decisions_differ_only_in_their_reasons_wording(
     tmp_path: Path, tiny_model_dir: Path
 ) -> None:
     """A band replaces its handle (and so loads the model again) only for other decided
-    values: reasons worded otherwise than the band's own policy words them keep it."""
+    values: reasons worded otherwise than the band's own plan words them keep it."""
     from wsi_segment.pipeline.inference.band_task import band_policy
 
     job, _specs = band_job(tmp_path / "z.zarr", tiny_model_dir)
     _policy, decided_job, _tiles = band_policy(job, band_options(), 1, examine=False)
     had = decided_job.model
     assert had is not job.model  # the band's own decisions, with their reasons
-    assert had.decided_runtime is not None and had.decided_precision is not None
-    reworded = dataclasses.replace(
-        had,
-        decided_runtime=(had.decided_runtime[0], "worded otherwise"),
-        decided_precision=(had.decided_precision[0], "worded otherwise"),
+    spec = dataclasses.replace(
+        had.spec, runtime_reason="worded otherwise", precision_reason="worded otherwise"
     )
+    reworded = dataclasses.replace(had, spec=spec)
     job = dataclasses.replace(decided_job, model=reworded)
     _policy, kept_job, _tiles = band_policy(job, band_options(), 1, examine=False)
     assert kept_job.model is reworded
@@ -288,14 +288,14 @@ def test_a_worker_s_openvino_graphs_take_its_bands_cores_not_its_torch_count(
     torch.set_num_threads(1)  # what OMP_NUM_THREADS=1 gives the worker's threads
     try:  # two bands at once on this machine, both in this worker process
         policy, job, _tiles = band_policy(job, options, 2, examine=False, worker_bands=2)
-        model, _lock = job.model.get()
+        loaded = job.model.get()
     finally:
         torch.set_num_threads(before)
     cores = probe_machine().cores
     share = max(1, cores // 2)
     assert (policy.cores.value, policy.process_cores.value) == (share, min(cores, 2 * share))
-    assert job.model.cores == policy.process_cores.value
-    graphs = model.runtime.graphs
+    assert job.model.spec.threads == policy.process_cores.value
+    graphs = loaded.runtime.graphs
     assert graphs is not None and graphs.threads == policy.process_cores.value
     streams: list[int] = []
 

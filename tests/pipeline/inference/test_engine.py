@@ -16,11 +16,12 @@ import pytest
 import torch
 import zarr
 
-from tests.conftest import CMU_SLIDE, corrupt_middle_tile
+from tests.conftest import CMU_SLIDE, corrupt_middle_tile, torch_handle
 from tests.engine_leaks import shm_entries
 from tests.reference_inference import units_alone
 from wsi_segment.errors import SlideError
 from wsi_segment.models.bundle import load_model
+from wsi_segment.models.reduction import ReducedOutputs
 from wsi_segment.pipeline.inference.decode_pool import DecodePool
 from wsi_segment.pipeline.inference.decoder_reads import DecoderProcesses
 from wsi_segment.pipeline.inference.engine import ReadSource, run_engine
@@ -38,39 +39,39 @@ from wsi_segment.wsi.tissue import detect_tissue, whole_slide
 
 
 class TileByTile:
-    """The real model, one forward pass per tile: its arithmetic is then the same whichever
-    batch a tile came in (a batch of 1 and of 5 may run different kernels on some CPUs), so
-    the paths can be compared byte for byte while the engine still batches across chunks."""
+    """The real model's executor, one forward pass per tile: its arithmetic is then the same
+    whichever batch a tile came in (a batch of 1 and of 5 may run different kernels on some
+    CPUs), so the paths can be compared byte for byte while the engine still batches across
+    chunks."""
 
-    def __init__(self, model) -> None:
-        self.model = model
-        self.device = model.device
+    def __init__(self, executor) -> None:
+        self.executor = executor
 
-    def predict_reduced(self, tiles, margin, core, downsample, gate=True):
-        outs = [
-            self.model.predict_reduced(tiles[i : i + 1], margin, core, downsample, gate)
-            for i in range(len(tiles))
-        ]
-        return dataclasses.replace(
-            outs[0], **{f: torch.cat([getattr(o, f) for o in outs]) for f in outs[0].__dict__}
-        )
+    def run(self, tiles):
+        outs = [self.executor.run(tiles[i : i + 1]) for i in range(len(tiles))]
+        return ReducedOutputs(*(torch.cat([getattr(o, f) for o in outs]) for f in FIELDS))
+
+
+FIELDS = ("probs", "labels", "cls_probs")
 
 
 @pytest.fixture(scope="module")
-def tiny(tiny_model_dir: Path) -> TileByTile:
-    model = load_model(tiny_model_dir)
-    model.to_device("cpu", "fp32")
-    return TileByTile(model)
+def tiny(tiny_model_dir: Path) -> ModelHandle:
+    return torch_handle(load_model(tiny_model_dir), wrap=TileByTile)
 
 
 def make_job(
-    tmp: Path, model, chunk_tiles: int, slide_path: Path = CMU_SLIDE, detect: bool = True
+    tmp: Path,
+    model: ModelHandle,
+    chunk_tiles: int,
+    slide_path: Path = CMU_SLIDE,
+    detect: bool = True,
 ) -> tuple[SlideJob, list[ChunkSpec]]:
     """A job over CMU-1-Small-Region.svs (or a damaged copy) with small chunks, over the
     detected tissue (`detect`) or the whole slide."""
     slide = open_slide(slide_path)
     mpp = slide.require_mpp()
-    meta = getattr(model, "model", model).meta
+    meta = model.get().model.meta
     grid = TileGrid(tile=meta.tile_size, overlap=16, downsample=4)
     tissue = detect_tissue(slide) if detect else whole_slide(slide)
     plan = plan_chunks(slide, mpp[0], meta.mpp, grid, chunk_tiles, tissue)
@@ -101,7 +102,7 @@ def make_job(
         tissue_mask=tissue.mask,
         tissue_downsample=float(tissue.downsample),
         level0_per_output=plan.level0_per_model * grid.downsample,
-        model=ModelHandle.with_model(model, "tiny", "cpu", "fp32"),
+        model=model,
     )
     slide.close()
     return job, plan.specs
@@ -203,22 +204,23 @@ def test_a_damaged_tile_is_one_slide_error_and_leaves_nothing_behind(tmp_path, t
 
 
 class FailsOnSecondBatch(TileByTile):
-    """The real model, failing (as out-of-memory would) on its second forward pass."""
+    """The real model's executor, failing (as out-of-memory would) on its second run."""
 
-    def __init__(self, model) -> None:
-        super().__init__(model)
+    def __init__(self, executor) -> None:
+        super().__init__(executor)
         self.calls = 0
 
-    def predict_reduced(self, *args, **kwargs):
+    def run(self, tiles):
         self.calls += 1
         if self.calls == 2:
             raise RuntimeError("device out of memory (test)")
-        return super().predict_reduced(*args, **kwargs)
+        return super().run(tiles)
 
 
 @pytest.mark.parametrize("name", ["decoders-2", "reader-thread"])
 def test_a_model_error_stops_the_source_and_nothing_writes_after(tmp_path, tiny, name):
-    job, specs = make_job(tmp_path / "p.zarr", FailsOnSecondBatch(tiny.model), chunk_tiles=2)
+    failing = torch_handle(tiny.get().model, wrap=FailsOnSecondBatch)
+    job, specs = make_job(tmp_path / "p.zarr", failing, chunk_tiles=2)
     before = shm_entries()
     with pytest.raises(RuntimeError, match="out of memory"):
         run_engine(job, specs, source_for(name, job, specs), computes=2)
@@ -235,8 +237,7 @@ def test_a_model_error_stops_the_source_and_nothing_writes_after(tmp_path, tiny,
 def test_engine_on_cuda_matches_the_cpu_within_one_level(tmp_path, tiny_model_dir, alone):
     """Pinned staging, the side-stream copy and the device reduction, against the CPU run."""
     (expected, _), _ = alone
-    model = load_model(tiny_model_dir)
-    model.to_device("cuda", "fp32")
+    model = torch_handle(load_model(tiny_model_dir), device="cuda")
     job, specs = make_job(tmp_path / "p.zarr", model, chunk_tiles=2)
     stats = EngineStats()
     run_engine(job, specs, DecoderProcesses(2), stats=stats)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CMU_SLIDE, DATA_DIR
+from tests.conftest import CMU_SLIDE, DATA_DIR, WrappedLoaded
 from wsi_segment.pipeline import segment
 from wsi_segment.pipeline.inference.model_handle import ModelHandle, load_for_process
 from wsi_segment.pipeline.params import SegmentParams
@@ -20,29 +20,35 @@ OS1_SLIDE = DATA_DIR / "OS-1-detail.ome.tif"
 
 
 class TurnWatch:
-    """The real model; records, per forward pass, whether the model's lock was held and how
-    many forward passes ran at that moment (its own included). `hold_s`: each pass holds on
-    that long, so passes that can overlap do."""
+    """The real model's executors; records, per forward pass, whether the model's lock was
+    held and how many forward passes ran at that moment (its own included). `hold_s`: each
+    pass holds on that long, so passes that can overlap do."""
 
-    def __init__(self, model, lock: threading.Lock, hold_s: float = 0.0) -> None:
-        self.model, self.lock, self.device = model, lock, model.device
+    def __init__(self, lock: threading.Lock, hold_s: float = 0.0) -> None:
+        self.lock = lock
         self.hold_s = hold_s
         self.held: list[bool] = []
         self.running = 0
         self.most_at_once = 0
         self._count = threading.Lock()
 
-    def predict_reduced(self, *args, **kwargs):
-        with self._count:
-            self.held.append(self.lock.locked())
-            self.running += 1
-            self.most_at_once = max(self.most_at_once, self.running)
-        try:
-            time.sleep(self.hold_s)
-            return self.model.predict_reduced(*args, **kwargs)
-        finally:
-            with self._count:
-                self.running -= 1
+    def wrap(self, executor):
+        watch = self
+
+        class Watched:
+            def run(self, tiles):
+                with watch._count:
+                    watch.held.append(watch.lock.locked())
+                    watch.running += 1
+                    watch.most_at_once = max(watch.most_at_once, watch.running)
+                try:
+                    time.sleep(watch.hold_s)
+                    return executor.run(tiles)
+                finally:
+                    with watch._count:
+                        watch.running -= 1
+
+        return Watched()
 
 
 @pytest.fixture
@@ -68,14 +74,12 @@ def prepared(slides: list[Path], tmp_path: Path, params: SegmentParams) -> list[
 def test_slides_of_one_process_share_the_model_and_its_lock(tmp_path, params) -> None:
     preps = prepared([CMU_SLIDE, OS1_SLIDE], tmp_path, params)
     try:
-        h = preps[0].model  # the recipe the run policy gave (device, precision, runtime, cores)
-        assert (h.model_dir, h.device, h.precision) == (str(params.model_dir), "cpu", "fp32")
-        recipe = (h.runtime, h.decided_runtime, h.decided_precision, h.cores)
-        loaded = load_for_process(h.model_dir, h.device, h.precision, *recipe)
+        h = preps[0].model  # the recipe the plan gave (device, runtime spec)
+        assert (h.model_dir, h.device, h.spec.precision) == (str(params.model_dir), "cpu", "fp32")
+        loaded = load_for_process(h.model_dir, h.device, h.spec)
         for prep in preps:
-            model, lock = prep.model.get()
-            assert model is loaded[0]
-            assert lock is loaded[1]  # one lock per loaded model, not one per slide
+            assert prep.model.get().model is loaded.model
+            assert prep.model.get().lock is loaded.lock  # one lock per loaded model
     finally:
         for prep in preps:
             prep.slide.close()
@@ -83,8 +87,9 @@ def test_slides_of_one_process_share_the_model_and_its_lock(tmp_path, params) ->
 
 def test_two_slides_compute_stages_take_turns_on_the_model(tmp_path, params) -> None:
     preps = prepared([CMU_SLIDE, OS1_SLIDE], tmp_path, params)
-    model, lock = preps[0].model.get()
-    watch = TurnWatch(model, lock)
+    shared = preps[0].model.get()
+    watch = TurnWatch(shared.lock)
+    watched = WrappedLoaded(shared.model, shared.runtime, shared.lock, wrap=watch.wrap)
     errors: list[BaseException] = []
 
     def infer(prep: PreparedSlide, work_dir: Path) -> None:
@@ -96,9 +101,7 @@ def test_two_slides_compute_stages_take_turns_on_the_model(tmp_path, params) -> 
     threads = []
     try:
         for i, prep in enumerate(preps):
-            prep.model = ModelHandle.with_model(
-                watch, str(params.model_dir), "cpu", "fp32", lock=lock
-            )
+            prep.model = ModelHandle.of(watched, str(params.model_dir), "cpu", prep.model.spec)
             work_dir = tmp_path / f"work-{i}"
             work_dir.mkdir()
             threads.append(threading.Thread(target=infer, args=(prep, work_dir)))

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import run_tiles, torch_handle
 from tests.pipeline.inference.test_engine import make_job
 from wsi_segment.models.bundle import load_model
 from wsi_segment.models.segmentation_model import SegmentationModel
@@ -21,24 +22,28 @@ from wsi_segment.pipeline.inference.reader_thread import HostTiles, ReaderThread
 
 
 class BatchSizes:
-    """The real model, noting the number of tiles of every forward pass (an instrument)."""
+    """The real model's executors, noting the number of tiles of every forward pass (an
+    instrument)."""
 
-    def __init__(self, model: SegmentationModel) -> None:
-        self.model, self.meta, self.device = model, model.meta, model.device
+    def __init__(self) -> None:
         self.sizes: list[int] = []
         self._lock = threading.Lock()
 
-    def predict_reduced(self, tiles, margin, core, downsample, gate=True):
-        with self._lock:
-            self.sizes.append(len(tiles))
-        return self.model.predict_reduced(tiles, margin, core, downsample, gate)
+    def wrap(self, executor):
+        sizes, lock = self.sizes, self._lock
+
+        class Counted:
+            def run(self, tiles):
+                with lock:
+                    sizes.append(len(tiles))
+                return executor.run(tiles)
+
+        return Counted()
 
 
 @pytest.fixture(scope="module")
 def model(tiny_model_dir: Path) -> SegmentationModel:
-    loaded = load_model(tiny_model_dir)
-    loaded.to_device("cpu", "fp32")
-    return loaded
+    return load_model(tiny_model_dir)
 
 
 def chunk_files(store: Path) -> dict[str, bytes]:
@@ -56,8 +61,8 @@ EVERY = 3
 def run(tmp: Path, model: SegmentationModel, name: str, batch: int):
     """One engine run over every third chunk of the CMU slide's plan in chunks of 2 x 2 tiles:
     (store files, forward pass sizes, stats, tissue tiles)."""
-    counter = BatchSizes(model)
-    job, specs = make_job(tmp / "p.zarr", counter, chunk_tiles=2)
+    counter = BatchSizes()
+    job, specs = make_job(tmp / "p.zarr", torch_handle(model, wrap=counter.wrap), chunk_tiles=2)
     specs = specs[::EVERY]
     job.batch_size = batch
     stats = EngineStats()
@@ -96,7 +101,6 @@ def test_a_tiles_output_does_not_depend_on_the_other_tiles_of_its_batch(tiny_mod
     and DeepLabV3+): at one batch size, a tile gives the same bits at every position of the
     batch and beside any other tiles."""
     model = load_model(tiny_model_dir)
-    model.to_device("cpu", precision)
     size = int(model.meta.tile_size)
     gen = torch.Generator().manual_seed(3)
     tile = torch.randint(0, 256, (1, 3, size, size), dtype=torch.uint8, generator=gen)
@@ -104,7 +108,7 @@ def test_a_tiles_output_does_not_depend_on_the_other_tiles_of_its_batch(tiny_mod
     for position in range(3):
         batch = torch.randint(0, 256, (3, 3, size, size), dtype=torch.uint8, generator=gen)
         batch[position] = tile[0]
-        out = model.predict_reduced(batch, 8, 48, 4, gate=True)
+        out = run_tiles(model, batch, 8, 48, 4, gate=True, precision=precision)
         outs.append((out.probs[position], out.labels[position], out.cls_probs[position]))
     for probs, labels, cls_probs in outs[1:]:
         assert torch.equal(probs, outs[0][0])

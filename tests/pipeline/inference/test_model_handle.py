@@ -1,28 +1,56 @@
 """The per-process model cache and handles: what a loaded model depends on is the recipe's
-values; the run policy's reasons ride along and never load a model again."""
+values; the plan's reasons ride along and never load a model again."""
 
 from __future__ import annotations
 
 import dataclasses
+import pickle
 from pathlib import Path
 
+from tests.conftest import torch_spec
 from wsi_segment.pipeline.inference.model_handle import ModelHandle, load_for_process
 
 
 def test_the_cache_keys_on_the_decided_values_not_on_their_reasons(tiny_model_dir: Path) -> None:
     folder = str(tiny_model_dir)
-    first = load_for_process(folder, "cpu", "fp32", "torch", ("torch", "a"), ("fp32", "b"))
-    reworded = load_for_process(folder, "cpu", "fp32", "torch", ("torch", "c"), ("fp32", "d"))
-    assert reworded is first  # the same model and lock: nothing loaded again
-    other = load_for_process(folder, "cpu", "fp32", "torch", ("torch", "a"), ("bf16", "b"))
-    assert other[0] is not first[0] and other[0].autocast_dtype is not None
+    spec = torch_spec("fp32")
+    first = load_for_process(folder, "cpu", spec)
+    reworded = dataclasses.replace(spec, runtime_reason="c", precision_reason="d")
+    assert load_for_process(folder, "cpu", reworded) is first  # nothing loaded again
+    other = load_for_process(folder, "cpu", torch_spec("bf16"))
+    assert other.model is not first.model and other.runtime.precision == "bf16"
 
 
 def test_handles_differing_only_in_their_reasons_have_one_recipe() -> None:
-    handle = ModelHandle("m", "cpu", "auto", "", "auto", ("torch", "a"), ("fp32", "b"))
+    handle = ModelHandle("m", "cpu", torch_spec("fp32"))
     reworded = dataclasses.replace(
-        handle, decided_runtime=("torch", "c"), decided_precision=("fp32", "d")
+        handle, spec=dataclasses.replace(handle.spec, precision_reason="worded otherwise")
     )
-    assert reworded.recipe() == handle.recipe()
-    bf16 = dataclasses.replace(handle, decided_precision=("bf16", "b"))
-    assert bf16.recipe() != handle.recipe()
+    assert reworded == handle
+    assert dataclasses.replace(handle, spec=torch_spec("bf16")) != handle
+
+
+def test_a_handle_travels_as_its_recipe(tiny_model_dir: Path) -> None:
+    handle = ModelHandle(str(tiny_model_dir), "cpu", torch_spec("fp32"))
+    loaded = handle.get()
+    copy = pickle.loads(pickle.dumps(handle))
+    assert copy._loaded is None and copy == handle
+    again = copy.get()  # this process's cache: the same model and lock
+    assert again.model is loaded.model and again.lock is loaded.lock
+
+
+def test_handles_sharing_a_load_each_report_their_own_reasons(tiny_model_dir: Path) -> None:
+    """The process loads once for specs equal in value, yet summary.json says each run's own
+    plan's words (a batch's and a band's reasons differ: "pinned for the cluster")."""
+    folder = str(tiny_model_dir)
+    first = ModelHandle(folder, "cpu", torch_spec("fp32")).get()
+    spec = dataclasses.replace(
+        torch_spec("fp32"), runtime_reason="torch: pinned", precision_reason="fp32: pinned"
+    )
+    second = ModelHandle(folder, "cpu", spec).get()
+    assert second.model is first.model and second.lock is first.lock
+    assert first.runtime.report()["reason"] == "fp32: a test's"
+    assert (second.runtime.report()["reason"], second.runtime.reason) == (
+        "fp32: pinned",
+        "torch: pinned",
+    )

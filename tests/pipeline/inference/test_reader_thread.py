@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import CMU_SLIDE, DATA_DIR, corrupt_middle_tile
+from tests.conftest import CMU_SLIDE, DATA_DIR, corrupt_middle_tile, torch_handle
 from tests.engine_leaks import shm_entries
 from tests.pipeline.inference.test_device_tiles import device_reads as open_reads
 from tests.pipeline.inference.test_engine import TileByTile, assert_same_outcomes, stored
@@ -41,10 +41,8 @@ CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
-def tiny(tiny_model_dir: Path) -> TileByTile:
-    model = load_model(tiny_model_dir)
-    model.to_device("cpu", "fp32")
-    return TileByTile(model)
+def tiny(tiny_model_dir: Path) -> ModelHandle:
+    return torch_handle(load_model(tiny_model_dir), wrap=TileByTile)
 
 
 def level_job(
@@ -52,7 +50,7 @@ def level_job(
 ) -> tuple[SlideJob, list[ChunkSpec]]:
     """A job whose model pixels are the slide's level-0 pixels (the slide's mpp taken as the
     model's), the only plan the device path serves."""
-    meta = model.model.meta
+    meta = model.get().model.meta
     slide = open_slide(slide_path, mpp=meta.mpp)
     grid = TileGrid(tile=meta.tile_size, overlap=16, downsample=4)
     tissue = detect_tissue(slide) if detect else whole_slide(slide)
@@ -85,7 +83,7 @@ def level_job(
         tissue_mask=tissue.mask,
         tissue_downsample=float(tissue.downsample),
         level0_per_output=float(grid.downsample),
-        model=ModelHandle.with_model(model, "tiny", "cpu", "fp32"),
+        model=model,
     )
     slide.close()
     return job, plan.specs
@@ -223,9 +221,7 @@ def test_device_reads_on_cuda_write_what_the_decoder_processes_write(tmp_path, t
     """CMU-1's RGB-coded tiles are decoded by libjpeg and copied to the device: the same
     tiles as the decoder processes', so a model on CUDA writes the same bytes from both
     (the side stream and its ready events ordered before each forward pass)."""
-    model = load_model(tiny_model_dir)
-    model.to_device("cuda", "fp32")
-    wrapped = TileByTile(model)
+    wrapped = torch_handle(load_model(tiny_model_dir), device="cuda", wrap=TileByTile)
     job, specs = level_job(tmp_path / "a.zarr", wrapped, CMU_SLIDE, detect=False)
     specs = window(specs, *WINDOWS[CMU_SLIDE])
     expected = run_engine(job, specs, DecoderProcesses(1))
@@ -242,9 +238,8 @@ def test_device_reads_on_cuda_write_what_the_decoder_processes_write(tmp_path, t
 def test_nvjpeg_reads_feed_the_engine(tmp_path, tiny_model_dir):
     """OS-1's YCbCr tiles go to nvJPEG (pixels within the JPEG decoder tolerance of
     libjpeg's: tests/pipeline/inference/test_device_tiles_jpeg.py); every tile runs."""
-    model = load_model(tiny_model_dir)
-    model.to_device("cuda", "fp32")
-    job, specs = level_job(tmp_path / "p.zarr", TileByTile(model), OME_TIFF)
+    model = torch_handle(load_model(tiny_model_dir), device="cuda", wrap=TileByTile)
+    job, specs = level_job(tmp_path / "p.zarr", model, OME_TIFF)
     reads = device_reads(job, torch.device("cuda"), "nvjpeg")  # YCbCr tiles
     assert reads.decoder == "nvjpeg"
     stats = EngineStats()

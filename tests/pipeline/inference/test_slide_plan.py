@@ -15,24 +15,25 @@ from tests.conftest import CMU_SLIDE
 from wsi_segment.errors import ModelError
 from wsi_segment.models.bundle import demo_model_dir, load_model
 from wsi_segment.models.meta import read_model_json
-from wsi_segment.pipeline.inference.slide_plan import model_geometry
+from wsi_segment.pipeline.params import SegmentParams
+from wsi_segment.pipeline.prepare import prepare
 
 PLAN_WITHOUT_TORCH = """
 import json, sys
 from pathlib import Path
 from wsi_segment.models.meta import read_model_json
-from wsi_segment.pipeline.inference.slide_plan import model_geometry, plan_slide, slide_tissue
+from wsi_segment.pipeline.inference.slide_plan import plan_slide, slide_tissue
 from wsi_segment.pipeline.machine import probe_machine
 from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.pipeline.run_policy import decide
 from wsi_segment.wsi.slide import open_slide
 
 model_dir = Path(sys.argv[2])
-read_model_json(model_dir)
+_, meta = read_model_json(model_dir)
 params = SegmentParams(model_dir=model_dir, device="cpu", precision="fp32")
 with open_slide(sys.argv[1]) as slide:
     tissue = slide_tissue(slide, params, [])
-    geometry = model_geometry(model_dir)
+    geometry = (meta.tile_size, meta.mpp)
     chunk_tiles = decide(probe_machine(), params).chunk_tiles.value
     grid, planned = plan_slide(slide, slide.require_mpp(), geometry, params, tissue, chunk_tiles)
 print(json.dumps({"geometry": geometry, "tiles": planned.tiles,
@@ -76,20 +77,21 @@ def _with_json(src: Path, dst: Path, change: dict | None, text: str | None = Non
 def test_planning_and_loading_refuse_the_same_model_json(
     tiny_model_dir: Path, tmp_path: Path, change: dict | None, text: str | None, message: str
 ) -> None:
-    """One parser: what the loader refuses, planning does not plan with (it leaves the
-    loader to report it, by the same message)."""
+    """One parser: what the loader refuses, preparing a slide refuses before it plans, by
+    the same message."""
     bad = _with_json(tiny_model_dir, tmp_path / "bad", change, text)
-    assert model_geometry(bad) is None
+    with pytest.raises(ModelError, match=message) as prepared:
+        prepare(CMU_SLIDE, tmp_path / "out", SegmentParams(model_dir=bad, device="cpu"))
     with pytest.raises(ModelError, match=message) as parsed:
         read_model_json(bad)
     with pytest.raises(ModelError) as loaded:
         load_model(bad)
-    assert str(loaded.value) == str(parsed.value)
+    assert str(loaded.value) == str(parsed.value) == str(prepared.value)
 
 
 def test_planning_reads_the_loaders_geometry(tiny_model_dir: Path) -> None:
     doc, meta = read_model_json(tiny_model_dir)
-    assert model_geometry(tiny_model_dir) == (64, 2.0) == (meta.tile_size, meta.mpp)
+    assert (meta.tile_size, meta.mpp) == (64, 2.0)
     assert meta == load_model(tiny_model_dir).meta
     assert doc["weights"]["file"] == "model.safetensors" and "architecture" in doc
 

@@ -14,12 +14,12 @@ import torch
 import zarr
 from torch import nn
 
+from tests.conftest import torch_handle
 from tests.reference_inference import quantise
 from tests.wsi.model_box import read_model_box
 from wsi_segment.models.meta import ModelMeta
 from wsi_segment.models.segmentation_model import SegmentationModel
 from wsi_segment.pipeline.inference.engine import run_engine
-from wsi_segment.pipeline.inference.model_handle import ModelHandle
 from wsi_segment.pipeline.inference.reader_thread import HostTiles, ReaderThread
 from wsi_segment.pipeline.inference.slide_job import SlideJob
 from wsi_segment.pipeline.inference.tile_reader import TileReader
@@ -62,7 +62,7 @@ def analytic_model(classifier: nn.Module) -> SegmentationModel:
             p.mul_(4.0)
     meta = ModelMeta("analytic", CLASSES, [(255, 0, 0), (0, 255, 0), (0, 0, 255)], 0.499, 64)
     model = SegmentationModel(classifier, seg, meta)
-    return model.to_device("cpu", "fp32")
+    return model.to_device("cpu")
 
 
 def run_job(tmp_path, slide_path, model, grid, chunk_tiles, gate=True, batch_size=7):
@@ -97,7 +97,7 @@ def run_job(tmp_path, slide_path, model, grid, chunk_tiles, gate=True, batch_siz
         tissue_mask=np.ones((1, 1), bool),
         tissue_downsample=1e9,
         level0_per_output=plan.level0_per_model * grid.downsample,
-        model=ModelHandle.with_model(model, "analytic", "cpu", "fp32"),
+        model=torch_handle(model, "analytic"),
     )
     outcomes = run_engine(job, plan.specs, ReaderThread(HostTiles(job.reader)), computes=2)
     return np.asarray(zarr.open_array(str(level0_path(store)), mode="r")[:]), plan, outcomes

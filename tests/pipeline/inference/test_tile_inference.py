@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from tests.conftest import CMU_SLIDE
+from tests.conftest import CMU_SLIDE, torch_handle
 from tests.reference_inference import (
     chunk_alone,
     near_rounding_boundary,
@@ -15,7 +15,6 @@ from tests.reference_inference import (
     unique_positive_max,
 )
 from wsi_segment.models.bundle import load_model
-from wsi_segment.pipeline.inference.model_handle import ModelHandle
 from wsi_segment.pipeline.inference.slide_job import SlideJob
 from wsi_segment.pipeline.inference.tile_inference import NODATA
 from wsi_segment.pipeline.inference.tile_reader import TileReader
@@ -29,7 +28,7 @@ def _sure_gated_model(model_dir):
     apart; x 500 puts the top class near p = 0.999, far from float32 underflow) and with its
     gate's epsilon at the 30th percentile of the classifier's probabilities, so the gate
     removes the sure class in some tiles and keeps it in others."""
-    model = load_model(model_dir).to_device("cpu", "fp32")
+    model = load_model(model_dir).to_device("cpu")
     head = model.segmenter.net.segmentation_head[0]
     with torch.no_grad():
         head.weight.mul_(500.0)
@@ -62,7 +61,7 @@ def _job(model, grid: TileGrid) -> tuple[SlideJob, list]:
         tissue_mask=tissue.mask,
         tissue_downsample=float(tissue.downsample),
         level0_per_output=plan.level0_per_model * grid.downsample,
-        model=ModelHandle.with_model(model, "tiny", "cpu", "fp32"),
+        model=torch_handle(model, "tiny"),
     )
     return job, plan.specs
 

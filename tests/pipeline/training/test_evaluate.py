@@ -16,6 +16,8 @@ from wsi_segment.errors import DatasetError
 from wsi_segment.models.bundle import demo_model_dir, load_model
 from wsi_segment.models.labels import UNCLASSIFIED
 from wsi_segment.models.meta import DEFAULT_EPSILON
+from wsi_segment.models.runtimes.executor import TorchExecutor
+from wsi_segment.models.runtimes.graph import Geometry
 from wsi_segment.models.segmentation_model import SegmentationModel
 from wsi_segment.pipeline.training.datasets import load_batch, open_dataset
 from wsi_segment.pipeline.training.evaluate import (
@@ -72,7 +74,7 @@ def test_gate_check_counts_gated_present_classes() -> None:
 @pytest.fixture(scope="module")
 def demo() -> SegmentationModel:
     torch.set_num_threads(1)
-    return load_model(demo_model_dir(), device="cpu", precision="fp32")
+    return load_model(demo_model_dir(), device="cpu")
 
 
 def _test_split() -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,7 +102,8 @@ def test_evaluate_and_validation_score_the_labels_the_slide_path_writes(demo) ->
     for eps in (demo.meta.gate_epsilon, half, all_gated):
         demo.meta.gate_epsilon = eps
         (scored,) = segmentation_predictor(demo)(images, gt)
-        slide = predict_unpadded(demo, nhwc, grid, batch_size=4, gate=True).labels
+        executor = TorchExecutor(demo, Geometry.whole(tile), "fp32")
+        slide = predict_unpadded(executor, nhwc, grid, batch_size=4).labels
         np.testing.assert_array_equal(np.asarray(scored), slide)
         val = module_predictor(demo.segmenter, demo.classifier, eps, torch.device("cpu"))
         np.testing.assert_array_equal(np.asarray(val(images, gt)[0]), slide)

@@ -87,7 +87,7 @@ def _check(run: Run, method: str) -> None:
     written = _written(run)
     # the saved classifier, in stage 2's batches, threads and memory layout (load_model makes
     # it channels_last, whose convolutions round otherwise), gives the same masks
-    clf = load_model(run.out, device="cpu", precision="fp32").classifier
+    clf = load_model(run.out, device="cpu").classifier
     clf = clf.to(memory_format=torch.contiguous_format)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

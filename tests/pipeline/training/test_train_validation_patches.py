@@ -12,7 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.conftest import calibrating_spec
 from wsi_segment.models.bundle import load_model
+from wsi_segment.models.runtimes.select import open_runtime
 from wsi_segment.models.validation_patches import PATCHES_FILE
 from wsi_segment.pipeline.training.datasets import open_dataset
 from wsi_segment.pipeline.training.train import TrainConfig, recorded_patches, train
@@ -43,8 +45,8 @@ def test_trained_model_keeps_its_val_patches_and_calibrates_on_them(tmp_path: Pa
     )
     assert model.validation_patches is not None
     assert torch.equal(model.validation_patches, torch.from_numpy(want).permute(0, 3, 1, 2))
-    with torch.inference_mode():
-        cal = model.to_device("cpu", "fp32")._calibrate()  # precision auto on an AMX CPU
+    cal = open_runtime(model.to_device("cpu"), calibrating_spec()).calibration
+    assert cal is not None  # precision auto on an AMX CPU
     assert (cal.tiles, cal.own_patches, cal.tile_size) == (9, 3, 224)
 
 

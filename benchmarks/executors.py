@@ -1,0 +1,48 @@
+"""The benchmarks' way to a loaded model's executors, as a run gets them: the plan decided
+for the options on this machine (`pipeline.run_policy.decide`, `runtime_spec`), the runtime
+opened as it says (`models.runtimes.select.open_runtime`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from wsi_segment.models.bundle import load_model
+from wsi_segment.models.runtimes.graph import Geometry
+from wsi_segment.models.runtimes.select import OpenedRuntime, open_runtime
+from wsi_segment.models.segmentation_model import SegmentationModel
+from wsi_segment.pipeline.machine import probe_machine
+from wsi_segment.pipeline.params import SegmentParams
+from wsi_segment.pipeline.run_policy import decide, runtime_spec
+
+
+def opened(
+    model: SegmentationModel | str | Path,
+    device: str = "cpu",
+    precision: str = "auto",
+    runtime: str = "auto",
+) -> tuple[SegmentationModel, OpenedRuntime]:
+    """The model (loaded from its folder if a path) on the plan's device, and its runtime
+    opened at the plan's precision for `--device device --precision precision --runtime
+    runtime`."""
+    options = SegmentParams(device=device, precision=precision, runtime=runtime)
+    plan = decide(probe_machine(), options)
+    if not isinstance(model, SegmentationModel):
+        model = load_model(Path(model))
+    model.to_device(plan.device.value)
+    return model, open_runtime(model, runtime_spec(plan, options))
+
+
+def reduced(
+    model: SegmentationModel,
+    runtime: OpenedRuntime,
+    tiles: torch.Tensor,
+    margin: int,
+    core: int,
+    downsample: int,
+) -> Any:
+    """`runtime`'s outputs of uint8 tiles (N, 3, T, T) at that geometry (gate on)."""
+    geometry = Geometry(int(tiles.shape[-1]), margin, core, downsample, True)
+    return runtime.executor(model, geometry).run(tiles.permute(0, 2, 3, 1))
