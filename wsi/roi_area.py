@@ -1,9 +1,9 @@
 """Whether an exported area annotation has an area, by QuPath's own rule.
 
-QuPath (0.5, 0.6) turns a GeoJSON polygon into a ROI with `GeometryTools.geometryToROI`: a
+QuPath (0.5, 0.6) turns a GeoJSON polygon into a ROI with its GeometryTools.geometryToROI: a
 single polygon without holes that is not an axis-aligned rectangle becomes a `PolygonROI`,
 whose vertices are stored as 32-bit floats; anything else (holes, several parts,
-rectangles) keeps its 64-bit coordinates. A ROI is empty (`ROI.isEmpty`) when it has no
+rectangles) keeps its 64-bit coordinates. A ROI is empty (its ROI.isEmpty) when it has no
 points or, for an area ROI, its area is exactly 0. So a sliver of 8e-6 px^2 whose vertices
 collapse onto a line once rounded to floats is an empty annotation in QuPath, and is skipped
 here like any annotation without area, instead of becoming a region with no pixels.
