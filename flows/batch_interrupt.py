@@ -6,11 +6,11 @@ the flow while it waits for its slides. `wait_for_slides` waits in short steps (
 Python runs handlers only in the main thread, but the kernel may deliver the signal to any
 thread of the process, and then nothing wakes a main thread blocked in a wait without a
 limit; the handler would run only when that slide ended. On the interrupt, every running
-slide is stopped in its own thread (`flows.slide_watch`), which removes its partial folder
-and lock and stops its chunks; the slides are given `GRACE_S` to unwind, with further
-signals ignored meanwhile (a second Ctrl-C must not cut the cleanup short; a slide still
-running after it, stuck where the stop cannot reach, is named in a warning and not waited
-for: `flows.slide_runner`); then the exception goes on, carrying every slide's result
+slide's cancellation token is cancelled (`flows.slide_watch`): each slide stops where its
+code next checks it, removes its partial folder and lock and stops its chunks. The slides
+are given `GRACE_S` to unwind, with further signals ignored meanwhile (a second Ctrl-C must
+not cut the cleanup short; a slide still running after it, stuck in a call that does not
+return, is named in a warning and not waited for: `flows.slide_runner`); then the exception goes on, carrying every slide's result
 (finished, "interrupted", or "not started"), so the CLI prints the table and one `error:`
 line. Prefect still sees the interrupt (a `KeyboardInterrupt`, or a `TerminationSignal`
 for its cancellation handling).
@@ -29,13 +29,8 @@ from typing import Any, Protocol
 
 from prefect.exceptions import TerminationSignal
 
-from wsi_segment.errors import TERMINATING_SIGNALS
-from wsi_segment.flows.slide_watch import (
-    SlideNotStarted,
-    SlideStopped,
-    SlideTimedOut,
-    SlideWatch,
-)
+from wsi_segment.errors import TERMINATING_SIGNALS, SlideNotStarted, SlideStopped, SlideTimedOut
+from wsi_segment.flows.slide_watch import SlideWatch
 from wsi_segment.pipeline.batch_inputs import BatchItem
 from wsi_segment.pipeline.segment import SlideResult
 
@@ -137,7 +132,7 @@ def stopped_result(
 
 def _result_now(future: SlideFuture, item: BatchItem, was_running: bool) -> SlideResult:
     """The slide's own result if its task has returned, else one saying it was cut off (a
-    slide still running now is stuck where the stop cannot reach it: it ends with the
+    slide still running now is stuck in a call that does not return: it ends with the
     process, as if killed, so its partial folder and lock may stay for the next run)."""
     still_running = False
     try:

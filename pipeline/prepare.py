@@ -19,6 +19,7 @@ import numpy as np
 
 from wsi_segment.errors import ModelError
 from wsi_segment.models.meta import read_model_json, weights_path
+from wsi_segment.pipeline.cancellation import NEVER_CANCELLED, CancelToken
 from wsi_segment.pipeline.inference.decode_pool import DecodePool
 from wsi_segment.pipeline.inference.model_handle import (
     ModelHandle,
@@ -125,8 +126,7 @@ class PreparedSlide:
             self.prefetch.close()
             self.prefetch = None
         if self.overlay_thumb is not None:
-            # its own error: finish() reports it; a stop raised in this thread from outside
-            # (Ctrl-C, a batch's interrupt) while waiting goes on, or the slide would not stop
+            # its own error: finish() reports it; Ctrl-C while waiting goes on
             with contextlib.suppress(Exception):
                 self.overlay_thumb.result()
 
@@ -193,6 +193,7 @@ def prepare(
     early: bool = False,
     place: str = LOCAL,
     at_once: int = 1,
+    cancel: CancelToken = NEVER_CANCELLED,
 ) -> PreparedSlide:
     """Stage 1: everything cheap that decides what the run will do.
 
@@ -206,6 +207,8 @@ def prepare(
     first, from this machine, the options and the slide's read level. With `early`, the readers it names start while the model loads: the engine's
     decoder processes (`DecodePool`, held by the PreparedSlide until `infer` hands it to
     the engine), else the prefetcher, and neither when it reads on the model's device.
+    `cancel` is checked between the steps (a batch's stop: its reason is raised, and what
+    was started is stopped and the slide closed).
     """
     t0 = time.perf_counter()
     slide_path = str(slide_path)
@@ -230,21 +233,23 @@ def prepare(
     # a bad --roi file (or regions off this slide) is refused before the model loads
     try:
         rois = read_rois(params.roi, slide.dimensions, slide.bounds_offset) if params.roi else []
+        cancel.check()
+        with gc_paused():
+            return _prepare_opened(
+                slide_path,
+                name,
+                out_root,
+                params,
+                RunFacts(place=place, at_once=at_once),
+                early,
+                model_dir,
+                (slide, mpp, rois),
+                t0,
+                cancel,
+            )
     except BaseException:
         slide.close()
         raise
-    with gc_paused():
-        return _prepare_opened(
-            slide_path,
-            name,
-            out_root,
-            params,
-            RunFacts(place=place, at_once=at_once),
-            early,
-            model_dir,
-            (slide, mpp, rois),
-            t0,
-        )
 
 
 def _prepare_opened(
@@ -257,6 +262,7 @@ def _prepare_opened(
     model_dir: Path,
     opened: tuple[Slide, tuple[float, float], list[Roi]],  # the slide, its mpp, its regions
     t0: float,
+    cancel: CancelToken,
 ) -> PreparedSlide:
     slide, mpp, rois = opened
     machine = probe_machine()
@@ -294,6 +300,7 @@ def _prepare_opened(
         t1 = time.perf_counter()
         tissue = slide_tissue(slide, params, rois)
         t_tissue = time.perf_counter()
+        cancel.check()
         planned = grid = read_backend = reader = None
         if geometry is not None:
             grid, planned = plan_slide(slide, mpp, geometry, params, tissue, chunk_tiles)
@@ -309,6 +316,7 @@ def _prepare_opened(
             pool = None
         t2 = time.perf_counter()
         model, lock = loader.result()
+        cancel.check()
         meta = model.meta
         if geometry != (int(meta.tile_size), float(meta.mpp)):  # unreadable json: plan now
             if prefetcher is not None:

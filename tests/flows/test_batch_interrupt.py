@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from prefect.futures import PrefectConcurrentFuture
 
+from wsi_segment.errors import SlideStopped
 from wsi_segment.flows.batch_interrupt import (
     INTERRUPTED,
     BatchInterrupted,
@@ -23,7 +24,7 @@ from wsi_segment.flows.batch_interrupt import (
     wait_for_slides,
 )
 from wsi_segment.flows.cli import sigterm_as_interrupt
-from wsi_segment.flows.slide_watch import SlideStopped, SlideWatch
+from wsi_segment.flows.slide_watch import SlideWatch
 from wsi_segment.pipeline.batch_inputs import BatchItem
 from wsi_segment.pipeline.segment import SlideResult
 
@@ -31,13 +32,15 @@ BACKSTOP_S = 60.0  # the slide ends by itself after this: an interrupt that wait
 
 
 def polling_slide(watch: SlideWatch, item: BatchItem, idents: list[int]) -> SlideResult:
-    """A slide whose waits poll, as the pipeline's do, until stopped or the backstop."""
+    """A slide whose waits check its token, as the pipeline's do, until stopped or the
+    backstop."""
     idents.append(threading.get_ident())
     t0 = time.monotonic()
     try:
-        with watch.running(0):
+        with watch.running(0) as cancel:
             while time.monotonic() - t0 < BACKSTOP_S:
-                time.sleep(0.01)
+                cancel.check()
+                cancel.wait(0.01)
             return SlideResult(str(item.slide), "done", None, {}, None, time.monotonic() - t0)
     except SlideStopped as exc:
         return stopped_result(item, exc, None, time.monotonic() - t0)
