@@ -41,7 +41,11 @@ from wsi_segment.errors import (  # noqa: E402
     WsiSegmentError,
 )
 from wsi_segment.flows.batch_console import REPORT_LINE  # noqa: E402
-from wsi_segment.flows.batch_interrupt import stopped_result, wait_for_slides  # noqa: E402
+from wsi_segment.flows.batch_interrupt import (  # noqa: E402
+    group_signal_as_stop,
+    stopped_result,
+    wait_for_slides,
+)
 from wsi_segment.flows.dask_cluster import dask_client  # noqa: E402
 from wsi_segment.flows.door_words import run_words  # noqa: E402
 from wsi_segment.flows.run_log import (  # noqa: E402
@@ -108,7 +112,7 @@ def slide_task(
     watch = watch or SlideWatch(None)
     error: Exception
     try:
-        with watch.running(index) as cancel:
+        with watch.running(index) as cancel, group_signal_as_stop(cancel):
             slide_params = params_for(item, params)
             return run_slide_stages(str(item.slide), out, slide_params, client, at_once, cancel)
     except SlideStopped as exc:
