@@ -9,10 +9,13 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 
 .PHONY: demo test test-all lint bench demo-model clean
 
+# setuptools notes every editable install of a mapped layout ("Editable installation. Please
+# be careful with folders ... same name as your package"): ours maps the layers into
+# wsi_segment on purpose, so that one note is silenced; other warnings still show.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -1,8 +1,15 @@
 """Measuring one benchmark run: child processes, the machine, and the RESULTS.md record.
 
-Kept apart from the sections so every figure is taken the same way: wall clock, CPU time and
-peak RSS of a `wsi-segment` process from the kernel (os.wait4), device utilisation beside it,
-and the load average, which says how far a shared machine's figures can be trusted.
+Kept apart from the sections so every figure is taken the same way: wall clock and CPU time
+of a `wsi-segment` process from the kernel (os.wait4), its peak RSS from its own VmHWM,
+device utilisation beside it, and the load average, which says how far a shared machine's
+figures can be trusted.
+
+Peak RSS is not the rusage `ru_maxrss`: Linux carries the high-water mark of the address
+space a process had before `exec` into it, and a child starts as a copy of this process (or
+shares its memory, under vfork), so `ru_maxrss` is at least this process's own peak: after
+writing a 100k px slide, far more than the run's. `/proc/<pid>/status` VmHWM belongs to the
+child's own address space after `exec`.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,7 +80,8 @@ def machine_info() -> dict[str, Any]:
 
 @dataclass
 class ChildRun:
-    """What one child process cost, from the kernel (os.wait4 rusage), not from itself."""
+    """What one child process cost, from the kernel (os.wait4 rusage: wall, CPU; /proc
+    VmHWM: peak RSS), not from itself."""
 
     wall_s: float
     cpu_s: float
@@ -82,17 +91,60 @@ class ChildRun:
     gpu: str = ""  # device utilisation during the run (GpuSampler.report)
 
 
+class ChildPeakRss:
+    """Peak RSS of one child process, MB: its VmHWM, read from /proc/<pid>/status every
+    `period_s` until it exits (a zombie has none). VmHWM only grows, so the figure is exact
+    but for growth in the last `period_s` before the exit."""
+
+    def __init__(self, pid: int, period_s: float = 0.05) -> None:
+        self.pid = pid
+        self.period_s = period_s
+        self.mb = 0.0
+        self._done = threading.Event()
+
+    def __enter__(self) -> ChildPeakRss:
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def _watch(self) -> None:
+        while not self._done.is_set():
+            hwm = vm_hwm_mb(self.pid)
+            if hwm is None:
+                return
+            self.mb = max(self.mb, hwm)
+            self._done.wait(self.period_s)
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+
+def vm_hwm_mb(pid: int) -> float | None:
+    """VmHWM of `pid` in MB; None once it has exited (or never existed)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024.0
+    return None
+
+
 def run_child(cmd: list[str], env: dict[str, str] | None = None) -> ChildRun:
-    """Run a command; wall time, CPU time and peak RSS of that process (os.wait4)."""
+    """Run a command; wall time and CPU time of that process (os.wait4), and its peak RSS
+    (its own VmHWM, `ChildPeakRss`: rusage would count this process's memory)."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(
         cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=ROOT, text=True
     )
-    err = proc.stderr.read() if proc.stderr else ""
-    _, status, ru = os.wait4(proc.pid, 0)
+    with ChildPeakRss(proc.pid) as peak:
+        err = proc.stderr.read() if proc.stderr else ""
+        _, status, ru = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)
-    return ChildRun(wall, ru.ru_utime + ru.ru_stime, ru.ru_maxrss / 1024.0, proc.returncode, err)
+    return ChildRun(wall, ru.ru_utime + ru.ru_stime, peak.mb, proc.returncode, err)
 
 
 def wsi_segment_cmd(slide: Path, model: Path, out: Path, extra: list[str]) -> list[str]:

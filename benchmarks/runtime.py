@@ -65,42 +65,6 @@ def real_tiles(tile: int):  # type: ignore[no-untyped-def]
     return torch.cat([x, calibration_tiles(tile)]).contiguous()
 
 
-class PeakRss:
-    """Peak RSS of the `wsi-segment` child, from its own /proc VmHWM (sampled until it
-    exits): the kernel's rusage of a child counts the parent's memory at fork (this process
-    holds the loaded models), so the rusage figure would be this process's, not the run's."""
-
-    def __init__(self) -> None:
-        import psutil
-
-        self._me = psutil.Process()
-        self.mb = 0.0
-        self._stop = False
-
-    def __enter__(self) -> PeakRss:
-        import threading
-
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-        self._thread.start()
-        return self
-
-    def _watch(self) -> None:
-        while not self._stop:
-            for child in self._me.children():
-                try:
-                    status = Path(f"/proc/{child.pid}/status").read_text()
-                except OSError:
-                    continue
-                for line in status.splitlines():
-                    if line.startswith("VmHWM:"):
-                        self.mb = max(self.mb, int(line.split()[1]) / 1024.0)
-            time.sleep(0.2)
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop = True
-        self._thread.join()
-
-
 def bare_reduced(model, tiles, batch: int, streams: int) -> float:  # type: ignore[no-untyped-def]
     """Wall s of `predict_reduced` (the engine's call, at its geometry) over `tiles` in
     batches, `streams` threads each with cores // streams torch threads, after a warm-up."""
@@ -237,13 +201,12 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"[runtime] e2e {name} round {r + 1} (load {loadavg()}) ...")
                 out = args.work / "out" / "runtime" / name.split()[0]
                 before = bare_now(v)
-                with PeakRss() as peak:
-                    run, summary = run_pipeline(slide, model_dir, out, extra)
+                run, summary = run_pipeline(slide, model_dir, out, extra)
                 bare = (before + bare_now(v)) / 2
                 tiles_run = int(summary["tiling"]["tiles"])
                 inference = float(summary["timings_s"]["inference_s"])
                 results.setdefault(name, []).append(
-                    (tiles_run / run.wall_s, tiles_run / inference, peak.mb, bare)
+                    (tiles_run / run.wall_s, tiles_run / inference, run.maxrss_mb, bare)
                 )
         base = statistics.median(w for w, _, _, _ in results["torch fp32"])
         for name, _extra, _v in e2e:

@@ -224,9 +224,11 @@ def fresh_store(job: Any, store: Path) -> Any:
     from wsi_segment.pipeline.outputs.ome_zarr import level0_path
 
     shutil.copytree(Path(job.zarr_path).parents[1], store)  # the root above image "0/0"
-    labels = str(label_level0_path(store)) if job.labels_path else ""
     return dataclasses.replace(
-        job, zarr_path=str(level0_path(store)), labels_path=labels, _local=threading.local()
+        job,
+        zarr_path=str(level0_path(store)),
+        labels_path=str(label_level0_path(store)),
+        _local=threading.local(),
     )
 
 

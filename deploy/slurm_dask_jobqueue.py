@@ -8,7 +8,9 @@ This process (run it on a login node, or in a small CPU job) holds the Dask sche
 the Prefect flow; each SLURM job is one Dask worker process with one GPU, which loads the
 model once and processes chunks of any slide. Slides and outputs must be on a file system
 every node sees. Set PREFECT_API_URL to report to a Prefect server; without it the flow
-runs with Prefect's in-process server. Print the job script with `--dry-run` first.
+runs with Prefect's in-process server. Print the job script with `--dry-run` first. The
+batch flow leaves OUT/cohort.csv and OUT/report.html (rebuilt after each slide and at the
+end; `wsi-segment report OUT` rebuilds them later); their paths are printed at the end.
 
 A worker runs any code sent to it, next to patient slides: the scheduler and the workers
 listen only on loopback (one node) or on the interface named by `--interface` (e.g. ib0, the
@@ -226,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     from distributed import Client
 
     from wsi_segment.flows.batch_flow import BatchFailedError, segment_batch
+    from wsi_segment.flows.cli_batch import print_report_paths
     from wsi_segment.flows.dask_cluster import security_config
 
     shared = Path(args.shared_temp_directory or Path.cwd())
@@ -243,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
             except BatchFailedError as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 return 1
+            finally:
+                print_report_paths(args.out)
     finally:
         cluster.close()
         for path in set(shared.glob(CERT_FILES)) - before:  # this run's key and certificates

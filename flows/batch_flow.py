@@ -20,6 +20,7 @@ failures alone leave it Completed, with a WARNING line each.
 from __future__ import annotations
 
 import contextlib
+import functools
 import signal
 import time
 from collections.abc import Iterator
@@ -48,6 +49,7 @@ from wsi_segment.flows.batch_interrupt import (  # noqa: E402
 )
 from wsi_segment.flows.dask_cluster import dask_client  # noqa: E402
 from wsi_segment.flows.door_words import run_words  # noqa: E402
+from wsi_segment.flows.morning_artifacts import publish_morning_report, report_slide  # noqa: E402
 from wsi_segment.flows.run_log import (  # noqa: E402
     log_slide_warnings,
     pipeline_warnings_to_run_log,
@@ -71,6 +73,7 @@ from wsi_segment.pipeline.known_failures import (  # noqa: E402
     settle_records,
 )
 from wsi_segment.pipeline.machine import probe_machine  # noqa: E402
+from wsi_segment.pipeline.morning_report import BatchReport  # noqa: E402
 from wsi_segment.pipeline.params import SegmentParams  # noqa: E402
 from wsi_segment.pipeline.run_policy import engine_in_process  # noqa: E402
 from wsi_segment.pipeline.segment import SlideResult, up_to_date_result  # noqa: E402
@@ -231,6 +234,7 @@ def segment_batch(
     if not retry_failed:
         finished.update(known_failures(items, out, params, model, skip=finished))
     todo = [i for i in range(len(items)) if i not in finished]
+    morning = BatchReport(out, [item.name for item in items], finished)
     with contextlib.ExitStack() as stack:
         stack.enter_context(pipeline_warnings_to_run_log())
         if todo:  # no cluster starts for a batch that is all finished
@@ -245,6 +249,8 @@ def segment_batch(
                     i: runner.submit(slide_task, {"item": items[i], "index": i, **common})
                     for i in todo
                 }
+                for i, future in futures.items():  # cohort.csv true for what finished so far
+                    future.add_done_callback(functools.partial(report_slide, morning, i))
                 finished.update(wait_for_slides(futures, items, watch, finished))
     results, unrecorded = settle_records(
         items, [finished[i] for i in range(len(items))], out, params, model
@@ -254,6 +260,7 @@ def segment_batch(
     tally = counts(results)
     rows = batch_rows(results)
     create_table_artifact(rows, key="segment-batch", description=f"{input} -> {out}: {tally}")
+    publish_morning_report(morning, results)
     create_markdown_artifact(
         f"### Batch {input} -> {out}\n\n{tally}\n\n{markdown_table(rows)}\n",
         key="segment-batch-report",

@@ -30,6 +30,7 @@ SUBCOMMANDS: dict[str, str] = {
     "train": "wsi_segment.flows.cli_train",
     "evaluate": "wsi_segment.flows.cli_evaluate",
     "batch": "wsi_segment.flows.cli_batch",
+    "report": "wsi_segment.flows.cli_report",
 }
 EXIT_S = 60.0  # the most an interrupted command may take to exit after its report
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from wsi_segment.errors import Terminated
@@ -140,9 +141,18 @@ def run(args: argparse.Namespace) -> int:
             results, interrupt = stopped.results, cli_interrupt(stopped)
             code = 128 + interrupt.signum if isinstance(interrupt, Terminated) else 130
         report(results)
+        print_report_paths(args.out)
     if interrupt is not None:  # flows.cli prints the one `error:` line, exits 130 / 143 / 129
         raise interrupt
     return code
+
+
+def print_report_paths(out: str | Path) -> None:
+    """Where the batch's cohort.csv and report.html are (the flow rebuilds them after each
+    slide and at its end: `pipeline.morning_report`)."""
+    for name in ("report.html", "cohort.csv"):
+        if (Path(out) / name).is_file():
+            print(f"report: {Path(out) / name}", flush=True)
 
 
 def batch_stop(exc: BaseException) -> BatchInterrupted | BatchTerminated | None:

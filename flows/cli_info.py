@@ -16,8 +16,7 @@ import os
 import sys
 from typing import Any
 
-from wsi_segment.flows.cli_segment import mpp_value
-from wsi_segment.wsi.backends import BACKENDS
+from wsi_segment.flows.cli_segment import add_backend_option, mpp_value
 from wsi_segment.wsi.slide import Slide, open_slide
 
 CHECK_SIZE = 256  # px of the coarsest level decoded as a sanity check
@@ -32,12 +31,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "associated images.",
     )
     parser.add_argument("slide", metavar="SLIDE", help="slide file or fsspec URL (file://...)")
-    parser.add_argument(
-        "--backend",
-        choices=("auto", *BACKENDS),
-        default="auto",
-        help="auto: openslide, then tiffslide if openslide cannot open it (default: %(default)s)",
-    )
+    add_backend_option(parser)
     parser.add_argument(
         "--mpp",
         type=mpp_value,

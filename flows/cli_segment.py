@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from wsi_segment.errors import ConfigError, RoiError, WsiSegmentError
+from wsi_segment.pipeline.output_files import optional_outputs, output_options
 from wsi_segment.pipeline.params import (
-    BACKENDS,
     PRECISIONS,
     READ_DEVICES,
     RUNTIMES,
@@ -26,6 +26,7 @@ from wsi_segment.pipeline.params import (
 )
 from wsi_segment.pipeline.progress import BarProgress
 from wsi_segment.pipeline.run_warnings import slide_warnings
+from wsi_segment.wsi.backends import BACKENDS, backend_choices
 from wsi_segment.wsi.mpp import mpp_problem
 
 if TYPE_CHECKING:
@@ -62,6 +63,17 @@ def even_overlap(text: str) -> int:
     if value % 2:
         raise argparse.ArgumentTypeError(f"{value} must be even (half goes to each side)")
     return value
+
+
+def add_backend_option(parser: argparse.ArgumentParser) -> None:
+    """`--backend`, its choices and order read from the registry (`wsi.backends.BACKENDS`)."""
+    parser.add_argument(
+        "--backend",
+        choices=backend_choices(),
+        default="auto",
+        help=f"the slide reader; auto: {', then '.join(BACKENDS)}, the first that opens the "
+        "slide (a URL: those that read URLs) (default: %(default)s)",
+    )
 
 
 def add_segment_options(parser: argparse.ArgumentParser) -> None:
@@ -161,7 +173,7 @@ def add_segment_options(parser: argparse.ArgumentParser) -> None:
         "decoder processes; auto: gpu only on CUDA for YCbCr JPEG tiles (default: "
         "%(default)s); on a Dask cluster each worker decides for its bands",
     )
-    parser.add_argument("--backend", choices=BACKENDS, default="auto")
+    add_backend_option(parser)
     parser.add_argument(
         "--no-gate",
         action="store_true",
@@ -172,14 +184,8 @@ def add_segment_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="replace finished outputs instead of reporting 'up to date'",
     )
-    parser.add_argument(
-        "--ome-tiff", action="store_true", help="also write probabilities.ome.tif for QuPath"
-    )
-    parser.add_argument(
-        "--tile-objects",
-        action="store_true",
-        help="also write tiles.geojson: one QuPath tile per model tile with class probabilities",
-    )
+    for output in optional_outputs():  # --ome-tiff, --tile-objects, ...: the registry's
+        parser.add_argument(output.flag, action="store_true", help=output.help)
     parser.add_argument(
         "--tissue",
         choices=("auto", "all"),
@@ -215,8 +221,7 @@ def params_from_args(args: argparse.Namespace) -> SegmentParams:
         backend=args.backend,
         gate=not args.no_gate,
         overwrite=args.overwrite,
-        ome_tiff=args.ome_tiff,
-        tile_objects=args.tile_objects,
+        extra_outputs=frozenset(o for o in output_options() if getattr(args, o)),
         tissue=args.tissue,
         roi=args.roi,
     )

@@ -6,11 +6,32 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from wsi_segment.models.cam_methods import DEFAULT_CAM_METHOD, PSEUDO_MASK_METHODS
+from wsi_segment.models.cam_methods import (
+    CAM_METHODS,
+    DEFAULT_CAM_METHOD,
+    pseudo_mask_methods,
+)
 from wsi_segment.models.head_names import HEAD_NAMES
 
 if TYPE_CHECKING:
     from wsi_segment.pipeline.training.train_config import TrainConfig
+
+
+def cam_method_help() -> str:
+    """`--cam-method`'s help, one clause per method of the registry that makes pseudo masks."""
+    clauses = []
+    for name in pseudo_mask_methods():
+        spec = CAM_METHODS[name]
+        needs = f"; needs --head {spec.head}" if spec.head else ""
+        default = "; the default" if name == DEFAULT_CAM_METHOD else ""
+        clauses.append(f"{name}: {spec.title} ({spec.cost}{needs}{default})")
+    return (
+        "stage-2 pseudo masks from: "
+        + "; ".join(clauses)
+        + ". A method read at the deepest features only gives three equal masks. PCAM is a "
+        "head: --head pcam, with any method that needs no head; --head lficam-ref is LFI-CAM's "
+        "reference head"
+    )
 
 
 def add_parser(
@@ -46,14 +67,9 @@ def add_parser(
     p.add_argument("--head", choices=HEAD_NAMES, default=HEAD_NAMES[0])
     p.add_argument(
         "--cam-method",
-        choices=PSEUDO_MASK_METHODS,
+        choices=pseudo_mask_methods(),
         default=DEFAULT_CAM_METHOD,
-        help="stage-2 pseudo masks from: gradcam (Grad-CAM at the three depths, the paper's; "
-        "default), cam (the head's class maps, deepest features: the three masks are equal), "
-        "scorecam (Score-CAM at the three depths; one classifier forward pass per channel, "
-        "hundreds of times Grad-CAM's cost), lficam (needs --head lficam), scorecam-ref (Score-CAM "
-        "as its reference code: softmax scores, no baseline). PCAM is a head: --head pcam, with "
-        "any method but lficam; --head lficam-ref is LFI-CAM's reference head",
+        help=cam_method_help(),
     )
     p.add_argument("--device", default="auto", help="auto (GPU if present), cpu, cuda, cuda:N")
     p.add_argument(

@@ -197,7 +197,7 @@ def make_params(
     if model_dir:
         values["model_dir"] = Path(model_dir)
     try:
-        return SegmentParams(**values)
+        return SegmentParams.from_dict(values)
     except TypeError as exc:
         raise ConfigError(f"unknown segmentation option in {sorted(values)}: {exc}") from exc
 

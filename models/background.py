@@ -3,6 +3,11 @@
 Matches the official code (cv2 RGB->grey, threshold > 200, skimage
 remove_small_objects(min_size=50, connectivity=1)) in pure torch, so models/ needs no
 OpenCV or scikit-image and runs on the GPU too.
+
+The grey is OpenCV's own 8-bit rule (imgproc's RGB2Gray for uchar): BT.601 weights
+0.299 / 0.587 / 0.114 as 15-bit integers (9798 / 19235 / 3735, summing to 2^15), rounded
+by adding 2^14 before the shift. Other fixed-point weights differ by one grey level on
+some pixels, and at the threshold that moves a pixel in or out of the background.
 """
 
 from __future__ import annotations
@@ -12,12 +17,15 @@ import torch.nn.functional as F
 
 GREY_THRESHOLD = 200
 MIN_OBJECT_SIZE = 50
+GREY_WEIGHTS = (9798, 19235, 3735)  # R, G, B; OpenCV's RY15, GY15, BY15
+GREY_SHIFT = 15
 
 
 def grey_uint8(rgb: torch.Tensor) -> torch.Tensor:
-    """OpenCV's RGB->grey on uint8 (N, 3, H, W): (4899 R + 9617 G + 1868 B + 8192) >> 14."""
+    """OpenCV's RGB->grey on uint8 (N, 3, H, W): (9798 R + 19235 G + 3735 B + 2^14) >> 15."""
     r, g, b = (rgb[:, i].to(torch.int32) for i in range(3))
-    return (r * 4899 + g * 9617 + b * 1868 + 8192) >> 14
+    wr, wg, wb = GREY_WEIGHTS
+    return (r * wr + g * wg + b * wb + (1 << (GREY_SHIFT - 1))) >> GREY_SHIFT
 
 
 def _neighbour_max(labels: torch.Tensor) -> torch.Tensor:

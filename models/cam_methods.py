@@ -1,8 +1,11 @@
-"""The CAM methods by name: what each needs of the classifier, where it reads, what it costs.
+"""The CAM methods by name: the functions that compute each, what it needs of the
+classifier, where it reads, what it costs.
 
 One registry for every door that names a method (`wsi-segment train --cam-method`, the
-train flow, `models.cams.activation_maps`, `models.pseudo_masks`, model.json validation).
-It imports no torch, so the CLI and the model.json check read it for free.
+train flow, model.json validation) and for the code that runs one
+(`models.cams.activation_maps`, `models.pseudo_masks`): a new method is its function in
+`models.cams` and one entry here. The functions are held as `FunctionRef`s, so the registry
+imports no torch and the CLI and the model.json check read it for free.
 
 PCAM is not here: it is a pooling of the classifier (`--head pcam`), and any method below
 but LFI-CAM makes pseudo masks from a PCAM classifier.
@@ -15,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from wsi_segment.errors import ConfigError
+from wsi_segment.lazy_exports import FunctionRef
 
 
 @dataclass(frozen=True)
@@ -23,7 +27,13 @@ class CamMethod:
     its weights read); `head`: the classifier head it needs (None: any); `relu`: whether its
     maps are ReLU'd before the pseudo masks' joint min-max; `cost`: passes per patch;
     `per_class`: False for a class-agnostic map (the same for every class), which cannot
-    make pseudo masks (heat maps only)."""
+    make pseudo masks (heat maps only).
+
+    `maps` computes its (N, K, H, W) maps: `(classifier, x, layer, *, normalise)` for a
+    method read at any tap, `(classifier, x, *, normalise)` for one read at the deepest.
+    `at_taps`, where the method has that form, gives its maps at several taps from one pass,
+    `(classifier, x, layers, *, relu, normalise) -> [maps per tap]`, with `relu` as above:
+    the pseudo masks use it instead of one `maps` call per tap."""
 
     name: str
     title: str
@@ -31,7 +41,14 @@ class CamMethod:
     head: str | None
     relu: bool
     cost: str
+    maps: FunctionRef
     per_class: bool = True
+    at_taps: FunctionRef | None = None
+
+
+def _cams(function: str) -> FunctionRef:
+    """A function of `models.cams`, where the methods are computed (torch)."""
+    return FunctionRef(f"wsi_segment.models.cams:{function}")
 
 
 CAM_METHODS: dict[str, CamMethod] = {
@@ -42,6 +59,8 @@ CAM_METHODS: dict[str, CamMethod] = {
         head=None,
         relu=False,
         cost="1 forward + K backward passes per patch, all depths at once",
+        maps=_cams("grad_cam"),
+        at_taps=_cams("grad_cams"),
     ),
     "cam": CamMethod(
         "cam",
@@ -50,6 +69,7 @@ CAM_METHODS: dict[str, CamMethod] = {
         head=None,
         relu=True,
         cost="1 forward pass per patch",
+        maps=_cams("cam"),
     ),
     "scorecam": CamMethod(
         "scorecam",
@@ -58,6 +78,7 @@ CAM_METHODS: dict[str, CamMethod] = {
         head=None,
         relu=True,
         cost="1 forward pass per channel of every depth per patch",
+        maps=_cams("score_cam"),
     ),
     "lficam": CamMethod(
         "lficam",
@@ -66,6 +87,7 @@ CAM_METHODS: dict[str, CamMethod] = {
         head="lficam",
         relu=True,
         cost="1 forward pass per patch",
+        maps=_cams("lfi_cam"),
     ),
     "scorecam-ref": CamMethod(
         "scorecam-ref",
@@ -74,6 +96,7 @@ CAM_METHODS: dict[str, CamMethod] = {
         head=None,
         relu=True,
         cost="1 forward pass per non-constant channel of every depth per patch",
+        maps=_cams("score_cam_reference"),
     ),
     "lficam-ref": CamMethod(
         "lficam-ref",
@@ -82,11 +105,10 @@ CAM_METHODS: dict[str, CamMethod] = {
         head="lficam-ref",
         relu=True,
         cost="1 forward pass per patch",
+        maps=_cams("lfi_cam_reference"),
         per_class=False,
     ),
 }
-#: The methods that can make pseudo masks (`--cam-method`): those with a map per class.
-PSEUDO_MASK_METHODS = tuple(name for name, spec in CAM_METHODS.items() if spec.per_class)
 DEFAULT_CAM_METHOD = "gradcam"
 # What every model.json written before the method was recorded used for its pseudo masks.
 DEFAULT_LAYERS = ("shallow", "mid", "deep")
@@ -103,6 +125,16 @@ def cam_method(name: str) -> CamMethod:
     if name not in CAM_METHODS:
         raise ConfigError(f"unknown CAM method {name!r}; choose one of {list(CAM_METHODS)}")
     return CAM_METHODS[name]
+
+
+def pseudo_mask_methods() -> tuple[str, ...]:
+    """The methods that can make pseudo masks (`--cam-method`): those with a map per class."""
+    return tuple(name for name, spec in CAM_METHODS.items() if spec.per_class)
+
+
+def any_tap_methods() -> tuple[str, ...]:
+    """The methods whose maps can be asked of any tap (not only the deepest)."""
+    return tuple(name for name, spec in CAM_METHODS.items() if spec.any_tap)
 
 
 def check_head(method: str, head: str) -> None:

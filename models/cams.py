@@ -21,13 +21,12 @@ import torch.nn.functional as F
 
 from wsi_segment.errors import ConfigError
 
-from .cam_methods import CAM_METHODS, cam_method
+from .cam_methods import any_tap_methods, cam_method
 from .classifier import PatchClassifier
 from .heads.lficam import LFICAMHead
 from .heads.lficam_ref import LFICAMRefHead
 
 _EPS = 1e-8
-METHODS = tuple(CAM_METHODS)
 
 
 @contextlib.contextmanager
@@ -235,28 +234,22 @@ def activation_maps(
     *,
     normalise: str = "class",
 ) -> torch.Tensor:
-    """Dispatch by name: cam | gradcam | scorecam | lficam | scorecam-ref | lficam-ref.
+    """The maps of the method called `method` (`models.cam_methods.CAM_METHODS`, whose
+    entry holds the function that computes them).
 
     Grad-CAM and Score-CAM work at any tap. CAM and LFI-CAM are defined by weights that
     read the deepest features (the fc layer; the importance network), so another `layer`
     is refused rather than silently answered from the deepest one.
     """
     spec = cam_method(method)
-    if not spec.any_tap and classifier.resolve_tap(layer) != classifier.tap_names[-1]:
+    if spec.any_tap:
+        maps: torch.Tensor = spec.maps(classifier, x, layer, normalise=normalise)
+        return maps
+    if classifier.resolve_tap(layer) != classifier.tap_names[-1]:
         raise ConfigError(
             f"{method} is defined on the deepest features only (its weights read them); "
-            f"for layer {layer!r} use gradcam or scorecam, or ask {method} for 'deep'"
+            f"for layer {layer!r} use {' or '.join(any_tap_methods())}, or ask {method} for "
+            "'deep'"
         )
-    if method == "cam":
-        return cam(classifier, x, normalise=normalise)
-    if method == "gradcam":
-        return grad_cam(classifier, x, layer, normalise=normalise)
-    if method == "scorecam":
-        return score_cam(classifier, x, layer, normalise=normalise)
-    if method == "lficam":
-        return lfi_cam(classifier, x, normalise=normalise)
-    if method == "scorecam-ref":
-        return score_cam_reference(classifier, x, layer, normalise=normalise)
-    if method == "lficam-ref":
-        return lfi_cam_reference(classifier, x, normalise=normalise)
-    raise AssertionError(f"{method!r} is in CAM_METHODS but has no implementation here")
+    deepest: torch.Tensor = spec.maps(classifier, x, normalise=normalise)
+    return deepest

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
@@ -84,6 +84,11 @@ def boolean(v: Any) -> str | None:
 
 def choice(*values: Any) -> Check:
     return lambda v: None if v in values else f"one of {list(values)}"
+
+
+def key_of(registry: Mapping[str, Any]) -> Check:
+    """A name of `registry`, read when checked: an entry registered later counts."""
+    return lambda v: None if isinstance(v, str) and v in registry else f"one of {list(registry)}"
 
 
 def mapping(v: Any) -> str | None:
@@ -161,7 +166,7 @@ MODEL_JSON_KEYS: tuple[Key, ...] = (
     Key("provenance", either(mapping, choice(None))),
     # how stage 2 made the pseudo masks; absent (older models): Grad-CAM at three depths
     Key("provenance.pseudo_masks", either(mapping, choice(None))),
-    Key("provenance.pseudo_masks.method", choice(*CAM_METHODS), required=True),
+    Key("provenance.pseudo_masks.method", key_of(CAM_METHODS), required=True),
     Key("provenance.pseudo_masks.layers", list_of(text, 1, 8, "mask names")),
     Key("provenance.pseudo_masks.taps", list_of(choice(*_TAPS), 1, 8, "stage names")),
     Key("provenance.pseudo_masks.relu", boolean),

@@ -13,7 +13,11 @@ A whole segmentation model (an smp DeepLabV3+ state dict: `encoder.*`, `decoder.
 `segmentation_head.*`) starts the whole DeepLabV3+ when the caller offers it (`whole`): its
 encoder, ASPP and decoder, and its last layer only where the class counts agree (else that
 layer is reported as of another shape and keeps its fresh initialisation), as the official
-stage 3 starts from a pretrained DeepLabV3+ minus its last layer.
+stage 3 starts from a pretrained DeepLabV3+ minus its last layer. The report's scope says
+what loaded, not what the file is: the official code's `deeplab-resnet.pth.tar` (`backbone.*`,
+`aspp.*`, `decoder.last_conv.*`, another layout than smp's) is a whole model of which only
+the backbone fits, so it loads as an encoder and the summary says the ASPP and decoder
+start fresh.
 """
 
 from __future__ import annotations
@@ -53,12 +57,20 @@ class PretrainedReport:
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     mismatched: list[str] = field(default_factory=list)  # same name, other shape
-    scope: str = "encoder"  # "encoder", or "model": a whole segmentation model was loaded
+    scope: str = "encoder"  # "model": tensors loaded beyond the encoder (ASPP, decoder)
+    whole_file: bool = False  # a whole segmentation model, offered a whole DeepLabV3+
 
     def summary(self, what: str) -> str:
-        """One line for the training log."""
+        """One line for the training log: what loaded, and what of a whole model did not."""
         extra = ", ".join(self.unexpected[:4]) + (" ..." if len(self.unexpected) > 4 else "")
-        whole = " (whole DeepLabV3+: encoder, ASPP, decoder)" if self.scope == "model" else ""
+        whole = ""
+        if self.scope == "model":
+            whole = " (whole DeepLabV3+: encoder, ASPP, decoder)"
+        elif self.whole_file:
+            whole = (
+                " (the file is a whole segmentation model, but only its encoder loaded: its "
+                "ASPP and decoder are of another layout, so this DeepLabV3+'s start fresh)"
+            )
         return (
             f"pretrained {what}{whole} from {self.source}: {self.matched} tensors matched, "
             f"{len(self.missing)} missing, {len(self.unexpected)} unexpected"
@@ -76,6 +88,7 @@ class PretrainedReport:
             "unexpected": self.unexpected,
             "mismatched": self.mismatched,
             "scope": self.scope,
+            "whole_file": self.whole_file,
         }
 
 
@@ -239,9 +252,9 @@ def load_pretrained(
     else:
         tensors, kind = timm_weights(source), "timm"
         sha = tensors_sha256(tensors)
-    scope = "encoder"
-    if whole is not None and holds_whole_model(tensors):
-        module, scope = whole, "model"
+    whole_file = whole is not None and holds_whole_model(tensors)
+    if whole is not None and whole_file:
+        module = whole
     target = module.state_dict()
     by_name = {canonical(k): k for k in target}
     found: dict[str, torch.Tensor] = {}
@@ -255,16 +268,19 @@ def load_pretrained(
             mismatched.append(f"{key} {tuple(value.shape)} vs {tuple(target[name].shape)}")
         else:
             found[name] = value
+    into = "model" if module is whole else "encoder"
     if not found:
         raise ConfigError(
-            f"{source}: none of its {len(tensors)} tensors matches the {scope} (its keys look "
-            f"like {sorted(tensors)[:3]}, the {scope}'s like {sorted(target)[:3]}); give "
+            f"{source}: none of its {len(tensors)} tensors matches the {into} (its keys look "
+            f"like {sorted(tensors)[:3]}, the {into}'s like {sorted(target)[:3]}); give "
             "weights of the same architecture as --encoder / --seg-encoder"
         )
+    beyond_encoder = module is whole and any(not n.startswith("encoder.") for n in found)
+    scope = "model" if beyond_encoder else "encoder"
     with torch.no_grad():
         for name, value in found.items():
             target[name].copy_(value.to(target[name].dtype))
     missing = sorted(k for k in target if k not in found)
     return PretrainedReport(
-        source, kind, sha, len(found), missing, sorted(unexpected), mismatched, scope
+        source, kind, sha, len(found), missing, sorted(unexpected), mismatched, scope, whole_file
     )

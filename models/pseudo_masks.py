@@ -1,9 +1,16 @@
 """Multi-layer pseudo masks: one label map per backbone depth from a trained classifier.
 
 Per depth: the maps of a CAM method (`models.cam_methods`; default Grad-CAM without ReLU,
-as the official code) for every class, upsampled to the patch; classes absent from the patch label are excluded; present classes are min-max
-normalised jointly (so their relative strength survives); LUAD-style background (white
-glass) beats every class; argmax gives the label. Background and patches without any
+as the official code) for every class, upsampled to the patch; classes absent from the
+patch label are excluded; present classes are min-max normalised jointly (so their relative
+strength survives); LUAD-style background (white glass) beats every class; argmax gives
+the label.
+
+The min-max runs over the present classes only, and absent classes never take part in the
+argmax. The official code normalises over all classes' maps, absent ones included, then
+zeroes the absent ones: a present class at the minimum then ties with an absent class at 0
+and argmax picks the lower index, which can label a pixel with a class the patch does not
+have. Ours cannot. Background and patches without any
 label get `ignore_index` (default 255): the segmenter's loss skips them, because white
 glass is not a tissue class and its pixels carry no supervision.
 """
@@ -18,7 +25,7 @@ from wsi_segment.errors import ConfigError
 
 from .background import GREY_THRESHOLD, MIN_OBJECT_SIZE, background_mask
 from .cam_methods import DEFAULT_CAM_METHOD, DEFAULT_LAYERS, cam_method
-from .cams import activation_maps, grad_cams
+from .cams import activation_maps
 from .classifier import PatchClassifier
 from .segmenter import IGNORE_INDEX
 
@@ -98,8 +105,8 @@ def pseudo_masks(
     x = (images.float() / 255.0 - m) / s
     present = labels.to(device) > 0.5
     bg = background_mask(images, grey_threshold, min_object_size) if use_background else None
-    if method == "gradcam":
-        maps = grad_cams(classifier, x, layers, relu=spec.relu, normalise="none")
+    if spec.at_taps is not None:  # every depth from one pass
+        maps = spec.at_taps(classifier, x, layers, relu=spec.relu, normalise="none")
     elif not spec.any_tap:  # deepest features only: one map for every depth
         maps = [activation_maps(method, classifier, x, "deep", normalise="none")] * len(layers)
     else:

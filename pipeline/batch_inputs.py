@@ -1,9 +1,10 @@
 """Turn a batch input (folder, glob or manifest CSV) into a checked list of slides.
 
 Everything that can be wrong with a batch's input is found here, before any slide runs:
-a missing column, a missing file, an unparsable mpp, an output name that would write
-outside the output folder (`../x`, `/abs`, `a/b`), or two slides that would write to the
-same output folder. Finding these late would overwrite results or waste a night's run.
+a missing column, a missing file, an unparsable mpp, a slide path with a control
+character (a newline would split every line that names it), an output name that would
+write outside the output folder (`../x`, `/abs`, `a/b`), or two slides that would write
+to the same output folder. Finding these late would overwrite results or waste a night's run.
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from wsi_segment.errors import ConfigError, DatasetError
+from wsi_segment.pipeline.outputs.naming import DICOM_SUFFIX
 from wsi_segment.pipeline.outputs.output_dir import (
     check_distinct_names,
     check_output_name,
     default_output_name,
+    refuse_control_characters,
 )
 from wsi_segment.pipeline.params import SegmentParams
 
@@ -126,8 +129,34 @@ def _is_slide_file(path: Path) -> bool:
     return not path.is_dir() and not lower.startswith(".") and lower.endswith(SLIDE_SUFFIXES)
 
 
+def holds_dicom(folder: Path) -> bool:
+    """Whether `folder` is a DICOM slide: a visible folder holding `.dcm` files (openslide
+    opens the slide by one of them; `wsi.slide_folder`)."""
+    if folder.name.startswith(".") or not folder.is_dir():
+        return False
+    try:
+        return any(f.name.lower().endswith(DICOM_SUFFIX) for f in folder.iterdir())
+    except OSError:
+        return False
+
+
+def _no_slides(folder: Path) -> DatasetError:
+    """What to pass instead of a folder holding no slide: a DICOM slide folder is one slide."""
+    if holds_dicom(folder):
+        return DatasetError(
+            f"{folder}: holds the .dcm files of one DICOM slide, not slides to batch; segment "
+            f"it with `wsi-segment {folder}`, give `batch` the folder holding DICOM slide "
+            "folders (one folder of .dcm files per slide), or list it in a manifest .csv"
+        )
+    return DatasetError(
+        f"{folder}: no slide files in this folder (looked for {', '.join(SLIDE_SUFFIXES)}, "
+        "and folders of .dcm files: DICOM slides); give a folder of slides or a manifest .csv"
+    )
+
+
 def parse_batch_input(spec: str | Path) -> list[BatchItem]:
-    """Expand a folder, glob, manifest CSV or single slide into checked batch items.
+    """Expand a folder, glob, manifest CSV or single slide into checked batch items. A
+    folder's slides are its slide files and its DICOM slide folders (`holds_dicom`).
 
     Raises `DatasetError` for inputs that name nothing or missing slides, and
     `ConfigError` for bad output names or two slides sharing an output folder.
@@ -135,11 +164,9 @@ def parse_batch_input(spec: str | Path) -> list[BatchItem]:
     text = str(spec)
     path = Path(text).expanduser()
     if path.is_dir():
-        slides = sorted(p for p in path.iterdir() if _is_slide_file(p))
+        slides = sorted(p for p in path.iterdir() if _is_slide_file(p) or holds_dicom(p))
         if not slides:
-            raise DatasetError(
-                f"{path}: no slide files in this folder (looked for {', '.join(SLIDE_SUFFIXES)})"
-            )
+            raise _no_slides(path)
         items = [BatchItem(p, None, default_output_name(p)) for p in slides]
     elif path.suffix.lower() == ".csv":
         if not path.is_file():
@@ -164,8 +191,15 @@ def parse_batch_input(spec: str | Path) -> list[BatchItem]:
 
 
 def check_items(items: list[BatchItem], source: str) -> list[BatchItem]:
-    """Refuse missing slides and output-name collisions, all reported at once."""
-    missing = [str(item.slide) for item in items if not item.slide.exists() or item.slide.is_dir()]
+    """Refuse control characters in slide paths (the first, named on one line), then
+    missing slides and output-name collisions, all reported at once."""
+    for item in items:
+        refuse_control_characters(str(item.slide))
+    missing = [
+        str(item.slide)
+        for item in items
+        if not item.slide.exists() or (item.slide.is_dir() and not holds_dicom(item.slide))
+    ]
     if missing:
         shown = ", ".join(missing[:5]) + (
             f" and {len(missing) - 5} more" if len(missing) > 5 else ""

@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from wsi_segment.errors import ConfigError
+from wsi_segment.pipeline.output_files import output_options
+from wsi_segment.wsi.backends import backend_choices
 from wsi_segment.wsi.mpp import mpp_problem
 from wsi_segment.wsi.tiling import check_chunk_tiles
 
 DEVICES = ("auto", "cpu", "cuda")
-BACKENDS = ("auto", "openslide", "tiffslide")  # wsi.backends.BACKENDS, named without importing it
 PRECISIONS = ("auto", "fp32", "bf16")
 RUNTIMES = ("auto", "torch", "openvino")  # models.runtimes.RUNTIME_CHOICES, without torch
 TISSUE_MODES = ("auto", "all")  # all: no detection, the whole slide is tissue
@@ -76,8 +77,10 @@ class SegmentParams:
     read_device: str = "auto"
     output_name: str | None = None  # default: the slide's file stem
     simplify_tolerance: float = 1.0  # output pixels; polygons simplified edge-to-edge
-    ome_tiff: bool = False  # also write probabilities.ome.tif (QuPath opens it directly)
-    tile_objects: bool = False  # also write tiles.geojson (per-tile probabilities for QuPath)
+    # The optional files to write too, by their option in `pipeline.output_files.OUTPUT_FILES`
+    # (ome_tiff: probabilities.ome.tif; tile_objects: tiles.geojson). In dicts (`as_dict`,
+    # a flow's options, summary.json) each is its own true/false key.
+    extra_outputs: frozenset[str] = frozenset()
     tissue: str = "auto"  # auto: detect tissue on a thumbnail; all: the whole slide
     roi: Path | None = None  # QuPath GeoJSON: process (and report) only inside its polygons
     # What started the run (a Prefect flow run); None: this process's command line (sys.argv).
@@ -85,13 +88,16 @@ class SegmentParams:
 
     def __post_init__(self) -> None:
         _check_choice("device", self.device, DEVICES)
-        _check_choice("backend", self.backend, BACKENDS)
+        _check_choice("backend", self.backend, backend_choices())
         _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("runtime", self.runtime, RUNTIMES)
         _check_choice("tissue mode", self.tissue, TISSUE_MODES)
         _check_choice("read device", self.read_device, READ_DEVICES)
         if self.roi is not None and not isinstance(self.roi, Path):  # from JSON flow options
             object.__setattr__(self, "roi", Path(self.roi))
+        object.__setattr__(self, "extra_outputs", frozenset(self.extra_outputs))
+        for option in sorted(self.extra_outputs):
+            _check_choice("optional output", option, tuple(output_options()))
         if self.batch_size is not None:
             _check_range("batch size", self.batch_size, 1, 4096)
         _check_range("output downsample", self.output_downsample, 1, 64)
@@ -125,22 +131,43 @@ class SegmentParams:
             "gate",
             "simplify_tolerance",
             "backend",
-            "ome_tiff",
-            "tile_objects",
         )
-        fields = {name: getattr(self, name) for name in keep}
+        # which files the run writes: a rerun that asks for one is not "up to date" with one
+        # that did not
+        fields = {name: getattr(self, name) for name in keep} | self.output_flags()
         if self.tissue != "auto":  # defaults left out: earlier runs keep their fingerprint
             fields["tissue"] = self.tissue
         if self.runtime != "torch":  # torch ran every earlier run: theirs stays theirs
             fields["runtime"] = self.runtime
         return fields
 
+    def output_flags(self) -> dict[str, bool]:
+        """Each optional output's option (the registry's order): whether it is asked for."""
+        return {option: option in self.extra_outputs for option in output_options()}
+
     def as_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
+        """The parameters as JSON-ready data (summary.json, a flow's options): each optional
+        output as its own true/false key where `extra_outputs` stands; `from_dict` reads it."""
+        data: dict[str, Any] = {}
+        for key, value in dataclasses.asdict(self).items():
+            if key == "extra_outputs":
+                data.update(self.output_flags())
+            else:
+                data[key] = value
         data["model_dir"] = str(self.model_dir) if self.model_dir else None
         data["roi"] = str(self.roi) if self.roi else None
         del data["origin"]  # how the run started, not how it segments (summary.json: command)
         return data
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> SegmentParams:
+        """SegmentParams from `as_dict`'s form (a flow's JSON options): an optional output's
+        key (`"ome_tiff": true`) asks for it. Unknown keys raise TypeError, as the class
+        does."""
+        fields = {k: v for k, v in values.items() if k not in output_options()}
+        asked = {option for option in output_options() if values.get(option)}
+        fields["extra_outputs"] = frozenset(fields.get("extra_outputs", ())) | asked
+        return cls(**fields)
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

@@ -199,7 +199,7 @@ def prepare(
 
     The model (importing torch, timm and smp is most of a small run's fixed cost, and holds
     one core) loads in a background thread while this thread detects tissue and plans the
-    chunks; with `prefetch`, chunk images then start being read on the core the loader
+    chunks; with `early`, the chunks' tiles then start being read on the core the loader
     leaves free, so the first forward passes find their tiles decoded (the side work is in
     `pipeline.startup`, planning from model.json in `pipeline.inference.slide_plan`).
     The run policy (`pipeline.run_policy`, for `place`: a local run, or the plan of a Dask

@@ -13,9 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from wsi_segment.pipeline.output_files import SUMMARY_NAME
 from wsi_segment.pipeline.outputs.naming import legacy_output_name
 from wsi_segment.pipeline.outputs.output_dir import default_output_name
-from wsi_segment.pipeline.outputs.ownership import SUMMARY_NAME
 from wsi_segment.pipeline.outputs.summary import read_summary
 
 if TYPE_CHECKING:  # read without importing the inference stack

@@ -33,6 +33,7 @@ from wsi_segment.pipeline.inference.engine import ReadSource, run_engine
 from wsi_segment.pipeline.inference.engine_state import EngineStats
 from wsi_segment.pipeline.inference.model_handle import ModelHandle
 from wsi_segment.pipeline.inference.slide_job import SlideJob
+from wsi_segment.pipeline.output_files import STORE_NAME
 from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome
 from wsi_segment.pipeline.outputs.label_image import create_label_image, label_level0_path
 from wsi_segment.pipeline.outputs.ome_zarr import create_probability_store, level0_path
@@ -54,8 +55,6 @@ from wsi_segment.wsi.slide import Slide
 
 if TYPE_CHECKING:  # distributed is imported only when a cluster is used
     from distributed import Client
-
-ZARR_NAME = "probabilities.ome.zarr"
 
 
 @dataclass
@@ -90,7 +89,7 @@ def infer(
     what a local engine did (benchmarks). Once `cancel` is cancelled the engine, or the
     bands, stop and its reason is raised."""
     t0 = time.perf_counter()
-    zarr_path = work_dir / ZARR_NAME
+    zarr_path = work_dir / STORE_NAME
     create_stores(prep, zarr_path)
     progress = progress or NullProgress()
     try:

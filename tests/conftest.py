@@ -11,6 +11,15 @@ import pytest
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 CMU_SLIDE = DATA_DIR / "CMU-1-Small-Region.svs"
+# what a batch writes into OUT beside the slide folders (pipeline.morning_report)
+MORNING_REPORT = (".report", "cohort.csv", "report.html")
+
+
+def without_report(names: list[str]) -> list[str]:
+    """`names` (of what is in a batch's OUT) without the batch's cohort table and report."""
+    return [name for name in names if name not in MORNING_REPORT]
+
+
 LUAD_CLASSES = ["TE", "NEC", "LYM", "TAS"]
 LUAD_COLORS = [(205, 51, 51), (0, 255, 0), (65, 105, 225), (255, 165, 0)]
 

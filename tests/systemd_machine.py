@@ -76,7 +76,14 @@ ln -s pts/ptmx "$N/dev/ptmx"; ln -s /proc/self/fd "$N/dev/fd"
 mount -t tmpfs -o mode=1777 tmpfs "$N/dev/shm"
 mount -t tmpfs -o mode=755 tmpfs "$N/run"
 mount -t tmpfs -o mode=1777 tmpfs "$N/tmp"
-while read -r src dst; do mkdir -p "$N$dst"; mount --bind "$N$src" "$N$dst"; done < "$R/binds"
+i=0
+while read -r src dst; do
+  i=$((i + 1)); B=$R/ov/bind-$i
+  if [ -L "$N$dst" ]; then rm "$N$dst"; fi  # a link here on the real machine: gone in the overlay only
+  mkdir -p "$N$dst" "$B/upper" "$B/work"
+  if [ -d "$R/seed$dst" ]; then cp -a "$R/seed$dst/." "$B/upper/"; fi
+  mount -t overlay overlay -o "lowerdir=$src,upperdir=$B/upper,workdir=$B/work" "$N$dst"
+done < "$R/binds"
 mkdir -p "$N/oldroot"
 cd "$N"
 pivot_root . oldroot
@@ -140,8 +147,11 @@ def cgroup2_root() -> Path | None:
 
 def boot(scratch: Path, files: dict[str, bytes], binds: dict[str, str]) -> SystemdMachine:
     """Boot a machine whose / has `files` (path -> content) over this machine's, and `binds`
-    (a folder of the machine -> another path of it, bound there: e.g. a checkout at
-    /opt/wsi-segment). Skips, saying why, where systemd cannot be booted here."""
+    (a folder of this machine -> a path of the machine where it appears, copy-on-write like /:
+    e.g. a checkout at /opt/wsi-segment). A bind's source is read from this machine as it is,
+    so a checkout under /tmp or on another file system works; a link at its destination is
+    replaced (in the overlay only); `files` inside a bind's destination lie over its files.
+    Skips, saying why, where systemd cannot be booted here."""
     if os.geteuid() != 0:
         pytest.skip("booting systemd needs root")
     for tool in ("unshare", "nsenter", "pivot_root"):

@@ -1,8 +1,9 @@
-"""The two slide readers behind `Slide`: openslide and tiffslide, with one shape.
+"""The slide readers behind `Slide` (openslide and tiffslide), with one shape, and their registry.
 
 Each backend turns the library's own property names and pixel conventions into the
 few facts `Slide` needs, and returns RGBA pixels plus a mask of in-slide pixels so
-`Slide` can paint everything else white in one place.
+`Slide` can paint everything else white in one place. `BACKENDS` names them once: the
+`--backend` choices, the parameters' check and `open_slide`'s order all read it.
 """
 
 from __future__ import annotations
@@ -10,12 +11,14 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
+
+from wsi_segment.wsi.dicom_colour import needs_ycbcr_conversion, ycbcr_to_rgb
 
 # A resolution coarser than this is not a microscope's: it is the 72/96 dpi a generic
 # TIFF writer stores by default (boxes.tiff says 352.8 um/px). Treat it as unknown.
@@ -64,12 +67,15 @@ def _tile(props: dict[str, Any], prefix: str, level: int) -> tuple[int, int] | N
 class OpenSlideBackend:
     """openslide: every vendor format it knows (SVS, NDPI, MRXS, SCN, BIF, DICOM, ...)."""
 
-    name = "openslide"
+    name: ClassVar[str] = "openslide"
+    reads_urls: ClassVar[bool] = False
 
     def __init__(self, path: str) -> None:
         import openslide
 
         self.handle = openslide.OpenSlide(path)
+        # YCbCr frames under a header saying RGB: converted on every read (`wsi.dicom_colour`)
+        self.ycbcr = needs_ycbcr_conversion(path, self.handle.properties)
 
     def meta(self) -> SlideMeta:
         h = self.handle
@@ -94,8 +100,8 @@ class OpenSlideBackend:
         self, location: tuple[int, int], level: int, size: tuple[int, int]
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """RGBA (alpha 0 outside the slide / transparent), no separate mask needed."""
-        img = self.handle.read_region(location, level, size)
-        return np.asarray(img), None
+        pixels = np.asarray(self.handle.read_region(location, level, size))
+        return (ycbcr_to_rgb(pixels) if self.ycbcr else pixels), None
 
     def close(self) -> None:
         self.handle.close()
@@ -178,7 +184,8 @@ def tifffile_quiet() -> Iterator[None]:
 class TiffSlideBackend:
     """tiffslide: TIFF family incl. OME-TIFF, and fsspec URLs (s3://, file://, ...)."""
 
-    name = "tiffslide"
+    name: ClassVar[str] = "tiffslide"
+    reads_urls: ClassVar[bool] = True
 
     def __init__(self, path: str) -> None:
         import tiffslide
@@ -270,7 +277,14 @@ class TiffSlideBackend:
 
 
 class SlideReader(Protocol):
-    """What `Slide` asks of a backend: its facts once, then pixels, then close."""
+    """What `Slide` asks of a backend: its facts once, then pixels, then close. `name` is
+    its registry key and `--backend` choice; `reads_urls`: it opens fsspec URLs (s3://,
+    file://, ...), not only local files."""
+
+    name: ClassVar[str]
+    reads_urls: ClassVar[bool]
+
+    def __init__(self, path: str) -> None: ...
 
     def meta(self) -> SlideMeta: ...
 
@@ -281,7 +295,23 @@ class SlideReader(Protocol):
     def close(self) -> None: ...
 
 
-BACKENDS: dict[str, Callable[[str], SlideReader]] = {
-    "openslide": OpenSlideBackend,
-    "tiffslide": TiffSlideBackend,
+# The backends, one line each, in the order `open_slide(..., backend="auto")` tries them
+# (openslide first: it knows every vendor format; tiffslide for OME-TIFF, unusual TIFFs and
+# URLs).
+BACKENDS: dict[str, type[SlideReader]] = {
+    backend.name: backend
+    for backend in (
+        OpenSlideBackend,
+        TiffSlideBackend,
+    )
 }
+
+
+def backend_choices() -> tuple[str, ...]:
+    """What `--backend` accepts: auto, then every registered backend."""
+    return ("auto", *BACKENDS)
+
+
+def url_backends() -> tuple[str, ...]:
+    """The registered backends that open URLs, in `auto`'s order."""
+    return tuple(name for name, backend in BACKENDS.items() if backend.reads_urls)

@@ -77,23 +77,6 @@ def level_read_box(
     )
 
 
-def read_model_box(
-    slide: RegionSource,
-    box_model: tuple[int, int, int, int],
-    level0_per_model: float,
-    level: int | None = None,
-    reader: LevelReader | None = None,
-) -> np.ndarray:
-    """Return the RGB uint8 image (h, w, 3) of model-space box (x0, y0, x1, y1).
-
-    `level0_per_model` = model_mpp / slide_mpp (level-0 pixels per model pixel).
-    Pixels outside the slide come back white (the slide reader guarantees it). `reader`
-    replaces the direct level read (e.g. `wsi.tile_reuse.TileReuse`); same pixels.
-    """
-    image: np.ndarray = read_model_tiles(slide, [box_model], level0_per_model, level, reader)[0]
-    return image
-
-
 def read_model_tiles(
     slide: RegionSource,
     boxes_model: Sequence[tuple[int, int, int, int]],

@@ -12,8 +12,8 @@ files and other tools), else the feature `id` of QuPath 0.2 (`PathAnnotationObje
 a feature without any is an annotation, as QuPath imports it. Regions are annotations with
 an area (Polygon / MultiPolygon) and TMA cores that are not marked missing (a core is an area
 a pathologist placed to be measured on its own). Detections, cells, tiles, point and line
-annotations, annotations without area (an empty or zero-area polygon) and missing cores are
-not regions: they are counted, never guessed at.
+annotations, annotations without area (an empty or zero-area polygon, by QuPath's rule:
+`wsi.roi_area`) and missing cores are not regions: they are counted, never guessed at.
 """
 
 from __future__ import annotations
@@ -32,10 +32,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import shapely
 from shapely.geometry import shape
 
 from wsi_segment.errors import RoiError
+from wsi_segment.wsi.roi_area import has_area
 from wsi_segment.wsi.roi_stream import BrokenExport, ByteStream, NotStreamable, stream_objects
 
 _POLYGONAL = ("Polygon", "MultiPolygon")
@@ -331,16 +331,14 @@ def _polygonal(geometry: Any) -> dict[str, Any] | str:
 
 
 def _has_area(path: Path, index: int, geometry: dict[str, Any]) -> bool:
-    """Whether the polygon encloses any area once made valid (an empty ring, or one whose
-    points lie on a line, does not: it is skipped like a point, never the whole file)."""
+    """Whether QuPath reads the polygon as a non-empty area (`roi_area.has_area`: an empty
+    ring, points on a line, or a sliver that collapses in QuPath's 32-bit vertices do not:
+    it is skipped like a point, never the whole file)."""
     try:
         g = shape(geometry)
     except Exception as exc:  # shapely raises several types for malformed coordinates
         raise RoiError(f"{path}: object {index} has bad coordinates ({exc}); {FIX}") from None
-    if g.is_empty:
-        return False
-    valid = g if g.is_valid else shapely.make_valid(g)
-    return bool(valid.area > 0)
+    return has_area(g)
 
 
 def _classification(value: Any) -> dict[str, Any] | None:

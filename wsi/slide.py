@@ -29,7 +29,13 @@ from typing import Any
 import numpy as np
 
 from wsi_segment.errors import ConfigError, MppMissingError, SlideError
-from wsi_segment.wsi.backends import BACKENDS, SlideMeta, SlideReader
+from wsi_segment.wsi.backends import (
+    BACKENDS,
+    SlideMeta,
+    SlideReader,
+    backend_choices,
+    url_backends,
+)
 from wsi_segment.wsi.box_mean import box_mean
 from wsi_segment.wsi.mpp import mpp_problem
 from wsi_segment.wsi.retries import READ_ATTEMPTS, is_transient, with_retries
@@ -302,23 +308,32 @@ def _refuse_broken_link(path: str) -> None:
         )
 
 
+def _one_of(names: tuple[str, ...]) -> str:
+    """`a, b or c`: the names a message offers."""
+    return " or ".join(filter(None, (", ".join(names[:-1]), names[-1])))
+
+
 def open_slide(
     path_or_url: str | os.PathLike[str], backend: str = "auto", mpp: float | None = None
 ) -> Slide:
-    """Open a slide with `backend` ("auto", "openslide", "tiffslide"); one clear error else.
+    """Open a slide with `backend` (auto, or a name of `wsi.backends.BACKENDS`); one clear
+    error else.
 
-    auto: openslide first (it knows every vendor format), tiffslide as fallback (OME-TIFF,
-    unusual TIFFs); URLs (s3://, file://, ...) go to tiffslide, the one that speaks fsspec.
+    auto: every backend in the registry's order, the first that opens it wins (openslide
+    knows every vendor format, tiffslide is the fallback for OME-TIFF and unusual TIFFs);
+    URLs (s3://, file://, ...) go to the backends that speak fsspec (`reads_urls`).
     """
     path = str(path_or_url)
-    if backend not in ("auto", *BACKENDS):
-        raise ConfigError(f"unknown slide backend {backend!r}; use auto, openslide or tiffslide")
+    if backend not in backend_choices():
+        raise ConfigError(f"unknown slide backend {backend!r}; use {_one_of(backend_choices())}")
     if mpp is not None and (problem := mpp_problem(mpp)) is not None:
         raise ConfigError(f"--mpp {problem}")
     if _is_url(path):
-        if backend == "openslide":
-            raise ConfigError(f"{path}: openslide reads local files only; use --backend tiffslide")
-        order = ["tiffslide"]
+        if backend != "auto" and backend not in url_backends():
+            raise ConfigError(
+                f"{path}: {backend} reads local files only; use --backend {_one_of(url_backends())}"
+            )
+        order = list(url_backends()) if backend == "auto" else [backend]
     else:
         p = Path(path)
         if not p.exists():
@@ -334,7 +349,7 @@ def open_slide(
                 f"{path}: not a regular file (a pipe, socket or device); pass the slide file"
             )
         path = str(p.resolve())
-        order = ["openslide", "tiffslide"] if backend == "auto" else [backend]
+        order = list(BACKENDS) if backend == "auto" else [backend]
     reasons = []
     for name in order:
         try:

@@ -43,6 +43,7 @@ if _root is not None:
 # public name -> module that defines it
 _PUBLIC: dict[str, str] = {
     "segment_slide": "wsi_segment.pipeline.segment",
+    "build_morning_report": "wsi_segment.pipeline.morning_report",
     "SegmentParams": "wsi_segment.pipeline.params",
     "SlideResult": "wsi_segment.pipeline.segment",
     "open_slide": "wsi_segment.wsi.slide",
@@ -69,6 +70,7 @@ __all__ = [
     "SlideError",
     "SlideResult",
     "WsiSegmentError",
+    "build_morning_report",
     "load_model",
     "open_slide",
     "save_model",
@@ -86,6 +88,7 @@ if TYPE_CHECKING:
         WsiSegmentError,
     )
     from wsi_segment.models.bundle import load_model, save_model
+    from wsi_segment.pipeline.morning_report import build_morning_report
     from wsi_segment.pipeline.params import SegmentParams
     from wsi_segment.pipeline.segment import SlideResult, segment_slide
     from wsi_segment.wsi.slide import Slide, open_slide

@@ -15,7 +15,9 @@
  * Use: Automate > Script editor, File > Open this file, set OUT below to the --out folder
  * of the run, then Run (this image) or Run > Run for project (every image; each image
  * reads OUT/<image name without extension>/tissue.geojson, the extension as QuPath's
- * GeneralTools.stripExtension strips it: OS-1-detail.ome.tif -> OUT/OS-1-detail/).
+ * GeneralTools.stripExtension strips it: OS-1-detail.ome.tif -> OUT/OS-1-detail/; a DICOM
+ * slide, a folder of .dcm files QuPath opens by one of them, reads OUT/<that folder's name>/,
+ * as wsi-segment names it whichever of its files or the folder itself it was given).
  */
 import qupath.lib.common.GeneralTools
 import qupath.lib.io.PathIO
@@ -31,6 +33,12 @@ def dot = imageName.lastIndexOf('.')
 def older = new File(new File(OUT, dot > 0 ? imageName.substring(0, dot) : imageName), 'tissue.geojson')
 if (!file.isFile() && older.isFile())
     file = older
+// a DICOM slide: the folder holding the .dcm file QuPath opened names the output folder
+def dcm = getCurrentServer().getURIs().find { it.getPath()?.toLowerCase()?.endsWith('.dcm') }
+def dicomFolder = dcm != null ? new File(dcm.getPath()).getParentFile()?.getName() : null
+def dicomFile = dicomFolder ? new File(new File(OUT, dicomFolder), 'tissue.geojson') : null
+if (dicomFile != null && (dicomFile.isFile() || !file.isFile()))
+    file = dicomFile  // (a run given the .dcm file by versions before this rule: OUT/<file name>/)
 if (!file.isFile()) {
     println "wsi-segment: ${file} not found: set OUT to the --out folder of the run"
     return

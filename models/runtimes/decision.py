@@ -1,8 +1,8 @@
 """Which runtime runs the inference graph: one pure function of the request and the machine.
 
 OpenVINO runs the whole graph of a tile (preprocess, classifier, gate, segmenter, reduction)
-faster than torch on AVX-512 CPUs (benchmarks/RESULTS.md: fp32 1.3-1.6x; bf16 about 2x on
-AVX512-BF16 of AMD, 7-8x torch fp32 on AMX) and on AVX2-only CPUs (fp32 1.25-1.37x), so
+faster than torch on AVX-512 CPUs (benchmarks/RESULTS.md: fp32 1.20-1.60x; bf16 about 2x on
+AVX512-BF16 of AMD, 7.3-7.9x torch fp32 on AMX) and on AVX2-only CPUs (fp32 1.25-1.37x), so
 `auto` takes it on a CPU with AVX2 where it is installed. Older CPUs keep torch (not measured), and so does a GPU
 (no GPU runtime is shipped before it is measured). Everything here is data in, data out, so
 the run policy can call it for a machine it only describes.

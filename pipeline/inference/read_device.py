@@ -1,10 +1,11 @@
 """What the slide offers the device read path: the facts `pipeline.run_policy` decides from.
 
-The device read path (`pipeline.inference.reader_thread`) decodes a level's JPEG storage
-tiles in batches (nvJPEG on CUDA, libjpeg-turbo on the CPU) and assembles the model tiles on
-the model's device in one reader thread: no decoder processes. It serves a slide only where
-model pixels are the read level's pixels and `wsi.raw_tiles` hands out the level's streams;
-nvJPEG only decodes tiles whose header states YCbCr (`device_tiles`: colour). `slide_reads`
+The device read path (`pipeline.inference.device_tiles.DeviceTiles`, run by the engine's
+reader thread: no decoder processes) has a level's JPEG storage tiles decoded in batches and
+assembles the model tiles on the model's device; this module decodes nothing. The decoding is
+nvJPEG on CUDA for streams whose header states YCbCr, libjpeg-turbo on the CPU for the others
+(`device_tiles`: colour). It serves a slide only where model pixels are the read level's
+pixels and `wsi.raw_tiles` hands out the level's streams. `slide_reads`
 examines the read level once (a local run in `prepare`, before any decoder starts; a band
 on its worker); whether the run reads there is the policy's `read_device` decision
 (`--read-device`). Nothing here imports torch.

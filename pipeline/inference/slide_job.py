@@ -43,6 +43,9 @@ class SlideJob:
     batch_size: int
     gate: bool
     zarr_path: str
+    # the level-0 label array (`outputs.label_image`): the class map written beside the
+    # probabilities, block for block
+    labels_path: str
     tissue_mask: np.ndarray  # bool (h, w) at tissue_downsample level-0 px per mask px
     tissue_downsample: float
     level0_per_output: float
@@ -51,9 +54,6 @@ class SlideJob:
     # of the run only unions them; the exact ones are kept too for a `--roi` run's areas.
     simplify_tolerance: float = 1.0
     keep_exact_polygons: bool = False
-    # the level-0 label array (`outputs.label_image`): the class map written beside the
-    # probabilities, block for block; "" writes none (benchmarks of the probabilities alone)
-    labels_path: str = ""
     # The slide's (width, height) in output px: class areas count only the part of the
     # raster's last column and row on the slide (None: whole pixels).
     slide_extent_out: tuple[float, float] | None = None
@@ -128,8 +128,7 @@ class SlideJob:
         block = self.stitch_block(spec, reduced)
         ox0, oy0, ox1, oy1 = spec.out_box
         self._array()[:, oy0:oy1, ox0:ox1] = block.probs
-        if self.labels_path:
-            self._array(self.labels_path)[oy0:oy1, ox0:ox1] = label_values(block.labels)
+        self._array(self.labels_path)[oy0:oy1, ox0:ox1] = label_values(block.labels)
         outcome = summarise_block(
             spec,
             len(spec.tiles),

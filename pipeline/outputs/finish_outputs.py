@@ -21,10 +21,17 @@ import shapely
 from shapely.geometry import MultiPolygon, Polygon
 
 from wsi_segment.models.labels import UNCLASSIFIED_NAME
+from wsi_segment.pipeline.output_files import (
+    GEOJSON_NAME,
+    OVERLAY_NAME,
+    STORE_NAME,
+    SUMMARY_NAME,
+    always_written,
+    optional_outputs,
+)
 from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome, slide_area_px
 from wsi_segment.pipeline.outputs.geojson import build_feature_collection, write_geojson
 from wsi_segment.pipeline.outputs.label_image import finalize_label_pyramid
-from wsi_segment.pipeline.outputs.ome_tiff import write_probability_ome_tiff
 from wsi_segment.pipeline.outputs.ome_zarr import Color, finalize_pyramid
 from wsi_segment.pipeline.outputs.output_classes import output_classes, output_ids
 from wsi_segment.pipeline.outputs.overlay import label_thumbnail, sample_labels, write_overlay
@@ -45,7 +52,6 @@ from wsi_segment.pipeline.outputs.summary import (
     software_versions,
     write_summary,
 )
-from wsi_segment.pipeline.outputs.tile_objects import write_tile_geojson
 from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.wsi.roi import Roi
 from wsi_segment.wsi.slide import Slide
@@ -159,8 +165,8 @@ def write_outputs(
     measurements = class_measurements(classes, counts, prob_sums, prep.output_mpp, area_px)
     measurements[UNCLASSIFIED_NAME].pop("mean_probability", None)
     measurements["Tissue"] = {"area_um2": float(labelled * px_area)}
-    zarr_path = work_dir / "probabilities.ome.zarr"
-    files = ["probabilities.ome.zarr", "tissue.geojson", "overlay.png", "summary.json"]
+    zarr_path = work_dir / STORE_NAME
+    files = always_written()
     # The `with` waits for the polygon thread even when this thread fails, so nothing writes
     # into the work folder after the caller has removed it.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="polygons") as pool:
@@ -169,22 +175,18 @@ def write_outputs(
         )
         n_levels = finalize_pyramid(zarr_path)
         finalize_label_pyramid(zarr_path, n_levels)
-        if prep.params.ome_tiff:
-            write_probability_ome_tiff(zarr_path, work_dir / "probabilities.ome.tif")
-            files.append("probabilities.ome.tif")
-        if prep.params.tile_objects:
-            write_tile_geojson(
-                zarr_path, work_dir / "tiles.geojson", prep.grid.stride // prep.grid.downsample
-            )
-            files.append("tiles.geojson")
-        _write_overlay(prep, zarr_path, work_dir / "overlay.png", classes, colors)
+        for output in optional_outputs():  # the registry's writers, for the files asked for
+            if output.option in prep.params.extra_outputs and output.writer is not None:
+                output.writer(zarr_path, work_dir / output.name, prep.grid)
+                files.append(output.name)
+        _write_overlay(prep, zarr_path, work_dir / OVERLAY_NAME, classes, colors)
         roi_report = polygons.result()
     prep.timings["outputs_s"] = time.perf_counter() - t0
     run = {**run_stats(outcomes), **prep.read_device}
     summary = _summary(prep, areas, labelled * px_area, n_levels, files, run)
     if roi_report:
         summary["rois"] = roi_report
-    write_summary(work_dir / "summary.json", summary)
+    write_summary(work_dir / SUMMARY_NAME, summary)
     return summary
 
 
@@ -237,7 +239,7 @@ def _write_polygons(
         geoms_level0, classes, colors, measurements, tissue_level0, id_prefix=prep.fingerprint
     )
     fc["features"].extend(roi_features(rois, report, prep.fingerprint))
-    write_geojson(work_dir / "tissue.geojson", fc)
+    write_geojson(work_dir / GEOJSON_NAME, fc)
     return report
 
 

@@ -13,14 +13,26 @@ name)>/tissue.geojson`. QuPath's rule (`qupath-core` `GeneralTools.getExtension`
 - else the last `.` and what follows, when that is only ASCII letters, digits and `_`
   (`a.svs`: `a`; `a.1-2` keeps its name: `-` is not a word character).
 
+A DICOM whole-slide image is a folder of `.dcm` files, one per level, and QuPath (or
+openslide) opens it by any one of them: its output folder is named after the folder, whether
+the folder or one of its `.dcm` files is given (`slide_stem`), and the import script reads
+`OUT/<the folder holding the .dcm file QuPath opened>/` for such an image.
+
 Versions before this rule named the folder by `Path.stem` (`legacy_output_name`): a rerun
 leaves such a folder alone, since it may hold results the user still needs.
+
+A slide path holding a control character or a line break (a newline, a tab, an escape,
+U+2028) is refused rather than renamed: it would name the output folder with it and split
+the one-line `error:` / `warning:` / `done` messages, and a folder named otherwise is one
+QuPath's import script would not find. `one_line` writes such a path on one line for the
+refusal.
 """
 
 from __future__ import annotations
 
 import re
-from pathlib import Path
+import unicodedata
+from pathlib import Path, PurePosixPath
 
 # GeneralTools.DEFAULT_EXTENSIONS of QuPath 0.6 (0.5 lacks ".ome.zarr", which it cannot open)
 MULTIPART_EXTENSIONS: tuple[str, ...] = (".ome.tif", ".ome.tiff", ".tar.gz", ".ome.zarr")
@@ -53,6 +65,38 @@ def slide_file_name(path: str | Path) -> str:
     return Path(str(path).rstrip("/")).name
 
 
+DICOM_SUFFIX = ".dcm"
+
+
+def slide_stem(path: str | Path) -> str:
+    """A slide's name without its extension (`strip_extension` of its file name), except a
+    DICOM slide's `.dcm` file: the name of the folder holding it, the slide's own name (any
+    of its files opens the same slide)."""
+    name = slide_file_name(path)
+    if name.lower().endswith(DICOM_SUFFIX):
+        folder = PurePosixPath(str(path).rstrip("/")).parent.name
+        if folder and folder not in (".", ".."):
+            return folder
+    return strip_extension(name)
+
+
 def legacy_output_name(path: str | Path) -> str:
     """The folder name versions before this rule gave the slide (Python's stem)."""
     return Path(str(path).rstrip("/")).stem
+
+
+# Control characters, and the separators Python's str.splitlines() and terminals break at.
+_LINE_BREAKING_CATEGORIES = frozenset({"Cc", "Zl", "Zp"})
+
+
+def is_control(ch: str) -> bool:
+    """True for a control character or a line or paragraph separator."""
+    return unicodedata.category(ch) in _LINE_BREAKING_CATEGORIES
+
+
+def one_line(text: str) -> str:
+    """`text` on one line: each control character or separator written as its Python
+    escape (`\\n`, `\\t`, `\\x1b`, `\\u2028`), everything else as it is."""
+    return "".join(
+        ch.encode("unicode_escape").decode("ascii") if is_control(ch) else ch for ch in text
+    )

@@ -18,6 +18,7 @@ import zarr
 
 from wsi_segment.pipeline.outputs.ome_xml import ome_color
 from wsi_segment.pipeline.outputs.ome_zarr import open_probability_store
+from wsi_segment.wsi.tiling import TileGrid
 
 TILE = 256
 
@@ -35,6 +36,12 @@ def _tiles(arr: zarr.Array[Any], tile: int) -> Iterator[np.ndarray]:
                     padded[: block.shape[0], : block.shape[1]] = block
                     block = padded
                 yield block
+
+
+def write_output(zarr_path: Path, path: Path, grid: TileGrid) -> None:
+    """`--ome-tiff`'s writer in the output registry (`pipeline.output_files`): the copy of the
+    finished store at `path` (a copy of every level needs nothing of the grid)."""
+    write_probability_ome_tiff(zarr_path, path)
 
 
 def write_probability_ome_tiff(

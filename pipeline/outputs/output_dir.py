@@ -54,9 +54,9 @@ from typing import TYPE_CHECKING, Any
 
 from wsi_segment.errors import ConfigError, OutputError
 from wsi_segment.models.checksum import file_sha256
-from wsi_segment.pipeline.outputs.naming import slide_file_name, strip_extension
+from wsi_segment.pipeline.output_files import SUMMARY_NAME
+from wsi_segment.pipeline.outputs.naming import is_control, one_line, slide_stem
 from wsi_segment.pipeline.outputs.ownership import (
-    SUMMARY_NAME,
     link_error,
     refuse_foreign,
     refuse_link,
@@ -83,8 +83,9 @@ _FORBIDDEN_NAME_CHARS = ("/", "\\", "\0", ":")
 
 def default_output_name(path: str | Path) -> str:
     """The output folder name of a slide: its file name (a URL's: its last part) without
-    the extension, as QuPath strips it (`naming.strip_extension`: `a.ome.tif` -> `a`)."""
-    return strip_extension(slide_file_name(path))
+    the extension, as QuPath strips it (`naming.slide_stem`: `a.ome.tif` -> `a`; a DICOM
+    slide's `.dcm` file -> its folder's name, as the DICOM slide folder itself)."""
+    return slide_stem(path)
 
 
 def leaves_output_folder(name: str) -> bool:
@@ -98,17 +99,19 @@ def check_output_name(name: str, source: str) -> str:
     """Refuse names that are empty, hidden, contain a path, or would leave the output folder.
 
     Stricter than `leaves_output_folder`: a typed name must also be portable ('\\' and ':'
-    are separators on Windows), since manifests travel between machines.
+    are separators on Windows), since manifests travel between machines, and hold no control
+    character (a tab or newline would split the lines that name it).
     """
     cleaned = name.strip()
     if (
         leaves_output_folder(cleaned)
-        or any(ch in cleaned for ch in _FORBIDDEN_NAME_CHARS)
+        or any(ch in _FORBIDDEN_NAME_CHARS or is_control(ch) for ch in cleaned)
         or Path(cleaned).is_absolute()
     ):
         raise ConfigError(
-            f"{source}: output name {name!r} is not a plain folder name; give a name with no "
-            "'/', '\\' or leading '.', so outputs stay inside the output folder"
+            f"{one_line(source)}: output name {name!r} is not a plain folder name; give a name "
+            "with no '/', '\\', control character or leading '.', so outputs stay inside the "
+            "output folder"
         )
     return cleaned
 
@@ -117,6 +120,7 @@ def slide_output_name(slide_path: str, output_name: str | None = None) -> str:
     """The output folder name of one slide run: `output_name` if given (checked like a
     manifest name), else `default_output_name`, refused if it would not be a folder inside
     --out. Stems keep '\\' and ':', which are plain characters in a POSIX file name."""
+    refuse_control_characters(slide_path)
     if output_name:
         return check_output_name(output_name, slide_path)
     name = default_output_name(slide_path)
@@ -132,6 +136,19 @@ def slide_output_name(slide_path: str, output_name: str | None = None) -> str:
             f"folder inside --out; {fix}"
         )
     return name
+
+
+def refuse_control_characters(slide_path: str) -> None:
+    """ConfigError, on one line, for a slide path holding a control character or a line
+    break (`naming.is_control`): its output folder would carry it, and every message that
+    names the slide would break across lines."""
+    found = sorted({one_line(ch) for ch in slide_path if is_control(ch)})
+    if found:
+        raise ConfigError(
+            f"{one_line(slide_path)}: the slide's path holds control characters "
+            f"({', '.join(found)}), which would break wsi-segment's one-line messages and its "
+            "output folder's name; rename the file (or its folder) without them and rerun"
+        )
 
 
 def check_distinct_names(named: list[tuple[str, str]], source: str, fix: str) -> None:
@@ -156,12 +173,22 @@ FORMAT_VERSION = 6  # bump when outputs change for the same inputs
 
 
 def slide_identity(slide_path: str) -> dict[str, Any]:
-    """Path, size and mtime for local files; the URL itself for remote ones."""
+    """Path, size and mtime for local files; the URL itself for remote ones. A folder (a
+    DICOM slide) adds the name, size and mtime of each file in it: its files are the slide,
+    and rewriting one changes the folder's own mtime not at all."""
     if "://" in slide_path and not slide_path.startswith("file://"):
         return {"url": slide_path}
     path = Path(slide_path.removeprefix("file://")).resolve()
     stat = os.stat(path)
-    return {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    identity: dict[str, Any] = {
+        "path": str(path),
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+    }
+    if path.is_dir():
+        files = sorted(f for f in path.iterdir() if f.is_file())
+        identity["files"] = [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+    return identity
 
 
 def canonical_sha256(data: dict[str, Any]) -> str:

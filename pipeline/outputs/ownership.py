@@ -3,14 +3,18 @@
 A folder at `<out>/<name>` is ours only when it is a real folder (not a symbolic link) whose
 `summary.json`, the file a run writes last, is ours (`schema_version` and `fingerprint`) and
 that holds nothing but the files that summary lists, and inside the zarr store nothing but
-what we write there (`STORE_LAYOUT`). Anything else may be a person's work: it is refused
-with its path named and left untouched. Links are never followed to create or delete
-anything, and a link anywhere in the folder is not ours.
+what we write there (`STORE_LAYOUT`; an array's chunk keys only inside the chunk grid its
+`.zarray` gives, so a file merely named like a key, `0/0/9/9/9` beside a 1 x 1 x 1 grid, is
+not ours). Anything else may be a person's work: it is refused with its path named and left
+untouched. Links are never followed to create or delete anything, and a link anywhere in
+the folder is not ours.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
 import re
 import shutil
@@ -18,19 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wsi_segment.errors import OutputError
+from wsi_segment.pipeline.output_files import OUTPUT_FILES, STORE_NAME, SUMMARY_NAME
 from wsi_segment.pipeline.outputs.summary import read_summary
-
-SUMMARY_NAME = "summary.json"
-STORE_NAME = "probabilities.ome.zarr"  # the one folder an output holds
-# What a finished output may hold when its summary lists no files (older summaries).
-OUTPUT_FILES = (
-    STORE_NAME,
-    "tissue.geojson",
-    "overlay.png",
-    SUMMARY_NAME,
-    "probabilities.ome.tif",
-    "tiles.geojson",
-)
 
 
 def link_error(path: Path) -> OutputError:
@@ -66,6 +59,7 @@ def not_our_output(path: Path) -> str | None:
     output = summary.get("output")
     listed = output.get("files") if isinstance(output, dict) else None
     ours = {f for f in listed if isinstance(f, str)} if isinstance(listed, list) else set()
+    # a summary that lists no files (older ones): what any run may write
     ours = (ours or set(OUTPUT_FILES)) | {SUMMARY_NAME}
     extra = []
     for entry in sorted(os.scandir(path), key=lambda e: e.name):
@@ -111,37 +105,61 @@ STORE_LAYOUT = Node(
 
 def _not_in_layout(folder: Path, node: Node, shown: str) -> list[str]:
     """Paths under `folder` (shown as `shown/...`) that `node` does not describe: names
-    only, no file is opened, so a store of thousands of chunks is checked in a walk. A
-    foreign folder is named, not entered."""
+    only, and of an array its `.zarray` alone is read (for the chunk grid), so a store of
+    thousands of chunks is checked in a walk. A foreign folder is named, not entered."""
+    grid = chunk_grid(folder, node.chunk_dims) if node.chunk_dims else ()
     extra = []
     for entry in sorted(os.scandir(folder), key=lambda e: e.name):
         name, here = entry.name, f"{shown}/{entry.name}"
         number = _NUMBER.fullmatch(name) is not None
         if entry.is_symlink():
             extra.append(here)
+        elif grid and number:  # a chunk key's first part: inside the grid, or not ours
+            extra += _not_chunk_key(entry, grid, here)
         elif entry.is_dir():
-            if node.chunk_dims > 1 and number:
-                extra += _not_chunk_keys(Path(entry.path), node.chunk_dims - 1, here)
-            elif (sub := node.folder(name) or (node.numbered if number else None)) is not None:
-                extra += _not_in_layout(Path(entry.path), sub, here)
-            else:
-                extra.append(here)
-        elif not (entry.is_file() and (name in node.files or (node.chunk_dims == 1 and number))):
+            sub = node.folder(name) or (node.numbered if number and not node.chunk_dims else None)
+            extra += [here] if sub is None else _not_in_layout(Path(entry.path), sub, here)
+        elif not (entry.is_file() and name in node.files):
             extra.append(here)
     return extra
 
 
-def _not_chunk_keys(folder: Path, dims: int, shown: str) -> list[str]:
-    """Paths under a chunk-key folder with `dims` key parts still to come that are not."""
+def chunk_grid(folder: Path, dims: int) -> tuple[int, ...]:
+    """Chunks along each axis of the zarr v2 array at `folder`, from its `.zarray` (a real
+    file, `dims` axes, "/" between key parts as we write); () when it is not such an array,
+    so no name in it counts as a chunk key."""
+    meta_path = folder / ".zarray"
+    try:
+        meta = None if os.path.islink(meta_path) else json.loads(meta_path.read_text())
+    except (OSError, ValueError):
+        return ()
+    if not isinstance(meta, dict) or meta.get("dimension_separator") != "/":
+        return ()
+    shape, chunks = meta.get("shape"), meta.get("chunks")
+    if not (isinstance(shape, list) and isinstance(chunks, list)):
+        return ()
+    if len(shape) != dims or len(chunks) != dims:
+        return ()
+    if not all(isinstance(n, int) and n > 0 for n in (*shape, *chunks)):
+        return ()
+    return tuple(math.ceil(n / c) for n, c in zip(shape, chunks, strict=True))
+
+
+def _not_chunk_key(entry: os.DirEntry[str], grid: tuple[int, ...], shown: str) -> list[str]:
+    """`entry` (shown as `shown`) and what is under it that is not a chunk key of an array
+    with `grid` chunks per axis: numbers below the grid's count on each axis, folders for
+    every part but the last, which is a file."""
+    if entry.is_symlink() or _NUMBER.fullmatch(entry.name) is None:
+        return [shown]
+    if int(entry.name) >= grid[0]:
+        return [shown]
+    if len(grid) == 1:
+        return [] if entry.is_file() else [shown]
+    if not entry.is_dir():
+        return [shown]
     extra = []
-    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-        here = f"{shown}/{entry.name}"
-        if entry.is_symlink() or _NUMBER.fullmatch(entry.name) is None:
-            extra.append(here)
-        elif dims > 1 and entry.is_dir():
-            extra += _not_chunk_keys(Path(entry.path), dims - 1, here)
-        elif not (dims == 1 and entry.is_file()):
-            extra.append(here)
+    for sub in sorted(os.scandir(entry.path), key=lambda e: e.name):
+        extra += _not_chunk_key(sub, grid[1:], f"{shown}/{sub.name}")
     return extra
 
 

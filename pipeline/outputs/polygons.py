@@ -6,9 +6,9 @@ neighbouring blocks share their border exactly, so `shapely.union_all` merges th
 seam. `cv2.findContours` traces pixel centres: shapes shrink by half a pixel and tiles leave
 gaps. Simplification uses `shapely.coverage_simplify`, which moves shared edges together, so
 classes stay edge-to-edge instead of opening gaps or overlapping as per-polygon simplify does.
-A run simplifies each tile core of a chunk's block as it is written (`simplified_block_polygons`
-per cell of `chunk_summary.block_polygons`, in the writer threads, with the cell's border
-fixed) and only unions the pieces at the end (`merge_simplified_polygons`), so the slide's
+A run simplifies a write unit's block as it is written, one cell at a time: a cell is a zarr
+chunk of `wsi.tiling.STORE_TILES` x `STORE_TILES` tile cores (`simplified_block_polygons` per
+cell of `chunk_summary.block_polygons`, in the writer threads, with the cell's border fixed) and only unions the pieces at the end (`merge_simplified_polygons`), so the slide's
 polygons cost little after inference and do not depend on the chunk size.
 """
 

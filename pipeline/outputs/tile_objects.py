@@ -26,6 +26,7 @@ from wsi_segment.pipeline.outputs.label_image import (
     open_label_levels,
 )
 from wsi_segment.pipeline.outputs.ome_zarr import open_probability_store
+from wsi_segment.wsi.tiling import TileGrid
 
 
 def iter_tile_features(
@@ -86,6 +87,12 @@ def iter_tile_features(
                     "measurements": measurements,
                 },
             }
+
+
+def write_output(zarr_path: Path, path: Path, grid: TileGrid) -> None:
+    """`--tile-objects`' writer in the output registry (`pipeline.output_files`): one object
+    per tile core of `grid` (its side in output px: the stride over the output downsample)."""
+    write_tile_geojson(zarr_path, path, grid.stride // grid.downsample)
 
 
 def write_tile_geojson(

@@ -168,6 +168,17 @@ def resolve_recipe(
     )
 
 
+def frozen_description(optim: Optim) -> str:
+    """What a stage with `optim` keeps fixed, in words ("" when nothing): from random weights
+    these parts never learn, which is why such recipes are made for pretrained ones."""
+    parts = []
+    if optim.frozen_stages:
+        parts.append(" and ".join(optim.frozen_stages) + " fixed")
+    if optim.freeze_bn:
+        parts.append("every BatchNorm at its initial statistics and affine parameters")
+    return ", ".join(parts)
+
+
 def _frozen_names(encoder: nn.Module, stages: tuple[str, ...]) -> set[str]:
     unknown = [s for s in stages if s not in STAGE_MODULES]
     if unknown:

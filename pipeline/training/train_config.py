@@ -14,8 +14,8 @@ from wsi_segment.errors import ConfigError
 from wsi_segment.models.cam_methods import (
     CAM_METHODS,
     DEFAULT_CAM_METHOD,
-    PSEUDO_MASK_METHODS,
     check_head,
+    pseudo_mask_methods,
 )
 from wsi_segment.models.heads import DEFAULT_DROPOUT
 from wsi_segment.models.pretrained import is_file_source
@@ -26,6 +26,7 @@ from wsi_segment.pipeline.training.recipes import (
     RECIPES,
     Preset,
     Recipe,
+    frozen_description,
     resolve_recipe,
 )
 from wsi_segment.pipeline.training.train_classifier import ClassifierConfig, head_spec
@@ -155,15 +156,15 @@ def check_config(cfg: TrainConfig) -> None:
     if problem is not None:  # model.json would record it, and every slide be resampled to it
         raise ConfigError(f"--mpp {problem}; give the patches' pixel size (1.0 = 10x)")
     head_spec(classifier_config(cfg))  # dropout and PDA schedule
-    if cfg.cam_method in CAM_METHODS and cfg.cam_method not in PSEUDO_MASK_METHODS:
+    if cfg.cam_method in CAM_METHODS and cfg.cam_method not in pseudo_mask_methods():
         raise ConfigError(
             f"--cam-method {cfg.cam_method} gives one class-agnostic map (the same for every "
             f"class), so it cannot tell classes apart in pseudo masks; pick one of "
-            f"{list(PSEUDO_MASK_METHODS)} (it stays available for heat maps)"
+            f"{list(pseudo_mask_methods())} (it stays available for heat maps)"
         )
-    if cfg.cam_method not in PSEUDO_MASK_METHODS:
+    if cfg.cam_method not in pseudo_mask_methods():
         raise ConfigError(
-            f"--cam-method must be one of {list(PSEUDO_MASK_METHODS)}, got {cfg.cam_method!r}"
+            f"--cam-method must be one of {list(pseudo_mask_methods())}, got {cfg.cam_method!r}"
         )
     check_head(cfg.cam_method, cfg.head)
     check_pseudo_mask_folder(pseudo_mask_dir(cfg), cfg.cam_method)
@@ -216,10 +217,18 @@ def recipe_choices(cfg: TrainConfig) -> list[str]:
     weights were given, fails with weights of a task unlike this one (stage 1 keeps their
     BatchNorm statistics; docs/training.md), so that line says how to choose otherwise."""
     lines = []
-    for stage, option, source, made_for in (
-        ("stage 1 (classifier)", "--pretrained", cfg.pretrained, _PAPER_STAGE1),
-        ("stage 3 (segmenter)", "--seg-pretrained", cfg.seg_pretrained, _PAPER_STAGE3),
+    for stage, option, source, made_for, first in (
+        ("stage 1 (classifier)", "--pretrained", cfg.pretrained, _PAPER_STAGE1, True),
+        ("stage 3 (segmenter)", "--seg-pretrained", cfg.seg_pretrained, _PAPER_STAGE3, False),
     ):
+        chosen = recipe(cfg, source)
+        frozen = frozen_description(chosen.stage1 if first else chosen.stage3)
+        if cfg.recipe is not None and source is None and frozen:
+            lines.append(
+                f"warning: --recipe {chosen.name} trains {stage} with {frozen}, made for "
+                f"pretrained weights, but no {option} is given: those parts keep their random "
+                f"initialisation; give {option} (a weights file or timm name) or --recipe default"
+            )
         if cfg.recipe is not None:
             why = "named by --recipe"
         elif source is None:
@@ -229,7 +238,7 @@ def recipe_choices(cfg: TrainConfig) -> list[str]:
                 f"no --recipe and {option} given: {made_for}; for weights of a task unlike "
                 "this one give --recipe default"
             )
-        lines.append(f"{stage} recipe: {recipe(cfg, source).name} ({why})")
+        lines.append(f"{stage} recipe: {chosen.name} ({why})")
     record = preset_record(cfg)
     if record["applied"] or record["overridden"]:
         applied = ", ".join(f"{k} {v}" for k, v in record["applied"].items()) or "nothing"

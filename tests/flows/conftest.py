@@ -35,6 +35,11 @@ def prefect_harness() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A seeded resnet10t classifier + DeepLabV3+ saved as a model folder (8 um/px, 64 px)."""
+    return save_tiny_model(tmp_path_factory.mktemp("model") / "tiny")
+
+
+def save_tiny_model(folder: Path) -> Path:
+    """The tiny model of `tiny_model`, saved at `folder` (for tests outside flows/)."""
     import torch
 
     from wsi_segment.models.bundle import save_model
@@ -50,7 +55,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
         Segmenter("tu-resnet10t", len(CLASSES), decoder_channels=16),
         meta,
     )
-    return save_model(model, tmp_path_factory.mktemp("model") / "tiny", meta)
+    return save_model(model, folder, meta)
 
 
 def write_synthetic_slide(path: Path, size: tuple[int, int], seed: int, mpp: float = 1.0) -> Path:

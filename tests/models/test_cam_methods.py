@@ -1,21 +1,27 @@
-"""The CAM-method registry: one list for every door, head requirements, model.json records."""
+"""The CAM-method registry: one list for every door and the functions that compute each
+method, head requirements, model.json records; one entry is all a new method takes."""
 
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from wsi_segment.errors import ConfigError
+from wsi_segment.flows.cli import build_parser
+from wsi_segment.lazy_exports import FunctionRef
 from wsi_segment.models import cams
 from wsi_segment.models.bundle import load_model
 from wsi_segment.models.cam_methods import (
     CAM_METHODS,
     LEGACY_RECORD,
-    PSEUDO_MASK_METHODS,
+    CamMethod,
     check_head,
+    pseudo_mask_methods,
     pseudo_mask_record,
     recorded_method,
 )
@@ -25,11 +31,73 @@ from wsi_segment.models.model_json import check_model_json
 DEMO = Path(__file__).resolve().parents[2] / "models" / "demo_model"
 
 
-def test_registry_is_what_cams_implements() -> None:
-    assert cams.METHODS == ("gradcam", "cam", "scorecam", "lficam", "scorecam-ref", "lficam-ref")
-    assert PSEUDO_MASK_METHODS == ("gradcam", "cam", "scorecam", "lficam", "scorecam-ref")
-    for spec in CAM_METHODS.values():  # a required head is a real head
-        assert spec.head is None or spec.head in HEADS
+def test_registry_holds_the_functions_of_models_cams() -> None:
+    assert list(CAM_METHODS) == [
+        "gradcam",
+        "cam",
+        "scorecam",
+        "lficam",
+        "scorecam-ref",
+        "lficam-ref",
+    ]
+    assert pseudo_mask_methods() == ("gradcam", "cam", "scorecam", "lficam", "scorecam-ref")
+    for name, spec in CAM_METHODS.items():
+        assert spec.name == name
+        assert spec.head is None or spec.head in HEADS  # a required head is a real head
+        maps = spec.maps.resolve()
+        assert inspect.getmodule(maps) is cams
+        wanted = ["classifier", "x", "layer"] if spec.any_tap else ["classifier", "x"]
+        assert list(inspect.signature(maps).parameters)[: len(wanted)] == wanted, name
+        assert "normalise" in inspect.signature(maps).parameters
+    assert [n for n, s in CAM_METHODS.items() if s.at_taps is not None] == ["gradcam"]
+    assert CAM_METHODS["gradcam"].at_taps == FunctionRef("wsi_segment.models.cams:grad_cams")
+
+
+def flat_maps(classifier: object, x: torch.Tensor, layer: str, *, normalise: str) -> torch.Tensor:
+    """A trivial extra method: class k's map is k + 1 everywhere, at any tap."""
+    n, _, h, w = x.shape
+    return torch.arange(1.0, 4.0).view(1, 3, 1, 1).expand(n, 3, h, w).clone()
+
+
+@pytest.fixture
+def flat_method(monkeypatch: pytest.MonkeyPatch) -> str:
+    spec = CamMethod(
+        "flat",
+        "a test's method",
+        any_tap=True,
+        head=None,
+        relu=True,
+        cost="nothing",
+        maps=FunctionRef(f"{__name__}:flat_maps"),
+    )
+    monkeypatch.setitem(CAM_METHODS, spec.name, spec)
+    return spec.name
+
+
+def test_a_registered_method_is_offered_run_and_recorded(flat_method, tiny_classifier) -> None:
+    from wsi_segment.models.pseudo_masks import pseudo_masks
+
+    assert flat_method in pseudo_mask_methods()
+    args = build_parser().parse_args(
+        ["train", "--data", "d", "--out", "o", "--cam-method", flat_method]
+    )
+    assert args.cam_method == flat_method
+    clf = tiny_classifier("pda", 3)
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.equal(
+        cams.activation_maps(flat_method, clf, x, "mid"),
+        flat_maps(clf, x, "mid", normalise="class"),
+    )
+    images = torch.full((2, 3, 32, 32), 100, dtype=torch.uint8)  # no white background
+    masks = pseudo_masks(
+        clf, images, torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]]), method=flat_method
+    )
+    assert len(masks) == 3  # one per depth
+    assert (masks[0][0] == 1).all() and (masks[0][1] == 0).all()  # the highest present class
+    check_head(flat_method, "lficam")  # it needs no head
+    doc = copy.deepcopy(_demo_doc())
+    doc["provenance"]["pseudo_masks"] = pseudo_mask_record(flat_method, ["deep"], ["layer4"], True)
+    assert check_model_json(doc, "m/model.json") is None
 
 
 @pytest.mark.parametrize("head", sorted(HEADS))

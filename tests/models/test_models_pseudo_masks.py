@@ -43,12 +43,35 @@ def test_absent_classes_never_appear_and_background_wins() -> None:
     assert label_from_maps(MAPS, nothing, ignore_index=7).tolist() == [[[7, 7], [7, 7]]]
 
 
+def test_a_present_class_at_the_minimum_never_loses_to_an_absent_class() -> None:
+    """Where the one present class (index 1) sits at its minimum, its score is 0, as an
+    absent class's is in the official code; argmax there would pick index 0 (absent)."""
+    maps = torch.tensor([[[[5.0, 5.0]], [[0.0, 2.0]]]])  # class 0 absent, class 1 present
+    present = torch.tensor([[False, True]])
+    assert joint_minmax(maps, present)[0, 1].tolist() == [[0.0, 1.0]]
+    assert label_from_maps(maps, present).tolist() == [[[1, 1]]]
+
+
 def test_grey_matches_opencv_formula() -> None:
     rgb = torch.tensor(
         [[255, 0, 0], [0, 255, 0], [0, 0, 255], [201, 201, 201], [200, 200, 201]], dtype=torch.uint8
     )
     grey = grey_uint8(rgb.T.reshape(1, 3, 5, 1))[0, :, 0]
     assert grey.tolist() == [76, 150, 29, 201, 200]  # cv2.cvtColor(..., COLOR_RGB2GRAY)
+
+
+def test_grey_uses_opencvs_15_bit_weights_where_14_bit_ones_differ() -> None:
+    """Pixels where OpenCV's 8-bit rule, (9798 R + 19235 G + 3735 B + 2^14) >> 15, and the
+    older 14-bit weights (4899 / 9617 / 1868) give different greys: (99, 249, 217) is 201
+    (background at > 200), not 200; (98, 248, 216) is 200, not 199."""
+    rgb = torch.tensor(
+        [[99, 249, 217], [98, 248, 216], [100, 250, 218], [111, 254, 151]], dtype=torch.uint8
+    )
+    grey = grey_uint8(rgb.T.reshape(1, 3, 4, 1))[0, :, 0]
+    assert grey.tolist() == [201, 200, 202, 200]
+    # 8 x 8 patches of each colour: the first is white glass by the official rule, the second not.
+    patches = rgb[:2, :, None, None].expand(2, 3, 8, 8)
+    assert background_mask(patches, min_size=1).flatten(1).all(dim=1).tolist() == [True, False]
 
 
 def test_remove_small_objects_matches_scipy_4_connectivity() -> None:

@@ -225,3 +225,49 @@ def test_a_whole_deeplab_checkpoint_of_the_same_classes_loads_all(tmp_path: Path
     assert report.scope == "encoder" and report.unexpected[0].startswith("module.decoder.")
     enc = enc_only.net.encoder.state_dict()
     assert all(torch.equal(v, weights[f"encoder.{k}"]) for k, v in enc.items())
+
+
+def _official_checkpoint(path: Path, seed: int) -> dict[str, torch.Tensor]:
+    """A `deeplab-resnet.pth.tar` as the official code saves it (`{"epoch", "state_dict",
+    "optimizer", "best_pred"}`): the backbone under `backbone.*` (here a resnet10t's names),
+    then its own ASPP (`aspp.*`) and decoder (`decoder.conv1`, `decoder.last_conv.*`)."""
+    torch.manual_seed(seed)
+    backbone = {f"backbone.{k}": v for k, v in _source_weights(seed).items() if "fc" not in k}
+    own = {
+        "aspp.aspp1.atrous_conv.weight": torch.randn(256, 512, 1, 1),
+        "aspp.aspp1.bn.weight": torch.rand(256),
+        "aspp.global_avg_pool.1.weight": torch.randn(256, 512, 1, 1),
+        "aspp.conv1.weight": torch.randn(256, 1280, 1, 1),
+        "decoder.conv1.weight": torch.randn(48, 64, 1, 1),
+        "decoder.last_conv.0.weight": torch.randn(256, 304, 3, 3),
+        "decoder.last_conv.8.weight": torch.randn(4, 256, 1, 1),
+        "decoder.last_conv.8.bias": torch.randn(4),
+    }
+    state = {**backbone, **own}
+    optimizer = {"state": {}, "param_groups": [{"lr": 0.01, "momentum": 0.9, "params": [0, 1]}]}
+    torch.save({"epoch": 29, "state_dict": state, "optimizer": optimizer, "best_pred": 0.71}, path)
+    return state
+
+
+def test_an_official_deeplab_checkpoint_says_only_its_backbone_loaded(tmp_path: Path) -> None:
+    """Its ASPP and decoder have another layout than smp's: the backbone loads into the
+    encoder, the rest is unexpected, and neither the report nor model.json's record call it
+    a whole DeepLabV3+."""
+    f = tmp_path / "deeplab-resnet.pth.tar"
+    state = _official_checkpoint(f, seed=8)
+    seg = build_segmenter("tu-resnet10t", 4, decoder_channels=16)
+    decoder_before = {k: v.clone() for k, v in seg.net.decoder.state_dict().items()}
+
+    report = load_pretrained(seg.net.encoder, str(f), whole=seg.net)
+
+    backbone = [k for k in state if k.startswith("backbone.")]
+    assert (report.scope, report.whole_file, report.matched) == ("encoder", True, len(backbone))
+    assert report.unexpected == sorted(k for k in state if not k.startswith("backbone."))
+    enc = seg.net.encoder.state_dict()
+    assert all(torch.equal(v, state[f"backbone.{canonical(k)}"]) for k, v in enc.items())
+    assert all(torch.equal(v, decoder_before[k]) for k, v in seg.net.decoder.state_dict().items())
+    line = report.summary("segmenter encoder")
+    assert "whole DeepLabV3+" not in line
+    assert "only its encoder loaded" in line and "start fresh" in line
+    assert f"{len(backbone)} tensors matched" in line
+    assert report.as_dict()["scope"] == "encoder" and report.as_dict()["whole_file"] is True

@@ -138,3 +138,50 @@ def test_a_named_pipe_in_a_folder_glob_or_manifest_is_a_slide_that_fails_not_ski
     manifest = tmp_path / "m.csv"
     manifest.write_text(f"slide\n{pipe}\n")
     assert [i.slide for i in parse_batch_input(manifest)] == [pipe]
+
+
+def _dicom_folder(folder: Path, files: int = 2) -> Path:
+    folder.mkdir(parents=True)
+    for i in range(files):
+        _touch(folder / f"level-{i}.dcm")
+    return folder
+
+
+def test_a_folder_of_dicom_slide_folders_is_a_batch_of_them(tmp_path: Path) -> None:
+    """Each folder of .dcm files is one DICOM slide, named after the folder (the name QuPath's
+    import script reads); slide files beside them are slides too; other folders are not."""
+    cohort = tmp_path / "cohort"
+    _dicom_folder(cohort / "case-1")
+    _dicom_folder(cohort / "case-2", files=3)
+    _touch(cohort / "case-3.svs")
+    (cohort / "notes").mkdir()
+    (cohort / "notes" / "readme.txt").write_text("x")
+    _dicom_folder(cohort / ".hidden")
+    items = parse_batch_input(cohort)
+    assert [(i.slide.name, i.name) for i in items] == [
+        ("case-1", "case-1"),
+        ("case-2", "case-2"),
+        ("case-3.svs", "case-3"),
+    ]
+
+
+def test_a_dicom_slide_folder_given_to_batch_says_what_to_pass(tmp_path: Path) -> None:
+    slide = _dicom_folder(tmp_path / "case-1")
+    with pytest.raises(DatasetError) as err:
+        parse_batch_input(slide)
+    text = str(err.value)
+    assert text.startswith(f"{slide}: holds the .dcm files of one DICOM slide")
+    assert f"wsi-segment {slide}" in text and "manifest .csv" in text
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DatasetError, match=r"folders of \.dcm files: DICOM slides.*manifest"):
+        parse_batch_input(empty)
+
+
+def test_a_manifest_may_list_a_dicom_slide_folder_or_one_of_its_files(tmp_path: Path) -> None:
+    _dicom_folder(tmp_path / "case-1")
+    _dicom_folder(tmp_path / "case-2")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("slide\ncase-1\ncase-2/level-0.dcm\n")
+    items = parse_batch_input(manifest)
+    assert [i.name for i in items] == ["case-1", "case-2"]

@@ -46,8 +46,11 @@ def test_summary_records_the_options_as_plain_json():
     `extra` dict (nothing read it, so recording it only misled)."""
     params = SegmentParams(model_dir=Path("m"), roi=Path("r.geojson"), overlap=16)
     data = json.loads(json.dumps(params.as_dict()))
-    # every option but `origin` (how the run started, recorded as summary.json `command`)
-    assert list(data) == [f.name for f in dataclasses.fields(SegmentParams) if f.name != "origin"]
+    # every option but `origin` (how the run started, recorded as summary.json `command`),
+    # `extra_outputs` as one true/false key per optional output (pipeline.output_files)
+    names = [f.name for f in dataclasses.fields(SegmentParams) if f.name != "origin"]
+    at = names.index("extra_outputs")
+    assert list(data) == [*names[:at], "ome_tiff", "tile_objects", *names[at + 1 :]]
     assert "extra" not in data
     assert data["model_dir"] == "m" and data["roi"] == "r.geojson" and data["overlap"] == 16
 
@@ -59,15 +62,6 @@ def test_decoders_and_writers_stay_out_of_the_fingerprint():
     assert SegmentParams(writers=3).fingerprint_fields() == SegmentParams().fingerprint_fields()
     with pytest.raises(ConfigError, match=r"writers must be an integer in \[1, 64\]"):
         SegmentParams(writers=0)
-
-
-def test_backend_choices_are_the_readers_wsi_has():
-    """The options name the backends without importing them (a quick CLI start): the two
-    lists must not drift apart."""
-    from wsi_segment.pipeline.params import BACKENDS
-    from wsi_segment.wsi.backends import BACKENDS as READERS
-
-    assert ("auto", *READERS) == BACKENDS
 
 
 def test_runtime_is_checked_and_a_non_torch_request_changes_the_fingerprint():

@@ -287,8 +287,22 @@ def test_polygons_valid_after_union(cmu_run):
 def test_optional_ome_tiff_and_tile_objects(tmp_path, tiny_model_dir):
     import tifffile
 
-    params = SegmentParams(model_dir=tiny_model_dir, ome_tiff=True, tile_objects=True)
+    params = SegmentParams(
+        model_dir=tiny_model_dir, extra_outputs=frozenset({"ome_tiff", "tile_objects"})
+    )
     result = segment_slide(CMU_SLIDE, tmp_path, params)
+    assert result.summary["output"]["files"] == [
+        "probabilities.ome.zarr",
+        "tissue.geojson",
+        "overlay.png",
+        "summary.json",
+        "probabilities.ome.tif",
+        "tiles.geojson",
+    ]
+    assert (
+        result.summary["parameters"]["ome_tiff"],
+        result.summary["parameters"]["tile_objects"],
+    ) == (True, True)
     probs = zarr.open_group(str(result.out_dir / "probabilities.ome.zarr"))["0/0"]
     with tifffile.TiffFile(result.out_dir / "probabilities.ome.tif") as tif:
         assert tif.series[0].shape == probs.shape

@@ -118,6 +118,34 @@ def test_our_output_with_a_file_added_inside_the_store_is_not_replaced(
     assert snapshot(finished) == before
 
 
+@pytest.mark.parametrize(
+    ("key", "named"),
+    [
+        ("0/0/9/9/9", "0/0/9"),  # the first key part is past the grid: named, not entered
+        ("0/0/3/0/7", "0/0/3/0/7"),
+        ("0/labels/classes/0/0/5", "0/labels/classes/0/0/5"),
+    ],
+)
+def test_a_file_named_like_a_chunk_key_outside_the_grid_is_not_ours(
+    finished, cmu_crop, tiny_model_dir, capsys, key, named
+):
+    """Ownership follows each array's chunk grid (its .zarray), not the shape of a name: the
+    crop's level 0 is 4 x 1 x 1 chunks (class, y, x) and its label image 1 x 1, so a key past
+    the grid on any axis is a person's file, and --overwrite leaves it and everything else
+    in place."""
+    folder = finished / cmu_crop.stem
+    store = folder / "probabilities.ome.zarr"
+    assert (store / "0/0/3/0/0").is_file() and (store / "0/labels/classes/0/0/0").is_file()
+    assert not (store / "0/0/4").exists() and not (store / "0/0/0/1").exists()
+    path = store / key
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("my own analysis, saved here by hand")
+    before = snapshot(finished)
+    result = run_cli_inprocess(cli_args(cmu_crop, tiny_model_dir, finished, "--overwrite"), capsys)
+    assert_clean_error(result, str(folder), f"probabilities.ome.zarr/{named}", "did not write")
+    assert snapshot(finished) == before
+
+
 def test_overwrite_replaces_our_own_output(finished, cmu_crop, tiny_model_dir, capsys):
     """The clean case stays clean: our finished output is redone, nothing else is left."""
     folder = finished / cmu_crop.stem

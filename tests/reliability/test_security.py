@@ -1,7 +1,8 @@
 """Untrusted strings (file names, class names from model.json) never break the outputs:
 GeoJSON, summary.json and the zarr attributes are written by a JSON serializer, so quotes,
 newlines, backslashes, braces and non-ASCII text round-trip exactly. A slide whose name
-would make its output folder anything but one folder inside --out is refused."""
+would make its output folder anything but one folder inside --out is refused, and so is a
+slide path with a control character (a newline would split every line that names it)."""
 
 from __future__ import annotations
 
@@ -17,10 +18,11 @@ from tests.reliability.conftest import (
     assert_clean_error,
     assert_complete_output,
     assert_nothing_written,
+    leftovers,
     run_cli_inprocess,
 )
 
-NASTY_STEM = "slide \"quoted\" 'single' \\back\\ }{],\nnewline\ttab ü 東京 <script>"
+NASTY_STEM = "slide \"quoted\" 'single' \\back\\ }{], ü 東京 <script> ~$`!"
 NASTY_CLASSES = ['T"E', "NE\nC", "LYM ü 東京", '</TAS>\\"}']
 
 
@@ -107,3 +109,60 @@ def test_a_url_ending_in_dotdot_is_refused_before_it_is_read(tiny_model_dir, tmp
     assert_clean_error(result, url, "'..'", "point the URL at the slide file")
     assert_nothing_written(out)
     assert [p.name for p in tmp_path.iterdir()] == []
+
+
+CONTROL_NAMES = {  # file name -> how the refusal writes it, on one line
+    "case\n7.svs": "case\\n7.svs",
+    "case\t7.svs": "case\\t7.svs",
+    "case\x1b[31m7.svs": "case\\x1b[31m7.svs",  # a terminal escape
+    "case\u20287.svs": "case\\u20287.svs",  # LINE SEPARATOR: str.splitlines() breaks there
+}
+
+
+@pytest.mark.parametrize("name", list(CONTROL_NAMES))
+def test_a_slide_name_with_a_control_character_is_refused_on_one_line(
+    name, cmu_crop, tiny_model_dir, tmp_path, capsys
+):
+    """One `error:` line naming the file with the character escaped and the fix; no output
+    folder carrying the character, nothing written at all; a good slide in the same call
+    still finishes."""
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    slide = slides / name
+    shutil.copy(cmu_crop, slide)
+    out = tmp_path / "out"
+    args = [slide, cmu_crop, "--model", tiny_model_dir, "--out", out, "--mpp", "0.5", "--quiet"]
+    result = run_cli_inprocess(args, capsys)
+    text = assert_clean_error(result, str(slides / CONTROL_NAMES[name]), "control characters")
+    assert "rename the file" in text
+    assert text.count("\n") == 0 and text.isprintable(), text
+    assert [p.name for p in out.iterdir()] == [cmu_crop.stem]  # the good slide only
+    assert_complete_output(out / cmu_crop.stem)
+
+
+def test_a_batch_with_a_control_character_in_a_slide_path_is_refused_before_it_runs(
+    cmu_crop, tiny_model_dir, tmp_path, capsys
+):
+    """A folder holding `case\\n7.svs`: one line naming it (escaped) and the fix, before
+    Prefect starts; nothing written."""
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    shutil.copy(cmu_crop, slides / "good.svs")
+    shutil.copy(cmu_crop, slides / "case\n7.svs")
+    out = tmp_path / "out"
+    args = ["batch", slides, "--model", tiny_model_dir, "--out", out, "--mpp", "0.5", "--quiet"]
+    result = run_cli_inprocess(args, capsys)
+    text = assert_clean_error(result, f"{slides}/case\\n7.svs", "rename the file")
+    assert text.isprintable(), text
+    assert not out.exists() or leftovers(out) == []
+
+
+def test_a_manifest_name_with_a_tab_is_refused(cmu_crop, tiny_model_dir, tmp_path, capsys):
+    manifest = tmp_path / "slides.csv"
+    manifest.write_text(f'slide,name\n{cmu_crop},"case\t7"\n')
+    out = tmp_path / "out"
+    args = ["batch", manifest, "--model", tiny_model_dir, "--out", out, "--quiet"]
+    result = run_cli_inprocess(args, capsys)
+    text = assert_clean_error(result, f"{manifest}:2", "'case\\t7'", "control character")
+    assert text.isprintable(), text
+    assert not out.exists() or leftovers(out) == []

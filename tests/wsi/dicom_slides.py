@@ -39,8 +39,12 @@ def _frames(rgb: np.ndarray, tile: int) -> list[bytes]:
     return frames
 
 
-def write_level(path: Path, rgb: np.ndarray, level: int, mpp: float, tile: int = 256) -> None:
-    """One pyramid level as one DICOM file (level 0 ORIGINAL, the others DERIVED)."""
+def write_level(
+    path: Path, rgb: np.ndarray, level: int, mpp: float, tile: int = 256, photometric: str = ""
+) -> None:
+    """One pyramid level as one DICOM file (level 0 ORIGINAL, the others DERIVED). The frames
+    are JFIF (YCbCr); `photometric` "RGB" labels them RGB all the same, as some converters
+    do (default: YBR_FULL_422, what they are)."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.encaps import encapsulate
     from pydicom.sequence import Sequence
@@ -63,7 +67,7 @@ def write_level(path: Path, rgb: np.ndarray, level: int, mpp: float, tile: int =
     ds.SeriesNumber, ds.InstanceNumber = 1, level + 1
     derived = ["DERIVED", "PRIMARY", "VOLUME", "RESAMPLED"]
     ds.ImageType = ["ORIGINAL", "PRIMARY", "VOLUME", "NONE"] if level == 0 else derived
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 3, "YBR_FULL_422"
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 3, photometric or "YBR_FULL_422"
     ds.PlanarConfiguration, ds.PixelRepresentation = 0, 0
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
     ds.Rows = ds.Columns = tile
@@ -91,11 +95,13 @@ def write_level(path: Path, rgb: np.ndarray, level: int, mpp: float, tile: int =
     ds.save_as(path, enforce_file_format=True)
 
 
-def write_dicom_slide(folder: Path, rgb: np.ndarray, mpp: float) -> list[Path]:
+def write_dicom_slide(
+    folder: Path, rgb: np.ndarray, mpp: float, photometric: str = ""
+) -> list[Path]:
     """A two-level DICOM slide of `rgb` (level 1 at half size) in `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
     half = np.asarray(Image.fromarray(rgb).resize((rgb.shape[1] // 2, rgb.shape[0] // 2)))
     paths = [folder / "level-0.dcm", folder / "level-1.dcm"]
-    write_level(paths[0], rgb, 0, mpp)
-    write_level(paths[1], half, 1, mpp)
+    write_level(paths[0], rgb, 0, mpp, photometric=photometric)
+    write_level(paths[1], half, 1, mpp, photometric=photometric)
     return paths

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 from tests.conftest import CMU_SLIDE
+from tests.wsi.model_box import read_model_box
 from wsi_segment.wsi.read_backend import fast_read_backend
-from wsi_segment.wsi.region_reader import read_model_box
 from wsi_segment.wsi.slide import open_slide
 
 

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import shapely
+import shapely.affinity
 
 from tests.wsi import qupath_exports as qp
 from wsi_segment.errors import ConfigError, RoiError
@@ -148,6 +149,47 @@ def test_annotations_without_area_are_skipped_like_points(tmp_path):
     assert str(err.value).startswith(
         f"{only}: no area annotation to use as a region (it holds 2 annotations without area);"
     )
+
+
+SLIVER = {  # a triangle of 8e-6 px^2: its apex collapses onto the base in 32-bit floats
+    "type": "Polygon",
+    "coordinates": [[[1500, 1200], [2500, 1200], [2000, 1200.000000016], [1500, 1200]]],
+}
+
+
+def test_a_sliver_qupath_reads_as_empty_is_skipped_like_zero_area(tmp_path):
+    """QuPath keeps a hole-free polygon's vertices as 32-bit floats and calls an area ROI
+    empty when its area is 0: this sliver is such an annotation, skipped and counted; a
+    region beside it is used."""
+    assert shapely.geometry.shape(SLIVER).area == pytest.approx(8e-6, rel=1e-3)
+    objects = [
+        qp.annotation(SLIVER, "sliver", name="sliver"),
+        qp.annotation(square(0, 0, 100), "a", name="kept"),
+    ]
+    path = qp.export(tmp_path / "sliver.geojson", objects)
+    rois = read_rois(path, SLIDE)
+    assert [r.name for r in rois] == ["kept"]
+    assert read_roi_file(path).warning() == (
+        f"{path}: skipped 1 annotation without area (not area annotations); 1 region used"
+    )
+
+
+def test_qupaths_area_rule_keeps_64_bit_coordinates_where_qupath_does():
+    """A rectangle (JTS `isRectangle`) becomes QuPath's RectangleROI and a geometry of
+    several parts a GeometryROI, both in 64-bit coordinates: thin ones keep their area."""
+    from shapely.geometry import MultiPolygon, Polygon
+
+    from wsi_segment.wsi.roi_area import has_area, is_jts_rectangle
+
+    thin_rect = Polygon([(10, 500), (900, 500), (900, 500.00000001), (10, 500.00000001)])
+    assert is_jts_rectangle(thin_rect) and has_area(thin_rect)
+    assert not is_jts_rectangle(shapely.geometry.shape(SLIVER))
+    assert not has_area(shapely.geometry.shape(SLIVER))
+    slab = [(1500, 1200), (2500, 1200), (2500, 1200.00000002), (2000, 1200.00000004)]
+    assert not has_area(Polygon(slab))  # hole-free, not a rectangle: 32-bit vertices
+    two = MultiPolygon([Polygon(slab), shapely.affinity.translate(Polygon(slab), 0, 10)])
+    assert has_area(two)  # two parts: a GeometryROI, 64-bit
+    assert not has_area(Polygon()) and has_area(shapely.box(0, 0, 1, 1))
 
 
 def test_zip_and_gzip_exports_read_like_the_plain_file(tmp_path):

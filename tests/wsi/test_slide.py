@@ -108,6 +108,62 @@ def test_a_dicom_slide_folder_opens_by_its_full_resolution_file(dicom_slide):
         np.testing.assert_array_equal(same.read_region((0, 0), 0, (700, 500)), pixels)
 
 
+def test_ycbcr_frames_labelled_rgb_read_as_the_same_slide_labelled_right(dicom_slide, tmp_path):
+    """JFIF (YCbCr) frames under PhotometricInterpretation RGB, as some converters write
+    them: openslide alone hands out Y, Cb, Cr as R, G, B (white ~ (255, 128, 128)); read
+    through `open_slide` the pixels are exactly those of the same frames labelled YCbCr."""
+    from tests.wsi.dicom_slides import write_dicom_slide
+
+    folder, rgb = dicom_slide
+    mislabelled = tmp_path / "case-7-rgb"
+    write_dicom_slide(mislabelled, rgb, 0.499, photometric="RGB")
+    import openslide
+
+    with openslide.OpenSlide(str(mislabelled / "level-0.dcm")) as raw:
+        assert raw.properties["dicom.PhotometricInterpretation"] == "RGB"
+        as_openslide = np.asarray(raw.read_region((0, 0), 0, (700, 500)))[..., :3].astype(int)
+    assert np.abs(as_openslide - rgb).mean() > 30  # the wrong colours this fixes
+    for level, size in ((0, (700, 500)), (1, (350, 250))):
+        with open_slide(mislabelled) as bad, open_slide(folder) as good:
+            np.testing.assert_array_equal(
+                bad.read_region((0, 0), level, size), good.read_region((0, 0), level, size)
+            )
+
+
+def _jpeg_head(*segments: bytes) -> bytes:
+    return b"\xff\xd8" + b"".join(segments) + b"\xff\xda\x00\x02"
+
+
+def _segment(marker: int, payload: bytes) -> bytes:
+    return bytes([0xFF, marker]) + (len(payload) + 2).to_bytes(2, "big") + payload
+
+
+def _sof(ids: tuple[int, int, int]) -> bytes:
+    comps = b"".join(bytes([i, 0x11, 0]) for i in ids)
+    return _segment(0xC0, b"\x08\x01\x00\x01\x00\x03" + comps)
+
+
+def _adobe(transform: int) -> bytes:
+    return _segment(0xEE, b"Adobe\x00\x64\x00\x00\x00\x00" + bytes([transform]))
+
+
+@pytest.mark.parametrize(
+    ("head", "ycbcr"),
+    [
+        (_jpeg_head(_segment(0xE0, b"JFIF\x00\x01\x01"), _sof((82, 71, 66))), True),  # JFIF wins
+        (_jpeg_head(_adobe(0), _sof((1, 2, 3))), False),  # Adobe: transform 0 is RGB
+        (_jpeg_head(_adobe(1), _sof((82, 71, 66))), True),
+        (_jpeg_head(_sof((1, 2, 3))), True),  # no marker: ids 1, 2, 3
+        (_jpeg_head(_sof((82, 71, 66))), False),  # no marker: ids 'R', 'G', 'B'
+        (_jpeg_head(_sof((7, 8, 9))), True),  # otherwise YCbCr
+    ],
+)
+def test_the_frames_colour_space_by_libjpegs_rule(head, ycbcr):
+    from wsi_segment.wsi.dicom_colour import frames_are_ycbcr
+
+    assert frames_are_ycbcr(head) is ycbcr
+
+
 def test_a_folder_that_is_no_slide_is_refused_with_the_file_to_pass(tmp_path):
     """.dcm files openslide does not take for a DICOM slide, an MRXS data folder (its .mrxs
     file named), any other folder: one SlideError each, with what to pass."""

@@ -30,6 +30,7 @@ from wsi_segment.pipeline.inference.model_handle import ModelHandle
 from wsi_segment.pipeline.inference.reader_thread import ReaderThread
 from wsi_segment.pipeline.inference.slide_job import SlideJob
 from wsi_segment.pipeline.inference.tile_reader import TileReader
+from wsi_segment.pipeline.outputs.label_image import create_label_image, label_level0_path
 from wsi_segment.pipeline.outputs.ome_zarr import create_probability_store, level0_path
 from wsi_segment.wsi.slide import open_slide
 from wsi_segment.wsi.tiling import ChunkSpec, TileGrid, plan_chunks
@@ -66,6 +67,7 @@ def level_job(
         meta.mpp * grid.downsample,
         float(grid.downsample),
     )
+    create_label_image(tmp)
     job = SlideJob(
         reader=TileReader(
             slide_path=str(slide_path),
@@ -79,6 +81,7 @@ def level_job(
         batch_size=5,
         gate=True,
         zarr_path=str(level0_path(tmp)),
+        labels_path=str(label_level0_path(tmp)),
         tissue_mask=tissue.mask,
         tissue_downsample=float(tissue.downsample),
         level0_per_output=float(grid.downsample),

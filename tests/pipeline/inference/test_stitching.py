@@ -15,6 +15,7 @@ import zarr
 from torch import nn
 
 from tests.reference_inference import quantise
+from tests.wsi.model_box import read_model_box
 from wsi_segment.models.meta import ModelMeta
 from wsi_segment.models.segmentation_model import SegmentationModel
 from wsi_segment.pipeline.inference.engine import run_engine
@@ -22,8 +23,8 @@ from wsi_segment.pipeline.inference.model_handle import ModelHandle
 from wsi_segment.pipeline.inference.reader_thread import HostTiles, ReaderThread
 from wsi_segment.pipeline.inference.slide_job import SlideJob
 from wsi_segment.pipeline.inference.tile_reader import TileReader
+from wsi_segment.pipeline.outputs.label_image import create_label_image, label_level0_path
 from wsi_segment.pipeline.outputs.ome_zarr import create_probability_store, level0_path
-from wsi_segment.wsi.region_reader import read_model_box
 from wsi_segment.wsi.slide import open_slide
 from wsi_segment.wsi.tiling import TileGrid, plan_chunks
 
@@ -78,6 +79,7 @@ def run_job(tmp_path, slide_path, model, grid, chunk_tiles, gate=True, batch_siz
         model.meta.mpp * grid.downsample,
         plan.level0_per_model * grid.downsample,
     )
+    create_label_image(store)
     job = SlideJob(
         reader=TileReader(
             slide_path=str(slide_path),
@@ -91,6 +93,7 @@ def run_job(tmp_path, slide_path, model, grid, chunk_tiles, gate=True, batch_siz
         batch_size=batch_size,
         gate=gate,
         zarr_path=str(level0_path(store)),
+        labels_path=str(label_level0_path(store)),
         tissue_mask=np.ones((1, 1), bool),
         tissue_downsample=1e9,
         level0_per_output=plan.level0_per_model * grid.downsample,

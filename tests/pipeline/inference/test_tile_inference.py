@@ -58,6 +58,7 @@ def _job(model, grid: TileGrid) -> tuple[SlideJob, list]:
         batch_size=16,
         gate=True,
         zarr_path="unused",
+        labels_path="unused",
         tissue_mask=tissue.mask,
         tissue_downsample=float(tissue.downsample),
         level0_per_output=plan.level0_per_model * grid.downsample,

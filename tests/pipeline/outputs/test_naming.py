@@ -130,3 +130,39 @@ def test_a_dicom_slide_folder_is_named_after_the_folder(
     result = segment_slide(folder, tmp_path / "out", SegmentParams(model_dir=tiny_model_dir))
     assert result.status == "done" and result.out_dir == tmp_path / "out" / "case-7"
     assert result.summary["slide"]["backend"] == "openslide"
+
+
+def test_one_line_escapes_control_characters_and_separators_only() -> None:
+    from wsi_segment.pipeline.outputs.naming import is_control, one_line
+
+    text = "a\nb\tc\x1bd\u2028e\x85f ü 東京 \\ 'q'"
+    assert one_line(text) == "a\\nb\\tc\\x1bd\\u2028e\\x85f ü 東京 \\ 'q'"
+    assert len(one_line(text).splitlines()) == 1
+    assert [ch for ch in text if is_control(ch)] == ["\n", "\t", "\x1b", "\u2028", "\x85"]
+
+
+def test_a_dicom_slide_is_named_after_its_folder_whichever_file_is_given() -> None:
+    """QuPath opens a DICOM slide by one of its .dcm files and the import script reads
+    OUT/<the folder holding it>/: the folder, or any of its files, gives that name."""
+    from wsi_segment.pipeline.outputs.naming import slide_stem
+
+    assert slide_stem("/data/dicom/case-7") == "case-7"
+    assert slide_stem("/data/dicom/case-7/") == "case-7"
+    assert slide_stem("/data/dicom/case-7/level-0.dcm") == "case-7"
+    assert slide_stem("/data/dicom/case-7/1.2.826.0.1.3680043.8.498.1.DCM") == "case-7"
+    assert slide_stem("s3://bucket/case-9/level-1.dcm") == "case-9"
+    assert slide_stem("level-0.dcm") == "level-0"  # no folder named: the file's own stem
+    assert slide_stem("/data/OS-1-detail.ome.tif") == "OS-1-detail"
+
+
+def test_the_import_script_finds_a_dicom_slide_by_its_folder() -> None:
+    """The QuPath script's side of the rule: for an image opened from a .dcm file it reads
+    OUT/<that file's folder>/tissue.geojson (Groovy is not run here; the rule is checked as
+    written, and the Python side above)."""
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[3] / "docs" / "qupath" / "wsi_segment_import.groovy"
+    text = script.read_text()
+    assert "getCurrentServer().getURIs()" in text and "endsWith('.dcm')" in text
+    assert "getParentFile()?.getName()" in text
+    assert "new File(new File(OUT, dicomFolder), 'tissue.geojson')" in text

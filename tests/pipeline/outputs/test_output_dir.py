@@ -248,6 +248,15 @@ def test_run_identity(tmp_path: Path, tiny_model_dir: Path) -> None:
         "size": 1,
         "mtime_ns": 1,
     }
+    dicom = tmp_path / "case-7"  # a DICOM slide folder: its files are the slide
+    dicom.mkdir()
+    (dicom / "level-0.dcm").write_bytes(b"abc")
+    os.utime(dicom / "level-0.dcm", ns=(2, 2))
+    before = slide_identity(str(dicom))
+    assert before["files"] == [["level-0.dcm", 3, 2]]
+    folder_mtime = dicom.stat().st_mtime_ns
+    (dicom / "level-0.dcm").write_bytes(b"abd")  # rewritten in place: the folder looks the same
+    assert dicom.stat().st_mtime_ns == folder_mtime and slide_identity(str(dicom)) != before
     meta = ModelMeta("m", ["A"], [(1, 2, 3)], mpp=1.0, tile_size=64)
     params = SegmentParams()
     first = run_fingerprint(str(slide), "h", params, meta)

@@ -1,6 +1,7 @@
 """`not_our_output` knows exactly what a run writes inside its zarr store: a store made by
 the real writers (pyramid levels, label image, OME metadata) is ours; one more file or
-folder anywhere in it, or a link, is named, and nothing is read but names (issue 22)."""
+folder anywhere in it, or a link, is named, and nothing is read but names and each array's
+`.zarray` (its chunk grid: a name shaped like a chunk key outside it is not ours)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 import zarr
 
+from wsi_segment.pipeline.output_files import STORE_NAME
 from wsi_segment.pipeline.outputs.label_image import (
     create_label_image,
     finalize_label_pyramid,
@@ -21,7 +23,7 @@ from wsi_segment.pipeline.outputs.ome_zarr import (
     finalize_pyramid,
     level0_path,
 )
-from wsi_segment.pipeline.outputs.ownership import STORE_NAME, not_our_output
+from wsi_segment.pipeline.outputs.ownership import not_our_output
 from wsi_segment.pipeline.outputs.summary import write_summary
 
 
@@ -62,6 +64,14 @@ INTRUDERS = {  # what a person adds -> what the refusal names (a foreign folder,
     "0/labels/mine/": "0/labels/mine",
     "0/labels/classes/0/3/77/1": "0/labels/classes/0/3/77",  # labels have 2 key parts
     "0/labels/classes/.zarray": "0/labels/classes/.zarray",  # a group, not an array
+    # Shaped like chunk keys, outside the grid (level 0: 4 x 10 x 13 chunks, level 1: 4 x 5 x 7)
+    "0/0/4/0/0": "0/0/4",
+    "0/0/9/9/9": "0/0/9",
+    "0/0/0/10/0": "0/0/0/10",
+    "0/0/3/9/13": "0/0/3/9/13",
+    "0/1/0/5/0": "0/1/0/5",
+    "0/labels/classes/0/10/0": "0/labels/classes/0/10",
+    "0/labels/classes/2/0/4": "0/labels/classes/2/0/4",
     "OME/notes.txt": "OME/notes.txt",
     "OME/0/": "OME/0",
     ".DS_Store": ".DS_Store",
@@ -96,6 +106,31 @@ def test_a_link_in_the_store_is_not_ours(tmp_path, output, where):
     link.symlink_to(target)
     problem = not_our_output(folder)
     assert problem is not None and f"{STORE_NAME}/{where}" in problem, problem
+
+
+def test_the_grid_is_read_from_the_arrays_own_metadata(output):
+    """The keys the test above places outside the grid are inside a larger one: the last
+    chunk of each axis exists, so the grid is the array's, not a guess."""
+    store = output / STORE_NAME
+    assert (store / "0/0/3/9/12").is_file() and (store / "0/1/3/4/6").is_file()
+    assert (store / "0/labels/classes/0/9/12").is_file()
+    assert (store / "0/labels/classes/2/0/3").is_file()
+
+
+@pytest.mark.parametrize("damage", ["missing", "not json", "other separator"])
+def test_an_array_without_its_grid_owns_no_chunk_keys(tmp_path, output, damage):
+    """A level whose .zarray is gone or not ours: its chunk-named files are not claimed."""
+    folder = tmp_path / "slide"
+    shutil.copytree(output, folder)
+    meta = folder / STORE_NAME / "0" / "2" / ".zarray"
+    if damage == "missing":
+        meta.unlink()
+    elif damage == "not json":
+        meta.write_text("{")
+    else:
+        meta.write_text(meta.read_text().replace('"/"', '"."'))
+    problem = not_our_output(folder)
+    assert problem is not None and f"{STORE_NAME}/0/2/0" in problem, problem
 
 
 def test_a_file_where_the_store_should_be_is_not_ours(tmp_path):

@@ -203,10 +203,30 @@ def test_recipe_choice_is_said_per_stage(tmp_path: Path) -> None:
         "stage 1 (classifier) recipe: default (named by --recipe)",
         "stage 3 (segmenter) recipe: default (named by --recipe)",
     ]
-    assert recipe_choices(TrainConfig(data=tmp_path, out=tmp_path / "m", recipe="paper")) == [
+    assert recipe_choices(replace(both, recipe="paper")) == [
         "stage 1 (classifier) recipe: paper (named by --recipe)",
         "stage 3 (segmenter) recipe: paper (named by --recipe)",
     ]
+
+
+@pytest.mark.parametrize("name", ["official", "paper"])
+def test_a_recipe_that_freezes_warns_without_pretrained_weights(tmp_path: Path, name) -> None:
+    """`--recipe official` (or `paper`) without --pretrained would train stage 1 with a
+    random stem and layer1 that never learn and random BatchNorm statistics: a warning line
+    says so and what to give. Stage 3 of these recipes freezes nothing: no warning there."""
+    cfg = TrainConfig(data=tmp_path, out=tmp_path / "m", recipe=name)
+    assert recipe_choices(cfg)[:3] == [
+        f"warning: --recipe {name} trains stage 1 (classifier) with stem and layer1 fixed, "
+        "every BatchNorm at its initial statistics and affine parameters, made for "
+        "pretrained weights, but no --pretrained is given: those parts keep their random "
+        "initialisation; give --pretrained (a weights file or timm name) or --recipe default",
+        f"stage 1 (classifier) recipe: {name} (named by --recipe)",
+        f"stage 3 (segmenter) recipe: {name} (named by --recipe)",
+    ]
+    with_weights = replace(cfg, pretrained="w.safetensors")
+    assert not any(line.startswith("warning:") for line in recipe_choices(with_weights))
+    default = replace(cfg, recipe="default")
+    assert not any(line.startswith("warning:") for line in recipe_choices(default))
 
 
 def _displacement(opt: torch.optim.Optimizer, param: nn.Parameter, steps: int) -> float:

@@ -1,0 +1,127 @@
+"""The morning after a batch: `OUT/cohort.csv` and `OUT/report.html`, rebuilt from the folder.
+
+`build_morning_report` reads every slide under OUT (`pipeline.outputs.slide_entries`), makes
+the thumbnails that are missing or stale, and replaces the table and the page at once. It is
+what `wsi-segment report OUT` runs, and what a batch runs after each slide finishes
+(`BatchReport`), so a batch stopped half way leaves a table and a page true for what
+finished, and at its end, with every slide's result.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from wsi_segment.errors import OutputError
+from wsi_segment.pipeline.output_files import OVERLAY_NAME
+from wsi_segment.pipeline.outputs.cohort import (
+    cohort_rows,
+    refuse_foreign_file,
+    write_atomically,
+    write_cohort,
+)
+from wsi_segment.pipeline.outputs.report_page import OURS_PREFIX, PAGE_NAME, page_html
+from wsi_segment.pipeline.outputs.report_thumbnails import ensure_thumbnail, thumbnails_folder
+from wsi_segment.pipeline.outputs.slide_entries import (
+    BatchOutcome,
+    SlideEntry,
+    Tonight,
+    scan_slides,
+)
+
+if TYPE_CHECKING:
+    from wsi_segment.pipeline.segment import SlideResult
+
+THUMBNAIL_THREADS = min(8, len(os.sched_getaffinity(0)))  # the cores pictures decode on
+
+
+@dataclass(frozen=True)
+class MorningReport:
+    """What a build wrote: the table, the page, and the slides they show."""
+
+    cohort: Path
+    page: Path
+    entries: tuple[SlideEntry, ...]
+
+    def table(self) -> list[dict[str, str | float | int | None]]:
+        """cohort.csv's rows as records (a Prefect table artifact)."""
+        header, *rows = cohort_rows(self.entries)
+        return [dict(zip(map(str, header), row, strict=True)) for row in rows]
+
+
+def build_morning_report(out_root: str | Path, tonight: Tonight) -> MorningReport:
+    """Rebuild OUT's cohort.csv and report.html (`tonight`: a batch's results by output
+    name, or empty for the folder alone). OutputError when OUT is not a folder or a file
+    there is not ours; a bad slide folder is a row that says so, never an error."""
+    root = Path(out_root)
+    if not root.is_dir():
+        raise OutputError(f"{root} is not a folder of wsi-segment outputs; give the --out folder")
+    page = root / PAGE_NAME
+    refuse_foreign_file(page, OURS_PREFIX, "a report")
+    entries = scan_slides(root, tonight)
+    cohort = write_cohort(root, entries)
+    thumbs = _thumbnails(root, entries)
+    title = f"wsi-segment: {root.resolve().name}"
+    write_atomically(page, page_html(title, entries, thumbs))
+    return MorningReport(cohort, page, tuple(entries))
+
+
+def _thumbnails(root: Path, entries: Sequence[SlideEntry]) -> dict[str, str | None]:
+    """Each slide's thumbnail (made where missing or stale), by name. Pillow decodes with
+    the GIL released, so a few threads make a cold folder's pictures on every core."""
+    folder = thumbnails_folder(root)
+    shown = [e.name for e in entries if e.has_overlay]
+    with ThreadPoolExecutor(THUMBNAIL_THREADS) as pool:
+        made = pool.map(lambda n: ensure_thumbnail(root / n / OVERLAY_NAME, folder, n), shown)
+        return {e.name: None for e in entries} | dict(zip(shown, made, strict=True))
+
+
+def tonight_of(names: Sequence[str], results: Iterable[SlideResult | None]) -> Tonight:
+    """A batch's results by output name (`names[i]` is the folder of result `i`)."""
+    return {
+        name: BatchOutcome(result.status, result.error or "", str(result.slide))
+        for name, result in zip(names, results, strict=True)
+        if result is not None
+    }
+
+
+class BatchReport:
+    """The report of a batch in flight: rebuilt after each slide from what finished so far,
+    one rebuild at a time (slides finish in several threads)."""
+
+    def __init__(
+        self, out_root: str | Path, names: Sequence[str], settled: Mapping[int, SlideResult]
+    ) -> None:
+        """`names`: the items' output names; `settled`: the results decided before any slide
+        ran (up to date, known failures), by index."""
+        self.out_root = Path(out_root)
+        self.names = list(names)
+        self._results = dict(tonight_of([self.names[i] for i in settled], settled.values()))
+        self._lock = threading.Lock()
+        self._finished = False  # after the last rebuild, a straggler's result changes nothing
+
+    def add(self, index: int, result: SlideResult) -> MorningReport | None:
+        """Take slide `index`'s result and rebuild; None when OUT does not exist (every slide
+        so far failed before writing anything) or the batch has had its last rebuild."""
+        with self._lock:
+            if self._finished:
+                return None
+            self._results.update(tonight_of([self.names[index]], [result]))
+            return self._rebuild()
+
+    def finish(self, results: Sequence[SlideResult]) -> MorningReport | None:
+        """The last rebuild, with every slide's settled result (failure records written)."""
+        with self._lock:
+            self._finished = True
+            self._results = dict(tonight_of(self.names, results))
+            return self._rebuild()
+
+    def _rebuild(self) -> MorningReport | None:
+        if not self.out_root.is_dir():
+            return None
+        return build_morning_report(self.out_root, dict(self._results))

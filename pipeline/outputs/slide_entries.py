@@ -1,0 +1,348 @@
+"""What an output folder holds, slide by slide: the morning-after view of `OUT`.
+
+`scan_slides(OUT)` reads what runs already wrote (each finished folder's `summary.json`,
+the failure records `.<name>.failed.json`, the hidden `.<name>.partial` folders of runs
+in progress or stopped) into one `SlideEntry` per slide, for every slide under `OUT`, not
+only tonight's. Only the numbers the cohort table and the report show are kept, so memory
+does not grow with the size of the summaries. Whatever is wrong with a folder (a damaged
+or foreign summary.json, an older schema, a run still writing it) becomes an entry that
+says so: the table and the page report it, and nothing here raises for a bad folder.
+
+A batch may hand over what it saw tonight (`tonight`: output name -> its status), which
+tells a finished slide found up to date from one it made, a known failure from a new one,
+and names the slides that failed without leaving a record (errors that may not recur).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import fcntl
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from wsi_segment.models.labels import UNCLASSIFIED_NAME
+from wsi_segment.pipeline.output_files import GEOJSON_NAME, OVERLAY_NAME, STORE_NAME, SUMMARY_NAME
+from wsi_segment.pipeline.outputs.failure_record import RECORD_SUFFIX, read_record
+from wsi_segment.pipeline.outputs.output_classes import output_classes
+from wsi_segment.pipeline.outputs.summary import SCHEMA_VERSION
+
+PARTIAL_SUFFIX = ".partial"
+# What the report calls a slide: statuses of entries, in the order the page lists them.
+FAILED, KNOWN, DAMAGED, FOREIGN, NEWER, IN_PROGRESS, STOPPED = (
+    "failed",
+    "known failure",
+    "damaged summary",
+    "not ours",
+    "newer schema",
+    "in progress",
+    "stopped",
+)
+OLDER, UP_TO_DATE, DONE = "older schema", "up to date", "done"
+STATUS_ORDER = (
+    FAILED,
+    KNOWN,
+    DAMAGED,
+    FOREIGN,
+    NEWER,
+    IN_PROGRESS,
+    STOPPED,
+    OLDER,
+    UP_TO_DATE,
+    DONE,
+)
+PROBLEMS = frozenset(STATUS_ORDER[: STATUS_ORDER.index(OLDER) + 1])  # failures first
+# tonight's batch statuses (pipeline.segment.SlideResult) -> what the report calls them
+BATCH_STATUS = {"up-to-date": UP_TO_DATE, "known-failure": KNOWN, "failed": FAILED}
+GATED_FLAG = 0.05  # a gated (Unclassified) share of tissue at or above this is flagged
+FALLBACK_COLOR = (160, 160, 160)  # a class whose colour the folder does not say
+
+
+@dataclass(frozen=True)
+class ClassArea:
+    """One class's area (um^2) and share of the labelled tissue."""
+
+    name: str
+    area_um2: float
+    fraction: float
+
+
+@dataclass(frozen=True)
+class Region:
+    """One `--roi` region's numbers, as summary.json's `rois` has them."""
+
+    name: str
+    qupath_id: str
+    area_um2: float
+    tissue_area_um2: float
+    classes: tuple[ClassArea, ...]
+
+
+@dataclass(frozen=True)
+class SlideEntry:
+    """A slide of the output folder: its status and the numbers of its summary (none when
+    it has no usable one). `name` is the output folder's name."""
+
+    name: str
+    status: str
+    reason: str = ""
+    slide_path: str = ""
+    model: str = ""
+    model_sha256: str = ""
+    mpp: tuple[float, float] | None = None
+    tissue_area_um2: float | None = None
+    tissue_status: str = ""
+    classes: tuple[ClassArea, ...] = ()
+    regions: tuple[Region, ...] = ()
+    colors: Mapping[str, tuple[int, int, int]] = field(default_factory=dict)
+    created_utc: str = ""
+    schema_version: int | None = None
+    has_overlay: bool = False
+
+    @property
+    def qc_flags(self) -> tuple[str, ...]:
+        """What a reader should look at: no tissue, a dark (fluorescence?) slide, and a
+        large share of tissue the gate left without a class."""
+        flags = []
+        if self.tissue_status == "none":
+            flags.append("no tissue")
+        elif self.tissue_status == "fluorescence?":
+            flags.append("fluorescence?")
+        gated = next((c.fraction for c in self.classes if c.name == UNCLASSIFIED_NAME), 0.0)
+        if gated >= GATED_FLAG:
+            flags.append(f"gated {100 * gated:.1f} %")
+        return tuple(flags)
+
+
+class _Unusable(ValueError):
+    """summary.json lacks or garbles a key the report reads."""
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    """What tonight's batch says of a slide (`pipeline.segment.SlideResult`'s status,
+    error and slide path)."""
+
+    status: str
+    error: str = ""
+    slide: str = ""
+
+
+Tonight = Mapping[str, BatchOutcome]  # output name -> what the batch saw
+NOTHING_TONIGHT = BatchOutcome("")
+
+
+def scan_slides(out_root: str | Path, tonight: Tonight) -> list[SlideEntry]:
+    """One entry per slide under `out_root`, sorted by name. `tonight`: a batch's results
+    by output name (`pipeline.segment.SlideResult`'s status and error), or empty for the
+    folder alone (`wsi-segment report`)."""
+    root = Path(out_root)
+    names: set[str] = set()
+    folders: set[str] = set()
+    with os.scandir(root) as listing:
+        found = list(listing)
+    for entry in found:
+        name = entry.name
+        if not name.startswith("."):
+            if entry.is_dir(follow_symlinks=False) and _looks_like_output(Path(entry.path)):
+                folders.add(name)
+                names.add(name)
+        elif name.endswith(RECORD_SUFFIX) or name.endswith(PARTIAL_SUFFIX):
+            suffix = RECORD_SUFFIX if name.endswith(RECORD_SUFFIX) else PARTIAL_SUFFIX
+            names.add(name[1 : -len(suffix)])
+    names |= {n for n, seen in tonight.items() if seen.status in ("failed", "known-failure")}
+    return [
+        _entry(root, n, n in folders, tonight.get(n, NOTHING_TONIGHT)) for n in sorted(names) if n
+    ]
+
+
+def _looks_like_output(path: Path) -> bool:
+    """A folder a run wrote (or one that looks like it): it has a summary.json or one of
+    the outputs. Other folders under OUT (the slides themselves, a person's notes) are not
+    slides of the report."""
+    return any(
+        os.path.lexists(path / n) for n in (SUMMARY_NAME, STORE_NAME, OVERLAY_NAME, GEOJSON_NAME)
+    )
+
+
+def _entry(root: Path, name: str, is_folder: bool, tonight: BatchOutcome) -> SlideEntry:
+    """The entry of `name`: its finished folder's numbers, overlaid with what else is
+    known of it (a failure record, a run writing it now, tonight's status)."""
+    status_tonight, error_tonight = tonight.status, tonight.error
+    entry = _folder_entry(root / name, name) if is_folder else SlideEntry(name, STOPPED)
+    record = read_record(root, name)
+    if record is not None and _outlived(record, entry, status_tonight):
+        record = None
+    if record is not None or status_tonight in ("failed", "known-failure"):
+        status = BATCH_STATUS.get(status_tonight, FAILED)
+        message = record["message"] if record is not None else error_tonight
+        reason = _one_line(message or "failed")
+        if record is not None and status == KNOWN:
+            reason = f"failing since {record['since_utc'][:10]}: {reason}"
+        if is_folder:
+            reason += " (the outputs shown are an earlier run's)"
+        path = entry.slide_path or _record_slide(record) or tonight.slide
+        return dataclasses.replace(entry, status=status, reason=reason, slide_path=path)
+    writing = _being_written(root, name)
+    if writing is not None and not is_folder:
+        status = IN_PROGRESS if writing else STOPPED
+        return dataclasses.replace(entry, status=status, reason=_partial(writing))
+    if entry.status == DONE and status_tonight == "up-to-date":
+        return dataclasses.replace(entry, status=UP_TO_DATE)
+    return entry
+
+
+def _outlived(record: Mapping[str, Any], entry: SlideEntry, status_tonight: str) -> bool:
+    """Whether a failure record is older news: the slide finished tonight (the batch
+    removes the record at its end), or its outputs were made after the failure (a run
+    outside a batch, which keeps no records)."""
+    if status_tonight in ("done", "up-to-date"):
+        return True
+    finished, failed = entry.created_utc[:19], str(record.get("failed_utc", ""))[:19]
+    return bool(finished) and finished > failed
+
+
+def _record_slide(record: Mapping[str, Any] | None) -> str:
+    slide = (record or {}).get("slide")
+    return str(slide.get("path", "")) if isinstance(slide, dict) else ""
+
+
+def _partial(writing: bool) -> str:
+    if writing:
+        return "another run is writing this slide's outputs now; rebuild the report when it ends"
+    return "a run stopped while writing this slide's outputs; the next run redoes it"
+
+
+def _being_written(root: Path, name: str) -> bool | None:
+    """True when a run holds the slide's lock now, False when only a stopped run's partial
+    folder is there, None when neither (the lock is tested, never taken for long)."""
+    lock = root / f".{name}.lock"
+    partial = root / f".{name}{PARTIAL_SUFFIX}"
+    if os.path.islink(lock) or not lock.is_file():
+        return False if partial.is_dir() else None
+    try:
+        fd = os.open(lock, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return False if partial.is_dir() else None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            return True
+        raise
+    finally:
+        os.close(fd)  # closing drops a lock we took
+    return False if partial.is_dir() else None
+
+
+def _one_line(message: str) -> str:
+    lines = [line.strip() for line in str(message).splitlines() if line.strip()]
+    return lines[0] if lines else ""
+
+
+def _folder_entry(folder: Path, name: str) -> SlideEntry:
+    """A finished folder's entry from its summary.json, or one saying why it has none."""
+    path = folder / SUMMARY_NAME
+    if os.path.islink(path) or not path.is_file():
+        return SlideEntry(name, DAMAGED, f"{path} is missing: the folder is not a finished run")
+    try:
+        with open(path, encoding="utf-8") as f:
+            summary = json.load(f)
+    except (OSError, ValueError) as exc:
+        return SlideEntry(name, DAMAGED, f"{path} is not readable JSON ({exc}); rerun the slide")
+    version = summary.get("schema_version") if isinstance(summary, dict) else None
+    if not isinstance(version, int) or not isinstance(summary.get("slide"), dict):
+        return SlideEntry(name, FOREIGN, f"{path} is not a summary wsi-segment wrote")
+    if version > SCHEMA_VERSION:
+        why = f"{path} has schema {version}, newer than this version's {SCHEMA_VERSION}"
+        return SlideEntry(name, NEWER, f"{why}; build the report with the newer wsi-segment")
+    try:
+        entry = _summary_entry(summary, name, folder)
+    except (_Unusable, KeyError, TypeError, ValueError) as exc:
+        return SlideEntry(name, DAMAGED, f"{path} is damaged ({exc}); rerun the slide")
+    if version < SCHEMA_VERSION:
+        why = f"summary.json has schema {version}, older than this version's {SCHEMA_VERSION}"
+        more = "; Unclassified was not reported then" if version < 2 else ""
+        return dataclasses.replace(
+            entry, status=OLDER, reason=f"{why}{more}; rerun with --overwrite"
+        )
+    return entry
+
+
+def _summary_entry(summary: Mapping[str, Any], name: str, folder: Path) -> SlideEntry:
+    """The numbers of a summary of ours (raises `_Unusable` naming a garbled key)."""
+    slide, model, tissue = summary["slide"], _dict(summary, "model"), _dict(summary, "tissue")
+    mpp = _dict(slide, "mpp")
+    classes = _class_areas(_dict(summary, "classes"))
+    regions = tuple(_region(r) for r in summary.get("rois") or ())
+    return SlideEntry(
+        name,
+        DONE,
+        slide_path=str(slide.get("path", "")),
+        model=str(model.get("name", "")),
+        model_sha256=str(model.get("sha256", "")),
+        mpp=(_number(mpp, "x"), _number(mpp, "y")),
+        tissue_area_um2=_number(tissue, "area_um2"),
+        tissue_status=str(tissue.get("status") or ""),
+        classes=classes,
+        regions=regions,
+        colors=_class_colors(folder, [c.name for c in classes]),
+        created_utc=str(summary.get("created_utc") or ""),
+        schema_version=int(summary["schema_version"]),
+        has_overlay=(folder / OVERLAY_NAME).is_file(),
+    )
+
+
+def _dict(mapping: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = mapping.get(key)
+    if not isinstance(value, dict):
+        raise _Unusable(f"'{key}' is not an object")
+    return value
+
+
+def _number(mapping: Mapping[str, Any], key: str) -> float:
+    value = mapping.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _Unusable(f"'{key}' is not a number")
+    return float(value)
+
+
+def _class_areas(classes: Mapping[str, Any]) -> tuple[ClassArea, ...]:
+    out = []
+    for name, values in classes.items():
+        if not isinstance(values, dict):
+            raise _Unusable(f"class '{name}' is not an object")
+        out.append(
+            ClassArea(str(name), _number(values, "area_um2"), _number(values, "fraction_of_tissue"))
+        )
+    return tuple(out)
+
+
+def _region(region: Any) -> Region:
+    if not isinstance(region, dict):
+        raise _Unusable("a region of 'rois' is not an object")
+    return Region(
+        str(region.get("name", "")),
+        str(region.get("qupath_id", "")),
+        _number(region, "area_um2"),
+        _number(region, "tissue_area_um2"),
+        _class_areas(_dict(region, "classes")),
+    )
+
+
+def _class_colors(folder: Path, names: list[str]) -> dict[str, tuple[int, int, int]]:
+    """The classes' colours as the run wrote them into the probability store's attributes
+    (the model's colours; `Unclassified` its own), a neutral grey where it says none."""
+    known: dict[str, tuple[int, int, int]] = {}
+    try:
+        attrs = json.loads((folder / STORE_NAME / "0" / ".zattrs").read_text(encoding="utf-8"))
+        ours = attrs["wsi_segment"]
+        pairs = zip(*output_classes(ours["class_names"], ours["colors"]), strict=True)
+        known = {str(n): (int(c[0]), int(c[1]), int(c[2])) for n, c in pairs}
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        pass
+    return {n: known.get(n, FALLBACK_COLOR) for n in names}

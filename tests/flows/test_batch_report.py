@@ -1,0 +1,169 @@
+"""The morning after a real batch: cohort.csv and report.html in OUT, its artifacts, a rerun
+that adds no row, and the page opened in a real browser (headless Chromium)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests import browser
+from tests.flows.conftest import BROKEN, CMU, DATA
+from tests.wsi import qupath_exports as qp
+
+REPO = Path(__file__).resolve().parents[2]
+ARTIFACTS = REPO / "test-artifacts"  # kept after the run (CI uploads it; .gitignore'd)
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, encoding="utf-8", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def batch_out(
+    prefect_harness: None, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """OUT after a batch of two real slides and a broken one, then a `--roi` run of a third
+    slide into the same OUT, then the same batch again (everything up to date or known)."""
+    from wsi_segment.flows.batch_flow import segment_batch
+    from wsi_segment.pipeline.params import SegmentParams
+    from wsi_segment.pipeline.segment import segment_slide
+
+    tmp = tmp_path_factory.mktemp("batch-report")
+    folder, out = tmp / "in", tmp / "out"
+    folder.mkdir()
+    for src in (CMU, DATA / "small.svs", BROKEN):
+        shutil.copy2(src, folder / src.name)
+    options = {"precision": "fp32", "runtime": "torch"}
+    kwargs = {"input": str(folder), "out": str(out), "model_dir": str(tiny_model), "workers": 0}
+    first = segment_batch(**kwargs, options=options, return_state=True)
+    assert first.is_failed()  # broken.svs
+    rows = read_rows(out / "cohort.csv")
+    assert [(r["slide"], r["status"]) for r in rows] == [
+        ("CMU-1-Small-Region", "done"),
+        ("broken", "failed"),
+        ("small", "done"),
+    ]
+    assert "not a readable slide" in rows[1]["reason"] and "\n" not in rows[1]["reason"]
+    assert rows[1]["slide_path"] == str(folder / "broken.svs") and rows[1]["model"] == ""
+    _assert_artifacts(first.state_details.flow_run_id, out)
+
+    cores = [
+        qp.annotation(qp.rect(0, 0, 600, 500), "core-a", name="A1"),
+        qp.annotation(qp.rect(500, 400, 1100, 1100), "core-b", name="B2"),
+    ]
+    roi = qp.export(tmp / "cores.geojson", cores)
+    params = SegmentParams(tiny_model, roi=roi, **options)
+    segment_slide(DATA / "OS-1-detail.ome.tif", out, params)
+
+    again = segment_batch(**kwargs, options=options, return_state=True)
+    assert again.is_completed()  # the broken slide is a known failure now
+    return out
+
+
+def _assert_artifacts(flow_run_id: object, out: Path) -> None:
+    """The cohort table artifact is cohort.csv; the markdown one links the page."""
+    from prefect.artifacts import Artifact
+
+    table = Artifact.get("segment-batch-cohort")
+    assert table is not None and table.flow_run_id == flow_run_id
+    data = json.loads(table.data) if isinstance(table.data, str) else table.data
+    as_text = [{k: "" if v is None else str(v) for k, v in row.items()} for row in data]
+    assert as_text == read_rows(out / "cohort.csv")
+    link = Artifact.get("segment-batch-morning-report")
+    assert link is not None and link.flow_run_id == flow_run_id
+    page = out / "report.html"
+    assert f"[{page}]({page.as_uri()})" in link.data
+
+
+def test_the_table_after_a_rerun_has_each_slide_once(batch_out: Path) -> None:
+    rows = read_rows(batch_out / "cohort.csv")
+    keys = [(r["slide"], r["region"]) for r in rows]
+    assert keys == [
+        ("CMU-1-Small-Region", ""),
+        ("OS-1-detail", "A1"),
+        ("OS-1-detail", "B2"),
+        ("broken", ""),
+        ("small", ""),
+    ]
+    statuses = {r["slide"]: r["status"] for r in rows}
+    assert statuses == {
+        "CMU-1-Small-Region": "up to date",
+        "OS-1-detail": "done",  # not in tonight's batch: finished, from the folder
+        "broken": "known failure",
+        "small": "up to date",
+    }
+    [broken] = [r for r in rows if r["slide"] == "broken"]
+    assert (
+        broken["reason"].startswith("failing since 20")
+        and "not a readable slide" in broken["reason"]
+    )
+    summary = json.loads((batch_out / "CMU-1-Small-Region" / "summary.json").read_text())
+    [cmu] = [r for r in rows if r["slide"] == "CMU-1-Small-Region"]
+    assert float(cmu["tissue_area_um2"]) == summary["tissue"]["area_um2"] > 0
+    for cls, values in summary["classes"].items():
+        assert float(cmu[f"{cls}_area_um2"]) == values["area_um2"]
+        assert float(cmu[f"{cls}_fraction_of_tissue"]) == values["fraction_of_tissue"]
+
+
+# what each card shows: its status, its tissue area and each class's (exact values in data-*)
+CARDS_JS = """JSON.stringify(Array.from(document.querySelectorAll('article.card')).map(c => ({
+  slide: c.dataset.slide, status: c.dataset.status,
+  tissue: c.querySelector('.tissue') && c.querySelector('.tissue').dataset.areaUm2,
+  tissueText: c.querySelector('.tissue') && c.querySelector('.tissue').textContent,
+  classes: Array.from(c.querySelectorAll('table.classes tr')).map(r => ({
+    name: r.dataset.class, area: r.dataset.areaUm2, fraction: r.dataset.fraction,
+    text: Array.from(r.cells).slice(1).map(x => x.textContent)})),
+  picture: !!(c.querySelector('img') && c.querySelector('img').naturalWidth > 0)})))"""
+# click "tissue mm²" twice: descending, then the slide names in that order
+SORT_JS = """(() => { const th = Array.from(document.querySelectorAll('#cohort-table th'))
+  .find(h => h.textContent === 'tissue mm²'); th.click(); th.click();
+  return Array.from(document.querySelectorAll('#cohort-table tbody tr'))
+  .map(r => r.cells[0].textContent + '/' + r.cells[1].textContent); })()"""
+
+
+@pytest.mark.skipif(browser.missing_reason() is not None, reason=str(browser.missing_reason()))
+def test_the_page_in_a_real_browser(batch_out: Path) -> None:
+    """Chromium opens report.html from disk: no request leaves the file system, no console
+    error, one card per slide (failures first) with the numbers of its summary.json, every
+    picture loads, the table sorts; the screenshot is kept in test-artifacts/."""
+    load = browser.open_page(batch_out / "report.html", [CARDS_JS, SORT_JS])
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "report.png").write_bytes(load.screenshot)
+    assert load.requests and all(url.startswith("file://") for url in load.requests)
+    assert load.errors() == []
+    cards = json.loads(load.values[0])
+    assert [(c["slide"], c["status"]) for c in cards] == [
+        ("broken", "known failure"),  # failures first
+        ("CMU-1-Small-Region", "up to date"),
+        ("OS-1-detail", "done"),
+        ("small", "up to date"),
+    ]
+    assert cards[0]["classes"] == [] and cards[0]["tissue"] is None
+    for card in cards[1:]:
+        summary = json.loads((batch_out / card["slide"] / "summary.json").read_text())
+        assert float(card["tissue"]) == summary["tissue"]["area_um2"]
+        assert card["tissueText"] == f"tissue {summary['tissue']['area_um2'] / 1e6:.4f} mm²"
+        assert [c["name"] for c in card["classes"]] == list(summary["classes"])
+        for shown in card["classes"]:
+            values = summary["classes"][shown["name"]]
+            assert float(shown["area"]) == values["area_um2"]
+            assert float(shown["fraction"]) == values["fraction_of_tissue"]
+            assert shown["text"] == [
+                f"{100 * values['fraction_of_tissue']:.1f} %",
+                f"{values['area_um2'] / 1e6:.4f} mm²",
+            ]
+        assert card["picture"]  # the thumbnail beside the page loaded
+    order = load.values[1]
+    areas = {
+        (r["slide"], r["region"]): r["tissue_area_um2"] for r in read_rows(batch_out / "cohort.csv")
+    }
+    expected = sorted(
+        (k for k, v in areas.items() if v), key=lambda k: float(areas[k]), reverse=True
+    )
+    assert order[: len(expected)] == [f"{s}/{r}" for s, r in expected]
+    assert order[len(expected) :] == ["broken/"]  # no number: last

@@ -1,0 +1,39 @@
+"""`wsi-segment report OUT`: the door to `pipeline.morning_report` (the table and the page
+are tested in tests/pipeline/test_morning_report.py and tests/flows/test_batch_report.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.flows.conftest import DATA
+
+
+def test_the_report_command(
+    tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from wsi_segment.flows.cli import main
+    from wsi_segment.pipeline.params import SegmentParams
+    from wsi_segment.pipeline.segment import segment_slide
+
+    out = tmp_path / "out"
+    params = SegmentParams(tiny_model, precision="fp32", runtime="torch", device="cpu")
+    segment_slide(DATA / "small.svs", out, params)
+    (out / "damaged").mkdir()
+    (out / "damaged" / "summary.json").write_text("{")
+    assert main(["report", str(out)]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        str(out / "report.html"),
+        str(out / "cohort.csv"),
+        "2 slide(s), 1 need a look",
+    ]
+    assert (out / "cohort.csv").read_text().count("\n") == 3
+    # not a folder of outputs: one error line, exit 1, nothing written
+    assert main(["report", str(tmp_path / "nothing")]) == 1
+    err = capsys.readouterr().err
+    assert (
+        err
+        == f"error: {tmp_path / 'nothing'} is not a folder of wsi-segment outputs; give the --out folder\n"
+    )
+    assert not (tmp_path / "nothing").exists()

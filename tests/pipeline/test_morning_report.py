@@ -1,0 +1,282 @@
+"""cohort.csv and report.html from real runs: the numbers of summary.json, a row per region of a
+`--roi` run, the same bytes on a rebuild, and every kind of bad folder reported, not raised."""
+
+from __future__ import annotations
+
+import csv
+import fcntl
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.flows.conftest import CLASSES, save_tiny_model
+from tests.wsi import qupath_exports as qp
+from wsi_segment.errors import OutputError
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+ALL_CLASSES = [*CLASSES, "Unclassified"]
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """OUT with three real runs of the tiny model: the CMU region, the OME-TIFF crop with two
+    regions (`--roi`), and the 16 px slide (no tissue)."""
+    from wsi_segment.pipeline.params import SegmentParams
+    from wsi_segment.pipeline.segment import segment_slide
+
+    tmp = tmp_path_factory.mktemp("morning")
+    model = save_tiny_model(tmp / "model")
+    out = tmp / "out"
+    params = {"precision": "fp32", "runtime": "torch", "device": "cpu"}
+    segment_slide(DATA / "CMU-1-Small-Region.svs", out, SegmentParams(model, **params))
+    segment_slide(DATA / "small.svs", out, SegmentParams(model, **params))
+    regions = [
+        qp.annotation(qp.rect(0, 0, 600, 500), "core-a", name="A1"),
+        qp.annotation(qp.rect(500, 400, 1100, 1100), "core-b", name="B2"),
+    ]
+    roi = qp.export(tmp / "cores.geojson", regions)
+    roi_params = SegmentParams(model, roi=roi, **params)
+    segment_slide(DATA / "OS-1-detail.ome.tif", out, roi_params)
+    return out
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, encoding="utf-8", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def summary_of(out: Path, name: str) -> dict:
+    return json.loads((out / name / "summary.json").read_text())
+
+
+def test_rows_hold_the_numbers_of_each_summary(out: Path, tmp_path: Path) -> None:
+    from wsi_segment.pipeline.morning_report import build_morning_report
+
+    work = tmp_path / "out"
+    shutil.copytree(out, work)
+    report = build_morning_report(work, {})
+    assert report.cohort == work / "cohort.csv" and report.page == work / "report.html"
+    rows = read_rows(report.cohort)
+    header = list(rows[0])
+    assert header[:12] == [
+        "slide", "region", "region_id", "status", "reason", "slide_path", "model",
+        "model_sha256", "mpp_x", "mpp_y", "region_area_um2", "tissue_area_um2",
+    ]  # fmt: skip
+    per_class = [f"{c}_{w}" for c in ALL_CLASSES for w in ("area_um2", "fraction_of_tissue")]
+    assert header[12:] == [*per_class, "tissue_status", "qc_flags", "run_utc", "summary_schema"]
+    # one row per whole-slide run, one per region of the --roi run, sorted by name
+    keys = [(r["slide"], r["region"]) for r in rows]
+    assert keys == [("CMU-1-Small-Region", ""), ("OS-1-detail", "A1"), ("OS-1-detail", "B2"),
+                    ("small", "")]  # fmt: skip
+    for row in rows:
+        s = summary_of(work, row["slide"])
+        assert row["status"] == "done" and row["reason"] == ""
+        assert row["slide_path"] == s["slide"]["path"]
+        assert row["model"] == "tiny-test" and row["model_sha256"] == s["model"]["sha256"]
+        assert float(row["mpp_x"]) == s["slide"]["mpp"]["x"]
+        assert float(row["mpp_y"]) == s["slide"]["mpp"]["y"]
+        assert row["run_utc"] == s["created_utc"] and row["summary_schema"] == "3"
+        assert row["tissue_status"] == s["tissue"]["status"]
+        if row["region"]:
+            [numbers] = [r for r in s["rois"] if r["name"] == row["region"]]
+            assert (
+                row["region_id"]
+                == numbers["qupath_id"]
+                == qp._uuid({"A1": "core-a", "B2": "core-b"}[row["region"]])
+            )
+            assert float(row["region_area_um2"]) == numbers["area_um2"] > 0
+            assert float(row["tissue_area_um2"]) == numbers["tissue_area_um2"]
+        else:
+            numbers = s["classes"] and {"classes": s["classes"]}
+            assert row["region_area_um2"] == ""
+            assert float(row["tissue_area_um2"]) == s["tissue"]["area_um2"]
+        for cls in ALL_CLASSES:  # exactly the summary's doubles
+            values = numbers["classes"][cls]
+            assert float(row[f"{cls}_area_um2"]) == values["area_um2"]
+            assert float(row[f"{cls}_fraction_of_tissue"]) == values["fraction_of_tissue"]
+    cmu, small = rows[0], rows[-1]
+    assert float(cmu["tissue_area_um2"]) > 0 and cmu["qc_flags"] in ("", cmu["qc_flags"])
+    assert small["tissue_status"] == "none" and small["qc_flags"].startswith("no tissue")
+
+    page = report.page.read_text()
+    cards = re.findall(
+        r'<article class="card[^"]*" data-slide="([^"]+)" data-status="([^"]+)"', page
+    )
+    assert cards == [("CMU-1-Small-Region", "done"), ("OS-1-detail", "done"), ("small", "done")]
+    for name in ("CMU-1-Small-Region", "OS-1-detail"):  # thumbnails beside the page
+        thumb = work / ".report" / f"{name}.jpg"
+        assert thumb.stat().st_size < 40_000 and f'src=".report/{name}.jpg"' in page
+        assert f'href="{name}/overlay.png"' in page
+    assert "http://" not in page and "https://" not in page  # nothing from the network
+
+
+def test_a_rebuild_gives_the_same_bytes_and_no_new_rows(out: Path, tmp_path: Path) -> None:
+    from wsi_segment.pipeline.morning_report import build_morning_report
+
+    work = tmp_path / "out"
+    shutil.copytree(out, work)
+    first = build_morning_report(work, {})
+    table, page = first.cohort.read_bytes(), first.page.read_bytes()
+    thumbs = {p.name: p.read_bytes() for p in (work / ".report").iterdir()}
+    second = build_morning_report(work, {})
+    assert second.cohort.read_bytes() == table and second.page.read_bytes() == page
+    assert {p.name: p.read_bytes() for p in (work / ".report").iterdir()} == thumbs
+    assert len(read_rows(second.cohort)) == 4
+    # a changed overlay (a rerun) gets a new thumbnail; nothing else is left beside them
+    overlay = work / "small" / "overlay.png"
+    shutil.copy2(work / "CMU-1-Small-Region" / "overlay.png", overlay)
+    build_morning_report(work, {})
+    assert (work / ".report" / "small.jpg").read_bytes() == thumbs["CMU-1-Small-Region.jpg"]
+    assert sorted(p.name for p in (work / ".report").iterdir()) == sorted(thumbs)
+
+
+def test_bad_folders_are_rows_that_say_so(out: Path, tmp_path: Path) -> None:
+    """Damaged, foreign, older, newer summaries, a slide being written by another run and
+    one a stopped run left: each a row and a card with its status, none raises."""
+    from wsi_segment.pipeline.morning_report import build_morning_report
+
+    work = tmp_path / "out"
+    for name in ("damaged", "foreign", "older", "newer"):
+        shutil.copytree(out / "CMU-1-Small-Region", work / name)
+    (work / "damaged" / "summary.json").write_text('{"schema_version": 3, "slide": {')
+    (work / "foreign" / "summary.json").write_text('{"name": "my notes"}')
+    older = summary_of(work, "older")
+    older["schema_version"] = 1
+    del older["classes"]["Unclassified"]
+    (work / "older" / "summary.json").write_text(json.dumps(older))
+    newer = summary_of(work, "newer")
+    newer["schema_version"] = 99
+    (work / "newer" / "summary.json").write_text(json.dumps(newer))
+    (work / ".busy.partial").mkdir()
+    (work / ".gone.partial").mkdir()
+    (work / "slides").mkdir()  # a folder of the lab's, not an output: no row
+    lock = os.open(work / ".busy.lock", os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # as a run writing `busy` holds it
+        report = build_morning_report(work, {})
+    finally:
+        os.close(lock)
+    rows = {r["slide"]: r for r in read_rows(report.cohort)}
+    assert {n: r["status"] for n, r in rows.items()} == {
+        "busy": "in progress",
+        "damaged": "damaged summary",
+        "foreign": "not ours",
+        "gone": "stopped",
+        "newer": "newer schema",
+        "older": "older schema",
+    }
+    assert "not readable JSON" in rows["damaged"]["reason"]
+    assert str(work / "damaged" / "summary.json") in rows["damaged"]["reason"]
+    assert "another run is writing" in rows["busy"]["reason"]
+    assert "schema 1" in rows["older"]["reason"] and "--overwrite" in rows["older"]["reason"]
+    # an older summary's numbers are still shown, as it recorded them
+    assert float(rows["older"]["TE_area_um2"]) == older["classes"]["TE"]["area_um2"]
+    assert "Unclassified_area_um2" not in rows["older"]  # no slide here reports it
+    assert rows["damaged"]["tissue_area_um2"] == "" and rows["newer"]["TE_area_um2"] == ""
+    page = report.page.read_text()
+    problems = page[page.index('id="problems"') : page.index('id="slides"')]
+    assert problems.count("<article") == 6 and "Needs a look (6)" in problems
+
+
+def test_files_not_ours_are_left_alone(out: Path, tmp_path: Path) -> None:
+    from wsi_segment.pipeline.morning_report import build_morning_report
+
+    work = tmp_path / "out"
+    shutil.copytree(out / "small", work / "small")
+    for name in ("cohort.csv", "report.html"):
+        theirs = work / name
+        theirs.write_text("patient,grade\n1,2\n")
+        with pytest.raises(OutputError, match=f"{theirs} is in the way"):
+            build_morning_report(work, {})
+        assert theirs.read_text() == "patient,grade\n1,2\n"
+        theirs.unlink()
+    with pytest.raises(OutputError, match="is not a folder of wsi-segment outputs"):
+        build_morning_report(tmp_path / "missing", {})
+
+
+def test_a_failure_record_beside_outputs_the_newer_wins(out: Path, tmp_path: Path) -> None:
+    """A failure after the outputs were made: failed, numbers of the earlier run kept and
+    said so; outputs made after the failure (a run outside a batch keeps no record): done;
+    a slide tonight's batch finished: done, whatever the record it removes at its end."""
+    from wsi_segment.pipeline.morning_report import build_morning_report
+    from wsi_segment.pipeline.outputs.failure_record import write_record
+    from wsi_segment.pipeline.outputs.slide_entries import BatchOutcome
+
+    work = tmp_path / "out"
+    for name in ("later-failure", "earlier-failure", "tonight"):
+        shutil.copytree(out / "small", work / name)
+    created = summary_of(out, "small")["created_utc"]  # e.g. 2026-11-25T22:10:03+00:00
+    for name, when in (
+        ("later-failure", "2999-01-01T00:00:00Z"),
+        ("earlier-failure", "2000-01-01T00:00:00Z"),
+        ("tonight", "2999-01-01T00:00:00Z"),
+    ):
+        record = {k: "x" for k in ("fingerprint", "since_utc", "error_class")}
+        record |= {"failed_utc": when, "message": f"{name}.svs: not a readable slide\nmore"}
+        assert write_record(work, name, record) is None
+    tonight = {"tonight": BatchOutcome("done", "", "/slides/tonight.svs")}
+    rows = {r["slide"]: r for r in read_rows(build_morning_report(work, tonight).cohort)}
+    assert rows["later-failure"]["status"] == "failed"
+    assert rows["later-failure"]["reason"] == (
+        "later-failure.svs: not a readable slide (the outputs shown are an earlier run's)"
+    )
+    assert (
+        float(rows["later-failure"]["tissue_area_um2"])
+        == summary_of(out, "small")["tissue"]["area_um2"]
+    )
+    assert created < "2999" and rows["earlier-failure"]["status"] == "done"
+    assert rows["tonight"]["status"] == "done" and rows["tonight"]["reason"] == ""
+
+
+def test_a_batch_report_rebuilds_as_slides_finish(out: Path, tmp_path: Path) -> None:
+    """What a batch hands over: the slides settled before it ran, each slide as it ends (a
+    failure without a record still gets its row), the last rebuild; nothing after it."""
+    from wsi_segment.pipeline.morning_report import BatchReport
+    from wsi_segment.pipeline.segment import SlideResult
+
+    work = tmp_path / "out"
+    names = ["small", "lost", "CMU-1-Small-Region"]
+    up_to_date = SlideResult("/s/small.svs", "up-to-date", work / "small")
+    report = BatchReport(work, names, {0: up_to_date})
+    failed = SlideResult("/s/lost.svs", "failed", None, {}, "/s/lost.svs: disk full\nmore")
+    assert report.add(1, failed) is None  # OUT does not exist yet: nothing to write
+    shutil.copytree(out / "small", work / "small")
+    rows = read_rows(report.add(1, failed).cohort)
+    assert [(r["slide"], r["status"], r["reason"], r["slide_path"]) for r in rows] == [
+        ("lost", "failed", "/s/lost.svs: disk full", "/s/lost.svs"),
+        ("small", "up to date", "", str(DATA / "small.svs")),  # the summary's path
+    ]
+    shutil.copytree(out / "CMU-1-Small-Region", work / "CMU-1-Small-Region")
+    done = SlideResult("/s/CMU-1-Small-Region.svs", "done", work / "CMU-1-Small-Region")
+    last = report.finish([up_to_date, failed, done])
+    assert [(e.name, e.status) for e in last.entries] == [
+        ("CMU-1-Small-Region", "done"),
+        ("lost", "failed"),
+        ("small", "up to date"),
+    ]
+    assert report.add(1, done) is None  # after the last rebuild
+    assert len(read_rows(last.cohort)) == 3
+
+
+def test_names_are_text_in_the_page_and_the_table(out: Path, tmp_path: Path) -> None:
+    """A slide name with markup, quotes, commas and non-ASCII text: escaped in the page,
+    quoted in the CSV, linked by its URL-quoted path."""
+    from urllib.parse import quote
+
+    from wsi_segment.pipeline.morning_report import build_morning_report
+
+    name = 'a "b", <img src=x onerror=alert(1)> & ü #1'  # a folder name has no '/'
+    work = tmp_path / "out"
+    shutil.copytree(out / "CMU-1-Small-Region", work / name)
+    report = build_morning_report(work, {})
+    [row] = read_rows(report.cohort)
+    assert row["slide"] == name
+    page = report.page.read_text()
+    assert "<img src=x" not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
+    assert f'href="{quote(name)}/overlay.png"' in page
+    assert f'src="{quote(".report/" + name + ".jpg")}"' in page
+    assert (work / ".report" / f"{name}.jpg").is_file()
