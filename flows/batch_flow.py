@@ -35,9 +35,18 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact  #
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.states import Failed, State  # noqa: E402
 
-from wsi_segment.errors import TERMINATING_SIGNALS, ConfigError, WsiSegmentError  # noqa: E402
+from wsi_segment.errors import (  # noqa: E402
+    TERMINATING_SIGNALS,
+    ConfigError,
+    SlideStopped,
+    WsiSegmentError,
+)
 from wsi_segment.flows.batch_console import REPORT_LINE  # noqa: E402
-from wsi_segment.flows.batch_interrupt import stopped_result, wait_for_slides  # noqa: E402
+from wsi_segment.flows.batch_interrupt import (  # noqa: E402
+    group_signal_as_stop,
+    stopped_result,
+    wait_for_slides,
+)
 from wsi_segment.flows.dask_cluster import dask_client  # noqa: E402
 from wsi_segment.flows.door_words import run_words  # noqa: E402
 from wsi_segment.flows.morning_artifacts import publish_morning_report, report_slide  # noqa: E402
@@ -48,7 +57,7 @@ from wsi_segment.flows.run_log import (  # noqa: E402
 from wsi_segment.flows.run_origin import flow_run_origin  # noqa: E402
 from wsi_segment.flows.slide_flow import make_params, run_slide_stages  # noqa: E402
 from wsi_segment.flows.slide_runner import SlideTaskRunner  # noqa: E402
-from wsi_segment.flows.slide_watch import SlideStopped, SlideWatch  # noqa: E402
+from wsi_segment.flows.slide_watch import SlideWatch  # noqa: E402
 from wsi_segment.pipeline.batch_inputs import BatchItem, params_for, parse_batch_input  # noqa: E402
 from wsi_segment.pipeline.batch_report import (  # noqa: E402
     batch_rows,
@@ -99,15 +108,16 @@ def slide_task(
 ) -> SlideOrFailed:
     """One slide's stages; any error becomes a "failed" result so the batch goes on, handed
     back in a Failed state, so the slide's task shows what its stage task shows. `watch`
-    (the batch's) may stop the slide: its time limit, or an interrupt. `at_once`: slides in
+    (the batch's) may stop the slide through the cancellation token it hands the stages:
+    its time limit, or an interrupt. `at_once`: slides in
     flight in this process (their run policies share its decoders out)."""
     t0 = time.perf_counter()
     watch = watch or SlideWatch(None)
     error: Exception
     try:
-        with watch.running(index):
+        with watch.running(index) as cancel, group_signal_as_stop(cancel):
             slide_params = params_for(item, params)
-            return run_slide_stages(str(item.slide), out, slide_params, client, at_once)
+            return run_slide_stages(str(item.slide), out, slide_params, client, at_once, cancel)
     except SlideStopped as exc:
         stopped = stopped_result(item, exc, watch.timeout_s, time.perf_counter() - t0)
         if stopped.status != "failed":

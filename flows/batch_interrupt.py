@@ -6,11 +6,11 @@ the flow while it waits for its slides. `wait_for_slides` waits in short steps (
 Python runs handlers only in the main thread, but the kernel may deliver the signal to any
 thread of the process, and then nothing wakes a main thread blocked in a wait without a
 limit; the handler would run only when that slide ended. On the interrupt, every running
-slide is stopped in its own thread (`flows.slide_watch`), which removes its partial folder
-and lock and stops its chunks; the slides are given `GRACE_S` to unwind, with further
-signals ignored meanwhile (a second Ctrl-C must not cut the cleanup short; a slide still
-running after it, stuck where the stop cannot reach, is named in a warning and not waited
-for: `flows.slide_runner`); then the exception goes on, carrying every slide's result
+slide's cancellation token is cancelled (`flows.slide_watch`): each slide stops where its
+code next checks it, removes its partial folder and lock and stops its chunks. The slides
+are given `GRACE_S` to unwind, with further signals ignored meanwhile (a second Ctrl-C must
+not cut the cleanup short; a slide still running after it, stuck in a call that does not
+return, is named in a warning and not waited for: `flows.slide_runner`); then the exception goes on, carrying every slide's result
 (finished, "interrupted", or "not started"), so the CLI prints the table and one `error:`
 line. Prefect still sees the interrupt (a `KeyboardInterrupt`, or a `TerminationSignal`
 for its cancellation handling).
@@ -29,17 +29,15 @@ from typing import Any, Protocol
 
 from prefect.exceptions import TerminationSignal
 
-from wsi_segment.errors import TERMINATING_SIGNALS
-from wsi_segment.flows.slide_watch import (
-    SlideNotStarted,
-    SlideStopped,
-    SlideTimedOut,
-    SlideWatch,
-)
+from wsi_segment.errors import TERMINATING_SIGNALS, SlideNotStarted, SlideStopped, SlideTimedOut
+from wsi_segment.flows.slide_watch import SlideWatch
 from wsi_segment.pipeline.batch_inputs import BatchItem
+from wsi_segment.pipeline.cancellation import CancelToken
 from wsi_segment.pipeline.segment import SlideResult
 
 GRACE_S = 30.0  # the most a batch waits for its interrupted slides to clean up
+# the most a slide whose decoders passed on the group's signal waits for the batch's stop
+GROUP_SIGNAL_WAIT_S = 5.0
 POLL_S = 0.5  # the longest the main thread waits before it runs pending signal handlers
 INTERRUPTED = "interrupted"
 NOT_STARTED = "not started"
@@ -115,9 +113,29 @@ def stop_slides(
     watch.interrupt_all()
     deadline = time.monotonic() + GRACE_S
     for future in futures.values():
-        with contextlib.suppress(Exception):
+        # what ended a slide is read below; signals are ignored meanwhile (`signals_ignored`),
+        # so whatever a wait raises is the slide's own
+        with contextlib.suppress(BaseException):
             future.wait(timeout=max(0.0, deadline - time.monotonic()))
     return {i: _result_now(f, items[i], i in running) for i, f in futures.items()}
+
+
+@contextlib.contextmanager
+def group_signal_as_stop(cancel: CancelToken) -> Iterator[None]:
+    """A slide's own stop for a Ctrl-C or SIGTERM that reaches its thread first through its
+    decoder processes: a signal to the process group (a terminal, `timeout`, SLURM) also
+    ends the decoders, which hand it on as their error. The batch's main thread got the same
+    signal and is stopping the slides, so the slide waits (up to `GROUP_SIGNAL_WAIT_S`) for
+    its token and raises that stop instead: the slide is reported `interrupted` and the
+    batch's report is not cut short. Unstopped by then, the interrupt goes on."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if threading.current_thread() is threading.main_thread():
+            raise
+        if not cancel.wait(GROUP_SIGNAL_WAIT_S):
+            raise
+        raise cancel.stop() from None
 
 
 def stopped_result(
@@ -137,14 +155,14 @@ def stopped_result(
 
 def _result_now(future: SlideFuture, item: BatchItem, was_running: bool) -> SlideResult:
     """The slide's own result if its task has returned, else one saying it was cut off (a
-    slide still running now is stuck where the stop cannot reach it: it ends with the
+    slide still running now is stuck in a call that does not return: it ends with the
     process, as if killed, so its partial folder and lock may stay for the next run)."""
     still_running = False
     try:
         result = future.result(timeout=0, raise_on_failure=False)
     except TimeoutError:
         still_running = was_running
-    except Exception:  # crashed: reported as cut off, below
+    except BaseException:  # crashed (an interrupt of its own included): reported as cut off
         pass
     else:
         if isinstance(result, SlideResult):

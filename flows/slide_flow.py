@@ -35,6 +35,7 @@ from wsi_segment.flows.run_log import log_slide_warnings, pipeline_warnings_to_r
 from wsi_segment.flows.run_origin import flow_run_origin  # noqa: E402
 from wsi_segment.pipeline import segment  # noqa: E402
 from wsi_segment.pipeline.batch_report import class_rows, markdown_table  # noqa: E402
+from wsi_segment.pipeline.cancellation import NEVER_CANCELLED, CancelToken  # noqa: E402
 from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome  # noqa: E402
 from wsi_segment.pipeline.outputs.output_dir import OutputDir  # noqa: E402
 from wsi_segment.pipeline.params import SegmentParams  # noqa: E402
@@ -101,27 +102,34 @@ def open_and_tissue(
     params: SegmentParams,
     local: bool = True,
     at_once: int = 1,
+    cancel: CancelToken = NEVER_CANCELLED,
 ) -> PreparedSlide:
     """Stage 1: open the slide and model, detect tissue, plan the chunks; a local run starts
     reading as the CLI's does (`pipeline.segment.prepare_stage`; `at_once`: the slides in
-    flight in this process, which share its decoders)."""
-    return segment.prepare_stage(slide_path, out_root, params, local=local, at_once=at_once)
+    flight in this process, which share its decoders; `cancel`: the batch's stop)."""
+    return segment.prepare_stage(slide_path, out_root, params, local, at_once, cancel)
 
 
 @stage_task("inference")
 def inference(
-    prep: PreparedSlide, work_dir: Path, client: Client | None = None
+    prep: PreparedSlide,
+    work_dir: Path,
+    client: Client | None = None,
+    cancel: CancelToken = NEVER_CANCELLED,
 ) -> list[ChunkOutcome]:
     """Stage 2: every tissue chunk through the model, on the Dask cluster if there is one."""
-    return segment.infer(prep, work_dir, client=client)
+    return segment.infer(prep, work_dir, client=client, cancel=cancel)
 
 
 @stage_task("polygons-and-outputs")
 def polygons_and_outputs(
-    prep: PreparedSlide, outcomes: list[ChunkOutcome], out: OutputDir
+    prep: PreparedSlide,
+    outcomes: list[ChunkOutcome],
+    out: OutputDir,
+    cancel: CancelToken = NEVER_CANCELLED,
 ) -> SlideResult:
     """Stage 3: polygons, GeoJSON, overlay, summary; then publish the folder at once."""
-    return segment.finish(prep, outcomes, out)
+    return segment.finish(prep, outcomes, out, cancel)
 
 
 def run_slide_stages(
@@ -130,19 +138,23 @@ def run_slide_stages(
     params: SegmentParams,
     client: Client | None = None,
     at_once: int = 1,
+    cancel: CancelToken = NEVER_CANCELLED,
 ) -> SlideResult:
     """`pipeline.segment.run_stages` with the stage tasks above, then the slide's artifacts.
     `client`: the Dask cluster the chunks run on (None: this process, where `at_once`
-    slides are in flight).
+    slides are in flight); `cancel`: a batch's stop of this slide (`flows.slide_watch`),
+    checked by every stage.
 
-    Returns a `pipeline.segment.SlideResult`; raises what the stage sequence raised.
+    Returns a `pipeline.segment.SlideResult`; raises what the stage sequence raised (a
+    `SlideStopped` once `cancel` is cancelled).
     """
+    local = client is None
     stages = segment.Stages(
-        prepare=lambda path, root, p: open_and_tissue(path, root, p, client is None, at_once),
-        infer=lambda prep, work_dir: inference(prep, work_dir, client),
-        finish=polygons_and_outputs,
+        prepare=lambda path, root, p: open_and_tissue(path, root, p, local, at_once, cancel),
+        infer=lambda prep, work_dir: inference(prep, work_dir, client, cancel),
+        finish=lambda prep, outcomes, out: polygons_and_outputs(prep, outcomes, out, cancel),
     )
-    result = segment.run_stages(slide_path, out_root, params, stages)
+    result = segment.run_stages(slide_path, out_root, params, stages, cancel)
     publish_slide_artifacts(result)
     log_slide_warnings(result)
     return result

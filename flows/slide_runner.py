@@ -1,8 +1,8 @@
 """The batch's slide threads: a Prefect task runner whose threads cannot hold the process.
 
 A batch runs each slide in a thread of its process (`flows.batch_flow`), and an interrupt
-stops a slide by raising an exception in its thread (`flows.slide_watch`). A thread blocked
-in C (a read from a hung file system, a driver call) never sees that exception, and Prefect's
+cancels the slide's token, which its code checks in its waits (`flows.slide_watch`). A
+thread blocked in C (a read from a hung file system, a driver call) never checks it, and Prefect's
 `ThreadPoolTaskRunner` would wait for it without limit twice: on leaving the runner
 (`shutdown(wait=True)`) and when the interpreter exits (the non-daemon threads of every
 `ThreadPoolExecutor` are joined). `SlideTaskRunner` runs the slide tasks in daemon threads

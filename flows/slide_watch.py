@@ -1,55 +1,38 @@
 """Stopping a batch's slides from outside their threads: a per-slide time limit, and Ctrl-C.
 
-A batch runs each slide in a thread of its process (`flows.batch_flow`); a thread cannot be
-killed, so a slide is stopped by raising an exception in its thread
-(`PyThreadState_SetAsyncExc`): it arrives at the thread's next Python instruction, and every
-wait in the slide path polls (Dask futures, the engine's queues, decoder rings), so a slide
-stops within a fraction of a second, and its own `finally` blocks do the cleanup they do on
-any error: the slide's Dask bands are told to stop (`band_runner.gather_all`), decoder
-processes end, the slide closes, and the partial folder and lock are removed
-(`pipeline.outputs.output_dir.OutputDir`). The exceptions are `BaseException`s, so no
-`except Exception` on the way turns them into a slide error of another kind.
+A batch runs each slide in a thread of its process (`flows.batch_flow`). Each running slide
+holds a `pipeline.cancellation.Cancellation`, handed down its stages as a value; a stop
+cancels it with the stop's reason (`SlideTimedOut`, `SlideInterrupted`), and the slide's own
+code raises that reason where it checks the token: within a fraction of a second wherever
+it waits (the engine's watch of its parts, a Dask band's futures, between stages and the
+steps of `prepare`), after the current step where it computes or sits in a C call. The
+`finally` blocks on the way do the cleanup they do on any error: the slide's Dask bands are
+told to stop (`band_runner.gather_all`), decoder processes end, the slide closes, and the
+partial folder and lock are removed (`pipeline.outputs.output_dir.OutputDir`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-POLL_S = 0.2
-START_WAIT_S = 1.0  # the most a stop waits for threads being started to be running
-
-
-class SlideStopped(BaseException):
-    """Raised in a slide's thread to stop it; the slide task turns it into the slide's result."""
-
-
-class SlideTimedOut(SlideStopped):
-    """The slide ran longer than the batch's `slide_timeout`."""
-
-
-class SlideInterrupted(SlideStopped):
-    """The batch was interrupted (Ctrl-C, SIGTERM) while this slide ran."""
-
-
-class SlideNotStarted(SlideStopped):
-    """The batch was interrupted before this slide started: it does not start."""
+from wsi_segment.errors import SlideInterrupted, SlideNotStarted, SlideTimedOut
+from wsi_segment.pipeline.cancellation import POLL_S, Cancellation, CancelToken
 
 
 @dataclass
 class _Running:
-    thread_id: int
     deadline: float | None
-    stopped: type[SlideStopped] | None = None
+    cancellation: Cancellation = field(default_factory=Cancellation)
 
 
 class SlideWatch:
-    """The slides running in this process, each with an optional deadline. While open, a
-    watcher thread stops every slide past its deadline; `interrupt_all` stops them all."""
+    """The slides running in this process, each with its cancellation and an optional
+    deadline. While open, a watcher thread cancels every slide past its deadline;
+    `interrupt_all` cancels them all."""
 
     def __init__(self, timeout_s: float | None) -> None:
         self.timeout_s = timeout_s
@@ -57,7 +40,7 @@ class SlideWatch:
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._watcher: threading.Thread | None = None
-        self._stopping = threading.Event()
+        self._stopping = False
 
     def __enter__(self) -> SlideWatch:
         if self.timeout_s is not None:
@@ -71,23 +54,20 @@ class SlideWatch:
             self._watcher.join()
 
     @contextlib.contextmanager
-    def running(self, index: int) -> Iterator[None]:
-        """Register the calling thread as slide `index` while the block runs (after an
-        interrupt, raise `SlideNotStarted` instead). An exception sent just as the block ends
-        (not yet raised) is withdrawn: the slide finished."""
-        ident = threading.get_ident()
+    def running(self, index: int) -> Iterator[CancelToken]:
+        """Slide `index` runs while the block does; the block gets its cancellation token
+        (after an interrupt, raise `SlideNotStarted` instead)."""
         deadline = None if self.timeout_s is None else time.monotonic() + self.timeout_s
+        entry = _Running(deadline)
         with self._lock:
-            if self._stopping.is_set():
+            if self._stopping:
                 raise SlideNotStarted
-            self._running[index] = _Running(ident, deadline)
+            self._running[index] = entry
         try:
-            yield
+            yield entry.cancellation
         finally:
             with self._lock:
-                entry = self._running.pop(index)
-                if entry.stopped is not None:
-                    _send(entry.thread_id, None)
+                del self._running[index]
 
     def started(self) -> set[int]:
         """Indexes of the slides running now."""
@@ -97,9 +77,9 @@ class SlideWatch:
     def interrupt_all(self) -> None:
         """Stop every running slide, and let no other start (the batch was interrupted)."""
         with self._lock:
-            self._stopping.set()
+            self._stopping = True
             for entry in self._running.values():
-                self._stop(entry, SlideInterrupted)
+                entry.cancellation.cancel(SlideInterrupted)
 
     def _watch(self) -> None:
         while not self._closed.wait(POLL_S):
@@ -107,42 +87,4 @@ class SlideWatch:
             with self._lock:
                 for entry in self._running.values():
                     if entry.deadline is not None and now >= entry.deadline:
-                        self._stop(entry, SlideTimedOut)
-
-    @staticmethod
-    def _stop(entry: _Running, exc: type[SlideStopped]) -> None:
-        """Send `exc` once (a slide unwinding from one stop is not stopped again)."""
-        if entry.stopped is None:
-            entry.stopped = exc
-            _send(entry.thread_id, exc)
-
-
-def _send(thread_id: int, exc: type[BaseException] | None) -> None:
-    """Raise `exc` in thread `thread_id` at its next instruction (None: withdraw a pending one).
-
-    Not while a thread is being started: CPython makes a new thread's state in the thread
-    that starts it, with that thread's id, until the new thread runs, and gives the
-    exception to the first state with the id, which is the newest. A stop sent then kills
-    the new thread before it says it started, and the slide waits in `Thread.start` for
-    ever. Threads being started are in `threading._limbo`; holding its lock keeps any from
-    starting while the exception is sent (CPython's private names, checked on 3.11; an
-    interpreter without them gets the stop at once, as before)."""
-    lock = getattr(threading, "_active_limbo_lock", None)
-    limbo = getattr(threading, "_limbo", None)
-    if lock is None or limbo is None:
-        _set_async_exc(thread_id, exc)
-        return
-    deadline = time.monotonic() + START_WAIT_S
-    while True:
-        with lock:
-            if not limbo or time.monotonic() > deadline:
-                _set_async_exc(thread_id, exc)
-                return
-        time.sleep(0.001)
-
-
-def _set_async_exc(thread_id: int, exc: type[BaseException] | None) -> None:
-    """Raise `exc` in the thread (None: take back one not yet raised)."""
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(
-        ctypes.c_ulong(thread_id), ctypes.py_object(exc) if exc is not None else None
-    )
+                        entry.cancellation.cancel(SlideTimedOut)

@@ -19,6 +19,7 @@ import numpy as np
 
 from wsi_segment.errors import ModelError
 from wsi_segment.models.meta import read_model_json, weights_path
+from wsi_segment.pipeline.cancellation import NEVER_CANCELLED, CancelToken
 from wsi_segment.pipeline.early_readers import EarlyReaders
 from wsi_segment.pipeline.inference.decode_pool import DecodePool
 from wsi_segment.pipeline.inference.model_handle import (
@@ -125,8 +126,7 @@ class PreparedSlide:
             self.prefetch.close()
             self.prefetch = None
         if self.overlay_thumb is not None:
-            # its own error: finish() reports it; a stop raised in this thread from outside
-            # (Ctrl-C, a batch's interrupt) while waiting goes on, or the slide would not stop
+            # its own error: finish() reports it; Ctrl-C while waiting goes on
             with contextlib.suppress(Exception):
                 self.overlay_thumb.result()
 
@@ -193,6 +193,7 @@ def prepare(
     early: bool = False,
     place: str = LOCAL,
     at_once: int = 1,
+    cancel: CancelToken = NEVER_CANCELLED,
 ) -> PreparedSlide:
     """Stage 1: everything cheap that decides what the run will do, in three steps.
 
@@ -204,6 +205,8 @@ def prepare(
        this thread detects tissue and plans the chunks;
     3. meanwhile the model loads and its runtime opens in a background thread as the plan
        says (importing torch, timm and smp is most of a small run's fixed cost).
+    `cancel` is checked between the steps (a batch's stop: its reason is raised, and what
+    was started is stopped and the slide closed).
     """
     t0 = time.perf_counter()
     slide_path = str(slide_path)
@@ -212,20 +215,26 @@ def prepare(
     model_dir = resolve_model_dir(params)
     meta = _model_meta(model_dir)
     slide, mpp, rois = _open_slide(slide_path, params)
-    with gc_paused():
-        facts = RunFacts(place=place, at_once=at_once)
-        return _prepare_opened(
-            slide_path,
-            name,
-            out_root,
-            params,
-            facts,
-            early,
-            model_dir,
-            meta,
-            (slide, mpp, rois),
-            t0,
-        )
+    try:
+        cancel.check()
+        with gc_paused():
+            facts = RunFacts(place=place, at_once=at_once)
+            return _prepare_opened(
+                slide_path,
+                name,
+                out_root,
+                params,
+                facts,
+                early,
+                model_dir,
+                meta,
+                (slide, mpp, rois),
+                t0,
+                cancel,
+            )
+    except BaseException:
+        slide.close()
+        raise
 
 
 def _model_meta(model_dir: Path) -> ModelMeta:
@@ -268,6 +277,7 @@ def _prepare_opened(
     meta: ModelMeta,
     opened: tuple[Slide, tuple[float, float], list[Roi]],  # the slide, its mpp, its regions
     t0: float,
+    cancel: CancelToken,
 ) -> PreparedSlide:
     slide, mpp, rois = opened
     machine = probe_machine()
@@ -281,12 +291,14 @@ def _prepare_opened(
         t1 = time.perf_counter()
         tissue = slide_tissue(slide, params, rois)
         t_tissue = time.perf_counter()
+        cancel.check()
         grid, planned = plan_slide(slide, mpp, geometry, params, tissue, policy.chunk_tiles.value)
         read_backend = chunk_read_backend(slide, params, planned.read_level)
         reader = plan_reader(slide_path, slide, params, planned, grid, read_backend)
         readers.assign(reader, planned.specs)
         t2 = time.perf_counter()
         loaded = loader.result()
+        cancel.check()
         handle = ModelHandle.of(loaded, str(model_dir), policy.device.value, spec)
         _same_geometry(model_dir, geometry, loaded.model.meta)
         fingerprint = run_fingerprint(slide_path, handle.identity, params, loaded.model.meta)

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from wsi_segment.pipeline.cancellation import NEVER_CANCELLED, CancelToken
 from wsi_segment.pipeline.inference.band_runner import run_bands, settle_precision
 from wsi_segment.pipeline.inference.band_task import BandResult
 from wsi_segment.pipeline.inference.engine import ReadSource, run_engine
@@ -78,22 +79,24 @@ def infer(
     client: Client | None = None,
     progress: Progress | None = None,
     stats: EngineStats | None = None,
+    cancel: CancelToken = NEVER_CANCELLED,
 ) -> list[ChunkOutcome]:
     """Stage 2: run the tissue chunks, streaming uint8 probabilities into the zarr store.
 
     One engine (`pipeline.inference.engine.run_engine`) whatever reads the tiles: locally
     as the run policy `prepare` decided, on a Dask cluster in bands on the workers
     (`run_bands`), each deciding its policy there with the same function. `stats` receives
-    what a local engine did (benchmarks)."""
+    what a local engine did (benchmarks). Once `cancel` is cancelled the engine, or the
+    bands, stop and its reason is raised."""
     t0 = time.perf_counter()
     zarr_path = work_dir / STORE_NAME
     create_stores(prep, zarr_path)
     progress = progress or NullProgress()
     try:
         if client is not None:
-            outcomes = _infer_on_cluster(prep, zarr_path, client, progress)
+            outcomes = _infer_on_cluster(prep, zarr_path, client, progress, cancel)
         else:
-            outcomes = _infer_here(prep, zarr_path, progress, stats)
+            outcomes = _infer_here(prep, zarr_path, progress, stats, cancel)
     finally:
         progress.close()
         prep.close_prefetch()
@@ -102,7 +105,11 @@ def infer(
 
 
 def _infer_here(
-    prep: PreparedSlide, zarr_path: Path, progress: Progress, stats: EngineStats | None
+    prep: PreparedSlide,
+    zarr_path: Path,
+    progress: Progress,
+    stats: EngineStats | None,
+    cancel: CancelToken,
 ) -> list[ChunkOutcome]:
     """The engine in this process, run as the policy `prepare` decided."""
     policy = local_policy(prep)
@@ -117,6 +124,7 @@ def _infer_here(
             source,
             progress,
             stats,
+            cancel=cancel,
             writers=policy.writers.value,
             computes=policy.compute_threads.value,
             locked=policy.model_lock.value,
@@ -192,7 +200,7 @@ def _record_reads(prep: PreparedSlide, source: ReadSource) -> None:
 
 
 def _infer_on_cluster(
-    prep: PreparedSlide, zarr_path: Path, client: Client, progress: Progress
+    prep: PreparedSlide, zarr_path: Path, client: Client, progress: Progress, cancel: CancelToken
 ) -> list[ChunkOutcome]:
     """Bands of the engine on the cluster's workers, each running the policy it decides
     there; one worker decides `auto` precision for all (no mixed-precision slide)."""
@@ -200,7 +208,7 @@ def _infer_on_cluster(
     if planned is None:
         raise ValueError(f"{prep.slide_path}: prepared without a run policy")
     job = slide_job(prep, zarr_path, planned.batch_size.value)  # each band sets its own
-    settled, prep.precision = settle_precision(job, prep.specs, client, prep.params)
+    settled, prep.precision = settle_precision(job, prep.specs, client, prep.params, cancel)
     progress.start(prep.tiles_total, unit="tile", desc=prep.name)
     bands: list[BandResult] = []
     outcomes = run_bands(
@@ -212,6 +220,7 @@ def _infer_on_cluster(
         key_prefix=f"band-{prep.fingerprint[:16]}",
         results=bands,
         settled=settled,
+        cancel=cancel,
     )
     prep.run_policy = band_policies(planned.chunk_tiles, [b.policy for b in bands])
     prep.read_device = bands[0].reads if bands else NO_BANDS_READS
@@ -270,11 +279,19 @@ def _precision_report(model: ModelHandle) -> dict[str, Any]:
     return model.get().runtime.report()
 
 
-def finish(prep: PreparedSlide, outcomes: list[ChunkOutcome], out: OutputDir) -> SlideResult:
-    """Stage 3: vector outputs, overlay, summary and pyramid; then publish the folder."""
+def finish(
+    prep: PreparedSlide,
+    outcomes: list[ChunkOutcome],
+    out: OutputDir,
+    cancel: CancelToken = NEVER_CANCELLED,
+) -> SlideResult:
+    """Stage 3: vector outputs, overlay, summary and pyramid; then publish the folder,
+    unless `cancel` was cancelled meanwhile (its reason is raised: the folder is removed)."""
     from wsi_segment.pipeline.outputs.finish_outputs import write_outputs
 
+    cancel.check()
     summary = write_outputs(prep, outcomes, out.work_dir)
+    cancel.check()
     out.commit()
     return SlideResult(prep.slide_path, "done", prep.out_dir, summary)
 
@@ -310,26 +327,35 @@ def up_to_date_result(
 
 
 def run_stages(
-    slide_path: str | Path, out_root: str | Path, params: SegmentParams, stages: Stages
+    slide_path: str | Path,
+    out_root: str | Path,
+    params: SegmentParams,
+    stages: Stages,
+    cancel: CancelToken = NEVER_CANCELLED,
 ) -> SlideResult:
     """The one stage sequence of a slide, for the CLI and the flows alike: skip if up to
     date (decided before anything loads: `pipeline.up_to_date`); else prepare, and infer and
     finish inside the atomic output folder. A write error (disk full, permissions changed
     mid-run) becomes the OutputError with its fix; the slide and its background readers are
-    closed whatever happens."""
+    closed whatever happens. `cancel` (the stages the caller passes check it too) is checked
+    between the stages: once cancelled, its reason is raised and the partial folder removed."""
     t0 = time.perf_counter()
     skipped = up_to_date_result(slide_path, out_root, params)
     if skipped is not None:
         return skipped
+    cancel.check()
     prep = stages.prepare(str(slide_path), out_root, params)
     try:
+        cancel.check()
         if is_up_to_date(prep):  # up to date since the check above (another run finished it)
             summary = read_previous_summary(prep.out_dir) or {}
             seconds = time.perf_counter() - t0
             return SlideResult(prep.slide_path, "up-to-date", prep.out_dir, summary, None, seconds)
         with OutputDir(prep.out_root, prep.name, prep.params.overwrite) as out:
             try:
-                result = stages.finish(prep, stages.infer(prep, out.work_dir), out)
+                outcomes = stages.infer(prep, out.work_dir)
+                cancel.check()
+                result = stages.finish(prep, outcomes, out)
             except OSError as exc:
                 raise output_error(out.work_dir, exc) from exc
     finally:
@@ -345,13 +371,16 @@ def prepare_stage(
     params: SegmentParams,
     local: bool = True,
     at_once: int = 1,
+    cancel: CancelToken = NEVER_CANCELLED,
 ) -> PreparedSlide:
     """Stage 1 as every door runs it (`segment_slide`, the Prefect slide flow): a local run
     starts reading while the model loads (the readers its policy names, for `at_once`
     slides in flight on this machine); a cluster's workers read for themselves, each band
-    deciding its policy there."""
+    deciding its policy there. `cancel`: checked between prepare's steps."""
     place = LOCAL if local else CLUSTER
-    return prepare(slide_path, out_root, params, early=local, place=place, at_once=at_once)
+    return prepare(
+        slide_path, out_root, params, early=local, place=place, at_once=at_once, cancel=cancel
+    )
 
 
 def segment_slide(

@@ -15,7 +15,15 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS = ("wsi", "models", "pipeline", "flows")
 PIPELINE_PARTS = ("inference", "outputs", "training")
 # read by every part of pipeline
-BASE = ("params", "progress", "machine", "run_policy", "read_policy", "output_files")
+BASE = (
+    "params",
+    "progress",
+    "machine",
+    "run_policy",
+    "read_policy",
+    "output_files",
+    "cancellation",
+)
 # unit -> the units it may import (besides itself and wsi_segment's own errors/lazy_exports).
 # pipeline is split by concern: inference writes outputs as chunks finish, outputs never
 # reach back into inference, training stands beside both; synthetic data is for tests,

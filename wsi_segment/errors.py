@@ -76,3 +76,26 @@ class Terminated(KeyboardInterrupt):
 def raise_terminated(signum: int, frame: object) -> None:
     """The handler of `TERMINATING_SIGNALS` (`signal.signal(signum, raise_terminated)`)."""
     raise Terminated(f"terminated by signal {signum}", signum)
+
+
+class SlideStopped(BaseException):
+    """A slide's run was stopped from outside through its cancellation token
+    (`wsi_segment.pipeline.cancellation`), raised by the slide's own code where it checks the
+    token. A `BaseException`, as Ctrl-C's is: no `except Exception` on the way turns a stop
+    into a slide failure of another kind, and every `finally` cleans up as on any error."""
+
+
+class SlideTimedOut(SlideStopped):
+    """The slide ran longer than the batch's `slide_timeout`."""
+
+
+class SlideInterrupted(SlideStopped):
+    """The batch was interrupted (Ctrl-C, SIGTERM, SIGHUP) while this slide ran."""
+
+
+class SlideNotStarted(SlideStopped):
+    """The batch was interrupted before this slide started: it does not start."""
+
+
+class BandAborted(SlideStopped):
+    """The slide failed in another of its Dask bands: this band stops, or never starts."""

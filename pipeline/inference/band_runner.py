@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from wsi_segment.pipeline.cancellation import NEVER_CANCELLED, POLL_S, CancelToken
 from wsi_segment.pipeline.inference.band_task import (
     CLUSTER_FACTS,
     DAEMON_FIX,
@@ -72,6 +73,7 @@ def run_bands(
     bands: int | None = None,
     results: list[BandResult] | None = None,
     settled: RunFacts = CLUSTER_FACTS,
+    cancel: CancelToken = NEVER_CANCELLED,
 ) -> list[ChunkOutcome]:
     """Run every chunk in bands on the cluster's workers; outcomes in `specs` order.
 
@@ -79,7 +81,8 @@ def run_bands(
     (default: all defaults), with what the client `settled` for all of them
     (`settle_precision`). `bands`: how many (None: a few per worker slot). `results`
     (optional) receives each band's `BandResult`, in band order.
-    The progress bar advances per band, by its tiles, as each band finishes.
+    The progress bar advances per band, by its tiles, as each band finishes. `cancel`: a
+    stop of the slide from outside (`gather_all`).
 
     This never returns or raises while a band may still write: a failed band sets a
     cluster-wide abort event (bands not yet started return at once, running ones stop their
@@ -124,7 +127,7 @@ def run_bands(
             progress.advance(sum(o.tiles_run for o in band.outcomes))
         return band.error
 
-    gather_all(futures, event, take)
+    gather_all(futures, event, take, cancel)
     finished = [b for b in done if b is not None]
     if len(finished) != len(ranges):
         raise RuntimeError(f"{len(ranges) - len(finished)} bands never completed")
@@ -136,19 +139,24 @@ def run_bands(
 
 
 def settle_precision(
-    job: SlideJob, specs: Sequence[ChunkSpec], client: Client, options: SegmentParams
-) -> tuple[RunFacts, dict[str, object]]:
+    job: SlideJob,
+    specs: Sequence[ChunkSpec],
+    client: Client,
+    options: SegmentParams,
+    cancel: CancelToken = NEVER_CANCELLED,
+) -> tuple[RunFacts, dict[str, Any]]:
     """Precision and runtime 'auto' on CPU workers: one worker opens the model as its band's
     plan says (the bf16 calibration's verdict, and whether OpenVINO runs the model, depend on
     the model and that machine: `models.runtimes.select.open_runtime`), and every band's plan
     takes its answer (`RunFacts.pinned_precision`, `RunFacts.pinned_runtime`), so a slide
     never mixes bf16 and fp32 chunks, nor runtimes (a band recomputed on a new worker
-    included). Returns the facts settled for every band and that worker's report."""
+    included). Returns the facts settled for every band and that worker's report; raises `cancel`'s reason once it is cancelled."""
     if (options.precision != "auto" and options.runtime != "auto") or not specs:
         reason = f"{options.precision}: asked for (--precision {options.precision})"
         return CLUSTER_FACTS, {"autocast": options.precision, "reason": reason, "calibration": None}
     at_once, gpu = _slots(client)  # as the bands see them: they load the same model
-    report = client.submit(band_precision, job, options, gpu, at_once, pure=False).result()
+    asked = client.submit(band_precision, job, options, gpu, at_once, pure=False)
+    report: dict[str, Any] = future_result(asked, cancel)
     chosen = report.get("autocast")
     if report.get("device") != "cpu" or chosen not in ("fp32", "bf16"):
         return CLUSTER_FACTS, report  # GPUs: auto is already fixed (bf16, else fp16)
@@ -159,13 +167,25 @@ def settle_precision(
     return settled, report
 
 
+def future_result(future: Future[Any], cancel: CancelToken) -> Any:
+    """The value of a Dask future, waited for in steps of `POLL_S` so that `cancel` is
+    seen; once it is cancelled the future is released and the reason raised."""
+    while True:
+        try:
+            return future.result(timeout=POLL_S)
+        except TimeoutError:
+            if cancel.cancelled:
+                future.release()
+                raise cancel.stop() from None
+
+
 # Waiting for a slide's bands: every one ends before the first failure is raised.
 # Cancelling futures would not stop a band already running on a worker, and it would write
 # into a folder the caller removes on error. So a failure sets the slide's cluster-wide
 # abort event (bands not yet started return at once, running engines stop) and the caller
-# still waits for every future. An interrupt (Ctrl-C, or a batch stopping a slide over its
-# time limit) waits only `STOP_GRACE_S` for the running bands, so a band stuck on a worker
-# cannot hold the interrupt.
+# still waits for every future. An interrupt (Ctrl-C; a batch stopping the slide: its
+# cancellation token, seen within `POLL_S`) waits only `STOP_GRACE_S` for the running bands,
+# so a band stuck on a worker cannot hold the interrupt.
 STOP_GRACE_S = 10.0
 
 
@@ -173,23 +193,31 @@ def gather_all(
     futures: Sequence[Future[Any]],
     event: Event,
     on_result: Callable[[int, Any], BaseException | None],
+    cancel: CancelToken = NEVER_CANCELLED,
 ) -> None:
     """Hand each future's value to `on_result` (with its index in `futures`) as it completes;
     the first failure (a raised exception, or the error `on_result` returns) sets `event` and
-    is raised once every future has ended. An interrupt while waiting sets `event` too."""
+    is raised once every future has ended. An interrupt while waiting, or `cancel` being
+    cancelled (its reason is raised), sets `event` too."""
     from distributed import as_completed
 
     index = {f.key: i for i, f in enumerate(futures)}
     error: BaseException | None = None
     try:
-        for future in as_completed(futures):
-            try:
-                failure = on_result(index[future.key], future.result())
-            except Exception as exc:  # first failure wins; the others are its echoes
-                failure = exc
-            if failure is not None and error is None:
-                error = failure
-                event.set()
+        pending = as_completed(futures)
+        while not pending.is_empty():
+            cancel.check()
+            if not pending.has_ready():
+                cancel.wait(POLL_S)
+                continue
+            for future in pending.next_batch(block=False):
+                try:
+                    failure = on_result(index[future.key], future.result())
+                except Exception as exc:  # first failure wins; the others are its echoes
+                    failure = exc
+                if failure is not None and error is None:
+                    error = failure
+                    event.set()
     except BaseException:  # interrupted while waiting: started tasks finish, no new ones
         event.set()
         from distributed import wait

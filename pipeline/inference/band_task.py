@@ -25,9 +25,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from wsi_segment.errors import WsiSegmentError
+from wsi_segment.errors import BandAborted, WsiSegmentError
+from wsi_segment.pipeline.cancellation import Cancellation
 from wsi_segment.pipeline.inference.engine import run_engine, torch_threads
-from wsi_segment.pipeline.inference.engine_state import EngineAborted
 from wsi_segment.pipeline.inference.model_handle import ModelHandle
 from wsi_segment.pipeline.inference.read_device import slide_reads
 from wsi_segment.pipeline.inference.slide_job import SlideJob
@@ -183,14 +183,14 @@ def run_band(
             if daemonic:
                 log.warning("%s: this Dask worker is daemonic, reading in a thread; %s",
                             job.slide_path, DAEMON_FIX)  # fmt: skip
-            stop = threading.Event()
+            stop = Cancellation()
             with _watching(event, stop), torch_threads(policy.cores.value):
                 # side by side with the worker's other bands, each on its share of the cores
                 outcomes = run_engine(
                     job,
                     specs,
                     source,
-                    abort=stop,
+                    cancel=stop,
                     writers=policy.writers.value,
                     computes=policy.compute_threads.value,
                     locked=policy.model_lock.value,
@@ -204,7 +204,7 @@ def run_band(
             daemonic=daemonic,
             policy=policy.as_dict(),
         )
-    except EngineAborted:
+    except BandAborted:
         return BandResult([], 0, aborted=True)
     except WsiSegmentError as exc:
         return BandResult([], 0, error=exc)
@@ -245,8 +245,8 @@ def _bands_here(gpu: bool, at_once: dict[str, int]) -> tuple[int, int]:
 
 
 @contextlib.contextmanager
-def _watching(event: Event | None, stop: threading.Event) -> Iterator[None]:
-    """Set `stop` once the cluster-wide `event` is set, until the block ends."""
+def _watching(event: Event | None, stop: Cancellation) -> Iterator[None]:
+    """Cancel `stop` once the cluster-wide `event` is set, until the block ends."""
     if event is None:
         yield
         return
@@ -256,7 +256,7 @@ def _watching(event: Event | None, stop: threading.Event) -> Iterator[None]:
         while not done.is_set():
             try:
                 if event.wait(timeout=ABORT_POLL_S):
-                    stop.set()
+                    stop.cancel(BandAborted)
                     return
             except Exception:  # the scheduler briefly unreachable: ask again shortly
                 done.wait(ABORT_POLL_S)

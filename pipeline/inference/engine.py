@@ -9,8 +9,9 @@
     writer (threads)            stitch, write the zarr chunks, summarise, per write unit
 
 This thread starts every part and watches them. The first error (the source's SlideError
-for a damaged tile, the model's, the writer's), an interrupt, or the caller's `abort`
-stops the rest. `run_engine` never returns or raises while a part may still write into
+for a damaged tile, the model's, the writer's), an interrupt, or the caller's cancellation
+token (`pipeline.cancellation`: a batch's stop, a Dask band's abort), seen within
+`POLL_S`, stops the rest. `run_engine` never returns or raises while a part may still write into
 the zarr store (the caller then removes the partial folder), and on every path (success,
 error, interrupt) it closes the source (decoders joined or terminated, shared memory
 removed, file handles closed). Local runs and the bands of a Dask cluster
@@ -33,8 +34,8 @@ import traceback
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Protocol
 
+from wsi_segment.pipeline.cancellation import NEVER_CANCELLED, POLL_S, CancelToken
 from wsi_segment.pipeline.inference.engine_state import (
-    EngineAborted,
     EngineStats,
     FirstError,
     Part,
@@ -86,7 +87,7 @@ def run_engine(
     source: ReadSource,
     progress: Progress | None = None,
     stats: EngineStats | None = None,
-    abort: threading.Event | None = None,
+    cancel: CancelToken = NEVER_CANCELLED,
     writers: int = 1,
     computes: int = 1,
     locked: bool = True,
@@ -97,8 +98,9 @@ def run_engine(
     side by side; `computes`: forward passes side by side; `locked`: whether they take the
     model's lock (`ComputeStage`). Runs pass their plan's (`pipeline.run_policy`).
     `stats` (optional) receives what the run did (batches and the chunks each held, bytes
-    that crossed from the device). `abort` (optional): set by someone else (a Dask band
-    whose slide failed elsewhere) to stop the run; it then raises `EngineAborted`."""
+    that crossed from the device). `cancel`: cancelled by someone else (a batch stopping the
+    slide, a Dask band whose slide failed elsewhere) to stop the run; the parts stop and
+    the token's reason is raised."""
     stats = stats if stats is not None else EngineStats()
     stats.started = time.perf_counter()
     specs = list(specs)
@@ -110,13 +112,14 @@ def run_engine(
         loaded = job.model.get()
         batch = loaded.batch_size(job.grid.tile, job.batch_size)
         executor = loaded.executor(tile_geometry(job.grid, job.gate))
+        cancel.check()  # asked while the model loaded: no part starts
         errors = FirstError()
         cpu = loaded.model.device.type == "cpu"
         stage = ComputeStage(executor, loaded.lock, batch, errors, stats, computes, locked, cpu)
         stats.decoders, stats.batch_size, stats.writers = source.processes, batch, writers
         stats.source, stats.computes = type(source).__name__, stage.computes
         writer = UnitWriter(job, specs, progress or NullProgress(), writers)
-        _run_parts(job, specs, source, batch, stage, writer, errors, stats, abort)
+        _run_parts(job, specs, source, batch, stage, writer, errors, stats, cancel)
         del stage
         if errors.error is not None:
             # The frames of the parts are done: drop their locals so nothing outlives the
@@ -137,10 +140,10 @@ def _run_parts(
     writer: UnitWriter,
     errors: FirstError,
     stats: EngineStats,
-    abort: threading.Event | None,
+    cancel: CancelToken,
 ) -> None:
     """Start the source's parts, the compute threads and the writer; watch them (the run
-    stops once the caller sets `abort`); return once every thread has ended. Errors (an interrupt included) end up in `errors`. Returns rather
+    stops once the caller cancels `cancel`); return once every thread has ended. Errors (an interrupt included) end up in `errors`. Returns rather
     than raises, so the queues (and what batches still hold: a source's buffers, its
     processes' queues) go with this frame, not with a traceback."""
     threads: list[threading.Thread] = []
@@ -155,9 +158,9 @@ def _run_parts(
             del bodies
             for thread in threads:  # short joins, so Ctrl-C reaches this thread
                 while thread.is_alive():
-                    if abort is not None and abort.is_set() and not errors.stopped:
-                        errors.report(EngineAborted(f"{job.slide_path}: the run was asked to stop"))
-                    thread.join(timeout=0.1)
+                    if cancel.cancelled and not errors.stopped:
+                        errors.report(cancel.stop())
+                    thread.join(timeout=POLL_S)
         except BaseException as exc:  # an interrupt too: cleaned up here, re-raised above
             errors.report(exc)
         finally:

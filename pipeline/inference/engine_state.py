@@ -21,10 +21,6 @@ class Stopped(Exception):
     """Raised inside a part that was waiting when the run stopped (not an error itself)."""
 
 
-class EngineAborted(Exception):
-    """The run stopped because its caller set the `abort` event (the slide failed elsewhere)."""
-
-
 class FirstError:
     """Holds the first error reported; later ones are echoes of it (or of the stop)."""
 
@@ -105,7 +101,7 @@ Part: TypeAlias = tuple[Callable[..., None], tuple[object, ...]]
 def start_parts(parts: list[Part], threads: list[threading.Thread]) -> None:
     """Start one daemon thread per part, each appended to `threads` once its start was
     tried, so the caller's cleanup joins every thread that did start even when a later
-    start fails or an interrupt (SIGTERM, a batch's stop) lands inside `start`."""
+    start fails or an interrupt (Ctrl-C, SIGTERM in the main thread) lands inside `start`."""
     for target, args in parts:
         thread = threading.Thread(target=target, args=args, daemon=True)
         try:
@@ -133,12 +129,13 @@ def join_part(thread: threading.Thread) -> None:
 
 
 def wait_uninterrupted(wait: Callable[..., Any], *args: Any) -> BaseException | None:
-    """Wait even through an exception raised in this thread from outside, since cleanup
-    that stops half way would leak: Ctrl-C (a second one, the first being cleaned up: it is
-    dropped), or a batch stopping this slide (`flows.slide_watch`: a `BaseException` that is
-    not an `Exception`), which is returned once the wait is over for the caller to raise
-    when its cleanup is done, so a slide stopped during its cleanup still stops. Errors of
-    `wait` itself propagate."""
+    """Wait even through an exception a signal handler raises in this thread (the main
+    thread of a single-slide run), since cleanup that stops half way would leak: Ctrl-C or
+    SIGTERM (a second one, the first being cleaned up: it is dropped), or another
+    `BaseException` that is not an `Exception` (Prefect's `TerminationSignal` in a flow
+    run), which is returned once the wait is over for the caller to raise when its cleanup
+    is done, so a run stopped during its cleanup still stops. Errors of `wait` itself
+    propagate."""
     stop: BaseException | None = None
     while True:
         try:

@@ -16,14 +16,17 @@ from pathlib import Path
 import pytest
 from prefect.futures import PrefectConcurrentFuture
 
+from wsi_segment.errors import SlideInterrupted, SlideStopped, Terminated
+from wsi_segment.flows import batch_interrupt
 from wsi_segment.flows.batch_interrupt import (
     INTERRUPTED,
     BatchInterrupted,
+    group_signal_as_stop,
     stopped_result,
     wait_for_slides,
 )
 from wsi_segment.flows.cli import sigterm_as_interrupt
-from wsi_segment.flows.slide_watch import SlideStopped, SlideWatch
+from wsi_segment.flows.slide_watch import SlideWatch
 from wsi_segment.pipeline.batch_inputs import BatchItem
 from wsi_segment.pipeline.segment import SlideResult
 
@@ -31,13 +34,15 @@ BACKSTOP_S = 60.0  # the slide ends by itself after this: an interrupt that wait
 
 
 def polling_slide(watch: SlideWatch, item: BatchItem, idents: list[int]) -> SlideResult:
-    """A slide whose waits poll, as the pipeline's do, until stopped or the backstop."""
+    """A slide whose waits check its token, as the pipeline's do, until stopped or the
+    backstop."""
     idents.append(threading.get_ident())
     t0 = time.monotonic()
     try:
-        with watch.running(0):
+        with watch.running(0) as cancel:
             while time.monotonic() - t0 < BACKSTOP_S:
-                time.sleep(0.01)
+                cancel.check()
+                cancel.wait(0.01)
             return SlideResult(str(item.slide), "done", None, {}, None, time.monotonic() - t0)
     except SlideStopped as exc:
         return stopped_result(item, exc, None, time.monotonic() - t0)
@@ -61,3 +66,42 @@ def test_a_sigterm_delivered_to_a_slide_thread_interrupts_the_batch(tmp_path: Pa
             wait_for_slides({0: future}, [item], watch, {})
     (result,) = info.value.results
     assert result.status == INTERRUPTED, result
+
+
+def slide_whose_decoder_was_signalled(cancel, caught: dict) -> None:
+    """A slide thread in which a decoder process's `Terminated` arrives (the process
+    group's SIGTERM reached the decoder first), as the engine raises it."""
+    try:
+        with group_signal_as_stop(cancel):
+            raise Terminated("terminated by signal 15", signal.SIGTERM)
+    except BaseException as exc:
+        caught["exc"] = exc
+        caught["at"] = time.monotonic()
+
+
+def test_a_slide_whose_decoders_got_the_groups_signal_ends_with_the_batchs_stop() -> None:
+    """The batch's main thread got the same signal and cancels the slide's token a moment
+    later: the slide raises that stop (reported `interrupted`), not the decoder's
+    `Terminated`, which would cut the batch's report short."""
+    caught: dict = {}
+    with SlideWatch(None) as watch, watch.running(0) as cancel:
+        thread = threading.Thread(target=slide_whose_decoder_was_signalled, args=(cancel, caught))
+        thread.start()
+        time.sleep(0.3)
+        interrupted_at = time.monotonic()
+        watch.interrupt_all()
+        thread.join(timeout=10)
+    assert isinstance(caught["exc"], SlideInterrupted)
+    assert caught["at"] - interrupted_at < 0.5
+
+
+def test_a_decoders_signal_the_batch_never_got_goes_on_after_the_wait(monkeypatch) -> None:
+    monkeypatch.setattr(batch_interrupt, "GROUP_SIGNAL_WAIT_S", 0.3)
+    caught: dict = {}
+    t0 = time.monotonic()
+    with SlideWatch(None) as watch, watch.running(0) as cancel:
+        thread = threading.Thread(target=slide_whose_decoder_was_signalled, args=(cancel, caught))
+        thread.start()
+        thread.join(timeout=10)
+    assert isinstance(caught["exc"], Terminated)
+    assert 0.3 <= caught["at"] - t0 < 2.0

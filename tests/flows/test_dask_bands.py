@@ -23,7 +23,8 @@ from tests.pipeline.inference.test_band_runner import (
     one_torch_thread_reference,
 )
 from tests.pipeline.inference.test_engine import assert_same_outcomes, stored
-from wsi_segment.errors import SlideError
+from wsi_segment.errors import BandAborted, SlideError, SlideInterrupted
+from wsi_segment.pipeline.cancellation import Cancellation
 from wsi_segment.pipeline.inference.band_runner import run_bands
 from wsi_segment.pipeline.inference.band_task import BandResult, run_band
 from wsi_segment.pipeline.inference.decoder_reads import DecoderProcesses
@@ -160,21 +161,51 @@ def test_the_cluster_is_sized_for_bands(client) -> None:
 
 
 def test_a_running_band_stops_its_engine_once_the_slide_failed(client) -> None:
-    """The band's watcher turns the cluster-wide abort event into the engine's `abort`
-    (an aborted engine stops and cleans up: test_band_runner)."""
+    """The band's watcher turns the cluster-wide abort event into the cancellation of the
+    band's engine, `BandAborted` (an aborted engine stops and cleans up: test_band_runner)."""
     from distributed import Event
 
     from wsi_segment.pipeline.inference.band_task import _watching
 
     event = Event("band-watch-test", client=client)
-    stop = threading.Event()
+    stop = Cancellation()
     try:
         with _watching(event, stop):
-            assert not stop.is_set()
+            assert not stop.cancelled
             event.set()
             assert stop.wait(timeout=60)
+            assert stop.reason is BandAborted
     finally:
         event.clear()
+
+
+def test_a_slides_bands_stop_once_its_token_is_cancelled(
+    client, tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """A batch stopping a slide on a cluster (its token cancelled once the first band is
+    done): `run_bands` raises the stop's reason, the other bands are told to stop through
+    the abort event and none is left running on a worker."""
+    from wsi_segment.pipeline.inference.band_runner import STOP_GRACE_S
+
+    job, specs = band_job(tmp_path / "p.zarr", tiny_model_dir)
+    cancel = Cancellation()
+
+    class StopAfterFirstBand(Counted):
+        cancelled_at = 0.0
+
+        def advance(self, n: int) -> None:
+            super().advance(n)
+            if cancel.cancel(SlideInterrupted):
+                self.cancelled_at = time.monotonic()
+
+    progress = StopAfterFirstBand()
+    with pytest.raises(SlideInterrupted):
+        run_bands(job, specs, client, band_options(), progress, "band-cancel", 8, cancel=cancel)
+    took = time.monotonic() - progress.cancelled_at
+    assert 1 <= len(progress.advances) < 8  # the bands after the stop did not all run
+    processing = client.processing()
+    assert not [k for keys in processing.values() for k in keys if str(k).startswith("band-c")]
+    assert took < STOP_GRACE_S  # the running bands stopped, not waited out
 
 
 def test_a_band_that_starts_after_the_slide_failed_does_nothing(

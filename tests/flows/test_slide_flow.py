@@ -72,6 +72,7 @@ def test_transient_error_is_retried_and_broken_slide_is_not(
 ) -> None:
     from wsi_segment.flows.slide_flow import segment_slide_flow as slide_flow
     from wsi_segment.pipeline import segment
+    from wsi_segment.pipeline.cancellation import NEVER_CANCELLED
 
     real_prepare = segment.prepare
     calls: list[str] = []
@@ -92,7 +93,13 @@ def test_transient_error_is_retried_and_broken_slide_is_not(
     assert result.status == "done" and len(calls) == 2
     # the flow prepares as the CLI does (`segment.prepare_stage`): on this CPU machine the
     # readers its policy names start while the model loads
-    assert readers[-1] == {"early": True, "place": "local", "at_once": 1}
+    # (a single slide's flow: nothing outside stops it)
+    assert readers[-1] == {
+        "early": True,
+        "place": "local",
+        "at_once": 1,
+        "cancel": NEVER_CANCELLED,
+    }
     assert result.summary["run_policy"]["read_source"] == "reader thread"
 
     calls.clear()

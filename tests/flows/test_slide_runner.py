@@ -1,5 +1,5 @@
 """SlideTaskRunner and its executor with real threads, real Prefect tasks and real processes:
-a slide thread blocked in a system call (where no exception raised from outside reaches it)
+a slide thread blocked in a system call (where it checks no cancellation token)
 neither holds the batch on leaving the runner after an interrupt nor the process at exit."""
 
 from __future__ import annotations

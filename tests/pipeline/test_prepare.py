@@ -1,54 +1,63 @@
-"""A prepared slide's background work and the batch's stop: a stop raised in the slide's
-thread (`flows.slide_watch`) while it waits for that work is not swallowed."""
+"""`prepare` stopped between its steps by a real cancellation token (a batch's stop): the
+stop's reason is raised, and what prepare started (the model's load, the overlay
+thumbnail's read, the prefetcher) has ended when it is."""
 
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import CMU_SLIDE
-from wsi_segment.flows.slide_watch import SlideInterrupted, SlideWatch
+from wsi_segment.errors import SlideInterrupted
+from wsi_segment.pipeline.cancellation import Cancellation
 from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.pipeline.prepare import prepare
-from wsi_segment.pipeline.startup import Background
 
 
-def poll_until(event: threading.Event) -> None:
-    """Background work that ends when told (a slow overlay thumbnail read)."""
-    while not event.is_set():
-        time.sleep(0.01)
+class CancelledAtCheck(Cancellation):
+    """A cancellation that cancels itself (an interrupt) at its `at`th check: a batch's stop
+    landing at a chosen step of the run."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__()
+        self.at, self.checks = at, 0
+
+    def check(self) -> None:
+        self.checks += 1
+        if self.checks == self.at:
+            self.cancel(SlideInterrupted)
+        super().check()
 
 
-def test_a_stop_while_waiting_for_the_overlay_thumbnail_stops_the_slide(
-    tmp_path: Path, tiny_model_dir: Path
+# the threads prepare starts: the model's load, the overlay thumbnail's read, the prefetcher
+PREPARE_THREADS = {"load_for_process", "read_overlay_thumbnail", "tile-prefetch"}
+
+
+def prepare_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name in PREPARE_THREADS]
+
+
+@pytest.mark.parametrize("at", [1, 2, 3], ids=["slide-opened", "tissue-detected", "model-loaded"])
+def test_a_stop_between_prepares_steps_leaves_nothing_running(
+    tmp_path: Path, tiny_model_dir: Path, at: int
 ) -> None:
     params = SegmentParams(model_dir=tiny_model_dir, device="cpu", precision="fp32")
-    prep = prepare(CMU_SLIDE, tmp_path / "out", params)
-    prep.close_prefetch()
-    done, seen = threading.Event(), {}
-    prep.overlay_thumb = Background(poll_until, done)
+    cancel = CancelledAtCheck(at)
+    with pytest.raises(SlideInterrupted):
+        prepare(CMU_SLIDE, tmp_path / "out", params, early=True, cancel=cancel)
+    assert cancel.checks == at  # stopped at that step, no later one
+    assert prepare_threads() == []
+    assert not (tmp_path / "out").exists()  # prepare writes nothing
 
-    def slide() -> None:
-        with watch.running(0):
-            try:
-                prep.close_prefetch()
-                seen["outcome"] = "returned"
-            except SlideInterrupted:
-                seen["outcome"] = "stopped"
 
+def test_a_token_never_cancelled_prepares_the_slide(tmp_path: Path, tiny_model_dir: Path) -> None:
+    params = SegmentParams(model_dir=tiny_model_dir, device="cpu", precision="fp32")
+    cancel = CancelledAtCheck(0)  # counts its checks, never cancels
+    prep = prepare(CMU_SLIDE, tmp_path / "out", params, early=True, cancel=cancel)
     try:
-        with SlideWatch(None) as watch:
-            thread = threading.Thread(target=slide)
-            thread.start()
-            while watch.started() != {0}:
-                time.sleep(0.01)
-            time.sleep(0.1)  # in close_prefetch, joining the thumbnail's thread
-            watch.interrupt_all()
-            time.sleep(0.2)
-            done.set()
-            thread.join(timeout=10)
-        assert seen == {"outcome": "stopped"}
+        assert cancel.checks == 3 and prep.specs
     finally:
-        done.set()
+        prep.close_prefetch()
         prep.slide.close()

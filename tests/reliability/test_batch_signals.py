@@ -231,8 +231,8 @@ def test_the_flow_refuses_a_bad_slide_timeout(value: float, tmp_path: Path) -> N
 
 
 # The CLI with one fault injected: the slide whose file name holds "stuck" blocks in a read
-# from a pipe nobody writes to, in the kernel, where the exception that stops a slide cannot
-# reach it (a hung network file system, a driver call). The grace is cut to 5 s.
+# from a pipe nobody writes to, in the kernel, where no check of the slide's cancellation token
+# comes (a hung network file system, a driver call). The grace is cut to 5 s.
 STUCK_CLI = """
 import os, sys
 from pathlib import Path

@@ -29,12 +29,12 @@ from tests.pipeline.inference.killed_parent import pool_then_wait
 from tests.pipeline.inference.test_engine import assert_same_outcomes, make_job, stored
 from tests.pipeline.inference.test_engine_shared_model import TurnWatch
 from tests.reference_inference import units_alone
-from wsi_segment.errors import SlideError
+from wsi_segment.errors import BandAborted, SlideError
 from wsi_segment.models.bundle import load_model
+from wsi_segment.pipeline.cancellation import Cancellation
 from wsi_segment.pipeline.inference.band_task import BandResult, run_band
 from wsi_segment.pipeline.inference.decoder_reads import DecoderProcesses
 from wsi_segment.pipeline.inference.engine import run_engine
-from wsi_segment.pipeline.inference.engine_state import EngineAborted
 from wsi_segment.pipeline.inference.model_handle import ModelHandle
 from wsi_segment.pipeline.inference.reader_thread import HostTiles, ReaderThread
 from wsi_segment.pipeline.inference.slide_job import SlideJob
@@ -92,12 +92,12 @@ def test_an_aborted_engine_stops_and_leaves_nothing_behind(
     tmp_path: Path, tiny_model_dir: Path, threads: bool
 ):
     job, specs = band_job(tmp_path / "p.zarr", tiny_model_dir)
-    abort = threading.Event()
-    abort.set()
+    abort = Cancellation()
+    abort.cancel(BandAborted)
     before = shm_entries()
     source = ReaderThread(HostTiles(job.reader)) if threads else DecoderProcesses(1)
-    with pytest.raises(EngineAborted):
-        run_engine(job, specs, source, abort=abort)
+    with pytest.raises(BandAborted):
+        run_engine(job, specs, source, cancel=abort)
     assert multiprocessing.active_children() == []
     assert shm_entries() <= before
 

@@ -2,18 +2,19 @@
 batch's stop) cut a thread's start short: `join` would refuse a thread Python has not
 flagged started ("cannot join thread before it is started", seen once under load).
 
-`wait_uninterrupted` with real threads and the batch's real stop (an exception raised in
-the waiting thread from outside, `flows.slide_watch`): the cleanup wait is not cut short,
-and the stop is handed back rather than lost."""
+`wait_uninterrupted` with a real signal whose handler raises in the waiting (main) thread,
+as Prefect's SIGTERM handler does in a flow run: the cleanup wait is not cut short, and the
+exception is handed back rather than lost."""
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 
 import pytest
 
-from wsi_segment.flows.slide_watch import SlideInterrupted, SlideWatch
 from wsi_segment.pipeline.inference.engine_state import (
     START_FLAG_WAIT_S,
     join_part,
@@ -47,32 +48,33 @@ def test_started_parts_are_kept_and_joined_until_they_end() -> None:
 
 
 def poll_until(event: threading.Event) -> None:
-    """A wait that runs Python code (where a stop from outside lands), like a join's loop."""
+    """A wait that runs Python code (where a signal's handler runs), like a join's loop."""
     while not event.is_set():
         time.sleep(0.01)
 
 
-def test_a_stop_during_the_wait_is_returned_once_the_wait_is_over() -> None:
-    done, seen = threading.Event(), {}
+class Signalled(BaseException):
+    """What the handler raises: not an `Exception`, as Prefect's `TerminationSignal`."""
 
-    def slide() -> None:
-        with watch.running(0):
-            t0 = time.monotonic()
-            seen["stop"] = wait_uninterrupted(poll_until, done)
-            seen["waited"] = time.monotonic() - t0
-            seen["done"] = done.is_set()
 
-    with SlideWatch(None) as watch:
-        thread = threading.Thread(target=slide)
-        thread.start()
-        while watch.started() != {0}:
-            time.sleep(0.01)
-        watch.interrupt_all()
-        time.sleep(0.3)  # the stop has landed in the wait by now; the wait goes on
-        done.set()
-        thread.join(timeout=10)
-    assert isinstance(seen["stop"], SlideInterrupted)
-    assert seen["done"] and seen["waited"] >= 0.3
+def raise_signalled(signum: int, frame: object) -> None:
+    raise Signalled(signum)
+
+
+def test_a_signals_exception_during_the_wait_is_returned_once_the_wait_is_over() -> None:
+    assert threading.current_thread() is threading.main_thread()  # where handlers run
+    done = threading.Event()
+    previous = signal.signal(signal.SIGUSR1, raise_signalled)
+    try:
+        threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGUSR1)).start()
+        threading.Timer(0.4, done.set).start()  # the signal has landed in the wait by then
+        t0 = time.monotonic()
+        stop = wait_uninterrupted(poll_until, done)
+        waited = time.monotonic() - t0
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert isinstance(stop, Signalled) and stop.args == (signal.SIGUSR1,)
+    assert done.is_set() and waited >= 0.3
 
 
 def test_a_second_ctrl_c_is_dropped_and_errors_of_the_wait_propagate() -> None:
