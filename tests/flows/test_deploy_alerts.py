@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import sys
 import threading
 import time
 from datetime import UTC, datetime
@@ -30,6 +32,7 @@ from tests.flows.test_deploy_server import (
     SYSTEMD,
     UUID,
     Processes,
+    env_file,
     processes,  # noqa: F401
     run,
     start_server,
@@ -38,6 +41,7 @@ from tests.flows.test_deploy_server import (
     wait_for,
 )
 from tests.flows.test_deploy_server import api as server_api
+from tests.postgres_server import postgres_database
 
 pytestmark = pytest.mark.slow
 
@@ -94,6 +98,21 @@ class Hook:
         self.server.server_close()
 
 
+def create_alert(hook: Hook, env: dict[str, str], folder: Path) -> None:
+    """deploy/automation-nightly-failed.yaml as its comments say, with a notification block
+    that posts to `hook` in place of Slack's."""
+    make_block = (
+        "from prefect.blocks.notifications import CustomWebhookNotificationBlock as B\n"
+        f"b = B(name='wsi-test', url={hook.url!r}, allow_private_urls=True,\n"
+        "      json_data={'subject': '{{subject}}', 'body': '{{body}}'})\n"
+        "print(b.save('wsi-segment-alerts'))\n"
+    )
+    block_id = run([str(BIN / "python"), "-c", make_block], env).strip().splitlines()[-1]
+    automation = folder / "automation.yaml"
+    automation.write_text(AUTOMATION.read_text().replace("<BLOCK_ID>", block_id))
+    run([str(BIN / "prefect"), "automation", "create", "--from-file", str(automation)], env)
+
+
 def heartbeat(url: str, flow_run: dict[str, Any]) -> None:
     """The event a flow run's engine sends every PREFECT_FLOWS_HEARTBEAT_FREQUENCY s."""
     event = {
@@ -139,16 +158,7 @@ def test_the_shipped_automation_alerts_on_every_night_that_did_not_finish(
 
     hook = Hook()
     try:
-        make_block = (
-            "from prefect.blocks.notifications import CustomWebhookNotificationBlock as B\n"
-            f"b = B(name='wsi-test', url={hook.url!r}, allow_private_urls=True,\n"
-            "      json_data={'subject': '{{subject}}', 'body': '{{body}}'})\n"
-            "print(b.save('wsi-segment-alerts'))\n"
-        )
-        block_id = run([str(BIN / "python"), "-c", make_block], env).strip().splitlines()[-1]
-        automation = tmp_path / "automation.yaml"
-        automation.write_text(AUTOMATION.read_text().replace("<BLOCK_ID>", block_id))
-        run([str(BIN / "prefect"), "automation", "create", "--from-file", str(automation)], env)
+        create_alert(hook, env, tmp_path)
         zombies = tmp_path / "zombies.yaml"
         zombies.write_text(ZOMBIES.read_text().replace("within: 300", "within: 15"))
         assert zombies.read_text() != ZOMBIES.read_text()
@@ -288,3 +298,64 @@ def test_a_worker_killed_mid_run_ends_crashed_and_the_next_run_does_only_what_is
     rows = table["data"] if isinstance(table["data"], list) else json.loads(table["data"])
     statuses = {Path(r["slide"]).stem: r["status"] for r in rows}
     assert statuses == {n: "up-to-date" if n in finished else "done" for n in names}
+
+
+def test_one_failed_night_sends_one_alert_on_postgresql_with_the_machine_loaded(
+    tmp_path: Path,
+    processes: Processes,  # noqa: F811
+    tiny_model: Path,
+) -> None:
+    """The recipe's server on PostgreSQL (prefect.env's database, here a cluster of the test's
+    own), its worker and the shipped alert; every core busy with other processes while three
+    nightly runs fail one after the other. Each failed night is one post, no more: on SQLite
+    under such load a locked write made the triggers consumer run the action again."""
+    shipped = env_file(SYSTEMD / "prefect.env")["PREFECT_API_DATABASE_CONNECTION_URL"]
+    assert shipped.startswith("postgresql+asyncpg://wsi@/prefect?host=")
+    with postgres_database() as database:
+        env = unit_env(
+            tmp_path, PREFECT_WORKER_QUERY_SECONDS="2", PREFECT_API_DATABASE_CONNECTION_URL=database
+        )
+        url = start_server(env, processes)
+        assert not (tmp_path / "prefect-home" / "prefect.db").exists()  # not SQLite
+        hook = Hook()
+        try:
+            create_alert(hook, env, tmp_path)
+            run(
+                [str(BIN / "prefect"), "work-pool", "create", "wsi-segment", "--type", "process"],
+                env,
+            )
+            run(
+                [
+                    str(BIN / "prefect"), "deploy", "--prefect-file", "deploy/prefect.yaml",
+                    "--name", "nightly", "--param", f"input={tmp_path / 'no-slides-here'}",
+                    "--param", f"out={tmp_path / 'outputs'}", "--param", f"model_dir={tiny_model}",
+                ],
+                env,
+            )  # fmt: skip
+            busy = [sys.executable, "-c", "while True: pass"]
+            for i in range(2 * (os.cpu_count() or 1)):
+                processes.start(f"load-{i}", busy, env)
+            [worker] = unit_commands(SYSTEMD / "prefect-worker.service", "ExecStart")
+            processes.start("worker", worker, env)
+            runs = []
+            for _ in range(3):
+                stdout = run(
+                    [str(BIN / "prefect"), "deployment", "run", "segment-batch/nightly"], env
+                )
+                runs.append(str(UUID.search(stdout).group(0)))  # type: ignore[union-attr]
+
+            def failed() -> bool:
+                states = [api(url, "GET", f"/flow_runs/{r}")["state_type"] for r in runs]
+                return states == ["FAILED"] * 3
+
+            wait_for("three failed runs", failed, 420, processes, "worker")
+            wait_for("three alerts", lambda: len(hook.posts) >= 3, 180, processes, "server")
+            time.sleep(30)  # an action fired again would post within this
+            names = [api(url, "GET", f"/flow_runs/{r}")["name"] for r in runs]
+            assert sorted(post["subject"] for post in hook.posts) == sorted(
+                f"wsi-segment: nightly batch {name} Failed" for name in names
+            )
+            assert "database is locked" not in processes.log("server")
+        finally:
+            hook.close()
+            processes.stop()  # the server, before its database goes

@@ -136,10 +136,13 @@ def run(argv: list[str], env: dict[str, str]) -> str:
 
 def unit_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     """The environment the systemd units give their commands (prefect.env), on a free port of
-    loopback, with PREFECT_HOME and TMPDIR (the units' CacheDirectory=) in `tmp_path`."""
+    loopback, with PREFECT_HOME and TMPDIR (the units' CacheDirectory=) in `tmp_path`. The
+    database is SQLite in PREFECT_HOME unless `extra` names one: the recipe's PostgreSQL is
+    the machine's, which a test stands up for itself (tests/postgres_server.py)."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(env_file(SYSTEMD / "prefect.env"))
+    del env["PREFECT_API_DATABASE_CONNECTION_URL"]
     env.update(
         PREFECT_HOME=str(tmp_path / "prefect-home"),
         TMPDIR=str(tmp_path),
