@@ -52,11 +52,7 @@ def batch_out(
     assert rows[1]["slide_path"] == str(folder / "broken.svs") and rows[1]["model"] == ""
     _assert_artifacts(first.state_details.flow_run_id, out)
 
-    cores = [
-        qp.annotation(qp.rect(0, 0, 600, 500), "core-a", name="A1"),
-        qp.annotation(qp.rect(500, 400, 1100, 1100), "core-b", name="B2"),
-    ]
-    roi = qp.export(tmp / "cores.geojson", cores)
+    roi = qp.two_cores(tmp / "cores.geojson")
     params = SegmentParams(tiny_model, roi=roi, **options)
     segment_slide(DATA / "OS-1-detail.ome.tif", out, params)
 

@@ -34,11 +34,7 @@ def out(tmp_path_factory: pytest.TempPathFactory) -> Path:
     params = {"precision": "fp32", "runtime": "torch", "device": "cpu"}
     segment_slide(DATA / "CMU-1-Small-Region.svs", out, SegmentParams(model, **params))
     segment_slide(DATA / "small.svs", out, SegmentParams(model, **params))
-    regions = [
-        qp.annotation(qp.rect(0, 0, 600, 500), "core-a", name="A1"),
-        qp.annotation(qp.rect(500, 400, 1100, 1100), "core-b", name="B2"),
-    ]
-    roi = qp.export(tmp / "cores.geojson", regions)
+    roi = qp.two_cores(tmp / "cores.geojson")
     roi_params = SegmentParams(model, roi=roi, **params)
     segment_slide(DATA / "OS-1-detail.ome.tif", out, roi_params)
     return out

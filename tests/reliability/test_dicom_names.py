@@ -6,25 +6,21 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import CMU_SLIDE
 from tests.reliability.conftest import (
     assert_complete_output,
     cli_args,
     leftovers,
     run_cli_inprocess,
 )
-from wsi_segment.wsi.slide import open_slide
 
 
 @pytest.fixture(scope="module")
 def dicom_case(tmp_path_factory):
     pytest.importorskip("pydicom")
-    from tests.wsi.dicom_slides import write_dicom_slide
+    from tests.wsi.dicom_slides import write_cmu_crop
 
-    with open_slide(CMU_SLIDE) as slide:
-        rgb = slide.read_region((800, 1100), 0, (700, 500))
     folder = tmp_path_factory.mktemp("dicom") / "case-7"
-    write_dicom_slide(folder, rgb, 0.499)
+    write_cmu_crop(folder)
     return folder
 
 

@@ -105,3 +105,15 @@ def write_dicom_slide(
     write_level(paths[0], rgb, 0, mpp, photometric=photometric)
     write_level(paths[1], half, 1, mpp, photometric=photometric)
     return paths
+
+
+def write_cmu_crop(folder: Path) -> np.ndarray:
+    """A 700 x 500 px crop of the real CMU slide, written as a DICOM slide folder at
+    `folder` (0.499 um/px); returns the crop's RGB pixels."""
+    from tests.conftest import CMU_SLIDE
+    from wsi_segment.wsi.slide import open_slide
+
+    with open_slide(CMU_SLIDE) as slide:
+        rgb = slide.read_region((800, 1100), 0, (700, 500))
+    write_dicom_slide(folder, rgb, 0.499)
+    return rgb

@@ -216,3 +216,13 @@ def gzipped(path: Path, objects: list[dict[str, Any]]) -> Path:
     """*Export objects as GeoJSON* with "Compression: gzip" (`objects.geojson.gz`)."""
     path.write_bytes(gzip.compress(_text(objects, True).encode("utf-8"), mtime=0))
     return path
+
+
+def two_cores(path: Path) -> Path:
+    """An export of two overlapping area annotations named A1 and B2 (a TMA's cores, as the
+    report tests read them back per region), written at `path`."""
+    cores = [
+        annotation(rect(0, 0, 600, 500), "core-a", name="A1"),
+        annotation(rect(500, 400, 1100, 1100), "core-b", name="B2"),
+    ]
+    return export(path, cores)

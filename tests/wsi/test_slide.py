@@ -83,13 +83,10 @@ def test_broken_and_non_slides_give_one_clear_error(tmp_path):
 def dicom_slide(tmp_path_factory):
     """A 700 x 500 px crop of the real CMU slide as a two-level DICOM slide folder."""
     pytest.importorskip("pydicom")
-    from tests.wsi.dicom_slides import write_dicom_slide
+    from tests.wsi.dicom_slides import write_cmu_crop
 
-    with open_slide(CMU_SLIDE) as slide:
-        rgb = slide.read_region((800, 1100), 0, (700, 500))
     folder = tmp_path_factory.mktemp("dicom") / "case-7"
-    write_dicom_slide(folder, rgb, 0.499)
-    return folder, rgb
+    return folder, write_cmu_crop(folder)
 
 
 def test_a_dicom_slide_folder_opens_by_its_full_resolution_file(dicom_slide):
