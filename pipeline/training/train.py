@@ -12,15 +12,18 @@ import subprocess
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from wsi_segment.models.bundle import save_model
+from wsi_segment.models.classifier import PatchClassifier
 from wsi_segment.models.device import pick_device
 from wsi_segment.models.meta import ModelMeta
 from wsi_segment.models.precision_calibration import fit_tile
 from wsi_segment.models.segmentation_model import SegmentationModel
+from wsi_segment.models.segmenter import Segmenter
 from wsi_segment.models.validation_patches import ValidationPatches, choose
 from wsi_segment.pipeline.training.datasets import (
     MIN_TRAIN_PATCHES,
@@ -29,7 +32,11 @@ from wsi_segment.pipeline.training.datasets import (
     read_image,
 )
 from wsi_segment.pipeline.training.make_pseudo_masks import made_with, make_pseudo_masks
-from wsi_segment.pipeline.training.train_classifier import classifier_history, train_classifier
+from wsi_segment.pipeline.training.train_classifier import (
+    ClassifierConfig,
+    classifier_history,
+    train_classifier,
+)
 from wsi_segment.pipeline.training.train_config import (
     TrainConfig,
     check_config,
@@ -41,7 +48,7 @@ from wsi_segment.pipeline.training.train_config import (
     segmenter_config,
     work_dir,
 )
-from wsi_segment.pipeline.training.train_segmenter import train_segmenter
+from wsi_segment.pipeline.training.train_segmenter import SegmenterConfig, train_segmenter
 from wsi_segment.pipeline.training.warm_start import pretrained_record
 
 __all__ = ["TrainConfig", "recorded_patches", "seg_encoder_name", "train"]
@@ -89,13 +96,85 @@ def recorded_patches(ds: WsssDataset, tile_size: int) -> ValidationPatches:
     return ValidationPatches(pixels, tuple(names), split)
 
 
+def _checked_dataset(data: Path) -> WsssDataset:
+    """The dataset with its training and validation patches read, so a malformed one fails
+    here, before anything is written."""
+    ds = open_dataset(data)
+    ds.train_items(MIN_TRAIN_PATCHES)
+    if ds.has_masks("val"):
+        ds.mask_items("val")
+    return ds
+
+
+def _provenance(
+    cfg: TrainConfig,
+    ds: WsssDataset,
+    work: Path,
+    ccfg: ClassifierConfig,
+    masks: Path,
+    scfg: SegmenterConfig,
+    seg_state: dict[str, Any],
+    seconds: dict[str, float],
+    device: torch.device,
+) -> dict[str, Any]:
+    """model.json's record of how the model was made (data, each stage's settings and
+    history, seconds per stage, versions), plus what the caller adds in `cfg.provenance`."""
+    return {
+        "method": "Han et al. 2022 multi-layer pseudo-supervision (wsi-segment train)",
+        "data": str(cfg.data),
+        "dataset": {k: v for k, v in ds.to_json().items() if k not in ("classes", "colors")},
+        "train_patches": len(ds.train_items()),
+        "preset": preset_record(cfg),
+        "classifier": {
+            **asdict(ccfg),
+            "history": classifier_history(work / "stage1"),
+            "pretrained_weights": pretrained_record(work / "stage1"),
+        },
+        "pseudo_masks": made_with(masks),
+        "segmenter": {
+            **asdict(scfg),
+            "history": seg_state["history"],
+            "best": seg_state["best"],
+            "pretrained_weights": pretrained_record(work / "stage3"),
+        },
+        "seconds": seconds,
+        "device": str(device),
+        "torch": torch.__version__,
+        "commit": _git_commit(),
+        **(cfg.provenance or {}),
+    }
+
+
+def _write_model(
+    cfg: TrainConfig,
+    ds: WsssDataset,
+    classifier: PatchClassifier,
+    segmenter: Segmenter,
+    provenance: dict[str, Any],
+) -> Path:
+    """The model folder `cfg.out` (weights on the CPU, with the recorded validation patches)."""
+    meta = ModelMeta(
+        name=cfg.name or cfg.out.name,
+        classes=list(ds.classes),
+        colors=[(c[0], c[1], c[2]) for c in ds.colors],
+        mpp=cfg.mpp,
+        tile_size=cfg.tile_size,
+        provenance=provenance,
+    )
+    model = SegmentationModel(classifier.cpu(), segmenter.cpu(), meta)
+    return save_model(
+        model,
+        cfg.out,
+        meta,
+        weights_dtype="float16" if cfg.fp16 else "float32",
+        validation_patches=recorded_patches(ds, cfg.tile_size),
+    )
+
+
 def _train(cfg: TrainConfig) -> Path:
     """The stages themselves; `train` wraps them in the thread and determinism settings."""
     t0 = time.time()
-    ds = open_dataset(cfg.data)
-    ds.train_items(MIN_TRAIN_PATCHES)  # a malformed dataset fails here, before any write
-    if ds.has_masks("val"):
-        ds.mask_items("val")
+    ds = _checked_dataset(cfg.data)
     device = pick_device(cfg.device)
     work = work_dir(cfg)
     work.mkdir(parents=True, exist_ok=True)
@@ -117,47 +196,10 @@ def _train(cfg: TrainConfig) -> Path:
     )
     t3 = time.time()
 
-    provenance = {
-        "method": "Han et al. 2022 multi-layer pseudo-supervision (wsi-segment train)",
-        "data": str(cfg.data),
-        "dataset": {k: v for k, v in ds.to_json().items() if k not in ("classes", "colors")},
-        "train_patches": len(ds.train_items()),
-        "preset": preset_record(cfg),
-        "classifier": {
-            **asdict(ccfg),
-            "history": classifier_history(work / "stage1"),
-            "pretrained_weights": pretrained_record(work / "stage1"),
-        },
-        "pseudo_masks": made_with(masks),
-        "segmenter": {
-            **asdict(scfg),
-            "history": seg_state["history"],
-            "best": seg_state["best"],
-            "pretrained_weights": pretrained_record(work / "stage3"),
-        },
-        "seconds": {
-            "stage1": round(t1 - t0, 1),
-            "stage2": round(t2 - t1, 1),
-            "stage3": round(t3 - t2, 1),
-        },
-        "device": str(device),
-        "torch": torch.__version__,
-        "commit": _git_commit(),
-        **(cfg.provenance or {}),
+    seconds = {
+        "stage1": round(t1 - t0, 1),
+        "stage2": round(t2 - t1, 1),
+        "stage3": round(t3 - t2, 1),
     }
-    meta = ModelMeta(
-        name=cfg.name or cfg.out.name,
-        classes=list(ds.classes),
-        colors=[(c[0], c[1], c[2]) for c in ds.colors],
-        mpp=cfg.mpp,
-        tile_size=cfg.tile_size,
-        provenance=provenance,
-    )
-    model = SegmentationModel(classifier.cpu(), segmenter.cpu(), meta)
-    return save_model(
-        model,
-        cfg.out,
-        meta,
-        weights_dtype="float16" if cfg.fp16 else "float32",
-        validation_patches=recorded_patches(ds, cfg.tile_size),
-    )
+    provenance = _provenance(cfg, ds, work, ccfg, masks, scfg, seg_state, seconds, device)
+    return _write_model(cfg, ds, classifier, segmenter, provenance)

@@ -28,6 +28,7 @@ from wsi_segment.models.heads import DEFAULT_DROPOUT, PDASchedule
 from wsi_segment.pipeline.training.checkpoints import load_checkpoint, save_checkpoint
 from wsi_segment.pipeline.training.datasets import (
     MIN_TRAIN_PATCHES,
+    TrainItem,
     WsssDataset,
     augment,
     batch_count,
@@ -141,6 +142,72 @@ def seed_dropout(seed: int, stage: int, epoch: int) -> None:
     torch.manual_seed(seeded(seed, stage + 100, epoch).initial_seed())
 
 
+def epoch_steps(n_items: int, batch_size: int, max_steps: int | None) -> int:
+    """Batches per epoch, capped by `max_steps` (smoke tests); the lr schedule counts in these."""
+    steps = batch_count(n_items, batch_size)
+    return steps if max_steps is None else min(steps, max_steps)
+
+
+def _prepared_classifier(
+    cfg: ClassifierConfig, num_classes: int, work: Path, device: torch.device
+) -> tuple[PatchClassifier, nn.Module, torch.optim.Optimizer, list[float]]:
+    """The seeded classifier on `device`, its encoder warm-started and frozen as the recipe
+    says, with the optimiser and each group's base learning rate."""
+    model = build(cfg, num_classes)
+    encoder = model.backbone
+    if not isinstance(encoder, nn.Module):
+        raise TypeError("train_classifier needs a classifier whose backbone is an nn.Module")
+    warm_start(encoder, cfg.pretrained, work, "classifier encoder", work)
+    model = model.to(device)
+    freeze(model, encoder, cfg.optim)
+    opt, base_lrs = make_optimizer(model, [model.head], cfg.optim)
+    return model, encoder, opt, base_lrs
+
+
+def _train_epoch(
+    model: PatchClassifier,
+    encoder: nn.Module,
+    opt: torch.optim.Optimizer,
+    base_lrs: list[float],
+    items: list[TrainItem],
+    labels: torch.Tensor,
+    cfg: ClassifierConfig,
+    epoch: int,
+    steps: int,
+    device: torch.device,
+) -> float:
+    """One epoch of stage 1, its shuffles, flips and dropout seeded by the epoch (so a resumed
+    run repeats it exactly) and the PDA schedule stepped at its end; returns the mean loss."""
+    schedule = getattr(model.head, "schedule", None)
+    if schedule is not None:
+        schedule.epoch = epoch
+    train_mode(model, encoder, cfg.optim)
+    gen = seeded(cfg.seed, 1, epoch)
+    seed_dropout(cfg.seed, 1, epoch)
+    batches = epoch_batches(len(items), cfg.batch_size, gen)[:steps]
+    bar = tqdm(
+        batches, desc=f"stage 1 epoch {epoch + 1}/{cfg.epochs}", disable=not progress_enabled()
+    )
+    total, seen = 0.0, 0
+    for step, idx in enumerate(bar):
+        schedule_lrs(opt, base_lrs, cfg.lr_schedule, epoch * steps + step, cfg.epochs * steps)
+        images, _ = augment(load_batch([items[i].image for i in idx]), [], gen)
+        logits = model(to_input(images, device))
+        loss = F.multilabel_soft_margin_loss(logits, labels[idx].to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total += float(loss.detach()) * len(idx)
+        seen += len(idx)
+        postfix = {"loss": f"{total / seen:.4f}"}
+        if schedule is not None:
+            postfix["mu"] = f"{schedule.mu:.3f}" if schedule.active else "off"
+        bar.set_postfix(postfix)
+    if schedule is not None:
+        schedule.step()
+    return total / max(seen, 1)
+
+
 def train_classifier(
     ds: WsssDataset,
     cfg: ClassifierConfig,
@@ -154,59 +221,21 @@ def train_classifier(
     """
     items = ds.train_items(MIN_TRAIN_PATCHES)
     labels = torch.tensor([it.labels for it in items], dtype=torch.float32)
-    model = build(cfg, ds.num_classes)
-    encoder = model.backbone
-    if not isinstance(encoder, nn.Module):
-        raise TypeError("train_classifier needs a classifier whose backbone is an nn.Module")
-    warm_start(encoder, cfg.pretrained, work, "classifier encoder", work)
-    model = model.to(device)
-    freeze(model, encoder, cfg.optim)
-    opt, base_lrs = make_optimizer(model, [model.head], cfg.optim)
+    model, encoder, opt, base_lrs = _prepared_classifier(cfg, ds.num_classes, work, device)
     state = load_checkpoint(work, model, opt) or {"epoch": 0, "history": []}
-    schedule = getattr(model.head, "schedule", None)
-    start = int(state["epoch"])
-    steps = batch_count(len(items), cfg.batch_size)
-    if cfg.max_steps is not None:
-        steps = min(steps, cfg.max_steps)
-    for epoch in range(start, cfg.epochs):
-        if schedule is not None:
-            schedule.epoch = epoch
-        train_mode(model, encoder, cfg.optim)
-        gen = seeded(cfg.seed, 1, epoch)
-        seed_dropout(cfg.seed, 1, epoch)
-        batches = epoch_batches(len(items), cfg.batch_size, gen)[:steps]
-        bar = tqdm(
-            batches, desc=f"stage 1 epoch {epoch + 1}/{cfg.epochs}", disable=not progress_enabled()
-        )
-        total, seen = 0.0, 0
-        for step, idx in enumerate(bar):
-            schedule_lrs(opt, base_lrs, cfg.lr_schedule, epoch * steps + step, cfg.epochs * steps)
-            images, _ = augment(load_batch([items[i].image for i in idx]), [], gen)
-            logits = model(to_input(images, device))
-            loss = F.multilabel_soft_margin_loss(logits, labels[idx].to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(idx)
-            seen += len(idx)
-            postfix = {"loss": f"{total / seen:.4f}"}
-            if schedule is not None:
-                postfix["mu"] = f"{schedule.mu:.3f}" if schedule.active else "off"
-            bar.set_postfix(postfix)
-        if schedule is not None:
-            schedule.step()
+    steps = epoch_steps(len(items), cfg.batch_size, cfg.max_steps)
+    for epoch in range(int(state["epoch"]), cfg.epochs):
+        loss = _train_epoch(model, encoder, opt, base_lrs, items, labels, cfg, epoch, steps, device)
         state = {
             "epoch": epoch + 1,
-            "history": [*state["history"], {"epoch": epoch + 1, "loss": total / max(seen, 1)}],
+            "history": [*state["history"], {"epoch": epoch + 1, "loss": loss}],
         }
         save_checkpoint(work, model, opt, state)
         if not progress_enabled():
-            print(
-                f"stage 1 epoch {epoch + 1}/{cfg.epochs}: loss {total / max(seen, 1):.4f}",
-                flush=True,
-            )
+            print(f"stage 1 epoch {epoch + 1}/{cfg.epochs}: loss {loss:.4f}", flush=True)
         if on_epoch is not None:
             on_epoch(epoch + 1, state)
+    schedule = getattr(model.head, "schedule", None)
     if schedule is not None:
         schedule.epoch = cfg.epochs
     model.eval()
