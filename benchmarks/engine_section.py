@@ -66,12 +66,12 @@ def _difference(a: Path, b: Path) -> str:
 
 
 def _runners(prep: Any, threads: int) -> dict[str, Callable[[Any], dict[str, Any]]]:
+    from wsi_segment.pipeline.infer_stage import local_policy
     from wsi_segment.pipeline.inference.decoder_reads import DecoderProcesses
     from wsi_segment.pipeline.inference.engine import ReadSource, run_engine
     from wsi_segment.pipeline.inference.engine_state import EngineStats
     from wsi_segment.pipeline.inference.reader_thread import HostTiles, ReaderThread
     from wsi_segment.pipeline.inference.tile_prefetch import TilePrefetcher
-    from wsi_segment.pipeline.segment import local_policy
 
     def engine(job: Any, source: ReadSource) -> dict[str, Any]:
         stats = EngineStats()
@@ -96,9 +96,9 @@ def section_engine(
 ) -> float:
     """Inference stage of the engine's two CPU read sources, interleaved; returns reader
     thread / decoders."""
+    from wsi_segment.pipeline.infer_stage import create_stores, local_policy, slide_job
     from wsi_segment.pipeline.params import SegmentParams
     from wsi_segment.pipeline.prepare import prepare
-    from wsi_segment.pipeline.segment import create_stores, local_policy, slide_job
 
     size = args.size or 12288
     slide, writer = make_slide(

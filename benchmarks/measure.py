@@ -224,7 +224,7 @@ def run_pipeline(slide: Path, model: Path, out: Path, extra: list[str]) -> tuple
 def output_folder(out: Path, slide: Path) -> Path:
     """Where `wsi-segment` wrote `slide`'s outputs under `out` (`OS-1-detail.ome.tif` ->
     `OS-1-detail`: the CLI's own naming, not `Path.stem`)."""
-    from wsi_segment.pipeline.outputs.output_dir import slide_output_name
+    from wsi_segment.pipeline.outputs.output_name import slide_output_name
 
     return out / slide_output_name(str(slide))
 

@@ -248,7 +248,7 @@ def check_distinct_slides(slides: list[str]) -> None:
     """Refuse, before anything loads, two slides that would write to one output folder
     (`a/x.svs b/x.svs`): `ConfigError`, one `error:` line naming both. A slide whose name is
     bad on its own is left to its run, which reports it and lets the others go on."""
-    from wsi_segment.pipeline.outputs.output_dir import check_distinct_names, slide_output_name
+    from wsi_segment.pipeline.outputs.output_name import check_distinct_names, slide_output_name
 
     named: list[tuple[str, str]] = []
     for slide in slides:

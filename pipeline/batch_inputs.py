@@ -20,7 +20,7 @@ from typing import Any
 
 from wsi_segment.errors import ConfigError, DatasetError
 from wsi_segment.pipeline.outputs.naming import DICOM_SUFFIX
-from wsi_segment.pipeline.outputs.output_dir import (
+from wsi_segment.pipeline.outputs.output_name import (
     check_distinct_names,
     check_output_name,
     default_output_name,

@@ -3,7 +3,7 @@
 A batch writes down each slide that failed with an error that would recur (a damaged or
 unreadable slide, a region off the slide: `RECURRING`) in a failure record beside the
 outputs (`pipeline.outputs.failure_record`). The record carries the fingerprint the
-up-to-date check uses (`pipeline.outputs.output_dir.run_fingerprint`: the slide's path,
+up-to-date check uses (`pipeline.outputs.run_identity.run_fingerprint`: the slide's path,
 size and mtime, the model files' hash, the output-changing parameters and the --roi
 file's bytes), so the next batch settles "still failing" with a stat and a small read per
 slide, before any task starts, and reports it as a known failure instead of retrying it.
@@ -27,7 +27,7 @@ from wsi_segment import errors
 from wsi_segment.errors import RoiError, SlideError, WsiSegmentError
 from wsi_segment.pipeline.batch_inputs import BatchItem, params_for
 from wsi_segment.pipeline.outputs.failure_record import clear_record, read_record, write_record
-from wsi_segment.pipeline.outputs.output_dir import run_fingerprint, slide_identity
+from wsi_segment.pipeline.outputs.run_identity import run_fingerprint, slide_identity
 from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.pipeline.segment import SlideResult
 from wsi_segment.pipeline.up_to_date import ModelFiles

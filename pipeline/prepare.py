@@ -36,11 +36,9 @@ from wsi_segment.pipeline.inference.slide_plan import (
 from wsi_segment.pipeline.inference.tile_prefetch import TilePrefetcher
 from wsi_segment.pipeline.inference.tile_reader import TileReader
 from wsi_segment.pipeline.machine import Machine, probe_machine
-from wsi_segment.pipeline.outputs.output_dir import (
-    run_fingerprint,
-    slide_output_name,
-)
+from wsi_segment.pipeline.outputs.output_name import slide_output_name
 from wsi_segment.pipeline.outputs.ownership import refuse_link
+from wsi_segment.pipeline.outputs.run_identity import run_fingerprint
 from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.pipeline.read_policy import GPU
 from wsi_segment.pipeline.run_policy import (

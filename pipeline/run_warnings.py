@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from wsi_segment.pipeline.output_files import SUMMARY_NAME
 from wsi_segment.pipeline.outputs.naming import legacy_output_name
-from wsi_segment.pipeline.outputs.output_dir import default_output_name
+from wsi_segment.pipeline.outputs.output_name import default_output_name
 from wsi_segment.pipeline.outputs.summary import read_summary
 
 if TYPE_CHECKING:  # read without importing the inference stack

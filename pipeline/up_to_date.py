@@ -2,7 +2,7 @@
 
 A rerun over finished slides (a nightly batch over a folder) must cost a stat and a few
 hashes per slide, not a model load, tissue detection and decoder start-up each. The run's
-fingerprint (`pipeline.outputs.output_dir.run_fingerprint`) needs only the slide's identity
+fingerprint (`pipeline.outputs.run_identity.run_fingerprint`) needs only the slide's identity
 (path, size, mtime), the model's identity (the hash of its files, computed as loading them
 would: `models.meta.model_files_identity`, no torch), the parameters and the --roi file's
 bytes; all are known before `prepare` opens anything.
@@ -19,12 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 from wsi_segment.errors import OutputError, WsiSegmentError
 from wsi_segment.models.meta import ModelMeta, model_files_identity
-from wsi_segment.pipeline.outputs.output_dir import (
-    read_previous_summary,
-    run_fingerprint,
-    slide_output_name,
-)
+from wsi_segment.pipeline.outputs.output_dir import read_previous_summary
+from wsi_segment.pipeline.outputs.output_name import slide_output_name
 from wsi_segment.pipeline.outputs.ownership import refuse_foreign, refuse_link
+from wsi_segment.pipeline.outputs.run_identity import run_fingerprint
 from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.pipeline.prepare import resolve_model_dir
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
 import numpy as np
 import shapely
@@ -44,6 +44,7 @@ from wsi_segment.pipeline.outputs.polygons import (
     slide_extent_level0,
     to_level0,
 )
+from wsi_segment.pipeline.outputs.prepared_run import PreparedRun
 from wsi_segment.pipeline.outputs.roi_outputs import clip_to_rois, roi_class_areas, roi_features
 from wsi_segment.pipeline.outputs.summary import (
     SCHEMA_VERSION,
@@ -52,78 +53,10 @@ from wsi_segment.pipeline.outputs.summary import (
     software_versions,
     write_summary,
 )
-from wsi_segment.pipeline.params import SegmentParams
-from wsi_segment.wsi.roi import Roi
 from wsi_segment.wsi.slide import Slide
-from wsi_segment.wsi.tiling import ChunkSpec, TileGrid
-from wsi_segment.wsi.tissue import TissueMask, tissue_warning
-
-if TYPE_CHECKING:  # models.meta imports torch, which a run loads in the background
-    from wsi_segment.models.meta import ModelMeta
+from wsi_segment.wsi.tissue import tissue_warning
 
 THUMB_SIZE = 1024
-
-
-class PendingThumbnail(Protocol):
-    """A thumbnail being read in the background (pipeline.startup.Background)."""
-
-    def result(self) -> np.ndarray: ...
-
-
-class PreparedRun(Protocol):
-    """What the outputs read of a prepared slide (pipeline.prepare.PreparedSlide).
-
-    A protocol, not the class: outputs never import inference (tests/test_layers.py).
-    """
-
-    @property
-    def slide_path(self) -> str: ...
-    @property
-    def name(self) -> str: ...
-    @property
-    def params(self) -> SegmentParams: ...
-    @property
-    def slide(self) -> Slide: ...
-    @property
-    def mpp(self) -> tuple[float, float]: ...
-    @property
-    def meta(self) -> ModelMeta: ...
-    @property
-    def model_dir(self) -> Path: ...
-    @property
-    def model_hash(self) -> str: ...
-    @property
-    def fingerprint(self) -> str: ...
-    @property
-    def tissue(self) -> TissueMask: ...
-    @property
-    def grid(self) -> TileGrid: ...
-    @property
-    def read_level(self) -> int: ...
-    @property
-    def output_shape(self) -> tuple[int, int]: ...
-    @property
-    def specs(self) -> Sequence[ChunkSpec]: ...
-    @property
-    def timings(self) -> dict[str, float]: ...  # write_outputs adds its own
-    @property
-    def read_stats(self) -> Mapping[str, int]: ...
-    @property
-    def read_device(self) -> Mapping[str, str]: ...  # read_device, read_device_reason
-    @property
-    def precision(self) -> Mapping[str, Any]: ...
-    @property
-    def run_policy(self) -> Mapping[str, Any]: ...  # pipeline.run_policy, with its reasons
-    @property
-    def rois(self) -> Sequence[Roi]: ...
-    @property
-    def overlay_thumb(self) -> PendingThumbnail | None: ...
-    @property
-    def level0_per_output(self) -> float: ...
-    @property
-    def output_mpp(self) -> tuple[float, float]: ...
-    @property
-    def tiles_total(self) -> int: ...
 
 
 def write_outputs(
@@ -136,10 +69,38 @@ def write_outputs(
     that takes ~1.5 s off the fixed cost of a run.
     """
     t0 = time.perf_counter()
-    k = len(prep.meta.classes)
     # the model's classes, then Unclassified (index k): tissue the gate left with no class
     classes, colors = output_classes(prep.meta.classes, prep.meta.colors)
-    # integer totals, fractions taken once: the same bytes whatever the chunking
+    areas, measurements, tissue_um2 = _class_areas(prep, outcomes, classes)
+    zarr_path = work_dir / STORE_NAME
+    files = always_written()
+    # The `with` waits for the polygon thread even when this thread fails, so nothing writes
+    # into the work folder after the caller has removed it.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="polygons") as pool:
+        polygons = pool.submit(
+            _write_polygons, prep, outcomes, classes, colors, measurements, work_dir
+        )
+        n_levels = finalize_pyramid(zarr_path)
+        finalize_label_pyramid(zarr_path, n_levels)
+        files += _write_optional_outputs(prep, zarr_path, work_dir)
+        _write_overlay(prep, zarr_path, work_dir / OVERLAY_NAME, classes, colors)
+        roi_report = polygons.result()
+    prep.timings["outputs_s"] = time.perf_counter() - t0
+    run = {**run_stats(outcomes), **prep.read_device}
+    summary = _summary(prep, areas, tissue_um2, n_levels, files, run)
+    if roi_report:
+        summary["rois"] = roi_report
+    write_summary(work_dir / SUMMARY_NAME, summary)
+    return summary
+
+
+def _class_areas(
+    prep: PreparedRun, outcomes: list[ChunkOutcome], classes: list[str]
+) -> tuple[dict[str, dict[str, float | None]], dict[str, dict[str, float]], float]:
+    """Per-class areas for summary.json, measurements for the GeoJSON, and the tissue area
+    (um^2), all from the chunks' integer totals: fractions are taken once, so the bytes are
+    the same whatever the chunking."""
+    k = len(prep.meta.classes)
     counts = np.zeros(k + 1, np.int64)
     prob_sums_u8 = np.zeros(k + 1, np.int64)
     for outcome in outcomes:
@@ -165,29 +126,17 @@ def write_outputs(
     measurements = class_measurements(classes, counts, prob_sums, prep.output_mpp, area_px)
     measurements[UNCLASSIFIED_NAME].pop("mean_probability", None)
     measurements["Tissue"] = {"area_um2": float(labelled * px_area)}
-    zarr_path = work_dir / STORE_NAME
-    files = always_written()
-    # The `with` waits for the polygon thread even when this thread fails, so nothing writes
-    # into the work folder after the caller has removed it.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="polygons") as pool:
-        polygons = pool.submit(
-            _write_polygons, prep, outcomes, classes, colors, measurements, work_dir
-        )
-        n_levels = finalize_pyramid(zarr_path)
-        finalize_label_pyramid(zarr_path, n_levels)
-        for output in optional_outputs():  # the registry's writers, for the files asked for
-            if output.option in prep.params.extra_outputs and output.writer is not None:
-                output.writer(zarr_path, work_dir / output.name, prep.grid)
-                files.append(output.name)
-        _write_overlay(prep, zarr_path, work_dir / OVERLAY_NAME, classes, colors)
-        roi_report = polygons.result()
-    prep.timings["outputs_s"] = time.perf_counter() - t0
-    run = {**run_stats(outcomes), **prep.read_device}
-    summary = _summary(prep, areas, labelled * px_area, n_levels, files, run)
-    if roi_report:
-        summary["rois"] = roi_report
-    write_summary(work_dir / SUMMARY_NAME, summary)
-    return summary
+    return areas, measurements, labelled * px_area
+
+
+def _write_optional_outputs(prep: PreparedRun, zarr_path: Path, work_dir: Path) -> list[str]:
+    """The registry's writers, for the files asked for; returns the names written."""
+    written = []
+    for output in optional_outputs():
+        if output.option in prep.params.extra_outputs and output.writer is not None:
+            output.writer(zarr_path, work_dir / output.name, prep.grid)
+            written.append(output.name)
+    return written
 
 
 def run_stats(outcomes: list[ChunkOutcome]) -> dict[str, float | int]:
@@ -294,38 +243,15 @@ def _summary(
     files: list[str],
     run: dict[str, Any],
 ) -> dict[str, Any]:
-    slide = prep.slide
-    grid = prep.grid
-    tiles = prep.tiles_total
+    """summary.json: what ran on what, with which model and parameters, and what came out."""
     origin = prep.params.origin
     return {
         "schema_version": SCHEMA_VERSION,
         "created_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "command": command_line(origin.command if origin else None),
         "run": dict(origin.details) if origin else None,
-        "slide": {
-            "path": prep.slide_path,
-            "name": prep.name,
-            "backend": slide.backend,
-            "vendor": slide.vendor,
-            "dimensions": list(slide.dimensions),
-            "mpp": {"x": prep.mpp[0], "y": prep.mpp[1]},
-            "mpp_override": prep.params.mpp,
-            "qupath_offset_level0": {
-                "x": -float(slide.bounds_offset[0]),
-                "y": -float(slide.bounds_offset[1]),
-            },
-            "read_level": prep.read_level,
-        },
-        "model": {
-            "name": prep.meta.name,
-            "dir": str(prep.model_dir),
-            "sha256": prep.model_hash,
-            "classes": list(prep.meta.classes),
-            "mpp": float(prep.meta.mpp),
-            "tile_size": int(prep.meta.tile_size),
-            "gate_epsilon": float(prep.meta.gate_epsilon),
-        },
+        "slide": _slide_section(prep),
+        "model": _model_section(prep),
         "parameters": prep.params.as_dict(),
         "fingerprint": prep.fingerprint,
         "output": {
@@ -335,23 +261,8 @@ def _summary(
             "pyramid_levels": n_levels,
             "files": files,
         },
-        "tiling": {
-            "tile": grid.tile,
-            "overlap": grid.overlap,
-            "stride": grid.stride,
-            "chunks": len(prep.specs),
-            "tiles": tiles,
-            "redundant_fraction": 1.0 - (grid.stride / grid.tile) ** 2,
-        },
-        "tissue": {
-            "status": prep.tissue.status,
-            "warning": tissue_warning(prep.tissue.status),
-            "mode": prep.params.tissue,
-            "roi": str(prep.params.roi) if prep.params.roi else None,
-            "area_um2": tissue_um2,
-            "detected_fraction_of_slide": float(prep.tissue.fraction),
-            "note": "no tissue found" if tiles == 0 else "",
-        },
+        "tiling": _tiling_section(prep),
+        "tissue": _tissue_section(prep, tissue_um2),
         "classes": areas,
         "precision": dict(prep.precision),
         # every machine-dependent decision and its reason (a Dask run's: each band's)
@@ -361,4 +272,63 @@ def _summary(
         "read_stats": dict(prep.read_stats),
         "run_stats": run,
         "versions": software_versions(),
+    }
+
+
+def _slide_section(prep: PreparedRun) -> dict[str, Any]:
+    """The slide as read: backend, size, mpp (and any override), and the offset QuPath shows
+    its GeoJSON at."""
+    slide = prep.slide
+    return {
+        "path": prep.slide_path,
+        "name": prep.name,
+        "backend": slide.backend,
+        "vendor": slide.vendor,
+        "dimensions": list(slide.dimensions),
+        "mpp": {"x": prep.mpp[0], "y": prep.mpp[1]},
+        "mpp_override": prep.params.mpp,
+        "qupath_offset_level0": {
+            "x": -float(slide.bounds_offset[0]),
+            "y": -float(slide.bounds_offset[1]),
+        },
+        "read_level": prep.read_level,
+    }
+
+
+def _model_section(prep: PreparedRun) -> dict[str, Any]:
+    """The model that ran, named by its folder and identified by its hash."""
+    return {
+        "name": prep.meta.name,
+        "dir": str(prep.model_dir),
+        "sha256": prep.model_hash,
+        "classes": list(prep.meta.classes),
+        "mpp": float(prep.meta.mpp),
+        "tile_size": int(prep.meta.tile_size),
+        "gate_epsilon": float(prep.meta.gate_epsilon),
+    }
+
+
+def _tiling_section(prep: PreparedRun) -> dict[str, Any]:
+    """The tile grid and how much of its work overlapping tiles repeat."""
+    grid = prep.grid
+    return {
+        "tile": grid.tile,
+        "overlap": grid.overlap,
+        "stride": grid.stride,
+        "chunks": len(prep.specs),
+        "tiles": prep.tiles_total,
+        "redundant_fraction": 1.0 - (grid.stride / grid.tile) ** 2,
+    }
+
+
+def _tissue_section(prep: PreparedRun, tissue_um2: float) -> dict[str, Any]:
+    """What tissue detection found (and its warning), and the tissue area labelled."""
+    return {
+        "status": prep.tissue.status,
+        "warning": tissue_warning(prep.tissue.status),
+        "mode": prep.params.tissue,
+        "roi": str(prep.params.roi) if prep.params.roi else None,
+        "area_um2": tissue_um2,
+        "detected_fraction_of_slide": float(prep.tissue.fraction),
+        "note": "no tissue found" if prep.tiles_total == 0 else "",
     }

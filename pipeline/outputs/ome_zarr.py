@@ -90,22 +90,11 @@ def create_probability_store(
     viewers show; default: the folder name. `path` is the store's root (bioformats2raw
     layout); the array returned is `level0_path(path)`.
     """
-    if len(class_names) != len(colors) or not class_names:
-        raise ConfigError(
-            f"need one colour per class, got {len(class_names)} names, {len(colors)} colours"
-        )
-    h, w = (int(v) for v in shape_yx)
-    cy, cx = (int(v) for v in chunk_yx)
-    if h <= 0 or w <= 0 or cy <= 0 or cx <= 0:
-        raise ConfigError(f"shape {shape_yx} and chunks {chunk_yx} must be positive")
+    h, w, cy, cx = _checked_sizes(class_names, colors, shape_yx, chunk_yx)
     mpp = _pair(output_mpp, "output_mpp")
     ds = _pair(level0_downsample, "level0_downsample")
     image_name = name or Path(path).name
-    root = zarr.open_group(str(path), mode="w", zarr_format=2)
-    root.attrs[LAYOUT_KEY] = 3
-    root.create_group("OME", attributes={"series": [IMAGE]})
-    xml = probability_ome_xml(image_name, class_names, colors, (len(class_names), h, w), mpp)
-    (Path(path) / "OME" / "METADATA.ome.xml").write_text(xml, encoding="utf-8")
+    root = _create_layout(path, image_name, class_names, colors, (h, w), mpp)
     group = root.create_group(IMAGE)
     arr = group.create_array(
         "0",
@@ -120,18 +109,66 @@ def create_probability_store(
         {
             "multiscales": [_multiscales(image_name, mpp, 1)],
             "omero": _omero(class_names, colors),
-            ATTRS_KEY: {
-                "class_names": list(class_names),
-                "colors": [[int(c) for c in col] for col in colors],
-                "value_scale": "probability = value / 255",
-                "output_mpp": {"x": mpp[0], "y": mpp[1]},
-                "level0_downsample": {"x": ds[0], "y": ds[1]},
-                "offset_level0": {"x": float(offset_level0[0]), "y": float(offset_level0[1])},
-                "to_level0": "level0 = pixel * level0_downsample * 2**level + offset_level0",
-            },
+            ATTRS_KEY: _our_attrs(class_names, colors, mpp, ds, offset_level0),
         }
     )
     return arr
+
+
+def _checked_sizes(
+    class_names: Sequence[str],
+    colors: Sequence[Color],
+    shape_yx: tuple[int, int],
+    chunk_yx: tuple[int, int],
+) -> tuple[int, int, int, int]:
+    """The store's (height, width, chunk height, chunk width), once one colour per class and
+    positive sizes are checked."""
+    if len(class_names) != len(colors) or not class_names:
+        raise ConfigError(
+            f"need one colour per class, got {len(class_names)} names, {len(colors)} colours"
+        )
+    h, w = (int(v) for v in shape_yx)
+    cy, cx = (int(v) for v in chunk_yx)
+    if h <= 0 or w <= 0 or cy <= 0 or cx <= 0:
+        raise ConfigError(f"shape {shape_yx} and chunks {chunk_yx} must be positive")
+    return h, w, cy, cx
+
+
+def _create_layout(
+    path: str | Path,
+    image_name: str,
+    class_names: Sequence[str],
+    colors: Sequence[Color],
+    shape_yx: tuple[int, int],
+    mpp: tuple[float, float],
+) -> zarr.Group:
+    """The bioformats2raw root and its OME-XML, which is all Bio-Formats (QuPath) reads."""
+    root = zarr.open_group(str(path), mode="w", zarr_format=2)
+    root.attrs[LAYOUT_KEY] = 3
+    root.create_group("OME", attributes={"series": [IMAGE]})
+    xml = probability_ome_xml(image_name, class_names, colors, (len(class_names), *shape_yx), mpp)
+    (Path(path) / "OME" / "METADATA.ome.xml").write_text(xml, encoding="utf-8")
+    return root
+
+
+def _our_attrs(
+    class_names: Sequence[str],
+    colors: Sequence[Color],
+    mpp: tuple[float, float],
+    ds: tuple[float, float],
+    offset_level0: tuple[float, float],
+) -> dict[str, Any]:
+    """What our own readers take from the store: classes, colours, value scale and the way
+    back to level-0 pixels."""
+    return {
+        "class_names": list(class_names),
+        "colors": [[int(c) for c in col] for col in colors],
+        "value_scale": "probability = value / 255",
+        "output_mpp": {"x": mpp[0], "y": mpp[1]},
+        "level0_downsample": {"x": ds[0], "y": ds[1]},
+        "offset_level0": {"x": float(offset_level0[0]), "y": float(offset_level0[1])},
+        "to_level0": "level0 = pixel * level0_downsample * 2**level + offset_level0",
+    }
 
 
 @dataclass(frozen=True)

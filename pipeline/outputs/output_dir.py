@@ -1,16 +1,7 @@
-"""A slide's output folder: its name, its identity, and its atomic lifecycle.
+"""A slide's output folder and its atomic lifecycle.
 
-**Name.** A name is one folder inside the output folder. Anything else would write where the
-user did not ask: a slide named `..svs` has the stem '.', so its outputs would replace the
-output folder itself; a URL ending in '/..' has the stem '..', the folder above it; a
-manifest name `../x` or `/abs` points anywhere. Both single slides and batches go through
-these checks before anything is read or written.
-
-**Identity.** A run is the same slide + the same model weights + the same output-changing
-parameters; a rerun whose fingerprint matches a finished output folder is "up to date" and
-skipped. The slide is identified by path, size and modification time (hashing gigabytes of
-pixels would cost more than some runs); the model by the hash of the model.json and weight
-bytes it was loaded from (`SegmentationModel.identity`, set by `models.bundle.load_model`).
+The folder's name is checked in `output_name`, the run's identity (what makes an output
+"up to date") is `run_identity`; this module owns what happens on disk.
 
 **Lifecycle.** The folder appears all at once, and two runs never write it together. Work
 happens in a hidden sibling `.<name>.partial` that is renamed to `<name>` only when every
@@ -43,19 +34,15 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import hashlib
-import json
 import os
 import shutil
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from wsi_segment.errors import ConfigError, OutputError
-from wsi_segment.models.checksum import file_sha256
+from wsi_segment.errors import OutputError
 from wsi_segment.pipeline.output_files import SUMMARY_NAME
-from wsi_segment.pipeline.outputs.naming import is_control, one_line, slide_stem
 from wsi_segment.pipeline.outputs.ownership import (
     link_error,
     refuse_foreign,
@@ -69,149 +56,6 @@ from wsi_segment.pipeline.outputs.shared_access import (
     unwritable_folder,
 )
 from wsi_segment.pipeline.outputs.summary import read_summary
-from wsi_segment.pipeline.params import SegmentParams
-
-if TYPE_CHECKING:  # models.meta imports torch, which a run loads in the background
-    from wsi_segment.models.meta import ModelMeta
-
-# --- the name: one plain folder inside the output folder ---
-
-# A typed output name is one portable folder name: no separators (so no "../x" or "a/b"),
-# no NUL, and no ':' (a drive prefix on Windows).
-_FORBIDDEN_NAME_CHARS = ("/", "\\", "\0", ":")
-
-
-def default_output_name(path: str | Path) -> str:
-    """The output folder name of a slide: its file name (a URL's: its last part) without
-    the extension, as QuPath strips it (`naming.slide_stem`: `a.ome.tif` -> `a`; a DICOM
-    slide's `.dcm` file -> its folder's name, as the DICOM slide folder itself)."""
-    return slide_stem(path)
-
-
-def leaves_output_folder(name: str) -> bool:
-    """True for a name that is not one new, visible folder inside the output folder here:
-    empty, '.' (the output folder itself), '..' (its parent), hidden (a leading '.' could
-    also hit a sibling's `.<name>.partial` or `.<name>.lock`), or holding a '/' or NUL."""
-    return not name or name.startswith(".") or "/" in name or "\0" in name
-
-
-def check_output_name(name: str, source: str) -> str:
-    """Refuse names that are empty, hidden, contain a path, or would leave the output folder.
-
-    Stricter than `leaves_output_folder`: a typed name must also be portable ('\\' and ':'
-    are separators on Windows), since manifests travel between machines, and hold no control
-    character (a tab or newline would split the lines that name it).
-    """
-    cleaned = name.strip()
-    if (
-        leaves_output_folder(cleaned)
-        or any(ch in _FORBIDDEN_NAME_CHARS or is_control(ch) for ch in cleaned)
-        or Path(cleaned).is_absolute()
-    ):
-        raise ConfigError(
-            f"{one_line(source)}: output name {name!r} is not a plain folder name; give a name "
-            "with no '/', '\\', control character or leading '.', so outputs stay inside the "
-            "output folder"
-        )
-    return cleaned
-
-
-def slide_output_name(slide_path: str, output_name: str | None = None) -> str:
-    """The output folder name of one slide run: `output_name` if given (checked like a
-    manifest name), else `default_output_name`, refused if it would not be a folder inside
-    --out. Stems keep '\\' and ':', which are plain characters in a POSIX file name."""
-    refuse_control_characters(slide_path)
-    if output_name:
-        return check_output_name(output_name, slide_path)
-    name = default_output_name(slide_path)
-    if leaves_output_folder(name):
-        fix = (
-            "point the URL at the slide file itself"
-            if "://" in slide_path
-            else "rename the slide file so its name does not start with '.' (or list it in "
-            "a `wsi-segment batch` manifest with an output name in the 'name' column)"
-        )
-        raise ConfigError(
-            f"{slide_path}: its output folder would be named {name!r}, which is not a plain "
-            f"folder inside --out; {fix}"
-        )
-    return name
-
-
-def refuse_control_characters(slide_path: str) -> None:
-    """ConfigError, on one line, for a slide path holding a control character or a line
-    break (`naming.is_control`): its output folder would carry it, and every message that
-    names the slide would break across lines."""
-    found = sorted({one_line(ch) for ch in slide_path if is_control(ch)})
-    if found:
-        raise ConfigError(
-            f"{one_line(slide_path)}: the slide's path holds control characters "
-            f"({', '.join(found)}), which would break wsi-segment's one-line messages and its "
-            "output folder's name; rename the file (or its folder) without them and rerun"
-        )
-
-
-def check_distinct_names(named: list[tuple[str, str]], source: str, fix: str) -> None:
-    """Refuse two slides of one run that would write to the same output folder (`named`:
-    (slide, output name) pairs), naming both: the second would replace the first's results
-    (or be refused as "other parameters"), and the run would still look finished. Names are
-    compared case-free, since case-insensitive file systems would merge them."""
-    seen: dict[str, str] = {}
-    for slide, name in named:
-        key = name.casefold()
-        if key in seen:
-            raise ConfigError(
-                f"{source}{seen[key]} and {slide} would both write to the output folder "
-                f"{name!r}; {fix}"
-            )
-        seen[key] = slide
-
-
-# --- the identity: what decides "up to date" ---
-
-FORMAT_VERSION = 6  # bump when outputs change for the same inputs
-
-
-def slide_identity(slide_path: str) -> dict[str, Any]:
-    """Path, size and mtime for local files; the URL itself for remote ones. A folder (a
-    DICOM slide) adds the name, size and mtime of each file in it: its files are the slide,
-    and rewriting one changes the folder's own mtime not at all."""
-    if "://" in slide_path and not slide_path.startswith("file://"):
-        return {"url": slide_path}
-    path = Path(slide_path.removeprefix("file://")).resolve()
-    stat = os.stat(path)
-    identity: dict[str, Any] = {
-        "path": str(path),
-        "size": stat.st_size,
-        "mtime_ns": stat.st_mtime_ns,
-    }
-    if path.is_dir():
-        files = sorted(f for f in path.iterdir() if f.is_file())
-        identity["files"] = [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
-    return identity
-
-
-def canonical_sha256(data: dict[str, Any]) -> str:
-    text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def run_fingerprint(
-    slide_path: str, model_hash: str, params: SegmentParams, meta: ModelMeta
-) -> str:
-    data = {
-        "format": FORMAT_VERSION,
-        "slide": slide_identity(slide_path),
-        "model": model_hash,
-        "params": params.fingerprint_fields(),
-        "tile": int(meta.tile_size),
-    }
-    if params.roi is not None:  # the regions drawn, not the file's name, decide the outputs
-        data["roi_sha256"] = file_sha256(Path(params.roi))
-    return canonical_sha256(data)
-
-
-# --- the lifecycle: lock, work folder, atomic publish ---
 
 # Each retry means another run removed the lock file between our open and our flock, i.e.
 # finished just then; more than a few in a row would take runs finishing in a tight loop.

@@ -30,8 +30,8 @@ def test_bundle_and_fingerprint_share_it_without_importing_torch():
     code = (
         "import sys\n"
         "from wsi_segment.models.checksum import file_sha256\n"
-        "from wsi_segment.pipeline.outputs import output_dir\n"
-        "assert output_dir.file_sha256 is file_sha256\n"
+        "from wsi_segment.pipeline.outputs import run_identity\n"
+        "assert run_identity.file_sha256 is file_sha256\n"
         "print('torch' in sys.modules)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -20,7 +20,7 @@ from wsi_segment.pipeline.known_failures import (
     settle_records,
 )
 from wsi_segment.pipeline.outputs.failure_record import read_record, record_path
-from wsi_segment.pipeline.outputs.output_dir import run_fingerprint
+from wsi_segment.pipeline.outputs.run_identity import run_fingerprint
 from wsi_segment.pipeline.params import RunOrigin, SegmentParams
 from wsi_segment.pipeline.segment import SlideResult
 from wsi_segment.pipeline.up_to_date import model_files

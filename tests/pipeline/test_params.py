@@ -29,7 +29,7 @@ def test_speed_knobs_do_not_change_the_fingerprint():
 def test_precision_request_changes_the_fingerprint():
     """`auto` may run bf16 (decided during the run); `fp32` asks for the exact reference."""
     from wsi_segment.models.meta import ModelMeta
-    from wsi_segment.pipeline.outputs.output_dir import run_fingerprint
+    from wsi_segment.pipeline.outputs.run_identity import run_fingerprint
 
     auto, fp32 = SegmentParams(precision="auto"), SegmentParams(precision="fp32")
     assert auto.fingerprint_fields()["precision"] == "auto"

@@ -175,16 +175,18 @@ def test_an_output_of_the_previous_format_is_a_new_run(
     where a region's feature carried the user's object id) is stale for the same slide,
     model and parameters."""
     from wsi_segment.models.meta import model_files_identity
-    from wsi_segment.pipeline.outputs import output_dir
+    from wsi_segment.pipeline.outputs import run_identity
 
-    assert output_dir.FORMAT_VERSION == 6
+    assert run_identity.FORMAT_VERSION == 6
     summary = finished.result.out_dir / "summary.json"
     model_hash, meta = model_files_identity(Path(finished.params.model_dir or ""))
-    fingerprint = output_dir.run_fingerprint(str(finished.slide), model_hash, finished.params, meta)
+    fingerprint = run_identity.run_fingerprint(
+        str(finished.slide), model_hash, finished.params, meta
+    )
     assert fingerprint == finished.result.summary["fingerprint"]
     with monkeypatch.context() as m:
-        m.setattr(output_dir, "FORMAT_VERSION", 5)
-        old = output_dir.run_fingerprint(str(finished.slide), model_hash, finished.params, meta)
+        m.setattr(run_identity, "FORMAT_VERSION", 5)
+        old = run_identity.run_fingerprint(str(finished.slide), model_hash, finished.params, meta)
     with restored(summary):
         doc = json.loads(summary.read_text())
         doc["fingerprint"] = old

@@ -13,7 +13,7 @@ from tests.conftest import CMU_SLIDE, DATA_DIR
 from tests.reliability.conftest import assert_clean_error, assert_nothing_written, run_cli_inprocess
 from wsi_segment.errors import ConfigError, DatasetError, WsiSegmentError
 from wsi_segment.pipeline.batch_inputs import parse_batch_input, read_manifest
-from wsi_segment.pipeline.outputs.output_dir import check_output_name
+from wsi_segment.pipeline.outputs.output_name import check_output_name
 
 
 def manifest(tmp_path, text: str, name: str = "manifest.csv"):

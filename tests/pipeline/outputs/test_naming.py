@@ -14,7 +14,7 @@ from tests.conftest import DATA_DIR
 from wsi_segment.errors import ConfigError
 from wsi_segment.pipeline.batch_inputs import parse_batch_input
 from wsi_segment.pipeline.outputs.naming import extension, legacy_output_name, strip_extension
-from wsi_segment.pipeline.outputs.output_dir import default_output_name
+from wsi_segment.pipeline.outputs.output_name import default_output_name
 from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.pipeline.run_warnings import slide_warnings
 from wsi_segment.pipeline.segment import segment_slide

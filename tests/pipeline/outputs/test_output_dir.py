@@ -21,14 +21,15 @@ from wsi_segment.errors import ConfigError, OutputError
 from wsi_segment.models.meta import ModelMeta
 from wsi_segment.pipeline.outputs.output_dir import (
     OutputDir,
-    check_output_name,
-    default_output_name,
     is_linked_at,
     read_previous_summary,
-    run_fingerprint,
-    slide_identity,
+)
+from wsi_segment.pipeline.outputs.output_name import (
+    check_output_name,
+    default_output_name,
     slide_output_name,
 )
+from wsi_segment.pipeline.outputs.run_identity import run_fingerprint, slide_identity
 from wsi_segment.pipeline.params import SegmentParams
 
 

@@ -1,0 +1,245 @@
+"""Stage 2 of a slide run: every tissue chunk through the engine, into the zarr store.
+
+One engine (`pipeline.inference.engine.run_engine`) whatever reads the tiles: in this
+process, as the run policy `prepare` decided (a read source, the model's compute threads,
+the writer), or in bands on a Dask cluster's workers, each band deciding its own policy there
+(`pipeline.inference.band_runner`). `pipeline.segment` runs it between `prepare` and `finish`.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from wsi_segment.pipeline.cancellation import NEVER_CANCELLED, CancelToken
+from wsi_segment.pipeline.inference.band_runner import run_bands, settle_precision
+from wsi_segment.pipeline.inference.band_task import BandResult
+from wsi_segment.pipeline.inference.engine import ReadSource, run_engine
+from wsi_segment.pipeline.inference.engine_state import EngineStats
+from wsi_segment.pipeline.inference.model_handle import ModelHandle
+from wsi_segment.pipeline.inference.slide_job import SlideJob
+from wsi_segment.pipeline.output_files import STORE_NAME
+from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome
+from wsi_segment.pipeline.outputs.label_image import create_label_image, label_level0_path
+from wsi_segment.pipeline.outputs.ome_zarr import create_probability_store, level0_path
+from wsi_segment.pipeline.prepare import PreparedSlide
+from wsi_segment.pipeline.progress import NullProgress, Progress
+from wsi_segment.pipeline.read_policy import CPU
+from wsi_segment.pipeline.run_policy import LOCAL, RunPolicy, band_policies
+from wsi_segment.wsi.slide import Slide
+
+if TYPE_CHECKING:  # distributed is imported only when a cluster is used
+    from distributed import Client
+
+
+def infer(
+    prep: PreparedSlide,
+    work_dir: Path,
+    client: Client | None = None,
+    progress: Progress | None = None,
+    stats: EngineStats | None = None,
+    cancel: CancelToken = NEVER_CANCELLED,
+) -> list[ChunkOutcome]:
+    """Stage 2: run the tissue chunks, streaming uint8 probabilities into the zarr store.
+
+    One engine (`pipeline.inference.engine.run_engine`) whatever reads the tiles: locally
+    as the run policy `prepare` decided, on a Dask cluster in bands on the workers
+    (`run_bands`), each deciding its policy there with the same function. `stats` receives
+    what a local engine did (benchmarks). Once `cancel` is cancelled the engine, or the
+    bands, stop and its reason is raised."""
+    t0 = time.perf_counter()
+    zarr_path = work_dir / STORE_NAME
+    create_stores(prep, zarr_path)
+    progress = progress or NullProgress()
+    try:
+        if client is not None:
+            outcomes = _infer_on_cluster(prep, zarr_path, client, progress, cancel)
+        else:
+            outcomes = _infer_here(prep, zarr_path, progress, stats, cancel)
+    finally:
+        progress.close()
+        prep.close_prefetch()
+    prep.timings["inference_s"] = time.perf_counter() - t0
+    return outcomes
+
+
+def _infer_here(
+    prep: PreparedSlide,
+    zarr_path: Path,
+    progress: Progress,
+    stats: EngineStats | None,
+    cancel: CancelToken,
+) -> list[ChunkOutcome]:
+    """The engine in this process, run as the policy `prepare` decided."""
+    policy = local_policy(prep)
+    job = slide_job(prep, zarr_path, policy.batch_size.value)
+    progress.start(prep.tiles_total, unit="tile", desc=prep.name)
+    source = local_source(prep, policy)
+    prep.read_device, prep.run_policy = policy.read_report(), policy.as_dict()
+    try:  # nothing between: run_engine closes the source on every path
+        outcomes = run_engine(
+            job,
+            prep.specs,
+            source,
+            progress,
+            stats,
+            cancel=cancel,
+            writers=policy.writers.value,
+            computes=policy.compute_threads.value,
+            locked=policy.model_lock.value,
+        )
+    finally:
+        _record_reads(prep, source)
+    prep.precision = _precision_report(prep.model)
+    return outcomes
+
+
+def local_policy(prep: PreparedSlide) -> RunPolicy:
+    """The policy a local run executes: the one `prepare` decided for this process."""
+    if prep.policy is None or prep.policy.place != LOCAL:
+        raise ValueError(f"{prep.slide_path}: prepared for a Dask cluster, not a local run")
+    return prep.policy
+
+
+def local_source(prep: PreparedSlide, policy: RunPolicy) -> ReadSource:
+    """What reads a local run's tiles, as `policy` says: the device read path, decoder
+    processes (maybe started early), or the reader thread, which adopts the prefetcher
+    reading since planning. The source owns what it adopted, and is closed here if an
+    interrupt lands before it is handed back."""
+    decoders = policy.decoders.value
+    # imported here: they import torch, which a rerun of finished slides never loads
+    from wsi_segment.pipeline.inference.decoder_reads import DecoderProcesses
+    from wsi_segment.pipeline.inference.reader_thread import HostTiles, ReaderThread
+
+    source: ReadSource
+    decoder = policy.device_decoder
+    if decoder is not None and prep.read_tiles is not None:
+        from wsi_segment.pipeline.inference.device_tiles import DeviceTiles  # torch: loaded
+
+        device = prep.model.get().model.device
+        tiles = DeviceTiles(prep.reader, prep.read_tiles, device, decoder)
+        source = ReaderThread(tiles)
+    elif decoders:
+        source = DecoderProcesses(decoders, prep.take_decode_pool())
+    else:
+        source = ReaderThread(HostTiles(prep.reader, prep.take_prefetch()))
+    try:
+        if decoder is not None or decoders:
+            prep.close_prefetch()  # the prefetcher (and early decoders) go unused
+        else:
+            pool = prep.take_decode_pool()  # none: the policy named no decoders
+            if pool is not None:
+                pool.close()
+    except BaseException:
+        source.close()
+        raise
+    return source
+
+
+def _record_reads(prep: PreparedSlide, source: ReadSource) -> None:
+    """Storage tiles decoded and served again (summary.json `run_stats`), and the CPU
+    seconds the prefetcher read for, of whichever source read them."""
+    from wsi_segment.pipeline.inference.reader_thread import ReaderThread
+
+    reads = source.reads if isinstance(source, ReaderThread) else None
+    prefetch = getattr(reads, "prefetch", None)
+    if prefetch is not None:
+        prep.timings["prefetch_read_cpu_s"] = prefetch.read_s
+    counts = getattr(reads, "cache", None)  # the device read path's
+    if counts is None:
+        counts = getattr(reads, "tile_reuse", None)  # the slide library's
+    if counts is not None:
+        prep.read_stats = {
+            "storage_tiles_decoded": counts.tiles_decoded,
+            "storage_tiles_reused": counts.tiles_reused,
+        }
+        direct = getattr(counts, "blocks_direct", None)  # wsi.tiff_blocks, past tiffslide's zarr
+        if direct is not None:
+            prep.read_stats["blocks_decoded_from_file"] = direct
+
+
+def _infer_on_cluster(
+    prep: PreparedSlide, zarr_path: Path, client: Client, progress: Progress, cancel: CancelToken
+) -> list[ChunkOutcome]:
+    """Bands of the engine on the cluster's workers, each running the policy it decides
+    there; one worker decides `auto` precision for all (no mixed-precision slide)."""
+    planned = prep.policy
+    if planned is None:
+        raise ValueError(f"{prep.slide_path}: prepared without a run policy")
+    job = slide_job(prep, zarr_path, planned.batch_size.value)  # each band sets its own
+    settled, prep.precision = settle_precision(job, prep.specs, client, prep.params, cancel)
+    progress.start(prep.tiles_total, unit="tile", desc=prep.name)
+    bands: list[BandResult] = []
+    outcomes = run_bands(
+        job,
+        prep.specs,
+        client,
+        prep.params,
+        progress=progress,
+        key_prefix=f"band-{prep.fingerprint[:16]}",
+        results=bands,
+        settled=settled,
+        cancel=cancel,
+    )
+    prep.run_policy = band_policies(planned.chunk_tiles, [b.policy for b in bands])
+    prep.read_device = bands[0].reads if bands else NO_BANDS_READS
+    return outcomes
+
+
+# run_stats' read choice of a cluster's run where no band ran (no tissue)
+NO_BANDS_READS = {
+    "read_device": CPU,
+    "read_device_reason": "a Dask cluster's bands choose on their workers, and none ran",
+}
+
+
+def slide_job(prep: PreparedSlide, zarr_path: Path, batch_size: int) -> SlideJob:
+    """What every read source and runner needs to run any chunk of the prepared slide into
+    the store at `zarr_path` (made by `infer`; benchmarks make their own), in forward passes
+    of `batch_size` tiles (the policy's)."""
+    return SlideJob(
+        reader=prep.reader,
+        n_classes=len(prep.meta.classes),
+        batch_size=batch_size,
+        gate=prep.params.gate,
+        zarr_path=str(level0_path(zarr_path)),
+        labels_path=str(label_level0_path(zarr_path)),
+        tissue_mask=prep.tissue.mask,
+        tissue_downsample=float(prep.tissue.downsample),
+        level0_per_output=prep.level0_per_output,
+        model=prep.model,
+        simplify_tolerance=prep.params.simplify_tolerance,
+        keep_exact_polygons=bool(prep.rois),
+        slide_extent_out=(
+            prep.slide.dimensions[0] / prep.level0_per_output,
+            prep.slide.dimensions[1] / prep.level0_per_output,
+        ),
+    )
+
+
+def create_stores(prep: PreparedSlide, zarr_path: Path) -> None:
+    """The empty probability store and label image the chunks are written into."""
+    create_probability_store(
+        zarr_path,
+        list(prep.meta.classes),
+        list(prep.meta.colors),
+        prep.output_shape,
+        (prep.chunk_out, prep.chunk_out),
+        prep.output_mpp,
+        prep.level0_per_output,
+        offset_level0=_qupath_offset(prep.slide),
+        name=prep.name,
+    )
+    create_label_image(zarr_path)
+
+
+def _precision_report(model: ModelHandle) -> dict[str, Any]:
+    """What this process's model ran in (a cluster's comes from the worker that decided)."""
+    return model.get().runtime.report()
+
+
+def _qupath_offset(slide: Slide) -> tuple[float, float]:
+    """QuPath shows the bounded region of slides with openslide.bounds-x/y (e.g. MRXS)."""
+    bx, by = getattr(slide, "bounds_offset", (0, 0)) or (0, 0)
+    return (-float(bx), -float(by))

@@ -1,0 +1,64 @@
+"""A run's identity: what decides whether a finished output folder is "up to date".
+
+A run is the same slide + the same model weights + the same output-changing parameters; a
+rerun whose fingerprint matches a finished output folder is "up to date" and skipped. The
+slide is identified by path, size and modification time (hashing gigabytes of pixels would
+cost more than some runs); the model by the hash of the model.json and weight bytes it was
+loaded from (`SegmentationModel.identity`, set by `models.bundle.load_model`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from wsi_segment.models.checksum import file_sha256
+from wsi_segment.pipeline.params import SegmentParams
+
+if TYPE_CHECKING:  # models.meta imports torch, which a run loads in the background
+    from wsi_segment.models.meta import ModelMeta
+
+
+FORMAT_VERSION = 6  # bump when outputs change for the same inputs
+
+
+def slide_identity(slide_path: str) -> dict[str, Any]:
+    """Path, size and mtime for local files; the URL itself for remote ones. A folder (a
+    DICOM slide) adds the name, size and mtime of each file in it: its files are the slide,
+    and rewriting one changes the folder's own mtime not at all."""
+    if "://" in slide_path and not slide_path.startswith("file://"):
+        return {"url": slide_path}
+    path = Path(slide_path.removeprefix("file://")).resolve()
+    stat = os.stat(path)
+    identity: dict[str, Any] = {
+        "path": str(path),
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+    }
+    if path.is_dir():
+        files = sorted(f for f in path.iterdir() if f.is_file())
+        identity["files"] = [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+    return identity
+
+
+def canonical_sha256(data: dict[str, Any]) -> str:
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def run_fingerprint(
+    slide_path: str, model_hash: str, params: SegmentParams, meta: ModelMeta
+) -> str:
+    data = {
+        "format": FORMAT_VERSION,
+        "slide": slide_identity(slide_path),
+        "model": model_hash,
+        "params": params.fingerprint_fields(),
+        "tile": int(meta.tile_size),
+    }
+    if params.roi is not None:  # the regions drawn, not the file's name, decide the outputs
+        data["roi_sha256"] = file_sha256(Path(params.roi))
+    return canonical_sha256(data)
