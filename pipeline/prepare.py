@@ -3,13 +3,14 @@
 `prepare` hands a `PreparedSlide` to `infer` and `finish` (pipeline.segment): the slide, the
 plan, the run policy (`pipeline.run_policy`, decided here once from the machine, the options
 and the slide), the loaded model's handle, the run's identity, and the readers started early
-(the prefetcher, or the engine's decoders) while the model loads in the background.
+(the prefetcher, or the engine's decoders) while the model loads in the background. What it
+reads and checks first is `pipeline.prepare_inputs`; the policy and what starts in the
+background, `pipeline.run_start`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,16 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from wsi_segment.errors import ModelError
-from wsi_segment.models.meta import read_model_json, weights_path
 from wsi_segment.pipeline.cancellation import NEVER_CANCELLED, CancelToken
-from wsi_segment.pipeline.early_readers import EarlyReaders
 from wsi_segment.pipeline.inference.decode_pool import DecodePool
-from wsi_segment.pipeline.inference.model_handle import (
-    ModelHandle,
-    load_for_process,
-)
-from wsi_segment.pipeline.inference.read_device import LevelKey, read_level_and_scale, slide_reads
+from wsi_segment.pipeline.inference.model_handle import ModelHandle
 from wsi_segment.pipeline.inference.slide_plan import (
     chunk_read_backend,
     plan_reader,
@@ -35,31 +29,26 @@ from wsi_segment.pipeline.inference.slide_plan import (
 )
 from wsi_segment.pipeline.inference.tile_prefetch import TilePrefetcher
 from wsi_segment.pipeline.inference.tile_reader import TileReader
-from wsi_segment.pipeline.machine import Machine, probe_machine
 from wsi_segment.pipeline.outputs.output_name import slide_output_name
 from wsi_segment.pipeline.outputs.ownership import refuse_link
 from wsi_segment.pipeline.outputs.run_identity import run_fingerprint
 from wsi_segment.pipeline.params import SegmentParams
-from wsi_segment.pipeline.read_policy import GPU
-from wsi_segment.pipeline.run_policy import (
-    CLUSTER,
-    LOCAL,
-    RunFacts,
-    RunPolicy,
-    decide,
-    runtime_spec,
-    wants_slide_reads,
+from wsi_segment.pipeline.prepare_inputs import (
+    ModelFolder,
+    OpenedSlide,
+    open_checked_slide,
+    read_model_folder,
 )
+from wsi_segment.pipeline.run_policy import LOCAL, RunFacts, RunPolicy
+from wsi_segment.pipeline.run_start import RunStart
 from wsi_segment.pipeline.startup import Background, gc_paused
-from wsi_segment.wsi.roi import Roi, read_rois
-from wsi_segment.wsi.slide import Slide, open_slide
-from wsi_segment.wsi.slide_limits import check_slide_size
-from wsi_segment.wsi.tiling import ChunkSpec, TileGrid
+from wsi_segment.wsi.roi import Roi
+from wsi_segment.wsi.slide import Slide
+from wsi_segment.wsi.tiling import ChunkPlan, ChunkSpec, TileGrid
 from wsi_segment.wsi.tissue import TissueMask
 
 if TYPE_CHECKING:
     from wsi_segment.models.meta import ModelMeta
-    from wsi_segment.models.runtimes.select import RuntimeSpec
     from wsi_segment.wsi.raw_tiles import JpegTiles
 
 
@@ -210,116 +199,60 @@ def prepare(
     slide_path = str(slide_path)
     name = slide_output_name(slide_path, params.output_name)
     refuse_link(Path(out_root) / name)  # before any work: outputs are never written through it
-    model_dir = resolve_model_dir(params)
-    meta = _model_meta(model_dir)
-    slide, mpp, rois = _open_slide(slide_path, params)
+    model = read_model_folder(resolve_model_dir(params))
+    opened = open_checked_slide(slide_path, params)
     try:
         cancel.check()
         with gc_paused():
             facts = RunFacts(place=place, at_once=at_once)
-            return _prepare_opened(
-                slide_path,
-                name,
-                out_root,
-                params,
-                facts,
-                early,
-                model_dir,
-                meta,
-                (slide, mpp, rois),
-                t0,
-                cancel,
+            started = RunStart.begin(opened, model, params, facts, early)
+            return _prepare_started(
+                Path(out_root), name, params, opened, model, started, t0, cancel
             )
     except BaseException:
-        slide.close()
+        opened.slide.close()
         raise
 
 
-def _model_meta(model_dir: Path) -> ModelMeta:
-    """model.json's metadata, read without torch: a refused model.json or a missing weights
-    file is said now, not after tissue detection."""
-    if not model_dir.is_dir():
-        raise ModelError(
-            f"{model_dir}: model folder not found; pass --model with a folder holding "
-            "model.json and model.safetensors (or omit --model for the demo model)"
-        )
-    doc, meta = read_model_json(model_dir)
-    weights_path(model_dir, doc)
-    return meta
-
-
-def _open_slide(
-    slide_path: str, params: SegmentParams
-) -> tuple[Slide, tuple[float, float], list[Roi]]:
-    """The slide, its mpp and its `--roi` regions; a slide too large, without mpp or with a
-    bad --roi file is refused (and closed) before the model loads."""
-    slide = open_slide(slide_path, backend=params.backend, mpp=params.mpp)
-    try:
-        check_slide_size(slide)  # before anything reads or plans in proportion to it
-        mpp = slide.require_mpp()
-        rois = read_rois(params.roi, slide.dimensions, slide.bounds_offset) if params.roi else []
-    except BaseException:
-        slide.close()
-        raise
-    return slide, mpp, rois
-
-
-def _prepare_opened(
-    slide_path: str,
+def _prepare_started(
+    out_root: Path,
     name: str,
-    out_root: str | Path,
     params: SegmentParams,
-    facts: RunFacts,  # where it runs, how many slides at once (the slide's facts: below)
-    early: bool,  # start the plan's readers while the model loads
-    model_dir: Path,
-    meta: ModelMeta,
-    opened: tuple[Slide, tuple[float, float], list[Roi]],  # the slide, its mpp, its regions
-    t0: float,
+    opened: OpenedSlide,
+    model: ModelFolder,
+    started: RunStart,
+    t0: float,  # when `prepare` began: the open's share of the timings
     cancel: CancelToken,
 ) -> PreparedSlide:
-    slide, mpp, rois = opened
-    machine = probe_machine()
-    geometry = (int(meta.tile_size), float(meta.mpp))
-    key = read_level_and_scale(slide, mpp[0], geometry[1])
-    policy, tiles = slide_policy(machine, params, facts, slide_path, slide, key)
-    spec = loader_spec(policy, params)
-    loader = Background(load_for_process, str(model_dir), policy.device.value, spec)
-    readers = EarlyReaders.start(policy if early else None, machine, slide_path, slide, params)
+    """Detect tissue and plan the chunks while the model loads, then take the loaded model;
+    what `started` runs is stopped on any error."""
     try:
         t1 = time.perf_counter()
-        tissue = slide_tissue(slide, params, rois)
+        tissue = slide_tissue(opened.slide, params, opened.rois)
         t_tissue = time.perf_counter()
         cancel.check()
-        grid, planned = plan_slide(slide, mpp, geometry, params, tissue, policy.chunk_tiles.value)
-        read_backend = chunk_read_backend(slide, params, planned.read_level)
-        reader = plan_reader(slide_path, slide, params, planned, grid, read_backend)
-        readers.assign(reader, planned.specs)
+        grid, planned, reader = _plan_chunks(opened, params, model, started, tissue)
         t2 = time.perf_counter()
-        loaded = loader.result()
-        cancel.check()
-        handle = ModelHandle.of(loaded, str(model_dir), policy.device.value, spec)
-        _same_geometry(model_dir, geometry, loaded.model.meta)
-        fingerprint = run_fingerprint(slide_path, handle.identity, params, loaded.model.meta)
+        handle, model_meta = started.loaded_model(model, cancel)
+        fingerprint = run_fingerprint(opened.path, handle.identity, params, model_meta)
     except BaseException:
-        readers.close()
-        with contextlib.suppress(BaseException):
-            loader.result()  # never leave a thread importing torch behind
+        started.stop()
         raise
     t3 = time.perf_counter()
     return PreparedSlide(
-        slide_path=slide_path,
+        slide_path=opened.path,
         name=name,
-        out_root=Path(out_root),
+        out_root=out_root,
         params=params,
-        slide=slide,
-        mpp=mpp,
+        slide=opened.slide,
+        mpp=opened.mpp,
         model=handle,
-        meta=loaded.model.meta,
-        model_dir=model_dir,
+        meta=model_meta,
+        model_dir=model.path,
         model_hash=handle.identity,  # the bytes loaded, hashed as they were read
         fingerprint=fingerprint,
         tissue=tissue,
-        rois=rois,
+        rois=opened.rois,
         grid=grid,
         output_shape=planned.output_shape,
         chunk_out=planned.chunk_out,
@@ -330,54 +263,30 @@ def _prepare_opened(
             "open_and_model_s": (t1 - t0) + (t3 - t2),
             "tissue_and_plan_s": t2 - t1,
             "tissue_s": t_tissue - t1,
-            "model_load_s": loader.seconds,
-            **readers.timings(),
+            "model_load_s": started.loader.seconds,
+            **started.readers.timings(),
         },
-        prefetch=readers.prefetcher,
-        decode_pool=readers.pool,
-        overlay_thumb=readers.thumb,
-        policy=policy,
-        read_tiles=tiles,
+        prefetch=started.readers.prefetcher,
+        decode_pool=started.readers.pool,
+        overlay_thumb=started.readers.thumb,
+        policy=started.policy,
+        read_tiles=started.read_tiles,
     )
 
 
-def loader_spec(policy: RunPolicy, params: SegmentParams) -> RuntimeSpec:
-    """What the model loader opens: the plan's runtime and precision; a cluster's plan only
-    needs the model's identity and metadata (its bands open their own runtime on their
-    workers), so it loads into torch at fp32 and compiles and calibrates nothing."""
-    if policy.place != CLUSTER:
-        return runtime_spec(policy, params)
-    from wsi_segment.models.runtimes.select import RuntimeSpec
-
-    why = "a Dask cluster's plan: the bands run the model on their workers"
-    return RuntimeSpec("torch", "fp32", runtime_reason=why, precision_reason=why)
-
-
-def _same_geometry(model_dir: Path, planned: tuple[int, float], meta: ModelMeta) -> None:
-    """The chunks were planned from model.json before the model loaded: a model.json that
-    changed in between is refused rather than planned again."""
-    if planned != (int(meta.tile_size), float(meta.mpp)):
-        raise ModelError(
-            f"{model_dir / 'model.json'}: changed while the slide was prepared (planned for "
-            f"tile {planned[0]} at {planned[1]} mpp, loaded {meta.tile_size} at {meta.mpp}); "
-            "rerun once the model folder stays unchanged"
-        )
-
-
-def slide_policy(
-    machine: Machine,
+def _plan_chunks(
+    opened: OpenedSlide,
     params: SegmentParams,
-    facts: RunFacts,
-    slide_path: str,
-    slide: Slide,
-    key: LevelKey | None,
-) -> tuple[RunPolicy, JpegTiles | None]:
-    """The run's policy, the slide's read level examined first where the policy may read it
-    on the device (`key`: that level; None: not known yet), and the tiles it would read. A
-    cluster's plan examines nothing: its bands read, and decide, on the workers."""
-    tiles = None
-    reads = None
-    if key is not None and facts.place != CLUSTER and wants_slide_reads(machine, params):
-        reads, tiles = slide_reads(slide_path, slide, key)
-    policy = decide(machine, params, dataclasses.replace(facts, reads=reads))
-    return policy, tiles if policy.read_device.value == GPU else None
+    model: ModelFolder,
+    started: RunStart,
+    tissue: TissueMask,
+) -> tuple[TileGrid, ChunkPlan, TileReader]:
+    """The chunks over the tissue, planned from model.json's geometry before the model has
+    loaded, and what reads them; the early readers are handed that reader and the chunks."""
+    slide = opened.slide
+    chunk_tiles = started.policy.chunk_tiles.value
+    grid, planned = plan_slide(slide, opened.mpp, model.geometry, params, tissue, chunk_tiles)
+    read_backend = chunk_read_backend(slide, params, planned.read_level)
+    reader = plan_reader(opened.path, slide, params, planned, grid, read_backend)
+    started.readers.assign(reader, planned.specs)
+    return grid, planned, reader

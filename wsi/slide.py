@@ -16,7 +16,6 @@ reported at once.
 
 from __future__ import annotations
 
-import errno
 import logging
 import math
 import os
@@ -39,7 +38,7 @@ from wsi_segment.wsi.backends import (
 from wsi_segment.wsi.box_mean import box_mean
 from wsi_segment.wsi.mpp import mpp_problem
 from wsi_segment.wsi.retries import READ_ATTEMPTS, is_transient, with_retries
-from wsi_segment.wsi.slide_folder import slide_file_of_folder
+from wsi_segment.wsi.slide_path import local_slide_file
 
 log = logging.getLogger(__name__)
 
@@ -290,24 +289,6 @@ def _to_white_rgb(arr: np.ndarray, inside: np.ndarray | None) -> np.ndarray:
     return rgb
 
 
-def _refuse_broken_link(path: str) -> None:
-    """A path that does not resolve because of a link says so: a loop, or a link to nothing,
-    is not the same fix as a mistyped name."""
-    try:
-        os.stat(path)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise SlideError(
-                f"{path}: symbolic link loop (the link leads back to itself); point the link "
-                "at the slide file, or pass the slide file itself"
-            ) from exc
-    if os.path.islink(path):
-        raise SlideError(
-            f"{path}: symbolic link to {os.readlink(path)!r}, which does not exist; point the "
-            "link at the slide file, or pass the slide file itself"
-        )
-
-
 def _one_of(names: tuple[str, ...]) -> str:
     """`a, b or c`: the names a message offers."""
     return " or ".join(filter(None, (", ".join(names[:-1]), names[-1])))
@@ -329,27 +310,25 @@ def open_slide(
     if mpp is not None and (problem := mpp_problem(mpp)) is not None:
         raise ConfigError(f"--mpp {problem}")
     if _is_url(path):
-        if backend != "auto" and backend not in url_backends():
-            raise ConfigError(
-                f"{path}: {backend} reads local files only; use --backend {_one_of(url_backends())}"
-            )
-        order = list(url_backends()) if backend == "auto" else [backend]
+        order = _url_backend_order(path, backend)
     else:
-        p = Path(path)
-        if not p.exists():
-            _refuse_broken_link(path)
-            raise SlideError(
-                f"{path}: no such file; check the path (give a slide file, or a URL such as "
-                "s3://bucket/slide.svs)"
-            )
-        if p.is_dir():  # a DICOM slide folder opens by one of its files
-            p = Path(slide_file_of_folder(p))
-        if not p.is_file():  # a FIFO would block the readers forever
-            raise SlideError(
-                f"{path}: not a regular file (a pipe, socket or device); pass the slide file"
-            )
-        path = str(p.resolve())
+        path = local_slide_file(path)
         order = list(BACKENDS) if backend == "auto" else [backend]
+    return _open_with_first(path, order, mpp)
+
+
+def _url_backend_order(url: str, backend: str) -> list[str]:
+    """The backends to try on a URL: only those that speak fsspec can read it."""
+    if backend != "auto" and backend not in url_backends():
+        raise ConfigError(
+            f"{url}: {backend} reads local files only; use --backend {_one_of(url_backends())}"
+        )
+    return list(url_backends()) if backend == "auto" else [backend]
+
+
+def _open_with_first(path: str, order: list[str], mpp: float | None) -> Slide:
+    """The slide as the first backend of `order` that opens it with image levels sees it;
+    else one error with every backend's reason and the fix for a URL or a local file."""
     reasons = []
     for name in order:
         try:

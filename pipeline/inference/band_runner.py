@@ -90,15 +90,39 @@ def run_bands(
     `WsiSegmentError` (bad input) comes back as the band's value, so Dask does not retry it;
     other errors are retried twice, and a band whose worker died is recomputed elsewhere by
     the scheduler."""
-    from distributed import Event
-
     progress = progress or NullProgress()
     specs = list(specs)
-    at_once, gpu = _slots(client)
-    slots = max(1, sum(at_once.values()))
+    placement = _slots(client)
+    slots = max(1, sum(placement[0].values()))
     ranges = contiguous_runs(specs, bands if bands is not None else BANDS_PER_SLOT * slots)
     if not ranges:
         return []
+    pieces = [specs[r.start : r.stop] for r in ranges]
+    options = options or SegmentParams()
+    event, futures = _submit_bands(client, job, pieces, options, placement, settled, key_prefix)
+    finished = _wait_for_bands(futures, event, progress, cancel)
+    if any(b.daemonic for b in finished):
+        log.warning("%s: daemonic Dask workers read in threads; %s", job.slide_path, DAEMON_FIX)
+    if results is not None:
+        results.extend(finished)
+    return [o for b in finished for o in b.outcomes]
+
+
+def _submit_bands(
+    client: Client,
+    job: SlideJob,
+    pieces: list[list[ChunkSpec]],  # each band's chunks, in plan order
+    options: SegmentParams,
+    placement: tuple[dict[str, int], bool],  # as `_slots` says: bands at once per host, GPU
+    settled: RunFacts,
+    key_prefix: str,
+) -> tuple[Event, list[Future[Any]]]:
+    """One Dask task per band, all watching one new cluster-wide abort event (returned with
+    the futures); the job is scattered once to every worker rather than sent with each band,
+    and a band on GPU workers takes a worker's GPU resource."""
+    from distributed import Event
+
+    at_once, gpu = placement
     abort = f"{key_prefix}-abort-{uuid.uuid4().hex}"
     event = Event(abort, client=client)
     job_future = client.scatter(job, broadcast=True, hash=False)
@@ -106,20 +130,28 @@ def run_bands(
         client.submit(
             run_band,
             job_future,
-            specs[r.start : r.stop],
+            piece,
             abort,
-            options or SegmentParams(),
+            options,
             gpu,
             at_once,
             settled,
-            key=f"{key_prefix}-{k}-of-{len(ranges)}",
+            key=f"{key_prefix}-{k}-of-{len(pieces)}",
             retries=2,
             pure=False,
             resources={GPU_RESOURCE: 1} if gpu else None,
         )
-        for k, r in enumerate(ranges)
+        for k, piece in enumerate(pieces)
     ]
-    done: list[BandResult | None] = [None] * len(ranges)
+    return event, futures
+
+
+def _wait_for_bands(
+    futures: Sequence[Future[Any]], event: Event, progress: Progress, cancel: CancelToken
+) -> list[BandResult]:
+    """Every band's result, in band order, once all have ended; the first band's error is
+    raised then (`gather_all`). The progress bar advances by a band's tiles as it finishes."""
+    done: list[BandResult | None] = [None] * len(futures)
 
     def take(k: int, band: BandResult) -> BaseException | None:
         if band.error is None and not band.aborted:
@@ -129,13 +161,9 @@ def run_bands(
 
     gather_all(futures, event, take, cancel)
     finished = [b for b in done if b is not None]
-    if len(finished) != len(ranges):
-        raise RuntimeError(f"{len(ranges) - len(finished)} bands never completed")
-    if any(b.daemonic for b in finished):
-        log.warning("%s: daemonic Dask workers read in threads; %s", job.slide_path, DAEMON_FIX)
-    if results is not None:
-        results.extend(finished)
-    return [o for b in finished for o in b.outcomes]
+    if len(finished) != len(futures):
+        raise RuntimeError(f"{len(futures) - len(finished)} bands never completed")
+    return finished
 
 
 def settle_precision(

@@ -1,0 +1,132 @@
+"""The first step of `prepare`: decide the run's policy, then start what works in the
+background while the calling thread detects tissue and plans the chunks.
+
+The policy (`pipeline.run_policy`) is decided once here, from the machine, the options and
+the slide's read level; the model's load and the early readers (`EarlyReaders`) then start
+as it says, so that importing torch and decoding the first tiles overlap the planning.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from wsi_segment.errors import ModelError
+from wsi_segment.pipeline.cancellation import CancelToken
+from wsi_segment.pipeline.early_readers import EarlyReaders
+from wsi_segment.pipeline.inference.model_handle import ModelHandle, load_for_process
+from wsi_segment.pipeline.inference.read_device import LevelKey, read_level_and_scale, slide_reads
+from wsi_segment.pipeline.machine import Machine, probe_machine
+from wsi_segment.pipeline.params import SegmentParams
+from wsi_segment.pipeline.prepare_inputs import ModelFolder, OpenedSlide
+from wsi_segment.pipeline.read_policy import GPU
+from wsi_segment.pipeline.run_policy import (
+    CLUSTER,
+    RunFacts,
+    RunPolicy,
+    decide,
+    runtime_spec,
+    wants_slide_reads,
+)
+from wsi_segment.pipeline.startup import Background
+from wsi_segment.wsi.slide import Slide
+
+if TYPE_CHECKING:
+    from wsi_segment.models.meta import ModelMeta
+    from wsi_segment.models.runtimes.select import RuntimeSpec
+    from wsi_segment.pipeline.inference.model_handle import LoadedModel
+    from wsi_segment.wsi.raw_tiles import JpegTiles
+
+
+@dataclass(frozen=True)
+class RunStart:
+    """The run's policy and what it started: the model loading in a background thread and
+    the early readers (none without `early`)."""
+
+    policy: RunPolicy
+    read_tiles: JpegTiles | None  # the read level's JPEG tiles when read on the device
+    spec: RuntimeSpec  # what the loader opens
+    loader: Background[LoadedModel]
+    readers: EarlyReaders
+
+    @classmethod
+    def begin(
+        cls,
+        opened: OpenedSlide,
+        model: ModelFolder,
+        params: SegmentParams,
+        facts: RunFacts,  # where it runs, how many slides at once (the slide's facts: here)
+        early: bool,  # start the plan's readers while the model loads
+    ) -> RunStart:
+        """Decide the policy, then start the model's load and the readers it names."""
+        machine = probe_machine()
+        key = read_level_and_scale(opened.slide, opened.mpp[0], model.geometry[1])
+        policy, tiles = slide_policy(machine, params, facts, opened.path, opened.slide, key)
+        spec = loader_spec(policy, params)
+        loader = Background(load_for_process, str(model.path), policy.device.value, spec)
+        readers = EarlyReaders.start(
+            policy if early else None, machine, opened.path, opened.slide, params
+        )
+        return cls(policy, tiles, spec, loader, readers)
+
+    def loaded_model(
+        self, model: ModelFolder, cancel: CancelToken
+    ) -> tuple[ModelHandle, ModelMeta]:
+        """The loaded model's handle and metadata, once its load ends; `cancel` is checked
+        after the wait."""
+        loaded = self.loader.result()
+        cancel.check()
+        handle = ModelHandle.of(loaded, str(model.path), self.policy.device.value, self.spec)
+        _same_geometry(model.path, model.geometry, loaded.model.meta)
+        return handle, loaded.model.meta
+
+    def stop(self) -> None:
+        """After an error: stop the readers and wait for the load to end."""
+        self.readers.close()
+        with contextlib.suppress(BaseException):
+            self.loader.result()  # never leave a thread importing torch behind
+
+
+def loader_spec(policy: RunPolicy, params: SegmentParams) -> RuntimeSpec:
+    """What the model loader opens: the plan's runtime and precision; a cluster's plan only
+    needs the model's identity and metadata (its bands open their own runtime on their
+    workers), so it loads into torch at fp32 and compiles and calibrates nothing."""
+    if policy.place != CLUSTER:
+        return runtime_spec(policy, params)
+    from wsi_segment.models.runtimes.select import RuntimeSpec
+
+    why = "a Dask cluster's plan: the bands run the model on their workers"
+    return RuntimeSpec("torch", "fp32", runtime_reason=why, precision_reason=why)
+
+
+def slide_policy(
+    machine: Machine,
+    params: SegmentParams,
+    facts: RunFacts,
+    slide_path: str,
+    slide: Slide,
+    key: LevelKey | None,
+) -> tuple[RunPolicy, JpegTiles | None]:
+    """The run's policy, the slide's read level examined first where the policy may read it
+    on the device (`key`: that level; None: not known yet), and the tiles it would read. A
+    cluster's plan examines nothing: its bands read, and decide, on the workers."""
+    tiles = None
+    reads = None
+    if key is not None and facts.place != CLUSTER and wants_slide_reads(machine, params):
+        reads, tiles = slide_reads(slide_path, slide, key)
+    policy = decide(machine, params, dataclasses.replace(facts, reads=reads))
+    return policy, tiles if policy.read_device.value == GPU else None
+
+
+def _same_geometry(model_dir: Path, planned: tuple[int, float], meta: ModelMeta) -> None:
+    """The chunks were planned from model.json before the model loaded: a model.json that
+    changed in between is refused rather than planned again."""
+    if planned != (int(meta.tile_size), float(meta.mpp)):
+        raise ModelError(
+            f"{model_dir / 'model.json'}: changed while the slide was prepared (planned for "
+            f"tile {planned[0]} at {planned[1]} mpp, loaded {meta.tile_size} at {meta.mpp}); "
+            "rerun once the model folder stays unchanged"
+        )
