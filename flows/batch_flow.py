@@ -214,10 +214,7 @@ def segment_batch(
     no limit). On Ctrl-C / SIGTERM the slides in flight are stopped and cleaned up, and the
     interrupt is raised with every slide's result (`flows.batch_interrupt`).
     """
-    if concurrency < 1:
-        raise ConfigError(f"concurrency must be >= 1 (got {concurrency})")
-    if slide_timeout is not None and not slide_timeout > 0:
-        raise ConfigError(f"slide_timeout must be > 0 seconds (got {slide_timeout})")
+    check_batch_limits(concurrency, slide_timeout)
     logger = get_run_logger()
     items = parse_batch_input(input)
     params = make_params(model_dir, options, origin=flow_run_origin())
@@ -226,37 +223,102 @@ def segment_batch(
     # the slides in flight in this process share its decoders (each slide's run policy)
     at_once = min(concurrency, max(1, len(items))) if in_process else 1
     model = model_files(params)
-    finished = finished_slides(items, out, params, model)
-    if finished:
-        logger.info("%d slide(s) already up to date: skipped", len(finished))
-    for result in finished.values():  # a finished slide's warnings still stand (no tissue)
-        log_slide_warnings(result)
-    if not retry_failed:
-        finished.update(known_failures(items, out, params, model, skip=finished))
+    finished = slides_without_task(items, out, params, model, retry_failed)
     todo = [i for i in range(len(items)) if i not in finished]
     morning = BatchReport(out, [item.name for item in items], finished)
     with contextlib.ExitStack() as stack:
         stack.enter_context(pipeline_warnings_to_run_log())
         if todo:  # no cluster starts for a batch that is all finished
             client = stack.enter_context(_dask_context(dask_address, workers, in_process))
-            # daemon slide threads: one stuck past the interrupt's grace does not hold the exit
-            pool: SlideTaskRunner[SlideOrFailed] = SlideTaskRunner(max_workers=concurrency)
             watch = stack.enter_context(SlideWatch(slide_timeout))
-            with pool as runner:
-                common = {"out": out, "params": params, "client": client, "watch": watch}
-                common["at_once"] = at_once
-                futures = {
-                    i: runner.submit(slide_task, {"item": items[i], "index": i, **common})
-                    for i in todo
-                }
-                for i, future in futures.items():  # cohort.csv true for what finished so far
-                    future.add_done_callback(functools.partial(report_slide, morning, i))
-                finished.update(wait_for_slides(futures, items, watch, finished))
+            finished.update(
+                run_slide_tasks(
+                    items, todo, out, params, client, watch, concurrency, at_once, morning, finished
+                )
+            )
+    results = settled_results(items, finished, out, params, model)
+    tally = publish_batch_report(input, out, results, morning)
+    report_outcome(results, tally)
+    return results
+
+
+def check_batch_limits(concurrency: int, slide_timeout: float | None) -> None:
+    """Refuse limits no batch can run under (`ConfigError`), before any slide is read."""
+    if concurrency < 1:
+        raise ConfigError(f"concurrency must be >= 1 (got {concurrency})")
+    if slide_timeout is not None and not slide_timeout > 0:
+        raise ConfigError(f"slide_timeout must be > 0 seconds (got {slide_timeout})")
+
+
+def slides_without_task(
+    items: list[BatchItem],
+    out: str,
+    params: SegmentParams,
+    model: ModelFiles | None,
+    retry_failed: bool,
+) -> dict[int, SlideResult]:
+    """The results, by index, of the slides no task runs: the finished ones (their warnings
+    logged again: no tissue still stands) and, unless `retry_failed`, the known failures."""
+    finished = finished_slides(items, out, params, model)
+    if finished:
+        get_run_logger().info("%d slide(s) already up to date: skipped", len(finished))
+    for result in finished.values():
+        log_slide_warnings(result)
+    if not retry_failed:
+        finished.update(known_failures(items, out, params, model, skip=finished))
+    return finished
+
+
+def run_slide_tasks(
+    items: list[BatchItem],
+    todo: list[int],
+    out: str,
+    params: SegmentParams,
+    client: Client | None,
+    watch: SlideWatch,
+    concurrency: int,
+    at_once: int,
+    morning: BatchReport,
+    finished: dict[int, SlideResult],
+) -> dict[int, SlideResult]:
+    """Run a slide task for each index of `todo`, `concurrency` at a time, and wait for their
+    results (an interrupt stops them: `wait_for_slides`); each finished slide goes into the
+    morning report as it ends, so cohort.csv is true for what finished so far."""
+    # daemon slide threads: one stuck past the interrupt's grace does not hold the exit
+    pool: SlideTaskRunner[SlideOrFailed] = SlideTaskRunner(max_workers=concurrency)
+    with pool as runner:
+        common = {"out": out, "params": params, "client": client, "watch": watch}
+        common["at_once"] = at_once
+        futures = {
+            i: runner.submit(slide_task, {"item": items[i], "index": i, **common}) for i in todo
+        }
+        for i, future in futures.items():
+            future.add_done_callback(functools.partial(report_slide, morning, i))
+        return wait_for_slides(futures, items, watch, finished)
+
+
+def settled_results(
+    items: list[BatchItem],
+    finished: dict[int, SlideResult],
+    out: str,
+    params: SegmentParams,
+    model: ModelFiles | None,
+) -> list[SlideResult]:
+    """Every slide's result in input order, failures recorded for the next run
+    (`pipeline.known_failures`); a failure that could not be recorded is a WARNING line."""
     results, unrecorded = settle_records(
         items, [finished[i] for i in range(len(items))], out, params, model
     )
     for problem in unrecorded:
-        logger.warning("failure not recorded: %s", problem)
+        get_run_logger().warning("failure not recorded: %s", problem)
+    return results
+
+
+def publish_batch_report(
+    input: str, out: str, results: list[SlideResult], morning: BatchReport
+) -> dict[str, int]:
+    """The batch's table and markdown artifacts and its morning report; returns the tally
+    of slides by status."""
     tally = counts(results)
     rows = batch_rows(results)
     create_table_artifact(rows, key="segment-batch", description=f"{input} -> {out}: {tally}")
@@ -266,6 +328,13 @@ def segment_batch(
         key="segment-batch-report",
         description="Batch results",
     )
+    return tally
+
+
+def report_outcome(results: list[SlideResult], tally: dict[str, int]) -> None:
+    """A WARNING line per known failure, an ERROR line per slide failed anew, the tally;
+    then `BatchFailedError` if any slide failed anew, so schedulers and the CLI see it."""
+    logger = get_run_logger()
     for r in results:
         if r.status == "known-failure":
             logger.warning("%s", run_words(known_failure_message(r)), extra=REPORT_LINE)
@@ -275,4 +344,3 @@ def segment_batch(
     logger.info("batch done: %s", tally)
     if failed:
         raise BatchFailedError(f"{len(failed)} of {len(results)} slide(s) failed", results)
-    return results

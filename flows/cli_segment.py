@@ -77,7 +77,19 @@ def add_backend_option(parser: argparse.ArgumentParser) -> None:
 
 
 def add_segment_options(parser: argparse.ArgumentParser) -> None:
-    """Options shared by `segment` and `batch`."""
+    """Options shared by `segment` and `batch`, group by group in the order `--help` lists."""
+    add_location_options(parser)
+    add_compute_options(parser)
+    add_geometry_options(parser)
+    add_parallelism_options(parser)
+    add_backend_option(parser)
+    add_result_options(parser)
+    add_region_options(parser)
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_location_options(parser: argparse.ArgumentParser) -> None:
+    """`--model` and `--out`: which model reads the slides, where their outputs go."""
     parser.add_argument("--model", type=Path, help="model folder (default: the demo model)")
     parser.add_argument(
         "--out",
@@ -85,6 +97,10 @@ def add_segment_options(parser: argparse.ArgumentParser) -> None:
         default=Path("wsi-segment-out"),
         help="output root; each slide gets <out>/<slide stem>/ (default: %(default)s)",
     )
+
+
+def add_compute_options(parser: argparse.ArgumentParser) -> None:
+    """How the model runs: device, precision, runtime, and the tiles of a pass and a chunk."""
     parser.add_argument(
         "--device",
         choices=("auto", "cpu", "cuda"),
@@ -124,6 +140,10 @@ def add_segment_options(parser: argparse.ArgumentParser) -> None:
         "are 8 x 8 tile cores); batches mix tiles of several chunks (default: the run policy's, "
         "4 on the CPU, 8 on a GPU)",
     )
+
+
+def add_geometry_options(parser: argparse.ArgumentParser) -> None:
+    """The slide's scale and how model pixels map to tiles and output pixels."""
     parser.add_argument(
         "--mpp",
         type=mpp_value,
@@ -141,6 +161,10 @@ def add_segment_options(parser: argparse.ArgumentParser) -> None:
         default=32,
         help="model pixels shared by neighbouring tiles, even (default: %(default)s)",
     )
+
+
+def add_parallelism_options(parser: argparse.ArgumentParser) -> None:
+    """Threads and processes of the engine, and where it decodes the JPEG tiles."""
     parser.add_argument(
         "--threads",
         type=positive_int(1, 256),
@@ -173,7 +197,10 @@ def add_segment_options(parser: argparse.ArgumentParser) -> None:
         "decoder processes; auto: gpu only on CUDA for YCbCr JPEG tiles (default: "
         "%(default)s); on a Dask cluster each worker decides for its bands",
     )
-    add_backend_option(parser)
+
+
+def add_result_options(parser: argparse.ArgumentParser) -> None:
+    """What a run writes: the gate, replacing finished outputs, and the optional outputs."""
     parser.add_argument(
         "--no-gate",
         action="store_true",
@@ -186,6 +213,10 @@ def add_segment_options(parser: argparse.ArgumentParser) -> None:
     )
     for output in optional_outputs():  # --ome-tiff, --tile-objects, ...: the registry's
         parser.add_argument(output.flag, action="store_true", help=output.help)
+
+
+def add_region_options(parser: argparse.ArgumentParser) -> None:
+    """Which part of the slide is processed: detected tissue, all of it, or QuPath regions."""
     parser.add_argument(
         "--tissue",
         choices=("auto", "all"),
@@ -200,7 +231,6 @@ def add_segment_options(parser: argparse.ArgumentParser) -> None:
         help="process only inside the polygons of a QuPath GeoJSON export (annotations); "
         "outputs are clipped to them and class areas reported per region",
     )
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def params_from_args(args: argparse.Namespace) -> SegmentParams:

@@ -46,6 +46,20 @@ def add_parser(
             "`wsi-segment SLIDE --model MODEL_DIR`. Interrupted runs resume from the last epoch."
         ),
     )
+    # group by group, in the order `--help` lists them
+    add_stage_options(p)
+    add_recipe_options(p)
+    add_optimizer_options(p)
+    add_segmenter_training_options(p)
+    add_run_and_output_options(p)
+    add_schedule_options(p)
+    p.set_defaults(run=run)
+    return p
+
+
+def add_stage_options(p: argparse.ArgumentParser) -> None:
+    """The dataset, the model folder, and what the stages train: epochs, encoders, batch,
+    stage-1 head, stage-2 pseudo-mask method, device."""
     p.add_argument(
         "--data", required=True, type=Path, help="dataset folder (LUAD-HistoSeg / BCSS-WSSS layout)"
     )
@@ -72,6 +86,10 @@ def add_parser(
         help=cam_method_help(),
     )
     p.add_argument("--device", default="auto", help="auto (GPU if present), cpu, cuda, cuda:N")
+
+
+def add_recipe_options(p: argparse.ArgumentParser) -> None:
+    """The recipe, and the weights the encoders start from (which pick it when not given)."""
     p.add_argument(
         "--recipe",
         choices=("default", "paper", "official"),
@@ -97,6 +115,10 @@ def add_parser(
         "smp DeepLabV3+ state dict starts its encoder, ASPP and decoder (and its last layer "
         "when the class count agrees)",
     )
+
+
+def add_optimizer_options(p: argparse.ArgumentParser) -> None:
+    """Single optimizer settings that replace the recipe's."""
     p.add_argument("--lr", type=float, default=None, help="base learning rate (default: recipe's)")
     p.add_argument(
         "--weight-decay", type=float, default=None, help="weight decay (default: recipe's)"
@@ -122,6 +144,10 @@ def add_parser(
         default=None,
         help="SGD momentum in both stages (default: recipe's; AdamW ignores it)",
     )
+
+
+def add_segmenter_training_options(p: argparse.ArgumentParser) -> None:
+    """Single stage-3 settings that replace the recipe's: augmentation, loss, validation."""
     p.add_argument(
         "--seg-blur",
         action=argparse.BooleanOptionalAction,
@@ -149,6 +175,11 @@ def add_parser(
     p.add_argument(
         "--crop", type=int, default=None, help="random training crop in px (default: full patch)"
     )
+
+
+def add_run_and_output_options(p: argparse.ArgumentParser) -> None:
+    """The run's seed and threads, where its checkpoints go, and what the model folder
+    records (name, fp16 weights, decoder width, mpp)."""
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--work-dir",
@@ -166,6 +197,11 @@ def add_parser(
         help="um/px of the patches (model.json; default 1.0 = 10x)",
     )
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: all)")
+
+
+def add_schedule_options(p: argparse.ArgumentParser) -> None:
+    """The lr and PDA schedules and the stage-1 network settings the official code picks
+    (output stride, dropout), each replaceable on its own."""
     p.add_argument(
         "--lr-schedule",
         choices=("poly", "constant"),
@@ -199,8 +235,6 @@ def add_parser(
     p.add_argument(
         "--pda-warmup", type=int, default=None, help="replace the schedule's warm-up epochs"
     )
-    p.set_defaults(run=run)
-    return p
 
 
 def run(args: argparse.Namespace) -> int:
