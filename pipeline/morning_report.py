@@ -1,10 +1,10 @@
 """The morning after a batch: `OUT/cohort.csv` and `OUT/report.html`, rebuilt from the folder.
 
-`build_morning_report` reads every slide under OUT (`pipeline.outputs.slide_entries`), makes
-the thumbnails that are missing or stale, and replaces the table and the page at once. It is
-what `wsi-segment report OUT` runs, and what a batch runs after each slide finishes
-(`BatchReport`), so a batch stopped half way leaves a table and a page true for what
-finished, and at its end, with every slide's result.
+`build_morning_report` reads every slide under OUT (`pipeline.outputs.slide_entries`), shows
+each slide's own overlay thumbnail (made for the folders of older versions, which have none),
+and replaces the table and the page at once. It is what `wsi-segment report OUT` runs, and
+what a batch runs after each slide finishes (`BatchReport`), so a batch stopped half way
+leaves a table and a page true for what finished, and at its end, with every slide's result.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from wsi_segment.errors import OutputError
-from wsi_segment.pipeline.output_files import OVERLAY_NAME
+from wsi_segment.pipeline.output_files import OVERLAY_NAME, THUMBNAIL_NAME
 from wsi_segment.pipeline.outputs.cohort import (
     cohort_rows,
     refuse_foreign_file,
@@ -72,13 +72,17 @@ def build_morning_report(out_root: str | Path, tonight: Tonight) -> MorningRepor
 
 
 def _thumbnails(root: Path, entries: Sequence[SlideEntry]) -> dict[str, str | None]:
-    """Each slide's thumbnail (made where missing or stale), by name. Pillow decodes with
-    the GIL released, so a few threads make a cold folder's pictures on every core."""
-    folder = thumbnails_folder(root)
-    shown = [e.name for e in entries if e.has_overlay]
-    with ThreadPoolExecutor(THUMBNAIL_THREADS) as pool:
-        made = pool.map(lambda n: ensure_thumbnail(root / n / OVERLAY_NAME, folder, n), shown)
-        return {e.name: None for e in entries} | dict(zip(shown, made, strict=True))
+    """Each slide's picture, relative to OUT, by name: the thumbnail its run wrote, or for
+    a folder of an older version one made from its overlay (where missing or stale). Pillow
+    decodes with the GIL released, so a few threads make those on every core."""
+    shown = {e.name: f"{e.name}/{THUMBNAIL_NAME}" for e in entries if e.has_thumbnail}
+    older = [e.name for e in entries if e.has_overlay and not e.has_thumbnail]
+    if older:
+        folder = thumbnails_folder(root)
+        with ThreadPoolExecutor(THUMBNAIL_THREADS) as pool:
+            made = pool.map(lambda n: ensure_thumbnail(root / n / OVERLAY_NAME, folder, n), older)
+            shown |= dict(zip(older, made, strict=True))
+    return {e.name: shown.get(e.name) for e in entries}
 
 
 def tonight_of(names: Sequence[str], results: Iterable[SlideResult | None]) -> Tonight:

@@ -19,6 +19,7 @@ from wsi_segment.lazy_exports import FunctionRef
 STORE_NAME = "probabilities.ome.zarr"  # streamed during inference; the one folder
 GEOJSON_NAME = "tissue.geojson"
 OVERLAY_NAME = "overlay.png"
+THUMBNAIL_NAME = "overlay-thumbnail.jpg"  # the overlay's small picture, for report.html
 SUMMARY_NAME = "summary.json"  # written last: what makes a folder a finished output
 
 
@@ -51,6 +52,7 @@ OUTPUT_FILES: dict[str, OutputFile] = {
         OutputFile(STORE_NAME),
         OutputFile(GEOJSON_NAME),
         OutputFile(OVERLAY_NAME),
+        OutputFile(THUMBNAIL_NAME),
         OutputFile(SUMMARY_NAME),
         OutputFile(
             "probabilities.ome.tif",

@@ -26,6 +26,7 @@ from wsi_segment.pipeline.output_files import (
     OVERLAY_NAME,
     STORE_NAME,
     SUMMARY_NAME,
+    THUMBNAIL_NAME,
     always_written,
     optional_outputs,
 )
@@ -34,7 +35,13 @@ from wsi_segment.pipeline.outputs.geojson import build_feature_collection, write
 from wsi_segment.pipeline.outputs.label_image import finalize_label_pyramid
 from wsi_segment.pipeline.outputs.ome_zarr import Color, finalize_pyramid
 from wsi_segment.pipeline.outputs.output_classes import output_classes, output_ids
-from wsi_segment.pipeline.outputs.overlay import label_thumbnail, sample_labels, write_overlay
+from wsi_segment.pipeline.outputs.overlay import (
+    label_thumbnail,
+    render_overlay,
+    sample_labels,
+    save_overlay,
+)
+from wsi_segment.pipeline.outputs.overlay_thumbnail import save_thumbnail
 from wsi_segment.pipeline.outputs.polygons import (
     clip_to_extent,
     drop_collinear_vertices,
@@ -83,7 +90,7 @@ def write_outputs(
         n_levels = finalize_pyramid(zarr_path)
         finalize_label_pyramid(zarr_path, n_levels)
         files += _write_optional_outputs(prep, zarr_path, work_dir)
-        _write_overlay(prep, zarr_path, work_dir / OVERLAY_NAME, classes, colors)
+        _write_overlay(prep, zarr_path, work_dir, classes, colors)
         roi_report = polygons.result()
     prep.timings["outputs_s"] = time.perf_counter() - t0
     run = {**run_stats(outcomes), **prep.read_device}
@@ -212,10 +219,11 @@ def _pieces(per_chunk: Iterable[Mapping[int, list[bytes]]]) -> dict[int, list[Po
 
 
 def _write_overlay(
-    prep: PreparedRun, zarr_path: Path, path: Path, classes: list[str], colors: list[Color]
+    prep: PreparedRun, zarr_path: Path, work_dir: Path, classes: list[str], colors: list[Color]
 ) -> None:
-    """Thumbnail with class colours from the stored label image (the raster the GeoJSON and
-    the areas come from), its level nearest the thumbnail, sampled under each pixel.
+    """overlay.png: thumbnail with class colours from the stored label image (the raster the
+    GeoJSON and the areas come from), its level nearest the thumbnail, sampled under each
+    pixel; and its small picture for the report, made from the overlay in memory.
     `Unclassified` (the last of `classes`) is in the legend only where the picture shows it."""
     early = prep.overlay_thumb  # read during model load (segment.py)
     thumb = early.result() if early is not None else overlay_thumbnail(prep.slide, THUMB_SIZE)
@@ -226,7 +234,9 @@ def _write_overlay(
     shown = output_ids(shown, k)
     if not (shown == k).any():
         classes, colors = classes[:k], colors[:k]
-    write_overlay(path, thumb, shown, classes, colors)
+    overlay = render_overlay(thumb, shown, classes, colors)
+    save_overlay(overlay, work_dir / OVERLAY_NAME)
+    save_thumbnail(overlay, work_dir / THUMBNAIL_NAME)
 
 
 def overlay_thumbnail(slide: Slide, max_size: int) -> np.ndarray:

@@ -139,8 +139,14 @@ def write_overlay(
     255, is left uncoloured) is resized (nearest) to the
     thumbnail, so any label resolution works as long as it covers the same area.
     """
+    return save_overlay(
+        render_overlay(thumbnail_rgb, label_thumb, class_names, colors, alpha), path
+    )
+
+
+def save_overlay(image: Image.Image, path: str | Path) -> Path:
+    """Write a rendered overlay (`render_overlay`) as overlay.png."""
     path = Path(path)
     # compress_level 3: half the time of the default 6 for a file ~1 % larger (textured tissue)
-    image = render_overlay(thumbnail_rgb, label_thumb, class_names, colors, alpha)
     image.save(path, format="PNG", compress_level=3)
     return path

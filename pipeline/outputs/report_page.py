@@ -1,9 +1,9 @@
 """`OUT/report.html`: the page a pathologist opens the morning after a batch.
 
 One static file, no network and no server: styles and the few lines of script (sorting the
-table) are inline, pictures are the small thumbnails in `OUT/.report/` and links go to each
-slide's own `overlay.png`, all by relative paths, so the folder can be copied or opened from
-a share. Slides that need a look come first (failures, damaged or foreign summaries, runs in
+table) are inline, pictures are each slide's small `overlay-thumbnail.jpg` (or, for folders
+of older versions, the one made in `OUT/.report/`) and links go to each slide's own
+`overlay.png`, all by relative paths, so the folder can be copied or opened from a share. Slides that need a look come first (failures, damaged or foreign summaries, runs in
 progress, older schemas), then a card per slide (thumbnail, composition bar in the model's
 colours, status and QC flags, its numbers), then the cohort view: composition across slides
 and a table sortable by any column. Cards are laid out lazily by the browser

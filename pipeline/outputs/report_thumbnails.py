@@ -1,17 +1,17 @@
-"""Small pictures of each slide's overlay for report.html, kept beside it in `OUT/.report/`.
+"""Cards' pictures for slides whose folder has no overlay-thumbnail.jpg, kept in `OUT/.report/`.
 
-A card shows a thumbnail (a few KB of JPEG) and links the full `overlay.png`, so the page
-opens fast with a thousand slides. A thumbnail is made once: it carries its overlay's
-modification time, and is made again only when the overlay changed (an `--overwrite`
-rerun), so rebuilding the report after each slide of a batch costs that slide's picture.
-The folder is hidden like the runs' own `.<name>.partial` folders: an output name never
-starts with '.', so no slide's folder can meet it.
+A run writes its overlay's thumbnail into the slide's folder (`pipeline.outputs.
+overlay_thumbnail`), and the page shows that one. A folder written by an older version has
+only overlay.png: its thumbnail (the same picture, a few KB of JPEG) is made here once, and
+carries its overlay's modification time, so it is made again only when the overlay changed
+(an `--overwrite` rerun), and a rebuild of the report after each slide of a batch decodes no
+picture it decoded before. The folder is hidden like the runs' own `.<name>.partial`
+folders: an output name never starts with '.', so no slide's folder can meet it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import stat
 import tempfile
@@ -20,11 +20,10 @@ from pathlib import Path
 from PIL import Image
 
 from wsi_segment.errors import OutputError
+from wsi_segment.pipeline.outputs.overlay_thumbnail import save_thumbnail
 from wsi_segment.pipeline.outputs.shared_access import follow_folder
 
 THUMBS_DIR = ".report"
-THUMB_SIZE = 320  # px, the most on the longer side: a card's picture on a high-density screen
-JPEG_QUALITY = 80
 
 
 def thumbnails_folder(out_root: Path) -> Path:
@@ -63,24 +62,22 @@ def ensure_thumbnail(overlay: Path, folder: Path, name: str) -> str | None:
         if not os.path.islink(target) and target.is_file() and target.stat().st_mtime_ns == stamp:
             return relative
         with Image.open(overlay) as image:
-            # a whole-factor box reduction: the cheapest resampling (decoding is the cost)
-            small = image.convert("RGB").reduce(math.ceil(max(image.size) / THUMB_SIZE))
-        _save(small, target, stamp)
+            _save(image, target, stamp)
     except (OSError, ValueError, Image.DecompressionBombError):
         return None
     return relative
 
 
-def _save(image: Image.Image, target: Path, stamp: int) -> None:
-    """Write the JPEG through a temporary file renamed over `target` (never through a link
-    at it), stamped with the overlay's time."""
+def _save(overlay: Image.Image, target: Path, stamp: int) -> None:
+    """Write the overlay's thumbnail through a temporary file renamed over `target` (never
+    through a link at it), stamped with the overlay's time."""
     if os.path.islink(target):
         raise OSError(f"{target} is a symbolic link")
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
         follow_folder(fd, target.parent)  # mkstemp makes it 0600: the lab's users see it too
         with os.fdopen(fd, "wb") as f:
-            image.save(f, "JPEG", quality=JPEG_QUALITY, optimize=False)
+            save_thumbnail(overlay, f)
         os.utime(tmp, ns=(stamp, stamp))
         os.replace(tmp, target)
     finally:

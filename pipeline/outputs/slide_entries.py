@@ -26,7 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from wsi_segment.models.labels import UNCLASSIFIED_NAME
-from wsi_segment.pipeline.output_files import GEOJSON_NAME, OVERLAY_NAME, STORE_NAME, SUMMARY_NAME
+from wsi_segment.pipeline.output_files import (
+    GEOJSON_NAME,
+    OVERLAY_NAME,
+    STORE_NAME,
+    SUMMARY_NAME,
+    THUMBNAIL_NAME,
+)
 from wsi_segment.pipeline.outputs.failure_record import RECORD_SUFFIX, read_record
 from wsi_segment.pipeline.outputs.output_classes import output_classes
 from wsi_segment.pipeline.outputs.summary import SCHEMA_VERSION
@@ -85,7 +91,8 @@ class Region:
 @dataclass(frozen=True)
 class SlideEntry:
     """A slide of the output folder: its status and the numbers of its summary (none when
-    it has no usable one). `name` is the output folder's name."""
+    it has no usable one). `name` is the output folder's name; `has_thumbnail`: the run
+    wrote the overlay's thumbnail (its summary lists it, and it is there)."""
 
     name: str
     status: str
@@ -102,6 +109,7 @@ class SlideEntry:
     created_utc: str = ""
     schema_version: int | None = None
     has_overlay: bool = False
+    has_thumbnail: bool = False
 
     @property
     def qc_flags(self) -> tuple[str, ...]:
@@ -294,7 +302,18 @@ def _summary_entry(summary: Mapping[str, Any], name: str, folder: Path) -> Slide
         created_utc=str(summary.get("created_utc") or ""),
         schema_version=int(summary["schema_version"]),
         has_overlay=(folder / OVERLAY_NAME).is_file(),
+        has_thumbnail=_wrote_thumbnail(summary, folder),
     )
+
+
+def _wrote_thumbnail(summary: Mapping[str, Any], folder: Path) -> bool:
+    """Whether the run wrote overlay-thumbnail.jpg: its summary lists the file (an older
+    version's does not, and a file of that name there is not ours) and it is a plain file."""
+    output = summary.get("output")
+    files = output.get("files") if isinstance(output, dict) else None
+    thumbnail = folder / THUMBNAIL_NAME
+    listed = isinstance(files, list) and THUMBNAIL_NAME in files
+    return listed and not os.path.islink(thumbnail) and thumbnail.is_file()
 
 
 def _dict(mapping: Mapping[str, Any], key: str) -> Mapping[str, Any]:

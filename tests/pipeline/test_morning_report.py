@@ -103,10 +103,10 @@ def test_rows_hold_the_numbers_of_each_summary(out: Path, tmp_path: Path) -> Non
         r'<article class="card[^"]*" data-slide="([^"]+)" data-status="([^"]+)"', page
     )
     assert cards == [("CMU-1-Small-Region", "done"), ("OS-1-detail", "done"), ("small", "done")]
-    for name in ("CMU-1-Small-Region", "OS-1-detail"):  # thumbnails beside the page
-        thumb = work / ".report" / f"{name}.jpg"
-        assert thumb.stat().st_size < 40_000 and f'src=".report/{name}.jpg"' in page
+    for name in ("CMU-1-Small-Region", "OS-1-detail", "small"):  # each run's own thumbnail
+        assert f'src="{name}/overlay-thumbnail.jpg"' in page
         assert f'href="{name}/overlay.png"' in page
+    assert not (work / ".report").exists()  # no picture decoded, none made
     assert "http://" not in page and "https://" not in page  # nothing from the network
 
 
@@ -117,17 +117,48 @@ def test_a_rebuild_gives_the_same_bytes_and_no_new_rows(out: Path, tmp_path: Pat
     shutil.copytree(out, work)
     first = build_morning_report(work, {})
     table, page = first.cohort.read_bytes(), first.page.read_bytes()
-    thumbs = {p.name: p.read_bytes() for p in (work / ".report").iterdir()}
     second = build_morning_report(work, {})
     assert second.cohort.read_bytes() == table and second.page.read_bytes() == page
-    assert {p.name: p.read_bytes() for p in (work / ".report").iterdir()} == thumbs
     assert len(read_rows(second.cohort)) == 4
-    # a changed overlay (a rerun) gets a new thumbnail; nothing else is left beside them
-    overlay = work / "small" / "overlay.png"
-    shutil.copy2(work / "CMU-1-Small-Region" / "overlay.png", overlay)
+
+
+def as_an_older_version_left_it(folder: Path) -> bytes:
+    """Take the run's thumbnail out of `folder` and of its summary's files, as a version
+    that wrote none left it; returns the thumbnail's bytes."""
+    thumbnail = folder / "overlay-thumbnail.jpg"
+    made = thumbnail.read_bytes()
+    thumbnail.unlink()
+    summary = summary_of(folder.parent, folder.name)
+    summary["output"]["files"].remove("overlay-thumbnail.jpg")
+    (folder / "summary.json").write_text(json.dumps(summary))
+    return made
+
+
+def test_a_folder_of_an_older_version_gets_its_thumbnail_made(out: Path, tmp_path: Path) -> None:
+    """No thumbnail in the folder: the report makes the same picture from overlay.png in
+    OUT/.report, once; again only when the overlay changed. A file of the thumbnail's name
+    that the summary does not list is not shown."""
+    from wsi_segment.pipeline.morning_report import build_morning_report
+
+    work = tmp_path / "out"
+    shutil.copytree(out, work)
+    cmu = as_an_older_version_left_it(work / "CMU-1-Small-Region")
+    small = as_an_older_version_left_it(work / "small")
+    (work / "small" / "overlay-thumbnail.jpg").write_bytes(b"someone's picture")
+    page = build_morning_report(work, {}).page.read_text()
+    assert 'src=".report/CMU-1-Small-Region.jpg"' in page and 'src=".report/small.jpg"' in page
+    assert 'src="OS-1-detail/overlay-thumbnail.jpg"' in page  # this version's folder
+    thumbs = {p.name: p.read_bytes() for p in (work / ".report").iterdir()}
+    assert thumbs == {"CMU-1-Small-Region.jpg": cmu, "small.jpg": small}  # the run's bytes
+    stamps = {p.name: p.stat().st_mtime_ns for p in (work / ".report").iterdir()}
     build_morning_report(work, {})
-    assert (work / ".report" / "small.jpg").read_bytes() == thumbs["CMU-1-Small-Region.jpg"]
+    assert {p.name: p.stat().st_mtime_ns for p in (work / ".report").iterdir()} == stamps
+    # a changed overlay (a rerun) gets a new thumbnail; nothing else is left beside them
+    shutil.copy2(work / "CMU-1-Small-Region" / "overlay.png", work / "small" / "overlay.png")
+    build_morning_report(work, {})
+    assert (work / ".report" / "small.jpg").read_bytes() == cmu
     assert sorted(p.name for p in (work / ".report").iterdir()) == sorted(thumbs)
+    assert (work / "small" / "overlay-thumbnail.jpg").read_bytes() == b"someone's picture"
 
 
 def test_bad_folders_are_rows_that_say_so(out: Path, tmp_path: Path) -> None:
@@ -274,5 +305,4 @@ def test_names_are_text_in_the_page_and_the_table(out: Path, tmp_path: Path) -> 
     page = report.page.read_text()
     assert "<img src=x" not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
     assert f'href="{quote(name)}/overlay.png"' in page
-    assert f'src="{quote(".report/" + name + ".jpg")}"' in page
-    assert (work / ".report" / f"{name}.jpg").is_file()
+    assert f'src="{quote(name + "/overlay-thumbnail.jpg")}"' in page

@@ -63,6 +63,7 @@ def test_the_registry_lists_every_file_once_with_its_option_and_writer() -> None
         "probabilities.ome.zarr",
         "tissue.geojson",
         "overlay.png",
+        "overlay-thumbnail.jpg",
         "summary.json",
     ]
     assert [(o.name, o.option, o.flag) for o in optional_outputs()] == [

@@ -1,4 +1,4 @@
-"""End to end on the real CMU slide: the four outputs, their schemas, and their agreement."""
+"""End to end on the real CMU slide: the five outputs, their schemas, and their agreement."""
 
 from __future__ import annotations
 
@@ -45,7 +45,13 @@ def test_outputs_exist_and_nothing_else(cmu_run):
     result, out, _ = cmu_run
     assert result.status == "done"
     names = sorted(p.name for p in result.out_dir.iterdir())
-    assert names == ["overlay.png", "probabilities.ome.zarr", "summary.json", "tissue.geojson"]
+    assert names == [
+        "overlay-thumbnail.jpg",
+        "overlay.png",
+        "probabilities.ome.zarr",
+        "summary.json",
+        "tissue.geojson",
+    ]
     assert not [p for p in out.iterdir() if p.name.endswith(".partial")]
 
 
@@ -296,6 +302,7 @@ def test_optional_ome_tiff_and_tile_objects(tmp_path, tiny_model_dir):
         "probabilities.ome.zarr",
         "tissue.geojson",
         "overlay.png",
+        "overlay-thumbnail.jpg",
         "summary.json",
         "probabilities.ome.tif",
         "tiles.geojson",

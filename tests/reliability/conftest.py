@@ -120,11 +120,17 @@ def assert_nothing_written(out_root: Path) -> None:
 
 
 def assert_complete_output(out_dir: Path) -> dict:
-    """A finished slide folder: the four outputs, summary and GeoJSON parse."""
+    """A finished slide folder: its five outputs, summary and GeoJSON parse."""
     import json
 
     names = sorted(p.name for p in out_dir.iterdir())
-    assert names == ["overlay.png", "probabilities.ome.zarr", "summary.json", "tissue.geojson"]
+    assert names == [
+        "overlay-thumbnail.jpg",
+        "overlay.png",
+        "probabilities.ome.zarr",
+        "summary.json",
+        "tissue.geojson",
+    ]
     json.loads((out_dir / "tissue.geojson").read_text(encoding="utf-8"))
     return json.loads((out_dir / "summary.json").read_text(encoding="utf-8"))
 
