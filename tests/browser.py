@@ -36,7 +36,7 @@ FLAGS = (
     "--disable-extensions",
     "--remote-debugging-pipe",
 )
-WINDOW = (1280, 1000)
+WINDOW = (1280, 1000)  # CSS px, width and height: what the page lays out in and the screenshot
 
 
 def missing_reason() -> str | None:
@@ -104,9 +104,12 @@ class _Pipe:
             self.events.append(self.read(max(0.1, deadline - time.monotonic())))
 
 
-def open_page(path: Path, expressions: list[str], settle_s: float = 1.0) -> PageLoad:
-    """Load `path` (file://) in a fresh headless Chromium profile; evaluate `expressions`
-    (JavaScript, each returning a JSON-able value) after the load event; screenshot it."""
+def open_page(
+    path: Path, expressions: list[str], settle_s: float = 1.0, window: tuple[int, int] = WINDOW
+) -> PageLoad:
+    """Load `path` (file://) in a fresh headless Chromium profile with a `window` (width,
+    height) viewport; evaluate `expressions` (JavaScript, each returning a JSON-able value)
+    after the load event; screenshot the viewport."""
     to_browser_r, to_browser_w = os.pipe()
     from_browser_r, from_browser_w = os.pipe()
     # the child's ends above 4, so putting them at 3 and 4 cannot overwrite one another
@@ -121,7 +124,7 @@ def open_page(path: Path, expressions: list[str], settle_s: float = 1.0) -> Page
         os.dup2(child_out, 4)
 
     proc = subprocess.Popen(
-        [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", f"--window-size={WINDOW[0]},{WINDOW[1]}"],
+        [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", f"--window-size={window[0]},{window[1]}"],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -132,7 +135,7 @@ def open_page(path: Path, expressions: list[str], settle_s: float = 1.0) -> Page
     os.close(child_out)
     pipe = _Pipe(proc, to_browser_w, from_browser_r)
     try:
-        return _load(pipe, path, expressions, settle_s)
+        return _load(pipe, path, expressions, settle_s, window)
     finally:
         with contextlib.suppress(RuntimeError, TimeoutError, OSError):
             pipe.send("Browser.close")
@@ -146,13 +149,15 @@ def open_page(path: Path, expressions: list[str], settle_s: float = 1.0) -> Page
         shutil.rmtree(profile, ignore_errors=True)
 
 
-def _load(pipe: _Pipe, path: Path, expressions: list[str], settle_s: float) -> PageLoad:
+def _load(
+    pipe: _Pipe, path: Path, expressions: list[str], settle_s: float, window: tuple[int, int]
+) -> PageLoad:
     target = pipe.send("Target.createTarget", {"url": "about:blank"})["targetId"]
     session = pipe.send("Target.attachToTarget", {"targetId": target, "flatten": True})
     sid = session["sessionId"]
     for domain in ("Page", "Network", "Runtime", "Log"):
         pipe.send(f"{domain}.enable", session=sid)
-    metrics = {"width": WINDOW[0], "height": WINDOW[1], "deviceScaleFactor": 1, "mobile": False}
+    metrics = {"width": window[0], "height": window[1], "deviceScaleFactor": 1, "mobile": False}
     pipe.send("Emulation.setDeviceMetricsOverride", metrics, session=sid)
     pipe.events.clear()  # what about:blank did is not the page's
     pipe.send("Page.navigate", {"url": path.resolve().as_uri()}, session=sid)

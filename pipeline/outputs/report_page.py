@@ -50,8 +50,8 @@ td,th{border:1px solid #ddd;padding:2px 6px;text-align:right}
 td:first-child,th:first-child{text-align:left}
 .classes td:first-child i{display:inline-block;width:10px;height:10px;margin-right:4px}
 #cohort-table th{cursor:pointer;background:#f0f0f0;position:sticky;top:0}
-.comp{display:grid;grid-template-columns:minmax(8em,16em) 1fr;gap:2px 8px;align-items:center}
-.comp .bar{margin:0}.legend span{margin-right:1em}.legend i{display:inline-block;width:10px;
+.comp{display:grid;grid-template-columns:minmax(8em,16em) minmax(0,1fr);gap:2px 8px;
+align-items:center}.comp>span{overflow-wrap:anywhere}.comp .bar{margin:0}.legend span{margin-right:1em}.legend i{display:inline-block;width:10px;
 height:10px;margin-right:4px}
 """
 

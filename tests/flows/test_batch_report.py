@@ -121,17 +121,41 @@ SORT_JS = """(() => { const th = Array.from(document.querySelectorAll('#cohort-t
   return Array.from(document.querySelectorAll('#cohort-table tbody tr'))
   .map(r => r.cells[0].textContent + '/' + r.cells[1].textContent); })()"""
 
+# every element whose box leaves the page's width (the window less its scroll bar), and the
+# width the page scrolls to; each picture's source
+BOUNDS_JS = """JSON.stringify({width: document.documentElement.clientWidth,
+  scrolls: document.documentElement.scrollWidth,
+  outside: Array.from(document.querySelectorAll('body *')).filter(e => {
+    const r = e.getBoundingClientRect();
+    return r.width > 0 && (r.left < 0 || r.right > document.documentElement.clientWidth); })
+    .map(e => e.tagName + '.' + e.className),
+  bars: Array.from(document.querySelectorAll('.comp .bar')).map(
+    e => e.getBoundingClientRect().right),
+  pictures: Array.from(document.querySelectorAll('article.card img')).map(
+    e => e.getAttribute('src'))})"""
+SCREENSHOT = (1120, 1000)  # README's picture (docs/report.png)
+
 
 @pytest.mark.skipif(browser.missing_reason() is not None, reason=str(browser.missing_reason()))
 def test_the_page_in_a_real_browser(batch_out: Path) -> None:
-    """Chromium opens report.html from disk: no request leaves the file system, no console
-    error, one card per slide (failures first) with the numbers of its summary.json, every
-    picture loads, the table sorts; the screenshot is kept in test-artifacts/."""
-    load = browser.open_page(batch_out / "report.html", [CARDS_JS, SORT_JS])
+    """Chromium opens report.html from disk at README's screenshot width: no request leaves
+    the file system, no console error, nothing wider than the page (the composition bars
+    end inside it), one card per slide (failures first) with the numbers of its
+    summary.json, every picture (each run's own thumbnail) loads, the table sorts; the
+    screenshot is kept in test-artifacts/."""
+    load = browser.open_page(
+        batch_out / "report.html", [CARDS_JS, SORT_JS, BOUNDS_JS], window=SCREENSHOT
+    )
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "report.png").write_bytes(load.screenshot)
     assert load.requests and all(url.startswith("file://") for url in load.requests)
     assert load.errors() == []
+    bounds = json.loads(load.values[2])
+    assert bounds["outside"] == [] and bounds["scrolls"] == bounds["width"] <= SCREENSHOT[0]
+    assert len(bounds["bars"]) == 3 and max(bounds["bars"]) <= bounds["width"]
+    assert bounds["pictures"] == [
+        f"{name}/overlay-thumbnail.jpg" for name in ("CMU-1-Small-Region", "OS-1-detail", "small")
+    ]
     cards = json.loads(load.values[0])
     assert [(c["slide"], c["status"]) for c in cards] == [
         ("broken", "known failure"),  # failures first
@@ -163,3 +187,32 @@ def test_the_page_in_a_real_browser(batch_out: Path) -> None:
     )
     assert order[: len(expected)] == [f"{s}/{r}" for s, r in expected]
     assert order[len(expected) :] == ["broken/"]  # no number: last
+
+
+# each name of the composition: the width its text takes and the width of its column
+NAMES_JS = """JSON.stringify(Array.from(document.querySelectorAll('.comp > span')).map(
+  e => [e.textContent, e.scrollWidth, e.clientWidth]))"""
+
+
+@pytest.mark.skipif(browser.missing_reason() is not None, reason=str(browser.missing_reason()))
+def test_a_long_slide_name_stays_in_its_column(batch_out: Path, tmp_path: Path) -> None:
+    """A name with nowhere to break (a scanner's underscores) wraps inside the composition's
+    name column instead of running under the bars; nothing leaves the page."""
+    from wsi_segment.pipeline.morning_report import build_morning_report
+
+    long_name = "TCGA_05_4244_01Z_00_DX1_d4ff32cd_38cf_40ea_8213_45c2b100ac01_scan2_x40"
+    work = tmp_path / "out"
+    shutil.copytree(batch_out, work, ignore=shutil.ignore_patterns(".*.lock"))
+    shutil.copytree(batch_out / "small", work / long_name)
+    build_morning_report(work, {})
+    load = browser.open_page(work / "report.html", [NAMES_JS, BOUNDS_JS], window=SCREENSHOT)
+    names = json.loads(load.values[0])
+    assert [n for n, _, _ in names] == [
+        "CMU-1-Small-Region",
+        "OS-1-detail",
+        long_name,
+        "small",
+    ]
+    assert all(text <= column for _, text, column in names), names
+    bounds = json.loads(load.values[1])
+    assert bounds["outside"] == [] and bounds["scrolls"] == bounds["width"]
