@@ -5,7 +5,7 @@ a third in the TIFF header and directories (IFDs, their tag arrays), a third in 
 JPEG tile data. Each copy runs through the real CLI in its own process (fuzz_driver.py)
 with a time limit. Allowed outcomes:
 
-- "output": exit 0, the four outputs, summary.json and tissue.geojson parse, zarr opens;
+- "output": exit 0, the five outputs, summary.json and tissue.geojson parse, zarr opens;
 - "error":  exit 1, exactly one `error:` line naming the file, no traceback, nothing left.
 
 Anything else (traceback, crash by signal, hang, partial folder) fails the test. A model
