@@ -75,7 +75,9 @@ def _thumbnails(root: Path, entries: Sequence[SlideEntry]) -> dict[str, str | No
     """Each slide's picture, relative to OUT, by name: the thumbnail its run wrote, or for
     a folder of an older version one made from its overlay (where missing or stale). Pillow
     decodes with the GIL released, so a few threads make those on every core."""
-    shown = {e.name: f"{e.name}/{THUMBNAIL_NAME}" for e in entries if e.has_thumbnail}
+    shown: dict[str, str | None] = {
+        e.name: f"{e.name}/{THUMBNAIL_NAME}" for e in entries if e.has_thumbnail
+    }
     older = [e.name for e in entries if e.has_overlay and not e.has_thumbnail]
     if older:
         folder = thumbnails_folder(root)
