@@ -306,3 +306,26 @@ def test_names_are_text_in_the_page_and_the_table(out: Path, tmp_path: Path) -> 
     assert "<img src=x" not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
     assert f'href="{quote(name)}/overlay.png"' in page
     assert f'src="{quote(name + "/overlay-thumbnail.jpg")}"' in page
+
+
+def test_an_unreadable_overlay_of_an_older_folder_is_a_card_without_picture(
+    out: Path, tmp_path: Path
+) -> None:
+    """An overlay.png cut short, or not a PNG at all: the card says "no picture", no
+    thumbnail is left for it, and the other slides' pictures are made."""
+    from wsi_segment.pipeline.morning_report import build_morning_report
+
+    work = tmp_path / "out"
+    for name in ("cut", "text", "CMU-1-Small-Region"):
+        shutil.copytree(out / "CMU-1-Small-Region", work / name)
+        as_an_older_version_left_it(work / name)
+    overlay = (out / "CMU-1-Small-Region" / "overlay.png").read_bytes()
+    (work / "cut" / "overlay.png").write_bytes(overlay[: len(overlay) // 2])
+    (work / "text" / "overlay.png").write_text("not a picture")
+    page = build_morning_report(work, {}).page.read_text()
+    cards = dict(
+        re.findall(r'data-slide="([^"]+)" data-status="done"><div class="pic">(.*?)</div>', page)
+    )
+    assert cards["cut"] == cards["text"] == "no picture"
+    assert 'src=".report/CMU-1-Small-Region.jpg"' in cards["CMU-1-Small-Region"]
+    assert sorted(p.name for p in (work / ".report").iterdir()) == ["CMU-1-Small-Region.jpg"]
