@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 import imagecodecs
+import numpy as np
 from PIL import Image
 
 from wsi_segment.errors import OutputError
@@ -70,17 +71,15 @@ def ensure_thumbnail(overlay: Path, folder: Path, name: str) -> str | None:
 
 def read_overlay(path: Path) -> Image.Image:
     """The overlay's pixels. Pillow reads the header (the size checked against its
-    decompression-bomb limit); an RGB PNG, what runs write, is then decoded by libpng
+    decompression-bomb limit); an 8-bit RGB PNG, what runs write, is then decoded by libpng
     through imagecodecs, in half the CPU time of Pillow's own decoder (decoding is nearly
     all of a picture's cost) and with the GIL released; Pillow decodes anything else."""
     with Image.open(path) as image:
-        if image.format != "PNG" or image.mode != "RGB":
-            return image.convert("RGB")
-        data = path.read_bytes()
-    pixels = imagecodecs.png_decode(data)
-    if pixels.shape[:2] != image.size[::-1] or pixels.ndim != 3 or pixels.shape[2] != 3:
-        raise ValueError(f"{path}: decoded as {pixels.shape}, its header says {image.size} RGB")
-    return Image.fromarray(pixels)
+        if image.format == "PNG" and image.mode == "RGB":
+            pixels = imagecodecs.png_decode(path.read_bytes())
+            if pixels.dtype == np.uint8 and pixels.shape == (image.height, image.width, 3):
+                return Image.fromarray(pixels)
+        return image.convert("RGB")
 
 
 def _save(overlay: Image.Image, target: Path, stamp: int) -> None:

@@ -312,20 +312,30 @@ def test_an_unreadable_overlay_of_an_older_folder_is_a_card_without_picture(
     out: Path, tmp_path: Path
 ) -> None:
     """An overlay.png cut short, or not a PNG at all: the card says "no picture", no
-    thumbnail is left for it, and the other slides' pictures are made."""
+    thumbnail is left for it, and the other slides' pictures are made (a 16-bit PNG's by
+    Pillow)."""
+    import imagecodecs
+    import numpy as np
+
     from wsi_segment.pipeline.morning_report import build_morning_report
 
     work = tmp_path / "out"
-    for name in ("cut", "text", "CMU-1-Small-Region"):
+    for name in ("cut", "text", "deep", "CMU-1-Small-Region"):
         shutil.copytree(out / "CMU-1-Small-Region", work / name)
         as_an_older_version_left_it(work / name)
     overlay = (out / "CMU-1-Small-Region" / "overlay.png").read_bytes()
     (work / "cut" / "overlay.png").write_bytes(overlay[: len(overlay) // 2])
     (work / "text" / "overlay.png").write_text("not a picture")
+    deep = np.full((30, 40, 3), 40000, np.uint16)  # 16 bits a channel: not what runs write
+    (work / "deep" / "overlay.png").write_bytes(imagecodecs.png_encode(deep))
     page = build_morning_report(work, {}).page.read_text()
     cards = dict(
         re.findall(r'data-slide="([^"]+)" data-status="done"><div class="pic">(.*?)</div>', page)
     )
     assert cards["cut"] == cards["text"] == "no picture"
     assert 'src=".report/CMU-1-Small-Region.jpg"' in cards["CMU-1-Small-Region"]
-    assert sorted(p.name for p in (work / ".report").iterdir()) == ["CMU-1-Small-Region.jpg"]
+    assert 'src=".report/deep.jpg"' in cards["deep"]
+    assert sorted(p.name for p in (work / ".report").iterdir()) == [
+        "CMU-1-Small-Region.jpg",
+        "deep.jpg",
+    ]
