@@ -73,8 +73,8 @@ def build_morning_report(out_root: str | Path, tonight: Tonight) -> MorningRepor
 
 def _thumbnails(root: Path, entries: Sequence[SlideEntry]) -> dict[str, str | None]:
     """Each slide's picture, relative to OUT, by name: the thumbnail its run wrote, or for
-    a folder of an older version one made from its overlay (where missing or stale). Pillow
-    decodes with the GIL released, so a few threads make those on every core."""
+    a folder of an older version one made from its overlay (where missing or stale). The
+    PNG decoders release the GIL, so a few threads make those on every core."""
     shown: dict[str, str | None] = {
         e.name: f"{e.name}/{THUMBNAIL_NAME}" for e in entries if e.has_thumbnail
     }

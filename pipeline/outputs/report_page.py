@@ -3,7 +3,8 @@
 One static file, no network and no server: styles and the few lines of script (sorting the
 table) are inline, pictures are each slide's small `overlay-thumbnail.jpg` (or, for folders
 of older versions, the one made in `OUT/.report/`) and links go to each slide's own
-`overlay.png`, all by relative paths, so the folder can be copied or opened from a share. Slides that need a look come first (failures, damaged or foreign summaries, runs in
+`overlay.png`, all by relative paths, so the folder can be copied or opened from a share.
+Slides that need a look come first (failures, damaged or foreign summaries, runs in
 progress, older schemas), then a card per slide (thumbnail, composition bar in the model's
 colours, status and QC flags, its numbers), then the cohort view: composition across slides
 and a table sortable by any column. Cards are laid out lazily by the browser
@@ -51,8 +52,9 @@ td:first-child,th:first-child{text-align:left}
 .classes td:first-child i{display:inline-block;width:10px;height:10px;margin-right:4px}
 #cohort-table th{cursor:pointer;background:#f0f0f0;position:sticky;top:0}
 .comp{display:grid;grid-template-columns:minmax(8em,16em) minmax(0,1fr);gap:2px 8px;
-align-items:center}.comp>span{overflow-wrap:anywhere}.comp .bar{margin:0}.legend span{margin-right:1em}.legend i{display:inline-block;width:10px;
-height:10px;margin-right:4px}
+align-items:center}.comp>span{overflow-wrap:anywhere}.comp .bar{margin:0}
+.legend span{margin-right:1em}.legend i{display:inline-block;width:10px;height:10px;
+margin-right:4px}
 """
 
 # Sorts the cohort table by the clicked column (numbers by value, empty cells last); a
