@@ -1,0 +1,135 @@
+"""The nightly deployment on a live server and process worker, with the worker alone SIGKILLed
+mid-run (as the OOM killer picks one process, or a worker run by hand, under tmux or a
+supervisor without cgroups, dies): the flow-run process survives it, as Prefect means it to,
+with its stdout and stderr pipes to the dead worker. It must finish its night: the run ends
+Completed with every slide done, and no process of the run is left once it has.
+
+Without `flows.worker_pipes`, the first line Prefect's console handler printed after the kill
+raised `SystemExit` (rich's broken-pipe handling) in the thread that logged: in the Dask
+client's event-loop thread, every slide after it failed with "IOLoop is closed" and the
+process waited at exit for its Dask worker process for ever.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.flows.conftest import CMU
+from tests.flows.test_deploy_server import (
+    BIN,
+    SYSTEMD,
+    UUID,
+    Processes,
+    api,
+    processes,  # noqa: F401
+    run,
+    start_server,
+    unit_commands,
+    unit_env,
+    wait_for,
+)
+
+pytestmark = pytest.mark.slow
+
+NAMES = ["case-1", "case-2", "case-3"]
+FINISH_S = 480  # from the kill to Completed: three small slides on a loaded 2-core machine
+EXIT_S = 60  # from Completed to the run's last process gone
+
+
+def run_processes(flow_pid: int, seen: set[int]) -> list[psutil.Process]:
+    """The flow-run process's processes alive now: those of its session (Prefect starts the
+    run as a session leader) and its descendants, with every pid in `seen` (gathered while
+    the run ran, so that a child orphaned since is still found)."""
+    found: dict[int, psutil.Process] = {}
+    for proc in psutil.process_iter():
+        try:
+            if os.getsid(proc.pid) == flow_pid or proc.pid in seen:
+                found[proc.pid] = proc
+        except (ProcessLookupError, PermissionError, psutil.NoSuchProcess):
+            continue
+    return [p for p in found.values() if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+def remember(flow: psutil.Process, seen: set[int]) -> None:
+    """Add the flow-run process's descendants alive now to `seen`."""
+    with contextlib.suppress(psutil.NoSuchProcess):
+        seen.update(p.pid for p in flow.children(recursive=True))
+
+
+def test_a_run_whose_worker_is_killed_alone_finishes_its_night(
+    tmp_path: Path,
+    processes: Processes,  # noqa: F811
+    tiny_model: Path,
+) -> None:
+    env = unit_env(tmp_path, PREFECT_WORKER_QUERY_SECONDS="2")
+    url = start_server(env, processes)
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    for name in NAMES:
+        (slides / f"{name}.svs").write_bytes(CMU.read_bytes())
+    out = tmp_path / "outputs"
+    run([str(BIN / "prefect"), "work-pool", "create", "wsi-segment", "--type", "process"], env)
+    run(
+        [
+            str(BIN / "prefect"), "deploy", "--prefect-file", "deploy/prefect.yaml",
+            "--name", "nightly", "--param", f"input={slides}", "--param", f"out={out}",
+            "--param", f"model_dir={tiny_model}", "--param", "concurrency=1",
+        ],
+        env,
+    )  # fmt: skip
+    [worker_argv] = unit_commands(SYSTEMD / "prefect-worker.service", "ExecStart")
+    worker = processes.start("worker", worker_argv, env)
+    stdout = run([str(BIN / "prefect"), "deployment", "run", "segment-batch/nightly"], env)
+    flow_run_id = str(UUID.search(stdout).group(0))  # type: ignore[union-attr]
+
+    def state() -> str:
+        return str(api(url, "GET", f"/flow_runs/{flow_run_id}")["state_type"])
+
+    wait_for("a slide being written", lambda: any(out.glob(".*.partial")), 600, processes, "worker")
+    [flow] = [p for p in psutil.Process(worker.pid).children() if "prefect.engine" in p.cmdline()]
+    seen: set[int] = set()
+    try:
+        remember(flow, seen)
+        os.kill(worker.pid, signal.SIGKILL)  # the worker alone: its flow run lives on
+        worker.wait(timeout=30)
+        killed_at = time.monotonic()
+        assert flow.is_running() and state() == "RUNNING"
+
+        def ended() -> bool:
+            remember(flow, seen)
+            return state() in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+
+        wait_for("the run to end", ended, FINISH_S, processes, "server")
+        assert time.monotonic() - killed_at < FINISH_S
+        assert state() == "COMPLETED", api(url, "GET", f"/flow_runs/{flow_run_id}")["state"]
+        artifacts = api(
+            url,
+            "POST",
+            "/artifacts/filter",
+            {"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}},
+        )
+        [table] = [a for a in artifacts if a["key"] == "segment-batch"]
+        rows = table["data"] if isinstance(table["data"], list) else json.loads(table["data"])
+        assert {Path(r["slide"]).stem: r["status"] for r in rows} == dict.fromkeys(NAMES, "done")
+        for name in NAMES:
+            assert (out / name / "summary.json").is_file()
+        assert not [p.name for p in out.iterdir() if p.name.endswith((".partial", ".lock"))]
+
+        wait_for(
+            "the run's processes to end",
+            lambda: not run_processes(flow.pid, seen),
+            EXIT_S,
+            processes,
+            "server",
+        )
+    finally:  # whatever happened, nothing of the run outlives the test
+        for proc in run_processes(flow.pid, seen):
+            proc.kill()
