@@ -25,6 +25,7 @@ import contextlib
 import os
 import sys
 import threading
+import time
 
 from wsi_segment.flows import prefect_env
 
@@ -33,7 +34,7 @@ prefect_env.apply()
 from prefect.context import FlowRunContext  # noqa: E402
 
 READ_SIZE = 65536
-DRAIN_S = 2.0  # at exit, the most we wait for what the relays still hold to be written
+DRAIN_S = 1.0  # at exit, the most we wait for what the relays still hold to be written
 
 
 class OutputRelay:
@@ -47,25 +48,33 @@ class OutputRelay:
         os.dup2(write_end, fd)  # inheritable: child processes write into the relay too
         os.close(write_end)
         self._read_end = read_end
+        self.target_open = True  # False once a write to `target` failed: nobody reads it
         self.thread = threading.Thread(target=self._copy, name=f"output-relay-{fd}", daemon=True)
         self.thread.start()
 
     def _copy(self) -> None:
         """Copy until every writer has closed the pipe; after the first failed write (the
         reader is gone), read on and drop, so that writers never block or fail."""
-        target_open = True
         while data := os.read(self._read_end, READ_SIZE):
-            target_open = target_open and write_all(self.target, data)
+            self.target_open = self.target_open and write_all(self.target, data)
         os.close(self._read_end)
 
-    def restore(self) -> None:
-        """Put `target` back on `fd` (this process stops writing to the relay) and wait up to
-        `DRAIN_S` for the relay to copy what it holds; child processes still alive then keep
-        it open, and what they write later is copied while this process lives."""
+    def restore(self) -> bool:
+        """Put `target` back on `fd` if it is still read (True): this process stops writing
+        to the relay, which copies what it holds and ends once no child process holds the
+        pipe either. A `target` nobody reads stays behind the relay to the end."""
         with contextlib.suppress(ValueError, OSError):  # a stream already closed at exit
             (sys.stdout if self.fd == 1 else sys.stderr).flush()
+        if not self.target_open:
+            return False
         os.dup2(self.target, self.fd)
-        self.thread.join(DRAIN_S)
+        return True
+
+    def join(self, deadline: float) -> None:
+        """Wait until `deadline` (monotonic) for the relay to end; a child process still
+        alive (multiprocessing's resource tracker, until this process exits) keeps it going,
+        and what it writes later is copied while this process lives."""
+        self.thread.join(max(0.0, deadline - time.monotonic()))
         if not self.thread.is_alive():
             os.close(self.target)
 
@@ -83,16 +92,25 @@ def write_all(fd: int, data: bytes) -> bool:
 
 def relay_output(fds: tuple[int, ...] = (1, 2)) -> list[OutputRelay]:
     """Relay each of `fds` (default stdout and stderr) through a pipe of this process, for
-    the rest of its life; at exit each is put back once its relay has drained."""
+    the rest of its life; at exit they are put back and given `DRAIN_S`, all together, to
+    copy what they hold."""
     relays = []
     for fd in fds:
         try:
-            relay = OutputRelay(fd)
+            relays.append(OutputRelay(fd))
         except OSError:  # not open: nothing to outlive
             continue
-        atexit.register(relay.restore)
-        relays.append(relay)
+    atexit.register(restore_all, relays)
     return relays
+
+
+def restore_all(relays: list[OutputRelay]) -> None:
+    """Put every relayed descriptor that is still read back, then wait up to `DRAIN_S` for
+    their relays."""
+    restored = [relay for relay in relays if relay.restore()]
+    deadline = time.monotonic() + DRAIN_S
+    for relay in restored:
+        relay.join(deadline)
 
 
 def outlive_worker_pipes() -> list[OutputRelay]:

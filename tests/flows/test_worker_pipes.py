@@ -109,6 +109,27 @@ def test_with_the_relay_a_dead_reader_costs_nothing_but_the_lines(tmp_path: Path
     assert code == 0
 
 
+def test_what_a_relayed_process_writes_as_it_exits_reaches_a_live_reader() -> None:
+    """At exit the descriptors are put back and the relays drained: nothing written last
+    is lost while the worker reads (here 300 KB written, and the process ends at once)."""
+    code = (
+        "import sys\n"
+        "from wsi_segment.flows.worker_pipes import relay_output\n"
+        "relay_output()\n"
+        "sys.stdout.write('o' * 300_000)\n"
+        "sys.stderr.write('e' * 300_000)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        cwd=Path(__file__).resolve().parents[2],
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout == b"o" * 300_000
+    assert done.stderr == b"e" * 300_000
+
+
 @pytest.mark.usefixtures("prefect_harness")
 def test_a_flow_run_outside_a_deployment_keeps_its_streams() -> None:
     """Only a deployment's top-level run relays: `wsi-segment batch` and tests keep theirs."""
