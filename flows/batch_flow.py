@@ -58,6 +58,7 @@ from wsi_segment.flows.run_origin import flow_run_origin  # noqa: E402
 from wsi_segment.flows.slide_flow import make_params, run_slide_stages  # noqa: E402
 from wsi_segment.flows.slide_runner import SlideTaskRunner  # noqa: E402
 from wsi_segment.flows.slide_watch import SlideWatch  # noqa: E402
+from wsi_segment.flows.worker_pipes import outlive_worker_pipes  # noqa: E402
 from wsi_segment.pipeline.batch_inputs import BatchItem, params_for, parse_batch_input  # noqa: E402
 from wsi_segment.pipeline.batch_report import (  # noqa: E402
     batch_rows,
@@ -212,8 +213,10 @@ def segment_batch(
     (known failures, otherwise reported without being retried).
     `slide_timeout`: seconds a slide may run before it is stopped and marked failed (none:
     no limit). On Ctrl-C / SIGTERM the slides in flight are stopped and cleaned up, and the
-    interrupt is raised with every slide's result (`flows.batch_interrupt`).
+    interrupt is raised with every slide's result (`flows.batch_interrupt`). A deployment's
+    run finishes even if its worker dies (`flows.worker_pipes`).
     """
+    outlive_worker_pipes()
     check_batch_limits(concurrency, slide_timeout)
     logger = get_run_logger()
     items = parse_batch_input(input)

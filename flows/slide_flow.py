@@ -33,6 +33,7 @@ from wsi_segment.flows.dask_cluster import dask_client  # noqa: E402
 from wsi_segment.flows.door_words import run_words  # noqa: E402
 from wsi_segment.flows.run_log import log_slide_warnings, pipeline_warnings_to_run_log  # noqa: E402
 from wsi_segment.flows.run_origin import flow_run_origin  # noqa: E402
+from wsi_segment.flows.worker_pipes import outlive_worker_pipes  # noqa: E402
 from wsi_segment.pipeline import segment  # noqa: E402
 from wsi_segment.pipeline.batch_report import class_rows, markdown_table  # noqa: E402
 from wsi_segment.pipeline.cancellation import NEVER_CANCELLED, CancelToken  # noqa: E402
@@ -216,7 +217,9 @@ def segment_slide_flow(
 
     `options` holds any other `SegmentParams` field (overlap, device, overwrite, ...).
     Chunks run on the Dask scheduler at `dask_address` if given, else in local threads.
+    A deployment's run finishes even if its worker dies (`flows.worker_pipes`).
     """
+    outlive_worker_pipes()
     try:
         params = make_params(
             model_dir, options, mpp=mpp, output_name=output_name, origin=flow_run_origin()

@@ -19,6 +19,7 @@ from prefect.artifacts import create_markdown_artifact  # noqa: E402
 
 from wsi_segment.errors import ConfigError  # noqa: E402
 from wsi_segment.flows.slide_flow import stage_task  # noqa: E402
+from wsi_segment.flows.worker_pipes import outlive_worker_pipes  # noqa: E402
 from wsi_segment.models.classifier import PatchClassifier  # noqa: E402
 from wsi_segment.pipeline.training import train_stages  # noqa: E402
 from wsi_segment.pipeline.training.train import TrainConfig  # noqa: E402
@@ -68,8 +69,10 @@ def train_model(data: str, out: str, options: dict[str, Any] | None = None) -> s
     """Train a model from a WSSS dataset folder into the model folder `out`; returns it.
 
     `options` holds other `pipeline.training.train.TrainConfig` fields (epochs, encoder, head,
-    cam_method, ...).
+    cam_method, ...). A deployment's run finishes even if its worker dies
+    (`flows.worker_pipes`).
     """
+    outlive_worker_pipes()
     cfg = make_train_config(data, out, options)
     run = open_dataset(cfg)
     model = classifier(run)
