@@ -41,7 +41,7 @@ from wsi_segment.pipeline.read_policy import (
 )
 
 if TYPE_CHECKING:
-    from wsi_segment.models.runtimes.select import RuntimeSpec
+    from wsi_segment.models.runtimes.spec import RuntimeSpec
 
 LOCAL, BAND, CLUSTER = "local", "band", "cluster"  # where the engine runs (`RunFacts.place`)
 CPU_BATCH, GPU_BATCH = 16, 64
@@ -245,7 +245,7 @@ def runtime_spec(plan: RunPolicy, options: SegmentParams) -> RuntimeSpec:
     the runtime and precision decided, torch's precision should OpenVINO not run the model
     (decided here too, by the same function), OpenVINO's threads (this process's cores) and
     whether OpenVINO was asked for by name (then a model it cannot export is refused)."""
-    from wsi_segment.models.runtimes.select import RuntimeSpec
+    from wsi_segment.models.runtimes.spec import RuntimeSpec
 
     fallback = plan.precision
     if plan.runtime.value != "torch":

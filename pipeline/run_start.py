@@ -36,7 +36,7 @@ from wsi_segment.wsi.slide import Slide
 
 if TYPE_CHECKING:
     from wsi_segment.models.meta import ModelMeta
-    from wsi_segment.models.runtimes.select import RuntimeSpec
+    from wsi_segment.models.runtimes.spec import RuntimeSpec
     from wsi_segment.pipeline.inference.model_handle import LoadedModel
     from wsi_segment.wsi.raw_tiles import JpegTiles
 
@@ -96,7 +96,7 @@ def loader_spec(policy: RunPolicy, params: SegmentParams) -> RuntimeSpec:
     workers), so it loads into torch at fp32 and compiles and calibrates nothing."""
     if policy.place != CLUSTER:
         return runtime_spec(policy, params)
-    from wsi_segment.models.runtimes.select import RuntimeSpec
+    from wsi_segment.models.runtimes.spec import RuntimeSpec
 
     why = "a Dask cluster's plan: the bands run the model on their workers"
     return RuntimeSpec("torch", "fp32", runtime_reason=why, precision_reason=why)

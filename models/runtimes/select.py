@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +41,7 @@ from .decision import BF16_IF_CALIBRATED
 from .executor import Executor, OpenVINOExecutor, TorchExecutor, whole_tile_labels
 from .graph import Geometry
 from .openvino_runtime import GraphNotExpressible, OpenVINOGraphs, RuntimeUnavailable
+from .spec import RuntimeSpec
 from .verdict import load_verdict, store_verdict, verdict_key
 
 if TYPE_CHECKING:
@@ -54,22 +55,6 @@ _CHECK_FIELDS = {
         {"tiles", "tile_size", "agreement", "max_area_shift", "area_shifts", "own_patches"}
     ),
 }
-
-
-@dataclass(frozen=True)
-class RuntimeSpec:
-    """What models/ is handed of a run's plan, as plain values (all decided there). Specs
-    that differ only in their reasons are equal: a reworded reason opens nothing again."""
-
-    runtime: str  # torch | openvino
-    precision: str  # fp32 | bf16 | fp16 | bf16-if-calibrated, for that runtime
-    fallback: str = "fp32"  # torch's precision should OpenVINO not run the model
-    threads: int = 1  # OpenVINO's: the cores of the process it serves
-    cpu_flags: frozenset[str] = frozenset()  # the machine's (OpenVINO's cache keys name them)
-    by_name: bool = False  # OpenVINO asked for by name: a model it cannot export is refused
-    runtime_reason: str = field(default="", compare=False)
-    precision_reason: str = field(default="", compare=False)
-    fallback_reason: str = field(default="", compare=False)
 
 
 @dataclass
