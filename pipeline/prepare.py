@@ -233,7 +233,7 @@ def _prepare_started(
         cancel.check()
         grid, planned, reader = _plan_chunks(opened, params, model, started, tissue)
         t2 = time.perf_counter()
-        handle, model_meta = started.loaded_model(model, cancel)
+        handle, model_meta, policy = started.loaded_model(model, params, cancel)
         fingerprint = run_fingerprint(opened.path, handle.identity, params, model_meta)
     except BaseException:
         started.stop()
@@ -269,7 +269,7 @@ def _prepare_started(
         prefetch=started.readers.prefetcher,
         decode_pool=started.readers.pool,
         overlay_thumb=started.readers.thumb,
-        policy=started.policy,
+        policy=policy,
         read_tiles=started.read_tiles,
     )
 

@@ -22,10 +22,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
-from wsi_segment.models.runtimes.decision import precision_decision, runtime_decision
+from wsi_segment.models.precision_calibration import PrecisionCalibration
+from wsi_segment.models.runtimes.decision import (
+    BF16_IF_CALIBRATED,
+    precision_decision,
+    runtime_decision,
+)
+from wsi_segment.models.runtimes.verdict import CALIBRATION_WHERE
 from wsi_segment.pipeline.machine import GIB, Gpu, Machine
 from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.pipeline.read_policy import (
@@ -65,6 +71,10 @@ class RunFacts:
     pinned_runtime: str | None = None
     daemonic: bool = False  # a daemonic Dask worker process, which may not start processes
     worker_bands: int = 1  # a band's: bands its worker process runs at once (they share its model)
+    # the model's bf16 calibration numbers known for this machine, by runtime (a warm run:
+    # from the cache, `run_start.known_calibration`; a cold one: its load's, or the one CPU
+    # worker's for a cluster): bf16-if-calibrated is then decided here, bf16 or fp32
+    calibrations: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -86,6 +96,9 @@ class RunPolicy:
     read_device: Decision[str]  # GPU: the device read path (reason: its JPEG decoder)
     decoders: Decision[int]  # decoder processes; 0: one reader thread
     writers: Decision[int]  # writer threads finishing whole chunks side by side
+    # the bf16 calibration's numbers `precision` was decided from; None: it needed none, or
+    # none is known yet (precision bf16-if-calibrated: the model's load obtains it)
+    calibration: Mapping[str, Any] | None = None
 
     @property
     def device_decoder(self) -> JpegDecoder | None:
@@ -121,6 +134,7 @@ class RunPolicy:
             if isinstance(value, Decision):
                 out[f.name] = value.as_dict()
         out["read_source"] = self.read_source
+        out["calibration"] = None if self.calibration is None else dict(self.calibration)
         return out
 
 
@@ -139,12 +153,19 @@ def decide(machine: Machine, options: SegmentParams, facts: RunFacts | None = No
         decoders = Decision(0, f"{DAEMONIC}; {decoders.value} were due ({decoders.reason})")
     computes = _computes(options, cuda, band)
     runtime = _runtime(machine, options, cuda, facts.pinned_runtime)
+    precision = _precision(options, machine, cuda, gpu, runtime.value, facts.pinned_precision)
+    calibration = facts.calibrations.get(runtime.value)
+    if precision.value != BF16_IF_CALIBRATED:
+        calibration = None
+    elif calibration is not None:
+        precision = calibrated(calibration, runtime.value)
     return RunPolicy(
         machine=machine,
         place=facts.place,
         device=device,
         runtime=runtime,
-        precision=_precision(options, machine, cuda, gpu, runtime.value, facts.pinned_precision),
+        precision=precision,
+        calibration=calibration,
         chunk_tiles=_chunk_tiles(options, cuda),
         batch_size=_batch_size(options, cuda, gpu),
         compute_threads=computes,
@@ -240,6 +261,14 @@ def _precision(
     return Decision(value, reason.split(": ", 1)[-1])
 
 
+def calibrated(numbers: Mapping[str, Any], runtime: str) -> Decision[str]:
+    """bf16-if-calibrated decided: bf16 or fp32 as the calibration's `numbers` (measured in
+    `runtime` on this machine) pass today's thresholds, with its reason."""
+    verdict = PrecisionCalibration(**numbers, where=CALIBRATION_WHERE[runtime])
+    chosen, reason = verdict.reason().split(": ", 1)
+    return Decision(chosen, reason)
+
+
 def runtime_spec(plan: RunPolicy, options: SegmentParams) -> RuntimeSpec:
     """What the model's loader carries out of `plan` (`models.runtimes.select.open_runtime`):
     the runtime and precision decided, torch's precision should OpenVINO not run the model
@@ -262,6 +291,7 @@ def runtime_spec(plan: RunPolicy, options: SegmentParams) -> RuntimeSpec:
         runtime_reason=f"{plan.runtime.value}: {plan.runtime.reason}",
         precision_reason=f"{plan.precision.value}: {plan.precision.reason}",
         fallback_reason=f"{fallback.value}: {fallback.reason}",
+        calibration=plan.calibration,
     )
 
 

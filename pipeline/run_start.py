@@ -12,9 +12,11 @@ import contextlib
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from wsi_segment.errors import ModelError
+from wsi_segment.models.runtimes.decision import BF16_IF_CALIBRATED
+from wsi_segment.models.runtimes.verdict import CALIBRATION_FIELDS
 from wsi_segment.pipeline.cancellation import CancelToken
 from wsi_segment.pipeline.early_readers import EarlyReaders
 from wsi_segment.pipeline.inference.model_handle import ModelHandle, load_for_process
@@ -36,6 +38,7 @@ from wsi_segment.wsi.slide import Slide
 
 if TYPE_CHECKING:
     from wsi_segment.models.meta import ModelMeta
+    from wsi_segment.models.precision_calibration import PrecisionCalibration
     from wsi_segment.models.runtimes.spec import RuntimeSpec
     from wsi_segment.pipeline.inference.model_handle import LoadedModel
     from wsi_segment.wsi.raw_tiles import JpegTiles
@@ -51,6 +54,8 @@ class RunStart:
     spec: RuntimeSpec  # what the loader opens
     loader: Background[LoadedModel]
     readers: EarlyReaders
+    machine: Machine  # what the policy was decided for
+    facts: RunFacts  # and from
 
     @classmethod
     def begin(
@@ -64,24 +69,36 @@ class RunStart:
         """Decide the policy, then start the model's load and the readers it names."""
         machine = probe_machine()
         key = read_level_and_scale(opened.slide, opened.mpp[0], model.geometry[1])
-        policy, tiles = slide_policy(machine, params, facts, opened.path, opened.slide, key)
+        facts, tiles = slide_facts(machine, params, facts, opened.path, opened.slide, key)
+        policy = decide(machine, params, facts)
+        if policy.precision.value == BF16_IF_CALIBRATED:  # known here once it was obtained
+            facts = known_calibration(facts, policy, str(model.path))
+            policy = decide(machine, params, facts)
+        tiles = tiles if policy.read_device.value == GPU else None
         spec = loader_spec(policy, params)
         loader = Background(load_for_process, str(model.path), policy.device.value, spec)
         readers = EarlyReaders.start(
             policy if early else None, machine, opened.path, opened.slide, params
         )
-        return cls(policy, tiles, spec, loader, readers)
+        return cls(policy, tiles, spec, loader, readers, machine, facts)
 
     def loaded_model(
-        self, model: ModelFolder, cancel: CancelToken
-    ) -> tuple[ModelHandle, ModelMeta]:
-        """The loaded model's handle and metadata, once its load ends; `cancel` is checked
-        after the wait."""
+        self, model: ModelFolder, params: SegmentParams, cancel: CancelToken
+    ) -> tuple[ModelHandle, ModelMeta, RunPolicy]:
+        """The loaded model's handle and metadata, once its load ends, and the run's policy:
+        where the load obtained the bf16 verdict the policy was waiting for, decided again
+        with it (bf16 or fp32, by the same function). `cancel` is checked after the wait."""
         loaded = self.loader.result()
         cancel.check()
         handle = ModelHandle.of(loaded, str(model.path), self.policy.device.value, self.spec)
         _same_geometry(model.path, model.geometry, loaded.model.meta)
-        return handle, loaded.model.meta
+        policy, runtime = self.policy, loaded.runtime
+        waiting = policy.precision.value == BF16_IF_CALIBRATED and policy.calibration is None
+        if waiting and runtime.calibration is not None and runtime.runtime == policy.runtime.value:
+            numbers = {runtime.runtime: measured(runtime.calibration)}
+            facts = dataclasses.replace(self.facts, calibrations=numbers)
+            policy = decide(self.machine, params, facts)
+        return handle, loaded.model.meta, policy
 
     def stop(self) -> None:
         """After an error: stop the readers and wait for the load to end."""
@@ -102,23 +119,43 @@ def loader_spec(policy: RunPolicy, params: SegmentParams) -> RuntimeSpec:
     return RuntimeSpec("torch", "fp32", runtime_reason=why, precision_reason=why)
 
 
-def slide_policy(
+def slide_facts(
     machine: Machine,
     params: SegmentParams,
     facts: RunFacts,
     slide_path: str,
     slide: Slide,
     key: LevelKey | None,
-) -> tuple[RunPolicy, JpegTiles | None]:
-    """The run's policy, the slide's read level examined first where the policy may read it
-    on the device (`key`: that level; None: not known yet), and the tiles it would read. A
+) -> tuple[RunFacts, JpegTiles | None]:
+    """`facts` with the slide's read level examined where the policy may read it on the
+    device (`key`: that level; None: not known yet), and the tiles it would read. A
     cluster's plan examines nothing: its bands read, and decide, on the workers."""
-    tiles = None
-    reads = None
-    if key is not None and facts.place != CLUSTER and wants_slide_reads(machine, params):
-        reads, tiles = slide_reads(slide_path, slide, key)
-    policy = decide(machine, params, dataclasses.replace(facts, reads=reads))
-    return policy, tiles if policy.read_device.value == GPU else None
+    if key is None or facts.place == CLUSTER or not wants_slide_reads(machine, params):
+        return facts, None
+    reads, tiles = slide_reads(slide_path, slide, key)
+    return dataclasses.replace(facts, reads=reads), tiles
+
+
+def known_calibration(facts: RunFacts, policy: RunPolicy, model_dir: str) -> RunFacts:
+    """`facts` with the model's bf16 calibration in the policy's runtime on this machine,
+    where an earlier load obtained and kept it (`models.runtimes.verdict`; no torch)."""
+    from wsi_segment.models.meta import model_files_identity
+    from wsi_segment.models.runtimes.cache import default_cache_dir
+    from wsi_segment.models.runtimes.verdict import calibration_key, stored_calibration
+
+    identity, _meta = model_files_identity(model_dir)
+    runtime = policy.runtime.value
+    key = calibration_key(identity, runtime, policy.machine.cpu_flags)
+    numbers = stored_calibration(default_cache_dir(), key)
+    if numbers is None:
+        return facts
+    return dataclasses.replace(facts, calibrations={**facts.calibrations, runtime: numbers})
+
+
+def measured(calibration: PrecisionCalibration) -> dict[str, Any]:
+    """A calibration's numbers, as the plan takes them (`RunFacts.calibrations`)."""
+    numbers = dataclasses.asdict(calibration)
+    return {k: numbers[k] for k in sorted(CALIBRATION_FIELDS)}
 
 
 def _same_geometry(model_dir: Path, planned: tuple[int, float], meta: ModelMeta) -> None:

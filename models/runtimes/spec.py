@@ -3,7 +3,9 @@ decides and builds it on its main thread while torch is imported in the backgrou
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -20,3 +22,6 @@ class RuntimeSpec:
     runtime_reason: str = field(default="", compare=False)
     precision_reason: str = field(default="", compare=False)
     fallback_reason: str = field(default="", compare=False)
+    # the bf16 calibration's numbers the plan decided `precision` from (reported with it);
+    # None: the precision needed none, or the loader obtains it (bf16-if-calibrated)
+    calibration: Mapping[str, Any] | None = field(default=None, compare=False)
