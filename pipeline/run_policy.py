@@ -20,6 +20,7 @@ contract makes speed only too.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -75,6 +76,35 @@ class RunFacts:
     # from the cache, `run_start.known_calibration`; a cold one: its load's, or the one CPU
     # worker's for a cluster): bf16-if-calibrated is then decided here, bf16 or fp32
     calibrations: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+
+# A Dask run: what only a band's worker knows, set there (`band_facts`); every other fact
+# (the pinned runtime and precision, the calibrations) the client settled for all bands.
+WORKER_FACTS = ("at_once", "reads", "daemonic", "worker_bands")
+# The decisions a band's `decide` makes from its worker's own machine (cores, GPUs) and
+# WORKER_FACTS: the only ones that may differ between the bands of one slide. The others
+# (runtime, precision and its calibration, chunk_tiles) come out of the settled facts and
+# the run's options alike on every worker, so a slide never mixes them.
+WORKER_DECISIONS = (
+    "device",
+    "batch_size",
+    "compute_threads",
+    "model_lock",
+    "cores",
+    "process_cores",
+    "read_device",
+    "decoders",
+    "writers",
+)
+
+
+def band_facts(settled: RunFacts, **worker: Any) -> RunFacts:
+    """A band's facts on its worker: the client's `settled` facts with WORKER_FACTS set
+    from the worker (any other name is refused: the client settled it)."""
+    foreign = sorted(set(worker) - set(WORKER_FACTS))
+    if foreign:
+        raise ValueError(f"settled for the whole cluster, not per worker: {foreign}")
+    return dataclasses.replace(settled, place=BAND, **worker)
 
 
 @dataclass(frozen=True)

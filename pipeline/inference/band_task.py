@@ -39,6 +39,7 @@ from wsi_segment.pipeline.run_policy import (
     BAND,
     RunFacts,
     RunPolicy,
+    band_facts,
     decide,
     runtime_spec,
     wants_slide_reads,
@@ -100,7 +101,7 @@ def band_policy(
         finally:
             reader.close_local()
     daemonic = mp.current_process().daemon
-    here = dataclasses.replace(
+    here = band_facts(
         settled, at_once=in_flight, reads=reads, daemonic=daemonic, worker_bands=worker_bands
     )
     policy = decide(machine, options, here)
