@@ -39,7 +39,7 @@ from wsi_segment.pipeline.prepare_inputs import (
     open_checked_slide,
     read_model_folder,
 )
-from wsi_segment.pipeline.run_policy import LOCAL, RunFacts, RunPolicy
+from wsi_segment.pipeline.run_policy import LOCAL, ExecutionPlan, RunFacts
 from wsi_segment.pipeline.run_start import RunStart
 from wsi_segment.pipeline.startup import Background, gc_paused
 from wsi_segment.wsi.roi import Roi
@@ -91,7 +91,7 @@ class PreparedSlide:
     rois: list[Roi] = field(default_factory=list)
     # Every decision of the run with its reason (pipeline.run_policy), made before any
     # reader started; on a Dask cluster only the plan's, each band deciding its own.
-    policy: RunPolicy | None = None
+    policy: ExecutionPlan | None = None
     # The read level's JPEG tiles when the policy reads them on the device, else None.
     read_tiles: JpegTiles | None = None
     read_device: dict[str, str] = field(default_factory=dict)  # summary.json run_stats

@@ -4,7 +4,7 @@
 (`pipeline.machine.Machine`), the user's options (`SegmentParams`) and what the run knows of
 its slide and place (`RunFacts`; no decision needs facts of the model yet: the model itself
 runs what depends on it, the bf16 calibration and the GPU batch probe); it returns a
-`RunPolicy` holding each decision with its reason: device, runtime, precision, chunk size,
+`ExecutionPlan` holding each decision with its reason: device, runtime, precision, chunk size,
 batch size, compute threads, model lock, cores (the engine's, and its process's: OpenVINO's
 threads), JPEG reads on the device, decoder processes and writer threads (the last three
 in `pipeline.read_policy`). A local run
@@ -108,7 +108,7 @@ def band_facts(settled: RunFacts, **worker: Any) -> RunFacts:
 
 
 @dataclass(frozen=True)
-class RunPolicy:
+class ExecutionPlan:
     """Every decision of one engine (a local run or a band), each with its reason."""
 
     machine: Machine
@@ -168,7 +168,9 @@ class RunPolicy:
         return out
 
 
-def decide(machine: Machine, options: SegmentParams, facts: RunFacts | None = None) -> RunPolicy:
+def decide(
+    machine: Machine, options: SegmentParams, facts: RunFacts | None = None
+) -> ExecutionPlan:
     """The policy of one engine on `machine` for `options`; a pure function."""
     facts = facts or RunFacts()
     device = decide_device(machine, options)
@@ -189,7 +191,7 @@ def decide(machine: Machine, options: SegmentParams, facts: RunFacts | None = No
         calibration = None
     elif calibration is not None:
         precision = calibrated(calibration, runtime.value)
-    return RunPolicy(
+    return ExecutionPlan(
         machine=machine,
         place=facts.place,
         device=device,
@@ -299,7 +301,7 @@ def calibrated(numbers: Mapping[str, Any], runtime: str) -> Decision[str]:
     return Decision(chosen, reason)
 
 
-def runtime_spec(plan: RunPolicy, options: SegmentParams) -> RuntimeSpec:
+def runtime_spec(plan: ExecutionPlan, options: SegmentParams) -> RuntimeSpec:
     """What the model's loader carries out of `plan` (`models.runtimes.select.open_runtime`):
     the runtime and precision decided, torch's precision should OpenVINO not run the model
     (decided here too, by the same function), OpenVINO's threads (this process's cores) and

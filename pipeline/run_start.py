@@ -27,8 +27,8 @@ from wsi_segment.pipeline.prepare_inputs import ModelFolder, OpenedSlide
 from wsi_segment.pipeline.read_policy import GPU
 from wsi_segment.pipeline.run_policy import (
     CLUSTER,
+    ExecutionPlan,
     RunFacts,
-    RunPolicy,
     decide,
     runtime_spec,
     wants_slide_reads,
@@ -49,7 +49,7 @@ class RunStart:
     """The run's policy and what it started: the model loading in a background thread and
     the early readers (none without `early`)."""
 
-    policy: RunPolicy
+    policy: ExecutionPlan
     read_tiles: JpegTiles | None  # the read level's JPEG tiles when read on the device
     spec: RuntimeSpec  # what the loader opens
     loader: Background[LoadedModel]
@@ -84,7 +84,7 @@ class RunStart:
 
     def loaded_model(
         self, model: ModelFolder, params: SegmentParams, cancel: CancelToken
-    ) -> tuple[ModelHandle, ModelMeta, RunPolicy]:
+    ) -> tuple[ModelHandle, ModelMeta, ExecutionPlan]:
         """The loaded model's handle and metadata, once its load ends, and the run's policy:
         where the load obtained the bf16 verdict the policy was waiting for, decided again
         with it (bf16 or fp32, by the same function). `cancel` is checked after the wait."""
@@ -107,7 +107,7 @@ class RunStart:
             self.loader.result()  # never leave a thread importing torch behind
 
 
-def loader_spec(policy: RunPolicy, params: SegmentParams) -> RuntimeSpec:
+def loader_spec(policy: ExecutionPlan, params: SegmentParams) -> RuntimeSpec:
     """What the model loader opens: the plan's runtime and precision; a cluster's plan only
     needs the model's identity and metadata (its bands open their own runtime on their
     workers), so it loads into torch at fp32 and compiles and calibrates nothing."""
@@ -136,7 +136,7 @@ def slide_facts(
     return dataclasses.replace(facts, reads=reads), tiles
 
 
-def known_calibration(facts: RunFacts, policy: RunPolicy, model_dir: str) -> RunFacts:
+def known_calibration(facts: RunFacts, policy: ExecutionPlan, model_dir: str) -> RunFacts:
     """`facts` with the model's bf16 calibration in the policy's runtime on this machine,
     where an earlier load obtained and kept it (`models.runtimes.verdict`; no torch)."""
     from wsi_segment.models.meta import model_files_identity

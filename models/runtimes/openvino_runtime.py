@@ -112,7 +112,7 @@ def weights_digest(model: SegmentationModel) -> str:
 
 class OpenVINOGraphs:
     """One model's compiled graphs, by (geometry, batch, streams), for one precision and
-    thread count: the cores of the process they serve (a run's `RunPolicy.process_cores`),
+    thread count: the cores of the process they serve (a run's `ExecutionPlan.process_cores`),
     never the loading thread's torch count, which is 1 on a Dask worker."""
 
     name = "openvino"

@@ -37,8 +37,8 @@ from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.pipeline.read_policy import ReadFacts
 from wsi_segment.pipeline.run_policy import (
     BAND,
+    ExecutionPlan,
     RunFacts,
-    RunPolicy,
     band_facts,
     decide,
     runtime_spec,
@@ -82,7 +82,7 @@ def band_policy(
     examine: bool = True,
     worker_bands: int = 1,
     settled: RunFacts = CLUSTER_FACTS,
-) -> tuple[RunPolicy, SlideJob, JpegTiles | None]:
+) -> tuple[ExecutionPlan, SlideJob, JpegTiles | None]:
     """This band's plan, decided here by `decide` from the run's `options`, what the client
     `settled` for every band (`band_runner.settle_precision`) and what only this worker knows:
     its machine, the `in_flight` bands sharing it (`worker_bands` of them in this process, on
@@ -118,7 +118,7 @@ def band_policy(
     return policy, job, tiles if policy.device_decoder is not None else None
 
 
-def band_source(job: SlideJob, policy: RunPolicy, tiles: JpegTiles | None) -> ReadSource:
+def band_source(job: SlideJob, policy: ExecutionPlan, tiles: JpegTiles | None) -> ReadSource:
     """The read source `policy` names: the device read path (on `tiles`), decoder
     processes, or the reader thread."""
     from wsi_segment.pipeline.inference.reader_thread import HostTiles, ReaderThread  # torch
