@@ -73,7 +73,7 @@ class RunFacts:
     daemonic: bool = False  # a daemonic Dask worker process, which may not start processes
     worker_bands: int = 1  # a band's: bands its worker process runs at once (they share its model)
     # the model's bf16 calibration numbers known for this machine, by runtime (a warm run:
-    # from the cache, `run_start.known_calibration`; a cold one: its load's, or the one CPU
+    # from the cache, `known_calibration`; a cold one: its load's, or the one CPU
     # worker's for a cluster): bf16-if-calibrated is then decided here, bf16 or fp32
     calibrations: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
@@ -208,6 +208,31 @@ def decide(
         decoders=decoders,
         writers=writers_decision(options, cores.value, decoders.value, band),
     )
+
+
+def decide_for_model(
+    machine: Machine, options: SegmentParams, facts: RunFacts, model_dir: str
+) -> tuple[ExecutionPlan, RunFacts]:
+    """`decide` for the model in `model_dir`, with the bf16 verdict an earlier load on this
+    machine kept for it (`known_calibration`) where the plan would otherwise wait for one;
+    returns the plan and the facts it was decided from."""
+    plan = decide(machine, options, facts)
+    if plan.precision.value != BF16_IF_CALIBRATED:
+        return plan, facts
+    facts = known_calibration(facts, plan, model_dir)
+    return decide(machine, options, facts), facts
+
+
+def known_calibration(facts: RunFacts, plan: ExecutionPlan, model_dir: str) -> RunFacts:
+    """`facts` with the model's bf16 calibration in `plan`'s runtime on its machine, where an
+    earlier load obtained and kept it (`models.runtimes.verdict`; no torch)."""
+    from wsi_segment.models.runtimes.verdict import kept_calibration
+
+    runtime = plan.runtime.value
+    numbers = kept_calibration(model_dir, runtime, plan.machine.cpu_flags)
+    if numbers is None:
+        return facts
+    return dataclasses.replace(facts, calibrations={**facts.calibrations, runtime: numbers})
 
 
 def decide_device(machine: Machine, options: SegmentParams) -> Decision[str]:

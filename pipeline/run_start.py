@@ -30,6 +30,7 @@ from wsi_segment.pipeline.run_policy import (
     ExecutionPlan,
     RunFacts,
     decide,
+    decide_for_model,
     runtime_spec,
     wants_slide_reads,
 )
@@ -70,10 +71,7 @@ class RunStart:
         machine = probe_machine()
         key = read_level_and_scale(opened.slide, opened.mpp[0], model.geometry[1])
         facts, tiles = slide_facts(machine, params, facts, opened.path, opened.slide, key)
-        policy = decide(machine, params, facts)
-        if policy.precision.value == BF16_IF_CALIBRATED:  # known here once it was obtained
-            facts = known_calibration(facts, policy, str(model.path))
-            policy = decide(machine, params, facts)
+        policy, facts = decide_for_model(machine, params, facts, str(model.path))
         tiles = tiles if policy.read_device.value == GPU else None
         spec = loader_spec(policy, params)
         loader = Background(load_for_process, str(model.path), policy.device.value, spec)
@@ -134,22 +132,6 @@ def slide_facts(
         return facts, None
     reads, tiles = slide_reads(slide_path, slide, key)
     return dataclasses.replace(facts, reads=reads), tiles
-
-
-def known_calibration(facts: RunFacts, policy: ExecutionPlan, model_dir: str) -> RunFacts:
-    """`facts` with the model's bf16 calibration in the policy's runtime on this machine,
-    where an earlier load obtained and kept it (`models.runtimes.verdict`; no torch)."""
-    from wsi_segment.models.meta import model_files_identity
-    from wsi_segment.models.runtimes.cache import default_cache_dir
-    from wsi_segment.models.runtimes.verdict import calibration_key, stored_calibration
-
-    identity, _meta = model_files_identity(model_dir)
-    runtime = policy.runtime.value
-    key = calibration_key(identity, runtime, policy.machine.cpu_flags)
-    numbers = stored_calibration(default_cache_dir(), key)
-    if numbers is None:
-        return facts
-    return dataclasses.replace(facts, calibrations={**facts.calibrations, runtime: numbers})
 
 
 def measured(calibration: PrecisionCalibration) -> dict[str, Any]:

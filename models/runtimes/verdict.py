@@ -25,7 +25,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .cache import cpu_key, load_entry, store_best_effort
+from ..meta import model_files_identity
+from .cache import cpu_key, default_cache_dir, load_entry, store_best_effort
 
 if TYPE_CHECKING:
     import torch
@@ -110,3 +111,13 @@ def stored_calibration(cache: Path, key: Mapping[str, object]) -> dict[str, Any]
     if numbers is None or not numbers.keys() >= CALIBRATION_FIELDS:
         return None
     return {k: numbers[k] for k in sorted(CALIBRATION_FIELDS)}
+
+
+def kept_calibration(
+    model_dir: str, runtime: str, cpu_flags: frozenset[str]
+) -> dict[str, Any] | None:
+    """The bf16 calibration an earlier load kept for the model in `model_dir` (by its files'
+    sha256) in `runtime` on a CPU with `cpu_flags`, or None: read without torch."""
+    identity, _meta = model_files_identity(model_dir)
+    key = calibration_key(identity, runtime, cpu_flags)
+    return stored_calibration(default_cache_dir(), key)

@@ -40,7 +40,7 @@ from wsi_segment.pipeline.run_policy import (
     ExecutionPlan,
     RunFacts,
     band_facts,
-    decide,
+    decide_for_model,
     runtime_spec,
     wants_slide_reads,
 )
@@ -104,7 +104,7 @@ def band_policy(
     here = band_facts(
         settled, at_once=in_flight, reads=reads, daemonic=daemonic, worker_bands=worker_bands
     )
-    policy = decide(machine, options, here)
+    policy, _facts = decide_for_model(machine, options, here, job.model.model_dir)
     had = job.model
     model = ModelHandle(
         had.model_dir, policy.device.value, runtime_spec(policy, options), had.identity

@@ -1,6 +1,6 @@
 """The bf16 verdict is obtained once per model and machine: the first load calibrates and
 keeps the numbers, and every later plan decides bf16 or fp32 from them before the model
-loads (`run_start.known_calibration`), so the loader is handed a decided precision."""
+loads (`run_policy.known_calibration`, which `decide_for_model` asks), so the loader is handed a decided precision."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from wsi_segment.models.runtimes.select import open_runtime
 from wsi_segment.models.runtimes.verdict import calibration_key, store_verdict
 from wsi_segment.pipeline.machine import GIB, Machine
 from wsi_segment.pipeline.params import SegmentParams
-from wsi_segment.pipeline.run_policy import RunFacts, decide, runtime_spec
-from wsi_segment.pipeline.run_start import known_calibration, measured
+from wsi_segment.pipeline.run_policy import RunFacts, decide, known_calibration, runtime_spec
+from wsi_segment.pipeline.run_start import measured
 
 AMX = Machine(cores=2, memory_bytes=8 * GIB, cpu_flags=frozenset({"avx2", "amx_bf16", "amx_tile"}))
 TORCH = SegmentParams(device="cpu", runtime="torch")  # precision auto: bf16-if-calibrated on AMX
