@@ -74,7 +74,7 @@ def instant_handle() -> Any:
 
     import torch
 
-    from wsi_segment.models.runtimes.select import RuntimeSpec
+    from wsi_segment.models.runtimes.spec import RuntimeSpec
     from wsi_segment.pipeline.inference.model_handle import LoadedModel, ModelHandle
 
     class InstantLoaded(LoadedModel):

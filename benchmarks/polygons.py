@@ -54,7 +54,7 @@ def seconds(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
 def main(argv: list[str] | None = None) -> int:
     import shapely
 
-    from wsi_segment.models.runtimes.select import RuntimeSpec
+    from wsi_segment.models.runtimes.spec import RuntimeSpec
     from wsi_segment.pipeline.inference.model_handle import ModelHandle
     from wsi_segment.pipeline.outputs.chunk_summary import block_polygons
     from wsi_segment.pipeline.outputs.polygons import (

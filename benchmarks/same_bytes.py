@@ -2,12 +2,17 @@
 compare every output file byte for byte.
 
     python benchmarks/same_bytes.py --base /work/wt-base --new . [--keep OUT]
+    python benchmarks/same_bytes.py --base /work/wt-base --new . --dask   # + a LocalCluster
 
 For each slide and each option set below, both trees' `wsi-segment` (their own `.venv`) write
 into their own folder, each with its own runtime cache (a compiled graph of one tree never
 stands in for the other's), and the zarr store's files, tissue.geojson and overlay.png are
 compared by sha256. summary.json is not compared: it holds timings. Exit status 1 on any
 difference, with the differing files listed.
+
+`--dask` also runs the CMU slide with each option set through `wsi-segment batch` on a local
+Dask cluster (`--workers 2`: the slide's chunks in bands on two worker processes) in both
+trees, and compares those outputs with each other and with the new tree's local run.
 """
 
 from __future__ import annotations
@@ -16,9 +21,11 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 SLIDES = ("tests/data/CMU-1-Small-Region.svs", "tests/data/OS-1-detail.ome.tif")
@@ -46,6 +53,18 @@ def run_tree(tree: Path, out: Path, slide: Path, extra: list[str]) -> None:
     subprocess.run([*cmd, *extra], check=True, env=env, cwd=tree)
 
 
+def run_cluster(tree: Path, out: Path, slide: Path, extra: list[str]) -> None:
+    """`tree`'s batch on a folder holding only `slide` (a copy at the same path for both
+    trees), its chunks in bands on a local Dask cluster of two worker processes."""
+    folder = out.parents[2] / "dask-input"
+    if not (folder / slide.name).is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(slide, folder / slide.name)
+    env = {**os.environ, "WSI_SEGMENT_CACHE_DIR": str(out.parents[2] / f"cache-{tree.name}")}
+    cmd = [str(tree / ".venv/bin/wsi-segment"), "batch", str(folder), "--out", str(out)]
+    subprocess.run([*cmd, "--workers", "2", "--quiet", *extra], check=True, env=env, cwd=tree)
+
+
 def digests(folder: Path) -> dict[str, str]:
     """{relative path: sha256} of the compared outputs under a slide's output folder."""
     out = {}
@@ -65,6 +84,10 @@ def main() -> int:
     parser.add_argument(
         "--reuse-base", action="store_true", help="keep the base outputs already under --keep"
     )
+    parser.add_argument(
+        "--dask", action="store_true", help="also the CMU slide in bands on a local cluster"
+    )
+    parser.add_argument("--only", help="only the slides whose file name contains this (e.g. CMU-1)")
     args = parser.parse_args()
     root = args.keep or Path(tempfile.mkdtemp(prefix="same-bytes-"))
     roi = root / "roi.geojson"
@@ -74,22 +97,56 @@ def main() -> int:
     cases += [
         (SLIDES[0], f"roi-{name}", [*extra, "--roi", str(roi)]) for name, extra in OPTIONS.items()
     ]
+    cases = [c for c in cases if args.only is None or args.only in Path(c[0]).name]
     failed = 0
     fresh = Path(tempfile.mkdtemp(prefix="new-", dir=root))  # never a finished (skipped) run
+    local_new: dict[str, dict[str, str]] = {}
     for slide, name, extra in cases:
-        found = []
-        for tree, label in ((args.base.resolve(), "base"), (args.new.resolve(), fresh.name)):
-            out = root / label / name / Path(slide).name
-            if not (args.reuse_base and label == "base" and out.is_dir()):
-                run_tree(tree, out, args.base.resolve() / slide, extra)
-            (folder,) = [p for p in out.iterdir() if p.is_dir()]  # the slide's output folder
-            found.append(digests(folder))
-        base, new = found
-        differ = sorted(k for k in base.keys() | new.keys() if base.get(k) != new.get(k))
-        verdict = "same bytes" if not differ and base else f"DIFFER: {differ[:8]}"
-        print(f"{Path(slide).name:28} {name:16} {len(base):4} files  {verdict}", flush=True)
-        failed += bool(differ) or not base
+        base, new = (
+            run_both(args, root, label, name, slide, extra, run_tree)
+            for label in ("base", fresh.name)
+        )
+        local_new[f"{slide} {name}"] = new
+        failed += report(Path(slide).name, name, base, new)
+    if args.dask and (args.only is None or args.only in Path(SLIDES[0]).name):
+        slide = SLIDES[0]
+        for name, extra in OPTIONS.items():
+            base, new = (
+                run_both(args, root, label, f"dask-{name}", slide, extra, run_cluster)
+                for label in ("base", fresh.name)
+            )
+            failed += report(Path(slide).name, f"dask-{name}", base, new)
+            local = local_new[f"{slide} {name}"]
+            failed += report(Path(slide).name, f"dask=local-{name}", local, new)
     return 1 if failed else 0
+
+
+def run_both(
+    args: argparse.Namespace,
+    root: Path,
+    label: str,  # "base", or the new tree's fresh folder
+    name: str,
+    slide: str,
+    extra: list[str],
+    run: Callable[[Path, Path, Path, list[str]], None],
+) -> dict[str, str]:
+    """The digests of one tree's outputs of `slide` with `extra`, run by `run` unless
+    `--reuse-base` keeps the base's."""
+    tree = args.base.resolve() if label == "base" else args.new.resolve()
+    out = root / label / name / Path(slide).name
+    if not (args.reuse_base and label == "base" and out.is_dir()):
+        run(tree, out, args.base.resolve() / slide, extra)
+    # the slide's output folder (a batch's OUT also holds its report's .report/)
+    (folder,) = [p for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    return digests(folder)
+
+
+def report(slide: str, name: str, base: dict[str, str], new: dict[str, str]) -> bool:
+    """Print one comparison's line; True where the files differ (or none were compared)."""
+    differ = sorted(k for k in base.keys() | new.keys() if base.get(k) != new.get(k))
+    verdict = "same bytes" if not differ and base else f"DIFFER: {differ[:8]}"
+    print(f"{slide:28} {name:18} {len(base):4} files  {verdict}", flush=True)
+    return bool(differ) or not base
 
 
 if __name__ == "__main__":

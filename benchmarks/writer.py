@@ -310,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     slide, writer, model_dir, model_desc = slide_and_model(
         args.work, args.size, args.tissue, args.model
     )
-    from wsi_segment.models.runtimes.select import RuntimeSpec
+    from wsi_segment.models.runtimes.spec import RuntimeSpec
     from wsi_segment.pipeline.inference.model_handle import ModelHandle
 
     handle = ModelHandle(str(model_dir), "cpu", RuntimeSpec("torch", "fp32"))

@@ -20,22 +20,26 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from importlib import resources
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # the verdict's rule is read by a run's plan before torch is imported
+    import torch
 
 MIN_AGREEMENT = 0.995  # label agreement with fp32 that bf16 must keep
 MAX_AREA_SHIFT = 0.01  # largest change of a label's area, as a fraction of its fp32 area
 MIN_AREA = 0.01  # labels below this fraction of the pixels are judged by agreement alone
 
 # (tiles uint8 (N, 3, T, T), bf16 or not) -> the slide path's labels (N, T, T) uint8
-Labeller = Callable[[torch.Tensor, bool], torch.Tensor]
+Labeller = Callable[["torch.Tensor", bool], "torch.Tensor"]
 
 
 def calibration_tiles(tile_size: int, own: torch.Tensor | None = None) -> torch.Tensor:
     """The shipped real tiles, then the model's `own` validation patches (uint8 (N, 3, H, W)),
     as uint8 (N, 3, T, T), centre-cropped or mirror-padded to `tile_size` with integer
     operations only."""
+    import torch
     from PIL import Image
 
     folder = resources.files("wsi_segment.models") / "calibration_tiles"

@@ -18,7 +18,7 @@ from wsi_segment.pipeline.inference.tile_reader import TileReader
 from wsi_segment.pipeline.machine import Machine
 from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.pipeline.read_policy import GPU
-from wsi_segment.pipeline.run_policy import RunPolicy
+from wsi_segment.pipeline.run_policy import ExecutionPlan
 from wsi_segment.pipeline.startup import Background, read_overlay_thumbnail
 from wsi_segment.wsi.slide import Slide
 from wsi_segment.wsi.tiling import ChunkSpec
@@ -40,7 +40,7 @@ class EarlyReaders:
     @classmethod
     def start(
         cls,
-        policy: RunPolicy | None,
+        policy: ExecutionPlan | None,
         machine: Machine,
         slide_path: str,
         slide: Slide,

@@ -26,7 +26,7 @@ from wsi_segment.pipeline.outputs.ome_zarr import create_probability_store, leve
 from wsi_segment.pipeline.prepare import PreparedSlide
 from wsi_segment.pipeline.progress import NullProgress, Progress
 from wsi_segment.pipeline.read_policy import CPU
-from wsi_segment.pipeline.run_policy import LOCAL, RunPolicy, band_policies
+from wsi_segment.pipeline.run_policy import LOCAL, ExecutionPlan, band_policies
 from wsi_segment.wsi.slide import Slide
 
 if TYPE_CHECKING:  # distributed is imported only when a cluster is used
@@ -95,14 +95,14 @@ def _infer_here(
     return outcomes
 
 
-def local_policy(prep: PreparedSlide) -> RunPolicy:
+def local_policy(prep: PreparedSlide) -> ExecutionPlan:
     """The policy a local run executes: the one `prepare` decided for this process."""
     if prep.policy is None or prep.policy.place != LOCAL:
         raise ValueError(f"{prep.slide_path}: prepared for a Dask cluster, not a local run")
     return prep.policy
 
 
-def local_source(prep: PreparedSlide, policy: RunPolicy) -> ReadSource:
+def local_source(prep: PreparedSlide, policy: ExecutionPlan) -> ReadSource:
     """What reads a local run's tiles, as `policy` says: the device read path, decoder
     processes (maybe started early), or the reader thread, which adopts the prefetcher
     reading since planning. The source owns what it adopted, and is closed here if an

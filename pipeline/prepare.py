@@ -39,7 +39,7 @@ from wsi_segment.pipeline.prepare_inputs import (
     open_checked_slide,
     read_model_folder,
 )
-from wsi_segment.pipeline.run_policy import LOCAL, RunFacts, RunPolicy
+from wsi_segment.pipeline.run_policy import LOCAL, ExecutionPlan, RunFacts
 from wsi_segment.pipeline.run_start import RunStart
 from wsi_segment.pipeline.startup import Background, gc_paused
 from wsi_segment.wsi.roi import Roi
@@ -91,7 +91,7 @@ class PreparedSlide:
     rois: list[Roi] = field(default_factory=list)
     # Every decision of the run with its reason (pipeline.run_policy), made before any
     # reader started; on a Dask cluster only the plan's, each band deciding its own.
-    policy: RunPolicy | None = None
+    policy: ExecutionPlan | None = None
     # The read level's JPEG tiles when the policy reads them on the device, else None.
     read_tiles: JpegTiles | None = None
     read_device: dict[str, str] = field(default_factory=dict)  # summary.json run_stats
@@ -233,7 +233,7 @@ def _prepare_started(
         cancel.check()
         grid, planned, reader = _plan_chunks(opened, params, model, started, tissue)
         t2 = time.perf_counter()
-        handle, model_meta = started.loaded_model(model, cancel)
+        handle, model_meta, policy = started.loaded_model(model, params, cancel)
         fingerprint = run_fingerprint(opened.path, handle.identity, params, model_meta)
     except BaseException:
         started.stop()
@@ -269,7 +269,7 @@ def _prepare_started(
         prefetch=started.readers.prefetcher,
         decode_pool=started.readers.pool,
         overlay_thumb=started.readers.thumb,
-        policy=started.policy,
+        policy=policy,
         read_tiles=started.read_tiles,
     )
 

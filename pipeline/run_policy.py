@@ -4,7 +4,7 @@
 (`pipeline.machine.Machine`), the user's options (`SegmentParams`) and what the run knows of
 its slide and place (`RunFacts`; no decision needs facts of the model yet: the model itself
 runs what depends on it, the bf16 calibration and the GPU batch probe); it returns a
-`RunPolicy` holding each decision with its reason: device, runtime, precision, chunk size,
+`ExecutionPlan` holding each decision with its reason: device, runtime, precision, chunk size,
 batch size, compute threads, model lock, cores (the engine's, and its process's: OpenVINO's
 threads), JPEG reads on the device, decoder processes and writer threads (the last three
 in `pipeline.read_policy`). A local run
@@ -20,12 +20,19 @@ contract makes speed only too.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
-from wsi_segment.models.runtimes.decision import precision_decision, runtime_decision
+from wsi_segment.models.precision_calibration import PrecisionCalibration
+from wsi_segment.models.runtimes.decision import (
+    BF16_IF_CALIBRATED,
+    precision_decision,
+    runtime_decision,
+)
+from wsi_segment.models.runtimes.verdict import CALIBRATION_WHERE
 from wsi_segment.pipeline.machine import GIB, Gpu, Machine
 from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.pipeline.read_policy import (
@@ -41,7 +48,7 @@ from wsi_segment.pipeline.read_policy import (
 )
 
 if TYPE_CHECKING:
-    from wsi_segment.models.runtimes.select import RuntimeSpec
+    from wsi_segment.models.runtimes.spec import RuntimeSpec
 
 LOCAL, BAND, CLUSTER = "local", "band", "cluster"  # where the engine runs (`RunFacts.place`)
 CPU_BATCH, GPU_BATCH = 16, 64
@@ -65,10 +72,43 @@ class RunFacts:
     pinned_runtime: str | None = None
     daemonic: bool = False  # a daemonic Dask worker process, which may not start processes
     worker_bands: int = 1  # a band's: bands its worker process runs at once (they share its model)
+    # the model's bf16 calibration numbers known for this machine, by runtime (a warm run:
+    # from the cache, `known_calibration`; a cold one: its load's, or the one CPU
+    # worker's for a cluster): bf16-if-calibrated is then decided here, bf16 or fp32
+    calibrations: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+
+# A Dask run: what only a band's worker knows, set there (`band_facts`); every other fact
+# (the pinned runtime and precision, the calibrations) the client settled for all bands.
+WORKER_FACTS = ("at_once", "reads", "daemonic", "worker_bands")
+# The decisions a band's `decide` makes from its worker's own machine (cores, GPUs) and
+# WORKER_FACTS: the only ones that may differ between the bands of one slide. The others
+# (runtime, precision and its calibration, chunk_tiles) come out of the settled facts and
+# the run's options alike on every worker, so a slide never mixes them.
+WORKER_DECISIONS = (
+    "device",
+    "batch_size",
+    "compute_threads",
+    "model_lock",
+    "cores",
+    "process_cores",
+    "read_device",
+    "decoders",
+    "writers",
+)
+
+
+def band_facts(settled: RunFacts, **worker: Any) -> RunFacts:
+    """A band's facts on its worker: the client's `settled` facts with WORKER_FACTS set
+    from the worker (any other name is refused: the client settled it)."""
+    foreign = sorted(set(worker) - set(WORKER_FACTS))
+    if foreign:
+        raise ValueError(f"settled for the whole cluster, not per worker: {foreign}")
+    return dataclasses.replace(settled, place=BAND, **worker)
 
 
 @dataclass(frozen=True)
-class RunPolicy:
+class ExecutionPlan:
     """Every decision of one engine (a local run or a band), each with its reason."""
 
     machine: Machine
@@ -86,6 +126,9 @@ class RunPolicy:
     read_device: Decision[str]  # GPU: the device read path (reason: its JPEG decoder)
     decoders: Decision[int]  # decoder processes; 0: one reader thread
     writers: Decision[int]  # writer threads finishing whole chunks side by side
+    # the bf16 calibration's numbers `precision` was decided from; None: it needed none, or
+    # none is known yet (precision bf16-if-calibrated: the model's load obtains it)
+    calibration: Mapping[str, Any] | None = None
 
     @property
     def device_decoder(self) -> JpegDecoder | None:
@@ -121,10 +164,13 @@ class RunPolicy:
             if isinstance(value, Decision):
                 out[f.name] = value.as_dict()
         out["read_source"] = self.read_source
+        out["calibration"] = None if self.calibration is None else dict(self.calibration)
         return out
 
 
-def decide(machine: Machine, options: SegmentParams, facts: RunFacts | None = None) -> RunPolicy:
+def decide(
+    machine: Machine, options: SegmentParams, facts: RunFacts | None = None
+) -> ExecutionPlan:
     """The policy of one engine on `machine` for `options`; a pure function."""
     facts = facts or RunFacts()
     device = decide_device(machine, options)
@@ -139,12 +185,19 @@ def decide(machine: Machine, options: SegmentParams, facts: RunFacts | None = No
         decoders = Decision(0, f"{DAEMONIC}; {decoders.value} were due ({decoders.reason})")
     computes = _computes(options, cuda, band)
     runtime = _runtime(machine, options, cuda, facts.pinned_runtime)
-    return RunPolicy(
+    precision = _precision(options, machine, cuda, gpu, runtime.value, facts.pinned_precision)
+    calibration = facts.calibrations.get(runtime.value)
+    if precision.value != BF16_IF_CALIBRATED:
+        calibration = None
+    elif calibration is not None:
+        precision = calibrated(calibration, runtime.value)
+    return ExecutionPlan(
         machine=machine,
         place=facts.place,
         device=device,
         runtime=runtime,
-        precision=_precision(options, machine, cuda, gpu, runtime.value, facts.pinned_precision),
+        precision=precision,
+        calibration=calibration,
         chunk_tiles=_chunk_tiles(options, cuda),
         batch_size=_batch_size(options, cuda, gpu),
         compute_threads=computes,
@@ -155,6 +208,31 @@ def decide(machine: Machine, options: SegmentParams, facts: RunFacts | None = No
         decoders=decoders,
         writers=writers_decision(options, cores.value, decoders.value, band),
     )
+
+
+def decide_for_model(
+    machine: Machine, options: SegmentParams, facts: RunFacts, model_dir: str
+) -> tuple[ExecutionPlan, RunFacts]:
+    """`decide` for the model in `model_dir`, with the bf16 verdict an earlier load on this
+    machine kept for it (`known_calibration`) where the plan would otherwise wait for one;
+    returns the plan and the facts it was decided from."""
+    plan = decide(machine, options, facts)
+    if plan.precision.value != BF16_IF_CALIBRATED:
+        return plan, facts
+    facts = known_calibration(facts, plan, model_dir)
+    return decide(machine, options, facts), facts
+
+
+def known_calibration(facts: RunFacts, plan: ExecutionPlan, model_dir: str) -> RunFacts:
+    """`facts` with the model's bf16 calibration in `plan`'s runtime on its machine, where an
+    earlier load obtained and kept it (`models.runtimes.verdict`; no torch)."""
+    from wsi_segment.models.runtimes.verdict import kept_calibration
+
+    runtime = plan.runtime.value
+    numbers = kept_calibration(model_dir, runtime, plan.machine.cpu_flags)
+    if numbers is None:
+        return facts
+    return dataclasses.replace(facts, calibrations={**facts.calibrations, runtime: numbers})
 
 
 def decide_device(machine: Machine, options: SegmentParams) -> Decision[str]:
@@ -240,12 +318,20 @@ def _precision(
     return Decision(value, reason.split(": ", 1)[-1])
 
 
-def runtime_spec(plan: RunPolicy, options: SegmentParams) -> RuntimeSpec:
+def calibrated(numbers: Mapping[str, Any], runtime: str) -> Decision[str]:
+    """bf16-if-calibrated decided: bf16 or fp32 as the calibration's `numbers` (measured in
+    `runtime` on this machine) pass today's thresholds, with its reason."""
+    verdict = PrecisionCalibration(**numbers, where=CALIBRATION_WHERE[runtime])
+    chosen, reason = verdict.reason().split(": ", 1)
+    return Decision(chosen, reason)
+
+
+def runtime_spec(plan: ExecutionPlan, options: SegmentParams) -> RuntimeSpec:
     """What the model's loader carries out of `plan` (`models.runtimes.select.open_runtime`):
     the runtime and precision decided, torch's precision should OpenVINO not run the model
     (decided here too, by the same function), OpenVINO's threads (this process's cores) and
     whether OpenVINO was asked for by name (then a model it cannot export is refused)."""
-    from wsi_segment.models.runtimes.select import RuntimeSpec
+    from wsi_segment.models.runtimes.spec import RuntimeSpec
 
     fallback = plan.precision
     if plan.runtime.value != "torch":
@@ -262,6 +348,7 @@ def runtime_spec(plan: RunPolicy, options: SegmentParams) -> RuntimeSpec:
         runtime_reason=f"{plan.runtime.value}: {plan.runtime.reason}",
         precision_reason=f"{plan.precision.value}: {plan.precision.reason}",
         fallback_reason=f"{fallback.value}: {fallback.reason}",
+        calibration=plan.calibration,
     )
 
 

@@ -12,9 +12,11 @@ import contextlib
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from wsi_segment.errors import ModelError
+from wsi_segment.models.runtimes.decision import BF16_IF_CALIBRATED
+from wsi_segment.models.runtimes.verdict import CALIBRATION_FIELDS
 from wsi_segment.pipeline.cancellation import CancelToken
 from wsi_segment.pipeline.early_readers import EarlyReaders
 from wsi_segment.pipeline.inference.model_handle import ModelHandle, load_for_process
@@ -25,9 +27,10 @@ from wsi_segment.pipeline.prepare_inputs import ModelFolder, OpenedSlide
 from wsi_segment.pipeline.read_policy import GPU
 from wsi_segment.pipeline.run_policy import (
     CLUSTER,
+    ExecutionPlan,
     RunFacts,
-    RunPolicy,
     decide,
+    decide_for_model,
     runtime_spec,
     wants_slide_reads,
 )
@@ -36,7 +39,8 @@ from wsi_segment.wsi.slide import Slide
 
 if TYPE_CHECKING:
     from wsi_segment.models.meta import ModelMeta
-    from wsi_segment.models.runtimes.select import RuntimeSpec
+    from wsi_segment.models.precision_calibration import PrecisionCalibration
+    from wsi_segment.models.runtimes.spec import RuntimeSpec
     from wsi_segment.pipeline.inference.model_handle import LoadedModel
     from wsi_segment.wsi.raw_tiles import JpegTiles
 
@@ -46,11 +50,13 @@ class RunStart:
     """The run's policy and what it started: the model loading in a background thread and
     the early readers (none without `early`)."""
 
-    policy: RunPolicy
+    policy: ExecutionPlan
     read_tiles: JpegTiles | None  # the read level's JPEG tiles when read on the device
     spec: RuntimeSpec  # what the loader opens
     loader: Background[LoadedModel]
     readers: EarlyReaders
+    machine: Machine  # what the policy was decided for
+    facts: RunFacts  # and from
 
     @classmethod
     def begin(
@@ -64,24 +70,33 @@ class RunStart:
         """Decide the policy, then start the model's load and the readers it names."""
         machine = probe_machine()
         key = read_level_and_scale(opened.slide, opened.mpp[0], model.geometry[1])
-        policy, tiles = slide_policy(machine, params, facts, opened.path, opened.slide, key)
+        facts, tiles = slide_facts(machine, params, facts, opened.path, opened.slide, key)
+        policy, facts = decide_for_model(machine, params, facts, str(model.path))
+        tiles = tiles if policy.read_device.value == GPU else None
         spec = loader_spec(policy, params)
         loader = Background(load_for_process, str(model.path), policy.device.value, spec)
         readers = EarlyReaders.start(
             policy if early else None, machine, opened.path, opened.slide, params
         )
-        return cls(policy, tiles, spec, loader, readers)
+        return cls(policy, tiles, spec, loader, readers, machine, facts)
 
     def loaded_model(
-        self, model: ModelFolder, cancel: CancelToken
-    ) -> tuple[ModelHandle, ModelMeta]:
-        """The loaded model's handle and metadata, once its load ends; `cancel` is checked
-        after the wait."""
+        self, model: ModelFolder, params: SegmentParams, cancel: CancelToken
+    ) -> tuple[ModelHandle, ModelMeta, ExecutionPlan]:
+        """The loaded model's handle and metadata, once its load ends, and the run's policy:
+        where the load obtained the bf16 verdict the policy was waiting for, decided again
+        with it (bf16 or fp32, by the same function). `cancel` is checked after the wait."""
         loaded = self.loader.result()
         cancel.check()
         handle = ModelHandle.of(loaded, str(model.path), self.policy.device.value, self.spec)
         _same_geometry(model.path, model.geometry, loaded.model.meta)
-        return handle, loaded.model.meta
+        policy, runtime = self.policy, loaded.runtime
+        waiting = policy.precision.value == BF16_IF_CALIBRATED and policy.calibration is None
+        if waiting and runtime.calibration is not None and runtime.runtime == policy.runtime.value:
+            numbers = {runtime.runtime: measured(runtime.calibration)}
+            facts = dataclasses.replace(self.facts, calibrations=numbers)
+            policy = decide(self.machine, params, facts)
+        return handle, loaded.model.meta, policy
 
     def stop(self) -> None:
         """After an error: stop the readers and wait for the load to end."""
@@ -90,35 +105,39 @@ class RunStart:
             self.loader.result()  # never leave a thread importing torch behind
 
 
-def loader_spec(policy: RunPolicy, params: SegmentParams) -> RuntimeSpec:
+def loader_spec(policy: ExecutionPlan, params: SegmentParams) -> RuntimeSpec:
     """What the model loader opens: the plan's runtime and precision; a cluster's plan only
     needs the model's identity and metadata (its bands open their own runtime on their
     workers), so it loads into torch at fp32 and compiles and calibrates nothing."""
     if policy.place != CLUSTER:
         return runtime_spec(policy, params)
-    from wsi_segment.models.runtimes.select import RuntimeSpec
+    from wsi_segment.models.runtimes.spec import RuntimeSpec
 
     why = "a Dask cluster's plan: the bands run the model on their workers"
     return RuntimeSpec("torch", "fp32", runtime_reason=why, precision_reason=why)
 
 
-def slide_policy(
+def slide_facts(
     machine: Machine,
     params: SegmentParams,
     facts: RunFacts,
     slide_path: str,
     slide: Slide,
     key: LevelKey | None,
-) -> tuple[RunPolicy, JpegTiles | None]:
-    """The run's policy, the slide's read level examined first where the policy may read it
-    on the device (`key`: that level; None: not known yet), and the tiles it would read. A
+) -> tuple[RunFacts, JpegTiles | None]:
+    """`facts` with the slide's read level examined where the policy may read it on the
+    device (`key`: that level; None: not known yet), and the tiles it would read. A
     cluster's plan examines nothing: its bands read, and decide, on the workers."""
-    tiles = None
-    reads = None
-    if key is not None and facts.place != CLUSTER and wants_slide_reads(machine, params):
-        reads, tiles = slide_reads(slide_path, slide, key)
-    policy = decide(machine, params, dataclasses.replace(facts, reads=reads))
-    return policy, tiles if policy.read_device.value == GPU else None
+    if key is None or facts.place == CLUSTER or not wants_slide_reads(machine, params):
+        return facts, None
+    reads, tiles = slide_reads(slide_path, slide, key)
+    return dataclasses.replace(facts, reads=reads), tiles
+
+
+def measured(calibration: PrecisionCalibration) -> dict[str, Any]:
+    """A calibration's numbers, as the plan takes them (`RunFacts.calibrations`)."""
+    numbers = dataclasses.asdict(calibration)
+    return {k: numbers[k] for k in sorted(CALIBRATION_FIELDS)}
 
 
 def _same_geometry(model_dir: Path, planned: tuple[int, float], meta: ModelMeta) -> None:

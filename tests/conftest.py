@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from wsi_segment.models.reduction import ReducedOutputs
     from wsi_segment.models.runtimes.executor import Executor
     from wsi_segment.models.runtimes.graph import Geometry
-    from wsi_segment.models.runtimes.select import RuntimeSpec
+    from wsi_segment.models.runtimes.spec import RuntimeSpec
     from wsi_segment.models.segmentation_model import SegmentationModel
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
@@ -106,7 +106,7 @@ def tmpfs(path: Path, options: str) -> Iterator[Path]:
 
 def torch_spec(precision: str = "fp32") -> RuntimeSpec:
     """A run's runtime spec for torch at `precision`, as a test's plan would decide it."""
-    from wsi_segment.models.runtimes.select import RuntimeSpec
+    from wsi_segment.models.runtimes.spec import RuntimeSpec
 
     why = f"{precision}: a test's"
     return RuntimeSpec("torch", precision, runtime_reason="torch: a test's", precision_reason=why)
@@ -195,6 +195,6 @@ def torch_labeller(
 
 def calibrating_spec() -> RuntimeSpec:
     """torch at bf16-if-calibrated: what precision auto runs on a CPU with AMX."""
-    from wsi_segment.models.runtimes.select import RuntimeSpec
+    from wsi_segment.models.runtimes.spec import RuntimeSpec
 
     return RuntimeSpec("torch", "bf16-if-calibrated", precision_reason="bf16-if-calibrated")

@@ -27,7 +27,7 @@ _EXPORTS = {
     "TorchExecutor": "wsi_segment.models.runtimes.executor",
     "OpenVINOExecutor": "wsi_segment.models.runtimes.executor",
     "OpenedRuntime": "wsi_segment.models.runtimes.select",
-    "RuntimeSpec": "wsi_segment.models.runtimes.select",
+    "RuntimeSpec": "wsi_segment.models.runtimes.spec",
     "open_runtime": "wsi_segment.models.runtimes.select",
 }
 __all__ = [
@@ -50,4 +50,5 @@ if TYPE_CHECKING:
     from wsi_segment.models.runtimes.executor import Executor, OpenVINOExecutor, TorchExecutor
     from wsi_segment.models.runtimes.graph import Geometry, TileGraph
     from wsi_segment.models.runtimes.openvino_runtime import OpenVINOGraphs
-    from wsi_segment.models.runtimes.select import OpenedRuntime, RuntimeSpec, open_runtime
+    from wsi_segment.models.runtimes.select import OpenedRuntime, open_runtime
+    from wsi_segment.models.runtimes.spec import RuntimeSpec

@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 CACHE_ENV = "WSI_SEGMENT_CACHE_DIR"
+ISA_CAP_VARIABLES = ("OV_CPU_MAX_ISA", "ONEDNN_MAX_CPU_ISA")  # narrow what the CPU plugin uses
 _FORMAT = "wsi-segment-runtime-cache"
 _VERSION = 1
 _log = logging.getLogger(__name__)
@@ -39,6 +40,15 @@ def default_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
     xdg = env.get("XDG_CACHE_HOME")
     base = Path(xdg) if xdg else Path(env.get("HOME", str(Path.home()))) / ".cache"
     return base / "wsi-segment"
+
+
+def cpu_key(cpu_flags: frozenset[str], environ: Mapping[str, str] | None = None) -> str:
+    """A digest of the instruction sets a compiled result may use: the CPU's flags, narrowed
+    by the caps a user can set (a capped run must not take what the whole CPU made)."""
+    env = os.environ if environ is None else environ
+    caps = [f"{k}={env.get(k, '')}" for k in ISA_CAP_VARIABLES]
+    cpu = " ".join([*sorted(cpu_flags), *caps])
+    return hashlib.sha256(cpu.encode()).hexdigest()[:16]
 
 
 def entry_name(key: Mapping[str, object]) -> str:

@@ -22,7 +22,6 @@ OpenVINO is imported only through `import_openvino`, which switches its telemetr
 from __future__ import annotations
 
 import hashlib
-import os
 import sys
 import tempfile
 import threading
@@ -33,14 +32,13 @@ import numpy as np
 import torch
 
 from ..reduction import ReducedOutputs
-from .cache import entry_name, load_entry, store_best_effort
+from .cache import cpu_key, entry_name, load_entry, store_best_effort
 from .graph import Geometry
 
 if TYPE_CHECKING:
     from ..segmentation_model import SegmentationModel
 
 _OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
-ISA_CAP_VARIABLES = ("OV_CPU_MAX_ISA", "ONEDNN_MAX_CPU_ISA")  # narrow what the CPU plugin uses
 _GRAPH_FORMAT = 1  # bump when TileGraph changes what it computes
 # torch.export keeps its tracing state in process-wide slots: two exports at once (slides of
 # a batch loading their model side by side) break each other. The one lock of this module.
@@ -114,7 +112,7 @@ def weights_digest(model: SegmentationModel) -> str:
 
 class OpenVINOGraphs:
     """One model's compiled graphs, by (geometry, batch, streams), for one precision and
-    thread count: the cores of the process they serve (a run's `RunPolicy.process_cores`),
+    thread count: the cores of the process they serve (a run's `ExecutionPlan.process_cores`),
     never the loading thread's torch count, which is 1 on a Dask worker."""
 
     name = "openvino"
@@ -140,11 +138,7 @@ class OpenVINOGraphs:
             "torch": torch.__version__.split("+")[0],
             "graph_format": _GRAPH_FORMAT,
         }
-        # the instruction sets OpenVINO may use: the CPU's flags, narrowed by the caps a user
-        # can set (a capped run must not load a blob compiled for the whole CPU)
-        caps = [f"{k}={os.environ.get(k, '')}" for k in ISA_CAP_VARIABLES]
-        cpu = " ".join([*sorted(cpu_flags), *caps])
-        self._cpu = hashlib.sha256(cpu.encode()).hexdigest()[:16]
+        self._cpu = cpu_key(cpu_flags)  # the instruction sets OpenVINO may use
         self._compiled: dict[tuple[Geometry, int, int], Any] = {}
         self._lock = threading.Lock()  # builds one graph at a time
         self._local = threading.local()  # each calling thread's infer requests

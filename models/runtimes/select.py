@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,35 +41,23 @@ from .decision import BF16_IF_CALIBRATED
 from .executor import Executor, OpenVINOExecutor, TorchExecutor, whole_tile_labels
 from .graph import Geometry
 from .openvino_runtime import GraphNotExpressible, OpenVINOGraphs, RuntimeUnavailable
-from .verdict import load_verdict, store_verdict, verdict_key
+from .spec import RuntimeSpec
+from .verdict import (
+    CALIBRATION_FIELDS,
+    CALIBRATION_WHERE,
+    calibration_key,
+    load_verdict,
+    store_verdict,
+    stored_calibration,
+    verdict_key,
+)
 
 if TYPE_CHECKING:
     from ..segmentation_model import SegmentationModel
 
 _log = logging.getLogger(__name__)
 # the numbers each check stores: an entry without them (an older format) is computed again
-_CHECK_FIELDS = {
-    "fp32_agreement": frozenset({"agreement"}),
-    "bf16_calibration": frozenset(
-        {"tiles", "tile_size", "agreement", "max_area_shift", "area_shifts", "own_patches"}
-    ),
-}
-
-
-@dataclass(frozen=True)
-class RuntimeSpec:
-    """What models/ is handed of a run's plan, as plain values (all decided there). Specs
-    that differ only in their reasons are equal: a reworded reason opens nothing again."""
-
-    runtime: str  # torch | openvino
-    precision: str  # fp32 | bf16 | fp16 | bf16-if-calibrated, for that runtime
-    fallback: str = "fp32"  # torch's precision should OpenVINO not run the model
-    threads: int = 1  # OpenVINO's: the cores of the process it serves
-    cpu_flags: frozenset[str] = frozenset()  # the machine's (OpenVINO's cache keys name them)
-    by_name: bool = False  # OpenVINO asked for by name: a model it cannot export is refused
-    runtime_reason: str = field(default="", compare=False)
-    precision_reason: str = field(default="", compare=False)
-    fallback_reason: str = field(default="", compare=False)
+_CHECK_FIELDS = {"fp32_agreement": frozenset({"agreement"}), "bf16_calibration": CALIBRATION_FIELDS}
 
 
 @dataclass
@@ -128,14 +116,18 @@ class OpenedRuntime:
 def open_runtime(
     model: SegmentationModel, spec: RuntimeSpec, cache_dir: Path | None = None
 ) -> OpenedRuntime:
-    """`spec` carried out for `model` (already on its device)."""
+    """`spec` carried out for `model` (already on its device). A bf16 verdict obtained here
+    (precision bf16-if-calibrated: no verdict was known when the plan was decided) is kept
+    for the next plan (`verdict.calibration_key`); a verdict the plan was decided from is
+    reported as what chose the precision."""
+    cache = cache_dir or default_cache_dir()
     if spec.runtime == "torch":
         warning = spec.runtime_reason if spec.by_name else None
         opened = _open_torch(model, spec.precision, spec.precision_reason)
         opened.reason, opened.warning = spec.runtime_reason, warning
-        return opened
+        return _with_verdict(opened, model, spec, cache)
     try:
-        opened = _open_openvino(model, spec, cache_dir or default_cache_dir())
+        opened = _with_verdict(_open_openvino(model, spec, cache), model, spec, cache)
         if opened.graphs is not None:
             # the graphs the checks compiled (calibration batch, whole tiles), which the
             # slide path never runs: kept, they would hold their weights and buffers to the
@@ -149,6 +141,25 @@ def open_runtime(
         return _fallen_back(model, spec, f"torch: {why}", f"{why}; ran in torch")
     except RuntimeUnavailable as exc:
         return _fallen_back(model, spec, f"torch: {exc}", f"{exc}; ran in torch")
+
+
+def _with_verdict(
+    opened: OpenedRuntime, model: SegmentationModel, spec: RuntimeSpec, cache: Path
+) -> OpenedRuntime:
+    """`opened` reporting the verdict its plan was decided from, or, where it obtained one,
+    with that verdict kept for the next plan (a model built in memory has no identity to
+    key it by)."""
+    if spec.calibration is not None:
+        where = CALIBRATION_WHERE[spec.runtime]
+        opened.calibration = PrecisionCalibration(**spec.calibration, where=where)
+        return opened
+    if opened.calibration is not None and model.identity:
+        key = calibration_key(model.identity, opened.runtime, spec.cpu_flags)
+        if stored_calibration(cache, key) is None:
+            numbers = asdict(opened.calibration)
+            del numbers["where"]  # the code's words, not a measurement
+            store_verdict(cache, key, numbers)
+    return opened
 
 
 def _fallen_back(
@@ -173,7 +184,8 @@ def _open_torch(model: SegmentationModel, precision: str, why: str) -> OpenedRun
     def labels_of(x: torch.Tensor, low: bool) -> torch.Tensor:
         return whole_tile_labels(executors[low], x)
 
-    calibration = calibrate_bf16(labels_of, tile, "the CPU has AMX", model.validation_patches)
+    where = CALIBRATION_WHERE["torch"]
+    calibration = calibrate_bf16(labels_of, tile, where, model.validation_patches)
     _log.info("precision auto: %s", calibration.reason())
     chosen = "bf16" if calibration.bf16_chosen else "fp32"
     return OpenedRuntime("torch", "", chosen, calibration.reason(), device, calibration=calibration)
@@ -222,7 +234,7 @@ def _open_openvino(model: SegmentationModel, spec: RuntimeSpec, cache: Path) -> 
             return ov_fp32_labels()
         return whole_tile_labels(OpenVINOExecutor(bf16, whole), x)
 
-    where = "OpenVINO on a CPU with AMX, or AVX512-BF16 on an AMD CPU"
+    where = CALIBRATION_WHERE["openvino"]
 
     def bf16_calibration() -> dict[str, Any]:
         found = asdict(calibrate_bf16(labels_of, tile, where, model.validation_patches))

@@ -8,23 +8,42 @@ format, precision, threads, CPU) and on the calibration tiles' bytes, so it is s
 entry keyed by exactly those and verified like every entry (`runtimes.cache`: a damaged or
 foreign entry is a miss, and the check runs again). What is stored are the numbers; the
 thresholds of today judge them, so a changed threshold needs no new entry.
+
+The bf16 calibration's verdict is kept a second way, for a run's plan (`calibration_key`):
+by the model's identity (the sha256 of its files, validation patches included), the runtime,
+the versions and the CPU, all known without loading the model or importing torch. A warm
+run's plan finds it before anything loads (`pipeline.run_start`), decides bf16 or fp32 from
+it, and the loader then calibrates nothing; a cold load obtains it once and stores it here.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
+from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-
-from .cache import load_entry, store_best_effort
+from ..meta import model_files_identity
+from .cache import cpu_key, default_cache_dir, load_entry, store_best_effort
 
 if TYPE_CHECKING:
+    import torch
+
     from .openvino_runtime import OpenVINOGraphs
 
 _SUFFIX = "verdict"
+_CALIBRATION_FORMAT = 1  # bump when the calibration tiles or what is compared change
+# the numbers a bf16 calibration stores (`PrecisionCalibration`'s measured fields)
+CALIBRATION_FIELDS = frozenset(
+    {"tiles", "tile_size", "agreement", "max_area_shift", "area_shifts", "own_patches"}
+)
+# why bf16 was a candidate, by runtime: the code's words, not stored
+CALIBRATION_WHERE = {
+    "torch": "the CPU has AMX",
+    "openvino": "OpenVINO on a CPU with AMX, or AVX512-BF16 on an AMD CPU",
+}
 
 
 def tiles_digest(tiles: torch.Tensor) -> str:
@@ -60,3 +79,45 @@ def store_verdict(cache: Path, key: dict[str, object], numbers: dict[str, Any]) 
         return {_SUFFIX: path}
 
     store_best_effort(cache, key, write)
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package).split("+")[0]
+    except metadata.PackageNotFoundError:
+        return ""
+
+
+def calibration_key(identity: str, runtime: str, cpu_flags: frozenset[str]) -> dict[str, object]:
+    """The cache key of the bf16 verdict of the model whose files hash to `identity`, run in
+    `runtime` on a CPU with `cpu_flags`: what the verdict depends on, known before torch."""
+    versions = {"torch": _version("torch")}
+    if runtime == "openvino":
+        versions["openvino"] = _version("openvino")
+    return {
+        "kind": "bf16_verdict",
+        "format": _CALIBRATION_FORMAT,
+        "model": identity,
+        "runtime": runtime,
+        "versions": versions,
+        "cpu": cpu_key(cpu_flags),
+    }
+
+
+def stored_calibration(cache: Path, key: Mapping[str, object]) -> dict[str, Any] | None:
+    """The stored numbers of the bf16 calibration `key` names, or None (never obtained on
+    this machine, damaged, foreign, or an older format)."""
+    numbers = load_verdict(cache, dict(key))
+    if numbers is None or not numbers.keys() >= CALIBRATION_FIELDS:
+        return None
+    return {k: numbers[k] for k in sorted(CALIBRATION_FIELDS)}
+
+
+def kept_calibration(
+    model_dir: str, runtime: str, cpu_flags: frozenset[str]
+) -> dict[str, Any] | None:
+    """The bf16 calibration an earlier load kept for the model in `model_dir` (by its files'
+    sha256) in `runtime` on a CPU with `cpu_flags`, or None: read without torch."""
+    identity, _meta = model_files_identity(model_dir)
+    key = calibration_key(identity, runtime, cpu_flags)
+    return stored_calibration(default_cache_dir(), key)

@@ -37,9 +37,10 @@ from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.pipeline.read_policy import ReadFacts
 from wsi_segment.pipeline.run_policy import (
     BAND,
+    ExecutionPlan,
     RunFacts,
-    RunPolicy,
-    decide,
+    band_facts,
+    decide_for_model,
     runtime_spec,
     wants_slide_reads,
 )
@@ -81,7 +82,7 @@ def band_policy(
     examine: bool = True,
     worker_bands: int = 1,
     settled: RunFacts = CLUSTER_FACTS,
-) -> tuple[RunPolicy, SlideJob, JpegTiles | None]:
+) -> tuple[ExecutionPlan, SlideJob, JpegTiles | None]:
     """This band's plan, decided here by `decide` from the run's `options`, what the client
     `settled` for every band (`band_runner.settle_precision`) and what only this worker knows:
     its machine, the `in_flight` bands sharing it (`worker_bands` of them in this process, on
@@ -100,10 +101,10 @@ def band_policy(
         finally:
             reader.close_local()
     daemonic = mp.current_process().daemon
-    here = dataclasses.replace(
+    here = band_facts(
         settled, at_once=in_flight, reads=reads, daemonic=daemonic, worker_bands=worker_bands
     )
-    policy = decide(machine, options, here)
+    policy, _facts = decide_for_model(machine, options, here, job.model.model_dir)
     had = job.model
     model = ModelHandle(
         had.model_dir, policy.device.value, runtime_spec(policy, options), had.identity
@@ -117,7 +118,7 @@ def band_policy(
     return policy, job, tiles if policy.device_decoder is not None else None
 
 
-def band_source(job: SlideJob, policy: RunPolicy, tiles: JpegTiles | None) -> ReadSource:
+def band_source(job: SlideJob, policy: ExecutionPlan, tiles: JpegTiles | None) -> ReadSource:
     """The read source `policy` names: the device read path (on `tiles`), decoder
     processes, or the reader thread."""
     from wsi_segment.pipeline.inference.reader_thread import HostTiles, ReaderThread  # torch

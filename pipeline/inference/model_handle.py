@@ -21,7 +21,8 @@ from wsi_segment.errors import ModelError
 if TYPE_CHECKING:  # loaded on first use: importing torch is most of a small run's start
     from wsi_segment.models.runtimes.executor import Executor
     from wsi_segment.models.runtimes.graph import Geometry
-    from wsi_segment.models.runtimes.select import OpenedRuntime, RuntimeSpec
+    from wsi_segment.models.runtimes.select import OpenedRuntime
+    from wsi_segment.models.runtimes.spec import RuntimeSpec
     from wsi_segment.models.segmentation_model import SegmentationModel
 
 

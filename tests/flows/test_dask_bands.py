@@ -353,3 +353,69 @@ def test_a_worker_killed_mid_band_still_gives_identical_outputs(
     assert_same_outcomes(outcomes, expected_outcomes)
     client.wait_for_workers(2, timeout=120)
     assert list(client.run(_daemonic).values()) == [False, False]
+
+
+def _pin_threads_to(cpus: set[int]) -> int:
+    """Every thread of this process on `cpus` (Linux affinity is per thread): the cores
+    this worker's machine has from now on, as a container or job would give it."""
+    for tid in os.listdir("/proc/self/task"):
+        os.sched_setaffinity(int(tid), cpus)
+    return len(cpus)
+
+
+def test_a_band_re_decides_only_the_worker_specific_decisions(
+    client, tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """A band decides on its worker, with `decide`, from that worker's own machine and
+    place (run_policy.WORKER_FACTS) and the facts the client settled for every band: two
+    workers given different cores differ only in the worker's decisions
+    (run_policy.WORKER_DECISIONS), and the settled runtime and precision hold on both."""
+    import dataclasses
+
+    from wsi_segment.pipeline.machine import probe_machine
+    from wsi_segment.pipeline.params import SegmentParams
+    from wsi_segment.pipeline.run_policy import (
+        BAND,
+        WORKER_DECISIONS,
+        RunFacts,
+        band_facts,
+        decide,
+    )
+
+    machine = probe_machine()
+    if machine.cores < 2:
+        pytest.skip("needs 2 cores to give one worker fewer")
+    workers = sorted(client.scheduler_info(n_workers=-1)["workers"])
+    assert len(workers) == 2, workers
+    one = workers[0]
+    everything = set(range(os.cpu_count() or 1))
+    job, specs = band_job(tmp_path / "bands.zarr", tiny_model_dir)  # torch fp32 handle
+    options = SegmentParams(device="cpu", batch_size=1)  # runtime and precision auto
+    settled = RunFacts(BAND, pinned_precision="fp32", pinned_runtime="torch")  # the client's
+    bands: list[BandResult] = []
+    assert client.run(_pin_threads_to, {0}, workers=[one]) == {one: 1}
+    try:
+        run_bands(job, specs, client, options, key_prefix="band-own", results=bands,
+                  settled=settled)  # fmt: skip
+    finally:
+        client.run(_pin_threads_to, everything, workers=[one])
+    policies = [b.policy for b in bands]
+    assert {p["machine"]["cores"] for p in policies} == {1, machine.cores}  # both workers
+    # at once on this host: the two workers' one thread each
+    facts = band_facts(settled, at_once=2, reads=None, daemonic=False, worker_bands=1)
+    for policy in policies:  # decided there by the same function, from the worker's machine
+        worker = dataclasses.replace(machine, cores=policy["machine"]["cores"])
+        assert policy == decide(worker, options, facts).as_dict()
+        assert policy["precision"] == {
+            "value": "fp32",
+            "reason": "auto, pinned for the cluster by one CPU worker's calibration",
+        }
+        assert policy["runtime"]["reason"] == (
+            "auto, pinned for the cluster by the runtime one worker ran"
+        )
+    by_cores = {p["machine"]["cores"]: p for p in policies}
+    small, big = by_cores[1], by_cores[machine.cores]
+    differ = {k for k in small if small[k] != big[k]}
+    assert "cores" in differ and differ <= {"machine", *WORKER_DECISIONS}
+    with pytest.raises(ValueError, match="pinned_precision"):
+        band_facts(settled, pinned_precision="bf16")  # the client's, never a worker's

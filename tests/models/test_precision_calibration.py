@@ -21,7 +21,8 @@ from wsi_segment.models.precision_calibration import (
     calibration_tiles,
     compare_labels,
 )
-from wsi_segment.models.runtimes.select import RuntimeSpec, open_runtime
+from wsi_segment.models.runtimes.select import open_runtime
+from wsi_segment.models.runtimes.spec import RuntimeSpec
 
 
 def test_calibration_tiles_are_real_tissue_and_the_same_bytes_everywhere() -> None:

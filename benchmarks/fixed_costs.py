@@ -1,0 +1,139 @@
+"""A small slide's fixed costs, two source trees interleaved: where a warm start's time goes.
+
+    python benchmarks/fixed_costs.py --base /tmp/before --new . --rounds 4
+    python benchmarks/fixed_costs.py --steps     # a warm model load's steps, this tree
+
+Runs each tree's `wsi-segment` (its own `.venv`) on the CMU slide (29 tiles) with the
+defaults, alternating base and new in every round, each tree with its own runtime cache,
+warmed by one run first that is not counted. Reports per run the process's wall clock and
+CPU seconds (os.wait4) and summary.json's stage timings (`model_load_s`: the background
+load, imports included; `tissue_and_plan_s`; `inference_s`), with the load average before
+each run: on a shared machine the medians of interleaved runs compare, single runs do not.
+
+`--steps` times a warm load's steps one after the other in this process (wall and CPU
+seconds each): the imports, the model's build and weights, the runtime's opening (its
+checks from the cache) and the first forward pass of one CPU batch, which loads the compiled
+graph. CPU seconds are the steadier figure on a loaded machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.measure import loadavg  # noqa: E402
+
+SLIDE = ROOT / "tests/data/CMU-1-Small-Region.svs"
+STAGES = ("model_load_s", "tissue_and_plan_s", "inference_s", "outputs_s")
+
+
+def run_once(tree: Path, out: Path, cache: Path) -> dict[str, float]:
+    """One CLI run of `tree` into a fresh `out`: wall, CPU and summary.json's timings."""
+    env = {**os.environ, "WSI_SEGMENT_CACHE_DIR": str(cache)}
+    cmd = [str(tree / ".venv/bin/wsi-segment"), str(SLIDE), "--out", str(out), "--quiet"]
+    t0 = time.perf_counter()
+    pid = os.posix_spawn(cmd[0], cmd, env)
+    _, status, usage = os.wait4(pid, 0)
+    wall = time.perf_counter() - t0
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{tree}: wsi-segment failed ({status})")
+    (summary,) = out.glob("*/summary.json")
+    timings = json.loads(summary.read_text())["timings_s"]
+    found = {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime}
+    found.update({k: float(timings[k]) for k in STAGES if k in timings})
+    return found
+
+
+def load_steps() -> None:
+    """Print each step of a warm model load as the CLI's plan asks for it (run after a CLI
+    run has filled the cache)."""
+    laps = [(time.perf_counter(), time.process_time())]
+
+    def lap(name: str) -> None:
+        laps.append((time.perf_counter(), time.process_time()))
+        (w0, c0), (w1, c1) = laps[-2], laps[-1]
+        print(f"{name:34} {w1 - w0:6.2f} s wall {c1 - c0:6.2f} s cpu", flush=True)
+
+    from wsi_segment.pipeline.machine import probe_machine
+    from wsi_segment.pipeline.params import SegmentParams
+    from wsi_segment.pipeline.prepare import resolve_model_dir
+    from wsi_segment.pipeline.run_policy import decide, runtime_spec
+
+    options = SegmentParams()
+    plan = decide(probe_machine(), options)
+    spec = runtime_spec(plan, options)
+    lap("import pipeline, decide the plan")
+    import torch
+
+    lap("import torch")
+    import torchvision  # noqa: F401  # timm imports it (and torch._dynamo with it)
+
+    lap("import torchvision (timm's)")
+    import timm  # noqa: F401
+
+    lap("import timm")
+    from wsi_segment.models.bundle import load_model
+    from wsi_segment.models.runtimes.graph import Geometry
+    from wsi_segment.models.runtimes.openvino_runtime import openvino_version
+    from wsi_segment.models.runtimes.select import open_runtime
+
+    openvino_version()
+    lap("import smp, models, openvino")
+    model = load_model(resolve_model_dir(options), plan.device.value)
+    lap("load_model (build, weights, sha256)")
+    opened = open_runtime(model, spec)
+    lap(f"open_runtime ({opened.checks_computed} checks computed)")
+    tile = int(model.meta.tile_size)
+    executor = opened.executor(model, Geometry.whole(tile))
+    tiles = torch.zeros((plan.batch_size.value, tile, tile, 3), dtype=torch.uint8)
+    torch.set_num_threads(max(1, plan.cores.value // plan.compute_threads.value))
+    executor.run(tiles)
+    graphs = opened.graphs
+    how = f"{graphs.builds} built, {graphs.cache_hits} cached" if graphs else "torch"
+    lap(f"first batch ({how})")
+    executor.run(tiles)
+    lap("second batch")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", type=Path, help="the reference tree")
+    parser.add_argument("--steps", action="store_true", help="a warm load's steps, here")
+    parser.add_argument("--new", type=Path, default=ROOT, help="the tree under test")
+    parser.add_argument("--rounds", type=int, default=4)
+    args = parser.parse_args()
+    if args.steps:
+        load_steps()
+        return 0
+    if args.base is None:
+        parser.error("--base is required (or --steps)")
+    trees = {"base": args.base.resolve(), "new": args.new.resolve()}
+    runs: dict[str, list[dict[str, float]]] = {label: [] for label in trees}
+    with tempfile.TemporaryDirectory(prefix="fixed-costs-") as tmp:
+        root = Path(tmp)
+        for round_ in range(args.rounds + 1):  # round 0 warms each tree's cache
+            for label, tree in trees.items():
+                load = loadavg()
+                found = run_once(tree, root / f"{label}-{round_}", root / f"cache-{label}")
+                if round_:
+                    runs[label].append(found)
+                words = " ".join(f"{k}={v:.2f}" for k, v in found.items())
+                print(f"round {round_} {label:4} load {load}: {words}", flush=True)
+    for label, found in runs.items():
+        medians = {k: statistics.median(r[k] for r in found if k in r) for k in found[0]}
+        print(f"median {label:4} " + " ".join(f"{k}={v:.2f}" for k, v in medians.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,27 @@
+"""What a run's plan hands `models/` to carry out, as plain values: torch-free, so a run
+decides and builds it on its main thread while torch is imported in the background."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class RuntimeSpec:
+    """What models/ is handed of a run's plan, as plain values (all decided there). Specs
+    that differ only in their reasons are equal: a reworded reason opens nothing again."""
+
+    runtime: str  # torch | openvino
+    precision: str  # fp32 | bf16 | fp16 | bf16-if-calibrated, for that runtime
+    fallback: str = "fp32"  # torch's precision should OpenVINO not run the model
+    threads: int = 1  # OpenVINO's: the cores of the process it serves
+    cpu_flags: frozenset[str] = frozenset()  # the machine's (OpenVINO's cache keys name them)
+    by_name: bool = False  # OpenVINO asked for by name: a model it cannot export is refused
+    runtime_reason: str = field(default="", compare=False)
+    precision_reason: str = field(default="", compare=False)
+    fallback_reason: str = field(default="", compare=False)
+    # the bf16 calibration's numbers the plan decided `precision` from (reported with it);
+    # None: the precision needed none, or the loader obtains it (bf16-if-calibrated)
+    calibration: Mapping[str, Any] | None = field(default=None, compare=False)

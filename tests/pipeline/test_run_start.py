@@ -1,0 +1,98 @@
+"""The bf16 verdict is obtained once per model and machine: the first load calibrates and
+keeps the numbers, and every later plan decides bf16 or fp32 from them before the model
+loads (`run_policy.known_calibration`, which `decide_for_model` asks), so the loader is handed a decided precision."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from wsi_segment.models.bundle import load_model
+from wsi_segment.models.meta import model_files_identity
+from wsi_segment.models.runtimes.select import open_runtime
+from wsi_segment.models.runtimes.verdict import calibration_key, store_verdict
+from wsi_segment.pipeline.machine import GIB, Machine
+from wsi_segment.pipeline.params import SegmentParams
+from wsi_segment.pipeline.run_policy import RunFacts, decide, known_calibration, runtime_spec
+from wsi_segment.pipeline.run_start import measured
+
+AMX = Machine(cores=2, memory_bytes=8 * GIB, cpu_flags=frozenset({"avx2", "amx_bf16", "amx_tile"}))
+TORCH = SegmentParams(device="cpu", runtime="torch")  # precision auto: bf16-if-calibrated on AMX
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty runtime cache of this test's own (a cold machine)."""
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("WSI_SEGMENT_CACHE_DIR", str(folder))
+    return folder
+
+
+PASSING = {  # numbers a bf16 calibration measures (models.precision_calibration)
+    "agreement": 0.9991,
+    "area_shifts": {"1": 0.004},
+    "max_area_shift": 0.004,
+    "own_patches": 0,
+    "tile_size": 64,
+    "tiles": 6,
+}
+
+
+def test_a_warm_plan_decides_precision_from_the_kept_verdict(
+    tiny_model_dir: Path, cache: Path
+) -> None:
+    """A verdict kept for this model, runtime and CPU (as a first load keeps it, below) is
+    found before anything loads; the plan decides bf16 from it and the loader, handed bf16,
+    reports the verdict as the reason (it calibrates nothing: its precision is decided)."""
+    cold = decide(AMX, TORCH)
+    assert cold.precision.value == "bf16-if-calibrated"
+    assert known_calibration(RunFacts(), cold, str(tiny_model_dir)) == RunFacts()  # nothing yet
+    identity, _meta = model_files_identity(tiny_model_dir)
+    store_verdict(cache, calibration_key(identity, "torch", AMX.cpu_flags), PASSING)
+    facts = known_calibration(RunFacts(), cold, str(tiny_model_dir))
+    assert dict(facts.calibrations) == {"torch": PASSING}
+    warm = decide(AMX, TORCH, facts)
+    assert warm.precision.value == "bf16" and warm.as_dict()["calibration"] == PASSING
+    spec = runtime_spec(warm, TORCH)
+    assert spec.precision == "bf16"
+    report = open_runtime(load_model(tiny_model_dir), spec, cache).report()
+    assert report["autocast"] == "bf16"
+    assert report["reason"] == f"bf16: {warm.precision.reason}" == report["calibration"]["reason"]
+    assert {k: report["calibration"][k] for k in PASSING} == PASSING
+
+
+def test_a_verdict_holds_for_its_model_runtime_and_cpu_only(
+    tiny_model_dir: Path, cache: Path, tmp_path: Path
+) -> None:
+    identity, _meta = model_files_identity(tiny_model_dir)
+    store_verdict(cache, calibration_key(identity, "torch", AMX.cpu_flags), PASSING)
+    cold = decide(AMX, TORCH)
+    assert known_calibration(RunFacts(), cold, str(tiny_model_dir)).calibrations
+    other_cpu = Machine(cores=2, memory_bytes=8 * GIB, cpu_flags=AMX.cpu_flags | {"avx512f"})
+    elsewhere = decide(other_cpu, TORCH)
+    assert not known_calibration(RunFacts(), elsewhere, str(tiny_model_dir)).calibrations
+    with_openvino = dataclasses.replace(AMX, openvino=True)
+    openvino = decide(with_openvino, SegmentParams(device="cpu", runtime="openvino"))
+    assert (openvino.runtime.value, openvino.precision.value) == ("openvino", "bf16-if-calibrated")
+    assert not known_calibration(RunFacts(), openvino, str(tiny_model_dir)).calibrations
+    changed = tmp_path / "changed"
+    shutil.copytree(tiny_model_dir, changed)
+    doc = json.loads((changed / "model.json").read_text())
+    doc["name"] = "another model"
+    (changed / "model.json").write_text(json.dumps(doc))
+    assert not known_calibration(RunFacts(), cold, str(changed)).calibrations
+
+
+@pytest.mark.slow  # torch's bf16 on a CPU without it: a minute for the tiny model
+def test_the_first_load_keeps_the_verdict_it_obtained(tiny_model_dir: Path, cache: Path) -> None:
+    cold = decide(AMX, TORCH)
+    first = open_runtime(load_model(tiny_model_dir), runtime_spec(cold, TORCH), cache)
+    assert first.calibration is not None and first.calibration.tiles == 6
+    facts = known_calibration(RunFacts(), cold, str(tiny_model_dir))
+    assert dict(facts.calibrations) == {"torch": measured(first.calibration)}
+    warm = decide(AMX, TORCH, facts)
+    assert f"{warm.precision.value}: {warm.precision.reason}" == first.precision_reason
