@@ -32,6 +32,7 @@ import torch
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from wsi_segment.errors import SlideError
+from wsi_segment.pipeline.inference.compute_stage import copy_into
 from wsi_segment.pipeline.inference.tile_reader import TileReader
 from wsi_segment.wsi.raw_tiles import JpegTiles
 from wsi_segment.wsi.tiling import ChunkSpec
@@ -74,16 +75,6 @@ def decode_streams(
     for n, image in enumerate(images):  # (3, H, W) each; libjpeg's view (H, W, 3) buffers
         copy_into(batch[n], image.permute(1, 2, 0))
     return batch.to(device) if batch.device != device else batch
-
-
-def copy_into(dst: torch.Tensor, src: torch.Tensor) -> None:
-    """dst[...] = src. On the CPU through numpy: torch's parallel copy of small uint8 blocks
-    costs several times more, and far more on a loaded machine (its threads wait on each
-    other)."""
-    if dst.device.type == "cpu" and src.device.type == "cpu":
-        dst.numpy()[...] = src.numpy()
-    else:
-        dst.copy_(src)
 
 
 def tiles_of(box: Box, tile_size: tuple[int, int], level_size: tuple[int, int]) -> list[Key]:
