@@ -179,12 +179,16 @@ class OpenVINOGraphs:
             self._compiled.clear()
         self._local.requests = {}
 
+    def _streams(self) -> int:
+        """Streams for the calling thread: the threads over its share of the cores (its torch
+        thread count, set by the engine's compute threads; all of them elsewhere)."""
+        return self.threads // max(1, min(self.threads, torch.get_num_threads()))
+
     def _request(self, geometry: Geometry, batch: int) -> Any:
-        """This thread's infer request for (geometry, batch), in as many streams as its share
-        of the cores (its torch thread count, module doc) divides `threads` into."""
+        """This thread's infer request for (geometry, batch)."""
         requests: dict[tuple[Geometry, int, int], Any] = getattr(self._local, "requests", {})
         self._local.requests = requests
-        key = (geometry, batch, self.threads // max(1, min(self.threads, torch.get_num_threads())))
+        key = (geometry, batch, self._streams())
         if key in requests:
             return requests[key]
         with self._lock:
