@@ -116,7 +116,7 @@ def run_engine(
         lock = loaded.lock if locked else None  # one forward pass at a time per model
         stage = ComputeStage(executor, lock, batch, errors, stats, computes, cpu)
         stats.decoders, stats.batch_size, stats.writers = source.processes, batch, writers
-        stats.source, stats.computes = type(source).__name__, stage.computes
+        stats.computes = stage.computes
         writer = UnitWriter(job, specs, progress or NullProgress(), writers)
         _run_parts(job, specs, source, batch, stage, writer, errors, stats, cancel)
         del stage

@@ -79,7 +79,6 @@ class EngineStats:
     early_decoders: bool = False  # the run adopted decoders started before it (DecodePool)
     first_batch_at: float = 0.0
     bytes_from_model: int = 0
-    source: str = ""  # which read source fed the run (its class name)
     computes: int = 0  # compute threads (CPU: side by side)
 
     def chunk_arrived(self) -> None:

@@ -97,25 +97,23 @@ class ReaderThread:
         stats: EngineStats,
     ) -> list[Part]:
         self.reads.plan_reuse(specs)
-        chunks = self._chunks(specs, errors, stats)
-        return [(self._run, (job.grid.tile, batch, chunks, staged, errors))]
+        stager = Stager(batch, job.grid.tile, self.reads.device, self.reads.device)
+        return [(self._run, (stager, self._chunks(specs, errors, stats), staged, errors))]
 
     def close(self) -> None:
         self.reads.close()
 
     def _run(
         self,
-        tile: int,
-        batch: int,
+        stager: Stager,
         chunks: Iterable[ChunkTiles],
         staged: queue.Queue[StagedBatch | None],
         errors: FirstError,
     ) -> None:
         """Thread body: every chunk's tiles, batched on the device they are read onto, then
         None; errors go to `errors`."""
-        device = self.reads.device
         try:
-            Stager(batch, tile, device, device).run(chunks, staged, errors)
+            stager.run(chunks, staged, errors)
         finally:
             self.reads.thread_done()
 
