@@ -160,6 +160,7 @@ def engine_writer(job: Any, specs: list, reduced: list, batch: int) -> Callable[
 
     from wsi_segment.pipeline.inference.engine_state import FirstError
     from wsi_segment.pipeline.inference.unit_writer import TileBatch, UnitWriter
+    from wsi_segment.pipeline.progress import NullProgress
 
     probs = np.concatenate([r.probs for r in reduced if len(r.probs)])
     labels = np.concatenate([r.labels for r in reduced if len(r.labels)])
@@ -181,7 +182,7 @@ def engine_writer(job: Any, specs: list, reduced: list, batch: int) -> Callable[
         for b in batches:
             inbox.put(b)
         inbox.put(None)
-        writer, errors = UnitWriter(job, specs, threads=threads), FirstError()
+        writer, errors = UnitWriter(job, specs, NullProgress(), threads), FirstError()
         t0 = time.perf_counter()
         writer.run(inbox, errors)
         if errors.error is not None:

@@ -146,9 +146,7 @@ def _record_reads(prep: PreparedSlide, source: ReadSource) -> None:
     prefetch = getattr(reads, "prefetch", None)
     if prefetch is not None:
         prep.timings["prefetch_read_cpu_s"] = prefetch.read_s
-    counts = getattr(reads, "cache", None)  # the device read path's
-    if counts is None:
-        counts = getattr(reads, "tile_reuse", None)  # the slide library's
+    counts: Any = getattr(reads, "tile_reuse", reads)  # the slide library's, or the device path's
     if counts is not None:
         prep.read_stats = {
             "storage_tiles_decoded": counts.tiles_decoded,

@@ -9,12 +9,11 @@ batch size, precision, threads, streams and CPU; both are kept in the disk cache
 The precision is always set explicitly: OpenVINO's own default on a CPU with bf16 hardware
 is bf16, which must never stand in for an fp32 request. Compute threads run side by side as
 they do in torch: a calling thread's requests run in a stream of its share of the cores (its
-torch thread count, which the engine sets), so `threads` make `threads // share` streams. A
-single stream of all cores served the engine's compute threads one at a time, and each layer's
-barrier waited for whichever core the slide reader had taken: 2 streams of 1 core ran the demo
-model 1.2x as fast alone and 1.45x beside a decoding thread on 2 cores (benchmarks/RESULTS.md).
-Streams are never pinned to cores: the processes of a batch or of Dask workers on one machine
-would pin theirs to the same ones. Each calling thread has its own infer request.
+torch thread count, which the engine sets), so `threads` make `threads // share` streams (one
+stream of all cores served the compute threads one at a time, each layer's barrier waiting for
+whichever core the slide reader had taken). Streams are never pinned to cores: the processes of
+a batch or of Dask workers on one machine would pin theirs to the same ones. Each calling
+thread has its own infer request.
 
 OpenVINO is imported only through `import_openvino`, which switches its telemetry off first.
 """
@@ -115,8 +114,6 @@ class OpenVINOGraphs:
     thread count: the cores of the process they serve (a run's `ExecutionPlan.process_cores`),
     never the loading thread's torch count, which is 1 on a Dask worker."""
 
-    name = "openvino"
-
     def __init__(
         self,
         model: SegmentationModel,
@@ -167,10 +164,7 @@ class OpenVINOGraphs:
         request = self._request(geometry, int(tiles.shape[0]))
         inputs = [np.ascontiguousarray(tiles.cpu().numpy())]
         out = request.infer(inputs, share_inputs=True)
-        probs, labels, cls_probs = (np.array(out[i]) for i in range(3))
-        return ReducedOutputs(
-            torch.from_numpy(probs), torch.from_numpy(labels), torch.from_numpy(cls_probs)
-        )
+        return ReducedOutputs(*(torch.from_numpy(np.array(out[i])) for i in range(3)))
 
     def drop_compiled(self) -> None:
         """Forget the graphs compiled so far and this thread's requests for them (those of
@@ -182,8 +176,7 @@ class OpenVINOGraphs:
     def _streams(self) -> int:
         """Streams for the calling thread: the threads over its share of the cores (its torch
         thread count, set by the engine's compute threads; all of them elsewhere)."""
-        share = max(1, min(self.threads, torch.get_num_threads()))
-        return self.threads // share
+        return self.threads // max(1, min(self.threads, torch.get_num_threads()))
 
     def _request(self, geometry: Geometry, batch: int) -> Any:
         """This thread's infer request for (geometry, batch)."""
@@ -206,28 +199,20 @@ class OpenVINOGraphs:
         format, precision, threads, CPU): the common part of their cache keys."""
         return {**self._key, "precision": self.precision, "threads": self.threads, "cpu": self._cpu}
 
-    def _config(self, streams: int) -> dict[str, Any]:
-        return {
+    def _compile(self, geometry: Geometry, batch: int, streams: int) -> Any:
+        """The compiled graph, from the cache or built (and then cached)."""
+        ov = import_openvino()
+
+        graph = entry_name(self._ir_key(geometry))
+        key = {**self.entry_key(), "kind": "compiled", "graph": graph, "batch": batch}
+        key["streams"] = streams
+        config = {
             "INFERENCE_PRECISION_HINT": _OV_PRECISION[self.precision],
             "INFERENCE_NUM_THREADS": self.threads,
             "NUM_STREAMS": streams,
             "PERFORMANCE_HINT": "LATENCY" if streams == 1 else "THROUGHPUT",
             "ENABLE_CPU_PINNING": False,
         }
-
-    def _compile(self, geometry: Geometry, batch: int, streams: int) -> Any:
-        """The compiled graph, from the cache or built (and then cached)."""
-        ov = import_openvino()
-
-        graph = entry_name(self._ir_key(geometry))
-        key = {
-            **self.entry_key(),
-            "kind": "compiled",
-            "graph": graph,
-            "batch": batch,
-            "streams": streams,
-        }
-        config = self._config(streams)
         core = ov.Core()
         found = load_entry(self.cache_dir, key, ("blob",))
         if found:

@@ -1,9 +1,9 @@
 """The engine's compute stage: the one owner of the model, fed batches across chunks.
 
-A read source puts batches of tiles (of several chunks), already on the model's device, on
+A read source's `Stager` puts batches of tiles (of several chunks), on the model's device, on
 the `staged` queue; the compute threads run `predict_batch` (`tile_inference`: exactly the
 engine's batch size) batch after batch and hand the uint8 outputs to the writer.
-On CUDA one compute thread keeps the device busy (the source copies the next batch on a
+On CUDA one compute thread keeps the device busy (the stager copies the next batch on a
 side stream while this one computes: the batch's `ready` event orders the two). On the CPU
 the cores are the bottleneck and a forward pass with all of them spends time in OpenMP
 barriers, so `computes` threads run side by side, each with cores // computes torch
@@ -23,6 +23,8 @@ thread takes turns like a GPU's.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import queue
 import threading
 import time
@@ -87,6 +89,98 @@ def batch_takes(chunks: Iterable[tuple[int, int, T]], batch: int) -> Iterator[Ta
             at, done = 0 if full else at + count, done + count
 
 
+def copy_into(dst: torch.Tensor, src: torch.Tensor) -> None:
+    """dst[...] = src. On the CPU through numpy: torch's parallel copy of small uint8 blocks
+    costs several times more, and far more on a loaded machine (its threads wait on each
+    other)."""
+    if dst.device.type == "cpu" and src.device.type == "cpu":
+        dst.numpy()[...] = src.numpy()
+    else:
+        dst.copy_(src)
+
+
+@dataclass(frozen=True)
+class ChunkTiles:
+    """A chunk's tiles (N, T, T, 3) uint8 as a read source hands them to the `Stager`, its
+    index in the run's specs, and what gives their memory back once they are copied."""
+
+    index: int
+    tiles: torch.Tensor
+    release: Callable[[], None] | None = None
+
+
+class Stager:
+    """Copies chunks' tiles, as they come, into batches of `batch` tiles across chunks for
+    the compute threads: every read source's batches.
+
+    Tiles already on the model's device (the CPU, or a GPU for the device read path) go into
+    a new batch there; host tiles for a CUDA model go into one of two reused pinned buffers,
+    whose copy to the device starts at once (asynchronous). On CUDA the copies run on a side
+    stream where each batch's `ready` event is recorded, so the next batch is assembled while
+    this one computes; on the CPU the same code runs without streams."""
+
+    def __init__(self, batch: int, tile: int, source: torch.device, device: torch.device) -> None:
+        """`source`: where the chunks' tiles are; `device`: the model's."""
+        self._batch, self._shape, self._device = batch, (batch, tile, tile, 3), device
+        self._side = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self._pinned: queue.Queue[torch.Tensor] | None = None
+        if self._side is not None and source.type == "cpu":
+            self._pinned = queue.Queue()
+            for _ in range(2):
+                self._pinned.put(torch.empty(self._shape, dtype=torch.uint8, pin_memory=True))
+
+    def run(
+        self,
+        chunks: Iterable[ChunkTiles],
+        staged: queue.Queue[StagedBatch | None],
+        errors: FirstError,
+    ) -> None:
+        """Thread body: every chunk's tiles on `staged`, batched, then None; errors (those of
+        `chunks` too) go to `errors`."""
+        buffer: torch.Tensor | None = None
+        segments: list[Segment] = []
+        side = torch.cuda.stream(self._side) if self._side is not None else contextlib.nullcontext()
+        try:
+            with side:
+                for take in batch_takes(((c.index, len(c.tiles), c) for c in chunks), self._batch):
+                    chunk = take.payload
+                    if buffer is None:
+                        buffer = self._buffer(chunk.tiles.device, errors)
+                    end = take.at + take.count
+                    copy_into(
+                        buffer[take.at : end], chunk.tiles[take.first : take.first + take.count]
+                    )
+                    segments.append(take.segment)
+                    if take.ends_chunk and chunk.release is not None:
+                        chunk.release()  # copied: the source may reuse its memory
+                    if take.ends_batch:
+                        errors.put(staged, self._staged(buffer, end, segments))
+                        buffer, segments = None, []
+                if buffer is not None:
+                    errors.put(staged, self._staged(buffer, end, segments))
+            errors.put(staged, None)
+        except BaseException as exc:  # Stopped included: report ignores it
+            errors.report(exc)
+
+    def _buffer(self, where: torch.device, errors: FirstError) -> torch.Tensor:
+        if self._pinned is not None:
+            return errors.get(self._pinned)
+        return torch.empty(self._shape, dtype=torch.uint8, device=where)
+
+    def _staged(self, buffer: torch.Tensor, n: int, segments: list[Segment]) -> StagedBatch:
+        """The batch's first `n` tiles for a compute thread (CUDA: its copy to the device
+        started on the side stream)."""
+        if self._side is None:
+            return StagedBatch(buffer[:n], segments, None)
+        tiles, release = buffer[:n], None
+        if self._pinned is not None:
+            tiles = tiles.to(self._device, non_blocking=True)
+            release = functools.partial(self._pinned.put, buffer)
+        ready = torch.cuda.Event()
+        ready.record(self._side)
+        return StagedBatch(tiles, segments, ready, release)
+
+
 def tile_geometry(grid: TileGrid, gate: bool) -> Geometry:
     """The tile graph's geometry of a run on `grid`: each tile's core, downsampled."""
     return Geometry(grid.tile, grid.margin, grid.stride, grid.downsample, gate)
@@ -99,25 +193,23 @@ class ComputeStage:
     def __init__(
         self,
         executor: Executor,
-        lock: threading.Lock,
+        lock: threading.Lock | None,
         batch: int,
         errors: FirstError,
         stats: EngineStats,
         computes: int,
-        locked: bool,
         cpu: bool,
     ) -> None:
-        """`computes` and `locked` (forward passes take the model's lock) as the run's plan
-        decided them (`pipeline.run_policy`: one locked thread on a GPU; bands of a CPU Dask
-        worker unlocked, each on its share of the cores); `cpu`: the model runs on the CPU,
-        so each compute thread takes its share of the torch threads."""
+        """`computes` and `lock` (the model's, which every forward pass takes; None: none) as
+        the run's plan decided them (`pipeline.run_policy`: one locked thread on a GPU; bands
+        of a CPU Dask worker unlocked, each on its share of the cores); `cpu`: the model runs
+        on the CPU, so each compute thread takes its share of the torch threads."""
         self._executor, self._lock = executor, lock
         self._batch = batch
         self._errors, self._stats = errors, stats
         self.computes = max(1, computes)
         # a new thread starts with OpenMP's default, not the caller's: each sets its own
         self._threads = max(1, torch.get_num_threads() // self.computes) if cpu else 0
-        self._locked = locked
         self._running = self.computes
         self._count_lock = threading.Lock()
         self._stats_lock = threading.Lock()
@@ -150,8 +242,7 @@ class ComputeStage:
             tiles.record_stream(stream)
         if not self._stats.first_batch_at:
             self._stats.first_batch_at = time.perf_counter()
-        lock = self._lock if self._locked else None  # one forward pass at a time per model
-        out = predict_batch(self._executor, tiles, self._batch, lock)
+        out = predict_batch(self._executor, tiles, self._batch, self._lock)
         if batch.release is not None:  # the forward pass is done with the source's buffer
             batch.release()
         n = len(tiles)

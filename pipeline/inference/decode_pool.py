@@ -7,13 +7,12 @@ they start in well under a second (`pipeline.inference.tile_reader`: a decoder i
 `TileReader`, a few numbers and paths). Each decoder gets a contiguous share of the chunks, so it can
 decode each shared storage tile once (`TileReader.plan_tile_reuse`). Tiles go into a fixed ring
 of shared-memory slots, one chunk per slot; a slot comes from the free-slot queue and goes
-back when the compute stage has copied its tiles: memory is bounded by the ring. What
+back when the engine's stager has copied its tiles: memory is bounded by the ring. What
 travels on the queues is small: slot numbers and (slot, chunk, tiles) descriptors.
 
-A `DecodePool` holds one run's decoders, queues and ring. `pipeline.prepare.prepare` spawns
-it before tissue detection, so the decoders import while tissue is found and the chunks are
-planned, then assigns their shares; they fill the ring while the model loads (then wait for
-free slots). The engine's `DecoderProcesses` read source adopts it, or starts its own.
+A `DecodePool` holds one run's decoders, queues and ring, spawned early by
+`pipeline.prepare.prepare` (below); the engine's `DecoderProcesses` read source adopts it,
+or starts its own.
 """
 
 from __future__ import annotations

@@ -1,14 +1,13 @@
 """A chunk's model tiles assembled on the model's device from its decoded storage tiles.
 
 The GPU read path: the compressed storage tiles a chunk's read box touches are decoded in
-one batch (`decode_tiles`, below), pasted into the box on the device (white
+one batch (`decode_streams`, below), pasted into the box on the device (white
 outside the level, as `wsi.slide.Slide` reads), and cut into the chunk's model tiles on
 the global grid as `TileReader.read_tiles` cuts them: the same tiles, byte for byte where
 the same decoder runs. Only where model pixels are the read level's pixels (no resampling);
 elsewhere, and for slides whose tiles `wsi.raw_tiles` cannot serve,
-`pipeline.inference.read_device.jpeg_level` says why and the CPU decoders read the slide. With
-`plan_reuse`, each storage tile is decoded once for all the planned chunks
-(`DeviceTileCache`, below).
+`pipeline.inference.read_device.slide_reads` says why and the CPU decoders read the slide. With
+`DeviceTiles.plan_reuse`, each storage tile is decoded once for all the planned chunks.
 
 Decoding: `torchvision.io.decode_jpeg` decodes a list of streams with nvJPEG on a CUDA device
 (one batched call) and with libjpeg-turbo on the CPU; no other dependency. The CPU decode
@@ -24,8 +23,8 @@ the device: right colours first, speed second.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -33,6 +32,7 @@ import torch
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from wsi_segment.errors import SlideError
+from wsi_segment.pipeline.inference.compute_stage import copy_into
 from wsi_segment.pipeline.inference.tile_reader import TileReader
 from wsi_segment.wsi.raw_tiles import JpegTiles
 from wsi_segment.wsi.tiling import ChunkSpec
@@ -77,26 +77,6 @@ def decode_streams(
     return batch.to(device) if batch.device != device else batch
 
 
-def copy_into(dst: torch.Tensor, src: torch.Tensor) -> None:
-    """dst[...] = src. On the CPU through numpy: torch's parallel copy of small uint8 blocks
-    costs several times more, and far more on a loaded machine (its threads wait on each
-    other)."""
-    if dst.device.type == "cpu" and src.device.type == "cpu":
-        dst.numpy()[...] = src.numpy()
-    else:
-        dst.copy_(src)
-
-
-def decode_tiles(
-    tiles: JpegTiles, keys: Sequence[tuple[int, int]], device: torch.device, decoder: Decoder
-) -> torch.Tensor:
-    """Storage tiles (col, row) of one level, decoded by `decoder` (the run policy's: nvJPEG
-    only for tiles whose header states YCbCr, module doc) into (N, tile_h, tile_w, 3) uint8
-    on `device` (edge tiles whole, padding included: the caller crops to the level)."""
-    streams = [tiles.stream(c, r) for c, r in keys]
-    return decode_streams(streams, device, decoder)
-
-
 def tiles_of(box: Box, tile_size: tuple[int, int], level_size: tuple[int, int]) -> list[Key]:
     """Storage tiles (col, row) a level box touches inside the level, row by row."""
     (tw, th), (lw, lh) = tile_size, level_size
@@ -110,87 +90,39 @@ def tiles_of(box: Box, tile_size: tuple[int, int], level_size: tuple[int, int]) 
     ]
 
 
-class DeviceTileCache:
-    """Decoded storage tiles of one level kept on `device` for the planned reads to come.
-
-    Neighbouring chunks share the storage tiles under their halo, which decoding each
-    chunk's tiles afresh would decode two or four times. As `wsi.tile_reuse` does for the
-    CPU, the reads are planned first: the cache counts how many planned read boxes touch
-    each storage tile, decodes the tiles a read lacks in one batch, and keeps a decoded tile
-    only while a later read needs it, within `max_bytes` (a tile that does not fit is
-    decoded again: pixels never depend on the bound). One reader thread uses it: no lock."""
-
-    def __init__(
-        self,
-        tiles: JpegTiles,
-        device: torch.device,
-        decoder: Decoder,
-        planned: Iterable[Box],
-        max_bytes: int = 128 << 20,
-    ) -> None:
-        self._tiles, self._device, self._max_bytes = tiles, device, int(max_bytes)
-        self._decoder = decoder
-        self._uses: dict[Key, int] = {}
-        for box in planned:
-            for key in tiles_of(box, tiles.tile_size, tiles.level_size):
-                self._uses[key] = self._uses.get(key, 0) + 1
-        self._cache: dict[Key, torch.Tensor] = {}
-        self.cached_bytes = 0
-        self.tiles_decoded = 0  # storage tiles decoded (each decode of a tile counts)
-        self.tiles_reused = 0  # storage tiles served from the cache instead
-
-    def take(self, keys: Sequence[Key]) -> list[torch.Tensor]:
-        """The decoded tiles `keys` (tile_h, tile_w, 3) uint8 on the device, in order; one
-        planned use of each is spent (a tile no later read needs is dropped)."""
-        missing = [k for k in keys if k not in self._cache]
-        fresh = decode_tiles(self._tiles, missing, self._device, self._decoder) if missing else ()
-        decoded = dict(zip(missing, fresh, strict=True))
-        out = [self._cache[k] if k in self._cache else decoded[k] for k in keys]
-        self.tiles_decoded += len(missing)
-        self.tiles_reused += len(keys) - len(missing)
-        for key in keys:
-            left = self._uses.get(key, 0) - 1
-            if left > 0:
-                self._uses[key] = left
-                if key in decoded:
-                    self._keep(key, decoded[key])
-            else:
-                self._uses.pop(key, None)
-                dropped = self._cache.pop(key, None)
-                if dropped is not None:
-                    self.cached_bytes -= dropped.nbytes
-        return out
-
-    def _keep(self, key: Key, tile: torch.Tensor) -> None:
-        """Keep a copy of its own (a view would hold the whole decoded batch), if it fits."""
-        if self.cached_bytes + tile.nbytes > self._max_bytes:
-            return
-        # on the CPU through numpy: it copies uint8 blocks far faster than torch
-        cpu = tile.device.type == "cpu"
-        own = torch.from_numpy(tile.numpy().copy()) if cpu else tile.clone()
-        self._cache[key] = own
-        self.cached_bytes += own.nbytes
-
-
 WHITE = 255
 
 
 @dataclass
 class DeviceTiles:
     """Reads chunks' model tiles onto `device` with `decoder` (the run policy's); one per
-    slide and device."""
+    slide and device, used by one reader thread (no lock).
+
+    Neighbouring chunks share the storage tiles under their halo, which decoding each chunk's
+    tiles afresh would decode two or four times. As `wsi.tile_reuse` does for the CPU, the
+    reads are planned first (`plan_reuse`): the planned read boxes that touch each storage
+    tile are counted, the tiles a read lacks are decoded in one batch, and a decoded tile is
+    kept only while a later read needs it, within `max_bytes` (a tile that does not fit is
+    decoded again: pixels never depend on the bound)."""
 
     reader: TileReader
     tiles: JpegTiles
     device: torch.device
     decoder: Decoder
-    cache: DeviceTileCache | None = None  # `plan_reuse`: storage tiles decoded once
+    tiles_decoded: int = 0  # storage tiles decoded (each decode of a tile counts)
+    tiles_reused: int = 0  # storage tiles served from the kept ones instead
+    cached_bytes: int = 0
+    _max_bytes: int = 0
+    _uses: dict[Key, int] = field(default_factory=dict, repr=False)
+    _kept: dict[Key, torch.Tensor] = field(default_factory=dict, repr=False)
 
     def plan_reuse(self, specs: Sequence[ChunkSpec], max_bytes: int = 128 << 20) -> None:
         """Decode each storage tile once while these chunks are read (a tile is kept until
         the last planned read of it, within `max_bytes` on the device)."""
-        boxes = [self.reader.read_box(s) for s in specs if s.tiles]  # level px = model px
-        self.cache = DeviceTileCache(self.tiles, self.device, self.decoder, boxes, max_bytes)
+        self._max_bytes = max_bytes
+        for box in [self.reader.read_box(s) for s in specs if s.tiles]:  # level px = model px
+            for key in tiles_of(box, self.tiles.tile_size, self.tiles.level_size):
+                self._uses[key] = self._uses.get(key, 0) + 1
 
     def read_tiles(self, spec: ChunkSpec) -> torch.Tensor:
         """(len(spec.tiles), T, T, 3) uint8 on the device, in `spec.tiles` order."""
@@ -240,10 +172,8 @@ class DeviceTiles:
             out.fill_(WHITE)
         (tw, th), (lw, lh) = self.tiles.tile_size, self.tiles.level_size
         ix0, iy0, ix1, iy1 = max(x0, 0), max(y0, 0), min(x1, lw), min(y1, lh)
-        if ix0 >= ix1 or iy0 >= iy1:
-            return out
         keys = tiles_of((x0, y0, x1, y1), (tw, th), (lw, lh))
-        for (c, r), tile in zip(keys, self._decode(keys), strict=True):
+        for (c, r), tile in zip(keys, self._take(keys), strict=True):
             # the part of the tile inside both the level and the box, in level px
             px0, py0 = max(c * tw, ix0), max(r * th, iy0)
             px1, py1 = min((c + 1) * tw, ix1), min((r + 1) * th, iy1)
@@ -253,10 +183,39 @@ class DeviceTiles:
             )
         return out
 
-    def _decode(self, keys: list[Key]) -> Sequence[torch.Tensor]:
-        if self.cache is not None:
-            return self.cache.take(keys)
-        return list(decode_tiles(self.tiles, keys, self.device, self.decoder)) if keys else []
+    def _take(self, keys: list[Key]) -> list[torch.Tensor]:
+        """The decoded tiles `keys` (tile_h, tile_w, 3) uint8 on the device, in order (edge
+        tiles whole, padding included); one planned use of each is spent (a tile no later
+        read needs is dropped)."""
+        missing = [k for k in keys if k not in self._kept]
+        streams = [self.tiles.stream(c, r) for c, r in missing]
+        fresh = decode_streams(streams, self.device, self.decoder) if missing else ()
+        decoded = dict(zip(missing, fresh, strict=True))
+        out = [self._kept[k] if k in self._kept else decoded[k] for k in keys]
+        self.tiles_decoded += len(missing)
+        self.tiles_reused += len(keys) - len(missing)
+        for key in keys:
+            left = self._uses.get(key, 0) - 1
+            if left > 0:
+                self._uses[key] = left
+                if key in decoded:
+                    self._keep(key, decoded[key])
+            else:
+                self._uses.pop(key, None)
+                dropped = self._kept.pop(key, None)
+                if dropped is not None:
+                    self.cached_bytes -= dropped.nbytes
+        return out
+
+    def _keep(self, key: Key, tile: torch.Tensor) -> None:
+        """Keep a copy of its own (a view would hold the whole decoded batch), if it fits."""
+        if self.cached_bytes + tile.nbytes > self._max_bytes:
+            return
+        # on the CPU through numpy: it copies uint8 blocks far faster than torch
+        cpu = tile.device.type == "cpu"
+        own = torch.from_numpy(tile.numpy().copy()) if cpu else tile.clone()
+        self._kept[key] = own
+        self.cached_bytes += own.nbytes
 
     def close(self) -> None:
         self.tiles.close()

@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
-import time
 import traceback
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Protocol
@@ -102,7 +101,6 @@ def run_engine(
     slide, a Dask band whose slide failed elsewhere) to stop the run; the parts stop and
     the token's reason is raised."""
     stats = stats if stats is not None else EngineStats()
-    stats.started = time.perf_counter()
     specs = list(specs)
     try:
         if not specs:
@@ -115,9 +113,10 @@ def run_engine(
         cancel.check()  # asked while the model loaded: no part starts
         errors = FirstError()
         cpu = loaded.model.device.type == "cpu"
-        stage = ComputeStage(executor, loaded.lock, batch, errors, stats, computes, locked, cpu)
+        lock = loaded.lock if locked else None  # one forward pass at a time per model
+        stage = ComputeStage(executor, lock, batch, errors, stats, computes, cpu)
         stats.decoders, stats.batch_size, stats.writers = source.processes, batch, writers
-        stats.source, stats.computes = type(source).__name__, stage.computes
+        stats.computes = stage.computes
         writer = UnitWriter(job, specs, progress or NullProgress(), writers)
         _run_parts(job, specs, source, batch, stage, writer, errors, stats, cancel)
         del stage

@@ -7,6 +7,7 @@ first error once every part has ended.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -39,7 +40,7 @@ class FirstError:
         self._stop.set()
 
     def stop(self) -> None:
-        """Ask every part to stop (an interrupt, or the supervisor's own failure)."""
+        """Ask every part to stop (an interrupt, or the engine's own failure)."""
         self._stop.set()
 
     @property
@@ -49,20 +50,16 @@ class FirstError:
     def get(self, q: queue.Queue[T]) -> T:
         """The next item of `q`; raises Stopped if the run stops while waiting."""
         while not self.stopped:
-            try:
+            with contextlib.suppress(queue.Empty):
                 return q.get(timeout=0.05)
-            except queue.Empty:
-                continue
         raise Stopped
 
     def put(self, q: queue.Queue[T], item: T) -> None:
         """Put on a bounded queue; raises Stopped if the run stops while it is full."""
         while not self.stopped:
-            try:
+            with contextlib.suppress(queue.Full):
                 q.put(item, timeout=0.05)
                 return
-            except queue.Full:
-                continue
         raise Stopped
 
 
@@ -76,22 +73,17 @@ class EngineStats:
     batch_size: int = 0
     chunks_per_batch: list[int] = field(default_factory=list)
     tiles: int = 0
-    first_chunk_s: float = 0.0  # from the start to the first decoded chunk (start-up)
     # time.perf_counter() when the first decoded chunk reached the engine, and when the first
     # batch entered the model (0: not yet): start-up measured from outside `run_engine`
     first_chunk_at: float = 0.0
     early_decoders: bool = False  # the run adopted decoders started before it (DecodePool)
     first_batch_at: float = 0.0
     bytes_from_model: int = 0
-    started: float = 0.0  # time.perf_counter() when the run started (set by the engine)
-    source: str = ""  # which read source fed the run (its class name)
     computes: int = 0  # compute threads (CPU: side by side)
 
     def chunk_arrived(self) -> None:
         """Note the first chunk's tiles reaching the engine (start-up), once."""
-        if not self.first_chunk_s:
-            self.first_chunk_at = time.perf_counter()
-            self.first_chunk_s = self.first_chunk_at - self.started
+        self.first_chunk_at = self.first_chunk_at or time.perf_counter()
 
 
 # One part of a run: a thread body and its arguments.

@@ -1,6 +1,4 @@
-"""Decoders are spawned, and a spawned child imports the parent's main script again: a
-script that segments at module level would segment again in every decoder. Refuse that
-before any process starts, with the fix."""
+"""Refuse, before any decoder is spawned, a main script that would segment again in each."""
 
 from __future__ import annotations
 

@@ -28,25 +28,21 @@ def read_level_and_scale(slide: Slide, slide_mpp: float, model_mpp: float) -> Le
     return choose_level(tuple(slide.level_downsamples), level0_per_model), level0_per_model
 
 
-def jpeg_level(slide_path: str, slide: Slide, key: LevelKey) -> JpegTiles | Unsupported:
-    """The read level's JPEG tiles where the device path can serve them, or why not."""
+def slide_reads(slide_path: str, slide: Slide, key: LevelKey) -> tuple[ReadFacts, JpegTiles | None]:
+    """The read level `key` as the device read path sees it, and its JPEG tiles where the
+    path can serve them (what it then reads); the facts say why not where it cannot."""
     level, level0_per_model = key
     ds = float(slide.level_downsamples[level])
     if not same_pixels(level0_per_model, ds):
-        return Unsupported(
+        why = (
             f"model pixels are not level {level}'s pixels "
             f"({level0_per_model:g} level-0 px per model px, level downsample {ds:g}):"
             " resampling runs on the CPU"
         )
+        return ReadFacts(unsupported=why), None
     if tuple(slide.bounds_offset) != (0, 0):
-        return Unsupported("the slide has a bounds offset")
-    return open_jpeg_tiles(slide_path, level, slide.level_dimensions[level])
-
-
-def slide_reads(slide_path: str, slide: Slide, key: LevelKey) -> tuple[ReadFacts, JpegTiles | None]:
-    """The read level `key` as the device read path sees it, and its tiles where it can
-    serve them (what the device read path then reads)."""
-    tiles = jpeg_level(slide_path, slide, key)
+        return ReadFacts(unsupported="the slide has a bounds offset"), None
+    tiles = open_jpeg_tiles(slide_path, level, slide.level_dimensions[level])
     if isinstance(tiles, Unsupported):
         return ReadFacts(unsupported=tiles.reason), None
     return ReadFacts(ycbcr=tiles.colour_safe_anywhere), tiles

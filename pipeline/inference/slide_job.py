@@ -25,14 +25,14 @@ from wsi_segment.pipeline.inference.tile_inference import (
     ReducedTiles,
     stitch_cores,
 )
-from wsi_segment.pipeline.inference.tile_reader import TileReader
+from wsi_segment.pipeline.inference.tile_reader import PerThread, TileReader
 from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome, summarise_block
 from wsi_segment.pipeline.outputs.label_image import label_values
 from wsi_segment.wsi.tiling import STORE_TILES, ChunkSpec, TileGrid
 
 
 @dataclass
-class SlideJob:
+class SlideJob(PerThread):
     """Everything a worker needs to run any chunk of one slide."""
 
     reader: TileReader  # the read half: also what a decoder process is sent
@@ -55,15 +55,6 @@ class SlideJob:
     # raster's last column and row on the slide (None: whole pixels).
     slide_extent_out: tuple[float, float] | None = None
     _local: threading.local = field(default_factory=threading.local, repr=False)
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state.pop("_local")
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._local = threading.local()
 
     @property
     def grid(self) -> TileGrid:

@@ -25,8 +25,22 @@ from wsi_segment.wsi.tile_reuse import TileReuse, supports_reuse
 from wsi_segment.wsi.tiling import ChunkSpec, TileGrid
 
 
+class PerThread:
+    """Open handles kept per thread in `_local`, which a pickled copy leaves behind (the
+    copy opens its own where it runs)."""
+
+    _local: threading.local
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_local"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._local = threading.local()
+
+
 @dataclass
-class TileReader:
+class TileReader(PerThread):
     """Reads the model tiles of any chunk of one slide; each thread opens its own slide
     handle."""
 
@@ -39,15 +53,6 @@ class TileReader:
     # Backend for chunk reads (None: `backend`), see `wsi.read_backend.fast_read_backend`.
     read_backend: str | None = None
     _local: threading.local = field(default_factory=threading.local, repr=False)
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state.pop("_local")
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._local = threading.local()
 
     def slide(self) -> Slide:
         """This thread's handle on the slide, opened on first use."""
@@ -86,21 +91,17 @@ class TileReader:
         blocks = open_level_blocks(slide, level)
         return TileReuse(level, slide.level_dimensions[level], ds, tile, planned, blocks=blocks)
 
-    def read_tiles(
-        self, spec: ChunkSpec, reuse: TileReuse | None = None, out: np.ndarray | None = None
-    ) -> np.ndarray:
+    def read_tiles(self, spec: ChunkSpec, reuse: TileReuse | None = None) -> np.ndarray:
         """The chunk's tissue tiles (N, T, T, 3) uint8, in `spec.tiles` order.
 
         One level read covers them all; each tile is then resampled from its own box on the
         global grid (`wsi.region_reader.read_model_tiles`), so its pixels depend on its grid
         position alone, never on the chunk or the other tiles. `reuse` serves storage tiles
-        that an earlier chunk already decoded (same pixels). `out`: where to put the tiles
-        (e.g. a shared-memory slot of the engine's decoders); else new.
+        that an earlier chunk already decoded (same pixels).
         """
         boxes = tile_boxes(spec.tiles, self.grid)
         if not boxes:
-            t = self.grid.tile
-            return np.empty((0, t, t, 3), dtype=np.uint8) if out is None else out
+            return np.empty((0, self.grid.tile, self.grid.tile, 3), dtype=np.uint8)
         slide = self.slide()
         reader = None
         if reuse is not None and reuse.level == self.read_level:
@@ -109,9 +110,7 @@ class TileReader:
                 return reuse.read(slide, lx, ly, w, h)
 
         try:
-            return read_model_tiles(
-                slide, boxes, self.level0_per_model, self.read_level, reader=reader, out=out
-            )
+            return read_model_tiles(slide, boxes, self.level0_per_model, self.read_level, reader)
         except SlideError:
             raise
         except Exception as exc:  # decoder errors inside a region of a corrupt slide

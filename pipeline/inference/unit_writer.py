@@ -4,8 +4,8 @@ Batches of the compute stage mix tiles of several chunks; a write unit (a chunk,
 one zarr chunk when they are smaller: `ChunkSpec.write_unit`) is stitched, written and
 summarised (`SlideJob.finish_block`) as soon as its last tile arrives, so memory holds only
 the units in flight. Each unit owns its zarr chunks, so units can be finished side by
-side: with `threads` > 1 the gathering thread hands whole units through a bounded queue to
-that many finisher threads.
+side: the gathering thread hands whole units through a bounded queue to `threads` finisher
+threads.
 Compression, file writes and the numpy steps release the GIL, so threads overlap them;
 polygon tracing and zarr's own event loop hold it (benchmarks/writer.py measures the parts).
 Outcomes are kept by unit, in plan order, so results do not depend on which thread finished
@@ -25,7 +25,7 @@ from wsi_segment.pipeline.inference.engine_state import FirstError
 from wsi_segment.pipeline.inference.slide_job import SlideJob
 from wsi_segment.pipeline.inference.tile_inference import ReducedTiles
 from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome
-from wsi_segment.pipeline.progress import NullProgress, Progress
+from wsi_segment.pipeline.progress import Progress
 from wsi_segment.wsi.tiling import ChunkSpec
 
 Segment = tuple[int, int, int]  # (chunk index in specs, first tile in the chunk, tiles)
@@ -83,30 +83,59 @@ class _Partial:
 
 
 class UnitWriter:
-    """Collects tiles per write unit and finishes each unit once all its tiles have arrived."""
+    """Collects tiles per write unit and hands each unit, once all its tiles have arrived,
+    to `threads` finisher threads."""
 
     def __init__(
-        self,
-        job: SlideJob,
-        specs: Sequence[ChunkSpec],
-        progress: Progress | None = None,
-        threads: int = 1,
+        self, job: SlideJob, specs: Sequence[ChunkSpec], progress: Progress, threads: int
     ) -> None:
         self._job = job
         self._units = write_units(specs)
         # each chunk's index -> its unit's position in `_units`
         self._unit_of = {i: n for n, unit in enumerate(self._units) for i in unit.starts}
-        self._progress = progress or NullProgress()
+        self._progress = progress
         self._partial: dict[int, _Partial] = {}
         self._threads = max(1, threads)
         self._progress_lock = threading.Lock()
-        # set while `run` hands whole units to finisher threads (threads > 1)
-        self._whole: queue.Queue[tuple[int, ReducedTiles] | None] | None = None
-        self._errors: FirstError | None = None
         self.outcomes: list[ChunkOutcome | None] = [None] * len(self._units)
 
-    def add(self, batch: TileBatch) -> None:
-        """Place a batch's tiles; finish the units it completes."""
+    def run(self, inbox: queue.Queue[TileBatch | None], errors: FirstError) -> None:
+        """Thread body: hand on the units without tissue tiles (they still write their empty
+        block and outcome), then add batches until the end marker (None) or a stop; errors go
+        to `errors`. Returns only once every finisher thread has ended (nothing writes
+        after)."""
+        finishers: list[threading.Thread] = []
+        whole: queue.Queue[tuple[int, ReducedTiles] | None] = queue.Queue(self._threads)
+        try:
+            for _ in range(self._threads):
+                finishers.append(
+                    threading.Thread(target=self._finisher, args=(whole, errors), daemon=True)
+                )
+                finishers[-1].start()
+            so = self._job.grid.stride // self._job.grid.downsample
+            for n, unit in enumerate(self._units):
+                if not unit.spec.tiles:
+                    probs = np.zeros((0, self._job.n_classes, so, so), np.uint8)
+                    errors.put(whole, (n, ReducedTiles(probs, np.zeros((0, so, so), np.uint8), 0)))
+            while (batch := errors.get(inbox)) is not None:
+                self._add(batch, whole, errors)
+            for _ in finishers:  # every unit handed over: one end marker per finisher
+                errors.put(whole, None)
+        except BaseException as exc:  # Stopped included: report ignores it
+            errors.report(exc)
+        finally:
+            # After an error the run is stopped (`report`): a finisher waiting for a unit
+            # ends at once, one mid-unit after that unit; on success each takes its marker.
+            for thread in finishers:
+                thread.join()
+
+    def _add(
+        self,
+        batch: TileBatch,
+        whole: queue.Queue[tuple[int, ReducedTiles] | None],
+        errors: FirstError,
+    ) -> None:
+        """Place a batch's tiles; hand on the units it completes."""
         pos = 0
         for index, first, count in batch.segments:
             n = self._unit_of[index]
@@ -126,67 +155,20 @@ class UnitWriter:
             pos += count
             if part.filled == len(part.probs):
                 del self._partial[n]
-                self._complete(n, ReducedTiles(part.probs, part.labels, part.nbytes))
-
-    def finish_empty(self) -> None:
-        """Units without tissue tiles still write their (empty) block and outcome."""
-        so = self._job.grid.stride // self._job.grid.downsample
-        for n, unit in enumerate(self._units):
-            if not unit.spec.tiles:
-                empty = ReducedTiles(
-                    np.zeros((0, self._job.n_classes, so, so), np.uint8),
-                    np.zeros((0, so, so), np.uint8),
-                    0,
-                )
-                self._complete(n, empty)
-
-    def _complete(self, n: int, reduced: ReducedTiles) -> None:
-        """A whole unit: to a finisher thread when there are some, else finished here."""
-        if self._whole is None or self._errors is None:
-            self._finish(n, reduced)
-        else:
-            self._errors.put(self._whole, (n, reduced))
-
-    def _finish(self, n: int, reduced: ReducedTiles) -> None:
-        spec = self._units[n].spec
-        self.outcomes[n] = self._job.finish_block(spec, reduced)
-        with self._progress_lock:
-            self._progress.advance(len(spec.tiles))
-
-    def run(self, inbox: queue.Queue[TileBatch | None], errors: FirstError) -> None:
-        """Thread body: add batches until the end marker (None) or a stop; errors go to
-        `errors`. Returns only once every finisher thread has ended (nothing writes after)."""
-        finishers: list[threading.Thread] = []
-        whole: queue.Queue[tuple[int, ReducedTiles] | None] = queue.Queue(self._threads)
-        try:
-            if self._threads > 1:
-                self._errors, self._whole = errors, whole
-                for _ in range(self._threads):
-                    finishers.append(
-                        threading.Thread(target=self._finisher, args=(whole, errors), daemon=True)
-                    )
-                    finishers[-1].start()
-            self.finish_empty()
-            while (batch := errors.get(inbox)) is not None:
-                self.add(batch)
-            for _ in finishers:  # every unit handed over: one end marker per finisher
-                errors.put(whole, None)
-        except BaseException as exc:  # Stopped included: report ignores it
-            errors.report(exc)
-        finally:
-            # After an error the run is stopped (`report`): a finisher waiting for a unit
-            # ends at once, one mid-unit after that unit; on success each takes its marker.
-            for thread in finishers:
-                thread.join()
-            self._whole = None
+                errors.put(whole, (n, ReducedTiles(part.probs, part.labels, part.nbytes)))
 
     def _finisher(
         self, whole: queue.Queue[tuple[int, ReducedTiles] | None], errors: FirstError
     ) -> None:
-        """Finisher thread body: finish whole units until the end marker or a stop."""
+        """Finisher thread body: stitch, write and summarise whole units until the end
+        marker or a stop."""
         try:
             while (item := errors.get(whole)) is not None:
-                self._finish(*item)
+                n, reduced = item
+                spec = self._units[n].spec
+                self.outcomes[n] = self._job.finish_block(spec, reduced)
+                with self._progress_lock:
+                    self._progress.advance(len(spec.tiles))
         except BaseException as exc:
             errors.report(exc)
 

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from tests.conftest import CMU_SLIDE, DATA_DIR
-from wsi_segment.pipeline.inference.device_tiles import decode_streams, decode_tiles
+from wsi_segment.pipeline.inference.device_tiles import Decoder, decode_streams
 from wsi_segment.wsi.raw_tiles import JpegTiles, open_jpeg_tiles
 from wsi_segment.wsi.slide import open_slide
 
@@ -27,6 +27,13 @@ def _tiles(path: Path) -> JpegTiles:
         tiles = open_jpeg_tiles(str(path), 0, slide.level_dimensions[0])
     assert isinstance(tiles, JpegTiles), tiles
     return tiles
+
+
+def decode_tiles(
+    tiles: JpegTiles, keys: list[tuple[int, int]], device: torch.device, decoder: Decoder
+) -> torch.Tensor:
+    """The storage tiles (col, row) decoded in one batch, as the device read path does."""
+    return decode_streams([tiles.stream(c, r) for c, r in keys], device, decoder)
 
 
 def _all_keys(tiles: JpegTiles) -> list[tuple[int, int]]:

@@ -175,10 +175,9 @@ def test_each_storage_tile_is_decoded_once_per_slide(tmp_path, tiny):
     assert len(cache_keys) == 10 * 13  # the whole 2220 x 2967 px level
     for spec in specs:
         reads.read_tiles(spec)
-    assert reads.cache is not None
-    assert reads.cache.tiles_decoded == len(cache_keys)
-    assert reads.cache.tiles_reused == touched - len(cache_keys) > len(cache_keys)
-    assert reads.cache.cached_bytes == 0  # every kept tile dropped after its last use
+    assert reads.tiles_decoded == len(cache_keys)
+    assert reads.tiles_reused == touched - len(cache_keys) > len(cache_keys)
+    assert reads.cached_bytes == 0  # every kept tile dropped after its last use
 
 
 def test_a_cache_too_small_to_keep_anything_reads_the_same_pixels(tmp_path, tiny):
@@ -189,7 +188,7 @@ def test_a_cache_too_small_to_keep_anything_reads_the_same_pixels(tmp_path, tiny
     ref = device_reads(job)
     for spec in specs:
         np.testing.assert_array_equal(reads.read_tiles(spec).numpy(), ref.read_tiles(spec).numpy())
-    assert reads.cache is not None and reads.cache.tiles_reused == 0
+    assert reads.tiles_reused == 0
 
 
 def test_a_damaged_tile_stops_the_run_and_nothing_writes_after(tmp_path, tiny):
@@ -245,4 +244,4 @@ def test_nvjpeg_reads_feed_the_engine(tmp_path, tiny_model_dir):
     stats = EngineStats()
     outcomes = run_engine(job, specs, ReaderThread(reads), stats=stats)
     assert stats.tiles == sum(o.tiles_run for o in outcomes) == sum(len(s.tiles) for s in specs)
-    assert reads.cache is not None and reads.cache.tiles_decoded == 9  # 3 x 3 storage tiles
+    assert reads.tiles_decoded == 9  # 3 x 3 storage tiles
