@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from wsi_segment.errors import SlideError
 from wsi_segment.pipeline.cancellation import NEVER_CANCELLED, POLL_S, CancelToken
 from wsi_segment.pipeline.inference.band_task import (
     CLUSTER_FACTS,
@@ -197,14 +198,29 @@ def settle_precision(
 
 def future_result(future: Future[Any], cancel: CancelToken) -> Any:
     """The value of a Dask future, waited for in steps of `POLL_S` so that `cancel` is
-    seen; once it is cancelled the future is released and the reason raised."""
-    while True:
-        try:
-            return future.result(timeout=POLL_S)
-        except TimeoutError:
-            if cancel.cancelled:
-                future.release()
-                raise cancel.stop() from None
+    seen; once it is cancelled the future is released and the reason raised. The wait
+    watches the future's own state: `result(timeout=...)` would go through the client's event
+    loop each step, and a future the client loses meanwhile ends in distributed's internal
+    `UnboundLocalError` instead of an error that says what happened."""
+    while not future.done():
+        if cancel.wait(POLL_S):
+            future.release()
+            raise cancel.stop()
+    return finished_value(future)
+
+
+def finished_value(future: Future[Any]) -> Any:
+    """The value (or the raised error) of a future that is done. A future the client lost
+    (its connection to the scheduler dropped, the scheduler restarted or forgot the task) is
+    'cancelled': named here as the slide's error, since distributed would fail inside its own
+    `sync` with an `UnboundLocalError` that says nothing of the cause."""
+    if future.cancelled():
+        raise SlideError(
+            f"the Dask scheduler lost this slide's task {future.key} (the client's connection "
+            "to the scheduler dropped, or the scheduler restarted); run the slide again, and "
+            "check the scheduler's log if it happens again"
+        )
+    return future.result()
 
 
 # Waiting for a slide's bands: every one ends before the first failure is raised.
@@ -240,7 +256,7 @@ def gather_all(
                 continue
             for future in pending.next_batch(block=False):
                 try:
-                    failure = on_result(index[future.key], future.result())
+                    failure = on_result(index[future.key], finished_value(future))
                 except Exception as exc:  # first failure wins; the others are its echoes
                     failure = exc
                 if failure is not None and error is None:

@@ -419,3 +419,23 @@ def test_a_band_re_decides_only_the_worker_specific_decisions(
     assert "cores" in differ and differ <= {"machine", *WORKER_DECISIONS}
     with pytest.raises(ValueError, match="pinned_precision"):
         band_facts(settled, pinned_precision="bf16")  # the client's, never a worker's
+
+
+def _sleep_then(value: int, seconds: float) -> int:
+    time.sleep(seconds)
+    return value
+
+
+def test_a_future_the_client_loses_is_a_slide_error_that_says_so(client) -> None:
+    """A task the client loses (here cancelled, as a dropped scheduler connection cancels
+    every future) ends the wait with one error naming the cause, not distributed's
+    `UnboundLocalError` from its `sync`; a finished one gives its value."""
+    from wsi_segment.pipeline.inference.band_runner import future_result
+
+    assert future_result(client.submit(_sleep_then, 7, 0.0, pure=False), Cancellation()) == 7
+    lost = client.submit(_sleep_then, 1, 30.0, pure=False)
+    threading.Timer(0.5, client.cancel, [lost]).start()
+    started = time.monotonic()
+    with pytest.raises(SlideError, match="scheduler lost this slide's task"):
+        future_result(lost, Cancellation())
+    assert time.monotonic() - started < 20
