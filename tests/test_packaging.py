@@ -92,6 +92,7 @@ def test_wheel_has_one_top_level_name_the_demo_model_and_py_typed(wheel: Path) -
     )
 
 
+@pytest.mark.slow  # builds and installs the wheel; make demo / CI install the project each run
 def test_installed_wheel_segments_a_slide_beside_decoy_packages(
     wheel: Path, tmp_path: Path, tiny_model_dir: Path
 ) -> None:

@@ -26,6 +26,7 @@ if str(ROOT) not in sys.path:
 from benchmarks.wsss_parts import train_fully_supervised  # noqa: E402
 
 
+@pytest.mark.slow  # a whole training
 def test_baseline_keeps_the_epoch_with_the_best_val_miou(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -235,6 +235,7 @@ def test_cli_batch_exit_codes(
     assert capsys.readouterr().err.startswith("error: ")
 
 
+@pytest.mark.slow  # the CLI's full disk is tests/reliability's
 def test_batch_reports_a_full_disk_as_the_cli_does(
     prefect_harness: None, tiny_model: Path, slides_dir: Path, tmp_path: Path
 ) -> None:

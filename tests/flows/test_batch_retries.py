@@ -29,6 +29,7 @@ def _times_processing(prefix: str, dask_scheduler=None) -> dict[str, int]:
     return counts
 
 
+@pytest.mark.slow  # a cluster of its own
 def test_a_damaged_chunk_is_computed_once(
     prefect_harness: None, tiny_model: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -36,6 +36,7 @@ def run_main(capsys: pytest.CaptureFixture[str], *args: str) -> subprocess.Compl
     return subprocess.CompletedProcess(list(args), code, out, err)
 
 
+@pytest.mark.slow  # tests/reliability/test_bad_slides' one CLI run covers good and broken slides
 def test_good_and_broken_slides_in_one_call(tmp_path, tiny_model_dir):
     out = tmp_path / "out"
     args = ["--model", str(tiny_model_dir), "--out", str(out), "--quiet"]

@@ -97,6 +97,7 @@ def test_bad_dataset_is_one_clear_error(tmp_path: Path, capsys: pytest.CaptureFi
     assert not (tmp_path / "m").exists() and not (tmp_path / "m.work").exists()
 
 
+@pytest.mark.slow  # a whole training
 def test_last_batch_of_one_trains(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The real sample's 9 patches in batches of 4 leave one over: it joins the last batch."""
     out = tmp_path / "m"

@@ -245,7 +245,11 @@ def local_cmu(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) ->
     return out
 
 
-@pytest.mark.parametrize("name", list(SOURCES))
+@pytest.mark.parametrize(
+    # decoder processes on workers: test_bands_on_workers_write_what_local_runs_write's
+    "name",
+    [pytest.param("decoders", marks=pytest.mark.slow), "reader-thread"],
+)
 def test_segment_slide_with_a_client_runs_bands(
     client, local_cmu: Path, tmp_path: Path, tiny_model_dir: Path, name: str
 ) -> None:
@@ -287,6 +291,7 @@ def test_segment_slide_with_a_client_runs_bands(
     assert band["cores"]["value"] == max(1, cores // 2)  # two bands at once on this machine
 
 
+@pytest.mark.slow  # a whole slide on the cluster a second time
 def test_bands_read_on_the_device_where_the_slide_allows_it(
     client, tmp_path: Path, tiny_model_dir: Path
 ) -> None:

@@ -260,6 +260,7 @@ def test_degenerate_slide_shapes_give_valid_outputs(
     assert_complete_output(out / name)
 
 
+@pytest.mark.slow  # a cluster of its own; test_dask_bands' damaged slide covers the cluster error path
 def test_damaged_tile_on_a_cluster_leaves_nothing_behind(
     pyramid_with_bad_chunk_tile, tiny_model_dir, tmp_path
 ):

@@ -239,6 +239,7 @@ os._exit(3 if any(t.is_alive() for t in threads) else 0)
 """
 
 
+@pytest.mark.slow  # three fresh interpreters compiling OpenVINO
 def test_threads_whose_first_inference_is_at_once_do_not_deadlock(cache: Path) -> None:
     """A run's compute threads with a warm cache (no forward at load) met in OpenVINO's first
     numpy conversion at once and hung for good (pybind11's npy_api guard against the GIL);

@@ -35,6 +35,7 @@ print(converter.tm.__name__)
 """
 
 
+@pytest.mark.slow  # a fresh interpreter converting a model
 @pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="no OpenVINO")
 def test_a_conversion_by_a_user_who_never_opted_out_sends_no_telemetry(tmp_path: Path) -> None:
     home = tmp_path / "home"

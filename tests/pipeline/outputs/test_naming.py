@@ -84,6 +84,7 @@ def _tree(folder: Path) -> dict[str, tuple[int, bytes]]:
     }
 
 
+@pytest.mark.slow  # two whole runs
 def test_an_earlier_versions_folder_is_left_untouched(tmp_path: Path, tiny_model_dir: Path) -> None:
     """A real OME-TIFF run under the name an earlier version gave it (`OS-1-detail.ome/`),
     then a run now, also with --overwrite: the new folder is `OS-1-detail/`, the old one

@@ -135,6 +135,7 @@ def test_cam_on_the_same_classifier(gradcam_run: Run, tmp_path: Path) -> None:
     assert not np.array_equal(_written(run)[2], _written(gradcam_run)[2])
 
 
+@pytest.mark.slow  # a whole training; the LFI-CAM head's reference test stays
 def test_lfi_cam_with_its_head(tmp_path: Path) -> None:
     _check(_train(SAMPLE, tmp_path, "lficam", head="lficam"), "lficam")
 
