@@ -44,6 +44,13 @@ if TYPE_CHECKING:  # distributed is imported only when a cluster is used
 log = logging.getLogger(__name__)
 
 BANDS_PER_SLOT = 3  # bands per band a worker can run at once: a lost band is a small part
+# Slides of a batch share one cluster fairly by construction: a band runs about this many
+# tiles at most (more only where one write unit holds more), so a slot frees within one
+# short band whatever the slide's size, and a slide's k-th band has priority -k, so a slide
+# that starts later takes the next free slot ahead of the bands a slow slide still has
+# queued (its first band ahead of their second, ...): it never waits for the whole of
+# another slide (docs/reliability.md, "Slides sharing a cluster").
+BAND_TILES = 2048
 GPU_RESOURCE = "GPU"
 
 
@@ -94,7 +101,7 @@ def run_bands(
     specs = list(specs)
     placement = _slots(client)
     slots = max(1, sum(placement[0].values()))
-    ranges = contiguous_runs(specs, bands if bands is not None else BANDS_PER_SLOT * slots)
+    ranges = contiguous_runs(specs, bands if bands is not None else band_count(specs, slots))
     if not ranges:
         return []
     pieces = [specs[r.start : r.stop] for r in ranges]
@@ -108,6 +115,13 @@ def run_bands(
     return [o for b in finished for o in b.outcomes]
 
 
+def band_count(specs: Sequence[ChunkSpec], slots: int) -> int:
+    """Bands to cut a slide into: a few per slot the cluster runs at once, and more for a
+    large slide, so that none runs more than `BAND_TILES` tiles."""
+    tiles = sum(len(s.tiles) for s in specs)
+    return max(BANDS_PER_SLOT * slots, -(-tiles // BAND_TILES))
+
+
 def _submit_bands(
     client: Client,
     job: SlideJob,
@@ -119,7 +133,8 @@ def _submit_bands(
 ) -> tuple[Event, list[Future[Any]]]:
     """One Dask task per band, all watching one new cluster-wide abort event (returned with
     the futures); the job is scattered once to every worker rather than sent with each band,
-    and a band on GPU workers takes a worker's GPU resource."""
+    and a band on GPU workers takes a worker's GPU resource. Band k has priority -k, so the
+    bands of slides in flight interleave (`BAND_TILES`)."""
     from distributed import Event
 
     at_once, gpu = placement
@@ -139,6 +154,7 @@ def _submit_bands(
             key=f"{key_prefix}-{k}-of-{len(pieces)}",
             retries=2,
             pure=False,
+            priority=-k,
             resources={GPU_RESOURCE: 1} if gpu else None,
         )
         for k, piece in enumerate(pieces)
