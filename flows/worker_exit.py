@@ -1,7 +1,7 @@
 """A local cluster's worker process ends within the second its nanny asks it to.
 
 When a cluster closes, each nanny asks its worker to close and waits 0.8 x its close
-timeout (4 s with Dask's defaults, which `LocalCluster.close` does not let us change) for
+timeout (4 s with the defaults, which closing a local cluster does not let us change) for
 the process to end, then kills it with the warning "Worker process still alive after 4.0
 seconds, killing". Our workers close in well under a second; what took the rest was the
 interpreter's own exit after that: a worker that ran a band has imported torch, timm and
