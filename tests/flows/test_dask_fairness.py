@@ -18,7 +18,12 @@ from tests.flows.conftest import write_synthetic_slide
 from tests.pipeline.inference.test_band_runner import band_job, band_options
 from tests.pipeline.inference.test_engine import make_job
 from wsi_segment.models.bundle import load_model
-from wsi_segment.pipeline.inference.band_runner import BAND_TILES, band_count, run_bands
+from wsi_segment.pipeline.inference.band_runner import (
+    BAND_TILES,
+    GPU_BAND_TILES,
+    band_count,
+    run_bands,
+)
 from wsi_segment.pipeline.inference.model_handle import ModelHandle
 from wsi_segment.pipeline.inference.slide_job import SlideJob
 from wsi_segment.wsi.tiling import ChunkSpec, contiguous_runs
@@ -113,3 +118,6 @@ def test_bands_are_capped_in_tiles_so_a_slot_frees_soon_whatever_the_slide_size(
     assert band_count(specs[:10], slots=2) == 6  # small slides: three per slot, as before
     runs = contiguous_runs(specs, band_count(specs, slots=2))
     assert max(sum(len(specs[i].tiles) for i in r) for r in runs) <= BAND_TILES
+    # one band at a time per GPU: bands 8x as long, as many as the tiles need
+    assert band_count(specs, slots=2, gpu=True) == 6  # 4 of GPU_BAND_TILES: three per slot
+    assert band_count(specs * 4, slots=2, gpu=True) == -(-256_000 // GPU_BAND_TILES) == 16
