@@ -199,7 +199,8 @@ def dask_client(
     A local cluster's workers are non-daemonic for its whole life (`WORKERS_NOT_DAEMONIC`:
     bands of the engine start decoder processes on them), and its temporary certificates
     are this process's Dask client configuration meanwhile (`security_config`). A remote
-    cluster is left running at exit; only our connection closes.
+    cluster is left running at exit; only our connection closes. A local cluster's workers
+    end within the nanny's close timeout (`flows.worker_exit.FreezeAtExit`).
     """
     from distributed import Client
 
@@ -212,6 +213,8 @@ def dask_client(
         return
     import dask
 
+    from wsi_segment.flows.worker_exit import FreezeAtExit
+
     security = local_security()
     # while it runs, a client of this process given its address (a flow, a test) has its key
     with dask.config.set({**WORKERS_NOT_DAEMONIC, **security_config(security)}):
@@ -219,6 +222,7 @@ def dask_client(
         try:
             client = Client(cluster, security=security)
             try:
+                client.register_plugin(FreezeAtExit())  # workers end in time at close
                 yield client
             finally:
                 client.close()

@@ -45,6 +45,16 @@ if TYPE_CHECKING:  # distributed is imported only when a cluster is used
 log = logging.getLogger(__name__)
 
 BANDS_PER_SLOT = 3  # bands per band a worker can run at once: a lost band is a small part
+# Slides of a batch share one cluster fairly by construction: a band runs about this many
+# tiles at most (more only where one write unit holds more), so a slot frees within one
+# short band whatever the slide's size, and a slide's k-th band has priority -k, so a slide
+# that starts later takes the next free slot ahead of the bands a slow slide still has
+# queued (its first band ahead of their second, ...): it never waits for the whole of
+# another slide (docs/reliability.md, "Slides sharing a cluster"). A GPU band may run 8x as
+# many: a band's fixed cost (its policy, its decoders' start, about a second) stays small
+# beside its tiles on a device that runs them that much faster.
+BAND_TILES = 2048
+GPU_BAND_TILES = 8 * BAND_TILES
 GPU_RESOURCE = "GPU"
 
 
@@ -95,7 +105,8 @@ def run_bands(
     specs = list(specs)
     placement = _slots(client)
     slots = max(1, sum(placement[0].values()))
-    ranges = contiguous_runs(specs, bands if bands is not None else BANDS_PER_SLOT * slots)
+    parts = bands if bands is not None else band_count(specs, slots, placement[1])
+    ranges = contiguous_runs(specs, parts)
     if not ranges:
         return []
     pieces = [specs[r.start : r.stop] for r in ranges]
@@ -109,6 +120,14 @@ def run_bands(
     return [o for b in finished for o in b.outcomes]
 
 
+def band_count(specs: Sequence[ChunkSpec], slots: int, gpu: bool = False) -> int:
+    """Bands to cut a slide into: a few per slot the cluster runs at once, and more for a
+    large slide, so that none runs more than `BAND_TILES` tiles (`GPU_BAND_TILES` on
+    workers that each run one band on their GPU)."""
+    tiles = sum(len(s.tiles) for s in specs)
+    return max(BANDS_PER_SLOT * slots, -(-tiles // (GPU_BAND_TILES if gpu else BAND_TILES)))
+
+
 def _submit_bands(
     client: Client,
     job: SlideJob,
@@ -120,7 +139,8 @@ def _submit_bands(
 ) -> tuple[Event, list[Future[Any]]]:
     """One Dask task per band, all watching one new cluster-wide abort event (returned with
     the futures); the job is scattered once to every worker rather than sent with each band,
-    and a band on GPU workers takes a worker's GPU resource."""
+    and a band on GPU workers takes a worker's GPU resource. Band k has priority -k, so the
+    bands of slides in flight interleave (`BAND_TILES`)."""
     from distributed import Event
 
     at_once, gpu = placement
@@ -140,6 +160,7 @@ def _submit_bands(
             key=f"{key_prefix}-{k}-of-{len(pieces)}",
             retries=2,
             pure=False,
+            priority=-k,
             resources={GPU_RESOURCE: 1} if gpu else None,
         )
         for k, piece in enumerate(pieces)
