@@ -21,11 +21,8 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/wsi-segment tests/data/CMU-1-Small-Region.svs --out wsi-segment-out --overwrite
 
-# the fast suite on TEST_WORKERS processes, one test module each at a time (its module-scoped
-# clusters and models stay in one process); TEST_WORKERS=0 runs it in this process
-TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow" -q -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -m "not slow" -q
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q
