@@ -33,6 +33,13 @@ from wsi_segment.models.runtimes.decision import (
     runtime_decision,
 )
 from wsi_segment.models.runtimes.verdict import CALIBRATION_WHERE
+from wsi_segment.pipeline.engine_sizes import (
+    batch_size_decision,
+    chunk_tiles_decision,
+    computes_decision,
+    cores_decision,
+    model_lock_decision,
+)
 from wsi_segment.pipeline.machine import GIB, Gpu, Machine
 from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.pipeline.read_policy import (
@@ -51,9 +58,6 @@ if TYPE_CHECKING:
     from wsi_segment.models.runtimes.spec import RuntimeSpec
 
 LOCAL, BAND, CLUSTER = "local", "band", "cluster"  # where the engine runs (`RunFacts.place`)
-CPU_BATCH, GPU_BATCH = 16, 64
-CPU_CHUNK_TILES, GPU_CHUNK_TILES = 4, 8
-CPU_COMPUTES = 2
 
 
 @dataclass(frozen=True)
@@ -178,12 +182,12 @@ def decide(
     gpu = machine.gpus[0] if cuda and machine.gpus else None
     at_once = max(1, facts.at_once)
     band = facts.place == BAND
-    cores, process_cores = _cores(machine, band, at_once, max(1, facts.worker_bands))
+    cores, process_cores = cores_decision(machine, band, at_once, max(1, facts.worker_bands))
     reads = read_device_decision(options, cuda, gpu, facts.reads)
     decoders = decoders_decision(options, machine, cuda, reads.value == GPU, band, at_once)
     if decoders.value and facts.daemonic:
         decoders = Decision(0, f"{DAEMONIC}; {decoders.value} were due ({decoders.reason})")
-    computes = _computes(options, cuda, band)
+    computes = computes_decision(options, cuda, band)
     runtime = _runtime(machine, options, cuda, facts.pinned_runtime)
     precision = _precision(options, machine, cuda, gpu, runtime.value, facts.pinned_precision)
     calibration = facts.calibrations.get(runtime.value)
@@ -198,10 +202,10 @@ def decide(
         runtime=runtime,
         precision=precision,
         calibration=calibration,
-        chunk_tiles=_chunk_tiles(options, cuda),
-        batch_size=_batch_size(options, cuda, gpu),
+        chunk_tiles=chunk_tiles_decision(options, cuda),
+        batch_size=batch_size_decision(options, cuda, gpu),
         compute_threads=computes,
-        model_lock=_model_lock(cuda, band, computes.value),
+        model_lock=model_lock_decision(cuda, band, computes.value),
         cores=cores,
         process_cores=process_cores,
         read_device=reads,
@@ -349,63 +353,6 @@ def runtime_spec(plan: ExecutionPlan, options: SegmentParams) -> RuntimeSpec:
         precision_reason=f"{plan.precision.value}: {plan.precision.reason}",
         fallback_reason=f"{fallback.value}: {fallback.reason}",
         calibration=plan.calibration,
-    )
-
-
-def _chunk_tiles(options: SegmentParams, cuda: bool) -> Decision[int]:
-    if options.chunk_tiles is not None:
-        return Decision(options.chunk_tiles, f"asked for (--chunk-tiles {options.chunk_tiles})")
-    if cuda:
-        return Decision(GPU_CHUNK_TILES, "a GPU: 8 x 8 tiles, one default batch per chunk")
-    return Decision(CPU_CHUNK_TILES, "the CPU default")
-
-
-def _batch_size(options: SegmentParams, cuda: bool, gpu: Gpu | None) -> Decision[int]:
-    cap = (
-        f"; capped to 80 % of the free memory of the {gpu.memory_bytes / GIB:.0f} GiB GPU, "
-        "measured by one probe forward pass"
-        if gpu is not None
-        else ""
-    )
-    if options.batch_size is not None:
-        return Decision(options.batch_size, f"asked for (--batch-size {options.batch_size}){cap}")
-    if cuda:
-        return Decision(GPU_BATCH, f"the GPU default{cap}")
-    return Decision(CPU_BATCH, "the CPU default")
-
-
-def _computes(options: SegmentParams, cuda: bool, band: bool) -> Decision[int]:
-    if cuda:
-        return Decision(1, "one thread owns the GPU's model (its kernels queue on one stream)")
-    if band:
-        return Decision(1, "one per band: a worker's bands run side by side on its cores")
-    if options.threads is not None:
-        return Decision(options.threads, f"asked for (--threads {options.threads})")
-    return Decision(
-        CPU_COMPUTES,
-        "the CPU default: forward passes side by side spend less time in OpenMP barriers",
-    )
-
-
-def _model_lock(cuda: bool, band: bool, computes: int) -> Decision[bool]:
-    if cuda:
-        return Decision(True, "one forward pass at a time per GPU")
-    if band:
-        return Decision(False, "each band of a CPU worker runs on its own share of the cores")
-    if computes > 1:
-        return Decision(False, "compute threads run side by side, each on its share of cores")
-    return Decision(True, "one compute thread takes turns with other slides' engines")
-
-
-def _cores(machine: Machine, band: bool, at_once: int, bands: int) -> tuple[Decision[int], ...]:
-    whole = Decision(machine.cores, "every usable core of this process")
-    if not band:
-        return whole, whole
-    share = max(1, machine.cores // at_once)
-    process = max(1, min(machine.cores, share * bands))
-    return (
-        Decision(share, f"this band's share: {machine.cores} cores / {at_once} bands"),
-        Decision(process, f"this worker's {bands} bands at once, {share} cores each"),
     )
 
 

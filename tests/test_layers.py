@@ -20,6 +20,7 @@ BASE = (
     "progress",
     "machine",
     "run_policy",
+    "engine_sizes",
     "read_policy",
     "output_files",
     "cancellation",
