@@ -37,6 +37,16 @@ class ModelError(WsiSegmentError):
     """A model folder is missing, incomplete, unsafe or does not match its JSON."""
 
 
+class GraphNotExpressible(ModelError):
+    """The model's graph cannot be exported to an optimised runtime (OpenVINO); the reason
+    is the message. A run that did not name the runtime falls back to torch and says why."""
+
+
+class RuntimeUnavailable(WsiSegmentError):
+    """An optimised runtime (OpenVINO) cannot be imported, or cannot compile or load a graph
+    on this machine; the run falls back to torch and says why."""
+
+
 class DatasetError(WsiSegmentError):
     """A training/evaluation dataset folder is malformed."""
 

@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from wsi_segment.errors import GraphNotExpressible, RuntimeUnavailable
+
 from ..reduction import ReducedOutputs
 from .cache import cpu_key, entry_name, load_entry, store_best_effort
 from .graph import Geometry
@@ -42,14 +44,6 @@ _GRAPH_FORMAT = 1  # bump when TileGraph changes what it computes
 # torch.export keeps its tracing state in process-wide slots: two exports at once (slides of
 # a batch loading their model side by side) break each other. The one lock of this module.
 _EXPORT_LOCK = threading.Lock()
-
-
-class RuntimeUnavailable(RuntimeError):
-    """OpenVINO cannot be imported, or cannot compile or load a graph on this machine."""
-
-
-class GraphNotExpressible(RuntimeError):
-    """The model's graph cannot be exported to OpenVINO (the reason is the message)."""
 
 
 TELEMETRY_MODULE = "openvino_telemetry"

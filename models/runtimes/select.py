@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from wsi_segment.errors import ModelError
+from wsi_segment.errors import GraphNotExpressible, ModelError, RuntimeUnavailable
 
 from ..precision_calibration import (
     MIN_AGREEMENT,
@@ -40,7 +40,7 @@ from .cache import default_cache_dir
 from .decision import BF16_IF_CALIBRATED
 from .executor import Executor, OpenVINOExecutor, TorchExecutor, whole_tile_labels
 from .graph import Geometry
-from .openvino_runtime import GraphNotExpressible, OpenVINOGraphs, RuntimeUnavailable
+from .openvino_runtime import OpenVINOGraphs
 from .spec import RuntimeSpec
 from .verdict import (
     CALIBRATION_FIELDS,

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from wsi_segment.errors import ModelError
+from wsi_segment.errors import GraphNotExpressible, ModelError, RuntimeUnavailable, WsiSegmentError
 from wsi_segment.models.classifier import build_classifier
 from wsi_segment.models.cpu import cpu_flags
 from wsi_segment.models.meta import ModelMeta
@@ -285,6 +285,19 @@ def test_a_graph_openvino_cannot_express_runs_in_torch_under_auto_and_is_refused
     assert choice.warning is not None and choice.warning.endswith("; ran in torch")
     with pytest.raises(ModelError, match=r"cannot be exported to OpenVINO .*use --runtime torch"):
         open_runtime(model, ov_spec(by_name=True), cache)
+
+
+def test_what_openvino_cannot_run_is_an_error_of_the_one_hierarchy(cache: Path) -> None:
+    """Where the export fails, the error is a ModelError (wsi_segment.errors), not a bare
+    RuntimeError: should one ever escape the fallback, it is reported as an expected error."""
+    torch.manual_seed(0)
+    model = SegmentationModel(_Classifier(), _Branchy(), META).to_device("cpu")
+    graphs = OpenVINOGraphs(model, "fp32", 1, cpu_flags(), cache)
+    with pytest.raises(GraphNotExpressible) as info:
+        graphs.exported_graph(GEOMETRY)
+    assert isinstance(info.value, ModelError) and not isinstance(info.value, RuntimeError)
+    assert issubclass(RuntimeUnavailable, WsiSegmentError)
+    assert not issubclass(RuntimeUnavailable, RuntimeError)
 
 
 def test_where_openvino_cannot_run_torch_runs_the_plans_precision_for_torch(
