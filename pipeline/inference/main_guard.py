@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ast
-import multiprocessing as mp
+import inspect
 import sys
 from pathlib import Path
 
@@ -22,13 +22,14 @@ def check_main_guard() -> None:
     A spawned child imports the parent's main script (as `__mp_main__`); a script that
     segments at module level would then segment again in every decoder. Checked in the
     parent (the script has no top-level `if __name__ ...` block) and, for a script that has
-    one but also segments outside it, in the child while it imports (multiprocessing's own
-    test of a child still bootstrapping)."""
+    one but also segments outside it, in the child while it imports that script
+    (`importing_main_script`)."""
     main = sys.modules.get("__main__")
     path = getattr(main, "__file__", None)
-    if getattr(mp.current_process(), "_inheriting", False):
-        raise ConfigError(f"{path or 'the main script'}: segment_slide ran while a decoder "
-                          f"process imported this script; {GUARD_FIX}")  # fmt: skip
+    importing = importing_main_script()
+    if importing is not None:
+        raise ConfigError(f"{importing}: segment_slide ran while a decoder process imported "
+                          f"this script; {GUARD_FIX}")  # fmt: skip
     spec_name = getattr(getattr(main, "__spec__", None), "name", None) or ""
     if path is None or spec_name.rpartition(".")[2] == "__main__":
         return  # interactive, -c, or a package's __main__: spawn does not re-run it
@@ -39,6 +40,22 @@ def check_main_guard() -> None:
     if not any(isinstance(node, ast.If) and _names_main(node.test) for node in tree.body):
         raise ConfigError(f"{path}: this script has no `if __name__ == \"__main__\":` block, "
                           f"and the engine spawns decoder processes; {GUARD_FIX}")  # fmt: skip
+
+
+def importing_main_script() -> str | None:
+    """The parent's main script, when this process is a spawned child still importing it
+    (multiprocessing runs it as `__mp_main__` before the child's target starts); else None.
+
+    Told from the call stack (public frame attributes): module-level code of `__mp_main__`
+    is on it only during that import; a child's target, and any code after its start, runs
+    below multiprocessing's bootstrap instead."""
+    frame = inspect.currentframe()
+    while frame is not None:
+        names = frame.f_globals
+        if frame.f_code.co_name == "<module>" and names.get("__name__") == "__mp_main__":
+            return str(names.get("__file__") or "the main script")
+        frame = frame.f_back
+    return None
 
 
 def _names_main(test: ast.expr) -> bool:

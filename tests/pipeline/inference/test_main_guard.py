@@ -49,3 +49,41 @@ def test_a_guarded_script_runs_the_engine(tmp_path, tiny_model_dir):
     done = run_script(tmp_path / "guarded.py", body + '\nif __name__ == "__main__":\n    main()\n')
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["done"]
+
+
+CHECKS_AT_IMPORT = """
+import multiprocessing
+from wsi_segment.errors import ConfigError
+from wsi_segment.pipeline.inference.main_guard import check_main_guard
+
+def check(where):
+    try:
+        check_main_guard()
+        print(where, "passed", flush=True)
+    except ConfigError as exc:
+        print(where, "refused:", exc, flush=True)
+
+check(__name__)  # module level: in the parent, and again in a spawned child's import
+
+if __name__ == "__main__":
+    child = multiprocessing.get_context("spawn").Process(target=check, args=("target",))
+    child.start()
+    child.join()
+"""
+
+
+def test_a_spawned_child_is_refused_only_while_it_imports_the_main_script(tmp_path):
+    """A guarded script that still segments at module level: the parent passes (it has a
+    guard), the spawned child is refused while it imports the script as `__mp_main__`, and
+    the child's target (what a decoder, or a Dask worker process, runs) passes."""
+    script = tmp_path / "half_guarded.py"
+    done = run_script(script, CHECKS_AT_IMPORT)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert [line.split(" ", 2)[:2] for line in lines] == [
+        ["__main__", "passed"],
+        ["__mp_main__", "refused:"],
+        ["target", "passed"],
+    ]
+    assert lines[1].startswith(f"__mp_main__ refused: {script}: segment_slide ran while")
+    assert "decoders=0" in lines[1]
