@@ -167,7 +167,13 @@ class OpenVINOGraphs:
             self._compiled.clear()
         self._local.requests = {}
 
-    def _streams(self) -> int:
+    def compiled(self) -> list[Any]:
+        """The graphs compiled so far (openvino.CompiledModel: their properties say how they
+        run, e.g. NUM_STREAMS)."""
+        with self._lock:
+            return list(self._compiled.values())
+
+    def thread_streams(self) -> int:
         """Streams for the calling thread: the threads over its share of the cores (its torch
         thread count, set by the engine's compute threads; all of them elsewhere)."""
         return self.threads // max(1, min(self.threads, torch.get_num_threads()))
@@ -176,7 +182,7 @@ class OpenVINOGraphs:
         """This thread's infer request for (geometry, batch)."""
         requests: dict[tuple[Geometry, int, int], Any] = getattr(self._local, "requests", {})
         self._local.requests = requests
-        key = (geometry, batch, self._streams())
+        key = (geometry, batch, self.thread_streams())
         if key in requests:
             return requests[key]
         with self._lock:

@@ -208,9 +208,9 @@ def test_compute_threads_run_side_by_side_in_streams_of_their_share(cache: Path)
             t.join()
     finally:
         torch.set_num_threads(before)
-    streams = sorted(int(c.get_property("NUM_STREAMS")) for c in graphs._compiled.values())
+    streams = sorted(int(c.get_property("NUM_STREAMS")) for c in graphs.compiled())
     assert streams == [1, 2]
-    assert all(not c.get_property("ENABLE_CPU_PINNING") for c in graphs._compiled.values())
+    assert all(not c.get_property("ENABLE_CPU_PINNING") for c in graphs.compiled())
     assert len(shared) == 2
     for outputs in shared:
         assert all(np.array_equal(p, q) for p, q in zip(whole, outputs, strict=True))
@@ -381,7 +381,7 @@ def test_a_warm_cache_opens_openvino_without_a_forward_or_a_calibration_graph(
     first = open_runtime(model, spec, tmp_path)
     assert first.checks_computed == 2 and first.calibration is not None
     assert first.graphs is not None and first.graphs.builds >= 1
-    assert first.graphs._compiled == {} and first.graphs._local.requests == {}
+    assert first.graphs.compiled() == []
     forwards: list[int] = []
     model.segmenter.register_forward_hook(lambda *_: forwards.append(1))
     second = open_runtime(model, spec, tmp_path)

@@ -301,7 +301,7 @@ def test_a_worker_s_openvino_graphs_take_its_bands_cores_not_its_torch_count(
 
     def band_compute_thread() -> None:  # its share of the cores, as DeviceConsumer sets it
         torch.set_num_threads(share)
-        streams.append(graphs._streams())
+        streams.append(graphs.thread_streams())
 
     thread = threading.Thread(target=band_compute_thread)
     thread.start()
