@@ -90,7 +90,8 @@ def create_probability_store(
     viewers show; default: the folder name. `path` is the store's root (bioformats2raw
     layout); the array returned is `level0_path(path)`.
     """
-    h, w, cy, cx = _checked_sizes(class_names, colors, shape_yx, chunk_yx)
+    _check_one_colour_per_class(class_names, colors)
+    h, w, cy, cx = _checked_sizes(shape_yx, chunk_yx)
     mpp = _pair(output_mpp, "output_mpp")
     ds = _pair(level0_downsample, "level0_downsample")
     image_name = name or Path(path).name
@@ -115,18 +116,18 @@ def create_probability_store(
     return arr
 
 
-def _checked_sizes(
-    class_names: Sequence[str],
-    colors: Sequence[Color],
-    shape_yx: tuple[int, int],
-    chunk_yx: tuple[int, int],
-) -> tuple[int, int, int, int]:
-    """The store's (height, width, chunk height, chunk width), once one colour per class and
-    positive sizes are checked."""
+def _check_one_colour_per_class(class_names: Sequence[str], colors: Sequence[Color]) -> None:
+    """Every channel is a class with its colour (viewers show both)."""
     if len(class_names) != len(colors) or not class_names:
         raise ConfigError(
             f"need one colour per class, got {len(class_names)} names, {len(colors)} colours"
         )
+
+
+def _checked_sizes(
+    shape_yx: tuple[int, int], chunk_yx: tuple[int, int]
+) -> tuple[int, int, int, int]:
+    """The store's (height, width, chunk height, chunk width), once all are positive."""
     h, w = (int(v) for v in shape_yx)
     cy, cx = (int(v) for v in chunk_yx)
     if h <= 0 or w <= 0 or cy <= 0 or cx <= 0:
