@@ -8,13 +8,18 @@ tiles, so a slide is a handful of tiles and the tests measure orchestration, not
 from __future__ import annotations
 
 import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 
 import wsi_segment.flows.prefect_env  # noqa: F401  (offline settings before prefect is imported)
+
+if TYPE_CHECKING:
+    from tests.flows.test_deploy_server import Processes
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 CMU = DATA / "CMU-1-Small-Region.svs"
@@ -128,3 +133,36 @@ def stable_summary(folder: Path) -> dict:
     for key in ("read_device", "read_device_reason"):
         summary.get("run_stats", {}).pop(key, None)
     return summary
+
+
+def deploy_nightly(env: dict[str, str], slides: Path, out: Path, model: Path, *params: str) -> None:
+    """The recipe's process work pool and `deploy/prefect.yaml`'s `nightly` deployment on
+    it, reading `slides` into `out` with `model`; `params`: more `name=value` parameters."""
+    from tests.flows.test_deploy_server import BIN, run
+
+    prefect = str(BIN / "prefect")
+    run([prefect, "work-pool", "create", "wsi-segment", "--type", "process"], env)
+    argv = [prefect, "deploy", "--prefect-file", "deploy/prefect.yaml", "--name", "nightly"]
+    for param in (f"input={slides}", f"out={out}", f"model_dir={model}", *params):
+        argv += ["--param", param]
+    run(argv, env)
+
+
+def start_worker(
+    env: dict[str, str], processes: Processes, name: str = "worker"
+) -> subprocess.Popen[bytes]:
+    """The worker as its systemd unit starts it (its log: `name`)."""
+    from tests.flows.test_deploy_server import SYSTEMD, unit_commands
+
+    [argv] = unit_commands(SYSTEMD / "prefect-worker.service", "ExecStart")
+    return processes.start(name, argv, env)
+
+
+def run_nightly(env: dict[str, str]) -> str:
+    """Start a run of the `nightly` deployment now; its flow run's id."""
+    from tests.flows.test_deploy_server import BIN, UUID, run
+
+    stdout = run([str(BIN / "prefect"), "deployment", "run", "segment-batch/nightly"], env)
+    found = UUID.search(stdout)
+    assert found is not None, stdout
+    return found.group(0)

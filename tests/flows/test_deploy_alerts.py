@@ -26,17 +26,16 @@ from uuid import uuid4
 import pytest
 
 from tests.conftest import MORNING_REPORT
+from tests.flows.conftest import deploy_nightly, run_nightly, start_worker
 from tests.flows.test_deploy_server import (
     BIN,
     REPO,
     SYSTEMD,
-    UUID,
     Processes,
     env_file,
     processes,  # noqa: F401
     run,
     start_server,
-    unit_commands,
     unit_env,
     wait_for,
 )
@@ -238,27 +237,13 @@ def test_a_worker_killed_mid_run_ends_crashed_and_the_next_run_does_only_what_is
     for i, name in enumerate(names):
         write_synthetic_slide(slides / f"{name}.tif", (3072, 2048), seed=10 + i)
     out = tmp_path / "outputs"
-    run([str(BIN / "prefect"), "work-pool", "create", "wsi-segment", "--type", "process"], env)
-    run(
-        [
-            str(BIN / "prefect"), "deploy", "--prefect-file", "deploy/prefect.yaml",
-            "--name", "nightly", "--param", f"input={slides}", "--param", f"out={out}",
-            "--param", f"model_dir={tiny_model}", "--param", "workers=0",
-            "--param", "concurrency=1",
-        ],
-        env,
-    )  # fmt: skip
-    [worker_argv] = unit_commands(SYSTEMD / "prefect-worker.service", "ExecStart")
-
-    def start_run() -> str:
-        stdout = run([str(BIN / "prefect"), "deployment", "run", "segment-batch/nightly"], env)
-        return str(UUID.search(stdout).group(0))  # type: ignore[union-attr]
+    deploy_nightly(env, slides, out, tiny_model, "workers=0", "concurrency=1")
 
     def state_of(flow_run_id: str) -> str:
         return str(api(url, "GET", f"/flow_runs/{flow_run_id}")["state_type"])
 
-    worker = processes.start("worker", worker_argv, env)
-    first = start_run()
+    worker = start_worker(env, processes)
+    first = run_nightly(env)
     partial = wait_for(
         "a slide being written",
         lambda: next(iter(out.glob(".*.partial")), None),
@@ -280,8 +265,8 @@ def test_a_worker_killed_mid_run_ends_crashed_and_the_next_run_does_only_what_is
     assert message.startswith("No heartbeat for 5 minutes"), message  # the automation's
     assert any(out.glob(".*.partial")) or any(out.glob(".*.lock"))
 
-    processes.start("worker-again", worker_argv, env)
-    second = start_run()
+    start_worker(env, processes, "worker-again")
+    second = run_nightly(env)
     wait_for(
         "the next run",
         lambda: state_of(second) in ("COMPLETED", "FAILED", "CRASHED"),
@@ -320,29 +305,12 @@ def test_one_failed_night_sends_one_alert_on_postgresql_with_the_machine_loaded(
         hook = Hook()
         try:
             create_alert(hook, env, tmp_path)
-            run(
-                [str(BIN / "prefect"), "work-pool", "create", "wsi-segment", "--type", "process"],
-                env,
-            )
-            run(
-                [
-                    str(BIN / "prefect"), "deploy", "--prefect-file", "deploy/prefect.yaml",
-                    "--name", "nightly", "--param", f"input={tmp_path / 'no-slides-here'}",
-                    "--param", f"out={tmp_path / 'outputs'}", "--param", f"model_dir={tiny_model}",
-                ],
-                env,
-            )  # fmt: skip
+            deploy_nightly(env, tmp_path / "no-slides-here", tmp_path / "outputs", tiny_model)
             busy = [sys.executable, "-c", "while True: pass"]
             for i in range(2 * (os.cpu_count() or 1)):
                 processes.start(f"load-{i}", busy, env)
-            [worker] = unit_commands(SYSTEMD / "prefect-worker.service", "ExecStart")
-            processes.start("worker", worker, env)
-            runs = []
-            for _ in range(3):
-                stdout = run(
-                    [str(BIN / "prefect"), "deployment", "run", "segment-batch/nightly"], env
-                )
-                runs.append(str(UUID.search(stdout).group(0)))  # type: ignore[union-attr]
+            start_worker(env, processes)
+            runs = [run_nightly(env) for _ in range(3)]
 
             def failed() -> bool:
                 states = [api(url, "GET", f"/flow_runs/{r}")["state_type"] for r in runs]

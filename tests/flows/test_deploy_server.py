@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.flows.conftest import copy_slides
+from tests.flows.conftest import copy_slides, deploy_nightly, run_nightly, start_worker
 from tests.wsi.test_tissue import write_slide
 
 pytestmark = pytest.mark.slow
@@ -176,21 +176,12 @@ def test_nightly_deployment_runs_on_a_live_server_and_worker(
     url = start_server(env, processes, 120)
     assert (tmp_path / "prefect-home" / "prefect.db").is_file()  # made by ExecStartPre
 
-    run([str(BIN / "prefect"), "work-pool", "create", "wsi-segment", "--type", "process"], env)
     slides = copy_slides(slides_dir, tmp_path / "slides", ["synth-a.tif"])
     rng = np.random.default_rng(0)
     glass = np.clip(rng.normal(236, 3, (512, 640, 3)), 0, 255).astype(np.uint8)
     write_slide(slides / "blank.tif", glass, mpp=2.0)
     out = tmp_path / "outputs"
-    run(
-        [
-            str(BIN / "prefect"), "deploy", "--prefect-file", "deploy/prefect.yaml",
-            "--name", "nightly",
-            "--param", f"input={slides}", "--param", f"out={out}",
-            "--param", f"model_dir={tiny_model}",
-        ],
-        env,
-    )  # fmt: skip
+    deploy_nightly(env, slides, out, tiny_model)
     deployment = api(url, "GET", "/deployments/name/segment-batch/nightly")
     assert deployment["parameters"]["input"] == str(slides)
     assert deployment["parameters"]["dask_address"] is None
@@ -199,10 +190,8 @@ def test_nightly_deployment_runs_on_a_live_server_and_worker(
     ]
     assert [s["schedule"]["cron"] for s in deployment["schedules"]] == ["0 2 * * *"]
 
-    [worker] = unit_commands(SYSTEMD / "prefect-worker.service", "ExecStart")
-    processes.start("worker", worker, env)
-    stdout = run([str(BIN / "prefect"), "deployment", "run", "segment-batch/nightly"], env)
-    flow_run_id = UUID.search(stdout).group(0)
+    start_worker(env, processes)
+    flow_run_id = run_nightly(env)
 
     def finished() -> dict[str, Any] | None:
         flow_run = api(url, "GET", f"/flow_runs/{flow_run_id}")

@@ -28,17 +28,12 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.flows.conftest import CMU
+from tests.flows.conftest import CMU, deploy_nightly, run_nightly, start_worker
 from tests.flows.test_deploy_server import (
-    BIN,
-    SYSTEMD,
-    UUID,
     Processes,
     api,
     processes,  # noqa: F401
-    run,
     start_server,
-    unit_commands,
     unit_env,
     wait_for,
 )
@@ -88,16 +83,24 @@ class OrphanedRun:
         remember(self.flow, self.seen)
         return self.state() in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 
+    def wait_until_gone(self, processes: Processes) -> None:  # noqa: F811
+        """Wait until no process of the run is left (within EXIT_S of its end)."""
+
+        def gone() -> bool:
+            return not run_processes(self.flow.pid, self.seen)
+
+        wait_for("the run's processes to end", gone, EXIT_S, processes, "server")
+
     def left_behind(self) -> list[str]:
         """Hidden folders and files a slide in flight leaves in the output folder."""
         return [p.name for p in self.out.iterdir() if p.name.endswith((".partial", ".lock"))]
 
 
-@contextlib.contextmanager
-def orphaned_run(
+@pytest.fixture
+def orphan(
     tmp_path: Path,
     processes: Processes,  # noqa: F811
-    model: Path,
+    tiny_model: Path,
 ) -> Iterator[OrphanedRun]:
     """The recipe's server and worker, the `nightly` deployment over NAMES (copies of the CMU
     slide, a local Dask cluster, one slide at a time), and the worker's process alone
@@ -110,19 +113,9 @@ def orphaned_run(
     for name in NAMES:
         (slides / f"{name}.svs").write_bytes(CMU.read_bytes())
     out = tmp_path / "outputs"
-    run([str(BIN / "prefect"), "work-pool", "create", "wsi-segment", "--type", "process"], env)
-    run(
-        [
-            str(BIN / "prefect"), "deploy", "--prefect-file", "deploy/prefect.yaml",
-            "--name", "nightly", "--param", f"input={slides}", "--param", f"out={out}",
-            "--param", f"model_dir={model}", "--param", "concurrency=1",
-        ],
-        env,
-    )  # fmt: skip
-    [worker_argv] = unit_commands(SYSTEMD / "prefect-worker.service", "ExecStart")
-    worker = processes.start("worker", worker_argv, env)
-    stdout = run([str(BIN / "prefect"), "deployment", "run", "segment-batch/nightly"], env)
-    flow_run_id = str(UUID.search(stdout).group(0))  # type: ignore[union-attr]
+    deploy_nightly(env, slides, out, tiny_model, "concurrency=1")
+    worker = start_worker(env, processes)
+    flow_run_id = run_nightly(env)
     wait_for("a slide being written", lambda: any(out.glob(".*.partial")), 600, processes, "worker")
     [flow] = [p for p in psutil.Process(worker.pid).children() if "prefect.engine" in p.cmdline()]
     orphan = OrphanedRun(url, flow_run_id, out, flow)
@@ -138,59 +131,42 @@ def orphaned_run(
 
 
 def test_a_run_whose_worker_is_killed_alone_finishes_its_night(
-    tmp_path: Path,
+    orphan: OrphanedRun,
     processes: Processes,  # noqa: F811
-    tiny_model: Path,
 ) -> None:
-    with orphaned_run(tmp_path, processes, tiny_model) as orphan:
-        killed_at = time.monotonic()
-        wait_for("the run to end", orphan.ended, FINISH_S, processes, "server")
-        assert time.monotonic() - killed_at < FINISH_S
-        url, flow_run_id = orphan.url, orphan.flow_run_id
-        assert orphan.state() == "COMPLETED", api(url, "GET", f"/flow_runs/{flow_run_id}")["state"]
-        artifacts = api(
-            url,
-            "POST",
-            "/artifacts/filter",
-            {"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}},
-        )
-        [table] = [a for a in artifacts if a["key"] == "segment-batch"]
-        rows = table["data"] if isinstance(table["data"], list) else json.loads(table["data"])
-        assert {Path(r["slide"]).stem: r["status"] for r in rows} == dict.fromkeys(NAMES, "done")
-        for name in NAMES:
-            assert (orphan.out / name / "summary.json").is_file()
-        assert not orphan.left_behind()
-        wait_for(
-            "the run's processes to end",
-            lambda: not run_processes(orphan.flow.pid, orphan.seen),
-            EXIT_S,
-            processes,
-            "server",
-        )
+    killed_at = time.monotonic()
+    wait_for("the run to end", orphan.ended, FINISH_S, processes, "server")
+    assert time.monotonic() - killed_at < FINISH_S
+    url, flow_run_id = orphan.url, orphan.flow_run_id
+    assert orphan.state() == "COMPLETED", api(url, "GET", f"/flow_runs/{flow_run_id}")["state"]
+    artifacts = api(
+        url,
+        "POST",
+        "/artifacts/filter",
+        {"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}},
+    )
+    [table] = [a for a in artifacts if a["key"] == "segment-batch"]
+    rows = table["data"] if isinstance(table["data"], list) else json.loads(table["data"])
+    assert {Path(r["slide"]).stem: r["status"] for r in rows} == dict.fromkeys(NAMES, "done")
+    for name in NAMES:
+        assert (orphan.out / name / "summary.json").is_file()
+    assert not orphan.left_behind()
+    orphan.wait_until_gone(processes)
 
 
 def test_sigterm_stops_a_run_whose_worker_is_gone_as_any_run(
-    tmp_path: Path,
+    orphan: OrphanedRun,
     processes: Processes,  # noqa: F811
-    tiny_model: Path,
 ) -> None:
-    with orphaned_run(tmp_path, processes, tiny_model) as orphan:
+    def next_slide_in_flight() -> bool:  # lines were printed since the kill
+        done = [p for p in orphan.out.iterdir() if p.name in NAMES]
+        return bool(done) and any(orphan.out.glob(".*.partial"))
 
-        def next_slide_in_flight() -> bool:  # lines were printed since the kill
-            done = [p for p in orphan.out.iterdir() if p.name in NAMES]
-            return bool(done) and any(orphan.out.glob(".*.partial"))
-
-        wait_for("the next slide in flight", next_slide_in_flight, FINISH_S, processes, "server")
-        orphan.flow.send_signal(signal.SIGTERM)
-        wait_for("the run to end", orphan.ended, STOP_S, processes, "server")
-        state = api(orphan.url, "GET", f"/flow_runs/{orphan.flow_run_id}")["state"]
-        assert state["type"] == "CRASHED", state
-        assert state["message"] == "Execution was aborted by a termination signal.", state
-        wait_for(
-            "the run's processes to end",
-            lambda: not run_processes(orphan.flow.pid, orphan.seen),
-            EXIT_S,
-            processes,
-            "server",
-        )
-        assert not orphan.left_behind()  # its slide in flight cleaned up
+    wait_for("the next slide in flight", next_slide_in_flight, FINISH_S, processes, "server")
+    orphan.flow.send_signal(signal.SIGTERM)
+    wait_for("the run to end", orphan.ended, STOP_S, processes, "server")
+    state = api(orphan.url, "GET", f"/flow_runs/{orphan.flow_run_id}")["state"]
+    assert state["type"] == "CRASHED", state
+    assert state["message"] == "Execution was aborted by a termination signal.", state
+    orphan.wait_until_gone(processes)
+    assert not orphan.left_behind()  # its slide in flight cleaned up
