@@ -32,6 +32,7 @@ from wsi_segment.pipeline.inference.band_task import (
     band_precision,
     run_band,
 )
+from wsi_segment.pipeline.inference.client_watch import ClientWatch
 from wsi_segment.pipeline.inference.slide_job import SlideJob
 from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome
 from wsi_segment.pipeline.params import SegmentParams
@@ -263,16 +264,20 @@ def gather_all(
     """Hand each future's value to `on_result` (with its index in `futures`) as it completes;
     the first failure (a raised exception, or the error `on_result` returns) sets `event` and
     is raised once every future has ended. An interrupt while waiting, or `cancel` being
-    cancelled (its reason is raised), sets `event` too."""
+    cancelled (its reason is raised), sets `event` too. A client that can no longer deliver
+    results (closed, or its event loop stopped: `ClientWatch`) ends the wait with a
+    SlideError naming the cause, without going through that client again."""
     from distributed import as_completed
 
     index = {f.key: i for i, f in enumerate(futures)}
     error: BaseException | None = None
+    watch = ClientWatch(futures[0].client if futures else None)
     try:
         pending = as_completed(futures)
         while not pending.is_empty():
             cancel.check()
             if not pending.has_ready():
+                watch.check()
                 cancel.wait(POLL_S)
                 continue
             for future in pending.next_batch(block=False):
@@ -281,9 +286,12 @@ def gather_all(
                 except Exception as exc:  # first failure wins; the others are its echoes
                     failure = exc
                 if failure is not None and error is None:
-                    error = failure
-                    event.set()
+                    error = watch.cause() or failure  # a closed client cancels every future
+                    if error is failure:
+                        event.set()
     except BaseException:  # interrupted while waiting: started tasks finish, no new ones
+        if watch.cause() is not None:
+            raise  # every call through the client would fail or wait on its dead loop
         event.set()
         from distributed import wait
 
@@ -293,6 +301,7 @@ def gather_all(
         with contextlib.suppress(Exception):
             wait(list(futures), timeout=STOP_GRACE_S)
         raise
-    event.clear()  # frees the event on the scheduler
+    if watch.cause() is None:
+        event.clear()  # frees the event on the scheduler
     if error is not None:
         raise error
