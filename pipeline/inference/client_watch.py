@@ -62,7 +62,10 @@ class ClientWatch:
         if self._asked_at is None or self._answered.is_set():
             self._answered.clear()
             self._asked_at = now
-            client.loop.add_callback(self._answered.set)
+            loop = client.loop
+            if loop is None:  # a client without a loop has been closed
+                return SlideError("the Dask client has no event loop (closed); run the slide again")
+            loop.add_callback(self._answered.set)
         elif now - self._asked_at > self.stall_s:
             return SlideError(
                 f"the Dask client's event loop has not turned for {self.stall_s:g} s while "

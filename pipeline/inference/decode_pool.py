@@ -6,11 +6,12 @@ holds CUDA or torch's thread pools can hang), and import only numpy and the slid
 they start in well under a second (`pipeline.inference.tile_reader`: a decoder is sent a
 `TileReader`, a few numbers and paths). Each decoder gets a contiguous share of the chunks, so it can
 decode each shared storage tile once (`TileReader.plan_tile_reuse`). Tiles go into a fixed ring
-of shared-memory slots, one chunk per slot; a slot comes from the free-slot queue and goes
+of shared-memory slots, one chunk per slot; each slot belongs to one decoder and goes
 back when the engine's stager has copied its tiles: memory is bounded by the ring. What
-travels on the queues is small: slot numbers and (slot, chunk, tiles) descriptors.
+travels on each decoder's pipe (`pipeline.inference.decoder_link`) is small: its share, slot
+numbers and (slot, chunk, tiles) descriptors.
 
-A `DecodePool` holds one run's decoders, queues and ring, spawned early by
+A `DecodePool` holds one run's decoders, pipes and ring, spawned early by
 `pipeline.prepare.prepare` (below); the engine's `DecoderProcesses` read source adopts it,
 or starts its own.
 """
@@ -21,60 +22,35 @@ import contextlib
 import multiprocessing as mp
 import os
 import pickle
-import queue
 import signal
+import threading
 import time
+from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
 from multiprocessing.shared_memory import SharedMemory
-from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
+from typing import Any
 
 import numpy as np
 
 from wsi_segment.errors import TERMINATING_SIGNALS, SlideError, WsiSegmentError, raise_terminated
+from wsi_segment.pipeline.inference.decoder_link import (
+    Decoded,
+    DecoderEnd,
+    DecoderTask,
+    Failed,
+    Finished,
+    Message,
+    Stop,
+    ToDecoder,
+)
 from wsi_segment.pipeline.inference.engine_state import wait_uninterrupted
 from wsi_segment.pipeline.inference.main_guard import check_main_guard
-from wsi_segment.pipeline.inference.shm_rings import (
-    SHM_DIR,
-    owned_semaphores,
-    remove_abandoned_rings,
-    ring_name,
-)
+from wsi_segment.pipeline.inference.shm_rings import SHM_DIR, remove_abandoned_rings, ring_name
 from wsi_segment.pipeline.inference.tile_reader import TileReader
 from wsi_segment.wsi.tiling import ChunkSpec, contiguous_runs
 
-if TYPE_CHECKING:
-    from multiprocessing.queues import Queue
-    from multiprocessing.synchronize import Event
-
 JOIN_S = 5.0  # a decoder asked to stop finishes its current read first
-
-
-@dataclass(frozen=True)
-class Decoded:
-    """A chunk's tiles ready in `slot`: `index` into the run's specs, `tiles` of them."""
-
-    slot: int
-    index: int
-    tiles: int
-
-
-@dataclass(frozen=True)
-class Finished:
-    """A decoder read its whole share."""
-
-    decoder: int
-
-
-@dataclass(frozen=True)
-class Failed:
-    """A decoder's error, travelling back as the exception itself."""
-
-    decoder: int
-    error: BaseException
-
-
-Message: TypeAlias = Decoded | Finished | Failed  # what a decoder puts on `results`
 
 
 class SlotRing:
@@ -143,7 +119,7 @@ def decoder_shares(specs: Sequence[ChunkSpec], decoders: int) -> list[list[int]]
 
 
 class DecodePool:
-    """The decoder processes of one run, with their queues and slot ring.
+    """The decoder processes of one run, with their pipes and slot ring.
 
     Spawning is what takes time (each child imports numpy and the slide code), so a run
     spawns the decoders before it even knows its chunks (`DecodePool(decoders)`, while
@@ -157,21 +133,26 @@ class DecodePool:
         started = time.perf_counter()
         self.decoders = decoders
         self.specs: list[ChunkSpec] | None = None  # None until `assign`
-        ctx = mp.get_context("spawn")
-        with owned_semaphores():  # named as ours, so a killed run's are removed by the next
-            self.stop: Any = ctx.Event()
-            self.free: Any = ctx.Queue()
-            self.results: Any = ctx.Queue()
-            self.work: Any = ctx.Queue()
         self.ring: SlotRing | None = None
         self.procs: list[Any] = []
+        self.links: list[Connection] = []  # this end of each decoder's pipe
+        self._open: list[Connection] = []  # the links whose decoder may still send
+        self._inbox: deque[Message] = deque()
+        self._owners: list[int] = []  # slot -> the decoder it belongs to
+        self._send_lock = threading.Lock()
+        ctx = mp.get_context("spawn")
         try:
             for d in range(decoders):
-                args = (d, self.work, self.free, self.results, self.stop)
-                proc = ctx.Process(target=decoder_main, args=args, name=f"wsi-decoder-{d}",
+                ours, theirs = ctx.Pipe()
+                self.links.append(ours)
+                proc = ctx.Process(target=decoder_main, args=(d, theirs), name=f"wsi-decoder-{d}",
                                    daemon=True)  # fmt: skip
-                proc.start()
+                try:
+                    proc.start()
+                finally:
+                    theirs.close()  # the decoder's own now: its end of file is the decoder's end
                 self.procs.append(proc)
+            self._open = list(self.links)
         except BaseException:
             self.close()
             raise
@@ -191,8 +172,9 @@ class DecodePool:
         return pool
 
     def assign(self, reader: TileReader, specs: Sequence[ChunkSpec]) -> None:
-        """Make the slot ring for these chunks and send each decoder its share (a decoder
-        left without one reports itself finished)."""
+        """Make the slot ring for these chunks, send each decoder its share (None to one
+        left without: it reports itself finished) and deal the slots out among those with a
+        share."""
         if self.specs is not None or not self.procs:
             raise RuntimeError("a DecodePool is assigned once, while its decoders run")
         self.specs = list(specs)
@@ -201,28 +183,43 @@ class DecodePool:
         remove_abandoned_rings()  # rings of killed runs, before this one counts free memory
         slots = ring_slots(self.decoders, slot_tiles * tile * tile * 3)
         self.ring = SlotRing(slots, slot_tiles, tile)
-        for slot in range(slots):
-            self.free.put(slot)
         work = decoder_shares(self.specs, self.decoders)
-        for share in work:
-            task = DecoderTask(reader, [self.specs[i] for i in share], share, self.ring.shm.name,
-                               slots, slot_tiles, tile)  # fmt: skip
-            self.work.put(task)
-        for _ in range(self.decoders - len(work)):
-            self.work.put(None)
+        for d in range(self.decoders):
+            task = None
+            if d < len(work):
+                task = DecoderTask(reader, [self.specs[i] for i in work[d]], work[d],
+                                   self.ring.shm.name, slots, slot_tiles, tile)  # fmt: skip
+            self._send(d, task)
+        self._owners = [slot % max(1, len(work)) for slot in range(slots)]
+        for slot in range(slots):
+            self.release(slot)
+
+    def release(self, slot: int) -> None:
+        """Give `slot` back to its decoder to fill again (its tiles were copied)."""
+        self._send(self._owners[slot], slot)
+
+    def receive(self, timeout: float) -> Message | None:
+        """The next message of any decoder, waiting up to `timeout` s; None if none came."""
+        if not self._inbox:
+            self._collect(timeout)
+        return self._inbox.popleft() if self._inbox else None
+
+    def waiting(self, timeout: float = 0.0) -> int:
+        """How many messages have arrived and wait to be received (after `timeout` s)."""
+        self._collect(timeout)
+        return len(self._inbox)
 
     def serves(self, specs: Sequence[ChunkSpec], decoders: int) -> bool:
         """Whether this pool reads exactly these chunks with this many decoders."""
         return self.ring is not None and decoders == self.decoders and list(specs) == self.specs
 
     def close(self) -> None:
-        """Stop the decoders (joined, terminated if they do not stop), close the queues and
-        remove the shared memory; every reference to them is dropped, so no named semaphore
-        outlives the pool. A second interrupt here does not skip the cleanup."""
-        if self.ring is None and not self.procs:
+        """Stop the decoders (joined, terminated if they do not stop), close the pipes and
+        remove the shared memory. A second interrupt here does not skip the cleanup."""
+        if self.ring is None and not self.procs and not self.links:
             return
-        if self.stop is not None:
-            self.stop.set()
+        for d in range(len(self.links)):
+            self._send(d, Stop())
         stops: list[BaseException | None] = []
         for proc in self.procs:
             stops.append(wait_uninterrupted(proc.join, JOIN_S))
@@ -232,24 +229,46 @@ class DecodePool:
             if proc.is_alive():
                 proc.kill()
                 stops.append(wait_uninterrupted(proc.join))
-        for q in (self.free, self.results, self.work):  # flush and end their feeder threads
-            if q is not None:
-                q.close()
-                stops.append(wait_uninterrupted(q.join_thread))
+        for link in self.links:
+            link.close()
         if self.ring is not None:
             self.ring.close()
-        self.procs, self.ring = [], None
-        self.stop = self.free = self.results = self.work = None
+        self.procs, self.ring, self.links = [], None, []
+        self._open.clear()
+        self._inbox.clear()
         first_stop = next((s for s in stops if s is not None), None)
         if first_stop is not None:
             raise first_stop
+
+    def _send(self, decoder: int, message: ToDecoder) -> None:
+        """Send to one decoder; one that has ended is told nothing (its exit code says why)."""
+        with self._send_lock, contextlib.suppress(OSError):
+            self.links[decoder].send(message)
+
+    def _collect(self, timeout: float) -> None:
+        """Move what the decoders sent within `timeout` s into the inbox."""
+        if not self._open:  # every decoder has ended: nothing more can come
+            time.sleep(timeout)
+            return
+        try:
+            ready = set(wait(self._open, timeout))
+        except OSError:  # closed by `close` meanwhile: nothing more comes
+            return
+        for link in [link for link in self._open if link in ready]:
+            try:
+                while link.poll():
+                    message: Message = link.recv()
+                    self._inbox.append(message)
+            except (EOFError, OSError):  # that decoder ended (or the pool closed)
+                if link in self._open:
+                    self._open.remove(link)
 
 
 def start_resource_tracker() -> None:
     """Start multiprocessing's resource tracker (if it is not running) with SIGHUP blocked.
     It ignores SIGINT and SIGTERM by itself, but a SIGHUP to the process group (an ssh
     session dropping) would end it, and with it the unlinking of what it tracks: the
-    decoders' queues and semaphores would leak. Blocking SIGHUP in this thread while it
+    decoders' slot ring would leak. Blocking SIGHUP in this thread while it
     starts passes the block on to it (a signal mask survives fork and exec)."""
     from multiprocessing import resource_tracker
 
@@ -260,86 +279,57 @@ def start_resource_tracker() -> None:
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
-@dataclass(frozen=True)
-class DecoderTask:
-    """One decoder's share of a run: its chunks and where the slot ring lives."""
-
-    reader: TileReader
-    specs: list[ChunkSpec]
-    indices: list[int]
-    shm_name: str
-    slots: int
-    slot_tiles: int
-    tile: int
-
-
-def decoder_main(
-    decoder: int,
-    work: Queue[DecoderTask | None],
-    free: Queue[int],
-    results: Queue[Message],
-    stop: Event,
-) -> None:
+def decoder_main(decoder: int, conn: Connection) -> None:
     """Process body: wait for this decoder's share (the imports are done by then), then read
-    each chunk of it, cut its tiles into a free slot and report it. SIGTERM (`timeout`
-    signals the whole process group; `close` terminates a decoder that does not stop)
-    raises `Terminated` as Ctrl-C raises KeyboardInterrupt, so the slot ring is closed; so
-    does SIGHUP (the terminal's whole group gets it when the ssh session drops)."""
+    each chunk of it, cut its tiles into a free slot of its own and report it. SIGTERM
+    (`timeout` signals the whole process group; `close` terminates a decoder that does not
+    stop) raises `Terminated` as Ctrl-C raises KeyboardInterrupt, so the slot ring is
+    closed; so does SIGHUP (the terminal's whole group gets it when the ssh session drops)."""
     for signum in TERMINATING_SIGNALS:
         signal.signal(signum, raise_terminated)
+    link = DecoderEnd(conn)
     try:
-        task = _wait_for(work, stop)
+        task = link.share()
     except KeyboardInterrupt:  # signalled with its parent (a process group): it cleans up
         return
     if task is None:
-        if not stop.is_set():
-            results.put(Finished(decoder))
+        if not link.stopped:
+            link.send(Finished(decoder))
         return
     reader = task.reader
     ring = SlotRing(task.slots, task.slot_tiles, task.tile, name=task.shm_name)
     try:
-        try:
-            reuse = reader.plan_tile_reuse(task.specs)
-        except Exception:  # reading works without reuse; read errors surface below
-            reuse = None
-        for index, spec in zip(task.indices, task.specs, strict=True):
-            if stop.is_set():
-                return
-            tiles = reader.read_tiles(spec, reuse)  # read before a slot is free: overlap
-            slot = _wait_for(free, stop)
-            if slot is None:
-                return
-            n = len(spec.tiles)
-            ring.view(slot, n)[:] = tiles
-            del tiles
-            results.put(Decoded(slot, index, n))
-        results.put(Finished(decoder))
+        _decode_share(decoder, task, ring, link)
     except BaseException as exc:
-        results.put(Failed(decoder, _picklable(exc, reader.slide_path)))
+        link.send(Failed(decoder, _picklable(exc, reader.slide_path)))
     finally:
         reader.close_local()
         ring.close()
 
 
-T = TypeVar("T")
-
-
-def _wait_for(source: Queue[T], stop: Event) -> T | None:
-    """The next item of `source`; None once the run stops, or once the process that started
-    this decoder died without stopping it (a Dask worker killed mid-band): no one would
-    send it work or free a slot."""
-    parent = mp.parent_process()
-    while not stop.is_set():
-        try:
-            return source.get(timeout=0.1)
-        except queue.Empty:
-            if parent is not None and not parent.is_alive():
-                return None
-    return None
+def _decode_share(decoder: int, task: DecoderTask, ring: SlotRing, link: DecoderEnd) -> None:
+    """Read the share's chunks in order into free slots; return early once told to stop."""
+    reader = task.reader
+    try:
+        reuse = reader.plan_tile_reuse(task.specs)
+    except Exception:  # reading works without reuse; read errors surface below
+        reuse = None
+    for index, spec in zip(task.indices, task.specs, strict=True):
+        if link.stop_asked():
+            return
+        tiles = reader.read_tiles(spec, reuse)  # read before a slot is free: overlap
+        slot = link.next_slot()
+        if slot is None:
+            return
+        n = len(spec.tiles)
+        ring.view(slot, n)[:] = tiles
+        del tiles
+        link.send(Decoded(slot, index, n))
+    link.send(Finished(decoder))
 
 
 def _picklable(exc: BaseException, slide_path: str) -> BaseException:
-    """The exception itself when it survives the queue, else a SlideError with its text."""
+    """The exception itself when it survives the pipe, else a SlideError with its text."""
     try:
         pickle.loads(pickle.dumps(exc))
         return exc

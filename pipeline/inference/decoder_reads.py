@@ -2,7 +2,7 @@
 batches them.
 
     decoders (spawned processes)   read a share of the chunks each, cut tiles into a free slot
-        | (slot, chunk, tiles) on a queue; slots come back on the free-slot queue
+        | (slot, chunk, tiles) on each decoder's pipe; slots go back to their decoder
     stager (thread)                takes the decoded chunks as they come (a decoder's error,
                                    or one that died without a word, stops the run) and
                                    copies their tiles into batches (`compute_stage.Stager`),
@@ -23,7 +23,8 @@ import torch
 
 from wsi_segment.errors import DecoderDied
 from wsi_segment.pipeline.inference.compute_stage import ChunkTiles, StagedBatch, Stager
-from wsi_segment.pipeline.inference.decode_pool import Decoded, DecodePool, Failed, Finished
+from wsi_segment.pipeline.inference.decode_pool import DecodePool
+from wsi_segment.pipeline.inference.decoder_link import Decoded, Failed, Finished
 from wsi_segment.pipeline.inference.engine_state import EngineStats, FirstError, Part, Stopped
 from wsi_segment.wsi.tiling import ChunkSpec
 
@@ -66,7 +67,7 @@ class DecoderProcesses:
         return [(stager.run, (_decoded(job.slide_path, pool, errors, stats), staged, errors))]
 
     def close(self) -> None:
-        """Join or terminate the decoders, close the queues, remove the shared memory."""
+        """Join or terminate the decoders, close the pipes, remove the shared memory."""
         if self._pool is not None:
             self._pool.close()
 
@@ -82,9 +83,8 @@ def _decoded(
     while len(finished) < len(pool.procs):
         if errors.stopped:
             raise Stopped
-        try:
-            msg = pool.results.get(timeout=0.1)
-        except queue.Empty:
+        msg = pool.receive(timeout=0.1)
+        if msg is None:
             for d, proc in enumerate(pool.procs):
                 if d not in finished and proc.exitcode not in (None, 0):
                     errors.report(_died(slide_path, proc.exitcode))
@@ -92,7 +92,7 @@ def _decoded(
         if isinstance(msg, Decoded):
             stats.chunk_arrived()
             tiles = torch.from_numpy(ring.view(msg.slot, msg.tiles))
-            yield ChunkTiles(msg.index, tiles, functools.partial(pool.free.put, msg.slot))
+            yield ChunkTiles(msg.index, tiles, functools.partial(pool.release, msg.slot))
         elif isinstance(msg, Finished):
             finished.add(msg.decoder)
         elif isinstance(msg, Failed):

@@ -10,26 +10,20 @@ namespaces, e.g. containers sharing /dev/shm) and no process has that pid any mo
 of a live process (or one we may not signal: another user's) is left alone, and so is
 anything that does not have this exact form (older runs' rings, other programs' files).
 
-The decoders' queues and event hold POSIX named semaphores (`/dev/shm/sem.<name>`), which a
-killed run leaves too: multiprocessing names them `mp-<random>`, owned by nobody in
-particular, so they are named the same way while a run makes them (`owned_semaphores`:
-`sem.wsiseg<pid>_<pid namespace>_sem-<random>`) and removed by the same rule.
+The decoders' pipes (`pipeline.inference.decoder_link`) hold no named semaphore, so a ring
+is all a killed run leaves in /dev/shm.
 """
 
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
 import os
 import re
 import secrets
-from collections.abc import Iterator
 
 SHM_DIR = "/dev/shm"
 SHM_PREFIX = "wsiseg"
 _RING = re.compile(rf"{SHM_PREFIX}(\d+)_([0-9a-f]+)_[0-9a-f]{{12}}")
-# multiprocessing's semaphore names: its prefix, "-", 8 of tempfile's name characters
-_SEMAPHORE = re.compile(rf"sem\.{SHM_PREFIX}(\d+)_([0-9a-f]+)_sem-[a-z0-9_]{{8}}")
 
 
 def pid_namespace() -> str:
@@ -46,24 +40,9 @@ def ring_name() -> str:
     return f"{SHM_PREFIX}{os.getpid()}_{pid_namespace()}_{secrets.token_hex(6)}"
 
 
-@contextlib.contextmanager
-def owned_semaphores() -> Iterator[None]:
-    """Semaphores made in this block (queues, events, locks of multiprocessing) are named as
-    this process's, like its rings. multiprocessing takes the prefix from the current
-    process's configuration (`_config["semprefix"]`, no public setting); it is set back after."""
-    config = multiprocessing.current_process()._config  # type: ignore[attr-defined]
-    previous = config.get("semprefix", "/mp")
-    config["semprefix"] = f"/{SHM_PREFIX}{os.getpid()}_{pid_namespace()}_sem"
-    try:
-        yield
-    finally:
-        config["semprefix"] = previous
-
-
 def owner_gone(name: str, namespace: str) -> bool:
-    """Whether `name` is a ring or semaphore whose owner, in pid namespace `namespace`, has
-    ended."""
-    match = _RING.fullmatch(name) or _SEMAPHORE.fullmatch(name)
+    """Whether `name` is a ring whose owner, in pid namespace `namespace`, has ended."""
+    match = _RING.fullmatch(name)
     if match is None or match.group(2) != namespace or namespace == "0":
         return False
     try:
@@ -76,8 +55,7 @@ def owner_gone(name: str, namespace: str) -> bool:
 
 
 def remove_abandoned_rings(shm_dir: str = SHM_DIR) -> list[str]:
-    """Remove the rings and semaphores of owners that have ended (`owner_gone`); returns
-    their names."""
+    """Remove the rings of owners that have ended (`owner_gone`); returns their names."""
     namespace = pid_namespace()
     try:
         names = os.listdir(shm_dir)
@@ -85,7 +63,7 @@ def remove_abandoned_rings(shm_dir: str = SHM_DIR) -> list[str]:
         return []
     removed = []
     for name in sorted(names):
-        if name.startswith((SHM_PREFIX, f"sem.{SHM_PREFIX}")) and owner_gone(name, namespace):
+        if name.startswith(SHM_PREFIX) and owner_gone(name, namespace):
             with contextlib.suppress(FileNotFoundError, PermissionError):
                 os.unlink(os.path.join(shm_dir, name))
                 removed.append(name)

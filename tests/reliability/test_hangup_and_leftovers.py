@@ -8,6 +8,7 @@ group as a dropped ssh session or a scheduler's kill signals them.
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -26,6 +27,7 @@ from tests.reliability.test_interruption import (
     our_shared_memory,
     start_and_wait_for_chunks,
 )
+from wsi_segment.pipeline.inference.decode_pool import DecodePool
 from wsi_segment.pipeline.inference.shm_rings import (
     SHM_DIR,
     SHM_PREFIX,
@@ -35,8 +37,8 @@ from wsi_segment.pipeline.inference.shm_rings import (
 
 
 def shared_memory_of(pid: int) -> set[str]:
-    """Every /dev/shm file a process and its children map: the decoders' slot ring and the
-    semaphores of their queues."""
+    """Every /dev/shm file a process and its children map: the decoders' slot ring, and
+    any named semaphore (multiprocessing's queues, locks and events hold them)."""
     root = psutil.Process(pid)
     paths: set[str] = set()
     for proc in [root, *root.children(recursive=True)]:
@@ -49,14 +51,14 @@ def shared_memory_of(pid: int) -> set[str]:
 @pytest.mark.timeout(600)
 def test_sighup_to_the_process_group_cleans_up_like_sigterm(tiny_model_dir, tmp_path):
     """A dropped ssh session sends SIGHUP to the run's process group: one line `error:
-    terminated (SIGHUP)`, exit 129 (128 + 1), no partial folder, no lock, and neither the
-    slot ring nor any semaphore of the decoders left in /dev/shm (the resource tracker
-    survives the hang-up and the decoders end quietly)."""
+    terminated (SIGHUP)`, exit 129 (128 + 1), no partial folder, no lock, and no slot ring
+    left in /dev/shm (the resource tracker survives the hang-up and the decoders end
+    quietly); the decoders' pipes hold no named semaphore that could be left."""
     out = tmp_path / "out"
     proc = start_and_wait_for_chunks(tiny_model_dir, out, ["--decoders", "1"], new_session=True)
     mapped = shared_memory_of(proc.pid)
     assert any(Path(p).name.startswith(SHM_PREFIX) for p in mapped), mapped
-    assert any(Path(p).name.startswith("sem.") for p in mapped), mapped
+    assert not any(Path(p).name.startswith("sem.") for p in mapped), mapped  # pipes, no queues
     os.killpg(proc.pid, signal.SIGHUP)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 129, err
@@ -123,33 +125,27 @@ def test_only_rings_whose_owner_is_gone_are_removed(tmp_path):
                 resource_tracker.unregister(block._name, "shared_memory")  # type: ignore[attr-defined]
 
 
-SEMAPHORE_OWNER = """
-import multiprocessing, time
-from wsi_segment.pipeline.inference.shm_rings import owned_semaphores
-with owned_semaphores():
-    queue = multiprocessing.get_context("spawn").Queue()  # as the decoders' queues are made
-locks = (queue._rlock, queue._wlock, queue._sem)
-print(*(lock._semlock.name for lock in locks), flush=True)
-time.sleep(600)
-"""
+def test_a_decoder_pool_holds_no_named_semaphore():
+    """A run killed with its resource tracker leaves whatever named semaphores it held in
+    /dev/shm, and multiprocessing names them so that no later run can tell whose they are:
+    the decoders talk over pipes, so the pool (this process and its decoder) maps none,
+    where one multiprocessing queue maps three."""
 
+    def semaphores() -> set[str]:
+        return {p for p in shared_memory_of(os.getpid()) if Path(p).name.startswith("sem.")}
 
-def test_semaphores_of_a_killed_run_are_removed_by_the_next():
-    """A run's queues are made with named semaphores; SIGKILL of its group (the resource
-    tracker that would unlink them included) leaves them in /dev/shm: the next run removes
-    them, as it removes rings, because they are named as its."""
-    owner = subprocess.Popen([sys.executable, "-c", SEMAPHORE_OWNER], stdout=subprocess.PIPE,
-                             text=True, start_new_session=True)  # fmt: skip
-    assert owner.stdout is not None
-    files = {f"sem.{name.lstrip('/')}" for name in owner.stdout.readline().split()}
-    assert len(files) == 3
-    os.killpg(owner.pid, signal.SIGKILL)
-    owner.wait()
-    while True:  # the resource tracker, in the same group, ends too
-        try:
-            os.killpg(owner.pid, 0)
-        except ProcessLookupError:
-            break
-    assert files <= set(os.listdir(SHM_DIR))  # left behind by the killed group
-    assert files <= set(remove_abandoned_rings())
-    assert not files & set(os.listdir(SHM_DIR))
+    before = semaphores()
+    queue = multiprocessing.get_context("spawn").Queue()  # what the decoders used to talk over
+    try:
+        assert len(semaphores() - before) == 3  # the check sees a queue's semaphores
+    finally:
+        queue.close()
+        queue.join_thread()
+    del queue
+    before = semaphores()
+    pool = DecodePool(1)
+    try:
+        assert pool.procs[0].is_alive()
+        assert semaphores() - before == set()
+    finally:
+        pool.close()

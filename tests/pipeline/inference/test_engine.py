@@ -256,10 +256,9 @@ def test_decoders_started_early_fill_the_ring_and_the_engine_adopts_them(tmp_pat
     slots = pool.ring.slots
     assert len(specs) > slots  # more chunks than slots: the decoders must wait
     deadline = time.monotonic() + 120
-    while pool.results.qsize() < slots and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.3)  # room for a (wrong) decoder to decode past the ring
-    assert pool.results.qsize() == slots  # one Decoded per slot, every slot taken
+    while pool.waiting(0.05) < slots and time.monotonic() < deadline:
+        pass
+    assert pool.waiting(0.3) == slots  # one Decoded per slot, every slot taken, none past them
     stats = EngineStats()
     outcomes = run_engine(job, specs, DecoderProcesses(2, pool), stats=stats)
     assert stats.early_decoders and stats.first_batch_at >= stats.first_chunk_at > 0
