@@ -34,6 +34,18 @@ STAGE_MODULES = {
 }
 
 
+# Every BatchNorm by its public classes (timm's BatchNormAct2d is a BatchNorm2d).
+BATCH_NORMS = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.LazyBatchNorm1d,
+    nn.LazyBatchNorm2d,
+    nn.LazyBatchNorm3d,
+    nn.SyncBatchNorm,
+)
+
+
 @dataclass(frozen=True)
 class Optim:
     """One stage's optimiser settings; recorded in model.json as they were used.
@@ -195,7 +207,7 @@ def freeze(model: nn.Module, encoder: nn.Module, optim: Optim) -> None:
             param.requires_grad_(False)
     if optim.freeze_bn:
         for module in model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            if isinstance(module, BATCH_NORMS):
                 module.requires_grad_(False)
 
 
@@ -204,13 +216,11 @@ def train_mode(model: nn.Module, encoder: nn.Module, optim: Optim) -> None:
     model.train()
     roots = {m for s in optim.frozen_stages for m in STAGE_MODULES.get(s, ())}
     for name, module in encoder.named_modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and (
-            canonical(name).split(".")[0] in roots
-        ):
+        if isinstance(module, BATCH_NORMS) and (canonical(name).split(".")[0] in roots):
             module.eval()
     if optim.freeze_bn:
         for module in model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            if isinstance(module, BATCH_NORMS):
                 module.eval()
 
 
