@@ -65,8 +65,8 @@ class Kept(logging.Handler):
         self.records.append(record)
 
 
-HELD_S = 3.0  # how long the scheduler's event loop is held, as load holds the batch's process
-CONNECT_S = 10.0  # Dask's connect timeout here: its first attempt gets a fifth (2 s < HELD_S)
+HELD_S = 5.0  # how long the scheduler's event loop is held, as load holds the batch's process
+CONNECT_S = 10.0  # Dask's connect timeout here: a first attempt gets a fifth, 2 s < HELD_S
 
 
 def hold(loop: Any, seconds: float) -> None:
