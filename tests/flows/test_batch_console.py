@@ -13,12 +13,15 @@ import socket
 import ssl
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from wsi_segment.errors import Terminated
 from wsi_segment.flows.batch_console import BatchConsoleFilter, InterruptGuard
+
+if TYPE_CHECKING:
+    from tornado.ioloop import IOLoop
 
 
 def record(name: str, level: int) -> logging.LogRecord:
@@ -69,7 +72,7 @@ HELD_S = 5.0  # how long the scheduler's event loop is held, as load holds the b
 CONNECT_S = 10.0  # Dask's connect timeout here: a first attempt gets a fifth, 2 s < HELD_S
 
 
-def hold(loop: Any, seconds: float) -> None:
+def hold(loop: IOLoop, seconds: float) -> None:
     """Block `loop` (a cluster's event loop, in its own thread) for `seconds`; returns once
     it is blocked."""
     held = threading.Event()
