@@ -38,14 +38,30 @@ def cluster() -> Iterator[Any]:
 
 @pytest.fixture
 def client(cluster: Any) -> Iterator[Any]:
+    """The process's default client, as a band runner's is."""
+    yield from _client(cluster, default=True)
+
+
+@pytest.fixture
+def side_client(cluster: Any) -> Iterator[Any]:
+    """A client that is not the process's default: one whose loop a test stops cannot close,
+    and as the default it would leave Dask's scheduler setting to later tests' computations."""
+    yield from _client(cluster, default=False)
+
+
+def _client(cluster: Any, default: bool) -> Iterator[Any]:
+    """A client of `cluster`; Dask's scheduler setting as it was before it, even when a test
+    left the client unable to close (its loop stopped)."""
+    import dask
     from distributed import Client
 
-    client = Client(cluster.scheduler_address)
-    try:
-        yield client
-    finally:
-        with contextlib.suppress(Exception):
-            client.close(timeout=5)
+    with dask.config.set(scheduler=dask.config.get("scheduler", None)):
+        client = Client(cluster.scheduler_address, set_as_default=default)
+        try:
+            yield client
+        finally:
+            with contextlib.suppress(Exception):
+                client.close(timeout=5)
 
 
 def _gather_in_a_thread(client: Any) -> tuple[threading.Thread, list[BaseException | None]]:
@@ -81,22 +97,22 @@ def test_a_client_closed_under_a_waiting_gather_ends_it_with_a_slide_error(clien
     assert re.match(r"the Dask client was closed \(status '(closing|closed)'\) while", str(error))
 
 
-def test_a_stopped_event_loop_is_noticed_within_the_stall_bound(client) -> None:
+def test_a_stopped_event_loop_is_noticed_within_the_stall_bound(side_client) -> None:
     """The loop's thread ends while the client still says "running": the watch's callback
     never runs, and after `stall_s` the wait ends with the cause named."""
-    future = client.submit(time.sleep, 0, **NEVER)
+    future = side_client.submit(time.sleep, 0, **NEVER)
     watch = ClientWatch(future.client, stall_s=1.0)
     for _ in range(5):  # a live loop answers every callback
         watch.check()
         time.sleep(0.1)
-    client.loop.add_callback(client.loop.stop)
+    side_client.loop.add_callback(side_client.loop.stop)
     started = time.monotonic()
     with pytest.raises(SlideError, match="event loop has not turned for 1 s") as info:
         while time.monotonic() - started < 30:
             watch.check()
             time.sleep(0.1)
     assert 1.0 <= time.monotonic() - started < 5
-    assert client.status == "running"  # the client itself never noticed
+    assert side_client.status == "running"  # the client itself never noticed
     with pytest.raises(SlideError) as again:  # it stays gone
         watch.check()
     assert again.value is info.value and watch.cause() is info.value
