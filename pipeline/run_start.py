@@ -12,11 +12,10 @@ import contextlib
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from wsi_segment.errors import ModelError
 from wsi_segment.models.runtimes.decision import BF16_IF_CALIBRATED
-from wsi_segment.models.runtimes.verdict import CALIBRATION_FIELDS
 from wsi_segment.pipeline.cancellation import CancelToken
 from wsi_segment.pipeline.early_readers import EarlyReaders
 from wsi_segment.pipeline.inference.model_handle import ModelHandle, load_for_process
@@ -29,17 +28,16 @@ from wsi_segment.pipeline.run_policy import (
     CLUSTER,
     ExecutionPlan,
     RunFacts,
-    decide,
     decide_for_model,
     runtime_spec,
     wants_slide_reads,
+    with_calibration,
 )
 from wsi_segment.pipeline.startup import Background
 from wsi_segment.wsi.slide import Slide
 
 if TYPE_CHECKING:
     from wsi_segment.models.meta import ModelMeta
-    from wsi_segment.models.precision_calibration import PrecisionCalibration
     from wsi_segment.models.runtimes.spec import RuntimeSpec
     from wsi_segment.pipeline.inference.model_handle import LoadedModel
     from wsi_segment.wsi.raw_tiles import JpegTiles
@@ -55,8 +53,6 @@ class RunStart:
     spec: RuntimeSpec  # what the loader opens
     loader: Background[LoadedModel]
     readers: EarlyReaders
-    machine: Machine  # what the policy was decided for
-    facts: RunFacts  # and from
 
     @classmethod
     def begin(
@@ -71,17 +67,17 @@ class RunStart:
         machine = probe_machine()
         key = read_level_and_scale(opened.slide, opened.mpp[0], model.geometry[1])
         facts, tiles = slide_facts(machine, params, facts, opened.path, opened.slide, key)
-        policy, facts = decide_for_model(machine, params, facts, str(model.path))
+        policy = decide_for_model(machine, params, facts, str(model.path))
         tiles = tiles if policy.read_device.value == GPU else None
         spec = loader_spec(policy, params)
         loader = Background(load_for_process, str(model.path), policy.device.value, spec)
         readers = EarlyReaders.start(
             policy if early else None, machine, opened.path, opened.slide, params
         )
-        return cls(policy, tiles, spec, loader, readers, machine, facts)
+        return cls(policy, tiles, spec, loader, readers)
 
     def loaded_model(
-        self, model: ModelFolder, params: SegmentParams, cancel: CancelToken
+        self, model: ModelFolder, cancel: CancelToken
     ) -> tuple[ModelHandle, ModelMeta, ExecutionPlan]:
         """The loaded model's handle and metadata, once its load ends, and the run's policy:
         where the load obtained the bf16 verdict the policy was waiting for, decided again
@@ -93,9 +89,7 @@ class RunStart:
         policy, runtime = self.policy, loaded.runtime
         waiting = policy.precision.value == BF16_IF_CALIBRATED and policy.calibration is None
         if waiting and runtime.calibration is not None and runtime.runtime == policy.runtime.value:
-            numbers = {runtime.runtime: measured(runtime.calibration)}
-            facts = dataclasses.replace(self.facts, calibrations=numbers)
-            policy = decide(self.machine, params, facts)
+            policy = with_calibration(policy, runtime.runtime, runtime.calibration)
         return handle, loaded.model.meta, policy
 
     def stop(self) -> None:
@@ -132,12 +126,6 @@ def slide_facts(
         return facts, None
     reads, tiles = slide_reads(slide_path, slide, key)
     return dataclasses.replace(facts, reads=reads), tiles
-
-
-def measured(calibration: PrecisionCalibration) -> dict[str, Any]:
-    """A calibration's numbers, as the plan takes them (`RunFacts.calibrations`)."""
-    numbers = dataclasses.asdict(calibration)
-    return {k: numbers[k] for k in sorted(CALIBRATION_FIELDS)}
 
 
 def _same_geometry(model_dir: Path, planned: tuple[int, float], meta: ModelMeta) -> None:
