@@ -264,9 +264,9 @@ def _mismatch(name: str, shipped: Any, here: Any, machine: Machine) -> str:
     return (
         f"a Dask worker ({machine.cores} cores, {len(machine.gpus)} GPUs) would decide the "
         f"slide's {name} as {show(here)}, the plan shipped to it says {show(shipped)}: the "
-        "workers must be the kind of machine the client decided the plan on; run the client "
-        "on such a machine, or ask for the decision explicitly (--device, --runtime, "
-        "--precision, --chunk-tiles)"
+        "plan is decided for one worker's machine, and this one is unlike it; run the slide "
+        "on workers of one kind, or ask for the decision (--device, --runtime, --precision, "
+        "--chunk-tiles)"
     )
 
 

@@ -20,7 +20,7 @@ from wsi_segment.pipeline.cancellation import CancelToken
 from wsi_segment.pipeline.early_readers import EarlyReaders
 from wsi_segment.pipeline.inference.model_handle import ModelHandle, load_for_process
 from wsi_segment.pipeline.inference.read_device import LevelKey, read_level_and_scale, slide_reads
-from wsi_segment.pipeline.machine import Machine, probe_machine
+from wsi_segment.pipeline.machine import Machine
 from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.pipeline.prepare_inputs import ModelFolder, OpenedSlide
 from wsi_segment.pipeline.read_policy import GPU
@@ -60,17 +60,17 @@ class RunStart:
         opened: OpenedSlide,
         model: ModelFolder,
         params: SegmentParams,
+        machine: Machine,  # what runs the engine: this one, or a Dask cluster's workers
         facts: RunFacts,  # where it runs, how many slides at once (the slide's facts: here)
         early: bool,  # start the plan's readers while the model loads
     ) -> RunStart:
         """Decide the policy, then start the model's load and the readers it names."""
-        machine = probe_machine()
         key = read_level_and_scale(opened.slide, opened.mpp[0], model.geometry[1])
         facts, tiles = slide_facts(machine, params, facts, opened.path, opened.slide, key)
         policy = decide_for_model(machine, params, facts, str(model.path))
         tiles = tiles if policy.read_device.value == GPU else None
         spec = loader_spec(policy, params)
-        loader = Background(load_for_process, str(model.path), policy.device.value, spec)
+        loader = Background(load_for_process, str(model.path), loader_device(policy), spec)
         readers = EarlyReaders.start(
             policy if early else None, machine, opened.path, opened.slide, params
         )
@@ -84,7 +84,7 @@ class RunStart:
         with it (bf16 or fp32, by the same function). `cancel` is checked after the wait."""
         loaded = self.loader.result()
         cancel.check()
-        handle = ModelHandle.of(loaded, str(model.path), self.policy.device.value, self.spec)
+        handle = ModelHandle.of(loaded, str(model.path), loader_device(self.policy), self.spec)
         _same_geometry(model.path, model.geometry, loaded.model.meta)
         policy, runtime = self.policy, loaded.runtime
         waiting = policy.precision.value == BF16_IF_CALIBRATED and policy.calibration is None
@@ -109,6 +109,12 @@ def loader_spec(policy: ExecutionPlan, params: SegmentParams) -> RuntimeSpec:
 
     why = "a Dask cluster's plan: the bands run the model on their workers"
     return RuntimeSpec("torch", "fp32", runtime_reason=why, precision_reason=why)
+
+
+def loader_device(policy: ExecutionPlan) -> str:
+    """Where the model loads: the plan's device; a cluster's plan (decided for its
+    workers' machine, which may have GPUs this one lacks) loads it on this CPU."""
+    return "cpu" if policy.place == CLUSTER else policy.device.value
 
 
 def slide_facts(

@@ -34,6 +34,7 @@ from wsi_segment.pipeline.inference.band_task import (
     run_band,
 )
 from wsi_segment.pipeline.inference.slide_job import SlideJob
+from wsi_segment.pipeline.machine import Machine, probe_machine
 from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome
 from wsi_segment.pipeline.progress import NullProgress, Progress
 from wsi_segment.pipeline.run_policy import ExecutionPlan, with_calibration
@@ -206,6 +207,15 @@ def settle_plan(
     if calibration is None or runtime != plan.runtime.value:
         return plan  # the model ran without one (OpenVINO could not: torch's precision)
     return with_calibration(plan, runtime, calibration)
+
+
+def cluster_machine(client: Client, cancel: CancelToken = NEVER_CANCELLED) -> Machine:
+    """The machine the cluster's bands run on, as one of its workers describes it
+    (`pipeline.machine.probe_machine` there): a slide's plan for the cluster is decided for
+    it, so a client without the workers' GPUs plans as they run. Raises `cancel`'s reason
+    once it is cancelled."""
+    machine: Machine = future_result(client.submit(probe_machine, pure=False), cancel)
+    return machine
 
 
 def future_result(future: Future[Any], cancel: CancelToken) -> Any:

@@ -455,3 +455,14 @@ def test_a_future_the_client_loses_is_a_slide_error_that_says_so(client) -> None
     with pytest.raises(SlideError, match="scheduler lost this slide's task"):
         future_result(lost, Cancellation())
     assert time.monotonic() - started < 20
+
+
+def test_a_cluster_s_machine_is_one_of_its_workers_own_description(client) -> None:
+    """The machine a Dask run's plan is decided for (`prepare`'s `cluster`) is what a
+    worker probes there, not the client's own."""
+    from wsi_segment.pipeline.inference.band_runner import cluster_machine
+    from wsi_segment.pipeline.machine import probe_machine
+
+    described = client.run(probe_machine)
+    assert len(described) == 2
+    assert cluster_machine(client, Cancellation()) in described.values()
