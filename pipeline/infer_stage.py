@@ -8,7 +8,9 @@ depends on its worker's machine decided there (`pipeline.inference.band_runner`)
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,8 +28,8 @@ from wsi_segment.pipeline.outputs.label_image import create_label_image, label_l
 from wsi_segment.pipeline.outputs.ome_zarr import create_probability_store, level0_path
 from wsi_segment.pipeline.prepare import PreparedSlide
 from wsi_segment.pipeline.progress import NullProgress, Progress
-from wsi_segment.pipeline.read_policy import CPU
-from wsi_segment.pipeline.run_policy import LOCAL, ExecutionPlan, band_policies
+from wsi_segment.pipeline.read_policy import CPU, Decision
+from wsi_segment.pipeline.run_policy import CLUSTER, LOCAL, ExecutionPlan
 from wsi_segment.wsi.slide import Slide
 
 if TYPE_CHECKING:  # distributed is imported only when a cluster is used
@@ -169,6 +171,21 @@ def _infer_on_cluster(
     prep.read_device = bands[0].reads if bands else NO_BANDS_READS
     prep.precision = bands[0].runtime if bands else no_bands_precision(plan)
     return outcomes
+
+
+def band_policies(chunk_tiles: Decision[int], bands: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """summary.json `run_policy` of a Dask run: the chunk size, decided where the slide was
+    planned, and each distinct plan the bands ran (`as_dict`: the shipped plan with their
+    workers' decisions), with the bands (in plan order) that ran it."""
+    distinct: dict[str, dict[str, Any]] = {}
+    for k, policy in enumerate(bands):
+        entry = distinct.setdefault(json.dumps(policy, sort_keys=True), {"bands": [], **policy})
+        entry["bands"].append(k)
+    return {
+        "place": CLUSTER,
+        "chunk_tiles": chunk_tiles.as_dict(),
+        "band_policies": list(distinct.values()),
+    }
 
 
 # run_stats' read choice of a cluster's run where no band ran (no tissue)

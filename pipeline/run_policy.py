@@ -22,8 +22,7 @@ contract makes speed only too.
 from __future__ import annotations
 
 import dataclasses
-import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
@@ -360,7 +359,7 @@ def calibrated(numbers: Mapping[str, Any], runtime: str) -> Decision[str]:
     return Decision(chosen, reason)
 
 
-def runtime_spec(plan: ExecutionPlan, options: SegmentParams) -> RuntimeSpec:
+def runtime_spec(plan: ExecutionPlan) -> RuntimeSpec:
     """What the model's loader carries out of `plan` (`models.runtimes.select.open_runtime`):
     the runtime and precision decided, torch's precision should OpenVINO not run the model
     (decided here too, by the same function), OpenVINO's threads (this process's cores) and
@@ -369,31 +368,17 @@ def runtime_spec(plan: ExecutionPlan, options: SegmentParams) -> RuntimeSpec:
 
     fallback = plan.precision
     if plan.runtime.value != "torch":
-        fallback = _precision(options, plan.machine, plan.device.value == "cuda", None, "torch")
+        cuda = plan.device.value == "cuda"
+        fallback = _precision(plan.options, plan.machine, cuda, None, "torch")
     return RuntimeSpec(
         runtime=plan.runtime.value,
         precision=plan.precision.value,
         fallback=fallback.value,
         threads=plan.process_cores.value,
         cpu_flags=plan.machine.cpu_flags,
-        by_name=options.runtime == "openvino",
+        by_name=plan.options.runtime == "openvino",
         runtime_reason=f"{plan.runtime.value}: {plan.runtime.reason}",
         precision_reason=f"{plan.precision.value}: {plan.precision.reason}",
         fallback_reason=f"{fallback.value}: {fallback.reason}",
         calibration=plan.calibration,
     )
-
-
-def band_policies(chunk_tiles: Decision[int], bands: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """summary.json `run_policy` of a Dask run: the chunk size, decided where the slide was
-    planned, and each distinct policy the bands decided on their workers (`as_dict`), with
-    the bands (in plan order) that ran it."""
-    distinct: dict[str, dict[str, Any]] = {}
-    for k, policy in enumerate(bands):
-        entry = distinct.setdefault(json.dumps(policy, sort_keys=True), {"bands": [], **policy})
-        entry["bands"].append(k)
-    return {
-        "place": CLUSTER,
-        "chunk_tiles": chunk_tiles.as_dict(),
-        "band_policies": list(distinct.values()),
-    }

@@ -69,7 +69,7 @@ class RunStart:
         facts, tiles = slide_facts(machine, params, facts, opened.path, opened.slide, key)
         policy = decide_for_model(machine, params, facts, str(model.path))
         tiles = tiles if policy.read_device.value == GPU else None
-        spec = loader_spec(policy, params)
+        spec = loader_spec(policy)
         loader = Background(load_for_process, str(model.path), loader_device(policy), spec)
         readers = EarlyReaders.start(
             policy if early else None, machine, opened.path, opened.slide, params
@@ -99,12 +99,12 @@ class RunStart:
             self.loader.result()  # never leave a thread importing torch behind
 
 
-def loader_spec(policy: ExecutionPlan, params: SegmentParams) -> RuntimeSpec:
+def loader_spec(policy: ExecutionPlan) -> RuntimeSpec:
     """What the model loader opens: the plan's runtime and precision; a cluster's plan only
     needs the model's identity and metadata (its bands open their own runtime on their
     workers), so it loads into torch at fp32 and compiles and calibrates nothing."""
     if policy.place != CLUSTER:
-        return runtime_spec(policy, params)
+        return runtime_spec(policy)
     from wsi_segment.models.runtimes.spec import RuntimeSpec
 
     why = "a Dask cluster's plan: the bands run the model on their workers"

@@ -104,9 +104,7 @@ def band_plan(
         plan, machine, at_once=in_flight, reads=reads, daemonic=daemonic, worker_bands=worker_bands
     )
     had = job.model
-    model = ModelHandle(
-        had.model_dir, band.device.value, runtime_spec(band, band.options), had.identity
-    )
+    model = ModelHandle(had.model_dir, band.device.value, runtime_spec(band), had.identity)
     job = dataclasses.replace(
         job,
         model=had if model == had else model,  # by value: a reworded reason loads nothing

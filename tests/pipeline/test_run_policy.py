@@ -31,7 +31,6 @@ from wsi_segment.pipeline.run_policy import (
     SLIDE_DECISIONS,
     WORKER_DECISIONS,
     RunFacts,
-    band_policies,
     decide,
     engine_in_process,
     for_worker,
@@ -376,6 +375,8 @@ def test_a_dask_run_records_each_distinct_band_policy_with_its_bands():
     cpu = decide(BF16_ONLY, AUTO, RunFacts(place=BAND, at_once=2)).as_dict()
     gpu = decide(ONE_H100, AUTO, RunFacts(place=BAND, reads=APERIO)).as_dict()
     planned = decide(CPU_ONLY, AUTO, RunFacts(place=CLUSTER)).chunk_tiles
+    from wsi_segment.pipeline.infer_stage import band_policies
+
     recorded = band_policies(planned, [cpu, gpu, cpu, gpu, gpu])
     assert recorded == {
         "place": "cluster",
@@ -394,7 +395,7 @@ def test_runtime_openvino_on_cpus_that_have_it_torch_on_gpus() -> None:
     from wsi_segment.pipeline.run_policy import runtime_spec
 
     def decided_runtime(machine, options=AUTO):
-        spec = runtime_spec(decide(machine, options), options)
+        spec = runtime_spec(decide(machine, options))
         return spec.runtime, spec.runtime_reason
 
     avx512 = dataclasses.replace(CPU_ONLY, cpu_flags=AVX2 | {"avx512f"})
@@ -421,7 +422,7 @@ def test_runtime_openvino_on_cpus_that_have_it_torch_on_gpus() -> None:
     )
     named = SegmentParams(runtime="openvino")
     assert decided_runtime(with_ov[CPU_ONLY], named)[0] == "openvino"
-    assert runtime_spec(decide(with_ov[CPU_ONLY], named), named).by_name
+    assert runtime_spec(decide(with_ov[CPU_ONLY], named)).by_name
     assert decide(with_ov[CPU_ONLY], AUTO).as_dict()["machine"]["openvino"] is True
 
 
@@ -441,11 +442,11 @@ def test_precision_is_decided_for_the_runtime_and_handed_to_the_loader() -> None
     from wsi_segment.pipeline.run_policy import runtime_spec
 
     def decided_precision(machine, options=AUTO):
-        spec = runtime_spec(decide(machine, options), options)
+        spec = runtime_spec(decide(machine, options))
         return spec.precision, spec.precision_reason
 
     def fallback(machine, options=AUTO):
-        spec = runtime_spec(decide(machine, options), options)
+        spec = runtime_spec(decide(machine, options))
         return spec.fallback, spec.fallback_reason
 
     with_ov = {m: dataclasses.replace(m, openvino=True) for m in (AMX, BF16_ONLY)}
@@ -516,7 +517,7 @@ def test_a_known_calibration_decides_bf16_if_calibrated_in_the_plan() -> None:
         "0.40 % (needs <= 1 %)",
     }
     assert json.loads(json.dumps(passed.as_dict()))["calibration"] == PASSING
-    spec = runtime_spec(passed, torch_amx)
+    spec = runtime_spec(passed)
     assert (spec.precision, spec.calibration) == ("bf16", PASSING)
     assert spec.precision_reason == f"bf16: {passed.precision.reason}"
     failed = decide(AMX, torch_amx, RunFacts(calibrations={"torch": FAILING}))

@@ -153,7 +153,7 @@ def test_bands_of_one_cpu_worker_run_their_forward_passes_side_by_side(
     watched = WrappedLoaded(loaded.model, loaded.runtime, loaded.lock, wrap=watch.wrap)
     # the handle the bands' own plan asks for, so they run the watched model
     options = band_options(batch_size=2)
-    spec = runtime_spec(decide(probe_machine(), options, RunFacts(BAND)), options)
+    spec = runtime_spec(decide(probe_machine(), options, RunFacts(BAND)))
     handle = ModelHandle.of(watched, str(tiny_model_dir), "cpu", spec)
     bands: list[BandResult] = []
     threads = []
