@@ -10,6 +10,18 @@ record (its API handler sits on the run loggers, not on the console). Dask's INF
 (workers starting and stopping) is dropped from the console too, and with `--quiet` Prefect's
 INFO lines as well: what is left is warnings, the table and its `error:` lines.
 
+`--quiet` also drops Dask's warning that a TLS handshake on one of the local cluster's
+listeners ended because the peer closed it (`abandoned_handshake`). Dask's `connect` gives
+its first attempt a fifth of its connect timeout (6 s of 30 s) and, when that runs out,
+drops the half-made connection and connects again. On a loaded machine the batch's own
+process (scheduler, nanny, Prefect flow) can be held that long, so a peer that connects
+meanwhile (e.g. the client a band's abort event opens on its worker, refreshing what it
+knows of the scheduler) gives up its first handshake, and the scheduler's listener, once it
+runs again, reads the closed socket: "EOF occurred in violation of protocol", or
+"Connection reset by peer" if its reply went unread. The retry connects, and the batch goes
+on unharmed. A handshake that failed for another reason (a peer without our certificate)
+is kept.
+
 `InterruptGuard`: the first Ctrl-C or SIGTERM interrupts the batch; later ones are ignored
 until the command has cleaned up and printed what finished, so a second Ctrl-C cannot cut the
 cleanup short or leave a half-reported run. While a flow runs, Prefect's own SIGTERM handler
@@ -22,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import ssl
 import sys
 import threading
 from collections.abc import Iterator
@@ -41,16 +54,35 @@ RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
 # A log record with this attribute set (`extra=REPORT_LINE`) says what the CLI prints itself
 # as a `warning:` line (a slide's warnings, a known failure): not repeated on the console.
 REPORT_LINE = {"wsi_segment_report_line": True}
+# Where Dask logs a TLS handshake that failed on one of its listeners, and how a peer that
+# closed it mid-handshake reads there (the error is the record's last argument).
+DASK_TCP_LOGGER = "distributed.comm.tcp"
+PEER_CLOSED = (ssl.SSLEOFError, ConnectionResetError)
+
+
+def abandoned_handshake(record: logging.LogRecord) -> bool:
+    """Dask's warning that a peer closed a connection to one of its TLS listeners before the
+    handshake ended: what a `connect` whose first attempt timed out leaves behind."""
+    if record.name != DASK_TCP_LOGGER or not isinstance(record.args, tuple) or not record.args:
+        return False
+    message = record.getMessage()
+    return (
+        message.startswith("Listener on ")
+        and "TLS handshake failed" in message
+        and isinstance(record.args[-1], PEER_CLOSED)
+    )
 
 
 class BatchConsoleFilter(logging.Filter):
     """Drops run-logger errors (the CLI reports each failed slide once), the warnings the CLI
     prints itself (`REPORT_LINE`) and Dask's INFO;
     `quiet` (`--quiet`) drops Prefect's INFO too (the temporary server starting and
-    stopping, each task's "Finished in state Completed()"), keeping its warnings."""
+    stopping, each task's "Finished in state Completed()"), keeping its warnings, and Dask's
+    warnings of handshakes its own retries abandoned (`abandoned_handshake`)."""
 
     def __init__(self, quiet: bool = False) -> None:
         super().__init__()
+        self.quiet = quiet
         self.chatter = ("distributed", "prefect") if quiet else ("distributed",)
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -58,6 +90,8 @@ class BatchConsoleFilter(logging.Filter):
         if record.levelno >= logging.ERROR and name.startswith(RUN_LOGGERS):
             return False
         if getattr(record, "wsi_segment_report_line", False):
+            return False
+        if self.quiet and abandoned_handshake(record):
             return False
         return not (record.levelno < logging.WARNING and name.startswith(self.chatter))
 

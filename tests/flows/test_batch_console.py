@@ -1,17 +1,27 @@
-"""The batch CLI's console: which log records reach the terminal, and real signals through
-InterruptGuard (sent to this process; pytest runs tests in the main thread)."""
+"""The batch CLI's console: which log records reach the terminal (Dask's own, from a real
+TLS cluster, included), and real signals through InterruptGuard (sent to this process;
+pytest runs tests in the main thread)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import signal
+import socket
+import ssl
+import threading
 import time
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from wsi_segment.errors import Terminated
 from wsi_segment.flows.batch_console import BatchConsoleFilter, InterruptGuard
+
+if TYPE_CHECKING:
+    from tornado.ioloop import IOLoop
 
 
 def record(name: str, level: int) -> logging.LogRecord:
@@ -45,6 +55,106 @@ def test_quiet_drops_prefects_info_too_and_the_cli_drops_what_it_prints_itself()
         marked = record("prefect.task_runs", logging.WARNING)
         marked.__dict__.update(REPORT_LINE)
         assert not keep(marked)
+
+
+class Kept(logging.Handler):
+    """Every record of the logger it is added to."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+HELD_S = 5.0  # how long the scheduler's event loop is held, as load holds the batch's process
+CONNECT_S = 10.0  # Dask's connect timeout here: a first attempt gets a fifth, 2 s < HELD_S
+
+
+def hold(loop: IOLoop, seconds: float) -> None:
+    """Block `loop` (a cluster's event loop, in its own thread) for `seconds`; returns once
+    it is blocked."""
+    held = threading.Event()
+
+    def block() -> None:
+        held.set()
+        time.sleep(seconds)
+
+    loop.add_callback(block)
+    assert held.wait(10)
+
+
+async def connect_and_close(address: str, connection_args: dict[str, Any]) -> None:
+    """What every Dask peer does to reach a listener: `distributed.comm.connect`."""
+    from distributed.comm import connect
+
+    comm = await connect(address, timeout=CONNECT_S, **connection_args)
+    await comm.close()
+
+
+def knock_without_certificate(address: str) -> None:
+    """A TLS client without the cluster's certificate (a stranger on the machine)."""
+    host, port = address.removeprefix("tls://").rsplit(":", 1)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    with sock, contextlib.suppress(OSError), context.wrap_socket(sock) as tls:
+        tls.recv(1)  # the listener refuses it: an alert, or the connection closed
+
+
+def test_quiet_drops_the_handshake_a_dask_retry_gave_up_and_keeps_a_refused_one() -> None:
+    """Our local cluster (TLS, a worker process) with its scheduler's event loop held past
+    the first attempt of a Dask connect, as a loaded machine holds the batch's process: the
+    connect gives that handshake up, closes it and connects again, and the scheduler's
+    listener, once free, warns "TLS handshake failed ... EOF occurred in violation of
+    protocol". `--quiet` drops that warning (the connection it stood for was made); it keeps
+    the one of a client without the certificate, and without `--quiet` both are shown."""
+    from wsi_segment.flows.dask_cluster import dask_client
+
+    kept = Kept()
+    tcp = logging.getLogger("distributed.comm.tcp")
+    tcp.addHandler(kept)
+    try:
+        with dask_client(workers=1, threads=1) as client:
+            address = client.cluster.scheduler_address
+            hold(client.cluster.loop, HELD_S)
+            asyncio.run(connect_and_close(address, client.security.get_connection_args("client")))
+            knock_without_certificate(address)
+            deadline = time.monotonic() + 10
+            while len(kept.records) < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+    finally:
+        tcp.removeHandler(kept)
+    failed = [r for r in kept.records if "TLS handshake failed" in r.getMessage()]
+    assert len(failed) == 2, [r.getMessage() for r in kept.records]
+    abandoned, refused = failed
+    assert isinstance(abandoned.args, tuple) and isinstance(abandoned.args[-1], ssl.SSLEOFError)
+    assert "EOF occurred in violation of protocol" in abandoned.getMessage()
+    assert "EOF" not in refused.getMessage()
+    quiet, console = BatchConsoleFilter(quiet=True).filter, BatchConsoleFilter().filter
+    assert not quiet(abandoned)
+    assert quiet(refused)
+    assert console(abandoned) and console(refused)
+
+
+def test_quiet_drops_a_handshake_reset_by_its_peer_too() -> None:
+    """The same retry when the listener had already answered: the peer's socket closes with
+    the answer unread, and the listener reads "Connection reset by peer"."""
+    from wsi_segment.flows.batch_console import DASK_TCP_LOGGER
+
+    reset = logging.LogRecord(
+        DASK_TCP_LOGGER,
+        logging.WARNING,
+        __file__,
+        1,
+        "Listener on %r: TLS handshake failed with remote %r: %s",
+        ("tls://127.0.0.1:40000", "tls://127.0.0.1:50000", ConnectionResetError(104, "reset")),
+        None,
+    )
+    assert not BatchConsoleFilter(quiet=True).filter(reset)
+    assert BatchConsoleFilter().filter(reset)
 
 
 def deliver(signum: int) -> None:

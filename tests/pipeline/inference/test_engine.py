@@ -299,14 +299,20 @@ class TwoChunksAtOnce(SlideJob):
 
 
 class FailsOnThirdChunk(SlideJob):
-    """The real job, failing (as a full disk would) when finishing its third chunk."""
+    """The real job, failing (as a full disk would) when finishing its third chunk. The
+    chunks begun before it wait until it has failed, and a while more for the engine to
+    note the failure, so that the writers' next pick always comes after the stop (without
+    the wait, a loaded machine may let every chunk be taken before the third fails)."""
 
     def finish_block(self, spec, reduced):
         with self.probe_lock:
             self.calls += 1
-            fail = self.calls == 3
-        if fail:
+            call = self.calls
+        if call == 3:
+            self.failed.set()
             raise OSError("No space left on device (test)")
+        if call < 3 and self.failed.wait(30):
+            time.sleep(1.0)
         return super().finish_block(spec, reduced)
 
 
@@ -315,6 +321,7 @@ def probed(job: SlideJob, cls: type[SlideJob]) -> SlideJob:
     probe = cls(**fields)
     probe.probe_lock, probe.calls = threading.Lock(), 0
     probe.barrier = threading.Barrier(2, timeout=30)
+    probe.failed = threading.Event()
     return probe
 
 
