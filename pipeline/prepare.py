@@ -29,6 +29,7 @@ from wsi_segment.pipeline.inference.slide_plan import (
 )
 from wsi_segment.pipeline.inference.tile_prefetch import TilePrefetcher
 from wsi_segment.pipeline.inference.tile_reader import TileReader
+from wsi_segment.pipeline.machine import Machine, probe_machine
 from wsi_segment.pipeline.outputs.output_name import slide_output_name
 from wsi_segment.pipeline.outputs.ownership import refuse_link
 from wsi_segment.pipeline.outputs.run_identity import run_fingerprint
@@ -39,7 +40,7 @@ from wsi_segment.pipeline.prepare_inputs import (
     open_checked_slide,
     read_model_folder,
 )
-from wsi_segment.pipeline.run_policy import LOCAL, ExecutionPlan, RunFacts
+from wsi_segment.pipeline.run_policy import CLUSTER, LOCAL, ExecutionPlan, RunFacts
 from wsi_segment.pipeline.run_start import RunStart
 from wsi_segment.pipeline.startup import Background, gc_paused
 from wsi_segment.wsi.roi import Roi
@@ -178,15 +179,16 @@ def prepare(
     out_root: str | Path,
     params: SegmentParams,
     early: bool = False,
-    place: str = LOCAL,
+    cluster: Machine | None = None,
     at_once: int = 1,
     cancel: CancelToken = NEVER_CANCELLED,
 ) -> PreparedSlide:
     """Stage 1: everything cheap that decides what the run will do, in three steps.
 
-    1. the plan (`pipeline.run_policy`, for `place`: a local run, or the plan of a Dask
-       cluster's run; `at_once`: the slides in flight on this machine, a batch's), decided
-       from this machine, the options and the slide's read level;
+    1. the plan (`pipeline.run_policy`: a local run's, decided for this machine, or, given
+       the `cluster` machine its workers describe (`band_runner.cluster_machine`), the
+       plan a Dask run ships to its bands; `at_once`: the slides in flight on this machine,
+       a batch's), decided from that machine, the options and the slide's read level;
     2. with `early`, the readers it names start (`EarlyReaders`: the engine's decoder
        processes, else the prefetcher, neither when it reads on the model's device) while
        this thread detects tissue and plans the chunks;
@@ -204,8 +206,9 @@ def prepare(
     try:
         cancel.check()
         with gc_paused():
+            place, machine = (LOCAL, probe_machine()) if cluster is None else (CLUSTER, cluster)
             facts = RunFacts(place=place, at_once=at_once)
-            started = RunStart.begin(opened, model, params, facts, early)
+            started = RunStart.begin(opened, model, params, machine, facts, early)
             return _prepare_started(
                 Path(out_root), name, params, opened, model, started, t0, cancel
             )
@@ -233,7 +236,7 @@ def _prepare_started(
         cancel.check()
         grid, planned, reader = _plan_chunks(opened, params, model, started, tissue)
         t2 = time.perf_counter()
-        handle, model_meta, policy = started.loaded_model(model, params, cancel)
+        handle, model_meta, policy = started.loaded_model(model, cancel)
         fingerprint = run_fingerprint(opened.path, handle.identity, params, model_meta)
     except BaseException:
         started.stop()

@@ -109,3 +109,10 @@ class SlideNotStarted(SlideStopped):
 
 class BandAborted(SlideStopped):
     """The slide failed in another of its Dask bands: this band stops, or never starts."""
+
+
+class PlanMismatch(ConfigError):
+    """A Dask worker decides one of a slide's cluster-wide decisions (runtime, precision,
+    chunk size) otherwise than the plan the client shipped to it: the worker is unlike the
+    one whose machine the plan was decided for (a cluster of unlike workers). The band refuses to run rather than mix two answers in
+    one slide; the message names the decision, both values and the fix."""

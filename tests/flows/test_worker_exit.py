@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from tests.flows.conftest import write_synthetic_slide
-from tests.pipeline.inference.test_band_runner import band_job, band_options
+from tests.pipeline.inference.test_band_runner import band_job, band_options, cluster_plan
 from tests.reliability.conftest import CLI, cli_env, run_cli
 from wsi_segment.pipeline.inference.band_runner import run_bands
 
@@ -50,7 +50,7 @@ def test_a_worker_that_ran_a_band_ends_when_its_cluster_closes(
     records = Records()
     with dask_client(workers=1, threads=1) as client:
         job, specs = band_job(tmp_path / "p.zarr", tiny_model_dir)
-        assert run_bands(job, specs, client, band_options(), bands=1)
+        assert run_bands(job, specs, client, cluster_plan(band_options()), bands=1)
         [(pid, modules)] = client.run(_worker_state).values()
         assert modules > 2000  # torch, timm, the model's runtime: the heap a band leaves
         nanny.addHandler(records)
