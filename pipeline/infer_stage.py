@@ -30,6 +30,7 @@ from wsi_segment.pipeline.prepare import PreparedSlide
 from wsi_segment.pipeline.progress import NullProgress, Progress
 from wsi_segment.pipeline.read_policy import CPU, Decision
 from wsi_segment.pipeline.run_policy import CLUSTER, LOCAL, ExecutionPlan
+from wsi_segment.pipeline.threads import Background
 from wsi_segment.wsi.slide import Slide
 
 if TYPE_CHECKING:  # distributed is imported only when a cluster is used
@@ -53,7 +54,7 @@ def infer(
     bands, stop and its reason is raised."""
     t0 = time.perf_counter()
     zarr_path = work_dir / STORE_NAME
-    create_stores(prep, zarr_path)
+    Background(create_stores, prep, zarr_path).result_through_interrupts()
     progress = progress or NullProgress()
     try:
         if client is not None:
@@ -78,8 +79,8 @@ def _infer_here(
     policy = local_policy(prep)
     job = slide_job(prep, zarr_path, policy.batch_size.value)
     progress.start(prep.tiles_total, unit="tile", desc=prep.name)
-    source = local_source(prep, policy)
     prep.read_device, prep.run_policy = policy.read_report(), policy.as_dict()
+    source = local_source(prep, policy)
     try:  # nothing between: run_engine closes the source on every path
         outcomes = run_engine(
             job,
@@ -111,9 +112,10 @@ def local_source(prep: PreparedSlide, policy: ExecutionPlan) -> ReadSource:
     which adopts the prefetcher reading since planning. Where it is not the reader thread,
     the overlay's thumbnail read ends first, so decoders or the device path have the cores;
     the source is closed here if an interrupt lands before it is handed back."""
-    pool, prefetch = prep.take_decode_pool(), prep.take_prefetch()
-    source = plan_source(policy, prep.model, prep.reader, prep.read_tiles, pool, prefetch)
+    early = prep.decode_pool, prep.prefetch  # the slide holds them until they are adopted
+    source = plan_source(policy, prep.model, prep.reader, prep.read_tiles, *early)
     try:
+        prep.readers_handed_over()
         if policy.device_decoder is not None or policy.decoders.value:
             prep.close_prefetch()
     except BaseException:

@@ -42,7 +42,8 @@ from wsi_segment.pipeline.prepare_inputs import (
 )
 from wsi_segment.pipeline.run_policy import CLUSTER, LOCAL, ExecutionPlan, RunFacts
 from wsi_segment.pipeline.run_start import RunStart
-from wsi_segment.pipeline.startup import Background, gc_paused
+from wsi_segment.pipeline.startup import gc_paused
+from wsi_segment.pipeline.threads import Background
 from wsi_segment.wsi.roi import Roi
 from wsi_segment.wsi.slide import Slide
 from wsi_segment.wsi.tiling import ChunkPlan, ChunkSpec, TileGrid
@@ -106,10 +107,12 @@ class PreparedSlide:
         return state
 
     def close_prefetch(self) -> None:
-        """Stop the background readers (prefetch, decoders, overlay thumbnail) of a local run."""
-        pool, self.decode_pool = self.decode_pool, None
-        if pool is not None:
-            pool.close()
+        """Stop the background readers (prefetch, decoders, overlay thumbnail) of a local run.
+        Each is forgotten only once closed (closing is idempotent), so an interrupt landing
+        here leaves it to the next cleanup rather than losing it."""
+        if self.decode_pool is not None:
+            self.decode_pool.close()
+            self.decode_pool = None
         if self.prefetch is not None:
             self.prefetch.close()
             self.prefetch = None
@@ -118,15 +121,13 @@ class PreparedSlide:
             with contextlib.suppress(Exception):
                 self.overlay_thumb.result()
 
-    def take_decode_pool(self) -> DecodePool | None:
-        """The early decoders, handed over to whoever runs the engine (which closes them)."""
-        pool, self.decode_pool = self.decode_pool, None
-        return pool
-
-    def take_prefetch(self) -> TilePrefetcher | None:
-        """The prefetcher, handed over to the engine's reader thread (which closes it)."""
-        prefetch, self.prefetch = self.prefetch, None
-        return prefetch
+    def readers_handed_over(self) -> None:
+        """Forget the early decoders and prefetcher once the engine's read source has adopted
+        or closed them (`read_sources.plan_source`). Until then this slide still holds them:
+        an interrupt during the hand-over (imports, the source's set-up) leaves them to
+        `close_prefetch`, never to no one."""
+        self.decode_pool = None
+        self.prefetch = None
 
     @property
     def out_dir(self) -> Path:

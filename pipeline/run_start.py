@@ -33,7 +33,7 @@ from wsi_segment.pipeline.run_policy import (
     wants_slide_reads,
     with_calibration,
 )
-from wsi_segment.pipeline.startup import Background
+from wsi_segment.pipeline.threads import Background
 from wsi_segment.wsi.slide import Slide
 
 if TYPE_CHECKING:
