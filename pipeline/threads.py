@@ -1,11 +1,12 @@
 """Threads whose end can be waited for through Ctrl-C.
 
-CPython 3.11's `Thread.join`, when a signal handler's exception (Ctrl-C's KeyboardInterrupt,
-our SIGTERM's `Terminated`) lands during the wait, marks a thread that still runs as ended:
-`is_alive()` turns False and every later `join` returns at once. Cleanup that joins again
-after an interrupt would then go on (close the slide, remove the work folder) while the
-thread still reads or writes. `WaitableThread` signals its end with an `Event`, whose waits
-an interrupt leaves intact, so the cleanup's wait can simply be retried.
+CPython 3.11's `threading.Thread.join`, when a signal handler's exception (Ctrl-C's
+KeyboardInterrupt, our SIGTERM's `Terminated`) lands during the wait, marks a thread that
+still runs as ended: `threading.Thread.is_alive` turns False and every later join returns at
+once. Cleanup that joins again after an interrupt would then go on (close the slide, remove
+the work folder) while the thread still reads or writes. `WaitableThread` signals its end
+with an `Event`, whose waits an interrupt leaves intact, so the cleanup's wait can simply be
+retried.
 """
 
 from __future__ import annotations
