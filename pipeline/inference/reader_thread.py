@@ -57,10 +57,7 @@ class HostTiles:
             self.prefetch.close()
             self.prefetch = None
         if self.prefetch is None:
-            try:
-                self._reuse = self.reader.plan_tile_reuse(list(specs))
-            except Exception:  # reading works without reuse; read errors surface on read
-                self._reuse = None
+            self._reuse = self.reader.plan_tile_reuse(list(specs))
 
     def read_chunk(self, spec: ChunkSpec) -> torch.Tensor:
         prefetch = self.prefetch
