@@ -50,6 +50,7 @@ from wsi_segment.wsi.tiling import ChunkSpec
 if TYPE_CHECKING:  # the compute stage imports torch: loaded when an engine runs
     from wsi_segment.pipeline.inference.compute_stage import ComputeStage, StagedBatch
     from wsi_segment.pipeline.inference.unit_writer import TileBatch
+    from wsi_segment.pipeline.run_policy import ExecutionPlan
 
 
 class ReadSource(Protocol):
@@ -127,6 +128,22 @@ def run_engine(
         return writer.results()
     finally:
         source.close()
+
+
+def run_plan(
+    job: SlideJob,
+    specs: Sequence[ChunkSpec],
+    source: ReadSource,
+    plan: ExecutionPlan,
+    progress: Progress | None = None,
+    stats: EngineStats | None = None,
+    cancel: CancelToken = NEVER_CANCELLED,
+) -> list[ChunkOutcome]:
+    """`run_engine` with the sizes `plan` decided (its writers, compute threads and model
+    lock): the one call of a local run (`pipeline.infer_stage`) and of a Dask band
+    (`band_task.run_band`)."""
+    sizes = plan.writers.value, plan.compute_threads.value, plan.model_lock.value
+    return run_engine(job, specs, source, progress, stats, cancel, *sizes)
 
 
 def _run_parts(
