@@ -134,13 +134,15 @@ def open_runtime(
             # run's end
             opened.graphs.drop_compiled()
         return opened
-    except GraphNotExpressible as exc:
-        why = f"the model's graph cannot be exported to OpenVINO ({exc})"
-        if spec.by_name:
-            raise ModelError(f"{model.meta.name}: {why}; use --runtime torch") from exc
-        return _fallen_back(model, spec, f"torch: {why}", f"{why}; ran in torch")
-    except RuntimeUnavailable as exc:
-        return _fallen_back(model, spec, f"torch: {exc}", f"{exc}; ran in torch")
+    except (GraphNotExpressible, RuntimeUnavailable) as exc:  # torch at the fallback precision
+        why = str(exc)
+        if isinstance(exc, GraphNotExpressible):
+            why = f"the model's graph cannot be exported to OpenVINO ({exc})"
+            if spec.by_name:
+                raise ModelError(f"{model.meta.name}: {why}; use --runtime torch") from exc
+        opened = _open_torch(model, spec.fallback, spec.fallback_reason)
+        opened.reason, opened.warning = f"torch: {why}", f"{why}; ran in torch"
+        return opened
 
 
 def _with_verdict(
@@ -157,14 +159,6 @@ def _with_verdict(
         key = calibration_key(model.identity, opened.runtime, spec.cpu_flags)
         if load_verdict(cache, key, CALIBRATION_FIELDS) is None:
             store_verdict(cache, key, calibration_numbers(opened.calibration))
-    return opened
-
-
-def _fallen_back(
-    model: SegmentationModel, spec: RuntimeSpec, reason: str, warning: str
-) -> OpenedRuntime:
-    opened = _open_torch(model, spec.fallback, spec.fallback_reason)
-    opened.reason, opened.warning = reason, warning
     return opened
 
 
