@@ -126,7 +126,7 @@ def run_device(job: dict, device_name: str) -> tuple[int, float, str]:
 
     from benchmarks.stages import plan_like_pipeline
     from wsi_segment.pipeline.inference.device_tiles import DeviceTiles
-    from wsi_segment.pipeline.inference.read_device import slide_reads
+    from wsi_segment.pipeline.inference.read_sources import slide_reads
     from wsi_segment.pipeline.inference.tile_reader import TileReader
 
     p = plan_like_pipeline(

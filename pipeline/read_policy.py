@@ -46,7 +46,7 @@ class Decision(Generic[T]):
 
 @dataclass(frozen=True)
 class ReadFacts:
-    """The slide's read level as the device read path sees it (`read_device.slide_reads`)."""
+    """The slide's read level as the device read path sees it (`read_sources.slide_reads`)."""
 
     unsupported: str = ""  # why the device path cannot serve it; "": it can
     ycbcr: bool = False  # the JPEG header states YCbCr, so nvJPEG decodes its colours right

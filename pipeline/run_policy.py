@@ -33,7 +33,7 @@ from wsi_segment.models.runtimes.decision import (
     precision_decision,
     runtime_decision,
 )
-from wsi_segment.models.runtimes.verdict import CALIBRATION_FIELDS, CALIBRATION_WHERE
+from wsi_segment.models.runtimes.verdict import CALIBRATION_WHERE, calibration_numbers
 from wsi_segment.pipeline.engine_sizes import (
     batch_size_decision,
     chunk_tiles_decision,
@@ -227,12 +227,6 @@ def with_calibration(
     calibrations = {**plan.facts.calibrations, runtime: calibration_numbers(calibration)}
     facts = dataclasses.replace(plan.facts, calibrations=calibrations)
     return decide(plan.machine, plan.options, facts)
-
-
-def calibration_numbers(calibration: PrecisionCalibration) -> dict[str, Any]:
-    """A calibration's numbers, as a plan takes them (`RunFacts.calibrations`)."""
-    numbers = dataclasses.asdict(calibration)
-    return {k: numbers[k] for k in sorted(CALIBRATION_FIELDS)}
 
 
 def for_worker(plan: ExecutionPlan, machine: Machine, **worker: Any) -> ExecutionPlan:

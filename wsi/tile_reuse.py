@@ -20,13 +20,22 @@ exactly (integer downsample), so no reader rounds a location differently.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Sequence
-from typing import Protocol
+from collections.abc import Callable, Iterable, Sequence
+from typing import Generic, Protocol, TypeVar
 
 import numpy as np
 
 Box = tuple[int, int, int, int]  # level px: x0, y0, x1, y1 (end exclusive)
+Key = tuple[int, int]  # storage tile (col, row)
 WHITE = 255
+
+
+class Sized(Protocol):
+    @property
+    def nbytes(self) -> int: ...
+
+
+T = TypeVar("T", bound=Sized)
 
 
 class LevelSource(Protocol):
@@ -58,6 +67,55 @@ def supports_reuse(slide: LevelSource, level: int, tile_size: tuple[int, int] | 
     return float(slide.level_downsamples[level]).is_integer()
 
 
+def tiles_of(box: Box, tile_size: tuple[int, int], level_size: tuple[int, int]) -> list[Key]:
+    """Storage tiles (col, row) a level box touches, inside the level only, row by row."""
+    (tw, th), (lw, lh) = tile_size, level_size
+    x0, y0, x1, y1 = max(box[0], 0), max(box[1], 0), min(box[2], lw), min(box[3], lh)
+    if x0 >= x1 or y0 >= y1:
+        return []
+    return [
+        (c, r)
+        for r in range(y0 // th, (y1 - 1) // th + 1)
+        for c in range(x0 // tw, (x1 - 1) // tw + 1)
+    ]
+
+
+class PlannedTiles(Generic[T]):
+    """The decoded storage tiles a planned sequence of reads still needs: each tile's planned
+    uses are counted, and a decoded tile is kept (as `own` copies it: a view would hold the
+    whole decoded block) only while a later read needs it, within `max_bytes` (a tile that
+    does not fit is decoded again: pixels never depend on the bound). What `TileReuse` keeps
+    on the host, and the device read path (`pipeline.inference.device_tiles`) on the
+    device; not thread safe (`TileReuse` holds its lock around it)."""
+
+    def __init__(self, planned: Iterable[list[Key]], max_bytes: int, own: Callable[[T], T]):
+        self._uses: dict[Key, int] = {}
+        for keys in planned:
+            for key in keys:
+                self._uses[key] = self._uses.get(key, 0) + 1
+        self._max_bytes, self._own = int(max_bytes), own
+        self.kept: dict[Key, T] = {}
+        self.kept_bytes = 0
+
+    def spend(self, keys: list[Key], decoded: dict[Key, T]) -> None:
+        """One planned use of each of `keys` is spent (`decoded`: those just decoded): keep
+        tiles still needed, drop the rest."""
+        for key in keys:
+            left = self._uses.get(key, 0) - 1
+            if left > 0:
+                self._uses[key] = left
+                tile = decoded.get(key)
+                room = self._max_bytes - self.kept_bytes
+                if tile is not None and key not in self.kept and tile.nbytes <= room:
+                    self.kept[key] = self._own(tile)
+                    self.kept_bytes += tile.nbytes
+            else:
+                self._uses.pop(key, None)
+                dropped = self.kept.pop(key, None)
+                if dropped is not None:
+                    self.kept_bytes -= dropped.nbytes
+
+
 class TileReuse:
     """A level reader shared by the threads of one process; thread safe."""
 
@@ -75,32 +133,16 @@ class TileReuse:
         self._lw, self._lh = int(level_size[0]), int(level_size[1])
         self._ds = float(downsample)
         self._tw, self._th = int(tile_size[0]), int(tile_size[1])
-        self._max_bytes = int(max_bytes)
         self._blocks = blocks
-        self._uses: dict[tuple[int, int], int] = {}
-        for box in planned:
-            for key in self._tiles_of(box):
-                self._uses[key] = self._uses.get(key, 0) + 1
-        self._cache: dict[tuple[int, int], np.ndarray] = {}
-        self._bytes = 0
+        keys = (self._tiles_of(box) for box in planned)
+        self._planned = PlannedTiles[np.ndarray](keys, max_bytes, np.ascontiguousarray)
         self._lock = threading.Lock()
         self.tiles_decoded = 0  # storage tiles decoded (each read of a tile counts)
         self.tiles_reused = 0  # storage tiles served from memory instead
         self.blocks_direct = 0  # reads whose tiles `blocks` decoded (the rest: the slide)
 
-    def _tiles_of(self, box: Box) -> list[tuple[int, int]]:
-        """Storage tiles (col, row) a level box touches, inside the level only."""
-        x0, y0, x1, y1 = (
-            max(box[0], 0),
-            max(box[1], 0),
-            min(box[2], self._lw),
-            min(box[3], self._lh),
-        )
-        if x0 >= x1 or y0 >= y1:
-            return []
-        cols = range(x0 // self._tw, (x1 - 1) // self._tw + 1)
-        rows = range(y0 // self._th, (y1 - 1) // self._th + 1)
-        return [(c, r) for r in rows for c in cols]
+    def _tiles_of(self, box: Box) -> list[Key]:
+        return tiles_of(box, (self._tw, self._th), (self._lw, self._lh))
 
     def _tile_box(self, key: tuple[int, int]) -> Box:
         c, r = key
@@ -112,7 +154,8 @@ class TileReuse:
         box = (int(lx), int(ly), int(lx) + int(width), int(ly) + int(height))
         keys = self._tiles_of(box)
         with self._lock:
-            have = {k: self._cache[k] for k in keys if k in self._cache}
+            kept = self._planned.kept
+            have = {k: kept[k] for k in keys if k in kept}
         missing = [k for k in keys if k not in have]
         decoded = self._decode(slide, missing) if missing else {}
         shape = (int(height), int(width), 3)
@@ -159,30 +202,13 @@ class TileReuse:
         }
 
     def _account(
-        self,
-        keys: list[tuple[int, int]],
-        have: dict[tuple[int, int], np.ndarray],
-        decoded: dict[tuple[int, int], np.ndarray],
+        self, keys: list[Key], have: dict[Key, np.ndarray], decoded: dict[Key, np.ndarray]
     ) -> None:
-        """One planned use of each tile is spent: keep tiles still needed, drop the rest."""
         with self._lock:
             self.tiles_reused += len(have)
-            for key in keys:
-                left = self._uses.get(key, 0) - 1
-                if left > 0:
-                    self._uses[key] = left
-                    if key in decoded and key not in self._cache:
-                        tile = decoded[key]
-                        if self._bytes + tile.nbytes <= self._max_bytes:
-                            self._cache[key] = np.ascontiguousarray(tile)
-                            self._bytes += tile.nbytes
-                else:
-                    self._uses.pop(key, None)
-                    dropped = self._cache.pop(key, None)
-                    if dropped is not None:
-                        self._bytes -= dropped.nbytes
+            self._planned.spend(keys, decoded)
 
     @property
     def cached_bytes(self) -> int:
         with self._lock:
-            return self._bytes
+            return self._planned.kept_bytes

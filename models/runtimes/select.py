@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,9 +46,9 @@ from .verdict import (
     CALIBRATION_FIELDS,
     CALIBRATION_WHERE,
     calibration_key,
+    calibration_numbers,
     load_verdict,
     store_verdict,
-    stored_calibration,
     verdict_key,
 )
 
@@ -134,13 +134,15 @@ def open_runtime(
             # run's end
             opened.graphs.drop_compiled()
         return opened
-    except GraphNotExpressible as exc:
-        why = f"the model's graph cannot be exported to OpenVINO ({exc})"
-        if spec.by_name:
-            raise ModelError(f"{model.meta.name}: {why}; use --runtime torch") from exc
-        return _fallen_back(model, spec, f"torch: {why}", f"{why}; ran in torch")
-    except RuntimeUnavailable as exc:
-        return _fallen_back(model, spec, f"torch: {exc}", f"{exc}; ran in torch")
+    except (GraphNotExpressible, RuntimeUnavailable) as exc:  # torch at the fallback precision
+        why = str(exc)
+        if isinstance(exc, GraphNotExpressible):
+            why = f"the model's graph cannot be exported to OpenVINO ({exc})"
+            if spec.by_name:
+                raise ModelError(f"{model.meta.name}: {why}; use --runtime torch") from exc
+        opened = _open_torch(model, spec.fallback, spec.fallback_reason)
+        opened.reason, opened.warning = f"torch: {why}", f"{why}; ran in torch"
+        return opened
 
 
 def _with_verdict(
@@ -155,18 +157,8 @@ def _with_verdict(
         return opened
     if opened.calibration is not None and model.identity:
         key = calibration_key(model.identity, opened.runtime, spec.cpu_flags)
-        if stored_calibration(cache, key) is None:
-            numbers = asdict(opened.calibration)
-            del numbers["where"]  # the code's words, not a measurement
-            store_verdict(cache, key, numbers)
-    return opened
-
-
-def _fallen_back(
-    model: SegmentationModel, spec: RuntimeSpec, reason: str, warning: str
-) -> OpenedRuntime:
-    opened = _open_torch(model, spec.fallback, spec.fallback_reason)
-    opened.reason, opened.warning = reason, warning
+        if load_verdict(cache, key, CALIBRATION_FIELDS) is None:
+            store_verdict(cache, key, calibration_numbers(opened.calibration))
     return opened
 
 
@@ -237,13 +229,10 @@ def _open_openvino(model: SegmentationModel, spec: RuntimeSpec, cache: Path) -> 
     where = CALIBRATION_WHERE["openvino"]
 
     def bf16_calibration() -> dict[str, Any]:
-        found = asdict(calibrate_bf16(labels_of, tile, where, model.validation_patches))
-        del found["where"]  # the code's words, not a measurement
-        return found
+        return calibration_numbers(calibrate_bf16(labels_of, tile, where, model.validation_patches))
 
     numbers = _checked(opened, bf16, "bf16_calibration", tiles, bf16_calibration)
-    stored = {k: numbers[k] for k in _CHECK_FIELDS["bf16_calibration"]}
-    calibration = PrecisionCalibration(**stored, where=where)
+    calibration = PrecisionCalibration(**numbers, where=where)
     if not calibration.bf16_chosen:
         opened.graphs, opened.precision = fp32, "fp32"
     opened.calibration = calibration
@@ -262,8 +251,8 @@ def _checked(
     """The numbers of `check` from the cache when an entry for these graphs and tiles is
     there and whole, else computed (counted in `opened.checks_computed`) and stored."""
     key = verdict_key(graphs, check, tiles)
-    numbers = load_verdict(graphs.cache_dir, key)
-    if numbers is not None and _CHECK_FIELDS[check] <= numbers.keys():
+    numbers = load_verdict(graphs.cache_dir, key, _CHECK_FIELDS[check])
+    if numbers is not None:
         return numbers
     numbers = compute()
     opened.checks_computed += 1

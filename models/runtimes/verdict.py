@@ -18,6 +18,7 @@ it, and the loader then calibrates nothing; a cold load obtains it once and stor
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Mapping
@@ -31,6 +32,7 @@ from .cache import cpu_key, default_cache_dir, load_entry, store_best_effort
 if TYPE_CHECKING:
     import torch
 
+    from ..precision_calibration import PrecisionCalibration
     from .openvino_runtime import OpenVINOGraphs
 
 _SUFFIX = "verdict"
@@ -58,8 +60,11 @@ def verdict_key(graphs: OpenVINOGraphs, check: str, tiles: torch.Tensor) -> dict
     return {**graphs.entry_key(), "kind": "verdict", "check": check, "tiles": tiles_digest(tiles)}
 
 
-def load_verdict(cache: Path, key: dict[str, object]) -> dict[str, Any] | None:
-    """The stored numbers of the check `key` names, or None (never run, damaged, foreign)."""
+def load_verdict(
+    cache: Path, key: Mapping[str, object], fields: frozenset[str]
+) -> dict[str, Any] | None:
+    """The stored numbers `fields` of the check `key` names, or None (never run, damaged,
+    foreign, or an older format without them)."""
     found = load_entry(cache, key, (_SUFFIX,))
     if not found:
         return None
@@ -67,7 +72,9 @@ def load_verdict(cache: Path, key: dict[str, object]) -> dict[str, Any] | None:
         numbers = json.loads(found[_SUFFIX].read_text())
     except (OSError, ValueError):
         return None
-    return numbers if isinstance(numbers, dict) else None
+    if not isinstance(numbers, dict) or not numbers.keys() >= fields:
+        return None
+    return {k: numbers[k] for k in sorted(fields)}
 
 
 def store_verdict(cache: Path, key: dict[str, object], numbers: dict[str, Any]) -> None:
@@ -104,12 +111,10 @@ def calibration_key(identity: str, runtime: str, cpu_flags: frozenset[str]) -> d
     }
 
 
-def stored_calibration(cache: Path, key: Mapping[str, object]) -> dict[str, Any] | None:
-    """The stored numbers of the bf16 calibration `key` names, or None (never obtained on
-    this machine, damaged, foreign, or an older format)."""
-    numbers = load_verdict(cache, dict(key))
-    if numbers is None or not numbers.keys() >= CALIBRATION_FIELDS:
-        return None
+def calibration_numbers(calibration: PrecisionCalibration) -> dict[str, Any]:
+    """A calibration's numbers, as they are stored and as a plan takes them
+    (`RunFacts.calibrations`): its measured fields, not the code's words (`where`)."""
+    numbers = dataclasses.asdict(calibration)
     return {k: numbers[k] for k in sorted(CALIBRATION_FIELDS)}
 
 
@@ -120,4 +125,4 @@ def kept_calibration(
     sha256) in `runtime` on a CPU with `cpu_flags`, or None: read without torch."""
     identity, _meta = model_files_identity(model_dir)
     key = calibration_key(identity, runtime, cpu_flags)
-    return stored_calibration(default_cache_dir(), key)
+    return load_verdict(default_cache_dir(), key, CALIBRATION_FIELDS)

@@ -29,10 +29,9 @@ from typing import TYPE_CHECKING, Any
 
 from wsi_segment.errors import BandAborted, WsiSegmentError
 from wsi_segment.pipeline.cancellation import Cancellation
-from wsi_segment.pipeline.inference.engine import run_engine, torch_threads
+from wsi_segment.pipeline.inference.engine import run_plan, torch_threads
 from wsi_segment.pipeline.inference.model_handle import ModelHandle
-from wsi_segment.pipeline.inference.read_device import slide_reads
-from wsi_segment.pipeline.inference.read_sources import plan_source
+from wsi_segment.pipeline.inference.read_sources import plan_source, slide_reads
 from wsi_segment.pipeline.inference.slide_job import SlideJob
 from wsi_segment.pipeline.machine import probe_machine
 from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome
@@ -122,9 +121,7 @@ def band_calibration(
     runs in, and the bf16 calibration its load obtained where the plan waited for one. A
     cluster asks one worker (`band_runner.settle_plan`) and decides the slide's plan with it,
     so every chunk, recomputed ones included, runs in the same precision."""
-    quiet_cancelled_tasks()
-    in_flight, own = _bands_here(gpu, at_once or {})
-    _plan, job, _tiles = band_plan(job, plan, in_flight, False, own)
+    _plan, job, _tiles = _band_plan_here(job, plan, gpu, at_once, examine=False)
     opened = job.model.get().runtime
     return opened.runtime, opened.calibration
 
@@ -144,7 +141,6 @@ def run_band(
     band holds the worker's GPU resource, so it is the only band running there;
     `at_once`: bands that may run at once on each host (the workers of one machine share
     its cores; default: this worker's threads, or 1 with `gpu`)."""
-    quiet_cancelled_tasks()
     event = None
     if abort is not None:
         from distributed import Event
@@ -152,9 +148,8 @@ def run_band(
         event = Event(abort)
         if event.is_set():
             return BandResult([], 0, aborted=True)
-    in_flight, own = _bands_here(gpu, at_once or {})
     try:
-        policy, job, tiles = band_plan(job, plan, in_flight, True, own)
+        policy, job, tiles = _band_plan_here(job, plan, gpu, at_once, examine=True)
         daemonic = policy.decoders_refused
         source = plan_source(policy, job.model, job.reader, tiles)
         try:
@@ -164,15 +159,7 @@ def run_band(
             stop = Cancellation()
             with _watching(event, stop), torch_threads(policy.cores.value):
                 # side by side with the worker's other bands, each on its share of the cores
-                outcomes = run_engine(
-                    job,
-                    specs,
-                    source,
-                    cancel=stop,
-                    writers=policy.writers.value,
-                    computes=policy.compute_threads.value,
-                    locked=policy.model_lock.value,
-                )
+                outcomes = run_plan(job, specs, source, policy, cancel=stop)
         finally:
             source.close()  # run_engine closed it, unless an interrupt came first
         return BandResult(
@@ -189,38 +176,42 @@ def run_band(
         return BandResult([], 0, error=exc)
 
 
-class _CancelledTaskNotice(logging.Filter):
-    """Drops the worker's "Async instruction for <Task cancelled ...> ended with
-    CancelledError" warnings: a band cancelled because the run was interrupted, or another
-    band failed, is reported once by the client (the `error:` line, the batch table); the
-    worker's own line, printed straight to the terminal, only repeats it as noise."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        return not (message.startswith("Async instruction for") and "CancelledError" in message)
+def drop_cancelled_notice(record: logging.LogRecord) -> bool:
+    """A log filter that drops the worker's "Async instruction for <Task cancelled ...> ended
+    with CancelledError" warnings: a band cancelled because the run was interrupted, or
+    another band failed, is reported once by the client (the `error:` line, the batch
+    table); the worker's own line, printed straight to the terminal, only repeats it as
+    noise."""
+    message = record.getMessage()
+    return not (message.startswith("Async instruction for") and "CancelledError" in message)
 
 
 def quiet_cancelled_tasks() -> None:
-    """Install `_CancelledTaskNotice` on this worker's task-state logger (once a process);
+    """Install `drop_cancelled_notice` on this worker's task-state logger (once a process);
     every other warning of the worker stays."""
     state_machine = logging.getLogger("distributed.worker.state_machine")
-    if not any(isinstance(f, _CancelledTaskNotice) for f in state_machine.filters):
-        state_machine.addFilter(_CancelledTaskNotice())
+    if drop_cancelled_notice not in state_machine.filters:
+        state_machine.addFilter(drop_cancelled_notice)
 
 
-def _bands_here(gpu: bool, at_once: dict[str, int]) -> tuple[int, int]:
-    """Bands sharing this machine's cores (`at_once` for this worker's host, else this
-    worker's own), and this worker's own: 1 with the GPU resource, else its threads; 1 and
+def _band_plan_here(
+    job: SlideJob, plan: ExecutionPlan, gpu: bool, at_once: dict[str, int] | None, examine: bool
+) -> tuple[ExecutionPlan, SlideJob, JpegTiles | None]:
+    """`band_plan` on this worker (its task-state log quietened: `quiet_cancelled_tasks`),
+    for the bands sharing this machine's cores (`at_once` for this worker's host, else this
+    worker's own) and this worker's own: 1 with the GPU resource, else its threads; 1 and
     1 outside a worker."""
     from distributed import get_worker
     from distributed.comm import get_address_host
 
+    quiet_cancelled_tasks()
     try:
         worker = get_worker()
     except ValueError:  # not inside a worker (a direct call)
-        return 1, 1
+        return band_plan(job, plan, 1, examine, 1)
     own = 1 if gpu else max(1, int(worker.state.nthreads))
-    return max(1, at_once.get(get_address_host(worker.address), 0) or own), own
+    in_flight = max(1, (at_once or {}).get(get_address_host(worker.address), 0) or own)
+    return band_plan(job, plan, in_flight, examine, own)
 
 
 @contextlib.contextmanager

@@ -310,10 +310,7 @@ def decoder_main(decoder: int, conn: Connection) -> None:
 def _decode_share(decoder: int, task: DecoderTask, ring: SlotRing, link: DecoderEnd) -> None:
     """Read the share's chunks in order into free slots; return early once told to stop."""
     reader = task.reader
-    try:
-        reuse = reader.plan_tile_reuse(task.specs)
-    except Exception:  # reading works without reuse; read errors surface below
-        reuse = None
+    reuse = reader.plan_tile_reuse(task.specs)
     for index, spec in zip(task.indices, task.specs, strict=True):
         if link.stop_asked():
             return

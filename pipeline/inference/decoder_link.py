@@ -106,21 +106,21 @@ class DecoderEnd:
             self.stopped = True
 
     def _take(self, timeout: float | None) -> None:
-        """Take the slots and stops that arrive within `timeout` (None: wait for one)."""
-        try:
-            ready = self.conn.poll(timeout)
-        except OSError:
-            ready, self.stopped = False, True
-        while ready and not self.stopped:
+        """Take the slots and stops that arrive within `timeout` (None: wait for one), then
+        whatever else has arrived."""
+        while not self.stopped:
+            try:
+                if not self.conn.poll(timeout):
+                    return
+            except OSError:
+                self.stopped = True
+                return
             message = self._recv()
             if isinstance(message, int):
                 self.slots.append(message)
             else:
                 self.stopped = True
-            try:
-                ready = self.conn.poll(0.0)
-            except OSError:
-                ready, self.stopped = False, True
+            timeout = 0.0
 
     def _recv(self) -> ToDecoder:
         try:

@@ -15,21 +15,19 @@ The decoders may have been spawned before tissue detection (`DecodePool`, handed
 from __future__ import annotations
 
 import functools
-import queue
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import torch
 
 from wsi_segment.errors import DecoderDied
-from wsi_segment.pipeline.inference.compute_stage import ChunkTiles, StagedBatch, Stager
+from wsi_segment.pipeline.inference.compute_stage import ChunkTiles, Stager
 from wsi_segment.pipeline.inference.decode_pool import DecodePool
 from wsi_segment.pipeline.inference.decoder_link import Decoded, Failed, Finished
 from wsi_segment.pipeline.inference.engine_state import EngineStats, FirstError, Part, Stopped
-from wsi_segment.wsi.tiling import ChunkSpec
 
 if TYPE_CHECKING:
-    from wsi_segment.pipeline.inference.slide_job import SlideJob
+    from wsi_segment.pipeline.inference.engine import SourceRun
 
 
 class DecoderProcesses:
@@ -45,26 +43,20 @@ class DecoderProcesses:
     def processes(self) -> int:
         return self.decoders
 
-    def parts(
-        self,
-        job: SlideJob,
-        specs: list[ChunkSpec],
-        batch: int,
-        staged: queue.Queue[StagedBatch | None],
-        errors: FirstError,
-        stats: EngineStats,
-    ) -> list[Part]:
-        pool = self._pool
-        if pool is not None and not pool.serves(specs, self.decoders):
+    def parts(self, run: SourceRun) -> list[Part]:
+        job, pool = run.job, self._pool
+        if pool is not None and not pool.serves(run.specs, self.decoders):
             pool.close()
             pool = self._pool = None
-        stats.early_decoders = pool is not None
+        run.stats.early_decoders = pool is not None
         if pool is None:
-            pool = self._pool = DecodePool.for_chunks(job.reader, specs, self.decoders)
+            pool = self._pool = DecodePool.for_chunks(job.reader, run.specs, self.decoders)
         assert pool.ring is not None
-        stats.slots = pool.ring.slots
-        stager = Stager(batch, job.grid.tile, torch.device("cpu"), job.model.get().model.device)
-        return [(stager.run, (_decoded(job.slide_path, pool, errors, stats), staged, errors))]
+        run.stats.slots = pool.ring.slots
+        device = job.model.get().model.device
+        stager = Stager(run.batch, job.grid.tile, torch.device("cpu"), device)
+        chunks = _decoded(job.slide_path, pool, run.errors, run.stats)
+        return [(stager.run, (chunks, run.staged, run.errors))]
 
     def close(self) -> None:
         """Join or terminate the decoders, close the pipes, remove the shared memory."""

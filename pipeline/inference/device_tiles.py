@@ -6,7 +6,7 @@ outside the level, as `wsi.slide.Slide` reads), and cut into the chunk's model t
 the global grid as `TileReader.read_tiles` cuts them: the same tiles, byte for byte where
 the same decoder runs. Only where model pixels are the read level's pixels (no resampling);
 elsewhere, and for slides whose tiles `wsi.raw_tiles` cannot serve,
-`pipeline.inference.read_device.slide_reads` says why and the CPU decoders read the slide. With
+`pipeline.inference.read_sources.slide_reads` says why and the CPU decoders read the slide. With
 `DeviceTiles.plan_reuse`, each storage tile is decoded once for all the planned chunks.
 
 Decoding: `torchvision.io.decode_jpeg` decodes a list of streams with nvJPEG on a CUDA device
@@ -35,11 +35,8 @@ from wsi_segment.errors import SlideError
 from wsi_segment.pipeline.inference.compute_stage import copy_into
 from wsi_segment.pipeline.inference.tile_reader import TileReader
 from wsi_segment.wsi.raw_tiles import JpegTiles
+from wsi_segment.wsi.tile_reuse import WHITE, Key, PlannedTiles, tiles_of
 from wsi_segment.wsi.tiling import ChunkSpec
-
-Box = tuple[int, int, int, int]  # level px: x0, y0, x1, y1 (end exclusive)
-Key = tuple[int, int]  # storage tile (col, row)
-
 
 Decoder = Literal["nvjpeg", "libjpeg"]
 
@@ -77,20 +74,10 @@ def decode_streams(
     return batch.to(device) if batch.device != device else batch
 
 
-def tiles_of(box: Box, tile_size: tuple[int, int], level_size: tuple[int, int]) -> list[Key]:
-    """Storage tiles (col, row) a level box touches inside the level, row by row."""
-    (tw, th), (lw, lh) = tile_size, level_size
-    x0, y0, x1, y1 = max(box[0], 0), max(box[1], 0), min(box[2], lw), min(box[3], lh)
-    if x0 >= x1 or y0 >= y1:
-        return []
-    return [
-        (c, r)
-        for r in range(y0 // th, (y1 - 1) // th + 1)
-        for c in range(x0 // tw, (x1 - 1) // tw + 1)
-    ]
-
-
-WHITE = 255
+def own_copy(tile: torch.Tensor) -> torch.Tensor:
+    """A decoded tile's own copy (a view would hold the whole decoded batch); on the CPU
+    through numpy: it copies uint8 blocks far faster than torch."""
+    return torch.from_numpy(tile.numpy().copy()) if tile.device.type == "cpu" else tile.clone()
 
 
 @dataclass
@@ -99,11 +86,11 @@ class DeviceTiles:
     slide and device, used by one reader thread (no lock).
 
     Neighbouring chunks share the storage tiles under their halo, which decoding each chunk's
-    tiles afresh would decode two or four times. As `wsi.tile_reuse` does for the CPU, the
-    reads are planned first (`plan_reuse`): the planned read boxes that touch each storage
-    tile are counted, the tiles a read lacks are decoded in one batch, and a decoded tile is
-    kept only while a later read needs it, within `max_bytes` (a tile that does not fit is
-    decoded again: pixels never depend on the bound)."""
+    tiles afresh would decode two or four times. As `wsi.tile_reuse` does for the CPU, with
+    the same `PlannedTiles`, the reads are planned first (`plan_reuse`): the planned read
+    boxes that touch each storage tile are counted, the tiles a read lacks are decoded in one
+    batch, and a decoded tile is kept only while a later read needs it, within `max_bytes`
+    (a tile that does not fit is decoded again: pixels never depend on the bound)."""
 
     reader: TileReader
     tiles: JpegTiles
@@ -111,18 +98,20 @@ class DeviceTiles:
     decoder: Decoder
     tiles_decoded: int = 0  # storage tiles decoded (each decode of a tile counts)
     tiles_reused: int = 0  # storage tiles served from the kept ones instead
-    cached_bytes: int = 0
-    _max_bytes: int = 0
-    _uses: dict[Key, int] = field(default_factory=dict, repr=False)
-    _kept: dict[Key, torch.Tensor] = field(default_factory=dict, repr=False)
+    _planned: PlannedTiles[torch.Tensor] = field(
+        default_factory=lambda: PlannedTiles([], 0, own_copy), repr=False
+    )
+
+    @property
+    def cached_bytes(self) -> int:
+        return self._planned.kept_bytes
 
     def plan_reuse(self, specs: Sequence[ChunkSpec], max_bytes: int = 128 << 20) -> None:
         """Decode each storage tile once while these chunks are read (a tile is kept until
         the last planned read of it, within `max_bytes` on the device)."""
-        self._max_bytes = max_bytes
-        for box in [self.reader.read_box(s) for s in specs if s.tiles]:  # level px = model px
-            for key in tiles_of(box, self.tiles.tile_size, self.tiles.level_size):
-                self._uses[key] = self._uses.get(key, 0) + 1
+        boxes = [self.reader.read_box(s) for s in specs if s.tiles]  # level px = model px
+        keys = (tiles_of(box, self.tiles.tile_size, self.tiles.level_size) for box in boxes)
+        self._planned = PlannedTiles(keys, max_bytes, own_copy)
 
     def read_tiles(self, spec: ChunkSpec) -> torch.Tensor:
         """(len(spec.tiles), T, T, 3) uint8 on the device, in `spec.tiles` order."""
@@ -187,35 +176,16 @@ class DeviceTiles:
         """The decoded tiles `keys` (tile_h, tile_w, 3) uint8 on the device, in order (edge
         tiles whole, padding included); one planned use of each is spent (a tile no later
         read needs is dropped)."""
-        missing = [k for k in keys if k not in self._kept]
+        kept = self._planned.kept
+        missing = [k for k in keys if k not in kept]
         streams = [self.tiles.stream(c, r) for c, r in missing]
         fresh = decode_streams(streams, self.device, self.decoder) if missing else ()
         decoded = dict(zip(missing, fresh, strict=True))
-        out = [self._kept[k] if k in self._kept else decoded[k] for k in keys]
+        out = [kept[k] if k in kept else decoded[k] for k in keys]
         self.tiles_decoded += len(missing)
         self.tiles_reused += len(keys) - len(missing)
-        for key in keys:
-            left = self._uses.get(key, 0) - 1
-            if left > 0:
-                self._uses[key] = left
-                if key in decoded:
-                    self._keep(key, decoded[key])
-            else:
-                self._uses.pop(key, None)
-                dropped = self._kept.pop(key, None)
-                if dropped is not None:
-                    self.cached_bytes -= dropped.nbytes
+        self._planned.spend(keys, decoded)
         return out
-
-    def _keep(self, key: Key, tile: torch.Tensor) -> None:
-        """Keep a copy of its own (a view would hold the whole decoded batch), if it fits."""
-        if self.cached_bytes + tile.nbytes > self._max_bytes:
-            return
-        # on the CPU through numpy: it copies uint8 blocks far faster than torch
-        cpu = tile.device.type == "cpu"
-        own = torch.from_numpy(tile.numpy().copy()) if cpu else tile.clone()
-        self._kept[key] = own
-        self.cached_bytes += own.nbytes
 
     def close(self) -> None:
         self.tiles.close()

@@ -30,6 +30,7 @@ import contextlib
 import queue
 import traceback
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from wsi_segment.pipeline.cancellation import NEVER_CANCELLED, POLL_S, CancelToken
@@ -50,6 +51,20 @@ from wsi_segment.wsi.tiling import ChunkSpec
 if TYPE_CHECKING:  # the compute stage imports torch: loaded when an engine runs
     from wsi_segment.pipeline.inference.compute_stage import ComputeStage, StagedBatch
     from wsi_segment.pipeline.inference.unit_writer import TileBatch
+    from wsi_segment.pipeline.run_policy import ExecutionPlan
+
+
+@dataclass(frozen=True)
+class SourceRun:
+    """What a read source's parts are handed for one run: the job and its chunks, the batch
+    size, the `staged` queue they fill, the run's first error and its statistics."""
+
+    job: SlideJob
+    specs: list[ChunkSpec]
+    batch: int
+    staged: queue.Queue[StagedBatch | None]
+    errors: FirstError
+    stats: EngineStats
 
 
 class ReadSource(Protocol):
@@ -60,17 +75,9 @@ class ReadSource(Protocol):
         """Decoder processes the source runs (0: it reads in this process)."""
         ...
 
-    def parts(
-        self,
-        job: SlideJob,
-        specs: list[ChunkSpec],
-        batch: int,
-        staged: queue.Queue[StagedBatch | None],
-        errors: FirstError,
-        stats: EngineStats,
-    ) -> list[Part]:
-        """The thread bodies that fill `staged` with every chunk that has tiles, in
-        batches of `batch` tiles, then put None. Called once per run."""
+    def parts(self, run: SourceRun) -> list[Part]:
+        """The thread bodies that fill `run.staged` with every chunk that has tiles, in
+        batches of `run.batch` tiles, then put None. Called once per run."""
         ...
 
     def close(self) -> None:
@@ -129,6 +136,22 @@ def run_engine(
         source.close()
 
 
+def run_plan(
+    job: SlideJob,
+    specs: Sequence[ChunkSpec],
+    source: ReadSource,
+    plan: ExecutionPlan,
+    progress: Progress | None = None,
+    stats: EngineStats | None = None,
+    cancel: CancelToken = NEVER_CANCELLED,
+) -> list[ChunkOutcome]:
+    """`run_engine` with the sizes `plan` decided (its writers, compute threads and model
+    lock): the one call of a local run (`pipeline.infer_stage`) and of a Dask band
+    (`band_task.run_band`)."""
+    sizes = plan.writers.value, plan.compute_threads.value, plan.model_lock.value
+    return run_engine(job, specs, source, progress, stats, cancel, *sizes)
+
+
 def _run_parts(
     job: SlideJob,
     specs: list[ChunkSpec],
@@ -149,7 +172,7 @@ def _run_parts(
         try:
             staged: queue.Queue[StagedBatch | None] = queue.Queue(maxsize=1)
             written: queue.Queue[TileBatch | None] = queue.Queue(maxsize=4)
-            bodies: list[Part] = source.parts(job, specs, batch, staged, errors, stats)
+            bodies = source.parts(SourceRun(job, specs, batch, staged, errors, stats))
             bodies += [(stage.compute, (staged, written))] * stage.computes
             bodies.append((writer.run, (written, errors)))
             start_parts(bodies, threads)

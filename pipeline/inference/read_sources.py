@@ -1,14 +1,30 @@
-"""The read source a plan names, made for one engine: locally or in a Dask band.
+"""The read source a plan names, made for one engine (locally or in a Dask band), and what
+the slide offers the device read path: the facts `pipeline.run_policy` decides it from.
 
 One choice for both places: the device read path where the plan reads on the model's device
 and the read level's JPEG tiles are at hand, decoder processes where it names them, else the
 reader thread. A local run hands in what it started early (the decoders, the prefetcher);
 whichever the source does not adopt is closed here, so nothing started is left running.
+
+The device read path (`pipeline.inference.device_tiles.DeviceTiles`, run by the engine's
+reader thread: no decoder processes) has a level's JPEG storage tiles decoded in batches and
+assembles the model tiles on the model's device; this module decodes nothing. The decoding is
+nvJPEG on CUDA for streams whose header states YCbCr, libjpeg-turbo on the CPU for the others
+(`device_tiles`: colour). It serves a slide only where model pixels are the read level's
+pixels and `wsi.raw_tiles` hands out the level's streams. `slide_reads`
+examines the read level once (a local run in `prepare`, before any decoder starts; a band
+on its worker); whether the run reads there is the policy's `read_device` decision
+(`--read-device`). Nothing here imports torch.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
+
+from wsi_segment.pipeline.read_policy import ReadFacts
+from wsi_segment.wsi.raw_tiles import JpegTiles, Unsupported, open_jpeg_tiles
+from wsi_segment.wsi.region_reader import choose_level, same_pixels
+from wsi_segment.wsi.slide import Slide
 
 if TYPE_CHECKING:
     from wsi_segment.pipeline.inference.decode_pool import DecodePool
@@ -17,7 +33,8 @@ if TYPE_CHECKING:
     from wsi_segment.pipeline.inference.tile_prefetch import TilePrefetcher
     from wsi_segment.pipeline.inference.tile_reader import TileReader
     from wsi_segment.pipeline.run_policy import ExecutionPlan
-    from wsi_segment.wsi.raw_tiles import JpegTiles
+
+LevelKey = tuple[int, float]  # (read level, level-0 px per model px) a choice was made for
 
 
 def plan_source(
@@ -55,3 +72,30 @@ def plan_source(
         source.close()
         raise
     return source
+
+
+def read_level_and_scale(slide: Slide, slide_mpp: float, model_mpp: float) -> LevelKey:
+    """(read level, level-0 px per model px): the pyramid level chunks are read from and the
+    scale, as `wsi.tiling.plan_chunks` plans them (known before tissue detection)."""
+    level0_per_model = model_mpp / slide_mpp
+    return choose_level(tuple(slide.level_downsamples), level0_per_model), level0_per_model
+
+
+def slide_reads(slide_path: str, slide: Slide, key: LevelKey) -> tuple[ReadFacts, JpegTiles | None]:
+    """The read level `key` as the device read path sees it, and its JPEG tiles where the
+    path can serve them (what it then reads); the facts say why not where it cannot."""
+    level, level0_per_model = key
+    ds = float(slide.level_downsamples[level])
+    if not same_pixels(level0_per_model, ds):
+        why = (
+            f"model pixels are not level {level}'s pixels "
+            f"({level0_per_model:g} level-0 px per model px, level downsample {ds:g}):"
+            " resampling runs on the CPU"
+        )
+        return ReadFacts(unsupported=why), None
+    if tuple(slide.bounds_offset) != (0, 0):
+        return ReadFacts(unsupported="the slide has a bounds offset"), None
+    tiles = open_jpeg_tiles(slide_path, level, slide.level_dimensions[level])
+    if isinstance(tiles, Unsupported):
+        return ReadFacts(unsupported=tiles.reason), None
+    return ReadFacts(ycbcr=tiles.colour_safe_anywhere), tiles

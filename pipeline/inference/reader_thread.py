@@ -27,7 +27,7 @@ from wsi_segment.wsi.tiling import ChunkSpec
 
 if TYPE_CHECKING:
     from wsi_segment.pipeline.inference.device_tiles import DeviceTiles
-    from wsi_segment.pipeline.inference.slide_job import SlideJob
+    from wsi_segment.pipeline.inference.engine import SourceRun
     from wsi_segment.pipeline.inference.tile_prefetch import TilePrefetcher
 
 
@@ -57,10 +57,7 @@ class HostTiles:
             self.prefetch.close()
             self.prefetch = None
         if self.prefetch is None:
-            try:
-                self._reuse = self.reader.plan_tile_reuse(list(specs))
-            except Exception:  # reading works without reuse; read errors surface on read
-                self._reuse = None
+            self._reuse = self.reader.plan_tile_reuse(list(specs))
 
     def read_chunk(self, spec: ChunkSpec) -> torch.Tensor:
         prefetch = self.prefetch
@@ -87,18 +84,11 @@ class ReaderThread:
     def processes(self) -> int:
         return 0
 
-    def parts(
-        self,
-        job: SlideJob,
-        specs: list[ChunkSpec],
-        batch: int,
-        staged: queue.Queue[StagedBatch | None],
-        errors: FirstError,
-        stats: EngineStats,
-    ) -> list[Part]:
-        self.reads.plan_reuse(specs)
-        stager = Stager(batch, job.grid.tile, self.reads.device, self.reads.device)
-        return [(self._run, (stager, self._chunks(specs, errors, stats), staged, errors))]
+    def parts(self, run: SourceRun) -> list[Part]:
+        self.reads.plan_reuse(run.specs)
+        stager = Stager(run.batch, run.job.grid.tile, self.reads.device, self.reads.device)
+        chunks = self._chunks(run.specs, run.errors, run.stats)
+        return [(self._run, (stager, chunks, run.staged, run.errors))]
 
     def close(self) -> None:
         self.reads.close()

@@ -48,8 +48,6 @@ class TilePrefetcher:
         try:
             try:
                 self.tile_reuse = self._reader.plan_tile_reuse(self._specs)
-            except Exception:  # reading still works without reuse; errors surface on read
-                self.tile_reuse = None
             finally:
                 self._planned.set()
             for spec in self._specs:

@@ -80,16 +80,21 @@ class TileReader(PerThread):
 
     def plan_tile_reuse(self, specs: list[ChunkSpec]) -> TileReuse | None:
         """A storage-tile reuser for reading these chunks in this process (None: not
-        possible for this slide level, e.g. untiled storage or a non-integer downsample)."""
-        slide = self.slide()
-        level = self.read_level
-        tile = slide.storage_tile_size(level)
-        if tile is None or not supports_reuse(slide, level, tile):
+        possible for this slide level, e.g. untiled storage or a non-integer downsample, or
+        the slide failed to open or plan: reading works without reuse, and its errors
+        surface on read)."""
+        try:
+            slide = self.slide()
+            level = self.read_level
+            tile = slide.storage_tile_size(level)
+            if tile is None or not supports_reuse(slide, level, tile):
+                return None
+            ds = float(slide.level_downsamples[level])
+            planned = [level_read_box(self.read_box(s), self.level0_per_model, ds) for s in specs]
+            blocks = open_level_blocks(slide, level)
+            return TileReuse(level, slide.level_dimensions[level], ds, tile, planned, blocks=blocks)
+        except Exception:
             return None
-        ds = float(slide.level_downsamples[level])
-        planned = [level_read_box(self.read_box(s), self.level0_per_model, ds) for s in specs]
-        blocks = open_level_blocks(slide, level)
-        return TileReuse(level, slide.level_dimensions[level], ds, tile, planned, blocks=blocks)
 
     def read_tiles(self, spec: ChunkSpec, reuse: TileReuse | None = None) -> np.ndarray:
         """The chunk's tissue tiles (N, T, T, 3) uint8, in `spec.tiles` order.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from wsi_segment.pipeline.inference.band_task import _CancelledTaskNotice, quiet_cancelled_tasks
+from wsi_segment.pipeline.inference.band_task import drop_cancelled_notice, quiet_cancelled_tasks
 
 CANCELLED = (
     "Async instruction for <Task cancelled name=\"execute('band_precision-df6b')\" "
@@ -17,7 +17,7 @@ def test_a_cancelled_band_leaves_no_worker_warning_and_other_warnings_stay() -> 
     CancelledError notice beside the batch's one `error:` line."""
     state_machine = logging.getLogger("distributed.worker.state_machine")
     original = list(state_machine.filters)  # an in-process band earlier may have added one
-    before = [f for f in original if not isinstance(f, _CancelledTaskNotice)]
+    before = [f for f in original if f is not drop_cancelled_notice]
     state_machine.filters[:] = before
     seen: list[str] = []
     handler = logging.Handler(logging.WARNING)

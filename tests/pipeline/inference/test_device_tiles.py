@@ -1,6 +1,6 @@
 """Model tiles assembled on the device from decoded storage tiles are the tiles the CPU
 decoders read (`TileReader.read_tiles`), edges and partial tissue included. The device
-reads are opened as a run opens them: the slide's read facts (`read_device.slide_reads`),
+reads are opened as a run opens them: the slide's read facts (`read_sources.slide_reads`),
 then `DeviceTiles` on the tiles it serves."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 
 from tests.conftest import CMU_SLIDE, DATA_DIR
 from wsi_segment.pipeline.inference.device_tiles import Decoder, DeviceTiles
-from wsi_segment.pipeline.inference.read_device import slide_reads
+from wsi_segment.pipeline.inference.read_sources import slide_reads
 from wsi_segment.pipeline.inference.tile_reader import TileReader
 from wsi_segment.pipeline.read_policy import ReadFacts
 from wsi_segment.wsi.slide import open_slide

@@ -17,7 +17,7 @@ import zarr
 from tests.conftest import CMU_SLIDE, DATA_DIR
 from tests.engine_leaks import shm_entries
 from wsi_segment.errors import ConfigError
-from wsi_segment.pipeline.inference.read_device import read_level_and_scale, slide_reads
+from wsi_segment.pipeline.inference.read_sources import read_level_and_scale, slide_reads
 from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.pipeline.read_policy import ASKED_CPU, NOT_CUDA, RGB_CODED, ReadFacts
 from wsi_segment.pipeline.run_policy import RunFacts, decide
