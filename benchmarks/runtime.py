@@ -83,11 +83,15 @@ def bare_reduced(executor, tiles, batch: int, streams: int) -> float:  # type: i
 
     def work(mine: list) -> None:  # type: ignore[type-arg]
         torch.set_num_threads(per)
-        with torch.inference_mode():
-            executor.run(mine[0])
-            ready.wait()
-            for b in mine:
-                executor.run(b)
+        try:
+            with torch.inference_mode():
+                executor.run(mine[0])
+                ready.wait()
+                for b in mine:
+                    executor.run(b)
+        except BaseException:
+            ready.abort()  # the main thread's wait fails rather than waiting for ever
+            raise
 
     shares = [batches[k::streams] for k in range(streams) if batches[k::streams]]
     ready = threading.Barrier(len(shares) + 1)
@@ -149,14 +153,14 @@ def main(argv: list[str] | None = None) -> int:
     log(f"[runtime] {n} tiles on the slide; model alone on {len(tiles)}")
 
     # 1. model alone, interleaved
+    geometry = Geometry(int(meta.tile_size), 16, 192, 4)
+    executors = {v: models[v][1].executor(models[v][0], geometry) for v in variants}
     configs = {v: [1, args.threads] for v in variants}
     rates: dict[tuple[str, str, int], list[float]] = {}
     for r in range(args.rounds):
         for v in variants:
             for streams in configs[v]:
-                model, runtime = models[v]
-                geometry = Geometry(int(meta.tile_size), 16, 192, 4)
-                wall = bare_reduced(runtime.executor(model, geometry), tiles, 16, streams)
+                wall = bare_reduced(executors[v], tiles, 16, streams)
                 rates.setdefault((*v, streams), []).append(len(tiles) / wall)
         log(f"[runtime] round {r + 1}: load {loadavg()}")
     best = {v: max(statistics.median(rates[(*v, s)]) for s in configs[v]) for v in variants}
@@ -196,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
 
         def bare_now(v: tuple[str, str]) -> float:
             """The bare model's tiles/s now, in the faster of its two layouts."""
-            walls = [bare_reduced(models[v], beside, 16, streams) for streams in configs[v]]
+            walls = [bare_reduced(executors[v], beside, 16, streams) for streams in configs[v]]
             return len(beside) / min(walls)
 
         for r in range(args.e2e_rounds):
