@@ -32,7 +32,7 @@ def opened(
     if not isinstance(model, SegmentationModel):
         model = load_model(Path(model))
     model.to_device(plan.device.value)
-    return model, open_runtime(model, runtime_spec(plan, options))
+    return model, open_runtime(model, runtime_spec(plan))
 
 
 def reduced(

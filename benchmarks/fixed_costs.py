@@ -71,7 +71,7 @@ def load_steps() -> None:
 
     options = SegmentParams()
     plan = decide(probe_machine(), options)
-    spec = runtime_spec(plan, options)
+    spec = runtime_spec(plan)
     lap("import pipeline, decide the plan")
     import torch
 

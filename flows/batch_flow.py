@@ -87,7 +87,9 @@ SlideOrFailed = SlideResult | State[SlideResult]  # what a slide task returns
 
 
 class BatchFailedError(WsiSegmentError):
-    """Some slides of a batch failed; `results` holds every slide's result."""
+    """Some slides of a batch failed; `results` holds every slide's result. Defined here,
+    not in `wsi_segment.errors`, because of them: a `SlideResult` is a pipeline type, which
+    that module (imported by every layer, importing none) cannot name."""
 
     def __init__(self, message: str, results: list[SlideResult]) -> None:
         super().__init__(message)

@@ -56,7 +56,11 @@ class SlideFuture(Protocol):
 
 
 class BatchInterrupted(KeyboardInterrupt):
-    """Ctrl-C during a batch; `results` holds every slide's result at that moment."""
+    """Ctrl-C during a batch; `results` holds every slide's result at that moment.
+
+    It and `BatchTerminated` live here, not in `wsi_segment.errors`: they carry the batch's
+    `SlideResult`s, a pipeline type that module (imported by every layer, importing none)
+    cannot name, and `BatchTerminated` is a Prefect `TerminationSignal`."""
 
     def __init__(self, results: list[SlideResult]) -> None:
         super().__init__("interrupted")

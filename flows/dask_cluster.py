@@ -200,7 +200,8 @@ def dask_client(
     bands of the engine start decoder processes on them), and its temporary certificates
     are this process's Dask client configuration meanwhile (`security_config`). A remote
     cluster is left running at exit; only our connection closes. A local cluster's workers
-    end within the nanny's close timeout (`flows.worker_exit.FreezeAtExit`).
+    end within the nanny's close timeout (`flows.worker_exit.FreezeAtExit`), which after a
+    block that ended normally is `flows.worker_exit.WORKER_CLOSE_S` (`close_workers`).
     """
     from distributed import Client
 
@@ -213,7 +214,7 @@ def dask_client(
         return
     import dask
 
-    from wsi_segment.flows.worker_exit import FreezeAtExit
+    from wsi_segment.flows.worker_exit import WORKER_CLOSE_S, FreezeAtExit, close_workers
 
     security = local_security()
     # while it runs, a client of this process given its address (a flow, a test) has its key
@@ -226,6 +227,8 @@ def dask_client(
                 yield client
             finally:
                 client.close()
+            # a run that ended: room for a loaded machine (on an exception: Dask's 5 s)
+            close_workers(cluster, WORKER_CLOSE_S)
         finally:
             cluster.close()
 

@@ -101,14 +101,15 @@ def open_and_tissue(
     slide_path: str,
     out_root: str | Path,
     params: SegmentParams,
-    local: bool = True,
+    client: Client | None = None,
     at_once: int = 1,
     cancel: CancelToken = NEVER_CANCELLED,
 ) -> PreparedSlide:
     """Stage 1: open the slide and model, detect tissue, plan the chunks; a local run starts
-    reading as the CLI's does (`pipeline.segment.prepare_stage`; `at_once`: the slides in
+    reading as the CLI's does (`pipeline.segment.prepare_stage`; `client`: the Dask cluster
+    the bands run on, whose workers' machine the plan is for; `at_once`: the slides in
     flight in this process, which share its decoders; `cancel`: the batch's stop)."""
-    return segment.prepare_stage(slide_path, out_root, params, local, at_once, cancel)
+    return segment.prepare_stage(slide_path, out_root, params, client, at_once, cancel)
 
 
 @stage_task("inference")
@@ -149,9 +150,8 @@ def run_slide_stages(
     Returns a `pipeline.segment.SlideResult`; raises what the stage sequence raised (a
     `SlideStopped` once `cancel` is cancelled).
     """
-    local = client is None
     stages = segment.Stages(
-        prepare=lambda path, root, p: open_and_tissue(path, root, p, local, at_once, cancel),
+        prepare=lambda path, root, p: open_and_tissue(path, root, p, client, at_once, cancel),
         infer=lambda prep, work_dir: inference(prep, work_dir, client, cancel),
         finish=lambda prep, outcomes, out: polygons_and_outputs(prep, outcomes, out, cancel),
     )

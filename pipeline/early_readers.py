@@ -19,7 +19,8 @@ from wsi_segment.pipeline.machine import Machine
 from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.pipeline.read_policy import GPU
 from wsi_segment.pipeline.run_policy import ExecutionPlan
-from wsi_segment.pipeline.startup import Background, read_overlay_thumbnail
+from wsi_segment.pipeline.startup import read_overlay_thumbnail
+from wsi_segment.pipeline.threads import Background
 from wsi_segment.wsi.slide import Slide
 from wsi_segment.wsi.tiling import ChunkSpec
 

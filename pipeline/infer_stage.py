@@ -2,22 +2,25 @@
 
 One engine (`pipeline.inference.engine.run_engine`) whatever reads the tiles: in this
 process, as the run policy `prepare` decided (a read source, the model's compute threads,
-the writer), or in bands on a Dask cluster's workers, each band deciding its own policy there
-(`pipeline.inference.band_runner`). `pipeline.segment` runs it between `prepare` and `finish`.
+the writer), or in bands on a Dask cluster's workers, each band running that plan with what
+depends on its worker's machine decided there (`pipeline.inference.band_runner`). `pipeline.segment` runs it between `prepare` and `finish`.
 """
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from wsi_segment.pipeline.cancellation import NEVER_CANCELLED, CancelToken
-from wsi_segment.pipeline.inference.band_runner import run_bands, settle_precision
+from wsi_segment.pipeline.inference.band_runner import run_bands, settle_plan
 from wsi_segment.pipeline.inference.band_task import BandResult
 from wsi_segment.pipeline.inference.engine import ReadSource, run_engine
 from wsi_segment.pipeline.inference.engine_state import EngineStats
 from wsi_segment.pipeline.inference.model_handle import ModelHandle
+from wsi_segment.pipeline.inference.read_sources import plan_source
 from wsi_segment.pipeline.inference.slide_job import SlideJob
 from wsi_segment.pipeline.output_files import STORE_NAME
 from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome
@@ -25,8 +28,9 @@ from wsi_segment.pipeline.outputs.label_image import create_label_image, label_l
 from wsi_segment.pipeline.outputs.ome_zarr import create_probability_store, level0_path
 from wsi_segment.pipeline.prepare import PreparedSlide
 from wsi_segment.pipeline.progress import NullProgress, Progress
-from wsi_segment.pipeline.read_policy import CPU
-from wsi_segment.pipeline.run_policy import LOCAL, ExecutionPlan, band_policies
+from wsi_segment.pipeline.read_policy import CPU, Decision
+from wsi_segment.pipeline.run_policy import CLUSTER, LOCAL, ExecutionPlan
+from wsi_segment.pipeline.threads import Background
 from wsi_segment.wsi.slide import Slide
 
 if TYPE_CHECKING:  # distributed is imported only when a cluster is used
@@ -45,12 +49,12 @@ def infer(
 
     One engine (`pipeline.inference.engine.run_engine`) whatever reads the tiles: locally
     as the run policy `prepare` decided, on a Dask cluster in bands on the workers
-    (`run_bands`), each deciding its policy there with the same function. `stats` receives
+    (`run_bands`), each running that plan for its worker (`run_policy.for_worker`). `stats` receives
     what a local engine did (benchmarks). Once `cancel` is cancelled the engine, or the
     bands, stop and its reason is raised."""
     t0 = time.perf_counter()
     zarr_path = work_dir / STORE_NAME
-    create_stores(prep, zarr_path)
+    Background(create_stores, prep, zarr_path).result_through_interrupts()
     progress = progress or NullProgress()
     try:
         if client is not None:
@@ -75,8 +79,8 @@ def _infer_here(
     policy = local_policy(prep)
     job = slide_job(prep, zarr_path, policy.batch_size.value)
     progress.start(prep.tiles_total, unit="tile", desc=prep.name)
-    source = local_source(prep, policy)
     prep.read_device, prep.run_policy = policy.read_report(), policy.as_dict()
+    source = local_source(prep, policy)
     try:  # nothing between: run_engine closes the source on every path
         outcomes = run_engine(
             job,
@@ -103,34 +107,17 @@ def local_policy(prep: PreparedSlide) -> ExecutionPlan:
 
 
 def local_source(prep: PreparedSlide, policy: ExecutionPlan) -> ReadSource:
-    """What reads a local run's tiles, as `policy` says: the device read path, decoder
-    processes (maybe started early), or the reader thread, which adopts the prefetcher
-    reading since planning. The source owns what it adopted, and is closed here if an
-    interrupt lands before it is handed back."""
-    decoders = policy.decoders.value
-    # imported here: they import torch, which a rerun of finished slides never loads
-    from wsi_segment.pipeline.inference.decoder_reads import DecoderProcesses
-    from wsi_segment.pipeline.inference.reader_thread import HostTiles, ReaderThread
-
-    source: ReadSource
-    decoder = policy.device_decoder
-    if decoder is not None and prep.read_tiles is not None:
-        from wsi_segment.pipeline.inference.device_tiles import DeviceTiles  # torch: loaded
-
-        device = prep.model.get().model.device
-        tiles = DeviceTiles(prep.reader, prep.read_tiles, device, decoder)
-        source = ReaderThread(tiles)
-    elif decoders:
-        source = DecoderProcesses(decoders, prep.take_decode_pool())
-    else:
-        source = ReaderThread(HostTiles(prep.reader, prep.take_prefetch()))
+    """What reads a local run's tiles, as `policy` says (`plan_source`, as a Dask band's):
+    the device read path, decoder processes (maybe started early), or the reader thread,
+    which adopts the prefetcher reading since planning. Where it is not the reader thread,
+    the overlay's thumbnail read ends first, so decoders or the device path have the cores;
+    the source is closed here if an interrupt lands before it is handed back."""
+    early = prep.decode_pool, prep.prefetch  # the slide holds them until they are adopted
+    source = plan_source(policy, prep.model, prep.reader, prep.read_tiles, *early)
     try:
-        if decoder is not None or decoders:
-            prep.close_prefetch()  # the prefetcher (and early decoders) go unused
-        else:
-            pool = prep.take_decode_pool()  # none: the policy named no decoders
-            if pool is not None:
-                pool.close()
+        prep.readers_handed_over()
+        if policy.device_decoder is not None or policy.decoders.value:
+            prep.close_prefetch()
     except BaseException:
         source.close()
         raise
@@ -160,29 +147,47 @@ def _record_reads(prep: PreparedSlide, source: ReadSource) -> None:
 def _infer_on_cluster(
     prep: PreparedSlide, zarr_path: Path, client: Client, progress: Progress, cancel: CancelToken
 ) -> list[ChunkOutcome]:
-    """Bands of the engine on the cluster's workers, each running the policy it decides
-    there; one worker decides `auto` precision for all (no mixed-precision slide)."""
+    """Bands of the engine on the cluster's workers, each running the slide's plan (decided
+    by `prepare`, settled once where it waits for the bf16 verdict: `settle_plan`) as its
+    worker's own machine says; summary.json records each distinct band plan and what the
+    first band's model ran in."""
     planned = prep.policy
     if planned is None:
         raise ValueError(f"{prep.slide_path}: prepared without a run policy")
     job = slide_job(prep, zarr_path, planned.batch_size.value)  # each band sets its own
-    settled, prep.precision = settle_precision(job, prep.specs, client, prep.params, cancel)
+    plan = settle_plan(job, prep.specs, client, planned, cancel)
     progress.start(prep.tiles_total, unit="tile", desc=prep.name)
     bands: list[BandResult] = []
     outcomes = run_bands(
         job,
         prep.specs,
         client,
-        prep.params,
+        plan,
         progress=progress,
         key_prefix=f"band-{prep.fingerprint[:16]}",
         results=bands,
-        settled=settled,
         cancel=cancel,
     )
-    prep.run_policy = band_policies(planned.chunk_tiles, [b.policy for b in bands])
+    prep.policy = plan
+    prep.run_policy = band_policies(plan.chunk_tiles, [b.policy for b in bands])
     prep.read_device = bands[0].reads if bands else NO_BANDS_READS
+    prep.precision = bands[0].runtime if bands else no_bands_precision(plan)
     return outcomes
+
+
+def band_policies(chunk_tiles: Decision[int], bands: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """summary.json `run_policy` of a Dask run: the chunk size, decided where the slide was
+    planned, and each distinct plan the bands ran (`as_dict`: the shipped plan with their
+    workers' decisions), with the bands (in plan order) that ran it."""
+    distinct: dict[str, dict[str, Any]] = {}
+    for k, policy in enumerate(bands):
+        entry = distinct.setdefault(json.dumps(policy, sort_keys=True), {"bands": [], **policy})
+        entry["bands"].append(k)
+    return {
+        "place": CLUSTER,
+        "chunk_tiles": chunk_tiles.as_dict(),
+        "band_policies": list(distinct.values()),
+    }
 
 
 # run_stats' read choice of a cluster's run where no band ran (no tissue)
@@ -190,6 +195,20 @@ NO_BANDS_READS = {
     "read_device": CPU,
     "read_device_reason": "a Dask cluster's bands choose on their workers, and none ran",
 }
+
+
+def no_bands_precision(plan: ExecutionPlan) -> dict[str, Any]:
+    """summary.json `precision` of a cluster's run where no band ran (no tissue): the
+    plan's precision and runtime, which no model carried out."""
+    return {
+        "device": plan.device.value,
+        "autocast": plan.precision.value,
+        "reason": f"{plan.precision.value}: {plan.precision.reason}; no band ran",
+        "calibration": None if plan.calibration is None else dict(plan.calibration),
+        "runtime": plan.runtime.value,
+        "runtime_reason": plan.runtime.reason,
+        "runtime_warning": None,
+    }
 
 
 def slide_job(prep: PreparedSlide, zarr_path: Path, batch_size: int) -> SlideJob:

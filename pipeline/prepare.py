@@ -29,6 +29,7 @@ from wsi_segment.pipeline.inference.slide_plan import (
 )
 from wsi_segment.pipeline.inference.tile_prefetch import TilePrefetcher
 from wsi_segment.pipeline.inference.tile_reader import TileReader
+from wsi_segment.pipeline.machine import Machine, probe_machine
 from wsi_segment.pipeline.outputs.output_name import slide_output_name
 from wsi_segment.pipeline.outputs.ownership import refuse_link
 from wsi_segment.pipeline.outputs.run_identity import run_fingerprint
@@ -39,9 +40,10 @@ from wsi_segment.pipeline.prepare_inputs import (
     open_checked_slide,
     read_model_folder,
 )
-from wsi_segment.pipeline.run_policy import LOCAL, ExecutionPlan, RunFacts
+from wsi_segment.pipeline.run_policy import CLUSTER, LOCAL, ExecutionPlan, RunFacts
 from wsi_segment.pipeline.run_start import RunStart
-from wsi_segment.pipeline.startup import Background, gc_paused
+from wsi_segment.pipeline.startup import gc_paused
+from wsi_segment.pipeline.threads import Background
 from wsi_segment.wsi.roi import Roi
 from wsi_segment.wsi.slide import Slide
 from wsi_segment.wsi.tiling import ChunkPlan, ChunkSpec, TileGrid
@@ -105,10 +107,12 @@ class PreparedSlide:
         return state
 
     def close_prefetch(self) -> None:
-        """Stop the background readers (prefetch, decoders, overlay thumbnail) of a local run."""
-        pool, self.decode_pool = self.decode_pool, None
-        if pool is not None:
-            pool.close()
+        """Stop the background readers (prefetch, decoders, overlay thumbnail) of a local run.
+        Each is forgotten only once closed (closing is idempotent), so an interrupt landing
+        here leaves it to the next cleanup rather than losing it."""
+        if self.decode_pool is not None:
+            self.decode_pool.close()
+            self.decode_pool = None
         if self.prefetch is not None:
             self.prefetch.close()
             self.prefetch = None
@@ -117,15 +121,13 @@ class PreparedSlide:
             with contextlib.suppress(Exception):
                 self.overlay_thumb.result()
 
-    def take_decode_pool(self) -> DecodePool | None:
-        """The early decoders, handed over to whoever runs the engine (which closes them)."""
-        pool, self.decode_pool = self.decode_pool, None
-        return pool
-
-    def take_prefetch(self) -> TilePrefetcher | None:
-        """The prefetcher, handed over to the engine's reader thread (which closes it)."""
-        prefetch, self.prefetch = self.prefetch, None
-        return prefetch
+    def readers_handed_over(self) -> None:
+        """Forget the early decoders and prefetcher once the engine's read source has adopted
+        or closed them (`read_sources.plan_source`). Until then this slide still holds them:
+        an interrupt during the hand-over (imports, the source's set-up) leaves them to
+        `close_prefetch`, never to no one."""
+        self.decode_pool = None
+        self.prefetch = None
 
     @property
     def out_dir(self) -> Path:
@@ -178,15 +180,16 @@ def prepare(
     out_root: str | Path,
     params: SegmentParams,
     early: bool = False,
-    place: str = LOCAL,
+    cluster: Machine | None = None,
     at_once: int = 1,
     cancel: CancelToken = NEVER_CANCELLED,
 ) -> PreparedSlide:
     """Stage 1: everything cheap that decides what the run will do, in three steps.
 
-    1. the plan (`pipeline.run_policy`, for `place`: a local run, or the plan of a Dask
-       cluster's run; `at_once`: the slides in flight on this machine, a batch's), decided
-       from this machine, the options and the slide's read level;
+    1. the plan (`pipeline.run_policy`: a local run's, decided for this machine, or, given
+       the `cluster` machine its workers describe (`band_runner.cluster_machine`), the
+       plan a Dask run ships to its bands; `at_once`: the slides in flight on this machine,
+       a batch's), decided from that machine, the options and the slide's read level;
     2. with `early`, the readers it names start (`EarlyReaders`: the engine's decoder
        processes, else the prefetcher, neither when it reads on the model's device) while
        this thread detects tissue and plans the chunks;
@@ -204,8 +207,9 @@ def prepare(
     try:
         cancel.check()
         with gc_paused():
+            place, machine = (LOCAL, probe_machine()) if cluster is None else (CLUSTER, cluster)
             facts = RunFacts(place=place, at_once=at_once)
-            started = RunStart.begin(opened, model, params, facts, early)
+            started = RunStart.begin(opened, model, params, machine, facts, early)
             return _prepare_started(
                 Path(out_root), name, params, opened, model, started, t0, cancel
             )
@@ -233,7 +237,7 @@ def _prepare_started(
         cancel.check()
         grid, planned, reader = _plan_chunks(opened, params, model, started, tissue)
         t2 = time.perf_counter()
-        handle, model_meta, policy = started.loaded_model(model, params, cancel)
+        handle, model_meta, policy = started.loaded_model(model, cancel)
         fingerprint = run_fingerprint(opened.path, handle.identity, params, model_meta)
     except BaseException:
         started.stop()

@@ -8,8 +8,9 @@ runs what depends on it, the bf16 calibration and the GPU batch probe); it retur
 batch size, compute threads, model lock, cores (the engine's, and its process's: OpenVINO's
 threads), JPEG reads on the device, decoder processes and writer threads (the last three
 in `pipeline.read_policy`). A local run
-decides once in `prepare` (`pipeline.prepare`), every Dask band decides on its worker from
-that worker's machine and the same options (`pipeline.inference.band_task`), and
+decides once in `prepare` (`pipeline.prepare`); a Dask run's client decides the slide's
+plan there too and ships it to every band, whose worker decides only what depends on its
+own machine, by the same function (`for_worker`, from `pipeline.inference.band_task`).
 summary.json records the policies whole (`run_policy`). The code that runs a slide only
 executes what the policy says.
 
@@ -21,18 +22,18 @@ contract makes speed only too.
 from __future__ import annotations
 
 import dataclasses
-import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
+from wsi_segment.errors import PlanMismatch
 from wsi_segment.models.precision_calibration import PrecisionCalibration
 from wsi_segment.models.runtimes.decision import (
     BF16_IF_CALIBRATED,
     precision_decision,
     runtime_decision,
 )
-from wsi_segment.models.runtimes.verdict import CALIBRATION_WHERE
+from wsi_segment.models.runtimes.verdict import CALIBRATION_FIELDS, CALIBRATION_WHERE
 from wsi_segment.pipeline.engine_sizes import (
     batch_size_decision,
     chunk_tiles_decision,
@@ -66,29 +67,25 @@ class RunFacts:
     facts go here once a decision needs them: a runtime that compiles some models only)."""
 
     place: str = LOCAL  # LOCAL: this process runs the engine; BAND: one band on a Dask
-    # worker; CLUSTER: this process plans, the bands run (and decide) on the workers
+    # worker; CLUSTER: this process plans, the bands run on the workers (`for_worker`)
     at_once: int = 1  # engines sharing this machine: slides in flight, or a worker's bands
     reads: ReadFacts | None = None  # None: not examined (`wants_slide_reads` said no)
-    # a band's precision for `--precision auto`: the answer one CPU worker's calibration
-    # pinned for the whole cluster (`band_runner.settle_precision`); None: none pinned
-    pinned_precision: str | None = None
-    # a band's runtime for `--runtime auto`: what that worker ran, pinned alike; None: none
-    pinned_runtime: str | None = None
     daemonic: bool = False  # a daemonic Dask worker process, which may not start processes
     worker_bands: int = 1  # a band's: bands its worker process runs at once (they share its model)
     # the model's bf16 calibration numbers known for this machine, by runtime (a warm run:
-    # from the cache, `known_calibration`; a cold one: its load's, or the one CPU
-    # worker's for a cluster): bf16-if-calibrated is then decided here, bf16 or fp32
+    # from the cache, `known_calibration`; a cold one: its load's, or for a cluster the
+    # load of one worker, `band_runner.settle_plan`): bf16-if-calibrated is then decided
+    # here, bf16 or fp32
     calibrations: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
-# A Dask run: what only a band's worker knows, set there (`band_facts`); every other fact
-# (the pinned runtime and precision, the calibrations) the client settled for all bands.
+# A Dask run: what only a band's worker knows, set there (`for_worker`); every other fact
+# (the calibrations) the client settled for the slide's plan.
 WORKER_FACTS = ("at_once", "reads", "daemonic", "worker_bands")
 # The decisions a band's `decide` makes from its worker's own machine (cores, GPUs) and
 # WORKER_FACTS: the only ones that may differ between the bands of one slide. The others
-# (runtime, precision and its calibration, chunk_tiles) come out of the settled facts and
-# the run's options alike on every worker, so a slide never mixes them.
+# (runtime, precision and its calibration, chunk_tiles) are the shipped plan's, and a
+# worker that would decide them otherwise refuses to run (`for_worker`).
 WORKER_DECISIONS = (
     "device",
     "batch_size",
@@ -100,15 +97,7 @@ WORKER_DECISIONS = (
     "decoders",
     "writers",
 )
-
-
-def band_facts(settled: RunFacts, **worker: Any) -> RunFacts:
-    """A band's facts on its worker: the client's `settled` facts with WORKER_FACTS set
-    from the worker (any other name is refused: the client settled it)."""
-    foreign = sorted(set(worker) - set(WORKER_FACTS))
-    if foreign:
-        raise ValueError(f"settled for the whole cluster, not per worker: {foreign}")
-    return dataclasses.replace(settled, place=BAND, **worker)
+SLIDE_DECISIONS = ("runtime", "precision", "calibration", "chunk_tiles")  # the plan's alone
 
 
 @dataclass(frozen=True)
@@ -117,6 +106,8 @@ class ExecutionPlan:
 
     machine: Machine
     place: str
+    options: SegmentParams  # what the plan was decided for, and from (with `machine`)
+    facts: RunFacts
     device: Decision[str]  # "cpu" | "cuda" (the first visible GPU)
     runtime: Decision[str]  # "torch" | "openvino" (models.runtimes)
     # handed to the model: "fp32" | "bf16" | "fp16" | "bf16-if-calibrated"
@@ -188,8 +179,8 @@ def decide(
     if decoders.value and facts.daemonic:
         decoders = Decision(0, f"{DAEMONIC}; {decoders.value} were due ({decoders.reason})")
     computes = computes_decision(options, cuda, band)
-    runtime = _runtime(machine, options, cuda, facts.pinned_runtime)
-    precision = _precision(options, machine, cuda, gpu, runtime.value, facts.pinned_precision)
+    runtime = _runtime(machine, options, cuda)
+    precision = _precision(options, machine, cuda, gpu, runtime.value)
     calibration = facts.calibrations.get(runtime.value)
     if precision.value != BF16_IF_CALIBRATED:
         calibration = None
@@ -198,6 +189,8 @@ def decide(
     return ExecutionPlan(
         machine=machine,
         place=facts.place,
+        options=options,
+        facts=facts,
         device=device,
         runtime=runtime,
         precision=precision,
@@ -216,15 +209,64 @@ def decide(
 
 def decide_for_model(
     machine: Machine, options: SegmentParams, facts: RunFacts, model_dir: str
-) -> tuple[ExecutionPlan, RunFacts]:
+) -> ExecutionPlan:
     """`decide` for the model in `model_dir`, with the bf16 verdict an earlier load on this
-    machine kept for it (`known_calibration`) where the plan would otherwise wait for one;
-    returns the plan and the facts it was decided from."""
+    machine kept for it (`known_calibration`) where the plan would otherwise wait for one."""
     plan = decide(machine, options, facts)
     if plan.precision.value != BF16_IF_CALIBRATED:
-        return plan, facts
-    facts = known_calibration(facts, plan, model_dir)
-    return decide(machine, options, facts), facts
+        return plan
+    return decide(machine, options, known_calibration(facts, plan, model_dir))
+
+
+def with_calibration(
+    plan: ExecutionPlan, runtime: str, calibration: PrecisionCalibration
+) -> ExecutionPlan:
+    """`plan` decided again, by `decide`, now that the bf16 calibration (run in `runtime` on
+    the plan's kind of machine, by the load that obtained it) is known: bf16-if-calibrated
+    becomes bf16 or fp32 with the verdict's reason."""
+    calibrations = {**plan.facts.calibrations, runtime: calibration_numbers(calibration)}
+    facts = dataclasses.replace(plan.facts, calibrations=calibrations)
+    return decide(plan.machine, plan.options, facts)
+
+
+def calibration_numbers(calibration: PrecisionCalibration) -> dict[str, Any]:
+    """A calibration's numbers, as a plan takes them (`RunFacts.calibrations`)."""
+    numbers = dataclasses.asdict(calibration)
+    return {k: numbers[k] for k in sorted(CALIBRATION_FIELDS)}
+
+
+def for_worker(plan: ExecutionPlan, machine: Machine, **worker: Any) -> ExecutionPlan:
+    """The slide's `plan` (a Dask run's, decided by the client) for one band on a worker
+    whose own machine is `machine`: WORKER_DECISIONS decided there by `decide`, from the
+    plan's facts with WORKER_FACTS set from the worker (`worker`; any other name is refused:
+    the client settled it). Every other decision is the plan's, and must come out the same
+    on this worker: one it would decide otherwise raises `PlanMismatch` naming it, never
+    runs. Returns the plan with this worker's decisions, its machine and place."""
+    foreign = sorted(set(worker) - set(WORKER_FACTS))
+    if foreign:
+        raise ValueError(f"settled for the whole cluster, not per worker: {foreign}")
+    facts = dataclasses.replace(plan.facts, place=BAND, **worker)
+    own = decide(machine, plan.options, facts)
+    for name in SLIDE_DECISIONS:
+        shipped, here = getattr(plan, name), getattr(own, name)
+        if (name == "calibration" and shipped != here) or (
+            name != "calibration" and shipped.value != here.value
+        ):
+            raise PlanMismatch(_mismatch(name, shipped, here, machine))
+    ours = {name: getattr(own, name) for name in WORKER_DECISIONS}
+    return dataclasses.replace(plan, machine=machine, place=BAND, facts=facts, **ours)
+
+
+def _mismatch(name: str, shipped: Any, here: Any, machine: Machine) -> str:
+    """`PlanMismatch`'s message: the decision, both answers, and how to make them agree."""
+    show = (lambda d: d) if name == "calibration" else (lambda d: f"{d.value} ({d.reason})")
+    return (
+        f"a Dask worker ({machine.cores} cores, {len(machine.gpus)} GPUs) would decide the "
+        f"slide's {name} as {show(here)}, the plan shipped to it says {show(shipped)}: the "
+        "plan is decided for one worker's machine, and this one is unlike it; run the slide "
+        "on workers of one kind, or ask for the decision (--device, --runtime, --precision, "
+        "--chunk-tiles)"
+    )
 
 
 def known_calibration(facts: RunFacts, plan: ExecutionPlan, model_dir: str) -> RunFacts:
@@ -278,15 +320,12 @@ def engine_in_process(
     return Decision(False, where)
 
 
-def _runtime(
-    machine: Machine, options: SegmentParams, cuda: bool, pinned: str | None
-) -> Decision[str]:
+def _runtime(machine: Machine, options: SegmentParams, cuda: bool) -> Decision[str]:
     """Which runtime runs the inference graph (`models.runtimes.decision.runtime_decision`:
     OpenVINO on CPUs where it is installed, torch on GPUs). Whether OpenVINO then runs the
-    model is the loader's to find out (it compiles and checks it against torch); the model's
-    precision report in summary.json says what ran."""
-    if pinned is not None:
-        return Decision(pinned, "auto, pinned for the cluster by the runtime one worker ran")
+    model is the loader's to find out (it compiles and checks it against torch, and runs the
+    spec's torch precision where it cannot: the same on every worker of a slide); the
+    model's precision report in summary.json says what ran."""
     device_type = "cuda" if cuda else "cpu"
     runtime, reason = runtime_decision(
         options.runtime, device_type, machine.cpu_flags, machine.openvino
@@ -295,21 +334,11 @@ def _runtime(
 
 
 def _precision(
-    options: SegmentParams,
-    machine: Machine,
-    cuda: bool,
-    gpu: Gpu | None,
-    runtime: str,
-    pinned: str | None,
+    options: SegmentParams, machine: Machine, cuda: bool, gpu: Gpu | None, runtime: str
 ) -> Decision[str]:
     """What the forward passes run in (`models.runtimes.decision.precision_decision` for the
     runtime decided: fp32, bf16, fp16, or bf16 if the model passes the calibration, which
-    the loader runs). A band takes the answer one CPU worker's calibration pinned."""
-    pin = "auto, pinned for the cluster by one CPU worker's calibration"
-    if options.precision == "auto" and pinned == "fp32":
-        return Decision("fp32", pin)
-    if options.precision == "auto" and pinned == "bf16" and not cuda:
-        return Decision("bf16", pin)  # a GPU worker of a mixed cluster keeps its own auto
+    the loader runs)."""
     device_type = "cuda" if cuda else "cpu"
     value, reason = precision_decision(
         options.precision,
@@ -330,7 +359,7 @@ def calibrated(numbers: Mapping[str, Any], runtime: str) -> Decision[str]:
     return Decision(chosen, reason)
 
 
-def runtime_spec(plan: ExecutionPlan, options: SegmentParams) -> RuntimeSpec:
+def runtime_spec(plan: ExecutionPlan) -> RuntimeSpec:
     """What the model's loader carries out of `plan` (`models.runtimes.select.open_runtime`):
     the runtime and precision decided, torch's precision should OpenVINO not run the model
     (decided here too, by the same function), OpenVINO's threads (this process's cores) and
@@ -339,33 +368,17 @@ def runtime_spec(plan: ExecutionPlan, options: SegmentParams) -> RuntimeSpec:
 
     fallback = plan.precision
     if plan.runtime.value != "torch":
-        fallback = _precision(
-            options, plan.machine, plan.device.value == "cuda", None, "torch", None
-        )
+        cuda = plan.device.value == "cuda"
+        fallback = _precision(plan.options, plan.machine, cuda, None, "torch")
     return RuntimeSpec(
         runtime=plan.runtime.value,
         precision=plan.precision.value,
         fallback=fallback.value,
         threads=plan.process_cores.value,
         cpu_flags=plan.machine.cpu_flags,
-        by_name=options.runtime == "openvino",
+        by_name=plan.options.runtime == "openvino",
         runtime_reason=f"{plan.runtime.value}: {plan.runtime.reason}",
         precision_reason=f"{plan.precision.value}: {plan.precision.reason}",
         fallback_reason=f"{fallback.value}: {fallback.reason}",
         calibration=plan.calibration,
     )
-
-
-def band_policies(chunk_tiles: Decision[int], bands: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """summary.json `run_policy` of a Dask run: the chunk size, decided where the slide was
-    planned, and each distinct policy the bands decided on their workers (`as_dict`), with
-    the bands (in plan order) that ran it."""
-    distinct: dict[str, dict[str, Any]] = {}
-    for k, policy in enumerate(bands):
-        entry = distinct.setdefault(json.dumps(policy, sort_keys=True), {"bands": [], **policy})
-        entry["bands"].append(k)
-    return {
-        "place": CLUSTER,
-        "chunk_tiles": chunk_tiles.as_dict(),
-        "band_policies": list(distinct.values()),
-    }

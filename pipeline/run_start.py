@@ -12,16 +12,15 @@ import contextlib
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from wsi_segment.errors import ModelError
 from wsi_segment.models.runtimes.decision import BF16_IF_CALIBRATED
-from wsi_segment.models.runtimes.verdict import CALIBRATION_FIELDS
 from wsi_segment.pipeline.cancellation import CancelToken
 from wsi_segment.pipeline.early_readers import EarlyReaders
 from wsi_segment.pipeline.inference.model_handle import ModelHandle, load_for_process
 from wsi_segment.pipeline.inference.read_device import LevelKey, read_level_and_scale, slide_reads
-from wsi_segment.pipeline.machine import Machine, probe_machine
+from wsi_segment.pipeline.machine import Machine
 from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.pipeline.prepare_inputs import ModelFolder, OpenedSlide
 from wsi_segment.pipeline.read_policy import GPU
@@ -29,17 +28,16 @@ from wsi_segment.pipeline.run_policy import (
     CLUSTER,
     ExecutionPlan,
     RunFacts,
-    decide,
     decide_for_model,
     runtime_spec,
     wants_slide_reads,
+    with_calibration,
 )
-from wsi_segment.pipeline.startup import Background
+from wsi_segment.pipeline.threads import Background
 from wsi_segment.wsi.slide import Slide
 
 if TYPE_CHECKING:
     from wsi_segment.models.meta import ModelMeta
-    from wsi_segment.models.precision_calibration import PrecisionCalibration
     from wsi_segment.models.runtimes.spec import RuntimeSpec
     from wsi_segment.pipeline.inference.model_handle import LoadedModel
     from wsi_segment.wsi.raw_tiles import JpegTiles
@@ -55,8 +53,6 @@ class RunStart:
     spec: RuntimeSpec  # what the loader opens
     loader: Background[LoadedModel]
     readers: EarlyReaders
-    machine: Machine  # what the policy was decided for
-    facts: RunFacts  # and from
 
     @classmethod
     def begin(
@@ -64,38 +60,36 @@ class RunStart:
         opened: OpenedSlide,
         model: ModelFolder,
         params: SegmentParams,
+        machine: Machine,  # what runs the engine: this one, or a Dask cluster's workers
         facts: RunFacts,  # where it runs, how many slides at once (the slide's facts: here)
         early: bool,  # start the plan's readers while the model loads
     ) -> RunStart:
         """Decide the policy, then start the model's load and the readers it names."""
-        machine = probe_machine()
         key = read_level_and_scale(opened.slide, opened.mpp[0], model.geometry[1])
         facts, tiles = slide_facts(machine, params, facts, opened.path, opened.slide, key)
-        policy, facts = decide_for_model(machine, params, facts, str(model.path))
+        policy = decide_for_model(machine, params, facts, str(model.path))
         tiles = tiles if policy.read_device.value == GPU else None
-        spec = loader_spec(policy, params)
-        loader = Background(load_for_process, str(model.path), policy.device.value, spec)
+        spec = loader_spec(policy)
+        loader = Background(load_for_process, str(model.path), loader_device(policy), spec)
         readers = EarlyReaders.start(
             policy if early else None, machine, opened.path, opened.slide, params
         )
-        return cls(policy, tiles, spec, loader, readers, machine, facts)
+        return cls(policy, tiles, spec, loader, readers)
 
     def loaded_model(
-        self, model: ModelFolder, params: SegmentParams, cancel: CancelToken
+        self, model: ModelFolder, cancel: CancelToken
     ) -> tuple[ModelHandle, ModelMeta, ExecutionPlan]:
         """The loaded model's handle and metadata, once its load ends, and the run's policy:
         where the load obtained the bf16 verdict the policy was waiting for, decided again
         with it (bf16 or fp32, by the same function). `cancel` is checked after the wait."""
         loaded = self.loader.result()
         cancel.check()
-        handle = ModelHandle.of(loaded, str(model.path), self.policy.device.value, self.spec)
+        handle = ModelHandle.of(loaded, str(model.path), loader_device(self.policy), self.spec)
         _same_geometry(model.path, model.geometry, loaded.model.meta)
         policy, runtime = self.policy, loaded.runtime
         waiting = policy.precision.value == BF16_IF_CALIBRATED and policy.calibration is None
         if waiting and runtime.calibration is not None and runtime.runtime == policy.runtime.value:
-            numbers = {runtime.runtime: measured(runtime.calibration)}
-            facts = dataclasses.replace(self.facts, calibrations=numbers)
-            policy = decide(self.machine, params, facts)
+            policy = with_calibration(policy, runtime.runtime, runtime.calibration)
         return handle, loaded.model.meta, policy
 
     def stop(self) -> None:
@@ -105,16 +99,22 @@ class RunStart:
             self.loader.result()  # never leave a thread importing torch behind
 
 
-def loader_spec(policy: ExecutionPlan, params: SegmentParams) -> RuntimeSpec:
+def loader_spec(policy: ExecutionPlan) -> RuntimeSpec:
     """What the model loader opens: the plan's runtime and precision; a cluster's plan only
     needs the model's identity and metadata (its bands open their own runtime on their
     workers), so it loads into torch at fp32 and compiles and calibrates nothing."""
     if policy.place != CLUSTER:
-        return runtime_spec(policy, params)
+        return runtime_spec(policy)
     from wsi_segment.models.runtimes.spec import RuntimeSpec
 
     why = "a Dask cluster's plan: the bands run the model on their workers"
     return RuntimeSpec("torch", "fp32", runtime_reason=why, precision_reason=why)
+
+
+def loader_device(policy: ExecutionPlan) -> str:
+    """Where the model loads: the plan's device; a cluster's plan (decided for its
+    workers' machine, which may have GPUs this one lacks) loads it on this CPU."""
+    return "cpu" if policy.place == CLUSTER else policy.device.value
 
 
 def slide_facts(
@@ -132,12 +132,6 @@ def slide_facts(
         return facts, None
     reads, tiles = slide_reads(slide_path, slide, key)
     return dataclasses.replace(facts, reads=reads), tiles
-
-
-def measured(calibration: PrecisionCalibration) -> dict[str, Any]:
-    """A calibration's numbers, as the plan takes them (`RunFacts.calibrations`)."""
-    numbers = dataclasses.asdict(calibration)
-    return {k: numbers[k] for k in sorted(CALIBRATION_FIELDS)}
 
 
 def _same_geometry(model_dir: Path, planned: tuple[int, float], meta: ModelMeta) -> None:

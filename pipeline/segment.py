@@ -32,6 +32,7 @@ from wsi_segment.pipeline.cancellation import NEVER_CANCELLED, CancelToken
 # the stages are reached through this module (the Prefect flows call segment.prepare_stage and
 # segment.infer): prepare and infer are defined in prepare.py and infer_stage.py
 from wsi_segment.pipeline.infer_stage import infer as infer
+from wsi_segment.pipeline.inference.band_runner import cluster_machine
 from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome
 from wsi_segment.pipeline.outputs.output_dir import (
     OutputDir,
@@ -42,7 +43,6 @@ from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.pipeline.prepare import PreparedSlide
 from wsi_segment.pipeline.prepare import prepare as prepare
 from wsi_segment.pipeline.progress import Progress
-from wsi_segment.pipeline.run_policy import CLUSTER, LOCAL
 from wsi_segment.pipeline.up_to_date import ModelFiles, finished_output, is_up_to_date
 
 if TYPE_CHECKING:  # distributed is imported only when a cluster is used
@@ -155,18 +155,19 @@ def prepare_stage(
     slide_path: str | Path,
     out_root: str | Path,
     params: SegmentParams,
-    local: bool = True,
+    client: Client | None = None,
     at_once: int = 1,
     cancel: CancelToken = NEVER_CANCELLED,
 ) -> PreparedSlide:
     """Stage 1 as every door runs it (`segment_slide`, the Prefect slide flow): a local run
-    starts reading while the model loads (the readers its policy names, for `at_once`
-    slides in flight on this machine); a cluster's workers read for themselves, each band
-    deciding its policy there. `cancel`: checked between prepare's steps."""
-    place = LOCAL if local else CLUSTER
-    return prepare(
-        slide_path, out_root, params, early=local, place=place, at_once=at_once, cancel=cancel
-    )
+    (no `client`) starts reading while the model loads (the readers its policy names, for
+    `at_once` slides in flight on this machine); with a Dask `client` the plan is decided
+    for the machine its workers describe, and the workers read for themselves, each band
+    running that plan (`run_policy.for_worker`). `cancel`: checked between prepare's steps."""
+    if client is None:
+        return prepare(slide_path, out_root, params, early=True, at_once=at_once, cancel=cancel)
+    cluster = cluster_machine(client, cancel)
+    return prepare(slide_path, out_root, params, cluster=cluster, at_once=at_once, cancel=cancel)
 
 
 def segment_slide(
@@ -178,7 +179,7 @@ def segment_slide(
 ) -> SlideResult:
     """Run all stages for one slide; raises `WsiSegmentError` on expected failures."""
     stages = Stages(
-        prepare=lambda path, root, p: prepare_stage(path, root, p, local=client is None),
+        prepare=lambda path, root, p: prepare_stage(path, root, p, client),
         infer=lambda prep, work_dir: infer(prep, work_dir, client=client, progress=progress),
         finish=finish,
     )

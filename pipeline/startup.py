@@ -10,45 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import threading
-import time
-from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar, TypeVarTuple
+from collections.abc import Iterator
 
 import numpy as np
 
 from wsi_segment.wsi.slide import open_slide
-
-T = TypeVar("T")
-Ts = TypeVarTuple("Ts")
-
-
-class Background(Generic[T]):
-    """Run a function in a daemon thread; `result()` joins it and re-raises its error."""
-
-    def __init__(self, fn: Callable[[*Ts], T], *args: *Ts) -> None:
-        self._result: list[T] = []  # the value, once the thread has returned one
-        self._error: BaseException | None = None
-        self.seconds = 0.0
-
-        def target() -> None:
-            t0 = time.perf_counter()
-            try:
-                self._result.append(fn(*args))
-            except BaseException as exc:  # handed to the caller of result()
-                self._error = exc
-            self.seconds = time.perf_counter() - t0
-
-        self._thread = threading.Thread(
-            target=target, name=getattr(fn, "__name__", "bg"), daemon=True
-        )
-        self._thread.start()
-
-    def result(self) -> T:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._result[0]
 
 
 @contextlib.contextmanager

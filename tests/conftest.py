@@ -186,7 +186,7 @@ def plan_spec(precision: str = "auto", runtime: str = "torch") -> RuntimeSpec:
     from wsi_segment.pipeline.run_policy import decide, runtime_spec
 
     options = SegmentParams(device="cpu", precision=precision, runtime=runtime)
-    return runtime_spec(decide(probe_machine(), options), options)
+    return runtime_spec(decide(probe_machine(), options))
 
 
 def torch_labeller(

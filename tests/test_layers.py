@@ -24,6 +24,7 @@ BASE = (
     "read_policy",
     "output_files",
     "cancellation",
+    "threads",
 )
 # unit -> the units it may import (besides itself and wsi_segment's own errors/lazy_exports).
 # pipeline is split by concern: inference writes outputs as chunks finish, outputs never

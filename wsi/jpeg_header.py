@@ -16,6 +16,8 @@ import struct
 from dataclasses import dataclass
 from typing import Literal
 
+from wsi_segment.errors import JpegHeaderError
+
 Colour = Literal["rgb", "ycbcr"]
 
 SOI = b"\xff\xd8"
@@ -26,10 +28,6 @@ ADOBE_RGB = b"\xff\xee\x00\x0eAdobe\x00\x64\x00\x00\x00\x00\x00"
 _SOF_BASELINE = (0xC0, 0xC1)  # baseline and extended sequential Huffman: 8-bit DCT
 _SOF_ANY = {0xC0 + k for k in range(16)} - {0xC4, 0xC8, 0xCC}  # DHT, JPG, DAC are not SOFs
 _STANDALONE = {0x01, *range(0xD0, 0xD8)}  # TEM, RST0-7: markers without a length
-
-
-class JpegHeaderError(ValueError):
-    """The bytes are not a JPEG stream this module can read up to its first scan."""
 
 
 @dataclass(frozen=True)

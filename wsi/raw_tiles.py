@@ -19,13 +19,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from wsi_segment.wsi.jpeg_header import (
-    ADOBE_RGB,
-    Colour,
-    JpegHeaderError,
-    read_header,
-    splice_tables,
-)
+from wsi_segment.errors import JpegHeaderError
+from wsi_segment.wsi.jpeg_header import ADOBE_RGB, Colour, read_header, splice_tables
 
 JPEG = 7  # TIFF compression tag values
 JPEG_2000 = {33003, 33004, 33005, 34712}  # Aperio YCbCr / RGB, JPEG 2000 (generic)

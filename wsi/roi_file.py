@@ -34,9 +34,9 @@ from typing import Any
 
 from shapely.geometry import shape
 
-from wsi_segment.errors import RoiError
+from wsi_segment.errors import BrokenExport, NotStreamable, RoiError
 from wsi_segment.wsi.roi_area import has_area
-from wsi_segment.wsi.roi_stream import BrokenExport, ByteStream, NotStreamable, stream_objects
+from wsi_segment.wsi.roi_stream import ByteStream, stream_objects
 
 _POLYGONAL = ("Polygon", "MultiPolygon")
 _GEOMETRIES = ("Point", "MultiPoint", "LineString", "MultiLineString", *_POLYGONAL)

@@ -23,6 +23,8 @@ import re
 from collections.abc import Iterator
 from typing import Any, Protocol
 
+from wsi_segment.errors import BrokenExport, NotStreamable
+
 BLOCK = 8 << 20  # bytes read at a time
 _MAX_PREFIX = 1 << 16  # QuPath's opening is a few dozen bytes; more: not its form
 _START = re.compile(rb'\{\s*"type"\s*:\s*"Feature"\s*[,}]')
@@ -45,14 +47,6 @@ class ByteStream(Protocol):
     def read(self, size: int = -1, /) -> bytes: ...
 
     def close(self) -> None: ...
-
-
-class NotStreamable(Exception):
-    """The stream does not open like a QuPath export; read it whole instead."""
-
-
-class BrokenExport(ValueError):
-    """Not valid JSON where an object or the file's end was expected (message: where)."""
 
 
 def stream_objects(stream: ByteStream, block: int = BLOCK) -> Iterator[dict[str, Any] | str]:

@@ -109,3 +109,33 @@ class SlideNotStarted(SlideStopped):
 
 class BandAborted(SlideStopped):
     """The slide failed in another of its Dask bands: this band stops, or never starts."""
+
+
+class PlanMismatch(ConfigError):
+    """A Dask worker decides one of a slide's cluster-wide decisions (runtime, precision,
+    chunk size) otherwise than the plan the client shipped to it: the worker is unlike the
+    one whose machine the plan was decided for (a cluster of unlike workers). The band refuses to run rather than mix two answers in
+    one slide; the message names the decision, both values and the fix."""
+
+
+# Signals between two modules of one layer. Each is caught by the module named in its
+# docstring and turned there into a decision or into one of the errors above: none reaches
+# the user as it is, so none is a `WsiSegmentError`.
+
+
+class NotStreamable(Exception):
+    """A ROI file's stream does not open like a QuPath export: `wsi.roi_stream.stream_objects`
+    raises it before yielding anything, and `wsi.roi_file` then reads the file whole, as any
+    GeoJSON (other tools' exports, older QuPath files, bare geometries). Not a failure."""
+
+
+class BrokenExport(ValueError):
+    """A QuPath export streamed by `wsi.roi_stream` is not valid JSON where an object or the
+    file's end was expected (the message says where, by byte); `wsi.roi_file` raises it again
+    as a `RoiError` naming the file and the fix."""
+
+
+class JpegHeaderError(ValueError):
+    """The bytes are not a JPEG stream `wsi.jpeg_header` can read up to its first scan;
+    `wsi.raw_tiles` then leaves the level to the ordinary decoder (its `Unsupported` reason
+    quotes the message)."""

@@ -2,11 +2,13 @@
 
 The chunk plan is cut into bands (`wsi.tiling.contiguous_runs`: contiguous runs of chunks in
 plan order, balanced by tile count, never splitting a write unit), a few per worker slot so
-a slow or lost worker costs little. Each band is one Dask task, which decides its run policy
-on its worker and runs `run_engine` as it says (`pipeline.inference.band_task`). A band
-writes only the zarr chunks of its own chunks, so a band recomputed after its worker died
-writes the same bytes again. The precision of `--precision auto` is decided by one worker
-and pinned for all (`settle_precision`).
+a slow or lost worker costs little. Each band is one Dask task, which takes the slide's plan
+(decided by the client: `pipeline.run_policy.decide`), decides on its worker only what depends
+on that worker's machine, and runs `run_engine` as the plan says
+(`pipeline.inference.band_task`). A band writes only the zarr chunks of its own chunks, so a
+band recomputed after its worker died writes the same bytes again. Where the plan waits for
+the bf16 calibration's verdict, one worker's model load obtains it and the client decides the
+plan again with it before any band starts (`settle_plan`).
 
 Workers whose resources name a `GPU` (our local GPU clusters, the compose file, the SLURM
 example) run one band at a time each: one compute stage per device, with the worker's cores as
@@ -17,27 +19,26 @@ its cores out between them; the workers of one machine share its cores too.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import uuid
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from wsi_segment.errors import SlideError
+from wsi_segment.models.runtimes.decision import BF16_IF_CALIBRATED
 from wsi_segment.pipeline.cancellation import NEVER_CANCELLED, POLL_S, CancelToken
 from wsi_segment.pipeline.inference.band_task import (
-    CLUSTER_FACTS,
     DAEMON_FIX,
     BandResult,
-    band_precision,
+    band_calibration,
     run_band,
 )
 from wsi_segment.pipeline.inference.client_watch import ClientWatch
 from wsi_segment.pipeline.inference.slide_job import SlideJob
+from wsi_segment.pipeline.machine import Machine, probe_machine
 from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome
-from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.pipeline.progress import NullProgress, Progress
-from wsi_segment.pipeline.run_policy import RunFacts
+from wsi_segment.pipeline.run_policy import ExecutionPlan, with_calibration
 from wsi_segment.wsi.tiling import ChunkSpec, contiguous_runs
 
 if TYPE_CHECKING:  # distributed is imported only when a cluster is used
@@ -79,19 +80,18 @@ def run_bands(
     job: SlideJob,
     specs: Sequence[ChunkSpec],
     client: Client,
-    options: SegmentParams | None = None,
+    plan: ExecutionPlan,
     progress: Progress | None = None,
     key_prefix: str = "band",
     bands: int | None = None,
     results: list[BandResult] | None = None,
-    settled: RunFacts = CLUSTER_FACTS,
     cancel: CancelToken = NEVER_CANCELLED,
 ) -> list[ChunkOutcome]:
     """Run every chunk in bands on the cluster's workers; outcomes in `specs` order.
 
-    `options`: the run's options, from which each band decides its policy on its worker
-    (default: all defaults), with what the client `settled` for all of them
-    (`settle_precision`). `bands`: how many (None: a few per worker slot). `results`
+    `plan`: the slide's, shipped to every band, which decides on its worker only
+    `run_policy.WORKER_DECISIONS` (`run_policy.for_worker`; settled first where it waits
+    for a calibration: `settle_plan`). `bands`: how many (None: a few per worker slot). `results`
     (optional) receives each band's `BandResult`, in band order.
     The progress bar advances per band, by its tiles, as each band finishes. `cancel`: a
     stop of the slide from outside (`gather_all`).
@@ -111,8 +111,7 @@ def run_bands(
     if not ranges:
         return []
     pieces = [specs[r.start : r.stop] for r in ranges]
-    options = options or SegmentParams()
-    event, futures = _submit_bands(client, job, pieces, options, placement, settled, key_prefix)
+    event, futures = _submit_bands(client, job, pieces, plan, placement, key_prefix)
     finished = _wait_for_bands(futures, event, progress, cancel)
     if any(b.daemonic for b in finished):
         log.warning("%s: daemonic Dask workers read in threads; %s", job.slide_path, DAEMON_FIX)
@@ -133,9 +132,8 @@ def _submit_bands(
     client: Client,
     job: SlideJob,
     pieces: list[list[ChunkSpec]],  # each band's chunks, in plan order
-    options: SegmentParams,
+    plan: ExecutionPlan,
     placement: tuple[dict[str, int], bool],  # as `_slots` says: bands at once per host, GPU
-    settled: RunFacts,
     key_prefix: str,
 ) -> tuple[Event, list[Future[Any]]]:
     """One Dask task per band, all watching one new cluster-wide abort event (returned with
@@ -154,10 +152,9 @@ def _submit_bands(
             job_future,
             piece,
             abort,
-            options,
+            plan,
             gpu,
             at_once,
-            settled,
             key=f"{key_prefix}-{k}-of-{len(pieces)}",
             retries=2,
             pure=False,
@@ -189,33 +186,37 @@ def _wait_for_bands(
     return finished
 
 
-def settle_precision(
+def settle_plan(
     job: SlideJob,
     specs: Sequence[ChunkSpec],
     client: Client,
-    options: SegmentParams,
+    plan: ExecutionPlan,
     cancel: CancelToken = NEVER_CANCELLED,
-) -> tuple[RunFacts, dict[str, Any]]:
-    """Precision and runtime 'auto' on CPU workers: one worker opens the model as its band's
-    plan says (the bf16 calibration's verdict, and whether OpenVINO runs the model, depend on
-    the model and that machine: `models.runtimes.select.open_runtime`), and every band's plan
-    takes its answer (`RunFacts.pinned_precision`, `RunFacts.pinned_runtime`), so a slide
-    never mixes bf16 and fp32 chunks, nor runtimes (a band recomputed on a new worker
-    included). Returns the facts settled for every band and that worker's report; raises `cancel`'s reason once it is cancelled."""
-    if (options.precision != "auto" and options.runtime != "auto") or not specs:
-        reason = f"{options.precision}: asked for (--precision {options.precision})"
-        return CLUSTER_FACTS, {"autocast": options.precision, "reason": reason, "calibration": None}
+) -> ExecutionPlan:
+    """The slide's plan for its bands: `plan` as decided, or, where it waits for the bf16
+    calibration's verdict (`bf16-if-calibrated` with none known on the client), decided again
+    with the verdict one worker's model load obtains as that plan says (it depends on the
+    model and the machine: `models.runtimes.select.open_runtime`), so every band, one
+    recomputed on a new worker included, runs the same precision. Raises `cancel`'s reason
+    once it is cancelled."""
+    waiting = plan.precision.value == BF16_IF_CALIBRATED and plan.calibration is None
+    if not waiting or not specs:
+        return plan
     at_once, gpu = _slots(client)  # as the bands see them: they load the same model
-    asked = client.submit(band_precision, job, options, gpu, at_once, pure=False)
-    report: dict[str, Any] = future_result(asked, cancel)
-    chosen = report.get("autocast")
-    if report.get("device") != "cpu" or chosen not in ("fp32", "bf16"):
-        return CLUSTER_FACTS, report  # GPUs: auto is already fixed (bf16, else fp16)
-    auto = options.precision == "auto", options.runtime == "auto"
-    precision = str(chosen) if auto[0] else None
-    runtime = str(report.get("runtime")) if auto[1] else None
-    settled = dataclasses.replace(CLUSTER_FACTS, pinned_precision=precision, pinned_runtime=runtime)
-    return settled, report
+    asked = client.submit(band_calibration, job, plan, gpu, at_once, pure=False)
+    runtime, calibration = future_result(asked, cancel)
+    if calibration is None or runtime != plan.runtime.value:
+        return plan  # the model ran without one (OpenVINO could not: torch's precision)
+    return with_calibration(plan, runtime, calibration)
+
+
+def cluster_machine(client: Client, cancel: CancelToken = NEVER_CANCELLED) -> Machine:
+    """The machine the cluster's bands run on, as one of its workers describes it
+    (`pipeline.machine.probe_machine` there): a slide's plan for the cluster is decided for
+    it, so a client without the workers' GPUs plans as they run. Raises `cancel`'s reason
+    once it is cancelled."""
+    machine: Machine = future_result(client.submit(probe_machine, pure=False), cancel)
+    return machine
 
 
 def future_result(future: Future[Any], cancel: CancelToken) -> Any:

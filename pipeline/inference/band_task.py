@@ -1,15 +1,17 @@
 """One band of a slide on a Dask worker: the engine over a run of contiguous chunks.
 
-Each band decides its run policy on its worker (`band_policy`: `pipeline.run_policy.decide`
-from the worker's machine, the run's options, its share of the machine and the slide's read
-level), then runs `run_engine` as it says: the worker's model (loaded once per worker process,
-shared under its lock like the slides of a local batch) on the policy's device and precision,
-and the read source it names (`band_source`): the device read path, decoder processes, or
-the reader thread. The band returns its policy for summary.json. A worker process that is
+The client decided the slide's plan and ships it with every band; the band decides on its
+worker only what depends on that worker's own machine, by the same function, and checks
+the rest comes out as shipped (`band_plan`: `pipeline.run_policy.for_worker`). It then runs
+`run_engine` as that plan says: the worker's model (loaded once per worker process, shared
+under its lock like the slides of a local batch) on the plan's device and precision, and
+the read source it names (`pipeline.inference.read_sources.plan_source`, as a local run's):
+the device read path, decoder processes, or the reader thread. The band returns its plan
+for summary.json. A worker process that is
 *daemonic* may not start processes (Python refuses: its children would be orphaned when it
 is terminated). Dask starts workers daemonic unless `distributed.worker.daemon` is False;
 our local clusters turn it off (`flows.dask_cluster`), for workers started by hand set
-`DASK_DISTRIBUTED__WORKER__DAEMON=False`. On a daemonic worker the policy gives a band no
+`DASK_DISTRIBUTED__WORKER__DAEMON=False`. On a daemonic worker the plan gives a band no
 decoders (it reads in its reader thread: the same bytes); the band logs a warning naming the
 setting.
 """
@@ -30,17 +32,14 @@ from wsi_segment.pipeline.cancellation import Cancellation
 from wsi_segment.pipeline.inference.engine import run_engine, torch_threads
 from wsi_segment.pipeline.inference.model_handle import ModelHandle
 from wsi_segment.pipeline.inference.read_device import slide_reads
+from wsi_segment.pipeline.inference.read_sources import plan_source
 from wsi_segment.pipeline.inference.slide_job import SlideJob
 from wsi_segment.pipeline.machine import probe_machine
 from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome
-from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.pipeline.read_policy import ReadFacts
 from wsi_segment.pipeline.run_policy import (
-    BAND,
     ExecutionPlan,
-    RunFacts,
-    band_facts,
-    decide_for_model,
+    for_worker,
     runtime_spec,
     wants_slide_reads,
 )
@@ -49,12 +48,11 @@ from wsi_segment.wsi.tiling import ChunkSpec
 if TYPE_CHECKING:
     from distributed import Event
 
-    from wsi_segment.pipeline.inference.engine import ReadSource
+    from wsi_segment.models.precision_calibration import PrecisionCalibration
     from wsi_segment.wsi.raw_tiles import JpegTiles
 
 log = logging.getLogger(__name__)
 
-CLUSTER_FACTS = RunFacts(BAND)  # a band's facts before its worker adds its own
 ABORT_POLL_S = 0.5  # how soon a running band notices that another band failed
 DAEMON_FIX = (
     "start the workers with DASK_DISTRIBUTED__WORKER__DAEMON=False in their environment "
@@ -73,27 +71,28 @@ class BandResult:
     reads: dict[str, str] = field(default_factory=dict)  # the read choice, for summary.json
     daemonic: bool = False  # decoders were due on a daemonic worker: read in a thread
     policy: dict[str, Any] = field(default_factory=dict)  # its run policy, for summary.json
+    runtime: dict[str, object] = field(default_factory=dict)  # what its model ran in, and why
 
 
-def band_policy(
+def band_plan(
     job: SlideJob,
-    options: SegmentParams,
+    plan: ExecutionPlan,
     in_flight: int,
     examine: bool = True,
     worker_bands: int = 1,
-    settled: RunFacts = CLUSTER_FACTS,
 ) -> tuple[ExecutionPlan, SlideJob, JpegTiles | None]:
-    """This band's plan, decided here by `decide` from the run's `options`, what the client
-    `settled` for every band (`band_runner.settle_precision`) and what only this worker knows:
-    its machine, the `in_flight` bands sharing it (`worker_bands` of them in this process, on
-    its one model), whether it is daemonic and (`examine`) the slide's read level. Returns the
-    plan, the job that carries it out (the model on its device with its runtime spec, its
-    batch size) and the tiles the device read path reads, if it does."""
+    """The slide's `plan`, shipped by the client, for this band on this worker
+    (`pipeline.run_policy.for_worker`): what depends on the worker's own machine decided
+    here by the same function, from its machine, the `in_flight` bands sharing it
+    (`worker_bands` of them in this process, on its one model), whether it is daemonic and
+    (`examine`) the slide's read level. Returns that plan, the job that carries it out (the
+    model on its device with its runtime spec, its batch size) and the tiles the device read
+    path reads, if it does."""
     machine = probe_machine()
     reader = job.reader
     reads: ReadFacts | None = None
     tiles = None
-    if examine and wants_slide_reads(machine, options):
+    if examine and wants_slide_reads(machine, plan.options):
         try:
             reads, tiles = slide_reads(
                 job.slide_path, reader.slide(), (reader.read_level, reader.level0_per_model)
@@ -101,72 +100,50 @@ def band_policy(
         finally:
             reader.close_local()
     daemonic = mp.current_process().daemon
-    here = band_facts(
-        settled, at_once=in_flight, reads=reads, daemonic=daemonic, worker_bands=worker_bands
+    band = for_worker(
+        plan, machine, at_once=in_flight, reads=reads, daemonic=daemonic, worker_bands=worker_bands
     )
-    policy, _facts = decide_for_model(machine, options, here, job.model.model_dir)
     had = job.model
-    model = ModelHandle(
-        had.model_dir, policy.device.value, runtime_spec(policy, options), had.identity
-    )
+    model = ModelHandle(had.model_dir, band.device.value, runtime_spec(band), had.identity)
     job = dataclasses.replace(
         job,
         model=had if model == had else model,  # by value: a reworded reason loads nothing
-        batch_size=policy.batch_size.value,
+        batch_size=band.batch_size.value,
         _local=threading.local(),
     )
-    return policy, job, tiles if policy.device_decoder is not None else None
+    return band, job, tiles if band.device_decoder is not None else None
 
 
-def band_source(job: SlideJob, policy: ExecutionPlan, tiles: JpegTiles | None) -> ReadSource:
-    """The read source `policy` names: the device read path (on `tiles`), decoder
-    processes, or the reader thread."""
-    from wsi_segment.pipeline.inference.reader_thread import HostTiles, ReaderThread  # torch
-
-    decoder = policy.device_decoder
-    if tiles is not None and decoder is not None:
-        from wsi_segment.pipeline.inference.device_tiles import DeviceTiles
-
-        device = job.model.get().model.device
-        return ReaderThread(DeviceTiles(job.reader, tiles, device, decoder))
-    if policy.decoders.value:
-        from wsi_segment.pipeline.inference.decoder_reads import DecoderProcesses
-
-        return DecoderProcesses(policy.decoders.value)
-    return ReaderThread(HostTiles(job.reader))
-
-
-def band_precision(
-    job: SlideJob, options: SegmentParams, gpu: bool = False, at_once: dict[str, int] | None = None
-) -> dict[str, object]:
-    """What this worker's model runs in for a band's policy, and why (its
-    `OpenedRuntime.report`). A cluster asks one worker, then pins the answer for all
-    (band_runner.settle_precision), so every chunk, recomputed ones included, runs in the
-    same precision even on a cluster of unlike machines. `gpu`, `at_once`: as `run_band`'s,
-    so the model loaded here is the one the bands then run."""
+def band_calibration(
+    job: SlideJob, plan: ExecutionPlan, gpu: bool = False, at_once: dict[str, int] | None = None
+) -> tuple[str, PrecisionCalibration | None]:
+    """This worker's model opened as a band's plan says (`band_plan`; `gpu`, `at_once`: as
+    `run_band`'s, so the model loaded here is the one the bands then run): the runtime it
+    runs in, and the bf16 calibration its load obtained where the plan waited for one. A
+    cluster asks one worker (`band_runner.settle_plan`) and decides the slide's plan with it,
+    so every chunk, recomputed ones included, runs in the same precision."""
     quiet_cancelled_tasks()
     in_flight, own = _bands_here(gpu, at_once or {})
-    _policy, job, _tiles = band_policy(job, options, in_flight, False, own)
-    return job.model.get().runtime.report()
+    _plan, job, _tiles = band_plan(job, plan, in_flight, False, own)
+    opened = job.model.get().runtime
+    return opened.runtime, opened.calibration
 
 
 def run_band(
     job: SlideJob,
     specs: list[ChunkSpec],
     abort: str | None,
-    options: SegmentParams,
+    plan: ExecutionPlan,
     gpu: bool,
     at_once: dict[str, int] | None = None,
-    settled: RunFacts = CLUSTER_FACTS,
 ) -> BandResult:
     """Dask task: run `specs` (contiguous chunks) through the engine on this worker, as
-    the policy the band decides here for the run's `options` says.
+    the slide's `plan` says, for this worker (`band_plan`).
 
     `abort`: name of the slide's distributed Event (None: not on a cluster); `gpu`: the
     band holds the worker's GPU resource, so it is the only band running there;
     `at_once`: bands that may run at once on each host (the workers of one machine share
-    its cores; default: this worker's threads, or 1 with `gpu`); `settled`: what the client
-    settled for every band (`band_policy`)."""
+    its cores; default: this worker's threads, or 1 with `gpu`)."""
     quiet_cancelled_tasks()
     event = None
     if abort is not None:
@@ -177,9 +154,9 @@ def run_band(
             return BandResult([], 0, aborted=True)
     in_flight, own = _bands_here(gpu, at_once or {})
     try:
-        policy, job, tiles = band_policy(job, options, in_flight, True, own, settled)
+        policy, job, tiles = band_plan(job, plan, in_flight, True, own)
         daemonic = policy.decoders_refused
-        source = band_source(job, policy, tiles)
+        source = plan_source(policy, job.model, job.reader, tiles)
         try:
             if daemonic:
                 log.warning("%s: this Dask worker is daemonic, reading in a thread; %s",
@@ -204,6 +181,7 @@ def run_band(
             reads=policy.read_report(),
             daemonic=daemonic,
             policy=policy.as_dict(),
+            runtime=job.model.get().runtime.report(),
         )
     except BandAborted:
         return BandResult([], 0, aborted=True)

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import queue
-import threading
 import traceback
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Protocol
@@ -38,7 +37,6 @@ from wsi_segment.pipeline.inference.engine_state import (
     EngineStats,
     FirstError,
     Part,
-    join_part,
     start_parts,
     wait_uninterrupted,
 )
@@ -46,6 +44,7 @@ from wsi_segment.pipeline.inference.slide_job import SlideJob
 from wsi_segment.pipeline.inference.unit_writer import UnitWriter
 from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome
 from wsi_segment.pipeline.progress import NullProgress, Progress
+from wsi_segment.pipeline.threads import WaitableThread
 from wsi_segment.wsi.tiling import ChunkSpec
 
 if TYPE_CHECKING:  # the compute stage imports torch: loaded when an engine runs
@@ -145,7 +144,7 @@ def _run_parts(
     stops once the caller cancels `cancel`); return once every thread has ended. Errors (an interrupt included) end up in `errors`. Returns rather
     than raises, so the queues (and what batches still hold: a source's buffers, its
     processes' queues) go with this frame, not with a traceback."""
-    threads: list[threading.Thread] = []
+    threads: list[WaitableThread] = []
     with torch_threads():
         try:
             staged: queue.Queue[StagedBatch | None] = queue.Queue(maxsize=1)
@@ -155,18 +154,17 @@ def _run_parts(
             bodies.append((writer.run, (written, errors)))
             start_parts(bodies, threads)
             del bodies
-            for thread in threads:  # short joins, so Ctrl-C reaches this thread
-                while thread.is_alive():
+            for thread in threads:  # short waits, so a cancellation is seen at once
+                while not thread.wait(POLL_S):
                     if cancel.cancelled and not errors.stopped:
                         errors.report(cancel.stop())
-                    thread.join(timeout=POLL_S)
         except BaseException as exc:  # an interrupt too: cleaned up here, re-raised above
             errors.report(exc)
         finally:
-            if errors.error is not None or any(t.is_alive() for t in threads):
+            if errors.error is not None or not all(t.ended for t in threads):
                 errors.stop()
             for thread in threads:
-                stop = wait_uninterrupted(join_part, thread)
+                stop = wait_uninterrupted(thread.wait)
                 if stop is not None:  # stopped from outside while its parts ended
                     errors.report(stop)
                     errors.stop()

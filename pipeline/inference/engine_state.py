@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias, TypeVar
 
+from wsi_segment.pipeline.threads import WaitableThread
+
 T = TypeVar("T")
 
 
@@ -90,34 +92,16 @@ class EngineStats:
 Part: TypeAlias = tuple[Callable[..., None], tuple[object, ...]]
 
 
-def start_parts(parts: list[Part], threads: list[threading.Thread]) -> None:
+def start_parts(parts: list[Part], threads: list[WaitableThread]) -> None:
     """Start one daemon thread per part, each appended to `threads` once its start was
-    tried, so the caller's cleanup joins every thread that did start even when a later
+    tried, so the caller's cleanup waits for every thread that did start even when a later
     start fails or an interrupt (Ctrl-C, SIGTERM in the main thread) lands inside `start`."""
     for target, args in parts:
-        thread = threading.Thread(target=target, args=args, daemon=True)
+        thread = WaitableThread(target, args)
         try:
             thread.start()
         finally:
             threads.append(thread)
-
-
-START_FLAG_WAIT_S = 1.0
-
-
-def join_part(thread: threading.Thread) -> None:
-    """Join a part's thread. One whose start an interrupt cut short may never have run
-    (nothing to wait for), or may run without Python having flagged it started yet
-    (`join` refuses it for now): wait for that flag a moment, then join."""
-    deadline = time.monotonic() + START_FLAG_WAIT_S
-    while True:
-        try:
-            thread.join()
-            return
-        except RuntimeError:  # "cannot join thread before it is started"
-            if time.monotonic() > deadline:
-                return
-            time.sleep(0.01)
 
 
 def wait_uninterrupted(wait: Callable[..., Any], *args: Any) -> BaseException | None:

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from wsi_segment.pipeline.inference.tile_reader import TileReader
+from wsi_segment.pipeline.threads import WaitableThread
 from wsi_segment.wsi.tile_reuse import TileReuse
 from wsi_segment.wsi.tiling import ChunkSpec
 
@@ -37,7 +38,7 @@ class TilePrefetcher:
         self.read_s = 0.0  # thread CPU seconds spent reading (for the summary)
         self.tile_reuse: TileReuse | None = None  # planned by the reader thread, first thing
         self._planned = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="tile-prefetch", daemon=True)
+        self._thread = WaitableThread(self._loop, name="tile-prefetch")
         self._thread.start()
 
     def _loop(self) -> None:
@@ -108,4 +109,4 @@ class TilePrefetcher:
             self._images.clear()
             self._bytes = 0
             self._cond.notify_all()
-        self._thread.join()
+        self._thread.wait()

@@ -60,6 +60,7 @@ from wsi_segment.pipeline.outputs.summary import (
     software_versions,
     write_summary,
 )
+from wsi_segment.pipeline.threads import Background
 from wsi_segment.wsi.slide import Slide
 from wsi_segment.wsi.tissue import tissue_warning
 
@@ -87,8 +88,8 @@ def write_outputs(
         polygons = pool.submit(
             _write_polygons, prep, outcomes, classes, colors, measurements, work_dir
         )
-        n_levels = finalize_pyramid(zarr_path)
-        finalize_label_pyramid(zarr_path, n_levels)
+        # zarr writes from its own thread: an interrupt waits for the pyramids to be written
+        n_levels = Background(_write_pyramids, zarr_path).result_through_interrupts()
         files += _write_optional_outputs(prep, zarr_path, work_dir)
         _write_overlay(prep, zarr_path, work_dir, classes, colors)
         roi_report = polygons.result()
@@ -99,6 +100,13 @@ def write_outputs(
         summary["rois"] = roi_report
     write_summary(work_dir / SUMMARY_NAME, summary)
     return summary
+
+
+def _write_pyramids(zarr_path: Path) -> int:
+    """The probability and label pyramids above level 0; the number of levels."""
+    n_levels = finalize_pyramid(zarr_path)
+    finalize_label_pyramid(zarr_path, n_levels)
+    return n_levels
 
 
 def _class_areas(

@@ -127,7 +127,9 @@ class SlideEntry:
 
 
 class _Unusable(ValueError):
-    """summary.json lacks or garbles a key the report reads."""
+    """summary.json lacks or garbles a key the report reads. Control flow of this module
+    alone (raised by its readers of a summary, caught in `_folder_entry`, which makes the
+    folder's entry say "damaged"), so it stays here, out of `wsi_segment.errors`."""
 
 
 @dataclass(frozen=True)

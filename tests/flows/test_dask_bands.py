@@ -20,6 +20,7 @@ from tests.flows.conftest import output_files, stable_summary
 from tests.pipeline.inference.test_band_runner import (
     band_job,
     band_options,
+    cluster_plan,
     one_torch_thread_reference,
 )
 from tests.pipeline.inference.test_engine import assert_same_outcomes, stored
@@ -109,7 +110,13 @@ def test_bands_on_workers_write_what_local_runs_write(
     prefix = f"band-t{name}"
     with get_task_stream(client=client) as stream:
         outcomes = run_bands(
-            job, specs, client, band_options(decoders), progress, key_prefix=prefix, results=bands
+            job,
+            specs,
+            client,
+            cluster_plan(band_options(decoders)),
+            progress,
+            key_prefix=prefix,
+            results=bands,
         )
     np.testing.assert_array_equal(stored(job), expected)
     assert_same_outcomes(outcomes, expected_outcomes)
@@ -135,7 +142,7 @@ def test_a_damaged_slide_fails_with_one_clear_error_and_no_band_retried(
     corrupt_middle_tile(CMU_SLIDE, damaged)
     job, specs = band_job(tmp_path / "p.zarr", tiny_model_dir, slide=damaged)
     with get_task_stream(client=client) as stream, pytest.raises(SlideError) as caught:
-        run_bands(job, specs, client, band_options(1), key_prefix="band-bad")
+        run_bands(job, specs, client, cluster_plan(band_options(1)), key_prefix="band-bad")
     assert "cmu_damaged.svs" in str(caught.value) and "re-export" in str(caught.value)
     keys = [str(t["key"]) for t in stream.data if str(t["key"]).startswith("band-bad")]
     assert len(keys) == len(set(keys)) > 0  # each band ran at most once: no retries
@@ -200,7 +207,16 @@ def test_a_slides_bands_stop_once_its_token_is_cancelled(
 
     progress = StopAfterFirstBand()
     with pytest.raises(SlideInterrupted):
-        run_bands(job, specs, client, band_options(), progress, "band-cancel", 8, cancel=cancel)
+        run_bands(
+            job,
+            specs,
+            client,
+            cluster_plan(band_options()),
+            progress,
+            "band-cancel",
+            8,
+            cancel=cancel,
+        )
     took = time.monotonic() - progress.cancelled_at
     assert 1 <= len(progress.advances) < 8  # the bands after the stop did not all run
     processing = client.processing()
@@ -217,7 +233,7 @@ def test_a_band_that_starts_after_the_slide_failed_does_nothing(
     Event("band-test-abort", client=client).set()
     try:
         band = client.submit(
-            run_band, job, specs, "band-test-abort", band_options(1), False
+            run_band, job, specs, "band-test-abort", cluster_plan(band_options(1)), False
         ).result()
     finally:
         Event("band-test-abort", client=client).clear()
@@ -348,7 +364,11 @@ def test_a_worker_killed_mid_band_still_gives_identical_outputs(
     killer.start()
     try:
         outcomes = run_bands(
-            job, specs, client, band_options(SOURCES[name]), key_prefix=f"band-kill-{name}"
+            job,
+            specs,
+            client,
+            cluster_plan(band_options(SOURCES[name])),
+            key_prefix=f"band-kill-{name}",
         )
     finally:
         stop.set()
@@ -371,21 +391,16 @@ def _pin_threads_to(cpus: set[int]) -> int:
 def test_a_band_re_decides_only_the_worker_specific_decisions(
     client, tmp_path: Path, tiny_model_dir: Path
 ) -> None:
-    """A band decides on its worker, with `decide`, from that worker's own machine and
-    place (run_policy.WORKER_FACTS) and the facts the client settled for every band: two
-    workers given different cores differ only in the worker's decisions
-    (run_policy.WORKER_DECISIONS), and the settled runtime and precision hold on both."""
+    """The client ships one plan; each band re-decides on its worker, by `decide`, only
+    run_policy.WORKER_DECISIONS, from that worker's own machine and place
+    (run_policy.WORKER_FACTS): two workers given different cores run the shipped plan
+    re-decided for each (`run_policy.for_worker`), differing from it and from each other
+    only in those decisions, with the shipped runtime and precision, reasons included."""
     import dataclasses
 
     from wsi_segment.pipeline.machine import probe_machine
     from wsi_segment.pipeline.params import SegmentParams
-    from wsi_segment.pipeline.run_policy import (
-        BAND,
-        WORKER_DECISIONS,
-        RunFacts,
-        band_facts,
-        decide,
-    )
+    from wsi_segment.pipeline.run_policy import WORKER_DECISIONS, for_worker
 
     machine = probe_machine()
     if machine.cores < 2:
@@ -395,35 +410,31 @@ def test_a_band_re_decides_only_the_worker_specific_decisions(
     one = workers[0]
     everything = set(range(os.cpu_count() or 1))
     job, specs = band_job(tmp_path / "bands.zarr", tiny_model_dir)  # torch fp32 handle
-    options = SegmentParams(device="cpu", batch_size=1)  # runtime and precision auto
-    settled = RunFacts(BAND, pinned_precision="fp32", pinned_runtime="torch")  # the client's
+    options = SegmentParams(device="cpu", batch_size=1, runtime="torch", precision="fp32")
+    shipped = cluster_plan(options)  # what the client decided, for every band
     bands: list[BandResult] = []
     assert client.run(_pin_threads_to, {0}, workers=[one]) == {one: 1}
     try:
-        run_bands(job, specs, client, options, key_prefix="band-own", results=bands,
-                  settled=settled)  # fmt: skip
+        run_bands(job, specs, client, shipped, key_prefix="band-own", results=bands)
     finally:
         client.run(_pin_threads_to, everything, workers=[one])
     policies = [b.policy for b in bands]
     assert {p["machine"]["cores"] for p in policies} == {1, machine.cores}  # both workers
-    # at once on this host: the two workers' one thread each
-    facts = band_facts(settled, at_once=2, reads=None, daemonic=False, worker_bands=1)
-    for policy in policies:  # decided there by the same function, from the worker's machine
+    worker_keys = {"machine", "place", "read_source", *WORKER_DECISIONS}
+    for policy in policies:  # the shipped plan, re-decided there from the worker's machine
         worker = dataclasses.replace(machine, cores=policy["machine"]["cores"])
-        assert policy == decide(worker, options, facts).as_dict()
-        assert policy["precision"] == {
-            "value": "fp32",
-            "reason": "auto, pinned for the cluster by one CPU worker's calibration",
+        # at once on this host: the two workers' one thread each
+        facts = {"at_once": 2, "reads": None, "daemonic": False, "worker_bands": 1}
+        assert policy == for_worker(shipped, worker, **facts).as_dict()
+        assert {k: v for k, v in policy.items() if k not in worker_keys} == {
+            k: v for k, v in shipped.as_dict().items() if k not in worker_keys
         }
-        assert policy["runtime"]["reason"] == (
-            "auto, pinned for the cluster by the runtime one worker ran"
-        )
+        assert policy["precision"] == shipped.precision.as_dict()
+        assert policy["runtime"] == shipped.runtime.as_dict()
     by_cores = {p["machine"]["cores"]: p for p in policies}
     small, big = by_cores[1], by_cores[machine.cores]
     differ = {k for k in small if small[k] != big[k]}
     assert "cores" in differ and differ <= {"machine", *WORKER_DECISIONS}
-    with pytest.raises(ValueError, match="pinned_precision"):
-        band_facts(settled, pinned_precision="bf16")  # the client's, never a worker's
 
 
 def _sleep_then(value: int, seconds: float) -> int:
@@ -444,3 +455,14 @@ def test_a_future_the_client_loses_is_a_slide_error_that_says_so(client) -> None
     with pytest.raises(SlideError, match="scheduler lost this slide's task"):
         future_result(lost, Cancellation())
     assert time.monotonic() - started < 20
+
+
+def test_a_cluster_s_machine_is_one_of_its_workers_own_description(client) -> None:
+    """The machine a Dask run's plan is decided for (`prepare`'s `cluster`) is what a
+    worker probes there, not the client's own."""
+    from wsi_segment.pipeline.inference.band_runner import cluster_machine
+    from wsi_segment.pipeline.machine import probe_machine
+
+    described = client.run(probe_machine)
+    assert len(described) == 2
+    assert cluster_machine(client, Cancellation()) in described.values()

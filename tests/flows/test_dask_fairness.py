@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import torch_handle, torch_spec
 from tests.flows.conftest import write_synthetic_slide
-from tests.pipeline.inference.test_band_runner import band_job, band_options
+from tests.pipeline.inference.test_band_runner import band_job, band_options, cluster_plan
 from tests.pipeline.inference.test_engine import make_job
 from wsi_segment.models.bundle import load_model
 from wsi_segment.pipeline.inference.band_runner import (
@@ -81,7 +81,13 @@ def test_a_quick_slide_does_not_wait_for_a_slow_one_on_a_shared_cluster(
     def slow_slide() -> None:
         try:
             run_bands(
-                slow_job, slow_specs, one_slot, band_options(), slow_clock, "slow", SLOW_BANDS
+                slow_job,
+                slow_specs,
+                one_slot,
+                cluster_plan(band_options()),
+                slow_clock,
+                "slow",
+                SLOW_BANDS,
             )
         finally:
             slow_done.set()
@@ -94,7 +100,9 @@ def test_a_quick_slide_does_not_wait_for_a_slow_one_on_a_shared_cluster(
             time.sleep(0.05)  # the slow slide's bands are all queued, its first has run
         assert slow_clock.finished, "the slow slide's first band never finished"
         quick_clock = BandClock()
-        run_bands(quick_job, quick_specs, one_slot, band_options(), quick_clock, "quick")
+        run_bands(
+            quick_job, quick_specs, one_slot, cluster_plan(band_options()), quick_clock, "quick"
+        )
         quick_end = time.monotonic()
         # its three bands (as many as a slide gets per slot), queued on the scheduler behind
         # the slow slide's: meanwhile the slot ran at most the slow band that held it and the

@@ -94,12 +94,7 @@ def test_transient_error_is_retried_and_broken_slide_is_not(
     # the flow prepares as the CLI does (`segment.prepare_stage`): on this CPU machine the
     # readers its policy names start while the model loads
     # (a single slide's flow: nothing outside stops it)
-    assert readers[-1] == {
-        "early": True,
-        "place": "local",
-        "at_once": 1,
-        "cancel": NEVER_CANCELLED,
-    }
+    assert readers[-1] == {"early": True, "at_once": 1, "cancel": NEVER_CANCELLED}  # no cluster
     assert result.summary["run_policy"]["read_source"] == "reader thread"
 
     calls.clear()

@@ -18,7 +18,8 @@ import psutil
 import pytest
 
 from tests.flows.conftest import write_synthetic_slide
-from tests.pipeline.inference.test_band_runner import band_job, band_options
+from tests.flows.slow_close import SLOW_CLOSE_S, SlowClose
+from tests.pipeline.inference.test_band_runner import band_job, band_options, cluster_plan
 from tests.reliability.conftest import CLI, cli_env, run_cli
 from wsi_segment.pipeline.inference.band_runner import run_bands
 
@@ -50,7 +51,7 @@ def test_a_worker_that_ran_a_band_ends_when_its_cluster_closes(
     records = Records()
     with dask_client(workers=1, threads=1) as client:
         job, specs = band_job(tmp_path / "p.zarr", tiny_model_dir)
-        assert run_bands(job, specs, client, band_options(), bands=1)
+        assert run_bands(job, specs, client, cluster_plan(band_options()), bands=1)
         [(pid, modules)] = client.run(_worker_state).values()
         assert modules > 2000  # torch, timm, the model's runtime: the heap a band leaves
         nanny.addHandler(records)
@@ -59,7 +60,44 @@ def test_a_worker_that_ran_a_band_ends_when_its_cluster_closes(
     nanny.removeHandler(records)
     assert not [line for line in records.lines if "still alive" in line], records.lines
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    assert closed_s < 4.0  # the nanny's own patience (0.8 x 5 s), never reached
+    assert closed_s < 4.0  # what a cluster's own close lets a nanny wait, never needed here
+
+
+def test_a_worker_slow_to_close_is_waited_for_not_killed() -> None:
+    """At the end of a run the nanny waits for a worker slower than its default 4 s (the
+    bound `close_workers` gives it): no "still alive ... killing" line, and the worker's
+    close was waited for whole."""
+    from wsi_segment.flows.dask_cluster import dask_client
+
+    nanny = logging.getLogger("distributed.nanny")
+    records = Records()
+    with dask_client(workers=1, threads=1) as client:
+        client.register_plugin(SlowClose())
+        [pid] = client.run(os.getpid).values()
+        nanny.addHandler(records)
+        t0 = time.monotonic()
+    closed_s = time.monotonic() - t0
+    nanny.removeHandler(records)
+    assert not [line for line in records.lines if "still alive" in line], records.lines
+    assert closed_s >= SLOW_CLOSE_S
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_a_cluster_left_on_an_interrupt_keeps_the_prompt_bound() -> None:
+    """Left on an interrupt, the cluster closes with Dask's own bound: a slow worker is
+    killed after 4 s rather than waited for (a stop stays prompt)."""
+    from wsi_segment.flows.dask_cluster import dask_client
+
+    nanny = logging.getLogger("distributed.nanny")
+    records = Records()
+    with pytest.raises(KeyboardInterrupt), dask_client(workers=1, threads=1) as client:
+        client.register_plugin(SlowClose())
+        [pid] = client.run(os.getpid).values()
+        nanny.addHandler(records)
+        raise KeyboardInterrupt
+    nanny.removeHandler(records)
+    assert "Worker process still alive after 4.0 seconds, killing" in records.lines
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
 
 
 @pytest.mark.slow  # three real batches: a Prefect server, a cluster and torch each time

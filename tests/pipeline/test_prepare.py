@@ -61,3 +61,29 @@ def test_a_token_never_cancelled_prepares_the_slide(tmp_path: Path, tiny_model_d
     finally:
         prep.close_prefetch()
         prep.slide.close()
+
+
+def test_a_cluster_s_plan_is_decided_for_its_workers_machine(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """A Dask run's client plans for the machine its workers describe
+    (`band_runner.cluster_machine`), not for its own: GPU workers under a CPU-only client get
+    a GPU plan (device, chunk size, runtime, precision), while the client loads the model
+    on its own CPU, for its identity and metadata only."""
+    from wsi_segment.pipeline.machine import GIB, Gpu, Machine
+
+    h100 = Gpu("NVIDIA H100 80GB HBM3", 80 * GIB)
+    workers = Machine(cores=16, memory_bytes=128 * GIB, cpu_flags=frozenset({"avx2"}), gpus=(h100,))
+    prep = prepare(CMU_SLIDE, tmp_path / "out", SegmentParams(model_dir=tiny_model_dir),
+                   cluster=workers)  # fmt: skip
+    try:
+        plan = prep.policy
+        assert plan is not None and (plan.place, plan.machine) == ("cluster", workers)
+        assert (plan.device.value, plan.chunk_tiles.value) == ("cuda", 8)
+        assert (plan.runtime.value, plan.precision.value) == ("torch", "bf16")
+        sides = {(s.core_box[2] - s.core_box[0]) // prep.grid.stride for s in prep.specs}
+        assert sides == {8}  # planned in chunks of 8 x 8 tiles
+        assert prep.model.device == "cpu" and prep.model.get().model.device.type == "cpu"
+    finally:
+        prep.close_prefetch()
+        prep.slide.close()

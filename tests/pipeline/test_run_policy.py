@@ -11,6 +11,7 @@ import sys
 
 import pytest
 
+from wsi_segment.errors import PlanMismatch
 from wsi_segment.models.cpu import cpu_flags
 from wsi_segment.pipeline.machine import GIB, Gpu, Machine, probe_machine
 from wsi_segment.pipeline.params import SegmentParams
@@ -21,15 +22,18 @@ from wsi_segment.pipeline.read_policy import (
     NOT_CUDA,
     NOT_EXAMINED,
     RGB_CODED,
+    Decision,
     ReadFacts,
 )
 from wsi_segment.pipeline.run_policy import (
     BAND,
     CLUSTER,
+    SLIDE_DECISIONS,
+    WORKER_DECISIONS,
     RunFacts,
-    band_policies,
     decide,
     engine_in_process,
+    for_worker,
     runtime_spec,
     wants_slide_reads,
 )
@@ -54,6 +58,7 @@ SMALL_GPU = Machine(
 YCBCR = ReadFacts(ycbcr=True)  # an OME-TIFF's JFIF tiles: nvJPEG decodes them
 APERIO = ReadFacts(ycbcr=False)  # RGB-coded tiles: right colours only through libjpeg
 AUTO = SegmentParams()
+ALONE = {"at_once": 1, "reads": None, "daemonic": False, "worker_bands": 1}  # a worker's facts
 
 
 def values(policy) -> dict:
@@ -275,21 +280,61 @@ def test_a_worker_s_model_runs_on_its_bands_cores_together():
     }
 
 
-def test_a_pinned_cluster_precision_holds_on_cpus_only():
-    """One CPU worker's calibration is pinned for every CPU band; a GPU worker of a mixed
-    cluster keeps its own auto for bf16, and fp32 everywhere."""
-    for pinned in ("fp32", "bf16"):
-        facts = RunFacts(place=BAND, pinned_precision=pinned)
-        assert decide(AMX, AUTO, facts).precision.value == pinned
-    for gpu, own in ((ONE_H100, "bf16"), (SMALL_GPU, "fp16")):
-        facts = RunFacts(place=BAND, pinned_precision="bf16")
-        assert decide(gpu, AUTO, facts).precision.value == own
-    assert (
-        decide(ONE_H100, AUTO, RunFacts(place=BAND, pinned_precision="fp32")).precision.value
-        == "fp32"
-    )
-    asked = decide(AMX, SegmentParams(precision="bf16"), RunFacts(pinned_precision="fp32"))
-    assert asked.precision.value == "bf16"
+def _decisions(plan) -> dict:
+    """Each decision of `plan` (value and reason), by name."""
+    return {f.name: getattr(plan, f.name) for f in dataclasses.fields(plan)
+            if isinstance(getattr(plan, f.name), Decision)}  # fmt: skip
+
+
+def test_every_decision_is_either_the_worker_s_or_the_slide_s():
+    """`for_worker` re-decides WORKER_DECISIONS and checks SLIDE_DECISIONS: a decision
+    added to the plan must be named in one of them, or a band would silently take it."""
+    plan = decide(CPU_ONLY, AUTO)
+    decisions = set(_decisions(plan))
+    assert decisions == set(WORKER_DECISIONS) | set(SLIDE_DECISIONS) - {"calibration"}
+    assert not set(WORKER_DECISIONS) & set(SLIDE_DECISIONS)
+
+
+@pytest.mark.parametrize(
+    ("client", "worker"),
+    [(BF16_ONLY, dataclasses.replace(BF16_ONLY, cores=4)), (ONE_H100, FOUR_GPUS)],
+    ids=["cpu", "gpu"],
+)
+def test_a_band_s_plan_is_the_shipped_plan_re_decided_for_its_worker(client, worker):
+    """A band's plan: WORKER_DECISIONS as `decide` makes them from the worker's machine and
+    the shipped facts with WORKER_FACTS set there; everything else the shipped plan's, reasons
+    included (a GPU worker of another model and size: its batch cap names its memory)."""
+    shipped = decide(client, AUTO, RunFacts(place=CLUSTER, at_once=3))
+    band = for_worker(shipped, worker, at_once=2, reads=APERIO, daemonic=False, worker_bands=1)
+    own = decide(worker, AUTO, RunFacts(place=BAND, at_once=2, reads=APERIO))
+    assert (band.machine, band.place, band.facts) == (worker, BAND, own.facts)
+    for name, decision in _decisions(band).items():
+        assert decision == getattr(own if name in WORKER_DECISIONS else shipped, name), name
+    worker_keys = {*WORKER_DECISIONS, "machine", "place", "read_source"}
+    recorded = {k: v for k, v in own.as_dict().items() if k in worker_keys}
+    assert band.as_dict() == {**shipped.as_dict(), **recorded}  # summary.json: same keys
+
+
+def test_a_worker_that_would_decide_a_slide_decision_otherwise_refuses_the_plan():
+    """Runtime, precision, its calibration and the chunk size are the slide's: a worker that
+    would decide one otherwise (here a CPU plan on a GPU worker, a bf16 plan on a GPU
+    without bf16, a calibration not the plan's) raises `PlanMismatch` naming it."""
+    on_cpu = decide(dataclasses.replace(AMX, openvino=True), AUTO, RunFacts(place=CLUSTER))
+    with pytest.raises(PlanMismatch, match="slide's runtime as torch") as gpu_worker:
+        for_worker(on_cpu, ONE_H100, **ALONE)
+    assert "the plan shipped to it says openvino (auto on a CPU" in str(gpu_worker.value)
+    on_h100 = decide(ONE_H100, AUTO, RunFacts(place=CLUSTER))
+    with pytest.raises(PlanMismatch, match=r"slide's precision as fp16 \("):
+        for_worker(on_h100, SMALL_GPU, **ALONE)
+    numbers = {"agreement": 0.999, "tiles": 6}
+    warm = dataclasses.replace(decide(AMX, AUTO), calibration=numbers)  # not what its facts decide
+    with pytest.raises(PlanMismatch, match="slide's calibration"):
+        for_worker(warm, AMX, **ALONE)
+    asked = SegmentParams(chunk_tiles=8)
+    with pytest.raises(PlanMismatch, match="slide's chunk_tiles as 4"):
+        for_worker(dataclasses.replace(decide(AMX, asked), options=AUTO), AMX, **ALONE)
+    with pytest.raises(ValueError, match="calibrations"):
+        for_worker(on_cpu, AMX, calibrations={})  # settled by the client, never per worker
 
 
 def test_cluster_planning_decides_the_chunk_size_here():
@@ -330,6 +375,8 @@ def test_a_dask_run_records_each_distinct_band_policy_with_its_bands():
     cpu = decide(BF16_ONLY, AUTO, RunFacts(place=BAND, at_once=2)).as_dict()
     gpu = decide(ONE_H100, AUTO, RunFacts(place=BAND, reads=APERIO)).as_dict()
     planned = decide(CPU_ONLY, AUTO, RunFacts(place=CLUSTER)).chunk_tiles
+    from wsi_segment.pipeline.infer_stage import band_policies
+
     recorded = band_policies(planned, [cpu, gpu, cpu, gpu, gpu])
     assert recorded == {
         "place": "cluster",
@@ -348,7 +395,7 @@ def test_runtime_openvino_on_cpus_that_have_it_torch_on_gpus() -> None:
     from wsi_segment.pipeline.run_policy import runtime_spec
 
     def decided_runtime(machine, options=AUTO):
-        spec = runtime_spec(decide(machine, options), options)
+        spec = runtime_spec(decide(machine, options))
         return spec.runtime, spec.runtime_reason
 
     avx512 = dataclasses.replace(CPU_ONLY, cpu_flags=AVX2 | {"avx512f"})
@@ -375,10 +422,7 @@ def test_runtime_openvino_on_cpus_that_have_it_torch_on_gpus() -> None:
     )
     named = SegmentParams(runtime="openvino")
     assert decided_runtime(with_ov[CPU_ONLY], named)[0] == "openvino"
-    assert runtime_spec(decide(with_ov[CPU_ONLY], named), named).by_name
-    # a CPU band of a cluster runs what one worker ran, whatever it has itself
-    pinned = decide(CPU_ONLY, AUTO, RunFacts(BAND, pinned_runtime="openvino"))
-    assert pinned.runtime.value == "openvino" and "pinned" in pinned.runtime.reason
+    assert runtime_spec(decide(with_ov[CPU_ONLY], named)).by_name
     assert decide(with_ov[CPU_ONLY], AUTO).as_dict()["machine"]["openvino"] is True
 
 
@@ -398,11 +442,11 @@ def test_precision_is_decided_for_the_runtime_and_handed_to_the_loader() -> None
     from wsi_segment.pipeline.run_policy import runtime_spec
 
     def decided_precision(machine, options=AUTO):
-        spec = runtime_spec(decide(machine, options), options)
+        spec = runtime_spec(decide(machine, options))
         return spec.precision, spec.precision_reason
 
     def fallback(machine, options=AUTO):
-        spec = runtime_spec(decide(machine, options), options)
+        spec = runtime_spec(decide(machine, options))
         return spec.fallback, spec.fallback_reason
 
     with_ov = {m: dataclasses.replace(m, openvino=True) for m in (AMX, BF16_ONLY)}
@@ -473,7 +517,7 @@ def test_a_known_calibration_decides_bf16_if_calibrated_in_the_plan() -> None:
         "0.40 % (needs <= 1 %)",
     }
     assert json.loads(json.dumps(passed.as_dict()))["calibration"] == PASSING
-    spec = runtime_spec(passed, torch_amx)
+    spec = runtime_spec(passed)
     assert (spec.precision, spec.calibration) == ("bf16", PASSING)
     assert spec.precision_reason == f"bf16: {passed.precision.reason}"
     failed = decide(AMX, torch_amx, RunFacts(calibrations={"torch": FAILING}))

@@ -17,8 +17,13 @@ from wsi_segment.models.runtimes.select import open_runtime
 from wsi_segment.models.runtimes.verdict import calibration_key, store_verdict
 from wsi_segment.pipeline.machine import GIB, Machine
 from wsi_segment.pipeline.params import SegmentParams
-from wsi_segment.pipeline.run_policy import RunFacts, decide, known_calibration, runtime_spec
-from wsi_segment.pipeline.run_start import measured
+from wsi_segment.pipeline.run_policy import (
+    RunFacts,
+    calibration_numbers,
+    decide,
+    known_calibration,
+    runtime_spec,
+)
 
 AMX = Machine(cores=2, memory_bytes=8 * GIB, cpu_flags=frozenset({"avx2", "amx_bf16", "amx_tile"}))
 TORCH = SegmentParams(device="cpu", runtime="torch")  # precision auto: bf16-if-calibrated on AMX
@@ -57,7 +62,7 @@ def test_a_warm_plan_decides_precision_from_the_kept_verdict(
     assert dict(facts.calibrations) == {"torch": PASSING}
     warm = decide(AMX, TORCH, facts)
     assert warm.precision.value == "bf16" and warm.as_dict()["calibration"] == PASSING
-    spec = runtime_spec(warm, TORCH)
+    spec = runtime_spec(warm)
     assert spec.precision == "bf16"
     report = open_runtime(load_model(tiny_model_dir), spec, cache).report()
     assert report["autocast"] == "bf16"
@@ -90,9 +95,9 @@ def test_a_verdict_holds_for_its_model_runtime_and_cpu_only(
 @pytest.mark.slow  # torch's bf16 on a CPU without it: a minute for the tiny model
 def test_the_first_load_keeps_the_verdict_it_obtained(tiny_model_dir: Path, cache: Path) -> None:
     cold = decide(AMX, TORCH)
-    first = open_runtime(load_model(tiny_model_dir), runtime_spec(cold, TORCH), cache)
+    first = open_runtime(load_model(tiny_model_dir), runtime_spec(cold), cache)
     assert first.calibration is not None and first.calibration.tiles == 6
     facts = known_calibration(RunFacts(), cold, str(tiny_model_dir))
-    assert dict(facts.calibrations) == {"torch": measured(first.calibration)}
+    assert dict(facts.calibrations) == {"torch": calibration_numbers(first.calibration)}
     warm = decide(AMX, TORCH, facts)
     assert f"{warm.precision.value}: {warm.precision.reason}" == first.precision_reason

@@ -12,7 +12,8 @@ import pytest
 import tifffile
 
 from tests.conftest import CMU_SLIDE, DATA_DIR
-from wsi_segment.wsi.jpeg_header import ADOBE_RGB, JpegHeaderError, read_header, splice_tables
+from wsi_segment.errors import JpegHeaderError
+from wsi_segment.wsi.jpeg_header import ADOBE_RGB, read_header, splice_tables
 from wsi_segment.wsi.raw_tiles import JpegTiles, Unsupported, open_jpeg_tiles
 from wsi_segment.wsi.slide import open_slide
 

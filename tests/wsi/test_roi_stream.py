@@ -10,9 +10,9 @@ import tracemalloc
 import pytest
 
 from tests.wsi import qupath_exports as qp
-from wsi_segment.errors import RoiError
+from wsi_segment.errors import NotStreamable, RoiError
 from wsi_segment.wsi.roi_file import read_roi_file
-from wsi_segment.wsi.roi_stream import NotStreamable, stream_objects
+from wsi_segment.wsi.roi_stream import stream_objects
 
 
 def _mixed() -> list[dict]:

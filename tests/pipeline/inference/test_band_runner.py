@@ -40,8 +40,11 @@ from wsi_segment.pipeline.inference.reader_thread import HostTiles, ReaderThread
 from wsi_segment.pipeline.inference.slide_job import SlideJob
 from wsi_segment.pipeline.machine import probe_machine
 from wsi_segment.pipeline.params import SegmentParams
+from wsi_segment.pipeline.read_policy import Decision
 from wsi_segment.pipeline.run_policy import (
     BAND,
+    CLUSTER,
+    ExecutionPlan,
     RunFacts,
     decide,
     runtime_spec,
@@ -67,6 +70,12 @@ def band_options(decoders: int | None = None, batch_size: int = 1) -> SegmentPar
     return SegmentParams(
         device="cpu", precision="fp32", runtime="torch", batch_size=batch_size, decoders=decoders
     )
+
+
+def cluster_plan(options: SegmentParams) -> ExecutionPlan:
+    """The plan a client on this machine decides for a Dask run with `options` (as
+    `prepare` does for a cluster) and ships to every band."""
+    return decide(probe_machine(), options, RunFacts(CLUSTER))
 
 
 def one_torch_thread_reference(job: SlideJob, specs: list[ChunkSpec]):
@@ -116,7 +125,7 @@ def test_a_band_runs_the_engine_and_writes_what_each_chunk_alone_writes(
     before = torch.get_num_threads()
     torch.set_num_threads(1)  # the compute stage's forward passes use the caller's count
     try:
-        band = run_band(job, specs, None, band_options(decoders), gpu=False)
+        band = run_band(job, specs, None, cluster_plan(band_options(decoders)), gpu=False)
     finally:
         torch.set_num_threads(before)
     assert (band.decoders, band.error, band.aborted) == (expected_decoders, None, False)
@@ -144,7 +153,7 @@ def test_bands_of_one_cpu_worker_run_their_forward_passes_side_by_side(
     watched = WrappedLoaded(loaded.model, loaded.runtime, loaded.lock, wrap=watch.wrap)
     # the handle the bands' own plan asks for, so they run the watched model
     options = band_options(batch_size=2)
-    spec = runtime_spec(decide(probe_machine(), options, RunFacts(BAND)), options)
+    spec = runtime_spec(decide(probe_machine(), options, RunFacts(BAND)))
     handle = ModelHandle.of(watched, str(tiny_model_dir), "cpu", spec)
     bands: list[BandResult] = []
     threads = []
@@ -152,7 +161,7 @@ def test_bands_of_one_cpu_worker_run_their_forward_passes_side_by_side(
         job, specs = make_job(tmp_path / f"{name}.zarr", handle, 2)
         job = dataclasses.replace(job, batch_size=2)
         target = lambda job=job, specs=specs: bands.append(  # noqa: E731
-            run_band(job, specs, None, band_options(batch_size=2), gpu=False)
+            run_band(job, specs, None, cluster_plan(band_options(batch_size=2)), gpu=False)
         )
         threads.append(threading.Thread(target=target))
     for thread in threads:
@@ -166,7 +175,7 @@ def test_bands_of_one_cpu_worker_run_their_forward_passes_side_by_side(
 
 def _band_in_daemon(job: SlideJob, specs: list[ChunkSpec], out: multiprocessing.Queue) -> None:
     torch.set_num_threads(1)
-    band = run_band(job, specs, None, band_options(1), False)
+    band = run_band(job, specs, None, cluster_plan(band_options(1)), False)
     out.put((multiprocessing.current_process().daemon, band))
 
 
@@ -197,7 +206,7 @@ def test_bad_input_comes_back_as_the_band_s_error_not_raised(
     damaged = tmp_path / "cmu_damaged.svs"
     corrupt_middle_tile(CMU_SLIDE, damaged)
     job, specs = band_job(tmp_path / "p.zarr", tiny_model_dir, slide=damaged)
-    band = run_band(job, specs, None, band_options(1), gpu=False)
+    band = run_band(job, specs, None, cluster_plan(band_options(1)), gpu=False)
     assert isinstance(band.error, SlideError) and "cmu_damaged.svs" in str(band.error)
     assert band.outcomes == [] and not band.aborted
     assert multiprocessing.active_children() == []
@@ -231,26 +240,24 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def test_a_band_pins_only_what_was_settled_for_the_cluster(tmp_path: Path, tiny_model_dir) -> None:
-    """A band's precision and runtime are pinned when the client settled them for the
-    cluster (`settle_precision`'s facts), never because they differ from 'auto'."""
-    from wsi_segment.pipeline.inference.band_task import band_policy
+def test_a_band_runs_the_plan_shipped_to_it(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """A band takes the client's plan whole but for its worker's decisions: runtime and
+    precision (with their reasons) are the shipped plan's, and the model it loads carries
+    them out; a plan the worker would decide otherwise is refused before any model loads."""
+    from wsi_segment.errors import PlanMismatch
+    from wsi_segment.pipeline.inference.band_task import band_plan
 
     job, _specs = band_job(tmp_path / "z.zarr", tiny_model_dir)  # a cpu fp32 torch handle
-    options = SegmentParams(device="cpu")  # precision and runtime auto
-    free, _job, _tiles = band_policy(job, options, 1, examine=False)
-    assert "pinned" not in free.precision.reason and "pinned" not in free.runtime.reason
-    settled = RunFacts(BAND, pinned_precision="fp32", pinned_runtime="torch")
-    pinned, pinned_job, _tiles = band_policy(job, options, 1, False, 1, settled)
-    assert pinned.precision.as_dict() == {
-        "value": "fp32",
-        "reason": "auto, pinned for the cluster by one CPU worker's calibration",
-    }
-    assert pinned.runtime.as_dict() == {
-        "value": "torch",
-        "reason": "auto, pinned for the cluster by the runtime one worker ran",
-    }
-    assert (pinned_job.model.spec.runtime, pinned_job.model.spec.precision) == ("torch", "fp32")
+    shipped = cluster_plan(SegmentParams(device="cpu", runtime="torch", precision="fp32"))
+    band, band_job_, _tiles = band_plan(job, shipped, 1, examine=False)
+    assert (band.place, shipped.place) == ("band", "cluster")
+    assert (band.runtime, band.precision) == (shipped.runtime, shipped.precision)
+    spec = band_job_.model.spec
+    assert (spec.runtime, spec.precision) == ("torch", "fp32")
+    assert spec.precision_reason == f"fp32: {shipped.precision.reason}"
+    foreign = dataclasses.replace(shipped, precision=Decision("bf16", "decided elsewhere"))
+    with pytest.raises(PlanMismatch, match="slide's precision as fp32"):
+        band_plan(job, foreign, 1, examine=False)
 
 
 def test_a_band_keeps_a_handle_whose_decisions_differ_only_in_their_reasons_wording(
@@ -258,10 +265,11 @@ def test_a_band_keeps_a_handle_whose_decisions_differ_only_in_their_reasons_word
 ) -> None:
     """A band replaces its handle (and so loads the model again) only for other decided
     values: reasons worded otherwise than the band's own plan words them keep it."""
-    from wsi_segment.pipeline.inference.band_task import band_policy
+    from wsi_segment.pipeline.inference.band_task import band_plan
 
     job, _specs = band_job(tmp_path / "z.zarr", tiny_model_dir)
-    _policy, decided_job, _tiles = band_policy(job, band_options(), 1, examine=False)
+    shipped = cluster_plan(band_options())
+    _policy, decided_job, _tiles = band_plan(job, shipped, 1, examine=False)
     had = decided_job.model
     assert had is not job.model  # the band's own decisions, with their reasons
     spec = dataclasses.replace(
@@ -269,7 +277,7 @@ def test_a_band_keeps_a_handle_whose_decisions_differ_only_in_their_reasons_word
     )
     reworded = dataclasses.replace(had, spec=spec)
     job = dataclasses.replace(decided_job, model=reworded)
-    _policy, kept_job, _tiles = band_policy(job, band_options(), 1, examine=False)
+    _policy, kept_job, _tiles = band_plan(job, shipped, 1, examine=False)
     assert kept_job.model is reworded
 
 
@@ -280,14 +288,14 @@ def test_a_worker_s_openvino_graphs_take_its_bands_cores_not_its_torch_count(
     one torch thread. The graphs take the run policy's cores of the process instead (its
     bands' shares together): each band's compute thread then runs in a stream of its own,
     where one thread gave one stream and the worker's bands took turns on it."""
-    from wsi_segment.pipeline.inference.band_task import band_policy
+    from wsi_segment.pipeline.inference.band_task import band_plan
 
     job, _specs = band_job(tmp_path / "z.zarr", tiny_model_dir)
     options = SegmentParams(device="cpu", precision="fp32", runtime="openvino", batch_size=1)
     before = torch.get_num_threads()
     torch.set_num_threads(1)  # what OMP_NUM_THREADS=1 gives the worker's threads
     try:  # two bands at once on this machine, both in this worker process
-        policy, job, _tiles = band_policy(job, options, 2, examine=False, worker_bands=2)
+        policy, job, _tiles = band_plan(job, cluster_plan(options), 2, False, worker_bands=2)
         loaded = job.model.get()
     finally:
         torch.set_num_threads(before)

@@ -44,7 +44,7 @@ def device_reads(
     reader: TileReader, device: torch.device, decoder: Decoder
 ) -> tuple[ReadFacts, DeviceTiles | None]:
     """The slide's read facts as `prepare` and a Dask band take them, and the device reads a
-    run then builds on the tiles served (`infer_stage.local_source`, `band_task.band_source`);
+    run then builds on the tiles served (`read_sources.plan_source`, locally and in a band);
     None where the device path cannot serve the slide (the facts say why)."""
     key = (reader.read_level, reader.level0_per_model)
     facts, tiles = slide_reads(reader.slide_path, reader.slide(), key)

@@ -20,23 +20,15 @@ from pathlib import Path
 import pytest
 
 from wsi_segment.pipeline.inference.engine_state import (
-    START_FLAG_WAIT_S,
-    join_part,
     start_parts,
     wait_uninterrupted,
 )
+from wsi_segment.pipeline.threads import WaitableThread
 
 REPO = Path(__file__).resolve().parents[3]
 
 
-def test_a_part_whose_start_never_happened_is_skipped_not_an_error() -> None:
-    never = threading.Thread(target=lambda: None)
-    t0 = time.monotonic()
-    join_part(never)  # threading's own join raises RuntimeError here
-    assert time.monotonic() - t0 <= START_FLAG_WAIT_S + 1.0
-
-
-def test_started_parts_are_kept_and_joined_until_they_end() -> None:
+def test_started_parts_are_kept_and_waited_for_until_they_end() -> None:
     release = threading.Event()
     ended: list[int] = []
 
@@ -44,13 +36,13 @@ def test_started_parts_are_kept_and_joined_until_they_end() -> None:
         release.wait(timeout=30)
         ended.append(i)
 
-    threads: list[threading.Thread] = []
+    threads: list[WaitableThread] = []
     start_parts([(part, (0,)), (part, (1,))], threads)
-    assert len(threads) == 2 and all(t.is_alive() for t in threads)
+    assert len(threads) == 2 and not any(t.wait(0.05) for t in threads)
     release.set()
     for thread in threads:
-        join_part(thread)
-    assert sorted(ended) == [0, 1] and not any(t.is_alive() for t in threads)
+        thread.wait()
+    assert sorted(ended) == [0, 1] and all(t.ended for t in threads)
 
 
 def poll_until(event: threading.Event) -> None:

@@ -1,0 +1,101 @@
+"""Threads whose end can be waited for through Ctrl-C.
+
+CPython 3.11's `threading.Thread.join`, when a signal handler's exception (Ctrl-C's
+KeyboardInterrupt, our SIGTERM's `Terminated`) lands during the wait, marks a thread that
+still runs as ended: `threading.Thread.is_alive` turns False and every later join returns at
+once. Cleanup that joins again after an interrupt would then go on (close the slide, remove
+the work folder) while the thread still reads or writes. `WaitableThread` signals its end
+with an `Event`, whose waits an interrupt leaves intact, so the cleanup's wait can simply be
+retried.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar, TypeVarTuple
+
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
+
+START_WAIT_S = 1.0  # how long a thread whose start an interrupt cut short may take to begin
+
+
+class WaitableThread:
+    """A daemon thread running `target(*args)`; `wait` is safe to interrupt and retry."""
+
+    def __init__(
+        self, target: Callable[..., Any], args: tuple[Any, ...] = (), name: str | None = None
+    ) -> None:
+        self._began = threading.Event()
+        self._ended = threading.Event()
+        self._started = False  # `start` returned: the thread has begun or surely will
+        self.thread = threading.Thread(
+            target=self._run, args=(target, args), name=name, daemon=True
+        )
+
+    def _run(self, target: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        self._began.set()
+        try:
+            target(*args)
+        finally:
+            self._ended.set()
+
+    def start(self) -> None:
+        self.thread.start()
+        self._started = True
+
+    @property
+    def ended(self) -> bool:
+        return self._ended.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait up to `timeout` s (None: until it ends); whether it has ended. One whose
+        `start` an interrupt cut short may never run: if it has not begun within
+        START_WAIT_S it counts as ended."""
+        if not self._started and not self._began.wait(START_WAIT_S):
+            return True
+        return self._ended.wait(timeout)
+
+
+class Background(Generic[T]):
+    """Run a function in a daemon thread; `result()` waits for it and re-raises its error."""
+
+    def __init__(self, fn: Callable[[*Ts], T], *args: *Ts) -> None:
+        self._result: list[T] = []  # the value, once the thread has returned one
+        self._error: BaseException | None = None
+        self.seconds = 0.0
+
+        def target() -> None:
+            t0 = time.perf_counter()
+            try:
+                self._result.append(fn(*args))
+            except BaseException as exc:  # handed to the caller of result()
+                self._error = exc
+            self.seconds = time.perf_counter() - t0
+
+        self._thread = WaitableThread(target, name=getattr(fn, "__name__", "bg"))
+        self._thread.start()
+
+    def result(self) -> T:
+        self._thread.wait()
+        if self._error is not None:
+            raise self._error
+        return self._result[0]
+
+    def result_through_interrupts(self) -> T:
+        """The result, waiting for the thread to end even when this thread is interrupted
+        meanwhile (Ctrl-C, SIGTERM), which is raised once it has. For writes that must not
+        stop half way: zarr goes on writing in its own thread after its caller is
+        interrupted, into a folder the interrupt's cleanup would already have removed."""
+        interrupt: BaseException | None = None
+        while True:
+            try:
+                self._thread.wait()
+                break
+            except BaseException as exc:
+                interrupt = interrupt or exc
+        if interrupt is not None:
+            raise interrupt
+        return self.result()

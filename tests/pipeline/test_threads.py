@@ -1,0 +1,105 @@
+"""pipeline.threads: a thread's end waited for through an interrupt, and waited for again;
+a function run in the background, its result waited for through an interrupt."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from wsi_segment.pipeline.threads import START_WAIT_S, Background, WaitableThread
+
+
+class Interrupted(BaseException):
+    """What the test's signal handler raises in the main thread, as Ctrl-C's does."""
+
+
+def _raise_interrupted(signum: int, frame: object) -> None:
+    raise Interrupted(signum)
+
+
+@pytest.fixture
+def sigusr1_interrupts():
+    previous = signal.signal(signal.SIGUSR1, _raise_interrupted)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+
+
+def _interrupt_main_after(seconds: float) -> threading.Timer:
+    timer = threading.Timer(seconds, os.kill, (os.getpid(), signal.SIGUSR1))
+    timer.start()
+    return timer
+
+
+def test_a_wait_cut_by_an_interrupt_can_be_waited_again(sigusr1_interrupts):
+    """The cleanup after an interrupt waits again, and that wait lasts until the thread
+    really ended (threading's own join, on 3.11, would return at once: `ended` checks)."""
+    release = threading.Event()
+    thread = WaitableThread(release.wait, (30,))
+    thread.start()
+    timer = _interrupt_main_after(0.2)
+    with pytest.raises(Interrupted):
+        thread.wait()
+    timer.join()
+    assert not thread.ended and not thread.wait(0.2)
+    release.set()
+    assert thread.wait(5) and thread.ended
+
+
+def test_a_thread_never_started_counts_as_ended_after_the_start_wait():
+    thread = WaitableThread(time.sleep, (0,))
+    t0 = time.monotonic()
+    assert thread.wait() and time.monotonic() - t0 >= START_WAIT_S - 0.05
+
+
+def test_wait_with_a_timeout_says_whether_it_ended():
+    release = threading.Event()
+    thread = WaitableThread(release.wait, (30,))
+    thread.start()
+    assert not thread.wait(0.05)
+    release.set()
+    assert thread.wait(5)
+
+
+def _slow_write(path, seconds: float) -> str:
+    time.sleep(seconds)
+    path.write_text("done")
+    return "value"
+
+
+def test_an_interrupt_waits_for_the_thread_then_is_raised(tmp_path, sigusr1_interrupts):
+    """The interrupt lands while the thread writes: the write ends first, then it is raised,
+    so a cleanup that follows finds nothing still being written."""
+    done = tmp_path / "done"
+    job = Background(_slow_write, done, 1.0)
+    timer = _interrupt_main_after(0.2)
+    with pytest.raises(Interrupted):
+        job.result_through_interrupts()
+    timer.join()
+    assert done.read_text() == "done"
+
+
+def test_without_an_interrupt_it_is_the_result(tmp_path):
+    assert Background(_slow_write, tmp_path / "x", 0.0).result_through_interrupts() == "value"
+
+
+def test_the_functions_error_is_raised(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        Background(_slow_write, tmp_path / "no" / "x", 0.0).result_through_interrupts()
+
+
+def test_result_alone_is_interrupted_at_once(tmp_path, sigusr1_interrupts):
+    """The plain wait gives way to the interrupt (what the other method exists to avoid)."""
+    done = tmp_path / "done"
+    job = Background(_slow_write, done, 1.0)
+    timer = _interrupt_main_after(0.2)
+    with pytest.raises(Interrupted):
+        job.result()
+    assert not done.exists()
+    timer.join()
+    job.result_through_interrupts()
