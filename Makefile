@@ -21,8 +21,10 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/wsi-segment tests/data/CMU-1-Small-Region.svs --out wsi-segment-out --overwrite
 
+# The fast suite in two processes (pytest-xdist), one test file at a time each, so that a
+# module's shared fixtures (clusters, segmented slides) are made once.
 test: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow" -q
+	$(BIN)/python -m pytest -m "not slow" -q -n 2 --dist loadfile
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q

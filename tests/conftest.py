@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -37,11 +38,21 @@ LUAD_CLASSES = ["TE", "NEC", "LYM", "TAS"]
 LUAD_COLORS = [(205, 51, 51), (0, 255, 0), (65, 105, 225), (255, 165, 0)]
 
 
+def run_temp_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The temporary folder of this whole test run: the session's own, or, in a pytest-xdist
+    worker (which has its own folder inside the run's), the one its workers share."""
+    basetemp = tmp_path_factory.getbasetemp()
+    return basetemp.parent if os.environ.get("PYTEST_XDIST_WORKER") else basetemp
+
+
 @pytest.fixture(scope="session", autouse=True)
 def runtime_cache(tmp_path_factory) -> Iterator[Path]:
-    """The OpenVINO runtime's compiled graphs go to one folder per test session (shared by its
-    tests and their worker processes), never to the user's ~/.cache."""
-    folder = tmp_path_factory.mktemp("runtime-cache")
+    """The OpenVINO runtime's compiled graphs go to one folder per test run (shared by its
+    tests, their worker processes and the run's other pytest-xdist workers, so that a graph
+    is exported and compiled once a run: the cache is safe for processes that build the same
+    entry at once), never to the user's ~/.cache. Tests about the cache use their own."""
+    folder = run_temp_root(tmp_path_factory) / "runtime-cache"
+    folder.mkdir(exist_ok=True)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("WSI_SEGMENT_CACHE_DIR", str(folder))
         yield folder

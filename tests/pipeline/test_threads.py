@@ -3,14 +3,21 @@ a function run in the background, its result waited for through an interrupt."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from wsi_segment.pipeline.threads import START_WAIT_S, Background, WaitableThread
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 class Interrupted(BaseException):
@@ -21,8 +28,8 @@ def _raise_interrupted(signum: int, frame: object) -> None:
     raise Interrupted(signum)
 
 
-@pytest.fixture
-def sigusr1_interrupts():
+@contextlib.contextmanager
+def sigusr1_interrupts() -> Iterator[None]:
     previous = signal.signal(signal.SIGUSR1, _raise_interrupted)
     try:
         yield
@@ -36,19 +43,36 @@ def _interrupt_main_after(seconds: float) -> threading.Timer:
     return timer
 
 
-def test_a_wait_cut_by_an_interrupt_can_be_waited_again(sigusr1_interrupts):
-    """The cleanup after an interrupt waits again, and that wait lasts until the thread
-    really ended (threading's own join, on 3.11, would return at once: `ended` checks)."""
+def in_own_process(scenario: str, *args: str) -> None:
+    """Run `scenario` (a function of this module, its checks inside) in a fresh interpreter:
+    its signal goes to that process, never to the test session's own, where earlier tests'
+    libraries may have left the main thread's signal stack unmapped (see
+    tests/flows/test_batch_console.py, `guard_run`)."""
+    code = f"import sys; from tests.pipeline.test_threads import {scenario} as s; s(*sys.argv[1:])"
+    ran = subprocess.run(
+        [sys.executable, "-c", code, *args], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert ran.returncode == 0, ran.stderr
+
+
+def wait_cut_then_waited_again() -> None:
     release = threading.Event()
     thread = WaitableThread(release.wait, (30,))
     thread.start()
-    timer = _interrupt_main_after(0.2)
-    with pytest.raises(Interrupted):
-        thread.wait()
-    timer.join()
+    with sigusr1_interrupts():
+        timer = _interrupt_main_after(0.2)
+        with pytest.raises(Interrupted):
+            thread.wait()
+        timer.join()
     assert not thread.ended and not thread.wait(0.2)
     release.set()
     assert thread.wait(5) and thread.ended
+
+
+def test_a_wait_cut_by_an_interrupt_can_be_waited_again():
+    """The cleanup after an interrupt waits again, and that wait lasts until the thread
+    really ended (threading's own join, on 3.11, would return at once: `ended` checks)."""
+    in_own_process("wait_cut_then_waited_again")
 
 
 def test_a_thread_never_started_counts_as_ended_after_the_start_wait():
@@ -72,16 +96,21 @@ def _slow_write(path, seconds: float) -> str:
     return "value"
 
 
-def test_an_interrupt_waits_for_the_thread_then_is_raised(tmp_path, sigusr1_interrupts):
+def interrupt_waits_for_the_thread(folder: str) -> None:
+    done = Path(folder) / "done"
+    job = Background(_slow_write, done, 1.0)
+    with sigusr1_interrupts():
+        timer = _interrupt_main_after(0.2)
+        with pytest.raises(Interrupted):
+            job.result_through_interrupts()
+        timer.join()
+    assert done.read_text() == "done"
+
+
+def test_an_interrupt_waits_for_the_thread_then_is_raised(tmp_path):
     """The interrupt lands while the thread writes: the write ends first, then it is raised,
     so a cleanup that follows finds nothing still being written."""
-    done = tmp_path / "done"
-    job = Background(_slow_write, done, 1.0)
-    timer = _interrupt_main_after(0.2)
-    with pytest.raises(Interrupted):
-        job.result_through_interrupts()
-    timer.join()
-    assert done.read_text() == "done"
+    in_own_process("interrupt_waits_for_the_thread", str(tmp_path))
 
 
 def test_without_an_interrupt_it_is_the_result(tmp_path):
@@ -93,13 +122,18 @@ def test_the_functions_error_is_raised(tmp_path):
         Background(_slow_write, tmp_path / "no" / "x", 0.0).result_through_interrupts()
 
 
-def test_result_alone_is_interrupted_at_once(tmp_path, sigusr1_interrupts):
-    """The plain wait gives way to the interrupt (what the other method exists to avoid)."""
-    done = tmp_path / "done"
+def result_alone_is_interrupted(folder: str) -> None:
+    done = Path(folder) / "done"
     job = Background(_slow_write, done, 1.0)
-    timer = _interrupt_main_after(0.2)
-    with pytest.raises(Interrupted):
-        job.result()
-    assert not done.exists()
-    timer.join()
+    with sigusr1_interrupts():
+        timer = _interrupt_main_after(0.2)
+        with pytest.raises(Interrupted):
+            job.result()
+        assert not done.exists()
+        timer.join()
     job.result_through_interrupts()
+
+
+def test_result_alone_is_interrupted_at_once(tmp_path):
+    """The plain wait gives way to the interrupt (what the other method exists to avoid)."""
+    in_own_process("result_alone_is_interrupted", str(tmp_path))
