@@ -54,9 +54,7 @@ def slide_path_graph(model_dir: Path, cache: Path) -> tuple[Any, int]:
 
 
 def compile_layout(graph: Any, precision: str, threads: int, streams: int, **extra: Any) -> Any:
-    from wsi_segment.models.runtimes.openvino_runtime import import_openvino
-
-    ov = import_openvino()  # telemetry off, as in a run
+    from wsi_segment.models.runtimes.openvino_runtime import openvino_core  # as a run's
 
     config = {
         "INFERENCE_PRECISION_HINT": _PRECISION[precision],
@@ -66,7 +64,7 @@ def compile_layout(graph: Any, precision: str, threads: int, streams: int, **ext
         "ENABLE_CPU_PINNING": False,
         **extra,
     }
-    return ov.Core().compile_model(graph, "CPU", config)
+    return openvino_core().compile_model(graph, "CPU", config)
 
 
 def two_callers(compiled: Any, x: Any, batches: int, jpeg: bytes | None) -> tuple[float, float]:

@@ -20,6 +20,7 @@ OpenVINO is imported only through `import_openvino`, which switches its telemetr
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import sys
 import tempfile
@@ -65,6 +66,19 @@ def import_openvino() -> Any:
     import openvino
 
     return openvino
+
+
+@functools.cache
+def openvino_core() -> Any:
+    """The process's one `openvino.Core`, kept until the process ends.
+
+    Each Core's CPU plugin gives the thread that first uses it a new alternate signal stack,
+    and frees it when the Core goes, restoring the previous one only if Cores go in the
+    reverse order of their making. Freed in the order made (one Core per compiled graph, the
+    graphs of one slide then another's), the thread kept a freed signal stack, and the next
+    signal Python handled there (Ctrl-C, SIGTERM, pytest's alarm) crashed the process with
+    SIGSEGV. One Core (thread-safe by OpenVINO's contract) never goes."""
+    return import_openvino().Core()
 
 
 def _set_up_numpy_bridge() -> None:
@@ -201,8 +215,6 @@ class OpenVINOGraphs:
 
     def _compile(self, geometry: Geometry, batch: int, streams: int) -> Any:
         """The compiled graph, from the cache or built (and then cached)."""
-        ov = import_openvino()
-
         graph = entry_name(self._ir_key(geometry))
         key = {**self.entry_key(), "kind": "compiled", "graph": graph, "batch": batch}
         key["streams"] = streams
@@ -213,7 +225,7 @@ class OpenVINOGraphs:
             "PERFORMANCE_HINT": "LATENCY" if streams == 1 else "THROUGHPUT",
             "ENABLE_CPU_PINNING": False,
         }
-        core = ov.Core()
+        core = openvino_core()
         found = load_entry(self.cache_dir, key, ("blob",))
         if found:
             try:
@@ -250,7 +262,7 @@ class OpenVINOGraphs:
         found = load_entry(self.cache_dir, ir_key, ("xml", "bin"))
         if found:
             try:
-                return ov.Core().read_model(str(found["xml"]))
+                return openvino_core().read_model(str(found["xml"]))
             except RuntimeError:
                 pass  # whole by its manifest, yet unreadable here: export it again
 
@@ -278,7 +290,7 @@ class OpenVINOGraphs:
         store_best_effort(self.cache_dir, ir_key, write_ir)
         found = load_entry(self.cache_dir, ir_key, ("xml", "bin"))
         if found:
-            return ov.Core().read_model(str(found["xml"]))
+            return openvino_core().read_model(str(found["xml"]))
         with tempfile.TemporaryDirectory() as tmp:  # the cache could not be written
             xml = write_ir(Path(tmp))["xml"]
-            return ov.Core().read_model(str(xml))
+            return openvino_core().read_model(str(xml))

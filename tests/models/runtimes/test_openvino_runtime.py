@@ -260,6 +260,40 @@ def test_threads_whose_first_inference_is_at_once_do_not_deadlock(cache: Path) -
         assert done.returncode == 0, "threads hung in their first inference"
 
 
+SIGNAL_AFTER_FREEING = """
+import gc, os, signal, sys
+from pathlib import Path
+import torch
+from tests.models.runtimes.test_openvino_runtime import TILE, _tiny
+from wsi_segment.models.cpu import cpu_flags
+from wsi_segment.models.runtimes import Geometry, OpenVINOGraphs
+
+x = torch.full((2, TILE, TILE, 3), 128, dtype=torch.uint8)
+made = [OpenVINOGraphs(_tiny(seed=s), "fp32", 1, cpu_flags(), Path(sys.argv[1])) for s in (0, 1)]
+for graphs in made:
+    graphs.run(x, Geometry(TILE, 16, 192, 4))
+del graphs
+while made:
+    del made[0]  # freed in the order made, as one slide's model then another's
+    gc.collect()
+signal.signal(signal.SIGINT, lambda signum, frame: print("handled"))
+os.kill(os.getpid(), signal.SIGINT)
+"""
+
+
+def test_a_signal_after_graphs_were_freed_is_handled_not_a_crash(cache: Path) -> None:
+    """Graphs compiled then freed in the order made, then a signal (Ctrl-C between the
+    slides of a batch): one Core per graph left the thread a freed signal stack and the
+    process died of SIGSEGV (-11); with the process's one Core the handler runs."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[3]
+    argv = [sys.executable, "-c", SIGNAL_AFTER_FREEING, str(cache / "signal")]
+    done = subprocess.run(argv, cwd=repo, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "handled", done.stderr
+
+
 class _Branchy(nn.Module):
     """A segmenter whose path depends on the data: torch.export cannot express it."""
 
