@@ -1,12 +1,9 @@
 """The one inference of a tile, as a module: what torch runs and OpenVINO compiles.
 
-uint8 tiles (N, T, T, 3), channels last as the slide path cuts them -> (uint8 probabilities
-(N, K, h, w), uint8 labels (N, h, w), float32 classifier probabilities (N, K)): scaling and
-normalisation, classifier, segmenter, gate and the reduction to what the zarr stores
-(models/reduction.py), for one tile geometry (core margin, core size, downsample) and gate.
-There is no other copy of this sequence: the torch executor runs this module
-(`runtimes.executor.TorchExecutor`, its precision as autocast around the two networks) and
-the OpenVINO runtime exports this same module, so both give the slide path's bytes.
+uint8 tiles (N, T, T, 3), as the slide path cuts them -> (uint8 probabilities (N, K, h, w),
+uint8 labels (N, h, w), float32 classifier probabilities (N, K)): normalisation, classifier,
+segmenter, gate and the reduction (models/reduction.py) for one tile geometry. There is no
+other copy of this sequence.
 """
 
 from __future__ import annotations
