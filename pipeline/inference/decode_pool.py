@@ -50,7 +50,7 @@ class SlotRing:
 
     def __init__(self, slots: int, slot_tiles: int, tile: int, name: str | None = None) -> None:
         self.slots, self.slot_tiles, self.tile = slots, slot_tiles, tile
-        size = max(1, slots * self.slot_bytes)
+        size = max(1, slots * slot_tiles * tile * tile * 3)
         self._owner = name is None
         self.shm = (
             SharedMemory(ring_name(), create=True, size=size)
@@ -60,10 +60,6 @@ class SlotRing:
         self._array: np.ndarray | None = np.ndarray(
             (slots, slot_tiles, tile, tile, 3), np.uint8, buffer=self.shm.buf
         )
-
-    @property
-    def slot_bytes(self) -> int:
-        return self.slot_tiles * self.tile * self.tile * 3
 
     def view(self, slot: int, tiles: int) -> np.ndarray:
         """The first `tiles` tiles of `slot`, (tiles, T, T, 3) uint8, in shared memory."""
@@ -191,11 +187,6 @@ class DecodePool:
         if not self._inbox:
             self._collect(timeout)
         return self._inbox.popleft() if self._inbox else None
-
-    def waiting(self, timeout: float = 0.0) -> int:
-        """How many messages have arrived and wait to be received (after `timeout` s)."""
-        self._collect(timeout)
-        return len(self._inbox)
 
     def serves(self, specs: Sequence[ChunkSpec], decoders: int) -> bool:
         """Whether this pool reads exactly these chunks with this many decoders."""
