@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from wsi_segment.errors import SlideError
@@ -92,7 +92,7 @@ def run_bands(
         return []
     pieces = [specs[r.start : r.stop] for r in ranges]
     event, futures = _submit_bands(client, job, pieces, plan, placement, key_prefix)
-    finished = _wait_for_bands(futures, event, progress, cancel)
+    finished = gather_all(futures, event, progress, cancel)
     if any(b.daemonic for b in finished):
         log.warning("%s: daemonic Dask workers read in threads; %s", job.slide_path, DAEMON_FIX)
     if results is not None:
@@ -142,26 +142,6 @@ def _submit_bands(
         for k, piece in enumerate(pieces)
     ]
     return event, futures
-
-
-def _wait_for_bands(
-    futures: Sequence[Future[Any]], event: Event, progress: Progress, cancel: CancelToken
-) -> list[BandResult]:
-    """Every band's result, in band order, once all have ended (`gather_all`); the progress
-    bar advances by a band's tiles as it finishes."""
-    done: list[BandResult | None] = [None] * len(futures)
-
-    def take(k: int, band: BandResult) -> BaseException | None:
-        if band.error is None and not band.aborted:
-            done[k] = band
-            progress.advance(sum(o.tiles_run for o in band.outcomes))
-        return band.error
-
-    gather_all(futures, event, take, cancel)
-    finished = [b for b in done if b is not None]
-    if len(finished) != len(futures):
-        raise RuntimeError(f"{len(futures) - len(finished)} bands never completed")
-    return finished
 
 
 def settle_plan(
@@ -224,16 +204,18 @@ STOP_GRACE_S = 10.0
 def gather_all(
     futures: Sequence[Future[Any]],
     event: Event,
-    on_result: Callable[[int, Any], BaseException | None],
+    progress: Progress,
     cancel: CancelToken = NEVER_CANCELLED,
-) -> None:
-    """Hand each future's value to `on_result` (with its index) as it completes; the first
-    failure (raised, or returned by `on_result`) sets `event` and is raised once every future
-    has ended. An interrupt or `cancel` sets `event` too. A client that can no longer deliver
-    results (`ClientWatch`) ends the wait with a SlideError naming the cause."""
+) -> list[BandResult]:
+    """Every band's result, in band order, once all have ended; the progress bar advances by
+    a band's tiles as it finishes. The first failure (raised, or a band's error) sets `event`
+    and is raised once every future has ended. An interrupt or `cancel` sets `event` too. A
+    client that can no longer deliver results (`ClientWatch`) ends the wait with a
+    SlideError naming the cause."""
     from distributed import as_completed
 
     index = {f.key: i for i, f in enumerate(futures)}
+    done: list[BandResult | None] = [None] * len(futures)
     error: BaseException | None = None
     watch = ClientWatch(futures[0].client if futures else None)
     try:
@@ -246,7 +228,11 @@ def gather_all(
                 continue
             for future in pending.next_batch(block=False):
                 try:
-                    failure = on_result(index[future.key], finished_value(future))
+                    band: BandResult = finished_value(future)
+                    failure = band.error
+                    if failure is None and not band.aborted:
+                        done[index[future.key]] = band
+                        progress.advance(sum(o.tiles_run for o in band.outcomes))
                 except Exception as exc:  # first failure wins; the others are its echoes
                     failure = exc
                 if failure is not None and error is None:
@@ -269,3 +255,7 @@ def gather_all(
         event.clear()  # frees the event on the scheduler
     if error is not None:
         raise error
+    finished = [b for b in done if b is not None]
+    if len(finished) != len(futures):
+        raise RuntimeError(f"{len(futures) - len(finished)} bands never completed")
+    return finished
