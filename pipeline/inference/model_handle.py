@@ -90,8 +90,7 @@ class ModelHandle:
     def of(cls, loaded: LoadedModel, model_dir: str, device: str, spec: RuntimeSpec) -> ModelHandle:
         """A handle around an already loaded model (prepare, tests): every handle of one
         loaded model shares its lock, so slides run side by side take turns on it."""
-        identity = getattr(loaded.model, "identity", "")  # test stand-ins have none
-        return cls(model_dir, device, spec, identity, loaded)
+        return cls(model_dir, device, spec, loaded.model.identity, loaded)
 
 
 def load_for_process(model_dir: str, device: str, spec: RuntimeSpec) -> LoadedModel:

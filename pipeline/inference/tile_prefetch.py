@@ -4,6 +4,7 @@ runs only: `TilePrefetcher`)."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -40,8 +41,6 @@ class TilePrefetcher:
         self._thread.start()
 
     def _loop(self) -> None:
-        import time
-
         t0 = time.thread_time()
         try:
             try:
