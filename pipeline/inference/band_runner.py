@@ -245,9 +245,8 @@ def gather_all(
         event.set()
         from distributed import wait
 
-        # up to STOP_GRACE_S for the running tasks (they stop early once `event` is set), so
-        # they do not write into a folder the caller is about to remove; timed out, or the
-        # cluster going away: the interrupt goes on
+        # the running bands stop early once `event` is set: wait, so they do not write into
+        # a folder the caller is about to remove; timed out, the interrupt goes on
         with contextlib.suppress(Exception):
             wait(list(futures), timeout=STOP_GRACE_S)
         raise

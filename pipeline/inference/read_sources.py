@@ -1,11 +1,8 @@
 """The read source a plan names, made for one engine (locally or in a Dask band), and what
-the slide offers the device read path: the facts `pipeline.run_policy` decides it from.
-
-A local run hands in what it started early (the decoders, the prefetcher); whatever the
-source does not adopt is closed here, so nothing started is left running. `slide_reads`
-examines the read level once (a local run in `prepare`, a band on its worker); the device
-read path serves a slide only where model pixels are the read level's pixels and
-`wsi.raw_tiles` hands out its streams. Nothing here imports torch.
+the slide offers the device read path (`slide_reads`: the facts `pipeline.run_policy` decides
+it from, examined once where the run is planned). A local run hands in what it started early
+(the decoders, the prefetcher); whatever the source does not adopt is closed here. Nothing
+here imports torch.
 """
 
 from __future__ import annotations

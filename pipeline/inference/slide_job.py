@@ -36,9 +36,7 @@ class SlideJob(PerThread):
     batch_size: int
     gate: bool
     zarr_path: str
-    # the level-0 label array (`outputs.label_image`): the class map written beside the
-    # probabilities, block for block
-    labels_path: str
+    labels_path: str  # the level-0 label array (`outputs.label_image`), written block for block
     tissue_mask: np.ndarray  # bool (h, w) at tissue_downsample level-0 px per mask px
     tissue_downsample: float
     level0_per_output: float
