@@ -67,8 +67,6 @@ class TileGraph(nn.Module):
     def forward(self, tiles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """`tiles` (N, T, T, 3) uint8: the layout tiles are cut in, so a runtime reads them
         where they lie; the permuted view is channels last, as the weights are."""
-        if tiles.ndim != 4 or tiles.shape[-1] != 3:
-            raise ValueError(f"a tile graph takes tiles (N, T, T, 3), got {tuple(tiles.shape)}")
         x = tiles.permute(0, 3, 1, 2).float() / 255.0
         x = (x - self.mean) / self.std
         with autocast(x.device, self.dtype):

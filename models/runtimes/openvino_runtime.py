@@ -139,11 +139,6 @@ class OpenVINOGraphs:
     def run(self, tiles: torch.Tensor, geometry: Geometry) -> ReducedOutputs:
         """The tile graph at `geometry` of uint8 CPU tiles (N, T, T, 3), the slide path's
         layout, read where they lie (no copy when they are contiguous)."""
-        if tiles.ndim != 4 or tiles.shape[-1] != 3 or tiles.dtype != torch.uint8:
-            raise ValueError(
-                f"the OpenVINO runtime takes uint8 tiles (N, T, T, 3), got {tiles.dtype} "
-                f"{tuple(tiles.shape)}"
-            )
         request = self._request(geometry, int(tiles.shape[0]))
         inputs = [np.ascontiguousarray(tiles.cpu().numpy())]
         out = request.infer(inputs, share_inputs=True)

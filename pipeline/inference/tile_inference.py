@@ -48,8 +48,6 @@ def predict_batch(
     import torch
 
     n = len(tiles)
-    if not 0 < n <= batch:
-        raise ValueError(f"a batch holds 1 to {batch} tiles, got {n}")
     if n < batch:
         tiles = torch.cat([tiles, tiles.new_zeros((batch - n, *tiles.shape[1:]))])
     with lock if lock is not None else contextlib.nullcontext():
