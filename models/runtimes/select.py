@@ -178,9 +178,10 @@ def _open_openvino(model: SegmentationModel, spec: RuntimeSpec, cache: Path) -> 
     tile = int(model.meta.tile_size)
     whole = Geometry.whole(tile)
     tiles = calibration_tiles(tile, model.validation_patches)
-    flags = spec.cpu_flags
-    fp32 = OpenVINOGraphs(model, "fp32", spec.threads, flags, cache)
-    opened = OpenedRuntime("openvino", spec.runtime_reason, "fp32", "", "cpu", graphs=fp32)
+    fp32 = OpenVINOGraphs(model, "fp32", spec.threads, spec.cpu_flags, cache)
+    opened = OpenedRuntime(
+        "openvino", spec.runtime_reason, "fp32", spec.precision_reason, "cpu", graphs=fp32
+    )
     fp32_labels: list[torch.Tensor] = []  # OpenVINO fp32 labels of the tiles, once computed
 
     def ov_fp32_labels() -> torch.Tensor:
@@ -200,14 +201,11 @@ def _open_openvino(model: SegmentationModel, spec: RuntimeSpec, cache: Path) -> 
             f"OpenVINO's fp32 graph kept only {100 * opened.fp32_agreement:.2f} % of torch's "
             "labels on the calibration tiles"
         )
-    value, why = spec.precision, spec.precision_reason
-    if value == "fp32":
-        opened.precision_reason = why
+    if spec.precision == "fp32":
         return opened
-    bf16 = OpenVINOGraphs(model, "bf16", spec.threads, flags, cache)
+    bf16 = OpenVINOGraphs(model, "bf16", spec.threads, spec.cpu_flags, cache)
     opened.graphs, opened.precision = bf16, "bf16"
-    if value != BF16_IF_CALIBRATED:
-        opened.precision_reason = why
+    if spec.precision != BF16_IF_CALIBRATED:
         return opened
 
     def labels_of(x: torch.Tensor, low: bool) -> torch.Tensor:
