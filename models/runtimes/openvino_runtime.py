@@ -1,13 +1,9 @@
-"""The tile graph compiled by OpenVINO for the CPU, cached on disk.
-
-`OpenVINOGraphs.run` returns what the torch executor returns for the same `TileGraph`
-(exported from the module torch runs), so the engine does not know which runtime ran. A graph
-is exported once per model and geometry and compiled once per batch, precision, threads,
-streams and CPU, both kept in the disk cache (`runtimes.cache`). The precision is always set
-explicitly: OpenVINO's default on a CPU with bf16 hardware is bf16. Each calling thread has
-its own infer request, in a stream of its share of the cores (as compute threads run side by
-side in torch); streams are never pinned to cores, which other processes on the machine
-would pin too. OpenVINO is imported only through `import_openvino` (telemetry off).
+"""The `TileGraph` torch runs, exported and compiled by OpenVINO for the CPU, cached on disk
+(`runtimes.cache`): exported once per model and geometry, compiled once per batch, precision,
+threads, streams and CPU. The precision is always set explicitly (OpenVINO's default on a CPU
+with bf16 hardware is bf16). Each calling thread has its own infer request, in a stream of its
+share of the cores, never pinned (other processes on the machine would pin the same ones).
+OpenVINO is imported only through `import_openvino` (telemetry off).
 """
 
 from __future__ import annotations

@@ -1,12 +1,10 @@
 """The checks a compiled graph passes before it runs, kept in the runtime's disk cache.
 
-OpenVINO's fp32 graph is checked against torch fp32 on the calibration tiles, and for
-`bf16-if-calibrated` its bf16 graph against its fp32 one. The outcome depends on what the
-graphs depend on and on the tiles' bytes, so it is keyed by exactly those (`verdict_key`) and
-verified like every entry (`runtimes.cache`). The numbers are stored, not the verdict: today's
-thresholds judge them. The bf16 verdict is also kept by what is known before torch loads
-(`calibration_key`: the model's files, runtime, versions, CPU), so a warm run's plan finds it
-and the loader calibrates nothing.
+Keyed by what the graphs depend on and the calibration tiles' bytes (`verdict_key`), verified
+like every entry (`runtimes.cache`); the numbers are stored, and today's thresholds judge
+them. The bf16 verdict is also kept by what is known before torch loads (`calibration_key`:
+the model's files, runtime, versions, CPU), so a warm run's plan finds it and the loader
+calibrates nothing.
 """
 
 from __future__ import annotations
