@@ -51,7 +51,9 @@ class SourceRun:
 
 
 class ReadSource(Protocol):
-    """Reads a run's chunks into batches on the model's device."""
+    """Reads a run's chunks into batches on the model's device. It reports its errors to the
+    run's `FirstError` and checks `FirstError.stopped` while it waits; the engine handles the
+    stop, the progress and the first error for every source."""
 
     @property
     def processes(self) -> int:
