@@ -10,13 +10,15 @@ else `~/.cache/wsi-segment`.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 CACHE_ENV = "WSI_SEGMENT_CACHE_DIR"
@@ -49,6 +51,26 @@ def entry_name(key: Mapping[str, object]) -> str:
     """The file name stem of the entry for `key` (a digest of its canonical JSON)."""
     text = json.dumps(key, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+@contextlib.contextmanager
+def entry_lock(root: Path, key: Mapping[str, object]) -> Iterator[None]:
+    """Held while the entry for `key` is looked up and, where missing, built: processes and
+    threads that need one entry at once (a batch's slides, a machine's Dask workers) build
+    it once, the others wait, then load it. A folder where no lock file can be made is not
+    locked: each builds its own, as without the lock. The kernel releases the lock of a
+    process that dies."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(root / f".{entry_name(key)}.lock", os.O_RDONLY | os.O_CREAT, 0o644)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _sha256(path: Path) -> str:

@@ -22,7 +22,7 @@ import torch
 from wsi_segment.errors import GraphNotExpressible, RuntimeUnavailable
 
 from ..reduction import ReducedOutputs
-from .cache import cpu_key, entry_name, load_entry, store_best_effort
+from .cache import cpu_key, entry_lock, entry_name, load_entry, store_best_effort
 from .graph import Geometry
 
 if TYPE_CHECKING:
@@ -191,6 +191,13 @@ class OpenVINOGraphs:
             "PERFORMANCE_HINT": "LATENCY" if streams == 1 else "THROUGHPUT",
             "ENABLE_CPU_PINNING": False,
         }
+        with entry_lock(self.cache_dir, key):
+            return self._compiled_entry(geometry, batch, key, config)
+
+    def _compiled_entry(
+        self, geometry: Geometry, batch: int, key: dict[str, object], config: dict[str, Any]
+    ) -> Any:
+        """The compiled graph of `key`: loaded from the cache, else built and stored."""
         core = openvino_core()
         found = load_entry(self.cache_dir, key, ("blob",))
         if found:
@@ -223,8 +230,13 @@ class OpenVINOGraphs:
     def exported_graph(self, geometry: Geometry) -> Any:
         """The exported graph of `geometry` (an openvino.Model, batch free), from the cache
         or exported: what `_compile` compiles (benchmarks compile it in other layouts)."""
-        ov = import_openvino()
         ir_key = self._ir_key(geometry)
+        with entry_lock(self.cache_dir, ir_key):
+            return self._exported_entry(geometry, ir_key)
+
+    def _exported_entry(self, geometry: Geometry, ir_key: dict[str, object]) -> Any:
+        """The exported graph of `ir_key`: read from the cache, else exported and stored."""
+        ov = import_openvino()
         found = load_entry(self.cache_dir, ir_key, ("xml", "bin"))
         if found:
             try:

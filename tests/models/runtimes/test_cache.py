@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
+import time
 from pathlib import Path
 
 from wsi_segment.models.runtimes.cache import (
     default_cache_dir,
+    entry_lock,
     entry_name,
     load_entry,
     scratch_dir,
@@ -60,3 +63,35 @@ def test_the_cache_folder_follows_xdg_and_can_be_overridden() -> None:
     assert default_cache_dir({**home, "XDG_CACHE_HOME": "/x"}) == Path("/x/wsi-segment")
     env = {**home, "XDG_CACHE_HOME": "/x", "WSI_SEGMENT_CACHE_DIR": "/scratch/c"}
     assert default_cache_dir(env) == Path("/scratch/c")
+
+
+def _build_once_locked(root: str, builds: str) -> bytes:
+    """What a process does for an entry: look it up under the lock and, missing, build it
+    (slowly, so that without the lock the other process would build it too)."""
+    with entry_lock(Path(root), KEY):
+        found = load_entry(Path(root), KEY, ("blob",))
+        if not found:
+            with open(builds, "a") as f:
+                f.write("built\n")
+            time.sleep(1.0)
+            found = {"blob": _store(Path(root), KEY, b"compiled")}
+    return found["blob"].read_bytes()
+
+
+def test_processes_needing_one_entry_at_once_build_it_once(tmp_path: Path) -> None:
+    """Two processes (a batch's slides, a machine's Dask workers) start on a missing entry
+    together: one builds it, the other waits for it and loads what it built."""
+    builds = tmp_path / "builds.txt"
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        got = pool.starmap(_build_once_locked, [(str(tmp_path / "cache"), str(builds))] * 2)
+    assert got == [b"compiled", b"compiled"]
+    assert builds.read_text() == "built\n"
+
+
+def test_a_folder_without_room_for_a_lock_is_used_unlocked(tmp_path: Path) -> None:
+    """A cache folder that cannot be made (here: a file stands at its path) is not locked:
+    the caller goes on and builds its own, as without a cache."""
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    with entry_lock(blocked / "cache", KEY):
+        assert not load_entry(blocked / "cache", KEY, ("blob",))
