@@ -2,7 +2,7 @@
 the weakly supervised segmenter, a fully supervised baseline, and the gap between them.
 
     .venv/bin/python benchmarks/wsss_synthetic.py [--seeds 0,1,2] [--recipes default,paper]
-        [--starts scratch,pretrained] [--train 300] [--test 60] [--epochs 10] [--seg-epochs 8]
+        [--starts scratch,pretrained] [--train 300] [--test 60] [--epochs 40] [--seg-epochs 8]
         [--heads cam,pcam,lficam] [--heads-recipes default] [--heads-starts scratch]
         [--scorecam-patches 16] [--pda-schedule paper|official]
         [--cls-output-stride 16] [--dropout 0.5] [--lr LR] [--threads 1] [--work DIR]
@@ -226,7 +226,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--test", type=int, default=60)
     p.add_argument("--size", type=int, default=112)
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--epochs", type=int, default=10, help="classifier epochs")
+    p.add_argument("--epochs", type=int, default=40, help="classifier epochs")
     p.add_argument("--seg-epochs", type=int, default=8)
     p.add_argument("--lr", type=float, default=None, help="replaces both recipes' base lr")
     p.add_argument("--lr-schedule", default="poly", choices=("poly", "constant"))
