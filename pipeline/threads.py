@@ -7,6 +7,14 @@ once. Cleanup that joins again after an interrupt would then go on (close the sl
 the work folder) while the thread still reads or writes. `WaitableThread` signals its end
 with an `Event`, whose waits an interrupt leaves intact, so the cleanup's wait can simply be
 retried.
+
+Two waits go on through interrupts, for two situations:
+- `Background.result_through_interrupts`: work that must not stop half way (zarr writes).
+  The first interrupt is kept and raised once the work has ended: the run still stops.
+- `pipeline.inference.engine_state.wait_uninterrupted`: waits inside a cleanup that is
+  already handling a stop. A further Ctrl-C or SIGTERM (KeyboardInterrupt) is dropped, since
+  the stop is under way; any other BaseException is handed back for the caller to raise
+  after its cleanup.
 """
 
 from __future__ import annotations

@@ -1,14 +1,9 @@
-"""Runtimes for the slide path's forward passes: torch (the model's own) or a compiled one.
+"""Runtimes for the slide path's forward passes: torch, or OpenVINO compiling the same graph.
 
-- `runtime_decision`: which runtime a request runs in on a machine (pure, no torch: the run
-  policy asks it before torch is imported).
-- `TileGraph` / `Geometry`: the one inference of a tile, which every runtime executes.
-- `open_runtime(model, RuntimeSpec)` -> `OpenedRuntime`: carry out a run's decisions for a
-  loaded model (its checks and the bf16 verdict), whose `executor(geometry)` runs the graph.
-- `TorchExecutor`, `OpenVINOExecutor` (over `OpenVINOGraphs`, compiled and cached): the
-  executors; a new runtime is one executor beside them.
-
-The entry points load on first use, so importing the decision costs no torch.
+`runtime_decision` decides (pure, no torch); `TileGraph` at a `Geometry` is the one inference
+of a tile; `open_runtime(model, RuntimeSpec)` -> `OpenedRuntime` carries a run's decisions
+out, and its executors (`TorchExecutor`, `OpenVINOExecutor`) run the graph. Entry points load
+on first use.
 """
 
 from __future__ import annotations

@@ -1,17 +1,11 @@
 """A disk cache of compiled graphs that never trusts what it finds.
 
-An entry is a few files `<name>.<suffix>` beside a manifest `<name>.json` that records the
-entry's key (every field the compiled result depends on) and the sha256 of each file. The
-name is a digest of the key, so a changed model, runtime version, precision, thread count
-or CPU gives another entry; a manifest that does not parse, names another key (a foreign
-entry: copied from another machine, or a digest collision) or does not match its files
-(a damaged entry: a disk error, a build killed half way) is a miss, and the entry is built
-again and replaces it. Files are written beside their final name and renamed, manifest last,
-so a reader never sees a half-written entry as whole, and processes that build the same
-entry at once each leave a complete one.
-
-The folder is `$WSI_SEGMENT_CACHE_DIR`, else `$XDG_CACHE_HOME/wsi-segment`, else
-`~/.cache/wsi-segment`; nothing is downloaded.
+An entry is files `<name>.<suffix>` beside a manifest `<name>.json` holding the entry's key
+(everything the result depends on) and each file's sha256; the name is a digest of the key.
+A manifest that does not parse, names another key or does not match its files is a miss, and
+the entry is built again. Files are renamed into place, manifest last, so a reader never sees
+a half-written entry. The folder: `$WSI_SEGMENT_CACHE_DIR`, else `$XDG_CACHE_HOME/wsi-segment`,
+else `~/.cache/wsi-segment`.
 """
 
 from __future__ import annotations

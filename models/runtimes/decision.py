@@ -1,11 +1,8 @@
-"""Which runtime runs the inference graph: one pure function of the request and the machine.
+"""Which runtime runs the inference graph: pure functions of the request and the machine.
 
-OpenVINO runs the whole graph of a tile (preprocess, classifier, gate, segmenter, reduction)
-faster than torch on AVX-512 CPUs (benchmarks/RESULTS.md: fp32 1.20-1.60x; bf16 about 2x on
-AVX512-BF16 of AMD, 7.3-7.9x torch fp32 on AMX) and on AVX2-only CPUs (fp32 1.25-1.37x), so
-`auto` takes it on a CPU with AVX2 where it is installed. Older CPUs keep torch (not measured), and so does a GPU
-(no GPU runtime is shipped before it is measured). Everything here is data in, data out, so
-the run policy can call it for a machine it only describes.
+`auto` takes OpenVINO on a CPU with AVX2 where it is installed (measured faster than torch
+there: benchmarks/RESULTS.md); older CPUs and GPUs keep torch. Data in, data out, so the run
+policy calls them for a machine it only describes.
 """
 
 from __future__ import annotations
@@ -55,9 +52,8 @@ def runtime_decision(
 
 def openvino_bf16_candidate(cpu_flags: frozenset[str]) -> bool:
     """Whether precision auto tries bf16 in OpenVINO: where its bf16 kernels were measured
-    faster than its fp32 ones (benchmarks/RESULTS.md): AMX (4.9-6.4x), or AVX512-BF16 on an
-    AMD CPU (Zen 4: about 2x). On an Intel CPU with AVX512-BF16 and no AMX they ran 0.4-0.6x fp32,
-    so it stays fp32. AMD is told by `sse4a`, an instruction set only AMD CPUs report."""
+    faster than fp32 (benchmarks/RESULTS.md): AMX, or AVX512-BF16 on AMD (told by `sse4a`,
+    which only AMD CPUs report); Intel's AVX512-BF16 without AMX ran slower."""
     if AMX_FLAG in cpu_flags:
         return True
     return AVX512_BF16_FLAG in cpu_flags and "sse4a" in cpu_flags
@@ -78,10 +74,9 @@ def precision_decision(
     gpu_name: str = "",
 ) -> tuple[str, str]:
     """(precision, reason): what the forward passes run in for `requested` (auto | fp32 |
-    bf16 | fp16) in `runtime` (torch | openvino) on a `device_type` machine: 'fp32', 'bf16',
-    'fp16' or `BF16_IF_CALIBRATED`. Auto on a GPU is bf16 where it has bf16 (`gpu_bf16`),
-    else fp16; on a CPU, bf16 is only a candidate where the runtime's bf16 was measured
-    faster than fp32 (torch: AMX; OpenVINO: `openvino_bf16_candidate`), else fp32."""
+    bf16 | fp16) in `runtime` on a `device_type` machine, `BF16_IF_CALIBRATED` included.
+    Auto: bf16 on a GPU (fp16 without it); on a CPU bf16 is a candidate only where the
+    runtime's bf16 was measured faster."""
     if requested not in PRECISION_CHOICES:
         raise ConfigError(f"unknown precision {requested!r}; use auto, fp32, bf16 or fp16")
     if requested == "fp16" and device_type == "cpu":

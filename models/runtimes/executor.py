@@ -1,11 +1,7 @@
 """Executors: the one tile graph (`runtimes.graph.TileGraph`) run by a runtime.
 
-An executor has one method, `run(tiles) -> ReducedOutputs`: uint8 tiles (N, T, T, 3) in the
-slide path's layout, on the host or already on the model's device, to the host tensors the
-slide path stores. `TorchExecutor` runs the graph in torch (its precision as autocast around
-the networks; on CUDA the small outputs come back through pinned buffers);
-`OpenVINOExecutor` runs the same graph compiled (`runtimes.openvino_runtime`). Which one a
-run gets, and at which precision, is `runtimes.select.open_runtime`'s to say.
+An executor has one method, `run(tiles) -> ReducedOutputs`: uint8 tiles (N, T, T, 3), on the
+host or the model's device, to the host tensors the slide path stores.
 """
 
 from __future__ import annotations

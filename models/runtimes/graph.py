@@ -1,12 +1,9 @@
 """The one inference of a tile, as a module: what torch runs and OpenVINO compiles.
 
-uint8 tiles (N, T, T, 3), channels last as the slide path cuts them -> (uint8 probabilities
-(N, K, h, w), uint8 labels (N, h, w), float32 classifier probabilities (N, K)): scaling and
-normalisation, classifier, segmenter, gate and the reduction to what the zarr stores
-(models/reduction.py), for one tile geometry (core margin, core size, downsample) and gate.
-There is no other copy of this sequence: the torch executor runs this module
-(`runtimes.executor.TorchExecutor`, its precision as autocast around the two networks) and
-the OpenVINO runtime exports this same module, so both give the slide path's bytes.
+uint8 tiles (N, T, T, 3), as the slide path cuts them -> (uint8 probabilities (N, K, h, w),
+uint8 labels (N, h, w), float32 classifier probabilities (N, K)): normalisation, classifier,
+segmenter, gate and the reduction (models/reduction.py) for one tile geometry. There is no
+other copy of this sequence.
 """
 
 from __future__ import annotations
@@ -70,8 +67,6 @@ class TileGraph(nn.Module):
     def forward(self, tiles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """`tiles` (N, T, T, 3) uint8: the layout tiles are cut in, so a runtime reads them
         where they lie; the permuted view is channels last, as the weights are."""
-        if tiles.ndim != 4 or tiles.shape[-1] != 3:
-            raise ValueError(f"a tile graph takes tiles (N, T, T, 3), got {tuple(tiles.shape)}")
         x = tiles.permute(0, 3, 1, 2).float() / 255.0
         x = (x - self.mean) / self.std
         with autocast(x.device, self.dtype):

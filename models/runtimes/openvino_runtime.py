@@ -1,21 +1,9 @@
-"""The inference graph compiled by OpenVINO for the CPU, cached on disk.
-
-`OpenVINOGraphs.run` returns what the torch executor returns for the same tile graph
-(`runtimes.graph.TileGraph`, exported from the module torch runs), so the engine does not
-know which runtime ran. A graph is exported once per model and tile
-geometry (`torch.export` -> `openvino.convert_model`, batch left free) and compiled once per
-batch size, precision, threads, streams and CPU; both are kept in the disk cache
-(`runtimes.cache`), so a later run, or another worker process on the machine, only loads them.
-The precision is always set explicitly: OpenVINO's own default on a CPU with bf16 hardware
-is bf16, which must never stand in for an fp32 request. Compute threads run side by side as
-they do in torch: a calling thread's requests run in a stream of its share of the cores (its
-torch thread count, which the engine sets), so `threads` make `threads // share` streams (one
-stream of all cores served the compute threads one at a time, each layer's barrier waiting for
-whichever core the slide reader had taken). Streams are never pinned to cores: the processes of
-a batch or of Dask workers on one machine would pin theirs to the same ones. Each calling
-thread has its own infer request.
-
-OpenVINO is imported only through `import_openvino`, which switches its telemetry off first.
+"""The `TileGraph` torch runs, exported and compiled by OpenVINO for the CPU, cached on disk
+(`runtimes.cache`): exported once per model and geometry, compiled once per batch, precision,
+threads, streams and CPU. The precision is always set explicitly (OpenVINO's default on a CPU
+with bf16 hardware is bf16). Each calling thread has its own infer request, in a stream of its
+share of the cores, never pinned (other processes on the machine would pin the same ones).
+OpenVINO is imported only through `import_openvino` (telemetry off).
 """
 
 from __future__ import annotations
@@ -51,16 +39,10 @@ TELEMETRY_MODULE = "openvino_telemetry"
 
 
 def import_openvino() -> Any:
-    """`import openvino`, with its telemetry off in this process.
-
-    OpenVINO's model converter (`openvino.convert_model`, which `import openvino` loads) sends
-    usage events to Google Analytics unless the user ran its opt-out (a file in ~/intel), and
-    sends each from a new process. Nothing of a run that reads patient slides may leave the
-    machine; and under the spawn start method (Dask workers) each such process imports the
-    main module again: a nightly run's Dask worker under systemd (a service user with no
-    opt-out file) started some 40 of them per model conversion, which took minutes on a
-    loaded machine. Where `openvino_telemetry` cannot be imported, the converter uses its own
-    stub, which sends nothing: it is made unimportable before the converter first loads."""
+    """`import openvino`, with its telemetry off in this process: its model converter sends
+    usage events (each from a new process, which under spawn imports the main module again)
+    unless `openvino_telemetry` cannot be imported, and nothing of a run that reads patient
+    slides may leave the machine."""
     if TELEMETRY_MODULE not in sys.modules:
         sys.modules[TELEMETRY_MODULE] = None  # type: ignore[assignment]  # import -> ImportError
     import openvino
@@ -70,27 +52,16 @@ def import_openvino() -> Any:
 
 @functools.cache
 def openvino_core() -> Any:
-    """The process's one `openvino.Core`, kept until the process ends.
-
-    Each Core's CPU plugin gives the thread that first uses it a new alternate signal stack,
-    and frees it when the Core goes, restoring the previous one only if Cores go in the
-    reverse order of their making. Freed in the order made (one Core per compiled graph, the
-    graphs of one slide then another's), the thread kept a freed signal stack, and the next
-    signal Python handled there (Ctrl-C, SIGTERM, pytest's alarm) crashed the process with
-    SIGSEGV. One Core (thread-safe by OpenVINO's contract) never goes."""
+    """The process's one `openvino.Core`, never freed: each Core's CPU plugin swaps the
+    using thread's alternate signal stack, and Cores freed out of order left a freed one in
+    place, on which the next signal crashed the process. A Core is thread-safe."""
     return import_openvino().Core()
 
 
 def _set_up_numpy_bridge() -> None:
-    """Convert one numpy array in OpenVINO's bindings, holding the GIL, before any inference.
-
-    The bindings set up their numpy bridge lazily, in a function-local static (pybind11's
-    `npy_api`), on the first array they convert. Two compute threads whose first inferences
-    converted at once deadlocked (one held the static's guard and waited for the GIL, the
-    other held the GIL and waited for the guard: a run hung for good). Set up here, under the
-    graphs' lock, the requests' first inferences then run side by side; serialising each
-    request's first inference instead left a core idle for a whole batch at every run's
-    start."""
+    """Convert one numpy array in OpenVINO's bindings before any inference: their numpy
+    bridge is set up lazily, and two threads whose first inferences set it up at once
+    deadlocked (one held its guard and waited for the GIL, the other the reverse)."""
     ov = import_openvino()
     for dtype in (np.uint8, np.float32):  # the dtypes an inference converts, both ways
         ov.Tensor(np.zeros((1,), dtype=dtype)).data.sum()
@@ -164,11 +135,6 @@ class OpenVINOGraphs:
     def run(self, tiles: torch.Tensor, geometry: Geometry) -> ReducedOutputs:
         """The tile graph at `geometry` of uint8 CPU tiles (N, T, T, 3), the slide path's
         layout, read where they lie (no copy when they are contiguous)."""
-        if tiles.ndim != 4 or tiles.shape[-1] != 3 or tiles.dtype != torch.uint8:
-            raise ValueError(
-                f"the OpenVINO runtime takes uint8 tiles (N, T, T, 3), got {tiles.dtype} "
-                f"{tuple(tiles.shape)}"
-            )
         request = self._request(geometry, int(tiles.shape[0]))
         inputs = [np.ascontiguousarray(tiles.cpu().numpy())]
         out = request.infer(inputs, share_inputs=True)

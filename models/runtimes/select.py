@@ -1,19 +1,11 @@
-"""Open the runtime that executes a model's tile graph, at the precision a run decided.
+"""Open the runtime that executes a model's tile graph, as a run's `RuntimeSpec` says.
 
-`open_runtime(model, spec)` takes a `RuntimeSpec`: plain values a run's execution plan
-hands down (`pipeline.run_policy`: the runtime and precision decided, with their reasons,
-the precision torch runs should OpenVINO not run the model, OpenVINO's threads). It decides
-nothing; it carries out. For OpenVINO it compiles the graph, checks it against torch fp32 on
-the real calibration tiles (a compiled graph that does not give torch's labels is never
-used: a wrong result is worse than a slow one) and, where the precision is bf16 if
-calibrated, obtains the bf16 calibration's verdict (models/precision_calibration.py); torch
-obtains that verdict alike. Both checks' numbers are kept in the disk cache beside the
-compiled graphs (`runtimes.verdict`), so a load that finds them runs no forward and compiles
-nothing until the slide path's first batch. Whatever keeps OpenVINO from running (a compile
-failure, a failed check) is one warning and torch at the spec's fallback precision; a model
-whose graph cannot be exported is refused when OpenVINO was asked for by name. The result,
-`OpenedRuntime`, says what runs and why (summary.json) and builds executors
-(`runtimes.executor`) for any tile geometry.
+It decides nothing. OpenVINO's graph is checked against torch fp32 on the calibration tiles
+before it runs (a wrong result is worse than a slow one); a `bf16-if-calibrated` precision
+gets the bf16 calibration's verdict here, in either runtime. Both checks' numbers are kept in
+the disk cache (`runtimes.verdict`), so a warm load runs no forward. Whatever keeps OpenVINO
+from running is one warning and torch at the spec's fallback precision; a model whose graph
+cannot be exported is refused where OpenVINO was asked for by name.
 """
 
 from __future__ import annotations
@@ -116,10 +108,8 @@ class OpenedRuntime:
 def open_runtime(
     model: SegmentationModel, spec: RuntimeSpec, cache_dir: Path | None = None
 ) -> OpenedRuntime:
-    """`spec` carried out for `model` (already on its device). A bf16 verdict obtained here
-    (precision bf16-if-calibrated: no verdict was known when the plan was decided) is kept
-    for the next plan (`verdict.calibration_key`); a verdict the plan was decided from is
-    reported as what chose the precision."""
+    """`spec` carried out for `model` (on its device). A bf16 verdict obtained here is kept
+    for the next plan (`verdict.calibration_key`)."""
     cache = cache_dir or default_cache_dir()
     if spec.runtime == "torch":
         warning = spec.runtime_reason if spec.by_name else None
@@ -129,9 +119,8 @@ def open_runtime(
     try:
         opened = _with_verdict(_open_openvino(model, spec, cache), model, spec, cache)
         if opened.graphs is not None:
-            # the graphs the checks compiled (calibration batch, whole tiles), which the
-            # slide path never runs: kept, they would hold their weights and buffers to the
-            # run's end
+            # the checks' graphs (calibration batch, whole tiles) would hold their memory to
+            # the run's end: the slide path compiles its own
             opened.graphs.drop_compiled()
         return opened
     except (GraphNotExpressible, RuntimeUnavailable) as exc:  # torch at the fallback precision
@@ -189,9 +178,10 @@ def _open_openvino(model: SegmentationModel, spec: RuntimeSpec, cache: Path) -> 
     tile = int(model.meta.tile_size)
     whole = Geometry.whole(tile)
     tiles = calibration_tiles(tile, model.validation_patches)
-    flags = spec.cpu_flags
-    fp32 = OpenVINOGraphs(model, "fp32", spec.threads, flags, cache)
-    opened = OpenedRuntime("openvino", spec.runtime_reason, "fp32", "", "cpu", graphs=fp32)
+    fp32 = OpenVINOGraphs(model, "fp32", spec.threads, spec.cpu_flags, cache)
+    opened = OpenedRuntime(
+        "openvino", spec.runtime_reason, "fp32", spec.precision_reason, "cpu", graphs=fp32
+    )
     fp32_labels: list[torch.Tensor] = []  # OpenVINO fp32 labels of the tiles, once computed
 
     def ov_fp32_labels() -> torch.Tensor:
@@ -211,14 +201,11 @@ def _open_openvino(model: SegmentationModel, spec: RuntimeSpec, cache: Path) -> 
             f"OpenVINO's fp32 graph kept only {100 * opened.fp32_agreement:.2f} % of torch's "
             "labels on the calibration tiles"
         )
-    value, why = spec.precision, spec.precision_reason
-    if value == "fp32":
-        opened.precision_reason = why
+    if spec.precision == "fp32":
         return opened
-    bf16 = OpenVINOGraphs(model, "bf16", spec.threads, flags, cache)
+    bf16 = OpenVINOGraphs(model, "bf16", spec.threads, spec.cpu_flags, cache)
     opened.graphs, opened.precision = bf16, "bf16"
-    if value != BF16_IF_CALIBRATED:
-        opened.precision_reason = why
+    if spec.precision != BF16_IF_CALIBRATED:
         return opened
 
     def labels_of(x: torch.Tensor, low: bool) -> torch.Tensor:

@@ -1,19 +1,10 @@
 """The checks a compiled graph passes before it runs, kept in the runtime's disk cache.
 
-Opening OpenVINO for a model checks its fp32 graph against torch fp32 on the calibration tiles
-and, for precision 'auto' where bf16 is a candidate, compares its bf16 graph with its fp32 one:
-torch and OpenVINO forwards, and graphs compiled for the calibration batch that the slide path
-never runs. Their outcome depends on what the compiled graphs depend on (model, versions, graph
-format, precision, threads, CPU) and on the calibration tiles' bytes, so it is stored in an
-entry keyed by exactly those and verified like every entry (`runtimes.cache`: a damaged or
-foreign entry is a miss, and the check runs again). What is stored are the numbers; the
-thresholds of today judge them, so a changed threshold needs no new entry.
-
-The bf16 calibration's verdict is kept a second way, for a run's plan (`calibration_key`):
-by the model's identity (the sha256 of its files, validation patches included), the runtime,
-the versions and the CPU, all known without loading the model or importing torch. A warm
-run's plan finds it before anything loads (`pipeline.run_start`), decides bf16 or fp32 from
-it, and the loader then calibrates nothing; a cold load obtains it once and stores it here.
+Keyed by what the graphs depend on and the calibration tiles' bytes (`verdict_key`), verified
+like every entry (`runtimes.cache`); the numbers are stored, and today's thresholds judge
+them. The bf16 verdict is also kept by what is known before torch loads (`calibration_key`:
+the model's files, runtime, versions, CPU), so a warm run's plan finds it and the loader
+calibrates nothing.
 """
 
 from __future__ import annotations

@@ -1,19 +1,11 @@
 """One band of a slide on a Dask worker: the engine over a run of contiguous chunks.
 
-The client decided the slide's plan and ships it with every band; the band decides on its
-worker only what depends on that worker's own machine, by the same function, and checks
-the rest comes out as shipped (`band_plan`: `pipeline.run_policy.for_worker`). It then runs
-`run_engine` as that plan says: the worker's model (loaded once per worker process, shared
-under its lock like the slides of a local batch) on the plan's device and precision, and
-the read source it names (`pipeline.inference.read_sources.plan_source`, as a local run's):
-the device read path, decoder processes, or the reader thread. The band returns its plan
-for summary.json. A worker process that is
-*daemonic* may not start processes (Python refuses: its children would be orphaned when it
-is terminated). Dask starts workers daemonic unless `distributed.worker.daemon` is False;
-our local clusters turn it off (`flows.dask_cluster`), for workers started by hand set
-`DASK_DISTRIBUTED__WORKER__DAEMON=False`. On a daemonic worker the plan gives a band no
-decoders (it reads in its reader thread: the same bytes); the band logs a warning naming the
-setting.
+The band decides on its worker only what depends on that worker's machine
+(`pipeline.run_policy.for_worker`), then runs `run_engine` as the plan says, with the
+worker's model (loaded once per process, shared under its lock) and the read source the plan
+names; it returns its plan for summary.json. A *daemonic* worker may not start processes
+(our local clusters start them non-daemonic: `flows.dask_cluster`), so there the plan gives a
+band no decoders (it reads in a thread: the same bytes) and the band warns with the fix.
 """
 
 from __future__ import annotations
@@ -80,13 +72,11 @@ def band_plan(
     examine: bool = True,
     worker_bands: int = 1,
 ) -> tuple[ExecutionPlan, SlideJob, JpegTiles | None]:
-    """The slide's `plan`, shipped by the client, for this band on this worker
-    (`pipeline.run_policy.for_worker`): what depends on the worker's own machine decided
-    here by the same function, from its machine, the `in_flight` bands sharing it
-    (`worker_bands` of them in this process, on its one model), whether it is daemonic and
-    (`examine`) the slide's read level. Returns that plan, the job that carries it out (the
-    model on its device with its runtime spec, its batch size) and the tiles the device read
-    path reads, if it does."""
+    """The shipped `plan` for this band on this worker (`run_policy.for_worker`): decided
+    here from the worker's machine, the `in_flight` bands sharing it (`worker_bands` of them
+    on this process's one model), whether it is daemonic and (`examine`) the slide's read
+    level. Returns that plan, the job that carries it out and the tiles the device read path
+    reads, if it does."""
     machine = probe_machine()
     reader = job.reader
     reads: ReadFacts | None = None
@@ -116,11 +106,8 @@ def band_plan(
 def band_calibration(
     job: SlideJob, plan: ExecutionPlan, gpu: bool = False, at_once: dict[str, int] | None = None
 ) -> tuple[str, PrecisionCalibration | None]:
-    """This worker's model opened as a band's plan says (`band_plan`; `gpu`, `at_once`: as
-    `run_band`'s, so the model loaded here is the one the bands then run): the runtime it
-    runs in, and the bf16 calibration its load obtained where the plan waited for one. A
-    cluster asks one worker (`band_runner.settle_plan`) and decides the slide's plan with it,
-    so every chunk, recomputed ones included, runs in the same precision."""
+    """This worker's model opened as a band's plan says (`gpu`, `at_once` as `run_band`'s):
+    the runtime it runs in and the bf16 calibration its load obtained (`settle_plan`)."""
     _plan, job, _tiles = _band_plan_here(job, plan, gpu, at_once, examine=False)
     opened = job.model.get().runtime
     return opened.runtime, opened.calibration
@@ -134,13 +121,9 @@ def run_band(
     gpu: bool,
     at_once: dict[str, int] | None = None,
 ) -> BandResult:
-    """Dask task: run `specs` (contiguous chunks) through the engine on this worker, as
-    the slide's `plan` says, for this worker (`band_plan`).
-
-    `abort`: name of the slide's distributed Event (None: not on a cluster); `gpu`: the
-    band holds the worker's GPU resource, so it is the only band running there;
-    `at_once`: bands that may run at once on each host (the workers of one machine share
-    its cores; default: this worker's threads, or 1 with `gpu`)."""
+    """Dask task: run `specs` (contiguous chunks) through the engine on this worker as
+    `plan` says. `abort`: the slide's distributed Event (None: not on a cluster); `gpu`: the
+    band holds the worker's GPU resource; `at_once`: bands that may run at once per host."""
     event = None
     if abort is not None:
         from distributed import Event
@@ -177,11 +160,8 @@ def run_band(
 
 
 def drop_cancelled_notice(record: logging.LogRecord) -> bool:
-    """A log filter that drops the worker's "Async instruction for <Task cancelled ...> ended
-    with CancelledError" warnings: a band cancelled because the run was interrupted, or
-    another band failed, is reported once by the client (the `error:` line, the batch
-    table); the worker's own line, printed straight to the terminal, only repeats it as
-    noise."""
+    """Log filter: drop the worker's "Async instruction for <Task cancelled ...> ended with
+    CancelledError" warnings, which only repeat what the client reports once."""
     message = record.getMessage()
     return not (message.startswith("Async instruction for") and "CancelledError" in message)
 
@@ -197,10 +177,8 @@ def quiet_cancelled_tasks() -> None:
 def _band_plan_here(
     job: SlideJob, plan: ExecutionPlan, gpu: bool, at_once: dict[str, int] | None, examine: bool
 ) -> tuple[ExecutionPlan, SlideJob, JpegTiles | None]:
-    """`band_plan` on this worker (its task-state log quietened: `quiet_cancelled_tasks`),
-    for the bands sharing this machine's cores (`at_once` for this worker's host, else this
-    worker's own) and this worker's own: 1 with the GPU resource, else its threads; 1 and
-    1 outside a worker."""
+    """`band_plan` for this worker: `at_once` for its host, else its own bands (1 with the
+    GPU resource, else its threads); 1 and 1 outside a worker."""
     from distributed import get_worker
     from distributed.comm import get_address_host
 

@@ -1,11 +1,8 @@
 """Whether a Dask client can still deliver its futures' results.
 
-A client's futures complete through its event loop (a thread of the process). Once the client
-is closed (by another thread, the process shutting down), or its loop has stopped turning (its
-thread ended: an exception that escaped a callback, a `SystemExit` raised while logging to a
-closed pipe), no future of it ever completes, and a wait for one would last for ever. A wait
-that polls asks `ClientWatch.check` at each step: the client's own status, and whether a
-callback handed to its loop ran within `stall_s`, say whether to go on.
+Once a client is closed, or its event loop has stopped turning, none of its futures ever
+completes and a wait would last for ever. A polling wait asks `ClientWatch.check` each step:
+the client's status, and whether a callback handed to its loop ran within `stall_s`.
 """
 
 from __future__ import annotations

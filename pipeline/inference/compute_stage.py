@@ -1,24 +1,12 @@
 """The engine's compute stage: the one owner of the model, fed batches across chunks.
 
-A read source's `Stager` puts batches of tiles (of several chunks), on the model's device, on
-the `staged` queue; the compute threads run `predict_batch` (`tile_inference`: exactly the
-engine's batch size) batch after batch and hand the uint8 outputs to the writer.
-On CUDA one compute thread keeps the device busy (the stager copies the next batch on a
-side stream while this one computes: the batch's `ready` event orders the two). On the CPU
-the cores are the bottleneck and a forward pass with all of them spends time in OpenMP
-barriers, so `computes` threads run side by side, each with cores // computes torch
-threads: a thread that waits for a batch then leaves its cores to the others.
-
-On a GPU a forward pass holds the model's lock. Alone, the compute stage is its only user and
-it costs nothing; in a batch (or in the bands a Dask worker runs at once), the slides in
-flight share one loaded model per process (`model_handle.load_for_process`) and each runs
-a compute stage, so the lock makes it one forward pass at a time per device, the batches
-interleaved: side by side they would gain nothing (their kernels queue on the device's one
-default stream) and could run the device out of memory, since `LoadedModel.batch_size` sizes a batch
-to the memory free for *one* forward pass. On the CPU a compute stage with several compute
-threads runs its forward passes side by side without the lock, each with its own few torch
-threads (the lock would leave all but one thread's cores idle); one with a single compute
-thread takes turns like a GPU's.
+A read source's `Stager` puts batches (tiles of several chunks, on the model's device) on the
+`staged` queue; compute threads run `predict_batch` back to back and hand the uint8 outputs
+to the writer. On CUDA one thread under the model's lock keeps the device busy (the stager
+copies the next batch on a side stream meanwhile); slides sharing a loaded model then take
+turns, since side by side they would gain nothing and `LoadedModel.batch_size` sizes a batch
+for one forward pass. On the CPU `computes` threads run side by side, unlocked, each with its
+share of the torch threads: one waiting for a batch leaves its cores to the others.
 """
 
 from __future__ import annotations
@@ -75,10 +63,9 @@ class Take(Generic[T]):
 
 
 def batch_takes(chunks: Iterable[tuple[int, int, T]], batch: int) -> Iterator[Take[T]]:
-    """The one batch filler of every read source: chunks given as (index, tiles, payload), in
-    order, cut into batches of `batch` tiles across chunks, one take at a time (a source
-    copies each take, and frees a chunk's memory at its last take, so a batch never waits
-    for the memory of the chunks it holds). The last batch ends short; the source flushes it."""
+    """The one batch filler of every read source: chunks (index, tiles, payload), in order,
+    cut into batches of `batch` tiles across chunks, one take at a time (a source frees a
+    chunk's memory at its last take). The last batch ends short; the source flushes it."""
     at = 0
     for index, tiles, payload in chunks:
         done = 0
@@ -90,9 +77,8 @@ def batch_takes(chunks: Iterable[tuple[int, int, T]], batch: int) -> Iterator[Ta
 
 
 def copy_into(dst: torch.Tensor, src: torch.Tensor) -> None:
-    """dst[...] = src. On the CPU through numpy: torch's parallel copy of small uint8 blocks
-    costs several times more, and far more on a loaded machine (its threads wait on each
-    other)."""
+    """dst[...] = src; on the CPU through numpy, which copies small uint8 blocks several
+    times faster than torch's parallel copy."""
     if dst.device.type == "cpu" and src.device.type == "cpu":
         dst.numpy()[...] = src.numpy()
     else:
@@ -110,14 +96,10 @@ class ChunkTiles:
 
 
 class Stager:
-    """Copies chunks' tiles, as they come, into batches of `batch` tiles across chunks for
-    the compute threads: every read source's batches.
-
-    Tiles already on the model's device (the CPU, or a GPU for the device read path) go into
-    a new batch there; host tiles for a CUDA model go into one of two reused pinned buffers,
-    whose copy to the device starts at once (asynchronous). On CUDA the copies run on a side
-    stream where each batch's `ready` event is recorded, so the next batch is assembled while
-    this one computes; on the CPU the same code runs without streams."""
+    """Copies chunks' tiles, as they come, into batches of `batch` tiles for the compute
+    threads. Host tiles for a CUDA model go through two reused pinned buffers, copied to the
+    device on a side stream where each batch's `ready` event is recorded; elsewhere a batch
+    is a new tensor where the tiles are."""
 
     def __init__(self, batch: int, tile: int, source: torch.device, device: torch.device) -> None:
         """`source`: where the chunks' tiles are; `device`: the model's."""
@@ -200,10 +182,8 @@ class ComputeStage:
         computes: int,
         cpu: bool,
     ) -> None:
-        """`computes` and `lock` (the model's, which every forward pass takes; None: none) as
-        the run's plan decided them (`pipeline.run_policy`: one locked thread on a GPU; bands
-        of a CPU Dask worker unlocked, each on its share of the cores); `cpu`: the model runs
-        on the CPU, so each compute thread takes its share of the torch threads."""
+        """`computes` and `lock` (None: no lock) as the run's plan decided them; `cpu`: each
+        compute thread takes its share of the torch threads."""
         self._executor, self._lock = executor, lock
         self._batch = batch
         self._errors, self._stats = errors, stats

@@ -1,19 +1,11 @@
 """Decoder processes of the engine: read chunks, cut tiles into shared-memory slots.
 
-Decoding (openslide, JPEG) is CPU work that does not scale with threads in one process, so
-each decoder is its own process. They are *spawned*, never forked (a fork of a process that
-holds CUDA or torch's thread pools can hang), and import only numpy and the slide code, so
-they start in well under a second (`pipeline.inference.tile_reader`: a decoder is sent a
-`TileReader`, a few numbers and paths). Each decoder gets a contiguous share of the chunks, so it can
-decode each shared storage tile once (`TileReader.plan_tile_reuse`). Tiles go into a fixed ring
-of shared-memory slots, one chunk per slot; each slot belongs to one decoder and goes
-back when the engine's stager has copied its tiles: memory is bounded by the ring. What
-travels on each decoder's pipe (`pipeline.inference.decoder_link`) is small: its share, slot
-numbers and (slot, chunk, tiles) descriptors.
-
-A `DecodePool` holds one run's decoders, pipes and ring, spawned early by
-`pipeline.prepare.prepare` (below); the engine's `DecoderProcesses` read source adopts it,
-or starts its own.
+Decoding does not scale with threads in one process, so each decoder is a process: spawned,
+never forked (a fork of a process holding CUDA or torch's thread pools can hang), importing
+only numpy and the slide code (`pipeline.inference.tile_reader`). Each reads a contiguous
+share of the chunks, so it decodes each shared storage tile once, into slots of a ring it
+owns; a slot goes back to it once the engine's stager has copied it, so memory is bounded by
+the ring.
 """
 
 from __future__ import annotations
@@ -58,7 +50,7 @@ class SlotRing:
 
     def __init__(self, slots: int, slot_tiles: int, tile: int, name: str | None = None) -> None:
         self.slots, self.slot_tiles, self.tile = slots, slot_tiles, tile
-        size = max(1, slots * self.slot_bytes)
+        size = max(1, slots * slot_tiles * tile * tile * 3)
         self._owner = name is None
         self.shm = (
             SharedMemory(ring_name(), create=True, size=size)
@@ -68,10 +60,6 @@ class SlotRing:
         self._array: np.ndarray | None = np.ndarray(
             (slots, slot_tiles, tile, tile, 3), np.uint8, buffer=self.shm.buf
         )
-
-    @property
-    def slot_bytes(self) -> int:
-        return self.slot_tiles * self.tile * self.tile * 3
 
     def view(self, slot: int, tiles: int) -> np.ndarray:
         """The first `tiles` tiles of `slot`, (tiles, T, T, 3) uint8, in shared memory."""
@@ -111,9 +99,8 @@ def ring_slots(decoders: int, slot_bytes: int, shm_dir: str = SHM_DIR) -> int:
 
 
 def decoder_shares(specs: Sequence[ChunkSpec], decoders: int) -> list[list[int]]:
-    """Each decoder's share: the chunks with tiles of one contiguous run of the plan
-    (`wsi.tiling.contiguous_runs`, the splitter of a cluster's bands too), one per decoder
-    (fewer when there are fewer chunks)."""
+    """Each decoder's share: one contiguous run of the plan's chunks with tiles
+    (`wsi.tiling.contiguous_runs`); fewer shares than decoders where chunks are few."""
     runs = ([i for i in run if specs[i].tiles] for run in contiguous_runs(specs, decoders))
     return [share for share in runs if share]
 
@@ -121,11 +108,8 @@ def decoder_shares(specs: Sequence[ChunkSpec], decoders: int) -> list[list[int]]
 class DecodePool:
     """The decoder processes of one run, with their pipes and slot ring.
 
-    Spawning is what takes time (each child imports numpy and the slide code), so a run
-    spawns the decoders before it even knows its chunks (`DecodePool(decoders)`, while
-    tissue is detected) and hands them their shares once planned (`assign`); they then fill
-    the ring and wait for free slots, so memory stays bounded however long the model takes
-    to load. Whoever holds the pool closes it (`close` is idempotent) on every path."""
+    Spawned before the chunks are known (spawning is what takes time), handed their shares
+    once planned (`assign`). Whoever holds the pool closes it (idempotent) on every path."""
 
     def __init__(self, decoders: int) -> None:
         check_main_guard()
@@ -204,11 +188,6 @@ class DecodePool:
             self._collect(timeout)
         return self._inbox.popleft() if self._inbox else None
 
-    def waiting(self, timeout: float = 0.0) -> int:
-        """How many messages have arrived and wait to be received (after `timeout` s)."""
-        self._collect(timeout)
-        return len(self._inbox)
-
     def serves(self, specs: Sequence[ChunkSpec], decoders: int) -> bool:
         """Whether this pool reads exactly these chunks with this many decoders."""
         return self.ring is not None and decoders == self.decoders and list(specs) == self.specs
@@ -265,11 +244,8 @@ class DecodePool:
 
 
 def start_resource_tracker() -> None:
-    """Start multiprocessing's resource tracker (if it is not running) with SIGHUP blocked.
-    It ignores SIGINT and SIGTERM by itself, but a SIGHUP to the process group (an ssh
-    session dropping) would end it, and with it the unlinking of what it tracks: the
-    decoders' slot ring would leak. Blocking SIGHUP in this thread while it
-    starts passes the block on to it (a signal mask survives fork and exec)."""
+    """Start multiprocessing's resource tracker with SIGHUP blocked (the mask is inherited):
+    a SIGHUP to the process group would end it, and the slot ring would leak."""
     from multiprocessing import resource_tracker
 
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
@@ -280,11 +256,9 @@ def start_resource_tracker() -> None:
 
 
 def decoder_main(decoder: int, conn: Connection) -> None:
-    """Process body: wait for this decoder's share (the imports are done by then), then read
-    each chunk of it, cut its tiles into a free slot of its own and report it. SIGTERM
-    (`timeout` signals the whole process group; `close` terminates a decoder that does not
-    stop) raises `Terminated` as Ctrl-C raises KeyboardInterrupt, so the slot ring is
-    closed; so does SIGHUP (the terminal's whole group gets it when the ssh session drops)."""
+    """Process body: wait for the share, then read each chunk into a free slot of its own and
+    report it. SIGTERM and SIGHUP raise `Terminated` (as Ctrl-C raises KeyboardInterrupt), so
+    the ring is closed."""
     for signum in TERMINATING_SIGNALS:
         signal.signal(signum, raise_terminated)
     link = DecoderEnd(conn)

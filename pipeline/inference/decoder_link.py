@@ -1,14 +1,9 @@
 """What travels between the engine and one decoder process, and the decoder's end of it.
 
-Each decoder has a pipe of its own (`multiprocessing.Pipe`, a socket pair). The engine sends
-it its share of the run (a `DecoderTask`, or None: nothing to read), the free slots it may
-fill (slots belong to one decoder each) and, to stop it, `Stop()`; the decoder sends back
-`Decoded`, `Finished` or `Failed`. A pipe holds no named semaphore: multiprocessing's
-queues, locks and events each hold several in /dev/shm, which a run killed together with its
-resource tracker leaves behind, and multiprocessing offers no public way to name them so a
-later run could tell whose they are. A pipe also tells each end when the other is gone
-(end of file): a decoder whose engine's process died (a Dask worker killed mid-band) stops
-at its next wait, since no one would free a slot again.
+Each decoder has its own pipe: the engine sends its share (`DecoderTask`, or None), the free
+slots it may fill and `Stop()`; the decoder sends `Decoded`, `Finished` or `Failed`. Pipes
+hold no named semaphore (which a killed run would leave in /dev/shm, unnamed as ours), and
+tell each end when the other is gone: a decoder whose engine died stops at its next wait.
 """
 
 from __future__ import annotations

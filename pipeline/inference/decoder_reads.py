@@ -1,15 +1,10 @@
 """The decoder-process read source: N spawned decoders fill shared-memory slots, one thread
 batches them.
 
-    decoders (spawned processes)   read a share of the chunks each, cut tiles into a free slot
-        | (slot, chunk, tiles) on each decoder's pipe; slots go back to their decoder
-    stager (thread)                takes the decoded chunks as they come (a decoder's error,
-                                   or one that died without a word, stops the run) and
-                                   copies their tiles into batches (`compute_stage.Stager`),
-                                   freeing each slot as soon as its tiles are copied
-
-The decoders may have been spawned before tissue detection (`DecodePool`, handed in by
-`pipeline.segment.infer`); the source then adopts them, and closes them like its own.
+The stager thread takes decoded chunks as they come, copies them into batches (`Stager`) and
+frees each slot once copied; a decoder's error, or one that died without a word, stops the
+run. Decoders spawned early (`DecodePool`, while tissue is detected) are adopted and closed
+like its own.
 """
 
 from __future__ import annotations

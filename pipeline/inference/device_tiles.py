@@ -1,23 +1,12 @@
 """A chunk's model tiles assembled on the model's device from its decoded storage tiles.
 
-The GPU read path: the compressed storage tiles a chunk's read box touches are decoded in
-one batch (`decode_streams`, below), pasted into the box on the device (white
-outside the level, as `wsi.slide.Slide` reads), and cut into the chunk's model tiles on
-the global grid as `TileReader.read_tiles` cuts them: the same tiles, byte for byte where
-the same decoder runs. Only where model pixels are the read level's pixels (no resampling);
-elsewhere, and for slides whose tiles `wsi.raw_tiles` cannot serve,
-`pipeline.inference.read_sources.slide_reads` says why and the CPU decoders read the slide. With
-`DeviceTiles.plan_reuse`, each storage tile is decoded once for all the planned chunks.
-
-Decoding: `torchvision.io.decode_jpeg` decodes a list of streams with nvJPEG on a CUDA device
-(one batched call) and with libjpeg-turbo on the CPU; no other dependency. The CPU decode
-gives exactly tiffslide's pixels (both are libjpeg-turbo with its defaults, and the streams
-carry their colour coding in the header: `wsi.raw_tiles`). nvJPEG converts every
-3-component stream as YCbCr and its handling of the APP14 marker that says "RGB, no
-transform" is not documented, so only streams whose header states YCbCr
-(`JpegTiles.colour_safe_anywhere`) are decoded on the GPU (the run policy's decision,
-`pipeline.run_policy`). RGB-coded streams (Aperio SVS) are decoded on the CPU and copied to
-the device: right colours first, speed second.
+The device read path, where model pixels are the read level's pixels: the storage tiles a
+chunk's read box touches are decoded in one batch (`decode_streams`), pasted into the box
+(white outside the level, as `wsi.slide.Slide` reads) and cut into the chunk's model tiles as
+`TileReader.read_tiles` cuts them: the same tiles, byte for byte where the same decoder runs.
+nvJPEG decodes on CUDA only streams whose header states YCbCr (its handling of "RGB, no
+transform" is not documented); the others decode with libjpeg-turbo on the CPU, exactly as
+tiffslide does: right colours first, speed second.
 """
 
 from __future__ import annotations
@@ -52,11 +41,8 @@ warnings.filterwarnings(
 def decode_streams(
     streams: Sequence[bytes], device: torch.device, decoder: Decoder
 ) -> torch.Tensor:
-    """(N, H, W, 3) uint8 on `device` from N complete JPEG streams of one size.
-
-    `decoder` "nvjpeg" decodes on `device` (CUDA) in one batched call; "libjpeg" decodes on
-    the CPU and copies the batch to `device`.
-    """
+    """(N, H, W, 3) uint8 on `device` from N complete JPEG streams of one size: "nvjpeg" in
+    one batched call on `device` (CUDA), "libjpeg" on the CPU then copied."""
     if not streams:
         raise ValueError("no JPEG streams to decode")
     data = [torch.from_numpy(np.frombuffer(s, dtype=np.uint8).copy()) for s in streams]
@@ -83,14 +69,10 @@ def own_copy(tile: torch.Tensor) -> torch.Tensor:
 @dataclass
 class DeviceTiles:
     """Reads chunks' model tiles onto `device` with `decoder` (the run policy's); one per
-    slide and device, used by one reader thread (no lock).
-
-    Neighbouring chunks share the storage tiles under their halo, which decoding each chunk's
-    tiles afresh would decode two or four times. As `wsi.tile_reuse` does for the CPU, with
-    the same `PlannedTiles`, the reads are planned first (`plan_reuse`): the planned read
-    boxes that touch each storage tile are counted, the tiles a read lacks are decoded in one
-    batch, and a decoded tile is kept only while a later read needs it, within `max_bytes`
-    (a tile that does not fit is decoded again: pixels never depend on the bound)."""
+    slide and device, used by one reader thread (no lock). As `wsi.tile_reuse` on the CPU,
+    reads are planned (`plan_reuse`) so each storage tile is decoded once and kept only while
+    a later read needs it, within `max_bytes` (past that it is decoded again: pixels never
+    depend on the bound)."""
 
     reader: TileReader
     tiles: JpegTiles

@@ -1,27 +1,10 @@
 """The engine: one way from a slide's chunks to the zarr store, whatever reads the tiles.
 
-    read source (its threads)   chunks -> batches of tiles on the model's device, batches
-        |                       mixing chunks (`ReadSource`, below: a reader
-        |                       thread, decoder processes, or the device read path)
-    compute (threads)           the executor's `run` back to back
-        |                       (`ComputeStage`; on the CPU a few side by side), every
-        |                       forward pass of exactly `batch` tiles (a short one padded)
-    writer (threads)            stitch, write the zarr chunks, summarise, per write unit
-
-This thread starts every part and watches them. The first error (the source's SlideError
-for a damaged tile, the model's, the writer's), an interrupt, or the caller's cancellation
-token (`pipeline.cancellation`: a batch's stop, a Dask band's abort), seen within
-`POLL_S`, stops the rest. `run_engine` never returns or raises while a part may still write into
-the zarr store (the caller then removes the partial folder), and on every path (success,
-error, interrupt) it closes the source (decoders joined or terminated, shared memory
-removed, file handles closed). Local runs and the bands of a Dask cluster
-(`pipeline.inference.band_task`) run this same function.
-
-The engine does not know where tiles come from: it hands a `ReadSource` (`ReaderThread`
-with `HostTiles` or `DeviceTiles`, or `DecoderProcesses`) the chunks, the batch size and
-the `staged` queue, and runs the threads the source returns beside its own. A source
-reports its errors to the run's `FirstError` and checks `FirstError.stopped` while it
-waits; the engine handles the abort, the progress and the first error once for all.
+A read source's threads fill batches of tiles (mixing chunks) on the model's device; compute
+threads run the executor; the writer stitches and writes each write unit. This thread starts
+the parts and watches them: the first error, an interrupt or the caller's cancellation token
+stops the rest. `run_engine` never returns or raises while a part may still write, and closes
+the source on every path. Local runs and Dask bands run this same function.
 """
 
 from __future__ import annotations
@@ -68,7 +51,9 @@ class SourceRun:
 
 
 class ReadSource(Protocol):
-    """Reads a run's chunks into batches on the model's device (see the module docstring)."""
+    """Reads a run's chunks into batches on the model's device. It reports its errors to the
+    run's `FirstError` and checks `FirstError.stopped` while it waits; the engine handles the
+    stop, the progress and the first error for every source."""
 
     @property
     def processes(self) -> int:
@@ -97,15 +82,10 @@ def run_engine(
     computes: int = 1,
     locked: bool = True,
 ) -> list[ChunkOutcome]:
-    """Run every chunk through the engine, tiles read by `source`; outcomes in `specs` order.
-
-    `source` is adopted: closed whatever happens. `writers`: threads finishing whole chunks
-    side by side; `computes`: forward passes side by side; `locked`: whether they take the
-    model's lock (`ComputeStage`). Runs pass their plan's (`pipeline.run_policy`).
-    `stats` (optional) receives what the run did (batches and the chunks each held, bytes
-    that crossed from the device). `cancel`: cancelled by someone else (a batch stopping the
-    slide, a Dask band whose slide failed elsewhere) to stop the run; the parts stop and
-    the token's reason is raised."""
+    """Run every chunk through the engine, tiles read by `source` (adopted: closed whatever
+    happens); outcomes in `specs` order. `writers`, `computes`, `locked`: the plan's
+    (`run_plan`). `stats` (optional) receives what the run did. Cancelling `cancel` stops
+    the parts and raises its reason."""
     stats = stats if stats is not None else EngineStats()
     specs = list(specs)
     try:
@@ -145,9 +125,8 @@ def run_plan(
     stats: EngineStats | None = None,
     cancel: CancelToken = NEVER_CANCELLED,
 ) -> list[ChunkOutcome]:
-    """`run_engine` with the sizes `plan` decided (its writers, compute threads and model
-    lock): the one call of a local run (`pipeline.infer_stage`) and of a Dask band
-    (`band_task.run_band`)."""
+    """`run_engine` with the sizes `plan` decided: the one call of a local run and of a Dask
+    band."""
     sizes = plan.writers.value, plan.compute_threads.value, plan.model_lock.value
     return run_engine(job, specs, source, progress, stats, cancel, *sizes)
 
@@ -163,10 +142,9 @@ def _run_parts(
     stats: EngineStats,
     cancel: CancelToken,
 ) -> None:
-    """Start the source's parts, the compute threads and the writer; watch them (the run
-    stops once the caller cancels `cancel`); return once every thread has ended. Errors (an interrupt included) end up in `errors`. Returns rather
-    than raises, so the queues (and what batches still hold: a source's buffers, its
-    processes' queues) go with this frame, not with a traceback."""
+    """Start the source's parts, the compute threads and the writer; watch them until every
+    thread has ended. Errors (an interrupt included) go to `errors`: it returns rather than
+    raises, so the queues go with this frame, not with a traceback."""
     threads: list[WaitableThread] = []
     with torch_threads():
         try:

@@ -1,9 +1,7 @@
 """What the parts of the engine share: the first error, the stop, and run statistics.
 
-Every part (the read source's, the compute stage's, the writer's) reports its error here; each
-checks `stopped` while it waits, so one failure stops them all, and the engine raises the
-first error once every part has ended.
-"""
+Each part reports its error here and checks `stopped` while it waits, so one failure stops
+them all."""
 
 from __future__ import annotations
 
@@ -105,13 +103,10 @@ def start_parts(parts: list[Part], threads: list[WaitableThread]) -> None:
 
 
 def wait_uninterrupted(wait: Callable[..., Any], *args: Any) -> BaseException | None:
-    """Wait even through an exception a signal handler raises in this thread (the main
-    thread of a single-slide run), since cleanup that stops half way would leak: Ctrl-C or
-    SIGTERM (a second one, the first being cleaned up: it is dropped), or another
-    `BaseException` that is not an `Exception` (Prefect's `TerminationSignal` in a flow
-    run), which is returned once the wait is over for the caller to raise when its cleanup
-    is done, so a run stopped during its cleanup still stops. Errors of `wait` itself
-    propagate."""
+    """Wait through exceptions a signal handler raises in this thread, since cleanup that
+    stops half way would leak: a second Ctrl-C or SIGTERM is dropped (the first is being
+    cleaned up); another non-`Exception` (Prefect's `TerminationSignal`) is returned once
+    the wait is over, for the caller to raise after its cleanup. Errors of `wait` propagate."""
     stop: BaseException | None = None
     while True:
         try:

@@ -17,12 +17,9 @@ GUARD_FIX = (
 
 
 def check_main_guard() -> None:
-    """Raise ConfigError before spawning when a decoder would re-run the main script.
-
-    A spawned child imports the parent's main script (as `__mp_main__`); a script that
-    segments at module level would then segment again in every decoder. Checked in the
-    parent (the script has no top-level `if __name__ ...` block) and, for a script that has
-    one but also segments outside it, in the child while it imports that script
+    """Raise ConfigError before spawning where a decoder would segment again: a spawned child
+    imports the parent's main script (as `__mp_main__`). Checked in the parent (no top-level
+    `if __name__ ...` block) and in the child while it imports the script
     (`importing_main_script`)."""
     main = sys.modules.get("__main__")
     path = getattr(main, "__file__", None)
@@ -43,12 +40,9 @@ def check_main_guard() -> None:
 
 
 def importing_main_script() -> str | None:
-    """The parent's main script, when this process is a spawned child still importing it
-    (multiprocessing runs it as `__mp_main__` before the child's target starts); else None.
-
-    Told from the call stack (public frame attributes): module-level code of `__mp_main__`
-    is on it only during that import; a child's target, and any code after its start, runs
-    below multiprocessing's bootstrap instead."""
+    """The parent's main script, when this process is a spawned child still importing it,
+    else None: module-level code of `__mp_main__` is on the call stack only during that
+    import."""
     frame = inspect.currentframe()
     while frame is not None:
         names = frame.f_globals

@@ -1,10 +1,8 @@
 """Load a model once per process, open the runtime its plan names, and share both between the
 threads of that process.
 
-A `ModelHandle` travels to Dask worker processes by pickling only its recipe (folder, device,
-the runtime spec its plan decided); the worker loads the weights on first use and keeps them
-for every later chunk. The per-process memo is the only process-wide state: a cache of loaded
-models keyed by their recipe's values.
+A `ModelHandle` pickles to its recipe only (folder, device, runtime spec); a process loads it
+on first use, through a per-process cache keyed by the recipe's values.
 """
 
 from __future__ import annotations
@@ -92,8 +90,7 @@ class ModelHandle:
     def of(cls, loaded: LoadedModel, model_dir: str, device: str, spec: RuntimeSpec) -> ModelHandle:
         """A handle around an already loaded model (prepare, tests): every handle of one
         loaded model shares its lock, so slides run side by side take turns on it."""
-        identity = getattr(loaded.model, "identity", "")  # test stand-ins have none
-        return cls(model_dir, device, spec, identity, loaded)
+        return cls(model_dir, device, spec, loaded.model.identity, loaded)
 
 
 def load_for_process(model_dir: str, device: str, spec: RuntimeSpec) -> LoadedModel:

@@ -1,20 +1,8 @@
 """The read source a plan names, made for one engine (locally or in a Dask band), and what
-the slide offers the device read path: the facts `pipeline.run_policy` decides it from.
-
-One choice for both places: the device read path where the plan reads on the model's device
-and the read level's JPEG tiles are at hand, decoder processes where it names them, else the
-reader thread. A local run hands in what it started early (the decoders, the prefetcher);
-whichever the source does not adopt is closed here, so nothing started is left running.
-
-The device read path (`pipeline.inference.device_tiles.DeviceTiles`, run by the engine's
-reader thread: no decoder processes) has a level's JPEG storage tiles decoded in batches and
-assembles the model tiles on the model's device; this module decodes nothing. The decoding is
-nvJPEG on CUDA for streams whose header states YCbCr, libjpeg-turbo on the CPU for the others
-(`device_tiles`: colour). It serves a slide only where model pixels are the read level's
-pixels and `wsi.raw_tiles` hands out the level's streams. `slide_reads`
-examines the read level once (a local run in `prepare`, before any decoder starts; a band
-on its worker); whether the run reads there is the policy's `read_device` decision
-(`--read-device`). Nothing here imports torch.
+the slide offers the device read path (`slide_reads`: the facts `pipeline.run_policy` decides
+it from, examined once where the run is planned). A local run hands in what it started early
+(the decoders, the prefetcher); whatever the source does not adopt is closed here. Nothing
+here imports torch.
 """
 
 from __future__ import annotations

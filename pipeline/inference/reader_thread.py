@@ -1,14 +1,8 @@
 """The reader-thread read source: one thread reads chunk after chunk and fills batches.
 
-    reader (thread)    walks the chunks in plan order, gets each chunk's tiles from its
-                       reads and fills batches across chunks (`Stager`), then None
-
-Two kinds of reads: `HostTiles` reads with the slide library (`TileReader`, storage
-tiles shared between chunks: `wsi.tile_reuse`), on the CPU, any slide; it may take chunk
-tiles a `TilePrefetcher` started reading while the model loaded. `DeviceTiles`
-(`pipeline.inference.device_tiles`) decodes the slide's JPEG tiles on the model's device.
-Memory is bounded by the engine's queues: one batch being filled, one waiting, one per
-compute thread.
+Its reads are `HostTiles` (the slide library on the CPU, any slide; it may adopt a
+`TilePrefetcher` that read while the model loaded) or `DeviceTiles` (the slide's JPEG tiles
+decoded on the model's device). Memory is bounded by the engine's queues.
 """
 
 from __future__ import annotations
@@ -32,10 +26,8 @@ if TYPE_CHECKING:
 
 
 class HostTiles:
-    """Chunks read with the slide library on the CPU (`TileReader`), any slide. As
-    `DeviceTiles` does: `plan_reuse` gets ready to read the chunks (storage tiles shared
-    between them), `read_chunk` reads one (a damaged tile raises SlideError), `thread_done`
-    closes what the reader thread opened."""
+    """Chunks read with the slide library on the CPU (`TileReader`), any slide; the same
+    methods as `DeviceTiles`."""
 
     def __init__(self, reader: TileReader, prefetch: TilePrefetcher | None = None) -> None:
         """`prefetch`: a prefetcher reading these chunks already (adopted and closed; its

@@ -1,17 +1,9 @@
 """Names of the decoders' shared-memory rings, and removing those their owner left behind.
 
-A run removes its ring on every way out it sees (done, failed, Ctrl-C, SIGTERM, SIGHUP),
-but a run that is killed (SIGKILL of its process group, the OOM killer) sees nothing: its
-ring, often tens of MB, would stay in /dev/shm until the machine reboots. So a ring's name
-says who owns it: `wsiseg<pid>_<pid namespace>_<random>`, and the next run that makes a ring
-removes every ring whose owner is gone. A ring is only ever judged from its own name: it is
-removed only when its owner's pid namespace is this process's (a pid means nothing across
-namespaces, e.g. containers sharing /dev/shm) and no process has that pid any more; a ring
-of a live process (or one we may not signal: another user's) is left alone, and so is
-anything that does not have this exact form (older runs' rings, other programs' files).
-
-The decoders' pipes (`pipeline.inference.decoder_link`) hold no named semaphore, so a ring
-is all a killed run leaves in /dev/shm.
+A killed run (SIGKILL, the OOM killer) cannot remove its ring, so a ring's name says who owns
+it: `wsiseg<pid>_<pid namespace>_<random>`, and the next run that makes a ring removes every
+ring of this exact form whose owner's pid namespace is ours and whose pid no longer exists.
+Anything else (live owners, other namespaces or users, other files) is left alone.
 """
 
 from __future__ import annotations

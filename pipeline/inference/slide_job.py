@@ -1,13 +1,9 @@
 """One slide's job for the engine: what a chunk is read from, and how its cores are stitched,
 written and turned into polygons.
 
-The engine (`pipeline.inference.engine.run_engine`) runs every chunk of a `SlideJob`, locally
-or in a Dask band (`pipeline.inference.band_task`). A `SlideJob` is picklable: on a Dask worker
-it reopens the slide and the zarr store and loads the model once per process
-(`pipeline.inference.model_handle`). Each write unit (a chunk, or the chunks of one zarr
-chunk: `ChunkSpec.write_unit`) writes whole zarr chunks it alone owns, so
-parallel writers never collide, and a recomputed chunk (a band rerun after its worker died)
-writes identical bytes.
+A `SlideJob` is picklable: on a Dask worker it reopens the slide and the zarr store and loads
+the model once per process. Each write unit writes whole zarr chunks it alone owns, so
+parallel writers never collide and a recomputed chunk writes identical bytes.
 """
 
 from __future__ import annotations
@@ -40,9 +36,7 @@ class SlideJob(PerThread):
     batch_size: int
     gate: bool
     zarr_path: str
-    # the level-0 label array (`outputs.label_image`): the class map written beside the
-    # probabilities, block for block
-    labels_path: str
+    labels_path: str  # the level-0 label array (`outputs.label_image`), written block for block
     tissue_mask: np.ndarray  # bool (h, w) at tissue_downsample level-0 px per mask px
     tissue_downsample: float
     level0_per_output: float
@@ -92,8 +86,7 @@ class SlideJob(PerThread):
 
     def stitch_block(self, spec: ChunkSpec, reduced: ReducedTiles) -> ReducedTiles:
         """Place the reduced cores of `spec.tiles` (in that order) into the chunk's output
-        block over `spec.out_box`: 0 and NODATA outside tissue. What every path does after
-        the model, whichever way the tiles were batched."""
+        block over `spec.out_box`: 0 and NODATA outside tissue."""
         grid = self.grid
         x0, y0, x1, y1 = spec.core_box
         tiles = list(spec.tiles)

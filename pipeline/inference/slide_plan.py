@@ -1,10 +1,5 @@
-"""Planning a slide's chunks from the model's geometry, before the model has loaded.
-
-`pipeline.segment.prepare` plans with the tile size and mpp of model.json, read by the
-models' own parser (`models.meta.read_model_json`, which imports no torch), so planning and
-chunk reads (the prefetcher, the engine's decoders) overlap the model load; it replans with
-the loaded model's values if the JSON could not be read here.
-"""
+"""Planning a slide's chunks from model.json's geometry, before the model has loaded, so
+planning and chunk reads overlap the model load."""
 
 from __future__ import annotations
 

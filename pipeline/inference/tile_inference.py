@@ -1,13 +1,7 @@
-"""A chunk's tiles through the model and back: batches on the device, cores stitched in place.
+"""A chunk's tiles through the model and back: fixed-size forward passes, cores stitched.
 
-The executor returns each tile's core already in the stored form (uint8 probabilities and
-labels of output pixels, reduced on the model's device: models/runtimes/graph.py); this
-module only places them.
-
-Stitching is centre-crop on a *global* tile grid (docs/architecture.md): tile (i, j) reads
-`[j*S - m, j*S - m + T)` and contributes only its core `[j*S, (j+1)*S)`. Cores partition
-the plane, so the result is the same whatever the chunk size and every output pixel comes
-from exactly one tile, the one in whose centre it lies.
+Stitching is centre-crop on the global tile grid (docs/architecture.md): each output pixel
+comes from exactly one tile's core, whatever the chunk size.
 """
 
 from __future__ import annotations
@@ -43,25 +37,17 @@ def predict_batch(
     executor: Executor, tiles: torch.Tensor, batch: int, lock: threading.Lock | None = None
 ) -> ReducedTiles:
     """The stored form of at most `batch` uint8 tiles (N, T, T, 3), computed in a forward pass
-    of exactly `batch` tiles: a short batch (a run's last) is padded with zero tiles whose
-    outputs are dropped. Every forward pass of the engine (`ComputeStage`) goes through here.
+    of exactly `batch` tiles: a short batch is padded with zero tiles whose outputs are
+    dropped. Every forward pass of the engine goes through here.
 
-    Why: a tile's output must not depend on the batch it was computed in, or the same slide
-    gives other bytes from run to run and from one read source to another. oneDNN and cuDNN
-    pick kernels, blockings and (bf16/fp16) accumulation orders by the input's shape, so
-    the same tile in a batch of 3 and of 16 may differ by an ulp, enough to move a uint8
-    probability by 1/255 or a classifier probability across the gate's epsilon. At one
-    shape the kernels are the same, and the models we ship (eval-mode conv nets, BatchNorm
-    with running statistics, per-tile softmax and gate) compute each sample alone, so which
-    other tiles share the batch does not matter (`tests/pipeline/inference/test_fixed_batch.py`
-    checks every position of a batch). The bits also depend on the torch thread count (the
-    engine keeps it fixed for a run). `bytes_from_model` counts the kept tiles only.
-    """
+    A tile's output must not depend on its batch, or the same slide gives other bytes from
+    run to run: oneDNN and cuDNN pick kernels and accumulation orders by the input's shape,
+    so the same tile in batches of 3 and 16 may differ by an ulp. At one shape the kernels
+    are the same, and the models we ship compute each sample alone
+    (`tests/pipeline/inference/test_fixed_batch.py`)."""
     import torch
 
     n = len(tiles)
-    if not 0 < n <= batch:
-        raise ValueError(f"a batch holds 1 to {batch} tiles, got {n}")
     if n < batch:
         tiles = torch.cat([tiles, tiles.new_zeros((batch - n, *tiles.shape[1:]))])
     with lock if lock is not None else contextlib.nullcontext():
@@ -77,11 +63,8 @@ def stitch_cores(
     grid: TileGrid,
     fill: int,
 ) -> np.ndarray:
-    """Place each tile's reduced core (..., S/d, S/d) into the chunk's output block.
-
-    Returns (..., core_h / d, core_w / d) of `cores`' dtype; tiles not listed (no tissue)
-    stay `fill`.
-    """
+    """Each tile's reduced core (..., S/d, S/d) placed into the chunk's output block
+    (..., core_h / d, core_w / d); tiles not listed (no tissue) stay `fill`."""
     d, s = grid.downsample, grid.stride
     cx, cy = core_origin
     lead = cores.shape[1:-2]

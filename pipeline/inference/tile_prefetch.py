@@ -4,6 +4,7 @@ runs only: `TilePrefetcher`)."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -15,15 +16,13 @@ from wsi_segment.wsi.tiling import ChunkSpec
 
 
 class TilePrefetcher:
-    """Reads chunks' tiles ahead of the model in one background thread, bounded in bytes.
+    """Reads chunks' tiles ahead of the model in one background thread, bounded in bytes:
+    while torch imports and the model loads, then ahead of the forward passes.
 
-    Started as soon as the chunks are planned, it decodes while the process is still
-    importing torch and loading the model (single-threaded, so a core is free), and during
-    inference it keeps reading ahead of the forward passes. A chunk is read exactly once:
-    `take(spec)` returns the prefetched tiles, waits if the reader is busy with that very
-    chunk, and otherwise claims the chunk so the caller reads it itself (None): no chunk
-    ever waits for the reader to get round to it, whatever order chunks are run in. A read
-    error stops the reader; the chunk is then read (and the error raised) by its caller.
+    A chunk is read exactly once: `take(spec)` returns its prefetched tiles, waits if the
+    reader is on that very chunk, and otherwise claims it for the caller to read (None), so
+    no chunk waits for the reader to get round to it. A read error stops the reader; the
+    chunk's caller then reads it and raises the error.
     """
 
     def __init__(self, reader: TileReader, specs: list[ChunkSpec], max_bytes: int = 128 << 20):
@@ -42,8 +41,6 @@ class TilePrefetcher:
         self._thread.start()
 
     def _loop(self) -> None:
-        import time
-
         t0 = time.thread_time()
         try:
             try:

@@ -1,10 +1,7 @@
-"""Reading a chunk's model tiles from the slide on the CPU (the slide library): the read
-half of a `SlideJob`, light on purpose.
+"""Reading a chunk's model tiles from the slide on the CPU: the read half of a `SlideJob`.
 
-The engine's decoder processes are spawned, so every module they import costs each
-of them start-up time; this one needs only numpy and the slide code (no torch, zarr, shapely
-or rasterio), and a `TileReader` pickles to a few numbers and paths (no tissue mask, no
-model), so a decoder starts reading as soon as it is spawned.
+Light on purpose: decoder processes import it, so it needs only numpy and the slide code, and
+a `TileReader` pickles to a few numbers and paths.
 """
 
 from __future__ import annotations
@@ -79,10 +76,8 @@ class TileReader(PerThread):
         return tiles_read_box(spec.tiles, self.grid) or (x0 - m, y0 - m, x1 + m, y1 + m)
 
     def plan_tile_reuse(self, specs: list[ChunkSpec]) -> TileReuse | None:
-        """A storage-tile reuser for reading these chunks in this process (None: not
-        possible for this slide level, e.g. untiled storage or a non-integer downsample, or
-        the slide failed to open or plan: reading works without reuse, and its errors
-        surface on read)."""
+        """A storage-tile reuser for reading these chunks in this process, or None where the
+        level does not allow it or the slide fails to open (reads then surface the error)."""
         try:
             slide = self.slide()
             level = self.read_level
@@ -97,13 +92,9 @@ class TileReader(PerThread):
             return None
 
     def read_tiles(self, spec: ChunkSpec, reuse: TileReuse | None = None) -> np.ndarray:
-        """The chunk's tissue tiles (N, T, T, 3) uint8, in `spec.tiles` order.
-
-        One level read covers them all; each tile is then resampled from its own box on the
-        global grid (`wsi.region_reader.read_model_tiles`), so its pixels depend on its grid
-        position alone, never on the chunk or the other tiles. `reuse` serves storage tiles
-        that an earlier chunk already decoded (same pixels).
-        """
+        """The chunk's tissue tiles (N, T, T, 3) uint8, in `spec.tiles` order: one level read,
+        each tile resampled from its own box on the global grid, so its pixels depend on its
+        grid position alone. `reuse` serves storage tiles an earlier chunk decoded."""
         boxes = tile_boxes(spec.tiles, self.grid)
         if not boxes:
             return np.empty((0, self.grid.tile, self.grid.tile, 3), dtype=np.uint8)
@@ -134,12 +125,8 @@ def tile_boxes(tiles: Sequence[tuple[int, int]], grid: TileGrid) -> list[tuple[i
 def tiles_read_box(
     tiles: tuple[tuple[int, int], ...], grid: TileGrid
 ) -> tuple[int, int, int, int] | None:
-    """Model-space box a chunk reads: its tissue tiles' bounding box plus the margin.
-
-    Only tissue tiles run, so reading the whole chunk would decode slide that no tile uses
-    (up to 2x per tile at tissue edges). Each tile is resampled from its own box
-    (`TileReader.read_tiles`), so the box read around it does not change its pixels.
-    """
+    """Model-space box a chunk reads: its tissue tiles' bounding box plus the margin (only
+    tissue tiles run; each is resampled from its own box, so the box does not change it)."""
     if not tiles:
         return None
     s, m = grid.stride, grid.margin

@@ -1,15 +1,9 @@
 """The engine's writer: gather each write unit's reduced tiles, finish the unit when whole.
 
-Batches of the compute stage mix tiles of several chunks; a write unit (a chunk, or the chunks of
-one zarr chunk when they are smaller: `ChunkSpec.write_unit`) is stitched, written and
-summarised (`SlideJob.finish_block`) as soon as its last tile arrives, so memory holds only
-the units in flight. Each unit owns its zarr chunks, so units can be finished side by
-side: the gathering thread hands whole units through a bounded queue to `threads` finisher
-threads.
-Compression, file writes and the numpy steps release the GIL, so threads overlap them;
-polygon tracing and zarr's own event loop hold it (benchmarks/writer.py measures the parts).
-Outcomes are kept by unit, in plan order, so results do not depend on which thread finished
-what.
+Batches mix tiles of several chunks; a write unit (`ChunkSpec.write_unit`) is stitched,
+written and summarised as soon as its last tile arrives, so memory holds only the units in
+flight. Each unit owns its zarr chunks, so `threads` finisher threads finish units side by
+side; outcomes are kept by unit, in plan order, whichever thread finished what.
 """
 
 from __future__ import annotations
@@ -101,9 +95,8 @@ class UnitWriter:
 
     def run(self, inbox: queue.Queue[TileBatch | None], errors: FirstError) -> None:
         """Thread body: hand on the units without tissue tiles (they still write their empty
-        block and outcome), then add batches until the end marker (None) or a stop; errors go
-        to `errors`. Returns only once every finisher thread has ended (nothing writes
-        after)."""
+        block), then add batches until the end marker or a stop; errors go to `errors`.
+        Returns once every finisher thread has ended."""
         finishers: list[threading.Thread] = []
         whole: queue.Queue[tuple[int, ReducedTiles] | None] = queue.Queue(self._threads)
         try:

@@ -3,14 +3,13 @@ a function run in the background, its result waited for through an interrupt."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -28,19 +27,18 @@ def _raise_interrupted(signum: int, frame: object) -> None:
     raise Interrupted(signum)
 
 
-@contextlib.contextmanager
-def sigusr1_interrupts() -> Iterator[None]:
+def interrupt_during(wait: Callable[[], object]) -> None:
+    """Call `wait` while SIGUSR1 raises `Interrupted` in this thread 0.2 s in (as Ctrl-C
+    raises KeyboardInterrupt); `wait` must give way to it."""
     previous = signal.signal(signal.SIGUSR1, _raise_interrupted)
+    timer = threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGUSR1))
     try:
-        yield
+        timer.start()
+        with pytest.raises(Interrupted):
+            wait()
     finally:
+        timer.join()
         signal.signal(signal.SIGUSR1, previous)
-
-
-def _interrupt_main_after(seconds: float) -> threading.Timer:
-    timer = threading.Timer(seconds, os.kill, (os.getpid(), signal.SIGUSR1))
-    timer.start()
-    return timer
 
 
 def in_own_process(scenario: str, *args: str) -> None:
@@ -59,11 +57,7 @@ def wait_cut_then_waited_again() -> None:
     release = threading.Event()
     thread = WaitableThread(release.wait, (30,))
     thread.start()
-    with sigusr1_interrupts():
-        timer = _interrupt_main_after(0.2)
-        with pytest.raises(Interrupted):
-            thread.wait()
-        timer.join()
+    interrupt_during(thread.wait)
     assert not thread.ended and not thread.wait(0.2)
     release.set()
     assert thread.wait(5) and thread.ended
@@ -99,11 +93,7 @@ def _slow_write(path, seconds: float) -> str:
 def interrupt_waits_for_the_thread(folder: str) -> None:
     done = Path(folder) / "done"
     job = Background(_slow_write, done, 1.0)
-    with sigusr1_interrupts():
-        timer = _interrupt_main_after(0.2)
-        with pytest.raises(Interrupted):
-            job.result_through_interrupts()
-        timer.join()
+    interrupt_during(job.result_through_interrupts)
     assert done.read_text() == "done"
 
 
@@ -125,12 +115,8 @@ def test_the_functions_error_is_raised(tmp_path):
 def result_alone_is_interrupted(folder: str) -> None:
     done = Path(folder) / "done"
     job = Background(_slow_write, done, 1.0)
-    with sigusr1_interrupts():
-        timer = _interrupt_main_after(0.2)
-        with pytest.raises(Interrupted):
-            job.result()
-        assert not done.exists()
-        timer.join()
+    interrupt_during(job.result)
+    assert not done.exists()
     job.result_through_interrupts()
 
 

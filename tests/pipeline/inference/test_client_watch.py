@@ -21,6 +21,7 @@ import pytest
 from wsi_segment.errors import SlideError
 from wsi_segment.pipeline.inference.band_runner import gather_all
 from wsi_segment.pipeline.inference.client_watch import LOOP_STALL_S, ClientWatch
+from wsi_segment.pipeline.progress import NullProgress
 
 pytestmark = pytest.mark.timeout(180)
 NEVER = {"resources": {"NO-WORKER-HAS-THIS": 1}, "pure": False}  # a future that stays pending
@@ -74,7 +75,7 @@ def _gather_in_a_thread(client: Any) -> tuple[threading.Thread, list[BaseExcepti
 
     def wait() -> None:
         try:
-            gather_all(futures, event, lambda k, value: None)
+            gather_all(futures, event, NullProgress())
             outcome.append(None)
         except BaseException as exc:
             outcome.append(exc)

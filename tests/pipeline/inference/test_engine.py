@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing
+import multiprocessing.connection
 import threading
 import time
 from pathlib import Path
@@ -23,6 +24,7 @@ from wsi_segment.errors import SlideError
 from wsi_segment.models.bundle import load_model
 from wsi_segment.models.reduction import ReducedOutputs
 from wsi_segment.pipeline.inference.decode_pool import DecodePool
+from wsi_segment.pipeline.inference.decoder_link import Decoded
 from wsi_segment.pipeline.inference.decoder_reads import DecoderProcesses
 from wsi_segment.pipeline.inference.engine import ReadSource, run_engine
 from wsi_segment.pipeline.inference.engine_state import EngineStats
@@ -248,17 +250,26 @@ def test_engine_on_cuda_matches_the_cpu_within_one_level(tmp_path, tiny_model_di
 
 def test_decoders_started_early_fill_the_ring_and_the_engine_adopts_them(tmp_path, tiny, alone):
     """A pool started before the model loads decodes until the ring is full and no further
-    (memory stays bounded), then `run_engine` adopts it and closes it."""
+    (memory stays bounded); `run_engine` adopts one with chunks already decoded and closes it."""
     job, specs = make_job(tmp_path / "p.zarr", tiny, chunk_tiles=2)
     before = shm_entries()
+    filled = DecodePool.for_chunks(job.reader, specs, 2)
+    try:
+        assert filled.ring is not None
+        slots = filled.ring.slots
+        assert len(specs) > slots  # more chunks than slots: the decoders must wait
+        messages: list[object] = []
+        deadline = time.monotonic() + 120
+        while len(messages) < slots and time.monotonic() < deadline:
+            if (message := filled.receive(0.05)) is not None:
+                messages.append(message)
+        assert filled.receive(0.3) is None  # none past the ring
+        # one Decoded per slot, every slot taken
+        assert sorted(m.slot for m in messages if isinstance(m, Decoded)) == list(range(slots))
+    finally:
+        filled.close()
     pool = DecodePool.for_chunks(job.reader, specs, 2)
-    assert pool.ring is not None
-    slots = pool.ring.slots
-    assert len(specs) > slots  # more chunks than slots: the decoders must wait
-    deadline = time.monotonic() + 120
-    while pool.waiting(0.05) < slots and time.monotonic() < deadline:
-        pass
-    assert pool.waiting(0.3) == slots  # one Decoded per slot, every slot taken, none past them
+    assert multiprocessing.connection.wait(pool.links, timeout=120)  # decoded before the run
     stats = EngineStats()
     outcomes = run_engine(job, specs, DecoderProcesses(2, pool), stats=stats)
     assert stats.early_decoders and stats.first_batch_at >= stats.first_chunk_at > 0
