@@ -241,22 +241,34 @@ def test_a_band_that_starts_after_the_slide_failed_does_nothing(
     assert not stored(job).any()  # nothing written
 
 
-def _segment_common(tiny_model_dir: Path) -> dict:
-    """The parameters of the local and the band runs of the CMU slide."""
+@pytest.fixture(scope="module")
+def cmu_region(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A QuPath region of the CMU slide's left half (--roi): the segment_slide runs check
+    where bands run and that their files equal a local run's, which half the slide's
+    tissue shows as well as all of it (still several write units, so several bands)."""
+    from tests.wsi import qupath_exports as qp
+
+    left = qp.annotation(qp.rect(0, 0, 1110, 2967), "left half")
+    return qp.export(tmp_path_factory.mktemp("roi") / "left-half.geojson", [left])
+
+
+def _segment_common(tiny_model_dir: Path, roi: Path) -> dict:
+    """The parameters of the local and the band runs of the CMU slide's region `roi`."""
     # torch: the bands' orchestration; auto on a cluster is test_dask.py's
-    common = {"model_dir": tiny_model_dir, "device": "cpu", "precision": "fp32"}
+    common = {"model_dir": tiny_model_dir, "device": "cpu", "precision": "fp32", "roi": roi}
     return common | {"batch_size": 1, "chunk_tiles": 2, "runtime": "torch"}
 
 
 @pytest.fixture(scope="module")
-def local_cmu(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
-    """The CMU slide segmented in this process, once for every source's band run (only read)."""
+def local_cmu(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, cmu_region) -> Path:
+    """The CMU slide's region segmented in this process, once for every source's band run
+    (only read)."""
     from wsi_segment.pipeline.params import SegmentParams
     from wsi_segment.pipeline.segment import segment_slide
 
     out = tmp_path_factory.mktemp("local-cmu")
     cores = len(os.sched_getaffinity(0))
-    local = SegmentParams(threads=cores, decoders=0, **_segment_common(tiny_model_dir))
+    local = SegmentParams(threads=cores, decoders=0, **_segment_common(tiny_model_dir, cmu_region))
     assert segment_slide(CMU_SLIDE, out, local).status == "done"  # one torch thread a chunk
     return out
 
@@ -267,17 +279,17 @@ def local_cmu(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) ->
     [pytest.param("decoders", marks=pytest.mark.slow), "reader-thread"],
 )
 def test_segment_slide_with_a_client_runs_bands(
-    client, local_cmu: Path, tmp_path: Path, tiny_model_dir: Path, name: str
+    client, local_cmu: Path, cmu_region: Path, tmp_path: Path, tiny_model_dir: Path, name: str
 ) -> None:
     """Through `segment_slide`: with a client, bands go to the workers (with `--decoders 1`
     decoder processes, by default the reader thread), and every output file equals the
-    single-process run's."""
+    single-process run's (both of the slide's left half: `cmu_region`)."""
     from distributed import get_task_stream
 
     from wsi_segment.pipeline.params import SegmentParams
     from wsi_segment.pipeline.segment import segment_slide
 
-    common = _segment_common(tiny_model_dir)
+    common = _segment_common(tiny_model_dir, cmu_region)
     cores = len(os.sched_getaffinity(0))
     with get_task_stream(client=client) as stream:
         result = segment_slide(

@@ -41,13 +41,26 @@ def snapshot(root: Path) -> dict[str, object]:
     return seen
 
 
-@pytest.fixture
-def finished(cmu_crop, tiny_model_dir, tmp_path, capsys) -> Path:
-    """`<out>` holding one finished output of ours for the CMU crop."""
-    out = tmp_path / "out"
-    result = run_cli_inprocess(cli_args(cmu_crop, tiny_model_dir, out), capsys)
-    assert result.code == 0, result.stderr
+@pytest.fixture(scope="module")
+def finished_once(cmu_crop, tiny_model_dir, tmp_path_factory) -> Path:
+    """`<out>` holding one finished output of ours for the CMU crop, made by one real run
+    for the whole module (tests get copies of it: `finished`)."""
+    from wsi_segment.flows.cli import main
+
+    out = tmp_path_factory.mktemp("finished") / "out"
+    assert main([str(a) for a in cli_args(cmu_crop, tiny_model_dir, out)]) == 0
     assert_complete_output(out / cmu_crop.stem)
+    return out
+
+
+@pytest.fixture
+def finished(finished_once, tmp_path) -> Path:
+    """A test's own `<out>` holding a finished output of ours for the CMU crop: a byte-for-byte
+    copy of the module's one run (a real folder, as a run publishes it), so that what a test
+    adds, moves or replaces there is its own."""
+    out = tmp_path / "out"
+    shutil.copytree(finished_once, out, symlinks=True)
+    assert snapshot(out) == snapshot(finished_once)
     return out
 
 

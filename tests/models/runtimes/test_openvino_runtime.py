@@ -104,7 +104,31 @@ def run(model: SegmentationModel | OpenVINOGraphs, x: torch.Tensor, geometry=GEO
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("runtime-cache")
+    """The module's cache, holding `_tiny()`'s exported graph at GEOMETRY (compiled nothing)."""
+    folder = tmp_path_factory.mktemp("runtime-cache")
+    OpenVINOGraphs(_tiny(), "fp32", 2, cpu_flags(), folder).exported_graph(GEOMETRY)
+    return folder
+
+
+def with_tiny_graph(cache: Path, name: str) -> Path:
+    """A fresh cache `cache / name` holding only `_tiny()`'s exported graph (copied from the
+    module's cache): its tests are about compiled graphs (blobs), so they need not export
+    that graph again; the graph's key holds no precision, threads or CPU."""
+    import json
+    import shutil
+
+    from wsi_segment.models.runtimes.openvino_runtime import weights_digest
+
+    folder = cache / name
+    folder.mkdir()
+    digest = weights_digest(_tiny())
+    for manifest in cache.glob("*.json"):
+        key = json.loads(manifest.read_text())["key"]
+        if key["kind"] == "graph" and key["model"] == digest:
+            for part in cache.glob(f"{manifest.stem}.*"):
+                shutil.copy2(part, folder / part.name)
+    assert len(list(folder.iterdir())) == 3  # the graph's manifest, xml and bin
+    return folder
 
 
 def _outputs(model: SegmentationModel | OpenVINOGraphs, x: torch.Tensor) -> list[np.ndarray]:
@@ -146,7 +170,7 @@ def test_a_damaged_entry_is_rebuilt_and_keys_change_with_what_changes_the_result
     cache: Path,
 ) -> None:
     x = real_tiles()[:16]
-    cache = cache / "damage"
+    cache = with_tiny_graph(cache, "damage")
     reference = _outputs(OpenVINOGraphs(_tiny(), "fp32", 2, cpu_flags(), cache), x)
     blobs_before = set(cache.glob("*.blob"))
     assert len(blobs_before) == 1
@@ -172,7 +196,7 @@ def test_an_isa_cap_is_part_of_the_key(cache: Path, monkeypatch: pytest.MonkeyPa
     """A run capped to AVX2 (OV_CPU_MAX_ISA, ONEDNN_MAX_CPU_ISA) never loads a blob compiled
     for the whole CPU, nor the other way round."""
     x = real_tiles()[:2]
-    cache = cache / "caps"
+    cache = with_tiny_graph(cache, "caps")
     _outputs(OpenVINOGraphs(_tiny(), "fp32", 2, cpu_flags(), cache), x)
     for variable in ("OV_CPU_MAX_ISA", "ONEDNN_MAX_CPU_ISA"):
         with monkeypatch.context() as env:
@@ -190,7 +214,7 @@ def test_compute_threads_run_side_by_side_in_streams_of_their_share(cache: Path)
     thread with one of the graphs' two threads runs in a graph of two streams (two such
     threads at once, not in turn), a thread of all cores in one stream; the same bytes."""
     x = real_tiles()[:4]
-    graphs = OpenVINOGraphs(_tiny(), "fp32", 2, cpu_flags(), cache / "streams")
+    graphs = OpenVINOGraphs(_tiny(), "fp32", 2, cpu_flags(), with_tiny_graph(cache, "streams"))
     shared: list[list[np.ndarray]] = []
 
     def one_core() -> None:
