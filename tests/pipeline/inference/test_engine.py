@@ -139,10 +139,15 @@ def job_over(
     return job, plan.specs
 
 
+def four_units_tissue() -> TissueMask:
+    """The detected tissue of CMU-1-Small-Region.svs inside `FOUR_UNITS`."""
+    return tissue_within(tissue_of(CMU_SLIDE, detect=True), FOUR_UNITS)
+
+
 @pytest.fixture(scope="module")
 def four_units() -> TissueMask:
-    """The detected tissue of CMU-1-Small-Region.svs inside `FOUR_UNITS` (detected once)."""
-    return tissue_within(tissue_of(CMU_SLIDE, detect=True), FOUR_UNITS)
+    """`four_units_tissue`, detected once for the module."""
+    return four_units_tissue()
 
 
 def four_units_job(
