@@ -11,6 +11,7 @@ import pytest
 
 from tests.conftest import CMU_SLIDE, corrupt_middle_tile
 from tests.engine_leaks import shm_entries
+from tests.wsi import qupath_exports as qp
 from wsi_segment.errors import ModelError, SlideError
 from wsi_segment.pipeline.inference.decode_pool import DecodePool
 from wsi_segment.pipeline.params import SegmentParams
@@ -18,7 +19,9 @@ from wsi_segment.pipeline.prepare import PreparedSlide
 from wsi_segment.pipeline.segment import Stages, finish, infer, prepare, run_stages
 
 
-def params(model_dir: Path, tissue: str = "auto", decoders: int = 2) -> SegmentParams:
+def params(
+    model_dir: Path, tissue: str = "auto", decoders: int = 2, roi: Path | None = None
+) -> SegmentParams:
     return SegmentParams(
         model_dir=model_dir,
         device="cpu",
@@ -26,7 +29,16 @@ def params(model_dir: Path, tissue: str = "auto", decoders: int = 2) -> SegmentP
         chunk_tiles=2,
         decoders=decoders,
         tissue=tissue,
+        roi=roi,
     )
+
+
+def region(path: Path) -> Path:
+    """A --roi file of one 600 x 500 px rectangle of CMU tissue around the slide's middle
+    JPEG tile (the one `corrupt_middle_tile` damages): a run of some 30 tiles in several
+    chunks for the decoders to share, where the whole slide's forward passes were most of
+    this module's time."""
+    return qp.export(path, [qp.annotation(qp.rect(1000, 1300, 1600, 1800), "middle")])
 
 
 def run_recording(
@@ -60,13 +72,14 @@ def assert_closed(pools: list[DecodePool | None], before: set[str]) -> None:
 def test_early_decoders_are_adopted_and_an_up_to_date_rerun_closes_them(tmp_path, tiny_model_dir):
     before = shm_entries()
     pools: list[DecodePool | None] = []
-    first = run_recording(CMU_SLIDE, tmp_path / "a", params(tiny_model_dir), pools)
+    p = params(tiny_model_dir, roi=region(tmp_path / "middle.geojson"))
+    first = run_recording(CMU_SLIDE, tmp_path / "a", p, pools)
     assert first.status == "done"
-    again = run_recording(CMU_SLIDE, tmp_path / "a", params(tiny_model_dir), pools)
+    again = run_recording(CMU_SLIDE, tmp_path / "a", p, pools)
     assert again.status == "up-to-date"
     assert len(pools) == 1  # decided before prepare: no decoder started
     # finished by another run while this one prepared: its early decoders are closed
-    raced = run_recording(CMU_SLIDE, tmp_path / "b", params(tiny_model_dir), pools, first.out_dir)
+    raced = run_recording(CMU_SLIDE, tmp_path / "b", p, pools, first.out_dir)
     assert raced.status == "up-to-date"
     assert len(pools) == 2
     assert_closed(pools, before)
@@ -77,9 +90,10 @@ def test_a_failed_read_closes_the_early_decoders(tmp_path, tiny_model_dir):
     corrupt_middle_tile(CMU_SLIDE, damaged)
     before = shm_entries()
     pools: list[DecodePool | None] = []
-    # the whole slide: tissue detection reads level 0 of this one-level slide
+    # the whole slide (tissue detection reads level 0 of this one-level slide) in the region
+    p = params(tiny_model_dir, "all", roi=region(tmp_path / "middle.geojson"))
     with pytest.raises(SlideError, match=r"cmu_damaged\.svs"):
-        run_recording(damaged, tmp_path / "out", params(tiny_model_dir, "all"), pools)
+        run_recording(damaged, tmp_path / "out", p, pools)
     assert_closed(pools, before)
     assert not (tmp_path / "out" / "cmu_damaged").exists()
 

@@ -291,13 +291,18 @@ def test_polygons_valid_after_union(cmu_run):
     assert union.is_valid
 
 
-def test_optional_ome_tiff_and_tile_objects(tmp_path, tiny_model_dir):
+def test_optional_ome_tiff_and_tile_objects(tmp_path, tiny_model_dir, cmu_region_slide):
+    """On a crop of CMU (all of it tissue: too small to detect it on): the files, not the
+    slide's size, are the subject."""
     import tifffile
 
     params = SegmentParams(
-        model_dir=tiny_model_dir, extra_outputs=frozenset({"ome_tiff", "tile_objects"})
+        model_dir=tiny_model_dir,
+        mpp=0.499,
+        tissue="all",
+        extra_outputs=frozenset({"ome_tiff", "tile_objects"}),
     )
-    result = segment_slide(CMU_SLIDE, tmp_path, params)
+    result = segment_slide(cmu_region_slide, tmp_path, params)
     assert result.summary["output"]["files"] == [
         "probabilities.ome.zarr",
         "tissue.geojson",
@@ -320,11 +325,14 @@ def test_optional_ome_tiff_and_tile_objects(tmp_path, tiny_model_dir):
     assert "tiles.geojson" in result.summary["output"]["files"]
 
 
-def test_the_stage_sequence_closes_the_slide_it_prepared(tmp_path, tiny_model_dir):
+def test_the_stage_sequence_closes_the_slide_it_prepared(
+    tmp_path, tiny_model_dir, cmu_region_slide
+):
     """`run_stages` (behind `segment_slide` and the Prefect flows) closes the slide when the
     run returns, done or found up to date once prepared (another run finished the slide
     meanwhile), instead of leaving its file to the garbage collector. A plain rerun of a
-    finished slide prepares nothing."""
+    finished slide prepares nothing. On a crop of CMU, all of it tissue: the slide's file
+    is the subject, not its size."""
     from wsi_segment.pipeline import segment
 
     prepared = []
@@ -339,13 +347,16 @@ def test_the_stage_sequence_closes_the_slide_it_prepared(tmp_path, tiny_model_di
     stages = segment.Stages(
         prepare_and_keep, lambda prep, work_dir: segment.infer(prep, work_dir), segment.finish
     )
-    params = SegmentParams(model_dir=tiny_model_dir, backend="tiffslide", device="cpu")
-    first = segment.run_stages(CMU_SLIDE, tmp_path / "a", params, stages)
+    params = SegmentParams(
+        model_dir=tiny_model_dir, backend="tiffslide", device="cpu", mpp=0.499, tissue="all"
+    )
+    slide = cmu_region_slide
+    first = segment.run_stages(slide, tmp_path / "a", params, stages)
     assert first.status == "done"
-    assert segment.run_stages(CMU_SLIDE, tmp_path / "a", params, stages).status == "up-to-date"
+    assert segment.run_stages(slide, tmp_path / "a", params, stages).status == "up-to-date"
     assert len(prepared) == 1
     finished_meanwhile.append(first.out_dir)
-    assert segment.run_stages(CMU_SLIDE, tmp_path / "b", params, stages).status == "up-to-date"
+    assert segment.run_stages(slide, tmp_path / "b", params, stages).status == "up-to-date"
     assert [p.slide._reader for p in prepared] == [None, None]  # closed
 
 

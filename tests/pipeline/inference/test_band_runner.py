@@ -26,7 +26,15 @@ from tests.conftest import (
 )
 from tests.engine_leaks import shm_entries
 from tests.pipeline.inference.killed_parent import pool_then_wait
-from tests.pipeline.inference.test_engine import assert_same_outcomes, make_job, stored
+from tests.pipeline.inference.test_engine import (
+    FOUR_UNITS,
+    assert_same_outcomes,
+    four_units_tissue,
+    job_over,
+    stored,
+    tissue_of,
+    tissue_within,
+)
 from tests.pipeline.inference.test_engine_shared_model import TurnWatch
 from tests.reference_inference import units_alone
 from wsi_segment.errors import BandAborted, SlideError
@@ -50,16 +58,24 @@ from wsi_segment.pipeline.run_policy import (
     runtime_spec,
 )
 from wsi_segment.wsi.tiling import ChunkSpec
+from wsi_segment.wsi.tissue import TissueMask
 
 
 def band_job(
     zarr: Path, model_dir: Path, chunk_tiles: int = 2, slide: Path = CMU_SLIDE
 ) -> tuple[SlideJob, list[ChunkSpec]]:
-    """A job over the CMU slide whose model travels as its folder (a worker loads it), CPU
-    fp32, one tile per forward pass: a tile's arithmetic is then the same whichever chunks
-    share its batch, so every path can be compared byte for byte."""
+    """A job over the CMU slide's tissue (the whole of a damaged copy), as `band_job_over`."""
+    return band_job_over(zarr, model_dir, slide, tissue_of(slide, detect=slide == CMU_SLIDE))
+
+
+def band_job_over(
+    zarr: Path, model_dir: Path, slide: Path, tissue: TissueMask, chunk_tiles: int = 2
+) -> tuple[SlideJob, list[ChunkSpec]]:
+    """A job over `tissue` of `slide` whose model travels as its folder (a worker loads it),
+    CPU fp32, one tile per forward pass: a tile's arithmetic is then the same whichever
+    chunks share its batch, so every path can be compared byte for byte."""
     model = torch_handle(load_model(model_dir))
-    job, specs = make_job(zarr, model, chunk_tiles, slide, detect=slide == CMU_SLIDE)
+    job, specs = job_over(zarr, model, chunk_tiles, slide, tissue)
     handle = ModelHandle(str(model_dir), "cpu", torch_spec("fp32"))
     return dataclasses.replace(job, model=handle, batch_size=1), specs
 
@@ -90,17 +106,28 @@ def one_torch_thread_reference(job: SlideJob, specs: list[ChunkSpec]):
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path):
-    job, specs = band_job(tmp_path_factory.mktemp("ref") / "p.zarr", tiny_model_dir)
+def four_units() -> TissueMask:
+    """The module's tissue (`four_units_tissue`: 12 chunks, 46 tiles, four write units),
+    detected once; the flows' cluster tests run the whole tissue (`band_job`)."""
+    return four_units_tissue()
+
+
+@pytest.fixture(scope="module")
+def reference(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, four_units: TissueMask
+):
+    job, specs = band_job_over(
+        tmp_path_factory.mktemp("ref") / "p.zarr", tiny_model_dir, CMU_SLIDE, four_units
+    )
     outcomes = one_torch_thread_reference(job, specs)
     return stored(job), outcomes
 
 
 @pytest.mark.parametrize("threads", [False, True], ids=["decoders", "reader-thread"])
 def test_an_aborted_engine_stops_and_leaves_nothing_behind(
-    tmp_path: Path, tiny_model_dir: Path, threads: bool
+    tmp_path: Path, tiny_model_dir: Path, four_units: TissueMask, threads: bool
 ):
-    job, specs = band_job(tmp_path / "p.zarr", tiny_model_dir)
+    job, specs = band_job_over(tmp_path / "p.zarr", tiny_model_dir, CMU_SLIDE, four_units)
     abort = Cancellation()
     abort.cancel(BandAborted)
     before = shm_entries()
@@ -117,11 +144,16 @@ def band_source_name(decoders: int | None) -> str:
 
 @pytest.mark.parametrize(("decoders", "expected_decoders"), [(1, 1), (None, 0)])
 def test_a_band_runs_the_engine_and_writes_what_each_chunk_alone_writes(
-    tmp_path: Path, tiny_model_dir: Path, reference, decoders, expected_decoders
+    tmp_path: Path,
+    tiny_model_dir: Path,
+    four_units: TissueMask,
+    reference,
+    decoders,
+    expected_decoders,
 ) -> None:
     """With decoders asked for, and by default on the CPU: the reader thread."""
     expected, expected_outcomes = reference
-    job, specs = band_job(tmp_path / "p.zarr", tiny_model_dir)
+    job, specs = band_job_over(tmp_path / "p.zarr", tiny_model_dir, CMU_SLIDE, four_units)
     before = torch.get_num_threads()
     torch.set_num_threads(1)  # the compute stage's forward passes use the caller's count
     try:
@@ -143,7 +175,7 @@ def test_a_band_runs_the_engine_and_writes_what_each_chunk_alone_writes(
 
 
 def test_bands_of_one_cpu_worker_run_their_forward_passes_side_by_side(
-    tmp_path: Path, tiny_model_dir: Path
+    tmp_path: Path, tiny_model_dir: Path, four_units: TissueMask
 ) -> None:
     """A CPU worker runs one band per thread, each on its share of the cores: under the
     worker's one model lock they would compute one at a time (the per-chunk path measured
@@ -158,7 +190,7 @@ def test_bands_of_one_cpu_worker_run_their_forward_passes_side_by_side(
     bands: list[BandResult] = []
     threads = []
     for name in ("a", "b"):
-        job, specs = make_job(tmp_path / f"{name}.zarr", handle, 2)
+        job, specs = job_over(tmp_path / f"{name}.zarr", handle, 2, CMU_SLIDE, four_units)
         job = dataclasses.replace(job, batch_size=2)
         target = lambda job=job, specs=specs: bands.append(  # noqa: E731
             run_band(job, specs, None, cluster_plan(band_options(batch_size=2)), gpu=False)
@@ -180,12 +212,12 @@ def _band_in_daemon(job: SlideJob, specs: list[ChunkSpec], out: multiprocessing.
 
 
 def test_a_daemonic_worker_reads_in_a_thread_with_the_same_outputs(
-    tmp_path: Path, tiny_model_dir: Path, reference
+    tmp_path: Path, tiny_model_dir: Path, four_units: TissueMask, reference
 ) -> None:
     """A daemonic process may not start decoders (Dask's default for workers): the band
     reads in its reader thread instead, and says so (0 decoders, `daemonic`)."""
     expected, expected_outcomes = reference
-    job, specs = band_job(tmp_path / "p.zarr", tiny_model_dir)
+    job, specs = band_job_over(tmp_path / "p.zarr", tiny_model_dir, CMU_SLIDE, four_units)
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
     proc = ctx.Process(target=_band_in_daemon, args=(job, specs, out), daemon=True)
@@ -205,7 +237,8 @@ def test_bad_input_comes_back_as_the_band_s_error_not_raised(
     """Raised, Dask would retry the band twice, reading the damaged slide three times."""
     damaged = tmp_path / "cmu_damaged.svs"
     corrupt_middle_tile(CMU_SLIDE, damaged)
-    job, specs = band_job(tmp_path / "p.zarr", tiny_model_dir, slide=damaged)
+    whole = tissue_within(tissue_of(damaged, detect=False), FOUR_UNITS)
+    job, specs = band_job_over(tmp_path / "p.zarr", tiny_model_dir, damaged, whole)
     band = run_band(job, specs, None, cluster_plan(band_options(1)), gpu=False)
     assert isinstance(band.error, SlideError) and "cmu_damaged.svs" in str(band.error)
     assert band.outcomes == [] and not band.aborted
@@ -213,10 +246,10 @@ def test_bad_input_comes_back_as_the_band_s_error_not_raised(
 
 
 def test_decoders_exit_when_the_process_that_started_them_is_killed(
-    tmp_path: Path, tiny_model_dir: Path
+    tmp_path: Path, tiny_model_dir: Path, four_units: TissueMask
 ) -> None:
     """No one would free a slot again: waiting decoders notice their parent is gone."""
-    job, specs = band_job(tmp_path / "p.zarr", tiny_model_dir)
+    job, specs = band_job_over(tmp_path / "p.zarr", tiny_model_dir, CMU_SLIDE, four_units)
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
     parent = ctx.Process(target=pool_then_wait, args=(job.reader, specs, out))
@@ -240,14 +273,17 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def test_a_band_runs_the_plan_shipped_to_it(tmp_path: Path, tiny_model_dir: Path) -> None:
+def test_a_band_runs_the_plan_shipped_to_it(
+    tmp_path: Path, tiny_model_dir: Path, four_units: TissueMask
+) -> None:
     """A band takes the client's plan whole but for its worker's decisions: runtime and
     precision (with their reasons) are the shipped plan's, and the model it loads carries
     them out; a plan the worker would decide otherwise is refused before any model loads."""
     from wsi_segment.errors import PlanMismatch
     from wsi_segment.pipeline.inference.band_task import band_plan
 
-    job, _specs = band_job(tmp_path / "z.zarr", tiny_model_dir)  # a cpu fp32 torch handle
+    # a cpu fp32 torch handle
+    job, _specs = band_job_over(tmp_path / "z.zarr", tiny_model_dir, CMU_SLIDE, four_units)
     shipped = cluster_plan(SegmentParams(device="cpu", runtime="torch", precision="fp32"))
     band, band_job_, _tiles = band_plan(job, shipped, 1, examine=False)
     assert (band.place, shipped.place) == ("band", "cluster")
@@ -261,13 +297,13 @@ def test_a_band_runs_the_plan_shipped_to_it(tmp_path: Path, tiny_model_dir: Path
 
 
 def test_a_band_keeps_a_handle_whose_decisions_differ_only_in_their_reasons_wording(
-    tmp_path: Path, tiny_model_dir: Path
+    tmp_path: Path, tiny_model_dir: Path, four_units: TissueMask
 ) -> None:
     """A band replaces its handle (and so loads the model again) only for other decided
     values: reasons worded otherwise than the band's own plan words them keep it."""
     from wsi_segment.pipeline.inference.band_task import band_plan
 
-    job, _specs = band_job(tmp_path / "z.zarr", tiny_model_dir)
+    job, _specs = band_job_over(tmp_path / "z.zarr", tiny_model_dir, CMU_SLIDE, four_units)
     shipped = cluster_plan(band_options())
     _policy, decided_job, _tiles = band_plan(job, shipped, 1, examine=False)
     had = decided_job.model
@@ -282,7 +318,7 @@ def test_a_band_keeps_a_handle_whose_decisions_differ_only_in_their_reasons_word
 
 
 def test_a_worker_s_openvino_graphs_take_its_bands_cores_not_its_torch_count(
-    tmp_path: Path, tiny_model_dir: Path
+    tmp_path: Path, tiny_model_dir: Path, four_units: TissueMask
 ) -> None:
     """A Dask worker starts with OMP_NUM_THREADS=1, so the thread that loads its model has
     one torch thread. The graphs take the run policy's cores of the process instead (its
@@ -290,7 +326,7 @@ def test_a_worker_s_openvino_graphs_take_its_bands_cores_not_its_torch_count(
     where one thread gave one stream and the worker's bands took turns on it."""
     from wsi_segment.pipeline.inference.band_task import band_plan
 
-    job, _specs = band_job(tmp_path / "z.zarr", tiny_model_dir)
+    job, _specs = band_job_over(tmp_path / "z.zarr", tiny_model_dir, CMU_SLIDE, four_units)
     options = SegmentParams(device="cpu", precision="fp32", runtime="openvino", batch_size=1)
     before = torch.get_num_threads()
     torch.set_num_threads(1)  # what OMP_NUM_THREADS=1 gives the worker's threads

@@ -37,7 +37,7 @@ from wsi_segment.pipeline.outputs.label_image import create_label_image, label_l
 from wsi_segment.pipeline.outputs.ome_zarr import create_probability_store, level0_path
 from wsi_segment.wsi.slide import open_slide
 from wsi_segment.wsi.tiling import ChunkSpec, TileGrid, plan_chunks
-from wsi_segment.wsi.tissue import detect_tissue, whole_slide
+from wsi_segment.wsi.tissue import TissueMask, detect_tissue, whole_slide
 
 
 class TileByTile:
@@ -62,6 +62,22 @@ def tiny(tiny_model_dir: Path) -> ModelHandle:
     return torch_handle(load_model(tiny_model_dir), wrap=TileByTile)
 
 
+# A level-0 box of CMU-1-Small-Region.svs over tile rows 4-11 and columns 4-9 of the tiny
+# model's grid (48 model px = 192.4 level-0 px a tile core): chunk rows 2-5 and columns 2-4
+# in chunks of 2 x 2 tiles, around the corner where four zarr chunks (write units) meet. Its
+# tissue is 12 chunks and 46 tiles (of the slide's 29 and 100), two chunks partial at the
+# tissue's edge; neighbouring chunks share the slide's JPEG tiles as in the whole slide.
+FOUR_UNITS = (800, 800, 1900, 2300)
+
+
+def tissue_within(tissue: TissueMask, box: tuple[int, int, int, int]) -> TissueMask:
+    """`tissue` with its mask cleared outside the level-0 `box` (x0, y0, x1, y1)."""
+    x0, y0, x1, y1 = (round(v / tissue.downsample) for v in box)
+    inside = np.zeros_like(tissue.mask)
+    inside[y0:y1, x0:x1] = tissue.mask[y0:y1, x0:x1]
+    return dataclasses.replace(tissue, mask=inside)
+
+
 def make_job(
     tmp: Path,
     model: ModelHandle,
@@ -71,11 +87,26 @@ def make_job(
 ) -> tuple[SlideJob, list[ChunkSpec]]:
     """A job over CMU-1-Small-Region.svs (or a damaged copy) with small chunks, over the
     detected tissue (`detect`) or the whole slide."""
+    return job_over(tmp, model, chunk_tiles, slide_path, tissue_of(slide_path, detect))
+
+
+def tissue_of(slide_path: Path, detect: bool) -> TissueMask:
+    """The slide's detected tissue (`detect`), or the whole slide as tissue."""
+    slide = open_slide(slide_path)
+    try:
+        return detect_tissue(slide) if detect else whole_slide(slide)
+    finally:
+        slide.close()
+
+
+def job_over(
+    tmp: Path, model: ModelHandle, chunk_tiles: int, slide_path: Path, tissue: TissueMask
+) -> tuple[SlideJob, list[ChunkSpec]]:
+    """A job over the slide at `slide_path` with small chunks, over `tissue`."""
     slide = open_slide(slide_path)
     mpp = slide.require_mpp()
     meta = model.get().model.meta
     grid = TileGrid(tile=meta.tile_size, overlap=16, downsample=4)
-    tissue = detect_tissue(slide) if detect else whole_slide(slide)
     plan = plan_chunks(slide, mpp[0], meta.mpp, grid, chunk_tiles, tissue)
     create_probability_store(
         tmp,
@@ -110,6 +141,24 @@ def make_job(
     return job, plan.specs
 
 
+def four_units_tissue() -> TissueMask:
+    """The detected tissue of CMU-1-Small-Region.svs inside `FOUR_UNITS`."""
+    return tissue_within(tissue_of(CMU_SLIDE, detect=True), FOUR_UNITS)
+
+
+@pytest.fixture(scope="module")
+def four_units() -> TissueMask:
+    """`four_units_tissue`, detected once for the module."""
+    return four_units_tissue()
+
+
+def four_units_job(
+    tmp: Path, model: ModelHandle, tissue: TissueMask
+) -> tuple[SlideJob, list[ChunkSpec]]:
+    """This module's job: the `four_units` tissue in chunks of 2 x 2 tiles."""
+    return job_over(tmp, model, 2, CMU_SLIDE, tissue)
+
+
 def stored(job: SlideJob) -> np.ndarray:
     return np.asarray(zarr.open_array(job.zarr_path, mode="r")[:])
 
@@ -138,10 +187,19 @@ def assert_same_outcomes(a, b) -> None:
 
 
 @pytest.fixture(scope="module")
-def alone(tmp_path_factory, tiny):
-    """The reference: every chunk alone, one after the other, outside the engine."""
-    job, specs = make_job(tmp_path_factory.mktemp("alone") / "p.zarr", tiny, chunk_tiles=2)
-    return stored_run(job, units_alone(job, specs)), specs
+def alone(tmp_path_factory, tiny, four_units):
+    """The reference: every chunk alone, one after the other, outside the engine, on one
+    torch thread (the sources with two compute threads run one each, the others two: the
+    bytes do not depend on it). Between tile-sized forward passes a second OpenMP thread
+    only spins, which on a loaded machine cost the reference several times its CPU."""
+    job, specs = four_units_job(tmp_path_factory.mktemp("alone") / "p.zarr", tiny, four_units)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        outcomes = units_alone(job, specs)
+    finally:
+        torch.set_num_threads(before)
+    return stored_run(job, outcomes), specs
 
 
 def stored_run(job, outcomes):
@@ -166,11 +224,11 @@ SOURCES = {  # name -> compute threads
 
 
 @pytest.mark.parametrize("name", list(SOURCES))
-def test_every_source_writes_what_each_chunk_alone_writes(tmp_path, tiny, alone, name):
+def test_every_source_writes_what_each_chunk_alone_writes(tmp_path, tiny, four_units, alone, name):
     (expected, expected_outcomes), specs = alone
     assert len(specs) >= 8 and sum(len(s.tiles) for s in specs) >= 40
     assert any(len(s.tiles) < 4 for s in specs)  # tissue edges: partial chunks
-    job, specs = make_job(tmp_path / "p.zarr", tiny, chunk_tiles=2)
+    job, specs = four_units_job(tmp_path / "p.zarr", tiny, four_units)
     stats = EngineStats()
     threads_before = threading.active_count()
     torch_threads = torch.get_num_threads()
@@ -193,7 +251,8 @@ def test_every_source_writes_what_each_chunk_alone_writes(tmp_path, tiny, alone,
 def test_a_damaged_tile_is_one_slide_error_and_leaves_nothing_behind(tmp_path, tiny, name):
     damaged = tmp_path / "cmu_damaged.svs"
     corrupt_middle_tile(CMU_SLIDE, damaged)
-    job, specs = make_job(tmp_path / "p.zarr", tiny, 2, damaged, detect=False)
+    whole = tissue_within(tissue_of(damaged, detect=False), FOUR_UNITS)
+    job, specs = job_over(tmp_path / "p.zarr", tiny, 2, damaged, whole)
     before = shm_entries()
     threads_before = threading.active_count()
     with pytest.raises(SlideError) as caught:
@@ -220,9 +279,9 @@ class FailsOnSecondBatch(TileByTile):
 
 
 @pytest.mark.parametrize("name", ["decoders-2", "reader-thread"])
-def test_a_model_error_stops_the_source_and_nothing_writes_after(tmp_path, tiny, name):
+def test_a_model_error_stops_the_source_and_nothing_writes_after(tmp_path, tiny, four_units, name):
     failing = torch_handle(tiny.get().model, wrap=FailsOnSecondBatch)
-    job, specs = make_job(tmp_path / "p.zarr", failing, chunk_tiles=2)
+    job, specs = four_units_job(tmp_path / "p.zarr", failing, four_units)
     before = shm_entries()
     with pytest.raises(RuntimeError, match="out of memory"):
         run_engine(job, specs, source_for(name, job, specs), computes=2)
@@ -236,11 +295,13 @@ def test_a_model_error_stops_the_source_and_nothing_writes_after(tmp_path, tiny,
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_engine_on_cuda_matches_the_cpu_within_one_level(tmp_path, tiny_model_dir, alone):
+def test_engine_on_cuda_matches_the_cpu_within_one_level(
+    tmp_path, tiny_model_dir, four_units, alone
+):
     """Pinned staging, the side-stream copy and the device reduction, against the CPU run."""
     (expected, _), _ = alone
     model = torch_handle(load_model(tiny_model_dir), device="cuda")
-    job, specs = make_job(tmp_path / "p.zarr", model, chunk_tiles=2)
+    job, specs = four_units_job(tmp_path / "p.zarr", model, four_units)
     stats = EngineStats()
     run_engine(job, specs, DecoderProcesses(2), stats=stats)
     assert max(stats.chunks_per_batch) >= 2
@@ -248,10 +309,12 @@ def test_engine_on_cuda_matches_the_cpu_within_one_level(tmp_path, tiny_model_di
     assert diff.max() <= 1
 
 
-def test_decoders_started_early_fill_the_ring_and_the_engine_adopts_them(tmp_path, tiny, alone):
+def test_decoders_started_early_fill_the_ring_and_the_engine_adopts_them(
+    tmp_path, tiny, four_units, alone
+):
     """A pool started before the model loads decodes until the ring is full and no further
     (memory stays bounded); `run_engine` adopts one with chunks already decoded and closes it."""
-    job, specs = make_job(tmp_path / "p.zarr", tiny, chunk_tiles=2)
+    job, specs = four_units_job(tmp_path / "p.zarr", tiny, four_units)
     before = shm_entries()
     filled = DecodePool.for_chunks(job.reader, specs, 2)
     try:
@@ -281,8 +344,8 @@ def test_decoders_started_early_fill_the_ring_and_the_engine_adopts_them(tmp_pat
     assert shm_entries() <= before
 
 
-def test_a_pool_for_other_chunks_is_closed_and_replaced(tmp_path, tiny, alone):
-    job, specs = make_job(tmp_path / "p.zarr", tiny, chunk_tiles=2)
+def test_a_pool_for_other_chunks_is_closed_and_replaced(tmp_path, tiny, four_units, alone):
+    job, specs = four_units_job(tmp_path / "p.zarr", tiny, four_units)
     before = shm_entries()
     stale = DecodePool.for_chunks(job.reader, specs[:3], 2)
     stats = EngineStats()
@@ -336,10 +399,10 @@ def probed(job: SlideJob, cls: type[SlideJob]) -> SlideJob:
 
 
 def test_several_writer_threads_finish_chunks_side_by_side_and_write_the_same(
-    tmp_path, tiny, alone
+    tmp_path, tiny, four_units, alone
 ):
     (expected, expected_outcomes), _ = alone
-    job, specs = make_job(tmp_path / "p.zarr", tiny, chunk_tiles=2)
+    job, specs = four_units_job(tmp_path / "p.zarr", tiny, four_units)
     job = probed(job, TwoChunksAtOnce)
     stats = EngineStats()
     outcomes = run_engine(job, specs, DecoderProcesses(2), stats=stats, writers=3)
@@ -351,8 +414,8 @@ def test_several_writer_threads_finish_chunks_side_by_side_and_write_the_same(
     assert stats.bytes_from_model == sum(o.bytes_from_model for o in outcomes)
 
 
-def test_a_writer_error_wins_and_nothing_writes_after(tmp_path, tiny):
-    job, specs = make_job(tmp_path / "p.zarr", tiny, chunk_tiles=2)
+def test_a_writer_error_wins_and_nothing_writes_after(tmp_path, tiny, four_units):
+    job, specs = four_units_job(tmp_path / "p.zarr", tiny, four_units)
     job = probed(job, FailsOnThirdChunk)
     before = shm_entries()
     with pytest.raises(OSError, match="No space left"):

@@ -11,14 +11,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import run_tiles, torch_handle
-from tests.pipeline.inference.test_engine import make_job
+from tests.conftest import CMU_SLIDE, run_tiles, torch_handle
+from tests.pipeline.inference.test_engine import job_over, tissue_of
 from wsi_segment.models.bundle import load_model
 from wsi_segment.models.segmentation_model import SegmentationModel
 from wsi_segment.pipeline.inference.decoder_reads import DecoderProcesses
 from wsi_segment.pipeline.inference.engine import ReadSource, run_engine
 from wsi_segment.pipeline.inference.engine_state import EngineStats
 from wsi_segment.pipeline.inference.reader_thread import HostTiles, ReaderThread
+from wsi_segment.wsi.tissue import TissueMask
 
 
 class BatchSizes:
@@ -53,16 +54,24 @@ def chunk_files(store: Path) -> dict[str, bytes]:
     }
 
 
-# Every third chunk of the plan (10 chunks of 2 x 2 tiles, 40 tissue tiles of its 100), over
-# the whole slide: short last batches at 6 and 7; the forward passes were most of the time
-EVERY = 3
+# Every fifth chunk of the plan (6 chunks of 2 x 2 tiles, 19 tissue tiles of its 100, in all
+# four write units), over the whole slide: short last batches at 6 and 7; the forward passes
+# were most of the time
+EVERY = 5
 
 
-def run(tmp: Path, model: SegmentationModel, name: str, batch: int):
-    """One engine run over every third chunk of the CMU slide's plan in chunks of 2 x 2 tiles:
+@pytest.fixture(scope="module")
+def tissue() -> TissueMask:
+    """The CMU slide's tissue, detected once for the module's runs."""
+    return tissue_of(CMU_SLIDE, detect=True)
+
+
+def run(tmp: Path, model: SegmentationModel, tissue: TissueMask, name: str, batch: int):
+    """One engine run over every fifth chunk of the CMU slide's plan in chunks of 2 x 2 tiles:
     (store files, forward pass sizes, stats, tissue tiles)."""
     counter = BatchSizes()
-    job, specs = make_job(tmp / "p.zarr", torch_handle(model, wrap=counter.wrap), chunk_tiles=2)
+    handle = torch_handle(model, wrap=counter.wrap)
+    job, specs = job_over(tmp / "p.zarr", handle, 2, CMU_SLIDE, tissue)
     specs = specs[::EVERY]
     job.batch_size = batch
     stats = EngineStats()
@@ -76,11 +85,11 @@ def run(tmp: Path, model: SegmentationModel, name: str, batch: int):
 
 @pytest.mark.parametrize("batch", [6, 7])
 def test_every_source_writes_the_same_bytes_in_forward_passes_of_the_batch_size(
-    tmp_path, model, batch
+    tmp_path, model, tissue, batch
 ):
     """The same compute threads for all (the bits depend on the torch thread count too)."""
     runs = {
-        name: run(tmp_path / name, model, name, batch)
+        name: run(tmp_path / name, model, tissue, name, batch)
         for name in ("reader-thread", "decoders-2", "decoders-2-again")
     }
     files, _sizes, _stats, tiles = runs["reader-thread"]

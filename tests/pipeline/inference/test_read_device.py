@@ -16,6 +16,7 @@ import zarr
 
 from tests.conftest import CMU_SLIDE, DATA_DIR
 from tests.engine_leaks import shm_entries
+from tests.wsi import qupath_exports as qp
 from wsi_segment.errors import ConfigError
 from wsi_segment.pipeline.inference.read_sources import read_level_and_scale, slide_reads
 from wsi_segment.pipeline.params import SegmentParams
@@ -42,11 +43,25 @@ def level0_params(model_dir: Path, read_device: str, **more) -> SegmentParams:
     )
 
 
+def storage_corners_roi(path: Path) -> Path:
+    """Four rectangles, each over a corner where four of OS-1's 512 px storage tiles meet:
+    every one of its 3 x 3 storage tiles is read, most by several chunks and by tiles that
+    straddle two or four of them, in about 120 of the slide's 529 tiles (reads are the
+    subject; the forward passes of the other tiles were most of the test's time)."""
+    corners = [(512, 512), (1024, 512), (512, 1024), (1024, 1024)]
+    regions = [
+        qp.annotation(qp.rect(x - 120, y - 120, min(x + 120, 1101), min(y + 120, 1101)), f"{x}-{y}")
+        for x, y in corners
+    ]
+    return qp.export(path, regions)
+
+
 def test_the_device_read_path_writes_what_the_decoder_processes_write(tmp_path, tiny_model_dir):
     before = shm_entries()
     # overlap 16, not 32: 48 px cores, about half the tiles of the default (reads are the subject)
-    cpu_reads = level0_params(tiny_model_dir, "cpu", overlap=16)
-    gpu_reads = level0_params(tiny_model_dir, "gpu", overlap=16)
+    roi = storage_corners_roi(tmp_path / "corners.geojson")
+    cpu_reads = level0_params(tiny_model_dir, "cpu", overlap=16, roi=roi)
+    gpu_reads = level0_params(tiny_model_dir, "gpu", overlap=16, roi=roi)
     device = segment_slide(OME_TIFF, tmp_path / "gpu", gpu_reads)
     cpu = segment_slide(OME_TIFF, tmp_path / "cpu", cpu_reads)
     assert device.summary["run_stats"]["read_device"] == "gpu"
@@ -91,10 +106,22 @@ def test_prepare_starts_no_decoders_when_the_device_reads(tmp_path, tiny_model_d
     assert multiprocessing.active_children() == []
 
 
-def test_a_slide_the_device_cannot_read_falls_back_with_the_reason(tmp_path, tiny_model_dir):
-    """CMU-1 at its own 0.499 um/px: the 2 um/px model's pixels are resampled on the CPU."""
-    p = SegmentParams(model_dir=tiny_model_dir, device="cpu", precision="fp32", read_device="gpu")
-    result = segment_slide(CMU_SLIDE, tmp_path, p)
+def test_a_slide_the_device_cannot_read_falls_back_with_the_reason(
+    tmp_path, tiny_model_dir, cmu_region_slide
+):
+    """A crop of CMU-1 at its own 0.499 um/px: the 2 um/px model's pixels are resampled on
+    the CPU. The whole crop is tissue (too small to detect it on), run in torch as
+    `level0_params` runs: the test is about reads."""
+    p = SegmentParams(
+        model_dir=tiny_model_dir,
+        device="cpu",
+        precision="fp32",
+        runtime="torch",
+        mpp=0.499,
+        tissue="all",
+        read_device="gpu",
+    )
+    result = segment_slide(cmu_region_slide, tmp_path, p)
     run = result.summary["run_stats"]
     assert run["read_device"] == "cpu"
     assert run["read_device_reason"].startswith("model pixels are not level 0's pixels")
