@@ -31,7 +31,7 @@ from wsi_segment.pipeline.inference.tile_prefetch import TilePrefetcher
 from wsi_segment.pipeline.inference.tile_reader import TileReader
 from wsi_segment.pipeline.machine import Machine, probe_machine
 from wsi_segment.pipeline.outputs.output_name import slide_output_name
-from wsi_segment.pipeline.outputs.ownership import refuse_link
+from wsi_segment.pipeline.outputs.ownership import refuse_in_the_way
 from wsi_segment.pipeline.outputs.run_identity import run_fingerprint
 from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.pipeline.prepare_inputs import (
@@ -201,7 +201,7 @@ def prepare(
     t0 = time.perf_counter()
     slide_path = str(slide_path)
     name = slide_output_name(slide_path, params.output_name)
-    refuse_link(Path(out_root) / name)  # before any work: outputs are never written through it
+    refuse_in_the_way(Path(out_root) / name)  # before any work, the model's load included
     model = read_model_folder(resolve_model_dir(params))
     opened = open_checked_slide(slide_path, params)
     try:

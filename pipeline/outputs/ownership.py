@@ -175,6 +175,15 @@ def refuse_foreign(path: Path) -> None:
         )
 
 
+def refuse_in_the_way(final_dir: Path) -> None:
+    """Before any work: OutputError when a link, or anything but a finished output of ours,
+    stands at `final_dir`, so a refused run says so at once instead of after loading its
+    model. `OutputDir` checks again under the output's lock when the run writes."""
+    refuse_link(final_dir)
+    if os.path.lexists(final_dir):
+        refuse_foreign(final_dir)
+
+
 def remove_output(path: Path) -> None:
     """Remove a finished output of ours (checked by the caller), its summary.json last, so
     a removal cut short still leaves a folder the next run recognises as ours."""

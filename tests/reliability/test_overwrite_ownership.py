@@ -267,3 +267,20 @@ def test_a_symlink_loop_or_dangling_link_as_the_slide_says_so(
     assert "no such file" not in text
     assert leftovers(out) == [cmu_crop.stem]
     assert_complete_output(out / cmu_crop.stem)
+
+
+def test_a_foreign_folder_is_refused_before_the_model_loads(
+    cmu_crop, tiny_model_dir, tmp_path, capsys
+):
+    """The folder in the way is said at once: a model whose weights cannot load (here
+    damaged) is never reached, so no one waits for a model load to learn of the folder."""
+    model = tmp_path / "damaged-model"
+    shutil.copytree(tiny_model_dir, model)
+    weights = model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    out = tmp_path / "out"
+    folder = foreign_folder(out / cmu_crop.stem)
+    before = snapshot(tmp_path)
+    result = run_cli_inprocess(cli_args(cmu_crop, model, out, "--overwrite"), capsys)
+    assert_clean_error(result, str(folder), "not a wsi-segment output", "move it away")
+    assert snapshot(tmp_path) == before
