@@ -46,6 +46,7 @@ from wsi_segment.pipeline.output_files import SUMMARY_NAME
 from wsi_segment.pipeline.outputs.ownership import (
     link_error,
     refuse_foreign,
+    refuse_in_the_way,
     refuse_link,
     remove_output,
 )
@@ -155,10 +156,8 @@ class OutputDir:
         refuse_link(self.old_dir)
         if os.path.lexists(self.old_dir):  # set aside by a replace that was killed
             refuse_foreign(self.old_dir)
-        if not os.path.lexists(self.final_dir):
-            return
-        refuse_foreign(self.final_dir)
-        if not self.overwrite:
+        refuse_in_the_way(self.final_dir)  # what `prepare` checked before any work, again
+        if os.path.lexists(self.final_dir) and not self.overwrite:
             raise OutputError(f"{self.final_dir} already exists; pass --overwrite")
 
     @property
