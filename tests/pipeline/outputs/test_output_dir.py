@@ -100,11 +100,12 @@ def test_partial_folder_of_a_killed_run_is_discarded(tmp_path):
 WRITER = """
 import os, sys, time
 work, started = sys.argv[1], sys.argv[2]
-end = time.monotonic() + 0.3
+end = None  # 0.3 s past its 500th write, however slowly it got there
 i = 0
-while time.monotonic() < end:  # a writer still finishing chunks, in folders of their own
+while end is None or time.monotonic() < end:  # a writer finishing chunks, in folders of their own
     if i == 500:
         open(started, "w").close()
+        end = time.monotonic() + 0.3
     try:
         os.mkdir(os.path.join(work, f"c{i % 50}"))  # never the hidden folder itself
     except OSError:
@@ -125,6 +126,7 @@ def test_an_unfinished_runs_folder_goes_while_a_writer_is_still_finishing(tmp_pa
     with pytest.raises(KeyboardInterrupt), OutputDir(tmp_path / "out", "slide", False) as out:
         writer = subprocess.Popen([sys.executable, "-c", WRITER, str(out.work_dir), str(started)])
         while not started.exists():
+            assert writer.poll() is None, "the writer ended before its 500th write"
             time.sleep(0.005)
         raise KeyboardInterrupt
     assert writer.wait(timeout=30) == 0
