@@ -7,9 +7,10 @@ fingerprint (`pipeline.outputs.run_identity.run_fingerprint`) needs only the sli
 would: `models.meta.model_files_identity`, no torch), the parameters and the --roi file's
 bytes; all are known before `prepare` opens anything.
 
-Only "up to date" is decided here. Anything else (no finished output, another run's output,
-a model or slide that cannot be read) is left to `prepare` and `is_up_to_date`, which
-report it as before; so a check that cannot be completed costs nothing but its time.
+Decided here: "up to date", and "another run's output, refused without --overwrite", so a
+rerun with other settings is told at once, not after its model loads. Anything the check
+cannot settle (a model or slide that cannot be read) is left to `prepare`, which names it;
+`is_up_to_date` decides again once prepared, for a run that finished the slide meanwhile.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ def finished_output(
     fingerprint and --overwrite is not given; None when `prepare` must decide. `model`: the
     model files' identity if already hashed (`model_files`), else they are hashed here.
 
-    A bad output name or a link at the output folder raises the error `prepare` would."""
+    A bad output name, a link at the output folder, or (without --overwrite) another run's
+    finished output there raises the error `prepare` would."""
     name = slide_output_name(slide_path, params.output_name)
     out_dir = Path(out_root) / name
     refuse_link(out_dir)  # as prepare does first: outputs are never read through a link
@@ -62,7 +64,9 @@ def finished_output(
         fingerprint = run_fingerprint(slide_path, model_hash, params, meta)
     except (WsiSegmentError, OSError):  # a missing slide, model or ROI: prepare names it
         return None
-    return (out_dir, previous) if previous["fingerprint"] == fingerprint else None
+    if previous["fingerprint"] != fingerprint:
+        refuse_other_run(out_dir)
+    return out_dir, previous
 
 
 def is_up_to_date(prep: PreparedSlide) -> bool:
@@ -76,8 +80,15 @@ def is_up_to_date(prep: PreparedSlide) -> bool:
         return not prep.params.overwrite
     refuse_foreign(prep.out_dir)
     if not prep.params.overwrite:
-        raise OutputError(
-            f"{prep.out_dir} holds results of a different run (other model or parameters); "
-            "pass --overwrite to replace them or choose another --out"
-        )
+        refuse_other_run(prep.out_dir)
     return False
+
+
+def refuse_other_run(out_dir: Path) -> None:
+    """The OutputError for `out_dir`, a finished output of ours from another run (other
+    model or parameters), met without --overwrite."""
+    refuse_foreign(out_dir)
+    raise OutputError(
+        f"{out_dir} holds results of a different run (other model or parameters); "
+        "pass --overwrite to replace them or choose another --out"
+    )

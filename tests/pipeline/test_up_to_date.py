@@ -63,9 +63,9 @@ def recording_stages(prepared: list[str]) -> segment.Stages:
     return segment.Stages(prepare, lambda prep, work: segment.infer(prep, work), segment.finish)
 
 
-def test_a_rerun_loads_nothing_and_starts_no_process(finished: Finished) -> None:
-    """In a fresh interpreter, as a nightly rerun starts: the CLI reports the slide up to
-    date without importing torch (so no model loaded) or starting any process."""
+def fresh_cli(finished: Finished, *extra: str) -> subprocess.CompletedProcess[str]:
+    """The CLI over the finished slide in a fresh interpreter, as a nightly rerun starts; its
+    last line: the exit code, whether torch was imported, the processes it left running."""
     code = (
         "import sys, psutil\n"
         "from wsi_segment.flows.cli import main\n"
@@ -75,10 +75,16 @@ def test_a_rerun_loads_nothing_and_starts_no_process(finished: Finished) -> None
     p = finished.params
     args = [str(finished.slide), "--out", str(finished.out), "--model", str(p.model_dir)]
     args += ["--device", "cpu", "--precision", "fp32", "--roi", str(p.roi), "--quiet"]
-    args += ["--runtime", p.runtime]
-    run = subprocess.run(
+    args += ["--runtime", p.runtime, *extra]
+    return subprocess.run(
         [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120
     )
+
+
+def test_a_rerun_loads_nothing_and_starts_no_process(finished: Finished) -> None:
+    """The CLI reports the slide up to date without importing torch (so no model loaded) or
+    starting any process."""
+    run = fresh_cli(finished)
     assert run.returncode == 0, run.stderr
     lines = run.stdout.strip().splitlines()
     assert lines[-1] == "0 False 0"
@@ -86,6 +92,19 @@ def test_a_rerun_loads_nothing_and_starts_no_process(finished: Finished) -> None
         lines[0]
         == f"{finished.slide}: up to date in {finished.result.out_dir} (use --overwrite to redo)"
     )
+
+
+def test_a_rerun_with_other_parameters_is_refused_before_the_model_loads(finished: Finished):
+    """Without --overwrite, another run's finished output is refused at once: one error line
+    naming the folder and the fix, a non-zero exit, no torch imported, the output untouched."""
+    summary = finished.result.out_dir / "summary.json"
+    mtime = summary.stat().st_mtime_ns
+    run = fresh_cli(finished, "--overlap", "16")
+    code, torch_loaded, children = run.stdout.strip().splitlines()[-1].split()
+    assert code != "0" and torch_loaded == "False" and children == "0", run.stderr
+    assert f"{finished.result.out_dir} holds results of a different run" in run.stderr
+    assert "pass --overwrite" in run.stderr
+    assert summary.stat().st_mtime_ns == mtime
 
 
 def test_a_rerun_is_up_to_date_without_prepare(finished: Finished) -> None:
@@ -114,12 +133,14 @@ def restored(path: Path) -> Iterator[None]:
 
 
 def assert_new_run(finished: Finished, params: SegmentParams) -> None:
-    """Not up to date: the full `prepare` ran and the finished output of another run was
-    refused (as without the early check)."""
+    """Not up to date: the finished output of another run is refused before `prepare` (no
+    model loads for a run that cannot write), and with --overwrite the run prepares."""
     prepared: list[str] = []
     with pytest.raises(OutputError, match="different run"):
         segment.run_stages(finished.slide, finished.out, params, recording_stages(prepared))
-    assert prepared == [str(finished.slide)]
+    assert prepared == []
+    overwrite = replace(params, overwrite=True)
+    assert segment.up_to_date_result(finished.slide, finished.out, overwrite) is None
 
 
 def test_changed_parameters_are_a_new_run(finished: Finished) -> None:
