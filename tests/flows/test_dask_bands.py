@@ -488,24 +488,38 @@ def test_a_band_re_decides_only_the_worker_specific_decisions(
     assert "cores" in differ and differ <= {"machine", *WORKER_DECISIONS}
 
 
-def _sleep_then(value: int, seconds: float) -> int:
-    time.sleep(seconds)
+def _sleep_then(value: int, seconds: float, release: str | None = None) -> int:
+    """`value` after `seconds`, or as soon as the cluster-wide event `release` is set."""
+    if release is None:
+        time.sleep(seconds)
+    else:
+        from distributed import Event
+
+        Event(release).wait(timeout=seconds)
     return value
 
 
 def test_a_future_the_client_loses_is_a_slide_error_that_says_so(client) -> None:
     """A task the client loses (here cancelled, as a dropped scheduler connection cancels
     every future) ends the wait with one error naming the cause, not distributed's
-    `UnboundLocalError` from its `sync`; a finished one gives its value."""
+    `UnboundLocalError` from its `sync`; a finished one gives its value. The lost task
+    would run 30 s; once the wait has ended it is released, so that it does not hold its
+    worker (and the cluster's close) for the rest of that time."""
+    from distributed import Event
+
     from wsi_segment.pipeline.inference.band_runner import future_result
 
     assert future_result(client.submit(_sleep_then, 7, 0.0, pure=False), Cancellation()) == 7
-    lost = client.submit(_sleep_then, 1, 30.0, pure=False)
+    release = Event("lost-task-release", client=client)
+    lost = client.submit(_sleep_then, 1, 30.0, release.name, pure=False)
     threading.Timer(0.5, client.cancel, [lost]).start()
     started = time.monotonic()
-    with pytest.raises(SlideError, match="scheduler lost this slide's task"):
-        future_result(lost, Cancellation())
-    assert time.monotonic() - started < 20
+    try:
+        with pytest.raises(SlideError, match="scheduler lost this slide's task"):
+            future_result(lost, Cancellation())
+        assert time.monotonic() - started < 20
+    finally:
+        release.set()
 
 
 def test_a_cluster_s_machine_is_one_of_its_workers_own_description(client) -> None:
