@@ -31,6 +31,8 @@ def test_two_slides_in_flight_on_the_engine_write_what_one_at_a_time_writes(
     # the runtime choice has its own tests (models/runtimes, reliability/test_same_bytes)
     options = {"precision": "fp32", "decoders": 1, "chunk_tiles": 2, "batch_size": 8}
     options["runtime"] = "torch"
+    # the slides taken at 0.25 um/px (CMU's is 0.499): 64 and 25 tiles, not 208 and 16
+    options["mpp"] = 0.25
     before = shm_entries()
     runs = {}
     for concurrency in (2, 1):

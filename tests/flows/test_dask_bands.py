@@ -1,6 +1,7 @@
 """Bands on a real LocalCluster with worker processes: each band runs the engine on its
 worker, with decoder processes or its reader thread, and the slide comes out as a local run
-writes it, whichever reads the tiles."""
+writes it, whichever reads the tiles. The band runs take the CMU slide's tissue where four
+write units meet (`four_units`), enough for several bands on each worker."""
 
 from __future__ import annotations
 
@@ -19,11 +20,19 @@ from tests.conftest import CMU_SLIDE, corrupt_middle_tile
 from tests.flows.conftest import output_files, stable_summary
 from tests.pipeline.inference.test_band_runner import (
     band_job,
+    band_job_over,
     band_options,
     cluster_plan,
     one_torch_thread_reference,
 )
-from tests.pipeline.inference.test_engine import assert_same_outcomes, stored
+from tests.pipeline.inference.test_engine import (
+    FOUR_UNITS,
+    assert_same_outcomes,
+    four_units_tissue,
+    stored,
+    tissue_of,
+    tissue_within,
+)
 from wsi_segment.errors import BandAborted, SlideError, SlideInterrupted
 from wsi_segment.pipeline.cancellation import Cancellation
 from wsi_segment.pipeline.inference.band_runner import run_bands
@@ -31,7 +40,9 @@ from wsi_segment.pipeline.inference.band_task import BandResult, run_band
 from wsi_segment.pipeline.inference.decoder_reads import DecoderProcesses
 from wsi_segment.pipeline.inference.engine import run_engine
 from wsi_segment.pipeline.inference.reader_thread import HostTiles, ReaderThread
-from wsi_segment.wsi.tiling import contiguous_runs
+from wsi_segment.pipeline.inference.slide_job import SlideJob
+from wsi_segment.wsi.tiling import ChunkSpec, contiguous_runs
+from wsi_segment.wsi.tissue import TissueMask
 
 SOURCES = {"decoders": 1, "reader-thread": None}  # name -> --decoders of the run
 
@@ -76,22 +87,40 @@ def client() -> Iterator:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path):
+def four_units() -> TissueMask:
+    """The module's tissue (`four_units_tissue`: 12 chunks, 46 tiles, four write units of
+    16, 7, 16 and 7 tiles), detected once."""
+    return four_units_tissue()
+
+
+def four_units_job(
+    zarr: Path, model_dir: Path, tissue: TissueMask
+) -> tuple[SlideJob, list[ChunkSpec]]:
+    """`band_job_over` the CMU slide's `four_units` tissue."""
+    return band_job_over(zarr, model_dir, CMU_SLIDE, tissue)
+
+
+@pytest.fixture(scope="module")
+def reference(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, four_units: TissueMask
+):
     """Every chunk alone in this process (one torch thread per forward pass)."""
-    job, specs = band_job(tmp_path_factory.mktemp("ref") / "p.zarr", tiny_model_dir)
+    job, specs = four_units_job(
+        tmp_path_factory.mktemp("ref") / "p.zarr", tiny_model_dir, four_units
+    )
     outcomes = one_torch_thread_reference(job, specs)
     return stored(job), outcomes
 
 
 @pytest.mark.parametrize("name", list(SOURCES))
 def test_bands_on_workers_write_what_local_runs_write(
-    client, reference, tmp_path: Path, tiny_model_dir: Path, name: str
+    client, reference, tmp_path: Path, tiny_model_dir: Path, four_units: TissueMask, name: str
 ) -> None:
     from distributed import get_task_stream
 
     expected, expected_outcomes = reference
     decoders = SOURCES[name]
-    job, specs = band_job(tmp_path / "engine.zarr", tiny_model_dir)
+    job, specs = four_units_job(tmp_path / "engine.zarr", tiny_model_dir, four_units)
     import torch
 
     before = torch.get_num_threads()
@@ -104,7 +133,7 @@ def test_bands_on_workers_write_what_local_runs_write(
     np.testing.assert_array_equal(stored(job), expected)
     assert_same_outcomes(local, expected_outcomes)
 
-    job, specs = band_job(tmp_path / "bands.zarr", tiny_model_dir)
+    job, specs = four_units_job(tmp_path / "bands.zarr", tiny_model_dir, four_units)
     bands: list[BandResult] = []
     progress = Counted()
     prefix = f"band-t{name}"
@@ -120,14 +149,14 @@ def test_bands_on_workers_write_what_local_runs_write(
         )
     np.testing.assert_array_equal(stored(job), expected)
     assert_same_outcomes(outcomes, expected_outcomes)
-    # three per worker slot asked; a band never splits a write unit (the slide's tissue is
-    # four zarr chunks of 35, 9, 42 and 14 tiles), so the balanced cut makes three
-    assert len(bands) == len(contiguous_runs(specs, 6)) == 3
+    # three per worker slot asked; a band never splits a write unit (the tissue is four
+    # zarr chunks of 16, 7, 16 and 7 tiles), so the balanced cut makes four
+    assert len(bands) == len(contiguous_runs(specs, 6)) == 4
     # the engine, with a decoder process each, or (the CPU default) its reader thread
-    assert [b.decoders for b in bands] == [decoders or 0] * 3
+    assert [b.decoders for b in bands] == [decoders or 0] * 4
     assert not any(b.daemonic for b in bands)
     # the bar advances once per band, by its tiles
-    assert len(progress.advances) == 3
+    assert len(progress.advances) == 4
     assert sum(progress.advances) == sum(len(s.tiles) for s in specs)
     workers = {task["worker"] for task in stream.data if str(task["key"]).startswith(prefix)}
     assert len(workers) == 2  # both workers ran bands
@@ -139,8 +168,9 @@ def test_a_damaged_slide_fails_with_one_clear_error_and_no_band_retried(
     from distributed import get_task_stream
 
     damaged = tmp_path / "cmu_damaged.svs"
-    corrupt_middle_tile(CMU_SLIDE, damaged)
-    job, specs = band_job(tmp_path / "p.zarr", tiny_model_dir, slide=damaged)
+    corrupt_middle_tile(CMU_SLIDE, damaged)  # inside FOUR_UNITS: 48 tiles, 4 write units
+    whole = tissue_within(tissue_of(damaged, detect=False), FOUR_UNITS)
+    job, specs = band_job_over(tmp_path / "p.zarr", tiny_model_dir, damaged, whole)
     with get_task_stream(client=client) as stream, pytest.raises(SlideError) as caught:
         run_bands(job, specs, client, cluster_plan(band_options(1)), key_prefix="band-bad")
     assert "cmu_damaged.svs" in str(caught.value) and "re-export" in str(caught.value)
@@ -187,14 +217,14 @@ def test_a_running_band_stops_its_engine_once_the_slide_failed(client) -> None:
 
 
 def test_a_slides_bands_stop_once_its_token_is_cancelled(
-    client, tmp_path: Path, tiny_model_dir: Path
+    client, tmp_path: Path, tiny_model_dir: Path, four_units: TissueMask
 ) -> None:
     """A batch stopping a slide on a cluster (its token cancelled once the first band is
     done): `run_bands` raises the stop's reason, the other bands are told to stop through
     the abort event and none is left running on a worker."""
     from wsi_segment.pipeline.inference.band_runner import STOP_GRACE_S
 
-    job, specs = band_job(tmp_path / "p.zarr", tiny_model_dir)
+    job, specs = four_units_job(tmp_path / "p.zarr", tiny_model_dir, four_units)
     cancel = Cancellation()
 
     class StopAfterFirstBand(Counted):
@@ -225,11 +255,11 @@ def test_a_slides_bands_stop_once_its_token_is_cancelled(
 
 
 def test_a_band_that_starts_after_the_slide_failed_does_nothing(
-    client, tmp_path: Path, tiny_model_dir: Path
+    client, tmp_path: Path, tiny_model_dir: Path, four_units: TissueMask
 ) -> None:
     from distributed import Event
 
-    job, specs = band_job(tmp_path / "p.zarr", tiny_model_dir)
+    job, specs = four_units_job(tmp_path / "p.zarr", tiny_model_dir, four_units)
     Event("band-test-abort", client=client).set()
     try:
         band = client.submit(
@@ -349,14 +379,23 @@ def test_bands_read_on_the_device_where_the_slide_allows_it(
     assert output_files(bands.out_dir) == output_files(local.out_dir)
 
 
+@pytest.fixture(scope="module")
+def whole_reference(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path):
+    """`reference` of the slide's whole tissue (29 chunks, 100 tiles): bands long enough
+    for a worker to be killed in the middle of one."""
+    job, specs = band_job(tmp_path_factory.mktemp("ref-whole") / "p.zarr", tiny_model_dir)
+    outcomes = one_torch_thread_reference(job, specs)
+    return stored(job), outcomes
+
+
 @pytest.mark.slow  # the killed worker is restarted by its nanny: another torch import
 @pytest.mark.parametrize("name", list(SOURCES))
 def test_a_worker_killed_mid_band_still_gives_identical_outputs(
-    client, reference, tmp_path: Path, tiny_model_dir: Path, name: str
+    client, whole_reference, tmp_path: Path, tiny_model_dir: Path, name: str
 ) -> None:
     """The scheduler recomputes the lost band elsewhere; it rewrites the same zarr chunks.
     The restarted worker is non-daemonic too (the setting holds while the cluster runs)."""
-    expected, expected_outcomes = reference
+    expected, expected_outcomes = whole_reference
     job, specs = band_job(tmp_path / "p.zarr", tiny_model_dir)
     pids = client.run(os.getpid)
     killed: list[int] = []
@@ -401,7 +440,7 @@ def _pin_threads_to(cpus: set[int]) -> int:
 
 
 def test_a_band_re_decides_only_the_worker_specific_decisions(
-    client, tmp_path: Path, tiny_model_dir: Path
+    client, tmp_path: Path, tiny_model_dir: Path, four_units: TissueMask
 ) -> None:
     """The client ships one plan; each band re-decides on its worker, by `decide`, only
     run_policy.WORKER_DECISIONS, from that worker's own machine and place
@@ -421,7 +460,7 @@ def test_a_band_re_decides_only_the_worker_specific_decisions(
     assert len(workers) == 2, workers
     one = workers[0]
     everything = set(range(os.cpu_count() or 1))
-    job, specs = band_job(tmp_path / "bands.zarr", tiny_model_dir)  # torch fp32 handle
+    job, specs = four_units_job(tmp_path / "bands.zarr", tiny_model_dir, four_units)  # torch
     options = SegmentParams(device="cpu", batch_size=1, runtime="torch", precision="fp32")
     shipped = cluster_plan(options)  # what the client decided, for every band
     bands: list[BandResult] = []
@@ -449,24 +488,38 @@ def test_a_band_re_decides_only_the_worker_specific_decisions(
     assert "cores" in differ and differ <= {"machine", *WORKER_DECISIONS}
 
 
-def _sleep_then(value: int, seconds: float) -> int:
-    time.sleep(seconds)
+def _sleep_then(value: int, seconds: float, release: str | None = None) -> int:
+    """`value` after `seconds`, or as soon as the cluster-wide event `release` is set."""
+    if release is None:
+        time.sleep(seconds)
+    else:
+        from distributed import Event
+
+        Event(release).wait(timeout=seconds)
     return value
 
 
 def test_a_future_the_client_loses_is_a_slide_error_that_says_so(client) -> None:
     """A task the client loses (here cancelled, as a dropped scheduler connection cancels
     every future) ends the wait with one error naming the cause, not distributed's
-    `UnboundLocalError` from its `sync`; a finished one gives its value."""
+    `UnboundLocalError` from its `sync`; a finished one gives its value. The lost task
+    would run 30 s; once the wait has ended it is released, so that it does not hold its
+    worker (and the cluster's close) for the rest of that time."""
+    from distributed import Event
+
     from wsi_segment.pipeline.inference.band_runner import future_result
 
     assert future_result(client.submit(_sleep_then, 7, 0.0, pure=False), Cancellation()) == 7
-    lost = client.submit(_sleep_then, 1, 30.0, pure=False)
+    release = Event("lost-task-release", client=client)
+    lost = client.submit(_sleep_then, 1, 30.0, release.name, pure=False)
     threading.Timer(0.5, client.cancel, [lost]).start()
     started = time.monotonic()
-    with pytest.raises(SlideError, match="scheduler lost this slide's task"):
-        future_result(lost, Cancellation())
-    assert time.monotonic() - started < 20
+    try:
+        with pytest.raises(SlideError, match="scheduler lost this slide's task"):
+            future_result(lost, Cancellation())
+        assert time.monotonic() - started < 20
+    finally:
+        release.set()
 
 
 def test_a_cluster_s_machine_is_one_of_its_workers_own_description(client) -> None:

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import torch_handle, torch_spec
+from tests.conftest import CMU_SLIDE, torch_handle, torch_spec
 from tests.flows.conftest import write_synthetic_slide
-from tests.pipeline.inference.test_band_runner import band_job, band_options, cluster_plan
-from tests.pipeline.inference.test_engine import make_job
+from tests.pipeline.inference.test_band_runner import band_job_over, band_options, cluster_plan
+from tests.pipeline.inference.test_engine import four_units_tissue, make_job
 from wsi_segment.models.bundle import load_model
 from wsi_segment.pipeline.inference.band_runner import (
     BAND_TILES,
@@ -74,7 +74,11 @@ def test_a_quick_slide_does_not_wait_for_a_slow_one_on_a_shared_cluster(
 ) -> None:
     slow_job, slow_specs = many_bands_job(tmp_path, tiny_model_dir)
     assert len(contiguous_runs(slow_specs, SLOW_BANDS)) == SLOW_BANDS
-    quick_job, quick_specs = band_job(tmp_path / "quick.zarr", tiny_model_dir)
+    # the CMU slide's tissue where four write units meet: 46 tiles, three bands on one slot
+    quick_job, quick_specs = band_job_over(
+        tmp_path / "quick.zarr", tiny_model_dir, CMU_SLIDE, four_units_tissue()
+    )
+    assert len(contiguous_runs(quick_specs, 3)) == 3
     slow_clock = BandClock()
     slow_done = threading.Event()
 
