@@ -248,7 +248,9 @@ def test_a_slides_bands_stop_once_its_token_is_cancelled(
             cancel=cancel,
         )
     took = time.monotonic() - progress.cancelled_at
-    assert 1 <= len(progress.advances) < 8  # the bands after the stop did not all run
+    # cancelled at the first band's end (how many others ended with it is timing: the four
+    # bands are a write unit each, so `< 8` here could never fail and is not claimed)
+    assert progress.advances
     processing = client.processing()
     assert not [k for keys in processing.values() for k in keys if str(k).startswith("band-c")]
     assert took < STOP_GRACE_S  # the running bands stopped, not waited out
