@@ -70,8 +70,8 @@ def _runners(prep: Any, threads: int) -> dict[str, Callable[[Any], dict[str, Any
     from wsi_segment.pipeline.inference.decoder_reads import DecoderProcesses
     from wsi_segment.pipeline.inference.engine import ReadSource, run_engine
     from wsi_segment.pipeline.inference.engine_state import EngineStats
-    from wsi_segment.pipeline.inference.reader_thread import HostTiles, ReaderThread
-    from wsi_segment.pipeline.inference.tile_prefetch import TilePrefetcher
+    from wsi_segment.pipeline.inference.host_tiles import HostTiles
+    from wsi_segment.pipeline.inference.reader_thread import ReaderThread
 
     def engine(job: Any, source: ReadSource) -> dict[str, Any]:
         stats = EngineStats()
@@ -84,9 +84,7 @@ def _runners(prep: Any, threads: int) -> dict[str, Callable[[Any], dict[str, Any
         return engine(job, DecoderProcesses(1))
 
     def reader(job: Any) -> dict[str, Any]:
-        return engine(
-            job, ReaderThread(HostTiles(job.reader, TilePrefetcher(job.reader, prep.specs)))
-        )
+        return engine(job, ReaderThread(HostTiles(job.reader)))
 
     return {DECODERS: decoders, READER: reader}
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from wsi_segment.pipeline.inference.decode_pool import DecodePool
-from wsi_segment.pipeline.inference.tile_prefetch import TilePrefetcher
+from wsi_segment.pipeline.inference.host_tiles import HostTiles
 from wsi_segment.pipeline.inference.tile_reader import TileReader
 from wsi_segment.pipeline.machine import Machine
 from wsi_segment.pipeline.params import SegmentParams
@@ -33,7 +33,7 @@ class EarlyReaders:
     the model's device. Whatever is not handed to the PreparedSlide is closed on error."""
 
     pool: DecodePool | None = None
-    prefetcher: TilePrefetcher | None = None
+    prefetcher: HostTiles | None = None
     thumb: Background[np.ndarray] | None = None
     decoders: int = 0
     prefetch: bool = False
@@ -68,7 +68,8 @@ class EarlyReaders:
             self.pool = self.pool or DecodePool(self.decoders)
             self.pool.assign(reader, specs)
         elif self.prefetch and specs:
-            self.prefetcher = TilePrefetcher(reader, specs)
+            self.prefetcher = HostTiles(reader)
+            self.prefetcher.start(specs)
         if self.pool is not None and self.pool.specs is None:  # nothing to read
             self.pool.close()
             self.pool = None

@@ -99,7 +99,7 @@ def local_policy(prep: PreparedSlide) -> ExecutionPlan:
 def local_source(prep: PreparedSlide, policy: ExecutionPlan) -> ReadSource:
     """What reads a local run's tiles, as `policy` says (`plan_source`, as a Dask band's):
     the device read path, decoder processes (maybe started early), or the reader thread,
-    which adopts the prefetcher reading since planning. Where it is not the reader thread,
+    which adopts the host reads started once planned. Where it is not the reader thread,
     the overlay's thumbnail read ends first, so decoders or the device path have the cores;
     the source is closed here if an interrupt lands before it is handed back."""
     early = prep.decode_pool, prep.prefetch  # the slide holds them until they are adopted
@@ -116,13 +116,13 @@ def local_source(prep: PreparedSlide, policy: ExecutionPlan) -> ReadSource:
 
 def _record_reads(prep: PreparedSlide, source: ReadSource) -> None:
     """Storage tiles decoded and served again (summary.json `run_stats`), and the CPU
-    seconds the prefetcher read for, of whichever source read them."""
+    seconds the host reads took, of whichever source read them."""
+    from wsi_segment.pipeline.inference.host_tiles import HostTiles
     from wsi_segment.pipeline.inference.reader_thread import ReaderThread
 
     reads = source.reads if isinstance(source, ReaderThread) else None
-    prefetch = getattr(reads, "prefetch", None)
-    if prefetch is not None:
-        prep.timings["prefetch_read_cpu_s"] = prefetch.read_s
+    if isinstance(reads, HostTiles):
+        prep.timings["prefetch_read_cpu_s"] = reads.read_s
     counts: Any = getattr(reads, "tile_reuse", reads)  # the slide library's, or the device path's
     if counts is not None:
         prep.read_stats = {

@@ -20,6 +20,7 @@ import numpy as np
 
 from wsi_segment.pipeline.cancellation import NEVER_CANCELLED, CancelToken
 from wsi_segment.pipeline.inference.decode_pool import DecodePool
+from wsi_segment.pipeline.inference.host_tiles import HostTiles
 from wsi_segment.pipeline.inference.model_handle import ModelHandle
 from wsi_segment.pipeline.inference.slide_plan import (
     chunk_read_backend,
@@ -27,7 +28,6 @@ from wsi_segment.pipeline.inference.slide_plan import (
     plan_slide,
     slide_tissue,
 )
-from wsi_segment.pipeline.inference.tile_prefetch import TilePrefetcher
 from wsi_segment.pipeline.inference.tile_reader import TileReader
 from wsi_segment.pipeline.machine import Machine, probe_machine
 from wsi_segment.pipeline.outputs.output_name import slide_output_name
@@ -79,7 +79,7 @@ class PreparedSlide:
     reader: TileReader
     timings: dict[str, float] = field(default_factory=dict)
     # Local runs: chunk images being read in the background since planning (never pickled).
-    prefetch: TilePrefetcher | None = None
+    prefetch: HostTiles | None = None
     # Local runs on the engine: its decoders, started after planning (never pickled);
     # `infer` hands them to `run_engine`, which closes them.
     decode_pool: DecodePool | None = None

@@ -16,7 +16,7 @@ _EXPORTS = {
     "run_engine": "wsi_segment.pipeline.inference.engine",
     "ReadSource": "wsi_segment.pipeline.inference.engine",
     "ReaderThread": "wsi_segment.pipeline.inference.reader_thread",
-    "HostTiles": "wsi_segment.pipeline.inference.reader_thread",
+    "HostTiles": "wsi_segment.pipeline.inference.host_tiles",
     "DecoderProcesses": "wsi_segment.pipeline.inference.decoder_reads",
     "ModelHandle": "wsi_segment.pipeline.inference.model_handle",
     "plan_slide": "wsi_segment.pipeline.inference.slide_plan",
@@ -38,7 +38,8 @@ if TYPE_CHECKING:
     from wsi_segment.pipeline.inference.band_runner import run_bands
     from wsi_segment.pipeline.inference.decoder_reads import DecoderProcesses
     from wsi_segment.pipeline.inference.engine import ReadSource, run_engine
+    from wsi_segment.pipeline.inference.host_tiles import HostTiles
     from wsi_segment.pipeline.inference.model_handle import ModelHandle
-    from wsi_segment.pipeline.inference.reader_thread import HostTiles, ReaderThread
+    from wsi_segment.pipeline.inference.reader_thread import ReaderThread
     from wsi_segment.pipeline.inference.slide_job import SlideJob
     from wsi_segment.pipeline.inference.slide_plan import plan_slide

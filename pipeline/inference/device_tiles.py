@@ -70,7 +70,7 @@ def own_copy(tile: torch.Tensor) -> torch.Tensor:
 class DeviceTiles:
     """Reads chunks' model tiles onto `device` with `decoder` (the run policy's); one per
     slide and device, used by one reader thread (no lock). As `wsi.tile_reuse` on the CPU,
-    reads are planned (`plan_reuse`) so each storage tile is decoded once and kept only while
+    reads are planned (`start`) so each storage tile is decoded once and kept only while
     a later read needs it, within `max_bytes` (past that it is decoded again: pixels never
     depend on the bound)."""
 
@@ -88,7 +88,7 @@ class DeviceTiles:
     def cached_bytes(self) -> int:
         return self._planned.kept_bytes
 
-    def plan_reuse(self, specs: Sequence[ChunkSpec], max_bytes: int = 128 << 20) -> None:
+    def start(self, specs: Sequence[ChunkSpec], max_bytes: int = 128 << 20) -> None:
         """Decode each storage tile once while these chunks are read (a tile is kept until
         the last planned read of it, within `max_bytes` on the device)."""
         boxes = [self.reader.read_box(s) for s in specs if s.tiles]  # level px = model px
@@ -130,9 +130,6 @@ class DeviceTiles:
                 "damaged there; re-scan or re-export it (--read-device cpu reads it with the "
                 "slide library)"
             ) from exc
-
-    def thread_done(self) -> None:
-        """Nothing per thread: the tiles' file handle is closed by `close`."""
 
     def _paste(self, x0: int, y0: int, x1: int, y1: int) -> torch.Tensor:
         """The level box (x0, y0)-(x1, y1) as (H, W, 3) uint8 on the device."""

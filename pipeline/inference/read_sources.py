@@ -1,7 +1,7 @@
 """The read source a plan names, made for one engine (locally or in a Dask band), and what
 the slide offers the device read path (`slide_reads`: the facts `pipeline.run_policy` decides
 it from, examined once where the run is planned). A local run hands in what it started early
-(the decoders, the prefetcher); whatever the source does not adopt is closed here. Nothing
+(the decoders, the host reads); whatever the source does not adopt is closed here. Nothing
 here imports torch.
 """
 
@@ -17,8 +17,8 @@ from wsi_segment.wsi.slide import Slide
 if TYPE_CHECKING:
     from wsi_segment.pipeline.inference.decode_pool import DecodePool
     from wsi_segment.pipeline.inference.engine import ReadSource
+    from wsi_segment.pipeline.inference.host_tiles import HostTiles
     from wsi_segment.pipeline.inference.model_handle import ModelHandle
-    from wsi_segment.pipeline.inference.tile_prefetch import TilePrefetcher
     from wsi_segment.pipeline.inference.tile_reader import TileReader
     from wsi_segment.pipeline.run_policy import ExecutionPlan
 
@@ -31,15 +31,16 @@ def plan_source(
     reader: TileReader,
     tiles: JpegTiles | None,
     pool: DecodePool | None = None,
-    prefetch: TilePrefetcher | None = None,
+    prefetch: HostTiles | None = None,
 ) -> ReadSource:
     """What reads the engine's tiles, as `plan` says: the device read path (on `tiles`, with
     `model`'s device), decoder processes (adopting `pool`, decoders started early), or the
-    reader thread on `reader` (adopting `prefetch`, chunks read since planning). The source
+    reader thread on `reader` (adopting `prefetch`, host reads started once planned). The source
     owns what it adopted; the rest is closed, and so is the source if that fails."""
     # imported here: they import torch, which a rerun of finished slides never loads
     from wsi_segment.pipeline.inference.decoder_reads import DecoderProcesses
-    from wsi_segment.pipeline.inference.reader_thread import HostTiles, ReaderThread
+    from wsi_segment.pipeline.inference.host_tiles import HostTiles
+    from wsi_segment.pipeline.inference.reader_thread import ReaderThread
 
     source: ReadSource
     decoder = plan.device_decoder
@@ -51,7 +52,7 @@ def plan_source(
     elif plan.decoders.value:
         source, pool = DecoderProcesses(plan.decoders.value, pool), None
     else:
-        source, prefetch = ReaderThread(HostTiles(reader, prefetch)), None
+        source, prefetch = ReaderThread(prefetch or HostTiles(reader)), None
     try:
         for unused in (pool, prefetch):
             if unused is not None:

@@ -1,69 +1,24 @@
-"""The reader-thread read source: one thread reads chunk after chunk and fills batches.
+"""The reader-thread read source: one thread fills batches from a chunk reader.
 
-Its reads are `HostTiles` (the slide library on the CPU, any slide; it may adopt a
-`TilePrefetcher` that read while the model loaded) or `DeviceTiles` (the slide's JPEG tiles
-decoded on the model's device). Memory is bounded by the engine's queues.
+Its chunks come from `HostTiles` (pipeline/inference/host_tiles.py: the slide library on the
+CPU, any slide, read ahead by a thread of its own) or `DeviceTiles` (the slide's JPEG tiles
+decoded on the model's device). Memory is bounded by the engine's queues
+and the read-ahead's byte bound.
 """
 
 from __future__ import annotations
 
-import queue
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-import torch
-
-from wsi_segment.pipeline.inference.compute_stage import ChunkTiles, StagedBatch, Stager
+from wsi_segment.pipeline.inference.compute_stage import ChunkTiles, Stager
 from wsi_segment.pipeline.inference.engine_state import EngineStats, FirstError, Part, Stopped
-from wsi_segment.pipeline.inference.tile_reader import TileReader
-from wsi_segment.wsi.tile_reuse import TileReuse
 from wsi_segment.wsi.tiling import ChunkSpec
 
 if TYPE_CHECKING:
     from wsi_segment.pipeline.inference.device_tiles import DeviceTiles
     from wsi_segment.pipeline.inference.engine import SourceRun
-    from wsi_segment.pipeline.inference.tile_prefetch import TilePrefetcher
-
-
-class HostTiles:
-    """Chunks read with the slide library on the CPU (`TileReader`), any slide; the same
-    methods as `DeviceTiles`."""
-
-    def __init__(self, reader: TileReader, prefetch: TilePrefetcher | None = None) -> None:
-        """`prefetch`: a prefetcher reading these chunks already (adopted and closed; its
-        read seconds go into summary.json)."""
-        self.reader, self.prefetch = reader, prefetch
-        self._reuse: TileReuse | None = None
-
-    @property
-    def device(self) -> torch.device:
-        return torch.device("cpu")
-
-    @property
-    def tile_reuse(self) -> TileReuse | None:
-        """The storage-tile reuse of the run (the prefetcher's when it read)."""
-        return self.prefetch.tile_reuse if self.prefetch is not None else self._reuse
-
-    def plan_reuse(self, specs: Sequence[ChunkSpec]) -> None:
-        if self.prefetch is not None and not self.prefetch.serves(specs):
-            self.prefetch.close()
-            self.prefetch = None
-        if self.prefetch is None:
-            self._reuse = self.reader.plan_tile_reuse(list(specs))
-
-    def read_chunk(self, spec: ChunkSpec) -> torch.Tensor:
-        prefetch = self.prefetch
-        if prefetch is None:
-            return torch.from_numpy(self.reader.read_tiles(spec, self._reuse))
-        tiles = prefetch.take(spec)
-        return torch.from_numpy(tiles if tiles is not None else prefetch.read_here(spec))
-
-    def thread_done(self) -> None:
-        self.reader.close_local()
-
-    def close(self) -> None:
-        if self.prefetch is not None:
-            self.prefetch.close()
+    from wsi_segment.pipeline.inference.host_tiles import HostTiles
 
 
 class ReaderThread:
@@ -77,27 +32,13 @@ class ReaderThread:
         return 0
 
     def parts(self, run: SourceRun) -> list[Part]:
-        self.reads.plan_reuse(run.specs)
+        self.reads.start(run.specs)
         stager = Stager(run.batch, run.job.grid.tile, self.reads.device, self.reads.device)
         chunks = self._chunks(run.specs, run.errors, run.stats)
-        return [(self._run, (stager, chunks, run.staged, run.errors))]
+        return [(stager.run, (chunks, run.staged, run.errors))]
 
     def close(self) -> None:
         self.reads.close()
-
-    def _run(
-        self,
-        stager: Stager,
-        chunks: Iterable[ChunkTiles],
-        staged: queue.Queue[StagedBatch | None],
-        errors: FirstError,
-    ) -> None:
-        """Thread body: every chunk's tiles, batched on the device they are read onto, then
-        None; errors go to `errors`."""
-        try:
-            stager.run(chunks, staged, errors)
-        finally:
-            self.reads.thread_done()
 
     def _chunks(
         self, specs: list[ChunkSpec], errors: FirstError, stats: EngineStats

@@ -153,9 +153,9 @@ def test_areas_agree_between_summary_zarr_and_polygons(cmu_run):
     side = summary["tiling"]["stride"] // summary["parameters"]["output_downsample"]
     assert run["tiles_run"] == summary["tiling"]["tiles"] > 0
     assert run["bytes_from_model_per_tile"] == 4 * side * side + side * side + 4 * 4
-    # Local runs decode each 240 px storage tile of the CMU slide once (wsi.tile_reuse): the
-    # prefetcher reads all of its few chunks alone while the model loads, so no two threads
-    # race for a tile here; with 4 x 4 chunks neighbouring chunks share storage tiles.
+    # Local runs decode each 240 px storage tile of the CMU slide once (wsi.tile_reuse): one
+    # thread reads the chunks in plan order (host_tiles), so no two threads race for a tile;
+    # with 4 x 4 chunks neighbouring chunks share storage tiles.
     reads = summary["read_stats"]
     assert reads["storage_tiles_reused"] > 0
     assert reads["storage_tiles_decoded"] <= math.ceil(2220 / 240) * math.ceil(2967 / 240)

@@ -28,10 +28,10 @@ from wsi_segment.pipeline.inference.decoder_link import Decoded
 from wsi_segment.pipeline.inference.decoder_reads import DecoderProcesses
 from wsi_segment.pipeline.inference.engine import ReadSource, run_engine
 from wsi_segment.pipeline.inference.engine_state import EngineStats
+from wsi_segment.pipeline.inference.host_tiles import HostTiles
 from wsi_segment.pipeline.inference.model_handle import ModelHandle
-from wsi_segment.pipeline.inference.reader_thread import HostTiles, ReaderThread
+from wsi_segment.pipeline.inference.reader_thread import ReaderThread
 from wsi_segment.pipeline.inference.slide_job import SlideJob
-from wsi_segment.pipeline.inference.tile_prefetch import TilePrefetcher
 from wsi_segment.pipeline.inference.tile_reader import TileReader
 from wsi_segment.pipeline.outputs.label_image import create_label_image, label_level0_path
 from wsi_segment.pipeline.outputs.ome_zarr import create_probability_store, level0_path
@@ -207,11 +207,14 @@ def stored_run(job, outcomes):
 
 
 def source_for(name: str, job: SlideJob, specs: list[ChunkSpec]) -> ReadSource:
-    """The read source `name` for this job (a prefetcher started on its chunks included)."""
+    """The read source `name` for this job (host reads started on its chunks before the
+    engine runs included, as a local run starts them while its model loads)."""
     if name.startswith("decoders-"):
         return DecoderProcesses(int(name.rsplit("-", 1)[1]))
-    prefetch = TilePrefetcher(job.reader, specs) if name.endswith("prefetched") else None
-    return ReaderThread(HostTiles(job.reader, prefetch))
+    reads = HostTiles(job.reader)
+    if name.endswith("prefetched"):
+        reads.start(specs)
+    return ReaderThread(reads)
 
 
 SOURCES = {  # name -> compute threads

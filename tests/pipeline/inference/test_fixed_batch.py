@@ -18,7 +18,8 @@ from wsi_segment.models.segmentation_model import SegmentationModel
 from wsi_segment.pipeline.inference.decoder_reads import DecoderProcesses
 from wsi_segment.pipeline.inference.engine import ReadSource, run_engine
 from wsi_segment.pipeline.inference.engine_state import EngineStats
-from wsi_segment.pipeline.inference.reader_thread import HostTiles, ReaderThread
+from wsi_segment.pipeline.inference.host_tiles import HostTiles
+from wsi_segment.pipeline.inference.reader_thread import ReaderThread
 from wsi_segment.wsi.tissue import TissueMask
 
 

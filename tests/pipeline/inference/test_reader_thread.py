@@ -158,7 +158,7 @@ def test_each_storage_tile_is_decoded_once_per_slide(tmp_path, tiny):
     lie under several chunks' read boxes, and each is decoded once."""
     job, specs = level_job(tmp_path / "p.zarr", tiny, CMU_SLIDE, detect=False)
     reads = device_reads(job)
-    reads.plan_reuse(specs)
+    reads.start(specs)
     cache_keys: set[tuple[int, int]] = set()
     touched = 0
     (tw, th), (lw, lh) = reads.tiles.tile_size, reads.tiles.level_size
@@ -184,7 +184,7 @@ def test_a_cache_too_small_to_keep_anything_reads_the_same_pixels(tmp_path, tiny
     job, specs = level_job(tmp_path / "p.zarr", tiny, OME_TIFF)
     specs = window(specs, *WINDOWS[OME_TIFF])
     reads = device_reads(job)
-    reads.plan_reuse(specs, max_bytes=0)
+    reads.start(specs, max_bytes=0)
     ref = device_reads(job)
     for spec in specs:
         np.testing.assert_array_equal(reads.read_tiles(spec).numpy(), ref.read_tiles(spec).numpy())

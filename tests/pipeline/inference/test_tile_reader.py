@@ -46,8 +46,8 @@ def test_no_tiles_means_no_box():
 @pytest.mark.parametrize("model_mpp", [0.499, 1.0])  # exact level pixels; resampled 2.004x
 def test_chunk_reads_share_storage_tiles_with_the_same_pixels(model_mpp):
     """Every chunk of a real plan reads the same tiles with storage-tile reuse as without,
-    through the prefetcher and through a runner thread that claimed its chunk first."""
-    from wsi_segment.pipeline.inference.tile_prefetch import TilePrefetcher
+    and through the host reads' thread, one chunk ahead at most (it waits for the engine)."""
+    from wsi_segment.pipeline.inference.host_tiles import HostTiles
     from wsi_segment.pipeline.inference.tile_reader import TileReader
     from wsi_segment.wsi.tiling import plan_chunks
 
@@ -71,16 +71,16 @@ def test_chunk_reads_share_storage_tiles_with_the_same_pixels(model_mpp):
     assert reuse.tiles_reused > 0 and reuse.cached_bytes == 0
     assert reuse.blocks_direct > 0  # decoded from the file (wsi.tiff_blocks), same pixels
 
-    prefetch = TilePrefetcher(reader, specs)
-    claimed = prefetch.take(specs[-1])  # a runner gets there before the reader
+    reads = HostTiles(reader, max_bytes=1)
+    reads.start(specs)
     try:
-        for spec in specs:
-            got = claimed if spec is specs[-1] else prefetch.take(spec)
-            tiles = got if got is not None else prefetch.read_here(spec)
+        for spec in (s for s in specs if s.tiles):
+            tiles = reads.read_chunk(spec).numpy()
             np.testing.assert_array_equal(tiles, reader.read_tiles(spec))
     finally:
-        prefetch.close()
-    assert prefetch.tile_reuse is not None and prefetch.tile_reuse.tiles_reused > 0
+        reads.close()
+    assert reads.tile_reuse is not None and reads.tile_reuse.tiles_reused > 0
+    assert reads.read_s > 0
 
 
 # A decoder process: numpy and the slide code only, so its reads resample with PIL.

@@ -1,0 +1,114 @@
+"""Chunks' tiles read on the CPU with the slide library, ahead of the engine, in one thread.
+
+The reads of the reader-thread source (`pipeline.inference.reader_thread`) for any slide. A
+local run starts them as soon as its chunks are planned, so they go on while torch imports
+and the model loads; hence nothing here imports torch at import time.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from wsi_segment.pipeline.inference.engine_state import Stopped
+from wsi_segment.pipeline.inference.tile_reader import TileReader
+from wsi_segment.pipeline.threads import WaitableThread
+from wsi_segment.wsi.tile_reuse import TileReuse
+from wsi_segment.wsi.tiling import ChunkSpec
+
+if TYPE_CHECKING:
+    import torch
+
+
+class HostTiles:
+    """Chunks read with the slide library on the CPU (`TileReader`), any slide: one
+    background thread reads them in plan order, at most `max_bytes` ahead of the engine, from
+    `start` on (a local run starts it once planned, while torch imports and the model loads).
+    A read error ends the thread; the engine meets it at that chunk. The same methods as
+    `DeviceTiles`."""
+
+    def __init__(self, reader: TileReader, max_bytes: int = 128 << 20) -> None:
+        self.reader, self._max_bytes = reader, max_bytes
+        self._specs: list[ChunkSpec] | None = None
+        self._cond = threading.Condition()
+        self._read: deque[np.ndarray | BaseException] = deque()  # in plan order
+        self._bytes, self._stop, self._ended = 0, False, False
+        self._thread: WaitableThread | None = None
+        self.tile_reuse: TileReuse | None = None  # planned by the thread, first thing
+        self.read_s = 0.0  # the thread's CPU seconds (summary.json)
+
+    @property
+    def device(self) -> torch.device:
+        import torch  # loaded by then: the engine runs
+
+        return torch.device("cpu")
+
+    def start(self, specs: Sequence[ChunkSpec]) -> None:
+        """Read the chunks of `specs` that have tiles, in order, sharing decoded storage
+        tiles (`wsi.tile_reuse`); nothing new if it reads exactly these already."""
+        if self._specs == list(specs):
+            return
+        self.close()
+        self._specs, self._stop, self._ended = list(specs), False, False
+        self._thread = WaitableThread(self._read_all, (self._specs,), name="tile-prefetch")
+        self._thread.start()
+
+    def _read_all(self, specs: list[ChunkSpec]) -> None:
+        t0 = time.thread_time()
+        try:
+            self.tile_reuse = self.reader.plan_tile_reuse(specs)
+            for spec in (s for s in specs if s.tiles):
+                with self._cond:
+                    while not self._stop and self._bytes >= self._max_bytes:
+                        self._cond.wait()
+                    if self._stop:
+                        return
+                self._hand_over(self.reader.read_tiles(spec, self.tile_reuse))
+        except BaseException as exc:  # the engine raises it where it reads this chunk
+            self._hand_over(exc)
+        finally:
+            self.read_s = time.thread_time() - t0
+            self.reader.close_local()
+            with self._cond:
+                self._ended = True
+                self._cond.notify_all()
+
+    def _hand_over(self, read: np.ndarray | BaseException) -> None:
+        with self._cond:
+            self._read.append(read)
+            self._bytes += read.nbytes if isinstance(read, np.ndarray) else 0
+            self._cond.notify_all()
+
+    def read_chunk(self, spec: ChunkSpec) -> torch.Tensor:
+        """The next chunk's tiles (the engine asks in plan order), or its read's error."""
+        with self._cond:
+            while not self._read:
+                if self._stop:
+                    raise Stopped
+                if self._ended:
+                    raise RuntimeError(f"chunk ({spec.row}, {spec.col}) was not planned")
+                self._cond.wait()
+            read = self._read[0]
+            if isinstance(read, BaseException):
+                raise read
+            self._read.popleft()
+            self._bytes -= read.nbytes
+            self._cond.notify_all()
+        import torch  # loaded by then: the engine runs
+
+        return torch.from_numpy(read)
+
+    def close(self) -> None:
+        """Stop reading (after the current read) and drop what was not taken."""
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.wait()
+        self._read.clear()
+        self._bytes, self._specs = 0, None
