@@ -22,6 +22,7 @@ import json
 import math
 import tempfile
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +131,97 @@ def _description(width: int, height: int, w: int, h: int, tile: int, mpp: float,
     return f"{head} JPEG/RGB Q={q}|AppMag = {10.0 / mpp:g}|MPP = {mpp:g}"
 
 
+@dataclass(frozen=True)
+class _Level0Tiles:
+    """Level-0 storage tiles rendered from the label map's cells (`padded`, background past
+    the slide to whole tiles), one tile at a time, so a large slide never sits in memory."""
+
+    padded: np.ndarray
+    width: int
+    height: int
+    tile: int
+    label_downsample: int
+    seed: int
+    stain: Stain
+    mpp: float
+    white: np.ndarray  # the tile of a background-only cell block
+
+    def __call__(self, i: int, j: int) -> np.ndarray:
+        tile, ds = self.tile, self.label_downsample
+        per = tile // ds  # label cells per tile side
+        cells = self.padded[i * per : (i + 1) * per, j * per : (j + 1) * per]
+        if (cells == BACKGROUND).all():
+            return self.white
+        lab = np.repeat(np.repeat(cells, ds, axis=0), ds, axis=1)
+        lab[max(0, self.height - i * tile) :, :] = BACKGROUND  # past the slide edge
+        lab[:, max(0, self.width - j * tile) :] = BACKGROUND
+        return render_region(lab, (j * tile, i * tile), self.seed, self.stain, px_um=self.mpp)
+
+
+def _tiles(
+    rows: int, cols: int, tile: int, get: TileFn, nxt: np.ndarray | None
+) -> Iterator[np.ndarray]:
+    """A level's tiles in row order; each is also averaged 4 x 4 into `nxt`, the next
+    level's pixels (None: the last level)."""
+    q = tile // 4
+    for i in range(rows):
+        for j in range(cols):
+            t = get(i, j)
+            if nxt is not None:
+                nxt[i * q : (i + 1) * q, j * q : (j + 1) * q] = box_mean(t, 4)
+            yield t
+
+
+def _from_array(src: np.ndarray, tile: int, white: np.ndarray) -> TileFn:
+    """The tiles of a level held in `src`, padded with white past its edge."""
+
+    def get(i: int, j: int) -> np.ndarray:
+        t = src[i * tile : (i + 1) * tile, j * tile : (j + 1) * tile]
+        if t.shape[:2] == (tile, tile):
+            return np.ascontiguousarray(t)
+        out = white.copy()
+        out[: t.shape[0], : t.shape[1]] = t
+        return out
+
+    return get
+
+
+def _write_pyramid(
+    tif: Any, scratch: Path, level0: _Level0Tiles, jpeg: dict[str, Any], quality: int
+) -> None:
+    """Every level into `tif` (each from the one before, through a memory map in
+    `scratch`), with Aperio's thumbnail as the second page."""
+    width, height, tile, mpp = level0.width, level0.height, level0.tile, level0.mpp
+    levels = _level_downsamples(width, height, tile)
+    get: TileFn = level0
+    rows, cols = math.ceil(height / tile), math.ceil(width / tile)
+    for n, ds in enumerate(levels):
+        w, h = math.ceil(width / ds), math.ceil(height / ds)
+        nxt = None
+        if n + 1 < len(levels) or n == 0:  # next level (and thumbnail) source
+            shape = (rows * tile // 4, cols * tile // 4, 3)
+            nxt = np.lib.format.open_memmap(scratch / f"level{n + 1}.npy", "w+", np.uint8, shape)
+        tif.write(
+            _tiles(rows, cols, tile, get, nxt),
+            shape=(h, w, 3),
+            dtype=np.uint8,
+            tile=(tile, tile),
+            description=_description(width, height, w, h, tile, mpp, quality),
+            metadata=None,
+            **jpeg,
+        )
+        if nxt is None:
+            continue
+        nxt.flush()
+        if n == 0:  # readers (tifffile, tiffslide) expect page 2 to be the thumbnail
+            thumb = _thumbnail(nxt, math.ceil(width / 4), math.ceil(height / 4))
+            th, tw = thumb.shape[:2]
+            desc = _description(width, height, tw, th, tile, mpp, quality)
+            tif.write(thumb, description=desc, metadata=None, **jpeg)
+        get = _from_array(nxt, tile, level0.white)
+        rows, cols = math.ceil(nxt.shape[0] / tile), math.ceil(nxt.shape[1] / tile)
+
+
 def write_synthetic_slide(
     path: str | Path,
     width: int,
@@ -149,7 +241,6 @@ def write_synthetic_slide(
     classes, colours, mpp and the arguments.
     """
     import tifffile
-    from PIL import Image
 
     path = Path(path)
     if width < 1 or height < 1 or tile % 16 or tile % label_downsample:
@@ -160,86 +251,19 @@ def write_synthetic_slide(
     )
     rng = np.random.default_rng(seed)
     stain = Stain(h=float(rng.uniform(0.9, 1.1)), e=float(rng.uniform(0.9, 1.1)))
-    rows0, cols0 = math.ceil(height / tile), math.ceil(width / tile)
     per = tile // ds_lab  # label cells per tile side
-    padded = np.full((rows0 * per, cols0 * per), BACKGROUND, np.uint8)
+    padded = np.full(
+        (math.ceil(height / tile) * per, math.ceil(width / tile) * per), BACKGROUND, np.uint8
+    )
     padded[: labels.shape[0], : labels.shape[1]] = labels
     white = np.full((tile, tile, 3), 255, np.uint8)
-
-    def level0_tile(i: int, j: int) -> np.ndarray:
-        cells = padded[i * per : (i + 1) * per, j * per : (j + 1) * per]
-        if (cells == BACKGROUND).all():
-            return white
-        lab = np.repeat(np.repeat(cells, ds_lab, axis=0), ds_lab, axis=1)
-        lab[max(0, height - i * tile) :, :] = BACKGROUND  # past the slide edge
-        lab[:, max(0, width - j * tile) :] = BACKGROUND
-        return render_region(lab, (j * tile, i * tile), seed, stain, px_um=mpp)
-
-    def tiles(rows: int, cols: int, get: TileFn, nxt: np.ndarray | None) -> Iterator[np.ndarray]:
-        q = tile // 4
-        for i in range(rows):
-            for j in range(cols):
-                t = get(i, j)
-                if nxt is not None:
-                    nxt[i * q : (i + 1) * q, j * q : (j + 1) * q] = box_mean(t, 4)
-                yield t
-
-    def from_array(src: np.ndarray) -> TileFn:
-        def get(i: int, j: int) -> np.ndarray:
-            t = src[i * tile : (i + 1) * tile, j * tile : (j + 1) * tile]
-            if t.shape[:2] == (tile, tile):
-                return np.ascontiguousarray(t)
-            out = white.copy()
-            out[: t.shape[0], : t.shape[1]] = t
-            return out
-
-        return get
-
-    levels = _level_downsamples(width, height, tile)
-    jpeg: dict[str, Any] = {
-        "compression": "jpeg",
-        "compressionargs": {"level": quality},
-        "photometric": "rgb",
-    }
+    level0 = _Level0Tiles(padded, width, height, tile, ds_lab, seed, stain, mpp, white)
+    jpeg = {"compression": "jpeg", "compressionargs": {"level": quality}, "photometric": "rgb"}
     with (
         tempfile.TemporaryDirectory(dir=path.parent, prefix=".synthetic-") as scratch,
         tifffile.TiffWriter(path, bigtiff=width * height > 2**31) as tif,
     ):
-        get: TileFn = level0_tile
-        rows, cols = rows0, cols0
-        for n, ds in enumerate(levels):
-            w, h = math.ceil(width / ds), math.ceil(height / ds)
-            nxt = None
-            if n + 1 < len(levels) or n == 0:  # next level (and thumbnail) source
-                nxt = np.lib.format.open_memmap(
-                    Path(scratch) / f"level{n + 1}.npy",
-                    "w+",
-                    np.uint8,
-                    (rows * tile // 4, cols * tile // 4, 3),
-                )
-            tif.write(
-                tiles(rows, cols, get, nxt),
-                shape=(h, w, 3),
-                dtype=np.uint8,
-                tile=(tile, tile),
-                description=_description(width, height, w, h, tile, mpp, quality),
-                metadata=None,
-                **jpeg,
-            )
-            if nxt is None:
-                continue
-            nxt.flush()
-            if n == 0:  # readers (tifffile, tiffslide) expect page 2 to be the thumbnail
-                w1, h1 = math.ceil(width / 4), math.ceil(height / 4)
-                thumb = _thumbnail(nxt, w1, h1)
-                desc = _description(
-                    width, height, thumb.shape[1], thumb.shape[0], tile, mpp, quality
-                )
-                tif.write(thumb, description=desc, metadata=None, **jpeg)
-            get = from_array(nxt)
-            rows, cols = math.ceil(nxt.shape[0] / tile), math.ceil(nxt.shape[1] / tile)
-    label_path = path.with_name(path.stem + ".labels.png")
-    Image.fromarray(labels, mode="L").save(label_path)
+        _write_pyramid(tif, Path(scratch), level0, jpeg, quality)
     meta = {
         "downsample": ds_lab,
         "width": width,
@@ -252,6 +276,15 @@ def write_synthetic_slide(
         "tissue_fraction": tissue_fraction,
         "slide": path.name,
     }
+    return _write_label_files(path, labels, meta)
+
+
+def _write_label_files(path: Path, labels: np.ndarray, meta: dict[str, Any]) -> Path:
+    """`<stem>.labels.png` and its JSON sidecar `meta` beside the slide at `path`."""
+    from PIL import Image
+
+    label_path = path.with_name(path.stem + ".labels.png")
+    Image.fromarray(labels, mode="L").save(label_path)
     path.with_name(path.stem + ".labels.json").write_text(json.dumps(meta, indent=2) + "\n")
     return label_path
 
