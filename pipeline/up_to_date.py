@@ -78,9 +78,9 @@ def is_up_to_date(prep: PreparedSlide) -> bool:
         return False
     if previous.get("fingerprint") == prep.fingerprint:
         return not prep.params.overwrite
-    refuse_foreign(prep.out_dir)
     if not prep.params.overwrite:
         refuse_other_run(prep.out_dir)
+    refuse_foreign(prep.out_dir)  # --overwrite replaces only an output of ours
     return False
 
 

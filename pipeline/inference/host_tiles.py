@@ -36,7 +36,8 @@ class HostTiles:
         self.reader, self._max_bytes = reader, max_bytes
         self._specs: list[ChunkSpec] | None = None
         self._cond = threading.Condition()
-        self._read: deque[np.ndarray | BaseException] = deque()  # in plan order
+        # in plan order: ((row, col), the chunk's tiles), or (None, the error that ended reading)
+        self._read: deque[tuple[tuple[int, int] | None, np.ndarray | BaseException]] = deque()
         self._bytes, self._stop, self._ended = 0, False, False
         self._thread: WaitableThread | None = None
         self.tile_reuse: TileReuse | None = None  # planned by the thread, first thing
@@ -68,9 +69,10 @@ class HostTiles:
                         self._cond.wait()
                     if self._stop:
                         return
-                self._hand_over(self.reader.read_tiles(spec, self.tile_reuse))
-        except BaseException as exc:  # the engine raises it where it reads this chunk
-            self._hand_over(exc)
+                tiles = self.reader.read_tiles(spec, self.tile_reuse)
+                self._hand_over((spec.row, spec.col), tiles)
+        except BaseException as exc:  # the engine raises it where it reads the next chunk
+            self._hand_over(None, exc)
         finally:
             self.read_s = time.thread_time() - t0
             self.reader.close_local()
@@ -78,9 +80,9 @@ class HostTiles:
                 self._ended = True
                 self._cond.notify_all()
 
-    def _hand_over(self, read: np.ndarray | BaseException) -> None:
+    def _hand_over(self, at: tuple[int, int] | None, read: np.ndarray | BaseException) -> None:
         with self._cond:
-            self._read.append(read)
+            self._read.append((at, read))
             self._bytes += read.nbytes if isinstance(read, np.ndarray) else 0
             self._cond.notify_all()
 
@@ -93,9 +95,11 @@ class HostTiles:
                 if self._ended:
                     raise RuntimeError(f"chunk ({spec.row}, {spec.col}) was not planned")
                 self._cond.wait()
-            read = self._read[0]
+            at, read = self._read[0]
             if isinstance(read, BaseException):
                 raise read
+            if at != (spec.row, spec.col):
+                raise RuntimeError(f"chunk ({spec.row}, {spec.col}) asked for, {at} read next")
             self._read.popleft()
             self._bytes -= read.nbytes
             self._cond.notify_all()

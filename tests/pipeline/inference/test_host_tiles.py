@@ -84,3 +84,19 @@ def test_close_ends_a_read_ahead_that_waits_for_the_engine():
         )
     finally:
         reads.close()
+
+
+def test_a_chunk_asked_out_of_plan_order_is_refused_not_swapped():
+    """The reads come in plan order: a caller asking for another chunk gets an error, never
+    the next chunk's tiles under the wrong name."""
+    reader, specs = reader_and_chunks(CMU_SLIDE)
+    reads = HostTiles(reader)
+    reads.start(specs)
+    try:
+        with pytest.raises(RuntimeError, match=rf"chunk \({specs[1].row}, {specs[1].col}\)"):
+            reads.read_chunk(specs[1])
+        np.testing.assert_array_equal(
+            reads.read_chunk(specs[0]).numpy(), reader.read_tiles(specs[0])
+        )
+    finally:
+        reads.close()
