@@ -81,7 +81,7 @@ def model_rates(
 
     reduced_bytes: list[int] = []
 
-    executor = runtime.executor(model, Geometry(grid.tile, margin, core, downsample))
+    executor = runtime.executor(Geometry(grid.tile, margin, core, downsample))
 
     def reduced(x: torch.Tensor) -> None:
         out = executor.run(x.permute(0, 2, 3, 1))

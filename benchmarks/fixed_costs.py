@@ -94,7 +94,7 @@ def load_steps() -> None:
     opened = open_runtime(model, spec)
     lap(f"open_runtime ({opened.checks_computed} checks computed)")
     tile = int(model.meta.tile_size)
-    executor = opened.executor(model, Geometry.whole(tile))
+    executor = opened.executor(Geometry.whole(tile))
     tiles = torch.zeros((plan.batch_size.value, tile, tile, 3), dtype=torch.uint8)
     torch.set_num_threads(max(1, plan.cores.value // plan.compute_threads.value))
     executor.run(tiles)

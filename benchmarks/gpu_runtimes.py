@@ -76,7 +76,7 @@ def variants(
     from wsi_segment.models.runtimes.graph import Geometry
 
     dtype = TORCH_DTYPES[runtime.precision]
-    executor = runtime.executor(model, Geometry(tile, margin, core, ds))
+    executor = runtime.executor(Geometry(tile, margin, core, ds))
 
     def torch_path(tiles: Any) -> Outputs:
         out = executor.run(tiles)

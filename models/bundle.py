@@ -8,7 +8,6 @@ weight is present with the right shape before anything runs.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -28,8 +27,8 @@ from .meta import (
     WEIGHTS_FILE,
     ModelMeta,
     load_model_json,
-    weights_path,
 )
+from .model_files import verified_weights
 from .segmentation_model import SegmentationModel
 from .segmenter import Segmenter
 from .tensor_files import write_tensors
@@ -127,14 +126,7 @@ def load_model(folder: str | Path, device: str = "cpu") -> SegmentationModel:
             f"model folder {folder} does not exist (expected model.json + model.safetensors)"
         )
     doc, meta, json_sha = load_model_json(folder)
-    weights = weights_path(folder, doc)
-    data = _read_bytes(weights)  # hashed and parsed from these bytes: read once
-    weights_sha = hashlib.sha256(data).hexdigest()
-    expected_sha = doc.get("weights", {}).get("sha256")
-    if expected_sha and weights_sha != expected_sha:
-        raise ModelError(
-            f"{weights} does not match the sha256 in model.json (file replaced or corrupt); re-save the model"
-        )
+    weights, data, weights_sha = verified_weights(folder, doc)  # hashed and parsed: read once
     state = _parse_weights(data, weights)
     del data
     model = _build(doc, meta, folder / META_FILE)
@@ -166,16 +158,6 @@ def _build(doc: dict[str, Any], meta: ModelMeta, where: Path) -> SegmentationMod
     except Exception as exc:  # ConfigError from the builders: re-label as a model problem
         raise ModelError(f"{where}: cannot build the architecture it describes: {exc}") from exc
     return SegmentationModel(classifier, segmenter, meta)
-
-
-def _read_bytes(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise ModelError(
-            f"{path} cannot be read ({exc.strerror}); check that the model folder is complete "
-            "and readable"
-        ) from exc
 
 
 def _parse_weights(data: bytes, path: Path) -> dict[str, torch.Tensor]:

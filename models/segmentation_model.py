@@ -49,6 +49,10 @@ class SegmentationModel(nn.Module):
         """Where the weights live."""
         return self._mean.device
 
+    def network(self) -> SegmentationModel:
+        """Itself: a model built in memory is its own source (`models.model_files`)."""
+        return self
+
     def to_device(self, device: str | torch.device) -> SegmentationModel:
         """Move the weights to `device` (cpu | cuda; a missing GPU is an error naming the
         fix), channels last."""

@@ -26,7 +26,7 @@ from .cache import cpu_key, entry_lock, entry_name, load_entry, store_best_effor
 from .graph import Geometry
 
 if TYPE_CHECKING:
-    from ..segmentation_model import SegmentationModel
+    from ..model_files import ModelSource
 
 _OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
 _GRAPH_FORMAT = 1  # bump when TileGraph changes what it computes
@@ -76,13 +76,13 @@ def openvino_version() -> str | None:
     return str(openvino.__version__)
 
 
-def weights_digest(model: SegmentationModel) -> str:
+def weights_digest(model: ModelSource) -> str:
     """The model's identity (sha256 of its files) or, for a model built in memory, a digest
     of its weights and metadata: what the cache key names the graph by."""
     if model.identity:
         return str(model.identity)
     digest = hashlib.sha256(repr(model.meta).encode())
-    for name, tensor in sorted(model.state_dict().items()):
+    for name, tensor in sorted(model.network().state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return "weights:" + digest.hexdigest()
@@ -91,11 +91,12 @@ def weights_digest(model: SegmentationModel) -> str:
 class OpenVINOGraphs:
     """One model's compiled graphs, by (geometry, batch, streams), for one precision and
     thread count: the cores of the process they serve (a run's `ExecutionPlan.process_cores`),
-    never the loading thread's torch count, which is 1 on a Dask worker."""
+    never the loading thread's torch count, which is 1 on a Dask worker. The model's network
+    is built only to export a graph the cache lacks."""
 
     def __init__(
         self,
-        model: SegmentationModel,
+        model: ModelSource,
         precision: str,
         threads: int,
         cpu_flags: frozenset[str],
@@ -244,7 +245,7 @@ class OpenVINOGraphs:
             except RuntimeError:
                 pass  # whole by its manifest, yet unreadable here: export it again
 
-        graph = self._model.tile_graph(geometry)
+        graph = self._model.network().tile_graph(geometry)
         example = torch.zeros((2, geometry.tile, geometry.tile, 3), dtype=torch.uint8)
         batch = torch.export.Dim("batch", min=1, max=65536)
         try:

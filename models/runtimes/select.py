@@ -45,6 +45,7 @@ from .verdict import (
 )
 
 if TYPE_CHECKING:
+    from ..model_files import ModelSource
     from ..segmentation_model import SegmentationModel
 
 _log = logging.getLogger(__name__)
@@ -66,12 +67,14 @@ class OpenedRuntime:
     calibration: PrecisionCalibration | None = None
     fp32_agreement: float | None = None  # OpenVINO fp32 vs torch fp32 labels, calibration tiles
     checks_computed: int = 0  # checks run here, not read from the cache (runtimes.verdict)
+    network: SegmentationModel | None = None  # what torch runs (OpenVINO: its graphs)
 
-    def executor(self, model: SegmentationModel, geometry: Geometry) -> Executor:
-        """An executor of `model`'s tile graph at `geometry` in this runtime."""
+    def executor(self, geometry: Geometry) -> Executor:
+        """An executor of the model's tile graph at `geometry` in this runtime."""
         if self.graphs is not None:
             return OpenVINOExecutor(self.graphs, geometry)
-        return TorchExecutor(model, geometry, self.precision)
+        assert self.network is not None, "torch's runtime opens with its network"
+        return TorchExecutor(self.network, geometry, self.precision)
 
     def worded(self, spec: RuntimeSpec) -> OpenedRuntime:
         """This runtime with `spec`'s reasons wherever it ran what `spec` said: a process
@@ -106,14 +109,15 @@ class OpenedRuntime:
 
 
 def open_runtime(
-    model: SegmentationModel, spec: RuntimeSpec, cache_dir: Path | None = None
+    model: ModelSource, spec: RuntimeSpec, cache_dir: Path | None = None
 ) -> OpenedRuntime:
     """`spec` carried out for `model` (on its device). A bf16 verdict obtained here is kept
-    for the next plan (`verdict.calibration_key`)."""
+    for the next plan (`verdict.calibration_key`). OpenVINO builds the model's network only
+    where its cache lacks a graph or a check's verdict."""
     cache = cache_dir or default_cache_dir()
     if spec.runtime == "torch":
         warning = spec.runtime_reason if spec.by_name else None
-        opened = _open_torch(model, spec.precision, spec.precision_reason)
+        opened = _open_torch(model.network(), spec.precision, spec.precision_reason)
         opened.reason, opened.warning = spec.runtime_reason, warning
         return _with_verdict(opened, model, spec, cache)
     try:
@@ -129,13 +133,13 @@ def open_runtime(
             why = f"the model's graph cannot be exported to OpenVINO ({exc})"
             if spec.by_name:
                 raise ModelError(f"{model.meta.name}: {why}; use --runtime torch") from exc
-        opened = _open_torch(model, spec.fallback, spec.fallback_reason)
+        opened = _open_torch(model.network(), spec.fallback, spec.fallback_reason)
         opened.reason, opened.warning = f"torch: {why}", f"{why}; ran in torch"
         return opened
 
 
 def _with_verdict(
-    opened: OpenedRuntime, model: SegmentationModel, spec: RuntimeSpec, cache: Path
+    opened: OpenedRuntime, model: ModelSource, spec: RuntimeSpec, cache: Path
 ) -> OpenedRuntime:
     """`opened` reporting the verdict its plan was decided from, or, where it obtained one,
     with that verdict kept for the next plan (a model built in memory has no identity to
@@ -155,7 +159,7 @@ def _open_torch(model: SegmentationModel, precision: str, why: str) -> OpenedRun
     """torch at `precision`; bf16-if-calibrated gets the calibration's verdict here."""
     device = model.device.type
     if precision != BF16_IF_CALIBRATED:
-        return OpenedRuntime("torch", "", precision, why, device)
+        return OpenedRuntime("torch", "", precision, why, device, network=model)
     tile = int(model.meta.tile_size)
     executors = {
         low: TorchExecutor(model, Geometry.whole(tile), "bf16" if low else "fp32")
@@ -169,10 +173,12 @@ def _open_torch(model: SegmentationModel, precision: str, why: str) -> OpenedRun
     calibration = calibrate_bf16(labels_of, tile, where, model.validation_patches)
     _log.info("precision auto: %s", calibration.reason())
     chosen = "bf16" if calibration.bf16_chosen else "fp32"
-    return OpenedRuntime("torch", "", chosen, calibration.reason(), device, calibration=calibration)
+    return OpenedRuntime(
+        "torch", "", chosen, calibration.reason(), device, calibration=calibration, network=model
+    )
 
 
-def _open_openvino(model: SegmentationModel, spec: RuntimeSpec, cache: Path) -> OpenedRuntime:
+def _open_openvino(model: ModelSource, spec: RuntimeSpec, cache: Path) -> OpenedRuntime:
     """OpenVINO's graphs at the spec's precision on its threads, once they keep torch fp32's
     labels (the checks' verdicts from the cache, or computed here)."""
     tile = int(model.meta.tile_size)
@@ -190,7 +196,7 @@ def _open_openvino(model: SegmentationModel, spec: RuntimeSpec, cache: Path) -> 
         return fp32_labels[0]
 
     def fp32_agreement() -> dict[str, Any]:
-        torch_labels = whole_tile_labels(TorchExecutor(model, whole, "fp32"), tiles)
+        torch_labels = whole_tile_labels(TorchExecutor(model.network(), whole, "fp32"), tiles)
         agreement, _shifts = compare_labels(torch_labels.numpy(), ov_fp32_labels().numpy())
         return {"agreement": agreement}
 

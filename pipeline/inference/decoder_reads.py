@@ -48,7 +48,7 @@ class DecoderProcesses:
             pool = self._pool = DecodePool.for_chunks(job.reader, run.specs, self.decoders)
         assert pool.ring is not None
         run.stats.slots = pool.ring.slots
-        device = job.model.get().model.device
+        device = job.model.get().device
         stager = Stager(run.batch, job.grid.tile, torch.device("cpu"), device)
         chunks = _decoded(job.slide_path, pool, run.errors, run.stats)
         return [(stager.run, (chunks, run.staged, run.errors))]

@@ -98,7 +98,7 @@ def run_engine(
         executor = loaded.executor(tile_geometry(job.grid, job.gate))
         cancel.check()  # asked while the model loaded: no part starts
         errors = FirstError()
-        cpu = loaded.model.device.type == "cpu"
+        cpu = loaded.device.type == "cpu"
         lock = loaded.lock if locked else None  # one forward pass at a time per model
         stage = ComputeStage(executor, lock, batch, errors, stats, computes, cpu)
         stats.decoders, stats.batch_size, stats.writers = source.processes, batch, writers

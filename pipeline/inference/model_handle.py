@@ -17,19 +17,21 @@ from typing import TYPE_CHECKING, Any
 from wsi_segment.errors import ModelError
 
 if TYPE_CHECKING:  # loaded on first use: importing torch is most of a small run's start
+    import torch
+
+    from wsi_segment.models.model_files import ModelSource
     from wsi_segment.models.runtimes.executor import Executor
     from wsi_segment.models.runtimes.graph import Geometry
     from wsi_segment.models.runtimes.select import OpenedRuntime
     from wsi_segment.models.runtimes.spec import RuntimeSpec
-    from wsi_segment.models.segmentation_model import SegmentationModel
 
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A model in this process, the runtime opened for it, and the lock serialising its
-    forward passes where the plan says they take turns."""
+    """A model in this process (its files, or a model built in memory), the runtime opened
+    for it, and the lock serialising its forward passes where the plan says they take turns."""
 
-    model: SegmentationModel
+    model: ModelSource
     runtime: OpenedRuntime
     lock: threading.Lock = field(default_factory=threading.Lock)
     # (tile, requested) -> batch a CUDA device's memory holds, probed once per process
@@ -37,12 +39,21 @@ class LoadedModel:
 
     def executor(self, geometry: Geometry) -> Executor:
         """The model's tile graph at `geometry`, in the opened runtime."""
-        return self.runtime.executor(self.model, geometry)
+        return self.runtime.executor(geometry)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the forward passes run: torch's network's device, or the CPU (OpenVINO)."""
+        import torch
+
+        network = self.runtime.network
+        return network.device if network is not None else torch.device("cpu")
 
     def batch_size(self, tile: int, requested: int) -> int:
         """`requested`; on CUDA capped to what the device's free memory holds (one probe
         run per process and size, under the lock)."""
-        if self.model.device.type != "cuda":
+        network = self.runtime.network
+        if network is None or network.device.type != "cuda":
             return requested
         from wsi_segment.models.runtimes.executor import TorchExecutor, gpu_batch_cap
         from wsi_segment.models.runtimes.graph import Geometry
@@ -50,7 +61,7 @@ class LoadedModel:
         key = (tile, requested)
         with self.lock:
             if key not in self.batch_caps:
-                probe = TorchExecutor(self.model, Geometry.whole(tile), self.runtime.precision)
+                probe = TorchExecutor(network, Geometry.whole(tile), self.runtime.precision)
                 self.batch_caps[key] = gpu_batch_cap(probe, tile, requested)
         return self.batch_caps[key]
 
@@ -106,8 +117,8 @@ def load_for_process(model_dir: str, device: str, spec: RuntimeSpec) -> LoadedMo
 def _load_cached(
     model_dir: str, device: str, spec: RuntimeSpec, stamp: tuple[int, ...]
 ) -> LoadedModel:
-    from wsi_segment.models.bundle import load_model
+    from wsi_segment.models.model_files import ModelFiles
     from wsi_segment.models.runtimes.select import open_runtime
 
-    model = load_model(Path(model_dir), device)
-    return LoadedModel(model, open_runtime(model, spec))
+    files = ModelFiles(Path(model_dir), device)
+    return LoadedModel(files, open_runtime(files, spec))

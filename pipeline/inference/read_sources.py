@@ -47,7 +47,7 @@ def plan_source(
     if decoder is not None and tiles is not None:
         from wsi_segment.pipeline.inference.device_tiles import DeviceTiles  # torch: loaded
 
-        device = model.get().model.device
+        device = model.get().device
         source = ReaderThread(DeviceTiles(reader, tiles, device, decoder))
     elif plan.decoders.value:
         source, pool = DecoderProcesses(plan.decoders.value, pool), None

@@ -83,7 +83,7 @@ def test_a_cluster_s_plan_is_decided_for_its_workers_machine(
         assert (plan.runtime.value, plan.precision.value) == ("torch", "bf16")
         sides = {(s.core_box[2] - s.core_box[0]) // prep.grid.stride for s in prep.specs}
         assert sides == {8}  # planned in chunks of 8 x 8 tiles
-        assert prep.model.device == "cpu" and prep.model.get().model.device.type == "cpu"
+        assert prep.model.device == "cpu" and prep.model.get().device.type == "cpu"
     finally:
         prep.close_prefetch()
         prep.slide.close()

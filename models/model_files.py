@@ -1,0 +1,98 @@
+"""A model folder read and verified, its network built only when something runs it.
+
+A warm OpenVINO load runs no torch network: the compiled graph and the checks' verdicts are
+in the runtime cache, keyed by the model's identity, and the engine needs only the identity,
+the metadata and the validation patches' digest. Building the network imports timm,
+torchvision and segmentation-models-pytorch (most of a small slide's start), so it waits for
+the first caller that needs it: torch's runtime, an export, or a check computed on a cold
+cache. Importing this module imports no torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from wsi_segment.errors import ModelError
+
+from .checksum import model_identity
+from .meta import ModelMeta, load_model_json, weights_path
+
+if TYPE_CHECKING:
+    import torch
+
+    from .segmentation_model import SegmentationModel
+
+
+class ModelSource(Protocol):
+    """What a runtime opens: a model's metadata, identity ('' for one built in memory),
+    validation patches, and its network on demand (`SegmentationModel` is its own)."""
+
+    meta: ModelMeta
+    identity: str
+    validation_patches: torch.Tensor | None
+
+    def network(self) -> SegmentationModel: ...
+
+
+def verified_weights(folder: Path, doc: dict[str, Any]) -> tuple[Path, bytes, str]:
+    """The weights file model.json names, its bytes and their sha256, refused where the
+    bytes do not match the sha256 model.json records."""
+    path = weights_path(folder, doc)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ModelError(
+            f"{path} cannot be read ({exc.strerror}); check that the model folder is complete "
+            "and readable"
+        ) from exc
+    sha = hashlib.sha256(data).hexdigest()
+    expected = (doc.get("weights") or {}).get("sha256")
+    if expected and sha != expected:
+        raise ModelError(
+            f"{path} does not match the sha256 in model.json (file replaced or corrupt); "
+            "re-save the model"
+        )
+    return path, data, sha
+
+
+class ModelFiles:
+    """A model folder's metadata, identity and validation patches, read and checked; its
+    network is built on `device` at the first `network()` call, once per instance."""
+
+    def __init__(self, folder: Path, device: str) -> None:
+        from .validation_patches import load_patches
+
+        self.folder, self.device = folder, device
+        doc, self.meta, json_sha = load_model_json(folder)
+        _path, _data, weights_sha = verified_weights(folder, doc)
+        self.identity = model_identity(json_sha, weights_sha)
+        self.validation_patches = load_patches(folder, doc, int(self.meta.tile_size))
+        self._network: SegmentationModel | None = None
+        self._lock = threading.Lock()  # one build, whichever thread asks first
+
+    def network(self) -> SegmentationModel:
+        """The network with its weights on `device`: built from the same files, which must
+        still be the bytes this instance read (else one ModelError, nothing run)."""
+        with self._lock:
+            if self._network is None:
+                from .bundle import load_model
+
+                built = load_model(self.folder, self.device)
+                if built.identity != self.identity:
+                    raise ModelError(
+                        f"{self.folder}: the model files changed while the model loaded; "
+                        "rerun once they stay unchanged"
+                    )
+                self._network = built
+            return self._network
+
+    def __getstate__(self) -> dict[str, Any]:
+        """A copy builds its own network where it runs."""
+        return {**self.__dict__, "_network": None, "_lock": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()

@@ -1,0 +1,116 @@
+"""A model folder read without its network: a warm OpenVINO load builds no torch network and
+imports none of timm, torchvision or segmentation-models-pytorch; the network, when built,
+is the files' own."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import torch_spec
+from wsi_segment.errors import ModelError
+from wsi_segment.models.bundle import load_model, save_model
+from wsi_segment.models.model_files import ModelFiles
+from wsi_segment.models.runtimes.select import open_runtime
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# One load in a fresh interpreter, as a run's background load does it (`load_for_process`),
+# then one batch through the slide path's executor: prints what it imported and built.
+_LOAD = """
+import json, sys
+from wsi_segment.models.cpu import cpu_flags
+from wsi_segment.models.runtimes.spec import RuntimeSpec
+from wsi_segment.pipeline.inference.model_handle import load_for_process
+spec = RuntimeSpec("openvino", "fp32", threads=1, cpu_flags=cpu_flags())
+loaded = load_for_process(sys.argv[1], "cpu", spec)
+import torch
+from wsi_segment.models.runtimes.graph import Geometry
+tile = int(loaded.model.meta.tile_size)
+tiles = torch.arange(2 * tile * tile * 3).reshape(2, tile, tile, 3).remainder(251).to(torch.uint8)
+out = loaded.executor(Geometry(tile, 8, tile - 16, 2)).run(tiles)
+heavy = ("timm", "torchvision", "segmentation_models_pytorch", "torch._dynamo")
+print(json.dumps({
+    "runtime": loaded.runtime.runtime,
+    "checks_computed": loaded.runtime.checks_computed,
+    "network_built": loaded.model._network is not None,
+    "imported": [m for m in heavy if m in sys.modules],
+    "outputs": [t.numpy().tobytes().hex() for t in (out.probs, out.labels, out.cls_probs)],
+}))
+"""
+
+
+def _load_in_fresh_interpreter(folder: Path, cache: Path) -> dict:
+    env = {**os.environ, "WSI_SEGMENT_CACHE_DIR": str(cache), "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", _LOAD, str(folder)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_a_warm_openvino_load_builds_no_network_and_imports_no_model_zoo(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """The cold load exports, checks and caches (it needs the network); the next process finds
+    the graph and the check's verdict in the cache and gives the same bytes without it."""
+    cold = _load_in_fresh_interpreter(tiny_model_dir, tmp_path / "cache")
+    assert cold["runtime"] == "openvino" and cold["network_built"]
+    assert cold["checks_computed"] == 1 and "timm" in cold["imported"]
+    warm = _load_in_fresh_interpreter(tiny_model_dir, tmp_path / "cache")
+    assert warm["runtime"] == "openvino" and warm["checks_computed"] == 0
+    assert not warm["network_built"] and warm["imported"] == []
+    assert warm["outputs"] == cold["outputs"]
+
+
+def test_the_network_is_the_files_it_was_read_from(tiny_model_dir: Path) -> None:
+    files = ModelFiles(tiny_model_dir, "cpu")
+    network = files.network()
+    assert files.network() is network  # built once
+    assert network.identity == files.identity == load_model(tiny_model_dir).identity
+    assert files.meta == network.meta
+    assert (files.validation_patches is None) == (network.validation_patches is None)
+
+
+def test_files_replaced_between_the_read_and_the_build_are_refused(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "model"
+    model = load_model(tiny_model_dir)
+    save_model(model, folder)
+    files = ModelFiles(folder, "cpu")
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    save_model(model, folder)  # another run's training saved over it
+    with pytest.raises(ModelError, match="changed while the model loaded"):
+        files.network()
+
+
+def test_torch_runs_the_network_the_files_build(tiny_model_dir: Path) -> None:
+    files = ModelFiles(tiny_model_dir, "cpu")
+    opened = open_runtime(files, torch_spec("fp32"))
+    assert opened.network is files.network()
+
+
+def test_weights_not_matching_model_json_are_refused_before_any_build(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "model"
+    save_model(load_model(tiny_model_dir), folder)
+    weights = folder / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match=r"model.safetensors does not match the sha256"):
+        ModelFiles(folder, "cpu")
