@@ -11,7 +11,7 @@ load, imports included; `tissue_and_plan_s`; `inference_s`), with the load avera
 each run: on a shared machine the medians of interleaved runs compare, single runs do not.
 
 `--steps` times a warm load's steps one after the other in this process (wall and CPU
-seconds each): the imports, the model's build and weights, the runtime's opening (its
+seconds each): the imports, the model folder's read, the runtime's opening (its
 checks from the cache) and the first forward pass of one CPU batch, which loads the compiled
 graph. CPU seconds are the steadier figure on a loaded machine.
 """
@@ -76,23 +76,20 @@ def load_steps() -> None:
     import torch
 
     lap("import torch")
-    import torchvision  # noqa: F401  # timm imports it (and torch._dynamo with it)
-
-    lap("import torchvision (timm's)")
-    import timm  # noqa: F401
-
-    lap("import timm")
-    from wsi_segment.models.bundle import load_model
+    from wsi_segment.models.model_files import ModelFiles
     from wsi_segment.models.runtimes.graph import Geometry
     from wsi_segment.models.runtimes.openvino_runtime import openvino_version
     from wsi_segment.models.runtimes.select import open_runtime
 
     openvino_version()
-    lap("import smp, models, openvino")
-    model = load_model(resolve_model_dir(options), plan.device.value)
-    lap("load_model (build, weights, sha256)")
+    lap("import our models, openvino")
+    model = ModelFiles(resolve_model_dir(options), plan.device.value)
+    lap("read the model folder (sha256)")
     opened = open_runtime(model, spec)
     lap(f"open_runtime ({opened.checks_computed} checks computed)")
+    heavy = [m for m in ("timm", "torchvision", "segmentation_models_pytorch") if m in sys.modules]
+    print(f"network built: {model.network_built}; imported: {heavy or 'none of'} "
+          "timm, torchvision, smp", flush=True)  # fmt: skip
     tile = int(model.meta.tile_size)
     executor = opened.executor(Geometry.whole(tile))
     tiles = torch.zeros((plan.batch_size.value, tile, tile, 3), dtype=torch.uint8)

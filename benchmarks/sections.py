@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -26,7 +28,7 @@ def section_throughput(
     """Items 1-4: bare model, read only, pipeline and their ratio; returns the ratio."""
 
     from benchmarks.executors import opened
-    from wsi_segment.models.runtimes.executor import TORCH_DTYPES
+    from wsi_segment.pipeline.inference.compute_stage import tile_geometry
 
     size = args.size or (8192 if args.quick else 12288)
     slide, writer = make_slide(
@@ -35,9 +37,9 @@ def section_throughput(
     notes.append(
         f"throughput slide: {size} x {size} px, mpp 0.5, tissue {args.tissue:g} ({writer})"
     )
-    model, runtime = opened(model_dir, "auto", args.precision, "torch")
-    dtype = TORCH_DTYPES[runtime.precision]
+    model, runtime = opened(model_dir, "auto", args.precision, args.runtime)
     p = plan_like_pipeline(slide, model.meta, args.overlap, args.chunk_tiles, 4, args.backend)
+    forward = _bare_forward(model, runtime, tile_geometry(p.grid, True))
     log(f"[throughput] {p.tiles} tiles in {len(p.specs)} chunks; reading ...")
     all_tiles, read_wall, read_cpu = read_chunks(p)
     n = len(all_tiles)
@@ -48,10 +50,10 @@ def section_throughput(
     bare: dict[int, list[tuple[float, float]]] = {k: [] for k in configs}
     log(f"[throughput] bare model (before) on {nb} of the tiles ...")
     for k in configs:
-        bare[k].append(bare_model(model, tiles, args.batch_size, streams=k, dtype=dtype))
+        bare[k].append(bare_model(forward, tiles, args.batch_size, streams=k))
     extra = ["--batch-size", str(args.batch_size), "--overlap", str(args.overlap)]
     extra += ["--threads", str(args.threads), "--backend", args.backend]
-    extra += ["--runtime", "torch"]  # the bare model is torch's (runtimes: benchmarks/runtime.py)
+    extra += ["--runtime", runtime.runtime]  # what the bare model ran in
     if args.precision == "fp32":
         extra += ["--precision", "fp32"]
     log("[throughput] pipeline (wsi-segment subprocess) ...")
@@ -59,7 +61,7 @@ def section_throughput(
     run, summary = run_pipeline(slide, model_dir, work / "out" / "throughput", extra)
     log("[throughput] bare model (after) ...")
     for k in reversed(configs):
-        bare[k].append(bare_model(model, tiles, args.batch_size, streams=k, dtype=dtype))
+        bare[k].append(bare_model(forward, tiles, args.batch_size, streams=k))
     tiles_run = int(summary["tiling"]["tiles"])
     assert tiles_run == n, (tiles_run, n)
     rate = {k: len(v) * nb / sum(w for w, _ in v) for k, v in bare.items()}
@@ -78,7 +80,7 @@ def section_throughput(
     cpu_ratio = model_cpu_per_tile / (run.cpu_s / n)
     t = summary.get("timings_s", {})
     zbytes = zarr_bytes(work / "out" / "throughput" / slide.stem / "probabilities.ome.zarr")
-    prec = f"{runtime.precision}+channels_last"
+    prec = f"{runtime.runtime} {runtime.precision}"
     piped = summary.get("precision", {}).get("autocast", "?")
     if piped != runtime.precision:
         notes.append(f"precision choices disagreed: pipeline {piped}, bare model {prec}")
@@ -100,6 +102,19 @@ def section_throughput(
          f"load avg {load_before} -> {loadavg()}"),
     ]  # fmt: skip
     return ratio
+
+
+def _bare_forward(model: Any, runtime: Any, geometry: Any) -> Callable[[Any], Any]:
+    """The bare model's batch (uint8 (N, 3, T, T)) forward: torch's `model.predict` (full
+    float maps, the reference since issue 8), or OpenVINO's executor of the slide's tile
+    graph (its only form: reduced outputs at the run's geometry)."""
+    from wsi_segment.models.runtimes.executor import TORCH_DTYPES
+
+    if runtime.runtime == "torch":
+        dtype = TORCH_DTYPES[runtime.precision]
+        return lambda batch: model.predict(batch, gate=True, dtype=dtype)
+    executor = runtime.executor(geometry)
+    return lambda batch: executor.run(batch.permute(0, 2, 3, 1))
 
 
 def _model_load(timings: dict) -> str:

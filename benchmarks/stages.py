@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -216,19 +217,18 @@ def tile_reuse_reader(p: Planned, boxes: list) -> dict:
 
 
 def bare_model(
-    model: Any,
+    forward: Callable[[Any], Any],
     tiles: np.ndarray,
     batch: int,
     streams: int = 1,
-    gate: bool = True,
-    dtype: Any = None,
 ) -> tuple[float, float]:
-    """(wall s, process cpu s) of model.predict (autocast `dtype`, None: fp32) over all
-    tiles in batches, tensors ready.
+    """(wall s, process cpu s) of `forward` (a model's batch of uint8 tensors (N, 3, T, T)
+    in, tensors ready) over all tiles in batches.
 
     streams=1: one thread, torch with all cores (the classic way). streams=k: k threads
     each running its share of the batches with cores // k torch threads (what the pipeline
-    does on a CPU). Both are measured; the faster is the reference for the ratio.
+    does on a CPU; OpenVINO's executor takes its streams from that count). Both are
+    measured; the faster is the reference for the ratio.
     """
     import threading
 
@@ -244,10 +244,10 @@ def bare_model(
 
     def work(mine: list) -> None:
         torch.set_num_threads(per)
-        model.predict(mine[0], gate=gate, dtype=dtype)  # warm-up of this thread (oneDNN)
+        forward(mine[0])  # warm-up of this thread (oneDNN, OpenVINO's infer request)
         ready.wait()
         for b in mine:
-            model.predict(b, gate=gate, dtype=dtype)
+            forward(b)
 
     shares = [batches[k::streams] for k in range(streams) if batches[k::streams]]
     ready = threading.Barrier(len(shares) + 1)

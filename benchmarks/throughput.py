@@ -85,6 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--overlap", type=int, default=32)
     ap.add_argument("--chunk-tiles", type=int, default=4)
     ap.add_argument("--precision", choices=("auto", "fp32"), default="auto")
+    ap.add_argument(
+        "--runtime",
+        choices=("auto", "torch", "openvino"),
+        default="torch",
+        help="items 1-4: the runtime of the bare model and the pipeline (auto: the plan's)",
+    )
     ap.add_argument("--backend", choices=("auto", "openslide", "tiffslide"), default="auto")
     ap.add_argument("--model-tiles", type=int, default=96, help="bare-model sample size")
     ap.add_argument("--memory-sizes", default="10000,40000,100000")

@@ -89,6 +89,11 @@ class ModelFiles:
                 self._network = built
             return self._network
 
+    @property
+    def network_built(self) -> bool:
+        """Whether `network()` has built the network (a warm OpenVINO load never does)."""
+        return self._network is not None
+
     def __getstate__(self) -> dict[str, Any]:
         """A copy builds its own network where it runs."""
         return {**self.__dict__, "_network": None, "_lock": None}

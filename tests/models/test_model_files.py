@@ -15,41 +15,61 @@ import torch
 
 from tests.conftest import torch_spec
 from wsi_segment.errors import ModelError
-from wsi_segment.models.bundle import load_model, save_model
+from wsi_segment.models.cpu import cpu_flags
 from wsi_segment.models.model_files import ModelFiles
-from wsi_segment.models.runtimes.select import open_runtime
+from wsi_segment.models.runtimes.graph import Geometry
+from wsi_segment.models.runtimes.select import OpenedRuntime, open_runtime
+from wsi_segment.models.runtimes.spec import RuntimeSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# One load in a fresh interpreter, as a run's background load does it (`load_for_process`),
-# then one batch through the slide path's executor: prints what it imported and built.
-_LOAD = """
+# A warm load in a fresh interpreter, as a run's background load does it
+# (`load_for_process`), then one batch: prints what it imported and built by then, and the
+# batch's outputs.
+_WARM_LOAD = """
 import json, sys
 from wsi_segment.models.cpu import cpu_flags
 from wsi_segment.models.runtimes.spec import RuntimeSpec
 from wsi_segment.pipeline.inference.model_handle import load_for_process
 spec = RuntimeSpec("openvino", "fp32", threads=1, cpu_flags=cpu_flags())
 loaded = load_for_process(sys.argv[1], "cpu", spec)
-import torch
-from wsi_segment.models.runtimes.graph import Geometry
-tile = int(loaded.model.meta.tile_size)
-tiles = torch.arange(2 * tile * tile * 3).reshape(2, tile, tile, 3).remainder(251).to(torch.uint8)
-out = loaded.executor(Geometry(tile, 8, tile - 16, 2)).run(tiles)
+from tests.models.test_model_files import one_batch
+outputs = one_batch(loaded.runtime)
 heavy = ("timm", "torchvision", "segmentation_models_pytorch", "torch._dynamo")
 print(json.dumps({
     "runtime": loaded.runtime.runtime,
     "checks_computed": loaded.runtime.checks_computed,
-    "network_built": loaded.model._network is not None,
+    "network_built": loaded.model.network_built,
     "imported": [m for m in heavy if m in sys.modules],
-    "outputs": [t.numpy().tobytes().hex() for t in (out.probs, out.labels, out.cls_probs)],
+    "outputs": outputs,
 }))
 """
 
 
-def _load_in_fresh_interpreter(folder: Path, cache: Path) -> dict:
+def one_batch(runtime: OpenedRuntime) -> list[str]:
+    """The hex bytes of the reduced outputs of two fixed whole tiles in `runtime` (the graph
+    the fp32 check exported). This module imports no model zoo at its top: the warm process
+    imports it."""
+    tile = 64
+    tiles = torch.arange(2 * tile * tile * 3).reshape(2, tile, tile, 3).remainder(251)
+    out = runtime.executor(Geometry.whole(tile)).run(tiles.to(torch.uint8))
+    return [t.numpy().tobytes().hex() for t in (out.probs, out.labels, out.cls_probs)]
+
+
+def test_a_warm_openvino_load_builds_no_network_and_imports_no_model_zoo(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """The cold load exports, checks and caches (it needs the network); a fresh process then
+    finds the graph and the check's verdict in the cache and gives the same bytes without it."""
+    cache = tmp_path / "cache"
+    files = ModelFiles(tiny_model_dir, "cpu")
+    spec = RuntimeSpec("openvino", "fp32", threads=1, cpu_flags=cpu_flags())
+    cold = open_runtime(files, spec, cache)
+    assert cold.runtime == "openvino" and cold.checks_computed == 1 and files.network_built
+    cold_outputs = one_batch(cold)
     env = {**os.environ, "WSI_SEGMENT_CACHE_DIR": str(cache), "PYTHONPATH": str(ROOT)}
     done = subprocess.run(
-        [sys.executable, "-c", _LOAD, str(folder)],
+        [sys.executable, "-c", _WARM_LOAD, str(tiny_model_dir)],
         capture_output=True,
         text=True,
         env=env,
@@ -57,24 +77,15 @@ def _load_in_fresh_interpreter(folder: Path, cache: Path) -> dict:
         timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def test_a_warm_openvino_load_builds_no_network_and_imports_no_model_zoo(
-    tiny_model_dir: Path, tmp_path: Path
-) -> None:
-    """The cold load exports, checks and caches (it needs the network); the next process finds
-    the graph and the check's verdict in the cache and gives the same bytes without it."""
-    cold = _load_in_fresh_interpreter(tiny_model_dir, tmp_path / "cache")
-    assert cold["runtime"] == "openvino" and cold["network_built"]
-    assert cold["checks_computed"] == 1 and "timm" in cold["imported"]
-    warm = _load_in_fresh_interpreter(tiny_model_dir, tmp_path / "cache")
+    warm = json.loads(done.stdout.strip().splitlines()[-1])
     assert warm["runtime"] == "openvino" and warm["checks_computed"] == 0
     assert not warm["network_built"] and warm["imported"] == []
-    assert warm["outputs"] == cold["outputs"]
+    assert warm["outputs"] == cold_outputs
 
 
 def test_the_network_is_the_files_it_was_read_from(tiny_model_dir: Path) -> None:
+    from wsi_segment.models.bundle import load_model
+
     files = ModelFiles(tiny_model_dir, "cpu")
     network = files.network()
     assert files.network() is network  # built once
@@ -86,6 +97,8 @@ def test_the_network_is_the_files_it_was_read_from(tiny_model_dir: Path) -> None
 def test_files_replaced_between_the_read_and_the_build_are_refused(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
+    from wsi_segment.models.bundle import load_model, save_model
+
     folder = tmp_path / "model"
     model = load_model(tiny_model_dir)
     save_model(model, folder)
@@ -106,6 +119,8 @@ def test_torch_runs_the_network_the_files_build(tiny_model_dir: Path) -> None:
 def test_weights_not_matching_model_json_are_refused_before_any_build(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
+    from wsi_segment.models.bundle import load_model, save_model
+
     folder = tmp_path / "model"
     save_model(load_model(tiny_model_dir), folder)
     weights = folder / "model.safetensors"
