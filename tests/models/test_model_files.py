@@ -57,17 +57,17 @@ def one_batch(runtime: OpenedRuntime) -> list[str]:
 
 
 def test_a_warm_openvino_load_builds_no_network_and_imports_no_model_zoo(
-    tiny_model_dir: Path, tmp_path: Path
+    tiny_model_dir: Path, runtime_cache: Path
 ) -> None:
-    """The cold load exports, checks and caches (it needs the network); a fresh process then
-    finds the graph and the check's verdict in the cache and gives the same bytes without it."""
-    cache = tmp_path / "cache"
+    """Once a load has exported, checked and compiled the graph (here, or an earlier test of
+    this run: the run's cache), a fresh process finds the graph and the check's verdict in the
+    cache and gives the same bytes without building the network."""
     files = ModelFiles(tiny_model_dir, "cpu")
     spec = RuntimeSpec("openvino", "fp32", threads=1, cpu_flags=cpu_flags())
-    cold = open_runtime(files, spec, cache)
-    assert cold.runtime == "openvino" and cold.checks_computed == 1 and files.network_built
-    cold_outputs = one_batch(cold)
-    env = {**os.environ, "WSI_SEGMENT_CACHE_DIR": str(cache), "PYTHONPATH": str(ROOT)}
+    first = open_runtime(files, spec, runtime_cache)
+    assert first.runtime == "openvino"
+    first_outputs = one_batch(first)
+    env = {**os.environ, "WSI_SEGMENT_CACHE_DIR": str(runtime_cache), "PYTHONPATH": str(ROOT)}
     done = subprocess.run(
         [sys.executable, "-c", _WARM_LOAD, str(tiny_model_dir)],
         capture_output=True,
@@ -80,7 +80,7 @@ def test_a_warm_openvino_load_builds_no_network_and_imports_no_model_zoo(
     warm = json.loads(done.stdout.strip().splitlines()[-1])
     assert warm["runtime"] == "openvino" and warm["checks_computed"] == 0
     assert not warm["network_built"] and warm["imported"] == []
-    assert warm["outputs"] == cold_outputs
+    assert warm["outputs"] == first_outputs
 
 
 def test_the_network_is_the_files_it_was_read_from(tiny_model_dir: Path) -> None:
