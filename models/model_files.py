@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from wsi_segment.errors import ModelError
 
-from .checksum import model_identity
+from .checksum import file_sha256, model_identity
 from .meta import ModelMeta, load_model_json, weights_path
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     import torch
@@ -38,24 +41,40 @@ class ModelSource(Protocol):
 
 
 def verified_weights(folder: Path, doc: dict[str, Any]) -> tuple[Path, bytes, str]:
-    """The weights file model.json names, its bytes and their sha256, refused where the
-    bytes do not match the sha256 model.json records."""
+    """The weights file model.json names, its bytes and their sha256 (parsed from the bytes
+    hashed: read once), refused where they do not match the sha256 model.json records."""
     path = weights_path(folder, doc)
+    data = _readable(path, path.read_bytes)
+    sha = hashlib.sha256(data).hexdigest()
+    _check_sha(path, sha, doc)
+    return path, data, sha
+
+
+def weights_sha256(folder: Path, doc: dict[str, Any]) -> str:
+    """`verified_weights`' sha256, streamed: the file is never held in memory whole."""
+    path = weights_path(folder, doc)
+    sha = _readable(path, lambda: file_sha256(path))
+    _check_sha(path, sha, doc)
+    return sha
+
+
+def _readable(path: Path, read: Callable[[], T]) -> T:
     try:
-        data = path.read_bytes()
+        return read()
     except OSError as exc:
         raise ModelError(
             f"{path} cannot be read ({exc.strerror}); check that the model folder is complete "
             "and readable"
         ) from exc
-    sha = hashlib.sha256(data).hexdigest()
+
+
+def _check_sha(path: Path, sha: str, doc: dict[str, Any]) -> None:
     expected = (doc.get("weights") or {}).get("sha256")
     if expected and sha != expected:
         raise ModelError(
             f"{path} does not match the sha256 in model.json (file replaced or corrupt); "
             "re-save the model"
         )
-    return path, data, sha
 
 
 class ModelFiles:
@@ -67,8 +86,7 @@ class ModelFiles:
 
         self.folder, self.device = folder, device
         doc, self.meta, json_sha = load_model_json(folder)
-        _path, _data, weights_sha = verified_weights(folder, doc)
-        self.identity = model_identity(json_sha, weights_sha)
+        self.identity = model_identity(json_sha, weights_sha256(folder, doc))
         self.validation_patches = load_patches(folder, doc, int(self.meta.tile_size))
         self._network: SegmentationModel | None = None
         self._lock = threading.Lock()  # one build, whichever thread asks first
