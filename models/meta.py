@@ -11,9 +11,10 @@ import hashlib
 import json
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from wsi_segment.errors import ModelError
 
@@ -25,6 +26,7 @@ WEIGHTS_FILE = "model.safetensors"
 META_FILE = "model.json"
 FORMAT = "wsi-segment-model"
 FORMAT_VERSION = 1
+T = TypeVar("T")
 DEFAULT_EPSILON = 0.1  # the classification gate's threshold when model.json names none
 IDENTITY_NORMALISATION: dict[str, list[float]] = {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
 
@@ -203,14 +205,19 @@ def model_files_identity(folder: str | Path) -> tuple[str, ModelMeta]:
     is the ModelError loading would raise."""
     doc, meta, json_sha = load_model_json(folder)
     weights = weights_path(folder, doc)
+    return model_identity(json_sha, read_weights(weights, lambda: file_sha256(weights))), meta
+
+
+def read_weights(path: Path, read: Callable[[], T]) -> T:
+    """`read()` of the weights file at `path` (its bytes, its sha256); an OSError is the one
+    ModelError that names the file and the fix."""
     try:
-        weights_sha = file_sha256(weights)
+        return read()
     except OSError as exc:
         raise ModelError(
-            f"{weights} cannot be read ({exc.strerror}); check that the model folder is "
-            "complete and readable"
+            f"{path} cannot be read ({exc.strerror}); check that the model folder is complete "
+            "and readable"
         ) from exc
-    return model_identity(json_sha, weights_sha), meta
 
 
 def model_files_stamp(folder: str | Path) -> tuple[int, ...]:

@@ -12,16 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol
 
 from wsi_segment.errors import ModelError
 
 from .checksum import file_sha256, model_identity
-from .meta import ModelMeta, load_model_json, weights_path
-
-T = TypeVar("T")
+from .meta import ModelMeta, load_model_json, read_weights, weights_path
 
 if TYPE_CHECKING:
     import torch
@@ -44,7 +41,7 @@ def verified_weights(folder: Path, doc: dict[str, Any]) -> tuple[Path, bytes, st
     """The weights file model.json names, its bytes and their sha256 (parsed from the bytes
     hashed: read once), refused where they do not match the sha256 model.json records."""
     path = weights_path(folder, doc)
-    data = _readable(path, path.read_bytes)
+    data = read_weights(path, path.read_bytes)
     sha = hashlib.sha256(data).hexdigest()
     _check_sha(path, sha, doc)
     return path, data, sha
@@ -53,19 +50,9 @@ def verified_weights(folder: Path, doc: dict[str, Any]) -> tuple[Path, bytes, st
 def weights_sha256(folder: Path, doc: dict[str, Any]) -> str:
     """`verified_weights`' sha256, streamed: the file is never held in memory whole."""
     path = weights_path(folder, doc)
-    sha = _readable(path, lambda: file_sha256(path))
+    sha = read_weights(path, lambda: file_sha256(path))
     _check_sha(path, sha, doc)
     return sha
-
-
-def _readable(path: Path, read: Callable[[], T]) -> T:
-    try:
-        return read()
-    except OSError as exc:
-        raise ModelError(
-            f"{path} cannot be read ({exc.strerror}); check that the model folder is complete "
-            "and readable"
-        ) from exc
 
 
 def _check_sha(path: Path, sha: str, doc: dict[str, Any]) -> None:

@@ -15,7 +15,9 @@ from tests.conftest import CMU_SLIDE, corrupt_middle_tile
 from wsi_segment.errors import SlideError
 from wsi_segment.pipeline.inference.engine_state import Stopped
 from wsi_segment.pipeline.inference.host_tiles import HostTiles
+from wsi_segment.pipeline.inference.slide_plan import plan_reader
 from wsi_segment.pipeline.inference.tile_reader import TileReader
+from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.wsi.slide import open_slide
 from wsi_segment.wsi.tiling import ChunkSpec, TileGrid, plan_chunks
 
@@ -25,14 +27,7 @@ def reader_and_chunks(slide_path: Path) -> tuple[TileReader, list[ChunkSpec]]:
     slide = open_slide(slide_path, backend="tiffslide")
     grid = TileGrid(tile=224, overlap=32, downsample=4)
     plan = plan_chunks(slide, 0.499, 0.499, grid, 2, None)
-    reader = TileReader(
-        slide_path=str(slide_path),
-        backend="tiffslide",
-        mpp_override=None,
-        level0_per_model=plan.level0_per_model,
-        read_level=plan.read_level,
-        grid=grid,
-    )
+    reader = plan_reader(str(slide_path), slide, SegmentParams(), plan, grid, None)
     return reader, [s for s in plan.specs if s.tiles]
 
 
