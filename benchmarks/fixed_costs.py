@@ -6,9 +6,12 @@
 Runs each tree's `wsi-segment` (its own `.venv`) on the CMU slide (29 tiles) with the
 defaults, alternating base and new in every round, each tree with its own runtime cache,
 warmed by one run first that is not counted. Reports per run the process's wall clock and
-CPU seconds (os.wait4) and summary.json's stage timings (`model_load_s`: the background
-load, imports included; `tissue_and_plan_s`; `inference_s`), with the load average before
-each run: on a shared machine the medians of interleaved runs compare, single runs do not.
+CPU seconds (os.wait4: with `--batch`, its workers' too), its own peak RSS (VmHWM) and
+summary.json's stage timings (`model_load_s`: the background load, imports included;
+`tissue_and_plan_s`; `inference_s`), with the load average before each run: on a shared
+machine the medians of interleaved runs compare, single runs do not. `--batch` runs the slide
+through `wsi-segment batch --workers 2` instead: a Dask client planning for its bands on a
+LocalCluster of two worker processes.
 
 `--steps` times a warm load's steps one after the other in this process (wall and CPU
 seconds each): the imports, the model folder's read, the runtime's opening (its
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -31,25 +35,29 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.measure import loadavg  # noqa: E402
+from benchmarks.measure import ChildPeakRss, loadavg  # noqa: E402
 
 SLIDE = ROOT / "tests/data/CMU-1-Small-Region.svs"
 STAGES = ("model_load_s", "tissue_and_plan_s", "inference_s", "outputs_s")
 
 
-def run_once(tree: Path, out: Path, cache: Path) -> dict[str, float]:
-    """One CLI run of `tree` into a fresh `out`: wall, CPU and summary.json's timings."""
+def run_once(tree: Path, out: Path, cache: Path, batch: Path | None) -> dict[str, float]:
+    """One CLI run of `tree` into a fresh `out` (`batch`: a folder holding the slide, run on a
+    LocalCluster): wall, CPU, peak RSS and summary.json's timings."""
     env = {**os.environ, "WSI_SEGMENT_CACHE_DIR": str(cache)}
     cmd = [str(tree / ".venv/bin/wsi-segment"), str(SLIDE), "--out", str(out), "--quiet"]
+    if batch is not None:
+        cmd[1:2] = ["batch", str(batch), "--workers", "2"]
     t0 = time.perf_counter()
     pid = os.posix_spawn(cmd[0], cmd, env)
-    _, status, usage = os.wait4(pid, 0)
+    with ChildPeakRss(pid) as peak:
+        _, status, usage = os.wait4(pid, 0)
     wall = time.perf_counter() - t0
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{tree}: wsi-segment failed ({status})")
     (summary,) = out.glob("*/summary.json")
     timings = json.loads(summary.read_text())["timings_s"]
-    found = {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime}
+    found = {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_mb": peak.mb}
     found.update({k: float(timings[k]) for k in STAGES if k in timings})
     return found
 
@@ -108,6 +116,7 @@ def main() -> int:
     parser.add_argument("--steps", action="store_true", help="a warm load's steps, here")
     parser.add_argument("--new", type=Path, default=ROOT, help="the tree under test")
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--batch", action="store_true", help="wsi-segment batch --workers 2")
     args = parser.parse_args()
     if args.steps:
         load_steps()
@@ -118,10 +127,14 @@ def main() -> int:
     runs: dict[str, list[dict[str, float]]] = {label: [] for label in trees}
     with tempfile.TemporaryDirectory(prefix="fixed-costs-") as tmp:
         root = Path(tmp)
+        batch = root / "slides" if args.batch else None
+        if batch is not None:
+            batch.mkdir()
+            shutil.copyfile(SLIDE, batch / SLIDE.name)
         for round_ in range(args.rounds + 1):  # round 0 warms each tree's cache
             for label, tree in trees.items():
                 load = loadavg()
-                found = run_once(tree, root / f"{label}-{round_}", root / f"cache-{label}")
+                found = run_once(tree, root / f"{label}-{round_}", root / f"cache-{label}", batch)
                 if round_:
                     runs[label].append(found)
                 words = " ".join(f"{k}={v:.2f}" for k, v in found.items())

@@ -10,10 +10,14 @@ stands in for the other's), and the zarr store's files, tissue.geojson and overl
 compared by sha256. summary.json is not compared: it holds timings. Exit status 1 on any
 difference, with the differing files listed.
 
-`--dask` also runs the CMU slide with each option set through `wsi-segment batch` on a local
-Dask cluster (`--workers 2`: the slide's chunks in bands on two worker processes) in both
-trees, and compares those outputs with each other and with the new tree's local run (there
-tissue.geojson without its feature ids, which name the path the slide was read at).
+A synthetic slide (`--synthetic SIZE` px square, 0: none; written once into the output
+folder by `benchmarks.slides.make_slide`) joins the two test slides.
+
+`--dask` also runs the CMU slide and the synthetic one with each option set through
+`wsi-segment batch` on a local Dask cluster (`--workers 2`: the slide's chunks in bands on two
+worker processes) in both trees, and compares those outputs with each other and with the new
+tree's local run (there tissue.geojson without its feature ids, which name the path the slide
+was read at).
 """
 
 from __future__ import annotations
@@ -28,6 +32,10 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
 SLIDES = ("tests/data/CMU-1-Small-Region.svs", "tests/data/OS-1-detail.ome.tif")
 OPTIONS = {"defaults": [], "torch-fp32": ["--runtime", "torch", "--precision", "fp32"]}
@@ -58,7 +66,7 @@ def run_tree(tree: Path, out: Path, slide: Path, extra: list[str]) -> None:
 def run_cluster(tree: Path, out: Path, slide: Path, extra: list[str]) -> None:
     """`tree`'s batch on a folder holding only `slide` (a copy at the same path for both
     trees), its chunks in bands on a local Dask cluster of two worker processes."""
-    folder = out.parents[2] / "dask-input"
+    folder = out.parents[2] / "dask-input" / slide.stem
     if not (folder / slide.name).is_file():
         folder.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(slide, folder / slide.name)
@@ -105,12 +113,16 @@ def main() -> int:
         "--dask", action="store_true", help="also the CMU slide in bands on a local cluster"
     )
     parser.add_argument("--only", help="only the slides whose file name contains this (e.g. CMU-1)")
+    parser.add_argument(
+        "--synthetic", type=int, default=4096, help="a synthetic slide of this size too (0: none)"
+    )
     args = parser.parse_args()
     root = args.keep or Path(tempfile.mkdtemp(prefix="same-bytes-"))
     roi = root / "roi.geojson"
     root.mkdir(parents=True, exist_ok=True)
     roi.write_text(json.dumps(ROI))
-    cases = [(s, name, extra) for s in SLIDES for name, extra in OPTIONS.items()]
+    slides = [*SLIDES, *synthetic_slide(root, args.synthetic)]
+    cases = [(s, name, extra) for s in slides for name, extra in OPTIONS.items()]
     cases += [
         (SLIDES[0], f"roi-{name}", [*extra, "--roi", str(roi)]) for name, extra in OPTIONS.items()
     ]
@@ -125,8 +137,8 @@ def main() -> int:
         )
         local_new[f"{slide} {name}"] = new
         failed += report(Path(slide).name, name, base, new)
-    if args.dask and (args.only is None or args.only in Path(SLIDES[0]).name):
-        slide = SLIDES[0]
+    on_cluster = [s for s in (SLIDES[0], *slides[len(SLIDES) :]) if args.dask]
+    for slide in (s for s in on_cluster if args.only is None or args.only in Path(s).name):
         for name, extra in OPTIONS.items():
             base, new = (
                 run_both(args, root, label, f"dask-{name}", slide, extra, run_cluster)
@@ -139,6 +151,16 @@ def main() -> int:
                 Path(slide).name, f"dask=local-{name}", ids_aside(local), ids_aside(new)
             )
     return 1 if failed else 0
+
+
+def synthetic_slide(root: Path, size: int) -> list[str]:
+    """[the path of a `size` px square synthetic slide under `root`] (written once), or []."""
+    if size <= 0:
+        return []
+    from benchmarks.slides import make_slide
+
+    path, _writer = make_slide(root / f"synthetic-{size}.tif", size, tissue_fraction=0.5)
+    return [str(path)]
 
 
 def run_both(
