@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from wsi_segment.errors import ModelError
+from wsi_segment.models.model_files import ModelFiles
 from wsi_segment.models.runtimes.decision import BF16_IF_CALIBRATED
 from wsi_segment.pipeline.cancellation import CancelToken
 from wsi_segment.pipeline.early_readers import EarlyReaders
@@ -50,8 +51,8 @@ class RunStart:
 
     policy: ExecutionPlan
     read_tiles: JpegTiles | None  # the read level's JPEG tiles when read on the device
-    spec: RuntimeSpec  # what the loader opens
-    loader: Background[LoadedModel]
+    spec: RuntimeSpec  # what the plan's runtime opens (a cluster's: on its workers)
+    loader: Background[LoadedModel | ModelFiles]  # a cluster's plan: the files, no runtime
     readers: EarlyReaders
 
     @classmethod
@@ -69,8 +70,12 @@ class RunStart:
         facts, tiles = slide_facts(machine, params, facts, opened.path, opened.slide, key)
         policy = decide_for_model(machine, params, facts, str(model.path))
         tiles = tiles if policy.read_device.value == GPU else None
-        spec = loader_spec(policy)
-        loader = Background(load_for_process, str(model.path), loader_device(policy), spec)
+        spec = runtime_spec(policy)
+        loader: Background[LoadedModel | ModelFiles]
+        if policy.place == CLUSTER:  # its bands open their runtime on their workers
+            loader = Background(ModelFiles, model.path, "cpu")
+        else:
+            loader = Background(load_for_process, str(model.path), policy.device.value, spec)
         readers = EarlyReaders.start(
             policy if early else None, machine, opened.path, opened.slide, params
         )
@@ -84,9 +89,13 @@ class RunStart:
         with it (bf16 or fp32, by the same function). `cancel` is checked after the wait."""
         loaded = self.loader.result()
         cancel.check()
-        handle = ModelHandle.of(loaded, str(model.path), loader_device(self.policy), self.spec)
+        policy, folder, device = self.policy, str(model.path), self.policy.device.value
+        if isinstance(loaded, ModelFiles):  # a cluster's plan: read and checked, not built
+            _same_geometry(model.path, model.geometry, loaded.meta)
+            return ModelHandle(folder, device, self.spec, loaded.identity), loaded.meta, policy
+        handle = ModelHandle.of(loaded, folder, device, self.spec)
         _same_geometry(model.path, model.geometry, loaded.model.meta)
-        policy, runtime = self.policy, loaded.runtime
+        runtime = loaded.runtime
         waiting = policy.precision.value == BF16_IF_CALIBRATED and policy.calibration is None
         if waiting and runtime.calibration is not None and runtime.runtime == policy.runtime.value:
             policy = with_calibration(policy, runtime.runtime, runtime.calibration)
@@ -97,24 +106,6 @@ class RunStart:
         self.readers.close()
         with contextlib.suppress(BaseException):
             self.loader.result()  # never leave a thread importing torch behind
-
-
-def loader_spec(policy: ExecutionPlan) -> RuntimeSpec:
-    """What the model loader opens: the plan's runtime and precision; a cluster's plan only
-    needs the model's identity and metadata (its bands open their own runtime on their
-    workers), so it loads into torch at fp32 and compiles and calibrates nothing."""
-    if policy.place != CLUSTER:
-        return runtime_spec(policy)
-    from wsi_segment.models.runtimes.spec import RuntimeSpec
-
-    why = "a Dask cluster's plan: the bands run the model on their workers"
-    return RuntimeSpec("torch", "fp32", runtime_reason=why, precision_reason=why)
-
-
-def loader_device(policy: ExecutionPlan) -> str:
-    """Where the model loads: the plan's device; a cluster's plan (decided for its
-    workers' machine, which may have GPUs this one lacks) loads it on this CPU."""
-    return "cpu" if policy.place == CLUSTER else policy.device.value
 
 
 def slide_facts(

@@ -68,9 +68,13 @@ def test_a_cluster_s_plan_is_decided_for_its_workers_machine(
 ) -> None:
     """A Dask run's client plans for the machine its workers describe
     (`band_runner.cluster_machine`), not for its own: GPU workers under a CPU-only client get
-    a GPU plan (device, chunk size, runtime, precision), while the client loads the model
-    on its own CPU, for its identity and metadata only."""
+    a GPU plan (device, chunk size, runtime, precision). The client reads the model's
+    files for their identity and metadata only: the handle it ships is the plan's recipe,
+    which each band opens on its worker."""
+    from wsi_segment.models.meta import model_files_identity
+    from wsi_segment.pipeline.inference.model_handle import ModelHandle
     from wsi_segment.pipeline.machine import GIB, Gpu, Machine
+    from wsi_segment.pipeline.run_policy import runtime_spec
 
     h100 = Gpu("NVIDIA H100 80GB HBM3", 80 * GIB)
     workers = Machine(cores=16, memory_bytes=128 * GIB, cpu_flags=frozenset({"avx2"}), gpus=(h100,))
@@ -83,7 +87,9 @@ def test_a_cluster_s_plan_is_decided_for_its_workers_machine(
         assert (plan.runtime.value, plan.precision.value) == ("torch", "bf16")
         sides = {(s.core_box[2] - s.core_box[0]) // prep.grid.stride for s in prep.specs}
         assert sides == {8}  # planned in chunks of 8 x 8 tiles
-        assert prep.model.device == "cpu" and prep.model.get().device.type == "cpu"
+        identity, _meta = model_files_identity(tiny_model_dir)
+        recipe = ModelHandle(str(tiny_model_dir), "cuda", runtime_spec(plan), identity)
+        assert prep.model == recipe and prep.model.identity == identity
     finally:
         prep.close_prefetch()
         prep.slide.close()

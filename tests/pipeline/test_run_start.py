@@ -11,19 +11,27 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import CMU_SLIDE
 from wsi_segment.models.bundle import load_model
 from wsi_segment.models.meta import model_files_identity
+from wsi_segment.models.model_files import ModelFiles
 from wsi_segment.models.runtimes.select import open_runtime
 from wsi_segment.models.runtimes.verdict import calibration_key, store_verdict
+from wsi_segment.pipeline.cancellation import NEVER_CANCELLED
+from wsi_segment.pipeline.inference.model_handle import LoadedModel
 from wsi_segment.pipeline.machine import GIB, Machine
 from wsi_segment.pipeline.params import SegmentParams
+from wsi_segment.pipeline.prepare_inputs import open_checked_slide, read_model_folder
 from wsi_segment.pipeline.run_policy import (
+    CLUSTER,
+    LOCAL,
     RunFacts,
     calibration_numbers,
     decide,
     known_calibration,
     runtime_spec,
 )
+from wsi_segment.pipeline.run_start import RunStart
 
 AMX = Machine(cores=2, memory_bytes=8 * GIB, cpu_flags=frozenset({"avx2", "amx_bf16", "amx_tile"}))
 TORCH = SegmentParams(device="cpu", runtime="torch")  # precision auto: bf16-if-calibrated on AMX
@@ -101,3 +109,32 @@ def test_the_first_load_keeps_the_verdict_it_obtained(tiny_model_dir: Path, cach
     assert dict(facts.calibrations) == {"torch": calibration_numbers(first.calibration)}
     warm = decide(AMX, TORCH, facts)
     assert f"{warm.precision.value}: {warm.precision.reason}" == first.precision_reason
+
+
+@pytest.mark.parametrize("place", [CLUSTER, LOCAL])
+def test_only_a_local_plan_builds_the_network_its_runtime_runs(
+    tiny_model_dir: Path, cache: Path, place: str
+) -> None:
+    """A cluster's plan reads and checks the model's files (identity, metadata) and opens no
+    runtime: its bands open theirs on their workers. A local plan opens the plan's runtime,
+    here torch, which runs the network it builds."""
+    machine = Machine(cores=2, memory_bytes=8 * GIB, cpu_flags=frozenset({"avx2"}))
+    params = SegmentParams(device="cpu", runtime="torch", precision="fp32", decoders=0)
+    opened = open_checked_slide(str(CMU_SLIDE), params)
+    model = read_model_folder(tiny_model_dir)
+    started = RunStart.begin(opened, model, params, machine, RunFacts(place=place), early=False)
+    try:
+        handle, meta, plan = started.loaded_model(model, NEVER_CANCELLED)
+    finally:
+        started.stop()
+        opened.slide.close()
+    identity, expected_meta = model_files_identity(tiny_model_dir)
+    assert (handle.identity, meta, plan) == (identity, expected_meta, started.policy)
+    assert handle.spec == runtime_spec(plan) and handle.device == "cpu"
+    loaded = started.loader.result()
+    if place == CLUSTER:
+        assert isinstance(loaded, ModelFiles) and not loaded.network_built
+        assert handle.model_dir == str(tiny_model_dir)
+    else:
+        assert isinstance(loaded, LoadedModel) and loaded.runtime.network is not None
+        assert handle.get() is loaded
