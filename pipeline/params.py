@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from wsi_segment.errors import ConfigError
+from wsi_segment.models.runtimes.decision import RUNTIME_CHOICES
 from wsi_segment.pipeline.output_files import output_options
 from wsi_segment.wsi.backends import backend_choices
 from wsi_segment.wsi.mpp import mpp_problem
@@ -21,8 +22,8 @@ from wsi_segment.wsi.tiling import check_chunk_tiles
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
-RUNTIMES = ("auto", "torch", "openvino")  # models.runtimes.RUNTIME_CHOICES, without torch
 TISSUE_MODES = ("auto", "all")  # all: no detection, the whole slide is tissue
+RUNTIMES = RUNTIME_CHOICES  # the CLI's --runtime choices: the decision's own names
 READ_DEVICES = ("auto", "cpu", "gpu")  # pipeline.run_policy
 
 
@@ -44,9 +45,9 @@ class SegmentParams:
     device: str = "auto"
     # The speed knobs' defaults (None, "auto") are decided by the run policy
     # (pipeline.run_policy) from the machine; each is recorded there with its reason.
-    precision: str = "auto"  # auto: fixed by the model and machine (SegmentationModel.to_device)
+    precision: str = "auto"  # auto: decided from the machine and the model (pipeline.run_policy)
     # What runs the forward passes: auto is OpenVINO on a CPU, torch on a GPU
-    # (models.runtimes.runtime_decision)
+    # (models.runtimes.decision.runtime_decision)
     runtime: str = "auto"
     batch_size: int | None = None  # None: 16 on the CPU, 64 on a GPU (capped to its memory)
     mpp: float | None = None  # override of the slide's level-0 mpp

@@ -22,7 +22,8 @@ from wsi_segment.models.precision_calibration import (
     calibration_tiles,
     compare_labels,
 )
-from wsi_segment.models.runtimes import RuntimeSpec, open_runtime
+from wsi_segment.models.runtimes.select import open_runtime
+from wsi_segment.models.runtimes.spec import RuntimeSpec
 from wsi_segment.models.segmentation_model import SegmentationModel
 from wsi_segment.models.validation_patches import PATCHES_FILE, ValidationPatches, choose
 

@@ -5,8 +5,11 @@ from __future__ import annotations
 import pytest
 
 from wsi_segment.errors import ConfigError
-from wsi_segment.models.runtimes import runtime_decision
-from wsi_segment.models.runtimes.decision import openvino_bf16_candidate, precision_decision
+from wsi_segment.models.runtimes.decision import (
+    openvino_bf16_candidate,
+    precision_decision,
+    runtime_decision,
+)
 
 ZEN4 = frozenset({"avx2", "avx512f", "avx512_bf16", "sse4a"})
 INTEL_BF16 = frozenset({"avx2", "avx512f", "avx512_bf16"})  # no AMX

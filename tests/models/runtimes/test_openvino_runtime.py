@@ -19,13 +19,11 @@ from wsi_segment.models.classifier import build_classifier
 from wsi_segment.models.cpu import cpu_flags
 from wsi_segment.models.meta import ModelMeta
 from wsi_segment.models.precision_calibration import calibration_tiles
-from wsi_segment.models.runtimes import (
-    Geometry,
-    OpenVINOGraphs,
-    RuntimeSpec,
-    TorchExecutor,
-    open_runtime,
-)
+from wsi_segment.models.runtimes.executor import TorchExecutor
+from wsi_segment.models.runtimes.graph import Geometry
+from wsi_segment.models.runtimes.openvino_runtime import OpenVINOGraphs
+from wsi_segment.models.runtimes.select import open_runtime
+from wsi_segment.models.runtimes.spec import RuntimeSpec
 from wsi_segment.models.segmentation_model import SegmentationModel
 from wsi_segment.models.segmenter import build_segmenter
 
@@ -246,7 +244,8 @@ from pathlib import Path
 import torch
 from tests.models.runtimes.test_openvino_runtime import TILE, _tiny
 from wsi_segment.models.cpu import cpu_flags
-from wsi_segment.models.runtimes import Geometry, OpenVINOGraphs
+from wsi_segment.models.runtimes.graph import Geometry
+from wsi_segment.models.runtimes.openvino_runtime import OpenVINOGraphs
 
 graphs = OpenVINOGraphs(_tiny(), "fp32", 1, cpu_flags(), Path(sys.argv[1]))
 x = torch.full((2, TILE, TILE, 3), 128, dtype=torch.uint8)
@@ -290,7 +289,8 @@ from pathlib import Path
 import torch
 from tests.models.runtimes.test_openvino_runtime import TILE, _tiny
 from wsi_segment.models.cpu import cpu_flags
-from wsi_segment.models.runtimes import Geometry, OpenVINOGraphs
+from wsi_segment.models.runtimes.graph import Geometry
+from wsi_segment.models.runtimes.openvino_runtime import OpenVINOGraphs
 
 x = torch.full((2, TILE, TILE, 3), 128, dtype=torch.uint8)
 made = [OpenVINOGraphs(_tiny(seed=s), "fp32", 1, cpu_flags(), Path(sys.argv[1])) for s in (0, 1)]

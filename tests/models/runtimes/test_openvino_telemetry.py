@@ -25,7 +25,8 @@ import torch
 
 from tests.models.runtimes.test_openvino_runtime import _tiny
 from wsi_segment.models.cpu import cpu_flags
-from wsi_segment.models.runtimes import Geometry, OpenVINOGraphs
+from wsi_segment.models.runtimes.graph import Geometry
+from wsi_segment.models.runtimes.openvino_runtime import OpenVINOGraphs
 
 graphs = OpenVINOGraphs(_tiny(), "fp32", 1, cpu_flags(), Path(sys.argv[1]))
 graphs.run(torch.zeros((2, 224, 224, 3), dtype=torch.uint8), Geometry(224, 16, 192, 4))
