@@ -6,8 +6,9 @@
 #   source .gpu-b/on_device.sh && [ $GPU_SITE_READY = 1 ] && benchmarks/gpu_session.sh PART
 #
 # PART, in the order worth running (each prints its tables and copies them to $OUT):
-#   check    nvidia-smi, then the CUDA-only tests (GPU vs CPU within one level, nvJPEG vs
-#            libjpeg within the JPEG tolerance, the device read path, the engine on CUDA)
+#   check    nvidia-smi, then every test module with CUDA-only tests (GPU vs CPU within one
+#            level, nvJPEG vs libjpeg within the JPEG tolerance, the device read path, the
+#            engine and Dask bands on CUDA), found by grep so the list never goes stale
 #   demo     throughput.py's device section, demo architecture: forward, reduced outputs,
 #            decode limit with 1-16 decoders, the pipeline end to end with GPU busy %, the
 #            ratio, and --read-device gpu vs cpu
@@ -28,6 +29,9 @@ DECODERS=${DECODERS:-1,4,8,16}
 DEVICE=${DEVICE:-cuda}  # cpu: a dry run of the commands on a machine without a GPU
 mkdir -p "$OUT" "$WORK"
 log="$OUT/$PART.md"
+cuda_test_files() { # the test modules that skip without CUDA, found by their skip's words
+  grep -rlE --include='test_*.py' 'needs a CUDA device|torch\.cuda\.is_available\(\)' tests | sort
+}
 device_section() { # extra arguments for throughput.py
   $PY benchmarks/throughput.py --only device --device "$DEVICE" --size "$SIZE" --fast \
     --batch-size 64 --threads 16 --decoders "$DECODERS" --work "$WORK" --no-record "$@"
@@ -37,10 +41,9 @@ device_section() { # extra arguments for throughput.py
   case $PART in
     check)
       nvidia-smi -L || true
-      $PY -m pytest -q -p no:cacheprovider -rs \
-        tests/models/test_models_reduction.py tests/pipeline/inference/test_engine.py \
-        tests/pipeline/inference/test_device_tiles_jpeg.py tests/pipeline/inference/test_device_tiles.py \
-        tests/pipeline/inference/test_device_reader.py tests/flows/test_dask_bands_cuda.py
+      # every test module with a test only a CUDA device runs (`cuda_test_files`)
+      mapfile -t files < <(cuda_test_files)
+      $PY -m pytest -q -p no:cacheprovider -rs "${files[@]}"
       ;;
     demo) device_section ;;
     r50)
