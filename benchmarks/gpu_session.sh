@@ -13,7 +13,9 @@
 #            decode limit with 1-16 decoders, the pipeline end to end with GPU busy %, the
 #            ratio, and --read-device gpu vs cpu
 #   r50      the same for resnet50 + DeepLabV3+ r50 (random weights, made on the machine)
-#   decode   decode limit: GPU JPEG decoding vs 16 decoder processes
+#   decode   decode limit: GPU JPEG decoding vs 1-16 decoder processes vs 1-16 reader threads
+#            in one process (whether threads feed a GPU as processes do decides the decoder
+#            processes' design: benchmarks/RESULTS.md, "Reader threads against decoder processes")
 #   startup  prepare -> first batch on CUDA, and the engine writer's thread scaling
 #   runtimes issue 33's GPU runtimes: the torch path against torch.compile (3 modes) and
 #            TensorRT where torch-tensorrt imports, tiles/s and agreement on real tiles
@@ -51,8 +53,12 @@ device_section() { # extra arguments for throughput.py
       device_section --model "$WORK/models/r50" --read-devices ""
       ;;
     decode)
-      $PY benchmarks/decode.py --size "$SIZE" --modes device,processes --decoders 1,16 \
+      $PY benchmarks/decode.py --size "$SIZE" --modes device,processes,threads --decoders 1,8,16 \
         --model-mpp 0.5 --device "$DEVICE" --work "$WORK" --no-record
+      # the demo model's 1 um/px: resampled by 2, with torch's kernel in a thread of the
+      # model's process, with PIL's in a decoder process (it never imports torch)
+      $PY benchmarks/decode.py --size "$SIZE" --modes processes,threads --decoders 1,8,16 \
+        --work "$WORK" --no-record
       ;;
     startup)
       $PY benchmarks/startup.py --size "$SIZE" --device "$DEVICE" --decoders "${STARTUP_DECODERS:-15}" --work "$WORK" --no-record
