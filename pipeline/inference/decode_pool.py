@@ -1,8 +1,9 @@
 """Decoder processes of the engine: read chunks, cut tiles into shared-memory slots.
 
-Decoding does not scale with threads in one process, so each decoder is a process: spawned,
-never forked (a fork of a process holding CUDA or torch's thread pools can hang), importing
-only numpy and the slide code (`pipeline.inference.tile_reader`). Each reads a contiguous
+Decoding at level pixels does not scale with threads in one process (benchmarks/decode.py),
+so each decoder is a process: spawned, never forked (a fork of a process holding CUDA or
+torch's thread pools can hang), importing only numpy and the slide code
+(`pipeline.inference.tile_reader`; so it resamples with PIL, not torch). Each reads a contiguous
 share of the chunks, so it decodes each shared storage tile once, into slots of a ring it
 owns; a slot goes back to it once the engine's stager has copied it, so memory is bounded by
 the ring.
