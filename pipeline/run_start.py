@@ -84,22 +84,23 @@ class RunStart:
     def loaded_model(
         self, model: ModelFolder, cancel: CancelToken
     ) -> tuple[ModelHandle, ModelMeta, ExecutionPlan]:
-        """The loaded model's handle and metadata, once its load ends, and the run's policy:
+        """The loaded model's handle (a cluster's plan: the plan's recipe, its files only read)
+        and metadata, once its load ends, and the run's policy:
         where the load obtained the bf16 verdict the policy was waiting for, decided again
         with it (bf16 or fp32, by the same function). `cancel` is checked after the wait."""
         loaded = self.loader.result()
         cancel.check()
         policy, folder, device = self.policy, str(model.path), self.policy.device.value
+        files = loaded if isinstance(loaded, ModelFiles) else loaded.model
+        _same_geometry(model.path, model.geometry, files.meta)
         if isinstance(loaded, ModelFiles):  # a cluster's plan: read and checked, not built
-            _same_geometry(model.path, model.geometry, loaded.meta)
-            return ModelHandle(folder, device, self.spec, loaded.identity), loaded.meta, policy
+            return ModelHandle(folder, device, self.spec, files.identity), files.meta, policy
         handle = ModelHandle.of(loaded, folder, device, self.spec)
-        _same_geometry(model.path, model.geometry, loaded.model.meta)
         runtime = loaded.runtime
         waiting = policy.precision.value == BF16_IF_CALIBRATED and policy.calibration is None
         if waiting and runtime.calibration is not None and runtime.runtime == policy.runtime.value:
             policy = with_calibration(policy, runtime.runtime, runtime.calibration)
-        return handle, loaded.model.meta, policy
+        return handle, files.meta, policy
 
     def stop(self) -> None:
         """After an error: stop the readers and wait for the load to end."""
