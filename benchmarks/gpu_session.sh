@@ -45,7 +45,8 @@ device_section() { # extra arguments for throughput.py
       nvidia-smi -L || true
       # every test module with a test only a CUDA device runs (`cuda_test_files`)
       mapfile -t files < <(cuda_test_files)
-      $PY -m pytest -q -p no:cacheprovider -rs "${files[@]}"
+      # PYTEST_ARGS: e.g. "-n 8 --timeout 150" where pytest-xdist and pytest-timeout are installed
+      $PY -m pytest -q -p no:cacheprovider -rsfE --tb=short ${PYTEST_ARGS:-} "${files[@]}"
       ;;
     demo) device_section ;;
     r50)
