@@ -22,6 +22,7 @@ that checks the code path, not the GPU figure.
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 from pathlib import Path
 from typing import Any
@@ -63,13 +64,13 @@ def model_rates(
     import torch
 
     from wsi_segment.models.device import autocast
-    from wsi_segment.models.runtimes.executor import TORCH_DTYPES
+    from wsi_segment.models.runtimes.executor import TORCH_DTYPES, TorchExecutor
     from wsi_segment.models.runtimes.graph import Geometry
 
     dev = model.device
     dtype = TORCH_DTYPES[runtime.precision]
     host = torch.from_numpy(np.ascontiguousarray(tiles)).permute(0, 3, 1, 2)
-    on_dev = [host[i : i + batch].to(dev) for i in range(0, len(host), batch)]
+    on_dev = [host[i : i + batch].to(dev) for i in range(0, len(host) - batch + 1, batch)]
     margin, core = grid.margin, grid.stride
 
     @torch.inference_mode()
@@ -81,9 +82,11 @@ def model_rates(
 
     reduced_bytes: list[int] = []
 
-    executor = runtime.executor(Geometry(grid.tile, margin, core, downsample))
+    geometry = Geometry(grid.tile, margin, core, downsample)
+    eager = TorchExecutor(model, geometry, runtime.precision)
+    planned = runtime.executor(geometry, batch)  # the run's: on a GPU, a CUDA graph
 
-    def reduced(x: torch.Tensor) -> None:
+    def reduced(x: torch.Tensor, executor: Any = eager) -> None:
         out = executor.run(x.permute(0, 2, 3, 1))
         reduced_bytes.append(out.nbytes // len(x))
 
@@ -93,6 +96,8 @@ def model_rates(
     return {
         "forward": _timed(model, on_dev, forward),
         "reduced": _timed(model, on_dev, reduced),
+        "planned": _timed(model, on_dev, functools.partial(reduced, executor=planned)),
+        "planned_kind": type(planned).__name__,
         "full": _timed(model, on_dev, full, repeat=1),
         "reduced_bytes": reduced_bytes[-1],
         "full_bytes": 4 * len(model.meta.classes) * grid.tile**2 + 4 * len(model.meta.classes),
@@ -146,7 +151,7 @@ def section_device(
     t = summary.get("timings_s", {})
     pipe = n / run.wall_s
     stage = n / max(t.get("inference_s", 1e-9), 1e-9)
-    limit = min(decode_limit, rates["reduced"])
+    limit = min(decode_limit, rates["planned"])
     ratio = pipe / limit
     rows += [
         ("device: model forward", f"{rates['forward']:,.0f} tiles/s",
@@ -154,6 +159,8 @@ def section_device(
         ("device: model reduced", f"{rates['reduced']:,.0f} tiles/s",
          f"the tile graph, copied back: {rates['reduced_bytes']:,} B/tile "
          f"(full maps: {rates['full_bytes']:,} B/tile)"),
+        (f"device: model reduced, {rates['planned_kind']}", f"{rates['planned']:,.0f} tiles/s",
+         "the executor the run's plan builds (on a GPU: the tile graph as one CUDA graph)"),
         ("device: predict full maps", f"{rates['full']:,.0f} tiles/s", "float32 maps back"),
         ("device: decode limit", f"{decode_limit:,.0f} tiles/s",
          "; ".join(f"{k} proc: {v:,.0f}" for k, v in decode.items())),
@@ -161,9 +168,15 @@ def section_device(
          f"{n} tiles, {run.wall_s:.1f} s wall (inference stage {stage:,.1f} tiles/s), peak RSS "
          f"{run.maxrss_mb:.0f} MB; {run.gpu}"),
         ("device: ratio", f"{ratio:.2f}",
-         f"pipeline / min(decode {decode_limit:,.0f}, reduced model {rates['reduced']:,.0f}); "
+         f"pipeline / min(decode {decode_limit:,.0f}, planned executor {rates['planned']:,.0f}); "
          f"inference stage alone {stage / limit:.2f}; load {load_before} -> {loadavg()}"),
     ]  # fmt: skip
+    if args.device == "cuda":  # the same run with every batch launched from Python
+        eager, _ = run_pipeline(
+            slide, model_dir, work / "out" / "eager", [*extra, "--no-cuda-graphs"]
+        )
+        rows.append(("device: pipeline --no-cuda-graphs", f"{n / eager.wall_s:,.1f} tiles/s",
+                     f"{eager.wall_s:.1f} s wall; {eager.gpu}"))  # fmt: skip
     for read_device in [x.strip() for x in args.read_devices.split(",") if x.strip()]:
         rows.append(read_device_row(slide, model_dir, work, extra, model.meta.mpp, read_device))
     return ratio

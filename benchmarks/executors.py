@@ -45,4 +45,4 @@ def reduced(
 ) -> Any:
     """`runtime`'s outputs of uint8 tiles (N, 3, T, T) at that geometry (gate on)."""
     geometry = Geometry(int(tiles.shape[-1]), margin, core, downsample, True)
-    return runtime.executor(geometry).run(tiles.permute(0, 2, 3, 1))
+    return runtime.executor(geometry, len(tiles)).run(tiles.permute(0, 2, 3, 1))

@@ -99,7 +99,7 @@ def load_steps() -> None:
     print(f"network built: {model.network_built}; imported: {heavy or 'none of'} "
           "timm, torchvision, smp", flush=True)  # fmt: skip
     tile = int(model.meta.tile_size)
-    executor = opened.executor(Geometry.whole(tile))
+    executor = opened.executor(Geometry.whole(tile), plan.batch_size.value)
     tiles = torch.zeros((plan.batch_size.value, tile, tile, 3), dtype=torch.uint8)
     torch.set_num_threads(max(1, plan.cores.value // plan.compute_threads.value))
     executor.run(tiles)

@@ -67,22 +67,31 @@ def autocast_runner(module: Any, device: str, dtype: Any) -> Runner:
 
 
 def variants(
-    model: Any, runtime: Any, device: str, tile: int, margin: int, core: int, ds: int
+    model: Any, runtime: Any, device: str, tile: int, margin: int, core: int, ds: int, batch: int
 ) -> dict[str, Any]:
     """name -> a runner, or the reason it cannot run here (a string)."""
     import torch
 
-    from wsi_segment.models.runtimes.executor import TORCH_DTYPES
+    from wsi_segment.models.runtimes.executor import TORCH_DTYPES, CudaGraphExecutor, TorchExecutor
     from wsi_segment.models.runtimes.graph import Geometry
 
     dtype = TORCH_DTYPES[runtime.precision]
-    executor = runtime.executor(Geometry(tile, margin, core, ds))
+    geometry = Geometry(tile, margin, core, ds)
 
-    def torch_path(tiles: Any) -> Outputs:
-        out = executor.run(tiles)
-        return out.probs, out.labels
+    def executed(executor: Any) -> Any:
+        def run(tiles: Any) -> Outputs:
+            out = executor.run(tiles)
+            return out.probs, out.labels
 
-    found: dict[str, Any] = {"torch": torch_path}
+        return run
+
+    eager = TorchExecutor(model, geometry, runtime.precision)
+    found: dict[str, Any] = {"torch": executed(eager)}
+    found["torch-cuda-graph"] = (
+        executed(CudaGraphExecutor(eager, batch))
+        if device == "cuda"
+        else "CUDA graphs need a CUDA device"
+    )
     for name, mode in (("compile", "default"), ("compile-autotune", "max-autotune-no-cudagraphs"),
                        ("compile-cudagraphs", "reduce-overhead")):  # fmt: skip
         if mode == "reduce-overhead" and device != "cuda":
@@ -189,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     n_real = len(real)
     real = torch.cat([real, real.new_zeros((args.batch - n_real, *real.shape[1:]))])
     real = real.to(args.device)
-    found = variants(model, runtime, args.device, tile, MARGIN, CORE, DOWNSAMPLE)
+    found = variants(model, runtime, args.device, tile, MARGIN, CORE, DOWNSAMPLE, args.batch)
 
     runners: dict[str, Runner] = {}
     rows: list[tuple[str, str, str]] = []

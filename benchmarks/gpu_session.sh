@@ -16,13 +16,14 @@
 #   decode   decode limit: GPU JPEG decoding vs 1-16 decoder processes vs 1-16 reader threads
 #            in one process (whether threads feed a GPU as processes do decides the decoder
 #            processes' design: benchmarks/RESULTS.md, "Reader threads against decoder processes")
+#   split    decoder processes against writer threads: wsi-segment end to end at each split
 #   startup  prepare -> first batch on CUDA, and the engine writer's thread scaling
 #   runtimes issue 33's GPU runtimes: the torch path against torch.compile (3 modes) and
 #            TensorRT where torch-tensorrt imports, tiles/s and agreement on real tiles
 # The bank slide (30720 px) is written once into $WORK and reused while the machine is up.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PART=${1:?usage: benchmarks/gpu_session.sh check|demo|r50|decode|startup|runtimes}
+PART=${1:?usage: benchmarks/gpu_session.sh check|demo|r50|decode|split|startup|runtimes}
 PY=${PY:-python3}
 WORK=${WORK:-/tmp/wsi-gpu}
 OUT=${OUT:-gpu-out}
@@ -60,6 +61,29 @@ device_section() { # extra arguments for throughput.py
       # model's process, with PIL's in a decoder process (it never imports torch)
       $PY benchmarks/decode.py --size "$SIZE" --modes processes,threads --decoders 1,8,16 \
         --work "$WORK" --no-record
+      ;;
+    split)
+      # decoder processes against writer threads on a GPU: wsi-segment end to end on the bank
+      # slide at each split (decoders,writers; auto: the run policy's), rounds interleaved
+      slide="$WORK/slides/tp-$SIZE-t0.6.svs"
+      $PY -c "import sys; from pathlib import Path; from benchmarks.slides import make_slide
+make_slide(Path(sys.argv[1]), int(sys.argv[2]), 0.6, fast=True)" "$slide" "$SIZE"
+      echo "| round | asked | decoders | writers | wall s | inference s | outputs s |"
+      echo "|---|---|---|---|---|---|---|"
+      for round in 1 2; do
+        for split in ${SPLITS:-auto 15,1 11,4 8,8}; do
+          extra=(); [ "$split" = auto ] || extra=(--decoders "${split%,*}" --writers "${split#*,}")
+          t0=$(date +%s.%N)
+          $PY -m wsi_segment.flows.cli "$slide" --out "$WORK/out/split" --overwrite --quiet \
+            --device "$DEVICE" --batch-size 64 "${extra[@]}"
+          $PY -c "import json, sys, time; from pathlib import Path
+s = json.loads(next(Path(sys.argv[1]).glob('*/summary.json')).read_text())
+p, t = s['run_policy'], s['timings_s']
+print(f\"| {sys.argv[2]} | {sys.argv[3]} | {p['decoders']['value']} | {p['writers']['value']} | \"
+      f\"{time.time() - float(sys.argv[4]):.1f} | {t['inference_s']:.2f} | {t['outputs_s']:.2f} |\")" \
+            "$WORK/out/split" "$round" "$split" "$t0"
+        done
+      done
       ;;
     startup)
       $PY benchmarks/startup.py --size "$SIZE" --device "$DEVICE" --decoders "${STARTUP_DECODERS:-15}" --work "$WORK" --no-record

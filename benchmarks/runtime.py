@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # 1. model alone, interleaved
     geometry = Geometry(int(meta.tile_size), 16, 192, 4)
-    executors = {v: models[v][1].executor(geometry) for v in variants}
+    executors = {v: models[v][1].executor(geometry, 16) for v in variants}
     configs = {v: [1, args.threads] for v in variants}
     rates: dict[tuple[str, str, int], list[float]] = {}
     for r in range(args.rounds):

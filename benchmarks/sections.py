@@ -39,7 +39,7 @@ def section_throughput(
     )
     model, runtime = opened(model_dir, "auto", args.precision, args.runtime)
     p = plan_like_pipeline(slide, model.meta, args.overlap, args.chunk_tiles, 4, args.backend)
-    forward = _bare_forward(model, runtime, tile_geometry(p.grid, True))
+    forward = _bare_forward(model, runtime, tile_geometry(p.grid, True), args.batch_size)
     log(f"[throughput] {p.tiles} tiles in {len(p.specs)} chunks; reading ...")
     all_tiles, read_wall, read_cpu = read_chunks(p)
     n = len(all_tiles)
@@ -104,7 +104,7 @@ def section_throughput(
     return ratio
 
 
-def _bare_forward(model: Any, runtime: Any, geometry: Any) -> Callable[[Any], Any]:
+def _bare_forward(model: Any, runtime: Any, geometry: Any, batch: int) -> Callable[[Any], Any]:
     """The bare model's batch (uint8 (N, 3, T, T)) forward: torch's `model.predict` (full
     float maps, the reference since issue 8), or OpenVINO's executor of the slide's tile
     graph (its only form: reduced outputs at the run's geometry)."""
@@ -113,7 +113,7 @@ def _bare_forward(model: Any, runtime: Any, geometry: Any) -> Callable[[Any], An
     if runtime.runtime == "torch":
         dtype = TORCH_DTYPES[runtime.precision]
         return lambda batch: model.predict(batch, gate=True, dtype=dtype)
-    executor = runtime.executor(geometry)
+    executor = runtime.executor(geometry, batch)
     return lambda batch: executor.run(batch.permute(0, 2, 3, 1))
 
 

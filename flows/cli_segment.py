@@ -177,7 +177,7 @@ def add_parallelism_options(parser: argparse.ArgumentParser) -> None:
         type=positive_int(0, 256),
         default=None,
         help="decoder processes feeding the model's owner, 0-256; 0: one reader thread "
-        "instead (default: one per core but one, at most 16, on a GPU; 0 on the CPU). On a "
+        "instead (default: half the cores, at most 16, on a GPU; 0 on the CPU). On a "
         "Dask cluster: per band of chunks on each worker (default: as a local run there)",
     )
     parser.add_argument(
@@ -186,6 +186,13 @@ def add_parallelism_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="threads of the engine that finish chunks side by side (stitch, zarr "
         "write, polygons), 1-64 (default: the cores the decoders leave, 1 to 4)",
+    )
+    parser.add_argument(
+        "--no-cuda-graphs",
+        action="store_true",
+        help="on a GPU, launch each batch's kernels from Python instead of replaying the tile "
+        "graph captured once as a CUDA graph (slower; to rule the capture out when a GPU "
+        "misbehaves)",
     )
     parser.add_argument(
         "--read-device",
@@ -248,6 +255,7 @@ def params_from_args(args: argparse.Namespace) -> SegmentParams:
         decoders=args.decoders,
         writers=args.writers,
         read_device=args.read_device,
+        cuda_graphs=not args.no_cuda_graphs,
         backend=args.backend,
         gate=not args.no_gate,
         overwrite=args.overwrite,

@@ -49,6 +49,15 @@ def computes_decision(options: SegmentParams, cuda: bool, band: bool) -> Decisio
     )
 
 
+def cuda_graphs_decision(options: SegmentParams, cuda: bool) -> Decision[bool]:
+    """Whether torch replays the tile graph as a CUDA graph (torch is the runtime on GPUs)."""
+    if not cuda:
+        return Decision(False, "no GPU")
+    if not options.cuda_graphs:
+        return Decision(False, "asked for (--no-cuda-graphs)")
+    return Decision(True, "a GPU: a batch is one replay, not hundreds of launches from Python")
+
+
 def model_lock_decision(cuda: bool, band: bool, computes: int) -> Decision[bool]:
     if cuda:
         return Decision(True, "one forward pass at a time per GPU")

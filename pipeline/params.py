@@ -63,7 +63,7 @@ class SegmentParams:
     # cores // threads torch threads); None: 2. On a GPU one thread owns the model.
     threads: int | None = None
     # Decoder processes of the engine (pipeline.inference.engine); 0: its reader thread;
-    # None: one per core but one (at most 16) when the model is on a GPU, 0 on the CPU.
+    # None: half the cores (at most 16) when the model is on a GPU, 0 on the CPU.
     # With a Dask client: per band on each worker, the default decided there the same way
     # (pipeline.inference.band_task). Speed only.
     decoders: int | None = None
@@ -76,6 +76,9 @@ class SegmentParams:
     # (pipeline.run_policy); on a Dask cluster each band decides on its worker.
     # Speed only.
     read_device: str = "auto"
+    # torch on CUDA runs each batch as a replay of the tile graph captured once as a CUDA
+    # graph (one launch, not hundreds from Python); False: eagerly. Speed only.
+    cuda_graphs: bool = True
     output_name: str | None = None  # default: the slide's file stem
     simplify_tolerance: float = 1.0  # output pixels; polygons simplified edge-to-edge
     # The optional files to write too, by their option in `pipeline.output_files.OUTPUT_FILES`

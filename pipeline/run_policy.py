@@ -39,6 +39,7 @@ from wsi_segment.pipeline.engine_sizes import (
     chunk_tiles_decision,
     computes_decision,
     cores_decision,
+    cuda_graphs_decision,
     model_lock_decision,
 )
 from wsi_segment.pipeline.machine import GIB, Gpu, Machine
@@ -91,6 +92,7 @@ WORKER_DECISIONS = (
     "batch_size",
     "compute_threads",
     "model_lock",
+    "cuda_graphs",
     "cores",
     "process_cores",
     "read_device",
@@ -116,6 +118,7 @@ class ExecutionPlan:
     batch_size: Decision[int]  # tiles per forward pass asked of the device
     compute_threads: Decision[int]  # forward passes side by side
     model_lock: Decision[bool]  # whether forward passes take the model's lock
+    cuda_graphs: Decision[bool]  # torch on CUDA: each batch a replay of a captured graph
     cores: Decision[int]  # cores this engine's forward passes use (torch threads)
     process_cores: Decision[int]  # this process's engines together: OpenVINO's threads
     read_device: Decision[str]  # GPU: the device read path (reason: its JPEG decoder)
@@ -199,6 +202,7 @@ def decide(
         batch_size=batch_size_decision(options, cuda, gpu),
         compute_threads=computes,
         model_lock=model_lock_decision(cuda, band, computes.value),
+        cuda_graphs=cuda_graphs_decision(options, cuda),
         cores=cores,
         process_cores=process_cores,
         read_device=reads,
@@ -371,6 +375,7 @@ def runtime_spec(plan: ExecutionPlan) -> RuntimeSpec:
         threads=plan.process_cores.value,
         cpu_flags=plan.machine.cpu_flags,
         by_name=plan.options.runtime == "openvino",
+        cuda_graphs=plan.cuda_graphs.value,
         runtime_reason=f"{plan.runtime.value}: {plan.runtime.reason}",
         precision_reason=f"{plan.precision.value}: {plan.precision.reason}",
         fallback_reason=f"{fallback.value}: {fallback.reason}",

@@ -129,8 +129,8 @@ class WrappedLoaded(LoadedModel):
 
     wrap: Callable[[Executor], Executor] | None = None
 
-    def executor(self, geometry: Geometry) -> Executor:
-        inner = super().executor(geometry)
+    def executor(self, geometry: Geometry, batch: int) -> Executor:
+        inner = super().executor(geometry, batch)
         return inner if self.wrap is None else self.wrap(inner)
 
 

@@ -132,7 +132,7 @@ def chunk_alone(job: Any, spec: ChunkSpec) -> ReducedTiles:
 
     loaded = job.model.get()
     batch_size = loaded.batch_size(job.grid.tile, job.batch_size)
-    executor = loaded.executor(tile_geometry(job.grid, job.gate))
+    executor = loaded.executor(tile_geometry(job.grid, job.gate), batch_size)
     tiles = job.reader.read_tiles(spec)
     return predict_unpadded(executor, tiles, job.grid, batch_size, loaded.lock)
 

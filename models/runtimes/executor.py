@@ -46,6 +46,57 @@ class TorchExecutor:
         return ReducedOutputs(*self._host.to_host([probs, labels, cls_probs]))
 
 
+class CudaGraphExecutor:
+    """`eager`'s tile graph captured once as a CUDA graph of `batch` tiles, replayed per batch.
+
+    Why: run eagerly, a batch is a few hundred kernel launches from Python, and in the
+    pipeline the launching thread shares the process (and the GIL) with the stager, the
+    decoders' readers and the writers: on an H200 the demo model's batch of 64 took ~70 ms
+    there against ~20 ms alone (benchmarks/RESULTS.md). A replay is one launch. The engine
+    hands every batch at `batch` tiles (`predict_batch` pads a short one), so one graph, and
+    the same kernels, serve every batch of a run; another size is refused.
+    """
+
+    def __init__(self, eager: TorchExecutor, batch: int) -> None:
+        self._eager, self.batch, self.device = eager, batch, eager.device
+        self._host = HostCopier()
+        self._captured: tuple[torch.cuda.CUDAGraph, torch.Tensor, list[torch.Tensor]] | None
+        self._captured = None
+
+    @torch.inference_mode()
+    def run(self, tiles: torch.Tensor) -> ReducedOutputs:
+        if len(tiles) != self.batch:
+            raise ValueError(f"a CUDA graph of {self.batch} tiles was handed {len(tiles)}")
+        if self._captured is None:
+            self._captured = self._capture(tuple(tiles.shape[1:]))
+        graph, tiles_in, outputs = self._captured
+        tiles_in.copy_(tiles, non_blocking=True)
+        graph.replay()
+        return ReducedOutputs(*self._host.to_host(outputs))
+
+    def _capture(
+        self, tile_shape: tuple[int, ...]
+    ) -> tuple[torch.cuda.CUDAGraph, torch.Tensor, list[torch.Tensor]]:
+        """The graph, its input and its outputs (both reused by every replay). Two eager
+        passes on a side stream first: cuDNN's algorithm choices and the allocator's
+        workspaces are settled outside the capture, as CUDA graphs require."""
+        module = self._eager.graph
+        with torch.cuda.device(self.device):
+            tiles_in = torch.zeros((self.batch, *tile_shape), dtype=torch.uint8, device=self.device)
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    module(tiles_in)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            # thread_local: the stager and the device reader keep copying on their own
+            # streams meanwhile; only this thread's calls are checked
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                outputs = list(module(tiles_in))
+        return graph, tiles_in, outputs
+
+
 class OpenVINOExecutor:
     """The same tile graph compiled by OpenVINO (CPU tiles only)."""
 

@@ -30,7 +30,13 @@ from ..precision_calibration import (
 )
 from .cache import default_cache_dir
 from .decision import BF16_IF_CALIBRATED
-from .executor import Executor, OpenVINOExecutor, TorchExecutor, whole_tile_labels
+from .executor import (
+    CudaGraphExecutor,
+    Executor,
+    OpenVINOExecutor,
+    TorchExecutor,
+    whole_tile_labels,
+)
 from .graph import Geometry
 from .openvino_runtime import OpenVINOGraphs
 from .spec import RuntimeSpec
@@ -68,13 +74,16 @@ class OpenedRuntime:
     fp32_agreement: float | None = None  # OpenVINO fp32 vs torch fp32 labels, calibration tiles
     checks_computed: int = 0  # checks run here, not read from the cache (runtimes.verdict)
     network: SegmentationModel | None = None  # what torch runs (OpenVINO: its graphs)
+    cuda_graphs: bool = False  # torch on CUDA: each batch a replay of one captured graph
 
-    def executor(self, geometry: Geometry) -> Executor:
-        """An executor of the model's tile graph at `geometry` in this runtime."""
+    def executor(self, geometry: Geometry, batch: int) -> Executor:
+        """An executor of the model's tile graph at `geometry`, for batches of `batch` tiles,
+        in this runtime."""
         if self.graphs is not None:
             return OpenVINOExecutor(self.graphs, geometry)
         assert self.network is not None, "torch's runtime opens with its network"
-        return TorchExecutor(self.network, geometry, self.precision)
+        eager = TorchExecutor(self.network, geometry, self.precision)
+        return CudaGraphExecutor(eager, batch) if self.cuda_graphs else eager
 
     def worded(self, spec: RuntimeSpec) -> OpenedRuntime:
         """This runtime with `spec`'s reasons wherever it ran what `spec` said: a process
@@ -105,6 +114,7 @@ class OpenedRuntime:
             "runtime_reason": self.reason,
             "runtime_warning": self.warning,
             "runtime_fp32_agreement": self.fp32_agreement,
+            "cuda_graphs": self.cuda_graphs,
         }
 
 
@@ -119,6 +129,7 @@ def open_runtime(
         warning = spec.runtime_reason if spec.by_name else None
         opened = _open_torch(model.network(), spec.precision, spec.precision_reason)
         opened.reason, opened.warning = spec.runtime_reason, warning
+        opened.cuda_graphs = spec.cuda_graphs
         return _with_verdict(opened, model, spec, cache)
     try:
         opened = _with_verdict(_open_openvino(model, spec, cache), model, spec, cache)

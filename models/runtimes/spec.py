@@ -19,6 +19,7 @@ class RuntimeSpec:
     threads: int = 1  # OpenVINO's: the cores of the process it serves
     cpu_flags: frozenset[str] = frozenset()  # the machine's (OpenVINO's cache keys name them)
     by_name: bool = False  # OpenVINO asked for by name: a model it cannot export is refused
+    cuda_graphs: bool = False  # torch on CUDA runs each batch as a replay of a captured graph
     runtime_reason: str = field(default="", compare=False)
     precision_reason: str = field(default="", compare=False)
     fallback_reason: str = field(default="", compare=False)

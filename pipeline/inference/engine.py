@@ -95,7 +95,7 @@ def run_engine(
 
         loaded = job.model.get()
         batch = loaded.batch_size(job.grid.tile, job.batch_size)
-        executor = loaded.executor(tile_geometry(job.grid, job.gate))
+        executor = loaded.executor(tile_geometry(job.grid, job.gate), batch)
         cancel.check()  # asked while the model loaded: no part starts
         errors = FirstError()
         cpu = loaded.device.type == "cpu"

@@ -36,10 +36,18 @@ class LoadedModel:
     lock: threading.Lock = field(default_factory=threading.Lock)
     # (tile, requested) -> batch a CUDA device's memory holds, probed once per process
     batch_caps: dict[tuple[int, int], int] = field(default_factory=dict, compare=False)
+    # (geometry, batch) -> executor, built once per process: a CUDA graph is captured once
+    # and its memory kept, not once per slide of a batch
+    executors: dict[tuple[Geometry, int], Executor] = field(default_factory=dict, compare=False)
 
-    def executor(self, geometry: Geometry) -> Executor:
-        """The model's tile graph at `geometry`, in the opened runtime."""
-        return self.runtime.executor(geometry)
+    def executor(self, geometry: Geometry, batch: int) -> Executor:
+        """The model's tile graph at `geometry` for batches of `batch` tiles, in the opened
+        runtime (one per process and key; its forward passes follow the model's lock)."""
+        with self.lock:
+            key = (geometry, batch)
+            if key not in self.executors:
+                self.executors[key] = self.runtime.executor(geometry, batch)
+            return self.executors[key]
 
     @property
     def device(self) -> torch.device:

@@ -52,7 +52,7 @@ def one_batch(runtime: OpenedRuntime) -> list[str]:
     imports it."""
     tile = 64
     tiles = torch.arange(2 * tile * tile * 3).reshape(2, tile, tile, 3).remainder(251)
-    out = runtime.executor(Geometry.whole(tile)).run(tiles.to(torch.uint8))
+    out = runtime.executor(Geometry.whole(tile), 2).run(tiles.to(torch.uint8))
     return [t.numpy().tobytes().hex() for t in (out.probs, out.labels, out.cls_probs)]
 
 

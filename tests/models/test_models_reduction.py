@@ -28,7 +28,7 @@ from wsi_segment.models.reduction import (
     reduce_tiles,
     tile_labels,
 )
-from wsi_segment.models.runtimes.executor import TorchExecutor
+from wsi_segment.models.runtimes.executor import CudaGraphExecutor, TorchExecutor
 from wsi_segment.models.runtimes.graph import Geometry
 from wsi_segment.models.segmentation_model import SegmentationModel
 from wsi_segment.models.segmenter import build_segmenter
@@ -44,9 +44,10 @@ def _tiles(n: int = 6, size: int = 32, seed: int = 1) -> torch.Tensor:
 
 
 def _small_model() -> SegmentationModel:
-    """A real randomly initialised classifier + DeepLabV3+ (seeded), its gate's epsilon at
-    the median classifier probability of the test tiles, so the gate removes about half of
-    the (tile, class) pairs."""
+    """A real randomly initialised classifier + DeepLabV3+ (seeded), its gate's epsilon in
+    the widest gap between the middle half of the test tiles' classifier probabilities: the
+    gate removes about half of the (tile, class) pairs, and no probability lies at the
+    threshold, where another device's arithmetic (TF32 on a GPU) would flip it."""
     torch.manual_seed(0)
     model = SegmentationModel(
         build_classifier("resnet10t", "cam", 4),
@@ -54,7 +55,10 @@ def _small_model() -> SegmentationModel:
         dataclasses.replace(META),
     )
     _, cls = model.to_device("cpu").predict(_tiles(), gate=False)
-    model.meta.gate_epsilon = float(cls.median())
+    values = cls.flatten().sort().values
+    middle = values[len(values) // 4 : 3 * len(values) // 4 + 1]
+    widest = int((middle[1:] - middle[:-1]).argmax())
+    model.meta.gate_epsilon = float(middle[widest : widest + 2].mean())
     return model
 
 
@@ -240,6 +244,25 @@ def test_cuda_reduction_matches_cpu_and_reuses_pinned_buffers() -> None:
     assert all(b.is_pinned() for b in executor._host._buffers)
     executor.run(tiles[:3].permute(0, 2, 3, 1))  # a smaller batch reuses them
     assert [b.data_ptr() for b in executor._host._buffers] == pointers
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_cuda_graph_replays_the_eager_tile_graph_byte_for_byte() -> None:
+    """At one batch size the captured graph runs the eager pass's kernels: the same bytes,
+    batch after batch (its input and outputs are reused), at fp32 and bf16; another batch
+    size is refused rather than run in a graph of the wrong shape."""
+    model = _small_model().to_device("cuda")
+    geometry = Geometry(32, MARGIN, CORE, D)
+    for precision in ("fp32", "bf16"):
+        eager = TorchExecutor(model, geometry, precision)
+        graph = CudaGraphExecutor(TorchExecutor(model, geometry, precision), 6)
+        for seed in (1, 2, 1):
+            tiles = _tiles(seed=seed).permute(0, 2, 3, 1)
+            want, got = eager.run(tiles), graph.run(tiles.cuda())
+            for name in ("probs", "labels", "cls_probs"):
+                assert torch.equal(getattr(got, name), getattr(want, name)), (precision, name)
+        with pytest.raises(ValueError, match="graph of 6 tiles was handed 3"):
+            graph.run(tiles[:3])
 
 
 def test_a_host_copier_deep_copies_and_pickles() -> None:

@@ -33,8 +33,8 @@ from wsi_segment.wsi.tiling import TileGrid
 PARAMETER_KEYS = [
     "model_dir", "device", "precision", "runtime", "batch_size", "mpp", "output_downsample",
     "overlap", "chunk_tiles", "gate", "overwrite", "backend", "threads", "decoders", "writers",
-    "read_device", "output_name", "simplify_tolerance", "ome_tiff", "tile_objects", "tissue",
-    "roi",
+    "read_device", "cuda_graphs", "output_name", "simplify_tolerance", "ome_tiff", "tile_objects",
+    "tissue", "roi",
 ]  # fmt: skip
 
 

@@ -77,6 +77,7 @@ def test_cpu_only_keeps_today_s_defaults():
         "batch_size": 16,
         "compute_threads": 2,
         "model_lock": False,  # two compute threads side by side
+        "cuda_graphs": False,
         "cores": 2,
         "process_cores": 2,
         "read_device": "cpu",
@@ -135,6 +136,7 @@ def test_one_h100():
         "batch_size": 64,
         "compute_threads": 1,
         "model_lock": True,
+        "cuda_graphs": True,
         "cores": 16,
         "process_cores": 16,
         "read_device": "gpu",
@@ -146,10 +148,10 @@ def test_one_h100():
     assert policy.device_decoder == "nvjpeg"
     assert policy.read_source == "device read path"
     assert wants_slide_reads(ONE_H100, AUTO)
-    # Aperio's RGB-coded tiles: decoder processes on every core but one
+    # Aperio's RGB-coded tiles: decoder processes on half the cores, writers on the rest
     aperio = decide(ONE_H100, AUTO, RunFacts(reads=APERIO))
     assert (aperio.read_device.value, aperio.read_device.reason) == ("cpu", RGB_CODED)
-    assert (aperio.decoders.value, aperio.writers.value) == (15, 1)
+    assert (aperio.decoders.value, aperio.writers.value) == (8, 4)
     assert aperio.read_source == "decoder processes"
     # --threads is the CPU's: one thread owns a GPU's model
     assert decide(ONE_H100, SegmentParams(threads=3)).compute_threads.value == 1
@@ -160,9 +162,26 @@ def test_one_h100():
     assert decide(ONE_H100, AUTO).read_device.reason == NOT_EXAMINED
 
 
+def test_cuda_graphs_on_a_gpu_unless_asked_off_and_carried_to_the_loader():
+    """The decision is the plan's, recorded with its reason, and the loader's spec carries
+    it: models/ builds the graph executor from the spec alone."""
+    on = decide(ONE_H100, AUTO)
+    assert (on.cuda_graphs.value, runtime_spec(on).cuda_graphs) == (True, True)
+    off = decide(ONE_H100, SegmentParams(cuda_graphs=False))
+    assert (off.cuda_graphs.value, off.cuda_graphs.reason) == (
+        False,
+        "asked for (--no-cuda-graphs)",
+    )
+    assert runtime_spec(off).cuda_graphs is False
+    cpu = decide(CPU_ONLY, AUTO)
+    assert (cpu.cuda_graphs.value, cpu.cuda_graphs.reason) == (False, "no GPU")
+    assert runtime_spec(cpu).cuda_graphs is False
+    assert "cuda_graphs" in WORKER_DECISIONS  # a band's worker may have no GPU
+
+
 def test_a_batch_on_one_gpu_shares_the_decoders_between_slides():
     """Each slide in flight gets its share of the machine's decoders (at least one), so two
-    slides never spawn 2 x (cores - 1) of them; --decoders wins; a CPU keeps its threads."""
+    slides never spawn 2 x (cores / 2) of them; --decoders wins; a CPU keeps its threads."""
     host = RunFacts(reads=APERIO)
 
     def shared(machine: Machine, slides: int, asked: int | None = None) -> int:
@@ -170,9 +189,9 @@ def test_a_batch_on_one_gpu_shares_the_decoders_between_slides():
         return decide(machine, SegmentParams(decoders=asked), facts).decoders.value
 
     h100_64 = Machine(64, 0, gpus=(H100,))
-    assert shared(ONE_H100, 2) == 7  # 15 // 2: 14 decoders + 2 compute stages
-    assert shared(ONE_H100, 3) == 5
-    assert shared(ONE_H100, 1) == 15 == decide(ONE_H100, AUTO, host).decoders.value
+    assert shared(ONE_H100, 2) == 4  # 8 // 2: half the 16 cores, shared
+    assert shared(ONE_H100, 3) == 2
+    assert shared(ONE_H100, 1) == 8 == decide(ONE_H100, AUTO, host).decoders.value
     assert shared(h100_64, 2) == 8  # the 16 cap, shared
     assert shared(Machine(2, 0, gpus=(H100,)), 4) == 1  # never none: one each
     assert shared(Machine(1, 0, gpus=(H100,)), 2) == 1
@@ -204,7 +223,7 @@ def test_four_gpus():
 def test_a_gpu_without_nvjpeg_reads_on_the_host():
     policy = decide(NO_NVJPEG_GPU, AUTO, RunFacts(reads=YCBCR))
     assert (policy.read_device.value, policy.read_device.reason) == ("cpu", NO_NVJPEG)
-    assert policy.decoders.value == 7
+    assert policy.decoders.value == 4  # half its 8 cores
     assert NO_NVJPEG_GPU.jpeg_decoders == ("libjpeg",)
     assert ONE_H100.jpeg_decoders == ("libjpeg", "nvjpeg")
     forced = decide(NO_NVJPEG_GPU, SegmentParams(read_device="gpu"), RunFacts(reads=YCBCR))
@@ -247,12 +266,12 @@ def test_bands_decide_from_their_share_of_the_worker():
     assert cpu.writers.value == 4  # sized from the band's cores, not --writers
     assert decide(BF16_ONLY, SegmentParams(decoders=3), band).decoders.value == 3
     gpu = decide(ONE_H100, AUTO, RunFacts(place=BAND, reads=APERIO))
-    assert (gpu.model_lock.value, gpu.decoders.value) == (True, 15)
+    assert (gpu.model_lock.value, gpu.decoders.value) == (True, 8)
     # decoders: on GPU workers by default, shared by the bands at once; anywhere as asked
     assert decide(BF16_ONLY, SegmentParams(decoders=3), band).decoders.value == 3
     asked_none = SegmentParams(decoders=0)
     assert decide(ONE_H100, asked_none, RunFacts(BAND, reads=APERIO)).decoders.value == 0
-    for bands, cores, decoders in ((1, 16, 15), (4, 16, 3), (8, 2, 1)):
+    for bands, cores, decoders in ((1, 16, 8), (4, 16, 2), (8, 2, 1)):
         facts = RunFacts(BAND, bands, reads=APERIO)
         machine = dataclasses.replace(ONE_H100, cores=cores)
         assert decide(machine, AUTO, facts).decoders.value == decoders
@@ -348,7 +367,7 @@ def test_cluster_planning_decides_the_chunk_size_here():
 def test_the_policy_is_plain_json_with_a_reason_for_every_decision():
     data = json.loads(json.dumps(decide(ONE_H100, AUTO, RunFacts(reads=YCBCR)).as_dict()))
     decisions = {k: v for k, v in data.items() if isinstance(v, dict) and "value" in v}
-    assert len(decisions) == 12 and all(d["reason"] for d in decisions.values())
+    assert len(decisions) == 13 and all(d["reason"] for d in decisions.values())
     assert data["place"] == "local" and data["read_source"] == "device read path"
     assert data["machine"]["gpus"][0]["memory_gib"] == 80.0
 

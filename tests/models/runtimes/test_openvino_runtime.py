@@ -387,7 +387,7 @@ def test_open_runtime_opens_openvino_and_says_why(cache: Path) -> None:
     assert report["runtime_warning"] is None
     x = real_tiles()[:16]
     ref = run(_tiny(), x)
-    executor = open_runtime(model, ov_spec(by_name=True), cache).executor(GEOMETRY)
+    executor = open_runtime(model, ov_spec(by_name=True), cache).executor(GEOMETRY, 16)
     same = (executor.run(x.permute(0, 2, 3, 1)).labels == ref.labels).float().mean().item()
     assert same >= 0.99999
 

@@ -54,3 +54,25 @@ def test_handles_sharing_a_load_each_report_their_own_reasons(tiny_model_dir: Pa
         "fp32: pinned",
         "torch: pinned",
     )
+
+
+def test_the_spec_s_cuda_graphs_choose_the_executor_built_once_per_geometry_and_batch(
+    tiny_model_dir: Path,
+) -> None:
+    """The plan's `cuda_graphs` reaches models/ in the spec alone: with it the runtime builds
+    the graph executor (its capture waits for a first batch on CUDA), without it the eager
+    one; a loaded model builds each (geometry, batch) once, for every slide it serves."""
+    from wsi_segment.models.runtimes.executor import CudaGraphExecutor, TorchExecutor
+    from wsi_segment.models.runtimes.graph import Geometry
+
+    folder, geometry = str(tiny_model_dir), Geometry(64, 8, 48, 4)
+    graphs = load_for_process(folder, "cpu", dataclasses.replace(torch_spec(), cuda_graphs=True))
+    eager = load_for_process(folder, "cpu", torch_spec())
+    assert graphs is not eager  # another recipe: another load
+    built = graphs.executor(geometry, 16)
+    assert isinstance(built, CudaGraphExecutor) and built.batch == 16
+    assert graphs.runtime.report()["cuda_graphs"] is True
+    assert isinstance(eager.executor(geometry, 16), TorchExecutor)
+    assert eager.runtime.report()["cuda_graphs"] is False
+    assert graphs.executor(geometry, 16) is built
+    assert graphs.executor(geometry, 8) is not built
