@@ -161,6 +161,6 @@ def block_polygons(
                     polys = simplified_block_polygons(sub, x0 + cx, y0 + cy, k + 1, tolerance)
                 else:
                     polys = label_block_polygons(sub, x0 + cx, y0 + cy, k + 1, nodata=NODATA)
-                for c, plist in polys.items():
-                    out.setdefault(c, []).extend(shapely.to_wkb(p) for p in plist)
+                for c, plist in polys.items():  # one call per class: GEOS, not Python
+                    out.setdefault(c, []).extend(shapely.to_wkb(list(plist)).tolist())
     return {c: out[c] for c in sorted(out) if out[c]}

@@ -69,9 +69,10 @@ def _points_inside_edges(
     lo, hi = np.minimum(a, b), np.maximum(a, b)
     x0, y0, x1, y1 = box
     border = np.where(across, (fixed == y0) | (fixed == y1), (fixed == x0) | (fixed == x1))
-    vertices = np.unique(points, axis=0)
-    by_row = np.sort(vertices[:, 1] * _KEY + vertices[:, 0])  # (y, x): horizontal edges
-    by_column = np.sort(vertices[:, 0] * _KEY + vertices[:, 1])  # (x, y): vertical edges
+    # the distinct vertices as sorted keys: a sort of int64 keys, where `np.unique(points,
+    # axis=0)` sorted rows as structured values, holding the GIL (the writers' threads)
+    by_row = np.unique(points[:, 1] * _KEY + points[:, 0])  # (y, x): horizontal edges
+    by_column = np.unique(points[:, 0] * _KEY + points[:, 1])  # (x, y): vertical edges
     first_row = np.searchsorted(by_row, fixed * _KEY + lo + 1)
     first_col = np.searchsorted(by_column, fixed * _KEY + lo + 1)
     first = np.where(across, first_row, first_col)
