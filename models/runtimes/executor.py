@@ -49,12 +49,12 @@ class TorchExecutor:
 class CudaGraphExecutor:
     """`eager`'s tile graph captured once as a CUDA graph of `batch` tiles, replayed per batch.
 
-    Why: run eagerly, a batch is a few hundred kernel launches from Python, and in the
-    pipeline the launching thread shares the process (and the GIL) with the stager, the
-    decoders' readers and the writers: on an H200 the demo model's batch of 64 took ~70 ms
-    there against ~20 ms alone (benchmarks/RESULTS.md). A replay is one launch. The engine
-    hands every batch at `batch` tiles (`predict_batch` pads a short one), so one graph, and
-    the same kernels, serve every batch of a run; another size is refused.
+    Why: run eagerly, a batch is a few hundred kernel launches from Python, made by a thread
+    that shares the GIL with the stager and the writers; a replay is one launch. On an H200
+    the demo model's tile graph ran 8,465 tiles/s eagerly and 11,377 as a graph, alone
+    (benchmarks/RESULTS.md, 2026-11-26). The engine hands every batch at `batch` tiles
+    (`predict_batch` pads a short one), so one graph, and the same kernels, serve every
+    batch of a run; another size is refused.
     """
 
     def __init__(self, eager: TorchExecutor, batch: int) -> None:
