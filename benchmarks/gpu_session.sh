@@ -63,27 +63,9 @@ device_section() { # extra arguments for throughput.py
         --work "$WORK" --no-record
       ;;
     split)
-      # decoder processes against writer threads on a GPU: wsi-segment end to end on the bank
-      # slide at each split (decoders,writers; auto: the run policy's), rounds interleaved
-      slide="$WORK/slides/tp-$SIZE-t0.6.svs"
-      $PY -c "import sys; from pathlib import Path; from benchmarks.slides import make_slide
-make_slide(Path(sys.argv[1]), int(sys.argv[2]), 0.6, fast=True)" "$slide" "$SIZE"
-      echo "| round | asked | decoders | writers | wall s | inference s | outputs s |"
-      echo "|---|---|---|---|---|---|---|"
-      for round in 1 2; do
-        for split in ${SPLITS:-auto 15,1 11,4 8,8}; do
-          extra=(); [ "$split" = auto ] || extra=(--decoders "${split%,*}" --writers "${split#*,}")
-          t0=$(date +%s.%N)
-          $PY -m wsi_segment.flows.cli "$slide" --out "$WORK/out/split" --overwrite --quiet \
-            --device "$DEVICE" --batch-size 64 "${extra[@]}"
-          $PY -c "import json, sys, time; from pathlib import Path
-s = json.loads(next(Path(sys.argv[1]).glob('*/summary.json')).read_text())
-p, t = s['run_policy'], s['timings_s']
-print(f\"| {sys.argv[2]} | {sys.argv[3]} | {p['decoders']['value']} | {p['writers']['value']} | \"
-      f\"{time.time() - float(sys.argv[4]):.1f} | {t['inference_s']:.2f} | {t['outputs_s']:.2f} |\")" \
-            "$WORK/out/split" "$round" "$split" "$t0"
-        done
-      done
+      # decoder processes against writer threads: end to end at each split, rounds interleaved
+      $PY benchmarks/split.py --size "$SIZE" --device "$DEVICE" --splits "${SPLITS:-auto,15:1,8:8}" \
+        --work "$WORK" --no-record
       ;;
     startup)
       $PY benchmarks/startup.py --size "$SIZE" --device "$DEVICE" --decoders "${STARTUP_DECODERS:-15}" --work "$WORK" --no-record

@@ -1,6 +1,7 @@
 """The engine's sizes as decisions of the run policy (`pipeline.run_policy.decide`): chunk
-size, batch size, compute threads, the model lock and the cores, each from the machine, the
-user's options and where the engine runs (locally or as a Dask band), with its reason.
+size, batch size, compute threads, the model lock, CUDA graphs and the cores, each from the
+machine, the user's options and where the engine runs (locally or as a Dask band), with its
+reason.
 Kept apart from `run_policy` so that the policy reads as the list of what is decided."""
 
 from __future__ import annotations
