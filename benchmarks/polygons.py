@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     from wsi_segment.models.runtimes.spec import RuntimeSpec
     from wsi_segment.pipeline.inference.model_handle import ModelHandle
     from wsi_segment.pipeline.outputs.chunk_summary import block_polygons
-    from wsi_segment.pipeline.outputs.polygons import (
+    from wsi_segment.pipeline.outputs.polygon_merge import (
         drop_collinear_vertices,
         merge_class_polygons,
         merge_simplified_polygons,

@@ -138,7 +138,7 @@ def block_polygons(
 ) -> dict[int, list[bytes]]:
     """Output class (0..K, K = Unclassified) -> WKB polygons of the block, in output pixel
     coordinates of the whole map: exact (`tolerance` 0), or simplified edge-to-edge with the
-    border kept, so the slide only has to union them (`polygons.merge_simplified_polygons`).
+    border kept, so the slide only has to union them (`polygon_merge.merge_simplified_polygons`).
 
     Traced and simplified per `cell` x `cell` square of the global output grid (a run's zarr
     chunks, `wsi.tiling.STORE_TILES` tile cores, which every write unit holds whole; 0: the

@@ -42,12 +42,14 @@ from wsi_segment.pipeline.outputs.overlay import (
     save_overlay,
 )
 from wsi_segment.pipeline.outputs.overlay_thumbnail import save_thumbnail
-from wsi_segment.pipeline.outputs.polygons import (
-    clip_to_extent,
+from wsi_segment.pipeline.outputs.polygon_merge import (
     drop_collinear_vertices,
     merge_class_polygons,
     merge_simplified_polygons,
     simplify_coverage,
+)
+from wsi_segment.pipeline.outputs.polygons import (
+    clip_to_extent,
     slide_extent_level0,
     to_level0,
 )

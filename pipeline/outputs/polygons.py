@@ -8,19 +8,17 @@ gaps. Simplification uses `shapely.coverage_simplify`, which moves shared edges 
 classes stay edge-to-edge instead of opening gaps or overlapping as per-polygon simplify does.
 A run simplifies a write unit's block as it is written, one cell at a time: a cell is a zarr
 chunk of `wsi.tiling.STORE_TILES` x `STORE_TILES` tile cores (`simplified_block_polygons` per
-cell of `chunk_summary.block_polygons`, in the writer threads, with the cell's border fixed) and only unions the pieces at the end (`merge_simplified_polygons`), so the slide's
-polygons cost little after inference and do not depend on the chunk size.
+cell of `chunk_summary.block_polygons`, in the writer threads, with the cell's border fixed);
+the end of the run only unions the pieces (`polygon_merge`), so the slide's polygons cost
+little after inference and do not depend on the chunk size.
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
-import os
 import warnings
-from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 
 import numpy as np
 import rasterio.features
@@ -203,151 +201,10 @@ def _trace(
     return values, polygons
 
 
-def _as_multipolygon(geom: BaseGeometry) -> MultiPolygon:
+def as_multipolygon(geom: BaseGeometry) -> MultiPolygon:
     """Keep only the polygonal parts (unions can return collections) as one MultiPolygon."""
     parts = [g for g in shapely.get_parts(geom) if isinstance(g, Polygon) and not g.is_empty]
     return MultiPolygon(parts)
-
-
-def merge_class_polygons(
-    per_block_dicts: Iterable[Mapping[int, Sequence[Polygon]]],
-) -> dict[int, MultiPolygon]:
-    """Union each class's polygons over all blocks: shared block borders dissolve exactly."""
-    unions = _union_per_class(per_block_dicts, _union_pixel_polygons)
-    return {k: _as_multipolygon(g) for k, g in unions.items()}
-
-
-def _union_per_class(
-    per_block_dicts: Iterable[Mapping[int, Sequence[Polygon]]],
-    union: Callable[[list[Polygon]], BaseGeometry],
-) -> dict[int, BaseGeometry]:
-    """`union` of each class's polygons gathered over all blocks, classes in sorted order.
-    One union per class; GEOS releases the GIL, so threads run the classes in parallel."""
-    gathered: dict[int, list[Polygon]] = defaultdict(list)
-    for block in per_block_dicts:
-        for cls, polys in block.items():
-            gathered[int(cls)].extend(polys)
-    keys = sorted(gathered)
-    with ThreadPoolExecutor(max_workers=max(1, min(len(keys), os.cpu_count() or 1))) as pool:
-        return dict(zip(keys, pool.map(lambda k: union(gathered[k]), keys), strict=True))
-
-
-def merge_simplified_polygons(
-    per_block_dicts: Iterable[Mapping[int, Sequence[Polygon]]], min_area: float = 1.0
-) -> dict[int, MultiPolygon]:
-    """Union each class's block-simplified pieces (`simplified_block_polygons`): a valid
-    coverage, slivers (< `min_area` output px^2) dropped, overlaps guarded.
-
-    The pieces of one class already share identical vertices along block borders, so the
-    coverage union dissolves them without noding (`union_all` where that fails). Those
-    border vertices stay: `drop_collinear_vertices` removes them for the output files.
-    """
-    unions = _union_per_class(per_block_dicts, _coverage_union)
-    parts = [_drop_small(g, min_area) for g in unions.values()]
-    if not shapely.coverage_is_valid(parts):  # guard: a repair or fallback left an overlap
-        parts = _remove_overlaps(parts, min_area)
-    return dict(zip(unions, parts, strict=True))
-
-
-def drop_collinear_vertices(class_geoms: Mapping[int, BaseGeometry]) -> dict[int, MultiPolygon]:
-    """The same shapes without vertices in the middle of straight edges (smaller files).
-
-    Run last: classes still meet edge-to-edge, but a vertex where two classes meet a third
-    is no longer shared by all three, which coverage checks (`coverage_is_valid`) require.
-    """
-    keys = list(class_geoms)
-    plain = shapely.simplify([class_geoms[k] for k in keys], 0.0)
-    return {k: _as_multipolygon(g) for k, g in zip(keys, plain, strict=True)}
-
-
-def _coverage_union(polys: list[Polygon]) -> BaseGeometry:
-    merged = shapely.coverage_union_all(polys)
-    return merged if merged.is_valid else shapely.union_all(polys)
-
-
-def _union_pixel_polygons(polys: list[Polygon]) -> BaseGeometry:
-    """Union of one class's block polygons.
-
-    Pixel polygons of disjoint blocks never overlap, and once every edge has a vertex at each
-    pixel corner (`_node_pixel_grid`) neighbours share identical vertices: a valid coverage,
-    which GEOS's coverage union dissolves ~2.4x faster than the general `union_all` (same
-    geometry, tested). Anything else, or a result that is not valid, takes `union_all`.
-    """
-    noded = _node_pixel_grid(polys)
-    if noded is not polys:
-        merged = shapely.coverage_union_all(noded)
-        if merged.is_valid:
-            return merged
-    return shapely.union_all(polys)
-
-
-def _drop_small(geom: BaseGeometry, min_area: float) -> MultiPolygon:
-    """Valid polygonal parts of at least `min_area` (slivers and collapsed rings removed)."""
-    geom = shapely.make_valid(geom) if not geom.is_valid else geom
-    parts = [
-        p
-        for p in shapely.get_parts(geom)
-        if isinstance(p, Polygon) and p.area >= max(min_area, 1e-9)
-    ]
-    return MultiPolygon(parts)
-
-
-def _node_pixel_grid(geoms: list[BaseGeometry]) -> list[BaseGeometry]:
-    """Put a vertex on every pixel corner along the edges of pixel-grid polygons.
-
-    Polygons from `label_block_polygons` have integer, axis-parallel edges, so 1-px segments
-    give every polygon a vertex wherever another polygon's vertex lies on its edge (as
-    coverage simplification needs). `segmentize` interpolates (7.000000000000002), so the
-    result is rounded back to the grid, which is exact here. Off-grid input is left as is.
-    """
-    coords = shapely.get_coordinates(geoms)
-    if not len(coords) or not np.array_equal(coords, np.rint(coords)):
-        return geoms
-    return list(shapely.transform(shapely.segmentize(geoms, 1.0), np.rint))
-
-
-def simplify_coverage(
-    class_geoms: Mapping[int, BaseGeometry],
-    tolerance: float = 1.0,
-    min_area: float = 1.0,
-    simplify_boundary: bool = True,
-) -> dict[int, MultiPolygon]:
-    """Simplify all classes together so they stay edge-to-edge; result valid, no overlaps.
-
-    `tolerance` (output px) is roughly the square root of the largest triangle area removed;
-    parts smaller than `min_area` (output px^2) are dropped. Steps: give every edge a vertex
-    at each pixel corner (so where two classes meet a third, all three share the vertex, which
-    coverage simplification needs), `coverage_simplify`, repair, drop slivers; if the result
-    is not a valid coverage, subtract earlier classes from later ones (guard against overlap).
-    """
-    keys = [k for k, g in class_geoms.items() if g is not None and not g.is_empty]
-    out: dict[int, MultiPolygon] = {k: MultiPolygon() for k in class_geoms}
-    if not keys:
-        return out
-    geoms = [class_geoms[k] for k in keys]
-    if tolerance > 0:
-        geoms = shapely.coverage_simplify(
-            _node_pixel_grid(geoms), tolerance, simplify_boundary=simplify_boundary
-        )
-    else:  # drop the collinear pixel-corner vertices the merge kept (same shapes)
-        geoms = list(shapely.simplify(geoms, 0.0))
-    geoms = [_drop_small(g, min_area) for g in geoms]
-    if not shapely.coverage_is_valid(geoms):  # guard: the simplifier or repair left an overlap
-        geoms = _remove_overlaps(geoms, min_area)
-    out.update(zip(keys, geoms, strict=True))
-    return out
-
-
-def _remove_overlaps(geoms: list[MultiPolygon], min_area: float) -> list[MultiPolygon]:
-    """Subtract each earlier class from later ones, so no two classes share area."""
-    result: list[MultiPolygon] = []
-    taken: BaseGeometry | None = None
-    for geom in geoms:
-        if taken is not None and shapely.relate_pattern(geom, taken, "T********"):
-            geom = _drop_small(geom.difference(taken), min_area)
-        result.append(geom)
-        taken = geom if taken is None else shapely.union(taken, geom)
-    return result
 
 
 def to_level0(
@@ -373,8 +230,8 @@ def clip_to_extent(geom: BaseGeometry, extent: Polygon) -> MultiPolygon:
     as is (for a box, comparing bounds decides that without a GEOS predicate)."""
     ex0, ey0, ex1, ey1 = extent.bounds
     if geom.is_empty:
-        return _as_multipolygon(geom)
+        return as_multipolygon(geom)
     gx0, gy0, gx1, gy1 = geom.bounds
     if gx0 >= ex0 and gy0 >= ey0 and gx1 <= ex1 and gy1 <= ey1:
-        return _as_multipolygon(geom)
-    return _as_multipolygon(shapely.intersection(geom, extent))
+        return as_multipolygon(geom)
+    return as_multipolygon(shapely.intersection(geom, extent))

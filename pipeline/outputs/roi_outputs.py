@@ -17,7 +17,7 @@ import shapely
 from shapely.geometry.base import BaseGeometry
 
 from wsi_segment.pipeline.outputs.geojson import make_feature
-from wsi_segment.pipeline.outputs.polygons import _as_multipolygon
+from wsi_segment.pipeline.outputs.polygons import as_multipolygon
 from wsi_segment.wsi.roi import Roi
 
 ROI_CLASS = "ROI"
@@ -30,7 +30,7 @@ def clip_to_rois(
 ) -> dict[int, BaseGeometry]:
     """Each class's geometry inside the union of the regions."""
     area = shapely.union_all([r.geometry for r in rois])
-    return {c: _as_multipolygon(shapely.intersection(g, area)) for c, g in class_geoms.items()}
+    return {c: as_multipolygon(shapely.intersection(g, area)) for c, g in class_geoms.items()}
 
 
 def roi_class_areas(

@@ -14,10 +14,12 @@ from shapely.geometry import MultiPolygon, Polygon, box, shape
 
 from wsi_segment.errors import ConfigError
 from wsi_segment.pipeline.outputs.geojson import build_feature_collection, write_geojson
-from wsi_segment.pipeline.outputs.polygons import (
-    label_block_polygons,
+from wsi_segment.pipeline.outputs.polygon_merge import (
     merge_class_polygons,
     simplify_coverage,
+)
+from wsi_segment.pipeline.outputs.polygons import (
+    label_block_polygons,
     to_level0,
 )
 

@@ -10,6 +10,7 @@ import shapely
 from scipy import ndimage
 from shapely.geometry import Point, Polygon
 
+from wsi_segment.pipeline.outputs import polygon_merge as M
 from wsi_segment.pipeline.outputs import polygons as P
 from wsi_segment.pipeline.outputs.pixel_noding import node_pixel_polygons
 
@@ -51,7 +52,7 @@ def test_same_shapes_a_valid_coverage_and_every_junction_a_vertex(h, w, seed, sm
     border |= {(x, y) for y in range(y0, y0 + h + 1) for x in (x0, x0 + w)}
     assert border <= vertices  # every pixel corner of the border, for the block beside it
     assert len(vertices) < len(
-        {tuple(p) for p in shapely.get_coordinates(P._node_pixel_grid(traced))}
+        {tuple(p) for p in shapely.get_coordinates(M._node_pixel_grid(traced))}
     )
 
 
@@ -63,7 +64,7 @@ def test_the_simplifier_gives_the_shapes_it_gives_with_every_pixel_corner(h, w, 
     box = (0, 0, w, h)
     arrays = np.array(values), np.array(traced, dtype=object)
     ours = P._simplify_keeping_areas(*arrays, node_pixel_polygons(traced, box), K + 1, 1.0)
-    every = P._simplify_keeping_areas(*arrays, P._node_pixel_grid(traced), K + 1, 1.0)
+    every = P._simplify_keeping_areas(*arrays, M._node_pixel_grid(traced), K + 1, 1.0)
     assert len(ours) == len(every)
     assert all(shapely.equals(ours, every))
 

@@ -13,15 +13,17 @@ import shapely.affinity
 from scipy import ndimage
 from shapely.geometry import MultiPolygon, Polygon, box
 
+from wsi_segment.pipeline.outputs.polygon_merge import (
+    drop_collinear_vertices,
+    merge_class_polygons,
+    merge_simplified_polygons,
+    simplify_coverage,
+)
 from wsi_segment.pipeline.outputs.polygons import (
     AREA_CHANGE_LIMIT,
     clip_to_extent,
-    drop_collinear_vertices,
     label_block_polygons,
-    merge_class_polygons,
-    merge_simplified_polygons,
     simplified_block_polygons,
-    simplify_coverage,
     slide_extent_level0,
     to_level0,
 )
