@@ -22,7 +22,8 @@ and no decoders in the measurement, so the figures are the writer's alone:
   plain pool (a part whose rate grows with threads releases the GIL; one that stays flat
   holds it, given free cores), and the engine's own writer (`UnitWriter.run` with that many
   finisher threads) fed the tiles in batches that span chunks, as the compute stage sends them.
-  For comparison, polygon tracing alone in N spawned processes (not what the engine does).
+  And the engine's writer with N polygon processes (`--polygon-processes`, the GPU default):
+  each finisher thread hands its unit's polygons to an idle process and waits.
 
 Profile (py-spy, all threads; `--gil` keeps only samples holding the GIL):
 
@@ -57,7 +58,7 @@ from benchmarks.stages import slide_and_model  # noqa: E402
 
 PARTS = ("stitch", "tissue", "zarr write", "statistics", "polygons")
 WRITER = "engine writer (UnitWriter, N finisher threads)"
-PROCESSES = "polygons in N processes (not in the engine)"
+PROCESSES = "engine writer, N finisher threads + N polygon processes (the GPU default)"
 
 
 def model_tiles(job: Any, specs: list, cache: Path) -> list[Any]:
@@ -177,40 +178,32 @@ def engine_writer(job: Any, specs: list, reduced: list, batch: int) -> Callable[
         end = start + len(owner[start : start + batch])
         batches.append(TileBatch(segments, probs[start:end], labels[start:end], per_tile))
 
-    def run(threads: int) -> float:
+    def run(threads: int, tracers: int = 0) -> float:
+        from wsi_segment.pipeline.inference.polygon_processes import PolygonProcesses
+
         inbox: queue.Queue[TileBatch | None] = queue.Queue()
         for b in batches:
             inbox.put(b)
         inbox.put(None)
-        writer, errors = UnitWriter(job, specs, NullProgress(), threads), FirstError()
-        t0 = time.perf_counter()
-        writer.run(inbox, errors)
-        if errors.error is not None:
-            raise errors.error
-        writer.results()
-        return time.perf_counter() - t0
-
-    return run
-
-
-def polygons_in_processes(job: Any, specs: list, reduced: list) -> Callable[[int], float]:
-    """Seconds to trace every write unit's polygons in `n` spawned processes (started and
-    warmed before the clock starts; labels sent, WKB returned): what processes would give
-    the part that holds the GIL."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    from wsi_segment.pipeline.outputs.chunk_summary import block_polygons
-
-    labels = [job.stitch_block(s, r).labels for s, r in zip(specs, reduced, strict=True)]
-
-    def run(n: int) -> float:
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(n, mp_context=ctx) as pool:
-            list(pool.map(block_polygons, specs[:n], labels[:n], [job.n_classes] * n))
+        pool = PolygonProcesses(tracers) if tracers else None
+        try:
+            polygons = pool.block_polygons if pool is not None else None
+            if pool is not None:  # started and warmed before the clock starts
+                warm = job.stitch_block(specs[0], reduced[0]).labels
+                with ThreadPoolExecutor(tracers) as threads_:
+                    list(threads_.map(lambda _: pool.block_polygons(
+                        specs[0], warm, job.n_classes, 0.0, 0), range(tracers)))  # fmt: skip
+            writer = UnitWriter(job, specs, NullProgress(), threads, polygons)
+            errors = FirstError()
             t0 = time.perf_counter()
-            list(pool.map(block_polygons, specs, labels, [job.n_classes] * len(specs)))
+            writer.run(inbox, errors)
+            if errors.error is not None:
+                raise errors.error
+            writer.results()
             return time.perf_counter() - t0
+        finally:
+            if pool is not None:
+                pool.close()
 
     return run
 
@@ -332,7 +325,6 @@ def main(argv: list[str] | None = None) -> int:
                 timed(fns["finish_block (all)"], len(units), 1)
             log(f"finish_block: {args.loop * tiles / (time.perf_counter() - t1):,.0f} tiles/s")
             return 0
-        in_processes = polygons_in_processes(job, units, unit_reduced)
         seconds: dict[tuple[str, int], list[float]] = {}
         for rep in range(args.repeats):
             for n in counts:
@@ -344,7 +336,9 @@ def main(argv: list[str] | None = None) -> int:
                 writer_job = fresh_store(job, Path(tmp) / f"w{rep}-{n}.zarr")
                 run = engine_writer(writer_job, specs, reduced, args.batch_size)
                 seconds.setdefault((WRITER, n), []).append(run(n))
-                seconds.setdefault((PROCESSES, n), []).append(in_processes(n))
+                traced_job = fresh_store(job, Path(tmp) / f"t{rep}-{n}.zarr")
+                run = engine_writer(traced_job, specs, reduced, args.batch_size)
+                seconds.setdefault((PROCESSES, n), []).append(run(n, n))
             log(f"round {rep + 1}/{args.repeats} done, load {loadavg()}")
     for name in (*fns, WRITER, PROCESSES):
         med = {n: statistics.median(seconds[(name, n)]) for n in counts}

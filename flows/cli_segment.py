@@ -188,6 +188,14 @@ def add_parallelism_options(parser: argparse.ArgumentParser) -> None:
         "write, polygons), 1-64 (default: the cores the decoders leave, 1 to 4)",
     )
     parser.add_argument(
+        "--polygon-processes",
+        type=positive_int(0, 64),
+        default=None,
+        help="processes that trace the writers' polygons (the same polygons, out of the GIL's "
+        "way), 0-64; 0: each writer traces in its thread (default: one per writer on a GPU, "
+        "0 on the CPU)",
+    )
+    parser.add_argument(
         "--no-cuda-graphs",
         action="store_true",
         help="on a GPU, launch each batch's kernels from Python instead of replaying the tile "
@@ -254,6 +262,7 @@ def params_from_args(args: argparse.Namespace) -> SegmentParams:
         threads=args.threads,
         decoders=args.decoders,
         writers=args.writers,
+        polygon_processes=args.polygon_processes,
         read_device=args.read_device,
         cuda_graphs=not args.no_cuda_graphs,
         backend=args.backend,

@@ -70,6 +70,10 @@ class SegmentParams:
     # Writer threads of the engine (finish whole chunks side by side); None: the
     # cores the decoders leave, 1 to 4. Speed only.
     writers: int | None = None
+    # Processes that trace the writers' polygons (the same function, out of the GIL's way);
+    # 0: each writer traces in its own thread; None: one per writer on a GPU, 0 on the CPU.
+    # Speed only.
+    polygon_processes: int | None = None
     # Where the engine's tiles are decoded: "gpu" reads the slide's JPEG tiles straight
     # onto the model's device (one reader thread, no decoder processes) wherever it can,
     # "cpu" always uses the decoder processes, "auto" the device only on CUDA with nvJPEG
@@ -114,6 +118,8 @@ class SegmentParams:
             _check_range("decoders", self.decoders, 0, 256)
         if self.writers is not None:
             _check_range("writers", self.writers, 1, 64)
+        if self.polygon_processes is not None:
+            _check_range("polygon processes", self.polygon_processes, 0, 64)
         if self.overlap < 0 or self.overlap % 2:
             raise ConfigError(f"overlap must be an even number >= 0 (got {self.overlap})")
         if self.mpp is not None and (problem := mpp_problem(self.mpp)) is not None:

@@ -1,5 +1,6 @@
 """The run policy's read side: which device reads a slide's tiles, how many decoder
-processes decode them and how many writer threads finish the chunks.
+processes decode them, how many writer threads finish the chunks and how many processes
+trace their polygons.
 
 Pure functions of the options, the machine and what the run knows of its slide
 (`ReadFacts`), called by `pipeline.run_policy.decide`, which records each `Decision` with
@@ -105,3 +106,18 @@ def writers_decision(
         return Decision(options.writers, f"asked for (--writers {options.writers})")
     n = max(1, min(WRITERS_MAX, cores - decoders))
     return Decision(n, f"the cores the decoders leave, 1 to {WRITERS_MAX}")
+
+
+def polygon_processes_decision(
+    options: SegmentParams, cuda: bool, writers: int, band: bool, daemonic: bool
+) -> Decision[int]:
+    if options.polygon_processes is not None and not band:
+        asked = options.polygon_processes
+        return Decision(asked, f"asked for (--polygon-processes {asked})")
+    if not cuda:
+        return Decision(0, "a CPU run: the model has the cores, the writers trace in their threads")
+    if daemonic:
+        return Decision(0, "a daemonic Dask worker may not start processes: the writers trace")
+    # Tracing holds the GIL: on an H200's 16 cores 8 threads traced 1.46x faster than one,
+    # 8 processes 7.2x (benchmarks/writer.py), and the writers were a GPU run's limit.
+    return Decision(writers, "a GPU: one per writer thread (tracing holds the GIL)")

@@ -52,6 +52,7 @@ from wsi_segment.pipeline.read_policy import (
     JpegDecoder,
     ReadFacts,
     decoders_decision,
+    polygon_processes_decision,
     read_device_decision,
     writers_decision,
 )
@@ -98,6 +99,7 @@ WORKER_DECISIONS = (
     "read_device",
     "decoders",
     "writers",
+    "polygon_processes",
 )
 SLIDE_DECISIONS = ("runtime", "precision", "calibration", "chunk_tiles")  # the plan's alone
 
@@ -124,6 +126,7 @@ class ExecutionPlan:
     read_device: Decision[str]  # GPU: the device read path (reason: its JPEG decoder)
     decoders: Decision[int]  # decoder processes; 0: one reader thread
     writers: Decision[int]  # writer threads finishing whole chunks side by side
+    polygon_processes: Decision[int]  # processes tracing the writers' polygons; 0: their threads
     # the bf16 calibration's numbers `precision` was decided from; None: it needed none, or
     # none is known yet (precision bf16-if-calibrated: the model's load obtains it)
     calibration: Mapping[str, Any] | None = None
@@ -182,6 +185,7 @@ def decide(
     if decoders.value and facts.daemonic:
         decoders = Decision(0, f"{DAEMONIC}; {decoders.value} were due ({decoders.reason})")
     computes = computes_decision(options, cuda, band)
+    writers = writers_decision(options, cores.value, decoders.value, band)
     runtime = _runtime(machine, options, cuda)
     precision = _precision(options, machine, cuda, gpu, runtime.value)
     calibration = facts.calibrations.get(runtime.value)
@@ -207,7 +211,10 @@ def decide(
         process_cores=process_cores,
         read_device=reads,
         decoders=decoders,
-        writers=writers_decision(options, cores.value, decoders.value, band),
+        writers=writers,
+        polygon_processes=polygon_processes_decision(
+            options, cuda, writers.value, band, facts.daemonic
+        ),
     )
 
 

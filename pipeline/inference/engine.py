@@ -24,6 +24,7 @@ from wsi_segment.pipeline.inference.engine_state import (
     start_parts,
     wait_uninterrupted,
 )
+from wsi_segment.pipeline.inference.polygon_processes import PolygonProcesses
 from wsi_segment.pipeline.inference.slide_job import SlideJob
 from wsi_segment.pipeline.inference.unit_writer import UnitWriter
 from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome
@@ -81,13 +82,15 @@ def run_engine(
     writers: int = 1,
     computes: int = 1,
     locked: bool = True,
+    polygon_processes: int = 0,
 ) -> list[ChunkOutcome]:
     """Run every chunk through the engine, tiles read by `source` (adopted: closed whatever
-    happens); outcomes in `specs` order. `writers`, `computes`, `locked`: the plan's
-    (`run_plan`). `stats` (optional) receives what the run did. Cancelling `cancel` stops
-    the parts and raises its reason."""
+    happens); outcomes in `specs` order. `writers`, `computes`, `locked`,
+    `polygon_processes`: the plan's (`run_plan`). `stats` (optional) receives what the run
+    did. Cancelling `cancel` stops the parts and raises its reason."""
     stats = stats if stats is not None else EngineStats()
     specs = list(specs)
+    tracers: PolygonProcesses | None = None
     try:
         if not specs:
             return []
@@ -103,7 +106,10 @@ def run_engine(
         stage = ComputeStage(executor, lock, batch, errors, stats, computes, cpu)
         stats.decoders, stats.batch_size, stats.writers = source.processes, batch, writers
         stats.computes = stage.computes
-        writer = UnitWriter(job, specs, progress or NullProgress(), writers)
+        if polygon_processes:
+            tracers = PolygonProcesses(polygon_processes)
+        polygons = tracers.block_polygons if tracers is not None else None
+        writer = UnitWriter(job, specs, progress or NullProgress(), writers, polygons)
         _run_parts(job, specs, source, batch, stage, writer, errors, stats, cancel)
         del stage
         if errors.error is not None:
@@ -113,7 +119,11 @@ def run_engine(
             raise errors.error
         return writer.results()
     finally:
-        source.close()
+        try:
+            source.close()
+        finally:
+            if tracers is not None:
+                tracers.close()
 
 
 def run_plan(
@@ -128,7 +138,8 @@ def run_plan(
     """`run_engine` with the sizes `plan` decided: the one call of a local run and of a Dask
     band."""
     sizes = plan.writers.value, plan.compute_threads.value, plan.model_lock.value
-    return run_engine(job, specs, source, progress, stats, cancel, *sizes)
+    tracers = plan.polygon_processes.value
+    return run_engine(job, specs, source, progress, stats, cancel, *sizes, tracers)
 
 
 def _run_parts(

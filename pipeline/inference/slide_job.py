@@ -22,7 +22,11 @@ from wsi_segment.pipeline.inference.tile_inference import (
     stitch_cores,
 )
 from wsi_segment.pipeline.inference.tile_reader import PerThread, TileReader
-from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome, summarise_block
+from wsi_segment.pipeline.outputs.chunk_summary import (
+    BlockPolygons,
+    ChunkOutcome,
+    summarise_block,
+)
 from wsi_segment.pipeline.outputs.label_image import label_values
 from wsi_segment.wsi.tiling import STORE_TILES, ChunkSpec, TileGrid
 
@@ -103,9 +107,11 @@ class SlideJob(PerThread):
         labels[~tissue] = NODATA
         return ReducedTiles(probs, labels, reduced.bytes_from_model)
 
-    def finish_block(self, spec: ChunkSpec, reduced: ReducedTiles) -> ChunkOutcome:
+    def finish_block(
+        self, spec: ChunkSpec, reduced: ReducedTiles, polygons: BlockPolygons | None = None
+    ) -> ChunkOutcome:
         """Stitch a write unit's reduced cores, write the zarr chunks it owns (probabilities and
-        labels), summarise it."""
+        labels), summarise it; its polygons traced by `polygons` (None: in this thread)."""
         block = self.stitch_block(spec, reduced)
         ox0, oy0, ox1, oy1 = spec.out_box
         self._array()[:, oy0:oy1, ox0:ox1] = block.probs
@@ -120,6 +126,7 @@ class SlideJob(PerThread):
             self.keep_exact_polygons,
             self.slide_extent_out,
             cell=self.polygon_cell,
+            polygons=polygons,
         )
         outcome.bytes_from_model = block.bytes_from_model
         return outcome

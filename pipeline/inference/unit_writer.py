@@ -18,7 +18,7 @@ import numpy as np
 from wsi_segment.pipeline.inference.engine_state import FirstError
 from wsi_segment.pipeline.inference.slide_job import SlideJob
 from wsi_segment.pipeline.inference.tile_inference import ReducedTiles
-from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome
+from wsi_segment.pipeline.outputs.chunk_summary import BlockPolygons, ChunkOutcome
 from wsi_segment.pipeline.progress import Progress
 from wsi_segment.wsi.tiling import ChunkSpec
 
@@ -81,9 +81,15 @@ class UnitWriter:
     to `threads` finisher threads."""
 
     def __init__(
-        self, job: SlideJob, specs: Sequence[ChunkSpec], progress: Progress, threads: int
+        self,
+        job: SlideJob,
+        specs: Sequence[ChunkSpec],
+        progress: Progress,
+        threads: int,
+        polygons: BlockPolygons | None = None,  # None: each finisher traces in its thread
     ) -> None:
         self._job = job
+        self._polygons = polygons
         self._units = write_units(specs)
         # each chunk's index -> its unit's position in `_units`
         self._unit_of = {i: n for n, unit in enumerate(self._units) for i in unit.starts}
@@ -159,7 +165,7 @@ class UnitWriter:
             while (item := errors.get(whole)) is not None:
                 n, reduced = item
                 spec = self._units[n].spec
-                self.outcomes[n] = self._job.finish_block(spec, reduced)
+                self.outcomes[n] = self._job.finish_block(spec, reduced, self._polygons)
                 with self._progress_lock:
                     self._progress.advance(len(spec.tiles))
         except BaseException as exc:

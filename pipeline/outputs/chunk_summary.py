@@ -13,8 +13,9 @@ global grid (`block_polygons`), so `--chunk-tiles` changes no byte of the output
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TypeAlias
 
 import numpy as np
 import shapely
@@ -66,6 +67,12 @@ def slide_area_px(outcomes: Iterable[ChunkOutcome], extent: tuple[float, float])
     return area
 
 
+# `block_polygons` itself, or the same function run elsewhere (a polygon process)
+BlockPolygons: TypeAlias = Callable[
+    [ChunkSpec, np.ndarray, int, float, int], dict[int, list[bytes]]
+]
+
+
 def summarise_block(
     spec: ChunkSpec,
     tiles_run: int,
@@ -76,17 +83,19 @@ def summarise_block(
     keep_exact: bool = False,
     extent: tuple[float, float] | None = None,
     cell: int = 0,
+    polygons: BlockPolygons | None = None,
 ) -> ChunkOutcome:
     """Per-class counts, areas, probability sums and polygons of one output block (`labels`:
     class ids, UNCLASSIFIED, NODATA; `k` model classes): simplified with `tolerance` (output
-    px, 0: exact), plus the exact ones when `keep_exact`, per `cell` of the global grid
-    (`block_polygons`). `extent`: the slide's (width, height) in output px, which the areas
-    are cut to."""
+    px, 0: exact), plus the exact ones when `keep_exact`, per `cell` of the global grid, by
+    `polygons` (None: `block_polygons` in this thread). `extent`: the slide's (width,
+    height) in output px, which the areas are cut to."""
+    trace = polygons or block_polygons
     counts, prob_sums = block_statistics(labels, probs_u8, k)
-    wkb = block_polygons(spec, labels, k, tolerance, cell)
+    wkb = trace(spec, labels, k, tolerance, cell)
     exact = {}
     if keep_exact:
-        exact = wkb if tolerance <= 0 else block_polygons(spec, labels, k, 0.0, cell)
+        exact = wkb if tolerance <= 0 else trace(spec, labels, k, 0.0, cell)
     edges = block_edge_counts(labels, k, spec.out_box, extent) if extent is not None else None
     return ChunkOutcome(
         spec.row,

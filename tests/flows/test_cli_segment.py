@@ -93,8 +93,8 @@ def test_runtime_option_reaches_the_params_and_the_batch_flow(tmp_path):
 
 
 def test_decoders_change_speed_not_results(tmp_path, tiny_model_dir, capsys):
-    """`--decoders 2` (the engine), with one writer thread or three, stores what
-    `--decoders 0` (the reader thread) stores, and both are speed knobs: a finished run counts as
+    """`--decoders 2` (the engine), with one writer thread or three, and `--polygon-processes
+    2` store what `--decoders 0` (the reader thread) stores, and all are speed knobs: a finished run counts as
     up to date whatever the decoders. In this process: the decoder processes are real either
     way, and four interpreters importing torch cost more than the runs."""
     import numpy as np
@@ -108,6 +108,7 @@ def test_decoders_change_speed_not_results(tmp_path, tiny_model_dir, capsys):
     same += ["--mpp", "0.25"]  # the slide taken 2x finer: 29 tiles in 11 chunks
     runs = {"0": ["--decoders", "0"], "2": ["--decoders", "2", "--writers", "1"]}
     runs["2w3"] = ["--decoders", "2", "--writers", "3"]
+    runs["0p2"] = ["--decoders", "0", "--polygon-processes", "2"]  # polygons traced elsewhere
     stored = {}
     for name, options in runs.items():
         out = tmp_path / name
@@ -119,11 +120,15 @@ def test_decoders_change_speed_not_results(tmp_path, tiny_model_dir, capsys):
         if "--writers" in options:
             assert summary["parameters"]["writers"] == int(options[3])
         array = zarr.open_array(str(folder / "probabilities.ome.zarr" / "0" / "0"), mode="r")
-        stored[name] = (np.asarray(array[:]), summary["classes"], summary["fingerprint"])
-    a, classes_a, print_a = stored["0"]
-    for b, classes_b, print_b in (stored["2"], stored["2w3"]):
+        if "--polygon-processes" in options:
+            assert summary["parameters"]["polygon_processes"] == int(options[3])
+        polygons = (folder / "tissue.geojson").read_bytes()
+        stored[name] = (np.asarray(array[:]), summary["classes"], summary["fingerprint"], polygons)
+    a, classes_a, print_a, polygons_a = stored["0"]
+    for b, classes_b, print_b, polygons_b in (stored["2"], stored["2w3"], stored["0p2"]):
         np.testing.assert_array_equal(a, b)
         assert classes_a == classes_b and print_a == print_b
+        assert polygons_a == polygons_b
     again = run_main(capsys, str(CMU_SLIDE), "--out", str(tmp_path / "0"), "--decoders", "2", *same)
     assert again.returncode == 0 and "up to date" in again.stdout
 

@@ -83,6 +83,7 @@ def test_cpu_only_keeps_today_s_defaults():
         "read_device": "cpu",
         "decoders": 0,
         "writers": 2,
+        "polygon_processes": 0,  # the writers trace in their threads
     }
     assert policy.read_source == "reader thread"
     assert policy.read_device.reason == NOT_CUDA
@@ -102,6 +103,20 @@ def test_cpu_options_win_and_one_thread_takes_the_lock():
     assert policy.read_source == "decoder processes"
     assert policy.batch_size.reason == "asked for (--batch-size 5)"
     assert decide(CPU_ONLY, SegmentParams(threads=5)).compute_threads.value == 5
+
+
+def test_polygon_processes_one_per_writer_on_a_gpu_none_on_the_cpu_or_a_daemonic_worker():
+    gpu = decide(ONE_H100, AUTO, RunFacts(reads=YCBCR))
+    assert gpu.polygon_processes.value == gpu.writers.value == 4
+    assert gpu.polygon_processes.reason == "a GPU: one per writer thread (tracing holds the GIL)"
+    assert decide(CPU_ONLY, AUTO).polygon_processes.value == 0
+    asked = decide(CPU_ONLY, SegmentParams(polygon_processes=3)).polygon_processes
+    assert (asked.value, asked.reason) == (3, "asked for (--polygon-processes 3)")
+    off = decide(ONE_H100, SegmentParams(polygon_processes=0), RunFacts(reads=YCBCR))
+    assert off.polygon_processes.value == 0
+    band = RunFacts(place=BAND, reads=APERIO, daemonic=True)
+    assert decide(ONE_H100, AUTO, band).polygon_processes.value == 0
+    assert decide(ONE_H100, SegmentParams(polygon_processes=2), band).polygon_processes.value == 0
 
 
 def test_avx512_bf16_without_amx_runs_fp32():
@@ -142,6 +157,7 @@ def test_one_h100():
         "read_device": "gpu",
         "decoders": 0,  # the device read path decodes in its reader thread
         "writers": 4,
+        "polygon_processes": 4,  # one per writer: tracing holds the GIL
     }
     assert policy.device.reason == "auto: the GPU, NVIDIA H100 80GB HBM3 (80 GiB)"
     assert policy.precision.reason == "auto on a GPU with bf16 (NVIDIA H100 80GB HBM3)"
@@ -367,7 +383,7 @@ def test_cluster_planning_decides_the_chunk_size_here():
 def test_the_policy_is_plain_json_with_a_reason_for_every_decision():
     data = json.loads(json.dumps(decide(ONE_H100, AUTO, RunFacts(reads=YCBCR)).as_dict()))
     decisions = {k: v for k, v in data.items() if isinstance(v, dict) and "value" in v}
-    assert len(decisions) == 13 and all(d["reason"] for d in decisions.values())
+    assert len(decisions) == 14 and all(d["reason"] for d in decisions.values())
     assert data["place"] == "local" and data["read_source"] == "device read path"
     assert data["machine"]["gpus"][0]["memory_gib"] == 80.0
 

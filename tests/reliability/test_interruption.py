@@ -243,3 +243,29 @@ def test_a_decoder_killed_mid_slide_is_one_error_and_the_rerun_equals_uninterrup
         zarr_level0(out / STEM), zarr_level0(tmp_path / "reference" / STEM)
     )
     assert class_areas(out / STEM) == class_areas(tmp_path / "reference" / STEM)
+
+
+@pytest.mark.timeout(600)
+def test_ctrl_c_to_the_group_with_polygon_processes_cleans_up_and_ends_them(
+    tiny_model_dir, tmp_path
+):
+    """A terminal's Ctrl-C reaches the polygon processes too: they ignore it, and the run
+    cleans up as always (exit 130, one `error:` line, nothing on disk) and ends them."""
+    out = tmp_path / "out"
+    extra = ["--polygon-processes", "2", "--decoders", "0"]
+    proc = start_and_wait_for_chunks(tiny_model_dir, out, extra, new_session=True)
+    workers: list[psutil.Process] = []
+    deadline = time.monotonic() + 120
+    while len(workers) < 2 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)  # the engine starts them once the model has loaded
+        workers = [p for p in psutil.Process(proc.pid).children() if "resource_tracker" not in
+                   " ".join(p.cmdline())]  # fmt: skip
+    assert len(workers) == 2
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err
+    assert [ln for ln in err.splitlines() if ln.startswith("error:")] == ["error: interrupted"]
+    assert "Traceback" not in err, err
+    _, alive = psutil.wait_procs(workers, timeout=20)
+    assert not alive
+    assert leftovers(out) == []

@@ -365,13 +365,13 @@ class TwoChunksAtOnce(SlideJob):
     """The real job, whose first two chunks must be in `finish_block` at the same time (a
     barrier): it passes only if two writer threads finish chunks side by side."""
 
-    def finish_block(self, spec, reduced):
+    def finish_block(self, spec, reduced, polygons=None):
         with self.probe_lock:
             self.calls += 1
             first_two = self.calls <= 2
         if first_two:
             self.barrier.wait()
-        return super().finish_block(spec, reduced)
+        return super().finish_block(spec, reduced, polygons)
 
 
 class FailsOnThirdChunk(SlideJob):
@@ -380,7 +380,7 @@ class FailsOnThirdChunk(SlideJob):
     note the failure, so that the writers' next pick always comes after the stop (without
     the wait, a loaded machine may let every chunk be taken before the third fails)."""
 
-    def finish_block(self, spec, reduced):
+    def finish_block(self, spec, reduced, polygons=None):
         with self.probe_lock:
             self.calls += 1
             call = self.calls
@@ -389,7 +389,7 @@ class FailsOnThirdChunk(SlideJob):
             raise OSError("No space left on device (test)")
         if call < 3 and self.failed.wait(30):
             time.sleep(1.0)
-        return super().finish_block(spec, reduced)
+        return super().finish_block(spec, reduced, polygons)
 
 
 def probed(job: SlideJob, cls: type[SlideJob]) -> SlideJob:
