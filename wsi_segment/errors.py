@@ -29,6 +29,12 @@ class DecoderDied(SlideError):
     of memory; a batch does not record it as a known failure (it may not recur)."""
 
 
+class PolygonProcessDied(WsiSegmentError):
+    """A polygon process (`pipeline.inference.polygon_processes`) ended during a run: killed
+    from outside, or the machine ran out of memory; not a `SlideError`, so a batch does not
+    record it as a known failure of the slide."""
+
+
 class MppMissingError(SlideError):
     """A step needs physical pixel size but the slide has none and no override was given."""
 

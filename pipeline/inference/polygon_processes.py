@@ -29,17 +29,13 @@ from typing import Any
 
 import numpy as np
 
-from wsi_segment.errors import WsiSegmentError
+from wsi_segment.errors import PolygonProcessDied, WsiSegmentError
 from wsi_segment.pipeline.inference.engine_state import wait_uninterrupted
 from wsi_segment.pipeline.outputs.chunk_summary import block_polygons
 from wsi_segment.wsi.tiling import ChunkSpec
 
 JOIN_S = 5.0  # a worker told to end finishes the block it traces first
 _IGNORED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
-class PolygonProcessDied(WsiSegmentError):
-    """A polygon process ended in the middle of a run (killed, or out of memory)."""
 
 
 class PolygonProcesses:
@@ -91,16 +87,22 @@ class PolygonProcesses:
     ) -> dict[int, list[bytes]]:
         """`chunk_summary.block_polygons(spec, labels, k, tolerance, cell)`, in a process."""
         n = self._idle.get()
+        answered = False
         try:
             self._sends[n].send((spec, labels, k, tolerance, cell))
             reply: tuple[bool, Any] = self._replies[n].recv()
+            answered = True
         except (EOFError, OSError) as exc:
             code = self._procs[n].poll()
             raise PolygonProcessDied(
                 f"polygon process {n} ended during a run (exit code {code}): a kill from "
                 "outside or memory running out; run again"
             ) from exc
-        self._idle.put(n)
+        finally:
+            if not answered:  # a reply may be left unread: the worker serves no one again
+                self._sends[n].close()
+                self._replies[n].close()
+            self._idle.put(n)  # dead or alive: a thread waiting for it must not wait forever
         ok, value = reply
         if not ok:
             raise value
@@ -148,6 +150,8 @@ def polygon_worker_main(requests: Connection, replies: Connection) -> None:
             replies.send(reply)
         except (EOFError, OSError):
             return
+        except Exception as exc:  # an error that does not pickle: its text does
+            replies.send((False, WsiSegmentError(f"tracing a block's polygons failed: {exc!r}")))
 
 
 if __name__ == "__main__":  # a worker: python -m this module READ_FD WRITE_FD

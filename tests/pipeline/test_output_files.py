@@ -33,7 +33,7 @@ from wsi_segment.wsi.tiling import TileGrid
 PARAMETER_KEYS = [
     "model_dir", "device", "precision", "runtime", "batch_size", "mpp", "output_downsample",
     "overlap", "chunk_tiles", "gate", "overwrite", "backend", "threads", "decoders", "writers",
-    "read_device", "cuda_graphs", "output_name", "simplify_tolerance", "ome_tiff", "tile_objects",
+    "polygon_processes", "read_device", "cuda_graphs", "output_name", "simplify_tolerance", "ome_tiff", "tile_objects",
     "tissue", "roi",
 ]  # fmt: skip
 

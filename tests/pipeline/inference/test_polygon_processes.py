@@ -15,10 +15,8 @@ import psutil
 import pytest
 from scipy import ndimage
 
-from wsi_segment.pipeline.inference.polygon_processes import (
-    PolygonProcessDied,
-    PolygonProcesses,
-)
+from wsi_segment.errors import PolygonProcessDied
+from wsi_segment.pipeline.inference.polygon_processes import PolygonProcesses
 from wsi_segment.pipeline.outputs.chunk_summary import block_polygons
 from wsi_segment.wsi.tiling import ChunkSpec
 
@@ -85,6 +83,10 @@ def test_a_killed_worker_is_one_clear_error_and_close_ends_the_rest():
         worker.wait(10)
         with pytest.raises(PolygonProcessDied, match="polygon process 0 ended during a run"):
             pool.block_polygons(spec, labels, K, 1.0, CELL)
+        with ThreadPoolExecutor(3) as threads:  # more callers than workers: none waits forever
+            calls = [threads.submit(pool.block_polygons, spec, labels, K, 1.0, CELL) for _ in "abc"]
+            for call in calls:
+                assert isinstance(call.exception(timeout=30), PolygonProcessDied)
     finally:
         pool.close()
         pool.close()  # idempotent
