@@ -58,15 +58,10 @@ class PolygonProcesses:
         """Worker `n`, with a pipe each way; the parent keeps only its own two ends."""
         to_worker, from_worker = os.pipe(), os.pipe()
         theirs = (to_worker[0], from_worker[1])
+        command = [sys.executable, "-P", "-m", __name__, *map(str, theirs)]  # -P: no cwd modules
         try:
             proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-P",
-                    "-m",
-                    __name__,
-                    *map(str, theirs),
-                ],  # -P: not the cwd's modules
+                command,
                 pass_fds=theirs,
                 process_group=0,
                 stdin=subprocess.DEVNULL,
