@@ -246,11 +246,13 @@ def test_a_decoder_killed_mid_slide_is_one_error_and_the_rerun_equals_uninterrup
 
 
 @pytest.mark.timeout(600)
-def test_ctrl_c_to_the_group_with_polygon_processes_cleans_up_and_ends_them(
-    tiny_model_dir, tmp_path
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_to_the_group_with_polygon_processes_cleans_up_and_ends_them(
+    tiny_model_dir, tmp_path, sig
 ):
-    """A terminal's Ctrl-C reaches the polygon processes too: they ignore it, and the run
-    cleans up as always (exit 130, one `error:` line, nothing on disk) and ends them."""
+    """A terminal's Ctrl-C or `timeout`'s SIGTERM to the run's process group: the polygon
+    processes (a group of their own) never see it, and the run cleans up as always (exit 130
+    or 143, one `error:` line, nothing on disk) and ends them."""
     out = tmp_path / "out"
     extra = ["--polygon-processes", "2", "--decoders", "0"]
     proc = start_and_wait_for_chunks(tiny_model_dir, out, extra, new_session=True)
@@ -261,10 +263,11 @@ def test_ctrl_c_to_the_group_with_polygon_processes_cleans_up_and_ends_them(
         workers = [p for p in psutil.Process(proc.pid).children() if "resource_tracker" not in
                    " ".join(p.cmdline())]  # fmt: skip
     assert len(workers) == 2
-    os.killpg(proc.pid, signal.SIGINT)
+    os.killpg(proc.pid, sig)
     _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 130, err
-    assert [ln for ln in err.splitlines() if ln.startswith("error:")] == ["error: interrupted"]
+    code, line = (130, "error: interrupted") if sig == signal.SIGINT else (143, TERMINATED)
+    assert proc.returncode == code, err
+    assert [ln for ln in err.splitlines() if ln.startswith("error:")] == [line]
     assert "Traceback" not in err, err
     _, alive = psutil.wait_procs(workers, timeout=20)
     assert not alive
