@@ -116,8 +116,8 @@ def polygon_processes_decision(
         return Decision(asked, f"asked for (--polygon-processes {asked})")
     if not cuda:
         return Decision(0, "a CPU run: the model has the cores, the writers trace in their threads")
-    if daemonic:
-        return Decision(0, "a daemonic Dask worker may not start processes: the writers trace")
+    if daemonic:  # the workers are plain subprocesses, but no test runs them in a Dask band
+        return Decision(0, "a daemonic Dask worker: the writers trace in their threads")
     # Tracing holds the GIL: on an H200's 16 cores 8 threads traced 1.46x faster than one,
     # 8 processes 7.2x (benchmarks/writer.py), and the writers were a GPU run's limit.
     return Decision(writers, "a GPU: one per writer thread (tracing holds the GIL)")

@@ -145,8 +145,9 @@ def polygon_worker_main(requests: Connection, replies: Connection) -> None:
             replies.send(reply)
         except (EOFError, OSError):
             return
-        except Exception as exc:  # an error that does not pickle: its text does
-            replies.send((False, WsiSegmentError(f"tracing a block's polygons failed: {exc!r}")))
+        except Exception:  # the block's error does not pickle: its text does
+            text = f"tracing a block's polygons failed: {reply[1]!r}"
+            replies.send((False, WsiSegmentError(text)))
 
 
 if __name__ == "__main__":  # a worker: python -m this module READ_FD WRITE_FD
