@@ -254,7 +254,8 @@ def test_a_signal_to_the_group_with_polygon_processes_cleans_up_and_ends_them(
     processes (a group of their own) never see it, and the run cleans up as always (exit 130
     or 143, one `error:` line, nothing on disk) and ends them."""
     out = tmp_path / "out"
-    extra = ["--polygon-processes", "2", "--decoders", "0"]
+    # the slide read as 4x coarser (12x the tiles): still mid-inference when the signal comes
+    extra = ["--polygon-processes", "2", "--decoders", "0", "--mpp", "2.0"]
     proc = start_and_wait_for_chunks(tiny_model_dir, out, extra, new_session=True)
     workers: list[psutil.Process] = []
     deadline = time.monotonic() + 120
