@@ -20,7 +20,7 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from multiprocessing.connection import Connection, wait
 from multiprocessing.shared_memory import SharedMemory
 from typing import Any
@@ -45,6 +45,7 @@ from wsi_segment.pipeline.inference.tile_reader import TileReader
 from wsi_segment.wsi.tiling import ChunkSpec, contiguous_runs
 
 JOIN_S = 5.0  # a decoder asked to stop finishes its current read first
+STOPPING_SIGNALS = {signal.SIGINT, *TERMINATING_SIGNALS}
 
 
 class SlotRing:
@@ -134,7 +135,8 @@ class DecodePool:
                 proc = ctx.Process(target=decoder_main, args=(d, theirs), name=f"wsi-decoder-{d}",
                                    daemon=True)  # fmt: skip
                 try:
-                    proc.start()
+                    with signals_blocked():  # inherited: none lands while the decoder starts
+                        proc.start()
                 finally:
                     theirs.close()  # the decoder's own now: its end of file is the decoder's end
                 self.procs.append(proc)
@@ -245,26 +247,37 @@ class DecodePool:
                     self._open.remove(link)
 
 
+@contextlib.contextmanager
+def signals_blocked(signals: set[int] = STOPPING_SIGNALS) -> Iterator[None]:
+    """Block `signals` in this thread for the block: a process started in it inherits the
+    mask, so a signal to the process group waits until the child is ready for it."""
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
 def start_resource_tracker() -> None:
     """Start multiprocessing's resource tracker with SIGHUP blocked (the mask is inherited):
     a SIGHUP to the process group would end it, and the slot ring would leak."""
     from multiprocessing import resource_tracker
 
-    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
-    try:
+    with signals_blocked({signal.SIGHUP}):
         resource_tracker.ensure_running()
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 def decoder_main(decoder: int, conn: Connection) -> None:
     """Process body: wait for the share, then read each chunk into a free slot of its own and
     report it. SIGTERM and SIGHUP raise `Terminated` (as Ctrl-C raises KeyboardInterrupt), so
-    the ring is closed."""
+    the ring is closed. It starts with the stopping signals blocked (`DecodePool`): a Ctrl-C
+    to the process group while it imported would print a traceback; one that came meanwhile
+    lands here, once the handlers are in place."""
     for signum in TERMINATING_SIGNALS:
         signal.signal(signum, raise_terminated)
     link = DecoderEnd(conn)
     try:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOPPING_SIGNALS)
         task = link.share()
     except KeyboardInterrupt:  # signalled with its parent (a process group): it cleans up
         return
