@@ -41,7 +41,7 @@ def owner_gone(name: str, namespace: str) -> bool:
         os.kill(int(match.group(1)), 0)
     except ProcessLookupError:
         return True
-    except OSError:  # alive, another user's (EPERM), or a pid too large to be one
+    except (OSError, OverflowError):  # alive, another user's (EPERM), or too large a pid
         return False
     return False
 

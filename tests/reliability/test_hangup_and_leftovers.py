@@ -90,7 +90,7 @@ def test_a_ring_left_by_a_killed_run_is_removed_by_the_next_run(tiny_model_dir, 
 def test_only_rings_whose_owner_is_gone_are_removed(tmp_path):
     """Real shared memory: the ring of a process that has ended goes; this process's ring,
     a ring of another pid namespace (another container sharing /dev/shm), a ring named the
-    old way (no namespace) and another program's file stay."""
+    old way (no namespace), one whose "pid" cannot be one and another program's file stay."""
     ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                            capture_output=True, text=True, check=True)  # fmt: skip
     dead = int(ended.stdout)
@@ -103,6 +103,7 @@ def test_only_rings_whose_owner_is_gone_are_removed(tmp_path):
         "other namespace": f"{SHM_PREFIX}{dead}_{other_ns}_{'c' * 12}",
         "old name": f"{SHM_PREFIX}{dead}_{'d' * 12}",
         "not ours": f"{SHM_PREFIX}-notes-{dead}",
+        "no pid": f"{SHM_PREFIX}{2**64}_{ns}_{'e' * 12}",  # os.kill: OverflowError
     }
     blocks = [SharedMemory(name, create=True, size=16) for name in names.values()]
     try:
@@ -113,6 +114,7 @@ def test_only_rings_whose_owner_is_gone_are_removed(tmp_path):
             "other namespace",
             "old name",
             "not ours",
+            "no pid",
         }
     finally:
         for block in blocks:
