@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import multiprocessing as mp
 import os
-import pickle
 import signal
 import threading
 import time
@@ -38,7 +37,7 @@ from wsi_segment.pipeline.inference.decoder_link import (
     Stop,
     ToDecoder,
 )
-from wsi_segment.pipeline.inference.engine_state import wait_uninterrupted
+from wsi_segment.pipeline.inference.engine_state import picklable, wait_uninterrupted
 from wsi_segment.pipeline.inference.main_guard import check_main_guard
 from wsi_segment.pipeline.inference.shm_rings import SHM_DIR, remove_abandoned_rings, ring_name
 from wsi_segment.pipeline.inference.tile_reader import TileReader
@@ -290,7 +289,8 @@ def decoder_main(decoder: int, conn: Connection) -> None:
     try:
         _decode_share(decoder, task, ring, link)
     except BaseException as exc:
-        link.send(Failed(decoder, _picklable(exc, reader.slide_path)))
+        failed = SlideError(f"{reader.slide_path}: decoding failed: {exc!r}")
+        link.send(Failed(decoder, picklable(exc, failed)))
     finally:
         reader.close_local()
         ring.close()
@@ -312,12 +312,3 @@ def _decode_share(decoder: int, task: DecoderTask, ring: SlotRing, link: Decoder
         del tiles
         link.send(Decoded(slot, index, n))
     link.send(Finished(decoder))
-
-
-def _picklable(exc: BaseException, slide_path: str) -> BaseException:
-    """The exception itself when it survives the pipe, else a SlideError with its text."""
-    try:
-        pickle.loads(pickle.dumps(exc))
-        return exc
-    except Exception:
-        return SlideError(f"{slide_path}: decoding failed: {exc!r}")

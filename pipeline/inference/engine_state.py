@@ -6,6 +6,7 @@ them all."""
 from __future__ import annotations
 
 import contextlib
+import pickle
 import queue
 import threading
 import time
@@ -118,3 +119,14 @@ def wait_uninterrupted(wait: Callable[..., Any], *args: Any) -> BaseException | 
             raise
         except BaseException as exc:
             stop = stop or exc
+
+
+def picklable(exc: BaseException, otherwise: BaseException) -> BaseException:
+    """`exc` where it survives a trip through a pipe to another process, else `otherwise`
+    (its text as a known error): one that pickles but cannot be rebuilt would fail the
+    receiver's `recv` instead of reporting the error."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:
+        return otherwise

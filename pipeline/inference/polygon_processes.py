@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from wsi_segment.errors import PolygonProcessDied, WsiSegmentError
-from wsi_segment.pipeline.inference.engine_state import wait_uninterrupted
+from wsi_segment.pipeline.inference.engine_state import picklable, wait_uninterrupted
 from wsi_segment.pipeline.outputs.chunk_summary import block_polygons
 from wsi_segment.wsi.tiling import ChunkSpec
 
@@ -140,14 +140,12 @@ def polygon_worker_main(requests: Connection, replies: Connection) -> None:
         try:
             reply: tuple[bool, Any] = (True, block_polygons(spec, labels, k, tolerance, cell))
         except Exception as exc:  # the run raises it where the thread would have
-            reply = (False, exc)
+            failed = WsiSegmentError(f"tracing a block's polygons failed: {exc!r}")
+            reply = (False, picklable(exc, failed))
         try:
             replies.send(reply)
         except (EOFError, OSError):
             return
-        except Exception:  # the block's error does not pickle: its text does
-            text = f"tracing a block's polygons failed: {reply[1]!r}"
-            replies.send((False, WsiSegmentError(text)))
 
 
 if __name__ == "__main__":  # a worker: python -m this module READ_FD WRITE_FD

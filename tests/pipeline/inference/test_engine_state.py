@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from wsi_segment.pipeline.inference.engine_state import (
+    picklable,
     start_parts,
     wait_uninterrupted,
 )
@@ -108,3 +109,19 @@ def test_a_second_ctrl_c_is_dropped_and_errors_of_the_wait_propagate() -> None:
 
     with pytest.raises(AssertionError, match="before close"):
         wait_uninterrupted(broken)
+
+
+class TwoArgumentError(Exception):
+    """Pickles, but cannot be rebuilt: `Exception.__reduce__` passes only `args` back."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+
+
+def test_an_error_goes_through_a_pipe_as_itself_or_as_its_text() -> None:
+    fallback = RuntimeError("its text")
+    plain = ValueError("bad tile")
+    assert picklable(plain, fallback) is plain
+    assert picklable(TwoArgumentError("a.svs", "bad"), fallback) is fallback
+    holding_a_lock = ValueError(threading.Lock())  # does not pickle at all
+    assert picklable(holding_a_lock, fallback) is fallback
