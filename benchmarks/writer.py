@@ -63,7 +63,7 @@ PROCESSES = "engine writer, N finisher threads + N polygon processes (the GPU de
 
 def model_tiles(job: Any, specs: list, cache: Path) -> list[Any]:
     """Each chunk's `ReducedTiles` from the real model (cached: the model is not measured)."""
-    from wsi_segment.pipeline.inference.tile_inference import ReducedTiles
+    from wsi_segment.pipeline.inference.slide_job import ReducedTiles
 
     if not cache.exists():
         t0 = time.perf_counter()
@@ -95,7 +95,7 @@ def model_tiles(job: Any, specs: list, cache: Path) -> list[Any]:
 def unit_tiles(specs: list, reduced: list) -> tuple[list, list]:
     """The write units of the plan (as the engine's writer finishes them) and each unit's
     `ReducedTiles`: its chunks' tiles, in the unit's order."""
-    from wsi_segment.pipeline.inference.tile_inference import ReducedTiles
+    from wsi_segment.pipeline.inference.slide_job import ReducedTiles
     from wsi_segment.pipeline.inference.unit_writer import write_units
 
     units, out = write_units(specs), []
@@ -114,7 +114,7 @@ def unit_tiles(specs: list, reduced: list) -> tuple[list, list]:
 def part_functions(job: Any, specs: list, reduced: list) -> dict[str, Callable[[int], object]]:
     """One callable per part, taking a write unit's index (`specs`, `reduced`: the units');
     inputs of later parts made up front."""
-    from wsi_segment.pipeline.inference.tile_inference import NODATA, stitch_cores
+    from wsi_segment.pipeline.inference.slide_job import NODATA, stitch_cores
     from wsi_segment.pipeline.outputs.chunk_summary import block_polygons, block_statistics
 
     grid = job.grid

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from wsi_segment.pipeline.inference.tile_inference import ReducedTiles
+    from wsi_segment.pipeline.inference.slide_job import ReducedTiles
     from wsi_segment.wsi.tiling import ChunkSpec, TileGrid
 
 
@@ -105,15 +105,18 @@ def predict_unpadded(
     executor: Any, tiles: np.ndarray, grid: TileGrid, batch_size: int, lock: Any = None
 ) -> ReducedTiles:
     """uint8 tiles (N, T, T, 3) through an executor of the tile graph in batches of
-    `batch_size`, the last one short (the engine pads it: `tile_inference.predict_batch`)."""
+    `batch_size`, the last one short (the engine pads it: `compute_stage.ComputeStage`)."""
+    import contextlib
+
     import torch
 
-    from wsi_segment.pipeline.inference.tile_inference import ReducedTiles, predict_batch
+    from wsi_segment.pipeline.inference.slide_job import ReducedTiles
 
-    parts = [
-        predict_batch(executor, torch.from_numpy(np.ascontiguousarray(part)), len(part), lock)
-        for part in (tiles[i : i + batch_size] for i in range(0, len(tiles), batch_size))
-    ]
+    parts = []
+    for i in range(0, len(tiles), batch_size):
+        with lock if lock is not None else contextlib.nullcontext():
+            out = executor.run(torch.from_numpy(np.ascontiguousarray(tiles[i : i + batch_size])))
+        parts.append(ReducedTiles(out.probs.numpy(), out.labels.numpy(), out.nbytes))
     if not parts:
         so = grid.stride // grid.downsample
         return ReducedTiles(np.zeros((0, 0, so, so), np.uint8), np.zeros((0, so, so), np.uint8), 0)
@@ -141,7 +144,7 @@ def units_alone(job: Any, specs: list[ChunkSpec]) -> list[Any]:
     """Every chunk computed alone (`chunk_alone`), then written and summarised per write unit
     (the chunks of one zarr chunk together, `ChunkSpec.write_unit`) as the engine's writer
     does; the outcomes (`ChunkOutcome`) in plan order."""
-    from wsi_segment.pipeline.inference.tile_inference import ReducedTiles
+    from wsi_segment.pipeline.inference.slide_job import ReducedTiles
     from wsi_segment.pipeline.inference.unit_writer import write_units
 
     outcomes = []

@@ -53,7 +53,7 @@ class CudaGraphExecutor:
     that shares the GIL with the stager and the writers; a replay is one launch. On an H200
     the demo model's tile graph ran 8,465 tiles/s eagerly and 11,377 as a graph, alone
     (benchmarks/RESULTS.md, 2026-11-26). The engine hands every batch at `batch` tiles
-    (`predict_batch` pads a short one), so one graph, and the same kernels, serve every
+    (`compute_stage.ComputeStage` pads a short one), so one graph, and the same kernels, serve every
     batch of a run; another size is refused.
     """
 

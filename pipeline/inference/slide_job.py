@@ -16,19 +16,49 @@ import numpy as np
 import zarr
 
 from wsi_segment.pipeline.inference.model_handle import ModelHandle
-from wsi_segment.pipeline.inference.tile_inference import (
-    NODATA,
-    ReducedTiles,
-    stitch_cores,
-)
 from wsi_segment.pipeline.inference.tile_reader import PerThread, TileReader
 from wsi_segment.pipeline.outputs.chunk_summary import (
+    NODATA,
     BlockPolygons,
     ChunkOutcome,
     summarise_block,
 )
 from wsi_segment.pipeline.outputs.label_image import label_values
 from wsi_segment.wsi.tiling import STORE_TILES, ChunkSpec, TileGrid
+
+
+@dataclass
+class ReducedTiles:
+    """Outputs in their stored form: uint8 probabilities (..., K, h, w), uint8 labels
+    (..., h, w), per tile (N leading, h = w = S/d) or stitched into a chunk's block, and the
+    bytes that crossed from the model's device for them."""
+
+    probs: np.ndarray
+    labels: np.ndarray
+    bytes_from_model: int
+
+
+def stitch_cores(
+    cores: np.ndarray,
+    tiles_ij: list[tuple[int, int]],
+    core_origin: tuple[int, int],
+    core_size: tuple[int, int],
+    grid: TileGrid,
+    fill: int,
+) -> np.ndarray:
+    """Each tile's reduced core (..., S/d, S/d) placed into the chunk's output block
+    (..., core_h / d, core_w / d); tiles not listed (no tissue) stay `fill`. Centre-crop on
+    the global tile grid (docs/architecture.md): each output pixel comes from exactly one
+    tile's core, whatever the chunk size."""
+    d, s = grid.downsample, grid.stride
+    cx, cy = core_origin
+    lead = cores.shape[1:-2]
+    out = np.full((*lead, core_size[1] // d, core_size[0] // d), fill, dtype=cores.dtype)
+    so = s // d
+    for n, (i, j) in enumerate(tiles_ij):
+        oy, ox = (i * s - cy) // d, (j * s - cx) // d
+        out[..., oy : oy + so, ox : ox + so] = cores[n]
+    return out
 
 
 @dataclass

@@ -16,8 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from wsi_segment.pipeline.inference.engine_state import FirstError
-from wsi_segment.pipeline.inference.slide_job import SlideJob
-from wsi_segment.pipeline.inference.tile_inference import ReducedTiles
+from wsi_segment.pipeline.inference.slide_job import ReducedTiles, SlideJob
 from wsi_segment.pipeline.outputs.chunk_summary import BlockPolygons, ChunkOutcome
 from wsi_segment.pipeline.progress import Progress
 from wsi_segment.wsi.tiling import ChunkSpec

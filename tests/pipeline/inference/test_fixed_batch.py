@@ -107,7 +107,7 @@ def test_every_source_writes_the_same_bytes_in_forward_passes_of_the_batch_size(
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_a_tiles_output_does_not_depend_on_the_other_tiles_of_its_batch(tiny_model_dir, precision):
-    """What `predict_batch` relies on, for the models we ship (eval-mode ResNet classifier
+    """What the engine's fixed-size forward passes (`ComputeStage`) rely on, for the models we ship (eval-mode ResNet classifier
     and DeepLabV3+): at one batch size, a tile gives the same bits at every position of the
     batch and beside any other tiles."""
     model = load_model(tiny_model_dir)

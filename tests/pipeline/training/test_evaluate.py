@@ -87,7 +87,7 @@ def _test_split() -> tuple[torch.Tensor, torch.Tensor]:
 def test_evaluate_and_validation_score_the_labels_the_slide_path_writes(demo) -> None:
     """For real LUAD-HistoSeg patches and the demo model: the labels `evaluate` scores and
     those stage-3 validation scores equal what the slide path's reduction writes for the
-    same tiles (`tile_inference.predict_batch`, a grid of whole tiles), at the model's epsilon, at
+    same tiles (the engine's forward pass, a grid of whole tiles), at the model's epsilon, at
     one where the gate removes every class of some tiles, and at one where it removes every
     class of every tile (Unclassified everywhere)."""
     images, gt = _test_split()
