@@ -91,36 +91,11 @@ def run_bands(
     ranges = contiguous_runs(specs, parts)
     if not ranges:
         return []
-    pieces = [specs[r.start : r.stop] for r in ranges]
-    event, futures = _submit_bands(client, job, pieces, plan, placement, key_prefix)
-    finished = gather_all(futures, event, progress, cancel)
-    if any(b.daemonic for b in finished):
-        log.warning("%s: daemonic Dask workers read in threads; %s", job.slide_path, DAEMON_FIX)
-    if results is not None:
-        results.extend(finished)
-    return [o for b in finished for o in b.outcomes]
-
-
-def band_count(specs: Sequence[ChunkSpec], slots: int, gpu: bool = False) -> int:
-    """Bands to cut a slide into: a few per slot, and more for a large slide, so that none
-    runs more than `BAND_TILES` tiles (`GPU_BAND_TILES` on GPU workers)."""
-    tiles = sum(len(s.tiles) for s in specs)
-    return max(BANDS_PER_SLOT * slots, -(-tiles // (GPU_BAND_TILES if gpu else BAND_TILES)))
-
-
-def _submit_bands(
-    client: Client,
-    job: SlideJob,
-    pieces: list[list[ChunkSpec]],  # each band's chunks, in plan order
-    plan: ExecutionPlan,
-    placement: tuple[dict[str, int], bool],  # as `_slots` says: bands at once per host, GPU
-    key_prefix: str,
-) -> tuple[Event, list[Future[Any]]]:
-    """One Dask task per band, all watching one new cluster-wide abort event (returned with
-    the futures); the job is scattered once to every worker. Band k has priority -k, so the
-    bands of slides in flight interleave."""
     from distributed import Event
 
+    # every band watches one new cluster-wide abort event; the job is scattered once to every
+    # worker; band k has priority -k, so the bands of slides in flight interleave
+    pieces = [specs[r.start : r.stop] for r in ranges]
     at_once, gpu = placement
     abort = f"{key_prefix}-abort-{uuid.uuid4().hex}"
     event = Event(abort, client=client)
@@ -142,7 +117,19 @@ def _submit_bands(
         )
         for k, piece in enumerate(pieces)
     ]
-    return event, futures
+    finished = gather_all(futures, event, progress, cancel)
+    if any(b.daemonic for b in finished):
+        log.warning("%s: daemonic Dask workers read in threads; %s", job.slide_path, DAEMON_FIX)
+    if results is not None:
+        results.extend(finished)
+    return [o for b in finished for o in b.outcomes]
+
+
+def band_count(specs: Sequence[ChunkSpec], slots: int, gpu: bool = False) -> int:
+    """Bands to cut a slide into: a few per slot, and more for a large slide, so that none
+    runs more than `BAND_TILES` tiles (`GPU_BAND_TILES` on GPU workers)."""
+    tiles = sum(len(s.tiles) for s in specs)
+    return max(BANDS_PER_SLOT * slots, -(-tiles // (GPU_BAND_TILES if gpu else BAND_TILES)))
 
 
 def settle_plan(
