@@ -104,9 +104,8 @@ def store_best_effort(
     root: Path, key: Mapping[str, object], write: Callable[[Path], Mapping[str, Path]]
 ) -> None:
     """Store the entry for `key` whose files `write` builds ({suffix: path}) in a fresh scratch
-    folder inside `root` (same file system: renames are atomic): files first, then the
-    manifest. A cache that cannot be written (read-only home, full disk) only costs the next
-    run a rebuild."""
+    folder inside `root` (same file system: renames are atomic); a cache that cannot be
+    written (read-only home, full disk) only costs the next run a rebuild."""
     try:
         root.mkdir(parents=True, exist_ok=True)
         scratch = Path(tempfile.mkdtemp(prefix=".build-", dir=root))

@@ -203,9 +203,8 @@ class ClientWatch:
         self._gone: SlideError | None = None  # once found gone, the client stays gone
 
     def cause(self) -> SlideError | None:
-        """The error naming why the client cannot deliver results any more (closed, or its
-        loop ran no callback within `stall_s`), or None while it can; each call while it can
-        hands its loop the next callback (one at a time)."""
+        """The error naming why the client cannot deliver results any more, or None while
+        it can; each call while it can hands its loop the next callback (one at a time)."""
         if self._gone is None and self.client is not None:
             self._gone = self._cause(self.client)
         return self._gone
