@@ -100,44 +100,29 @@ def load_entry(root: Path, key: Mapping[str, object], suffixes: tuple[str, ...])
         return {}
 
 
-def store_entry(
-    root: Path, key: Mapping[str, object], files: Mapping[str, Path]
-) -> dict[str, Path]:
-    """Move the built `files` ({suffix: temporary path}) into the entry for `key`, then its
-    manifest; returns {suffix: final path}."""
-    root.mkdir(parents=True, exist_ok=True)
-    name = entry_name(key)
-    sums = {s: _sha256(p) for s, p in files.items()}
-    final = {s: root / f"{name}.{s}" for s in files}
-    for s, path in files.items():
-        os.replace(path, final[s])
-    manifest = {"format": _FORMAT, "version": _VERSION, "key": key, "sha256": sums}
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".json", dir=root)
-    with os.fdopen(fd, "w") as f:
-        json.dump(manifest, f, indent=1, sort_keys=True)
-    os.replace(tmp, root / f"{name}.json")
-    return final
-
-
-def scratch_dir(root: Path) -> Path:
-    """A fresh folder inside `root` to build an entry in (same file system: renames are
-    atomic); the caller removes it."""
-    root.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=".build-", dir=root))
-
-
 def store_best_effort(
     root: Path, key: Mapping[str, object], write: Callable[[Path], Mapping[str, Path]]
 ) -> None:
-    """Store the entry `write` makes in a scratch folder of the cache; a cache that cannot be
+    """Store the entry for `key` whose files `write` builds ({suffix: path}) in a fresh scratch
+    folder inside `root` (same file system: renames are atomic); a cache that cannot be
     written (read-only home, full disk) only costs the next run a rebuild."""
     try:
-        scratch = scratch_dir(root)
+        root.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix=".build-", dir=root))
     except OSError as exc:
         _log.info("runtime cache %s not writable (%s): not cached", root, exc)
         return
     try:
-        store_entry(root, key, write(scratch))
+        files = write(scratch)
+        name = entry_name(key)
+        sums = {s: _sha256(p) for s, p in files.items()}
+        for s, path in files.items():
+            os.replace(path, root / f"{name}.{s}")
+        manifest = {"format": _FORMAT, "version": _VERSION, "key": key, "sha256": sums}
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".json", dir=root)
+        with os.fdopen(fd, "w") as f:
+            json.dump(manifest, f, indent=1, sort_keys=True)
+        os.replace(tmp, root / f"{name}.json")
     except OSError as exc:
         _log.info("runtime cache %s not written (%s): not cached", root, exc)
     finally:

@@ -60,8 +60,7 @@ class CudaGraphExecutor:
     def __init__(self, eager: TorchExecutor, batch: int) -> None:
         self._eager, self.batch, self.device = eager, batch, eager.device
         self._host = HostCopier()
-        self._captured: tuple[torch.cuda.CUDAGraph, torch.Tensor, list[torch.Tensor]] | None
-        self._captured = None
+        self._captured: tuple[torch.cuda.CUDAGraph, torch.Tensor, list[torch.Tensor]] | None = None
 
     @torch.inference_mode()
     def run(self, tiles: torch.Tensor) -> ReducedOutputs:

@@ -11,6 +11,7 @@ cannot be exported is refused where OpenVINO was asked for by name.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -199,12 +200,10 @@ def _open_openvino(model: ModelSource, spec: RuntimeSpec, cache: Path) -> Opened
     opened = OpenedRuntime(
         "openvino", spec.runtime_reason, "fp32", spec.precision_reason, "cpu", graphs=fp32
     )
-    fp32_labels: list[torch.Tensor] = []  # OpenVINO fp32 labels of the tiles, once computed
 
+    @functools.cache  # OpenVINO fp32 labels of the tiles, computed once, when first needed
     def ov_fp32_labels() -> torch.Tensor:
-        if not fp32_labels:
-            fp32_labels.append(whole_tile_labels(OpenVINOExecutor(fp32, whole), tiles))
-        return fp32_labels[0]
+        return whole_tile_labels(OpenVINOExecutor(fp32, whole), tiles)
 
     def fp32_agreement() -> dict[str, Any]:
         torch_labels = whole_tile_labels(TorchExecutor(model.network(), whole, "fp32"), tiles)

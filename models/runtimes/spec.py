@@ -10,8 +10,7 @@ from typing import Any
 
 @dataclass(frozen=True)
 class RuntimeSpec:
-    """What models/ is handed of a run's plan, as plain values (all decided there). Specs
-    that differ only in their reasons are equal: a reworded reason opens nothing again."""
+    """Specs that differ only in their reasons are equal: a reworded reason opens nothing again."""
 
     runtime: str  # torch | openvino
     precision: str  # fp32 | bf16 | fp16 | bf16-if-calibrated, for that runtime

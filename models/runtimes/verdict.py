@@ -39,16 +39,12 @@ CALIBRATION_WHERE = {
 }
 
 
-def tiles_digest(tiles: torch.Tensor) -> str:
-    """sha256 of the calibration tiles' shape and bytes: a check holds for these tiles only."""
+def verdict_key(graphs: OpenVINOGraphs, check: str, tiles: torch.Tensor) -> dict[str, object]:
+    """The cache key of `check` ('fp32_agreement' | 'bf16_calibration') of `graphs` on these
+    calibration tiles (their shape and bytes: a check holds for these tiles only)."""
     digest = hashlib.sha256(repr(tuple(tiles.shape)).encode())
     digest.update(tiles.contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
-def verdict_key(graphs: OpenVINOGraphs, check: str, tiles: torch.Tensor) -> dict[str, object]:
-    """The cache key of `check` ('fp32_agreement' | 'bf16_calibration') of `graphs`."""
-    return {**graphs.entry_key(), "kind": "verdict", "check": check, "tiles": tiles_digest(tiles)}
+    return {**graphs.entry_key(), "kind": "verdict", "check": check, "tiles": digest.hexdigest()}
 
 
 def load_verdict(

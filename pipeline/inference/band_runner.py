@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
+import time
 import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -24,7 +26,6 @@ from wsi_segment.pipeline.inference.band_task import (
     band_calibration,
     run_band,
 )
-from wsi_segment.pipeline.inference.client_watch import ClientWatch
 from wsi_segment.pipeline.inference.slide_job import SlideJob
 from wsi_segment.pipeline.machine import Machine, probe_machine
 from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome
@@ -90,36 +91,11 @@ def run_bands(
     ranges = contiguous_runs(specs, parts)
     if not ranges:
         return []
-    pieces = [specs[r.start : r.stop] for r in ranges]
-    event, futures = _submit_bands(client, job, pieces, plan, placement, key_prefix)
-    finished = gather_all(futures, event, progress, cancel)
-    if any(b.daemonic for b in finished):
-        log.warning("%s: daemonic Dask workers read in threads; %s", job.slide_path, DAEMON_FIX)
-    if results is not None:
-        results.extend(finished)
-    return [o for b in finished for o in b.outcomes]
-
-
-def band_count(specs: Sequence[ChunkSpec], slots: int, gpu: bool = False) -> int:
-    """Bands to cut a slide into: a few per slot, and more for a large slide, so that none
-    runs more than `BAND_TILES` tiles (`GPU_BAND_TILES` on GPU workers)."""
-    tiles = sum(len(s.tiles) for s in specs)
-    return max(BANDS_PER_SLOT * slots, -(-tiles // (GPU_BAND_TILES if gpu else BAND_TILES)))
-
-
-def _submit_bands(
-    client: Client,
-    job: SlideJob,
-    pieces: list[list[ChunkSpec]],  # each band's chunks, in plan order
-    plan: ExecutionPlan,
-    placement: tuple[dict[str, int], bool],  # as `_slots` says: bands at once per host, GPU
-    key_prefix: str,
-) -> tuple[Event, list[Future[Any]]]:
-    """One Dask task per band, all watching one new cluster-wide abort event (returned with
-    the futures); the job is scattered once to every worker. Band k has priority -k, so the
-    bands of slides in flight interleave."""
     from distributed import Event
 
+    # every band watches one new cluster-wide abort event; the job is scattered once to every
+    # worker; band k has priority -k, so the bands of slides in flight interleave
+    pieces = [specs[r.start : r.stop] for r in ranges]
     at_once, gpu = placement
     abort = f"{key_prefix}-abort-{uuid.uuid4().hex}"
     event = Event(abort, client=client)
@@ -141,7 +117,19 @@ def _submit_bands(
         )
         for k, piece in enumerate(pieces)
     ]
-    return event, futures
+    finished = gather_all(futures, event, progress, cancel)
+    if any(b.daemonic for b in finished):
+        log.warning("%s: daemonic Dask workers read in threads; %s", job.slide_path, DAEMON_FIX)
+    if results is not None:
+        results.extend(finished)
+    return [o for b in finished for o in b.outcomes]
+
+
+def band_count(specs: Sequence[ChunkSpec], slots: int, gpu: bool = False) -> int:
+    """Bands to cut a slide into: a few per slot, and more for a large slide, so that none
+    runs more than `BAND_TILES` tiles (`GPU_BAND_TILES` on GPU workers)."""
+    tiles = sum(len(s.tiles) for s in specs)
+    return max(BANDS_PER_SLOT * slots, -(-tiles // (GPU_BAND_TILES if gpu else BAND_TILES)))
 
 
 def settle_plan(
@@ -193,6 +181,64 @@ def finished_value(future: Future[Any]) -> Any:
             "check the scheduler's log if it happens again"
         )
     return future.result()
+
+
+# A live loop runs a callback within milliseconds; a loaded machine's busiest client, a few
+# seconds. Far longer than either, and still short beside a night's batch.
+LOOP_STALL_S = 60.0
+
+
+class ClientWatch:
+    """Whether a Dask client can still deliver its futures' results: once it is closed, or
+    its event loop has stopped turning, none of them ever completes and a wait would last for
+    ever. A polling wait asks `check` each step, from the thread that waits: the client's
+    status, and whether a callback handed to its loop ran within `stall_s`. `client` None:
+    nothing to watch (no futures), never gone."""
+
+    def __init__(self, client: Client | None, stall_s: float = LOOP_STALL_S) -> None:
+        self.client = client
+        self.stall_s = stall_s
+        self._answered = threading.Event()
+        self._asked_at: float | None = None
+        self._gone: SlideError | None = None  # once found gone, the client stays gone
+
+    def cause(self) -> SlideError | None:
+        """The error naming why the client cannot deliver results any more, or None while
+        it can; each call while it can hands its loop the next callback (one at a time)."""
+        if self._gone is None and self.client is not None:
+            self._gone = self._cause(self.client)
+        return self._gone
+
+    def check(self) -> None:
+        """Raise `cause()`, if there is one."""
+        gone = self.cause()
+        if gone is not None:
+            raise gone
+
+    def _cause(self, client: Client) -> SlideError | None:
+        status = str(client.status)
+        if status in ("closing", "closed"):
+            return SlideError(
+                f"the Dask client was closed (status {status!r}) while this slide waited for "
+                "its bands; no result can arrive: run the slide again (and check what closed "
+                "the client: the process shutting down, another thread)"
+            )
+        now = time.monotonic()
+        if self._asked_at is None or self._answered.is_set():
+            self._answered.clear()
+            self._asked_at = now
+            loop = client.loop
+            if loop is None:  # a client without a loop has been closed
+                return SlideError("the Dask client has no event loop (closed); run the slide again")
+            loop.add_callback(self._answered.set)
+        elif now - self._asked_at > self.stall_s:
+            return SlideError(
+                f"the Dask client's event loop has not turned for {self.stall_s:g} s while "
+                "this slide waited for its bands (its thread ended, or something blocks it); "
+                "no result can arrive: run the slide again, and check the log for an error "
+                "in the client's event loop"
+            )
+        return None
 
 
 # Waiting for a slide's bands: cancelling a future would not stop a band already running,

@@ -135,8 +135,7 @@ def run_plan(
     stats: EngineStats | None = None,
     cancel: CancelToken = NEVER_CANCELLED,
 ) -> list[ChunkOutcome]:
-    """`run_engine` with the sizes `plan` decided: the one call of a local run and of a Dask
-    band."""
+    """`run_engine` with the sizes `plan` decided: what a local run and a Dask band call."""
     sizes = plan.writers.value, plan.compute_threads.value, plan.model_lock.value
     tracers = plan.polygon_processes.value
     return run_engine(job, specs, source, progress, stats, cancel, *sizes, tracers)

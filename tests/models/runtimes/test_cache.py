@@ -12,18 +12,26 @@ from wsi_segment.models.runtimes.cache import (
     entry_lock,
     entry_name,
     load_entry,
-    scratch_dir,
-    store_entry,
+    store_best_effort,
 )
 
 KEY = {"model": "abc", "openvino": "2026.4.1", "precision": "fp32", "threads": 2}
 
 
 def _store(root: Path, key: dict[str, object], data: bytes) -> Path:
-    scratch = scratch_dir(root)
-    (scratch / "x.blob").write_bytes(data)
-    path = store_entry(root, key, {"blob": scratch / "x.blob"})["blob"]
-    scratch.rmdir()  # the file moved out of it
+    """Store `data` as the entry's one file; the path it was stored at (the only blob)."""
+    built: list[tuple[Path, int]] = []
+
+    def write(scratch: Path) -> dict[str, Path]:
+        (scratch / "x.blob").write_bytes(data)
+        built.append((scratch, (scratch / "x.blob").stat().st_ino))
+        return {"blob": scratch / "x.blob"}
+
+    store_best_effort(root, key, write)
+    [(scratch, inode)] = built
+    [path] = root.glob("*.blob")
+    assert path.stat().st_ino == inode  # the file moved out of the scratch folder
+    assert not scratch.exists()  # which is removed
     return path
 
 

@@ -19,8 +19,7 @@ from typing import Any
 import pytest
 
 from wsi_segment.errors import SlideError
-from wsi_segment.pipeline.inference.band_runner import gather_all
-from wsi_segment.pipeline.inference.client_watch import LOOP_STALL_S, ClientWatch
+from wsi_segment.pipeline.inference.band_runner import LOOP_STALL_S, ClientWatch, gather_all
 from wsi_segment.pipeline.progress import NullProgress
 
 pytestmark = pytest.mark.timeout(180)
