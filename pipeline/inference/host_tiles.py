@@ -1,6 +1,6 @@
 """Chunks' tiles read on the CPU with the slide library, ahead of the engine, in one thread.
 
-The reads of the reader-thread source (`pipeline.inference.reader_thread`) for any slide. A
+The reads of the reader-thread source (`read_sources.ReaderThread`) for any slide. A
 local run starts them as soon as its chunks are planned, so they go on while torch imports
 and the model loads; hence nothing here imports torch at import time.
 """
