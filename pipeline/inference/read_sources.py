@@ -94,12 +94,14 @@ class DecoderProcesses:
         from wsi_segment.pipeline.inference.compute_stage import Stager
 
         job, pool = run.job, self._pool
-        if pool is not None and not pool.serves(run.specs, self.processes):
+        if pool is not None and (  # unassigned, or for other chunks or another count
+            pool.ring is None or pool.decoders != self.processes or pool.specs != run.specs
+        ):
             pool.close()
             pool = self._pool = None
         run.stats.early_decoders = pool is not None
         if pool is None:
-            pool = self._pool = DecodePool.for_chunks(job.reader, run.specs, self.processes)
+            pool = self._pool = DecodePool(self.processes, job.reader, run.specs)
         assert pool.ring is not None
         run.stats.slots = pool.ring.slots
         device = job.model.get().device

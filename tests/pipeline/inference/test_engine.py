@@ -318,7 +318,7 @@ def test_decoders_started_early_fill_the_ring_and_the_engine_adopts_them(
     (memory stays bounded); `run_engine` adopts one with chunks already decoded and closes it."""
     job, specs = four_units_job(tmp_path / "p.zarr", tiny, four_units)
     before = shm_entries()
-    filled = DecodePool.for_chunks(job.reader, specs, 2)
+    filled = DecodePool(2, job.reader, specs)
     try:
         assert filled.ring is not None
         slots = filled.ring.slots
@@ -333,7 +333,7 @@ def test_decoders_started_early_fill_the_ring_and_the_engine_adopts_them(
         assert sorted(m.slot for m in messages if isinstance(m, Decoded)) == list(range(slots))
     finally:
         filled.close()
-    pool = DecodePool.for_chunks(job.reader, specs, 2)
+    pool = DecodePool(2, job.reader, specs)
     assert multiprocessing.connection.wait(pool.links, timeout=120)  # decoded before the run
     stats = EngineStats()
     outcomes = run_engine(job, specs, DecoderProcesses(2, pool), stats=stats)
@@ -349,7 +349,7 @@ def test_decoders_started_early_fill_the_ring_and_the_engine_adopts_them(
 def test_a_pool_for_other_chunks_is_closed_and_replaced(tmp_path, tiny, four_units, alone):
     job, specs = four_units_job(tmp_path / "p.zarr", tiny, four_units)
     before = shm_entries()
-    stale = DecodePool.for_chunks(job.reader, specs[:3], 2)
+    stale = DecodePool(2, job.reader, specs[:3])
     stats = EngineStats()
     outcomes = run_engine(job, specs, DecoderProcesses(2, stale), stats=stats)
     assert not stats.early_decoders and stale.ring is None
