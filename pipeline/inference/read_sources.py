@@ -2,13 +2,12 @@
 (locally or in a Dask band); and what the slide offers the device read path (`slide_reads`: the
 facts `pipeline.run_policy` decides it from, examined once where the run is planned).
 
-`ReaderThread`: one thread fills batches from a chunk reader, `HostTiles` (the slide library
-on the CPU, any slide, read ahead by a thread of its own) or `DeviceTiles` (the slide's JPEG
-tiles decoded on the model's device); memory is bounded by the engine's queues and the
-read-ahead's byte bound. `DecoderProcesses`: N spawned decoders (`DecodePool`) fill
-shared-memory slots; one stager thread takes decoded chunks as they come, copies them into
-batches and frees each slot once copied; a decoder's error, or one that died without a word,
-stops the run.
+`ReaderThread`: one thread fills batches from `HostTiles` (the slide library, any slide) or
+`DeviceTiles` (JPEG tiles decoded on the model's device); memory is bounded by the engine's
+queues and the read-ahead's byte bound. `DecoderProcesses`: N spawned decoders (`DecodePool`)
+fill shared-memory slots; one stager thread copies decoded chunks into batches as they come
+and frees each slot once copied; a decoder's error, or one that died without a word, stops
+the run.
 
 A local run hands in what it started early (the decoders, while tissue is detected; the host
 reads): the source adopts it and closes it like its own; whatever it does not adopt is closed
@@ -110,7 +109,6 @@ class DecoderProcesses:
         return [(stager.run, (chunks, run.staged, run.errors))]
 
     def close(self) -> None:
-        """Join or terminate the decoders, close the pipes, remove the shared memory."""
         if self._pool is not None:
             self._pool.close()
 
