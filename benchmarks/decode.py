@@ -147,11 +147,11 @@ def run_device(job: dict, device_name: str) -> tuple[int, float, str]:
         return 0, 0.0, facts.unsupported
     found = DeviceTiles(reader, tiles, device, "nvjpeg" if device.type == "cuda" else "libjpeg")
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    found.read_tiles(p.specs[0])
+    found.read_chunk(p.specs[0])
     sync()
     start, n = time.perf_counter(), 0
     for spec in p.specs:
-        n += len(found.read_tiles(spec))
+        n += len(found.read_chunk(spec))
     sync()
     return n, time.perf_counter() - start, found.decoder
 

@@ -147,9 +147,9 @@ def engine_job(
 
 
 def run_engine_once(slide: Path, model_dir: Path, args: argparse.Namespace, n: int) -> Any:
-    from wsi_segment.pipeline.inference.decoder_reads import DecoderProcesses
     from wsi_segment.pipeline.inference.engine import run_engine
     from wsi_segment.pipeline.inference.engine_state import EngineStats
+    from wsi_segment.pipeline.inference.read_sources import DecoderProcesses
     from wsi_segment.pipeline.machine import probe_machine
     from wsi_segment.pipeline.params import SegmentParams
     from wsi_segment.pipeline.run_policy import decide

@@ -67,11 +67,10 @@ def _difference(a: Path, b: Path) -> str:
 
 def _runners(prep: Any, threads: int) -> dict[str, Callable[[Any], dict[str, Any]]]:
     from wsi_segment.pipeline.infer_stage import local_policy
-    from wsi_segment.pipeline.inference.decoder_reads import DecoderProcesses
     from wsi_segment.pipeline.inference.engine import ReadSource, run_engine
     from wsi_segment.pipeline.inference.engine_state import EngineStats
     from wsi_segment.pipeline.inference.host_tiles import HostTiles
-    from wsi_segment.pipeline.inference.reader_thread import ReaderThread
+    from wsi_segment.pipeline.inference.read_sources import DecoderProcesses, ReaderThread
 
     def engine(job: Any, source: ReadSource) -> dict[str, Any]:
         stats = EngineStats()

@@ -188,14 +188,11 @@ def read_chunks(p: Planned, limit_tiles: int | None = None) -> tuple[np.ndarray,
 def chunk_read_boxes(p: Planned, specs: list) -> list[tuple[int, int, int, int]]:
     """The model-pixel box each chunk reads: its tiles' extent (SlideJob's), else the whole
     chunk plus the margin."""
-    from wsi_segment.pipeline.inference.tile_reader import tiles_read_box
+    from wsi_segment.pipeline.inference.tile_reader import TileReader
 
-    m = p.grid.margin
-    boxes = []
-    for spec in specs:
-        x0, y0, x1, y1 = spec.core_box
-        boxes.append(tiles_read_box(spec.tiles, p.grid) or (x0 - m, y0 - m, x1 + m, y1 + m))
-    return boxes
+    slide = p.slide
+    reader = TileReader(slide.path, slide.backend, None, p.level0_per_model, p.read_level, p.grid)
+    return [reader.read_box(spec) for spec in specs]
 
 
 def tile_reuse_reader(p: Planned, boxes: list) -> dict:

@@ -20,7 +20,7 @@ from wsi_segment.pipeline.inference.band_task import BandResult
 from wsi_segment.pipeline.inference.engine import ReadSource, run_plan
 from wsi_segment.pipeline.inference.engine_state import EngineStats
 from wsi_segment.pipeline.inference.model_handle import ModelHandle
-from wsi_segment.pipeline.inference.read_sources import plan_source
+from wsi_segment.pipeline.inference.read_sources import ReaderThread, plan_source
 from wsi_segment.pipeline.inference.slide_job import SlideJob
 from wsi_segment.pipeline.output_files import STORE_NAME
 from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome
@@ -118,7 +118,6 @@ def _record_reads(prep: PreparedSlide, source: ReadSource) -> None:
     """Storage tiles decoded and served again (summary.json `run_stats`), and the CPU
     seconds the host reads took, of whichever source read them."""
     from wsi_segment.pipeline.inference.host_tiles import HostTiles
-    from wsi_segment.pipeline.inference.reader_thread import ReaderThread
 
     reads = source.reads if isinstance(source, ReaderThread) else None
     if isinstance(reads, HostTiles):

@@ -113,7 +113,11 @@ class DecodePool:
     Spawned before the chunks are known (spawning is what takes time), handed their shares
     once planned (`assign`). Whoever holds the pool closes it (idempotent) on every path."""
 
-    def __init__(self, decoders: int) -> None:
+    def __init__(
+        self, decoders: int, reader: TileReader | None = None, specs: Sequence[ChunkSpec] = ()
+    ) -> None:
+        """`reader` given: `assign` these chunks at once (a run that had no time to start
+        the decoders early)."""
         check_main_guard()
         start_resource_tracker()
         started = time.perf_counter()
@@ -140,23 +144,12 @@ class DecodePool:
                     theirs.close()  # the decoder's own now: its end of file is the decoder's end
                 self.procs.append(proc)
             self._open = list(self.links)
+            self.spawn_s = time.perf_counter() - started  # until every decoder was started
+            if reader is not None:
+                self.assign(reader, specs)
         except BaseException:
             self.close()
             raise
-        self.spawn_s = time.perf_counter() - started  # until every decoder was started
-
-    @classmethod
-    def for_chunks(
-        cls, reader: TileReader, specs: Sequence[ChunkSpec], decoders: int
-    ) -> DecodePool:
-        """Spawned and assigned at once (a run that had no time to start them early)."""
-        pool = cls(decoders)
-        try:
-            pool.assign(reader, specs)
-        except BaseException:
-            pool.close()
-            raise
-        return pool
 
     def assign(self, reader: TileReader, specs: Sequence[ChunkSpec]) -> None:
         """Make the slot ring for these chunks, send each decoder its share (None to one
@@ -190,10 +183,6 @@ class DecodePool:
         if not self._inbox:
             self._collect(timeout)
         return self._inbox.popleft() if self._inbox else None
-
-    def serves(self, specs: Sequence[ChunkSpec], decoders: int) -> bool:
-        """Whether this pool reads exactly these chunks with this many decoders."""
-        return self.ring is not None and decoders == self.decoders and list(specs) == self.specs
 
     def close(self) -> None:
         """Stop the decoders (joined, terminated if they do not stop), close the pipes and

@@ -95,32 +95,29 @@ class DeviceTiles:
         keys = (tiles_of(box, self.tiles.tile_size, self.tiles.level_size) for box in boxes)
         self._planned = PlannedTiles(keys, max_bytes, own_copy)
 
-    def read_tiles(self, spec: ChunkSpec) -> torch.Tensor:
-        """(len(spec.tiles), T, T, 3) uint8 on the device, in `spec.tiles` order."""
-        grid = self.reader.grid
-        t, s, m = grid.tile, grid.stride, grid.margin
-        if not spec.tiles:
-            return torch.empty((0, t, t, 3), dtype=torch.uint8, device=self.device)
-        x0, y0, x1, y1 = self.reader.read_box(spec)  # level px: model px are level px
-        box = self._paste(x0, y0, x1, y1)
-        # every grid tile inside the box as one strided view, (rows, cols, T, T, 3); the
-        # box starts at a tile's corner (read_box), so tile (i, j) is view[i - i0, j - j0]
-        h, w = y1 - y0, x1 - x0
-        view = box.as_strided(
-            ((h - t) // s + 1, (w - t) // s + 1, t, t, 3), (s * w * 3, s * 3, w * 3, 3, 1)
-        )
-        i0, j0 = (y0 + m) // s, (x0 + m) // s
-        rows = [i - i0 for i, _ in spec.tiles]
-        cols = [j - j0 for _, j in spec.tiles]
-        if self.device.type == "cpu":  # numpy's gather of uint8 is far faster than torch's
-            return torch.from_numpy(view.numpy()[rows, cols])
-        index = torch.tensor([rows, cols], dtype=torch.long).to(self.device)
-        return view[index[0], index[1]]  # one gather: (N, T, T, 3), contiguous
-
     def read_chunk(self, spec: ChunkSpec) -> torch.Tensor:
-        """`read_tiles`, a codec's error on a damaged tile made a SlideError with the fix."""
+        """(len(spec.tiles), T, T, 3) uint8 on the device, in `spec.tiles` order; a codec's
+        error on a damaged tile is made a SlideError with the fix."""
         try:
-            return self.read_tiles(spec)
+            grid = self.reader.grid
+            t, s, m = grid.tile, grid.stride, grid.margin
+            if not spec.tiles:
+                return torch.empty((0, t, t, 3), dtype=torch.uint8, device=self.device)
+            x0, y0, x1, y1 = self.reader.read_box(spec)  # level px: model px are level px
+            box = self._paste(x0, y0, x1, y1)
+            # every grid tile inside the box as one strided view, (rows, cols, T, T, 3); the
+            # box starts at a tile's corner (read_box), so tile (i, j) is view[i - i0, j - j0]
+            h, w = y1 - y0, x1 - x0
+            view = box.as_strided(
+                ((h - t) // s + 1, (w - t) // s + 1, t, t, 3), (s * w * 3, s * 3, w * 3, 3, 1)
+            )
+            i0, j0 = (y0 + m) // s, (x0 + m) // s
+            rows = [i - i0 for i, _ in spec.tiles]
+            cols = [j - j0 for _, j in spec.tiles]
+            if self.device.type == "cpu":  # numpy's gather of uint8 is far faster than torch's
+                return torch.from_numpy(view.numpy()[rows, cols])
+            index = torch.tensor([rows, cols], dtype=torch.long).to(self.device)
+            return view[index[0], index[1]]  # one gather: (N, T, T, 3), contiguous
         except torch.OutOfMemoryError:
             raise  # the device's, not the slide's
         except (RuntimeError, ValueError, OSError) as exc:  # a codec on a damaged tile

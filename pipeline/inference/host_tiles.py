@@ -1,6 +1,6 @@
 """Chunks' tiles read on the CPU with the slide library, ahead of the engine, in one thread.
 
-The reads of the reader-thread source (`pipeline.inference.reader_thread`) for any slide. A
+The reads of the reader-thread source (`read_sources.ReaderThread`) for any slide. A
 local run starts them as soon as its chunks are planned, so they go on while torch imports
 and the model loads; hence nothing here imports torch at import time.
 """
@@ -28,9 +28,8 @@ if TYPE_CHECKING:
 class HostTiles:
     """Chunks read with the slide library on the CPU (`TileReader`), any slide: one
     background thread reads them in plan order, at most `max_bytes` ahead of the engine, from
-    `start` on (a local run starts it once planned, while torch imports and the model loads).
-    A read error ends the thread; the engine meets it at that chunk. The same methods as
-    `DeviceTiles`."""
+    `start` on. A read error ends the thread; the engine meets it at that chunk. The same
+    methods as `DeviceTiles`."""
 
     def __init__(self, reader: TileReader, max_bytes: int = 128 << 20) -> None:
         self.reader, self._max_bytes = reader, max_bytes

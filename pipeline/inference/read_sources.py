@@ -1,28 +1,151 @@
-"""The read source a plan names, made for one engine (locally or in a Dask band), and what
-the slide offers the device read path (`slide_reads`: the facts `pipeline.run_policy` decides
-it from, examined once where the run is planned). A local run hands in what it started early
-(the decoders, the host reads); whatever the source does not adopt is closed here. Nothing
-here imports torch.
+"""The engine's read sources and `plan_source`, which makes the one a plan names for one engine
+(locally or in a Dask band); and what the slide offers the device read path (`slide_reads`: the
+facts `pipeline.run_policy` decides it from, examined once where the run is planned).
+
+`ReaderThread`: one thread fills batches from `HostTiles` (the slide library, any slide) or
+`DeviceTiles` (JPEG tiles decoded on the model's device); memory is bounded by the engine's
+queues and the read-ahead's byte bound. `DecoderProcesses`: N spawned decoders (`DecodePool`)
+fill shared-memory slots; one stager thread copies decoded chunks into batches as they come
+and frees each slot once copied; a decoder's error, or one that died without a word, stops
+the run.
+
+A local run hands in what it started early (the decoders, while tissue is detected; the host
+reads): the source adopts it and closes it like its own; whatever it does not adopt is closed
+here. Nothing here imports torch at import time (the planning of a rerun never loads it): the
+sources import it, with the `Stager`, once they run.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from wsi_segment.errors import DecoderDied
+from wsi_segment.pipeline.inference.decode_pool import DecodePool
+from wsi_segment.pipeline.inference.decoder_link import Decoded, Failed, Finished
+from wsi_segment.pipeline.inference.engine_state import EngineStats, FirstError, Part, Stopped
+from wsi_segment.pipeline.inference.host_tiles import HostTiles
 from wsi_segment.pipeline.read_policy import ReadFacts
 from wsi_segment.wsi.raw_tiles import JpegTiles, Unsupported, open_jpeg_tiles
 from wsi_segment.wsi.region_reader import choose_level, same_pixels
 from wsi_segment.wsi.slide import Slide
+from wsi_segment.wsi.tiling import ChunkSpec
 
 if TYPE_CHECKING:
-    from wsi_segment.pipeline.inference.decode_pool import DecodePool
-    from wsi_segment.pipeline.inference.engine import ReadSource
-    from wsi_segment.pipeline.inference.host_tiles import HostTiles
+    from wsi_segment.pipeline.inference.compute_stage import ChunkTiles
+    from wsi_segment.pipeline.inference.device_tiles import DeviceTiles
+    from wsi_segment.pipeline.inference.engine import ReadSource, SourceRun
     from wsi_segment.pipeline.inference.model_handle import ModelHandle
     from wsi_segment.pipeline.inference.tile_reader import TileReader
     from wsi_segment.pipeline.run_policy import ExecutionPlan
 
 LevelKey = tuple[int, float]  # (read level, level-0 px per model px) a choice was made for
+
+
+class ReaderThread:
+    """A read source (`pipeline.inference.engine.ReadSource`): one thread reading with `reads`."""
+
+    processes = 0
+
+    def __init__(self, reads: HostTiles | DeviceTiles) -> None:
+        self.reads = reads
+
+    def parts(self, run: SourceRun) -> list[Part]:
+        from wsi_segment.pipeline.inference.compute_stage import Stager  # torch: the engine runs
+
+        self.reads.start(run.specs)
+        stager = Stager(run.batch, run.job.grid.tile, self.reads.device, self.reads.device)
+        chunks = self._chunks(run.specs, run.errors, run.stats)
+        return [(stager.run, (chunks, run.staged, run.errors))]
+
+    def close(self) -> None:
+        self.reads.close()
+
+    def _chunks(
+        self, specs: list[ChunkSpec], errors: FirstError, stats: EngineStats
+    ) -> Iterator[ChunkTiles]:
+        """The tiles of each chunk with tissue tiles, read in plan order."""
+        from wsi_segment.pipeline.inference.compute_stage import ChunkTiles
+
+        for index, spec in enumerate(specs):
+            if not spec.tiles:
+                continue  # the writer writes chunks without tissue tiles itself
+            if errors.stopped:
+                raise Stopped
+            tiles = self.reads.read_chunk(spec)
+            stats.chunk_arrived()
+            yield ChunkTiles(index, tiles)
+
+
+class DecoderProcesses:
+    """A read source (`pipeline.inference.engine.ReadSource`) of `decoders` spawned processes."""
+
+    def __init__(self, decoders: int, pool: DecodePool | None = None) -> None:
+        """`pool`: decoders already started for this run (adopted, and closed whatever
+        happens; one started for other chunks or another count is closed and replaced)."""
+        self.processes = max(1, decoders)
+        self._pool = pool
+
+    def parts(self, run: SourceRun) -> list[Part]:
+        import torch  # loaded by then: the engine runs
+
+        from wsi_segment.pipeline.inference.compute_stage import Stager
+
+        job, pool = run.job, self._pool
+        if pool is not None and (  # unassigned, or for other chunks or another count
+            pool.ring is None or pool.decoders != self.processes or pool.specs != run.specs
+        ):
+            pool.close()
+            pool = self._pool = None
+        run.stats.early_decoders = pool is not None
+        if pool is None:
+            pool = self._pool = DecodePool(self.processes, job.reader, run.specs)
+        assert pool.ring is not None
+        run.stats.slots = pool.ring.slots
+        device = job.model.get().device
+        stager = Stager(run.batch, job.grid.tile, torch.device("cpu"), device)
+        chunks = _decoded(job.slide_path, pool, run.errors, run.stats)
+        return [(stager.run, (chunks, run.staged, run.errors))]
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+
+
+def _decoded(
+    slide_path: str, pool: DecodePool, errors: FirstError, stats: EngineStats
+) -> Iterator[ChunkTiles]:
+    """The chunks the decoders report, in their slots, until every decoder finished; each
+    slot goes back to them once its tiles are copied. A decoder's error, or one that died
+    without a word (killed for memory, a crash in a codec), stops the run."""
+    import torch
+
+    from wsi_segment.pipeline.inference.compute_stage import ChunkTiles
+
+    assert pool.ring is not None
+    ring, finished = pool.ring, set[int]()
+    while len(finished) < len(pool.procs):
+        if errors.stopped:
+            raise Stopped
+        msg = pool.receive(timeout=0.1)
+        if msg is None:
+            for d, proc in enumerate(pool.procs):
+                if d not in finished and proc.exitcode not in (None, 0):
+                    errors.report(DecoderDied(
+                        f"{slide_path}: a decoder process died (exit code {proc.exitcode}) "
+                        "while reading this slide; the file may be damaged there (re-scan or "
+                        "re-export it), or the machine ran out of memory (pass fewer --decoders)"
+                    ))  # fmt: skip
+            continue
+        if isinstance(msg, Decoded):
+            stats.chunk_arrived()
+            tiles = torch.from_numpy(ring.view(msg.slot, msg.tiles))
+            yield ChunkTiles(msg.index, tiles, functools.partial(pool.release, msg.slot))
+        elif isinstance(msg, Finished):
+            finished.add(msg.decoder)
+        elif isinstance(msg, Failed):
+            errors.report(msg.error)
 
 
 def plan_source(
@@ -37,11 +160,6 @@ def plan_source(
     `model`'s device), decoder processes (adopting `pool`, decoders started early), or the
     reader thread on `reader` (adopting `prefetch`, host reads started once planned). The source
     owns what it adopted; the rest is closed, and so is the source if that fails."""
-    # imported here: they import torch, which a rerun of finished slides never loads
-    from wsi_segment.pipeline.inference.decoder_reads import DecoderProcesses
-    from wsi_segment.pipeline.inference.host_tiles import HostTiles
-    from wsi_segment.pipeline.inference.reader_thread import ReaderThread
-
     source: ReadSource
     decoder = plan.device_decoder
     if decoder is not None and tiles is not None:

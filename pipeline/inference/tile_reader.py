@@ -6,6 +6,7 @@ a `TileReader` pickles to a few numbers and paths.
 
 from __future__ import annotations
 
+import functools
 import threading
 import warnings
 from collections.abc import Sequence
@@ -71,9 +72,17 @@ class TileReader(PerThread):
             slide.close()
 
     def read_box(self, spec: ChunkSpec) -> tuple[int, int, int, int]:
-        """`tiles_read_box` of the chunk's tiles; without any, its core plus the margin."""
-        (x0, y0, x1, y1), m = spec.core_box, self.grid.margin
-        return tiles_read_box(spec.tiles, self.grid) or (x0 - m, y0 - m, x1 + m, y1 + m)
+        """Model-space box a chunk reads: its tissue tiles' bounding box plus the margin (only
+        tissue tiles run; each is resampled from its own box, so the box does not change it);
+        without any, its core plus the margin."""
+        s, m = self.grid.stride, self.grid.margin
+        if not spec.tiles:
+            x0, y0, x1, y1 = spec.core_box
+            return (x0 - m, y0 - m, x1 + m, y1 + m)
+        rows = [i for i, _ in spec.tiles]
+        cols = [j for _, j in spec.tiles]
+        return (min(cols) * s - m, min(rows) * s - m, (max(cols) + 1) * s + m,
+                (max(rows) + 1) * s + m)  # fmt: skip
 
     def plan_tile_reuse(self, specs: list[ChunkSpec]) -> TileReuse | None:
         """A storage-tile reuser for reading these chunks in this process, or None where the
@@ -101,10 +110,7 @@ class TileReader(PerThread):
         slide = self.slide()
         reader = None
         if reuse is not None and reuse.level == self.read_level:
-
-            def reader(lx: int, ly: int, w: int, h: int) -> np.ndarray:
-                return reuse.read(slide, lx, ly, w, h)
-
+            reader = functools.partial(reuse.read, slide)
         try:
             return read_model_tiles(slide, boxes, self.level0_per_model, self.read_level, reader)
         except SlideError:
@@ -120,16 +126,3 @@ def tile_boxes(tiles: Sequence[tuple[int, int]], grid: TileGrid) -> list[tuple[i
     """Model-space box (x0, y0, x1, y1) each grid tile (i, j) reads: `T` px centred on its core."""
     t, s, m = grid.tile, grid.stride, grid.margin
     return [(j * s - m, i * s - m, j * s - m + t, i * s - m + t) for i, j in tiles]
-
-
-def tiles_read_box(
-    tiles: tuple[tuple[int, int], ...], grid: TileGrid
-) -> tuple[int, int, int, int] | None:
-    """Model-space box a chunk reads: its tissue tiles' bounding box plus the margin (only
-    tissue tiles run; each is resampled from its own box, so the box does not change it)."""
-    if not tiles:
-        return None
-    s, m = grid.stride, grid.margin
-    rows = [i for i, _ in tiles]
-    cols = [j for _, j in tiles]
-    return (min(cols) * s - m, min(rows) * s - m, (max(cols) + 1) * s + m, (max(rows) + 1) * s + m)

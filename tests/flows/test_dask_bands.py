@@ -37,10 +37,9 @@ from wsi_segment.errors import BandAborted, SlideError, SlideInterrupted
 from wsi_segment.pipeline.cancellation import Cancellation
 from wsi_segment.pipeline.inference.band_runner import run_bands
 from wsi_segment.pipeline.inference.band_task import BandResult, run_band
-from wsi_segment.pipeline.inference.decoder_reads import DecoderProcesses
 from wsi_segment.pipeline.inference.engine import run_engine
 from wsi_segment.pipeline.inference.host_tiles import HostTiles
-from wsi_segment.pipeline.inference.reader_thread import ReaderThread
+from wsi_segment.pipeline.inference.read_sources import DecoderProcesses, ReaderThread
 from wsi_segment.pipeline.inference.slide_job import SlideJob
 from wsi_segment.wsi.tiling import ChunkSpec, contiguous_runs
 from wsi_segment.wsi.tissue import TissueMask

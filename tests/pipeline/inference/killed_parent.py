@@ -18,6 +18,6 @@ def pool_then_wait(
 ) -> None:
     """Start decoders that fill the ring and wait for free slots, report them, then wait to
     be killed (as a Dask worker killed mid-band)."""
-    pool = DecodePool.for_chunks(reader, specs, 2)
+    pool = DecodePool(2, reader, specs)
     out.put([p.pid for p in pool.procs])
     threading.Event().wait()

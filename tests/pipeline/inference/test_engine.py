@@ -25,12 +25,11 @@ from wsi_segment.models.bundle import load_model
 from wsi_segment.models.reduction import ReducedOutputs
 from wsi_segment.pipeline.inference.decode_pool import DecodePool
 from wsi_segment.pipeline.inference.decoder_link import Decoded
-from wsi_segment.pipeline.inference.decoder_reads import DecoderProcesses
 from wsi_segment.pipeline.inference.engine import ReadSource, run_engine
 from wsi_segment.pipeline.inference.engine_state import EngineStats
 from wsi_segment.pipeline.inference.host_tiles import HostTiles
 from wsi_segment.pipeline.inference.model_handle import ModelHandle
-from wsi_segment.pipeline.inference.reader_thread import ReaderThread
+from wsi_segment.pipeline.inference.read_sources import DecoderProcesses, ReaderThread
 from wsi_segment.pipeline.inference.slide_job import SlideJob
 from wsi_segment.pipeline.inference.tile_reader import TileReader
 from wsi_segment.pipeline.outputs.label_image import create_label_image, label_level0_path
@@ -319,7 +318,7 @@ def test_decoders_started_early_fill_the_ring_and_the_engine_adopts_them(
     (memory stays bounded); `run_engine` adopts one with chunks already decoded and closes it."""
     job, specs = four_units_job(tmp_path / "p.zarr", tiny, four_units)
     before = shm_entries()
-    filled = DecodePool.for_chunks(job.reader, specs, 2)
+    filled = DecodePool(2, job.reader, specs)
     try:
         assert filled.ring is not None
         slots = filled.ring.slots
@@ -334,7 +333,7 @@ def test_decoders_started_early_fill_the_ring_and_the_engine_adopts_them(
         assert sorted(m.slot for m in messages if isinstance(m, Decoded)) == list(range(slots))
     finally:
         filled.close()
-    pool = DecodePool.for_chunks(job.reader, specs, 2)
+    pool = DecodePool(2, job.reader, specs)
     assert multiprocessing.connection.wait(pool.links, timeout=120)  # decoded before the run
     stats = EngineStats()
     outcomes = run_engine(job, specs, DecoderProcesses(2, pool), stats=stats)
@@ -350,7 +349,7 @@ def test_decoders_started_early_fill_the_ring_and_the_engine_adopts_them(
 def test_a_pool_for_other_chunks_is_closed_and_replaced(tmp_path, tiny, four_units, alone):
     job, specs = four_units_job(tmp_path / "p.zarr", tiny, four_units)
     before = shm_entries()
-    stale = DecodePool.for_chunks(job.reader, specs[:3], 2)
+    stale = DecodePool(2, job.reader, specs[:3])
     stats = EngineStats()
     outcomes = run_engine(job, specs, DecoderProcesses(2, stale), stats=stats)
     assert not stats.early_decoders and stale.ring is None

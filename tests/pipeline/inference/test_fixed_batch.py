@@ -15,11 +15,10 @@ from tests.conftest import CMU_SLIDE, run_tiles, torch_handle
 from tests.pipeline.inference.test_engine import job_over, tissue_of
 from wsi_segment.models.bundle import load_model
 from wsi_segment.models.segmentation_model import SegmentationModel
-from wsi_segment.pipeline.inference.decoder_reads import DecoderProcesses
 from wsi_segment.pipeline.inference.engine import ReadSource, run_engine
 from wsi_segment.pipeline.inference.engine_state import EngineStats
 from wsi_segment.pipeline.inference.host_tiles import HostTiles
-from wsi_segment.pipeline.inference.reader_thread import ReaderThread
+from wsi_segment.pipeline.inference.read_sources import DecoderProcesses, ReaderThread
 from wsi_segment.wsi.tissue import TissueMask
 
 

@@ -22,12 +22,11 @@ from tests.pipeline.inference.test_device_tiles import device_reads as open_read
 from tests.pipeline.inference.test_engine import TileByTile, assert_same_outcomes, stored
 from wsi_segment.errors import SlideError
 from wsi_segment.models.bundle import load_model
-from wsi_segment.pipeline.inference.decoder_reads import DecoderProcesses
 from wsi_segment.pipeline.inference.device_tiles import Decoder, DeviceTiles
 from wsi_segment.pipeline.inference.engine import run_engine
 from wsi_segment.pipeline.inference.engine_state import EngineStats
 from wsi_segment.pipeline.inference.model_handle import ModelHandle
-from wsi_segment.pipeline.inference.reader_thread import ReaderThread
+from wsi_segment.pipeline.inference.read_sources import DecoderProcesses, ReaderThread
 from wsi_segment.pipeline.inference.slide_job import SlideJob
 from wsi_segment.pipeline.inference.tile_reader import TileReader
 from wsi_segment.pipeline.outputs.label_image import create_label_image, label_level0_path
@@ -174,7 +173,7 @@ def test_each_storage_tile_is_decoded_once_per_slide(tmp_path, tiny):
         touched += len(keys)
     assert len(cache_keys) == 10 * 13  # the whole 2220 x 2967 px level
     for spec in specs:
-        reads.read_tiles(spec)
+        reads.read_chunk(spec)
     assert reads.tiles_decoded == len(cache_keys)
     assert reads.tiles_reused == touched - len(cache_keys) > len(cache_keys)
     assert reads.cached_bytes == 0  # every kept tile dropped after its last use
@@ -187,7 +186,7 @@ def test_a_cache_too_small_to_keep_anything_reads_the_same_pixels(tmp_path, tiny
     reads.start(specs, max_bytes=0)
     ref = device_reads(job)
     for spec in specs:
-        np.testing.assert_array_equal(reads.read_tiles(spec).numpy(), ref.read_tiles(spec).numpy())
+        np.testing.assert_array_equal(reads.read_chunk(spec).numpy(), ref.read_chunk(spec).numpy())
     assert reads.tiles_reused == 0
 
 

@@ -21,7 +21,7 @@ from wsi_segment.models.meta import ModelMeta
 from wsi_segment.models.segmentation_model import SegmentationModel
 from wsi_segment.pipeline.inference.engine import run_engine
 from wsi_segment.pipeline.inference.host_tiles import HostTiles
-from wsi_segment.pipeline.inference.reader_thread import ReaderThread
+from wsi_segment.pipeline.inference.read_sources import ReaderThread
 from wsi_segment.pipeline.inference.slide_job import SlideJob
 from wsi_segment.pipeline.inference.tile_reader import TileReader
 from wsi_segment.pipeline.outputs.label_image import create_label_image, label_level0_path

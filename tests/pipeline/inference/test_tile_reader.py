@@ -8,10 +8,10 @@ import pytest
 
 from tests.conftest import CMU_SLIDE
 from tests.wsi.test_resample import VECTORISED
-from wsi_segment.pipeline.inference.tile_reader import tile_boxes, tiles_read_box
+from wsi_segment.pipeline.inference.tile_reader import TileReader, tile_boxes
 from wsi_segment.wsi.region_reader import read_model_tiles
 from wsi_segment.wsi.slide import open_slide
-from wsi_segment.wsi.tiling import TileGrid
+from wsi_segment.wsi.tiling import ChunkSpec, TileGrid
 
 
 @pytest.mark.parametrize("level0_per_model", [1.0, 1.37, 2.0, 2.004008016032064])
@@ -32,15 +32,24 @@ def test_a_tile_reads_the_same_pixels_whatever_is_read_with_it(level0_per_model)
     np.testing.assert_array_equal(big[[chunk.index(ij) for ij in probe]], alone)
 
 
+def _read_box(grid: TileGrid, tiles: tuple[tuple[int, int], ...]) -> tuple[int, int, int, int]:
+    """`TileReader.read_box` of a chunk with these tiles and core (4, 0)-(12, 8) in strides."""
+    s = grid.stride
+    spec = ChunkSpec(0, 1, (4 * s, 0, 12 * s, 8 * s), tiles, (0, 0, 1, 1))
+    return TileReader("unread.svs", "tiffslide", None, 1.0, 0, grid).read_box(spec)
+
+
 def test_a_chunk_reads_its_tiles_bounding_box():
     grid = TileGrid(tile=32, overlap=8, downsample=4)
     s, m = grid.stride, grid.margin
-    box = tiles_read_box(((1, 2), (2, 1), (2, 2), (3, 3)), grid)
+    box = _read_box(grid, ((1, 2), (2, 1), (2, 2), (3, 3)))
     assert box == (1 * s - m, 1 * s - m, 4 * s + m, 4 * s + m)
 
 
-def test_no_tiles_means_no_box():
-    assert tiles_read_box((), TileGrid(64, 16, 4)) is None
+def test_no_tiles_means_no_tiles_box_but_the_core_plus_the_margin():
+    grid = TileGrid(64, 16, 4)
+    s, m = grid.stride, grid.margin
+    assert _read_box(grid, ()) == (4 * s - m, -m, 12 * s + m, 8 * s + m)
 
 
 @pytest.mark.parametrize("model_mpp", [0.499, 1.0])  # exact level pixels; resampled 2.004x
