@@ -16,7 +16,6 @@ variables). A client without the certificate cannot submit work.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -64,8 +63,11 @@ def plan_local_cluster(
         raise ConfigError(f"--workers must be >= 1 (got {workers})")
     if threads is not None and threads < 1:
         raise ConfigError(f"threads per worker must be >= 1 (got {threads})")
-    cpus = n_cpus if n_cpus is not None else (os.cpu_count() or 1)
-    gpus = len(probe_machine().gpus) if n_gpus is None else n_gpus
+    if n_cpus is None or n_gpus is None:  # this machine as a run sees it (affinity, quota)
+        machine = probe_machine()
+        n_cpus = machine.cores if n_cpus is None else n_cpus
+        n_gpus = len(machine.gpus) if n_gpus is None else n_gpus
+    cpus, gpus = n_cpus, n_gpus
     if gpus > 0:
         n = min(workers, gpus) if workers else gpus
         per = threads or max(2, cpus // n)

@@ -13,12 +13,14 @@ GPUs this process may use (CUDA_VISIBLE_DEVICES) and whether its CUDA build work
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 from dataclasses import dataclass
 from typing import Any
 
 from wsi_segment.models import cpu
 from wsi_segment.models.cpu import AMX_FLAG, AVX512_BF16_FLAG
+from wsi_segment.pipeline.cpu_quota import cpu_quota_cores
 
 GIB = 1 << 30
 NVIDIA_DRIVER = "/dev/nvidiactl"
@@ -46,7 +48,7 @@ class Gpu:
 class Machine:
     """The machine a run (or a Dask band) runs on, as the run policy sees it."""
 
-    cores: int  # cores this process may run on (its CPU affinity)
+    cores: int  # cores this process may run on (its CPU affinity and CPU quota)
     memory_bytes: int
     cpu_flags: frozenset[str] = frozenset()
     gpus: tuple[Gpu, ...] = ()
@@ -90,12 +92,14 @@ def probe_machine() -> Machine:
 
 
 def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity: a container or job may get fewer
-    than the machine has)."""
+    """The cores this process may run on: its CPU affinity (a container's cpuset, a SLURM
+    job), capped by its cgroup's CPU quota rounded up (`cpu_quota.cpu_quota_cores`)."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    quota = cpu_quota_cores()
+    return cores if quota is None else max(1, min(cores, math.ceil(quota)))
 
 
 def _memory_bytes() -> int:

@@ -19,6 +19,7 @@ BASE = (
     "params",
     "progress",
     "machine",
+    "cpu_quota",
     "run_policy",
     "engine_sizes",
     "read_policy",

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from wsi_segment.errors import BandAborted, WsiSegmentError
 from wsi_segment.pipeline.cancellation import Cancellation
-from wsi_segment.pipeline.inference.engine import run_plan, torch_threads
+from wsi_segment.pipeline.inference.engine import run_plan
 from wsi_segment.pipeline.inference.model_handle import ModelHandle
 from wsi_segment.pipeline.inference.read_sources import plan_source, slide_reads
 from wsi_segment.pipeline.inference.slide_job import SlideJob
@@ -140,8 +140,7 @@ def run_band(
                 log.warning("%s: this Dask worker is daemonic, reading in a thread; %s",
                             job.slide_path, DAEMON_FIX)  # fmt: skip
             stop = Cancellation()
-            with _watching(event, stop), torch_threads(policy.cores.value):
-                # side by side with the worker's other bands, each on its share of the cores
+            with _watching(event, stop):  # on its share of the worker's cores (the plan's)
                 outcomes = run_plan(job, specs, source, policy, cancel=stop)
         finally:
             source.close()  # run_engine closed it, unless an interrupt came first

@@ -147,15 +147,17 @@ class ComputeStage:
         stats: EngineStats,
         computes: int,
         cpu: bool,
+        cores: int | None = None,
     ) -> None:
-        """`computes` and `lock` (None: no lock) as the run's plan decided them; `cpu`: each
-        compute thread takes its share of the torch threads."""
+        """`computes`, `lock` (None: no lock) and `cores` (None: torch's count) as the run's
+        plan decided them; `cpu`: each compute thread takes its share of the cores."""
         self._executor, self._lock = executor, lock
         self._batch = batch
         self._errors, self._stats = errors, stats
         self.computes = max(1, computes)
         # a new thread starts with OpenMP's default, not the caller's: each sets its own
-        self._threads = max(1, torch.get_num_threads() // self.computes) if cpu else 0
+        cores = min(cores or torch.get_num_threads(), torch.get_num_threads())
+        self._threads = max(1, cores // self.computes) if cpu else 0
         self._running = self.computes
         self._count_lock = threading.Lock()
         self._stats_lock = threading.Lock()

@@ -83,11 +83,13 @@ def run_engine(
     computes: int = 1,
     locked: bool = True,
     polygon_processes: int = 0,
+    cores: int | None = None,
 ) -> list[ChunkOutcome]:
     """Run every chunk through the engine, tiles read by `source` (adopted: closed whatever
     happens); outcomes in `specs` order. `writers`, `computes`, `locked`,
-    `polygon_processes`: the plan's (`run_plan`). `stats` (optional) receives what the run
-    did. Cancelling `cancel` stops the parts and raises its reason."""
+    `polygon_processes`, `cores` (torch's threads at most; None: the caller's count): the
+    plan's (`run_plan`). `stats` (optional) receives what the run did. Cancelling `cancel`
+    stops the parts and raises its reason."""
     stats = stats if stats is not None else EngineStats()
     specs = list(specs)
     tracers: PolygonProcesses | None = None
@@ -103,14 +105,14 @@ def run_engine(
         errors = FirstError()
         cpu = loaded.device.type == "cpu"
         lock = loaded.lock if locked else None  # one forward pass at a time per model
-        stage = ComputeStage(executor, lock, batch, errors, stats, computes, cpu)
+        stage = ComputeStage(executor, lock, batch, errors, stats, computes, cpu, cores)
         stats.decoders, stats.batch_size, stats.writers = source.processes, batch, writers
         stats.computes = stage.computes
         if polygon_processes:
             tracers = PolygonProcesses(polygon_processes)
         polygons = tracers.block_polygons if tracers is not None else None
         writer = UnitWriter(job, specs, progress or NullProgress(), writers, polygons)
-        _run_parts(job, specs, source, batch, stage, writer, errors, stats, cancel)
+        _run_parts(job, specs, source, batch, stage, writer, errors, stats, cancel, cores)
         del stage
         if errors.error is not None:
             # The frames of the parts are done: drop their locals so nothing outlives the
@@ -137,8 +139,8 @@ def run_plan(
 ) -> list[ChunkOutcome]:
     """`run_engine` with the sizes `plan` decided: what a local run and a Dask band call."""
     sizes = plan.writers.value, plan.compute_threads.value, plan.model_lock.value
-    tracers = plan.polygon_processes.value
-    return run_engine(job, specs, source, progress, stats, cancel, *sizes, tracers)
+    tracers, cores = plan.polygon_processes.value, plan.cores.value
+    return run_engine(job, specs, source, progress, stats, cancel, *sizes, tracers, cores)
 
 
 def _run_parts(
@@ -151,12 +153,13 @@ def _run_parts(
     errors: FirstError,
     stats: EngineStats,
     cancel: CancelToken,
+    cores: int | None,
 ) -> None:
     """Start the source's parts, the compute threads and the writer; watch them until every
     thread has ended. Errors (an interrupt included) go to `errors`: it returns rather than
     raises, so the queues go with this frame, not with a traceback."""
     threads: list[WaitableThread] = []
-    with torch_threads():
+    with torch_threads(cores):
         try:
             staged: queue.Queue[StagedBatch | None] = queue.Queue(maxsize=1)
             written: queue.Queue[TileBatch | None] = queue.Queue(maxsize=4)

@@ -17,7 +17,6 @@ which is what parallel writers need (two writers touching one chunk lose writes)
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ import zarr
 from zarr.core.chunk_key_encodings import ChunkKeyEncodingParams
 
 from wsi_segment.errors import ConfigError, OutputError
+from wsi_segment.pipeline.machine import usable_cores
 from wsi_segment.pipeline.outputs.ome_xml import probability_ome_xml
 
 NGFF_VERSION = "0.4"
@@ -299,7 +299,7 @@ def finalize_pyramid(path: str | Path, min_size: int = 256) -> int:
     src = store.levels[0]
     _, cy, cx = src.chunks
     level = 0
-    workers = max(1, min(4, os.cpu_count() or 1))
+    workers = min(4, usable_cores())
     # Small maps (most slides: 4 classes x 2k x 2k = 16 MB) are coarsened in memory and each
     # level written in one call: zarr's per-call overhead (~5 ms) dominated block by block.
     whole = np.asarray(src[:]) if src.nbytes <= IN_MEMORY_BYTES else None

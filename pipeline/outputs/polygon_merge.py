@@ -9,7 +9,6 @@ run this is what a user waits for after the last tile.
 
 from __future__ import annotations
 
-import os
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +19,7 @@ import shapely
 from shapely.geometry import MultiPolygon, Polygon
 from shapely.geometry.base import BaseGeometry
 
+from wsi_segment.pipeline.machine import usable_cores
 from wsi_segment.pipeline.outputs.polygons import as_multipolygon
 
 _T = TypeVar("_T")
@@ -53,7 +53,7 @@ def _in_threads(fn: Callable[[_T], _R], items: Sequence[_T]) -> list[_R]:
     calls (one per class or pair of classes) release the GIL, so they run side by side."""
     if len(items) < 2:
         return [fn(item) for item in items]
-    with ThreadPoolExecutor(max_workers=max(1, min(len(items), os.cpu_count() or 1))) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, min(len(items), usable_cores()))) as pool:
         return list(pool.map(fn, items))
 
 

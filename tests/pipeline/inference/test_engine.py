@@ -6,6 +6,7 @@ processes), however many compute threads and however its batches mix chunks."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import multiprocessing
 import multiprocessing.connection
 import threading
@@ -428,3 +429,34 @@ def test_a_writer_error_wins_and_nothing_writes_after(tmp_path, tiny, four_units
     time.sleep(0.3)  # no writer thread may still be finishing a chunk
     assert sorted(p.name for p in Path(job.zarr_path).iterdir()) == listing
     assert job.calls < len({s.write_unit() for s in specs})  # the stop reached the writers
+
+
+class ThreadCounts:
+    """The real model's executor, recording torch's thread count in the compute thread of
+    each forward pass into `seen`."""
+
+    def __init__(self, executor, seen: list[int]) -> None:
+        self.executor, self.seen = executor, seen
+
+    def run(self, tiles):
+        self.seen.append(torch.get_num_threads())
+        return self.executor.run(tiles)
+
+
+def test_the_compute_threads_run_on_the_plans_cores(tmp_path, tiny_model_dir):
+    """A plan's `cores` (fewer than torch's own count: a cgroup's CPU quota, a band's
+    share) bound torch's threads in each compute thread; the caller's count is its own after."""
+    before = torch.get_num_threads()
+    if before < 2:
+        pytest.skip("needs torch to default to 2 or more threads")
+    seen: list[int] = []
+    handle = torch_handle(
+        load_model(tiny_model_dir), wrap=functools.partial(ThreadCounts, seen=seen)
+    )
+    job, specs = make_job(tmp_path / "p.zarr", handle, 2)
+    run_engine(job, specs[:2], ReaderThread(HostTiles(job.reader)), cores=1)
+    assert seen and set(seen) == {1}
+    seen.clear()
+    run_engine(job, specs[:2], ReaderThread(HostTiles(job.reader)))
+    assert set(seen) == {before}  # no cap: torch's own count
+    assert torch.get_num_threads() == before
