@@ -37,13 +37,15 @@ def batch_size_decision(options: SegmentParams, cuda: bool, gpu: Gpu | None) -> 
     return Decision(CPU_BATCH, "the CPU default")
 
 
-def computes_decision(options: SegmentParams, cuda: bool, band: bool) -> Decision[int]:
+def computes_decision(options: SegmentParams, cuda: bool, band: bool, cores: int) -> Decision[int]:
     if cuda:
         return Decision(1, "one thread owns the GPU's model (its kernels queue on one stream)")
     if band:
         return Decision(1, "one per band: a worker's bands run side by side on its cores")
     if options.threads is not None:
         return Decision(options.threads, f"asked for (--threads {options.threads})")
+    if cores < CPU_COMPUTES:
+        return Decision(1, "one core: a second forward pass would only share it")
     return Decision(
         CPU_COMPUTES,
         "the CPU default: forward passes side by side spend less time in OpenMP barriers",

@@ -184,7 +184,7 @@ def decide(
     decoders = decoders_decision(options, machine, cuda, reads.value == GPU, band, at_once)
     if decoders.value and facts.daemonic:
         decoders = Decision(0, f"{DAEMONIC}; {decoders.value} were due ({decoders.reason})")
-    computes = computes_decision(options, cuda, band)
+    computes = computes_decision(options, cuda, band, cores.value)
     writers = writers_decision(options, cores.value, decoders.value, band)
     runtime = _runtime(machine, options, cuda)
     precision = _precision(options, machine, cuda, gpu, runtime.value)

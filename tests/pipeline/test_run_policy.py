@@ -105,6 +105,16 @@ def test_cpu_options_win_and_one_thread_takes_the_lock():
     assert decide(CPU_ONLY, SegmentParams(threads=5)).compute_threads.value == 5
 
 
+def test_one_core_runs_one_forward_pass_at_a_time():
+    """A 1-core machine, or a container whose CPU quota is one core (`cpu_quota`)."""
+    one_core = dataclasses.replace(CPU_ONLY, cores=1)
+    policy = decide(one_core, SegmentParams())
+    assert (policy.cores.value, policy.compute_threads.value, policy.model_lock.value) == (
+        1, 1, True
+    )  # fmt: skip
+    assert decide(one_core, SegmentParams(threads=2)).compute_threads.value == 2  # asked
+
+
 def test_polygon_processes_one_per_writer_on_a_gpu_none_on_the_cpu_or_a_daemonic_worker():
     gpu = decide(ONE_H100, AUTO, RunFacts(reads=YCBCR))
     assert gpu.polygon_processes.value == gpu.writers.value == 4
