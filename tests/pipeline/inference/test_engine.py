@@ -446,17 +446,18 @@ class ThreadCounts:
 def test_the_compute_threads_run_on_the_plans_cores(tmp_path, tiny_model_dir):
     """A plan's `cores` (fewer than torch's own count: a cgroup's CPU quota, a band's
     share) bound torch's threads in each compute thread; the caller's count is its own after."""
-    before = torch.get_num_threads()
-    if before < 2:
-        pytest.skip("needs torch to default to 2 or more threads")
-    seen: list[int] = []
-    handle = torch_handle(
-        load_model(tiny_model_dir), wrap=functools.partial(ThreadCounts, seen=seen)
-    )
-    job, specs = make_job(tmp_path / "p.zarr", handle, 2)
-    run_engine(job, specs[:2], ReaderThread(HostTiles(job.reader)), cores=1)
-    assert seen and set(seen) == {1}
-    seen.clear()
-    run_engine(job, specs[:2], ReaderThread(HostTiles(job.reader)))
-    assert set(seen) == {before}  # no cap: torch's own count
-    assert torch.get_num_threads() == before
+    caller = torch.get_num_threads()
+    torch.set_num_threads(2)  # the suite may run with 1 (OMP_NUM_THREADS)
+    try:
+        seen: list[int] = []
+        wrap = functools.partial(ThreadCounts, seen=seen)
+        handle = torch_handle(load_model(tiny_model_dir), wrap=wrap)
+        job, specs = make_job(tmp_path / "p.zarr", handle, 2)
+        run_engine(job, specs[:2], ReaderThread(HostTiles(job.reader)), cores=1)
+        assert seen and set(seen) == {1}
+        seen.clear()
+        run_engine(job, specs[:2], ReaderThread(HostTiles(job.reader)))
+        assert set(seen) == {2}  # no cap: torch's own count
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(caller)
