@@ -127,17 +127,24 @@ def test_sigkill_mid_slide_then_rerun_equals_uninterrupted(tiny_model_dir, tmp_p
 
 
 def start_slowed_run(tiny_model_dir, out, extra=(), new_session=False) -> subprocess.Popen:
-    """A slowed-down real run of the CLI on CMU-1-Small-Region."""
+    """A slowed-down real run of the CLI on CMU-1-Small-Region, started as from a terminal:
+    with Ctrl-C's default action even where this test process ignores SIGINT (a shell's
+    background job does: the CLI would inherit that and never see the test's Ctrl-C)."""
     cmd = [*CLI, str(CMU_SLIDE), "--model", str(tiny_model_dir), "--out", str(out), *SLOW]
-    return subprocess.Popen(
-        [*cmd, *extra],
-        cwd=REPO,
-        env=cli_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=new_session,
-    )
+    ignoring = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # a handler is reset by exec
+    try:
+        return subprocess.Popen(
+            [*cmd, *extra],
+            cwd=REPO,
+            env=cli_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=new_session,
+        )
+    finally:
+        signal.signal(signal.SIGINT, ignoring)
 
 
 def start_and_wait_for_chunks(tiny_model_dir, out, extra=(), new_session=False):
