@@ -64,7 +64,7 @@ def model_rates(
 
     from wsi_segment.models.device import autocast
     from wsi_segment.models.runtimes.executor import TORCH_DTYPES, TorchExecutor
-    from wsi_segment.models.runtimes.graph import Geometry
+    from wsi_segment.models.runtimes.tile_io import Geometry
 
     dev = model.device
     dtype = TORCH_DTYPES[runtime.precision]

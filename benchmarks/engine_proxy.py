@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -52,11 +54,11 @@ class InstantModel:
     def run(self, tiles):  # type: ignore[no-untyped-def]
         import torch
 
-        from wsi_segment.models.reduction import ReducedOutputs
+        from wsi_segment.models.runtimes.tile_io import ReducedOutputs
 
         g = self.geometry
         margin, core, downsample = g.margin, g.core, g.downsample
-        tiles = tiles.permute(0, 3, 1, 2)
+        tiles = torch.as_tensor(tiles).permute(0, 3, 1, 2)  # the engine's host batch: numpy
         step, so = BLOCK * downsample, core // downsample
         # one pixel per block (textures are smooth at this scale), spread over the block
         seeds = tiles[:, [0, 1, 2, 0], margin : margin + core : step, margin : margin + core : step]
@@ -64,7 +66,7 @@ class InstantModel:
         probs = spread(seeds, BLOCK)[..., :so, :so]
         labels = spread(seed_labels[:, None], BLOCK)[:, 0, :so, :so]
         return ReducedOutputs(
-            probs.contiguous(), labels.contiguous(), torch.zeros((len(tiles), CLASSES))
+            probs.contiguous().numpy(), labels.contiguous().numpy(), np.zeros((len(tiles), CLASSES))
         )
 
 
@@ -78,11 +80,12 @@ def instant_handle() -> Any:
     from wsi_segment.pipeline.inference.model_handle import LoadedModel, ModelHandle
 
     class InstantLoaded(LoadedModel):
-        def executor(self, geometry: Any) -> Any:
+        def executor(self, geometry: Any, batch: int, thread_cores: int | None) -> Any:
             return InstantModel(geometry)
 
     model = types.SimpleNamespace(device=torch.device("cpu"))
-    loaded = InstantLoaded(model, None)  # type: ignore[arg-type]
+    runtime = types.SimpleNamespace(network=None)  # not torch's: the CPU
+    loaded = InstantLoaded(model, runtime)  # type: ignore[arg-type]
     return ModelHandle.of(loaded, "instant", "cpu", RuntimeSpec("torch", "fp32"))
 
 
@@ -150,7 +153,7 @@ def run_engine_once(slide: Path, model_dir: Path, args: argparse.Namespace, n: i
     from wsi_segment.pipeline.inference.engine import run_engine
     from wsi_segment.pipeline.inference.engine_state import EngineStats
     from wsi_segment.pipeline.inference.read_sources import DecoderProcesses
-    from wsi_segment.pipeline.machine import probe_machine
+    from wsi_segment.pipeline.machine import probe_machine, usable_cores
     from wsi_segment.pipeline.params import SegmentParams
     from wsi_segment.pipeline.run_policy import decide
 
@@ -160,7 +163,9 @@ def run_engine_once(slide: Path, model_dir: Path, args: argparse.Namespace, n: i
         job, specs = engine_job(slide, model_dir, args, Path(tmp) / "p.zarr")
         stats = EngineStats()
         t0 = time.perf_counter()
-        run_engine(job, specs, DecoderProcesses(n), stats=stats, writers=writers)
+        run_engine(
+            job, specs, DecoderProcesses(n), stats=stats, writers=writers, cores=usable_cores()
+        )
         return stats, time.perf_counter() - t0, stats.first_chunk_at - t0
 
 

@@ -71,11 +71,20 @@ def _runners(prep: Any, threads: int) -> dict[str, Callable[[Any], dict[str, Any
     from wsi_segment.pipeline.inference.engine_state import EngineStats
     from wsi_segment.pipeline.inference.host_tiles import HostTiles
     from wsi_segment.pipeline.inference.read_sources import DecoderProcesses, ReaderThread
+    from wsi_segment.pipeline.machine import usable_cores
 
     def engine(job: Any, source: ReadSource) -> dict[str, Any]:
         stats = EngineStats()
         writers = local_policy(prep).writers.value  # as a run on this machine
-        run_engine(job, prep.specs, source, stats=stats, writers=writers, computes=threads)
+        run_engine(
+            job,
+            prep.specs,
+            source,
+            stats=stats,
+            writers=writers,
+            computes=threads,
+            cores=usable_cores(),
+        )
         batches = stats.chunks_per_batch
         return {"batches": len(batches), "computes": stats.computes, "writers": stats.writers}
 

@@ -10,8 +10,8 @@ from typing import Any
 import torch
 
 from wsi_segment.models.bundle import load_model
-from wsi_segment.models.runtimes.graph import Geometry
 from wsi_segment.models.runtimes.select import OpenedRuntime, open_runtime
+from wsi_segment.models.runtimes.tile_io import Geometry
 from wsi_segment.models.segmentation_model import SegmentationModel
 from wsi_segment.pipeline.machine import probe_machine
 from wsi_segment.pipeline.params import SegmentParams

@@ -85,9 +85,9 @@ def load_steps() -> None:
 
     lap("import torch")
     from wsi_segment.models.model_files import ModelFiles
-    from wsi_segment.models.runtimes.graph import Geometry
     from wsi_segment.models.runtimes.openvino_runtime import openvino_version
     from wsi_segment.models.runtimes.select import open_runtime
+    from wsi_segment.models.runtimes.tile_io import Geometry
 
     openvino_version()
     lap("import our models, openvino")

@@ -48,7 +48,7 @@ Runner = Callable[[Any], Outputs]
 
 def graph_of(model: Any, tile: int, margin: int, core: int, downsample: int) -> Any:
     """The model's whole tile graph at one geometry, gated, on the model's device."""
-    from wsi_segment.models.runtimes.graph import Geometry
+    from wsi_segment.models.runtimes.tile_io import Geometry
 
     graph = model.tile_graph(Geometry(tile, margin, core, downsample, True))
     return graph.to(model.device).eval()
@@ -73,7 +73,7 @@ def variants(
     import torch
 
     from wsi_segment.models.runtimes.executor import TORCH_DTYPES, CudaGraphExecutor, TorchExecutor
-    from wsi_segment.models.runtimes.graph import Geometry
+    from wsi_segment.models.runtimes.tile_io import Geometry
 
     dtype = TORCH_DTYPES[runtime.precision]
     geometry = Geometry(tile, margin, core, ds)

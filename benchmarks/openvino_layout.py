@@ -41,8 +41,8 @@ def slide_path_graph(model_dir: Path, cache: Path) -> tuple[Any, int]:
     """The exported graph of the slide path (margin 16, downsample 4), batch 16, and its tile."""
     from wsi_segment.models.bundle import load_model
     from wsi_segment.models.cpu import cpu_flags
-    from wsi_segment.models.runtimes.graph import Geometry
     from wsi_segment.models.runtimes.openvino_runtime import OpenVINOGraphs
+    from wsi_segment.models.runtimes.tile_io import Geometry
 
     model = load_model(model_dir)
     tile = int(model.meta.tile_size)

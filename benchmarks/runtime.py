@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     from wsi_segment.models.bundle import demo_model_dir
     from wsi_segment.models.device import cpu_supports_bf16
     from wsi_segment.models.precision_calibration import compare_labels
-    from wsi_segment.models.runtimes.graph import Geometry
+    from wsi_segment.models.runtimes.tile_io import Geometry
 
     bench = BenchRun.start("runtime.py", argv)
     model_dir = args.model or demo_model_dir()

@@ -169,7 +169,7 @@ def add_parallelism_options(parser: argparse.ArgumentParser) -> None:
         "--threads",
         type=positive_int(1, 256),
         default=None,
-        help="forward passes side by side on the CPU, each with cores/N torch threads, 1-256 "
+        help="forward passes side by side on the CPU, each on cores/N of the cores, 1-256 "
         "(default: 2; on a GPU one thread owns the model). Speed only",
     )
     parser.add_argument(

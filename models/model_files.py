@@ -15,14 +15,14 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+import numpy as np
+
 from wsi_segment.errors import ModelError
 
 from .checksum import file_sha256, model_identity
 from .meta import ModelMeta, load_model_json, read_weights, weights_path
 
 if TYPE_CHECKING:
-    import torch
-
     from .segmentation_model import SegmentationModel
 
 
@@ -32,7 +32,7 @@ class ModelSource(Protocol):
 
     meta: ModelMeta
     identity: str
-    validation_patches: torch.Tensor | None
+    validation_patches: np.ndarray | None  # uint8 (N, 3, T, T)
 
     def network(self) -> SegmentationModel: ...
 

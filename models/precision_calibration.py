@@ -20,26 +20,21 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from importlib import resources
-from typing import TYPE_CHECKING
 
 import numpy as np
-
-if TYPE_CHECKING:  # the verdict's rule is read by a run's plan before torch is imported
-    import torch
 
 MIN_AGREEMENT = 0.995  # label agreement with fp32 that bf16 must keep
 MAX_AREA_SHIFT = 0.01  # largest change of a label's area, as a fraction of its fp32 area
 MIN_AREA = 0.01  # labels below this fraction of the pixels are judged by agreement alone
 
 # (tiles uint8 (N, 3, T, T), bf16 or not) -> the slide path's labels (N, T, T) uint8
-Labeller = Callable[["torch.Tensor", bool], "torch.Tensor"]
+Labeller = Callable[[np.ndarray, bool], np.ndarray]
 
 
-def calibration_tiles(tile_size: int, own: torch.Tensor | None = None) -> torch.Tensor:
+def calibration_tiles(tile_size: int, own: np.ndarray | None = None) -> np.ndarray:
     """The shipped real tiles, then the model's `own` validation patches (uint8 (N, 3, H, W)),
     as uint8 (N, 3, T, T), centre-cropped or mirror-padded to `tile_size` with integer
     operations only."""
-    import torch
     from PIL import Image
 
     folder = resources.files("wsi_segment.models") / "calibration_tiles"
@@ -51,8 +46,8 @@ def calibration_tiles(tile_size: int, own: torch.Tensor | None = None) -> torch.
             rgb = np.asarray(im.convert("RGB"))
         tiles.append(fit_tile(rgb, tile_size))
     if own is not None:
-        tiles += [fit_tile(patch, tile_size) for patch in own.permute(0, 2, 3, 1).numpy()]
-    return torch.from_numpy(np.stack(tiles)).permute(0, 3, 1, 2).contiguous()
+        tiles += [fit_tile(patch, tile_size) for patch in own.transpose(0, 2, 3, 1)]
+    return np.ascontiguousarray(np.stack(tiles).transpose(0, 3, 1, 2))
 
 
 def fit_tile(rgb: np.ndarray, size: int) -> np.ndarray:
@@ -120,13 +115,13 @@ def compare_labels(ref: np.ndarray, low: np.ndarray) -> tuple[float, dict[str, f
 
 
 def calibrate_bf16(
-    labels_of: Labeller, tile_size: int, where: str, own: torch.Tensor | None = None
+    labels_of: Labeller, tile_size: int, where: str, own: np.ndarray | None = None
 ) -> PrecisionCalibration:
     """Label the calibration tiles (with the model's `own` validation patches) in fp32 and in
     bf16 and compare them, all pixels pooled."""
     x = calibration_tiles(tile_size, own)
-    ref = labels_of(x, False).numpy()
-    low = labels_of(x, True).numpy()
+    ref = labels_of(x, False)
+    low = labels_of(x, True)
     agreement, shifts = compare_labels(ref, low)
     return PrecisionCalibration(
         tiles=len(x),

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -28,21 +27,6 @@ import torch.nn.functional as F
 from .gate import gated_probabilities
 from .labels import NODATA as NODATA  # re-exported: the slide path's "not analysed"
 from .labels import UNCLASSIFIED
-
-
-@dataclass(frozen=True)
-class ReducedOutputs:
-    """Host tensors of one batch: uint8 `probs` (N, K, h, w), uint8 `labels` (N, h, w),
-    float32 `cls_probs` (N, K); h = w = core / downsample."""
-
-    probs: torch.Tensor
-    labels: torch.Tensor
-    cls_probs: torch.Tensor
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes that crossed from the model's device (what a CUDA run copies back)."""
-        return sum(t.numel() * t.element_size() for t in (self.probs, self.labels, self.cls_probs))
 
 
 def quantise(probs: torch.Tensor) -> torch.Tensor:

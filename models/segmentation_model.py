@@ -10,13 +10,15 @@ tests.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
 from .device import autocast, pick_device
 from .gate import gated_probabilities
 from .meta import ModelMeta
-from .runtimes.graph import Geometry, TileGraph
+from .runtimes.graph import TileGraph
+from .runtimes.tile_io import Geometry
 
 
 class SegmentationModel(nn.Module):
@@ -38,7 +40,7 @@ class SegmentationModel(nn.Module):
         self.identity = ""
         # uint8 (N, 3, T, T) patches training recorded in the model folder, calibrated
         # beside the CMU-1 tiles (models.validation_patches); None when it has none
-        self.validation_patches: torch.Tensor | None = None
+        self.validation_patches: np.ndarray | None = None
         norm = meta.normalisation
         self.register_buffer("_mean", torch.tensor(norm["mean"]).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("_std", torch.tensor(norm["std"]).view(1, 3, 1, 1), persistent=False)

@@ -22,16 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from safetensors import SafetensorError
-from safetensors.torch import load as safetensors_load
+from safetensors.numpy import load as safetensors_load
 
 from wsi_segment.errors import ModelError
 
 from .checksum import file_sha256
 from .meta import FORMAT, bundle_file
 from .model_json import MAX_VALIDATION_PATCHES
-from .tensor_files import write_tensors
 
 PATCHES_FILE = "validation_patches.safetensors"
 _KEY = "patches"
@@ -68,6 +66,10 @@ def choose(names: Sequence[str], count: int = MAX_VALIDATION_PATCHES) -> list[st
 
 def save_patches(folder: Path, patches: ValidationPatches) -> dict[str, Any]:
     """Write the patches file into the model folder; returns model.json's entry for it."""
+    import torch  # training writes the patches: torch is loaded there
+
+    from .tensor_files import write_tensors
+
     path = folder / PATCHES_FILE
     tensor = torch.from_numpy(np.ascontiguousarray(patches.pixels))
     write_tensors({_KEY: tensor}, path, metadata={"format": FORMAT})
@@ -80,7 +82,7 @@ def save_patches(folder: Path, patches: ValidationPatches) -> dict[str, Any]:
     }
 
 
-def load_patches(folder: Path, doc: dict[str, Any], tile_size: int) -> torch.Tensor | None:
+def load_patches(folder: Path, doc: dict[str, Any], tile_size: int) -> np.ndarray | None:
     """The patches model.json names, uint8 (N, 3, T, T); None when it names none. A file
     that is missing, outside the folder, changed since it was saved or of the wrong shape
     is one ModelError naming it: the calibration never runs on patches it cannot trust."""
@@ -106,10 +108,10 @@ def load_patches(folder: Path, doc: dict[str, Any], tile_size: int) -> torch.Ten
             f"{path} is not a valid safetensors file ({exc}); re-save the model"
         ) from exc
     want = (int(entry["count"]), tile_size, tile_size, 3)
-    if pixels is None or pixels.dtype != torch.uint8 or tuple(pixels.shape) != want:
+    if pixels is None or pixels.dtype != np.uint8 or tuple(pixels.shape) != want:
         got = None if pixels is None else (str(pixels.dtype), tuple(pixels.shape))
         raise ModelError(
             f"{path} must hold uint8 '{_KEY}' of shape {want} (count and tile size of "
             f"model.json), got {got}; re-save the model"
         )
-    return pixels.permute(0, 3, 1, 2).contiguous()
+    return np.ascontiguousarray(pixels.transpose(0, 3, 1, 2))

@@ -60,7 +60,7 @@ class SegmentParams:
     overwrite: bool = False
     backend: str = "auto"
     # Compute threads of the engine on the CPU (forward passes side by side, each with
-    # cores // threads torch threads); None: 2. On a GPU one thread owns the model.
+    # cores // threads of the cores: torch threads or an OpenVINO stream); None: 2. On a GPU one thread owns the model.
     threads: int | None = None
     # Decoder processes of the engine (pipeline.inference.engine); 0: its reader thread;
     # None: half the cores (at most 16) when the model is on a GPU, 0 on the CPU.

@@ -121,7 +121,7 @@ class ExecutionPlan:
     compute_threads: Decision[int]  # forward passes side by side
     model_lock: Decision[bool]  # whether forward passes take the model's lock
     cuda_graphs: Decision[bool]  # torch on CUDA: each batch a replay of a captured graph
-    cores: Decision[int]  # cores this engine's forward passes use (torch threads)
+    cores: Decision[int]  # cores this engine's forward passes share (compute_threads_cores)
     process_cores: Decision[int]  # this process's engines together: OpenVINO's threads
     read_device: Decision[str]  # GPU: the device read path (reason: its JPEG decoder)
     decoders: Decision[int]  # decoder processes; 0: one reader thread

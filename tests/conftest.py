@@ -17,10 +17,8 @@ from wsi_segment.pipeline.inference.model_handle import LoadedModel, ModelHandle
 if TYPE_CHECKING:
     import torch
 
-    from wsi_segment.models.reduction import ReducedOutputs
-    from wsi_segment.models.runtimes.executor import Executor
-    from wsi_segment.models.runtimes.graph import Geometry
     from wsi_segment.models.runtimes.spec import RuntimeSpec
+    from wsi_segment.models.runtimes.tile_io import Executor, Geometry, ReducedOutputs
     from wsi_segment.models.segmentation_model import SegmentationModel
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
@@ -34,6 +32,8 @@ def without_report(names: list[str]) -> list[str]:
     return [name for name in names if name not in MORNING_REPORT]
 
 
+# the cores a test's engine shares among its compute threads (what a run's plan gives as `cores`)
+ENGINE_CORES = 2
 LUAD_CLASSES = ["TE", "NEC", "LYM", "TAS"]
 LUAD_COLORS = [(205, 51, 51), (0, 255, 0), (65, 105, 225), (255, 165, 0)]
 
@@ -129,8 +129,8 @@ class WrappedLoaded(LoadedModel):
 
     wrap: Callable[[Executor], Executor] | None = None
 
-    def executor(self, geometry: Geometry, batch: int) -> Executor:
-        inner = super().executor(geometry, batch)
+    def executor(self, geometry: Geometry, batch: int, thread_cores: int | None) -> Executor:
+        inner = super().executor(geometry, batch, thread_cores)
         return inner if self.wrap is None else self.wrap(inner)
 
 
@@ -172,7 +172,7 @@ def run_tiles(
     """The slide path's outputs of uint8 tiles (N, 3, T, T) by `model` (on its device) in
     torch at `precision`: its tile graph at that geometry, run by the torch executor."""
     from wsi_segment.models.runtimes.executor import TorchExecutor
-    from wsi_segment.models.runtimes.graph import Geometry
+    from wsi_segment.models.runtimes.tile_io import Geometry
 
     geometry = Geometry(int(tiles.shape[-1]), margin, core, downsample, gate)
     return TorchExecutor(model, geometry, precision).run(tiles.permute(0, 2, 3, 1))
@@ -194,8 +194,8 @@ def torch_labeller(
 ) -> Callable[[torch.Tensor, bool], torch.Tensor]:
     """The slide path's labels of whole uint8 tiles (N, 3, T, T) in torch, fp32 or bf16: what
     precision auto's calibration compares (`models.runtimes.select`)."""
-    from wsi_segment.models.runtimes.executor import TorchExecutor, whole_tile_labels
-    from wsi_segment.models.runtimes.graph import Geometry
+    from wsi_segment.models.runtimes.executor import TorchExecutor
+    from wsi_segment.models.runtimes.tile_io import Geometry, whole_tile_labels
 
     executors = {
         low: TorchExecutor(model, Geometry.whole(tile), "bf16" if low else "fp32")

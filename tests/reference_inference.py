@@ -108,15 +108,13 @@ def predict_unpadded(
     `batch_size`, the last one short (the engine pads it: `compute_stage.ComputeStage`)."""
     import contextlib
 
-    import torch
-
     from wsi_segment.pipeline.inference.slide_job import ReducedTiles
 
     parts = []
     for i in range(0, len(tiles), batch_size):
         with lock if lock is not None else contextlib.nullcontext():
-            out = executor.run(torch.from_numpy(np.ascontiguousarray(tiles[i : i + batch_size])))
-        parts.append(ReducedTiles(out.probs.numpy(), out.labels.numpy(), out.nbytes))
+            out = executor.run(np.ascontiguousarray(tiles[i : i + batch_size]))
+        parts.append(ReducedTiles(out.probs, out.labels, out.nbytes))
     if not parts:
         so = grid.stride // grid.downsample
         return ReducedTiles(np.zeros((0, 0, so, so), np.uint8), np.zeros((0, so, so), np.uint8), 0)
@@ -135,7 +133,7 @@ def chunk_alone(job: Any, spec: ChunkSpec) -> ReducedTiles:
 
     loaded = job.model.get()
     batch_size = loaded.batch_size(job.grid.tile, job.batch_size)
-    executor = loaded.executor(tile_geometry(job.grid, job.gate), batch_size)
+    executor = loaded.executor(tile_geometry(job.grid, job.gate), batch_size, None)
     tiles = job.reader.read_tiles(spec)
     return predict_unpadded(executor, tiles, job.grid, batch_size, loaded.lock)
 

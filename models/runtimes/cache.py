@@ -19,6 +19,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
+from importlib import metadata
 from pathlib import Path
 
 CACHE_ENV = "WSI_SEGMENT_CACHE_DIR"
@@ -127,3 +128,12 @@ def store_best_effort(
         _log.info("runtime cache %s not written (%s): not cached", root, exc)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def package_version(package: str) -> str:
+    """An installed package's version without its local part ("2.14.1+cu130" -> "2.14.1"),
+    read from its metadata (torch's without importing torch); "" where it is not installed."""
+    try:
+        return metadata.version(package).split("+")[0]
+    except metadata.PackageNotFoundError:
+        return ""

@@ -1,22 +1,22 @@
-"""Executors: the one tile graph (`runtimes.graph.TileGraph`) run by a runtime.
-
-An executor has one method, `run(tiles) -> ReducedOutputs`: uint8 tiles (N, T, T, 3), on the
-host or the model's device, to the host tensors the slide path stores.
+"""torch's executors of the one tile graph (`runtimes.graph.TileGraph`): eager, or captured as
+a CUDA graph. Each has one method, `run(tiles) -> ReducedOutputs` (`runtimes.tile_io`): uint8
+tiles (N, T, T, 3), host numpy or on the model's device, to the host arrays the slide path
+stores. OpenVINO's executor is `openvino_runtime.OpenVINOExecutor`.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 from ..device import fit_batch_size
-from ..reduction import HostCopier, ReducedOutputs
-from .graph import Geometry
+from ..reduction import HostCopier
+from .tile_io import Geometry, ReducedOutputs, Tiles
 
 if TYPE_CHECKING:
     from ..segmentation_model import SegmentationModel
-    from .openvino_runtime import OpenVINOGraphs
 
 # torch's autocast dtype of each precision name (fp32: none)
 TORCH_DTYPES: dict[str, torch.dtype | None] = {
@@ -26,24 +26,32 @@ TORCH_DTYPES: dict[str, torch.dtype | None] = {
 }
 
 
-class Executor(Protocol):
-    """Runs a tile graph: what the engine's compute threads hold."""
-
-    def run(self, tiles: torch.Tensor) -> ReducedOutputs: ...
+def as_tensor(tiles: Tiles) -> torch.Tensor:
+    """`tiles` as a torch tensor, a host array's memory shared (no copy)."""
+    return torch.from_numpy(tiles) if isinstance(tiles, np.ndarray) else tiles
 
 
 class TorchExecutor:
-    """The tile graph of `model` at `geometry` in torch, at `precision` (fp32 | bf16 | fp16)."""
+    """The tile graph of `model` at `geometry` in torch, at `precision` (fp32 | bf16 | fp16),
+    on `threads` torch threads in the calling thread (None: as that thread has them)."""
 
-    def __init__(self, model: SegmentationModel, geometry: Geometry, precision: str) -> None:
+    def __init__(
+        self,
+        model: SegmentationModel,
+        geometry: Geometry,
+        precision: str,
+        threads: int | None = None,
+    ) -> None:
         self.graph = model.tile_graph(geometry, TORCH_DTYPES[precision]).eval()
-        self.device = model.device
+        self.device, self.threads = model.device, threads
         self._host = HostCopier()  # pinned buffers kept from batch to batch on CUDA
 
     @torch.inference_mode()
-    def run(self, tiles: torch.Tensor) -> ReducedOutputs:
-        probs, labels, cls_probs = self.graph(tiles.to(self.device, non_blocking=True))
-        return ReducedOutputs(*self._host.to_host([probs, labels, cls_probs]))
+    def run(self, tiles: Tiles) -> ReducedOutputs:
+        if self.threads and torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)  # a compute thread's share of the cores
+        probs, labels, cls_probs = self.graph(as_tensor(tiles).to(self.device, non_blocking=True))
+        return ReducedOutputs(*(t.numpy() for t in self._host.to_host([probs, labels, cls_probs])))
 
 
 class CudaGraphExecutor:
@@ -53,7 +61,7 @@ class CudaGraphExecutor:
     that shares the GIL with the stager and the writers; a replay is one launch. On an H200
     the demo model's tile graph ran 8,465 tiles/s eagerly and 11,377 as a graph, alone
     (benchmarks/RESULTS.md, 2026-11-26). The engine hands every batch at `batch` tiles
-    (`compute_stage.ComputeStage` pads a short one), so one graph, and the same kernels, serve every
+    (the `Stager` zero-fills a short one), so one graph, and the same kernels, serve every
     batch of a run; another size is refused.
     """
 
@@ -63,15 +71,15 @@ class CudaGraphExecutor:
         self._captured: tuple[torch.cuda.CUDAGraph, torch.Tensor, list[torch.Tensor]] | None = None
 
     @torch.inference_mode()
-    def run(self, tiles: torch.Tensor) -> ReducedOutputs:
+    def run(self, tiles: Tiles) -> ReducedOutputs:
         if len(tiles) != self.batch:
             raise ValueError(f"a CUDA graph of {self.batch} tiles was handed {len(tiles)}")
         if self._captured is None:
             self._captured = self._capture(tuple(tiles.shape[1:]))
         graph, tiles_in, outputs = self._captured
-        tiles_in.copy_(tiles, non_blocking=True)
+        tiles_in.copy_(as_tensor(tiles), non_blocking=True)
         graph.replay()
-        return ReducedOutputs(*self._host.to_host(outputs))
+        return ReducedOutputs(*(t.numpy() for t in self._host.to_host(outputs)))
 
     def _capture(
         self, tile_shape: tuple[int, ...]
@@ -94,22 +102,6 @@ class CudaGraphExecutor:
             with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 outputs = list(module(tiles_in))
         return graph, tiles_in, outputs
-
-
-class OpenVINOExecutor:
-    """The same tile graph compiled by OpenVINO (CPU tiles only)."""
-
-    def __init__(self, graphs: OpenVINOGraphs, geometry: Geometry) -> None:
-        self.graphs, self.geometry = graphs, geometry
-
-    def run(self, tiles: torch.Tensor) -> ReducedOutputs:
-        return self.graphs.run(tiles, self.geometry)
-
-
-def whole_tile_labels(executor: Executor, tiles: torch.Tensor) -> torch.Tensor:
-    """The slide path's labels (N, T, T) of whole uint8 tiles (N, 3, T, T): what the
-    calibration and the checks compare (the executor's geometry must be `Geometry.whole`)."""
-    return executor.run(tiles.permute(0, 2, 3, 1)).labels
 
 
 def gpu_batch_cap(executor: TorchExecutor, tile: int, requested: int, probe: int = 2) -> int:

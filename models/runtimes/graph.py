@@ -8,34 +8,13 @@ other copy of this sequence.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
 from ..device import autocast
 from ..gate import gated_probabilities
 from ..reduction import reduce_tiles
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """What a tile graph is specialised for, besides the weights."""
-
-    tile: int
-    margin: int
-    core: int
-    downsample: int
-    gate: bool = True
-
-    @classmethod
-    def whole(cls, tile: int, gate: bool = True) -> Geometry:
-        """Whole tiles at full resolution: the labels `evaluate` and the calibration score."""
-        return cls(tile, 0, tile, 1, gate)
-
-    def key(self) -> str:
-        gate = "gate" if self.gate else "nogate"
-        return f"t{self.tile}-m{self.margin}-c{self.core}-d{self.downsample}-{gate}"
+from .tile_io import Geometry
 
 
 class TileGraph(nn.Module):

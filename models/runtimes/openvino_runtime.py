@@ -17,13 +17,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from wsi_segment.errors import GraphNotExpressible, RuntimeUnavailable
 
-from ..reduction import ReducedOutputs
-from .cache import cpu_key, entry_lock, entry_name, load_entry, store_best_effort
-from .graph import Geometry
+from .cache import cpu_key, entry_lock, entry_name, load_entry, package_version, store_best_effort
+from .tile_io import Geometry, ReducedOutputs, Tiles
 
 if TYPE_CHECKING:
     from ..model_files import ModelSource
@@ -112,7 +110,7 @@ class OpenVINOGraphs:
         self._key = {
             "model": weights_digest(model),
             "openvino": version,
-            "torch": torch.__version__.split("+")[0],
+            "torch": package_version("torch"),
             "graph_format": _GRAPH_FORMAT,
         }
         self._cpu = cpu_key(cpu_flags)  # the instruction sets OpenVINO may use
@@ -133,13 +131,13 @@ class OpenVINOGraphs:
         self.__dict__.update(state)
         self._lock, self._local = threading.Lock(), threading.local()
 
-    def run(self, tiles: torch.Tensor, geometry: Geometry) -> ReducedOutputs:
-        """The tile graph at `geometry` of uint8 CPU tiles (N, T, T, 3), the slide path's
-        layout, read where they lie (no copy when they are contiguous)."""
-        request = self._request(geometry, int(tiles.shape[0]))
-        inputs = [np.ascontiguousarray(tiles.cpu().numpy())]
-        out = request.infer(inputs, share_inputs=True)
-        return ReducedOutputs(*(torch.from_numpy(np.array(out[i])) for i in range(3)))
+    def run(self, tiles: Tiles, geometry: Geometry, streams: int = 1) -> ReducedOutputs:
+        """The tile graph at `geometry` of uint8 host tiles (N, T, T, 3), the slide path's
+        layout, read where they lie (no copy when they are contiguous), in a request of a
+        graph compiled for `streams` streams."""
+        request = self._request(geometry, int(tiles.shape[0]), streams)
+        out = request.infer([np.ascontiguousarray(tiles)], share_inputs=True)
+        return ReducedOutputs(*(np.array(out[i]) for i in range(3)))
 
     def drop_compiled(self) -> None:
         """Forget the graphs compiled so far and this thread's requests for them (those of
@@ -154,16 +152,16 @@ class OpenVINOGraphs:
         with self._lock:
             return list(self._compiled.values())
 
-    def thread_streams(self) -> int:
-        """Streams for the calling thread: the threads over its share of the cores (its torch
-        thread count, set by the engine's compute threads; all of them elsewhere)."""
-        return self.threads // max(1, min(self.threads, torch.get_num_threads()))
+    def streams_for(self, thread_cores: int | None) -> int:
+        """Streams of the graphs a thread with `thread_cores` of the cores runs (an engine's
+        compute thread: its share; None: all of them, one stream)."""
+        return self.threads // max(1, min(self.threads, thread_cores or self.threads))
 
-    def _request(self, geometry: Geometry, batch: int) -> Any:
-        """This thread's infer request for (geometry, batch)."""
+    def _request(self, geometry: Geometry, batch: int, streams: int) -> Any:
+        """This thread's infer request for (geometry, batch, streams)."""
         requests: dict[tuple[Geometry, int, int], Any] = getattr(self._local, "requests", {})
         self._local.requests = requests
-        key = (geometry, batch, self.thread_streams())
+        key = (geometry, batch, streams)
         if key in requests:
             return requests[key]
         with self._lock:
@@ -245,6 +243,8 @@ class OpenVINOGraphs:
             except RuntimeError:
                 pass  # whole by its manifest, yet unreadable here: export it again
 
+        import torch
+
         graph = self._model.network().tile_graph(geometry)
         example = torch.zeros((2, geometry.tile, geometry.tile, 3), dtype=torch.uint8)
         batch = torch.export.Dim("batch", min=1, max=65536)
@@ -273,3 +273,15 @@ class OpenVINOGraphs:
         with tempfile.TemporaryDirectory() as tmp:  # the cache could not be written
             xml = write_ir(Path(tmp))["xml"]
             return openvino_core().read_model(str(xml))
+
+
+class OpenVINOExecutor:
+    """The tile graph at `geometry` compiled by OpenVINO (host tiles only), for a thread with
+    `thread_cores` of the cores (None: all of them)."""
+
+    def __init__(self, graphs: OpenVINOGraphs, geometry: Geometry, thread_cores: int | None = None):
+        self.graphs, self.geometry = graphs, geometry
+        self.streams = graphs.streams_for(thread_cores)
+
+    def run(self, tiles: Tiles) -> ReducedOutputs:
+        return self.graphs.run(tiles, self.geometry, self.streams)

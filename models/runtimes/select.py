@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
+import numpy as np
 
 from wsi_segment.errors import GraphNotExpressible, ModelError, RuntimeUnavailable
 
@@ -31,16 +31,9 @@ from ..precision_calibration import (
 )
 from .cache import default_cache_dir
 from .decision import BF16_IF_CALIBRATED
-from .executor import (
-    CudaGraphExecutor,
-    Executor,
-    OpenVINOExecutor,
-    TorchExecutor,
-    whole_tile_labels,
-)
-from .graph import Geometry
-from .openvino_runtime import OpenVINOGraphs
+from .openvino_runtime import OpenVINOExecutor, OpenVINOGraphs
 from .spec import RuntimeSpec
+from .tile_io import Executor, Geometry, whole_tile_labels
 from .verdict import (
     CALIBRATION_FIELDS,
     CALIBRATION_WHERE,
@@ -77,13 +70,16 @@ class OpenedRuntime:
     network: SegmentationModel | None = None  # what torch runs (OpenVINO: its graphs)
     cuda_graphs: bool = False  # torch on CUDA: each batch a replay of one captured graph
 
-    def executor(self, geometry: Geometry, batch: int) -> Executor:
+    def executor(self, geometry: Geometry, batch: int, thread_cores: int | None = None) -> Executor:
         """An executor of the model's tile graph at `geometry`, for batches of `batch` tiles,
-        in this runtime."""
+        in this runtime, for threads with `thread_cores` of the CPU's cores each (None: all,
+        or a GPU's)."""
         if self.graphs is not None:
-            return OpenVINOExecutor(self.graphs, geometry)
+            return OpenVINOExecutor(self.graphs, geometry, thread_cores)
         assert self.network is not None, "torch's runtime opens with its network"
-        eager = TorchExecutor(self.network, geometry, self.precision)
+        from .executor import CudaGraphExecutor, TorchExecutor
+
+        eager = TorchExecutor(self.network, geometry, self.precision, thread_cores)
         return CudaGraphExecutor(eager, batch) if self.cuda_graphs else eager
 
     def worded(self, spec: RuntimeSpec) -> OpenedRuntime:
@@ -172,13 +168,15 @@ def _open_torch(model: SegmentationModel, precision: str, why: str) -> OpenedRun
     device = model.device.type
     if precision != BF16_IF_CALIBRATED:
         return OpenedRuntime("torch", "", precision, why, device, network=model)
+    from .executor import TorchExecutor
+
     tile = int(model.meta.tile_size)
     executors = {
         low: TorchExecutor(model, Geometry.whole(tile), "bf16" if low else "fp32")
         for low in (False, True)
     }
 
-    def labels_of(x: torch.Tensor, low: bool) -> torch.Tensor:
+    def labels_of(x: np.ndarray, low: bool) -> np.ndarray:
         return whole_tile_labels(executors[low], x)
 
     where = CALIBRATION_WHERE["torch"]
@@ -202,12 +200,14 @@ def _open_openvino(model: ModelSource, spec: RuntimeSpec, cache: Path) -> Opened
     )
 
     @functools.cache  # OpenVINO fp32 labels of the tiles, computed once, when first needed
-    def ov_fp32_labels() -> torch.Tensor:
+    def ov_fp32_labels() -> np.ndarray:
         return whole_tile_labels(OpenVINOExecutor(fp32, whole), tiles)
 
     def fp32_agreement() -> dict[str, Any]:
+        from .executor import TorchExecutor  # the reference: a cold cache builds the network
+
         torch_labels = whole_tile_labels(TorchExecutor(model.network(), whole, "fp32"), tiles)
-        agreement, _shifts = compare_labels(torch_labels.numpy(), ov_fp32_labels().numpy())
+        agreement, _shifts = compare_labels(torch_labels, ov_fp32_labels())
         return {"agreement": agreement}
 
     checked = _checked(opened, fp32, "fp32_agreement", tiles, fp32_agreement)
@@ -224,7 +224,7 @@ def _open_openvino(model: ModelSource, spec: RuntimeSpec, cache: Path) -> Opened
     if spec.precision != BF16_IF_CALIBRATED:
         return opened
 
-    def labels_of(x: torch.Tensor, low: bool) -> torch.Tensor:
+    def labels_of(x: np.ndarray, low: bool) -> np.ndarray:
         if not low:
             return ov_fp32_labels()
         return whole_tile_labels(OpenVINOExecutor(bf16, whole), x)
@@ -248,7 +248,7 @@ def _checked(
     opened: OpenedRuntime,
     graphs: OpenVINOGraphs,
     check: str,
-    tiles: torch.Tensor,
+    tiles: np.ndarray,
     compute: Callable[[], dict[str, Any]],
 ) -> dict[str, Any]:
     """The numbers of `check` from the cache when an entry for these graphs and tiles is

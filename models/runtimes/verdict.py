@@ -13,16 +13,15 @@ import dataclasses
 import hashlib
 import json
 from collections.abc import Mapping
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from ..meta import model_files_identity
-from .cache import cpu_key, default_cache_dir, load_entry, store_best_effort
+from .cache import cpu_key, default_cache_dir, load_entry, package_version, store_best_effort
 
 if TYPE_CHECKING:
-    import torch
-
     from ..precision_calibration import PrecisionCalibration
     from .openvino_runtime import OpenVINOGraphs
 
@@ -39,11 +38,11 @@ CALIBRATION_WHERE = {
 }
 
 
-def verdict_key(graphs: OpenVINOGraphs, check: str, tiles: torch.Tensor) -> dict[str, object]:
+def verdict_key(graphs: OpenVINOGraphs, check: str, tiles: np.ndarray) -> dict[str, object]:
     """The cache key of `check` ('fp32_agreement' | 'bf16_calibration') of `graphs` on these
     calibration tiles (their shape and bytes: a check holds for these tiles only)."""
     digest = hashlib.sha256(repr(tuple(tiles.shape)).encode())
-    digest.update(tiles.contiguous().numpy().tobytes())
+    digest.update(np.ascontiguousarray(tiles).tobytes())
     return {**graphs.entry_key(), "kind": "verdict", "check": check, "tiles": digest.hexdigest()}
 
 
@@ -75,19 +74,12 @@ def store_verdict(cache: Path, key: dict[str, object], numbers: dict[str, Any]) 
     store_best_effort(cache, key, write)
 
 
-def _version(package: str) -> str:
-    try:
-        return metadata.version(package).split("+")[0]
-    except metadata.PackageNotFoundError:
-        return ""
-
-
 def calibration_key(identity: str, runtime: str, cpu_flags: frozenset[str]) -> dict[str, object]:
     """The cache key of the bf16 verdict of the model whose files hash to `identity`, run in
     `runtime` on a CPU with `cpu_flags`: what the verdict depends on, known before torch."""
-    versions = {"torch": _version("torch")}
+    versions = {"torch": package_version("torch")}
     if runtime == "openvino":
-        versions["openvino"] = _version("openvino")
+        versions["openvino"] = package_version("openvino")
     return {
         "kind": "bf16_verdict",
         "format": _CALIBRATION_FORMAT,

@@ -6,7 +6,8 @@ A read source's `Stager` puts batches (tiles of several chunks, on the model's d
 copies the next batch on a side stream meanwhile); slides sharing a loaded model then take
 turns, since side by side they would gain nothing and `LoadedModel.batch_size` sizes a batch
 for one forward pass. On the CPU `computes` threads run side by side, unlocked, each with its
-share of the torch threads: one waiting for a batch leaves its cores to the others.
+share of the cores: one waiting for a batch leaves its cores to the others. On the CPU a batch
+is a numpy array: a warm OpenVINO run never imports torch.
 """
 
 from __future__ import annotations
@@ -18,35 +19,43 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-import torch
+import numpy as np
 
-from wsi_segment.models.runtimes.graph import Geometry
+from wsi_segment.models.runtimes.tile_io import Geometry, Tiles
 from wsi_segment.pipeline.inference.engine_state import EngineStats, FirstError
 from wsi_segment.pipeline.inference.unit_writer import Segment, TileBatch
 from wsi_segment.wsi.tiling import TileGrid
 
 if TYPE_CHECKING:
-    from wsi_segment.models.runtimes.executor import Executor
+    import torch
+
+    from wsi_segment.models.runtimes.tile_io import Executor
 
 
 @dataclass
 class StagedBatch:
-    """A batch of tiles on (or on its way to) the model's device, and whose tiles they are."""
+    """A batch of tiles on (or on its way to) the model's device, and whose tiles they are:
+    always the run's batch size, the tiles after the first `count` zero (a short last batch:
+    see `ComputeStage._forward`)."""
 
-    tiles: torch.Tensor  # (N, T, T, 3) uint8 on the model's device
+    tiles: Tiles  # (batch, T, T, 3) uint8 on the model's device
+    count: int
     segments: list[Segment]
     ready: torch.cuda.Event | None  # recorded after the copy on a side stream; CPU: None
     release: Callable[[], None] | None = None  # gives the source its buffer back, once used
 
 
-def copy_into(dst: torch.Tensor, src: torch.Tensor) -> None:
-    """dst[...] = src; on the CPU through numpy, which copies small uint8 blocks several
+def copy_into(dst: Tiles, src: Tiles) -> None:
+    """dst[...] = src; host to host through numpy, which copies small uint8 blocks several
     times faster than torch's parallel copy."""
-    if dst.device.type == "cpu" and src.device.type == "cpu":
-        dst.numpy()[...] = src.numpy()
+    if isinstance(dst, np.ndarray):
+        dst[...] = np.asarray(src)  # host tiles: numpy, or a CPU tensor (the device path's)
+    elif dst.device.type == "cpu":  # a pinned host buffer
+        dst.numpy()[...] = np.asarray(src)
     else:
+        assert not isinstance(src, np.ndarray), "host tiles reach a device through pinned memory"
         dst.copy_(src)
 
 
@@ -56,25 +65,31 @@ class ChunkTiles:
     index in the run's specs, and what gives their memory back once they are copied."""
 
     index: int
-    tiles: torch.Tensor
+    tiles: Tiles
     release: Callable[[], None] | None = None
 
 
 class Stager:
     """Copies chunks' tiles, as they come, into batches of `batch` tiles for the compute
     threads. Host tiles for a CUDA model go through two reused pinned buffers, copied to the
-    device on a side stream where each batch's `ready` event is recorded; elsewhere a batch
-    is a new tensor where the tiles are."""
+    device on a side stream where each batch's `ready` event is recorded; tiles on the device
+    are batched there; for a CPU model a batch is a new numpy array."""
 
-    def __init__(self, batch: int, tile: int, source: torch.device, device: torch.device) -> None:
-        """`source`: where the chunks' tiles are; `device`: the model's."""
-        self._batch, self._shape, self._device = batch, (batch, tile, tile, 3), device
-        self._side = torch.cuda.Stream(device) if device.type == "cuda" else None
+    def __init__(self, batch: int, tile: int, source: str, device: str) -> None:
+        """`source`: where the chunks' tiles are, `device`: the model's ("cpu", "cuda:0")."""
+        self._batch, self._shape = batch, (batch, tile, tile, 3)
+        self._side: Any = None  # the CUDA copies' stream
         self._pinned: queue.Queue[torch.Tensor] | None = None
-        if self._side is not None and source.type == "cpu":
-            self._pinned = queue.Queue()
-            for _ in range(2):
-                self._pinned.put(torch.empty(self._shape, dtype=torch.uint8, pin_memory=True))
+        self._device: Any = None  # the model's torch.device, a CUDA model's only
+        if device != "cpu":
+            import torch  # a CUDA model: torch is loaded
+
+            self._device = torch.device(device)
+            self._side = torch.cuda.Stream(self._device)
+            if source == "cpu":
+                self._pinned = queue.Queue()
+                for _ in range(2):
+                    self._pinned.put(torch.empty(self._shape, dtype=torch.uint8, pin_memory=True))
 
     def run(
         self,
@@ -84,9 +99,9 @@ class Stager:
     ) -> None:
         """Thread body: every chunk's tiles on `staged`, batched, then None; errors (those of
         `chunks` too) go to `errors`."""
-        buffer: torch.Tensor | None = None
+        buffer: Tiles | None = None
         segments: list[Segment] = []
-        side = torch.cuda.stream(self._side) if self._side is not None else contextlib.nullcontext()
+        side = contextlib.nullcontext() if self._side is None else _on_stream(self._side)
         try:
             with side:
                 at = 0  # tiles in `buffer`
@@ -94,7 +109,7 @@ class Stager:
                     done, n = 0, len(chunk.tiles)
                     while done < n:
                         if buffer is None:
-                            buffer = self._buffer(chunk.tiles.device, errors)
+                            buffer = self._buffer(errors)
                         count = min(self._batch - at, n - done)
                         copy_into(buffer[at : at + count], chunk.tiles[done : done + count])
                         segments.append((chunk.index, done, count))
@@ -110,23 +125,40 @@ class Stager:
         except BaseException as exc:  # Stopped included: report ignores it
             errors.report(exc)
 
-    def _buffer(self, where: torch.device, errors: FirstError) -> torch.Tensor:
+    def _buffer(self, errors: FirstError) -> Tiles:
+        """Where the next batch is assembled: a pinned host buffer for a CUDA model's host
+        tiles, the model's device for its device tiles, else host memory."""
         if self._pinned is not None:
             return errors.get(self._pinned)
-        return torch.empty(self._shape, dtype=torch.uint8, device=where)
+        if self._device is not None:
+            import torch
 
-    def _staged(self, buffer: torch.Tensor, n: int, segments: list[Segment]) -> StagedBatch:
-        """The batch's first `n` tiles for a compute thread (CUDA: its copy to the device
-        started on the side stream)."""
+            return torch.empty(self._shape, dtype=torch.uint8, device=self._device)
+        return np.empty(self._shape, np.uint8)
+
+    def _staged(self, buffer: Tiles, n: int, segments: list[Segment]) -> StagedBatch:
+        """The batch, its tiles after the first `n` zeroed, for a compute thread (CUDA: its
+        copy to the device started on the side stream)."""
+        buffer[n:] = 0
         if self._side is None:
-            return StagedBatch(buffer[:n], segments, None)
-        tiles, release = buffer[:n], None
+            return StagedBatch(buffer, n, segments, None)
+        import torch
+
+        assert not isinstance(buffer, np.ndarray), "a CUDA model's batches are torch's"
+        tiles, release = buffer, None
         if self._pinned is not None:
-            tiles = tiles.to(self._device, non_blocking=True)
+            tiles = buffer.to(self._device, non_blocking=True)
             release = functools.partial(self._pinned.put, buffer)
         ready = torch.cuda.Event()
         ready.record(self._side)
-        return StagedBatch(tiles, segments, ready, release)
+        return StagedBatch(tiles, n, segments, ready, release)
+
+
+def _on_stream(stream: Any) -> Any:
+    """torch's context running the calling thread's CUDA work on `stream`."""
+    import torch
+
+    return torch.cuda.stream(stream)
 
 
 def tile_geometry(grid: TileGrid, gate: bool) -> Geometry:
@@ -146,18 +178,13 @@ class ComputeStage:
         errors: FirstError,
         stats: EngineStats,
         computes: int,
-        cpu: bool,
-        cores: int | None = None,
     ) -> None:
-        """`computes`, `lock` (None: no lock) and `cores` (None: torch's count) as the run's
-        plan decided them; `cpu`: each compute thread takes its share of the cores."""
+        """`computes` and `lock` (None: no lock) as the run's plan decided them; `executor`
+        runs on each compute thread's share of the cores (`compute_threads_cores`)."""
         self._executor, self._lock = executor, lock
         self._batch = batch
         self._errors, self._stats = errors, stats
         self.computes = max(1, computes)
-        # a new thread starts with OpenMP's default, not the caller's: each sets its own
-        cores = min(cores or torch.get_num_threads(), torch.get_num_threads())
-        self._threads = max(1, cores // self.computes) if cpu else 0
         self._running = self.computes
         self._count_lock = threading.Lock()
         self._stats_lock = threading.Lock()
@@ -169,8 +196,6 @@ class ComputeStage:
         end marker, which it passes on to the next compute thread; the last one to end
         tells the writer (None)."""
         try:
-            if self._threads:
-                torch.set_num_threads(self._threads)
             while (batch := self._errors.get(staged)) is not None:
                 self._errors.put(out, self._forward(batch))
             self._errors.put(staged, None)  # the other compute threads end too
@@ -183,21 +208,21 @@ class ComputeStage:
             self._errors.report(exc)
 
     def _forward(self, batch: StagedBatch) -> TileBatch:
-        tiles = batch.tiles
+        tiles, n = batch.tiles, batch.count
         if batch.ready is not None:  # the copy ran on a side stream: order it before compute
+            import torch  # a CUDA model's batch
+
+            assert not isinstance(tiles, np.ndarray), "a CUDA model's batches are torch's"
             stream = torch.cuda.current_stream(tiles.device)
             stream.wait_event(batch.ready)
             tiles.record_stream(stream)
         if not self._stats.first_batch_at:
             self._stats.first_batch_at = time.perf_counter()
-        # Every forward pass has exactly `batch` tiles (a short batch padded with zero tiles
-        # whose outputs are dropped): oneDNN and cuDNN pick kernels and accumulation orders by
+        # Every forward pass has exactly `batch` tiles (the stager zero-fills a short batch;
+        # the padding's outputs are dropped): oneDNN and cuDNN pick kernels and accumulation orders by
         # the input's shape, so the same tile in batches of 3 and 16 may differ by an ulp, and
         # a slide would give other bytes from run to run. At one shape the kernels are the
         # same, and the models we ship compute each sample alone (test_fixed_batch.py).
-        n = len(tiles)
-        if n < self._batch:
-            tiles = torch.cat([tiles, tiles.new_zeros((self._batch - n, *tiles.shape[1:]))])
         with self._lock if self._lock is not None else contextlib.nullcontext():
             out = self._executor.run(tiles)
         if batch.release is not None:  # the forward pass is done with the source's buffer
@@ -207,4 +232,10 @@ class ComputeStage:
             self._stats.chunks_per_batch.append(len({index for index, _, _ in batch.segments}))
             self._stats.tiles += n
             self._stats.bytes_from_model += per_tile * n
-        return TileBatch(batch.segments, out.probs[:n].numpy(), out.labels[:n].numpy(), per_tile)
+        return TileBatch(batch.segments, out.probs[:n], out.labels[:n], per_tile)
+
+
+def compute_threads_cores(cores: int, computes: int) -> int:
+    """The CPU cores each of `computes` compute threads runs its forward passes on: its share
+    of the `cores` the run's plan gives the engine."""
+    return max(1, cores // max(1, computes))

@@ -83,12 +83,13 @@ def run_engine(
     computes: int = 1,
     locked: bool = True,
     polygon_processes: int = 0,
-    cores: int | None = None,
+    *,
+    cores: int,
 ) -> list[ChunkOutcome]:
     """Run every chunk through the engine, tiles read by `source` (adopted: closed whatever
     happens); outcomes in `specs` order. `writers`, `computes`, `locked`,
-    `polygon_processes`, `cores` (torch's threads at most; None: the caller's count): the
-    plan's (`run_plan`). `stats` (optional) receives what the run did. Cancelling `cancel`
+    `polygon_processes`, `cores` (what the compute threads share on the CPU): the plan's
+    (`run_plan`). `stats` (optional) receives what the run did. Cancelling `cancel`
     stops the parts and raises its reason."""
     stats = stats if stats is not None else EngineStats()
     specs = list(specs)
@@ -96,23 +97,28 @@ def run_engine(
     try:
         if not specs:
             return []
-        from wsi_segment.pipeline.inference.compute_stage import ComputeStage, tile_geometry
+        from wsi_segment.pipeline.inference.compute_stage import (
+            ComputeStage,
+            compute_threads_cores,
+            tile_geometry,
+        )
 
         loaded = job.model.get()
         batch = loaded.batch_size(job.grid.tile, job.batch_size)
-        executor = loaded.executor(tile_geometry(job.grid, job.gate), batch)
+        share = compute_threads_cores(cores, computes) if loaded.device == "cpu" else None
+        executor = loaded.executor(tile_geometry(job.grid, job.gate), batch, share)
         cancel.check()  # asked while the model loaded: no part starts
         errors = FirstError()
-        cpu = loaded.device.type == "cpu"
         lock = loaded.lock if locked else None  # one forward pass at a time per model
-        stage = ComputeStage(executor, lock, batch, errors, stats, computes, cpu, cores)
+        stage = ComputeStage(executor, lock, batch, errors, stats, computes)
         stats.decoders, stats.batch_size, stats.writers = source.processes, batch, writers
         stats.computes = stage.computes
         if polygon_processes:
             tracers = PolygonProcesses(polygon_processes)
         polygons = tracers.block_polygons if tracers is not None else None
         writer = UnitWriter(job, specs, progress or NullProgress(), writers, polygons)
-        _run_parts(job, specs, source, batch, stage, writer, errors, stats, cancel, cores)
+        with torch_threads_kept(loaded.runtime.network is not None):
+            _run_parts(job, specs, source, batch, stage, writer, errors, stats, cancel)
         del stage
         if errors.error is not None:
             # The frames of the parts are done: drop their locals so nothing outlives the
@@ -140,7 +146,7 @@ def run_plan(
     """`run_engine` with the sizes `plan` decided: what a local run and a Dask band call."""
     sizes = plan.writers.value, plan.compute_threads.value, plan.model_lock.value
     tracers, cores = plan.polygon_processes.value, plan.cores.value
-    return run_engine(job, specs, source, progress, stats, cancel, *sizes, tracers, cores)
+    return run_engine(job, specs, source, progress, stats, cancel, *sizes, tracers, cores=cores)
 
 
 def _run_parts(
@@ -153,47 +159,46 @@ def _run_parts(
     errors: FirstError,
     stats: EngineStats,
     cancel: CancelToken,
-    cores: int | None,
 ) -> None:
     """Start the source's parts, the compute threads and the writer; watch them until every
     thread has ended. Errors (an interrupt included) go to `errors`: it returns rather than
     raises, so the queues go with this frame, not with a traceback."""
     threads: list[WaitableThread] = []
-    with torch_threads(cores):
-        try:
-            staged: queue.Queue[StagedBatch | None] = queue.Queue(maxsize=1)
-            written: queue.Queue[TileBatch | None] = queue.Queue(maxsize=4)
-            bodies = source.parts(SourceRun(job, specs, batch, staged, errors, stats))
-            bodies += [(stage.compute, (staged, written))] * stage.computes
-            bodies.append((writer.run, (written, errors)))
-            start_parts(bodies, threads)
-            del bodies
-            for thread in threads:  # short waits, so a cancellation is seen at once
-                while not thread.wait(POLL_S):
-                    if cancel.cancelled and not errors.stopped:
-                        errors.report(cancel.stop())
-        except BaseException as exc:  # an interrupt too: cleaned up here, re-raised above
-            errors.report(exc)
-        finally:
-            if errors.error is not None or not all(t.ended for t in threads):
+    try:
+        staged: queue.Queue[StagedBatch | None] = queue.Queue(maxsize=1)
+        written: queue.Queue[TileBatch | None] = queue.Queue(maxsize=4)
+        bodies = source.parts(SourceRun(job, specs, batch, staged, errors, stats))
+        bodies += [(stage.compute, (staged, written))] * stage.computes
+        bodies.append((writer.run, (written, errors)))
+        start_parts(bodies, threads)
+        del bodies
+        for thread in threads:  # short waits, so a cancellation is seen at once
+            while not thread.wait(POLL_S):
+                if cancel.cancelled and not errors.stopped:
+                    errors.report(cancel.stop())
+    except BaseException as exc:  # an interrupt too: cleaned up here, re-raised above
+        errors.report(exc)
+    finally:
+        if errors.error is not None or not all(t.ended for t in threads):
+            errors.stop()
+        for thread in threads:
+            stop = wait_uninterrupted(thread.wait)
+            if stop is not None:  # stopped from outside while its parts ended
+                errors.report(stop)
                 errors.stop()
-            for thread in threads:
-                stop = wait_uninterrupted(thread.wait)
-                if stop is not None:  # stopped from outside while its parts ended
-                    errors.report(stop)
-                    errors.stop()
 
 
 @contextlib.contextmanager
-def torch_threads(cap: int | None = None) -> Iterator[None]:
-    """At most `cap` torch threads in the block (None: the caller's count; the bands of a
-    machine share its cores), the caller's own count given back after: compute threads set
-    their own, and the count may be process-wide rather than per thread."""
+def torch_threads_kept(torch_runs: bool) -> Iterator[None]:
+    """The caller's torch thread count given back after the block where torch runs the model
+    (`torch_runs`): its compute threads set their own share, and with some builds the count is
+    process-wide. An OpenVINO run never imports torch."""
+    if not torch_runs:
+        yield
+        return
     import torch
 
     before = torch.get_num_threads()
-    if cap is not None:
-        torch.set_num_threads(max(1, min(before, cap)))
     try:
         yield
     finally:

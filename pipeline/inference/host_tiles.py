@@ -1,8 +1,8 @@
 """Chunks' tiles read on the CPU with the slide library, ahead of the engine, in one thread.
 
 The reads of the reader-thread source (`read_sources.ReaderThread`) for any slide. A
-local run starts them as soon as its chunks are planned, so they go on while torch imports
-and the model loads; hence nothing here imports torch at import time.
+local run starts them as soon as its chunks are planned, so they go on while the model
+loads. Its tiles are numpy arrays: nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -20,9 +19,6 @@ from wsi_segment.pipeline.inference.tile_reader import TileReader
 from wsi_segment.pipeline.threads import WaitableThread
 from wsi_segment.wsi.tile_reuse import TileReuse
 from wsi_segment.wsi.tiling import ChunkSpec
-
-if TYPE_CHECKING:
-    import torch
 
 
 class HostTiles:
@@ -42,11 +38,7 @@ class HostTiles:
         self.tile_reuse: TileReuse | None = None  # planned by the thread, first thing
         self.read_s = 0.0  # the thread's CPU seconds (summary.json)
 
-    @property
-    def device(self) -> torch.device:
-        import torch  # loaded by then: the engine runs
-
-        return torch.device("cpu")
+    device = "cpu"  # where its tiles are
 
     def start(self, specs: Sequence[ChunkSpec]) -> None:
         """Read the chunks of `specs` that have tiles, in order, sharing decoded storage
@@ -85,7 +77,7 @@ class HostTiles:
             self._bytes += read.nbytes if isinstance(read, np.ndarray) else 0
             self._cond.notify_all()
 
-    def read_chunk(self, spec: ChunkSpec) -> torch.Tensor:
+    def read_chunk(self, spec: ChunkSpec) -> np.ndarray:
         """The next chunk's tiles (the engine asks in plan order), or its read's error."""
         with self._cond:
             while not self._read:
@@ -102,9 +94,7 @@ class HostTiles:
             self._read.popleft()
             self._bytes -= read.nbytes
             self._cond.notify_all()
-        import torch  # loaded by then: the engine runs
-
-        return torch.from_numpy(read)
+        return read
 
     def close(self) -> None:
         """Stop reading (after the current read) and drop what was not taken."""

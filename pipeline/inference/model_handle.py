@@ -17,13 +17,10 @@ from typing import TYPE_CHECKING, Any
 from wsi_segment.errors import ModelError
 
 if TYPE_CHECKING:  # loaded on first use: importing torch is most of a small run's start
-    import torch
-
     from wsi_segment.models.model_files import ModelSource
-    from wsi_segment.models.runtimes.executor import Executor
-    from wsi_segment.models.runtimes.graph import Geometry
     from wsi_segment.models.runtimes.select import OpenedRuntime
     from wsi_segment.models.runtimes.spec import RuntimeSpec
+    from wsi_segment.models.runtimes.tile_io import Executor, Geometry
 
 
 @dataclass(frozen=True)
@@ -36,26 +33,28 @@ class LoadedModel:
     lock: threading.Lock = field(default_factory=threading.Lock)
     # (tile, requested) -> batch a CUDA device's memory holds, probed once per process
     batch_caps: dict[tuple[int, int], int] = field(default_factory=dict, compare=False)
-    # (geometry, batch) -> executor, built once per process: a CUDA graph is captured once
-    # and its memory kept, not once per slide of a batch
-    executors: dict[tuple[Geometry, int], Executor] = field(default_factory=dict, compare=False)
+    # (geometry, batch, thread cores) -> executor, built once per process: a CUDA graph is
+    # captured once and its memory kept, not once per slide of a batch
+    executors: dict[tuple[Geometry, int, int | None], Executor] = field(
+        default_factory=dict, compare=False
+    )
 
-    def executor(self, geometry: Geometry, batch: int) -> Executor:
+    def executor(self, geometry: Geometry, batch: int, thread_cores: int | None) -> Executor:
         """The model's tile graph at `geometry` for batches of `batch` tiles, in the opened
-        runtime (one per process and key; its forward passes follow the model's lock)."""
+        runtime, for threads with `thread_cores` CPU cores each (None: a GPU's; one per
+        process and key; its forward passes follow the model's lock)."""
         with self.lock:
-            key = (geometry, batch)
+            key = (geometry, batch, thread_cores)
             if key not in self.executors:
-                self.executors[key] = self.runtime.executor(geometry, batch)
+                self.executors[key] = self.runtime.executor(geometry, batch, thread_cores)
             return self.executors[key]
 
     @property
-    def device(self) -> torch.device:
-        """Where the forward passes run: torch's network's device, or the CPU (OpenVINO)."""
-        import torch
-
+    def device(self) -> str:
+        """Where the forward passes run: torch's network's device ("cuda:0"), or "cpu"
+        (OpenVINO's, without importing torch)."""
         network = self.runtime.network
-        return network.device if network is not None else torch.device("cpu")
+        return str(network.device) if network is not None else "cpu"
 
     def batch_size(self, tile: int, requested: int) -> int:
         """`requested`; on CUDA capped to what the device's free memory holds (one probe
@@ -64,7 +63,7 @@ class LoadedModel:
         if network is None or network.device.type != "cuda":
             return requested
         from wsi_segment.models.runtimes.executor import TorchExecutor, gpu_batch_cap
-        from wsi_segment.models.runtimes.graph import Geometry
+        from wsi_segment.models.runtimes.tile_io import Geometry
 
         key = (tile, requested)
         with self.lock:

@@ -52,10 +52,11 @@ class ReaderThread:
         self.reads = reads
 
     def parts(self, run: SourceRun) -> list[Part]:
-        from wsi_segment.pipeline.inference.compute_stage import Stager  # torch: the engine runs
+        from wsi_segment.pipeline.inference.compute_stage import Stager
 
         self.reads.start(run.specs)
-        stager = Stager(run.batch, run.job.grid.tile, self.reads.device, self.reads.device)
+        where = str(self.reads.device)
+        stager = Stager(run.batch, run.job.grid.tile, where, where)
         chunks = self._chunks(run.specs, run.errors, run.stats)
         return [(stager.run, (chunks, run.staged, run.errors))]
 
@@ -88,8 +89,6 @@ class DecoderProcesses:
         self._pool = pool
 
     def parts(self, run: SourceRun) -> list[Part]:
-        import torch  # loaded by then: the engine runs
-
         from wsi_segment.pipeline.inference.compute_stage import Stager
 
         job, pool = run.job, self._pool
@@ -103,8 +102,7 @@ class DecoderProcesses:
             pool = self._pool = DecodePool(self.processes, job.reader, run.specs)
         assert pool.ring is not None
         run.stats.slots = pool.ring.slots
-        device = job.model.get().device
-        stager = Stager(run.batch, job.grid.tile, torch.device("cpu"), device)
+        stager = Stager(run.batch, job.grid.tile, "cpu", job.model.get().device)
         chunks = _decoded(job.slide_path, pool, run.errors, run.stats)
         return [(stager.run, (chunks, run.staged, run.errors))]
 
@@ -119,8 +117,6 @@ def _decoded(
     """The chunks the decoders report, in their slots, until every decoder finished; each
     slot goes back to them once its tiles are copied. A decoder's error, or one that died
     without a word (killed for memory, a crash in a codec), stops the run."""
-    import torch
-
     from wsi_segment.pipeline.inference.compute_stage import ChunkTiles
 
     assert pool.ring is not None
@@ -140,7 +136,7 @@ def _decoded(
             continue
         if isinstance(msg, Decoded):
             stats.chunk_arrived()
-            tiles = torch.from_numpy(ring.view(msg.slot, msg.tiles))
+            tiles = ring.view(msg.slot, msg.tiles)
             yield ChunkTiles(msg.index, tiles, functools.partial(pool.release, msg.slot))
         elif isinstance(msg, Finished):
             finished.add(msg.decoder)
@@ -163,9 +159,11 @@ def plan_source(
     source: ReadSource
     decoder = plan.device_decoder
     if decoder is not None and tiles is not None:
-        from wsi_segment.pipeline.inference.device_tiles import DeviceTiles  # torch: loaded
+        import torch  # a CUDA model's: loaded
 
-        device = model.get().device
+        from wsi_segment.pipeline.inference.device_tiles import DeviceTiles
+
+        device = torch.device(model.get().device)
         source = ReaderThread(DeviceTiles(reader, tiles, device, decoder))
     elif plan.decoders.value:
         source, pool = DecoderProcesses(plan.decoders.value, pool), None

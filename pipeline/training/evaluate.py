@@ -28,7 +28,7 @@ from wsi_segment.models.classifier import PatchClassifier
 from wsi_segment.models.pseudo_masks import pseudo_masks
 from wsi_segment.models.reduction import tile_labels
 from wsi_segment.models.runtimes.executor import TorchExecutor
-from wsi_segment.models.runtimes.graph import Geometry
+from wsi_segment.models.runtimes.tile_io import Geometry
 from wsi_segment.models.segmentation_model import SegmentationModel
 from wsi_segment.pipeline.training.datasets import WsssDataset, load_batch, open_dataset
 from wsi_segment.pipeline.training.metrics import ConfusionMatrix
@@ -128,8 +128,8 @@ def segmentation_predictor(
         executor = TorchExecutor(model, Geometry.whole(w, gate), "fp32")
         out = executor.run(images.permute(0, 2, 3, 1))
         if check is not None:
-            check.update(out.cls_probs, gt)
-        return [out.labels]
+            check.update(torch.from_numpy(out.cls_probs), gt)
+        return [torch.from_numpy(out.labels)]
 
     return predict
 

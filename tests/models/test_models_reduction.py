@@ -29,7 +29,7 @@ from wsi_segment.models.reduction import (
     tile_labels,
 )
 from wsi_segment.models.runtimes.executor import CudaGraphExecutor, TorchExecutor
-from wsi_segment.models.runtimes.graph import Geometry
+from wsi_segment.models.runtimes.tile_io import Geometry
 from wsi_segment.models.segmentation_model import SegmentationModel
 from wsi_segment.models.segmenter import build_segmenter
 
@@ -70,15 +70,15 @@ def _reference(model: SegmentationModel, tiles: torch.Tensor, gate: bool = True,
 
 
 def _assert_matches_reference(got, pooled, u8, ref_labels, cls, max_level: int = 1) -> None:
-    probs = got.probs.numpy()
-    labels = got.labels.numpy()
+    probs = got.probs
+    labels = got.labels
     assert probs.dtype == labels.dtype == np.uint8
     assert probs.shape == u8.shape and labels.shape == ref_labels.shape
     diff = np.abs(probs.astype(int) - u8.astype(int))
     # identical except where float sums in another order may round a half level apart
     assert diff.max() <= max_level
     assert not diff[~near_rounding_boundary(pooled)].any()
-    np.testing.assert_array_equal(got.cls_probs.numpy(), cls)
+    np.testing.assert_array_equal(got.cls_probs, cls)
     # labels before quantisation: the same class wherever the uint8 values had one clear
     # maximum; where they tie (or all round to 0), the class with the larger float value
     clear = unique_positive_max(u8)
@@ -144,11 +144,11 @@ def test_gate_removing_the_sure_class_leaves_the_best_remaining_class() -> None:
     tiles = _tiles(2)
     got = run_tiles(model, tiles, MARGIN, CORE, D)
     _pooled, u8, ref_labels, _ = _reference(model, tiles)
-    assert (u8 == 0).all() and (got.probs.numpy() == 0).all()  # every kept class rounds to 0
+    assert (u8 == 0).all() and (got.probs == 0).all()  # every kept class rounds to 0
     assert (ref_labels == NODATA).all()  # the old path: a hole where the gate acted
     cols = MARGIN + D * np.arange(CORE // D) + (D - 1) / 2  # output pixel centres
     want = np.where(cols > 15.5, 1, 2).astype(np.uint8)
-    np.testing.assert_array_equal(got.labels.numpy(), np.broadcast_to(want, (2, 6, 6)))
+    np.testing.assert_array_equal(got.labels, np.broadcast_to(want, (2, 6, 6)))
 
 
 def test_labels_when_kept_classes_underflow_or_every_class_is_gated() -> None:
@@ -156,16 +156,16 @@ def test_labels_when_kept_classes_underflow_or_every_class_is_gated() -> None:
     # class 0 leaves all zeros, and the label is the kept class with the highest mean logit
     model = _fixed([200.0, 0.0, 1.0, -1.0], [-10.0, 10.0, 10.0, 10.0])
     got = run_tiles(model, _tiles(1), MARGIN, CORE, D)
-    assert (got.probs.numpy() == 0).all() and (got.labels.numpy() == 2).all()
+    assert (got.probs == 0).all() and (got.labels == 2).all()
     # the classifier rules every class out: no class can be claimed, the tissue is
     # Unclassified (254), never "not analysed" (255)
     model = _fixed([10.0, 1.0, 1.0, -5.0], [-10.0, -10.0, -10.0, -10.0])
     got = run_tiles(model, _tiles(1), MARGIN, CORE, D)
     assert UNCLASSIFIED == 254
-    assert (got.probs.numpy() == 0).all() and (got.labels.numpy() == UNCLASSIFIED).all()
+    assert (got.probs == 0).all() and (got.labels == UNCLASSIFIED).all()
     # without the gate the same tile has a class
     got = run_tiles(model, _tiles(1), MARGIN, CORE, D, gate=False)
-    assert (got.labels.numpy() == 0).all()
+    assert (got.labels == 0).all()
 
 
 def test_label_rule_exact_on_small_tensors() -> None:
@@ -203,7 +203,7 @@ def test_tile_labels_equal_the_tile_graph_of_whole_tiles() -> None:
         x = model.preprocess(tiles)
         with torch.no_grad():
             got = tile_labels(model.segmenter(x), model.classifier(x), eps)
-        assert torch.equal(got, want)
+        np.testing.assert_array_equal(got.numpy(), want)
     assert (want == UNCLASSIFIED).all()  # epsilon 0.9999 gates every class of every tile
 
 

@@ -20,10 +20,10 @@ from wsi_segment.models.cpu import cpu_flags
 from wsi_segment.models.meta import ModelMeta
 from wsi_segment.models.precision_calibration import calibration_tiles
 from wsi_segment.models.runtimes.executor import TorchExecutor
-from wsi_segment.models.runtimes.graph import Geometry
-from wsi_segment.models.runtimes.openvino_runtime import OpenVINOGraphs
+from wsi_segment.models.runtimes.openvino_runtime import OpenVINOExecutor, OpenVINOGraphs
 from wsi_segment.models.runtimes.select import open_runtime
 from wsi_segment.models.runtimes.spec import RuntimeSpec
+from wsi_segment.models.runtimes.tile_io import Geometry
 from wsi_segment.models.segmentation_model import SegmentationModel
 from wsi_segment.models.segmenter import build_segmenter
 
@@ -62,13 +62,13 @@ def _tiny(seed: int = 0) -> SegmentationModel:
     return SegmentationModel(_Classifier(), seg, META).to_device("cpu")
 
 
-def real_tiles() -> torch.Tensor:
+def real_tiles() -> np.ndarray:
     """The 18 LUAD-HistoSeg sample patches and the 6 CMU-1 calibration tiles, (24, 3, T, T)."""
     paths = sorted(LUAD.glob("train/*.png")) + sorted(LUAD.glob("*/img/*.png"))
     luad = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
     assert len(luad) == 18
-    x = torch.from_numpy(np.stack(luad)).permute(0, 3, 1, 2)
-    return torch.cat([x, calibration_tiles(TILE)]).contiguous()
+    x = np.stack(luad).transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(np.concatenate([x, calibration_tiles(TILE)]))
 
 
 GEOMETRY = Geometry(TILE, 16, 192, 4)  # the slide path's, at the default overlap and d
@@ -91,12 +91,14 @@ def ov_spec(
     )
 
 
-def run(model: SegmentationModel | OpenVINOGraphs, x: torch.Tensor, geometry=GEOMETRY):
+def run(
+    model: SegmentationModel | OpenVINOGraphs, x: np.ndarray, geometry=GEOMETRY, thread_cores=None
+):
     """The tile graph at `geometry` of uint8 tiles (N, 3, T, T): in torch fp32 for a model,
-    compiled for OpenVINO's graphs."""
-    nhwc = x.permute(0, 2, 3, 1)
+    compiled for OpenVINO's graphs (for a thread with `thread_cores` of the cores)."""
+    nhwc = np.transpose(np.asarray(x), (0, 2, 3, 1))
     if isinstance(model, OpenVINOGraphs):
-        return model.run(nhwc, geometry)
+        return OpenVINOExecutor(model, geometry, thread_cores).run(nhwc)
     return TorchExecutor(model, geometry, "fp32").run(nhwc)
 
 
@@ -129,9 +131,11 @@ def with_tiny_graph(cache: Path, name: str) -> Path:
     return folder
 
 
-def _outputs(model: SegmentationModel | OpenVINOGraphs, x: torch.Tensor) -> list[np.ndarray]:
-    out = run(model, x)
-    return [out.probs.numpy(), out.labels.numpy(), out.cls_probs.numpy()]
+def _outputs(
+    model: SegmentationModel | OpenVINOGraphs, x: np.ndarray, thread_cores: int | None = None
+) -> list[np.ndarray]:
+    out = run(model, x, thread_cores=thread_cores)
+    return [out.probs, out.labels, out.cls_probs]
 
 
 def test_fp32_gives_torchs_labels_and_probabilities_on_real_tiles(cache: Path) -> None:
@@ -142,10 +146,10 @@ def test_fp32_gives_torchs_labels_and_probabilities_on_real_tiles(cache: Path) -
     x = real_tiles()
     ref = run(model, x)
     got = run(graphs, x)
-    assert torch.equal(got.labels, ref.labels)
-    assert torch.equal(got.probs, ref.probs)
-    assert got.probs.dtype == torch.uint8 and got.labels.dtype == torch.uint8
-    assert torch.allclose(got.cls_probs, ref.cls_probs, atol=1e-5, rtol=0)
+    np.testing.assert_array_equal(got.labels, ref.labels)
+    np.testing.assert_array_equal(got.probs, ref.probs)
+    assert got.probs.dtype == np.uint8 and got.labels.dtype == np.uint8
+    np.testing.assert_allclose(got.cls_probs, ref.cls_probs, atol=1e-5, rtol=0)
     assert graphs.builds == 1
 
 
@@ -215,21 +219,15 @@ def test_compute_threads_run_side_by_side_in_streams_of_their_share(cache: Path)
     graphs = OpenVINOGraphs(_tiny(), "fp32", 2, cpu_flags(), with_tiny_graph(cache, "streams"))
     shared: list[list[np.ndarray]] = []
 
-    def one_core() -> None:
-        torch.set_num_threads(1)  # what a compute thread of two on two cores sets
-        shared.append(_outputs(graphs, x))
+    def one_core() -> None:  # a compute thread of two on two cores
+        shared.append(_outputs(graphs, x, thread_cores=1))
 
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
-        whole = _outputs(graphs, x)
-        threads = [threading.Thread(target=one_core) for _ in range(2)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    finally:
-        torch.set_num_threads(before)
+    whole = _outputs(graphs, x, thread_cores=2)
+    threads = [threading.Thread(target=one_core) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
     streams = sorted(int(c.get_property("NUM_STREAMS")) for c in graphs.compiled())
     assert streams == [1, 2]
     assert all(not c.get_property("ENABLE_CPU_PINNING") for c in graphs.compiled())
@@ -244,7 +242,7 @@ from pathlib import Path
 import torch
 from tests.models.runtimes.test_openvino_runtime import TILE, _tiny
 from wsi_segment.models.cpu import cpu_flags
-from wsi_segment.models.runtimes.graph import Geometry
+from wsi_segment.models.runtimes.tile_io import Geometry
 from wsi_segment.models.runtimes.openvino_runtime import OpenVINOGraphs
 
 graphs = OpenVINOGraphs(_tiny(), "fp32", 1, cpu_flags(), Path(sys.argv[1]))
@@ -289,7 +287,7 @@ from pathlib import Path
 import torch
 from tests.models.runtimes.test_openvino_runtime import TILE, _tiny
 from wsi_segment.models.cpu import cpu_flags
-from wsi_segment.models.runtimes.graph import Geometry
+from wsi_segment.models.runtimes.tile_io import Geometry
 from wsi_segment.models.runtimes.openvino_runtime import OpenVINOGraphs
 
 x = torch.full((2, TILE, TILE, 3), 128, dtype=torch.uint8)
@@ -388,7 +386,7 @@ def test_open_runtime_opens_openvino_and_says_why(cache: Path) -> None:
     x = real_tiles()[:16]
     ref = run(_tiny(), x)
     executor = open_runtime(model, ov_spec(by_name=True), cache).executor(GEOMETRY, 16)
-    same = (executor.run(x.permute(0, 2, 3, 1)).labels == ref.labels).float().mean().item()
+    same = float(np.mean(executor.run(x.transpose(0, 2, 3, 1)).labels == ref.labels))
     assert same >= 0.99999
 
 

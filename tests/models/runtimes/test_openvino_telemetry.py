@@ -25,7 +25,7 @@ import torch
 
 from tests.models.runtimes.test_openvino_runtime import _tiny
 from wsi_segment.models.cpu import cpu_flags
-from wsi_segment.models.runtimes.graph import Geometry
+from wsi_segment.models.runtimes.tile_io import Geometry
 from wsi_segment.models.runtimes.openvino_runtime import OpenVINOGraphs
 
 graphs = OpenVINOGraphs(_tiny(), "fp32", 1, cpu_flags(), Path(sys.argv[1]))

@@ -18,6 +18,7 @@ import torch
 
 from tests.conftest import (
     CMU_SLIDE,
+    ENGINE_CORES,
     WrappedLoaded,
     corrupt_middle_tile,
     torch_handle,
@@ -133,7 +134,7 @@ def test_an_aborted_engine_stops_and_leaves_nothing_behind(
     before = shm_entries()
     source = ReaderThread(HostTiles(job.reader)) if threads else DecoderProcesses(1)
     with pytest.raises(BandAborted):
-        run_engine(job, specs, source, cancel=abort)
+        run_engine(job, specs, source, cancel=abort, cores=ENGINE_CORES)
     assert multiprocessing.active_children() == []
     assert shm_entries() <= before
 
@@ -325,6 +326,7 @@ def test_a_worker_s_openvino_graphs_take_its_bands_cores_not_its_torch_count(
     bands' shares together): each band's compute thread then runs in a stream of its own,
     where one thread gave one stream and the worker's bands took turns on it."""
     from wsi_segment.pipeline.inference.band_task import band_plan
+    from wsi_segment.pipeline.inference.compute_stage import compute_threads_cores, tile_geometry
 
     job, _specs = band_job_over(tmp_path / "z.zarr", tiny_model_dir, CMU_SLIDE, four_units)
     options = SegmentParams(device="cpu", precision="fp32", runtime="openvino", batch_size=1)
@@ -341,13 +343,7 @@ def test_a_worker_s_openvino_graphs_take_its_bands_cores_not_its_torch_count(
     assert job.model.spec.threads == policy.process_cores.value
     graphs = loaded.runtime.graphs
     assert graphs is not None and graphs.threads == policy.process_cores.value
-    streams: list[int] = []
-
-    def band_compute_thread() -> None:  # its share of the cores, as DeviceConsumer sets it
-        torch.set_num_threads(share)
-        streams.append(graphs.thread_streams())
-
-    thread = threading.Thread(target=band_compute_thread)
-    thread.start()
-    thread.join()
-    assert streams == [2 if cores >= 2 else 1]
+    # a band's compute thread: its share of the band's cores, as the engine gives it
+    thread_cores = compute_threads_cores(policy.cores.value, policy.compute_threads.value)
+    executor = loaded.executor(tile_geometry(job.grid, job.gate), 1, thread_cores)
+    assert executor.streams == graphs.threads // thread_cores >= (2 if cores >= 2 else 1)

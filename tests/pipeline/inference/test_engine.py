@@ -18,12 +18,12 @@ import pytest
 import torch
 import zarr
 
-from tests.conftest import CMU_SLIDE, corrupt_middle_tile, torch_handle
+from tests.conftest import CMU_SLIDE, ENGINE_CORES, corrupt_middle_tile, torch_handle
 from tests.engine_leaks import shm_entries
 from tests.reference_inference import units_alone
 from wsi_segment.errors import SlideError
 from wsi_segment.models.bundle import load_model
-from wsi_segment.models.reduction import ReducedOutputs
+from wsi_segment.models.runtimes.tile_io import ReducedOutputs
 from wsi_segment.pipeline.inference.decode_pool import DecodePool
 from wsi_segment.pipeline.inference.decoder_link import Decoded
 from wsi_segment.pipeline.inference.engine import ReadSource, run_engine
@@ -51,7 +51,7 @@ class TileByTile:
 
     def run(self, tiles):
         outs = [self.executor.run(tiles[i : i + 1]) for i in range(len(tiles))]
-        return ReducedOutputs(*(torch.cat([getattr(o, f) for o in outs]) for f in FIELDS))
+        return ReducedOutputs(*(np.concatenate([getattr(o, f) for o in outs]) for f in FIELDS))
 
 
 FIELDS = ("probs", "labels", "cls_probs")
@@ -236,7 +236,9 @@ def test_every_source_writes_what_each_chunk_alone_writes(tmp_path, tiny, four_u
     threads_before = threading.active_count()
     torch_threads = torch.get_num_threads()
     source = source_for(name, job, specs)
-    outcomes = run_engine(job, specs, source, stats=stats, computes=SOURCES[name])
+    outcomes = run_engine(
+        job, specs, source, stats=stats, computes=SOURCES[name], cores=ENGINE_CORES
+    )
     assert stats.tiles == sum(len(s.tiles) for s in specs)
     assert max(stats.chunks_per_batch) >= 2  # a batch held tiles of several chunks
     assert stats.decoders == (int(name[-1]) if name.startswith("decoders") else 0)
@@ -259,7 +261,7 @@ def test_a_damaged_tile_is_one_slide_error_and_leaves_nothing_behind(tmp_path, t
     before = shm_entries()
     threads_before = threading.active_count()
     with pytest.raises(SlideError) as caught:
-        run_engine(job, specs, source_for(name, job, specs), computes=2)
+        run_engine(job, specs, source_for(name, job, specs), computes=2, cores=ENGINE_CORES)
     assert threading.active_count() == threads_before
     text = str(caught.value)
     assert "cmu_damaged.svs" in text and "re-export" in text  # the file and the fix
@@ -287,7 +289,7 @@ def test_a_model_error_stops_the_source_and_nothing_writes_after(tmp_path, tiny,
     job, specs = four_units_job(tmp_path / "p.zarr", failing, four_units)
     before = shm_entries()
     with pytest.raises(RuntimeError, match="out of memory"):
-        run_engine(job, specs, source_for(name, job, specs), computes=2)
+        run_engine(job, specs, source_for(name, job, specs), computes=2, cores=ENGINE_CORES)
     assert multiprocessing.active_children() == []
     assert shm_entries() <= before
     written = sorted(p.name for p in Path(job.zarr_path).iterdir() if not p.name.startswith("."))
@@ -306,7 +308,7 @@ def test_engine_on_cuda_matches_the_cpu_within_one_level(
     model = torch_handle(load_model(tiny_model_dir), device="cuda")
     job, specs = four_units_job(tmp_path / "p.zarr", model, four_units)
     stats = EngineStats()
-    run_engine(job, specs, DecoderProcesses(2), stats=stats)
+    run_engine(job, specs, DecoderProcesses(2), stats=stats, cores=ENGINE_CORES)
     assert max(stats.chunks_per_batch) >= 2
     diff = np.abs(stored(job).astype(int) - expected.astype(int))
     assert diff.max() <= 1
@@ -337,7 +339,7 @@ def test_decoders_started_early_fill_the_ring_and_the_engine_adopts_them(
     pool = DecodePool(2, job.reader, specs)
     assert multiprocessing.connection.wait(pool.links, timeout=120)  # decoded before the run
     stats = EngineStats()
-    outcomes = run_engine(job, specs, DecoderProcesses(2, pool), stats=stats)
+    outcomes = run_engine(job, specs, DecoderProcesses(2, pool), stats=stats, cores=ENGINE_CORES)
     assert stats.early_decoders and stats.first_batch_at >= stats.first_chunk_at > 0
     (expected, expected_outcomes), _ = alone
     np.testing.assert_array_equal(stored(job), expected)
@@ -352,7 +354,7 @@ def test_a_pool_for_other_chunks_is_closed_and_replaced(tmp_path, tiny, four_uni
     before = shm_entries()
     stale = DecodePool(2, job.reader, specs[:3])
     stats = EngineStats()
-    outcomes = run_engine(job, specs, DecoderProcesses(2, stale), stats=stats)
+    outcomes = run_engine(job, specs, DecoderProcesses(2, stale), stats=stats, cores=ENGINE_CORES)
     assert not stats.early_decoders and stale.ring is None
     (expected, expected_outcomes), _ = alone
     np.testing.assert_array_equal(stored(job), expected)
@@ -408,7 +410,9 @@ def test_several_writer_threads_finish_chunks_side_by_side_and_write_the_same(
     job, specs = four_units_job(tmp_path / "p.zarr", tiny, four_units)
     job = probed(job, TwoChunksAtOnce)
     stats = EngineStats()
-    outcomes = run_engine(job, specs, DecoderProcesses(2), stats=stats, writers=3)
+    outcomes = run_engine(
+        job, specs, DecoderProcesses(2), stats=stats, writers=3, cores=ENGINE_CORES
+    )
     units = len({s.write_unit() for s in specs})  # chunks of one zarr chunk are finished together
     assert units == 4 and stats.writers == 3 and job.calls == units
     np.testing.assert_array_equal(stored(job), expected)
@@ -422,7 +426,7 @@ def test_a_writer_error_wins_and_nothing_writes_after(tmp_path, tiny, four_units
     job = probed(job, FailsOnThirdChunk)
     before = shm_entries()
     with pytest.raises(OSError, match="No space left"):
-        run_engine(job, specs, DecoderProcesses(2), writers=3)
+        run_engine(job, specs, DecoderProcesses(2), writers=3, cores=ENGINE_CORES)
     assert multiprocessing.active_children() == []
     assert shm_entries() <= before
     listing = sorted(p.name for p in Path(job.zarr_path).iterdir())
@@ -433,21 +437,23 @@ def test_a_writer_error_wins_and_nothing_writes_after(tmp_path, tiny, four_units
 
 class ThreadCounts:
     """The real model's executor, recording torch's thread count in the compute thread of
-    each forward pass into `seen`."""
+    each forward pass (as the executor set it) into `seen`."""
 
     def __init__(self, executor, seen: list[int]) -> None:
         self.executor, self.seen = executor, seen
 
     def run(self, tiles):
+        out = self.executor.run(tiles)
         self.seen.append(torch.get_num_threads())
-        return self.executor.run(tiles)
+        return out
 
 
 def test_the_compute_threads_run_on_the_plans_cores(tmp_path, tiny_model_dir):
     """A plan's `cores` (fewer than torch's own count: a cgroup's CPU quota, a band's
-    share) bound torch's threads in each compute thread; the caller's count is its own after."""
+    share; or more) set torch's threads in each compute thread, shared among them; the
+    caller's count is its own after."""
     caller = torch.get_num_threads()
-    torch.set_num_threads(2)  # the suite may run with 1 (OMP_NUM_THREADS)
+    torch.set_num_threads(2)
     try:
         seen: list[int] = []
         wrap = functools.partial(ThreadCounts, seen=seen)
@@ -456,8 +462,11 @@ def test_the_compute_threads_run_on_the_plans_cores(tmp_path, tiny_model_dir):
         run_engine(job, specs[:2], ReaderThread(HostTiles(job.reader)), cores=1)
         assert seen and set(seen) == {1}
         seen.clear()
-        run_engine(job, specs[:2], ReaderThread(HostTiles(job.reader)))
-        assert set(seen) == {2}  # no cap: torch's own count
+        run_engine(job, specs[:2], ReaderThread(HostTiles(job.reader)), cores=3)
+        assert set(seen) == {3}  # one compute thread: all of the plan's cores
+        seen.clear()
+        run_engine(job, specs[:2], ReaderThread(HostTiles(job.reader)), computes=2, cores=3)
+        assert set(seen) == {1}  # two: one core each
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(caller)

@@ -63,16 +63,18 @@ def test_the_spec_s_cuda_graphs_choose_the_executor_built_once_per_geometry_and_
     the graph executor (its capture waits for a first batch on CUDA), without it the eager
     one; a loaded model builds each (geometry, batch) once, for every slide it serves."""
     from wsi_segment.models.runtimes.executor import CudaGraphExecutor, TorchExecutor
-    from wsi_segment.models.runtimes.graph import Geometry
+    from wsi_segment.models.runtimes.tile_io import Geometry
 
     folder, geometry = str(tiny_model_dir), Geometry(64, 8, 48, 4)
     graphs = load_for_process(folder, "cpu", dataclasses.replace(torch_spec(), cuda_graphs=True))
     eager = load_for_process(folder, "cpu", torch_spec())
     assert graphs is not eager  # another recipe: another load
-    built = graphs.executor(geometry, 16)
+    built = graphs.executor(geometry, 16, None)
     assert isinstance(built, CudaGraphExecutor) and built.batch == 16
     assert graphs.runtime.report()["cuda_graphs"] is True
-    assert isinstance(eager.executor(geometry, 16), TorchExecutor)
+    on_two = eager.executor(geometry, 16, 2)
+    assert isinstance(on_two, TorchExecutor) and on_two.threads == 2
     assert eager.runtime.report()["cuda_graphs"] is False
-    assert graphs.executor(geometry, 16) is built
-    assert graphs.executor(geometry, 8) is not built
+    assert graphs.executor(geometry, 16, None) is built
+    assert graphs.executor(geometry, 8, None) is not built
+    assert eager.executor(geometry, 16, 1) is not on_two  # another share of the cores

@@ -14,7 +14,7 @@ import torch
 import zarr
 from torch import nn
 
-from tests.conftest import torch_handle
+from tests.conftest import ENGINE_CORES, torch_handle
 from tests.reference_inference import quantise
 from tests.wsi.model_box import read_model_box
 from wsi_segment.models.meta import ModelMeta
@@ -100,7 +100,9 @@ def run_job(tmp_path, slide_path, model, grid, chunk_tiles, gate=True, batch_siz
         level0_per_output=plan.level0_per_model * grid.downsample,
         model=torch_handle(model, "analytic"),
     )
-    outcomes = run_engine(job, plan.specs, ReaderThread(HostTiles(job.reader)), computes=2)
+    outcomes = run_engine(
+        job, plan.specs, ReaderThread(HostTiles(job.reader)), computes=2, cores=ENGINE_CORES
+    )
     return np.asarray(zarr.open_array(str(level0_path(store)), mode="r")[:]), plan, outcomes
 
 

@@ -17,7 +17,7 @@ from wsi_segment.models.bundle import demo_model_dir, load_model
 from wsi_segment.models.labels import UNCLASSIFIED
 from wsi_segment.models.meta import DEFAULT_EPSILON
 from wsi_segment.models.runtimes.executor import TorchExecutor
-from wsi_segment.models.runtimes.graph import Geometry
+from wsi_segment.models.runtimes.tile_io import Geometry
 from wsi_segment.models.segmentation_model import SegmentationModel
 from wsi_segment.pipeline.training.datasets import load_batch, open_dataset
 from wsi_segment.pipeline.training.evaluate import (
