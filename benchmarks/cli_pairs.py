@@ -5,8 +5,9 @@
 
 Each round runs the base tree's CLI, then this tree's (each its own `.venv` and runtime
 cache, warmed by a first run of each that is not counted), on the defaults, and prints the
-wall time, the plan's cores and compute threads, and summary.json's stage timings: a quick
-check of "not slower" where runtime.py's one end-to-end round per tree is too noisy.
+wall time, CPU time and peak RSS of the process, the plan's cores and compute threads, and
+summary.json's stage timings: a quick check of "not slower" where runtime.py's one end-to-end
+round per tree is too noisy.
 `--quota-cores N` runs every CLI inside a cgroup v1 group whose CPU quota is N cores (as
 `docker run --cpus N`; needs root and a writable /sys/fs/cgroup/cpu), removed afterwards.
 """
@@ -17,20 +18,24 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parents[1]
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+from benchmarks.measure import run_child  # noqa: E402
+
 CPU_CGROUP = Path("/sys/fs/cgroup/cpu")
 PERIOD_US = 100_000
 STAGES = ("tissue_and_plan_s", "model_load_s", "inference_s", "outputs_s")
 
 
 def one_run(tree: Path, slide: Path, out: Path, cache: Path, group: Path | None) -> dict:
-    """The CLI of `tree` on `slide` (in `group` when given): wall s, plan and timings."""
+    """The CLI of `tree` on `slide` (in `group` when given): wall s, CPU s, peak RSS MB, plan
+    and timings."""
     cli = tree / ".venv" / "bin" / "wsi-segment"
     if not cli.exists():
         sys.exit(f"error: {cli} not found: make the tree's venv first (make -C {tree} test)")
@@ -38,13 +43,15 @@ def one_run(tree: Path, slide: Path, out: Path, cache: Path, group: Path | None)
     if group is not None:  # the shell joins the group, then becomes the CLI
         command = ["sh", "-c", f'echo $$ > {group}/cgroup.procs && exec "$@"', "sh", *command]
     env = {**os.environ, "WSI_SEGMENT_CACHE_DIR": str(cache)}
-    t0 = time.perf_counter()
-    subprocess.run(command, cwd=tree, env=env, check=True, capture_output=True)
-    wall = time.perf_counter() - t0
+    run = run_child(command, env)
+    if run.returncode:
+        sys.exit(f"error: {command} exited {run.returncode}:\n{run.stderr[-2000:]}")
     summary = json.loads(next(out.glob("*/summary.json")).read_text())
     policy = summary["run_policy"]
     return {
-        "wall_s": wall,
+        "wall_s": run.wall_s,
+        "cpu_s": run.cpu_s,
+        "peak_rss_mb": run.maxrss_mb,
         "cores": policy["cores"]["value"],
         "computes": policy["compute_threads"]["value"],
         **{k: summary["timings_s"].get(k, 0.0) for k in STAGES},
@@ -84,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         if group is not None:
             group.rmdir()
     for name, runs in rows.items():
-        medians = {k: statistics.median(r[k] for r in runs) for k in ("wall_s", *STAGES)}
+        keys = ("wall_s", "cpu_s", "peak_rss_mb", *STAGES)
+        medians = {k: statistics.median(r[k] for r in runs) for k in keys}
         print(f"median {name}: " + " ".join(f"{k} {v:.2f}" for k, v in medians.items()))
     return 0
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
+import numpy as np
 
 from wsi_segment.models.bundle import load_model
 from wsi_segment.models.runtimes.select import OpenedRuntime, open_runtime
@@ -38,11 +38,17 @@ def opened(
 def reduced(
     model: SegmentationModel,
     runtime: OpenedRuntime,
-    tiles: torch.Tensor,
+    tiles: Any,
     margin: int,
     core: int,
     downsample: int,
 ) -> Any:
-    """`runtime`'s outputs of uint8 tiles (N, 3, T, T) at that geometry (gate on)."""
+    """`runtime`'s outputs of uint8 tiles (N, 3, T, T), numpy or a tensor, at that geometry
+    (gate on)."""
     geometry = Geometry(int(tiles.shape[-1]), margin, core, downsample, True)
-    return runtime.executor(geometry, len(tiles)).run(tiles.permute(0, 2, 3, 1))
+    nhwc = (
+        np.transpose(tiles, (0, 2, 3, 1))
+        if isinstance(tiles, np.ndarray)
+        else tiles.permute(0, 2, 3, 1)
+    )
+    return runtime.executor(geometry, len(tiles)).run(nhwc)

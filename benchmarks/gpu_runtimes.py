@@ -80,8 +80,8 @@ def variants(
 
     def executed(executor: Any) -> Any:
         def run(tiles: Any) -> Outputs:
-            out = executor.run(tiles)
-            return out.probs, out.labels
+            out = executor.run(tiles)  # host numpy: as tensors, like the runners' outputs
+            return torch.from_numpy(out.probs), torch.from_numpy(out.labels)
 
         return run
 

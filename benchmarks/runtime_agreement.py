@@ -114,7 +114,7 @@ def model_rows(model_dir: Path, name: str) -> list:
     t = int(ref.meta.tile_size)
     x = luad_tiles(t)
     rows = []
-    labels = {v: reduced(*mr, x, 0, t, 1).labels.numpy() for v, mr in models.items()}
+    labels = {v: reduced(*mr, x, 0, t, 1).labels for v, mr in models.items()}
     for v in VARIANTS:
         agreement, shifts = compare_labels(labels[REF], labels[v])
         rows.append((f"{name}: LUAD tiles {v[0]} {v[1]}", f"{100 * agreement:.3f} %",

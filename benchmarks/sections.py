@@ -29,6 +29,7 @@ def section_throughput(
 
     from benchmarks.executors import opened
     from wsi_segment.pipeline.inference.compute_stage import tile_geometry
+    from wsi_segment.pipeline.machine import usable_cores
 
     size = args.size or (8192 if args.quick else 12288)
     slide, writer = make_slide(
@@ -39,7 +40,6 @@ def section_throughput(
     )
     model, runtime = opened(model_dir, "auto", args.precision, args.runtime)
     p = plan_like_pipeline(slide, model.meta, args.overlap, args.chunk_tiles, 4, args.backend)
-    forward = _bare_forward(model, runtime, tile_geometry(p.grid, True), args.batch_size)
     log(f"[throughput] {p.tiles} tiles in {len(p.specs)} chunks; reading ...")
     all_tiles, read_wall, read_cpu = read_chunks(p)
     n = len(all_tiles)
@@ -47,10 +47,15 @@ def section_throughput(
     tiles = all_tiles[:: max(1, n // args.model_tiles)][: args.model_tiles]
     nb = len(tiles)
     configs = sorted({1, args.threads})
+    geometry, cores = tile_geometry(p.grid, True), usable_cores()
+    forwards = {  # k threads side by side, each on its share of the cores (as the engine)
+        k: _bare_forward(model, runtime, geometry, args.batch_size, max(1, cores // k))
+        for k in configs
+    }
     bare: dict[int, list[tuple[float, float]]] = {k: [] for k in configs}
     log(f"[throughput] bare model (before) on {nb} of the tiles ...")
     for k in configs:
-        bare[k].append(bare_model(forward, tiles, args.batch_size, streams=k))
+        bare[k].append(bare_model(forwards[k], tiles, args.batch_size, streams=k))
     extra = ["--batch-size", str(args.batch_size), "--overlap", str(args.overlap)]
     extra += ["--threads", str(args.threads), "--backend", args.backend]
     extra += ["--runtime", runtime.runtime]  # what the bare model ran in
@@ -61,7 +66,7 @@ def section_throughput(
     run, summary = run_pipeline(slide, model_dir, work / "out" / "throughput", extra)
     log("[throughput] bare model (after) ...")
     for k in reversed(configs):
-        bare[k].append(bare_model(forward, tiles, args.batch_size, streams=k))
+        bare[k].append(bare_model(forwards[k], tiles, args.batch_size, streams=k))
     tiles_run = int(summary["tiling"]["tiles"])
     assert tiles_run == n, (tiles_run, n)
     rate = {k: len(v) * nb / sum(w for w, _ in v) for k, v in bare.items()}
@@ -104,16 +109,19 @@ def section_throughput(
     return ratio
 
 
-def _bare_forward(model: Any, runtime: Any, geometry: Any, batch: int) -> Callable[[Any], Any]:
+def _bare_forward(
+    model: Any, runtime: Any, geometry: Any, batch: int, thread_cores: int
+) -> Callable[[Any], Any]:
     """The bare model's batch (uint8 (N, 3, T, T)) forward: torch's `model.predict` (full
     float maps, the reference since issue 8), or OpenVINO's executor of the slide's tile
-    graph (its only form: reduced outputs at the run's geometry)."""
+    graph (its only form: reduced outputs at the run's geometry) for a thread with
+    `thread_cores` of the cores."""
     from wsi_segment.models.runtimes.executor import TORCH_DTYPES
 
     if runtime.runtime == "torch":
         dtype = TORCH_DTYPES[runtime.precision]
         return lambda batch: model.predict(batch, gate=True, dtype=dtype)
-    executor = runtime.executor(geometry, batch)
+    executor = runtime.executor(geometry, batch, thread_cores)
     return lambda batch: executor.run(batch.permute(0, 2, 3, 1))
 
 
