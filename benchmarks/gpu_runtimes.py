@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     # the real tiles padded with zero tiles to the batch, as the engine pads a short batch
     # (one shape: no variant compiles again for them)
-    real = real_tiles(tile).permute(0, 2, 3, 1).contiguous()[: args.batch]
+    real = torch.from_numpy(real_tiles(tile)).permute(0, 2, 3, 1).contiguous()[: args.batch]
     n_real = len(real)
     real = torch.cat([real, real.new_zeros((args.batch - n_real, *real.shape[1:]))])
     real = real.to(args.device)

@@ -53,7 +53,6 @@ ISA_CAPS = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "OV_CPU_MAX_ISA")
 def real_tiles(tile: int):  # type: ignore[no-untyped-def]
     """LUAD-HistoSeg sample patches (18) + CMU-1 calibration tiles (6), uint8 (N, 3, T, T)."""
     import numpy as np
-    import torch
     from PIL import Image
 
     from wsi_segment.models.precision_calibration import calibration_tiles
@@ -61,8 +60,8 @@ def real_tiles(tile: int):  # type: ignore[no-untyped-def]
     luad = ROOT / "tests" / "data" / "luad-histoseg-sample"
     paths = sorted(luad.glob("train/*.png")) + sorted(luad.glob("*/img/*.png"))
     arrays = [np.asarray(Image.open(p).convert("RGB").resize((tile, tile))) for p in paths]
-    x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
-    return torch.cat([x, calibration_tiles(tile)]).contiguous()
+    x = np.stack(arrays).transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(np.concatenate([x, calibration_tiles(tile)]))
 
 
 def bare_reduced(executor, tiles, batch: int, streams: int) -> float:  # type: ignore[no-untyped-def]
@@ -205,7 +204,9 @@ def main(argv: list[str] | None = None) -> int:
 
         def bare_now(v: tuple[str, str]) -> float:
             """The bare model's tiles/s now, in the faster of its two layouts."""
-            walls = [bare_reduced(executors[v], beside, 16, streams) for streams in configs[v]]
+            walls = [
+                bare_reduced(executors[(v, streams)], beside, 16, streams) for streams in configs[v]
+            ]
             return len(beside) / min(walls)
 
         for r in range(args.e2e_rounds):
