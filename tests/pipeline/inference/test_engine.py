@@ -19,6 +19,7 @@ import torch
 import zarr
 
 from tests.conftest import CMU_SLIDE, ENGINE_CORES, corrupt_middle_tile, torch_handle
+from tests.engine_jobs import planned_job
 from tests.engine_leaks import shm_entries
 from tests.reference_inference import units_alone
 from wsi_segment.errors import SlideError
@@ -32,9 +33,6 @@ from wsi_segment.pipeline.inference.host_tiles import HostTiles
 from wsi_segment.pipeline.inference.model_handle import ModelHandle
 from wsi_segment.pipeline.inference.read_sources import DecoderProcesses, ReaderThread
 from wsi_segment.pipeline.inference.slide_job import SlideJob
-from wsi_segment.pipeline.inference.tile_reader import TileReader
-from wsi_segment.pipeline.outputs.label_image import create_label_image, label_level0_path
-from wsi_segment.pipeline.outputs.ome_zarr import create_probability_store, level0_path
 from wsi_segment.wsi.slide import open_slide
 from wsi_segment.wsi.tiling import ChunkSpec, TileGrid, plan_chunks
 from wsi_segment.wsi.tissue import TissueMask, detect_tissue, whole_slide
@@ -108,35 +106,10 @@ def job_over(
     meta = model.get().model.meta
     grid = TileGrid(tile=meta.tile_size, overlap=16, downsample=4)
     plan = plan_chunks(slide, mpp[0], meta.mpp, grid, chunk_tiles, tissue)
-    create_probability_store(
-        tmp,
-        list(meta.classes),
-        [tuple(c) for c in meta.colors],
-        plan.output_shape,
-        (plan.chunk_out,) * 2,
-        meta.mpp * grid.downsample,
-        plan.level0_per_model * grid.downsample,
-    )
-    create_label_image(tmp)
-    job = SlideJob(
-        reader=TileReader(
-            slide_path=str(slide_path),
-            backend=slide.backend,
-            mpp_override=None,
-            level0_per_model=plan.level0_per_model,
-            read_level=plan.read_level,
-            grid=grid,
-        ),
-        n_classes=len(meta.classes),
-        batch_size=5,
-        gate=True,
-        zarr_path=str(level0_path(tmp)),
-        labels_path=str(label_level0_path(tmp)),
-        tissue_mask=tissue.mask,
-        tissue_downsample=float(tissue.downsample),
-        level0_per_output=plan.level0_per_model * grid.downsample,
-        model=model,
-    )
+    job = planned_job(
+        slide_path, slide.backend, plan, grid, model, meta.classes,
+        store=tmp, tissue=tissue, colors=meta.colors, model_mpp=meta.mpp,
+    )  # fmt: skip
     slide.close()
     return job, plan.specs
 

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from tests.conftest import CMU_SLIDE, DATA_DIR, ENGINE_CORES, corrupt_middle_tile, torch_handle
+from tests.engine_jobs import planned_job
 from tests.engine_leaks import shm_entries
 from tests.pipeline.inference.test_device_tiles import device_reads as open_reads
 from tests.pipeline.inference.test_engine import TileByTile, assert_same_outcomes, stored
@@ -28,9 +29,6 @@ from wsi_segment.pipeline.inference.engine_state import EngineStats
 from wsi_segment.pipeline.inference.model_handle import ModelHandle
 from wsi_segment.pipeline.inference.read_sources import DecoderProcesses, ReaderThread
 from wsi_segment.pipeline.inference.slide_job import SlideJob
-from wsi_segment.pipeline.inference.tile_reader import TileReader
-from wsi_segment.pipeline.outputs.label_image import create_label_image, label_level0_path
-from wsi_segment.pipeline.outputs.ome_zarr import create_probability_store, level0_path
 from wsi_segment.wsi.slide import open_slide
 from wsi_segment.wsi.tiling import ChunkSpec, TileGrid, plan_chunks
 from wsi_segment.wsi.tissue import detect_tissue, whole_slide
@@ -55,35 +53,10 @@ def level_job(
     tissue = detect_tissue(slide) if detect else whole_slide(slide)
     plan = plan_chunks(slide, meta.mpp, meta.mpp, grid, chunk_tiles, tissue)
     assert plan.level0_per_model == 1.0
-    create_probability_store(
-        tmp,
-        list(meta.classes),
-        [tuple(c) for c in meta.colors],
-        plan.output_shape,
-        (plan.chunk_out,) * 2,
-        meta.mpp * grid.downsample,
-        float(grid.downsample),
-    )
-    create_label_image(tmp)
-    job = SlideJob(
-        reader=TileReader(
-            slide_path=str(slide_path),
-            backend=slide.backend,
-            mpp_override=meta.mpp,
-            level0_per_model=1.0,
-            read_level=plan.read_level,
-            grid=grid,
-        ),
-        n_classes=len(meta.classes),
-        batch_size=5,
-        gate=True,
-        zarr_path=str(level0_path(tmp)),
-        labels_path=str(label_level0_path(tmp)),
-        tissue_mask=tissue.mask,
-        tissue_downsample=float(tissue.downsample),
-        level0_per_output=float(grid.downsample),
-        model=model,
-    )
+    job = planned_job(
+        slide_path, slide.backend, plan, grid, model, meta.classes,
+        store=tmp, tissue=tissue, colors=meta.colors, model_mpp=meta.mpp, mpp_override=meta.mpp,
+    )  # fmt: skip
     slide.close()
     return job, plan.specs
 

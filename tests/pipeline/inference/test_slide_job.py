@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from tests.conftest import CMU_SLIDE, torch_handle
+from tests.engine_jobs import planned_job
 from tests.reference_inference import (
     chunk_alone,
     near_rounding_boundary,
@@ -16,7 +17,6 @@ from tests.reference_inference import (
 )
 from wsi_segment.models.bundle import load_model
 from wsi_segment.pipeline.inference.slide_job import SlideJob
-from wsi_segment.pipeline.inference.tile_reader import TileReader
 from wsi_segment.pipeline.outputs.chunk_summary import NODATA
 from wsi_segment.wsi.slide import open_slide
 from wsi_segment.wsi.tiling import TileGrid, plan_chunks
@@ -44,25 +44,10 @@ def _job(model, grid: TileGrid) -> tuple[SlideJob, list]:
     tissue = detect_tissue(slide)
     mpp = slide.require_mpp()[0]
     plan = plan_chunks(slide, mpp, model.meta.mpp, grid, 2, tissue)
-    job = SlideJob(
-        reader=TileReader(
-            slide_path=str(CMU_SLIDE),
-            backend="auto",
-            mpp_override=None,
-            level0_per_model=plan.level0_per_model,
-            read_level=plan.read_level,
-            grid=grid,
-        ),
-        n_classes=len(model.meta.classes),
-        batch_size=16,
-        gate=True,
-        zarr_path="unused",
-        labels_path="unused",
-        tissue_mask=tissue.mask,
-        tissue_downsample=float(tissue.downsample),
-        level0_per_output=plan.level0_per_model * grid.downsample,
-        model=torch_handle(model, "tiny"),
-    )
+    job = planned_job(
+        CMU_SLIDE, "auto", plan, grid, torch_handle(model, "tiny"), model.meta.classes,
+        store=None, tissue=tissue, batch_size=16,
+    )  # fmt: skip
     return job, plan.specs
 
 

@@ -15,6 +15,7 @@ import zarr
 from torch import nn
 
 from tests.conftest import ENGINE_CORES, torch_handle
+from tests.engine_jobs import planned_job
 from tests.reference_inference import quantise
 from tests.wsi.model_box import read_model_box
 from wsi_segment.models.meta import ModelMeta
@@ -22,10 +23,7 @@ from wsi_segment.models.segmentation_model import SegmentationModel
 from wsi_segment.pipeline.inference.engine import run_engine
 from wsi_segment.pipeline.inference.host_tiles import HostTiles
 from wsi_segment.pipeline.inference.read_sources import ReaderThread
-from wsi_segment.pipeline.inference.slide_job import SlideJob
-from wsi_segment.pipeline.inference.tile_reader import TileReader
-from wsi_segment.pipeline.outputs.label_image import create_label_image, label_level0_path
-from wsi_segment.pipeline.outputs.ome_zarr import create_probability_store, level0_path
+from wsi_segment.pipeline.outputs.ome_zarr import level0_path
 from wsi_segment.wsi.slide import open_slide
 from wsi_segment.wsi.tiling import TileGrid, plan_chunks
 
@@ -71,35 +69,11 @@ def run_job(tmp_path, slide_path, model, grid, chunk_tiles, gate=True, batch_siz
     mpp = slide.require_mpp()
     plan = plan_chunks(slide, mpp[0], model.meta.mpp, grid, chunk_tiles, None)
     store = tmp_path / f"p{grid.overlap}-{chunk_tiles}.zarr"
-    create_probability_store(
-        store,
-        CLASSES,
-        model.meta.colors,
-        plan.output_shape,
-        (plan.chunk_out,) * 2,
-        model.meta.mpp * grid.downsample,
-        plan.level0_per_model * grid.downsample,
-    )
-    create_label_image(store)
-    job = SlideJob(
-        reader=TileReader(
-            slide_path=str(slide_path),
-            backend="auto",
-            mpp_override=0.499,
-            level0_per_model=plan.level0_per_model,
-            read_level=plan.read_level,
-            grid=grid,
-        ),
-        n_classes=len(CLASSES),
-        batch_size=batch_size,
-        gate=gate,
-        zarr_path=str(level0_path(store)),
-        labels_path=str(label_level0_path(store)),
-        tissue_mask=np.ones((1, 1), bool),
-        tissue_downsample=1e9,
-        level0_per_output=plan.level0_per_model * grid.downsample,
-        model=torch_handle(model, "analytic"),
-    )
+    job = planned_job(
+        slide_path, "auto", plan, grid, torch_handle(model, "analytic"), CLASSES,
+        store=store, tissue=None, colors=model.meta.colors, model_mpp=model.meta.mpp,
+        mpp_override=0.499, batch_size=batch_size, gate=gate,
+    )  # fmt: skip
     outcomes = run_engine(
         job, plan.specs, ReaderThread(HostTiles(job.reader)), computes=2, cores=ENGINE_CORES
     )
