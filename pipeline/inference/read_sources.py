@@ -55,8 +55,10 @@ class ReaderThread:
         from wsi_segment.pipeline.inference.compute_stage import Stager
 
         self.reads.start(run.specs)
-        where = str(self.reads.device)
-        stager = Stager(run.batch, run.job.grid.tile, where, where)
+        # host tiles for a CUDA model go through pinned buffers and a side stream, as the
+        # decoders' do (`Stager`); device tiles are batched where they are
+        model_device = run.job.model.get().device
+        stager = Stager(run.batch, run.job.grid.tile, str(self.reads.device), model_device)
         chunks = self._chunks(run.specs, run.errors, run.stats)
         return [(stager.run, (chunks, run.staged, run.errors))]
 
