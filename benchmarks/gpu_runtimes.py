@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.randint(0, 256, shape, dtype=torch.uint8, generator=gen).to(args.device)
         for _ in range(args.batches)
     ]
-    # the real tiles padded with zero tiles to the batch, as the engine pads a short batch
+    # the real tiles padded with zero tiles to the batch, as the stager fills a short batch
     # (one shape: no variant compiles again for them)
     real = torch.from_numpy(real_tiles(tile)).permute(0, 2, 3, 1).contiguous()[: args.batch]
     n_real = len(real)

@@ -105,7 +105,7 @@ def predict_unpadded(
     executor: Any, tiles: np.ndarray, grid: TileGrid, batch_size: int, lock: Any = None
 ) -> ReducedTiles:
     """uint8 tiles (N, T, T, 3) through an executor of the tile graph in batches of
-    `batch_size`, the last one short (the engine pads it: `compute_stage.ComputeStage`)."""
+    `batch_size`, the last one short (the engine zero-fills it: `compute_stage.Stager`)."""
     import contextlib
 
     from wsi_segment.pipeline.inference.slide_job import ReducedTiles
