@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 
 from ..device import fit_batch_size
@@ -24,11 +23,6 @@ TORCH_DTYPES: dict[str, torch.dtype | None] = {
     "bf16": torch.bfloat16,
     "fp16": torch.float16,
 }
-
-
-def as_tensor(tiles: Tiles) -> torch.Tensor:
-    """`tiles` as a torch tensor, a host array's memory shared (no copy)."""
-    return torch.from_numpy(tiles) if isinstance(tiles, np.ndarray) else tiles
 
 
 class TorchExecutor:
@@ -50,7 +44,10 @@ class TorchExecutor:
     def run(self, tiles: Tiles) -> ReducedOutputs:
         if self.threads and torch.get_num_threads() != self.threads:
             torch.set_num_threads(self.threads)  # a compute thread's share of the cores
-        probs, labels, cls_probs = self.graph(as_tensor(tiles).to(self.device, non_blocking=True))
+        # a host array's memory is shared, not copied (`torch.as_tensor`)
+        probs, labels, cls_probs = self.graph(
+            torch.as_tensor(tiles).to(self.device, non_blocking=True)
+        )
         return ReducedOutputs(*(t.numpy() for t in self._host.to_host([probs, labels, cls_probs])))
 
 
@@ -77,7 +74,7 @@ class CudaGraphExecutor:
         if self._captured is None:
             self._captured = self._capture(tuple(tiles.shape[1:]))
         graph, tiles_in, outputs = self._captured
-        tiles_in.copy_(as_tensor(tiles), non_blocking=True)
+        tiles_in.copy_(torch.as_tensor(tiles), non_blocking=True)
         graph.replay()
         return ReducedOutputs(*(t.numpy() for t in self._host.to_host(outputs)))
 

@@ -279,7 +279,9 @@ class OpenVINOExecutor:
     """The tile graph at `geometry` compiled by OpenVINO (host tiles only), for a thread with
     `thread_cores` of the cores (None: all of them)."""
 
-    def __init__(self, graphs: OpenVINOGraphs, geometry: Geometry, thread_cores: int | None = None):
+    def __init__(
+        self, graphs: OpenVINOGraphs, geometry: Geometry, thread_cores: int | None = None
+    ) -> None:
         self.graphs, self.geometry = graphs, geometry
         self.streams = graphs.streams_for(thread_cores)
 

@@ -41,10 +41,14 @@ class StagedBatch:
     see `ComputeStage._forward`)."""
 
     tiles: Tiles  # (batch, T, T, 3) uint8 on the model's device
-    count: int
     segments: list[Segment]
     ready: torch.cuda.Event | None  # recorded after the copy on a side stream; CPU: None
     release: Callable[[], None] | None = None  # gives the source its buffer back, once used
+
+    @property
+    def count(self) -> int:
+        """The batch's tiles of chunks (the rest are the zero padding)."""
+        return sum(count for _index, _start, count in self.segments)
 
 
 def copy_into(dst: Tiles, src: Tiles) -> None:
@@ -141,7 +145,7 @@ class Stager:
         copy to the device started on the side stream)."""
         buffer[n:] = 0
         if self._side is None:
-            return StagedBatch(buffer, n, segments, None)
+            return StagedBatch(buffer, segments, None)
         import torch
 
         assert not isinstance(buffer, np.ndarray), "a CUDA model's batches are torch's"
@@ -151,7 +155,7 @@ class Stager:
             release = functools.partial(self._pinned.put, buffer)
         ready = torch.cuda.Event()
         ready.record(self._side)
-        return StagedBatch(tiles, n, segments, ready, release)
+        return StagedBatch(tiles, segments, ready, release)
 
 
 def _on_stream(stream: Any) -> Any:

@@ -346,4 +346,4 @@ def test_a_worker_s_openvino_graphs_take_its_bands_cores_not_its_torch_count(
     # a band's compute thread: its share of the band's cores, as the engine gives it
     thread_cores = compute_threads_cores(policy.cores.value, policy.compute_threads.value)
     executor = loaded.executor(tile_geometry(job.grid, job.gate), 1, thread_cores)
-    assert executor.streams == graphs.threads // thread_cores >= (2 if cores >= 2 else 1)
+    assert executor.streams == (2 if cores >= 2 else 1)  # a stream for each band at once
