@@ -49,8 +49,7 @@ def machine_info() -> dict[str, Any]:
     """CPU, flags (AMX / bf16), GPU and torch: what a recorded figure depends on."""
     import torch
 
-    from wsi_segment.models.cpu import cpu_flags
-    from wsi_segment.models.device import cpu_supports_bf16
+    from wsi_segment.models.cpu import BF16_FLAGS, cpu_flags
 
     model_name = platform.processor() or ""
     try:
@@ -70,7 +69,7 @@ def machine_info() -> dict[str, Any]:
         "cores": os.cpu_count(),
         "mem_gb": round(mem_gb, 1),
         "flags": " ".join(flags),
-        "bf16": cpu_supports_bf16(),
+        "bf16": bool(cpu_flags() & BF16_FLAGS),
         "gpu": gpu,
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),

@@ -123,14 +123,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from benchmarks.executors import opened, reduced
     from wsi_segment.models.bundle import demo_model_dir
-    from wsi_segment.models.device import cpu_supports_bf16
+    from wsi_segment.models.cpu import BF16_FLAGS, cpu_flags
     from wsi_segment.models.precision_calibration import compare_labels
     from wsi_segment.models.runtimes.tile_io import Geometry
 
     bench = BenchRun.start("runtime.py", argv)
     model_dir = args.model or demo_model_dir()
     bf16 = (
-        cpu_supports_bf16() and not args.no_bf16
+        bool(cpu_flags() & BF16_FLAGS) and not args.no_bf16
     )  # measured wherever the CPU has it, chosen by auto or not
     variants = [("torch", "fp32"), ("openvino", "fp32")] + ([("openvino", "bf16")] if bf16 else [])
     models = {}

@@ -220,12 +220,12 @@ def section_precision(
             out.append(model.predict(b.permute(0, 3, 1, 2), dtype=dtype)[0].numpy())
         return np.concatenate(out), time.perf_counter() - t0
 
-    from wsi_segment.models.device import cpu_supports_bf16
+    from wsi_segment.models.cpu import BF16_FLAGS, cpu_flags
 
     for name, x in sets.items():
         run(x[: args.batch_size])
         p32, s32 = run(x)
-        if not cpu_supports_bf16():
+        if not bool(cpu_flags() & BF16_FLAGS):
             rows.append((f"7 precision {name}", f"{len(x) / s32:.1f} tiles/s fp32", "no bf16"))
             continue
         run(x[: args.batch_size], torch.bfloat16)

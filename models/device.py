@@ -1,8 +1,8 @@
-"""Where the networks run, their autocast, and the CPU's bf16 hardware.
+"""Where the networks run (a requested device checked against what torch sees), their
+autocast, and a batch a GPU's memory holds.
 
-The CPU's bf16 hardware (`cpu_supports_bf16`, `cpu_has_amx`) is a fact the precision rule
-reads; the rule itself is `models.runtimes.decision.precision_decision`, which the run policy
-calls (and `SegmentationModel.to_device` for a model loaded outside a run).
+The precision rule is `models.runtimes.decision.precision_decision`, which only the run
+policy calls; it reads the CPU's bf16 hardware from `models.cpu`'s flags.
 """
 
 from __future__ import annotations
@@ -13,9 +13,6 @@ from collections.abc import Iterator
 import torch
 
 from wsi_segment.errors import ConfigError
-
-from . import cpu
-from .cpu import AMX_FLAG, BF16_FLAGS
 
 
 def pick_device(requested: str | torch.device = "auto") -> torch.device:
@@ -38,19 +35,6 @@ def pick_device(requested: str | torch.device = "auto") -> torch.device:
             )
         return dev
     raise ConfigError(f"unknown device {requested!r}; use auto, cpu, cuda or cuda:<index>")
-
-
-def cpu_supports_bf16(flags: frozenset[str] | None = None) -> bool:
-    """True when this CPU has bf16 in hardware: AMX or AVX512-BF16 (`flags`: default ours).
-
-    `--precision bf16` runs on it; 'auto' asks for more (`cpu_has_amx`)."""
-    return bool((cpu.cpu_flags() if flags is None else flags) & BF16_FLAGS)
-
-
-def cpu_has_amx(flags: frozenset[str] | None = None) -> bool:
-    """True when this CPU has AMX with bf16, the only CPU bf16 measured reliably faster
-    than fp32 (`flags`: default ours)."""
-    return AMX_FLAG in (cpu.cpu_flags() if flags is None else flags)
 
 
 @contextlib.contextmanager

@@ -118,7 +118,8 @@ class OpenVINOGraphs:
         self._lock = threading.Lock()  # builds one graph at a time
         self._local = threading.local()  # each calling thread's infer requests
         self._bridged = False  # `_set_up_numpy_bridge` ran (under the lock) before any infer
-        self.cache_hits = 0  # compiled graphs loaded from the disk cache (tests, summary)
+        self.cache_hits = 0  # compiled graphs loaded from the disk cache (read by tests and
+        # benchmarks/fixed_costs.py: what a warm load did not build)
         self.builds = 0  # compiled graphs built here
 
     def __getstate__(self) -> dict[str, Any]:
@@ -131,7 +132,7 @@ class OpenVINOGraphs:
         self.__dict__.update(state)
         self._lock, self._local = threading.Lock(), threading.local()
 
-    def run(self, tiles: Tiles, geometry: Geometry, streams: int = 1) -> ReducedOutputs:
+    def run(self, tiles: Tiles, geometry: Geometry, streams: int) -> ReducedOutputs:
         """The tile graph at `geometry` of uint8 host tiles (N, T, T, 3), the slide path's
         layout, read where they lie (no copy when they are contiguous), in a request of a
         graph compiled for `streams` streams."""

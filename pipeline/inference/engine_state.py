@@ -66,7 +66,8 @@ class FirstError:
 
 @dataclass
 class EngineStats:
-    """What an engine run did: for tests, benchmarks and the summary."""
+    """What an engine run did, for whoever passes one in: tests and benchmarks (the summary
+    takes its figures from the plan and the read statistics, not from here)."""
 
     decoders: int = 0
     writers: int = 0

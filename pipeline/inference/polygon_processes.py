@@ -70,11 +70,12 @@ class PolygonProcesses:
             for fd in (*to_worker, *from_worker):
                 os.close(fd)
             raise
-        for fd in theirs:
-            os.close(fd)
+        # recorded first: an interrupt from here on still finds it for `close`
         self._procs.append(proc)
         self._sends.append(Connection(to_worker[1], readable=False))
         self._replies.append(Connection(from_worker[0], writable=False))
+        for fd in theirs:
+            os.close(fd)
         self._idle.put(n)
 
     def block_polygons(

@@ -138,7 +138,7 @@ def test_cli_batch_with_dask_address_runs_on_that_scheduler(
 
     from wsi_segment.flows.cli import main
     from wsi_segment.models.bundle import load_model
-    from wsi_segment.models.device import cpu_has_amx
+    from wsi_segment.models.cpu import AMX_FLAG, cpu_flags
     from wsi_segment.models.runtimes.select import open_runtime
 
     address = cluster_client.scheduler.address
@@ -152,7 +152,7 @@ def test_cli_batch_with_dask_address_runs_on_that_scheduler(
     precision = json.loads((out / "synth-b" / "summary.json").read_text())["precision"]
     alone = open_runtime(load_model(tiny_model), plan_spec("auto", "auto")).report()
     assert precision == json.loads(json.dumps(alone))  # the runtime too
-    if cpu_has_amx() or precision["calibration"] is not None:
+    if AMX_FLAG in cpu_flags() or precision["calibration"] is not None:
         assert precision["device"] == "cpu" and precision["calibration"]["tiles"] == 6
         assert precision["autocast"] == precision["calibration"]["chosen"]
     else:

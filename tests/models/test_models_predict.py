@@ -13,12 +13,7 @@ from wsi_segment.errors import ConfigError
 from wsi_segment.models.bundle import ModelMeta, SegmentationModel
 from wsi_segment.models.classifier import build_classifier
 from wsi_segment.models.cpu import cpu_flags
-from wsi_segment.models.device import (
-    cpu_has_amx,
-    cpu_supports_bf16,
-    fit_batch_size,
-    pick_device,
-)
+from wsi_segment.models.device import fit_batch_size, pick_device
 from wsi_segment.models.runtimes.executor import TORCH_DTYPES
 from wsi_segment.models.runtimes.select import open_runtime
 from wsi_segment.models.segmenter import build_segmenter
@@ -103,16 +98,6 @@ def test_cpu_flags_parse(tmp_path: Path) -> None:
     info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f amx_bf16 amx_tile\n")
     assert {"amx_bf16", "sse2"} <= cpu_flags(str(info))
     assert cpu_flags(str(tmp_path / "missing")) == frozenset()
-
-
-def test_bf16_hardware_is_amx_or_avx512_bf16() -> None:
-    """Hardware support; only AMX makes bf16 an 'auto' candidate (test_precision_calibration)."""
-    assert cpu_supports_bf16(frozenset({"avx2", "amx_bf16", "amx_tile", "avx512_bf16"}))
-    assert cpu_supports_bf16(frozenset({"avx2", "avx512f", "avx512_bf16"}))
-    assert not cpu_supports_bf16(frozenset({"avx2", "avx512f"}))
-    assert not cpu_supports_bf16(frozenset())
-    assert cpu_has_amx(frozenset({"avx2", "amx_bf16", "amx_tile", "avx512_bf16"}))
-    assert not cpu_has_amx(frozenset({"avx2", "avx512f", "avx512_bf16"}))
 
 
 def test_fit_batch_size_leaves_headroom_and_never_exceeds_the_request() -> None:

@@ -11,7 +11,7 @@ from PIL import Image
 
 from tests.conftest import plan_spec, torch_labeller
 from tests.models.tiny_models import tiny_segmentation_model
-from wsi_segment.models.device import cpu_has_amx
+from wsi_segment.models.cpu import AMX_FLAG, cpu_flags
 from wsi_segment.models.precision_calibration import (
     MAX_AREA_SHIFT,
     MIN_AGREEMENT,
@@ -97,7 +97,7 @@ def test_auto_on_this_cpu_says_what_runs_and_why() -> None:
     report = open_runtime(model, plan_spec("auto")).report()
     assert report["device"] == "cpu" and report["channels_last"] is True
     assert report["runtime"] == "torch"
-    if cpu_has_amx():
+    if AMX_FLAG in cpu_flags():
         cal = report["calibration"]
         assert isinstance(cal, dict) and report["autocast"] == cal["chosen"]
         assert report["reason"] == cal["reason"]

@@ -250,7 +250,7 @@ x = torch.full((2, TILE, TILE, 3), 128, dtype=torch.uint8)
 start = threading.Barrier(int(sys.argv[2]))
 def infer():
     start.wait()
-    graphs.run(x, Geometry(TILE, 16, 192, 4))
+    graphs.run(x, Geometry(TILE, 16, 192, 4), 1)
 threads = [threading.Thread(target=infer, daemon=True) for _ in range(start.parties)]
 for t in threads:
     t.start()
@@ -293,7 +293,7 @@ from wsi_segment.models.runtimes.openvino_runtime import OpenVINOGraphs
 x = torch.full((2, TILE, TILE, 3), 128, dtype=torch.uint8)
 made = [OpenVINOGraphs(_tiny(seed=s), "fp32", 1, cpu_flags(), Path(sys.argv[1])) for s in (0, 1)]
 for graphs in made:
-    graphs.run(x, Geometry(TILE, 16, 192, 4))
+    graphs.run(x, Geometry(TILE, 16, 192, 4), 1)
 del graphs
 while made:
     del made[0]  # freed in the order made, as one slide's model then another's
