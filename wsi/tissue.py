@@ -30,7 +30,7 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import shapely
@@ -53,6 +53,8 @@ OD_RANGE = 1.0  # OD histogram range for Otsu
 _OD_LUT = -np.log10(np.maximum(np.arange(256), 0.5) / 255.0).astype(np.float32)
 DARK_SLIDE_FRACTION = 0.5  # thumbnail share of dark pixels that suggests fluorescence
 PIXEL_DEFAULTS = {"min_area_px": 64, "min_hole_px": 16}
+HIST_BINS = 256  # the thresholds' histograms
+BAND_ROWS = 128  # thumbnail rows whose pixel quantities are computed at once
 
 
 @dataclass
@@ -98,11 +100,11 @@ def whole_slide(slide: Slide, thumb_size: int = 2048) -> TissueMask:
     return TissueMask(mask, ds, MultiPolygon([box]), 1.0, {"method": "all"}, status="all")
 
 
-def otsu(values: np.ndarray, bins: int = 256) -> float:
-    """Otsu's threshold of 1-D values in [0, 1] (between-class variance maximum)."""
-    if values.size == 0:
+def otsu(hist: np.ndarray, edges: np.ndarray) -> float:
+    """Otsu's threshold (between-class variance maximum) of a histogram of values in [0, 1]
+    and its bin edges, as `np.histogram` gives them; 0.5 for no values."""
+    if not hist.any():
         return 0.5
-    hist, edges = np.histogram(values, bins=bins, range=(0.0, 1.0))
     hist = hist.astype(np.float64)
     centres = (edges[:-1] + edges[1:]) / 2
     w0 = np.cumsum(hist)
@@ -114,14 +116,29 @@ def otsu(values: np.ndarray, bins: int = 256) -> float:
     return float(edges[int(np.argmax(between)) + 1])
 
 
-def tissue_mask_from_rgb(
-    rgb: np.ndarray, min_area_px: float, min_hole_px: float
-) -> tuple[np.ndarray, float]:
-    """The pixel rule of this module on an RGB image; returns (mask, saturation threshold).
+class TissuePixels(NamedTuple):
+    """What the pixel rule found on a thumbnail."""
 
-    Works on the uint8 channel planes (elementwise max/min and 256-entry tables): the same
-    values as reductions over a widened copy at a fraction of the cost, since detection is
-    most of the time before the first batch."""
+    mask: np.ndarray  # bool (h, w): tissue
+    saturation_threshold: float
+    dark_fraction: float  # share of dark pixels (max channel < DARK_MAX): `tissue_status`
+
+
+@dataclass
+class _Planes:
+    """The per-pixel quantities of a band of thumbnail rows that the thresholds need."""
+
+    sat: np.ndarray  # HSV saturation, float32
+    od: np.ndarray  # mean optical density of the three channels, float32
+    candidate: np.ndarray  # not glass, not dark, not pen ink
+    counted: np.ndarray  # what the thresholds are computed over: candidates and glass
+    dark: int  # dark pixels
+
+
+def _planes(rgb: np.ndarray) -> _Planes:
+    """The pixel quantities of `rgb` from its uint8 channel planes (elementwise max/min and
+    256-entry tables: the same values as reductions over a widened copy, at a fraction of
+    the cost)."""
     r, g, b = (np.ascontiguousarray(rgb[..., i], dtype=np.uint8) for i in range(3))
     mx, mn = np.maximum(np.maximum(r, g), b), np.minimum(np.minimum(r, g), b)
     sat = np.subtract(mx, mn) / np.maximum(mx, 1).astype(np.float32)
@@ -129,22 +146,54 @@ def tissue_mask_from_rgb(
     od = (od_r + od_g + od_b) / np.float32(3)  # the mean of the three, summed in this order
     glass = mn > WHITE_MIN
     candidate = ~glass & (mx >= DARK_MAX) & ~pen_ink(r, g, b, od_r, od_b)
+    dark = int(np.count_nonzero(mx < DARK_MAX))
+    return _Planes(sat, od, candidate, candidate | glass, dark)
+
+
+def tissue_mask_from_rgb(rgb: np.ndarray, min_area_px: float, min_hole_px: float) -> TissuePixels:
+    """The pixel rule of this module on an RGB image.
+
+    The pixel quantities are computed in bands of `BAND_ROWS` rows, their histograms summed
+    (the same counts as over the whole image): a thumbnail's dozen full-size float
+    temporaries cost more in fresh memory than in arithmetic, and detection is most of the
+    time before the first batch."""
+    h, w = rgb.shape[:2]
+    sat, od = np.empty((h, w), np.float32), np.empty((h, w), np.float32)
+    candidate = np.empty((h, w), bool)
+    sat_hist, od_hist, dark = np.zeros(HIST_BINS, np.int64), np.zeros(HIST_BINS, np.int64), 0
+    edges = np.zeros(0)
+    for y in range(0, h, BAND_ROWS):
+        band, rows = _planes(rgb[y : y + BAND_ROWS]), slice(y, y + BAND_ROWS)
+        sat[rows], od[rows], candidate[rows] = band.sat, band.od, band.candidate
+        counts, edges = _histogram(band.sat[band.counted])
+        sat_hist += counts
+        od_hist += _histogram(band.od[band.counted] / OD_RANGE)[0]
+        dark += band.dark
     # thresholds from glass vs stained pixels only: ink and dark edges would pull them up
-    counted = candidate | glass
-    sat_thr = float(np.clip(otsu(sat[counted]), *SAT_CLAMP))
-    od_thr = float(np.clip(otsu(od[counted] / OD_RANGE) * OD_RANGE, *OD_CLAMP))
+    sat_thr = float(np.clip(otsu(sat_hist, edges), *SAT_CLAMP))
+    od_thr = float(np.clip(otsu(od_hist, edges) * OD_RANGE, *OD_CLAMP))
     # saturation finds pale eosin; optical density finds stains that mix to grey-brown
     # (DAB with blue counterstain); either must be coloured at least a little (not grey)
     mask = candidate & (sat > SAT_CLAMP[0]) & ((sat > sat_thr) | (od > od_thr))
-    thr = sat_thr
-    # closing + opening on an edge-replicated copy: with a constant border the opening
-    # erased the outermost ring of tissue that touches the image border
+    return TissuePixels(_cleaned(mask, min_area_px, min_hole_px), sat_thr, dark / max(1, h * w))
+
+
+def _histogram(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Counts and edges of `HIST_BINS` equal bins over [0, 1]."""
+    counts, edges = np.histogram(values, bins=HIST_BINS, range=(0.0, 1.0))
+    return counts, edges
+
+
+def _cleaned(mask: np.ndarray, min_area_px: float, min_hole_px: float) -> np.ndarray:
+    """Closing + opening on an edge-replicated copy (with a constant border the opening
+    erased the outermost ring of tissue that touches the image border), then the size
+    filters."""
     padded = np.pad(mask, 2, mode="edge")
     closed = box3(box3(padded, dilate=True), dilate=False)
     mask = box3(box3(closed, dilate=False), dilate=True)[2:-2, 2:-2]
     mask = drop_small(mask, min_area_px)
-    mask = ~drop_small(~mask, min_hole_px, keep_border=True)
-    return mask, thr
+    cleaned: np.ndarray = ~drop_small(~mask, min_hole_px, keep_border=True)
+    return cleaned
 
 
 def pen_ink(
@@ -252,9 +301,8 @@ def detect_tissue(
         log.warning("%s: no mpp; tissue min area/hole use pixel defaults", slide.path)
         min_area_px, min_hole_px = PIXEL_DEFAULTS["min_area_px"], PIXEL_DEFAULTS["min_hole_px"]
         units = "mask pixels (slide has no mpp; pixel defaults used)"
-    mask, thr = tissue_mask_from_rgb(rgb, min_area_px, min_hole_px)
+    mask, thr, dark = tissue_mask_from_rgb(rgb, min_area_px, min_hole_px)
     polygons = mask_to_polygons(mask, ds, slide.dimensions)
-    dark = float((rgb.max(axis=2) < DARK_MAX).mean())
     return TissueMask(
         mask=mask,
         downsample=ds,

@@ -13,7 +13,19 @@ from scipy import ndimage
 
 from tests.conftest import CMU_SLIDE, DATA_DIR
 from wsi_segment.wsi.slide import open_slide
-from wsi_segment.wsi.tissue import box3, detect_tissue, drop_small, tissue_mask_from_rgb
+from wsi_segment.wsi.tissue import (
+    BAND_ROWS,
+    DARK_MAX,
+    OD_CLAMP,
+    SAT_CLAMP,
+    _cleaned,
+    _planes,
+    box3,
+    detect_tissue,
+    drop_small,
+    otsu,
+    tissue_mask_from_rgb,
+)
 
 
 def write_slide(path, image: np.ndarray, mpp: float | None = 0.5, jpeg: bool = True):
@@ -150,7 +162,7 @@ def test_pixel_rule_keeps_haematoxylin_and_drops_pen_colours():
     rgb[:, :30] = (90, 60, 150)  # haematoxylin
     rgb[:, 30:60] = (30, 90, 160)  # blue marker
     rgb[:, 60:] = (50, 150, 70)  # green marker
-    mask, _ = tissue_mask_from_rgb(rgb, min_area_px=1, min_hole_px=1)
+    mask = tissue_mask_from_rgb(rgb, min_area_px=1, min_hole_px=1).mask
     assert mask[:, 2:28].all() and not mask[:, 32:].any()
 
 
@@ -161,7 +173,7 @@ def test_pale_blue_counterstain_is_not_pen():
     rgb[:, :30] = (150, 170, 205)  # pale blued haematoxylin
     rgb[:, 30:60] = (120, 150, 190)  # denser blued haematoxylin
     rgb[:, 60:] = (40, 80, 170)  # blue marker
-    mask, _ = tissue_mask_from_rgb(rgb, min_area_px=1, min_hole_px=1)
+    mask = tissue_mask_from_rgb(rgb, min_area_px=1, min_hole_px=1).mask
     assert mask[:, 2:58].all() and not mask[:, 62:].any()
 
 
@@ -181,3 +193,35 @@ def test_box3_is_scipys_3x3_dilation_and_erosion(shape, density):
     square = np.ones((3, 3), bool)
     assert np.array_equal(box3(mask, dilate=True), ndimage.binary_dilation(mask, square))
     assert np.array_equal(box3(mask, dilate=False), ndimage.binary_erosion(mask, square))
+
+
+def test_banded_thresholds_are_those_of_the_whole_thumbnail():
+    """The pixel quantities are computed in bands of rows and their histograms summed: the
+    thresholds, the dark share and the mask are those of the whole image at once. The bands
+    differ (glass above, pale stain and dark edge below), so a threshold taken from any one
+    band, or a histogram lost between bands, would give another answer."""
+    rng = np.random.default_rng(7)
+    h = 2 * BAND_ROWS + 37
+    rgb = np.empty((h, 120, 3), np.uint8)
+    rgb[:] = rng.integers(222, 240, (h, 120, 1), dtype=np.uint8)  # grey glass
+    pale = rng.integers(0, 40, (h - BAND_ROWS, 120), dtype=np.uint8)
+    rgb[BAND_ROWS:, :, 0] = 200 - pale // 2  # pale eosin, saturation about 0.05-0.2
+    rgb[BAND_ROWS:, :, 1] = 190 - pale
+    rgb[BAND_ROWS:, :, 2] = 205 - pale // 3
+    rgb[BAND_ROWS - 10 : BAND_ROWS + 10, :30] = 20  # a dark edge across two bands
+    got = tissue_mask_from_rgb(rgb, min_area_px=4, min_hole_px=4)
+
+    whole = _planes(rgb)  # the reference: one pass over every pixel
+    sat_thr = float(
+        np.clip(otsu(*np.histogram(whole.sat[whole.counted], 256, (0.0, 1.0))), *SAT_CLAMP)
+    )
+    od_thr = float(
+        np.clip(otsu(*np.histogram(whole.od[whole.counted], 256, (0.0, 1.0))), *OD_CLAMP)
+    )
+    assert SAT_CLAMP[0] < sat_thr < SAT_CLAMP[1]  # a threshold of the data, not a clamp
+    assert got.saturation_threshold == sat_thr
+    assert got.dark_fraction == float((rgb.max(axis=2) < DARK_MAX).mean()) > 0
+    sat, od = whole.sat, whole.od
+    mask = whole.candidate & (sat > SAT_CLAMP[0]) & ((sat > sat_thr) | (od > od_thr))
+    assert np.array_equal(got.mask, _cleaned(mask, 4, 4))
+    assert 0 < got.mask.mean() < 1

@@ -30,7 +30,7 @@ def test_detection_matches_truth(os1_conc, staining, pens):
     thumb = tc.thumbnail(os1_conc, tc.STAININGS[staining])
     if pens:
         tc.add_pens_and_edges(thumb)
-    mask, _ = tissue_mask_from_rgb(thumb.rgb, min_area_px=64, min_hole_px=16)
+    mask = tissue_mask_from_rgb(thumb.rgb, min_area_px=64, min_hole_px=16).mask
     s = thumb.scored
     assert tc.iou(mask & s, thumb.truth & s) >= 0.93
     for name, mark in thumb.marks.items():
@@ -48,10 +48,10 @@ def cmu_thumb() -> np.ndarray:
 @pytest.mark.parametrize("staining", [k for k in tc.STAININGS if k != "H&E"])
 def test_real_slide_restained_keeps_its_tissue(cmu_thumb, staining):
     """CMU's own tissue, glass and marking dye, re-stained: the mask of its H&E holds."""
-    he, _ = tissue_mask_from_rgb(cmu_thumb, min_area_px=64, min_hole_px=16)
+    he = tissue_mask_from_rgb(cmu_thumb, min_area_px=64, min_hole_px=16).mask
     conc = tc.deconvolve_he(cmu_thumb)
     rgb = tc.render(tc.restain(conc, **tc.STAININGS[staining]))
-    mask, _ = tissue_mask_from_rgb(rgb, min_area_px=64, min_hole_px=16)
+    mask = tissue_mask_from_rgb(rgb, min_area_px=64, min_hole_px=16).mask
     assert 0.30 < he.mean() < 0.40
     assert tc.iou(mask, he) >= 0.85
 
