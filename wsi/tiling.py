@@ -125,16 +125,39 @@ def tile_tissue_grid(
     mask = np.asarray(tissue.mask, dtype=bool)
     step = stride_level0 / float(tissue.downsample)  # mask pixels per tile core
     out = np.zeros(grid_shape, dtype=bool)
-    ys, xs = np.nonzero(mask)
-    if len(ys) == 0:
+    if not mask.any():
         return out
-    # A mask pixel [x, x+1) touches tile cores floor(x/step) .. floor((x+1)/step - tiny).
+    # A mask pixel [x, x+1) touches tile cores floor(x/step) .. floor((x+1)/step - tiny):
+    # its rows, then its columns, grouped by the tile they touch (whole-array reductions,
+    # not a coordinate per tissue pixel)
     for dy in (0.0, 1.0 - 1e-9):
+        by_row = _any_by_tile(mask, _tile_of(mask.shape[0], dy, step), rows, axis=0)
         for dx in (0.0, 1.0 - 1e-9):
-            ti = np.floor((ys + dy) / step).astype(np.int64)
-            tj = np.floor((xs + dx) / step).astype(np.int64)
-            keep = (ti < rows) & (tj < cols)
-            out[ti[keep], tj[keep]] = True
+            out |= _any_by_tile(by_row, _tile_of(mask.shape[1], dx, step), cols, axis=1)
+    return out
+
+
+def _tile_of(pixels: int, offset: float, step: float) -> np.ndarray:
+    """The tile index of each of `pixels` mask pixels' points at `offset` within it."""
+    index: np.ndarray = np.floor((np.arange(pixels) + offset) / step).astype(np.int64)
+    return index
+
+
+def _any_by_tile(a: np.ndarray, tile: np.ndarray, tiles: int, axis: int) -> np.ndarray:
+    """`a` reduced along `axis` to `tiles` entries: entry t is whether any slice whose
+    `tile` (non-decreasing) is t is True; slices past the last tile are dropped."""
+    kept = int(np.searchsorted(tile, tiles))  # tile is sorted: its first `kept` are < tiles
+    shape = list(a.shape)
+    shape[axis] = tiles
+    out = np.zeros(shape, dtype=bool)
+    if kept == 0:
+        return out
+    tile = tile[:kept]
+    starts = np.flatnonzero(np.diff(tile, prepend=-1))
+    any_ = np.logical_or.reduceat(a.take(np.arange(kept), axis=axis), starts, axis=axis)
+    index: list[slice | np.ndarray] = [slice(None)] * a.ndim
+    index[axis] = tile[starts]
+    out[tuple(index)] = any_
     return out
 
 

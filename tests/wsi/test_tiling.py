@@ -152,6 +152,33 @@ def test_tile_tissue_grid_marks_tiles_touching_a_single_mask_pixel():
     np.testing.assert_array_equal(got, expected)
 
 
+def _tiles_touched(mask: np.ndarray, step: float, grid_shape: tuple[int, int]) -> np.ndarray:
+    """The reference, pixel by pixel: a mask pixel [x, x + 1) touches the tile cores from
+    floor(x / step) to floor((x + 1) / step - tiny), in each axis; those past the grid drop."""
+    out = np.zeros(grid_shape, bool)
+    tiny = 1e-9
+    for y, x in zip(*np.nonzero(mask), strict=True):
+        for i in {math.floor(y / step), math.floor((y + (1 - tiny)) / step)}:
+            for j in {math.floor(x / step), math.floor((x + (1 - tiny)) / step)}:
+                if i < grid_shape[0] and j < grid_shape[1]:
+                    out[i, j] = True
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_tile_tissue_grid_is_the_pixel_by_pixel_rule(seed: int) -> None:
+    """Whole masks, sparse and dense, tiles of 1.5 to 40 mask pixels, grids shorter and
+    longer than the mask: every tile touched by a mask pixel, and no other."""
+    rng = np.random.default_rng(seed)
+    h, w = (int(v) for v in rng.integers(5, 90, 2))
+    mask = rng.random((h, w)) < (0.002, 0.05, 0.6)[seed % 3]
+    step = (1.5, 3.0, 7.3, 40.0, 2.25, 11.0)[seed]
+    grid_shape = (math.ceil(h / step) + seed % 2 - 1 or 1, math.ceil(w / step) + 1)
+    got = tile_tissue_grid(Mask(mask, 4.0), grid_shape, stride_level0=step * 4.0)
+    np.testing.assert_array_equal(got, _tiles_touched(mask, step, grid_shape))
+    assert got.any() == mask.any()
+
+
 @pytest.mark.parametrize(
     ("downsamples", "slide_mpp", "model_mpp", "level"),
     [
