@@ -83,7 +83,7 @@ def instant_handle() -> Any:
         def executor(self, geometry: Any, batch: int, thread_cores: int | None) -> Any:
             return InstantModel(geometry)
 
-    model = types.SimpleNamespace(device=torch.device("cpu"))
+    model = types.SimpleNamespace(device=torch.device("cpu"), identity="instant")
     runtime = types.SimpleNamespace(network=None)  # not torch's: the CPU
     loaded = InstantLoaded(model, runtime)  # type: ignore[arg-type]
     return ModelHandle.of(loaded, "instant", "cpu", RuntimeSpec("torch", "fp32"))
@@ -150,7 +150,7 @@ def engine_job(
 
 
 def run_engine_once(slide: Path, model_dir: Path, args: argparse.Namespace, n: int) -> Any:
-    from wsi_segment.pipeline.inference.engine import run_engine
+    from wsi_segment.pipeline.inference.engine import EngineSizes, run_engine
     from wsi_segment.pipeline.inference.engine_state import EngineStats
     from wsi_segment.pipeline.inference.read_sources import DecoderProcesses
     from wsi_segment.pipeline.machine import probe_machine, usable_cores
@@ -163,9 +163,8 @@ def run_engine_once(slide: Path, model_dir: Path, args: argparse.Namespace, n: i
         job, specs = engine_job(slide, model_dir, args, Path(tmp) / "p.zarr")
         stats = EngineStats()
         t0 = time.perf_counter()
-        run_engine(
-            job, specs, DecoderProcesses(n), stats=stats, writers=writers, cores=usable_cores()
-        )
+        sizes = EngineSizes(usable_cores(), writers, computes=1, locked=True, polygon_processes=0)
+        run_engine(job, specs, DecoderProcesses(n), sizes, stats=stats)
         return stats, time.perf_counter() - t0, stats.first_chunk_at - t0
 
 

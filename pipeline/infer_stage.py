@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from wsi_segment.pipeline.cancellation import NEVER_CANCELLED, CancelToken
 from wsi_segment.pipeline.inference.band_runner import run_bands, settle_plan
 from wsi_segment.pipeline.inference.band_task import BandResult
-from wsi_segment.pipeline.inference.engine import ReadSource, run_plan
+from wsi_segment.pipeline.inference.engine import EngineSizes, ReadSource, run_engine
 from wsi_segment.pipeline.inference.engine_state import EngineStats
 from wsi_segment.pipeline.inference.model_handle import ModelHandle
 from wsi_segment.pipeline.inference.read_sources import ReaderThread, plan_source
@@ -82,7 +82,8 @@ def _infer_here(
     prep.read_device, prep.run_policy = policy.read_report(), policy.as_dict()
     source = local_source(prep, policy)
     try:  # nothing between: run_engine closes the source on every path
-        outcomes = run_plan(job, prep.specs, source, policy, progress, stats, cancel)
+        sizes = EngineSizes.of(policy)
+        outcomes = run_engine(job, prep.specs, source, sizes, progress, stats, cancel)
     finally:
         _record_reads(prep, source)
     prep.precision = _precision_report(prep.model)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from wsi_segment.pipeline.inference.engine import EngineSizes
 from wsi_segment.pipeline.inference.model_handle import LoadedModel, ModelHandle
 
 if TYPE_CHECKING:
@@ -34,6 +35,9 @@ def without_report(names: list[str]) -> list[str]:
 
 # the cores a test's engine shares among its compute threads (what a run's plan gives as `cores`)
 ENGINE_CORES = 2
+# a test engine's sizes (what a run's plan decides: `EngineSizes.of`): one writer, one
+# compute thread, the model's lock, no polygon processes; tests replace what they vary
+ENGINE = EngineSizes(cores=ENGINE_CORES, writers=1, computes=1, locked=True, polygon_processes=0)
 LUAD_CLASSES = ["TE", "NEC", "LYM", "TAS"]
 LUAD_COLORS = [(205, 51, 51), (0, 255, 0), (65, 105, 225), (255, 165, 0)]
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from wsi_segment.errors import BandAborted, WsiSegmentError
 from wsi_segment.pipeline.cancellation import Cancellation
-from wsi_segment.pipeline.inference.engine import run_plan
+from wsi_segment.pipeline.inference.engine import EngineSizes, run_engine
 from wsi_segment.pipeline.inference.model_handle import ModelHandle
 from wsi_segment.pipeline.inference.read_sources import plan_source, slide_reads
 from wsi_segment.pipeline.inference.slide_job import SlideJob
@@ -141,7 +141,7 @@ def run_band(
                             job.slide_path, DAEMON_FIX)  # fmt: skip
             stop = Cancellation()
             with _watching(event, stop):  # on its share of the worker's cores (the plan's)
-                outcomes = run_plan(job, specs, source, policy, cancel=stop)
+                outcomes = run_engine(job, specs, source, EngineSizes.of(policy), cancel=stop)
         finally:
             source.close()  # run_engine closed it, unless an interrupt came first
         return BandResult(

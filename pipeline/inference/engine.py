@@ -32,7 +32,7 @@ from wsi_segment.pipeline.progress import NullProgress, Progress
 from wsi_segment.pipeline.threads import WaitableThread
 from wsi_segment.wsi.tiling import ChunkSpec
 
-if TYPE_CHECKING:  # the compute stage imports torch: loaded when an engine runs
+if TYPE_CHECKING:  # the compute stage is imported when an engine runs
     from wsi_segment.pipeline.inference.compute_stage import ComputeStage, StagedBatch
     from wsi_segment.pipeline.inference.unit_writer import TileBatch
     from wsi_segment.pipeline.run_policy import ExecutionPlan
@@ -72,25 +72,42 @@ class ReadSource(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class EngineSizes:
+    """How an engine run is laid out, as the run's plan decided it (`of`): nothing here is
+    decided again."""
+
+    cores: int  # the CPU cores the compute threads share
+    writers: int  # writer threads (finishers)
+    computes: int  # compute threads
+    locked: bool  # one forward pass at a time per model
+    polygon_processes: int  # processes tracing the blocks' polygons (0: the writers do)
+
+    @classmethod
+    def of(cls, plan: ExecutionPlan) -> EngineSizes:
+        """The sizes `plan` decided (a local run's, or a band's on its worker)."""
+        return cls(
+            cores=plan.cores.value,
+            writers=plan.writers.value,
+            computes=plan.compute_threads.value,
+            locked=plan.model_lock.value,
+            polygon_processes=plan.polygon_processes.value,
+        )
+
+
 def run_engine(
     job: SlideJob,
     specs: Sequence[ChunkSpec],
     source: ReadSource,
+    sizes: EngineSizes,
     progress: Progress | None = None,
     stats: EngineStats | None = None,
     cancel: CancelToken = NEVER_CANCELLED,
-    writers: int = 1,
-    computes: int = 1,
-    locked: bool = True,
-    polygon_processes: int = 0,
-    *,
-    cores: int,
 ) -> list[ChunkOutcome]:
     """Run every chunk through the engine, tiles read by `source` (adopted: closed whatever
-    happens); outcomes in `specs` order. `writers`, `computes`, `locked`,
-    `polygon_processes`, `cores` (what the compute threads share on the CPU): the plan's
-    (`run_plan`). `stats` (optional) receives what the run did. Cancelling `cancel`
-    stops the parts and raises its reason."""
+    happens), laid out as `sizes` says; outcomes in `specs` order. `stats` (optional)
+    receives what the run did. Cancelling `cancel` stops the parts and raises its reason.
+    Local runs and Dask bands call it with `EngineSizes.of(their plan)`."""
     stats = stats if stats is not None else EngineStats()
     specs = list(specs)
     tracers: PolygonProcesses | None = None
@@ -105,18 +122,19 @@ def run_engine(
 
         loaded = job.model.get()
         batch = loaded.batch_size(job.grid.tile, job.batch_size)
-        share = compute_threads_cores(cores, computes) if loaded.device == "cpu" else None
+        cpu = loaded.device == "cpu"
+        share = compute_threads_cores(sizes.cores, sizes.computes) if cpu else None
         executor = loaded.executor(tile_geometry(job.grid, job.gate), batch, share)
         cancel.check()  # asked while the model loaded: no part starts
         errors = FirstError()
-        lock = loaded.lock if locked else None  # one forward pass at a time per model
-        stage = ComputeStage(executor, lock, batch, errors, stats, computes)
-        stats.decoders, stats.batch_size, stats.writers = source.processes, batch, writers
+        lock = loaded.lock if sizes.locked else None  # one forward pass at a time per model
+        stage = ComputeStage(executor, lock, batch, errors, stats, sizes.computes)
+        stats.decoders, stats.batch_size, stats.writers = source.processes, batch, sizes.writers
         stats.computes = stage.computes
-        if polygon_processes:
-            tracers = PolygonProcesses(polygon_processes)
+        if sizes.polygon_processes:
+            tracers = PolygonProcesses(sizes.polygon_processes)
         polygons = tracers.block_polygons if tracers is not None else None
-        writer = UnitWriter(job, specs, progress or NullProgress(), writers, polygons)
+        writer = UnitWriter(job, specs, progress or NullProgress(), sizes.writers, polygons)
         with torch_threads_kept(loaded.runtime.network is not None):
             _run_parts(job, specs, source, batch, stage, writer, errors, stats, cancel)
         del stage
@@ -132,21 +150,6 @@ def run_engine(
         finally:
             if tracers is not None:
                 tracers.close()
-
-
-def run_plan(
-    job: SlideJob,
-    specs: Sequence[ChunkSpec],
-    source: ReadSource,
-    plan: ExecutionPlan,
-    progress: Progress | None = None,
-    stats: EngineStats | None = None,
-    cancel: CancelToken = NEVER_CANCELLED,
-) -> list[ChunkOutcome]:
-    """`run_engine` with the sizes `plan` decided: what a local run and a Dask band call."""
-    sizes = plan.writers.value, plan.compute_threads.value, plan.model_lock.value
-    tracers, cores = plan.polygon_processes.value, plan.cores.value
-    return run_engine(job, specs, source, progress, stats, cancel, *sizes, tracers, cores=cores)
 
 
 def _run_parts(

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import CMU_SLIDE, ENGINE_CORES, corrupt_middle_tile
+from tests.conftest import CMU_SLIDE, ENGINE, corrupt_middle_tile
 from tests.flows.conftest import output_files, stable_summary
 from tests.pipeline.inference.test_band_runner import (
     band_job,
@@ -127,7 +127,7 @@ def test_bands_on_workers_write_what_local_runs_write(
     torch.set_num_threads(1)
     try:  # the engine in this process, too: one compute stage, all the chunks
         source = DecoderProcesses(decoders) if decoders else ReaderThread(HostTiles(job.reader))
-        local = run_engine(job, specs, source, cores=ENGINE_CORES)
+        local = run_engine(job, specs, source, ENGINE)
     finally:
         torch.set_num_threads(before)
     np.testing.assert_array_equal(stored(job), expected)

@@ -18,7 +18,7 @@ import torch
 
 from tests.conftest import (
     CMU_SLIDE,
-    ENGINE_CORES,
+    ENGINE,
     WrappedLoaded,
     corrupt_middle_tile,
     torch_handle,
@@ -134,7 +134,7 @@ def test_an_aborted_engine_stops_and_leaves_nothing_behind(
     before = shm_entries()
     source = ReaderThread(HostTiles(job.reader)) if threads else DecoderProcesses(1)
     with pytest.raises(BandAborted):
-        run_engine(job, specs, source, cancel=abort, cores=ENGINE_CORES)
+        run_engine(job, specs, source, ENGINE, cancel=abort)
     assert multiprocessing.active_children() == []
     assert shm_entries() <= before
 

@@ -11,6 +11,7 @@ import multiprocessing
 import multiprocessing.connection
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ import pytest
 import torch
 import zarr
 
-from tests.conftest import CMU_SLIDE, ENGINE_CORES, corrupt_middle_tile, torch_handle
+from tests.conftest import CMU_SLIDE, ENGINE, corrupt_middle_tile, torch_handle
 from tests.engine_jobs import planned_job
 from tests.engine_leaks import shm_entries
 from tests.reference_inference import units_alone
@@ -209,9 +210,7 @@ def test_every_source_writes_what_each_chunk_alone_writes(tmp_path, tiny, four_u
     threads_before = threading.active_count()
     torch_threads = torch.get_num_threads()
     source = source_for(name, job, specs)
-    outcomes = run_engine(
-        job, specs, source, stats=stats, computes=SOURCES[name], cores=ENGINE_CORES
-    )
+    outcomes = run_engine(job, specs, source, replace(ENGINE, computes=SOURCES[name]), stats=stats)
     assert stats.tiles == sum(len(s.tiles) for s in specs)
     assert max(stats.chunks_per_batch) >= 2  # a batch held tiles of several chunks
     assert stats.decoders == (int(name[-1]) if name.startswith("decoders") else 0)
@@ -234,7 +233,7 @@ def test_a_damaged_tile_is_one_slide_error_and_leaves_nothing_behind(tmp_path, t
     before = shm_entries()
     threads_before = threading.active_count()
     with pytest.raises(SlideError) as caught:
-        run_engine(job, specs, source_for(name, job, specs), computes=2, cores=ENGINE_CORES)
+        run_engine(job, specs, source_for(name, job, specs), replace(ENGINE, computes=2))
     assert threading.active_count() == threads_before
     text = str(caught.value)
     assert "cmu_damaged.svs" in text and "re-export" in text  # the file and the fix
@@ -262,7 +261,7 @@ def test_a_model_error_stops_the_source_and_nothing_writes_after(tmp_path, tiny,
     job, specs = four_units_job(tmp_path / "p.zarr", failing, four_units)
     before = shm_entries()
     with pytest.raises(RuntimeError, match="out of memory"):
-        run_engine(job, specs, source_for(name, job, specs), computes=2, cores=ENGINE_CORES)
+        run_engine(job, specs, source_for(name, job, specs), replace(ENGINE, computes=2))
     assert multiprocessing.active_children() == []
     assert shm_entries() <= before
     written = sorted(p.name for p in Path(job.zarr_path).iterdir() if not p.name.startswith("."))
@@ -281,7 +280,7 @@ def test_engine_on_cuda_matches_the_cpu_within_one_level(
     model = torch_handle(load_model(tiny_model_dir), device="cuda")
     job, specs = four_units_job(tmp_path / "p.zarr", model, four_units)
     stats = EngineStats()
-    run_engine(job, specs, DecoderProcesses(2), stats=stats, cores=ENGINE_CORES)
+    run_engine(job, specs, DecoderProcesses(2), ENGINE, stats=stats)
     assert max(stats.chunks_per_batch) >= 2
     diff = np.abs(stored(job).astype(int) - expected.astype(int))
     assert diff.max() <= 1
@@ -312,7 +311,7 @@ def test_decoders_started_early_fill_the_ring_and_the_engine_adopts_them(
     pool = DecodePool(2, job.reader, specs)
     assert multiprocessing.connection.wait(pool.links, timeout=120)  # decoded before the run
     stats = EngineStats()
-    outcomes = run_engine(job, specs, DecoderProcesses(2, pool), stats=stats, cores=ENGINE_CORES)
+    outcomes = run_engine(job, specs, DecoderProcesses(2, pool), ENGINE, stats=stats)
     assert stats.early_decoders and stats.first_batch_at >= stats.first_chunk_at > 0
     (expected, expected_outcomes), _ = alone
     np.testing.assert_array_equal(stored(job), expected)
@@ -327,7 +326,7 @@ def test_a_pool_for_other_chunks_is_closed_and_replaced(tmp_path, tiny, four_uni
     before = shm_entries()
     stale = DecodePool(2, job.reader, specs[:3])
     stats = EngineStats()
-    outcomes = run_engine(job, specs, DecoderProcesses(2, stale), stats=stats, cores=ENGINE_CORES)
+    outcomes = run_engine(job, specs, DecoderProcesses(2, stale), ENGINE, stats=stats)
     assert not stats.early_decoders and stale.ring is None
     (expected, expected_outcomes), _ = alone
     np.testing.assert_array_equal(stored(job), expected)
@@ -383,9 +382,7 @@ def test_several_writer_threads_finish_chunks_side_by_side_and_write_the_same(
     job, specs = four_units_job(tmp_path / "p.zarr", tiny, four_units)
     job = probed(job, TwoChunksAtOnce)
     stats = EngineStats()
-    outcomes = run_engine(
-        job, specs, DecoderProcesses(2), stats=stats, writers=3, cores=ENGINE_CORES
-    )
+    outcomes = run_engine(job, specs, DecoderProcesses(2), replace(ENGINE, writers=3), stats=stats)
     units = len({s.write_unit() for s in specs})  # chunks of one zarr chunk are finished together
     assert units == 4 and stats.writers == 3 and job.calls == units
     np.testing.assert_array_equal(stored(job), expected)
@@ -399,7 +396,7 @@ def test_a_writer_error_wins_and_nothing_writes_after(tmp_path, tiny, four_units
     job = probed(job, FailsOnThirdChunk)
     before = shm_entries()
     with pytest.raises(OSError, match="No space left"):
-        run_engine(job, specs, DecoderProcesses(2), writers=3, cores=ENGINE_CORES)
+        run_engine(job, specs, DecoderProcesses(2), replace(ENGINE, writers=3))
     assert multiprocessing.active_children() == []
     assert shm_entries() <= before
     listing = sorted(p.name for p in Path(job.zarr_path).iterdir())
@@ -432,13 +429,18 @@ def test_the_compute_threads_run_on_the_plans_cores(tmp_path, tiny_model_dir):
         wrap = functools.partial(ThreadCounts, seen=seen)
         handle = torch_handle(load_model(tiny_model_dir), wrap=wrap)
         job, specs = make_job(tmp_path / "p.zarr", handle, 2)
-        run_engine(job, specs[:2], ReaderThread(HostTiles(job.reader)), cores=1)
+        run_engine(job, specs[:2], ReaderThread(HostTiles(job.reader)), replace(ENGINE, cores=1))
         assert seen and set(seen) == {1}
         seen.clear()
-        run_engine(job, specs[:2], ReaderThread(HostTiles(job.reader)), cores=3)
+        run_engine(job, specs[:2], ReaderThread(HostTiles(job.reader)), replace(ENGINE, cores=3))
         assert set(seen) == {3}  # one compute thread: all of the plan's cores
         seen.clear()
-        run_engine(job, specs[:2], ReaderThread(HostTiles(job.reader)), computes=2, cores=3)
+        run_engine(
+            job,
+            specs[:2],
+            ReaderThread(HostTiles(job.reader)),
+            replace(ENGINE, computes=2, cores=3),
+        )
         assert set(seen) == {1}  # two: one core each
         assert torch.get_num_threads() == 2
     finally:

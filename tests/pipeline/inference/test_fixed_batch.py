@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import CMU_SLIDE, ENGINE_CORES, run_tiles, torch_handle
+from tests.conftest import CMU_SLIDE, ENGINE, run_tiles, torch_handle
 from tests.pipeline.inference.test_engine import job_over, tissue_of
 from wsi_segment.models.bundle import load_model
 from wsi_segment.models.segmentation_model import SegmentationModel
@@ -79,7 +79,7 @@ def run(tmp: Path, model: SegmentationModel, tissue: TissueMask, name: str, batc
     reads: ReadSource = (
         DecoderProcesses(2) if name.startswith("decoders") else ReaderThread(HostTiles(job.reader))
     )
-    run_engine(job, specs, reads, stats=stats, cores=ENGINE_CORES)
+    run_engine(job, specs, reads, ENGINE, stats=stats)
     tiles = sum(len(s.tiles) for s in specs)
     return chunk_files(tmp / "p.zarr"), counter.sizes, stats, tiles
 

@@ -8,13 +8,15 @@ whole receptive field, so the result equals direct inference on the white-padded
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 import zarr
 from torch import nn
 
-from tests.conftest import ENGINE_CORES, torch_handle
+from tests.conftest import ENGINE, torch_handle
 from tests.engine_jobs import planned_job
 from tests.reference_inference import quantise
 from tests.wsi.model_box import read_model_box
@@ -75,7 +77,7 @@ def run_job(tmp_path, slide_path, model, grid, chunk_tiles, gate=True, batch_siz
         mpp_override=0.499, batch_size=batch_size, gate=gate,
     )  # fmt: skip
     outcomes = run_engine(
-        job, plan.specs, ReaderThread(HostTiles(job.reader)), computes=2, cores=ENGINE_CORES
+        job, plan.specs, ReaderThread(HostTiles(job.reader)), replace(ENGINE, computes=2)
     )
     return np.asarray(zarr.open_array(str(level0_path(store)), mode="r")[:]), plan, outcomes
 
