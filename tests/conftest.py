@@ -119,12 +119,19 @@ def tmpfs(path: Path, options: str) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(path)], check=False)
 
 
-def torch_spec(precision: str = "fp32") -> RuntimeSpec:
-    """A run's runtime spec for torch at `precision`, as a test's plan would decide it."""
+def torch_spec(precision: str = "fp32", cuda_graphs: bool = False) -> RuntimeSpec:
+    """A run's runtime spec for torch at `precision` (on CUDA, `cuda_graphs`: each batch a
+    replay of one captured graph), as a test's plan would decide it."""
     from wsi_segment.models.runtimes.spec import RuntimeSpec
 
     why = f"{precision}: a test's"
-    return RuntimeSpec("torch", precision, runtime_reason="torch: a test's", precision_reason=why)
+    return RuntimeSpec(
+        "torch",
+        precision,
+        cuda_graphs=cuda_graphs,
+        runtime_reason="torch: a test's",
+        precision_reason=why,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,13 +150,15 @@ def torch_loaded(
     precision: str = "fp32",
     device: str = "cpu",
     wrap: Callable[[Executor], Executor] | None = None,
+    cuda_graphs: bool = False,
 ) -> LoadedModel:
-    """`model` on `device` with torch opened at `precision`: what a run's loader gives (its
-    executors wrapped by `wrap`, if given)."""
+    """`model` on `device` with torch opened at `precision` (`cuda_graphs` as `torch_spec`):
+    what a run's loader gives (its executors wrapped by `wrap`, if given)."""
     from wsi_segment.models.runtimes.select import open_runtime
 
     model.to_device(device)
-    return WrappedLoaded(model, open_runtime(model, torch_spec(precision)), wrap=wrap)
+    spec = torch_spec(precision, cuda_graphs)
+    return WrappedLoaded(model, open_runtime(model, spec), wrap=wrap)
 
 
 def torch_handle(
@@ -158,10 +167,11 @@ def torch_handle(
     precision: str = "fp32",
     device: str = "cpu",
     wrap: Callable[[Executor], Executor] | None = None,
+    cuda_graphs: bool = False,
 ) -> ModelHandle:
     """A handle around `model` loaded as `torch_loaded` does (tests' stand-in for prepare)."""
-    loaded = torch_loaded(model, precision, device, wrap)
-    return ModelHandle.of(loaded, name, device, torch_spec(precision))
+    loaded = torch_loaded(model, precision, device, wrap, cuda_graphs)
+    return ModelHandle.of(loaded, name, device, torch_spec(precision, cuda_graphs))
 
 
 def run_tiles(

@@ -272,15 +272,22 @@ def test_a_model_error_stops_the_source_and_nothing_writes_after(tmp_path, tiny,
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("cuda_graphs", [False, True], ids=["eager", "cuda-graph"])
+@pytest.mark.parametrize("source", ["decoders", "reader-thread"])
 def test_engine_on_cuda_matches_the_cpu_within_one_level(
-    tmp_path, tiny_model_dir, four_units, alone
+    tmp_path, tiny_model_dir, four_units, alone, cuda_graphs, source
 ):
-    """Pinned staging, the side-stream copy and the device reduction, against the CPU run."""
+    """Pinned staging, the side-stream copy and the device reduction, against the CPU run:
+    tiles from decoder processes and from the reader thread, each batch run eagerly and as a
+    replay of one captured CUDA graph (the GPU default, captured inside the engine while the
+    stager copies on its side stream)."""
     (expected, _), _ = alone
-    model = torch_handle(load_model(tiny_model_dir), device="cuda")
+    model = torch_handle(load_model(tiny_model_dir), device="cuda", cuda_graphs=cuda_graphs)
+    assert model.get().runtime.report()["cuda_graphs"] is cuda_graphs
     job, specs = four_units_job(tmp_path / "p.zarr", model, four_units)
+    reads = DecoderProcesses(2) if source == "decoders" else ReaderThread(HostTiles(job.reader))
     stats = EngineStats()
-    run_engine(job, specs, DecoderProcesses(2), ENGINE, stats=stats)
+    run_engine(job, specs, reads, ENGINE, stats=stats)
     assert max(stats.chunks_per_batch) >= 2
     diff = np.abs(stored(job).astype(int) - expected.astype(int))
     assert diff.max() <= 1
