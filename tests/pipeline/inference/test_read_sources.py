@@ -212,10 +212,15 @@ def test_device_reads_on_cuda_write_what_the_decoder_processes_write(tmp_path, t
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_nvjpeg_reads_feed_the_engine(tmp_path, tiny_model_dir):
+@pytest.mark.parametrize("cuda_graphs", [False, True], ids=["tile-by-tile", "cuda-graph"])
+def test_nvjpeg_reads_feed_the_engine(tmp_path, tiny_model_dir, cuda_graphs):
     """OS-1's YCbCr tiles go to nvJPEG (pixels within the JPEG decoder tolerance of
-    libjpeg's: tests/pipeline/inference/test_device_tiles_jpeg.py); every tile runs."""
-    model = torch_handle(load_model(tiny_model_dir), device="cuda", wrap=TileByTile)
+    libjpeg's: tests/pipeline/inference/test_device_tiles_jpeg.py); every tile runs, tile by
+    tile and as replays of a CUDA graph captured while nvJPEG decodes on the side stream."""
+    wrap = None if cuda_graphs else TileByTile
+    model = torch_handle(
+        load_model(tiny_model_dir), device="cuda", wrap=wrap, cuda_graphs=cuda_graphs
+    )
     job, specs = level_job(tmp_path / "p.zarr", model, OME_TIFF)
     reads = device_reads(job, torch.device("cuda"), "nvjpeg")  # YCbCr tiles
     assert reads.decoder == "nvjpeg"
