@@ -33,7 +33,6 @@ same termination, not a second one.
 from __future__ import annotations
 
 import logging
-import signal
 import ssl
 import sys
 import threading
@@ -49,6 +48,7 @@ prefect_env.apply()
 from prefect.exceptions import TerminationSignal  # noqa: E402
 
 from wsi_segment.errors import TERMINATING_SIGNALS, Terminated  # noqa: E402
+from wsi_segment.flows.signal_stop import handled_signals, restore  # noqa: E402
 
 RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
 # A log record with this attribute set (`extra=REPORT_LINE`) says what the CLI prints itself
@@ -114,7 +114,8 @@ def quiet_console(quiet: bool = False) -> Iterator[None]:
 class InterruptGuard:
     """While entered (main thread only): the first SIGINT raises KeyboardInterrupt and the
     first SIGTERM or SIGHUP `Terminated`; once any has come (or `hold` was called), all are
-    ignored. The previous handlers come back on exit."""
+    ignored. One the process inherited as ignored stays ignored (`nohup`'s SIGHUP). The
+    previous handlers come back on exit."""
 
     def __init__(self) -> None:
         self.fired = False
@@ -122,13 +123,11 @@ class InterruptGuard:
 
     def __enter__(self) -> InterruptGuard:
         if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, *TERMINATING_SIGNALS):
-                self._previous[signum] = signal.signal(signum, self._handle)
+            self._previous = handled_signals(self._handle)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
+        restore(self._previous)
 
     def hold(self) -> None:
         """Ignore every later signal (an interrupt has come by another way)."""

@@ -22,6 +22,7 @@ from collections.abc import Iterator, Sequence
 
 from wsi_segment.errors import TERMINATING_SIGNALS, Terminated, WsiSegmentError, raise_terminated
 from wsi_segment.flows.allocator import limit_malloc_arenas
+from wsi_segment.flows.signal_stop import restore
 
 # subcommand name -> module implementing add_parser(subparsers) and run(args) -> int
 SUBCOMMANDS: dict[str, str] = {
@@ -110,17 +111,22 @@ def _main(argv: Sequence[str] | None) -> int:
 def sigterm_as_interrupt() -> Iterator[None]:
     """While a command runs, SIGTERM and SIGHUP raise `Terminated` (a KeyboardInterrupt) in
     the main thread, so they clean up as Ctrl-C does; the previous handlers are restored
-    after. Only the main thread may set handlers: elsewhere (an in-process call from a
-    thread) nothing changes."""
+    after. One the process inherited as ignored stays ignored (`nohup`'s SIGHUP: the run
+    outlives its terminal). Only the main thread may set handlers: elsewhere (an in-process
+    call from a thread) nothing changes. (`segment` also makes a stop land where Python
+    drops the exception: `flows.signal_stop`.)"""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {s: signal.signal(s, raise_terminated) for s in TERMINATING_SIGNALS}
+    previous = {
+        s: signal.signal(s, raise_terminated)
+        for s in TERMINATING_SIGNALS
+        if signal.getsignal(s) is not signal.SIG_IGN
+    }
     try:
         yield
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        restore(previous)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from wsi_segment.errors import ConfigError, RoiError, WsiSegmentError
+from wsi_segment.errors import ConfigError, RoiError, SlideStopped, WsiSegmentError
+from wsi_segment.flows.signal_stop import signals_stop_runs
 from wsi_segment.pipeline.output_files import optional_outputs, output_options
 from wsi_segment.pipeline.params import (
     PRECISIONS,
@@ -342,17 +343,22 @@ def run(args: argparse.Namespace) -> int:
     if not check_roi_file(params.roi):
         return 2
     failed = usage = 0
-    for slide in args.slides:
-        try:
-            result = segment_slide(slide, args.out, params, progress=BarProgress(args.quiet))
-        except WsiSegmentError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            failed += 1
-            usage += isinstance(exc, RoiError)  # its regions are off this slide
-            continue
-        print_warnings(result)
-        if result.status == "up-to-date":
-            print(f"{slide}: up to date in {result.out_dir} (use --overwrite to redo)")
-        else:
-            print(f"{slide}: done in {result.seconds:.1f} s -> {result.out_dir}")
+    with signals_stop_runs() as stop:
+        for slide in args.slides:
+            try:
+                result = segment_slide(
+                    slide, args.out, params, progress=BarProgress(args.quiet), cancel=stop.token
+                )
+            except WsiSegmentError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                failed += 1
+                usage += isinstance(exc, RoiError)  # its regions are off this slide
+                continue
+            except SlideStopped as exc:  # the signal's own exception was dropped: the token's
+                raise stop.exception() from exc
+            print_warnings(result)
+            if result.status == "up-to-date":
+                print(f"{slide}: up to date in {result.out_dir} (use --overwrite to redo)")
+            else:
+                print(f"{slide}: done in {result.seconds:.1f} s -> {result.out_dir}")
     return 2 if usage else 1 if failed else 0

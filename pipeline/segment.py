@@ -176,11 +176,15 @@ def segment_slide(
     params: SegmentParams | None = None,
     progress: Progress | None = None,
     client: Client | None = None,
+    cancel: CancelToken = NEVER_CANCELLED,
 ) -> SlideResult:
-    """Run all stages for one slide; raises `WsiSegmentError` on expected failures."""
+    """Run all stages for one slide; raises `WsiSegmentError` on expected failures, and
+    `cancel`'s reason once it is cancelled (the partial folder removed)."""
     stages = Stages(
-        prepare=lambda path, root, p: prepare_stage(path, root, p, client),
-        infer=lambda prep, work_dir: infer(prep, work_dir, client=client, progress=progress),
-        finish=finish,
+        prepare=lambda path, root, p: prepare_stage(path, root, p, client, cancel=cancel),
+        infer=lambda prep, work_dir: infer(
+            prep, work_dir, client=client, progress=progress, cancel=cancel
+        ),
+        finish=lambda prep, outcomes, out: finish(prep, outcomes, out, cancel),
     )
-    return run_stages(slide_path, out_root, params or SegmentParams(), stages)
+    return run_stages(slide_path, out_root, params or SegmentParams(), stages, cancel)

@@ -260,9 +260,11 @@ def decoder_main(decoder: int, conn: Connection) -> None:
     report it. SIGTERM and SIGHUP raise `Terminated` (as Ctrl-C raises KeyboardInterrupt), so
     the ring is closed. It starts with the stopping signals blocked (`DecodePool`): a Ctrl-C
     to the process group while it imported would print a traceback; one that came meanwhile
-    lands here, once the handlers are in place."""
+    lands here, once the handlers are in place. A signal its run ignores (`nohup`'s SIGHUP,
+    inherited) it ignores too."""
     for signum in TERMINATING_SIGNALS:
-        signal.signal(signum, raise_terminated)
+        if signal.getsignal(signum) is not signal.SIG_IGN:
+            signal.signal(signum, raise_terminated)
     link = DecoderEnd(conn)
     try:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOPPING_SIGNALS)

@@ -289,3 +289,38 @@ def test_a_signal_to_the_group_with_polygon_processes_cleans_up_and_ends_them(
     _, alive = psutil.wait_procs(workers, timeout=20)
     assert not alive
     assert leftovers(out) == []
+
+
+@pytest.mark.timeout(300)
+def test_a_run_under_nohup_outlives_its_terminal(tiny_model_dir, tmp_path):
+    """`nohup wsi-segment SLIDE &`, then the terminal closes: SIGHUP to the run and its
+    decoder process while they work is ignored, as nohup asked, and the run completes
+    (before, the CLI's handlers took SIGHUP back and the run ended with exit 129)."""
+    out = tmp_path / "out"
+    cmd = [*CLI, str(CMU_SLIDE), "--model", str(tiny_model_dir), "--out", str(out)]
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # what nohup does before exec
+    try:
+        proc = subprocess.Popen(
+            [*cmd, *OPTIONS, "--decoders", "1"],
+            cwd=REPO,
+            env=cli_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+    partial = out / f".{STEM}.partial"  # made once the handlers are in place, before inference
+    deadline = time.monotonic() + 120
+    while not partial.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before its terminal closed"
+    hung_up = [proc.pid, *(c.pid for c in psutil.Process(proc.pid).children(recursive=True))]
+    for pid in hung_up:  # the terminal's hangup reaches its whole foreground group
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGHUP)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err
+    assert len(hung_up) >= 2, "no decoder process was running to be hung up"
+    assert_complete_output(out / STEM)
+    assert leftovers(out) == [STEM]

@@ -1,0 +1,82 @@
+"""The CLI's stop on a signal, made to land even where Python drops the signal's exception.
+
+Python runs a signal's handler in the main thread between two bytecodes, wherever those are.
+The exception it raises (KeyboardInterrupt for Ctrl-C, `Terminated` for SIGTERM and SIGHUP)
+may so be raised inside a finaliser (a weakref callback, a `__del__`), where Python prints
+"Exception ignored" and drops it: the run then went on to the end and exited 0 (seen under
+CI: a SIGTERM raised in the import system's module-lock callback). So the handler also
+cancels the run's token; the stop then lands at the run's next check (the engine's watch of
+its parts, every 0.1 s; between the stages and `prepare`'s steps) as `SlideInterrupted`,
+which the command turns back into the signal's exception, with its exit code and cleanup.
+
+A signal the process inherited as ignored stays ignored: `nohup` ignores SIGHUP so that a run
+outlives its terminal, and a non-interactive shell's background job ignores SIGINT.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from wsi_segment.errors import TERMINATING_SIGNALS, SlideInterrupted, Terminated
+from wsi_segment.pipeline.cancellation import Cancellation
+
+STOPPING_SIGNALS = (signal.SIGINT, *TERMINATING_SIGNALS)
+
+
+class SignalStop:
+    """The signal that stopped a command's runs, and the token those runs check."""
+
+    def __init__(self) -> None:
+        self.token = Cancellation()
+        self.signum: int | None = None
+
+    def handle(self, signum: int, frame: object) -> None:
+        """The handler: cancel the token, then raise the signal's exception here."""
+        self.signum = signum
+        self.token.cancel(SlideInterrupted)
+        raise self.exception()
+
+    def exception(self) -> BaseException:
+        """The exception of the signal received: `Terminated` for SIGTERM and SIGHUP (the
+        CLI exits 128 + the signal), else Ctrl-C's."""
+        if self.signum in TERMINATING_SIGNALS:
+            return Terminated(f"terminated by signal {self.signum}", self.signum)
+        return KeyboardInterrupt()
+
+
+def handled_signals(handler: Any) -> dict[int, Any]:
+    """Install `handler` for each of `STOPPING_SIGNALS` this process does not ignore; the
+    previous handlers, to give back (`restore`)."""
+    previous = {}
+    for signum in STOPPING_SIGNALS:
+        if signal.getsignal(signum) is not signal.SIG_IGN:
+            previous[signum] = signal.signal(signum, handler)
+    return previous
+
+
+def restore(previous: dict[int, Any]) -> None:
+    """Give back the handlers `handled_signals` replaced (one not set from Python: the
+    default action)."""
+    for signum, handler in previous.items():
+        signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+
+
+@contextlib.contextmanager
+def signals_stop_runs() -> Iterator[SignalStop]:
+    """While the block runs, Ctrl-C, SIGTERM and SIGHUP raise their exception in the main
+    thread and cancel the stop's token (hand `stop.token` to the runs). Only the main thread
+    may set handlers: elsewhere (an in-process call from a thread) nothing changes, and the
+    token is never cancelled."""
+    stop = SignalStop()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    previous = handled_signals(stop.handle)
+    try:
+        yield stop
+    finally:
+        restore(previous)
