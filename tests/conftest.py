@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import signal
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from wsi_segment.errors import raise_terminated
 from wsi_segment.pipeline.inference.engine import EngineSizes
 from wsi_segment.pipeline.inference.model_handle import LoadedModel, ModelHandle
 
@@ -40,6 +42,25 @@ ENGINE_CORES = 2
 ENGINE = EngineSizes(cores=ENGINE_CORES, writers=1, computes=1, locked=True, polygon_processes=0)
 LUAD_CLASSES = ["TE", "NEC", "LYM", "TAS"]
 LUAD_COLORS = [(205, 51, 51), (0, 255, 0), (65, 105, 225), (255, 165, 0)]
+
+
+@contextlib.contextmanager
+def foreground_signals() -> Iterator[None]:
+    """Ctrl-C, SIGTERM and SIGHUP handled in this process, as in a terminal's foreground job,
+    for the block: the code under test installs its handlers over these (an ignored signal
+    it leaves ignored, as `nohup` asks), and a process started meanwhile gets their default
+    actions (exec resets a handler; an ignored signal would stay ignored). CI, or a shell's
+    background job, may run the tests with SIGINT or SIGHUP ignored."""
+    stopping = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    saved = {s: signal.getsignal(s) for s in stopping}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, raise_terminated)
+    try:
+        yield
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
 
 
 def run_temp_root(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from tests.conftest import foreground_signals
 from wsi_segment.errors import Terminated
 from wsi_segment.flows.batch_console import BatchConsoleFilter, InterruptGuard
 
@@ -227,9 +228,10 @@ def guard_run() -> dict:
     reverse order: the next signal the main thread handles then kills the whole session
     (a pytest-xdist worker dies "not properly terminated") with SIGSEGV."""
     code = "from tests.flows.test_batch_console import guard_outcomes as g; print(repr(g()))"
-    ran = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
-    )
+    with foreground_signals():
+        ran = subprocess.run(
+            [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
+        )
     assert ran.returncode == 0, ran.stderr
     return ast.literal_eval(ran.stdout.strip().splitlines()[-1])
 

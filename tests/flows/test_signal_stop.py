@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import foreground_signals
 from wsi_segment.errors import SlideInterrupted, Terminated
 from wsi_segment.flows.cli import sigterm_as_interrupt
 from wsi_segment.flows.signal_stop import SignalStop, signals_stop_runs
@@ -45,7 +46,7 @@ def test_a_signal_whose_exception_python_drops_still_cancels_the_runs(signum, ra
     hook = sys.unraisablehook
     sys.unraisablehook = dropped.append  # what Python does with an exception in a finaliser
     try:
-        with signals_stop_runs() as stop:
+        with foreground_signals(), signals_stop_runs() as stop:
             SignalledWhileFinalised(signum, stop)  # finalised at once
             # the exception was dropped, the token holds the stop
             assert [type(d.exc_value) for d in dropped] == [raised]
@@ -61,12 +62,13 @@ def test_a_signal_whose_exception_python_drops_still_cancels_the_runs(signum, ra
 
 
 def test_the_handlers_raise_the_signals_exception_and_are_given_back():
-    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    with signals_stop_runs() as stop, pytest.raises(Terminated) as info:
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(5)  # interrupted by the handler
-    assert info.value.signum == signal.SIGTERM and stop.token.cancelled
-    assert {s: signal.getsignal(s) for s in before} == before
+    with foreground_signals():
+        before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+        with signals_stop_runs() as stop, pytest.raises(Terminated) as info:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # interrupted by the handler
+        assert info.value.signum == signal.SIGTERM and stop.token.cancelled
+        assert {s: signal.getsignal(s) for s in before} == before
 
 
 def test_a_signal_the_process_ignores_stays_ignored():

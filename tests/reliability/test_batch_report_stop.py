@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import foreground_signals
 from tests.reliability.conftest import REPO, cli_env
 from tests.reliability.test_batch_signals import batch_cmd, slow_folder, wait_for_chunks
 from tests.reliability.test_interruption import SLOW
@@ -32,14 +33,15 @@ def test_a_stopped_batch_leaves_a_true_table(tiny_model_dir: Path, tmp_path: Pat
 
     folder, out = slow_folder(tmp_path), tmp_path / "out"
     extra = ("--mpp", "0.5", "--concurrency", "1", "--workers", "0", *SLOW)
-    proc = subprocess.Popen(
-        batch_cmd(folder, tiny_model_dir, out, *extra),
-        cwd=REPO,
-        env=cli_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    with foreground_signals():
+        proc = subprocess.Popen(
+            batch_cmd(folder, tiny_model_dir, out, *extra),
+            cwd=REPO,
+            env=cli_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
     wait_for_chunks(proc, out / ".b-cmu.partial")
     # rebuilt by the batch when a-small finished, before b-cmu started
     assert statuses(out) == [("a-small", "done")]

@@ -23,7 +23,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import CMU_SLIDE, corrupt_middle_tile, without_report
+from tests.conftest import CMU_SLIDE, corrupt_middle_tile, foreground_signals, without_report
 from tests.flows.conftest import write_synthetic_slide
 from tests.reliability.conftest import CLI, REPO, cli_env, leftovers
 from tests.reliability.test_interruption import SLOW, our_shared_memory
@@ -98,9 +98,10 @@ def test_interrupting_a_batch_stops_it_cleans_up_and_reports(
     cmd = batch_cmd(
         folder, tiny_model_dir, out, "--mpp", "0.5", "--concurrency", "1", *SLOW, *where
     )
-    proc = subprocess.Popen(
-        cmd, cwd=REPO, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    with foreground_signals():
+        proc = subprocess.Popen(
+            cmd, cwd=REPO, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
     wait_for_chunks(proc, out / ".b-cmu.partial")
     children = descendants(proc.pid)
     assert children  # the Dask nanny and worker, or the decoder
@@ -266,9 +267,10 @@ def test_a_slide_stuck_past_the_grace_does_not_keep_the_batch_from_exiting(
     cmd = [sys.executable, "-c", STUCK_CLI, "batch", str(folder), "--model", str(tiny_model_dir),
            "--out", str(out), "--mpp", "0.5", "--concurrency", "1", "--workers", "0", "--quiet"]  # fmt: skip
     env = {**cli_env(), "STUCK_MARKER": str(marker)}
-    proc = subprocess.Popen(
-        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    with foreground_signals():
+        proc = subprocess.Popen(
+            cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
     deadline = time.monotonic() + 200
     while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -351,8 +353,9 @@ def test_a_signal_to_the_batchs_process_group_stops_it_in_seconds(
     cmd = batch_cmd(
         folder, tiny_model_dir, out, "--mpp", "0.5", "--concurrency", "1", *SLOW, *where
     )
-    proc = subprocess.Popen(cmd, cwd=REPO, env=cli_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    with foreground_signals():
+        proc = subprocess.Popen(cmd, cwd=REPO, env=cli_env(), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
     wait_for_chunks(proc, out / ".b-cmu.partial")
     children = descendants(proc.pid)
     server = server_processes(proc.pid)

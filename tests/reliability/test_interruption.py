@@ -24,7 +24,7 @@ import psutil
 import pytest
 import zarr
 
-from tests.conftest import CMU_SLIDE
+from tests.conftest import CMU_SLIDE, foreground_signals
 from tests.reliability.conftest import (
     CLI,
     REPO,
@@ -128,12 +128,11 @@ def test_sigkill_mid_slide_then_rerun_equals_uninterrupted(tiny_model_dir, tmp_p
 
 def start_slowed_run(tiny_model_dir, out, extra=(), new_session=False) -> subprocess.Popen:
     """A slowed-down real run of the CLI on CMU-1-Small-Region, started as from a terminal:
-    with Ctrl-C's default action even where this test process ignores SIGINT (a shell's
-    background job does: the CLI would inherit that and never see the test's Ctrl-C)."""
+    with the stopping signals' default actions even where this test process ignores SIGINT
+    or SIGHUP (a shell's background job, `nohup`: the CLI would inherit that and, as it
+    should, never see the test's signal)."""
     cmd = [*CLI, str(CMU_SLIDE), "--model", str(tiny_model_dir), "--out", str(out), *SLOW]
-    ignoring = signal.getsignal(signal.SIGINT)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # a handler is reset by exec
-    try:
+    with foreground_signals():
         return subprocess.Popen(
             [*cmd, *extra],
             cwd=REPO,
@@ -143,8 +142,6 @@ def start_slowed_run(tiny_model_dir, out, extra=(), new_session=False) -> subpro
             text=True,
             start_new_session=new_session,
         )
-    finally:
-        signal.signal(signal.SIGINT, ignoring)
 
 
 def start_and_wait_for_chunks(tiny_model_dir, out, extra=(), new_session=False):
