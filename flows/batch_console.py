@@ -47,8 +47,12 @@ prefect_env.apply()
 
 from prefect.exceptions import TerminationSignal  # noqa: E402
 
-from wsi_segment.errors import TERMINATING_SIGNALS, Terminated  # noqa: E402
-from wsi_segment.flows.signal_stop import handled_signals, restore  # noqa: E402
+from wsi_segment.errors import (  # noqa: E402
+    TERMINATING_SIGNALS,
+    Terminated,
+    handled_signals,
+    restore_handlers,
+)
 
 RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
 # A log record with this attribute set (`extra=REPORT_LINE`) says what the CLI prints itself
@@ -127,7 +131,7 @@ class InterruptGuard:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        restore(self._previous)
+        restore_handlers(self._previous)
 
     def hold(self) -> None:
         """Ignore every later signal (an interrupt has come by another way)."""
@@ -140,5 +144,5 @@ class InterruptGuard:
         if isinstance(sys.exc_info()[1], TerminationSignal):
             return  # Prefect passing on the SIGTERM it has already raised as TerminationSignal
         if signum in TERMINATING_SIGNALS:
-            raise Terminated(f"terminated by signal {signum}", signum)
+            raise Terminated.by(signum)
         raise KeyboardInterrupt

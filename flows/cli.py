@@ -15,14 +15,19 @@ import faulthandler
 import gc
 import importlib
 import os
-import signal
 import sys
 import threading
 from collections.abc import Iterator, Sequence
 
-from wsi_segment.errors import TERMINATING_SIGNALS, Terminated, WsiSegmentError, raise_terminated
+from wsi_segment.errors import (
+    TERMINATING_SIGNALS,
+    Terminated,
+    WsiSegmentError,
+    handled_signals,
+    raise_terminated,
+    restore_handlers,
+)
 from wsi_segment.flows.allocator import limit_malloc_arenas
-from wsi_segment.flows.signal_stop import restore
 
 # subcommand name -> module implementing add_parser(subparsers) and run(args) -> int
 SUBCOMMANDS: dict[str, str] = {
@@ -118,15 +123,11 @@ def sigterm_as_interrupt() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {
-        s: signal.signal(s, raise_terminated)
-        for s in TERMINATING_SIGNALS
-        if signal.getsignal(s) is not signal.SIG_IGN
-    }
+    previous = handled_signals(raise_terminated, TERMINATING_SIGNALS)
     try:
         yield
     finally:
-        restore(previous)
+        restore_handlers(previous)
 
 
 if __name__ == "__main__":

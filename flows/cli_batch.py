@@ -178,7 +178,7 @@ def cli_interrupt(stopped: BatchInterrupted | BatchTerminated) -> KeyboardInterr
     from wsi_segment.flows.batch_interrupt import BatchTerminated
 
     if isinstance(stopped, BatchTerminated):
-        return Terminated(f"terminated by signal {stopped.signal}", stopped.signal)
+        return Terminated.by(stopped.signal)
     if isinstance(stopped.__cause__, Terminated):
         return stopped.__cause__
     return stopped

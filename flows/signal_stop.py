@@ -16,15 +16,17 @@ outlives its terminal, and a non-interactive shell's background job ignores SIGI
 from __future__ import annotations
 
 import contextlib
-import signal
 import threading
 from collections.abc import Iterator
-from typing import Any
 
-from wsi_segment.errors import TERMINATING_SIGNALS, SlideInterrupted, Terminated
+from wsi_segment.errors import (
+    TERMINATING_SIGNALS,
+    SlideInterrupted,
+    Terminated,
+    handled_signals,
+    restore_handlers,
+)
 from wsi_segment.pipeline.cancellation import Cancellation
-
-STOPPING_SIGNALS = (signal.SIGINT, *TERMINATING_SIGNALS)
 
 
 class SignalStop:
@@ -44,25 +46,8 @@ class SignalStop:
         """The exception of the signal received: `Terminated` for SIGTERM and SIGHUP (the
         CLI exits 128 + the signal), else Ctrl-C's."""
         if self.signum in TERMINATING_SIGNALS:
-            return Terminated(f"terminated by signal {self.signum}", self.signum)
+            return Terminated.by(self.signum)
         return KeyboardInterrupt()
-
-
-def handled_signals(handler: Any) -> dict[int, Any]:
-    """Install `handler` for each of `STOPPING_SIGNALS` this process does not ignore; the
-    previous handlers, to give back (`restore`)."""
-    previous = {}
-    for signum in STOPPING_SIGNALS:
-        if signal.getsignal(signum) is not signal.SIG_IGN:
-            previous[signum] = signal.signal(signum, handler)
-    return previous
-
-
-def restore(previous: dict[int, Any]) -> None:
-    """Give back the handlers `handled_signals` replaced (one not set from Python: the
-    default action)."""
-    for signum, handler in previous.items():
-        signal.signal(signum, signal.SIG_DFL if handler is None else handler)
 
 
 @contextlib.contextmanager
@@ -79,4 +64,4 @@ def signals_stop_runs() -> Iterator[SignalStop]:
     try:
         yield stop
     finally:
-        restore(previous)
+        restore_handlers(previous)

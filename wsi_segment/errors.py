@@ -10,10 +10,13 @@ and `models/`, which must not import each other.
 from __future__ import annotations
 
 import signal
+from collections.abc import Sequence
+from typing import Any
 
 # Signals that end a run as Ctrl-C does, cleaning up: SIGTERM (schedulers, `timeout`, Docker,
 # Kubernetes) and SIGHUP (the terminal or the ssh session closed). SIGTERM first.
 TERMINATING_SIGNALS: tuple[int, ...] = (signal.SIGTERM, signal.SIGHUP)
+STOPPING_SIGNALS: tuple[int, ...] = (signal.SIGINT, *TERMINATING_SIGNALS)  # and Ctrl-C
 
 
 class WsiSegmentError(Exception):
@@ -88,10 +91,33 @@ class Terminated(KeyboardInterrupt):
     def signal_name(self) -> str:
         return signal.Signals(self.signum).name
 
+    @classmethod
+    def by(cls, signum: int) -> Terminated:
+        """The exception of signal `signum`."""
+        return cls(f"terminated by signal {signum}", signum)
+
 
 def raise_terminated(signum: int, frame: object) -> None:
     """The handler of `TERMINATING_SIGNALS` (`signal.signal(signum, raise_terminated)`)."""
-    raise Terminated(f"terminated by signal {signum}", signum)
+    raise Terminated.by(signum)
+
+
+def handled_signals(handler: Any, signals: Sequence[int] = STOPPING_SIGNALS) -> dict[int, Any]:
+    """Install `handler` for each of `signals` this process does not ignore (one it inherited
+    as ignored stays ignored: `nohup`'s SIGHUP, a background job's SIGINT); the previous
+    handlers, to give back with `restore_handlers`."""
+    return {
+        signum: signal.signal(signum, handler)
+        for signum in signals
+        if signal.getsignal(signum) is not signal.SIG_IGN
+    }
+
+
+def restore_handlers(previous: dict[int, Any]) -> None:
+    """Give back the handlers `handled_signals` replaced (one not set from Python: the
+    default action)."""
+    for signum, handler in previous.items():
+        signal.signal(signum, signal.SIG_DFL if handler is None else handler)
 
 
 class SlideStopped(BaseException):

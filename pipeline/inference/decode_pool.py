@@ -26,7 +26,14 @@ from typing import Any
 
 import numpy as np
 
-from wsi_segment.errors import TERMINATING_SIGNALS, SlideError, WsiSegmentError, raise_terminated
+from wsi_segment.errors import (
+    STOPPING_SIGNALS,
+    TERMINATING_SIGNALS,
+    SlideError,
+    WsiSegmentError,
+    handled_signals,
+    raise_terminated,
+)
 from wsi_segment.pipeline.inference.decoder_link import (
     Decoded,
     DecoderEnd,
@@ -44,7 +51,6 @@ from wsi_segment.pipeline.inference.tile_reader import TileReader
 from wsi_segment.wsi.tiling import ChunkSpec, contiguous_runs
 
 JOIN_S = 5.0  # a decoder asked to stop finishes its current read first
-STOPPING_SIGNALS = {signal.SIGINT, *TERMINATING_SIGNALS}
 
 
 class SlotRing:
@@ -236,7 +242,7 @@ class DecodePool:
 
 
 @contextlib.contextmanager
-def signals_blocked(signals: set[int] = STOPPING_SIGNALS) -> Iterator[None]:
+def signals_blocked(signals: Sequence[int] = STOPPING_SIGNALS) -> Iterator[None]:
     """Block `signals` in this thread for the block: a process started in it inherits the
     mask, so a signal to the process group waits until the child is ready for it."""
     before = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
@@ -251,7 +257,7 @@ def start_resource_tracker() -> None:
     a SIGHUP to the process group would end it, and the slot ring would leak."""
     from multiprocessing import resource_tracker
 
-    with signals_blocked({signal.SIGHUP}):
+    with signals_blocked((signal.SIGHUP,)):
         resource_tracker.ensure_running()
 
 
@@ -262,9 +268,7 @@ def decoder_main(decoder: int, conn: Connection) -> None:
     to the process group while it imported would print a traceback; one that came meanwhile
     lands here, once the handlers are in place. A signal its run ignores (`nohup`'s SIGHUP,
     inherited) it ignores too."""
-    for signum in TERMINATING_SIGNALS:
-        if signal.getsignal(signum) is not signal.SIG_IGN:
-            signal.signal(signum, raise_terminated)
+    handled_signals(raise_terminated, TERMINATING_SIGNALS)
     link = DecoderEnd(conn)
     try:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOPPING_SIGNALS)
