@@ -154,8 +154,9 @@ def _any_by_tile(a: np.ndarray, tile: np.ndarray, tiles: int, axis: int) -> np.n
         return out
     tile = tile[:kept]
     starts = np.flatnonzero(np.diff(tile, prepend=-1))
-    any_ = np.logical_or.reduceat(a.take(np.arange(kept), axis=axis), starts, axis=axis)
     index: list[slice | np.ndarray] = [slice(None)] * a.ndim
+    index[axis] = slice(0, kept)  # a view of the kept slices, not a copy
+    any_ = np.logical_or.reduceat(a[tuple(index)], starts, axis=axis)
     index[axis] = tile[starts]
     out[tuple(index)] = any_
     return out
