@@ -155,10 +155,10 @@ def run_engine_once(slide: Path, model_dir: Path, args: argparse.Namespace, n: i
     from wsi_segment.pipeline.inference.read_sources import DecoderProcesses
     from wsi_segment.pipeline.machine import probe_machine, usable_cores
     from wsi_segment.pipeline.params import SegmentParams
-    from wsi_segment.pipeline.run_policy import decide
+    from wsi_segment.pipeline.run_policy import RunFacts, decide
 
     # the writers a run with n decoders gets on this machine (the run policy's)
-    writers = decide(probe_machine(), SegmentParams(decoders=n)).writers.value
+    writers = decide(probe_machine(), SegmentParams(decoders=n), RunFacts()).writers.value
     with tempfile.TemporaryDirectory(dir=args.work) as tmp:
         job, specs = engine_job(slide, model_dir, args, Path(tmp) / "p.zarr")
         stats = EngineStats()

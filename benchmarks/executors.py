@@ -15,7 +15,7 @@ from wsi_segment.models.runtimes.tile_io import Geometry
 from wsi_segment.models.segmentation_model import SegmentationModel
 from wsi_segment.pipeline.machine import probe_machine
 from wsi_segment.pipeline.params import SegmentParams
-from wsi_segment.pipeline.run_policy import decide, runtime_spec
+from wsi_segment.pipeline.run_policy import RunFacts, decide, runtime_spec
 
 
 def opened(
@@ -28,7 +28,7 @@ def opened(
     opened at the plan's precision for `--device device --precision precision --runtime
     runtime`."""
     options = SegmentParams(device=device, precision=precision, runtime=runtime)
-    plan = decide(probe_machine(), options)
+    plan = decide(probe_machine(), options, RunFacts())
     if not isinstance(model, SegmentationModel):
         model = load_model(Path(model))
     model.to_device(plan.device.value)

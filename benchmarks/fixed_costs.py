@@ -75,10 +75,10 @@ def load_steps() -> None:
     from wsi_segment.pipeline.machine import probe_machine
     from wsi_segment.pipeline.params import SegmentParams
     from wsi_segment.pipeline.prepare import resolve_model_dir
-    from wsi_segment.pipeline.run_policy import decide, runtime_spec
+    from wsi_segment.pipeline.run_policy import RunFacts, decide, runtime_spec
 
     options = SegmentParams()
-    plan = decide(probe_machine(), options)
+    plan = decide(probe_machine(), options, RunFacts())
     spec = runtime_spec(plan)
     lap("import pipeline, decide the plan")
     import torch

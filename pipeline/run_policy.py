@@ -169,11 +169,9 @@ class ExecutionPlan:
         return out
 
 
-def decide(
-    machine: Machine, options: SegmentParams, facts: RunFacts | None = None
-) -> ExecutionPlan:
-    """The policy of one engine on `machine` for `options`; a pure function."""
-    facts = facts or RunFacts()
+def decide(machine: Machine, options: SegmentParams, facts: RunFacts) -> ExecutionPlan:
+    """The policy of one engine on `machine` for `options` and the run's `facts`; a pure
+    function."""
     device = decide_device(machine, options)
     cuda = device.value == "cuda"
     gpu = machine.gpus[0] if cuda and machine.gpus else None

@@ -16,6 +16,7 @@ import pytest
 from wsi_segment.errors import raise_terminated
 from wsi_segment.pipeline.inference.engine import EngineSizes
 from wsi_segment.pipeline.inference.model_handle import LoadedModel, ModelHandle
+from wsi_segment.pipeline.run_policy import RunFacts
 
 if TYPE_CHECKING:
     import torch
@@ -40,6 +41,9 @@ ENGINE_CORES = 2
 # a test engine's sizes (what a run's plan decides: `EngineSizes.of`): one writer, one
 # compute thread, the model's lock, no polygon processes; tests replace what they vary
 ENGINE = EngineSizes(cores=ENGINE_CORES, writers=1, computes=1, locked=True, polygon_processes=0)
+# a local run's facts for the run policy (`decide`): one engine on the machine, the slide's
+# reads not examined, no bf16 calibration known; tests replace what they vary
+LOCAL_FACTS = RunFacts()
 LUAD_CLASSES = ["TE", "NEC", "LYM", "TAS"]
 LUAD_COLORS = [(205, 51, 51), (0, 255, 0), (65, 105, 225), (255, 165, 0)]
 
@@ -221,7 +225,7 @@ def plan_spec(precision: str = "auto", runtime: str = "torch") -> RuntimeSpec:
     from wsi_segment.pipeline.run_policy import decide, runtime_spec
 
     options = SegmentParams(device="cpu", precision=precision, runtime=runtime)
-    return runtime_spec(decide(probe_machine(), options))
+    return runtime_spec(decide(probe_machine(), options, LOCAL_FACTS))
 
 
 def torch_labeller(

@@ -11,6 +11,7 @@ import sys
 
 import pytest
 
+from tests.conftest import LOCAL_FACTS
 from wsi_segment.errors import PlanMismatch
 from wsi_segment.models.cpu import cpu_flags
 from wsi_segment.pipeline.machine import GIB, Gpu, Machine, probe_machine
@@ -68,7 +69,7 @@ def values(policy) -> dict:
 
 
 def test_cpu_only_keeps_today_s_defaults():
-    policy = decide(CPU_ONLY, AUTO)
+    policy = decide(CPU_ONLY, AUTO, LOCAL_FACTS)
     assert values(policy) == {
         "device": "cpu",
         "runtime": "torch",
@@ -96,31 +97,32 @@ def test_cpu_only_keeps_today_s_defaults():
 
 def test_cpu_options_win_and_one_thread_takes_the_lock():
     asked = SegmentParams(threads=1, batch_size=5, chunk_tiles=2, decoders=2, writers=3)
-    policy = decide(CPU_ONLY, asked)
+    policy = decide(CPU_ONLY, asked, LOCAL_FACTS)
     assert (policy.compute_threads.value, policy.model_lock.value) == (1, True)
     assert (policy.batch_size.value, policy.chunk_tiles.value) == (5, 2)
     assert (policy.decoders.value, policy.writers.value) == (2, 3)
     assert policy.read_source == "decoder processes"
     assert policy.batch_size.reason == "asked for (--batch-size 5)"
-    assert decide(CPU_ONLY, SegmentParams(threads=5)).compute_threads.value == 5
+    assert decide(CPU_ONLY, SegmentParams(threads=5), LOCAL_FACTS).compute_threads.value == 5
 
 
 def test_one_core_runs_one_forward_pass_at_a_time():
     """A 1-core machine, or a container whose CPU quota is one core (`cpu_quota`)."""
     one_core = dataclasses.replace(CPU_ONLY, cores=1)
-    policy = decide(one_core, SegmentParams())
+    policy = decide(one_core, SegmentParams(), LOCAL_FACTS)
     assert (policy.cores.value, policy.compute_threads.value, policy.model_lock.value) == (
         1, 1, True
     )  # fmt: skip
-    assert decide(one_core, SegmentParams(threads=2)).compute_threads.value == 2  # asked
+    asked = SegmentParams(threads=2)
+    assert decide(one_core, asked, LOCAL_FACTS).compute_threads.value == 2
 
 
 def test_polygon_processes_one_per_writer_on_a_gpu_none_on_the_cpu_or_a_daemonic_worker():
     gpu = decide(ONE_H100, AUTO, RunFacts(reads=YCBCR))
     assert gpu.polygon_processes.value == gpu.writers.value == 4
     assert gpu.polygon_processes.reason == "a GPU: one per writer thread (tracing holds the GIL)"
-    assert decide(CPU_ONLY, AUTO).polygon_processes.value == 0
-    asked = decide(CPU_ONLY, SegmentParams(polygon_processes=3)).polygon_processes
+    assert decide(CPU_ONLY, AUTO, LOCAL_FACTS).polygon_processes.value == 0
+    asked = decide(CPU_ONLY, SegmentParams(polygon_processes=3), LOCAL_FACTS).polygon_processes
     assert (asked.value, asked.reason) == (3, "asked for (--polygon-processes 3)")
     off = decide(ONE_H100, SegmentParams(polygon_processes=0), RunFacts(reads=YCBCR))
     assert off.polygon_processes.value == 0
@@ -130,7 +132,7 @@ def test_polygon_processes_one_per_writer_on_a_gpu_none_on_the_cpu_or_a_daemonic
 
 
 def test_avx512_bf16_without_amx_runs_fp32():
-    policy = decide(BF16_ONLY, AUTO)
+    policy = decide(BF16_ONLY, AUTO, LOCAL_FACTS)
     assert policy.precision.value == "fp32"
     assert policy.precision.reason == (
         "auto on a CPU with AVX512-BF16 without AMX (bf16 is not reliably faster there)"
@@ -140,14 +142,14 @@ def test_avx512_bf16_without_amx_runs_fp32():
 
 
 def test_amx_calibrates_bf16_and_fp32_stays_asked():
-    policy = decide(AMX, AUTO)
+    policy = decide(AMX, AUTO, LOCAL_FACTS)
     assert policy.precision.value == "bf16-if-calibrated"
     assert policy.precision.reason == (
         "auto on a CPU with AMX: bf16 where the model keeps its labels on fixed calibration "
         "tiles, else fp32"
     )
     assert policy.machine.as_dict()["cpu_bf16"] == "amx"
-    fp32 = decide(AMX, SegmentParams(precision="fp32")).precision
+    fp32 = decide(AMX, SegmentParams(precision="fp32"), LOCAL_FACTS).precision
     assert (fp32.value, fp32.reason) == ("fp32", "asked for (--precision fp32)")
 
 
@@ -180,26 +182,26 @@ def test_one_h100():
     assert (aperio.decoders.value, aperio.writers.value) == (8, 4)
     assert aperio.read_source == "decoder processes"
     # --threads is the CPU's: one thread owns a GPU's model
-    assert decide(ONE_H100, SegmentParams(threads=3)).compute_threads.value == 1
+    assert decide(ONE_H100, SegmentParams(threads=3), LOCAL_FACTS).compute_threads.value == 1
     # asked for the host reads: the slide need not be examined
     cpu_reads = SegmentParams(read_device="cpu")
     assert not wants_slide_reads(ONE_H100, cpu_reads)
-    assert decide(ONE_H100, cpu_reads).read_device.reason == ASKED_CPU
-    assert decide(ONE_H100, AUTO).read_device.reason == NOT_EXAMINED
+    assert decide(ONE_H100, cpu_reads, LOCAL_FACTS).read_device.reason == ASKED_CPU
+    assert decide(ONE_H100, AUTO, LOCAL_FACTS).read_device.reason == NOT_EXAMINED
 
 
 def test_cuda_graphs_on_a_gpu_unless_asked_off_and_carried_to_the_loader():
     """The decision is the plan's, recorded with its reason, and the loader's spec carries
     it: models/ builds the graph executor from the spec alone."""
-    on = decide(ONE_H100, AUTO)
+    on = decide(ONE_H100, AUTO, LOCAL_FACTS)
     assert (on.cuda_graphs.value, runtime_spec(on).cuda_graphs) == (True, True)
-    off = decide(ONE_H100, SegmentParams(cuda_graphs=False))
+    off = decide(ONE_H100, SegmentParams(cuda_graphs=False), LOCAL_FACTS)
     assert (off.cuda_graphs.value, off.cuda_graphs.reason) == (
         False,
         "asked for (--no-cuda-graphs)",
     )
     assert runtime_spec(off).cuda_graphs is False
-    cpu = decide(CPU_ONLY, AUTO)
+    cpu = decide(CPU_ONLY, AUTO, LOCAL_FACTS)
     assert (cpu.cuda_graphs.value, cpu.cuda_graphs.reason) == (False, "no GPU")
     assert runtime_spec(cpu).cuda_graphs is False
     assert "cuda_graphs" in WORKER_DECISIONS  # a band's worker may have no GPU
@@ -271,9 +273,9 @@ def test_a_small_memory_gpu_caps_its_batch_and_runs_fp16():
 
 
 def test_device_and_reads_as_asked():
-    cuda = decide(CPU_ONLY, SegmentParams(device="cuda"))  # the loader names the fix
+    cuda = decide(CPU_ONLY, SegmentParams(device="cuda"), LOCAL_FACTS)  # the loader names the fix
     assert (cuda.device.value, cuda.chunk_tiles.value, cuda.batch_size.value) == ("cuda", 8, 64)
-    cpu = decide(ONE_H100, SegmentParams(device="cpu"))
+    cpu = decide(ONE_H100, SegmentParams(device="cpu"), LOCAL_FACTS)
     assert (cpu.device.value, cpu.batch_size.value, cpu.decoders.value) == ("cpu", 16, 0)
     # --read-device gpu on a CPU: the device read path with libjpeg wherever the slide allows
     gpu = SegmentParams(read_device="gpu")
@@ -334,7 +336,7 @@ def _decisions(plan) -> dict:
 def test_every_decision_is_either_the_worker_s_or_the_slide_s():
     """`for_worker` re-decides WORKER_DECISIONS and checks SLIDE_DECISIONS: a decision
     added to the plan must be named in one of them, or a band would silently take it."""
-    plan = decide(CPU_ONLY, AUTO)
+    plan = decide(CPU_ONLY, AUTO, LOCAL_FACTS)
     decisions = set(_decisions(plan))
     assert decisions == set(WORKER_DECISIONS) | set(SLIDE_DECISIONS) - {"calibration"}
     assert not set(WORKER_DECISIONS) & set(SLIDE_DECISIONS)
@@ -372,12 +374,13 @@ def test_a_worker_that_would_decide_a_slide_decision_otherwise_refuses_the_plan(
     with pytest.raises(PlanMismatch, match=r"slide's precision as fp16 \("):
         for_worker(on_h100, SMALL_GPU, **ALONE)
     numbers = {"agreement": 0.999, "tiles": 6}
-    warm = dataclasses.replace(decide(AMX, AUTO), calibration=numbers)  # not what its facts decide
+    # a calibration that is not what its facts decide
+    warm = dataclasses.replace(decide(AMX, AUTO, LOCAL_FACTS), calibration=numbers)
     with pytest.raises(PlanMismatch, match="slide's calibration"):
         for_worker(warm, AMX, **ALONE)
     asked = SegmentParams(chunk_tiles=8)
     with pytest.raises(PlanMismatch, match="slide's chunk_tiles as 4"):
-        for_worker(dataclasses.replace(decide(AMX, asked), options=AUTO), AMX, **ALONE)
+        for_worker(dataclasses.replace(decide(AMX, asked, LOCAL_FACTS), options=AUTO), AMX, **ALONE)
     with pytest.raises(ValueError, match="calibrations"):
         for_worker(on_cpu, AMX, calibrations={})  # settled by the client, never per worker
 
@@ -440,22 +443,23 @@ def test_runtime_openvino_on_cpus_that_have_it_torch_on_gpus() -> None:
     from wsi_segment.pipeline.run_policy import runtime_spec
 
     def decided_runtime(machine, options=AUTO):
-        spec = runtime_spec(decide(machine, options))
+        spec = runtime_spec(decide(machine, options, LOCAL_FACTS))
         return spec.runtime, spec.runtime_reason
 
     avx512 = dataclasses.replace(CPU_ONLY, cpu_flags=AVX2 | {"avx512f"})
     with_ov = {m: dataclasses.replace(m, openvino=True) for m in (CPU_ONLY, AMX, ONE_H100, avx512)}
-    assert decide(with_ov[CPU_ONLY], AUTO).runtime.value == "openvino"  # AVX2, no AVX-512
+    # AVX2, no AVX-512
+    assert decide(with_ov[CPU_ONLY], AUTO, LOCAL_FACTS).runtime.value == "openvino"
     older = dataclasses.replace(with_ov[CPU_ONLY], cpu_flags=frozenset({"sse4_2"}))
-    assert "without AVX2" in decide(older, AUTO).runtime.reason
-    assert decide(with_ov[avx512], AUTO).runtime.value == "openvino"
-    assert decide(with_ov[AMX], AUTO).runtime.value == "openvino"
-    assert decide(CPU_ONLY, AUTO).runtime.value == "torch"  # not installed
-    assert "cannot be imported" in decide(CPU_ONLY, AUTO).runtime.reason
-    gpu = decide(with_ov[ONE_H100], AUTO)
+    assert "without AVX2" in decide(older, AUTO, LOCAL_FACTS).runtime.reason
+    assert decide(with_ov[avx512], AUTO, LOCAL_FACTS).runtime.value == "openvino"
+    assert decide(with_ov[AMX], AUTO, LOCAL_FACTS).runtime.value == "openvino"
+    assert decide(CPU_ONLY, AUTO, LOCAL_FACTS).runtime.value == "torch"  # not installed
+    assert "cannot be imported" in decide(CPU_ONLY, AUTO, LOCAL_FACTS).runtime.reason
+    gpu = decide(with_ov[ONE_H100], AUTO, LOCAL_FACTS)
     assert gpu.runtime.value == "torch" and "cuda" in gpu.runtime.reason
     asked_torch = SegmentParams(runtime="torch")
-    assert decide(with_ov[CPU_ONLY], asked_torch).runtime.value == "torch"
+    assert decide(with_ov[CPU_ONLY], asked_torch, LOCAL_FACTS).runtime.value == "torch"
     # the loader opens the policy's runtime with its reason (models.runtimes.open_runtime)
     assert decided_runtime(with_ov[avx512]) == (
         "openvino",
@@ -467,15 +471,19 @@ def test_runtime_openvino_on_cpus_that_have_it_torch_on_gpus() -> None:
     )
     named = SegmentParams(runtime="openvino")
     assert decided_runtime(with_ov[CPU_ONLY], named)[0] == "openvino"
-    assert runtime_spec(decide(with_ov[CPU_ONLY], named)).by_name
-    assert decide(with_ov[CPU_ONLY], AUTO).as_dict()["machine"]["openvino"] is True
+    assert runtime_spec(decide(with_ov[CPU_ONLY], named, LOCAL_FACTS)).by_name
+    assert decide(with_ov[CPU_ONLY], AUTO, LOCAL_FACTS).as_dict()["machine"]["openvino"] is True
 
 
 def test_runtime_openvino_asked_for_on_a_gpu_is_refused() -> None:
     from wsi_segment.errors import ConfigError
 
     with pytest.raises(ConfigError, match="--runtime openvino runs on the CPU"):
-        decide(dataclasses.replace(ONE_H100, openvino=True), SegmentParams(runtime="openvino"))
+        decide(
+            dataclasses.replace(ONE_H100, openvino=True),
+            SegmentParams(runtime="openvino"),
+            LOCAL_FACTS,
+        )
 
 
 def test_precision_is_decided_for_the_runtime_and_handed_to_the_loader() -> None:
@@ -487,19 +495,19 @@ def test_precision_is_decided_for_the_runtime_and_handed_to_the_loader() -> None
     from wsi_segment.pipeline.run_policy import runtime_spec
 
     def decided_precision(machine, options=AUTO):
-        spec = runtime_spec(decide(machine, options))
+        spec = runtime_spec(decide(machine, options, LOCAL_FACTS))
         return spec.precision, spec.precision_reason
 
     def fallback(machine, options=AUTO):
-        spec = runtime_spec(decide(machine, options))
+        spec = runtime_spec(decide(machine, options, LOCAL_FACTS))
         return spec.fallback, spec.fallback_reason
 
     with_ov = {m: dataclasses.replace(m, openvino=True) for m in (AMX, BF16_ONLY)}
     intel_bf16 = dataclasses.replace(with_ov[BF16_ONLY], cpu_flags=ZEN4)  # no sse4a: Intel
     amd_bf16 = dataclasses.replace(intel_bf16, cpu_flags=ZEN4 | {"sse4a"})
     # torch on AVX512-BF16 runs fp32; OpenVINO calibrates bf16 there on AMD, not on Intel
-    assert decide(BF16_ONLY, AUTO).precision.value == "fp32"
-    assert decide(amd_bf16, AUTO).runtime.value == "openvino"
+    assert decide(BF16_ONLY, AUTO, LOCAL_FACTS).precision.value == "fp32"
+    assert decide(amd_bf16, AUTO, LOCAL_FACTS).runtime.value == "openvino"
     assert decided_precision(amd_bf16) == (
         "bf16-if-calibrated",
         "bf16-if-calibrated: auto on a CPU where OpenVINO's bf16 is faster (AMX, or "
@@ -511,7 +519,7 @@ def test_precision_is_decided_for_the_runtime_and_handed_to_the_loader() -> None
         "fp32: auto on a CPU where OpenVINO's bf16 is not faster (no AMX, and no "
         "AVX512-BF16 on an AMD CPU)",
     )
-    assert decide(with_ov[AMX], AUTO).precision.value == "bf16-if-calibrated"
+    assert decide(with_ov[AMX], AUTO, LOCAL_FACTS).precision.value == "bf16-if-calibrated"
     assert decided_precision(ONE_H100) == (
         "bf16",
         "bf16: auto on a GPU with bf16 (NVIDIA H100 80GB HBM3)",
@@ -551,7 +559,7 @@ def test_a_known_calibration_decides_bf16_if_calibrated_in_the_plan() -> None:
     decided precision; a verdict of another runtime, or a decision that needs none, is
     not taken."""
     torch_amx = SegmentParams(runtime="torch")
-    waiting = decide(AMX, torch_amx)
+    waiting = decide(AMX, torch_amx, LOCAL_FACTS)
     assert (waiting.precision.value, waiting.calibration) == ("bf16-if-calibrated", None)
     assert waiting.as_dict()["calibration"] is None
     passed = decide(AMX, torch_amx, RunFacts(calibrations={"torch": PASSING}))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CMU_SLIDE
+from tests.conftest import CMU_SLIDE, LOCAL_FACTS
 from wsi_segment.models.bundle import load_model
 from wsi_segment.models.meta import model_files_identity
 from wsi_segment.models.model_files import ModelFiles
@@ -61,7 +61,7 @@ def test_a_warm_plan_decides_precision_from_the_kept_verdict(
     """A verdict kept for this model, runtime and CPU (as a first load keeps it, below) is
     found before anything loads; the plan decides bf16 from it and the loader, handed bf16,
     reports the verdict as the reason (it calibrates nothing: its precision is decided)."""
-    cold = decide(AMX, TORCH)
+    cold = decide(AMX, TORCH, LOCAL_FACTS)
     assert cold.precision.value == "bf16-if-calibrated"
     assert known_calibration(RunFacts(), cold, str(tiny_model_dir)) == RunFacts()  # nothing yet
     identity, _meta = model_files_identity(tiny_model_dir)
@@ -83,13 +83,13 @@ def test_a_verdict_holds_for_its_model_runtime_and_cpu_only(
 ) -> None:
     identity, _meta = model_files_identity(tiny_model_dir)
     store_verdict(cache, calibration_key(identity, "torch", AMX.cpu_flags), PASSING)
-    cold = decide(AMX, TORCH)
+    cold = decide(AMX, TORCH, LOCAL_FACTS)
     assert known_calibration(RunFacts(), cold, str(tiny_model_dir)).calibrations
     other_cpu = Machine(cores=2, memory_bytes=8 * GIB, cpu_flags=AMX.cpu_flags | {"avx512f"})
-    elsewhere = decide(other_cpu, TORCH)
+    elsewhere = decide(other_cpu, TORCH, LOCAL_FACTS)
     assert not known_calibration(RunFacts(), elsewhere, str(tiny_model_dir)).calibrations
     with_openvino = dataclasses.replace(AMX, openvino=True)
-    openvino = decide(with_openvino, SegmentParams(device="cpu", runtime="openvino"))
+    openvino = decide(with_openvino, SegmentParams(device="cpu", runtime="openvino"), LOCAL_FACTS)
     assert (openvino.runtime.value, openvino.precision.value) == ("openvino", "bf16-if-calibrated")
     assert not known_calibration(RunFacts(), openvino, str(tiny_model_dir)).calibrations
     changed = tmp_path / "changed"
@@ -102,7 +102,7 @@ def test_a_verdict_holds_for_its_model_runtime_and_cpu_only(
 
 @pytest.mark.slow  # torch's bf16 on a CPU without it: a minute for the tiny model
 def test_the_first_load_keeps_the_verdict_it_obtained(tiny_model_dir: Path, cache: Path) -> None:
-    cold = decide(AMX, TORCH)
+    cold = decide(AMX, TORCH, LOCAL_FACTS)
     first = open_runtime(load_model(tiny_model_dir), runtime_spec(cold), cache)
     assert first.calibration is not None and first.calibration.tiles == 6
     facts = known_calibration(RunFacts(), cold, str(tiny_model_dir))

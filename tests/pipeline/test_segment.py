@@ -15,7 +15,7 @@ import shapely
 import zarr
 from shapely.geometry import shape
 
-from tests.conftest import CMU_SLIDE, DATA_DIR, LUAD_CLASSES, plan_spec
+from tests.conftest import CMU_SLIDE, DATA_DIR, LOCAL_FACTS, LUAD_CLASSES, plan_spec
 from tests.reference_inference import label_count_bounds
 from wsi_segment.errors import ModelError, MppMissingError, OutputError, SlideError
 from wsi_segment.models.bundle import demo_model_dir, load_model
@@ -188,7 +188,8 @@ def test_summary_records_the_run_policy_it_ran(cmu_run):
     machine and the options, every one with its reason, and what the run did matches."""
     result, _out, params = cmu_run
     summary = json.loads((result.out_dir / "summary.json").read_text())
-    expected = decide(probe_machine(), params).as_dict()  # a CPU run examines no JPEG tiles
+    # a CPU run examines no JPEG tiles
+    expected = decide(probe_machine(), params, LOCAL_FACTS).as_dict()
     assert summary["run_policy"] == expected
     assert summary["run_policy"]["chunk_tiles"] == {
         "value": 4,

@@ -25,7 +25,7 @@ from wsi_segment.models.meta import read_model_json
 from wsi_segment.pipeline.inference.slide_plan import plan_slide, slide_tissue
 from wsi_segment.pipeline.machine import probe_machine
 from wsi_segment.pipeline.params import SegmentParams
-from wsi_segment.pipeline.run_policy import decide
+from wsi_segment.pipeline.run_policy import RunFacts, decide
 from wsi_segment.wsi.slide import open_slide
 
 model_dir = Path(sys.argv[2])
@@ -34,7 +34,7 @@ params = SegmentParams(model_dir=model_dir, device="cpu", precision="fp32")
 with open_slide(sys.argv[1]) as slide:
     tissue = slide_tissue(slide, params, [])
     geometry = (meta.tile_size, meta.mpp)
-    chunk_tiles = decide(probe_machine(), params).chunk_tiles.value
+    chunk_tiles = decide(probe_machine(), params, RunFacts()).chunk_tiles.value
     grid, planned = plan_slide(slide, slide.require_mpp(), geometry, params, tissue, chunk_tiles)
 print(json.dumps({"geometry": geometry, "tiles": planned.tiles,
                   "torch": sorted(m for m in sys.modules if m.split(".")[0] == "torch")}))
