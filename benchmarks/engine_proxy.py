@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -35,6 +35,9 @@ if str(ROOT) not in sys.path:
 from benchmarks.decode import run_processes  # noqa: E402
 from benchmarks.measure import BenchRun, slide_args  # noqa: E402
 from benchmarks.stages import slide_and_model  # noqa: E402
+
+if TYPE_CHECKING:
+    from wsi_segment.models.runtimes.spec import RuntimeSpec
 
 CLASSES = 4
 BLOCK = 8  # output pixels per label block of the instant model
@@ -70,13 +73,31 @@ class InstantModel:
         )
 
 
+def torch_fp32_spec() -> RuntimeSpec:
+    """The runtime spec the benchmarks' CPU handles carry: torch at fp32, nothing else asked."""
+    from wsi_segment.models.runtimes.spec import RuntimeSpec
+
+    return RuntimeSpec(
+        runtime="torch",
+        precision="fp32",
+        fallback="fp32",
+        threads=1,
+        cpu_flags=frozenset(),
+        by_name=False,
+        cuda_graphs=False,
+        runtime_reason="",
+        precision_reason="",
+        fallback_reason="",
+        calibration=None,
+    )
+
+
 def instant_handle() -> Any:
     """A model handle whose executors are `InstantModel`s, on the CPU."""
     import types
 
     import torch
 
-    from wsi_segment.models.runtimes.spec import RuntimeSpec
     from wsi_segment.pipeline.inference.model_handle import LoadedModel, ModelHandle
 
     class InstantLoaded(LoadedModel):
@@ -86,7 +107,7 @@ def instant_handle() -> Any:
     model = types.SimpleNamespace(device=torch.device("cpu"), identity="instant")
     runtime = types.SimpleNamespace(network=None)  # not torch's: the CPU
     loaded = InstantLoaded(model, runtime)  # type: ignore[arg-type]
-    return ModelHandle.of(loaded, "instant", "cpu", RuntimeSpec("torch", "fp32"))
+    return ModelHandle.of(loaded, "instant", "cpu", torch_fp32_spec())
 
 
 def spread(x: Any, block: int) -> Any:

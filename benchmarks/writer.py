@@ -52,7 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.engine_proxy import engine_job  # noqa: E402
+from benchmarks.engine_proxy import engine_job, torch_fp32_spec  # noqa: E402
 from benchmarks.measure import BenchRun, loadavg, log, slide_args  # noqa: E402
 from benchmarks.stages import slide_and_model  # noqa: E402
 
@@ -304,10 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     slide, writer, model_dir, model_desc = slide_and_model(
         args.work, args.size, args.tissue, args.model
     )
-    from wsi_segment.models.runtimes.spec import RuntimeSpec
     from wsi_segment.pipeline.inference.model_handle import ModelHandle
 
-    handle = ModelHandle(str(model_dir), "cpu", RuntimeSpec("torch", "fp32"))
+    handle = ModelHandle(str(model_dir), "cpu", torch_fp32_spec())
     # the cached tiles are in plan order, which the chunk size changes
     name = f"writer-{slide.stem}-{Path(model_dir).name}-d{args.downsample}-c{args.chunk_tiles}"
     cache = args.work / f"{name}.npz"

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from wsi_segment.errors import raise_terminated
+from wsi_segment.models.runtimes.spec import RuntimeSpec
 from wsi_segment.pipeline.inference.engine import EngineSizes
 from wsi_segment.pipeline.inference.model_handle import LoadedModel, ModelHandle
 from wsi_segment.pipeline.run_policy import RunFacts
@@ -21,7 +22,6 @@ from wsi_segment.pipeline.run_policy import RunFacts
 if TYPE_CHECKING:
     import torch
 
-    from wsi_segment.models.runtimes.spec import RuntimeSpec
     from wsi_segment.models.runtimes.tile_io import Executor, Geometry, ReducedOutputs
     from wsi_segment.models.segmentation_model import SegmentationModel
 
@@ -44,6 +44,21 @@ ENGINE = EngineSizes(cores=ENGINE_CORES, writers=1, computes=1, locked=True, pol
 # a local run's facts for the run policy (`decide`): one engine on the machine, the slide's
 # reads not examined, no bf16 calibration known; tests replace what they vary
 LOCAL_FACTS = RunFacts()
+# what a plan hands the loader for torch at fp32 with nothing else asked (no reasons worded);
+# tests replace what they vary, as `torch_spec` does
+TORCH_SPEC = RuntimeSpec(
+    runtime="torch",
+    precision="fp32",
+    fallback="fp32",
+    threads=1,
+    cpu_flags=frozenset(),
+    by_name=False,
+    cuda_graphs=False,
+    runtime_reason="",
+    precision_reason="",
+    fallback_reason="",
+    calibration=None,
+)
 LUAD_CLASSES = ["TE", "NEC", "LYM", "TAS"]
 LUAD_COLORS = [(205, 51, 51), (0, 255, 0), (65, 105, 225), (255, 165, 0)]
 
@@ -147,15 +162,12 @@ def tmpfs(path: Path, options: str) -> Iterator[Path]:
 def torch_spec(precision: str = "fp32", cuda_graphs: bool = False) -> RuntimeSpec:
     """A run's runtime spec for torch at `precision` (on CUDA, `cuda_graphs`: each batch a
     replay of one captured graph), as a test's plan would decide it."""
-    from wsi_segment.models.runtimes.spec import RuntimeSpec
-
-    why = f"{precision}: a test's"
-    return RuntimeSpec(
-        "torch",
-        precision,
+    return dataclasses.replace(
+        TORCH_SPEC,
+        precision=precision,
         cuda_graphs=cuda_graphs,
         runtime_reason="torch: a test's",
-        precision_reason=why,
+        precision_reason=f"{precision}: a test's",
     )
 
 
@@ -245,6 +257,6 @@ def torch_labeller(
 
 def calibrating_spec() -> RuntimeSpec:
     """torch at bf16-if-calibrated: what precision auto runs on a CPU with AMX."""
-    from wsi_segment.models.runtimes.spec import RuntimeSpec
-
-    return RuntimeSpec("torch", "bf16-if-calibrated", precision_reason="bf16-if-calibrated")
+    return dataclasses.replace(
+        TORCH_SPEC, precision="bf16-if-calibrated", precision_reason="bf16-if-calibrated"
+    )

@@ -14,14 +14,14 @@ class RuntimeSpec:
 
     runtime: str  # torch | openvino
     precision: str  # fp32 | bf16 | fp16 | bf16-if-calibrated, for that runtime
-    fallback: str = "fp32"  # torch's precision should OpenVINO not run the model
-    threads: int = 1  # OpenVINO's: the cores of the process it serves
-    cpu_flags: frozenset[str] = frozenset()  # the machine's (OpenVINO's cache keys name them)
-    by_name: bool = False  # OpenVINO asked for by name: a model it cannot export is refused
-    cuda_graphs: bool = False  # torch on CUDA runs each batch as a replay of a captured graph
-    runtime_reason: str = field(default="", compare=False)
-    precision_reason: str = field(default="", compare=False)
-    fallback_reason: str = field(default="", compare=False)
+    fallback: str  # torch's precision should OpenVINO not run the model
+    threads: int  # OpenVINO's: the cores of the process it serves
+    cpu_flags: frozenset[str]  # the machine's (OpenVINO's cache keys name them)
+    by_name: bool  # OpenVINO asked for by name: a model it cannot export is refused
+    cuda_graphs: bool  # torch on CUDA runs each batch as a replay of a captured graph
+    runtime_reason: str = field(compare=False)
+    precision_reason: str = field(compare=False)
+    fallback_reason: str = field(compare=False)
     # the bf16 calibration's numbers the plan decided `precision` from (reported with it);
     # None: the precision needed none, or the loader obtains it (bf16-if-calibrated)
-    calibration: Mapping[str, Any] | None = field(default=None, compare=False)
+    calibration: Mapping[str, Any] | None = field(compare=False)

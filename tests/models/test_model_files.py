@@ -4,6 +4,7 @@ built, is the files' own."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import torch_spec
+from tests.conftest import TORCH_SPEC, torch_spec
 from wsi_segment.errors import ModelError
 from wsi_segment.models.cpu import cpu_flags
 from wsi_segment.models.model_files import ModelFiles
@@ -28,10 +29,9 @@ ROOT = Path(__file__).resolve().parents[2]
 # batch's outputs.
 _WARM_LOAD = """
 import json, sys
-from wsi_segment.models.cpu import cpu_flags
-from wsi_segment.models.runtimes.spec import RuntimeSpec
 from wsi_segment.pipeline.inference.model_handle import load_for_process
-spec = RuntimeSpec("openvino", "fp32", threads=1, cpu_flags=cpu_flags())
+from tests.models.test_model_files import openvino_fp32
+spec = openvino_fp32()
 loaded = load_for_process(sys.argv[1], "cpu", spec)
 from tests.models.test_model_files import one_batch
 outputs = one_batch(loaded.runtime)
@@ -44,6 +44,11 @@ print(json.dumps({
     "outputs": outputs,
 }))
 """
+
+
+def openvino_fp32() -> RuntimeSpec:
+    """OpenVINO at fp32 in one thread on this machine, as a run's plan hands it the loader."""
+    return dataclasses.replace(TORCH_SPEC, runtime="openvino", cpu_flags=cpu_flags())
 
 
 def one_batch(runtime: OpenedRuntime) -> list[str]:
@@ -63,8 +68,7 @@ def test_a_warm_openvino_load_builds_no_network_and_imports_no_torch(
     this run: the run's cache), a fresh process finds the graph and the check's verdict in the
     cache and gives the same bytes without building the network, or importing torch."""
     files = ModelFiles(tiny_model_dir, "cpu")
-    spec = RuntimeSpec("openvino", "fp32", threads=1, cpu_flags=cpu_flags())
-    first = open_runtime(files, spec, runtime_cache)
+    first = open_runtime(files, openvino_fp32(), runtime_cache)
     assert first.runtime == "openvino"
     first_outputs = one_batch(first)
     env = {**os.environ, "WSI_SEGMENT_CACHE_DIR": str(runtime_cache), "PYTHONPATH": str(ROOT)}

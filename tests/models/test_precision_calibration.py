@@ -3,13 +3,14 @@ the model and the machine, never by the run."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import plan_spec, torch_labeller
+from tests.conftest import TORCH_SPEC, plan_spec, torch_labeller
 from tests.models.tiny_models import tiny_segmentation_model
 from wsi_segment.models.cpu import AMX_FLAG, cpu_flags
 from wsi_segment.models.precision_calibration import (
@@ -21,7 +22,6 @@ from wsi_segment.models.precision_calibration import (
     compare_labels,
 )
 from wsi_segment.models.runtimes.select import open_runtime
-from wsi_segment.models.runtimes.spec import RuntimeSpec
 
 
 def test_calibration_tiles_are_real_tissue_and_the_same_bytes_everywhere() -> None:
@@ -127,15 +127,18 @@ def test_open_runtime_runs_the_precision_the_plan_decided() -> None:
     """A run hands its plan's precision and reason to the loader, which runs it and decides
     nothing again: bf16-if-calibrated obtains the calibration's verdict on any CPU (AMX or
     not), and a decided value runs with the plan's reason."""
-    calibrate = RuntimeSpec(
-        "torch", "bf16-if-calibrated", precision_reason="bf16-if-calibrated: the policy's"
+    calibrate = dataclasses.replace(
+        TORCH_SPEC,
+        precision="bf16-if-calibrated",
+        precision_reason="bf16-if-calibrated: the policy's",
     )
     model = tiny_segmentation_model().to_device("cpu")
     report = open_runtime(model, calibrate).report()
     cal = report["calibration"]
     assert isinstance(cal, dict) and cal["tiles"] == 6
     assert report["autocast"] == cal["chosen"] and report["reason"] == cal["reason"]
-    decided = open_runtime(model, RuntimeSpec("torch", "bf16", precision_reason="bf16: pinned"))
+    pinned = dataclasses.replace(TORCH_SPEC, precision="bf16", precision_reason="bf16: pinned")
+    decided = open_runtime(model, pinned)
     assert decided.precision == "bf16"
     report = decided.report()
     assert (report["autocast"], report["reason"], report["calibration"]) == (

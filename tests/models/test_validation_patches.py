@@ -3,6 +3,7 @@ the bf16 calibration labelling them beside the CMU-1 tiles (in torch and in Open
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from tests.conftest import calibrating_spec, torch_labeller
+from tests.conftest import TORCH_SPEC, calibrating_spec, torch_labeller
 from tests.models.tiny_models import META, TILE, tiny_segmentation_model
 from wsi_segment.errors import ModelError
 from wsi_segment.models.bundle import load_model, save_model
@@ -23,7 +24,6 @@ from wsi_segment.models.precision_calibration import (
     compare_labels,
 )
 from wsi_segment.models.runtimes.select import open_runtime
-from wsi_segment.models.runtimes.spec import RuntimeSpec
 from wsi_segment.models.segmentation_model import SegmentationModel
 from wsi_segment.models.validation_patches import PATCHES_FILE, ValidationPatches, choose
 
@@ -149,7 +149,9 @@ def test_openvino_calibration_labels_the_patches_too(tmp_path: Path) -> None:
     model = SegmentationModel(_Classifier(), seg, META).to_device("cpu")
     model.validation_patches = np.ascontiguousarray(_patches().pixels.transpose(0, 3, 1, 2))
     flags = frozenset({"avx2", "avx512f", "avx512_bf16", "amx_bf16"})
-    spec = RuntimeSpec("openvino", "bf16-if-calibrated", cpu_flags=flags)
+    spec = dataclasses.replace(
+        TORCH_SPEC, runtime="openvino", precision="bf16-if-calibrated", cpu_flags=flags
+    )
     choice = open_runtime(model, spec, tmp_path)
     assert choice.runtime == "openvino" and choice.calibration is not None
     assert (choice.calibration.tiles, choice.calibration.own_patches) == (9, 3)

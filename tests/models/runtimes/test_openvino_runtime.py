@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from tests.conftest import TORCH_SPEC
 from wsi_segment.errors import GraphNotExpressible, ModelError, RuntimeUnavailable, WsiSegmentError
 from wsi_segment.models.classifier import build_classifier
 from wsi_segment.models.cpu import cpu_flags
@@ -79,9 +80,10 @@ def ov_spec(
 ) -> RuntimeSpec:
     """OpenVINO at `precision` as a run's plan hands it to the loader."""
     why = "openvino: asked for (--runtime openvino)" if by_name else "openvino: the plan's"
-    return RuntimeSpec(
-        "openvino",
-        precision,
+    return dataclasses.replace(
+        TORCH_SPEC,
+        runtime="openvino",
+        precision=precision,
         threads=torch.get_num_threads(),
         by_name=by_name,
         cpu_flags=cpu_flags() if flags is None else flags,
@@ -467,7 +469,7 @@ def test_the_plans_decision_is_opened_as_decided(cache: Path) -> None:
         "openvino: the plan's",
     )
     why = "torch: asked for OpenVINO, but it cannot be imported here"
-    torch_spec = RuntimeSpec("torch", "fp32", runtime_reason=why)
+    torch_spec = dataclasses.replace(TORCH_SPEC, runtime_reason=why)
     decided = open_runtime(model, torch_spec, cache)
     assert (decided.runtime, decided.reason, decided.warning) == ("torch", why, None)
     named = open_runtime(model, dataclasses.replace(torch_spec, by_name=True), cache)
