@@ -131,6 +131,7 @@ def engine_job(
     from wsi_segment.pipeline.inference.tile_reader import TileReader
     from wsi_segment.pipeline.outputs.label_image import create_label_image, label_level0_path
     from wsi_segment.pipeline.outputs.ome_zarr import create_probability_store, level0_path
+    from wsi_segment.pipeline.params import SegmentParams
     from wsi_segment.wsi.tiling import STORE_TILES
     from wsi_segment.wsi.tissue import detect_tissue
 
@@ -166,6 +167,10 @@ def engine_job(
         tissue_downsample=float(tissue.downsample),
         level0_per_output=per_output,
         model=handle or instant_handle(),
+        # a run's polygons with the default options, no `--roi`; areas of whole pixels
+        simplify_tolerance=SegmentParams().simplify_tolerance,
+        keep_exact_polygons=False,
+        slide_extent_out=None,
     )
     return job, p.specs
 

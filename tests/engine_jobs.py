@@ -14,6 +14,7 @@ from wsi_segment.pipeline.inference.slide_job import SlideJob
 from wsi_segment.pipeline.inference.tile_reader import TileReader
 from wsi_segment.pipeline.outputs.label_image import create_label_image, label_level0_path
 from wsi_segment.pipeline.outputs.ome_zarr import create_probability_store, level0_path
+from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.wsi.tiling import ChunkPlan, TileGrid
 from wsi_segment.wsi.tissue import TissueMask
 
@@ -74,4 +75,8 @@ def planned_job(
         tissue_downsample=float(downsample),
         level0_per_output=per_output,
         model=model,
+        # a run's polygons with the default options, no `--roi`; areas of whole pixels
+        simplify_tolerance=SegmentParams().simplify_tolerance,
+        keep_exact_polygons=False,
+        slide_extent_out=None,
     )

@@ -77,11 +77,11 @@ class SlideJob(PerThread):
     model: ModelHandle
     # Polygons are simplified per chunk as it is written (output px, 0: exact), so the end
     # of the run only unions them; the exact ones are kept too for a `--roi` run's areas.
-    simplify_tolerance: float = 1.0
-    keep_exact_polygons: bool = False
+    simplify_tolerance: float
+    keep_exact_polygons: bool
     # The slide's (width, height) in output px: class areas count only the part of the
     # raster's last column and row on the slide (None: whole pixels).
-    slide_extent_out: tuple[float, float] | None = None
+    slide_extent_out: tuple[float, float] | None
     _local: threading.local = field(default_factory=threading.local, repr=False)
 
     @property
