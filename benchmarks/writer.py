@@ -145,7 +145,8 @@ def part_functions(job: Any, specs: list, reduced: list) -> dict[str, Callable[[
         return block_statistics(blocks[i].labels, blocks[i].probs, job.n_classes)
 
     def polygons(i: int) -> object:
-        return block_polygons(specs[i], blocks[i].labels, job.n_classes, job.simplify_tolerance)
+        labels = blocks[i].labels  # traced with the block as one cell (cell 0)
+        return block_polygons(specs[i], labels, job.n_classes, job.simplify_tolerance, 0)
 
     def finish(i: int) -> object:
         return job.finish_block(specs[i], reduced[i])
@@ -246,7 +247,7 @@ def polygon_stats(job: Any, specs: list, reduced: list) -> tuple[float, float]:
 
     polys = verts = 0
     for s, r in zip(specs, reduced, strict=True):
-        wkb = block_polygons(s, job.stitch_block(s, r).labels, job.n_classes)
+        wkb = block_polygons(s, job.stitch_block(s, r).labels, job.n_classes, 0.0, 0)  # exact
         geoms = [shapely.from_wkb(w) for ws in wkb.values() for w in ws]
         polys += len(geoms)
         verts += int(sum(shapely.get_num_coordinates(geoms))) if geoms else 0

@@ -79,7 +79,7 @@ class PolygonProcesses:
         self._idle.put(n)
 
     def block_polygons(
-        self, spec: ChunkSpec, labels: np.ndarray, k: int, tolerance: float = 0.0, cell: int = 0
+        self, spec: ChunkSpec, labels: np.ndarray, k: int, tolerance: float, cell: int
     ) -> dict[int, list[bytes]]:
         """`chunk_summary.block_polygons(spec, labels, k, tolerance, cell)`, in a process."""
         n = self._idle.get()

@@ -79,11 +79,11 @@ def summarise_block(
     labels: np.ndarray,
     probs_u8: np.ndarray,
     k: int,
-    tolerance: float = 0.0,
-    keep_exact: bool = False,
-    extent: tuple[float, float] | None = None,
-    cell: int = 0,
-    polygons: BlockPolygons | None = None,
+    tolerance: float,
+    keep_exact: bool,
+    extent: tuple[float, float] | None,
+    cell: int,
+    polygons: BlockPolygons | None,
 ) -> ChunkOutcome:
     """Per-class counts, areas, probability sums and polygons of one output block (`labels`:
     class ids, UNCLASSIFIED, NODATA; `k` model classes): simplified with `tolerance` (output
@@ -143,7 +143,7 @@ def block_statistics(
 
 
 def block_polygons(
-    spec: ChunkSpec, labels: np.ndarray, k: int, tolerance: float = 0.0, cell: int = 0
+    spec: ChunkSpec, labels: np.ndarray, k: int, tolerance: float, cell: int
 ) -> dict[int, list[bytes]]:
     """Output class (0..K, K = Unclassified) -> WKB polygons of the block, in output pixel
     coordinates of the whole map: exact (`tolerance` 0), or simplified edge-to-edge with the

@@ -11,6 +11,7 @@ from PIL import Image
 
 from wsi_segment.models.labels import NODATA, UNCLASSIFIED
 from wsi_segment.pipeline.outputs.chunk_summary import (
+    ChunkOutcome,
     block_polygons,
     slide_area_px,
     summarise_block,
@@ -31,6 +32,19 @@ def _mask_block() -> tuple[ChunkSpec, np.ndarray, np.ndarray]:
     return spec, labels, probs
 
 
+def _summary(
+    spec: ChunkSpec,
+    labels: np.ndarray,
+    probs: np.ndarray,
+    tolerance: float,
+    keep_exact: bool,
+    extent: tuple[float, float] | None,
+    cell: int,
+) -> ChunkOutcome:
+    """`summarise_block` of a block one tile ran for (K classes), traced in this thread."""
+    return summarise_block(spec, 1, labels, probs, K, tolerance, keep_exact, extent, cell, None)
+
+
 def _per_output_class(values: np.ndarray) -> np.ndarray:
     """(K + 1,) pixels of each output class: the K classes, then Unclassified."""
     n = np.bincount(values.ravel(), minlength=256)
@@ -43,21 +57,21 @@ def _area(wkb: dict[int, list[bytes]]) -> dict[int, float]:
 
 def test_writer_simplifies_and_keeps_exact_polygons_only_when_asked():
     spec, labels, probs = _mask_block()
-    exact = block_polygons(spec, labels, K)
-    plain = summarise_block(spec, 1, labels, probs, K, tolerance=1.0)
+    exact = block_polygons(spec, labels, K, tolerance=0.0, cell=0)
+    plain = _summary(spec, labels, probs, tolerance=1.0, keep_exact=False, extent=None, cell=0)
     assert plain.exact_polygons == {}
     assert set(plain.polygons) == set(exact)
     verts = {c: sum(map(shapely.get_num_coordinates, shapely.from_wkb(ws))) for c, ws in
              plain.polygons.items()}  # fmt: skip
     for c, ws in exact.items():
         assert verts[c] < sum(map(shapely.get_num_coordinates, shapely.from_wkb(ws)))
-    roi = summarise_block(spec, 1, labels, probs, K, tolerance=1.0, keep_exact=True)
+    roi = _summary(spec, labels, probs, tolerance=1.0, keep_exact=True, extent=None, cell=0)
     assert roi.polygons == plain.polygons
     assert roi.exact_polygons == exact
     # exact: the areas are the pixel counts
     counts = np.bincount(labels.ravel(), minlength=256)[:K]
     assert _area(roi.exact_polygons) == {c: float(counts[c]) for c in exact}
-    zero = summarise_block(spec, 1, labels, probs, K, tolerance=0.0, keep_exact=True)
+    zero = _summary(spec, labels, probs, tolerance=0.0, keep_exact=True, extent=None, cell=0)
     assert zero.polygons == zero.exact_polygons == exact
 
 
@@ -69,7 +83,7 @@ def test_areas_count_only_the_part_of_edge_pixels_on_the_slide():
     labels[-3:, -3:] = UNCLASSIFIED  # gated tissue in the corner counts for its part too
     x1, y1 = spec.out_box[2], spec.out_box[3]
     extent = (x1 - 0.5, y1 - 0.75)
-    out = summarise_block(spec, 1, labels, probs, K, keep_exact=True, extent=extent)
+    out = _summary(spec, labels, probs, tolerance=0.0, keep_exact=True, extent=extent, cell=0)
     counts = _per_output_class(labels).astype(float)
     last_col = _per_output_class(labels[:-1, -1])
     last_row = _per_output_class(labels[-1, :-1])
@@ -83,7 +97,9 @@ def test_areas_count_only_the_part_of_edge_pixels_on_the_slide():
             shapely.area(shapely.intersection(shapely.union_all(shapely.from_wkb(ws)), slide))
         )
         assert cut == pytest.approx(area[c], rel=1e-12)
-    inside = summarise_block(spec, 1, labels, probs, K, extent=(x1 + 3.0, y1))
+    inside = _summary(
+        spec, labels, probs, tolerance=0.0, keep_exact=False, extent=(x1 + 3.0, y1), cell=0
+    )
     assert inside.edge_counts is None
     assert np.array_equal(slide_area_px([inside], (x1 + 3.0, y1)), counts)
 
@@ -98,7 +114,7 @@ def test_slide_totals_are_the_same_bytes_whatever_the_chunking():
     x0, y0, x1, y1 = spec.out_box
     cell = 10
     extent = (x1 - 0.3, y1 - 0.7)
-    whole = summarise_block(spec, 1, labels, probs, K, 1.0, True, extent, cell=cell)
+    whole = _summary(spec, labels, probs, tolerance=1.0, keep_exact=True, extent=extent, cell=cell)
     ys, xs = (y1 - y0) // 2 // cell * cell, (x1 - x0) // 2 // cell * cell
     parts = []
     for by, bx in ((0, 0), (0, xs), (ys, 0), (ys, xs)):
@@ -106,9 +122,7 @@ def test_slide_totals_are_the_same_bytes_whatever_the_chunking():
         part = ChunkSpec(0, 0, (0, 0, 1, 1), ((0, 0),), box)
         sub = (slice(by, box[3] - y0), slice(bx, box[2] - x0))
         parts.append(
-            summarise_block(
-                part, 1, labels[sub], probs[(slice(None), *sub)], K, 1.0, True, extent, cell=cell
-            )
+            _summary(part, labels[sub], probs[(slice(None), *sub)], 1.0, True, extent, cell)
         )
     assert whole.prob_sums.dtype == np.int64
     np.testing.assert_array_equal(sum(p.prob_sums for p in parts), whole.prob_sums)
@@ -135,17 +149,17 @@ def test_unclassified_tissue_is_output_class_k_and_the_rest_is_unchanged():
     gated[:40, :60] = np.where(gated[:40, :60] == NODATA, NODATA, UNCLASSIFIED)
     n_unclassified = int((gated == UNCLASSIFIED).sum())
     assert n_unclassified > 0
-    out = summarise_block(spec, 1, gated, probs, K, tolerance=1.0, keep_exact=True)
+    out = _summary(spec, gated, probs, tolerance=1.0, keep_exact=True, extent=None, cell=0)
     assert out.counts.shape == out.prob_sums.shape == (K + 1,)
     np.testing.assert_array_equal(out.counts, _per_output_class(gated))
     assert out.counts[K] == n_unclassified and out.prob_sums[K] == 0.0
     np.testing.assert_array_equal(out.prob_sums[:K], out.counts[:K] * 200)
     assert _area(out.exact_polygons)[K] == float(n_unclassified)
     assert K in out.polygons  # simplified with the classes, edge-to-edge
-    plain = summarise_block(spec, 1, labels, probs, K, tolerance=1.0, keep_exact=True)
+    plain = _summary(spec, labels, probs, tolerance=1.0, keep_exact=True, extent=None, cell=0)
     assert plain.counts[K] == 0 and K not in plain.polygons
     assert plain.counts[:K].sum() == out.counts.sum()  # the same tissue, now K + 1 classes
     removed = np.where(gated == UNCLASSIFIED, NODATA, gated).astype(np.uint8)
-    assert block_polygons(spec, removed, K) == {
+    assert block_polygons(spec, removed, K, tolerance=0.0, cell=0) == {
         c: ws for c, ws in out.exact_polygons.items() if c != K
     }
