@@ -83,7 +83,7 @@ def model_rates(
 
     reduced_bytes: list[int] = []
 
-    geometry = Geometry(grid.tile, margin, core, downsample)
+    geometry = Geometry(grid.tile, margin, core, downsample, True)
     eager = TorchExecutor(model, geometry, runtime.precision)
     planned = runtime.executor(geometry, batch)  # the run's: on a GPU, a CUDA graph
 

@@ -76,7 +76,7 @@ def variants(
     from wsi_segment.models.runtimes.tile_io import Geometry
 
     dtype = TORCH_DTYPES[runtime.precision]
-    geometry = Geometry(tile, margin, core, ds)
+    geometry = Geometry(tile, margin, core, ds, True)
 
     def executed(executor: Any) -> Any:
         def run(tiles: Any) -> Outputs:

@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"[runtime] {n} tiles on the slide; model alone on {len(tiles)}")
 
     # 1. model alone, interleaved
-    geometry = Geometry(int(meta.tile_size), 16, 192, 4)
+    geometry = Geometry(int(meta.tile_size), 16, 192, 4, True)
     configs = {v: [1, args.threads] for v in variants}
     cores = len(os.sched_getaffinity(0))
     executors = {  # each of `streams` threads on its share of the cores, as the engine's

@@ -26,7 +26,7 @@ class Geometry:
     margin: int
     core: int
     downsample: int
-    gate: bool = True
+    gate: bool
 
     @classmethod
     def whole(cls, tile: int, gate: bool = True) -> Geometry:

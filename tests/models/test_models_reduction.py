@@ -236,7 +236,7 @@ def test_cuda_reduction_matches_cpu_and_reuses_pinned_buffers() -> None:
     tiles = _tiles()
     want = run_tiles(model, tiles, MARGIN, CORE, D)
     model.to_device("cuda")
-    executor = TorchExecutor(model, Geometry(32, MARGIN, CORE, D), "fp32")
+    executor = TorchExecutor(model, Geometry(32, MARGIN, CORE, D, True), "fp32")
     got = executor.run(tiles.permute(0, 2, 3, 1))
     assert isinstance(got.probs, np.ndarray)  # copied to the host
     assert np.abs(got.probs.astype(int) - want.probs.astype(int)).max() <= 1
@@ -252,7 +252,7 @@ def test_a_cuda_graph_replays_the_eager_tile_graph_byte_for_byte() -> None:
     batch after batch (its input and outputs are reused), at fp32 and bf16; another batch
     size is refused rather than run in a graph of the wrong shape."""
     model = _small_model().to_device("cuda")
-    geometry = Geometry(32, MARGIN, CORE, D)
+    geometry = Geometry(32, MARGIN, CORE, D, True)
     for precision in ("fp32", "bf16"):
         eager = TorchExecutor(model, geometry, precision)
         graph = CudaGraphExecutor(TorchExecutor(model, geometry, precision), 6)

@@ -72,7 +72,7 @@ def real_tiles() -> np.ndarray:
     return np.ascontiguousarray(np.concatenate([x, calibration_tiles(TILE)]))
 
 
-GEOMETRY = Geometry(TILE, 16, 192, 4)  # the slide path's, at the default overlap and d
+GEOMETRY = Geometry(TILE, 16, 192, 4, True)  # the slide path's, at the default overlap and d
 
 
 def ov_spec(
@@ -252,7 +252,7 @@ x = torch.full((2, TILE, TILE, 3), 128, dtype=torch.uint8)
 start = threading.Barrier(int(sys.argv[2]))
 def infer():
     start.wait()
-    graphs.run(x, Geometry(TILE, 16, 192, 4), 1)
+    graphs.run(x, Geometry(TILE, 16, 192, 4, True), 1)
 threads = [threading.Thread(target=infer, daemon=True) for _ in range(start.parties)]
 for t in threads:
     t.start()
@@ -295,7 +295,7 @@ from wsi_segment.models.runtimes.openvino_runtime import OpenVINOGraphs
 x = torch.full((2, TILE, TILE, 3), 128, dtype=torch.uint8)
 made = [OpenVINOGraphs(_tiny(seed=s), "fp32", 1, cpu_flags(), Path(sys.argv[1])) for s in (0, 1)]
 for graphs in made:
-    graphs.run(x, Geometry(TILE, 16, 192, 4), 1)
+    graphs.run(x, Geometry(TILE, 16, 192, 4, True), 1)
 del graphs
 while made:
     del made[0]  # freed in the order made, as one slide's model then another's

@@ -29,7 +29,7 @@ from wsi_segment.models.runtimes.tile_io import Geometry
 from wsi_segment.models.runtimes.openvino_runtime import OpenVINOGraphs
 
 graphs = OpenVINOGraphs(_tiny(), "fp32", 1, cpu_flags(), Path(sys.argv[1]))
-graphs.run(torch.zeros((2, 224, 224, 3), dtype=torch.uint8), Geometry(224, 16, 192, 4), 1)
+graphs.run(torch.zeros((2, 224, 224, 3), dtype=torch.uint8), Geometry(224, 16, 192, 4, True), 1)
 assert graphs.builds == 1, graphs.builds  # exported and converted here, not read from a cache
 converter = sys.modules["openvino.tools.ovc.convert_impl"]
 print(converter.tm.__name__)

@@ -65,7 +65,7 @@ def test_the_spec_s_cuda_graphs_choose_the_executor_built_once_per_geometry_and_
     from wsi_segment.models.runtimes.executor import CudaGraphExecutor, TorchExecutor
     from wsi_segment.models.runtimes.tile_io import Geometry
 
-    folder, geometry = str(tiny_model_dir), Geometry(64, 8, 48, 4)
+    folder, geometry = str(tiny_model_dir), Geometry(64, 8, 48, 4, True)
     graphs = load_for_process(folder, "cpu", dataclasses.replace(torch_spec(), cuda_graphs=True))
     eager = load_for_process(folder, "cpu", torch_spec())
     assert graphs is not eager  # another recipe: another load
