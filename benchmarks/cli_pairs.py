@@ -2,12 +2,14 @@
 
     python benchmarks/cli_pairs.py --base /work/wt-base --rounds 4 SLIDE
     python benchmarks/cli_pairs.py --base /work/wt-base --rounds 3 --quota-cores 1 SLIDE
+    python benchmarks/cli_pairs.py --base /work/wt-base --rounds 5 --cold SLIDE
 
 Each round runs the base tree's CLI, then this tree's (each its own `.venv` and runtime
 cache, warmed by a first run of each that is not counted), on the defaults, and prints the
 wall time, CPU time and peak RSS of the process, the plan's cores and compute threads, and
 summary.json's stage timings: a quick check of "not slower" where runtime.py's one end-to-end
-round per tree is too noisy.
+round per tree is too noisy. `--cold`: every run with an empty runtime cache, as a model's
+first run on a machine (its export, compile and checks), and no warming round.
 `--quota-cores N` runs every CLI inside a cgroup v1 group whose CPU quota is N cores (as
 `docker run --cpus N`; needs root and a writable /sys/fs/cgroup/cpu), removed afterwards.
 """
@@ -73,16 +75,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--base", type=Path, required=True, help="the tree before (with .venv)")
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--quota-cores", type=float, default=None)
+    ap.add_argument("--cold", action="store_true", help="an empty runtime cache every run")
     args = ap.parse_args(argv)
     trees = {"base": args.base.resolve(), "new": HERE}
     group = quota_group(args.quota_cores) if args.quota_cores else None
     rows: dict[str, list[dict]] = {name: [] for name in trees}
     try:
         with tempfile.TemporaryDirectory(prefix="cli-pairs-") as tmp:
-            for round_ in range(args.rounds + 1):  # round 0 warms each tree's cache
+            first = 1 if args.cold else 0  # round 0 warms each tree's cache
+            for round_ in range(first, args.rounds + 1):
                 for name, tree in trees.items():
                     out = Path(tmp) / name / "out"
-                    row = one_run(tree, args.slide.resolve(), out, Path(tmp) / name, group)
+                    cache = Path(tmp) / name / (f"cache-{round_}" if args.cold else "cache")
+                    row = one_run(tree, args.slide.resolve(), out, cache, group)
                     if round_:
                         rows[name].append(row)
                         print(name, " ".join(f"{k} {v:.2f}" if isinstance(v, float)

@@ -38,6 +38,7 @@ from benchmarks.stages import slide_and_model  # noqa: E402
 
 if TYPE_CHECKING:
     from wsi_segment.models.runtimes.spec import RuntimeSpec
+    from wsi_segment.models.runtimes.tile_io import Geometry
 
 CLASSES = 4
 BLOCK = 8  # output pixels per label block of the instant model
@@ -73,13 +74,26 @@ class InstantModel:
         )
 
 
-def torch_fp32_spec() -> RuntimeSpec:
-    """The runtime spec the benchmarks' CPU handles carry: torch at fp32, nothing else asked."""
+def bench_geometry(model_dir: Path, args: argparse.Namespace) -> Geometry:
+    """The tile graph's geometry of a benchmark's run of the model in `model_dir` at its
+    `--overlap` and `--downsample` (gate on, as the pipeline's default)."""
+    from wsi_segment.models.meta import read_model_json
+    from wsi_segment.pipeline.inference.slide_plan import tile_geometry
+    from wsi_segment.wsi.tiling import TileGrid
+
+    _, meta = read_model_json(model_dir)
+    return tile_geometry(TileGrid(int(meta.tile_size), args.overlap, args.downsample), True)
+
+
+def torch_fp32_spec(geometry: Geometry) -> RuntimeSpec:
+    """The runtime spec the benchmarks' CPU handles carry: torch at fp32 for tiles of
+    `geometry`, nothing else asked."""
     from wsi_segment.models.runtimes.spec import RuntimeSpec
 
     return RuntimeSpec(
         runtime="torch",
         precision="fp32",
+        geometry=geometry,
         fallback="fp32",
         threads=1,
         cpu_flags=frozenset(),
@@ -92,7 +106,7 @@ def torch_fp32_spec() -> RuntimeSpec:
     )
 
 
-def instant_handle() -> Any:
+def instant_handle(geometry: Geometry) -> Any:
     """A model handle whose executors are `InstantModel`s, on the CPU."""
     import types
 
@@ -107,7 +121,7 @@ def instant_handle() -> Any:
     model = types.SimpleNamespace(device=torch.device("cpu"), identity="instant")
     runtime = types.SimpleNamespace(network=None)  # not torch's: the CPU
     loaded = InstantLoaded(model, runtime)  # type: ignore[arg-type]
-    return ModelHandle.of(loaded, "instant", "cpu", torch_fp32_spec())
+    return ModelHandle.of(loaded, "instant", "cpu", torch_fp32_spec(geometry))
 
 
 def spread(x: Any, block: int) -> Any:
@@ -166,7 +180,7 @@ def engine_job(
         tissue_mask=tissue.mask,
         tissue_downsample=float(tissue.downsample),
         level0_per_output=per_output,
-        model=handle or instant_handle(),
+        model=handle or instant_handle(bench_geometry(model_dir, args)),
         # a run's polygons with the default options, no `--roi`; areas of whole pixels
         simplify_tolerance=SegmentParams().simplify_tolerance,
         keep_exact_polygons=False,

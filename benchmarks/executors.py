@@ -13,6 +13,7 @@ from wsi_segment.models.bundle import load_model
 from wsi_segment.models.runtimes.select import OpenedRuntime, open_runtime
 from wsi_segment.models.runtimes.tile_io import Geometry
 from wsi_segment.models.segmentation_model import SegmentationModel
+from wsi_segment.pipeline.inference.slide_plan import slide_grid, tile_geometry
 from wsi_segment.pipeline.machine import probe_machine
 from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.pipeline.run_policy import RunFacts, decide, runtime_spec
@@ -32,7 +33,8 @@ def opened(
     if not isinstance(model, SegmentationModel):
         model = load_model(Path(model))
     model.to_device(plan.device.value)
-    return model, open_runtime(model, runtime_spec(plan))
+    geometry = tile_geometry(slide_grid(int(model.meta.tile_size), options), options.gate)
+    return model, open_runtime(model, runtime_spec(plan, geometry))
 
 
 def reduced(

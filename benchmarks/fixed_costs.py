@@ -72,14 +72,17 @@ def load_steps() -> None:
         (w0, c0), (w1, c1) = laps[-2], laps[-1]
         print(f"{name:34} {w1 - w0:6.2f} s wall {c1 - c0:6.2f} s cpu", flush=True)
 
+    from wsi_segment.pipeline.inference.slide_plan import slide_grid, tile_geometry
     from wsi_segment.pipeline.machine import probe_machine
     from wsi_segment.pipeline.params import SegmentParams
     from wsi_segment.pipeline.prepare import resolve_model_dir
+    from wsi_segment.pipeline.prepare_inputs import read_model_folder
     from wsi_segment.pipeline.run_policy import RunFacts, decide, runtime_spec
 
     options = SegmentParams()
     plan = decide(probe_machine(), options, RunFacts())
-    spec = runtime_spec(plan)
+    tile = read_model_folder(resolve_model_dir(options)).geometry[0]
+    spec = runtime_spec(plan, tile_geometry(slide_grid(tile, options), options.gate))
     lap("import pipeline, decide the plan")
     import torch
 

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.engine_proxy import engine_job, torch_fp32_spec  # noqa: E402
+from benchmarks.engine_proxy import bench_geometry, engine_job, torch_fp32_spec  # noqa: E402
 from benchmarks.measure import loadavg, log  # noqa: E402
 from benchmarks.stages import slide_and_model  # noqa: E402
 from benchmarks.writer import model_tiles  # noqa: E402
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     args.overlap, args.chunk_tiles, args.downsample, args.batch_size = 32, 8, 4, 64
     slide, _, model_dir, model_desc = slide_and_model(args.work, args.size, args.tissue, None)
-    handle = ModelHandle(str(model_dir), "cpu", torch_fp32_spec())
+    handle = ModelHandle(str(model_dir), "cpu", torch_fp32_spec(bench_geometry(model_dir, args)))
     cache = args.work / f"writer-{slide.stem}-{Path(model_dir).name}-d{args.downsample}.npz"
     with tempfile.TemporaryDirectory(dir=args.work) as tmp:
         job, specs = engine_job(slide, model_dir, args, Path(tmp) / "p0.zarr", handle)

@@ -52,7 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.engine_proxy import engine_job, torch_fp32_spec  # noqa: E402
+from benchmarks.engine_proxy import bench_geometry, engine_job, torch_fp32_spec  # noqa: E402
 from benchmarks.measure import BenchRun, loadavg, log, slide_args  # noqa: E402
 from benchmarks.stages import slide_and_model  # noqa: E402
 
@@ -307,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     from wsi_segment.pipeline.inference.model_handle import ModelHandle
 
-    handle = ModelHandle(str(model_dir), "cpu", torch_fp32_spec())
+    handle = ModelHandle(str(model_dir), "cpu", torch_fp32_spec(bench_geometry(model_dir, args)))
     # the cached tiles are in plan order, which the chunk size changes
     name = f"writer-{slide.stem}-{Path(model_dir).name}-d{args.downsample}-c{args.chunk_tiles}"
     cache = args.work / f"{name}.npz"

@@ -59,6 +59,7 @@ from wsi_segment.pipeline.read_policy import (
 
 if TYPE_CHECKING:
     from wsi_segment.models.runtimes.spec import RuntimeSpec
+    from wsi_segment.models.runtimes.tile_io import Geometry
 
 LOCAL, BAND, CLUSTER = "local", "band", "cluster"  # where the engine runs (`RunFacts.place`)
 
@@ -362,11 +363,12 @@ def calibrated(numbers: Mapping[str, Any], runtime: str) -> Decision[str]:
     return Decision(chosen, reason)
 
 
-def runtime_spec(plan: ExecutionPlan) -> RuntimeSpec:
+def runtime_spec(plan: ExecutionPlan, geometry: Geometry) -> RuntimeSpec:
     """What the model's loader carries out of `plan` (`models.runtimes.select.open_runtime`):
     the runtime and precision decided, torch's precision should OpenVINO not run the model
-    (decided here too, by the same function), OpenVINO's threads (this process's cores) and
-    whether OpenVINO was asked for by name (then a model it cannot export is refused)."""
+    (decided here too, by the same function), OpenVINO's threads (this process's cores),
+    whether OpenVINO was asked for by name (then a model it cannot export is refused), and
+    the slide's tile graph `geometry` (`slide_plan.tile_geometry`: what OpenVINO checks)."""
     from wsi_segment.models.runtimes.spec import RuntimeSpec
 
     fallback = plan.precision
@@ -376,6 +378,7 @@ def runtime_spec(plan: ExecutionPlan) -> RuntimeSpec:
     return RuntimeSpec(
         runtime=plan.runtime.value,
         precision=plan.precision.value,
+        geometry=geometry,
         fallback=fallback.value,
         threads=plan.process_cores.value,
         cpu_flags=plan.machine.cpu_flags,

@@ -21,6 +21,7 @@ from wsi_segment.pipeline.cancellation import CancelToken
 from wsi_segment.pipeline.early_readers import EarlyReaders
 from wsi_segment.pipeline.inference.model_handle import ModelHandle, load_for_process
 from wsi_segment.pipeline.inference.read_sources import LevelKey, read_level_and_scale, slide_reads
+from wsi_segment.pipeline.inference.slide_plan import slide_grid, tile_geometry
 from wsi_segment.pipeline.machine import Machine
 from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.pipeline.prepare_inputs import ModelFolder, OpenedSlide
@@ -70,7 +71,8 @@ class RunStart:
         facts, tiles = slide_facts(machine, params, facts, opened.path, opened.slide, key)
         policy = decide_for_model(machine, params, facts, str(model.path))
         tiles = tiles if policy.read_device.value == GPU else None
-        spec = runtime_spec(policy)
+        geometry = tile_geometry(slide_grid(model.geometry[0], params), params.gate)
+        spec = runtime_spec(policy, geometry)
         loader: Background[LoadedModel | ModelFiles]
         if policy.place == CLUSTER:  # its bands open their runtime on their workers
             loader = Background(ModelFiles, model.path, "cpu")

@@ -17,6 +17,8 @@ from wsi_segment.errors import raise_terminated
 from wsi_segment.models.runtimes.spec import RuntimeSpec
 from wsi_segment.pipeline.inference.engine import EngineSizes
 from wsi_segment.pipeline.inference.model_handle import LoadedModel, ModelHandle
+from wsi_segment.pipeline.inference.slide_plan import slide_grid, tile_geometry
+from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.pipeline.run_policy import RunFacts
 
 if TYPE_CHECKING:
@@ -44,11 +46,23 @@ ENGINE = EngineSizes(cores=ENGINE_CORES, writers=1, computes=1, locked=True, pol
 # a local run's facts for the run policy (`decide`): one engine on the machine, the slide's
 # reads not examined, no bf16 calibration known; tests replace what they vary
 LOCAL_FACTS = RunFacts()
-# what a plan hands the loader for torch at fp32 with nothing else asked (no reasons worded);
-# tests replace what they vary, as `torch_spec` does
+TINY_TILE = 64  # the tiles of `tiny_model_dir`'s model
+
+
+def run_geometry(tile: int) -> Geometry:
+    """The tile graph's geometry of a run with the default options, for a model with `tile`
+    px tiles: what a plan hands the loader (`RuntimeSpec.geometry`)."""
+    params = SegmentParams()
+    return tile_geometry(slide_grid(tile, params), params.gate)
+
+
+# what a plan hands the loader for torch at fp32 with nothing else asked (no reasons worded),
+# at the tiny model's run geometry (torch opens for any; OpenVINO checks that graph); tests
+# replace what they vary, as `torch_spec` does
 TORCH_SPEC = RuntimeSpec(
     runtime="torch",
     precision="fp32",
+    geometry=run_geometry(TINY_TILE),
     fallback="fp32",
     threads=1,
     cpu_flags=frozenset(),
@@ -115,7 +129,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     from wsi_segment.models.segmenter import build_segmenter
 
     torch.manual_seed(0)
-    meta = ModelMeta("tiny-random", LUAD_CLASSES, LUAD_COLORS, mpp=2.0, tile_size=64)
+    meta = ModelMeta("tiny-random", LUAD_CLASSES, LUAD_COLORS, mpp=2.0, tile_size=TINY_TILE)
     model = SegmentationModel(
         build_classifier("resnet10t", "cam", 4), build_segmenter("resnet18", 4), meta
     )
@@ -229,15 +243,17 @@ def run_tiles(
     return TorchExecutor(model, geometry, precision).run(tiles.permute(0, 2, 3, 1))
 
 
-def plan_spec(precision: str = "auto", runtime: str = "torch") -> RuntimeSpec:
+def plan_spec(
+    precision: str = "auto", runtime: str = "torch", tile: int = TINY_TILE
+) -> RuntimeSpec:
     """The runtime spec a local CPU run's plan on this machine hands the loader for the
-    options `--precision precision --runtime runtime`."""
+    options `--precision precision --runtime runtime`, for a model with `tile` px tiles."""
     from wsi_segment.pipeline.machine import probe_machine
     from wsi_segment.pipeline.params import SegmentParams
     from wsi_segment.pipeline.run_policy import decide, runtime_spec
 
     options = SegmentParams(device="cpu", precision=precision, runtime=runtime)
-    return runtime_spec(decide(probe_machine(), options, LOCAL_FACTS))
+    return runtime_spec(decide(probe_machine(), options, LOCAL_FACTS), run_geometry(tile))
 
 
 def torch_labeller(
@@ -246,13 +262,13 @@ def torch_labeller(
     """The slide path's labels of whole uint8 tiles (N, 3, T, T) in torch, fp32 or bf16: what
     precision auto's calibration compares (`models.runtimes.select`)."""
     from wsi_segment.models.runtimes.executor import TorchExecutor
-    from wsi_segment.models.runtimes.tile_io import Geometry, whole_tile_labels
+    from wsi_segment.models.runtimes.tile_io import Geometry, graph_labels
 
     executors = {
         low: TorchExecutor(model, Geometry.whole(tile), "bf16" if low else "fp32")
         for low in (False, True)
     }
-    return lambda tiles, low: whole_tile_labels(executors[low], tiles)
+    return lambda tiles, low: graph_labels(executors[low], tiles)
 
 
 def calibrating_spec() -> RuntimeSpec:

@@ -129,7 +129,7 @@ def chunk_alone(job: Any, spec: ChunkSpec) -> ReducedTiles:
     """The reduced cores of one chunk's tiles, in `spec.tiles` order, computed alone: read by
     the job's `TileReader`, in batches of the job's batch size holding this chunk only. `job`
     is a pipeline.inference.slide_job.SlideJob; `job.finish_block` writes what this gives."""
-    from wsi_segment.pipeline.inference.compute_stage import tile_geometry
+    from wsi_segment.pipeline.inference.slide_plan import tile_geometry
 
     loaded = job.model.get()
     batch_size = loaded.batch_size(job.grid.tile, job.batch_size)

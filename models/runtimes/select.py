@@ -1,7 +1,8 @@
 """Open the runtime that executes a model's tile graph, as a run's `RuntimeSpec` says.
 
 It decides nothing. OpenVINO's graph is checked against torch fp32 on the calibration tiles
-before it runs (a wrong result is worse than a slow one); a `bf16-if-calibrated` precision
+at the run's geometry before it runs (a wrong result is worse than a slow one); a
+`bf16-if-calibrated` precision
 gets the bf16 calibration's verdict here, in either runtime. Both checks' numbers are kept in
 the disk cache (`runtimes.verdict`), so a warm load runs no forward. Whatever keeps OpenVINO
 from running is one warning and torch at the spec's fallback precision; a model whose graph
@@ -11,7 +12,6 @@ cannot be exported is refused where OpenVINO was asked for by name.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,7 +33,7 @@ from .cache import default_cache_dir
 from .decision import BF16_IF_CALIBRATED
 from .openvino_runtime import OpenVINOExecutor, OpenVINOGraphs
 from .spec import RuntimeSpec
-from .tile_io import Executor, Geometry, whole_tile_labels
+from .tile_io import Executor, Geometry, graph_labels
 from .verdict import (
     CALIBRATION_FIELDS,
     CALIBRATION_WHERE,
@@ -65,7 +65,7 @@ class OpenedRuntime:
     warning: str | None = None  # why OpenVINO was wanted but does not run
     graphs: OpenVINOGraphs | None = None
     calibration: PrecisionCalibration | None = None
-    fp32_agreement: float | None = None  # OpenVINO fp32 vs torch fp32 labels, calibration tiles
+    fp32_agreement: float | None = None  # OpenVINO fp32 vs torch fp32 labels (`_check_fp32`)
     checks_computed: int = 0  # checks run here, not read from the cache (runtimes.verdict)
     network: SegmentationModel | None = None  # what torch runs (OpenVINO: its graphs)
     cuda_graphs: bool = False  # torch on CUDA: each batch a replay of one captured graph
@@ -131,8 +131,8 @@ def open_runtime(
     try:
         opened = _with_verdict(_open_openvino(model, spec, cache), model, spec, cache)
         if opened.graphs is not None:
-            # the checks' graphs (calibration batch, whole tiles) would hold their memory to
-            # the run's end: the slide path compiles its own
+            # the checks' graphs (the calibration batch) would hold their memory to the
+            # run's end: the slide path compiles its own batch
             opened.graphs.drop_compiled()
         return opened
     except (GraphNotExpressible, RuntimeUnavailable) as exc:  # torch at the fallback precision
@@ -177,7 +177,7 @@ def _open_torch(model: SegmentationModel, precision: str, why: str) -> OpenedRun
     }
 
     def labels_of(x: np.ndarray, low: bool) -> np.ndarray:
-        return whole_tile_labels(executors[low], x)
+        return graph_labels(executors[low], x)
 
     where = CALIBRATION_WHERE["torch"]
     calibration = calibrate_bf16(labels_of, tile, where, model.validation_patches)
@@ -191,69 +191,86 @@ def _open_torch(model: SegmentationModel, precision: str, why: str) -> OpenedRun
 def _open_openvino(model: ModelSource, spec: RuntimeSpec, cache: Path) -> OpenedRuntime:
     """OpenVINO's graphs at the spec's precision on its threads, once they keep torch fp32's
     labels (the checks' verdicts from the cache, or computed here)."""
-    tile = int(model.meta.tile_size)
-    whole = Geometry.whole(tile)
-    tiles = calibration_tiles(tile, model.validation_patches)
+    tiles = calibration_tiles(int(model.meta.tile_size), model.validation_patches)
     fp32 = OpenVINOGraphs(model, "fp32", spec.threads, spec.cpu_flags, cache)
     opened = OpenedRuntime(
         "openvino", spec.runtime_reason, "fp32", spec.precision_reason, "cpu", graphs=fp32
     )
+    _check_fp32(opened, model, spec.geometry, tiles)
+    if spec.precision == "fp32":
+        return opened
+    bf16 = OpenVINOGraphs(model, "bf16", spec.threads, spec.cpu_flags, cache)
+    opened.graphs, opened.precision = bf16, "bf16"
+    if spec.precision == BF16_IF_CALIBRATED:
+        _calibrate_bf16(opened, model, fp32, bf16, tiles)
+    return opened
 
-    @functools.cache  # OpenVINO fp32 labels of the tiles, computed once, when first needed
-    def ov_fp32_labels() -> np.ndarray:
-        return whole_tile_labels(OpenVINOExecutor(fp32, whole), tiles)
+
+def _check_fp32(
+    opened: OpenedRuntime, model: ModelSource, geometry: Geometry, tiles: np.ndarray
+) -> None:
+    """OpenVINO's fp32 graph must keep torch fp32's labels on the calibration tiles, checked
+    at the run's `geometry`: the graph the run compiles, so a cold cache exports one graph,
+    not also one of whole tiles (~5 s on a laptop's CPU). `RuntimeUnavailable` otherwise."""
+    assert opened.graphs is not None, "OpenVINO opens with its fp32 graphs"
+    fp32 = opened.graphs
 
     def fp32_agreement() -> dict[str, Any]:
         from .executor import TorchExecutor  # the reference: a cold cache builds the network
 
-        torch_labels = whole_tile_labels(TorchExecutor(model.network(), whole, "fp32"), tiles)
-        agreement, _shifts = compare_labels(torch_labels, ov_fp32_labels())
-        return {"agreement": agreement}
+        torch_labels = graph_labels(TorchExecutor(model.network(), geometry, "fp32"), tiles)
+        ov_labels = graph_labels(OpenVINOExecutor(fp32, geometry), tiles)
+        return {"agreement": compare_labels(torch_labels, ov_labels)[0]}
 
-    checked = _checked(opened, fp32, "fp32_agreement", tiles, fp32_agreement)
+    checked = _checked(opened, fp32, "fp32_agreement", geometry, tiles, fp32_agreement)
     opened.fp32_agreement = float(checked["agreement"])
     if opened.fp32_agreement < MIN_AGREEMENT:
         raise RuntimeUnavailable(
             f"OpenVINO's fp32 graph kept only {100 * opened.fp32_agreement:.2f} % of torch's "
             "labels on the calibration tiles"
         )
-    if spec.precision == "fp32":
-        return opened
-    bf16 = OpenVINOGraphs(model, "bf16", spec.threads, spec.cpu_flags, cache)
-    opened.graphs, opened.precision = bf16, "bf16"
-    if spec.precision != BF16_IF_CALIBRATED:
-        return opened
+
+
+def _calibrate_bf16(
+    opened: OpenedRuntime,
+    model: ModelSource,
+    fp32: OpenVINOGraphs,
+    bf16: OpenVINOGraphs,
+    tiles: np.ndarray,
+) -> None:
+    """bf16-if-calibrated: OpenVINO bf16 against its fp32 on whole tiles (the calibration's
+    measure, the same in torch), then bf16 or fp32 as the verdict says."""
+    tile = int(model.meta.tile_size)
+    whole = Geometry.whole(tile)
+    where = CALIBRATION_WHERE["openvino"]
 
     def labels_of(x: np.ndarray, low: bool) -> np.ndarray:
-        if not low:
-            return ov_fp32_labels()
-        return whole_tile_labels(OpenVINOExecutor(bf16, whole), x)
-
-    where = CALIBRATION_WHERE["openvino"]
+        return graph_labels(OpenVINOExecutor(bf16 if low else fp32, whole), x)
 
     def bf16_calibration() -> dict[str, Any]:
         return calibration_numbers(calibrate_bf16(labels_of, tile, where, model.validation_patches))
 
-    numbers = _checked(opened, bf16, "bf16_calibration", tiles, bf16_calibration)
+    numbers = _checked(opened, bf16, "bf16_calibration", whole, tiles, bf16_calibration)
     calibration = PrecisionCalibration(**numbers, where=where)
     if not calibration.bf16_chosen:
         opened.graphs, opened.precision = fp32, "fp32"
     opened.calibration = calibration
     opened.precision_reason = calibration.reason()
     _log.info("precision auto: %s", opened.precision_reason)
-    return opened
 
 
 def _checked(
     opened: OpenedRuntime,
     graphs: OpenVINOGraphs,
     check: str,
+    geometry: Geometry,
     tiles: np.ndarray,
     compute: Callable[[], dict[str, Any]],
 ) -> dict[str, Any]:
-    """The numbers of `check` from the cache when an entry for these graphs and tiles is
-    there and whole, else computed (counted in `opened.checks_computed`) and stored."""
-    key = verdict_key(graphs, check, tiles)
+    """The numbers of `check` from the cache when an entry for these graphs at `geometry` and
+    these tiles is there and whole, else computed (counted in `opened.checks_computed`) and
+    stored."""
+    key = verdict_key(graphs, check, geometry, tiles)
     numbers = load_verdict(graphs.cache_dir, key, _CHECK_FIELDS[check])
     if numbers is not None:
         return numbers

@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .tile_io import Geometry
+
 
 @dataclass(frozen=True)
 class RuntimeSpec:
@@ -14,6 +16,7 @@ class RuntimeSpec:
 
     runtime: str  # torch | openvino
     precision: str  # fp32 | bf16 | fp16 | bf16-if-calibrated, for that runtime
+    geometry: Geometry  # the slide's tile graph: what OpenVINO's fp32 check runs
     fallback: str  # torch's precision should OpenVINO not run the model
     threads: int  # OpenVINO's: the cores of the process it serves
     cpu_flags: frozenset[str]  # the machine's (OpenVINO's cache keys name them)

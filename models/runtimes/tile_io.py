@@ -59,7 +59,7 @@ class Executor(Protocol):
     def run(self, tiles: Tiles) -> ReducedOutputs: ...
 
 
-def whole_tile_labels(executor: Executor, tiles: np.ndarray) -> np.ndarray:
-    """The slide path's labels (N, T, T) of whole uint8 tiles (N, 3, T, T): what the
-    calibration and the checks compare (the executor's geometry must be `Geometry.whole`)."""
+def graph_labels(executor: Executor, tiles: np.ndarray) -> np.ndarray:
+    """The slide path's labels of uint8 tiles (N, 3, T, T) at the executor's geometry (its
+    tiles' cores, downsampled; (N, T, T) at `Geometry.whole`): what the checks compare."""
     return executor.run(np.transpose(tiles, (0, 2, 3, 1))).labels

@@ -24,6 +24,7 @@ from .cache import cpu_key, default_cache_dir, load_entry, package_version, stor
 if TYPE_CHECKING:
     from ..precision_calibration import PrecisionCalibration
     from .openvino_runtime import OpenVINOGraphs
+    from .tile_io import Geometry
 
 _SUFFIX = "verdict"
 _CALIBRATION_FORMAT = 1  # bump when the calibration tiles or what is compared change
@@ -38,12 +39,21 @@ CALIBRATION_WHERE = {
 }
 
 
-def verdict_key(graphs: OpenVINOGraphs, check: str, tiles: np.ndarray) -> dict[str, object]:
-    """The cache key of `check` ('fp32_agreement' | 'bf16_calibration') of `graphs` on these
-    calibration tiles (their shape and bytes: a check holds for these tiles only)."""
+def verdict_key(
+    graphs: OpenVINOGraphs, check: str, geometry: Geometry, tiles: np.ndarray
+) -> dict[str, object]:
+    """The cache key of `check` ('fp32_agreement' | 'bf16_calibration') of `graphs` at
+    `geometry` on these calibration tiles (their shape and bytes: a check holds for these
+    tiles and the graph it ran only)."""
     digest = hashlib.sha256(repr(tuple(tiles.shape)).encode())
     digest.update(np.ascontiguousarray(tiles).tobytes())
-    return {**graphs.entry_key(), "kind": "verdict", "check": check, "tiles": digest.hexdigest()}
+    return {
+        **graphs.entry_key(),
+        "kind": "verdict",
+        "check": check,
+        "geometry": geometry.key(),
+        "tiles": digest.hexdigest(),
+    }
 
 
 def load_verdict(

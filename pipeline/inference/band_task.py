@@ -93,7 +93,8 @@ def band_plan(
         plan, machine, at_once=in_flight, reads=reads, daemonic=daemonic, worker_bands=worker_bands
     )
     had = job.model
-    model = ModelHandle(had.model_dir, band.device.value, runtime_spec(band), had.identity)
+    spec = runtime_spec(band, had.spec.geometry)
+    model = ModelHandle(had.model_dir, band.device.value, spec, had.identity)
     job = dataclasses.replace(
         job,
         model=had if model == had else model,  # by value: a reworded reason loads nothing

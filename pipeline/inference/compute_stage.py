@@ -23,10 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from wsi_segment.models.runtimes.tile_io import Geometry, Tiles
+from wsi_segment.models.runtimes.tile_io import Tiles
 from wsi_segment.pipeline.inference.engine_state import EngineStats, FirstError
 from wsi_segment.pipeline.inference.unit_writer import Segment, TileBatch
-from wsi_segment.wsi.tiling import TileGrid
 
 if TYPE_CHECKING:
     import torch
@@ -163,11 +162,6 @@ def _on_stream(stream: Any) -> Any:
     import torch
 
     return torch.cuda.stream(stream)
-
-
-def tile_geometry(grid: TileGrid, gate: bool) -> Geometry:
-    """The tile graph's geometry of a run on `grid`: each tile's core, downsampled."""
-    return Geometry(grid.tile, grid.margin, grid.stride, grid.downsample, gate)
 
 
 class ComputeStage:

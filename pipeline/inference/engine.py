@@ -117,8 +117,8 @@ def run_engine(
         from wsi_segment.pipeline.inference.compute_stage import (
             ComputeStage,
             compute_threads_cores,
-            tile_geometry,
         )
+        from wsi_segment.pipeline.inference.slide_plan import tile_geometry
 
         loaded = job.model.get()
         batch = loaded.batch_size(job.grid.tile, job.batch_size)

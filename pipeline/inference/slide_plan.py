@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 
+from wsi_segment.models.runtimes.tile_io import Geometry
 from wsi_segment.pipeline.inference.tile_reader import TileReader
 from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.wsi.read_backend import fast_read_backend
@@ -34,9 +35,21 @@ def plan_slide(
     """The tile grid (validated against the options) and the tissue chunks to run, in
     chunks of `chunk_tiles` x `chunk_tiles` tiles (the run policy's)."""
     tile, model_mpp = geometry
+    grid = slide_grid(tile, params)
+    return grid, plan_chunks(slide, mpp[0], model_mpp, grid, chunk_tiles, tissue)
+
+
+def slide_grid(tile: int, params: SegmentParams) -> TileGrid:
+    """The tile grid of a model with `tile` px tiles under the options, validated
+    (`ConfigError` for an overlap or output downsample it cannot take)."""
     grid = TileGrid(tile=tile, overlap=params.overlap, downsample=params.output_downsample)
     grid.validate()
-    return grid, plan_chunks(slide, mpp[0], model_mpp, grid, chunk_tiles, tissue)
+    return grid
+
+
+def tile_geometry(grid: TileGrid, gate: bool) -> Geometry:
+    """The tile graph's geometry of a run on `grid`: each tile's core, downsampled."""
+    return Geometry(grid.tile, grid.margin, grid.stride, grid.downsample, gate)
 
 
 def chunk_read_backend(slide: Slide, params: SegmentParams, level: int) -> str | None:

@@ -20,7 +20,6 @@ from wsi_segment.models.cpu import cpu_flags
 from wsi_segment.models.model_files import ModelFiles
 from wsi_segment.models.runtimes.select import OpenedRuntime, open_runtime
 from wsi_segment.models.runtimes.spec import RuntimeSpec
-from wsi_segment.models.runtimes.tile_io import Geometry
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -52,12 +51,13 @@ def openvino_fp32() -> RuntimeSpec:
 
 
 def one_batch(runtime: OpenedRuntime) -> list[str]:
-    """The hex bytes of the reduced outputs of two fixed whole tiles in `runtime` (the graph
-    the fp32 check exported). This module imports no torch at its top: the warm process
+    """The hex bytes of the reduced outputs of two fixed tiles in `runtime` at the spec's
+    geometry (the graph the fp32 check exported). This module imports no torch at its top: the warm process
     imports it."""
-    tile = 64
+    geometry = openvino_fp32().geometry
+    tile = geometry.tile
     tiles = (np.arange(2 * tile * tile * 3).reshape(2, tile, tile, 3) % 251).astype(np.uint8)
-    out = runtime.executor(Geometry.whole(tile), 2).run(tiles)
+    out = runtime.executor(geometry, 2).run(tiles)
     return [t.tobytes().hex() for t in (out.probs, out.labels, out.cls_probs)]
 
 

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from tests.conftest import TORCH_SPEC, calibrating_spec, torch_labeller
+from tests.conftest import TORCH_SPEC, calibrating_spec, run_geometry, torch_labeller
 from tests.models.tiny_models import META, TILE, tiny_segmentation_model
 from wsi_segment.errors import ModelError
 from wsi_segment.models.bundle import load_model, save_model
@@ -150,7 +150,11 @@ def test_openvino_calibration_labels_the_patches_too(tmp_path: Path) -> None:
     model.validation_patches = np.ascontiguousarray(_patches().pixels.transpose(0, 3, 1, 2))
     flags = frozenset({"avx2", "avx512f", "avx512_bf16", "amx_bf16"})
     spec = dataclasses.replace(
-        TORCH_SPEC, runtime="openvino", precision="bf16-if-calibrated", cpu_flags=flags
+        TORCH_SPEC,
+        runtime="openvino",
+        precision="bf16-if-calibrated",
+        geometry=run_geometry(TILE),
+        cpu_flags=flags,
     )
     choice = open_runtime(model, spec, tmp_path)
     assert choice.runtime == "openvino" and choice.calibration is not None

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CMU_SLIDE
+from tests.conftest import CMU_SLIDE, TINY_TILE, run_geometry
 from wsi_segment.errors import SlideInterrupted
 from wsi_segment.pipeline.cancellation import Cancellation
 from wsi_segment.pipeline.params import SegmentParams
@@ -88,7 +88,9 @@ def test_a_cluster_s_plan_is_decided_for_its_workers_machine(
         sides = {(s.core_box[2] - s.core_box[0]) // prep.grid.stride for s in prep.specs}
         assert sides == {8}  # planned in chunks of 8 x 8 tiles
         identity, _meta = model_files_identity(tiny_model_dir)
-        recipe = ModelHandle(str(tiny_model_dir), "cuda", runtime_spec(plan), identity)
+        recipe = ModelHandle(
+            str(tiny_model_dir), "cuda", runtime_spec(plan, run_geometry(TINY_TILE)), identity
+        )
         assert prep.model == recipe and prep.model.identity == identity
     finally:
         prep.close_prefetch()

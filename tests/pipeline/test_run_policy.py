@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from tests.conftest import LOCAL_FACTS
+from tests.conftest import LOCAL_FACTS, TORCH_SPEC
 from wsi_segment.errors import PlanMismatch
 from wsi_segment.models.cpu import cpu_flags
 from wsi_segment.pipeline.machine import GIB, Gpu, Machine, probe_machine
@@ -194,16 +194,16 @@ def test_cuda_graphs_on_a_gpu_unless_asked_off_and_carried_to_the_loader():
     """The decision is the plan's, recorded with its reason, and the loader's spec carries
     it: models/ builds the graph executor from the spec alone."""
     on = decide(ONE_H100, AUTO, LOCAL_FACTS)
-    assert (on.cuda_graphs.value, runtime_spec(on).cuda_graphs) == (True, True)
+    assert (on.cuda_graphs.value, runtime_spec(on, TORCH_SPEC.geometry).cuda_graphs) == (True, True)
     off = decide(ONE_H100, SegmentParams(cuda_graphs=False), LOCAL_FACTS)
     assert (off.cuda_graphs.value, off.cuda_graphs.reason) == (
         False,
         "asked for (--no-cuda-graphs)",
     )
-    assert runtime_spec(off).cuda_graphs is False
+    assert runtime_spec(off, TORCH_SPEC.geometry).cuda_graphs is False
     cpu = decide(CPU_ONLY, AUTO, LOCAL_FACTS)
     assert (cpu.cuda_graphs.value, cpu.cuda_graphs.reason) == (False, "no GPU")
-    assert runtime_spec(cpu).cuda_graphs is False
+    assert runtime_spec(cpu, TORCH_SPEC.geometry).cuda_graphs is False
     assert "cuda_graphs" in WORKER_DECISIONS  # a band's worker may have no GPU
 
 
@@ -443,7 +443,7 @@ def test_runtime_openvino_on_cpus_that_have_it_torch_on_gpus() -> None:
     from wsi_segment.pipeline.run_policy import runtime_spec
 
     def decided_runtime(machine, options=AUTO):
-        spec = runtime_spec(decide(machine, options, LOCAL_FACTS))
+        spec = runtime_spec(decide(machine, options, LOCAL_FACTS), TORCH_SPEC.geometry)
         return spec.runtime, spec.runtime_reason
 
     avx512 = dataclasses.replace(CPU_ONLY, cpu_flags=AVX2 | {"avx512f"})
@@ -471,7 +471,7 @@ def test_runtime_openvino_on_cpus_that_have_it_torch_on_gpus() -> None:
     )
     named = SegmentParams(runtime="openvino")
     assert decided_runtime(with_ov[CPU_ONLY], named)[0] == "openvino"
-    assert runtime_spec(decide(with_ov[CPU_ONLY], named, LOCAL_FACTS)).by_name
+    assert runtime_spec(decide(with_ov[CPU_ONLY], named, LOCAL_FACTS), TORCH_SPEC.geometry).by_name
     assert decide(with_ov[CPU_ONLY], AUTO, LOCAL_FACTS).as_dict()["machine"]["openvino"] is True
 
 
@@ -495,11 +495,11 @@ def test_precision_is_decided_for_the_runtime_and_handed_to_the_loader() -> None
     from wsi_segment.pipeline.run_policy import runtime_spec
 
     def decided_precision(machine, options=AUTO):
-        spec = runtime_spec(decide(machine, options, LOCAL_FACTS))
+        spec = runtime_spec(decide(machine, options, LOCAL_FACTS), TORCH_SPEC.geometry)
         return spec.precision, spec.precision_reason
 
     def fallback(machine, options=AUTO):
-        spec = runtime_spec(decide(machine, options, LOCAL_FACTS))
+        spec = runtime_spec(decide(machine, options, LOCAL_FACTS), TORCH_SPEC.geometry)
         return spec.fallback, spec.fallback_reason
 
     with_ov = {m: dataclasses.replace(m, openvino=True) for m in (AMX, BF16_ONLY)}
@@ -570,7 +570,7 @@ def test_a_known_calibration_decides_bf16_if_calibrated_in_the_plan() -> None:
         "0.40 % (needs <= 1 %)",
     }
     assert json.loads(json.dumps(passed.as_dict()))["calibration"] == PASSING
-    spec = runtime_spec(passed)
+    spec = runtime_spec(passed, TORCH_SPEC.geometry)
     assert (spec.precision, spec.calibration) == ("bf16", PASSING)
     assert spec.precision_reason == f"bf16: {passed.precision.reason}"
     failed = decide(AMX, torch_amx, RunFacts(calibrations={"torch": FAILING}))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CMU_SLIDE, LOCAL_FACTS
+from tests.conftest import CMU_SLIDE, LOCAL_FACTS, TINY_TILE, run_geometry
 from wsi_segment.models.bundle import load_model
 from wsi_segment.models.meta import model_files_identity
 from wsi_segment.models.model_files import ModelFiles
@@ -70,7 +70,7 @@ def test_a_warm_plan_decides_precision_from_the_kept_verdict(
     assert dict(facts.calibrations) == {"torch": PASSING}
     warm = decide(AMX, TORCH, facts)
     assert warm.precision.value == "bf16" and warm.as_dict()["calibration"] == PASSING
-    spec = runtime_spec(warm)
+    spec = runtime_spec(warm, run_geometry(TINY_TILE))
     assert spec.precision == "bf16"
     report = open_runtime(load_model(tiny_model_dir), spec, cache).report()
     assert report["autocast"] == "bf16"
@@ -103,7 +103,9 @@ def test_a_verdict_holds_for_its_model_runtime_and_cpu_only(
 @pytest.mark.slow  # torch's bf16 on a CPU without it: a minute for the tiny model
 def test_the_first_load_keeps_the_verdict_it_obtained(tiny_model_dir: Path, cache: Path) -> None:
     cold = decide(AMX, TORCH, LOCAL_FACTS)
-    first = open_runtime(load_model(tiny_model_dir), runtime_spec(cold), cache)
+    first = open_runtime(
+        load_model(tiny_model_dir), runtime_spec(cold, run_geometry(TINY_TILE)), cache
+    )
     assert first.calibration is not None and first.calibration.tiles == 6
     facts = known_calibration(RunFacts(), cold, str(tiny_model_dir))
     assert dict(facts.calibrations) == {"torch": calibration_numbers(first.calibration)}
@@ -130,7 +132,7 @@ def test_only_a_local_plan_builds_the_network_its_runtime_runs(
         opened.slide.close()
     identity, expected_meta = model_files_identity(tiny_model_dir)
     assert (handle.identity, meta, plan) == (identity, expected_meta, started.policy)
-    assert handle.spec == runtime_spec(plan) and handle.device == "cpu"
+    assert handle.spec == runtime_spec(plan, run_geometry(TINY_TILE)) and handle.device == "cpu"
     loaded = started.loader.result()
     if place == CLUSTER:
         assert isinstance(loaded, ModelFiles) and not loaded.network_built

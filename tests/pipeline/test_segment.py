@@ -164,7 +164,8 @@ def test_areas_agree_between_summary_zarr_and_polygons(cmu_run):
     # runtime and precision auto: what the model alone chooses on this machine, and why
     precision = summary["precision"]
     assert precision["device"] == "cpu" and precision["channels_last"] is True
-    alone = open_runtime(load_model(demo_model_dir()), plan_spec("auto", "auto")).report()
+    demo = load_model(demo_model_dir())
+    alone = open_runtime(demo, plan_spec("auto", "auto", demo.meta.tile_size)).report()
     assert precision == json.loads(json.dumps(alone))
     assert precision["runtime"] == ("openvino" if openvino_version() else "torch")
     # the runtime is the policy's, opened as decided: the same words in both records

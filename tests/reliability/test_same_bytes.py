@@ -89,7 +89,8 @@ def region_a(out_dir: Path) -> tuple[dict[str, bytes | None], dict[str, bytes], 
 def run_roi_sets(tmp_path: Path, model_dir: Path, roi_sets: list[list[str]], cpu: str) -> list:
     """Run each ROI set; every run's precision record is the one the model gives when it is
     loaded alone, with no slide (a choice made from a run's tiles would differ from it)."""
-    alone = open_runtime(load_model(model_dir), plan_spec("auto", "auto")).report()
+    model = load_model(model_dir)
+    alone = open_runtime(model, plan_spec("auto", "auto", model.meta.tile_size)).report()
     openvino_bf16 = alone["runtime"] == "openvino" and openvino_bf16_candidate(cpu_info.cpu_flags())
     calibrated = cpu == "amx" or openvino_bf16
     assert (alone["calibration"] is not None) == calibrated  # 'auto' took that path

@@ -84,6 +84,7 @@ def ov_spec(
         TORCH_SPEC,
         runtime="openvino",
         precision=precision,
+        geometry=GEOMETRY,
         threads=torch.get_num_threads(),
         by_name=by_name,
         cpu_flags=cpu_flags() if flags is None else flags,
@@ -474,3 +475,34 @@ def test_the_plans_decision_is_opened_as_decided(cache: Path) -> None:
     assert (decided.runtime, decided.reason, decided.warning) == ("torch", why, None)
     named = open_runtime(model, dataclasses.replace(torch_spec, by_name=True), cache)
     assert named.runtime == "torch" and named.warning == why  # asked for by name
+
+
+def _cached(folder: Path, kind: str) -> list[dict]:
+    """The keys of the cache entries of `kind` in `folder` (graph | compiled | verdict)."""
+    import json
+
+    keys = [json.loads(m.read_text())["key"] for m in folder.glob("*.json")]
+    return [k for k in keys if k["kind"] == kind]
+
+
+def test_a_cold_open_exports_only_the_slides_graph_and_the_run_compiles_it(
+    tmp_path: Path,
+) -> None:
+    """The fp32 check runs the graph the slide runs (its geometry): a cold open exports that
+    one graph, not also one of whole tiles, and the run's executor builds from it. The check
+    holds for its geometry only: another geometry is checked (and exported) again."""
+    model = _tiny()
+    opened = open_runtime(model, ov_spec(), tmp_path)
+    assert [k["geometry"] for k in _cached(tmp_path, "graph")] == [GEOMETRY.key()]
+    assert [k["geometry"] for k in _cached(tmp_path, "verdict")] == [GEOMETRY.key()]
+    x = real_tiles()[:8]
+    got = opened.executor(GEOMETRY, 8).run(x.transpose(0, 2, 3, 1))
+    assert len(_cached(tmp_path, "graph")) == 1  # compiled from the check's export
+    ref = run(_tiny(), x)
+    assert float(np.mean(got.labels == ref.labels)) >= 0.99999
+    other = Geometry(TILE, 32, 160, 2, True)
+    again = open_runtime(model, dataclasses.replace(ov_spec(), geometry=other), tmp_path)
+    assert again.checks_computed == 1
+    assert sorted(k["geometry"] for k in _cached(tmp_path, "verdict")) == sorted(
+        [GEOMETRY.key(), other.key()]
+    )

@@ -19,6 +19,7 @@ import torch
 from tests.conftest import (
     CMU_SLIDE,
     ENGINE,
+    TORCH_SPEC,
     WrappedLoaded,
     corrupt_middle_tile,
     torch_handle,
@@ -186,7 +187,7 @@ def test_bands_of_one_cpu_worker_run_their_forward_passes_side_by_side(
     watched = WrappedLoaded(loaded.model, loaded.runtime, loaded.lock, wrap=watch.wrap)
     # the handle the bands' own plan asks for, so they run the watched model
     options = band_options(batch_size=2)
-    spec = runtime_spec(decide(probe_machine(), options, RunFacts(BAND)))
+    spec = runtime_spec(decide(probe_machine(), options, RunFacts(BAND)), TORCH_SPEC.geometry)
     handle = ModelHandle.of(watched, str(tiny_model_dir), "cpu", spec)
     bands: list[BandResult] = []
     threads = []
@@ -326,7 +327,8 @@ def test_a_worker_s_openvino_graphs_take_its_bands_cores_not_its_torch_count(
     bands' shares together): each band's compute thread then runs in a stream of its own,
     where one thread gave one stream and the worker's bands took turns on it."""
     from wsi_segment.pipeline.inference.band_task import band_plan
-    from wsi_segment.pipeline.inference.compute_stage import compute_threads_cores, tile_geometry
+    from wsi_segment.pipeline.inference.compute_stage import compute_threads_cores
+    from wsi_segment.pipeline.inference.slide_plan import tile_geometry
 
     job, _specs = band_job_over(tmp_path / "z.zarr", tiny_model_dir, CMU_SLIDE, four_units)
     options = SegmentParams(device="cpu", precision="fp32", runtime="openvino", batch_size=1)
