@@ -86,24 +86,15 @@ def bench_geometry(model_dir: Path, args: argparse.Namespace) -> Geometry:
 
 
 def torch_fp32_spec(geometry: Geometry) -> RuntimeSpec:
-    """The runtime spec the benchmarks' CPU handles carry: torch at fp32 for tiles of
-    `geometry`, nothing else asked."""
-    from wsi_segment.models.runtimes.spec import RuntimeSpec
+    """The runtime spec the benchmarks' CPU handles carry: what a plan for
+    `--device cpu --runtime torch --precision fp32` on this machine hands the loader, for
+    tiles of `geometry`."""
+    from wsi_segment.pipeline.machine import probe_machine
+    from wsi_segment.pipeline.params import SegmentParams
+    from wsi_segment.pipeline.run_policy import RunFacts, decide, runtime_spec
 
-    return RuntimeSpec(
-        runtime="torch",
-        precision="fp32",
-        geometry=geometry,
-        fallback="fp32",
-        threads=1,
-        cpu_flags=frozenset(),
-        by_name=False,
-        cuda_graphs=False,
-        runtime_reason="",
-        precision_reason="",
-        fallback_reason="",
-        calibration=None,
-    )
+    options = SegmentParams(device="cpu", runtime="torch", precision="fp32")
+    return runtime_spec(decide(probe_machine(), options, RunFacts()), geometry)
 
 
 def instant_handle(geometry: Geometry) -> Any:

@@ -48,10 +48,9 @@ prefect_env.apply()
 from prefect.exceptions import TerminationSignal  # noqa: E402
 
 from wsi_segment.errors import (  # noqa: E402
-    TERMINATING_SIGNALS,
-    Terminated,
     handled_signals,
     restore_handlers,
+    signal_exception,
 )
 
 RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
@@ -123,6 +122,7 @@ class InterruptGuard:
 
     def __init__(self) -> None:
         self.fired = False
+        self.signum: int | None = None  # the signal that fired it (None: none, or `hold`)
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> InterruptGuard:
@@ -137,12 +137,17 @@ class InterruptGuard:
         """Ignore every later signal (an interrupt has come by another way)."""
         self.fired = True
 
+    def unraised(self) -> KeyboardInterrupt | None:
+        """The exception of the signal that fired the guard, for a batch that ended without
+        it: Python drops an exception a handler raises inside a finaliser, and the batch's
+        slides were stopped instead (`flows.slide_watch`). None if no signal fired it."""
+        return None if self.signum is None else signal_exception(self.signum)
+
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.fired:
             return
         self.fired = True
         if isinstance(sys.exc_info()[1], TerminationSignal):
             return  # Prefect passing on the SIGTERM it has already raised as TerminationSignal
-        if signum in TERMINATING_SIGNALS:
-            raise Terminated.by(signum)
-        raise KeyboardInterrupt
+        self.signum = signum
+        raise signal_exception(signum)

@@ -20,11 +20,10 @@ import threading
 from collections.abc import Iterator
 
 from wsi_segment.errors import (
-    TERMINATING_SIGNALS,
     SlideInterrupted,
-    Terminated,
     handled_signals,
     restore_handlers,
+    signal_exception,
 )
 from wsi_segment.pipeline.cancellation import Cancellation
 
@@ -45,9 +44,7 @@ class SignalStop:
     def exception(self) -> BaseException:
         """The exception of the signal received: `Terminated` for SIGTERM and SIGHUP (the
         CLI exits 128 + the signal), else Ctrl-C's."""
-        if self.signum in TERMINATING_SIGNALS:
-            return Terminated.by(self.signum)
-        return KeyboardInterrupt()
+        return signal_exception(self.signum) if self.signum is not None else KeyboardInterrupt()
 
 
 @contextlib.contextmanager

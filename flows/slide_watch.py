@@ -9,15 +9,25 @@ steps of `prepare`), after the current step where it computes or sits in a C cal
 `finally` blocks on the way do the cleanup they do on any error: the slide's Dask bands are
 told to stop (`band_runner.gather_all`), decoder processes end, the slide closes, and the
 partial folder and lock are removed (`pipeline.outputs.output_dir.OutputDir`).
+
+While a watch is open in the main thread, Ctrl-C and SIGHUP also interrupt its slides before
+the handler in place raises the signal's exception: Python runs a handler between any two
+bytecodes, and drops what it raises inside a finaliser (a weakref callback, a `__del__`),
+where the batch would otherwise go on to its end. SIGTERM is left to Prefect's own handler
+(`capture_sigterm`), which the flow engine needs to find in place.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any
 
 from wsi_segment.errors import SlideInterrupted, SlideNotStarted, SlideTimedOut
 from wsi_segment.pipeline.cancellation import POLL_S, Cancellation, CancelToken
@@ -37,21 +47,45 @@ class SlideWatch:
     def __init__(self, timeout_s: float | None) -> None:
         self.timeout_s = timeout_s
         self._running: dict[int, _Running] = {}
-        self._lock = threading.Lock()
+        # reentrant: `interrupt_all` runs in a signal handler, between any two bytecodes of
+        # the main thread, which may hold the lock then
+        self._lock = threading.RLock()
         self._closed = threading.Event()
         self._watcher: threading.Thread | None = None
         self._stopping = False
+        self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> SlideWatch:
         if self.timeout_s is not None:
             self._watcher = threading.Thread(target=self._watch, name="slide-timeouts", daemon=True)
             self._watcher.start()
+        if threading.current_thread() is threading.main_thread():
+            self._previous = self._stop_on_signals()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
         self._closed.set()
         if self._watcher is not None:
             self._watcher.join()
+
+    def _stop_on_signals(self) -> dict[int, Any]:
+        """Wrap the Ctrl-C and SIGHUP handlers in place (Python ones: an ignored or default
+        signal stays so) so that a signal first interrupts the slides; the previous ones."""
+        previous: dict[int, Any] = {}
+        for signum in (signal.SIGINT, signal.SIGHUP):
+            handler = signal.getsignal(signum)
+            if callable(handler):
+                wrapped = functools.partial(self._interrupted_by, handler)
+                previous[signum] = signal.signal(signum, wrapped)
+        return previous
+
+    def _interrupted_by(
+        self, handler: Callable[[int, FrameType | None], Any], signum: int, frame: FrameType | None
+    ) -> None:
+        self.interrupt_all()
+        handler(signum, frame)
 
     @contextlib.contextmanager
     def running(self, index: int) -> Iterator[CancelToken]:

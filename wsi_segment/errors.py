@@ -97,6 +97,12 @@ class Terminated(KeyboardInterrupt):
         return cls(f"terminated by signal {signum}", signum)
 
 
+def signal_exception(signum: int) -> KeyboardInterrupt:
+    """What a stopping signal raises: `Terminated` for SIGTERM and SIGHUP (the CLI exits
+    128 + the signal), Ctrl-C's KeyboardInterrupt for SIGINT (exit 130)."""
+    return Terminated.by(signum) if signum in TERMINATING_SIGNALS else KeyboardInterrupt()
+
+
 def raise_terminated(signum: int, frame: object) -> None:
     """The handler of `TERMINATING_SIGNALS` (`signal.signal(signum, raise_terminated)`)."""
     raise Terminated.by(signum)

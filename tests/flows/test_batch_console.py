@@ -212,11 +212,57 @@ def prefect_sigterm_outcome() -> tuple[str, bool]:
         return later, guard.fired
 
 
+class SignalledWhileFinalised:
+    """An object whose finaliser signals this process and runs on until the guard's handler
+    has run inside it: where Python prints the handler's exception and drops it."""
+
+    def __init__(self, signum: int, guard: InterruptGuard) -> None:
+        self.signum, self.guard = signum, guard
+
+    def __del__(self) -> None:
+        os.kill(os.getpid(), self.signum)
+        deadline = time.monotonic() + 5
+        while not self.guard.fired and time.monotonic() < deadline:
+            pass  # the handler runs between two of these bytecodes
+
+
+def dropped_signal_outcome(signum: int) -> tuple[list[str], bool, str, str, str, bool]:
+    """`signum` raised by the guard's handler inside a finaliser while a batch's SlideWatch
+    is open with a slide running: (the exceptions Python dropped, the slide's token
+    cancelled, its reason, what a later slide's start raises, `unraised()`, handlers back)."""
+    from wsi_segment.flows.slide_watch import SlideWatch
+
+    before = {s: signal.getsignal(s) for s in SIGNALS}
+    dropped: list[Any] = []
+    hook = sys.unraisablehook
+    sys.unraisablehook = dropped.append
+    later = "nothing"
+    try:
+        with InterruptGuard() as guard, SlideWatch(None) as watch:
+            with watch.running(0) as token:
+                SignalledWhileFinalised(signum, guard)  # finalised at once
+                cancelled = token.cancelled
+                reason = type(token.stop()).__name__ if cancelled else "not cancelled"
+            try:
+                with watch.running(1):
+                    pass
+            except BaseException as exc:
+                later = type(exc).__name__
+    finally:
+        sys.unraisablehook = hook
+    unraised = guard.unraised()
+    restored = {s: signal.getsignal(s) for s in before} == before
+    kinds = [type(d.exc_value).__name__ for d in dropped]
+    told = f"{type(unraised).__name__} {getattr(unraised, 'signum', None)}"
+    return kinds, cancelled, reason, later, told, restored
+
+
 def guard_outcomes() -> dict[str, object]:
     """Every scenario above, in the process that runs this (`guard_run`)."""
     assert threading.current_thread() is threading.main_thread()  # where handlers run
     first = {int(s): first_signal_outcome(s) for s in SIGNALS}
-    return {"first": first, "prefect": prefect_sigterm_outcome()}
+    dropped = {int(s): dropped_signal_outcome(s) for s in (signal.SIGINT, signal.SIGHUP)}
+    return {"first": first, "prefect": prefect_sigterm_outcome(), "dropped": dropped}
 
 
 @pytest.fixture(scope="module")
@@ -244,6 +290,27 @@ def test_the_first_signal_interrupts_and_later_ones_are_ignored(guard_run, signu
         assert raised_signum == signum  # SIGHUP exits 129, SIGTERM 143
     assert fired
     assert later == "nothing"  # SIGINT, SIGTERM and SIGHUP again: ignored
+    assert restored
+
+
+@pytest.mark.parametrize(
+    ("signum", "told"),
+    [(signal.SIGINT, "KeyboardInterrupt None"), (signal.SIGHUP, f"Terminated {signal.SIGHUP}")],
+    ids=["SIGINT", "SIGHUP"],
+)
+def test_a_signal_whose_exception_python_drops_still_stops_the_batch(
+    guard_run, signum, told
+) -> None:
+    """Python drops an exception a handler raises inside a finaliser; the batch went on to
+    its end. While the batch's SlideWatch is open, Ctrl-C and SIGHUP interrupt its slides
+    first: the running slide's token holds the interrupt, no other slide starts, and the
+    CLI raises the signal's exception once the batch has ended (`InterruptGuard.unraised`).
+    SIGTERM during a flow is Prefect's handler's, left in place."""
+    kinds, cancelled, reason, later, got, restored = guard_run["dropped"][int(signum)]
+    assert kinds == [SIGNALS[signum].__name__]  # the exception was dropped
+    assert cancelled and reason == "SlideInterrupted"
+    assert later == "SlideNotStarted"
+    assert got == told
     assert restored
 
 
