@@ -38,6 +38,9 @@ class StopAfterFirstChunk:
     """A `Progress` that stops the engine at its first written chunk (its error path then
     shuts every part down, as for any error)."""
 
+    def note(self, text: str) -> None:
+        pass
+
     def start(self, total: int, unit: str = "tile", desc: str = "") -> None:
         pass
 

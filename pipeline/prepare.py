@@ -40,6 +40,7 @@ from wsi_segment.pipeline.prepare_inputs import (
     open_checked_slide,
     read_model_folder,
 )
+from wsi_segment.pipeline.progress import NO_PROGRESS, Progress
 from wsi_segment.pipeline.run_policy import CLUSTER, LOCAL, ExecutionPlan, RunFacts
 from wsi_segment.pipeline.run_start import RunStart
 from wsi_segment.pipeline.startup import gc_paused
@@ -183,6 +184,7 @@ def prepare(
     cluster: Machine | None = None,
     at_once: int = 1,
     cancel: CancelToken = NEVER_CANCELLED,
+    progress: Progress = NO_PROGRESS,
 ) -> PreparedSlide:
     """Stage 1: everything cheap that decides what the run will do, in three steps.
 
@@ -196,7 +198,8 @@ def prepare(
     3. meanwhile the model loads and its runtime opens in a background thread as the plan
        says (importing torch, timm and smp is most of a small run's fixed cost).
     `cancel` is checked between the steps (a batch's stop: its reason is raised, and what
-    was started is stopped and the slide closed).
+    was started is stopped and the slide closed). `progress` is told when the run has to
+    wait for the model (a cold cache: tens of seconds with nothing else on the screen).
     """
     t0 = time.perf_counter()
     slide_path = str(slide_path)
@@ -211,7 +214,7 @@ def prepare(
             facts = RunFacts(place=place, at_once=at_once)
             started = RunStart.begin(opened, model, params, machine, facts, early)
             return _prepare_started(
-                Path(out_root), name, params, opened, model, started, t0, cancel
+                Path(out_root), name, params, opened, model, started, t0, cancel, progress
             )
     except BaseException:
         opened.slide.close()
@@ -227,6 +230,7 @@ def _prepare_started(
     started: RunStart,
     t0: float,  # when `prepare` began: the open's share of the timings
     cancel: CancelToken,
+    progress: Progress,
 ) -> PreparedSlide:
     """Detect tissue and plan the chunks while the model loads, then take the loaded model;
     what `started` runs is stopped on any error."""
@@ -237,6 +241,8 @@ def _prepare_started(
         cancel.check()
         grid, planned, reader = _plan_chunks(opened, params, model, started, tissue)
         t2 = time.perf_counter()
+        if not started.loader.done():
+            progress.note(f"{name}: loading the model")
         handle, model_meta, policy = started.loaded_model(model, cancel)
         fingerprint = run_fingerprint(opened.path, handle.identity, params, model_meta)
     except BaseException:

@@ -9,6 +9,9 @@ from tqdm import tqdm
 
 
 class Progress(Protocol):
+    def note(self, text: str) -> None:
+        """One line on what a long wait before the bar is for (the model's load)."""
+
     def start(self, total: int, unit: str = "tile", desc: str = "") -> None: ...
 
     def advance(self, n: int) -> None: ...
@@ -18,6 +21,9 @@ class Progress(Protocol):
 
 class NullProgress:
     """Reports nothing (library calls, flows, tests)."""
+
+    def note(self, text: str) -> None:
+        pass
 
     def start(self, total: int, unit: str = "tile", desc: str = "") -> None:
         pass
@@ -36,6 +42,10 @@ class BarProgress:
         self.enabled = not quiet and sys.stderr.isatty()
         self._bar: tqdm | None = None
 
+    def note(self, text: str) -> None:
+        if self.enabled:
+            tqdm.write(text, file=sys.stderr)
+
     def start(self, total: int, unit: str = "tile", desc: str = "") -> None:
         self.close()
         if self.enabled:
@@ -49,3 +59,6 @@ class BarProgress:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+
+NO_PROGRESS = NullProgress()

@@ -42,7 +42,7 @@ from wsi_segment.pipeline.outputs.output_dir import (
 from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.pipeline.prepare import PreparedSlide
 from wsi_segment.pipeline.prepare import prepare as prepare
-from wsi_segment.pipeline.progress import Progress
+from wsi_segment.pipeline.progress import NO_PROGRESS, Progress
 from wsi_segment.pipeline.up_to_date import ModelFiles, finished_output, is_up_to_date
 
 if TYPE_CHECKING:  # distributed is imported only when a cluster is used
@@ -158,16 +158,24 @@ def prepare_stage(
     client: Client | None = None,
     at_once: int = 1,
     cancel: CancelToken = NEVER_CANCELLED,
+    progress: Progress = NO_PROGRESS,
 ) -> PreparedSlide:
     """Stage 1 as every door runs it (`segment_slide`, the Prefect slide flow): a local run
     (no `client`) starts reading while the model loads (the readers its policy names, for
     `at_once` slides in flight on this machine); with a Dask `client` the plan is decided
     for the machine its workers describe, and the workers read for themselves, each band
-    running that plan (`run_policy.for_worker`). `cancel`: checked between prepare's steps."""
-    if client is None:
-        return prepare(slide_path, out_root, params, early=True, at_once=at_once, cancel=cancel)
+    running that plan (`run_policy.for_worker`). `cancel`: checked between prepare's steps;
+    `progress`: told of a wait for the model."""
+    if client is None:  # the slide's own readers start early
+        return prepare(
+            slide_path, out_root, params, early=True, at_once=at_once, cancel=cancel,
+            progress=progress,
+        )  # fmt: skip
     cluster = cluster_machine(client, cancel)
-    return prepare(slide_path, out_root, params, cluster=cluster, at_once=at_once, cancel=cancel)
+    return prepare(
+        slide_path, out_root, params, cluster=cluster, at_once=at_once, cancel=cancel,
+        progress=progress,
+    )  # fmt: skip
 
 
 def segment_slide(
@@ -181,7 +189,9 @@ def segment_slide(
     """Run all stages for one slide; raises `WsiSegmentError` on expected failures, and
     `cancel`'s reason once it is cancelled (the partial folder removed)."""
     stages = Stages(
-        prepare=lambda path, root, p: prepare_stage(path, root, p, client, cancel=cancel),
+        prepare=lambda path, root, p: prepare_stage(
+            path, root, p, client, cancel=cancel, progress=progress or NO_PROGRESS
+        ),
         infer=lambda prep, work_dir: infer(
             prep, work_dir, client=client, progress=progress, cancel=cancel
         ),

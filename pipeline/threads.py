@@ -86,6 +86,10 @@ class Background(Generic[T]):
         self._thread = WaitableThread(target, name=getattr(fn, "__name__", "bg"))
         self._thread.start()
 
+    def done(self) -> bool:
+        """Whether the function has returned or raised."""
+        return self._thread.ended
+
     def result(self) -> T:
         self._thread.wait()
         if self._error is not None:

@@ -53,6 +53,9 @@ class Counted:
     def __init__(self) -> None:
         self.advances: list[int] = []
 
+    def note(self, text: str) -> None:
+        pass
+
     def start(self, total: int, unit: str = "tile", desc: str = "") -> None:
         pass
 

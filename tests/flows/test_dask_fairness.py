@@ -37,6 +37,9 @@ class BandClock:
     def __init__(self) -> None:
         self.finished: list[float] = []
 
+    def note(self, text: str) -> None:
+        pass
+
     def start(self, total: int, unit: str = "tile", desc: str = "") -> None:
         pass
 

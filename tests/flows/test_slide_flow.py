@@ -73,6 +73,7 @@ def test_transient_error_is_retried_and_broken_slide_is_not(
     from wsi_segment.flows.slide_flow import segment_slide_flow as slide_flow
     from wsi_segment.pipeline import segment
     from wsi_segment.pipeline.cancellation import NEVER_CANCELLED
+    from wsi_segment.pipeline.progress import NO_PROGRESS
 
     real_prepare = segment.prepare
     calls: list[str] = []
@@ -94,7 +95,8 @@ def test_transient_error_is_retried_and_broken_slide_is_not(
     # the flow prepares as the CLI does (`segment.prepare_stage`): on this CPU machine the
     # readers its policy names start while the model loads
     # (a single slide's flow: nothing outside stops it)
-    assert readers[-1] == {"early": True, "at_once": 1, "cancel": NEVER_CANCELLED}  # no cluster
+    local = {"early": True, "at_once": 1, "cancel": NEVER_CANCELLED, "progress": NO_PROGRESS}
+    assert readers[-1] == local  # no cluster
     assert result.summary["run_policy"]["read_source"] == "reader thread"
 
     calls.clear()

@@ -100,6 +100,9 @@ class StopAtFirstTiles:
         self.total = 0
         self.stopped_at = 0.0
 
+    def note(self, text: str) -> None:
+        pass
+
     def start(self, total: int, unit: str = "tile", desc: str = "") -> None:
         self.total = total
 
