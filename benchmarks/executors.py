@@ -24,11 +24,12 @@ def opened(
     device: str = "cpu",
     precision: str = "auto",
     runtime: str = "auto",
+    overlap: int = SegmentParams().overlap,
 ) -> tuple[SegmentationModel, OpenedRuntime]:
     """The model (loaded from its folder if a path) on the plan's device, and its runtime
     opened at the plan's precision for `--device device --precision precision --runtime
-    runtime`."""
-    options = SegmentParams(device=device, precision=precision, runtime=runtime)
+    runtime --overlap overlap` (the geometry OpenVINO's check runs: the slide's)."""
+    options = SegmentParams(device=device, precision=precision, runtime=runtime, overlap=overlap)
     plan = decide(probe_machine(), options, RunFacts())
     if not isinstance(model, SegmentationModel):
         model = load_model(Path(model))

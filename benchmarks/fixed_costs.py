@@ -90,7 +90,6 @@ def load_steps() -> None:
     from wsi_segment.models.model_files import ModelFiles
     from wsi_segment.models.runtimes.openvino_runtime import openvino_version
     from wsi_segment.models.runtimes.select import open_runtime
-    from wsi_segment.models.runtimes.tile_io import Geometry
 
     openvino_version()
     lap("import our models, openvino")
@@ -101,8 +100,8 @@ def load_steps() -> None:
     heavy = [m for m in ("timm", "torchvision", "segmentation_models_pytorch") if m in sys.modules]
     print(f"network built: {model.network_built}; imported: {heavy or 'none of'} "
           "timm, torchvision, smp", flush=True)  # fmt: skip
-    tile = int(model.meta.tile_size)
-    executor = opened.executor(Geometry.whole(tile), plan.batch_size.value)
+    tile = spec.geometry.tile
+    executor = opened.executor(spec.geometry, plan.batch_size.value)  # the slide's graph
     tiles = torch.zeros((plan.batch_size.value, tile, tile, 3), dtype=torch.uint8)
     torch.set_num_threads(max(1, plan.cores.value // plan.compute_threads.value))
     executor.run(tiles)

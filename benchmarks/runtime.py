@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     from wsi_segment.models.bundle import demo_model_dir
     from wsi_segment.models.cpu import BF16_FLAGS, cpu_flags
     from wsi_segment.models.precision_calibration import compare_labels
-    from wsi_segment.models.runtimes.tile_io import Geometry
+    from wsi_segment.pipeline.inference.slide_plan import tile_geometry
 
     bench = BenchRun.start("runtime.py", argv)
     model_dir = args.model or demo_model_dir()
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"[runtime] {n} tiles on the slide; model alone on {len(tiles)}")
 
     # 1. model alone, interleaved
-    geometry = Geometry(int(meta.tile_size), 16, 192, 4, True)
+    geometry = tile_geometry(plan.grid, True)  # the slide's, where the runtimes were checked
     configs = {v: [1, args.threads] for v in variants}
     cores = len(os.sched_getaffinity(0))
     executors = {  # each of `streams` threads on its share of the cores, as the engine's

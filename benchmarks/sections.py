@@ -38,7 +38,7 @@ def section_throughput(
     notes.append(
         f"throughput slide: {size} x {size} px, mpp 0.5, tissue {args.tissue:g} ({writer})"
     )
-    model, runtime = opened(model_dir, "auto", args.precision, args.runtime)
+    model, runtime = opened(model_dir, "auto", args.precision, args.runtime, args.overlap)
     p = plan_like_pipeline(slide, model.meta, args.overlap, args.chunk_tiles, 4, args.backend)
     log(f"[throughput] {p.tiles} tiles in {len(p.specs)} chunks; reading ...")
     all_tiles, read_wall, read_cpu = read_chunks(p)

@@ -139,8 +139,9 @@ class InterruptGuard:
 
     def unraised(self) -> KeyboardInterrupt | None:
         """The exception of the signal that fired the guard, for a batch that ended without
-        it: Python drops an exception a handler raises inside a finaliser, and the batch's
-        slides were stopped instead (`flows.slide_watch`). None if no signal fired it."""
+        it: Python drops an exception a handler raises inside a finaliser (the batch's wait
+        for its slides raises it again, `flows.slide_watch`; elsewhere, the batch went on).
+        None if no signal fired it."""
         return None if self.signum is None else signal_exception(self.signum)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:

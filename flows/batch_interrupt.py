@@ -86,7 +86,7 @@ def wait_for_slides(
     `BatchInterrupted` / `BatchTerminated` with the result of every item (`settled`: those
     decided without a task, e.g. up to date)."""
     try:
-        return {i: slide_outcome(f) for i, f in futures.items()}
+        return {i: slide_outcome(f, watch) for i, f in futures.items()}
     except (KeyboardInterrupt, TerminationSignal) as exc:
         with signals_ignored():
             stopped = {**settled, **stop_slides(futures, items, watch)}
@@ -96,11 +96,18 @@ def wait_for_slides(
         raise BatchInterrupted(results) from exc
 
 
-def slide_outcome(future: SlideFuture) -> SlideResult:
-    """The `SlideResult` of a slide task, whether its state is Completed or Failed (a failed
-    slide's task hands its result back in a Failed state), waited for in short steps."""
+def slide_outcome(future: SlideFuture, watch: SlideWatch) -> SlideResult:
+    """The `SlideResult` of a slide task, waited for in short steps; a signal the watch
+    noted is raised again (Python may have dropped its exception)."""
     while not future.wrapped_future.done():
+        watch.raise_signalled()
         future.wait(timeout=POLL_S)
+    return ended_slide_outcome(future)
+
+
+def ended_slide_outcome(future: SlideFuture) -> SlideResult:
+    """The `SlideResult` of an ended slide task, whether its state is Completed or Failed (a
+    failed slide's task hands its result back in a Failed state)."""
     result = future.result(raise_on_failure=False)
     if not isinstance(result, SlideResult):  # crashed or cancelled: the task never returned
         future.result()  # raises what ended it

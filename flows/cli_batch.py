@@ -140,10 +140,10 @@ def run(args: argparse.Namespace) -> int:
                 raise
             results, interrupt = stopped.results, cli_interrupt(stopped)
             code = 128 + interrupt.signum if isinstance(interrupt, Terminated) else 130
-        if interrupt is None:  # a signal whose exception Python dropped stopped the slides
-            interrupt = guard.unraised()
         report(results)
         print_report_paths(args.out)
+        if interrupt is None:  # a signal whose exception Python dropped outside the slides' wait
+            interrupt = guard.unraised()
     if interrupt is not None:  # flows.cli prints the one `error:` line, exits 130 / 143 / 129
         raise interrupt
     return code

@@ -86,7 +86,9 @@ def add_segment_options(parser: argparse.ArgumentParser) -> None:
     add_backend_option(parser)
     add_result_options(parser)
     add_region_options(parser)
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--quiet", action="store_true", help="no progress bar or 'loading the model' line"
+    )
 
 
 def add_location_options(parser: argparse.ArgumentParser) -> None:

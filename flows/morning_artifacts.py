@@ -10,7 +10,7 @@ from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from wsi_segment.errors import WsiSegmentError
-from wsi_segment.flows.batch_interrupt import SlideFuture, slide_outcome
+from wsi_segment.flows.batch_interrupt import SlideFuture, ended_slide_outcome
 from wsi_segment.pipeline.morning_report import BatchReport
 
 if TYPE_CHECKING:
@@ -22,7 +22,7 @@ def report_slide(morning: BatchReport, index: int, future: SlideFuture) -> None:
     report.html. Runs in the slide's thread, outside the flow's run context; a problem there
     is a warning: it never fails the slides, and the batch's end rebuilds again."""
     try:
-        morning.add(index, slide_outcome(future))
+        morning.add(index, ended_slide_outcome(future))
     except Exception as exc:  # whatever ended the slide is the batch's to report, not ours
         logging.getLogger(__name__).warning("report not updated: %s", exc)
 

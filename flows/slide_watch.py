@@ -10,11 +10,12 @@ steps of `prepare`), after the current step where it computes or sits in a C cal
 told to stop (`band_runner.gather_all`), decoder processes end, the slide closes, and the
 partial folder and lock are removed (`pipeline.outputs.output_dir.OutputDir`).
 
-While a watch is open in the main thread, Ctrl-C and SIGHUP also interrupt its slides before
-the handler in place raises the signal's exception: Python runs a handler between any two
+While a watch is open in the main thread, it notes a Ctrl-C or SIGHUP before the handler in
+place raises the signal's exception (`signalled`): Python runs a handler between any two
 bytecodes, and drops what it raises inside a finaliser (a weakref callback, a `__del__`),
-where the batch would otherwise go on to its end. SIGTERM is left to Prefect's own handler
-(`capture_sigterm`), which the flow engine needs to find in place.
+where the batch would otherwise go on to its end; the batch's wait for its slides raises it
+again from the note (`raise_signalled`) and stops them as for any interrupt. SIGTERM is left
+to Prefect's own handler (`capture_sigterm`), which the flow engine needs to find in place.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
-from wsi_segment.errors import SlideInterrupted, SlideNotStarted, SlideTimedOut
+from wsi_segment.errors import SlideInterrupted, SlideNotStarted, SlideTimedOut, signal_exception
 from wsi_segment.pipeline.cancellation import POLL_S, Cancellation, CancelToken
 
 
@@ -47,13 +48,12 @@ class SlideWatch:
     def __init__(self, timeout_s: float | None) -> None:
         self.timeout_s = timeout_s
         self._running: dict[int, _Running] = {}
-        # reentrant: `interrupt_all` runs in a signal handler, between any two bytecodes of
-        # the main thread, which may hold the lock then
-        self._lock = threading.RLock()
+        self._lock = threading.Lock()
         self._closed = threading.Event()
         self._watcher: threading.Thread | None = None
         self._stopping = False
         self._previous: dict[int, Any] = {}
+        self.signalled: int | None = None  # the Ctrl-C or SIGHUP noted while open
 
     def __enter__(self) -> SlideWatch:
         if self.timeout_s is not None:
@@ -70,9 +70,17 @@ class SlideWatch:
         if self._watcher is not None:
             self._watcher.join()
 
+    def raise_signalled(self) -> None:
+        """Raise the exception of the Ctrl-C or SIGHUP noted (whose own may have been
+        dropped), if one was."""
+        if self.signalled is not None:
+            raise signal_exception(self.signalled)
+
     def _stop_on_signals(self) -> dict[int, Any]:
         """Wrap the Ctrl-C and SIGHUP handlers in place (Python ones: an ignored or default
-        signal stays so) so that a signal first interrupts the slides; the previous ones."""
+        signal stays so) so that a signal is first noted; the previous ones. The note is an
+        assignment: a handler runs between any two bytecodes of the main thread, which may
+        hold a lock then."""
         previous: dict[int, Any] = {}
         for signum in (signal.SIGINT, signal.SIGHUP):
             handler = signal.getsignal(signum)
@@ -84,7 +92,7 @@ class SlideWatch:
     def _interrupted_by(
         self, handler: Callable[[int, FrameType | None], Any], signum: int, frame: FrameType | None
     ) -> None:
-        self.interrupt_all()
+        self.signalled = signum
         handler(signum, frame)
 
     @contextlib.contextmanager

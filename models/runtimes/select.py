@@ -1,12 +1,12 @@
 """Open the runtime that executes a model's tile graph, as a run's `RuntimeSpec` says.
 
 It decides nothing. OpenVINO's graph is checked against torch fp32 on the calibration tiles
-at the run's geometry before it runs (a wrong result is worse than a slow one); a
-`bf16-if-calibrated` precision
-gets the bf16 calibration's verdict here, in either runtime. Both checks' numbers are kept in
-the disk cache (`runtimes.verdict`), so a warm load runs no forward. Whatever keeps OpenVINO
-from running is one warning and torch at the spec's fallback precision; a model whose graph
-cannot be exported is refused where OpenVINO was asked for by name.
+before it runs, at the run's geometry (a wrong result is worse than a slow one); a
+`bf16-if-calibrated` precision gets the bf16 calibration's verdict here, in either runtime.
+Both checks' numbers are kept in the disk cache (`runtimes.verdict`), so a warm load runs no
+forward. Whatever keeps OpenVINO from running is one warning and torch at the spec's
+fallback precision; a model whose graph cannot be exported is refused where OpenVINO was
+asked for by name.
 """
 
 from __future__ import annotations
@@ -49,6 +49,8 @@ if TYPE_CHECKING:
     from ..segmentation_model import SegmentationModel
 
 _log = logging.getLogger(__name__)
+# the fewest labels the fp32 check compares: at 99.5 %, one near-tie pixel must not fail it
+MIN_CHECK_LABELS = 10_000
 # the numbers each check stores: an entry without them (an older format) is computed again
 _CHECK_FIELDS = {"fp32_agreement": frozenset({"agreement"}), "bf16_calibration": CALIBRATION_FIELDS}
 
@@ -206,14 +208,25 @@ def _open_openvino(model: ModelSource, spec: RuntimeSpec, cache: Path) -> Opened
     return opened
 
 
+def check_geometry(run: Geometry, tiles: int) -> Geometry:
+    """Where the fp32 check runs on `tiles` calibration tiles: the run's own graph (a cold
+    cache then exports one graph, not also one of whole tiles: ~5 s on a 2-core CPU), unless
+    its labels there are too few for the threshold to mean anything (a large output
+    downsample: 3 x 3 labels a tile at 64), then whole tiles."""
+    side = run.core // run.downsample
+    if tiles * side * side >= MIN_CHECK_LABELS:
+        return run
+    return Geometry.whole(run.tile, run.gate)
+
+
 def _check_fp32(
-    opened: OpenedRuntime, model: ModelSource, geometry: Geometry, tiles: np.ndarray
+    opened: OpenedRuntime, model: ModelSource, run: Geometry, tiles: np.ndarray
 ) -> None:
-    """OpenVINO's fp32 graph must keep torch fp32's labels on the calibration tiles, checked
-    at the run's `geometry`: the graph the run compiles, so a cold cache exports one graph,
-    not also one of whole tiles (~5 s on a laptop's CPU). `RuntimeUnavailable` otherwise."""
+    """OpenVINO's fp32 graph must keep torch fp32's labels on the calibration tiles (at
+    `check_geometry`); `RuntimeUnavailable` otherwise."""
     assert opened.graphs is not None, "OpenVINO opens with its fp32 graphs"
     fp32 = opened.graphs
+    geometry = check_geometry(run, len(tiles))
 
     def fp32_agreement() -> dict[str, Any]:
         from .executor import TorchExecutor  # the reference: a cold cache builds the network

@@ -16,7 +16,10 @@ class RuntimeSpec:
 
     runtime: str  # torch | openvino
     precision: str  # fp32 | bf16 | fp16 | bf16-if-calibrated, for that runtime
-    geometry: Geometry  # the slide's tile graph: what OpenVINO's fp32 check runs
+    # the slide's tile graph, where OpenVINO's fp32 check runs (`select.check_geometry`); not
+    # part of what a spec is: a process opens a model once for all the geometries its slides
+    # run (one copy, one lock), checked at the first one's
+    geometry: Geometry = field(compare=False)
     fallback: str  # torch's precision should OpenVINO not run the model
     threads: int  # OpenVINO's: the cores of the process it serves
     cpu_flags: frozenset[str]  # the machine's (OpenVINO's cache keys name them)

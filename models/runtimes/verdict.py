@@ -1,8 +1,8 @@
 """The checks a compiled graph passes before it runs, kept in the runtime's disk cache.
 
-Keyed by what the graphs depend on and the calibration tiles' bytes (`verdict_key`), verified
-like every entry (`runtimes.cache`); the numbers are stored, and today's thresholds judge
-them. The bf16 verdict is also kept by what is known before torch loads (`calibration_key`:
+Keyed by what the graphs depend on, the geometry the check ran and the calibration tiles'
+bytes (`verdict_key`), verified like every entry (`runtimes.cache`); the numbers are
+stored, and today's thresholds judge them. The bf16 verdict is also kept by what is known before torch loads (`calibration_key`:
 the model's files, runtime, versions, CPU), so a warm run's plan finds it and the loader
 calibrates nothing.
 """

@@ -6,16 +6,20 @@ without a limit).
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prefect.futures import PrefectConcurrentFuture
 
+from tests.conftest import foreground_signals
 from wsi_segment.errors import SlideInterrupted, SlideStopped, Terminated
 from wsi_segment.flows import batch_interrupt
 from wsi_segment.flows.batch_interrupt import (
@@ -64,6 +68,48 @@ def test_a_sigterm_delivered_to_a_slide_thread_interrupts_the_batch(tmp_path: Pa
         with sigterm_as_interrupt(), pytest.raises(BatchInterrupted) as info:
             threading.Timer(0.3, signal.pthread_kill, (idents[0], signal.SIGTERM)).start()
             wait_for_slides({0: future}, [item], watch, {})
+    (result,) = info.value.results
+    assert result.status == INTERRUPTED, result
+
+
+class SignalledWhileFinalised:
+    """An object whose finaliser sends Ctrl-C to this process and runs on until the handler
+    has run inside it: where Python prints the handler's exception and drops it."""
+
+    def __init__(self, watch: SlideWatch) -> None:
+        self.watch = watch
+
+    def __del__(self) -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+        deadline = time.monotonic() + 5
+        while self.watch.signalled is None and time.monotonic() < deadline:
+            pass  # the handler runs between two of these bytecodes
+
+
+@pytest.mark.timeout(2 * BACKSTOP_S)
+def test_a_ctrl_c_whose_exception_python_drops_still_interrupts_the_batch(tmp_path: Path) -> None:
+    """Python drops the KeyboardInterrupt a handler raises inside a finaliser; the batch
+    went on to its end. The watch noted the signal, and the wait for the slides raises it
+    again: the batch is interrupted and its running slide stopped, as for any Ctrl-C."""
+    item = BatchItem(tmp_path / "a.svs", None, "a")
+    idents: list[int] = []
+    dropped: list[Any] = []
+    hook = sys.unraisablehook
+    sys.unraisablehook = dropped.append  # what Python does with an exception in a finaliser
+    try:
+        with foreground_signals(), ThreadPoolExecutor(1) as pool, SlideWatch(None) as watch:
+            future = PrefectConcurrentFuture(
+                uuid.uuid4(), pool.submit(polling_slide, watch, item, idents)
+            )
+            while watch.started() != {0}:
+                time.sleep(0.01)
+            SignalledWhileFinalised(watch)  # finalised at once
+            assert [type(d.exc_value) for d in dropped] == [KeyboardInterrupt]
+            assert watch.signalled == signal.SIGINT
+            with pytest.raises(BatchInterrupted) as info:
+                wait_for_slides({0: future}, [item], watch, {})
+    finally:
+        sys.unraisablehook = hook
     (result,) = info.value.results
     assert result.status == INTERRUPTED, result
 

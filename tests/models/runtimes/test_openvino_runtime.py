@@ -22,7 +22,7 @@ from wsi_segment.models.meta import ModelMeta
 from wsi_segment.models.precision_calibration import calibration_tiles
 from wsi_segment.models.runtimes.executor import TorchExecutor
 from wsi_segment.models.runtimes.openvino_runtime import OpenVINOExecutor, OpenVINOGraphs
-from wsi_segment.models.runtimes.select import open_runtime
+from wsi_segment.models.runtimes.select import MIN_CHECK_LABELS, check_geometry, open_runtime
 from wsi_segment.models.runtimes.spec import RuntimeSpec
 from wsi_segment.models.runtimes.tile_io import Geometry
 from wsi_segment.models.segmentation_model import SegmentationModel
@@ -433,7 +433,7 @@ def test_a_warm_cache_opens_openvino_without_a_forward_or_a_calibration_graph(
 ) -> None:
     """The checks' numbers are kept beside the graphs: a second load runs no torch forward,
     compiles no graph and gets the same verdict; a damaged verdict is checked again. The
-    graphs the checks compiled (calibration batch, whole tiles) are not kept past the load."""
+    graphs the checks compiled (the calibration batch) are not kept past the load."""
     model = _tiny()
     # bf16 is a candidate under auto (a CPU with AMX): both checks run
     spec = ov_spec("bf16-if-calibrated", flags=cpu_flags() | {"amx_bf16"})
@@ -506,3 +506,21 @@ def test_a_cold_open_exports_only_the_slides_graph_and_the_run_compiles_it(
     assert sorted(k["geometry"] for k in _cached(tmp_path, "verdict")) == sorted(
         [GEOMETRY.key(), other.key()]
     )
+
+
+def test_the_check_runs_the_slides_graph_unless_its_labels_are_too_few() -> None:
+    """The fp32 check's 99.5 % must not fail on one near-tie label: at 64x downsample a tile
+    has 3 x 3 labels (6 tiles: 54), so such a run is checked on whole tiles instead."""
+    assert GEOMETRY.core // GEOMETRY.downsample == 48  # 2,304 labels a tile
+    assert MIN_CHECK_LABELS == 10_000
+    assert check_geometry(GEOMETRY, 5) == GEOMETRY  # 11,520 labels
+    assert check_geometry(GEOMETRY, 4) == Geometry.whole(TILE, True)  # 9,216
+    coarse = Geometry(TILE, 16, 192, 64, False)
+    assert check_geometry(coarse, 9) == Geometry.whole(TILE, False)  # the run's gate
+
+
+def test_a_process_opens_a_model_once_for_all_its_geometries() -> None:
+    """Slides with other options in one process (a batch, a Dask worker) share one loaded
+    model, its copy and its lock (`model_handle._load_cached` keys on the spec)."""
+    other = dataclasses.replace(ov_spec(), geometry=Geometry(TILE, 32, 160, 2, True))
+    assert other == ov_spec() and hash(other) == hash(ov_spec())
