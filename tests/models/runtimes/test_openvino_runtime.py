@@ -451,6 +451,12 @@ def test_a_warm_cache_opens_openvino_without_a_forward_or_a_calibration_graph(
     assert (second.precision, second.precision_reason) == (first.precision, first.precision_reason)
     verdicts = sorted(tmp_path.glob("*.verdict"))
     assert len(verdicts) == 2
+    # fp32 against torch on the slide's graph; bf16 against fp32 on whole tiles (its measure)
+    checked = {k["check"]: k["geometry"] for k in _cached(tmp_path, "verdict")}
+    assert checked == {
+        "fp32_agreement": GEOMETRY.key(),
+        "bf16_calibration": Geometry.whole(TILE, True).key(),
+    }
     for path in verdicts:
         path.write_text(path.read_text().replace("agreement", "agreemenT"))
     third = open_runtime(model, spec, tmp_path)
