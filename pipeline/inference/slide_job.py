@@ -138,7 +138,7 @@ class SlideJob(PerThread):
         return ReducedTiles(probs, labels, reduced.bytes_from_model)
 
     def finish_block(
-        self, spec: ChunkSpec, reduced: ReducedTiles, polygons: BlockPolygons | None = None
+        self, spec: ChunkSpec, reduced: ReducedTiles, polygons: BlockPolygons | None
     ) -> ChunkOutcome:
         """Stitch a write unit's reduced cores, write the zarr chunks it owns (probabilities and
         labels), summarise it; its polygons traced by `polygons` (None: in this thread)."""
