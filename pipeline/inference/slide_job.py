@@ -80,8 +80,8 @@ class SlideJob(PerThread):
     simplify_tolerance: float
     keep_exact_polygons: bool
     # The slide's (width, height) in output px: class areas count only the part of the
-    # raster's last column and row on the slide (None: whole pixels).
-    slide_extent_out: tuple[float, float] | None
+    # raster's last column and row on the slide (`chunk_summary.output_extent`).
+    slide_extent_out: tuple[float, float]
     _local: threading.local = field(default_factory=threading.local, repr=False)
 
     @property
