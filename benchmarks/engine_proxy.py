@@ -134,6 +134,7 @@ def engine_job(
     from wsi_segment.models.meta import read_model_json
     from wsi_segment.pipeline.inference.slide_job import SlideJob
     from wsi_segment.pipeline.inference.tile_reader import TileReader
+    from wsi_segment.pipeline.outputs.chunk_summary import output_extent
     from wsi_segment.pipeline.outputs.label_image import create_label_image, label_level0_path
     from wsi_segment.pipeline.outputs.ome_zarr import create_probability_store, level0_path
     from wsi_segment.pipeline.params import SegmentParams
@@ -172,10 +173,10 @@ def engine_job(
         tissue_downsample=float(tissue.downsample),
         level0_per_output=per_output,
         model=handle or instant_handle(bench_geometry(model_dir, args)),
-        # a run's polygons with the default options, no `--roi`; areas of whole pixels
+        # a run's polygons with the default options, no `--roi`
         simplify_tolerance=SegmentParams().simplify_tolerance,
         keep_exact_polygons=False,
-        slide_extent_out=None,
+        slide_extent_out=output_extent(p.slide.dimensions, per_output),
     )
     return job, p.specs
 

@@ -149,7 +149,7 @@ def part_functions(job: Any, specs: list, reduced: list) -> dict[str, Callable[[
         return block_polygons(specs[i], labels, job.n_classes, job.simplify_tolerance, 0)
 
     def finish(i: int) -> object:
-        return job.finish_block(specs[i], reduced[i])
+        return job.finish_block(specs[i], reduced[i], polygons=None)  # in this thread
 
     return dict(zip((*PARTS, "finish_block (all)"), (stitch, tissue, write, stats, polygons, finish), strict=True))  # fmt: skip
 

@@ -23,7 +23,7 @@ from wsi_segment.pipeline.inference.model_handle import ModelHandle
 from wsi_segment.pipeline.inference.read_sources import ReaderThread, plan_source
 from wsi_segment.pipeline.inference.slide_job import SlideJob
 from wsi_segment.pipeline.output_files import STORE_NAME
-from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome
+from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome, output_extent
 from wsi_segment.pipeline.outputs.label_image import create_label_image, label_level0_path
 from wsi_segment.pipeline.outputs.ome_zarr import create_probability_store, level0_path
 from wsi_segment.pipeline.prepare import PreparedSlide
@@ -218,10 +218,7 @@ def slide_job(prep: PreparedSlide, zarr_path: Path, batch_size: int) -> SlideJob
         model=prep.model,
         simplify_tolerance=prep.params.simplify_tolerance,
         keep_exact_polygons=bool(prep.rois),
-        slide_extent_out=(
-            prep.slide.dimensions[0] / prep.level0_per_output,
-            prep.slide.dimensions[1] / prep.level0_per_output,
-        ),
+        slide_extent_out=output_extent(prep.slide.dimensions, prep.level0_per_output),
     )
 
 

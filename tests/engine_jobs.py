@@ -12,9 +12,11 @@ import numpy as np
 
 from wsi_segment.pipeline.inference.slide_job import SlideJob
 from wsi_segment.pipeline.inference.tile_reader import TileReader
+from wsi_segment.pipeline.outputs.chunk_summary import output_extent
 from wsi_segment.pipeline.outputs.label_image import create_label_image, label_level0_path
 from wsi_segment.pipeline.outputs.ome_zarr import create_probability_store, level0_path
 from wsi_segment.pipeline.params import SegmentParams
+from wsi_segment.wsi.slide import open_slide
 from wsi_segment.wsi.tiling import ChunkPlan, TileGrid
 from wsi_segment.wsi.tissue import TissueMask
 
@@ -75,8 +77,19 @@ def planned_job(
         tissue_downsample=float(downsample),
         level0_per_output=per_output,
         model=model,
-        # a run's polygons with the default options, no `--roi`; areas of whole pixels
+        # a run's polygons with the default options, no `--roi`
         simplify_tolerance=SegmentParams().simplify_tolerance,
         keep_exact_polygons=False,
-        slide_extent_out=None,
+        slide_extent_out=slide_extent_out(slide_path, backend, per_output),
     )
+
+
+def slide_extent_out(
+    slide_path: Path, backend: str, level0_per_output: float
+) -> tuple[float, float]:
+    """The slide's (width, height) in output px, as a run's job gets it."""
+    slide = open_slide(slide_path, backend)
+    try:
+        return output_extent(slide.dimensions, level0_per_output)
+    finally:
+        slide.close()

@@ -153,5 +153,5 @@ def units_alone(job: Any, specs: list[ChunkSpec]) -> list[Any]:
             np.concatenate([p.labels for p in parts]),
             sum(p.bytes_from_model for p in parts),
         )
-        outcomes.append(job.finish_block(unit.spec, reduced))
+        outcomes.append(job.finish_block(unit.spec, reduced, polygons=None))  # in this thread
     return outcomes

@@ -80,8 +80,8 @@ class SlideJob(PerThread):
     simplify_tolerance: float
     keep_exact_polygons: bool
     # The slide's (width, height) in output px: class areas count only the part of the
-    # raster's last column and row on the slide (None: whole pixels).
-    slide_extent_out: tuple[float, float] | None
+    # raster's last column and row on the slide (`chunk_summary.output_extent`).
+    slide_extent_out: tuple[float, float]
     _local: threading.local = field(default_factory=threading.local, repr=False)
 
     @property
@@ -138,7 +138,7 @@ class SlideJob(PerThread):
         return ReducedTiles(probs, labels, reduced.bytes_from_model)
 
     def finish_block(
-        self, spec: ChunkSpec, reduced: ReducedTiles, polygons: BlockPolygons | None = None
+        self, spec: ChunkSpec, reduced: ReducedTiles, polygons: BlockPolygons | None
     ) -> ChunkOutcome:
         """Stitch a write unit's reduced cores, write the zarr chunks it owns (probabilities and
         labels), summarise it; its polygons traced by `polygons` (None: in this thread)."""

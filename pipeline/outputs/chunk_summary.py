@@ -50,6 +50,12 @@ class ChunkOutcome:
     edge_counts: np.ndarray | None = None
 
 
+def output_extent(dimensions: tuple[int, int], level0_per_output: float) -> tuple[float, float]:
+    """The slide's (width, height) in output px, from its level-0 `dimensions`: where its
+    edge cuts the raster's last column and row (`block_edge_counts`, `slide_area_px`)."""
+    return dimensions[0] / level0_per_output, dimensions[1] / level0_per_output
+
+
 def slide_area_px(outcomes: Iterable[ChunkOutcome], extent: tuple[float, float]) -> np.ndarray:
     """(K + 1,) float64 output px^2 of each output class on the slide of (width, height)
     `extent` output px: pixels count whole, but those of the last column and row only for
@@ -81,7 +87,7 @@ def summarise_block(
     k: int,
     tolerance: float,
     keep_exact: bool,
-    extent: tuple[float, float] | None,
+    extent: tuple[float, float],
     cell: int,
     polygons: BlockPolygons | None,
 ) -> ChunkOutcome:
@@ -96,7 +102,7 @@ def summarise_block(
     exact = {}
     if keep_exact:
         exact = wkb if tolerance <= 0 else trace(spec, labels, k, 0.0, cell)
-    edges = block_edge_counts(labels, k, spec.out_box, extent) if extent is not None else None
+    edges = block_edge_counts(labels, k, spec.out_box, extent)
     return ChunkOutcome(
         spec.row,
         spec.col,

@@ -30,7 +30,11 @@ from wsi_segment.pipeline.output_files import (
     always_written,
     optional_outputs,
 )
-from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome, slide_area_px
+from wsi_segment.pipeline.outputs.chunk_summary import (
+    ChunkOutcome,
+    output_extent,
+    slide_area_px,
+)
 from wsi_segment.pipeline.outputs.geojson import build_feature_collection, write_geojson
 from wsi_segment.pipeline.outputs.label_image import finalize_label_pyramid
 from wsi_segment.pipeline.outputs.ome_zarr import Color, finalize_pyramid
@@ -124,8 +128,7 @@ def _class_areas(
         counts += outcome.counts
         prob_sums_u8 += outcome.prob_sums
     prob_sums = prob_sums_u8 / 255.0  # of probabilities 0-1
-    width, height = prep.slide.dimensions
-    extent = (width / prep.level0_per_output, height / prep.level0_per_output)
+    extent = output_extent(prep.slide.dimensions, prep.level0_per_output)
     area_px = slide_area_px(outcomes, extent) if outcomes else counts.astype(np.float64)
     px_area = prep.output_mpp[0] * prep.output_mpp[1]
     labelled = float(area_px.sum())

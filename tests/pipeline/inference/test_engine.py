@@ -346,7 +346,7 @@ class TwoChunksAtOnce(SlideJob):
     """The real job, whose first two chunks must be in `finish_block` at the same time (a
     barrier): it passes only if two writer threads finish chunks side by side."""
 
-    def finish_block(self, spec, reduced, polygons=None):
+    def finish_block(self, spec, reduced, polygons):
         with self.probe_lock:
             self.calls += 1
             first_two = self.calls <= 2
@@ -361,7 +361,7 @@ class FailsOnThirdChunk(SlideJob):
     note the failure, so that the writers' next pick always comes after the stop (without
     the wait, a loaded machine may let every chunk be taken before the third fails)."""
 
-    def finish_block(self, spec, reduced, polygons=None):
+    def finish_block(self, spec, reduced, polygons):
         with self.probe_lock:
             self.calls += 1
             call = self.calls

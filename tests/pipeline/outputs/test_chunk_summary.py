@@ -38,11 +38,16 @@ def _summary(
     probs: np.ndarray,
     tolerance: float,
     keep_exact: bool,
-    extent: tuple[float, float] | None,
+    extent: tuple[float, float],
     cell: int,
 ) -> ChunkOutcome:
     """`summarise_block` of a block one tile ran for (K classes), traced in this thread."""
     return summarise_block(spec, 1, labels, probs, K, tolerance, keep_exact, extent, cell, None)
+
+
+def _ends_at(spec: ChunkSpec) -> tuple[float, float]:
+    """The extent of a slide that ends where the block does: no pixel is cut by its edge."""
+    return float(spec.out_box[2]), float(spec.out_box[3])
 
 
 def _per_output_class(values: np.ndarray) -> np.ndarray:
@@ -57,21 +62,22 @@ def _area(wkb: dict[int, list[bytes]]) -> dict[int, float]:
 
 def test_writer_simplifies_and_keeps_exact_polygons_only_when_asked():
     spec, labels, probs = _mask_block()
+    ends = _ends_at(spec)
     exact = block_polygons(spec, labels, K, tolerance=0.0, cell=0)
-    plain = _summary(spec, labels, probs, tolerance=1.0, keep_exact=False, extent=None, cell=0)
+    plain = _summary(spec, labels, probs, tolerance=1.0, keep_exact=False, extent=ends, cell=0)
     assert plain.exact_polygons == {}
     assert set(plain.polygons) == set(exact)
     verts = {c: sum(map(shapely.get_num_coordinates, shapely.from_wkb(ws))) for c, ws in
              plain.polygons.items()}  # fmt: skip
     for c, ws in exact.items():
         assert verts[c] < sum(map(shapely.get_num_coordinates, shapely.from_wkb(ws)))
-    roi = _summary(spec, labels, probs, tolerance=1.0, keep_exact=True, extent=None, cell=0)
+    roi = _summary(spec, labels, probs, tolerance=1.0, keep_exact=True, extent=ends, cell=0)
     assert roi.polygons == plain.polygons
     assert roi.exact_polygons == exact
     # exact: the areas are the pixel counts
     counts = np.bincount(labels.ravel(), minlength=256)[:K]
     assert _area(roi.exact_polygons) == {c: float(counts[c]) for c in exact}
-    zero = _summary(spec, labels, probs, tolerance=0.0, keep_exact=True, extent=None, cell=0)
+    zero = _summary(spec, labels, probs, tolerance=0.0, keep_exact=True, extent=ends, cell=0)
     assert zero.polygons == zero.exact_polygons == exact
 
 
@@ -145,18 +151,19 @@ def test_unclassified_tissue_is_output_class_k_and_the_rest_is_unchanged():
     removed, so a block without gated tiles reports exactly what it did before."""
     spec, labels, probs = _mask_block()
     probs[:] = 200  # every class stored at 200/255 where it is labelled
+    ends = _ends_at(spec)
     gated = labels.copy()
     gated[:40, :60] = np.where(gated[:40, :60] == NODATA, NODATA, UNCLASSIFIED)
     n_unclassified = int((gated == UNCLASSIFIED).sum())
     assert n_unclassified > 0
-    out = _summary(spec, gated, probs, tolerance=1.0, keep_exact=True, extent=None, cell=0)
+    out = _summary(spec, gated, probs, tolerance=1.0, keep_exact=True, extent=ends, cell=0)
     assert out.counts.shape == out.prob_sums.shape == (K + 1,)
     np.testing.assert_array_equal(out.counts, _per_output_class(gated))
     assert out.counts[K] == n_unclassified and out.prob_sums[K] == 0.0
     np.testing.assert_array_equal(out.prob_sums[:K], out.counts[:K] * 200)
     assert _area(out.exact_polygons)[K] == float(n_unclassified)
     assert K in out.polygons  # simplified with the classes, edge-to-edge
-    plain = _summary(spec, labels, probs, tolerance=1.0, keep_exact=True, extent=None, cell=0)
+    plain = _summary(spec, labels, probs, tolerance=1.0, keep_exact=True, extent=ends, cell=0)
     assert plain.counts[K] == 0 and K not in plain.polygons
     assert plain.counts[:K].sum() == out.counts.sum()  # the same tissue, now K + 1 classes
     removed = np.where(gated == UNCLASSIFIED, NODATA, gated).astype(np.uint8)
