@@ -85,7 +85,7 @@ class UnitWriter:
         specs: Sequence[ChunkSpec],
         progress: Progress,
         threads: int,
-        polygons: BlockPolygons | None = None,  # None: each finisher traces in its thread
+        polygons: BlockPolygons | None,  # None: each finisher traces in its thread
     ) -> None:
         self._job = job
         self._polygons = polygons
