@@ -43,7 +43,8 @@ class _Running:
 class SlideWatch:
     """The slides running in this process, each with its cancellation and an optional
     deadline. While open, a watcher thread cancels every slide past its deadline;
-    `interrupt_all` cancels them all."""
+    `interrupt_all` cancels them all; in the main thread, Ctrl-C and SIGHUP are noted
+    (`signalled`, `raise_signalled`) before the handler in place runs."""
 
     def __init__(self, timeout_s: float | None) -> None:
         self.timeout_s = timeout_s
@@ -60,7 +61,7 @@ class SlideWatch:
             self._watcher = threading.Thread(target=self._watch, name="slide-timeouts", daemon=True)
             self._watcher.start()
         if threading.current_thread() is threading.main_thread():
-            self._previous = self._stop_on_signals()
+            self._previous = self._note_signals()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -76,7 +77,7 @@ class SlideWatch:
         if self.signalled is not None:
             raise signal_exception(self.signalled)
 
-    def _stop_on_signals(self) -> dict[int, Any]:
+    def _note_signals(self) -> dict[int, Any]:
         """Wrap the Ctrl-C and SIGHUP handlers in place (Python ones: an ignored or default
         signal stays so) so that a signal is first noted; the previous ones. The note is an
         assignment: a handler runs between any two bytecodes of the main thread, which may
@@ -85,11 +86,11 @@ class SlideWatch:
         for signum in (signal.SIGINT, signal.SIGHUP):
             handler = signal.getsignal(signum)
             if callable(handler):
-                wrapped = functools.partial(self._interrupted_by, handler)
+                wrapped = functools.partial(self._noted_then, handler)
                 previous[signum] = signal.signal(signum, wrapped)
         return previous
 
-    def _interrupted_by(
+    def _noted_then(
         self, handler: Callable[[int, FrameType | None], Any], signum: int, frame: FrameType | None
     ) -> None:
         self.signalled = signum
