@@ -30,7 +30,13 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
-from wsi_segment.errors import SlideInterrupted, SlideNotStarted, SlideTimedOut, signal_exception
+from wsi_segment.errors import (
+    SlideInterrupted,
+    SlideNotStarted,
+    SlideTimedOut,
+    restore_handlers,
+    signal_exception,
+)
 from wsi_segment.pipeline.cancellation import POLL_S, Cancellation, CancelToken
 
 
@@ -65,8 +71,7 @@ class SlideWatch:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
+        restore_handlers(self._previous)
         self._closed.set()
         if self._watcher is not None:
             self._watcher.join()

@@ -241,9 +241,7 @@ def _prepare_started(
         cancel.check()
         grid, planned, reader = _plan_chunks(opened, params, model, started, tissue)
         t2 = time.perf_counter()
-        if not started.loader.done():
-            progress.note(f"{name}: loading the model")
-        handle, model_meta, policy = started.loaded_model(model, cancel)
+        handle, model_meta, policy = _wait_for_model(name, model, started, cancel, progress)
         fingerprint = run_fingerprint(opened.path, handle.identity, params, model_meta)
     except BaseException:
         started.stop()
@@ -268,20 +266,37 @@ def _prepare_started(
         chunk_out=planned.chunk_out,
         specs=planned.specs,
         reader=reader,
-        timings={
-            # tissue + plan run while the model loads: open_and_model is the rest of prepare
-            "open_and_model_s": (t1 - t0) + (t3 - t2),
-            "tissue_and_plan_s": t2 - t1,
-            "tissue_s": t_tissue - t1,
-            "model_load_s": started.loader.seconds,
-            **started.readers.timings(),
-        },
+        # tissue + plan run while the model loads: open_and_model is the rest of prepare
+        timings=_timings(started, (t1 - t0) + (t3 - t2), t2 - t1, t_tissue - t1),
         prefetch=started.readers.prefetcher,
         decode_pool=started.readers.pool,
         overlay_thumb=started.readers.thumb,
         policy=policy,
         read_tiles=started.read_tiles,
     )
+
+
+def _wait_for_model(
+    name: str, model: ModelFolder, started: RunStart, cancel: CancelToken, progress: Progress
+) -> tuple[ModelHandle, ModelMeta, ExecutionPlan]:
+    """`started.loaded_model`, telling `progress` when the run has to wait for the load (a
+    cold cache: tens of seconds with nothing else on the screen)."""
+    if not started.loader.done():
+        progress.note(f"{name}: loading the model")
+    return started.loaded_model(model, cancel)
+
+
+def _timings(
+    started: RunStart, open_and_model: float, tissue_and_plan: float, tissue: float
+) -> dict[str, float]:
+    """summary.json's timings of `prepare` and of what `started` ran beside it."""
+    return {
+        "open_and_model_s": open_and_model,
+        "tissue_and_plan_s": tissue_and_plan,
+        "tissue_s": tissue,
+        "model_load_s": started.loader.seconds,
+        **started.readers.timings(),
+    }
 
 
 def _plan_chunks(

@@ -166,15 +166,10 @@ def prepare_stage(
     for the machine its workers describe, and the workers read for themselves, each band
     running that plan (`run_policy.for_worker`). `cancel`: checked between prepare's steps;
     `progress`: told of a wait for the model."""
-    if client is None:  # the slide's own readers start early
-        return prepare(
-            slide_path, out_root, params, early=True, at_once=at_once, cancel=cancel,
-            progress=progress,
-        )  # fmt: skip
-    cluster = cluster_machine(client, cancel)
+    cluster = None if client is None else cluster_machine(client, cancel)
     return prepare(
-        slide_path, out_root, params, cluster=cluster, at_once=at_once, cancel=cancel,
-        progress=progress,
+        slide_path, out_root, params, early=client is None, cluster=cluster, at_once=at_once,
+        cancel=cancel, progress=progress,
     )  # fmt: skip
 
 
@@ -182,7 +177,7 @@ def segment_slide(
     slide_path: str | Path,
     out_root: str | Path,
     params: SegmentParams | None = None,
-    progress: Progress | None = None,
+    progress: Progress = NO_PROGRESS,
     client: Client | None = None,
     cancel: CancelToken = NEVER_CANCELLED,
 ) -> SlideResult:
@@ -190,7 +185,7 @@ def segment_slide(
     `cancel`'s reason once it is cancelled (the partial folder removed)."""
     stages = Stages(
         prepare=lambda path, root, p: prepare_stage(
-            path, root, p, client, cancel=cancel, progress=progress or NO_PROGRESS
+            path, root, p, client, cancel=cancel, progress=progress
         ),
         infer=lambda prep, work_dir: infer(
             prep, work_dir, client=client, progress=progress, cancel=cancel

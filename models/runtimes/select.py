@@ -198,7 +198,7 @@ def _open_openvino(model: ModelSource, spec: RuntimeSpec, cache: Path) -> Opened
     opened = OpenedRuntime(
         "openvino", spec.runtime_reason, "fp32", spec.precision_reason, "cpu", graphs=fp32
     )
-    _check_fp32(opened, model, spec.geometry, tiles)
+    _check_fp32(opened, fp32, model, spec.geometry, tiles)
     if spec.precision == "fp32":
         return opened
     bf16 = OpenVINOGraphs(model, "bf16", spec.threads, spec.cpu_flags, cache)
@@ -220,12 +220,14 @@ def check_geometry(run: Geometry, tiles: int) -> Geometry:
 
 
 def _check_fp32(
-    opened: OpenedRuntime, model: ModelSource, run: Geometry, tiles: np.ndarray
+    opened: OpenedRuntime,
+    fp32: OpenVINOGraphs,
+    model: ModelSource,
+    run: Geometry,
+    tiles: np.ndarray,
 ) -> None:
-    """OpenVINO's fp32 graph must keep torch fp32's labels on the calibration tiles (at
+    """OpenVINO's `fp32` graphs must keep torch fp32's labels on the calibration tiles (at
     `check_geometry`); `RuntimeUnavailable` otherwise."""
-    assert opened.graphs is not None, "OpenVINO opens with its fp32 graphs"
-    fp32 = opened.graphs
     geometry = check_geometry(run, len(tiles))
 
     def fp32_agreement() -> dict[str, Any]:

@@ -95,8 +95,8 @@ def test_transient_error_is_retried_and_broken_slide_is_not(
     # the flow prepares as the CLI does (`segment.prepare_stage`): on this CPU machine the
     # readers its policy names start while the model loads
     # (a single slide's flow: nothing outside stops it)
-    local = {"early": True, "at_once": 1, "cancel": NEVER_CANCELLED, "progress": NO_PROGRESS}
-    assert readers[-1] == local  # no cluster
+    local = {"early": True, "cluster": None, "at_once": 1, "cancel": NEVER_CANCELLED}
+    assert readers[-1] == {**local, "progress": NO_PROGRESS}  # no cluster
     assert result.summary["run_policy"]["read_source"] == "reader thread"
 
     calls.clear()
