@@ -147,11 +147,14 @@ class OpenVINOGraphs:
             self._compiled.clear()
         self._local.requests = {}
 
-    def compiled(self) -> list[Any]:
-        """The graphs compiled so far (openvino.CompiledModel: their properties say how they
-        run, e.g. NUM_STREAMS)."""
+    def compiled(self, geometry: Geometry, batch: int, streams: int) -> Any:
+        """The graph at `geometry` compiled for batches of `batch` tiles on `streams` streams
+        (an openvino.CompiledModel), from the disk cache or built: once per instance."""
+        key = (geometry, batch, streams)
         with self._lock:
-            return list(self._compiled.values())
+            if key not in self._compiled:
+                self._compiled[key] = self._compile(*key)
+            return self._compiled[key]
 
     def streams_for(self, thread_cores: int | None) -> int:
         """Streams of the graphs a thread with `thread_cores` of the cores runs (an engine's
@@ -165,13 +168,12 @@ class OpenVINOGraphs:
         key = (geometry, batch, streams)
         if key in requests:
             return requests[key]
+        compiled = self.compiled(*key)
         with self._lock:
-            if key not in self._compiled:
-                self._compiled[key] = self._compile(*key)
             if not self._bridged:
                 _set_up_numpy_bridge()
                 self._bridged = True
-            requests[key] = self._compiled[key].create_infer_request()
+            requests[key] = compiled.create_infer_request()
         return requests[key]
 
     def entry_key(self) -> dict[str, object]:
@@ -278,7 +280,8 @@ class OpenVINOGraphs:
 
 class OpenVINOExecutor:
     """The tile graph at `geometry` compiled by OpenVINO (host tiles only), for a thread with
-    `thread_cores` of the cores (None: all of them)."""
+    `thread_cores` of the cores (None: all of them). A batch size's graph is compiled at its
+    first batch: on the engine's compute thread, while the readers fill the first batches."""
 
     def __init__(
         self, graphs: OpenVINOGraphs, geometry: Geometry, thread_cores: int | None = None

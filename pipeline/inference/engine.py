@@ -114,17 +114,13 @@ def run_engine(
     try:
         if not specs:
             return []
-        from wsi_segment.pipeline.inference.compute_stage import (
-            ComputeStage,
-            compute_threads_cores,
-        )
+        from wsi_segment.pipeline.inference.compute_stage import ComputeStage
+        from wsi_segment.pipeline.inference.model_handle import build_executor
         from wsi_segment.pipeline.inference.slide_plan import tile_geometry
 
         loaded = job.model.get()
-        batch = loaded.batch_size(job.grid.tile, job.batch_size)
-        cpu = loaded.device == "cpu"
-        share = compute_threads_cores(sizes.cores, sizes.computes) if cpu else None
-        executor = loaded.executor(tile_geometry(job.grid, job.gate), batch, share)
+        geometry = tile_geometry(job.grid, job.gate)
+        executor, batch = build_executor(loaded, geometry, job.batch_size, sizes)
         cancel.check()  # asked while the model loaded: no part starts
         errors = FirstError()
         lock = loaded.lock if sizes.locked else None  # one forward pass at a time per model

@@ -231,9 +231,12 @@ def test_compute_threads_run_side_by_side_in_streams_of_their_share(cache: Path)
         t.start()
     for t in threads:
         t.join()
-    streams = sorted(int(c.get_property("NUM_STREAMS")) for c in graphs.compiled())
-    assert streams == [1, 2]
-    assert all(not c.get_property("ENABLE_CPU_PINNING") for c in graphs.compiled())
+    built = graphs.builds
+    for streams in (1, 2):  # compiled by the runs above: read back, not built again
+        compiled = graphs.compiled(GEOMETRY, len(x), streams)
+        assert int(compiled.get_property("NUM_STREAMS")) == streams
+        assert not compiled.get_property("ENABLE_CPU_PINNING")
+    assert graphs.builds == built == 2 and graphs.cache_hits == 0
     assert len(shared) == 2
     for outputs in shared:
         assert all(np.array_equal(p, q) for p, q in zip(whole, outputs, strict=True))
@@ -440,7 +443,9 @@ def test_a_warm_cache_opens_openvino_without_a_forward_or_a_calibration_graph(
     first = open_runtime(model, spec, tmp_path)
     assert first.checks_computed == 2 and first.calibration is not None
     assert first.graphs is not None and first.graphs.builds >= 1
-    assert first.graphs.compiled() == []
+    hits = first.graphs.cache_hits  # the fp32 check's graph: read from the disk again
+    first.graphs.compiled(spec.geometry, first.calibration.tiles, 1)
+    assert first.graphs.cache_hits == hits + 1
     forwards: list[int] = []
     model.segmenter.register_forward_hook(lambda *_: forwards.append(1))
     second = open_runtime(model, spec, tmp_path)

@@ -5,10 +5,17 @@ from __future__ import annotations
 
 import dataclasses
 import pickle
+import shutil
 from pathlib import Path
 
-from tests.conftest import torch_spec
-from wsi_segment.pipeline.inference.model_handle import ModelHandle, load_for_process
+import pytest
+
+from tests.conftest import CMU_SLIDE, ENGINE, LOCAL_FACTS, TINY_TILE, run_geometry, torch_spec
+from wsi_segment.pipeline.inference.model_handle import (
+    ModelHandle,
+    build_executor,
+    load_for_process,
+)
 
 
 def test_the_cache_keys_on_the_decided_values_not_on_their_reasons(tiny_model_dir: Path) -> None:
@@ -78,3 +85,52 @@ def test_the_spec_s_cuda_graphs_choose_the_executor_built_once_per_geometry_and_
     assert graphs.executor(geometry, 16, None) is built
     assert graphs.executor(geometry, 8, None) is not built
     assert eager.executor(geometry, 16, 1) is not on_two  # another share of the cores
+
+
+def test_build_executor_sizes_it_as_the_plan_says(tiny_model_dir: Path) -> None:
+    """On the CPU each compute thread runs on its share of the plan's cores; the batch is the
+    plan's (only a CUDA device's memory caps it)."""
+    from wsi_segment.models.runtimes.executor import TorchExecutor
+
+    loaded = load_for_process(str(tiny_model_dir), "cpu", torch_spec())
+    geometry = run_geometry(TINY_TILE)
+    executor, batch = build_executor(
+        loaded, geometry, 12, dataclasses.replace(ENGINE, cores=5, computes=2)
+    )
+    assert isinstance(executor, TorchExecutor) and (executor.threads, batch) == (2, 12)
+    assert loaded.executor(geometry, 12, 2) is executor
+
+
+@pytest.mark.parametrize("runtime", ["torch", "openvino"])
+def test_the_slides_a_process_runs_share_the_executor_the_plan_sized(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, runtime: str
+) -> None:
+    """Two slides in one process (a batch): their engines run one executor, at the run's
+    geometry, the plan's batch and each compute thread's share of the cores; the second
+    compiles nothing (OpenVINO) and builds nothing."""
+    from wsi_segment.pipeline.inference.compute_stage import compute_threads_cores
+    from wsi_segment.pipeline.machine import probe_machine
+    from wsi_segment.pipeline.params import SegmentParams
+    from wsi_segment.pipeline.run_policy import decide, runtime_spec
+    from wsi_segment.pipeline.segment import segment_slide
+
+    monkeypatch.setenv("WSI_SEGMENT_CACHE_DIR", str(tmp_path / "cache"))
+    model_dir = tmp_path / "model"  # a process cache entry of this test's own
+    shutil.copytree(tiny_model_dir, model_dir)
+    params = SegmentParams(
+        model_dir=model_dir, device="cpu", runtime=runtime, precision="fp32", mpp=0.499
+    )
+    assert segment_slide(CMU_SLIDE, tmp_path / "first", params).status == "done"
+    plan = decide(probe_machine(), params, LOCAL_FACTS)
+    geometry = run_geometry(TINY_TILE)
+    loaded = load_for_process(str(model_dir), "cpu", runtime_spec(plan, geometry))
+    share = compute_threads_cores(plan.cores.value, plan.compute_threads.value)
+    key = (geometry, plan.batch_size.value, share)
+    assert list(loaded.executors) == [key]
+    built, graphs = loaded.executors[key], loaded.runtime.graphs
+    assert (graphs is not None) == (runtime == "openvino")
+    compiled = (graphs.builds, graphs.cache_hits) if graphs is not None else None
+    assert segment_slide(CMU_SLIDE, tmp_path / "second", params).status == "done"
+    assert list(loaded.executors) == [key] and loaded.executors[key] is built
+    if graphs is not None:
+        assert (graphs.builds, graphs.cache_hits) == compiled
