@@ -4,16 +4,24 @@ thumbnail's read, the prefetcher) has ended when it is."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import CMU_SLIDE, TINY_TILE, run_geometry
+from tests.conftest import CMU_SLIDE, LOCAL_FACTS, TINY_TILE, run_geometry
 from wsi_segment.errors import SlideInterrupted
-from wsi_segment.pipeline.cancellation import Cancellation
+from wsi_segment.models.model_files import ModelFiles
+from wsi_segment.pipeline.cancellation import NEVER_CANCELLED, Cancellation
+from wsi_segment.pipeline.inference.model_handle import LoadedModel
+from wsi_segment.pipeline.machine import probe_machine
 from wsi_segment.pipeline.params import SegmentParams
-from wsi_segment.pipeline.prepare import prepare
+from wsi_segment.pipeline.prepare import _wait_for_model, prepare
+from wsi_segment.pipeline.prepare_inputs import open_checked_slide, read_model_folder
+from wsi_segment.pipeline.progress import NullProgress
+from wsi_segment.pipeline.run_start import RunStart
+from wsi_segment.pipeline.threads import Background
 
 
 class CancelledAtCheck(Cancellation):
@@ -95,3 +103,45 @@ def test_a_cluster_s_plan_is_decided_for_its_workers_machine(
     finally:
         prep.close_prefetch()
         prep.slide.close()
+
+
+class _NotedLines(NullProgress):
+    """A progress that keeps its notes, and lets a held load go on once it is told of it."""
+
+    def __init__(self, noted: threading.Event) -> None:
+        self.lines: list[str] = []
+        self._noted = noted
+
+    def note(self, text: str) -> None:
+        self.lines.append(text)
+        self._noted.set()
+
+
+@pytest.mark.parametrize("still_loading", [True, False])
+def test_a_wait_for_the_model_is_noted_before_it_and_only_then(
+    tiny_model_dir: Path, still_loading: bool
+) -> None:
+    """Planning done, a load still running is noted (`NAME: loading the model`) before the
+    run waits for it; a load that has ended is not. The load here is the real one, held
+    until the note arrives (or 30 s: no note, and the wait fails the test)."""
+    machine = probe_machine()
+    params = SegmentParams(model_dir=tiny_model_dir, device="cpu", runtime="torch", mpp=0.499)
+    opened = open_checked_slide(str(CMU_SLIDE), params)
+    model = read_model_folder(tiny_model_dir)
+    started = RunStart.begin(opened, model, params, machine, LOCAL_FACTS, early=False)
+    noted, loaded = threading.Event(), started.loader.result()
+
+    def held_load() -> LoadedModel | ModelFiles:
+        assert noted.wait(30), "the wait for the model was not noted"
+        return loaded
+
+    if still_loading:
+        started = dataclasses.replace(started, loader=Background(held_load))
+    progress = _NotedLines(noted)
+    try:
+        handle, _meta, _plan = _wait_for_model("CMU", model, started, NEVER_CANCELLED, progress)
+    finally:
+        started.stop()
+        opened.slide.close()
+    assert handle.get() is loaded
+    assert progress.lines == (["CMU: loading the model"] if still_loading else [])
