@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Protocol
 
@@ -49,7 +50,19 @@ class BarProgress:
     def start(self, total: int, unit: str = "tile", desc: str = "") -> None:
         self.close()
         if self.enabled:
-            self._bar = tqdm(total=total, unit=unit, desc=desc, dynamic_ncols=True, leave=True)
+            # a terminal that reports no size (a pseudo-terminal opened without one, as some
+            # container and job shells do) would get no bar at all from tqdm: 0 columns and
+            # no row to draw on; there it is drawn at a fixed size
+            sized = _stderr_columns() > 0
+            self._bar = tqdm(
+                total=total,
+                unit=unit,
+                desc=desc,
+                dynamic_ncols=sized,
+                ncols=None if sized else FALLBACK_SIZE[0],
+                nrows=None if sized else FALLBACK_SIZE[1],
+                leave=True,
+            )
 
     def advance(self, n: int) -> None:
         if self._bar is not None:
@@ -62,3 +75,12 @@ class BarProgress:
 
 
 NO_PROGRESS = NullProgress()
+FALLBACK_SIZE = (80, 24)  # columns and rows of a terminal that reports no size
+
+
+def _stderr_columns() -> int:
+    """The width of the terminal on stderr; 0 where it reports none."""
+    try:
+        return os.get_terminal_size(sys.stderr.fileno()).columns
+    except (OSError, ValueError):  # not a terminal, or stderr replaced without a descriptor
+        return 0

@@ -24,14 +24,15 @@ bar.close()
 """
 
 
-def _stderr_of(code: str, terminal: bool) -> str:
-    """What `code` writes on stderr, a terminal's (a pseudo-terminal) or a pipe."""
+def _stderr_of(code: str, terminal: bool, sized: bool = True) -> str:
+    """What `code` writes on stderr, a terminal's (a pseudo-terminal, 100 x 24 where
+    `sized`, else of no size) or a pipe."""
     if not terminal:
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
         return done.stderr
     main, side = pty.openpty()
-    # a terminal has a size (a fresh pseudo-terminal has none: tqdm then draws 0 columns)
-    fcntl.ioctl(side, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    if sized:  # a fresh pseudo-terminal has no size
+        fcntl.ioctl(side, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
     try:
         done = subprocess.run(
             [sys.executable, "-c", code], stderr=side, stdout=subprocess.DEVNULL, cwd=ROOT
@@ -61,6 +62,15 @@ def test_a_terminal_sees_the_note_before_the_bar_and_a_pipe_or_quiet_nothing() -
     assert shown.index("loading the model") < shown.index("3/3")
     assert _stderr_of(_SHOW.format(quiet=True), terminal=True).strip() == ""
     assert _stderr_of(_SHOW.format(quiet=False), terminal=False) == ""
+
+
+def test_a_terminal_of_no_size_still_sees_the_bar() -> None:
+    """Left to tqdm, a terminal that reports 0 x 0 (a pseudo-terminal opened without a size,
+    as some container and job shells give) shows no bar at all; it gets one 80 wide."""
+    shown = _stderr_of(_SHOW.format(quiet=False), terminal=True, sized=False)
+    assert "slide: loading the model" in shown
+    last = shown.replace("\r\n", "\r").split("\r")[-2]  # the bar's final state
+    assert "3/3" in last and len(last) == 80
 
 
 def test_a_library_call_reports_nothing(capsys) -> None:
