@@ -10,33 +10,28 @@ steps of `prepare`), after the current step where it computes or sits in a C cal
 told to stop (`band_runner.gather_all`), decoder processes end, the slide closes, and the
 partial folder and lock are removed (`pipeline.outputs.output_dir.OutputDir`).
 
-While a watch is open in the main thread, it notes a Ctrl-C or SIGHUP before the handler in
-place raises the signal's exception (`signalled`): Python runs a handler between any two
-bytecodes, and drops what it raises inside a finaliser (a weakref callback, a `__del__`),
-where the batch would otherwise go on to its end; the batch's wait for its slides raises it
-again from the note (`raise_signalled`) and stops them as for any interrupt. SIGTERM is left
-to Prefect's own handler (`capture_sigterm`), which the flow engine needs to find in place.
+While a watch is open in the main thread, a stop's exception that Python drops is noted
+(`dropped`): Python runs a signal handler between any two bytecodes, and what the handler
+raises inside a finaliser (a weakref callback, a `__del__`) goes to `sys.unraisablehook`
+instead of the code that runs, where the batch would otherwise go on to its end. The watch
+notes there the KeyboardInterrupt of Ctrl-C, the `Terminated` of SIGHUP and the
+`TerminationSignal` that Prefect's SIGTERM handler raises, and the batch's wait for its slides
+raises it again (`raise_signalled`) and stops them as for any interrupt.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
-import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from types import FrameType
 from typing import Any
 
-from wsi_segment.errors import (
-    SlideInterrupted,
-    SlideNotStarted,
-    SlideTimedOut,
-    restore_handlers,
-    signal_exception,
-)
+from prefect.exceptions import TerminationSignal
+
+from wsi_segment.errors import SlideInterrupted, SlideNotStarted, SlideTimedOut
 from wsi_segment.pipeline.cancellation import POLL_S, Cancellation, CancelToken
 
 
@@ -49,8 +44,8 @@ class _Running:
 class SlideWatch:
     """The slides running in this process, each with its cancellation and an optional
     deadline. While open, a watcher thread cancels every slide past its deadline;
-    `interrupt_all` cancels them all; in the main thread, Ctrl-C and SIGHUP are noted
-    (`signalled`, `raise_signalled`) before the handler in place runs."""
+    `interrupt_all` cancels them all; in the main thread, a stop's exception that Python
+    drops is noted (`dropped`, `raise_signalled`)."""
 
     def __init__(self, timeout_s: float | None) -> None:
         self.timeout_s = timeout_s
@@ -59,47 +54,38 @@ class SlideWatch:
         self._closed = threading.Event()
         self._watcher: threading.Thread | None = None
         self._stopping = False
-        self._previous: dict[int, Any] = {}
-        self.signalled: int | None = None  # the Ctrl-C or SIGHUP noted while open
+        self._hook: Callable[[Any], object] | None = None  # sys.unraisablehook before
+        self.dropped: BaseException | None = None  # a stop's exception Python dropped
 
     def __enter__(self) -> SlideWatch:
         if self.timeout_s is not None:
             self._watcher = threading.Thread(target=self._watch, name="slide-timeouts", daemon=True)
             self._watcher.start()
         if threading.current_thread() is threading.main_thread():
-            self._previous = self._note_signals()
+            self._hook, sys.unraisablehook = sys.unraisablehook, self._note_dropped
         return self
 
     def __exit__(self, *exc: object) -> None:
-        restore_handlers(self._previous)
+        if self._hook is not None:
+            sys.unraisablehook, self._hook = self._hook, None
         self._closed.set()
         if self._watcher is not None:
             self._watcher.join()
 
     def raise_signalled(self) -> None:
-        """Raise the exception of the Ctrl-C or SIGHUP noted (whose own may have been
-        dropped), if one was."""
-        if self.signalled is not None:
-            raise signal_exception(self.signalled)
+        """Raise again the stop's exception that Python dropped, if it dropped one."""
+        if self.dropped is not None:
+            raise self.dropped
 
-    def _note_signals(self) -> dict[int, Any]:
-        """Wrap the Ctrl-C and SIGHUP handlers in place (Python ones: an ignored or default
-        signal stays so) so that a signal is first noted; the previous ones. The note is an
-        assignment: a handler runs between any two bytecodes of the main thread, which may
-        hold a lock then."""
-        previous: dict[int, Any] = {}
-        for signum in (signal.SIGINT, signal.SIGHUP):
-            handler = signal.getsignal(signum)
-            if callable(handler):
-                wrapped = functools.partial(self._noted_then, handler)
-                previous[signum] = signal.signal(signum, wrapped)
-        return previous
-
-    def _noted_then(
-        self, handler: Callable[[int, FrameType | None], Any], signum: int, frame: FrameType | None
-    ) -> None:
-        self.signalled = signum
-        handler(signum, frame)
+    def _note_dropped(self, unraisable: Any) -> None:
+        """`sys.unraisablehook` while open: note the first stop's exception (a signal
+        handler's), then report it as the hook before would (Python's: "Exception ignored
+        in ..." on stderr). The note is an assignment: no lock, wherever the main thread is."""
+        if self.dropped is None and isinstance(
+            unraisable.exc_value, (KeyboardInterrupt, TerminationSignal)
+        ):
+            self.dropped = unraisable.exc_value
+        (self._hook or sys.__unraisablehook__)(unraisable)
 
     @contextlib.contextmanager
     def running(self, index: int) -> Iterator[CancelToken]:

@@ -226,10 +226,10 @@ class SignalledWhileFinalised:
             pass  # the handler runs between two of these bytecodes
 
 
-def dropped_signal_outcome(signum: int) -> tuple[list[str], int | None, str, str, bool]:
+def dropped_signal_outcome(signum: int) -> tuple[list[str], str, str, str, bool]:
     """`signum` raised by the guard's handler inside a finaliser while a batch's SlideWatch
-    is open: (the exceptions Python dropped, the signal the watch noted, what its
-    `raise_signalled` raises, the guard's `unraised()`, handlers back after)."""
+    is open: (the exceptions Python dropped, what the watch noted, what its
+    `raise_signalled` raises, the guard's `unraised()`, handlers and hook back after)."""
     from wsi_segment.flows.slide_watch import SlideWatch
 
     before = {s: signal.getsignal(s) for s in SIGNALS}
@@ -244,13 +244,15 @@ def dropped_signal_outcome(signum: int) -> tuple[list[str], int | None, str, str
                 again = "nothing"
             except BaseException as exc:
                 again = f"{type(exc).__name__} {getattr(exc, 'signum', None)}"
+        hook_back = sys.unraisablehook == dropped.append
     finally:
         sys.unraisablehook = hook
     unraised = guard.unraised()
-    restored = {s: signal.getsignal(s) for s in before} == before
+    restored = {s: signal.getsignal(s) for s in before} == before and hook_back
     kinds = [type(d.exc_value).__name__ for d in dropped]
+    noted = type(watch.dropped).__name__
     told = f"{type(unraised).__name__} {getattr(unraised, 'signum', None)}"
-    return kinds, watch.signalled, again, told, restored
+    return kinds, noted, again, told, restored
 
 
 def guard_outcomes() -> dict[str, object]:
@@ -298,13 +300,13 @@ def test_a_signal_whose_exception_python_drops_still_stops_the_batch(
     guard_run, signum, told
 ) -> None:
     """Python drops an exception a handler raises inside a finaliser; the batch went on to
-    its end. While the batch's SlideWatch is open it notes Ctrl-C and SIGHUP first, and the
-    wait for the slides raises the signal's exception again from the note (end to end:
+    its end. While the batch's SlideWatch is open it notes the dropped exception, and the
+    wait for the slides raises it again (end to end, and Prefect's SIGTERM:
     tests/flows/test_batch_interrupt.py); the CLI raises it too if the batch ended all the
-    same (`InterruptGuard.unraised`). SIGTERM during a flow is Prefect's handler's."""
+    same (`InterruptGuard.unraised`)."""
     kinds, noted, again, got, restored = guard_run["dropped"][int(signum)]
     assert kinds == [SIGNALS[signum].__name__]  # the exception was dropped
-    assert noted == signum
+    assert noted == SIGNALS[signum].__name__
     assert again == told  # what the batch's wait for its slides raises
     assert got == told  # what the CLI raises if the batch ended all the same
     assert restored

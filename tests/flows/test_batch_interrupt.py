@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prefect.exceptions import TerminationSignal
 from prefect.futures import PrefectConcurrentFuture
+from prefect.utilities.engine import capture_sigterm
 
 from tests.conftest import foreground_signals
 from wsi_segment.errors import SlideInterrupted, SlideStopped, Terminated
@@ -25,6 +27,7 @@ from wsi_segment.flows import batch_interrupt
 from wsi_segment.flows.batch_interrupt import (
     INTERRUPTED,
     BatchInterrupted,
+    BatchTerminated,
     group_signal_as_stop,
     stopped_result,
     wait_for_slides,
@@ -73,40 +76,55 @@ def test_a_sigterm_delivered_to_a_slide_thread_interrupts_the_batch(tmp_path: Pa
 
 
 class SignalledWhileFinalised:
-    """An object whose finaliser sends Ctrl-C to this process and runs on until the handler
-    has run inside it: where Python prints the handler's exception and drops it."""
+    """An object whose finaliser sends `signum` to this process and runs on until the
+    handler has run inside it (its exception ends the loop): where Python prints the
+    handler's exception and drops it."""
 
-    def __init__(self, watch: SlideWatch) -> None:
-        self.watch = watch
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
 
     def __del__(self) -> None:
-        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), self.signum)
         deadline = time.monotonic() + 5
-        while self.watch.signalled is None and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
             pass  # the handler runs between two of these bytecodes
 
 
 @pytest.mark.timeout(2 * BACKSTOP_S)
-def test_a_ctrl_c_whose_exception_python_drops_still_interrupts_the_batch(tmp_path: Path) -> None:
-    """Python drops the KeyboardInterrupt a handler raises inside a finaliser; the batch
-    went on to its end. The watch noted the signal, and the wait for the slides raises it
-    again: the batch is interrupted and its running slide stopped, as for any Ctrl-C."""
+@pytest.mark.parametrize(
+    ("signum", "stopped"),
+    [(signal.SIGINT, BatchInterrupted), (signal.SIGTERM, BatchTerminated)],
+)
+def test_a_stop_whose_exception_python_drops_still_interrupts_the_batch(
+    tmp_path: Path, signum: int, stopped: type[BaseException]
+) -> None:
+    """Python drops the exception a handler raises inside a finaliser (Ctrl-C's
+    KeyboardInterrupt; SIGTERM's `TerminationSignal`, raised by Prefect's own handler as
+    while a flow runs); the batch went on to its end. The watch noted it, and the wait for
+    the slides raises it again: the batch is stopped and its running slide reported
+    `interrupted`, as for any Ctrl-C or SIGTERM."""
     item = BatchItem(tmp_path / "a.svs", None, "a")
     idents: list[int] = []
     dropped: list[Any] = []
     hook = sys.unraisablehook
     sys.unraisablehook = dropped.append  # what Python does with an exception in a finaliser
     try:
-        with foreground_signals(), ThreadPoolExecutor(1) as pool, SlideWatch(None) as watch:
+        with (
+            foreground_signals(),
+            capture_sigterm(),  # Prefect's SIGTERM handler, as its flow engine installs it
+            ThreadPoolExecutor(1) as pool,
+            SlideWatch(None) as watch,
+        ):
             future = PrefectConcurrentFuture(
                 uuid.uuid4(), pool.submit(polling_slide, watch, item, idents)
             )
             while watch.started() != {0}:
                 time.sleep(0.01)
-            SignalledWhileFinalised(watch)  # finalised at once
-            assert [type(d.exc_value) for d in dropped] == [KeyboardInterrupt]
-            assert watch.signalled == signal.SIGINT
-            with pytest.raises(BatchInterrupted) as info:
+            SignalledWhileFinalised(signum)  # finalised at once
+            kinds = [type(d.exc_value) for d in dropped]
+            assert kinds == [KeyboardInterrupt if signum == signal.SIGINT else TerminationSignal]
+            assert watch.dropped is dropped[0].exc_value
+            with pytest.raises(stopped) as info:
                 wait_for_slides({0: future}, [item], watch, {})
     finally:
         sys.unraisablehook = hook
