@@ -52,6 +52,7 @@ from wsi_segment.errors import (  # noqa: E402
     restore_handlers,
     signal_exception,
 )
+from wsi_segment.flows.dropped_stops import DroppedStops  # noqa: E402
 
 RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
 # A log record with this attribute set (`extra=REPORT_LINE`) says what the CLI prints itself
@@ -124,13 +125,16 @@ class InterruptGuard:
         self.fired = False
         self.signum: int | None = None  # the signal that fired it (None: none, or `hold`)
         self._previous: dict[int, Any] = {}
+        self._dropped = DroppedStops()  # Prefect's SIGTERM too, whose handler is not ours
 
     def __enter__(self) -> InterruptGuard:
         if threading.current_thread() is threading.main_thread():
             self._previous = handled_signals(self._handle)
+        self._dropped.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._dropped.__exit__(*exc)
         restore_handlers(self._previous)
 
     def hold(self) -> None:
@@ -138,11 +142,17 @@ class InterruptGuard:
         self.fired = True
 
     def unraised(self) -> KeyboardInterrupt | None:
-        """The exception of the signal that fired the guard, for a batch that ended without
-        it: Python drops an exception a handler raises inside a finaliser (the batch's wait
-        for its slides raises it again, `flows.slide_watch`; elsewhere, the batch went on).
-        None if no signal fired it."""
-        return None if self.signum is None else signal_exception(self.signum)
+        """The exception of the signal that fired the guard, or of a stop whose exception
+        Python dropped while it was entered (Prefect's `TerminationSignal` included), for a
+        batch that ended without it: Python drops an exception a handler raises inside a
+        finaliser (the batch's wait for its slides raises it again, `flows.slide_watch`;
+        elsewhere, the batch went on). None if neither came."""
+        if self.signum is not None:
+            return signal_exception(self.signum)
+        stop = self._dropped.stop
+        if isinstance(stop, TerminationSignal):
+            return signal_exception(stop.signal)
+        return stop
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.fired:

@@ -97,11 +97,12 @@ def wait_for_slides(
 
 
 def slide_outcome(future: SlideFuture, watch: SlideWatch) -> SlideResult:
-    """The `SlideResult` of a slide task, waited for in short steps; a signal the watch
-    noted is raised again (Python may have dropped its exception)."""
+    """The `SlideResult` of a slide task, waited for in short steps; a stop whose exception
+    Python dropped (noted by the watch) is raised again, during the wait or at its end."""
     while not future.wrapped_future.done():
         watch.raise_signalled()
         future.wait(timeout=POLL_S)
+    watch.raise_signalled()
     return ended_slide_outcome(future)
 
 

@@ -10,28 +10,22 @@ steps of `prepare`), after the current step where it computes or sits in a C cal
 told to stop (`band_runner.gather_all`), decoder processes end, the slide closes, and the
 partial folder and lock are removed (`pipeline.outputs.output_dir.OutputDir`).
 
-While a watch is open in the main thread, a stop's exception that Python drops is noted
-(`dropped`): Python runs a signal handler between any two bytecodes, and what the handler
-raises inside a finaliser (a weakref callback, a `__del__`) goes to `sys.unraisablehook`
-instead of the code that runs, where the batch would otherwise go on to its end. The watch
-notes there the KeyboardInterrupt of Ctrl-C, the `Terminated` of SIGHUP and the
-`TerminationSignal` that Prefect's SIGTERM handler raises, and the batch's wait for its slides
-raises it again (`raise_signalled`) and stops them as for any interrupt.
+While a watch is open in the main thread, a stop's exception that Python drops (a signal
+handler's, raised inside a finaliser: `flows.dropped_stops`) is noted, where the batch would
+otherwise go on to its end; the batch's wait for its slides raises it again
+(`raise_signalled`) and stops them as for any interrupt.
 """
 
 from __future__ import annotations
 
 import contextlib
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
-
-from prefect.exceptions import TerminationSignal
 
 from wsi_segment.errors import SlideInterrupted, SlideNotStarted, SlideTimedOut
+from wsi_segment.flows.dropped_stops import DroppedStops
 from wsi_segment.pipeline.cancellation import POLL_S, Cancellation, CancelToken
 
 
@@ -54,38 +48,24 @@ class SlideWatch:
         self._closed = threading.Event()
         self._watcher: threading.Thread | None = None
         self._stopping = False
-        self._hook: Callable[[Any], object] | None = None  # sys.unraisablehook before
-        self.dropped: BaseException | None = None  # a stop's exception Python dropped
+        self.dropped = DroppedStops()
 
     def __enter__(self) -> SlideWatch:
         if self.timeout_s is not None:
             self._watcher = threading.Thread(target=self._watch, name="slide-timeouts", daemon=True)
             self._watcher.start()
-        if threading.current_thread() is threading.main_thread():
-            self._hook, sys.unraisablehook = sys.unraisablehook, self._note_dropped
+        self.dropped.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._hook is not None:
-            sys.unraisablehook, self._hook = self._hook, None
+        self.dropped.__exit__(*exc)
         self._closed.set()
         if self._watcher is not None:
             self._watcher.join()
 
     def raise_signalled(self) -> None:
         """Raise again the stop's exception that Python dropped, if it dropped one."""
-        if self.dropped is not None:
-            raise self.dropped
-
-    def _note_dropped(self, unraisable: Any) -> None:
-        """`sys.unraisablehook` while open: note the first stop's exception (a signal
-        handler's), then report it as the hook before would (Python's: "Exception ignored
-        in ..." on stderr). The note is an assignment: no lock, wherever the main thread is."""
-        if self.dropped is None and isinstance(
-            unraisable.exc_value, (KeyboardInterrupt, TerminationSignal)
-        ):
-            self.dropped = unraisable.exc_value
-        (self._hook or sys.__unraisablehook__)(unraisable)
+        self.dropped.raise_noted()
 
     @contextlib.contextmanager
     def running(self, index: int) -> Iterator[CancelToken]:

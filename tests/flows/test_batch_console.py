@@ -213,16 +213,17 @@ def prefect_sigterm_outcome() -> tuple[str, bool]:
 
 
 class SignalledWhileFinalised:
-    """An object whose finaliser signals this process and runs on until the guard's handler
-    has run inside it: where Python prints the handler's exception and drops it."""
+    """An object whose finaliser signals this process and runs on until the handler in
+    place has run inside it (what it raises ends the loop): where Python prints the
+    handler's exception and drops it."""
 
-    def __init__(self, signum: int, guard: InterruptGuard) -> None:
-        self.signum, self.guard = signum, guard
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
 
     def __del__(self) -> None:
         os.kill(os.getpid(), self.signum)
         deadline = time.monotonic() + 5
-        while not self.guard.fired and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
             pass  # the handler runs between two of these bytecodes
 
 
@@ -238,7 +239,7 @@ def dropped_signal_outcome(signum: int) -> tuple[list[str], str, str, str, bool]
     sys.unraisablehook = dropped.append
     try:
         with InterruptGuard() as guard, SlideWatch(None) as watch:
-            SignalledWhileFinalised(signum, guard)  # finalised at once
+            SignalledWhileFinalised(signum)  # finalised at once
             try:
                 watch.raise_signalled()
                 again = "nothing"
@@ -250,9 +251,38 @@ def dropped_signal_outcome(signum: int) -> tuple[list[str], str, str, str, bool]
     unraised = guard.unraised()
     restored = {s: signal.getsignal(s) for s in before} == before and hook_back
     kinds = [type(d.exc_value).__name__ for d in dropped]
-    noted = type(watch.dropped).__name__
+    noted = type(watch.dropped.stop).__name__
     told = f"{type(unraised).__name__} {getattr(unraised, 'signum', None)}"
     return kinds, noted, again, told, restored
+
+
+def prefect_dropped_outcome(watching: bool) -> tuple[list[str], str, str]:
+    """SIGTERM inside a finaliser while Prefect's own handler is in place (as during a
+    batch's flow), inside InterruptGuard and (`watching`) a SlideWatch: (the exceptions
+    Python dropped, what the watch's `raise_signalled` raises, the guard's `unraised()`)."""
+    from prefect.utilities.engine import capture_sigterm
+
+    from wsi_segment.flows.slide_watch import SlideWatch
+
+    dropped: list[Any] = []
+    hook = sys.unraisablehook
+    sys.unraisablehook = dropped.append
+    again = "no watch"
+    try:
+        watch = SlideWatch(None) if watching else None
+        with InterruptGuard() as guard, capture_sigterm(), watch or contextlib.nullcontext():
+            SignalledWhileFinalised(signal.SIGTERM)  # finalised at once
+            try:
+                if watch is not None:
+                    watch.raise_signalled()
+                    again = "nothing"
+            except BaseException as exc:
+                again = type(exc).__name__
+    finally:
+        sys.unraisablehook = hook
+    unraised = guard.unraised()
+    told = f"{type(unraised).__name__} {getattr(unraised, 'signum', None)}"
+    return [type(d.exc_value).__name__ for d in dropped], again, told
 
 
 def guard_outcomes() -> dict[str, object]:
@@ -260,7 +290,13 @@ def guard_outcomes() -> dict[str, object]:
     assert threading.current_thread() is threading.main_thread()  # where handlers run
     first = {int(s): first_signal_outcome(s) for s in SIGNALS}
     dropped = {int(s): dropped_signal_outcome(s) for s in (signal.SIGINT, signal.SIGHUP)}
-    return {"first": first, "prefect": prefect_sigterm_outcome(), "dropped": dropped}
+    prefect = {w: prefect_dropped_outcome(w) for w in (True, False)}
+    return {
+        "first": first,
+        "prefect": prefect_sigterm_outcome(),
+        "dropped": dropped,
+        "prefect_dropped": prefect,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -310,6 +346,19 @@ def test_a_signal_whose_exception_python_drops_still_stops_the_batch(
     assert again == told  # what the batch's wait for its slides raises
     assert got == told  # what the CLI raises if the batch ended all the same
     assert restored
+
+
+@pytest.mark.parametrize("watching", [True, False], ids=["in-the-wait", "outside-it"])
+def test_prefect_s_sigterm_whose_exception_python_drops_still_stops_the_batch(
+    guard_run, watching
+) -> None:
+    """During a batch's flow SIGTERM is Prefect's handler's (`TerminationSignal`), not the
+    guard's. Dropped in a finaliser while the slides are waited for, the watch raises it
+    again; dropped elsewhere, the CLI raises `Terminated` (exit 143) once the batch ended."""
+    kinds, again, told = guard_run["prefect_dropped"][watching]
+    assert kinds == ["TerminationSignal"]
+    assert again == ("TerminationSignal" if watching else "no watch")
+    assert told == "Terminated 15"
 
 
 def test_prefect_passing_on_its_sigterm_is_not_a_second_interrupt(guard_run) -> None:

@@ -1,0 +1,70 @@
+"""Stops whose exception Python drops: a signal's exception raised inside a finaliser.
+
+Python runs a signal handler in the main thread between any two bytecodes. What the handler
+raises there (Ctrl-C's KeyboardInterrupt, our `Terminated` for SIGTERM and SIGHUP, the
+`TerminationSignal` Prefect's own SIGTERM handler raises while a flow runs) inside a
+finaliser (a weakref callback, a `__del__`) never reaches the code that was running: Python
+prints "Exception ignored in ..." and hands it to `sys.unraisablehook`, and a batch would go
+on to its end. `DroppedStops` is that hook while it is open and keeps a fresh copy of the
+first such stop, for the code that waits to raise it again.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Callable
+
+from wsi_segment.flows import prefect_env
+
+prefect_env.apply()
+
+from prefect.exceptions import TerminationSignal  # noqa: E402
+
+from wsi_segment.errors import Terminated, signal_exception  # noqa: E402
+
+Stop = KeyboardInterrupt | TerminationSignal
+
+
+class DroppedStops:
+    """While open in the main thread: Python's unraisable hook, noting the first stop's
+    exception dropped in the main thread (where signal handlers run; a drop in another
+    thread is that thread's own), then handing every report on to the hook before it."""
+
+    def __init__(self) -> None:
+        self.stop: Stop | None = None  # a fresh copy: no frames of the finaliser kept alive
+        self._before: Callable[[sys.UnraisableHookArgs], object] | None = None
+
+    def __enter__(self) -> DroppedStops:
+        if threading.current_thread() is threading.main_thread():
+            self._before, sys.unraisablehook = sys.unraisablehook, self._note
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._before is not None:
+            if sys.unraisablehook == self._note:  # else a hook set after ours stays
+                sys.unraisablehook = self._before
+            self._before = None
+
+    def raise_noted(self) -> None:
+        """Raise the stop Python dropped, if it dropped one."""
+        if self.stop is not None:
+            raise self.stop
+
+    def _note(self, unraisable: sys.UnraisableHookArgs) -> None:
+        """The hook: an assignment, no lock (it runs wherever the main thread was)."""
+        dropped = unraisable.exc_value
+        if (
+            self.stop is None
+            and isinstance(dropped, Stop)
+            and threading.current_thread() is threading.main_thread()
+        ):
+            self.stop = _fresh(dropped)
+        (self._before or sys.__unraisablehook__)(unraisable)
+
+
+def _fresh(stop: Stop) -> Stop:
+    """A new exception of the same stop, without the dropped one's traceback."""
+    if isinstance(stop, TerminationSignal):
+        return TerminationSignal(stop.signal)
+    return signal_exception(stop.signum) if isinstance(stop, Terminated) else KeyboardInterrupt()
