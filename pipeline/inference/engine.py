@@ -33,7 +33,9 @@ from wsi_segment.pipeline.threads import WaitableThread
 from wsi_segment.wsi.tiling import ChunkSpec
 
 if TYPE_CHECKING:  # the compute stage is imported when an engine runs
+    from wsi_segment.models.runtimes.tile_io import Executor, Geometry
     from wsi_segment.pipeline.inference.compute_stage import ComputeStage, StagedBatch
+    from wsi_segment.pipeline.inference.model_handle import LoadedModel
     from wsi_segment.pipeline.inference.unit_writer import TileBatch
     from wsi_segment.pipeline.run_policy import ExecutionPlan
 
@@ -95,6 +97,20 @@ class EngineSizes:
         )
 
 
+def build_executor(
+    loaded: LoadedModel, geometry: Geometry, batch: int, sizes: EngineSizes
+) -> tuple[Executor, int]:
+    """The executor of `loaded`'s tile graph at `geometry` as the run's plan sized it
+    (`sizes`, and `batch` tiles a forward pass, which a CUDA device's memory may cap), and the
+    batch it runs: built once per process and key (`LoadedModel.executor`), so the slides
+    of a batch, and a worker's bands, share one."""
+    from wsi_segment.pipeline.inference.compute_stage import compute_threads_cores
+
+    batch = loaded.batch_size(geometry.tile, batch)
+    share = compute_threads_cores(sizes.cores, sizes.computes) if loaded.device == "cpu" else None
+    return loaded.executor(geometry, batch, share), batch
+
+
 def run_engine(
     job: SlideJob,
     specs: Sequence[ChunkSpec],
@@ -115,7 +131,6 @@ def run_engine(
         if not specs:
             return []
         from wsi_segment.pipeline.inference.compute_stage import ComputeStage
-        from wsi_segment.pipeline.inference.model_handle import build_executor
         from wsi_segment.pipeline.inference.slide_plan import tile_geometry
 
         loaded = job.model.get()

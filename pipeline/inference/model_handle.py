@@ -21,7 +21,6 @@ if TYPE_CHECKING:  # loaded on first use: importing torch is most of a small run
     from wsi_segment.models.runtimes.select import OpenedRuntime
     from wsi_segment.models.runtimes.spec import RuntimeSpec
     from wsi_segment.models.runtimes.tile_io import Executor, Geometry
-    from wsi_segment.pipeline.inference.engine import EngineSizes
 
 
 @dataclass(frozen=True)
@@ -110,20 +109,6 @@ class ModelHandle:
         """A handle around an already loaded model (prepare, tests): every handle of one
         loaded model shares its lock, so slides run side by side take turns on it."""
         return cls(model_dir, device, spec, loaded.model.identity, loaded)
-
-
-def build_executor(
-    loaded: LoadedModel, geometry: Geometry, batch: int, sizes: EngineSizes
-) -> tuple[Executor, int]:
-    """The executor of `loaded`'s tile graph at `geometry` as the run's plan sized it
-    (`sizes`, and `batch` tiles a forward pass, which a CUDA device's memory may cap), and the
-    batch it runs: built once per process and key (`LoadedModel.executor`), so the slides
-    of a batch, and a worker's bands, share one."""
-    from wsi_segment.pipeline.inference.compute_stage import compute_threads_cores
-
-    batch = loaded.batch_size(geometry.tile, batch)
-    share = compute_threads_cores(sizes.cores, sizes.computes) if loaded.device == "cpu" else None
-    return loaded.executor(geometry, batch, share), batch
 
 
 def load_for_process(model_dir: str, device: str, spec: RuntimeSpec) -> LoadedModel:

@@ -19,7 +19,15 @@ import pytest
 import torch
 import zarr
 
-from tests.conftest import CMU_SLIDE, ENGINE, corrupt_middle_tile, torch_handle
+from tests.conftest import (
+    CMU_SLIDE,
+    ENGINE,
+    TINY_TILE,
+    corrupt_middle_tile,
+    run_geometry,
+    torch_handle,
+    torch_spec,
+)
 from tests.engine_jobs import planned_job
 from tests.engine_leaks import shm_entries
 from tests.reference_inference import units_alone
@@ -28,10 +36,10 @@ from wsi_segment.models.bundle import load_model
 from wsi_segment.models.runtimes.tile_io import ReducedOutputs
 from wsi_segment.pipeline.inference.decode_pool import DecodePool
 from wsi_segment.pipeline.inference.decoder_link import Decoded
-from wsi_segment.pipeline.inference.engine import ReadSource, run_engine
+from wsi_segment.pipeline.inference.engine import ReadSource, build_executor, run_engine
 from wsi_segment.pipeline.inference.engine_state import EngineStats
 from wsi_segment.pipeline.inference.host_tiles import HostTiles
-from wsi_segment.pipeline.inference.model_handle import ModelHandle
+from wsi_segment.pipeline.inference.model_handle import ModelHandle, load_for_process
 from wsi_segment.pipeline.inference.read_sources import DecoderProcesses, ReaderThread
 from wsi_segment.pipeline.inference.slide_job import SlideJob
 from wsi_segment.wsi.slide import open_slide
@@ -452,3 +460,15 @@ def test_the_compute_threads_run_on_the_plans_cores(tmp_path, tiny_model_dir):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(caller)
+
+
+def test_build_executor_sizes_it_as_the_plan_says(tiny_model_dir: Path) -> None:
+    """On the CPU each compute thread runs on its share of the plan's cores; the batch is the
+    plan's (only a CUDA device's memory caps it); built once per process and key."""
+    from wsi_segment.models.runtimes.executor import TorchExecutor
+
+    loaded = load_for_process(str(tiny_model_dir), "cpu", torch_spec())
+    geometry = run_geometry(TINY_TILE)
+    executor, batch = build_executor(loaded, geometry, 12, replace(ENGINE, cores=5, computes=2))
+    assert isinstance(executor, TorchExecutor) and (executor.threads, batch) == (2, 12)
+    assert loaded.executor(geometry, 12, 2) is executor

@@ -10,12 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CMU_SLIDE, ENGINE, LOCAL_FACTS, TINY_TILE, run_geometry, torch_spec
-from wsi_segment.pipeline.inference.model_handle import (
-    ModelHandle,
-    build_executor,
-    load_for_process,
-)
+from tests.conftest import CMU_SLIDE, LOCAL_FACTS, TINY_TILE, run_geometry, torch_spec
+from wsi_segment.pipeline.inference.model_handle import ModelHandle, load_for_process
 
 
 def test_the_cache_keys_on_the_decided_values_not_on_their_reasons(tiny_model_dir: Path) -> None:
@@ -85,20 +81,6 @@ def test_the_spec_s_cuda_graphs_choose_the_executor_built_once_per_geometry_and_
     assert graphs.executor(geometry, 16, None) is built
     assert graphs.executor(geometry, 8, None) is not built
     assert eager.executor(geometry, 16, 1) is not on_two  # another share of the cores
-
-
-def test_build_executor_sizes_it_as_the_plan_says(tiny_model_dir: Path) -> None:
-    """On the CPU each compute thread runs on its share of the plan's cores; the batch is the
-    plan's (only a CUDA device's memory caps it)."""
-    from wsi_segment.models.runtimes.executor import TorchExecutor
-
-    loaded = load_for_process(str(tiny_model_dir), "cpu", torch_spec())
-    geometry = run_geometry(TINY_TILE)
-    executor, batch = build_executor(
-        loaded, geometry, 12, dataclasses.replace(ENGINE, cores=5, computes=2)
-    )
-    assert isinstance(executor, TorchExecutor) and (executor.threads, batch) == (2, 12)
-    assert loaded.executor(geometry, 12, 2) is executor
 
 
 @pytest.mark.parametrize("runtime", ["torch", "openvino"])
