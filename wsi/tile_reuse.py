@@ -135,7 +135,8 @@ class TileReuse:
         self._tw, self._th = int(tile_size[0]), int(tile_size[1])
         self._blocks = blocks
         keys = (self._tiles_of(box) for box in planned)
-        self._planned = PlannedTiles[np.ndarray](keys, max_bytes, np.ascontiguousarray)
+        # the storage tiles kept for their later reads (`kept_bytes`: what they hold now)
+        self.planned = PlannedTiles[np.ndarray](keys, max_bytes, np.ascontiguousarray)
         self._lock = threading.Lock()
         self.tiles_decoded = 0  # storage tiles decoded (each read of a tile counts)
         self.tiles_reused = 0  # storage tiles served from memory instead
@@ -154,7 +155,7 @@ class TileReuse:
         box = (int(lx), int(ly), int(lx) + int(width), int(ly) + int(height))
         keys = self._tiles_of(box)
         with self._lock:
-            kept = self._planned.kept
+            kept = self.planned.kept
             have = {k: kept[k] for k in keys if k in kept}
         missing = [k for k in keys if k not in have]
         decoded = self._decode(slide, missing) if missing else {}
@@ -206,9 +207,4 @@ class TileReuse:
     ) -> None:
         with self._lock:
             self.tiles_reused += len(have)
-            self._planned.spend(keys, decoded)
-
-    @property
-    def cached_bytes(self) -> int:
-        with self._lock:
-            return self._planned.kept_bytes
+            self.planned.spend(keys, decoded)

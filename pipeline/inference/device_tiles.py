@@ -80,20 +80,17 @@ class DeviceTiles:
     decoder: Decoder
     tiles_decoded: int = 0  # storage tiles decoded (each decode of a tile counts)
     tiles_reused: int = 0  # storage tiles served from the kept ones instead
-    _planned: PlannedTiles[torch.Tensor] = field(
+    # the storage tiles kept for their later reads (`kept_bytes`: what they hold now)
+    planned: PlannedTiles[torch.Tensor] = field(
         default_factory=lambda: PlannedTiles([], 0, own_copy), repr=False
     )
-
-    @property
-    def cached_bytes(self) -> int:
-        return self._planned.kept_bytes
 
     def start(self, specs: Sequence[ChunkSpec], max_bytes: int = 128 << 20) -> None:
         """Decode each storage tile once while these chunks are read (a tile is kept until
         the last planned read of it, within `max_bytes` on the device)."""
         boxes = [self.reader.read_box(s) for s in specs if s.tiles]  # level px = model px
         keys = (tiles_of(box, self.tiles.tile_size, self.tiles.level_size) for box in boxes)
-        self._planned = PlannedTiles(keys, max_bytes, own_copy)
+        self.planned = PlannedTiles(keys, max_bytes, own_copy)
 
     def read_chunk(self, spec: ChunkSpec) -> torch.Tensor:
         """(len(spec.tiles), T, T, 3) uint8 on the device, in `spec.tiles` order; a codec's
@@ -152,7 +149,7 @@ class DeviceTiles:
         """The decoded tiles `keys` (tile_h, tile_w, 3) uint8 on the device, in order (edge
         tiles whole, padding included); one planned use of each is spent (a tile no later
         read needs is dropped)."""
-        kept = self._planned.kept
+        kept = self.planned.kept
         missing = [k for k in keys if k not in kept]
         streams = [self.tiles.stream(c, r) for c, r in missing]
         fresh = decode_streams(streams, self.device, self.decoder) if missing else ()
@@ -160,7 +157,7 @@ class DeviceTiles:
         out = [kept[k] if k in kept else decoded[k] for k in keys]
         self.tiles_decoded += len(missing)
         self.tiles_reused += len(keys) - len(missing)
-        self._planned.spend(keys, decoded)
+        self.planned.spend(keys, decoded)
         return out
 
     def close(self) -> None:

@@ -47,7 +47,7 @@ def test_same_pixels_as_direct_reads_and_each_tile_decoded_once(backend):
     unique = _unique_tiles(boxes, w, h, 240)
     assert reuse.tiles_decoded == len(unique)  # never twice
     assert reuse.tiles_reused > 0
-    assert reuse.cached_bytes == 0  # every tile dropped after its last planned use
+    assert reuse.planned.kept_bytes == 0  # every tile dropped after its last planned use
 
 
 def test_memory_cap_falls_back_to_decoding_again():
@@ -70,7 +70,7 @@ def test_unplanned_and_outside_reads():
     np.testing.assert_array_equal(inside, slide.read_region((1000, 1000), 0, (300, 200)))
     outside = reuse.read(slide, w + 10, -500, 50, 40)
     assert outside.shape == (40, 50, 3) and (outside == 255).all()
-    assert reuse.cached_bytes == 0  # nothing planned, nothing kept
+    assert reuse.planned.kept_bytes == 0  # nothing planned, nothing kept
 
 
 def test_reuse_needs_tiles_and_an_integer_downsample():

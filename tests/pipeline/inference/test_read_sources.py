@@ -155,7 +155,7 @@ def test_each_storage_tile_is_decoded_once_per_slide(tmp_path, tiny):
         reads.read_chunk(spec)
     assert reads.tiles_decoded == len(cache_keys)
     assert reads.tiles_reused == touched - len(cache_keys) > len(cache_keys)
-    assert reads.cached_bytes == 0  # every kept tile dropped after its last use
+    assert reads.planned.kept_bytes == 0  # every kept tile dropped after its last use
 
 
 def test_a_cache_too_small_to_keep_anything_reads_the_same_pixels(tmp_path, tiny):

@@ -77,7 +77,7 @@ def test_chunk_reads_share_storage_tiles_with_the_same_pixels(model_mpp):
     assert reuse is not None
     for spec in specs:
         np.testing.assert_array_equal(reader.read_tiles(spec, reuse), reader.read_tiles(spec))
-    assert reuse.tiles_reused > 0 and reuse.cached_bytes == 0
+    assert reuse.tiles_reused > 0 and reuse.planned.kept_bytes == 0
     assert reuse.blocks_direct > 0  # decoded from the file (wsi.tiff_blocks), same pixels
 
     reads = HostTiles(reader, max_bytes=1)
