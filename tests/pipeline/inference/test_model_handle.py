@@ -102,12 +102,15 @@ def test_the_slides_a_process_runs_share_the_executor_the_plan_sized(
     params = SegmentParams(
         model_dir=model_dir, device="cpu", runtime=runtime, precision="fp32", mpp=0.499
     )
-    assert segment_slide(CMU_SLIDE, tmp_path / "first", params).status == "done"
-    plan = decide(probe_machine(), params, LOCAL_FACTS)
+    first = segment_slide(CMU_SLIDE, tmp_path / "first", params)
+    assert first.status == "done"
     geometry = run_geometry(TINY_TILE)
-    loaded = load_for_process(str(model_dir), "cpu", runtime_spec(plan, geometry))
-    share = compute_threads_cores(plan.cores.value, plan.compute_threads.value)
-    key = (geometry, plan.batch_size.value, share)
+    spec = runtime_spec(decide(probe_machine(), params, LOCAL_FACTS), geometry)
+    loaded = load_for_process(str(model_dir), "cpu", spec)  # the process's: loads nothing
+    policy = first.summary["run_policy"]  # the plan the run recorded
+    ran = {name: policy[name]["value"] for name in ("cores", "compute_threads", "batch_size")}
+    share = compute_threads_cores(ran["cores"], ran["compute_threads"])
+    key = (geometry, ran["batch_size"], share)
     assert list(loaded.executors) == [key]
     built, graphs = loaded.executors[key], loaded.runtime.graphs
     assert (graphs is not None) == (runtime == "openvino")
