@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import psutil
@@ -64,7 +65,12 @@ def test_an_error_is_raised_in_the_caller_and_the_worker_goes_on(workers):
 
 def test_a_worker_ignores_the_process_groups_signals(workers):
     spec, labels = _block(1, 0, 0)
-    for proc in _workers():
+    ignored = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    for proc in _workers():  # started: its handlers set (it may still be importing)
+        deadline = time.monotonic() + 60
+        while not set(ignored) <= _ignored_signals(proc.pid):
+            assert time.monotonic() < deadline, "the worker never set its signal handlers"
+            time.sleep(0.05)
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             proc.send_signal(sig)
     time.sleep(0.2)
@@ -91,6 +97,15 @@ def test_a_killed_worker_is_one_clear_error_and_close_ends_the_rest():
         pool.close()
         pool.close()  # idempotent
     assert set(_workers()) <= before
+
+
+def _ignored_signals(pid: int) -> set[int]:
+    """The signals process `pid` ignores (Linux: /proc/PID/status, SigIgn)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigIgn:"):
+            mask = int(line.split()[1], 16)
+            return {n for n in range(1, 65) if mask >> (n - 1) & 1}
+    return set()
 
 
 def _workers() -> list[psutil.Process]:
