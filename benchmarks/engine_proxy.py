@@ -182,7 +182,7 @@ def engine_job(
 
 
 def run_engine_once(slide: Path, model_dir: Path, args: argparse.Namespace, n: int) -> Any:
-    from wsi_segment.pipeline.inference.engine import EngineSizes, run_engine
+    from wsi_segment.pipeline.inference.engine import EngineSizes, build_executor, run_engine
     from wsi_segment.pipeline.inference.engine_state import EngineStats
     from wsi_segment.pipeline.inference.read_sources import DecoderProcesses
     from wsi_segment.pipeline.machine import probe_machine, usable_cores
@@ -196,7 +196,7 @@ def run_engine_once(slide: Path, model_dir: Path, args: argparse.Namespace, n: i
         stats = EngineStats()
         t0 = time.perf_counter()
         sizes = EngineSizes(usable_cores(), writers, computes=1, locked=True, polygon_processes=0)
-        run_engine(job, specs, DecoderProcesses(n), sizes, stats=stats)
+        run_engine(job, specs, DecoderProcesses(n), build_executor(job, sizes), sizes, stats=stats)
         return stats, time.perf_counter() - t0, stats.first_chunk_at - t0
 
 

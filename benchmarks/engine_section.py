@@ -67,7 +67,12 @@ def _difference(a: Path, b: Path) -> str:
 
 def _runners(prep: Any, threads: int) -> dict[str, Callable[[Any], dict[str, Any]]]:
     from wsi_segment.pipeline.infer_stage import local_policy
-    from wsi_segment.pipeline.inference.engine import EngineSizes, ReadSource, run_engine
+    from wsi_segment.pipeline.inference.engine import (
+        EngineSizes,
+        ReadSource,
+        build_executor,
+        run_engine,
+    )
     from wsi_segment.pipeline.inference.engine_state import EngineStats
     from wsi_segment.pipeline.inference.host_tiles import HostTiles
     from wsi_segment.pipeline.inference.read_sources import DecoderProcesses, ReaderThread
@@ -77,7 +82,7 @@ def _runners(prep: Any, threads: int) -> dict[str, Callable[[Any], dict[str, Any
         stats = EngineStats()
         writers = local_policy(prep).writers.value  # as a run on this machine
         sizes = EngineSizes(usable_cores(), writers, threads, locked=True, polygon_processes=0)
-        run_engine(job, prep.specs, source, sizes, stats=stats)
+        run_engine(job, prep.specs, source, build_executor(job, sizes), sizes, stats=stats)
         batches = stats.chunks_per_batch
         return {"batches": len(batches), "computes": stats.computes, "writers": stats.writers}
 

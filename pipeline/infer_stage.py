@@ -17,7 +17,12 @@ from typing import TYPE_CHECKING, Any
 from wsi_segment.pipeline.cancellation import NEVER_CANCELLED, CancelToken
 from wsi_segment.pipeline.inference.band_runner import run_bands, settle_plan
 from wsi_segment.pipeline.inference.band_task import BandResult
-from wsi_segment.pipeline.inference.engine import EngineSizes, ReadSource, run_engine
+from wsi_segment.pipeline.inference.engine import (
+    EngineSizes,
+    ReadSource,
+    build_executor,
+    run_engine,
+)
 from wsi_segment.pipeline.inference.engine_state import EngineStats
 from wsi_segment.pipeline.inference.model_handle import ModelHandle
 from wsi_segment.pipeline.inference.read_sources import ReaderThread, plan_source
@@ -80,10 +85,11 @@ def _infer_here(
     job = slide_job(prep, zarr_path, policy.batch_size.value)
     progress.start(prep.tiles_total, unit="tile", desc=prep.name)
     prep.read_device, prep.run_policy = policy.read_report(), policy.as_dict()
+    sizes = EngineSizes.of(policy)
+    executor = build_executor(job, sizes)
     source = local_source(prep, policy)
     try:  # nothing between: run_engine closes the source on every path
-        sizes = EngineSizes.of(policy)
-        outcomes = run_engine(job, prep.specs, source, sizes, progress, stats, cancel)
+        outcomes = run_engine(job, prep.specs, source, executor, sizes, progress, stats, cancel)
     finally:
         _record_reads(prep, source)
     prep.precision = _precision_report(prep.model)

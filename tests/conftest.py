@@ -7,7 +7,7 @@ import dataclasses
 import os
 import signal
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,7 +15,7 @@ import pytest
 
 from wsi_segment.errors import raise_terminated
 from wsi_segment.models.runtimes.spec import RuntimeSpec
-from wsi_segment.pipeline.inference.engine import EngineSizes
+from wsi_segment.pipeline.inference.engine import EngineSizes, build_executor, run_engine
 from wsi_segment.pipeline.inference.model_handle import LoadedModel, ModelHandle
 from wsi_segment.pipeline.inference.slide_plan import slide_grid, tile_geometry
 from wsi_segment.pipeline.params import SegmentParams
@@ -26,6 +26,10 @@ if TYPE_CHECKING:
 
     from wsi_segment.models.runtimes.tile_io import Executor, Geometry, ReducedOutputs
     from wsi_segment.models.segmentation_model import SegmentationModel
+    from wsi_segment.pipeline.inference.engine import ReadSource
+    from wsi_segment.pipeline.inference.slide_job import SlideJob
+    from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome
+    from wsi_segment.wsi.tiling import ChunkSpec
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 CMU_SLIDE = DATA_DIR / "CMU-1-Small-Region.svs"
@@ -43,6 +47,16 @@ ENGINE_CORES = 2
 # a test engine's sizes (what a run's plan decides: `EngineSizes.of`): one writer, one
 # compute thread, the model's lock, no polygon processes; tests replace what they vary
 ENGINE = EngineSizes(cores=ENGINE_CORES, writers=1, computes=1, locked=True, polygon_processes=0)
+
+
+def engine_run(
+    job: SlideJob, specs: Sequence[ChunkSpec], source: ReadSource, sizes: EngineSizes = ENGINE, **kw
+) -> list[ChunkOutcome]:
+    """`run_engine` as a run calls it: the job's executor built as `sizes` say, then the engine
+    laid out as they say (`kw`: progress, stats, cancel)."""
+    return run_engine(job, specs, source, build_executor(job, sizes), sizes, **kw)
+
+
 # a local run's facts for the run policy (`decide`): one engine on the machine, the slide's
 # reads not examined, no bf16 calibration known; tests replace what they vary
 LOCAL_FACTS = RunFacts()

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from wsi_segment.errors import BandAborted, WsiSegmentError
 from wsi_segment.pipeline.cancellation import Cancellation
-from wsi_segment.pipeline.inference.engine import EngineSizes, run_engine
+from wsi_segment.pipeline.inference.engine import EngineSizes, build_executor, run_engine
 from wsi_segment.pipeline.inference.model_handle import ModelHandle
 from wsi_segment.pipeline.inference.read_sources import plan_source, slide_reads
 from wsi_segment.pipeline.inference.slide_job import SlideJob
@@ -135,14 +135,16 @@ def run_band(
     try:
         policy, job, tiles = _band_plan_here(job, plan, gpu, at_once, examine=True)
         daemonic = policy.decoders_refused
+        sizes = EngineSizes.of(policy)  # on its share of the worker's cores (the plan's)
+        executor = build_executor(job, sizes)
         source = plan_source(policy, job.model, job.reader, tiles)
         try:
             if daemonic:
                 log.warning("%s: this Dask worker is daemonic, reading in a thread; %s",
                             job.slide_path, DAEMON_FIX)  # fmt: skip
             stop = Cancellation()
-            with _watching(event, stop):  # on its share of the worker's cores (the plan's)
-                outcomes = run_engine(job, specs, source, EngineSizes.of(policy), cancel=stop)
+            with _watching(event, stop):
+                outcomes = run_engine(job, specs, source, executor, sizes, cancel=stop)
         finally:
             source.close()  # run_engine closed it, unless an interrupt came first
         return BandResult(

@@ -1,9 +1,10 @@
-"""The engine's compute stage: the one owner of the model, fed batches across chunks.
+"""The engine's compute stage: the one user of the executor, fed batches across chunks.
 
 A read source's `Stager` puts batches (tiles of several chunks, on the model's device) on the
 `staged` queue; compute threads run the executor back to back, on batches of one fixed size
-(`ComputeStage._forward`), and hand the uint8 outputs to the writer. On CUDA one thread under the model's lock keeps the device busy (the stager
-copies the next batch on a side stream meanwhile); slides sharing a loaded model then take
+(`ComputeStage._forward`), and hand the uint8 outputs to the writer. On CUDA one thread
+under the model's lock keeps the device busy (the stager copies the next batch on a side
+stream meanwhile); slides sharing a loaded model then take
 turns, since side by side they would gain nothing and `LoadedModel.batch_size` sizes a batch
 for one forward pass. On the CPU `computes` threads run side by side, unlocked, each with its
 share of the cores: one waiting for a batch leaves its cores to the others. On the CPU a batch
@@ -30,7 +31,7 @@ from wsi_segment.pipeline.inference.unit_writer import Segment, TileBatch
 if TYPE_CHECKING:
     import torch
 
-    from wsi_segment.models.runtimes.tile_io import Executor
+    from wsi_segment.pipeline.inference.engine import TileExecutor
 
 
 @dataclass
@@ -169,18 +170,13 @@ class ComputeStage:
     runs on (a GPU or the CPU); outputs to the writer."""
 
     def __init__(
-        self,
-        executor: Executor,
-        lock: threading.Lock | None,
-        batch: int,
-        errors: FirstError,
-        stats: EngineStats,
-        computes: int,
+        self, executor: TileExecutor, errors: FirstError, stats: EngineStats, computes: int
     ) -> None:
-        """`computes` and `lock` (None: no lock) as the run's plan decided them; `executor`
-        runs on each compute thread's share of the cores (`compute_threads_cores`)."""
-        self._executor, self._lock = executor, lock
-        self._batch = batch
+        """`computes` as the run's plan decided it; `executor` runs on each compute thread's
+        share of the cores (`compute_threads_cores`), under the model's lock where the plan
+        has its forward passes take turns."""
+        self._executor = executor
+        self._batch = executor.batch
         self._errors, self._stats = errors, stats
         self.computes = max(1, computes)
         self._running = self.computes
@@ -221,8 +217,7 @@ class ComputeStage:
         # the input's shape, so the same tile in batches of 3 and 16 may differ by an ulp, and
         # a slide would give other bytes from run to run. At one shape the kernels are the
         # same, and the models we ship compute each sample alone (test_fixed_batch.py).
-        with self._lock if self._lock is not None else contextlib.nullcontext():
-            out = self._executor.run(tiles)
+        out = self._executor.run(tiles)
         if batch.release is not None:  # the forward pass is done with the source's buffer
             batch.release()
         per_tile = out.nbytes // self._batch

@@ -1,8 +1,9 @@
 """The engine: one way from a slide's chunks to the zarr store, whatever reads the tiles.
 
-A read source's threads fill batches of tiles (mixing chunks) on the model's device; compute
-threads run the executor; the writer stitches and writes each write unit. This thread starts
-the parts and watches them: the first error, an interrupt or the caller's cancellation token
+It holds an executor (`build_executor`: the model's tile graph as the run's plan sized it),
+not a model. A read source's threads fill batches of tiles (mixing chunks) on the executor's
+device; compute threads run the executor; the writer stitches and writes each write unit.
+This thread starts the parts and watches them: the first error, an interrupt or the caller's cancellation token
 stops the rest. `run_engine` never returns or raises while a part may still write, and closes
 the source on every path. Local runs and Dask bands run this same function.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import queue
+import threading
 import traceback
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -33,9 +35,8 @@ from wsi_segment.pipeline.threads import WaitableThread
 from wsi_segment.wsi.tiling import ChunkSpec
 
 if TYPE_CHECKING:  # the compute stage is imported when an engine runs
-    from wsi_segment.models.runtimes.tile_io import Executor, Geometry
+    from wsi_segment.models.runtimes.tile_io import Executor, ReducedOutputs, Tiles
     from wsi_segment.pipeline.inference.compute_stage import ComputeStage, StagedBatch
-    from wsi_segment.pipeline.inference.model_handle import LoadedModel
     from wsi_segment.pipeline.inference.unit_writer import TileBatch
     from wsi_segment.pipeline.run_policy import ExecutionPlan
 
@@ -43,11 +44,13 @@ if TYPE_CHECKING:  # the compute stage is imported when an engine runs
 @dataclass(frozen=True)
 class SourceRun:
     """What a read source's parts are handed for one run: the job and its chunks, the batch
-    size, the `staged` queue they fill, the run's first error and its statistics."""
+    size and the device the executor takes them on ("cpu", "cuda:0"), the `staged` queue they
+    fill, the run's first error and its statistics."""
 
     job: SlideJob
     specs: list[ChunkSpec]
     batch: int
+    device: str
     staged: queue.Queue[StagedBatch | None]
     errors: FirstError
     stats: EngineStats
@@ -97,33 +100,56 @@ class EngineSizes:
         )
 
 
-def build_executor(
-    loaded: LoadedModel, geometry: Geometry, batch: int, sizes: EngineSizes
-) -> tuple[Executor, int]:
-    """The executor of `loaded`'s tile graph at `geometry` as the run's plan sized it
-    (`sizes`, and `batch` tiles a forward pass, which a CUDA device's memory may cap), and the
-    batch it runs: built once per process and key (`LoadedModel.executor`), so the slides
-    of a batch, and a worker's bands, share one."""
-    from wsi_segment.pipeline.inference.compute_stage import compute_threads_cores
+@dataclass(frozen=True)
+class TileExecutor:
+    """The model's tile graph as a run's plan sized it: what the engine holds. `run` is its
+    one method; the rest says how the engine feeds it (batches of `batch` tiles on `device`)
+    and whether torch runs it (`torch_threads_kept`)."""
 
-    batch = loaded.batch_size(geometry.tile, batch)
+    executor: Executor
+    batch: int  # tiles a forward pass: the plan's, capped by a CUDA device's memory
+    device: str  # where the forward passes run: "cpu", "cuda:0"
+    lock: threading.Lock | None  # the model's lock where the plan has its passes take turns
+    torch_runs: bool
+
+    def run(self, tiles: Tiles) -> ReducedOutputs:
+        """The reduced outputs of one batch of uint8 tiles (N, T, T, 3)."""
+        with self.lock if self.lock is not None else contextlib.nullcontext():
+            return self.executor.run(tiles)
+
+
+def build_executor(job: SlideJob, sizes: EngineSizes) -> TileExecutor:
+    """The executor of `job`'s model (loaded for this process) at the job's tile geometry,
+    as the run's plan sized it: `sizes` and the job's batch, which only a CUDA device's free
+    memory may cap; on the CPU, each compute thread's share of the cores. Built once per
+    process and key (`LoadedModel.executor`), so the slides of a batch, and a worker's bands,
+    share one."""
+    from wsi_segment.pipeline.inference.compute_stage import compute_threads_cores
+    from wsi_segment.pipeline.inference.slide_plan import tile_geometry
+
+    loaded = job.model.get()
+    geometry = tile_geometry(job.grid, job.gate)
+    batch = loaded.batch_size(geometry.tile, job.batch_size)
     share = compute_threads_cores(sizes.cores, sizes.computes) if loaded.device == "cpu" else None
-    return loaded.executor(geometry, batch, share), batch
+    executor = loaded.executor(geometry, batch, share)
+    lock = loaded.lock if sizes.locked else None
+    return TileExecutor(executor, batch, loaded.device, lock, loaded.runtime.network is not None)
 
 
 def run_engine(
     job: SlideJob,
     specs: Sequence[ChunkSpec],
     source: ReadSource,
+    executor: TileExecutor,
     sizes: EngineSizes,
     progress: Progress | None = None,
     stats: EngineStats | None = None,
     cancel: CancelToken = NEVER_CANCELLED,
 ) -> list[ChunkOutcome]:
-    """Run every chunk through the engine, tiles read by `source` (adopted: closed whatever
-    happens), laid out as `sizes` says; outcomes in `specs` order. `stats` (optional)
-    receives what the run did. Cancelling `cancel` stops the parts and raises its reason.
-    Local runs and Dask bands call it with `EngineSizes.of(their plan)`."""
+    """Run every chunk through `executor` (`build_executor`), tiles read by `source` (adopted:
+    closed whatever happens), laid out as `sizes` says; outcomes in `specs` order. `stats`
+    (optional) receives what the run did. Cancelling `cancel` stops the parts and raises its
+    reason. Local runs and Dask bands call it with `EngineSizes.of(their plan)`."""
     stats = stats if stats is not None else EngineStats()
     specs = list(specs)
     tracers: PolygonProcesses | None = None
@@ -131,23 +157,19 @@ def run_engine(
         if not specs:
             return []
         from wsi_segment.pipeline.inference.compute_stage import ComputeStage
-        from wsi_segment.pipeline.inference.slide_plan import tile_geometry
 
-        loaded = job.model.get()
-        geometry = tile_geometry(job.grid, job.gate)
-        executor, batch = build_executor(loaded, geometry, job.batch_size, sizes)
         cancel.check()  # asked while the model loaded: no part starts
         errors = FirstError()
-        lock = loaded.lock if sizes.locked else None  # one forward pass at a time per model
-        stage = ComputeStage(executor, lock, batch, errors, stats, sizes.computes)
-        stats.decoders, stats.batch_size, stats.writers = source.processes, batch, sizes.writers
+        stage = ComputeStage(executor, errors, stats, sizes.computes)
+        stats.decoders, stats.writers = source.processes, sizes.writers
+        stats.batch_size = executor.batch
         stats.computes = stage.computes
         if sizes.polygon_processes:
             tracers = PolygonProcesses(sizes.polygon_processes)
         polygons = tracers.block_polygons if tracers is not None else None
         writer = UnitWriter(job, specs, progress or NullProgress(), sizes.writers, polygons)
-        with torch_threads_kept(loaded.runtime.network is not None):
-            _run_parts(job, specs, source, batch, stage, writer, errors, stats, cancel)
+        with torch_threads_kept(executor.torch_runs):
+            _run_parts(job, specs, source, executor, stage, writer, errors, stats, cancel)
         del stage
         if errors.error is not None:
             # The frames of the parts are done: drop their locals so nothing outlives the
@@ -167,7 +189,7 @@ def _run_parts(
     job: SlideJob,
     specs: list[ChunkSpec],
     source: ReadSource,
-    batch: int,
+    executor: TileExecutor,
     stage: ComputeStage,
     writer: UnitWriter,
     errors: FirstError,
@@ -181,7 +203,8 @@ def _run_parts(
     try:
         staged: queue.Queue[StagedBatch | None] = queue.Queue(maxsize=1)
         written: queue.Queue[TileBatch | None] = queue.Queue(maxsize=4)
-        bodies = source.parts(SourceRun(job, specs, batch, staged, errors, stats))
+        run = SourceRun(job, specs, executor.batch, executor.device, staged, errors, stats)
+        bodies = source.parts(run)
         bodies += [(stage.compute, (staged, written))] * stage.computes
         bodies.append((writer.run, (written, errors)))
         start_parts(bodies, threads)

@@ -57,8 +57,7 @@ class ReaderThread:
         self.reads.start(run.specs)
         # host tiles for a CUDA model go through pinned buffers and a side stream, as the
         # decoders' do (`Stager`); device tiles are batched where they are
-        model_device = run.job.model.get().device
-        stager = Stager(run.batch, run.job.grid.tile, str(self.reads.device), model_device)
+        stager = Stager(run.batch, run.job.grid.tile, str(self.reads.device), run.device)
         chunks = self._chunks(run.specs, run.errors, run.stats)
         return [(stager.run, (chunks, run.staged, run.errors))]
 
@@ -104,7 +103,7 @@ class DecoderProcesses:
             pool = self._pool = DecodePool(self.processes, job.reader, run.specs)
         assert pool.ring is not None
         run.stats.slots = pool.ring.slots
-        stager = Stager(run.batch, job.grid.tile, "cpu", job.model.get().device)
+        stager = Stager(run.batch, job.grid.tile, "cpu", run.device)
         chunks = _decoded(job.slide_path, pool, run.errors, run.stats)
         return [(stager.run, (chunks, run.staged, run.errors))]
 

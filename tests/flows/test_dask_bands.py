@@ -16,7 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import CMU_SLIDE, ENGINE, corrupt_middle_tile
+from tests.conftest import (
+    CMU_SLIDE,
+    corrupt_middle_tile,
+    engine_run,
+)
 from tests.flows.conftest import output_files, stable_summary
 from tests.pipeline.inference.test_band_runner import (
     band_job,
@@ -37,7 +41,6 @@ from wsi_segment.errors import BandAborted, SlideError, SlideInterrupted
 from wsi_segment.pipeline.cancellation import Cancellation
 from wsi_segment.pipeline.inference.band_runner import run_bands
 from wsi_segment.pipeline.inference.band_task import BandResult, run_band
-from wsi_segment.pipeline.inference.engine import run_engine
 from wsi_segment.pipeline.inference.host_tiles import HostTiles
 from wsi_segment.pipeline.inference.read_sources import DecoderProcesses, ReaderThread
 from wsi_segment.pipeline.inference.slide_job import SlideJob
@@ -130,7 +133,7 @@ def test_bands_on_workers_write_what_local_runs_write(
     torch.set_num_threads(1)
     try:  # the engine in this process, too: one compute stage, all the chunks
         source = DecoderProcesses(decoders) if decoders else ReaderThread(HostTiles(job.reader))
-        local = run_engine(job, specs, source, ENGINE)
+        local = engine_run(job, specs, source)
     finally:
         torch.set_num_threads(before)
     np.testing.assert_array_equal(stored(job), expected)

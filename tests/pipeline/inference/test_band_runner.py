@@ -18,10 +18,10 @@ import torch
 
 from tests.conftest import (
     CMU_SLIDE,
-    ENGINE,
     TORCH_SPEC,
     WrappedLoaded,
     corrupt_middle_tile,
+    engine_run,
     torch_handle,
     torch_loaded,
     torch_spec,
@@ -43,7 +43,6 @@ from wsi_segment.errors import BandAborted, SlideError
 from wsi_segment.models.bundle import load_model
 from wsi_segment.pipeline.cancellation import Cancellation
 from wsi_segment.pipeline.inference.band_task import BandResult, run_band
-from wsi_segment.pipeline.inference.engine import run_engine
 from wsi_segment.pipeline.inference.host_tiles import HostTiles
 from wsi_segment.pipeline.inference.model_handle import ModelHandle
 from wsi_segment.pipeline.inference.read_sources import DecoderProcesses, ReaderThread
@@ -135,7 +134,7 @@ def test_an_aborted_engine_stops_and_leaves_nothing_behind(
     before = shm_entries()
     source = ReaderThread(HostTiles(job.reader)) if threads else DecoderProcesses(1)
     with pytest.raises(BandAborted):
-        run_engine(job, specs, source, ENGINE, cancel=abort)
+        engine_run(job, specs, source, cancel=abort)
     assert multiprocessing.active_children() == []
     assert shm_entries() <= before
 

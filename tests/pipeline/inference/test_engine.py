@@ -22,9 +22,8 @@ import zarr
 from tests.conftest import (
     CMU_SLIDE,
     ENGINE,
-    TINY_TILE,
     corrupt_middle_tile,
-    run_geometry,
+    engine_run,
     torch_handle,
     torch_spec,
 )
@@ -36,12 +35,13 @@ from wsi_segment.models.bundle import load_model
 from wsi_segment.models.runtimes.tile_io import ReducedOutputs
 from wsi_segment.pipeline.inference.decode_pool import DecodePool
 from wsi_segment.pipeline.inference.decoder_link import Decoded
-from wsi_segment.pipeline.inference.engine import ReadSource, build_executor, run_engine
+from wsi_segment.pipeline.inference.engine import ReadSource, build_executor
 from wsi_segment.pipeline.inference.engine_state import EngineStats
 from wsi_segment.pipeline.inference.host_tiles import HostTiles
-from wsi_segment.pipeline.inference.model_handle import ModelHandle, load_for_process
+from wsi_segment.pipeline.inference.model_handle import ModelHandle
 from wsi_segment.pipeline.inference.read_sources import DecoderProcesses, ReaderThread
 from wsi_segment.pipeline.inference.slide_job import SlideJob
+from wsi_segment.pipeline.inference.slide_plan import tile_geometry
 from wsi_segment.wsi.slide import open_slide
 from wsi_segment.wsi.tiling import ChunkSpec, TileGrid, plan_chunks
 from wsi_segment.wsi.tissue import TissueMask, detect_tissue, whole_slide
@@ -218,7 +218,7 @@ def test_every_source_writes_what_each_chunk_alone_writes(tmp_path, tiny, four_u
     threads_before = threading.active_count()
     torch_threads = torch.get_num_threads()
     source = source_for(name, job, specs)
-    outcomes = run_engine(job, specs, source, replace(ENGINE, computes=SOURCES[name]), stats=stats)
+    outcomes = engine_run(job, specs, source, replace(ENGINE, computes=SOURCES[name]), stats=stats)
     assert stats.tiles == sum(len(s.tiles) for s in specs)
     assert max(stats.chunks_per_batch) >= 2  # a batch held tiles of several chunks
     assert stats.decoders == (int(name[-1]) if name.startswith("decoders") else 0)
@@ -241,7 +241,7 @@ def test_a_damaged_tile_is_one_slide_error_and_leaves_nothing_behind(tmp_path, t
     before = shm_entries()
     threads_before = threading.active_count()
     with pytest.raises(SlideError) as caught:
-        run_engine(job, specs, source_for(name, job, specs), replace(ENGINE, computes=2))
+        engine_run(job, specs, source_for(name, job, specs), replace(ENGINE, computes=2))
     assert threading.active_count() == threads_before
     text = str(caught.value)
     assert "cmu_damaged.svs" in text and "re-export" in text  # the file and the fix
@@ -269,7 +269,7 @@ def test_a_model_error_stops_the_source_and_nothing_writes_after(tmp_path, tiny,
     job, specs = four_units_job(tmp_path / "p.zarr", failing, four_units)
     before = shm_entries()
     with pytest.raises(RuntimeError, match="out of memory"):
-        run_engine(job, specs, source_for(name, job, specs), replace(ENGINE, computes=2))
+        engine_run(job, specs, source_for(name, job, specs), replace(ENGINE, computes=2))
     assert multiprocessing.active_children() == []
     assert shm_entries() <= before
     written = sorted(p.name for p in Path(job.zarr_path).iterdir() if not p.name.startswith("."))
@@ -295,7 +295,7 @@ def test_engine_on_cuda_matches_the_cpu_within_one_level(
     job, specs = four_units_job(tmp_path / "p.zarr", model, four_units)
     reads = DecoderProcesses(2) if source == "decoders" else ReaderThread(HostTiles(job.reader))
     stats = EngineStats()
-    run_engine(job, specs, reads, ENGINE, stats=stats)
+    engine_run(job, specs, reads, stats=stats)
     assert max(stats.chunks_per_batch) >= 2
     diff = np.abs(stored(job).astype(int) - expected.astype(int))
     assert diff.max() <= 1
@@ -326,7 +326,7 @@ def test_decoders_started_early_fill_the_ring_and_the_engine_adopts_them(
     pool = DecodePool(2, job.reader, specs)
     assert multiprocessing.connection.wait(pool.links, timeout=120)  # decoded before the run
     stats = EngineStats()
-    outcomes = run_engine(job, specs, DecoderProcesses(2, pool), ENGINE, stats=stats)
+    outcomes = engine_run(job, specs, DecoderProcesses(2, pool), stats=stats)
     assert stats.early_decoders and stats.first_batch_at >= stats.first_chunk_at > 0
     (expected, expected_outcomes), _ = alone
     np.testing.assert_array_equal(stored(job), expected)
@@ -341,7 +341,7 @@ def test_a_pool_for_other_chunks_is_closed_and_replaced(tmp_path, tiny, four_uni
     before = shm_entries()
     stale = DecodePool(2, job.reader, specs[:3])
     stats = EngineStats()
-    outcomes = run_engine(job, specs, DecoderProcesses(2, stale), ENGINE, stats=stats)
+    outcomes = engine_run(job, specs, DecoderProcesses(2, stale), stats=stats)
     assert not stats.early_decoders and stale.ring is None
     (expected, expected_outcomes), _ = alone
     np.testing.assert_array_equal(stored(job), expected)
@@ -397,7 +397,7 @@ def test_several_writer_threads_finish_chunks_side_by_side_and_write_the_same(
     job, specs = four_units_job(tmp_path / "p.zarr", tiny, four_units)
     job = probed(job, TwoChunksAtOnce)
     stats = EngineStats()
-    outcomes = run_engine(job, specs, DecoderProcesses(2), replace(ENGINE, writers=3), stats=stats)
+    outcomes = engine_run(job, specs, DecoderProcesses(2), replace(ENGINE, writers=3), stats=stats)
     units = len({s.write_unit() for s in specs})  # chunks of one zarr chunk are finished together
     assert units == 4 and stats.writers == 3 and job.calls == units
     np.testing.assert_array_equal(stored(job), expected)
@@ -411,7 +411,7 @@ def test_a_writer_error_wins_and_nothing_writes_after(tmp_path, tiny, four_units
     job = probed(job, FailsOnThirdChunk)
     before = shm_entries()
     with pytest.raises(OSError, match="No space left"):
-        run_engine(job, specs, DecoderProcesses(2), replace(ENGINE, writers=3))
+        engine_run(job, specs, DecoderProcesses(2), replace(ENGINE, writers=3))
     assert multiprocessing.active_children() == []
     assert shm_entries() <= before
     listing = sorted(p.name for p in Path(job.zarr_path).iterdir())
@@ -444,13 +444,13 @@ def test_the_compute_threads_run_on_the_plans_cores(tmp_path, tiny_model_dir):
         wrap = functools.partial(ThreadCounts, seen=seen)
         handle = torch_handle(load_model(tiny_model_dir), wrap=wrap)
         job, specs = make_job(tmp_path / "p.zarr", handle, 2)
-        run_engine(job, specs[:2], ReaderThread(HostTiles(job.reader)), replace(ENGINE, cores=1))
+        engine_run(job, specs[:2], ReaderThread(HostTiles(job.reader)), replace(ENGINE, cores=1))
         assert seen and set(seen) == {1}
         seen.clear()
-        run_engine(job, specs[:2], ReaderThread(HostTiles(job.reader)), replace(ENGINE, cores=3))
+        engine_run(job, specs[:2], ReaderThread(HostTiles(job.reader)), replace(ENGINE, cores=3))
         assert set(seen) == {3}  # one compute thread: all of the plan's cores
         seen.clear()
-        run_engine(
+        engine_run(
             job,
             specs[:2],
             ReaderThread(HostTiles(job.reader)),
@@ -462,13 +462,19 @@ def test_the_compute_threads_run_on_the_plans_cores(tmp_path, tiny_model_dir):
         torch.set_num_threads(caller)
 
 
-def test_build_executor_sizes_it_as_the_plan_says(tiny_model_dir: Path) -> None:
+def test_build_executor_sizes_it_as_the_plan_says(tmp_path: Path, tiny_model_dir: Path) -> None:
     """On the CPU each compute thread runs on its share of the plan's cores; the batch is the
-    plan's (only a CUDA device's memory caps it); built once per process and key."""
+    job's (the plan's: only a CUDA device's memory caps it); the model's lock only where the
+    plan has its forward passes take turns; built once per process and key."""
     from wsi_segment.models.runtimes.executor import TorchExecutor
 
-    loaded = load_for_process(str(tiny_model_dir), "cpu", torch_spec())
-    geometry = run_geometry(TINY_TILE)
-    executor, batch = build_executor(loaded, geometry, 12, replace(ENGINE, cores=5, computes=2))
-    assert isinstance(executor, TorchExecutor) and (executor.threads, batch) == (2, 12)
-    assert loaded.executor(geometry, 12, 2) is executor
+    handle = ModelHandle(str(tiny_model_dir), "cpu", torch_spec())
+    job, _specs = make_job(tmp_path / "p.zarr", handle, 2)
+    job = replace(job, batch_size=12)
+    free = build_executor(job, replace(ENGINE, cores=5, computes=2, locked=False))
+    assert isinstance(free.executor, TorchExecutor) and free.executor.threads == 2
+    assert (free.batch, free.device, free.lock, free.torch_runs) == (12, "cpu", None, True)
+    loaded = handle.get()
+    assert loaded.executor(tile_geometry(job.grid, job.gate), 12, 2) is free.executor
+    locked = build_executor(job, replace(ENGINE, cores=5, computes=2))
+    assert locked.lock is loaded.lock and locked.executor is free.executor

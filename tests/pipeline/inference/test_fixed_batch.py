@@ -12,11 +12,16 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import CMU_SLIDE, ENGINE, run_tiles, torch_handle
+from tests.conftest import (
+    CMU_SLIDE,
+    engine_run,
+    run_tiles,
+    torch_handle,
+)
 from tests.pipeline.inference.test_engine import job_over, tissue_of
 from wsi_segment.models.bundle import load_model
 from wsi_segment.models.segmentation_model import SegmentationModel
-from wsi_segment.pipeline.inference.engine import ReadSource, run_engine
+from wsi_segment.pipeline.inference.engine import ReadSource
 from wsi_segment.pipeline.inference.engine_state import EngineStats
 from wsi_segment.pipeline.inference.host_tiles import HostTiles
 from wsi_segment.pipeline.inference.read_sources import DecoderProcesses, ReaderThread
@@ -79,7 +84,7 @@ def run(tmp: Path, model: SegmentationModel, tissue: TissueMask, name: str, batc
     reads: ReadSource = (
         DecoderProcesses(2) if name.startswith("decoders") else ReaderThread(HostTiles(job.reader))
     )
-    run_engine(job, specs, reads, ENGINE, stats=stats)
+    engine_run(job, specs, reads, stats=stats)
     tiles = sum(len(s.tiles) for s in specs)
     return chunk_files(tmp / "p.zarr"), counter.sizes, stats, tiles
 

@@ -19,8 +19,8 @@ import torch
 from tests.conftest import (
     CMU_SLIDE,
     DATA_DIR,
-    ENGINE,
     corrupt_middle_tile,
+    engine_run,
     torch_handle,
 )
 from tests.engine_jobs import planned_job
@@ -30,7 +30,6 @@ from tests.pipeline.inference.test_engine import TileByTile, assert_same_outcome
 from wsi_segment.errors import SlideError
 from wsi_segment.models.bundle import load_model
 from wsi_segment.pipeline.inference.device_tiles import Decoder, DeviceTiles
-from wsi_segment.pipeline.inference.engine import run_engine
 from wsi_segment.pipeline.inference.engine_state import EngineStats
 from wsi_segment.pipeline.inference.model_handle import ModelHandle
 from wsi_segment.pipeline.inference.read_sources import DecoderProcesses, ReaderThread
@@ -113,7 +112,7 @@ def test_device_reads_write_what_the_decoder_processes_write(tmp_path, tiny, sli
 
     job, specs = planned("a.zarr")
     assert len(specs) == 12 and sum(len(s.tiles) for s in specs) < 48
-    expected = run_engine(job, specs, DecoderProcesses(1), ENGINE)
+    expected = engine_run(job, specs, DecoderProcesses(1))
     expected_bytes = stored(job)
 
     job, specs = planned("b.zarr")
@@ -121,7 +120,7 @@ def test_device_reads_write_what_the_decoder_processes_write(tmp_path, tiny, sli
     assert reads.decoder == decoder
     threads_before = threading.active_count()
     stats = EngineStats()
-    outcomes = run_engine(job, specs, ReaderThread(reads), ENGINE, stats=stats)
+    outcomes = engine_run(job, specs, ReaderThread(reads), stats=stats)
     assert stats.decoders == 0 and multiprocessing.active_children() == []
     assert stats.tiles == sum(len(s.tiles) for s in specs)
     assert max(stats.chunks_per_batch) >= 2  # a batch held tiles of several chunks
@@ -179,7 +178,7 @@ def test_a_damaged_tile_stops_the_run_and_nothing_writes_after(tmp_path, tiny):
     before = shm_entries()
     threads_before = threading.active_count()
     with pytest.raises(SlideError) as caught:
-        run_engine(job, specs, ReaderThread(reads), ENGINE)
+        engine_run(job, specs, ReaderThread(reads))
     text = str(caught.value)
     assert "cmu_damaged.svs" in text and "re-export" in text  # the file and the fix
     written = sorted(p.name for p in Path(job.zarr_path).iterdir() if not p.name.startswith("."))
@@ -201,13 +200,13 @@ def test_device_reads_on_cuda_write_what_the_decoder_processes_write(tmp_path, t
     wrapped = torch_handle(load_model(tiny_model_dir), device="cuda", wrap=TileByTile)
     job, specs = level_job(tmp_path / "a.zarr", wrapped, CMU_SLIDE, detect=False)
     specs = window(specs, *WINDOWS[CMU_SLIDE])
-    expected = run_engine(job, specs, DecoderProcesses(1), ENGINE)
+    expected = engine_run(job, specs, DecoderProcesses(1))
     expected_bytes = stored(job)
     job, specs = level_job(tmp_path / "b.zarr", wrapped, CMU_SLIDE, detect=False)
     specs = window(specs, *WINDOWS[CMU_SLIDE])
     reads = device_reads(job, torch.device("cuda"), "libjpeg")  # RGB-coded tiles
     assert reads.decoder == "libjpeg"
-    assert_same_outcomes(run_engine(job, specs, ReaderThread(reads), ENGINE), expected)
+    assert_same_outcomes(engine_run(job, specs, ReaderThread(reads)), expected)
     np.testing.assert_array_equal(stored(job), expected_bytes)
 
 
@@ -225,6 +224,6 @@ def test_nvjpeg_reads_feed_the_engine(tmp_path, tiny_model_dir, cuda_graphs):
     reads = device_reads(job, torch.device("cuda"), "nvjpeg")  # YCbCr tiles
     assert reads.decoder == "nvjpeg"
     stats = EngineStats()
-    outcomes = run_engine(job, specs, ReaderThread(reads), ENGINE, stats=stats)
+    outcomes = engine_run(job, specs, ReaderThread(reads), stats=stats)
     assert stats.tiles == sum(o.tiles_run for o in outcomes) == sum(len(s.tiles) for s in specs)
     assert reads.tiles_decoded == 9  # 3 x 3 storage tiles

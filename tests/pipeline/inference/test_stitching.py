@@ -16,13 +16,16 @@ import torch
 import zarr
 from torch import nn
 
-from tests.conftest import ENGINE, torch_handle
+from tests.conftest import (
+    ENGINE,
+    engine_run,
+    torch_handle,
+)
 from tests.engine_jobs import planned_job
 from tests.reference_inference import quantise
 from tests.wsi.model_box import read_model_box
 from wsi_segment.models.meta import ModelMeta
 from wsi_segment.models.segmentation_model import SegmentationModel
-from wsi_segment.pipeline.inference.engine import run_engine
 from wsi_segment.pipeline.inference.host_tiles import HostTiles
 from wsi_segment.pipeline.inference.read_sources import ReaderThread
 from wsi_segment.pipeline.outputs.ome_zarr import level0_path
@@ -76,7 +79,7 @@ def run_job(tmp_path, slide_path, model, grid, chunk_tiles, gate=True, batch_siz
         store=store, tissue=None, colors=model.meta.colors, model_mpp=model.meta.mpp,
         mpp_override=0.499, batch_size=batch_size, gate=gate,
     )  # fmt: skip
-    outcomes = run_engine(
+    outcomes = engine_run(
         job, plan.specs, ReaderThread(HostTiles(job.reader)), replace(ENGINE, computes=2)
     )
     return np.asarray(zarr.open_array(str(level0_path(store)), mode="r")[:]), plan, outcomes
