@@ -36,6 +36,11 @@ class ModelSource(Protocol):
 
     def network(self) -> SegmentationModel: ...
 
+    @property
+    def network_built(self) -> bool:
+        """Whether the network is built (summary.json `precision.runtime_cache`)."""
+        ...
+
 
 def verified_weights(folder: Path, doc: dict[str, Any]) -> tuple[Path, bytes, str]:
     """The weights file model.json names, its bytes and their sha256 (parsed from the bytes
@@ -96,7 +101,8 @@ class ModelFiles:
 
     @property
     def network_built(self) -> bool:
-        """Whether `network()` has built the network (a warm OpenVINO load never does)."""
+        """Whether `network()` has built the network (a warm OpenVINO load never does:
+        summary.json `precision.runtime_cache`)."""
         return self._network is not None
 
     def __getstate__(self) -> dict[str, Any]:

@@ -55,6 +55,11 @@ class SegmentationModel(nn.Module):
         """Itself: a model built in memory is its own source (`models.model_files`)."""
         return self
 
+    @property
+    def network_built(self) -> bool:
+        """Always: a model built in memory is its network (`models.model_files.ModelSource`)."""
+        return True
+
     def to_device(self, device: str | torch.device) -> SegmentationModel:
         """Move the weights to `device` (cpu | cuda; a missing GPU is an error naming the
         fix), channels last."""

@@ -246,7 +246,7 @@ def create_stores(prep: PreparedSlide, zarr_path: Path) -> None:
 
 def _precision_report(model: ModelHandle) -> dict[str, Any]:
     """What this process's model ran in (a cluster's comes from the worker that decided)."""
-    return model.get().runtime.report()
+    return model.get().report()
 
 
 def _qupath_offset(slide: Slide) -> tuple[float, float]:

@@ -37,6 +37,12 @@ CMU_SLIDE = DATA_DIR / "CMU-1-Small-Region.svs"
 MORNING_REPORT = (".report", "cohort.csv", "report.html")
 
 
+def what_ran(precision: dict[str, object]) -> dict[str, object]:
+    """summary.json `precision` without `runtime_cache`: what ran and why, not what the load
+    took from the runtime cache (a cold cache, then a warm one)."""
+    return {k: v for k, v in precision.items() if k != "runtime_cache"}
+
+
 def without_report(names: list[str]) -> list[str]:
     """`names` (of what is in a batch's OUT) without the batch's cohort table and report."""
     return [name for name in names if name not in MORNING_REPORT]

@@ -118,8 +118,8 @@ class OpenVINOGraphs:
         self._lock = threading.Lock()  # builds one graph at a time
         self._local = threading.local()  # each calling thread's infer requests
         self._bridged = False  # `_set_up_numpy_bridge` ran (under the lock) before any infer
-        self.cache_hits = 0  # compiled graphs loaded from the disk cache (read by tests and
-        # benchmarks/fixed_costs.py: what a warm load did not build)
+        self.cache_hits = 0  # compiled graphs loaded from the disk cache (summary.json
+        # `precision.runtime_cache`: what a warm load did not build)
         self.builds = 0  # compiled graphs built here
 
     def __getstate__(self) -> dict[str, Any]:

@@ -116,6 +116,17 @@ class OpenedRuntime:
             "cuda_graphs": self.cuda_graphs,
         }
 
+    def cache_record(self) -> dict[str, int]:
+        """What this runtime took from the runtime cache (`runtimes.cache`) and what it had
+        to build or compute instead, so far in this process: a cold cache (a machine's first
+        run, a new version) compiles and checks, and the run starts that much later."""
+        graphs = self.graphs
+        return {
+            "graphs_compiled": graphs.builds if graphs is not None else 0,
+            "graphs_loaded": graphs.cache_hits if graphs is not None else 0,
+            "checks_computed": self.checks_computed,
+        }
+
 
 def open_runtime(
     model: ModelSource, spec: RuntimeSpec, cache_dir: Path | None = None

@@ -153,7 +153,7 @@ def run_band(
             reads=policy.read_report(),
             daemonic=daemonic,
             policy=policy.as_dict(),
-            runtime=job.model.get().runtime.report(),
+            runtime=job.model.get().report(),
         )
     except BandAborted:
         return BandResult([], 0, aborted=True)

@@ -49,6 +49,13 @@ class LoadedModel:
                 self.executors[key] = self.runtime.executor(geometry, batch, thread_cores)
             return self.executors[key]
 
+    def report(self) -> dict[str, object]:
+        """summary.json `precision`: what the forward passes ran in, and why, and what this
+        process's model took from the runtime cache (`runtime_cache`; a batch's slides share
+        one model, so the first slide's shows a cold start)."""
+        cache = {**self.runtime.cache_record(), "network_built": self.model.network_built}
+        return {**self.runtime.report(), "runtime_cache": cache}
+
     @property
     def device(self) -> str:
         """Where the forward passes run: torch's network's device ("cuda:0"), or "cpu"

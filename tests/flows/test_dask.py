@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import plan_spec
+from tests.conftest import plan_spec, what_ran
 from tests.flows.conftest import output_files, stable_summary
 
 # one tile per chunk: many small chunks, so a worker can die while others are pending;
@@ -151,7 +151,7 @@ def test_cli_batch_with_dask_address_runs_on_that_scheduler(
     # precision auto: the plan settled with one worker's calibration, run by every band
     precision = json.loads((out / "synth-b" / "summary.json").read_text())["precision"]
     alone = open_runtime(load_model(tiny_model), plan_spec("auto", "auto")).report()
-    assert precision == json.loads(json.dumps(alone))  # the runtime too
+    assert what_ran(precision) == json.loads(json.dumps(alone))  # the runtime too
     if AMX_FLAG in cpu_flags() or precision["calibration"] is not None:
         assert precision["device"] == "cpu" and precision["calibration"]["tiles"] == 6
         assert precision["autocast"] == precision["calibration"]["chosen"]

@@ -18,7 +18,7 @@ import pytest
 import shapely
 from shapely.geometry import box, shape
 
-from tests.conftest import CMU_SLIDE, plan_spec
+from tests.conftest import CMU_SLIDE, plan_spec, what_ran
 from wsi_segment.models import cpu as cpu_info
 from wsi_segment.models.bundle import load_model
 from wsi_segment.models.runtimes.decision import openvino_bf16_candidate
@@ -83,7 +83,7 @@ def region_a(out_dir: Path) -> tuple[dict[str, bytes | None], dict[str, bytes], 
         clipped = shapely.normalize(shape(feature["geometry"]).intersection(box(*A)))
         shapes[name] = shapely.to_wkb(clipped)
     (report,) = [r for r in summary["rois"] if r["name"] == "A"]
-    return chunks, shapes, report, summary["precision"]
+    return chunks, shapes, report, what_ran(summary["precision"])
 
 
 def run_roi_sets(tmp_path: Path, model_dir: Path, roi_sets: list[list[str]], cpu: str) -> list:
