@@ -136,17 +136,17 @@ def run_band(
         policy, job, tiles = _band_plan_here(job, plan, gpu, at_once, examine=True)
         daemonic = policy.decoders_refused
         sizes = EngineSizes.of(policy)  # on its share of the worker's cores (the plan's)
-        executor = build_executor(job, sizes)
-        source = plan_source(policy, job.model, job.reader, tiles)
-        try:
-            if daemonic:
-                log.warning("%s: this Dask worker is daemonic, reading in a thread; %s",
-                            job.slide_path, DAEMON_FIX)  # fmt: skip
-            stop = Cancellation()
-            with _watching(event, stop):
+        stop = Cancellation()
+        with _watching(event, stop):  # an abort during the model's load is seen at once too
+            executor = build_executor(job, sizes)
+            source = plan_source(policy, job.model, job.reader, tiles)
+            try:
+                if daemonic:
+                    log.warning("%s: this Dask worker is daemonic, reading in a thread; %s",
+                                job.slide_path, DAEMON_FIX)  # fmt: skip
                 outcomes = run_engine(job, specs, source, executor, sizes, cancel=stop)
-        finally:
-            source.close()  # run_engine closed it, unless an interrupt came first
+            finally:
+                source.close()  # run_engine closed it, unless an interrupt came first
         return BandResult(
             outcomes,
             source.processes,

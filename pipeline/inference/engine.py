@@ -3,9 +3,10 @@
 It holds an executor (`build_executor`: the model's tile graph as the run's plan sized it),
 not a model. A read source's threads fill batches of tiles (mixing chunks) on the executor's
 device; compute threads run the executor; the writer stitches and writes each write unit.
-This thread starts the parts and watches them: the first error, an interrupt or the caller's cancellation token
-stops the rest. `run_engine` never returns or raises while a part may still write, and closes
-the source on every path. Local runs and Dask bands run this same function.
+This thread starts the parts and watches them: the first error, an interrupt or the caller's
+cancellation token stops the rest. `run_engine` never returns or raises while a part may
+still write, and closes the source on every path. Local runs and Dask bands run this same
+function.
 """
 
 from __future__ import annotations
@@ -158,7 +159,7 @@ def run_engine(
             return []
         from wsi_segment.pipeline.inference.compute_stage import ComputeStage
 
-        cancel.check()  # asked while the model loaded: no part starts
+        cancel.check()  # asked while the executor was built (the model's load): no part starts
         errors = FirstError()
         stage = ComputeStage(executor, errors, stats, sizes.computes)
         stats.decoders, stats.writers = source.processes, sizes.writers

@@ -51,8 +51,8 @@ class LoadedModel:
 
     def report(self) -> dict[str, object]:
         """summary.json `precision`: what the forward passes ran in, and why, and what this
-        process's model took from the runtime cache (`runtime_cache`; a batch's slides share
-        one model, so the first slide's shows a cold start)."""
+        process's model has taken from the runtime cache so far (`runtime_cache`: the
+        process's counts, which a batch's slides share, so each shows a cold start)."""
         cache = {**self.runtime.cache_record(), "network_built": self.model.network_built}
         return {**self.runtime.report(), "runtime_cache": cache}
 

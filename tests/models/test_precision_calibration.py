@@ -133,13 +133,15 @@ def test_open_runtime_runs_the_precision_the_plan_decided() -> None:
         precision_reason="bf16-if-calibrated: the policy's",
     )
     model = tiny_segmentation_model().to_device("cpu")
-    report = open_runtime(model, calibrate).report()
+    calibrated = open_runtime(model, calibrate)
+    assert calibrated.cache_record()["checks_computed"] == 1  # the calibration ran here
+    report = calibrated.report()
     cal = report["calibration"]
     assert isinstance(cal, dict) and cal["tiles"] == 6
     assert report["autocast"] == cal["chosen"] and report["reason"] == cal["reason"]
     pinned = dataclasses.replace(TORCH_SPEC, precision="bf16", precision_reason="bf16: pinned")
     decided = open_runtime(model, pinned)
-    assert decided.precision == "bf16"
+    assert decided.precision == "bf16" and decided.cache_record()["checks_computed"] == 0
     report = decided.report()
     assert (report["autocast"], report["reason"], report["calibration"]) == (
         "bf16",
