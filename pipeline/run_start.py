@@ -78,9 +78,13 @@ class RunStart:
             loader = Background(ModelFiles, model.path, "cpu")
         else:
             loader = Background(load_for_process, str(model.path), policy.device.value, spec)
-        readers = EarlyReaders.start(
-            policy if early else None, machine, opened.path, opened.slide, params
-        )
+        try:
+            readers = EarlyReaders.start(
+                policy if early else None, machine, opened.path, opened.slide, params
+            )
+        except BaseException:  # e.g. a script without a main guard: no decoders may start
+            _wait_ignoring_errors(loader)
+            raise
         return cls(policy, tiles, spec, loader, readers)
 
     def loaded_model(
@@ -107,8 +111,14 @@ class RunStart:
     def stop(self) -> None:
         """After an error: stop the readers and wait for the load to end."""
         self.readers.close()
-        with contextlib.suppress(BaseException):
-            self.loader.result()  # never leave a thread importing torch behind
+        _wait_ignoring_errors(self.loader)
+
+
+def _wait_ignoring_errors(loader: Background[LoadedModel | ModelFiles]) -> None:
+    """Wait for the model's load to end, whatever it raises: never leave a thread importing
+    torch behind an error (a process that exits under it may crash with SIGSEGV)."""
+    with contextlib.suppress(BaseException):
+        loader.result()
 
 
 def slide_facts(

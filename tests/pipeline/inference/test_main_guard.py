@@ -44,6 +44,21 @@ def test_a_script_without_main_guard_gets_one_config_error(tmp_path, tiny_model_
     assert not (tmp_path / "OS-1-detail").exists()
 
 
+def test_the_models_load_has_ended_when_the_error_is_raised(tmp_path, tiny_model_dir):
+    """The error comes as the decoders would start, while the model loads in the background
+    (importing torch): that load has ended first, so the script's exit never runs under it
+    (an exit under a thread importing torch has crashed with SIGSEGV)."""
+    body = BODY.format(model=str(tiny_model_dir), slide=str(SLIDE), out=str(tmp_path))
+    caught = (
+        "\nimport threading\nfrom wsi_segment.errors import ConfigError\ntry:\n    main()\n"
+        "except ConfigError:\n"
+        "    print([t.name for t in threading.enumerate() if t.name == 'load_for_process'])\n"
+    )
+    done = run_script(tmp_path / "unguarded.py", body + caught)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["[]"]  # no load still running
+
+
 def test_a_guarded_script_runs_the_engine(tmp_path, tiny_model_dir):
     body = BODY.format(model=str(tiny_model_dir), slide=str(SLIDE), out=str(tmp_path))
     done = run_script(tmp_path / "guarded.py", body + '\nif __name__ == "__main__":\n    main()\n')
