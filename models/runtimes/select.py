@@ -196,11 +196,16 @@ def _open_torch(model: SegmentationModel, precision: str, why: str) -> OpenedRun
     calibration = calibrate_bf16(labels_of, tile, where, model.validation_patches)
     _log.info("precision auto: %s", calibration.reason())
     chosen = "bf16" if calibration.bf16_chosen else "fp32"
-    opened = OpenedRuntime(
-        "torch", "", chosen, calibration.reason(), device, calibration=calibration, network=model
+    return OpenedRuntime(
+        "torch",
+        "",
+        chosen,
+        calibration.reason(),
+        device,
+        calibration=calibration,
+        checks_computed=1,  # the calibration (a warm plan knows its verdict: none runs)
+        network=model,
     )
-    opened.checks_computed = 1  # the calibration (a warm plan knows its verdict: none runs)
-    return opened
 
 
 def _open_openvino(model: ModelSource, spec: RuntimeSpec, cache: Path) -> OpenedRuntime:

@@ -4,9 +4,8 @@ A read source's `Stager` puts batches (tiles of several chunks, on the model's d
 `staged` queue; compute threads run the executor back to back, on batches of one fixed size
 (`ComputeStage._forward`), and hand the uint8 outputs to the writer. On CUDA one thread
 under the model's lock keeps the device busy (the stager copies the next batch on a side
-stream meanwhile); slides sharing a loaded model then take
-turns, since side by side they would gain nothing and `LoadedModel.batch_size` sizes a batch
-for one forward pass. On the CPU `computes` threads run side by side, unlocked, each with its
+stream meanwhile); slides sharing a loaded model then take turns, since side by side they
+would gain nothing and `LoadedModel.batch_size` sizes a batch for one forward pass. On the CPU `computes` threads run side by side, unlocked, each with its
 share of the cores: one waiting for a batch leaves its cores to the others. On the CPU a batch
 is a numpy array: a warm OpenVINO run never imports torch.
 """
