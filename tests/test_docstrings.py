@@ -19,6 +19,8 @@ from types import ModuleType
 
 import pytest
 
+from wsi_segment.python_source import parse_python
+
 REPO = Path(__file__).resolve().parents[1]
 LAYERS = ("wsi", "models", "pipeline", "flows")
 PACKAGES = (*LAYERS, "wsi_segment")
@@ -117,7 +119,7 @@ def resolves(dotted: str, module: ModuleType) -> bool:
 def docstring_references(path: Path) -> list[tuple[str, bool]]:
     """(name, exists) for every checked name in `path`'s module docstring (files only outside
     the package: tests and benchmarks are not imported)."""
-    doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+    doc = ast.get_docstring(parse_python(path.read_text(), str(path))) or ""
     refs = [(m, (REPO / m).exists()) for m in PATH.findall(doc)]
     refs += [(m, any((d / m).exists() for d in DOC_DIRS)) for m in DOC_FILE.findall(doc)]
     if path.parts[len(REPO.parts)] not in PACKAGES:

@@ -14,6 +14,8 @@ import ast
 import builtins
 from pathlib import Path
 
+from wsi_segment.python_source import parse_python
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_FOLDERS = ("wsi", "models", "pipeline", "flows", "wsi_segment")
 ERRORS = "wsi_segment/errors.py"
@@ -51,7 +53,7 @@ def class_bases(paths: list[Path], root: Path) -> dict[tuple[str, str], set[str]
     found: dict[tuple[str, str], set[str]] = {}
     for path in paths:
         rel = path.relative_to(root).as_posix()
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        for node in ast.walk(parse_python(path.read_text(), str(path))):
             if isinstance(node, ast.ClassDef):
                 found[rel, node.name] = {_base_name(b) for b in node.bases}
     return found

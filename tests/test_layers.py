@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from wsi_segment.python_source import parse_python
+
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = ("wsi", "models", "pipeline", "flows")
 PIPELINE_PARTS = ("inference", "outputs", "training")
@@ -60,7 +62,7 @@ DOORS = {ROOT / "wsi_segment" / "__init__.py", ROOT / "wsi_segment" / "__main__.
 def imported_modules(path: Path) -> set[str]:
     """Absolute module names a file imports (relative imports stay inside their package)."""
     names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in ast.walk(parse_python(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             names |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:

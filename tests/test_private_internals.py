@@ -16,6 +16,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+from wsi_segment.python_source import parse_python
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_FOLDERS = ("wsi", "models", "pipeline", "flows", "wsi_segment", "deploy")
 PRIVATE_STDLIB_NAMES = frozenset(
@@ -69,7 +71,7 @@ def _root(node: ast.expr) -> ast.expr:
 
 def private_reaches(path: Path) -> list[str]:
     """The private reaches of one module, as `what` strings."""
-    tree = ast.parse(path.read_text(), str(path))
+    tree = parse_python(path.read_text(), str(path))
     imported = _imported_modules(tree)
     found = []
     for node in ast.walk(tree):

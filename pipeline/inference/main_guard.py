@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from wsi_segment.errors import ConfigError
+from wsi_segment.python_source import parse_python
 
 GUARD_FIX = (
     'put the code that runs segment_slide under `if __name__ == "__main__":` (each decoder '
@@ -31,7 +32,7 @@ def check_main_guard() -> None:
     if path is None or spec_name.rpartition(".")[2] == "__main__":
         return  # interactive, -c, or a package's __main__: spawn does not re-run it
     try:
-        tree = ast.parse(Path(path).read_bytes(), path)
+        tree = parse_python(Path(path).read_bytes(), path)
     except (OSError, SyntaxError, ValueError):
         return  # not a Python source file: nothing to check
     if not any(isinstance(node, ast.If) and _names_main(node.test) for node in tree.body):
