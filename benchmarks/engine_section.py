@@ -80,9 +80,12 @@ def _runners(prep: Any, threads: int) -> dict[str, Callable[[Any], dict[str, Any
 
     def engine(job: Any, source: ReadSource) -> dict[str, Any]:
         stats = EngineStats()
-        writers = local_policy(prep).writers.value  # as a run on this machine
-        sizes = EngineSizes(usable_cores(), writers, threads, locked=True, polygon_processes=0)
-        run_engine(job, prep.specs, source, build_executor(job, sizes), sizes, stats=stats)
+        policy = local_policy(prep)  # the writers and the batch of a run on this machine
+        sizes = EngineSizes(
+            usable_cores(), policy.writers.value, threads, True, 0, policy.batch_size.value
+        )
+        executor = build_executor(job.model, job.geometry, sizes)
+        run_engine(job, prep.specs, source, executor, sizes, stats=stats)
         batches = stats.chunks_per_batch
         return {"batches": len(batches), "computes": stats.computes, "writers": stats.writers}
 
@@ -100,7 +103,7 @@ def section_engine(
 ) -> float:
     """Inference stage of the engine's two CPU read sources, interleaved; returns reader
     thread / decoders."""
-    from wsi_segment.pipeline.infer_stage import create_stores, local_policy, slide_job
+    from wsi_segment.pipeline.infer_stage import create_stores, slide_job
     from wsi_segment.pipeline.params import SegmentParams
     from wsi_segment.pipeline.prepare import prepare
 
@@ -133,7 +136,7 @@ def section_engine(
                 for k, (name, run) in enumerate(runners.items()):
                     store = Path(tmp) / f"{rep}-{k}.zarr"
                     create_stores(prep, store)
-                    job = slide_job(prep, store, local_policy(prep).batch_size.value)
+                    job = slide_job(prep, store)
                     c0, t0 = os.times(), time.perf_counter()
                     extra[name] = run(job)
                     walls[name].append(time.perf_counter() - t0)

@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     cache = args.work / f"writer-{slide.stem}-{Path(model_dir).name}-d{args.downsample}.npz"
     with tempfile.TemporaryDirectory(dir=args.work) as tmp:
         job, specs = engine_job(slide, model_dir, args, Path(tmp) / "p0.zarr", handle)
-        reduced = model_tiles(job, specs, cache)
+        reduced = model_tiles(job, specs, cache, args.batch_size)
         labels = [job.stitch_block(s, r).labels for s, r in zip(specs, reduced, strict=True)]
     k, tol, n = job.n_classes, args.tolerance, args.repeats
 

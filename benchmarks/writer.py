@@ -61,15 +61,16 @@ WRITER = "engine writer (UnitWriter, N finisher threads)"
 PROCESSES = "engine writer, N finisher threads + N polygon processes (the GPU default)"
 
 
-def model_tiles(job: Any, specs: list, cache: Path) -> list[Any]:
-    """Each chunk's `ReducedTiles` from the real model (cached: the model is not measured)."""
+def model_tiles(job: Any, specs: list, cache: Path, batch: int) -> list[Any]:
+    """Each chunk's `ReducedTiles` from the real model in batches of `batch` (cached: the
+    model is not measured)."""
     from wsi_segment.pipeline.inference.slide_job import ReducedTiles
 
     if not cache.exists():
         t0 = time.perf_counter()
         from tests.reference_inference import chunk_alone
 
-        reduced = [chunk_alone(job, s) for s in specs]
+        reduced = [chunk_alone(job, s, batch) for s in specs]
         tmp = cache.with_name(cache.stem + ".partial.npz")
         np.savez(
             tmp,
@@ -314,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[tuple[str, str, str]] = []
     with tempfile.TemporaryDirectory(dir=args.work) as tmp:
         job, specs = engine_job(slide, model_dir, args, Path(tmp) / "p0.zarr", handle)
-        reduced = model_tiles(job, specs, cache)
+        reduced = model_tiles(job, specs, cache, args.batch_size)
         units, unit_reduced = unit_tiles(specs, reduced)
         tiles = sum(len(s.tiles) for s in specs)
         per_poly, per_vert = polygon_stats(job, units, unit_reduced)

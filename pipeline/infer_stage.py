@@ -82,11 +82,11 @@ def _infer_here(
 ) -> list[ChunkOutcome]:
     """The engine in this process, run as the policy `prepare` decided."""
     policy = local_policy(prep)
-    job = slide_job(prep, zarr_path, policy.batch_size.value)
+    job = slide_job(prep, zarr_path)
     progress.start(prep.tiles_total, unit="tile", desc=prep.name)
     prep.read_device, prep.run_policy = policy.read_report(), policy.as_dict()
     sizes = EngineSizes.of(policy)
-    executor = build_executor(job, sizes)
+    executor = build_executor(job.model, job.geometry, sizes)
     source = local_source(prep, policy)
     try:  # nothing between: run_engine closes the source on every path
         outcomes = run_engine(job, prep.specs, source, executor, sizes, progress, stats, cancel)
@@ -150,7 +150,7 @@ def _infer_on_cluster(
     planned = prep.policy
     if planned is None:
         raise ValueError(f"{prep.slide_path}: prepared without a run policy")
-    job = slide_job(prep, zarr_path, planned.batch_size.value)  # each band sets its own
+    job = slide_job(prep, zarr_path)
     plan = settle_plan(job, prep.specs, client, planned, cancel)
     progress.start(prep.tiles_total, unit="tile", desc=prep.name)
     bands: list[BandResult] = []
@@ -207,14 +207,12 @@ def no_bands_precision(plan: ExecutionPlan) -> dict[str, Any]:
     }
 
 
-def slide_job(prep: PreparedSlide, zarr_path: Path, batch_size: int) -> SlideJob:
+def slide_job(prep: PreparedSlide, zarr_path: Path) -> SlideJob:
     """What every read source and runner needs to run any chunk of the prepared slide into
-    the store at `zarr_path` (made by `infer`; benchmarks make their own), in forward passes
-    of `batch_size` tiles (the policy's)."""
+    the store at `zarr_path` (made by `infer`; benchmarks make their own)."""
     return SlideJob(
         reader=prep.reader,
         n_classes=len(prep.meta.classes),
-        batch_size=batch_size,
         gate=prep.params.gate,
         zarr_path=str(level0_path(zarr_path)),
         labels_path=str(label_level0_path(zarr_path)),

@@ -17,7 +17,8 @@ from wsi_segment.errors import raise_terminated
 from wsi_segment.models.runtimes.spec import RuntimeSpec
 from wsi_segment.pipeline.inference.engine import EngineSizes, build_executor, run_engine
 from wsi_segment.pipeline.inference.model_handle import LoadedModel, ModelHandle
-from wsi_segment.pipeline.inference.slide_plan import slide_grid, tile_geometry
+from wsi_segment.pipeline.inference.slide_job import tile_geometry
+from wsi_segment.pipeline.inference.slide_plan import slide_grid
 from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.pipeline.run_policy import RunFacts
 
@@ -51,8 +52,11 @@ def without_report(names: list[str]) -> list[str]:
 # the cores a test's engine shares among its compute threads (what a run's plan gives as `cores`)
 ENGINE_CORES = 2
 # a test engine's sizes (what a run's plan decides: `EngineSizes.of`): one writer, one
-# compute thread, the model's lock, no polygon processes; tests replace what they vary
-ENGINE = EngineSizes(cores=ENGINE_CORES, writers=1, computes=1, locked=True, polygon_processes=0)
+# compute thread, the model's lock, no polygon processes, batches of 5 tiles; tests replace
+# what they vary
+ENGINE = EngineSizes(
+    cores=ENGINE_CORES, writers=1, computes=1, locked=True, polygon_processes=0, batch=5
+)
 
 
 def engine_run(
@@ -60,7 +64,9 @@ def engine_run(
 ) -> list[ChunkOutcome]:
     """`run_engine` as a run calls it: the job's executor built as `sizes` say, then the engine
     laid out as they say (`kw`: progress, stats, cancel)."""
-    return run_engine(job, specs, source, build_executor(job, sizes), sizes, **kw)
+    return run_engine(
+        job, specs, source, build_executor(job.model, job.geometry, sizes), sizes, **kw
+    )
 
 
 # a local run's facts for the run policy (`decide`): one engine on the machine, the slide's

@@ -34,11 +34,10 @@ def planned_job(
     colors: Sequence[Sequence[int]] = (),
     model_mpp: float = 1.0,
     mpp_override: float | None = None,
-    batch_size: int = 5,
     gate: bool = True,
 ) -> SlideJob:
     """A job over `plan` of the slide at `slide_path` (read with `backend`, its mpp
-    `mpp_override` where given) by `model`, in batches of `batch_size`. `store`: the zarr
+    `mpp_override` where given) by `model`. `store`: the zarr
     store created for it (classes, `colors`, pixels of `model_mpp` x the grid's downsample);
     None: no store (the job only stitches). `tissue` None: the whole slide is tissue."""
     per_output = plan.level0_per_model * grid.downsample
@@ -69,7 +68,6 @@ def planned_job(
     return SlideJob(
         reader=reader,
         n_classes=len(classes),
-        batch_size=batch_size,
         gate=gate,
         zarr_path=zarr_path,
         labels_path=labels_path,

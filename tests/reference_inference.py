@@ -72,10 +72,10 @@ def label_count_bounds(
     return low, high
 
 
-def reference_block(job, spec, model) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def reference_block(job, spec, model, batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A chunk's output block as the pipeline made it before: (float32 probabilities,
     uint8 probabilities, labels from the uint8 values), 0 / 255 outside tissue. `job` is a
-    pipeline.inference.slide_job.SlideJob; `model` predicts full maps in the job's batches."""
+    pipeline.inference.slide_job.SlideJob; `model` predicts full maps in batches of `batch`."""
     import torch
 
     d, s, m = job.grid.downsample, job.grid.stride, job.grid.margin
@@ -83,8 +83,8 @@ def reference_block(job, spec, model) -> tuple[np.ndarray, np.ndarray, np.ndarra
     patches = torch.from_numpy(job.reader.read_tiles(spec)).permute(0, 3, 1, 2)
     seg = np.concatenate(
         [
-            model.predict(patches[i : i + job.batch_size], gate=job.gate)[0].numpy()
-            for i in range(0, len(patches), job.batch_size)
+            model.predict(patches[i : i + batch], gate=job.gate)[0].numpy()
+            for i in range(0, len(patches), batch)
         ]
     )
     pooled = pooled_cores(seg, m, s, d)
@@ -125,29 +125,28 @@ def predict_unpadded(
     )
 
 
-def chunk_alone(job: Any, spec: ChunkSpec) -> ReducedTiles:
+def chunk_alone(job: Any, spec: ChunkSpec, batch: int) -> ReducedTiles:
     """The reduced cores of one chunk's tiles, in `spec.tiles` order, computed alone: read by
-    the job's `TileReader`, in batches of the job's batch size holding this chunk only. `job`
-    is a pipeline.inference.slide_job.SlideJob; `job.finish_block` writes what this gives."""
-    from wsi_segment.pipeline.inference.slide_plan import tile_geometry
-
+    the job's `TileReader`, in batches of `batch` tiles (as a device's memory allows) holding
+    this chunk only. `job` is a pipeline.inference.slide_job.SlideJob; `job.finish_block`
+    writes what this gives."""
     loaded = job.model.get()
-    batch_size = loaded.batch_size(job.grid.tile, job.batch_size)
-    executor = loaded.executor(tile_geometry(job.grid, job.gate), batch_size, None)
+    batch_size = loaded.batch_size(job.grid.tile, batch)
+    executor = loaded.executor(job.geometry, batch_size, None)
     tiles = job.reader.read_tiles(spec)
     return predict_unpadded(executor, tiles, job.grid, batch_size, loaded.lock)
 
 
-def units_alone(job: Any, specs: list[ChunkSpec]) -> list[Any]:
-    """Every chunk computed alone (`chunk_alone`), then written and summarised per write unit
-    (the chunks of one zarr chunk together, `ChunkSpec.write_unit`) as the engine's writer
-    does; the outcomes (`ChunkOutcome`) in plan order."""
+def units_alone(job: Any, specs: list[ChunkSpec], batch: int) -> list[Any]:
+    """Every chunk computed alone (`chunk_alone`, batches of `batch`), then written and
+    summarised per write unit (the chunks of one zarr chunk together, `ChunkSpec.write_unit`)
+    as the engine's writer does; the outcomes (`ChunkOutcome`) in plan order."""
     from wsi_segment.pipeline.inference.slide_job import ReducedTiles
     from wsi_segment.pipeline.inference.unit_writer import write_units
 
     outcomes = []
     for unit in write_units(specs):
-        parts = [chunk_alone(job, specs[i]) for i in unit.starts]
+        parts = [chunk_alone(job, specs[i], batch) for i in unit.starts]
         reduced = ReducedTiles(
             np.concatenate([p.probs for p in parts]),
             np.concatenate([p.labels for p in parts]),

@@ -98,7 +98,6 @@ def band_plan(
     job = dataclasses.replace(
         job,
         model=had if model == had else model,  # by value: a reworded reason loads nothing
-        batch_size=band.batch_size.value,
         _local=threading.local(),
     )
     return band, job, tiles if band.device_decoder is not None else None
@@ -138,7 +137,7 @@ def run_band(
         sizes = EngineSizes.of(policy)  # on its share of the worker's cores (the plan's)
         stop = Cancellation()
         with _watching(event, stop):  # an abort during the model's load is seen at once too
-            executor = build_executor(job, sizes)
+            executor = build_executor(job.model, job.geometry, sizes)
             source = plan_source(policy, job.model, job.reader, tiles)
             try:
                 if daemonic:

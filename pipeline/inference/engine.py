@@ -36,8 +36,9 @@ from wsi_segment.pipeline.threads import WaitableThread
 from wsi_segment.wsi.tiling import ChunkSpec
 
 if TYPE_CHECKING:  # the compute stage is imported when an engine runs
-    from wsi_segment.models.runtimes.tile_io import Executor, ReducedOutputs, Tiles
+    from wsi_segment.models.runtimes.tile_io import Executor, Geometry, ReducedOutputs, Tiles
     from wsi_segment.pipeline.inference.compute_stage import ComputeStage, StagedBatch
+    from wsi_segment.pipeline.inference.model_handle import ModelHandle
     from wsi_segment.pipeline.inference.unit_writer import TileBatch
     from wsi_segment.pipeline.run_policy import ExecutionPlan
 
@@ -88,6 +89,7 @@ class EngineSizes:
     computes: int  # compute threads
     locked: bool  # one forward pass at a time per model
     polygon_processes: int  # processes tracing the blocks' polygons (0: the writers do)
+    batch: int  # tiles a forward pass asks of the device (a CUDA device's memory may cap it)
 
     @classmethod
     def of(cls, plan: ExecutionPlan) -> EngineSizes:
@@ -98,6 +100,7 @@ class EngineSizes:
             computes=plan.compute_threads.value,
             locked=plan.model_lock.value,
             polygon_processes=plan.polygon_processes.value,
+            batch=plan.batch_size.value,
         )
 
 
@@ -119,18 +122,15 @@ class TileExecutor:
             return self.executor.run(tiles)
 
 
-def build_executor(job: SlideJob, sizes: EngineSizes) -> TileExecutor:
-    """The executor of `job`'s model (loaded for this process) at the job's tile geometry,
-    as the run's plan sized it: `sizes` and the job's batch, which only a CUDA device's free
-    memory may cap; on the CPU, each compute thread's share of the cores. Built once per
-    process and key (`LoadedModel.executor`), so the slides of a batch, and a worker's bands,
-    share one."""
+def build_executor(model: ModelHandle, geometry: Geometry, sizes: EngineSizes) -> TileExecutor:
+    """`model`'s executor (loaded for this process) at a slide's tile `geometry`, as the run's
+    plan sized it (`sizes`): its batch, which only a CUDA device's free memory may cap; on
+    the CPU, each compute thread's share of the cores. Built once per process and key
+    (`LoadedModel.executor`), so the slides of a batch, and a worker's bands, share one."""
     from wsi_segment.pipeline.inference.compute_stage import compute_threads_cores
-    from wsi_segment.pipeline.inference.slide_plan import tile_geometry
 
-    loaded = job.model.get()
-    geometry = tile_geometry(job.grid, job.gate)
-    batch = loaded.batch_size(geometry.tile, job.batch_size)
+    loaded = model.get()
+    batch = loaded.batch_size(geometry.tile, sizes.batch)
     share = compute_threads_cores(sizes.cores, sizes.computes) if loaded.device == "cpu" else None
     executor = loaded.executor(geometry, batch, share)
     lock = loaded.lock if sizes.locked else None

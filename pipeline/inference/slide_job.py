@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import zarr
 
+from wsi_segment.models.runtimes.tile_io import Geometry
 from wsi_segment.pipeline.inference.model_handle import ModelHandle
 from wsi_segment.pipeline.inference.tile_reader import PerThread, TileReader
 from wsi_segment.pipeline.outputs.chunk_summary import (
@@ -61,13 +62,17 @@ def stitch_cores(
     return out
 
 
+def tile_geometry(grid: TileGrid, gate: bool) -> Geometry:
+    """The tile graph's geometry of a run on `grid`: each tile's core, downsampled."""
+    return Geometry(grid.tile, grid.margin, grid.stride, grid.downsample, gate)
+
+
 @dataclass
 class SlideJob(PerThread):
     """Everything a worker needs to run any chunk of one slide."""
 
     reader: TileReader  # the read half: also what a decoder process is sent
     n_classes: int
-    batch_size: int
     gate: bool
     zarr_path: str
     labels_path: str  # the level-0 label array (`outputs.label_image`), written block for block
@@ -91,6 +96,11 @@ class SlideJob(PerThread):
     @property
     def slide_path(self) -> str:
         return self.reader.slide_path
+
+    @property
+    def geometry(self) -> Geometry:
+        """The tile graph's geometry of this slide's run: each tile's core, downsampled."""
+        return tile_geometry(self.grid, self.gate)
 
     def _array(self, path: str | None = None) -> zarr.Array[Any]:
         """This thread's handle on the probability array (or the array at `path`)."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 
-from wsi_segment.models.runtimes.tile_io import Geometry
 from wsi_segment.pipeline.inference.tile_reader import TileReader
 from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.wsi.read_backend import fast_read_backend
@@ -45,11 +44,6 @@ def slide_grid(tile: int, params: SegmentParams) -> TileGrid:
     grid = TileGrid(tile=tile, overlap=params.overlap, downsample=params.output_downsample)
     grid.validate()
     return grid
-
-
-def tile_geometry(grid: TileGrid, gate: bool) -> Geometry:
-    """The tile graph's geometry of a run on `grid`: each tile's core, downsampled."""
-    return Geometry(grid.tile, grid.margin, grid.stride, grid.downsample, gate)
 
 
 def chunk_read_backend(slide: Slide, params: SegmentParams, level: int) -> str | None:

@@ -63,13 +63,13 @@ def one_slot() -> Iterator:
 
 def many_bands_job(tmp: Path, model_dir: Path) -> tuple[SlideJob, list[ChunkSpec]]:
     """A synthetic slide at the model's own 2 um/px, 768 x 1536 px: 2 x 4 zarr chunks (write
-    units) of the tiny model's output, all of it read (not only its tissue), 16 tiles a
-    forward pass, so it cuts into `SLOW_BANDS` bands of 64 tiles."""
+    units) of the tiny model's output, all of it read (not only its tissue), so it cuts into
+    `SLOW_BANDS` bands of 64 tiles."""
     slide = write_synthetic_slide(tmp / "slow.svs", (768, 1536), seed=3, mpp=2.0)
     model = torch_handle(load_model(model_dir))
     job, specs = make_job(tmp / "slow.zarr", model, 2, slide, detect=False)
     handle = ModelHandle(str(model_dir), "cpu", torch_spec("fp32"))
-    return dataclasses.replace(job, model=handle, batch_size=16), specs
+    return dataclasses.replace(job, model=handle), specs
 
 
 def test_a_quick_slide_does_not_wait_for_a_slow_one_on_a_shared_cluster(

@@ -73,12 +73,12 @@ def band_job_over(
     zarr: Path, model_dir: Path, slide: Path, tissue: TissueMask, chunk_tiles: int = 2
 ) -> tuple[SlideJob, list[ChunkSpec]]:
     """A job over `tissue` of `slide` whose model travels as its folder (a worker loads it),
-    CPU fp32, one tile per forward pass: a tile's arithmetic is then the same whichever
-    chunks share its batch, so every path can be compared byte for byte."""
+    CPU fp32 (`band_options` gives one tile per forward pass: a tile's arithmetic is then the
+    same whichever chunks share its batch, so every path can be compared byte for byte)."""
     model = torch_handle(load_model(model_dir))
     job, specs = job_over(zarr, model, chunk_tiles, slide, tissue)
     handle = ModelHandle(str(model_dir), "cpu", torch_spec("fp32"))
-    return dataclasses.replace(job, model=handle, batch_size=1), specs
+    return dataclasses.replace(job, model=handle), specs
 
 
 def band_options(decoders: int | None = None, batch_size: int = 1) -> SegmentParams:
@@ -101,7 +101,7 @@ def one_torch_thread_reference(job: SlideJob, specs: list[ChunkSpec]):
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return units_alone(job, specs)
+        return units_alone(job, specs, 1)
     finally:
         torch.set_num_threads(before)
 
@@ -192,7 +192,6 @@ def test_bands_of_one_cpu_worker_run_their_forward_passes_side_by_side(
     threads = []
     for name in ("a", "b"):
         job, specs = job_over(tmp_path / f"{name}.zarr", handle, 2, CMU_SLIDE, four_units)
-        job = dataclasses.replace(job, batch_size=2)
         target = lambda job=job, specs=specs: bands.append(  # noqa: E731
             run_band(job, specs, None, cluster_plan(band_options(batch_size=2)), gpu=False)
         )
@@ -327,7 +326,7 @@ def test_a_worker_s_openvino_graphs_take_its_bands_cores_not_its_torch_count(
     where one thread gave one stream and the worker's bands took turns on it."""
     from wsi_segment.pipeline.inference.band_task import band_plan
     from wsi_segment.pipeline.inference.compute_stage import compute_threads_cores
-    from wsi_segment.pipeline.inference.slide_plan import tile_geometry
+    from wsi_segment.pipeline.inference.slide_job import tile_geometry
 
     job, _specs = band_job_over(tmp_path / "z.zarr", tiny_model_dir, CMU_SLIDE, four_units)
     options = SegmentParams(device="cpu", precision="fp32", runtime="openvino", batch_size=1)

@@ -41,7 +41,6 @@ from wsi_segment.pipeline.inference.host_tiles import HostTiles
 from wsi_segment.pipeline.inference.model_handle import ModelHandle
 from wsi_segment.pipeline.inference.read_sources import DecoderProcesses, ReaderThread
 from wsi_segment.pipeline.inference.slide_job import SlideJob
-from wsi_segment.pipeline.inference.slide_plan import tile_geometry
 from wsi_segment.wsi.slide import open_slide
 from wsi_segment.wsi.tiling import ChunkSpec, TileGrid, plan_chunks
 from wsi_segment.wsi.tissue import TissueMask, detect_tissue, whole_slide
@@ -178,7 +177,7 @@ def alone(tmp_path_factory, tiny, four_units):
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        outcomes = units_alone(job, specs)
+        outcomes = units_alone(job, specs, ENGINE.batch)
     finally:
         torch.set_num_threads(before)
     return stored_run(job, outcomes), specs
@@ -464,17 +463,17 @@ def test_the_compute_threads_run_on_the_plans_cores(tmp_path, tiny_model_dir):
 
 def test_build_executor_sizes_it_as_the_plan_says(tmp_path: Path, tiny_model_dir: Path) -> None:
     """On the CPU each compute thread runs on its share of the plan's cores; the batch is the
-    job's (the plan's: only a CUDA device's memory caps it); the model's lock only where the
+    plan's (only a CUDA device's memory caps it); the model's lock only where the
     plan has its forward passes take turns; built once per process and key."""
     from wsi_segment.models.runtimes.executor import TorchExecutor
 
     handle = ModelHandle(str(tiny_model_dir), "cpu", torch_spec())
     job, _specs = make_job(tmp_path / "p.zarr", handle, 2)
-    job = replace(job, batch_size=12)
-    free = build_executor(job, replace(ENGINE, cores=5, computes=2, locked=False))
+    sizes = replace(ENGINE, cores=5, computes=2, batch=12)
+    free = build_executor(job.model, job.geometry, replace(sizes, locked=False))
     assert isinstance(free.executor, TorchExecutor) and free.executor.threads == 2
     assert (free.batch, free.device, free.lock, free.torch_runs) == (12, "cpu", None, True)
     loaded = handle.get()
-    assert loaded.executor(tile_geometry(job.grid, job.gate), 12, 2) is free.executor
-    locked = build_executor(job, replace(ENGINE, cores=5, computes=2))
+    assert loaded.executor(job.geometry, 12, 2) is free.executor
+    locked = build_executor(job.model, job.geometry, sizes)
     assert locked.lock is loaded.lock and locked.executor is free.executor

@@ -6,6 +6,7 @@ the last batch held (issues 22 and 25)."""
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ import torch
 
 from tests.conftest import (
     CMU_SLIDE,
+    ENGINE,
     engine_run,
     run_tiles,
     torch_handle,
@@ -79,12 +81,11 @@ def run(tmp: Path, model: SegmentationModel, tissue: TissueMask, name: str, batc
     handle = torch_handle(model, wrap=counter.wrap)
     job, specs = job_over(tmp / "p.zarr", handle, 2, CMU_SLIDE, tissue)
     specs = specs[::EVERY]
-    job.batch_size = batch
     stats = EngineStats()
     reads: ReadSource = (
         DecoderProcesses(2) if name.startswith("decoders") else ReaderThread(HostTiles(job.reader))
     )
-    engine_run(job, specs, reads, stats=stats)
+    engine_run(job, specs, reads, replace(ENGINE, batch=batch), stats=stats)
     tiles = sum(len(s.tiles) for s in specs)
     return chunk_files(tmp / "p.zarr"), counter.sizes, stats, tiles
 

@@ -39,6 +39,9 @@ def _sure_gated_model(model_dir):
     return model
 
 
+BATCH = 16  # tiles a forward pass, in the pipeline's path and the reference's alike
+
+
 def _job(model, grid: TileGrid) -> tuple[SlideJob, list]:
     slide = open_slide(CMU_SLIDE)
     tissue = detect_tissue(slide)
@@ -46,7 +49,7 @@ def _job(model, grid: TileGrid) -> tuple[SlideJob, list]:
     plan = plan_chunks(slide, mpp, model.meta.mpp, grid, 2, tissue)
     job = planned_job(
         CMU_SLIDE, "auto", plan, grid, torch_handle(model, "tiny"), model.meta.classes,
-        store=None, tissue=tissue, batch_size=16,
+        store=None, tissue=tissue,
     )  # fmt: skip
     return job, plan.specs
 
@@ -59,8 +62,8 @@ def test_slide_labels_equal_the_reference_except_where_the_gate_removed_the_sure
     assert specs
     changed = tied = pixels = 0
     for spec in specs:
-        got = job.stitch_block(spec, chunk_alone(job, spec))
-        block, u8, ref_labels = reference_block(job, spec, model)
+        got = job.stitch_block(spec, chunk_alone(job, spec, BATCH))
+        block, u8, ref_labels = reference_block(job, spec, model, BATCH)
         assert got.probs.shape == u8.shape and got.labels.shape == ref_labels.shape
         # uint8 probabilities as before (a half level apart at most where float sums in
         # another order round differently)

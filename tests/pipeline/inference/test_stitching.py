@@ -77,10 +77,13 @@ def run_job(tmp_path, slide_path, model, grid, chunk_tiles, gate=True, batch_siz
     job = planned_job(
         slide_path, "auto", plan, grid, torch_handle(model, "analytic"), CLASSES,
         store=store, tissue=None, colors=model.meta.colors, model_mpp=model.meta.mpp,
-        mpp_override=0.499, batch_size=batch_size, gate=gate,
+        mpp_override=0.499, gate=gate,
     )  # fmt: skip
     outcomes = engine_run(
-        job, plan.specs, ReaderThread(HostTiles(job.reader)), replace(ENGINE, computes=2)
+        job,
+        plan.specs,
+        ReaderThread(HostTiles(job.reader)),
+        replace(ENGINE, computes=2, batch=batch_size),
     )
     return np.asarray(zarr.open_array(str(level0_path(store)), mode="r")[:]), plan, outcomes
 
