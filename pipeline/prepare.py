@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from wsi_segment.gc_pause import gc_paused
 from wsi_segment.pipeline.cancellation import NEVER_CANCELLED, CancelToken
 from wsi_segment.pipeline.inference.decode_pool import DecodePool
 from wsi_segment.pipeline.inference.host_tiles import HostTiles
@@ -43,7 +44,6 @@ from wsi_segment.pipeline.prepare_inputs import (
 from wsi_segment.pipeline.progress import NO_PROGRESS, Progress
 from wsi_segment.pipeline.run_policy import CLUSTER, LOCAL, ExecutionPlan, RunFacts
 from wsi_segment.pipeline.run_start import RunStart
-from wsi_segment.pipeline.startup import gc_paused
 from wsi_segment.pipeline.threads import Background
 from wsi_segment.wsi.roi import Roi
 from wsi_segment.wsi.slide import Slide

@@ -2,33 +2,15 @@
 
 Importing torch, timm and smp is most of a small run's fixed cost and holds one core; the
 model loads in a `Background` thread while the main thread detects tissue and plans, and
-the overlay's thumbnail is read on the other core meanwhile. `gc_paused` makes the
-imports themselves cheaper.
+the overlay's thumbnail is read on the other core meanwhile (the imports run with the
+collector paused: `wsi_segment.gc_pause.gc_paused`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import gc
-from collections.abc import Iterator
-
 import numpy as np
 
 from wsi_segment.wsi.slide import open_slide
-
-
-@contextlib.contextmanager
-def gc_paused() -> Iterator[None]:
-    """No cyclic GC while torch, timm and smp are imported: their hundreds of thousands of
-    new objects trigger full collections that cost ~20 % of the import time; the few
-    cycles made meanwhile are collected afterwards."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def read_overlay_thumbnail(slide_path: str, backend: str, mpp: float | None) -> np.ndarray:

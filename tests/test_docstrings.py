@@ -19,7 +19,7 @@ from types import ModuleType
 
 import pytest
 
-from wsi_segment.python_source import parse_python
+from wsi_segment.gc_pause import parse_python
 
 REPO = Path(__file__).resolve().parents[1]
 LAYERS = ("wsi", "models", "pipeline", "flows")

@@ -14,7 +14,7 @@ import ast
 import builtins
 from pathlib import Path
 
-from wsi_segment.python_source import parse_python
+from wsi_segment.gc_pause import parse_python
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_FOLDERS = ("wsi", "models", "pipeline", "flows", "wsi_segment")

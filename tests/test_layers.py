@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from wsi_segment.python_source import parse_python
+from wsi_segment.gc_pause import parse_python
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = ("wsi", "models", "pipeline", "flows")

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from wsi_segment.errors import ConfigError
-from wsi_segment.python_source import parse_python
+from wsi_segment.gc_pause import parse_python
 
 GUARD_FIX = (
     'put the code that runs segment_slide under `if __name__ == "__main__":` (each decoder '

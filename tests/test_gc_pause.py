@@ -1,7 +1,7 @@
-"""parse_python: a parse survives collections whose finalisers parse too (CPython gh-106905,
-seen in CI as `SystemError: AST constructor recursion depth mismatch` in a test reading the
-package's sources while a leaked Dask client was collected). With plain `ast.parse` in place of
-`parse_python`, the first test fails on this project's Python 3.11."""
+"""wsi_segment.gc_pause. `parse_python`: a parse survives collections whose finalisers parse
+too (CPython gh-106905, seen in CI as `SystemError: AST constructor recursion depth mismatch`
+in a test reading the package's sources while a leaked Dask client was collected). With plain
+`ast.parse` in place of `parse_python`, the first test fails on this project's Python 3.11."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from wsi_segment.python_source import parse_python
+from wsi_segment.gc_pause import parse_python
 
 SOURCE = (Path(__file__).resolve().parents[1] / "flows" / "batch_console.py").read_text()
 
