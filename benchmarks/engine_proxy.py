@@ -78,7 +78,7 @@ def bench_geometry(model_dir: Path, args: argparse.Namespace) -> Geometry:
     """The tile graph's geometry of a benchmark's run of the model in `model_dir` at its
     `--overlap` and `--downsample` (gate on, as the pipeline's default)."""
     from wsi_segment.models.meta import read_model_json
-    from wsi_segment.pipeline.inference.slide_job import tile_geometry
+    from wsi_segment.pipeline.inference.tile_reader import tile_geometry
     from wsi_segment.wsi.tiling import TileGrid
 
     _, meta = read_model_json(model_dir)
@@ -194,7 +194,14 @@ def run_engine_once(slide: Path, model_dir: Path, args: argparse.Namespace, n: i
         job, specs = engine_job(slide, model_dir, args, Path(tmp) / "p.zarr")
         stats = EngineStats()
         t0 = time.perf_counter()
-        sizes = EngineSizes(usable_cores(), writers, 1, True, 0, batch=args.batch_size)
+        sizes = EngineSizes(
+            cores=usable_cores(),
+            writers=writers,
+            computes=1,
+            locked=True,
+            polygon_processes=0,
+            batch=args.batch_size,
+        )
         executor = build_executor(job.model, job.geometry, sizes)
         run_engine(job, specs, DecoderProcesses(n), executor, sizes, stats=stats)
         return stats, time.perf_counter() - t0, stats.first_chunk_at - t0

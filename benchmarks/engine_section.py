@@ -82,7 +82,12 @@ def _runners(prep: Any, threads: int) -> dict[str, Callable[[Any], dict[str, Any
         stats = EngineStats()
         policy = local_policy(prep)  # the writers and the batch of a run on this machine
         sizes = EngineSizes(
-            usable_cores(), policy.writers.value, threads, True, 0, policy.batch_size.value
+            cores=usable_cores(),
+            writers=policy.writers.value,
+            computes=threads,
+            locked=True,
+            polygon_processes=0,
+            batch=policy.batch_size.value,
         )
         executor = build_executor(job.model, job.geometry, sizes)
         run_engine(job, prep.specs, source, executor, sizes, stats=stats)

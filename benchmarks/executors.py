@@ -13,8 +13,8 @@ from wsi_segment.models.bundle import load_model
 from wsi_segment.models.runtimes.select import OpenedRuntime, open_runtime
 from wsi_segment.models.runtimes.tile_io import Geometry
 from wsi_segment.models.segmentation_model import SegmentationModel
-from wsi_segment.pipeline.inference.slide_job import tile_geometry
 from wsi_segment.pipeline.inference.slide_plan import slide_grid
+from wsi_segment.pipeline.inference.tile_reader import tile_geometry
 from wsi_segment.pipeline.machine import probe_machine
 from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.pipeline.run_policy import RunFacts, decide, runtime_spec

@@ -72,8 +72,8 @@ def load_steps() -> None:
         (w0, c0), (w1, c1) = laps[-2], laps[-1]
         print(f"{name:34} {w1 - w0:6.2f} s wall {c1 - c0:6.2f} s cpu", flush=True)
 
-    from wsi_segment.pipeline.inference.slide_job import tile_geometry
     from wsi_segment.pipeline.inference.slide_plan import slide_grid
+    from wsi_segment.pipeline.inference.tile_reader import tile_geometry
     from wsi_segment.pipeline.machine import probe_machine
     from wsi_segment.pipeline.params import SegmentParams
     from wsi_segment.pipeline.prepare import resolve_model_dir

@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     from wsi_segment.models.bundle import demo_model_dir
     from wsi_segment.models.cpu import BF16_FLAGS, cpu_flags
     from wsi_segment.models.precision_calibration import compare_labels
-    from wsi_segment.pipeline.inference.slide_job import tile_geometry
+    from wsi_segment.pipeline.inference.tile_reader import tile_geometry
 
     bench = BenchRun.start("runtime.py", argv)
     model_dir = args.model or demo_model_dir()

@@ -28,7 +28,7 @@ def section_throughput(
     """Items 1-4: bare model, read only, pipeline and their ratio; returns the ratio."""
 
     from benchmarks.executors import opened
-    from wsi_segment.pipeline.inference.slide_job import tile_geometry
+    from wsi_segment.pipeline.inference.tile_reader import tile_geometry
     from wsi_segment.pipeline.machine import usable_cores
 
     size = args.size or (8192 if args.quick else 12288)

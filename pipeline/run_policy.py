@@ -368,7 +368,7 @@ def runtime_spec(plan: ExecutionPlan, geometry: Geometry) -> RuntimeSpec:
     the runtime and precision decided, torch's precision should OpenVINO not run the model
     (decided here too, by the same function), OpenVINO's threads (this process's cores),
     whether OpenVINO was asked for by name (then a model it cannot export is refused), and
-    the slide's tile graph `geometry` (`slide_plan.tile_geometry`: what OpenVINO checks)."""
+    the slide's tile graph `geometry` (`tile_reader.tile_geometry`: what OpenVINO checks)."""
     from wsi_segment.models.runtimes.spec import RuntimeSpec
 
     fallback = plan.precision

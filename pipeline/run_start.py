@@ -21,8 +21,8 @@ from wsi_segment.pipeline.cancellation import CancelToken
 from wsi_segment.pipeline.early_readers import EarlyReaders
 from wsi_segment.pipeline.inference.model_handle import ModelHandle, load_for_process
 from wsi_segment.pipeline.inference.read_sources import LevelKey, read_level_and_scale, slide_reads
-from wsi_segment.pipeline.inference.slide_job import tile_geometry
 from wsi_segment.pipeline.inference.slide_plan import slide_grid
+from wsi_segment.pipeline.inference.tile_reader import tile_geometry
 from wsi_segment.pipeline.machine import Machine
 from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.pipeline.prepare_inputs import ModelFolder, OpenedSlide

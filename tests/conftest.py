@@ -17,8 +17,8 @@ from wsi_segment.errors import raise_terminated
 from wsi_segment.models.runtimes.spec import RuntimeSpec
 from wsi_segment.pipeline.inference.engine import EngineSizes, build_executor, run_engine
 from wsi_segment.pipeline.inference.model_handle import LoadedModel, ModelHandle
-from wsi_segment.pipeline.inference.slide_job import tile_geometry
 from wsi_segment.pipeline.inference.slide_plan import slide_grid
+from wsi_segment.pipeline.inference.tile_reader import tile_geometry
 from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.pipeline.run_policy import RunFacts
 

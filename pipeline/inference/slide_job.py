@@ -17,7 +17,7 @@ import zarr
 
 from wsi_segment.models.runtimes.tile_io import Geometry
 from wsi_segment.pipeline.inference.model_handle import ModelHandle
-from wsi_segment.pipeline.inference.tile_reader import PerThread, TileReader
+from wsi_segment.pipeline.inference.tile_reader import PerThread, TileReader, tile_geometry
 from wsi_segment.pipeline.outputs.chunk_summary import (
     NODATA,
     BlockPolygons,
@@ -62,11 +62,6 @@ def stitch_cores(
     return out
 
 
-def tile_geometry(grid: TileGrid, gate: bool) -> Geometry:
-    """The tile graph's geometry of a run on `grid`: each tile's core, downsampled."""
-    return Geometry(grid.tile, grid.margin, grid.stride, grid.downsample, gate)
-
-
 @dataclass
 class SlideJob(PerThread):
     """Everything a worker needs to run any chunk of one slide."""
@@ -99,7 +94,7 @@ class SlideJob(PerThread):
 
     @property
     def geometry(self) -> Geometry:
-        """The tile graph's geometry of this slide's run: each tile's core, downsampled."""
+        """What the tile graph runs at for this slide (`tile_geometry` of its grid)."""
         return tile_geometry(self.grid, self.gate)
 
     def _array(self, path: str | None = None) -> zarr.Array[Any]:

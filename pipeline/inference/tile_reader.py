@@ -1,4 +1,5 @@
-"""Reading a chunk's model tiles from the slide on the CPU: the read half of a `SlideJob`.
+"""Reading a chunk's model tiles from the slide on the CPU: the read half of a `SlideJob`,
+and the tile graph's geometry of the grid it cuts (`tile_geometry`).
 
 Light on purpose: decoder processes import it, so it needs only numpy and the slide code, and
 a `TileReader` pickles to a few numbers and paths.
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from wsi_segment.errors import SlideError
+from wsi_segment.models.runtimes.tile_io import Geometry
 from wsi_segment.wsi.region_reader import level_read_box, read_model_tiles
 from wsi_segment.wsi.slide import Slide, open_slide
 from wsi_segment.wsi.tiff_blocks import open_level_blocks
@@ -126,3 +128,8 @@ def tile_boxes(tiles: Sequence[tuple[int, int]], grid: TileGrid) -> list[tuple[i
     """Model-space box (x0, y0, x1, y1) each grid tile (i, j) reads: `T` px centred on its core."""
     t, s, m = grid.tile, grid.stride, grid.margin
     return [(j * s - m, i * s - m, j * s - m + t, i * s - m + t) for i, j in tiles]
+
+
+def tile_geometry(grid: TileGrid, gate: bool) -> Geometry:
+    """The tile graph's geometry of a run on `grid`: each tile's core, downsampled."""
+    return Geometry(grid.tile, grid.margin, grid.stride, grid.downsample, gate)

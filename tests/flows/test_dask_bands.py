@@ -23,6 +23,7 @@ from tests.conftest import (
 )
 from tests.flows.conftest import output_files, stable_summary
 from tests.pipeline.inference.test_band_runner import (
+    ONE_TILE_ENGINE,
     band_job,
     band_job_over,
     band_options,
@@ -133,7 +134,7 @@ def test_bands_on_workers_write_what_local_runs_write(
     torch.set_num_threads(1)
     try:  # the engine in this process, too: one compute stage, all the chunks
         source = DecoderProcesses(decoders) if decoders else ReaderThread(HostTiles(job.reader))
-        local = engine_run(job, specs, source)
+        local = engine_run(job, specs, source, ONE_TILE_ENGINE)
     finally:
         torch.set_num_threads(before)
     np.testing.assert_array_equal(stored(job), expected)

@@ -18,6 +18,7 @@ import torch
 
 from tests.conftest import (
     CMU_SLIDE,
+    ENGINE,
     TORCH_SPEC,
     WrappedLoaded,
     corrupt_middle_tile,
@@ -67,6 +68,10 @@ def band_job(
 ) -> tuple[SlideJob, list[ChunkSpec]]:
     """A job over the CMU slide's tissue (the whole of a damaged copy), as `band_job_over`."""
     return band_job_over(zarr, model_dir, slide, tissue_of(slide, detect=slide == CMU_SLIDE))
+
+
+# the engine in this process at `band_job_over`'s batch: one tile per forward pass
+ONE_TILE_ENGINE = dataclasses.replace(ENGINE, batch=1)
 
 
 def band_job_over(
@@ -134,7 +139,7 @@ def test_an_aborted_engine_stops_and_leaves_nothing_behind(
     before = shm_entries()
     source = ReaderThread(HostTiles(job.reader)) if threads else DecoderProcesses(1)
     with pytest.raises(BandAborted):
-        engine_run(job, specs, source, cancel=abort)
+        engine_run(job, specs, source, ONE_TILE_ENGINE, cancel=abort)
     assert multiprocessing.active_children() == []
     assert shm_entries() <= before
 
@@ -326,7 +331,6 @@ def test_a_worker_s_openvino_graphs_take_its_bands_cores_not_its_torch_count(
     where one thread gave one stream and the worker's bands took turns on it."""
     from wsi_segment.pipeline.inference.band_task import band_plan
     from wsi_segment.pipeline.inference.compute_stage import compute_threads_cores
-    from wsi_segment.pipeline.inference.slide_job import tile_geometry
 
     job, _specs = band_job_over(tmp_path / "z.zarr", tiny_model_dir, CMU_SLIDE, four_units)
     options = SegmentParams(device="cpu", precision="fp32", runtime="openvino", batch_size=1)
@@ -345,5 +349,5 @@ def test_a_worker_s_openvino_graphs_take_its_bands_cores_not_its_torch_count(
     assert graphs is not None and graphs.threads == policy.process_cores.value
     # a band's compute thread: its share of the band's cores, as the engine gives it
     thread_cores = compute_threads_cores(policy.cores.value, policy.compute_threads.value)
-    executor = loaded.executor(tile_geometry(job.grid, job.gate), 1, thread_cores)
+    executor = loaded.executor(job.geometry, 1, thread_cores)
     assert executor.streams == (2 if cores >= 2 else 1)  # a stream for each band at once
