@@ -24,7 +24,6 @@ from wsi_segment.pipeline.inference.engine import (
     run_engine,
 )
 from wsi_segment.pipeline.inference.engine_state import EngineStats
-from wsi_segment.pipeline.inference.model_handle import ModelHandle
 from wsi_segment.pipeline.inference.read_sources import ReaderThread, plan_source
 from wsi_segment.pipeline.inference.slide_job import SlideJob
 from wsi_segment.pipeline.output_files import STORE_NAME
@@ -92,7 +91,7 @@ def _infer_here(
         outcomes = run_engine(job, prep.specs, source, executor, sizes, progress, stats, cancel)
     finally:
         _record_reads(prep, source)
-    prep.precision = _precision_report(prep.model)
+    prep.precision = prep.model.get().report()  # what this process's model ran in
     return outcomes
 
 
@@ -240,11 +239,6 @@ def create_stores(prep: PreparedSlide, zarr_path: Path) -> None:
         name=prep.name,
     )
     create_label_image(zarr_path)
-
-
-def _precision_report(model: ModelHandle) -> dict[str, Any]:
-    """What this process's model ran in (a cluster's comes from the worker that decided)."""
-    return model.get().report()
 
 
 def _qupath_offset(slide: Slide) -> tuple[float, float]:

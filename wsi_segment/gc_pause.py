@@ -28,7 +28,7 @@ class CollectorPauses:
     enabled after the last only if it was when the first began."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # its blocks allocate nothing: no collection in them
         self._depth = 0
         self._enable_after = False
 

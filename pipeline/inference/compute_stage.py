@@ -5,9 +5,10 @@ A read source's `Stager` puts batches (tiles of several chunks, on the model's d
 (`ComputeStage._forward`), and hand the uint8 outputs to the writer. On CUDA one thread
 under the model's lock keeps the device busy (the stager copies the next batch on a side
 stream meanwhile); slides sharing a loaded model then take turns, since side by side they
-would gain nothing and `LoadedModel.batch_size` sizes a batch for one forward pass. On the CPU `computes` threads run side by side, unlocked, each with its
-share of the cores: one waiting for a batch leaves its cores to the others. On the CPU a batch
-is a numpy array: a warm OpenVINO run never imports torch.
+would gain nothing and `LoadedModel.batch_size` sizes a batch for one forward pass. On the
+CPU `computes` threads run side by side, unlocked, each with its share of the cores: one
+waiting for a batch leaves its cores to the others. On the CPU a batch is a numpy array: a
+warm OpenVINO run never imports torch.
 """
 
 from __future__ import annotations
@@ -175,7 +176,6 @@ class ComputeStage:
         share of the cores (`compute_threads_cores`), under the model's lock where the plan
         has its forward passes take turns."""
         self._executor = executor
-        self._batch = executor.batch
         self._errors, self._stats = errors, stats
         self.computes = max(1, computes)
         self._running = self.computes
@@ -219,7 +219,7 @@ class ComputeStage:
         out = self._executor.run(tiles)
         if batch.release is not None:  # the forward pass is done with the source's buffer
             batch.release()
-        per_tile = out.nbytes // self._batch
+        per_tile = out.nbytes // self._executor.batch
         with self._stats_lock:
             self._stats.chunks_per_batch.append(len({index for index, _, _ in batch.segments}))
             self._stats.tiles += n

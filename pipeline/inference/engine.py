@@ -108,7 +108,7 @@ class EngineSizes:
 class TileExecutor:
     """The model's tile graph as a run's plan sized it: what the engine holds. `run` is its
     one method; the rest says how the engine feeds it (batches of `batch` tiles on `device`)
-    and whether torch runs it (`torch_threads_kept`)."""
+    and whether torch runs it (then the engine keeps torch's threads: `torch_threads_kept`)."""
 
     executor: Executor
     batch: int  # tiles a forward pass: the plan's, capped by a CUDA device's memory
