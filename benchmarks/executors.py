@@ -9,7 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from wsi_segment.models.bundle import load_model
+from wsi_segment.models.bundle import load_bundle
+from wsi_segment.models.model_files import BuiltModel
 from wsi_segment.models.runtimes.select import OpenedRuntime, open_runtime
 from wsi_segment.models.runtimes.tile_io import Geometry
 from wsi_segment.models.segmentation_model import SegmentationModel
@@ -32,11 +33,11 @@ def opened(
     runtime --overlap overlap` (the geometry OpenVINO's check runs: the slide's)."""
     options = SegmentParams(device=device, precision=precision, runtime=runtime, overlap=overlap)
     plan = decide(probe_machine(), options, RunFacts())
-    if not isinstance(model, SegmentationModel):
-        model = load_model(Path(model))
-    model.to_device(plan.device.value)
-    geometry = tile_geometry(slide_grid(int(model.meta.tile_size), options), options.gate)
-    return model, open_runtime(model, runtime_spec(plan, geometry))
+    built = isinstance(model, SegmentationModel)
+    source = BuiltModel(model) if built else load_bundle(Path(model))
+    network = source.network().to_device(plan.device.value)
+    geometry = tile_geometry(slide_grid(int(network.meta.tile_size), options), options.gate)
+    return network, open_runtime(source, runtime_spec(plan, geometry))
 
 
 def reduced(

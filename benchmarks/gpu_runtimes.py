@@ -48,9 +48,10 @@ Runner = Callable[[Any], Outputs]
 
 def graph_of(model: Any, tile: int, margin: int, core: int, downsample: int) -> Any:
     """The model's whole tile graph at one geometry, gated, on the model's device."""
+    from wsi_segment.models.runtimes.graph import TileGraph
     from wsi_segment.models.runtimes.tile_io import Geometry
 
-    graph = model.tile_graph(Geometry(tile, margin, core, downsample, True))
+    graph = TileGraph(model, Geometry(tile, margin, core, downsample, True))
     return graph.to(model.device).eval()
 
 

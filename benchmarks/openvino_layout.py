@@ -39,12 +39,12 @@ _PRECISION = {"fp32": "f32", "bf16": "bf16"}
 
 def slide_path_graph(model_dir: Path, cache: Path) -> tuple[Any, int]:
     """The exported graph of the slide path (margin 16, downsample 4), batch 16, and its tile."""
-    from wsi_segment.models.bundle import load_model
+    from wsi_segment.models.bundle import load_bundle
     from wsi_segment.models.cpu import cpu_flags
     from wsi_segment.models.runtimes.openvino_runtime import OpenVINOGraphs
     from wsi_segment.models.runtimes.tile_io import Geometry
 
-    model = load_model(model_dir)
+    model = load_bundle(model_dir)
     tile = int(model.meta.tile_size)
     geometry = Geometry(tile, 16, tile - 32, 4, True)
     graphs = OpenVINOGraphs(model, "fp32", 2, cpu_flags(), cache)

@@ -106,6 +106,7 @@ def slide_rows(model_dir: Path, name: str, slides: list[Path], work: Path) -> li
 def model_rows(model_dir: Path, name: str) -> list:
     """Tile agreement and both calibration verdicts of one model."""
     from benchmarks.executors import opened, reduced
+    from wsi_segment.models.model_files import ModelFiles
     from wsi_segment.models.precision_calibration import calibrate_bf16, compare_labels
 
     models = {v: opened(model_dir, "cpu", v[1], v[0]) for v in (REF, *VARIANTS)}
@@ -120,7 +121,7 @@ def model_rows(model_dir: Path, name: str) -> list:
         rows.append((f"{name}: LUAD tiles {v[0]} {v[1]}", f"{100 * agreement:.3f} %",
                      f"labels vs torch fp32 on {len(x)} LUAD-HistoSeg sample patches; "
                      f"{shift_text(shifts, names)}"))  # fmt: skip
-    own = ref.validation_patches
+    own = ModelFiles(model_dir, "cpu").validation_patches  # the folder's, as a run calibrates
     verdicts = {
         "torch": calibrate_bf16(
             lambda tiles, low: (

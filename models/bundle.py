@@ -2,7 +2,7 @@
 
 Loading never unpickles: safetensors is a flat tensor format whose parser cannot run
 code, so a pickle renamed `model.safetensors` fails to parse and is refused. The JSON
-describes both architectures, so `load_model` rebuilds the networks and checks that every
+describes both architectures, so `load_bundle` rebuilds the networks and checks that every
 weight is present with the right shape before anything runs.
 """
 
@@ -28,13 +28,21 @@ from .meta import (
     ModelMeta,
     load_model_json,
 )
-from .model_files import verified_weights
+from .model_files import BuiltModel, verified_weights
 from .segmentation_model import SegmentationModel
 from .segmenter import Segmenter
 from .tensor_files import write_tensors
 from .validation_patches import ValidationPatches, load_patches, save_patches
 
-__all__ = ["ModelMeta", "SegmentationModel", "demo_model_dir", "load_model", "save_model"]
+__all__ = [
+    "BuiltModel",
+    "ModelMeta",
+    "SegmentationModel",
+    "demo_model_dir",
+    "load_bundle",
+    "load_model",
+    "save_model",
+]
 
 
 def demo_model_dir() -> Path:
@@ -112,12 +120,13 @@ def save_model(
     return folder
 
 
-def load_model(folder: str | Path, device: str = "cpu") -> SegmentationModel:
-    """Rebuild the model described by `folder/model.json` with its weights, in eval mode.
+def load_bundle(folder: str | Path, device: str = "cpu") -> BuiltModel:
+    """Rebuild the model described by `folder/model.json` with its weights, in eval mode, on
+    `device`, with the identity of the bytes it parsed and the folder's validation patches.
 
     Any problem (missing folder or file, bad JSON, unsafe or corrupt weights, weights that
     do not match the JSON, a weights file outside the folder) raises one ModelError naming
-    the file and the fix. `model.identity` is the hash of the JSON and weight bytes loaded
+    the file and the fix. The identity is the hash of the JSON and weight bytes loaded
     (model.json holds the validation patches' sha256, checked against their bytes here).
     """
     folder = Path(folder)
@@ -132,9 +141,15 @@ def load_model(folder: str | Path, device: str = "cpu") -> SegmentationModel:
     model = _build(doc, meta, folder / META_FILE)
     _check_state(model, state, weights)
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
-    model.identity = model_identity(json_sha, weights_sha)
-    model.validation_patches = load_patches(folder, doc, int(meta.tile_size))
-    return model.to_device(device)
+    identity = model_identity(json_sha, weights_sha)
+    patches = load_patches(folder, doc, int(meta.tile_size))
+    return BuiltModel(model.to_device(device), identity, patches)
+
+
+def load_model(folder: str | Path, device: str = "cpu") -> SegmentationModel:
+    """The network of `load_bundle(folder, device)`: for training and evaluation code, which
+    needs no identity."""
+    return load_bundle(folder, device).network()
 
 
 def _build(doc: dict[str, Any], meta: ModelMeta, where: Path) -> SegmentationModel:

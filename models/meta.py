@@ -198,7 +198,7 @@ def bundle_file(folder: str | Path, name: str, what: str) -> Path:
 
 
 def model_files_identity(folder: str | Path) -> tuple[str, ModelMeta]:
-    """The identity `bundle.load_model` gives the model in `folder` (`checksum.model_identity`
+    """The identity `bundle.load_bundle` gives the model in `folder` (`checksum.model_identity`
     of model.json's and the weights' bytes), with its meta, without building the network or
     importing torch: a rerun compares it with a finished run's before any model loads. A
     folder that would not load may still hash (loading it reports why); an unreadable file

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -28,11 +29,19 @@ if TYPE_CHECKING:
 
 class ModelSource(Protocol):
     """What a runtime opens: a model's metadata, identity ('' for one built in memory),
-    validation patches, and its network on demand (`SegmentationModel` is its own)."""
+    validation patches, and its network on demand (`ModelFiles`: a folder, built at the
+    first call; `BuiltModel`: a network already built)."""
 
-    meta: ModelMeta
-    identity: str
-    validation_patches: np.ndarray | None  # uint8 (N, 3, T, T)
+    @property
+    def meta(self) -> ModelMeta: ...
+
+    @property
+    def identity(self) -> str: ...
+
+    @property
+    def validation_patches(self) -> np.ndarray | None:
+        """uint8 (N, 3, T, T), or None when the folder has none."""
+        ...
 
     def network(self) -> SegmentationModel: ...
 
@@ -40,6 +49,31 @@ class ModelSource(Protocol):
     def network_built(self) -> bool:
         """Whether the network is built (summary.json `precision.runtime_cache`)."""
         ...
+
+
+@dataclass(frozen=True, eq=False)  # one object, one model: as the network itself compares
+class BuiltModel:
+    """A network already built, as a runtime's source: loaded whole from a folder
+    (`models.bundle.load_bundle`: the identity of the bytes parsed, the folder's validation
+    patches) or built in memory (training, tests: no identity, no patches)."""
+
+    built: SegmentationModel
+    identity: str = ""  # sha256 of the model.json and weight bytes (models.checksum)
+    validation_patches: np.ndarray | None = None  # uint8 (N, 3, T, T)
+
+    @property
+    def meta(self) -> ModelMeta:
+        """The network's metadata."""
+        return self.built.meta
+
+    def network(self) -> SegmentationModel:
+        """The network, as built."""
+        return self.built
+
+    @property
+    def network_built(self) -> bool:
+        """Always: it was built before it was handed on."""
+        return True
 
 
 def verified_weights(folder: Path, doc: dict[str, Any]) -> tuple[Path, bytes, str]:
@@ -88,15 +122,15 @@ class ModelFiles:
         still be the bytes this instance read (else one ModelError, nothing run)."""
         with self._lock:
             if self._network is None:
-                from .bundle import load_model
+                from .bundle import load_bundle
 
-                built = load_model(self.folder, self.device)
-                if built.identity != self.identity:
+                loaded = load_bundle(self.folder, self.device)
+                if loaded.identity != self.identity:
                     raise ModelError(
                         f"{self.folder}: the model files changed while the model loaded; "
                         "rerun once they stay unchanged"
                     )
-                self._network = built
+                self._network = loaded.network()
             return self._network
 
     @property

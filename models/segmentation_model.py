@@ -1,24 +1,21 @@
 """The segmentation model: classifier + DeepLabV3+ + gate, its weights and metadata.
 
-What the slide path runs of it is its tile graph (`tile_graph`: models/runtimes/graph.py,
-the one definition of a tile's inference), executed by the runtime a run opened
-(`models.runtimes.select.open_runtime`); this class holds the weights (fp32, channels last:
-faster on oneDNN and tensor cores alike), the metadata, what the model folder recorded
-(its identity, validation patches) and `predict`, the full float maps for training and
-tests.
+This class holds the weights (fp32, channels last: faster on oneDNN and tensor cores alike),
+the metadata and `predict`, the full float maps for training and tests. What the slide path
+runs of it is its tile graph (models/runtimes/graph.py, the one definition of a tile's
+inference), executed by the runtime a run opened (`models.runtimes.select.open_runtime`,
+which opens a `models.model_files.ModelSource`: the model's files, identity and validation
+patches).
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 
 from .device import autocast, pick_device
 from .gate import gated_probabilities
 from .meta import ModelMeta
-from .runtimes.graph import TileGraph
-from .runtimes.tile_io import Geometry
 
 
 class SegmentationModel(nn.Module):
@@ -27,38 +24,23 @@ class SegmentationModel(nn.Module):
     Any modules with those signatures work (tests use fixed analytic ones).
     """
 
-    _mean: torch.Tensor  # buffers registered in __init__
-    _std: torch.Tensor
+    mean: torch.Tensor  # the normalisation's, (1, 3, 1, 1): buffers registered in __init__
+    std: torch.Tensor
 
     def __init__(self, classifier: nn.Module, segmenter: nn.Module, meta: ModelMeta) -> None:
         super().__init__()
         self.classifier = classifier
         self.segmenter = segmenter
         self.meta = meta
-        # sha256 of the model.json and weight bytes it was loaded from (models.bundle);
-        # '' for a model built in memory
-        self.identity = ""
-        # uint8 (N, 3, T, T) patches training recorded in the model folder, calibrated
-        # beside the CMU-1 tiles (models.validation_patches); None when it has none
-        self.validation_patches: np.ndarray | None = None
         norm = meta.normalisation
-        self.register_buffer("_mean", torch.tensor(norm["mean"]).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("_std", torch.tensor(norm["std"]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("mean", torch.tensor(norm["mean"]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(norm["std"]).view(1, 3, 1, 1), persistent=False)
         self.eval()
 
     @property
     def device(self) -> torch.device:
         """Where the weights live."""
-        return self._mean.device
-
-    def network(self) -> SegmentationModel:
-        """Itself: a model built in memory is its own source (`models.model_files`)."""
-        return self
-
-    @property
-    def network_built(self) -> bool:
-        """Always: a model built in memory is its network (`models.model_files.ModelSource`)."""
-        return True
+        return self.mean.device
 
     def to_device(self, device: str | torch.device) -> SegmentationModel:
         """Move the weights to `device` (cpu | cuda; a missing GPU is an error naming the
@@ -67,20 +49,11 @@ class SegmentationModel(nn.Module):
         self.to(memory_format=torch.channels_last)
         return self
 
-    def tile_graph(self, geometry: Geometry, dtype: torch.dtype | None = None) -> TileGraph:
-        """This model's whole tile graph at `geometry` (normalisation, classifier, gate,
-        segmenter, reduction; autocast `dtype` around the networks, None: fp32) as one module
-        sharing these weights: what the runtimes execute."""
-        epsilon = self.meta.gate_epsilon
-        return TileGraph(
-            self.classifier, self.segmenter, self._mean, self._std, geometry, epsilon, dtype
-        )
-
     def preprocess(self, tiles: torch.Tensor) -> torch.Tensor:
         """uint8 0..255 (or float already in [0, 1]) on any device -> normalised float here."""
         x = tiles.to(self.device, non_blocking=True)
         x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
-        x = (x - self._mean) / self._std
+        x = (x - self.mean) / self.std
         return x.contiguous(memory_format=torch.channels_last)
 
     @torch.inference_mode()

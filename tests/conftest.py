@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from wsi_segment.errors import raise_terminated
+from wsi_segment.models.model_files import BuiltModel
 from wsi_segment.models.runtimes.spec import RuntimeSpec
 from wsi_segment.pipeline.inference.engine import EngineSizes, build_executor, run_engine
 from wsi_segment.pipeline.inference.model_handle import LoadedModel, ModelHandle
@@ -223,23 +224,25 @@ class WrappedLoaded(LoadedModel):
 
 
 def torch_loaded(
-    model: SegmentationModel,
+    model: SegmentationModel | BuiltModel,
     precision: str = "fp32",
     device: str = "cpu",
     wrap: Callable[[Executor], Executor] | None = None,
     cuda_graphs: bool = False,
 ) -> LoadedModel:
-    """`model` on `device` with torch opened at `precision` (`cuda_graphs` as `torch_spec`):
-    what a run's loader gives (its executors wrapped by `wrap`, if given)."""
+    """`model` (a network built in memory, or `load_bundle`'s: its identity kept) on
+    `device` with torch opened at `precision` (`cuda_graphs` as `torch_spec`): what a run's
+    loader gives (its executors wrapped by `wrap`, if given)."""
     from wsi_segment.models.runtimes.select import open_runtime
 
-    model.to_device(device)
+    source = model if isinstance(model, BuiltModel) else BuiltModel(model)
+    source.network().to_device(device)
     spec = torch_spec(precision, cuda_graphs)
-    return WrappedLoaded(model, open_runtime(model, spec), wrap=wrap)
+    return WrappedLoaded(source, open_runtime(source, spec), wrap=wrap)
 
 
 def torch_handle(
-    model: SegmentationModel,
+    model: SegmentationModel | BuiltModel,
     name: str = "tiny",
     precision: str = "fp32",
     device: str = "cpu",

@@ -138,7 +138,7 @@ def test_the_checker_sees_names_and_files() -> None:
     slide = importlib.import_module("wsi_segment.wsi.slide")
     assert resolves("Slide.thumbnail", slide)
     assert resolves("SegmentParams.mpp", slide)  # a dataclass field, from another layer
-    assert resolves("SegmentationModel.identity", slide)  # set on self in __init__
+    assert resolves("SegmentationModel.classifier", slide)  # set on self in __init__
     assert resolves("flows.dask_cluster", slide)
     assert not resolves("Slide.thumbnail_of_everything", slide)
     assert not resolves("pipeline.inference.run_chunks", slide)

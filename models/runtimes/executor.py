@@ -12,6 +12,7 @@ import torch
 
 from ..device import fit_batch_size
 from ..reduction import HostCopier
+from .graph import TileGraph
 from .tile_io import Geometry, ReducedOutputs, Tiles
 
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ class TorchExecutor:
         precision: str,
         threads: int | None = None,
     ) -> None:
-        self.graph = model.tile_graph(geometry, TORCH_DTYPES[precision]).eval()
+        self.graph = TileGraph(model, geometry, TORCH_DTYPES[precision]).eval()
         self.device, self.threads = model.device, threads
         self._host = HostCopier()  # pinned buffers kept from batch to batch on CUDA
 

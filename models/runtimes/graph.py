@@ -8,6 +8,8 @@ other copy of this sequence.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
@@ -16,31 +18,27 @@ from ..gate import gated_probabilities
 from ..reduction import reduce_tiles
 from .tile_io import Geometry
 
+if TYPE_CHECKING:
+    from ..segmentation_model import SegmentationModel
+
 
 class TileGraph(nn.Module):
-    """A SegmentationModel's parts at one `Geometry` and autocast `dtype` (None: fp32), as a
-    pure module sharing the model's weights."""
+    """A SegmentationModel's networks and normalisation at one `Geometry` and autocast
+    `dtype` (None: fp32), as a pure module sharing the model's weights."""
 
     mean: torch.Tensor  # buffers registered in __init__
     std: torch.Tensor
 
     def __init__(
-        self,
-        classifier: nn.Module,
-        segmenter: nn.Module,
-        mean: torch.Tensor,
-        std: torch.Tensor,
-        geometry: Geometry,
-        epsilon: float,
-        dtype: torch.dtype | None = None,
+        self, model: SegmentationModel, geometry: Geometry, dtype: torch.dtype | None = None
     ) -> None:
         super().__init__()
-        self.classifier = classifier
-        self.segmenter = segmenter
-        self.register_buffer("mean", mean.detach().clone().float().view(1, 3, 1, 1))
-        self.register_buffer("std", std.detach().clone().float().view(1, 3, 1, 1))
+        self.classifier = model.classifier
+        self.segmenter = model.segmenter
+        self.register_buffer("mean", model.mean.detach().clone().float())
+        self.register_buffer("std", model.std.detach().clone().float())
         self.geometry = geometry
-        self.epsilon = epsilon if geometry.gate else None
+        self.epsilon = model.meta.gate_epsilon if geometry.gate else None
         self.dtype = dtype
 
     def forward(self, tiles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -248,7 +248,9 @@ class OpenVINOGraphs:
 
         import torch
 
-        graph = self._model.network().tile_graph(geometry)
+        from .graph import TileGraph
+
+        graph = TileGraph(self._model.network(), geometry)
         example = torch.zeros((2, geometry.tile, geometry.tile, 3), dtype=torch.uint8)
         batch = torch.export.Dim("batch", min=1, max=65536)
         try:

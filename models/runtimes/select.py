@@ -137,7 +137,7 @@ def open_runtime(
     cache = cache_dir or default_cache_dir()
     if spec.runtime == "torch":
         warning = spec.runtime_reason if spec.by_name else None
-        opened = _open_torch(model.network(), spec.precision, spec.precision_reason)
+        opened = _open_torch(model, spec.precision, spec.precision_reason)
         opened.reason, opened.warning = spec.runtime_reason, warning
         opened.cuda_graphs = spec.cuda_graphs
         return _with_verdict(opened, model, spec, cache)
@@ -154,7 +154,7 @@ def open_runtime(
             why = f"the model's graph cannot be exported to OpenVINO ({exc})"
             if spec.by_name:
                 raise ModelError(f"{model.meta.name}: {why}; use --runtime torch") from exc
-        opened = _open_torch(model.network(), spec.fallback, spec.fallback_reason)
+        opened = _open_torch(model, spec.fallback, spec.fallback_reason)
         opened.reason, opened.warning = f"torch: {why}", f"{why}; ran in torch"
         return opened
 
@@ -176,8 +176,10 @@ def _with_verdict(
     return opened
 
 
-def _open_torch(model: SegmentationModel, precision: str, why: str) -> OpenedRuntime:
-    """torch at `precision`; bf16-if-calibrated gets the calibration's verdict here."""
+def _open_torch(source: ModelSource, precision: str, why: str) -> OpenedRuntime:
+    """torch at `precision` on the source's network; bf16-if-calibrated gets the
+    calibration's verdict here (on the source's validation patches)."""
+    model = source.network()
     device = model.device.type
     if precision != BF16_IF_CALIBRATED:
         return OpenedRuntime("torch", "", precision, why, device, network=model)
@@ -193,7 +195,7 @@ def _open_torch(model: SegmentationModel, precision: str, why: str) -> OpenedRun
         return graph_labels(executors[low], x)
 
     where = CALIBRATION_WHERE["torch"]
-    calibration = calibrate_bf16(labels_of, tile, where, model.validation_patches)
+    calibration = calibrate_bf16(labels_of, tile, where, source.validation_patches)
     _log.info("precision auto: %s", calibration.reason())
     chosen = "bf16" if calibration.bf16_chosen else "fp32"
     return OpenedRuntime(

@@ -4,7 +4,7 @@ A run is the same slide + the same model weights + the same output-changing para
 rerun whose fingerprint matches a finished output folder is "up to date" and skipped. The
 slide is identified by path, size and modification time (hashing gigabytes of pixels would
 cost more than some runs); the model by the hash of the model.json and weight bytes it was
-loaded from (`SegmentationModel.identity`, set by `models.bundle.load_model`).
+loaded from (`ModelSource.identity`: `models.model_files`, `models.bundle.load_bundle`).
 """
 
 from __future__ import annotations

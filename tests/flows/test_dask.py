@@ -137,7 +137,7 @@ def test_cli_batch_with_dask_address_runs_on_that_scheduler(
     from prefect.client.schemas.sorting import FlowRunSort
 
     from wsi_segment.flows.cli import main
-    from wsi_segment.models.bundle import load_model
+    from wsi_segment.models.bundle import load_bundle
     from wsi_segment.models.cpu import AMX_FLAG, cpu_flags
     from wsi_segment.models.runtimes.select import open_runtime
 
@@ -150,7 +150,7 @@ def test_cli_batch_with_dask_address_runs_on_that_scheduler(
     assert "| done |" in capsys.readouterr().out
     # precision auto: the plan settled with one worker's calibration, run by every band
     precision = json.loads((out / "synth-b" / "summary.json").read_text())["precision"]
-    alone = open_runtime(load_model(tiny_model), plan_spec("auto", "auto")).report()
+    alone = open_runtime(load_bundle(tiny_model), plan_spec("auto", "auto")).report()
     assert what_ran(precision) == json.loads(json.dumps(alone))  # the runtime too
     if AMX_FLAG in cpu_flags() or precision["calibration"] is not None:
         assert precision["device"] == "cpu" and precision["calibration"]["tiles"] == 6

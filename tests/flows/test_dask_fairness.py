@@ -17,7 +17,7 @@ from tests.conftest import CMU_SLIDE, torch_handle, torch_spec
 from tests.flows.conftest import write_synthetic_slide
 from tests.pipeline.inference.test_band_runner import band_job_over, band_options, cluster_plan
 from tests.pipeline.inference.test_engine import four_units_tissue, make_job
-from wsi_segment.models.bundle import load_model
+from wsi_segment.models.bundle import load_bundle
 from wsi_segment.pipeline.inference.band_runner import (
     BAND_TILES,
     GPU_BAND_TILES,
@@ -66,7 +66,7 @@ def many_bands_job(tmp: Path, model_dir: Path) -> tuple[SlideJob, list[ChunkSpec
     units) of the tiny model's output, all of it read (not only its tissue), so it cuts into
     `SLOW_BANDS` bands of 64 tiles."""
     slide = write_synthetic_slide(tmp / "slow.svs", (768, 1536), seed=3, mpp=2.0)
-    model = torch_handle(load_model(model_dir))
+    model = torch_handle(load_bundle(model_dir))
     job, specs = make_job(tmp / "slow.zarr", model, 2, slide, detect=False)
     handle = ModelHandle(str(model_dir), "cpu", torch_spec("fp32"))
     return dataclasses.replace(job, model=handle), specs

@@ -93,14 +93,19 @@ def test_a_warm_openvino_load_builds_no_network_and_imports_no_torch(
 
 
 def test_the_network_is_the_files_it_was_read_from(tiny_model_dir: Path) -> None:
-    from wsi_segment.models.bundle import load_model
+    import torch
+
+    from wsi_segment.models.bundle import load_bundle
 
     files = ModelFiles(tiny_model_dir, "cpu")
     network = files.network()
     assert files.network() is network  # built once
-    assert network.identity == files.identity == load_model(tiny_model_dir).identity
-    assert files.meta == network.meta
-    assert (files.validation_patches is None) == (network.validation_patches is None)
+    whole = load_bundle(tiny_model_dir)
+    assert files.identity == whole.identity and files.meta == network.meta == whole.meta
+    assert (files.validation_patches is None) == (whole.validation_patches is None)
+    assert network.state_dict().keys() == whole.network().state_dict().keys()
+    for name, tensor in network.state_dict().items():
+        assert torch.equal(tensor, whole.network().state_dict()[name]), name
 
 
 def test_files_replaced_between_the_read_and_the_build_are_refused(

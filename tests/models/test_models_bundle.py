@@ -16,6 +16,7 @@ from wsi_segment.models.bundle import (
     ModelMeta,
     SegmentationModel,
     demo_model_dir,
+    load_bundle,
     load_model,
     save_model,
 )
@@ -111,8 +112,8 @@ def test_identity_of_the_files_is_the_loaded_models(
 
     _, folder = saved
     identity, meta = model_files_identity(folder)
-    loaded = load_model(folder)
-    assert identity == loaded.identity and meta == loaded.meta
+    loaded = load_bundle(folder)
+    assert identity == loaded.identity and meta == loaded.meta == loaded.network().meta
     assert identity != model_files_identity(variants["other"])[0]
 
 

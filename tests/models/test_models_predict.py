@@ -14,6 +14,7 @@ from wsi_segment.models.bundle import ModelMeta, SegmentationModel
 from wsi_segment.models.classifier import build_classifier
 from wsi_segment.models.cpu import cpu_flags
 from wsi_segment.models.device import fit_batch_size, pick_device
+from wsi_segment.models.model_files import BuiltModel
 from wsi_segment.models.runtimes.executor import TORCH_DTYPES
 from wsi_segment.models.runtimes.select import open_runtime
 from wsi_segment.models.segmenter import build_segmenter
@@ -71,7 +72,7 @@ def test_bf16_autocast_agrees_with_fp32() -> None:
         0, 256, (2, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(1)
     )
     seg32, cls32 = model.to_device("cpu").predict(tiles, gate=False)
-    opened = open_runtime(model, plan_spec("bf16"))
+    opened = open_runtime(BuiltModel(model), plan_spec("bf16"))
     assert opened.precision == "bf16"
     assert opened.report()["reason"] == "bf16: asked for (--precision bf16)"
     assert model.segmenter.net.encoder.model.conv1[0].weight.is_contiguous(

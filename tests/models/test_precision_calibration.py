@@ -13,6 +13,7 @@ from PIL import Image
 from tests.conftest import TORCH_SPEC, plan_spec, torch_labeller
 from tests.models.tiny_models import tiny_segmentation_model
 from wsi_segment.models.cpu import AMX_FLAG, cpu_flags
+from wsi_segment.models.model_files import BuiltModel
 from wsi_segment.models.precision_calibration import (
     MAX_AREA_SHIFT,
     MIN_AGREEMENT,
@@ -94,7 +95,7 @@ def test_calibration_compares_fp32_and_bf16_labels_on_the_real_tiles() -> None:
 
 def test_auto_on_this_cpu_says_what_runs_and_why() -> None:
     model = tiny_segmentation_model().to_device("cpu")
-    report = open_runtime(model, plan_spec("auto")).report()
+    report = open_runtime(BuiltModel(model), plan_spec("auto")).report()
     assert report["device"] == "cpu" and report["channels_last"] is True
     assert report["runtime"] == "torch"
     if AMX_FLAG in cpu_flags():
@@ -104,10 +105,12 @@ def test_auto_on_this_cpu_says_what_runs_and_why() -> None:
     else:
         assert report["autocast"] == "fp32" and report["calibration"] is None
         assert str(report["reason"]).startswith("fp32: auto on a CPU with ")
-    again = open_runtime(tiny_segmentation_model().to_device("cpu"), plan_spec("auto")).report()
+    again = open_runtime(
+        BuiltModel(tiny_segmentation_model().to_device("cpu")), plan_spec("auto")
+    ).report()
     assert again == report  # every load
     for fixed in ("fp32", "bf16"):
-        fixed_report = open_runtime(model, plan_spec(fixed)).report()
+        fixed_report = open_runtime(BuiltModel(model), plan_spec(fixed)).report()
         assert fixed_report["autocast"] == fixed and fixed_report["calibration"] is None
         assert fixed_report["reason"] == f"{fixed}: asked for (--precision {fixed})"
 
@@ -133,14 +136,14 @@ def test_open_runtime_runs_the_precision_the_plan_decided() -> None:
         precision_reason="bf16-if-calibrated: the policy's",
     )
     model = tiny_segmentation_model().to_device("cpu")
-    calibrated = open_runtime(model, calibrate)
+    calibrated = open_runtime(BuiltModel(model), calibrate)
     assert calibrated.cache_record()["checks_computed"] == 1  # the calibration ran here
     report = calibrated.report()
     cal = report["calibration"]
     assert isinstance(cal, dict) and cal["tiles"] == 6
     assert report["autocast"] == cal["chosen"] and report["reason"] == cal["reason"]
     pinned = dataclasses.replace(TORCH_SPEC, precision="bf16", precision_reason="bf16: pinned")
-    decided = open_runtime(model, pinned)
+    decided = open_runtime(BuiltModel(model), pinned)
     assert decided.precision == "bf16" and decided.cache_record()["checks_computed"] == 0
     report = decided.report()
     assert (report["autocast"], report["reason"], report["calibration"]) == (

@@ -16,8 +16,9 @@ from torch import nn
 from tests.conftest import TORCH_SPEC, calibrating_spec, run_geometry, torch_labeller
 from tests.models.tiny_models import META, TILE, tiny_segmentation_model
 from wsi_segment.errors import ModelError
-from wsi_segment.models.bundle import load_model, save_model
+from wsi_segment.models.bundle import load_bundle, load_model, save_model
 from wsi_segment.models.meta import ModelMeta
+from wsi_segment.models.model_files import BuiltModel
 from wsi_segment.models.precision_calibration import (
     calibrate_bf16,
     calibration_tiles,
@@ -59,13 +60,13 @@ def test_round_trip_is_exact_and_model_json_names_the_file(folder: Path) -> None
     entry = json.loads((folder / "model.json").read_text())["validation_patches"]
     assert entry["file"] == PATCHES_FILE and entry["count"] == 3 and entry["split"] == "val"
     assert entry["sources"] == list(patches.sources)
-    loaded = load_model(folder).validation_patches
+    loaded = load_bundle(folder).validation_patches
     assert loaded is not None and loaded.dtype == np.uint8  # read without torch
     np.testing.assert_array_equal(loaded, patches.pixels.transpose(0, 3, 1, 2))
     # the identity covers the patches: model.json holds their sha256
     plain = save_model(tiny_segmentation_model(), folder.parent / "plain")
-    assert load_model(plain).validation_patches is None  # older folders load as before
-    assert load_model(plain).identity != load_model(folder).identity
+    assert load_bundle(plain).validation_patches is None  # older folders load as before
+    assert load_bundle(plain).identity != load_bundle(folder).identity
 
 
 def _copy(folder: Path, dest: Path) -> Path:
@@ -110,8 +111,8 @@ def test_changed_missing_or_misshapen_patches_are_refused(folder: Path, tmp_path
 
 
 def test_torch_calibration_labels_the_patches_beside_the_cmu_tiles(folder: Path) -> None:
-    model = load_model(folder)
-    own = model.validation_patches
+    loaded = load_bundle(folder)
+    model, own = loaded.network(), loaded.validation_patches
     assert own is not None
     x = calibration_tiles(TILE, own)
     assert x.shape == (9, 3, TILE, TILE)
@@ -120,7 +121,7 @@ def test_torch_calibration_labels_the_patches_beside_the_cmu_tiles(folder: Path)
     labels_of = torch_labeller(model, TILE)
     ref = labels_of(x, False)
     low = labels_of(x, True)
-    cal = open_runtime(model, calibrating_spec()).calibration  # precision auto on a CPU with AMX
+    cal = open_runtime(loaded, calibrating_spec()).calibration  # precision auto, a CPU with AMX
     assert cal is not None
     agreement, shifts = compare_labels(ref, low)
     assert (cal.tiles, cal.own_patches) == (9, 3)
@@ -146,8 +147,9 @@ def test_openvino_calibration_labels_the_patches_too(tmp_path: Path) -> None:
     pytest.importorskip("openvino")
     torch.manual_seed(0)
     seg = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 3, 1))
-    model = SegmentationModel(_Classifier(), seg, META).to_device("cpu")
-    model.validation_patches = np.ascontiguousarray(_patches().pixels.transpose(0, 3, 1, 2))
+    network = SegmentationModel(_Classifier(), seg, META).to_device("cpu")
+    own = np.ascontiguousarray(_patches().pixels.transpose(0, 3, 1, 2))
+    model = BuiltModel(network, validation_patches=own)
     flags = frozenset({"avx2", "avx512f", "avx512_bf16", "amx_bf16"})
     spec = dataclasses.replace(
         TORCH_SPEC,
@@ -161,7 +163,7 @@ def test_openvino_calibration_labels_the_patches_too(tmp_path: Path) -> None:
     assert (choice.calibration.tiles, choice.calibration.own_patches) == (9, 3)
     again = open_runtime(model, spec, tmp_path)  # numbers cached
     assert again.checks_computed == 0 and again.calibration == choice.calibration
-    model.validation_patches = model.validation_patches[:2]  # other tiles: computed again
+    model = BuiltModel(network, validation_patches=own[:2])  # other tiles: computed again
     other = open_runtime(model, spec, tmp_path)
     assert other.checks_computed == 2 and other.calibration is not None
     assert (other.calibration.tiles, other.calibration.own_patches) == (8, 2)

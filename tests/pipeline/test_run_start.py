@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import CMU_SLIDE, LOCAL_FACTS, TINY_TILE, run_geometry
-from wsi_segment.models.bundle import load_model
+from wsi_segment.models.bundle import load_bundle
 from wsi_segment.models.meta import model_files_identity
 from wsi_segment.models.model_files import ModelFiles
 from wsi_segment.models.runtimes.select import open_runtime
@@ -72,7 +72,7 @@ def test_a_warm_plan_decides_precision_from_the_kept_verdict(
     assert warm.precision.value == "bf16" and warm.as_dict()["calibration"] == PASSING
     spec = runtime_spec(warm, run_geometry(TINY_TILE))
     assert spec.precision == "bf16"
-    report = open_runtime(load_model(tiny_model_dir), spec, cache).report()
+    report = open_runtime(load_bundle(tiny_model_dir), spec, cache).report()
     assert report["autocast"] == "bf16"
     assert report["reason"] == f"bf16: {warm.precision.reason}" == report["calibration"]["reason"]
     assert {k: report["calibration"][k] for k in PASSING} == PASSING
@@ -104,7 +104,7 @@ def test_a_verdict_holds_for_its_model_runtime_and_cpu_only(
 def test_the_first_load_keeps_the_verdict_it_obtained(tiny_model_dir: Path, cache: Path) -> None:
     cold = decide(AMX, TORCH, LOCAL_FACTS)
     first = open_runtime(
-        load_model(tiny_model_dir), runtime_spec(cold, run_geometry(TINY_TILE)), cache
+        load_bundle(tiny_model_dir), runtime_spec(cold, run_geometry(TINY_TILE)), cache
     )
     assert first.calibration is not None and first.calibration.tiles == 6
     facts = known_calibration(RunFacts(), cold, str(tiny_model_dir))

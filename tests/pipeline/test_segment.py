@@ -18,7 +18,7 @@ from shapely.geometry import shape
 from tests.conftest import CMU_SLIDE, DATA_DIR, LOCAL_FACTS, LUAD_CLASSES, plan_spec, what_ran
 from tests.reference_inference import label_count_bounds
 from wsi_segment.errors import ModelError, MppMissingError, OutputError, SlideError
-from wsi_segment.models.bundle import demo_model_dir, load_model
+from wsi_segment.models.bundle import demo_model_dir, load_bundle
 from wsi_segment.models.runtimes.openvino_runtime import openvino_version
 from wsi_segment.models.runtimes.select import open_runtime
 from wsi_segment.pipeline.machine import probe_machine
@@ -164,7 +164,7 @@ def test_areas_agree_between_summary_zarr_and_polygons(cmu_run):
     # runtime and precision auto: what the model alone chooses on this machine, and why
     precision = summary["precision"]
     assert precision["device"] == "cpu" and precision["channels_last"] is True
-    demo = load_model(demo_model_dir())
+    demo = load_bundle(demo_model_dir())
     alone = open_runtime(demo, plan_spec("auto", "auto", demo.meta.tile_size)).report()
     assert what_ran(precision) == json.loads(json.dumps(alone))
     cache_fields = {"graphs_compiled", "graphs_loaded", "checks_computed", "network_built"}

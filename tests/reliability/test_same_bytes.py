@@ -20,7 +20,7 @@ from shapely.geometry import box, shape
 
 from tests.conftest import CMU_SLIDE, plan_spec, what_ran
 from wsi_segment.models import cpu as cpu_info
-from wsi_segment.models.bundle import load_model
+from wsi_segment.models.bundle import load_bundle
 from wsi_segment.models.runtimes.decision import openvino_bf16_candidate
 from wsi_segment.models.runtimes.select import open_runtime
 from wsi_segment.pipeline.inference import model_handle
@@ -89,7 +89,7 @@ def region_a(out_dir: Path) -> tuple[dict[str, bytes | None], dict[str, bytes], 
 def run_roi_sets(tmp_path: Path, model_dir: Path, roi_sets: list[list[str]], cpu: str) -> list:
     """Run each ROI set; every run's precision record is the one the model gives when it is
     loaded alone, with no slide (a choice made from a run's tiles would differ from it)."""
-    model = load_model(model_dir)
+    model = load_bundle(model_dir)
     alone = open_runtime(model, plan_spec("auto", "auto", model.meta.tile_size)).report()
     openvino_bf16 = alone["runtime"] == "openvino" and openvino_bf16_candidate(cpu_info.cpu_flags())
     calibrated = cpu == "amx" or openvino_bf16

@@ -19,6 +19,7 @@ from wsi_segment.errors import GraphNotExpressible, ModelError, RuntimeUnavailab
 from wsi_segment.models.classifier import build_classifier
 from wsi_segment.models.cpu import cpu_flags
 from wsi_segment.models.meta import ModelMeta
+from wsi_segment.models.model_files import BuiltModel
 from wsi_segment.models.precision_calibration import calibration_tiles
 from wsi_segment.models.runtimes.executor import TorchExecutor
 from wsi_segment.models.runtimes.openvino_runtime import OpenVINOExecutor, OpenVINOGraphs
@@ -61,6 +62,11 @@ def _tiny(seed: int = 0) -> SegmentationModel:
     torch.manual_seed(seed)
     seg = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 1))
     return SegmentationModel(_Classifier(), seg, META).to_device("cpu")
+
+
+def _tiny_source(seed: int = 0) -> BuiltModel:
+    """`_tiny(seed)` as a runtime's source (a model built in memory: no identity)."""
+    return BuiltModel(_tiny(seed))
 
 
 def real_tiles() -> np.ndarray:
@@ -109,7 +115,7 @@ def run(
 def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The module's cache, holding `_tiny()`'s exported graph at GEOMETRY (compiled nothing)."""
     folder = tmp_path_factory.mktemp("runtime-cache")
-    OpenVINOGraphs(_tiny(), "fp32", 2, cpu_flags(), folder).exported_graph(GEOMETRY)
+    OpenVINOGraphs(_tiny_source(), "fp32", 2, cpu_flags(), folder).exported_graph(GEOMETRY)
     return folder
 
 
@@ -124,7 +130,7 @@ def with_tiny_graph(cache: Path, name: str) -> Path:
 
     folder = cache / name
     folder.mkdir()
-    digest = weights_digest(_tiny())
+    digest = weights_digest(_tiny_source())
     for manifest in cache.glob("*.json"):
         key = json.loads(manifest.read_text())["key"]
         if key["kind"] == "graph" and key["model"] == digest:
@@ -145,7 +151,7 @@ def test_fp32_gives_torchs_labels_and_probabilities_on_real_tiles(cache: Path) -
     """Exact on labels and on the stored uint8 probabilities, for the slide path's geometry
     and for whole tiles (what evaluate scores); classifier probabilities to float rounding."""
     model = _model()
-    graphs = OpenVINOGraphs(model, "fp32", 2, cpu_flags(), cache)
+    graphs = OpenVINOGraphs(BuiltModel(model), "fp32", 2, cpu_flags(), cache)
     x = real_tiles()
     ref = run(model, x)
     got = run(graphs, x)
@@ -158,11 +164,13 @@ def test_fp32_gives_torchs_labels_and_probabilities_on_real_tiles(cache: Path) -
 
 def test_a_second_load_reads_the_cache_and_gives_the_same_bytes(cache: Path) -> None:
     x = real_tiles()[:16]
-    first = OpenVINOGraphs(_tiny(), "fp32", 2, cpu_flags(), cache)
+    first = OpenVINOGraphs(_tiny_source(), "fp32", 2, cpu_flags(), cache)
     a = _outputs(first, x)
     ref = _outputs(_tiny(), x)
     assert all(np.array_equal(p, q) for p, q in zip(a[:2], ref[:2], strict=True))
-    second = OpenVINOGraphs(_tiny(), "fp32", 2, cpu_flags(), cache)  # another load, same bytes
+    second = OpenVINOGraphs(
+        _tiny_source(), "fp32", 2, cpu_flags(), cache
+    )  # another load, same bytes
     b = _outputs(second, x)
     assert second.builds == 0 and second.cache_hits == 1
     assert all(np.array_equal(p, q) for p, q in zip(a, b, strict=True))
@@ -176,21 +184,21 @@ def test_a_damaged_entry_is_rebuilt_and_keys_change_with_what_changes_the_result
 ) -> None:
     x = real_tiles()[:16]
     cache = with_tiny_graph(cache, "damage")
-    reference = _outputs(OpenVINOGraphs(_tiny(), "fp32", 2, cpu_flags(), cache), x)
+    reference = _outputs(OpenVINOGraphs(_tiny_source(), "fp32", 2, cpu_flags(), cache), x)
     blobs_before = set(cache.glob("*.blob"))
     assert len(blobs_before) == 1
     for blob in blobs_before:  # every compiled graph of this cache damaged
         data = bytearray(blob.read_bytes())
         data[len(data) // 2] ^= 0xFF
         blob.write_bytes(bytes(data))
-    again = OpenVINOGraphs(_tiny(), "fp32", 2, cpu_flags(), cache)
+    again = OpenVINOGraphs(_tiny_source(), "fp32", 2, cpu_flags(), cache)
     assert all(np.array_equal(p, q) for p, q in zip(reference, _outputs(again, x), strict=True))
     assert again.builds == 1 and again.cache_hits == 0
     assert set(cache.glob("*.blob")) == blobs_before  # replaced in place
     for other in (
-        OpenVINOGraphs(_tiny(), "fp32", 1, cpu_flags(), cache),  # threads
-        OpenVINOGraphs(_tiny(), "bf16", 2, cpu_flags(), cache),  # precision
-        OpenVINOGraphs(_tiny(seed=1), "fp32", 2, cpu_flags(), cache),  # weights
+        OpenVINOGraphs(_tiny_source(), "fp32", 1, cpu_flags(), cache),  # threads
+        OpenVINOGraphs(_tiny_source(), "bf16", 2, cpu_flags(), cache),  # precision
+        OpenVINOGraphs(_tiny_source(seed=1), "fp32", 2, cpu_flags(), cache),  # weights
     ):
         _outputs(other, x)
         assert other.builds == 1 and other.cache_hits == 0
@@ -202,14 +210,14 @@ def test_an_isa_cap_is_part_of_the_key(cache: Path, monkeypatch: pytest.MonkeyPa
     for the whole CPU, nor the other way round."""
     x = real_tiles()[:2]
     cache = with_tiny_graph(cache, "caps")
-    _outputs(OpenVINOGraphs(_tiny(), "fp32", 2, cpu_flags(), cache), x)
+    _outputs(OpenVINOGraphs(_tiny_source(), "fp32", 2, cpu_flags(), cache), x)
     for variable in ("OV_CPU_MAX_ISA", "ONEDNN_MAX_CPU_ISA"):
         with monkeypatch.context() as env:
             env.setenv(variable, "AVX2")
-            capped = OpenVINOGraphs(_tiny(), "fp32", 2, cpu_flags(), cache)
+            capped = OpenVINOGraphs(_tiny_source(), "fp32", 2, cpu_flags(), cache)
             _outputs(capped, x)
             assert capped.builds == 1 and capped.cache_hits == 0, variable
-    whole = OpenVINOGraphs(_tiny(), "fp32", 2, cpu_flags(), cache)
+    whole = OpenVINOGraphs(_tiny_source(), "fp32", 2, cpu_flags(), cache)
     _outputs(whole, x)
     assert whole.builds == 0 and whole.cache_hits == 1
 
@@ -219,7 +227,9 @@ def test_compute_threads_run_side_by_side_in_streams_of_their_share(cache: Path)
     thread with one of the graphs' two threads runs in a graph of two streams (two such
     threads at once, not in turn), a thread of all cores in one stream; the same bytes."""
     x = real_tiles()[:4]
-    graphs = OpenVINOGraphs(_tiny(), "fp32", 2, cpu_flags(), with_tiny_graph(cache, "streams"))
+    graphs = OpenVINOGraphs(
+        _tiny_source(), "fp32", 2, cpu_flags(), with_tiny_graph(cache, "streams")
+    )
     shared: list[list[np.ndarray]] = []
 
     def one_core() -> None:  # a compute thread of two on two cores
@@ -246,12 +256,12 @@ THREADS_AT_ONCE = """
 import os, sys, threading
 from pathlib import Path
 import torch
-from tests.models.runtimes.test_openvino_runtime import TILE, _tiny
+from tests.models.runtimes.test_openvino_runtime import TILE, _tiny_source
 from wsi_segment.models.cpu import cpu_flags
 from wsi_segment.models.runtimes.tile_io import Geometry
 from wsi_segment.models.runtimes.openvino_runtime import OpenVINOGraphs
 
-graphs = OpenVINOGraphs(_tiny(), "fp32", 1, cpu_flags(), Path(sys.argv[1]))
+graphs = OpenVINOGraphs(_tiny_source(), "fp32", 1, cpu_flags(), Path(sys.argv[1]))
 x = torch.full((2, TILE, TILE, 3), 128, dtype=torch.uint8)
 start = threading.Barrier(int(sys.argv[2]))
 def infer():
@@ -277,7 +287,7 @@ def test_threads_whose_first_inference_is_at_once_do_not_deadlock(cache: Path) -
 
     folder = cache / "threads"
     repo = Path(__file__).resolve().parents[3]
-    warm = OpenVINOGraphs(_tiny(), "fp32", 1, cpu_flags(), folder)
+    warm = OpenVINOGraphs(_tiny_source(), "fp32", 1, cpu_flags(), folder)
     run(warm, torch.full((2, 3, TILE, TILE), 128, dtype=torch.uint8))
     assert warm.builds == 1
     argv = [sys.executable, "-c", THREADS_AT_ONCE, str(folder), "4"]
@@ -291,13 +301,13 @@ SIGNAL_AFTER_FREEING = """
 import gc, os, signal, sys
 from pathlib import Path
 import torch
-from tests.models.runtimes.test_openvino_runtime import TILE, _tiny
+from tests.models.runtimes.test_openvino_runtime import TILE, _tiny_source
 from wsi_segment.models.cpu import cpu_flags
 from wsi_segment.models.runtimes.tile_io import Geometry
 from wsi_segment.models.runtimes.openvino_runtime import OpenVINOGraphs
 
 x = torch.full((2, TILE, TILE, 3), 128, dtype=torch.uint8)
-made = [OpenVINOGraphs(_tiny(seed=s), "fp32", 1, cpu_flags(), Path(sys.argv[1])) for s in (0, 1)]
+made = [OpenVINOGraphs(_tiny_source(seed=s), "fp32", 1, cpu_flags(), Path(sys.argv[1])) for s in (0, 1)]
 for graphs in made:
     graphs.run(x, Geometry(TILE, 16, 192, 4, True), 1)
 del graphs
@@ -341,12 +351,12 @@ def test_a_graph_openvino_cannot_express_runs_in_torch_under_auto_and_is_refused
     torch.manual_seed(0)
     model = SegmentationModel(_Classifier(), _Branchy(), META)
     model.to_device("cpu")
-    choice = open_runtime(model, ov_spec(), cache)
+    choice = open_runtime(BuiltModel(model), ov_spec(), cache)
     assert choice.runtime == "torch" and choice.graphs is None
     assert choice.reason.startswith("torch: the model's graph cannot be exported to OpenVINO")
     assert choice.warning is not None and choice.warning.endswith("; ran in torch")
     with pytest.raises(ModelError, match=r"cannot be exported to OpenVINO .*use --runtime torch"):
-        open_runtime(model, ov_spec(by_name=True), cache)
+        open_runtime(BuiltModel(model), ov_spec(by_name=True), cache)
 
 
 def test_what_openvino_cannot_run_is_an_error_of_the_one_hierarchy(cache: Path) -> None:
@@ -354,7 +364,7 @@ def test_what_openvino_cannot_run_is_an_error_of_the_one_hierarchy(cache: Path) 
     RuntimeError: should one ever escape the fallback, it is reported as an expected error."""
     torch.manual_seed(0)
     model = SegmentationModel(_Classifier(), _Branchy(), META).to_device("cpu")
-    graphs = OpenVINOGraphs(model, "fp32", 1, cpu_flags(), cache)
+    graphs = OpenVINOGraphs(BuiltModel(model), "fp32", 1, cpu_flags(), cache)
     with pytest.raises(GraphNotExpressible) as info:
         graphs.exported_graph(GEOMETRY)
     assert isinstance(info.value, ModelError) and not isinstance(info.value, RuntimeError)
@@ -371,17 +381,17 @@ def test_where_openvino_cannot_run_torch_runs_the_plans_precision_for_torch(
     torch.manual_seed(0)
     model = SegmentationModel(_Classifier(), _Branchy(), META).to_device("cpu")
     spec = dataclasses.replace(ov_spec("bf16-if-calibrated"), fallback="fp32")
-    report = open_runtime(model, spec, cache).report()
+    report = open_runtime(BuiltModel(model), spec, cache).report()
     assert report["runtime"] == "torch" and report["calibration"] is None
     assert (report["autocast"], report["reason"]) == ("fp32", "fp32: the plan's for torch")
     spec = dataclasses.replace(spec, fallback="bf16-if-calibrated")  # torch on AMX: calibrated
-    report = open_runtime(model, spec, cache).report()
+    report = open_runtime(BuiltModel(model), spec, cache).report()
     assert report["runtime"] == "torch" and isinstance(report["calibration"], dict)
 
 
 def test_open_runtime_opens_openvino_and_says_why(cache: Path) -> None:
     model = _tiny()
-    report = open_runtime(model, ov_spec(by_name=True), cache).report()
+    report = open_runtime(BuiltModel(model), ov_spec(by_name=True), cache).report()
     assert report["runtime"] == "openvino" and report["autocast"] == "fp32"
     assert report["runtime_reason"] == "openvino: asked for (--runtime openvino)"
     # fp32 in another library sums in another order: a label flips only at a near-tie of
@@ -391,7 +401,7 @@ def test_open_runtime_opens_openvino_and_says_why(cache: Path) -> None:
     assert report["runtime_warning"] is None
     x = real_tiles()[:16]
     ref = run(_tiny(), x)
-    executor = open_runtime(model, ov_spec(by_name=True), cache).executor(GEOMETRY, 16)
+    executor = open_runtime(BuiltModel(model), ov_spec(by_name=True), cache).executor(GEOMETRY, 16)
     same = float(np.mean(executor.run(x.transpose(0, 2, 3, 1)).labels == ref.labels))
     assert same >= 0.99999
 
@@ -399,10 +409,10 @@ def test_open_runtime_opens_openvino_and_says_why(cache: Path) -> None:
 def test_a_cache_that_cannot_be_written_costs_only_time(cache: Path, tmp_path: Path) -> None:
     """Same bytes as a cached run: both compile the graph from its saved form."""
     x = real_tiles()[:16]
-    cached = _outputs(OpenVINOGraphs(_tiny(), "fp32", 2, cpu_flags(), cache), x)
+    cached = _outputs(OpenVINOGraphs(_tiny_source(), "fp32", 2, cpu_flags(), cache), x)
     blocker = tmp_path / "a-file"
     blocker.write_bytes(b"")
-    uncached = OpenVINOGraphs(_tiny(), "fp32", 2, cpu_flags(), blocker / "cache")
+    uncached = OpenVINOGraphs(_tiny_source(), "fp32", 2, cpu_flags(), blocker / "cache")
     got = _outputs(uncached, x)
     assert uncached.builds == 1 and not (blocker / "cache").exists()
     assert all(np.array_equal(p, q) for p, q in zip(cached, got, strict=True))
@@ -417,7 +427,7 @@ def test_models_loading_side_by_side_both_export(tmp_path: Path) -> None:
     results: dict[int, object] = {}
 
     def load(seed: int) -> None:
-        graphs = OpenVINOGraphs(_tiny(seed), "fp32", 2, cpu_flags(), tmp_path)
+        graphs = OpenVINOGraphs(_tiny_source(seed), "fp32", 2, cpu_flags(), tmp_path)
         try:
             results[seed] = _outputs(graphs, x)
         except Exception as exc:
@@ -440,7 +450,7 @@ def test_a_warm_cache_opens_openvino_without_a_forward_or_a_calibration_graph(
     model = _tiny()
     # bf16 is a candidate under auto (a CPU with AMX): both checks run
     spec = ov_spec("bf16-if-calibrated", flags=cpu_flags() | {"amx_bf16"})
-    first = open_runtime(model, spec, tmp_path)
+    first = open_runtime(BuiltModel(model), spec, tmp_path)
     assert first.checks_computed == 2 and first.calibration is not None
     assert first.graphs is not None and first.graphs.builds >= 1
     hits = first.graphs.cache_hits  # the fp32 check's graph: read from the disk again
@@ -448,7 +458,7 @@ def test_a_warm_cache_opens_openvino_without_a_forward_or_a_calibration_graph(
     assert first.graphs.cache_hits == hits + 1
     forwards: list[int] = []
     model.segmenter.register_forward_hook(lambda *_: forwards.append(1))
-    second = open_runtime(model, spec, tmp_path)
+    second = open_runtime(BuiltModel(model), spec, tmp_path)
     assert second.checks_computed == 0 and forwards == []
     assert second.graphs is not None and second.graphs.builds + second.graphs.cache_hits == 0
     assert second.fp32_agreement == first.fp32_agreement
@@ -464,7 +474,7 @@ def test_a_warm_cache_opens_openvino_without_a_forward_or_a_calibration_graph(
     }
     for path in verdicts:
         path.write_text(path.read_text().replace("agreement", "agreemenT"))
-    third = open_runtime(model, spec, tmp_path)
+    third = open_runtime(BuiltModel(model), spec, tmp_path)
     assert third.checks_computed == 2 and len(forwards) == 1  # the torch fp32 forward
     assert third.calibration == first.calibration
     assert third.fp32_agreement == first.fp32_agreement
@@ -475,16 +485,16 @@ def test_the_plans_decision_is_opened_as_decided(cache: Path) -> None:
     OpenVINO where the plan says so; torch where it decided torch (the reason kept, and a
     warning where OpenVINO was asked for by name)."""
     model = _tiny()
-    opened = open_runtime(model, ov_spec(), cache)
+    opened = open_runtime(BuiltModel(model), ov_spec(), cache)
     assert (opened.runtime, opened.report()["runtime_reason"]) == (
         "openvino",
         "openvino: the plan's",
     )
     why = "torch: asked for OpenVINO, but it cannot be imported here"
     torch_spec = dataclasses.replace(TORCH_SPEC, runtime_reason=why)
-    decided = open_runtime(model, torch_spec, cache)
+    decided = open_runtime(BuiltModel(model), torch_spec, cache)
     assert (decided.runtime, decided.reason, decided.warning) == ("torch", why, None)
-    named = open_runtime(model, dataclasses.replace(torch_spec, by_name=True), cache)
+    named = open_runtime(BuiltModel(model), dataclasses.replace(torch_spec, by_name=True), cache)
     assert named.runtime == "torch" and named.warning == why  # asked for by name
 
 
@@ -503,7 +513,7 @@ def test_a_cold_open_exports_only_the_slides_graph_and_the_run_compiles_it(
     one graph, not also one of whole tiles, and the run's executor builds from it. The check
     holds for its geometry only: another geometry is checked (and exported) again."""
     model = _tiny()
-    opened = open_runtime(model, ov_spec(), tmp_path)
+    opened = open_runtime(BuiltModel(model), ov_spec(), tmp_path)
     assert [k["geometry"] for k in _cached(tmp_path, "graph")] == [GEOMETRY.key()]
     assert [k["geometry"] for k in _cached(tmp_path, "verdict")] == [GEOMETRY.key()]
     x = real_tiles()[:8]
@@ -512,7 +522,9 @@ def test_a_cold_open_exports_only_the_slides_graph_and_the_run_compiles_it(
     ref = run(_tiny(), x)
     assert float(np.mean(got.labels == ref.labels)) >= 0.99999
     other = Geometry(TILE, 32, 160, 2, True)
-    again = open_runtime(model, dataclasses.replace(ov_spec(), geometry=other), tmp_path)
+    again = open_runtime(
+        BuiltModel(model), dataclasses.replace(ov_spec(), geometry=other), tmp_path
+    )
     assert again.checks_computed == 1
     assert sorted(k["geometry"] for k in _cached(tmp_path, "verdict")) == sorted(
         [GEOMETRY.key(), other.key()]

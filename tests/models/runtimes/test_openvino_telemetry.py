@@ -23,12 +23,12 @@ from pathlib import Path
 
 import torch
 
-from tests.models.runtimes.test_openvino_runtime import _tiny
+from tests.models.runtimes.test_openvino_runtime import _tiny_source
 from wsi_segment.models.cpu import cpu_flags
 from wsi_segment.models.runtimes.tile_io import Geometry
 from wsi_segment.models.runtimes.openvino_runtime import OpenVINOGraphs
 
-graphs = OpenVINOGraphs(_tiny(), "fp32", 1, cpu_flags(), Path(sys.argv[1]))
+graphs = OpenVINOGraphs(_tiny_source(), "fp32", 1, cpu_flags(), Path(sys.argv[1]))
 graphs.run(torch.zeros((2, 224, 224, 3), dtype=torch.uint8), Geometry(224, 16, 192, 4, True), 1)
 assert graphs.builds == 1, graphs.builds  # exported and converted here, not read from a cache
 converter = sys.modules["openvino.tools.ovc.convert_impl"]

@@ -41,7 +41,7 @@ from tests.pipeline.inference.test_engine import (
 from tests.pipeline.inference.test_engine_shared_model import TurnWatch
 from tests.reference_inference import units_alone
 from wsi_segment.errors import BandAborted, SlideError
-from wsi_segment.models.bundle import load_model
+from wsi_segment.models.bundle import load_bundle
 from wsi_segment.pipeline.cancellation import Cancellation
 from wsi_segment.pipeline.inference.band_task import BandResult, run_band
 from wsi_segment.pipeline.inference.host_tiles import HostTiles
@@ -80,7 +80,7 @@ def band_job_over(
     """A job over `tissue` of `slide` whose model travels as its folder (a worker loads it),
     CPU fp32 (`band_options` gives one tile per forward pass: a tile's arithmetic is then the
     same whichever chunks share its batch, so every path can be compared byte for byte)."""
-    model = torch_handle(load_model(model_dir))
+    model = torch_handle(load_bundle(model_dir))
     job, specs = job_over(zarr, model, chunk_tiles, slide, tissue)
     handle = ModelHandle(str(model_dir), "cpu", torch_spec("fp32"))
     return dataclasses.replace(job, model=handle), specs
@@ -186,7 +186,7 @@ def test_bands_of_one_cpu_worker_run_their_forward_passes_side_by_side(
     """A CPU worker runs one band per thread, each on its share of the cores: under the
     worker's one model lock they would compute one at a time (the per-chunk path measured
     172 s instead of 60 s that way)."""
-    loaded = torch_loaded(load_model(tiny_model_dir))
+    loaded = torch_loaded(load_bundle(tiny_model_dir))
     watch = TurnWatch(loaded.lock, hold_s=0.05)  # passes that can overlap do
     watched = WrappedLoaded(loaded.model, loaded.runtime, loaded.lock, wrap=watch.wrap)
     # the handle the bands' own plan asks for, so they run the watched model

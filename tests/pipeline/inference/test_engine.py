@@ -31,7 +31,7 @@ from tests.engine_jobs import planned_job
 from tests.engine_leaks import shm_entries
 from tests.reference_inference import units_alone
 from wsi_segment.errors import SlideError
-from wsi_segment.models.bundle import load_model
+from wsi_segment.models.bundle import load_bundle
 from wsi_segment.models.runtimes.tile_io import ReducedOutputs
 from wsi_segment.pipeline.inference.decode_pool import DecodePool
 from wsi_segment.pipeline.inference.decoder_link import Decoded
@@ -65,7 +65,7 @@ FIELDS = ("probs", "labels", "cls_probs")
 
 @pytest.fixture(scope="module")
 def tiny(tiny_model_dir: Path) -> ModelHandle:
-    return torch_handle(load_model(tiny_model_dir), wrap=TileByTile)
+    return torch_handle(load_bundle(tiny_model_dir), wrap=TileByTile)
 
 
 # A level-0 box of CMU-1-Small-Region.svs over tile rows 4-11 and columns 4-9 of the tiny
@@ -289,7 +289,7 @@ def test_engine_on_cuda_matches_the_cpu_within_one_level(
     replay of one captured CUDA graph (the GPU default, captured inside the engine while the
     stager copies on its side stream)."""
     (expected, _), _ = alone
-    model = torch_handle(load_model(tiny_model_dir), device="cuda", cuda_graphs=cuda_graphs)
+    model = torch_handle(load_bundle(tiny_model_dir), device="cuda", cuda_graphs=cuda_graphs)
     assert model.get().runtime.report()["cuda_graphs"] is cuda_graphs
     job, specs = four_units_job(tmp_path / "p.zarr", model, four_units)
     reads = DecoderProcesses(2) if source == "decoders" else ReaderThread(HostTiles(job.reader))
@@ -441,7 +441,7 @@ def test_the_compute_threads_run_on_the_plans_cores(tmp_path, tiny_model_dir):
     try:
         seen: list[int] = []
         wrap = functools.partial(ThreadCounts, seen=seen)
-        handle = torch_handle(load_model(tiny_model_dir), wrap=wrap)
+        handle = torch_handle(load_bundle(tiny_model_dir), wrap=wrap)
         job, specs = make_job(tmp_path / "p.zarr", handle, 2)
         engine_run(job, specs[:2], ReaderThread(HostTiles(job.reader)), replace(ENGINE, cores=1))
         assert seen and set(seen) == {1}

@@ -28,7 +28,7 @@ from tests.engine_leaks import shm_entries
 from tests.pipeline.inference.test_device_tiles import device_reads as open_reads
 from tests.pipeline.inference.test_engine import TileByTile, assert_same_outcomes, stored
 from wsi_segment.errors import SlideError
-from wsi_segment.models.bundle import load_model
+from wsi_segment.models.bundle import load_bundle
 from wsi_segment.pipeline.inference.device_tiles import Decoder, DeviceTiles
 from wsi_segment.pipeline.inference.engine_state import EngineStats
 from wsi_segment.pipeline.inference.model_handle import ModelHandle
@@ -44,7 +44,7 @@ CPU = torch.device("cpu")
 
 @pytest.fixture(scope="module")
 def tiny(tiny_model_dir: Path) -> ModelHandle:
-    return torch_handle(load_model(tiny_model_dir), wrap=TileByTile)
+    return torch_handle(load_bundle(tiny_model_dir), wrap=TileByTile)
 
 
 def level_job(
@@ -197,7 +197,7 @@ def test_device_reads_on_cuda_write_what_the_decoder_processes_write(tmp_path, t
     """CMU-1's RGB-coded tiles are decoded by libjpeg and copied to the device: the same
     tiles as the decoder processes', so a model on CUDA writes the same bytes from both
     (the side stream and its ready events ordered before each forward pass)."""
-    wrapped = torch_handle(load_model(tiny_model_dir), device="cuda", wrap=TileByTile)
+    wrapped = torch_handle(load_bundle(tiny_model_dir), device="cuda", wrap=TileByTile)
     job, specs = level_job(tmp_path / "a.zarr", wrapped, CMU_SLIDE, detect=False)
     specs = window(specs, *WINDOWS[CMU_SLIDE])
     expected = engine_run(job, specs, DecoderProcesses(1))
@@ -218,7 +218,7 @@ def test_nvjpeg_reads_feed_the_engine(tmp_path, tiny_model_dir, cuda_graphs):
     tile and as replays of a CUDA graph captured while nvJPEG decodes on the side stream."""
     wrap = None if cuda_graphs else TileByTile
     model = torch_handle(
-        load_model(tiny_model_dir), device="cuda", wrap=wrap, cuda_graphs=cuda_graphs
+        load_bundle(tiny_model_dir), device="cuda", wrap=wrap, cuda_graphs=cuda_graphs
     )
     job, specs = level_job(tmp_path / "p.zarr", model, OME_TIFF)
     reads = device_reads(job, torch.device("cuda"), "nvjpeg")  # YCbCr tiles

@@ -239,7 +239,7 @@ def test_output_names() -> None:
 
 def test_run_identity(tmp_path: Path, tiny_model_dir: Path) -> None:
     """Same slide file + same model files + same output parameters = same fingerprint."""
-    from wsi_segment.models.bundle import load_model
+    from wsi_segment.models.bundle import load_bundle
 
     model = shutil.copytree(tiny_model_dir, tmp_path / "model")
     digests = [
@@ -247,7 +247,7 @@ def test_run_identity(tmp_path: Path, tiny_model_dir: Path) -> None:
         for n in ("model.json", "model.safetensors")
     ]
     expected = hashlib.sha256("".join(digests).encode()).hexdigest()
-    assert load_model(model).identity == expected  # the formula of earlier releases
+    assert load_bundle(model).identity == expected  # the formula of earlier releases
     assert slide_identity("https://host/s.svs") == {"url": "https://host/s.svs"}
     slide = tmp_path / "s.svs"
     slide.write_bytes(b"x")
