@@ -49,6 +49,7 @@ from wsi_segment.flows.batch_interrupt import (  # noqa: E402
 )
 from wsi_segment.flows.dask_cluster import dask_client  # noqa: E402
 from wsi_segment.flows.door_words import run_words  # noqa: E402
+from wsi_segment.flows.dropped_stops import DroppedStops  # noqa: E402
 from wsi_segment.flows.morning_artifacts import publish_morning_report, report_slide  # noqa: E402
 from wsi_segment.flows.run_log import (  # noqa: E402
     log_slide_warnings,
@@ -220,22 +221,26 @@ def segment_batch(
     """
     outlive_worker_pipes()
     check_batch_limits(concurrency, slide_timeout)
-    logger = get_run_logger()
-    items = parse_batch_input(input)
-    params = make_params(model_dir, options, origin=flow_run_origin())
-    logger.info("%d slide(s) from %s -> %s", len(items), input, out)
-    in_process = engine_in_process(probe_machine(), params, workers, dask_address).value
-    # the slides in flight in this process share its decoders (each slide's run policy)
-    at_once = min(concurrency, max(1, len(items))) if in_process else 1
-    model = model_files(params)
-    finished = slides_without_task(items, out, params, model, retry_failed)
-    todo = [i for i in range(len(items)) if i not in finished]
-    morning = BatchReport(out, [item.name for item in items], finished)
     with contextlib.ExitStack() as stack:
+        # a stop whose exception Python drops before the slides start (reading the input, the
+        # up-to-date scan, the cluster's start) stops the batch before any starts
+        dropped = stack.enter_context(DroppedStops())
+        logger = get_run_logger()
+        items = parse_batch_input(input)
+        params = make_params(model_dir, options, origin=flow_run_origin())
+        logger.info("%d slide(s) from %s -> %s", len(items), input, out)
+        in_process = engine_in_process(probe_machine(), params, workers, dask_address).value
+        # the slides in flight in this process share its decoders (each slide's run policy)
+        at_once = min(concurrency, max(1, len(items))) if in_process else 1
+        model = model_files(params)
+        finished = slides_without_task(items, out, params, model, retry_failed)
+        todo = [i for i in range(len(items)) if i not in finished]
+        morning = BatchReport(out, [item.name for item in items], finished)
         stack.enter_context(pipeline_warnings_to_run_log())
         if todo:  # no cluster starts for a batch that is all finished
             client = stack.enter_context(_dask_context(dask_address, workers, in_process))
-            watch = stack.enter_context(SlideWatch(slide_timeout))
+            watch = stack.enter_context(SlideWatch(slide_timeout))  # notes drops from here on
+            dropped.raise_noted()
             finished.update(
                 run_slide_tasks(
                     items, todo, out, params, client, watch, concurrency, at_once, morning, finished

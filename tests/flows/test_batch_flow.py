@@ -5,11 +5,15 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import signal
+import sys
 from pathlib import Path
 
 import pytest
+from prefect.exceptions import TerminationSignal
 
 from tests.flows.conftest import BROKEN, CLASSES, copy_slides, output_files, stable_summary
+from tests.flows.test_batch_interrupt import StopWhileFinalised
 from wsi_segment.errors import OutputError
 from wsi_segment.pipeline.batch_report import seconds_cell
 
@@ -260,3 +264,57 @@ def test_batch_reports_a_full_disk_as_the_cli_does(
         with pytest.raises(OutputError) as cli:
             segment_slide(slide, full / "cli", SegmentParams(model_dir=tiny_model))
         assert result.error == str(cli.value).replace(str(full / "cli"), str(full / "batch"))
+
+
+class DropOnLog(logging.Handler):
+    """At the first record containing `text`, finalises an object whose finaliser raises
+    `stop`: Python drops it in the thread that logged, as it drops a signal handler's
+    exception that lands inside a finaliser (tests/flows/test_batch_interrupt.py)."""
+
+    def __init__(self, text: str, stop: BaseException) -> None:
+        super().__init__()
+        self.text, self.stop, self.fired = text, stop, False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.fired and self.text in record.getMessage():
+            self.fired = True
+            StopWhileFinalised(self.stop)  # finalised at once: dropped here
+
+
+@pytest.mark.parametrize(
+    "stop", [KeyboardInterrupt(), TerminationSignal(signal.SIGTERM)], ids=["ctrl-c", "sigterm"]
+)
+def test_a_stop_dropped_before_the_slides_start_stops_the_batch(
+    prefect_harness: None, tiny_model: Path, slides_dir: Path, tmp_path: Path, stop
+) -> None:
+    """A stop Python drops while the flow reads its input (a deployment has no CLI guard
+    around it) stops the batch before any slide starts, with the stop's own exception; the
+    batch used to run every slide and end as if none had come."""
+    from wsi_segment.flows.batch_flow import segment_batch
+
+    out = tmp_path / "out"
+    run_logger = logging.getLogger("prefect.flow_runs")
+    drop = DropOnLog(" slide(s) from ", stop)
+    run_logger.addHandler(drop)
+    hook = sys.unraisablehook
+    sys.unraisablehook = lambda _unraisable: None  # the flow hands it on: nothing printed
+    # Prefect passes a TerminationSignal on to the SIGTERM handler it found, as a second
+    # SIGTERM (which would end this test process): one that only notes it
+    passed_on: list[int] = []
+    handler = signal.signal(signal.SIGTERM, lambda signum, _frame: passed_on.append(signum))
+    try:
+        with pytest.raises(type(stop)):
+            segment_batch(
+                input=str(slides_dir),
+                out=str(out),
+                model_dir=str(tiny_model),
+                workers=0,
+                options={"precision": "fp32", "runtime": "torch"},
+            )
+        assert sys.unraisablehook is not hook  # ours, given back by the flow
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+        sys.unraisablehook = hook
+        run_logger.removeHandler(drop)
+    assert drop.fired
+    assert not out.exists() or not [p.name for p in out.iterdir()]  # no slide started
