@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from wsi_segment.errors import Terminated
+from wsi_segment.errors import Terminated, signal_exception
 from wsi_segment.flows.cli_segment import (
     add_segment_options,
     check_roi_file,
@@ -137,6 +137,8 @@ def run(args: argparse.Namespace) -> int:
             guard.hold()
             stopped = batch_stop(exc)
             if stopped is None:  # before any slide ran: nothing to report
+                if isinstance(exc, TerminationSignal):  # Prefect's SIGTERM: exits as ours does
+                    raise signal_exception(exc.signal) from None
                 raise
             results, interrupt = stopped.results, cli_interrupt(stopped)
             code = 128 + interrupt.signum if isinstance(interrupt, Terminated) else 130

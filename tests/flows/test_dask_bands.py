@@ -455,9 +455,12 @@ def test_a_band_re_decides_only_the_worker_specific_decisions(
     run_policy.WORKER_DECISIONS, from that worker's own machine and place
     (run_policy.WORKER_FACTS): two workers given different cores run the shipped plan
     re-decided for each (`run_policy.for_worker`), differing from it and from each other
-    only in those decisions, with the shipped runtime and precision, reasons included."""
+    only in those decisions, with the shipped runtime and precision, reasons included. Each
+    worker is given one band (as `run_bands` hands them out when both are free: pinned here,
+    so a busy machine's scheduling cannot put both on one worker)."""
     import dataclasses
 
+    from wsi_segment.pipeline.inference.band_runner import _slots
     from wsi_segment.pipeline.machine import probe_machine
     from wsi_segment.pipeline.params import SegmentParams
     from wsi_segment.pipeline.run_policy import WORKER_DECISIONS, for_worker
@@ -472,10 +475,17 @@ def test_a_band_re_decides_only_the_worker_specific_decisions(
     job, specs = four_units_job(tmp_path / "bands.zarr", tiny_model_dir, four_units)  # torch
     options = SegmentParams(device="cpu", batch_size=1, runtime="torch", precision="fp32")
     shipped = cluster_plan(options)  # what the client decided, for every band
-    bands: list[BandResult] = []
+    at_once, gpu = _slots(client)  # what run_bands hands its bands
+    runs = contiguous_runs(specs, 2)  # one band on each worker, whatever the scheduler's load
     assert client.run(_pin_threads_to, {0}, workers=[one]) == {one: 1}
     try:
-        run_bands(job, specs, client, shipped, key_prefix="band-own", results=bands)
+        futures = [
+            client.submit(
+                run_band, job, [specs[i] for i in run], None, shipped, gpu, at_once, workers=[w]
+            )
+            for w, run in zip(workers, runs, strict=True)
+        ]
+        bands: list[BandResult] = client.gather(futures)
     finally:
         client.run(_pin_threads_to, everything, workers=[one])
     policies = [b.policy for b in bands]

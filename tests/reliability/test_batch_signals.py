@@ -73,6 +73,52 @@ def wait_for_chunks(proc: subprocess.Popen[str], partial: Path, timeout: float =
     pytest.fail("the batch never reached the slow slide's inference")
 
 
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize(
+    ("sig", "code", "line"),
+    [
+        (signal.SIGINT, 130, "error: interrupted"),
+        (signal.SIGTERM, 143, "error: terminated (SIGTERM)"),
+    ],
+    ids=["SIGINT", "SIGTERM"],
+)
+def test_a_signal_before_the_first_slide_stops_the_batch_as_one_mid_slide_does(
+    tiny_model_dir: Path, tmp_path: Path, sig: signal.Signals, code: int, line: str
+) -> None:
+    """Sent as soon as the batch has read its input (it then checks which slides are up to
+    date and starts its local cluster, seconds before a slide can start): the exit status
+    and the one `error:` line of a stop mid-slide, no traceback, no slide started, no
+    process left. SIGTERM used to escape as Prefect's `TerminationSignal`: a traceback and
+    exit status 1."""
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    write_synthetic_slide(folder / "a.tif", (512, 384), seed=1)
+    cmd = batch_cmd(folder, tiny_model_dir, out, "--workers", "1")
+    with foreground_signals():
+        proc = subprocess.Popen(
+            cmd, cwd=REPO, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
+    assert proc.stdout is not None
+    seen = []
+    for output_line in proc.stdout:  # the flow's log: "1 slide(s) from IN -> OUT"
+        seen.append(output_line)
+        if " slide(s) from " in output_line:
+            break
+    else:
+        pytest.fail("the batch ended before it logged its input:\n" + "".join(seen))
+    children = descendants(proc.pid)
+    proc.send_signal(sig)
+    rest, _ = proc.communicate(timeout=120)
+    output = "".join(seen) + rest
+    assert proc.returncode == code, output[-3000:]
+    assert [ln for ln in output.splitlines() if ln.startswith("error:")] == [line], output
+    assert "Traceback" not in output, output[-3000:]
+    assert "| done |" not in output and leftovers(out) == [], output[-3000:]  # none started
+    _, alive = psutil.wait_procs(children + descendants(proc.pid), timeout=10)
+    assert not alive, alive
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize(
