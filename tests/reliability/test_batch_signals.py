@@ -281,8 +281,9 @@ def test_the_flow_refuses_a_bad_slide_timeout(value: float, tmp_path: Path) -> N
 # from a pipe nobody writes to, in the kernel, where no check of the slide's cancellation token
 # comes (a hung network file system, a driver call). The grace is cut to 5 s.
 STUCK_CLI = """
-import os, sys
+import faulthandler, os, signal, sys
 from pathlib import Path
+faulthandler.register(signal.SIGUSR2, all_threads=True)  # signal_and_wait's dump of a hang
 from wsi_segment.flows import batch_flow, batch_interrupt
 batch_interrupt.GRACE_S = 5.0
 real = batch_flow.run_slide_stages
@@ -349,15 +350,21 @@ def signal_and_wait(
     failure: str,
 ) -> tuple[str, str, float]:
     """(stdout, stderr, seconds to exit) of `proc` after `send()` signals it; past `timeout`
-    the batch and its `children` are killed and the test fails with `failure`."""
+    the batch and its `children` are killed and the test fails with `failure` and the end of
+    its output (after SIGUSR2: a batch that registered faulthandler on it, STUCK_CLI, dumps
+    every thread's stack there)."""
     t0 = time.monotonic()
     send()
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGUSR2)  # where it hangs, if it dumps its stacks on it
+        time.sleep(2)
         kill_all(proc, children)
-        proc.communicate()
-        pytest.fail(failure)
+        stdout, stderr = proc.communicate()
+        pytest.fail(
+            f"{failure}; its stdout ends:\n{stdout[-2000:]}\nits stderr ends:\n{stderr[-3000:]}"
+        )
     return stdout, stderr, time.monotonic() - t0
 
 
