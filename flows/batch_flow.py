@@ -237,10 +237,11 @@ def segment_batch(
         todo = [i for i in range(len(items)) if i not in finished]
         morning = BatchReport(out, [item.name for item in items], finished)
         stack.enter_context(pipeline_warnings_to_run_log())
+        dropped.raise_noted()  # before a cluster starts, or a batch all up to date ends
         if todo:  # no cluster starts for a batch that is all finished
             client = stack.enter_context(_dask_context(dask_address, workers, in_process))
             watch = stack.enter_context(SlideWatch(slide_timeout))  # notes drops from here on
-            dropped.raise_noted()
+            dropped.raise_noted()  # one dropped while the cluster started
             finished.update(
                 run_slide_tasks(
                     items, todo, out, params, client, watch, concurrency, at_once, morning, finished

@@ -136,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
         except (KeyboardInterrupt, TerminationSignal) as exc:
             guard.hold()
             stopped = batch_stop(exc)
-            if stopped is None:  # before any slide ran: nothing to report
+            if stopped is None:  # before any slide ran, or after all ended: no table
                 if isinstance(exc, TerminationSignal):  # Prefect's SIGTERM: exits as ours does
                     raise signal_exception(exc.signal) from None
                 raise

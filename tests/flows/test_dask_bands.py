@@ -455,9 +455,10 @@ def test_a_band_re_decides_only_the_worker_specific_decisions(
     run_policy.WORKER_DECISIONS, from that worker's own machine and place
     (run_policy.WORKER_FACTS): two workers given different cores run the shipped plan
     re-decided for each (`run_policy.for_worker`), differing from it and from each other
-    only in those decisions, with the shipped runtime and precision, reasons included. Each
-    worker is given one band (as `run_bands` hands them out when both are free: pinned here,
-    so a busy machine's scheduling cannot put both on one worker)."""
+    only in those decisions, with the shipped runtime and precision, reasons included. The
+    test hands each worker one band itself (`run_band` pinned, with the per-host counts
+    `run_bands` gives its bands), so a busy machine's scheduling cannot put both on one
+    worker; `run_bands`' own placement is tested above."""
     import dataclasses
 
     from wsi_segment.pipeline.inference.band_runner import _slots

@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -107,15 +108,19 @@ def test_a_signal_before_the_first_slide_stops_the_batch_as_one_mid_slide_does(
             break
     else:
         pytest.fail("the batch ended before it logged its input:\n" + "".join(seen))
-    children = descendants(proc.pid)
+    rest: list[str] = []  # read meanwhile: a full pipe would hold the batch
+    reader = threading.Thread(target=lambda: rest.append(proc.stdout.read()), daemon=True)
+    reader.start()
     proc.send_signal(sig)
-    rest, _ = proc.communicate(timeout=120)
-    output = "".join(seen) + rest
+    children = watched_until_exit(proc, 120)  # the Prefect server, any Dask process started
+    reader.join(timeout=60)  # the server holds the pipe until it ends, after the batch
+    output = "".join(seen + rest)
     assert proc.returncode == code, output[-3000:]
     assert [ln for ln in output.splitlines() if ln.startswith("error:")] == [line], output
     assert "Traceback" not in output, output[-3000:]
-    assert "| done |" not in output and leftovers(out) == [], output[-3000:]  # none started
-    _, alive = psutil.wait_procs(children + descendants(proc.pid), timeout=10)
+    assert table_statuses(output) == {}, output  # a stop before any slide: no table
+    assert leftovers(out) == [], output[-3000:]  # nothing written
+    _, alive = psutil.wait_procs(children, timeout=10)
     assert not alive, alive
 
 
@@ -342,6 +347,20 @@ def test_a_slide_stuck_past_the_grace_does_not_keep_the_batch_from_exiting(
     assert not alive, alive
 
 
+def watched_until_exit(proc: subprocess.Popen[str], timeout: float) -> list[psutil.Process]:
+    """Every process `proc` started while it ran (looked for every 0.1 s until it exits;
+    past `timeout` it and they are killed and the test fails)."""
+    seen: dict[int, psutil.Process] = {}
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None:
+        seen.update((child.pid, child) for child in descendants(proc.pid))
+        if time.monotonic() > deadline:
+            kill_all(proc, list(seen.values()))
+            pytest.fail(f"the batch did not exit {timeout:g} s after its signal")
+        time.sleep(0.1)
+    return list(seen.values())
+
+
 def signal_and_wait(
     send: Callable[[], None],
     proc: subprocess.Popen[str],
@@ -361,9 +380,9 @@ def signal_and_wait(
         proc.send_signal(signal.SIGUSR2)  # where it hangs, if it dumps its stacks on it
         time.sleep(2)
         kill_all(proc, children)
-        stdout, stderr = proc.communicate()
+        stdout, stderr = proc.communicate(timeout=30)  # every stack: keep a long tail
         pytest.fail(
-            f"{failure}; its stdout ends:\n{stdout[-2000:]}\nits stderr ends:\n{stderr[-3000:]}"
+            f"{failure}; its stdout ends:\n{stdout[-2000:]}\nits stderr ends:\n{stderr[-20000:]}"
         )
     return stdout, stderr, time.monotonic() - t0
 
