@@ -115,6 +115,15 @@ def quiet_console(quiet: bool = False) -> Iterator[None]:
             handler.removeFilter(console_filter)
 
 
+def cli_stop(stop: KeyboardInterrupt | TerminationSignal) -> KeyboardInterrupt:
+    """What the CLI reports for a stop: Prefect's `TerminationSignal` (its SIGTERM handler's,
+    during a flow) as our `Terminated` of that signal (exit 143); a KeyboardInterrupt (Ctrl-C,
+    our `Terminated`) as it is."""
+    if isinstance(stop, TerminationSignal):
+        return signal_exception(stop.signal)
+    return stop
+
+
 class InterruptGuard:
     """While entered (main thread only): the first SIGINT raises KeyboardInterrupt and the
     first SIGTERM or SIGHUP `Terminated`; once any has come (or `hold` was called), all are
@@ -150,9 +159,7 @@ class InterruptGuard:
         if self.signum is not None:
             return signal_exception(self.signum)
         stop = self._dropped.stop
-        if isinstance(stop, TerminationSignal):
-            return signal_exception(stop.signal)
-        return stop
+        return None if stop is None else cli_stop(stop)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.fired:

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from wsi_segment.errors import Terminated, signal_exception
+from wsi_segment.errors import Terminated
 from wsi_segment.flows.cli_segment import (
     add_segment_options,
     check_roi_file,
@@ -104,7 +104,7 @@ def flow_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from wsi_segment.flows.batch_console import InterruptGuard, quiet_console
+    from wsi_segment.flows.batch_console import InterruptGuard, cli_stop, quiet_console
     from wsi_segment.pipeline.batch_inputs import parse_batch_input
 
     parse_batch_input(args.input)  # bad input: one error line, before Prefect starts
@@ -137,9 +137,7 @@ def run(args: argparse.Namespace) -> int:
             guard.hold()
             stopped = batch_stop(exc)
             if stopped is None:  # before any slide ran, or after all ended: no table
-                if isinstance(exc, TerminationSignal):  # Prefect's SIGTERM: exits as ours does
-                    raise signal_exception(exc.signal) from None
-                raise
+                raise cli_stop(exc) from None  # Prefect's SIGTERM exits as ours does
             results, interrupt = stopped.results, cli_interrupt(stopped)
             code = 128 + interrupt.signum if isinstance(interrupt, Terminated) else 130
         report(results)

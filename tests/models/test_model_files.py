@@ -103,9 +103,10 @@ def test_the_network_is_the_files_it_was_read_from(tiny_model_dir: Path) -> None
     whole = load_bundle(tiny_model_dir)
     assert files.identity == whole.identity and files.meta == network.meta == whole.meta
     assert (files.validation_patches is None) == (whole.validation_patches is None)
-    assert network.state_dict().keys() == whole.network().state_dict().keys()
-    for name, tensor in network.state_dict().items():
-        assert torch.equal(tensor, whole.network().state_dict()[name]), name
+    built, read = network.state_dict(), whole.network().state_dict()
+    assert built.keys() == read.keys()
+    for name, tensor in built.items():
+        assert torch.equal(tensor, read[name]), name
 
 
 def test_files_replaced_between_the_read_and_the_build_are_refused(
