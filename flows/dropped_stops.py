@@ -6,7 +6,8 @@ raises there (Ctrl-C's KeyboardInterrupt, our `Terminated` for SIGTERM and SIGHU
 finaliser (a weakref callback, a `__del__`) never reaches the code that was running: Python
 prints "Exception ignored in ..." and hands it to `sys.unraisablehook`, and a batch would go
 on to its end. `DroppedStops` is that hook while it is open and keeps a fresh copy of the
-first such stop, for the code that waits to raise it again.
+first such stop, for the code that waits to raise it again; `on_stop` lets a run in the
+main thread itself (a slide flow) cancel its token then, so the stop lands at its next check.
 """
 
 from __future__ import annotations
@@ -31,8 +32,11 @@ class DroppedStops:
     exception dropped in the main thread (where signal handlers run; a drop in another
     thread is that thread's own), then handing every report on to the hook before it."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_stop: Callable[[], object] | None = None) -> None:
+        """`on_stop`: called once, when the first stop is noted (from the hook: keep it an
+        assignment or a `Cancellation.cancel`)."""
         self.stop: Stop | None = None  # a fresh copy: no frames of the finaliser kept alive
+        self._on_stop = on_stop
         self._before: Callable[[sys.UnraisableHookArgs], object] | None = None
 
     def __enter__(self) -> DroppedStops:
@@ -52,7 +56,8 @@ class DroppedStops:
             raise self.stop
 
     def _note(self, unraisable: sys.UnraisableHookArgs) -> None:
-        """The hook: an assignment, no lock (it runs wherever the main thread was)."""
+        """The hook: an assignment (and `on_stop`), no lock of its own (it runs wherever the
+        main thread was)."""
         dropped = unraisable.exc_value
         if (
             self.stop is None
@@ -60,6 +65,8 @@ class DroppedStops:
             and threading.current_thread() is threading.main_thread()
         ):
             self.stop = _fresh(dropped)
+            if self._on_stop is not None:
+                self._on_stop()
         (self._before or sys.__unraisablehook__)(unraisable)
 
 

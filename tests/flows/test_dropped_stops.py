@@ -60,12 +60,26 @@ def test_the_first_stop_dropped_is_kept_fresh_and_every_report_handed_on(
 def test_a_stop_dropped_in_another_thread_is_that_thread_s(reports: list[Any]) -> None:
     """Signal handlers run in the main thread only: a KeyboardInterrupt dropped in a slide
     thread is reported as before, and stops nothing."""
-    with DroppedStops() as dropped:
+    told: list[str] = []
+    with DroppedStops(lambda: told.append("stop")) as dropped:
         thread = threading.Thread(target=lambda: RaisesWhenFinalised(KeyboardInterrupt()))
         thread.start()
         thread.join()
         dropped.raise_noted()  # nothing to raise
-    assert dropped.stop is None and len(reports) == 1
+    assert dropped.stop is None and len(reports) == 1 and told == []
+
+
+def test_on_stop_is_told_of_the_first_stop_only(reports: list[Any]) -> None:
+    """A run in the main thread cancels its token from `on_stop` (flows.slide_flow): once,
+    for the first stop noted, never for another error."""
+    told: list[object] = []
+    with DroppedStops(lambda: told.append(dropped.stop)) as dropped:
+        RaisesWhenFinalised(ValueError("not a stop"))
+        assert told == []
+        RaisesWhenFinalised(KeyboardInterrupt())
+        RaisesWhenFinalised(TerminationSignal(signal.SIGTERM))
+    assert len(told) == 1 and type(told[0]) is KeyboardInterrupt and told[0] is dropped.stop
+    assert len(reports) == 3
 
 
 def test_the_hook_before_comes_back_unless_another_was_set_since(reports: list[Any]) -> None:

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
+import signal
+import sys
 from pathlib import Path
 
 import pytest
+from prefect.exceptions import TerminationSignal
 
 from tests.flows.conftest import BROKEN, CMU, output_files, stable_summary
+from tests.flows.test_batch_flow import DropOnLog
 from wsi_segment.errors import SlideError
 
 
@@ -72,7 +77,7 @@ def test_transient_error_is_retried_and_broken_slide_is_not(
 ) -> None:
     from wsi_segment.flows.slide_flow import segment_slide_flow as slide_flow
     from wsi_segment.pipeline import segment
-    from wsi_segment.pipeline.cancellation import NEVER_CANCELLED
+    from wsi_segment.pipeline.cancellation import Cancellation
     from wsi_segment.pipeline.progress import NO_PROGRESS
 
     real_prepare = segment.prepare
@@ -94,8 +99,10 @@ def test_transient_error_is_retried_and_broken_slide_is_not(
     assert result.status == "done" and len(calls) == 2
     # the flow prepares as the CLI does (`segment.prepare_stage`): on this CPU machine the
     # readers its policy names start while the model loads
-    # (a single slide's flow: nothing outside stops it)
-    local = {"early": True, "cluster": None, "at_once": 1, "cancel": NEVER_CANCELLED}
+    # (a single slide's flow: only a stop Python dropped cancels its token)
+    cancel = readers[-1].pop("cancel")
+    assert isinstance(cancel, Cancellation) and not cancel.cancelled
+    local = {"early": True, "cluster": None, "at_once": 1}
     assert readers[-1] == {**local, "progress": NO_PROGRESS}  # no cluster
     assert result.summary["run_policy"]["read_source"] == "reader thread"
 
@@ -104,3 +111,41 @@ def test_transient_error_is_retried_and_broken_slide_is_not(
         slide_flow(slide=str(BROKEN), out=str(tmp_path), model_dir=str(tiny_model))
     assert calls == [str(BROKEN)]  # deterministic failure: no retry
     assert not (tmp_path / "broken").exists()
+
+
+@pytest.mark.parametrize(
+    "stop", [KeyboardInterrupt(), TerminationSignal(signal.SIGTERM)], ids=["ctrl-c", "sigterm"]
+)
+def test_a_stop_dropped_while_the_slide_runs_stops_the_flow(
+    prefect_harness: None, tiny_model: Path, tmp_path: Path, stop: BaseException
+) -> None:
+    """A stop Python drops in the flow's thread once the slide's first stage has ended (a
+    signal landing in a finaliser: a deployment's cancel, a terminal's Ctrl-C) cancels the
+    run, and the flow raises the stop itself, with nothing published; the run used to go
+    on to its end as if none had come."""
+    from wsi_segment.flows.slide_flow import segment_slide_flow as slide_flow
+
+    out = tmp_path / "out"
+    task_logger = logging.getLogger("prefect.task_runs")
+    drop = DropOnLog("Finished in state", stop)  # the first stage's end, in the flow's thread
+    task_logger.addHandler(drop)
+    hook = sys.unraisablehook
+    quiet = sys.unraisablehook = lambda _unraisable: None  # the flow hands it on: no print
+    # Prefect passes a TerminationSignal on to the SIGTERM handler it found, as a second
+    # SIGTERM (which would end this test process): one that only notes it
+    handler = signal.signal(signal.SIGTERM, lambda signum, _frame: None)
+    try:
+        with pytest.raises(type(stop)):
+            slide_flow(
+                slide=str(CMU),
+                out=str(out),
+                model_dir=str(tiny_model),
+                options={"precision": "fp32", "runtime": "torch"},
+            )
+        assert sys.unraisablehook is quiet  # given back by the flow
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+        sys.unraisablehook = hook
+        task_logger.removeHandler(drop)
+    assert drop.fired
+    assert not out.exists() or not [p.name for p in out.iterdir()]  # nothing published, no lock
