@@ -24,7 +24,6 @@ from wsi_segment.pipeline.inference.decode_pool import DecodePool
 from wsi_segment.pipeline.inference.host_tiles import HostTiles
 from wsi_segment.pipeline.inference.model_handle import ModelHandle
 from wsi_segment.pipeline.inference.slide_plan import (
-    chunk_read_backend,
     plan_reader,
     plan_slide,
     slide_tissue,
@@ -45,6 +44,7 @@ from wsi_segment.pipeline.progress import NO_PROGRESS, Progress
 from wsi_segment.pipeline.run_policy import CLUSTER, LOCAL, ExecutionPlan, RunFacts
 from wsi_segment.pipeline.run_start import RunStart
 from wsi_segment.pipeline.threads import Background
+from wsi_segment.wsi.read_backend import fast_read_backend
 from wsi_segment.wsi.roi import Roi
 from wsi_segment.wsi.slide import Slide
 from wsi_segment.wsi.tiling import ChunkPlan, ChunkSpec, TileGrid
@@ -311,7 +311,9 @@ def _plan_chunks(
     slide = opened.slide
     chunk_tiles = started.policy.chunk_tiles.value
     grid, planned = plan_slide(slide, opened.mpp, model.geometry, params, tissue, chunk_tiles)
-    read_backend = chunk_read_backend(slide, params, planned.read_level)
+    # --backend auto: chunk reads with tiffslide where it decodes the same pixels cheaper
+    auto = params.backend == "auto"
+    read_backend = fast_read_backend(slide, planned.read_level) if auto else None
     reader = plan_reader(opened.path, slide, params, planned, grid, read_backend)
     started.readers.assign(reader, planned.specs)
     return grid, planned, reader

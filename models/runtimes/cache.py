@@ -39,11 +39,10 @@ def default_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
     return base / "wsi-segment"
 
 
-def cpu_key(cpu_flags: frozenset[str], environ: Mapping[str, str] | None = None) -> str:
+def cpu_key(cpu_flags: frozenset[str]) -> str:
     """A digest of the instruction sets a compiled result may use: the CPU's flags, narrowed
     by the caps a user can set (a capped run must not take what the whole CPU made)."""
-    env = os.environ if environ is None else environ
-    caps = [f"{k}={env.get(k, '')}" for k in ISA_CAP_VARIABLES]
+    caps = [f"{k}={os.environ.get(k, '')}" for k in ISA_CAP_VARIABLES]
     cpu = " ".join([*sorted(cpu_flags), *caps])
     return hashlib.sha256(cpu.encode()).hexdigest()[:16]
 

@@ -122,16 +122,6 @@ class OpenVINOGraphs:
         # `precision.runtime_cache`: what a warm load did not build)
         self.builds = 0  # compiled graphs built here
 
-    def __getstate__(self) -> dict[str, Any]:
-        """A copy rebuilds its compiled graphs (from the disk cache) where it runs."""
-        state = dict(self.__dict__)
-        state.update(_compiled={}, _lock=None, _local=None, _bridged=False)
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._lock, self._local = threading.Lock(), threading.local()
-
     def run(self, tiles: Tiles, geometry: Geometry, streams: int) -> ReducedOutputs:
         """The tile graph at `geometry` of uint8 host tiles (N, T, T, 3), the slide path's
         layout, read where they lie (no copy when they are contiguous), in a request of a
@@ -155,11 +145,6 @@ class OpenVINOGraphs:
             if key not in self._compiled:
                 self._compiled[key] = self._compile(*key)
             return self._compiled[key]
-
-    def streams_for(self, thread_cores: int | None) -> int:
-        """Streams of the graphs a thread with `thread_cores` of the cores runs (an engine's
-        compute thread: its share; None: all of them, one stream)."""
-        return self.threads // max(1, min(self.threads, thread_cores or self.threads))
 
     def _request(self, geometry: Geometry, batch: int, streams: int) -> Any:
         """This thread's infer request for (geometry, batch, streams)."""
@@ -289,7 +274,9 @@ class OpenVINOExecutor:
         self, graphs: OpenVINOGraphs, geometry: Geometry, thread_cores: int | None = None
     ) -> None:
         self.graphs, self.geometry = graphs, geometry
-        self.streams = graphs.streams_for(thread_cores)
+        # the graphs' threads in streams of the thread's share (one stream: all of them)
+        threads = graphs.threads
+        self.streams = threads // max(1, min(threads, thread_cores or threads))
 
     def run(self, tiles: Tiles) -> ReducedOutputs:
         return self.graphs.run(tiles, self.geometry, self.streams)

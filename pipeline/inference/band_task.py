@@ -104,7 +104,7 @@ def band_plan(
 
 
 def band_calibration(
-    job: SlideJob, plan: ExecutionPlan, gpu: bool = False, at_once: dict[str, int] | None = None
+    job: SlideJob, plan: ExecutionPlan, gpu: bool, at_once: dict[str, int]
 ) -> tuple[str, PrecisionCalibration | None]:
     """This worker's model opened as a band's plan says (`gpu`, `at_once` as `run_band`'s):
     the runtime it runs in and the bf16 calibration its load obtained (`settle_plan`)."""

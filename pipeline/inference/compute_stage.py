@@ -105,7 +105,11 @@ class Stager:
         `chunks` too) go to `errors`."""
         buffer: Tiles | None = None
         segments: list[Segment] = []
-        side = contextlib.nullcontext() if self._side is None else _on_stream(self._side)
+        side: Any = contextlib.nullcontext()
+        if self._side is not None:  # this thread's CUDA copies on the side stream
+            import torch
+
+            side = torch.cuda.stream(self._side)
         try:
             with side:
                 at = 0  # tiles in `buffer`
@@ -156,13 +160,6 @@ class Stager:
         ready = torch.cuda.Event()
         ready.record(self._side)
         return StagedBatch(tiles, segments, ready, release)
-
-
-def _on_stream(stream: Any) -> Any:
-    """torch's context running the calling thread's CUDA work on `stream`."""
-    import torch
-
-    return torch.cuda.stream(stream)
 
 
 class ComputeStage:

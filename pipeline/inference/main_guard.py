@@ -35,7 +35,8 @@ def check_main_guard() -> None:
         tree = parse_python(Path(path).read_bytes(), path)
     except (OSError, SyntaxError, ValueError):
         return  # not a Python source file: nothing to check
-    if not any(isinstance(node, ast.If) and _names_main(node.test) for node in tree.body):
+    tests = (node.test for node in tree.body if isinstance(node, ast.If))
+    if not any(isinstance(n, ast.Name) and n.id == "__name__" for t in tests for n in ast.walk(t)):
         raise ConfigError(f"{path}: this script has no `if __name__ == \"__main__\":` block, "
                           f"and the engine spawns decoder processes; {GUARD_FIX}")  # fmt: skip
 
@@ -51,7 +52,3 @@ def importing_main_script() -> str | None:
             return str(names.get("__file__") or "the main script")
         frame = frame.f_back
     return None
-
-
-def _names_main(test: ast.expr) -> bool:
-    return any(isinstance(n, ast.Name) and n.id == "__name__" for n in ast.walk(test))

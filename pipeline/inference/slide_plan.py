@@ -7,7 +7,6 @@ import os
 
 from wsi_segment.pipeline.inference.tile_reader import TileReader
 from wsi_segment.pipeline.params import SegmentParams
-from wsi_segment.wsi.read_backend import fast_read_backend
 from wsi_segment.wsi.roi import Roi, restrict_to_rois
 from wsi_segment.wsi.slide import Slide
 from wsi_segment.wsi.tiling import ChunkPlan, TileGrid, plan_chunks
@@ -44,11 +43,6 @@ def slide_grid(tile: int, params: SegmentParams) -> TileGrid:
     grid = TileGrid(tile=tile, overlap=params.overlap, downsample=params.output_downsample)
     grid.validate()
     return grid
-
-
-def chunk_read_backend(slide: Slide, params: SegmentParams, level: int) -> str | None:
-    """--backend auto: chunk reads with tiffslide where it decodes the same pixels cheaper."""
-    return fast_read_backend(slide, level) if params.backend == "auto" else None
 
 
 def path_for_readers(slide_path: str) -> str:
