@@ -4,7 +4,8 @@
 (`WsiSegmentError`) print one `error:` line and exit 1; usage errors exit 2 (argparse).
 Ctrl-C prints `error: interrupted` and exits 130; SIGTERM takes the same path (`Terminated`)
 and exits 143, as a process killed by it would, so schedulers read it as terminated; SIGHUP
-(the terminal or ssh session closed) too, exiting 129.
+(the terminal or ssh session closed) too, exiting 129. A stop that a library turned into an
+error of its own (`NotedSignals`) still ends the command as that stop.
 """
 
 from __future__ import annotations
@@ -20,12 +21,11 @@ import threading
 from collections.abc import Iterator, Sequence
 
 from wsi_segment.errors import (
-    TERMINATING_SIGNALS,
     Terminated,
     WsiSegmentError,
     handled_signals,
-    raise_terminated,
     restore_handlers,
+    signal_exception,
 )
 from wsi_segment.flows.allocator import limit_malloc_arenas
 
@@ -98,34 +98,69 @@ def _main(argv: Sequence[str] | None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
+    return run_command(args)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """`args.run(args)`'s exit status, its expected failures and stops reported in one
+    `error:` line (1; 128 + the signal)."""
+    noted = NotedSignals()
     try:
-        with sigterm_as_interrupt():
+        with stop_signals_noted(noted):
             return int(args.run(args) or 0)
     except WsiSegmentError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except Terminated as exc:
-        print(f"error: terminated ({exc.signal_name})", file=sys.stderr)
-        return 128 + exc.signum
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C, or our `Terminated` of SIGTERM and SIGHUP
+        return report_stop(exc)
+    except Exception:
+        if noted.signum is None:
+            raise
+        # a library caught the stop's exception and raised its own (pydantic-core's
+        # serializer, when a SIGTERM lands in Prefect's settings while Prefect imports)
+        return report_stop(signal_exception(noted.signum))
+
+
+def report_stop(stop: KeyboardInterrupt) -> int:
+    """Print the stop's one `error:` line; its exit status (128 + the signal)."""
+    if isinstance(stop, Terminated):
+        print(f"error: terminated ({stop.signal_name})", file=sys.stderr)
+        return 128 + stop.signum
+    print("error: interrupted", file=sys.stderr)
+    return 130
+
+
+class NotedSignals:
+    """The stopping signal a command received, noted by its handler before it raises the
+    signal's exception: a library that catches that exception and raises one of its own
+    (pydantic-core reports a Python callback's KeyboardInterrupt as its own serialization
+    error) would otherwise end the command with that error's traceback and exit 1."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def handle(self, signum: int, frame: object) -> None:
+        """The handler: `Terminated` for SIGTERM and SIGHUP, KeyboardInterrupt for SIGINT."""
+        self.signum = self.signum or signum
+        raise signal_exception(signum)
 
 
 @contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """While a command runs, SIGTERM and SIGHUP raise `Terminated` (a KeyboardInterrupt) in
-    the main thread, so they clean up as Ctrl-C does; the previous handlers are restored
-    after. One the process inherited as ignored stays ignored (`nohup`'s SIGHUP: the run
-    outlives its terminal). Only the main thread may set handlers: elsewhere (an in-process
-    call from a thread) nothing changes. (`segment` also makes a stop land where Python
-    drops the exception: `flows.signal_stop`.)"""
+def stop_signals_noted(noted: NotedSignals | None = None) -> Iterator[NotedSignals]:
+    """While a command runs, SIGINT, SIGTERM and SIGHUP raise their exception in the main
+    thread (`Terminated`, a KeyboardInterrupt, for SIGTERM and SIGHUP, so they clean up as
+    Ctrl-C does) and are noted in `noted`; the previous handlers are restored after. One the
+    process inherited as ignored stays ignored (`nohup`'s SIGHUP: the run outlives its
+    terminal). Only the main thread may set handlers: elsewhere (an in-process call from a
+    thread) nothing changes. (A command's own handlers take over where they are set:
+    `flows.signal_stop`, the batch's `InterruptGuard`.)"""
+    noted = noted or NotedSignals()
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield noted
         return
-    previous = handled_signals(raise_terminated, TERMINATING_SIGNALS)
+    previous = handled_signals(noted.handle)
     try:
-        yield
+        yield noted
     finally:
         restore_handlers(previous)
 

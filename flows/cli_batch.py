@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from wsi_segment.errors import Terminated
+from wsi_segment.errors import Terminated, WsiSegmentError, signal_exception
 from wsi_segment.flows.cli_segment import (
     add_segment_options,
     check_roi_file,
@@ -140,6 +140,11 @@ def run(args: argparse.Namespace) -> int:
                 raise cli_stop(exc) from None  # Prefect's SIGTERM exits as ours does
             results, interrupt = stopped.results, cli_interrupt(stopped)
             code = 128 + interrupt.signum if isinstance(interrupt, Terminated) else 130
+        except Exception as exc:
+            if guard.signum is None or isinstance(exc, WsiSegmentError):
+                raise
+            guard.hold()  # a library turned the stop into its own error: the stop it was
+            raise signal_exception(guard.signum) from exc
         report(results)
         print_report_paths(args.out)
         if interrupt is None:  # a signal whose exception Python dropped outside the slides' wait

@@ -353,6 +353,10 @@ def run(args: argparse.Namespace) -> int:
                 continue
             except SlideStopped as exc:  # the signal's own exception was dropped: the token's
                 raise stop.exception() from exc
+            except Exception as exc:
+                if stop.signum is None:
+                    raise
+                raise stop.exception() from exc  # a library turned the stop into its own error
             print_warnings(result)
             if result.status == "up-to-date":
                 print(f"{slide}: up to date in {result.out_dir} (use --overwrite to redo)")

@@ -3,9 +3,12 @@ even when something on the way out of the interpreter waits for ever."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
+
+import pytest
 
 from tests.reliability.conftest import REPO, cli_env
 
@@ -43,3 +46,59 @@ def test_an_interrupted_command_ends_even_if_its_exit_hangs(tmp_path) -> None:
     assert "warning: still exiting 2 s after the interrupt was reported" in done.stderr
     assert "Current thread" in done.stderr and "\nThread 0x" in done.stderr, done.stderr
     assert 2 <= took < 60, took
+
+
+# The real console entry point, with `info`'s run serializing a pydantic model whose field
+# serializer is where the signal lands: pydantic-core reports the handler's exception as its
+# own `PydanticSerializationError` (seen when a SIGTERM came while Prefect imported).
+SIGNAL_IN_A_SERIALIZER = """
+import os, signal, sys, time
+import pydantic
+from wsi_segment.flows import cli, cli_info
+SIGNUM = int(sys.argv.pop())  # the signal to send (the rest is `info`'s command line)
+class Settings(pydantic.BaseModel):
+    value: int = 1
+    @pydantic.field_serializer("value")
+    def signalled(self, value: int) -> int:
+        os.kill(os.getpid(), SIGNUM)
+        time.sleep(5)  # the handler raises here, inside the serializer
+        return value
+def run(args):
+    Settings().model_dump()
+cli_info.run = run
+sys.exit(cli.main())
+"""
+
+
+@pytest.mark.parametrize(
+    ("signum", "code", "line"),
+    [
+        (signal.SIGTERM, 143, "error: terminated (SIGTERM)"),
+        (signal.SIGINT, 130, "error: interrupted"),
+    ],
+    ids=["sigterm", "sigint"],
+)
+def test_a_stop_a_library_turns_into_its_own_error_still_ends_as_the_stop(
+    tmp_path, signum: int, code: int, line: str
+) -> None:
+    """The signal's exception, raised inside pydantic-core's serializer, comes out as a
+    `PydanticSerializationError`: the command still ends as the stop (exit 128 + the
+    signal, its one `error:` line), not with that error's traceback and exit 1."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            SIGNAL_IN_A_SERIALIZER,
+            "info",
+            str(tmp_path / "x.svs"),
+            str(signum),
+        ],
+        cwd=REPO,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == code, done.stderr
+    assert [ln for ln in done.stderr.splitlines() if ln.startswith("error:")] == [line]
+    assert "Traceback" not in done.stderr, done.stderr
