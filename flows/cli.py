@@ -113,12 +113,32 @@ def run_command(args: argparse.Namespace) -> int:
         return 1
     except KeyboardInterrupt as exc:  # Ctrl-C, or our `Terminated` of SIGTERM and SIGHUP
         return report_stop(exc)
-    except Exception:
-        if noted.signum is None:
-            raise
+    except Exception as exc:
         # a library caught the stop's exception and raised its own (pydantic-core's
         # serializer, when a SIGTERM lands in Prefect's settings while Prefect imports)
-        return report_stop(signal_exception(noted.signum))
+        stop = signal_exception(noted.signum) if noted.signum is not None else stop_behind(exc)
+        if stop is None:
+            raise
+        return report_stop(stop)
+
+
+def stop_behind(exc: BaseException) -> KeyboardInterrupt | None:
+    """The stop `exc` was raised while handling (its causes and contexts), as the CLI reports
+    it: Ctrl-C's KeyboardInterrupt, our `Terminated`, or Prefect's `TerminationSignal` (the
+    SIGTERM of a running flow, raised by Prefect's handler, which notes nothing of ours) as
+    `Terminated`; None if there is none."""
+    prefect = sys.modules.get("prefect.exceptions")  # no TerminationSignal before Prefect loads
+    termination = getattr(prefect, "TerminationSignal", ())
+    seen: set[int] = set()
+    current = exc.__cause__ or exc.__context__
+    while current is not None and id(current) not in seen:
+        if isinstance(current, KeyboardInterrupt):
+            return current
+        if termination and isinstance(current, termination):
+            return signal_exception(current.signal)
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def report_stop(stop: KeyboardInterrupt) -> int:

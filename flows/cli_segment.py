@@ -362,4 +362,6 @@ def run(args: argparse.Namespace) -> int:
                 print(f"{slide}: up to date in {result.out_dir} (use --overwrite to redo)")
             else:
                 print(f"{slide}: done in {result.seconds:.1f} s -> {result.out_dir}")
+        if stop.signum is not None:  # the last slide's error was a stop our code reworded
+            raise stop.exception()
     return 2 if usage else 1 if failed else 0

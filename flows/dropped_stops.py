@@ -33,8 +33,8 @@ class DroppedStops:
     thread is that thread's own), then handing every report on to the hook before it."""
 
     def __init__(self, on_stop: Callable[[], object] | None = None) -> None:
-        """`on_stop`: called once, when the first stop is noted (from the hook: keep it an
-        assignment or a `Cancellation.cancel`)."""
+        """`on_stop`: called once, when the first stop is noted, from the hook, wherever the
+        main thread was: it must take no lock (`Cancellation.note`)."""
         self.stop: Stop | None = None  # a fresh copy: no frames of the finaliser kept alive
         self._on_stop = on_stop
         self._before: Callable[[sys.UnraisableHookArgs], object] | None = None

@@ -36,9 +36,10 @@ class SignalStop:
         self.signum: int | None = None
 
     def handle(self, signum: int, frame: object) -> None:
-        """The handler: cancel the token, then raise the signal's exception here."""
+        """The handler: cancel the token (without a lock: this thread may hold the token's,
+        inside its `wait`), then raise the signal's exception here."""
         self.signum = signum
-        self.token.cancel(SlideInterrupted)
+        self.token.note(SlideInterrupted)
         raise self.exception()
 
     def exception(self) -> BaseException:

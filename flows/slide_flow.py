@@ -235,7 +235,7 @@ def segment_slide_flow(
     try:
         # a stop whose exception Python drops (a signal landing in a finaliser) cancels the
         # run, which raises it again at its next check: the run does not go on to its end
-        with DroppedStops(lambda: stop.cancel(SlideInterrupted)) as dropped:
+        with DroppedStops(lambda: stop.note(SlideInterrupted)) as dropped:
             params = make_params(
                 model_dir, options, mpp=mpp, output_name=output_name, origin=flow_run_origin()
             )

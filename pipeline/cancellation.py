@@ -76,8 +76,15 @@ class Cancellation(CancelToken):
         self._event.set()
         return True
 
+    def note(self, reason: type[SlideStopped]) -> None:
+        """`cancel` without taking a lock, for a handler that runs wherever its thread was (a
+        signal's, Python's unraisable hook), maybe while that thread holds this token's
+        locks (inside `wait`): checks see it at once, a `wait` at its timeout at the latest."""
+        if self._reason is None:
+            self._reason = reason
+
     def wait(self, timeout: float) -> bool:
-        return self._event.wait(timeout)
+        return self._event.wait(timeout) or self.cancelled
 
 
 NEVER_CANCELLED: Final = CancelToken()

@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from tests.conftest import foreground_signals
 from tests.reliability.conftest import REPO, cli_env
 
 # The real console entry point with two faults injected: `info` is interrupted (Ctrl-C in its
@@ -50,12 +51,15 @@ def test_an_interrupted_command_ends_even_if_its_exit_hangs(tmp_path) -> None:
 
 # The real console entry point, with `info`'s run serializing a pydantic model whose field
 # serializer is where the signal lands: pydantic-core reports the handler's exception as its
-# own `PydanticSerializationError` (seen when a SIGTERM came while Prefect imported).
+# own `PydanticSerializationError` (seen when a SIGTERM came while Prefect imported). With
+# "prefect", SIGTERM's handler is one like Prefect's while a flow runs (it raises
+# `TerminationSignal` and notes nothing of ours).
 SIGNAL_IN_A_SERIALIZER = """
 import os, signal, sys, time
 import pydantic
 from wsi_segment.flows import cli, cli_info
-SIGNUM = int(sys.argv.pop())  # the signal to send (the rest is `info`'s command line)
+HANDLER = sys.argv.pop()  # ours | prefect (the rest is `info`'s command line)
+SIGNUM = int(sys.argv.pop())  # the signal to send
 class Settings(pydantic.BaseModel):
     value: int = 1
     @pydantic.field_serializer("value")
@@ -64,6 +68,11 @@ class Settings(pydantic.BaseModel):
         time.sleep(5)  # the handler raises here, inside the serializer
         return value
 def run(args):
+    if HANDLER == "prefect":
+        from prefect.exceptions import TerminationSignal
+        def raise_termination(signum, frame):
+            raise TerminationSignal(signal=signum)
+        signal.signal(signal.SIGTERM, raise_termination)
     Settings().model_dump()
 cli_info.run = run
 sys.exit(cli.main())
@@ -71,34 +80,31 @@ sys.exit(cli.main())
 
 
 @pytest.mark.parametrize(
-    ("signum", "code", "line"),
+    ("signum", "handler", "code", "line"),
     [
-        (signal.SIGTERM, 143, "error: terminated (SIGTERM)"),
-        (signal.SIGINT, 130, "error: interrupted"),
+        (signal.SIGTERM, "ours", 143, "error: terminated (SIGTERM)"),
+        (signal.SIGINT, "ours", 130, "error: interrupted"),
+        (signal.SIGTERM, "prefect", 143, "error: terminated (SIGTERM)"),
     ],
-    ids=["sigterm", "sigint"],
+    ids=["sigterm", "sigint", "prefect-sigterm"],
 )
 def test_a_stop_a_library_turns_into_its_own_error_still_ends_as_the_stop(
-    tmp_path, signum: int, code: int, line: str
+    tmp_path, signum: int, handler: str, code: int, line: str
 ) -> None:
     """The signal's exception, raised inside pydantic-core's serializer, comes out as a
     `PydanticSerializationError`: the command still ends as the stop (exit 128 + the
-    signal, its one `error:` line), not with that error's traceback and exit 1."""
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            SIGNAL_IN_A_SERIALIZER,
-            "info",
-            str(tmp_path / "x.svs"),
-            str(signum),
-        ],
-        cwd=REPO,
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    signal, its one `error:` line), not with that error's traceback and exit 1; also where
+    the handler was Prefect's (its `TerminationSignal` is that error's context)."""
+    command = [sys.executable, "-c", SIGNAL_IN_A_SERIALIZER, "info", str(tmp_path / "x.svs")]
+    with foreground_signals():  # CI may run the tests with SIGINT ignored: the child would too
+        done = subprocess.run(
+            [*command, str(signum), handler],
+            cwd=REPO,
+            env=cli_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     assert done.returncode == code, done.stderr
     assert [ln for ln in done.stderr.splitlines() if ln.startswith("error:")] == [line]
     assert "Traceback" not in done.stderr, done.stderr

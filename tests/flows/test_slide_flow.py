@@ -129,6 +129,10 @@ def test_a_stop_dropped_while_the_slide_runs_stops_the_flow(
     task_logger = logging.getLogger("prefect.task_runs")
     drop = DropOnLog("Finished in state", stop)  # the first stage's end, in the flow's thread
     task_logger.addHandler(drop)
+    ended: list[str] = []  # each stage's end, as Prefect logs it
+    seen = logging.Handler()
+    seen.emit = lambda record: ended.append(record.getMessage())  # type: ignore[method-assign]
+    task_logger.addHandler(seen)
     hook = sys.unraisablehook
     quiet = sys.unraisablehook = lambda _unraisable: None  # the flow hands it on: no print
     # Prefect passes a TerminationSignal on to the SIGTERM handler it found, as a second
@@ -147,5 +151,8 @@ def test_a_stop_dropped_while_the_slide_runs_stops_the_flow(
         signal.signal(signal.SIGTERM, handler)
         sys.unraisablehook = hook
         task_logger.removeHandler(drop)
+        task_logger.removeHandler(seen)
     assert drop.fired
+    # stopped at the next stage's start: only the first stage completed (inference never ran)
+    assert [m for m in ended if "Finished in state Completed" in m] == [ended[0]], ended
     assert not out.exists() or not [p.name for p in out.iterdir()]  # nothing published, no lock
