@@ -30,6 +30,7 @@ from typing import Any, Protocol
 from prefect.exceptions import TerminationSignal
 
 from wsi_segment.errors import TERMINATING_SIGNALS, SlideNotStarted, SlideStopped, SlideTimedOut
+from wsi_segment.flows.signal_stop import stop_in_chain
 from wsi_segment.flows.slide_watch import SlideWatch
 from wsi_segment.pipeline.batch_inputs import BatchItem
 from wsi_segment.pipeline.cancellation import CancelToken
@@ -88,12 +89,30 @@ def wait_for_slides(
     try:
         return {i: slide_outcome(f, watch) for i, f in futures.items()}
     except (KeyboardInterrupt, TerminationSignal) as exc:
-        with signals_ignored():
-            stopped = {**settled, **stop_slides(futures, items, watch)}
-        results = [stopped[i] for i in range(len(items)) if i in stopped]
-        if isinstance(exc, TerminationSignal):
-            raise BatchTerminated(exc.signal, results) from exc
-        raise BatchInterrupted(results) from exc
+        raise stopped_batch(exc, futures, items, watch, settled) from exc
+    except Exception as exc:
+        # a library caught the stop's exception while this thread waited and raised its own
+        stop = stop_in_chain(exc, (KeyboardInterrupt, TerminationSignal))
+        if stop is None:
+            raise
+        raise stopped_batch(stop, futures, items, watch, settled) from exc
+
+
+def stopped_batch(
+    stop: BaseException,
+    futures: Mapping[int, SlideFuture],
+    items: list[BatchItem],
+    watch: SlideWatch,
+    settled: Mapping[int, SlideResult],
+) -> BatchInterrupted | BatchTerminated:
+    """The running slides stopped (further signals ignored meanwhile), and the batch's
+    interrupt for `stop` with every item's result."""
+    with signals_ignored():
+        stopped = {**settled, **stop_slides(futures, items, watch)}
+    results = [stopped[i] for i in range(len(items)) if i in stopped]
+    if isinstance(stop, TerminationSignal):
+        return BatchTerminated(stop.signal, results)
+    return BatchInterrupted(results)
 
 
 def slide_outcome(future: SlideFuture, watch: SlideWatch) -> SlideResult:

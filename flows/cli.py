@@ -16,6 +16,7 @@ import faulthandler
 import gc
 import importlib
 import os
+import signal
 import sys
 import threading
 from collections.abc import Iterator, Sequence
@@ -28,6 +29,7 @@ from wsi_segment.errors import (
     signal_exception,
 )
 from wsi_segment.flows.allocator import limit_malloc_arenas
+from wsi_segment.flows.signal_stop import stop_in_chain
 
 # subcommand name -> module implementing add_parser(subparsers) and run(args) -> int
 SUBCOMMANDS: dict[str, str] = {
@@ -123,22 +125,17 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def stop_behind(exc: BaseException) -> KeyboardInterrupt | None:
-    """The stop `exc` was raised while handling (its causes and contexts), as the CLI reports
-    it: Ctrl-C's KeyboardInterrupt, our `Terminated`, or Prefect's `TerminationSignal` (the
-    SIGTERM of a running flow, raised by Prefect's handler, which notes nothing of ours) as
-    `Terminated`; None if there is none."""
+    """The stop `exc` was raised while handling (`signal_stop.stop_in_chain`), as the CLI
+    reports it: Ctrl-C's KeyboardInterrupt, our `Terminated`, or Prefect's `TerminationSignal`
+    (the SIGTERM of a running flow, raised by Prefect's handler, which notes nothing of ours)
+    as `Terminated`; None if there is none."""
     prefect = sys.modules.get("prefect.exceptions")  # no TerminationSignal before Prefect loads
-    termination = getattr(prefect, "TerminationSignal", ())
-    seen: set[int] = set()
-    current = exc.__cause__ or exc.__context__
-    while current is not None and id(current) not in seen:
-        if isinstance(current, KeyboardInterrupt):
-            return current
-        if termination and isinstance(current, termination):
-            return signal_exception(current.signal)
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return None
+    termination = getattr(prefect, "TerminationSignal", None)
+    kinds = (KeyboardInterrupt,) if termination is None else (KeyboardInterrupt, termination)
+    stop = stop_in_chain(exc, kinds)
+    if stop is None or isinstance(stop, KeyboardInterrupt):
+        return stop
+    return signal_exception(getattr(stop, "signal", signal.SIGTERM))
 
 
 def report_stop(stop: KeyboardInterrupt) -> int:

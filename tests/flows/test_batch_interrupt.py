@@ -6,6 +6,8 @@ without a limit).
 
 from __future__ import annotations
 
+import concurrent.futures
+import os
 import signal
 import sys
 import threading
@@ -15,10 +17,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import pydantic
+import pydantic_core
 import pytest
 from prefect.exceptions import TerminationSignal
 from prefect.futures import PrefectConcurrentFuture
 
+from tests.conftest import foreground_signals
 from wsi_segment.errors import SlideInterrupted, SlideStopped, Terminated
 from wsi_segment.flows import batch_interrupt
 from wsi_segment.flows.batch_interrupt import (
@@ -179,3 +184,77 @@ def test_a_decoders_signal_the_batch_never_got_goes_on_after_the_wait(monkeypatc
         thread.join(timeout=10)
     assert isinstance(caught["exc"], Terminated)
     assert 0.3 <= caught["at"] - t0 < 2.0
+
+
+class Signalled(pydantic.BaseModel):
+    """A model whose serializer is where a signal lands: pydantic-core raises its own
+    `PydanticSerializationError`, the signal's exception kept as its context."""
+
+    signum: int
+
+    @pydantic.field_serializer("signum")
+    def signalled(self, signum: int) -> int:
+        os.kill(os.getpid(), signum)
+        time.sleep(5)  # the handler raises here, inside the serializer
+        return signum
+
+
+class WaitSerializing:
+    """A slide's real Prefect future whose first wait serializes `Signalled` (a library call
+    in the batch's wait, where the signal lands); the rest is the future's own."""
+
+    def __init__(self, future: PrefectConcurrentFuture[Any], signum: int) -> None:
+        self.future, self.signum, self.fired = future, signum, False
+
+    @property
+    def wrapped_future(self) -> concurrent.futures.Future[Any]:
+        return self.future.wrapped_future
+
+    def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> Any:
+        return self.future.result(timeout, raise_on_failure)
+
+    def wait(self, timeout: float | None = None) -> None:
+        if not self.fired:
+            self.fired = True
+            Signalled(signum=self.signum).model_dump()
+        self.future.wait(timeout)
+
+
+@pytest.mark.timeout(2 * BACKSTOP_S)
+@pytest.mark.parametrize(
+    ("handler", "stopped"),
+    [("ours", BatchInterrupted), ("prefect", BatchTerminated)],
+    ids=["ctrl-c", "prefect-sigterm"],
+)
+def test_a_stop_a_library_rewords_during_the_wait_still_stops_the_slides(
+    tmp_path: Path, handler: str, stopped: type[BaseException]
+) -> None:
+    """A signal landing in a library call of the batch's wait (pydantic-core turns the
+    handler's exception into its own error) stops the running slides and the batch as the
+    stop itself would, rather than leaving them running while that error goes on."""
+    item = BatchItem(tmp_path / "a.svs", None, "a")
+    idents: list[int] = []
+
+    def raise_termination(signum: int, _frame: object) -> None:  # Prefect's, while a flow runs
+        raise TerminationSignal(signal=signum)
+
+    signum = signal.SIGINT if handler == "ours" else signal.SIGTERM
+    # foreground: CI may run the tests with SIGINT ignored, which the CLI's handlers keep
+    with (
+        foreground_signals(),
+        stop_signals_noted(),
+        ThreadPoolExecutor(1) as pool,
+        SlideWatch(None) as watch,
+    ):
+        if handler == "prefect":
+            signal.signal(signal.SIGTERM, raise_termination)
+        future = PrefectConcurrentFuture(
+            uuid.uuid4(), pool.submit(polling_slide, watch, item, idents)
+        )
+        while watch.started() != {0}:
+            time.sleep(0.01)
+        with pytest.raises(stopped) as info:
+            wait_for_slides({0: WaitSerializing(future, signum)}, [item], watch, {})
+    assert isinstance(info.value.__cause__, pydantic_core.PydanticSerializationError)
+    (result,) = info.value.results
+    assert result.status == INTERRUPTED, result
