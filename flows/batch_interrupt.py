@@ -95,7 +95,8 @@ def wait_for_slides(
         stop = stop_in_chain(exc, (KeyboardInterrupt, TerminationSignal))
         if stop is None:
             raise
-        raise stopped_batch(stop, futures, items, watch, settled) from exc
+        # caused by the stop itself, as above: the CLI reads a SIGHUP's `Terminated` there
+        raise stopped_batch(stop, futures, items, watch, settled) from stop
 
 
 def stopped_batch(

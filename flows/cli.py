@@ -125,7 +125,7 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def stop_behind(exc: BaseException) -> KeyboardInterrupt | None:
-    """The stop `exc` was raised while handling (`signal_stop.stop_in_chain`), as the CLI
+    """The stop behind `exc`, its cause or context (`signal_stop.stop_in_chain`), as the CLI
     reports it: Ctrl-C's KeyboardInterrupt, our `Terminated`, or Prefect's `TerminationSignal`
     (the SIGTERM of a running flow, raised by Prefect's handler, which notes nothing of ours)
     as `Terminated`; None if there is none."""

@@ -68,10 +68,9 @@ def signals_stop_runs() -> Iterator[SignalStop]:
 def stop_in_chain(
     exc: BaseException, kinds: tuple[type[BaseException], ...]
 ) -> BaseException | None:
-    """The first exception of `kinds` (the stops) that `exc` was raised while handling, along
-    its causes and contexts, or None: a stop a library caught and raised as an error of its
-    own (pydantic-core keeps the exception a serializer callback raised as its error's
-    context)."""
+    """The first exception of `kinds` (the stops) behind `exc`, along its causes and contexts,
+    or None: a stop a library caught and raised as an error of its own (pydantic-core makes
+    the exception a serializer callback raised its error's cause)."""
     seen: set[int] = set()
     current = exc.__cause__ or exc.__context__
     while current is not None and id(current) not in seen:

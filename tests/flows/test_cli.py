@@ -94,7 +94,7 @@ def test_a_stop_a_library_turns_into_its_own_error_still_ends_as_the_stop(
     """The signal's exception, raised inside pydantic-core's serializer, comes out as a
     `PydanticSerializationError`: the command still ends as the stop (exit 128 + the
     signal, its one `error:` line), not with that error's traceback and exit 1; also where
-    the handler was Prefect's (its `TerminationSignal` is that error's context)."""
+    the handler was Prefect's (its `TerminationSignal` is that error's cause)."""
     command = [sys.executable, "-c", SIGNAL_IN_A_SERIALIZER, "info", str(tmp_path / "x.svs")]
     with foreground_signals():  # CI may run the tests with SIGINT ignored: the child would too
         done = subprocess.run(
