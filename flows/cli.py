@@ -11,7 +11,6 @@ error of its own (`NotedSignals`) still ends the command as that stop.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import faulthandler
 import gc
 import importlib
@@ -19,7 +18,8 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from wsi_segment.errors import (
     Terminated,
@@ -108,7 +108,7 @@ def run_command(args: argparse.Namespace) -> int:
     `error:` line (1; 128 + the signal)."""
     noted = NotedSignals()
     try:
-        with stop_signals_noted(noted):
+        with noted:
             return int(args.run(args) or 0)
     except WsiSegmentError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -148,38 +148,34 @@ def report_stop(stop: KeyboardInterrupt) -> int:
 
 
 class NotedSignals:
-    """The stopping signal a command received, noted by its handler before it raises the
-    signal's exception: a library that catches that exception and raises one of its own
-    (pydantic-core reports a Python callback's KeyboardInterrupt as its own serialization
-    error) would otherwise end the command with that error's traceback and exit 1."""
+    """While entered (a command's run), SIGINT, SIGTERM and SIGHUP raise their exception in
+    the main thread (`Terminated`, a KeyboardInterrupt, for SIGTERM and SIGHUP, so they clean
+    up as Ctrl-C does), and the first one is noted (`signum`) before it raises: a library
+    that catches that exception and raises one of its own (pydantic-core reports a Python
+    callback's KeyboardInterrupt as its own serialization error) would otherwise end the
+    command with that error's traceback and exit 1. The previous handlers come back on exit.
+    One the process inherited as ignored stays ignored (`nohup`'s SIGHUP: the run outlives
+    its terminal). Only the main thread may set handlers: elsewhere (an in-process call from
+    a thread) nothing changes. (A command's own handlers take over where they are set:
+    `flows.signal_stop`, the batch's `InterruptGuard`.)"""
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> NotedSignals:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = handled_signals(self.handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        restore_handlers(self._previous)
+        self._previous = {}
 
     def handle(self, signum: int, frame: object) -> None:
         """The handler: `Terminated` for SIGTERM and SIGHUP, KeyboardInterrupt for SIGINT."""
         self.signum = self.signum or signum
         raise signal_exception(signum)
-
-
-@contextlib.contextmanager
-def stop_signals_noted(noted: NotedSignals | None = None) -> Iterator[NotedSignals]:
-    """While a command runs, SIGINT, SIGTERM and SIGHUP raise their exception in the main
-    thread (`Terminated`, a KeyboardInterrupt, for SIGTERM and SIGHUP, so they clean up as
-    Ctrl-C does) and are noted in `noted`; the previous handlers are restored after. One the
-    process inherited as ignored stays ignored (`nohup`'s SIGHUP: the run outlives its
-    terminal). Only the main thread may set handlers: elsewhere (an in-process call from a
-    thread) nothing changes. (A command's own handlers take over where they are set:
-    `flows.signal_stop`, the batch's `InterruptGuard`.)"""
-    noted = noted or NotedSignals()
-    if threading.current_thread() is not threading.main_thread():
-        yield noted
-        return
-    previous = handled_signals(noted.handle)
-    try:
-        yield noted
-    finally:
-        restore_handlers(previous)
 
 
 if __name__ == "__main__":

@@ -143,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
         except Exception as exc:
             if guard.signum is None or isinstance(exc, WsiSegmentError):
                 raise
-            guard.hold()  # a library turned the stop into its own error: the stop it was
+            # a library turned the guard's stop into its own error: report the stop
             raise signal_exception(guard.signum) from exc
         report(results)
         print_report_paths(args.out)

@@ -6,14 +6,13 @@ import json
 import logging
 import shutil
 import signal
-import sys
 from pathlib import Path
 
 import pytest
 from prefect.exceptions import TerminationSignal
 
 from tests.flows.conftest import BROKEN, CLASSES, copy_slides, output_files, stable_summary
-from tests.flows.test_batch_interrupt import StopWhileFinalised
+from tests.flows.dropped_on_log import stop_dropped_on_log
 from wsi_segment.errors import OutputError
 from wsi_segment.pipeline.batch_report import seconds_cell
 
@@ -266,21 +265,6 @@ def test_batch_reports_a_full_disk_as_the_cli_does(
         assert result.error == str(cli.value).replace(str(full / "cli"), str(full / "batch"))
 
 
-class DropOnLog(logging.Handler):
-    """At the first record containing `text`, finalises an object whose finaliser raises
-    `stop`: Python drops it in the thread that logged, as it drops a signal handler's
-    exception that lands inside a finaliser (tests/flows/test_batch_interrupt.py)."""
-
-    def __init__(self, text: str, stop: BaseException) -> None:
-        super().__init__()
-        self.text, self.stop, self.fired = text, stop, False
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if not self.fired and self.text in record.getMessage():
-            self.fired = True
-            StopWhileFinalised(self.stop)  # finalised at once: dropped here
-
-
 @pytest.mark.parametrize(
     "stop", [KeyboardInterrupt(), TerminationSignal(signal.SIGTERM)], ids=["ctrl-c", "sigterm"]
 )
@@ -293,28 +277,16 @@ def test_a_stop_dropped_before_the_slides_start_stops_the_batch(
     from wsi_segment.flows.batch_flow import segment_batch
 
     out = tmp_path / "out"
-    run_logger = logging.getLogger("prefect.flow_runs")
-    drop = DropOnLog(" slide(s) from ", stop)
-    run_logger.addHandler(drop)
-    hook = sys.unraisablehook
-    quiet = sys.unraisablehook = lambda _unraisable: None  # the flow hands it on: no print
-    # Prefect passes a TerminationSignal on to the SIGTERM handler it found, as a second
-    # SIGTERM (which would end this test process): one that only notes it
-    passed_on: list[int] = []
-    handler = signal.signal(signal.SIGTERM, lambda signum, _frame: passed_on.append(signum))
-    try:
-        with pytest.raises(type(stop)):
-            segment_batch(
-                input=str(slides_dir),
-                out=str(out),
-                model_dir=str(tiny_model),
-                workers=0,
-                options={"precision": "fp32", "runtime": "torch"},
-            )
-        assert sys.unraisablehook is quiet  # given back by the flow
-    finally:
-        signal.signal(signal.SIGTERM, handler)
-        sys.unraisablehook = hook
-        run_logger.removeHandler(drop)
+    with (
+        stop_dropped_on_log("prefect.flow_runs", " slide(s) from ", stop) as drop,
+        pytest.raises(type(stop)),
+    ):
+        segment_batch(
+            input=str(slides_dir),
+            out=str(out),
+            model_dir=str(tiny_model),
+            workers=0,
+            options={"precision": "fp32", "runtime": "torch"},
+        )
     assert drop.fired
     assert not out.exists() or not [p.name for p in out.iterdir()]  # no slide started

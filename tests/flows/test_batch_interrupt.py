@@ -34,7 +34,7 @@ from wsi_segment.flows.batch_interrupt import (
     stopped_result,
     wait_for_slides,
 )
-from wsi_segment.flows.cli import stop_signals_noted
+from wsi_segment.flows.cli import NotedSignals
 from wsi_segment.flows.slide_watch import SlideWatch
 from wsi_segment.pipeline.batch_inputs import BatchItem
 from wsi_segment.pipeline.segment import SlideResult
@@ -70,7 +70,7 @@ def test_a_sigterm_delivered_to_a_slide_thread_interrupts_the_batch(tmp_path: Pa
         )
         while watch.started() != {0}:
             time.sleep(0.01)
-        with stop_signals_noted(), pytest.raises(BatchInterrupted) as info:
+        with NotedSignals(), pytest.raises(BatchInterrupted) as info:
             threading.Timer(0.3, signal.pthread_kill, (idents[0], signal.SIGTERM)).start()
             wait_for_slides({0: future}, [item], watch, {})
     (result,) = info.value.results
@@ -242,7 +242,7 @@ def test_a_stop_a_library_rewords_during_the_wait_still_stops_the_slides(
     # foreground: CI may run the tests with SIGINT ignored, which the CLI's handlers keep
     with (
         foreground_signals(),
-        stop_signals_noted(),
+        NotedSignals(),
         ThreadPoolExecutor(1) as pool,
         SlideWatch(None) as watch,
     ):

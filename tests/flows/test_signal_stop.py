@@ -18,7 +18,7 @@ import pytest
 
 from tests.conftest import foreground_signals
 from wsi_segment.errors import SlideInterrupted, Terminated
-from wsi_segment.flows.cli import stop_signals_noted
+from wsi_segment.flows.cli import NotedSignals
 from wsi_segment.flows.signal_stop import SignalStop, signals_stop_runs
 
 
@@ -79,7 +79,7 @@ def test_a_signal_the_process_ignores_stays_ignored():
         with signals_stop_runs() as stop:
             assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
             assert signal.getsignal(signal.SIGTERM) == stop.handle
-            with stop_signals_noted():
+            with NotedSignals():
                 assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
                 os.kill(os.getpid(), signal.SIGHUP)  # the terminal closed: nothing happens
                 time.sleep(0.1)

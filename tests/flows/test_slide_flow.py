@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import errno
 import json
-import logging
 import signal
-import sys
 from pathlib import Path
 
 import pytest
 from prefect.exceptions import TerminationSignal
 
 from tests.flows.conftest import BROKEN, CMU, output_files, stable_summary
-from tests.flows.test_batch_flow import DropOnLog
+from tests.flows.dropped_on_log import stop_dropped_on_log
 from wsi_segment.errors import SlideError
 
 
@@ -126,33 +124,19 @@ def test_a_stop_dropped_while_the_slide_runs_stops_the_flow(
     from wsi_segment.flows.slide_flow import segment_slide_flow as slide_flow
 
     out = tmp_path / "out"
-    task_logger = logging.getLogger("prefect.task_runs")
-    drop = DropOnLog("Finished in state", stop)  # the first stage's end, in the flow's thread
-    task_logger.addHandler(drop)
-    ended: list[str] = []  # each stage's end, as Prefect logs it
-    seen = logging.Handler()
-    seen.emit = lambda record: ended.append(record.getMessage())  # type: ignore[method-assign]
-    task_logger.addHandler(seen)
-    hook = sys.unraisablehook
-    quiet = sys.unraisablehook = lambda _unraisable: None  # the flow hands it on: no print
-    # Prefect passes a TerminationSignal on to the SIGTERM handler it found, as a second
-    # SIGTERM (which would end this test process): one that only notes it
-    handler = signal.signal(signal.SIGTERM, lambda signum, _frame: None)
-    try:
-        with pytest.raises(type(stop)):
-            slide_flow(
-                slide=str(CMU),
-                out=str(out),
-                model_dir=str(tiny_model),
-                options={"precision": "fp32", "runtime": "torch"},
-            )
-        assert sys.unraisablehook is quiet  # given back by the flow
-    finally:
-        signal.signal(signal.SIGTERM, handler)
-        sys.unraisablehook = hook
-        task_logger.removeHandler(drop)
-        task_logger.removeHandler(seen)
+    # the first stage's end, logged in the flow's thread
+    with (
+        stop_dropped_on_log("prefect.task_runs", "Finished in state", stop) as drop,
+        pytest.raises(type(stop)),
+    ):
+        slide_flow(
+            slide=str(CMU),
+            out=str(out),
+            model_dir=str(tiny_model),
+            options={"precision": "fp32", "runtime": "torch"},
+        )
     assert drop.fired
     # stopped at the next stage's start: only the first stage completed (inference never ran)
-    assert [m for m in ended if "Finished in state Completed" in m] == [ended[0]], ended
+    ended = [m for m in drop.messages if "Finished in state" in m]  # each stage's end
+    assert [m for m in ended if "Completed" in m] == [ended[0]], drop.messages
     assert not out.exists() or not [p.name for p in out.iterdir()]  # nothing published, no lock

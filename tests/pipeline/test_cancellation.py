@@ -33,9 +33,9 @@ def test_a_note_is_seen_by_checks_and_by_a_wait_at_its_timeout() -> None:
 
 
 def test_a_signal_handler_notes_while_this_thread_waits_on_the_token() -> None:
-    """The handler runs in the main thread while it waits on the token, maybe holding the
-    token's event lock (which `cancel` would take again: a deadlock): `note` takes none,
-    and the wait reports the stop."""
+    """A signal's handler notes the stop while the main thread waits on the token (where it
+    may hold the token's event lock, which `cancel` would take again: why handlers note):
+    the wait it interrupted reports the stop, though no event was set."""
     token = Cancellation()
     previous = signal.signal(signal.SIGUSR1, lambda _s, _f: token.note(SlideInterrupted))
     try:
