@@ -203,8 +203,9 @@ def run_engine_once(slide: Path, model_dir: Path, args: argparse.Namespace, n: i
             batch=args.batch_size,
         )
         executor = build_executor(job.model, job.geometry, sizes)
-        run_engine(job, specs, DecoderProcesses(n), executor, sizes, stats=stats)
-        return stats, time.perf_counter() - t0, stats.first_chunk_at - t0
+        outcomes = run_engine(job, specs, DecoderProcesses(n), executor, sizes, stats)
+        wall = time.perf_counter() - t0
+        return stats, sum(o.bytes_from_model for o in outcomes), wall, stats.first_chunk_at - t0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -233,11 +234,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = [("decode, 1 process (alone)", f"{single:,.0f} tiles/s", f"{tiles} tiles")]
     print(rows[-1], file=sys.stderr, flush=True)
     for n in counts:
-        stats, wall, first_chunk_s = run_engine_once(slide, model_dir, args, n)
+        stats, from_model, wall, first_chunk_s = run_engine_once(slide, model_dir, args, n)
         rate = stats.tiles / wall
         steady = stats.tiles / max(1e-9, wall - first_chunk_s)
         ratio = steady / (n * single)
-        per_tile = stats.bytes_from_model / max(1, stats.tiles)
+        per_tile = from_model / max(1, stats.tiles)
         spans = sum(c > 1 for c in stats.chunks_per_batch)
         rows.append((f"engine, {n} decoders, instant model", f"{rate:,.0f} tiles/s",
                      f"{steady:,.0f} tiles/s after the first chunk: ratio={ratio:.2f} (goal "

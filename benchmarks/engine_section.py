@@ -90,7 +90,7 @@ def _runners(prep: Any, threads: int) -> dict[str, Callable[[Any], dict[str, Any
             batch=policy.batch_size.value,
         )
         executor = build_executor(job.model, job.geometry, sizes)
-        run_engine(job, prep.specs, source, executor, sizes, stats=stats)
+        run_engine(job, prep.specs, source, executor, sizes, stats)
         batches = stats.chunks_per_batch
         return {"batches": len(batches), "computes": stats.computes, "writers": stats.writers}
 

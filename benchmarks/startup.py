@@ -53,33 +53,32 @@ class StopAfterFirstChunk:
 
 def measure(slide: Path, model_dir: Path, args: argparse.Namespace) -> dict[str, float]:
     """Seconds from the start of `prepare` to each start-up milestone."""
-    from wsi_segment.pipeline.inference.engine_state import EngineStats
     from wsi_segment.pipeline.params import SegmentParams
     from wsi_segment.pipeline.segment import infer, prepare
 
     params = SegmentParams(model_dir=model_dir, device=args.device, decoders=args.decoders)
-    stats = EngineStats()
     with tempfile.TemporaryDirectory(dir=args.work) as tmp:
         t0 = time.perf_counter()
         prep = prepare(slide, tmp, params, early=True)
         prepared = time.perf_counter() - t0
+        inferring = time.perf_counter() - t0  # `infer`'s figures count from its start
         try:
-            infer(prep, Path(tmp), progress=StopAfterFirstChunk(), stats=stats)
+            infer(prep, Path(tmp), progress=StopAfterFirstChunk())
         except FirstChunkWritten:
             pass
         finally:
             prep.close_prefetch()
             prep.slide.close()
-    t = prep.timings
+    t, engine = prep.timings, prep.engine  # the engine's figures, kept though it was stopped
     return {
         "tissue_s": t["tissue_s"],
         "plan_s": t["tissue_and_plan_s"] - t["tissue_s"] - t.get("decoder_spawn_s", 0.0),
         "decoder_spawn_s": t.get("decoder_spawn_s", 0.0),
         "model_load_s": t["model_load_s"],
         "prepare_s": prepared,
-        "first_chunk_s": stats.first_chunk_at - t0,
-        "first_batch_s": stats.first_batch_at - t0,
-        "early": float(stats.early_decoders),
+        "first_chunk_s": inferring + engine["first_tiles_s"],
+        "first_batch_s": inferring + engine["first_forward_s"],
+        "early": float(engine["decoders_started_early"]),
         "tiles": float(prep.tiles_total),
         "chunks": float(len(prep.specs)),
     }

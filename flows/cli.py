@@ -114,14 +114,14 @@ def run_command(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as exc:  # Ctrl-C, or our `Terminated` of SIGTERM and SIGHUP
-        return report_stop(exc)
+        return report_stop(exc, exc.__cause__)  # a command's own mapping of an error below
     except Exception as exc:
         # a library caught the stop's exception and raised its own (pydantic-core's
         # serializer, when a SIGTERM lands in Prefect's settings while Prefect imports)
         stop = signal_exception(noted.signum) if noted.signum is not None else stop_behind(exc)
         if stop is None:
             raise
-        return report_stop(stop)
+        return report_stop(stop, exc)
 
 
 def stop_behind(exc: BaseException) -> KeyboardInterrupt | None:
@@ -138,13 +138,21 @@ def stop_behind(exc: BaseException) -> KeyboardInterrupt | None:
     return signal_exception(getattr(stop, "signal", signal.SIGTERM))
 
 
-def report_stop(stop: KeyboardInterrupt) -> int:
-    """Print the stop's one `error:` line; its exit status (128 + the signal)."""
+def report_stop(stop: KeyboardInterrupt, instead_of: BaseException | None = None) -> int:
+    """Print the stop's one `error:` line; its exit status (128 + the signal). `instead_of`:
+    the error the stop came out as, named on a `note:` line when it is not a stop itself,
+    since it may be a real fault met while stopping (a cleanup's bug), not a rewording."""
     if isinstance(stop, Terminated):
         print(f"error: terminated ({stop.signal_name})", file=sys.stderr)
-        return 128 + stop.signum
-    print("error: interrupted", file=sys.stderr)
-    return 130
+        code = 128 + stop.signum
+    else:
+        print("error: interrupted", file=sys.stderr)
+        code = 130
+    if isinstance(instead_of, Exception):
+        text = str(instead_of).strip().splitlines()
+        named = f"{type(instead_of).__name__}: {text[0]}" if text else type(instead_of).__name__
+        print(f"note: the stop came out as {named}", file=sys.stderr)
+    return code
 
 
 class NotedSignals:

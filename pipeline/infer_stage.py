@@ -46,15 +46,14 @@ def infer(
     work_dir: Path,
     client: Client | None = None,
     progress: Progress | None = None,
-    stats: EngineStats | None = None,
     cancel: CancelToken = NEVER_CANCELLED,
 ) -> list[ChunkOutcome]:
     """Stage 2: run the tissue chunks, streaming uint8 probabilities into the zarr store.
 
     One engine (`pipeline.inference.engine.run_engine`) whatever reads the tiles: locally
     as the run policy `prepare` decided, on a Dask cluster in bands on the workers
-    (`run_bands`), each running that plan for its worker (`run_policy.for_worker`). `stats` receives
-    what a local engine did (benchmarks). Once `cancel` is cancelled the engine, or the
+    (`run_bands`), each running that plan for its worker (`run_policy.for_worker`); a local
+    engine's figures go to summary.json's `engine` (`prep.engine`). Once `cancel` is cancelled the engine, or the
     bands, stop and its reason is raised."""
     t0 = time.perf_counter()
     zarr_path = work_dir / STORE_NAME
@@ -64,7 +63,7 @@ def infer(
         if client is not None:
             outcomes = _infer_on_cluster(prep, zarr_path, client, progress, cancel)
         else:
-            outcomes = _infer_here(prep, zarr_path, progress, stats, cancel)
+            outcomes = _infer_here(prep, zarr_path, progress, cancel, t0)
     finally:
         progress.close()
         prep.close_prefetch()
@@ -76,10 +75,11 @@ def _infer_here(
     prep: PreparedSlide,
     zarr_path: Path,
     progress: Progress,
-    stats: EngineStats | None,
     cancel: CancelToken,
+    started: float,
 ) -> list[ChunkOutcome]:
-    """The engine in this process, run as the policy `prepare` decided."""
+    """The engine in this process, run as the policy `prepare` decided; its figures, times
+    from `started` (the stage's start), are kept in `prep.engine` even when it stops."""
     policy = local_policy(prep)
     job = slide_job(prep, zarr_path)
     progress.start(prep.tiles_total, unit="tile", desc=prep.name)
@@ -87,10 +87,12 @@ def _infer_here(
     sizes = EngineSizes.of(policy)
     executor = build_executor(job.model, job.geometry, sizes)
     source = local_source(prep, policy)
+    stats = EngineStats()
     try:  # nothing between: run_engine closes the source on every path
-        outcomes = run_engine(job, prep.specs, source, executor, sizes, progress, stats, cancel)
+        outcomes = run_engine(job, prep.specs, source, executor, sizes, stats, progress, cancel)
     finally:
         _record_reads(prep, source)
+        prep.engine = stats.report(started)
     prep.precision = prep.model.get().report()  # what this process's model ran in
     return outcomes
 

@@ -88,6 +88,8 @@ class PreparedSlide:
     overlay_thumb: Background[np.ndarray] | None = None
     # Local runs: storage tiles decoded / served again from memory (wsi.tile_reuse).
     read_stats: dict[str, int] = field(default_factory=dict)
+    # Local runs: what the engine ran and how soon (EngineStats.report; summary.json `engine`).
+    engine: dict[str, Any] = field(default_factory=dict)
     # What the forward passes ran in and why (models.runtimes.select.OpenedRuntime.report).
     precision: dict[str, Any] = field(default_factory=dict)
     # --roi: the regions (level-0 slide pixels) outputs are clipped to and reported per.

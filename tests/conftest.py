@@ -9,7 +9,7 @@ import signal
 import subprocess
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -17,6 +17,7 @@ from wsi_segment.errors import raise_terminated
 from wsi_segment.models.model_files import BuiltModel
 from wsi_segment.models.runtimes.spec import RuntimeSpec
 from wsi_segment.pipeline.inference.engine import EngineSizes, build_executor, run_engine
+from wsi_segment.pipeline.inference.engine_state import EngineStats
 from wsi_segment.pipeline.inference.model_handle import LoadedModel, ModelHandle
 from wsi_segment.pipeline.inference.slide_plan import slide_grid
 from wsi_segment.pipeline.inference.tile_reader import tile_geometry
@@ -61,13 +62,17 @@ ENGINE = EngineSizes(
 
 
 def engine_run(
-    job: SlideJob, specs: Sequence[ChunkSpec], source: ReadSource, sizes: EngineSizes = ENGINE, **kw
+    job: SlideJob,
+    specs: Sequence[ChunkSpec],
+    source: ReadSource,
+    sizes: EngineSizes = ENGINE,
+    stats: EngineStats | None = None,
+    **kw: Any,
 ) -> list[ChunkOutcome]:
     """`run_engine` as a run calls it: the job's executor built as `sizes` say, then the engine
-    laid out as they say (`kw`: progress, stats, cancel)."""
-    return run_engine(
-        job, specs, source, build_executor(job.model, job.geometry, sizes), sizes, **kw
-    )
+    laid out as they say (`stats`: where a test reads what it did; `kw`: progress, cancel)."""
+    executor = build_executor(job.model, job.geometry, sizes)
+    return run_engine(job, specs, source, executor, sizes, stats or EngineStats(), **kw)
 
 
 # a local run's facts for the run policy (`decide`): one engine on the machine, the slide's

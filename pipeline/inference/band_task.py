@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from wsi_segment.errors import BandAborted, WsiSegmentError
 from wsi_segment.pipeline.cancellation import Cancellation
 from wsi_segment.pipeline.inference.engine import EngineSizes, build_executor, run_engine
+from wsi_segment.pipeline.inference.engine_state import EngineStats
 from wsi_segment.pipeline.inference.model_handle import ModelHandle
 from wsi_segment.pipeline.inference.read_sources import plan_source, slide_reads
 from wsi_segment.pipeline.inference.slide_job import SlideJob
@@ -143,7 +144,8 @@ def run_band(
                 if daemonic:
                     log.warning("%s: this Dask worker is daemonic, reading in a thread; %s",
                                 job.slide_path, DAEMON_FIX)  # fmt: skip
-                outcomes = run_engine(job, specs, source, executor, sizes, cancel=stop)
+                stats = EngineStats()  # a band's figures are not reported
+                outcomes = run_engine(job, specs, source, executor, sizes, stats, cancel=stop)
             finally:
                 source.close()  # run_engine closed it, unless an interrupt came first
         return BandResult(

@@ -220,7 +220,6 @@ class ComputeStage:
         with self._stats_lock:
             self._stats.chunks_per_batch.append(len({index for index, _, _ in batch.segments}))
             self._stats.tiles += n
-            self._stats.bytes_from_model += per_tile * n
         return TileBatch(batch.segments, out.probs[:n], out.labels[:n], per_tile)
 
 

@@ -143,15 +143,14 @@ def run_engine(
     source: ReadSource,
     executor: TileExecutor,
     sizes: EngineSizes,
+    stats: EngineStats,
     progress: Progress | None = None,
-    stats: EngineStats | None = None,
     cancel: CancelToken = NEVER_CANCELLED,
 ) -> list[ChunkOutcome]:
     """Run every chunk through `executor` (`build_executor`), tiles read by `source` (adopted:
     closed whatever happens), laid out as `sizes` says; outcomes in `specs` order. `stats`
-    (optional) receives what the run did. Cancelling `cancel` stops the parts and raises its
+    receives what the run did. Cancelling `cancel` stops the parts and raises its
     reason. Local runs and Dask bands call it with `EngineSizes.of(their plan)`."""
-    stats = stats if stats is not None else EngineStats()
     specs = list(specs)
     tracers: PolygonProcesses | None = None
     try:

@@ -66,8 +66,8 @@ class FirstError:
 
 @dataclass
 class EngineStats:
-    """What an engine run did, for whoever passes one in: tests and benchmarks (the summary
-    takes its figures from the plan and the read statistics, not from here)."""
+    """What an engine run did and how soon it computed: summary.json's `engine` section of a
+    local run (`report`), where a user sees whether start-up or the steady state is slow."""
 
     decoders: int = 0
     writers: int = 0
@@ -80,12 +80,32 @@ class EngineStats:
     first_chunk_at: float = 0.0
     early_decoders: bool = False  # the run adopted decoders started before it (DecodePool)
     first_batch_at: float = 0.0
-    bytes_from_model: int = 0
     computes: int = 0  # compute threads (CPU: side by side)
 
     def chunk_arrived(self) -> None:
         """Note the first chunk's tiles reaching the engine (start-up), once."""
         self.first_chunk_at = self.first_chunk_at or time.perf_counter()
+
+    def report(self, started: float) -> dict[str, Any]:
+        """The figures as summary.json keeps them, times in seconds after `started` (a
+        `time.perf_counter()`; None: never reached)."""
+
+        def since(at: float) -> float | None:
+            return at - started if at else None
+
+        return {
+            "decoders": self.decoders,
+            "decoders_started_early": self.early_decoders,
+            "ring_slots": self.slots,
+            "compute_threads": self.computes,
+            "writers": self.writers,
+            "batch_size": self.batch_size,
+            "forward_passes": len(self.chunks_per_batch),
+            "batches_spanning_chunks": sum(n > 1 for n in self.chunks_per_batch),
+            "tiles": self.tiles,
+            "first_tiles_s": since(self.first_chunk_at),
+            "first_forward_s": since(self.first_batch_at),
+        }
 
 
 # One part of a run: a thread body and its arguments.

@@ -293,6 +293,7 @@ def _summary(
         "timings_s": dict(prep.timings),
         # Run statistics like the timings (local runs only; thread interleaving moves them).
         "read_stats": dict(prep.read_stats),
+        "engine": dict(prep.engine),
         "run_stats": run,
         "versions": software_versions(),
     }

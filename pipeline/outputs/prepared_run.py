@@ -67,6 +67,8 @@ class PreparedRun(Protocol):
     @property
     def read_stats(self) -> Mapping[str, int]: ...
     @property
+    def engine(self) -> Mapping[str, Any]: ...  # EngineStats.report of a local run
+    @property
     def read_device(self) -> Mapping[str, str]: ...  # read_device, read_device_reason
     @property
     def precision(self) -> Mapping[str, Any]: ...

@@ -130,6 +130,7 @@ def stable_summary(folder: Path) -> dict:
     # how the chunks were read and run depends on where they ran (a cluster's bands decide
     # their own run policy on their workers)
     summary.pop("run_policy", None)
+    summary.pop("engine", None)  # the engine's figures and times: a local run's only
     for key in ("read_device", "read_device_reason"):
         summary.get("run_stats", {}).pop(key, None)
     return summary

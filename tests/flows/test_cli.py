@@ -53,12 +53,13 @@ def test_an_interrupted_command_ends_even_if_its_exit_hangs(tmp_path) -> None:
 # serializer is where the signal lands: pydantic-core reports the handler's exception as its
 # own `PydanticSerializationError` (seen when a SIGTERM came while Prefect imported). With
 # "prefect", SIGTERM's handler is one like Prefect's while a flow runs (it raises
-# `TerminationSignal` and notes nothing of ours).
+# `TerminationSignal` and notes nothing of ours). With "cleanup", no library rewords it: a
+# cleanup on the way out fails with its own error, a fault the user must still be told of.
 SIGNAL_IN_A_SERIALIZER = """
 import os, signal, sys, time
 import pydantic
 from wsi_segment.flows import cli, cli_info
-HANDLER = sys.argv.pop()  # ours | prefect (the rest is `info`'s command line)
+HANDLER = sys.argv.pop()  # ours | prefect | cleanup (the rest is `info`'s command line)
 SIGNUM = int(sys.argv.pop())  # the signal to send
 class Settings(pydantic.BaseModel):
     value: int = 1
@@ -73,28 +74,41 @@ def run(args):
         def raise_termination(signum, frame):
             raise TerminationSignal(signal=signum)
         signal.signal(signal.SIGTERM, raise_termination)
+    if HANDLER == "cleanup":
+        try:
+            os.kill(os.getpid(), SIGNUM)
+            time.sleep(5)  # the handler raises here, or as os.kill returns
+        finally:
+            raise RuntimeError("the cleanup failed")
     Settings().model_dump()
 cli_info.run = run
 sys.exit(cli.main())
 """
 
 
+REWORDED = "note: the stop came out as PydanticSerializationError: Error calling function"
+CLEANUP_FAILED = "note: the stop came out as RuntimeError: the cleanup failed"
+
+
 @pytest.mark.parametrize(
-    ("signum", "handler", "code", "line"),
+    ("signum", "handler", "code", "line", "note"),
     [
-        (signal.SIGTERM, "ours", 143, "error: terminated (SIGTERM)"),
-        (signal.SIGINT, "ours", 130, "error: interrupted"),
-        (signal.SIGTERM, "prefect", 143, "error: terminated (SIGTERM)"),
+        (signal.SIGTERM, "ours", 143, "error: terminated (SIGTERM)", REWORDED),
+        (signal.SIGINT, "ours", 130, "error: interrupted", REWORDED),
+        (signal.SIGTERM, "prefect", 143, "error: terminated (SIGTERM)", REWORDED),
+        (signal.SIGTERM, "cleanup", 143, "error: terminated (SIGTERM)", CLEANUP_FAILED),
     ],
-    ids=["sigterm", "sigint", "prefect-sigterm"],
+    ids=["sigterm", "sigint", "prefect-sigterm", "cleanup-fails"],
 )
 def test_a_stop_a_library_turns_into_its_own_error_still_ends_as_the_stop(
-    tmp_path, signum: int, handler: str, code: int, line: str
+    tmp_path, signum: int, handler: str, code: int, line: str, note: str
 ) -> None:
     """The signal's exception, raised inside pydantic-core's serializer, comes out as a
     `PydanticSerializationError`: the command still ends as the stop (exit 128 + the
     signal, its one `error:` line), not with that error's traceback and exit 1; also where
-    the handler was Prefect's (its `TerminationSignal` is that error's cause)."""
+    the handler was Prefect's (its `TerminationSignal` is that error's cause). The error it
+    came out as is named on a `note:` line: where it is a cleanup's own fault, not a
+    rewording, the stop must not hide it."""
     command = [sys.executable, "-c", SIGNAL_IN_A_SERIALIZER, "info", str(tmp_path / "x.svs")]
     with foreground_signals():  # CI may run the tests with SIGINT ignored: the child would too
         done = subprocess.run(
@@ -107,4 +121,6 @@ def test_a_stop_a_library_turns_into_its_own_error_still_ends_as_the_stop(
         )
     assert done.returncode == code, done.stderr
     assert [ln for ln in done.stderr.splitlines() if ln.startswith("error:")] == [line]
+    notes = [ln for ln in done.stderr.splitlines() if ln.startswith("note:")]
+    assert len(notes) == 1 and notes[0].startswith(note), done.stderr
     assert "Traceback" not in done.stderr, done.stderr

@@ -24,7 +24,7 @@ from wsi_segment.models.runtimes.select import open_runtime
 from wsi_segment.pipeline.machine import probe_machine
 from wsi_segment.pipeline.outputs.summary import SCHEMA_VERSION
 from wsi_segment.pipeline.params import SegmentParams
-from wsi_segment.pipeline.run_policy import decide
+from wsi_segment.pipeline.run_policy import decide_for_model
 from wsi_segment.pipeline.segment import segment_slide
 
 
@@ -153,6 +153,16 @@ def test_areas_agree_between_summary_zarr_and_polygons(cmu_run):
     side = summary["tiling"]["stride"] // summary["parameters"]["output_downsample"]
     assert run["tiles_run"] == summary["tiling"]["tiles"] > 0
     assert run["bytes_from_model_per_tile"] == 4 * side * side + side * side + 4 * 4
+    # The engine's own figures (EngineStats.report): the plan's layout; full batches across
+    # chunks, the last one short; the first forward pass after the first tiles, in the stage
+    engine, policy = summary["engine"], summary["run_policy"]
+    for key in ("batch_size", "compute_threads", "writers"):
+        assert engine[key] == policy[key]["value"], key
+    assert engine["tiles"] == run["tiles_run"]
+    assert engine["forward_passes"] == math.ceil(run["tiles_run"] / engine["batch_size"])
+    assert engine["batches_spanning_chunks"] >= 1
+    timings = summary["timings_s"]
+    assert 0 < engine["first_tiles_s"] <= engine["first_forward_s"] < timings["inference_s"]
     # Local runs decode each 240 px storage tile of the CMU slide once (wsi.tile_reuse): one
     # thread reads the chunks in plan order (host_tiles), so no two threads race for a tile;
     # with 4 x 4 chunks neighbouring chunks share storage tiles.
@@ -175,24 +185,26 @@ def test_areas_agree_between_summary_zarr_and_polygons(cmu_run):
     assert precision["runtime_reason"] == f"{decided['value']}: {decided['reason']}"
     # the precision too: the policy decided it; the model ran it (and the calibration it names)
     wanted = summary["run_policy"]["precision"]
-    if precision["calibration"] is None:
-        assert precision["reason"] == f"{wanted['value']}: {wanted['reason']}"
-    else:
-        assert wanted["value"] == "bf16-if-calibrated"
-    if precision["calibration"] is not None:  # bf16 hardware: judged on real tissue
-        assert precision["autocast"] == precision["calibration"]["chosen"]
-        assert 0.0 <= precision["calibration"]["agreement"] <= 1.0
+    assert precision["reason"] == f"{wanted['value']}: {wanted['reason']}"
+    calibration = precision["calibration"]
+    if calibration is not None:  # bf16 hardware: judged on real tissue, the plan resolved by it
+        assert wanted["value"] == calibration["chosen"] == precision["autocast"]
+        kept = summary["run_policy"]["calibration"]
+        assert kept == {k: calibration[k] for k in kept}
+        assert 0.0 <= calibration["agreement"] <= 1.0
     # The demo model finds more than one tissue class on this real H&E region.
     assert sum(c["fraction_of_tissue"] > 0.05 for c in summary["classes"].values()) >= 2
 
 
 def test_summary_records_the_run_policy_it_ran(cmu_run):
     """summary.json `run_policy`: the decisions of `pipeline.run_policy.decide` for this
-    machine and the options, every one with its reason, and what the run did matches."""
+    machine and the options, every one with its reason, and what the run did matches. On a
+    CPU with bf16 the plan holds the model's bf16 verdict, which the run's load kept."""
     result, _out, params = cmu_run
     summary = json.loads((result.out_dir / "summary.json").read_text())
     # a CPU run examines no JPEG tiles
-    expected = decide(probe_machine(), params, LOCAL_FACTS).as_dict()
+    model = str(demo_model_dir())
+    expected = decide_for_model(probe_machine(), params, LOCAL_FACTS, model).as_dict()
     assert summary["run_policy"] == expected
     assert summary["run_policy"]["chunk_tiles"] == {
         "value": 4,

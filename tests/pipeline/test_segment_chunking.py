@@ -84,12 +84,13 @@ def test_chunk_tiles_change_no_byte_of_the_outputs(by_chunk_tiles, n):
     a, b = (json.loads((d / "summary.json").read_text()) for d in (ref, other))
     assert sorted(a) == sorted(b)
     differ = {key for key in a if a[key] != b[key]}
-    # the run's own record: when, how long, the policy and reads (speed), how many chunks
+    # the run's own record: when, how long, the policy, reads and engine (speed), how many chunks
     assert differ <= {
         "created_utc",
         "timings_s",
         "run_policy",
         "read_stats",
+        "engine",
         "parameters",
         "tiling",
     }
