@@ -29,7 +29,7 @@ from wsi_segment.errors import (
     signal_exception,
 )
 from wsi_segment.flows.allocator import limit_malloc_arenas
-from wsi_segment.flows.signal_stop import stop_in_chain
+from wsi_segment.flows.signal_stop import stop_in_chain, stop_kinds
 
 # subcommand name -> module implementing add_parser(subparsers) and run(args) -> int
 SUBCOMMANDS: dict[str, str] = {
@@ -129,10 +129,7 @@ def stop_behind(exc: BaseException) -> KeyboardInterrupt | None:
     reports it: Ctrl-C's KeyboardInterrupt, our `Terminated`, or Prefect's `TerminationSignal`
     (the SIGTERM of a running flow, raised by Prefect's handler, which notes nothing of ours)
     as `Terminated`; None if there is none."""
-    prefect = sys.modules.get("prefect.exceptions")  # no TerminationSignal before Prefect loads
-    termination = getattr(prefect, "TerminationSignal", None)
-    kinds = (KeyboardInterrupt,) if termination is None else (KeyboardInterrupt, termination)
-    stop = stop_in_chain(exc, kinds)
+    stop = stop_in_chain(exc, stop_kinds())
     if stop is None or isinstance(stop, KeyboardInterrupt):
         return stop
     return signal_exception(getattr(stop, "signal", signal.SIGTERM))

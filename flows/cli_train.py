@@ -238,9 +238,14 @@ def add_schedule_options(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Train; a stop Python drops while it trains (a signal landing in a finaliser) stops it
+    at the next step all the same (`flows.dropped_stops`), the work folder kept to resume."""
+    from wsi_segment.flows.dropped_stops import stop_on_dropped
     from wsi_segment.pipeline.training.train import train
 
-    out = train(config_from_args(args))
+    cfg = config_from_args(args)
+    with stop_on_dropped() as stop:
+        out = train(cfg, stop)
     print(f"model written to {out}")
     return 0
 

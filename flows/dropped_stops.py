@@ -7,24 +7,26 @@ finaliser (a weakref callback, a `__del__`) never reaches the code that was runn
 prints "Exception ignored in ..." and hands it to `sys.unraisablehook`, and a batch would go
 on to its end. `DroppedStops` is that hook while it is open and keeps a fresh copy of the
 first such stop, for the code that waits to raise it again; `on_stop` lets a run in the
-main thread itself (a slide flow) cancel its token then, so the stop lands at its next check.
+main thread itself cancel its token then, so the stop lands at its next check
+(`stop_on_dropped`: a slide flow, training).
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, TypeAlias, cast
 
-from wsi_segment.flows import prefect_env
+from wsi_segment.errors import SlideInterrupted, SlideStopped, Terminated, signal_exception
+from wsi_segment.flows.signal_stop import stop_kinds
+from wsi_segment.pipeline.cancellation import Cancellation
 
-prefect_env.apply()
+if TYPE_CHECKING:  # Prefect is loaded where its stop can come (`stop_kinds`), not for this
+    from prefect.exceptions import TerminationSignal
 
-from prefect.exceptions import TerminationSignal  # noqa: E402
-
-from wsi_segment.errors import Terminated, signal_exception  # noqa: E402
-
-Stop = KeyboardInterrupt | TerminationSignal
+    Stop: TypeAlias = KeyboardInterrupt | TerminationSignal
 
 
 class DroppedStops:
@@ -61,7 +63,7 @@ class DroppedStops:
         dropped = unraisable.exc_value
         if (
             self.stop is None
-            and isinstance(dropped, Stop)
+            and isinstance(dropped, stop_kinds())
             and threading.current_thread() is threading.main_thread()
         ):
             self.stop = _fresh(dropped)
@@ -70,8 +72,26 @@ class DroppedStops:
         (self._before or sys.__unraisablehook__)(unraisable)
 
 
-def _fresh(stop: Stop) -> Stop:
-    """A new exception of the same stop, without the dropped one's traceback."""
-    if isinstance(stop, TerminationSignal):
-        return TerminationSignal(stop.signal)
-    return signal_exception(stop.signum) if isinstance(stop, Terminated) else KeyboardInterrupt()
+@contextlib.contextmanager
+def stop_on_dropped() -> Iterator[Cancellation]:
+    """A cancellation token for a run in the main thread, cancelled when Python drops a stop
+    there: the run raises its `SlideStopped` at its next check, and the stop itself is raised
+    in its place, as if Python had not dropped it (the run does not go on to its end)."""
+    stop = Cancellation()
+    with DroppedStops(lambda: stop.note(SlideInterrupted)) as dropped:
+        try:
+            yield stop
+        except SlideStopped:
+            dropped.raise_noted()
+            raise
+
+
+def _fresh(stop: BaseException) -> Stop:
+    """A new exception of the same stop (a `stop_kinds` one), without the dropped one's
+    traceback."""
+    if isinstance(stop, Terminated):
+        return signal_exception(stop.signum)
+    if isinstance(stop, KeyboardInterrupt):
+        return KeyboardInterrupt()
+    termination = stop_kinds()[-1]  # Prefect's TerminationSignal (not a subclass of it)
+    return cast("Stop", termination(stop.signal))  # type: ignore[attr-defined]

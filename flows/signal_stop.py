@@ -16,6 +16,7 @@ outlives its terminal, and a non-interactive shell's background job ignores SIGI
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -63,6 +64,16 @@ def signals_stop_runs() -> Iterator[SignalStop]:
         yield stop
     finally:
         restore_handlers(previous)
+
+
+def stop_kinds() -> tuple[type[BaseException], ...]:
+    """The exceptions a stop arrives as: Ctrl-C's KeyboardInterrupt (our `Terminated` too)
+    and, once Prefect is loaded, its `TerminationSignal` (raised by its SIGTERM handler while
+    a flow runs). Found through `sys.modules`, so a command that never loads Prefect (the
+    CLI's dispatcher, `wsi-segment train`) does not import it for this."""
+    prefect = sys.modules.get("prefect.exceptions")
+    termination = getattr(prefect, "TerminationSignal", None)
+    return (KeyboardInterrupt,) if termination is None else (KeyboardInterrupt, termination)
 
 
 def stop_in_chain(

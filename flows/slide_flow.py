@@ -30,13 +30,11 @@ from prefect.cache_policies import NO_CACHE  # noqa: E402
 
 from wsi_segment.errors import (  # noqa: E402
     ConfigError,
-    SlideInterrupted,
-    SlideStopped,
     WsiSegmentError,
 )
 from wsi_segment.flows.dask_cluster import dask_client  # noqa: E402
 from wsi_segment.flows.door_words import run_words  # noqa: E402
-from wsi_segment.flows.dropped_stops import DroppedStops  # noqa: E402
+from wsi_segment.flows.dropped_stops import stop_on_dropped  # noqa: E402
 from wsi_segment.flows.run_log import log_slide_warnings, pipeline_warnings_to_run_log  # noqa: E402
 from wsi_segment.flows.run_origin import flow_run_origin  # noqa: E402
 from wsi_segment.flows.worker_pipes import outlive_worker_pipes  # noqa: E402
@@ -44,7 +42,6 @@ from wsi_segment.pipeline import segment  # noqa: E402
 from wsi_segment.pipeline.batch_report import class_rows, markdown_table  # noqa: E402
 from wsi_segment.pipeline.cancellation import (  # noqa: E402
     NEVER_CANCELLED,
-    Cancellation,
     CancelToken,
 )
 from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome  # noqa: E402
@@ -231,23 +228,18 @@ def segment_slide_flow(
     Python drops while the slide runs stops it all the same (`flows.dropped_stops`).
     """
     outlive_worker_pipes()
-    stop = Cancellation()
     try:
         # a stop whose exception Python drops (a signal landing in a finaliser) cancels the
         # run, which raises it again at its next check: the run does not go on to its end
-        with DroppedStops(lambda: stop.note(SlideInterrupted)) as dropped:
+        with stop_on_dropped() as stop:
             params = make_params(
                 model_dir, options, mpp=mpp, output_name=output_name, origin=flow_run_origin()
             )
-            try:
-                with pipeline_warnings_to_run_log():
-                    if dask_address:
-                        with dask_client(dask_address) as client:
-                            return run_slide_stages(slide, out, params, client, cancel=stop)
-                    return run_slide_stages(slide, out, params, cancel=stop)
-            except SlideStopped:
-                dropped.raise_noted()  # the stop itself, as if Python had not dropped it
-                raise
+            with pipeline_warnings_to_run_log():
+                if dask_address:
+                    with dask_client(dask_address) as client:
+                        return run_slide_stages(slide, out, params, client, cancel=stop)
+                return run_slide_stages(slide, out, params, cancel=stop)
     except WsiSegmentError as exc:
         reworded = in_run_words(exc)
         if reworded is exc:

@@ -18,16 +18,18 @@ from prefect import flow, get_run_logger  # noqa: E402
 from prefect.artifacts import create_markdown_artifact  # noqa: E402
 
 from wsi_segment.errors import ConfigError  # noqa: E402
+from wsi_segment.flows.dropped_stops import stop_on_dropped  # noqa: E402
 from wsi_segment.flows.slide_flow import stage_task  # noqa: E402
 from wsi_segment.flows.worker_pipes import outlive_worker_pipes  # noqa: E402
 from wsi_segment.models.classifier import PatchClassifier  # noqa: E402
+from wsi_segment.pipeline.cancellation import CancelToken  # noqa: E402
 from wsi_segment.pipeline.training import train_stages  # noqa: E402
 from wsi_segment.pipeline.training.train import TrainConfig  # noqa: E402
 
 
 @stage_task("open-dataset")
-def open_dataset(cfg: TrainConfig) -> train_stages.TrainRun:
-    return train_stages.start(cfg)
+def open_dataset(cfg: TrainConfig, cancel: CancelToken) -> train_stages.TrainRun:
+    return train_stages.start(cfg, cancel)
 
 
 @stage_task("stage-1-classifier")
@@ -49,8 +51,8 @@ def segmenter(
 
 
 @stage_task("model-folder")
-def model_folder(cfg: TrainConfig) -> Path:
-    return train_stages.write_model(cfg)
+def model_folder(run: train_stages.TrainRun) -> Path:
+    return train_stages.write_model(run)
 
 
 def make_train_config(data: str, out: str, options: dict[str, Any] | None) -> TrainConfig:
@@ -70,15 +72,17 @@ def train_model(data: str, out: str, options: dict[str, Any] | None = None) -> s
 
     `options` holds other `pipeline.training.train.TrainConfig` fields (epochs, encoder, head,
     cam_method, ...). A deployment's run finishes even if its worker dies
-    (`flows.worker_pipes`).
+    (`flows.worker_pipes`); a stop Python drops while it trains stops it at the next step
+    all the same (`flows.dropped_stops`), the work folder kept for a rerun to resume.
     """
     outlive_worker_pipes()
     cfg = make_train_config(data, out, options)
-    run = open_dataset(cfg)
-    model = classifier(run)
-    pseudo_dirs = pseudo_masks(run, model)
-    state = segmenter(run, pseudo_dirs, model)
-    folder = model_folder(cfg)
+    with stop_on_dropped() as stop:
+        run = open_dataset(cfg, stop)
+        model = classifier(run)
+        pseudo_dirs = pseudo_masks(run, model)
+        state = segmenter(run, pseudo_dirs, model)
+        folder = model_folder(run)
     best = state.get("best") or {}
     create_markdown_artifact(
         f"### Model {folder}\n\nbest epoch: {best.get('epoch')}, score: {best.get('score')}\n\n"

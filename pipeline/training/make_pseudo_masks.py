@@ -31,6 +31,7 @@ from wsi_segment.models.cam_methods import (
 from wsi_segment.models.classifier import PatchClassifier
 from wsi_segment.models.pseudo_masks import mask_taps, pseudo_masks
 from wsi_segment.models.segmenter import IGNORE_INDEX
+from wsi_segment.pipeline.cancellation import NEVER_CANCELLED, CancelToken
 from wsi_segment.pipeline.training.datasets import TrainItem, WsssDataset, load_batch
 from wsi_segment.pipeline.training.train_classifier import progress_enabled
 
@@ -106,9 +107,11 @@ def make_pseudo_masks(
     batch_size: int = 16,
     layers: tuple[str, ...] = LAYERS,
     method: str = DEFAULT_CAM_METHOD,
+    cancel: CancelToken = NEVER_CANCELLED,
 ) -> list[Path]:
     """Write `out/<layer>/<stem>.png` for every training patch with the CAM method `method`
-    (and `out/method.json`); returns the folders, shallow first."""
+    (and `out/method.json`); returns the folders, shallow first. Once `cancel` is cancelled
+    its stop is raised before the next batch (the masks written are kept for a rerun)."""
     check_pseudo_mask_folder(out, method)
     taps = mask_taps(classifier, method, layers)
     record = pseudo_mask_record(method, layers, taps, ds.background_rule)
@@ -132,6 +135,7 @@ def make_pseudo_masks(
     classifier.eval()
     bar = tqdm(total=len(todo), desc="stage 2 pseudo masks", disable=not progress_enabled())
     for i in range(0, len(todo), batch_size):
+        cancel.check()
         chunk = todo[i : i + batch_size]
         images = load_batch([it.image for it in chunk]).to(device)
         labels = torch.tensor([it.labels for it in chunk], dtype=torch.float32)

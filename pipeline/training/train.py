@@ -25,6 +25,7 @@ from wsi_segment.models.precision_calibration import fit_tile
 from wsi_segment.models.segmentation_model import SegmentationModel
 from wsi_segment.models.segmenter import Segmenter
 from wsi_segment.models.validation_patches import ValidationPatches, choose
+from wsi_segment.pipeline.cancellation import NEVER_CANCELLED, CancelToken
 from wsi_segment.pipeline.training.datasets import (
     MIN_TRAIN_PATCHES,
     WsssDataset,
@@ -68,15 +69,16 @@ def _git_commit() -> str | None:
         return None
 
 
-def train(cfg: TrainConfig) -> Path:
-    """Run the three stages and write the model folder `cfg.out`; returns it."""
+def train(cfg: TrainConfig, cancel: CancelToken = NEVER_CANCELLED) -> Path:
+    """Run the three stages and write the model folder `cfg.out`; returns it. Once `cancel`
+    is cancelled its stop is raised at the next step (the work folder is kept to resume)."""
     check_config(cfg)
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
-        return _train(cfg)
+        return _train(cfg, cancel)
     finally:  # leave the process as we found it (tests, notebooks)
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)
@@ -171,7 +173,7 @@ def _write_model(
     )
 
 
-def _train(cfg: TrainConfig) -> Path:
+def _train(cfg: TrainConfig, cancel: CancelToken) -> Path:
     """The stages themselves; `train` wraps them in the thread and determinism settings."""
     t0 = time.time()
     ds = _checked_dataset(cfg.data)
@@ -183,16 +185,16 @@ def _train(cfg: TrainConfig) -> Path:
         print(line, flush=True)
 
     ccfg = classifier_config(cfg)
-    classifier = train_classifier(ds, ccfg, work / "stage1", device)
+    classifier = train_classifier(ds, ccfg, work / "stage1", device, cancel=cancel)
     t1 = time.time()
     masks = pseudo_mask_dir(cfg)
     pseudo_dirs = make_pseudo_masks(
-        ds, classifier, masks, device, cfg.settings.batch_size, method=cfg.cam_method
+        ds, classifier, masks, device, cfg.settings.batch_size, method=cfg.cam_method, cancel=cancel
     )
     t2 = time.time()
     scfg = segmenter_config(cfg)
     segmenter, seg_state = train_segmenter(
-        ds, scfg, pseudo_dirs, work / "stage3", device, classifier
+        ds, scfg, pseudo_dirs, work / "stage3", device, classifier, cancel
     )
     t3 = time.time()
 

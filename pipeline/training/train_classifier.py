@@ -25,6 +25,7 @@ from tqdm import tqdm
 from wsi_segment.errors import ConfigError
 from wsi_segment.models.classifier import PatchClassifier, build_classifier
 from wsi_segment.models.heads import DEFAULT_DROPOUT, PDASchedule
+from wsi_segment.pipeline.cancellation import NEVER_CANCELLED, CancelToken
 from wsi_segment.pipeline.training.checkpoints import load_checkpoint, save_checkpoint
 from wsi_segment.pipeline.training.datasets import (
     MIN_TRAIN_PATCHES,
@@ -175,9 +176,11 @@ def _train_epoch(
     epoch: int,
     steps: int,
     device: torch.device,
+    cancel: CancelToken,
 ) -> float:
     """One epoch of stage 1, its shuffles, flips and dropout seeded by the epoch (so a resumed
-    run repeats it exactly) and the PDA schedule stepped at its end; returns the mean loss."""
+    run repeats it exactly) and the PDA schedule stepped at its end; returns the mean loss.
+    `cancel` is checked before each step."""
     schedule = getattr(model.head, "schedule", None)
     if schedule is not None:
         schedule.epoch = epoch
@@ -190,6 +193,7 @@ def _train_epoch(
     )
     total, seen = 0.0, 0
     for step, idx in enumerate(bar):
+        cancel.check()
         schedule_lrs(opt, base_lrs, cfg.lr_schedule, epoch * steps + step, cfg.epochs * steps)
         images, _ = augment(load_batch([items[i].image for i in idx]), [], gen)
         logits = model(to_input(images, device))
@@ -214,10 +218,13 @@ def train_classifier(
     work: Path,
     device: torch.device,
     on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
+    cancel: CancelToken = NEVER_CANCELLED,
 ) -> PatchClassifier:
     """Train (or resume, or just load if finished) the classifier; checkpoints in `work`.
 
     `on_epoch(epoch, state)` runs after each saved checkpoint (progress reporting, tests).
+    Once `cancel` is cancelled its stop is raised before the next step: the epoch's
+    checkpoint is not written, and a rerun resumes from the last one.
     """
     items = ds.train_items(MIN_TRAIN_PATCHES)
     labels = torch.tensor([it.labels for it in items], dtype=torch.float32)
@@ -225,7 +232,9 @@ def train_classifier(
     state = load_checkpoint(work, model, opt) or {"epoch": 0, "history": []}
     steps = epoch_steps(len(items), cfg.batch_size, cfg.max_steps)
     for epoch in range(int(state["epoch"]), cfg.epochs):
-        loss = _train_epoch(model, encoder, opt, base_lrs, items, labels, cfg, epoch, steps, device)
+        loss = _train_epoch(
+            model, encoder, opt, base_lrs, items, labels, cfg, epoch, steps, device, cancel
+        )
         state = {
             "epoch": epoch + 1,
             "history": [*state["history"], {"epoch": epoch + 1, "loss": loss}],

@@ -32,6 +32,7 @@ from wsi_segment.models.segmenter import (
     build_segmenter,
 )
 from wsi_segment.models.tensor_files import write_tensors
+from wsi_segment.pipeline.cancellation import NEVER_CANCELLED, CancelToken
 from wsi_segment.pipeline.training.checkpoints import load_checkpoint, save_checkpoint
 from wsi_segment.pipeline.training.datasets import (
     MIN_TRAIN_PATCHES,
@@ -154,9 +155,10 @@ def _train_epoch(
     epoch: int,
     steps: int,
     device: torch.device,
+    cancel: CancelToken,
 ) -> float:
     """One epoch of stage 3, its shuffles, crops and flips seeded by the epoch (so a resumed
-    run repeats it exactly); returns the mean loss."""
+    run repeats it exactly); returns the mean loss. `cancel` is checked before each step."""
     train_mode(model, encoder, cfg.optim)
     gen = seeded(cfg.seed, 3, epoch)
     bar = tqdm(
@@ -166,6 +168,7 @@ def _train_epoch(
     )
     total, seen = 0.0, 0
     for step, idx in enumerate(bar):
+        cancel.check()
         schedule_lrs(opt, base_lrs, cfg.lr_schedule, epoch * steps + step, cfg.epochs * steps)
         masks = _pseudo_batch(pseudo_dirs, [mask_name(items[i]) for i in idx])
         images, masks = augment(
@@ -209,8 +212,10 @@ def train_segmenter(
     work: Path,
     device: torch.device,
     classifier: torch.nn.Module | None = None,
+    cancel: CancelToken = NEVER_CANCELLED,
 ) -> tuple[Segmenter, dict[str, Any]]:
-    """Train (or resume) the segmenter on pseudo masks; returns the best-epoch model and its record."""
+    """Train (or resume) the segmenter on pseudo masks; returns the best-epoch model and its
+    record. Once `cancel` is cancelled its stop is raised before the next step."""
     loss_fn = _checked_loss(cfg, pseudo_dirs)
     items = ds.train_items(MIN_TRAIN_PATCHES)
     work.mkdir(parents=True, exist_ok=True)
@@ -224,8 +229,9 @@ def train_segmenter(
     steps = epoch_steps(len(items), cfg.batch_size, cfg.max_steps)
     for epoch in range(int(state["epoch"]), cfg.epochs):
         loss = _train_epoch(
-            model, encoder, opt, base_lrs, items, pseudo_dirs, loss_fn, cfg, epoch, steps, device
-        )
+            model, encoder, opt, base_lrs, items, pseudo_dirs, loss_fn, cfg, epoch, steps, device,
+            cancel,
+        )  # fmt: skip
         record = {"epoch": epoch + 1, "loss": loss}
         if has_val:
             record["val_miou"] = validate(

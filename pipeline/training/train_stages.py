@@ -20,6 +20,7 @@ import torch
 from wsi_segment.models.classifier import PatchClassifier
 from wsi_segment.models.device import pick_device
 from wsi_segment.models.segmenter import Segmenter
+from wsi_segment.pipeline.cancellation import CancelToken
 from wsi_segment.pipeline.training.datasets import MIN_TRAIN_PATCHES, WsssDataset, open_dataset
 from wsi_segment.pipeline.training.make_pseudo_masks import make_pseudo_masks
 from wsi_segment.pipeline.training.train import train
@@ -38,15 +39,17 @@ from wsi_segment.pipeline.training.train_segmenter import train_segmenter
 
 @dataclass
 class TrainRun:
-    """What the stages share: the settings, the opened dataset, the device, the work folder."""
+    """What the stages share: the settings, the opened dataset, the device, the work folder,
+    and the token that stops them (checked before each step)."""
 
     cfg: TrainConfig
     ds: WsssDataset
     device: torch.device
     work: Path
+    cancel: CancelToken
 
 
-def start(cfg: TrainConfig) -> TrainRun:
+def start(cfg: TrainConfig, cancel: CancelToken) -> TrainRun:
     """Check settings, open the dataset, pick the device, create the work folder."""
     check_config(cfg)
     if cfg.threads:
@@ -59,12 +62,14 @@ def start(cfg: TrainConfig) -> TrainRun:
     (work / "config.json").write_text(json.dumps(asdict(cfg), indent=1, default=str))
     for line in recipe_choices(cfg):
         print(line, flush=True)
-    return TrainRun(cfg, ds, pick_device(cfg.device), work)
+    return TrainRun(cfg, ds, pick_device(cfg.device), work, cancel)
 
 
 def stage1_classifier(run: TrainRun) -> PatchClassifier:
     """Train (or resume, or load when finished) the patch classifier."""
-    return train_classifier(run.ds, classifier_config(run.cfg), run.work / "stage1", run.device)
+    return train_classifier(
+        run.ds, classifier_config(run.cfg), run.work / "stage1", run.device, cancel=run.cancel
+    )
 
 
 def stage2_pseudo_masks(run: TrainRun, classifier: PatchClassifier) -> list[Path]:
@@ -76,6 +81,7 @@ def stage2_pseudo_masks(run: TrainRun, classifier: PatchClassifier) -> list[Path
         run.device,
         run.cfg.settings.batch_size,
         method=run.cfg.cam_method,
+        cancel=run.cancel,
     )
 
 
@@ -83,11 +89,11 @@ def stage3_segmenter(
     run: TrainRun, pseudo_dirs: list[Path], classifier: PatchClassifier
 ) -> tuple[Segmenter, dict[str, Any]]:
     """Train (or resume) DeepLabV3+ on the multi-layer pseudo masks."""
-    return train_segmenter(
-        run.ds, segmenter_config(run.cfg), pseudo_dirs, run.work / "stage3", run.device, classifier
-    )
+    cfg = segmenter_config(run.cfg)
+    work = run.work / "stage3"
+    return train_segmenter(run.ds, cfg, pseudo_dirs, work, run.device, classifier, run.cancel)
 
 
-def write_model(cfg: TrainConfig) -> Path:
+def write_model(run: TrainRun) -> Path:
     """The model folder, through `train()` (which now only loads the finished stages)."""
-    return train(cfg)
+    return train(run.cfg, run.cancel)

@@ -113,11 +113,12 @@ def test_flow_refuses_a_cam_method_before_any_write(
 ) -> None:
     from wsi_segment.errors import ConfigError
     from wsi_segment.flows.train_flow import make_train_config
+    from wsi_segment.pipeline.cancellation import NEVER_CANCELLED
     from wsi_segment.pipeline.training import train_stages
 
     cfg = make_train_config(str(tmp_path / "data"), str(tmp_path / "m"), options)
     with pytest.raises(ConfigError) as err:
-        train_stages.start(cfg)
+        train_stages.start(cfg, NEVER_CANCELLED)
     assert expected in str(err.value)
     assert list(tmp_path.iterdir()) == []
 
@@ -139,3 +140,34 @@ def test_training_stages_retry_and_cache_as_the_slide_stages():
         assert stage.retry_delay_seconds == slide_flow.RETRY_DELAYS_S
         assert stage.retry_condition_fn is slide_flow.retry_if_transient
         assert stage.persist_result is False
+
+
+@pytest.mark.parametrize("stop", ["ctrl-c", "sigterm"])
+def test_a_stop_dropped_while_training_stops_the_flow(
+    prefect_harness: None, dataset: Path, tmp_path: Path, stop: str
+) -> None:
+    """A stop Python drops in the flow's thread once the dataset is open (a signal landing in
+    a finaliser: a deployment's cancel, a terminal's Ctrl-C) stops the training at its next
+    step, and the flow raises the stop itself: no classifier epoch, no model folder, the work
+    folder kept for a rerun. Training used to run on to its end as if none had come."""
+    import signal
+
+    from prefect.exceptions import TerminationSignal
+
+    from tests.flows.dropped_on_log import stop_dropped_on_log
+    from wsi_segment.flows.train_flow import train_model
+
+    raised = KeyboardInterrupt() if stop == "ctrl-c" else TerminationSignal(signal.SIGTERM)
+    out = tmp_path / "model"
+    # the first stage's end (open-dataset), logged in the flow's thread
+    with (
+        stop_dropped_on_log("prefect.task_runs", "Finished in state", raised) as drop,
+        pytest.raises(type(raised)),
+    ):
+        train_model(data=str(dataset), out=str(out), options=OPTIONS)
+    assert drop.fired
+    ended = [m for m in drop.messages if "Finished in state" in m]  # each stage's end
+    assert [m for m in ended if "Completed" in m] == [ended[0]], drop.messages
+    assert not out.exists()
+    work = tmp_path / "model.work"
+    assert (work / "config.json").is_file() and not (work / "stage1" / "state.json").exists()

@@ -10,8 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from wsi_segment.errors import ConfigError
+from wsi_segment.errors import ConfigError, SlideInterrupted
 from wsi_segment.models.classifier import build_classifier
+from wsi_segment.pipeline.cancellation import Cancellation
 from wsi_segment.pipeline.training.datasets import open_dataset
 from wsi_segment.pipeline.training.make_pseudo_masks import (
     check_pseudo_mask_folder,
@@ -90,3 +91,18 @@ def test_masks_without_a_record_were_made_with_grad_cam(tmp_path: Path) -> None:
     (tmp_path / "method.json").write_text("{")
     with pytest.raises(ConfigError, match=r"method.json: unreadable .*; delete .* to make the"):
         made_with(tmp_path)
+
+
+def test_a_cancelled_run_stops_before_its_next_batch(tmp_path: Path) -> None:
+    """Once the run's token is cancelled (`pipeline.cancellation`), stage 2 raises its stop
+    before the next batch (here the first: nothing written), and a rerun does them all."""
+    ds = open_dataset(SAMPLE)
+    torch.manual_seed(0)
+    clf = build_classifier("resnet10t", "cam", ds.num_classes)
+    stop = Cancellation()
+    stop.cancel(SlideInterrupted)
+    with pytest.raises(SlideInterrupted):
+        make_pseudo_masks(ds, clf, tmp_path, torch.device("cpu"), batch_size=9, cancel=stop)
+    assert not list(tmp_path.glob("*/*.png"))  # stopped before the first batch
+    dirs = make_pseudo_masks(ds, clf, tmp_path, torch.device("cpu"), batch_size=9)
+    assert all(len(list(d.glob("*.png"))) == len(ds.train_items()) for d in dirs)

@@ -9,12 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from wsi_segment.errors import ConfigError
+from wsi_segment.errors import ConfigError, SlideInterrupted
+from wsi_segment.pipeline.cancellation import Cancellation
 from wsi_segment.pipeline.training.datasets import open_dataset
 from wsi_segment.pipeline.training.recipes import RECIPES
 from wsi_segment.pipeline.training.train_classifier import (
     ClassifierConfig,
     build,
+    classifier_history,
     scheduled_lr,
     train_classifier,
 )
@@ -120,3 +122,28 @@ def test_paper_recipe_resumes_to_the_same_weights(tiny, tmp_path: Path) -> None:
     fresh = _weights(build(cfg, tiny.num_classes))
     bn = [k for k in full if "running" in k or k.startswith("backbone.body.layer1")]
     assert bn and all(torch.equal(full[k], fresh[k]) for k in bn)  # frozen through training
+
+
+def test_a_cancelled_run_stops_at_the_next_step_and_resumes_to_the_same_weights(
+    tiny, tmp_path: Path
+) -> None:
+    """The run's token (`pipeline.cancellation`; a stop Python dropped, `flows.dropped_stops`)
+    cancelled once epoch 1 is saved: epoch 2's first step raises its stop, epoch 2 is never
+    saved, and a rerun resumes to the weights of a run never stopped."""
+    cpu = torch.device("cpu")
+    full = _weights(train_classifier(tiny, CFG, tmp_path / "full", cpu))
+    stop = Cancellation()
+    with pytest.raises(SlideInterrupted):
+        train_classifier(
+            tiny,
+            CFG,
+            tmp_path / "cut",
+            cpu,
+            on_epoch=lambda epoch, state: stop.cancel(SlideInterrupted),
+            cancel=stop,
+        )
+    assert classifier_history(tmp_path / "cut") == [
+        {"epoch": 1, "loss": classifier_history(tmp_path / "full")[0]["loss"]}
+    ]
+    got = _weights(train_classifier(tiny, CFG, tmp_path / "cut", cpu))
+    assert all(torch.equal(full[k], got[k]) for k in full)

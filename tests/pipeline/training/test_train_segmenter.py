@@ -10,6 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
+from wsi_segment.errors import SlideInterrupted
+from wsi_segment.pipeline.cancellation import Cancellation
 from wsi_segment.pipeline.training.datasets import WsssDataset, open_dataset
 from wsi_segment.pipeline.training.make_pseudo_masks import mask_name
 from wsi_segment.pipeline.training.recipes import RECIPES
@@ -96,3 +98,15 @@ def test_stage3_starts_from_a_whole_deeplab_file(tiny, tmp_path: Path) -> None:
     record = pretrained_record(tmp_path / "stage3")
     assert record is not None and record["scope"] == "model"
     assert record["missing"] == ["segmentation_head.0.bias", "segmentation_head.0.weight"]
+
+
+def test_a_cancelled_run_stops_before_its_next_step(tiny, tmp_path: Path) -> None:
+    """Once the run's token is cancelled (`pipeline.cancellation`), stage 3 raises its stop
+    before the next step: no epoch is recorded, nothing is kept as the best."""
+    ds, dirs = tiny
+    stop = Cancellation()
+    stop.cancel(SlideInterrupted)
+    work = tmp_path / "stage3"
+    with pytest.raises(SlideInterrupted):
+        train_segmenter(ds, CFG, dirs, work, torch.device("cpu"), None, stop)
+    assert not (work / "best.safetensors").exists() and not (work / "result.json").exists()
