@@ -85,7 +85,8 @@ def wait_for_slides(
 ) -> dict[int, SlideResult]:
     """Each submitted slide's result by index; on an interrupt, stop the slides and raise
     `BatchInterrupted` / `BatchTerminated` with the result of every item (`settled`: those
-    decided without a task, e.g. up to date)."""
+    decided without a task, e.g. up to date). Any other error of the wait (a fault of ours)
+    also stops the running slides before it goes on: none runs on with nobody waiting."""
     try:
         return {i: slide_outcome(f, watch) for i, f in futures.items()}
     except (KeyboardInterrupt, TerminationSignal) as exc:
@@ -94,6 +95,8 @@ def wait_for_slides(
         # a library caught the stop's exception while this thread waited and raised its own
         stop = stop_in_chain(exc, (KeyboardInterrupt, TerminationSignal))
         if stop is None:
+            with signals_ignored():
+                stop_slides(futures, items, watch)
             raise
         # caused by the stop itself, as above: the CLI reads a SIGHUP's `Terminated` there
         raise stopped_batch(stop, futures, items, watch, settled) from stop

@@ -262,3 +262,44 @@ def test_a_stop_a_library_rewords_during_the_wait_still_stops_the_slides(
     assert (reworded.__cause__ or reworded.__context__) is cause
     (result,) = info.value.results
     assert result.status == INTERRUPTED, result
+
+
+class WaitFails:
+    """A slide's real Prefect future whose first wait fails with an error of its own (a
+    fault in the batch's wait, no stop behind it); the rest is the future's own."""
+
+    def __init__(self, future: PrefectConcurrentFuture[Any]) -> None:
+        self.future, self.fired = future, False
+
+    @property
+    def wrapped_future(self) -> concurrent.futures.Future[Any]:
+        return self.future.wrapped_future
+
+    def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> Any:
+        return self.future.result(timeout, raise_on_failure)
+
+    def wait(self, timeout: float | None = None) -> None:
+        if not self.fired:
+            self.fired = True
+            raise RuntimeError("a fault in the wait")
+        self.future.wait(timeout)
+
+
+@pytest.mark.timeout(2 * BACKSTOP_S)
+def test_a_fault_in_the_wait_stops_the_running_slides_before_it_goes_on(tmp_path: Path) -> None:
+    """An error of the batch's wait with no stop behind it goes on as it is, and the running
+    slides are stopped first: they used to run on, to their end, with nobody waiting."""
+    item = BatchItem(tmp_path / "a.svs", None, "a")
+    idents: list[int] = []
+    with ThreadPoolExecutor(1) as pool, SlideWatch(None) as watch:
+        future = PrefectConcurrentFuture(
+            uuid.uuid4(), pool.submit(polling_slide, watch, item, idents)
+        )
+        while watch.started() != {0}:
+            time.sleep(0.01)
+        t0 = time.monotonic()
+        with pytest.raises(RuntimeError, match="a fault in the wait"):
+            wait_for_slides({0: WaitFails(future)}, [item], watch, {})
+        assert future.wrapped_future.done()  # stopped, not left running
+        assert time.monotonic() - t0 < BACKSTOP_S / 2
+        assert future.result().status == INTERRUPTED
