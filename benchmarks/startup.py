@@ -61,8 +61,7 @@ def measure(slide: Path, model_dir: Path, args: argparse.Namespace) -> dict[str,
         t0 = time.perf_counter()
         prep = prepare(slide, tmp, params, early=True)
         prepared = time.perf_counter() - t0
-        inferring = time.perf_counter() - t0  # `infer`'s figures count from its start
-        try:
+        try:  # `infer`'s figures count from its start, `prepared` after t0
             infer(prep, Path(tmp), progress=StopAfterFirstChunk())
         except FirstChunkWritten:
             pass
@@ -76,8 +75,8 @@ def measure(slide: Path, model_dir: Path, args: argparse.Namespace) -> dict[str,
         "decoder_spawn_s": t.get("decoder_spawn_s", 0.0),
         "model_load_s": t["model_load_s"],
         "prepare_s": prepared,
-        "first_chunk_s": inferring + engine["first_tiles_s"],
-        "first_batch_s": inferring + engine["first_forward_s"],
+        "first_chunk_s": prepared + engine["first_tiles_s"],
+        "first_batch_s": prepared + engine["first_forward_s"],
         "early": float(engine["decoders_started_early"]),
         "tiles": float(prep.tiles_total),
         "chunks": float(len(prep.specs)),

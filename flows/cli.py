@@ -105,11 +105,16 @@ def _main(argv: Sequence[str] | None) -> int:
 
 def run_command(args: argparse.Namespace) -> int:
     """`args.run(args)`'s exit status, its expected failures and stops reported in one
-    `error:` line (1; 128 + the signal)."""
+    `error:` line (1; 128 + the signal). A stop signal noted while it ran whose exception
+    never reached it (Python drops one raised inside a finaliser) still ends it as that stop:
+    a scheduler's SIGTERM must not read as success."""
     noted = NotedSignals()
     try:
         with noted:
-            return int(args.run(args) or 0)
+            code = int(args.run(args) or 0)
+        if noted.signum is not None:
+            return report_stop(signal_exception(noted.signum))
+        return code
     except WsiSegmentError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

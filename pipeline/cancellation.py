@@ -1,4 +1,4 @@
-"""Stopping a slide's run from outside: a cancellation token its loops check.
+"""Stopping a slide's run (or a training) from outside: a cancellation token its loops check.
 
 A batch stops a slide (its time limit, Ctrl-C, SIGTERM, SIGHUP: `flows.slide_watch`) by
 cancelling the slide's `Cancellation`, with the stop as its reason (a `SlideStopped`
@@ -6,7 +6,9 @@ subclass of `wsi_segment.errors`). The slide's code is handed the token as a val
 it where it already waits in bounded steps (the engine's watch of its parts, a Dask band's
 futures, between the stages and the steps of `prepare`); there `check` raises the reason,
 and the `finally` blocks on the way clean up as on any error. Nothing is injected into a
-thread from outside, so a stop lands only where the code can take it.
+thread from outside, so a stop lands only where the code can take it. Training checks the
+same token before each step (`flows.dropped_stops.stop_on_dropped`, for a stop Python drops;
+its `SlideInterrupted` reason never leaves the guard, which raises the dropped stop itself).
 
 `CancelToken` is what the slide path reads; `NEVER_CANCELLED` is the token of a run that
 nothing outside stops (the single-slide CLI, whose Ctrl-C is the main thread's own).

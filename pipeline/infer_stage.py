@@ -53,8 +53,8 @@ def infer(
     One engine (`pipeline.inference.engine.run_engine`) whatever reads the tiles: locally
     as the run policy `prepare` decided, on a Dask cluster in bands on the workers
     (`run_bands`), each running that plan for its worker (`run_policy.for_worker`); a local
-    engine's figures go to summary.json's `engine` (`prep.engine`). Once `cancel` is cancelled the engine, or the
-    bands, stop and its reason is raised."""
+    engine's figures go to summary.json's `engine` (`prep.engine`). Once `cancel` is
+    cancelled the engine, or the bands, stop and its reason is raised."""
     t0 = time.perf_counter()
     zarr_path = work_dir / STORE_NAME
     Background(create_stores, prep, zarr_path).result_through_interrupts()

@@ -59,7 +59,7 @@ SIGNAL_IN_A_SERIALIZER = """
 import os, signal, sys, time
 import pydantic
 from wsi_segment.flows import cli, cli_info
-HANDLER = sys.argv.pop()  # ours | prefect | cleanup (the rest is `info`'s command line)
+HANDLER = sys.argv.pop()  # ours | prefect | cleanup | dropped (then `info`'s command line)
 SIGNUM = int(sys.argv.pop())  # the signal to send
 class Settings(pydantic.BaseModel):
     value: int = 1
@@ -74,6 +74,13 @@ def run(args):
         def raise_termination(signum, frame):
             raise TerminationSignal(signal=signum)
         signal.signal(signal.SIGTERM, raise_termination)
+    if HANDLER == "dropped":  # the handler raises inside a finaliser: Python drops it
+        class Finalised:
+            def __del__(self):
+                os.kill(os.getpid(), SIGNUM)
+                time.sleep(5)
+        Finalised()
+        return 0
     if HANDLER == "cleanup":
         try:
             os.kill(os.getpid(), SIGNUM)
@@ -124,3 +131,32 @@ def test_a_stop_a_library_turns_into_its_own_error_still_ends_as_the_stop(
     notes = [ln for ln in done.stderr.splitlines() if ln.startswith("note:")]
     assert len(notes) == 1 and notes[0].startswith(note), done.stderr
     assert "Traceback" not in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize(
+    ("signum", "code", "line"),
+    [
+        (signal.SIGTERM, 143, "error: terminated (SIGTERM)"),
+        (signal.SIGINT, 130, "error: interrupted"),
+    ],
+    ids=["sigterm", "sigint"],
+)
+def test_a_stop_python_drops_still_ends_the_command_as_the_stop(
+    tmp_path, signum: int, code: int, line: str
+) -> None:
+    """The signal's exception raised inside a finaliser (Python prints "Exception ignored"
+    and drops it): the command still ends as the stop, not with exit 0 as if none had come
+    (`run_command` reads the signal its handlers noted)."""
+    command = [sys.executable, "-c", SIGNAL_IN_A_SERIALIZER, "info", str(tmp_path / "x.svs")]
+    with foreground_signals():  # CI may run the tests with SIGINT ignored: the child would too
+        done = subprocess.run(
+            [*command, str(signum), "dropped"],
+            cwd=REPO,
+            env=cli_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert "Exception ignored" in done.stderr, done.stderr  # Python did drop it
+    assert done.returncode == code, done.stderr
+    assert [ln for ln in done.stderr.splitlines() if ln.startswith("error:")] == [line]
