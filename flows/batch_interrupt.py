@@ -30,7 +30,7 @@ from typing import Any, Protocol
 from prefect.exceptions import TerminationSignal
 
 from wsi_segment.errors import TERMINATING_SIGNALS, SlideNotStarted, SlideStopped, SlideTimedOut
-from wsi_segment.flows.signal_stop import stop_in_chain
+from wsi_segment.flows.signal_stop import stop_in_chain, stop_kinds
 from wsi_segment.flows.slide_watch import SlideWatch
 from wsi_segment.pipeline.batch_inputs import BatchItem
 from wsi_segment.pipeline.cancellation import CancelToken
@@ -93,7 +93,7 @@ def wait_for_slides(
         raise stopped_batch(exc, futures, items, watch, settled) from exc
     except Exception as exc:
         # a library caught the stop's exception while this thread waited and raised its own
-        stop = stop_in_chain(exc, (KeyboardInterrupt, TerminationSignal))
+        stop = stop_in_chain(exc, stop_kinds())
         if stop is None:
             with signals_ignored():
                 stop_slides(futures, items, watch)

@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,16 @@ def polling_slide(watch: SlideWatch, item: BatchItem, idents: list[int]) -> Slid
         return stopped_result(item, exc, None, time.monotonic() - t0)
 
 
+def started_slide(
+    pool: ThreadPoolExecutor, watch: SlideWatch, item: BatchItem, idents: list[int]
+) -> PrefectConcurrentFuture[SlideResult]:
+    """`polling_slide` as a batch runs it (a Prefect future of its task), once it started."""
+    future = PrefectConcurrentFuture(uuid.uuid4(), pool.submit(polling_slide, watch, item, idents))
+    while watch.started() != {0}:
+        time.sleep(0.01)
+    return future
+
+
 @pytest.mark.timeout(2 * BACKSTOP_S)
 def test_a_sigterm_delivered_to_a_slide_thread_interrupts_the_batch(tmp_path: Path) -> None:
     """SIGTERM lands in the slide's thread while the main thread waits for that slide: the
@@ -65,11 +76,7 @@ def test_a_sigterm_delivered_to_a_slide_thread_interrupts_the_batch(tmp_path: Pa
     item = BatchItem(tmp_path / "a.svs", None, "a")
     idents: list[int] = []
     with ThreadPoolExecutor(1) as pool, SlideWatch(None) as watch:
-        future = PrefectConcurrentFuture(
-            uuid.uuid4(), pool.submit(polling_slide, watch, item, idents)
-        )
-        while watch.started() != {0}:
-            time.sleep(0.01)
+        future = started_slide(pool, watch, item, idents)
         with NotedSignals(), pytest.raises(BatchInterrupted) as info:
             threading.Timer(0.3, signal.pthread_kill, (idents[0], signal.SIGTERM)).start()
             wait_for_slides({0: future}, [item], watch, {})
@@ -110,11 +117,7 @@ def test_a_stop_whose_exception_python_drops_still_interrupts_the_batch(
     sys.unraisablehook = dropped.append  # what Python does with an exception in a finaliser
     try:
         with ThreadPoolExecutor(1) as pool, SlideWatch(None) as watch:
-            future = PrefectConcurrentFuture(
-                uuid.uuid4(), pool.submit(polling_slide, watch, item, idents)
-            )
-            while watch.started() != {0}:
-                time.sleep(0.01)
+            future = started_slide(pool, watch, item, idents)
             StopWhileFinalised(stop)  # finalised at once
             assert [d.exc_value for d in dropped] == [stop]
             assert type(watch.dropped.stop) is type(stop) and watch.dropped.stop is not stop
@@ -199,12 +202,13 @@ class Signalled(pydantic.BaseModel):
         return signum
 
 
-class WaitSerializing:
-    """A slide's real Prefect future whose first wait serializes `Signalled` (a library call
-    in the batch's wait, where the signal lands); the rest is the future's own."""
+class FirstWaitCalls:
+    """A slide's real Prefect future whose first wait calls `first` (a library call of the
+    batch's wait, where a signal lands, or a fault of the wait's own); the rest is the
+    future's own."""
 
-    def __init__(self, future: PrefectConcurrentFuture[Any], signum: int) -> None:
-        self.future, self.signum, self.fired = future, signum, False
+    def __init__(self, future: PrefectConcurrentFuture[Any], first: Callable[[], object]) -> None:
+        self.future, self.first, self.fired = future, first, False
 
     @property
     def wrapped_future(self) -> concurrent.futures.Future[Any]:
@@ -216,7 +220,7 @@ class WaitSerializing:
     def wait(self, timeout: float | None = None) -> None:
         if not self.fired:
             self.fired = True
-            Signalled(signum=self.signum).model_dump()
+            self.first()
         self.future.wait(timeout)
 
 
@@ -248,13 +252,10 @@ def test_a_stop_a_library_rewords_during_the_wait_still_stops_the_slides(
     ):
         if handler == "prefect":
             signal.signal(signal.SIGTERM, raise_termination)
-        future = PrefectConcurrentFuture(
-            uuid.uuid4(), pool.submit(polling_slide, watch, item, idents)
-        )
-        while watch.started() != {0}:
-            time.sleep(0.01)
+        future = started_slide(pool, watch, item, idents)
         with pytest.raises(stopped) as info:
-            wait_for_slides({0: WaitSerializing(future, signum)}, [item], watch, {})
+            serializing = FirstWaitCalls(future, Signalled(signum=signum).model_dump)
+            wait_for_slides({0: serializing}, [item], watch, {})
     cause = info.value.__cause__  # the stop itself (the CLI reads a SIGHUP's exit status there)
     assert isinstance(cause, KeyboardInterrupt if handler == "ours" else TerminationSignal)
     reworded = info.value.__context__  # what pydantic raised, with the stop behind it
@@ -264,25 +265,8 @@ def test_a_stop_a_library_rewords_during_the_wait_still_stops_the_slides(
     assert result.status == INTERRUPTED, result
 
 
-class WaitFails:
-    """A slide's real Prefect future whose first wait fails with an error of its own (a
-    fault in the batch's wait, no stop behind it); the rest is the future's own."""
-
-    def __init__(self, future: PrefectConcurrentFuture[Any]) -> None:
-        self.future, self.fired = future, False
-
-    @property
-    def wrapped_future(self) -> concurrent.futures.Future[Any]:
-        return self.future.wrapped_future
-
-    def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> Any:
-        return self.future.result(timeout, raise_on_failure)
-
-    def wait(self, timeout: float | None = None) -> None:
-        if not self.fired:
-            self.fired = True
-            raise RuntimeError("a fault in the wait")
-        self.future.wait(timeout)
+def fault_in_the_wait() -> None:
+    raise RuntimeError("a fault in the wait")
 
 
 @pytest.mark.timeout(2 * BACKSTOP_S)
@@ -292,14 +276,10 @@ def test_a_fault_in_the_wait_stops_the_running_slides_before_it_goes_on(tmp_path
     item = BatchItem(tmp_path / "a.svs", None, "a")
     idents: list[int] = []
     with ThreadPoolExecutor(1) as pool, SlideWatch(None) as watch:
-        future = PrefectConcurrentFuture(
-            uuid.uuid4(), pool.submit(polling_slide, watch, item, idents)
-        )
-        while watch.started() != {0}:
-            time.sleep(0.01)
+        future = started_slide(pool, watch, item, idents)
         t0 = time.monotonic()
         with pytest.raises(RuntimeError, match="a fault in the wait"):
-            wait_for_slides({0: WaitFails(future)}, [item], watch, {})
+            wait_for_slides({0: FirstWaitCalls(future, fault_in_the_wait)}, [item], watch, {})
         assert future.wrapped_future.done()  # stopped, not left running
         assert time.monotonic() - t0 < BACKSTOP_S / 2
         assert future.result().status == INTERRUPTED
