@@ -81,6 +81,8 @@ def section_throughput(
         for k, v in bare.items()
     )
     pipe_rate = n / run.wall_s
+    # DESIGN.md: a ~300-tile slide end to end >= 0.85 x the bare model; larger ones >= 0.9
+    goal = 0.85 if args.quick else 0.9
     ratio = pipe_rate / model_rate
     cpu_ratio = model_cpu_per_tile / (run.cpu_s / n)
     t = summary.get("timings_s", {})
@@ -102,11 +104,22 @@ def section_throughput(
          f" zarr {zbytes / 1e6:.2f} MB; overlap {args.overlap} (redundant "
          f"{summary['tiling']['redundant_fraction']:.3f}), threads {args.threads}; "
          f"{_storage_tiles(summary)}{run.gpu}"),
-        ("4 ratio", f"{ratio:.2f}", f"wall (goal >= 0.9); cpu-time ratio {cpu_ratio:.2f}; "
-         f"inference stage alone {n / max(t.get('inference_s', 1e-9), 1e-9) / model_rate:.2f}; "
+        ("4 ratio", f"{ratio:.2f}", f"wall (goal >= {goal}); cpu-time ratio {cpu_ratio:.2f}; "
+         f"{_fixed_cost_bound(n / model_rate, run.wall_s, t.get('inference_s', 0.0), goal)}; "
          f"load avg {load_before} -> {loadavg()}"),
     ]  # fmt: skip
     return ratio
+
+
+def _fixed_cost_bound(model_s: float, wall_s: float, inference_s: float, goal: float) -> str:
+    """The ratio as ratio = model_s / (F + model_s / e): the inference stage's efficiency e
+    (the bare model's time for the run's tiles over the stage's), the fixed cost F (the rest
+    of the wall clock: start-up, tissue + plan, outputs, exit), and the F at which this e
+    would reach `goal` (none where e itself is below it: then the stage, not F, bounds it)."""
+    e = model_s / max(inference_s, 1e-9)
+    fixed = wall_s - inference_s
+    need = f"<= {model_s * (1 / goal - 1 / e):.1f} s" if e > goal else f"unreachable (e < {goal})"
+    return f"inference stage alone {e:.2f}; fixed cost {fixed:.1f} s ({goal} needs {need})"
 
 
 def _bare_forward(
