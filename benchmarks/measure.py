@@ -206,6 +206,15 @@ class GpuSampler:
         )
 
 
+def fixed_cost_allowed(model_s: float, inference_s: float, goal: float) -> float | None:
+    """The most fixed cost F (wall clock outside the inference stage) at which a run still
+    reaches `goal` x the bare model: ratio = model_s / (F + inference_s), so F <= model_s /
+    goal - inference_s. `model_s`: the bare model's time for the run's tiles; None where the
+    stage alone is no faster than the goal allows (then the stage, not F, bounds the ratio)."""
+    allowed = model_s / goal - inference_s
+    return allowed if allowed > 0 else None
+
+
 def run_pipeline(slide: Path, model: Path, out: Path, extra: list[str]) -> tuple[ChildRun, dict]:
     """`wsi-segment` end to end in a fresh output folder; its run figures and summary.json."""
     if out.exists():
