@@ -118,13 +118,22 @@ class ModelHandle:
         return cls(model_dir, device, spec, loaded.model.identity, loaded)
 
 
+# One load at a time in a process. A batch starts its first slides together, each loading
+# the model in its own thread: without it both miss the cache and load, and each slide gets
+# its own copy of the weights and its own lock (two forward passes at once on one GPU).
+_LOADING = threading.Lock()
+
+
 def load_for_process(model_dir: str, device: str, spec: RuntimeSpec) -> LoadedModel:
     """Load the bundle on `device` and open `spec`'s runtime once per (process, recipe, state
     of its files): a long-lived process (a batch, a worker) loads again when model.json or the
-    weights change on disk, so a cached model never stands in for files no longer there."""
+    weights change on disk, so a cached model never stands in for files no longer there.
+    Threads asking at once wait for one load and share it."""
     from wsi_segment.models.meta import model_files_stamp
 
-    return _load_cached(model_dir, device, spec, model_files_stamp(model_dir))
+    stamp = model_files_stamp(model_dir)
+    with _LOADING:
+        return _load_cached(model_dir, device, spec, stamp)
 
 
 @functools.lru_cache(maxsize=4)

@@ -132,3 +132,34 @@ def test_the_slides_a_process_runs_share_the_executor_the_plan_sized(
     assert second.status == "done"
     assert list(loaded.executors) == [key] and loaded.executors[key] is built
     assert second.summary["precision"]["runtime_cache"] == cold  # nothing more: no compile
+
+
+@pytest.mark.parametrize("runtime", ["torch", "openvino"])
+def test_slides_starting_at_once_load_the_model_once(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, runtime: str
+) -> None:
+    """A batch starts its first slides together (`concurrency`, 2 by default), each loading
+    the model in its own thread: they get one load, so one lock (a GPU runs one forward pass
+    at a time) and one copy of the weights, not one each."""
+    import threading
+
+    from tests.conftest import plan_spec
+
+    monkeypatch.setenv("WSI_SEGMENT_CACHE_DIR", str(tmp_path / "cache"))
+    model_dir = tmp_path / "model"  # a process cache entry of this test's own
+    shutil.copytree(tiny_model_dir, model_dir)
+    spec = plan_spec("fp32", runtime)
+    start = threading.Barrier(2)
+    loaded: list[object] = []
+
+    def load() -> None:
+        start.wait()
+        loaded.append(load_for_process(str(model_dir), "cpu", spec))
+
+    threads = [threading.Thread(target=load) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(loaded) == 2
+    assert loaded[0] is loaded[1], "each thread loaded a model of its own"
