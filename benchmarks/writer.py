@@ -123,11 +123,10 @@ def part_functions(job: Any, specs: list, reduced: list) -> dict[str, Callable[[
 
     def stitch(i: int) -> object:
         s, r = specs[i], reduced[i]
-        x0, y0, x1, y1 = s.core_box
-        tiles, origin, size = list(s.tiles), (x0, y0), (x1 - x0, y1 - y0)
+        tiles = list(s.tiles)
         return (
-            stitch_cores(r.probs, tiles, origin, size, grid, fill=0),
-            stitch_cores(r.labels, tiles, origin, size, grid, fill=NODATA),
+            stitch_cores(r.probs, tiles, s.core_box, grid, fill=0),
+            stitch_cores(r.labels, tiles, s.core_box, grid, fill=NODATA),
         )
 
     def tissue(i: int) -> object:

@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterator, Mapping
 from importlib import metadata
 from pathlib import Path
 
+from ..checksum import file_sha256
+
 CACHE_ENV = "WSI_SEGMENT_CACHE_DIR"
 ISA_CAP_VARIABLES = ("OV_CPU_MAX_ISA", "ONEDNN_MAX_CPU_ISA")  # narrow what the CPU plugin uses
 _FORMAT = "wsi-segment-runtime-cache"
@@ -73,14 +75,6 @@ def entry_lock(root: Path, key: Mapping[str, object]) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def load_entry(root: Path, key: Mapping[str, object], suffixes: tuple[str, ...]) -> dict[str, Path]:
     """{suffix: path} of the entry for `key` when it is whole and is `key`'s, else {}."""
     name = entry_name(key)
@@ -93,7 +87,7 @@ def load_entry(root: Path, key: Mapping[str, object], suffixes: tuple[str, ...])
         ):
             return {}
         files = {s: root / f"{name}.{s}" for s in suffixes}
-        if any(manifest["sha256"].get(s) != _sha256(p) for s, p in files.items()):
+        if any(manifest["sha256"].get(s) != file_sha256(p) for s, p in files.items()):
             return {}
         return files
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
@@ -115,7 +109,7 @@ def store_best_effort(
     try:
         files = write(scratch)
         name = entry_name(key)
-        sums = {s: _sha256(p) for s, p in files.items()}
+        sums = {s: file_sha256(p) for s, p in files.items()}
         for s, path in files.items():
             os.replace(path, root / f"{name}.{s}")
         manifest = {"format": _FORMAT, "version": _VERSION, "key": key, "sha256": sums}

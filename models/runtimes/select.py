@@ -180,9 +180,9 @@ def _open_torch(source: ModelSource, precision: str, why: str) -> OpenedRuntime:
     """torch at `precision` on the source's network; bf16-if-calibrated gets the
     calibration's verdict here (on the source's validation patches)."""
     model = source.network()
-    device = model.device.type
+    opened = OpenedRuntime("torch", "", precision, why, model.device.type, network=model)
     if precision != BF16_IF_CALIBRATED:
-        return OpenedRuntime("torch", "", precision, why, device, network=model)
+        return opened
     from .executor import TorchExecutor
 
     tile = int(model.meta.tile_size)
@@ -197,17 +197,10 @@ def _open_torch(source: ModelSource, precision: str, why: str) -> OpenedRuntime:
     where = CALIBRATION_WHERE["torch"]
     calibration = calibrate_bf16(labels_of, tile, where, source.validation_patches)
     _log.info("precision auto: %s", calibration.reason())
-    chosen = "bf16" if calibration.bf16_chosen else "fp32"
-    return OpenedRuntime(
-        "torch",
-        "",
-        chosen,
-        calibration.reason(),
-        device,
-        calibration=calibration,
-        checks_computed=1,  # the calibration (a warm plan knows its verdict: none runs)
-        network=model,
-    )
+    opened.precision = "bf16" if calibration.bf16_chosen else "fp32"
+    opened.precision_reason, opened.calibration = calibration.reason(), calibration
+    opened.checks_computed = 1  # the calibration (a warm plan knows its verdict: none runs)
+    return opened
 
 
 def _open_openvino(model: ModelSource, spec: RuntimeSpec, cache: Path) -> OpenedRuntime:

@@ -42,19 +42,18 @@ class ReducedTiles:
 def stitch_cores(
     cores: np.ndarray,
     tiles_ij: list[tuple[int, int]],
-    core_origin: tuple[int, int],
-    core_size: tuple[int, int],
+    core_box: tuple[int, int, int, int],
     grid: TileGrid,
     fill: int,
 ) -> np.ndarray:
-    """Each tile's reduced core (..., S/d, S/d) placed into the chunk's output block
-    (..., core_h / d, core_w / d); tiles not listed (no tissue) stay `fill`. Centre-crop on
-    the global tile grid (docs/architecture.md): each output pixel comes from exactly one
-    tile's core, whatever the chunk size."""
+    """Each tile's reduced core (..., S/d, S/d) placed into the chunk's output block over
+    `core_box` (..., core_h / d, core_w / d); tiles not listed (no tissue) stay `fill`.
+    Centre-crop on the global tile grid (docs/architecture.md): each output pixel comes from
+    exactly one tile's core, whatever the chunk size."""
     d, s = grid.downsample, grid.stride
-    cx, cy = core_origin
+    cx, cy, cx1, cy1 = core_box
     lead = cores.shape[1:-2]
-    out = np.full((*lead, core_size[1] // d, core_size[0] // d), fill, dtype=cores.dtype)
+    out = np.full((*lead, (cy1 - cy) // d, (cx1 - cx) // d), fill, dtype=cores.dtype)
     so = s // d
     for n, (i, j) in enumerate(tiles_ij):
         oy, ox = (i * s - cy) // d, (j * s - cx) // d
@@ -126,12 +125,9 @@ class SlideJob(PerThread):
     def stitch_block(self, spec: ChunkSpec, reduced: ReducedTiles) -> ReducedTiles:
         """Place the reduced cores of `spec.tiles` (in that order) into the chunk's output
         block over `spec.out_box`: 0 and NODATA outside tissue."""
-        grid = self.grid
-        x0, y0, x1, y1 = spec.core_box
         tiles = list(spec.tiles)
-        origin, size = (x0, y0), (x1 - x0, y1 - y0)
-        probs = stitch_cores(reduced.probs, tiles, origin, size, grid, fill=0)
-        labels = stitch_cores(reduced.labels, tiles, origin, size, grid, fill=NODATA)
+        probs = stitch_cores(reduced.probs, tiles, spec.core_box, self.grid, fill=0)
+        labels = stitch_cores(reduced.labels, tiles, spec.core_box, self.grid, fill=NODATA)
         if not tiles:  # stitch_cores cannot know K without a tile
             probs = np.zeros((self.n_classes, *labels.shape), np.uint8)
         ox0, oy0, ox1, oy1 = spec.out_box

@@ -67,14 +67,6 @@ def write_units(specs: Sequence[ChunkSpec]) -> list[WriteUnit]:
     return units
 
 
-@dataclass
-class _Partial:
-    probs: np.ndarray
-    labels: np.ndarray
-    filled: int = 0
-    nbytes: int = 0
-
-
 class UnitWriter:
     """Collects tiles per write unit and hands each unit, once all its tiles have arrived,
     to `threads` finisher threads."""
@@ -93,7 +85,8 @@ class UnitWriter:
         # each chunk's index -> its unit's position in `_units`
         self._unit_of = {i: n for n, unit in enumerate(self._units) for i in unit.starts}
         self._progress = progress
-        self._partial: dict[int, _Partial] = {}
+        self._partial: dict[int, ReducedTiles] = {}  # units begun, by position
+        self._tiles_due = [len(unit.spec.tiles) for unit in self._units]
         self._threads = max(1, threads)
         self._progress_lock = threading.Lock()
         self.outcomes: list[ChunkOutcome | None] = [None] * len(self._units)
@@ -140,20 +133,20 @@ class UnitWriter:
             part = self._partial.get(n)
             if part is None:
                 tiles = len(self._units[n].spec.tiles)
-                part = _Partial(
+                part = self._partial[n] = ReducedTiles(
                     np.empty((tiles, *batch.probs.shape[1:]), np.uint8),
                     np.empty((tiles, *batch.labels.shape[1:]), np.uint8),
+                    0,
                 )
-                self._partial[n] = part
             at = self._units[n].starts[index] + first
             part.probs[at : at + count] = batch.probs[pos : pos + count]
             part.labels[at : at + count] = batch.labels[pos : pos + count]
-            part.filled += count
-            part.nbytes += count * batch.bytes_per_tile
+            part.bytes_from_model += count * batch.bytes_per_tile
+            self._tiles_due[n] -= count
             pos += count
-            if part.filled == len(part.probs):
+            if not self._tiles_due[n]:
                 del self._partial[n]
-                errors.put(whole, (n, ReducedTiles(part.probs, part.labels, part.nbytes)))
+                errors.put(whole, (n, part))
 
     def _finisher(
         self, whole: queue.Queue[tuple[int, ReducedTiles] | None], errors: FirstError
