@@ -3,10 +3,12 @@ decides and builds it on its main thread while torch is imported in the backgrou
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .decision import BF16_IF_CALIBRATED
 from .tile_io import Geometry
 
 
@@ -31,3 +33,14 @@ class RuntimeSpec:
     # the bf16 calibration's numbers the plan decided `precision` from (reported with it);
     # None: the precision needed none, or the loader obtains it (bf16-if-calibrated)
     calibration: Mapping[str, Any] | None = field(compare=False)
+
+    def load_key(self) -> RuntimeSpec:
+        """This spec as far as the runtime it opens depends on it: what a process's models
+        are cached by. A precision decided from a kept bf16 verdict (`calibration`) opens
+        what the calibrating load that kept it opened, and torch uses no OpenVINO threads, so
+        a batch's later slides (planned once the first load kept its verdict) and a worker
+        whose share of the cores changed reuse the model loaded, not load a second copy."""
+        settled = BF16_IF_CALIBRATED if self.calibration is not None else self.precision
+        if self.runtime == "torch":  # its fallback is its precision; it takes no threads
+            return dataclasses.replace(self, precision=settled, fallback=settled, threads=0)
+        return dataclasses.replace(self, precision=settled)

@@ -8,8 +8,8 @@ on first use, through a per-process cache keyed by the recipe's values.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -118,28 +118,46 @@ class ModelHandle:
         return cls(model_dir, device, spec, loaded.model.identity, loaded)
 
 
-# One load at a time in a process. A batch starts its first slides together, each loading
-# the model in its own thread: without it both miss the cache and load, and each slide gets
-# its own copy of the weights and its own lock (two forward passes at once on one GPU).
-_LOADING = threading.Lock()
+class ProcessModels:
+    """The models this process loaded, by recipe (`RuntimeSpec.load_key`) and the state of
+    the files (a long-lived process, a batch or a worker, loads again when model.json or
+    the weights change on disk), the `size` most recently used kept. One load at a time: a
+    batch starts its first slides together, each loading in its own thread, and they wait
+    for one load and share it (its weights and its lock), not one copy each."""
+
+    def __init__(self, size: int = 4) -> None:
+        self._size = size
+        self._loaded: OrderedDict[tuple[object, ...], LoadedModel] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, model_dir: str, device: str, spec: RuntimeSpec) -> LoadedModel:
+        from wsi_segment.models.meta import model_files_stamp
+
+        key = (model_dir, device, spec.load_key(), model_files_stamp(model_dir))
+        with self._lock:
+            if key not in self._loaded:
+                self._loaded[key] = _load(model_dir, device, spec)
+                while len(self._loaded) > self._size:
+                    self._loaded.popitem(last=False)
+            self._loaded.move_to_end(key)
+            return self._loaded[key]
+
+    def clear(self) -> None:
+        """Forget every model (tests that change what a load would find)."""
+        with self._lock:
+            self._loaded.clear()
+
+
+PROCESS_MODELS = ProcessModels()
 
 
 def load_for_process(model_dir: str, device: str, spec: RuntimeSpec) -> LoadedModel:
-    """Load the bundle on `device` and open `spec`'s runtime once per (process, recipe, state
-    of its files): a long-lived process (a batch, a worker) loads again when model.json or the
-    weights change on disk, so a cached model never stands in for files no longer there.
-    Threads asking at once wait for one load and share it."""
-    from wsi_segment.models.meta import model_files_stamp
-
-    stamp = model_files_stamp(model_dir)
-    with _LOADING:
-        return _load_cached(model_dir, device, spec, stamp)
+    """The bundle loaded on `device` with `spec`'s runtime opened, once per process and
+    recipe (`ProcessModels`)."""
+    return PROCESS_MODELS.get(model_dir, device, spec)
 
 
-@functools.lru_cache(maxsize=4)
-def _load_cached(
-    model_dir: str, device: str, spec: RuntimeSpec, stamp: tuple[int, ...]
-) -> LoadedModel:
+def _load(model_dir: str, device: str, spec: RuntimeSpec) -> LoadedModel:
     from wsi_segment.models.model_files import ModelFiles
     from wsi_segment.models.runtimes.select import open_runtime
 

@@ -540,6 +540,7 @@ def test_the_check_runs_the_slides_graph_unless_its_labels_are_too_few() -> None
 
 def test_a_process_opens_a_model_once_for_all_its_geometries() -> None:
     """Slides with other options in one process (a batch, a Dask worker) share one loaded
-    model, its copy and its lock (`model_handle._load_cached` keys on the spec)."""
+    model, its copy and its lock (`model_handle.ProcessModels` keys on the spec's
+    `load_key`)."""
     other = dataclasses.replace(ov_spec(), geometry=Geometry(TILE, 32, 160, 2, True))
     assert other == ov_spec() and hash(other) == hash(ov_spec())

@@ -163,3 +163,30 @@ def test_slides_starting_at_once_load_the_model_once(
         thread.join()
     assert len(loaded) == 2
     assert loaded[0] is loaded[1], "each thread loaded a model of its own"
+
+
+def test_plans_decided_from_the_first_load_s_verdict_reuse_that_load(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a CPU with bf16 (described: AMX) a cold plan hands the loader bf16-if-calibrated;
+    the load calibrates and keeps the verdict, and the plans after it (a batch's later
+    slides, a Dask band after the client's calibration) decide bf16 or fp32 from it. They
+    run what that load opened: the same model, lock and executors, not a second copy."""
+    from wsi_segment.pipeline.machine import GIB, Machine
+    from wsi_segment.pipeline.params import SegmentParams
+    from wsi_segment.pipeline.run_policy import decide_for_model, runtime_spec
+
+    monkeypatch.setenv("WSI_SEGMENT_CACHE_DIR", str(tmp_path / "cache"))
+    model_dir = str(tmp_path / "model")  # a process cache entry of this test's own
+    shutil.copytree(tiny_model_dir, model_dir)
+    amx = Machine(cores=2, memory_bytes=8 * GIB, cpu_flags=frozenset({"avx2", "amx_bf16"}))
+    options = SegmentParams(device="cpu", runtime="torch")  # precision auto
+    geometry = run_geometry(TINY_TILE)
+    cold = runtime_spec(decide_for_model(amx, options, LOCAL_FACTS, model_dir), geometry)
+    assert cold.precision == "bf16-if-calibrated"
+    first = ModelHandle(model_dir, "cpu", cold).get()
+    warm = runtime_spec(decide_for_model(amx, options, LOCAL_FACTS, model_dir), geometry)
+    assert warm.precision == first.runtime.precision  # decided from the kept verdict
+    again = ModelHandle(model_dir, "cpu", warm).get()
+    assert again.model is first.model and again.lock is first.lock
+    assert again.runtime.report() == first.runtime.report()
