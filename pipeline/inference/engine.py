@@ -229,7 +229,9 @@ def _run_parts(
 def torch_threads_kept(torch_runs: bool) -> Iterator[None]:
     """The caller's torch thread count given back after the block where torch runs the model
     (`torch_runs`): its compute threads set their own share, and with some builds the count is
-    process-wide. An OpenVINO run never imports torch."""
+    process-wide. Set again even where the caller's own is unchanged: torch starts every new
+    thread with the count set last (a compute thread's share), and the next slide's load
+    and reader threads need the process's. An OpenVINO run never imports torch."""
     if not torch_runs:
         yield
         return
@@ -239,5 +241,4 @@ def torch_threads_kept(torch_runs: bool) -> Iterator[None]:
     try:
         yield
     finally:
-        if torch.get_num_threads() != before:
-            torch.set_num_threads(before)
+        torch.set_num_threads(before)

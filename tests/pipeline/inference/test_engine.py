@@ -435,7 +435,7 @@ class ThreadCounts:
 def test_the_compute_threads_run_on_the_plans_cores(tmp_path, tiny_model_dir):
     """A plan's `cores` (fewer than torch's own count: a cgroup's CPU quota, a band's
     share; or more) set torch's threads in each compute thread, shared among them; the
-    caller's count is its own after."""
+    caller's count is its own after, and so is that of threads started after."""
     caller = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -457,8 +457,20 @@ def test_the_compute_threads_run_on_the_plans_cores(tmp_path, tiny_model_dir):
         )
         assert set(seen) == {1}  # two: one core each
         assert torch.get_num_threads() == 2
+        # torch starts new threads with the count set last: the next slide's load and
+        # reader threads get the caller's count, not a compute thread's share
+        assert new_thread_torch_threads() == 2
     finally:
         torch.set_num_threads(caller)
+
+
+def new_thread_torch_threads() -> int:
+    """torch's thread count in a thread started now."""
+    seen: list[int] = []
+    thread = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    thread.start()
+    thread.join()
+    return seen[0]
 
 
 def test_build_executor_sizes_it_as_the_plan_says(tmp_path: Path, tiny_model_dir: Path) -> None:
