@@ -13,6 +13,7 @@ the ring.
 from __future__ import annotations
 
 import contextlib
+import errno
 import multiprocessing as mp
 import os
 import signal
@@ -51,6 +52,12 @@ from wsi_segment.pipeline.inference.tile_reader import TileReader
 from wsi_segment.wsi.tiling import ChunkSpec, contiguous_runs
 
 JOIN_S = 5.0  # a decoder asked to stop finishes its current read first
+SHM_FIX = (
+    "pass fewer --decoders, --decoders 0 (one reader thread), or give the container more "
+    "(docker run --shm-size=1g)"
+)
+# A process's rings are sized one at a time (`decoder_ring`): each from what the last left.
+_RING_SIZING = threading.Lock()
 
 
 class SlotRing:
@@ -60,11 +67,16 @@ class SlotRing:
         self.slots, self.slot_tiles, self.tile = slots, slot_tiles, tile
         size = max(1, slots * slot_tiles * tile * tile * 3)
         self._owner = name is None
-        self.shm = (
-            SharedMemory(ring_name(), create=True, size=size)
-            if name is None
-            else SharedMemory(name)
-        )
+        if name is None:
+            name = ring_name()
+            self.shm = SharedMemory(name, create=True, size=size)
+            try:
+                _reserve(name, size)
+            except BaseException:
+                self.close()
+                raise
+        else:
+            self.shm = SharedMemory(name)
         self._array: np.ndarray | None = np.ndarray(
             (slots, slot_tiles, tile, tile, 3), np.uint8, buffer=self.shm.buf
         )
@@ -85,6 +97,37 @@ class SlotRing:
                 self.shm.unlink()
 
 
+def _reserve(name: str, size: int) -> None:
+    """Take the ring's pages from /dev/shm now: tmpfs hands them out on first write, so
+    rings sized one after another (a batch's slides) would each see the same free memory,
+    and together outgrow a small /dev/shm; a decoder filling a slot then dies of SIGBUS.
+    Reserved, the next ring is sized from what is left, and a full /dev/shm is this error."""
+    try:
+        fd = os.open(os.path.join(SHM_DIR, name), os.O_RDWR)
+    except OSError:  # shared memory not under /dev/shm (not Linux): nothing to reserve
+        return
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            return  # a file system without fallocate: pages come on first write, as before
+        raise WsiSegmentError(
+            f"{SHM_DIR}: no room for the decoders' {size >> 20} MiB of shared memory (other "
+            f"slides' or programs' hold the rest); {SHM_FIX}"
+        ) from None
+    finally:
+        os.close(fd)
+
+
+def decoder_ring(decoders: int, slot_tiles: int, tile: int) -> SlotRing:
+    """The ring of `decoders`, sized by `ring_slots` and its memory reserved, one slide's at
+    a time in this process: the next slide sizes its ring from what this one left."""
+    with _RING_SIZING:
+        remove_abandoned_rings()  # rings of killed runs, before this one counts free memory
+        slots = ring_slots(decoders, slot_tiles * tile * tile * 3)
+        return SlotRing(slots, slot_tiles, tile)
+
+
 def ring_slots(decoders: int, slot_bytes: int, shm_dir: str = SHM_DIR) -> int:
     """Slots for `decoders`: two each (one being filled, one waiting) plus two, within half
     of the free shared memory (containers often mount a small /dev/shm); at least
@@ -99,9 +142,7 @@ def ring_slots(decoders: int, slot_bytes: int, shm_dir: str = SHM_DIR) -> int:
     if fits < decoders + 1:
         raise WsiSegmentError(
             f"{shm_dir}: {free >> 20} MiB of shared memory free, the engine needs "
-            f"{(decoders + 1) * slot_bytes * 2 >> 20} MiB for {decoders} decoders; pass fewer "
-            "--decoders, --decoders 0 (one reader thread), or give the container more (docker run "
-            "--shm-size=1g)"
+            f"{(decoders + 1) * slot_bytes * 2 >> 20} MiB for {decoders} decoders; {SHM_FIX}"
         )
     return int(min(wanted, fits))
 
@@ -166,9 +207,8 @@ class DecodePool:
         self.specs = list(specs)
         tile = reader.grid.tile
         slot_tiles = max([1, *(len(s.tiles) for s in self.specs)])
-        remove_abandoned_rings()  # rings of killed runs, before this one counts free memory
-        slots = ring_slots(self.decoders, slot_tiles * tile * tile * 3)
-        self.ring = SlotRing(slots, slot_tiles, tile)
+        self.ring = decoder_ring(self.decoders, slot_tiles, tile)
+        slots = self.ring.slots
         work = decoder_shares(self.specs, self.decoders)
         for d in range(self.decoders):
             task = None

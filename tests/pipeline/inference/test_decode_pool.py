@@ -27,3 +27,73 @@ def test_a_signal_while_the_decoders_start_prints_nothing(signum):
         pids = [int(pid) for pid in run.stdout.split()]
         assert len(pids) == 2
         assert not any(psutil.pid_exists(pid) for pid in pids)
+
+
+# In a mount namespace of its own (the other test worker keeps the real /dev/shm): a 4 MiB
+# /dev/shm, then the decoders' rings of three slides at 512 px tiles (768 KiB slots)
+SMALL_SHM = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+             'mount -t tmpfs -o size=4m tmpfs /dev/shm && exec "$0" "$@"']  # fmt: skip
+THREE_RINGS = """
+from wsi_segment.errors import WsiSegmentError
+from wsi_segment.pipeline.inference.decode_pool import decoder_ring
+rings = []
+try:
+    for _ in range(3):
+        rings.append(decoder_ring(1, 1, 512))
+except WsiSegmentError as exc:
+    print("error:", exc)
+for ring in rings:
+    for slot in range(ring.slots):
+        ring.view(slot, 1)[:] = 255  # every page written, as the decoders fill their slots
+print("slots:", [ring.slots for ring in rings])
+for ring in rings:
+    ring.close()
+"""
+
+
+def test_rings_sized_one_after_another_fit_a_small_dev_shm() -> None:
+    """A batch's slides size their decoders' rings one after another from /dev/shm's free
+    memory (half of it at most). tmpfs gives a ring its pages on first write: before rings
+    reserved them, each slide saw the same free memory, three rings of 1.5 MiB went on a
+    4 MiB /dev/shm, and filling them died of SIGBUS. Now the second is sized from what the
+    first left, and one that does not fit is the error that names the fix."""
+    probe = subprocess.run([*SMALL_SHM, "true"], capture_output=True, text=True, timeout=30)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs in a mount namespace here ({probe.stderr.strip()})")
+    run = subprocess.run(
+        [*SMALL_SHM, sys.executable, "-c", THREE_RINGS], capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 0, (run.returncode, run.stderr)
+    lines = run.stdout.splitlines()
+    assert lines[-1] == "slots: [2]"  # 1.5 MiB of the 4: the next would have 1.25 MiB, < 2 slots
+    assert lines[0].startswith("error: /dev/shm: ") and "--shm-size" in lines[0]
+
+
+TOO_BIG_RING = """
+import os
+from wsi_segment.errors import WsiSegmentError
+from wsi_segment.pipeline.inference.decode_pool import SlotRing
+try:
+    SlotRing(8, 1, 512)  # 6 MiB: what another program's use leaves no room for
+except WsiSegmentError as exc:
+    print("error:", exc)
+print("left:", os.listdir("/dev/shm"))
+"""
+
+
+def test_a_ring_that_cannot_have_its_memory_is_an_error_and_leaves_nothing() -> None:
+    """Where /dev/shm fills between sizing and making a ring (another program), the ring's
+    reservation fails at once with the fix, and the ring is removed: no decoder SIGBUS."""
+    probe = subprocess.run([*SMALL_SHM, "true"], capture_output=True, text=True, timeout=30)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs in a mount namespace here ({probe.stderr.strip()})")
+    run = subprocess.run(
+        [*SMALL_SHM, sys.executable, "-c", TOO_BIG_RING], capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 0, (run.returncode, run.stderr)
+    error, left = run.stdout.splitlines()
+    assert (
+        error.startswith("error: /dev/shm: no room for the decoders' 6 MiB")
+        and "--shm-size" in error
+    )
+    assert left == "left: []"
