@@ -142,11 +142,6 @@ class ProcessModels:
             self._loaded.move_to_end(key)
             return self._loaded[key]
 
-    def clear(self) -> None:
-        """Forget every model (tests that change what a load would find)."""
-        with self._lock:
-            self._loaded.clear()
-
 
 PROCESS_MODELS = ProcessModels()
 

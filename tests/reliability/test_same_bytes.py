@@ -45,9 +45,9 @@ def cpu(request, monkeypatch) -> Iterator[str]:
     if request.param == "amx":
         flags = cpu_info.cpu_flags() | {"amx_bf16", "amx_tile"}
         monkeypatch.setattr(cpu_info, "cpu_flags", lambda cpuinfo="/proc/cpuinfo": flags)
-    model_handle.PROCESS_MODELS.clear()
+    # a process cache of its own: nothing loaded under the other CPU is reused
+    monkeypatch.setattr(model_handle, "PROCESS_MODELS", model_handle.ProcessModels())
     yield request.param
-    model_handle.PROCESS_MODELS.clear()
 
 
 def write_rois(path: Path, names: list[str]) -> Path:

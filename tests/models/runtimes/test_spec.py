@@ -7,11 +7,12 @@ import dataclasses
 
 from tests.conftest import TORCH_SPEC
 from wsi_segment.models.runtimes.decision import BF16_IF_CALIBRATED
+from wsi_segment.models.runtimes.spec import RuntimeSpec
 
 VERDICT = {"agreement": 0.9991, "max_area_shift": 0.004, "tiles": 6}  # a kept bf16 verdict
 
 
-def calibrating(runtime: str) -> object:
+def calibrating(runtime: str) -> RuntimeSpec:
     """A cold plan's spec on a CPU with bf16: the load calibrates (torch's fallback is its
     precision, as `run_policy.runtime_spec` makes it)."""
     fallback = BF16_IF_CALIBRATED if runtime == "torch" else "fp32"
@@ -20,7 +21,7 @@ def calibrating(runtime: str) -> object:
     )
 
 
-def settled(spec, precision: str):
+def settled(spec: RuntimeSpec, precision: str) -> RuntimeSpec:
     """The same plan decided again from the verdict the calibrating load kept."""
     fallback = precision if spec.runtime == "torch" else spec.fallback
     return dataclasses.replace(spec, precision=precision, fallback=fallback, calibration=VERDICT)

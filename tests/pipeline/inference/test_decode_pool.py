@@ -33,6 +33,21 @@ def test_a_signal_while_the_decoders_start_prints_nothing(signum):
 # /dev/shm, then the decoders' rings of three slides at 512 px tiles (768 KiB slots)
 SMALL_SHM = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
              'mount -t tmpfs -o size=4m tmpfs /dev/shm && exec "$0" "$@"']  # fmt: skip
+
+
+def on_small_shm(script: str) -> subprocess.CompletedProcess[str]:
+    """`script` run by this Python on the 4 MiB /dev/shm (the test skipped, with the reason,
+    where mount namespaces are not allowed); it must exit 0."""
+    probe = subprocess.run([*SMALL_SHM, "true"], capture_output=True, text=True, timeout=30)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs in a mount namespace here ({probe.stderr.strip()})")
+    run = subprocess.run(
+        [*SMALL_SHM, sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 0, (run.returncode, run.stderr)
+    return run
+
+
 THREE_RINGS = """
 from wsi_segment.errors import WsiSegmentError
 from wsi_segment.pipeline.inference.decode_pool import decoder_ring
@@ -57,13 +72,7 @@ def test_rings_sized_one_after_another_fit_a_small_dev_shm() -> None:
     reserved them, each slide saw the same free memory, three rings of 1.5 MiB went on a
     4 MiB /dev/shm, and filling them died of SIGBUS. Now the second is sized from what the
     first left, and one that does not fit is the error that names the fix."""
-    probe = subprocess.run([*SMALL_SHM, "true"], capture_output=True, text=True, timeout=30)
-    if probe.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs in a mount namespace here ({probe.stderr.strip()})")
-    run = subprocess.run(
-        [*SMALL_SHM, sys.executable, "-c", THREE_RINGS], capture_output=True, text=True, timeout=60
-    )
-    assert run.returncode == 0, (run.returncode, run.stderr)
+    run = on_small_shm(THREE_RINGS)
     lines = run.stdout.splitlines()
     assert lines[-1] == "slots: [2]"  # 1.5 MiB of the 4: the next would have 1.25 MiB, < 2 slots
     assert lines[0].startswith("error: /dev/shm: ") and "--shm-size" in lines[0]
@@ -84,13 +93,7 @@ print("left:", os.listdir("/dev/shm"))
 def test_a_ring_that_cannot_have_its_memory_is_an_error_and_leaves_nothing() -> None:
     """Where /dev/shm fills between sizing and making a ring (another program), the ring's
     reservation fails at once with the fix, and the ring is removed: no decoder SIGBUS."""
-    probe = subprocess.run([*SMALL_SHM, "true"], capture_output=True, text=True, timeout=30)
-    if probe.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs in a mount namespace here ({probe.stderr.strip()})")
-    run = subprocess.run(
-        [*SMALL_SHM, sys.executable, "-c", TOO_BIG_RING], capture_output=True, text=True, timeout=60
-    )
-    assert run.returncode == 0, (run.returncode, run.stderr)
+    run = on_small_shm(TOO_BIG_RING)
     error, left = run.stdout.splitlines()
     assert (
         error.startswith("error: /dev/shm: no room for the decoders' 6 MiB")

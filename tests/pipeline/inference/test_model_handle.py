@@ -6,12 +6,30 @@ from __future__ import annotations
 import dataclasses
 import pickle
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import CMU_SLIDE, LOCAL_FACTS, TINY_TILE, run_geometry, torch_spec
+from tests.conftest import (
+    CMU_SLIDE,
+    LOCAL_FACTS,
+    TINY_TILE,
+    plan_spec,
+    run_geometry,
+    torch_spec,
+)
 from wsi_segment.pipeline.inference.model_handle import ModelHandle, load_for_process
+
+
+@pytest.fixture
+def own_model_dir(tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The tiny model in a folder of this test's own (so a process cache entry of its own:
+    nothing another test loaded stands in), with an empty runtime cache (a cold machine)."""
+    monkeypatch.setenv("WSI_SEGMENT_CACHE_DIR", str(tmp_path / "cache"))
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model_dir)
+    return model_dir
 
 
 def test_the_cache_keys_on_the_decided_values_not_on_their_reasons(tiny_model_dir: Path) -> None:
@@ -93,7 +111,7 @@ COLD_OPENVINO_LOAD["network_built"] = True
 
 @pytest.mark.parametrize("runtime", ["torch", "openvino"])
 def test_the_slides_a_process_runs_share_the_executor_the_plan_sized(
-    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, runtime: str
+    own_model_dir: Path, tmp_path: Path, runtime: str
 ) -> None:
     """Two slides in one process (a batch): their engines run one executor, at the run's
     geometry, the plan's batch and each compute thread's share of the cores; the second
@@ -104,9 +122,7 @@ def test_the_slides_a_process_runs_share_the_executor_the_plan_sized(
     from wsi_segment.pipeline.run_policy import decide, runtime_spec
     from wsi_segment.pipeline.segment import segment_slide
 
-    monkeypatch.setenv("WSI_SEGMENT_CACHE_DIR", str(tmp_path / "cache"))
-    model_dir = tmp_path / "model"  # a process cache entry of this test's own
-    shutil.copytree(tiny_model_dir, model_dir)
+    model_dir = own_model_dir
     params = SegmentParams(
         model_dir=model_dir, device="cpu", runtime=runtime, precision="fp32", mpp=0.499
     )
@@ -135,19 +151,11 @@ def test_the_slides_a_process_runs_share_the_executor_the_plan_sized(
 
 
 @pytest.mark.parametrize("runtime", ["torch", "openvino"])
-def test_slides_starting_at_once_load_the_model_once(
-    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, runtime: str
-) -> None:
+def test_slides_starting_at_once_load_the_model_once(own_model_dir: Path, runtime: str) -> None:
     """A batch starts its first slides together (`concurrency`, 2 by default), each loading
     the model in its own thread: they get one load, so one lock (a GPU runs one forward pass
     at a time) and one copy of the weights, not one each."""
-    import threading
-
-    from tests.conftest import plan_spec
-
-    monkeypatch.setenv("WSI_SEGMENT_CACHE_DIR", str(tmp_path / "cache"))
-    model_dir = tmp_path / "model"  # a process cache entry of this test's own
-    shutil.copytree(tiny_model_dir, model_dir)
+    model_dir = own_model_dir
     spec = plan_spec("fp32", runtime)
     start = threading.Barrier(2)
     loaded: list[object] = []
@@ -165,9 +173,7 @@ def test_slides_starting_at_once_load_the_model_once(
     assert loaded[0] is loaded[1], "each thread loaded a model of its own"
 
 
-def test_plans_decided_from_the_first_load_s_verdict_reuse_that_load(
-    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_plans_decided_from_the_first_load_s_verdict_reuse_that_load(own_model_dir: Path) -> None:
     """On a CPU with bf16 (described: AMX) a cold plan hands the loader bf16-if-calibrated;
     the load calibrates and keeps the verdict, and the plans after it (a batch's later
     slides, a Dask band after the client's calibration) decide bf16 or fp32 from it. They
@@ -176,9 +182,7 @@ def test_plans_decided_from_the_first_load_s_verdict_reuse_that_load(
     from wsi_segment.pipeline.params import SegmentParams
     from wsi_segment.pipeline.run_policy import decide_for_model, runtime_spec
 
-    monkeypatch.setenv("WSI_SEGMENT_CACHE_DIR", str(tmp_path / "cache"))
-    model_dir = str(tmp_path / "model")  # a process cache entry of this test's own
-    shutil.copytree(tiny_model_dir, model_dir)
+    model_dir = str(own_model_dir)
     amx = Machine(cores=2, memory_bytes=8 * GIB, cpu_flags=frozenset({"avx2", "amx_bf16"}))
     options = SegmentParams(device="cpu", runtime="torch")  # precision auto
     geometry = run_geometry(TINY_TILE)
