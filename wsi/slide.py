@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 
 
 def _is_url(path: str) -> bool:
-    return "://" in path and not Path(path).exists()
+    return "://" in path and not os.path.exists(path)  # exists: False on any OSError
 
 
 class Slide:

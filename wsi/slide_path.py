@@ -1,7 +1,8 @@
 """What a local slide path leads to: the regular file a backend opens, or one clear error.
 
-Kept apart from opening: a missing file, a broken link, a DICOM folder and a pipe each need
-a different fix, and none of them should reach a backend (a FIFO would block it forever).
+Kept apart from opening: a missing file, a broken link, a permission, a DICOM folder and a pipe
+each need a different fix, and none of them should reach a backend (a FIFO would block it
+forever; an unreadable file would be called corrupt).
 """
 
 from __future__ import annotations
@@ -15,36 +16,61 @@ from wsi_segment.wsi.slide_folder import slide_file_of_folder
 
 
 def local_slide_file(path: str) -> str:
-    """The resolved regular file `path` names (a DICOM slide folder: one of its files)."""
+    """The resolved regular file `path` names (a DICOM slide folder: one of its files), which
+    this user may read."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        raise _unreachable(path, exc) from None
     p = Path(path)
-    if not p.exists():
-        _refuse_broken_link(path)
-        raise SlideError(
-            f"{path}: no such file; check the path (give a slide file, or a URL such as "
-            "s3://bucket/slide.svs)"
-        )
     if p.is_dir():  # a DICOM slide folder opens by one of its files
         p = Path(slide_file_of_folder(p))
     if not p.is_file():  # a FIFO would block the readers forever
         raise SlideError(
             f"{path}: not a regular file (a pipe, socket or device); pass the slide file"
         )
+    try:
+        with open(p, "rb"):  # a backend would call an unreadable file corrupt
+            pass
+    except OSError as exc:
+        raise _unreachable(path, exc) from None
     return str(p.resolve())
 
 
-def _refuse_broken_link(path: str) -> None:
-    """A path that does not resolve because of a link says so: a loop, or a link to nothing,
-    is not the same fix as a mistyped name."""
-    try:
-        os.stat(path)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise SlideError(
-                f"{path}: symbolic link loop (the link leads back to itself); point the link "
-                "at the slide file, or pass the slide file itself"
-            ) from exc
-    if os.path.islink(path):
-        raise SlideError(
+def _unreachable(path: str, exc: OSError) -> SlideError:
+    """The error for a local slide path this process cannot stat or open, with its fix: a
+    missing file, a broken link, a loop and a permission each need a different one."""
+    if exc.errno == errno.ELOOP:
+        return SlideError(
+            f"{path}: symbolic link loop (the link leads back to itself); point the link at "
+            "the slide file, or pass the slide file itself"
+        )
+    if exc.errno in (errno.ENOENT, errno.ENOTDIR) and os.path.islink(path):
+        return SlideError(
             f"{path}: symbolic link to {os.readlink(path)!r}, which does not exist; point the "
             "link at the slide file, or pass the slide file itself"
         )
+    if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+        return SlideError(
+            f"{path}: no such file; check the path (give a slide file, or a URL such as "
+            "s3://bucket/slide.svs)"
+        )
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return SlideError(
+            f"{path}: permission denied (user {_user()} may not read it, or a folder on its "
+            "path); ask its owner for read access (and search access to its folders), or run "
+            "as a user who has it"
+        )
+    if exc.errno == errno.ENAMETOOLONG:
+        return SlideError(f"{path}: file name too long for the file system; check the path")
+    return SlideError(f"{path}: cannot be read ({exc.strerror}); check the path and its disk")
+
+
+def _user() -> str:
+    """This process's user name (its uid where it has none)."""
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())

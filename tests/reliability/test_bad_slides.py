@@ -15,7 +15,10 @@ import numpy as np
 import pytest
 
 from tests.conftest import CMU_SLIDE, DATA_DIR, corrupt_middle_tile
+from tests.lab_users import lab_folder, lab_users  # noqa: F401
 from tests.reliability.conftest import (
+    CLI,
+    CliResult,
     assert_clean_error,
     assert_complete_output,
     assert_nothing_written,
@@ -183,6 +186,40 @@ def test_special_files_are_refused_not_read(kind, tiny_model_dir, tmp_path, caps
     out = tmp_path / "out"
     result = run_cli_inprocess([path, "--model", tiny_model_dir, "--out", out, "--quiet"], capsys)
     assert_clean_error(result, "not a regular file", "pass the slide file")
+    assert_nothing_written(out)
+
+
+def test_a_name_too_long_is_said_not_a_traceback(tiny_model_dir, tmp_path, capsys):
+    """Python's `Path.exists` raises for ENAMETOOLONG (and EACCES): that was a traceback."""
+    path = tmp_path / f"{'a' * 300}.svs"
+    out = tmp_path / "out"
+    for args in ([path, "--model", tiny_model_dir, "--out", out, "--quiet"], ["info", path]):
+        result = run_cli_inprocess(args, capsys)
+        assert_clean_error(result, str(path), "file name too long", "check the path")
+    assert_nothing_written(out)
+
+
+def test_a_slide_another_user_may_not_read_says_so(lab_users):  # noqa: F811
+    """Run as a real other user (the kernel refuses, not the test): a slide in a folder it
+    may not enter (stat fails: was a traceback) and a slide it may not read (it opens: was
+    "truncated or corrupt; copy it again") each name the user and the fix."""
+    import shutil
+
+    from tests.conftest import CMU_SLIDE
+
+    private = lab_users.root / "private"
+    private.mkdir(mode=0o700)
+    (private / "a.svs").write_bytes(CMU_SLIDE.read_bytes())
+    unreadable = lab_users.root / "b.svs"
+    shutil.copyfile(CMU_SLIDE, unreadable)
+    unreadable.chmod(0o600)
+    user = lab_users.service
+    out = lab_folder(lab_users.root / "out", user)
+    for slide in (private / "a.svs", unreadable):
+        for args in (["info", str(slide)], [str(slide), "--out", str(out)]):
+            done = lab_users.run(user, [*CLI, *args])
+            result = CliResult(done.returncode, done.stdout, done.stderr)
+            assert_clean_error(result, str(slide), f"permission denied (user {user}", "read access")
     assert_nothing_written(out)
 
 
