@@ -27,7 +27,8 @@ SUMMARY_NAME = "summary.json"  # written last: what makes a folder a finished ou
 class OutputFile:
     """One file of the output folder. `option` (None: always written) names an optional
     file's switch, `help` says what its flag writes, and `writer` writes it from the
-    finished store as `(zarr_path, path, grid: wsi.tiling.TileGrid) -> None`."""
+    finished store as `(zarr_path, path, grid: wsi.tiling.TileGrid, run_id: str) -> None`
+    (`run_id`: the run's fingerprint, which ids in the file derive from)."""
 
     name: str
     option: str | None = None

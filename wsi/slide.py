@@ -22,7 +22,6 @@ import os
 import threading
 import time
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import numpy as np

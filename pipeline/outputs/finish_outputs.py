@@ -154,7 +154,7 @@ def _write_optional_outputs(prep: PreparedRun, zarr_path: Path, work_dir: Path) 
     written = []
     for output in optional_outputs():
         if output.option in prep.params.extra_outputs and output.writer is not None:
-            output.writer(zarr_path, work_dir / output.name, prep.grid)
+            output.writer(zarr_path, work_dir / output.name, prep.grid, prep.fingerprint)
             written.append(output.name)
     return written
 

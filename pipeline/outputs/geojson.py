@@ -26,15 +26,15 @@ from shapely.geometry.base import BaseGeometry
 
 from wsi_segment.errors import ConfigError
 from wsi_segment.models.labels import TISSUE_NAME
+from wsi_segment.pipeline.outputs.run_identity import output_id
 
 TISSUE_COLOR = (128, 128, 128)
 # Feature ids are UUIDs derived from the run's fingerprint (slide, model, parameters, regions)
-# and the object's key: the same run gives the same bytes, and two different runs never share
+# and the object's key (`run_identity.output_id`): the same run gives the same bytes, and two different runs never share
 # an id, so importing both into one image gives no duplicate ids. Importing the *same* file
 # twice always does (QuPath's importObjectsFromFile adds objects without asking, keeping their
 # ids); the import script (docs/qupath/wsi_segment_import.groovy) instead removes what an
 # earlier import of ours added, found by the metadata key below, not by id.
-_ID_NAMESPACE = uuid.UUID("6f1d3c2e-5b7a-4e8f-9a0b-1c2d3e4f5a6b")
 Color = tuple[int, int, int]
 METADATA_KEY = "wsi_segment"  # properties.metadata key naming what made an object
 
@@ -87,7 +87,7 @@ def make_feature(
     outline, "region" for a `--roi` region), which QuPath 0.5+ keeps on the object (string
     values only), so the import script (docs/qupath/wsi_segment_import.groovy) finds what an
     earlier import added; `metadata` adds entries (a region's QuPath object)."""
-    fid = uuid.uuid5(_ID_NAMESPACE, id_key) if id_key else uuid.uuid4()
+    fid = output_id(id_key) if id_key else uuid.uuid4()
     properties: dict[str, Any] = {
         "objectType": "annotation",
         "name": str(name),

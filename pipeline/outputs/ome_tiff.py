@@ -3,11 +3,13 @@
 Why: every QuPath version (and most slide viewers) opens a tiled pyramidal OME-TIFF directly,
 where OME-Zarr needs QuPath 0.6+. Written from the OME-Zarr pyramid tile by tile, so memory
 is one tile row whatever the slide size. Channel names and colours, and the physical pixel
-size, are in the OME-XML.
+size, are in the OME-XML, and its UUID is given (a run's derives from its fingerprint), so the
+same run writes the same bytes: tifffile's own is time-based (uuid1), new in every file.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ import zarr
 
 from wsi_segment.pipeline.outputs.ome_xml import ome_color
 from wsi_segment.pipeline.outputs.ome_zarr import open_probability_store
+from wsi_segment.pipeline.outputs.run_identity import output_id
 from wsi_segment.wsi.tiling import TileGrid
 
 TILE = 256
@@ -38,16 +41,22 @@ def _tiles(arr: zarr.Array[Any], tile: int) -> Iterator[np.ndarray]:
                 yield block
 
 
-def write_output(zarr_path: Path, path: Path, grid: TileGrid) -> None:
+def write_output(zarr_path: Path, path: Path, grid: TileGrid, run_id: str) -> None:
     """`--ome-tiff`'s writer in the output registry (`pipeline.output_files`): the copy of the
-    finished store at `path` (a copy of every level needs nothing of the grid)."""
-    write_probability_ome_tiff(zarr_path, path)
+    finished store at `path` (a copy of every level needs nothing of the grid), its UUID the
+    run's (`run_identity.output_id`)."""
+    write_probability_ome_tiff(zarr_path, path, output_id(f"{run_id}/{path.name}"))
 
 
 def write_probability_ome_tiff(
-    zarr_path: str | Path, tiff_path: str | Path, tile: int = TILE, compression: str = "zlib"
+    zarr_path: str | Path,
+    tiff_path: str | Path,
+    file_id: uuid.UUID,
+    tile: int = TILE,
+    compression: str = "zlib",
 ) -> Path:
-    """Copy every level of the probability OME-Zarr into one pyramidal OME-TIFF (sub-IFDs).
+    """Copy every level of the probability OME-Zarr into one pyramidal OME-TIFF (sub-IFDs)
+    whose OME UUID is `file_id` (by hand: `uuid.uuid4()`).
 
     `compression` "zlib" (deflate) is lossless and read by Bio-Formats/QuPath everywhere.
     """
@@ -63,6 +72,7 @@ def write_probability_ome_tiff(
         "dtype": np.uint8,
     }
     metadata = {
+        "UUID": f"urn:uuid:{file_id}",
         "axes": "CYX",
         "Name": store.name,
         "PhysicalSizeX": mpp_x,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +24,15 @@ if TYPE_CHECKING:  # models.meta imports torch, which a run loads in the backgro
 
 
 FORMAT_VERSION = 6  # bump when outputs change for the same inputs
+# Ids in the outputs (GeoJSON features, the OME-TIFF's UUID) are UUIDs derived from the run's
+# fingerprint and the object's key: the same run gives the same bytes, and two different runs
+# never share an id.
+_ID_NAMESPACE = uuid.UUID("6f1d3c2e-5b7a-4e8f-9a0b-1c2d3e4f5a6b")
+
+
+def output_id(key: str) -> uuid.UUID:
+    """The id of the output object `key` names (it starts with the run's fingerprint)."""
+    return uuid.uuid5(_ID_NAMESPACE, key)
 
 
 def slide_identity(slide_path: str) -> dict[str, Any]:

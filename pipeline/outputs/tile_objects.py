@@ -89,9 +89,10 @@ def iter_tile_features(
             }
 
 
-def write_output(zarr_path: Path, path: Path, grid: TileGrid) -> None:
+def write_output(zarr_path: Path, path: Path, grid: TileGrid, run_id: str) -> None:
     """`--tile-objects`' writer in the output registry (`pipeline.output_files`): one object
-    per tile core of `grid` (its side in output px: the stride over the output downsample)."""
+    per tile core of `grid` (its side in output px: the stride over the output downsample);
+    its objects carry no ids (`run_id` unused)."""
     write_tile_geojson(zarr_path, path, grid.stride // grid.downsample)
 
 

@@ -38,10 +38,11 @@ PARAMETER_KEYS = [
 ]  # fmt: skip
 
 
-def write_store_shape(zarr_path: Path, path: Path, grid: TileGrid) -> None:
-    """A trivial extra output: the probability array's shape and the tile core's side."""
+def write_store_shape(zarr_path: Path, path: Path, grid: TileGrid, run_id: str) -> None:
+    """A trivial extra output: the probability array's shape, the tile core's side and the
+    run's fingerprint."""
     shape = zarr.open_group(str(zarr_path), mode="r")["0/0"].shape
-    path.write_text(f"{list(shape)} {grid.stride // grid.downsample}\n")
+    path.write_text(f"{list(shape)} {grid.stride // grid.downsample} {run_id}\n")
 
 
 EXTRA = OutputFile(
@@ -126,8 +127,9 @@ def test_a_registered_output_is_written_listed_and_owned(
     store = zarr.open_group(str(result.out_dir / "probabilities.ome.zarr"), mode="r")["0/0"]
     # a core is (64 - 32) / 4 = 8 output px: the tiny model's tile, the default overlap and
     # output downsample
-    assert (result.out_dir / "store-shape.txt").read_text() == f"{list(store.shape)} 8\n"
     summary = json.loads((result.out_dir / "summary.json").read_text())
+    want = f"{list(store.shape)} 8 {summary['fingerprint']}\n"
+    assert (result.out_dir / "store-shape.txt").read_text() == want
     assert summary["output"]["files"][-1] == "store-shape.txt"
     assert summary["parameters"]["store_shape"] is True
     assert not_our_output(result.out_dir) is None

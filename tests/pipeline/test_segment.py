@@ -22,6 +22,7 @@ from wsi_segment.models.bundle import demo_model_dir, load_bundle
 from wsi_segment.models.runtimes.openvino_runtime import openvino_version
 from wsi_segment.models.runtimes.select import open_runtime
 from wsi_segment.pipeline.machine import probe_machine
+from wsi_segment.pipeline.outputs.run_identity import output_id
 from wsi_segment.pipeline.outputs.summary import SCHEMA_VERSION
 from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.pipeline.run_policy import decide_for_model
@@ -336,6 +337,10 @@ def test_optional_ome_tiff_and_tile_objects(tmp_path, tiny_model_dir, cmu_region
     with tifffile.TiffFile(result.out_dir / "probabilities.ome.tif") as tif:
         assert tif.series[0].shape == probs.shape
         np.testing.assert_array_equal(tif.series[0].asarray(), probs[:])
+        file_id = tifffile.xml2dict(tif.ome_metadata)["OME"]["UUID"]
+    # the run's own id (its fingerprint's), not a time-based one: the same run, the same bytes
+    run_id = result.summary["fingerprint"]
+    assert file_id == f"urn:uuid:{output_id(f'{run_id}/probabilities.ome.tif')}"
     tiles = json.loads((result.out_dir / "tiles.geojson").read_text())["features"]
     assert tiles and all(t["properties"]["objectType"] == "tile" for t in tiles)
     assert "tiles.geojson" in result.summary["output"]["files"]
