@@ -17,6 +17,16 @@ import numpy as np
 import shapely
 from shapely.geometry import Polygon
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def float32_coordinates(geometry: Any) -> bool:
+    """Whether every vertex of the shapely `geometry` is a finite number a 32-bit float holds
+    (JSON allows 1e39, Python's parser NaN and Infinity): no slide's pixel is anything else,
+    and QuPath's polygon vertices are 32-bit."""
+    coords = shapely.get_coordinates(geometry)
+    return bool(np.isfinite(coords).all() and (np.abs(coords) <= FLOAT32_MAX).all())
+
 
 def has_area(geometry: Any) -> bool:
     """True when QuPath would read the shapely `geometry` (Polygon or MultiPolygon) as a

@@ -22,6 +22,8 @@ import contextlib
 import gzip
 import io
 import json
+import os
+import stat
 import uuid
 import zipfile
 import zlib
@@ -32,10 +34,11 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from shapely.geometry import shape
 
 from wsi_segment.errors import BrokenExport, NotStreamable, RoiError
-from wsi_segment.wsi.roi_area import has_area
+from wsi_segment.wsi.roi_area import FLOAT32_MAX, float32_coordinates, has_area
 from wsi_segment.wsi.roi_stream import ByteStream, stream_objects
 
 _POLYGONAL = ("Polygon", "MultiPolygon")
@@ -146,6 +149,12 @@ def _sources(path: Path, stack: contextlib.ExitStack) -> list[tuple[str, Opener,
     """(entry name, opener of its decompressed bytes, "gzip" / "zip" / "") for the file,
     or for each GeoJSON entry of a zip, telling gzip and zip by their first bytes."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode) and not path.is_dir():
+            # a pipe would block the run, a device (/dev/zero) be read until memory runs out
+            raise RoiError(
+                f"{path}: not a regular file (a pipe, socket or device); --roi takes a "
+                "GeoJSON file exported by QuPath"
+            )
         with open(path, "rb") as f:
             head = f.read(4)
     except FileNotFoundError:
@@ -335,9 +344,15 @@ def _has_area(path: Path, index: int, geometry: dict[str, Any]) -> bool:
     ring, points on a line, or a sliver that collapses in QuPath's 32-bit vertices do not:
     it is skipped like a point, never the whole file)."""
     try:
-        g = shape(geometry)
+        with np.errstate(invalid="ignore"):  # NaN: refused below, not a RuntimeWarning
+            g = shape(geometry)
     except Exception as exc:  # shapely raises several types for malformed coordinates
         raise RoiError(f"{path}: object {index} has bad coordinates ({exc}); {FIX}") from None
+    if not float32_coordinates(g):
+        raise RoiError(
+            f"{path}: object {index} has coordinates that are not finite 32-bit numbers "
+            f"(NaN, infinite or beyond {FLOAT32_MAX:.1e}); {FIX}"
+        )
     return has_area(g)
 
 

@@ -253,6 +253,14 @@ def test_regions_are_clipped_to_the_slide(tmp_path):
             ).encode(),
             "object 1 has bad coordinates",
         ),
+        # valid JSON (and Python's NaN): make_valid raised a GEOSException, a traceback
+        *(
+            (
+                f'{{"type": "Polygon", "coordinates": [[[0, 0], [{x}, 0], [1000, 1000], [0, 0]]]}}'.encode(),
+                "object 1 has coordinates that are not finite 32-bit numbers",
+            )
+            for x in ("1e39", "NaN", "-Infinity")
+        ),
     ],
 )
 def test_bad_files_name_the_file_and_the_fix(tmp_path, content, words):
@@ -275,6 +283,21 @@ def test_missing_folder_and_empty_zip_are_refused(tmp_path):
         zf.writestr("notes.txt", "hello")
     with pytest.raises(RoiError, match=r"the zip holds no \.geojson entry"):
         read_roi_file(tmp_path / "other.zip")
+
+
+@pytest.mark.timeout(60)
+def test_a_pipe_or_a_device_is_refused_not_read(tmp_path):
+    """A FIFO blocked the run forever and /dev/zero was read until memory ran out."""
+    import os
+
+    fifo = tmp_path / "fifo.geojson"
+    os.mkfifo(fifo)
+    device = tmp_path / "zero.geojson"
+    device.symlink_to("/dev/zero")
+    for path in (fifo, device):
+        with pytest.raises(RoiError, match="not a regular file") as err:
+            read_roi_file(path)
+        assert str(err.value).startswith(f"{path}: ")
 
 
 def test_restrict_cuts_mask_and_polygons(tmp_path):
