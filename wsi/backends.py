@@ -20,10 +20,6 @@ import numpy as np
 
 from wsi_segment.wsi.dicom_colour import needs_ycbcr_conversion, ycbcr_to_rgb
 
-# A resolution coarser than this is not a microscope's: it is the 72/96 dpi a generic
-# TIFF writer stores by default (boxes.tiff says 352.8 um/px). Treat it as unknown.
-MAX_PLAUSIBLE_MPP = 100.0
-
 
 @dataclass(frozen=True)
 class SlideMeta:
@@ -51,11 +47,9 @@ def _num(value: Any) -> float | None:
 def _mpp(x: Any, y: Any) -> tuple[float, float] | None:
     mx, my = _num(x), _num(y)
     mx, my = mx or my, my or mx
-    if mx is None or my is None:
+    if mx is None or my is None or not (mx > 0 and my > 0):
         return None
-    if not (0 < mx < MAX_PLAUSIBLE_MPP and 0 < my < MAX_PLAUSIBLE_MPP):
-        return None
-    return (mx, my)
+    return (mx, my)  # as recorded: `Slide.mpp` takes it only where a microscope could
 
 
 def _tile(props: dict[str, Any], prefix: str, level: int) -> tuple[int, int] | None:

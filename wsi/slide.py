@@ -35,7 +35,7 @@ from wsi_segment.wsi.backends import (
     url_backends,
 )
 from wsi_segment.wsi.box_mean import box_mean
-from wsi_segment.wsi.mpp import mpp_problem
+from wsi_segment.wsi.mpp import MPP_RANGE, mpp_problem
 from wsi_segment.wsi.retries import READ_ATTEMPTS, is_transient, with_retries
 from wsi_segment.wsi.slide_path import local_slide_file
 
@@ -83,14 +83,22 @@ class Slide:
         """(x, y) um per level-0 pixel; the override wins over the file's metadata."""
         if self._mpp_override is not None:
             return (self._mpp_override, self._mpp_override)
-        return self._meta.mpp
+        return self._meta.mpp if self._recorded_mpp_plausible() else None
 
     @property
     def mpp_source(self) -> str | None:
         """Where `mpp` comes from: "override" (--mpp), "metadata" (the file) or None."""
         if self._mpp_override is not None:
             return "override"
-        return "metadata" if self._meta.mpp is not None else None
+        return "metadata" if self._recorded_mpp_plausible() else None
+
+    def _recorded_mpp_plausible(self) -> bool:
+        """Whether the file records a pixel size in the range any slide may be given
+        (`wsi.mpp.MPP_RANGE`). Outside it the file is wrong, not the scan: a generic TIFF
+        writer's default 72/96 dpi (boxes.tiff: 352.8 um/px), or a resolution in the wrong
+        unit (1e-5 um/px), which would plan a slide of petabytes or find no tissue."""
+        recorded = self._meta.mpp
+        return recorded is not None and all(mpp_problem(v) is None for v in recorded)
 
     @property
     def objective_power(self) -> float | None:
@@ -111,9 +119,17 @@ class Slide:
     def require_mpp(self) -> tuple[float, float]:
         """mpp, or one clear error: physical sizes are needed and nothing says them."""
         if self.mpp is None:
+            recorded = self._meta.mpp
+            said = (
+                "does not record its pixel size (microns per pixel)"
+                if recorded is None
+                else f"records a pixel size of {recorded[0]:g} x {recorded[1]:g} um/px, which "
+                f"no slide has (outside [{MPP_RANGE[0]:g}, {MPP_RANGE[1]:g}]: a writer's "
+                "default dpi, or a wrong unit)"
+            )
             raise MppMissingError(
-                f"{self.path}: the slide does not record its pixel size (microns per pixel); "
-                "pass it with --mpp (e.g. --mpp 0.25 for 40x, 0.5 for 20x)"
+                f"{self.path}: the slide {said}; pass it with --mpp (e.g. --mpp 0.25 for 40x, "
+                "0.5 for 20x)"
             )
         return self.mpp
 

@@ -205,6 +205,30 @@ def test_slide_without_mpp_opens_and_require_mpp_says_pass_mpp():
     assert open_slide(BOXES, mpp=0.5).require_mpp() == (0.5, 0.5)
 
 
+def test_a_pixel_size_no_slide_has_is_refused_with_the_recorded_value(tmp_path):
+    """A resolution in the wrong unit (1e-5 um/px) was taken: the slide planned petabytes
+    (`--tissue all`) or found no tissue, exit 0. Outside the range any slide may be given it
+    is the file's error, said with what it records; --mpp still opens it."""
+    import tifffile
+
+    path = tmp_path / "wrong-unit.tif"
+    pixels = np.full((64, 64, 3), 200, np.uint8)
+    tifffile.imwrite(
+        path, pixels, tile=(16, 16), resolution=(1e9, 1e9), resolutionunit="CENTIMETER"
+    )
+    with open_slide(path) as slide:
+        assert slide.mpp is None and slide.mpp_source is None and slide.info()["mpp"] is None
+        with pytest.raises(MppMissingError) as err:
+            slide.require_mpp()
+    assert str(err.value) == (
+        f"{path}: the slide records a pixel size of 1e-05 x 1e-05 um/px, which no slide has "
+        "(outside [0.01, 100]: a writer's default dpi, or a wrong unit); pass it with --mpp "
+        "(e.g. --mpp 0.25 for 40x, 0.5 for 20x)"
+    )
+    with open_slide(path, mpp=0.5) as slide:
+        assert slide.require_mpp() == (0.5, 0.5) and slide.mpp_source == "override"
+
+
 @pytest.mark.parametrize("backend", ["openslide", "tiffslide"])
 def test_out_of_bounds_pixels_are_white(backend, cmu_pixels):
     with open_slide(CMU_SLIDE, backend) as slide:
