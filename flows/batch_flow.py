@@ -226,7 +226,7 @@ def segment_batch(
         # up-to-date scan, the cluster's start) stops the batch before any starts
         dropped = stack.enter_context(DroppedStops())
         logger = get_run_logger()
-        items = parse_batch_input(input)
+        items = parse_batch_input(input, out)
         params = make_params(model_dir, options, origin=flow_run_origin())
         logger.info("%d slide(s) from %s -> %s", len(items), input, out)
         in_process = engine_in_process(probe_machine(), params, workers, dask_address).value

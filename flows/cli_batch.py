@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     from wsi_segment.flows.batch_console import InterruptGuard, cli_stop, quiet_console
     from wsi_segment.pipeline.batch_inputs import parse_batch_input
 
-    parse_batch_input(args.input)  # bad input: one error line, before Prefect starts
+    parse_batch_input(args.input, args.out)  # bad input: one error line, before Prefect starts
     options = flow_options(args)
     if not check_roi_file(args.roi):
         return 2

@@ -13,6 +13,7 @@ import csv
 import dataclasses
 import glob
 import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,11 +49,15 @@ NAME_COLUMNS: tuple[str, ...] = ("name", "output_name", "output")
 _GLOB_CHARS = re.compile(r"[*?\[]")
 
 
+# Text files that look like a manifest under another name: refused, not opened as a slide.
+_NOT_CSV_MANIFESTS = (".txt", ".tsv", ".list", ".lst")
+
+
 @dataclass(frozen=True)
 class BatchItem:
     """One slide of a batch: where it is, an optional mpp override, its output folder name."""
 
-    slide: Path
+    slide: str  # a local path, or a URL (file://, s3://, ...) as written
     mpp: float | None
     name: str
 
@@ -84,7 +89,8 @@ def read_manifest(csv_path: Path) -> list[BatchItem]:
     """Read a manifest CSV: a slide path column, optional mpp and output name columns.
 
     Relative slide paths are taken relative to the CSV's folder, so a manifest travels
-    with its slides.
+    with its slides; a URL (`s3://...`, `file://...`) is kept as written. Slides that are
+    not there are all named in one error.
     """
     try:
         with csv_path.open(newline="", encoding="utf-8-sig") as fh:
@@ -111,14 +117,35 @@ def read_manifest(csv_path: Path) -> list[BatchItem]:
             if not any((v or "").strip() for v in row.values() if isinstance(v, str)):
                 continue  # blank line
             raise DatasetError(f"{source}: the {path_col} column is empty; give the slide's path")
-        slide = Path(raw_path).expanduser()
-        if not slide.is_absolute():
-            slide = csv_path.parent / slide
+        slide = (
+            raw_path if "://" in raw_path else str(csv_path.parent / Path(raw_path).expanduser())
+        )
         mpp = _parse_mpp(row.get(mpp_col) or "", source) if mpp_col else None
         raw_name = (row.get(name_col) or "").strip() if name_col else ""
         name = check_output_name(raw_name, source) if raw_name else default_output_name(slide)
         items.append(BatchItem(slide=slide, mpp=mpp, name=name))
+    _refuse_missing(items, str(csv_path))
     return items
+
+
+def _refuse_missing(items: list[BatchItem], source: str) -> None:
+    """A manifest's local slides that are not there, all named in one error: a listed slide
+    that is missing is a mistake in the list (a folder's or glob's entries were found there;
+    a broken link among them fails as its own slide, saying so)."""
+    missing = [item.slide for item in items if _missing(item.slide)]
+    if missing:
+        shown = ", ".join(missing[:5]) + (
+            f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        )
+        raise DatasetError(f"{source}: {len(missing)} slide(s) not found: {shown}")
+
+
+def _missing(slide: str) -> bool:
+    """A local path naming nothing, or a folder that is not a DICOM slide (a URL's open
+    decides; os.path, not Path: Path raises for a folder this user may not search)."""
+    if "://" in slide:
+        return False
+    return not os.path.exists(slide) or (os.path.isdir(slide) and not holds_dicom(Path(slide)))
 
 
 def _is_slide_file(path: Path) -> bool:
@@ -154,9 +181,11 @@ def _no_slides(folder: Path) -> DatasetError:
     )
 
 
-def parse_batch_input(spec: str | Path) -> list[BatchItem]:
+def parse_batch_input(spec: str | Path, out_root: str | Path) -> list[BatchItem]:
     """Expand a folder, glob, manifest CSV or single slide into checked batch items. A
-    folder's slides are its slide files and its DICOM slide folders (`holds_dicom`).
+    folder's slides are its slide files and its DICOM slide folders (`holds_dicom`); a
+    glob's, its matches outside `out_root` (the batch's output folder: its own
+    probabilities.ome.tif files are not slides).
 
     Raises `DatasetError` for inputs that name nothing or missing slides, and
     `ConfigError` for bad output names or two slides sharing an output folder.
@@ -167,7 +196,7 @@ def parse_batch_input(spec: str | Path) -> list[BatchItem]:
         slides = sorted(p for p in path.iterdir() if _is_slide_file(p) or holds_dicom(p))
         if not slides:
             raise _no_slides(path)
-        items = [BatchItem(p, None, default_output_name(p)) for p in slides]
+        items = [BatchItem(str(p), None, default_output_name(p)) for p in slides]
     elif path.suffix.lower() == ".csv":
         if not path.is_file():
             raise DatasetError(f"{path}: manifest CSV not found")
@@ -176,12 +205,22 @@ def parse_batch_input(spec: str | Path) -> list[BatchItem]:
             raise DatasetError(f"{path}: the manifest lists no slides")
     elif _GLOB_CHARS.search(text):
         matches = sorted(Path(p) for p in glob.glob(str(path), recursive=True))
-        slides = [p for p in matches if not p.is_dir()]  # a pipe too: its slide says why
+        outputs = Path(os.path.realpath(out_root))  # realpath: a link loop raises nothing
+        slides = [  # a pipe or a broken link too: its slide says why
+            p
+            for p in matches
+            if not p.is_dir() and not Path(os.path.realpath(p)).is_relative_to(outputs)
+        ]
         if not slides:
-            raise DatasetError(f"{text}: the pattern matches no files")
-        items = [BatchItem(p, None, default_output_name(p)) for p in slides]
+            raise DatasetError(f"{text}: the pattern matches no files (outside {out_root})")
+        items = [BatchItem(str(p), None, default_output_name(p)) for p in slides]
+    elif path.suffix.lower() in _NOT_CSV_MANIFESTS and path.is_file():
+        raise DatasetError(
+            f"{path}: a list of slides must be a manifest .csv (a header row with a slide "
+            "column, then one slide per row); save it as .csv, or give a folder or a glob"
+        )
     elif path.is_file():
-        items = [BatchItem(path, None, default_output_name(path))]
+        items = [BatchItem(str(path), None, default_output_name(path))]
     else:
         raise DatasetError(
             f"{text}: not found; give a folder of slides, a glob such as 'slides/*.svs', "
@@ -192,23 +231,13 @@ def parse_batch_input(spec: str | Path) -> list[BatchItem]:
 
 def check_items(items: list[BatchItem], source: str) -> list[BatchItem]:
     """Refuse control characters in slide paths (the first, named on one line), then
-    missing slides and output-name collisions, all reported at once."""
+    output-name collisions, all reported at once."""
     for item in items:
-        refuse_control_characters(str(item.slide))
-    missing = [
-        str(item.slide)
-        for item in items
-        if not item.slide.exists() or (item.slide.is_dir() and not holds_dicom(item.slide))
-    ]
-    if missing:
-        shown = ", ".join(missing[:5]) + (
-            f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-        )
-        raise DatasetError(f"{source}: {len(missing)} slide(s) not found: {shown}")
+        refuse_control_characters(item.slide)
     for item in items:
         check_output_name(item.name, source)
     check_distinct_names(
-        [(str(item.slide), item.name) for item in items],
+        [(item.slide, item.name) for item in items],
         f"{source}: ",
         "give one of them another name (manifest 'name' column)",
     )

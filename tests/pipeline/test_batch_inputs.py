@@ -23,8 +23,8 @@ def test_folder_lists_slide_files_sorted(tmp_path: Path) -> None:
     _touch(tmp_path / "notes.txt")
     _touch(tmp_path / ".hidden.svs")
     _touch(tmp_path / "sub" / "d.svs")  # folders are not searched recursively
-    items = parse_batch_input(tmp_path)
-    assert [i.slide for i in items] == [a, b, c]
+    items = parse_batch_input(tmp_path, tmp_path / "out")
+    assert [i.slide for i in items] == [str(a), str(b), str(c)]
     assert [i.name for i in items] == ["a", "b", "c"]
     assert all(i.mpp is None for i in items)
 
@@ -32,13 +32,13 @@ def test_folder_lists_slide_files_sorted(tmp_path: Path) -> None:
 def test_glob_matches_recursively(tmp_path: Path) -> None:
     one = _touch(tmp_path / "x" / "one.svs")
     two = _touch(tmp_path / "y" / "two.svs")
-    items = parse_batch_input(str(tmp_path / "**" / "*.svs"))
-    assert [i.slide for i in items] == [one, two]
+    items = parse_batch_input(str(tmp_path / "**" / "*.svs"), tmp_path / "out")
+    assert [i.slide for i in items] == [str(one), str(two)]
 
 
 def test_single_slide_file(tmp_path: Path) -> None:
     one = _touch(tmp_path / "one.svs")
-    assert parse_batch_input(one) == [BatchItem(one, None, "one")]
+    assert parse_batch_input(one, tmp_path / "out") == [BatchItem(str(one), None, "one")]
 
 
 def test_manifest_with_mpp_names_and_relative_paths(tmp_path: Path) -> None:
@@ -46,15 +46,15 @@ def test_manifest_with_mpp_names_and_relative_paths(tmp_path: Path) -> None:
     b = _touch(tmp_path / "b.tif")
     manifest = tmp_path / "m.csv"
     manifest.write_text(f"Slide,MPP,name\nslides/a.svs,0.25,case-1\n{b},,\n\n")
-    items = parse_batch_input(manifest)
-    assert items == [BatchItem(a, 0.25, "case-1"), BatchItem(b, None, "b")]
+    items = parse_batch_input(manifest, tmp_path / "out")
+    assert items == [BatchItem(str(a), 0.25, "case-1"), BatchItem(str(b), None, "b")]
 
 
 def test_manifest_path_column_alone(tmp_path: Path) -> None:
     a = _touch(tmp_path / "a.svs")
     manifest = tmp_path / "m.csv"
     manifest.write_text("path\na.svs\n")
-    assert parse_batch_input(manifest) == [BatchItem(a, None, "a")]
+    assert parse_batch_input(manifest, tmp_path / "out") == [BatchItem(str(a), None, "a")]
 
 
 @pytest.mark.parametrize("bad", ["../x", "a/b", "/abs", "..", ".", ".hidden", "a\\b", "c:x"])
@@ -63,7 +63,7 @@ def test_manifest_refuses_names_escaping_the_output_folder(tmp_path: Path, bad: 
     manifest = tmp_path / "m.csv"
     manifest.write_text(f"slide,name\na.svs,{bad}\n")
     with pytest.raises(ConfigError, match="output name"):
-        parse_batch_input(manifest)
+        parse_batch_input(manifest, tmp_path / "out")
 
 
 def test_duplicate_output_names_are_refused(tmp_path: Path) -> None:
@@ -72,28 +72,28 @@ def test_duplicate_output_names_are_refused(tmp_path: Path) -> None:
     manifest = tmp_path / "m.csv"
     manifest.write_text("slide,name\na.svs,same\nb.svs,Same\n")
     with pytest.raises(ConfigError, match="both write"):
-        parse_batch_input(manifest)
+        parse_batch_input(manifest, tmp_path / "out")
 
 
 def test_same_stem_in_two_folders_is_refused(tmp_path: Path) -> None:
     _touch(tmp_path / "x" / "s.svs")
     _touch(tmp_path / "y" / "s.tif")
     with pytest.raises(ConfigError, match="both write"):
-        parse_batch_input(str(tmp_path / "*" / "s.*"))
+        parse_batch_input(str(tmp_path / "*" / "s.*"), tmp_path / "out")
 
 
 def test_manifest_without_slide_column(tmp_path: Path) -> None:
     manifest = tmp_path / "m.csv"
     manifest.write_text("file,mpp\na.svs,0.5\n")
     with pytest.raises(DatasetError, match="no slide column"):
-        parse_batch_input(manifest)
+        parse_batch_input(manifest, tmp_path / "out")
 
 
 def test_manifest_missing_slides_are_all_named(tmp_path: Path) -> None:
     manifest = tmp_path / "m.csv"
     manifest.write_text("slide\nnope1.svs\nnope2.svs\n")
     with pytest.raises(DatasetError, match=r"2 slide\(s\) not found: .*nope1.svs, .*nope2.svs"):
-        parse_batch_input(manifest)
+        parse_batch_input(manifest, tmp_path / "out")
 
 
 @pytest.mark.parametrize("mpp", ["abc", "-1", "0", "nan"])
@@ -102,22 +102,22 @@ def test_manifest_bad_mpp(tmp_path: Path, mpp: str) -> None:
     manifest = tmp_path / "m.csv"
     manifest.write_text(f"slide,mpp\na.svs,{mpp}\n")
     with pytest.raises(ConfigError, match="mpp"):
-        parse_batch_input(manifest)
+        parse_batch_input(manifest, tmp_path / "out")
 
 
 def test_missing_and_empty_inputs(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="not found"):
-        parse_batch_input(tmp_path / "nothing-here")
+        parse_batch_input(tmp_path / "nothing-here", tmp_path / "out")
     with pytest.raises(DatasetError, match="no slide files"):
-        parse_batch_input(tmp_path)
+        parse_batch_input(tmp_path, tmp_path / "out")
     with pytest.raises(DatasetError, match="matches no files"):
-        parse_batch_input(str(tmp_path / "*.svs"))
+        parse_batch_input(str(tmp_path / "*.svs"), tmp_path / "out")
     with pytest.raises(DatasetError, match="manifest CSV not found"):
-        parse_batch_input(tmp_path / "missing.csv")
+        parse_batch_input(tmp_path / "missing.csv", tmp_path / "out")
     empty = tmp_path / "empty.csv"
     empty.write_text("slide\n")
     with pytest.raises(DatasetError, match="lists no slides"):
-        parse_batch_input(empty)
+        parse_batch_input(empty, tmp_path / "out")
 
 
 def test_a_named_pipe_in_a_folder_glob_or_manifest_is_a_slide_that_fails_not_skipped(
@@ -133,11 +133,12 @@ def test_a_named_pipe_in_a_folder_glob_or_manifest_is_a_slide_that_fails_not_ski
     pipe = folder / "b.svs"
     os.mkfifo(pipe)
     (folder / "c.svs").mkdir()  # a folder named like a slide is not one
-    assert [i.slide for i in parse_batch_input(folder)] == [a, pipe]
-    assert [i.slide for i in parse_batch_input(str(folder / "*.svs"))] == [a, pipe]
+    out = tmp_path / "out"
+    assert [i.slide for i in parse_batch_input(folder, out)] == [str(a), str(pipe)]
+    assert [i.slide for i in parse_batch_input(str(folder / "*.svs"), out)] == [str(a), str(pipe)]
     manifest = tmp_path / "m.csv"
     manifest.write_text(f"slide\n{pipe}\n")
-    assert [i.slide for i in parse_batch_input(manifest)] == [pipe]
+    assert [i.slide for i in parse_batch_input(manifest, tmp_path / "out")] == [str(pipe)]
 
 
 def _dicom_folder(folder: Path, files: int = 2) -> Path:
@@ -157,8 +158,8 @@ def test_a_folder_of_dicom_slide_folders_is_a_batch_of_them(tmp_path: Path) -> N
     (cohort / "notes").mkdir()
     (cohort / "notes" / "readme.txt").write_text("x")
     _dicom_folder(cohort / ".hidden")
-    items = parse_batch_input(cohort)
-    assert [(i.slide.name, i.name) for i in items] == [
+    items = parse_batch_input(cohort, tmp_path / "out")
+    assert [(Path(i.slide).name, i.name) for i in items] == [
         ("case-1", "case-1"),
         ("case-2", "case-2"),
         ("case-3.svs", "case-3"),
@@ -168,14 +169,14 @@ def test_a_folder_of_dicom_slide_folders_is_a_batch_of_them(tmp_path: Path) -> N
 def test_a_dicom_slide_folder_given_to_batch_says_what_to_pass(tmp_path: Path) -> None:
     slide = _dicom_folder(tmp_path / "case-1")
     with pytest.raises(DatasetError) as err:
-        parse_batch_input(slide)
+        parse_batch_input(slide, tmp_path / "out")
     text = str(err.value)
     assert text.startswith(f"{slide}: holds the .dcm files of one DICOM slide")
     assert f"wsi-segment {slide}" in text and "manifest .csv" in text
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(DatasetError, match=r"folders of \.dcm files: DICOM slides.*manifest"):
-        parse_batch_input(empty)
+        parse_batch_input(empty, tmp_path / "out")
 
 
 def test_a_manifest_may_list_a_dicom_slide_folder_or_one_of_its_files(tmp_path: Path) -> None:
@@ -183,5 +184,57 @@ def test_a_manifest_may_list_a_dicom_slide_folder_or_one_of_its_files(tmp_path: 
     _dicom_folder(tmp_path / "case-2")
     manifest = tmp_path / "m.csv"
     manifest.write_text("slide\ncase-1\ncase-2/level-0.dcm\n")
-    items = parse_batch_input(manifest)
+    items = parse_batch_input(manifest, tmp_path / "out")
     assert [i.name for i in items] == ["case-1", "case-2"]
+
+
+def test_a_manifest_keeps_urls_as_written(tmp_path: Path) -> None:
+    """`Path` collapsed `//` and joined the URL to the CSV's folder (`m/s3:/bucket/...`): a
+    manifest, the one way to batch remote slides, refused them as not found."""
+    local = _touch(tmp_path / "slides" / "a.svs")
+    manifest = tmp_path / "m" / "list.csv"
+    manifest.parent.mkdir()
+    manifest.write_text(f"slide,name\nfile://{local},local\ns3://lab-bucket/case1.svs,\n")
+    items = parse_batch_input(manifest, tmp_path / "out")
+    assert items == [
+        BatchItem(f"file://{local}", None, "local"),
+        BatchItem("s3://lab-bucket/case1.svs", None, "case1"),
+    ]
+
+
+def test_a_broken_link_in_a_folder_or_glob_is_a_slide_that_fails_not_the_batch(
+    tmp_path: Path,
+) -> None:
+    """Found there, it runs as a slide and its own run names the link (`wsi.slide_path`);
+    the whole batch was refused as "1 slide(s) not found". A manifest listing a slide that
+    is not there is still refused at once (test_manifest_missing_slides_are_all_named)."""
+    folder = tmp_path / "in"
+    a = _touch(folder / "a.svs")
+    (folder / "gone.svs").symlink_to("/nonexistent/gone.svs")
+    (folder / "loop.svs").symlink_to("loop.svs")
+    out = tmp_path / "out"
+    want = [str(a), str(folder / "gone.svs"), str(folder / "loop.svs")]
+    assert [i.slide for i in parse_batch_input(folder, out)] == want
+    assert [i.slide for i in parse_batch_input(str(folder / "*.svs"), out)] == want
+
+
+def test_a_glob_leaves_out_the_batch_s_own_outputs(tmp_path: Path) -> None:
+    """`data/**/*.tif` with `--out data/out --ome-tiff` matched last night's
+    probabilities.ome.tif files: the next night two of them clashed, or one was segmented."""
+    slide = _touch(tmp_path / "data" / "case.tif")
+    _touch(tmp_path / "data" / "out" / "case" / "probabilities.ome.tif")
+    pattern = str(tmp_path / "data" / "**" / "*.tif")
+    assert [i.slide for i in parse_batch_input(pattern, tmp_path / "data" / "out")] == [str(slide)]
+    with pytest.raises(DatasetError, match="the pattern matches no files"):
+        parse_batch_input(
+            str(tmp_path / "data" / "out" / "**" / "*.tif"), tmp_path / "data" / "out"
+        )
+
+
+@pytest.mark.parametrize("suffix", [".txt", ".tsv"])
+def test_a_list_of_slides_not_saved_as_csv_says_so(tmp_path: Path, suffix: str) -> None:
+    """It was opened as one slide: "not a readable slide ... copy it again"."""
+    listing = tmp_path / f"list{suffix}"
+    listing.write_text(f"slide\n{_touch(tmp_path / 'a.svs')}\n")
+    with pytest.raises(DatasetError, match=r"must be a manifest \.csv.*save it as \.csv"):
+        parse_batch_input(listing, tmp_path / "out")

@@ -27,7 +27,7 @@ def test_good_manifest(tmp_path):
         tmp_path,
         f"slide,mpp,name\n{CMU_SLIDE},0.5,cmu\n\n{DATA_DIR / 'small.svs'},,\n",
     )
-    items = parse_batch_input(path)
+    items = parse_batch_input(path, tmp_path / "out")
     assert [(i.name, i.mpp) for i in items] == [("cmu", 0.5), ("small", None)]
 
 
@@ -57,14 +57,14 @@ def test_good_manifest(tmp_path):
 def test_bad_manifest(tmp_path, text, error, words):
     path = manifest(tmp_path, text)
     with pytest.raises(error, match=words) as info:
-        parse_batch_input(path)
+        parse_batch_input(path, tmp_path / "out")
     assert "manifest.csv" in str(info.value)
 
 
 def test_missing_slides_are_all_listed(tmp_path):
     path = manifest(tmp_path, "slide\na.svs\nb.svs\n")
     with pytest.raises(DatasetError, match=r"2 slide\(s\) not found") as info:
-        parse_batch_input(path)
+        parse_batch_input(path, tmp_path / "out")
     assert "a.svs" in str(info.value) and "b.svs" in str(info.value)
 
 
@@ -82,7 +82,7 @@ def test_duplicate_output_names(tmp_path, names):
     rows = [f"{a},{names[0] or ''}", f"{b},{names[1] or ''}"]
     path = manifest(tmp_path, "slide,name\n" + "\n".join(rows) + "\n")
     with pytest.raises(ConfigError, match="would both write"):
-        parse_batch_input(path)
+        parse_batch_input(path, tmp_path / "out")
 
 
 @pytest.mark.parametrize(
@@ -101,7 +101,7 @@ def test_output_names_that_escape_the_output_folder(tmp_path, name):
 
 def test_unicode_and_quotes_in_names_are_fine(tmp_path):
     path = manifest(tmp_path, f'slide,name\n{CMU_SLIDE},"Patient ü ""7"" 東京"\n')
-    (item,) = parse_batch_input(path)
+    (item,) = parse_batch_input(path, tmp_path / "out")
     assert item.name == 'Patient ü "7" 東京'
 
 

@@ -70,9 +70,9 @@ def test_a_batch_refuses_two_slides_for_one_folder(tmp_path: Path) -> None:
     for name in ("a.ome.tif", "a.svs"):
         (tmp_path / name).write_bytes(b"x")
     with pytest.raises(ConfigError, match=r"would both write to the output folder 'a'"):
-        parse_batch_input(tmp_path)
+        parse_batch_input(tmp_path, tmp_path / "out")
     (tmp_path / "a.svs").unlink()
-    assert [item.name for item in parse_batch_input(tmp_path)] == ["a"]
+    assert [item.name for item in parse_batch_input(tmp_path, tmp_path / "out")] == ["a"]
 
 
 def _tree(folder: Path) -> dict[str, tuple[int, bytes]]:
