@@ -121,7 +121,7 @@ def slide_task(
     try:
         with watch.running(index) as cancel, group_signal_as_stop(cancel):
             slide_params = params_for(item, params)
-            return run_slide_stages(str(item.slide), out, slide_params, client, at_once, cancel)
+            return run_slide_stages(item.slide, out, slide_params, client, at_once, cancel)
     except SlideStopped as exc:
         stopped = stopped_result(item, exc, watch.timeout_s, time.perf_counter() - t0)
         if stopped.status != "failed":
@@ -135,7 +135,7 @@ def slide_task(
         message, error = f"internal error ({type(exc).__name__}): {exc}", exc
     seconds = time.perf_counter() - t0
     result = SlideResult(
-        str(item.slide), "failed", None, {}, message, seconds, error_class=error_class_of(error)
+        item.slide, "failed", None, {}, message, seconds, error_class=error_class_of(error)
     )
     return Failed(message=failure_message(result), data=result)
 
@@ -153,7 +153,7 @@ def finished_slides(
         return done
     for i, item in enumerate(items):
         try:
-            result = up_to_date_result(str(item.slide), out, params_for(item, params), model)
+            result = up_to_date_result(item.slide, out, params_for(item, params), model)
         except WsiSegmentError:
             continue
         if result is not None:

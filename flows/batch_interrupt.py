@@ -183,9 +183,9 @@ def stopped_result(
             f"{item.slide}: timed out after {timeout_s:g} s (the batch's slide time limit); "
             "its partial outputs were removed; run it again with a longer --slide-timeout"
         )
-        return SlideResult(str(item.slide), "failed", None, {}, error, seconds)
+        return SlideResult(item.slide, "failed", None, {}, error, seconds)
     status = NOT_STARTED if isinstance(exc, SlideNotStarted) else INTERRUPTED  # SlideInterrupted
-    return SlideResult(str(item.slide), status, None, {}, f"{status} (batch interrupted)", seconds)
+    return SlideResult(item.slide, status, None, {}, f"{status} (batch interrupted)", seconds)
 
 
 def _result_now(future: SlideFuture, item: BatchItem, was_running: bool) -> SlideResult:
@@ -210,7 +210,7 @@ def _result_now(future: SlideFuture, item: BatchItem, was_running: bool) -> Slid
             "process, as if killed (a rerun takes over its partial folder and lock)"
         )
         logger.warning("%s", error)
-    return SlideResult(str(item.slide), status, None, {}, error, 0.0)
+    return SlideResult(item.slide, status, None, {}, error, 0.0)
 
 
 @contextlib.contextmanager

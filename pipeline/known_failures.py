@@ -89,10 +89,10 @@ def known_failures(
             item_params = params_for(item, params)
         except WsiSegmentError:
             continue
-        if failure_fingerprint(str(item.slide), item_params, model) != record["fingerprint"]:
+        if failure_fingerprint(item.slide, item_params, model) != record["fingerprint"]:
             continue
         known[i] = SlideResult(
-            str(item.slide),
+            item.slide,
             KNOWN,
             None,
             {},
@@ -122,7 +122,7 @@ def failure_record(
     run that saw it (summary.json's `run`, from `params.origin`)."""
     origin = params.origin
     return {
-        "slide": slide_identity(str(item.slide)),
+        "slide": slide_identity(item.slide),
         "output_name": item.name,
         "model": {"identity": model[0], "name": model[1].name},
         "params": params.fingerprint_fields(),
@@ -152,7 +152,7 @@ def record_failure(
         item_params = params_for(item, params)
     except WsiSegmentError:
         return result, None
-    fingerprint = failure_fingerprint(str(item.slide), item_params, model)
+    fingerprint = failure_fingerprint(item.slide, item_params, model)
     if fingerprint is None:
         return result, None
     previous = read_record(out_root, item.name)
