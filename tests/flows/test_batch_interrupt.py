@@ -73,7 +73,7 @@ def test_a_sigterm_delivered_to_a_slide_thread_interrupts_the_batch(tmp_path: Pa
     """SIGTERM lands in the slide's thread while the main thread waits for that slide: the
     batch is interrupted and the slide stopped (not finished first, as an unbounded wait of
     the main thread would have it)."""
-    item = BatchItem(tmp_path / "a.svs", None, "a")
+    item = BatchItem(str(tmp_path / "a.svs"), None, "a")
     idents: list[int] = []
     with ThreadPoolExecutor(1) as pool, SlideWatch(None) as watch:
         future = started_slide(pool, watch, item, idents)
@@ -110,7 +110,7 @@ def test_a_stop_whose_exception_python_drops_still_interrupts_the_batch(
     while a flow runs); the batch went on to its end. The watch noted it, and the wait for
     the slides raises it again: the batch is stopped and its running slide reported
     `interrupted`, as for any Ctrl-C or SIGTERM."""
-    item = BatchItem(tmp_path / "a.svs", None, "a")
+    item = BatchItem(str(tmp_path / "a.svs"), None, "a")
     idents: list[int] = []
     dropped: list[Any] = []
     hook = sys.unraisablehook
@@ -133,7 +133,7 @@ def test_a_stop_whose_exception_python_drops_still_interrupts_the_batch(
 def test_a_stop_dropped_as_the_last_slide_ends_still_stops_the_batch(tmp_path: Path) -> None:
     """The drop lands during the last step of the wait for a slide that then ends: the
     wait raises it at its end, rather than the batch going on."""
-    item = BatchItem(tmp_path / "a.svs", None, "a")
+    item = BatchItem(str(tmp_path / "a.svs"), None, "a")
     done = SlideResult(str(item.slide), "done", None, {}, None, 0.0)
     hook = sys.unraisablehook
     sys.unraisablehook = lambda _unraisable: None  # the watch hands it on: nothing printed
@@ -236,7 +236,7 @@ def test_a_stop_a_library_rewords_during_the_wait_still_stops_the_slides(
     """A signal landing in a library call of the batch's wait (pydantic-core turns the
     handler's exception into its own error) stops the running slides and the batch as the
     stop itself would, rather than leaving them running while that error goes on."""
-    item = BatchItem(tmp_path / "a.svs", None, "a")
+    item = BatchItem(str(tmp_path / "a.svs"), None, "a")
     idents: list[int] = []
 
     def raise_termination(signum: int, _frame: object) -> None:  # Prefect's, while a flow runs
@@ -273,7 +273,7 @@ def fault_in_the_wait() -> None:
 def test_a_fault_in_the_wait_stops_the_running_slides_before_it_goes_on(tmp_path: Path) -> None:
     """An error of the batch's wait with no stop behind it goes on as it is, and the running
     slides are stopped first: they used to run on, to their end, with nobody waiting."""
-    item = BatchItem(tmp_path / "a.svs", None, "a")
+    item = BatchItem(str(tmp_path / "a.svs"), None, "a")
     idents: list[int] = []
     with ThreadPoolExecutor(1) as pool, SlideWatch(None) as watch:
         future = started_slide(pool, watch, item, idents)

@@ -63,7 +63,7 @@ def test_a_recorded_failure_is_known_until_slide_model_or_params_change(
     shutil.copy2(DATA_DIR / "broken.svs", slide)
     out = str(tmp_path / "out")
     os.mkdir(out)
-    items = [BatchItem(slide, None, "bad")]
+    items = [BatchItem(str(slide), None, "bad")]
     origin = RunOrigin(("wsi-segment", "batch"), {"flow_run_id": "run-1", "deployment": None})
     params = SegmentParams(model_dir=tiny_model_dir, precision="fp32", origin=origin)
     model = model_files(params)
@@ -123,7 +123,7 @@ def test_settling_a_batch_keeps_since_clears_on_success_and_skips_other_errors(
     slide = tmp_path / "bad.svs"
     shutil.copy2(DATA_DIR / "broken.svs", slide)
     out = str(tmp_path)
-    items = [BatchItem(slide, None, "bad")]
+    items = [BatchItem(str(slide), None, "bad")]
     params = SegmentParams(model_dir=tiny_model_dir, precision="fp32")
     model = model_files(params)
     assert model is not None
@@ -166,7 +166,7 @@ def test_a_file_in_the_way_is_reported_and_kept(tmp_path: Path, tiny_model_dir: 
     slide = tmp_path / "bad.svs"
     shutil.copy2(DATA_DIR / "broken.svs", slide)
     out = str(tmp_path)
-    items = [BatchItem(slide, None, "bad")]
+    items = [BatchItem(str(slide), None, "bad")]
     params = SegmentParams(model_dir=tiny_model_dir, precision="fp32")
     model = model_files(params)
     path = record_path(out, "bad")
