@@ -15,6 +15,7 @@ cannot settle (a model or slide that cannot be read) is left to `prepare`, which
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -65,7 +66,7 @@ def finished_output(
     except (WsiSegmentError, OSError):  # a missing slide, model or ROI: prepare names it
         return None
     if previous["fingerprint"] != fingerprint:
-        refuse_other_run(out_dir)
+        refuse_other_run(out_dir, slide_path, previous)
     return out_dir, previous
 
 
@@ -79,16 +80,35 @@ def is_up_to_date(prep: PreparedSlide) -> bool:
     if previous.get("fingerprint") == prep.fingerprint:
         return not prep.params.overwrite
     if not prep.params.overwrite:
-        refuse_other_run(prep.out_dir)
+        refuse_other_run(prep.out_dir, prep.slide_path, previous)
     refuse_foreign(prep.out_dir)  # --overwrite replaces only an output of ours
     return False
 
 
-def refuse_other_run(out_dir: Path) -> None:
-    """The OutputError for `out_dir`, a finished output of ours from another run (other
-    model or parameters), met without --overwrite."""
+def refuse_other_run(out_dir: Path, slide_path: str, previous: dict[str, Any]) -> None:
+    """The OutputError for `out_dir`, a finished output of ours from another run met
+    without --overwrite (`previous`: its summary): of another slide of the same name (two
+    folders' `x.svs` into one --out: --overwrite would lose the other slide's results), or
+    of this slide with another model or parameters."""
     refuse_foreign(out_dir)
+    slide = previous.get("slide")
+    other = slide.get("path") if isinstance(slide, dict) else None
+    if isinstance(other, str) and not _same_slide(other, slide_path):
+        raise OutputError(
+            f"{out_dir} holds the results of another slide of that name, {other}; give this "
+            "one another output name (--output-name; in a batch, a manifest's name column) "
+            "or another --out (--overwrite would replace the other slide's results)"
+        )
     raise OutputError(
         f"{out_dir} holds results of a different run (other model or parameters); "
         "pass --overwrite to replace them or choose another --out"
     )
+
+
+def _same_slide(recorded: str, slide_path: str) -> bool:
+    """Whether summary.json's slide path (`recorded`: resolved, a DICOM slide's by one of
+    its files) is the slide at `slide_path` (as given: relative, a link, a URL)."""
+    if "://" in slide_path and not slide_path.startswith("file://"):
+        return recorded == slide_path
+    here = os.path.realpath(slide_path.removeprefix("file://"))
+    return here in (recorded, os.path.dirname(recorded))

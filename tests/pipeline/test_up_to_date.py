@@ -107,6 +107,33 @@ def test_a_rerun_with_other_parameters_is_refused_before_the_model_loads(finishe
     assert summary.stat().st_mtime_ns == mtime
 
 
+def test_another_slide_of_the_same_name_is_named_not_offered_to_overwrite(
+    finished: Finished, tmp_path: Path
+) -> None:
+    """Two folders' `slide.svs` into one --out: the refusal blamed "other model or
+    parameters" and offered --overwrite, which replaced the other slide's results. It names
+    the slide there and the fix; the same slide reached by a link is still this slide."""
+    other = tmp_path / "elsewhere" / "slide.svs"
+    other.parent.mkdir()
+    write_synthetic_slide(other, 1024, 768, mpp=1.0, seed=4)
+    summary = finished.result.out_dir / "summary.json"
+    before = summary.read_bytes()
+    with pytest.raises(OutputError) as err:
+        segment.segment_slide(other, finished.out, finished.params)
+    assert str(err.value) == (
+        f"{finished.result.out_dir} holds the results of another slide of that name, "
+        f"{finished.slide.resolve()}; give this one another output name (--output-name; in a "
+        "batch, a manifest's name column) or another --out (--overwrite would replace the "
+        "other slide's results)"
+    )
+    link = tmp_path / "link" / "slide.svs"
+    link.parent.mkdir()
+    link.symlink_to(finished.slide)
+    with pytest.raises(OutputError, match="holds results of a different run"):
+        segment.segment_slide(link, finished.out, replace(finished.params, overlap=16))
+    assert summary.read_bytes() == before
+
+
 def test_a_rerun_is_up_to_date_without_prepare(finished: Finished) -> None:
     summary = finished.result.out_dir / "summary.json"
     mtime = summary.stat().st_mtime_ns
