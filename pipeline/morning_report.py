@@ -56,14 +56,20 @@ class MorningReport:
 
 def build_morning_report(out_root: str | Path, tonight: Tonight) -> MorningReport:
     """Rebuild OUT's cohort.csv and report.html (`tonight`: a batch's results by output
-    name, or empty for the folder alone). OutputError when OUT is not a folder or a file
-    there is not ours; a bad slide folder is a row that says so, never an error."""
+    name, or empty for the folder alone). OutputError when OUT is not a folder, holds no
+    output and no batch tonight, or a file there is not ours; a bad slide folder is a row
+    that says so, never an error."""
     root = Path(out_root)
     if not root.is_dir():
         raise OutputError(f"{root} is not a folder of wsi-segment outputs; give the --out folder")
     page = root / PAGE_NAME
     refuse_foreign_file(page, OURS_PREFIX, "a report")
     entries = scan_slides(root, tonight)
+    if not entries and not tonight:  # `report` on a slide folder, say: nothing is written
+        raise OutputError(
+            f"{root} holds no wsi-segment outputs (no slide's output folder, no failure "
+            "record); give the --out folder of the runs"
+        )
     cohort = write_cohort(root, entries)
     thumbs = _thumbnails(root, entries)
     title = f"wsi-segment: {root.resolve().name}"

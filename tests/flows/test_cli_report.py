@@ -37,3 +37,14 @@ def test_the_report_command(
         == f"error: {tmp_path / 'nothing'} is not a folder of wsi-segment outputs; give the --out folder\n"
     )
     assert not (tmp_path / "nothing").exists()
+    # a folder holding no output (a typo naming the slides' folder): refused, nothing written
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    (slides / "notes.txt").write_text("mine")
+    (slides / "case-1").mkdir()  # a DICOM slide folder, say: not an output
+    assert main(["report", str(slides)]) == 1
+    assert capsys.readouterr().err == (
+        f"error: {slides} holds no wsi-segment outputs (no slide's output folder, no failure "
+        "record); give the --out folder of the runs\n"
+    )
+    assert sorted(p.name for p in slides.iterdir()) == ["case-1", "notes.txt"]
