@@ -15,6 +15,7 @@ stopped after the report.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -108,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
     from wsi_segment.pipeline.batch_inputs import parse_batch_input
 
     parse_batch_input(args.input, args.out)  # bad input: one error line, before Prefect starts
+    report_before = report_stamps(args.out)
     options = flow_options(args)
     if not check_roi_file(args.roi):
         return 2
@@ -146,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
             # a library turned the guard's stop into its own error: report the stop
             raise signal_exception(guard.signum) from exc
         report(results)
-        print_report_paths(args.out)
+        print_report_paths(args.out, report_before)
         if interrupt is None:  # a signal whose exception Python dropped outside the slides' wait
             interrupt = guard.unraised()
     if interrupt is not None:  # flows.cli prints the one `error:` line, exits 130 / 143 / 129
@@ -154,12 +156,34 @@ def run(args: argparse.Namespace) -> int:
     return code
 
 
-def print_report_paths(out: str | Path) -> None:
-    """Where the batch's cohort.csv and report.html are (the flow rebuilds them after each
-    slide and at its end: `pipeline.morning_report`)."""
-    for name in ("report.html", "cohort.csv"):
-        if (Path(out) / name).is_file():
-            print(f"report: {Path(out) / name}", flush=True)
+REPORT_FILES = ("report.html", "cohort.csv")  # pipeline.morning_report's
+
+
+def report_stamps(out: str | Path) -> dict[str, tuple[int, int] | None]:
+    """Each report file's (inode, mtime) now, None where there is none: a rebuild replaces
+    the file (a new inode), so a stamp that did not change means not rewritten."""
+    stamps: dict[str, tuple[int, int] | None] = {}
+    for name in REPORT_FILES:
+        try:
+            st = os.stat(Path(out) / name)
+            stamps[name] = (st.st_ino, st.st_mtime_ns)
+        except OSError:
+            stamps[name] = None
+    return stamps
+
+
+def print_report_paths(out: str | Path, before: dict[str, tuple[int, int] | None]) -> None:
+    """Where the cohort.csv and report.html this batch wrote are (the flow rebuilds them
+    after each slide and at its end: `pipeline.morning_report`). One it could not rewrite
+    (a file not ours in the way, OUT read-only: its warning said why) is not announced as
+    tonight's: it shows an earlier run, or is someone else's."""
+    now = report_stamps(out)
+    for name in REPORT_FILES:
+        path = Path(out) / name
+        if now[name] is not None and now[name] != before[name]:
+            print(f"report: {path}", flush=True)
+        elif now[name] is not None:
+            print(f"warning: {path} was not rewritten by this batch", file=sys.stderr, flush=True)
 
 
 def batch_stop(exc: BaseException) -> BatchInterrupted | BatchTerminated | None:
