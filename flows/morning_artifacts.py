@@ -20,10 +20,8 @@ if TYPE_CHECKING:
 def report_slide(morning: BatchReport, index: int, future: SlideFuture) -> None:
     """After slide `index` ends (its task's future is done): rebuild cohort.csv and
     report.html. Runs in the slide's thread, outside the flow's run context; a problem there
-    never fails the slides, and the batch's end rebuilds again and warns of it (`publish_
-    morning_report`). Logged at DEBUG only: a WARNING from this thread reached Prefect's
-    run logger outside the CLI's temporary server's settings, so Prefect started a server
-    of its own, and the batch ended with ~20 s of its connection errors."""
+    never fails the slides, and the batch's end rebuilds again and warns of it once
+    (`publish_morning_report`), so here it is DEBUG: not the same warning after every slide."""
     try:
         morning.add(index, ended_slide_outcome(future))
     except Exception as exc:  # whatever ended the slide is the batch's to report, not ours

@@ -12,6 +12,7 @@ CLI names its options (`flows.door_words`).
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -39,7 +40,12 @@ def log_slide_warnings(result: SlideResult) -> None:
 
 
 class _ToRunLogger(logging.Handler):
-    """Re-logs records on a run logger (which carries the flow run id to the server)."""
+    """Re-logs records on a run logger (which carries the flow run id to the server), in
+    the context the handler was made in (the flow's): a record from a thread that did not
+    inherit it (a reader thread retrying a read, a future's done callback) would otherwise
+    reach Prefect without the CLI's server settings (`flows.local_server.temporary_server`),
+    and Prefect would start a server of its own and end the batch with its connection
+    errors."""
 
     def __init__(
         self,
@@ -49,10 +55,13 @@ class _ToRunLogger(logging.Handler):
         super().__init__(logging.WARNING)
         self.run_logger = run_logger
         self.words = words
+        self.context = contextvars.copy_context()
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self.run_logger.log(record.levelno, "%s", self.words(record.getMessage()))
+            message = self.words(record.getMessage())
+            # a copy per record: one context cannot be entered by two threads at once
+            self.context.copy().run(self.run_logger.log, record.levelno, "%s", message)
         except Exception:
             self.handleError(record)
 
