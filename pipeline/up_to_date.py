@@ -106,9 +106,12 @@ def refuse_other_run(out_dir: Path, slide_path: str, previous: dict[str, Any]) -
 
 
 def _same_slide(recorded: str, slide_path: str) -> bool:
-    """Whether summary.json's slide path (`recorded`: resolved, a DICOM slide's by one of
-    its files) is the slide at `slide_path` (as given: relative, a link, a URL)."""
+    """Whether summary.json's slide path (`recorded`: absolute, `absolute_slide_path`) is
+    the slide at `slide_path` (as given: relative, a link, a URL). An older version's
+    relative path cannot be told apart: taken as the same slide (the older message)."""
     if "://" in slide_path and not slide_path.startswith("file://"):
         return recorded == slide_path
+    if not os.path.isabs(recorded):
+        return True
     here = os.path.realpath(slide_path.removeprefix("file://"))
-    return here in (recorded, os.path.dirname(recorded))
+    return os.path.realpath(recorded) == here

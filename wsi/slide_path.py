@@ -74,3 +74,13 @@ def _user() -> str:
         return pwd.getpwuid(os.geteuid()).pw_name
     except KeyError:
         return str(os.geteuid())
+
+
+def absolute_slide_path(slide_path: str) -> str:
+    """`slide_path` as every process and every later reader can find it: absolute for a
+    local file (not resolved: a DICOM slide folder stays the folder), a URL as is. What
+    Dask workers open, and what summary.json records (a relative path means nothing
+    without the directory the run was started in)."""
+    if "://" in slide_path and not slide_path.startswith("file://"):
+        return slide_path
+    return os.path.abspath(slide_path.removeprefix("file://"))

@@ -3,12 +3,11 @@ planning and chunk reads overlap the model load."""
 
 from __future__ import annotations
 
-import os
-
 from wsi_segment.pipeline.inference.tile_reader import TileReader
 from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.wsi.roi import Roi, restrict_to_rois
 from wsi_segment.wsi.slide import Slide
+from wsi_segment.wsi.slide_path import absolute_slide_path
 from wsi_segment.wsi.tiling import ChunkPlan, TileGrid, plan_chunks
 from wsi_segment.wsi.tissue import TissueMask, detect_tissue, whole_slide
 
@@ -45,13 +44,6 @@ def slide_grid(tile: int, params: SegmentParams) -> TileGrid:
     return grid
 
 
-def path_for_readers(slide_path: str) -> str:
-    """`slide_path` as every process can open it: absolute for a local file, a URL as is."""
-    if "://" in slide_path and not slide_path.startswith("file://"):
-        return slide_path
-    return os.path.abspath(slide_path.removeprefix("file://"))
-
-
 def plan_reader(
     slide_path: str,
     slide: Slide,
@@ -64,7 +56,7 @@ def plan_reader(
     prefetcher, the engine's decoders). A local path is made absolute: decoder
     processes and Dask workers (on other machines too) may run in another directory."""
     return TileReader(
-        slide_path=path_for_readers(slide_path),
+        slide_path=absolute_slide_path(slide_path),
         backend=slide.backend,
         mpp_override=params.mpp,
         level0_per_model=planned.level0_per_model,

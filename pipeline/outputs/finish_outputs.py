@@ -68,6 +68,7 @@ from wsi_segment.pipeline.outputs.summary import (
 )
 from wsi_segment.pipeline.threads import Background
 from wsi_segment.wsi.slide import Slide
+from wsi_segment.wsi.slide_path import absolute_slide_path
 from wsi_segment.wsi.tissue import tissue_warning
 
 THUMB_SIZE = 1024
@@ -304,7 +305,7 @@ def _slide_section(prep: PreparedRun) -> dict[str, Any]:
     its GeoJSON at."""
     slide = prep.slide
     return {
-        "path": prep.slide_path,
+        "path": absolute_slide_path(prep.slide_path),
         "name": prep.name,
         "backend": slide.backend,
         "vendor": slide.vendor,

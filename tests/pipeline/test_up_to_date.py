@@ -134,6 +134,23 @@ def test_another_slide_of_the_same_name_is_named_not_offered_to_overwrite(
     assert summary.read_bytes() == before
 
 
+def test_summary_records_the_slide_s_absolute_path(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slide given by a relative path was recorded as given (`slides/x.svs`), which means
+    nothing without the directory the run started in: cohort.csv's slide_path mixed such
+    paths with absolute ones, and a rerun could not tell its slide from another."""
+    slide = tmp_path / "slides" / "x.svs"
+    slide.parent.mkdir()
+    write_synthetic_slide(slide, 512, 384, mpp=1.0, seed=5)
+    monkeypatch.chdir(tmp_path)
+    params = SegmentParams(model_dir=tiny_model_dir, device="cpu", tissue="all")
+    result = segment.segment_slide("slides/x.svs", "out", params)
+    assert result.summary["slide"]["path"] == str(slide)
+    with pytest.raises(OutputError, match="holds results of a different run"):
+        segment.segment_slide("slides/x.svs", "out", replace(params, overlap=16))
+
+
 def test_a_rerun_is_up_to_date_without_prepare(finished: Finished) -> None:
     summary = finished.result.out_dir / "summary.json"
     mtime = summary.stat().st_mtime_ns

@@ -94,18 +94,3 @@ def test_planning_reads_the_loaders_geometry(tiny_model_dir: Path) -> None:
     assert (meta.tile_size, meta.mpp) == (64, 2.0)
     assert meta == load_model(tiny_model_dir).meta
     assert doc["weights"]["file"] == "model.safetensors" and "architecture" in doc
-
-
-def test_readers_get_an_absolute_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Dask workers on other machines, or started in another directory, open the slide by
-    the reader's path: a relative path given on the command line is made absolute; a URL
-    stays as it is."""
-    from wsi_segment.pipeline.inference.slide_plan import path_for_readers
-
-    shutil.copy(CMU_SLIDE, tmp_path / "slide.svs")
-    monkeypatch.chdir(tmp_path)
-    assert path_for_readers("slide.svs") == str(tmp_path / "slide.svs")
-    assert path_for_readers("file://slide.svs") == str(tmp_path / "slide.svs")
-    assert path_for_readers("s3://bucket/a.tif") == "s3://bucket/a.tif"
-    monkeypatch.chdir("/")
-    assert Path(path_for_readers(str(tmp_path / "slide.svs"))).is_file()
