@@ -149,7 +149,8 @@ def _sources(path: Path, stack: contextlib.ExitStack) -> list[tuple[str, Opener,
     """(entry name, opener of its decompressed bytes, "gzip" / "zip" / "") for the file,
     or for each GeoJSON entry of a zip, telling gzip and zip by their first bytes."""
     try:
-        if not stat.S_ISREG(os.stat(path).st_mode) and not path.is_dir():
+        mode = os.stat(path).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):  # a folder: its own error below
             # a pipe would block the run, a device (/dev/zero) be read until memory runs out
             raise RoiError(
                 f"{path}: not a regular file (a pipe, socket or device); --roi takes a "
