@@ -96,7 +96,9 @@ def _thumbnails(root: Path, entries: Sequence[SlideEntry]) -> dict[str, str | No
 def tonight_of(names: Sequence[str], results: Iterable[SlideResult | None]) -> Tonight:
     """A batch's results by output name (`names[i]` is the folder of result `i`)."""
     return {
-        name: BatchOutcome(result.status, result.error or "", str(result.slide))
+        name: BatchOutcome(
+            result.status, result.error or "", str(result.slide), result.error_class or ""
+        )
         for name, result in zip(names, results, strict=True)
         if result is not None
     }

@@ -68,6 +68,11 @@ class OutputError(WsiSegmentError):
     """Outputs cannot be written (permissions, disk full, locked by another run)."""
 
 
+class OutputBusy(OutputError):
+    """Another run holds the slide's output lock: tonight's failure says nothing of the
+    slide, whose folder (finished or being written by that run) the report shows instead."""
+
+
 class RoiError(ConfigError):
     """A `--roi` file is missing, unreadable, holds no area annotation, or has a region off
     the slide. A usage error: the CLI exits 2 for it."""

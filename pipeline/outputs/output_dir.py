@@ -41,7 +41,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from wsi_segment.errors import OutputError
+from wsi_segment.errors import OutputBusy, OutputError
 from wsi_segment.pipeline.output_files import SUMMARY_NAME
 from wsi_segment.pipeline.outputs.ownership import (
     link_error,
@@ -117,7 +117,7 @@ class OutputDir:
     def _lock(self) -> int:
         """An fd holding the exclusive lock on the file now at `lock_path` (see the module
         docstring: a file removed by its finishing holder after our open is retried)."""
-        busy = OutputError(
+        busy = OutputBusy(
             f"{self.final_dir}: another wsi-segment run is writing this output right now; "
             "wait for it to finish or choose another --out"
         )

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from wsi_segment.errors import OutputBusy
 from wsi_segment.models.labels import UNCLASSIFIED_NAME
 from wsi_segment.pipeline.output_files import (
     GEOJSON_NAME,
@@ -140,6 +141,7 @@ class BatchOutcome:
     status: str
     error: str = ""
     slide: str = ""
+    error_class: str = ""  # a failure's `wsi_segment.errors` class name
 
 
 Tonight = Mapping[str, BatchOutcome]  # output name -> what the batch saw
@@ -182,6 +184,8 @@ def _looks_like_output(path: Path) -> bool:
 def _entry(root: Path, name: str, is_folder: bool, tonight: BatchOutcome) -> SlideEntry:
     """The entry of `name`: its finished folder's numbers, overlaid with what else is
     known of it (a failure record, a run writing it now, tonight's status)."""
+    if tonight.error_class == OutputBusy.__name__:  # another run was writing it: its folder
+        tonight = NOTHING_TONIGHT  # (finished, or in progress) is the slide's news, not this
     status_tonight, error_tonight = tonight.status, tonight.error
     entry = _folder_entry(root / name, name) if is_folder else SlideEntry(name, STOPPED)
     record = read_record(root, name)

@@ -259,6 +259,28 @@ def test_a_failure_record_beside_outputs_the_newer_wins(out: Path, tmp_path: Pat
     assert rows["tonight"]["status"] == "done" and rows["tonight"]["reason"] == ""
 
 
+def test_a_slide_another_run_was_writing_is_shown_as_its_folder_says(
+    out: Path, tmp_path: Path
+) -> None:
+    """Two batches into one OUT at once: the one that found the slide's lock held failed it
+    (OutputBusy), and its cohort.csv said "failed" though the folder held the other batch's
+    finished run. A busy slide is its folder's news; any other failure still wins."""
+    from wsi_segment.pipeline.morning_report import build_morning_report
+    from wsi_segment.pipeline.outputs.slide_entries import BatchOutcome
+
+    work = tmp_path / "out"
+    for name in ("busy", "broken"):
+        shutil.copytree(out / "small", work / name)
+    busy = "out/busy: another wsi-segment run is writing this output right now; wait for it"
+    tonight = {
+        "busy": BatchOutcome("failed", busy, "/slides/busy.svs", "OutputBusy"),
+        "broken": BatchOutcome("failed", "broken.svs: unreadable", "/b.svs", "SlideError"),
+    }
+    rows = {r["slide"]: r for r in read_rows(build_morning_report(work, tonight).cohort)}
+    assert (rows["busy"]["status"], rows["busy"]["reason"]) == ("done", "")
+    assert rows["broken"]["status"] == "failed"
+
+
 def test_a_batch_report_rebuilds_as_slides_finish(out: Path, tmp_path: Path) -> None:
     """What a batch hands over: the slides settled before it ran, each slide as it ends (a
     failure without a record still gets its row), the last rebuild; nothing after it."""
