@@ -89,8 +89,7 @@ def read_manifest(csv_path: Path) -> list[BatchItem]:
     """Read a manifest CSV: a slide path column, optional mpp and output name columns.
 
     Relative slide paths are taken relative to the CSV's folder, so a manifest travels
-    with its slides; a URL (`s3://...`, `file://...`) is kept as written. Slides that are
-    not there are all named in one error.
+    with its slides; a URL (`s3://...`, `file://...`) is kept as written.
     """
     try:
         with csv_path.open(newline="", encoding="utf-8-sig") as fh:
@@ -124,7 +123,6 @@ def read_manifest(csv_path: Path) -> list[BatchItem]:
         raw_name = (row.get(name_col) or "").strip() if name_col else ""
         name = check_output_name(raw_name, source) if raw_name else default_output_name(slide)
         items.append(BatchItem(slide=slide, mpp=mpp, name=name))
-    _refuse_missing(items, str(csv_path))
     return items
 
 
@@ -203,6 +201,7 @@ def parse_batch_input(spec: str | Path, out_root: str | Path) -> list[BatchItem]
         items = read_manifest(path)
         if not items:
             raise DatasetError(f"{path}: the manifest lists no slides")
+        return check_items(items, source=text, listed=True)
     elif _GLOB_CHARS.search(text):
         matches = sorted(Path(p) for p in glob.glob(str(path), recursive=True))
         outputs = Path(os.path.realpath(out_root))  # realpath: a link loop raises nothing
@@ -229,11 +228,14 @@ def parse_batch_input(spec: str | Path, out_root: str | Path) -> list[BatchItem]
     return check_items(items, source=text)
 
 
-def check_items(items: list[BatchItem], source: str) -> list[BatchItem]:
-    """Refuse control characters in slide paths (the first, named on one line), then
-    output-name collisions, all reported at once."""
+def check_items(items: list[BatchItem], source: str, listed: bool = False) -> list[BatchItem]:
+    """Refuse control characters in slide paths (the first, named on one line), then, for
+    `listed` slides (a manifest's), those not there, then output-name collisions, all
+    reported at once."""
     for item in items:
         refuse_control_characters(item.slide)
+    if listed:
+        _refuse_missing(items, source)
     for item in items:
         check_output_name(item.name, source)
     check_distinct_names(

@@ -238,3 +238,15 @@ def test_a_list_of_slides_not_saved_as_csv_says_so(tmp_path: Path, suffix: str) 
     listing.write_text(f"slide\n{_touch(tmp_path / 'a.svs')}\n")
     with pytest.raises(DatasetError, match=r"must be a manifest \.csv.*save it as \.csv"):
         parse_batch_input(listing, tmp_path / "out")
+
+
+def test_a_manifest_s_missing_slide_with_a_line_break_is_named_on_one_line(
+    tmp_path: Path,
+) -> None:
+    """Control characters are refused before missing slides are listed: the list would
+    print the path's line break as is."""
+    manifest = tmp_path / "m.csv"
+    manifest.write_text('slide\n"case\n7.svs"\n')
+    with pytest.raises(ConfigError, match="control characters") as err:
+        parse_batch_input(manifest, tmp_path / "out")
+    assert "\n" not in str(err.value)
