@@ -2,8 +2,10 @@
 
 `torch.save` checkpoints execute code when loaded; ours never do. The optimizer state is split:
 its tensors (moments, step counters) go to safetensors, its scalars and param groups to JSON.
-Files are written to a temporary name and renamed, so an interrupted save leaves the previous
-checkpoint intact.
+A save writes its tensors to files of its own (`weights.<n>.safetensors`), then `state.json`,
+which names them, by one rename; the previous save's files go only after that. So a save
+interrupted anywhere (Ctrl-C, SIGKILL, a full disk) leaves the previous checkpoint whole: its
+state, weights and optimizer of one epoch, never a newer epoch's weights under an older state.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ from safetensors.torch import load_file
 
 from wsi_segment.errors import ModelError
 from wsi_segment.models.tensor_files import write_tensors
+
+STATE = "state.json"  # names the checkpoint's tensor files: what makes it one
+LEGACY_FILES = {"weights": "weights.safetensors", "optimizer": "optimizer.safetensors"}
 
 
 def _split_optimizer(
@@ -64,16 +69,21 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     state: dict[str, Any],
 ) -> None:
-    """Write model weights, optimizer state and `state` (epoch, schedule, history) to `folder`."""
+    """Write model weights, optimizer state and `state` (epoch, schedule, history) to `folder`
+    as one checkpoint (the module docstring says how an interrupted save keeps the last)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    save = _payload(folder).get("save", 0) + 1 if (folder / STATE).is_file() else 1
+    files = {kind: f"{kind}.{save}.safetensors" for kind in ("weights", "optimizer")}
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     opt_tensors, opt_meta = _split_optimizer(optimizer.state_dict())
-    _atomic(folder / "weights.safetensors", lambda p: write_tensors(weights, p))
-    _atomic(folder / "optimizer.safetensors", lambda p: write_tensors(opt_tensors, p))
-    # state.json last: its presence marks a complete checkpoint
-    payload = {"state": state, "optimizer": opt_meta}
-    _atomic(folder / "state.json", lambda p: p.write_text(json.dumps(payload, indent=1)))
+    _atomic(folder / files["weights"], lambda p: write_tensors(weights, p))
+    _atomic(folder / files["optimizer"], lambda p: write_tensors(opt_tensors, p))
+    payload = {"state": state, "optimizer": opt_meta, "save": save, "files": files}
+    _atomic(folder / STATE, lambda p: p.write_text(json.dumps(payload, indent=1)))
+    for old in folder.glob("*.safetensors"):  # earlier saves', and an interrupted one's
+        if old.name not in files.values():
+            old.unlink(missing_ok=True)
 
 
 def load_checkpoint(
@@ -81,13 +91,14 @@ def load_checkpoint(
 ) -> dict[str, Any] | None:
     """Restore `model` (and `optimizer`) from `folder`; returns the saved state, or None if absent."""
     folder = Path(folder)
-    if not (folder / "state.json").is_file():
+    if not (folder / STATE).is_file():
         return None
     try:
-        payload = json.loads((folder / "state.json").read_text())
-        model.load_state_dict(load_file(str(folder / "weights.safetensors")))
+        payload = _payload(folder)
+        files = payload.get("files", LEGACY_FILES)  # a work folder of an earlier version
+        model.load_state_dict(load_file(str(folder / files["weights"])))
         if optimizer is not None:
-            tensors = load_file(str(folder / "optimizer.safetensors"))
+            tensors = load_file(str(folder / files["optimizer"]))
             optimizer.load_state_dict(_join_optimizer(tensors, payload["optimizer"]))
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelError(
@@ -96,3 +107,8 @@ def load_checkpoint(
         ) from exc
     state: dict[str, Any] = payload["state"]
     return state
+
+
+def _payload(folder: Path) -> dict[str, Any]:
+    payload: dict[str, Any] = json.loads((folder / STATE).read_text())
+    return payload
