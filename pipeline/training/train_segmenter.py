@@ -49,6 +49,7 @@ from wsi_segment.pipeline.training.train_classifier import (
     epoch_steps,
     progress_enabled,
     schedule_lrs,
+    seed_dropout,
     seeded,
     to_input,
 )
@@ -157,9 +158,11 @@ def _train_epoch(
     device: torch.device,
     cancel: CancelToken,
 ) -> float:
-    """One epoch of stage 3, its shuffles, crops and flips seeded by the epoch (so a resumed
-    run repeats it exactly); returns the mean loss. `cancel` is checked before each step."""
+    """One epoch of stage 3, its shuffles, crops, flips and dropout masks (DeepLabV3+'s ASPP
+    draws from torch's global generator) seeded by the epoch, so a resumed run repeats it
+    exactly; returns the mean loss. `cancel` is checked before each step."""
     train_mode(model, encoder, cfg.optim)
+    seed_dropout(cfg.seed, 3, epoch)
     gen = seeded(cfg.seed, 3, epoch)
     bar = tqdm(
         epoch_batches(len(items), cfg.batch_size, gen)[:steps],
