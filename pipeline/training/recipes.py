@@ -14,6 +14,7 @@ and a `Preset` of the official code's other settings (batch size, epochs, PDA sc
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -167,7 +168,7 @@ def resolve_recipe(
         if v is not None
     }
     for key, value in changes.items():
-        if value < 0 or (key == "lr" and value == 0):
+        if not math.isfinite(value) or value < 0 or (key == "lr" and value == 0):  # NaN too
             bound = "> 0" if key == "lr" else ">= 0"
             raise ConfigError(f"--{key.replace('_', '-')} must be {bound}, got {value}")
     if changes.get("momentum", 0.0) >= 1:

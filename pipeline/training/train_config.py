@@ -155,6 +155,9 @@ def check_config(cfg: TrainConfig) -> None:
     problem = mpp_problem(cfg.mpp)
     if problem is not None:  # model.json would record it, and every slide be resampled to it
         raise ConfigError(f"--mpp {problem}; give the patches' pixel size (1.0 = 10x)")
+    _check_sizes(cfg)
+    if cfg.out.exists() and not cfg.out.is_dir():  # found only when the model is saved
+        raise ConfigError(f"{cfg.out}: --out is a file; give a folder for the model")
     head_spec(classifier_config(cfg))  # dropout and PDA schedule
     if cfg.cam_method in CAM_METHODS and cfg.cam_method not in pseudo_mask_methods():
         raise ConfigError(
@@ -185,6 +188,19 @@ def check_config(cfg: TrainConfig) -> None:
     recipe(cfg, cfg.pretrained)  # a recipe name or setting out of range
     if cfg.seg_loss is not None and cfg.seg_loss not in SEG_LOSSES:
         raise ConfigError(f"--seg-loss must be one of {sorted(SEG_LOSSES)}, got {cfg.seg_loss!r}")
+
+
+def _check_sizes(cfg: TrainConfig) -> None:
+    """Sizes a stage would fail on only once it runs (stage 3 after hours of stages 1-2)."""
+    if cfg.crop is not None and (cfg.crop < 16 or cfg.crop % 16):
+        raise ConfigError(
+            f"--crop must be a multiple of 16 px (DeepLabV3+'s output stride), >= 16, got "
+            f"{cfg.crop}; or leave it out to train on whole patches"
+        )
+    if cfg.decoder_channels < 1:
+        raise ConfigError(f"--decoder-channels must be >= 1, got {cfg.decoder_channels}")
+    if cfg.threads is not None and cfg.threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {cfg.threads}")
 
 
 def recipe(cfg: TrainConfig, pretrained: str | None) -> Recipe:

@@ -121,6 +121,12 @@ def test_last_batch_of_one_trains(tmp_path: Path, capsys: pytest.CaptureFixture[
         "pretrained missing",
         "seg pretrained missing",
         "lr",
+        "lr nan",
+        "crop 0",
+        "crop 31",
+        "decoder channels 0",
+        "threads",
+        "out is a file",
         "cam method head",
     ],
 )
@@ -155,6 +161,22 @@ def test_untrainable_settings_are_one_clear_error(
     elif case == "lr":
         args += ["--recipe", "paper", "--lr", "0"]
         expected = "--lr must be > 0, got 0.0"
+    elif case == "lr nan":  # NaN passed `lr <= 0`: a traceback from the optimizer
+        args += ["--lr", "nan"]
+        expected = "--lr must be > 0, got nan"
+    elif case in ("crop 0", "crop 31"):  # tracebacks in stage 3, after stages 1 and 2
+        args += ["--crop", case.split()[1]]
+        expected = f"--crop must be a multiple of 16 px (DeepLabV3+'s output stride), >= 16, got {case.split()[1]}"
+    elif case == "decoder channels 0":  # blamed the encoder
+        args += ["--decoder-channels", "0"]
+        expected = "--decoder-channels must be >= 1, got 0"
+    elif case == "threads":
+        args += ["--threads", "-2"]
+        expected = "--threads must be >= 1, got -2"
+    elif case == "out is a file":  # trained all three stages, then a FileExistsError
+        (tmp_path / "afile").write_text("mine")
+        args += ["--out", str(tmp_path / "afile")]
+        expected = f"{tmp_path / 'afile'}: --out is a file; give a folder for the model"
     elif case == "cam method head":
         args += ["--cam-method", "lficam"]
         expected = "--cam-method lficam needs --head lficam, not --head pda"
@@ -166,6 +188,7 @@ def test_untrainable_settings_are_one_clear_error(
     assert code == 1 and err.startswith("error: ") and expected in err
     assert "Traceback" not in err
     assert not (tmp_path / "m").exists() and not (tmp_path / "m.work").exists()
+    assert not (tmp_path / "afile.work").exists()
 
 
 @pytest.mark.slow
