@@ -121,6 +121,7 @@ class WsssDataset:
             mask = self.root / split / "mask" / img.name
             if not mask.is_file():
                 raise DatasetError(f"{img}: no mask with the same name in {mask.parent}")
+            _same_size(img, mask)
             items.append(MaskItem(img, mask))
         return items
 
@@ -212,12 +213,32 @@ def _readme_meta(root: Path) -> tuple[list[str], list[tuple[int, int, int]]] | N
     return classes, colors  # colours may be empty: the masks' palette can supply them
 
 
+def _same_size(image: Path, mask: Path) -> None:
+    """A mask must cover its image pixel for pixel (sizes from the headers: nothing is
+    decoded); else scoring stacks arrays of two shapes: a traceback, in training after
+    stages 1 and 2."""
+    try:
+        with Image.open(image) as a, Image.open(mask) as b:
+            image_size, mask_size = a.size, b.size
+    except OSError as exc:
+        raise DatasetError(f"{mask}: cannot read it or its image ({exc})") from exc
+    if image_size != mask_size:
+        raise DatasetError(
+            f"{mask}: the mask is {mask_size[0]}x{mask_size[1]} px but its image "
+            f"{image.name} is {image_size[0]}x{image_size[1]}; give each image its mask at "
+            "the same size"
+        )
+
+
 def _mask_palette(root: Path, k: int) -> list[tuple[int, int, int]] | None:
     """The first k+1 palette entries of the first P-mode mask found, if any."""
     for split in ("val", "test"):
         for mask in sorted((root / split / "mask").glob("*.png"))[:1]:
-            with Image.open(mask) as im:
-                pal = im.getpalette()
+            try:
+                with Image.open(mask) as im:
+                    pal = im.getpalette()
+            except OSError as exc:  # a truncated file: a traceback before
+                raise DatasetError(f"{mask}: cannot read mask ({exc})") from exc
             if pal and len(pal) >= 3 * (k + 1):
                 return [tuple(pal[3 * i : 3 * i + 3]) for i in range(k + 1)]  # type: ignore[misc]
     return None
@@ -277,8 +298,11 @@ def open_dataset(root: str | Path) -> WsssDataset:
         background_rule=True,
         layout="luad",
     )
-    # BCSS-WSSS packs its labels ('[1101]') and has no white background class to detect.
-    first = next(iter(sorted(ds.train_dir().glob("*.png"))), None)
+    # BCSS-WSSS packs its labels ('[1101]') and has no white background class to detect. A
+    # dataset of val/test only (evaluate's) cannot show them: LUAD-HistoSeg's rule, unless
+    # a dataset.json says otherwise
+    train = [root / n for n in ("train", "training") if (root / n).is_dir()]
+    first = next(iter(sorted(train[0].glob("*.png"))), None) if train else None
     if first is not None and re.search(r"\[[01]{2,}\]\.png$", first.name):
         ds = WsssDataset(ds.root, ds.classes, ds.colors, False, "bcss", ds.background_color)
     return ds

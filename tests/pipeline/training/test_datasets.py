@@ -213,3 +213,34 @@ def _is_crop(image: torch.Tensor, crop: torch.Tensor) -> bool:
         for y in range(image.shape[1] - size + 1)
         for x in range(image.shape[2] - size + 1)
     )
+
+
+def test_bad_masks_are_one_dataset_error_naming_the_mask(tmp_path: Path) -> None:
+    """A truncated first mask (read for the palette) and a mask of another size than its
+    image were tracebacks, in `evaluate` and in training's stage-3 validation (after stages
+    1 and 2)."""
+    root = tmp_path / "ds"
+    shutil.copytree(SAMPLE, root)
+    first = sorted((root / "val" / "mask").glob("*.png"))[0]
+    whole = first.read_bytes()
+    first.write_bytes(whole[:100])
+    with pytest.raises(DatasetError, match=rf"{first.name}: cannot read mask"):
+        open_dataset(root)
+    first.write_bytes(whole)
+    with Image.open(first) as im:
+        im.resize((200, 200)).save(first)
+    with pytest.raises(DatasetError) as err:
+        open_dataset(root).mask_items("val")
+    assert str(err.value).startswith(f"{first}: the mask is 200x200 px but its image")
+
+
+def test_a_dataset_of_val_and_test_only_opens_for_evaluation(tmp_path: Path) -> None:
+    """`evaluate` needs no training patches: "no train/ folder" refused it."""
+    root = tmp_path / "ds"
+    shutil.copytree(SAMPLE, root, ignore=shutil.ignore_patterns("train"))
+    ds = open_dataset(root)
+    assert ds.layout == "luad" and len(ds.mask_items("test")) == len(
+        list((SAMPLE / "test" / "img").glob("*.png"))
+    )
+    with pytest.raises(DatasetError, match="no train/ folder"):
+        ds.train_items()
