@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from wsi_segment.errors import ConfigError
 from wsi_segment.models.bundle import save_model
 from wsi_segment.models.classifier import PatchClassifier
 from wsi_segment.models.device import pick_device
@@ -96,6 +97,37 @@ def recorded_patches(ds: WsssDataset, tile_size: int) -> ValidationPatches:
     names = choose(list(by_name))
     pixels = np.stack([fit_tile(read_image(by_name[n]), tile_size) for n in names])
     return ValidationPatches(pixels, tuple(names), split)
+
+
+# Settings a resumed run may change: where the model goes and how fast it runs, not what
+# the weights are (the pretrained starts have their own check: `warm_start.check_start`).
+RESUME_MAY_CHANGE = frozenset(
+    {"out", "device", "threads", "name", "provenance", "work_dir", "pretrained", "seg_pretrained"}
+)
+
+
+def _refuse_other_settings(cfg: TrainConfig, work: Path) -> None:
+    """A work folder trained with other settings (another seed, head, epochs, ...) is not
+    resumed: its checkpoints would go on under the new settings, the finished stages would
+    not be redone, and model.json would name settings the weights were never trained with."""
+    saved_file = work / "config.json"
+    if not saved_file.is_file():
+        return
+    try:
+        saved = json.loads(saved_file.read_text())
+    except (OSError, ValueError):
+        return  # unreadable: the checkpoints' own checks decide
+    now = json.loads(json.dumps(asdict(cfg), default=str))
+    changed = sorted(
+        k for k in now.keys() & saved.keys() if k not in RESUME_MAY_CHANGE and now[k] != saved[k]
+    )
+    if changed:
+        said = ", ".join(f"--{k.replace('_', '-')} {saved[k]} -> {now[k]}" for k in changed)
+        raise ConfigError(
+            f"{work}: this work folder was trained with other settings ({said}); resuming "
+            "would mix them and model.json would name settings its weights never had; "
+            f"delete {work} to train again, or give another --work-dir"
+        )
 
 
 def _checked_dataset(data: Path) -> WsssDataset:
@@ -179,6 +211,7 @@ def _train(cfg: TrainConfig, cancel: CancelToken) -> Path:
     ds = _checked_dataset(cfg.data)
     device = pick_device(cfg.device)
     work = work_dir(cfg)
+    _refuse_other_settings(cfg, work)
     work.mkdir(parents=True, exist_ok=True)
     (work / "config.json").write_text(json.dumps(asdict(cfg), indent=1, default=str))
     for line in recipe_choices(cfg):

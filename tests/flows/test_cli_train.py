@@ -348,3 +348,29 @@ def test_train_from_a_local_pretrained_file(
     for key in frozen:  # frozen by the paper recipe: exactly the file's tensors
         assert torch.equal(body[key], weights[key]), key
     assert not torch.equal(body["layer4.0.conv1.weight"], weights["layer4.0.conv1.weight"])
+
+
+def test_a_work_folder_trained_with_other_settings_is_not_resumed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A rerun with another --seed and --head on a work folder resumed it: stage 1 went on
+    under the new settings, stages 2 and 3 were not redone, and model.json named settings the
+    weights never had. Refused before anything is written, naming each setting."""
+    from dataclasses import asdict
+
+    out = tmp_path / "m"
+    args = ["train", "--data", str(SAMPLE), "--out", str(out), *TINY]
+    earlier = config_from_args(build_parser().parse_args([*args, "--seed", "1"]))
+    work = tmp_path / "m.work"
+    work.mkdir()
+    saved = json.dumps(asdict(earlier), indent=1, default=str)
+    (work / "config.json").write_text(saved)
+    assert main([*args, "--seed", "9", "--head", "cam"]) == 1
+    err = capsys.readouterr().err
+    assert err == (
+        f"error: {work}: this work folder was trained with other settings (--head pda -> cam, "
+        "--seed 1 -> 9); resuming would mix them and model.json would name settings its "
+        f"weights never had; delete {work} to train again, or give another --work-dir\n"
+    )
+    assert [p.name for p in work.iterdir()] == ["config.json"] and not out.exists()
+    assert (work / "config.json").read_text() == saved
