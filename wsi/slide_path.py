@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import errno
 import os
+from functools import partial
 from pathlib import Path
 
 from wsi_segment.errors import SlideError
+from wsi_segment.wsi.retries import with_retries
 from wsi_segment.wsi.slide_folder import slide_file_of_folder
 
 
 def local_slide_file(path: str) -> str:
     """The resolved regular file `path` names (a DICOM slide folder: one of its files), which
     this user may read."""
-    try:
-        os.stat(path)
+    try:  # a network share's hiccup (EIO, ESTALE) is retried as the backends' reads are
+        with_retries(partial(os.stat, path), f"looking up {path}")
     except OSError as exc:
         raise _unreachable(path, exc) from None
     p = Path(path)
@@ -32,8 +34,10 @@ def local_slide_file(path: str) -> str:
     try:
         with open(p, "rb"):  # a backend would call an unreadable file corrupt
             pass
-    except OSError as exc:
+    except PermissionError as exc:
         raise _unreachable(path, exc) from None
+    except OSError:
+        pass  # anything else: the backends' opens retry or word it
     return str(p.resolve())
 
 
