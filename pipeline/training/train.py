@@ -99,10 +99,12 @@ def recorded_patches(ds: WsssDataset, tile_size: int) -> ValidationPatches:
     return ValidationPatches(pixels, tuple(names), split)
 
 
-# Settings a resumed run may change: where the model goes and how fast it runs, not what
-# the weights are (the pretrained starts have their own check: `warm_start.check_start`).
+# Settings a resumed run may change: where the model goes, how fast it runs and how its
+# finished weights are stored (--fp16), not what they are (the pretrained starts have their
+# own check: `warm_start.check_start`).
 RESUME_MAY_CHANGE = frozenset(
-    {"out", "device", "threads", "name", "provenance", "work_dir", "pretrained", "seg_pretrained"}
+    {"out", "device", "threads", "name", "provenance", "work_dir", "fp16"}
+    | {"pretrained", "seg_pretrained"}
 )
 
 
