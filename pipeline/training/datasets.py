@@ -244,6 +244,28 @@ def _mask_palette(root: Path, k: int) -> list[tuple[int, int, int]] | None:
     return None
 
 
+def _dataset_from_json(root: Path, meta_file: Path) -> WsssDataset:
+    """The dataset its `dataset.json` describes (classes, colours, background, layout)."""
+    try:
+        meta = json.loads(meta_file.read_text())
+        classes = tuple(meta["classes"])
+        colors = tuple(tuple(int(v) for v in c) for c in meta["colors"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DatasetError(f"{meta_file}: invalid ({exc}); needs 'classes' and 'colors'") from exc
+    if len(colors) != len(classes):
+        raise DatasetError(f"{meta_file}: {len(classes)} classes but {len(colors)} colours")
+    known = {"classes", "colors", "background_color", "background_rule", "layout"}
+    return WsssDataset(
+        root=root,
+        classes=classes,
+        colors=colors,  # type: ignore[arg-type]
+        background_rule=bool(meta.get("background_rule", True)),
+        layout=str(meta.get("layout", "luad")),
+        background_color=tuple(meta.get("background_color", (255, 255, 255))),
+        extra={k: v for k, v in meta.items() if k not in known},
+    )
+
+
 def open_dataset(root: str | Path) -> WsssDataset:
     """Open a dataset folder; classes and colours come from `dataset.json` or Readme + masks."""
     root = Path(root)
@@ -251,26 +273,7 @@ def open_dataset(root: str | Path) -> WsssDataset:
         raise DatasetError(f"{root}: dataset folder not found")
     meta_file = root / "dataset.json"
     if meta_file.is_file():
-        try:
-            meta = json.loads(meta_file.read_text())
-            classes = tuple(meta["classes"])
-            colors = tuple(tuple(int(v) for v in c) for c in meta["colors"])
-        except (ValueError, KeyError, TypeError) as exc:
-            raise DatasetError(
-                f"{meta_file}: invalid ({exc}); needs 'classes' and 'colors'"
-            ) from exc
-        if len(colors) != len(classes):
-            raise DatasetError(f"{meta_file}: {len(classes)} classes but {len(colors)} colours")
-        known = {"classes", "colors", "background_color", "background_rule", "layout"}
-        return WsssDataset(
-            root=root,
-            classes=classes,
-            colors=colors,  # type: ignore[arg-type]
-            background_rule=bool(meta.get("background_rule", True)),
-            layout=str(meta.get("layout", "luad")),
-            background_color=tuple(meta.get("background_color", (255, 255, 255))),
-            extra={k: v for k, v in meta.items() if k not in known},
-        )
+        return _dataset_from_json(root, meta_file)
     readme = _readme_meta(root)
     if readme is None:
         raise DatasetError(
