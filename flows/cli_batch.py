@@ -156,14 +156,14 @@ def run(args: argparse.Namespace) -> int:
     return code
 
 
-REPORT_FILES = ("report.html", "cohort.csv")  # pipeline.morning_report's
-
-
 def report_stamps(out: str | Path) -> dict[str, tuple[int, int] | None]:
     """Each report file's (inode, mtime) now, None where there is none: a rebuild replaces
     the file (a new inode), so a stamp that did not change means not rewritten."""
+    from wsi_segment.pipeline.outputs.cohort import COHORT_NAME
+    from wsi_segment.pipeline.outputs.report_page import PAGE_NAME
+
     stamps: dict[str, tuple[int, int] | None] = {}
-    for name in REPORT_FILES:
+    for name in (PAGE_NAME, COHORT_NAME):
         try:
             st = os.stat(Path(out) / name)
             stamps[name] = (st.st_ino, st.st_mtime_ns)
@@ -178,7 +178,7 @@ def print_report_paths(out: str | Path, before: dict[str, tuple[int, int] | None
     (a file not ours in the way, OUT read-only: its warning said why) is not announced as
     tonight's: it shows an earlier run, or is someone else's."""
     now = report_stamps(out)
-    for name in REPORT_FILES:
+    for name in now:
         path = Path(out) / name
         if now[name] is not None and now[name] != before[name]:
             print(f"report: {path}", flush=True)

@@ -27,6 +27,7 @@ from wsi_segment.pipeline.outputs.ownership import refuse_foreign, refuse_link
 from wsi_segment.pipeline.outputs.run_identity import run_fingerprint
 from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.pipeline.prepare import resolve_model_dir
+from wsi_segment.wsi.slide_path import absolute_slide_path
 
 if TYPE_CHECKING:
     from wsi_segment.pipeline.prepare import PreparedSlide
@@ -106,12 +107,12 @@ def refuse_other_run(out_dir: Path, slide_path: str, previous: dict[str, Any]) -
 
 
 def _same_slide(recorded: str, slide_path: str) -> bool:
-    """Whether summary.json's slide path (`recorded`: absolute, `absolute_slide_path`) is
-    the slide at `slide_path` (as given: relative, a link, a URL). An older version's
-    relative path cannot be told apart: taken as the same slide (the older message)."""
-    if "://" in slide_path and not slide_path.startswith("file://"):
-        return recorded == slide_path
+    """Whether summary.json's slide path (`recorded`: `absolute_slide_path`'s) is the slide at
+    `slide_path` (as given: relative, a link, a URL). An older version's relative path
+    cannot be told apart: taken as the same slide (the older message)."""
+    here = absolute_slide_path(slide_path)
+    if "://" in here:
+        return recorded == here
     if not os.path.isabs(recorded):
         return True
-    here = os.path.realpath(slide_path.removeprefix("file://"))
-    return os.path.realpath(recorded) == here
+    return os.path.realpath(recorded) == os.path.realpath(here)

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.cancel_points import CancelledAtCheck
 from tests.conftest import CMU_SLIDE, LOCAL_FACTS, TINY_TILE, run_geometry
 from wsi_segment.errors import SlideInterrupted
 from wsi_segment.models.model_files import ModelFiles
-from wsi_segment.pipeline.cancellation import NEVER_CANCELLED, Cancellation
+from wsi_segment.pipeline.cancellation import NEVER_CANCELLED
 from wsi_segment.pipeline.inference.model_handle import LoadedModel
 from wsi_segment.pipeline.machine import probe_machine
 from wsi_segment.pipeline.params import SegmentParams
@@ -22,22 +23,6 @@ from wsi_segment.pipeline.prepare_inputs import open_checked_slide, read_model_f
 from wsi_segment.pipeline.progress import NullProgress
 from wsi_segment.pipeline.run_start import RunStart
 from wsi_segment.pipeline.threads import Background
-
-
-class CancelledAtCheck(Cancellation):
-    """A cancellation that cancels itself (an interrupt) at its `at`th check: a batch's stop
-    landing at a chosen step of the run."""
-
-    def __init__(self, at: int) -> None:
-        super().__init__()
-        self.at, self.checks = at, 0
-
-    def check(self) -> None:
-        self.checks += 1
-        if self.checks == self.at:
-            self.cancel(SlideInterrupted)
-        super().check()
-
 
 # the threads prepare starts: the model's load, the overlay thumbnail's read, the prefetcher
 PREPARE_THREADS = {"load_for_process", "read_overlay_thumbnail", "tile-prefetch"}

@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.cancel_points import CancelledAtCheck
 from wsi_segment.errors import SlideInterrupted
 from wsi_segment.pipeline.cancellation import Cancellation
 from wsi_segment.pipeline.training.datasets import WsssDataset, open_dataset
@@ -113,20 +114,6 @@ def test_a_cancelled_run_stops_before_its_next_step(tiny, tmp_path: Path) -> Non
     assert not (work / "best.safetensors").exists() and not (work / "result.json").exists()
 
 
-class StopAtStep(Cancellation):
-    """A stop raised at the run's `step`-th check (one check before each step)."""
-
-    def __init__(self, step: int) -> None:
-        super().__init__()
-        self.step, self.checks = step, 0
-
-    def check(self) -> None:
-        self.checks += 1
-        if self.checks == self.step:
-            self.cancel(SlideInterrupted)
-        super().check()
-
-
 def test_a_resumed_run_ends_with_an_uninterrupted_run_s_weights(tiny, tmp_path: Path) -> None:
     """DeepLabV3+'s ASPP dropout drew from torch's global generator, which a resumed run
     had seeded otherwise: stage 3 stopped after epoch 1 and resumed ended with other weights
@@ -137,7 +124,7 @@ def test_a_resumed_run_ends_with_an_uninterrupted_run_s_weights(tiny, tmp_path: 
     device = torch.device("cpu")
     full, full_state = train_segmenter(ds, cfg, dirs, tmp_path / "full", device)
     with pytest.raises(SlideInterrupted):  # epoch 1 saved, stopped before epoch 2's step
-        train_segmenter(ds, cfg, dirs, tmp_path / "cut", device, None, StopAtStep(2))
+        train_segmenter(ds, cfg, dirs, tmp_path / "cut", device, None, CancelledAtCheck(2))
     resumed, resumed_state = train_segmenter(ds, cfg, dirs, tmp_path / "cut", device)
     assert resumed_state["history"] == full_state["history"]
     want, got = full.state_dict(), resumed.state_dict()
