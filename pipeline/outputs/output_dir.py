@@ -18,6 +18,9 @@ check, a second run that opened the file just before the holder removed it would
 removed file while a third run locks a new one, and both would write. With it, the second
 run sees a removed file and starts over on the new one (refused if the third holds it).
 Only a SIGKILLed run leaves its (empty) lock file behind; the next run takes it over.
+The folders a run created for `--out` (a new path) are removed again, if still empty, when
+it ends without output; a run that finds its folder gone before it could lock there (another
+run removed the empty folder it had made) makes it again.
 
 **Ours, and only ours.** A folder at `<name>` is replaced (with --overwrite) only when it is
 a finished output of ours: a real folder (not a symlink) whose `summary.json`, written last,
@@ -78,13 +81,10 @@ class OutputDir:
         self.lock_path = self.out_root / f".{name}.lock"
         self.overwrite = overwrite
         self._lock_fd: int | None = None
+        self._made: tuple[Path, ...] = ()  # folders of out_root this run created, deepest first
         self.committed = False
 
     def __enter__(self) -> OutputDir:
-        try:
-            self.out_root.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise self._unwritable(exc) from exc
         self._lock_fd = self._lock()
         try:
             self._check_final()
@@ -123,7 +123,13 @@ class OutputDir:
         )
         for _ in range(LOCK_ATTEMPTS):
             try:
+                made = make_folders(self.out_root)
+                self._made = tuple(dict.fromkeys(made + self._made))  # deepest first
                 fd = open_lock_file(self.lock_path)
+            except FileNotFoundError as exc:
+                if not os.path.lexists(self.out_root):
+                    continue  # another run removed the empty folder it made: make it again
+                raise self._unwritable(exc) from exc  # e.g. --out a link to nothing
             except OSError as exc:
                 if exc.errno == errno.ELOOP:  # a symlink: never create or lock its target
                     raise link_error(self.lock_path) from exc
@@ -190,6 +196,8 @@ class OutputDir:
         if not self.committed:
             remove_work_dir(self.work_dir)
         self._release()
+        if not self.committed:
+            remove_empty_folders(self._made)
 
     def _release(self) -> None:
         """Remove the lock file while still holding the lock, then unlock (the last step:
@@ -203,6 +211,31 @@ class OutputDir:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
             os.close(self._lock_fd)
             self._lock_fd = None
+
+
+def make_folders(folder: Path) -> tuple[Path, ...]:
+    """Create `folder` and its missing parents; the ones this call created, deepest first
+    (one another process created meanwhile is not counted: never remove what is not ours)."""
+    missing = []
+    while not os.path.lexists(folder):
+        missing.append(folder)
+        folder = folder.parent
+    made = []
+    for path in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(path)
+            made.append(path)
+    return tuple(reversed(made))
+
+
+def remove_empty_folders(made: tuple[Path, ...]) -> None:
+    """Remove the folders a run made, deepest first, stopping at the first one not empty
+    (something else, or another run, uses it)."""
+    for folder in made:
+        try:
+            os.rmdir(folder)
+        except OSError:
+            return
 
 
 def remove_work_dir(work_dir: Path, tries: int = 5) -> None:

@@ -115,8 +115,10 @@ def leftovers(out_root: Path) -> list[str]:
     return sorted(p.name for p in out_root.iterdir())
 
 
-def assert_nothing_written(out_root: Path) -> None:
+def assert_nothing_written(out_root: Path, existed: bool = False) -> None:
+    """Nothing in `out_root`; not even the folder, unless it `existed` before the run."""
     assert leftovers(out_root) == [], leftovers(out_root)
+    assert out_root.is_dir() if existed else not out_root.exists(), out_root
 
 
 def assert_complete_output(out_dir: Path) -> dict:

@@ -220,7 +220,7 @@ def test_a_slide_another_user_may_not_read_says_so(lab_users):  # noqa: F811
             done = lab_users.run(user, [*CLI, *args])
             result = CliResult(done.returncode, done.stdout, done.stderr)
             assert_clean_error(result, str(slide), f"permission denied (user {user}", "read access")
-    assert_nothing_written(out)
+    assert_nothing_written(out, existed=True)
 
 
 @pytest.fixture(scope="module")

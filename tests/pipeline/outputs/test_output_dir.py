@@ -57,6 +57,51 @@ def test_error_leaves_nothing(tmp_path):
 OURS = '{"schema_version": 1, "fingerprint": "f", "output": {"files": ["summary.json"]}}'
 
 
+def test_a_failed_run_removes_the_out_folders_it_made_and_only_those(tmp_path):
+    root = tmp_path / "lab" / "new" / "out"
+    with pytest.raises(RuntimeError), OutputDir(root, "slide", False):
+        raise RuntimeError("boom")
+    assert _siblings(tmp_path) == []  # lab/new/out were all made by the run
+    (tmp_path / "lab").mkdir()
+    with pytest.raises(RuntimeError), OutputDir(root, "slide", False):
+        (tmp_path / "lab" / "new" / "notes.txt").write_text("someone's")  # during the run
+        raise RuntimeError("boom")
+    assert _siblings(tmp_path / "lab" / "new") == ["notes.txt"]  # out went, the rest stays
+    with OutputDir(root, "slide", False) as out:
+        (out.work_dir / "summary.json").write_text(OURS)
+        out.commit()
+    assert _siblings(root) == ["slide"]  # a finished run keeps its folders
+
+
+def test_runs_into_a_new_out_never_lose_it_to_another_runs_cleanup(tmp_path):
+    """Runs (threads here) making --out, failing and removing it again as fast as they can:
+    one that finds the folder gone between making it and locking there makes it again, so
+    none fails for it. What a run made and another then used is left to that run, which
+    removes only what it made itself: at most empty folders remain, never a file."""
+    root = tmp_path / "new" / "out"
+    errors: list[BaseException] = []
+    entered = [0]
+
+    def worker(name: str) -> None:
+        for _ in range(200):
+            try:
+                with OutputDir(root, name, False) as out:
+                    assert out.work_dir.is_dir()
+                    entered[0] += 1
+            except BaseException as exc:  # collected for the assertion
+                errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(f"slide{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert entered[0] == 800
+    assert not root.exists() or _siblings(root) == []
+    assert [p for p in tmp_path.rglob("*") if not p.is_dir()] == []
+
+
 def test_overwrite_replaces_and_failure_keeps_old(tmp_path):
     final = tmp_path / "slide"
     final.mkdir()
@@ -130,7 +175,7 @@ def test_an_unfinished_runs_folder_goes_while_a_writer_is_still_finishing(tmp_pa
             time.sleep(0.005)
         raise KeyboardInterrupt
     assert writer.wait(timeout=30) == 0
-    assert _siblings(tmp_path / "out") == []
+    assert not (tmp_path / "out").exists()  # made by this run, so removed with it
 
 
 def test_unwritable_parent(tmp_path):
