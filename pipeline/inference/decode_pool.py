@@ -178,12 +178,13 @@ class DecodePool:
         self._owners: list[int] = []  # slot -> the decoder it belongs to
         self._send_lock = threading.Lock()
         ctx = mp.get_context("spawn")
+        held = blocked_here()
         try:
             for d in range(decoders):
                 ours, theirs = ctx.Pipe()
                 self.links.append(ours)
-                proc = ctx.Process(target=decoder_main, args=(d, theirs), name=f"wsi-decoder-{d}",
-                                   daemon=True)  # fmt: skip
+                proc = ctx.Process(target=decoder_main, args=(d, theirs, held),
+                                   name=f"wsi-decoder-{d}", daemon=True)  # fmt: skip
                 try:
                     with signals_blocked():  # inherited: none lands while the decoder starts
                         proc.start()
@@ -301,17 +302,27 @@ def start_resource_tracker() -> None:
         resource_tracker.ensure_running()
 
 
-def decoder_main(decoder: int, conn: Connection) -> None:
+def blocked_here(signals: Sequence[int] = STOPPING_SIGNALS) -> tuple[int, ...]:
+    """Those of `signals` this thread has blocked (a Dask worker of a batch has them all:
+    `batch_flow._out_of_group_signals`)."""
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, ())
+    return tuple(s for s in signals if s in mask)
+
+
+def decoder_main(decoder: int, conn: Connection, held: Sequence[int] = ()) -> None:
     """Process body: wait for the share, then read each chunk into a free slot of its own and
     report it. SIGTERM and SIGHUP raise `Terminated` (as Ctrl-C raises KeyboardInterrupt), so
     the ring is closed. It starts with the stopping signals blocked (`DecodePool`): a Ctrl-C
     to the process group while it imported would print a traceback; one that came meanwhile
     lands here, once the handlers are in place. A signal its run ignores (`nohup`'s SIGHUP,
-    inherited) it ignores too."""
+    inherited) it ignores too, and those its starting thread had blocked (`held`: a batch's
+    Dask worker, which the batch stops itself) stay blocked: the group's Ctrl-C would
+    otherwise end the decoders of a worker that goes on, and fail its band with the
+    interrupt (KeyboardInterrupt tracebacks, the worker restarted)."""
     handled_signals(raise_terminated, TERMINATING_SIGNALS)
     link = DecoderEnd(conn)
     try:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOPPING_SIGNALS)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, set(STOPPING_SIGNALS) - set(held))
         task = link.share()
     except KeyboardInterrupt:  # signalled with its parent (a process group): it cleans up
         return

@@ -10,6 +10,8 @@ import sys
 import psutil
 import pytest
 
+from wsi_segment.pipeline.inference.decode_pool import signals_blocked
+
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_while_the_decoders_start_prints_nothing(signum):
@@ -27,6 +29,25 @@ def test_a_signal_while_the_decoders_start_prints_nothing(signum):
         pids = [int(pid) for pid in run.stdout.split()]
         assert len(pids) == 2
         assert not any(psutil.pid_exists(pid) for pid in pids)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_decoders_of_a_thread_that_holds_the_signals_go_on_through_the_groups_signal(signum):
+    """A batch's Dask worker holds the stopping signals (the batch stops its slides itself);
+    its decoders unblocked them, so a Ctrl-C to the group ended them and failed the worker's
+    band with the KeyboardInterrupt: tracebacks and a restarted worker. They now keep the
+    block of the thread that started them, and end when their pool closes."""
+    with signals_blocked():  # inherited from process start, as a worker's (and its threads')
+        run = subprocess.run(
+            [sys.executable, "-m", "tests.pipeline.inference.signalled_pool", "0.5",
+             str(int(signum)), "held"],
+            capture_output=True, text=True, timeout=60, start_new_session=True,
+        )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert run.stderr == ""
+    pids, alive = run.stdout.splitlines()
+    assert alive.split() == ["True", "True"]  # the signal did not end them
+    assert not any(psutil.pid_exists(int(pid)) for pid in pids.split())  # the close did
 
 
 # In a mount namespace of its own (the other test worker keeps the real /dev/shm): a 4 MiB
