@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 
 from wsi_segment.wsi.dicom_colour import needs_ycbcr_conversion, ycbcr_to_rgb
+from wsi_segment.wsi.samples import to_uint8
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class SlideMeta:
     bounds_offset: tuple[int, int]
     tile_sizes: tuple[tuple[int, int] | None, ...]
     properties: dict[str, Any] = field(default_factory=dict)
+    sample_dtype: str | None = None  # numpy's name of its pixel samples; None: not said (8-bit)
 
 
 def _num(value: Any) -> float | None:
@@ -67,6 +69,7 @@ class OpenSlideBackend:
     def __init__(self, path: str) -> None:
         import openslide
 
+        self.path = path
         self.handle = openslide.OpenSlide(path)
         # YCbCr frames under a header saying RGB: converted on every read (`wsi.dicom_colour`)
         self.ycbcr = needs_ycbcr_conversion(path, self.handle.properties)
@@ -88,7 +91,21 @@ class OpenSlideBackend:
             ),
             tile_sizes=tuple(_tile(p, "openslide", i) for i in range(n)),
             properties=p,
+            sample_dtype=self._tiff_samples(p.get("openslide.vendor")),
         )
+
+    def _tiff_samples(self, vendor: str | None) -> str | None:
+        """A plain TIFF's sample type (the vendors' formats hold 8-bit JPEG tiles), which
+        openslide does not say: float or 32-bit samples it opens, then fails to read."""
+        import tifffile
+
+        if vendor != "generic-tiff":
+            return None
+        try:
+            with tifffile_quiet(), tifffile.TiffFile(self.path) as tiff:
+                return str(tiff.pages.first.dtype)
+        except Exception:  # tifffile does not read it: openslide's own reads will tell
+            return None
 
     def read(
         self, location: tuple[int, int], level: int, size: tuple[int, int]
@@ -200,10 +217,8 @@ class TiffSlideBackend:
         tifffile reads such pages as zeros without an error, so a truncated slide would
         otherwise give a black image and plausible-looking outputs.
         """
-        tf = self.handle.ts_tifffile
-        size = int(tf.filehandle.size)
-        series = tf.series[int(self.handle.properties.get("tiffslide.series-index") or 0)]
-        for i, level in enumerate(series.levels):
+        size = int(self.handle.ts_tifffile.filehandle.size)
+        for i, level in enumerate(self._series().levels):
             for page in level.pages:
                 if page is None:
                     continue
@@ -216,6 +231,11 @@ class TiffSlideBackend:
                     raise ValueError(
                         f"level {i} needs {end} bytes but the file has {size} (truncated)"
                     )
+
+    def _series(self) -> Any:
+        """The tifffile series tiffslide reads (tifffile's TiffPageSeries)."""
+        tf = self.handle.ts_tifffile
+        return tf.series[int(self.handle.properties.get("tiffslide.series-index") or 0)]
 
     def meta(self) -> SlideMeta:
         with tifffile_quiet():
@@ -240,6 +260,7 @@ class TiffSlideBackend:
             ),
             tile_sizes=tuple(_tile(p, "tiffslide", i) for i in range(h.level_count)),
             properties={k: str(v) for k, v in p.items()},
+            sample_dtype=str(self._series().dtype),
         )
 
     def read(
@@ -262,9 +283,7 @@ class TiffSlideBackend:
             raise
         if arr.ndim == 2:
             arr = arr[..., None]
-        if arr.dtype != np.uint8:  # 16-bit brightfield is rare; scale to 8 bit
-            arr = (arr.astype(np.float64) * 255.0 / max(float(arr.max()), 1.0)).astype(np.uint8)
-        return arr, inside
+        return to_uint8(arr), inside  # as openslide reads it (`wsi.samples`)
 
     def close(self) -> None:
         self.handle.close()

@@ -37,6 +37,7 @@ from wsi_segment.wsi.backends import (
 from wsi_segment.wsi.box_mean import box_mean
 from wsi_segment.wsi.mpp import MPP_RANGE, mpp_problem
 from wsi_segment.wsi.retries import READ_ATTEMPTS, is_transient, with_retries
+from wsi_segment.wsi.samples import check_samples
 from wsi_segment.wsi.slide_path import local_slide_file
 
 log = logging.getLogger(__name__)
@@ -283,11 +284,14 @@ def _block(k: int, tile: int, target: int = 2048) -> int:
 
 
 def _to_white_rgb(arr: np.ndarray, inside: np.ndarray | None) -> np.ndarray:
-    """Composite RGBA over white; grey to RGB; pixels outside the slide become 255.
+    """Composite RGBA (or grey and alpha) over white; grey to RGB; pixels outside the slide
+    become 255.
 
     Opaque regions (alpha all 255, the usual case inside a scan) skip the blend, which
     would give the same values at the cost of two widened copies.
     """
+    if arr.shape[2] == 2:  # grey and alpha (tiffslide): as RGBA
+        arr = arr[..., [0, 0, 0, 1]]
     if arr.shape[2] == 1:
         rgb = np.repeat(arr, 3, axis=2)
     elif arr.shape[2] >= 4 and arr[..., 3].min() == 255:
@@ -358,6 +362,7 @@ def _open_with_first(path: str, order: list[str], mpp: float | None) -> Slide:
         if not meta.level_dimensions or min(meta.level_dimensions[0]) <= 0:
             reasons.append(f"{name}: no image levels")
             continue
+        check_samples(path, meta.sample_dtype)  # no other reader maps them either
         return Slide(path, name, meta, mpp)
     fix = (
         "check the URL, that it can be reached and any credentials it needs (for s3://, "

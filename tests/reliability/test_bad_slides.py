@@ -38,6 +38,17 @@ NOT_A_SLIDE_FIX = ("truncated, corrupt or of an unsupported format", "copy it ag
 DAMAGED_FIX = ("truncated or corrupt", "copy it again from its source", "re-export")
 
 
+def float_slide(path: Path) -> Path:
+    """A plain tiled TIFF of float samples (an analysis export, not a scan): openslide opens
+    it and cannot decode it, tiffslide reads it; it was called truncated or corrupt."""
+    import tifffile
+
+    pixels = np.random.default_rng(3).random((512, 512, 3), dtype=np.float32)
+    tifffile.imwrite(path, pixels, tile=(256, 256), photometric="rgb", resolution=(2e4, 2e4),
+                     resolutionunit="CENTIMETER")  # fmt: skip
+    return path
+
+
 @pytest.fixture(scope="module")
 def bad_slides(tmp_path_factory, cmu_bytes) -> dict[str, tuple]:
     """name -> (path, words the error must contain: the problem and the fix)."""
@@ -51,6 +62,7 @@ def bad_slides(tmp_path_factory, cmu_bytes) -> dict[str, tuple]:
         "empty": (d / "empty.svs", NOT_A_SLIDE_FIX),
         "text": (d / "text.svs", NOT_A_SLIDE_FIX),
         "broken": (DATA_DIR / "broken.svs", NOT_A_SLIDE_FIX),
+        "float": (float_slide(d / "float.tif"), ("float32 pixel samples", "8 bits per sample")),
     }
     for off in TRUNCATIONS:
         path = d / f"cmu_cut_{off}.svs"
@@ -78,7 +90,10 @@ def test_all_bad_slides_in_one_real_cli_run(bad_slides, tiny_model_dir, tmp_path
 
 @pytest.mark.parametrize(
     "case",
-    ["missing", "directory", "empty", "text", "broken", *[f"cut_{o}" for o in TRUNCATIONS]],
+    [
+        *("missing", "directory", "empty", "text", "broken", "float"),
+        *[f"cut_{o}" for o in TRUNCATIONS],
+    ],
 )
 def test_bad_slide(case, bad_slides, tiny_model_dir, tmp_path, capsys):
     path, fix = bad_slides[case]
