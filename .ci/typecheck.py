@@ -23,6 +23,8 @@ from mypy.modulefinder import BuildSource
 from mypy.util import count_stats
 
 ROOT = Path(__file__).resolve().parent.parent
+# folders of scripts (not installed) checked as well, as modules named <folder>.<stem>
+SCRIPT_FOLDERS = ("deploy",)
 
 
 def module_sources(root: Path) -> list[BuildSource]:
@@ -38,6 +40,9 @@ def module_sources(root: Path) -> list[BuildSource]:
                 parts.pop()
             name = ".".join([package, *parts])
             sources.append(BuildSource(str(path.relative_to(root)), name))
+    for folder_name in SCRIPT_FOLDERS:  # scripts that call the package: a changed signature
+        for path in sorted((root / folder_name).glob("*.py")):
+            sources.append(BuildSource(str(path.relative_to(root)), f"{folder_name}.{path.stem}"))
     return sources
 
 

@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     from distributed import Client
 
     from wsi_segment.flows.batch_flow import BatchFailedError, segment_batch
-    from wsi_segment.flows.cli_batch import print_report_paths
+    from wsi_segment.flows.cli_batch import print_report_paths, report_stamps
     from wsi_segment.flows.dask_cluster import security_config
 
     shared = Path(args.shared_temp_directory or Path.cwd())
@@ -241,13 +241,14 @@ def main(argv: list[str] | None = None) -> int:
         # the flow connects to the scheduler by address, with the cluster's certificates
         with Client(cluster) as client, dask.config.set(security_config(cluster.security)):
             client.wait_for_workers(1, timeout=3600)  # the queue may take a while
+            report_before = report_stamps(args.out)  # to announce only what this run rewrote
             try:
                 segment_batch(**batch_arguments(args, cluster.scheduler_address))
             except BatchFailedError as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 return 1
             finally:
-                print_report_paths(args.out)
+                print_report_paths(args.out, report_before)
     finally:
         cluster.close()
         for path in set(shared.glob(CERT_FILES)) - before:  # this run's key and certificates
