@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import logging
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -163,9 +164,22 @@ def run_slide_stages(
         finish=lambda prep, outcomes, out: polygons_and_outputs(prep, outcomes, out, cancel),
     )
     result = segment.run_stages(slide_path, out_root, params, stages, cancel)
-    publish_slide_artifacts(result)
+    publish_or_warn(result)
     log_slide_warnings(result)
     return result
+
+
+def publish_or_warn(result: SlideResult) -> None:
+    """The slide's artifacts (`publish_slide_artifacts`); where Prefect's server does not take
+    them (down for longer than its client retries), a warning: the slide's outputs are
+    published already, so it is done, never failed for its artifacts."""
+    try:
+        publish_slide_artifacts(result)
+    except Exception as exc:
+        logging.getLogger(__name__).warning(
+            "%s: outputs written, but Prefect did not take the slide's artifacts (%s: %s)",
+            result.slide, type(exc).__name__, exc,
+        )  # fmt: skip
 
 
 def artifact_key(name: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import signal
 from pathlib import Path
 
@@ -33,6 +34,36 @@ def test_artifact_keys_are_valid() -> None:
 
     assert artifact_key("CMU-1-Small_Region.v2") == "slide-cmu-1-small-region-v2"
     assert artifact_key("___") == "slide-unnamed"
+
+
+@pytest.mark.filterwarnings("ignore:Artifact creation outside of a flow:FutureWarning")
+def test_a_server_that_does_not_take_the_artifacts_costs_a_warning_not_the_slide(
+    tmp_path: Path,
+) -> None:
+    """A server down for longer than Prefect's client retries once a slide's outputs were
+    published: the ConnectError failed the slide, and its report called tonight's outputs
+    an earlier run's. Here the server refuses at once (nothing listens, no retries)."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+
+    from wsi_segment.flows.slide_flow import publish_or_warn
+    from wsi_segment.pipeline.segment import SlideResult
+
+    result = SlideResult(slide="a.svs", status="done", out_dir=tmp_path / "a")
+    dead = {PREFECT_API_URL: "http://127.0.0.1:9/api", PREFECT_CLIENT_MAX_RETRIES: 0}
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("wsi_segment.flows.slide_flow")
+    logger.addHandler(handler)
+    try:
+        with temporary_settings(dead):
+            publish_or_warn(result)
+    finally:
+        logger.removeHandler(handler)
+    assert result.status == "done"
+    [record] = records
+    assert record.getMessage().startswith("a.svs: outputs written, but Prefect did not take")
+    assert "ConnectError" in record.getMessage()
 
 
 def test_slide_flow_on_cmu_matches_plain_pipeline(
