@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import logging
 import os
 import shutil
 import time
@@ -56,10 +57,14 @@ from wsi_segment.pipeline.outputs.ownership import (
 from wsi_segment.pipeline.outputs.shared_access import (
     describe,
     follow_folder,
+    share_folders,
     this_user,
+    unremovable_folder,
     unwritable_folder,
 )
 from wsi_segment.pipeline.outputs.summary import read_summary
+
+log = logging.getLogger(__name__)
 
 # Each retry means another run removed the lock file between our open and our flock, i.e.
 # finished just then; more than a few in a row would take runs finishing in a tight loop.
@@ -88,6 +93,7 @@ class OutputDir:
         self._lock_fd = self._lock()
         try:
             self._check_final()
+            self._check_replaceable()
         except OutputError:
             self._release()
             raise
@@ -113,6 +119,29 @@ class OutputDir:
                 "remove it as its owner (or root), or give the lab's runs a group-writable "
                 "umask (the systemd units use UMask=0002)"
             ) from exc
+
+    def _check_replaceable(self) -> None:
+        """Before any work, what publishing must remove: the previous output a replace set
+        aside and could not remove (`.<name>.old`) goes now, and a folder `--overwrite` will
+        replace must be one this user may remove (a member's trial run under a umask without
+        group write is not), else the run is refused naming who may, not after the slide."""
+        if os.path.lexists(self.old_dir):
+            self._refuse_unremovable(self.old_dir, "the previous output a replace set aside")
+            try:
+                remove_output(self.old_dir)
+            except OSError as exc:
+                raise output_error(self.old_dir, exc) from exc
+        if self.overwrite and os.path.lexists(self.final_dir):
+            self._refuse_unremovable(self.final_dir, "the output --overwrite replaces")
+
+    def _refuse_unremovable(self, folder: Path, what: str) -> None:
+        held = unremovable_folder(folder)
+        if held is not None:
+            raise OutputError(
+                f"{folder} ({what}) cannot be removed: user {this_user()} may not remove what "
+                f"is in {held} ({describe(held)}); remove it as its owner (or root), or give "
+                "the lab's runs a group-writable umask (the systemd units use UMask=0002)"
+            )
 
     def _lock(self) -> int:
         """An fd holding the exclusive lock on the file now at `lock_path` (see the module
@@ -173,14 +202,18 @@ class OutputDir:
     def commit(self) -> None:
         """Publish: replace the final folder by the finished work folder."""
         self._check_final()
+        share_folders(self.work_dir, self.out_root)  # a member's --overwrite may replace it
         try:
             if os.path.lexists(self.old_dir):
                 remove_output(self.old_dir)
             if os.path.lexists(self.final_dir):
                 os.replace(self.final_dir, self.old_dir)
                 os.replace(self.work_dir, self.final_dir)
-                with contextlib.suppress(OSError):  # the next run removes what is left
+                try:
                     remove_output(self.old_dir)
+                except OSError as exc:  # the next run removes it, or says who may
+                    log.warning("%s: the previous output was replaced, but %s is left (%s)",
+                                self.final_dir, self.old_dir, exc)  # fmt: skip
             else:
                 os.replace(self.work_dir, self.final_dir)
         except OSError as exc:

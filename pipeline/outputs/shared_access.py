@@ -54,6 +54,40 @@ def follow_folder(fd: int, folder: str | Path) -> None:
         os.fchmod(fd, file_mode_for(folder))
 
 
+def share_folders(tree: Path, folder: str | Path) -> None:
+    """Give `tree` and every folder in it `folder`'s group (as `follow_folder` does) and the
+    group read, write and search bits `folder` has: in a lab's group-writable output folder,
+    another member's `--overwrite` can then remove what this run wrote, whatever this user's
+    umask (removing needs write on each folder, not on the files). Failures leave it as is."""
+    with contextlib.suppress(OSError):
+        st = os.stat(folder)
+        group_bits = st.st_mode & (stat.S_IRGRP | stat.S_IWGRP)
+        group_bits |= stat.S_IXGRP if group_bits & stat.S_IRGRP else 0
+        chgrp = st.st_gid in (*os.getgroups(), os.getegid()) or os.geteuid() == 0
+        for path in [tree, *(Path(top) / d for top, dirs, _ in os.walk(tree) for d in dirs)]:
+            with contextlib.suppress(OSError):
+                here = os.lstat(path)
+                if not stat.S_ISDIR(here.st_mode):
+                    continue  # a link os.walk listed: never followed
+                if chgrp and here.st_gid != st.st_gid:
+                    os.chown(path, -1, st.st_gid, follow_symlinks=False)
+                if stat.S_IMODE(here.st_mode) | group_bits != stat.S_IMODE(here.st_mode):
+                    os.chmod(path, stat.S_IMODE(here.st_mode) | group_bits)
+
+
+def unremovable_folder(tree: Path) -> Path | None:
+    """The first folder of `tree` (itself included) whose entries this user may not remove
+    (no write or search permission on it), or None: what `--overwrite` must remove."""
+    if not os.access(tree, os.W_OK | os.X_OK):
+        return tree
+    for top, dirs, _ in os.walk(tree):
+        for name in dirs:
+            path = Path(top) / name
+            if not path.is_symlink() and not os.access(path, os.W_OK | os.X_OK):
+                return path
+    return None
+
+
 def user_name(uid: int) -> str:
     try:
         return pwd.getpwuid(uid).pw_name

@@ -153,3 +153,65 @@ def test_a_partial_folder_another_users_killed_run_left(lab_users: LabUsers) -> 
             ) in done.stderr
             assert "UMask=0002" in done.stderr
             assert not (out / ".case-1.lock").exists()  # the lock was released and removed
+
+
+OUR_SUMMARY = json.dumps(
+    {"schema_version": 1, "fingerprint": "f", "output": {"files": ["probabilities.ome.zarr"]}}
+)
+
+
+def publish_as(users: LabUsers, user: str, out: Path, umask: str, overwrite: bool) -> str:
+    """A run of `user` under `umask` that publishes an output of ours with a subfolder (as
+    the zarr store is); its stderr ('' when it published)."""
+    done = users.python(
+        user,
+        f"import os; os.umask(0o{umask})\n"
+        "from pathlib import Path\n"
+        "from wsi_segment.pipeline.outputs.output_dir import OutputDir\n"
+        f"with OutputDir(Path({str(out)!r}), 'case-1', overwrite={overwrite}) as o:\n"
+        "    (o.work_dir / 'probabilities.ome.zarr' / 'OME').mkdir(parents=True)\n"
+        "    (o.work_dir / 'probabilities.ome.zarr' / 'OME' / '.zgroup').write_text('x')\n"
+        f"    (o.work_dir / 'summary.json').write_text({OUR_SUMMARY!r})\n"
+        "    o.commit()\n",
+    )
+    return done.stderr if done.returncode else ""
+
+
+def test_a_members_outputs_are_replaced_by_the_service_whatever_the_members_umask(
+    lab_users: LabUsers,  # noqa: F811
+) -> None:
+    """A member's trial run under umask 022 made its folders 2755: the service's --overwrite
+    moved it aside, could not remove it, left `.case-1.old` without a word, and failed every
+    later --overwrite of the slide after computing it. Folders now follow the lab folder."""
+    out = lab_folder(lab_users.root / "out", lab_users.service)
+    assert publish_as(lab_users, lab_users.admin, out, "0022", overwrite=False) == ""
+    store = out / "case-1" / "probabilities.ome.zarr"
+    for folder in (out / "case-1", store, store / "OME"):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o2775, folder
+    for _ in range(2):
+        assert publish_as(lab_users, lab_users.service, out, "0002", overwrite=True) == ""
+        assert sorted(p.name for p in out.iterdir()) == ["case-1"]  # no .old, no lock
+
+
+def test_what_overwrite_cannot_remove_is_refused_before_any_work(
+    lab_users: LabUsers,  # noqa: F811
+) -> None:
+    """An output (or a `.old` a replace left) made private by an earlier version or by hand:
+    the run is refused when it starts, naming the folder, its owner and mode, and the fix."""
+    out = lab_folder(lab_users.root / "out", lab_users.service)
+    assert publish_as(lab_users, lab_users.admin, out, "0022", overwrite=False) == ""
+    store = out / "case-1" / "probabilities.ome.zarr"
+    store.chmod(0o2755)  # as an earlier version left it
+    for leftover in (False, True):
+        if leftover:  # the previous output a replace set aside and could not remove
+            (out / "case-1").rename(out / ".case-1.old")
+            store = out / ".case-1.old" / "probabilities.ome.zarr"
+        error = publish_as(lab_users, lab_users.service, out, "0002", overwrite=True)
+        name = ".case-1.old" if leftover else "case-1"
+        what = "the previous output a replace set aside" if leftover else "the output --overwrite"
+        assert f"OutputError: {out / name} ({what}" in error
+        assert f"cannot be removed: user {lab_users.service} " in error
+        assert f"may not remove what is in {store} ({lab_users.admin}:{lab_users.group}, " in error
+        assert "mode 2755); remove it as its owner (or root)" in error
+        assert (store / "OME" / ".zgroup").read_text() == "x"  # nothing of it removed
+        assert sorted(p.name for p in out.iterdir()) == [name]  # no work folder, no lock
