@@ -150,13 +150,13 @@ class OutputDir:
             f"{self.final_dir}: another wsi-segment run is writing this output right now; "
             "wait for it to finish or choose another --out"
         )
-        for _ in range(LOCK_ATTEMPTS):
+        for attempt in range(LOCK_ATTEMPTS):
             try:
                 made = make_folders(self.out_root)
                 self._made = tuple(dict.fromkeys(made + self._made))  # deepest first
                 fd = open_lock_file(self.lock_path)
             except FileNotFoundError as exc:
-                if not os.path.lexists(self.out_root):
+                if attempt + 1 < LOCK_ATTEMPTS:
                     continue  # another run removed the empty folder it made: make it again
                 raise self._unwritable(exc) from exc  # e.g. --out a link to nothing
             except OSError as exc:
