@@ -136,6 +136,24 @@ def test_dockerfile_is_cuda_pytorch_and_non_root() -> None:
     assert users and users[-1] not in ("root", "0")
 
 
+def test_the_image_context_holds_only_what_the_dockerfile_copies() -> None:
+    """The compose build's context is the repository root: without a .dockerignore the lab's
+    Dask TLS key (deploy/dask-tls/, the documented DASK_TLS_DIR) was copied into the image
+    with deploy/, and .venv (gigabytes) sent as context. Docker: the last matching line wins."""
+    lines = [
+        line.strip()
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert lines[0] == "**"  # everything out, then back in by name
+    copied = re.findall(r"^COPY (.+) \S+$", (DEPLOY / "Dockerfile").read_text(), re.M)
+    sources = [src for line in copied for src in line.split()]
+    for src in sources:
+        kept = f"!{src}/" if (REPO / src).is_dir() else f"!{src}"
+        assert kept in lines, src
+    assert lines.index("deploy/dask-tls/") > lines.index("!deploy/")  # out again, after
+
+
 def _slurm_example() -> Any:
     import importlib.util
 
