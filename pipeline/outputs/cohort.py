@@ -61,6 +61,10 @@ def class_columns(entries: Iterable[SlideEntry]) -> list[str]:
     return ordered + ([UNCLASSIFIED_NAME] if UNCLASSIFIED_NAME in names else [])
 
 
+# what makes a spreadsheet read a cell as a formula (OWASP, "CSV Injection")
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
 def header(classes: Sequence[str]) -> list[str]:
     per_class = [f"{c}_{what}" for c in classes for what in ("area_um2", "fraction_of_tissue")]
     return [*LEADING, *per_class, *TRAILING]
@@ -99,12 +103,25 @@ def _class_cells(areas: Sequence[ClassArea], classes: Sequence[str]) -> list[Cel
 
 def cohort_text(entries: Sequence[SlideEntry]) -> str:
     """cohort.csv's text: RFC 4180 quoting where needed, '\\n' line ends, empty cells for
-    values a slide does not have."""
+    values a slide does not have, and text a spreadsheet would run as a formula kept text."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     for row in cohort_rows(entries):
-        writer.writerow(["" if v is None else repr(v) if isinstance(v, float) else v for v in row])
+        writer.writerow([_cell_text(v) for v in row])
     return buffer.getvalue()
+
+
+def _cell_text(value: Cell) -> str | int:
+    """A cell as written. Text that starts as a formula does in Excel or LibreOffice (`=`,
+    `+`, `-`, `@`, a tab or a carriage return: a slide file or a QuPath region anyone may
+    name `=HYPERLINK(...)`) gets a leading `'`, so the spreadsheet shows it, never runs it."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
 
 
 def write_cohort(out_root: str | Path, entries: Sequence[SlideEntry]) -> Path:

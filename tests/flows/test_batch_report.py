@@ -216,3 +216,23 @@ def test_a_long_slide_name_stays_in_its_column(batch_out: Path, tmp_path: Path) 
     assert all(text <= column for _, text, column in names), names
     bounds = json.loads(load.values[1])
     assert bounds["outside"] == [] and bounds["scrolls"] == bounds["width"]
+
+
+def test_names_a_spreadsheet_would_run_are_written_as_text(batch_out: Path, tmp_path: Path) -> None:
+    """A slide file (or QuPath region) anyone may name `=HYPERLINK(...)`: cohort.csv wrote it
+    as it is, and Excel or LibreOffice ran it as a formula. Such text gets a leading `'`."""
+    from wsi_segment.pipeline.morning_report import build_morning_report
+
+    formulas = ['=HYPERLINK("x.example","open")', "+1+2", "-2+3", "@SUM(A1)"]  # no /: folders
+    work = tmp_path / "out"
+    shutil.copytree(batch_out, work, ignore=shutil.ignore_patterns(".*.lock"))
+    for name in formulas:
+        shutil.copytree(batch_out / "small", work / name)
+    build_morning_report(work, {})
+    with (work / "cohort.csv").open(newline="") as fh:
+        rows = {row["slide"]: row for row in csv.DictReader(fh)}
+    assert {"'" + name for name in formulas} <= set(rows)
+    assert rows["'-2+3"]["tissue_area_um2"] == rows["small"]["tissue_area_um2"]  # numbers as is
+    assert not any(
+        cell.startswith(("=", "+", "-", "@")) for row in rows.values() for cell in row.values()
+    )
