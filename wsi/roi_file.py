@@ -99,7 +99,14 @@ def describe(counts: Counter[str]) -> str:
     return ", ".join(f"{n:,} {_plural(kind, n)}" for kind, n in items)
 
 
+# properties.metadata key of every object wsi-segment writes (`pipeline.outputs.geojson`).
+# QuPath's "All objects" export of an image holding an earlier import brings them back: its
+# class polygons and region copies are results, not regions (counted, never measured again).
+METADATA_KEY = "wsi_segment"
+EARLIER_RESULT = "object of an earlier wsi-segment import"
+
 _PLURALS = {
+    EARLIER_RESULT: "objects of an earlier wsi-segment import",
     "object without geometry": "objects without geometry",
     "annotation without area": "annotations without area",
     "root": "root objects",
@@ -294,6 +301,9 @@ def _classify(path: Path, feature: dict[str, Any], index: int) -> tuple[RegionFe
     props = props if isinstance(props, dict) else {}
     if kind in ("detection", "cell", "tile", "root"):
         return None, kind
+    metadata = props.get("metadata")
+    if isinstance(metadata, dict) and METADATA_KEY in metadata:
+        return None, EARLIER_RESULT
     if kind == "tmaCore" and props.get("isMissing") is True:
         return None, "missing TMA core"
     geometry = _polygonal(feature.get("geometry"))

@@ -27,6 +27,7 @@ from shapely.geometry.base import BaseGeometry
 from wsi_segment.errors import ConfigError
 from wsi_segment.models.labels import TISSUE_NAME
 from wsi_segment.pipeline.outputs.run_identity import output_id
+from wsi_segment.wsi.roi_file import METADATA_KEY
 
 TISSUE_COLOR = (128, 128, 128)
 # Feature ids are UUIDs derived from the run's fingerprint (slide, model, parameters, regions)
@@ -36,7 +37,6 @@ TISSUE_COLOR = (128, 128, 128)
 # ids); the import script (docs/qupath/wsi_segment_import.groovy) instead removes what an
 # earlier import of ours added, found by the metadata key below, not by id.
 Color = tuple[int, int, int]
-METADATA_KEY = "wsi_segment"  # properties.metadata key naming what made an object
 
 
 def _rgb(color: Sequence[int]) -> list[int]:

@@ -72,6 +72,32 @@ def test_detections_cells_points_and_lines_are_counted_not_regions(tmp_path):
     assert len(rois) == 1 and rois[0].name == "Tumor" and rois[0].geometry.area == 250_000
 
 
+def test_an_export_holding_an_earlier_imports_results_gives_only_the_users_regions(tmp_path):
+    """QuPath's "All objects" export of an image into which a run's tissue.geojson (or a
+    --roi run's regions) was imported: those class polygons and region copies carry our
+    metadata key and are results, not regions. They were used as regions (the tissue counted
+    several times in cohort.csv), and the import script then kept them as the user's."""
+    import shapely.geometry as geometry
+
+    from wsi_segment.pipeline.outputs.geojson import make_feature
+
+    mine = qp.annotation(square(100, 100, 500), "mine", name="my region")
+    box = geometry.box(0, 0, 300, 300)
+    results = [
+        make_feature(box, "Tissue", (128, 128, 128), id_key="t"),
+        make_feature(box, "TE", (200, 0, 0), id_key="te"),
+        make_feature(box, "my region", (0, 0, 0), id_key="r", kind="region",
+                     metadata={"wsi_segment_region_of": mine["id"]}),
+    ]  # fmt: skip
+    path = qp.export(tmp_path / "reexport.geojson", [mine, *results])
+    roi_file = read_roi_file(path)
+    assert [r.qupath_id for r in roi_file.regions] == [mine["id"]]
+    assert roi_file.warning() == (
+        f"{path}: skipped 3 objects of an earlier wsi-segment import (not area annotations); "
+        "1 region used"
+    )
+
+
 def test_only_regions_give_no_warning(tmp_path):
     path = qp.export(tmp_path / "r.geojson", [qp.annotation(square(0, 0, 10), "r")])
     assert read_roi_file(path).warning() is None
