@@ -13,8 +13,11 @@ UNCLASSIFIED = 254  # tissue of a tile where the classification gate kept no cla
 UNCLASSIFIED_NAME = "Unclassified"  # its name in summary.json, the GeoJSON and the overlay
 UNCLASSIFIED_COLOR = (64, 64, 64)  # dark grey: QuPath's colour for a class given none
 TISSUE_NAME = "Tissue"  # the GeoJSON feature of the whole analysed tissue; summary's "Tissue"
-# no model class may be named so: each name means one thing in the GeoJSON and in QuPath
+# no model class may be named so: each name means one thing in the GeoJSON and in QuPath, and
+# a class's cohort.csv columns (`<class>_area_um2`) must not be one of the table's own
 RESERVED_NAMES = {
     UNCLASSIFIED_NAME: "tissue the gate leaves without a class",
     TISSUE_NAME: "the outline of all the tissue analysed",
+    "tissue": "cohort.csv's tissue_area_um2 column (all the tissue analysed)",
+    "region": "cohort.csv's region_area_um2 column (a --roi region's area)",
 }

@@ -287,7 +287,12 @@ def test_demo_model_dir_is_package_data() -> None:
 
 @pytest.mark.parametrize(
     ("name", "meaning"),
-    [("Unclassified", "tissue the gate leaves"), ("Tissue", "the outline of all the tissue")],
+    [
+        ("Unclassified", "tissue the gate leaves"),
+        ("Tissue", "the outline of all the tissue"),
+        ("tissue", "cohort.csv's tissue_area_um2 column"),
+        ("region", "cohort.csv's region_area_um2 column"),
+    ],
 )
 def test_a_reserved_class_name_is_refused_with_the_file_named(
     tmp_path: Path, name: str, meaning: str
