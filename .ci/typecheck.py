@@ -24,7 +24,7 @@ from mypy.util import count_stats
 
 ROOT = Path(__file__).resolve().parent.parent
 # folders of scripts (not installed) checked as well, as modules named <folder>.<stem>
-SCRIPT_FOLDERS = ("deploy",)
+SCRIPT_FOLDERS = ("deploy", "benchmarks")
 
 
 def module_sources(root: Path) -> list[BuildSource]:

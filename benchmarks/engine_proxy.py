@@ -38,7 +38,9 @@ from benchmarks.stages import slide_and_model  # noqa: E402
 
 if TYPE_CHECKING:
     from wsi_segment.models.runtimes.spec import RuntimeSpec
-    from wsi_segment.models.runtimes.tile_io import Geometry
+    from wsi_segment.models.runtimes.tile_io import Executor, Geometry, ReducedOutputs, Tiles
+    from wsi_segment.pipeline.inference.slide_job import SlideJob
+    from wsi_segment.wsi.tiling import ChunkSpec
 
 CLASSES = 4
 BLOCK = 8  # output pixels per label block of the instant model
@@ -52,10 +54,10 @@ class InstantModel:
     polygon tracing costs in proportion to the regions' edges (a per-pixel label map is about
     60x dearer to trace than a real one on CMU-1-Small-Region, 8-pixel blocks about as dear)."""
 
-    def __init__(self, geometry: Any) -> None:
+    def __init__(self, geometry: Geometry) -> None:
         self.geometry = geometry
 
-    def run(self, tiles):  # type: ignore[no-untyped-def]
+    def run(self, tiles: Tiles) -> ReducedOutputs:
         import torch
 
         from wsi_segment.models.runtimes.tile_io import ReducedOutputs
@@ -106,7 +108,7 @@ def instant_handle(geometry: Geometry) -> Any:
     from wsi_segment.pipeline.inference.model_handle import LoadedModel, ModelHandle
 
     class InstantLoaded(LoadedModel):
-        def executor(self, geometry: Any, batch: int, thread_cores: int | None) -> Any:
+        def executor(self, geometry: Geometry, batch: int, thread_cores: int | None) -> Executor:
             return InstantModel(geometry)
 
     model = types.SimpleNamespace(device=torch.device("cpu"), identity="instant")
@@ -127,7 +129,7 @@ def spread(x: Any, block: int) -> Any:
 
 def engine_job(
     slide: Path, model_dir: Path, args: argparse.Namespace, store: Path, handle: Any = None
-) -> tuple:
+) -> tuple[SlideJob, list[ChunkSpec]]:
     """A SlideJob over the pipeline's plan of `slide`, writing into a fresh zarr `store`;
     its model is `handle` (a ModelHandle), by default the instant model."""
     from benchmarks.stages import plan_like_pipeline

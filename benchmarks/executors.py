@@ -33,8 +33,7 @@ def opened(
     runtime --overlap overlap` (the geometry OpenVINO's check runs: the slide's)."""
     options = SegmentParams(device=device, precision=precision, runtime=runtime, overlap=overlap)
     plan = decide(probe_machine(), options, RunFacts())
-    built = isinstance(model, SegmentationModel)
-    source = BuiltModel(model) if built else load_bundle(Path(model))
+    source = BuiltModel(model) if isinstance(model, SegmentationModel) else load_bundle(Path(model))
     network = source.network().to_device(plan.device.value)
     geometry = tile_geometry(slide_grid(int(network.meta.tile_size), options), options.gate)
     return network, open_runtime(source, runtime_spec(plan, geometry))

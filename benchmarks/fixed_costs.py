@@ -142,8 +142,8 @@ def main() -> int:
                     runs[label].append(found)
                 words = " ".join(f"{k}={v:.2f}" for k, v in found.items())
                 print(f"round {round_} {label:4} load {load}: {words}", flush=True)
-    for label, found in runs.items():
-        medians = {k: statistics.median(r[k] for r in found if k in r) for k in found[0]}
+    for label, rounds in runs.items():
+        medians = {k: statistics.median(r[k] for r in rounds if k in r) for k in rounds[0]}
         print(f"median {label:4} " + " ".join(f"{k}={v:.2f}" for k, v in medians.items()))
     return 0
 

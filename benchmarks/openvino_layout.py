@@ -149,11 +149,11 @@ def main(argv: list[str] | None = None) -> int:
                     rates.setdefault((name, reader), []).append(got)
             log(f"[layout] {precision} round {r + 1}")
         base = statistics.median(t for t, _ in rates[(next(iter(layouts)), False)])
-        for (name, reader), got in rates.items():
-            tps = statistics.median(t for t, _ in got)
-            dps = statistics.median(d for _, d in got)
+        for (name, reader), per_round in rates.items():
+            tps = statistics.median(t for t, _ in per_round)
+            dps = statistics.median(d for _, d in per_round)
             beside = f"beside a decoding thread ({dps:.0f} decodes/s)" if reader else "alone"
-            rounds = ", ".join(f"{t:.1f}" for t, _ in got)
+            rounds = ", ".join(f"{t:.1f}" for t, _ in per_round)
             rows.append((f"{precision} {name}, {beside}", f"{tps:.1f} tiles/s",
                          f"x{tps / base:.2f} one stream alone; rounds {rounds}"))  # fmt: skip
         profiled = compile_layout(graph, precision, n, 1, PERF_COUNT=True)

@@ -35,6 +35,12 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from wsi_segment.models.runtimes.tile_io import Executor
 
 warnings.filterwarnings("ignore", message=r"location=.*is out-of-bounds")
 
@@ -50,7 +56,7 @@ from benchmarks.stages import plan_like_pipeline, read_chunks  # noqa: E402
 ISA_CAPS = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "OV_CPU_MAX_ISA")
 
 
-def real_tiles(tile: int):  # type: ignore[no-untyped-def]
+def real_tiles(tile: int) -> np.ndarray:
     """LUAD-HistoSeg sample patches (18) + CMU-1 calibration tiles (6), uint8 (N, 3, T, T)."""
     import numpy as np
     from PIL import Image
@@ -64,7 +70,7 @@ def real_tiles(tile: int):  # type: ignore[no-untyped-def]
     return np.ascontiguousarray(np.concatenate([x, calibration_tiles(tile)]))
 
 
-def bare_reduced(executor, tiles, batch: int, streams: int) -> float:  # type: ignore[no-untyped-def]
+def bare_reduced(executor: Executor, tiles: np.ndarray, batch: int, streams: int) -> float:
     """Wall s of an executor's `run` (the engine's call, at its geometry) over `tiles` in
     batches, `streams` threads each with cores // streams torch threads, after a warm-up."""
     import threading
@@ -80,7 +86,7 @@ def bare_reduced(executor, tiles, batch: int, streams: int) -> float:  # type: i
     per = max(1, cores // streams)
     before = torch.get_num_threads()
 
-    def work(mine: list) -> None:  # type: ignore[type-arg]
+    def work(mine: list[torch.Tensor]) -> None:
         torch.set_num_threads(per)
         try:
             with torch.inference_mode():
@@ -137,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     for runtime, precision in variants:  # compiles (or loads the cached graphs) off the clock
         log(f"[runtime] loading {runtime} {precision} ...")
         models[(runtime, precision)] = opened(model_dir, "cpu", precision, runtime)
-    auto = opened(model_dir, "cpu", "auto", "auto")[1].report()
+    auto_runtime = opened(model_dir, "cpu", "auto", "auto")[1]
+    auto = auto_runtime.report()
 
     slide, writer = make_slide(
         args.work / "slides" / f"tp-{args.size}-t{args.tissue:g}.svs", args.size, args.tissue,
@@ -196,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     # 3. end to end, interleaved
     if not args.no_e2e:
         e2e = [("torch fp32", ["--runtime", "torch", "--precision", "fp32"], ("torch", "fp32")),
-               ("defaults (auto)", [], (auto["runtime"], auto["autocast"]))]  # fmt: skip
+               ("defaults (auto)", [], (auto_runtime.runtime, auto_runtime.precision))]  # fmt: skip
         if bf16:
             e2e.append(("openvino bf16", ["--runtime", "openvino", "--precision", "bf16"],
                         ("openvino", "bf16")))  # fmt: skip

@@ -24,6 +24,11 @@ import argparse
 import sys
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
 
 warnings.filterwarnings("ignore", message=r"location=.*is out-of-bounds")
 
@@ -39,7 +44,7 @@ VARIANTS = (("torch", "bf16"), ("openvino", "fp32"), ("openvino", "bf16"))
 REF = ("torch", "fp32")
 
 
-def luad_tiles(tile: int):  # type: ignore[no-untyped-def]
+def luad_tiles(tile: int) -> torch.Tensor:
     """The sample's 18 patches (train, val, test), uint8 (N, 3, T, T)."""
     import numpy as np
     import torch
@@ -60,16 +65,20 @@ def shift_text(shifts: dict[str, float], names: list[str]) -> str:
     return f"largest class area shift {100 * value:.2f} % ({name})"
 
 
-def slide_labels(folder: Path):  # type: ignore[no-untyped-def]
+def slide_labels(folder: Path) -> tuple[np.ndarray, dict[str, float]]:
     """(labels on tissue pixels, {class: area um^2}) of one run's outputs."""
     import json
 
     import numpy as np
     import zarr
 
-    store = zarr.open(str(folder / "probabilities.ome.zarr"), mode="r")
-    tissue = np.asarray(store["0/0"]).max(axis=0) > 0
-    labels = np.asarray(store["0/labels/classes/0"]).reshape(tissue.shape)
+    from wsi_segment.pipeline.outputs.label_image import label_level0_path
+    from wsi_segment.pipeline.outputs.ome_zarr import level0_path
+
+    store = folder / "probabilities.ome.zarr"
+    tissue = np.asarray(zarr.open_array(str(level0_path(store)), mode="r")[:]).max(axis=0) > 0
+    labels = np.asarray(zarr.open_array(str(label_level0_path(store)), mode="r")[:])
+    labels = labels.reshape(tissue.shape)
     summary = json.loads((folder / "summary.json").read_text())
     areas = {k: float(v["area_um2"]) for k, v in summary["classes"].items()}
     return labels[tissue], areas

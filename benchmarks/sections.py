@@ -77,7 +77,7 @@ def section_throughput(
     tiles_run = int(summary["tiling"]["tiles"])
     assert tiles_run == n, (tiles_run, n)
     rate = {k: len(v) * nb / sum(w for w, _ in v) for k, v in bare.items()}
-    best = max(rate, key=rate.get)
+    best = max(rate, key=lambda k: rate[k])
     model_rate = rate[best]
     model_cpu_per_tile = sum(c for _, c in bare[best]) / (len(bare[best]) * nb)
     cores = os.cpu_count() or 1
@@ -273,6 +273,8 @@ def section_overlap(
     """What the overlap costs (tiles, time) and buys (agreement with a wide one)."""
     import zarr
 
+    from wsi_segment.pipeline.outputs.ome_zarr import level0_path
+
     size = 6144
     slide, _ = make_slide(work / "slides" / f"tp-{size}-t0.6.svs", size, 0.6, fast=args.fast)
     overlaps = [int(o) for o in args.overlaps.split(",")]
@@ -282,8 +284,8 @@ def section_overlap(
         out = work / "out" / f"overlap-{o}"
         log(f"[overlap] {o} ...")
         _run, summary = run_pipeline(slide, model_dir, out, ["--overlap", str(o)])
-        z = zarr.open_group(str(out / slide.stem / "probabilities.ome.zarr"), mode="r")
-        probs = np.asarray(z["0/0"][:])
+        z = zarr.open_array(str(level0_path(out / slide.stem / "probabilities.ome.zarr")), mode="r")
+        probs = np.asarray(z[:])
         lab = probs.argmax(0)
         lab[probs.max(0) == 0] = 255
         labels[o] = lab

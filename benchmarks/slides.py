@@ -122,7 +122,7 @@ def write_bank_slide(
                         key = int(choice[ii, j * per + b])
                         if key not in small:
                             small[key] = np.asarray(
-                                Image.fromarray(bank[key]).resize((sub, sub), Image.BOX)
+                                Image.fromarray(bank[key]).resize((sub, sub), Image.Resampling.BOX)
                             )
                         out[a * sub : (a + 1) * sub, b * sub : (b + 1) * sub] = small[key]
                 yield out

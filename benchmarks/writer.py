@@ -44,7 +44,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -56,12 +56,18 @@ from benchmarks.engine_proxy import bench_geometry, engine_job, torch_fp32_spec 
 from benchmarks.measure import BenchRun, loadavg, log, slide_args  # noqa: E402
 from benchmarks.stages import slide_and_model  # noqa: E402
 
+if TYPE_CHECKING:
+    from wsi_segment.pipeline.inference.slide_job import ReducedTiles, SlideJob
+    from wsi_segment.wsi.tiling import ChunkSpec
+
 PARTS = ("stitch", "tissue", "zarr write", "statistics", "polygons")
 WRITER = "engine writer (UnitWriter, N finisher threads)"
 PROCESSES = "engine writer, N finisher threads + N polygon processes (the GPU default)"
 
 
-def model_tiles(job: Any, specs: list, cache: Path, batch: int) -> list[Any]:
+def model_tiles(
+    job: SlideJob, specs: list[ChunkSpec], cache: Path, batch: int
+) -> list[ReducedTiles]:
     """Each chunk's `ReducedTiles` from the real model in batches of `batch` (cached: the
     model is not measured)."""
     from wsi_segment.pipeline.inference.slide_job import ReducedTiles
@@ -93,7 +99,9 @@ def model_tiles(job: Any, specs: list, cache: Path, batch: int) -> list[Any]:
     return out
 
 
-def unit_tiles(specs: list, reduced: list) -> tuple[list, list]:
+def unit_tiles(
+    specs: list[ChunkSpec], reduced: list[ReducedTiles]
+) -> tuple[list[ChunkSpec], list[ReducedTiles]]:
     """The write units of the plan (as the engine's writer finishes them) and each unit's
     `ReducedTiles`: its chunks' tiles, in the unit's order."""
     from wsi_segment.pipeline.inference.slide_job import ReducedTiles
@@ -112,10 +120,13 @@ def unit_tiles(specs: list, reduced: list) -> tuple[list, list]:
     return [u.spec for u in units], out
 
 
-def part_functions(job: Any, specs: list, reduced: list) -> dict[str, Callable[[int], object]]:
+def part_functions(
+    job: SlideJob, specs: list[ChunkSpec], reduced: list[ReducedTiles]
+) -> dict[str, Callable[[int], object]]:
     """One callable per part, taking a write unit's index (`specs`, `reduced`: the units');
     inputs of later parts made up front."""
-    from wsi_segment.pipeline.inference.slide_job import NODATA, stitch_cores
+    from wsi_segment.models.labels import NODATA
+    from wsi_segment.pipeline.inference.slide_job import stitch_cores
     from wsi_segment.pipeline.outputs.chunk_summary import block_polygons, block_statistics
 
     grid = job.grid
@@ -154,7 +165,16 @@ def part_functions(job: Any, specs: list, reduced: list) -> dict[str, Callable[[
     return dict(zip((*PARTS, "finish_block (all)"), (stitch, tissue, write, stats, polygons, finish), strict=True))  # fmt: skip
 
 
-def engine_writer(job: Any, specs: list, reduced: list, batch: int) -> Callable[[int], float]:
+class WriterRun(Protocol):
+    """`engine_writer`'s measurement: seconds with `threads` finishers and `tracers`
+    polygon processes (0: each finisher traces in its thread)."""
+
+    def __call__(self, threads: int, tracers: int = 0) -> float: ...
+
+
+def engine_writer(
+    job: SlideJob, specs: list[ChunkSpec], reduced: list[ReducedTiles], batch: int
+) -> WriterRun:
     """Seconds for the engine's own writer (`UnitWriter.run`, `threads` finishers) to take
     every chunk's tiles in batches of `batch` that span chunks, as the compute stage sends them
     (`specs`, `reduced`: the chunks'; the writer gathers them into write units)."""
@@ -209,7 +229,7 @@ def engine_writer(job: Any, specs: list, reduced: list, batch: int) -> Callable[
     return run
 
 
-def fresh_store(job: Any, store: Path) -> Any:
+def fresh_store(job: SlideJob, store: Path) -> SlideJob:
     """`job` writing into a copy of its (still empty) store at `store`."""
     import dataclasses
     import shutil
@@ -239,7 +259,9 @@ def timed(fn: Callable[[int], object], chunks: int, threads: int) -> float:
     return time.perf_counter() - t0
 
 
-def polygon_stats(job: Any, specs: list, reduced: list) -> tuple[float, float]:
+def polygon_stats(
+    job: SlideJob, specs: list[ChunkSpec], reduced: list[ReducedTiles]
+) -> tuple[float, float]:
     """Polygons and vertices per tile: how much edge the labels carry (tracing's cost)."""
     import shapely
 

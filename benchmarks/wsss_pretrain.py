@@ -90,6 +90,9 @@ def pretrain_encoder(
             flush=True,
         )
     out.parent.mkdir(parents=True, exist_ok=True)
-    weights = {k: v.detach().contiguous() for k, v in model.backbone.state_dict().items()}
+    backbone = model.backbone
+    if not isinstance(backbone, torch.nn.Module):  # build_classifier's Backbone always is
+        raise TypeError("the pretrained encoder must be an nn.Module to be saved")
+    weights = {k: v.detach().contiguous() for k, v in backbone.state_dict().items()}
     save_file(weights, str(out))
     return out

@@ -51,6 +51,7 @@ from benchmarks.wsss_parts import (  # noqa: E402
     train_fully_supervised,
 )
 from benchmarks.wsss_pretrain import pretrain_encoder  # noqa: E402
+from wsi_segment.models.classifier import PatchClassifier  # noqa: E402
 from wsi_segment.models.heads import DEFAULT_DROPOUT, PDA_SCHEDULES  # noqa: E402
 from wsi_segment.pipeline.training.datasets import MaskItem, WsssDataset, open_dataset  # noqa: E402
 from wsi_segment.pipeline.training.evaluate import pseudo_predictor, score_split  # noqa: E402
@@ -96,7 +97,7 @@ def train_config(args: argparse.Namespace, data: Path, seed: int, recipe: str, w
     )
 
 
-def pseudo_rows(ds: WsssDataset, cfg: TrainConfig, work: Path, args: argparse.Namespace, heads: list[str]) -> tuple[dict[str, float], torch.nn.Module]:  # fmt: skip
+def pseudo_rows(ds: WsssDataset, cfg: TrainConfig, work: Path, args: argparse.Namespace, heads: list[str]) -> tuple[dict[str, float], PatchClassifier]:  # fmt: skip
     """Stage 1 (PDA classifier and the extra heads) and its pseudo-mask mIoU per method."""
     k, bgr, out = ds.num_classes, ds.background_rule, {}
     ccfg = classifier_config(cfg)
