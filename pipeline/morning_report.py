@@ -27,6 +27,7 @@ from wsi_segment.pipeline.outputs.cohort import (
 )
 from wsi_segment.pipeline.outputs.report_page import OURS_PREFIX, PAGE_NAME, page_html
 from wsi_segment.pipeline.outputs.report_thumbnails import ensure_thumbnail, thumbnails_folder
+from wsi_segment.pipeline.outputs.shared_access import unwritable_folder
 from wsi_segment.pipeline.outputs.slide_entries import (
     BatchOutcome,
     SlideEntry,
@@ -104,6 +105,9 @@ def tonight_of(names: Sequence[str], results: Iterable[SlideResult | None]) -> T
     }
 
 
+FAILED_STATUSES = ("failed", "known-failure")  # what the morning report is written for
+
+
 class BatchReport:
     """The report of a batch in flight: rebuilt after each slide from what finished so far,
     one rebuild at a time (slides finish in several threads)."""
@@ -129,10 +133,19 @@ class BatchReport:
             return self._rebuild()
 
     def finish(self, results: Sequence[SlideResult]) -> MorningReport | None:
-        """The last rebuild, with every slide's settled result (failure records written)."""
+        """The last rebuild, with every slide's settled result (failure records written).
+        A night whose slides all failed before writing anything (timed out, disk full) still
+        gets its report, in an OUT made for it; one stopped before any slide ended does not."""
         with self._lock:
             self._finished = True
             self._results = dict(tonight_of(self.names, results))
+            if any(r.status in FAILED_STATUSES for r in results):
+                try:
+                    self.out_root.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise OutputError(
+                        f"cannot write the report: {unwritable_folder(self.out_root, exc)}"
+                    ) from exc
             return self._rebuild()
 
     def _rebuild(self) -> MorningReport | None:

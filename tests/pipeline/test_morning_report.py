@@ -311,6 +311,34 @@ def test_a_batch_report_rebuilds_as_slides_finish(out: Path, tmp_path: Path) -> 
     assert len(read_rows(last.cohort)) == 3
 
 
+def test_a_night_whose_slides_all_failed_before_writing_still_gets_its_report(
+    tmp_path: Path,
+) -> None:
+    """Every slide timed out (or found the disk full) before its folder existed: the batch
+    made no OUT and left the lab no page saying so. A batch stopped before any slide ended
+    still writes nothing."""
+    from wsi_segment.pipeline.morning_report import BatchReport
+    from wsi_segment.pipeline.segment import SlideResult
+
+    work = tmp_path / "new" / "out"
+    stopped = [
+        SlideResult("/s/a.svs", "interrupted", None),
+        SlideResult("/s/b.svs", "not started", None),
+    ]
+    assert BatchReport(work, ["a", "b"], {}).finish(stopped) is None
+    assert not (tmp_path / "new").exists()
+    failed = [
+        SlideResult(f"/s/{n}.svs", "failed", None, {}, f"/s/{n}.svs: timed out") for n in "ab"
+    ]
+    report = BatchReport(work, ["a", "b"], {}).finish(failed)
+    assert report is not None and report.page == work / "report.html" and report.page.is_file()
+    rows = read_rows(report.cohort)
+    assert [(r["slide"], r["status"], r["reason"]) for r in rows] == [
+        ("a", "failed", "/s/a.svs: timed out"),
+        ("b", "failed", "/s/b.svs: timed out"),
+    ]
+
+
 def test_names_are_text_in_the_page_and_the_table(out: Path, tmp_path: Path) -> None:
     """A slide name with markup, quotes, commas and non-ASCII text: escaped in the page,
     quoted in the CSV, linked by its URL-quoted path."""
