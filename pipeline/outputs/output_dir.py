@@ -90,20 +90,20 @@ class OutputDir:
         self.committed = False
 
     def __enter__(self) -> OutputDir:
-        self._lock_fd = self._lock()
         try:
+            self._lock_fd = self._lock()
             self._check_final()
             self._check_replaceable()
+            try:
+                if os.path.lexists(self.work_dir):  # left by a killed run (a link was refused)
+                    self._remove_stale_work_dir()
+                self.work_dir.mkdir()
+            except OSError as exc:
+                raise output_error(self.work_dir, exc) from exc
         except OutputError:
             self._release()
+            remove_empty_folders(self._made)  # refused: nothing of this run is left
             raise
-        try:
-            if os.path.lexists(self.work_dir):  # left by a killed run (a link was refused)
-                self._remove_stale_work_dir()
-            self.work_dir.mkdir()
-        except OSError as exc:
-            self._release()
-            raise output_error(self.work_dir, exc) from exc
         return self
 
     def _remove_stale_work_dir(self) -> None:
@@ -112,7 +112,6 @@ class OutputDir:
         try:
             shutil.rmtree(self.work_dir)
         except PermissionError as exc:
-            self._release()
             raise OutputError(
                 f"{self.work_dir} was left by a run that stopped, and user {this_user()} may "
                 f"not remove it ({describe(self.work_dir)}; a file inside: {exc.filename}); "

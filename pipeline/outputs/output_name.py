@@ -8,6 +8,7 @@ slides and batches go through these checks before anything is read or written.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from wsi_segment.errors import ConfigError
@@ -59,8 +60,8 @@ def slide_output_name(slide_path: str, output_name: str | None = None) -> str:
     --out. Stems keep '\\' and ':', which are plain characters in a POSIX file name."""
     refuse_control_characters(slide_path)
     if output_name:
-        return check_output_name(output_name, slide_path)
-    name = default_output_name(slide_path)
+        return refuse_long_name(check_output_name(output_name, slide_path), slide_path)
+    name = refuse_long_name(default_output_name(slide_path), slide_path)
     if leaves_output_folder(name):
         fix = (
             "point the URL at the slide file itself"
@@ -71,6 +72,25 @@ def slide_output_name(slide_path: str, output_name: str | None = None) -> str:
         raise ConfigError(
             f"{slide_path}: its output folder would be named {name!r}, which is not a plain "
             f"folder inside --out; {fix}"
+        )
+    return name
+
+
+# a file name holds 255 bytes on Linux file systems; the longest we make of an output name
+# is its work folder `.<name>.partial` (`output_dir.OutputDir`)
+MAX_NAME_BYTES = 255 - len("..partial")
+
+
+def refuse_long_name(name: str, slide_path: str) -> str:
+    """`name`, or ConfigError when its work folder's name would not fit the file system (a
+    legal slide file name of 247-255 bytes failed mid-way with 'File name too long')."""
+    size = len(os.fsencode(name))
+    if size > MAX_NAME_BYTES:
+        raise ConfigError(
+            f"{one_line(slide_path)}: its output folder name is {size} bytes, and the work "
+            f"folder beside it (.<name>.partial) must fit the file system's 255: rename the "
+            f"file to at most {MAX_NAME_BYTES} bytes, or list it in a `wsi-segment batch` "
+            "manifest with a shorter output name in the 'name' column"
         )
     return name
 

@@ -204,6 +204,23 @@ def test_special_files_are_refused_not_read(kind, tiny_model_dir, tmp_path, caps
     assert_nothing_written(out)
 
 
+def test_a_legal_name_too_long_for_the_work_folder_is_refused_up_front(
+    cmu_bytes, tiny_model_dir, tmp_path, capsys
+):
+    """A 251-byte slide file name is legal, but `.<name>.partial` (256 bytes) is not: the run
+    failed when it made its work folder, and left the --out it had made."""
+    path = tmp_path / f"{'b' * 247}.svs"
+    path.write_bytes(cmu_bytes)
+    out = tmp_path / "new" / "out"
+    result = run_cli_inprocess([path, "--model", tiny_model_dir, "--out", out, "--quiet"], capsys)
+    assert_clean_error(result, "output folder name is 247 bytes", "at most 246 bytes")
+    assert not (tmp_path / "new").exists()
+    fits = tmp_path / f"{'b' * 246}.svs"  # its work folder's name: 255 bytes
+    path.rename(fits)
+    result = run_cli_inprocess([fits, "--model", tiny_model_dir, "--out", out, "--quiet"], capsys)
+    assert result.code == 0, result.stderr
+
+
 def test_a_name_too_long_is_said_not_a_traceback(tiny_model_dir, tmp_path, capsys):
     """Python's `Path.exists` raises for ENAMETOOLONG (and EACCES): that was a traceback."""
     path = tmp_path / f"{'a' * 300}.svs"

@@ -73,6 +73,16 @@ def test_a_failed_run_removes_the_out_folders_it_made_and_only_those(tmp_path):
     assert _siblings(root) == ["slide"]  # a finished run keeps its folders
 
 
+def test_a_refused_run_removes_the_out_folders_it_made(tmp_path):
+    """Refused while it starts (its lock or work folder cannot be made: a name too long for
+    them), a run leaves no --out of its own behind either."""
+    root = tmp_path / "new" / "out"
+    for name in ("x" * 247, "y" * 252):  # too long for .<name>.partial / .<name>.lock
+        with pytest.raises(OutputError):
+            OutputDir(root, name, False).__enter__()
+        assert _siblings(tmp_path) == []
+
+
 def test_runs_into_a_new_out_never_lose_it_to_another_runs_cleanup(tmp_path):
     """Runs (threads here) making --out, failing and removing it again as fast as they can:
     one that finds the folder gone between making it and locking there makes it again, so
