@@ -54,10 +54,10 @@ def error_class_of(exc: BaseException) -> str:
 
 def failure_fingerprint(slide_path: str, params: SegmentParams, model: ModelFiles) -> str | None:
     """The fingerprint a failure of this slide run is recorded under; None when it cannot
-    be taken (a remote slide, whose changes a stat cannot see; a file gone; an unreadable
-    --roi), and the failure is then not recorded."""
+    be taken or is not kept (a remote slide: its failures are often the network's; a file
+    gone; an unreadable --roi), and the failure is then not recorded."""
     try:
-        if "size" not in slide_identity(slide_path):
+        if "url" in slide_identity(slide_path):
             return None
         model_hash, meta = model
         return run_fingerprint(slide_path, model_hash, params, meta)

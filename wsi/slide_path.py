@@ -88,3 +88,23 @@ def absolute_slide_path(slide_path: str) -> str:
     if "://" in slide_path and not slide_path.startswith("file://"):
         return slide_path
     return os.path.abspath(slide_path.removeprefix("file://"))
+
+
+# What a store says of an object that changes when the object is replaced under the same
+# URL: its size and, where the store gives them, its ETag, modification time and version
+# (fsspec's `info`: S3 gives ETag and LastModified, an HTTP server its headers).
+REMOTE_FACTS = ("size", "ETag", "LastModified", "Last-Modified", "mtime", "VersionId")
+
+
+def remote_object_facts(url: str) -> dict[str, str]:
+    """The `REMOTE_FACTS` the store of `url` gives now; {} when it cannot be asked (the slide's
+    open, which follows, says why). A slide replaced under its URL was taken for the one
+    already segmented ("up to date") while only the URL was compared."""
+    import fsspec
+
+    try:
+        fs, path = fsspec.core.url_to_fs(url)
+        info = fs.info(path)
+    except Exception:
+        return {}
+    return {key: str(info[key]) for key in REMOTE_FACTS if info.get(key) is not None}
