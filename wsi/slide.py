@@ -38,7 +38,7 @@ from wsi_segment.wsi.box_mean import box_mean
 from wsi_segment.wsi.mpp import MPP_RANGE, mpp_problem
 from wsi_segment.wsi.retries import READ_ATTEMPTS, is_transient, with_retries
 from wsi_segment.wsi.samples import check_samples
-from wsi_segment.wsi.slide_path import local_slide_file
+from wsi_segment.wsi.slide_path import local_slide_file, refuse_url_password
 
 log = logging.getLogger(__name__)
 
@@ -329,6 +329,7 @@ def open_slide(
     if mpp is not None and (problem := mpp_problem(mpp)) is not None:
         raise ConfigError(f"--mpp {problem}")
     if _is_url(path):
+        refuse_url_password(path)
         order = _url_backend_order(path, backend)
     else:
         path = local_slide_file(path)

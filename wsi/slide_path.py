@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import errno
 import os
+import urllib.parse
 from functools import partial
 from pathlib import Path
 
-from wsi_segment.errors import SlideError
+from wsi_segment.errors import ConfigError, SlideError
 from wsi_segment.wsi.retries import with_retries
 from wsi_segment.wsi.slide_folder import slide_file_of_folder
 
@@ -108,3 +109,23 @@ def remote_object_facts(url: str) -> dict[str, str]:
     except Exception:
         return {}
     return {key: str(info[key]) for key in REMOTE_FACTS if info.get(key) is not None}
+
+
+def refuse_url_password(slide_path: str) -> None:
+    """ConfigError for a URL that carries a password (`https://user:secret@host/x.svs`): a
+    command line is readable by every user of the machine (`ps`), and the slide's path is
+    written into summary.json, cohort.csv, failure lines and logs. Named without it."""
+    if "://" not in slide_path or slide_path.startswith("file://"):
+        return
+    parts = urllib.parse.urlsplit(slide_path)
+    if parts.password is None:
+        return
+    host = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
+    shown = parts._replace(netloc=f"{parts.username}:***@{host}").geturl()
+    raise ConfigError(
+        f"{shown}: the URL holds a password, which any user of this machine could read from "
+        "the command line and which would be written into summary.json, cohort.csv and the "
+        "logs; give the store its credentials where fsspec reads them (for s3://: "
+        "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or ~/.aws/credentials), or use a "
+        "presigned URL"
+    )

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+import urllib.parse
 from pathlib import Path, PurePosixPath
 
 # GeneralTools.DEFAULT_EXTENSIONS of QuPath 0.6 (0.5 lacks ".ome.zarr", which it cannot open)
@@ -62,7 +63,17 @@ def strip_extension(name: str) -> str:
 
 def slide_file_name(path: str | Path) -> str:
     """The last part of a slide's path or URL (a trailing '/' ignored)."""
-    return Path(str(path).rstrip("/")).name
+    return Path(name_path(path).rstrip("/")).name
+
+
+def name_path(path: str | Path) -> str:
+    """The part of a slide's path or URL its name comes from: a URL's path, %-escapes
+    decoded, without its query or fragment (a presigned URL's signature made a new output
+    folder each night, named `x.svs?X-Amz-Signature=...`)."""
+    text = str(path)
+    if "://" not in text or text.startswith("file://"):  # a file:// path is read as written
+        return text.removeprefix("file://")
+    return urllib.parse.unquote(urllib.parse.urlsplit(text).path)
 
 
 DICOM_SUFFIX = ".dcm"
@@ -74,7 +85,7 @@ def slide_stem(path: str | Path) -> str:
     of its files opens the same slide)."""
     name = slide_file_name(path)
     if name.lower().endswith(DICOM_SUFFIX):
-        folder = PurePosixPath(str(path).rstrip("/")).parent.name
+        folder = PurePosixPath(name_path(path).rstrip("/")).parent.name
         if folder and folder not in (".", ".."):
             return folder
     return strip_extension(name)

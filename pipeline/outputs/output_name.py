@@ -13,6 +13,7 @@ from pathlib import Path
 
 from wsi_segment.errors import ConfigError
 from wsi_segment.pipeline.outputs.naming import is_control, one_line, slide_stem
+from wsi_segment.wsi.slide_path import refuse_url_password
 
 # A typed output name is one portable folder name: no separators (so no "../x" or "a/b"),
 # no NUL, and no ':' (a drive prefix on Windows).
@@ -59,6 +60,7 @@ def slide_output_name(slide_path: str, output_name: str | None = None) -> str:
     manifest name), else `default_output_name`, refused if it would not be a folder inside
     --out. Stems keep '\\' and ':', which are plain characters in a POSIX file name."""
     refuse_control_characters(slide_path)
+    refuse_url_password(slide_path)
     if output_name:
         return refuse_long_name(check_output_name(output_name, slide_path), slide_path)
     name = refuse_long_name(default_output_name(slide_path), slide_path)

@@ -175,6 +175,21 @@ def test_corrupt_tile_in_the_middle_names_the_region(tiny_model_dir, tmp_path, c
     assert_nothing_written(out)
 
 
+@pytest.mark.parametrize("command", ["segment", "info"])
+def test_a_url_holding_a_password_is_refused_without_showing_it(
+    command, tiny_model_dir, tmp_path, capsys
+):
+    """`https://user:secret@host/x.svs` put the password into summary.json, cohort.csv and
+    the logs (and any user reads a command line with `ps`)."""
+    url = "http://alice:S3CRET@127.0.0.1:9/slides/x.svs"
+    out = tmp_path / "out"
+    args = ["info", url] if command == "info" else [url, "--model", tiny_model_dir, "--out", out]
+    result = run_cli_inprocess(args, capsys)
+    text = assert_clean_error(result, "http://alice:***@127.0.0.1:9/slides/x.svs", "password")
+    assert "S3CRET" not in result.stderr + result.stdout and "AWS_ACCESS_KEY_ID" in text
+    assert_nothing_written(out)
+
+
 @pytest.mark.parametrize(
     "url",
     ["s3://no-such-bucket-wsi-segment/x.svs", "http://127.0.0.1:9/x.svs", "nosuchproto://x/y.svs"],

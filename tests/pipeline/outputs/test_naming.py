@@ -167,3 +167,21 @@ def test_the_import_script_finds_a_dicom_slide_by_its_folder() -> None:
     assert "getCurrentServer().getURIs()" in text and "endsWith('.dcm')" in text
     assert "getParentFile()?.getName()" in text
     assert "new File(new File(OUT, dicomFolder), 'tissue.geojson')" in text
+
+
+@pytest.mark.parametrize(
+    ("url", "name"),
+    [
+        ("s3://lab/slides/case 1.svs", "case 1"),
+        ("https://h/s/CMU-1.svs?X-Amz-Signature=dead&X-Amz-Expires=3600", "CMU-1"),
+        ("https://h/s/with%20space.ome.tif#part", "with space"),
+        ("http://h/dicom/case-7/frame.dcm?sig=1", "case-7"),
+        ("file:///data/a%20b.svs", "a%20b"),  # a local path, read as written
+    ],
+)
+def test_a_urls_output_name_is_its_paths_not_its_query(url: str, name: str) -> None:
+    """A presigned URL's signature was part of the folder's name (a new folder each night,
+    `x.svs?X-Amz-Signature=...`), and a %-escape was kept (`with%20space`)."""
+    from wsi_segment.pipeline.outputs.output_name import slide_output_name
+
+    assert slide_output_name(url) == name
