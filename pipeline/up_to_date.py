@@ -96,9 +96,10 @@ def refuse_other_run(out_dir: Path, slide_path: str, previous: dict[str, Any]) -
     other = slide.get("path") if isinstance(slide, dict) else None
     if isinstance(other, str) and not _same_slide(other, slide_path):
         raise OutputError(
-            f"{out_dir} holds the results of another slide of that name, {other}; give this "
-            "one another output name (--output-name; in a batch, a manifest's name column) "
-            "or another --out (--overwrite would replace the other slide's results)"
+            f"{out_dir} holds the results of another slide of that name, {other}; choose "
+            "another --out for this one, or list it in a `wsi-segment batch` manifest with "
+            "another output name in the 'name' column (--overwrite would replace the other "
+            "slide's results)"
         )
     raise OutputError(
         f"{out_dir} holds results of a different run (other model or parameters); "

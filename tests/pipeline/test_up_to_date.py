@@ -122,9 +122,9 @@ def test_another_slide_of_the_same_name_is_named_not_offered_to_overwrite(
         segment.segment_slide(other, finished.out, finished.params)
     assert str(err.value) == (
         f"{finished.result.out_dir} holds the results of another slide of that name, "
-        f"{finished.slide.resolve()}; give this one another output name (--output-name; in a "
-        "batch, a manifest's name column) or another --out (--overwrite would replace the "
-        "other slide's results)"
+        f"{finished.slide.resolve()}; choose another --out for this one, or list it in a "
+        "`wsi-segment batch` manifest with another output name in the 'name' column "
+        "(--overwrite would replace the other slide's results)"
     )
     link = tmp_path / "link" / "slide.svs"
     link.parent.mkdir()
