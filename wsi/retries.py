@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import sys
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -50,7 +51,7 @@ def is_transient(exc: BaseException | None) -> bool:
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, TimeoutError | ConnectionError):
+        if isinstance(exc, TimeoutError | ConnectionError) or _server_busy(exc):
             return True
         if isinstance(exc, OSError):
             if isinstance(exc, PERMANENT_OS_ERRORS):
@@ -58,6 +59,16 @@ def is_transient(exc: BaseException | None) -> bool:
             return exc.errno is None or exc.errno in TRANSIENT_ERRNOS
         exc = exc.__cause__ or exc.__context__
     return False
+
+
+def _server_busy(exc: BaseException) -> bool:
+    """An HTTP store's 5xx or 429 (aiohttp's ClientResponseError, which fsspec's HTTP file
+    system raises): the server's trouble, which passes. Looked up only where aiohttp is
+    loaded already (an exception of it can exist only then): decoders never import it."""
+    aiohttp = sys.modules.get("aiohttp")
+    if aiohttp is None or not isinstance(exc, aiohttp.ClientResponseError):
+        return False
+    return bool(exc.status >= 500 or exc.status == 429)
 
 
 def with_retries(fn: Callable[[], T], what: str) -> T:

@@ -78,6 +78,20 @@ def test_is_transient_tells_io_from_decode_errors():
     assert not is_transient(OSError(errno.EROFS, "Read-only file system"))
 
 
+@pytest.mark.parametrize(("status", "passes"), [(500, True), (503, True), (429, True),
+                                               (403, False), (404, False), (416, False)])  # fmt: skip
+def test_an_http_stores_server_errors_are_transient(status: int, passes: bool) -> None:
+    """fsspec's HTTP file system raises aiohttp's ClientResponseError: a 503 was not retried
+    and was reported as a damaged file; a 403 or 404 does not pass by waiting."""
+    import aiohttp
+
+    error = aiohttp.ClientResponseError(None, (), status=status, message="from the server")  # type: ignore[arg-type]
+    assert is_transient(error) is passes
+    wrapped = ValueError("tifffile could not read the tile")
+    wrapped.__cause__ = error
+    assert is_transient(wrapped) is passes
+
+
 def test_one_transient_rule_for_slide_reads_and_flow_retries():
     from wsi_segment.flows import slide_flow
     from wsi_segment.wsi import retries
