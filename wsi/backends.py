@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 
 from wsi_segment.wsi.dicom_colour import needs_ycbcr_conversion, ycbcr_to_rgb
+from wsi_segment.wsi.ome_xml import ome_pixel_size
 from wsi_segment.wsi.samples import to_uint8
 
 
@@ -73,6 +74,28 @@ class OpenSlideBackend:
         self.handle = openslide.OpenSlide(path)
         # YCbCr frames under a header saying RGB: converted on every read (`wsi.dicom_colour`)
         self.ycbcr = needs_ycbcr_conversion(path, self.handle.properties)
+        self.sample_dtype: str | None = None
+        if self.handle.properties.get("openslide.vendor") == "generic-tiff":
+            self._plain_tiff()
+
+    def _plain_tiff(self) -> None:
+        """What openslide does not say of a plain TIFF: its sample type (float or 32-bit
+        samples it opens, then fails to read) and whether it is an OME-TIFF, which it would
+        read as one level, without the pyramid (SubIFDs, as bfconvert and QuPath write it)
+        or the pixel size in its XML: refused, so `auto` goes on to tiffslide."""
+        import tifffile
+
+        try:
+            with tifffile_quiet(), tifffile.TiffFile(self.path) as tiff:
+                self.sample_dtype, ome = str(tiff.pages.first.dtype), tiff.is_ome
+        except Exception:  # tifffile does not read it: openslide's own reads will tell
+            return
+        if ome:
+            self.handle.close()
+            raise ValueError(
+                "an OME-TIFF, which it reads as one plain image (no pyramid levels, no pixel "
+                "size): read it with tiffslide (--backend auto or tiffslide)"
+            )
 
     def meta(self) -> SlideMeta:
         h = self.handle
@@ -91,21 +114,8 @@ class OpenSlideBackend:
             ),
             tile_sizes=tuple(_tile(p, "openslide", i) for i in range(n)),
             properties=p,
-            sample_dtype=self._tiff_samples(p.get("openslide.vendor")),
+            sample_dtype=self.sample_dtype,
         )
-
-    def _tiff_samples(self, vendor: str | None) -> str | None:
-        """A plain TIFF's sample type (the vendors' formats hold 8-bit JPEG tiles), which
-        openslide does not say: float or 32-bit samples it opens, then fails to read."""
-        import tifffile
-
-        if vendor != "generic-tiff":
-            return None
-        try:
-            with tifffile_quiet(), tifffile.TiffFile(self.path) as tiff:
-                return str(tiff.pages.first.dtype)
-        except Exception:  # tifffile does not read it: openslide's own reads will tell
-            return None
 
     def read(
         self, location: tuple[int, int], level: int, size: tuple[int, int]
@@ -245,13 +255,17 @@ class TiffSlideBackend:
         h = self.handle
         p = {k: v for k, v in h.properties.items() if v is not None}
         vendor = p.get("tiffslide.vendor")
-        if vendor is None and getattr(h.ts_tifffile, "is_ome", False):
+        ome = bool(getattr(h.ts_tifffile, "is_ome", False))
+        if vendor is None and ome:
             vendor = "ome"
+        mpp = _mpp(p.get("tiffslide.mpp-x"), p.get("tiffslide.mpp-y"))
+        if mpp is None and ome:  # tiffslide reads the resolution tags only
+            mpp = ome_pixel_size(h.ts_tifffile.ome_metadata)
         return SlideMeta(
             vendor=vendor,
             level_dimensions=tuple((int(d[0]), int(d[1])) for d in h.level_dimensions),
             level_downsamples=tuple(float(d) for d in h.level_downsamples),
-            mpp=_mpp(p.get("tiffslide.mpp-x"), p.get("tiffslide.mpp-y")),
+            mpp=mpp,
             objective_power=_num(p.get("tiffslide.objective-power")),
             associated_images=tuple(sorted(h.associated_images)),
             bounds_offset=(

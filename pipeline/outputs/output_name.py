@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from wsi_segment.errors import ConfigError
-from wsi_segment.pipeline.outputs.naming import is_control, one_line, slide_stem
+from wsi_segment.pipeline.outputs.naming import is_control, one_line, slide_file_name, slide_stem
 from wsi_segment.wsi.slide_path import refuse_url_password
 
 # A typed output name is one portable folder name: no separators (so no "../x" or "a/b"),
@@ -87,6 +87,8 @@ def refuse_long_name(name: str, slide_path: str) -> str:
     """`name`, or ConfigError when its work folder's name would not fit the file system (a
     legal slide file name of 247-255 bytes failed mid-way with 'File name too long')."""
     size = len(os.fsencode(name))
+    if len(os.fsencode(slide_file_name(slide_path))) > 255:
+        return name  # no file has such a name: opening the slide says so, with its fix
     if size > MAX_NAME_BYTES:
         raise ConfigError(
             f"{one_line(slide_path)}: its output folder name is {size} bytes, and the work "
