@@ -21,6 +21,7 @@ import numpy as np
 from wsi_segment.wsi.dicom_colour import needs_ycbcr_conversion, ycbcr_to_rgb
 from wsi_segment.wsi.ome_xml import ome_pixel_size
 from wsi_segment.wsi.samples import to_uint8
+from wsi_segment.wsi.slide_path import url_storage_options
 
 
 @dataclass(frozen=True)
@@ -212,7 +213,7 @@ class TiffSlideBackend:
         import tiffslide
 
         with tifffile_quiet():
-            self.handle = tiffslide.TiffSlide(path)
+            self.handle = tiffslide.TiffSlide(path, storage_options=url_storage_options(path))
             try:
                 if self.handle.level_count == 0:
                     raise ValueError("the TIFF holds no image pages (truncated?)")

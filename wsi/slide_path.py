@@ -12,6 +12,7 @@ import os
 import urllib.parse
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from wsi_segment.errors import ConfigError, SlideError
 from wsi_segment.wsi.retries import with_retries
@@ -97,6 +98,23 @@ def absolute_slide_path(slide_path: str) -> str:
 REMOTE_FACTS = ("size", "ETag", "LastModified", "Last-Modified", "mtime", "VersionId")
 
 
+# An HTTP store that stops answering (a server hung mid-night) held a read for aiohttp's
+# 300 s a request, retried, and a run could not be stopped meanwhile: a connection gets
+# CONNECT_S, and a read that receives nothing for READ_IDLE_S fails (and is retried as any
+# transient error). Generous for a slow link: fsspec reads 5 MB blocks.
+CONNECT_S, READ_IDLE_S = 30.0, 60.0
+
+
+def url_storage_options(url: str) -> dict[str, Any]:
+    """fsspec's options for the store of `url`: for http(s), the timeouts above."""
+    if not url.lower().startswith(("http://", "https://")):
+        return {}
+    import aiohttp
+
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_S, sock_read=READ_IDLE_S)
+    return {"client_kwargs": {"timeout": timeout}}
+
+
 def remote_object_facts(url: str) -> dict[str, str]:
     """The `REMOTE_FACTS` the store of `url` gives now; {} when it cannot be asked (the slide's
     open, which follows, says why). A slide replaced under its URL was taken for the one
@@ -104,7 +122,7 @@ def remote_object_facts(url: str) -> dict[str, str]:
     import fsspec
 
     try:
-        fs, path = fsspec.core.url_to_fs(url)
+        fs, path = fsspec.core.url_to_fs(url, **url_storage_options(url))
         info = fs.info(path)
     except Exception:
         return {}

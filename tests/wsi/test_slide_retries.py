@@ -159,3 +159,25 @@ def test_corrupt_tile_is_not_retried_and_does_not_poison_the_slide(
         # openslide fails every later call on a handle once one read failed: the reader
         # is replaced, so the good tiles still read
         assert np.array_equal(slide.read_region((0, 0), 0, (64, 64)), cmu_pixels[:64, :64])
+
+
+@pytest.mark.slow  # two requests of READ_IDLE_S each (~2 min)
+def test_an_http_server_that_never_answers_fails_the_open_in_bounded_time() -> None:
+    """A server that accepts connections and then says nothing (hung mid-night) held each
+    request for aiohttp's 300 s; the open (HEAD, then a GET) now fails once a request has
+    received nothing for READ_IDLE_S."""
+    import socket
+    import time
+
+    from wsi_segment.errors import SlideError
+    from wsi_segment.wsi.slide import open_slide
+    from wsi_segment.wsi.slide_path import READ_IDLE_S
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)  # the kernel accepts; nothing ever answers
+        url = f"http://127.0.0.1:{server.getsockname()[1]}/slide.svs"
+        start = time.monotonic()
+        with pytest.raises(SlideError):
+            open_slide(url)
+        assert time.monotonic() - start < 3 * READ_IDLE_S
