@@ -31,6 +31,7 @@ from wsi_segment.pipeline.outputs.run_identity import run_fingerprint, slide_ide
 from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.pipeline.segment import SlideResult
 from wsi_segment.pipeline.up_to_date import ModelFiles
+from wsi_segment.wsi.slide_path import is_remote_url
 
 KNOWN = "known-failure"  # the status of a slide not retried because it failed before
 RECURRING: tuple[type[WsiSegmentError], ...] = (SlideError, RoiError)
@@ -57,7 +58,7 @@ def failure_fingerprint(slide_path: str, params: SegmentParams, model: ModelFile
     be taken or is not kept (a remote slide: its failures are often the network's; a file
     gone; an unreadable --roi), and the failure is then not recorded."""
     try:
-        if "url" in slide_identity(slide_path):
+        if is_remote_url(slide_path):  # asked of the name: no request to the store
             return None
         model_hash, meta = model
         return run_fingerprint(slide_path, model_hash, params, meta)

@@ -27,7 +27,7 @@ from wsi_segment.pipeline.outputs.ownership import refuse_foreign, refuse_link
 from wsi_segment.pipeline.outputs.run_identity import run_fingerprint
 from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.pipeline.prepare import resolve_model_dir
-from wsi_segment.wsi.slide_path import absolute_slide_path
+from wsi_segment.wsi.slide_path import absolute_slide_path, is_remote_url
 
 if TYPE_CHECKING:
     from wsi_segment.pipeline.prepare import PreparedSlide
@@ -112,7 +112,7 @@ def _same_slide(recorded: str, slide_path: str) -> bool:
     `slide_path` (as given: relative, a link, a URL). An older version's relative path
     cannot be told apart: taken as the same slide (the older message)."""
     here = absolute_slide_path(slide_path)
-    if "://" in here:
+    if is_remote_url(here):
         return recorded == here
     if not os.path.isabs(recorded):
         return True

@@ -82,12 +82,17 @@ def _user() -> str:
         return str(os.geteuid())
 
 
+def is_remote_url(slide_path: str) -> bool:
+    """A slide on a store fsspec reads (s3://, https://, ...); a `file://` path is local."""
+    return "://" in slide_path and not slide_path.startswith("file://")
+
+
 def absolute_slide_path(slide_path: str) -> str:
     """`slide_path` as every process and every later reader can find it: absolute for a
     local file (not resolved: a DICOM slide folder stays the folder), a URL as is. What
     Dask workers open, and what summary.json records (a relative path means nothing
     without the directory the run was started in)."""
-    if "://" in slide_path and not slide_path.startswith("file://"):
+    if is_remote_url(slide_path):
         return slide_path
     return os.path.abspath(slide_path.removeprefix("file://"))
 
@@ -133,7 +138,7 @@ def refuse_url_password(slide_path: str) -> None:
     """ConfigError for a URL that carries a password (`https://user:secret@host/x.svs`): a
     command line is readable by every user of the machine (`ps`), and the slide's path is
     written into summary.json, cohort.csv, failure lines and logs. Named without it."""
-    if "://" not in slide_path or slide_path.startswith("file://"):
+    if not is_remote_url(slide_path):
         return
     parts = urllib.parse.urlsplit(slide_path)
     if parts.password is None:

@@ -35,6 +35,8 @@ import unicodedata
 import urllib.parse
 from pathlib import Path, PurePosixPath
 
+from wsi_segment.wsi.slide_path import is_remote_url
+
 # GeneralTools.DEFAULT_EXTENSIONS of QuPath 0.6 (0.5 lacks ".ome.zarr", which it cannot open)
 MULTIPART_EXTENSIONS: tuple[str, ...] = (".ome.tif", ".ome.tiff", ".tar.gz", ".ome.zarr")
 _WORD_EXTENSION = re.compile(r"\.\w+", re.ASCII)  # Java's `\w` is ASCII
@@ -71,7 +73,7 @@ def name_path(path: str | Path) -> str:
     decoded, without its query or fragment (a presigned URL's signature made a new output
     folder each night, named `x.svs?X-Amz-Signature=...`)."""
     text = str(path)
-    if "://" not in text or text.startswith("file://"):  # a file:// path is read as written
+    if not is_remote_url(text):  # a file:// path is read as written
         return text.removeprefix("file://")
     return urllib.parse.unquote(urllib.parse.urlsplit(text).path)
 

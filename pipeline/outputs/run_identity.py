@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from wsi_segment.models.checksum import file_sha256
 from wsi_segment.pipeline.params import SegmentParams
-from wsi_segment.wsi.slide_path import remote_object_facts
+from wsi_segment.wsi.slide_path import is_remote_url, remote_object_facts
 
 if TYPE_CHECKING:  # models.meta imports torch, which a run loads in the background
     from wsi_segment.models.meta import ModelMeta
@@ -41,7 +41,7 @@ def slide_identity(slide_path: str) -> dict[str, Any]:
     of the object (size, ETag, modification time: `remote_object_facts`). A folder (a DICOM
     slide) adds the name, size and mtime of each file in it: its files are the slide, and
     rewriting one changes the folder's own mtime not at all."""
-    if "://" in slide_path and not slide_path.startswith("file://"):
+    if is_remote_url(slide_path):
         return {"url": slide_path, **remote_object_facts(slide_path)}
     path = Path(slide_path.removeprefix("file://")).resolve()
     stat = os.stat(path)
