@@ -126,6 +126,7 @@ def run_device(job: dict, device_name: str) -> tuple[int, float, str]:
 
     from benchmarks.stages import plan_like_pipeline
     from wsi_segment.pipeline.inference.device_tiles import DeviceTiles
+    from wsi_segment.pipeline.inference.engine_state import FirstError
     from wsi_segment.pipeline.inference.read_sources import slide_reads
     from wsi_segment.pipeline.inference.tile_reader import TileReader
 
@@ -147,11 +148,12 @@ def run_device(job: dict, device_name: str) -> tuple[int, float, str]:
         return 0, 0.0, facts.unsupported
     found = DeviceTiles(reader, tiles, device, "nvjpeg" if device.type == "cuda" else "libjpeg")
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    found.read_chunk(p.specs[0])
+    running = FirstError()  # never stopped
+    found.read_chunk(p.specs[0], running)
     sync()
     start, n = time.perf_counter(), 0
     for spec in p.specs:
-        n += len(found.read_chunk(spec))
+        n += len(found.read_chunk(spec, running))
     sync()
     return n, time.perf_counter() - start, found.decoder
 

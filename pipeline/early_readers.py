@@ -20,7 +20,7 @@ from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.pipeline.read_policy import GPU
 from wsi_segment.pipeline.run_policy import ExecutionPlan
 from wsi_segment.pipeline.startup import read_overlay_thumbnail
-from wsi_segment.pipeline.threads import Background
+from wsi_segment.pipeline.threads import Background, stop_wait_s
 from wsi_segment.wsi.slide import Slide
 from wsi_segment.wsi.tiling import ChunkSpec
 
@@ -37,6 +37,7 @@ class EarlyReaders:
     thumb: Background[np.ndarray] | None = None
     decoders: int = 0
     prefetch: bool = False
+    stop_wait: float | None = None  # `close`'s wait for the thumbnail (`threads.stop_wait_s`)
 
     @classmethod
     def start(
@@ -56,6 +57,7 @@ class EarlyReaders:
             readers.thumb = Background(
                 read_overlay_thumbnail, slide_path, slide.backend, params.mpp
             )
+            readers.stop_wait = stop_wait_s(slide_path)
         if decoders and decoders < machine.cores:
             # they import while tissue is detected, on the cores detection leaves free (with
             # none free they would only slow it down: then they spawn once planned)
@@ -78,10 +80,12 @@ class EarlyReaders:
         return {"decoder_spawn_s": self.pool.spawn_s} if self.pool is not None else {}
 
     def close(self) -> None:
+        """Stop what was started (after an error): a thread in a remote read is waited for as
+        `threads.stop_wait_s` says."""
         if self.prefetcher is not None:
             self.prefetcher.close()
         if self.pool is not None:
             self.pool.close()
         if self.thumb is not None:
-            with contextlib.suppress(BaseException):
-                self.thumb.result()
+            with contextlib.suppress(BaseException):  # a second Ctrl-C ends the wait
+                self.thumb.wait(self.stop_wait)

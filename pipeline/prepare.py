@@ -10,7 +10,6 @@ background, `pipeline.run_start`.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +42,7 @@ from wsi_segment.pipeline.prepare_inputs import (
 from wsi_segment.pipeline.progress import NO_PROGRESS, Progress
 from wsi_segment.pipeline.run_policy import CLUSTER, LOCAL, ExecutionPlan, RunFacts
 from wsi_segment.pipeline.run_start import RunStart
-from wsi_segment.pipeline.threads import Background
+from wsi_segment.pipeline.threads import Background, stop_wait_s
 from wsi_segment.wsi.read_backend import fast_read_backend
 from wsi_segment.wsi.roi import Roi
 from wsi_segment.wsi.slide import Slide
@@ -112,7 +111,8 @@ class PreparedSlide:
     def close_prefetch(self) -> None:
         """Stop the background readers (prefetch, decoders, overlay thumbnail) of a local run.
         Each is forgotten only once closed (closing is idempotent), so an interrupt landing
-        here leaves it to the next cleanup rather than losing it."""
+        here leaves it to the next cleanup rather than losing it. The thumbnail is kept for
+        `finish`, and waited for as `threads.stop_wait_s` says (a remote read may hang)."""
         if self.decode_pool is not None:
             self.decode_pool.close()
             self.decode_pool = None
@@ -121,8 +121,7 @@ class PreparedSlide:
             self.prefetch = None
         if self.overlay_thumb is not None:
             # its own error: finish() reports it; Ctrl-C while waiting goes on
-            with contextlib.suppress(Exception):
-                self.overlay_thumb.result()
+            self.overlay_thumb.wait(stop_wait_s(self.slide_path))
 
     def readers_handed_over(self) -> None:
         """Forget the early decoders and prefetcher once the engine's read source has adopted

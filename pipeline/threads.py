@@ -15,6 +15,8 @@ Two waits go on through interrupts, for two situations:
   already handling a stop. A further Ctrl-C or SIGTERM (KeyboardInterrupt) is dropped, since
   the stop is under way; any other BaseException is handed back for the caller to raise
   after its cleanup.
+
+One wait is bounded: a thread reading a remote slide (`stop_wait_s`).
 """
 
 from __future__ import annotations
@@ -24,10 +26,25 @@ import time
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar, TypeVarTuple
 
+from wsi_segment.wsi.slide_path import is_remote_url
+
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
 
 START_WAIT_S = 1.0  # how long a thread whose start an interrupt cut short may take to begin
+STOP_WAIT_S = 2.0  # how long a closing reader waits for a thread in a remote read (`stop_wait_s`)
+
+
+def stop_wait_s(slide_path: str) -> float | None:
+    """How long closing a background reader of `slide_path` waits for its thread (None: until
+    it ends). A remote store's read cannot be interrupted and lasts up to the store's
+    timeouts (`wsi.slide_path`: a minute a request, three attempts): a stop (Ctrl-C, a
+    scheduler's SIGTERM) would wait minutes on a hung server, past a scheduler's grace
+    period. Such a thread reads with a handle of its own, which it closes, and hands on
+    nothing once closed, so after STOP_WAIT_S it is left, a daemon, to end with its read.
+    A local read ends in moments and is waited for: a process that exits while openslide's
+    C code runs in a thread may crash."""
+    return STOP_WAIT_S if is_remote_url(slide_path) else None
 
 
 class WaitableThread:
@@ -89,6 +106,11 @@ class Background(Generic[T]):
     def done(self) -> bool:
         """Whether the function has returned or raised."""
         return self._thread.ended
+
+    def wait(self, timeout: float | None) -> bool:
+        """Wait up to `timeout` s (None: until it ends) without taking the result; whether
+        the function has ended."""
+        return self._thread.wait(timeout)
 
     def result(self) -> T:
         self._thread.wait()

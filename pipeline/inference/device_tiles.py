@@ -22,6 +22,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 
 from wsi_segment.errors import SlideError
 from wsi_segment.pipeline.inference.compute_stage import copy_into
+from wsi_segment.pipeline.inference.engine_state import FirstError, Stopped
 from wsi_segment.pipeline.inference.tile_reader import TileReader
 from wsi_segment.wsi.raw_tiles import JpegTiles
 from wsi_segment.wsi.tile_reuse import WHITE, Key, PlannedTiles, tiles_of
@@ -92,9 +93,12 @@ class DeviceTiles:
         keys = (tiles_of(box, self.tiles.tile_size, self.tiles.level_size) for box in boxes)
         self.planned = PlannedTiles(keys, max_bytes, own_copy)
 
-    def read_chunk(self, spec: ChunkSpec) -> torch.Tensor:
+    def read_chunk(self, spec: ChunkSpec, errors: FirstError) -> torch.Tensor:
         """(len(spec.tiles), T, T, 3) uint8 on the device, in `spec.tiles` order; a codec's
-        error on a damaged tile is made a SlideError with the fix."""
+        error on a damaged tile is made a SlideError with the fix. Read in this thread, as
+        asked: Stopped once the engine stops (`errors`) before it starts."""
+        if errors.stopped:
+            raise Stopped
         try:
             grid = self.reader.grid
             t, s, m = grid.tile, grid.stride, grid.margin

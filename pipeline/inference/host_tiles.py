@@ -14,9 +14,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from wsi_segment.pipeline.inference.engine_state import Stopped
+from wsi_segment.pipeline.cancellation import POLL_S
+from wsi_segment.pipeline.inference.engine_state import FirstError, Stopped
 from wsi_segment.pipeline.inference.tile_reader import TileReader
-from wsi_segment.pipeline.threads import WaitableThread
+from wsi_segment.pipeline.threads import WaitableThread, stop_wait_s
 from wsi_segment.wsi.tile_reuse import TileReuse
 from wsi_segment.wsi.tiling import ChunkSpec
 
@@ -50,6 +51,11 @@ class HostTiles:
         self._thread = WaitableThread(self._read_all, (self._specs,), name="tile-prefetch")
         self._thread.start()
 
+    def _current(self) -> bool:
+        """Whether the calling thread is this reader's current one: `close` may leave a
+        thread in a remote read (`threads.stop_wait_s`), which must not touch a later one's."""
+        return self._thread is not None and self._thread.thread is threading.current_thread()
+
     def _read_all(self, specs: list[ChunkSpec]) -> None:
         t0 = time.thread_time()
         try:
@@ -58,34 +64,39 @@ class HostTiles:
                 with self._cond:
                     while not self._stop and self._bytes >= self._max_bytes:
                         self._cond.wait()
-                    if self._stop:
+                    if self._stop or not self._current():
                         return
                 tiles = self.reader.read_tiles(spec, self.tile_reuse)
                 self._hand_over((spec.row, spec.col), tiles)
         except BaseException as exc:  # the engine raises it where it reads the next chunk
             self._hand_over(None, exc)
         finally:
-            self.read_s = time.thread_time() - t0
             self.reader.close_local()
             with self._cond:
-                self._ended = True
+                if self._current():
+                    self.read_s = time.thread_time() - t0
+                    self._ended = True
                 self._cond.notify_all()
 
     def _hand_over(self, at: tuple[int, int] | None, read: np.ndarray | BaseException) -> None:
         with self._cond:
+            if not self._current():
+                return  # left by `close`: nobody reads what it read
             self._read.append((at, read))
             self._bytes += read.nbytes if isinstance(read, np.ndarray) else 0
             self._cond.notify_all()
 
-    def read_chunk(self, spec: ChunkSpec) -> np.ndarray:
-        """The next chunk's tiles (the engine asks in plan order), or its read's error."""
+    def read_chunk(self, spec: ChunkSpec, errors: FirstError) -> np.ndarray:
+        """The next chunk's tiles (the engine asks in plan order), or its read's error;
+        Stopped once the engine stops (`errors`) or this reader is closed while it waits (a
+        read of a remote slide may hang for minutes)."""
         with self._cond:
             while not self._read:
-                if self._stop:
+                if self._stop or errors.stopped:
                     raise Stopped
                 if self._ended:
                     raise RuntimeError(f"chunk ({spec.row}, {spec.col}) was not planned")
-                self._cond.wait()
+                self._cond.wait(POLL_S)
             at, read = self._read[0]
             if isinstance(read, BaseException):
                 raise read
@@ -97,11 +108,14 @@ class HostTiles:
         return read
 
     def close(self) -> None:
-        """Stop reading (after the current read) and drop what was not taken."""
+        """Stop reading (after the current read) and drop what was not taken. A thread still
+        in a remote read after `stop_wait_s` is left to end with it."""
         with self._cond:
             self._stop = True
             self._cond.notify_all()
         if self._thread is not None:
-            self._thread.wait()
-        self._read.clear()
-        self._bytes, self._specs = 0, None
+            self._thread.wait(stop_wait_s(self.reader.slide_path))
+        with self._cond:
+            self._thread = None
+            self._read.clear()
+            self._bytes, self._specs = 0, None

@@ -73,9 +73,7 @@ class ReaderThread:
         for index, spec in enumerate(specs):
             if not spec.tiles:
                 continue  # the writer writes chunks without tissue tiles itself
-            if errors.stopped:
-                raise Stopped
-            tiles = self.reads.read_chunk(spec)
+            tiles = self.reads.read_chunk(spec, errors)  # Stopped once the engine stops
             stats.chunk_arrived()
             yield ChunkTiles(index, tiles)
 

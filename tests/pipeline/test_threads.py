@@ -14,7 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from wsi_segment.pipeline.threads import START_WAIT_S, Background, WaitableThread
+from wsi_segment.pipeline.threads import (
+    START_WAIT_S,
+    STOP_WAIT_S,
+    Background,
+    WaitableThread,
+    stop_wait_s,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -123,3 +129,21 @@ def result_alone_is_interrupted(folder: str) -> None:
 def test_result_alone_is_interrupted_at_once(tmp_path):
     """The plain wait gives way to the interrupt (what the other method exists to avoid)."""
     in_own_process("result_alone_is_interrupted", str(tmp_path))
+
+
+def test_only_a_remote_slides_reader_is_left_after_a_bounded_wait(tmp_path) -> None:
+    """A remote read cannot be interrupted: its thread is waited for STOP_WAIT_S; a local
+    one until it ends (openslide's C code must not run while the process exits)."""
+    assert stop_wait_s("https://store.example/slides/a.svs") == STOP_WAIT_S
+    assert stop_wait_s("s3://bucket/a.svs") == STOP_WAIT_S
+    assert stop_wait_s(str(tmp_path / "a.svs")) is None
+    assert stop_wait_s(f"file://{tmp_path}/a.svs") is None
+
+
+def test_a_background_wait_gives_up_without_taking_the_result() -> None:
+    release = threading.Event()
+    bg = Background(release.wait)
+    assert bg.wait(0.05) is False  # still running: the caller goes on
+    release.set()
+    assert bg.wait(None) is True
+    assert bg.result() is True

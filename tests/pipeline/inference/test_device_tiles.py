@@ -14,6 +14,7 @@ import torch
 
 from tests.conftest import CMU_SLIDE, DATA_DIR
 from wsi_segment.pipeline.inference.device_tiles import Decoder, DeviceTiles
+from wsi_segment.pipeline.inference.engine_state import FirstError
 from wsi_segment.pipeline.inference.read_sources import slide_reads
 from wsi_segment.pipeline.inference.tile_reader import TileReader
 from wsi_segment.pipeline.read_policy import ReadFacts
@@ -73,7 +74,7 @@ def test_every_chunk_gets_the_cpu_decoders_tiles(path, backend, grid):
     # inside a storage tile, so its padded edge tiles are cropped
     assert len(specs) >= 4
     for spec in specs:
-        got = device_tiles.read_chunk(spec)
+        got = device_tiles.read_chunk(spec, FirstError())
         assert got.device == CPU and got.dtype == torch.uint8
         np.testing.assert_array_equal(got.numpy(), _cpu_tiles(reader, spec))
     device_tiles.close()
@@ -86,10 +87,10 @@ def test_partial_tissue_chunk_reads_only_its_tiles():
     spec = dataclasses.replace(specs[0], tiles=((1, 2), (2, 1), (3, 3)))
     _, device_tiles = device_reads(reader, CPU, "libjpeg")
     assert device_tiles is not None
-    got = device_tiles.read_chunk(spec)
+    got = device_tiles.read_chunk(spec, FirstError())
     assert got.shape == (3, 224, 224, 3)
     np.testing.assert_array_equal(got.numpy(), _cpu_tiles(reader, spec))
-    empty = device_tiles.read_chunk(dataclasses.replace(spec, tiles=()))
+    empty = device_tiles.read_chunk(dataclasses.replace(spec, tiles=()), FirstError())
     assert empty.shape == (0, 224, 224, 3)
 
 
@@ -117,6 +118,6 @@ def test_tiles_assembled_on_cuda_match_the_cpu_decoders():
     _, device_tiles = device_reads(reader, torch.device("cuda"), "libjpeg")
     assert device_tiles is not None
     for spec in specs:
-        got = device_tiles.read_chunk(spec)
+        got = device_tiles.read_chunk(spec, FirstError())
         assert got.device.type == "cuda"
         np.testing.assert_array_equal(got.cpu().numpy(), _cpu_tiles(reader, spec))

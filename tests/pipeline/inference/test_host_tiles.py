@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import CMU_SLIDE, corrupt_middle_tile
 from wsi_segment.errors import SlideError
-from wsi_segment.pipeline.inference.engine_state import Stopped
+from wsi_segment.pipeline.inference.engine_state import FirstError, Stopped
 from wsi_segment.pipeline.inference.host_tiles import HostTiles
 from wsi_segment.pipeline.inference.slide_plan import plan_reader
 from wsi_segment.pipeline.inference.tile_reader import TileReader
@@ -51,11 +51,13 @@ def test_a_damaged_chunk_raises_its_read_error_after_the_intact_ones(tmp_path):
     reads.start(specs)
     try:
         for spec in specs[:first_bad]:
-            np.testing.assert_array_equal(reads.read_chunk(spec), reader.read_tiles(spec))
+            np.testing.assert_array_equal(
+                reads.read_chunk(spec, FirstError()), reader.read_tiles(spec)
+            )
         with pytest.raises(SlideError, match=f"^{re.escape(str(damaged))}: ") as caught:
-            reads.read_chunk(specs[first_bad])
+            reads.read_chunk(specs[first_bad], FirstError())
         with pytest.raises(SlideError) as again:  # the thread read no further
-            reads.read_chunk(specs[first_bad])
+            reads.read_chunk(specs[first_bad], FirstError())
         assert again.value is caught.value
     finally:
         reads.close()
@@ -67,14 +69,18 @@ def test_close_ends_a_read_ahead_that_waits_for_the_engine():
     assert len(specs) >= 3
     reads = HostTiles(reader, max_bytes=1)  # one chunk ahead, then it waits
     reads.start(specs)
-    np.testing.assert_array_equal(reads.read_chunk(specs[0]), reader.read_tiles(specs[0]))
+    np.testing.assert_array_equal(
+        reads.read_chunk(specs[0], FirstError()), reader.read_tiles(specs[0])
+    )
     reads.close()
     assert read_ahead_threads() == []
     with pytest.raises(Stopped):  # what a stopped engine's reader thread meets
-        reads.read_chunk(specs[1])
+        reads.read_chunk(specs[1], FirstError())
     reads.start(specs)  # started again on the same chunks: read from the first again
     try:
-        np.testing.assert_array_equal(reads.read_chunk(specs[0]), reader.read_tiles(specs[0]))
+        np.testing.assert_array_equal(
+            reads.read_chunk(specs[0], FirstError()), reader.read_tiles(specs[0])
+        )
     finally:
         reads.close()
 
@@ -87,7 +93,9 @@ def test_a_chunk_asked_out_of_plan_order_is_refused_not_swapped():
     reads.start(specs)
     try:
         with pytest.raises(RuntimeError, match=rf"chunk \({specs[1].row}, {specs[1].col}\)"):
-            reads.read_chunk(specs[1])
-        np.testing.assert_array_equal(reads.read_chunk(specs[0]), reader.read_tiles(specs[0]))
+            reads.read_chunk(specs[1], FirstError())
+        np.testing.assert_array_equal(
+            reads.read_chunk(specs[0], FirstError()), reader.read_tiles(specs[0])
+        )
     finally:
         reads.close()

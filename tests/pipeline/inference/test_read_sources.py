@@ -30,7 +30,7 @@ from tests.pipeline.inference.test_engine import TileByTile, assert_same_outcome
 from wsi_segment.errors import SlideError
 from wsi_segment.models.bundle import load_bundle
 from wsi_segment.pipeline.inference.device_tiles import Decoder, DeviceTiles
-from wsi_segment.pipeline.inference.engine_state import EngineStats
+from wsi_segment.pipeline.inference.engine_state import EngineStats, FirstError
 from wsi_segment.pipeline.inference.model_handle import ModelHandle
 from wsi_segment.pipeline.inference.read_sources import DecoderProcesses, ReaderThread
 from wsi_segment.pipeline.inference.slide_job import SlideJob
@@ -151,7 +151,7 @@ def test_each_storage_tile_is_decoded_once_per_slide(tmp_path, tiny):
         touched += len(keys)
     assert len(cache_keys) == 10 * 13  # the whole 2220 x 2967 px level
     for spec in specs:
-        reads.read_chunk(spec)
+        reads.read_chunk(spec, FirstError())
     assert reads.tiles_decoded == len(cache_keys)
     assert reads.tiles_reused == touched - len(cache_keys) > len(cache_keys)
     assert reads.planned.kept_bytes == 0  # every kept tile dropped after its last use
@@ -164,7 +164,9 @@ def test_a_cache_too_small_to_keep_anything_reads_the_same_pixels(tmp_path, tiny
     reads.start(specs, max_bytes=0)
     ref = device_reads(job)
     for spec in specs:
-        np.testing.assert_array_equal(reads.read_chunk(spec).numpy(), ref.read_chunk(spec).numpy())
+        np.testing.assert_array_equal(
+            reads.read_chunk(spec, FirstError()).numpy(), ref.read_chunk(spec, FirstError()).numpy()
+        )
     assert reads.tiles_reused == 0
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from tests.conftest import CMU_SLIDE
 from tests.wsi.test_resample import VECTORISED
+from wsi_segment.pipeline.inference.engine_state import FirstError
 from wsi_segment.pipeline.inference.tile_reader import TileReader, tile_boxes
 from wsi_segment.wsi.region_reader import read_model_tiles
 from wsi_segment.wsi.slide import open_slide
@@ -84,7 +85,7 @@ def test_chunk_reads_share_storage_tiles_with_the_same_pixels(model_mpp):
     reads.start(specs)
     try:
         for spec in (s for s in specs if s.tiles):
-            tiles = reads.read_chunk(spec)
+            tiles = reads.read_chunk(spec, FirstError())
             np.testing.assert_array_equal(tiles, reader.read_tiles(spec))
     finally:
         reads.close()
