@@ -16,20 +16,25 @@ STATUSES = ("done", "up-to-date", "failed")
 
 
 def class_rows(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Per-class area (um^2), fraction of tissue and mean probability from a summary
-    (`Unclassified` has no probability: its cell stays empty)."""
+    """Per-class area (um^2), fraction of tissue and mean probability from a summary; an
+    undefined value (null: a share of no tissue, the mean of a class with no pixels,
+    `Unclassified`'s probability) stays an empty cell, never 0."""
     rows = []
     for name, values in (summary.get("classes") or {}).items():
-        probability = values.get("mean_probability")
         rows.append(
             {
                 "class": name,
                 "area_um2": round(float(values.get("area_um2", 0.0)), 1),
-                "fraction_of_tissue": round(float(values.get("fraction_of_tissue", 0.0)), 4),
-                "mean_probability": None if probability is None else round(float(probability), 4),
+                "fraction_of_tissue": _rounded(values.get("fraction_of_tissue"), 4),
+                "mean_probability": _rounded(values.get("mean_probability"), 4),
             }
         )
     return rows
+
+
+def _rounded(value: float | None, digits: int) -> float | None:
+    """`value` rounded for a table; None (undefined, or not in the summary) stays None."""
+    return None if value is None else round(float(value), digits)
 
 
 def result_row(result: SlideResult, class_names: Sequence[str] = ()) -> dict[str, Any]:
@@ -45,8 +50,7 @@ def result_row(result: SlideResult, class_names: Sequence[str] = ()) -> dict[str
     }
     classes = summary.get("classes") or {}
     for name in class_names:
-        value = (classes.get(name) or {}).get("fraction_of_tissue")
-        row[f"{name}_fraction"] = round(float(value), 4) if value is not None else None
+        row[f"{name}_fraction"] = _rounded((classes.get(name) or {}).get("fraction_of_tissue"), 4)
     row["seconds"] = seconds_cell(float(result.seconds or 0.0))
     row["error"] = result.error or ""
     return row

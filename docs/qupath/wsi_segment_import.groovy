@@ -4,9 +4,11 @@
  *
  * - Regions you drew and ran with --roi come back in tissue.geojson naming your object's id
  *   (metadata wsi_segment = "region", wsi_segment_region_of = your object's id): their
- *   measurements ("TE area_um2", ...) are put on YOUR object; no second object is added. A
- *   region whose object is not in this image (another image, or it was deleted) is added as
- *   a new annotation with your class and name.
+ *   measurements ("TE area_um2", ...) are put on YOUR object, replacing an earlier
+ *   import's (a share the run left out, as a region without tissue has none, is removed,
+ *   not kept); no second object is added. A region whose object is not in this image
+ *   (another image, or it was deleted) is added as a new annotation with your class and
+ *   name.
  * - Class polygons and the Tissue outline (metadata wsi_segment = "class") are added; every
  *   object an earlier import of wsi-segment results added (anything with the metadata key
  *   wsi_segment, by this script or by a plain import) is removed first, so nothing piles up
@@ -63,7 +65,16 @@ for (obj in objects) {
     def mine = byId[obj.getMetadata().get('wsi_segment_region_of')]
     if (obj.getMetadata().get('wsi_segment') == 'region' && mine != null && targets.contains(mine)) {
         def measurements = mine.getMeasurementList()
-        measurements.putAll(obj.getMeasurementList())
+        // a share this run left out (undefined: no tissue in the region) must not keep an
+        // earlier import's value: each class's share goes first, then what this run wrote
+        // is put (getMeasurementNames: QuPath 0.5 and 0.6 both have it)
+        def written = obj.getMeasurementList()
+        def suffix = ' area_um2'
+        for (name in written.getMeasurementNames().findAll { it.endsWith(suffix) }) {
+            def cls = name.substring(0, name.length() - suffix.length())
+            measurements.remove(cls + ' fraction_of_tissue')
+        }
+        measurements.putAll(written)
         measurements.close()
         attached++
     } else {

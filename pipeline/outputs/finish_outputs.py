@@ -62,7 +62,9 @@ from wsi_segment.pipeline.outputs.roi_outputs import clip_to_rois, roi_class_are
 from wsi_segment.pipeline.outputs.summary import (
     SCHEMA_VERSION,
     class_measurements,
+    class_summary,
     command_line,
+    ratio,
     software_versions,
     write_summary,
 )
@@ -133,18 +135,10 @@ def _class_areas(
     area_px = slide_area_px(outcomes, extent) if outcomes else counts.astype(np.float64)
     px_area = prep.output_mpp[0] * prep.output_mpp[1]
     labelled = float(area_px.sum())
-    # Unclassified has no probability: null in summary.json, no measurement in the GeoJSON
-    areas: dict[str, dict[str, float | None]] = {
-        name: {
-            "area_um2": float(area_px[c] * px_area),
-            "fraction_of_tissue": float(area_px[c] / labelled) if labelled else 0.0,
-            "mean_probability": None
-            if c == k
-            else (float(prob_sums[c] / counts[c]) if counts[c] else 0.0),
-        }
-        for c, name in enumerate(classes)
-    }
+    # undefined shares and means are null (`summary.ratio`), Unclassified's probability too
+    areas = class_summary(classes, counts, prob_sums, area_px, px_area)
     measurements = class_measurements(classes, counts, prob_sums, prep.output_mpp, area_px)
+    # Unclassified has no probability: no measurement in the GeoJSON
     measurements[UNCLASSIFIED_NAME].pop("mean_probability", None)
     measurements["Tissue"] = {"area_um2": float(labelled * px_area)}
     return areas, measurements, labelled * px_area
@@ -160,15 +154,16 @@ def _write_optional_outputs(prep: PreparedRun, zarr_path: Path, work_dir: Path) 
     return written
 
 
-def run_stats(outcomes: list[ChunkOutcome]) -> dict[str, float | int]:
+def run_stats(outcomes: list[ChunkOutcome]) -> dict[str, float | int | None]:
     """What crossed from the model's device: per tile, each core's uint8 probabilities and
-    labels and the classifier's probabilities (models/reduction.py), never full maps."""
+    labels and the classifier's probabilities (models/reduction.py), never full maps (per
+    tile: None when no tile ran)."""
     tiles = sum(o.tiles_run for o in outcomes)
     total = sum(o.bytes_from_model for o in outcomes)
     return {
         "tiles_run": tiles,
         "bytes_from_model": total,
-        "bytes_from_model_per_tile": total / tiles if tiles else 0.0,
+        "bytes_from_model_per_tile": ratio(total, tiles),
     }
 
 

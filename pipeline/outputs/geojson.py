@@ -5,8 +5,9 @@ QuPath sources): feature `id` a UUID string; `properties.objectType` "annotation
 `properties.classification` = {"name": str, "color": [r, g, b] ints} (QuPath reads a
 classification object only when it has both keys); `properties.measurements` = object of
 name -> number. Coordinates are level-0 pixels, origin top-left, y down. Written with `json`
-(never string formatting) and `allow_nan=False`: NaN is not JSON, so missing numbers are left
-out instead.
+(never string formatting) and `allow_nan=False`: NaN is not JSON, and QuPath reads the
+measurements as numbers (a null it cannot take), so missing or undefined numbers are left
+out instead, which QuPath shows as an empty measurement.
 """
 
 from __future__ import annotations
@@ -47,10 +48,13 @@ def _rgb(color: Sequence[int]) -> list[int]:
     return rgb
 
 
-def _numbers(values: Mapping[str, float] | None) -> dict[str, float]:
-    """Measurements as plain finite floats (numpy scalars and NaN are not JSON numbers)."""
+def _numbers(values: Mapping[str, float | None] | None) -> dict[str, float]:
+    """Measurements as plain finite floats (numpy scalars and NaN are not JSON numbers); an
+    undefined one (None, NaN) is left out."""
     out: dict[str, float] = {}
     for name, value in (values or {}).items():
+        if value is None:
+            continue
         v = float(value)
         if math.isfinite(v):
             out[str(name)] = v
@@ -76,7 +80,7 @@ def make_feature(
     geom: BaseGeometry,
     name: str,
     color: Sequence[int],
-    measurements: Mapping[str, float] | None = None,
+    measurements: Mapping[str, float | None] | None = None,
     id_key: str | None = None,
     decimals: int | None = 3,
     kind: str = "class",

@@ -27,6 +27,7 @@ from wsi_segment.pipeline.outputs.slide_entries import (
 
 PAGE_NAME = "report.html"
 OURS_PREFIX = "<!DOCTYPE html>\n<!-- wsi-segment report -->\n"
+UNDEFINED = "n/a"  # a share of no tissue: not 0 %, there is nothing to share
 THUMB_PX = 160  # the card's picture box (CSS px); the file has twice as many for sharp screens
 
 STYLE = """
@@ -169,7 +170,7 @@ def _card(entry: SlideEntry, thumbnail: str | None) -> str:
 def _class_table(entry: SlideEntry) -> str:
     rows = "".join(
         f'<tr data-class="{escape(c.name)}" data-area-um2="{c.area_um2!r}" '
-        f'data-fraction="{c.fraction!r}"><td><i style="background:'
+        f'data-fraction="{_exact(c.fraction)}"><td><i style="background:'
         f'{_hex(entry.colors.get(c.name))}"></i>{escape(c.name)}</td>'
         f"<td>{_percent(c.fraction)}</td><td>{_mm2(c.area_um2)} mm²</td></tr>"
         for c in entry.classes
@@ -182,7 +183,7 @@ def _bar(classes: Sequence[ClassArea], colors: Mapping[str, tuple[int, int, int]
         f'<span style="width:{100 * c.fraction:.3f}%;background:{_hex(colors.get(c.name))}" '
         f'title="{escape(c.name)} {_percent(c.fraction)}"></span>'
         for c in classes
-        if c.fraction > 0
+        if c.fraction is not None and c.fraction > 0
     )
     return f'<div class="bar">{spans}</div>'
 
@@ -202,9 +203,9 @@ def _table(entries: Sequence[SlideEntry]) -> str:
     rows = []
     for entry in entries:
         for region, area, classes in _table_rows(entry):
-            by_name = {c.name: c.fraction for c in classes}
+            by_name = {c.name: c for c in classes}
             cells = [_td(entry.name), _td(region), _td(entry.status), _num(area, _mm2)]
-            cells += [_num(by_name.get(n), _percent_plain) for n in names]
+            cells += [_fraction_cell(by_name.get(n)) for n in names]
             cells.append(_td("; ".join(entry.qc_flags)))
             rows.append("<tr>" + "".join(cells) + "</tr>")
     th = "".join(f"<th>{escape(h)}</th>" for h in head)
@@ -228,6 +229,20 @@ def _num(value: float | None, shown: Callable[[float], str]) -> str:
     return f'<td data-v="{value!r}">{shown(value)}</td>'
 
 
+def _fraction_cell(area: ClassArea | None) -> str:
+    """A class's share in the cohort table: empty where the slide has no such class, "n/a"
+    where its share is undefined (no tissue); both sort last."""
+    if area is not None and area.fraction is None:
+        return f'<td data-v="">{UNDEFINED}</td>'
+    return _num(None if area is None else area.fraction, _percent_plain)
+
+
+def _exact(value: float | None) -> str:
+    """A number for a `data-` attribute, as Python prints it (reads back the same double);
+    empty when undefined."""
+    return "" if value is None else repr(value)
+
+
 def _hex(color: tuple[int, int, int] | None) -> str:
     r, g, b = color or (160, 160, 160)
     return f"#{r:02x}{g:02x}{b:02x}"
@@ -237,8 +252,8 @@ def _mm2(area_um2: float) -> str:
     return f"{area_um2 / 1e6:.4f}"
 
 
-def _percent(fraction: float) -> str:
-    return f"{100 * fraction:.1f} %"
+def _percent(fraction: float | None) -> str:
+    return UNDEFINED if fraction is None else f"{100 * fraction:.1f} %"
 
 
 def _percent_plain(fraction: float) -> str:

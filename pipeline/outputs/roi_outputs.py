@@ -18,6 +18,7 @@ from shapely.geometry.base import BaseGeometry
 
 from wsi_segment.pipeline.outputs.geojson import make_feature
 from wsi_segment.pipeline.outputs.polygons import as_multipolygon
+from wsi_segment.pipeline.outputs.summary import ratio
 from wsi_segment.wsi.roi import Roi
 
 ROI_CLASS = "ROI"
@@ -40,7 +41,8 @@ def roi_class_areas(
     um2_per_px: float,
 ) -> list[dict[str, Any]]:
     """Per region: its area on the slide, the tissue in it, and each class's area and share
-    of that tissue (um^2; geometries in level-0 px, `um2_per_px` = mpp_x * mpp_y).
+    of that tissue (um^2; geometries in level-0 px, `um2_per_px` = mpp_x * mpp_y); in a
+    region without tissue the shares are undefined, None (`summary.ratio`).
 
     The tissue of a region is what was labelled in it (the sum of its class areas), as the
     slide's `Tissue` area is: so no class exceeds it, and a region covering the slide
@@ -64,7 +66,7 @@ def roi_class_areas(
                 "classes": {
                     name: {
                         "area_um2": a,
-                        "fraction_of_tissue": a / labelled if labelled else 0.0,
+                        "fraction_of_tissue": ratio(a, labelled),
                     }
                     for name, a in cls_um2.items()
                 },
@@ -76,7 +78,8 @@ def roi_class_areas(
 def roi_features(
     rois: Sequence[Roi], report: Sequence[Mapping[str, Any]], id_prefix: str
 ) -> list[dict[str, Any]]:
-    """One annotation per region, measurements = its class areas. It keeps what QuPath
+    """One annotation per region, measurements = its class areas and shares (an undefined
+    share, None, is left out: `geojson.make_feature`). It keeps what QuPath
     knows the region by: its name, its classification (`ROI` when it had none) and, in the
     metadata (`REGION_OF_KEY`), the id of the user's object, so
     `docs/qupath/wsi_segment_import.groovy` puts the measurements on that object. Its own id
@@ -84,7 +87,10 @@ def roi_features(
     beside the user's object instead of giving the image two objects with one id."""
     features = []
     for i, (roi, rep) in enumerate(zip(rois, report, strict=True)):
-        measurements = {"area_um2": rep["area_um2"], "Tissue area_um2": rep["tissue_area_um2"]}
+        measurements: dict[str, float | None] = {
+            "area_um2": rep["area_um2"],
+            "Tissue area_um2": rep["tissue_area_um2"],
+        }
         for name, values in rep["classes"].items():
             measurements[f"{name} area_um2"] = values["area_um2"]
             measurements[f"{name} fraction_of_tissue"] = values["fraction_of_tissue"]

@@ -71,11 +71,12 @@ FALLBACK_COLOR = (160, 160, 160)  # a class whose colour the folder does not say
 
 @dataclass(frozen=True)
 class ClassArea:
-    """One class's area (um^2) and share of the labelled tissue."""
+    """One class's area (um^2) and share of the labelled tissue (None: undefined, there is
+    no tissue)."""
 
     name: str
     area_um2: float
-    fraction: float
+    fraction: float | None
 
 
 @dataclass(frozen=True)
@@ -121,8 +122,8 @@ class SlideEntry:
             flags.append("no tissue")
         elif self.tissue_status == "fluorescence?":
             flags.append("fluorescence?")
-        gated = next((c.fraction for c in self.classes if c.name == UNCLASSIFIED_NAME), 0.0)
-        if gated >= GATED_FLAG:
+        gated = next((c.fraction for c in self.classes if c.name == UNCLASSIFIED_NAME), None)
+        if gated is not None and gated >= GATED_FLAG:
             flags.append(f"gated {100 * gated:.1f} %")
         return tuple(flags)
 
@@ -281,6 +282,8 @@ def _folder_entry(folder: Path, name: str) -> SlideEntry:
     if version < SCHEMA_VERSION:
         why = f"summary.json has schema {version}, older than this version's {SCHEMA_VERSION}"
         more = "; Unclassified was not reported then" if version < 2 else ""
+        if version < 4:
+            more += "; an undefined share or mean (no tissue, no pixels) read 0 then"
         return dataclasses.replace(
             entry, status=OLDER, reason=f"{why}{more}; rerun with --overwrite"
         )
@@ -336,14 +339,20 @@ def _number(mapping: Mapping[str, Any], key: str) -> float:
     return float(value)
 
 
+def _undefined_or_number(mapping: Mapping[str, Any], key: str) -> float | None:
+    """A number that may be undefined (null: `summary.ratio`); a missing key is damage."""
+    if key in mapping and mapping[key] is None:
+        return None
+    return _number(mapping, key)
+
+
 def _class_areas(classes: Mapping[str, Any]) -> tuple[ClassArea, ...]:
     out = []
     for name, values in classes.items():
         if not isinstance(values, dict):
             raise _Unusable(f"class '{name}' is not an object")
-        out.append(
-            ClassArea(str(name), _number(values, "area_um2"), _number(values, "fraction_of_tissue"))
-        )
+        fraction = _undefined_or_number(values, "fraction_of_tissue")
+        out.append(ClassArea(str(name), _number(values, "area_um2"), fraction))
     return tuple(out)
 
 

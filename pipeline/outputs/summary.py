@@ -20,7 +20,11 @@ from typing import Any
 
 import numpy as np
 
-SCHEMA_VERSION = 3  # summary.json's layout: bump when a key moves or changes meaning
+from wsi_segment.models.labels import UNCLASSIFIED_NAME
+
+# summary.json's layout: bump when a key moves or changes meaning (4: an undefined share or
+# mean is null, where 3 and earlier wrote 0.0)
+SCHEMA_VERSION = 4
 
 
 def command_line(command: Sequence[str] | None) -> str:
@@ -105,6 +109,38 @@ def _mpp_pair(output_mpp: float | Sequence[float]) -> tuple[float, float]:
     return float(x), float(y)
 
 
+def ratio(part: float, whole: float) -> float | None:
+    """`part / whole`, or None where `whole` is 0: a share of no tissue or a mean over no
+    pixels is undefined, not 0, and a reader must not take it for a measured 0 (nor a mean
+    over slides count it). Written as null in summary.json, an empty cell in cohort.csv,
+    no measurement in the GeoJSON and "n/a" on the report page."""
+    return float(part) / float(whole) if whole else None
+
+
+def class_summary(
+    class_names: Sequence[str],
+    counts: Sequence[int] | np.ndarray,
+    prob_sums: Sequence[float] | np.ndarray,
+    area_px: Sequence[float] | np.ndarray,
+    um2_per_px: float,
+) -> dict[str, dict[str, float | None]]:
+    """summary.json's `classes`: per class its area (um^2, from `area_px`, the class's
+    output px^2 on the slide), its share of the labelled tissue (every class's area) and its
+    mean probability (0-1) over its `counts[k]` pixels, whose probabilities sum to
+    `prob_sums[k]`. Undefined values are None (`ratio`): every share on a slide without
+    tissue, the mean of a class with no pixels, and always `Unclassified`'s (it has no
+    probability); a class with no pixels in tissue keeps its share, 0.0."""
+    labelled = float(np.sum(area_px))
+    out = {}
+    for name, n, a, s in zip(class_names, counts, area_px, prob_sums, strict=True):
+        out[str(name)] = {
+            "area_um2": float(a) * um2_per_px,
+            "fraction_of_tissue": ratio(a, labelled),
+            "mean_probability": None if name == UNCLASSIFIED_NAME else ratio(s, n),
+        }
+    return out
+
+
 def class_measurements(
     class_names: Sequence[str],
     counts: Sequence[int] | np.ndarray,
@@ -115,15 +151,18 @@ def class_measurements(
     """GeoJSON measurements per class: area in um^2 and mean probability (0-1) over the
     class's pixels; `prob_sums[k]` is the sum of class-k probability (0-1) over those pixels.
     `area_px`: the class's output px^2 on the slide when they differ from `counts` (pixels
-    over the slide's edge count for their part on it).
+    over the slide's edge count for their part on it). A class with no pixels has no mean:
+    its measurement is left out (QuPath's measurements are numbers; a missing one it shows
+    as empty).
     """
     mx, my = _mpp_pair(output_mpp)
     sizes = counts if area_px is None else area_px
     out = {}
     for name, n, a, s in zip(class_names, counts, sizes, prob_sums, strict=True):
         m = {"area_um2": (int(a) if area_px is None else float(a)) * mx * my}
-        if n:
-            m["mean_probability"] = float(s) / int(n)
+        mean = ratio(s, n)
+        if mean is not None:
+            m["mean_probability"] = mean
         out[str(name)] = m
     return out
 

@@ -171,13 +171,18 @@ def test_the_page_in_a_real_browser(batch_out: Path) -> None:
         assert [c["name"] for c in card["classes"]] == list(summary["classes"])
         for shown in card["classes"]:
             values = summary["classes"][shown["name"]]
+            fraction = values["fraction_of_tissue"]
             assert float(shown["area"]) == values["area_um2"]
-            assert float(shown["fraction"]) == values["fraction_of_tissue"]
+            if fraction is None:  # no tissue: a share of nothing is shown as such, not 0 %
+                assert shown["fraction"] == "" and card["slide"] == "small"
+            else:
+                assert float(shown["fraction"]) == fraction
             assert shown["text"] == [
-                f"{100 * values['fraction_of_tissue']:.1f} %",
+                "n/a" if fraction is None else f"{100 * fraction:.1f} %",
                 f"{values['area_um2'] / 1e6:.4f} mm²",
             ]
         assert card["picture"]  # the thumbnail beside the page loaded
+    assert [c["text"][0] for c in cards[-1]["classes"]] == ["n/a"] * 5  # small: no tissue
     order = load.values[1]
     areas = {
         (r["slide"], r["region"]): r["tissue_area_um2"] for r in read_rows(batch_out / "cohort.csv")

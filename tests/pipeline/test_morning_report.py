@@ -75,7 +75,7 @@ def test_rows_hold_the_numbers_of_each_summary(out: Path, tmp_path: Path) -> Non
         assert row["model"] == "tiny-test" and row["model_sha256"] == s["model"]["sha256"]
         assert float(row["mpp_x"]) == s["slide"]["mpp"]["x"]
         assert float(row["mpp_y"]) == s["slide"]["mpp"]["y"]
-        assert row["run_utc"] == s["created_utc"] and row["summary_schema"] == "3"
+        assert row["run_utc"] == s["created_utc"] and row["summary_schema"] == "4"
         assert row["tissue_status"] == s["tissue"]["status"]
         if row["region"]:
             [numbers] = [r for r in s["rois"] if r["name"] == row["region"]]
@@ -93,10 +93,23 @@ def test_rows_hold_the_numbers_of_each_summary(out: Path, tmp_path: Path) -> Non
         for cls in ALL_CLASSES:  # exactly the summary's doubles
             values = numbers["classes"][cls]
             assert float(row[f"{cls}_area_um2"]) == values["area_um2"]
-            assert float(row[f"{cls}_fraction_of_tissue"]) == values["fraction_of_tissue"]
+            if row["slide"] != "small":
+                assert float(row[f"{cls}_fraction_of_tissue"]) == values["fraction_of_tissue"]
     cmu, small = rows[0], rows[-1]
     assert float(cmu["tissue_area_um2"]) > 0 and cmu["qc_flags"] in ("", cmu["qc_flags"])
-    assert small["tissue_status"] == "none" and small["qc_flags"].startswith("no tissue")
+    assert small["tissue_status"] == "none" and small["qc_flags"] == "no tissue"
+    # no tissue: areas are measured zeros, a share of no tissue is undefined: an empty cell
+    # (pandas/R read it as missing: docs/outputs.md), not 0.0
+    assert [small[f"{c}_area_um2"] for c in ALL_CLASSES] == ["0.0"] * 5
+    assert [small[f"{c}_fraction_of_tissue"] for c in ALL_CLASSES] == [""] * 5
+    # a class the tiny model gave no pixel of the CMU tissue: its share is a measured 0.0,
+    # its mean probability (over no pixels) null, not 0.0
+    classes = summary_of(work, "CMU-1-Small-Region")["classes"]
+    absent = [c for c in CLASSES if classes[c]["area_um2"] == 0.0]
+    assert absent and all(classes[c]["mean_probability"] is None for c in absent)
+    assert [cmu[f"{c}_fraction_of_tissue"] for c in absent] == ["0.0"] * len(absent)
+    present = [c for c in CLASSES if c not in absent]
+    assert all(0 < classes[c]["mean_probability"] <= 1 for c in present)
 
     page = report.page.read_text()
     cards = re.findall(
@@ -106,6 +119,13 @@ def test_rows_hold_the_numbers_of_each_summary(out: Path, tmp_path: Path) -> Non
     for name in ("CMU-1-Small-Region", "OS-1-detail", "small"):  # each run's own thumbnail
         assert f'src="{name}/overlay-thumbnail.jpg"' in page
         assert f'href="{name}/overlay.png"' in page
+    # the page shows a share of no tissue as "n/a", not 0.0 %, in its card and its row
+    card = page[page.index('data-slide="small"') :]
+    card = card[: card.index("</article>")]
+    shares = re.findall(r'data-fraction="([^"]*)"><td>.*?</td><td>([^<]*)</td>', card)
+    assert shares == [("", "n/a")] * 5 and "<span style" not in card  # an empty bar
+    [small_row] = re.findall(r"<tr><td>small</td>.*?</tr>", page)
+    assert small_row.count('<td data-v="">n/a</td>') == 5
     assert not (work / ".report").exists()  # no picture decoded, none made
     assert "http://" not in page and "https://" not in page  # nothing from the network
 

@@ -101,7 +101,7 @@ def test_gated_tissue_has_the_unclassified_value_and_no_probability(gated: Run) 
 
 def test_summary_reports_unclassified_slide_wide_and_per_region(gated: Run) -> None:
     s = gated.summary
-    assert s["schema_version"] == 3
+    assert s["schema_version"] == 4
     classes = s["classes"]
     assert list(classes) == [*s["model"]["classes"], UNCLASSIFIED_NAME]
     # areas from the label image, each output pixel for its part on the slide

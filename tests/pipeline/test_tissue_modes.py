@@ -18,7 +18,7 @@ from tests.conftest import CMU_SLIDE, LUAD_CLASSES
 from tests.wsi import qupath_exports as qp
 from tests.wsi.test_tissue import write_slide
 from wsi_segment.errors import ConfigError, OutputError, RoiError
-from wsi_segment.pipeline.batch_report import batch_rows
+from wsi_segment.pipeline.batch_report import batch_rows, class_rows, markdown_table
 from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.pipeline.segment import segment_slide
 
@@ -55,6 +55,30 @@ def test_nothing_found_is_a_result_with_a_warning(request, tmp_path, tiny_model_
     assert summary_of(result)["tiling"]["tiles"] == 0
     row = batch_rows([result])[0]
     assert row["tissue"] == f"{status} !"
+
+
+def test_a_slide_without_tissue_has_no_shares_or_means(tmp_path, tiny_model_dir, blank_slide):
+    """Nothing labelled: areas are measured zeros, but a class's share of no tissue, its
+    mean probability over no pixels and the bytes per tile of no tile are undefined: null
+    (they were 0.0), an empty cell in the batch and slide tables; no class or Tissue
+    feature in the GeoJSON carries a number."""
+    result = segment_slide(blank_slide, tmp_path, SegmentParams(model_dir=tiny_model_dir))
+    summary = summary_of(result)
+    undefined = {"area_um2": 0.0, "fraction_of_tissue": None, "mean_probability": None}
+    assert summary["classes"] == dict.fromkeys([*LUAD_CLASSES, "Unclassified"], undefined)
+    assert summary["tissue"]["area_um2"] == 0.0
+    assert summary["run_stats"]["tiles_run"] == 0
+    assert summary["run_stats"]["bytes_from_model_per_tile"] is None
+    row = batch_rows([result])[0]
+    assert [row[f"{c}_fraction"] for c in [*LUAD_CLASSES, "Unclassified"]] == [None] * 5
+    # the slide's Prefect table (flows/slide_flow.py): empty cells, never 0.0
+    rows = class_rows(summary)
+    assert [(r["area_um2"], r["fraction_of_tissue"], r["mean_probability"]) for r in rows] == [
+        (0.0, None, None)
+    ] * 5
+    assert markdown_table(rows).splitlines()[2] == "| TE | 0.0 |  |  |"
+    fc = json.loads((result.out_dir / "tissue.geojson").read_text())
+    assert fc["features"] == []
 
 
 def test_cli_warns_on_stderr_and_exits_0(tmp_path, tiny_model_dir, blank_slide):

@@ -85,6 +85,34 @@ def test_tissue_of_a_region_is_what_was_labelled_in_it(rois):
         assert all(a <= r["tissue_area_um2"] for a in areas)
 
 
+def test_a_region_without_tissue_has_no_shares(rois):
+    """A region with nothing labelled in it: its areas are measured zeros; its classes'
+    shares of no tissue are undefined: null in the report, no measurement in QuPath (they
+    were 0.0). The region with tissue keeps its exact shares, the absent class's 0.0."""
+    regions, _ = rois
+    report = roi_class_areas(regions, {0: shapely.box(0, 0, 50, 50)}, ["TE", "NEC"], 1.0)
+    assert report[1]["tissue_area_um2"] == 0.0
+    assert report[1]["classes"] == {
+        "TE": {"area_um2": 0.0, "fraction_of_tissue": None},
+        "NEC": {"area_um2": 0.0, "fraction_of_tissue": None},
+    }
+    assert report[0]["classes"] == {
+        "TE": {"area_um2": 2500.0, "fraction_of_tissue": 1.0},
+        "NEC": {"area_um2": 0.0, "fraction_of_tissue": 0.0},
+    }
+    with_tissue, without = (
+        f["properties"]["measurements"] for f in roi_features(regions, report, "s")
+    )
+    assert without == {
+        "area_um2": 10000.0,
+        "Tissue area_um2": 0.0,
+        "TE area_um2": 0.0,
+        "NEC area_um2": 0.0,
+    }
+    assert with_tissue["TE fraction_of_tissue"] == 1.0
+    assert with_tissue["NEC fraction_of_tissue"] == 0.0
+
+
 def test_the_import_script_reads_what_the_outputs_write():
     """The QuPath script matches on what roi_features and make_feature write: the metadata
     keys and kind, the file name, and the user's object ids (`getID()`)."""
@@ -96,4 +124,8 @@ def test_the_import_script_reads_what_the_outputs_write():
     # QuPath's scripting API the script relies on (0.5 and 0.6)
     for call in ("removeObjects(", "addObjects(", "fireHierarchyUpdate()", "putAll("):
         assert call in text
+    # a share the run left out (a region without tissue) is removed from your object before
+    # the run's measurements are put, so an earlier import's value does not stay
+    remove = text.index("measurements.remove(cls + ' fraction_of_tissue')")
+    assert "def suffix = ' area_um2'" in text and remove < text.index("measurements.putAll(")
     assert re.search(r"def OUT = '[^']+'", text)

@@ -9,6 +9,7 @@ import pytest
 
 from wsi_segment.pipeline.outputs.summary import (
     class_measurements,
+    class_summary,
     read_summary,
     software_versions,
     write_summary,
@@ -18,6 +19,30 @@ from wsi_segment.pipeline.outputs.summary import (
 def test_class_measurements():
     m = class_measurements(["A", "B"], np.array([4, 0]), np.array([3.0, 0.0]), 2.0)
     assert m == {"A": {"area_um2": 16.0, "mean_probability": 0.75}, "B": {"area_um2": 0.0}}
+
+
+NAMES = ["TE", "NEC", "Unclassified"]
+
+
+def test_class_summary_keeps_measured_zeros_and_leaves_undefined_values_null():
+    """A class with no pixels in tissue: its share is a measured 0.0, its mean probability
+    (over no pixels) is null, not 0.0; Unclassified's probability is always null."""
+    counts, sums, area_px = np.array([4, 0, 2]), np.array([3.0, 0, 0]), np.array([4.0, 0, 2])
+    classes = class_summary(NAMES, counts, sums, area_px, 2.0)
+    assert classes == {
+        "TE": {"area_um2": 8.0, "fraction_of_tissue": 4 / 6, "mean_probability": 0.75},
+        "NEC": {"area_um2": 0.0, "fraction_of_tissue": 0.0, "mean_probability": None},
+        "Unclassified": {"area_um2": 4.0, "fraction_of_tissue": 2 / 6, "mean_probability": None},
+    }
+
+
+def test_class_summary_without_tissue_has_no_shares_or_means():
+    """No tissue: every area is a measured 0.0, every share and mean undefined (null in
+    summary.json), where they were written as 0.0."""
+    zeros = np.zeros(3)
+    classes = class_summary(NAMES, zeros.astype(np.int64), zeros, zeros, 2.0)
+    undefined = {"area_um2": 0.0, "fraction_of_tissue": None, "mean_probability": None}
+    assert classes == dict.fromkeys(NAMES, undefined)
 
 
 def test_software_versions():
