@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 
 from wsi_segment.wsi.dicom_colour import needs_ycbcr_conversion, ycbcr_to_rgb
+from wsi_segment.wsi.http_file import http_slide_file, is_http_url
 from wsi_segment.wsi.ome_xml import ome_pixel_size
 from wsi_segment.wsi.samples import to_uint8
 from wsi_segment.wsi.slide_path import url_storage_options
@@ -203,6 +204,22 @@ def tifffile_quiet() -> Iterator[None]:
         _quiet.depth -= 1
 
 
+def _open_tiffslide(path: str) -> tuple[Any, Any]:
+    """tiffslide's slide of `path`, and the fsspec file it reads an http(s) slide through
+    (None for others), which tiffslide leaves open; its server is asked first whether it
+    serves byte ranges (`wsi.http_file`)."""
+    import tiffslide
+
+    if not is_http_url(path):
+        return tiffslide.TiffSlide(path, storage_options=url_storage_options(path)), None
+    file, name = http_slide_file(path)
+    try:
+        return tiffslide.TiffSlide(file, tifffile_options={"name": name}), file
+    except BaseException:
+        file.close()
+        raise
+
+
 class TiffSlideBackend:
     """tiffslide: TIFF family incl. OME-TIFF, and fsspec URLs (s3://, file://, ...)."""
 
@@ -210,16 +227,14 @@ class TiffSlideBackend:
     reads_urls: ClassVar[bool] = True
 
     def __init__(self, path: str) -> None:
-        import tiffslide
-
         with tifffile_quiet():
-            self.handle = tiffslide.TiffSlide(path, storage_options=url_storage_options(path))
+            self.handle, self._file = _open_tiffslide(path)
             try:
                 if self.handle.level_count == 0:
                     raise ValueError("the TIFF holds no image pages (truncated?)")
                 self._check_image_data()
             except Exception:
-                self.handle.close()
+                self.close()
                 raise
 
     def _check_image_data(self) -> None:
@@ -301,7 +316,11 @@ class TiffSlideBackend:
         return to_uint8(arr), inside  # as openslide reads it (`wsi.samples`)
 
     def close(self) -> None:
-        self.handle.close()
+        try:
+            self.handle.close()
+        finally:
+            if self._file is not None:
+                self._file.close()
 
 
 class SlideReader(Protocol):

@@ -198,6 +198,8 @@ class Slide:
 
         try:
             arr, inside = with_retries(attempt, f"{self.path}: reading {where}")
+        except SlideError:  # a reader reopened found what its open would (NoByteRanges)
+            raise
         except Exception as exc:
             cause = f"{type(exc).__name__}: {exc}"
             if is_transient(exc):
@@ -353,6 +355,8 @@ def _open_with_first(path: str, order: list[str], mpp: float | None) -> Slide:
     for name in order:
         try:
             reader = with_retries(partial(BACKENDS[name], path), f"opening {path}")
+        except SlideError:  # the backend's own diagnosis (NoByteRanges), with its fix
+            raise
         except Exception as exc:
             reasons.append(f"{name}: {type(exc).__name__}: {exc}".rstrip(": "))
             continue

@@ -38,6 +38,12 @@ class PolygonProcessDied(WsiSegmentError):
     record it as a known failure of the slide."""
 
 
+class NoByteRanges(SlideError):
+    """An HTTP server does not serve a slide in parts (it ignores `Range:` and sends the
+    whole file, or says `Accept-Ranges: none`), which reading a whole-slide image over HTTP
+    needs; found when the slide is opened. Not transient: the server's set-up, not a hiccup."""
+
+
 class MppMissingError(SlideError):
     """A step needs physical pixel size but the slide has none and no override was given."""
 

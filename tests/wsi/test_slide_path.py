@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import CMU_SLIDE, DATA_DIR
+from tests.wsi.http_servers import served
 from wsi_segment.wsi.slide_path import absolute_slide_path
 
 
@@ -31,19 +32,10 @@ def test_a_slide_path_is_made_absolute(tmp_path: Path, monkeypatch: pytest.Monke
 def http_folder(tmp_path: Path) -> Iterator[tuple[Path, str]]:
     """A folder served over HTTP by Python's own server (sizes and Last-Modified headers, as
     a plain web server gives): (folder, its URL)."""
-    import functools
     import http.server
-    import threading
 
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield tmp_path, f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with served(tmp_path, http.server.SimpleHTTPRequestHandler) as url:
+        yield tmp_path, url
 
 
 def test_a_slide_replaced_under_its_url_is_another_slide(http_folder: tuple[Path, str]) -> None:
