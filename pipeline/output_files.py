@@ -27,8 +27,10 @@ SUMMARY_NAME = "summary.json"  # written last: what makes a folder a finished ou
 class OutputFile:
     """One file of the output folder. `option` (None: always written) names an optional
     file's switch, `help` says what its flag writes, and `writer` writes it from the
-    finished store as `(zarr_path, path, grid: wsi.tiling.TileGrid, run_id: str) -> None`
-    (`run_id`: the run's fingerprint, which ids in the file derive from)."""
+    finished store as `(zarr_path, path, grid: wsi.tiling.TileGrid, run_id: str,
+    slide_size: tuple[int, int]) -> None` (`run_id`: the run's fingerprint, which ids in the
+    file derive from; `slide_size`: the slide's level-0 width and height, where the store's
+    last column and row, up to one output pixel past it, are cut)."""
 
     name: str
     option: str | None = None

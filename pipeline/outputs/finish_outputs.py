@@ -149,7 +149,8 @@ def _write_optional_outputs(prep: PreparedRun, zarr_path: Path, work_dir: Path) 
     written = []
     for output in optional_outputs():
         if output.option in prep.params.extra_outputs and output.writer is not None:
-            output.writer(zarr_path, work_dir / output.name, prep.grid, prep.fingerprint)
+            path = work_dir / output.name
+            output.writer(zarr_path, path, prep.grid, prep.fingerprint, prep.slide.dimensions)
             written.append(output.name)
     return written
 

@@ -41,10 +41,12 @@ def _tiles(arr: zarr.Array[Any], tile: int) -> Iterator[np.ndarray]:
                 yield block
 
 
-def write_output(zarr_path: Path, path: Path, grid: TileGrid, run_id: str) -> None:
+def write_output(
+    zarr_path: Path, path: Path, grid: TileGrid, run_id: str, slide_size: tuple[int, int]
+) -> None:
     """`--ome-tiff`'s writer in the output registry (`pipeline.output_files`): the copy of the
-    finished store at `path` (a copy of every level needs nothing of the grid), its UUID the
-    run's (`run_identity.output_id`)."""
+    finished store at `path` (a copy of every level needs nothing of the grid or the slide's
+    size), its UUID the run's (`run_identity.output_id`)."""
     write_probability_ome_tiff(zarr_path, path, output_id(f"{run_id}/{path.name}"))
 
 

@@ -38,11 +38,14 @@ PARAMETER_KEYS = [
 ]  # fmt: skip
 
 
-def write_store_shape(zarr_path: Path, path: Path, grid: TileGrid, run_id: str) -> None:
-    """A trivial extra output: the probability array's shape, the tile core's side and the
-    run's fingerprint."""
+def write_store_shape(
+    zarr_path: Path, path: Path, grid: TileGrid, run_id: str, slide_size: tuple[int, int]
+) -> None:
+    """A trivial extra output: the probability array's shape, the tile core's side, the
+    run's fingerprint and the slide's level-0 size."""
     shape = zarr.open_group(str(zarr_path), mode="r")["0/0"].shape
-    path.write_text(f"{list(shape)} {grid.stride // grid.downsample} {run_id}\n")
+    core = grid.stride // grid.downsample
+    path.write_text(f"{list(shape)} {core} {run_id} {list(slide_size)}\n")
 
 
 EXTRA = OutputFile(
@@ -128,7 +131,7 @@ def test_a_registered_output_is_written_listed_and_owned(
     # a core is (64 - 32) / 4 = 8 output px: the tiny model's tile, the default overlap and
     # output downsample
     summary = json.loads((result.out_dir / "summary.json").read_text())
-    want = f"{list(store.shape)} 8 {summary['fingerprint']}\n"
+    want = f"{list(store.shape)} 8 {summary['fingerprint']} [2220, 2967]\n"
     assert (result.out_dir / "store-shape.txt").read_text() == want
     assert summary["output"]["files"][-1] == "store-shape.txt"
     assert summary["parameters"]["store_shape"] is True
