@@ -19,10 +19,10 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 
 from wsi_segment.wsi.dicom_colour import needs_ycbcr_conversion, ycbcr_to_rgb
-from wsi_segment.wsi.http_file import http_slide_file, is_http_url
+from wsi_segment.wsi.http_file import http_slide_file
 from wsi_segment.wsi.ome_xml import ome_pixel_size
 from wsi_segment.wsi.samples import to_uint8
-from wsi_segment.wsi.slide_path import url_storage_options
+from wsi_segment.wsi.slide_path import is_http_url, url_storage_options
 
 
 @dataclass(frozen=True)

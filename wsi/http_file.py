@@ -16,11 +16,6 @@ from wsi_segment.errors import NoByteRanges
 from wsi_segment.wsi.slide_path import url_storage_options
 
 
-def is_http_url(path: str) -> bool:
-    """A slide served over http(s)."""
-    return path.lower().startswith(("http://", "https://"))
-
-
 def http_slide_file(url: str) -> tuple[Any, str]:
     """The slide's fsspec file, opened as tiffslide opens a URL itself (one HEAD), and the
     name tiffslide gives it; NoByteRanges, naming the URL and the fix, when its server does

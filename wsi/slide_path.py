@@ -110,9 +110,14 @@ REMOTE_FACTS = ("size", "ETag", "LastModified", "Last-Modified", "mtime", "Versi
 CONNECT_S, READ_IDLE_S = 30.0, 60.0
 
 
+def is_http_url(path: str) -> bool:
+    """A slide served over http(s) (fsspec's HTTP file system, aiohttp underneath)."""
+    return path.lower().startswith(("http://", "https://"))
+
+
 def url_storage_options(url: str) -> dict[str, Any]:
     """fsspec's options for the store of `url`: for http(s), the timeouts above."""
-    if not url.lower().startswith(("http://", "https://")):
+    if not is_http_url(url):
         return {}
     import aiohttp
 
