@@ -166,8 +166,7 @@ def _build(doc: dict[str, Any], meta: ModelMeta, where: Path) -> SegmentationMod
     try:
         clf = arch["classifier"]
         classifier = build_classifier(clf["backbone"], clf["head"], k)
-        seg = {key: v for key, v in arch["segmenter"].items() if key != "num_classes"}
-        segmenter = Segmenter(num_classes=k, **seg)
+        segmenter = Segmenter.from_config(arch["segmenter"], k)
     except (KeyError, TypeError) as exc:
         raise ModelError(f"{where}: bad architecture description ({exc!r})") from exc
     except Exception as exc:  # ConfigError from the builders: re-label as a model problem

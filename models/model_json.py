@@ -29,6 +29,7 @@ Check = Callable[[Any], str | None]
 MAX_CLASSES = 64  # label maps are uint8 with 254 and 255 reserved (models.labels); no tissue taxonomy comes near
 TILE_RANGE = (32, 2048)  # px; a multiple of 16 (DeepLabV3+ input, encoder stride 8 or 16)
 DECODER_CHANNELS_RANGE = (8, 1024)  # smp's default is 256
+ATROUS_RATE_RANGE = (1, 128)  # ASPP dilations; DeepLabV3+ uses 6-36
 MPP_RANGE = (0.01, 100.0)  # um/px, the range --mpp accepts
 NAME_LENGTH = 200
 MAX_VALIDATION_PATCHES = (
@@ -106,7 +107,8 @@ def either(*checks: Check) -> Check:
 def list_of(item: Check, lo: int, hi: int, what: str) -> Check:
     def check(v: Any) -> str | None:
         ok = isinstance(v, list) and lo <= len(v) <= hi and all(item(x) is None for x in v)
-        return None if ok else f"a list of {lo} to {hi} {what}"
+        count = str(lo) if lo == hi else f"{lo} to {hi}"
+        return None if ok else f"a list of {count} {what}"
 
     return check
 
@@ -190,6 +192,16 @@ MODEL_JSON_KEYS: tuple[Key, ...] = (
     Key("architecture.segmenter.num_classes", integer(1, MAX_CLASSES)),
     Key("architecture.segmenter.output_stride", choice(8, 16)),
     Key("architecture.segmenter.decoder_channels", integer(*DECODER_CHANNELS_RANGE)),
+    # absent (older models): segmenter.LEGACY_ATROUS_RATES
+    Key(
+        "architecture.segmenter.atrous_rates",
+        list_of(
+            integer(*ATROUS_RATE_RANGE),
+            3,
+            3,
+            "ASPP dilation rates (integers {} to {})".format(*ATROUS_RATE_RANGE),
+        ),
+    ),
     Key("weights", mapping),
     Key("weights.file", relative_file),
     Key("weights.dtype", choice("float32", "float16")),

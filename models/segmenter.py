@@ -9,7 +9,7 @@ averages over all pixels with background as a fixed extra class, divided by the 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import segmentation_models_pytorch as smp
@@ -21,6 +21,13 @@ from wsi_segment.errors import ConfigError
 
 IGNORE_INDEX = 255
 DEFAULT_LAYER_WEIGHTS = (0.2, 0.2, 0.6)
+#: ASPP dilation rates by encoder output stride, as DeepLabV3+ (Chen et al. 2018) prescribes
+#: and the official WSSS-Tissue code uses at 16: the rates double when the stride halves, so
+#: each branch sees the same image extent.
+ATROUS_RATES: dict[int, tuple[int, int, int]] = {16: (6, 12, 18), 8: (12, 24, 36)}
+#: The rates of a segmenter whose model.json records none: smp's default, which every model
+#: saved before the rates were recorded was built with (at output stride 16 too).
+LEGACY_ATROUS_RATES = (12, 24, 36)
 
 
 class Segmenter(nn.Module):
@@ -28,6 +35,9 @@ class Segmenter(nn.Module):
 
     Encoder by smp name: resnet18/34/50 (smp's own) or any timm model as `tu-<name>`
     (e.g. tu-resnet10t). Inputs must have H and W divisible by 16 (by `output_stride`).
+    `atrous_rates` are the ASPP's three dilations; None takes `ATROUS_RATES[output_stride]`
+    (smp's own default, (12, 24, 36), is the stride-8 set: at stride 16 a 224 px tile's
+    14 x 14 map leaves its 18-36 dilations reading only padding).
     """
 
     def __init__(
@@ -37,16 +47,21 @@ class Segmenter(nn.Module):
         *,
         output_stride: int = 16,
         decoder_channels: int = 256,
+        atrous_rates: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         if output_stride not in (8, 16):
             raise ConfigError(f"segmenter output_stride must be 8 or 16, got {output_stride}")
+        rates = ATROUS_RATES[output_stride] if atrous_rates is None else tuple(atrous_rates)
+        if len(rates) != 3 or not all(isinstance(r, int) and r >= 1 for r in rates):
+            raise ConfigError(f"segmenter atrous_rates must be 3 positive integers, got {rates}")
         try:
             self.net = smp.DeepLabV3Plus(
                 encoder_name=encoder,
                 encoder_weights=None,
                 encoder_output_stride=output_stride,
                 decoder_channels=decoder_channels,
+                decoder_atrous_rates=rates,
                 classes=num_classes,
             )
         except (KeyError, ValueError, RuntimeError) as exc:
@@ -58,19 +73,30 @@ class Segmenter(nn.Module):
         self.num_classes = num_classes
         self.output_stride = output_stride
         self.decoder_channels = decoder_channels
+        self.atrous_rates: tuple[int, ...] = rates
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits: torch.Tensor = self.net(x)
         return logits
 
     def config(self) -> dict[str, Any]:
-        """Architecture stored in model.json; `Segmenter(**config)` rebuilds it."""
+        """Architecture stored in model.json; `Segmenter.from_config(config, K)` rebuilds it."""
         return {
             "encoder": self.encoder,
             "num_classes": self.num_classes,
             "output_stride": self.output_stride,
             "decoder_channels": self.decoder_channels,
+            "atrous_rates": list(self.atrous_rates),
         }
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], num_classes: int) -> Segmenter:
+        """The segmenter model.json's `architecture.segmenter` describes; one without
+        `atrous_rates` was saved before they were recorded, so it gets the rates it was
+        built with, `LEGACY_ATROUS_RATES`, and gives the same outputs as before."""
+        args = {key: v for key, v in config.items() if key != "num_classes"}
+        args.setdefault("atrous_rates", LEGACY_ATROUS_RATES)
+        return cls(num_classes=num_classes, **args)
 
 
 def build_segmenter(encoder: str = "resnet18", num_classes: int = 4, **kwargs: Any) -> Segmenter:
