@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from wsi_segment.models.background import background_mask
+from wsi_segment.models.cam_methods import cam_method
 from wsi_segment.models.cams import activation_maps
 from wsi_segment.models.classifier import PatchClassifier
 from wsi_segment.models.pretrained import load_pretrained
@@ -42,7 +43,8 @@ def cam_predictor(
         x = to_input(images, torch.device("cpu"))
         maps = activation_maps(method, classifier, x, layer, normalise="none")
         bg = background_mask(images) if use_background else None
-        return [label_from_maps(maps, present_labels(gt, k) > 0.5, bg)]
+        present = present_labels(gt, k) > 0.5
+        return [label_from_maps(maps, present, bg, relu=cam_method(method).relu)]
 
     return predict
 

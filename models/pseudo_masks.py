@@ -13,6 +13,14 @@ and argmax picks the lower index, which can label a pixel with a class the patch
 have. Ours cannot. Background and patches without any
 label get `ignore_index` (default 255): the segmenter's loss skips them, because white
 glass is not a tissue class and its pixels carry no supervision.
+
+Methods whose maps are ReLU'd (CAM, Score-CAM, LFI-CAM: `CamMethod.relu`) score 0 wherever a
+class has no evidence, often over much of a patch. Where every present class of a patch with
+two or more scores 0, argmax would break the tie towards the lowest class index (all such
+pixels to LYM, say); those pixels get `ignore_index` instead, as there is nothing to tell the
+classes apart. A patch with one present class keeps it on all its tissue, as the official
+code does. Grad-CAM without ReLU (the default) keeps the order of its negative values and is
+labelled by argmax everywhere.
 """
 
 from __future__ import annotations
@@ -50,17 +58,27 @@ def label_from_maps(
     present: torch.Tensor,
     background: torch.Tensor | None = None,
     ignore_index: int = IGNORE_INDEX,
+    *,
+    relu: bool = False,
 ) -> torch.Tensor:
     """uint8 (N, H, W): argmax over present classes of the jointly normalised maps.
 
     `background` (bool (N, H, W)) wins over every class and becomes `ignore_index`, as do
     all pixels of a patch with no present class. Absent classes can never be chosen.
+    `relu`: the maps were ReLU'd, so a score <= 0 is no evidence; where a patch has two or
+    more present classes and none of them has evidence, the pixel is `ignore_index` too.
     """
+    sel = present[:, :, None, None]
     scores = joint_minmax(maps.float(), present)
-    scores = torch.where(present[:, :, None, None], scores, torch.full_like(scores, -1.0))
+    scores = torch.where(sel, scores, torch.full_like(scores, -1.0))
     label = scores.argmax(dim=1).to(torch.uint8)
-    none = ~present.any(dim=1)[:, None, None].expand_as(label)
-    drop = none if background is None else none | background
+    drop = ~present.any(dim=1)[:, None, None].expand_as(label)
+    if background is not None:
+        drop = drop | background
+    if relu:
+        no_evidence = torch.where(sel, maps <= 0, True).all(dim=1)
+        several = (present.sum(dim=1) >= 2)[:, None, None]
+        drop = drop | (no_evidence & several)
     return torch.where(drop, torch.full_like(label, ignore_index), label)
 
 
@@ -111,4 +129,4 @@ def pseudo_masks(
         maps = [activation_maps(method, classifier, x, "deep", normalise="none")] * len(layers)
     else:
         maps = [activation_maps(method, classifier, x, lay, normalise="none") for lay in layers]
-    return [label_from_maps(m, present, bg, ignore_index).cpu() for m in maps]
+    return [label_from_maps(m, present, bg, ignore_index, relu=spec.relu).cpu() for m in maps]

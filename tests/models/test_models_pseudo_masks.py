@@ -52,6 +52,50 @@ def test_a_present_class_at_the_minimum_never_loses_to_an_absent_class() -> None
     assert label_from_maps(maps, present).tolist() == [[[1, 1]]]
 
 
+def test_relud_maps_without_evidence_for_any_present_class_are_ignored() -> None:
+    """CAM, Score-CAM and LFI-CAM maps are ReLU'd: 0 is no evidence. Where both present
+    classes (2, 3) score 0 the pixel is ignored, not given to class 2 by the argmax's tie."""
+    maps = torch.zeros(1, 4, 1, 4)
+    maps[0, 2] = torch.tensor([[0.0, 0.0, 0.5, 0.0]])
+    maps[0, 3] = torch.tensor([[0.0, 0.0, 0.0, 0.7]])
+    maps[0, 0] = 9.0  # absent: its evidence counts for nothing
+    present = torch.tensor([[False, False, True, True]])
+    assert label_from_maps(maps, present, relu=True).tolist() == [[[255, 255, 2, 3]]]
+    assert label_from_maps(maps, present, ignore_index=7, relu=True).tolist() == [[[7, 7, 2, 3]]]
+    # one present class: it keeps every tissue pixel, evidence or not (as the official code)
+    one = torch.tensor([[False, False, True, False]])
+    assert label_from_maps(maps, one, relu=True).tolist() == [[[2, 2, 2, 2]]]
+    bg = torch.tensor([[[False, True, False, False]]])
+    assert label_from_maps(maps, one, bg, relu=True).tolist() == [[[2, 255, 2, 2]]]
+
+
+def test_maps_without_relu_keep_the_argmax_where_every_class_is_negative() -> None:
+    """Grad-CAM without ReLU (the default): negative values keep their order."""
+    maps = torch.tensor([[[[-3.0, -1.0, 0.0]], [[-2.0, -2.0, 0.0]]]])
+    present = torch.tensor([[True, True]])
+    assert label_from_maps(maps, present).tolist() == [[[1, 0, 0]]]
+
+
+def test_cam_pseudo_masks_ignore_tissue_no_present_class_has_evidence_for(
+    tiny_classifier,
+) -> None:
+    """A CAM classifier whose classes 1 and 2 score <= 0 everywhere (negative fc weights on
+    ReLU'd features): a patch labelled with both has no supervised tissue pixel (it was all
+    class 1 by the argmax's tie), one labelled with class 2 alone is class 2 on all its
+    tissue; Grad-CAM's masks label every tissue pixel."""
+    clf = tiny_classifier("cam", 4)
+    with torch.no_grad():
+        clf.head.fc.weight.copy_(torch.tensor([1.0, -1.0, -1.0, 1.0])[:, None, None, None])
+    labels = torch.tensor([[0, 1, 1, 0], [0, 0, 1, 0]])
+    (both, alone), *_ = pseudo_masks(clf, _patches(), labels, method="cam")
+    white = torch.zeros(64, 64, dtype=torch.bool)
+    white[:20, :20] = True
+    assert (both == 255).all()
+    assert (alone[white] == 255).all() and (alone[~white] == 2).all()
+    grad = pseudo_masks(clf, _patches(), labels, method="gradcam")
+    assert all((m[:, ~white] != 255).all() for m in grad)
+
+
 def test_grey_matches_opencv_formula() -> None:
     rgb = torch.tensor(
         [[255, 0, 0], [0, 255, 0], [0, 0, 255], [201, 201, 201], [200, 200, 201]], dtype=torch.uint8

@@ -1,8 +1,9 @@
 """Each stage-2 CAM method end to end through `train()` on the real LUAD-HistoSeg sample.
 
 The PNG masks stage 2 wrote are exactly the method's masks of the saved classifier, hold only
-classes of the patch label, are 255 exactly where the background rule says, and model.json
-records the method. CAM reuses the Grad-CAM run's finished stage 1 (the same classifier), so
+classes of the patch label, are 255 where the background rule says (and, for ReLU'd maps,
+where no present class of a patch with several has evidence), and model.json records the
+method. CAM reuses the Grad-CAM run's finished stage 1 (the same classifier), so
 the two methods' masks are compared on one classifier.
 """
 
@@ -20,6 +21,7 @@ from PIL import Image
 
 from wsi_segment.models.background import background_mask
 from wsi_segment.models.bundle import load_model
+from wsi_segment.models.cam_methods import cam_method
 from wsi_segment.models.pseudo_masks import pseudo_masks
 from wsi_segment.pipeline.training.datasets import load_batch, open_dataset
 from wsi_segment.pipeline.training.make_pseudo_masks import LAYERS, mask_name
@@ -106,10 +108,16 @@ def _check(run: Run, method: str) -> None:
     assert bg.any() and not bg.all()  # the rule has pixels to act on
     for masks in written:
         assert masks.dtype == np.uint8 and masks.shape == (len(items), *images.shape[-2:])
-        assert np.array_equal(masks == 255, bg)  # 255 exactly where the background rule says
-        for it, m in zip(items, masks, strict=True):
+        ignored = masks == 255
+        assert np.array_equal(ignored & bg, bg)  # 255 wherever the background rule says
+        if not cam_method(method).relu:
+            assert np.array_equal(ignored, bg)  # and nowhere else
+        # ReLU'd maps: also tissue where no present class has evidence, only on patches
+        # with two or more present classes (one present class keeps all its tissue)
+        for it, m, no_evidence in zip(items, masks, ignored & ~bg, strict=True):
             allowed = {k for k, on in enumerate(it.labels) if on} | {255}
             assert set(np.unique(m).tolist()) <= allowed  # absent classes never appear
+            assert sum(it.labels) >= 2 or not no_evidence.any()
     if method in DEEP_ONLY:
         assert all(np.array_equal(written[0], m) for m in written[1:])
 
