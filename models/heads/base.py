@@ -21,7 +21,8 @@ class ClassifierHead(nn.Module):
     """Base: a 1x1-conv classifier `fc` over C channels for K classes, plus feature dropout.
 
     `dropout` is channel dropout (Dropout2d) on the feature map (after any attention) before
-    pooling, as in the official code; it acts in training only.
+    pooling, as in the official code (PCAM drops its pooled feature instead); it acts in
+    training only.
     """
 
     kind = "base"

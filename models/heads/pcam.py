@@ -3,11 +3,16 @@
 Per class k: s_k = fc_k * m + b_k at every position, p_k = sigmoid(s_k), weights
 a_k = p_k / sum(p_k); the pooled feature is sum(a_k * m) and the same fc gives the logit.
 Pooling where the class is likely (instead of everywhere) sharpens localisation.
+
+Dropout acts on the pooled feature, element-wise and per class, as Ye et al.'s code
+(jfhealthcare/Chexpert: `PcamPool`, then `F.dropout` on the pooled vector): the weights come
+from the features as they are, so training pools with the weight maps inference uses.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from .base import DEFAULT_DROPOUT, ClassifierHead
 
@@ -20,7 +25,7 @@ def pcam_pool(feats: torch.Tensor, score_maps: torch.Tensor) -> torch.Tensor:
 
 
 class PCAMHead(ClassifierHead):
-    """logit_k = fc_k . pcam_pool(m)_k + b_k (fc with bias, as in Ye et al.)."""
+    """logit_k = fc_k . dropout(pcam_pool(m)_k) + b_k (fc with bias, as in Ye et al.)."""
 
     kind = "pcam"
 
@@ -30,8 +35,8 @@ class PCAMHead(ClassifierHead):
         super().__init__(in_channels, num_classes, bias=True, dropout=dropout)
 
     def forward(self, feats: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:
-        feats = self.dropout(feats)
         pooled = pcam_pool(feats, self.class_maps(feats))
+        pooled = F.dropout(pooled, p=self.dropout.p, training=self.training)
         w = self.fc.weight.flatten(1)
         assert self.fc.bias is not None  # built with bias=True
         return (pooled * w.unsqueeze(0)).sum(dim=2) + self.fc.bias

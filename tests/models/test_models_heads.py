@@ -103,6 +103,44 @@ def test_pcam_pooling_formula() -> None:
     torch.testing.assert_close(head(feats), torch.tensor([[2 * a1 - 0.5]]))
 
 
+def test_pcam_dropout_drops_the_pooled_feature_not_the_pooling_weights() -> None:
+    """In training, dropout (p 0.5) zeroes or doubles each element of the pooled feature
+    [2 a1, 1] of the formula test above, pooled with the weights of the features as they are
+    (as Ye et al.'s code: PcamPool, then dropout): the logit 2 a1 m0 * 2 - m1 * 2 + 0.5 takes
+    exactly four values. Dropping feature channels first would pool with the weights of the
+    dropped features (both kept: doubled features, scores [-1.5, 2.5], another a1)."""
+    feats = torch.tensor([[[[0.0, 2.0]], [[1.0, 1.0]]]])
+    head = PCAMHead(2, 1, dropout=0.5)
+    with torch.no_grad():
+        head.fc.weight.copy_(torch.tensor([1.0, -1.0]).view(1, 2, 1, 1))
+        head.fc.bias.fill_(0.5)
+    sig = [1 / (1 + math.exp(0.5)), 1 / (1 + math.exp(-1.5))]
+    a1 = sig[1] / (sig[0] + sig[1])
+    allowed = torch.tensor([0.5, 0.5 + 4 * a1, -1.5, -1.5 + 4 * a1])
+    head.train()
+    seen = set()
+    for seed in range(32):
+        torch.manual_seed(seed)
+        logit = head(feats)[0, 0]
+        hit = torch.isclose(logit, allowed, rtol=0, atol=1e-6)
+        assert hit.any(), f"seed {seed}: logit {float(logit)} not in {allowed.tolist()}"
+        seen.add(int(hit.nonzero()[0]))
+    assert seen == {0, 1, 2, 3}
+    head.eval()  # no dropout: the formula's logit
+    torch.testing.assert_close(head(feats), torch.tensor([[2 * a1 - 0.5]]))
+
+
+def test_pcam_eval_logits_are_the_undropped_pooling_exactly() -> None:
+    """What inference computed before dropout moved (dropout is the identity in eval)."""
+    torch.manual_seed(0)
+    head = PCAMHead(8, 3, dropout=0.5).eval()
+    feats = torch.rand(2, 8, 5, 5)
+    pooled = pcam_pool(feats, head.class_maps(feats))
+    assert head.fc.bias is not None
+    want = (pooled * head.fc.weight.flatten(1).unsqueeze(0)).sum(dim=2) + head.fc.bias
+    assert torch.equal(head(feats), want)
+
+
 @pytest.mark.parametrize("kind", ["cam", "pda", "lficam", "lficam-ref"])
 def test_gap_of_class_map_equals_logit(kind: str) -> None:
     clf = build_classifier("resnet10t", kind, 4).eval()
