@@ -7,7 +7,6 @@ folder is written by `models.bundle.save_model` and is what `wsi-segment SLIDE -
 
 from __future__ import annotations
 
-import json
 import subprocess
 import time
 from dataclasses import asdict
@@ -17,7 +16,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from wsi_segment.errors import ConfigError
 from wsi_segment.models.bundle import save_model
 from wsi_segment.models.classifier import PatchClassifier
 from wsi_segment.models.device import pick_device
@@ -48,10 +46,10 @@ from wsi_segment.pipeline.training.train_config import (
     recipe_choices,
     seg_encoder_name,
     segmenter_config,
-    work_dir,
 )
 from wsi_segment.pipeline.training.train_segmenter import SegmenterConfig, train_segmenter
 from wsi_segment.pipeline.training.warm_start import pretrained_record
+from wsi_segment.pipeline.training.work_folder import open_work_folder
 
 __all__ = ["TrainConfig", "recorded_patches", "seg_encoder_name", "train"]
 
@@ -97,39 +95,6 @@ def recorded_patches(ds: WsssDataset, tile_size: int) -> ValidationPatches:
     names = choose(list(by_name))
     pixels = np.stack([fit_tile(read_image(by_name[n]), tile_size) for n in names])
     return ValidationPatches(pixels, tuple(names), split)
-
-
-# Settings a resumed run may change: where the model goes, how fast it runs and how its
-# finished weights are stored (--fp16), not what they are (the pretrained starts have their
-# own check: `warm_start.check_start`).
-RESUME_MAY_CHANGE = frozenset(
-    {"out", "device", "threads", "name", "provenance", "work_dir", "fp16"}
-    | {"pretrained", "seg_pretrained"}
-)
-
-
-def _refuse_other_settings(cfg: TrainConfig, work: Path) -> None:
-    """A work folder trained with other settings (another seed, head, epochs, ...) is not
-    resumed: its checkpoints would go on under the new settings, the finished stages would
-    not be redone, and model.json would name settings the weights were never trained with."""
-    saved_file = work / "config.json"
-    if not saved_file.is_file():
-        return
-    try:
-        saved = json.loads(saved_file.read_text())
-    except (OSError, ValueError):
-        return  # unreadable: the checkpoints' own checks decide
-    now = json.loads(json.dumps(asdict(cfg), default=str))
-    changed = sorted(
-        k for k in now.keys() & saved.keys() if k not in RESUME_MAY_CHANGE and now[k] != saved[k]
-    )
-    if changed:
-        said = ", ".join(f"--{k.replace('_', '-')} {saved[k]} -> {now[k]}" for k in changed)
-        raise ConfigError(
-            f"{work}: this work folder was trained with other settings ({said}); resuming "
-            "would mix them and model.json would name settings its weights never had; "
-            f"delete {work} to train again, or give another --work-dir"
-        )
 
 
 def _checked_dataset(data: Path) -> WsssDataset:
@@ -212,10 +177,7 @@ def _train(cfg: TrainConfig, cancel: CancelToken) -> Path:
     t0 = time.time()
     ds = _checked_dataset(cfg.data)
     device = pick_device(cfg.device)
-    work = work_dir(cfg)
-    _refuse_other_settings(cfg, work)
-    work.mkdir(parents=True, exist_ok=True)
-    (work / "config.json").write_text(json.dumps(asdict(cfg), indent=1, default=str))
+    work = open_work_folder(cfg)
     for line in recipe_choices(cfg):
         print(line, flush=True)
 

@@ -10,8 +10,7 @@ same provenance as a plain `wsi-segment train`. Both use the stage settings of
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +31,9 @@ from wsi_segment.pipeline.training.train_config import (
     pseudo_mask_dir,
     recipe_choices,
     segmenter_config,
-    work_dir,
 )
 from wsi_segment.pipeline.training.train_segmenter import train_segmenter
+from wsi_segment.pipeline.training.work_folder import open_work_folder
 
 
 @dataclass
@@ -57,9 +56,7 @@ def start(cfg: TrainConfig, cancel: CancelToken) -> TrainRun:
     torch.use_deterministic_algorithms(True, warn_only=True)
     ds = open_dataset(cfg.data)
     ds.train_items(MIN_TRAIN_PATCHES)  # a malformed dataset fails here, before any write
-    work = work_dir(cfg)
-    work.mkdir(parents=True, exist_ok=True)
-    (work / "config.json").write_text(json.dumps(asdict(cfg), indent=1, default=str))
+    work = open_work_folder(cfg)
     for line in recipe_choices(cfg):
         print(line, flush=True)
     return TrainRun(cfg, ds, pick_device(cfg.device), work, cancel)

@@ -16,6 +16,7 @@ from wsi_segment.flows.cli import build_parser, main
 from wsi_segment.flows.cli_train import config_from_args
 from wsi_segment.models.bundle import load_model
 from wsi_segment.models.checksum import file_sha256
+from wsi_segment.pipeline.training.work_folder import FORMAT_KEY, TRAINING_FORMAT
 from wsi_segment.synthetic.dataset import SyntheticSpec, make_synthetic_dataset
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "luad-histoseg-sample"
@@ -363,7 +364,7 @@ def test_a_work_folder_trained_with_other_settings_is_not_resumed(
     earlier = config_from_args(build_parser().parse_args([*args, "--seed", "1"]))
     work = tmp_path / "m.work"
     work.mkdir()
-    saved = json.dumps(asdict(earlier), indent=1, default=str)
+    saved = json.dumps({**asdict(earlier), FORMAT_KEY: TRAINING_FORMAT}, indent=1, default=str)
     (work / "config.json").write_text(saved)
     assert main([*args, "--seed", "9", "--head", "cam"]) == 1
     err = capsys.readouterr().err
@@ -371,6 +372,32 @@ def test_a_work_folder_trained_with_other_settings_is_not_resumed(
         f"error: {work}: this work folder was trained with other settings (--head pda -> cam, "
         "--seed 1 -> 9); resuming would mix them and model.json would name settings its "
         f"weights never had; delete {work} to train again, or give another --work-dir\n"
+    )
+    assert [p.name for p in work.iterdir()] == ["config.json"] and not out.exists()
+    assert (work / "config.json").read_text() == saved
+
+
+def test_a_work_folder_of_an_older_training_format_is_not_resumed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A work folder from before the code changed what its checkpoints and masks mean (no
+    `training_format` in config.json: format 1) was resumed as if they meant the same, its
+    segmenter going on with other ASPP rates. Refused before anything is written."""
+    from dataclasses import asdict
+
+    out = tmp_path / "m"
+    args = ["train", "--data", str(SAMPLE), "--out", str(out), *TINY]
+    work = tmp_path / "m.work"
+    work.mkdir()
+    earlier = config_from_args(build_parser().parse_args(args))
+    saved = json.dumps(asdict(earlier), indent=1, default=str)
+    (work / "config.json").write_text(saved)
+    assert main(args) == 1
+    assert capsys.readouterr().err == (
+        f"error: {work}: this work folder was trained by another version of wsi-segment "
+        f"(training format 1, this version's {TRAINING_FORMAT}), whose checkpoints and pseudo "
+        f"masks mean something else; resuming would mix them; delete {work} to train again, "
+        "or give another --work-dir\n"
     )
     assert [p.name for p in work.iterdir()] == ["config.json"] and not out.exists()
     assert (work / "config.json").read_text() == saved

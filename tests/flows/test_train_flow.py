@@ -171,3 +171,25 @@ def test_a_stop_dropped_while_training_stops_the_flow(
     assert not out.exists()
     work = tmp_path / "model.work"
     assert (work / "config.json").is_file() and not (work / "stage1" / "state.json").exists()
+
+
+def test_the_flow_does_not_resume_a_work_folder_of_other_settings(
+    dataset: Path, tmp_path: Path
+) -> None:
+    """The flow's first task recorded the new settings over the folder's and its stages went
+    on from checkpoints trained with others (only `wsi-segment train` checked). Both open the
+    folder through `work_folder.open_work_folder`: refused, nothing written."""
+    from wsi_segment.errors import ConfigError
+    from wsi_segment.flows.train_flow import make_train_config
+    from wsi_segment.pipeline.cancellation import NEVER_CANCELLED
+    from wsi_segment.pipeline.training import train_stages
+    from wsi_segment.pipeline.training.work_folder import open_work_folder
+
+    earlier = make_train_config(str(dataset), str(tmp_path / "m"), {**OPTIONS, "seed": 1})
+    work = open_work_folder(earlier)
+    saved = (work / "config.json").read_text()
+    cfg = make_train_config(str(dataset), str(tmp_path / "m"), {**OPTIONS, "seed": 2})
+    with pytest.raises(ConfigError, match=r"trained with other settings \(--seed 1 -> 2\)"):
+        train_stages.start(cfg, NEVER_CANCELLED)
+    assert [p.name for p in work.iterdir()] == ["config.json"]
+    assert (work / "config.json").read_text() == saved
