@@ -80,6 +80,7 @@ from wsi_segment.pipeline.params import SegmentParams  # noqa: E402
 from wsi_segment.pipeline.run_policy import engine_in_process  # noqa: E402
 from wsi_segment.pipeline.segment import SlideResult, up_to_date_result  # noqa: E402
 from wsi_segment.pipeline.up_to_date import ModelFiles, model_files  # noqa: E402
+from wsi_segment.wsi.shown_path import shown_slide_path  # noqa: E402
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -131,7 +132,7 @@ def slide_task(
     except WsiSegmentError as exc:
         message, error = run_words(str(exc)), exc
     except Exception as exc:  # a bug on one slide must not stop the night's batch
-        get_run_logger().exception("unexpected error on %s", item.slide)
+        get_run_logger().exception("unexpected error on %s", shown_slide_path(item.slide))
         message, error = f"internal error ({type(exc).__name__}): {exc}", exc
     seconds = time.perf_counter() - t0
     result = SlideResult(

@@ -35,6 +35,7 @@ from wsi_segment.flows.slide_watch import SlideWatch
 from wsi_segment.pipeline.batch_inputs import BatchItem
 from wsi_segment.pipeline.cancellation import CancelToken
 from wsi_segment.pipeline.segment import SlideResult
+from wsi_segment.wsi.shown_path import shown_slide_path
 
 GRACE_S = 30.0  # the most a batch waits for its interrupted slides to clean up
 # the most a slide whose decoders passed on the group's signal waits for the batch's stop
@@ -206,8 +207,9 @@ def _result_now(future: SlideFuture, item: BatchItem, was_running: bool) -> Slid
     error = f"{status} (batch interrupted)"
     if still_running:
         error = (
-            f"{item.slide}: still running {GRACE_S:g} s after the interrupt; it ends with the "
-            "process, as if killed (a rerun takes over its partial folder and lock)"
+            f"{shown_slide_path(item.slide)}: still running {GRACE_S:g} s after the interrupt; "
+            "it ends with the process, as if killed (a rerun takes over its partial folder and "
+            "lock)"
         )
         logger.warning("%s", error)
     return SlideResult(item.slide, status, None, {}, error, 0.0)

@@ -1,7 +1,8 @@
 """The `wsi-segment` command: a thin dispatcher over one small module per subcommand.
 
 `wsi-segment SLIDE ...` is shorthand for `wsi-segment segment SLIDE ...`. Expected failures
-(`WsiSegmentError`) print one `error:` line and exit 1; usage errors exit 2 (argparse).
+(`WsiSegmentError`) print one `error:` line (a URL in it without its query:
+`wsi.shown_path`) and exit 1; usage errors exit 2 (argparse).
 Ctrl-C prints `error: interrupted` and exits 130; SIGTERM takes the same path (`Terminated`)
 and exits 143, as a process killed by it would, so schedulers read it as terminated; SIGHUP
 (the terminal or ssh session closed) too, exiting 129. A stop that a library turned into an
@@ -30,6 +31,7 @@ from wsi_segment.errors import (
 )
 from wsi_segment.flows.allocator import limit_malloc_arenas
 from wsi_segment.flows.signal_stop import stop_in_chain, stop_kinds
+from wsi_segment.wsi.shown_path import shown_text
 
 # subcommand name -> module implementing add_parser(subparsers) and run(args) -> int
 SUBCOMMANDS: dict[str, str] = {
@@ -116,7 +118,7 @@ def run_command(args: argparse.Namespace) -> int:
             return report_stop(signal_exception(noted.signum))
         return code
     except WsiSegmentError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {shown_text(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as exc:  # Ctrl-C, or our `Terminated` of SIGTERM and SIGHUP
         return report_stop(exc, exc.__cause__)  # a command's own mapping of an error below

@@ -29,6 +29,7 @@ from wsi_segment.pipeline.progress import BarProgress
 from wsi_segment.pipeline.run_warnings import slide_warnings
 from wsi_segment.wsi.backends import BACKENDS, backend_choices
 from wsi_segment.wsi.mpp import mpp_problem
+from wsi_segment.wsi.shown_path import shown_text
 
 if TYPE_CHECKING:
     from wsi_segment.pipeline.segment import SlideResult
@@ -347,7 +348,7 @@ def run(args: argparse.Namespace) -> int:
                     slide, args.out, params, progress=BarProgress(args.quiet), cancel=stop.token
                 )
             except WsiSegmentError as exc:
-                print(f"error: {exc}", file=sys.stderr)
+                print(f"error: {shown_text(str(exc))}", file=sys.stderr)
                 failed += 1
                 usage += isinstance(exc, RoiError)  # its regions are off this slide
                 continue
@@ -358,10 +359,10 @@ def run(args: argparse.Namespace) -> int:
                     raise
                 raise stop.exception() from exc  # a library turned the stop into its own error
             print_warnings(result)
-            if result.status == "up-to-date":
-                print(f"{slide}: up to date in {result.out_dir} (use --overwrite to redo)")
+            if result.status == "up-to-date":  # the result's slide is as shown
+                print(f"{result.slide}: up to date in {result.out_dir} (use --overwrite to redo)")
             else:
-                print(f"{slide}: done in {result.seconds:.1f} s -> {result.out_dir}")
+                print(f"{result.slide}: done in {result.seconds:.1f} s -> {result.out_dir}")
         if stop.signum is not None:  # the last slide's error was a stop our code reworded
             raise stop.exception()
     return 2 if usage else 1 if failed else 0

@@ -3,7 +3,8 @@
 In a deployed run `sys.argv` is Prefect's engine, which repeats nothing: the command is then
 `prefect deployment run <flow>/<deployment> --params <JSON>` with the run's parameters. A flow
 called in-process (`wsi-segment batch`, a script) keeps its own command line
-(`pipeline.outputs.summary.process_command`).
+(`pipeline.outputs.summary.process_command`). Either way a URL among them is recorded as
+shown (`wsi.shown_path`: a presigned URL's signature is not written down).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from prefect.runtime import deployment  # noqa: E402
 
 from wsi_segment.pipeline.outputs.summary import jsonable, process_command  # noqa: E402
 from wsi_segment.pipeline.params import RunOrigin  # noqa: E402
+from wsi_segment.wsi.shown_path import shown_text  # noqa: E402
 
 
 def flow_run_origin() -> RunOrigin | None:
@@ -28,7 +30,7 @@ def flow_run_origin() -> RunOrigin | None:
     if ctx is None or ctx.flow_run is None:
         return None
     flow_name = ctx.flow.name if ctx.flow is not None else ctx.flow_run.name
-    parameters: dict[str, Any] = jsonable(dict(ctx.parameters or {}))
+    parameters: dict[str, Any] = shown_values(jsonable(dict(ctx.parameters or {})))
     name = f"{flow_name}/{deployment.name}" if ctx.flow_run.deployment_id else None
     command: tuple[str, ...]
     if name is not None:
@@ -46,3 +48,12 @@ def flow_run_origin() -> RunOrigin | None:
         "parameters": parameters,
     }
     return RunOrigin(command, details)
+
+
+def shown_values(value: Any) -> Any:
+    """A flow's JSON parameters with every URL in their text as shown (`shown_text`)."""
+    if isinstance(value, dict):
+        return {key: shown_values(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [shown_values(item) for item in value]
+    return shown_text(value) if isinstance(value, str) else value

@@ -51,6 +51,7 @@ from wsi_segment.pipeline.params import SegmentParams  # noqa: E402
 from wsi_segment.pipeline.prepare import PreparedSlide  # noqa: E402
 from wsi_segment.pipeline.segment import SlideResult  # noqa: E402
 from wsi_segment.wsi.retries import is_transient  # noqa: E402
+from wsi_segment.wsi.shown_path import shown_text  # noqa: E402
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -263,8 +264,9 @@ def segment_slide_flow(
 
 def in_run_words(exc: WsiSegmentError) -> WsiSegmentError:
     """`exc`, or a copy whose message names the flow's parameters in a deployment's run
-    (`flows.door_words`): the state's message is what the lab reads."""
-    message = run_words(str(exc))
+    (`flows.door_words`) and each URL as shown (`wsi.shown_path`: a presigned URL's
+    signature is not in the task's state): the state's message is what the lab reads."""
+    message = run_words(shown_text(str(exc)))
     if message == str(exc):
         return exc
     reworded = copy.copy(exc)

@@ -31,7 +31,7 @@ from wsi_segment.pipeline.outputs.run_identity import run_fingerprint, slide_ide
 from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.pipeline.segment import SlideResult
 from wsi_segment.pipeline.up_to_date import ModelFiles
-from wsi_segment.wsi.slide_path import is_remote_url
+from wsi_segment.wsi.shown_path import is_remote_url
 
 KNOWN = "known-failure"  # the status of a slide not retried because it failed before
 RECURRING: tuple[type[WsiSegmentError], ...] = (SlideError, RoiError)

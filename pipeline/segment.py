@@ -44,6 +44,7 @@ from wsi_segment.pipeline.prepare import PreparedSlide
 from wsi_segment.pipeline.prepare import prepare as prepare
 from wsi_segment.pipeline.progress import NO_PROGRESS, Progress
 from wsi_segment.pipeline.up_to_date import ModelFiles, finished_output, is_up_to_date
+from wsi_segment.wsi.shown_path import shown_slide_path, shown_text
 
 if TYPE_CHECKING:  # distributed is imported only when a cluster is used
     from distributed import Client
@@ -51,7 +52,9 @@ if TYPE_CHECKING:  # distributed is imported only when a cluster is used
 
 @dataclass
 class SlideResult:
-    """What one slide run ended with (the batch table is made of these)."""
+    """What one slide run ended with (the batch table is made of these). It is reported
+    (terminal lines, the batch table, cohort.csv, Prefect's artifacts and logs), so its
+    slide and error are as shown (`wsi.shown_path`: a URL without its query)."""
 
     slide: str
     # "done" | "up-to-date" | "failed" | "known-failure" (pipeline.known_failures);
@@ -63,6 +66,11 @@ class SlideResult:
     seconds: float = 0.0
     error_class: str | None = None  # a failure's `wsi_segment.errors` class name
     known_since: str | None = None  # a failure on record since then (UTC), not a new one
+
+    def __post_init__(self) -> None:
+        self.slide = shown_slide_path(str(self.slide))
+        if self.error is not None:
+            self.error = shown_text(self.error)
 
 
 def finish(

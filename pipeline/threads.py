@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar, TypeVarTuple
 
-from wsi_segment.wsi.slide_path import is_remote_url
+from wsi_segment.wsi.shown_path import is_remote_url
 
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")

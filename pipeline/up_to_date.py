@@ -27,7 +27,8 @@ from wsi_segment.pipeline.outputs.ownership import refuse_foreign, refuse_link
 from wsi_segment.pipeline.outputs.run_identity import run_fingerprint
 from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.pipeline.prepare import resolve_model_dir
-from wsi_segment.wsi.slide_path import absolute_slide_path, is_remote_url
+from wsi_segment.wsi.shown_path import is_remote_url, shown_slide_path
+from wsi_segment.wsi.slide_path import absolute_slide_path
 
 if TYPE_CHECKING:
     from wsi_segment.pipeline.prepare import PreparedSlide
@@ -96,7 +97,8 @@ def refuse_other_run(out_dir: Path, slide_path: str, previous: dict[str, Any]) -
     other = slide.get("path") if isinstance(slide, dict) else None
     if isinstance(other, str) and not _same_slide(other, slide_path):
         raise OutputError(
-            f"{out_dir} holds the results of another slide of that name, {other}; choose "
+            f"{out_dir} holds the results of another slide of that name, "
+            f"{shown_slide_path(other)}; choose "
             "another --out for this one, or list it in a `wsi-segment batch` manifest with "
             "another output name in the 'name' column (--overwrite would replace the other "
             "slide's results)"
@@ -108,12 +110,15 @@ def refuse_other_run(out_dir: Path, slide_path: str, previous: dict[str, Any]) -
 
 
 def _same_slide(recorded: str, slide_path: str) -> bool:
-    """Whether summary.json's slide path (`recorded`: `absolute_slide_path`'s) is the slide at
-    `slide_path` (as given: relative, a link, a URL). An older version's relative path
-    cannot be told apart: taken as the same slide (the older message)."""
+    """Whether summary.json's slide path (`recorded`: `absolute_slide_path`'s, a URL as shown)
+    is the slide at `slide_path` (as given: relative, a link, a URL). URLs compare as shown
+    (`shown_slide_path`), as their identity does: a presigned URL signed anew is the same
+    slide, and an older version's record, which kept the query, is shown so too. An older
+    version's relative path cannot be told apart: taken as the same slide (the older
+    message)."""
     here = absolute_slide_path(slide_path)
     if is_remote_url(here):
-        return recorded == here
+        return shown_slide_path(recorded) == shown_slide_path(here)
     if not os.path.isabs(recorded):
         return True
     return os.path.realpath(recorded) == os.path.realpath(here)

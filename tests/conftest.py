@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import http.server
 import os
 import signal
 import subprocess
@@ -166,6 +167,27 @@ def tiny_model_dir(tmp_path_factory) -> Path:
         build_classifier("resnet10t", "cam", 4), build_segmenter("resnet18", 4), meta
     )
     return save_model(model, tmp_path_factory.mktemp("models") / "tiny", weights_dtype="float16")
+
+
+class QuietFileHandler(http.server.SimpleHTTPRequestHandler):
+    """Python's file server, without its line per request on stderr (which would land in
+    the output tests read, and name every URL whole)."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def http_folder(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    """A folder served over HTTP by Python's own server (sizes and Last-Modified headers, as
+    a plain web server gives; a URL's query is ignored, as a store ignores a signature it
+    accepts): (folder, its URL)."""
+    from tests.wsi.http_servers import served
+
+    folder = tmp_path / "served"
+    folder.mkdir()
+    with served(folder, QuietFileHandler) as url:
+        yield folder, url
 
 
 def corrupt_middle_tile(src: Path, dst: Path) -> tuple[int, int]:

@@ -13,6 +13,7 @@ import os
 from typing import Any
 
 from wsi_segment.errors import NoByteRanges
+from wsi_segment.wsi.shown_path import shown_slide_path
 from wsi_segment.wsi.slide_path import url_storage_options
 
 
@@ -33,8 +34,9 @@ def http_slide_file(url: str) -> tuple[Any, str]:
         return file, os.path.basename(path)
     file.close()
     raise NoByteRanges(
-        f"{url}: the server does not serve byte ranges ({why}), which reading a whole-slide "
-        "image over HTTP needs (each read fetches only the part of the file it uses); serve "
+        f"{shown_slide_path(url)}: the server does not serve byte ranges ({why}), which "
+        "reading a whole-slide image over HTTP needs (each read fetches only the part of the "
+        "file it uses); serve "
         "the slide from a server or object store that supports HTTP Range requests (S3 or "
         "another object store, nginx, Apache), or copy it to a local disk and give its path"
     )

@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from wsi_segment.wsi.shown_path import shown_text
+
 READ_ATTEMPTS = 3
 RETRY_DELAYS_S = (0.2, 0.6)  # sleep before the 2nd and the 3rd attempt
 # OSErrors that waiting does not fix (s3fs/gcsfs map 404 and 403 to the first two as well)
@@ -83,14 +85,7 @@ def with_retries(fn: Callable[[], T], what: str) -> T:
             if attempt == READ_ATTEMPTS or not is_transient(exc):
                 raise
             delay = RETRY_DELAYS_S[min(attempt, len(RETRY_DELAYS_S)) - 1]
-            log.warning(
-                "%s failed (%s: %s); attempt %d of %d in %.1f s",
-                what,
-                type(exc).__name__,
-                exc,
-                attempt + 1,
-                READ_ATTEMPTS,
-                delay,
-            )
+            failed = shown_text(f"{what} failed ({type(exc).__name__}: {exc})")
+            log.warning("%s; attempt %d of %d in %.1f s", failed, attempt + 1, READ_ATTEMPTS, delay)
             time.sleep(delay)
     raise AssertionError("unreachable")  # pragma: no cover

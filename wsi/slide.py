@@ -38,6 +38,7 @@ from wsi_segment.wsi.box_mean import box_mean
 from wsi_segment.wsi.mpp import MPP_RANGE, mpp_problem
 from wsi_segment.wsi.retries import READ_ATTEMPTS, is_transient, with_retries
 from wsi_segment.wsi.samples import check_samples
+from wsi_segment.wsi.shown_path import shown_slide_path, shown_text
 from wsi_segment.wsi.slide_path import local_slide_file, refuse_url_password
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,12 @@ class Slide:
         self._lock = threading.Lock()
 
     # -- metadata ---------------------------------------------------------------
+    @property
+    def shown_path(self) -> str:
+        """The path as messages and `info` show it (`shown_slide_path`: a URL without its
+        query); the slide is read by `path`."""
+        return shown_slide_path(self.path)
+
     @property
     def vendor(self) -> str | None:
         return self._meta.vendor
@@ -129,8 +136,8 @@ class Slide:
                 "default dpi, or a wrong unit)"
             )
             raise MppMissingError(
-                f"{self.path}: the slide {said}; pass it with --mpp (e.g. --mpp 0.25 for 40x, "
-                "0.5 for 20x)"
+                f"{self.shown_path}: the slide {said}; pass it with --mpp (e.g. --mpp 0.25 for "
+                "40x, 0.5 for 20x)"
             )
         return self.mpp
 
@@ -142,7 +149,7 @@ class Slide:
     def info(self) -> dict[str, Any]:
         """The JSON object `wsi-segment info` prints."""
         return {
-            "path": self.path,
+            "path": self.shown_path,
             "backend": self.backend,
             "vendor": self.vendor,
             "level_count": self.level_count,
@@ -174,7 +181,9 @@ class Slide:
 
     def _check_level(self, level: int) -> None:
         if not 0 <= level < self.level_count:
-            raise ConfigError(f"{self.path}: level {level} out of range 0..{self.level_count - 1}")
+            raise ConfigError(
+                f"{self.shown_path}: level {level} out of range 0..{self.level_count - 1}"
+            )
 
     def read_region(
         self, location_level0: tuple[int, int], level: int, size: tuple[int, int]
@@ -183,7 +192,7 @@ class Slide:
         self._check_level(level)
         w, h = int(size[0]), int(size[1])
         if w <= 0 or h <= 0:
-            raise ConfigError(f"{self.path}: region size must be positive, got {size}")
+            raise ConfigError(f"{self.shown_path}: region size must be positive, got {size}")
         loc = (int(location_level0[0]), int(location_level0[1]))
         where = f"region {loc} size {(w, h)} at level {level}"
         start = time.monotonic()
@@ -197,14 +206,14 @@ class Slide:
                 raise
 
         try:
-            arr, inside = with_retries(attempt, f"{self.path}: reading {where}")
+            arr, inside = with_retries(attempt, f"{self.shown_path}: reading {where}")
         except SlideError:  # a reader reopened found what its open would (NoByteRanges)
             raise
         except Exception as exc:
-            cause = f"{type(exc).__name__}: {exc}"
+            cause = shown_text(f"{type(exc).__name__}: {exc}")  # a library's quotes the URL
             if is_transient(exc):
                 raise SlideError(
-                    f"{self.path}: cannot read {where}: {READ_ATTEMPTS} attempts in "
+                    f"{self.shown_path}: cannot read {where}: {READ_ATTEMPTS} attempts in "
                     f"{time.monotonic() - start:.1f} s failed, the last with {cause}; check the "
                     "file system or network connection and run again"
                 ) from exc
@@ -214,7 +223,7 @@ class Slide:
                 else "the file may be truncated or corrupt; copy it again from its source "
                 "or re-export it from the scanner software"
             )
-            raise SlideError(f"{self.path}: cannot read {where} ({cause}); {hint}") from exc
+            raise SlideError(f"{self.shown_path}: cannot read {where} ({cause}); {hint}") from exc
         return _to_white_rgb(arr, inside)
 
     def thumbnail_level(self, max_size: int) -> int:
@@ -276,7 +285,8 @@ class Slide:
         Slide.__init__(self, state["path"], state["backend"], state["meta"], state["mpp_override"])
 
     def __repr__(self) -> str:
-        return f"Slide({self.path!r}, backend={self.backend!r}, dims={self.dimensions}, mpp={self.mpp})"
+        shown = self.shown_path  # a repr lands in tracebacks and logs
+        return f"Slide({shown!r}, backend={self.backend!r}, dims={self.dimensions}, mpp={self.mpp})"
 
 
 def _block(k: int, tile: int, target: int = 2048) -> int:
@@ -343,7 +353,8 @@ def _url_backend_order(url: str, backend: str) -> list[str]:
     """The backends to try on a URL: only those that speak fsspec can read it."""
     if backend != "auto" and backend not in url_backends():
         raise ConfigError(
-            f"{url}: {backend} reads local files only; use --backend {_one_of(url_backends())}"
+            f"{shown_slide_path(url)}: {backend} reads local files only; use --backend "
+            f"{_one_of(url_backends())}"
         )
     return list(url_backends()) if backend == "auto" else [backend]
 
@@ -367,7 +378,7 @@ def _open_with_first(path: str, order: list[str], mpp: float | None) -> Slide:
         if not meta.level_dimensions or min(meta.level_dimensions[0]) <= 0:
             reasons.append(f"{name}: no image levels")
             continue
-        check_samples(path, meta.sample_dtype)  # no other reader maps them either
+        check_samples(shown_slide_path(path), meta.sample_dtype)  # nor does another reader
         return Slide(path, name, meta, mpp)
     fix = (
         "check the URL, that it can be reached and any credentials it needs (for s3://, "
@@ -377,4 +388,5 @@ def _open_with_first(path: str, order: list[str], mpp: float | None) -> Slide:
         else "it may be truncated, corrupt or of an unsupported format; copy it again from "
         "its source, or convert it to a pyramidal TIFF / OME-TIFF"
     )
-    raise SlideError(f"{path}: not a readable slide ({'; '.join(reasons)}); {fix}")
+    # the reasons are the libraries' words, which may quote the URL whole
+    raise SlideError(shown_text(f"{path}: not a readable slide ({'; '.join(reasons)}); {fix}"))

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import errno
 import os
-import urllib.parse
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from wsi_segment.errors import ConfigError, SlideError
 from wsi_segment.wsi.retries import with_retries
+from wsi_segment.wsi.shown_path import is_remote_url, shown_slide_path, url_password
 from wsi_segment.wsi.slide_folder import slide_file_of_folder
 
 
@@ -82,11 +82,6 @@ def _user() -> str:
         return str(os.geteuid())
 
 
-def is_remote_url(slide_path: str) -> bool:
-    """A slide on a store fsspec reads (s3://, https://, ...); a `file://` path is local."""
-    return "://" in slide_path and not slide_path.startswith("file://")
-
-
 def absolute_slide_path(slide_path: str) -> str:
     """`slide_path` as every process and every later reader can find it: absolute for a
     local file (not resolved: a DICOM slide folder stays the folder), a URL as is. What
@@ -141,19 +136,13 @@ def remote_object_facts(url: str) -> dict[str, str]:
 
 def refuse_url_password(slide_path: str) -> None:
     """ConfigError for a URL that carries a password (`https://user:secret@host/x.svs`): a
-    command line is readable by every user of the machine (`ps`), and the slide's path is
-    written into summary.json, cohort.csv, failure lines and logs. Named without it."""
-    if not is_remote_url(slide_path):
+    command line is readable by every user of the machine (`ps`). Named as shown
+    (`shown_slide_path`: the password as `***`)."""
+    if not is_remote_url(slide_path) or url_password(slide_path) is None:
         return
-    parts = urllib.parse.urlsplit(slide_path)
-    if parts.password is None:
-        return
-    host = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
-    shown = parts._replace(netloc=f"{parts.username}:***@{host}").geturl()
     raise ConfigError(
-        f"{shown}: the URL holds a password, which any user of this machine could read from "
-        "the command line and which would be written into summary.json, cohort.csv and the "
-        "logs; give the store its credentials where fsspec reads them (for s3://: "
-        "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or ~/.aws/credentials), or use a "
-        "presigned URL"
+        f"{shown_slide_path(slide_path)}: the URL holds a password, which any user of this "
+        "machine could read from the command line; give the store its credentials where "
+        "fsspec reads them (for s3://: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or "
+        "~/.aws/credentials), or use a presigned URL"
     )

@@ -298,7 +298,7 @@ def detect_tissue(
         min_area_px, min_hole_px = min_area_um2 / px_um2, min_hole_um2 / px_um2
         units = "um2"
     else:
-        log.warning("%s: no mpp; tissue min area/hole use pixel defaults", slide.path)
+        log.warning("%s: no mpp; tissue min area/hole use pixel defaults", slide.shown_path)
         min_area_px, min_hole_px = PIXEL_DEFAULTS["min_area_px"], PIXEL_DEFAULTS["min_hole_px"]
         units = "mask pixels (slide has no mpp; pixel defaults used)"
     mask, thr, dark = tissue_mask_from_rgb(rgb, min_area_px, min_hole_px)

@@ -31,6 +31,7 @@ from wsi_segment.pipeline.machine import Machine, probe_machine
 from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome
 from wsi_segment.pipeline.progress import NullProgress, Progress
 from wsi_segment.pipeline.run_policy import ExecutionPlan, with_calibration
+from wsi_segment.wsi.shown_path import shown_slide_path
 from wsi_segment.wsi.tiling import ChunkSpec, contiguous_runs
 
 if TYPE_CHECKING:  # distributed is imported only when a cluster is used
@@ -119,7 +120,8 @@ def run_bands(
     ]
     finished = gather_all(futures, event, progress, cancel)
     if any(b.daemonic for b in finished):
-        log.warning("%s: daemonic Dask workers read in threads; %s", job.slide_path, DAEMON_FIX)
+        shown = shown_slide_path(job.slide_path)
+        log.warning("%s: daemonic Dask workers read in threads; %s", shown, DAEMON_FIX)
     if results is not None:
         results.extend(finished)
     return [o for b in finished for o in b.outcomes]

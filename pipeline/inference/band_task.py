@@ -35,6 +35,7 @@ from wsi_segment.pipeline.run_policy import (
     runtime_spec,
     wants_slide_reads,
 )
+from wsi_segment.wsi.shown_path import shown_slide_path
 from wsi_segment.wsi.tiling import ChunkSpec
 
 if TYPE_CHECKING:
@@ -143,7 +144,7 @@ def run_band(
             try:
                 if daemonic:
                     log.warning("%s: this Dask worker is daemonic, reading in a thread; %s",
-                                job.slide_path, DAEMON_FIX)  # fmt: skip
+                                shown_slide_path(job.slide_path), DAEMON_FIX)  # fmt: skip
                 stats = EngineStats()  # a band's figures are not reported
                 outcomes = run_engine(job, specs, source, executor, sizes, stats, cancel=stop)
             finally:

@@ -69,6 +69,7 @@ from wsi_segment.pipeline.outputs.summary import (
     write_summary,
 )
 from wsi_segment.pipeline.threads import Background
+from wsi_segment.wsi.shown_path import shown_slide_path
 from wsi_segment.wsi.slide import Slide
 from wsi_segment.wsi.slide_path import absolute_slide_path
 from wsi_segment.wsi.tissue import tissue_warning
@@ -301,7 +302,7 @@ def _slide_section(prep: PreparedRun) -> dict[str, Any]:
     its GeoJSON at."""
     slide = prep.slide
     return {
-        "path": absolute_slide_path(prep.slide_path),
+        "path": shown_slide_path(absolute_slide_path(prep.slide_path)),
         "name": prep.name,
         "backend": slide.backend,
         "vendor": slide.vendor,

@@ -35,7 +35,7 @@ import unicodedata
 import urllib.parse
 from pathlib import Path, PurePosixPath
 
-from wsi_segment.wsi.slide_path import is_remote_url
+from wsi_segment.wsi.shown_path import is_remote_url
 
 # GeneralTools.DEFAULT_EXTENSIONS of QuPath 0.6 (0.5 lacks ".ome.zarr", which it cannot open)
 MULTIPART_EXTENSIONS: tuple[str, ...] = (".ome.tif", ".ome.tiff", ".tar.gz", ".ome.zarr")

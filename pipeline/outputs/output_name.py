@@ -13,6 +13,7 @@ from pathlib import Path
 
 from wsi_segment.errors import ConfigError
 from wsi_segment.pipeline.outputs.naming import is_control, one_line, slide_file_name, slide_stem
+from wsi_segment.wsi.shown_path import shown_slide_path
 from wsi_segment.wsi.slide_path import refuse_url_password
 
 # A typed output name is one portable folder name: no separators (so no "../x" or "a/b"),
@@ -72,8 +73,8 @@ def slide_output_name(slide_path: str, output_name: str | None = None) -> str:
             "a `wsi-segment batch` manifest with an output name in the 'name' column)"
         )
         raise ConfigError(
-            f"{slide_path}: its output folder would be named {name!r}, which is not a plain "
-            f"folder inside --out; {fix}"
+            f"{shown_slide_path(slide_path)}: its output folder would be named {name!r}, which "
+            f"is not a plain folder inside --out; {fix}"
         )
     return name
 
@@ -91,10 +92,10 @@ def refuse_long_name(name: str, slide_path: str) -> str:
         return name  # no file has such a name: opening the slide says so, with its fix
     if size > MAX_NAME_BYTES:
         raise ConfigError(
-            f"{one_line(slide_path)}: its output folder name is {size} bytes, and the work "
-            f"folder beside it (.<name>.partial) must fit the file system's 255: rename the "
-            f"file to at most {MAX_NAME_BYTES} bytes, or list it in a `wsi-segment batch` "
-            "manifest with a shorter output name in the 'name' column"
+            f"{one_line(shown_slide_path(slide_path))}: its output folder name is {size} "
+            "bytes, and the work folder beside it (.<name>.partial) must fit the file system's "
+            f"255: rename the file to at most {MAX_NAME_BYTES} bytes, or list it in a "
+            "`wsi-segment batch` manifest with a shorter output name in the 'name' column"
         )
     return name
 
@@ -106,7 +107,7 @@ def refuse_control_characters(slide_path: str) -> None:
     found = sorted({one_line(ch) for ch in slide_path if is_control(ch)})
     if found:
         raise ConfigError(
-            f"{one_line(slide_path)}: the slide's path holds control characters "
+            f"{one_line(shown_slide_path(slide_path))}: the slide's path holds control characters "
             f"({', '.join(found)}), which would break wsi-segment's one-line messages and its "
             "output folder's name; rename the file (or its folder) without them and rerun"
         )
@@ -121,8 +122,9 @@ def check_distinct_names(named: list[tuple[str, str]], source: str, fix: str) ->
     for slide, name in named:
         key = name.casefold()
         if key in seen:
+            first, second = shown_slide_path(seen[key]), shown_slide_path(slide)
             raise ConfigError(
-                f"{source}{seen[key]} and {slide} would both write to the output folder "
+                f"{source}{first} and {second} would both write to the output folder "
                 f"{name!r}; {fix}"
             )
         seen[key] = slide

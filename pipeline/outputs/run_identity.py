@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from wsi_segment.models.checksum import file_sha256
 from wsi_segment.pipeline.params import SegmentParams
-from wsi_segment.wsi.slide_path import is_remote_url, remote_object_facts
+from wsi_segment.wsi.shown_path import is_remote_url, shown_slide_path
+from wsi_segment.wsi.slide_path import remote_object_facts
 
 if TYPE_CHECKING:  # models.meta imports torch, which a run loads in the background
     from wsi_segment.models.meta import ModelMeta
@@ -37,12 +38,15 @@ def output_id(key: str) -> uuid.UUID:
 
 
 def slide_identity(slide_path: str) -> dict[str, Any]:
-    """Path, size and mtime for local files; for remote ones the URL and what its store says
-    of the object (size, ETag, modification time: `remote_object_facts`). A folder (a DICOM
-    slide) adds the name, size and mtime of each file in it: its files are the slide, and
-    rewriting one changes the folder's own mtime not at all."""
+    """Path, size and mtime for local files; for remote ones the URL as shown
+    (`shown_slide_path`: without its query) and what its store says of the object (size,
+    ETag, modification time: `remote_object_facts`, asked by the whole URL). A presigned URL's
+    query is a signature made anew each night for the same object: it is no part of the
+    slide, and the store's facts tell a replaced object apart. A folder (a DICOM slide) adds
+    the name, size and mtime of each file in it: its files are the slide, and rewriting one
+    changes the folder's own mtime not at all."""
     if is_remote_url(slide_path):
-        return {"url": slide_path, **remote_object_facts(slide_path)}
+        return {"url": shown_slide_path(slide_path), **remote_object_facts(slide_path)}
     path = Path(slide_path.removeprefix("file://")).resolve()
     stat = os.stat(path)
     identity: dict[str, Any] = {

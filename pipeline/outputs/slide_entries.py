@@ -37,6 +37,7 @@ from wsi_segment.pipeline.output_files import (
 from wsi_segment.pipeline.outputs.failure_record import RECORD_SUFFIX, read_record
 from wsi_segment.pipeline.outputs.output_classes import output_classes
 from wsi_segment.pipeline.outputs.summary import SCHEMA_VERSION
+from wsi_segment.wsi.shown_path import shown_slide_path
 
 PARTIAL_SUFFIX = ".partial"
 # What the report calls a slide: statuses of entries, in the order the page lists them.
@@ -299,7 +300,7 @@ def _summary_entry(summary: Mapping[str, Any], name: str, folder: Path) -> Slide
     return SlideEntry(
         name,
         DONE,
-        slide_path=str(slide.get("path", "")),
+        slide_path=shown_slide_path(str(slide.get("path", ""))),  # an older version kept a query
         model=str(model.get("name", "")),
         model_sha256=str(model.get("sha256", "")),
         mpp=(_number(mpp, "x"), _number(mpp, "y")),

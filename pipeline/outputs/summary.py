@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from wsi_segment.models.labels import UNCLASSIFIED_NAME
+from wsi_segment.wsi.shown_path import shown_text
 
 # summary.json's layout: bump when a key moves or changes meaning (4: an undefined share or
 # mean is null, where 3 and earlier wrote 0.0)
@@ -29,19 +30,23 @@ SCHEMA_VERSION = 4
 
 def command_line(command: Sequence[str] | None) -> str:
     """The command that repeats a run, as one line a shell runs as it is (`shlex.join`):
-    `command` (a flow run's origin), else this process's (`process_command`)."""
-    return shlex.join(process_command() if command is None else command)
+    `command` (a flow run's origin), else this process's (`process_command`); each URL in it
+    as shown (`shown_text`: a presigned URL's signature is not written down)."""
+    words = process_command() if command is None else command
+    return shlex.join(shown_text(word) for word in words)
 
 
 def process_command() -> list[str]:
     """This process's command line, as it can be run again. `python -m
     wsi_segment.flows.cli` leaves a module's file in `sys.argv[0]`, which repeats nothing,
     so the interpreter's own command line is taken whenever `sys.argv[0]` is not an
-    executable program."""
+    executable program. Each URL in it as shown (`shown_text`): it is written down."""
     program = sys.argv[0] if sys.argv else ""
     if os.path.isfile(program) and os.access(program, os.X_OK) and not program.endswith(".py"):
-        return list(sys.argv)
-    return [sys.executable, *sys.orig_argv[1:]]
+        words = list(sys.argv)
+    else:
+        words = [sys.executable, *sys.orig_argv[1:]]
+    return [shown_text(word) for word in words]
 
 
 # Distributions whose versions decide the numbers in the outputs (or how they are read).

@@ -68,3 +68,35 @@ def test_flow_called_in_process_keeps_its_command_line(
     assert summary["run"]["deployment"] is None
     assert summary["run"]["flow"] == "segment-slide"
     assert summary["run"]["parameters"]["slide"] == str(slides_dir / "synth-a.tif")
+
+
+def test_a_deployed_runs_presigned_url_is_recorded_without_its_query(
+    prefect_harness: None, tiny_model: Path, http_folder: tuple[Path, str], tmp_path: Path
+) -> None:
+    """A deployment's `slide` parameter, a presigned URL, was written whole into summary.json
+    twice: in `command` (`--params` JSON) and in `run.parameters`. The run reads the whole
+    URL; what it writes down shows its query removed."""
+    import shutil
+
+    from prefect.client.orchestration import get_client
+    from prefect.flow_engine import run_flow
+
+    from tests.conftest import CMU_SLIDE
+    from wsi_segment.flows.slide_flow import segment_slide_flow
+
+    served, base = http_folder
+    shutil.copy(CMU_SLIDE, served / "CMU-1-Small-Region.svs")
+    url = f"{base}/CMU-1-Small-Region.svs?X-Amz-Credential=AKIAFAKEKEY&X-Amz-Signature=5ec2e7"
+    parameters = {"slide": url, "out": str(tmp_path / "out"), "model_dir": str(tiny_model)}
+    deployment_id = segment_slide_flow.to_deployment("presigned", parameters=parameters).apply()
+    with get_client(sync_client=True) as client:
+        flow_run = client.create_flow_run_from_deployment(deployment_id)
+    result = run_flow(segment_slide_flow, flow_run=flow_run, parameters=flow_run.parameters)
+
+    text = (result.out_dir / "summary.json").read_text()
+    assert "AKIAFAKEKEY" not in text and "5ec2e7" not in text
+    summary = json.loads(text)
+    shown = f"{base}/CMU-1-Small-Region.svs?<query removed>"
+    assert summary["run"]["parameters"]["slide"] == shown
+    assert json.loads(shlex.split(summary["command"])[5])["slide"] == shown
+    assert summary["slide"]["path"] == shown

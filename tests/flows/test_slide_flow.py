@@ -142,6 +142,40 @@ def test_transient_error_is_retried_and_broken_slide_is_not(
     assert not (tmp_path / "broken").exists()
 
 
+def test_a_presigned_urls_failure_reaches_prefect_without_its_query(
+    prefect_harness: None, tiny_model: Path, http_folder: tuple[Path, str], tmp_path: Path
+) -> None:
+    """A presigned URL the store does not have (an object removed, a signature expired)
+    failed the stage with the URL whole in its message: in the task's and the flow's state
+    and in the traceback Prefect logs, all kept on its server. They show the query removed;
+    only the flow run's parameters keep what the run was given."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from tests.flows.test_run_log import flow_run_logs
+    from wsi_segment.flows.slide_flow import segment_slide_flow as slide_flow
+
+    _, base = http_folder
+    url = f"{base}/gone.svs?X-Amz-Credential=AKIAFAKEKEY&X-Amz-Signature=5ec2e7"
+    state = slide_flow(
+        slide=url, out=str(tmp_path / "out"), model_dir=str(tiny_model), return_state=True
+    )
+    flow_run_id = state.state_details.flow_run_id
+    logs = [message for _, message in flow_run_logs(flow_run_id)]
+    with get_client(sync_client=True) as client:
+        runs = FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        tasks = client.read_task_runs(flow_run_filter=runs)
+        given = client.read_flow_run(flow_run_id).parameters["slide"]
+    shown = f"{base}/gone.svs?<query removed>: not a readable slide"
+    messages = [state.message or "", *(t.state.message or "" for t in tasks if t.state)]
+    assert state.is_failed() and shown in messages[0]
+    assert [m for m in messages[1:] if shown in m]  # the stage that opens the slide
+    assert [m for m in logs if shown in m]  # the traceback Prefect logged
+    said = "\n".join([*messages, *logs])
+    assert "AKIAFAKEKEY" not in said and "5ec2e7" not in said, said
+    assert given == url  # Prefect's own record of what the run was given
+
+
 @pytest.mark.parametrize(
     "stop", [KeyboardInterrupt(), TerminationSignal(signal.SIGTERM)], ids=["ctrl-c", "sigterm"]
 )
