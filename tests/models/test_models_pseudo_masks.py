@@ -9,6 +9,7 @@ import scipy.ndimage as ndi
 import torch
 from PIL import Image
 
+from tests.models.reference_cams import score_cam_loop
 from wsi_segment.models.background import background_mask, grey_uint8, remove_small_objects
 from wsi_segment.models.classifier import build_classifier
 from wsi_segment.models.pseudo_masks import joint_minmax, label_from_maps, pseudo_masks
@@ -164,6 +165,29 @@ def test_pseudo_masks_from_other_cam_methods(tiny_classifier) -> None:
     clf = build_classifier("resnet10t", "cam", 4)
     cams = pseudo_masks(clf, _patches(), labels, method="cam")
     assert torch.equal(cams[0], cams[2])
+
+
+def test_score_cam_pseudo_masks_come_from_each_depths_own_tap(tiny_classifier) -> None:
+    """Score-CAM reads another tap at each depth (a, b, c here): each mask is the labels of
+    that tap's maps, computed one channel at a time, and this classifier's three masks differ
+    (so a depth given another depth's maps fails). Many random classifiers give the same
+    masks at every depth, rightly: the taps are ReLU'd, so a class whose every channel weight
+    is > 0 has evidence on all tissue and one whose every weight is <= 0 has none, from any
+    tap; one present class of each labels the tissue alike at every depth."""
+    torch.manual_seed(14)
+    clf = tiny_classifier("cam", 4)
+    labels = torch.tensor([[1, 1, 0, 0], [0, 1, 1, 1]])
+    x = _patches().float() / 255
+    bg = background_mask(_patches())
+    expected = [
+        label_from_maps(score_cam_loop(clf, x, tap), labels > 0, bg, relu=True) for tap in "abc"
+    ]
+    got = pseudo_masks(clf, _patches(), labels, method="scorecam")
+    for mask, want in zip(got, expected, strict=True):
+        assert torch.equal(mask, want)
+    differ = [int((got[i] != got[j]).sum()) for i, j in ((0, 1), (1, 2), (0, 2))]
+    assert min(differ) > 1000
+    assert set(got[1][1].unique().tolist()) == {1, 2, 3, 255}  # all present classes win somewhere
 
 
 def test_background_rule_on_real_luad_patches() -> None:

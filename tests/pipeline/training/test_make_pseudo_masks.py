@@ -11,9 +11,11 @@ import torch
 from PIL import Image
 
 from wsi_segment.errors import ConfigError, SlideInterrupted
+from wsi_segment.models.bundle import demo_model_dir, load_model
 from wsi_segment.models.classifier import build_classifier
+from wsi_segment.models.pseudo_masks import pseudo_masks
 from wsi_segment.pipeline.cancellation import Cancellation
-from wsi_segment.pipeline.training.datasets import open_dataset
+from wsi_segment.pipeline.training.datasets import load_batch, open_dataset
 from wsi_segment.pipeline.training.make_pseudo_masks import (
     check_pseudo_mask_folder,
     made_with,
@@ -50,6 +52,21 @@ def test_masks_per_depth_and_skip_done(tmp_path: Path) -> None:
     unchanged = [p for p, t in stamps.items() if p.exists() and p.stat().st_mtime_ns == t]
     # only the patch with the missing file is redone (its 3 depths)
     assert len(unchanged) == len(stamps) - 3
+
+
+def test_each_depth_folder_holds_that_depths_masks(tmp_path: Path) -> None:
+    """The demo classifier's Grad-CAM masks differ by depth on the sample (41,321 px between
+    shallow and mid, 30,226 mid to deep): each folder holds the masks of its own depth."""
+    ds = open_dataset(SAMPLE)
+    clf = load_model(demo_model_dir()).classifier
+    dirs = make_pseudo_masks(ds, clf, tmp_path, torch.device("cpu"))
+    items = ds.train_items()
+    labels = torch.tensor([it.labels for it in items])
+    expected = pseudo_masks(clf, load_batch([it.image for it in items]), labels)
+    written = [np.stack([np.asarray(Image.open(d / mask_name(it))) for it in items]) for d in dirs]
+    for got, want in zip(written, expected, strict=True):
+        np.testing.assert_array_equal(got, want.numpy())
+    assert [int((written[i] != written[j]).sum()) for i, j in ((0, 1), (1, 2))] == [41321, 30226]
 
 
 def test_method_is_recorded_and_another_is_refused(tmp_path: Path) -> None:
