@@ -64,13 +64,24 @@ def signal_during_wait() -> tuple[str, tuple[object, ...], bool, float]:
     """The scenario, run in a fresh interpreter: SIGUSR1 sent to this process lands while
     `wait_uninterrupted` polls; returns (exception type, its args, wait done, seconds)."""
     assert threading.current_thread() is threading.main_thread()  # where handlers run
-    done = threading.Event()
+    done, polling = threading.Event(), threading.Event()
+
+    def wait() -> None:
+        polling.set()
+        poll_until(done)
+
+    def signal_then_end() -> None:
+        # sent once the wait polls (a fixed delay raced a loaded machine's thread starts)
+        polling.wait()
+        os.kill(os.getpid(), signal.SIGUSR1)
+        time.sleep(0.4)  # the signal has landed in the wait by then
+        done.set()
+
     previous = signal.signal(signal.SIGUSR1, raise_signalled)
     try:
-        threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGUSR1)).start()
-        threading.Timer(0.4, done.set).start()  # the signal has landed in the wait by then
+        threading.Thread(target=signal_then_end, daemon=True).start()
         t0 = time.monotonic()
-        stop = wait_uninterrupted(poll_until, done)
+        stop = wait_uninterrupted(wait)
         waited = time.monotonic() - t0
     finally:
         signal.signal(signal.SIGUSR1, previous)
