@@ -40,7 +40,8 @@ class BarProgress:
     """tqdm bar (done / total, rate, ETA) shown only when stderr is a terminal and not quiet."""
 
     def __init__(self, quiet: bool = False) -> None:
-        self.enabled = not quiet and sys.stderr.isatty()
+        # stderr closed (`2>&-`, a daemon): Python makes it None, and nothing is shown
+        self.enabled = not quiet and sys.stderr is not None and sys.stderr.isatty()
         self._bar: tqdm | None = None
 
     def note(self, text: str) -> None:

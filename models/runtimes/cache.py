@@ -113,8 +113,10 @@ def store_best_effort(
         for s, path in files.items():
             os.replace(path, root / f"{name}.{s}")
         manifest = {"format": _FORMAT, "version": _VERSION, "key": key, "sha256": sums}
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".json", dir=root)
-        with os.fdopen(fd, "w") as f:
+        # created as any file is (0666 less the umask), where mkstemp's 0600 kept a cache
+        # shared by a lab's group from every member but its writer: each rebuilt it
+        tmp = scratch / f"{name}.json"
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "w") as f:
             json.dump(manifest, f, indent=1, sort_keys=True)
         os.replace(tmp, root / f"{name}.json")
     except OSError as exc:

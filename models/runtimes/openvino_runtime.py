@@ -250,7 +250,10 @@ class OpenVINOGraphs:
 
         def write_ir(scratch: Path) -> dict[str, Path]:
             xml = scratch / "graph.xml"
-            ov.save_model(converted, str(xml), compress_to_fp16=False)
+            try:
+                ov.save_model(converted, str(xml), compress_to_fp16=False)
+            except RuntimeError as exc:  # OpenVINO's for a failed write (a full disk)
+                raise OSError(f"OpenVINO could not write {xml}: {exc}") from exc
             return {"xml": xml, "bin": xml.with_suffix(".bin")}
 
         # compiled from the saved form only: a converted graph in memory compiles to other
@@ -260,9 +263,12 @@ class OpenVINOGraphs:
         found = load_entry(self.cache_dir, ir_key, ("xml", "bin"))
         if found:
             return openvino_core().read_model(str(found["xml"]))
-        with tempfile.TemporaryDirectory() as tmp:  # the cache could not be written
-            xml = write_ir(Path(tmp))["xml"]
-            return openvino_core().read_model(str(xml))
+        try:
+            with tempfile.TemporaryDirectory() as tmp:  # the cache could not be written
+                xml = write_ir(Path(tmp))["xml"]
+                return openvino_core().read_model(str(xml))
+        except OSError as exc:  # nowhere to write the graph: torch runs instead
+            raise RuntimeUnavailable(f"no room to write OpenVINO's graph ({exc})") from exc
 
 
 class OpenVINOExecutor:

@@ -202,7 +202,8 @@ def evaluate(
         raise ModelError(
             f"{model_dir}: model classes {model.meta.classes} differ from the dataset's {list(ds.classes)}"
         )
-    show = progress and __import__("sys").stderr.isatty()
+    stderr = __import__("sys").stderr
+    show = progress and stderr is not None and stderr.isatty()
     check = GateCheck(ds.num_classes, model.meta.gate_epsilon)
     predictor = segmentation_predictor(model, gate, check)
     (cm,) = score_split(ds, split, predictor, 1, batch_size, show, f"evaluate {split}")

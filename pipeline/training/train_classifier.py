@@ -101,7 +101,7 @@ def schedule_lrs(
 
 def progress_enabled() -> bool:
     """Bars only on a terminal, so logs and CI stay clean."""
-    return sys.stderr.isatty()
+    return sys.stderr is not None and sys.stderr.isatty()
 
 
 def pda_schedule(cfg: ClassifierConfig) -> PDASchedule | None:

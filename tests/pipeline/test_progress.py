@@ -81,3 +81,15 @@ def test_a_library_call_reports_nothing(capsys) -> None:
     quiet.close()
     assert capsys.readouterr() == ("", "")
     assert not BarProgress(quiet=True).enabled
+
+
+def test_a_closed_stderr_shows_nothing_and_fails_nothing(monkeypatch) -> None:
+    """`wsi-segment SLIDE 2>&-` (a daemon, a cron line): Python makes sys.stderr None, and
+    `isatty()` on it failed the run with exit 1 and no word, before any work."""
+    monkeypatch.setattr(sys, "stderr", None)
+    bar = BarProgress(quiet=False)
+    assert bar.enabled is False
+    bar.start(3)
+    bar.note("loading the model")
+    bar.advance(3)
+    bar.close()

@@ -103,3 +103,18 @@ def test_a_folder_without_room_for_a_lock_is_used_unlocked(tmp_path: Path) -> No
     blocked.write_text("")
     with entry_lock(blocked / "cache", KEY):
         assert not load_entry(blocked / "cache", KEY, ("blob",))
+
+
+def test_entries_are_as_readable_as_the_umask_says(tmp_path: Path) -> None:
+    """A lab's shared cache (a group folder, umask 002): the manifest was written 0600 by
+    mkstemp, so every other member found no entry and rebuilt it, each run, unannounced."""
+    import os
+
+    before = os.umask(0o002)
+    try:
+        path = _store(tmp_path, KEY, b"compiled")
+    finally:
+        os.umask(before)
+    manifest = tmp_path / f"{entry_name(KEY)}.json"
+    assert oct(manifest.stat().st_mode & 0o777) == oct(0o664)
+    assert oct(path.stat().st_mode & 0o777) == oct(0o664)

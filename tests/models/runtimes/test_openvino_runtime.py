@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -544,3 +545,34 @@ def test_a_process_opens_a_model_once_for_all_its_geometries() -> None:
     `load_key`)."""
     other = dataclasses.replace(ov_spec(), geometry=Geometry(TILE, 32, 160, 2, True))
     assert other == ov_spec() and hash(other) == hash(ov_spec())
+
+
+@pytest.fixture
+def full_folder(tmp_path: Path) -> Iterator[Path]:
+    """A folder on an 8 KiB file system (a full home quota, in the small): a tmpfs, mounted
+    for the test; skipped where this user may not mount one."""
+    import subprocess
+
+    folder = tmp_path / "full"
+    folder.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8k", "tmpfs", str(folder)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=False)
+
+
+def test_a_cache_on_a_full_file_system_costs_only_time(cache: Path, full_folder: Path) -> None:
+    """OpenVINO raises RuntimeError (`basic_ios::clear: iostream error`) for a graph it cannot
+    write: the run ended in a traceback where the docs promised a rebuild. Now the graph is
+    compiled from a temporary copy, with the same bytes as a cached run's."""
+    x = real_tiles()[:16]
+    cached = _outputs(OpenVINOGraphs(_tiny_source(), "fp32", 2, cpu_flags(), cache), x)
+    uncached = OpenVINOGraphs(_tiny_source(), "fp32", 2, cpu_flags(), full_folder / "cache")
+    got = _outputs(uncached, x)
+    assert uncached.builds == 1
+    assert all(np.array_equal(p, q) for p, q in zip(cached, got, strict=True))
