@@ -94,14 +94,34 @@ def run_bands(
         return []
     from distributed import Event
 
-    # every band watches one new cluster-wide abort event; the job is scattered once to every
-    # worker; band k has priority -k, so the bands of slides in flight interleave
+    # every band watches one new cluster-wide abort event
     pieces = [specs[r.start : r.stop] for r in ranges]
-    at_once, gpu = placement
     abort = f"{key_prefix}-abort-{uuid.uuid4().hex}"
     event = Event(abort, client=client)
+    futures = _submit_bands(client, job, pieces, abort, plan, placement, key_prefix)
+    finished = gather_all(futures, event, progress, cancel)
+    if any(b.daemonic for b in finished):
+        shown = shown_slide_path(job.slide_path)
+        log.warning("%s: daemonic Dask workers read in threads; %s", shown, DAEMON_FIX)
+    if results is not None:
+        results.extend(finished)
+    return [o for b in finished for o in b.outcomes]
+
+
+def _submit_bands(
+    client: Client,
+    job: SlideJob,
+    pieces: list[list[ChunkSpec]],
+    abort: str,
+    plan: ExecutionPlan,
+    placement: tuple[dict[str, int], bool],
+    key_prefix: str,
+) -> list[Any]:
+    """One `run_band` future per piece: the job scattered once to every worker; band k has
+    priority -k, so the bands of slides in flight interleave."""
+    at_once, gpu = placement
     job_future = client.scatter(job, broadcast=True, hash=False)
-    futures = [
+    return [
         client.submit(
             run_band,
             job_future,
@@ -118,13 +138,6 @@ def run_bands(
         )
         for k, piece in enumerate(pieces)
     ]
-    finished = gather_all(futures, event, progress, cancel)
-    if any(b.daemonic for b in finished):
-        shown = shown_slide_path(job.slide_path)
-        log.warning("%s: daemonic Dask workers read in threads; %s", shown, DAEMON_FIX)
-    if results is not None:
-        results.extend(finished)
-    return [o for b in finished for o in b.outcomes]
 
 
 def band_count(specs: Sequence[ChunkSpec], slots: int, gpu: bool = False) -> int:

@@ -549,22 +549,11 @@ def test_a_process_opens_a_model_once_for_all_its_geometries() -> None:
 
 @pytest.fixture
 def full_folder(tmp_path: Path) -> Iterator[Path]:
-    """A folder on an 8 KiB file system (a full home quota, in the small): a tmpfs, mounted
-    for the test; skipped where this user may not mount one."""
-    import subprocess
+    """A folder on an 8 KiB file system (a full home quota, in the small)."""
+    from tests.conftest import tmpfs
 
-    folder = tmp_path / "full"
-    folder.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=8k", "tmpfs", str(folder)], capture_output=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
+    with tmpfs(tmp_path / "full", "size=8k") as folder:
         yield folder
-    finally:
-        # lazily: OpenVINO may still hold a file there until its objects are collected
-        subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
 def test_a_cache_on_a_full_file_system_costs_only_time(cache: Path, full_folder: Path) -> None:
