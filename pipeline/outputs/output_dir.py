@@ -60,7 +60,7 @@ from wsi_segment.pipeline.outputs.shared_access import (
     share_folders,
     this_user,
     unremovable_folder,
-    unwritable_folder,
+    unwritable_outputs,
 )
 from wsi_segment.pipeline.outputs.summary import read_summary
 
@@ -173,10 +173,7 @@ class OutputDir:
         raise busy
 
     def _unwritable(self, exc: OSError) -> OutputError:
-        return OutputError(
-            f"cannot write outputs: {unwritable_folder(self.out_root, exc)}; "
-            "choose a writable folder with --out"
-        )
+        return unwritable_outputs(self.out_root, exc)
 
     def _check_final(self) -> None:
         """Replace only a finished output of ours, and only with --overwrite; refuse links

@@ -20,6 +20,8 @@ import pwd
 import stat
 from pathlib import Path
 
+from wsi_segment.errors import OutputError
+
 OWNER_RW = stat.S_IRUSR | stat.S_IWUSR
 
 
@@ -140,6 +142,31 @@ def unwritable_folder(folder: str | Path, exc: OSError) -> str:
     if exc.errno == errno.EROFS:
         return f"{folder} is on a read-only file system"
     return f"{folder}: {exc.strerror or exc}"
+
+
+def unwritable_outputs(out_root: str | Path, exc: OSError) -> OutputError:
+    """The error of a run that cannot create or write its output folder `out_root`."""
+    return OutputError(
+        f"cannot write outputs: {unwritable_folder(out_root, exc)}; "
+        "choose a writable folder with --out"
+    )
+
+
+def refuse_unwritable_root(out_root: str | Path) -> None:
+    """Before any work: the `unwritable_outputs` error when this user could not create or
+    write `out_root` (asked of the nearest folder that exists, as the kernel would answer
+    the run's own write, with its effective ids), so the run says so in a second instead of
+    after loading its model. Nothing is created; the run's own writes still check."""
+    here = nearest_existing(out_root)
+    if not here.is_dir():
+        raise OutputError(
+            f"cannot write outputs in {out_root}: {here} is not a folder; choose a folder "
+            "with --out"
+        )
+    if os.access(here, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids):
+        return
+    code = errno.EROFS if os.statvfs(here).f_flag & os.ST_RDONLY else errno.EACCES
+    raise unwritable_outputs(out_root, OSError(code, os.strerror(code), str(here)))
 
 
 def unreadable_file(path: str | Path) -> str | None:
