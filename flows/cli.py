@@ -1,6 +1,7 @@
 """The `wsi-segment` command: a thin dispatcher over one small module per subcommand.
 
-`wsi-segment SLIDE ...` is shorthand for `wsi-segment segment SLIDE ...`. Expected failures
+`wsi-segment SLIDE ...` is shorthand for `wsi-segment segment SLIDE ...`, options before
+the slide included (`wsi-segment --quiet SLIDE`). Expected failures
 (`WsiSegmentError`) print one `error:` line (a URL in it without its query:
 `wsi.shown_path`) and exit 1; usage errors exit 2 (argparse).
 Ctrl-C prints `error: interrupted` and exits 130; SIGTERM takes the same path (`Terminated`)
@@ -42,6 +43,7 @@ SUBCOMMANDS: dict[str, str] = {
     "batch": "wsi_segment.flows.cli_batch",
     "report": "wsi_segment.flows.cli_report",
 }
+TOP_LEVEL_OPTIONS = ("-h", "--help")  # the options `build_parser` itself has
 EXIT_S = 60.0  # the most an interrupted command may take to exit after its report
 
 
@@ -94,15 +96,22 @@ def exit_within(seconds: float, code: int) -> None:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    args_list = list(sys.argv[1:] if argv is None else argv)
-    if args_list and args_list[0] not in SUBCOMMANDS and not args_list[0].startswith("-"):
-        args_list.insert(0, "segment")
+    args_list = implicit_segment(list(sys.argv[1:] if argv is None else argv))
     parser = build_parser()
     args = parser.parse_args(args_list)
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
     return run_command(args)
+
+
+def implicit_segment(args: list[str]) -> list[str]:
+    """`args` with the `segment` subcommand put first where none is named: `wsi-segment
+    SLIDE ...` and `wsi-segment --quiet SLIDE ...` alike (options before the slide). Only the
+    command's own help (`-h`, `--help`) and an empty line are left to the command."""
+    if not args or args[0] in SUBCOMMANDS or args[0] in TOP_LEVEL_OPTIONS:
+        return args
+    return ["segment", *args]
 
 
 def run_command(args: argparse.Namespace) -> int:

@@ -1,5 +1,6 @@
 """The `wsi-segment` command line as a process: an interrupted command ends within a bound
-even when something on the way out of the interpreter waits for ever."""
+even when something on the way out of the interpreter waits for ever; the implied `segment`
+subcommand, options before the slide included."""
 
 from __future__ import annotations
 
@@ -160,3 +161,37 @@ def test_a_stop_python_drops_still_ends_the_command_as_the_stop(
     assert "Exception ignored" in done.stderr, done.stderr  # Python did drop it
     assert done.returncode == code, done.stderr
     assert [ln for ln in done.stderr.splitlines() if ln.startswith("error:")] == [line]
+
+
+@pytest.mark.parametrize(
+    ("typed", "parsed"),
+    [
+        (["s.svs", "--quiet"], ["segment", "s.svs", "--quiet"]),
+        (["--quiet", "s.svs"], ["segment", "--quiet", "s.svs"]),
+        (["--out", "o", "s.svs"], ["segment", "--out", "o", "s.svs"]),
+        (["batch", "in", "--out", "o"], ["batch", "in", "--out", "o"]),
+        (["--help"], ["--help"]),
+        (["-h"], ["-h"]),
+        ([], []),
+    ],
+)
+def test_the_segment_subcommand_is_implied_before_options_too(
+    typed: list[str], parsed: list[str]
+) -> None:
+    from wsi_segment.flows.cli import implicit_segment
+
+    assert implicit_segment(typed) == parsed
+
+
+def test_options_before_the_slide_run_the_slide(tmp_path, tiny_model_dir) -> None:
+    """`wsi-segment --quiet --out DIR SLIDE` as a user types it: the slide's outputs, exit 0
+    (it was "invalid choice: '--quiet'", exit 2, until 2026-11-28)."""
+    from tests.conftest import CMU_SLIDE
+
+    done = subprocess.run(
+        [sys.executable, "-m", "wsi_segment.flows.cli", "--quiet", "--model",
+         str(tiny_model_dir), "--out", str(tmp_path), str(CMU_SLIDE)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / CMU_SLIDE.stem / "summary.json").is_file()
