@@ -7,7 +7,8 @@ the slide included (`wsi-segment --quiet SLIDE`). Expected failures
 Ctrl-C prints `error: interrupted` and exits 130; SIGTERM takes the same path (`Terminated`)
 and exits 143, as a process killed by it would, so schedulers read it as terminated; SIGHUP
 (the terminal or ssh session closed) too, exiting 129. A stop that a library turned into an
-error of its own (`NotedSignals`) still ends the command as that stop.
+error of its own (`NotedSignals`) still ends the command as that stop. A reader of stdout that
+leaves (`| head -1`) ends it quietly with 141, as SIGPIPE would (`stdout_closed_early`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import faulthandler
 import gc
 import importlib
 import os
+import select
 import signal
 import sys
 import threading
@@ -129,6 +131,10 @@ def run_command(args: argparse.Namespace) -> int:
     except WsiSegmentError as exc:
         print(f"error: {shown_text(str(exc))}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        if not stdout_reader_gone():
+            raise
+        return stdout_closed_early()
     except KeyboardInterrupt as exc:  # Ctrl-C, or our `Terminated` of SIGTERM and SIGHUP
         return report_stop(exc, exc.__cause__)  # a command's own mapping of an error below
     except Exception as exc:
@@ -138,6 +144,31 @@ def run_command(args: argparse.Namespace) -> int:
         if stop is None:
             raise
         return report_stop(stop, exc)
+
+
+def stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe whose reader has closed it (`wsi-segment ... | head -1`):
+    the kernel flags its write end with POLLERR. Another pipe's BrokenPipeError (a decoder's)
+    is then told apart from the reader's choice to stop reading."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, ValueError, OSError):  # None (closed), or not a real file
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(events & select.POLLERR for _fd, events in poller.poll(0))
+
+
+def stdout_closed_early() -> int:
+    """The reader of stdout left: end quietly as a process killed by SIGPIPE would (exit
+    141), as Unix tools do. stdout points at /dev/null so the interpreter's final flush does
+    not fail too (Python's documented recipe). What was written stays: every output folder
+    is published whole before its line is printed, and the slides after it are not started,
+    as with a real SIGPIPE."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 128 + signal.SIGPIPE
 
 
 def stop_behind(exc: BaseException) -> KeyboardInterrupt | None:

@@ -195,3 +195,23 @@ def test_options_before_the_slide_run_the_slide(tmp_path, tiny_model_dir) -> Non
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert (tmp_path / CMU_SLIDE.stem / "summary.json").is_file()
+
+
+def test_a_reader_that_stops_reading_ends_the_command_quietly(tmp_path, tiny_model_dir) -> None:
+    """`wsi-segment SLIDE | head -0`: the slide's outputs whole, no traceback, exit 141 as a
+    process killed by SIGPIPE (it was a BrokenPipeError traceback, exit 1, until
+    2026-11-28)."""
+    from tests.conftest import CMU_SLIDE
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "wsi_segment.flows.cli", str(CMU_SLIDE), "--model",
+         str(tiny_model_dir), "--out", str(tmp_path), "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader leaves before the command's line is printed
+    stderr = proc.stderr.read()
+    assert proc.wait(timeout=300) == 128 + signal.SIGPIPE, stderr
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr
+    summary = tmp_path / CMU_SLIDE.stem / "summary.json"
+    assert summary.is_file() and sorted(p.name for p in tmp_path.iterdir()) == [CMU_SLIDE.stem]
