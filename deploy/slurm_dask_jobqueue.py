@@ -227,10 +227,17 @@ def main(argv: list[str] | None = None) -> int:
     import dask
     from distributed import Client
 
+    from wsi_segment.errors import TooManyOpenFiles
     from wsi_segment.flows.batch_flow import BatchFailedError, segment_batch
     from wsi_segment.flows.cli_batch import print_report_paths, report_stamps
     from wsi_segment.flows.dask_cluster import security_config
+    from wsi_segment.open_files import require_open_files
 
+    try:  # before the jobs are submitted: SLURM passes this process's limits on to them
+        require_open_files()
+    except TooManyOpenFiles as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     shared = Path(args.shared_temp_directory or Path.cwd())
     before = set(shared.glob(CERT_FILES))
     cluster = make_cluster(**options)

@@ -60,6 +60,7 @@ from wsi_segment.flows.slide_flow import make_params, run_slide_stages  # noqa: 
 from wsi_segment.flows.slide_runner import SlideTaskRunner  # noqa: E402
 from wsi_segment.flows.slide_watch import SlideWatch  # noqa: E402
 from wsi_segment.flows.worker_pipes import outlive_worker_pipes  # noqa: E402
+from wsi_segment.open_files import require_open_files  # noqa: E402
 from wsi_segment.pipeline.batch_inputs import BatchItem, params_for, parse_batch_input  # noqa: E402
 from wsi_segment.pipeline.batch_report import (  # noqa: E402
     batch_rows,
@@ -222,6 +223,7 @@ def segment_batch(
     run finishes even if its worker dies (`flows.worker_pipes`).
     """
     outlive_worker_pipes()
+    require_open_files()  # raised for this process and its children, or refused
     check_batch_limits(concurrency, slide_timeout)
     with contextlib.ExitStack() as stack:
         # a stop whose exception Python drops before the slides start (reading the input, the

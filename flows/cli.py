@@ -34,6 +34,7 @@ from wsi_segment.errors import (
 )
 from wsi_segment.flows.allocator import limit_malloc_arenas
 from wsi_segment.flows.signal_stop import stop_in_chain, stop_kinds
+from wsi_segment.open_files import exhaustion_named, require_open_files
 from wsi_segment.wsi.shown_path import shown_text
 
 # subcommand name -> module implementing add_parser(subparsers) and run(args) -> int
@@ -118,12 +119,16 @@ def implicit_segment(args: list[str]) -> list[str]:
 
 def run_command(args: argparse.Namespace) -> int:
     """`args.run(args)`'s exit status, its expected failures and stops reported in one
-    `error:` line (1; 128 + the signal). A stop signal noted while it ran whose exception
-    never reached it (Python drops one raised inside a finaliser) still ends it as that stop:
-    a scheduler's SIGTERM must not read as success."""
+    `error:` line (1; 128 + the signal). The open-file limit is raised first, or the
+    command refused if even its hard limit is too low, and running out of descriptors
+    anyway is that one line too, with its fix (`wsi_segment.open_files`), never a
+    traceback. A stop signal noted while it ran whose exception never reached it (Python
+    drops one raised inside a finaliser) still ends it as that stop: a scheduler's SIGTERM
+    must not read as success."""
     noted = NotedSignals()
     try:
-        with noted:
+        with noted, exhaustion_named(f"wsi-segment {args.command}"):
+            require_open_files()  # before the command starts a thread, a child or a file
             code = int(args.run(args) or 0)
         if noted.signum is not None:
             return report_stop(signal_exception(noted.signum))

@@ -39,6 +39,7 @@ from wsi_segment.flows.dropped_stops import stop_on_dropped  # noqa: E402
 from wsi_segment.flows.run_log import log_slide_warnings, pipeline_warnings_to_run_log  # noqa: E402
 from wsi_segment.flows.run_origin import flow_run_origin  # noqa: E402
 from wsi_segment.flows.worker_pipes import outlive_worker_pipes  # noqa: E402
+from wsi_segment.open_files import require_open_files  # noqa: E402
 from wsi_segment.pipeline import segment  # noqa: E402
 from wsi_segment.pipeline.batch_report import class_rows, markdown_table  # noqa: E402
 from wsi_segment.pipeline.cancellation import (  # noqa: E402
@@ -243,6 +244,7 @@ def segment_slide_flow(
     Python drops while the slide runs stops it all the same (`flows.dropped_stops`).
     """
     outlive_worker_pipes()
+    require_open_files()  # raised for this process and its children, or refused
     try:
         # a stop whose exception Python drops (a signal landing in a finaliser) cancels the
         # run, which raises it again at its next check: the run does not go on to its end

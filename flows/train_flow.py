@@ -22,6 +22,7 @@ from wsi_segment.flows.dropped_stops import stop_on_dropped  # noqa: E402
 from wsi_segment.flows.slide_flow import stage_task  # noqa: E402
 from wsi_segment.flows.worker_pipes import outlive_worker_pipes  # noqa: E402
 from wsi_segment.models.classifier import PatchClassifier  # noqa: E402
+from wsi_segment.open_files import require_open_files  # noqa: E402
 from wsi_segment.pipeline.cancellation import CancelToken  # noqa: E402
 from wsi_segment.pipeline.training import train_stages  # noqa: E402
 from wsi_segment.pipeline.training.train import TrainConfig  # noqa: E402
@@ -76,6 +77,7 @@ def train_model(data: str, out: str, options: dict[str, Any] | None = None) -> s
     all the same (`flows.dropped_stops`), the work folder kept for a rerun to resume.
     """
     outlive_worker_pipes()
+    require_open_files()  # raised for this process and its children, or refused
     cfg = make_train_config(data, out, options)
     with stop_on_dropped() as stop:
         run = open_dataset(cfg, stop)

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from wsi_segment.open_files import exhaustion_named
 from wsi_segment.pipeline.cancellation import NEVER_CANCELLED, CancelToken
 
 # the stages are reached through this module (the Prefect flows call segment.prepare_stage and
@@ -132,7 +133,21 @@ def run_stages(
     finish inside the atomic output folder. A write error (disk full, permissions changed
     mid-run) becomes the OutputError with its fix; the slide and its background readers are
     closed whatever happens. `cancel` (the stages the caller passes check it too) is checked
-    between the stages: once cancelled, its reason is raised and the partial folder removed."""
+    between the stages: once cancelled, its reason is raised and the partial folder removed.
+    Any error that ran out of file descriptors becomes `TooManyOpenFiles` naming the slide
+    and the fix: never a damaged slide, a batch's known failure, or an unwritable folder."""
+    with exhaustion_named(shown_slide_path(str(slide_path))):
+        return _run_stages(slide_path, out_root, params, stages, cancel)
+
+
+def _run_stages(
+    slide_path: str | Path,
+    out_root: str | Path,
+    params: SegmentParams,
+    stages: Stages,
+    cancel: CancelToken,
+) -> SlideResult:
+    """`run_stages` without its naming of descriptor exhaustion."""
     t0 = time.perf_counter()
     skipped = up_to_date_result(slide_path, out_root, params)
     if skipped is not None:

@@ -30,7 +30,7 @@ BASE = (
     "threads",
 )
 # unit -> the units it may import (besides itself and wsi_segment's own modules: errors,
-# lazy_exports, gc_pause).
+# lazy_exports, gc_pause, open_files).
 # pipeline is split by concern: inference writes outputs as chunks finish, outputs never
 # reach back into inference, training stands beside both; synthetic data is for tests,
 # benchmarks and training the demo model, never for a run (it may use wsi's mask helpers).

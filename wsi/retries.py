@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from wsi_segment.open_files import exhaustion
 from wsi_segment.wsi.shown_path import shown_text
 
 READ_ATTEMPTS = 3
@@ -48,8 +49,14 @@ def is_transient(exc: BaseException | None) -> bool:
 
     Timeouts and connection errors, and OSErrors with a network/NFS errno or none at all
     (remote file systems often give none) are transient. Errors that waiting does not fix
-    are not: a missing file, permissions, a full disk or read-only file system.
+    are not: a missing file, permissions, a full disk or read-only file system, and running
+    out of file descriptors anywhere in the chain (`wsi_segment.open_files.exhaustion`):
+    what fills this process's table is mostly the run itself (its decoders, its cluster's
+    connections), so a retry a second later meets the same limit, and a stage retried while
+    out of descriptors only adds errors; the fix is the limit, which the error names.
     """
+    if exhaustion(exc) is not None:
+        return False
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))

@@ -11,7 +11,9 @@ freshly opened reader, then one `SlideError` naming the slide, the region and th
 Which errors are transient is `wsi.retries.is_transient` (I/O errors, minus those that
 never heal by waiting: missing file, permission denied, a full disk); decode errors of
 corrupt data (openslide's, tifffile's, imagecodecs') would fail identically, so they are
-reported at once.
+reported at once. Running out of file descriptors is neither: it is `TooManyOpenFiles`
+with its fix, at once, never a damaged slide (`wsi_segment.open_files`), and opening a
+slide does not then try the next backend (which would read it otherwise than its runs do).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from wsi_segment.errors import ConfigError, MppMissingError, SlideError
+from wsi_segment.open_files import raise_if_exhausted
 from wsi_segment.wsi.backends import (
     BACKENDS,
     SlideMeta,
@@ -210,6 +213,7 @@ class Slide:
         except SlideError:  # a reader reopened found what its open would (NoByteRanges)
             raise
         except Exception as exc:
+            raise_if_exhausted(f"{self.shown_path}: reading {where}", exc, probe=True)
             cause = shown_text(f"{type(exc).__name__}: {exc}")  # a library's quotes the URL
             if is_transient(exc):
                 raise SlideError(
@@ -368,7 +372,8 @@ def _open_with_first(path: str, order: list[str], mpp: float | None) -> Slide:
             reader = with_retries(partial(BACKENDS[name], path), f"opening {path}")
         except SlideError:  # the backend's own diagnosis (NoByteRanges), with its fix
             raise
-        except Exception as exc:
+        except Exception as exc:  # out of descriptors: no other backend may take over
+            raise_if_exhausted(f"{shown_slide_path(path)}: opening the slide", exc, probe=True)
             reasons.append(f"{name}: {type(exc).__name__}: {exc}".rstrip(": "))
             continue
         try:

@@ -79,6 +79,15 @@ class OutputBusy(OutputError):
     slide, whose folder (finished or being written by that run) the report shows instead."""
 
 
+class TooManyOpenFiles(WsiSegmentError):
+    """The process may not open the files a run needs: refused before the run when even the
+    hard open-file limit is too low, or met during it (EMFILE: this process's limit; ENFILE:
+    the machine's table). The message names the limit and the fix (`wsi_segment.open_files`).
+    Not a `SlideError`: the slide is not at fault, so a batch never records it as a known
+    failure; not transient (`wsi.retries.is_transient`): a retry in the same process, which
+    still holds what filled the table, meets the same limit."""
+
+
 class RoiError(ConfigError):
     """A `--roi` file is missing, unreadable, holds no area annotation, or has a region off
     the slide. A usage error: the CLI exits 2 for it."""

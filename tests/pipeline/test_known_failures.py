@@ -35,6 +35,7 @@ MESSAGE = "not a readable slide"
         ("MppMissingError", True),
         ("RoiError", True),
         ("DecoderDied", False),  # a decoder killed for memory looks like a damaged file
+        ("TooManyOpenFiles", False),  # the open-file limit, not the slide
         ("OutputError", False),  # a full disk, a lock held: the environment, not the slide
         ("ModelError", False),  # every slide would fail: fix the model
         ("ConfigError", False),

@@ -78,6 +78,18 @@ def test_is_transient_tells_io_from_decode_errors():
     assert not is_transient(OSError(errno.EROFS, "Read-only file system"))
 
 
+def test_running_out_of_file_descriptors_is_not_transient() -> None:
+    """The limit is the process's, and mostly filled by the run itself: a retry meets it
+    again. Before, an OSError carrying only the words (no errno: transient by the rule) and
+    a timeout raised while out of descriptors were retried."""
+    assert not is_transient(OSError(errno.EMFILE, "Too many open files"))
+    assert not is_transient(OSError(errno.ENFILE, "Too many open files in system"))
+    assert not is_transient(OSError("[Errno 24] Too many open files"))
+    timeout = TimeoutError("the read timed out")
+    timeout.__context__ = OSError(errno.EMFILE, "Too many open files")
+    assert not is_transient(timeout)
+
+
 @pytest.mark.parametrize(("status", "passes"), [(500, True), (503, True), (429, True),
                                                (403, False), (404, False), (416, False)])  # fmt: skip
 def test_an_http_stores_server_errors_are_transient(status: int, passes: bool) -> None:
