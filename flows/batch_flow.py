@@ -77,7 +77,7 @@ from wsi_segment.pipeline.known_failures import (  # noqa: E402
 )
 from wsi_segment.pipeline.machine import probe_machine  # noqa: E402
 from wsi_segment.pipeline.morning_report import BatchReport  # noqa: E402
-from wsi_segment.pipeline.outputs.shared_access import refuse_unwritable_root  # noqa: E402
+from wsi_segment.pipeline.outputs.shared_access import refuse_unusable_root  # noqa: E402
 from wsi_segment.pipeline.params import SegmentParams  # noqa: E402
 from wsi_segment.pipeline.run_policy import engine_in_process  # noqa: E402
 from wsi_segment.pipeline.segment import SlideResult, up_to_date_result  # noqa: E402
@@ -231,7 +231,7 @@ def segment_batch(
         dropped = stack.enter_context(DroppedStops())
         logger = get_run_logger()
         items = parse_batch_input(input, out)
-        refuse_unwritable_root(out)
+        refuse_unusable_root(out)
         params = make_params(model_dir, options, origin=flow_run_origin())
         logger.info("%d slide(s) from %s -> %s", len(items), input, out)
         in_process = engine_in_process(probe_machine(), params, workers, dask_address).value

@@ -107,10 +107,10 @@ def flow_options(args: argparse.Namespace) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     from wsi_segment.flows.batch_console import InterruptGuard, cli_stop, quiet_console
     from wsi_segment.pipeline.batch_inputs import parse_batch_input
-    from wsi_segment.pipeline.outputs.shared_access import refuse_unwritable_root
+    from wsi_segment.pipeline.outputs.shared_access import refuse_unusable_root
 
     parse_batch_input(args.input, args.out)  # bad input: one error line, before Prefect starts
-    refuse_unwritable_root(args.out)
+    refuse_unusable_root(args.out)
     report_before = report_stamps(args.out)
     options = flow_options(args)
     if not check_roi_file(args.roi):

@@ -18,6 +18,7 @@ from wsi_segment.models.runtimes.decision import RUNTIME_CHOICES
 from wsi_segment.pipeline.output_files import output_options
 from wsi_segment.wsi.backends import backend_choices
 from wsi_segment.wsi.mpp import mpp_problem
+from wsi_segment.wsi.shown_path import not_utf8, utf8_shown
 from wsi_segment.wsi.tiling import check_chunk_tiles
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -103,6 +104,13 @@ class SegmentParams:
         _check_choice("read device", self.read_device, READ_DEVICES)
         if self.roi is not None and not isinstance(self.roi, Path):  # from JSON flow options
             object.__setattr__(self, "roi", Path(self.roi))
+        for option, path in (("--model", self.model_dir), ("--roi", self.roi)):
+            if path is not None and not_utf8(str(path)):
+                raise ConfigError(
+                    f"{option} {utf8_shown(str(path))}: the path is not valid UTF-8 (a name "
+                    "written in another encoding, such as Latin-1), which summary.json could not "
+                    "record; rename it in UTF-8 and pass it again"
+                )
         object.__setattr__(self, "extra_outputs", frozenset(self.extra_outputs))
         for option in sorted(self.extra_outputs):
             _check_choice("optional output", option, tuple(output_options()))

@@ -32,7 +32,7 @@ from wsi_segment.pipeline.machine import Machine, probe_machine
 from wsi_segment.pipeline.outputs.output_name import slide_output_name
 from wsi_segment.pipeline.outputs.ownership import refuse_in_the_way
 from wsi_segment.pipeline.outputs.run_identity import run_fingerprint
-from wsi_segment.pipeline.outputs.shared_access import refuse_unwritable_root
+from wsi_segment.pipeline.outputs.shared_access import refuse_unusable_root
 from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.pipeline.prepare_inputs import (
     ModelFolder,
@@ -207,7 +207,7 @@ def prepare(
     slide_path = str(slide_path)
     name = slide_output_name(slide_path, params.output_name)
     refuse_in_the_way(Path(out_root) / name)  # before any work, the model's load included
-    refuse_unwritable_root(out_root)
+    refuse_unusable_root(out_root)
     model = read_model_folder(resolve_model_dir(params))
     opened = open_checked_slide(slide_path, params)
     try:

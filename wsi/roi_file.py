@@ -40,6 +40,7 @@ from shapely.geometry import shape
 from wsi_segment.errors import BrokenExport, NotStreamable, RoiError
 from wsi_segment.wsi.roi_area import FLOAT32_MAX, float32_coordinates, has_area
 from wsi_segment.wsi.roi_stream import ByteStream, stream_objects
+from wsi_segment.wsi.shown_path import not_utf8, utf8_shown
 
 _POLYGONAL = ("Polygon", "MultiPolygon")
 _GEOMETRIES = ("Point", "MultiPoint", "LineString", "MultiLineString", *_POLYGONAL)
@@ -125,6 +126,12 @@ def read_roi_file(path: str | Path) -> RoiFile:
     `RoiError` naming the file and the fix when it is missing, unreadable, not GeoJSON, or
     holds no area annotation.
     """
+    if not_utf8(str(path)):
+        raise RoiError(
+            f"{utf8_shown(str(path))}: the ROI file's path is not valid UTF-8 (a name written in "
+            "another encoding, such as Latin-1), which summary.json could not record; rename "
+            "it in UTF-8 and pass it again"
+        )
     path = Path(path)
     result = RoiFile(path, [])
     index = 0

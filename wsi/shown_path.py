@@ -90,3 +90,14 @@ def shown_text(text: str) -> str:
         return shown_slide_path(core) + url[len(core) :]
 
     return _URL_IN_TEXT.sub(shown, text)
+
+
+def not_utf8(path: str) -> bool:
+    """True for a path that is not UTF-8: Python holds its undecodable bytes as lone
+    surrogates (PEP 383), which no UTF-8 file (summary.json, cohort.csv) can carry."""
+    return any("\udc80" <= ch <= "\udcff" for ch in path)
+
+
+def utf8_shown(path: str) -> str:
+    """`path` printable: each undecodable byte (`not_utf8`) written as its escape, `\\xe9`."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")

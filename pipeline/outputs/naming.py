@@ -35,7 +35,7 @@ import unicodedata
 import urllib.parse
 from pathlib import Path, PurePosixPath
 
-from wsi_segment.wsi.shown_path import is_remote_url
+from wsi_segment.wsi.shown_path import is_remote_url, utf8_shown
 
 # GeneralTools.DEFAULT_EXTENSIONS of QuPath 0.6 (0.5 lacks ".ome.zarr", which it cannot open)
 MULTIPART_EXTENSIONS: tuple[str, ...] = (".ome.tif", ".ome.tiff", ".tar.gz", ".ome.zarr")
@@ -109,7 +109,9 @@ def is_control(ch: str) -> bool:
 
 def one_line(text: str) -> str:
     """`text` on one line: each control character or separator written as its Python
-    escape (`\\n`, `\\t`, `\\x1b`, `\\u2028`), everything else as it is."""
+    escape (`\\n`, `\\t`, `\\x1b`, `\\u2028`), an undecodable byte of a path as `\\xe9`
+    (`not_utf8`), everything else as it is."""
+    text = utf8_shown(text)
     return "".join(
         ch.encode("unicode_escape").decode("ascii") if is_control(ch) else ch for ch in text
     )

@@ -12,8 +12,13 @@ import os
 from pathlib import Path
 
 from wsi_segment.errors import ConfigError
-from wsi_segment.pipeline.outputs.naming import is_control, one_line, slide_file_name, slide_stem
-from wsi_segment.wsi.shown_path import shown_slide_path
+from wsi_segment.pipeline.outputs.naming import (
+    is_control,
+    one_line,
+    slide_file_name,
+    slide_stem,
+)
+from wsi_segment.wsi.shown_path import not_utf8, shown_slide_path
 from wsi_segment.wsi.slide_path import refuse_url_password
 
 # A typed output name is one portable folder name: no separators (so no "../x" or "a/b"),
@@ -103,7 +108,15 @@ def refuse_long_name(name: str, slide_path: str) -> str:
 def refuse_control_characters(slide_path: str) -> None:
     """ConfigError, on one line, for a slide path holding a control character or a line
     break (`naming.is_control`): its output folder would carry it, and every message that
-    names the slide would break across lines."""
+    names the slide would break across lines. Also for a path that is not UTF-8 (`not_utf8`):
+    the run would end, after its work, unable to write the name into summary.json."""
+    if not_utf8(slide_path):
+        raise ConfigError(
+            f"{one_line(shown_slide_path(slide_path))}: the slide's path is not valid UTF-8 (its name was "
+            "written in another encoding, such as Latin-1), so summary.json, cohort.csv and "
+            "QuPath could not name it; rename the file (or its folder) in UTF-8, e.g. "
+            "`convmv -f latin1 -t utf-8 --notest FILE`, and rerun"
+        )
     found = sorted({one_line(ch) for ch in slide_path if is_control(ch)})
     if found:
         raise ConfigError(

@@ -21,6 +21,7 @@ import stat
 from pathlib import Path
 
 from wsi_segment.errors import OutputError
+from wsi_segment.wsi.shown_path import not_utf8, utf8_shown
 
 OWNER_RW = stat.S_IRUSR | stat.S_IWUSR
 
@@ -152,11 +153,18 @@ def unwritable_outputs(out_root: str | Path, exc: OSError) -> OutputError:
     )
 
 
-def refuse_unwritable_root(out_root: str | Path) -> None:
+def refuse_unusable_root(out_root: str | Path) -> None:
     """Before any work: the `unwritable_outputs` error when this user could not create or
     write `out_root` (asked of the nearest folder that exists, as the kernel would answer
     the run's own write, with its effective ids), so the run says so in a second instead of
-    after loading its model. Nothing is created; the run's own writes still check."""
+    after loading its model. Nothing is created; the run's own writes still check. A path
+    that is not UTF-8 is refused too: summary.json and cohort.csv record it."""
+    if not_utf8(str(out_root)):
+        raise OutputError(
+            f"{utf8_shown(str(out_root))}: the output folder's path is not valid UTF-8 (a name "
+            "written in another encoding, such as Latin-1), which summary.json and cohort.csv "
+            "could not record; choose a folder whose path is UTF-8 with --out"
+        )
     here = nearest_existing(out_root)
     if not here.is_dir():
         raise OutputError(

@@ -2,11 +2,13 @@
 GeoJSON, summary.json and the zarr attributes are written by a JSON serializer, so quotes,
 newlines, backslashes, braces and non-ASCII text round-trip exactly. A slide whose name
 would make its output folder anything but one folder inside --out is refused, and so is a
-slide path with a control character (a newline would split every line that names it)."""
+slide path with a control character (a newline would split every line that names it), and
+every path the outputs record that is not UTF-8."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import ome_types
@@ -155,6 +157,58 @@ def test_a_batch_with_a_control_character_in_a_slide_path_is_refused_before_it_r
     text = assert_clean_error(result, f"{slides}/case\\n7.svs", "rename the file")
     assert text.isprintable(), text
     assert not out.exists() or leftovers(out) == []
+
+
+LATIN1_NAME = os.fsdecode(b"caf\xe9")  # a name written in Latin-1: not UTF-8
+LATIN1_SHOWN = "caf\\xe9"  # as the error line writes it
+
+
+def test_a_slide_path_that_is_not_utf8_is_refused_on_one_line(
+    cmu_crop, tiny_model_dir, tmp_path, capsys
+):
+    """`caf\\xe9.svs` (Latin-1 bytes): one line naming it escaped and the fix, before any work
+    (it ran the slide, then crashed writing summary.json, until 2026-11-28); a good slide in
+    the same call finishes; a batch over their folder is refused before it runs."""
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    shutil.copy(cmu_crop, slides / f"{LATIN1_NAME}.svs")
+    out = tmp_path / "out"
+    common = ["--model", tiny_model_dir, "--out", out, "--mpp", "0.5", "--quiet"]
+    result = run_cli_inprocess([slides / f"{LATIN1_NAME}.svs", cmu_crop, *common], capsys)
+    text = assert_clean_error(result, f"{slides}/{LATIN1_SHOWN}.svs", "not valid UTF-8")
+    assert "rename the file" in text and text.isprintable(), text
+    assert [p.name for p in out.iterdir()] == [cmu_crop.stem]
+    assert_complete_output(out / cmu_crop.stem)
+    shutil.copy(cmu_crop, slides / "good.svs")
+    result = run_cli_inprocess(["batch", slides, *common[:2], "--out", tmp_path / "b"], capsys)
+    assert_clean_error(result, f"{slides}/{LATIN1_SHOWN}.svs", "not valid UTF-8")
+    assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("option", ["--out", "--model", "--roi"])
+def test_an_option_path_that_is_not_utf8_is_refused_before_any_work(
+    option, cmu_crop, tiny_model_dir, tmp_path, capsys
+):
+    """An output folder, model folder or ROI file whose path is not UTF-8 would end the run
+    after its work, unable to write summary.json: it is refused at once, nothing written."""
+    bad = tmp_path / LATIN1_NAME
+    out = bad if option == "--out" else tmp_path / "out"
+    model = bad if option == "--model" else tiny_model_dir
+    if option == "--model":
+        shutil.copytree(tiny_model_dir, bad)
+    roi = ["--roi", bad] if option == "--roi" else []
+    if option == "--roi":
+        bad.write_text(
+            json.dumps({"type": "Polygon", "coordinates": [[[0, 0], [99, 0], [0, 99], [0, 0]]]})
+        )
+    args = [cmu_crop, "--model", model, "--out", out, "--mpp", "0.5", "--quiet", *roi]
+    result = run_cli_inprocess(args, capsys)
+    text = assert_clean_error(
+        result, f"{tmp_path}/{LATIN1_SHOWN}", "not valid UTF-8", code=result.code
+    )
+    assert result.code in (1, 2) and text.isprintable(), text
+    assert not (tmp_path / "out").exists()
+    assert option != "--out" or not bad.exists()
 
 
 def test_a_manifest_name_with_a_tab_is_refused(cmu_crop, tiny_model_dir, tmp_path, capsys):

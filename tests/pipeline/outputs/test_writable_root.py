@@ -13,7 +13,7 @@ import pytest
 from tests.conftest import tmpfs
 from tests.lab_users import LabUsers, lab_users  # noqa: F401
 from wsi_segment.errors import OutputError
-from wsi_segment.pipeline.outputs.shared_access import refuse_unwritable_root
+from wsi_segment.pipeline.outputs.shared_access import refuse_unusable_root
 
 SLIDE = Path(__file__).resolve().parents[2] / "data" / "CMU-1-Small-Region.svs"
 
@@ -55,7 +55,7 @@ def test_an_unwritable_parent_is_refused_before_the_model_loads(
 def test_a_read_only_file_system_is_named(tmp_path: Path) -> None:
     with tmpfs(tmp_path / "ro", "ro,size=64k") as ro:
         with pytest.raises(OutputError) as caught:
-            refuse_unwritable_root(ro / "out")
+            refuse_unusable_root(ro / "out")
         assert str(caught.value) == (
             f"cannot write outputs: {ro / 'out'} is on a read-only file system; choose a "
             "writable folder with --out"
@@ -67,7 +67,7 @@ def test_a_file_in_the_way_is_named(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("a person's")
     for out in (tmp_path / "notes.txt", tmp_path / "notes.txt" / "runs"):
         with pytest.raises(OutputError) as caught:
-            refuse_unwritable_root(out)
+            refuse_unusable_root(out)
         assert str(caught.value) == (
             f"cannot write outputs in {out}: {tmp_path / 'notes.txt'} is not a folder; choose a "
             "folder with --out"
@@ -76,6 +76,6 @@ def test_a_file_in_the_way_is_named(tmp_path: Path) -> None:
 
 
 def test_a_writable_or_creatable_folder_passes_and_nothing_is_made(tmp_path: Path) -> None:
-    refuse_unwritable_root(tmp_path)
-    refuse_unwritable_root(tmp_path / "a" / "b")
+    refuse_unusable_root(tmp_path)
+    refuse_unusable_root(tmp_path / "a" / "b")
     assert list(tmp_path.iterdir()) == []
