@@ -57,7 +57,7 @@ from wsi_segment.pipeline.outputs.ownership import (
 from wsi_segment.pipeline.outputs.shared_access import (
     describe,
     follow_folder,
-    share_folders,
+    share_tree,
     this_user,
     unremovable_folder,
     unwritable_outputs,
@@ -198,7 +198,7 @@ class OutputDir:
     def commit(self) -> None:
         """Publish: replace the final folder by the finished work folder."""
         self._check_final()
-        share_folders(self.work_dir, self.out_root)  # a member's --overwrite may replace it
+        share_tree(self.work_dir, self.out_root)  # a member's --overwrite may replace it
         try:
             if os.path.lexists(self.old_dir):
                 remove_output(self.old_dir)

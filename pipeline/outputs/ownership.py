@@ -23,6 +23,7 @@ from pathlib import Path
 
 from wsi_segment.errors import OutputError
 from wsi_segment.pipeline.output_files import OUTPUT_FILES, STORE_NAME, SUMMARY_NAME
+from wsi_segment.pipeline.outputs.shared_access import unreadable_file
 from wsi_segment.pipeline.outputs.summary import read_summary
 
 
@@ -163,10 +164,26 @@ def _not_chunk_key(entry: os.DirEntry[str], grid: tuple[int, ...], shown: str) -
     return extra
 
 
+def unreadable_summary(folder: Path) -> str | None:
+    """Why this user cannot read the summary.json in `folder` (`unreadable_file`: owner,
+    mode, user), or None: it is readable, absent or a link (`not_our_output` says those)."""
+    path = folder / SUMMARY_NAME
+    if os.path.islink(path) or not path.is_file():
+        return None
+    return unreadable_file(path)
+
+
 def refuse_foreign(path: Path) -> None:
     """OutputError naming `path` unless it is a finished output of ours (`not_our_output`)."""
     if os.path.islink(path):
         raise link_error(path)
+    unreadable = unreadable_summary(path)
+    if unreadable is not None:
+        raise OutputError(
+            f"{path / SUMMARY_NAME}: {unreadable}, so whether {path} is a finished "
+            "wsi-segment output cannot be told; nothing was changed: ask its owner to let the "
+            f"lab read it (chmod -R g+rX {path}), or choose another --out"
+        )
     problem = not_our_output(path)
     if problem is not None:
         raise OutputError(

@@ -57,25 +57,44 @@ def follow_folder(fd: int, folder: str | Path) -> None:
         os.fchmod(fd, file_mode_for(folder))
 
 
-def share_folders(tree: Path, folder: str | Path) -> None:
-    """Give `tree` and every folder in it `folder`'s group (as `follow_folder` does) and the
-    group read, write and search bits `folder` has: in a lab's group-writable output folder,
-    another member's `--overwrite` can then remove what this run wrote, whatever this user's
-    umask (removing needs write on each folder, not on the files). Failures leave it as is."""
+def share_tree(tree: Path, folder: str | Path) -> None:
+    """Give `tree` and every folder in it `folder`'s group (as `follow_folder` does), the
+    group read, write and search bits `folder` has (others' read and search where it has
+    others' read), and every file in it the read bits `folder` has (group, others): in a
+    lab's group-writable output folder, another member's `--overwrite` can then remove what
+    this run wrote (removing needs write on each folder, not on the files), and every member
+    reads it, whatever this user's umask (under `umask 077` the zarr chunks and summary.json
+    were 0600: the next member's run found an unreadable output). Bits are only added, links
+    never followed; failures leave it as is."""
     with contextlib.suppress(OSError):
         st = os.stat(folder)
         group_bits = st.st_mode & (stat.S_IRGRP | stat.S_IWGRP)
         group_bits |= stat.S_IXGRP if group_bits & stat.S_IRGRP else 0
+        group_bits |= stat.S_IROTH | stat.S_IXOTH if st.st_mode & stat.S_IROTH else 0
+        read_bits = st.st_mode & (stat.S_IRGRP | stat.S_IROTH)
         chgrp = st.st_gid in (*os.getgroups(), os.getegid()) or os.geteuid() == 0
-        for path in [tree, *(Path(top) / d for top, dirs, _ in os.walk(tree) for d in dirs)]:
-            with contextlib.suppress(OSError):
-                here = os.lstat(path)
-                if not stat.S_ISDIR(here.st_mode):
-                    continue  # a link os.walk listed: never followed
-                if chgrp and here.st_gid != st.st_gid:
-                    os.chown(path, -1, st.st_gid, follow_symlinks=False)
-                if stat.S_IMODE(here.st_mode) | group_bits != stat.S_IMODE(here.st_mode):
-                    os.chmod(path, stat.S_IMODE(here.st_mode) | group_bits)
+        for top, dirs, files in os.walk(tree):
+            gid = st.st_gid if chgrp else None
+            if Path(top) == tree:
+                _share(tree, stat.S_IFDIR, group_bits, gid)
+            for name in dirs:
+                _share(Path(top) / name, stat.S_IFDIR, group_bits, gid)
+            for name in files:
+                _share(Path(top) / name, stat.S_IFREG, read_bits, gid)
+
+
+def _share(path: Path, kind: int, bits: int, gid: int | None) -> None:
+    """Add `bits` to `path` and give it group `gid` (None: keep), if it is a `kind` (a
+    folder or a regular file, never a link os.walk listed) and needs it."""
+    with contextlib.suppress(OSError):
+        here = os.lstat(path)
+        if stat.S_IFMT(here.st_mode) != kind:
+            return
+        if gid is not None and here.st_gid != gid:
+            os.chown(path, -1, gid, follow_symlinks=False)
+        mode = stat.S_IMODE(os.lstat(path).st_mode)  # chown may clear setgid: read it again
+        if mode | bits != mode:
+            os.chmod(path, mode | bits)
 
 
 def unremovable_folder(tree: Path) -> Path | None:

@@ -36,15 +36,17 @@ from wsi_segment.pipeline.output_files import (
 )
 from wsi_segment.pipeline.outputs.failure_record import RECORD_SUFFIX, read_record
 from wsi_segment.pipeline.outputs.output_classes import output_classes
+from wsi_segment.pipeline.outputs.shared_access import unreadable_file
 from wsi_segment.pipeline.outputs.summary import SCHEMA_VERSION
 from wsi_segment.wsi.shown_path import shown_slide_path
 
 PARTIAL_SUFFIX = ".partial"
 # What the report calls a slide: statuses of entries, in the order the page lists them.
-FAILED, KNOWN, DAMAGED, FOREIGN, NEWER, IN_PROGRESS, STOPPED = (
+FAILED, KNOWN, DAMAGED, UNREADABLE, FOREIGN, NEWER, IN_PROGRESS, STOPPED = (
     "failed",
     "known failure",
     "damaged summary",
+    "unreadable summary",
     "not ours",
     "newer schema",
     "in progress",
@@ -55,6 +57,7 @@ STATUS_ORDER = (
     FAILED,
     KNOWN,
     DAMAGED,
+    UNREADABLE,
     FOREIGN,
     NEWER,
     IN_PROGRESS,
@@ -265,6 +268,10 @@ def _folder_entry(folder: Path, name: str) -> SlideEntry:
     path = folder / SUMMARY_NAME
     if os.path.islink(path) or not path.is_file():
         return SlideEntry(name, DAMAGED, f"{path} is missing: the folder is not a finished run")
+    unreadable = unreadable_file(path)
+    if unreadable is not None:
+        why = f"{path}: {unreadable}; ask its owner to let the lab read it (chmod -R g+rX)"
+        return SlideEntry(name, UNREADABLE, why)
     try:
         with open(path, encoding="utf-8") as f:
             summary = json.load(f)

@@ -215,3 +215,50 @@ def test_what_overwrite_cannot_remove_is_refused_before_any_work(
         assert "mode 2755); remove it as its owner (or root)" in error
         assert (store / "OME" / ".zgroup").read_text() == "x"  # nothing of it removed
         assert sorted(p.name for p in out.iterdir()) == [name]  # no work folder, no lock
+
+
+def test_a_members_output_under_umask_077_is_read_and_replaced_by_the_lab(
+    lab_users: LabUsers,  # noqa: F811
+) -> None:
+    """A member whose login sets `umask 077` publishes: every file gets the lab folder's read
+    bits and every folder its group and search bits (the files were 0600 until 2026-11-28, and
+    the service's next run called the output "in the way and not a wsi-segment output")."""
+    out = lab_folder(lab_users.root / "out", lab_users.service)
+    assert publish_as(lab_users, lab_users.admin, out, "0077", overwrite=False) == ""
+    output = out / "case-1"
+    for path in (output, output / "probabilities.ome.zarr", output / "probabilities.ome.zarr/OME"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o2775, path
+    for path in (output / "summary.json", output / "probabilities.ome.zarr/OME/.zgroup"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+    read = lab_users.python(
+        lab_users.service, f"print(open({str(output / 'summary.json')!r}).read())"
+    )
+    assert read.returncode == 0 and json.loads(read.stdout) == json.loads(OUR_SUMMARY)
+    assert publish_as(lab_users, lab_users.service, out, "0002", overwrite=True) == ""
+    assert sorted(p.name for p in out.iterdir()) == ["case-1"]
+
+
+def test_an_output_whose_summary_this_user_cannot_read_is_named_so(
+    lab_users: LabUsers,  # noqa: F811
+) -> None:
+    """A summary.json left 0600 by another member (an earlier version, or by hand) is named as
+    unreadable by this user, with its owner, mode and the fix, not as someone else's folder,
+    and nothing of it is touched; the report says "unreadable summary", not "damaged"."""
+    out = lab_folder(lab_users.root / "out", lab_users.service)
+    assert publish_as(lab_users, lab_users.admin, out, "0022", overwrite=False) == ""
+    summary = out / "case-1" / "summary.json"
+    summary.chmod(0o600)
+    error = publish_as(lab_users, lab_users.service, out, "0002", overwrite=True)
+    assert (
+        f"OutputError: {summary}: it cannot be read by user {lab_users.service} "
+        f"({lab_users.admin}:{lab_users.group}, mode 0600), so whether {out / 'case-1'} is a "
+        "finished wsi-segment output cannot be told; nothing was changed: ask its owner to let "
+        f"the lab read it (chmod -R g+rX {out / 'case-1'}), or choose another --out"
+    ) in error
+    assert json.loads(summary.read_text()) == json.loads(OUR_SUMMARY)  # untouched
+    entry = lab_users.python(
+        lab_users.service,
+        "from wsi_segment.pipeline.outputs.slide_entries import scan_slides\n"
+        f"print(*[(e.name, e.status) for e in scan_slides({str(out)!r}, {{}})])",
+    )
+    assert entry.stdout.strip() == "('case-1', 'unreadable summary')", entry.stderr
