@@ -13,9 +13,7 @@ the ring.
 from __future__ import annotations
 
 import contextlib
-import errno
 import multiprocessing as mp
-import os
 import signal
 import threading
 import time
@@ -31,7 +29,6 @@ from wsi_segment.errors import (
     STOPPING_SIGNALS,
     TERMINATING_SIGNALS,
     SlideError,
-    WsiSegmentError,
     handled_signals,
     raise_terminated,
 )
@@ -47,15 +44,17 @@ from wsi_segment.pipeline.inference.decoder_link import (
 )
 from wsi_segment.pipeline.inference.engine_state import picklable, wait_uninterrupted
 from wsi_segment.pipeline.inference.main_guard import check_main_guard
-from wsi_segment.pipeline.inference.shm_rings import SHM_DIR, remove_abandoned_rings, ring_name
+from wsi_segment.pipeline.inference.shm_rings import (
+    create_block,
+    remove_abandoned_rings,
+    reserve_block,
+    ring_name,
+    ring_slots,
+)
 from wsi_segment.pipeline.inference.tile_reader import TileReader
 from wsi_segment.wsi.tiling import ChunkSpec, contiguous_runs
 
 JOIN_S = 5.0  # a decoder asked to stop finishes its current read first
-SHM_FIX = (
-    "pass fewer --decoders, --decoders 0 (one reader thread), or give the container more "
-    "(docker run --shm-size=1g)"
-)
 # A process's rings are sized one at a time (`decoder_ring`): each from what the last left.
 _RING_SIZING = threading.Lock()
 
@@ -69,9 +68,9 @@ class SlotRing:
         self._owner = name is None
         if name is None:
             name = ring_name()
-            self.shm = SharedMemory(name, create=True, size=size)
+            self.shm = create_block(name, size)
             try:
-                _reserve(name, size)
+                reserve_block(name, size)
             except BaseException:
                 self.close()
                 raise
@@ -97,28 +96,6 @@ class SlotRing:
                 self.shm.unlink()
 
 
-def _reserve(name: str, size: int) -> None:
-    """Take the ring's pages from /dev/shm now: tmpfs hands them out on first write, so
-    rings sized one after another (a batch's slides) would each see the same free memory,
-    and together outgrow a small /dev/shm; a decoder filling a slot then dies of SIGBUS.
-    Reserved, the next ring is sized from what is left, and a full /dev/shm is this error."""
-    try:
-        fd = os.open(os.path.join(SHM_DIR, name), os.O_RDWR)
-    except OSError:  # shared memory not under /dev/shm (not Linux): nothing to reserve
-        return
-    try:
-        os.posix_fallocate(fd, 0, size)
-    except OSError as exc:
-        if exc.errno != errno.ENOSPC:
-            return  # a file system without fallocate: pages come on first write, as before
-        raise WsiSegmentError(
-            f"{SHM_DIR}: no room for the decoders' {size >> 20} MiB of shared memory (other "
-            f"slides' or programs' hold the rest); {SHM_FIX}"
-        ) from None
-    finally:
-        os.close(fd)
-
-
 def decoder_ring(decoders: int, slot_tiles: int, tile: int) -> SlotRing:
     """The ring of `decoders`, sized by `ring_slots` and its memory reserved, one slide's at
     a time in this process: the next slide sizes its ring from what this one left."""
@@ -126,25 +103,6 @@ def decoder_ring(decoders: int, slot_tiles: int, tile: int) -> SlotRing:
         remove_abandoned_rings()  # rings of killed runs, before this one counts free memory
         slots = ring_slots(decoders, slot_tiles * tile * tile * 3)
         return SlotRing(slots, slot_tiles, tile)
-
-
-def ring_slots(decoders: int, slot_bytes: int, shm_dir: str = SHM_DIR) -> int:
-    """Slots for `decoders`: two each (one being filled, one waiting) plus two, within half
-    of the free shared memory (containers often mount a small /dev/shm); at least
-    decoders + 1, else a clear error with the fix."""
-    wanted = 2 * decoders + 2
-    try:
-        st = os.statvfs(shm_dir)
-        free = st.f_bavail * st.f_frsize
-    except OSError:
-        return wanted
-    fits = (free // 2) // max(1, slot_bytes)
-    if fits < decoders + 1:
-        raise WsiSegmentError(
-            f"{shm_dir}: {free >> 20} MiB of shared memory free, the engine needs "
-            f"{(decoders + 1) * slot_bytes * 2 >> 20} MiB for {decoders} decoders; {SHM_FIX}"
-        )
-    return int(min(wanted, fits))
 
 
 def decoder_shares(specs: Sequence[ChunkSpec], decoders: int) -> list[list[int]]:

@@ -52,18 +52,21 @@ def test_decoders_of_a_thread_that_holds_the_signals_go_on_through_the_groups_si
 
 # In a mount namespace of its own (the other test worker keeps the real /dev/shm): a 4 MiB
 # /dev/shm, then the decoders' rings of three slides at 512 px tiles (768 KiB slots)
-SMALL_SHM = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-             'mount -t tmpfs -o size=4m tmpfs /dev/shm && exec "$0" "$@"']  # fmt: skip
+def own_shm(options: str) -> list[str]:
+    """A command prefix that runs its command on a /dev/shm of its own, a tmpfs with `options`."""
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+            f'mount -t tmpfs -o {options} tmpfs /dev/shm && exec "$0" "$@"']  # fmt: skip
 
 
-def on_small_shm(script: str) -> subprocess.CompletedProcess[str]:
-    """`script` run by this Python on the 4 MiB /dev/shm (the test skipped, with the reason,
-    where mount namespaces are not allowed); it must exit 0."""
-    probe = subprocess.run([*SMALL_SHM, "true"], capture_output=True, text=True, timeout=30)
+def on_small_shm(script: str, options: str = "size=4m") -> subprocess.CompletedProcess[str]:
+    """`script` run by this Python on a /dev/shm mounted with `options` (a 4 MiB one; the
+    test skipped, with the reason, where mount namespaces are not allowed); it must exit 0."""
+    shm = own_shm(options)
+    probe = subprocess.run([*shm, "true"], capture_output=True, text=True, timeout=30)
     if probe.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs in a mount namespace here ({probe.stderr.strip()})")
     run = subprocess.run(
-        [*SMALL_SHM, sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+        [*shm, sys.executable, "-c", script], capture_output=True, text=True, timeout=60
     )
     assert run.returncode == 0, (run.returncode, run.stderr)
     return run
@@ -117,7 +120,43 @@ def test_a_ring_that_cannot_have_its_memory_is_an_error_and_leaves_nothing() -> 
     run = on_small_shm(TOO_BIG_RING)
     error, left = run.stdout.splitlines()
     assert (
-        error.startswith("error: /dev/shm: no room for the decoders' 6 MiB")
+        error.startswith("error: /dev/shm: no room for the decoders' 6.0 MiB")
         and "--shm-size" in error
     )
     assert left == "left: []"
+
+
+ONE_RING = """
+import os
+from wsi_segment.errors import WsiSegmentError
+from wsi_segment.pipeline.inference.decode_pool import decoder_ring
+try:
+    decoder_ring(2, 1, 512)
+except WsiSegmentError as exc:
+    print("error:", exc)
+print("left:", os.listdir("/dev/shm"))
+"""
+
+
+def test_a_dev_shm_this_user_cannot_write_is_one_error_with_the_fix() -> None:
+    """A read-only /dev/shm (a hardened container's): one error naming it and the fix, no
+    traceback from the library (until 2026-11-28: OSError [Errno 30] from shm_open)."""
+    run = on_small_shm(ONE_RING, "ro,size=64m")
+    error, left = run.stdout.splitlines()
+    assert error == (
+        "error: /dev/shm: the decoders' 4.5 MiB of shared memory cannot be created there "
+        "(Read-only file system); pass --decoders 0 (one reader thread, the same outputs), or "
+        "run where /dev/shm is writable by this user"
+    )
+    assert left == "left: []"
+
+
+def test_a_small_dev_shm_is_named_with_its_real_sizes() -> None:
+    """A 300 KiB /dev/shm: the figures say what is free and needed (they read "0 MiB free,
+    needs 4 MiB" until 2026-11-28)."""
+    run = on_small_shm(ONE_RING, "size=300k")
+    error = run.stdout.splitlines()[0]
+    assert error.startswith(
+        "error: /dev/shm: 300 KiB of shared memory free, the engine needs 4.5 MiB for 2 "
+        "decoders; pass fewer --decoders"
+    ), error
