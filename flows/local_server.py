@@ -15,6 +15,7 @@ the kernel does when the batch exits for any reason, SIGKILL included.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import socket
@@ -30,6 +31,10 @@ from wsi_segment.errors import ConfigError
 STOP_S = 5.0  # the most the server is given to shut down before it is killed
 ORPHAN_EXIT_S = 10.0  # the server's own limit once the batch has gone
 ATTEMPTS = 3  # a port taken between choosing it and binding it: try another
+# Free space the temporary server's database needs to record a batch: a fresh one after a
+# two-slide batch took 5.3 MB (prefect.db 1.3 MB, its write-ahead log 4 MB), and each batch
+# adds its flow and task runs (2026-11-28)
+DATABASE_ROOM = 32 << 20
 
 
 def _free_port() -> int:
@@ -89,6 +94,35 @@ def check_database_folders() -> None:
                 f"database (HOME={os.environ.get('HOME', '')}); set PREFECT_HOME to a writable "
                 "folder, or run a Prefect server and set PREFECT_API_URL (docs/deploy.md)"
             )
+    check_database_room(folders[-1])
+
+
+def check_database_room(folder: Path) -> None:
+    """Refuse, in a second, a batch whose temporary server's database has no room to grow:
+    a full home (a quota) let every slide finish, then the server's failed writes ended the
+    batch with thousands of traceback lines, exit 1 and no table. Asked by reserving
+    `DATABASE_ROOM` in a file of ours there, removed at once (quotas count it, where the free
+    space of the file system would not show a user's quota)."""
+    probe = folder / f".wsi-segment-room-{os.getpid()}"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.posix_fallocate(fd, 0, DATABASE_ROOM)
+        finally:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(probe)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            return  # cannot tell (no fallocate there): the server's own start says
+        st = os.statvfs(folder)
+        raise ConfigError(
+            f"{folder}: no room for the temporary Prefect server's database ({exc.strerror}; "
+            f"{st.f_bavail * st.f_frsize >> 20} MiB free, it needs {DATABASE_ROOM >> 20} MiB); "
+            "free space there (`prefect server database reset -y` empties the server's "
+            "history: wsi-segment's outputs do not depend on it), set PREFECT_HOME to a folder "
+            "with room, or run a Prefect server and set PREFECT_API_URL (docs/deploy.md)"
+        ) from None
 
 
 def start_server() -> tuple[subprocess.Popen[bytes], str]:
