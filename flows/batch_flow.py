@@ -35,6 +35,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact  #
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.states import Failed, State  # noqa: E402
 
+from wsi_segment.address_space import require_address_space  # noqa: E402
 from wsi_segment.errors import (  # noqa: E402
     TERMINATING_SIGNALS,
     ConfigError,
@@ -224,6 +225,7 @@ def segment_batch(
     """
     outlive_worker_pipes()
     require_open_files()  # raised for this process and its children, or refused
+    require_address_space()
     check_batch_limits(concurrency, slide_timeout)
     with contextlib.ExitStack() as stack:
         # a stop whose exception Python drops before the slides start (reading the input, the

@@ -25,6 +25,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+from wsi_segment.address_space import memory_named, require_address_space
 from wsi_segment.errors import (
     Terminated,
     WsiSegmentError,
@@ -122,13 +123,16 @@ def run_command(args: argparse.Namespace) -> int:
     `error:` line (1; 128 + the signal). The open-file limit is raised first, or the
     command refused if even its hard limit is too low, and running out of descriptors
     anyway is that one line too, with its fix (`wsi_segment.open_files`), never a
-    traceback. A stop signal noted while it ran whose exception never reached it (Python
+    traceback; so is an address-space limit too low, or running out of memory
+    (`wsi_segment.address_space`). A stop signal noted while it ran whose exception never reached it (Python
     drops one raised inside a finaliser) still ends it as that stop: a scheduler's SIGTERM
     must not read as success."""
     noted = NotedSignals()
     try:
-        with noted, exhaustion_named(f"wsi-segment {args.command}"):
+        what = f"wsi-segment {args.command}"
+        with noted, exhaustion_named(what), memory_named(what):
             require_open_files()  # before the command starts a thread, a child or a file
+            require_address_space()  # before it loads a library that could spin under it
             code = int(args.run(args) or 0)
         if noted.signum is not None:
             return report_stop(signal_exception(noted.signum))

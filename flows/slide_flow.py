@@ -29,6 +29,7 @@ from prefect import Task, flow, task  # noqa: E402
 from prefect.artifacts import create_markdown_artifact, create_table_artifact  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
+from wsi_segment.address_space import require_address_space  # noqa: E402
 from wsi_segment.errors import (  # noqa: E402
     ConfigError,
     WsiSegmentError,
@@ -245,6 +246,7 @@ def segment_slide_flow(
     """
     outlive_worker_pipes()
     require_open_files()  # raised for this process and its children, or refused
+    require_address_space()
     try:
         # a stop whose exception Python drops (a signal landing in a finaliser) cancels the
         # run, which raises it again at its next check: the run does not go on to its end

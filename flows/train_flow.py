@@ -17,6 +17,7 @@ prefect_env.apply()
 from prefect import flow, get_run_logger  # noqa: E402
 from prefect.artifacts import create_markdown_artifact  # noqa: E402
 
+from wsi_segment.address_space import require_address_space  # noqa: E402
 from wsi_segment.errors import ConfigError  # noqa: E402
 from wsi_segment.flows.dropped_stops import stop_on_dropped  # noqa: E402
 from wsi_segment.flows.slide_flow import stage_task  # noqa: E402
@@ -78,6 +79,7 @@ def train_model(data: str, out: str, options: dict[str, Any] | None = None) -> s
     """
     outlive_worker_pipes()
     require_open_files()  # raised for this process and its children, or refused
+    require_address_space()
     cfg = make_train_config(data, out, options)
     with stop_on_dropped() as stop:
         run = open_dataset(cfg, stop)

@@ -15,6 +15,7 @@ import torch
 from timm.models import FeatureInfo
 from torch import nn
 
+from wsi_segment.address_space import ran_out
 from wsi_segment.errors import ConfigError
 
 #: Backbones we document and test. Any timm ResNet with `layer1..layer4` also works.
@@ -69,6 +70,8 @@ class Backbone(nn.Module):
                 output_stride=output_stride,
             )
         except (RuntimeError, ValueError, TypeError) as exc:
+            if ran_out(exc):  # out of memory is not a wrong name (`memory_named` says it)
+                raise
             raise ConfigError(
                 f"unknown or unsupported backbone {name!r} ({exc}); use one of {sorted(KNOWN_BACKBONES)}"
             ) from exc

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wsi_segment.address_space import ran_out
 from wsi_segment.errors import ConfigError
 
 IGNORE_INDEX = 255
@@ -55,6 +56,11 @@ class Segmenter(nn.Module):
         rates = ATROUS_RATES[output_stride] if atrous_rates is None else tuple(atrous_rates)
         if len(rates) != 3 or not all(isinstance(r, int) and r >= 1 for r in rates):
             raise ConfigError(f"segmenter atrous_rates must be 3 positive integers, got {rates}")
+        if not encoder_known(encoder):
+            raise ConfigError(
+                f"unknown segmenter encoder {encoder!r}; use e.g. resnet18, resnet34, resnet50 "
+                "or tu-<timm name>"
+            )
         try:
             self.net = smp.DeepLabV3Plus(
                 encoder_name=encoder,
@@ -64,10 +70,12 @@ class Segmenter(nn.Module):
                 decoder_atrous_rates=rates,
                 classes=num_classes,
             )
-        except (KeyError, ValueError, RuntimeError) as exc:
+        except (KeyError, ValueError, RuntimeError) as exc:  # a known encoder it cannot use
+            if ran_out(exc):  # out of memory is not a wrong encoder (`memory_named` says it)
+                raise
             raise ConfigError(
-                f"unknown segmenter encoder {encoder!r} ({exc}); use e.g. resnet18, resnet34, "
-                "resnet50 or tu-<timm name>"
+                f"a DeepLabV3+ cannot be built on encoder {encoder!r} at output stride "
+                f"{output_stride} ({exc}); use e.g. resnet18, resnet34 or resnet50"
             ) from exc
         self.encoder = encoder
         self.num_classes = num_classes
@@ -97,6 +105,16 @@ class Segmenter(nn.Module):
         args = {key: v for key, v in config.items() if key != "num_classes"}
         args.setdefault("atrous_rates", LEGACY_ATROUS_RATES)
         return cls(num_classes=num_classes, **args)
+
+
+def encoder_known(encoder: str) -> bool:
+    """Whether smp knows `encoder` by name, or timm for a `tu-` one: asked of their lists,
+    not read from a failed build (a build that ran out of memory is not a wrong name)."""
+    if encoder.startswith("tu-"):
+        import timm
+
+        return bool(timm.is_model(encoder[3:]))
+    return encoder in smp.encoders.get_encoder_names()
 
 
 def build_segmenter(encoder: str = "resnet18", num_classes: int = 4, **kwargs: Any) -> Segmenter:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from wsi_segment.address_space import memory_named
 from wsi_segment.open_files import exhaustion_named
 from wsi_segment.pipeline.cancellation import NEVER_CANCELLED, CancelToken
 
@@ -135,8 +136,10 @@ def run_stages(
     closed whatever happens. `cancel` (the stages the caller passes check it too) is checked
     between the stages: once cancelled, its reason is raised and the partial folder removed.
     Any error that ran out of file descriptors becomes `TooManyOpenFiles` naming the slide
-    and the fix: never a damaged slide, a batch's known failure, or an unwritable folder."""
-    with exhaustion_named(shown_slide_path(str(slide_path))):
+    and the fix: never a damaged slide, a batch's known failure, or an unwritable folder; one
+    that ran out of memory becomes `OutOfMemory` (`wsi_segment.address_space`)."""
+    shown = shown_slide_path(str(slide_path))
+    with exhaustion_named(shown), memory_named(shown):
         return _run_stages(slide_path, out_root, params, stages, cancel)
 
 

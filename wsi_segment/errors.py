@@ -79,6 +79,12 @@ class OutputBusy(OutputError):
     slide, whose folder (finished or being written by that run) the report shows instead."""
 
 
+class OutOfMemory(WsiSegmentError):
+    """An allocation failed, or the address-space limit is below what a run needs (refused
+    before it). The message names the limit and the fix (`wsi_segment.address_space`). Not
+    a `SlideError`: a batch never records it as a known failure."""
+
+
 class TooManyOpenFiles(WsiSegmentError):
     """The process may not open the files a run needs: refused before the run when even the
     hard open-file limit is too low, or met during it (EMFILE: this process's limit; ENFILE:
