@@ -32,6 +32,12 @@ class DecoderDied(SlideError):
     of memory; a batch does not record it as a known failure (it may not recur)."""
 
 
+class ClusterLost(WsiSegmentError):
+    """The Dask client or scheduler can no longer deliver a slide's bands (the client closed,
+    its event loop stopped, the scheduler lost the task): the cluster's trouble, not the
+    slide's, so a batch never records it as a known failure."""
+
+
 class PolygonProcessDied(WsiSegmentError):
     """A polygon process (`pipeline.inference.polygon_processes`) ended during a run: killed
     from outside, or the machine ran out of memory; not a `SlideError`, so a batch does not

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from wsi_segment.errors import SlideError
+from wsi_segment.errors import ClusterLost
 from wsi_segment.models.runtimes.decision import BF16_IF_CALIBRATED
 from wsi_segment.pipeline.cancellation import NEVER_CANCELLED, POLL_S, CancelToken
 from wsi_segment.pipeline.inference.band_task import (
@@ -190,7 +190,7 @@ def finished_value(future: Future[Any]) -> Any:
     """The value (or the raised error) of a future that is done. A future the client lost is
     'cancelled': named here, since distributed would fail with an `UnboundLocalError`."""
     if future.cancelled():
-        raise SlideError(
+        raise ClusterLost(
             f"the Dask scheduler lost this slide's task {future.key} (the client's connection "
             "to the scheduler dropped, or the scheduler restarted); run the slide again, and "
             "check the scheduler's log if it happens again"
@@ -215,9 +215,9 @@ class ClientWatch:
         self.stall_s = stall_s
         self._answered = threading.Event()
         self._asked_at: float | None = None
-        self._gone: SlideError | None = None  # once found gone, the client stays gone
+        self._gone: ClusterLost | None = None  # once found gone, the client stays gone
 
-    def cause(self) -> SlideError | None:
+    def cause(self) -> ClusterLost | None:
         """The error naming why the client cannot deliver results any more, or None while
         it can; each call while it can hands its loop the next callback (one at a time)."""
         if self._gone is None and self.client is not None:
@@ -230,10 +230,10 @@ class ClientWatch:
         if gone is not None:
             raise gone
 
-    def _cause(self, client: Client) -> SlideError | None:
+    def _cause(self, client: Client) -> ClusterLost | None:
         status = str(client.status)
         if status in ("closing", "closed"):
-            return SlideError(
+            return ClusterLost(
                 f"the Dask client was closed (status {status!r}) while this slide waited for "
                 "its bands; no result can arrive: run the slide again (and check what closed "
                 "the client: the process shutting down, another thread)"
@@ -244,10 +244,12 @@ class ClientWatch:
             self._asked_at = now
             loop = client.loop
             if loop is None:  # a client without a loop has been closed
-                return SlideError("the Dask client has no event loop (closed); run the slide again")
+                return ClusterLost(
+                    "the Dask client has no event loop (closed); run the slide again"
+                )
             loop.add_callback(self._answered.set)
         elif now - self._asked_at > self.stall_s:
-            return SlideError(
+            return ClusterLost(
                 f"the Dask client's event loop has not turned for {self.stall_s:g} s while "
                 "this slide waited for its bands (its thread ended, or something blocks it); "
                 "no result can arrive: run the slide again, and check the log for an error "
@@ -272,7 +274,7 @@ def gather_all(
     a band's tiles as it finishes. The first failure (raised, or a band's error) sets `event`
     and is raised once every future has ended. An interrupt or `cancel` sets `event` too. A
     client that can no longer deliver results (`ClientWatch`) ends the wait with a
-    SlideError naming the cause."""
+    ClusterLost naming the cause."""
     from distributed import as_completed
 
     index = {f.key: i for i, f in enumerate(futures)}

@@ -28,7 +28,7 @@ import numpy as np
 from wsi_segment.errors import (
     STOPPING_SIGNALS,
     TERMINATING_SIGNALS,
-    SlideError,
+    WsiSegmentError,
     handled_signals,
     raise_terminated,
 )
@@ -293,7 +293,9 @@ def decoder_main(decoder: int, conn: Connection, held: Sequence[int] = ()) -> No
     try:
         _decode_share(decoder, task, ring, link)
     except BaseException as exc:
-        failed = SlideError(f"{reader.slide_path}: decoding failed: {exc!r}")
+        # an error that cannot cross the pipe is not known to be the slide's: never
+        # a SlideError, which a batch would record as a known failure
+        failed = WsiSegmentError(f"{reader.slide_path}: decoding failed: {exc!r}")
         link.send(Failed(decoder, picklable(exc, failed)))
     finally:
         reader.close_local()

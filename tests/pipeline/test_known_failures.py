@@ -36,6 +36,8 @@ MESSAGE = "not a readable slide"
         ("RoiError", True),
         ("DecoderDied", False),  # a decoder killed for memory looks like a damaged file
         ("TooManyOpenFiles", False),  # the open-file limit, not the slide
+        ("ClusterLost", False),  # the Dask client or scheduler, not the slide
+        ("OutOfMemory", False),  # the machine's memory or ulimit -v, not the slide
         ("OutputError", False),  # a full disk, a lock held: the environment, not the slide
         ("ModelError", False),  # every slide would fail: fix the model
         ("ConfigError", False),
