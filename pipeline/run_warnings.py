@@ -2,21 +2,23 @@
 
 A run can succeed and still need a look: no tissue found, a slide that looks like
 fluorescence, `--read-device gpu` falling back to the CPU, OpenVINO falling back to torch,
-outputs of an earlier version under the folder name it used (left untouched). The CLI prints
-each as a
-`warning:` line; the Prefect flows log each at WARNING through the run logger, so a deployed
-run shows in its logs what a terminal shows.
+pixels that are not square, outputs of an earlier version under the folder name it used (left
+untouched). The CLI prints each as a `warning:` line; the Prefect flows log each at WARNING
+through the run logger, so a deployed run shows in its logs what a terminal shows.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from wsi_segment.pipeline.output_files import SUMMARY_NAME
 from wsi_segment.pipeline.outputs.naming import legacy_output_name
 from wsi_segment.pipeline.outputs.output_name import default_output_name
 from wsi_segment.pipeline.outputs.summary import read_summary
+
+# mpp x and y of one slide differ by scanners' rounding (0.2266 / 0.2265), never by this
+SQUARE_TOLERANCE = 0.02
 
 if TYPE_CHECKING:  # read without importing the inference stack
     from wsi_segment.pipeline.segment import SlideResult
@@ -38,6 +40,9 @@ def slide_warnings(result: SlideResult) -> list[str]:
         if requested == "gpu" and run.get("read_device") == "cpu":
             reason = run.get("read_device_reason", "")
             warnings.append(f"{result.slide}: --read-device gpu: {reason}; read on the CPU")
+    stretch = non_square_pixels(summary)
+    if stretch is not None and result.status == "done":
+        warnings.append(f"{result.slide}: {stretch}")
     earlier = earlier_output_folder(result)
     if earlier is not None:
         warnings.append(
@@ -47,6 +52,25 @@ def slide_warnings(result: SlideResult) -> list[str]:
             "old folder when you no longer need it"
         )
     return warnings
+
+
+def non_square_pixels(summary: dict[str, Any]) -> str | None:
+    """Why a slide's pixels, not square in its metadata (mpp x and y differ by more than
+    `SQUARE_TOLERANCE`), are read stretched: the model reads at one scale, mpp x, so a
+    y pixel larger than an x pixel squeezes tissue flatter (to x / y of its height); areas
+    use both. None for square pixels."""
+    mpp = (summary.get("slide") or {}).get("mpp") or {}
+    x, y = mpp.get("x"), mpp.get("y")
+    if not isinstance(x, float | int) or not isinstance(y, float | int) or x <= 0 or y <= 0:
+        return None
+    if abs(y / x - 1) <= SQUARE_TOLERANCE:
+        return None
+    return (
+        f"its pixels are not square (mpp x {x:g}, y {y:g} um): the model read it at mpp x, so "
+        f"its tissue looked {100 * abs(x / y - 1):.0f} % "  # height on screen: x / y of true
+        f"{'flatter' if y > x else 'taller'} than it is; if the file's metadata is "
+        "wrong, pass --mpp with the true pixel size"
+    )
 
 
 def earlier_output_folder(result: SlideResult) -> Path | None:

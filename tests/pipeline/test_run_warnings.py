@@ -17,3 +17,20 @@ def test_a_runtime_fallback_is_one_warning_naming_the_slide() -> None:
     assert slide_warnings(SlideResult("a.svs", "done", Path("out/a"), quiet)) == []
     # an up-to-date slide ran nothing this time: its old warning is not repeated
     assert slide_warnings(SlideResult("a.svs", "up-to-date", Path("out/a"), summary)) == []
+
+
+def test_pixels_that_are_not_square_are_one_warning_naming_the_stretch() -> None:
+    """The model reads at mpp x: a slide whose y differs (metadata of a line scanner, or a
+    wrong one) is read stretched; areas use both. A scanner's rounding is no warning."""
+
+    def result(x: float, y: float, status: str = "done") -> SlideResult:
+        return SlideResult("a.svs", status, Path("out/a"), {"slide": {"mpp": {"x": x, "y": y}}})
+
+    assert slide_warnings(result(0.25, 0.30)) == [
+        "a.svs: its pixels are not square (mpp x 0.25, y 0.3 um): the model read it at mpp x, "
+        "so its tissue looked 17 % flatter than it is; if the file's metadata is wrong, pass "
+        "--mpp with the true pixel size"
+    ]
+    assert "looked 25 % taller" in slide_warnings(result(0.5, 0.4))[0]
+    assert slide_warnings(result(0.2266, 0.2265)) == []
+    assert slide_warnings(result(0.25, 0.30, "up-to-date")) == []  # ran nothing this time
