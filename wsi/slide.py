@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from wsi_segment.address_space import ran_out
 from wsi_segment.errors import ConfigError, MppMissingError, SlideError
 from wsi_segment.open_files import raise_if_exhausted
 from wsi_segment.wsi.backends import (
@@ -214,6 +215,8 @@ class Slide:
             raise
         except Exception as exc:
             raise_if_exhausted(f"{self.shown_path}: reading {where}", exc, probe=True)
+            if ran_out(exc):  # memory, not the file (`address_space.memory_named` says it)
+                raise
             cause = shown_text(f"{type(exc).__name__}: {exc}")  # a library's quotes the URL
             if is_transient(exc):
                 raise SlideError(

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torchvision.io import ImageReadMode, decode_jpeg
 
+from wsi_segment.address_space import ran_out
 from wsi_segment.errors import SlideError
 from wsi_segment.pipeline.inference.compute_stage import copy_into
 from wsi_segment.pipeline.inference.engine_state import FirstError, Stopped
@@ -122,6 +123,8 @@ class DeviceTiles:
         except torch.OutOfMemoryError:
             raise  # the device's, not the slide's
         except (RuntimeError, ValueError, OSError) as exc:  # a codec on a damaged tile
+            if ran_out(exc):  # the host's memory, not the slide's
+                raise
             raise SlideError(
                 f"{self.reader.slide_path}: cannot decode the tiles of chunk ({spec.row}, "
                 f"{spec.col}) on the {self.device.type} device: {exc}. The slide file is "

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from wsi_segment.address_space import ran_out
 from wsi_segment.errors import SlideError
 from wsi_segment.models.runtimes.tile_io import Geometry
 from wsi_segment.wsi.region_reader import level_read_box, read_model_tiles
@@ -118,6 +119,8 @@ class TileReader(PerThread):
         except SlideError:
             raise
         except Exception as exc:  # decoder errors inside a region of a corrupt slide
+            if ran_out(exc):  # the machine's memory, not the slide (`memory_named` says it)
+                raise
             raise SlideError(
                 f"{self.slide_path}: cannot read region {self.read_box(spec)} (model pixels): "
                 f"{exc}. The slide file is damaged there; re-scan or re-export it."

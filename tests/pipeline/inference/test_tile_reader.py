@@ -135,3 +135,39 @@ def test_a_decoder_without_torch_reads_the_bytes_of_the_models_process(model_mpp
     torch_there, *there = done.stdout.decode().split()
     assert torch_there == "False"
     assert len(specs) >= 4 and there == here
+
+
+READ_UNDER_LIMIT = """
+import resource, sys
+from wsi_segment.pipeline.inference.tile_reader import TileReader
+from wsi_segment.wsi.slide import open_slide
+from wsi_segment.wsi.tiling import TileGrid, plan_chunks
+grid = TileGrid(tile=224, overlap=32, downsample=4)
+slide = open_slide(sys.argv[1], backend="tiffslide")
+plan = plan_chunks(slide, slide.mpp[0], slide.mpp[0], grid, 64, None)
+reader = TileReader(sys.argv[1], "tiffslide", None, plan.level0_per_model, plan.read_level, grid)
+specs = sorted(plan.specs, key=lambda s: -len(s.tiles))
+reader.read_tiles(specs[-1])  # the libraries and the slide's handle loaded
+used = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
+hard = resource.getrlimit(resource.RLIMIT_AS)[1]
+resource.setrlimit(resource.RLIMIT_AS, (used + (2 << 20), hard))  # 2 MiB left
+try:
+    reader.read_tiles(specs[0])
+except Exception as exc:
+    print(type(exc).__name__)
+"""
+
+
+def test_a_chunk_read_out_of_memory_is_not_called_a_damaged_slide() -> None:
+    """A chunk read that cannot allocate its region (2 MiB of address space left) raises the
+    MemoryError, which the run names with the limit (`wsi_segment.address_space`), never a
+    SlideError "the file may be truncated or corrupt" that a batch would record as a known
+    failure (as until 2026-11-28; in a decoder process the cause was lost on the way)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", READ_UNDER_LIMIT, str(CMU_SLIDE)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.stdout.strip() == "MemoryError", (done.stdout, done.stderr[-2000:])
