@@ -38,13 +38,14 @@ from tests.pipeline.inference.test_engine import (
     tissue_of,
     tissue_within,
 )
-from wsi_segment.errors import BandAborted, SlideError, SlideInterrupted
+from wsi_segment.errors import BandAborted, ClusterLost, SlideError, SlideInterrupted
 from wsi_segment.pipeline.cancellation import Cancellation
 from wsi_segment.pipeline.inference.band_runner import run_bands
 from wsi_segment.pipeline.inference.band_task import BandResult, run_band
 from wsi_segment.pipeline.inference.host_tiles import HostTiles
 from wsi_segment.pipeline.inference.read_sources import DecoderProcesses, ReaderThread
 from wsi_segment.pipeline.inference.slide_job import SlideJob
+from wsi_segment.pipeline.known_failures import error_class_of, recurs
 from wsi_segment.wsi.tiling import ChunkSpec, contiguous_runs
 from wsi_segment.wsi.tissue import TissueMask
 
@@ -519,7 +520,9 @@ def _sleep_then(value: int, seconds: float, release: str | None = None) -> int:
     return value
 
 
-def test_a_future_the_client_loses_is_a_slide_error_that_says_so(client) -> None:
+def test_a_future_the_client_loses_is_one_error_that_says_so_and_is_never_recorded(
+    client,
+) -> None:
     """A task the client loses (here cancelled, as a dropped scheduler connection cancels
     every future) ends the wait with one error naming the cause, not distributed's
     `UnboundLocalError` from its `sync`; a finished one gives its value. The lost task
@@ -535,8 +538,9 @@ def test_a_future_the_client_loses_is_a_slide_error_that_says_so(client) -> None
     threading.Timer(0.5, client.cancel, [lost]).start()
     started = time.monotonic()
     try:
-        with pytest.raises(SlideError, match="scheduler lost this slide's task"):
+        with pytest.raises(ClusterLost, match="scheduler lost this slide's task") as lost_error:
             future_result(lost, Cancellation())
+        assert not recurs(error_class_of(lost_error.value))  # the cluster's, not the slide's
         assert time.monotonic() - started < 20
     finally:
         release.set()
