@@ -23,7 +23,7 @@ from pathlib import Path
 
 from wsi_segment.errors import OutputError
 from wsi_segment.pipeline.output_files import OUTPUT_FILES, STORE_NAME, SUMMARY_NAME
-from wsi_segment.pipeline.outputs.shared_access import unreadable_file
+from wsi_segment.pipeline.outputs.shared_access import describe, this_user, unreadable_folder
 from wsi_segment.pipeline.outputs.summary import read_summary
 
 
@@ -49,6 +49,9 @@ def not_our_output(path: Path) -> str | None:
         return "it is a symbolic link"
     if not path.is_dir():
         return "it is not a folder"
+    unreadable = unreadable_output(path)
+    if unreadable is not None:  # what this user cannot read is not told ours (nor walked)
+        return unreadable
     summary_path = path / SUMMARY_NAME
     summary = None if os.path.islink(summary_path) else read_summary(summary_path)
     if (
@@ -165,22 +168,42 @@ def _not_chunk_key(entry: os.DirEntry[str], grid: tuple[int, ...], shown: str) -
 
 
 def unreadable_summary(folder: Path) -> str | None:
-    """Why this user cannot read the summary.json in `folder` (`unreadable_file`: owner,
-    mode, user), or None: it is readable, absent or a link (`not_our_output` says those)."""
-    path = folder / SUMMARY_NAME
-    if os.path.islink(path) or not path.is_file():
+    """Why this user cannot read the summary.json in the real folder `folder`: the folder
+    itself it may not list or enter (an earlier version's private output), or the file;
+    `path: it cannot be read by user U (owner:group, mode M)`. None: it is readable, absent
+    or a link (`not_our_output` says those)."""
+    if os.path.islink(folder) or not os.path.isdir(folder):
         return None
-    return unreadable_file(path)
+    if not os.access(folder, os.R_OK | os.X_OK):
+        return cannot_read(folder)
+    path = folder / SUMMARY_NAME
+    if os.path.islink(path) or not os.path.isfile(path) or os.access(path, os.R_OK):
+        return None
+    return cannot_read(path)
+
+
+def unreadable_output(folder: Path) -> str | None:
+    """`unreadable_summary`, else the first folder in `folder` this user may not list or
+    enter (the zarr store's, which `not_our_output` walks), said the same way; None."""
+    why = unreadable_summary(folder)
+    if why is None and os.path.isdir(folder) and not os.path.islink(folder):
+        blocked = unreadable_folder(folder)
+        why = None if blocked is None else cannot_read(blocked)
+    return why
+
+
+def cannot_read(path: Path) -> str:
+    return f"{path}: it cannot be read by user {this_user()} ({describe(path)})"
 
 
 def refuse_foreign(path: Path) -> None:
     """OutputError naming `path` unless it is a finished output of ours (`not_our_output`)."""
     if os.path.islink(path):
         raise link_error(path)
-    unreadable = unreadable_summary(path)
+    unreadable = unreadable_output(path)
     if unreadable is not None:
         raise OutputError(
-            f"{path / SUMMARY_NAME}: {unreadable}, so whether {path} is a finished "
+            f"{unreadable}, so whether {path} is a finished "
             "wsi-segment output cannot be told; nothing was changed: ask its owner to let the "
             f"lab read it (chmod -R g+rX {path}), or choose another --out"
         )

@@ -100,12 +100,22 @@ def _share(path: Path, kind: int, bits: int, gid: int | None) -> None:
 def unremovable_folder(tree: Path) -> Path | None:
     """The first folder of `tree` (itself included) whose entries this user may not remove
     (no write or search permission on it), or None: what `--overwrite` must remove."""
-    if not os.access(tree, os.W_OK | os.X_OK):
+    return _first_folder_without(tree, os.W_OK | os.X_OK)
+
+
+def unreadable_folder(tree: Path) -> Path | None:
+    """The first folder of `tree` (itself included) this user may not list or enter (no
+    read or search permission on it), or None: what telling whether `tree` is ours reads."""
+    return _first_folder_without(tree, os.R_OK | os.X_OK)
+
+
+def _first_folder_without(tree: Path, access: int) -> Path | None:
+    if not os.access(tree, access):
         return tree
     for top, dirs, _ in os.walk(tree):
         for name in dirs:
             path = Path(top) / name
-            if not path.is_symlink() and not os.access(path, os.W_OK | os.X_OK):
+            if not path.is_symlink() and not os.access(path, access):
                 return path
     return None
 

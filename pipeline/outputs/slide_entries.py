@@ -36,7 +36,7 @@ from wsi_segment.pipeline.output_files import (
 )
 from wsi_segment.pipeline.outputs.failure_record import RECORD_SUFFIX, read_record
 from wsi_segment.pipeline.outputs.output_classes import output_classes
-from wsi_segment.pipeline.outputs.shared_access import unreadable_file
+from wsi_segment.pipeline.outputs.ownership import unreadable_summary
 from wsi_segment.pipeline.outputs.summary import SCHEMA_VERSION
 from wsi_segment.wsi.shown_path import shown_slide_path
 
@@ -179,8 +179,11 @@ def scan_slides(out_root: str | Path, tonight: Tonight) -> list[SlideEntry]:
 
 def _looks_like_output(path: Path) -> bool:
     """A folder a run wrote (or one that looks like it): it has a summary.json or one of
-    the outputs. Other folders under OUT (the slides themselves, a person's notes) are not
-    slides of the report."""
+    the outputs, or one this user may not list or enter (an output another member left
+    private: its entry says so, it is not left out). Other folders under OUT (the slides
+    themselves, a person's notes) are not slides of the report."""
+    if not os.access(path, os.R_OK | os.X_OK):
+        return True
     return any(
         os.path.lexists(path / n) for n in (SUMMARY_NAME, STORE_NAME, OVERLAY_NAME, GEOJSON_NAME)
     )
@@ -265,13 +268,13 @@ def _one_line(message: str) -> str:
 
 def _folder_entry(folder: Path, name: str) -> SlideEntry:
     """A finished folder's entry from its summary.json, or one saying why it has none."""
+    unreadable = unreadable_summary(folder)  # the folder's, then the file's
+    if unreadable is not None:
+        why = f"{unreadable}; ask its owner to let the lab read it (chmod -R g+rX)"
+        return SlideEntry(name, UNREADABLE, why)
     path = folder / SUMMARY_NAME
     if os.path.islink(path) or not path.is_file():
         return SlideEntry(name, DAMAGED, f"{path} is missing: the folder is not a finished run")
-    unreadable = unreadable_file(path)
-    if unreadable is not None:
-        why = f"{path}: {unreadable}; ask its owner to let the lab read it (chmod -R g+rX)"
-        return SlideEntry(name, UNREADABLE, why)
     try:
         with open(path, encoding="utf-8") as f:
             summary = json.load(f)

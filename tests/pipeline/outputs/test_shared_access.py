@@ -262,3 +262,41 @@ def test_an_output_whose_summary_this_user_cannot_read_is_named_so(
         f"print(*[(e.name, e.status) for e in scan_slides({str(out)!r}, {{}})])",
     )
     assert entry.stdout.strip() == "('case-1', 'unreadable summary')", entry.stderr
+
+
+def test_an_output_with_a_folder_this_user_cannot_enter_is_named_so(
+    lab_users: LabUsers,  # noqa: F811
+) -> None:
+    """A folder of it another member left 2700 (versions before share_tree, under umask 077):
+    the output itself, or a folder in its zarr store. Until 2026-11-28 either was a
+    PermissionError traceback (`Path.is_file`, `os.scandir`) and the report left the output
+    out; now the folder is named as unreadable by this user, nothing of it is touched, and
+    the report lists it as "unreadable summary"."""
+    out = lab_folder(lab_users.root / "out", lab_users.service)
+    assert publish_as(lab_users, lab_users.admin, out, "0022", overwrite=False) == ""
+    output = out / "case-1"
+    for private in (output / "probabilities.ome.zarr", output):
+        private.chmod(0o2700)
+        error = publish_as(lab_users, lab_users.service, out, "0002", overwrite=True)
+        assert "Traceback" in error and "PermissionError" not in error, error  # an OutputError
+        assert (
+            f"OutputError: {private}: it cannot be read by user {lab_users.service} "
+            f"({lab_users.admin}:{lab_users.group}, mode 2700), so whether {output} is a "
+            "finished wsi-segment output cannot be told; nothing was changed: ask its owner to "
+            f"let the lab read it (chmod -R g+rX {output}), or choose another --out"
+        ) in error
+        assert json.loads((output / "summary.json").read_text()) == json.loads(OUR_SUMMARY)
+        assert sorted(p.name for p in out.iterdir()) == ["case-1"]  # no work folder, no lock
+    entry = lab_users.python(
+        lab_users.service,
+        "from wsi_segment.pipeline.outputs.slide_entries import scan_slides\n"
+        f"print(*[(e.name, e.status, e.reason) for e in scan_slides({str(out)!r}, {{}})])",
+    )
+    assert entry.stdout.strip() == str(
+        (
+            "case-1",
+            "unreadable summary",
+            f"{output}: it cannot be read by user {lab_users.service} ({lab_users.admin}:"
+            f"{lab_users.group}, mode 2700); ask its owner to let the lab read it (chmod -R g+rX)",
+        )
+    ), entry.stderr
