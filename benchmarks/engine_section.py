@@ -80,7 +80,7 @@ def _runners(prep: Any, threads: int) -> dict[str, Callable[[Any], dict[str, Any
 
     def engine(job: Any, source: ReadSource) -> dict[str, Any]:
         stats = EngineStats()
-        policy = local_policy(prep)  # the writers and the batch of a run on this machine
+        policy, _executor = local_policy(prep)  # the writers and the batch of a run on this machine
         sizes = EngineSizes(
             cores=usable_cores(),
             writers=policy.writers.value,

@@ -20,7 +20,7 @@ from wsi_segment.pipeline.inference.band_task import BandResult
 from wsi_segment.pipeline.inference.engine import (
     EngineSizes,
     ReadSource,
-    build_executor,
+    TileExecutor,
     run_engine,
 )
 from wsi_segment.pipeline.inference.engine_state import EngineStats
@@ -78,14 +78,14 @@ def _infer_here(
     cancel: CancelToken,
     started: float,
 ) -> list[ChunkOutcome]:
-    """The engine in this process, run as the policy `prepare` decided; its figures, times
-    from `started` (the stage's start), are kept in `prep.engine` even when it stops."""
-    policy = local_policy(prep)
+    """The engine in this process, run as the policy `prepare` decided, with the executor it
+    built from that policy; its figures, times from `started` (the stage's start), are kept
+    in `prep.engine` even when it stops."""
+    policy, executor = local_policy(prep)
     job = slide_job(prep, zarr_path)
     progress.start(prep.tiles_total, unit="tile", desc=prep.name)
     prep.read_device, prep.run_policy = policy.read_report(), policy.as_dict()
     sizes = EngineSizes.of(policy)
-    executor = build_executor(job.model, job.geometry, sizes)
     source = local_source(prep, policy)
     stats = EngineStats()
     try:  # nothing between: run_engine closes the source on every path
@@ -97,11 +97,14 @@ def _infer_here(
     return outcomes
 
 
-def local_policy(prep: PreparedSlide) -> ExecutionPlan:
-    """The policy a local run executes: the one `prepare` decided for this process."""
+def local_policy(prep: PreparedSlide) -> tuple[ExecutionPlan, TileExecutor]:
+    """The policy a local run executes, the one `prepare` decided for this process, and the
+    executor it built from it (`run_start.ReadyModel`)."""
     if prep.policy is None or prep.policy.place != LOCAL:
         raise ValueError(f"{prep.slide_path}: prepared for a Dask cluster, not a local run")
-    return prep.policy
+    if prep.executor is None:  # a PreparedSlide pickled drops it: it runs where prepared
+        raise ValueError(f"{prep.slide_path}: prepared in another process, not run there")
+    return prep.policy, prep.executor
 
 
 def local_source(prep: PreparedSlide, policy: ExecutionPlan) -> ReadSource:

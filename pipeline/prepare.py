@@ -42,7 +42,7 @@ from wsi_segment.pipeline.prepare_inputs import (
 )
 from wsi_segment.pipeline.progress import NO_PROGRESS, Progress
 from wsi_segment.pipeline.run_policy import CLUSTER, LOCAL, ExecutionPlan, RunFacts
-from wsi_segment.pipeline.run_start import RunStart
+from wsi_segment.pipeline.run_start import ReadyModel, RunStart
 from wsi_segment.pipeline.threads import Background, stop_wait_s
 from wsi_segment.wsi.read_backend import fast_read_backend
 from wsi_segment.wsi.roi import Roi
@@ -52,6 +52,7 @@ from wsi_segment.wsi.tissue import TissueMask
 
 if TYPE_CHECKING:
     from wsi_segment.models.meta import ModelMeta
+    from wsi_segment.pipeline.inference.engine import TileExecutor
     from wsi_segment.wsi.raw_tiles import JpegTiles
 
 
@@ -97,6 +98,9 @@ class PreparedSlide:
     # Every decision of the run with its reason (pipeline.run_policy), made before any
     # reader started; on a Dask cluster only the plan's, each band deciding its own.
     policy: ExecutionPlan | None = None
+    # Local runs: the engine's executor, built beside the planning as `policy` says (never
+    # pickled: another process builds its own from the plan); a cluster's bands build theirs.
+    executor: TileExecutor | None = None
     # The read level's JPEG tiles when the policy reads them on the device, else None.
     read_tiles: JpegTiles | None = None
     read_device: dict[str, str] = field(default_factory=dict)  # summary.json run_stats
@@ -107,6 +111,7 @@ class PreparedSlide:
         state["prefetch"] = None
         state["decode_pool"] = None
         state["overlay_thumb"] = None
+        state["executor"] = None
         return state
 
     def close_prefetch(self) -> None:
@@ -244,8 +249,9 @@ def _prepare_started(
         cancel.check()
         grid, planned, reader = _plan_chunks(opened, params, model, started, tissue)
         t2 = time.perf_counter()
-        handle, model_meta, policy = _wait_for_model(name, model, started, cancel, progress)
-        fingerprint = run_fingerprint(opened.path, handle.identity, params, model_meta)
+        ready = _wait_for_model(name, started, cancel, progress)
+        handle = ready.handle
+        fingerprint = run_fingerprint(opened.path, handle.identity, params, ready.meta)
     except BaseException:
         started.stop()
         raise
@@ -258,7 +264,7 @@ def _prepare_started(
         slide=opened.slide,
         mpp=opened.mpp,
         model=handle,
-        meta=model_meta,
+        meta=ready.meta,
         model_dir=model.path,
         model_hash=handle.identity,  # the bytes loaded, hashed as they were read
         fingerprint=fingerprint,
@@ -274,19 +280,20 @@ def _prepare_started(
         prefetch=started.readers.prefetcher,
         decode_pool=started.readers.pool,
         overlay_thumb=started.readers.thumb,
-        policy=policy,
+        policy=ready.policy,
+        executor=ready.executor,
         read_tiles=started.read_tiles,
     )
 
 
 def _wait_for_model(
-    name: str, model: ModelFolder, started: RunStart, cancel: CancelToken, progress: Progress
-) -> tuple[ModelHandle, ModelMeta, ExecutionPlan]:
+    name: str, started: RunStart, cancel: CancelToken, progress: Progress
+) -> ReadyModel:
     """`started.loaded_model`, telling `progress` when the run has to wait for the load (a
     cold cache: tens of seconds with nothing else on the screen)."""
     if not started.loader.done():
         progress.note(f"{name}: loading the model")
-    return started.loaded_model(model, cancel)
+    return started.loaded_model(cancel)
 
 
 def _timings(

@@ -2,8 +2,10 @@
 background while the calling thread detects tissue and plans the chunks.
 
 The policy (`pipeline.run_policy`) is decided once here, from the machine, the options and
-the slide's read level; the model's load and the early readers (`EarlyReaders`) then start
-as it says, so that importing torch and decoding the first tiles overlap the planning.
+the slide's read level; the early readers (`EarlyReaders`) then start as it says, and a
+background thread loads the model and builds the engine's executor from the same plan
+(`ReadyModel`), so that importing torch, compiling or capturing the tile graph and decoding
+the first tiles all overlap the planning.
 """
 
 from __future__ import annotations
@@ -41,20 +43,33 @@ from wsi_segment.wsi.slide import Slide
 
 if TYPE_CHECKING:
     from wsi_segment.models.meta import ModelMeta
+    from wsi_segment.models.runtimes.select import OpenedRuntime
     from wsi_segment.models.runtimes.spec import RuntimeSpec
-    from wsi_segment.pipeline.inference.model_handle import LoadedModel
+    from wsi_segment.pipeline.inference.engine import TileExecutor
     from wsi_segment.wsi.raw_tiles import JpegTiles
 
 
 @dataclass(frozen=True)
+class ReadyModel:
+    """What the background load hands the run: the model's handle and metadata, the plan
+    settled with the bf16 verdict the load obtained, and the engine's executor built as that
+    plan says (a cluster's plan: None, its bands build theirs on their workers)."""
+
+    handle: ModelHandle
+    meta: ModelMeta
+    policy: ExecutionPlan
+    executor: TileExecutor | None
+
+
+@dataclass(frozen=True)
 class RunStart:
-    """The run's policy and what it started: the model loading in a background thread and
-    the early readers (none without `early`)."""
+    """The run's policy and what it started: the model's load and its executor's build in a
+    background thread, and the early readers (none without `early`)."""
 
     policy: ExecutionPlan
     read_tiles: JpegTiles | None  # the read level's JPEG tiles when read on the device
     spec: RuntimeSpec  # what the plan's runtime opens (a cluster's: on its workers)
-    loader: Background[LoadedModel | ModelFiles]  # a cluster's plan: the files, no runtime
+    loader: Background[ReadyModel]
     readers: EarlyReaders
 
     @classmethod
@@ -74,11 +89,8 @@ class RunStart:
         tiles = tiles if policy.read_device.value == GPU else None
         geometry = tile_geometry(slide_grid(model.geometry[0], params), params.gate)
         spec = runtime_spec(policy, geometry)
-        loader: Background[LoadedModel | ModelFiles]
-        if policy.place == CLUSTER:  # its bands open their runtime on their workers
-            loader = Background(ModelFiles, model.path, "cpu")
-        else:
-            loader = Background(load_for_process, str(model.path), policy.device.value, spec)
+        ready = _files_for_cluster if policy.place == CLUSTER else _ready_here
+        loader = Background(ready, model, policy, spec)
         try:
             readers = EarlyReaders.start(
                 policy if early else None, machine, opened.path, opened.slide, params
@@ -88,26 +100,11 @@ class RunStart:
             raise
         return cls(policy, tiles, spec, loader, readers)
 
-    def loaded_model(
-        self, model: ModelFolder, cancel: CancelToken
-    ) -> tuple[ModelHandle, ModelMeta, ExecutionPlan]:
-        """The loaded model's handle (a cluster's plan: the plan's recipe, its files only read)
-        and metadata, once its load ends, and the run's policy:
-        where the load obtained the bf16 verdict the policy was waiting for, decided again
-        with it (bf16 or fp32, by the same function). `cancel` is checked after the wait."""
-        loaded = self.loader.result()
+    def loaded_model(self, cancel: CancelToken) -> ReadyModel:
+        """The background load's product once it ends; `cancel` is checked after the wait."""
+        ready = self.loader.result()
         cancel.check()
-        policy, folder, device = self.policy, str(model.path), self.policy.device.value
-        files = loaded if isinstance(loaded, ModelFiles) else loaded.model
-        _same_geometry(model.path, model.geometry, files.meta)
-        if isinstance(loaded, ModelFiles):  # a cluster's plan: read and checked, not built
-            return ModelHandle(folder, device, self.spec, files.identity), files.meta, policy
-        handle = ModelHandle.of(loaded, folder, device, self.spec)
-        runtime = loaded.runtime
-        waiting = policy.precision.value == BF16_IF_CALIBRATED and policy.calibration is None
-        if waiting and runtime.calibration is not None and runtime.runtime == policy.runtime.value:
-            policy = with_calibration(policy, runtime.runtime, runtime.calibration)
-        return handle, files.meta, policy
+        return ready
 
     def stop(self) -> None:
         """After an error: stop the readers and wait for the load to end."""
@@ -115,11 +112,45 @@ class RunStart:
         _wait_ignoring_errors(self.loader)
 
 
-def _wait_ignoring_errors(loader: Background[LoadedModel | ModelFiles]) -> None:
+def _wait_ignoring_errors(loader: Background[ReadyModel]) -> None:
     """Wait for the model's load to end, whatever it raises: never leave a thread importing
     torch behind an error (a process that exits under it may crash with SIGSEGV)."""
     with contextlib.suppress(BaseException):
         loader.result()
+
+
+def _ready_here(model: ModelFolder, policy: ExecutionPlan, spec: RuntimeSpec) -> ReadyModel:
+    """A local run's model loaded (once per process: `load_for_process`) with the plan's
+    runtime opened, the plan settled with the bf16 verdict the load obtained, and the
+    engine's executor built at the plan's geometry and sizes (a CUDA graph captured, an
+    OpenVINO graph compiled) while the caller plans the slide."""
+    from wsi_segment.pipeline.inference.engine import EngineSizes, build_executor
+
+    folder, device = str(model.path), policy.device.value
+    loaded = load_for_process(folder, device, spec)
+    _same_geometry(model.path, model.geometry, loaded.model.meta)
+    handle = ModelHandle.of(loaded, folder, device, spec)
+    policy = _settled(policy, loaded.runtime)
+    executor = build_executor(handle, spec.geometry, EngineSizes.of(policy))
+    return ReadyModel(handle, loaded.model.meta, policy, executor)
+
+
+def _files_for_cluster(model: ModelFolder, policy: ExecutionPlan, spec: RuntimeSpec) -> ReadyModel:
+    """A cluster's plan: the model's files read and checked (identity, metadata), no runtime
+    opened; its bands open theirs on their workers."""
+    files = ModelFiles(model.path, "cpu")
+    _same_geometry(model.path, model.geometry, files.meta)
+    handle = ModelHandle(str(model.path), policy.device.value, spec, files.identity)
+    return ReadyModel(handle, files.meta, policy, None)
+
+
+def _settled(policy: ExecutionPlan, runtime: OpenedRuntime) -> ExecutionPlan:
+    """`policy`, or, where it waited for the bf16 calibration's verdict and the load in its
+    runtime obtained one, decided again with it (bf16 or fp32, by the same function)."""
+    waiting = policy.precision.value == BF16_IF_CALIBRATED and policy.calibration is None
+    if waiting and runtime.calibration is not None and runtime.runtime == policy.runtime.value:
+        return with_calibration(policy, runtime.runtime, runtime.calibration)
+    return policy
 
 
 def slide_facts(

@@ -111,6 +111,7 @@ class TileExecutor:
     and whether torch runs it (then the engine keeps torch's threads: `torch_threads_kept`)."""
 
     executor: Executor
+    geometry: Geometry  # the tiles it takes and the cores and labels it returns
     batch: int  # tiles a forward pass: the plan's, capped by a CUDA device's memory
     device: str  # where the forward passes run: "cpu", "cuda:0"
     lock: threading.Lock | None  # the model's lock where the plan has its passes take turns
@@ -134,7 +135,8 @@ def build_executor(model: ModelHandle, geometry: Geometry, sizes: EngineSizes) -
     share = compute_threads_cores(sizes.cores, sizes.computes) if loaded.device == "cpu" else None
     executor = loaded.executor(geometry, batch, share)
     lock = loaded.lock if sizes.locked else None
-    return TileExecutor(executor, batch, loaded.device, lock, loaded.runtime.network is not None)
+    torch_runs = loaded.runtime.network is not None
+    return TileExecutor(executor, geometry, batch, loaded.device, lock, torch_runs)
 
 
 def run_engine(
@@ -159,6 +161,8 @@ def run_engine(
         from wsi_segment.pipeline.inference.compute_stage import ComputeStage
 
         cancel.check()  # asked while the executor was built (the model's load): no part starts
+        if executor.geometry != job.geometry:  # built from the plan before the slide's grid
+            raise ValueError(f"an executor for {executor.geometry} given tiles of {job.geometry}")
         errors = FirstError()
         stage = ComputeStage(executor, errors, stats, sizes.computes)
         stats.decoders, stats.writers = source.processes, sizes.writers

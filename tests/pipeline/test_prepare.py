@@ -13,15 +13,13 @@ import pytest
 from tests.cancel_points import CancelledAtCheck
 from tests.conftest import CMU_SLIDE, LOCAL_FACTS, TINY_TILE, run_geometry
 from wsi_segment.errors import SlideInterrupted
-from wsi_segment.models.model_files import ModelFiles
 from wsi_segment.pipeline.cancellation import NEVER_CANCELLED
-from wsi_segment.pipeline.inference.model_handle import LoadedModel
 from wsi_segment.pipeline.machine import probe_machine
 from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.pipeline.prepare import _wait_for_model, prepare
 from wsi_segment.pipeline.prepare_inputs import open_checked_slide, read_model_folder
 from wsi_segment.pipeline.progress import NullProgress
-from wsi_segment.pipeline.run_start import RunStart
+from wsi_segment.pipeline.run_start import ReadyModel, RunStart
 from wsi_segment.pipeline.threads import Background
 
 # the threads prepare starts: the model's load, the overlay thumbnail's read, the prefetcher
@@ -116,7 +114,7 @@ def test_a_wait_for_the_model_is_noted_before_it_and_only_then(
     started = RunStart.begin(opened, model, params, machine, LOCAL_FACTS, early=False)
     noted, loaded = threading.Event(), started.loader.result()
 
-    def held_load() -> LoadedModel | ModelFiles:
+    def held_load() -> ReadyModel:
         assert noted.wait(30), "the wait for the model was not noted"
         return loaded
 
@@ -124,9 +122,9 @@ def test_a_wait_for_the_model_is_noted_before_it_and_only_then(
         started = dataclasses.replace(started, loader=Background(held_load))
     progress = _NotedLines(noted)
     try:
-        handle, _meta, _plan = _wait_for_model("CMU", model, started, NEVER_CANCELLED, progress)
+        ready = _wait_for_model("CMU", started, NEVER_CANCELLED, progress)
     finally:
         started.stop()
         opened.slide.close()
-    assert handle.get() is loaded
+    assert ready is loaded
     assert progress.lines == (["CMU: loading the model"] if still_loading else [])

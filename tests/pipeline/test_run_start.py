@@ -14,11 +14,10 @@ import pytest
 from tests.conftest import CMU_SLIDE, LOCAL_FACTS, TINY_TILE, run_geometry
 from wsi_segment.models.bundle import load_bundle
 from wsi_segment.models.meta import model_files_identity
-from wsi_segment.models.model_files import ModelFiles
 from wsi_segment.models.runtimes.select import open_runtime
 from wsi_segment.models.runtimes.verdict import calibration_key, store_verdict
 from wsi_segment.pipeline.cancellation import NEVER_CANCELLED
-from wsi_segment.pipeline.inference.model_handle import LoadedModel
+from wsi_segment.pipeline.inference.compute_stage import compute_threads_cores
 from wsi_segment.pipeline.machine import GIB, Machine
 from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.pipeline.prepare_inputs import open_checked_slide, read_model_folder
@@ -114,29 +113,37 @@ def test_the_first_load_keeps_the_verdict_it_obtained(tiny_model_dir: Path, cach
 
 
 @pytest.mark.parametrize("place", [CLUSTER, LOCAL])
-def test_only_a_local_plan_builds_the_network_its_runtime_runs(
+def test_only_a_local_plan_builds_the_network_and_the_executor_in_the_background(
     tiny_model_dir: Path, cache: Path, place: str
 ) -> None:
     """A cluster's plan reads and checks the model's files (identity, metadata) and opens no
-    runtime: its bands open theirs on their workers. A local plan opens the plan's runtime,
-    here torch, which runs the network it builds."""
+    runtime: its bands open theirs, and build their executors, on their workers. A local
+    plan opens the plan's runtime, here torch, which runs the network it builds, and the
+    loader thread builds the engine's executor as the plan says: at the run's geometry,
+    the plan's batch, under the model's lock where the plan says so."""
     machine = Machine(cores=2, memory_bytes=8 * GIB, cpu_flags=frozenset({"avx2"}))
     params = SegmentParams(device="cpu", runtime="torch", precision="fp32", decoders=0)
     opened = open_checked_slide(str(CMU_SLIDE), params)
     model = read_model_folder(tiny_model_dir)
     started = RunStart.begin(opened, model, params, machine, RunFacts(place=place), early=False)
     try:
-        handle, meta, plan = started.loaded_model(model, NEVER_CANCELLED)
+        ready = started.loaded_model(NEVER_CANCELLED)
     finally:
         started.stop()
         opened.slide.close()
+    handle, plan = ready.handle, ready.policy
     identity, expected_meta = model_files_identity(tiny_model_dir)
-    assert (handle.identity, meta, plan) == (identity, expected_meta, started.policy)
+    assert (handle.identity, ready.meta, plan) == (identity, expected_meta, started.policy)
     assert handle.spec == runtime_spec(plan, run_geometry(TINY_TILE)) and handle.device == "cpu"
-    loaded = started.loader.result()
+    assert handle.model_dir == str(tiny_model_dir)
     if place == CLUSTER:
-        assert isinstance(loaded, ModelFiles) and not loaded.network_built
-        assert handle.model_dir == str(tiny_model_dir)
-    else:
-        assert isinstance(loaded, LoadedModel) and loaded.runtime.network is not None
-        assert handle.get() is loaded
+        assert ready.executor is None
+        return
+    loaded = handle.get()
+    assert loaded.runtime.network is not None and ready.executor is not None
+    executor = ready.executor
+    assert (executor.geometry, executor.batch) == (run_geometry(TINY_TILE), plan.batch_size.value)
+    assert executor.lock is (loaded.lock if plan.model_lock.value else None)
+    assert executor.torch_runs and executor.device == "cpu"
+    share = compute_threads_cores(plan.cores.value, plan.compute_threads.value)
+    assert executor.executor is loaded.executors[(executor.geometry, executor.batch, share)]
