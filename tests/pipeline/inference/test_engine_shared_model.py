@@ -12,6 +12,7 @@ import pytest
 
 from tests.conftest import CMU_SLIDE, DATA_DIR, WrappedLoaded
 from wsi_segment.pipeline import segment
+from wsi_segment.pipeline.inference.engine import EngineSizes, build_executor
 from wsi_segment.pipeline.inference.model_handle import ModelHandle, load_for_process
 from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.pipeline.prepare import PreparedSlide
@@ -102,6 +103,10 @@ def test_two_slides_compute_stages_take_turns_on_the_model(tmp_path, params) -> 
     try:
         for i, prep in enumerate(preps):
             prep.model = ModelHandle.of(watched, str(params.model_dir), "cpu", prep.model.spec)
+            # the executor `prepare` built, built again from the watched model
+            assert prep.executor is not None and prep.policy is not None
+            sizes = EngineSizes.of(prep.policy)
+            prep.executor = build_executor(prep.model, prep.executor.geometry, sizes)
             work_dir = tmp_path / f"work-{i}"
             work_dir.mkdir()
             threads.append(threading.Thread(target=infer, args=(prep, work_dir)))
