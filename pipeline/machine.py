@@ -7,7 +7,10 @@ decisions made from it are tested on any machine with descriptions of others.
 
 The probe never imports torch on a machine without an NVIDIA driver (`/dev/nvidiactl`), so a
 CPU run's start pays nothing for it; where a driver is present it asks torch, which counts the
-GPUs this process may use (CUDA_VISIBLE_DEVICES) and whether its CUDA build works.
+GPUs this process may use (CUDA_VISIBLE_DEVICES) and whether its CUDA build works. A driver
+that gives this process no GPU (too old for torch's CUDA, a container without the devices,
+an address-space limit) is kept with torch's reason (`Machine.gpu_trouble`): a run that
+would use the GPU runs on the CPU, and says why, rather than silently tens of times slower.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import resource
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +57,8 @@ class Machine:
     cpu_flags: frozenset[str] = frozenset()
     gpus: tuple[Gpu, ...] = ()
     openvino: bool = False  # the OpenVINO runtime is installed (models.runtimes)
+    # why an installed NVIDIA driver gives this process no GPU (torch's words), else None
+    gpu_trouble: str | None = None
 
     @property
     def amx(self) -> bool:
@@ -77,17 +83,20 @@ class Machine:
             "gpus": [g.as_dict() for g in self.gpus],
             "jpeg_decoders": list(self.jpeg_decoders),
             "openvino": self.openvino,
+            "gpu_trouble": self.gpu_trouble,
         }
 
 
 def probe_machine() -> Machine:
     """This machine as this process sees it (affinity, memory, /proc/cpuinfo, CUDA)."""
+    gpus, trouble = probe_gpus()
     return Machine(
         cores=usable_cores(),
         memory_bytes=_memory_bytes(),
         cpu_flags=cpu.cpu_flags(),
-        gpus=_probe_gpus(),
+        gpus=gpus,
         openvino=importlib.util.find_spec("openvino") is not None,
+        gpu_trouble=trouble,
     )
 
 
@@ -109,21 +118,39 @@ def _memory_bytes() -> int:
         return 0
 
 
-def _probe_gpus() -> tuple[Gpu, ...]:
-    """The CUDA devices torch gives this process; none, without importing torch, where no
-    NVIDIA driver is installed or CUDA_VISIBLE_DEVICES hides them all."""
-    if os.environ.get("CUDA_VISIBLE_DEVICES") == "" or not os.path.exists(NVIDIA_DRIVER):
-        return ()
+def probe_gpus(driver: str = NVIDIA_DRIVER) -> tuple[tuple[Gpu, ...], str | None]:
+    """The CUDA devices torch gives this process, and why none where the NVIDIA `driver` is
+    installed yet CUDA does not start. Without the driver, or with CUDA_VISIBLE_DEVICES
+    hiding every GPU ("" or "-1"), none and no reason, and torch is not imported."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if (visible is not None and visible.strip() in ("", "-1")) or not os.path.exists(driver):
+        return (), None
     import torch
 
     if not torch.cuda.is_available():
-        return ()
+        return (), _cuda_failure(driver)
     nvjpeg = _torchvision_cuda()
     gpus = []
     for index in range(torch.cuda.device_count()):
         props = torch.cuda.get_device_properties(index)
         gpus.append(Gpu(str(props.name), int(props.total_memory), props.major >= 8, nvjpeg))
-    return tuple(gpus)
+    return tuple(gpus), None
+
+
+def _cuda_failure(driver: str) -> str:
+    """Why torch's CUDA does not start beside an installed driver: its own error, and an
+    address-space limit, which CUDA cannot live under (it maps far more than it uses)."""
+    import torch
+
+    try:
+        torch.cuda.init()
+        why = "torch finds no CUDA GPU"
+    except Exception as exc:  # torch raises RuntimeError or an AssertionError of its build
+        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    limit, _hard = resource.getrlimit(resource.RLIMIT_AS)
+    if limit != resource.RLIM_INFINITY:
+        why += f"; this process has an address-space limit (ulimit -v {limit // 1024} KiB)"
+    return f"an NVIDIA driver is installed ({driver}) but CUDA does not start: {why}"
 
 
 def _torchvision_cuda() -> bool:

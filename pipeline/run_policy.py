@@ -291,7 +291,7 @@ def decide_device(machine: Machine, options: SegmentParams) -> Decision[str]:
     if options.device != "auto":
         return Decision(options.device, f"asked for (--device {options.device})")
     if not machine.gpus:
-        return Decision("cpu", "auto: no CUDA GPU")
+        return Decision("cpu", f"auto: {machine.gpu_trouble or 'no CUDA GPU'}")
     gpu = machine.gpus[0]
     many = f"the first of {len(machine.gpus)} GPUs" if len(machine.gpus) > 1 else "the GPU"
     return Decision("cuda", f"auto: {many}, {gpu.name} ({gpu.memory_bytes / GIB:.0f} GiB)")

@@ -1,8 +1,9 @@
 """Warnings about a slide run, worded once for every door.
 
 A run can succeed and still need a look: no tissue found, a slide that looks like
-fluorescence, `--read-device gpu` falling back to the CPU, OpenVINO falling back to torch,
-pixels that are not square, outputs of an earlier version under the folder name it used (left
+fluorescence, a GPU whose driver gives CUDA no start (the model then ran on the CPU),
+`--read-device gpu` falling back to the CPU, OpenVINO falling back to torch, pixels that are
+not square, outputs of an earlier version under the folder name it used (left
 untouched). The CLI prints each as a `warning:` line; the Prefect flows log each at WARNING
 through the run logger, so a deployed run shows in its logs what a terminal shows.
 """
@@ -31,6 +32,9 @@ def slide_warnings(result: SlideResult) -> list[str]:
     tissue = (summary.get("tissue") or {}).get("warning")
     if tissue:
         warnings.append(f"{result.slide}: {tissue}")
+    no_gpu = gpu_trouble(summary)
+    if no_gpu is not None and result.status == "done":
+        warnings.append(f"{result.slide}: {no_gpu}")
     runtime = (summary.get("precision") or {}).get("runtime_warning")
     if runtime and result.status == "done":
         warnings.append(f"{result.slide}: {runtime}")
@@ -52,6 +56,22 @@ def slide_warnings(result: SlideResult) -> list[str]:
             "old folder when you no longer need it"
         )
     return warnings
+
+
+def gpu_trouble(summary: dict[str, Any]) -> str | None:
+    """Why a run that would have used the GPU (`--device auto`) ran on the CPU, where the
+    machine has an NVIDIA driver that gives CUDA no start (`machine.probe_gpus`): a GPU lab's
+    nightly run after a driver update would otherwise take days without a word."""
+    policy = summary.get("run_policy") or {}
+    trouble = (policy.get("machine") or {}).get("gpu_trouble")
+    asked = (summary.get("parameters") or {}).get("device")
+    if not trouble or asked != "auto" or (policy.get("device") or {}).get("value") != "cpu":
+        return None
+    return (
+        f"ran on the CPU, many times slower than on a GPU: {trouble}; fix the driver or the "
+        "CUDA setup (`nvidia-smi` should list the GPU), or pass --device cpu to run on the "
+        "CPU on purpose"
+    )
 
 
 def non_square_pixels(summary: dict[str, Any]) -> str | None:

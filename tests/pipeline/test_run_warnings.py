@@ -34,3 +34,25 @@ def test_pixels_that_are_not_square_are_one_warning_naming_the_stretch() -> None
     assert "looked 25 % taller" in slide_warnings(result(0.5, 0.4))[0]
     assert slide_warnings(result(0.2266, 0.2265)) == []
     assert slide_warnings(result(0.25, 0.30, "up-to-date")) == []  # ran nothing this time
+
+
+def test_a_gpu_whose_driver_gives_cuda_no_start_is_one_warning_with_the_fix() -> None:
+    """`--device auto` on a machine with an NVIDIA driver where CUDA does not start (a driver
+    too old for torch's CUDA, a container without the devices) ran on the CPU: said once per
+    slide, with torch's reason; never when the CPU was asked for, or a GPU ran."""
+    why = "an NVIDIA driver is installed (/dev/nvidiactl) but CUDA does not start: too old"
+
+    def result(device: str, ran: str, status: str = "done") -> SlideResult:
+        summary = {
+            "parameters": {"device": device},
+            "run_policy": {"machine": {"gpu_trouble": why}, "device": {"value": ran}},
+        }
+        return SlideResult("a.svs", status, Path("out/a"), summary)
+
+    assert slide_warnings(result("auto", "cpu")) == [
+        f"a.svs: ran on the CPU, many times slower than on a GPU: {why}; fix the driver or "
+        "the CUDA setup (`nvidia-smi` should list the GPU), or pass --device cpu to run on "
+        "the CPU on purpose"
+    ]
+    assert slide_warnings(result("cpu", "cpu")) == []
+    assert slide_warnings(result("auto", "cpu", "up-to-date")) == []  # ran nothing this time
