@@ -1,10 +1,9 @@
 """Run a slide on a Dask cluster: bands of contiguous chunks, each the engine on a worker.
 
-A few bands per worker slot, so a slow or lost worker costs little. Each band takes the
-slide's plan (decided by the client) and runs `run_engine` as it says
-(`pipeline.inference.band_task`); it writes only its own chunks' zarr chunks, so a band
-recomputed after its worker died writes the same bytes again. Workers whose resources name a
-`GPU` run one band at a time each; elsewhere a worker runs a band per thread.
+A few bands per worker slot, so a slow or lost worker costs little. Each band runs
+`run_engine` as the slide's plan (decided by the client) says (`band_task`) and writes only
+its own chunks' zarr chunks, so a band recomputed after its worker died writes the same bytes
+again. Workers whose resources name a `GPU` run one band at a time; others, one per thread.
 """
 
 from __future__ import annotations
@@ -14,8 +13,8 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Hashable, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 from wsi_segment.errors import ClusterLost
 from wsi_segment.models.runtimes.decision import BF16_IF_CALIBRATED
@@ -39,19 +38,18 @@ if TYPE_CHECKING:  # distributed is imported only when a cluster is used
 
 log = logging.getLogger(__name__)
 
-BANDS_PER_SLOT = 3  # bands per band a worker can run at once: a lost band is a small part
+BANDS_PER_SLOT = 3  # a lost band is a small part of the slide
 # A band runs about this many tiles at most (more only where one write unit holds more), so
-# a slot frees within one short band and slides of a batch share the cluster fairly
-# (docs/reliability.md, "Slides sharing a cluster"); a GPU band's fixed cost stays small
-# beside 8x as many tiles.
+# a slot frees soon and the slides of a batch share the cluster fairly (docs/reliability.md,
+# "Slides sharing a cluster"); a GPU band's fixed cost stays small beside 8x as many tiles.
 BAND_TILES = 2048
 GPU_BAND_TILES = 8 * BAND_TILES
 GPU_RESOURCE = "GPU"
 
 
 def _slots(client: Client) -> tuple[dict[str, int], bool]:
-    """Bands the cluster runs at once, per host, and whether each takes a worker's GPU
-    resource (every worker declares one: one band per worker, else one per thread)."""
+    """Bands the cluster runs at once per host, and whether each takes a worker's GPU (where
+    every worker declares one: one band per worker, else one per thread)."""
     from distributed.comm import get_address_host
 
     workers: dict[str, Any] = client.scheduler_info(n_workers=-1)["workers"]
@@ -77,67 +75,49 @@ def run_bands(
 ) -> list[ChunkOutcome]:
     """Run every chunk in bands on the cluster's workers; outcomes in `specs` order.
 
-    `plan`: the slide's, shipped to every band (settled first: `settle_plan`). `bands`: how
-    many (None: `band_count`). `results` (optional) receives each band's `BandResult`, in
-    band order. `cancel`: a stop of the slide from outside.
+    `plan`: the slide's, settled (`settle_plan`), shipped to every band. `bands`: how many
+    (None: `band_count`). `results` receives each band's `BandResult`, in band order.
 
     Never returns or raises while a band may still write (`gather_all`). A
     `WsiSegmentError` comes back as the band's value, so Dask does not retry it; other
     errors are retried twice, and a band whose worker died is recomputed elsewhere."""
-    progress = progress or NullProgress()
     specs = list(specs)
-    placement = _slots(client)
-    slots = max(1, sum(placement[0].values()))
-    parts = bands if bands is not None else band_count(specs, slots, placement[1])
+    at_once, gpu = _slots(client)
+    parts = bands if bands is not None else band_count(specs, max(1, sum(at_once.values())), gpu)
     ranges = contiguous_runs(specs, parts)
     if not ranges:
         return []
     from distributed import Event
 
-    # every band watches one new cluster-wide abort event
-    pieces = [specs[r.start : r.stop] for r in ranges]
+    # every band watches one new cluster-wide abort event; the job is scattered once to every
+    # worker; band k has priority -k, so the bands of the slides in flight interleave
     abort = f"{key_prefix}-abort-{uuid.uuid4().hex}"
     event = Event(abort, client=client)
-    futures = _submit_bands(client, job, pieces, abort, plan, placement, key_prefix)
-    finished = gather_all(futures, event, progress, cancel)
+    job_future = client.scatter(job, broadcast=True, hash=False)
+    futures = [
+        client.submit(
+            run_band,
+            job_future,
+            specs[r.start : r.stop],
+            abort,
+            plan,
+            gpu,
+            at_once,
+            key=f"{key_prefix}-{k}-of-{len(ranges)}",
+            retries=2,
+            pure=False,
+            priority=-k,
+            resources={GPU_RESOURCE: 1} if gpu else None,
+        )
+        for k, r in enumerate(ranges)
+    ]
+    finished = gather_all(futures, event, progress or NullProgress(), cancel)
     if any(b.daemonic for b in finished):
         shown = shown_slide_path(job.slide_path)
         log.warning("%s: daemonic Dask workers read in threads; %s", shown, DAEMON_FIX)
     if results is not None:
         results.extend(finished)
     return [o for b in finished for o in b.outcomes]
-
-
-def _submit_bands(
-    client: Client,
-    job: SlideJob,
-    pieces: list[list[ChunkSpec]],
-    abort: str,
-    plan: ExecutionPlan,
-    placement: tuple[dict[str, int], bool],
-    key_prefix: str,
-) -> list[Any]:
-    """One `run_band` future per piece: the job scattered once to every worker; band k has
-    priority -k, so the bands of slides in flight interleave."""
-    at_once, gpu = placement
-    job_future = client.scatter(job, broadcast=True, hash=False)
-    return [
-        client.submit(
-            run_band,
-            job_future,
-            piece,
-            abort,
-            plan,
-            gpu,
-            at_once,
-            key=f"{key_prefix}-{k}-of-{len(pieces)}",
-            retries=2,
-            pure=False,
-            priority=-k,
-            resources={GPU_RESOURCE: 1} if gpu else None,
-        )
-        for k, piece in enumerate(pieces)
-    ]
 
 
 def band_count(specs: Sequence[ChunkSpec], slots: int, gpu: bool = False) -> int:
@@ -154,9 +134,9 @@ def settle_plan(
     plan: ExecutionPlan,
     cancel: CancelToken = NEVER_CANCELLED,
 ) -> ExecutionPlan:
-    """The slide's plan for its bands: `plan`, or, where it waits for the bf16 calibration's
-    verdict, decided again with the verdict one worker's model load obtains, so every band
-    (a recomputed one included) runs the same precision. Raises `cancel`'s reason."""
+    """`plan`, or, where it waits for the bf16 calibration's verdict, decided again with the
+    verdict one worker's model load obtains, so every band (a recomputed one included) runs
+    the same precision. Raises `cancel`'s reason."""
     waiting = plan.precision.value == BF16_IF_CALIBRATED and plan.calibration is None
     if not waiting or not specs:
         return plan
@@ -171,14 +151,12 @@ def settle_plan(
 def cluster_machine(client: Client, cancel: CancelToken = NEVER_CANCELLED) -> Machine:
     """The machine the cluster's bands run on, as one of its workers describes it, so a
     client without the workers' GPUs plans as they run. Raises `cancel`'s reason."""
-    machine: Machine = future_result(client.submit(probe_machine, pure=False), cancel)
-    return machine
+    return cast(Machine, future_result(client.submit(probe_machine, pure=False), cancel))
 
 
 def future_result(future: Future[Any], cancel: CancelToken) -> Any:
-    """The value of a Dask future, polled every `POLL_S` so that `cancel` is seen (then the
-    future is released and the reason raised). It watches the future's own state:
-    `result(timeout=...)` goes through the client's event loop each step."""
+    """A Dask future's value, its own state polled every `POLL_S` so that `cancel` is seen
+    (`result(timeout=...)` would go through the client's event loop each step)."""
     while not future.done():
         if cancel.wait(POLL_S):
             future.release()
@@ -187,8 +165,8 @@ def future_result(future: Future[Any], cancel: CancelToken) -> Any:
 
 
 def finished_value(future: Future[Any]) -> Any:
-    """The value (or the raised error) of a future that is done. A future the client lost is
-    'cancelled': named here, since distributed would fail with an `UnboundLocalError`."""
+    """A done future's value (or error). One the client lost is 'cancelled': named here,
+    since distributed would fail with an `UnboundLocalError`."""
     if future.cancelled():
         raise ClusterLost(
             f"the Dask scheduler lost this slide's task {future.key} (the client's connection "
@@ -205,10 +183,9 @@ LOOP_STALL_S = 60.0
 
 class ClientWatch:
     """Whether a Dask client can still deliver its futures' results: once it is closed, or
-    its event loop has stopped turning, none of them ever completes and a wait would last for
-    ever. A polling wait asks `check` each step, from the thread that waits: the client's
-    status, and whether a callback handed to its loop ran within `stall_s`. `client` None:
-    nothing to watch (no futures), never gone."""
+    its event loop has stopped turning, a wait would last for ever. A polling wait asks
+    `check` each step: the client's status, and whether a callback handed to its loop ran
+    within `stall_s`. `client` None: nothing to watch (no futures), never gone."""
 
     def __init__(self, client: Client | None, stall_s: float = LOOP_STALL_S) -> None:
         self.client = client
@@ -218,10 +195,34 @@ class ClientWatch:
         self._gone: ClusterLost | None = None  # once found gone, the client stays gone
 
     def cause(self) -> ClusterLost | None:
-        """The error naming why the client cannot deliver results any more, or None while
-        it can; each call while it can hands its loop the next callback (one at a time)."""
-        if self._gone is None and self.client is not None:
-            self._gone = self._cause(self.client)
+        """Why the client cannot deliver results any more, or None while it can; each call
+        while it can hands its loop the next callback (one at a time)."""
+        if self._gone is not None or self.client is None:
+            return self._gone
+        status = str(self.client.status)
+        if status in ("closing", "closed"):
+            self._gone = ClusterLost(
+                f"the Dask client was closed (status {status!r}) while this slide waited for "
+                "its bands; no result can arrive: run the slide again (and check what closed "
+                "the client: the process shutting down, another thread)"
+            )
+        elif self._asked_at is None or self._answered.is_set():
+            self._answered.clear()
+            self._asked_at = time.monotonic()
+            loop = self.client.loop
+            if loop is None:  # a client without a loop has been closed
+                self._gone = ClusterLost(
+                    "the Dask client has no event loop (closed); run the slide again"
+                )
+            else:
+                loop.add_callback(self._answered.set)
+        elif time.monotonic() - self._asked_at > self.stall_s:
+            self._gone = ClusterLost(
+                f"the Dask client's event loop has not turned for {self.stall_s:g} s while "
+                "this slide waited for its bands (its thread ended, or something blocks it); "
+                "no result can arrive: run the slide again, and check the log for an error "
+                "in the client's event loop"
+            )
         return self._gone
 
     def check(self) -> None:
@@ -229,33 +230,6 @@ class ClientWatch:
         gone = self.cause()
         if gone is not None:
             raise gone
-
-    def _cause(self, client: Client) -> ClusterLost | None:
-        status = str(client.status)
-        if status in ("closing", "closed"):
-            return ClusterLost(
-                f"the Dask client was closed (status {status!r}) while this slide waited for "
-                "its bands; no result can arrive: run the slide again (and check what closed "
-                "the client: the process shutting down, another thread)"
-            )
-        now = time.monotonic()
-        if self._asked_at is None or self._answered.is_set():
-            self._answered.clear()
-            self._asked_at = now
-            loop = client.loop
-            if loop is None:  # a client without a loop has been closed
-                return ClusterLost(
-                    "the Dask client has no event loop (closed); run the slide again"
-                )
-            loop.add_callback(self._answered.set)
-        elif now - self._asked_at > self.stall_s:
-            return ClusterLost(
-                f"the Dask client's event loop has not turned for {self.stall_s:g} s while "
-                "this slide waited for its bands (its thread ended, or something blocks it); "
-                "no result can arrive: run the slide again, and check the log for an error "
-                "in the client's event loop"
-            )
-        return None
 
 
 # Waiting for a slide's bands: cancelling a future would not stop a band already running,
@@ -270,15 +244,13 @@ def gather_all(
     progress: Progress,
     cancel: CancelToken = NEVER_CANCELLED,
 ) -> list[BandResult]:
-    """Every band's result, in band order, once all have ended; the progress bar advances by
-    a band's tiles as it finishes. The first failure (raised, or a band's error) sets `event`
-    and is raised once every future has ended. An interrupt or `cancel` sets `event` too. A
-    client that can no longer deliver results (`ClientWatch`) ends the wait with a
-    ClusterLost naming the cause."""
+    """Every band's result, in band order, once all have ended; `progress` advances by a
+    band's tiles as it finishes. The first failure (raised, or a band's error) sets `event`
+    and is raised once every future has ended; an interrupt or `cancel` sets it too. A client
+    that can no longer deliver results (`ClientWatch`) ends the wait with its ClusterLost."""
     from distributed import as_completed
 
-    index = {f.key: i for i, f in enumerate(futures)}
-    done: list[BandResult | None] = [None] * len(futures)
+    done: dict[Hashable, BandResult] = {}  # by future key
     error: BaseException | None = None
     watch = ClientWatch(futures[0].client if futures else None)
     try:
@@ -294,7 +266,7 @@ def gather_all(
                     band: BandResult = finished_value(future)
                     failure = band.error
                     if failure is None and not band.aborted:
-                        done[index[future.key]] = band
+                        done[future.key] = band
                         progress.advance(sum(o.tiles_run for o in band.outcomes))
                 except Exception as exc:  # first failure wins; the others are its echoes
                     failure = exc
@@ -308,8 +280,7 @@ def gather_all(
         event.set()
         from distributed import wait
 
-        # the running bands stop early once `event` is set: wait, so they do not write into
-        # a folder the caller is about to remove; timed out, the interrupt goes on
+        # the running bands stop early once `event` is set; timed out, the interrupt goes on
         with contextlib.suppress(Exception):
             wait(list(futures), timeout=STOP_GRACE_S)
         raise
@@ -317,7 +288,7 @@ def gather_all(
         event.clear()  # frees the event on the scheduler
     if error is not None:
         raise error
-    finished = [b for b in done if b is not None]
+    finished = [done[f.key] for f in futures if f.key in done]
     if len(finished) != len(futures):
         raise RuntimeError(f"{len(futures) - len(finished)} bands never completed")
     return finished
