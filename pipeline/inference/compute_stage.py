@@ -1,14 +1,13 @@
 """The engine's compute stage: the one user of the executor, fed batches across chunks.
 
-A read source's `Stager` puts batches (tiles of several chunks, on the model's device) on the
-`staged` queue; compute threads run the executor back to back, on batches of one fixed size
-(`ComputeStage._forward`), and hand the uint8 outputs to the writer. On CUDA one thread
-under the model's lock keeps the device busy (the stager copies the next batch on a side
-stream meanwhile); slides sharing a loaded model then take turns, since side by side they
-would gain nothing and `LoadedModel.batch_size` sizes a batch for one forward pass. On the
-CPU `computes` threads run side by side, unlocked, each with its share of the cores: one
-waiting for a batch leaves its cores to the others. On the CPU a batch is a numpy array: a
-warm OpenVINO run never imports torch.
+A read source's `Stager` batches tiles of several chunks on the model's device; compute
+threads run the executor on them back to back, at one fixed batch size, and hand the uint8
+outputs to the writer. On CUDA one thread under the model's lock keeps the device busy
+(while the stager copies on a side stream); slides sharing a loaded model take turns, since
+side by side they would gain nothing and `LoadedModel.batch_size` sizes a batch for one
+pass. On the CPU `computes` threads run unlocked, each on its share of the cores (one
+waiting for a batch leaves its cores to the others), and a batch is a numpy array: warm
+OpenVINO never imports torch.
 """
 
 from __future__ import annotations
@@ -37,23 +36,17 @@ if TYPE_CHECKING:
 @dataclass
 class StagedBatch:
     """A batch of tiles on (or on its way to) the model's device, and whose tiles they are:
-    always the run's batch size, the tiles after the first `count` zero (a short last batch:
-    see `ComputeStage._forward`)."""
+    always the run's batch size, the tiles after those of `segments` zero."""
 
     tiles: Tiles  # (batch, T, T, 3) uint8 on the model's device
     segments: list[Segment]
     ready: torch.cuda.Event | None  # recorded after the copy on a side stream; CPU: None
     release: Callable[[], None] | None = None  # gives the source its buffer back, once used
 
-    @property
-    def count(self) -> int:
-        """The batch's tiles of chunks (the rest are the zero padding)."""
-        return sum(count for _index, _start, count in self.segments)
-
 
 def copy_into(dst: Tiles, src: Tiles) -> None:
-    """dst[...] = src; host to host through numpy, which copies small uint8 blocks several
-    times faster than torch's parallel copy."""
+    """dst[...] = src; host to host through numpy, which copies small uint8 blocks faster
+    than torch's parallel copy."""
     if isinstance(dst, np.ndarray):
         dst[...] = np.asarray(src)  # host tiles: numpy, or a CPU tensor (the device path's)
     elif dst.device.type == "cpu":  # a pinned host buffer
@@ -65,8 +58,8 @@ def copy_into(dst: Tiles, src: Tiles) -> None:
 
 @dataclass(frozen=True)
 class ChunkTiles:
-    """A chunk's tiles (N, T, T, 3) uint8 as a read source hands them to the `Stager`, its
-    index in the run's specs, and what gives their memory back once they are copied."""
+    """A chunk's tiles (N, T, T, 3) uint8 for the `Stager`, its index in the run's specs,
+    and what gives their memory back once they are copied."""
 
     index: int
     tiles: Tiles
@@ -75,12 +68,12 @@ class ChunkTiles:
 
 class Stager:
     """Copies chunks' tiles, as they come, into batches of `batch` tiles for the compute
-    threads. Host tiles for a CUDA model go through two reused pinned buffers, copied to the
-    device on a side stream where each batch's `ready` event is recorded; tiles on the device
-    are batched there; for a CPU model a batch is a new numpy array."""
+    threads. `source`: where the tiles are; `device`: the model's ("cpu", "cuda:0"). Host
+    tiles for a CUDA model go through two reused pinned buffers, copied to the device on a
+    side stream where each batch's `ready` event is recorded; tiles on the device are batched
+    there; for a CPU model a batch is a new numpy array."""
 
     def __init__(self, batch: int, tile: int, source: str, device: str) -> None:
-        """`source`: where the chunks' tiles are, `device`: the model's ("cpu", "cuda:0")."""
         self._batch, self._shape = batch, (batch, tile, tile, 3)
         self._side: Any = None  # the CUDA copies' stream
         self._pinned: queue.Queue[torch.Tensor] | None = None
@@ -105,6 +98,7 @@ class Stager:
         `chunks` too) go to `errors`."""
         buffer: Tiles | None = None
         segments: list[Segment] = []
+        at = 0  # tiles in `buffer`
         side: Any = contextlib.nullcontext()
         if self._side is not None:  # this thread's CUDA copies on the side stream
             import torch
@@ -112,7 +106,6 @@ class Stager:
             side = torch.cuda.stream(self._side)
         try:
             with side:
-                at = 0  # tiles in `buffer`
                 for chunk in chunks:
                     done, n = 0, len(chunk.tiles)
                     while done < n:
@@ -134,8 +127,7 @@ class Stager:
             errors.report(exc)
 
     def _buffer(self, errors: FirstError) -> Tiles:
-        """Where the next batch is assembled: a pinned host buffer for a CUDA model's host
-        tiles, the model's device for its device tiles, else host memory."""
+        """Where the next batch is assembled."""
         if self._pinned is not None:
             return errors.get(self._pinned)
         if self._device is not None:
@@ -163,33 +155,28 @@ class Stager:
 
 
 class ComputeStage:
-    """Runs the executor over staged batches in `computes` threads, on whatever device it
-    runs on (a GPU or the CPU); outputs to the writer."""
+    """Runs the executor over staged batches in `computes` threads (the plan's, each on its
+    `compute_threads_cores`); outputs to the writer."""
 
     def __init__(
         self, executor: TileExecutor, errors: FirstError, stats: EngineStats, computes: int
     ) -> None:
-        """`computes` as the run's plan decided it; `executor` runs on each compute thread's
-        share of the cores (`compute_threads_cores`), under the model's lock where the plan
-        has its forward passes take turns."""
         self._executor = executor
         self._errors, self._stats = errors, stats
         self.computes = max(1, computes)
         self._running = self.computes
-        self._count_lock = threading.Lock()
-        self._stats_lock = threading.Lock()
+        self._lock = threading.Lock()  # the count of running threads, and `stats`
 
     def compute(
         self, staged: queue.Queue[StagedBatch | None], out: queue.Queue[TileBatch | None]
     ) -> None:
-        """Thread body (one of `computes`): forward passes back to back until the source's
-        end marker, which it passes on to the next compute thread; the last one to end
-        tells the writer (None)."""
+        """Thread body: forward passes until the end marker, which it passes on to the next
+        compute thread; the last one to end tells the writer (None)."""
         try:
             while (batch := self._errors.get(staged)) is not None:
                 self._errors.put(out, self._forward(batch))
             self._errors.put(staged, None)  # the other compute threads end too
-            with self._count_lock:
+            with self._lock:
                 self._running -= 1
                 last = self._running == 0
             if last:
@@ -198,7 +185,7 @@ class ComputeStage:
             self._errors.report(exc)
 
     def _forward(self, batch: StagedBatch) -> TileBatch:
-        tiles, n = batch.tiles, batch.count
+        tiles, n = batch.tiles, sum(count for _index, _start, count in batch.segments)
         if batch.ready is not None:  # the copy ran on a side stream: order it before compute
             import torch  # a CUDA model's batch
 
@@ -206,24 +193,22 @@ class ComputeStage:
             stream = torch.cuda.current_stream(tiles.device)
             stream.wait_event(batch.ready)
             tiles.record_stream(stream)
-        if not self._stats.first_batch_at:
-            self._stats.first_batch_at = time.perf_counter()
-        # Every forward pass has exactly `batch` tiles (the stager zero-fills a short batch;
-        # the padding's outputs are dropped): oneDNN and cuDNN pick kernels and accumulation orders by
-        # the input's shape, so the same tile in batches of 3 and 16 may differ by an ulp, and
-        # a slide would give other bytes from run to run. At one shape the kernels are the
-        # same, and the models we ship compute each sample alone (test_fixed_batch.py).
+        self._stats.first_batch_at = self._stats.first_batch_at or time.perf_counter()
+        # Every forward pass has exactly `batch` tiles (a short batch zero-filled, the
+        # padding's outputs dropped): oneDNN and cuDNN pick kernels and accumulation orders by
+        # the input's shape, so a tile in batches of 3 and 16 may differ by an ulp and a slide
+        # would give other bytes from run to run. The models we ship compute each sample alone
+        # (test_fixed_batch.py).
         out = self._executor.run(tiles)
         if batch.release is not None:  # the forward pass is done with the source's buffer
             batch.release()
         per_tile = out.nbytes // self._executor.batch
-        with self._stats_lock:
+        with self._lock:
             self._stats.chunks_per_batch.append(len({index for index, _, _ in batch.segments}))
             self._stats.tiles += n
         return TileBatch(batch.segments, out.probs[:n], out.labels[:n], per_tile)
 
 
 def compute_threads_cores(cores: int, computes: int) -> int:
-    """The CPU cores each of `computes` compute threads runs its forward passes on: its share
-    of the `cores` the run's plan gives the engine."""
+    """The CPU cores each of `computes` compute threads runs its forward passes on."""
     return max(1, cores // max(1, computes))

@@ -41,7 +41,7 @@ def test_batches_span_chunks_and_each_chunk_is_released_once_copied():
     assert [b.tiles[:, 0, 0, 0].tolist() for b in batches] == [
         [0, 1, 2, 20], [21, 22, 23, 24], [30, 0, 0, 0]
     ]  # fmt: skip
-    assert [b.count for b in batches] == [4, 4, 1]
+    assert [sum(count for _, _, count in b.segments) for b in batches] == [4, 4, 1]
     assert (batches[-1].tiles[1:] == 0).all()  # the padding: zero tiles, never another's
     assert all(b.tiles.shape == (4, 2, 2, 3) and b.ready is None for b in batches)
     assert all(isinstance(b.tiles, np.ndarray) for b in batches)
