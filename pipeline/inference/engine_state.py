@@ -1,7 +1,6 @@
 """What the parts of the engine share: the first error, the stop, and run statistics.
 
-Each part reports its error here and checks `stopped` while it waits, so one failure stops
-them all."""
+Each part reports its error here and checks `stopped` while it waits: one failure stops all."""
 
 from __future__ import annotations
 
@@ -83,12 +82,11 @@ class EngineStats:
     computes: int = 0  # compute threads (CPU: side by side)
 
     def chunk_arrived(self) -> None:
-        """Note the first chunk's tiles reaching the engine (start-up), once."""
+        """Note when the first chunk's tiles reached the engine."""
         self.first_chunk_at = self.first_chunk_at or time.perf_counter()
 
     def report(self, started: float) -> dict[str, Any]:
-        """The figures as summary.json keeps them, times in seconds after `started` (a
-        `time.perf_counter()`; None: never reached)."""
+        """The figures for summary.json, times in seconds after `started` (None: never)."""
 
         def since(at: float) -> float | None:
             return at - started if at else None
@@ -108,8 +106,7 @@ class EngineStats:
         }
 
 
-# One part of a run: a thread body and its arguments.
-Part: TypeAlias = tuple[Callable[..., None], tuple[object, ...]]
+Part: TypeAlias = tuple[Callable[..., None], tuple[object, ...]]  # a thread body, its args
 
 
 def start_parts(parts: list[Part], threads: list[WaitableThread]) -> None:

@@ -30,9 +30,8 @@ from wsi_segment.wsi.tiling import STORE_TILES, ChunkSpec, TileGrid
 
 @dataclass
 class ReducedTiles:
-    """Outputs in their stored form: uint8 probabilities (..., K, h, w), uint8 labels
-    (..., h, w), per tile (N leading, h = w = S/d) or stitched into a chunk's block, and the
-    bytes that crossed from the model's device for them."""
+    """Outputs as stored: uint8 probabilities (..., K, h, w) and labels (..., h, w), per tile
+    (N leading, h = w = S/d) or a chunk's block, and the bytes they cost from the device."""
 
     probs: np.ndarray
     labels: np.ndarray
@@ -46,10 +45,9 @@ def stitch_cores(
     grid: TileGrid,
     fill: int,
 ) -> np.ndarray:
-    """Each tile's reduced core (..., S/d, S/d) placed into the chunk's output block over
-    `core_box` (..., core_h / d, core_w / d); tiles not listed (no tissue) stay `fill`.
-    Centre-crop on the global tile grid (docs/architecture.md): each output pixel comes from
-    exactly one tile's core, whatever the chunk size."""
+    """Each tile's reduced core (..., S/d, S/d) placed in the chunk's block over `core_box`;
+    tiles not listed (no tissue) stay `fill`. Centre-crop on the global tile grid
+    (docs/architecture.md): an output pixel comes from one tile's core, whatever the chunk."""
     d, s = grid.downsample, grid.stride
     cx, cy, cx1, cy1 = core_box
     lead = cores.shape[1:-2]
@@ -93,24 +91,21 @@ class SlideJob(PerThread):
 
     @property
     def geometry(self) -> Geometry:
-        """What the tile graph runs at for this slide (`tile_geometry` of its grid)."""
+        """What the tile graph runs at for this slide."""
         return tile_geometry(self.grid, self.gate)
 
     def _array(self, path: str | None = None) -> zarr.Array[Any]:
         """This thread's handle on the probability array (or the array at `path`)."""
         path = path or self.zarr_path
-        arrays: dict[str, zarr.Array[Any]] | None = getattr(self._local, "arrays", None)
-        if arrays is None:
-            arrays = self._local.arrays = {}
+        arrays: dict[str, zarr.Array[Any]] = vars(self._local).setdefault("arrays", {})
         if path not in arrays:
             arrays[path] = zarr.open_array(path, mode="r+")
         return arrays[path]
 
     @property
     def polygon_cell(self) -> int:
-        """Output px a side of the squares polygons are traced and simplified in: a zarr chunk
-        (`STORE_TILES` tile cores), which every write unit holds whole whatever the chunk
-        size, so the pieces do not depend on it."""
+        """Output px a side of the squares polygons are traced and simplified in: a zarr chunk,
+        which every write unit holds whole, so the pieces do not depend on the chunk size."""
         return STORE_TILES * (self.grid.stride // self.grid.downsample)
 
     def tissue_block(self, out_box: tuple[int, int, int, int]) -> np.ndarray:
@@ -123,8 +118,8 @@ class SlideJob(PerThread):
         return self.tissue_mask[np.ix_(rows, cols)]
 
     def stitch_block(self, spec: ChunkSpec, reduced: ReducedTiles) -> ReducedTiles:
-        """Place the reduced cores of `spec.tiles` (in that order) into the chunk's output
-        block over `spec.out_box`: 0 and NODATA outside tissue."""
+        """The reduced cores of `spec.tiles` (in order) as the block over `spec.out_box`: 0
+        and NODATA outside tissue."""
         tiles = list(spec.tiles)
         probs = stitch_cores(reduced.probs, tiles, spec.core_box, self.grid, fill=0)
         labels = stitch_cores(reduced.labels, tiles, spec.core_box, self.grid, fill=NODATA)
@@ -141,8 +136,8 @@ class SlideJob(PerThread):
     def finish_block(
         self, spec: ChunkSpec, reduced: ReducedTiles, polygons: BlockPolygons | None
     ) -> ChunkOutcome:
-        """Stitch a write unit's reduced cores, write the zarr chunks it owns (probabilities and
-        labels), summarise it; its polygons traced by `polygons` (None: in this thread)."""
+        """Stitch a write unit, write the zarr chunks it owns, summarise it; its polygons
+        traced by `polygons` (None: in this thread)."""
         block = self.stitch_block(spec, reduced)
         ox0, oy0, ox1, oy1 = spec.out_box
         self._array()[:, oy0:oy1, ox0:ox1] = block.probs

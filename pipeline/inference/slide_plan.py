@@ -14,7 +14,7 @@ from wsi_segment.wsi.tissue import TissueMask, detect_tissue, whole_slide
 
 def slide_tissue(slide: Slide, params: SegmentParams, rois: list[Roi]) -> TissueMask:
     """What runs: detected tissue (`--tissue auto`) or the whole slide (`all`), cut to the
-    `--roi` regions when given (`wsi.roi.read_rois`, read before the model starts loading)."""
+    `--roi` regions when given (read before the model starts loading)."""
     tissue = whole_slide(slide) if params.tissue == "all" else detect_tissue(slide)
     if rois:
         tissue = restrict_to_rois(tissue, rois, slide.dimensions)
@@ -29,16 +29,15 @@ def plan_slide(
     tissue: TissueMask,
     chunk_tiles: int,
 ) -> tuple[TileGrid, ChunkPlan]:
-    """The tile grid (validated against the options) and the tissue chunks to run, in
-    chunks of `chunk_tiles` x `chunk_tiles` tiles (the run policy's)."""
+    """The tile grid (validated) and the tissue chunks, `chunk_tiles` x `chunk_tiles` tiles."""
     tile, model_mpp = geometry
     grid = slide_grid(tile, params)
     return grid, plan_chunks(slide, mpp[0], model_mpp, grid, chunk_tiles, tissue)
 
 
 def slide_grid(tile: int, params: SegmentParams) -> TileGrid:
-    """The tile grid of a model with `tile` px tiles under the options, validated
-    (`ConfigError` for an overlap or output downsample it cannot take)."""
+    """The tile grid of `tile` px tiles under the options (`ConfigError` for an overlap or
+    output downsample it cannot take)."""
     grid = TileGrid(tile=tile, overlap=params.overlap, downsample=params.output_downsample)
     grid.validate()
     return grid
@@ -52,9 +51,8 @@ def plan_reader(
     grid: TileGrid,
     read_backend: str | None,
 ) -> TileReader:
-    """The reader of the planned chunks, for what reads before the model has loaded (the
-    prefetcher, the engine's decoders). A local path is made absolute: decoder
-    processes and Dask workers (on other machines too) may run in another directory."""
+    """The reader of the planned chunks, for what reads before the model has loaded. A local
+    path is made absolute: decoder processes and Dask workers may run in another directory."""
     return TileReader(
         slide_path=absolute_slide_path(slide_path),
         backend=slide.backend,
