@@ -26,7 +26,7 @@ def pick_device(requested: str | torch.device = "auto") -> torch.device:
         if not torch.cuda.is_available():
             raise ConfigError(
                 f"device {name!r} was requested but no CUDA GPU is available to torch "
-                f"(torch {torch.__version__}); use --device cpu or auto"
+                f"(torch {torch.__version__}: {cuda_start_error()}); use --device cpu or auto"
             )
         dev = torch.device(name)
         if dev.index is not None and dev.index >= torch.cuda.device_count():
@@ -35,6 +35,17 @@ def pick_device(requested: str | torch.device = "auto") -> torch.device:
             )
         return dev
     raise ConfigError(f"unknown device {requested!r}; use auto, cpu, cuda or cuda:<index>")
+
+
+def cuda_start_error() -> str:
+    """Why torch's CUDA does not start in this process, in torch's own words (the first line
+    of `torch.cuda.init`'s error: no driver, a driver too old for this build, no device)."""
+    try:
+        torch.cuda.init()
+    except Exception as exc:  # torch raises RuntimeError, or an AssertionError of its build
+        text = str(exc).strip()
+        return text.splitlines()[0] if text else type(exc).__name__
+    return "torch finds no CUDA GPU"
 
 
 @contextlib.contextmanager

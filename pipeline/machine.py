@@ -140,13 +140,9 @@ def probe_gpus(driver: str = NVIDIA_DRIVER) -> tuple[tuple[Gpu, ...], str | None
 def _cuda_failure(driver: str) -> str:
     """Why torch's CUDA does not start beside an installed driver: its own error, and an
     address-space limit, which CUDA cannot live under (it maps far more than it uses)."""
-    import torch
+    from wsi_segment.models.device import cuda_start_error
 
-    try:
-        torch.cuda.init()
-        why = "torch finds no CUDA GPU"
-    except Exception as exc:  # torch raises RuntimeError or an AssertionError of its build
-        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    why = cuda_start_error()
     limit, _hard = resource.getrlimit(resource.RLIMIT_AS)
     if limit != resource.RLIM_INFINITY:
         why += f"; this process has an address-space limit (ulimit -v {limit // 1024} KiB)"

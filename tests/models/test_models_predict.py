@@ -13,7 +13,7 @@ from wsi_segment.errors import ConfigError
 from wsi_segment.models.bundle import ModelMeta, SegmentationModel
 from wsi_segment.models.classifier import build_classifier
 from wsi_segment.models.cpu import cpu_flags
-from wsi_segment.models.device import fit_batch_size, pick_device
+from wsi_segment.models.device import cuda_start_error, fit_batch_size, pick_device
 from wsi_segment.models.model_files import BuiltModel
 from wsi_segment.models.runtimes.executor import TORCH_DTYPES
 from wsi_segment.models.runtimes.select import open_runtime
@@ -88,8 +88,9 @@ def test_device_choice() -> None:
     assert pick_device("cpu") == torch.device("cpu")
     if not torch.cuda.is_available():
         assert pick_device("auto") == torch.device("cpu")
-        with pytest.raises(ConfigError, match="no CUDA GPU"):
+        with pytest.raises(ConfigError, match="no CUDA GPU") as refused:
             pick_device("cuda")
+        assert cuda_start_error() in str(refused.value)  # torch's own reason, named
     with pytest.raises(ConfigError, match="unknown device"):
         pick_device("tpu")
 
