@@ -1,13 +1,11 @@
 """Decoder processes of the engine: read chunks, cut tiles into shared-memory slots.
 
-Decoding at level pixels does not scale with threads in one process (benchmarks/decode.py;
-on a 16-core H200 machine 16 processes read 14,600 tiles/s, threads 5,200 at best), so each
-decoder is a process: spawned, never forked (a fork of a process holding CUDA or
-torch's thread pools can hang), importing only numpy and the slide code
-(`pipeline.inference.tile_reader`; so it resamples with PIL, not torch). Each reads a contiguous
-share of the chunks, so it decodes each shared storage tile once, into slots of a ring it
-owns; a slot goes back to it once the engine's stager has copied it, so memory is bounded by
-the ring.
+Decoding does not scale with threads in one process (benchmarks/decode.py), so each decoder
+is a process: spawned, never forked (a fork of a process holding CUDA or torch's thread
+pools can hang), importing only numpy and the slide code (`tile_reader`: it resamples with
+PIL, not torch). Each reads a contiguous share of the chunks, so it decodes each shared
+storage tile once, into slots of a ring it owns; a slot goes back to it once the engine's
+stager has copied it, so memory is bounded by the ring.
 """
 
 from __future__ import annotations
@@ -55,17 +53,16 @@ from wsi_segment.pipeline.inference.tile_reader import TileReader
 from wsi_segment.wsi.tiling import ChunkSpec, contiguous_runs
 
 JOIN_S = 5.0  # a decoder asked to stop finishes its current read first
-# A process's rings are sized one at a time (`decoder_ring`): each from what the last left.
-_RING_SIZING = threading.Lock()
+_RING_SIZING = threading.Lock()  # `decoder_ring`
 
 
 class SlotRing:
     """One shared-memory block cut into `slots` slots of `slot_tiles` tiles of T x T x 3."""
 
     def __init__(self, slots: int, slot_tiles: int, tile: int, name: str | None = None) -> None:
-        self.slots, self.slot_tiles, self.tile = slots, slot_tiles, tile
-        size = max(1, slots * slot_tiles * tile * tile * 3)
+        self.slots = slots
         self._owner = name is None
+        size = max(1, slots * slot_tiles * tile * tile * 3)
         if name is None:
             name = ring_name()
             self.shm = create_block(name, size)
@@ -87,7 +84,7 @@ class SlotRing:
 
     def close(self) -> None:
         """Drop this process's mapping; the creator also removes the block (idempotent)."""
-        self._array = None
+        self._array = None  # the buffer's last export: the block cannot close while it lives
         with contextlib.suppress(Exception):
             self.shm.close()
         if self._owner:
@@ -113,10 +110,9 @@ def decoder_shares(specs: Sequence[ChunkSpec], decoders: int) -> list[list[int]]
 
 
 class DecodePool:
-    """The decoder processes of one run, with their pipes and slot ring.
-
-    Spawned before the chunks are known (spawning is what takes time), handed their shares
-    once planned (`assign`). Whoever holds the pool closes it (idempotent) on every path."""
+    """The decoder processes of one run, with their pipes and slot ring: spawned before the
+    chunks are known (spawning takes time), handed their shares once planned (`assign`).
+    Whoever holds the pool closes it (idempotent) on every path."""
 
     def __init__(
         self, decoders: int, reader: TileReader | None = None, specs: Sequence[ChunkSpec] = ()
@@ -136,7 +132,10 @@ class DecodePool:
         self._owners: list[int] = []  # slot -> the decoder it belongs to
         self._send_lock = threading.Lock()
         ctx = mp.get_context("spawn")
-        held = blocked_here()
+        # the stopping signals this thread holds stay held in the decoders (a batch's Dask
+        # worker holds them all: `batch_flow._out_of_group_signals`)
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, ())
+        held = tuple(s for s in STOPPING_SIGNALS if s in mask)
         try:
             for d in range(decoders):
                 ours, theirs = ctx.Pipe()
@@ -159,24 +158,20 @@ class DecodePool:
 
     def assign(self, reader: TileReader, specs: Sequence[ChunkSpec]) -> None:
         """Make the slot ring for these chunks, send each decoder its share (None to one
-        left without: it reports itself finished) and deal the slots out among those with a
-        share."""
+        without: it reports itself finished) and deal the slots out among those with one."""
         if self.specs is not None or not self.procs:
             raise RuntimeError("a DecodePool is assigned once, while its decoders run")
         self.specs = list(specs)
         tile = reader.grid.tile
         slot_tiles = max([1, *(len(s.tiles) for s in self.specs)])
-        self.ring = decoder_ring(self.decoders, slot_tiles, tile)
-        slots = self.ring.slots
+        ring = self.ring = decoder_ring(self.decoders, slot_tiles, tile)
         work = decoder_shares(self.specs, self.decoders)
+        tasks = [DecoderTask(reader, [self.specs[i] for i in share], share, ring.shm.name,
+                             ring.slots, slot_tiles, tile) for share in work]  # fmt: skip
         for d in range(self.decoders):
-            task = None
-            if d < len(work):
-                task = DecoderTask(reader, [self.specs[i] for i in work[d]], work[d],
-                                   self.ring.shm.name, slots, slot_tiles, tile)  # fmt: skip
-            self._send(d, task)
-        self._owners = [slot % max(1, len(work)) for slot in range(slots)]
-        for slot in range(slots):
+            self._send(d, tasks[d] if d < len(tasks) else None)
+        self._owners = [slot % max(1, len(work)) for slot in range(ring.slots)]
+        for slot in range(ring.slots):
             self.release(slot)
 
     def release(self, slot: int) -> None:
@@ -192,8 +187,6 @@ class DecodePool:
     def close(self) -> None:
         """Stop the decoders (joined, terminated if they do not stop), close the pipes and
         remove the shared memory. A second interrupt here does not skip the cleanup."""
-        if self.ring is None and not self.procs and not self.links:
-            return
         for d in range(len(self.links)):
             self._send(d, Stop())
         stops: list[BaseException | None] = []
@@ -212,8 +205,7 @@ class DecodePool:
         self.procs, self.ring, self.links = [], None, []
         self._open.clear()
         self._inbox.clear()
-        first_stop = next((s for s in stops if s is not None), None)
-        if first_stop is not None:
+        if (first_stop := next((s for s in stops if s is not None), None)) is not None:
             raise first_stop
 
     def _send(self, decoder: int, message: ToDecoder) -> None:
@@ -233,8 +225,7 @@ class DecodePool:
         for link in [link for link in self._open if link in ready]:
             try:
                 while link.poll():
-                    message: Message = link.recv()
-                    self._inbox.append(message)
+                    self._inbox.append(link.recv())
             except (EOFError, OSError):  # that decoder ended (or the pool closed)
                 if link in self._open:
                     self._open.remove(link)
@@ -260,23 +251,14 @@ def start_resource_tracker() -> None:
         resource_tracker.ensure_running()
 
 
-def blocked_here(signals: Sequence[int] = STOPPING_SIGNALS) -> tuple[int, ...]:
-    """Those of `signals` this thread has blocked (a Dask worker of a batch has them all:
-    `batch_flow._out_of_group_signals`)."""
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, ())
-    return tuple(s for s in signals if s in mask)
-
-
-def decoder_main(decoder: int, conn: Connection, held: Sequence[int] = ()) -> None:
-    """Process body: wait for the share, then read each chunk into a free slot of its own and
-    report it. SIGTERM and SIGHUP raise `Terminated` (as Ctrl-C raises KeyboardInterrupt), so
-    the ring is closed. It starts with the stopping signals blocked (`DecodePool`): a Ctrl-C
-    to the process group while it imported would print a traceback; one that came meanwhile
-    lands here, once the handlers are in place. A signal its run ignores (`nohup`'s SIGHUP,
-    inherited) it ignores too, and those its starting thread had blocked (`held`: a batch's
-    Dask worker, which the batch stops itself) stay blocked: the group's Ctrl-C would
-    otherwise end the decoders of a worker that goes on, and fail its band with the
-    interrupt (KeyboardInterrupt tracebacks, the worker restarted)."""
+def decoder_main(decoder: int, conn: Connection, held: Sequence[int]) -> None:
+    """Process body: wait for the share, then read each chunk in order into a free slot of
+    its own and report it, until told to stop. SIGTERM and SIGHUP raise `Terminated`, so the
+    ring is closed. It starts with the stopping signals blocked (`DecodePool`), else a Ctrl-C
+    while it imports prints a traceback; one that came meanwhile lands once the handlers are
+    set. A signal its run ignores (`nohup`) stays ignored, and those its starting thread held
+    (`held`: a batch's Dask worker, which the batch stops itself) stay held, else the group's
+    Ctrl-C would end the decoders of a worker that goes on and fail its band."""
     handled_signals(raise_terminated, TERMINATING_SIGNALS)
     link = DecoderEnd(conn)
     try:
@@ -291,7 +273,18 @@ def decoder_main(decoder: int, conn: Connection, held: Sequence[int] = ()) -> No
     reader = task.reader
     ring = SlotRing(task.slots, task.slot_tiles, task.tile, name=task.shm_name)
     try:
-        _decode_share(decoder, task, ring, link)
+        reuse = reader.plan_tile_reuse(task.specs)
+        for index, spec in zip(task.indices, task.specs, strict=True):
+            if link.stop_asked():
+                return
+            tiles = reader.read_tiles(spec, reuse)  # read before a slot is free: overlap
+            slot = link.next_slot()
+            if slot is None:
+                return
+            ring.view(slot, len(spec.tiles))[:] = tiles
+            del tiles
+            link.send(Decoded(slot, index, len(spec.tiles)))
+        link.send(Finished(decoder))
     except BaseException as exc:
         # an error that cannot cross the pipe is not known to be the slide's: never
         # a SlideError, which a batch would record as a known failure
@@ -300,21 +293,3 @@ def decoder_main(decoder: int, conn: Connection, held: Sequence[int] = ()) -> No
     finally:
         reader.close_local()
         ring.close()
-
-
-def _decode_share(decoder: int, task: DecoderTask, ring: SlotRing, link: DecoderEnd) -> None:
-    """Read the share's chunks in order into free slots; return early once told to stop."""
-    reader = task.reader
-    reuse = reader.plan_tile_reuse(task.specs)
-    for index, spec in zip(task.indices, task.specs, strict=True):
-        if link.stop_asked():
-            return
-        tiles = reader.read_tiles(spec, reuse)  # read before a slot is free: overlap
-        slot = link.next_slot()
-        if slot is None:
-            return
-        n = len(spec.tiles)
-        ring.view(slot, n)[:] = tiles
-        del tiles
-        link.send(Decoded(slot, index, n))
-    link.send(Finished(decoder))

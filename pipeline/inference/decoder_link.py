@@ -64,8 +64,7 @@ ToDecoder: TypeAlias = DecoderTask | int | Stop | None  # what the engine sends 
 
 
 class DecoderEnd:
-    """A decoder's end of its pipe: the free slots it was given, and whether to stop (told
-    so, or the engine's end is gone)."""
+    """A decoder's end: its free slots, and whether to stop (told so, or the engine gone)."""
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
@@ -101,8 +100,7 @@ class DecoderEnd:
             self.stopped = True
 
     def _take(self, timeout: float | None) -> None:
-        """Take the slots and stops that arrive within `timeout` (None: wait for one), then
-        whatever else has arrived."""
+        """Take what arrives within `timeout` (None: wait for it), then all else that came."""
         while not self.stopped:
             try:
                 if not self.conn.poll(timeout):

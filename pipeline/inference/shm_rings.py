@@ -1,12 +1,10 @@
-"""The decoders' shared-memory rings in /dev/shm: their names, their sizes, and removing
-those their owner left behind.
+"""The decoders' shared-memory rings in /dev/shm: names, sizes, and removing abandoned ones.
 
 A killed run (SIGKILL, the OOM killer) cannot remove its ring, so a ring's name says who owns
 it: `wsiseg<pid>_<pid namespace>_<random>`, and the next run that makes a ring removes every
 ring of this exact form whose owner's pid namespace is ours and whose pid no longer exists.
-Anything else (live owners, other namespaces or users, other files) is left alone. A ring is
-sized from the free shared memory (`ring_slots`), created (`create_block`) and its pages taken
-at once (`reserve_block`); each failure is one error with the fix (`SHM_FIX`).
+Anything else (live owners, other namespaces or users, other files) is left alone. Each
+failure to size, create or reserve a ring is one error with the fix.
 """
 
 from __future__ import annotations
@@ -50,43 +48,40 @@ def owner_gone(name: str, namespace: str) -> bool:
         return False
     try:
         os.kill(int(match.group(1)), 0)
-    except ProcessLookupError:
-        return True
-    except (OSError, OverflowError):  # alive, another user's (EPERM), or too large a pid
-        return False
+    except (OSError, OverflowError) as exc:  # not ended: another user's (EPERM), too large
+        return isinstance(exc, ProcessLookupError)
     return False
 
 
-def remove_abandoned_rings(shm_dir: str = SHM_DIR) -> list[str]:
+def remove_abandoned_rings() -> list[str]:
     """Remove the rings of owners that have ended (`owner_gone`); returns their names."""
     namespace = pid_namespace()
     try:
-        names = os.listdir(shm_dir)
+        names = os.listdir(SHM_DIR)
     except OSError:
         return []
     removed = []
     for name in sorted(names):
-        if name.startswith(SHM_PREFIX) and owner_gone(name, namespace):
+        if owner_gone(name, namespace):
             with contextlib.suppress(FileNotFoundError, PermissionError):
-                os.unlink(os.path.join(shm_dir, name))
+                os.unlink(os.path.join(SHM_DIR, name))
                 removed.append(name)
     return removed
 
 
-def ring_slots(decoders: int, slot_bytes: int, shm_dir: str = SHM_DIR) -> int:
-    """Slots for `decoders`: two each (one being filled, one waiting) plus two, within half
-    of the free shared memory (containers often mount a small /dev/shm); at least
-    decoders + 1, else a clear error with the fix."""
+def ring_slots(decoders: int, slot_bytes: int) -> int:
+    """Slots for `decoders`: two each (one being filled, one waiting) plus two, within half of
+    the free shared memory (containers often mount a small /dev/shm); at least decoders + 1."""
     wanted = 2 * decoders + 2
     try:
-        st = os.statvfs(shm_dir)
+        st = os.statvfs(SHM_DIR)
         free = st.f_bavail * st.f_frsize
     except OSError:
         return wanted
     fits = (free // 2) // max(1, slot_bytes)
     if fits < decoders + 1:
         raise WsiSegmentError(
-            f"{shm_dir}: {shown_size(free)} of shared memory free, the engine needs "
+            f"{SHM_DIR}: {shown_size(free)} of shared memory free, the engine needs "
             f"{shown_size((decoders + 1) * slot_bytes * 2)} for {decoders} decoders; {SHM_FIX}"
         )
     return int(min(wanted, fits))
@@ -108,8 +103,7 @@ def create_block(name: str, size: int) -> SharedMemory:
 
 
 def shown_size(n: int) -> str:
-    """`n` bytes for a message: MiB to one decimal, or KiB below 1 MiB (a container's small
-    /dev/shm was "0 MiB free, needs 0 MiB")."""
+    """`n` bytes for a message: MiB to one decimal, or KiB below 1 MiB (never "0 MiB free")."""
     return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
 
 
@@ -126,7 +120,7 @@ def reserve_block(name: str, size: int) -> None:
         os.posix_fallocate(fd, 0, size)
     except OSError as exc:
         if exc.errno != errno.ENOSPC:
-            return  # a file system without fallocate: pages come on first write, as before
+            return  # a file system without fallocate: pages come on first write
         raise WsiSegmentError(
             f"{SHM_DIR}: no room for the decoders' {shown_size(size)} of shared memory (other "
             f"slides' or programs' hold the rest); {SHM_FIX}"
