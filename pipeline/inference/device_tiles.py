@@ -70,11 +70,10 @@ def own_copy(tile: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class DeviceTiles:
-    """Reads chunks' model tiles onto `device` with `decoder` (the run policy's); one per
-    slide and device, used by one reader thread (no lock). As `wsi.tile_reuse` on the CPU,
-    reads are planned (`start`) so each storage tile is decoded once and kept only while
-    a later read needs it, within `max_bytes` (past that it is decoded again: pixels never
-    depend on the bound)."""
+    """Reads chunks' model tiles onto `device` with `decoder` (the run policy's); one per slide
+    and device, used by one reader thread (no lock). As `wsi.tile_reuse` on the CPU, reads are
+    planned (`start`) so each storage tile is decoded once and kept while a later read needs
+    it, within a byte bound (past it, decoded again: pixels never depend on the bound)."""
 
     reader: TileReader
     tiles: JpegTiles
@@ -88,16 +87,14 @@ class DeviceTiles:
     )
 
     def start(self, specs: Sequence[ChunkSpec], max_bytes: int = 128 << 20) -> None:
-        """Decode each storage tile once while these chunks are read (a tile is kept until
-        the last planned read of it, within `max_bytes` on the device)."""
+        """Plan the reads of `specs`: each storage tile kept, within `max_bytes`, until its last."""
         boxes = [self.reader.read_box(s) for s in specs if s.tiles]  # level px = model px
         keys = (tiles_of(box, self.tiles.tile_size, self.tiles.level_size) for box in boxes)
         self.planned = PlannedTiles(keys, max_bytes, own_copy)
 
     def read_chunk(self, spec: ChunkSpec, errors: FirstError) -> torch.Tensor:
-        """(len(spec.tiles), T, T, 3) uint8 on the device, in `spec.tiles` order; a codec's
-        error on a damaged tile is made a SlideError with the fix. Read in this thread, as
-        asked: Stopped once the engine stops (`errors`) before it starts."""
+        """(len(spec.tiles), T, T, 3) uint8 on the device, in `spec.tiles` order, read now in
+        this thread (Stopped if the engine has stopped); a codec's error is a SlideError."""
         if errors.stopped:
             raise Stopped
         try:
@@ -154,8 +151,7 @@ class DeviceTiles:
 
     def _take(self, keys: list[Key]) -> list[torch.Tensor]:
         """The decoded tiles `keys` (tile_h, tile_w, 3) uint8 on the device, in order (edge
-        tiles whole, padding included); one planned use of each is spent (a tile no later
-        read needs is dropped)."""
+        tiles whole, padding included); one planned use of each is spent."""
         kept = self.planned.kept
         missing = [k for k in keys if k not in kept]
         streams = [self.tiles.stream(c, r) for c, r in missing]

@@ -1,8 +1,7 @@
 """Chunks' tiles read on the CPU with the slide library, ahead of the engine, in one thread.
 
-The reads of the reader-thread source (`read_sources.ReaderThread`) for any slide. A
-local run starts them as soon as its chunks are planned, so they go on while the model
-loads. Its tiles are numpy arrays: nothing here imports torch.
+The reads of the reader-thread source (`read_sources.ReaderThread`) for any slide. A local run
+starts them once its chunks are planned, while the model loads: nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -23,10 +22,8 @@ from wsi_segment.wsi.tiling import ChunkSpec
 
 
 class HostTiles:
-    """Chunks read with the slide library on the CPU (`TileReader`), any slide: one
-    background thread reads them in plan order, at most `max_bytes` ahead of the engine, from
-    `start` on. A read error ends the thread; the engine meets it at that chunk. The same
-    methods as `DeviceTiles`."""
+    """Chunks read by one thread (`TileReader`) in plan order, at most `max_bytes` ahead of the
+    engine, from `start` on; a read error ends it (met at that chunk). Methods as `DeviceTiles`."""
 
     def __init__(self, reader: TileReader, max_bytes: int = 128 << 20) -> None:
         self.reader, self._max_bytes = reader, max_bytes
@@ -62,8 +59,7 @@ class HostTiles:
             self.tile_reuse = self.reader.plan_tile_reuse(specs)
             for spec in (s for s in specs if s.tiles):
                 with self._cond:
-                    while not self._stop and self._bytes >= self._max_bytes:
-                        self._cond.wait()
+                    self._cond.wait_for(lambda: self._stop or self._bytes < self._max_bytes)
                     if self._stop or not self._current():
                         return
                 tiles = self.reader.read_tiles(spec, self.tile_reuse)
@@ -87,9 +83,8 @@ class HostTiles:
             self._cond.notify_all()
 
     def read_chunk(self, spec: ChunkSpec, errors: FirstError) -> np.ndarray:
-        """The next chunk's tiles (the engine asks in plan order), or its read's error;
-        Stopped once the engine stops (`errors`) or this reader is closed while it waits (a
-        read of a remote slide may hang for minutes)."""
+        """The next chunk's tiles (asked in plan order), or its read's error; Stopped once the
+        engine stops or this reader closes while it waits (a remote read may hang minutes)."""
         with self._cond:
             while not self._read:
                 if self._stop or errors.stopped:

@@ -2,13 +2,6 @@
 (locally or in a Dask band); and what the slide offers the device read path (`slide_reads`: the
 facts `pipeline.run_policy` decides it from, examined once where the run is planned).
 
-`ReaderThread`: one thread fills batches from `HostTiles` (the slide library, any slide) or
-`DeviceTiles` (JPEG tiles decoded on the model's device); memory is bounded by the engine's
-queues and the read-ahead's byte bound. `DecoderProcesses`: N spawned decoders (`DecodePool`)
-fill shared-memory slots; one stager thread copies decoded chunks into batches as they come
-and frees each slot once copied; a decoder's error, or one that died without a word, stops
-the run.
-
 A local run hands in what it started early (the decoders, while tissue is detected; the host
 reads): the source adopts it and closes it like its own; whatever it does not adopt is closed
 here. Nothing here imports torch at import time (the planning of a rerun never loads it): the
@@ -22,15 +15,14 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from wsi_segment.errors import DecoderDied
-from wsi_segment.pipeline.inference.decode_pool import DecodePool
+from wsi_segment.pipeline.inference.decode_pool import DecodePool, SlotRing
 from wsi_segment.pipeline.inference.decoder_link import Decoded, Failed, Finished
-from wsi_segment.pipeline.inference.engine_state import EngineStats, FirstError, Part, Stopped
+from wsi_segment.pipeline.inference.engine_state import Part, Stopped
 from wsi_segment.pipeline.inference.host_tiles import HostTiles
 from wsi_segment.pipeline.read_policy import ReadFacts
 from wsi_segment.wsi.raw_tiles import JpegTiles, Unsupported, open_jpeg_tiles
 from wsi_segment.wsi.region_reader import choose_level, same_pixels
 from wsi_segment.wsi.slide import Slide
-from wsi_segment.wsi.tiling import ChunkSpec
 
 if TYPE_CHECKING:
     from wsi_segment.pipeline.inference.compute_stage import ChunkTiles
@@ -44,7 +36,9 @@ LevelKey = tuple[int, float]  # (read level, level-0 px per model px) a choice w
 
 
 class ReaderThread:
-    """A read source (`pipeline.inference.engine.ReadSource`): one thread reading with `reads`."""
+    """A read source (`engine.ReadSource`): one thread fills batches from `reads`, `HostTiles`
+    (any slide) or `DeviceTiles` (JPEG tiles decoded on the model's device); memory is bounded
+    by the engine's queues and the read-ahead's byte bound."""
 
     processes = 0
 
@@ -58,28 +52,26 @@ class ReaderThread:
         # host tiles for a CUDA model go through pinned buffers and a side stream, as the
         # decoders' do (`Stager`); device tiles are batched where they are
         stager = Stager(run.batch, run.job.grid.tile, str(self.reads.device), run.device)
-        chunks = self._chunks(run.specs, run.errors, run.stats)
-        return [(stager.run, (chunks, run.staged, run.errors))]
+        return [(stager.run, (self._chunks(run), run.staged, run.errors))]
 
     def close(self) -> None:
         self.reads.close()
 
-    def _chunks(
-        self, specs: list[ChunkSpec], errors: FirstError, stats: EngineStats
-    ) -> Iterator[ChunkTiles]:
+    def _chunks(self, run: SourceRun) -> Iterator[ChunkTiles]:
         """The tiles of each chunk with tissue tiles, read in plan order."""
         from wsi_segment.pipeline.inference.compute_stage import ChunkTiles
 
-        for index, spec in enumerate(specs):
+        for index, spec in enumerate(run.specs):
             if not spec.tiles:
                 continue  # the writer writes chunks without tissue tiles itself
-            tiles = self.reads.read_chunk(spec, errors)  # Stopped once the engine stops
-            stats.chunk_arrived()
+            tiles = self.reads.read_chunk(spec, run.errors)  # Stopped once the engine stops
+            run.stats.chunk_arrived()
             yield ChunkTiles(index, tiles)
 
 
 class DecoderProcesses:
-    """A read source (`pipeline.inference.engine.ReadSource`) of `decoders` spawned processes."""
+    """A read source (`engine.ReadSource`): `decoders` spawned processes (`DecodePool`) fill
+    shared-memory slots; one stager thread copies each chunk into batches as it comes."""
 
     def __init__(self, decoders: int, pool: DecodePool | None = None) -> None:
         """`pool`: decoders already started for this run (adopted, and closed whatever
@@ -90,7 +82,7 @@ class DecoderProcesses:
     def parts(self, run: SourceRun) -> list[Part]:
         from wsi_segment.pipeline.inference.compute_stage import Stager
 
-        job, pool = run.job, self._pool
+        pool = self._pool
         if pool is not None and (  # unassigned, or for other chunks or another count
             pool.ring is None or pool.decoders != self.processes or pool.specs != run.specs
         ):
@@ -98,49 +90,46 @@ class DecoderProcesses:
             pool = self._pool = None
         run.stats.early_decoders = pool is not None
         if pool is None:
-            pool = self._pool = DecodePool(self.processes, job.reader, run.specs)
+            pool = self._pool = DecodePool(self.processes, run.job.reader, run.specs)
         assert pool.ring is not None
         run.stats.slots = pool.ring.slots
-        stager = Stager(run.batch, job.grid.tile, "cpu", run.device)
-        chunks = _decoded(job.slide_path, pool, run.errors, run.stats)
-        return [(stager.run, (chunks, run.staged, run.errors))]
+        stager = Stager(run.batch, run.job.grid.tile, "cpu", run.device)
+        return [(stager.run, (_decoded(run, pool, pool.ring), run.staged, run.errors))]
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.close()
 
 
-def _decoded(
-    slide_path: str, pool: DecodePool, errors: FirstError, stats: EngineStats
-) -> Iterator[ChunkTiles]:
+def _decoded(run: SourceRun, pool: DecodePool, ring: SlotRing) -> Iterator[ChunkTiles]:
     """The chunks the decoders report, in their slots, until every decoder finished; each
-    slot goes back to them once its tiles are copied. A decoder's error, or one that died
-    without a word (killed for memory, a crash in a codec), stops the run."""
+    slot goes back once its tiles are copied. A decoder's error, or one that died without a
+    word (killed for memory, a crash in a codec), stops the run."""
     from wsi_segment.pipeline.inference.compute_stage import ChunkTiles
 
-    assert pool.ring is not None
-    ring, finished = pool.ring, set[int]()
+    finished = set[int]()
     while len(finished) < len(pool.procs):
-        if errors.stopped:
+        if run.errors.stopped:
             raise Stopped
         msg = pool.receive(timeout=0.1)
         if msg is None:
             for d, proc in enumerate(pool.procs):
                 if d not in finished and proc.exitcode not in (None, 0):
-                    errors.report(DecoderDied(
-                        f"{slide_path}: a decoder process died (exit code {proc.exitcode}) "
-                        "while reading this slide; the file may be damaged there (re-scan or "
-                        "re-export it), or the machine ran out of memory (pass fewer --decoders)"
+                    run.errors.report(DecoderDied(
+                        f"{run.job.slide_path}: a decoder process died (exit code "
+                        f"{proc.exitcode}) while reading this slide; the file may be damaged "
+                        "there (re-scan or re-export it), or the machine ran out of memory "
+                        "(pass fewer --decoders)"
                     ))  # fmt: skip
             continue
         if isinstance(msg, Decoded):
-            stats.chunk_arrived()
+            run.stats.chunk_arrived()
             tiles = ring.view(msg.slot, msg.tiles)
             yield ChunkTiles(msg.index, tiles, functools.partial(pool.release, msg.slot))
         elif isinstance(msg, Finished):
             finished.add(msg.decoder)
         elif isinstance(msg, Failed):
-            errors.report(msg.error)
+            run.errors.report(msg.error)
 
 
 def plan_source(

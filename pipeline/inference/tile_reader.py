@@ -42,8 +42,7 @@ class PerThread:
 
 @dataclass
 class TileReader(PerThread):
-    """Reads the model tiles of any chunk of one slide; each thread opens its own slide
-    handle."""
+    """Reads the model tiles of any chunk of one slide; each thread opens its own handle."""
 
     slide_path: str
     backend: str
@@ -51,8 +50,7 @@ class TileReader(PerThread):
     level0_per_model: float
     read_level: int
     grid: TileGrid
-    # Backend for chunk reads (None: `backend`), see `wsi.read_backend.fast_read_backend`.
-    read_backend: str | None = None
+    read_backend: str | None = None  # chunk reads' (None: `backend`): `fast_read_backend`
     _local: threading.local = field(default_factory=threading.local, repr=False)
 
     def slide(self) -> Slide:
@@ -75,9 +73,8 @@ class TileReader(PerThread):
             slide.close()
 
     def read_box(self, spec: ChunkSpec) -> tuple[int, int, int, int]:
-        """Model-space box a chunk reads: its tissue tiles' bounding box plus the margin (only
-        tissue tiles run; each is resampled from its own box, so the box does not change it);
-        without any, its core plus the margin."""
+        """Model-space box a chunk reads: its tissue tiles' bounding box plus the margin (each
+        is resampled from its own box, so the box never changes it); else its core's."""
         s, m = self.grid.stride, self.grid.margin
         if not spec.tiles:
             x0, y0, x1, y1 = spec.core_box
