@@ -20,8 +20,7 @@ GUARD_FIX = (
 def check_main_guard() -> None:
     """Raise ConfigError before spawning where a decoder would segment again: a spawned child
     imports the parent's main script (as `__mp_main__`). Checked in the parent (no top-level
-    `if __name__ ...` block) and in the child while it imports the script
-    (`importing_main_script`)."""
+    `if __name__ ...` block) and in the child while it imports the script."""
     main = sys.modules.get("__main__")
     path = getattr(main, "__file__", None)
     importing = importing_main_script()
@@ -42,9 +41,8 @@ def check_main_guard() -> None:
 
 
 def importing_main_script() -> str | None:
-    """The parent's main script, when this process is a spawned child still importing it,
-    else None: module-level code of `__mp_main__` is on the call stack only during that
-    import."""
+    """The parent's main script while this spawned child still imports it, else None:
+    module-level code of `__mp_main__` is on the call stack only during that import."""
     frame = inspect.currentframe()
     while frame is not None:
         names = frame.f_globals

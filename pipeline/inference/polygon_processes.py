@@ -2,18 +2,16 @@
 (`chunk_summary.block_polygons`) in worker processes instead of in their own thread.
 
 Why: tracing holds the GIL for much of its time (rasterio's `shapes` yields a Python dict per
-region; the loops around it are Python). On a 16-core H200 machine, 8 finisher threads traced
-only 1.46x faster than one, 8 processes 7.2x (benchmarks/writer.py, RESULTS.md), and the
-finishers were a GPU run's limit. A finisher sends the block's labels to an idle process and
-waits on the pipe (the GIL released); the result is the same function's, so the same bytes.
+region; the loops around it are Python), so threads barely scale (benchmarks/writer.py). A
+finisher sends the block's labels to an idle process and waits on the pipe (the GIL released);
+the result is the same function's, so the same bytes.
 
 Each worker is a fresh interpreter (`python -m` this module: nothing forked from a process
 holding CUDA, no main script imported again) in a process group of its own, so a terminal's
 Ctrl-C or a `kill` of the run's group never reaches it, even while it starts (a signal then
-would end it with a "Fatal Python error" on the terminal); it ignores SIGINT, SIGTERM and
-SIGHUP all the same (a scheduler may signal every process of a job). The run that started
-it closes it on every path; it holds only its own ends of its two pipes, so when the run
-closes them, or the run's process dies however it dies, it reads end of file and exits.
+would end it with a "Fatal Python error"); it ignores SIGINT, SIGTERM and SIGHUP all the same
+(a scheduler may signal every process of a job). It holds only its own ends of its two pipes,
+so when the run closes them, or the run's process dies however it dies, it exits.
 """
 
 from __future__ import annotations
@@ -25,7 +23,6 @@ import signal
 import subprocess
 import sys
 from multiprocessing.connection import Connection
-from typing import Any
 
 import numpy as np
 
@@ -35,7 +32,7 @@ from wsi_segment.pipeline.outputs.chunk_summary import block_polygons
 from wsi_segment.wsi.tiling import ChunkSpec
 
 JOIN_S = 5.0  # a worker told to end finishes the block it traces first
-_IGNORED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+Reply = dict[int, list[bytes]] | BaseException  # a block's polygons, or its error
 
 
 class PolygonProcesses:
@@ -61,10 +58,7 @@ class PolygonProcesses:
         command = [sys.executable, "-P", "-m", __name__, *map(str, theirs)]  # -P: no cwd modules
         try:
             proc = subprocess.Popen(
-                command,
-                pass_fds=theirs,
-                process_group=0,
-                stdin=subprocess.DEVNULL,
+                command, pass_fds=theirs, process_group=0, stdin=subprocess.DEVNULL
             )
         except BaseException:
             for fd in (*to_worker, *from_worker):
@@ -86,7 +80,7 @@ class PolygonProcesses:
         answered = False
         try:
             self._sends[n].send((spec, labels, k, tolerance, cell))
-            reply: tuple[bool, Any] = self._replies[n].recv()
+            reply: Reply = self._replies[n].recv()
             answered = True
         except (EOFError, OSError) as exc:
             code = self._procs[n].poll()
@@ -99,11 +93,9 @@ class PolygonProcesses:
                 self._sends[n].close()
                 self._replies[n].close()
             self._idle.put(n)  # dead or alive: a thread waiting for it must not wait forever
-        ok, value = reply
-        if not ok:
-            raise value
-        result: dict[int, list[bytes]] = value
-        return result
+        if isinstance(reply, BaseException):
+            raise reply
+        return reply
 
     def close(self) -> None:
         """Close every pipe (a worker reads end of file and exits), then wait for the workers,
@@ -117,21 +109,21 @@ class PolygonProcesses:
                 proc.kill()
                 stops.append(wait_uninterrupted(proc.wait))
         self._procs, self._sends, self._replies = [], [], []
-        first_stop = next((s for s in stops if s is not None), None)
-        if first_stop is not None:  # stopped from outside while joining: raised after cleanup
+        # stopped from outside while joining: raised after cleanup
+        if (first_stop := next((s for s in stops if s is not None), None)) is not None:
             raise first_stop
 
 
 def _wait(proc: subprocess.Popen[bytes], timeout: float) -> None:
-    """Wait up to `timeout` s for `proc` to end; a worker still running is killed after."""
+    """Wait up to `timeout` s for `proc` to end (`close` kills it if it has not)."""
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout)
 
 
 def polygon_worker_main(requests: Connection, replies: Connection) -> None:
-    """Process body: trace each block sent until the pipe closes; an error goes back as
-    the reply (the run raises it), never ends the worker."""
-    for signum in _IGNORED:
+    """Process body: trace each block sent until the pipe closes; an error is the reply
+    (the run raises it where the thread would have), never ends the worker."""
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, signal.SIG_IGN)
     while True:
         try:
@@ -139,10 +131,10 @@ def polygon_worker_main(requests: Connection, replies: Connection) -> None:
         except (EOFError, OSError):
             return
         try:
-            reply: tuple[bool, Any] = (True, block_polygons(spec, labels, k, tolerance, cell))
-        except Exception as exc:  # the run raises it where the thread would have
+            reply: Reply = block_polygons(spec, labels, k, tolerance, cell)
+        except Exception as exc:
             failed = WsiSegmentError(f"tracing a block's polygons failed: {exc!r}")
-            reply = (False, picklable(exc, failed))
+            reply = picklable(exc, failed)
         try:
             replies.send(reply)
         except (EOFError, OSError):

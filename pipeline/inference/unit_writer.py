@@ -12,6 +12,7 @@ import queue
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 
 import numpy as np
 
@@ -23,6 +24,7 @@ from wsi_segment.wsi.tiling import ChunkSpec
 
 Segment = tuple[int, int, int]  # (chunk index in specs, first tile in the chunk, tiles)
 Box = tuple[int, int, int, int]
+Whole = queue.Queue[tuple[int, ReducedTiles] | None]  # whole units by position; None: the end
 
 
 @dataclass
@@ -52,24 +54,17 @@ def write_units(specs: Sequence[ChunkSpec]) -> list[WriteUnit]:
         members.setdefault(spec.write_unit()[0], []).append(index)
     units = []
     for core, chunks in members.items():
-        first = specs[chunks[0]]
-        tiles = tuple(t for i in chunks for t in specs[i].tiles)
-        spec = (  # a unit is the whole zarr chunk even where one chunk of it has tissue
-            first
-            if len(chunks) == 1 and first.unit_core is None
-            else ChunkSpec(first.row, first.col, core, tiles, first.write_unit()[1])
-        )
-        starts: dict[int, int] = {}
-        at = 0
-        for i in chunks:
-            starts[i], at = at, at + len(specs[i].tiles)
-        units.append(WriteUnit(spec, starts))
+        spec = first = specs[chunks[0]]
+        if len(chunks) > 1 or first.unit_core is not None:  # whole even where one has tissue
+            tiles = tuple(t for i in chunks for t in specs[i].tiles)
+            spec = ChunkSpec(first.row, first.col, core, tiles, first.write_unit()[1])
+        sizes = [len(specs[i].tiles) for i in chunks[:-1]]
+        units.append(WriteUnit(spec, dict(zip(chunks, accumulate(sizes, initial=0), strict=True))))
     return units
 
 
 class UnitWriter:
-    """Collects tiles per write unit and hands each unit, once all its tiles have arrived,
-    to `threads` finisher threads."""
+    """Collects tiles per write unit; hands each whole one to `threads` finisher threads."""
 
     def __init__(
         self,
@@ -93,16 +88,15 @@ class UnitWriter:
 
     def run(self, inbox: queue.Queue[TileBatch | None], errors: FirstError) -> None:
         """Thread body: hand on the units without tissue tiles (they still write their empty
-        block), then add batches until the end marker or a stop; errors go to `errors`.
-        Returns once every finisher thread has ended."""
+        block), then add batches until the end marker or a stop; returns once the finishers
+        have ended. Errors go to `errors`."""
         finishers: list[threading.Thread] = []
-        whole: queue.Queue[tuple[int, ReducedTiles] | None] = queue.Queue(self._threads)
+        whole: Whole = queue.Queue(self._threads)
         try:
             for _ in range(self._threads):
-                finishers.append(
-                    threading.Thread(target=self._finisher, args=(whole, errors), daemon=True)
-                )
-                finishers[-1].start()
+                thread = threading.Thread(target=self._finisher, args=(whole, errors), daemon=True)
+                finishers.append(thread)
+                thread.start()
             so = self._job.grid.stride // self._job.grid.downsample
             for n, unit in enumerate(self._units):
                 if not unit.spec.tiles:
@@ -120,12 +114,7 @@ class UnitWriter:
             for thread in finishers:
                 thread.join()
 
-    def _add(
-        self,
-        batch: TileBatch,
-        whole: queue.Queue[tuple[int, ReducedTiles] | None],
-        errors: FirstError,
-    ) -> None:
+    def _add(self, batch: TileBatch, whole: Whole, errors: FirstError) -> None:
         """Place a batch's tiles; hand on the units it completes."""
         pos = 0
         for index, first, count in batch.segments:
@@ -148,11 +137,8 @@ class UnitWriter:
                 del self._partial[n]
                 errors.put(whole, (n, part))
 
-    def _finisher(
-        self, whole: queue.Queue[tuple[int, ReducedTiles] | None], errors: FirstError
-    ) -> None:
-        """Finisher thread body: stitch, write and summarise whole units until the end
-        marker or a stop."""
+    def _finisher(self, whole: Whole, errors: FirstError) -> None:
+        """Thread body: stitch, write and summarise whole units until the end marker or a stop."""
         try:
             while (item := errors.get(whole)) is not None:
                 n, reduced = item
