@@ -3,11 +3,11 @@
 threads, streams and CPU. The precision is always set explicitly (OpenVINO's default on a CPU
 with bf16 hardware is bf16). Each calling thread has its own infer request, in a stream of its
 share of the cores, never pinned (other processes on the machine would pin the same ones).
-OpenVINO is imported only through `import_openvino` (telemetry off).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import sys
@@ -28,19 +28,16 @@ if TYPE_CHECKING:
 
 _OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
 _GRAPH_FORMAT = 1  # bump when TileGraph changes what it computes
-# torch.export keeps its tracing state in process-wide slots: two exports at once (slides of
-# a batch loading their model side by side) break each other. The one lock of this module.
+# torch.export keeps its tracing state in process-wide slots: two exports at once (a batch's
+# slides loading their model side by side) break each other
 _EXPORT_LOCK = threading.Lock()
-
-
 TELEMETRY_MODULE = "openvino_telemetry"
 
 
 def import_openvino() -> Any:
-    """`import openvino`, with its telemetry off in this process: its model converter sends
-    usage events (each from a new process, which under spawn imports the main module again)
-    unless `openvino_telemetry` cannot be imported, and nothing of a run that reads patient
-    slides may leave the machine."""
+    """`import openvino`, the only way this package imports it: with telemetry off, as its
+    converter sends usage events (each from a new process) unless `openvino_telemetry` cannot
+    be imported, and nothing of a run that reads patient slides may leave the machine."""
     if TELEMETRY_MODULE not in sys.modules:
         sys.modules[TELEMETRY_MODULE] = None  # type: ignore[assignment]  # import -> ImportError
     import openvino
@@ -50,16 +47,17 @@ def import_openvino() -> Any:
 
 @functools.cache
 def openvino_core() -> Any:
-    """The process's one `openvino.Core`, never freed: each Core's CPU plugin swaps the
-    using thread's alternate signal stack, and Cores freed out of order left a freed one in
-    place, on which the next signal crashed the process. A Core is thread-safe."""
+    """The process's one (thread-safe) `openvino.Core`, never freed: each Core's CPU plugin
+    swaps the thread's alternate signal stack, and Cores freed out of order left a freed one
+    in place, on which the next signal crashed the process."""
     return import_openvino().Core()
 
 
+@functools.cache
 def _set_up_numpy_bridge() -> None:
-    """Convert one numpy array in OpenVINO's bindings before any inference: their numpy
-    bridge is set up lazily, and two threads whose first inferences set it up at once
-    deadlocked (one held its guard and waited for the GIL, the other the reverse)."""
+    """Convert numpy arrays in OpenVINO's bindings before any inference (under a lock): the
+    bindings set their numpy bridge up lazily, and two threads whose first inferences set it
+    up at once deadlocked (one held its guard and waited for the GIL, the other the reverse)."""
     ov = import_openvino()
     for dtype in (np.uint8, np.float32):  # the dtypes an inference converts, both ways
         ov.Tensor(np.zeros((1,), dtype=dtype)).data.sum()
@@ -88,9 +86,8 @@ def weights_digest(model: ModelSource) -> str:
 
 class OpenVINOGraphs:
     """One model's compiled graphs, by (geometry, batch, streams), for one precision and
-    thread count: the cores of the process they serve (a run's `ExecutionPlan.process_cores`),
-    never the loading thread's torch count, which is 1 on a Dask worker. The model's network
-    is built only to export a graph the cache lacks."""
+    thread count: the cores of the process they serve, never the loading thread's torch count
+    (1 on a Dask worker). The network is built only to export a graph the cache lacks."""
 
     def __init__(
         self,
@@ -117,29 +114,26 @@ class OpenVINOGraphs:
         self._compiled: dict[tuple[Geometry, int, int], Any] = {}
         self._lock = threading.Lock()  # builds one graph at a time
         self._local = threading.local()  # each calling thread's infer requests
-        self._bridged = False  # `_set_up_numpy_bridge` ran (under the lock) before any infer
-        self.cache_hits = 0  # compiled graphs loaded from the disk cache (summary.json
-        # `precision.runtime_cache`: what a warm load did not build)
+        self.cache_hits = 0  # compiled graphs loaded from the disk cache
         self.builds = 0  # compiled graphs built here
 
     def run(self, tiles: Tiles, geometry: Geometry, streams: int) -> ReducedOutputs:
-        """The tile graph at `geometry` of uint8 host tiles (N, T, T, 3), the slide path's
-        layout, read where they lie (no copy when they are contiguous), in a request of a
-        graph compiled for `streams` streams."""
+        """The tile graph at `geometry` of uint8 host tiles (N, T, T, 3), read where they lie
+        (no copy when contiguous), on a graph compiled for `streams` streams."""
         request = self._request(geometry, int(tiles.shape[0]), streams)
         out = request.infer([np.ascontiguousarray(tiles)], share_inputs=True)
         return ReducedOutputs(*(np.array(out[i]) for i in range(3)))
 
     def drop_compiled(self) -> None:
-        """Forget the graphs compiled so far and this thread's requests for them (those of
-        the checks at load: later calls compile, or load from the cache, what they run)."""
+        """Forget the graphs compiled so far and this thread's requests for them (the checks'
+        at load: later calls compile, or load from the cache, what they run)."""
         with self._lock:
             self._compiled.clear()
         self._local.requests = {}
 
     def compiled(self, geometry: Geometry, batch: int, streams: int) -> Any:
-        """The graph at `geometry` compiled for batches of `batch` tiles on `streams` streams
-        (an openvino.CompiledModel), from the disk cache or built: once per instance."""
+        """The openvino.CompiledModel of `geometry` for `batch` tiles on `streams` streams,
+        from the disk cache or built: once per instance."""
         key = (geometry, batch, streams)
         with self._lock:
             if key not in self._compiled:
@@ -151,23 +145,20 @@ class OpenVINOGraphs:
         requests: dict[tuple[Geometry, int, int], Any] = getattr(self._local, "requests", {})
         self._local.requests = requests
         key = (geometry, batch, streams)
-        if key in requests:
-            return requests[key]
-        compiled = self.compiled(*key)
-        with self._lock:
-            if not self._bridged:
+        if key not in requests:
+            compiled = self.compiled(*key)
+            with self._lock:
                 _set_up_numpy_bridge()
-                self._bridged = True
-            requests[key] = compiled.create_infer_request()
+                requests[key] = compiled.create_infer_request()
         return requests[key]
 
     def entry_key(self) -> dict[str, object]:
-        """What every compiled result of these graphs depends on (model, versions, graph
-        format, precision, threads, CPU): the common part of their cache keys."""
+        """What every compiled result of these graphs depends on: their cache keys' common
+        part."""
         return {**self._key, "precision": self.precision, "threads": self.threads, "cpu": self._cpu}
 
     def _compile(self, geometry: Geometry, batch: int, streams: int) -> Any:
-        """The compiled graph, from the cache or built (and then cached)."""
+        """The compiled graph, loaded from the cache, else built and stored."""
         graph = entry_name(self._ir_key(geometry))
         key = {**self.entry_key(), "kind": "compiled", "graph": graph, "batch": batch}
         key["streams"] = streams
@@ -178,59 +169,69 @@ class OpenVINOGraphs:
             "PERFORMANCE_HINT": "LATENCY" if streams == 1 else "THROUGHPUT",
             "ENABLE_CPU_PINNING": False,
         }
-        with entry_lock(self.cache_dir, key):
-            return self._compiled_entry(geometry, batch, key, config)
-
-    def _compiled_entry(
-        self, geometry: Geometry, batch: int, key: dict[str, object], config: dict[str, Any]
-    ) -> Any:
-        """The compiled graph of `key`: loaded from the cache, else built and stored."""
         core = openvino_core()
-        found = load_entry(self.cache_dir, key, ("blob",))
-        if found:
+        with entry_lock(self.cache_dir, key):
+            found = load_entry(self.cache_dir, key, ("blob",))
+            if found:
+                with contextlib.suppress(RuntimeError):  # written by this key, unreadable here
+                    compiled = core.import_model(found["blob"].read_bytes(), "CPU", config)
+                    self.cache_hits += 1
+                    return compiled
+            model = self.exported_graph(geometry)
             try:
-                compiled = core.import_model(found["blob"].read_bytes(), "CPU", config)
-                self.cache_hits += 1
-                return compiled
-            except RuntimeError:
-                pass  # written by this key but unreadable here: build it again
-        model = self.exported_graph(geometry)
-        try:
-            model.reshape([batch, geometry.tile, geometry.tile, 3])
-            compiled = core.compile_model(model, "CPU", config)
-        except RuntimeError as exc:
-            raise RuntimeUnavailable(f"OpenVINO could not compile the graph: {exc}") from exc
-        self.builds += 1
+                model.reshape([batch, geometry.tile, geometry.tile, 3])
+                compiled = core.compile_model(model, "CPU", config)
+            except RuntimeError as exc:
+                raise RuntimeUnavailable(f"OpenVINO could not compile the graph: {exc}") from exc
+            self.builds += 1
 
-        def write_blob(scratch: Path) -> dict[str, Path]:
-            blob = scratch / "compiled.blob"
-            blob.write_bytes(compiled.export_model().getvalue())
-            return {"blob": blob}
+            def write_blob(scratch: Path) -> dict[str, Path]:
+                blob = scratch / "compiled.blob"
+                blob.write_bytes(compiled.export_model().getvalue())
+                return {"blob": blob}
 
-        store_best_effort(self.cache_dir, key, write_blob)
-        return compiled
+            store_best_effort(self.cache_dir, key, write_blob)
+            return compiled
 
     def _ir_key(self, geometry: Geometry) -> dict[str, object]:
         """The cache key of the exported graph of `geometry` (any precision, threads, CPU)."""
         return {**self._key, "kind": "graph", "geometry": geometry.key()}
 
     def exported_graph(self, geometry: Geometry) -> Any:
-        """The exported graph of `geometry` (an openvino.Model, batch free), from the cache
-        or exported: what `_compile` compiles (benchmarks compile it in other layouts)."""
-        ir_key = self._ir_key(geometry)
+        """The openvino.Model of `geometry` (batch free), from the cache or exported: what
+        `_compile` compiles (benchmarks compile it in other layouts)."""
+        ov, ir_key = import_openvino(), self._ir_key(geometry)
         with entry_lock(self.cache_dir, ir_key):
-            return self._exported_entry(geometry, ir_key)
+            found = load_entry(self.cache_dir, ir_key, ("xml", "bin"))
+            if found:
+                with contextlib.suppress(RuntimeError):  # whole by its manifest, unreadable here
+                    return openvino_core().read_model(str(found["xml"]))
+            converted = self._export(geometry)
 
-    def _exported_entry(self, geometry: Geometry, ir_key: dict[str, object]) -> Any:
-        """The exported graph of `ir_key`: read from the cache, else exported and stored."""
-        ov = import_openvino()
-        found = load_entry(self.cache_dir, ir_key, ("xml", "bin"))
-        if found:
-            try:
+            def write_ir(scratch: Path) -> dict[str, Path]:
+                xml = scratch / "graph.xml"
+                try:
+                    ov.save_model(converted, str(xml), compress_to_fp16=False)
+                except RuntimeError as exc:  # OpenVINO's for a failed write (a full disk)
+                    raise OSError(f"OpenVINO could not write {xml}: {exc}") from exc
+                return {"xml": xml, "bin": xml.with_suffix(".bin")}
+
+            # compiled from the saved form only: a converted graph in memory compiles to other
+            # bits (an ulp in the classifier's probabilities) than the same graph read back,
+            # so a run that exported it and a run that found it cached would differ
+            store_best_effort(self.cache_dir, ir_key, write_ir)
+            found = load_entry(self.cache_dir, ir_key, ("xml", "bin"))
+            if found:
                 return openvino_core().read_model(str(found["xml"]))
-            except RuntimeError:
-                pass  # whole by its manifest, yet unreadable here: export it again
+            try:
+                with tempfile.TemporaryDirectory() as tmp:  # the cache could not be written
+                    return openvino_core().read_model(str(write_ir(Path(tmp))["xml"]))
+            except OSError as exc:  # nowhere to write the graph: torch runs instead
+                raise RuntimeUnavailable(f"no room to write OpenVINO's graph ({exc})") from exc
 
+    def _export(self, geometry: Geometry) -> Any:
+        """The tile graph at `geometry` exported by torch and converted by OpenVINO;
+        `GraphNotExpressible` where either cannot."""
         import torch
 
         from .graph import TileGraph
@@ -243,38 +244,16 @@ class OpenVINOGraphs:
                 exported = torch.export.export(
                     graph.eval(), (example,), dynamic_shapes=({0: batch},)
                 )
-                converted = ov.convert_model(exported)
+                return import_openvino().convert_model(exported)
         except Exception as exc:  # torch.export and the converter raise many kinds
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise GraphNotExpressible(f"{type(exc).__name__}: {first}") from exc
 
-        def write_ir(scratch: Path) -> dict[str, Path]:
-            xml = scratch / "graph.xml"
-            try:
-                ov.save_model(converted, str(xml), compress_to_fp16=False)
-            except RuntimeError as exc:  # OpenVINO's for a failed write (a full disk)
-                raise OSError(f"OpenVINO could not write {xml}: {exc}") from exc
-            return {"xml": xml, "bin": xml.with_suffix(".bin")}
-
-        # compiled from the saved form only: a converted graph in memory compiles to other
-        # bits (an ulp in the classifier's probabilities) than the same graph read back, so
-        # a run that exported it and a run that found it cached would differ
-        store_best_effort(self.cache_dir, ir_key, write_ir)
-        found = load_entry(self.cache_dir, ir_key, ("xml", "bin"))
-        if found:
-            return openvino_core().read_model(str(found["xml"]))
-        try:
-            with tempfile.TemporaryDirectory() as tmp:  # the cache could not be written
-                xml = write_ir(Path(tmp))["xml"]
-                return openvino_core().read_model(str(xml))
-        except OSError as exc:  # nowhere to write the graph: torch runs instead
-            raise RuntimeUnavailable(f"no room to write OpenVINO's graph ({exc})") from exc
-
 
 class OpenVINOExecutor:
-    """The tile graph at `geometry` compiled by OpenVINO (host tiles only), for a thread with
-    `thread_cores` of the cores (None: all of them). A batch size's graph is compiled at its
-    first batch: on the engine's compute thread, while the readers fill the first batches."""
+    """The tile graph at `geometry` in OpenVINO (host tiles only), for a thread with
+    `thread_cores` of the cores (None: all). A batch size's graph is compiled at its first
+    batch, on the engine's compute thread, while the readers fill the first batches."""
 
     def __init__(
         self, graphs: OpenVINOGraphs, geometry: Geometry, thread_cores: int | None = None
