@@ -32,7 +32,7 @@ _log = logging.getLogger(__name__)
 
 
 def default_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
-    """Where compiled graphs are kept, from the environment (XDG base directories)."""
+    """Where compiled graphs are kept (see the module docstring)."""
     env = os.environ if environ is None else environ
     if env.get(CACHE_ENV):
         return Path(env[CACHE_ENV])
@@ -57,11 +57,9 @@ def entry_name(key: Mapping[str, object]) -> str:
 
 @contextlib.contextmanager
 def entry_lock(root: Path, key: Mapping[str, object]) -> Iterator[None]:
-    """Held while the entry for `key` is looked up and, where missing, built: processes and
-    threads that need one entry at once (a batch's slides, a machine's Dask workers) build
-    it once, the others wait, then load it. A folder where no lock file can be made is not
-    locked: each builds its own, as without the lock. The kernel releases the lock of a
-    process that dies."""
+    """Held while the entry for `key` is looked up and, where missing, built, so processes
+    and threads needing it at once (a batch's slides, Dask workers) build it once. Where no
+    lock file can be made, nothing is locked; the kernel releases a dead process's lock."""
     try:
         root.mkdir(parents=True, exist_ok=True)
         fd = os.open(root / f".{entry_name(key)}.lock", os.O_RDONLY | os.O_CREAT, 0o644)
@@ -97,7 +95,7 @@ def load_entry(root: Path, key: Mapping[str, object], suffixes: tuple[str, ...])
 def store_best_effort(
     root: Path, key: Mapping[str, object], write: Callable[[Path], Mapping[str, Path]]
 ) -> None:
-    """Store the entry for `key` whose files `write` builds ({suffix: path}) in a fresh scratch
+    """Store the entry for `key` whose files `write` builds ({suffix: path}) in a scratch
     folder inside `root` (same file system: renames are atomic); a cache that cannot be
     written (read-only home, full disk) only costs the next run a rebuild."""
     try:
@@ -113,8 +111,7 @@ def store_best_effort(
         for s, path in files.items():
             os.replace(path, root / f"{name}.{s}")
         manifest = {"format": _FORMAT, "version": _VERSION, "key": key, "sha256": sums}
-        # created as any file is (0666 less the umask), where mkstemp's 0600 kept a cache
-        # shared by a lab's group from every member but its writer: each rebuilt it
+        # 0666 less the umask, not mkstemp's 0600: a lab's group shares one cache
         tmp = scratch / f"{name}.json"
         with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "w") as f:
             json.dump(manifest, f, indent=1, sort_keys=True)

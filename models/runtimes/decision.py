@@ -1,8 +1,7 @@
-"""Which runtime runs the inference graph: pure functions of the request and the machine.
-
-`auto` takes OpenVINO on a CPU with AVX2 where it is installed (measured faster than torch
-there: benchmarks/RESULTS.md); older CPUs and GPUs keep torch. Data in, data out, so the run
-policy calls them for a machine it only describes.
+"""Which runtime and precision run the inference graph: pure functions of the request and
+the machine, so the run policy calls them for a machine it only describes. `auto` takes
+OpenVINO on a CPU with AVX2 where it is installed (faster than torch there); older CPUs and
+GPUs keep torch.
 """
 
 from __future__ import annotations
@@ -17,12 +16,9 @@ RUNTIME_CHOICES = ("auto", "torch", "openvino")
 def runtime_decision(
     requested: str, device_type: str, cpu_flags: frozenset[str], openvino_available: bool
 ) -> tuple[str, str]:
-    """(runtime, reason): 'torch' or 'openvino' for `requested` (auto | torch | openvino) on a
-    `device_type` ('cpu' | 'cuda') machine with `cpu_flags`, OpenVINO importable or not.
-
-    An explicit `openvino` on a GPU run is a ConfigError (it would run on the CPU beside an
-    idle GPU); an explicit `openvino` without OpenVINO falls back to torch, with the reason.
-    """
+    """(runtime, reason): 'torch' or 'openvino' for `requested` on a `device_type` ('cpu' |
+    'cuda') machine. An explicit `openvino` on a GPU run is a ConfigError (it would run on the
+    CPU beside an idle GPU); without OpenVINO it falls back to torch, with the reason."""
     if requested not in RUNTIME_CHOICES:
         raise ConfigError(
             f"unknown runtime {requested!r}; choose one of {', '.join(RUNTIME_CHOICES)}"
@@ -51,12 +47,11 @@ def runtime_decision(
 
 
 def openvino_bf16_candidate(cpu_flags: frozenset[str]) -> bool:
-    """Whether precision auto tries bf16 in OpenVINO: where its bf16 kernels were measured
-    faster than fp32 (benchmarks/RESULTS.md): AMX, or AVX512-BF16 on AMD (told by `sse4a`,
-    which only AMD CPUs report); Intel's AVX512-BF16 without AMX ran slower."""
-    if AMX_FLAG in cpu_flags:
-        return True
-    return AVX512_BF16_FLAG in cpu_flags and "sse4a" in cpu_flags
+    """Whether precision auto tries bf16 in OpenVINO: where its bf16 kernels beat fp32: AMX,
+    or AVX512-BF16 on AMD (told by `sse4a`, which only AMD CPUs report); Intel's AVX512-BF16
+    without AMX ran slower."""
+    amd_bf16 = AVX512_BF16_FLAG in cpu_flags and "sse4a" in cpu_flags
+    return AMX_FLAG in cpu_flags or amd_bf16
 
 
 PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
@@ -73,10 +68,9 @@ def precision_decision(
     gpu_bf16: bool,
     gpu_name: str = "",
 ) -> tuple[str, str]:
-    """(precision, reason): what the forward passes run in for `requested` (auto | fp32 |
-    bf16 | fp16) in `runtime` on a `device_type` machine, `BF16_IF_CALIBRATED` included.
-    Auto: bf16 on a GPU (fp16 without it); on a CPU bf16 is a candidate only where the
-    runtime's bf16 was measured faster."""
+    """(precision, reason): what the forward passes run in for `requested` in `runtime`.
+    Auto: bf16 on a GPU (fp16 without it); on a CPU bf16 is a candidate (`BF16_IF_CALIBRATED`)
+    only where the runtime's bf16 was measured faster."""
     if requested not in PRECISION_CHOICES:
         raise ConfigError(f"unknown precision {requested!r}; use auto, fp32, bf16 or fp16")
     if requested == "fp16" and device_type == "cpu":

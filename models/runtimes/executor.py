@@ -53,15 +53,11 @@ class TorchExecutor:
 
 
 class CudaGraphExecutor:
-    """`eager`'s tile graph captured once as a CUDA graph of `batch` tiles, replayed per batch.
-
-    Why: run eagerly, a batch is a few hundred kernel launches from Python, made by a thread
-    that shares the GIL with the stager and the writers; a replay is one launch. On an H200
-    the demo model's tile graph ran 8,465 tiles/s eagerly and 11,377 as a graph, alone
-    (benchmarks/RESULTS.md, 2026-11-26). The engine hands every batch at `batch` tiles
+    """`eager`'s tile graph captured once as a CUDA graph of `batch` tiles, replayed per batch:
+    eagerly a batch is a few hundred kernel launches from a thread sharing the GIL with the
+    stager and the writers; a replay is one. The engine hands every batch at `batch` tiles
     (the `Stager` zero-fills a short one), so one graph, and the same kernels, serve every
-    batch of a run; another size is refused.
-    """
+    batch of a run; another size is refused."""
 
     def __init__(self, eager: TorchExecutor, batch: int) -> None:
         self._eager, self.batch, self.device = eager, batch, eager.device
@@ -102,11 +98,11 @@ class CudaGraphExecutor:
         return graph, tiles_in, outputs
 
 
-def gpu_batch_cap(executor: TorchExecutor, tile: int, requested: int, probe: int = 2) -> int:
+def gpu_batch_cap(executor: TorchExecutor, tile: int, requested: int) -> int:
     """`requested`, capped to what the CUDA device's free memory holds: the working memory
-    per tile measured by one probe run of `probe` blank tiles (peak allocated minus what was
+    per tile measured by one probe run of blank tiles (peak allocated minus what was
     allocated before), with 20 % headroom (`fit_batch_size`). Run it under the model's lock."""
-    dev = executor.device
+    dev, probe = executor.device, 2
     torch.cuda.synchronize(dev)
     torch.cuda.reset_peak_memory_stats(dev)
     before = torch.cuda.memory_allocated(dev)

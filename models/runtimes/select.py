@@ -1,12 +1,10 @@
-"""Open the runtime that executes a model's tile graph, as a run's `RuntimeSpec` says.
-
-It decides nothing. OpenVINO's graph is checked against torch fp32 on the calibration tiles
-before it runs, at the run's geometry (a wrong result is worse than a slow one); a
-`bf16-if-calibrated` precision gets the bf16 calibration's verdict here, in either runtime.
-Both checks' numbers are kept in the disk cache (`runtimes.verdict`), so a warm load runs no
-forward. Whatever keeps OpenVINO from running is one warning and torch at the spec's
-fallback precision; a model whose graph cannot be exported is refused where OpenVINO was
-asked for by name.
+"""Open the runtime that executes a model's tile graph, as a run's `RuntimeSpec` says: it
+decides nothing. OpenVINO's graph is checked against torch fp32 on the calibration tiles
+before it runs (a wrong result is worse than a slow one); `bf16-if-calibrated` gets the bf16
+calibration's verdict here, in either runtime. Both checks' numbers are kept in the disk cache
+(`runtimes.verdict`), so a warm load runs no forward. Whatever keeps OpenVINO from running is
+one warning and torch at the spec's fallback precision; a model whose graph cannot be exported
+is refused where OpenVINO was asked for by name.
 """
 
 from __future__ import annotations
@@ -73,9 +71,8 @@ class OpenedRuntime:
     cuda_graphs: bool = False  # torch on CUDA: each batch a replay of one captured graph
 
     def executor(self, geometry: Geometry, batch: int, thread_cores: int | None = None) -> Executor:
-        """An executor of the model's tile graph at `geometry`, for batches of `batch` tiles,
-        in this runtime, for threads with `thread_cores` of the CPU's cores each (None: all,
-        or a GPU's)."""
+        """An executor of the tile graph at `geometry` for batches of `batch` tiles, for a
+        thread with `thread_cores` of the CPU's cores (None: all, or a GPU's)."""
         if self.graphs is not None:
             return OpenVINOExecutor(self.graphs, geometry, thread_cores)
         assert self.network is not None, "torch's runtime opens with its network"
@@ -117,9 +114,9 @@ class OpenedRuntime:
         }
 
     def cache_record(self) -> dict[str, int]:
-        """What this runtime took from the runtime cache (`runtimes.cache`) and what it had
-        to build or compute instead, so far in this process: a cold cache (a machine's first
-        run, a new version) compiles and checks, and the run starts that much later."""
+        """What this runtime took from the runtime cache and what it built or computed instead,
+        so far in this process: a cold cache (a machine's first run, a new version) compiles
+        and checks, and the run starts that much later."""
         graphs = self.graphs
         return {
             "graphs_compiled": graphs.builds if graphs is not None else 0,
@@ -131,15 +128,13 @@ class OpenedRuntime:
 def open_runtime(
     model: ModelSource, spec: RuntimeSpec, cache_dir: Path | None = None
 ) -> OpenedRuntime:
-    """`spec` carried out for `model` (on its device). A bf16 verdict obtained here is kept
-    for the next plan (`verdict.calibration_key`). OpenVINO builds the model's network only
-    where its cache lacks a graph or a check's verdict."""
+    """`spec` carried out for `model` (on its device). OpenVINO builds the model's network
+    only where its cache lacks a graph or a check's verdict."""
     cache = cache_dir or default_cache_dir()
     if spec.runtime == "torch":
-        warning = spec.runtime_reason if spec.by_name else None
         opened = _open_torch(model, spec.precision, spec.precision_reason)
-        opened.reason, opened.warning = spec.runtime_reason, warning
-        opened.cuda_graphs = spec.cuda_graphs
+        opened.reason, opened.cuda_graphs = spec.runtime_reason, spec.cuda_graphs
+        opened.warning = spec.runtime_reason if spec.by_name else None
         return _with_verdict(opened, model, spec, cache)
     try:
         opened = _with_verdict(_open_openvino(model, spec, cache), model, spec, cache)
@@ -163,8 +158,7 @@ def _with_verdict(
     opened: OpenedRuntime, model: ModelSource, spec: RuntimeSpec, cache: Path
 ) -> OpenedRuntime:
     """`opened` reporting the verdict its plan was decided from, or, where it obtained one,
-    with that verdict kept for the next plan (a model built in memory has no identity to
-    key it by)."""
+    with that verdict kept for the next plan (a model built in memory has no key for it)."""
     if spec.calibration is not None:
         where = CALIBRATION_WHERE[spec.runtime]
         opened.calibration = PrecisionCalibration(**spec.calibration, where=where)
@@ -190,12 +184,8 @@ def _open_torch(source: ModelSource, precision: str, why: str) -> OpenedRuntime:
         low: TorchExecutor(model, Geometry.whole(tile), "bf16" if low else "fp32")
         for low in (False, True)
     }
-
-    def labels_of(x: np.ndarray, low: bool) -> np.ndarray:
-        return graph_labels(executors[low], x)
-
-    where = CALIBRATION_WHERE["torch"]
-    calibration = calibrate_bf16(labels_of, tile, where, source.validation_patches)
+    where, own = CALIBRATION_WHERE["torch"], source.validation_patches
+    calibration = calibrate_bf16(lambda x, low: graph_labels(executors[low], x), tile, where, own)
     _log.info("precision auto: %s", calibration.reason())
     opened.precision = "bf16" if calibration.bf16_chosen else "fp32"
     opened.precision_reason, opened.calibration = calibration.reason(), calibration
@@ -223,9 +213,8 @@ def _open_openvino(model: ModelSource, spec: RuntimeSpec, cache: Path) -> Opened
 
 def check_geometry(run: Geometry, tiles: int) -> Geometry:
     """Where the fp32 check runs on `tiles` calibration tiles: the run's own graph (a cold
-    cache then exports one graph, not also one of whole tiles: ~5 s on a 2-core CPU), unless
-    its labels there are too few for the threshold to mean anything (a large output
-    downsample: 3 x 3 labels a tile at 64), then whole tiles."""
+    cache then exports one graph, not also one of whole tiles), unless its labels there are
+    too few for the threshold to mean anything (a large output downsample), then whole tiles."""
     side = run.core // run.downsample
     if tiles * side * side >= MIN_CHECK_LABELS:
         return run
@@ -269,14 +258,14 @@ def _calibrate_bf16(
     """bf16-if-calibrated: OpenVINO bf16 against its fp32 on whole tiles (the calibration's
     measure, the same in torch), then bf16 or fp32 as the verdict says."""
     tile = int(model.meta.tile_size)
-    whole = Geometry.whole(tile)
-    where = CALIBRATION_WHERE["openvino"]
-
-    def labels_of(x: np.ndarray, low: bool) -> np.ndarray:
-        return graph_labels(OpenVINOExecutor(bf16 if low else fp32, whole), x)
+    whole, where = Geometry.whole(tile), CALIBRATION_WHERE["openvino"]
+    executors = {low: OpenVINOExecutor(bf16 if low else fp32, whole) for low in (False, True)}
 
     def bf16_calibration() -> dict[str, Any]:
-        return calibration_numbers(calibrate_bf16(labels_of, tile, where, model.validation_patches))
+        own = model.validation_patches
+        return calibration_numbers(
+            calibrate_bf16(lambda x, low: graph_labels(executors[low], x), tile, where, own)
+        )
 
     numbers = _checked(opened, bf16, "bf16_calibration", whole, tiles, bf16_calibration)
     calibration = PrecisionCalibration(**numbers, where=where)
@@ -295,9 +284,8 @@ def _checked(
     tiles: np.ndarray,
     compute: Callable[[], dict[str, Any]],
 ) -> dict[str, Any]:
-    """The numbers of `check` from the cache when an entry for these graphs at `geometry` and
-    these tiles is there and whole, else computed (counted in `opened.checks_computed`) and
-    stored."""
+    """The numbers of `check` of `graphs` at `geometry` on `tiles` from the cache, else
+    computed (counted in `opened.checks_computed`) and stored."""
     key = verdict_key(graphs, check, geometry, tiles)
     numbers = load_verdict(graphs.cache_dir, key, _CHECK_FIELDS[check])
     if numbers is not None:
