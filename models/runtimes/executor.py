@@ -1,7 +1,6 @@
-"""torch's executors of the one tile graph (`runtimes.graph.TileGraph`): eager, or captured as
-a CUDA graph. Each has one method, `run(tiles) -> ReducedOutputs` (`runtimes.tile_io`): uint8
-tiles (N, T, T, 3), host numpy or on the model's device, to the host arrays the slide path
-stores. OpenVINO's executor is `openvino_runtime.OpenVINOExecutor`.
+"""torch's executors of the one tile graph (`runtimes.graph.TileGraph`), eager or captured as
+a CUDA graph: `run` takes uint8 tiles (N, T, T, 3), host numpy or on the model's device, to
+the host arrays the slide path stores (`runtimes.tile_io.ReducedOutputs`).
 """
 
 from __future__ import annotations
@@ -46,10 +45,8 @@ class TorchExecutor:
         if self.threads and torch.get_num_threads() != self.threads:
             torch.set_num_threads(self.threads)  # a compute thread's share of the cores
         # a host array's memory is shared, not copied (`torch.as_tensor`)
-        probs, labels, cls_probs = self.graph(
-            torch.as_tensor(tiles).to(self.device, non_blocking=True)
-        )
-        return ReducedOutputs(*(t.numpy() for t in self._host.to_host([probs, labels, cls_probs])))
+        outputs = self.graph(torch.as_tensor(tiles).to(self.device, non_blocking=True))
+        return ReducedOutputs(*(t.numpy() for t in self._host.to_host(outputs)))
 
 
 class CudaGraphExecutor:
@@ -78,9 +75,9 @@ class CudaGraphExecutor:
     def _capture(
         self, tile_shape: tuple[int, ...]
     ) -> tuple[torch.cuda.CUDAGraph, torch.Tensor, list[torch.Tensor]]:
-        """The graph, its input and its outputs (both reused by every replay). Two eager
-        passes on a side stream first: cuDNN's algorithm choices and the allocator's
-        workspaces are settled outside the capture, as CUDA graphs require."""
+        """The graph, its input and its outputs (reused by every replay), after two eager passes
+        on a side stream that settle cuDNN's algorithms and the allocator's workspaces outside
+        the capture, as CUDA graphs require."""
         module = self._eager.graph
         with torch.cuda.device(self.device):
             tiles_in = torch.zeros((self.batch, *tile_shape), dtype=torch.uint8, device=self.device)
@@ -99,9 +96,9 @@ class CudaGraphExecutor:
 
 
 def gpu_batch_cap(executor: TorchExecutor, tile: int, requested: int) -> int:
-    """`requested`, capped to what the CUDA device's free memory holds: the working memory
-    per tile measured by one probe run of blank tiles (peak allocated minus what was
-    allocated before), with 20 % headroom (`fit_batch_size`). Run it under the model's lock."""
+    """`requested`, capped to what the CUDA device's free memory holds, by the peak working
+    memory per tile of a probe run on blank tiles (`fit_batch_size`). Run it under the model's
+    lock."""
     dev, probe = executor.device, 2
     torch.cuda.synchronize(dev)
     torch.cuda.reset_peak_memory_stats(dev)

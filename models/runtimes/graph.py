@@ -1,9 +1,7 @@
-"""The one inference of a tile, as a module: what torch runs and OpenVINO compiles.
-
-uint8 tiles (N, T, T, 3), as the slide path cuts them -> (uint8 probabilities (N, K, h, w),
-uint8 labels (N, h, w), float32 classifier probabilities (N, K)): normalisation, classifier,
-segmenter, gate and the reduction (models/reduction.py) for one tile geometry. There is no
-other copy of this sequence.
+"""The one inference of a tile, as a module: what torch runs and OpenVINO compiles. uint8
+tiles (N, T, T, 3) -> (uint8 probabilities (N, K, h, w), uint8 labels (N, h, w), float32
+classifier probabilities (N, K)): normalisation, classifier, segmenter, gate and reduction
+for one tile geometry. There is no other copy of this sequence.
 """
 
 from __future__ import annotations
@@ -33,8 +31,7 @@ class TileGraph(nn.Module):
         self, model: SegmentationModel, geometry: Geometry, dtype: torch.dtype | None = None
     ) -> None:
         super().__init__()
-        self.classifier = model.classifier
-        self.segmenter = model.segmenter
+        self.classifier, self.segmenter = model.classifier, model.segmenter
         self.register_buffer("mean", model.mean.detach().clone().float())
         self.register_buffer("std", model.std.detach().clone().float())
         self.geometry = geometry

@@ -259,8 +259,7 @@ class OpenVINOExecutor:
         self, graphs: OpenVINOGraphs, geometry: Geometry, thread_cores: int | None = None
     ) -> None:
         self.graphs, self.geometry = graphs, geometry
-        # the graphs' threads in streams of the thread's share (one stream: all of them)
-        threads = graphs.threads
+        threads = graphs.threads  # in streams of the thread's share (one stream: all of them)
         self.streams = threads // max(1, min(threads, thread_cores or threads))
 
     def run(self, tiles: Tiles) -> ReducedOutputs:

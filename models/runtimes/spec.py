@@ -18,9 +18,8 @@ class RuntimeSpec:
 
     runtime: str  # torch | openvino
     precision: str  # fp32 | bf16 | fp16 | bf16-if-calibrated, for that runtime
-    # the slide's tile graph, where OpenVINO's fp32 check runs (`select.check_geometry`); not
-    # part of what a spec is: a process opens a model once for all the geometries its slides
-    # run (one copy, one lock), checked at the first one's
+    # where OpenVINO's fp32 check runs (`select.check_geometry`); not compared: a process opens
+    # a model once for all its slides' geometries (one copy, one lock), checked at the first's
     geometry: Geometry = field(compare=False)
     fallback: str  # torch's precision should OpenVINO not run the model
     threads: int  # OpenVINO's: the cores of the process it serves
@@ -36,10 +35,10 @@ class RuntimeSpec:
 
     def load_key(self) -> RuntimeSpec:
         """This spec as far as the runtime it opens depends on it: what a process's models
-        are cached by. A precision decided from a kept bf16 verdict (`calibration`) opens
-        what the calibrating load that kept it opened, and torch uses no OpenVINO threads, so
-        a batch's later slides (planned once the first load kept its verdict) and a worker
-        whose share of the cores changed reuse the model loaded, not load a second copy."""
+        are cached by. A precision decided from a kept bf16 verdict opens what the load that
+        kept it opened, and torch takes no threads, so a batch's later slides (planned from the
+        first's kept verdict) and a worker whose share of the cores changed reuse the model
+        loaded, not load a second copy."""
         settled = BF16_IF_CALIBRATED if self.calibration is not None else self.precision
         if self.runtime == "torch":  # its fallback is its precision; it takes no threads
             return dataclasses.replace(self, precision=settled, fallback=settled, threads=0)

@@ -1,7 +1,7 @@
 """What goes into and comes out of the tile graph in every runtime: the `Geometry` it is
 specialised for, the `ReducedOutputs` a batch leaves as, and the `Executor` that maps tiles to
 them. Nothing here imports torch: a warm OpenVINO run never loads it (models/model_files.py),
-which is most of a small slide's start and 0.6 GB of its memory.
+which saves most of a small slide's start and much of its memory.
 """
 
 from __future__ import annotations
@@ -60,6 +60,6 @@ class Executor(Protocol):
 
 
 def graph_labels(executor: Executor, tiles: np.ndarray) -> np.ndarray:
-    """The slide path's labels of uint8 tiles (N, 3, T, T) at the executor's geometry (its
-    tiles' cores, downsampled; (N, T, T) at `Geometry.whole`): what the checks compare."""
+    """The slide path's labels of uint8 tiles (N, 3, T, T) at the executor's geometry (the
+    tiles' cores, downsampled): what the checks compare."""
     return executor.run(np.transpose(tiles, (0, 2, 3, 1))).labels

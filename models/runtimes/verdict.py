@@ -1,10 +1,8 @@
-"""The checks a compiled graph passes before it runs, kept in the runtime's disk cache.
-
-Keyed by what the graphs depend on, the geometry the check ran and the calibration tiles'
-bytes (`verdict_key`), verified like every entry (`runtimes.cache`); the numbers are
-stored, and today's thresholds judge them. The bf16 verdict is also kept by what is known before torch loads (`calibration_key`:
-the model's files, runtime, versions, CPU), so a warm run's plan finds it and the loader
-calibrates nothing.
+"""The checks a compiled graph passes before it runs, kept in the runtime's disk cache:
+keyed by what the graphs depend on, the check's geometry and the calibration tiles' bytes
+(`verdict_key`). The numbers are stored, and today's thresholds judge them. The bf16 verdict
+is also kept by what is known before torch loads (`calibration_key`), so a warm run's plan
+finds it and the loader calibrates nothing.
 """
 
 from __future__ import annotations
@@ -43,8 +41,7 @@ def verdict_key(
     graphs: OpenVINOGraphs, check: str, geometry: Geometry, tiles: np.ndarray
 ) -> dict[str, object]:
     """The cache key of `check` ('fp32_agreement' | 'bf16_calibration') of `graphs` at
-    `geometry` on these calibration tiles (their shape and bytes: a check holds for these
-    tiles and the graph it ran only)."""
+    `geometry` on these calibration tiles: a check holds for the tiles and graph it ran only."""
     digest = hashlib.sha256(repr(tuple(tiles.shape)).encode())
     digest.update(np.ascontiguousarray(tiles).tobytes())
     return {
@@ -62,10 +59,8 @@ def load_verdict(
     """The stored numbers `fields` of the check `key` names, or None (never run, damaged,
     foreign, or an older format without them)."""
     found = load_entry(cache, key, (_SUFFIX,))
-    if not found:
-        return None
     try:
-        numbers = json.loads(found[_SUFFIX].read_text())
+        numbers = json.loads(found[_SUFFIX].read_text()) if found else None
     except (OSError, ValueError):
         return None
     if not isinstance(numbers, dict) or not numbers.keys() >= fields:
@@ -85,7 +80,7 @@ def store_verdict(cache: Path, key: dict[str, object], numbers: dict[str, Any]) 
 
 
 def calibration_key(identity: str, runtime: str, cpu_flags: frozenset[str]) -> dict[str, object]:
-    """The cache key of the bf16 verdict of the model whose files hash to `identity`, run in
+    """The cache key of the bf16 verdict of the model whose files hash to `identity`, in
     `runtime` on a CPU with `cpu_flags`: what the verdict depends on, known before torch."""
     versions = {"torch": package_version("torch")}
     if runtime == "openvino":
@@ -101,8 +96,8 @@ def calibration_key(identity: str, runtime: str, cpu_flags: frozenset[str]) -> d
 
 
 def calibration_numbers(calibration: PrecisionCalibration) -> dict[str, Any]:
-    """A calibration's numbers, as they are stored and as a plan takes them
-    (`RunFacts.calibrations`): its measured fields, not the code's words (`where`)."""
+    """A calibration's measured fields, as stored and as a plan takes them, not the code's
+    words (`where`)."""
     numbers = dataclasses.asdict(calibration)
     return {k: numbers[k] for k in sorted(CALIBRATION_FIELDS)}
 
@@ -110,8 +105,8 @@ def calibration_numbers(calibration: PrecisionCalibration) -> dict[str, Any]:
 def kept_calibration(
     model_dir: str, runtime: str, cpu_flags: frozenset[str]
 ) -> dict[str, Any] | None:
-    """The bf16 calibration an earlier load kept for the model in `model_dir` (by its files'
-    sha256) in `runtime` on a CPU with `cpu_flags`, or None: read without torch."""
+    """The bf16 calibration an earlier load kept for the model in `model_dir` in `runtime` on
+    a CPU with `cpu_flags`, or None: read without torch."""
     identity, _meta = model_files_identity(model_dir)
     key = calibration_key(identity, runtime, cpu_flags)
     return load_verdict(default_cache_dir(), key, CALIBRATION_FIELDS)
