@@ -111,10 +111,10 @@ def store_best_effort(
         for s, path in files.items():
             os.replace(path, root / f"{name}.{s}")
         manifest = {"format": _FORMAT, "version": _VERSION, "key": key, "sha256": sums}
-        # 0666 less the umask, not mkstemp's 0600: a lab's group shares one cache
+        # written as any file is (0666 less the umask), never mkstemp's 0600: a lab's group
+        # shares one cache, and an entry only its writer can read is rebuilt by every other
         tmp = scratch / f"{name}.json"
-        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "w") as f:
-            json.dump(manifest, f, indent=1, sort_keys=True)
+        tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
         os.replace(tmp, root / f"{name}.json")
     except OSError as exc:
         _log.info("runtime cache %s not written (%s): not cached", root, exc)
