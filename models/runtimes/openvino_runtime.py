@@ -125,8 +125,8 @@ class OpenVINOGraphs:
         return ReducedOutputs(*(np.array(out[i]) for i in range(3)))
 
     def drop_compiled(self) -> None:
-        """Forget the graphs compiled so far and this thread's requests for them (the checks'
-        at load: later calls compile, or load from the cache, what they run)."""
+        """Forget the graphs compiled so far (the checks' at load) and this thread's requests
+        for them: later calls compile, or load from the cache, what they run."""
         with self._lock:
             self._compiled.clear()
         self._local.requests = {}
@@ -153,8 +153,7 @@ class OpenVINOGraphs:
         return requests[key]
 
     def entry_key(self) -> dict[str, object]:
-        """What every compiled result of these graphs depends on: their cache keys' common
-        part."""
+        """The common part of these graphs' cache keys: what every compiled result depends on."""
         return {**self._key, "precision": self.precision, "threads": self.threads, "cpu": self._cpu}
 
     def _compile(self, geometry: Geometry, batch: int, streams: int) -> Any:
