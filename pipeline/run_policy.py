@@ -33,7 +33,7 @@ from wsi_segment.models.runtimes.decision import (
     precision_decision,
     runtime_decision,
 )
-from wsi_segment.models.runtimes.verdict import CALIBRATION_WHERE, calibration_numbers
+from wsi_segment.models.runtimes.verdict import calibration_numbers, calibration_of
 from wsi_segment.pipeline.engine_sizes import (
     batch_size_decision,
     chunk_tiles_decision,
@@ -358,8 +358,7 @@ def _precision(
 def calibrated(numbers: Mapping[str, Any], runtime: str) -> Decision[str]:
     """bf16-if-calibrated decided: bf16 or fp32 as the calibration's `numbers` (measured in
     `runtime` on this machine) pass today's thresholds, with its reason."""
-    verdict = PrecisionCalibration(**numbers, where=CALIBRATION_WHERE[runtime])
-    chosen, reason = verdict.reason().split(": ", 1)
+    chosen, reason = calibration_of(numbers, runtime).reason().split(": ", 1)
     return Decision(chosen, reason)
 
 

@@ -37,6 +37,7 @@ from .verdict import (
     CALIBRATION_WHERE,
     calibration_key,
     calibration_numbers,
+    calibration_of,
     load_verdict,
     store_verdict,
     verdict_key,
@@ -160,8 +161,7 @@ def _with_verdict(
     """`opened` reporting the verdict its plan was decided from, or, where it obtained one,
     with that verdict kept for the next plan (a model built in memory has no key for it)."""
     if spec.calibration is not None:
-        where = CALIBRATION_WHERE[spec.runtime]
-        opened.calibration = PrecisionCalibration(**spec.calibration, where=where)
+        opened.calibration = calibration_of(spec.calibration, spec.runtime)
         return opened
     if opened.calibration is not None and model.identity:
         key = calibration_key(model.identity, opened.runtime, spec.cpu_flags)
@@ -268,7 +268,7 @@ def _calibrate_bf16(
         )
 
     numbers = _checked(opened, bf16, "bf16_calibration", whole, tiles, bf16_calibration)
-    calibration = PrecisionCalibration(**numbers, where=where)
+    calibration = calibration_of(numbers, "openvino")
     if not calibration.bf16_chosen:
         opened.graphs, opened.precision = fp32, "fp32"
     opened.calibration = calibration

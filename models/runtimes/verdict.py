@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..meta import model_files_identity
+from ..precision_calibration import PrecisionCalibration
 from .cache import cpu_key, default_cache_dir, load_entry, package_version, store_best_effort
 
 if TYPE_CHECKING:
-    from ..precision_calibration import PrecisionCalibration
     from .openvino_runtime import OpenVINOGraphs
     from .tile_io import Geometry
 
@@ -100,6 +100,12 @@ def calibration_numbers(calibration: PrecisionCalibration) -> dict[str, Any]:
     words (`where`)."""
     numbers = dataclasses.asdict(calibration)
     return {k: numbers[k] for k in sorted(CALIBRATION_FIELDS)}
+
+
+def calibration_of(numbers: Mapping[str, Any], runtime: str) -> PrecisionCalibration:
+    """The calibration whose measured fields are `numbers` (`calibration_numbers`), run in
+    `runtime`: judged by today's thresholds, with the code's words for why bf16 was tried."""
+    return PrecisionCalibration(**numbers, where=CALIBRATION_WHERE[runtime])
 
 
 def kept_calibration(
