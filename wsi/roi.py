@@ -21,7 +21,8 @@ from shapely.geometry import MultiPolygon, Polygon, shape
 from shapely.geometry.base import BaseGeometry
 
 from wsi_segment.errors import RoiError
-from wsi_segment.wsi.roi_file import FIX, RegionFeature, RoiFile, read_roi_file
+from wsi_segment.wsi.roi_file import RegionFeature, RoiFile, read_roi_file
+from wsi_segment.wsi.roi_sources import FIX
 from wsi_segment.wsi.tissue import TissueMask
 
 

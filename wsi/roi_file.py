@@ -5,7 +5,8 @@ script) as a FeatureCollection, a bare array of Features (the dialog's "Export a
 FeatureCollection" off), or one Feature. Its "Compression" choice (0.5, 0.6; a checkbox for
 zip in 0.4) writes a `.zip` holding one `<name>.geojson` entry, or a gzipped `.geojson.gz`;
 QuPath's importer (`PathIO.readObjects`) reads every `.geojson`, `.json` (or gzipped) entry of
-a zip. This module reads the same, telling gzip and zip by their first bytes.
+a zip. `wsi.roi_sources` reads the same, telling gzip and zip by their first bytes; this
+module decides which of the objects it finds are regions.
 
 The object type is `properties.objectType` (QuPath 0.4+), else `object_type` or `type` (older
 files and other tools), else the feature `id` of QuPath 0.2 (`PathAnnotationObject`, ...);
@@ -19,31 +20,20 @@ annotations, annotations without area (an empty or zero-area polygon, by QuPath'
 from __future__ import annotations
 
 import contextlib
-import gzip
-import io
-import json
-import os
-import stat
 import uuid
-import zipfile
-import zlib
 from collections import Counter
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from shapely.geometry import shape
 
-from wsi_segment.errors import BrokenExport, NotStreamable, RoiError
+from wsi_segment.errors import RoiError
 from wsi_segment.wsi.roi_area import FLOAT32_MAX, float32_coordinates, has_area
-from wsi_segment.wsi.roi_stream import ByteStream, stream_objects
+from wsi_segment.wsi.roi_sources import FIX, POLYGONAL, geojson_features, roi_objects, roi_sources
 from wsi_segment.wsi.shown_path import not_utf8, utf8_shown
 
-_POLYGONAL = ("Polygon", "MultiPolygon")
-_GEOMETRIES = ("Point", "MultiPoint", "LineString", "MultiLineString", *_POLYGONAL)
 # QuPath 0.2 stored the object type in the feature id
 _LEGACY_TYPES = {
     "PathAnnotationObject": "annotation",
@@ -54,13 +44,6 @@ _LEGACY_TYPES = {
     "PathRootObject": "root",
 }
 _TYPES = {"tma_core": "tmaCore", **{v: v for v in _LEGACY_TYPES.values()}}
-_ZIP_ENTRIES = (".geojson", ".json", ".geojson.gz", ".json.gz")
-_GZIP = b"\x1f\x8b"
-_ZIP = b"PK\x03\x04"
-FIX = (
-    "draw the regions in QuPath with the rectangle, ellipse, polygon or brush tool and "
-    "export them with File > Export objects as GeoJSON"
-)
 
 
 @dataclass(frozen=True)
@@ -136,13 +119,13 @@ def read_roi_file(path: str | Path) -> RoiFile:
     result = RoiFile(path, [])
     index = 0
     with contextlib.ExitStack() as stack:
-        for entry, opener, kind in _sources(path, stack):
-            for item in _objects(path, entry, opener, kind):
+        for entry, opener, kind in roi_sources(path, stack):
+            for item in roi_objects(path, entry, opener, kind):
                 if isinstance(item, str):  # counted without being decoded
                     index += 1
                     result.skipped[item] += 1
                     continue
-                found = _features(item)  # a Feature, or a bare geometry QuPath wraps
+                found = geojson_features(item)  # a Feature, or a bare geometry QuPath wraps
                 for feature in found if found is not None else [item]:
                     index += 1
                     region, skip = _classify(path, feature, index)
@@ -154,137 +137,6 @@ def read_roi_file(path: str | Path) -> RoiFile:
         what = f"it holds {describe(result.skipped)}" if result.skipped else "it holds no objects"
         raise RoiError(f"{path}: no area annotation to use as a region ({what}); {FIX}")
     return result
-
-
-Opener = Callable[[], ByteStream]
-
-
-def _sources(path: Path, stack: contextlib.ExitStack) -> list[tuple[str, Opener, str]]:
-    """(entry name, opener of its decompressed bytes, "gzip" / "zip" / "") for the file,
-    or for each GeoJSON entry of a zip, telling gzip and zip by their first bytes."""
-    try:
-        mode = os.stat(path).st_mode
-        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):  # a folder: its own error below
-            # a pipe would block the run, a device (/dev/zero) be read until memory runs out
-            raise RoiError(
-                f"{path}: not a regular file (a pipe, socket or device); --roi takes a "
-                "GeoJSON file exported by QuPath"
-            )
-        with open(path, "rb") as f:
-            head = f.read(4)
-    except FileNotFoundError:
-        raise RoiError(f"{path}: ROI file not found; check the --roi path") from None
-    except IsADirectoryError:
-        raise RoiError(
-            f"{path}: is a folder; --roi takes a GeoJSON file exported by QuPath"
-        ) from None
-    except OSError as exc:
-        raise RoiError(f"{path}: cannot read the ROI file ({exc.strerror})") from None
-    if head[:2] == _GZIP:
-        with _reading(path, "gzip"), gzip.open(path, "rb") as g:
-            inner = g.read(4)
-        if inner != _ZIP:
-            return [(path.name, lambda: gzip.open(path, "rb"), "gzip")]
-        with _reading(path, "gzip"), gzip.open(path, "rb") as g:  # a gzipped zip: rare, small
-            archive: Any = io.BytesIO(g.read())
-    elif head == _ZIP:
-        archive = path
-    else:
-        return [(path.name, lambda: open(path, "rb"), "")]
-    with _reading(path, "zip"):
-        zf = stack.enter_context(zipfile.ZipFile(archive))
-        names = sorted(
-            i.filename
-            for i in zf.infolist()
-            if not i.is_dir() and i.filename.lower().endswith(_ZIP_ENTRIES)
-        )
-    if not names:
-        raise RoiError(
-            f"{path}: the zip holds no .geojson entry; export with File > Export "
-            "objects as GeoJSON (with or without 'Compress data (zip)')"
-        )
-    return [(n, partial(_zip_entry, zf, n), "zip") for n in names]
-
-
-def _zip_entry(zf: zipfile.ZipFile, name: str) -> ByteStream:
-    """A zip entry's bytes, gunzipped when the entry is gzip (QuPath reads both)."""
-    stream = zf.open(name)
-    if isinstance(stream, zipfile.ZipExtFile) and stream.peek(2)[:2] == _GZIP:
-        return gzip.GzipFile(fileobj=stream)
-    return stream
-
-
-@contextlib.contextmanager
-def _reading(path: Path, kind: str) -> Iterator[None]:
-    """Read errors as one `RoiError`: of a compressed file (QuPath's "Compression"), or
-    of the file itself."""
-    try:
-        yield
-    except (OSError, EOFError, zlib.error, zipfile.BadZipFile) as exc:
-        if not kind:
-            raise RoiError(f"{path}: cannot read the ROI file ({exc})") from None
-        raise RoiError(f"{path}: broken {kind} file ({exc}); export it again") from None
-
-
-def _objects(path: Path, entry: str, opener: Opener, kind: str) -> Iterator[dict[str, Any] | str]:
-    """The entry's objects (a dict to classify, or the kind of one counted undecoded),
-    streamed when the entry is in QuPath's form, else read whole as any GeoJSON."""
-    where = "" if entry == path.name else f" (entry {entry})"
-    try:
-        with _reading(path, kind), contextlib.closing(opener()) as stream:
-            yield from stream_objects(stream)
-        return
-    except NotStreamable:
-        pass
-    except BrokenExport as exc:
-        raise RoiError(f"{path}: not valid JSON{where} ({exc}); {FIX}") from None
-    with _reading(path, kind), contextlib.closing(opener()) as stream:
-        data = stream.read()
-    found = _features(_parse(path, entry, _decode(path, entry, data)))
-    if found is None:
-        raise RoiError(
-            f"{path}: not QuPath GeoJSON (expected a FeatureCollection, a list of "
-            f"Features, a Feature or a geometry); {FIX}"
-        )
-    yield from found
-
-
-def _decode(path: Path, entry: str, data: bytes) -> str:
-    where = path.name if entry == path.name else f"{path.name}:{entry}"
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise RoiError(
-            f"{path}: {where} is not UTF-8 text, so not a GeoJSON export; {FIX}"
-        ) from None
-
-
-def _parse(path: Path, entry: str, text: str) -> Any:
-    try:
-        return json.loads(text)
-    except ValueError as exc:
-        where = "" if entry == path.name else f" (entry {entry})"
-        raise RoiError(f"{path}: not valid JSON{where} ({exc}); {FIX}") from None
-
-
-def _features(doc: Any) -> list[dict[str, Any]] | None:
-    """Features as `PathIO.readObjectsFromGeoJSON` finds them; None if there are none to find."""
-    if isinstance(doc, list):
-        out: list[dict[str, Any]] = []
-        for item in doc:
-            out.extend(_features(item) or [])
-        return out
-    if not isinstance(doc, dict):
-        return None
-    kind = doc.get("type")
-    if kind == "FeatureCollection":
-        feats = doc.get("features")
-        return [f for f in feats if isinstance(f, dict)] if isinstance(feats, list) else []
-    if kind == "Feature":
-        return [doc]
-    if kind in _GEOMETRIES or kind == "GeometryCollection":
-        return [{"type": "Feature", "geometry": doc, "properties": {}}]
-    return None
 
 
 def object_type(feature: dict[str, Any]) -> str:
@@ -337,7 +189,7 @@ def _polygonal(geometry: Any) -> dict[str, Any] | str:
     if not isinstance(geometry, dict):
         return "object without geometry"
     kind = geometry.get("type")
-    if kind in _POLYGONAL:
+    if kind in POLYGONAL:
         return geometry
     if kind in ("Point", "MultiPoint"):
         return "point annotation"
@@ -345,7 +197,7 @@ def _polygonal(geometry: Any) -> dict[str, Any] | str:
         return "line annotation"
     if kind == "GeometryCollection":  # QuPath keeps the polygons of a mixed collection
         members = geometry.get("geometries")
-        polys = [g for g in members or [] if isinstance(g, dict) and g.get("type") in _POLYGONAL]
+        polys = [g for g in members or [] if isinstance(g, dict) and g.get("type") in POLYGONAL]
         if polys:
             coords = [
                 c
