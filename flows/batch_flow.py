@@ -35,7 +35,6 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact  #
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.states import Failed, State  # noqa: E402
 
-from wsi_segment.address_space import require_address_space  # noqa: E402
 from wsi_segment.errors import (  # noqa: E402
     TERMINATING_SIGNALS,
     ConfigError,
@@ -51,6 +50,7 @@ from wsi_segment.flows.batch_interrupt import (  # noqa: E402
 from wsi_segment.flows.dask_cluster import dask_client  # noqa: E402
 from wsi_segment.flows.door_words import run_words  # noqa: E402
 from wsi_segment.flows.dropped_stops import DroppedStops  # noqa: E402
+from wsi_segment.flows.flow_process import prepare_flow_process  # noqa: E402
 from wsi_segment.flows.morning_artifacts import publish_morning_report, report_slide  # noqa: E402
 from wsi_segment.flows.run_log import (  # noqa: E402
     log_slide_warnings,
@@ -60,8 +60,6 @@ from wsi_segment.flows.run_origin import flow_run_origin  # noqa: E402
 from wsi_segment.flows.slide_flow import make_params, run_slide_stages  # noqa: E402
 from wsi_segment.flows.slide_runner import SlideTaskRunner  # noqa: E402
 from wsi_segment.flows.slide_watch import SlideWatch  # noqa: E402
-from wsi_segment.flows.worker_pipes import outlive_worker_pipes  # noqa: E402
-from wsi_segment.open_files import require_open_files  # noqa: E402
 from wsi_segment.pipeline.batch_inputs import BatchItem, params_for, parse_batch_input  # noqa: E402
 from wsi_segment.pipeline.batch_report import (  # noqa: E402
     batch_rows,
@@ -223,9 +221,7 @@ def segment_batch(
     interrupt is raised with every slide's result (`flows.batch_interrupt`). A deployment's
     run finishes even if its worker dies (`flows.worker_pipes`).
     """
-    outlive_worker_pipes()
-    require_open_files()  # raised for this process and its children, or refused
-    require_address_space()
+    prepare_flow_process()  # worker pipes, open files, address space
     check_batch_limits(concurrency, slide_timeout)
     with contextlib.ExitStack() as stack:
         # a stop whose exception Python drops before the slides start (reading the input, the

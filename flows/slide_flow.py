@@ -29,7 +29,6 @@ from prefect import Task, flow, task  # noqa: E402
 from prefect.artifacts import create_markdown_artifact, create_table_artifact  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
-from wsi_segment.address_space import require_address_space  # noqa: E402
 from wsi_segment.errors import (  # noqa: E402
     ConfigError,
     WsiSegmentError,
@@ -37,10 +36,9 @@ from wsi_segment.errors import (  # noqa: E402
 from wsi_segment.flows.dask_cluster import dask_client  # noqa: E402
 from wsi_segment.flows.door_words import run_words  # noqa: E402
 from wsi_segment.flows.dropped_stops import stop_on_dropped  # noqa: E402
+from wsi_segment.flows.flow_process import prepare_flow_process  # noqa: E402
 from wsi_segment.flows.run_log import log_slide_warnings, pipeline_warnings_to_run_log  # noqa: E402
 from wsi_segment.flows.run_origin import flow_run_origin  # noqa: E402
-from wsi_segment.flows.worker_pipes import outlive_worker_pipes  # noqa: E402
-from wsi_segment.open_files import require_open_files  # noqa: E402
 from wsi_segment.pipeline import segment  # noqa: E402
 from wsi_segment.pipeline.batch_report import class_rows, markdown_table  # noqa: E402
 from wsi_segment.pipeline.cancellation import (  # noqa: E402
@@ -244,9 +242,7 @@ def segment_slide_flow(
     A deployment's run finishes even if its worker dies (`flows.worker_pipes`); a stop
     Python drops while the slide runs stops it all the same (`flows.dropped_stops`).
     """
-    outlive_worker_pipes()
-    require_open_files()  # raised for this process and its children, or refused
-    require_address_space()
+    prepare_flow_process()  # worker pipes, open files, address space
     try:
         # a stop whose exception Python drops (a signal landing in a finaliser) cancels the
         # run, which raises it again at its next check: the run does not go on to its end

@@ -17,13 +17,11 @@ prefect_env.apply()
 from prefect import flow, get_run_logger  # noqa: E402
 from prefect.artifacts import create_markdown_artifact  # noqa: E402
 
-from wsi_segment.address_space import require_address_space  # noqa: E402
 from wsi_segment.errors import ConfigError  # noqa: E402
 from wsi_segment.flows.dropped_stops import stop_on_dropped  # noqa: E402
+from wsi_segment.flows.flow_process import prepare_flow_process  # noqa: E402
 from wsi_segment.flows.slide_flow import stage_task  # noqa: E402
-from wsi_segment.flows.worker_pipes import outlive_worker_pipes  # noqa: E402
 from wsi_segment.models.classifier import PatchClassifier  # noqa: E402
-from wsi_segment.open_files import require_open_files  # noqa: E402
 from wsi_segment.pipeline.cancellation import CancelToken  # noqa: E402
 from wsi_segment.pipeline.training import train_stages  # noqa: E402
 from wsi_segment.pipeline.training.train import TrainConfig  # noqa: E402
@@ -77,9 +75,7 @@ def train_model(data: str, out: str, options: dict[str, Any] | None = None) -> s
     (`flows.worker_pipes`); a stop Python drops while it trains stops it at the next step
     all the same (`flows.dropped_stops`), the work folder kept for a rerun to resume.
     """
-    outlive_worker_pipes()
-    require_open_files()  # raised for this process and its children, or refused
-    require_address_space()
+    prepare_flow_process()  # worker pipes, open files, address space
     cfg = make_train_config(data, out, options)
     with stop_on_dropped() as stop:
         run = open_dataset(cfg, stop)
