@@ -66,7 +66,7 @@ def _difference(a: Path, b: Path) -> str:
 
 
 def _runners(prep: Any, threads: int) -> dict[str, Callable[[Any], dict[str, Any]]]:
-    from wsi_segment.pipeline.infer_stage import local_policy
+    from wsi_segment.pipeline.infer_stage import local_run
     from wsi_segment.pipeline.inference.engine import (
         EngineSizes,
         ReadSource,
@@ -80,7 +80,7 @@ def _runners(prep: Any, threads: int) -> dict[str, Callable[[Any], dict[str, Any
 
     def engine(job: Any, source: ReadSource) -> dict[str, Any]:
         stats = EngineStats()
-        policy, _executor = local_policy(prep)  # the writers and the batch of a run on this machine
+        policy, _executor = local_run(prep)  # the writers and the batch of a run on this machine
         sizes = EngineSizes(
             cores=usable_cores(),
             writers=policy.writers.value,

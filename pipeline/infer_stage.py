@@ -81,7 +81,7 @@ def _infer_here(
     """The engine in this process, run as the policy `prepare` decided, with the executor it
     built from that policy; its figures, times from `started` (the stage's start), are kept
     in `prep.engine` even when it stops."""
-    policy, executor = local_policy(prep)
+    policy, executor = local_run(prep)
     job = slide_job(prep, zarr_path)
     progress.start(prep.tiles_total, unit="tile", desc=prep.name)
     prep.read_device, prep.run_policy = policy.read_report(), policy.as_dict()
@@ -97,7 +97,7 @@ def _infer_here(
     return outcomes
 
 
-def local_policy(prep: PreparedSlide) -> tuple[ExecutionPlan, TileExecutor]:
+def local_run(prep: PreparedSlide) -> tuple[ExecutionPlan, TileExecutor]:
     """The policy a local run executes, the one `prepare` decided for this process, and the
     executor it built from it (`run_start.ReadyModel`)."""
     if prep.policy is None or prep.policy.place != LOCAL:

@@ -228,12 +228,21 @@ def decide_for_model(
     return decide(machine, options, known_calibration(facts, plan, model_dir))
 
 
-def with_calibration(
-    plan: ExecutionPlan, runtime: str, calibration: PrecisionCalibration
+def waits_for_verdict(plan: ExecutionPlan) -> bool:
+    """Whether `plan`'s precision is bf16-if-calibrated with no verdict known yet: the
+    model's load obtains one (`settled`)."""
+    return plan.precision.value == BF16_IF_CALIBRATED and plan.calibration is None
+
+
+def settled(
+    plan: ExecutionPlan, runtime: str, calibration: PrecisionCalibration | None
 ) -> ExecutionPlan:
-    """`plan` decided again, by `decide`, now that the bf16 calibration (run in `runtime` on
-    the plan's kind of machine, by the load that obtained it) is known: bf16-if-calibrated
-    becomes bf16 or fp32 with the verdict's reason."""
+    """`plan` decided again, by `decide`, with the bf16 calibration a model's load obtained
+    (run in `runtime` on the plan's kind of machine): bf16-if-calibrated becomes bf16 or fp32
+    with the verdict's reason. `plan` itself where it waited for none, or where the load ran
+    without one in the plan's runtime (OpenVINO could not: torch at its fallback)."""
+    if not waits_for_verdict(plan) or calibration is None or runtime != plan.runtime.value:
+        return plan
     calibrations = {**plan.facts.calibrations, runtime: calibration_numbers(calibration)}
     facts = dataclasses.replace(plan.facts, calibrations=calibrations)
     return decide(plan.machine, plan.options, facts)

@@ -4,8 +4,8 @@ background while the calling thread detects tissue and plans the chunks.
 The policy (`pipeline.run_policy`) is decided once here, from the machine, the options and
 the slide's read level; the early readers (`EarlyReaders`) then start as it says, and a
 background thread loads the model and builds the engine's executor from the same plan
-(`ReadyModel`), so that importing torch, compiling or capturing the tile graph and decoding
-the first tiles all overlap the planning.
+(`ReadyModel`), so that importing torch, opening the runtime, a GPU's batch probe and
+decoding the first tiles all overlap the planning.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING
 
 from wsi_segment.errors import ModelError
 from wsi_segment.models.model_files import ModelFiles
-from wsi_segment.models.runtimes.decision import BF16_IF_CALIBRATED
 from wsi_segment.pipeline.cancellation import CancelToken
 from wsi_segment.pipeline.early_readers import EarlyReaders
 from wsi_segment.pipeline.inference.model_handle import ModelHandle, load_for_process
@@ -35,15 +34,14 @@ from wsi_segment.pipeline.run_policy import (
     RunFacts,
     decide_for_model,
     runtime_spec,
+    settled,
     wants_slide_reads,
-    with_calibration,
 )
 from wsi_segment.pipeline.threads import Background
 from wsi_segment.wsi.slide import Slide
 
 if TYPE_CHECKING:
     from wsi_segment.models.meta import ModelMeta
-    from wsi_segment.models.runtimes.select import OpenedRuntime
     from wsi_segment.models.runtimes.spec import RuntimeSpec
     from wsi_segment.pipeline.inference.engine import TileExecutor
     from wsi_segment.wsi.raw_tiles import JpegTiles
@@ -122,15 +120,16 @@ def _wait_ignoring_errors(loader: Background[ReadyModel]) -> None:
 def _ready_here(model: ModelFolder, policy: ExecutionPlan, spec: RuntimeSpec) -> ReadyModel:
     """A local run's model loaded (once per process: `load_for_process`) with the plan's
     runtime opened, the plan settled with the bf16 verdict the load obtained, and the
-    engine's executor built at the plan's geometry and sizes (a CUDA graph captured, an
-    OpenVINO graph compiled) while the caller plans the slide."""
+    engine's executor built at the plan's geometry and sizes (on a GPU the batch cap's probe
+    pass) while the caller plans the slide. OpenVINO's batch graph and a CUDA graph are
+    compiled or captured at the first batch (docs/architecture.md)."""
     from wsi_segment.pipeline.inference.engine import EngineSizes, build_executor
 
     folder, device = str(model.path), policy.device.value
     loaded = load_for_process(folder, device, spec)
     _same_geometry(model.path, model.geometry, loaded.model.meta)
     handle = ModelHandle.of(loaded, folder, device, spec)
-    policy = _settled(policy, loaded.runtime)
+    policy = settled(policy, loaded.runtime.runtime, loaded.runtime.calibration)
     executor = build_executor(handle, spec.geometry, EngineSizes.of(policy))
     return ReadyModel(handle, loaded.model.meta, policy, executor)
 
@@ -142,15 +141,6 @@ def _files_for_cluster(model: ModelFolder, policy: ExecutionPlan, spec: RuntimeS
     _same_geometry(model.path, model.geometry, files.meta)
     handle = ModelHandle(str(model.path), policy.device.value, spec, files.identity)
     return ReadyModel(handle, files.meta, policy, None)
-
-
-def _settled(policy: ExecutionPlan, runtime: OpenedRuntime) -> ExecutionPlan:
-    """`policy`, or, where it waited for the bf16 calibration's verdict and the load in its
-    runtime obtained one, decided again with it (bf16 or fp32, by the same function)."""
-    waiting = policy.precision.value == BF16_IF_CALIBRATED and policy.calibration is None
-    if waiting and runtime.calibration is not None and runtime.runtime == policy.runtime.value:
-        return with_calibration(policy, runtime.runtime, runtime.calibration)
-    return policy
 
 
 def slide_facts(

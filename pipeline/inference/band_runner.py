@@ -17,7 +17,6 @@ from collections.abc import Hashable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from wsi_segment.errors import ClusterLost
-from wsi_segment.models.runtimes.decision import BF16_IF_CALIBRATED
 from wsi_segment.pipeline.cancellation import NEVER_CANCELLED, POLL_S, CancelToken
 from wsi_segment.pipeline.inference.band_task import (
     DAEMON_FIX,
@@ -29,7 +28,7 @@ from wsi_segment.pipeline.inference.slide_job import SlideJob
 from wsi_segment.pipeline.machine import Machine, probe_machine
 from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome
 from wsi_segment.pipeline.progress import NullProgress, Progress
-from wsi_segment.pipeline.run_policy import ExecutionPlan, with_calibration
+from wsi_segment.pipeline.run_policy import ExecutionPlan, settled, waits_for_verdict
 from wsi_segment.wsi.shown_path import shown_slide_path
 from wsi_segment.wsi.tiling import ChunkSpec, contiguous_runs
 
@@ -137,15 +136,12 @@ def settle_plan(
     """`plan`, or, where it waits for the bf16 calibration's verdict, decided again with the
     verdict one worker's model load obtains, so every band (a recomputed one included) runs
     the same precision. Raises `cancel`'s reason."""
-    waiting = plan.precision.value == BF16_IF_CALIBRATED and plan.calibration is None
-    if not waiting or not specs:
+    if not waits_for_verdict(plan) or not specs:
         return plan
     at_once, gpu = _slots(client)  # as the bands see them: they load the same model
     asked = client.submit(band_calibration, job, plan, gpu, at_once, pure=False)
     runtime, calibration = future_result(asked, cancel)
-    if calibration is None or runtime != plan.runtime.value:
-        return plan  # the model ran without one (OpenVINO could not: torch's precision)
-    return with_calibration(plan, runtime, calibration)
+    return settled(plan, runtime, calibration)
 
 
 def cluster_machine(client: Client, cancel: CancelToken = NEVER_CANCELLED) -> Machine:

@@ -14,6 +14,7 @@ import pytest
 from tests.conftest import LOCAL_FACTS, TORCH_SPEC
 from wsi_segment.errors import PlanMismatch
 from wsi_segment.models.cpu import cpu_flags
+from wsi_segment.models.precision_calibration import PrecisionCalibration
 from wsi_segment.pipeline.machine import GIB, Gpu, Machine, probe_machine
 from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.pipeline.read_policy import (
@@ -36,6 +37,8 @@ from wsi_segment.pipeline.run_policy import (
     engine_in_process,
     for_worker,
     runtime_spec,
+    settled,
+    waits_for_verdict,
     wants_slide_reads,
 )
 
@@ -151,6 +154,24 @@ def test_amx_calibrates_bf16_and_fp32_stays_asked():
     assert policy.machine.as_dict()["cpu_bf16"] == "amx"
     fp32 = decide(AMX, SegmentParams(precision="fp32"), LOCAL_FACTS).precision
     assert (fp32.value, fp32.reason) == ("fp32", "asked for (--precision fp32)")
+
+
+def test_a_plan_waiting_for_the_bf16_verdict_is_settled_only_by_its_runtime_s_verdict():
+    """The loader's calibration decides bf16-if-calibrated (bf16 or fp32, by `decide`); a
+    load that ran without one, or in another runtime (OpenVINO fell back to torch), or a plan
+    that waited for none, is left as it was."""
+    waiting = decide(AMX, AUTO, LOCAL_FACTS)
+    assert waits_for_verdict(waiting) and waiting.runtime.value == "torch"
+    keeps = PrecisionCalibration(tiles=6, tile_size=224, agreement=0.999, max_area_shift=0.001)
+    moves = PrecisionCalibration(tiles=6, tile_size=224, agreement=0.98, max_area_shift=0.05)
+    bf16 = settled(waiting, "torch", keeps)
+    assert (bf16.precision.value, bf16.precision.reason) == tuple(keeps.reason().split(": ", 1))
+    assert bf16.precision.value == "bf16" and not waits_for_verdict(bf16)
+    assert settled(waiting, "torch", moves).precision.value == "fp32"
+    assert settled(waiting, "openvino", keeps) is waiting
+    assert settled(waiting, "torch", None) is waiting
+    fp32 = decide(AMX, SegmentParams(precision="fp32"), LOCAL_FACTS)
+    assert not waits_for_verdict(fp32) and settled(fp32, "torch", keeps) is fp32
 
 
 def test_one_h100():
