@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from wsi_segment.errors import Terminated, WsiSegmentError, signal_exception
+from wsi_segment.errors import OrchestrationError, Terminated, WsiSegmentError, signal_exception
 from wsi_segment.flows.cli_segment import (
     add_segment_options,
     check_roi_file,
@@ -31,6 +31,7 @@ from wsi_segment.flows.cli_segment import (
 
 if TYPE_CHECKING:
     from wsi_segment.flows.batch_interrupt import BatchInterrupted, BatchTerminated
+    from wsi_segment.flows.server_process import LocalServer
     from wsi_segment.pipeline.segment import SlideResult
 
 
@@ -116,12 +117,15 @@ def run(args: argparse.Namespace) -> int:
     if not check_roi_file(args.roi):
         return 2
     from prefect.exceptions import TerminationSignal
+    from prefect.settings import PREFECT_API_URL
 
     from wsi_segment.flows.batch_flow import BatchFailedError, segment_batch
     from wsi_segment.flows.local_server import temporary_server
+    from wsi_segment.flows.server_failure import is_server_failure, server_trouble
 
     interrupt: KeyboardInterrupt | None = None
-    with quiet_console(args.quiet), InterruptGuard() as guard, temporary_server():
+    failed_server: OrchestrationError | None = None
+    with quiet_console(args.quiet), InterruptGuard() as guard, temporary_server() as server:
         try:
             results = segment_batch(
                 input=str(args.input),
@@ -145,17 +149,35 @@ def run(args: argparse.Namespace) -> int:
             results, interrupt = stopped.results, cli_interrupt(stopped)
             code = 128 + interrupt.signum if isinstance(interrupt, Terminated) else 130
         except Exception as exc:
-            if guard.signum is None or isinstance(exc, WsiSegmentError):
+            api_url = str(PREFECT_API_URL.value())  # ours while the block runs
+            if guard.signum is None and is_server_failure(exc, api_url):
+                # judged now, while a server that still runs is not yet stopped by us
+                results, failed_server = [], server_error(exc, server, api_url)
+            elif guard.signum is None or isinstance(exc, WsiSegmentError):
                 raise
-            # a library turned the guard's stop into its own error: report the stop
-            raise signal_exception(guard.signum) from exc
-        report(results)
+            else:  # a library turned the guard's stop into its own error: report the stop
+                raise signal_exception(guard.signum) from exc
+        if failed_server is None:
+            report(results)
         print_report_paths(args.out, report_before)
         if interrupt is None:  # a signal whose exception Python dropped outside the slides' wait
             interrupt = guard.unraised()
+        trouble = server_trouble(server)
     if interrupt is not None:  # flows.cli prints the one `error:` line, exits 130 / 143 / 129
         raise interrupt
+    if failed_server is not None:  # the slides' results went with the flow: no table
+        print(file=sys.stderr)  # Prefect's "Error logging to API" lines end in no newline
+        raise failed_server
+    if trouble is not None:
+        print(f"warning: {trouble}", file=sys.stderr)
     return code
+
+
+def server_error(exc: Exception, server: LocalServer | None, api_url: str) -> OrchestrationError:
+    """The one error a batch whose Prefect server failed ends with (`flows.server_failure`)."""
+    from wsi_segment.flows.server_failure import server_failure_message
+
+    return OrchestrationError(server_failure_message(exc, server, api_url))
 
 
 def report_stamps(out: str | Path) -> dict[str, tuple[int, int] | None]:

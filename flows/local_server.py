@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from wsi_segment.errors import ConfigError
+from wsi_segment.flows.server_process import LocalServer, ServerKeeper, healthy, server_env
 
 STOP_S = 5.0  # the most the server is given to shut down before it is killed
 ORPHAN_EXIT_S = 10.0  # the server's own limit once the batch has gone
@@ -43,45 +44,11 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _server_env() -> dict[str, str]:
-    """The environment Prefect gives its own temporary server, and our settings."""
-    from prefect.settings import get_current_settings
-
-    return {
-        **os.environ,
-        "PREFECT_UI_ENABLED": "0",
-        "PREFECT__SERVER_EPHEMERAL": "1",
-        "PREFECT__SERVER_FINAL": "1",
-        **get_current_settings().to_environment_variables(exclude_unset=True),
-    }
-
-
-def _healthy(proc: subprocess.Popen[bytes], url: str, timeout_s: float) -> bool:
-    """Wait for the server at `url` to answer; False if its process ended first."""
-    import httpx
-
-    deadline = time.monotonic() + timeout_s
-    with httpx.Client() as client:
-        while time.monotonic() < deadline and proc.poll() is None:
-            with contextlib.suppress(httpx.HTTPError):
-                if client.get(f"{url}/health", timeout=2).status_code == 200:
-                    return True
-            time.sleep(0.1)
-    return False
-
-
 def check_database_folders() -> None:
     """The temporary server keeps its SQLite database in Prefect's home folder: one that
     cannot be made or written is reported here, with the fix, instead of as a server that
     fails to start three times and then "did not start within 90 s"."""
-    from prefect.settings import get_current_settings
-
-    settings = get_current_settings()
-    folders = [Path(settings.home).expanduser()]
-    secret = settings.server.database.connection_url
-    url = secret.get_secret_value() if secret is not None else ""
-    if url.startswith("sqlite") and ":///" in url and ":memory:" not in url:
-        folders.append(Path(url.split(":///", 1)[1]).expanduser().parent)
+    folders = database_folders()
     for folder in folders:
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -95,6 +62,20 @@ def check_database_folders() -> None:
                 "folder, or run a Prefect server and set PREFECT_API_URL (docs/deploy.md)"
             )
     check_database_room(folders[-1])
+
+
+def database_folders() -> list[Path]:
+    """Prefect's home folder, then the folder of the temporary server's SQLite database
+    (the home, unless its connection URL puts it elsewhere)."""
+    from prefect.settings import get_current_settings
+
+    settings = get_current_settings()
+    folders = [Path(settings.home).expanduser()]
+    secret = settings.server.database.connection_url
+    url = secret.get_secret_value() if secret is not None else ""
+    if url.startswith("sqlite") and ":///" in url and ":memory:" not in url:
+        folders.append(Path(url.split(":///", 1)[1]).expanduser().parent)
+    return folders
 
 
 def check_database_room(folder: Path) -> None:
@@ -125,31 +106,28 @@ def check_database_room(folder: Path) -> None:
         ) from None
 
 
-def start_server() -> tuple[subprocess.Popen[bytes], str]:
-    """A temporary server in its own session; returns its process and API URL."""
+def start_server() -> LocalServer:
+    """A temporary server in its own session, answering; its stderr read (`ServerLog`)."""
     from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
 
     check_database_folders()
     timeout_s = float(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value())
+    env, never = server_env(), threading.Event()
+    said = ""
     for _ in range(ATTEMPTS):
-        port = _free_port()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "wsi_segment.flows.local_server", str(port)],
-            stdin=subprocess.PIPE,
-            env=_server_env(),
-            start_new_session=True,
-        )
-        url = f"http://127.0.0.1:{port}/api"
+        server = LocalServer(_free_port(), env)
         try:
-            healthy = _healthy(proc, url, timeout_s)
+            up = healthy(server.proc, server.url, timeout_s, never)
         except BaseException:  # Ctrl-C while it starts: it must not stay behind
-            stop_server(proc)
+            stop_server(server.proc)
             raise
-        if healthy:
-            return proc, url
-        stop_server(proc)
+        if up:
+            return server
+        stop_server(server.proc)
+        server.logs[-1].wait_closed(STOP_S)
+        said = f" (its error: {server.first_exception})" if server.first_exception else said
     raise ConfigError(
-        f"the temporary Prefect server did not start within {timeout_s:g} s; raise "
+        f"the temporary Prefect server did not start within {timeout_s:g} s{said}; raise "
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, or run a Prefect server and set "
         "PREFECT_API_URL (docs/deploy.md)"
     )
@@ -186,23 +164,29 @@ def _drain_prefect_workers() -> None:
 
 
 @contextlib.contextmanager
-def temporary_server() -> Iterator[str | None]:
-    """While the block runs, Prefect talks to a temporary server of ours (its API URL is
-    yielded), unless `PREFECT_API_URL` names one already (None is yielded)."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+def temporary_server() -> Iterator[LocalServer | None]:
+    """While the block runs, Prefect talks to a temporary server of ours (yielded), unless
+    `PREFECT_API_URL` names one already (None is yielded)."""
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+        temporary_settings,
+    )
 
     if PREFECT_API_URL.value():
         yield None
         return
-    proc, url = start_server()
+    server = start_server()
+    keeper = ServerKeeper(server, float(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()))
     try:
-        with temporary_settings(updates={PREFECT_API_URL: url}):
+        with temporary_settings(updates={PREFECT_API_URL: server.url}):
             try:
-                yield url
+                yield server
             finally:
                 _drain_prefect_workers()
     finally:
-        stop_server(proc)
+        keeper.stop()
+        stop_server(server.proc)
 
 
 def _exit_when_orphaned() -> None:

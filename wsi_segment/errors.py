@@ -85,6 +85,11 @@ class OutputBusy(OutputError):
     slide, whose folder (finished or being written by that run) the report shows instead."""
 
 
+class OrchestrationError(WsiSegmentError):
+    """Prefect's server failed under a batch (its database full, its process gone): the
+    run's record is lost, not its outputs (`flows.server_failure`)."""
+
+
 class OutOfMemory(WsiSegmentError):
     """An allocation failed, or the address-space limit is below what a run needs (refused
     before it). The message names the limit and the fix (`wsi_segment.address_space`). Not
