@@ -31,7 +31,6 @@ from wsi_segment.flows.cli_segment import (
 
 if TYPE_CHECKING:
     from wsi_segment.flows.batch_interrupt import BatchInterrupted, BatchTerminated
-    from wsi_segment.flows.server_process import LocalServer
     from wsi_segment.pipeline.segment import SlideResult
 
 
@@ -119,26 +118,15 @@ def run(args: argparse.Namespace) -> int:
     from prefect.exceptions import TerminationSignal
     from prefect.settings import PREFECT_API_URL
 
-    from wsi_segment.flows.batch_flow import BatchFailedError, segment_batch
+    from wsi_segment.flows.batch_flow import BatchFailedError
     from wsi_segment.flows.local_server import temporary_server
-    from wsi_segment.flows.server_failure import is_server_failure, server_trouble
+    from wsi_segment.flows.server_failure import server_failure, server_trouble
 
     interrupt: KeyboardInterrupt | None = None
     failed_server: OrchestrationError | None = None
     with quiet_console(args.quiet), InterruptGuard() as guard, temporary_server() as server:
         try:
-            results = segment_batch(
-                input=str(args.input),
-                out=str(args.out),
-                model_dir=str(args.model) if args.model else None,
-                dask_address=args.dask_address,
-                workers=args.workers,
-                concurrency=args.concurrency,
-                options=options,
-                slide_timeout=args.slide_timeout,
-                retry_failed=args.retry_failed,
-            )
-            code = 0
+            results, code = run_flow(args, options), 0
         except BatchFailedError as exc:
             results, code = exc.results, 1
         except (KeyboardInterrupt, TerminationSignal) as exc:
@@ -149,14 +137,15 @@ def run(args: argparse.Namespace) -> int:
             results, interrupt = stopped.results, cli_interrupt(stopped)
             code = 128 + interrupt.signum if isinstance(interrupt, Terminated) else 130
         except Exception as exc:
-            api_url = str(PREFECT_API_URL.value())  # ours while the block runs
-            if guard.signum is None and is_server_failure(exc, api_url):
-                # judged now, while a server that still runs is not yet stopped by us
-                results, failed_server = [], server_error(exc, server, api_url)
-            elif guard.signum is None or isinstance(exc, WsiSegmentError):
+            # judged now, while a server that still runs is not yet stopped by us
+            stop, api_url = guard.signum, str(PREFECT_API_URL.value())
+            failed_server = None if stop else server_failure(exc, server, api_url)
+            if failed_server is not None:
+                results = []
+            elif stop is None or isinstance(exc, WsiSegmentError):
                 raise
             else:  # a library turned the guard's stop into its own error: report the stop
-                raise signal_exception(guard.signum) from exc
+                raise signal_exception(stop) from exc
         if failed_server is None:
             report(results)
         print_report_paths(args.out, report_before)
@@ -173,11 +162,21 @@ def run(args: argparse.Namespace) -> int:
     return code
 
 
-def server_error(exc: Exception, server: LocalServer | None, api_url: str) -> OrchestrationError:
-    """The one error a batch whose Prefect server failed ends with (`flows.server_failure`)."""
-    from wsi_segment.flows.server_failure import server_failure_message
+def run_flow(args: argparse.Namespace, options: dict[str, Any]) -> list[SlideResult]:
+    """The `segment_batch` flow's run for the command line's arguments."""
+    from wsi_segment.flows.batch_flow import segment_batch
 
-    return OrchestrationError(server_failure_message(exc, server, api_url))
+    return segment_batch(
+        input=str(args.input),
+        out=str(args.out),
+        model_dir=str(args.model) if args.model else None,
+        dask_address=args.dask_address,
+        workers=args.workers,
+        concurrency=args.concurrency,
+        options=options,
+        slide_timeout=args.slide_timeout,
+        retry_failed=args.retry_failed,
+    )
 
 
 def report_stamps(out: str | Path) -> dict[str, tuple[int, int] | None]:

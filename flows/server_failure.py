@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from wsi_segment.errors import OrchestrationError
 from wsi_segment.flows.local_server import database_folders
 from wsi_segment.flows.server_process import LocalServer, ended_words
 
@@ -60,8 +61,18 @@ def _requested(exc: httpx.HTTPError, api_url: str) -> bool:
         return False
 
 
-def server_failure_message(exc: BaseException, server: LocalServer | None, api_url: str) -> str:
-    """The one line for a batch whose server failed: what failed, why, and the fix."""
+def server_failure(
+    exc: BaseException, server: LocalServer | None, api_url: str
+) -> OrchestrationError | None:
+    """The one error of a batch whose Prefect server (`server`: ours; None: the one at
+    `api_url`) failed under it with `exc`: what failed, why, and the fix; None where `exc`
+    is not such a failure."""
+    if not is_server_failure(exc, api_url):
+        return None
+    return OrchestrationError(_failure_words(exc, server, api_url))
+
+
+def _failure_words(exc: BaseException, server: LocalServer | None, api_url: str) -> str:
     said = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     if server is None:
         return (
