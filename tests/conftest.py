@@ -312,21 +312,6 @@ def plan_spec(
     return runtime_spec(decide(probe_machine(), options, LOCAL_FACTS), run_geometry(tile))
 
 
-def torch_labeller(
-    model: SegmentationModel, tile: int
-) -> Callable[[torch.Tensor, bool], torch.Tensor]:
-    """The slide path's labels of whole uint8 tiles (N, 3, T, T) in torch, fp32 or bf16: what
-    precision auto's calibration compares (`models.runtimes.select`)."""
-    from wsi_segment.models.runtimes.executor import TorchExecutor
-    from wsi_segment.models.runtimes.tile_io import Geometry, graph_labels
-
-    executors = {
-        low: TorchExecutor(model, Geometry.whole(tile), "bf16" if low else "fp32")
-        for low in (False, True)
-    }
-    return lambda tiles, low: graph_labels(executors[low], tiles)
-
-
 def calibrating_spec() -> RuntimeSpec:
     """torch at bf16-if-calibrated: what precision auto runs on a CPU with AMX."""
     return dataclasses.replace(

@@ -22,6 +22,7 @@ from wsi_segment.errors import GraphNotExpressible, ModelError, RuntimeUnavailab
 
 from ..precision_calibration import (
     MIN_AGREEMENT,
+    Labeller,
     PrecisionCalibration,
     calibrate_bf16,
     calibration_tiles,
@@ -177,20 +178,26 @@ def _open_torch(source: ModelSource, precision: str, why: str) -> OpenedRuntime:
     opened = OpenedRuntime("torch", "", precision, why, model.device.type, network=model)
     if precision != BF16_IF_CALIBRATED:
         return opened
-    from .executor import TorchExecutor
-
     tile = int(model.meta.tile_size)
-    executors = {
-        low: TorchExecutor(model, Geometry.whole(tile), "bf16" if low else "fp32")
-        for low in (False, True)
-    }
     where, own = CALIBRATION_WHERE["torch"], source.validation_patches
-    calibration = calibrate_bf16(lambda x, low: graph_labels(executors[low], x), tile, where, own)
+    calibration = calibrate_bf16(torch_labeller(model, tile), tile, where, own)
     _log.info("precision auto: %s", calibration.reason())
     opened.precision = "bf16" if calibration.bf16_chosen else "fp32"
     opened.precision_reason, opened.calibration = calibration.reason(), calibration
     opened.checks_computed = 1  # the calibration (a warm plan knows its verdict: none runs)
     return opened
+
+
+def torch_labeller(model: SegmentationModel, tile: int) -> Labeller:
+    """The slide path's labels of whole uint8 tiles in torch, fp32 or bf16 (`low`): what
+    bf16's calibration compares (`calibrate_bf16`)."""
+    from .executor import TorchExecutor
+
+    executors = {
+        low: TorchExecutor(model, Geometry.whole(tile), "bf16" if low else "fp32")
+        for low in (False, True)
+    }
+    return lambda tiles, low: graph_labels(executors[low], tiles)
 
 
 def _open_openvino(model: ModelSource, spec: RuntimeSpec, cache: Path) -> OpenedRuntime:

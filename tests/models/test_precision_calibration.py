@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import TORCH_SPEC, plan_spec, torch_labeller
+from tests.conftest import TORCH_SPEC, plan_spec
 from tests.models.tiny_models import tiny_segmentation_model
 from wsi_segment.models.cpu import AMX_FLAG, cpu_flags
 from wsi_segment.models.model_files import BuiltModel
@@ -22,7 +22,7 @@ from wsi_segment.models.precision_calibration import (
     calibration_tiles,
     compare_labels,
 )
-from wsi_segment.models.runtimes.select import open_runtime
+from wsi_segment.models.runtimes.select import open_runtime, torch_labeller
 
 
 def test_calibration_tiles_are_real_tissue_and_the_same_bytes_everywhere() -> None:

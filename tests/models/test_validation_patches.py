@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from tests.conftest import TORCH_SPEC, calibrating_spec, run_geometry, torch_labeller
+from tests.conftest import TORCH_SPEC, calibrating_spec, run_geometry
 from tests.models.tiny_models import META, TILE, tiny_segmentation_model
 from wsi_segment.errors import ModelError
 from wsi_segment.models.bundle import load_bundle, load_model, save_model
@@ -24,7 +24,7 @@ from wsi_segment.models.precision_calibration import (
     calibration_tiles,
     compare_labels,
 )
-from wsi_segment.models.runtimes.select import open_runtime
+from wsi_segment.models.runtimes.select import open_runtime, torch_labeller
 from wsi_segment.models.segmentation_model import SegmentationModel
 from wsi_segment.models.validation_patches import PATCHES_FILE, ValidationPatches, choose
 
