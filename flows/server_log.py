@@ -3,19 +3,16 @@
 A server that cannot write its database (a home quota spent during the night) logs a
 traceback for every request it fails: a batch whose slides had all finished ended in some
 6,000 lines of SQL tracebacks. The batch keeps the server's stderr to itself: it counts the
-errors, keeps the first exception line (what went wrong, e.g. "sqlite3.OperationalError:
-database or disk is full") and the last lines, and the CLI says it once
-(`flows.server_failure`).
+errors and keeps the first exception line (what went wrong, e.g. "sqlite3.OperationalError:
+database or disk is full"), and the CLI says it once (`flows.server_failure`).
 """
 
 from __future__ import annotations
 
-import collections
 import re
 import threading
 from typing import IO
 
-TAIL_LINES = 40  # the server's last lines kept for a report
 # a traceback's last line at the start of a line: "sqlite3.OperationalError: database or ..."
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b:? ?.*")
 _ERROR_RECORD = re.compile(r"\|\s*(ERROR|CRITICAL)\s*\|")  # Prefect's console format
@@ -23,14 +20,12 @@ _ERROR_RECORD = re.compile(r"\|\s*(ERROR|CRITICAL)\s*\|")  # Prefect's console f
 
 class ServerLog:
     """Reads a server's stderr to its end in a daemon thread (a pipe left unread would
-    block the server once full): its error records counted, its first exception line and
-    its last `TAIL_LINES` lines kept."""
+    block the server once full): its error records counted, its first exception line kept.
+    Only this thread writes them."""
 
     def __init__(self, stream: IO[bytes]) -> None:
         self.errors = 0
         self.first_exception: str | None = None
-        self._tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
-        self._lock = threading.Lock()
         self._thread = threading.Thread(
             target=self._read, args=(stream,), name="prefect-server-log", daemon=True
         )
@@ -42,17 +37,10 @@ class ServerLog:
                 self._take(raw.decode("utf-8", "replace").rstrip())
 
     def _take(self, line: str) -> None:
-        with self._lock:
-            self._tail.append(line)
-            if _ERROR_RECORD.search(line):
-                self.errors += 1
-            elif self.first_exception is None and _EXCEPTION_LINE.match(line):
-                self.first_exception = line
-
-    def tail(self) -> list[str]:
-        """The last lines the server wrote."""
-        with self._lock:
-            return list(self._tail)
+        if _ERROR_RECORD.search(line):
+            self.errors += 1
+        elif self.first_exception is None and _EXCEPTION_LINE.match(line):
+            self.first_exception = line
 
     def wait_closed(self, timeout_s: float) -> None:
         """Wait up to `timeout_s` for the server's stderr to close (it has ended)."""
