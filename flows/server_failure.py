@@ -8,10 +8,9 @@ is, and exits 1; the server's own log is summarised by `flows.server_log`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from wsi_segment.errors import OrchestrationError
+from wsi_segment.errors import OrchestrationError, exception_chain
 from wsi_segment.flows.local_server import database_folders
 from wsi_segment.flows.server_process import LocalServer, ended_words
 
@@ -23,19 +22,10 @@ _NO_ROOM = ("database or disk is full", "No space left on device", "Disk quota e
 AFTER = "slides that finished keep their outputs, and a rerun skips them as up to date"
 
 
-def _causes(exc: BaseException) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        yield current
-        current = current.__cause__ or current.__context__
-
-
 def is_server_failure(exc: BaseException, api_url: str) -> bool:
     """Whether `exc` is a call to Prefect's API at `api_url` that the server failed: an
     answer of 5xx, or none (an error of a slide's own remote read is not)."""
-    for cause in _causes(exc):
+    for cause in exception_chain(exc):
         call = _failed_call(cause)
         if call is not None and _requested(call, api_url):
             return True

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 
 from wsi_segment.errors import (
     SlideInterrupted,
+    exception_chain,
     handled_signals,
     restore_handlers,
     signal_exception,
@@ -82,11 +83,5 @@ def stop_in_chain(
     """The first exception of `kinds` (the stops) behind `exc`, along its causes and contexts,
     or None: a stop a library caught and raised as an error of its own (pydantic-core makes
     the exception a serializer callback raised its error's cause)."""
-    seen: set[int] = set()
-    current = exc.__cause__ or exc.__context__
-    while current is not None and id(current) not in seen:
-        if isinstance(current, kinds):
-            return current
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return None
+    behind = exc.__cause__ or exc.__context__
+    return next((error for error in exception_chain(behind) if isinstance(error, kinds)), None)

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from wsi_segment.errors import exception_chain
 from wsi_segment.open_files import exhaustion
 from wsi_segment.wsi.shown_path import shown_text
 
@@ -57,16 +58,13 @@ def is_transient(exc: BaseException | None) -> bool:
     """
     if exhaustion(exc) is not None:
         return False
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, TimeoutError | ConnectionError) or _server_busy(exc):
+    for error in exception_chain(exc):
+        if isinstance(error, TimeoutError | ConnectionError) or _server_busy(error):
             return True
-        if isinstance(exc, OSError):
-            if isinstance(exc, PERMANENT_OS_ERRORS):
+        if isinstance(error, OSError):
+            if isinstance(error, PERMANENT_OS_ERRORS):
                 return False
-            return exc.errno is None or exc.errno in TRANSIENT_ERRNOS
-        exc = exc.__cause__ or exc.__context__
+            return error.errno is None or error.errno in TRANSIENT_ERRNOS
     return False
 
 

@@ -20,7 +20,7 @@ import errno
 import resource
 from collections.abc import Iterator
 
-from wsi_segment.errors import OutOfMemory
+from wsi_segment.errors import OutOfMemory, exception_chain
 
 # The CMU slide, warm cache: ran under 1.25 GB. Cold (the graph compiled, torch imported):
 # torch's libraries failed to load under 2 GiB; under 4 GiB OpenVINO's PyTorch frontend
@@ -60,16 +60,15 @@ def require_address_space(needed: int = MIN_ADDRESS_SPACE) -> None:
 
 def ran_out(exc: BaseException | None) -> bool:
     """Whether `exc`, its cause or its context is a failed allocation."""
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, MemoryError) or (isinstance(exc, OSError) and exc.errno == errno.ENOMEM):
+    for error in exception_chain(exc):
+        if isinstance(error, MemoryError):
             return True
-        if isinstance(exc, RuntimeError) and any(w in str(exc) for w in _WORDS):
+        if isinstance(error, OSError) and error.errno == errno.ENOMEM:
             return True
-        if isinstance(exc, ImportError) and _MAP_FAILED in str(exc):
+        if isinstance(error, RuntimeError) and any(w in str(error) for w in _WORDS):
             return True
-        exc = exc.__cause__ or exc.__context__
+        if isinstance(error, ImportError) and _MAP_FAILED in str(error):
+            return True
     return False
 
 

@@ -10,13 +10,23 @@ and `models/`, which must not import each other.
 from __future__ import annotations
 
 import signal
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 # Signals that end a run as Ctrl-C does, cleaning up: SIGTERM (schedulers, `timeout`, Docker,
 # Kubernetes) and SIGHUP (the terminal or the ssh session closed). SIGTERM first.
 TERMINATING_SIGNALS: tuple[int, ...] = (signal.SIGTERM, signal.SIGHUP)
 STOPPING_SIGNALS: tuple[int, ...] = (signal.SIGINT, *TERMINATING_SIGNALS)  # and Ctrl-C
+
+
+def exception_chain(exc: BaseException | None) -> Iterator[BaseException]:
+    """`exc`, then its cause (else its context), and so on, each once: what raised an error
+    a library wrapped in its own (a cycle ends the walk)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
 
 
 class WsiSegmentError(Exception):

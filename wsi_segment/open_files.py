@@ -29,7 +29,7 @@ import os
 import resource
 from collections.abc import Iterator
 
-from wsi_segment.errors import TooManyOpenFiles
+from wsi_segment.errors import TooManyOpenFiles, exception_chain
 
 # Twice the largest default plan's peak (120, above): a run refused under it would run short.
 MIN_OPEN_FILES = 256
@@ -82,16 +82,13 @@ def exhaustion(exc: BaseException | None) -> int | None:
     """EMFILE or ENFILE when `exc`, its cause or its context ran out of descriptors: an
     OSError's errno, or those words in an error that carries only them (openslide's
     OpenSlideError: "Couldn't open ...: Too many open files"); None otherwise."""
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, OSError) and exc.errno in EXHAUSTED:
-            return exc.errno
-        text = _text(exc)
+    for error in exception_chain(exc):
+        if isinstance(error, OSError) and error.errno in EXHAUSTED:
+            return error.errno
+        text = _text(error)
         for number, words in EXHAUSTED.items():
             if words in text:
                 return number
-        exc = exc.__cause__ or exc.__context__
     return None
 
 
