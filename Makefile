@@ -29,6 +29,7 @@ demo: $(STAMP)
 TEST_ENV := OMP_WAIT_POLICY=PASSIVE
 
 test: $(STAMP)
+	@$(BIN)/python -m tests.cpu_line
 	$(TEST_ENV) $(BIN)/python -m pytest -m "not slow" -q -n 2 --dist loadfile
 
 test-all: $(STAMP)
