@@ -22,6 +22,7 @@ from wsi_segment.pipeline.output_files import optional_outputs, output_options
 from wsi_segment.pipeline.params import (
     PRECISIONS,
     READ_DEVICES,
+    READ_LEVELS,
     RUNTIMES,
     SegmentParams,
 )
@@ -154,6 +155,15 @@ def add_geometry_options(parser: argparse.ArgumentParser) -> None:
         help="micrometres per pixel at level 0, overriding the slide's metadata",
     )
     parser.add_argument(
+        "--read-level",
+        choices=READ_LEVELS,
+        default="finer",
+        help="which pyramid level is read: finer, never a level coarser than the model's "
+        "pixels; serving, the coarsest at most 2%% coarser (a 40x scan at 0.252 um/px then "
+        "reads its 4x level for a 1 um/px model, not level 0: 8-13x fewer tiles decoded; "
+        "check its labels on your model first, docs/slides.md) (default: %(default)s)",
+    )
+    parser.add_argument(
         "--output-downsample",
         type=positive_int(1, 64),
         default=4,
@@ -268,6 +278,7 @@ def params_from_args(args: argparse.Namespace) -> SegmentParams:
         writers=args.writers,
         polygon_processes=args.polygon_processes,
         read_device=args.read_device,
+        read_level=args.read_level,
         cuda_graphs=not args.no_cuda_graphs,
         backend=args.backend,
         gate=not args.no_gate,

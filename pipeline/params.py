@@ -18,6 +18,7 @@ from wsi_segment.models.runtimes.decision import RUNTIME_CHOICES
 from wsi_segment.pipeline.output_files import output_options
 from wsi_segment.wsi.backends import backend_choices
 from wsi_segment.wsi.mpp import mpp_problem
+from wsi_segment.wsi.region_reader import READ_LEVEL_TOLERANCES
 from wsi_segment.wsi.shown_path import not_utf8, utf8_shown
 from wsi_segment.wsi.tiling import check_chunk_tiles
 
@@ -26,6 +27,7 @@ PRECISIONS = ("auto", "fp32", "bf16")
 TISSUE_MODES = ("auto", "all")  # all: no detection, the whole slide is tissue
 RUNTIMES = RUNTIME_CHOICES  # the CLI's --runtime choices: the decision's own names
 READ_DEVICES = ("auto", "cpu", "gpu")  # pipeline.run_policy
+READ_LEVELS = tuple(READ_LEVEL_TOLERANCES)  # serving | finer (wsi.region_reader.choose_level)
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,11 @@ class SegmentParams:
     # a flow's options, summary.json) each is its own true/false key.
     extra_outputs: frozenset[str] = frozenset()
     tissue: str = "auto"  # auto: detect tissue on a thumbnail; all: the whole slide
+    # Which pyramid level is read: "finer", never a level coarser than the model's pixels (a
+    # 40x scan at 0.252 um/px is decoded from level 0 for a 1 um/px model), or "serving", the
+    # coarsest at most 2 % coarser (its 4x level, upsampled 1.008x): 8-13x fewer storage
+    # tiles, but not the same labels for every model (docs/slides.md, "The level read")
+    read_level: str = "finer"
     roi: Path | None = None  # QuPath GeoJSON: process (and report) only inside its polygons
     # What started the run (a Prefect flow run); None: this process's command line (sys.argv).
     origin: RunOrigin | None = None
@@ -102,6 +109,7 @@ class SegmentParams:
         _check_choice("runtime", self.runtime, RUNTIMES)
         _check_choice("tissue mode", self.tissue, TISSUE_MODES)
         _check_choice("read device", self.read_device, READ_DEVICES)
+        _check_choice("read level", self.read_level, READ_LEVELS)
         if self.roi is not None and not isinstance(self.roi, Path):  # from JSON flow options
             object.__setattr__(self, "roi", Path(self.roi))
         for option, path in (("--model", self.model_dir), ("--roi", self.roi)):
@@ -155,9 +163,16 @@ class SegmentParams:
         fields = {name: getattr(self, name) for name in keep} | self.output_flags()
         if self.tissue != "auto":  # defaults left out: earlier runs keep their fingerprint
             fields["tissue"] = self.tissue
+        if self.read_level != "finer":  # the read of every earlier run
+            fields["read_level"] = self.read_level
         if self.runtime != "torch":  # torch ran every earlier run: theirs stays theirs
             fields["runtime"] = self.runtime
         return fields
+
+    @property
+    def read_tolerance(self) -> float:
+        """How much coarser than the model's pixels the read level may be (`read_level`)."""
+        return READ_LEVEL_TOLERANCES[self.read_level]
 
     def output_flags(self) -> dict[str, bool]:
         """Each optional output's option (the registry's order): whether it is asked for."""

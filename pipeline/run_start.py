@@ -81,7 +81,9 @@ class RunStart:
         early: bool,  # start the plan's readers while the model loads
     ) -> RunStart:
         """Decide the policy, then start the model's load and the readers it names."""
-        key = read_level_and_scale(opened.slide, opened.mpp[0], model.geometry[1])
+        key = read_level_and_scale(
+            opened.slide, opened.mpp[0], model.geometry[1], params.read_tolerance
+        )
         facts, tiles = slide_facts(machine, params, facts, opened.path, opened.slide, key)
         policy = decide_for_model(machine, params, facts, str(model.path))
         tiles = tiles if policy.read_device.value == GPU else None

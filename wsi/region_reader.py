@@ -1,7 +1,8 @@
 """Read model-space pixels of the slide: boxes and tiles resampled to the model's resolution.
 
-The box is given in *model space* (slide resampled to `model_mpp`). We read from the
-coarsest pyramid level that is still at least as fine as the model, then resample with
+The box is given in *model space* (slide resampled to `model_mpp`). We read from the level
+the run's plan chose once (`choose_level`: the coarsest level not coarser than the model's
+pixels, or with `--read-level serving` at most 2 % coarser), then resample with
 PIL using a fractional source box computed from global coordinates (`wsi.resample`: PIL's
 bytes, through torch's vectorised kernel where that is exact).
 
@@ -40,12 +41,31 @@ class RegionSource(Protocol):
     ) -> np.ndarray: ...
 
 
-def choose_level(level_downsamples: tuple[float, ...], level0_per_model: float) -> int:
-    """Coarsest level whose downsample does not exceed the model-space factor (never upsample
-    from a coarser level than needed). A tiny tolerance absorbs rounding in slide metadata."""
+# How much coarser than the model's pixels a read level may be under `--read-level serving`.
+# Scanners' 40x is not 0.25 um/px: Aperio writes 0.2520-0.2527, so a model at 1.0 um/px is
+# 3.957-3.968 level-0 px per model px and the 4x level is 0.8-1.1 % coarser; read by the
+# `finer` rule, such a scan is decoded from level 0 (3,118 storage tiles for 314 model tiles
+# against 239 from the 4x level: benchmarks/RESULTS.md, "The level read"). 2 % takes every
+# Aperio scan with margin; Hamamatsu (0.2265) and 3DHistech (0.2430-0.2500) scans read a
+# finer level either way. It is not the default: the demo model keeps only 90 % of its
+# labels between the two reads of a 0.252 um/px slide (94.8 % between the 4x level and
+# level 0 of an exact 0.25 one), so whether a model may read the level that serves is a
+# property of the model, to be checked per model as bf16 is.
+SERVING_TOLERANCE = 0.02
+# rounding in slide metadata only (4.000183 for a nominal 4): never read a coarser level
+FINER_TOLERANCE = 1e-3
+# --read-level: finer (the default) or serving
+READ_LEVEL_TOLERANCES = {"finer": FINER_TOLERANCE, "serving": SERVING_TOLERANCE}
+
+
+def choose_level(
+    level_downsamples: tuple[float, ...], level0_per_model: float, tolerance: float
+) -> int:
+    """Coarsest level whose downsample is at most `tolerance` (relative) coarser than the
+    model's pixels: the resample then reduces, or upsamples by at most 1 + `tolerance`."""
     best = 0
     for level, ds in enumerate(level_downsamples):
-        if ds <= level0_per_model * (1 + 1e-3) and ds >= level_downsamples[best]:
+        if ds <= level0_per_model * (1 + tolerance) and ds >= level_downsamples[best]:
             best = level
     return best
 
@@ -67,7 +87,9 @@ def level_read_box(
     ds = float(downsample)
     if same_pixels(level0_per_model, ds):
         return int(x0), int(y0), int(x1), int(y1)
-    scale = level0_per_model / ds  # level pixels per model pixel (>= 1 by level choice)
+    # level pixels per model pixel (>= 1 / (1 + tolerance) by level choice: at most a slight
+    # upsample, whose bilinear support is within the margin)
+    scale = level0_per_model / ds
     margin = math.ceil(scale) + 2  # filter support of an antialiased bilinear reduction
     return (
         math.floor(x0 * scale) - margin,
@@ -81,7 +103,7 @@ def read_model_tiles(
     slide: RegionSource,
     boxes_model: Sequence[tuple[int, int, int, int]],
     level0_per_model: float,
-    level: int | None = None,
+    level: int,
     reader: LevelReader | None = None,
     out: np.ndarray | None = None,
 ) -> np.ndarray:
@@ -97,8 +119,6 @@ def read_model_tiles(
     if len(sizes) != 1:
         raise ValueError(f"boxes must have one size, got {sorted(sizes)}")
     ((width, height),) = sizes
-    if level is None:
-        level = choose_level(slide.level_downsamples, level0_per_model)
     ds = float(slide.level_downsamples[level])
     level_boxes = [level_read_box(b, level0_per_model, ds) for b in boxes_model]
     ix0, iy0, ix1, iy1 = _union_box(level_boxes)

@@ -21,7 +21,7 @@ from typing import Protocol
 import numpy as np
 
 from wsi_segment.errors import ConfigError
-from wsi_segment.wsi.region_reader import choose_level
+from wsi_segment.wsi.region_reader import FINER_TOLERANCE, choose_level
 
 # Tile cores per zarr chunk side: fixed, so the store's chunks (and bytes) do not depend on
 # the chunk size; 8 x 8 cores of 224 px tiles at d = 4 is 384 x 384 output px a chunk.
@@ -169,8 +169,10 @@ def plan_chunks(
     grid: TileGrid,
     chunk_tiles: int,
     tissue: TissueLike | None,
+    read_tolerance: float = FINER_TOLERANCE,
 ) -> ChunkPlan:
-    """Chunks (with their tissue tiles) covering the slide at the model's resolution."""
+    """Chunks (with their tissue tiles) covering the slide at the model's resolution, read
+    from the level `read_tolerance` allows (`region_reader.choose_level`)."""
     if slide_mpp <= 0 or model_mpp <= 0:
         raise ConfigError(f"mpp must be positive (slide {slide_mpp}, model {model_mpp})")
     grid.validate()
@@ -211,7 +213,7 @@ def plan_chunks(
                     )
     return ChunkPlan(
         level0_per_model=level0_per_model,
-        read_level=choose_level(tuple(slide.level_downsamples), level0_per_model),
+        read_level=choose_level(tuple(slide.level_downsamples), level0_per_model, read_tolerance),
         model_shape=(h_m, w_m),
         output_shape=(out_h, out_w),
         chunk_out=STORE_TILES * s // d,

@@ -167,11 +167,14 @@ def plan_source(
     return source
 
 
-def read_level_and_scale(slide: Slide, slide_mpp: float, model_mpp: float) -> LevelKey:
+def read_level_and_scale(
+    slide: Slide, slide_mpp: float, model_mpp: float, read_tolerance: float
+) -> LevelKey:
     """(read level, level-0 px per model px): the pyramid level chunks are read from and the
     scale, as `wsi.tiling.plan_chunks` plans them (known before tissue detection)."""
     level0_per_model = model_mpp / slide_mpp
-    return choose_level(tuple(slide.level_downsamples), level0_per_model), level0_per_model
+    downsamples = tuple(slide.level_downsamples)
+    return choose_level(downsamples, level0_per_model, read_tolerance), level0_per_model
 
 
 def slide_reads(slide_path: str, slide: Slide, key: LevelKey) -> tuple[ReadFacts, JpegTiles | None]:

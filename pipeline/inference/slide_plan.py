@@ -32,7 +32,8 @@ def plan_slide(
     """The tile grid (validated) and the tissue chunks, `chunk_tiles` x `chunk_tiles` tiles."""
     tile, model_mpp = geometry
     grid = slide_grid(tile, params)
-    return grid, plan_chunks(slide, mpp[0], model_mpp, grid, chunk_tiles, tissue)
+    tolerance = params.read_tolerance
+    return grid, plan_chunks(slide, mpp[0], model_mpp, grid, chunk_tiles, tissue, tolerance)
 
 
 def slide_grid(tile: int, params: SegmentParams) -> TileGrid:

@@ -313,7 +313,18 @@ def _slide_section(prep: PreparedRun) -> dict[str, Any]:
             "x": -float(slide.bounds_offset[0]),
             "y": -float(slide.bounds_offset[1]),
         },
+        **_read_section(prep),
+    }
+
+
+def _read_section(prep: PreparedRun) -> dict[str, Any]:
+    """The level the chunks were read from (the level that serves, `--read-level`), its mpp,
+    and the resample from it: level pixels per model pixel (below 1: a slight upsample)."""
+    ds = float(prep.slide.level_downsamples[prep.read_level])
+    return {
         "read_level": prep.read_level,
+        "read_level_mpp": {"x": prep.mpp[0] * ds, "y": prep.mpp[1] * ds},
+        "read_scale": prep.level0_per_model / ds,
     }
 
 

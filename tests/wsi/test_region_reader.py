@@ -28,8 +28,8 @@ def test_a_dense_chunk_at_a_whole_scale_gets_each_tiles_own_bytes(level0_per_mod
     boxes = tile_boxes(tiles, GRID)
     assert whole_scale(level0_per_model) and union_is_cheaper(boxes)
     with open_slide(CMU_SLIDE, backend="tiffslide") as slide:
-        together = read_model_tiles(slide, boxes, level0_per_model)
-        alone = np.stack([read_model_tiles(slide, [b], level0_per_model)[0] for b in boxes])
+        together = read_model_tiles(slide, boxes, level0_per_model, 0)
+        alone = np.stack([read_model_tiles(slide, [b], level0_per_model, 0)[0] for b in boxes])
     np.testing.assert_array_equal(together, alone)
     assert len(np.unique(together.reshape(-1, 3), axis=0)) > 100  # tissue, not blank
 
@@ -40,8 +40,8 @@ def test_scattered_tiles_are_resampled_each_from_its_own_box():
     boxes = tile_boxes([(0, 0), (4, 6)], GRID)
     assert not union_is_cheaper(boxes)
     with open_slide(CMU_SLIDE, backend="tiffslide") as slide:
-        together = read_model_tiles(slide, boxes, 2.0)
-        alone = np.stack([read_model_tiles(slide, [b], 2.0)[0] for b in boxes])
+        together = read_model_tiles(slide, boxes, 2.0, 0)
+        alone = np.stack([read_model_tiles(slide, [b], 2.0, 0)[0] for b in boxes])
     np.testing.assert_array_equal(together, alone)
 
 

@@ -18,7 +18,7 @@ import pytest
 from tests.conftest import CMU_SLIDE, DATA_DIR
 from wsi_segment.errors import ConfigError, MppMissingError, SlideError
 from wsi_segment.wsi.box_mean import box_mean
-from wsi_segment.wsi.region_reader import choose_level
+from wsi_segment.wsi.region_reader import FINER_TOLERANCE, SERVING_TOLERANCE, choose_level
 from wsi_segment.wsi.slide import Slide, _to_white_rgb, open_slide
 
 JPEG_TOLERANCE = 0
@@ -283,11 +283,15 @@ def test_levels_tiles_and_info_on_a_pyramid():
     with open_slide(BOXES) as slide:
         assert slide.level_count == 4
         assert slide.level_dimensions == ((300, 250), (150, 125), (75, 62), (37, 31))
-        # the one level chooser (wsi.region_reader.choose_level) never upsamples: 4.016 for a
-        # nominal 4 (rounded dimensions) is not read for 4.0, level 1 (2x) is
+        # the one level chooser (wsi.region_reader.choose_level): 4.016 for a nominal 4
+        # (rounded dimensions) serves a model at 4.0 (0.4 % coarser), but not at 3.9 (3 %);
+        # `finer` never reads a level coarser than the model's pixels
         assert slide.level_downsamples[2] == pytest.approx(4.016, abs=1e-3)
-        picks = [choose_level(slide.level_downsamples, ds) for ds in (0.5, 3.9, 4.0, 4.02, 100)]
-        assert picks == [0, 1, 1, 2, 3]
+        ratios = (0.5, 3.9, 4.0, 4.02, 100)
+        downsamples = slide.level_downsamples
+        serving = [choose_level(downsamples, ds, SERVING_TOLERANCE) for ds in ratios]
+        finer = [choose_level(downsamples, ds, FINER_TOLERANCE) for ds in ratios]
+        assert (serving, finer) == ([0, 1, 2, 2, 3], [0, 1, 1, 2, 3])
         assert slide.storage_tile_size(3) == (64, 64)
         with pytest.raises(ConfigError, match="level 4 out of range"):
             slide.storage_tile_size(4)

@@ -9,7 +9,12 @@ import numpy as np
 import pytest
 
 from wsi_segment.errors import ConfigError
-from wsi_segment.wsi.region_reader import choose_level
+from wsi_segment.wsi.region_reader import (
+    FINER_TOLERANCE,
+    READ_LEVEL_TOLERANCES,
+    SERVING_TOLERANCE,
+    choose_level,
+)
 from wsi_segment.wsi.tiling import (
     STORE_TILES,
     ChunkSpec,
@@ -193,8 +198,54 @@ def test_tile_tissue_grid_is_the_pixel_by_pixel_rule(seed: int) -> None:
         ((1.0, 4.0), 1.0, 0.5, 0),  # model finer than the slide: upsample level 0
     ],
 )
-def test_choose_level(downsamples, slide_mpp, model_mpp, level):
-    assert choose_level(downsamples, model_mpp / slide_mpp) == level
+@pytest.mark.parametrize("read_level", ["serving", "finer"])
+def test_choose_level(downsamples, slide_mpp, model_mpp, level, read_level):
+    """Where a level holds the model's pixels or a finer one serves, both rules agree."""
+    tolerance = READ_LEVEL_TOLERANCES[read_level]
+    assert choose_level(downsamples, model_mpp / slide_mpp, tolerance) == level
+
+
+APERIO = (1.0, 4.000183, 16.003, 32.01)  # a 40x SVS: its levels' downsamples as rounded sizes
+NDPI = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0)  # Hamamatsu: halving levels
+MRXS = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0)  # 3DHistech
+
+
+@pytest.mark.parametrize(
+    ("downsamples", "slide_mpp", "model_mpp", "serving", "finer"),
+    [
+        (APERIO, 0.2520, 1.0, 1, 0),  # 3.968: the 4x level is 0.8 % coarser
+        (APERIO, 0.2527, 1.0, 1, 0),  # 3.957: 1.1 % coarser
+        (APERIO, 0.2500, 1.0, 1, 1),  # 4.0 (its metadata's 4.000183 within rounding)
+        (APERIO, 0.2520, 0.5, 0, 0),  # 1.98: no 2x level; level 0 reduced
+        (APERIO, 0.2520, 4.0, 2, 1),  # 15.87: the 16x level is 0.8 % coarser
+        (APERIO, 0.2400, 1.0, 1, 1),  # 4.17: the 4x level is finer, read by both
+        (NDPI, 0.2265, 1.0, 2, 2),  # 4.42: the 4x level is finer than the model's pixels
+        (NDPI, 0.2265, 0.5, 1, 1),  # 2.21: the 2x level
+        (NDPI, 0.2520, 0.5, 1, 0),  # 1.98: the 2x level is 0.8 % coarser
+        (MRXS, 0.2430, 1.0, 2, 2),  # 4.12
+        (MRXS, 0.2500, 1.0, 2, 2),  # exactly 4
+        (MRXS, 0.2475, 0.5, 1, 1),  # 2.02
+    ],
+)
+def test_the_level_that_serves_on_scanners_pyramids(
+    downsamples, slide_mpp, model_mpp, serving, finer
+):
+    """The scanners' real 40x mpp: an Aperio scan at 0.252 um/px reads its 4x level for a
+    1 um/px model (`serving`), where `finer` decodes level 0 (16x the pixels)."""
+    ratio = model_mpp / slide_mpp
+    assert choose_level(downsamples, ratio, SERVING_TOLERANCE) == serving
+    assert choose_level(downsamples, ratio, FINER_TOLERANCE) == finer
+
+
+@pytest.mark.parametrize(
+    ("coarser_by", "level"),
+    [(0.0, 1), (0.0199, 1), (0.0201, 0), (0.05, 0), (-0.01, 1), (-0.3, 1)],
+)
+def test_the_serving_tolerance_is_a_bound(coarser_by, level):
+    """A level up to 2 % coarser than the model's pixels serves, one more than 2 % coarser
+    does not; a finer one always does (the resample reduces it)."""
+    downsamples = (1.0, 4.0 * (1 + coarser_by))
+    assert choose_level(downsamples, 4.0, SERVING_TOLERANCE) == level
 
 
 def test_plan_reads_from_the_chosen_level_and_rejects_bad_geometry():

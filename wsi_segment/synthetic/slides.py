@@ -46,6 +46,7 @@ __all__ = [
     "CLASS_NAMES",
     "read_label_map",
     "render_tissue",
+    "write_aperio_pyramid",
     "write_synthetic_slide",
 ]
 
@@ -186,8 +187,48 @@ def _from_array(src: np.ndarray, tile: int, white: np.ndarray) -> TileFn:
     return get
 
 
+@dataclass(frozen=True)
+class _ArrayTiles:
+    """Level-0 storage tiles cut from an image held in memory (a real scan's pixels)."""
+
+    src: np.ndarray
+    width: int
+    height: int
+    tile: int
+    mpp: float
+    white: np.ndarray
+
+    def __call__(self, i: int, j: int) -> np.ndarray:
+        return _from_array(self.src, self.tile, self.white)(i, j)
+
+
+def write_aperio_pyramid(
+    path: str | Path, rgb: np.ndarray, *, mpp: float, tile: int = 256, quality: int = 90
+) -> Path:
+    """Write `rgb` (H, W, 3 uint8: real pixels) as an Aperio-like pyramid declared at `mpp`
+    (levels 1, 4, 16, ... as 4 x 4 box averages, as a scanner's): a 40x-like scan of real
+    tissue for the level that serves (`wsi.region_reader.choose_level`)."""
+    import tifffile
+
+    path = Path(path)
+    height, width = rgb.shape[:2]
+    white = np.full((tile, tile, 3), 255, np.uint8)
+    level0 = _ArrayTiles(np.ascontiguousarray(rgb), width, height, tile, mpp, white)
+    jpeg = {"compression": "jpeg", "compressionargs": {"level": quality}, "photometric": "rgb"}
+    with (
+        tempfile.TemporaryDirectory(dir=path.parent, prefix=".pyramid-") as scratch,
+        tifffile.TiffWriter(path, bigtiff=width * height > 2**31) as tif,
+    ):
+        _write_pyramid(tif, Path(scratch), level0, jpeg, quality)
+    return path
+
+
 def _write_pyramid(
-    tif: Any, scratch: Path, level0: _Level0Tiles, jpeg: dict[str, Any], quality: int
+    tif: Any,
+    scratch: Path,
+    level0: _Level0Tiles | _ArrayTiles,
+    jpeg: dict[str, Any],
+    quality: int,
 ) -> None:
     """Every level into `tif` (each from the one before, through a memory map in
     `scratch`), with Aperio's thumbnail as the second page."""

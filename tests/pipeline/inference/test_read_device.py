@@ -23,6 +23,7 @@ from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.pipeline.read_policy import ASKED_CPU, NOT_CUDA, RGB_CODED, ReadFacts
 from wsi_segment.pipeline.run_policy import RunFacts, decide
 from wsi_segment.pipeline.segment import prepare, segment_slide
+from wsi_segment.wsi.region_reader import SERVING_TOLERANCE
 from wsi_segment.wsi.slide import open_slide
 
 OME_TIFF = DATA_DIR / "OS-1-detail.ome.tif"
@@ -150,7 +151,7 @@ def test_auto_reads_on_the_device_only_on_cuda_with_nvjpeg():
     from tests.pipeline.test_run_policy import CPU_ONLY, ONE_H100
 
     ome = open_slide(OME_TIFF, mpp=2.0)
-    key = read_level_and_scale(ome, 2.0, 2.0)
+    key = read_level_and_scale(ome, 2.0, 2.0, SERVING_TOLERANCE)
     assert key == (0, 1.0)
     facts, tiles = slide_reads(str(OME_TIFF), ome, key)
     assert facts == ReadFacts(ycbcr=True) and tiles is not None
@@ -164,7 +165,9 @@ def test_auto_reads_on_the_device_only_on_cuda_with_nvjpeg():
     assert reads(CPU_ONLY, "gpu", facts) == ("gpu", "libjpeg")
     assert reads(ONE_H100, "cpu", facts) == ("cpu", ASKED_CPU)
     cmu = open_slide(CMU_SLIDE, mpp=2.0)
-    rgb, _tiles = slide_reads(str(CMU_SLIDE), cmu, read_level_and_scale(cmu, 2.0, 2.0))
+    rgb, _tiles = slide_reads(
+        str(CMU_SLIDE), cmu, read_level_and_scale(cmu, 2.0, 2.0, SERVING_TOLERANCE)
+    )
     assert rgb == ReadFacts(ycbcr=False)
     assert reads(ONE_H100, "auto", rgb) == ("cpu", RGB_CODED)  # Aperio: the decoder processes
     assert reads(ONE_H100, "gpu", rgb) == ("gpu", "libjpeg")

@@ -26,10 +26,10 @@ def test_a_tile_reads_the_same_pixels_whatever_is_read_with_it(level0_per_model)
     probe = [(3, 4), (4, 3), (4, 4), (5, 5)]  # tissue
     chunk = [(i, j) for i in range(2, 8) for j in range(2, 6)]
     boxes = tile_boxes(probe, grid)
-    alone = np.stack([read_model_tiles(slide, [b], level0_per_model)[0] for b in boxes])
-    together = read_model_tiles(slide, boxes, level0_per_model)
+    alone = np.stack([read_model_tiles(slide, [b], level0_per_model, 0)[0] for b in boxes])
+    together = read_model_tiles(slide, boxes, level0_per_model, 0)
     np.testing.assert_array_equal(together, alone)
-    big = read_model_tiles(slide, tile_boxes(chunk, grid), level0_per_model)
+    big = read_model_tiles(slide, tile_boxes(chunk, grid), level0_per_model, 0)
     np.testing.assert_array_equal(big[[chunk.index(ij) for ij in probe]], alone)
 
 
