@@ -72,6 +72,7 @@ def many_bands_job(tmp: Path, model_dir: Path) -> tuple[SlideJob, list[ChunkSpec
     return dataclasses.replace(job, model=handle), specs
 
 
+@pytest.mark.slow  # a dozen bands of two slides on one slot (~50 s); the band cap behind it is tested below
 def test_a_quick_slide_does_not_wait_for_a_slow_one_on_a_shared_cluster(
     one_slot, tmp_path: Path, tiny_model_dir: Path
 ) -> None:

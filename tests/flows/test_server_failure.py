@@ -9,11 +9,13 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.conftest import tmpfs
 from tests.flows.test_server_process import SERVER_MODULE, batch_and_its_server, batch_env
 
 
+@pytest.mark.slow  # a whole batch under a temporary Prefect server whose home fills (~40 s); the server goes with #75
 def test_a_prefect_home_that_fills_under_a_batch_ends_it_in_one_error_line(
     tmp_path: Path,
 ) -> None:
@@ -42,6 +44,7 @@ def test_a_prefect_home_that_fills_under_a_batch_ends_it_in_one_error_line(
     assert len(stderr.splitlines()) < 80, stderr[-3000:]
 
 
+@pytest.mark.slow  # a whole batch against a server whose database fills (~40 s)
 def test_a_server_of_yours_whose_database_fills_is_named_in_the_one_line(tmp_path: Path) -> None:
     """The same with `PREFECT_API_URL` naming a running server (here one on this machine
     whose home fills once the batch's flow has begun): one `error:` line naming that server

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import psutil
+import pytest
 
 from tests.conftest import CMU_SLIDE
 
@@ -78,6 +79,7 @@ def _answering_server(batch_pid: int, timeout_s: float = 120) -> psutil.Process:
     raise AssertionError("the batch's temporary server never answered")
 
 
+@pytest.mark.slow  # a whole batch whose temporary server is killed and started again (~40 s); the server goes with #75
 def test_a_server_killed_under_a_batch_is_started_again_and_the_batch_ends_well(
     tmp_path: Path,
 ) -> None:

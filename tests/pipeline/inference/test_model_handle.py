@@ -109,7 +109,9 @@ COLD_OPENVINO_LOAD = {**NOTHING_CACHED, "graphs_compiled": 2, "checks_computed":
 COLD_OPENVINO_LOAD["network_built"] = True
 
 
-@pytest.mark.parametrize("runtime", ["torch", "openvino"])
+# openvino: two whole runs from a cold cache (~45 s), slow; torch checks the same sharing and
+# test_openvino_runtime what a cold and a warm OpenVINO load take from the cache
+@pytest.mark.parametrize("runtime", ["torch", pytest.param("openvino", marks=pytest.mark.slow)])
 def test_the_slides_a_process_runs_share_the_executor_the_plan_sized(
     own_model_dir: Path, tmp_path: Path, runtime: str
 ) -> None:
