@@ -35,8 +35,10 @@ def run(slide: Path, out: Path, read_level: str) -> tuple[dict, object]:
     shutil.rmtree(out, ignore_errors=True)
     params = SegmentParams(device="cpu", runtime="torch", precision="fp32", read_level=read_level)
     result = segment_slide(str(slide), out, params)
-    summary = json.loads((result.out_dir / "summary.json").read_text())
-    labels = zarr.open(str(result.out_dir / "probabilities.ome.zarr/0/labels/classes/0"), mode="r")
+    folder = result.out_dir
+    assert folder is not None, f"{slide}: no outputs"
+    summary = json.loads((folder / "summary.json").read_text())
+    labels = zarr.open_array(str(folder / "probabilities.ome.zarr/0/labels/classes/0"), mode="r")
     return summary, labels[:]
 
 

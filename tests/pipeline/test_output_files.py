@@ -34,7 +34,7 @@ PARAMETER_KEYS = [
     "model_dir", "device", "precision", "runtime", "batch_size", "mpp", "output_downsample",
     "overlap", "chunk_tiles", "gate", "overwrite", "backend", "threads", "decoders", "writers",
     "polygon_processes", "read_device", "cuda_graphs", "output_name", "simplify_tolerance", "ome_tiff", "tile_objects",
-    "tissue", "roi",
+    "tissue", "read_level", "roi",
 ]  # fmt: skip
 
 
