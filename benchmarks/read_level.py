@@ -47,7 +47,7 @@ def row(name: str, summary: dict) -> str:
     tiles = summary["run_stats"]["tiles_run"]
     read_s = summary["timings_s"].get("prefetch_read_cpu_s", float("nan"))
     s = summary["slide"]
-    decoded = summary["read_stats"]["storage_tiles_decoded"]
+    decoded = summary["read_stats"].get("storage_tiles_decoded", "not counted")
     return (
         f"| {name} | {s['read_level']} | {s['read_scale']:.4f} | {tiles} | {decoded} | "
         f"{1000 * read_s / tiles:.1f} |"
