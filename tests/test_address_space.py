@@ -47,6 +47,7 @@ def test_a_run_under_too_low_a_limit_is_refused_before_it_loads_anything(tmp_pat
         assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow  # a whole cold run (it exports and compiles the demo model's graph: ~27 CPU-s)
 def test_a_run_at_the_minimum_finishes(tmp_path: Path) -> None:
     """With a runtime cache of its own: the cold run (it compiles the graph, importing torch)."""
     cli = str(Path(sys.executable).parent / "wsi-segment")

@@ -128,7 +128,8 @@ def test_a_dicom_slide_folder_is_named_after_the_folder(
         rgb = slide.read_region((800, 1100), 0, (700, 500))
     folder = tmp_path / "case-7"
     write_dicom_slide(folder, rgb, 0.499)
-    result = segment_slide(folder, tmp_path / "out", SegmentParams(model_dir=tiny_model_dir))
+    params = SegmentParams(model_dir=tiny_model_dir, runtime="torch")  # naming, not a runtime
+    result = segment_slide(folder, tmp_path / "out", params)
     assert result.status == "done" and result.out_dir == tmp_path / "out" / "case-7"
     assert result.summary["slide"]["backend"] == "openslide"
 
