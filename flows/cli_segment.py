@@ -19,6 +19,7 @@ from wsi_segment.errors import ConfigError, RoiError, SlideStopped, WsiSegmentEr
 from wsi_segment.flows.signal_stop import signals_stop_runs
 from wsi_segment.gc_pause import gc_paused
 from wsi_segment.pipeline.output_files import optional_outputs, output_options
+from wsi_segment.pipeline.outputs.naming import is_control, one_line
 from wsi_segment.pipeline.params import (
     PRECISIONS,
     READ_DEVICES,
@@ -61,6 +62,19 @@ def mpp_value(text: str) -> float:
     return value
 
 
+def output_root(text: str) -> Path:
+    """argparse type of `--out`: a folder name without control characters or line breaks,
+    as slide names must be (`output_name.refuse_control_characters`): every `done` line and
+    error names it on one line."""
+    found = sorted({one_line(ch) for ch in text if is_control(ch)})
+    if found:
+        raise argparse.ArgumentTypeError(
+            f"'{one_line(text)}' holds control characters ({', '.join(found)}), which would "
+            "break the one-line messages that name it; choose a folder without them"
+        )
+    return Path(text)
+
+
 def even_overlap(text: str) -> int:
     value = positive_int(0, 1024)(text)
     if value % 2:
@@ -98,7 +112,7 @@ def add_location_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=Path, help="model folder (default: the demo model)")
     parser.add_argument(
         "--out",
-        type=Path,
+        type=output_root,
         default=Path("wsi-segment-out"),
         help="output root; each slide gets <out>/<slide stem>/ (default: %(default)s)",
     )

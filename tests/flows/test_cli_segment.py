@@ -63,6 +63,34 @@ def test_usage_errors_exit_2_with_the_range(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("command", ["segment", "batch"])
+@pytest.mark.parametrize(
+    ("out", "shown"), [("o/nl\nx", "\\n"), ("o/\tx", "\\t"), ("o\x1b[2J", "\\x1b")]
+)
+def test_an_output_folder_with_control_characters_is_a_usage_error(
+    tmp_path, capsys, command, out, shown
+):
+    """`--out` with a line break, tab or escape: refused as slide names with them are, one
+    line naming it escaped, exit 2, nothing made (it would split every `done` line)."""
+    from wsi_segment.flows.cli import build_parser
+
+    with pytest.raises(SystemExit) as stopped:
+        build_parser().parse_args([command, str(CMU_SLIDE), "--out", str(tmp_path / out)])
+    assert stopped.value.code == 2
+    error = capsys.readouterr().err.splitlines()[-1]
+    assert error.startswith(f"wsi-segment {command}: error: argument --out: '")
+    assert f"holds control characters ({shown})" in error
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("out", ["résultats", "out put", "o/ok-1.2"])
+def test_an_ordinary_output_folder_is_taken_as_given(tmp_path, out):
+    from wsi_segment.flows.cli import build_parser
+
+    args = build_parser().parse_args(["segment", str(CMU_SLIDE), "--out", str(tmp_path / out)])
+    assert args.out == tmp_path / out
+
+
 def test_tissue_and_roi_options_reach_the_batch_flow(tmp_path):
     """`batch` passes --tissue/--roi through the flow's JSON options back into SegmentParams."""
     from wsi_segment.flows.cli import build_parser
