@@ -46,6 +46,7 @@ from wsi_segment.pipeline.outputs.overlay import (
     save_overlay,
 )
 from wsi_segment.pipeline.outputs.overlay_thumbnail import save_thumbnail
+from wsi_segment.pipeline.outputs.ownership import store_chunk_files
 from wsi_segment.pipeline.outputs.polygon_merge import (
     drop_collinear_vertices,
     merge_class_polygons,
@@ -106,6 +107,8 @@ def write_outputs(
     prep.timings["outputs_s"] = time.perf_counter() - t0
     run = {**run_stats(outcomes), **prep.read_device}
     summary = _summary(prep, areas, tissue_um2, n_levels, files, run)
+    # what the ownership check counts before an --overwrite replaces this folder
+    summary["output"]["store_chunk_files"] = store_chunk_files(zarr_path)
     if roi_report:
         summary["rois"] = roi_report
     write_summary(work_dir / SUMMARY_NAME, summary)

@@ -65,12 +65,18 @@ def not_our_output(path: Path) -> str | None:
     ours = {f for f in listed if isinstance(f, str)} if isinstance(listed, list) else set()
     # a summary that lists no files (older ones): what any run may write
     ours = (ours or set(OUTPUT_FILES)) | {SUMMARY_NAME}
+    written = output.get("store_chunk_files") if isinstance(output, dict) else None
     extra = []
     for entry in sorted(os.scandir(path), key=lambda e: e.name):
         if entry.name not in ours or entry.is_symlink():
             extra.append(entry.name)
         elif entry.name == STORE_NAME and entry.is_dir():
-            extra += _not_in_layout(Path(entry.path), STORE_LAYOUT, entry.name)
+            foreign, chunks = _walk_layout(Path(entry.path), STORE_LAYOUT, entry.name)
+            extra += foreign
+            # more chunk files than the run wrote (a summary that counted them): some file
+            # named like a chunk key is someone else's (a store the run left without chunks)
+            if isinstance(written, int) and chunks > written:
+                extra.append(f"{entry.name}: {chunks} chunk files where the run wrote {written}")
         elif entry.name == STORE_NAME or not entry.is_file():  # not what we write there
             extra.append(entry.name)
     if extra:
@@ -107,25 +113,38 @@ STORE_LAYOUT = Node(
 )
 
 
-def _not_in_layout(folder: Path, node: Node, shown: str) -> list[str]:
-    """Paths under `folder` (shown as `shown/...`) that `node` does not describe: names
+def store_chunk_files(store: Path) -> int:
+    """How many chunk files the zarr store at `store` holds (every array's, by `STORE_LAYOUT`,
+    names only): what a run records in summary.json (`output.store_chunk_files`), so that a
+    file named like a chunk key that the run did not write is told apart from its own."""
+    return _walk_layout(store, STORE_LAYOUT, store.name)[1]
+
+
+def _walk_layout(folder: Path, node: Node, shown: str) -> tuple[list[str], int]:
+    """(paths under `folder` that `node` does not describe, chunk files that it does): names
     only, and of an array its `.zarray` alone is read (for the chunk grid), so a store of
     thousands of chunks is checked in a walk. A foreign folder is named, not entered."""
     grid = chunk_grid(folder, node.chunk_dims) if node.chunk_dims else ()
-    extra = []
+    extra: list[str] = []
+    chunks = 0
     for entry in sorted(os.scandir(folder), key=lambda e: e.name):
         name, here = entry.name, f"{shown}/{entry.name}"
         number = _NUMBER.fullmatch(name) is not None
         if entry.is_symlink():
             extra.append(here)
         elif grid and number:  # a chunk key's first part: inside the grid, or not ours
-            extra += _not_chunk_key(entry, grid, here)
+            foreign, found = _not_chunk_key(entry, grid, here)
+            extra, chunks = extra + foreign, chunks + found
         elif entry.is_dir():
             sub = node.folder(name) or (node.numbered if number and not node.chunk_dims else None)
-            extra += [here] if sub is None else _not_in_layout(Path(entry.path), sub, here)
+            if sub is None:
+                extra.append(here)
+            else:
+                foreign, found = _walk_layout(Path(entry.path), sub, here)
+                extra, chunks = extra + foreign, chunks + found
         elif not (entry.is_file() and name in node.files):
             extra.append(here)
-    return extra
+    return extra, chunks
 
 
 def chunk_grid(folder: Path, dims: int) -> tuple[int, ...]:
@@ -149,22 +168,26 @@ def chunk_grid(folder: Path, dims: int) -> tuple[int, ...]:
     return tuple(math.ceil(n / c) for n, c in zip(shape, chunks, strict=True))
 
 
-def _not_chunk_key(entry: os.DirEntry[str], grid: tuple[int, ...], shown: str) -> list[str]:
-    """`entry` (shown as `shown`) and what is under it that is not a chunk key of an array
-    with `grid` chunks per axis: numbers below the grid's count on each axis, folders for
-    every part but the last, which is a file."""
+def _not_chunk_key(
+    entry: os.DirEntry[str], grid: tuple[int, ...], shown: str
+) -> tuple[list[str], int]:
+    """(`entry` (shown as `shown`) and what is under it that is not a chunk key of an array
+    with `grid` chunks per axis, the chunk files under it): numbers below the grid's count on
+    each axis, folders for every part but the last, which is a file."""
     if entry.is_symlink() or _NUMBER.fullmatch(entry.name) is None:
-        return [shown]
+        return [shown], 0
     if int(entry.name) >= grid[0]:
-        return [shown]
+        return [shown], 0
     if len(grid) == 1:
-        return [] if entry.is_file() else [shown]
+        return ([], 1) if entry.is_file() else ([shown], 0)
     if not entry.is_dir():
-        return [shown]
-    extra = []
+        return [shown], 0
+    extra: list[str] = []
+    chunks = 0
     for sub in sorted(os.scandir(entry.path), key=lambda e: e.name):
-        extra += _not_chunk_key(sub, grid[1:], f"{shown}/{sub.name}")
-    return extra
+        foreign, found = _not_chunk_key(sub, grid[1:], f"{shown}/{sub.name}")
+        extra, chunks = extra + foreign, chunks + found
+    return extra, chunks
 
 
 def unreadable_summary(folder: Path) -> str | None:

@@ -159,6 +159,27 @@ def test_a_file_named_like_a_chunk_key_outside_the_grid_is_not_ours(
     assert snapshot(finished) == before
 
 
+def test_a_users_file_at_a_chunk_key_of_a_store_without_chunks_is_not_ours(
+    tiny_model_dir, tmp_path, capsys
+):
+    """A slide with no tissue leaves its arrays without chunk files; a person's file at a
+    key inside the grid (`0/0/0/0/0`) is one more than summary.json counts: --overwrite
+    refuses, naming the store, and the file stays (before: rc 0 and the file gone)."""
+    from tests.conftest import DATA_DIR
+
+    slide, out = DATA_DIR / "small.svs", tmp_path / "out"
+    assert run_cli_inprocess(cli_args(slide, tiny_model_dir, out), capsys).code == 0
+    store = out / "small" / "probabilities.ome.zarr"
+    assert not [p for p in store.rglob("*") if p.is_file() and p.name.isdigit()]
+    users = store / "0/0/0/0/0"
+    users.parent.mkdir(parents=True)
+    users.write_text("user\n")
+    before = snapshot(out)
+    result = run_cli_inprocess(cli_args(slide, tiny_model_dir, out, "--overwrite"), capsys)
+    assert_clean_error(result, "probabilities.ome.zarr: 1 chunk files where the run wrote 0")
+    assert snapshot(out) == before and users.read_text() == "user\n"
+
+
 def test_overwrite_replaces_our_own_output(finished, cmu_crop, tiny_model_dir, capsys):
     """The clean case stays clean: our finished output is redone, nothing else is left."""
     folder = finished / cmu_crop.stem

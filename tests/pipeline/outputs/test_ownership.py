@@ -23,7 +23,7 @@ from wsi_segment.pipeline.outputs.ome_zarr import (
     finalize_pyramid,
     level0_path,
 )
-from wsi_segment.pipeline.outputs.ownership import not_our_output
+from wsi_segment.pipeline.outputs.ownership import not_our_output, store_chunk_files
 from wsi_segment.pipeline.outputs.summary import write_summary
 
 
@@ -142,3 +142,29 @@ def test_a_file_where_the_store_should_be_is_not_ours(tmp_path):
     write_summary(folder / "summary.json", summary)
     problem = not_our_output(folder)
     assert problem is not None and "overlay.png" in problem
+
+
+def test_the_store_counts_its_chunk_files_by_their_names(output):
+    """`store_chunk_files`: every array's chunk files (the pyramid's and the labels'), what a
+    run records in summary.json before it is done."""
+    assert store_chunk_files(output / STORE_NAME) == 4 * (130 + 35 + 12) + 130 + 35 + 12
+
+
+def test_a_file_named_like_a_chunk_the_run_did_not_write_is_not_ours(tmp_path, output):
+    """A store the run left with fewer chunk files than its grid holds (no tissue: none at
+    all): a person's file at a chunk key inside the grid is one more than summary.json
+    counts, so it is named and the folder is not ours; a chunk of ours deleted is no reason."""
+    folder = tmp_path / "slide"
+    shutil.copytree(output, folder)
+    written = store_chunk_files(folder / STORE_NAME)
+    summary = {"schema_version": 1, "fingerprint": "f"}
+    summary["output"] = {"files": [STORE_NAME], "store_chunk_files": written}
+    write_summary(folder / "summary.json", summary)
+    assert not_our_output(folder) is None
+    (folder / STORE_NAME / "0/0/0/0/0").unlink()  # one of ours gone
+    assert not_our_output(folder) is None
+    (folder / STORE_NAME / "0/0/0/0/0").write_text("user\n")  # a person's, where ours was
+    summary["output"]["store_chunk_files"] = written - 1  # the run wrote one fewer
+    write_summary(folder / "summary.json", summary)
+    why = not_our_output(folder)
+    assert why is not None and f"{written} chunk files where the run wrote {written - 1}" in why
