@@ -24,6 +24,7 @@ from wsi_segment.pipeline.outputs.chunk_summary import (
     ChunkOutcome,
     summarise_block,
 )
+from wsi_segment.pipeline.outputs.chunk_writes import write_chunk_by_chunk
 from wsi_segment.pipeline.outputs.label_image import label_values
 from wsi_segment.wsi.tiling import STORE_TILES, ChunkSpec, TileGrid
 
@@ -139,9 +140,9 @@ class SlideJob(PerThread):
         """Stitch a write unit, write the zarr chunks it owns, summarise it; its polygons
         traced by `polygons` (None: in this thread)."""
         block = self.stitch_block(spec, reduced)
-        ox0, oy0, ox1, oy1 = spec.out_box
-        self._array()[:, oy0:oy1, ox0:ox1] = block.probs
-        self._array(self.labels_path)[oy0:oy1, ox0:ox1] = label_values(block.labels)
+        ox0, oy0 = spec.out_box[:2]
+        write_chunk_by_chunk(self._array(), (0, oy0, ox0), block.probs)
+        write_chunk_by_chunk(self._array(self.labels_path), (oy0, ox0), label_values(block.labels))
         outcome = summarise_block(
             spec,
             len(spec.tiles),

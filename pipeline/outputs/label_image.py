@@ -23,6 +23,7 @@ import zarr
 
 from wsi_segment.errors import OutputError
 from wsi_segment.models.labels import NODATA, UNCLASSIFIED, UNCLASSIFIED_COLOR, UNCLASSIFIED_NAME
+from wsi_segment.pipeline.outputs.chunk_writes import write_chunk_by_chunk
 from wsi_segment.pipeline.outputs.ome_zarr import (
     ATTRS_KEY,
     CHUNK_KEYS,
@@ -156,7 +157,7 @@ def finalize_label_pyramid(path: str | Path, n_levels: int) -> None:
         )
         if whole is not None:
             whole = whole[::2, ::2]
-            dst[:] = whole
+            write_chunk_by_chunk(dst, (0, 0), whole)
         else:
             for by in range(math.ceil(dst.shape[0] / cy)):
                 for bx in range(math.ceil(dst.shape[1] / cx)):

@@ -30,6 +30,7 @@ from zarr.core.chunk_key_encodings import ChunkKeyEncodingParams
 
 from wsi_segment.errors import ConfigError, OutputError
 from wsi_segment.pipeline.machine import usable_cores
+from wsi_segment.pipeline.outputs.chunk_writes import write_chunk_by_chunk
 from wsi_segment.pipeline.outputs.ome_xml import probability_ome_xml
 
 NGFF_VERSION = "0.4"
@@ -318,7 +319,7 @@ def finalize_pyramid(path: str | Path, min_size: int = 256) -> int:
             )
             if whole is not None:
                 whole = downsample_mean2(whole)
-                dst[:] = whole
+                write_chunk_by_chunk(dst, (0, 0, 0), whole)
             else:
                 blocks = [
                     (k, by, bx)
