@@ -10,6 +10,10 @@
 #   sudo deploy/slurm-single-node.sh stop /tmp/slurm
 #
 # Runs as root (slurmd must); munged runs as the `munge` user the package creates.
+# slurmctld and slurmd listen on loopback only (127.0.0.1:6817 and :6818): a SLURM that takes
+# jobs from the network runs any code it is sent, next to patient data. To serve other
+# machines, name this machine's address: SLURM_LISTEN_ADDRESS=10.0.0.5 deploy/... start DIR
+# (then secure the network as for any SLURM: munge keys, a firewall).
 set -eu
 action=${1:?usage: slurm-single-node.sh start|stop DIR}
 dir=${2:?usage: slurm-single-node.sh start|stop DIR}
@@ -34,6 +38,10 @@ for tool in munged slurmctld slurmd sbatch; do
 done
 
 host=$(hostname -s)
+addr=${SLURM_LISTEN_ADDRESS:-127.0.0.1}
+# the controller's name: `localhost` for loopback (slurmctld accepts it as its own name and
+# binds to what it resolves to), else this host at the given address
+if [ "$addr" = 127.0.0.1 ]; then controller="localhost($addr)"; else controller="$host($addr)"; fi
 cpus=$(nproc)
 mem_mb=$(awk '/MemTotal/ {print int($2 / 1024 * 0.8)}' /proc/meminfo)
 mkdir -p "$dir/munge" "$dir/munge-run" "$dir/ctld" "$dir/spool"
@@ -49,7 +57,9 @@ cp "$dir/munge-run/munged.pid" "$dir/munged.pid"
 
 cat > "$dir/slurm.conf" <<CONF
 ClusterName=single
-SlurmctldHost=$host
+SlurmctldHost=$controller
+# bind to the configured addresses, not to every interface (INADDR_ANY)
+CommunicationParameters=NoCtldInAddrAny,NoInAddrAny
 SlurmUser=root
 AuthType=auth/munge
 AuthInfo=socket=$dir/munge-run/munge.socket
@@ -70,7 +80,7 @@ SlurmctldLogFile=$dir/slurmctld.log
 SlurmdLogFile=$dir/slurmd.log
 SlurmctldPort=6817
 SlurmdPort=6818
-NodeName=$host CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN
+NodeName=$host NodeAddr=$addr NodeHostname=$host CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 CONF
 export SLURM_CONF="$dir/slurm.conf"
