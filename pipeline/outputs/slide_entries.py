@@ -200,7 +200,10 @@ def _entry(root: Path, name: str, is_folder: bool, tonight: BatchOutcome) -> Sli
     if record is not None and _outlived(record, entry, status_tonight):
         record = None
     if record is not None or status_tonight in ("failed", "known-failure"):
-        status = BATCH_STATUS.get(status_tonight, FAILED)
+        # a record the batch did not meet tonight (`wsi-segment report`, or a batch of other
+        # slides into this OUT) is a known failure since its date, as the night that met it said
+        unmet = record is not None and not status_tonight
+        status = KNOWN if unmet else BATCH_STATUS.get(status_tonight, FAILED)
         message = record["message"] if record is not None else error_tonight
         reason = _one_line(message or "failed")
         if record is not None and status == KNOWN:

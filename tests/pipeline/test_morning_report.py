@@ -246,8 +246,9 @@ def test_files_not_ours_are_left_alone(out: Path, tmp_path: Path) -> None:
 
 
 def test_a_failure_record_beside_outputs_the_newer_wins(out: Path, tmp_path: Path) -> None:
-    """A failure after the outputs were made: failed, numbers of the earlier run kept and
-    said so; outputs made after the failure (a run outside a batch keeps no record): done;
+    """A failure after the outputs were made, which tonight's batch did not meet (nor does a
+    rebuild by `wsi-segment report`): a known failure since its record's date, numbers of the
+    earlier run kept and said so; outputs made after the failure (a run outside a batch keeps no record): done;
     a slide tonight's batch finished: done, whatever the record it removes at its end."""
     from wsi_segment.pipeline.morning_report import build_morning_report
     from wsi_segment.pipeline.outputs.failure_record import write_record
@@ -262,14 +263,17 @@ def test_a_failure_record_beside_outputs_the_newer_wins(out: Path, tmp_path: Pat
         ("earlier-failure", "2000-01-01T00:00:00Z"),
         ("tonight", "2999-01-01T00:00:00Z"),
     ):
-        record = {k: "x" for k in ("fingerprint", "since_utc", "error_class")}
+        record = {k: "x" for k in ("fingerprint", "error_class")}
         record |= {"failed_utc": when, "message": f"{name}.svs: not a readable slide\nmore"}
+        record["since_utc"] = "2026-11-20T02:00:00Z"
         assert write_record(work, name, record) is None
     tonight = {"tonight": BatchOutcome("done", "", "/slides/tonight.svs")}
     rows = {r["slide"]: r for r in read_rows(build_morning_report(work, tonight).cohort)}
-    assert rows["later-failure"]["status"] == "failed"
+    # tonight's batch did not meet it (nor does `wsi-segment report`): known since its record
+    assert rows["later-failure"]["status"] == "known failure"
     assert rows["later-failure"]["reason"] == (
-        "later-failure.svs: not a readable slide (the outputs shown are an earlier run's)"
+        "failing since 2026-11-20: later-failure.svs: not a readable slide "
+        "(the outputs shown are an earlier run's)"
     )
     assert (
         float(rows["later-failure"]["tissue_area_um2"])
