@@ -19,6 +19,7 @@ from html import escape
 from urllib.parse import quote
 
 from wsi_segment.pipeline.outputs.slide_entries import (
+    EMPTY_DONE,
     PROBLEMS,
     STATUS_ORDER,
     ClassArea,
@@ -115,7 +116,12 @@ def page_html(
 
 
 def _tally(entries: Sequence[SlideEntry]) -> str:
-    counts = {s: sum(e.status == s for e in entries) for s in STATUS_ORDER}
+    """How many slides in each status, the finished ones without a result (no tissue, a
+    fluorescence slide) counted apart from `done` and `up to date`."""
+    counts = dict.fromkeys((*STATUS_ORDER, EMPTY_DONE), 0)
+    for entry in entries:
+        key = EMPTY_DONE if entry.empty else entry.status
+        counts[key] = counts.get(key, 0) + 1
     cells = "".join(f"<span>{n} {escape(s)}</span>" for s, n in counts.items() if n)
     return f'<p class="tally">{len(entries)} slide(s): {cells}</p>'
 

@@ -69,6 +69,9 @@ STATUS_ORDER = (
 PROBLEMS = frozenset(STATUS_ORDER[: STATUS_ORDER.index(OLDER) + 1])  # failures first
 # tonight's batch statuses (pipeline.segment.SlideResult) -> what the report calls them
 BATCH_STATUS = {"up-to-date": UP_TO_DATE, "known-failure": KNOWN, "failed": FAILED}
+EMPTY_TISSUE = ("none", "fluorescence?")  # summary.json tissue.status of a run with no result
+# the report's tally for done slides without a result, counted apart from those with one
+EMPTY_DONE = "empty (no tissue or fluorescence?)"
 GATED_FLAG = 0.05  # a gated (Unclassified) share of tissue at or above this is flagged
 FALLBACK_COLOR = (160, 160, 160)  # a class whose colour the folder does not say
 
@@ -116,6 +119,11 @@ class SlideEntry:
     schema_version: int | None = None
     has_overlay: bool = False
     has_thumbnail: bool = False
+
+    @property
+    def empty(self) -> bool:
+        """Finished with nothing to show: no tissue found, or a dark (fluorescence?) slide."""
+        return self.status in (DONE, UP_TO_DATE) and self.tissue_status in EMPTY_TISSUE
 
     @property
     def qc_flags(self) -> tuple[str, ...]:

@@ -128,6 +128,11 @@ def test_rows_hold_the_numbers_of_each_summary(out: Path, tmp_path: Path) -> Non
     assert small_row.count('<td data-v="">n/a</td>') == 5
     assert not (work / ".report").exists()  # no picture decoded, none made
     assert "http://" not in page and "https://" not in page  # nothing from the network
+    # the slide without tissue is counted apart from the done ones with a result
+    tally = re.search(r'<p class="tally">(.*?)</p>', page)
+    assert tally is not None and tally.group(1) == (
+        "3 slide(s): <span>2 done</span><span>1 empty (no tissue or fluorescence?)</span>"
+    )
 
 
 def test_a_rebuild_gives_the_same_bytes_and_no_new_rows(out: Path, tmp_path: Path) -> None:
