@@ -68,7 +68,7 @@ def finished_output(
     except (WsiSegmentError, OSError):  # a missing slide, model or ROI: prepare names it
         return None
     if previous["fingerprint"] != fingerprint:
-        refuse_other_run(out_dir, slide_path, previous)
+        refuse_other_run(out_dir, slide_path, previous, (model_hash, params))
     return out_dir, previous
 
 
@@ -82,16 +82,19 @@ def is_up_to_date(prep: PreparedSlide) -> bool:
     if previous.get("fingerprint") == prep.fingerprint:
         return not prep.params.overwrite
     if not prep.params.overwrite:
-        refuse_other_run(prep.out_dir, prep.slide_path, previous)
+        refuse_other_run(prep.out_dir, prep.slide_path, previous, (prep.model_hash, prep.params))
     refuse_foreign(prep.out_dir)  # --overwrite replaces only an output of ours
     return False
 
 
-def refuse_other_run(out_dir: Path, slide_path: str, previous: dict[str, Any]) -> None:
+def refuse_other_run(
+    out_dir: Path, slide_path: str, previous: dict[str, Any], run: tuple[str, SegmentParams]
+) -> None:
     """The OutputError for `out_dir`, a finished output of ours from another run met
-    without --overwrite (`previous`: its summary): of another slide of the same name (two
-    folders' `x.svs` into one --out: --overwrite would lose the other slide's results), or
-    of this slide with another model or parameters."""
+    without --overwrite (`previous`: its summary; `run`: this run's model hash and
+    parameters): of another slide of the same name (two folders' `x.svs` into one --out:
+    --overwrite would lose the other slide's results), or of this slide, saying what differs:
+    the model, the parameters (each named), or else the slide file itself."""
     refuse_foreign(out_dir)
     slide = previous.get("slide")
     other = slide.get("path") if isinstance(slide, dict) else None
@@ -104,8 +107,35 @@ def refuse_other_run(out_dir: Path, slide_path: str, previous: dict[str, Any]) -
             "slide's results)"
         )
     raise OutputError(
-        f"{out_dir} holds results of a different run (other model or parameters); "
+        f"{out_dir} holds results of a different run ({_what_differs(previous, *run)}); "
         "pass --overwrite to replace them or choose another --out"
+    )
+
+
+def _what_differs(previous: dict[str, Any], model_hash: str, params: SegmentParams) -> str:
+    """Why the fingerprints differ, from what the summary recorded: another model, other
+    parameters (named, old -> new), or neither: the slide file changed (a slide replaced by
+    a damaged copy: a rerun with --overwrite then says what is wrong with it), the --roi
+    file's regions, or the output format of an earlier version."""
+    model = previous.get("model")
+    if not isinstance(model, dict) or model.get("sha256") != model_hash:
+        return "another model: its files' sha256 differ"
+    try:
+        before = SegmentParams.from_dict(previous.get("parameters") or {}).fingerprint_fields()
+    except (TypeError, ValueError, WsiSegmentError):  # an older version's parameters
+        return "other model or parameters"
+    now = params.fingerprint_fields()
+    changed = [
+        f"{k} {before.get(k)!r} -> {now.get(k)!r}"
+        for k in sorted(before.keys() | now.keys())
+        if before.get(k) != now.get(k)
+    ]
+    if changed:
+        return "other parameters: " + ", ".join(changed)
+    roi = ", or the --roi file's contents" if params.roi is not None else ""
+    return (
+        f"the same model and parameters: the slide file changed since (its size or "
+        f"modification time){roi}, or an earlier version of wsi-segment wrote them"
     )
 
 

@@ -176,20 +176,33 @@ def restored(path: Path) -> Iterator[None]:
         os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
-def assert_new_run(finished: Finished, params: SegmentParams) -> None:
+def assert_new_run(finished: Finished, params: SegmentParams, why: str = "") -> None:
     """Not up to date: the finished output of another run is refused before `prepare` (no
-    model loads for a run that cannot write), and with --overwrite the run prepares."""
+    model loads for a run that cannot write), saying `why`, and with --overwrite the run
+    prepares."""
     prepared: list[str] = []
-    with pytest.raises(OutputError, match="different run"):
+    with pytest.raises(OutputError, match="different run") as refused:
         segment.run_stages(finished.slide, finished.out, params, recording_stages(prepared))
+    assert f"different run ({why}" in str(refused.value), str(refused.value)
     assert prepared == []
     overwrite = replace(params, overwrite=True)
     assert segment.up_to_date_result(finished.slide, finished.out, overwrite) is None
 
 
+# a slide or --roi file rewritten in place: what the summary recorded of the run matches
+SAME_MODEL_AND_PARAMETERS = (
+    "the same model and parameters: the slide file changed since (its size or modification "
+    "time), or the --roi file's contents"
+)
+
+
 def test_changed_parameters_are_a_new_run(finished: Finished) -> None:
-    assert_new_run(finished, replace(finished.params, overlap=16))
-    assert_new_run(finished, replace(finished.params, gate=False))
+    assert_new_run(
+        finished, replace(finished.params, overlap=16), "other parameters: overlap 32 -> 16)"
+    )
+    assert_new_run(
+        finished, replace(finished.params, gate=False), "other parameters: gate True -> False)"
+    )
 
 
 def test_changed_weights_are_a_new_run(finished: Finished) -> None:
@@ -199,14 +212,14 @@ def test_changed_weights_are_a_new_run(finished: Finished) -> None:
         data = bytearray(weights.read_bytes())
         data[-1] ^= 1  # the last tensor's last byte: still a valid file, another model
         weights.write_bytes(bytes(data))
-        assert_new_run(finished, finished.params)
+        assert_new_run(finished, finished.params, "another model: its files' sha256 differ)")
 
 
 def test_changed_model_json_is_a_new_run(finished: Finished) -> None:
     meta = Path(finished.params.model_dir or "") / "model.json"
     with restored(meta):
         meta.write_text(meta.read_text() + "\n")  # the same description, other bytes
-        assert_new_run(finished, finished.params)
+        assert_new_run(finished, finished.params, "another model")
 
 
 def test_changed_slide_is_a_new_run(finished: Finished) -> None:
@@ -214,14 +227,14 @@ def test_changed_slide_is_a_new_run(finished: Finished) -> None:
     with restored(finished.slide):
         st = finished.slide.stat()
         os.utime(finished.slide, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
-        assert_new_run(finished, finished.params)
+        assert_new_run(finished, finished.params, SAME_MODEL_AND_PARAMETERS)
 
 
 def test_changed_roi_is_a_new_run(finished: Finished) -> None:
     roi = Path(finished.params.roi or "")
     with restored(roi):
         qp.export(roi, [qp.annotation(qp.rect(0, 0, 800, 700), "r")])
-        assert_new_run(finished, finished.params)
+        assert_new_run(finished, finished.params, SAME_MODEL_AND_PARAMETERS)
 
 
 def test_a_missing_model_is_reported_not_skipped(finished: Finished, tmp_path: Path) -> None:
