@@ -27,7 +27,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 def run(args: argparse.Namespace) -> int:
     from wsi_segment.pipeline.morning_report import build_morning_report
-    from wsi_segment.pipeline.outputs.slide_entries import PROBLEMS
+    from wsi_segment.pipeline.outputs.slide_status import PROBLEMS
 
     report = build_morning_report(args.out, {})
     problems = sum(e.status in PROBLEMS for e in report.entries)

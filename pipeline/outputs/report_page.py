@@ -18,13 +18,8 @@ from collections.abc import Callable, Mapping, Sequence
 from html import escape
 from urllib.parse import quote
 
-from wsi_segment.pipeline.outputs.slide_entries import (
-    EMPTY_DONE,
-    PROBLEMS,
-    STATUS_ORDER,
-    ClassArea,
-    SlideEntry,
-)
+from wsi_segment.pipeline.outputs.slide_entries import ClassArea, SlideEntry
+from wsi_segment.pipeline.outputs.slide_status import EMPTY_DONE, PROBLEMS, STATUS_ORDER
 
 PAGE_NAME = "report.html"
 OURS_PREFIX = "<!DOCTYPE html>\n<!-- wsi-segment report -->\n"

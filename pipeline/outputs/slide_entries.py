@@ -37,41 +37,25 @@ from wsi_segment.pipeline.output_files import (
 from wsi_segment.pipeline.outputs.failure_record import RECORD_SUFFIX, read_record
 from wsi_segment.pipeline.outputs.output_classes import output_classes
 from wsi_segment.pipeline.outputs.ownership import unreadable_summary
+from wsi_segment.pipeline.outputs.slide_status import (
+    BATCH_STATUS,
+    DAMAGED,
+    DONE,
+    EMPTY_TISSUE,
+    FAILED,
+    FOREIGN,
+    IN_PROGRESS,
+    KNOWN,
+    NEWER,
+    OLDER,
+    STOPPED,
+    UNREADABLE,
+    UP_TO_DATE,
+)
 from wsi_segment.pipeline.outputs.summary import SCHEMA_VERSION
 from wsi_segment.wsi.shown_path import shown_slide_path
 
 PARTIAL_SUFFIX = ".partial"
-# What the report calls a slide: statuses of entries, in the order the page lists them.
-FAILED, KNOWN, DAMAGED, UNREADABLE, FOREIGN, NEWER, IN_PROGRESS, STOPPED = (
-    "failed",
-    "known failure",
-    "damaged summary",
-    "unreadable summary",
-    "not ours",
-    "newer schema",
-    "in progress",
-    "stopped",
-)
-OLDER, UP_TO_DATE, DONE = "older schema", "up to date", "done"
-STATUS_ORDER = (
-    FAILED,
-    KNOWN,
-    DAMAGED,
-    UNREADABLE,
-    FOREIGN,
-    NEWER,
-    IN_PROGRESS,
-    STOPPED,
-    OLDER,
-    UP_TO_DATE,
-    DONE,
-)
-PROBLEMS = frozenset(STATUS_ORDER[: STATUS_ORDER.index(OLDER) + 1])  # failures first
-# tonight's batch statuses (pipeline.segment.SlideResult) -> what the report calls them
-BATCH_STATUS = {"up-to-date": UP_TO_DATE, "known-failure": KNOWN, "failed": FAILED}
-EMPTY_TISSUE = ("none", "fluorescence?")  # summary.json tissue.status of a run with no result
-# the report's tally for done slides without a result, counted apart from those with one
-EMPTY_DONE = "empty (no tissue or fluorescence?)"
 GATED_FLAG = 0.05  # a gated (Unclassified) share of tissue at or above this is flagged
 FALLBACK_COLOR = (160, 160, 160)  # a class whose colour the folder does not say
 
