@@ -134,14 +134,16 @@ def _walk_layout(folder: Path, node: Node, shown: str) -> tuple[list[str], int]:
             extra.append(here)
         elif grid and number:  # a chunk key's first part: inside the grid, or not ours
             foreign, found = _not_chunk_key(entry, grid, here)
-            extra, chunks = extra + foreign, chunks + found
+            extra += foreign
+            chunks += found
         elif entry.is_dir():
             sub = node.folder(name) or (node.numbered if number and not node.chunk_dims else None)
             if sub is None:
                 extra.append(here)
             else:
                 foreign, found = _walk_layout(Path(entry.path), sub, here)
-                extra, chunks = extra + foreign, chunks + found
+                extra += foreign
+                chunks += found
         elif not (entry.is_file() and name in node.files):
             extra.append(here)
     return extra, chunks
@@ -186,7 +188,8 @@ def _not_chunk_key(
     chunks = 0
     for sub in sorted(os.scandir(entry.path), key=lambda e: e.name):
         foreign, found = _not_chunk_key(sub, grid[1:], f"{shown}/{sub.name}")
-        extra, chunks = extra + foreign, chunks + found
+        extra += foreign
+        chunks += found
     return extra, chunks
 
 

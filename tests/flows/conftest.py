@@ -7,8 +7,10 @@ tiles, so a slide is a handful of tiles and the tests measure orchestration, not
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -167,3 +169,44 @@ def run_nightly(env: dict[str, str]) -> str:
     found = UUID.search(stdout)
     assert found is not None, stdout
     return found.group(0)
+
+
+SLURM_SETUP = Path(__file__).resolve().parents[2] / "deploy" / "slurm-single-node.sh"
+SLURM_PORTS = (6817, 6818)  # slurmctld's and slurmd's, as the script configures them
+
+
+def listening(port: int) -> list[str]:
+    """The local addresses something listens on at TCP `port` (`ss -ltn`)."""
+    out = subprocess.run(["ss", "-ltnH"], capture_output=True, text=True, check=True).stdout
+    found = [line.split()[3] for line in out.splitlines() if len(line.split()) > 3]
+    return [a.rsplit(":", 1)[0] for a in found if a.rsplit(":", 1)[1] == str(port)]
+
+
+@pytest.fixture
+def slurm() -> Iterator[dict[str, str]]:
+    """A running single-node SLURM (deploy/slurm-single-node.sh); the environment that
+    reaches it (SLURM_CONF). Skipped, saying why, without root, the packages or `ss`, or
+    where another SLURM holds its ports."""
+    if os.geteuid() != 0:
+        pytest.skip("starting slurmctld and slurmd needs root")
+    tools = ("munged", "slurmctld", "slurmd", "sbatch", "srun", "ss")
+    missing = [t for t in tools if not shutil.which(t)]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed: apt-get install slurm-wlm munge (Debian)")
+    if any(listening(port) for port in SLURM_PORTS):
+        pytest.skip("ports 6817/6818 are taken by another SLURM on this machine")
+    folder = Path(tempfile.mkdtemp(prefix="wsitest-slurm-"))
+    folder.chmod(0o755)  # munged runs as `munge` and must reach its socket folder
+    try:
+        started = subprocess.run(
+            ["sh", str(SLURM_SETUP), "start", str(folder)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if started.returncode != 0:
+            pytest.fail(f"{SLURM_SETUP} start: {started.stdout}{started.stderr}")
+        yield {**os.environ, "SLURM_CONF": str(folder / "slurm.conf")}
+    finally:
+        subprocess.run(["sh", str(SLURM_SETUP), "stop", str(folder)], timeout=60)
+        shutil.rmtree(folder, ignore_errors=True)

@@ -5,12 +5,8 @@ saying why, elsewhere."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,33 +15,10 @@ from tests.conftest import without_report
 from tests.flows.conftest import output_files, write_synthetic_slide
 
 pytestmark = pytest.mark.slow
+pytest.importorskip("dask_jobqueue")  # the recipe's cluster
 
 REPO = Path(__file__).resolve().parents[2]
-SETUP = REPO / "deploy" / "slurm-single-node.sh"
 RECIPE = REPO / "deploy" / "slurm_dask_jobqueue.py"
-
-
-@pytest.fixture
-def slurm() -> Iterator[dict[str, str]]:
-    """A running single-node SLURM; the environment that reaches it (SLURM_CONF)."""
-    if os.geteuid() != 0:
-        pytest.skip("starting slurmctld and slurmd needs root")
-    missing = [t for t in ("munged", "slurmctld", "slurmd", "sbatch") if not shutil.which(t)]
-    if missing:
-        pytest.skip(f"{', '.join(missing)} not installed: apt-get install slurm-wlm munge (Debian)")
-    pytest.importorskip("dask_jobqueue")
-    folder = Path(tempfile.mkdtemp(prefix="wsitest-slurm-"))
-    folder.chmod(0o755)  # munged runs as `munge` and must reach its socket folder
-    try:
-        started = subprocess.run(
-            ["sh", str(SETUP), "start", str(folder)], capture_output=True, text=True, timeout=120
-        )
-        if started.returncode != 0:
-            pytest.fail(f"{SETUP} start: {started.stdout}{started.stderr}")
-        yield {**os.environ, "SLURM_CONF": str(folder / "slurm.conf")}
-    finally:
-        subprocess.run(["sh", str(SETUP), "stop", str(folder)], timeout=60)
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_a_batch_through_slurm_jobs_equals_a_local_batch(
