@@ -41,18 +41,9 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
-from wsi_segment.flows import prefect_env
-
-prefect_env.apply()
-
-from prefect.exceptions import TerminationSignal  # noqa: E402
-
-from wsi_segment.errors import (  # noqa: E402
-    handled_signals,
-    restore_handlers,
-    signal_exception,
-)
-from wsi_segment.flows.dropped_stops import DroppedStops  # noqa: E402
+from wsi_segment.errors import handled_signals, restore_handlers, signal_exception
+from wsi_segment.flows.dropped_stops import DroppedStops
+from wsi_segment.flows.signal_stop import stop_kinds
 
 RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
 # A log record with this attribute set (`extra=REPORT_LINE`) says what the CLI prints itself
@@ -80,8 +71,8 @@ def abandoned_handshake(record: logging.LogRecord) -> bool:
 class BatchConsoleFilter(logging.Filter):
     """Drops run-logger errors (the CLI reports each failed slide once), the warnings the CLI
     prints itself (`REPORT_LINE`) and Dask's INFO;
-    `quiet` (`--quiet`) drops Prefect's INFO too (the temporary server starting and
-    stopping, each task's "Finished in state Completed()"), keeping its warnings, and Dask's
+    `quiet` (`--quiet`) drops Prefect's INFO too (a flow's start, each task's "Finished
+    in state Completed()"), keeping its warnings, and Dask's
     warnings of handshakes its own retries abandoned (`abandoned_handshake`)."""
 
     def __init__(self, quiet: bool = False) -> None:
@@ -115,13 +106,13 @@ def quiet_console(quiet: bool = False) -> Iterator[None]:
             handler.removeFilter(console_filter)
 
 
-def cli_stop(stop: KeyboardInterrupt | TerminationSignal) -> KeyboardInterrupt:
-    """What the CLI reports for a stop: Prefect's `TerminationSignal` (its SIGTERM handler's,
-    during a flow) as our `Terminated` of that signal (exit 143); a KeyboardInterrupt (Ctrl-C,
-    our `Terminated`) as it is."""
-    if isinstance(stop, TerminationSignal):
-        return signal_exception(stop.signal)
-    return stop
+def cli_stop(stop: BaseException) -> KeyboardInterrupt:
+    """What the CLI reports for a stop (one of `stop_kinds`): a KeyboardInterrupt (Ctrl-C,
+    our `Terminated`) as it is; Prefect's `TerminationSignal` (its SIGTERM handler's, during
+    a flow) as our `Terminated` of that signal (exit 143)."""
+    if isinstance(stop, KeyboardInterrupt):
+        return stop
+    return signal_exception(stop.signal)  # type: ignore[attr-defined]
 
 
 class InterruptGuard:
@@ -165,7 +156,12 @@ class InterruptGuard:
         if self.fired:
             return
         self.fired = True
-        if isinstance(sys.exc_info()[1], TerminationSignal):
+        handled = sys.exc_info()[1]
+        if (
+            handled is not None
+            and not isinstance(handled, KeyboardInterrupt)
+            and isinstance(handled, stop_kinds())
+        ):
             return  # Prefect passing on the SIGTERM it has already raised as TerminationSignal
         self.signum = signum
         raise signal_exception(signum)

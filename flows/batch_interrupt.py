@@ -1,8 +1,8 @@
 """Ctrl-C and SIGTERM during a batch: stop the slides in flight, clean up, report what finished.
 
-Prefect runs a sync flow in the main thread, so the signal's exception (KeyboardInterrupt;
-for SIGTERM, Prefect's own handler raises `TerminationSignal` while a flow runs) arrives in
-the flow while it waits for its slides. `wait_for_slides` waits in short steps (`POLL_S`):
+The batch loop (`flows.batch_loop`) waits for its slides in the main thread, so the signal's
+exception (KeyboardInterrupt, our `Terminated`; for SIGTERM in a Prefect flow, Prefect's own
+handler raises `TerminationSignal`) arrives there while it waits. `wait_for_slides` waits in short steps (`POLL_S`):
 Python runs handlers only in the main thread, but the kernel may deliver the signal to any
 thread of the process, and then nothing wakes a main thread blocked in a wait without a
 limit; the handler would run only when that slide ended. On the interrupt, every running
@@ -12,8 +12,8 @@ are given `GRACE_S` to unwind, with further signals ignored meanwhile (a second 
 not cut the cleanup short; a slide still running after it, stuck in a call that does not
 return, is named in a warning and not waited for: `flows.slide_runner`); then the exception goes on, carrying every slide's result
 (finished, "interrupted", or "not started"), so the CLI prints the table and one `error:`
-line. Prefect still sees the interrupt (a `KeyboardInterrupt`, or a `TerminationSignal`
-for its cancellation handling).
+line. A flow's Prefect still sees the interrupt (a `KeyboardInterrupt`, or a
+`TerminationSignal` for its cancellation handling: `flows.batch_flow.BatchTerminated`).
 """
 
 from __future__ import annotations
@@ -25,9 +25,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from typing import Any, Protocol
-
-from prefect.exceptions import TerminationSignal
+from concurrent.futures import Future
 
 from wsi_segment.errors import TERMINATING_SIGNALS, SlideNotStarted, SlideStopped, SlideTimedOut
 from wsi_segment.flows.signal_stop import stop_in_chain, stop_kinds
@@ -46,35 +44,23 @@ NOT_STARTED = "not started"
 logger = logging.getLogger(__name__)
 
 
-class SlideFuture(Protocol):
-    """What the batch waits on (a Prefect future of the slide task)."""
-
-    def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> Any: ...
-
-    def wait(self, timeout: float | None = None) -> None: ...
-
-    @property
-    def wrapped_future(self) -> concurrent.futures.Future[Any]: ...
+SlideFuture = Future[SlideResult]  # a slide's run in its thread (either door's)
 
 
-class BatchInterrupted(KeyboardInterrupt):
-    """Ctrl-C during a batch; `results` holds every slide's result at that moment.
+class BatchStop:
+    """What a stopped batch raises, whichever the stop: `results` holds every slide's result
+    at that moment. It and its kinds live here, not in `wsi_segment.errors`: they carry the
+    batch's `SlideResult`s, a pipeline type that module (imported by every layer, importing
+    none) cannot name."""
 
-    It and `BatchTerminated` live here, not in `wsi_segment.errors`: they carry the batch's
-    `SlideResult`s, a pipeline type that module (imported by every layer, importing none)
-    cannot name, and `BatchTerminated` is a Prefect `TerminationSignal`."""
+    results: list[SlideResult]
+
+
+class BatchInterrupted(BatchStop, KeyboardInterrupt):
+    """Ctrl-C during a batch (SIGTERM and SIGHUP too, as its cause, outside a Prefect flow)."""
 
     def __init__(self, results: list[SlideResult]) -> None:
         super().__init__("interrupted")
-        self.results = results
-
-
-class BatchTerminated(TerminationSignal):
-    """SIGTERM during a batch (Prefect's `TerminationSignal`, so a deployment's cancellation
-    is handled as Prefect handles it); `results` as for `BatchInterrupted`."""
-
-    def __init__(self, signum: int, results: list[SlideResult]) -> None:
-        super().__init__(signum)
         self.results = results
 
 
@@ -90,7 +76,7 @@ def wait_for_slides(
     also stops the running slides before it goes on: none runs on with nobody waiting."""
     try:
         return {i: slide_outcome(f, watch) for i, f in futures.items()}
-    except (KeyboardInterrupt, TerminationSignal) as exc:
+    except stop_kinds() as exc:
         raise stopped_batch(exc, futures, items, watch, settled) from exc
     except Exception as exc:
         # a library caught the stop's exception while this thread waited and raised its own
@@ -109,35 +95,28 @@ def stopped_batch(
     items: list[BatchItem],
     watch: SlideWatch,
     settled: Mapping[int, SlideResult],
-) -> BatchInterrupted | BatchTerminated:
+) -> BaseException:
     """The running slides stopped (further signals ignored meanwhile), and the batch's
-    interrupt for `stop` with every item's result."""
+    interrupt for `stop` with every item's result: `BatchInterrupted`, or for Prefect's
+    `TerminationSignal` (only a flow's stop) the flow's `BatchTerminated`."""
     with signals_ignored():
         stopped = {**settled, **stop_slides(futures, items, watch)}
     results = [stopped[i] for i in range(len(items)) if i in stopped]
-    if isinstance(stop, TerminationSignal):
-        return BatchTerminated(stop.signal, results)
-    return BatchInterrupted(results)
+    if isinstance(stop, KeyboardInterrupt):
+        return BatchInterrupted(results)
+    from wsi_segment.flows.batch_flow import BatchTerminated
+
+    return BatchTerminated(stop.signal, results)  # type: ignore[attr-defined]
 
 
 def slide_outcome(future: SlideFuture, watch: SlideWatch) -> SlideResult:
     """The `SlideResult` of a slide task, waited for in short steps; a stop whose exception
     Python dropped (noted by the watch) is raised again, during the wait or at its end."""
-    while not future.wrapped_future.done():
+    while not future.done():
         watch.raise_signalled()
-        future.wait(timeout=POLL_S)
+        concurrent.futures.wait([future], timeout=POLL_S)
     watch.raise_signalled()
-    return ended_slide_outcome(future)
-
-
-def ended_slide_outcome(future: SlideFuture) -> SlideResult:
-    """The `SlideResult` of an ended slide task, whether its state is Completed or Failed (a
-    failed slide's task hands its result back in a Failed state)."""
-    result = future.result(raise_on_failure=False)
-    if not isinstance(result, SlideResult):  # crashed or cancelled: the task never returned
-        future.result()  # raises what ended it
-        raise TypeError(f"slide task ended without a result: {result!r}")
-    return result
+    return future.result()
 
 
 def stop_slides(
@@ -152,7 +131,7 @@ def stop_slides(
         # what ended a slide is read below; signals are ignored meanwhile (`signals_ignored`),
         # so whatever a wait raises is the slide's own
         with contextlib.suppress(BaseException):
-            future.wait(timeout=max(0.0, deadline - time.monotonic()))
+            concurrent.futures.wait([future], timeout=max(0.0, deadline - time.monotonic()))
     return {i: _result_now(f, items[i], i in running) for i, f in futures.items()}
 
 
@@ -195,14 +174,11 @@ def _result_now(future: SlideFuture, item: BatchItem, was_running: bool) -> Slid
     process, as if killed, so its partial folder and lock may stay for the next run)."""
     still_running = False
     try:
-        result = future.result(timeout=0, raise_on_failure=False)
+        return future.result(timeout=0)
     except TimeoutError:
         still_running = was_running
     except BaseException:  # crashed (an interrupt of its own included): reported as cut off
         pass
-    else:
-        if isinstance(result, SlideResult):
-            return result
     status = INTERRUPTED if was_running else NOT_STARTED
     error = f"{status} (batch interrupted)"
     if still_running:

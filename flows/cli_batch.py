@@ -1,15 +1,17 @@
-"""`wsi-segment batch INPUT --out DIR`: the CLI door to the `segment_batch` Prefect flow.
+"""`wsi-segment batch INPUT --out DIR`: the terminal's door to the batch loop.
 
-INPUT is a folder of slides, a glob ('slides/**/*.svs') or a manifest CSV (slide path,
-optional mpp, optional output name). The input and options are checked before Prefect
-starts, so a typo costs a second, not a server start. Exit code 1 if any slide failed anew,
+With no Prefect API configured the batch runs in this process (`flows.terminal_batch`);
+with one (`PREFECT_API_URL`, in the environment or the active Prefect profile), as a run of
+the `segment-batch` flow on that server (`flows.batch_flow`): the same loop either way
+(`flows.batch_loop`). INPUT is a folder of slides, a glob ('slides/**/*.svs') or a manifest
+CSV (slide path, optional mpp, optional output name). The input and options are checked
+first, so a typo costs a second. Exit code 1 if any slide failed anew,
 with one `error:` line per failed slide on stderr; 0 when the only failures are known ones
 (failed before, slide, model and parameters unchanged: not retried without --retry-failed),
 each named on a `warning:` line. Ctrl-C (SIGTERM, SIGHUP alike) stops the slides in flight,
 removes their partial outputs, prints the table of what finished and exits 130 (143, 129)
 through `flows.cli`, whether the signal reached this process alone or its whole process
-group: the temporary Prefect server runs out of the group (`flows.local_server`) and is
-stopped after the report.
+group (`flows.batch_interrupt`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from wsi_segment.errors import OrchestrationError, Terminated, WsiSegmentError, signal_exception
+from wsi_segment.errors import Terminated, WsiSegmentError, signal_exception
 from wsi_segment.flows.cli_segment import (
     add_segment_options,
     check_roi_file,
@@ -30,18 +32,18 @@ from wsi_segment.flows.cli_segment import (
 )
 
 if TYPE_CHECKING:
-    from wsi_segment.flows.batch_interrupt import BatchInterrupted, BatchTerminated
+    from wsi_segment.flows.batch_interrupt import BatchStop
     from wsi_segment.pipeline.segment import SlideResult
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "batch",
-        help="segment a folder, glob or manifest CSV of slides (Prefect flow, Dask)",
-        description="Segment many slides with the segment-batch Prefect flow: slides run "
-        "concurrently, failures are isolated, finished slides are skipped, and chunks run on "
-        "a Dask cluster (local, or --dask-address). Runs offline with an in-process Prefect "
-        "server unless PREFECT_API_URL points at one.",
+        help="segment a folder, glob or manifest CSV of slides",
+        description="Segment many slides: slides run concurrently, failures are isolated, "
+        "finished slides are skipped, and chunks run in this process or on a Dask cluster "
+        "(local, or --dask-address). Runs in this process, without a server; as a run of "
+        "the segment-batch Prefect flow where PREFECT_API_URL names a Prefect server.",
     )
     parser.add_argument(
         "input", metavar="INPUT", help="folder of slides, glob pattern, or manifest .csv"
@@ -56,8 +58,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.add_argument(
         "--workers",
         type=positive_int(0, 1024),
-        help="local Dask worker processes (default: one per GPU, else 1; none on a machine "
-        "with one GPU; 0: no cluster, chunks run through the engine in this process)",
+        help="local Dask worker processes (default: one per GPU on a machine with several; "
+        "else none: chunks run through the engine in this process, as with 0)",
     )
     parser.add_argument(
         "--concurrency",
@@ -106,77 +108,93 @@ def flow_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     from wsi_segment.flows.batch_console import InterruptGuard, cli_stop, quiet_console
+    from wsi_segment.flows.signal_stop import stop_kinds
     from wsi_segment.pipeline.batch_inputs import parse_batch_input
     from wsi_segment.pipeline.outputs.shared_access import refuse_unusable_root
 
-    parse_batch_input(args.input, args.out)  # bad input: one error line, before Prefect starts
+    parse_batch_input(args.input, args.out)  # bad input: one error line, before anything starts
     refuse_unusable_root(args.out)
     report_before = report_stamps(args.out)
     options = flow_options(args)
     if not check_roi_file(args.roi):
         return 2
-    from prefect.exceptions import TerminationSignal
-    from prefect.settings import PREFECT_API_URL
-
-    from wsi_segment.flows.batch_flow import BatchFailedError
-    from wsi_segment.flows.local_server import temporary_server
-    from wsi_segment.flows.server_failure import server_failure, server_trouble
-
     interrupt: KeyboardInterrupt | None = None
-    failed_server: OrchestrationError | None = None
-    with quiet_console(args.quiet), InterruptGuard() as guard, temporary_server() as server:
+    with quiet_console(args.quiet), InterruptGuard() as guard:
         try:
-            results, code = run_flow(args, options), 0
-        except BatchFailedError as exc:
-            results, code = exc.results, 1
-        except (KeyboardInterrupt, TerminationSignal) as exc:
+            results = run_door(args, options)
+        except stop_kinds() as exc:
             guard.hold()
             stopped = batch_stop(exc)
             if stopped is None:  # before any slide ran, or after all ended: no table
                 raise cli_stop(exc) from None  # Prefect's SIGTERM exits as ours does
             results, interrupt = stopped.results, cli_interrupt(stopped)
-            code = 128 + interrupt.signum if isinstance(interrupt, Terminated) else 130
         except Exception as exc:
-            # judged now, while a server that still runs is not yet stopped by us
-            stop, api_url = guard.signum, str(PREFECT_API_URL.value())
-            failed_server = None if stop else server_failure(exc, server, api_url)
-            if failed_server is not None:
-                results = []
-            elif stop is None or isinstance(exc, WsiSegmentError):
+            stop = guard.signum
+            if stop is None or isinstance(exc, WsiSegmentError):
                 raise
-            else:  # a library turned the guard's stop into its own error: report the stop
-                raise signal_exception(stop) from exc
-        if failed_server is None:
-            report(results)
+            raise signal_exception(
+                stop
+            ) from exc  # a library turned the guard's stop into its own error
+        report(results)
         print_report_paths(args.out, report_before)
         if interrupt is None:  # a signal whose exception Python dropped outside the slides' wait
             interrupt = guard.unraised()
-        trouble = server_trouble(server)
     if interrupt is not None:  # flows.cli prints the one `error:` line, exits 130 / 143 / 129
         raise interrupt
-    if failed_server is not None:  # the slides' results went with the flow: no table
-        print(file=sys.stderr)  # Prefect's "Error logging to API" lines end in no newline
-        raise failed_server
-    if trouble is not None:
-        print(f"warning: {trouble}", file=sys.stderr)
-    return code
+    return 1 if any(result.status == "failed" for result in results) else 0
+
+
+def run_door(args: argparse.Namespace, options: dict[str, Any]) -> list[SlideResult]:
+    """The batch in this process (no Prefect API configured), or the `segment_batch` flow
+    run against the Prefect server `PREFECT_API_URL` names."""
+    from wsi_segment.flows.prefect_env import configured_api_url
+
+    if configured_api_url() is None:
+        from wsi_segment.flows.batch_loop import BatchRequest
+        from wsi_segment.flows.terminal_batch import run_terminal_batch
+
+        request = BatchRequest(
+            str(args.input),
+            str(args.out),
+            params_from_args(args),
+            args.dask_address,
+            args.workers,
+            args.concurrency,
+            args.retry_failed,
+            args.slide_timeout,
+        )
+        return run_terminal_batch(request, args.quiet)[0]
+    return run_flow(args, options)
 
 
 def run_flow(args: argparse.Namespace, options: dict[str, Any]) -> list[SlideResult]:
-    """The `segment_batch` flow's run for the command line's arguments."""
-    from wsi_segment.flows.batch_flow import segment_batch
+    """The `segment_batch` flow's run for the command line's arguments (every slide's result,
+    whether the flow failed for a failed slide or not)."""
+    from wsi_segment.flows.batch_flow import BatchFailedError, segment_batch
 
-    return segment_batch(
-        input=str(args.input),
-        out=str(args.out),
-        model_dir=str(args.model) if args.model else None,
-        dask_address=args.dask_address,
-        workers=args.workers,
-        concurrency=args.concurrency,
-        options=options,
-        slide_timeout=args.slide_timeout,
-        retry_failed=args.retry_failed,
-    )
+    try:
+        return segment_batch(
+            input=str(args.input),
+            out=str(args.out),
+            model_dir=str(args.model) if args.model else None,
+            dask_address=args.dask_address,
+            workers=args.workers,
+            concurrency=args.concurrency,
+            options=options,
+            slide_timeout=args.slide_timeout,
+            retry_failed=args.retry_failed,
+        )
+    except BatchFailedError as exc:
+        return exc.results
+    except Exception as exc:
+        from wsi_segment.flows.prefect_env import configured_api_url
+        from wsi_segment.flows.server_failure import server_failure
+
+        failed = server_failure(exc, configured_api_url() or "")
+        if failed is None:
+            raise
+        print(file=sys.stderr)  # Prefect's "Error logging to API" lines end in no newline
+        raise failed from None
 
 
 def report_stamps(out: str | Path) -> dict[str, tuple[int, int] | None]:
@@ -209,30 +227,29 @@ def print_report_paths(out: str | Path, before: dict[str, tuple[int, int] | None
             print(f"warning: {path} was not rewritten by this batch", file=sys.stderr, flush=True)
 
 
-def batch_stop(exc: BaseException) -> BatchInterrupted | BatchTerminated | None:
-    """The batch's own interrupt in `exc` or what it was raised during. Prefect passes a
+def batch_stop(exc: BaseException) -> BatchStop | None:
+    """The batch's own stop in `exc` or what it was raised during. Prefect passes a
     SIGTERM it turned into `TerminationSignal` on to the handler it replaced (ours) with a
-    second SIGTERM; if that lands while the batch's interrupt is on its way out, its
+    second SIGTERM; if that lands while the batch's stop is on its way out, its
     `Terminated` replaces it, and the results travel on as its context."""
-    from wsi_segment.flows.batch_interrupt import BatchInterrupted, BatchTerminated
+    from wsi_segment.flows.batch_interrupt import BatchStop
 
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
-        if isinstance(current, (BatchInterrupted, BatchTerminated)):
+        if isinstance(current, BatchStop):
             return current
         seen.add(id(current))
         current = current.__context__
     return None
 
 
-def cli_interrupt(stopped: BatchInterrupted | BatchTerminated) -> KeyboardInterrupt:
-    """What `flows.cli` reports for a stopped batch: `Terminated` with its signal (SIGTERM;
-    SIGHUP, which reaches the batch as the cause of a `BatchInterrupted`), else Ctrl-C."""
-    from wsi_segment.flows.batch_interrupt import BatchTerminated
-
-    if isinstance(stopped, BatchTerminated):
-        return Terminated.by(stopped.signal)
+def cli_interrupt(stopped: BatchStop) -> KeyboardInterrupt:
+    """What `flows.cli` reports for a stopped batch: a flow's `BatchTerminated` as our
+    `Terminated` of its signal; SIGTERM and SIGHUP outside a flow, which reach the batch as
+    the cause of a `BatchInterrupted`, as that `Terminated`; else Ctrl-C."""
+    if not isinstance(stopped, KeyboardInterrupt):
+        return Terminated.by(stopped.signal)  # type: ignore[attr-defined]
     if isinstance(stopped.__cause__, Terminated):
         return stopped.__cause__
     return stopped

@@ -2,15 +2,18 @@
 
 Prefect reads `DO_NOT_TRACK` and sets up its SDK analytics at import time, so the
 flags must be in the environment before the first `import prefect`. Every flows module
-calls `apply()` first. Values the user already set win (`setdefault`), and a
-`PREFECT_API_URL` in the environment is left alone so runs go to that server instead of
-the ephemeral one.
+that imports Prefect calls `apply()` first. Values the user already set win (`setdefault`),
+and a `PREFECT_API_URL` in the environment is left alone so runs go to that server instead
+of an ephemeral one (a flow called from Python without one). `configured_api_url` tells the
+terminal's batch whether it runs as a flow on a server or in its own process.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import tomllib
+from pathlib import Path
 
 # Telemetry off, and a cold ephemeral-server start (near Prefect's 20 s default on a small
 # machine) must not time out.
@@ -21,6 +24,27 @@ OFFLINE_DEFAULTS: dict[str, str] = {
     # The UI is not needed by an in-process (ephemeral) server and costs start-up time.
     "PREFECT_SERVER_UI_ENABLED": "false",
 }
+
+
+def configured_api_url() -> str | None:
+    """The Prefect API a run is configured to use: `PREFECT_API_URL` in the environment,
+    else in the active profile of Prefect's profiles file (`PREFECT_PROFILES_PATH`, else
+    `PREFECT_HOME`/profiles.toml, else ~/.prefect/profiles.toml; `PREFECT_PROFILE` names the
+    profile, else the file's `active`). Read without importing Prefect, whose import costs
+    a terminal batch seconds it does not need when there is no server to talk to."""
+    url = os.environ.get("PREFECT_API_URL")
+    if url is not None:
+        return url or None
+    home = Path(os.environ.get("PREFECT_HOME", "~/.prefect")).expanduser()
+    path = Path(os.environ.get("PREFECT_PROFILES_PATH", home / "profiles.toml")).expanduser()
+    try:
+        profiles = tomllib.loads(path.read_text())
+    except (OSError, ValueError):
+        return None  # none, or not readable: Prefect itself would not find a server there
+    name = os.environ.get("PREFECT_PROFILE") or profiles.get("active")
+    profile = profiles.get("profiles", {}).get(name, {})
+    url = profile.get("PREFECT_API_URL") if isinstance(profile, dict) else None
+    return str(url) if url else None
 
 
 def apply() -> dict[str, str]:

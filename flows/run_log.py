@@ -42,10 +42,9 @@ def log_slide_warnings(result: SlideResult) -> None:
 class _ToRunLogger(logging.Handler):
     """Re-logs records on a run logger (which carries the flow run id to the server), in
     the context the handler was made in (the flow's): a record from a thread that did not
-    inherit it (a reader thread retrying a read, a future's done callback) would otherwise
-    reach Prefect without the CLI's server settings (`flows.local_server.temporary_server`),
-    and Prefect would start a server of its own and end the batch with its connection
-    errors."""
+    inherit it (a reader thread retrying a read, a future's done callback) then reaches
+    Prefect with the settings the flow runs under (a test harness's server, whose
+    settings are a context's)."""
 
     def __init__(
         self,

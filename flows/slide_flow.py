@@ -50,6 +50,7 @@ from wsi_segment.pipeline.outputs.output_dir import OutputDir  # noqa: E402
 from wsi_segment.pipeline.params import SegmentParams  # noqa: E402
 from wsi_segment.pipeline.prepare import PreparedSlide  # noqa: E402
 from wsi_segment.pipeline.segment import SlideResult  # noqa: E402
+from wsi_segment.pipeline.stage_retries import STAGE_RETRIES, STAGE_RETRY_DELAYS_S  # noqa: E402
 from wsi_segment.wsi.retries import is_transient  # noqa: E402
 from wsi_segment.wsi.shown_path import shown_text  # noqa: E402
 
@@ -60,8 +61,6 @@ if TYPE_CHECKING:
 
 P = ParamSpec("P")
 R = TypeVar("R")
-RETRIES = 2
-RETRY_DELAYS_S: list[float] = [1, 10]
 
 
 def retry_if_transient(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
@@ -95,8 +94,8 @@ def stage_task(name: str) -> Callable[[Callable[P, R]], Task[P, R]]:
 
         return task(
             name=name,
-            retries=RETRIES,
-            retry_delay_seconds=RETRY_DELAYS_S,
+            retries=STAGE_RETRIES,
+            retry_delay_seconds=list(STAGE_RETRY_DELAYS_S),
             retry_condition_fn=retry_if_transient,
             cache_policy=NO_CACHE,
             persist_result=False,

@@ -318,19 +318,20 @@ def engine_in_process(
     machine: Machine, options: SegmentParams, workers: int | None, dask_address: str | None
 ) -> Decision[bool]:
     """Whether a batch runs its slides' engines in this process rather than in bands on a
-    Dask cluster: with `workers=0`, and by default on a machine with one GPU (one compute
-    stage for the device, decoders on every core, one loaded model for the slides in flight,
-    without a cluster's start-up). Several GPUs keep one worker each; CPUs a local cluster."""
+    Dask cluster: with `workers=0`, and by default on a machine with one GPU or none (one
+    compute stage for the device or the cores, decoders on every core, one loaded model for
+    the slides in flight, without a cluster's start-up: a local cluster of one worker cost a
+    one-slide batch 6 s more and gained nothing). Several GPUs keep one worker each."""
     if dask_address:
         return Decision(False, "--dask-address: bands on that cluster")
     if workers is not None:
         return Decision(workers == 0, f"asked for (workers={workers})")
-    one_gpu = decide_device(machine, options).value == "cuda" and len(machine.gpus) == 1
-    if one_gpu:
-        return Decision(True, "one GPU: the engine in this process, without a cluster")
     gpus = len(machine.gpus)
-    where = f"{gpus} GPUs: one worker each" if gpus > 1 else "no GPU: a local CPU cluster"
-    return Decision(False, where)
+    if decide_device(machine, options).value != "cuda":
+        return Decision(True, "no GPU in use: the engine in this process, without a cluster")
+    if gpus == 1:
+        return Decision(True, "one GPU: the engine in this process, without a cluster")
+    return Decision(False, f"{gpus} GPUs: one worker each")
 
 
 def _runtime(machine: Machine, options: SegmentParams, cuda: bool) -> Decision[str]:

@@ -34,7 +34,7 @@ STAYING = {
     "errors.py (importing nothing of ours) cannot name",
     ("flows/batch_interrupt.py", "BatchInterrupted"): "carries pipeline SlideResults; the "
     "pair of BatchTerminated",
-    ("flows/batch_interrupt.py", "BatchTerminated"): "a Prefect TerminationSignal, which "
+    ("flows/batch_flow.py", "BatchTerminated"): "a Prefect TerminationSignal, which "
     "errors.py (imported by wsi/ and models/) cannot import",
 }
 

@@ -372,7 +372,8 @@ def test_a_terminated_raised_over_the_batchs_interrupt_keeps_its_results() -> No
     """Prefect's passed-on SIGTERM can land while the batch's `BatchTerminated` is on its
     way out, not handled: our handler's `Terminated` then replaces it. The CLI still finds
     the results (and the table) as its context, and reports the signal it had."""
-    from wsi_segment.flows.batch_interrupt import BatchInterrupted, BatchTerminated
+    from wsi_segment.flows.batch_flow import BatchTerminated
+    from wsi_segment.flows.batch_interrupt import BatchInterrupted
     from wsi_segment.flows.cli_batch import batch_stop, cli_interrupt
     from wsi_segment.pipeline.segment import SlideResult
 

@@ -1,4 +1,4 @@
-"""wait_for_slides with a real Prefect future over a real thread, and real SIGTERMs sent to a
+"""wait_for_slides with a real future over a real thread, and real SIGTERMs sent to a
 thread other than the main one (the kernel may deliver a process's signal to any of its
 threads; Python still runs the handler in the main thread, which must not be stuck in a wait
 without a limit).
@@ -12,7 +12,6 @@ import signal
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,15 +21,14 @@ import pydantic
 import pydantic_core
 import pytest
 from prefect.exceptions import TerminationSignal
-from prefect.futures import PrefectConcurrentFuture
 
 from tests.conftest import foreground_signals
 from wsi_segment.errors import SlideInterrupted, SlideStopped, Terminated
 from wsi_segment.flows import batch_interrupt
+from wsi_segment.flows.batch_flow import BatchTerminated
 from wsi_segment.flows.batch_interrupt import (
     INTERRUPTED,
     BatchInterrupted,
-    BatchTerminated,
     group_signal_as_stop,
     stopped_result,
     wait_for_slides,
@@ -60,9 +58,9 @@ def polling_slide(watch: SlideWatch, item: BatchItem, idents: list[int]) -> Slid
 
 def started_slide(
     pool: ThreadPoolExecutor, watch: SlideWatch, item: BatchItem, idents: list[int]
-) -> PrefectConcurrentFuture[SlideResult]:
-    """`polling_slide` as a batch runs it (a Prefect future of its task), once it started."""
-    future = PrefectConcurrentFuture(uuid.uuid4(), pool.submit(polling_slide, watch, item, idents))
+) -> concurrent.futures.Future[SlideResult]:
+    """`polling_slide` as a batch runs it (in a thread of its pool), once it started."""
+    future = pool.submit(polling_slide, watch, item, idents)
     while watch.started() != {0}:
         time.sleep(0.01)
     return future
@@ -139,8 +137,8 @@ def test_a_stop_dropped_as_the_last_slide_ends_still_stops_the_batch(tmp_path: P
     sys.unraisablehook = lambda _unraisable: None  # the watch hands it on: nothing printed
     try:
         with ThreadPoolExecutor(1) as pool, SlideWatch(None) as watch:
-            future = PrefectConcurrentFuture(uuid.uuid4(), pool.submit(lambda: done))
-            future.wait()
+            future = pool.submit(lambda: done)
+            concurrent.futures.wait([future])
             StopWhileFinalised(KeyboardInterrupt())
             with pytest.raises(BatchInterrupted) as info:
                 wait_for_slides({0: future}, [item], watch, {})
@@ -202,26 +200,28 @@ class Signalled(pydantic.BaseModel):
         return signum
 
 
-class FirstWaitCalls:
-    """A slide's real Prefect future whose first wait calls `first` (a library call of the
-    batch's wait, where a signal lands, or a fault of the wait's own); the rest is the
-    future's own."""
+class FirstWaitCalls(concurrent.futures.Future[SlideResult]):
+    """A slide's real future, as the batch waits on it, whose first look (`done`) calls
+    `first` (a library call of the batch's wait, where a signal lands, or a fault of the
+    wait's own); it ends as that future does."""
 
-    def __init__(self, future: PrefectConcurrentFuture[Any], first: Callable[[], object]) -> None:
-        self.future, self.first, self.fired = future, first, False
+    def __init__(self, future: concurrent.futures.Future[Any], first: Callable[[], object]) -> None:
+        super().__init__()
+        self.first, self.fired = first, False
+        future.add_done_callback(self._copy)
 
-    @property
-    def wrapped_future(self) -> concurrent.futures.Future[Any]:
-        return self.future.wrapped_future
+    def _copy(self, ended: concurrent.futures.Future[Any]) -> None:
+        error = ended.exception()
+        if error is None:
+            self.set_result(ended.result())
+        else:
+            self.set_exception(error)
 
-    def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> Any:
-        return self.future.result(timeout, raise_on_failure)
-
-    def wait(self, timeout: float | None = None) -> None:
+    def done(self) -> bool:
         if not self.fired:
             self.fired = True
             self.first()
-        self.future.wait(timeout)
+        return super().done()
 
 
 @pytest.mark.timeout(2 * BACKSTOP_S)
@@ -280,6 +280,6 @@ def test_a_fault_in_the_wait_stops_the_running_slides_before_it_goes_on(tmp_path
         t0 = time.monotonic()
         with pytest.raises(RuntimeError, match="a fault in the wait"):
             wait_for_slides({0: FirstWaitCalls(future, fault_in_the_wait)}, [item], watch, {})
-        assert future.wrapped_future.done()  # stopped, not left running
+        assert future.done()  # stopped, not left running
         assert time.monotonic() - t0 < BACKSTOP_S / 2
         assert future.result().status == INTERRUPTED

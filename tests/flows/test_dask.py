@@ -128,13 +128,16 @@ def test_cli_batch_with_dask_address_runs_on_that_scheduler(
     slides_dir: Path,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """`wsi-segment batch --dask-address` sends the chunks, in bands, to that (running)
-    scheduler."""
+    scheduler; with `PREFECT_API_URL` naming a server (the session's), as a run of the
+    `segment-batch` flow there, whose parameters are the command line's."""
     from distributed import get_task_stream
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowFilter, FlowFilterName
     from prefect.client.schemas.sorting import FlowRunSort
+    from prefect.settings import PREFECT_API_URL
 
     from wsi_segment.flows.cli import main
     from wsi_segment.models.bundle import load_bundle
@@ -142,6 +145,7 @@ def test_cli_batch_with_dask_address_runs_on_that_scheduler(
     from wsi_segment.models.runtimes.select import open_runtime
 
     address = cluster_client.scheduler.address
+    monkeypatch.setenv("PREFECT_API_URL", str(PREFECT_API_URL.value()))
     out = tmp_path / "out"
     args = ["batch", str(slides_dir / "synth-b.tif"), "--out", str(out), "--model", str(tiny_model)]
     with get_task_stream(client=cluster_client) as stream:

@@ -4,9 +4,6 @@ on the server), the pipeline's own logging warnings included, each once."""
 from __future__ import annotations
 
 import logging
-import os
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -105,40 +102,3 @@ def test_pipeline_logging_warnings_reach_the_run_log_once(
     assert [r.name for r in caplog.records if r.getMessage() == expected] == ["prefect.flow_runs"]
     pipeline = logging.getLogger(PIPELINE_LOGGER)
     assert pipeline.propagate and not pipeline.handlers
-
-
-def test_a_warning_from_a_thread_without_the_flow_s_context_reaches_its_server(
-    tmp_path: Path,
-) -> None:
-    """Under the CLI's own server (`temporary_server`: settings in a context a plain thread
-    does not inherit), a pipeline warning from such a thread (a reader retrying a read, a
-    future's callback) reached Prefect without them: Prefect started a server of its own,
-    the line never reached the run's log, and the process ended with its connection errors.
-    In a fresh interpreter: the test session's harness sets the API URL for every thread."""
-    script = tmp_path / "run.py"
-    script.write_text(
-        "import logging, threading\n"
-        "from prefect import flow\n"
-        "from wsi_segment.flows.local_server import temporary_server\n"
-        "from wsi_segment.flows.run_log import pipeline_warnings_to_run_log\n"
-        "from tests.flows.test_run_log import flow_run_logs\n"
-        "@flow(name='thread-warning')\n"
-        "def run():\n"
-        "    with pipeline_warnings_to_run_log():\n"
-        "        t = threading.Thread(target=logging.getLogger('wsi_segment.x').warning,\n"
-        "                             args=('from a plain thread',))\n"
-        "        t.start(); t.join()\n"
-        "with temporary_server() as url:\n"
-        "    assert url is not None\n"
-        "    state = run(return_state=True)\n"
-        "    print(flow_run_logs(state.state_details.flow_run_id))\n"
-    )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env["PYTHONPATH"] = str(REPO)  # the script imports this module's `flow_run_logs`
-    done = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=300,
-        cwd=REPO, env=env,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "(30, 'from a plain thread')" in done.stdout, done.stdout + done.stderr[-3000:]
-    assert "temporary server" not in done.stderr and "ERROR" not in done.stderr, done.stderr

@@ -1,47 +1,70 @@
-"""A batch whose temporary Prefect server cannot write its database any more: one line."""
+"""A batch whose Prefect server (`PREFECT_API_URL`) cannot write its database any more: one
+line (`flows.server_failure`)."""
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import tmpfs
-from tests.flows.test_server_process import SERVER_MODULE, batch_and_its_server, batch_env
+from tests.conftest import CMU_SLIDE, tmpfs
+
+SERVER = [
+    "-m",
+    "uvicorn",
+    "--factory",
+    "prefect.server.api.server:create_app",
+    "--host",
+    "127.0.0.1",
+]
 
 
-@pytest.mark.slow  # a whole batch under a temporary Prefect server whose home fills (~40 s); the server goes with #75
-def test_a_prefect_home_that_fills_under_a_batch_ends_it_in_one_error_line(
-    tmp_path: Path,
-) -> None:
-    """PREFECT_HOME on a 40 MiB file system, room enough for the check before the server
-    starts, filled once the flow has begun (a home quota spent by something else in the
-    night): the batch ends with one `error:` line naming the database's folder, the server's
-    own error and the fixes, exit 1, no traceback. Before: some 6,000 lines of the server's SQL tracebacks, then the flow's, and no
-    table."""
-    with tmpfs(tmp_path / "home", "size=40m") as home:
-        out = tmp_path / "out"
-        with batch_and_its_server(out, batch_env(PREFECT_HOME=str(home))) as (batch, _, lines):
-            _fill(home)
-            batch.wait(300)
-        stderr = "\n".join(lines)
-    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
-    assert errors == [
-        f"error: the temporary Prefect server could not write its database in {home} "
-        "(sqlite3.OperationalError: database or disk is full) while the batch ran; slides "
-        "that finished keep their outputs, and a rerun skips them as up to date; free space "
-        "there (`prefect server database reset -y` empties the server's history: "
-        "wsi-segment's outputs do not depend on it), set PREFECT_HOME to a folder with room, "
-        "or run a Prefect server and set PREFECT_API_URL (docs/deploy.md)"
-    ], stderr[-3000:]
-    assert batch.returncode == 1
-    assert "Traceback" not in stderr and "sqlalchemy" not in stderr, stderr[-3000:]
-    assert len(stderr.splitlines()) < 80, stderr[-3000:]
+def batch_env(**extra: str) -> dict[str, str]:
+    """The environment of a user's batch: no Prefect settings of the test session."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(DO_NOT_TRACK="1", **extra)
+    return env
+
+
+@contextmanager
+def batch_begun(
+    out: Path, env: dict[str, str]
+) -> Iterator[tuple[subprocess.Popen[str], list[str]]]:
+    """`wsi-segment batch CMU --workers 0` started, once its flow has begun; the lines of its
+    stderr so far, and later ones as they come. Waited for, or killed, on the way out."""
+    cli = [str(Path(sys.executable).parent / "wsi-segment"), "batch", str(CMU_SLIDE)]
+    batch = subprocess.Popen([*cli, "--out", str(out), "--workers", "0"], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    lines: list[str] = []
+    began = threading.Event()
+
+    def read() -> None:
+        assert batch.stderr is not None
+        for line in batch.stderr:
+            lines.append(line.rstrip("\n"))
+            if "Beginning flow run" in line:
+                began.set()
+        began.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert began.wait(120), lines
+        yield batch, lines
+    finally:
+        if batch.poll() is None:
+            batch.kill()
+        batch.wait()
+        reader.join(30)
 
 
 @pytest.mark.slow  # a whole batch against a server whose database fills (~40 s)
@@ -54,15 +77,15 @@ def test_a_server_of_yours_whose_database_fills_is_named_in_the_one_line(tmp_pat
         port = s.getsockname()[1]
     api = f"http://127.0.0.1:{port}/api"
     with tmpfs(tmp_path / "home", "size=40m") as home:
-        server = subprocess.Popen([sys.executable, "-m", SERVER_MODULE, str(port)],
-                                  stdin=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        server = subprocess.Popen([sys.executable, *SERVER, "--port", str(port)],
+                                  stderr=subprocess.DEVNULL,
                                   env=batch_env(PREFECT_HOME=str(home)))  # fmt: skip
         try:
             deadline = time.monotonic() + 120
             while not _answers(api) and time.monotonic() < deadline:
                 time.sleep(0.1)
             env = batch_env(PREFECT_API_URL=api, PREFECT_HOME=str(tmp_path / "client"))
-            with batch_and_its_server(tmp_path / "out", env, own_server=False) as (batch, _, lines):
+            with batch_begun(tmp_path / "out", env) as (batch, lines):
                 _fill(home)
                 batch.wait(300)
         finally:

@@ -13,7 +13,8 @@ from concurrent.futures import CancelledError
 
 import pytest
 
-from wsi_segment.flows.slide_runner import DaemonThreadExecutor, SlideTaskRunner
+from wsi_segment.flows.daemon_threads import DaemonThreadExecutor
+from wsi_segment.flows.slide_runner import SlideTaskRunner
 
 
 def test_calls_run_at_most_max_workers_at_a_time_each_in_a_daemon_thread() -> None:
@@ -114,7 +115,7 @@ sys.exit(3)
 @pytest.mark.parametrize(
     ("module", "executor", "exits"),
     [
-        ("wsi_segment.flows.slide_runner", "DaemonThreadExecutor", True),
+        ("wsi_segment.flows.daemon_threads", "DaemonThreadExecutor", True),
         ("concurrent.futures", "ThreadPoolExecutor", False),
     ],
 )

@@ -126,6 +126,7 @@ def test_flow_refuses_a_cam_method_before_any_write(
 def test_training_stages_retry_and_cache_as_the_slide_stages():
     """One set of task options: only transient I/O errors are retried, nothing is cached."""
     from wsi_segment.flows import slide_flow, train_flow
+    from wsi_segment.pipeline.stage_retries import STAGE_RETRIES, STAGE_RETRY_DELAYS_S
 
     stages = (
         train_flow.open_dataset,
@@ -136,8 +137,8 @@ def test_training_stages_retry_and_cache_as_the_slide_stages():
         slide_flow.open_and_tissue,
     )
     for stage in stages:
-        assert stage.retries == slide_flow.RETRIES
-        assert stage.retry_delay_seconds == slide_flow.RETRY_DELAYS_S
+        assert stage.retries == STAGE_RETRIES
+        assert stage.retry_delay_seconds == list(STAGE_RETRY_DELAYS_S)
         assert stage.retry_condition_fn is slide_flow.retry_if_transient
         assert stage.persist_result is False
 

@@ -117,7 +117,9 @@ def test_a_quiet_batch_prints_its_tally_alone_on_stderr(tmp_path: Path, tiny_mod
     write_synthetic_slide(slides / "b.svs", (500, 600), seed=2)
     for run in range(3):
         out = tmp_path / f"out{run}"
-        result = run_cli(["batch", slides, "--model", tiny_model, "--out", out, "--quiet"])
+        result = run_cli(
+            ["batch", slides, "--model", tiny_model, "--out", out, "--quiet", "--workers", "1"]
+        )
         assert result.code == 0, result.stderr
         assert result.stderr.splitlines() == ["2 done, 0 up-to-date, 0 failed"], (
             f"run {run}: {result.stderr}"
@@ -155,6 +157,7 @@ def test_a_quiet_batch_held_mid_band_prints_its_tally_alone(
     write_synthetic_slide(slides / "big.svs", (3000, 3000), seed=3)
     out = tmp_path / "out"
     args = ["batch", slides, "--model", tiny_model, "--out", out, "--quiet", "--mpp", "4"]
+    args += ["--workers", "1"]  # a local cluster, which is what this is about
     proc = subprocess.Popen(
         [*CLI, *map(str, args)],
         stdout=subprocess.PIPE,

@@ -262,7 +262,10 @@ def test_four_gpus():
     assert engine_in_process(ONE_H100, AUTO, None, None).value is True
     assert engine_in_process(ONE_H100, AUTO, 2, None).value is False
     assert engine_in_process(CPU_ONLY, AUTO, 0, None).value is True
-    assert engine_in_process(CPU_ONLY, AUTO, None, None).value is False
+    # no GPU: the engine in this process too (a local cluster of one CPU worker only adds
+    # its start); asked for, a local cluster still
+    assert engine_in_process(CPU_ONLY, AUTO, None, None).value is True
+    assert engine_in_process(CPU_ONLY, AUTO, 1, None).value is False
     assert engine_in_process(ONE_H100, AUTO, None, "tcp://h:8786").value is False
     # the 4 workers of a 4-GPU machine run one band each at a time: its cores shared out
     band = decide(FOUR_GPUS, AUTO, RunFacts(place=BAND, at_once=4, reads=APERIO))
