@@ -5,12 +5,15 @@
         --jobs 4 --gpus 1 --cores 8 --memory 32GiB --walltime 04:00:00 --partition gpu
 
 This process (run it on a login node, or in a small CPU job) holds the Dask scheduler and
-the Prefect flow; each SLURM job is one Dask worker process with one GPU, which loads the
-model once and processes chunks of any slide. Slides and outputs must be on a file system
-every node sees. Set PREFECT_API_URL to report to a Prefect server; without it the flow
-runs with Prefect's in-process server. Print the job script with `--dry-run` first. The
-batch flow leaves OUT/cohort.csv and OUT/report.html (rebuilt after each slide and at the
-end; `wsi-segment report OUT` rebuilds them later); their paths are printed at the end.
+runs the batch loop (`flows.batch_loop`, as `wsi-segment batch` does, no Prefect server);
+each SLURM job is one Dask worker process with one GPU, which loads the model once and
+processes chunks of any slide. No job is submitted when every slide is finished (or a known
+failure). Slides and outputs must be on a file system every node sees. Print the job script
+with `--dry-run` first. The batch prints the same table, `error:` lines and exit code as
+`wsi-segment batch`, and leaves OUT/cohort.csv and OUT/report.html (rebuilt after each slide
+and at the end; `wsi-segment report OUT` rebuilds them later); their paths are printed at the
+end. For a run recorded in Prefect, deploy the `segment-batch` flow with `dask_address` of a
+scheduler the lab keeps (docs/deploy.md).
 
 A worker runs any code sent to it, next to patient slides: the scheduler and the workers
 listen only on loopback (one node) or on the interface named by `--interface` (e.g. ib0, the
@@ -23,7 +26,10 @@ default, made for this run and written for the jobs to a folder every node sees
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -193,19 +199,6 @@ def tls_files(args: argparse.Namespace) -> tuple[str, str, str] | None:
     return (args.tls_ca, args.tls_cert, args.tls_key)
 
 
-def batch_arguments(args: argparse.Namespace, scheduler_address: str) -> dict[str, Any]:
-    """What `segment_batch` is called with: the batch's own options, as on the CLI."""
-    return {
-        "input": args.input,
-        "out": args.out,
-        "model_dir": args.model,
-        "dask_address": scheduler_address,
-        "concurrency": args.concurrency,
-        "retry_failed": args.retry_failed,
-        "slide_timeout": args.slide_timeout,
-    }
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     options = {
@@ -224,43 +217,59 @@ def main(argv: list[str] | None = None) -> int:
         print(job_script(**options))
         return 0
 
+    from wsi_segment.flows.cli import run_command
+
+    # the CLI's own handling: the open-file limit raised before the jobs are submitted
+    # (SLURM passes this process's limits on to them), errors and stops one `error:` line
+    args.command, args.run = "batch", functools.partial(run_on_slurm, options=options)
+    return run_command(args)
+
+
+def run_on_slurm(args: argparse.Namespace, options: dict[str, Any]) -> int:
+    """The batch loop with its chunks on the SLURM cluster, reported as `wsi-segment batch`
+    reports (the table, `error:` lines, report paths, the exit code)."""
+    from wsi_segment.flows.batch_loop import BatchRequest
+    from wsi_segment.flows.cli_batch import run_and_report
+    from wsi_segment.flows.terminal_batch import run_terminal_batch
+    from wsi_segment.pipeline.params import SegmentParams
+
+    params = SegmentParams.from_dict({"model_dir": Path(args.model)} if args.model else {})
+    request = BatchRequest(
+        args.input,
+        args.out,
+        params,
+        concurrency=args.concurrency,
+        retry_failed=args.retry_failed,
+        slide_timeout=args.slide_timeout,
+        scheduler=lambda: slurm_scheduler(args.jobs, options),
+    )
+    return run_and_report(args.out, False, lambda: run_terminal_batch(request, False)[0])
+
+
+@contextlib.contextmanager
+def slurm_scheduler(jobs: int, options: dict[str, Any]) -> Iterator[str]:
+    """The SLURM cluster, up with one worker at least, for the block; yields its scheduler's
+    address, with the cluster's certificates in Dask's config for the batch's client. Only
+    a batch with a slide to run starts it: nothing is submitted for one all finished."""
     import dask
     from distributed import Client
 
-    from wsi_segment.errors import TooManyOpenFiles
-    from wsi_segment.flows.batch_flow import BatchFailedError, segment_batch
-    from wsi_segment.flows.cli_batch import print_report_paths, report_stamps
     from wsi_segment.flows.dask_cluster import security_config
-    from wsi_segment.open_files import require_open_files
 
-    try:  # before the jobs are submitted: SLURM passes this process's limits on to them
-        require_open_files()
-    except TooManyOpenFiles as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    shared = Path(args.shared_temp_directory or Path.cwd())
+    shared = Path(options["shared_temp_directory"] or Path.cwd())
     before = set(shared.glob(CERT_FILES))
     cluster = make_cluster(**options)
     # adaptive with a fixed size: a job that ends (walltime, scancel, a node lost) is
     # replaced by a new one, and its chunks run again there
-    cluster.adapt(minimum_jobs=args.jobs, maximum_jobs=args.jobs)
+    cluster.adapt(minimum_jobs=jobs, maximum_jobs=jobs)
     try:
-        # the flow connects to the scheduler by address, with the cluster's certificates
         with Client(cluster) as client, dask.config.set(security_config(cluster.security)):
             client.wait_for_workers(1, timeout=3600)  # the queue may take a while
-            report_before = report_stamps(args.out)  # to announce only what this run rewrote
-            try:
-                segment_batch(**batch_arguments(args, cluster.scheduler_address))
-            except BatchFailedError as exc:
-                print(f"error: {exc}", file=sys.stderr)
-                return 1
-            finally:
-                print_report_paths(args.out, report_before)
+            yield cluster.scheduler_address
     finally:
         cluster.close()
         for path in set(shared.glob(CERT_FILES)) - before:  # this run's key and certificates
             path.unlink(missing_ok=True)
-    return 0
 
 
 if __name__ == "__main__":

@@ -3,8 +3,8 @@
 The loop itself (plan the slides, run each, record, write the morning report) is
 `flows.batch_loop`'s, the same the terminal runs without Prefect. This door hands it the
 flow run's logger, advice in the words of a deployment's parameters (`flows.door_words`),
-and a slide pool whose threads run each slide as a `slide` task (its stages as retried
-tasks: `flows.slide_flow`) under `SlideTaskRunner`; then it publishes the batch's
+and a slide pool whose daemon threads run each slide as a `slide` task (its stages as
+retried tasks: `flows.slide_flow`); then it publishes the batch's
 artifacts and fails (`BatchFailedError`) if any slide failed anew, so schedulers and the CLI
 see it; known failures alone leave it Completed, with a WARNING line each.
 """
@@ -12,6 +12,7 @@ see it; known failures alone leave it Completed, with a WARNING line each.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from collections.abc import Iterator
 from concurrent.futures import Future
 from typing import Any
@@ -24,7 +25,6 @@ from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.artifacts import create_markdown_artifact, create_table_artifact  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.exceptions import TerminationSignal  # noqa: E402
-from prefect.futures import PrefectFuture  # noqa: E402
 from prefect.states import Failed, State  # noqa: E402
 
 from wsi_segment.errors import WsiSegmentError  # noqa: E402
@@ -38,6 +38,7 @@ from wsi_segment.flows.batch_loop import (  # noqa: E402
     run_batch,
     run_slide_job,
 )
+from wsi_segment.flows.daemon_threads import daemon_pool  # noqa: E402
 from wsi_segment.flows.door_words import run_words  # noqa: E402
 from wsi_segment.flows.flow_process import prepare_flow_process  # noqa: E402
 from wsi_segment.flows.morning_artifacts import publish_morning_report  # noqa: E402
@@ -47,7 +48,6 @@ from wsi_segment.flows.run_log import (  # noqa: E402
 )
 from wsi_segment.flows.run_origin import flow_run_origin  # noqa: E402
 from wsi_segment.flows.slide_flow import make_params, run_slide_stages  # noqa: E402
-from wsi_segment.flows.slide_runner import SlideTaskRunner  # noqa: E402
 from wsi_segment.pipeline.batch_report import (  # noqa: E402
     batch_rows,
     counts,
@@ -96,31 +96,30 @@ def slide_task(job: SlideJob) -> SlideOrFailed:
     return Failed(message=failure_message(result), data=result)
 
 
-def slide_result(future: PrefectFuture[SlideOrFailed]) -> Future[SlideResult]:
-    """A plain future of the slide task's `SlideResult`, whether its state is Completed or
-    Failed; one that crashed or was cancelled carries what ended it."""
-    plain: Future[SlideResult] = Future()
-
-    def settle(ended: PrefectFuture[SlideOrFailed]) -> None:
-        try:
-            result = ended.result(raise_on_failure=False)
-            if not isinstance(result, SlideResult):  # the task never returned
-                ended.result()  # raises what ended it
-                raise TypeError(f"slide task ended without a result: {result!r}")
-        except BaseException as exc:
-            plain.set_exception(exc)
-        else:
-            plain.set_result(result)
-
-    future.add_done_callback(settle)
-    return plain
+def run_slide_task(job: SlideJob) -> SlideResult:
+    """The `slide` task run in this thread, in the flow run's context, to its end; its
+    `SlideResult`, whether the task's state is Completed or Failed. One that crashed or was
+    cancelled raises what ended it."""
+    state = slide_task(job, return_state=True)
+    result = state.result(raise_on_failure=False)
+    if not isinstance(result, SlideResult):  # the task never returned
+        state.result()  # raises what ended it
+        raise TypeError(f"slide task ended without a result: {result!r}")
+    return result
 
 
 @contextlib.contextmanager
 def slide_tasks(concurrency: int) -> Iterator[SubmitSlide]:
-    """Submit each slide as a `slide` task, `concurrency` at a time."""
-    with SlideTaskRunner[SlideOrFailed](max_workers=concurrency) as runner:
-        yield lambda job: slide_result(runner.submit(slide_task, {"job": job}))
+    """Run each slide as a `slide` task of this flow run, `concurrency` at a time, each in a
+    daemon thread (`flows.daemon_threads`) with a copy of the flow run's context: the task
+    knows its flow run as in the flow's own thread (a copy each: one context cannot be
+    entered by two threads at once)."""
+    with daemon_pool(concurrency) as pool:
+
+        def submit(job: SlideJob) -> Future[SlideResult]:
+            return pool.submit(contextvars.copy_context().run, run_slide_task, job)
+
+        yield submit
 
 
 @flow(name="segment-batch")

@@ -10,7 +10,7 @@ slide's cancellation token is cancelled (`flows.slide_watch`): each slide stops 
 code next checks it, removes its partial folder and lock and stops its chunks. The slides
 are given `GRACE_S` to unwind, with further signals ignored meanwhile (a second Ctrl-C must
 not cut the cleanup short; a slide still running after it, stuck in a call that does not
-return, is named in a warning and not waited for: `flows.slide_runner`); then the exception goes on, carrying every slide's result
+return, is named in a warning and not waited for: `flows.daemon_threads`); then the exception goes on, carrying every slide's result
 (finished, "interrupted", or "not started"), so the CLI prints the table and one `error:`
 line. A flow's Prefect still sees the interrupt (a `KeyboardInterrupt`, or a
 `TerminationSignal` for its cancellation handling: `flows.batch_flow.BatchTerminated`).

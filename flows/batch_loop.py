@@ -69,6 +69,9 @@ class BatchRequest:
     concurrency: int = 2
     retry_failed: bool = False
     slide_timeout: float | None = None
+    # a cluster the batch starts only once a slide is to run (SLURM jobs: no job is submitted
+    # for a batch that is all finished), yielding its scheduler's address
+    scheduler: Callable[[], contextlib.AbstractContextManager[str]] | None = None
 
     def __post_init__(self) -> None:
         """Refuse limits no batch can run under (`ConfigError`), before any slide is read."""
@@ -134,9 +137,10 @@ def run_batch(
         stack.enter_context(door.warnings_to_log())
         dropped.raise_noted()  # before a cluster starts, or a batch all up to date ends
         if plan.todo:  # no cluster starts for a batch that is all finished
-            client = stack.enter_context(
-                dask_context(request.dask_address, request.workers, plan.in_process)
-            )
+            address = request.dask_address
+            if request.scheduler is not None:
+                address = stack.enter_context(request.scheduler())
+            client = stack.enter_context(dask_context(address, request.workers, plan.in_process))
             watch = stack.enter_context(SlideWatch(request.slide_timeout))
             dropped.raise_noted()  # one dropped while the cluster started
             plan.finished.update(run_slides(request, plan, client, watch, door))
@@ -149,10 +153,10 @@ def plan_batch(request: BatchRequest, door: BatchDoor) -> BatchPlan:
     items = parse_batch_input(request.input, request.out)
     refuse_unusable_root(request.out)
     door.log.info("%d slide(s) from %s -> %s", len(items), request.input, request.out)
-    machine = probe_machine()
-    in_process = engine_in_process(
-        machine, request.params, request.workers, request.dask_address
-    ).value
+    address = request.dask_address or (
+        "a scheduler started for the batch" if request.scheduler else None
+    )
+    in_process = engine_in_process(probe_machine(), request.params, request.workers, address).value
     at_once = min(request.concurrency, max(1, len(items))) if in_process else 1
     model = model_files(request.params)
     finished = slides_without_thread(items, request, model, door)

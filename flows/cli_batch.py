@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -107,21 +108,31 @@ def flow_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from wsi_segment.flows.batch_console import InterruptGuard, cli_stop, quiet_console
-    from wsi_segment.flows.signal_stop import stop_kinds
     from wsi_segment.pipeline.batch_inputs import parse_batch_input
     from wsi_segment.pipeline.outputs.shared_access import refuse_unusable_root
 
     parse_batch_input(args.input, args.out)  # bad input: one error line, before anything starts
     refuse_unusable_root(args.out)
-    report_before = report_stamps(args.out)
     options = flow_options(args)
     if not check_roi_file(args.roi):
         return 2
+    return run_and_report(args.out, args.quiet, lambda: run_door(args, options))
+
+
+def run_and_report(
+    out: str | Path, quiet: bool, run_slides: Callable[[], list[SlideResult]]
+) -> int:
+    """`run_slides` (a batch, by either door) with its console and stops handled, then its
+    table, `error:` lines and report paths; the exit code (0, or 1 if a slide failed anew).
+    A stop raises its interrupt after the table (`flows.cli` prints the one line)."""
+    from wsi_segment.flows.batch_console import InterruptGuard, cli_stop, quiet_console
+    from wsi_segment.flows.signal_stop import stop_kinds
+
+    report_before = report_stamps(out)
     interrupt: KeyboardInterrupt | None = None
-    with quiet_console(args.quiet), InterruptGuard() as guard:
+    with quiet_console(quiet), InterruptGuard() as guard:
         try:
-            results = run_door(args, options)
+            results = run_slides()
         except stop_kinds() as exc:
             guard.hold()
             stopped = batch_stop(exc)
@@ -132,11 +143,9 @@ def run(args: argparse.Namespace) -> int:
             stop = guard.signum
             if stop is None or isinstance(exc, WsiSegmentError):
                 raise
-            raise signal_exception(
-                stop
-            ) from exc  # a library turned the guard's stop into its own error
+            raise signal_exception(stop) from exc  # a library made the stop its own error
         report(results)
-        print_report_paths(args.out, report_before)
+        print_report_paths(out, report_before)
         if interrupt is None:  # a signal whose exception Python dropped outside the slides' wait
             interrupt = guard.unraised()
     if interrupt is not None:  # flows.cli prints the one `error:` line, exits 130 / 143 / 129

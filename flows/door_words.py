@@ -20,6 +20,7 @@ import functools
 import inspect
 import re
 from collections.abc import Callable, Collection
+from typing import Any
 
 from wsi_segment.flows import prefect_env
 
@@ -38,20 +39,31 @@ _NEGATED = {"no_gate"}  # a flag that turns a parameter off
 SEGMENT_FLOWS = ("segment-batch", "segment-slide")
 
 
+class _RecordingParser(argparse.ArgumentParser):
+    """A parser that keeps each argument's action as it is added (`recorded`): argparse
+    hands an action back from `add_argument` and nowhere else in its public API."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.recorded: list[argparse.Action] = []  # first: the parser adds its -h here
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        action = super().add_argument(*args, **kwargs)
+        self.recorded.append(action)
+        return action
+
+
 @functools.cache
 def cli_actions() -> dict[str, argparse.Action]:
     """`--option` -> its argparse action, for every option of `wsi-segment batch` (which
     has every segmentation option too)."""
     from wsi_segment.flows import cli_batch
 
-    parser = argparse.ArgumentParser()
-    cli_batch.add_parser(parser.add_subparsers())
-    batch = next(
-        action.choices["batch"]
-        for action in parser._actions
-        if isinstance(action, argparse._SubParsersAction)
-    )
-    return {option: action for action in batch._actions for option in action.option_strings}
+    subparsers = argparse.ArgumentParser().add_subparsers(parser_class=_RecordingParser)
+    cli_batch.add_parser(subparsers)  # type: ignore[arg-type]  # a parser class of its own
+    batch = subparsers.choices["batch"]
+    assert isinstance(batch, _RecordingParser)
+    return {option: action for action in batch.recorded for option in action.option_strings}
 
 
 def _is_value(action: argparse.Action, text: str) -> bool:

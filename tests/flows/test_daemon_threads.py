@@ -1,6 +1,6 @@
-"""SlideTaskRunner and its executor with real threads, real Prefect tasks and real processes:
-a slide thread blocked in a system call (where it checks no cancellation token)
-neither holds the batch on leaving the runner after an interrupt nor the process at exit."""
+"""The batch's slide threads with real threads and real processes: a slide thread blocked in
+a system call (where it checks no cancellation token) neither holds the batch on leaving the
+pool after an interrupt nor the process at exit."""
 
 from __future__ import annotations
 
@@ -13,8 +13,7 @@ from concurrent.futures import CancelledError
 
 import pytest
 
-from wsi_segment.flows.daemon_threads import DaemonThreadExecutor
-from wsi_segment.flows.slide_runner import SlideTaskRunner
+from wsi_segment.flows.daemon_threads import DaemonThreadExecutor, daemon_pool
 
 
 def test_calls_run_at_most_max_workers_at_a_time_each_in_a_daemon_thread() -> None:
@@ -60,41 +59,31 @@ def test_shutdown_cancels_the_calls_not_started_and_waits_only_when_asked() -> N
     assert first.result(timeout=10) is True
 
 
-def test_leaving_the_runner_on_an_interrupt_does_not_wait_for_a_stuck_slide(
-    prefect_harness: None,
-) -> None:
-    """A Prefect task blocked in `os.read`: leaving the runner on KeyboardInterrupt returns at
-    once; leaving it normally waits for the running slide's thread to end. The thread is
-    watched through the future it runs (`wrapped_future`): the Prefect state is the server's
-    record, which the server writes from events some time after the thread has ended."""
-    from prefect import task
-
-    @task(persist_result=False)
-    def read_one_byte(fd: int) -> bytes:
-        return os.read(fd, 1)
-
+def test_leaving_the_pool_on_an_interrupt_does_not_wait_for_a_stuck_slide() -> None:
+    """A slide blocked in `os.read`: leaving the pool on KeyboardInterrupt returns at once
+    (a slide not started is cancelled); leaving it normally waits for the running slide."""
     r, w = os.pipe()
     try:
-        runner: SlideTaskRunner[bytes] = SlideTaskRunner(max_workers=1)
         t0 = time.monotonic()
-        with pytest.raises(KeyboardInterrupt), runner:
-            stuck = runner.submit(read_one_byte, {"fd": r})
-            while stuck.state.is_pending():  # wait until the read is under way
-                time.sleep(0.05)
+        with pytest.raises(KeyboardInterrupt), daemon_pool(1) as pool:
+            stuck = pool.submit(os.read, r, 1)
+            queued = pool.submit(lambda: "never")
+            while not stuck.running():  # wait until the read is under way
+                time.sleep(0.01)
             t0 = time.monotonic()
             raise KeyboardInterrupt
         assert time.monotonic() - t0 < 1.0
-        assert not stuck.wrapped_future.done()
+        assert not stuck.done() and queued.cancelled()
         os.write(w, b"x")  # unblock it: the thread ends on its own
         assert stuck.result(timeout=30) == b"x"
 
-        with SlideTaskRunner[bytes](max_workers=1) as runner:
-            slow = runner.submit(read_one_byte, {"fd": r})
-            while slow.state.is_pending():
-                time.sleep(0.05)
+        with daemon_pool(1) as pool:
+            slow = pool.submit(os.read, r, 1)
+            while not slow.running():
+                time.sleep(0.01)
             t0 = time.monotonic()
             threading.Timer(0.5, os.write, (w, b"y")).start()
-        assert time.monotonic() - t0 >= 0.5 and slow.wrapped_future.done()
+        assert time.monotonic() - t0 >= 0.5 and slow.done()
     finally:
         os.close(r)
         os.close(w)
