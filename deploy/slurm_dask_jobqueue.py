@@ -31,7 +31,10 @@ import functools
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from wsi_segment.flows.batch_loop import BatchRequest
 
 # Dask starts worker processes daemonic, and a daemonic process may not start processes
 WORKER_NOT_DAEMONIC = "DASK_DISTRIBUTED__WORKER__DAEMON=False"
@@ -228,13 +231,21 @@ def main(argv: list[str] | None = None) -> int:
 def run_on_slurm(args: argparse.Namespace, options: dict[str, Any]) -> int:
     """The batch loop with its chunks on the SLURM cluster, reported as `wsi-segment batch`
     reports (the table, `error:` lines, report paths, the exit code)."""
-    from wsi_segment.flows.batch_loop import BatchRequest
     from wsi_segment.flows.cli_batch import run_and_report
     from wsi_segment.flows.terminal_batch import run_terminal_batch
+
+    request = batch_request(args, options)
+    return run_and_report(args.out, False, lambda: run_terminal_batch(request, False)[0])
+
+
+def batch_request(args: argparse.Namespace, options: dict[str, Any]) -> BatchRequest:
+    """The batch loop's request for this command line: the batch's own options, as on the
+    CLI, its chunks on the SLURM cluster started once a slide is to run."""
+    from wsi_segment.flows.batch_loop import BatchRequest
     from wsi_segment.pipeline.params import SegmentParams
 
     params = SegmentParams.from_dict({"model_dir": Path(args.model)} if args.model else {})
-    request = BatchRequest(
+    return BatchRequest(
         args.input,
         args.out,
         params,
@@ -243,7 +254,6 @@ def run_on_slurm(args: argparse.Namespace, options: dict[str, Any]) -> int:
         slide_timeout=args.slide_timeout,
         scheduler=lambda: slurm_scheduler(args.jobs, options),
     )
-    return run_and_report(args.out, False, lambda: run_terminal_batch(request, False)[0])
 
 
 @contextlib.contextmanager

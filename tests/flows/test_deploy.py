@@ -177,20 +177,21 @@ def test_slurm_example_compiles_and_builds_a_job_script() -> None:
 
 def test_slurm_example_passes_the_batch_options_the_cli_has() -> None:
     """A nightly SLURM batch can retry known failures and bound a stuck slide like
-    `wsi-segment batch`; every argument it passes is one `segment_batch` takes."""
-    import inspect
-
-    from wsi_segment.flows.batch_flow import segment_batch
+    `wsi-segment batch`: its request to the batch loop carries them, and its chunks go to the
+    SLURM cluster, started only once a slide is to run (a scheduler to start, no address);
+    a time limit the CLI refuses it refuses too."""
+    from wsi_segment.errors import ConfigError
 
     module = _slurm_example()
     args = module.parse_args(["/s", "--out", "/o", "--retry-failed", "--slide-timeout", "600"])
-    kwargs = module.batch_arguments(args, "tcp://scheduler:8786")
-    assert kwargs["retry_failed"] is True and kwargs["slide_timeout"] == 600.0
-    assert kwargs["dask_address"] == "tcp://scheduler:8786"
-    accepted = inspect.signature(segment_batch.fn).parameters
-    assert set(kwargs) <= set(accepted), set(kwargs) - set(accepted)
-    defaults = module.batch_arguments(module.parse_args(["/s", "--out", "/o"]), "tcp://x:1")
-    assert defaults["retry_failed"] is False and defaults["slide_timeout"] is None
+    request = module.batch_request(args, {})
+    assert request.retry_failed is True and request.slide_timeout == 600.0
+    assert (request.input, request.out) == ("/s", "/o")
+    assert request.dask_address is None and request.scheduler is not None
+    defaults = module.batch_request(module.parse_args(["/s", "--out", "/o"]), {})
+    assert defaults.retry_failed is False and defaults.slide_timeout is None
+    with pytest.raises(ConfigError, match="slide_timeout must be > 0"):
+        module.batch_request(module.parse_args(["/s", "--out", "/o", "--slide-timeout", "0"]), {})
 
 
 def _failed_run_event(state: str, deployment: str) -> Any:
