@@ -34,7 +34,12 @@ from wsi_segment.errors import TERMINATING_SIGNALS, ConfigError, SlideStopped, W
 from wsi_segment.flows.batch_interrupt import group_signal_as_stop, stopped_result, wait_for_slides
 from wsi_segment.flows.dropped_stops import DroppedStops
 from wsi_segment.flows.slide_watch import SlideWatch
-from wsi_segment.pipeline.batch_inputs import BatchItem, params_for, parse_batch_input
+from wsi_segment.pipeline.batch_inputs import (
+    BatchItem,
+    check_regions,
+    params_for,
+    parse_batch_input,
+)
 from wsi_segment.pipeline.inference.decode_pool import start_resource_tracker
 from wsi_segment.pipeline.known_failures import error_class_of, known_failures, settle_records
 from wsi_segment.pipeline.machine import probe_machine
@@ -151,6 +156,7 @@ def run_batch(
 def plan_batch(request: BatchRequest, door: BatchDoor) -> BatchPlan:
     """Read the input, decide where chunks run, and settle every slide no thread runs."""
     items = parse_batch_input(request.input, request.out)
+    check_regions(items, request.params)
     refuse_unusable_root(request.out)
     door.log.info("%d slide(s) from %s -> %s", len(items), request.input, request.out)
     address = request.dask_address or (

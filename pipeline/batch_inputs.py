@@ -1,7 +1,8 @@
 """Turn a batch input (folder, glob or manifest CSV) into a checked list of slides.
 
 Everything that can be wrong with a batch's input is found here, before any slide runs:
-a missing column, a missing file, an unparsable mpp, a slide path with a control
+a missing column, a column we do not know (a typo of `roi` would otherwise run whole
+slides), a missing file or regions file, an unparsable mpp, a slide path with a control
 character (a newline would split every line that names it), an output name that would
 write outside the output folder (`../x`, `/abs`, `a/b`), or two slides that would write
 to the same output folder. Finding these late would overwrite results or waste a night's run.
@@ -46,6 +47,9 @@ SLIDE_SUFFIXES: tuple[str, ...] = (
 PATH_COLUMNS: tuple[str, ...] = ("slide", "slide_path", "path")
 MPP_COLUMNS: tuple[str, ...] = ("mpp",)
 NAME_COLUMNS: tuple[str, ...] = ("name", "output_name", "output")
+# A QuPath GeoJSON of the slide's regions (TMA cores, annotations): as `--roi` for that slide
+ROI_COLUMNS: tuple[str, ...] = ("roi",)
+MANIFEST_COLUMNS = (*PATH_COLUMNS, *MPP_COLUMNS, *NAME_COLUMNS, *ROI_COLUMNS)
 _GLOB_CHARS = re.compile(r"[*?\[]")
 
 
@@ -55,11 +59,13 @@ _NOT_CSV_MANIFESTS = (".txt", ".tsv", ".list", ".lst")
 
 @dataclass(frozen=True)
 class BatchItem:
-    """One slide of a batch: where it is, an optional mpp override, its output folder name."""
+    """One slide of a batch: where it is, an optional mpp override, its output folder name,
+    and its own regions file (a manifest's `roi` column)."""
 
     slide: str  # a local path, or a URL (file://, s3://, ...) as written
     mpp: float | None
     name: str
+    roi: str | None = None  # the regions file, as read (relative to the manifest's folder)
 
 
 def _parse_mpp(value: str, source: str) -> float | None:
@@ -102,8 +108,10 @@ def read_manifest(csv_path: Path) -> list[BatchItem]:
                     f"add a header row with one of {', '.join(PATH_COLUMNS)} "
                     "and optionally mpp and name"
                 )
+            _refuse_unknown_columns(fieldnames, f"{csv_path}:1")
             mpp_col = _pick_column(fieldnames, MPP_COLUMNS)
             name_col = _pick_column(fieldnames, NAME_COLUMNS)
+            roi_col = _pick_column(fieldnames, ROI_COLUMNS)
             rows = list(reader)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DatasetError(f"{csv_path}: cannot read the manifest CSV ({exc})") from exc
@@ -122,8 +130,52 @@ def read_manifest(csv_path: Path) -> list[BatchItem]:
         mpp = _parse_mpp(row.get(mpp_col) or "", source) if mpp_col else None
         raw_name = (row.get(name_col) or "").strip() if name_col else ""
         name = check_output_name(raw_name, source) if raw_name else default_output_name(slide)
-        items.append(BatchItem(slide=slide, mpp=mpp, name=name))
+        roi = _regions_file(row.get(roi_col) or "", csv_path, source) if roi_col else None
+        items.append(BatchItem(slide=slide, mpp=mpp, name=name, roi=roi))
     return items
+
+
+def _refuse_unknown_columns(fieldnames: list[str], source: str) -> None:
+    """A header naming a column we do not read (a typo, `ROI file`, `regions`): refused, not
+    silently ignored: an ignored regions column ran whole slides."""
+    unknown = [f for f in fieldnames if (f or "").strip().lower() not in MANIFEST_COLUMNS]
+    if unknown:
+        raise DatasetError(
+            f"{source}: unknown manifest column(s) {', '.join(map(repr, unknown))}; the columns "
+            f"are {', '.join(MANIFEST_COLUMNS)} (a slide's path, then optionally its mpp, its "
+            "output name and its regions file): rename or remove them"
+        )
+
+
+def _regions_file(value: str, csv_path: Path, source: str) -> str | None:
+    """A row's regions file, relative to the manifest's folder, read once now: a missing or
+    bad one is refused before any slide runs, naming the row (None: the whole slide)."""
+    from wsi_segment.errors import RoiError
+    from wsi_segment.wsi.roi_file import read_roi_file
+
+    text = value.strip()
+    if not text:
+        return None
+    path = csv_path.parent / Path(text).expanduser()
+    if not path.is_file():
+        raise DatasetError(
+            f"{source}: regions file {path} not found; fix the row's roi (a QuPath GeoJSON "
+            "export, its path relative to the manifest's folder) or empty it for the whole slide"
+        )
+    try:
+        read_roi_file(path)
+    except RoiError as exc:
+        raise RoiError(f"{source}: {exc}") from None
+    return str(path)
+
+
+def check_regions(items: list[BatchItem], params: SegmentParams) -> None:
+    """Refuse regions given twice: `--roi` (every slide) and a manifest's `roi` column."""
+    if params.roi is not None and any(item.roi for item in items):
+        raise ConfigError(
+            f"regions given twice: --roi {params.roi} for every slide and the manifest's roi "
+            "column; give each slide's regions in the manifest, or one --roi without the column"
+        )
 
 
 def _refuse_missing(items: list[BatchItem], source: str) -> None:
@@ -247,7 +299,8 @@ def check_items(items: list[BatchItem], source: str, listed: bool = False) -> li
 
 
 def params_for(item: BatchItem, params: SegmentParams) -> SegmentParams:
-    """The `SegmentParams` of one batch slide: its mpp override and output name applied.
+    """The `SegmentParams` of one batch slide: its mpp override, output name and regions
+    file applied.
 
     The output name is only set when it differs from the default, so a batch slide and a
     plain `segment_slide` call of the same slide record the same parameters.
@@ -262,4 +315,6 @@ def params_for(item: BatchItem, params: SegmentParams) -> SegmentParams:
         changes["mpp"] = item.mpp
     if item.name != default_output_name(item.slide):
         changes["output_name"] = item.name
+    if item.roi is not None:
+        changes["roi"] = Path(item.roi)
     return dataclasses.replace(params, **changes) if changes else params

@@ -250,3 +250,73 @@ def test_a_manifest_s_missing_slide_with_a_line_break_is_named_on_one_line(
     with pytest.raises(ConfigError, match="control characters") as err:
         parse_batch_input(manifest, tmp_path / "out")
     assert "\n" not in str(err.value)
+
+
+def _regions(path: Path) -> Path:
+    """A QuPath export with one rectangle annotation (a core), as `--roi` takes."""
+    from tests.wsi import qupath_exports as qp
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return qp.export(path, [qp.annotation(qp.rect(10, 10, 90, 90), "core-1", name="A1")])
+
+
+def test_a_manifest_s_roi_column_is_each_slide_s_regions_relative_to_the_manifest(
+    tmp_path: Path,
+) -> None:
+    """The `roi` column was silently ignored: a TMA batch ran whole slides. Now each row's
+    regions file (relative to the manifest, as its slides are) becomes that slide's `roi`;
+    an empty cell is the whole slide."""
+    import dataclasses
+
+    from wsi_segment.pipeline.batch_inputs import params_for
+    from wsi_segment.pipeline.params import SegmentParams
+
+    _touch(tmp_path / "s" / "a.svs")
+    _touch(tmp_path / "s" / "b.svs")
+    cores = _regions(tmp_path / "regions" / "a-cores.geojson")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("slide,name,roi\ns/a.svs,a,regions/a-cores.geojson\ns/b.svs,b,\n")
+    a, b = parse_batch_input(manifest, tmp_path / "out")
+    assert (a.roi, b.roi) == (str(cores), None)
+    params = SegmentParams()
+    assert params_for(a, params) == dataclasses.replace(params, roi=cores)
+    assert params_for(b, params) is params
+
+
+def test_a_manifest_s_missing_or_bad_regions_file_is_refused_naming_its_row(
+    tmp_path: Path,
+) -> None:
+    from wsi_segment.errors import RoiError
+
+    _touch(tmp_path / "a.svs")
+    _touch(tmp_path / "b.svs")
+    _regions(tmp_path / "a.geojson")
+    (tmp_path / "b.geojson").write_text("not json")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("slide,roi\na.svs,a.geojson\nb.svs,missing.geojson\n")
+    with pytest.raises(DatasetError, match=rf"^{tmp_path / 'm.csv'}:3: regions file .*missing"):
+        parse_batch_input(manifest, tmp_path / "out")
+    manifest.write_text("slide,roi\na.svs,a.geojson\nb.svs,b.geojson\n")
+    with pytest.raises(RoiError, match=rf"^{tmp_path / 'm.csv'}:3: .*b\.geojson"):
+        parse_batch_input(manifest, tmp_path / "out")
+
+
+def test_an_unknown_manifest_column_is_refused_not_ignored(tmp_path: Path) -> None:
+    """`regions` for `roi` (or any typo) would run whole slides without a word."""
+    _touch(tmp_path / "a.svs")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("slide,name,regions\na.svs,a,cores.geojson\n")
+    with pytest.raises(DatasetError, match=r"m\.csv:1: unknown manifest column\(s\) 'regions'"):
+        parse_batch_input(manifest, tmp_path / "out")
+
+
+def test_regions_given_both_by_roi_and_by_the_manifest_are_refused(tmp_path: Path) -> None:
+    from wsi_segment.pipeline.batch_inputs import check_regions
+    from wsi_segment.pipeline.params import SegmentParams
+
+    cores = _regions(tmp_path / "cores.geojson")
+    with_column = [BatchItem("a.svs", None, "a", str(cores)), BatchItem("b.svs", None, "b")]
+    check_regions(with_column, SegmentParams())  # the column alone
+    check_regions(with_column[1:], SegmentParams(roi=cores))  # --roi alone
+    with pytest.raises(ConfigError, match="regions given twice"):
+        check_regions(with_column, SegmentParams(roi=cores))
