@@ -28,7 +28,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import os
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -84,8 +86,8 @@ def make_cluster(
 
 
 LOOPBACK = "127.0.0.1"
-# what dask-jobqueue writes to the shared folder for the jobs when certificates are made per run
-CERT_FILES = ".dask-jobqueue.worker.*"
+# the certificates made for a run without the lab's, in the shared folder, while it runs
+CERT_PREFIX = ".wsi-segment-tls-"
 
 
 def worker_host_lines(interface: str | None) -> list[str]:
@@ -260,26 +262,50 @@ def batch_request(args: argparse.Namespace, options: dict[str, Any]) -> BatchReq
 def slurm_scheduler(jobs: int, options: dict[str, Any]) -> Iterator[str]:
     """The SLURM cluster, up with one worker at least, for the block; yields its scheduler's
     address, with the cluster's certificates in Dask's config for the batch's client. Only
-    a batch with a slide to run starts it: nothing is submitted for one all finished."""
+    a batch with a slide to run starts it: nothing is submitted for one all finished. Without
+    the lab's certificates, ones made for this run (`run_certificates`)."""
     import dask
     from distributed import Client
 
     from wsi_segment.flows.dask_cluster import security_config
 
-    shared = Path(options["shared_temp_directory"] or Path.cwd())
-    before = set(shared.glob(CERT_FILES))
-    cluster = make_cluster(**options)
-    # adaptive with a fixed size: a job that ends (walltime, scancel, a node lost) is
-    # replaced by a new one, and its chunks run again there
-    cluster.adapt(minimum_jobs=jobs, maximum_jobs=jobs)
-    try:
+    with contextlib.ExitStack() as stack:
+        if options["tls"] is None:
+            shared = Path(options["shared_temp_directory"] or Path.cwd())
+            options = {**options, "tls": stack.enter_context(run_certificates(shared))}
+        cluster = make_cluster(**options)
+        stack.callback(cluster.close)
+        # adaptive with a fixed size: a job that ends (walltime, scancel, a node lost) is
+        # replaced by a new one, and its chunks run again there
+        cluster.adapt(minimum_jobs=jobs, maximum_jobs=jobs)
         with Client(cluster) as client, dask.config.set(security_config(cluster.security)):
             client.wait_for_workers(1, timeout=3600)  # the queue may take a while
             yield cluster.scheduler_address
+
+
+@contextlib.contextmanager
+def run_certificates(folder: Path) -> Iterator[tuple[str, str, str]]:
+    """A CA certificate and a key made for this run (Dask's `Security.temporary`), written
+    to files of ours in `folder`, which every node reads (0600: the jobs run as this user),
+    and removed when the block ends. Ours, not dask-jobqueue's own temporary files: those
+    are removed only when Python collects the cluster, and one removed first printed an
+    "Exception ignored ... FileNotFoundError" at exit."""
+    from distributed import Security
+
+    made = Security.temporary()
+    contents = {"ca": made.tls_ca_file, "cert": made.tls_scheduler_cert}
+    contents["key"] = made.tls_scheduler_key
+    paths: list[str] = []
+    try:
+        for part, text in contents.items():
+            fd, path = tempfile.mkstemp(prefix=f"{CERT_PREFIX}{part}-", suffix=".pem", dir=folder)
+            paths.append(path)
+            with os.fdopen(fd, "w") as file:
+                file.write(str(text))
+        yield (paths[0], paths[1], paths[2])
     finally:
-        cluster.close()
-        for path in set(shared.glob(CERT_FILES)) - before:  # this run's key and certificates
-            path.unlink(missing_ok=True)
+        for path in paths:
+            Path(path).unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

@@ -29,25 +29,35 @@ def test_a_batch_through_slurm_jobs_equals_a_local_batch(
     for i, name in enumerate(("a", "b")):
         write_synthetic_slide(slides / f"{name}.tif", (1536, 1024), seed=20 + i)
     on_slurm = tmp_path / "slurm-out"
-    done = subprocess.run(
-        [
-            sys.executable, str(RECIPE), str(slides), "--out", str(on_slurm),
-            "--model", str(tiny_model), "--gpus", "0", "--cores", "2", "--memory", "2GiB",
-            "--jobs", "1", "--walltime", "00:20:00",
-            "--shared-temp-directory", str(tmp_path),
-        ],
-        cwd=tmp_path, env=slurm, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
+    recipe = [
+        sys.executable, str(RECIPE), str(slides), "--out", str(on_slurm),
+        "--model", str(tiny_model), "--gpus", "0", "--cores", "2", "--memory", "2GiB",
+        "--jobs", "1", "--walltime", "00:20:00",
+        "--shared-temp-directory", str(tmp_path),
+    ]  # fmt: skip
+    done = subprocess.run(recipe, cwd=tmp_path, env=slurm, capture_output=True, text=True,
+                          timeout=900)  # fmt: skip
     assert done.returncode == 0, done.stderr[-4000:]
     # the worker ran as a SLURM job (and the job is gone once the run ended)
-    log = (Path(slurm["SLURM_CONF"]).parent / "slurmctld.log").read_text()
-    assert "_slurm_rpc_submit_batch_job: JobId=" in log
+    log_file = Path(slurm["SLURM_CONF"]).parent / "slurmctld.log"
+    submitted = log_file.read_text().count("_slurm_rpc_submit_batch_job: JobId=")
+    assert submitted >= 1
     queue = subprocess.run(["squeue", "-h"], env=slurm, capture_output=True, text=True)
     assert queue.stdout.strip() == ""
-    assert not list(tmp_path.glob(".dask-jobqueue.*"))  # the run's certificates removed
-    # the flow left the morning report, and the recipe says where
+    # the run's certificates removed (and dask-jobqueue made none of its own)
+    assert not list(tmp_path.glob(".wsi-segment-tls-*")) + list(tmp_path.glob(".dask-jobqueue.*"))
+    # what `wsi-segment batch` prints: the table, the tally, where the report is; no traceback
+    assert f"| {slides / 'a.tif'} | done |" in done.stdout, done.stdout
+    assert done.stderr.splitlines()[-1] == "2 done, 0 up-to-date, 0 failed", done.stderr[-4000:]
+    assert "Traceback" not in done.stderr and "NoneType: None" not in done.stderr
     assert f"report: {on_slurm / 'report.html'}" in done.stdout
     assert (on_slurm / "cohort.csv").read_text().count("\n") == 3  # header + a + b
+    # the same batch again: every slide up to date, so no job is submitted at all
+    again = subprocess.run(recipe, cwd=tmp_path, env=slurm, capture_output=True, text=True,
+                           timeout=900)  # fmt: skip
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert again.stderr.splitlines()[-1] == "0 done, 2 up-to-date, 0 failed", again.stderr
+    assert log_file.read_text().count("_slurm_rpc_submit_batch_job: JobId=") == submitted
 
     local = tmp_path / "local-out"
     wsi_segment = Path(sys.executable).parent / "wsi-segment"
@@ -93,7 +103,7 @@ def test_a_worker_job_cancelled_mid_run_is_replaced_and_the_batch_finishes(
                 proc.kill()
     text = (tmp_path / "run.log").read_text(errors="replace")
     assert code == 0, text[-4000:]
-    assert "'done': 4" in text and "'failed': 0" in text
+    assert "4 done, 0 up-to-date, 0 failed" in text.splitlines(), text[-4000:]
     assert without_report(sorted(p.name for p in out.iterdir())) == names
     log = (Path(slurm["SLURM_CONF"]).parent / "slurmctld.log").read_text()
     assert log.count("_slurm_rpc_submit_batch_job: JobId=") >= 2  # the replacement job
