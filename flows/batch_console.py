@@ -51,6 +51,7 @@ RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
 REPORT_LINE = {"wsi_segment_report_line": True}
 # Where Dask logs a TLS handshake that failed on one of its listeners, and how a peer that
 # closed it mid-handshake reads there (the error is the record's last argument).
+DASK_LOGGER = "distributed"
 DASK_TCP_LOGGER = "distributed.comm.tcp"
 PEER_CLOSED = (ssl.SSLEOFError, ConnectionResetError)
 
@@ -93,9 +94,13 @@ class BatchConsoleFilter(logging.Filter):
 
 @contextmanager
 def quiet_console(quiet: bool = False) -> Iterator[None]:
-    """`BatchConsoleFilter` on the root logger's handlers (Prefect's console handler) while
-    the block runs."""
-    handlers = list(logging.getLogger().handlers)
+    """`BatchConsoleFilter` on the console handlers there are when the block starts (the
+    root logger's, Prefect's and Dask's own: Dask prints through a handler of its
+    `distributed` logger) while it runs. Prefect's appear when Prefect is imported: the
+    flow's door enters this again once it has imported it."""
+    handlers: list[logging.Handler] = []
+    for name in ("", "prefect", DASK_LOGGER):
+        handlers += [h for h in logging.getLogger(name).handlers if h not in handlers]
     console_filter = BatchConsoleFilter(quiet)
     for handler in handlers:
         handler.addFilter(console_filter)

@@ -116,6 +116,8 @@ def run(args: argparse.Namespace) -> int:
     options = flow_options(args)
     if not check_roi_file(args.roi):
         return 2
+    if args.workers or args.dask_address:  # a cluster: Dask's console handler, made at its
+        import distributed  # noqa: F401  import, is there for the console filter to take
     return run_and_report(args.out, args.quiet, lambda: run_door(args, options))
 
 
@@ -179,20 +181,22 @@ def run_door(args: argparse.Namespace, options: dict[str, Any]) -> list[SlideRes
 def run_flow(args: argparse.Namespace, options: dict[str, Any]) -> list[SlideResult]:
     """The `segment_batch` flow's run for the command line's arguments (every slide's result,
     whether the flow failed for a failed slide or not)."""
+    from wsi_segment.flows.batch_console import quiet_console
     from wsi_segment.flows.batch_flow import BatchFailedError, segment_batch
 
-    try:
-        return segment_batch(
-            input=str(args.input),
-            out=str(args.out),
-            model_dir=str(args.model) if args.model else None,
-            dask_address=args.dask_address,
-            workers=args.workers,
-            concurrency=args.concurrency,
-            options=options,
-            slide_timeout=args.slide_timeout,
-            retry_failed=args.retry_failed,
-        )
+    try:  # the console filter again, now on the handlers Prefect's import set up
+        with quiet_console(args.quiet):
+            return segment_batch(
+                input=str(args.input),
+                out=str(args.out),
+                model_dir=str(args.model) if args.model else None,
+                dask_address=args.dask_address,
+                workers=args.workers,
+                concurrency=args.concurrency,
+                options=options,
+                slide_timeout=args.slide_timeout,
+                retry_failed=args.retry_failed,
+            )
     except BatchFailedError as exc:
         return exc.results
     except Exception as exc:
