@@ -237,7 +237,7 @@ def run_on_slurm(args: argparse.Namespace, options: dict[str, Any]) -> int:
     from wsi_segment.flows.terminal_batch import run_terminal_batch
 
     request = batch_request(args, options)
-    return run_and_report(args.out, False, lambda: run_terminal_batch(request, False)[0])
+    return run_and_report(args.out, False, lambda: run_terminal_batch(request, False))
 
 
 def batch_request(args: argparse.Namespace, options: dict[str, Any]) -> BatchRequest:

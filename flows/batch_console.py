@@ -161,12 +161,7 @@ class InterruptGuard:
         if self.fired:
             return
         self.fired = True
-        handled = sys.exc_info()[1]
-        if (
-            handled is not None
-            and not isinstance(handled, KeyboardInterrupt)
-            and isinstance(handled, stop_kinds())
-        ):
+        if isinstance(sys.exc_info()[1], stop_kinds()[1:]):  # Prefect's, once it is loaded
             return  # Prefect passing on the SIGTERM it has already raised as TerminationSignal
         self.signum = signum
         raise signal_exception(signum)

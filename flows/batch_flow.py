@@ -3,18 +3,14 @@
 The loop itself (plan the slides, run each, record, write the morning report) is
 `flows.batch_loop`'s, the same the terminal runs without Prefect. This door hands it the
 flow run's logger, advice in the words of a deployment's parameters (`flows.door_words`),
-and a slide pool whose daemon threads run each slide as a `slide` task (its stages as
-retried tasks: `flows.slide_flow`); then it publishes the batch's
+and a slide run as a `slide` task of the flow run (its stages as retried tasks:
+`flows.slide_flow`), which the loop's daemon threads call; then it publishes the batch's
 artifacts and fails (`BatchFailedError`) if any slide failed anew, so schedulers and the CLI
 see it; known failures alone leave it Completed, with a WARNING line each.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-from collections.abc import Iterator
-from concurrent.futures import Future
 from typing import Any
 
 from wsi_segment.flows import prefect_env
@@ -30,15 +26,7 @@ from prefect.states import Failed, State  # noqa: E402
 from wsi_segment.errors import WsiSegmentError  # noqa: E402
 from wsi_segment.flows.batch_console import REPORT_LINE  # noqa: E402
 from wsi_segment.flows.batch_interrupt import BatchStop  # noqa: E402
-from wsi_segment.flows.batch_loop import (  # noqa: E402
-    BatchDoor,
-    BatchRequest,
-    SlideJob,
-    SubmitSlide,
-    run_batch,
-    run_slide_job,
-)
-from wsi_segment.flows.daemon_threads import daemon_pool  # noqa: E402
+from wsi_segment.flows.batch_loop import BatchDoor, BatchRequest, SlideJob, run_batch, run_slide_job  # noqa: E402
 from wsi_segment.flows.door_words import run_words  # noqa: E402
 from wsi_segment.flows.flow_process import prepare_flow_process  # noqa: E402
 from wsi_segment.flows.morning_artifacts import publish_morning_report  # noqa: E402
@@ -108,20 +96,6 @@ def run_slide_task(job: SlideJob) -> SlideResult:
     return result
 
 
-@contextlib.contextmanager
-def slide_tasks(concurrency: int) -> Iterator[SubmitSlide]:
-    """Run each slide as a `slide` task of this flow run, `concurrency` at a time, each in a
-    daemon thread (`flows.daemon_threads`) with a copy of the flow run's context: the task
-    knows its flow run as in the flow's own thread (a copy each: one context cannot be
-    entered by two threads at once)."""
-    with daemon_pool(concurrency) as pool:
-
-        def submit(job: SlideJob) -> Future[SlideResult]:
-            return pool.submit(contextvars.copy_context().run, run_slide_task, job)
-
-        yield submit
-
-
 @flow(name="segment-batch")
 def segment_batch(
     input: str,
@@ -156,8 +130,7 @@ def segment_batch(
     )
     door = BatchDoor(
         log=get_run_logger(),
-        words=run_words,
-        slide_pool=slide_tasks,
+        run_slide=run_slide_task,
         warnings_to_log=pipeline_warnings_to_run_log,
         log_slide_warnings=log_slide_warnings,
     )

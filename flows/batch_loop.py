@@ -20,6 +20,7 @@ the batch's interrupt with every slide's result (`flows.batch_interrupt`).
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import logging
 import signal
@@ -32,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from wsi_segment.errors import TERMINATING_SIGNALS, ConfigError, SlideStopped, WsiSegmentError
 from wsi_segment.flows.batch_interrupt import group_signal_as_stop, stopped_result, wait_for_slides
+from wsi_segment.flows.daemon_threads import daemon_pool
 from wsi_segment.flows.dropped_stops import DroppedStops
 from wsi_segment.flows.slide_watch import SlideWatch
 from wsi_segment.pipeline.batch_inputs import (
@@ -99,16 +101,14 @@ class SlideJob:
     at_once: int  # slides in flight in this process (their run policies share its decoders)
 
 
-SubmitSlide = Callable[[SlideJob], "Future[SlideResult]"]
-
-
 @dataclass(frozen=True)
 class BatchDoor:
     """What differs between the terminal's batch and the Prefect flow's."""
 
     log: Log  # the batch's own lines
-    words: Callable[[str], str]  # advice in the words of the door (options or parameters)
-    slide_pool: Callable[[int], contextlib.AbstractContextManager[SubmitSlide]]
+    # one slide, to its result, in its thread (`run_slide_job` with the door's stages and
+    # words; the flow's as a task)
+    run_slide: Callable[[SlideJob], SlideResult]
     warnings_to_log: Callable[[], contextlib.AbstractContextManager[None]]
     log_slide_warnings: Callable[[SlideResult], None]
 
@@ -213,18 +213,21 @@ def run_slides(
     watch: SlideWatch,
     door: BatchDoor,
 ) -> dict[int, SlideResult]:
-    """Run each slide still to do, `concurrency` at a time, and wait for their results (an
-    interrupt stops them: `wait_for_slides`); each ended slide goes into the morning report
-    as it ends, so cohort.csv is true for what finished so far."""
+    """Run each slide still to do, `concurrency` at a time, each in a daemon thread
+    (`flows.daemon_threads`) with a copy of this thread's context (a flow run's, where the
+    door's slide is a task of it: a copy each, as one context cannot be entered by two threads
+    at once), and wait for their results (an interrupt stops them: `wait_for_slides`); each
+    ended slide goes into the morning report as it ends, so cohort.csv is true for what
+    finished so far."""
     todo = plan.todo
     progress = SlideProgress(len(todo))
-    with door.slide_pool(request.concurrency) as submit:
-        futures = {}
+    with daemon_pool(request.concurrency) as pool:
+        futures: dict[int, Future[SlideResult]] = {}
         for i in todo:
             job = SlideJob(
                 plan.items[i], i, request.out, request.params, client, watch, plan.at_once
             )
-            futures[i] = submit(job)
+            futures[i] = pool.submit(contextvars.copy_context().run, door.run_slide, job)
             futures[i].add_done_callback(functools.partial(report_slide, plan.morning, i))
             futures[i].add_done_callback(progress.ended)
         return wait_for_slides(futures, plan.items, watch, plan.finished)

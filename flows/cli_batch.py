@@ -34,6 +34,7 @@ from wsi_segment.flows.cli_segment import (
 
 if TYPE_CHECKING:
     from wsi_segment.flows.batch_interrupt import BatchStop
+    from wsi_segment.pipeline.params import SegmentParams
     from wsi_segment.pipeline.segment import SlideResult
 
 
@@ -97,9 +98,8 @@ def positive_seconds(text: str) -> float:
     return value
 
 
-def flow_options(args: argparse.Namespace) -> dict[str, Any]:
-    """SegmentParams fields for the flow's JSON `options` (validated here, before Prefect)."""
-    params = params_from_args(args)
+def flow_options(params: SegmentParams) -> dict[str, Any]:
+    """SegmentParams fields for the flow's JSON `options`."""
     return {
         k: v
         for k, v in params.as_dict().items()
@@ -108,17 +108,22 @@ def flow_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from wsi_segment.pipeline.batch_inputs import parse_batch_input
-    from wsi_segment.pipeline.outputs.shared_access import refuse_unusable_root
+    from wsi_segment.flows.prefect_env import configured_api_url
 
-    parse_batch_input(args.input, args.out)  # bad input: one error line, before anything starts
-    refuse_unusable_root(args.out)
-    options = flow_options(args)
+    params = params_from_args(args)  # the options checked once, before anything starts
     if not check_roi_file(args.roi):
         return 2
     if args.workers or args.dask_address:  # a cluster: Dask's console handler, made at its
         import distributed  # noqa: F401  import, is there for the console filter to take
-    return run_and_report(args.out, args.quiet, lambda: run_door(args, options))
+    api_url = configured_api_url()
+    if api_url is None:  # the loop reads and checks the input first
+        return run_and_report(args.out, args.quiet, lambda: run_here(args, params))
+    from wsi_segment.pipeline.batch_inputs import parse_batch_input
+    from wsi_segment.pipeline.outputs.shared_access import refuse_unusable_root
+
+    parse_batch_input(args.input, args.out)  # bad input: one error line, before Prefect starts
+    refuse_unusable_root(args.out)
+    return run_and_report(args.out, args.quiet, lambda: run_flow(args, params, api_url))
 
 
 def run_and_report(
@@ -155,32 +160,28 @@ def run_and_report(
     return 1 if any(result.status == "failed" for result in results) else 0
 
 
-def run_door(args: argparse.Namespace, options: dict[str, Any]) -> list[SlideResult]:
-    """The batch in this process (no Prefect API configured), or the `segment_batch` flow
-    run against the Prefect server `PREFECT_API_URL` names."""
-    from wsi_segment.flows.prefect_env import configured_api_url
+def run_here(args: argparse.Namespace, params: SegmentParams) -> list[SlideResult]:
+    """The batch in this process (no Prefect API configured)."""
+    from wsi_segment.flows.batch_loop import BatchRequest
+    from wsi_segment.flows.terminal_batch import run_terminal_batch
 
-    if configured_api_url() is None:
-        from wsi_segment.flows.batch_loop import BatchRequest
-        from wsi_segment.flows.terminal_batch import run_terminal_batch
-
-        request = BatchRequest(
-            str(args.input),
-            str(args.out),
-            params_from_args(args),
-            args.dask_address,
-            args.workers,
-            args.concurrency,
-            args.retry_failed,
-            args.slide_timeout,
-        )
-        return run_terminal_batch(request, args.quiet)[0]
-    return run_flow(args, options)
+    request = BatchRequest(
+        str(args.input),
+        str(args.out),
+        params,
+        args.dask_address,
+        args.workers,
+        args.concurrency,
+        args.retry_failed,
+        args.slide_timeout,
+    )
+    return run_terminal_batch(request, args.quiet)
 
 
-def run_flow(args: argparse.Namespace, options: dict[str, Any]) -> list[SlideResult]:
-    """The `segment_batch` flow's run for the command line's arguments (every slide's result,
-    whether the flow failed for a failed slide or not)."""
+def run_flow(args: argparse.Namespace, params: SegmentParams, api_url: str) -> list[SlideResult]:
+    """The `segment_batch` flow's run on the Prefect server at `api_url` for the command
+    line's arguments (every slide's result, whether the flow failed for a failed slide or
+    not)."""
     from wsi_segment.flows.batch_console import quiet_console
     from wsi_segment.flows.batch_flow import BatchFailedError, segment_batch
 
@@ -193,17 +194,16 @@ def run_flow(args: argparse.Namespace, options: dict[str, Any]) -> list[SlideRes
                 dask_address=args.dask_address,
                 workers=args.workers,
                 concurrency=args.concurrency,
-                options=options,
+                options=flow_options(params),
                 slide_timeout=args.slide_timeout,
                 retry_failed=args.retry_failed,
             )
     except BatchFailedError as exc:
         return exc.results
     except Exception as exc:
-        from wsi_segment.flows.prefect_env import configured_api_url
         from wsi_segment.flows.server_failure import server_failure
 
-        failed = server_failure(exc, configured_api_url() or "")
+        failed = server_failure(exc, api_url)
         if failed is None:
             raise
         print(file=sys.stderr)  # Prefect's "Error logging to API" lines end in no newline

@@ -20,19 +20,13 @@ from wsi_segment.flows.batch_loop import (
     BATCH_LOGGER,
     BatchDoor,
     BatchRequest,
-    SlideJob,
-    SubmitSlide,
     run_batch,
     run_slide_job,
 )
-from wsi_segment.flows.daemon_threads import daemon_pool
 from wsi_segment.pipeline import segment
-from wsi_segment.pipeline.morning_report import MorningReport
 from wsi_segment.pipeline.stage_retries import retried_stage
 
 if TYPE_CHECKING:
-    from concurrent.futures import Future
-
     from distributed import Client
 
     from wsi_segment.pipeline.cancellation import CancelToken
@@ -43,30 +37,17 @@ if TYPE_CHECKING:
 PIPELINE_LOGGER = "wsi_segment"  # the pipeline's own warnings and the batch's lines
 
 
-def run_terminal_batch(
-    request: BatchRequest, quiet: bool
-) -> tuple[list[SlideResult], MorningReport | None]:
-    """The batch loop in this process; its lines on stderr while it runs."""
+def run_terminal_batch(request: BatchRequest, quiet: bool) -> list[SlideResult]:
+    """Every slide's result: the batch loop in this process, its lines on stderr while it
+    runs (the morning report is written; the CLI prints where)."""
     door = BatchDoor(
         log=logging.getLogger(BATCH_LOGGER),
-        words=str,
-        slide_pool=slide_threads,
+        run_slide=lambda job: run_slide_job(job, slide_stages, str),
         warnings_to_log=contextlib.nullcontext,
         log_slide_warnings=lambda result: None,  # the CLI prints every result's warnings
     )
     with terminal_log(quiet):
-        return run_batch(request, door)
-
-
-@contextlib.contextmanager
-def slide_threads(concurrency: int) -> Iterator[SubmitSlide]:
-    """Submit each slide to a daemon thread, `concurrency` at a time."""
-    with daemon_pool(concurrency) as pool:
-
-        def submit(job: SlideJob) -> Future[SlideResult]:
-            return pool.submit(run_slide_job, job, slide_stages, str)
-
-        yield submit
+        return run_batch(request, door)[0]
 
 
 def slide_stages(

@@ -10,15 +10,15 @@ import errno
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from wsi_segment.errors import exception_chain
 from wsi_segment.open_files import exhaustion
 from wsi_segment.wsi.shown_path import shown_text
 
-READ_ATTEMPTS = 3
-RETRY_DELAYS_S = (0.2, 0.6)  # sleep before the 2nd and the 3rd attempt
+RETRY_DELAYS_S = (0.2, 0.6)  # a read's sleep before the 2nd and the 3rd attempt
+READ_ATTEMPTS = len(RETRY_DELAYS_S) + 1
 # OSErrors that waiting does not fix (s3fs/gcsfs map 404 and 403 to the first two as well)
 PERMANENT_OS_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
 # errno values of I/O failures that a later attempt can get past (network shares, NFS)
@@ -78,19 +78,25 @@ def _server_busy(exc: BaseException) -> bool:
     return bool(exc.status >= 500 or exc.status == 429)
 
 
-def with_retries(fn: Callable[[], T], what: str) -> T:
-    """`fn()`, called again after a short sleep while it fails with a transient error.
+def with_retries(
+    fn: Callable[[], T],
+    what: str,
+    delays: Sequence[float] = RETRY_DELAYS_S,
+    wait: Callable[[float], object] = time.sleep,
+) -> T:
+    """`fn()`, called again after each of `delays` while it fails with a transient error.
 
-    At most READ_ATTEMPTS calls; the last error (or any non-transient one) propagates.
+    At most len(delays) + 1 calls; the last error (or any non-transient one) propagates.
+    `wait` waits out a delay (a cancellable one may raise instead: a batch's stage).
     """
-    for attempt in range(1, READ_ATTEMPTS + 1):
+    attempts = len(delays) + 1
+    for attempt, delay in enumerate(delays, start=1):
         try:
             return fn()
         except Exception as exc:
-            if attempt == READ_ATTEMPTS or not is_transient(exc):
+            if not is_transient(exc):
                 raise
-            delay = RETRY_DELAYS_S[min(attempt, len(RETRY_DELAYS_S)) - 1]
             failed = shown_text(f"{what} failed ({type(exc).__name__}: {exc})")
-            log.warning("%s; attempt %d of %d in %.1f s", failed, attempt + 1, READ_ATTEMPTS, delay)
-            time.sleep(delay)
-    raise AssertionError("unreachable")  # pragma: no cover
+            log.warning("%s; attempt %d of %d in %.1f s", failed, attempt + 1, attempts, delay)
+        wait(delay)
+    return fn()

@@ -95,11 +95,14 @@ def test_tissue_and_roi_options_reach_the_batch_flow(tmp_path):
     """`batch` passes --tissue/--roi through the flow's JSON options back into SegmentParams."""
     from wsi_segment.flows.cli import build_parser
     from wsi_segment.flows.cli_batch import flow_options
+    from wsi_segment.flows.cli_segment import params_from_args
     from wsi_segment.flows.slide_flow import make_params
 
     roi = tmp_path / "regions.geojson"
     args = build_parser().parse_args(["batch", str(tmp_path), "--tissue", "all", "--roi", str(roi)])
-    options = json.loads(json.dumps(flow_options(args), default=str))  # as a deployment stores it
+    options = json.loads(
+        json.dumps(flow_options(params_from_args(args)), default=str)
+    )  # as a deployment stores it
     params = make_params(None, options)
     assert params.tissue == "all" and params.roi == roi
     assert params.fingerprint_fields()["tissue"] == "all"
@@ -116,7 +119,7 @@ def test_runtime_option_reaches_the_params_and_the_batch_flow(tmp_path):
     args = parser.parse_args(["segment", "s.svs", "--runtime", "torch"])
     assert params_from_args(args).runtime == "torch"
     args = parser.parse_args(["batch", str(tmp_path), "--runtime", "openvino"])
-    options = json.loads(json.dumps(flow_options(args), default=str))
+    options = json.loads(json.dumps(flow_options(params_from_args(args)), default=str))
     assert make_params(None, options).runtime == "openvino"
 
 

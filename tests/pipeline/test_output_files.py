@@ -113,7 +113,7 @@ def test_a_registered_output_has_a_flag_a_key_and_a_fingerprint(registered: Outp
     assert params.fingerprint_fields()["store_shape"] is True
     assert SegmentParams().fingerprint_fields()["store_shape"] is False
     batch = parser.parse_args(["batch", "slides/", "--store-shape"])
-    options = flow_options(batch)
+    options = flow_options(params_from_args(batch))
     assert options["store_shape"] is True
     assert make_params(None, options).extra_outputs == {"store_shape"}
 
