@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from wsi_segment.models.segmentation_model import SegmentationModel
     from wsi_segment.pipeline.inference.engine import ReadSource
     from wsi_segment.pipeline.inference.slide_job import SlideJob
+    from wsi_segment.pipeline.machine import Machine
     from wsi_segment.pipeline.outputs.chunk_summary import ChunkOutcome
     from wsi_segment.wsi.tiling import ChunkSpec
 
@@ -300,16 +301,21 @@ def run_tiles(
 
 
 def plan_spec(
-    precision: str = "auto", runtime: str = "torch", tile: int = TINY_TILE
+    precision: str = "auto",
+    runtime: str = "torch",
+    tile: int = TINY_TILE,
+    machine: Machine | None = None,
 ) -> RuntimeSpec:
-    """The runtime spec a local CPU run's plan on this machine hands the loader for the
-    options `--precision precision --runtime runtime`, for a model with `tile` px tiles."""
+    """The runtime spec a local CPU run's plan hands the loader for the options `--precision
+    precision --runtime runtime`, for a model with `tile` px tiles, on `machine` (a
+    description a test built; this machine as probed where none is given)."""
     from wsi_segment.pipeline.machine import probe_machine
     from wsi_segment.pipeline.params import SegmentParams
     from wsi_segment.pipeline.run_policy import decide, runtime_spec
 
     options = SegmentParams(device="cpu", precision=precision, runtime=runtime)
-    return runtime_spec(decide(probe_machine(), options, LOCAL_FACTS), run_geometry(tile))
+    described = probe_machine() if machine is None else machine
+    return runtime_spec(decide(described, options, LOCAL_FACTS), run_geometry(tile))
 
 
 def calibrating_spec() -> RuntimeSpec:

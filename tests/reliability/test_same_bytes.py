@@ -3,13 +3,16 @@ same zarr chunks, class geometry and per-region areas whatever other regions the
 file holds, and in whatever order (the precision never depends on which tiles come first).
 
 'auto' calibrates bf16 only on a CPU with AMX; elsewhere it is plain fp32 and the choice
-cannot vary. So each test runs twice: on this CPU as it is, and with AMX added to the CPU
-flags the model reads (`models.cpu.cpu_flags`, the one place it asks), so that the
-calibration and its bf16 forward passes run for real on every machine (autocast bf16 runs
-on any x86 CPU, in hardware where it has AVX512-BF16)."""
+cannot vary. So each test runs twice: on this machine as probed, and on a description of it
+with AMX (the `Machine` a local run's plan is decided from, handed to the one place a run
+probes, `prepare`), so that the calibration and its bf16 forward passes run for real on every
+machine (autocast bf16 runs on any x86 CPU, in hardware where it has AVX512-BF16). The CPU's
+own flags are never pretended: what OpenVINO compiles and caches is this CPU's either way,
+and each run's bytes are compared with another run's under the same description."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,11 +22,13 @@ import shapely
 from shapely.geometry import box, shape
 
 from tests.conftest import CMU_SLIDE, plan_spec, what_ran
-from wsi_segment.models import cpu as cpu_info
 from wsi_segment.models.bundle import load_bundle
+from wsi_segment.models.cpu import AMX_FLAG
 from wsi_segment.models.runtimes.decision import openvino_bf16_candidate
 from wsi_segment.models.runtimes.select import open_runtime
+from wsi_segment.pipeline import prepare
 from wsi_segment.pipeline.inference import model_handle
+from wsi_segment.pipeline.machine import Machine, probe_machine
 from wsi_segment.pipeline.params import SegmentParams
 from wsi_segment.pipeline.segment import segment_slide
 
@@ -37,17 +42,21 @@ OTHERS = {
     "D": (1400, 2100, 1650, 2600),
 }
 A_CHUNKS = [(y, x) for y in (0, 1) for x in (0, 1)]
+AMX_FLAGS = frozenset({AMX_FLAG, "amx_tile"})  # what /proc/cpuinfo lists on a CPU with AMX
 
 
 @pytest.fixture(params=["this-cpu", "amx"])
-def cpu(request, monkeypatch) -> Iterator[str]:
-    """This CPU, or this CPU reporting AMX; no model loaded under the other is reused."""
+def cpu(request, monkeypatch) -> Iterator[Machine]:
+    """The machine the runs are planned for: this one as probed, or its description with AMX
+    (handed to `prepare`, where a local run probes); no model loaded under the other is
+    reused."""
+    machine = probe_machine()
     if request.param == "amx":
-        flags = cpu_info.cpu_flags() | {"amx_bf16", "amx_tile"}
-        monkeypatch.setattr(cpu_info, "cpu_flags", lambda cpuinfo="/proc/cpuinfo": flags)
-    # a process cache of its own: nothing loaded under the other CPU is reused
+        machine = dataclasses.replace(machine, cpu_flags=machine.cpu_flags | AMX_FLAGS)
+        monkeypatch.setattr(prepare, "probe_machine", lambda: machine)
+    # a process cache of its own: nothing loaded under the other machine is reused
     monkeypatch.setattr(model_handle, "PROCESS_MODELS", model_handle.ProcessModels())
-    yield request.param
+    yield machine
 
 
 def write_rois(path: Path, names: list[str]) -> Path:
@@ -86,13 +95,16 @@ def region_a(out_dir: Path) -> tuple[dict[str, bytes | None], dict[str, bytes], 
     return chunks, shapes, report, what_ran(summary["precision"])
 
 
-def run_roi_sets(tmp_path: Path, model_dir: Path, roi_sets: list[list[str]], cpu: str) -> list:
+def run_roi_sets(
+    tmp_path: Path, model_dir: Path, roi_sets: list[list[str]], machine: Machine
+) -> list:
     """Run each ROI set; every run's precision record is the one the model gives when it is
     loaded alone, with no slide (a choice made from a run's tiles would differ from it)."""
     model = load_bundle(model_dir)
-    alone = open_runtime(model, plan_spec("auto", "auto", model.meta.tile_size)).report()
-    openvino_bf16 = alone["runtime"] == "openvino" and openvino_bf16_candidate(cpu_info.cpu_flags())
-    calibrated = cpu == "amx" or openvino_bf16
+    spec = plan_spec("auto", "auto", model.meta.tile_size, machine)
+    alone = open_runtime(model, spec).report()
+    openvino_bf16 = alone["runtime"] == "openvino" and openvino_bf16_candidate(machine.cpu_flags)
+    calibrated = machine.amx or openvino_bf16
     assert (alone["calibration"] is not None) == calibrated  # 'auto' took that path
     results = []
     for i, names in enumerate(roi_sets):

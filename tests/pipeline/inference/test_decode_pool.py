@@ -13,7 +13,11 @@ import pytest
 from wsi_segment.pipeline.inference.decode_pool import signals_blocked
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize(
+    # both are blocked by the same call (`signals_blocked`); the fast suite runs Ctrl-C's
+    "signum",
+    [signal.SIGINT, pytest.param(signal.SIGTERM, marks=pytest.mark.slow)],
+)
 def test_a_signal_while_the_decoders_start_prints_nothing(signum):
     """Before the decoders blocked the stopping signals until their handlers were in place,
     a signal to the group during their start-up printed each one's KeyboardInterrupt
