@@ -2,7 +2,8 @@
 
 `build_morning_report` reads every slide under OUT (`pipeline.outputs.slide_entries`), shows
 each slide's own overlay thumbnail (made for the folders of older versions, which have none),
-and replaces the table and the page at once. It is what `wsi-segment report OUT` runs, and
+replaces the table and the page at once, and adds the finished slides to OUT's QuPath project
+(`pipeline.outputs.qupath_project`). It is what `wsi-segment report OUT` runs, and
 what a batch runs after each slide finishes (`BatchReport`), so a batch stopped half way
 leaves a table and a page true for what finished, and at its end, with every slide's result.
 """
@@ -25,6 +26,10 @@ from wsi_segment.pipeline.outputs.cohort import (
     write_atomically,
     write_cohort,
 )
+from wsi_segment.pipeline.outputs.qupath_project import (
+    refuse_foreign_project,
+    write_qupath_project,
+)
 from wsi_segment.pipeline.outputs.report_page import OURS_PREFIX, PAGE_NAME, page_html
 from wsi_segment.pipeline.outputs.report_thumbnails import ensure_thumbnail, thumbnails_folder
 from wsi_segment.pipeline.outputs.shared_access import unwritable_folder
@@ -43,11 +48,13 @@ THUMBNAIL_THREADS = min(8, len(os.sched_getaffinity(0)))  # the cores pictures d
 
 @dataclass(frozen=True)
 class MorningReport:
-    """What a build wrote: the table, the page, and the slides they show."""
+    """What a build wrote: the table, the page, the QuPath project (None until a slide
+    finished), and the slides they show."""
 
     cohort: Path
     page: Path
     entries: tuple[SlideEntry, ...]
+    project: Path | None = None
 
     def table(self) -> list[dict[str, str | float | int | None]]:
         """cohort.csv's rows as records (a Prefect table artifact)."""
@@ -65,6 +72,7 @@ def build_morning_report(out_root: str | Path, tonight: Tonight) -> MorningRepor
         raise OutputError(f"{root} is not a folder of wsi-segment outputs; give the --out folder")
     page = root / PAGE_NAME
     refuse_foreign_file(page, OURS_PREFIX, "a report")
+    refuse_foreign_project(root)
     entries = scan_slides(root, tonight)
     if not entries and not tonight:  # `report` on a slide folder, say: nothing is written
         raise OutputError(
@@ -72,10 +80,11 @@ def build_morning_report(out_root: str | Path, tonight: Tonight) -> MorningRepor
             "record); give the --out folder of the runs"
         )
     cohort = write_cohort(root, entries)
+    project = write_qupath_project(root, entries)
     thumbs = _thumbnails(root, entries)
     title = f"wsi-segment: {root.resolve().name}"
-    write_atomically(page, page_html(title, entries, thumbs))
-    return MorningReport(cohort, page, tuple(entries))
+    write_atomically(page, page_html(title, entries, thumbs, project is not None))
+    return MorningReport(cohort, page, tuple(entries), project)
 
 
 def _thumbnails(root: Path, entries: Sequence[SlideEntry]) -> dict[str, str | None]:

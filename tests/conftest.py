@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 DATA_DIR = Path(__file__).resolve().parent / "data"
 CMU_SLIDE = DATA_DIR / "CMU-1-Small-Region.svs"
 # what a batch writes into OUT beside the slide folders (pipeline.morning_report)
-MORNING_REPORT = (".report", "cohort.csv", "report.html")
+MORNING_REPORT = (".report", "cohort.csv", "report.html", "qupath-project")
 
 
 def what_ran(precision: dict[str, object]) -> dict[str, object]:

@@ -35,11 +35,14 @@ DOC_DIRS = (REPO, REPO / "docs", REPO / "benchmarks")
 FILE_SUFFIXES = {
     "json", "md", "py", "yaml", "yml", "svs", "tif", "tiff", "zarr", "png", "geojson", "txt",
     "toml", "csv", "gz", "zip", "ndpi", "mrxs", "xml", "sh", "safetensors", "partial", "lock",
-    "dcm", "log", "onnx", "bin",
+    "dcm", "log", "onnx", "bin", "qpdata", "qpproj", "groovy",
 }  # fmt: skip
 # Names outside Python that docstrings cite on purpose: QuPath's Java API, GeoJSON keys,
 # OpenCV (what we do not use, named to say why), Dask config keys, keys of a flow's `options`.
-FOREIGN = ("PathIO.", "properties.", "cv2.", "distributed.worker.", "GeneralTools.", "options.")
+FOREIGN = (
+    "PathIO.", "properties.", "cv2.", "distributed.worker.", "GeneralTools.", "options.",
+    "DefaultProject.", "ColorTools.",
+)  # fmt: skip
 
 
 def _module_name(path: Path) -> str:

@@ -4,9 +4,10 @@ One static file, no network and no server: styles and the few lines of script (s
 table) are inline, pictures are each slide's small `overlay-thumbnail.jpg` (or, for folders
 of older versions, the one made in `OUT/.report/`) and links go to each slide's own
 `overlay.png`, all by relative paths, so the folder can be copied or opened from a share.
-Slides that need a look come first (failures, damaged or foreign summaries, runs in
+Where OUT has its QuPath project, the page says where and how to
+put the results on it. Slides that need a look come first (failures, damaged or foreign summaries, runs in
 progress, older schemas), then a card per slide (thumbnail, composition bar in the model's
-colours, status and QC flags, its numbers), then the cohort view: composition across slides
+colours, status and QC flags, its numbers, links to its files and the slide's path), then the cohort view: composition across slides
 and a table sortable by any column. Cards are laid out lazily by the browser
 (`content-visibility`), so a thousand of them open at once. The same entries give the same
 bytes: nothing here reads a clock.
@@ -18,12 +19,15 @@ from collections.abc import Callable, Mapping, Sequence
 from html import escape
 from urllib.parse import quote
 
+from wsi_segment.pipeline.output_files import GEOJSON_NAME, OVERLAY_NAME, SUMMARY_NAME
+from wsi_segment.pipeline.outputs.qupath_project import PROJECT_FILE, PROJECT_FOLDER, SCRIPT_NAME
 from wsi_segment.pipeline.outputs.slide_entries import ClassArea, SlideEntry
 from wsi_segment.pipeline.outputs.slide_status import EMPTY_DONE, PROBLEMS, STATUS_ORDER
 
 PAGE_NAME = "report.html"
 OURS_PREFIX = "<!DOCTYPE html>\n<!-- wsi-segment report -->\n"
 UNDEFINED = "n/a"  # a share of no tissue: not 0 %, there is nothing to share
+QUPATH_LINK = '<a href="#qupath">QuPath</a>'
 THUMB_PX = 160  # the card's picture box (CSS px); the file has twice as many for sharp screens
 
 STYLE = """
@@ -50,6 +54,8 @@ td:first-child,th:first-child{text-align:left}
 #cohort-table th{cursor:pointer;background:#f0f0f0;position:sticky;top:0}
 .comp{display:grid;grid-template-columns:minmax(8em,16em) minmax(0,1fr);gap:2px 8px;
 align-items:center}.comp>span{overflow-wrap:anywhere}.comp .bar{margin:0}
+.links a{margin-right:.8em;font-size:.85em}.path{font-size:.8em;color:#555;word-break:break-all}
+.qupath{background:#fff;border:1px solid #ddd;border-radius:6px;padding:6px 10px}
 .legend span{margin-right:1em}.legend i{display:inline-block;width:10px;height:10px;
 margin-right:4px}
 """
@@ -81,10 +87,14 @@ document.querySelectorAll('#cohort-table th').forEach(function (th, col) {
 
 
 def page_html(
-    title: str, entries: Sequence[SlideEntry], thumbnails: Mapping[str, str | None]
+    title: str,
+    entries: Sequence[SlideEntry],
+    thumbnails: Mapping[str, str | None],
+    qupath_project: bool,
 ) -> str:
     """The whole page for `entries` (sorted by name); `thumbnails`: each slide's picture,
-    relative to the page (None: its overlay could not be read)."""
+    relative to the page (None: its overlay could not be read); `qupath_project`: OUT has
+    the QuPath project of its finished slides (`qupath_project.write_qupath_project`)."""
     order = {s: i for i, s in enumerate(STATUS_ORDER)}
     problems = sorted((e for e in entries if e.status in PROBLEMS), key=lambda e: order[e.status])
     parts = [
@@ -94,7 +104,10 @@ def page_html(
         f"<h1>{escape(title)}</h1>",
         _tally(entries),
         '<nav><a href="#problems">Needs a look</a><a href="#slides">Slides</a>'
-        '<a href="#cohort">Cohort</a><a href="cohort.csv">cohort.csv</a></nav>',
+        '<a href="#cohort">Cohort</a><a href="cohort.csv">cohort.csv</a>'
+        + (QUPATH_LINK if qupath_project else "")
+        + "</nav>",
+        _qupath(qupath_project),
         _legend(entries),
         f'<h2 id="problems">Needs a look ({len(problems)})</h2>',
         '<div class="cards">',
@@ -119,6 +132,34 @@ def _tally(entries: Sequence[SlideEntry]) -> str:
         counts[key] = counts.get(key, 0) + 1
     cells = "".join(f"<span>{n} {escape(s)}</span>" for s, n in counts.items() if n)
     return f'<p class="tally">{len(entries)} slide(s): {cells}</p>'
+
+
+def _qupath(written: bool) -> str:
+    """Where the QuPath project is, and the one step that puts the results on its images."""
+    if not written:
+        return ""
+    project = f"{PROJECT_FOLDER}/{PROJECT_FILE}"
+    script = SCRIPT_NAME.removesuffix(".groovy")
+    return (
+        f'<p id="qupath" class="qupath">QuPath project of the finished slides: <a href='
+        f'"{quote(project)}">{escape(project)}</a> (QuPath 0.5 or later: <i>File &gt; Open '
+        "project</i>). To put each slide's classified tissue on its image: <i>Automate &gt; "
+        f"Project scripts &gt; {escape(script)}</i>, then <i>Run for project</i> (again after "
+        "each night: it replaces what it imported before, never your own objects).</p>"
+    )
+
+
+def _links(entry: SlideEntry) -> str:
+    """A finished slide's files (relative to the page) and where the slide itself is."""
+    if entry.schema_version is None:  # no summary of ours: nothing of a run to link
+        return ""
+    folder = quote(entry.name)
+    files = "".join(
+        f'<a href="{folder}/{quote(name)}">{escape(name)}</a>'
+        for name in (GEOJSON_NAME, SUMMARY_NAME, OVERLAY_NAME)
+    )
+    where = f'<div class="path">{escape(entry.slide_path)}</div>' if entry.slide_path else ""
+    return f'<div class="links"><a href="{folder}/">folder</a>{files}</div>{where}'
 
 
 def _legend(entries: Sequence[SlideEntry]) -> str:
@@ -147,6 +188,7 @@ def _card(entry: SlideEntry, thumbnail: str | None) -> str:
         f'<div class="pic">{pic}</div><h3>{escape(entry.name)}</h3>',
         f'<span class="status{" problem" if problem else ""}">{escape(entry.status)}</span>',
     ]
+    lines.append(_links(entry))
     if entry.qc_flags:
         lines.append(f'<div class="flags">{escape("; ".join(entry.qc_flags))}</div>')
     if entry.reason:

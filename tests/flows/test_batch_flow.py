@@ -63,6 +63,7 @@ def test_batch_isolates_a_broken_slide_and_resumes(
     assert "not a readable slide" in by_name["broken.svs"].error
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
         "cohort.csv",
+        "qupath-project",
         "report.html",
         "synth-a",
         "synth-b",

@@ -74,7 +74,13 @@ def test_a_batch_under_a_low_soft_limit_raises_it_and_succeeds(
     assert result.code == 0, result.stderr[-3000:]
     assert "2 done, 0 up-to-date, 0 failed" in result.stderr, result.stderr[-3000:]
     assert "Too many open files" not in result.stderr + result.stdout
-    assert sorted(p.name for p in out.iterdir()) == ["cmu0", "cmu1", "cohort.csv", "report.html"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "cmu0",
+        "cmu1",
+        "cohort.csv",
+        "qupath-project",
+        "report.html",
+    ]
 
 
 def test_a_hard_limit_below_a_runs_need_is_refused_up_front(
