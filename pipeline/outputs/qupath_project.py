@@ -12,7 +12,8 @@ The project is the user's once QuPath opened it, so a rebuild adds and never rem
 image already there (the same URI) keeps its entry whole (its id, the data QuPath keeps under
 that id, anything QuPath or the user added), and only new slides are appended, so a project
 rebuilt after the next night holds each slide once. Classes likewise: the model's classes
-are added to `classifiers/classes.json` where missing, never changed. A folder of that name
+are added to `classifiers/classes.json` where missing, never changed. A rebuild with nothing
+new writes neither file (QuPath's own copy, and its timestamps, stay as they are). A folder of that name
 that we did not make (no `.wsi-segment-project` mark) is left alone and refused.
 
 The formats are QuPath's (0.5 and 0.6 read them alike): `DefaultProject.writeProject` and
@@ -23,6 +24,7 @@ without a provider: QuPath picks the reader that opens it), `writePathClasses`
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import time
@@ -38,6 +40,7 @@ from wsi_segment.pipeline.outputs.cohort import write_atomically
 from wsi_segment.pipeline.outputs.geojson import TISSUE_COLOR
 from wsi_segment.pipeline.outputs.slide_entries import FALLBACK_COLOR, SlideEntry
 from wsi_segment.pipeline.outputs.slide_status import DONE, UP_TO_DATE
+from wsi_segment.wsi.shown_path import is_remote_url
 
 PROJECT_FOLDER = "qupath-project"
 PROJECT_FILE = "project.qpproj"
@@ -66,9 +69,15 @@ def write_qupath_project(out_root: Path, entries: Sequence[SlideEntry]) -> Path 
             f"{folder}: cannot be written ({exc}); check the folder's rights"
         ) from exc
     project = folder / PROJECT_FILE
-    write_atomically(project, json.dumps(_project(project, shown), indent=2) + "\n")
+    before = _read_json(project)
+    after = _project(project, before, shown)
+    if after != before:  # a rebuild with nothing new leaves QuPath's file as it is
+        after["modifyTimestamp"] = _now_ms()
+        write_atomically(project, json.dumps(after, indent=2) + "\n")
     classes = folder / "classifiers" / "classes.json"
-    write_atomically(classes, json.dumps(_classes(classes, shown), indent=2) + "\n")
+    listed = _read_json(classes)
+    if (added := _classes(listed, shown)) != listed:
+        write_atomically(classes, json.dumps(added, indent=2) + "\n")
     script = folder / "scripts" / SCRIPT_NAME
     if not script.exists() or script.read_text(encoding="utf-8").startswith(SCRIPT_MARK):
         write_atomically(script, IMPORT_SCRIPT)
@@ -87,8 +96,13 @@ def refuse_foreign_project(out_root: Path) -> None:
 
 
 def _local_file(slide_path: str) -> bool:
-    """A slide QuPath opens by its path (a URL's slide is read through fsspec, not QuPath)."""
-    return slide_path.startswith("/") and "://" not in slide_path
+    """A slide QuPath opens by its path: summary.json records a local one absolute
+    (`absolute_slide_path`); a URL's slide is read through fsspec, not QuPath."""
+    return bool(slide_path) and not is_remote_url(slide_path)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)  # QuPath's timestamps: ms since the epoch
 
 
 def file_uri(path: str) -> str:
@@ -97,10 +111,13 @@ def file_uri(path: str) -> str:
     return "file:" + quote(path, safe="/!$&'()*+,;=:@-._~")
 
 
-def _project(project: Path, entries: Sequence[SlideEntry]) -> dict[str, Any]:
-    """project.qpproj's document: the existing one's images kept whole, new slides added."""
-    now = int(time.time() * 1000)  # QuPath's timestamps: ms since the epoch
-    doc = _read_json(project) or {"createTimestamp": now}
+def _project(
+    project: Path, before: Mapping[str, Any] | None, entries: Sequence[SlideEntry]
+) -> dict[str, Any]:
+    """project.qpproj's document: the existing one (`before`, left unchanged) with its
+    images kept whole and new slides added; its timestamps as they were."""
+    now = _now_ms()
+    doc: dict[str, Any] = copy.deepcopy(dict(before)) if before else {"createTimestamp": now}
     images: list[dict[str, Any]] = list(doc.get("images") or [])
     by_uri = {str(img.get("serverBuilder", {}).get("uri")): img for img in images}
     last_id = max([int(doc.get("lastID") or 0), *(int(i.get("entryID", 0)) for i in images)])
@@ -116,7 +133,7 @@ def _project(project: Path, entries: Sequence[SlideEntry]) -> dict[str, Any]:
     return {
         "version": doc.get("version") or PROJECT_VERSION,
         "createTimestamp": doc.get("createTimestamp", now),
-        "modifyTimestamp": now,
+        "modifyTimestamp": doc.get("modifyTimestamp", now),
         "uri": file_uri(str(project.resolve())),
         "lastID": last_id,
         "images": images,
@@ -134,10 +151,10 @@ def _image(entry_id: int, uri: str, name: str) -> dict[str, Any]:
     }
 
 
-def _classes(path: Path, entries: Iterable[SlideEntry]) -> dict[str, Any]:
-    """classes.json: the classes already there, then the slides' classes where missing."""
-    doc = _read_json(path) or {}
-    listed: list[dict[str, Any]] = list(doc.get("pathClasses") or [])
+def _classes(doc: Mapping[str, Any] | None, entries: Iterable[SlideEntry]) -> dict[str, Any]:
+    """classes.json: the classes already there (`doc`), then the slides' classes where
+    missing."""
+    listed: list[dict[str, Any]] = list((doc or {}).get("pathClasses") or [])
     names = {str(c.get("name")) for c in listed}
     for name, rgb in _slide_classes(entries).items():
         if name not in names:
