@@ -1,14 +1,15 @@
 """`OUT/report.html`: the page a pathologist opens the morning after a batch.
 
 One static file, no network and no server: styles and the few lines of script (sorting the
-table) are inline, pictures are each slide's small `overlay-thumbnail.jpg` (or, for folders
-of older versions, the one made in `OUT/.report/`) and links go to each slide's own
-`overlay.png`, all by relative paths, so the folder can be copied or opened from a share.
-Where OUT has its QuPath project, the page says where and how to
-put the results on it. Slides that need a look come first (failures, damaged or foreign summaries, runs in
-progress, older schemas), then a card per slide (thumbnail, composition bar in the model's
-colours, status and QC flags, its numbers, links to its files and the slide's path), then the cohort view: composition across slides
-and a table sortable by any column. Cards are laid out lazily by the browser
+table, the filter box) are inline, pictures are each slide's small `overlay-thumbnail.jpg`
+(or, for folders of older versions, the one made in `OUT/.report/`) and links go to each
+slide's own `overlay.png`, all by relative paths, so the folder can be copied or opened from
+a share. Where OUT has its QuPath project, the page says where and how to put the results on
+it. Slides that need a look come first, grouped by what went wrong (`report_problems`), then
+a card per slide (thumbnail, composition bar in the model's colours, status and QC flags,
+its numbers, links to its files and the slide's path), then the cohort view: composition
+across slides and a table sortable by any column. A filter box narrows cards and rows to
+those holding what is typed. Cards are laid out lazily by the browser
 (`content-visibility`), so a thousand of them open at once. The same entries give the same
 bytes: nothing here reads a clock.
 """
@@ -21,6 +22,7 @@ from urllib.parse import quote
 
 from wsi_segment.pipeline.output_files import GEOJSON_NAME, OVERLAY_NAME, SUMMARY_NAME
 from wsi_segment.pipeline.outputs.qupath_project import PROJECT_FILE, PROJECT_FOLDER, SCRIPT_NAME
+from wsi_segment.pipeline.outputs.report_problems import problems_section
 from wsi_segment.pipeline.outputs.slide_entries import ClassArea, SlideEntry
 from wsi_segment.pipeline.outputs.slide_status import EMPTY_DONE, PROBLEMS, STATUS_ORDER
 
@@ -56,6 +58,10 @@ td:first-child,th:first-child{text-align:left}
 align-items:center}.comp>span{overflow-wrap:anywhere}.comp .bar{margin:0}
 .links a{margin-right:.8em;font-size:.85em}.path{font-size:.8em;color:#555;word-break:break-all}
 .qupath{background:#fff;border:1px solid #ddd;border-radius:6px;padding:6px 10px}
+[hidden]{display:none!important}
+details.group{margin:4px 0}details.group>summary{cursor:pointer;padding:2px 0}
+details.group>.cards{margin:6px 0 10px}
+#filter{font:inherit;width:min(30em,100%);margin:.6em 0 0;padding:2px 6px}
 .legend span{margin-right:1em}.legend i{display:inline-block;width:10px;height:10px;
 margin-right:4px}
 """
@@ -85,6 +91,28 @@ document.querySelectorAll('#cohort-table th').forEach(function (th, col) {
 });
 """
 
+# Shows only the cards, groups and table rows whose text holds what is typed (any case); a
+# group with a match opens, one without is hidden. Clearing the box shows everything again.
+FILTER_SCRIPT = """
+var box = document.getElementById('filter');
+box.addEventListener('input', function () {
+  var q = box.value.trim().toLowerCase();
+  function keep(el) { return q === '' || el.textContent.toLowerCase().indexOf(q) >= 0; }
+  document.querySelectorAll('article.card, #cohort-table tbody tr').forEach(function (el) {
+    el.hidden = !keep(el);
+  });
+  document.querySelectorAll('details.group').forEach(function (g) {
+    var shown = g.querySelectorAll('article.card:not([hidden])').length;
+    g.hidden = shown === 0;
+    if (q !== '') { g.open = shown > 0; }
+  });
+});
+"""
+FILTER_BOX = (
+    '<input id="filter" type="search" placeholder="Filter slides: name, status, reason" '
+    'aria-label="Filter slides by name, status or reason">'
+)
+
 
 def page_html(
     title: str,
@@ -109,16 +137,14 @@ def page_html(
         + "</nav>",
         _qupath(qupath_project),
         _legend(entries),
-        f'<h2 id="problems">Needs a look ({len(problems)})</h2>',
-        '<div class="cards">',
-        *(_card(e, thumbnails.get(e.name)) for e in problems),
-        "</div>" if problems else "</div><p>Nothing: every slide finished.</p>",
+        FILTER_BOX,
+        *problems_section(problems, lambda e: _card(e, thumbnails.get(e.name))),
         f'<h2 id="slides">Slides ({len(entries) - len(problems)})</h2><div class="cards">',
         *(_card(e, thumbnails.get(e.name)) for e in entries if e.status not in PROBLEMS),
         '</div><h2 id="cohort">Cohort</h2>',
         _composition(entries),
         _table(entries),
-        f"<script>{SCRIPT}</script></body></html>\n",
+        f"<script>{SCRIPT}{FILTER_SCRIPT}</script></body></html>\n",
     ]
     return "\n".join(parts)
 
