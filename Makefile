@@ -22,7 +22,9 @@ demo: $(STAMP)
 	$(BIN)/wsi-segment tests/data/CMU-1-Small-Region.svs --out wsi-segment-out --overwrite
 
 # The fast suite in two processes (pytest-xdist), one test file at a time each, so that a
-# module's shared fixtures (clusters, segmented slides) are made once. OMP_WAIT_POLICY=PASSIVE:
+# module's shared fixtures (clusters, segmented slides) are made once: a group per file, and
+# one group for the files that use the Prefect test server (tests/conftest.py), so that one
+# worker starts it. OMP_WAIT_POLICY=PASSIVE:
 # torch's idle OpenMP threads sleep instead of spinning, so one worker's small forward
 # passes do not burn the core the other worker needs (outputs are the same: thread counts
 # do not change); measured in benchmarks/RESULTS.md, "The test suite's time".
@@ -30,7 +32,7 @@ TEST_ENV := OMP_WAIT_POLICY=PASSIVE
 
 test: $(STAMP)
 	@$(BIN)/python -m tests.cpu_line
-	$(TEST_ENV) $(BIN)/python -m pytest -m "not slow" -q -n 2 --dist loadfile
+	$(TEST_ENV) $(BIN)/python -m pytest -m "not slow" -q -n 2 --dist loadgroup
 
 test-all: $(STAMP)
 	$(TEST_ENV) $(BIN)/python -m pytest -q

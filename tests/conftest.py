@@ -42,6 +42,21 @@ CMU_SLIDE = DATA_DIR / "CMU-1-Small-Region.svs"
 MORNING_REPORT = (".report", "cohort.csv", "report.html", "qupath-project")
 
 
+# the pytest-xdist group of the files whose tests use the session's Prefect test server
+PREFECT_SERVER_GROUP = "prefect-server"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """`make test` gives each worker whole files (`--dist loadgroup`, a group per file), and
+    every file that uses the Prefect test server (`prefect_harness`) to the same worker: the
+    server costs ~17 s and ~22 CPU-s to start, once per worker that asks for it."""
+    files_with_server = {item.path for item in items if "prefect_harness" in item.fixturenames}
+    for item in items:
+        group = PREFECT_SERVER_GROUP if item.path in files_with_server else item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 def what_ran(precision: dict[str, object]) -> dict[str, object]:
     """summary.json `precision` without `runtime_cache`: what ran and why, not what the load
     took from the runtime cache (a cold cache, then a warm one)."""
