@@ -53,7 +53,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     server costs ~17 s and ~22 CPU-s to start, once per worker that asks for it."""
     files_with_server = {item.path for item in items if "prefect_harness" in item.fixturenames}
     for item in items:
-        group = PREFECT_SERVER_GROUP if item.path in files_with_server else item.nodeid.split("::")[0]
+        group = (
+            PREFECT_SERVER_GROUP if item.path in files_with_server else item.nodeid.split("::")[0]
+        )
         item.add_marker(pytest.mark.xdist_group(group))
 
 

@@ -4,7 +4,8 @@ One static file, no network and no server: styles and the few lines of script (s
 table, the filter box) are inline, pictures are each slide's small `overlay-thumbnail.jpg`
 (or, for folders of older versions, the one made in `OUT/.report/`) and links go to each
 slide's own `overlay.png`, all by relative paths, so the folder can be copied or opened from
-a share. Where OUT has its QuPath project, the page says where and how to put the results on
+a share. Under the title, which model and parameters made the results, and when
+(`report_runs`). Where OUT has its QuPath project, the page says where and how to put the results on
 it. Slides that need a look come first, grouped by what went wrong (`report_problems`), then
 a card per slide (thumbnail, composition bar in the model's colours, status and QC flags,
 its numbers, links to its files and the slide's path), then the cohort view: composition
@@ -23,6 +24,7 @@ from urllib.parse import quote
 from wsi_segment.pipeline.output_files import GEOJSON_NAME, OVERLAY_NAME, SUMMARY_NAME
 from wsi_segment.pipeline.outputs.qupath_project import PROJECT_FILE, PROJECT_FOLDER, SCRIPT_NAME
 from wsi_segment.pipeline.outputs.report_problems import problems_section
+from wsi_segment.pipeline.outputs.report_runs import runs_line
 from wsi_segment.pipeline.outputs.slide_entries import ClassArea, SlideEntry
 from wsi_segment.pipeline.outputs.slide_status import EMPTY_DONE, PROBLEMS, STATUS_ORDER
 
@@ -58,7 +60,7 @@ td:first-child,th:first-child{text-align:left}
 align-items:center}.comp>span{overflow-wrap:anywhere}.comp .bar{margin:0}
 .links a{margin-right:.8em;font-size:.85em}.path{font-size:.8em;color:#555;word-break:break-all}
 .qupath{background:#fff;border:1px solid #ddd;border-radius:6px;padding:6px 10px}
-[hidden]{display:none!important}
+[hidden]{display:none!important}.runs{margin:.2em 0;padding-left:1.2em;color:#444}
 details.group{margin:4px 0}details.group>summary{cursor:pointer;padding:2px 0}
 details.group>.cards{margin:6px 0 10px}
 #filter{font:inherit;width:min(30em,100%);margin:.6em 0 0;padding:2px 6px}
@@ -130,6 +132,7 @@ def page_html(
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{escape(title)}</title><style>{STYLE}</style></head><body>",
         f"<h1>{escape(title)}</h1>",
+        runs_line(entries),
         _tally(entries),
         '<nav><a href="#problems">Needs a look</a><a href="#slides">Slides</a>'
         '<a href="#cohort">Cohort</a><a href="cohort.csv">cohort.csv</a>'

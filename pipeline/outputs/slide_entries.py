@@ -37,6 +37,7 @@ from wsi_segment.pipeline.output_files import (
 from wsi_segment.pipeline.outputs.failure_record import RECORD_SUFFIX, read_record
 from wsi_segment.pipeline.outputs.output_classes import output_classes
 from wsi_segment.pipeline.outputs.ownership import unreadable_summary
+from wsi_segment.pipeline.outputs.report_runs import run_settings
 from wsi_segment.pipeline.outputs.slide_status import (
     BATCH_STATUS,
     DAMAGED,
@@ -100,6 +101,7 @@ class SlideEntry:
     regions: tuple[Region, ...] = ()
     colors: Mapping[str, tuple[int, int, int]] = field(default_factory=dict)
     created_utc: str = ""
+    settings: str = ""  # the output-changing parameters of its run (`run_settings`)
     schema_version: int | None = None
     has_overlay: bool = False
     has_thumbnail: bool = False
@@ -315,6 +317,7 @@ def _summary_entry(summary: Mapping[str, Any], name: str, folder: Path) -> Slide
         regions=regions,
         colors=_class_colors(folder, [c.name for c in classes]),
         created_utc=str(summary.get("created_utc") or ""),
+        settings=run_settings(summary.get("parameters")),
         schema_version=int(summary["schema_version"]),
         has_overlay=(folder / OVERLAY_NAME).is_file(),
         has_thumbnail=_wrote_thumbnail(summary, folder),

@@ -116,7 +116,8 @@ def test_rows_hold_the_numbers_of_each_summary(out: Path, tmp_path: Path) -> Non
         r'<article class="card[^"]*" data-slide="([^"]+)" data-status="([^"]+)"', page
     )
     assert cards == [("CMU-1-Small-Region", "done"), ("OS-1-detail", "done"), ("small", "done")]
-    for name in ("CMU-1-Small-Region", "OS-1-detail", "small"):  # each run's own thumbnail
+    names = ("CMU-1-Small-Region", "OS-1-detail", "small")
+    for name in names:  # each run's own thumbnail
         assert f'src="{name}/overlay-thumbnail.jpg"' in page
         assert f'href="{name}/overlay.png"' in page
     # the page shows a share of no tissue as "n/a", not 0.0 %, in its card and its row
@@ -132,6 +133,16 @@ def test_rows_hold_the_numbers_of_each_summary(out: Path, tmp_path: Path) -> Non
     tally = re.search(r'<p class="tally">(.*?)</p>', page)
     assert tally is not None and tally.group(1) == (
         "3 slide(s): <span>2 done</span><span>1 empty (no tissue or fluorescence?)</span>"
+    )
+    # under the title: the three runs' model, when they were made, their parameters
+    made = sorted(summary_of(work, n)["created_utc"][:16].replace("T", " ") for n in names)
+    model = summary_of(work, "small")["model"]
+    until = f" to {made[-1]}" if made[-1] != made[0] else ""
+    assert (
+        f'<ul class="runs"><li>3 slides: model <b>tiny-test</b> (sha256 {model["sha256"][:12]})'
+        f", made {made[0]}{until} UTC; mpp from the model, precision fp32, runtime torch, gate True, "
+        "tissue auto, read level finer, output downsample 4, overlap 32, simplify tolerance "
+        "1.0</li></ul>" in page
     )
 
 
