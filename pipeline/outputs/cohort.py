@@ -42,7 +42,7 @@ LEADING = (
     "region_area_um2",
     "tissue_area_um2",
 )
-TRAILING = ("tissue_status", "qc_flags", "run_utc", "summary_schema")
+TRAILING = ("tissue_status", "qc_flags", "run_utc", "failed_utc", "summary_schema")
 OURS_PREFIX = ",".join(LEADING[:5])  # how a cohort.csv of ours begins, whatever its classes
 
 Cell = str | float | int | None
@@ -79,7 +79,7 @@ def cohort_rows(entries: Sequence[SlideEntry]) -> list[list[Cell]]:
         common += [entry.model, entry.model_sha256]
         common += list(entry.mpp) if entry.mpp else [None, None]
         tail: list[Cell] = [entry.tissue_status, "; ".join(entry.qc_flags), entry.created_utc]
-        tail.append(entry.schema_version)
+        tail += [entry.failed_utc, entry.schema_version]
         if not entry.regions:
             cells = _class_cells(entry.classes, classes)
             rows.append(

@@ -222,6 +222,9 @@ def _card(entry: SlideEntry, thumbnail: str | None) -> str:
         lines.append(f'<div class="flags">{escape("; ".join(entry.qc_flags))}</div>')
     if entry.reason:
         lines.append(f'<div class="reason">{escape(entry.reason)}</div>')
+    if entry.failed_utc:
+        when = entry.failed_utc[:16].replace("T", " ")
+        lines.append(f'<div class="reason">failed {escape(when)} UTC</div>')
     if entry.tissue_area_um2 is not None:
         lines.append(
             f'<div class="tissue" data-area-um2="{entry.tissue_area_um2!r}">tissue '

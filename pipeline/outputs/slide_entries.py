@@ -102,6 +102,7 @@ class SlideEntry:
     colors: Mapping[str, tuple[int, int, int]] = field(default_factory=dict)
     created_utc: str = ""
     settings: str = ""  # the output-changing parameters of its run (`run_settings`)
+    failed_utc: str = ""  # when its failure record says it last failed (none: no record)
     schema_version: int | None = None
     has_overlay: bool = False
     has_thumbnail: bool = False
@@ -205,7 +206,10 @@ def _entry(root: Path, name: str, is_folder: bool, tonight: BatchOutcome) -> Sli
         if is_folder:
             reason += " (the outputs shown are an earlier run's)"
         path = entry.slide_path or _record_slide(record) or tonight.slide
-        return dataclasses.replace(entry, status=status, reason=reason, slide_path=path)
+        failed = str(record["failed_utc"]) if record is not None else ""
+        return dataclasses.replace(
+            entry, status=status, reason=reason, slide_path=path, failed_utc=failed
+        )
     writing = _being_written(root, name)
     if writing is not None and not is_folder:
         status = IN_PROGRESS if writing else STOPPED

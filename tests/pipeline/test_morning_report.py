@@ -63,7 +63,14 @@ def test_rows_hold_the_numbers_of_each_summary(out: Path, tmp_path: Path) -> Non
         "model_sha256", "mpp_x", "mpp_y", "region_area_um2", "tissue_area_um2",
     ]  # fmt: skip
     per_class = [f"{c}_{w}" for c in ALL_CLASSES for w in ("area_um2", "fraction_of_tissue")]
-    assert header[12:] == [*per_class, "tissue_status", "qc_flags", "run_utc", "summary_schema"]
+    assert header[12:] == [
+        *per_class,
+        "tissue_status",
+        "qc_flags",
+        "run_utc",
+        "failed_utc",
+        "summary_schema",
+    ]
     # one row per whole-slide run, one per region of the --roi run, sorted by name
     keys = [(r["slide"], r["region"]) for r in rows]
     assert keys == [("CMU-1-Small-Region", ""), ("OS-1-detail", "A1"), ("OS-1-detail", "B2"),
@@ -297,6 +304,14 @@ def test_a_failure_record_beside_outputs_the_newer_wins(out: Path, tmp_path: Pat
     )
     assert created < "2999" and rows["earlier-failure"]["status"] == "done"
     assert rows["tonight"]["status"] == "done" and rows["tonight"]["reason"] == ""
+    # the failure's date in its row and on its card; none where the record is old news
+    assert rows["later-failure"]["failed_utc"] == "2999-01-01T00:00:00Z"
+    assert rows["earlier-failure"]["failed_utc"] == rows["tonight"]["failed_utc"] == ""
+    page = (work / "report.html").read_text()
+    card = page[page.index('data-slide="later-failure"') :]
+    assert (
+        '<div class="reason">failed 2999-01-01 00:00 UTC</div>' in card[: card.index("</article>")]
+    )
 
 
 def test_a_slide_another_run_was_writing_is_shown_as_its_folder_says(
