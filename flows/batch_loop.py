@@ -166,7 +166,8 @@ def plan_batch(request: BatchRequest, door: BatchDoor) -> BatchPlan:
     at_once = min(request.concurrency, max(1, len(items))) if in_process else 1
     model = model_files(request.params)
     finished = slides_without_thread(items, request, model, door)
-    morning = BatchReport(request.out, [item.name for item in items], finished)
+    names, slides = [item.name for item in items], [item.slide for item in items]
+    morning = BatchReport(request.out, names, slides, finished)
     return BatchPlan(items, model, finished, in_process, at_once, morning)
 
 

@@ -34,6 +34,7 @@ from wsi_segment.pipeline.outputs.report_page import OURS_PREFIX, PAGE_NAME, pag
 from wsi_segment.pipeline.outputs.report_thumbnails import ensure_thumbnail, thumbnails_folder
 from wsi_segment.pipeline.outputs.shared_access import unwritable_folder
 from wsi_segment.pipeline.outputs.slide_entries import (
+    QUEUED,
     BatchOutcome,
     SlideEntry,
     Tonight,
@@ -122,12 +123,18 @@ class BatchReport:
     one rebuild at a time (slides finish in several threads)."""
 
     def __init__(
-        self, out_root: str | Path, names: Sequence[str], settled: Mapping[int, SlideResult]
+        self,
+        out_root: str | Path,
+        names: Sequence[str],
+        slides: Sequence[str],
+        settled: Mapping[int, SlideResult],
     ) -> None:
-        """`names`: the items' output names; `settled`: the results decided before any slide
-        ran (up to date, known failures), by index."""
+        """`names`: the items' output names; `slides`: their slides' paths (the page lists
+        the slides still queued); `settled`: the results decided before any slide ran (up
+        to date, known failures), by index."""
         self.out_root = Path(out_root)
         self.names = list(names)
+        self._queued = {n: BatchOutcome(QUEUED, "", s) for n, s in zip(names, slides, strict=True)}
         self._results = dict(tonight_of([self.names[i] for i in settled], settled.values()))
         self._lock = threading.Lock()
         self._finished = False  # after the last rebuild, a straggler's result changes nothing
@@ -160,4 +167,4 @@ class BatchReport:
     def _rebuild(self) -> MorningReport | None:
         if not self.out_root.is_dir():
             return None
-        return build_morning_report(self.out_root, dict(self._results))
+        return build_morning_report(self.out_root, self._queued | self._results)

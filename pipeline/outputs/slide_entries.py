@@ -49,6 +49,7 @@ from wsi_segment.pipeline.outputs.slide_status import (
     KNOWN,
     NEWER,
     OLDER,
+    QUEUED,
     STOPPED,
     UNREADABLE,
     UP_TO_DATE,
@@ -166,7 +167,8 @@ def scan_slides(out_root: str | Path, tonight: Tonight) -> list[SlideEntry]:
         elif name.endswith(RECORD_SUFFIX) or name.endswith(PARTIAL_SUFFIX):
             suffix = RECORD_SUFFIX if name.endswith(RECORD_SUFFIX) else PARTIAL_SUFFIX
             names.add(name[1 : -len(suffix)])
-    names |= {n for n, seen in tonight.items() if seen.status in ("failed", "known-failure")}
+    listed = ("failed", "known-failure", QUEUED)  # tonight's, whether or not OUT shows them
+    names |= {n for n, seen in tonight.items() if seen.status in listed}
     return [
         _entry(root, n, n in folders, tonight.get(n, NOTHING_TONIGHT)) for n in sorted(names) if n
     ]
@@ -211,6 +213,12 @@ def _entry(root: Path, name: str, is_folder: bool, tonight: BatchOutcome) -> Sli
             entry, status=status, reason=reason, slide_path=path, failed_utc=failed
         )
     writing = _being_written(root, name)
+    if status_tonight == QUEUED:  # a batch in flight: its slides not yet ended
+        status, why = (IN_PROGRESS, "running now") if writing else (QUEUED, "not yet run")
+        if is_folder:
+            why += " (the outputs shown are an earlier run's)"
+        path = entry.slide_path or shown_slide_path(tonight.slide)
+        return dataclasses.replace(entry, status=status, reason=why, slide_path=path)
     if writing is not None and not is_folder:
         status = IN_PROGRESS if writing else STOPPED
         return dataclasses.replace(entry, status=status, reason=_partial(writing))

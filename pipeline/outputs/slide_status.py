@@ -13,7 +13,7 @@ FAILED, KNOWN, DAMAGED, UNREADABLE, FOREIGN, NEWER, IN_PROGRESS, STOPPED = (
     "in progress",
     "stopped",
 )
-OLDER, UP_TO_DATE, DONE = "older schema", "up to date", "done"
+OLDER, QUEUED, UP_TO_DATE, DONE = "older schema", "queued", "up to date", "done"
 STATUS_ORDER = (
     FAILED,
     KNOWN,
@@ -24,6 +24,7 @@ STATUS_ORDER = (
     IN_PROGRESS,
     STOPPED,
     OLDER,
+    QUEUED,
     UP_TO_DATE,
     DONE,
 )

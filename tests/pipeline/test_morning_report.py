@@ -345,15 +345,29 @@ def test_a_batch_report_rebuilds_as_slides_finish(out: Path, tmp_path: Path) -> 
     work = tmp_path / "out"
     names = ["small", "lost", "CMU-1-Small-Region"]
     up_to_date = SlideResult("/s/small.svs", "up-to-date", work / "small")
-    report = BatchReport(work, names, {0: up_to_date})
+    slides = [
+        "/s/small.svs",
+        "/s/lost.svs",
+        "https://lab.example/CMU-1-Small-Region.svs?X-Amz-Signature=s",
+    ]
+    report = BatchReport(work, names, slides, {0: up_to_date})
     failed = SlideResult("/s/lost.svs", "failed", None, {}, "/s/lost.svs: disk full\nmore")
     assert report.add(1, failed) is None  # OUT does not exist yet: nothing to write
     shutil.copytree(out / "small", work / "small")
-    rows = read_rows(report.add(1, failed).cohort)
+    mid = report.add(1, failed)
+    rows = read_rows(mid.cohort)
     assert [(r["slide"], r["status"], r["reason"], r["slide_path"]) for r in rows] == [
+        # the slide still to run is listed (its URL without its signature)
+        (
+            "CMU-1-Small-Region",
+            "queued",
+            "not yet run",
+            "https://lab.example/CMU-1-Small-Region.svs?<query removed>",
+        ),
         ("lost", "failed", "/s/lost.svs: disk full", "/s/lost.svs"),
         ("small", "up to date", "", str(DATA / "small.svs")),  # the summary's path
     ]
+    assert "<span>1 queued</span>" in mid.page.read_text()
     shutil.copytree(out / "CMU-1-Small-Region", work / "CMU-1-Small-Region")
     done = SlideResult("/s/CMU-1-Small-Region.svs", "done", work / "CMU-1-Small-Region")
     last = report.finish([up_to_date, failed, done])
@@ -380,12 +394,12 @@ def test_a_night_whose_slides_all_failed_before_writing_still_gets_its_report(
         SlideResult("/s/a.svs", "interrupted", None),
         SlideResult("/s/b.svs", "not started", None),
     ]
-    assert BatchReport(work, ["a", "b"], {}).finish(stopped) is None
+    assert BatchReport(work, ["a", "b"], ["a.svs", "b.svs"], {}).finish(stopped) is None
     assert not (tmp_path / "new").exists()
     failed = [
         SlideResult(f"/s/{n}.svs", "failed", None, {}, f"/s/{n}.svs: timed out") for n in "ab"
     ]
-    report = BatchReport(work, ["a", "b"], {}).finish(failed)
+    report = BatchReport(work, ["a", "b"], ["a.svs", "b.svs"], {}).finish(failed)
     assert report is not None and report.page == work / "report.html" and report.page.is_file()
     rows = read_rows(report.cohort)
     assert [(r["slide"], r["status"], r["reason"]) for r in rows] == [
