@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import select
 import signal
 import socket
 import ssl
@@ -21,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.conftest import foreground_signals
 from wsi_segment.errors import Terminated
 from wsi_segment.flows.batch_console import BatchConsoleFilter, InterruptGuard
 
@@ -165,10 +165,25 @@ def test_quiet_drops_a_handshake_reset_by_its_peer_too() -> None:
 
 
 def deliver(signum: int) -> None:
-    """Send `signum` to this process and give the interpreter a moment to run its handler."""
-    os.kill(os.getpid(), signum)
-    for _ in range(100):
-        time.sleep(0.01)
+    """Send `signum` to this process and return once its handler has run (main thread only).
+
+    Python's C-level handler writes the signal's number to the wakeup fd when the signal
+    arrives, and the main thread runs the Python handler at its next bytecode check: waiting
+    for that byte, then a few calls, replaces a fixed second per signal (most are ignored,
+    so nothing else says their handler ran)."""
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    previous = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+    try:
+        os.kill(os.getpid(), signum)
+        ready, _, _ = select.select([read_end], [], [], 30)
+        assert ready, f"signal {signum} never arrived"
+        for _ in range(5):
+            time.sleep(0.001)
+    finally:
+        signal.set_wakeup_fd(previous)
+        os.close(read_end)
+        os.close(write_end)
 
 
 SIGNALS = {signal.SIGINT: KeyboardInterrupt, signal.SIGTERM: Terminated, signal.SIGHUP: Terminated}
@@ -307,6 +322,9 @@ def guard_run() -> dict:
     that stack when its graphs are freed, restoring the previous one only if freed in
     reverse order: the next signal the main thread handles then kills the whole session
     (a pytest-xdist worker dies "not properly terminated") with SIGSEGV."""
+    # imported here, not at the top: the fresh interpreter needs none of tests.conftest
+    from tests.conftest import foreground_signals
+
     code = "from tests.flows.test_batch_console import guard_outcomes as g; print(repr(g()))"
     with foreground_signals():
         ran = subprocess.run(

@@ -1,6 +1,8 @@
-"""A batch whose chunks run in the flow's process: slides in flight on the engine
+"""A batch whose chunks run in the batch's process: slides in flight on the engine
 write what they write one at a time, share the machine's decoders, and leave no decoder
-process or shared memory behind."""
+process or shared memory behind. The batch loop (`flows.batch_loop`) is the same behind
+both doors; this runs it through the terminal's (`flows.terminal_batch`), which needs no
+Prefect server (the flow's own door: tests/flows/test_batch_flow.py)."""
 
 from __future__ import annotations
 
@@ -18,9 +20,11 @@ OS1_SLIDE = DATA_DIR / "OS-1-detail.ome.tif"
 
 
 def test_two_slides_in_flight_on_the_engine_write_what_one_at_a_time_writes(
-    prefect_harness: None, tiny_model_dir: Path, tmp_path: Path
+    tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    from wsi_segment.flows.batch_flow import segment_batch
+    from wsi_segment.flows.batch_loop import BatchRequest
+    from wsi_segment.flows.terminal_batch import run_terminal_batch
+    from wsi_segment.pipeline.params import SegmentParams
 
     folder = tmp_path / "in"
     folder.mkdir()
@@ -37,14 +41,9 @@ def test_two_slides_in_flight_on_the_engine_write_what_one_at_a_time_writes(
     runs = {}
     for concurrency in (2, 1):
         out = tmp_path / f"out-{concurrency}"
-        results = segment_batch(
-            input=str(folder),
-            out=str(out),
-            model_dir=str(tiny_model_dir),
-            workers=0,
-            concurrency=concurrency,
-            options=options,
-        )
+        params = SegmentParams.from_dict({**options, "model_dir": tiny_model_dir})
+        request = BatchRequest(str(folder), str(out), params, workers=0, concurrency=concurrency)
+        results = run_terminal_batch(request, quiet=True)
         assert sorted((Path(r.slide).name, r.status) for r in results) == [
             ("CMU-1-Small-Region.svs", "done"),
             ("OS-1-detail.ome.tif", "done"),

@@ -70,6 +70,7 @@ def test_batch_isolates_a_broken_slide_and_resumes(
     ]
 
     _assert_batch_artifacts(state.state_details.flow_run_id, folder, out, by_name)
+    _assert_morning_artifacts(state.state_details.flow_run_id, out)
 
     # identical to the plain pipeline call
     plain = segment_slide(
@@ -176,6 +177,25 @@ def _assert_batch_artifacts(flow_run_id, folder: Path, out: Path, by_name: dict)
     assert f"| {folder / 'broken.svs'} | failed (new) |  |" in report.data
 
 
+def _assert_morning_artifacts(flow_run_id: object, out: Path) -> None:
+    """The cohort table artifact is cohort.csv; the markdown one links the page (the report
+    itself, as the batch loop writes it behind either door: tests/flows/test_batch_report.py)."""
+    import csv
+
+    from prefect.artifacts import Artifact
+
+    table = Artifact.get("segment-batch-cohort")
+    assert table is not None and table.flow_run_id == flow_run_id
+    data = json.loads(table.data) if isinstance(table.data, str) else table.data
+    as_text = [{k: "" if v is None else str(v) for k, v in row.items()} for row in data]
+    with open(out / "cohort.csv", encoding="utf-8", newline="") as f:
+        assert as_text == list(csv.DictReader(f))
+    link = Artifact.get("segment-batch-morning-report")
+    assert link is not None and link.flow_run_id == flow_run_id
+    page = out / "report.html"
+    assert f"[{page}]({page.as_uri()})" in link.data
+
+
 def test_batch_from_manifest_with_names_and_mpp(
     prefect_harness: None, tiny_model: Path, slides_dir: Path, tmp_path: Path
 ) -> None:
@@ -203,13 +223,14 @@ def test_batch_from_manifest_with_names_and_mpp(
 
 
 def test_cli_batch_exit_codes(
-    prefect_harness: None,
-    tiny_model: Path,
-    slides_dir: Path,
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
+    tiny_model: Path, slides_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """The terminal's door (no Prefect API configured: the batch runs in this process,
+    no server); the flow's failed and completed states: the tests above."""
     from wsi_segment.flows.cli import main
+    from wsi_segment.flows.prefect_env import configured_api_url
+
+    assert configured_api_url() is None
 
     folder = copy_slides(slides_dir, tmp_path / "in", ["synth-b.tif"])
     out = tmp_path / "out"

@@ -4,7 +4,8 @@ A broken slide fails the first run (flow Failed, its slide task Failed like its 
 an ERROR line, the record written); the next run with nothing changed does not touch it
 (no task at all), ends Completed and says "failed (known, since ...)"; --retry-failed and a
 touched slide run it again; a fixed slide clears the record; a file of someone else's at the
-record's path is never replaced or removed.
+record's path is never replaced or removed (the loop's rule alone: run on the terminal's
+door, `flows.terminal_batch`, which needs no Prefect server).
 """
 
 from __future__ import annotations
@@ -26,14 +27,17 @@ from wsi_segment.pipeline.batch_report import since_text
 
 
 @contextmanager
-def run_log(caplog: pytest.LogCaptureFixture) -> Iterator[list[logging.LogRecord]]:
-    """The flow run logger's records while the block runs (Prefect's run loggers may not
-    propagate to the root logger: listen on the logger itself)."""
-    logger = logging.getLogger("prefect.flow_runs")
+def batch_log(
+    caplog: pytest.LogCaptureFixture, name: str = "prefect.flow_runs"
+) -> Iterator[list[logging.LogRecord]]:
+    """The records of the batch's logger `name` (the flow run's, or the terminal's) while the
+    block runs; on the logger itself: Prefect's run loggers may not propagate to the root
+    logger, and the terminal's batch stops its lines' propagation while it prints them."""
+    logger = logging.getLogger(name)
     logger.addHandler(caplog.handler)
     caplog.clear()
     try:
-        with caplog.at_level(logging.INFO, logger="prefect.flow_runs"):
+        with caplog.at_level(logging.INFO, logger=name):
             yield caplog.records
     finally:
         logger.removeHandler(caplog.handler)
@@ -93,11 +97,13 @@ def test_a_broken_slide_fails_once_then_is_known_until_changed_retried_or_fixed(
         "out": str(out),
         "model_dir": str(tiny_model),
         "workers": 0,
-        "options": {"precision": "fp32"},
+        # torch: known failures, not the runtime choice (its own tests); 'auto' pays
+        # OpenVINO's export for this model
+        "options": {"precision": "fp32", "runtime": "torch"},
     }
 
     # 1. the first failure is new: flow Failed, ERROR line, slide task Failed, record written
-    with run_log(caplog) as records:
+    with batch_log(caplog) as records:
         first = segment_batch(**kwargs, return_state=True)
     assert first.is_failed()
     error = first.result(raise_on_failure=False)
@@ -130,7 +136,7 @@ def test_a_broken_slide_fails_once_then_is_known_until_changed_retried_or_fixed(
     # 2. nothing changed: not attempted (no task; the slide is not opened), run Completed,
     # reported as known in the results, the table and a WARNING line
     written = record.read_bytes()
-    with run_log(caplog) as records:
+    with batch_log(caplog) as records:
         second = segment_batch(**kwargs, return_state=True)
     assert second.is_completed()
     results = {Path(r.slide).name: r for r in second.result()}
@@ -180,12 +186,14 @@ def test_a_broken_slide_fails_once_then_is_known_until_changed_retried_or_fixed(
 
 
 def test_a_file_at_the_records_path_that_is_not_ours_is_kept(
-    prefect_harness: None,
-    tiny_model: Path,
-    tmp_path: Path,
-    caplog: pytest.LogCaptureFixture,
+    tiny_model: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from wsi_segment.flows.batch_flow import segment_batch
+    """The batch loop's own rule, the same behind both doors: run through the terminal's
+    (`flows.terminal_batch`, no Prefect server); the flow's tasks and run log: the test
+    above."""
+    from wsi_segment.flows.batch_loop import BATCH_LOGGER, BatchRequest
+    from wsi_segment.flows.terminal_batch import run_terminal_batch
+    from wsi_segment.pipeline.params import SegmentParams
 
     folder = tmp_path / "in"
     folder.mkdir()
@@ -194,12 +202,13 @@ def test_a_file_at_the_records_path_that_is_not_ours_is_kept(
     out.mkdir()
     notes = out / ".case.failed.json"
     notes.write_text('{"my": "notes"}\n')
-    kwargs = {"input": str(folder), "out": str(out), "model_dir": str(tiny_model), "workers": 0}
+    request = BatchRequest(str(folder), str(out), SegmentParams(tiny_model), workers=0)
     for _ in range(2):  # not recorded, so never known: each run tries the slide and fails
-        with run_log(caplog) as records:
-            state = segment_batch(**kwargs, return_state=True)
-        assert state.is_failed()
-        assert "slide-case" in task_states(state.state_details.flow_run_id)
+        with batch_log(caplog, BATCH_LOGGER) as records:
+            [result] = run_terminal_batch(request, quiet=True)
+        # tried (a known failure would be "known-failure", with its date), and failed
+        assert result.status == "failed" and result.known_since is None
+        assert result.error is not None and "not a readable slide" in result.error
         why = "it is not a failure record wsi-segment wrote"
         assert f"failure not recorded: {notes} is in the way ({why}); left as it is" in lines(
             records, logging.WARNING

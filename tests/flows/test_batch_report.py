@@ -1,5 +1,8 @@
-"""The morning after a real batch: cohort.csv and report.html in OUT, its artifacts, a rerun
-that adds no row, and the page opened in a real browser (headless Chromium)."""
+"""The morning after a real batch: cohort.csv and report.html in OUT, a rerun that adds no
+row, and the page opened in a real browser (headless Chromium). The batch loop writes them
+the same behind both doors; this runs it through the terminal's (`flows.terminal_batch`),
+which needs no Prefect server. The flow's artifacts of the same report: tests/flows/
+test_batch_flow.py::test_batch_isolates_a_broken_slide_and_resumes."""
 
 from __future__ import annotations
 
@@ -24,12 +27,11 @@ def read_rows(path: Path) -> list[dict[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def batch_out(
-    prefect_harness: None, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Path:
+def batch_out(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """OUT after a batch of two real slides and a broken one, then a `--roi` run of a third
     slide into the same OUT, then the same batch again (everything up to date or known)."""
-    from wsi_segment.flows.batch_flow import segment_batch
+    from wsi_segment.flows.batch_loop import BatchRequest
+    from wsi_segment.flows.terminal_batch import run_terminal_batch
     from wsi_segment.pipeline.params import SegmentParams
     from wsi_segment.pipeline.segment import segment_slide
 
@@ -39,9 +41,14 @@ def batch_out(
     for src in (CMU, DATA / "small.svs", BROKEN):
         shutil.copy2(src, folder / src.name)
     options = {"precision": "fp32", "runtime": "torch"}
-    kwargs = {"input": str(folder), "out": str(out), "model_dir": str(tiny_model), "workers": 0}
-    first = segment_batch(**kwargs, options=options, return_state=True)
-    assert first.is_failed()  # broken.svs
+    params = SegmentParams(tiny_model, **options)
+    request = BatchRequest(str(folder), str(out), params, workers=0)
+    first = run_terminal_batch(request, quiet=True)
+    assert [(Path(r.slide).name, r.status) for r in first] == [
+        ("CMU-1-Small-Region.svs", "done"),
+        ("broken.svs", "failed"),
+        ("small.svs", "done"),
+    ]
     rows = read_rows(out / "cohort.csv")
     assert [(r["slide"], r["status"]) for r in rows] == [
         ("CMU-1-Small-Region", "done"),
@@ -50,30 +57,14 @@ def batch_out(
     ]
     assert "not a readable slide" in rows[1]["reason"] and "\n" not in rows[1]["reason"]
     assert rows[1]["slide_path"] == str(folder / "broken.svs") and rows[1]["model"] == ""
-    _assert_artifacts(first.state_details.flow_run_id, out)
 
     roi = qp.two_cores(tmp / "cores.geojson")
-    params = SegmentParams(tiny_model, roi=roi, **options)
-    segment_slide(DATA / "OS-1-detail.ome.tif", out, params)
+    segment_slide(DATA / "OS-1-detail.ome.tif", out, SegmentParams(tiny_model, roi=roi, **options))
 
-    again = segment_batch(**kwargs, options=options, return_state=True)
-    assert again.is_completed()  # the broken slide is a known failure now
+    again = run_terminal_batch(request, quiet=True)
+    # the broken slide is a known failure now: nothing failed anew
+    assert [r.status for r in again] == ["up-to-date", "known-failure", "up-to-date"]
     return out
-
-
-def _assert_artifacts(flow_run_id: object, out: Path) -> None:
-    """The cohort table artifact is cohort.csv; the markdown one links the page."""
-    from prefect.artifacts import Artifact
-
-    table = Artifact.get("segment-batch-cohort")
-    assert table is not None and table.flow_run_id == flow_run_id
-    data = json.loads(table.data) if isinstance(table.data, str) else table.data
-    as_text = [{k: "" if v is None else str(v) for k, v in row.items()} for row in data]
-    assert as_text == read_rows(out / "cohort.csv")
-    link = Artifact.get("segment-batch-morning-report")
-    assert link is not None and link.flow_run_id == flow_run_id
-    page = out / "report.html"
-    assert f"[{page}]({page.as_uri()})" in link.data
 
 
 def test_the_table_after_a_rerun_has_each_slide_once(batch_out: Path) -> None:

@@ -11,6 +11,10 @@ from pathlib import Path
 
 from tests.flows.conftest import copy_slides
 
+# torch at fp32: how a run is recorded, not the runtime choice (its own tests); 'auto' pays
+# OpenVINO's export and a precision trial for the tiny model
+FP32 = {"precision": "fp32", "runtime": "torch"}
+
 
 def test_deployed_run_records_deployment_run_and_parameters(
     prefect_harness: None, tiny_model: Path, slides_dir: Path, tmp_path: Path
@@ -26,6 +30,7 @@ def test_deployed_run_records_deployment_run_and_parameters(
         "out": str(tmp_path / "out"),
         "model_dir": str(tiny_model),
         "workers": 0,
+        "options": FP32,
     }
     deployment_id = segment_batch.to_deployment("nightly-test", parameters=parameters).apply()
     with get_client(sync_client=True) as client:
@@ -57,7 +62,7 @@ def test_flow_called_in_process_keeps_its_command_line(
         slide=str(slides_dir / "synth-a.tif"),
         out=str(tmp_path),
         model_dir=str(tiny_model),
-        options={"decoders": 0},
+        options={"decoders": 0, **FP32},
         return_state=True,
     )
     result = state.result()
@@ -88,6 +93,7 @@ def test_a_deployed_runs_presigned_url_is_recorded_without_its_query(
     shutil.copy(CMU_SLIDE, served / "CMU-1-Small-Region.svs")
     url = f"{base}/CMU-1-Small-Region.svs?X-Amz-Credential=AKIAFAKEKEY&X-Amz-Signature=5ec2e7"
     parameters = {"slide": url, "out": str(tmp_path / "out"), "model_dir": str(tiny_model)}
+    parameters["options"] = FP32
     deployment_id = segment_slide_flow.to_deployment("presigned", parameters=parameters).apply()
     with get_client(sync_client=True) as client:
         flow_run = client.create_flow_run_from_deployment(deployment_id)

@@ -125,7 +125,12 @@ def test_transient_error_is_retried_and_broken_slide_is_not(
 
     monkeypatch.setattr(segment, "prepare", flaky_prepare)
     slide = slides_dir / "synth-a.tif"
-    result = slide_flow(slide=str(slide), out=str(tmp_path), model_dir=str(tiny_model))
+    # torch at fp32: retries, not the runtime choice (its own tests); 'auto' pays OpenVINO's
+    # export and a precision trial for this model
+    fp32 = {"precision": "fp32", "runtime": "torch"}
+    result = slide_flow(
+        slide=str(slide), out=str(tmp_path), model_dir=str(tiny_model), options=fp32
+    )
     assert result.status == "done" and len(calls) == 2
     # the flow prepares as the CLI does (`segment.prepare_stage`): on this CPU machine the
     # readers its policy names start while the model loads
@@ -138,7 +143,7 @@ def test_transient_error_is_retried_and_broken_slide_is_not(
 
     calls.clear()
     with pytest.raises(SlideError, match=r"broken\.svs"):
-        slide_flow(slide=str(BROKEN), out=str(tmp_path), model_dir=str(tiny_model))
+        slide_flow(slide=str(BROKEN), out=str(tmp_path), model_dir=str(tiny_model), options=fp32)
     assert calls == [str(BROKEN)]  # deterministic failure: no retry
     assert not (tmp_path / "broken").exists()
 
