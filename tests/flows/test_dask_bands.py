@@ -1,7 +1,8 @@
 """Bands on a real LocalCluster with worker processes: each band runs the engine on its
 worker, with decoder processes or its reader thread, and the slide comes out as a local run
 writes it, whichever reads the tiles. The band runs take the CMU slide's tissue where four
-write units meet (`four_units`), enough for several bands on each worker."""
+write units meet (`four_units`: test_band_runner's `corner_tissue`), enough for several
+bands on each worker."""
 
 from __future__ import annotations
 
@@ -23,17 +24,18 @@ from tests.conftest import (
 )
 from tests.flows.conftest import output_files, stable_summary
 from tests.pipeline.inference.test_band_runner import (
+    CORNER,
     ONE_TILE_ENGINE,
     band_job,
     band_job_over,
     band_options,
     cluster_plan,
+    corner_tissue,
     one_torch_thread_reference,
 )
 from tests.pipeline.inference.test_engine import (
     FOUR_UNITS,
     assert_same_outcomes,
-    four_units_tissue,
     stored,
     tissue_of,
     tissue_within,
@@ -96,9 +98,9 @@ def client() -> Iterator:
 
 @pytest.fixture(scope="module")
 def four_units() -> TissueMask:
-    """The module's tissue (`four_units_tissue`: 12 chunks, 46 tiles, four write units of
-    16, 7, 16 and 7 tiles), detected once."""
-    return four_units_tissue()
+    """The module's tissue (`corner_tissue`: 9 chunks, 23 tiles, four write units of 9, 6,
+    6 and 2 tiles), detected once."""
+    return corner_tissue()
 
 
 def four_units_job(
@@ -158,7 +160,7 @@ def test_bands_on_workers_write_what_local_runs_write(
     np.testing.assert_array_equal(stored(job), expected)
     assert_same_outcomes(outcomes, expected_outcomes)
     # three per worker slot asked; a band never splits a write unit (the tissue is four
-    # zarr chunks of 16, 7, 16 and 7 tiles), so the balanced cut makes four
+    # zarr chunks of 9, 6, 6 and 2 tiles), so the balanced cut makes four
     assert len(bands) == len(contiguous_runs(specs, 6)) == 4
     # the engine, with a decoder process each, or (the CPU default) its reader thread
     assert [b.decoders for b in bands] == [decoders or 0] * 4
@@ -283,13 +285,14 @@ def test_a_band_that_starts_after_the_slide_failed_does_nothing(
 
 @pytest.fixture(scope="module")
 def cmu_region(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A QuPath region of the CMU slide's left half (--roi): the segment_slide runs check
-    where bands run and that their files equal a local run's, which half the slide's
-    tissue shows as well as all of it (still several write units, so several bands)."""
+    """A QuPath region of the CMU slide where four write units meet (--roi: `CORNER`): the
+    segment_slide runs check where bands run and that their files equal a local run's,
+    which a corner of the slide's tissue shows as well as all of it (still several write
+    units, so several bands)."""
     from tests.wsi import qupath_exports as qp
 
-    left = qp.annotation(qp.rect(0, 0, 1110, 2967), "left half")
-    return qp.export(tmp_path_factory.mktemp("roi") / "left-half.geojson", [left])
+    corner = qp.annotation(qp.rect(*CORNER), "corner")
+    return qp.export(tmp_path_factory.mktemp("roi") / "corner.geojson", [corner])
 
 
 def _segment_common(tiny_model_dir: Path, roi: Path) -> dict:
@@ -323,7 +326,7 @@ def test_segment_slide_with_a_client_runs_bands(
 ) -> None:
     """Through `segment_slide`: with a client, bands go to the workers (with `--decoders 1`
     decoder processes, by default the reader thread), and every output file equals the
-    single-process run's (both of the slide's left half: `cmu_region`)."""
+    single-process run's (both of the slide's region `cmu_region`)."""
     from distributed import get_task_stream
 
     from wsi_segment.pipeline.params import SegmentParams

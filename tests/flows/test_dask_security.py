@@ -32,29 +32,37 @@ def listening(pids: list[int]) -> set[tuple[int, str]]:
     return found
 
 
-STRANGER = """
-import json, sys
+STRANGERS = """
+import json, os, sys
 import dask
 from distributed import Client
-address, config, marker = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
-with dask.config.set(config):
-    try:
-        client = Client(address, timeout=5)
-        client.submit(open, marker, "w").result(timeout=5)
-    except (OSError, ValueError, TypeError):
-        sys.exit(3)  # refused: the outcome every stranger must get
-sys.exit(0)
+attempts, marker = json.loads(sys.argv[1]), sys.argv[2]
+outcomes = {}
+for what, (address, config) in attempts.items():
+    with dask.config.set(config):
+        try:
+            client = Client(address, timeout=5)
+            client.submit(open, marker, "w").result(timeout=5)
+            outcomes[what] = "ran"
+        except (OSError, ValueError, TypeError):
+            outcomes[what] = "refused"  # the outcome every stranger must get
+    outcomes[what] += " and left the marker" if os.path.exists(marker) else ""
+print(json.dumps(outcomes))
 """
 
 
-def stranger_submits(address: str, config: dict, marker: Path) -> subprocess.CompletedProcess:
-    """Another process (another user's, say) with `config` tries to run code on `address`."""
-    return subprocess.run(
-        [sys.executable, "-c", STRANGER, address, json.dumps(config), str(marker)],
+def strangers_submit(attempts: dict[str, tuple[str, dict]], marker: Path) -> dict[str, str]:
+    """Another process (another user's, say) tries to run code on each attempt's address
+    with its config, one attempt after another (one interpreter: Dask is imported once);
+    what came of each attempt."""
+    done = subprocess.run(
+        [sys.executable, "-c", STRANGERS, json.dumps(attempts), str(marker)],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=120,
     )
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def tree() -> list[int]:
@@ -64,7 +72,8 @@ def tree() -> list[int]:
 
 @pytest.mark.parametrize(
     "plan",
-    [ClusterPlan(n_workers=2, threads_per_worker=1), ClusterPlan(1, 1, gpus=(0,))],
+    # one worker each: every server of the cluster is checked, however many there are
+    [ClusterPlan(n_workers=1, threads_per_worker=1), ClusterPlan(1, 1, gpus=(0,))],
     ids=["cpu-local-cluster", "gpu-spec-cluster"],
 )
 def test_a_local_cluster_listens_on_loopback_and_refuses_clients_without_its_certificate(
@@ -92,15 +101,12 @@ def test_a_local_cluster_listens_on_loopback_and_refuses_clients_without_its_cer
 
         marker = tmp_path / "ran"
         strangers = {
-            "no certificate": {},
-            "another cluster's certificate": security_config(local_security()),
-            "plain tcp": {},
+            "no certificate": (address, {}),
+            "another cluster's certificate": (address, security_config(local_security())),
+            "plain tcp": (address.replace("tls://", "tcp://"), {}),
         }
-        for what, config in strangers.items():
-            target = address.replace("tls://", "tcp://") if what == "plain tcp" else address
-            refused = stranger_submits(target, config, marker)
-            assert refused.returncode == 3, (what, refused.stdout, refused.stderr)
-            assert not marker.exists(), what
+        assert strangers_submit(strangers, marker) == dict.fromkeys(strangers, "refused")
+        assert not marker.exists()
         # the same certificate, as the flow in this process gets it (security_config)
         with dask.config.set(security_config(security)), Client(address, timeout=30) as friend:
             assert friend.submit(marker.write_text, "ran").result(timeout=30) == 3

@@ -20,8 +20,12 @@ import pytest
 from tests.conftest import CMU_SLIDE
 from tests.flows.conftest import write_synthetic_slide
 from tests.flows.slow_close import SLOW_CLOSE_S, SlowClose
-from tests.pipeline.inference.test_band_runner import band_job_over, band_options, cluster_plan
-from tests.pipeline.inference.test_engine import four_units_tissue
+from tests.pipeline.inference.test_band_runner import (
+    band_job_over,
+    band_options,
+    cluster_plan,
+    corner_tissue,
+)
 from tests.reliability.conftest import CLI, cli_env, run_cli
 from wsi_segment.pipeline.inference.band_runner import run_bands
 
@@ -52,10 +56,8 @@ def test_a_worker_that_ran_a_band_ends_when_its_cluster_closes(
     nanny = logging.getLogger("distributed.nanny")
     records = Records()
     with dask_client(workers=1, threads=1) as client:
-        # a band over the CMU slide's tissue where four write units meet (46 tiles)
-        job, specs = band_job_over(
-            tmp_path / "p.zarr", tiny_model_dir, CMU_SLIDE, four_units_tissue()
-        )
+        # a band over the CMU slide's tissue where four write units meet (23 tiles)
+        job, specs = band_job_over(tmp_path / "p.zarr", tiny_model_dir, CMU_SLIDE, corner_tissue())
         assert run_bands(job, specs, client, cluster_plan(band_options()), bands=1)
         [(pid, modules)] = client.run(_worker_state).values()
         assert modules > 2000  # torch, timm, the model's runtime: the heap a band leaves

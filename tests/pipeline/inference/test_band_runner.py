@@ -111,11 +111,22 @@ def one_torch_thread_reference(job: SlideJob, specs: list[ChunkSpec]):
         torch.set_num_threads(before)
 
 
+# Where four write units meet on the CMU slide (they meet at level-0 1536, 1536): 9 chunks
+# of 2 x 2 tiles, 23 tiles, write units of 9, 6, 6 and 2 tiles (three of several chunks).
+# Half `FOUR_UNITS`' forward passes, for the tests whose subject is not a band's length.
+CORNER = (1024, 1024, 1792, 1792)
+
+
+def corner_tissue() -> TissueMask:
+    """The detected tissue of CMU-1-Small-Region.svs inside `CORNER`."""
+    return tissue_within(tissue_of(CMU_SLIDE, detect=True), CORNER)
+
+
 @pytest.fixture(scope="module")
 def four_units() -> TissueMask:
-    """The module's tissue (`four_units_tissue`: 12 chunks, 46 tiles, four write units),
+    """The module's tissue (`corner_tissue`: 9 chunks, 23 tiles, four write units),
     detected once; the flows' cluster tests run the whole tissue (`band_job`)."""
-    return four_units_tissue()
+    return corner_tissue()
 
 
 @pytest.fixture(scope="module")
@@ -251,10 +262,12 @@ def test_bad_input_comes_back_as_the_band_s_error_not_raised(
 
 
 def test_decoders_exit_when_the_process_that_started_them_is_killed(
-    tmp_path: Path, tiny_model_dir: Path, four_units: TissueMask
+    tmp_path: Path, tiny_model_dir: Path
 ) -> None:
-    """No one would free a slot again: waiting decoders notice their parent is gone."""
-    job, specs = band_job_over(tmp_path / "p.zarr", tiny_model_dir, CMU_SLIDE, four_units)
+    """No one would free a slot again: waiting decoders notice their parent is gone (over
+    `four_units_tissue`'s 46 tiles, not the module's smaller `four_units`: the decoders
+    must be left waiting for slots)."""
+    job, specs = band_job_over(tmp_path / "p.zarr", tiny_model_dir, CMU_SLIDE, four_units_tissue())
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
     parent = ctx.Process(target=pool_then_wait, args=(job.reader, specs, out))
