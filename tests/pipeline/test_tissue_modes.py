@@ -26,7 +26,7 @@ from wsi_segment.pipeline.segment import segment_slide
 @pytest.fixture(scope="module")
 def blank_slide(tmp_path_factory):
     rng = np.random.default_rng(0)
-    glass = np.clip(rng.normal(236, 3, (512, 640, 3)), 0, 255).astype(np.uint8)
+    glass = np.clip(rng.normal(236, 3, (256, 320, 3)), 0, 255).astype(np.uint8)
     return write_slide(tmp_path_factory.mktemp("blank") / "blank.tif", glass, mpp=2.0)
 
 
@@ -109,11 +109,11 @@ def test_tissue_all_runs_the_whole_slide(tmp_path, tiny_model_dir, blank_slide):
     result = segment_slide(blank_slide, tmp_path, params)
     summary = summary_of(result)
     assert summary["tissue"]["status"] == "all" and summary["tissue"]["warning"] is None
-    # 640 x 512 px at 2 um/px = model px (tile 64, overlap 32: stride 32) -> 20 x 16 tiles
-    assert summary["tiling"]["tiles"] == 20 * 16
+    # 320 x 256 px at 2 um/px = model px (tile 64, overlap 32: stride 32) -> 10 x 8 tiles
+    assert summary["tiling"]["tiles"] == 10 * 8
     labelled = sum(c["area_um2"] for c in summary["classes"].values())
-    assert labelled == pytest.approx(640 * 512 * 4.0)  # every pixel labelled
-    assert summary["tissue"]["area_um2"] == pytest.approx(640 * 512 * 4.0)
+    assert labelled == pytest.approx(320 * 256 * 4.0)  # every pixel labelled
+    assert summary["tissue"]["area_um2"] == pytest.approx(320 * 256 * 4.0)
     # a different run than auto: the fingerprint says so
     with pytest.raises(OutputError, match="different run"):
         segment_slide(blank_slide, tmp_path, SegmentParams(model_dir=tiny_model_dir))
@@ -209,8 +209,13 @@ def test_ids_qupath_sees_are_new_per_run_and_stable_for_the_same_run(roi_run, ti
     params = SegmentParams(model_dir=tiny_model_dir, roi=roi, overwrite=True)
     again = segment_slide(CMU_SLIDE, result.out_dir.parent, params)
     assert again.status == "done" and path.read_bytes() == first
+    # another run: one of the two regions (a run of the slide's few tiles in it)
+    upper = qp.export(
+        result.out_dir.parent.parent / "upper.geojson",
+        [qp.annotation(qp.rect(700, 900, 1500, 1700), "upper", name="upper")],
+    )
     other = segment_slide(
-        CMU_SLIDE, result.out_dir.parent.parent / "other", dataclasses.replace(params, roi=None)
+        CMU_SLIDE, result.out_dir.parent.parent / "other", dataclasses.replace(params, roi=upper)
     )
     other_ids = [
         f["id"] for f in json.loads((other.out_dir / "tissue.geojson").read_text())["features"]

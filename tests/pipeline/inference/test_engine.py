@@ -207,7 +207,18 @@ SOURCES = {  # name -> compute threads
 }
 
 
-@pytest.mark.parametrize("name", list(SOURCES))
+@pytest.mark.parametrize(
+    "name",
+    [
+        # slow: [decoders-2] runs its code path (decoder processes, one compute thread)
+        pytest.param("decoders-1", marks=pytest.mark.slow),
+        "decoders-2",
+        "reader-thread",
+        # slow: [reader-thread-prefetched] runs its code path (the reader thread, two computes)
+        pytest.param("reader-thread-2-computes", marks=pytest.mark.slow),
+        "reader-thread-prefetched",
+    ],
+)
 def test_every_source_writes_what_each_chunk_alone_writes(tmp_path, tiny, four_units, alone, name):
     (expected, expected_outcomes), specs = alone
     assert len(specs) >= 8 and sum(len(s.tiles) for s in specs) >= 40

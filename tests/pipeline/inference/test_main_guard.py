@@ -6,7 +6,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 from tests.conftest import DATA_DIR
 
@@ -26,6 +29,15 @@ def main():
 """
 
 
+@dataclass(frozen=True)
+class Unguarded:
+    """A run of the unguarded script: the script, its output folder, what the run gave."""
+
+    script: Path
+    out: Path
+    done: subprocess.CompletedProcess[str]
+
+
 def run_script(path: Path, text: str) -> subprocess.CompletedProcess[str]:
     path.write_text(text)
     env = dict(os.environ, PYTHONPATH=os.getcwd())
@@ -34,28 +46,38 @@ def run_script(path: Path, text: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_a_script_without_main_guard_gets_one_config_error(tmp_path, tiny_model_dir):
-    body = BODY.format(model=str(tiny_model_dir), slide=str(SLIDE), out=str(tmp_path))
-    script = tmp_path / "unguarded.py"
-    done = run_script(script, body + "\nmain()\n")
-    assert done.returncode == 1
-    assert "ConfigError" in done.stderr and str(script) in done.stderr
-    assert 'if __name__ == "__main__":' in done.stderr and "decoders=0" in done.stderr
-    assert not (tmp_path / "OS-1-detail").exists()
-
-
-def test_the_models_load_has_ended_when_the_error_is_raised(tmp_path, tiny_model_dir):
-    """The error comes as the decoders would start, while the model loads in the background
-    (importing torch): that load has ended first, so the script's exit never runs under it
-    (an exit under a thread importing torch has crashed with SIGSEGV)."""
-    body = BODY.format(model=str(tiny_model_dir), slide=str(SLIDE), out=str(tmp_path))
+@pytest.fixture(scope="module")
+def unguarded(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Unguarded:
+    """One run of a script that segments at module level, for both tests of it: it catches
+    the ConfigError to list the model loads still running, then raises it again, so the
+    script ends as an unguarded script does (the error uncaught, exit status 1)."""
+    out = tmp_path_factory.mktemp("unguarded")
+    body = BODY.format(model=str(tiny_model_dir), slide=str(SLIDE), out=str(out))
     caught = (
         "\nimport threading\nfrom wsi_segment.errors import ConfigError\ntry:\n    main()\n"
         "except ConfigError:\n"
         "    print([t.name for t in threading.enumerate() if t.name == 'load_for_process'])\n"
+        "    raise\n"
     )
-    done = run_script(tmp_path / "unguarded.py", body + caught)
-    assert done.returncode == 0, done.stderr
+    script = out / "unguarded.py"
+    return Unguarded(script, out, run_script(script, body + caught))
+
+
+def test_a_script_without_main_guard_gets_one_config_error(unguarded: Unguarded) -> None:
+    done, script = unguarded.done, unguarded.script
+    assert done.returncode == 1
+    assert "ConfigError" in done.stderr and str(script) in done.stderr
+    assert 'if __name__ == "__main__":' in done.stderr and "decoders=0" in done.stderr
+    assert not (unguarded.out / "OS-1-detail").exists()
+
+
+def test_the_models_load_has_ended_when_the_error_is_raised(unguarded: Unguarded) -> None:
+    """The error comes as the decoders would start, while the model loads in the background
+    (importing torch): that load has ended first, so the script's exit never runs under it
+    (an exit under a thread importing torch has crashed with SIGSEGV: here it ends with the
+    error's status 1)."""
+    done = unguarded.done
+    assert done.returncode == 1, done.stderr
     assert done.stdout.split() == ["[]"]  # no load still running
 
 

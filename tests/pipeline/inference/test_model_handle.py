@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import (
-    CMU_SLIDE,
     LOCAL_FACTS,
     TINY_TILE,
     plan_spec,
@@ -113,11 +112,12 @@ COLD_OPENVINO_LOAD["network_built"] = True
 # test_openvino_runtime what a cold and a warm OpenVINO load take from the cache
 @pytest.mark.parametrize("runtime", ["torch", pytest.param("openvino", marks=pytest.mark.slow)])
 def test_the_slides_a_process_runs_share_the_executor_the_plan_sized(
-    own_model_dir: Path, tmp_path: Path, runtime: str
+    own_model_dir: Path, tmp_path: Path, runtime: str, cmu_region_slide: Path
 ) -> None:
     """Two slides in one process (a batch): their engines run one executor, at the run's
     geometry, the plan's batch and each compute thread's share of the cores; the second
-    compiles nothing (OpenVINO) and builds nothing."""
+    compiles nothing (OpenVINO) and builds nothing. On a crop of CMU, all of it tissue: the
+    executor, not the slide's size, is the subject."""
     from wsi_segment.pipeline.inference.compute_stage import compute_threads_cores
     from wsi_segment.pipeline.machine import probe_machine
     from wsi_segment.pipeline.params import SegmentParams
@@ -126,9 +126,10 @@ def test_the_slides_a_process_runs_share_the_executor_the_plan_sized(
 
     model_dir = own_model_dir
     params = SegmentParams(
-        model_dir=model_dir, device="cpu", runtime=runtime, precision="fp32", mpp=0.499
-    )
-    first = segment_slide(CMU_SLIDE, tmp_path / "first", params)
+        model_dir=model_dir, device="cpu", runtime=runtime, precision="fp32", mpp=0.499,
+        tissue="all",
+    )  # fmt: skip
+    first = segment_slide(cmu_region_slide, tmp_path / "first", params)
     assert first.status == "done"
     geometry = run_geometry(TINY_TILE)
     spec = runtime_spec(decide(probe_machine(), params, LOCAL_FACTS), geometry)
@@ -146,13 +147,21 @@ def test_the_slides_a_process_runs_share_the_executor_the_plan_sized(
         assert cold == COLD_OPENVINO_LOAD
     else:
         assert cold == {**NOTHING_CACHED, "network_built": True}
-    second = segment_slide(CMU_SLIDE, tmp_path / "second", params)
+    second = segment_slide(cmu_region_slide, tmp_path / "second", params)
     assert second.status == "done"
     assert list(loaded.executors) == [key] and loaded.executors[key] is built
     assert second.summary["precision"]["runtime_cache"] == cold  # nothing more: no compile
 
 
-@pytest.mark.parametrize("runtime", ["torch", "openvino"])
+@pytest.mark.parametrize(
+    "runtime",
+    [
+        "torch",
+        # slow: a cold OpenVINO load (export, check, compile); [torch] covers the one load,
+        # which `ProcessModels.get` holds its lock around whatever the runtime
+        pytest.param("openvino", marks=pytest.mark.slow),
+    ],
+)
 def test_slides_starting_at_once_load_the_model_once(own_model_dir: Path, runtime: str) -> None:
     """A batch starts its first slides together (`concurrency`, 2 by default), each loading
     the model in its own thread: they get one load, so one lock (a GPU runs one forward pass

@@ -84,17 +84,32 @@ def _test_split() -> tuple[torch.Tensor, torch.Tensor]:
     return load_batch([it.image for it in items]), gt
 
 
-def test_evaluate_and_validation_score_the_labels_the_slide_path_writes(demo) -> None:
+@pytest.fixture(scope="module")
+def patches() -> tuple[torch.Tensor, torch.Tensor]:
+    """The test split's patches and masks, read once for the module's tests."""
+    return _test_split()
+
+
+@pytest.fixture(scope="module")
+def top_probs(demo: SegmentationModel, patches: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """The demo classifier's highest probability per test patch (before any gate): one
+    forward pass for the tests that place epsilon by it."""
+    _, cls = demo.predict(patches[0])
+    return cls.max(dim=1).values
+
+
+def test_evaluate_and_validation_score_the_labels_the_slide_path_writes(
+    demo, patches, top_probs
+) -> None:
     """For real LUAD-HistoSeg patches and the demo model: the labels `evaluate` scores and
     those stage-3 validation scores equal what the slide path's reduction writes for the
     same tiles (the engine's forward pass, a grid of whole tiles), at the model's epsilon, at
     one where the gate removes every class of some tiles, and at one where it removes every
     class of every tile (Unclassified everywhere)."""
-    images, gt = _test_split()
+    images, gt = patches
     tile = int(images.shape[-1])
     grid = TileGrid(tile=tile, overlap=0, downsample=1)
-    _, cls = demo.predict(images)
-    top = cls.max(dim=1).values  # a tile is all gated where epsilon >= its top probability
+    top = top_probs  # a tile is all gated where epsilon >= its top probability
     half = float(top.median())
     all_gated = float(top.max())
     assert 0 < int((top <= half).sum()) < len(top) and all_gated < 1.0
@@ -112,16 +127,14 @@ def test_evaluate_and_validation_score_the_labels_the_slide_path_writes(demo) ->
     demo.meta.gate_epsilon = DEFAULT_EPSILON
 
 
-def test_unclassified_counts_as_wrong_on_labelled_pixels(demo, tmp_path: Path) -> None:
+def test_unclassified_counts_as_wrong_on_labelled_pixels(top_probs, tmp_path: Path) -> None:
     """`evaluate` of a model folder whose gate rules every class out on every test patch
     (model.json's epsilon above every classifier probability): every labelled pixel is
     Unclassified, so every class scores 0 (not class 0 everywhere, the official rule)."""
-    images, _ = _test_split()
-    _, cls = demo.predict(images)
     model = tmp_path / "model"
     shutil.copytree(demo_model_dir(), model)
     doc = json.loads((model / "model.json").read_text())
-    doc["gate_epsilon"] = float(cls.max())
+    doc["gate_epsilon"] = float(top_probs.max())
     (model / "model.json").write_text(json.dumps(doc))
     result = evaluate(SAMPLE, model, "test", pseudo=False, device="cpu", progress=False)
     assert result["miou"] == 0.0 and result["acc"] == 0.0
@@ -131,7 +144,7 @@ def test_unclassified_counts_as_wrong_on_labelled_pixels(demo, tmp_path: Path) -
     assert plain["acc"] > 0.0  # the same model scores without the gate
 
 
-def test_non_square_patches_are_refused_with_a_dataset_error(demo) -> None:
-    images, gt = _test_split()
+def test_non_square_patches_are_refused_with_a_dataset_error(demo, patches) -> None:
+    images, gt = patches
     with pytest.raises(DatasetError, match="224 x 112 px: evaluate scores square patches"):
         segmentation_predictor(demo)(images[:, :, :112], gt[:, :112])
