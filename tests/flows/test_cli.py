@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -183,29 +184,44 @@ def test_the_segment_subcommand_is_implied_before_options_too(
     assert implicit_segment(typed) == parsed
 
 
-def test_options_before_the_slide_run_the_slide(tmp_path, tiny_model_dir) -> None:
+@pytest.fixture(scope="module")
+def cmu_crop(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 420 x 300 px crop of the CMU slide, a tiled TIFF with no mpp (run it with --mpp
+    0.5): the commands below are about the process, not the pixels, and the whole slide's
+    200 model tiles cost about 6 CPU s more a run."""
+    import tifffile
+
+    from tests.conftest import CMU_SLIDE
+    from wsi_segment.wsi.slide import open_slide
+
+    with open_slide(CMU_SLIDE) as slide:
+        region = slide.read_region((800, 1100), 0, (420, 300))
+    path = tmp_path_factory.mktemp("crop") / "cmu_crop.tif"
+    tifffile.imwrite(path, region, tile=(256, 256), photometric="rgb")
+    return path
+
+
+def test_options_before_the_slide_run_the_slide(tmp_path, tiny_model_dir, cmu_crop) -> None:
     """`wsi-segment --quiet --out DIR SLIDE` as a user types it: the slide's outputs, exit 0
     (it was "invalid choice: '--quiet'", exit 2, until 2026-11-28)."""
-    from tests.conftest import CMU_SLIDE
-
     done = subprocess.run(
         [sys.executable, "-m", "wsi_segment.flows.cli", "--quiet", "--model",
-         str(tiny_model_dir), "--out", str(tmp_path), str(CMU_SLIDE)],
+         str(tiny_model_dir), "--out", str(tmp_path), "--mpp", "0.5", str(cmu_crop)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert (tmp_path / CMU_SLIDE.stem / "summary.json").is_file()
+    assert (tmp_path / cmu_crop.stem / "summary.json").is_file()
 
 
-def test_a_reader_that_stops_reading_ends_the_command_quietly(tmp_path, tiny_model_dir) -> None:
+def test_a_reader_that_stops_reading_ends_the_command_quietly(
+    tmp_path, tiny_model_dir, cmu_crop
+) -> None:
     """`wsi-segment SLIDE | head -0`: the slide's outputs whole, no traceback, exit 141 as a
     process killed by SIGPIPE (it was a BrokenPipeError traceback, exit 1, until
     2026-11-28)."""
-    from tests.conftest import CMU_SLIDE
-
     proc = subprocess.Popen(
-        [sys.executable, "-m", "wsi_segment.flows.cli", str(CMU_SLIDE), "--model",
-         str(tiny_model_dir), "--out", str(tmp_path), "--quiet"],
+        [sys.executable, "-m", "wsi_segment.flows.cli", str(cmu_crop), "--model",
+         str(tiny_model_dir), "--out", str(tmp_path), "--quiet", "--mpp", "0.5"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert proc.stdout is not None and proc.stderr is not None
@@ -213,5 +229,5 @@ def test_a_reader_that_stops_reading_ends_the_command_quietly(tmp_path, tiny_mod
     stderr = proc.stderr.read()
     assert proc.wait(timeout=300) == 128 + signal.SIGPIPE, stderr
     assert "Traceback" not in stderr and "Exception ignored" not in stderr
-    summary = tmp_path / CMU_SLIDE.stem / "summary.json"
-    assert summary.is_file() and sorted(p.name for p in tmp_path.iterdir()) == [CMU_SLIDE.stem]
+    summary = tmp_path / cmu_crop.stem / "summary.json"
+    assert summary.is_file() and sorted(p.name for p in tmp_path.iterdir()) == [cmu_crop.stem]

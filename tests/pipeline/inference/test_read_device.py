@@ -130,7 +130,14 @@ def test_a_slide_the_device_cannot_read_falls_back_with_the_reason(
 
 
 def test_the_cli_says_once_why_gpu_reads_fell_back(tmp_path, tiny_model_dir):
-    args = [str(CMU_SLIDE), "--model", str(tiny_model_dir), "--out", str(tmp_path), "--quiet"]
+    # one region of 500 x 400 level-0 px: the slide's own mpp (the warning's numbers), a
+    # small part of its model tiles (the warning is the subject, not the forward passes)
+    roi = qp.export(
+        tmp_path / "region.geojson", [qp.annotation(qp.rect(800, 1100, 1300, 1500), "r")]
+    )
+    out = tmp_path / "out"
+    args = [str(CMU_SLIDE), "--model", str(tiny_model_dir), "--out", str(out), "--quiet"]
+    args += ["--roi", str(roi)]
     # torch: the warning is about reads (under auto, a cold OpenVINO export cost ~16 s)
     cli = [sys.executable, "-m", "wsi_segment.flows.cli", *args, "--read-device", "gpu"]
     cli += ["--runtime", "torch"]
@@ -142,7 +149,7 @@ def test_the_cli_says_once_why_gpu_reads_fell_back(tmp_path, tiny_model_dir):
         "(4.00802 level-0 px per model px, level downsample 1): resampling runs on the CPU; "
         "read on the CPU"
     ]
-    summary = json.loads((tmp_path / "CMU-1-Small-Region" / "summary.json").read_text())
+    summary = json.loads((out / "CMU-1-Small-Region" / "summary.json").read_text())
     assert summary["parameters"]["read_device"] == "gpu"
 
 
