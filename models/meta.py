@@ -49,6 +49,8 @@ class ModelMeta:
     )
     gate_epsilon: float = DEFAULT_EPSILON
     provenance: dict[str, Any] = field(default_factory=dict)
+    # a class's name spelled out ("TE" -> "Tumor epithelial"), for the reports; any subset
+    class_titles: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -100,6 +102,12 @@ class ModelMeta:
             )
         if not (isinstance(self.gate_epsilon, int | float) and 0.0 <= self.gate_epsilon < 1.0):
             raise ModelError(f"{where}: gate_epsilon must be in [0, 1), got {self.gate_epsilon!r}")
+        unknown = sorted(set(self.class_titles) - set(self.classes))
+        if unknown:
+            raise ModelError(
+                f"{where}: class_titles names {unknown[0]!r}, which is not one of the classes "
+                f"{self.classes}; spell out only the model's classes"
+            )
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -111,6 +119,8 @@ class ModelMeta:
             "normalisation": {k: list(v) for k, v in self.normalisation.items()},
             "gate_epsilon": self.gate_epsilon,
             "provenance": dict(self.provenance),
+            # only when given: a model saved without titles keeps its bytes (and identity)
+            **({"class_titles": dict(self.class_titles)} if self.class_titles else {}),
         }
 
     @classmethod
@@ -128,6 +138,7 @@ class ModelMeta:
         meta.normalisation = data.get("normalisation", "identity")
         meta.gate_epsilon = data.get("gate_epsilon", DEFAULT_EPSILON)
         meta.provenance = dict(data.get("provenance") or {})
+        meta.class_titles = dict(data.get("class_titles") or {})
         meta.validate(where)
         return meta
 

@@ -96,6 +96,12 @@ def mapping(v: Any) -> str | None:
     return None if isinstance(v, dict) else "an object ({...})"
 
 
+def titles(v: Any) -> str | None:
+    """Class titles: an object of class name -> its name spelled out, both non-empty."""
+    ok = isinstance(v, dict) and all(text(k) is None and text(t) is None for k, t in v.items())
+    return None if ok else 'an object of class name -> title, e.g. {"TE": "Tumor epithelial"}'
+
+
 def either(*checks: Check) -> Check:
     def check(v: Any) -> str | None:
         problems = [c(v) for c in checks]
@@ -165,6 +171,7 @@ MODEL_JSON_KEYS: tuple[Key, ...] = (
     Key("tile_size", integer(*TILE_RANGE, multiple=16), required=True),
     Key("normalisation", normalisation),
     Key("gate_epsilon", number(0.0, 1.0, hi_open=True)),
+    Key("class_titles", titles),  # each class's name spelled out, for the reports
     Key("provenance", either(mapping, choice(None))),
     # how stage 2 made the pseudo masks; absent (older models): Grad-CAM at three depths
     Key("provenance.pseudo_masks", either(mapping, choice(None))),

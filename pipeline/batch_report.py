@@ -1,7 +1,10 @@
 """Tables of slide results: one row per slide for a batch, one row per class for a slide.
 
 Used by the Prefect artifacts and the `wsi-segment batch` report alike, so the table a
-scheduler shows and the one a terminal prints are the same numbers.
+scheduler shows and the one a terminal prints are the same numbers. In the units of every
+view a person reads (these tables, report.html): areas in mm² (4 decimals), shares of
+tissue in % (1 decimal); the files programs read (summary.json, cohort.csv) keep um² and
+fractions 0-1, exactly as measured.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ STATUSES = ("done", "up-to-date", "failed")
 
 
 def class_rows(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Per-class area (um^2), fraction of tissue and mean probability from a summary; an
+    """Per-class area (mm²), share of tissue (%) and mean probability from a summary; an
     undefined value (null: a share of no tissue, the mean of a class with no pixels,
     `Unclassified`'s probability) stays an empty cell, never 0."""
     rows = []
@@ -24,12 +27,22 @@ def class_rows(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
         rows.append(
             {
                 "class": name,
-                "area_um2": round(float(values.get("area_um2", 0.0)), 1),
-                "fraction_of_tissue": _rounded(values.get("fraction_of_tissue"), 4),
+                "area_mm2": mm2(values.get("area_um2", 0.0)),
+                "percent_of_tissue": percent(values.get("fraction_of_tissue")),
                 "mean_probability": _rounded(values.get("mean_probability"), 4),
             }
         )
     return rows
+
+
+def mm2(area_um2: float | None) -> float | None:
+    """An area (um²) in the tables' unit: mm², 4 decimals (100 um², a few cells)."""
+    return None if area_um2 is None else round(float(area_um2) / 1e6, 4)
+
+
+def percent(fraction: float | None) -> float | None:
+    """A share (0-1) in the tables' unit: %, 1 decimal, as report.html shows it."""
+    return None if fraction is None else round(100 * float(fraction), 1)
 
 
 def _rounded(value: float | None, digits: int) -> float | None:
@@ -38,19 +51,20 @@ def _rounded(value: float | None, digits: int) -> float | None:
 
 
 def result_row(result: SlideResult, class_names: Sequence[str] = ()) -> dict[str, Any]:
-    """One batch table row from a `SlideResult`: status, tissue area, class fractions, error."""
+    """One batch table row from a `SlideResult`: status, tissue area (mm²), each class's
+    share of tissue (%), error."""
     summary = result.summary or {}
     tissue = (summary.get("tissue") or {}).get("area_um2")
     row: dict[str, Any] = {
         "slide": str(result.slide),
         "status": status_cell(result),
         "output": str(result.out_dir) if result.out_dir else "",
-        "tissue_area_mm2": round(float(tissue) / 1e6, 4) if tissue is not None else None,
+        "tissue_area_mm2": mm2(tissue),
         "tissue": tissue_mark(summary),
     }
     classes = summary.get("classes") or {}
     for name in class_names:
-        row[f"{name}_fraction"] = _rounded((classes.get(name) or {}).get("fraction_of_tissue"), 4)
+        row[f"{name} %"] = percent((classes.get(name) or {}).get("fraction_of_tissue"))
     row["seconds"] = seconds_cell(float(result.seconds or 0.0))
     row["error"] = result.error or ""
     return row

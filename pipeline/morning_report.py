@@ -34,12 +34,12 @@ from wsi_segment.pipeline.outputs.report_page import OURS_PREFIX, PAGE_NAME, pag
 from wsi_segment.pipeline.outputs.report_thumbnails import ensure_thumbnail, thumbnails_folder
 from wsi_segment.pipeline.outputs.shared_access import unwritable_folder
 from wsi_segment.pipeline.outputs.slide_entries import (
-    QUEUED,
     BatchOutcome,
     SlideEntry,
     Tonight,
     scan_slides,
 )
+from wsi_segment.pipeline.outputs.slide_status import QUEUED
 
 if TYPE_CHECKING:
     from wsi_segment.pipeline.segment import SlideResult

@@ -95,6 +95,8 @@ class PreparedSlide:
     precision: dict[str, Any] = field(default_factory=dict)
     # --roi: the regions (level-0 slide pixels) outputs are clipped to and reported per.
     rois: list[Roi] = field(default_factory=list)
+    # --roi: the TMA cores its file marks missing (summary.json lists them; never segmented)
+    missing_cores: list[Roi] = field(default_factory=list)
     # Every decision of the run with its reason (pipeline.run_policy), made before any
     # reader started; on a Dask cluster only the plan's, each band deciding its own.
     policy: ExecutionPlan | None = None
@@ -270,6 +272,7 @@ def _prepare_started(
         fingerprint=fingerprint,
         tissue=tissue,
         rois=opened.rois,
+        missing_cores=opened.missing_cores,
         grid=grid,
         output_shape=planned.output_shape,
         chunk_out=planned.chunk_out,

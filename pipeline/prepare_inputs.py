@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 from wsi_segment.errors import ModelError
 from wsi_segment.models.meta import read_model_json, weights_path
 from wsi_segment.pipeline.params import SegmentParams
-from wsi_segment.wsi.roi import Roi, read_rois
+from wsi_segment.wsi.roi import Roi, missing_cores, slide_rois
+from wsi_segment.wsi.roi_file import read_roi_file
 from wsi_segment.wsi.slide import Slide, open_slide
 from wsi_segment.wsi.slide_limits import check_slide_size
 
@@ -37,12 +38,14 @@ class ModelFolder:
 
 @dataclass(frozen=True)
 class OpenedSlide:
-    """A slide opened and checked for a run: its path as given, its mpp, its --roi regions."""
+    """A slide opened and checked for a run: its path as given, its mpp, its --roi regions
+    (and the TMA cores the file marks missing, listed in the reports, never segmented)."""
 
     path: str
     slide: Slide
     mpp: tuple[float, float]
     rois: list[Roi]
+    missing_cores: list[Roi]
 
 
 def read_model_folder(model_dir: Path) -> ModelFolder:
@@ -65,8 +68,15 @@ def open_checked_slide(slide_path: str, params: SegmentParams) -> OpenedSlide:
     try:
         check_slide_size(slide)  # before anything reads or plans in proportion to it
         mpp = slide.require_mpp()
-        rois = read_rois(params.roi, slide.dimensions, slide.bounds_offset) if params.roi else []
+        rois, missing = slide_regions(params.roi, slide) if params.roi else ([], [])
     except BaseException:
         slide.close()
         raise
-    return OpenedSlide(slide_path, slide, mpp, rois)
+    return OpenedSlide(slide_path, slide, mpp, rois, missing)
+
+
+def slide_regions(roi: str | Path, slide: Slide) -> tuple[list[Roi], list[Roi]]:
+    """The --roi file's regions on `slide`, and its missing TMA cores there."""
+    roi_file = read_roi_file(roi)
+    where = (slide.dimensions, slide.bounds_offset)
+    return slide_rois(roi_file, *where), missing_cores(roi_file, *where)

@@ -94,6 +94,27 @@ def slide_rois(
     return rois
 
 
+def missing_cores(
+    roi_file: RoiFile,
+    dimensions: tuple[int, int],
+    bounds_offset: tuple[float, float] = (0, 0),
+) -> list[Roi]:
+    """The TMA cores QuPath marks missing, in slide pixels and clipped to the slide, for the
+    reports to list (never segmented); one wholly off the slide is left out, not refused."""
+    slide = shapely.box(0, 0, float(dimensions[0]), float(dimensions[1]))
+    dx, dy = float(bounds_offset[0]), float(bounds_offset[1])
+    cores = []
+    for number, region in enumerate(roi_file.missing_cores, start=1):
+        inside = shapely.intersection(translate(_shape(roi_file.path, region), dx, dy), slide)
+        kept = [p for p in shapely.get_parts(inside) if isinstance(p, Polygon) and p.area > 0]
+        if kept:
+            name = _display_name(region, number)
+            cores.append(
+                Roi(name, MultiPolygon(kept), region.qupath_id, region.classification, region.name)
+            )
+    return cores
+
+
 def read_rois(
     path: str | Path,
     dimensions: tuple[int, int],

@@ -15,6 +15,8 @@ an area (Polygon / MultiPolygon) and TMA cores that are not marked missing (a co
 a pathologist placed to be measured on its own). Detections, cells, tiles, point and line
 annotations, annotations without area (an empty or zero-area polygon, by QuPath's rule:
 `wsi.roi_area`) and missing cores are not regions: they are counted, never guessed at.
+A missing core is kept apart (`RoiFile.missing_cores`), so the cohort table can give the
+core its row, said missing, instead of leaving a gap in the array.
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ _LEGACY_TYPES = {
 }
 _TYPES = {"tma_core": "tmaCore", **{v: v for v in _LEGACY_TYPES.values()}}
 
+MISSING_CORE = "missing TMA core"  # what a core QuPath marks missing is counted as
+
 
 @dataclass(frozen=True)
 class RegionFeature:
@@ -65,6 +69,8 @@ class RoiFile:
     path: Path
     regions: list[RegionFeature]
     skipped: Counter[str] = field(default_factory=Counter)
+    # TMA cores QuPath marks missing (also counted in `skipped`): listed, never segmented
+    missing_cores: list[RegionFeature] = field(default_factory=list)
 
     def warning(self) -> str | None:
         """One line counting the objects that are not regions (None when all were)."""
@@ -129,7 +135,9 @@ def read_roi_file(path: str | Path) -> RoiFile:
                 for feature in found if found is not None else [item]:
                     index += 1
                     region, skip = _classify(path, feature, index)
-                    if region is not None:
+                    if region is not None and skip == MISSING_CORE:
+                        result.missing_cores.append(region)
+                    if region is not None and not skip:
                         result.regions.append(region)
                     else:
                         result.skipped[skip] += 1
@@ -163,9 +171,10 @@ def _classify(path: Path, feature: dict[str, Any], index: int) -> tuple[RegionFe
     metadata = props.get("metadata")
     if isinstance(metadata, dict) and METADATA_KEY in metadata:
         return None, EARLIER_RESULT
-    if kind == "tmaCore" and props.get("isMissing") is True:
-        return None, "missing TMA core"
+    missing = kind == "tmaCore" and props.get("isMissing") is True
     geometry = _polygonal(feature.get("geometry"))
+    if missing and (isinstance(geometry, str) or not _usable_core(path, index, geometry)):
+        return None, MISSING_CORE  # counted, as before: it is listed only where it has a shape
     if isinstance(geometry, str):
         return None, geometry
     if not _has_area(path, index, geometry):
@@ -180,7 +189,7 @@ def _classify(path: Path, feature: dict[str, Any], index: int) -> tuple[RegionFe
             qupath_id=_uuid(feature.get("id")),
             object_type=kind,
         ),
-        "",
+        MISSING_CORE if missing else "",
     )
 
 
@@ -207,6 +216,15 @@ def _polygonal(geometry: Any) -> dict[str, Any] | str:
             return {"type": "MultiPolygon", "coordinates": coords}
         return "line annotation" if members else "object without geometry"
     return "object without geometry"
+
+
+def _usable_core(path: Path, index: int, geometry: dict[str, Any]) -> bool:
+    """Whether a missing core's shape can be listed: bad coordinates on a core nobody
+    measures are no reason to refuse the file."""
+    try:
+        return _has_area(path, index, geometry)
+    except RoiError:
+        return False
 
 
 def _has_area(path: Path, index: int, geometry: dict[str, Any]) -> bool:

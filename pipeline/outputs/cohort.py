@@ -41,6 +41,7 @@ LEADING = (
     "mpp_y",
     "region_area_um2",
     "tissue_area_um2",
+    "region_class",
 )
 TRAILING = ("tissue_status", "qc_flags", "run_utc", "failed_utc", "summary_schema")
 OURS_PREFIX = ",".join(LEADING[:5])  # how a cohort.csv of ours begins, whatever its classes
@@ -78,17 +79,20 @@ def cohort_rows(entries: Sequence[SlideEntry]) -> list[list[Cell]]:
         common: list[Cell] = [entry.status, entry.reason, entry.slide_path]
         common += [entry.model, entry.model_sha256]
         common += list(entry.mpp) if entry.mpp else [None, None]
-        tail: list[Cell] = [entry.tissue_status, "; ".join(entry.qc_flags), entry.created_utc]
-        tail += [entry.failed_utc, entry.schema_version]
+        when: list[Cell] = [entry.created_utc, entry.failed_utc, entry.schema_version]
         if not entry.regions:
             cells = _class_cells(entry.classes, classes)
+            areas: list[Cell] = [None, entry.tissue_area_um2, None]
+            flags = "; ".join(entry.qc_flags)
             rows.append(
-                [entry.name, None, None, *common, None, entry.tissue_area_um2, *cells, *tail]
+                [entry.name, None, None, *common, *areas, *cells, entry.tissue_status, flags, *when]
             )
         for region in entry.regions:
             cells = _class_cells(region.classes, classes)
             name = [entry.name, region.name, region.qupath_id]
-            rows.append([*name, *common, region.area_um2, region.tissue_area_um2, *cells, *tail])
+            areas = [region.area_um2, region.tissue_area_um2, region.qupath_class]
+            flags = "; ".join((*entry.qc_flags, *region.qc_flags))
+            rows.append([*name, *common, *areas, *cells, entry.tissue_status, flags, *when])
     return rows
 
 

@@ -59,7 +59,12 @@ from wsi_segment.pipeline.outputs.polygons import (
     to_level0,
 )
 from wsi_segment.pipeline.outputs.prepared_run import PreparedRun
-from wsi_segment.pipeline.outputs.roi_outputs import clip_to_rois, roi_class_areas, roi_features
+from wsi_segment.pipeline.outputs.roi_outputs import (
+    clip_to_rois,
+    missing_core_report,
+    roi_class_areas,
+    roi_features,
+)
 from wsi_segment.pipeline.outputs.summary import (
     SCHEMA_VERSION,
     class_measurements,
@@ -110,7 +115,7 @@ def write_outputs(
     # what the ownership check counts before an --overwrite replaces this folder
     summary["output"]["store_chunk_files"] = store_chunk_files(zarr_path)
     if roi_report:
-        summary["rois"] = roi_report
+        summary["rois"] = roi_report + missing_core_report(prep.missing_cores, prep.mpp)
     write_summary(work_dir / SUMMARY_NAME, summary)
     return summary
 
@@ -341,6 +346,7 @@ def _model_section(prep: PreparedRun) -> dict[str, Any]:
         "mpp": float(prep.meta.mpp),
         "tile_size": int(prep.meta.tile_size),
         "gate_epsilon": float(prep.meta.gate_epsilon),
+        **({"class_titles": dict(prep.meta.class_titles)} if prep.meta.class_titles else {}),
     }
 
 

@@ -25,7 +25,7 @@ from wsi_segment.pipeline.output_files import GEOJSON_NAME, OVERLAY_NAME, SUMMAR
 from wsi_segment.pipeline.outputs.qupath_project import PROJECT_FILE, PROJECT_FOLDER, SCRIPT_NAME
 from wsi_segment.pipeline.outputs.report_problems import problems_section
 from wsi_segment.pipeline.outputs.report_runs import runs_line
-from wsi_segment.pipeline.outputs.slide_entries import ClassArea, SlideEntry
+from wsi_segment.pipeline.outputs.slide_entries import ClassArea, Region, SlideEntry
 from wsi_segment.pipeline.outputs.slide_status import EMPTY_DONE, PROBLEMS, STATUS_ORDER
 
 PAGE_NAME = "report.html"
@@ -192,12 +192,19 @@ def _links(entry: SlideEntry) -> str:
 
 
 def _legend(entries: Sequence[SlideEntry]) -> str:
+    """Each class's colour and name, spelled out where the model's class_titles say it."""
     colors: dict[str, tuple[int, int, int]] = {}
+    titles: dict[str, str] = {}
     for entry in entries:
         for name, color in entry.colors.items():
             colors.setdefault(name, color)
+        for name, title in entry.titles.items():
+            titles.setdefault(name, title)
     items = "".join(
-        f'<span><i style="background:{_hex(c)}"></i>{escape(n)}</span>' for n, c in colors.items()
+        f'<span><i style="background:{_hex(c)}"></i>{escape(n)}'
+        + (f" ({escape(titles[n])})" if n in titles else "")
+        + "</span>"
+        for n, c in colors.items()
     )
     return f'<p class="legend">{items}</p>' if items else ""
 
@@ -233,10 +240,13 @@ def _card(entry: SlideEntry, thumbnail: str | None) -> str:
     if entry.classes:
         lines += [_bar(entry.classes, entry.colors), _class_table(entry)]
     for region in entry.regions:
+        label = region.name + (f" [{region.qupath_class}]" if region.qupath_class else "")
+        flags = "".join(f' <span class="flags">{escape(f)}</span>' for f in region.qc_flags)
+        tissue = region.tissue_area_um2
+        shown = "not segmented" if tissue is None else f"tissue {_mm2(tissue)} mm²"
         lines.append(
             f'<div class="region" data-region="{escape(region.name)}" '
-            f'data-area-um2="{region.tissue_area_um2!r}">{escape(region.name)}: tissue '
-            f"{_mm2(region.tissue_area_um2)} mm²</div>"
+            f'data-area-um2="{_exact(tissue)}">{escape(label)}: {shown}{flags}</div>'
         )
         lines.append(_bar(region.classes, entry.colors))
     return "".join(lines) + "</article>"
@@ -244,13 +254,19 @@ def _card(entry: SlideEntry, thumbnail: str | None) -> str:
 
 def _class_table(entry: SlideEntry) -> str:
     rows = "".join(
-        f'<tr data-class="{escape(c.name)}" data-area-um2="{c.area_um2!r}" '
+        f"<tr{_title(entry.titles.get(c.name))} "
+        f'data-class="{escape(c.name)}" data-area-um2="{c.area_um2!r}" '
         f'data-fraction="{_exact(c.fraction)}"><td><i style="background:'
         f'{_hex(entry.colors.get(c.name))}"></i>{escape(c.name)}</td>'
         f"<td>{_percent(c.fraction)}</td><td>{_mm2(c.area_um2)} mm²</td></tr>"
         for c in entry.classes
     )
     return f'<table class="classes">{rows}</table>'
+
+
+def _title(title: str | None) -> str:
+    """A `title` attribute (the browser's tooltip) where there is one."""
+    return f' title="{escape(title)}"' if title else ""
 
 
 def _bar(classes: Sequence[ClassArea], colors: Mapping[str, tuple[int, int, int]]) -> str:
@@ -274,23 +290,30 @@ def _table(entries: Sequence[SlideEntry]) -> str:
     names: dict[str, None] = {}
     for entry in entries:
         names.update(dict.fromkeys(c.name for c in entry.classes))
-    head = ["slide", "region", "status", "tissue mm²", *(f"{n} %" for n in names), "QC flags"]
+    head = ["slide", "region", "region class", "status", "tissue mm²"]
+    head += [*(f"{n} %" for n in names), "QC flags"]
     rows = []
     for entry in entries:
         for region, area, classes in _table_rows(entry):
             by_name = {c.name: c for c in classes}
-            cells = [_td(entry.name), _td(region), _td(entry.status), _num(area, _mm2)]
+            named = [_td(entry.name), _td(region.name if region else "")]
+            named.append(_td(region.qupath_class if region else ""))
+            cells = [*named, _td(entry.status), _num(area, _mm2)]
             cells += [_fraction_cell(by_name.get(n)) for n in names]
-            cells.append(_td("; ".join(entry.qc_flags)))
+            flags = (*entry.qc_flags, *(region.qc_flags if region else ()))
+            cells.append(_td("; ".join(flags)))
             rows.append("<tr>" + "".join(cells) + "</tr>")
     th = "".join(f"<th>{escape(h)}</th>" for h in head)
     return f'<table id="cohort-table"><thead><tr>{th}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
 
 
-def _table_rows(entry: SlideEntry) -> list[tuple[str, float | None, Sequence[ClassArea]]]:
+def _table_rows(
+    entry: SlideEntry,
+) -> list[tuple[Region | None, float | None, Sequence[ClassArea]]]:
+    """The table's rows of a slide: one per region of a `--roi` run, else the slide's."""
     if entry.regions:
-        return [(r.name, r.tissue_area_um2, r.classes) for r in entry.regions]
-    return [("", entry.tissue_area_um2, entry.classes)]
+        return [(r, r.tissue_area_um2, r.classes) for r in entry.regions]
+    return [(None, entry.tissue_area_um2, entry.classes)]
 
 
 def _td(text: str) -> str:

@@ -61,6 +61,7 @@ def roi_class_areas(
             {
                 "name": roi.name,
                 **({"qupath_id": roi.qupath_id} if roi.qupath_id else {}),
+                **({"classification": roi.classification["name"]} if roi.classification else {}),
                 "area_um2": float(roi.geometry.area) * um2_per_px,
                 "tissue_area_um2": labelled,
                 "classes": {
@@ -73,6 +74,22 @@ def roi_class_areas(
             }
         )
     return report
+
+
+def missing_core_report(cores: Sequence[Roi], mpp: tuple[float, float]) -> list[dict[str, Any]]:
+    """summary.json's entries of the TMA cores the --roi file marks missing: name, QuPath id
+    and class, area on the slide, `"missing": true`; no tissue nor class numbers (nothing
+    was segmented there, so none is guessed)."""
+    return [
+        {
+            "name": core.name,
+            **({"qupath_id": core.qupath_id} if core.qupath_id else {}),
+            **({"classification": core.classification["name"]} if core.classification else {}),
+            "area_um2": float(core.geometry.area) * mpp[0] * mpp[1],
+            "missing": True,
+        }
+        for core in cores
+    ]
 
 
 def roi_features(

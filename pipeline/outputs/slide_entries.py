@@ -16,8 +16,6 @@ and names the slides that failed without leaving a record (errors that may not r
 from __future__ import annotations
 
 import dataclasses
-import errno
-import fcntl
 import json
 import os
 from collections.abc import Mapping
@@ -38,6 +36,11 @@ from wsi_segment.pipeline.outputs.failure_record import RECORD_SUFFIX, read_reco
 from wsi_segment.pipeline.outputs.output_classes import output_classes
 from wsi_segment.pipeline.outputs.ownership import unreadable_summary
 from wsi_segment.pipeline.outputs.report_runs import run_settings
+from wsi_segment.pipeline.outputs.run_in_progress import (
+    PARTIAL_SUFFIX,
+    being_written,
+    partial_reason,
+)
 from wsi_segment.pipeline.outputs.slide_status import (
     BATCH_STATUS,
     DAMAGED,
@@ -57,8 +60,8 @@ from wsi_segment.pipeline.outputs.slide_status import (
 from wsi_segment.pipeline.outputs.summary import SCHEMA_VERSION
 from wsi_segment.wsi.shown_path import shown_slide_path
 
-PARTIAL_SUFFIX = ".partial"
 GATED_FLAG = 0.05  # a gated (Unclassified) share of tissue at or above this is flagged
+LOW_TISSUE = 0.10  # a region less than this share tissue is flagged (a missing TMA core)
 FALLBACK_COLOR = (160, 160, 160)  # a class whose colour the folder does not say
 
 
@@ -74,13 +77,27 @@ class ClassArea:
 
 @dataclass(frozen=True)
 class Region:
-    """One `--roi` region's numbers, as summary.json's `rois` has them."""
+    """One `--roi` region's numbers, as summary.json's `rois` has them; a TMA core QuPath
+    marks missing has no tissue figure (None: nothing was segmented there)."""
 
     name: str
     qupath_id: str
     area_um2: float
-    tissue_area_um2: float
+    tissue_area_um2: float | None
     classes: tuple[ClassArea, ...]
+    qupath_class: str = ""  # the region's classification in QuPath ("" where it had none)
+
+    @property
+    def qc_flags(self) -> tuple[str, ...]:
+        """ "missing core" for a core QuPath marks missing; "low tissue" where less than
+        `LOW_TISSUE` of the region is tissue: a core that fell off the glass, or a region
+        drawn mostly on background, whose class shares are of a few cells."""
+        if self.tissue_area_um2 is None:
+            return ("missing core",)
+        share = self.tissue_area_um2 / self.area_um2 if self.area_um2 > 0 else 0.0
+        if share < LOW_TISSUE:
+            return (f"low tissue {100 * share:.1f} %",)
+        return ()
 
 
 @dataclass(frozen=True)
@@ -101,6 +118,7 @@ class SlideEntry:
     classes: tuple[ClassArea, ...] = ()
     regions: tuple[Region, ...] = ()
     colors: Mapping[str, tuple[int, int, int]] = field(default_factory=dict)
+    titles: Mapping[str, str] = field(default_factory=dict)  # model.json's class_titles
     created_utc: str = ""
     settings: str = ""  # the output-changing parameters of its run (`run_settings`)
     failed_utc: str = ""  # when its failure record says it last failed (none: no record)
@@ -212,7 +230,7 @@ def _entry(root: Path, name: str, is_folder: bool, tonight: BatchOutcome) -> Sli
         return dataclasses.replace(
             entry, status=status, reason=reason, slide_path=path, failed_utc=failed
         )
-    writing = _being_written(root, name)
+    writing = being_written(root, name)
     if status_tonight == QUEUED:  # a batch in flight: its slides not yet ended
         status, why = (IN_PROGRESS, "running now") if writing else (QUEUED, "not yet run")
         if is_folder:
@@ -221,7 +239,7 @@ def _entry(root: Path, name: str, is_folder: bool, tonight: BatchOutcome) -> Sli
         return dataclasses.replace(entry, status=status, reason=why, slide_path=path)
     if writing is not None and not is_folder:
         status = IN_PROGRESS if writing else STOPPED
-        return dataclasses.replace(entry, status=status, reason=_partial(writing))
+        return dataclasses.replace(entry, status=status, reason=partial_reason(writing))
     if entry.status == DONE and status_tonight == "up-to-date":
         return dataclasses.replace(entry, status=UP_TO_DATE)
     return entry
@@ -240,34 +258,6 @@ def _outlived(record: Mapping[str, Any], entry: SlideEntry, status_tonight: str)
 def _record_slide(record: Mapping[str, Any] | None) -> str:
     slide = (record or {}).get("slide")
     return str(slide.get("path", "")) if isinstance(slide, dict) else ""
-
-
-def _partial(writing: bool) -> str:
-    if writing:
-        return "another run is writing this slide's outputs now; rebuild the report when it ends"
-    return "a run stopped while writing this slide's outputs; the next run redoes it"
-
-
-def _being_written(root: Path, name: str) -> bool | None:
-    """True when a run holds the slide's lock now, False when only a stopped run's partial
-    folder is there, None when neither (the lock is tested, never taken for long)."""
-    lock = root / f".{name}.lock"
-    partial = root / f".{name}{PARTIAL_SUFFIX}"
-    if os.path.islink(lock) or not lock.is_file():
-        return False if partial.is_dir() else None
-    try:
-        fd = os.open(lock, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError:
-        return False if partial.is_dir() else None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError as exc:
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-            return True
-        raise
-    finally:
-        os.close(fd)  # closing drops a lock we took
-    return False if partial.is_dir() else None
 
 
 def _one_line(message: str) -> str:
@@ -328,6 +318,7 @@ def _summary_entry(summary: Mapping[str, Any], name: str, folder: Path) -> Slide
         classes=classes,
         regions=regions,
         colors=_class_colors(folder, [c.name for c in classes]),
+        titles=_titles(model.get("class_titles")),
         created_utc=str(summary.get("created_utc") or ""),
         settings=run_settings(summary.get("parameters")),
         schema_version=int(summary["schema_version"]),
@@ -380,13 +371,23 @@ def _class_areas(classes: Mapping[str, Any]) -> tuple[ClassArea, ...]:
 def _region(region: Any) -> Region:
     if not isinstance(region, dict):
         raise _Unusable("a region of 'rois' is not an object")
+    missing = region.get("missing") is True  # a missing TMA core: listed, not segmented
     return Region(
         str(region.get("name", "")),
         str(region.get("qupath_id", "")),
         _number(region, "area_um2"),
-        _number(region, "tissue_area_um2"),
-        _class_areas(_dict(region, "classes")),
+        None if missing else _number(region, "tissue_area_um2"),
+        () if missing else _class_areas(_dict(region, "classes")),
+        str(region.get("classification") or ""),
     )
+
+
+def _titles(value: Any) -> dict[str, str]:
+    """The model's class titles as summary.json recorded them (none: an older summary, or
+    a model without them)."""
+    if not isinstance(value, dict):
+        return {}
+    return {str(k): str(v) for k, v in value.items() if isinstance(v, str)}
 
 
 def _class_colors(folder: Path, names: list[str]) -> dict[str, tuple[int, int, int]]:

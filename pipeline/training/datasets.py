@@ -9,6 +9,7 @@ in the same layout needs no code change.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from dataclasses import dataclass, field
@@ -64,6 +65,9 @@ class WsssDataset:
     layout: str
     background_color: tuple[int, int, int] = (255, 255, 255)
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    # each class's name spelled out (Readme's "Tumor epithelial (TE)", or dataset.json's
+    # `class_titles`): the trained model's class_titles, for the reports
+    titles: dict[str, str] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         """A class the outputs reserve a name for would be refused when the trained model is
@@ -192,17 +196,22 @@ def read_mask(
     return mask
 
 
-def _readme_meta(root: Path) -> tuple[list[str], list[tuple[int, int, int]]] | None:
-    """Class abbreviations and palette from the dataset's own Readme.txt, if it has them."""
+def _readme_meta(
+    root: Path,
+) -> tuple[list[str], list[tuple[int, int, int]], dict[str, str]] | None:
+    """Class abbreviations, palette and the classes' names spelled out, from the dataset's
+    own Readme.txt, if it has them."""
     readme = next((p for p in root.glob("*") if p.name.lower() == "readme.txt"), None)
     if readme is None:
         return None
     text = readme.read_text(errors="replace")
     classes: list[str] = []
+    titles: dict[str, str] = {}
     for line in text.splitlines():
         found = _CLASS_RE.findall(line)
         if len(found) >= 2:
             classes = [abbr for _, _, abbr in sorted(found)]
+            titles = {abbr: title for _, title, abbr in found}
             break
     palette = sorted(
         (int(a), (int(r), int(g), int(b))) for a, _, r, g, b in _PALETTE_RE.findall(text)
@@ -210,7 +219,7 @@ def _readme_meta(root: Path) -> tuple[list[str], list[tuple[int, int, int]]] | N
     colors = [c for _, c in palette]
     if not classes:
         return None
-    return classes, colors  # colours may be empty: the masks' palette can supply them
+    return classes, colors, titles  # colours may be empty: the masks' palette can supply them
 
 
 def _same_size(image: Path, mask: Path) -> None:
@@ -254,7 +263,10 @@ def _dataset_from_json(root: Path, meta_file: Path) -> WsssDataset:
         raise DatasetError(f"{meta_file}: invalid ({exc}); needs 'classes' and 'colors'") from exc
     if len(colors) != len(classes):
         raise DatasetError(f"{meta_file}: {len(classes)} classes but {len(colors)} colours")
-    known = {"classes", "colors", "background_color", "background_rule", "layout"}
+    known = {"classes", "colors", "background_color", "background_rule", "layout", "class_titles"}
+    titles = meta.get("class_titles") or {}
+    if not isinstance(titles, dict) or not all(isinstance(t, str) and t for t in titles.values()):
+        raise DatasetError(f'{meta_file}: class_titles must be {{"<class>": "<its name>", ...}}')
     return WsssDataset(
         root=root,
         classes=classes,
@@ -263,6 +275,7 @@ def _dataset_from_json(root: Path, meta_file: Path) -> WsssDataset:
         layout=str(meta.get("layout", "luad")),
         background_color=tuple(meta.get("background_color", (255, 255, 255))),
         extra={k: v for k, v in meta.items() if k not in known},
+        titles={str(k): v for k, v in titles.items()},
     )
 
 
@@ -281,7 +294,7 @@ def open_dataset(root: str | Path) -> WsssDataset:
             "('[a: Name (ABBR), b: ...]' and 'palette[0:3] = [r,g,b]' lines) or a dataset.json "
             'with {"classes": [...], "colors": [[r,g,b], ...]}'
         )
-    classes_l, colors_l = readme
+    classes_l, colors_l, titles = readme
     k = len(classes_l)
     from_masks = _mask_palette(root, k)
     if from_masks is not None:
@@ -300,6 +313,7 @@ def open_dataset(root: str | Path) -> WsssDataset:
         background_color=tuple(colors_l[k]),  # type: ignore[arg-type]
         background_rule=True,
         layout="luad",
+        titles=titles,
     )
     # BCSS-WSSS packs its labels ('[1101]') and has no white background class to detect. A
     # dataset of val/test only (evaluate's) cannot show them: LUAD-HistoSeg's rule, unless
@@ -307,7 +321,7 @@ def open_dataset(root: str | Path) -> WsssDataset:
     train = [root / n for n in ("train", "training") if (root / n).is_dir()]
     first = next(iter(sorted(train[0].glob("*.png"))), None) if train else None
     if first is not None and re.search(r"\[[01]{2,}\]\.png$", first.name):
-        ds = WsssDataset(ds.root, ds.classes, ds.colors, False, "bcss", ds.background_color)
+        ds = dataclasses.replace(ds, background_rule=False, layout="bcss")
     return ds
 
 

@@ -161,6 +161,7 @@ def _write_model(
         mpp=cfg.mpp,
         tile_size=cfg.tile_size,
         provenance=provenance,
+        class_titles={c: t for c, t in ds.titles.items() if c in ds.classes},
     )
     model = SegmentationModel(classifier.cpu(), segmenter.cpu(), meta)
     return save_model(

@@ -123,7 +123,7 @@ def _assert_batch_artifacts(flow_run_id, folder: Path, out: Path, by_name: dict)
     tally = "{'done': 2, 'up-to-date': 0, 'failed': 1}"
     assert table.description == f"{folder} -> {out}: {tally}"
     rows = json.loads(table.data) if isinstance(table.data, str) else table.data
-    fractions = [f"{name}_fraction" for name in (*CLASSES, "Unclassified")]
+    fractions = [f"{name} %" for name in (*CLASSES, "Unclassified")]
     columns = [
         "slide",
         "status",
@@ -157,8 +157,9 @@ def _assert_batch_artifacts(flow_run_id, folder: Path, out: Path, by_name: dict)
         assert row["output"] == str(out / name)
         assert row["tissue_area_mm2"] == round(summary["tissue"]["area_um2"] / 1e6, 4) > 0
         for cls in CLASSES:
-            expected = round(summary["classes"][cls]["fraction_of_tissue"], 4)
-            assert row[f"{cls}_fraction"] == expected
+            # the tables' units: mm² and % (report.html's), from the summary's um² and 0-1
+            expected = round(100 * summary["classes"][cls]["fraction_of_tissue"], 1)
+            assert row[f"{cls} %"] == expected
         assert row["seconds"] == seconds_cell(by_name[f"{name}.tif"].seconds) > 0
 
     report = Artifact.get("segment-batch-report")

@@ -310,3 +310,25 @@ def test_a_reserved_class_name_is_refused_with_the_file_named(
         read_model_json(bad)
     with pytest.raises(ModelError, match="reserved"):
         ModelMeta("m", ["a", name], [(0, 0, 0), (1, 1, 1)])
+
+
+def test_class_titles_are_kept_and_a_title_of_no_class_is_refused(tmp_path: Path) -> None:
+    """model.json's `class_titles` (each class's name spelled out, for the reports) read back
+    as written; one naming no class of the model, or not text, is one ModelError naming the
+    file; a model without titles writes no key (its bytes, and so its identity, unchanged)."""
+    folder = _copy(demo_model_dir(), tmp_path / "titled")
+    doc = json.loads((folder / "model.json").read_text())
+    doc["class_titles"] = {"TE": "Tumor epithelial", "TAS": "Tumor-associated stroma"}
+    (folder / "model.json").write_text(json.dumps(doc))
+    _, meta = read_model_json(folder)
+    assert meta.class_titles == doc["class_titles"]
+    assert meta.to_json()["class_titles"] == doc["class_titles"]
+    assert "class_titles" not in ModelMeta("m", ["a"], [(0, 0, 0)]).to_json()
+    for titles, message in (
+        ({"TUM": "Tumor"}, r"class_titles names 'TUM', which is not one of the classes"),
+        ({"TE": 3}, r"'class_titles' is \{'TE': 3\}; allowed: an object of class name -> title"),
+    ):
+        doc["class_titles"] = titles
+        (folder / "model.json").write_text(json.dumps(doc))
+        with pytest.raises(ModelError, match=rf"{folder / 'model.json'}: {message}"):
+            read_model_json(folder)

@@ -58,12 +58,12 @@ def test_rows_hold_the_numbers_of_each_summary(out: Path, tmp_path: Path) -> Non
     assert report.cohort == work / "cohort.csv" and report.page == work / "report.html"
     rows = read_rows(report.cohort)
     header = list(rows[0])
-    assert header[:12] == [
+    assert header[:13] == [
         "slide", "region", "region_id", "status", "reason", "slide_path", "model",
-        "model_sha256", "mpp_x", "mpp_y", "region_area_um2", "tissue_area_um2",
+        "model_sha256", "mpp_x", "mpp_y", "region_area_um2", "tissue_area_um2", "region_class",
     ]  # fmt: skip
     per_class = [f"{c}_{w}" for c in ALL_CLASSES for w in ("area_um2", "fraction_of_tissue")]
-    assert header[12:] == [
+    assert header[13:] == [
         *per_class,
         "tissue_status",
         "qc_flags",
@@ -92,6 +92,7 @@ def test_rows_hold_the_numbers_of_each_summary(out: Path, tmp_path: Path) -> Non
                 == qp._uuid({"A1": "core-a", "B2": "core-b"}[row["region"]])
             )
             assert float(row["region_area_um2"]) == numbers["area_um2"] > 0
+            assert row["region_class"] == "" and "classification" not in numbers  # none given
             assert float(row["tissue_area_um2"]) == numbers["tissue_area_um2"]
         else:
             numbers = s["classes"] and {"classes": s["classes"]}
@@ -458,3 +459,48 @@ def test_an_unreadable_overlay_of_an_older_folder_is_a_card_without_picture(
         "CMU-1-Small-Region.jpg",
         "deep.jpg",
     ]
+
+
+def test_a_tma_s_cores_are_rows_with_their_class_the_missing_and_the_empty_flagged(
+    tmp_path: Path,
+) -> None:
+    """A real run over TMA-like regions of the tissue-free 16 px slide: a classified core
+    (its QuPath class a column, "low tissue 0.0 %": nothing fell on it) and a core QuPath
+    marks missing (a row of its own, "missing core", no tissue figure: never segmented)."""
+    from wsi_segment.pipeline.morning_report import build_morning_report
+    from wsi_segment.pipeline.params import SegmentParams
+    from wsi_segment.pipeline.segment import segment_slide
+
+    cores = [
+        qp.annotation(qp.rect(0, 0, 8, 16), "core-a1", name="A1", cls="Tumor"),
+        qp.tma_core(8, 4, 8, "A2", missing=True),
+    ]
+    roi = qp.export(tmp_path / "cores.geojson", cores)
+    params = SegmentParams(
+        save_tiny_model(tmp_path / "model"), roi=roi, precision="fp32", runtime="torch"
+    )
+    result = segment_slide(DATA / "small.svs", tmp_path / "out", params)
+    [present, missing] = json.loads((result.out_dir / "summary.json").read_text())["rois"]
+    assert present["classification"] == "Tumor" and present["tissue_area_um2"] == 0.0
+    assert (
+        missing
+        == {
+            "name": "A2",
+            "qupath_id": cores[1]["id"],
+            "area_um2": missing["area_um2"],
+            "missing": True,
+        }
+        and missing["area_um2"] > 0
+    )
+    report = build_morning_report(tmp_path / "out", {})
+    rows = [
+        (r["region"], r["region_class"], r["tissue_area_um2"], r["qc_flags"])
+        for r in read_rows(report.cohort)
+    ]
+    assert rows == [
+        ("A1", "Tumor", "0.0", "no tissue; low tissue 0.0 %"),
+        ("A2", "", "", "no tissue; missing core"),
+    ]
+    page = report.page.read_text()
+    assert "A1 [Tumor]: tissue 0.0000 mm²" in page
+    assert 'A2: not segmented <span class="flags">missing core</span>' in page

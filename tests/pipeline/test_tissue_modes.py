@@ -70,10 +70,10 @@ def test_a_slide_without_tissue_has_no_shares_or_means(tmp_path, tiny_model_dir,
     assert summary["run_stats"]["tiles_run"] == 0
     assert summary["run_stats"]["bytes_from_model_per_tile"] is None
     row = batch_rows([result])[0]
-    assert [row[f"{c}_fraction"] for c in [*LUAD_CLASSES, "Unclassified"]] == [None] * 5
+    assert [row[f"{c} %"] for c in [*LUAD_CLASSES, "Unclassified"]] == [None] * 5
     # the slide's Prefect table (flows/slide_flow.py): empty cells, never 0.0
     rows = class_rows(summary)
-    assert [(r["area_um2"], r["fraction_of_tissue"], r["mean_probability"]) for r in rows] == [
+    assert [(r["area_mm2"], r["percent_of_tissue"], r["mean_probability"]) for r in rows] == [
         (0.0, None, None)
     ] * 5
     assert markdown_table(rows).splitlines()[2] == "| TE | 0.0 |  |  |"

@@ -12,7 +12,7 @@ import shapely.affinity
 
 from tests.wsi import qupath_exports as qp
 from wsi_segment.errors import ConfigError, RoiError
-from wsi_segment.wsi.roi import read_rois, restrict_to_rois, roi_mask
+from wsi_segment.wsi.roi import missing_cores, read_rois, restrict_to_rois, roi_mask
 from wsi_segment.wsi.roi_file import read_roi_file
 from wsi_segment.wsi.tissue import TissueMask
 
@@ -132,6 +132,14 @@ def test_tma_cores_are_regions_unless_missing(tmp_path):
     assert read_roi_file(path).warning() == (
         f"{path}: skipped 1 missing TMA core (not area annotations); 1 region used"
     )
+    # the missing core is kept apart, for the reports to list: its name, id and shape
+    [missing] = missing_cores(read_roi_file(path), SLIDE)
+    assert (missing.name, missing.qupath_id) == ("A-2", cores[1]["id"])
+    assert missing.geometry.bounds == pytest.approx((400, 100, 600, 300), abs=1e-9)
+    # one off the slide is left out, not refused (nobody measures it)
+    far = [cores[0], qp.tma_core(9e5, 9e5, 200, "Z-9", missing=True)]
+    far_path = qp.export(tmp_path / "far.geojson", far)
+    assert missing_cores(read_roi_file(far_path), SLIDE) == []
 
 
 def test_no_area_annotation_is_one_error(tmp_path):

@@ -17,6 +17,7 @@ from PIL import Image
 from scipy import ndimage
 
 from wsi_segment.synthetic.slides import CLASS_COLORS, CLASS_NAMES, render_tissue
+from wsi_segment.synthetic.textures import CLASS_TITLES
 
 BACKGROUND = 255  # background value of render_tissue label maps
 BACKGROUND_COLOR = (255, 255, 255)
@@ -74,6 +75,7 @@ def make_synthetic_dataset(
     root = Path(root)
     meta = {
         "classes": list(CLASS_NAMES),
+        "class_titles": dict(CLASS_TITLES),
         "colors": [list(c) for c in CLASS_COLORS],
         "background_color": list(BACKGROUND_COLOR),
         "background_rule": True,

@@ -21,6 +21,13 @@ from dataclasses import dataclass
 import numpy as np
 
 CLASS_NAMES: tuple[str, ...] = ("TE", "NEC", "LYM", "TAS")
+# the LUAD-HistoSeg classes the textures imitate, spelled out (the dataset's class_titles)
+CLASS_TITLES: dict[str, str] = {
+    "TE": "Tumor epithelial",
+    "NEC": "Necrosis",
+    "LYM": "Lymphocyte",
+    "TAS": "Tumor-associated stroma",
+}
 CLASS_COLORS: tuple[tuple[int, int, int], ...] = (
     (205, 51, 51),
     (0, 255, 0),

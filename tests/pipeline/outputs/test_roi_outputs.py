@@ -61,6 +61,8 @@ def test_regions_keep_their_qupath_id_class_and_name(rois):
         "NEC fraction_of_tissue": 0.0,
     }
     assert [r["qupath_id"] for r in report] == [objects[0]["id"], objects[1]["id"]]
+    # the region's own QuPath class, for cohort.csv's `region_class` (none: no key)
+    assert [r.get("classification") for r in report] == ["Tumor", None]
 
 
 def test_a_region_from_a_file_without_ids_gets_a_reproducible_one(tmp_path):

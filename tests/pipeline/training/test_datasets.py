@@ -43,6 +43,13 @@ def test_classes_and_palette_come_from_the_dataset() -> None:
     assert ds.background_color == (255, 255, 255)
     assert ds.ignore_index == 4
     assert ds.layout == "luad" and ds.background_rule
+    # the Readme's names spelled out, for the trained model's class_titles
+    assert ds.titles == {
+        "TE": "Tumor epithelial",
+        "NEC": "Necrosis",
+        "LYM": "Lymphocyte",
+        "TAS": "Tumor-associated stroma",
+    }
 
 
 def test_nine_training_patches_with_exact_labels() -> None:
@@ -118,6 +125,7 @@ def test_bcss_layout_classes_from_readme(tmp_path: Path) -> None:
     ds = open_dataset(root)
     assert ds.classes == ("TUM", "STR", "LYM", "NEC")
     assert ds.layout == "bcss" and not ds.background_rule
+    assert ds.titles["LYM"] == "Lymphocytic infiltrate"  # kept through the layout's change
     assert ds.colors[0] == (205, 51, 51)  # the palette of the masks on disk wins
     assert sorted(it.labels for it in ds.train_items()) == sorted(EXPECTED_LABELS.values())
 
