@@ -35,10 +35,10 @@ from wsi_segment.pipeline.outputs.report_thumbnails import ensure_thumbnail, thu
 from wsi_segment.pipeline.outputs.shared_access import unwritable_folder
 from wsi_segment.pipeline.outputs.slide_entries import (
     BatchOutcome,
-    SlideEntry,
     Tonight,
     scan_slides,
 )
+from wsi_segment.pipeline.outputs.slide_entry import SlideEntry
 from wsi_segment.pipeline.outputs.slide_status import QUEUED
 
 if TYPE_CHECKING:

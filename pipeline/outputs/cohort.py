@@ -25,7 +25,7 @@ from pathlib import Path
 from wsi_segment.errors import OutputError
 from wsi_segment.models.labels import UNCLASSIFIED_NAME
 from wsi_segment.pipeline.outputs.shared_access import follow_folder
-from wsi_segment.pipeline.outputs.slide_entries import ClassArea, SlideEntry
+from wsi_segment.pipeline.outputs.slide_entry import ClassArea, SlideEntry
 
 COHORT_NAME = "cohort.csv"
 LEADING = (

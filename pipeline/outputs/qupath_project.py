@@ -38,7 +38,8 @@ from wsi_segment.errors import OutputError
 from wsi_segment.models.labels import TISSUE_NAME
 from wsi_segment.pipeline.outputs.cohort import write_atomically
 from wsi_segment.pipeline.outputs.geojson import TISSUE_COLOR
-from wsi_segment.pipeline.outputs.slide_entries import FALLBACK_COLOR, SlideEntry
+from wsi_segment.pipeline.outputs.slide_entries import FALLBACK_COLOR
+from wsi_segment.pipeline.outputs.slide_entry import SlideEntry
 from wsi_segment.pipeline.outputs.slide_status import DONE, UP_TO_DATE
 from wsi_segment.wsi.shown_path import is_remote_url
 

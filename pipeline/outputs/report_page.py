@@ -25,7 +25,7 @@ from wsi_segment.pipeline.output_files import GEOJSON_NAME, OVERLAY_NAME, SUMMAR
 from wsi_segment.pipeline.outputs.qupath_project import PROJECT_FILE, PROJECT_FOLDER, SCRIPT_NAME
 from wsi_segment.pipeline.outputs.report_problems import problems_section
 from wsi_segment.pipeline.outputs.report_runs import runs_line
-from wsi_segment.pipeline.outputs.slide_entries import ClassArea, Region, SlideEntry
+from wsi_segment.pipeline.outputs.slide_entry import ClassArea, Region, SlideEntry
 from wsi_segment.pipeline.outputs.slide_status import EMPTY_DONE, PROBLEMS, STATUS_ORDER
 
 PAGE_NAME = "report.html"

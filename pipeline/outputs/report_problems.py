@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable, Sequence
 from html import escape
 
-from wsi_segment.pipeline.outputs.slide_entries import SlideEntry
+from wsi_segment.pipeline.outputs.slide_entry import SlideEntry
 from wsi_segment.pipeline.outputs.slide_status import STATUS_ORDER
 
 OPEN_UP_TO = 5  # a group of at most this many slides is shown open

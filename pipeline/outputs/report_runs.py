@@ -13,7 +13,7 @@ from html import escape
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from wsi_segment.pipeline.outputs.slide_entries import SlideEntry
+    from wsi_segment.pipeline.outputs.slide_entry import SlideEntry
 
 # summary.json's parameters that change the outputs, in the page's words and order
 SHOWN_PARAMETERS = (

@@ -19,12 +19,11 @@ import dataclasses
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from wsi_segment.errors import OutputBusy
-from wsi_segment.models.labels import UNCLASSIFIED_NAME
 from wsi_segment.pipeline.output_files import (
     GEOJSON_NAME,
     OVERLAY_NAME,
@@ -41,11 +40,11 @@ from wsi_segment.pipeline.outputs.run_in_progress import (
     being_written,
     partial_reason,
 )
+from wsi_segment.pipeline.outputs.slide_entry import ClassArea, Region, SlideEntry
 from wsi_segment.pipeline.outputs.slide_status import (
     BATCH_STATUS,
     DAMAGED,
     DONE,
-    EMPTY_TISSUE,
     FAILED,
     FOREIGN,
     IN_PROGRESS,
@@ -60,90 +59,13 @@ from wsi_segment.pipeline.outputs.slide_status import (
 from wsi_segment.pipeline.outputs.summary import SCHEMA_VERSION
 from wsi_segment.wsi.shown_path import shown_slide_path
 
-GATED_FLAG = 0.05  # a gated (Unclassified) share of tissue at or above this is flagged
-LOW_TISSUE = 0.10  # a region less than this share tissue is flagged (a missing TMA core)
 FALLBACK_COLOR = (160, 160, 160)  # a class whose colour the folder does not say
-
-
-@dataclass(frozen=True)
-class ClassArea:
-    """One class's area (um^2) and share of the labelled tissue (None: undefined, there is
-    no tissue)."""
-
-    name: str
-    area_um2: float
-    fraction: float | None
-
-
-@dataclass(frozen=True)
-class Region:
-    """One `--roi` region's numbers, as summary.json's `rois` has them; a TMA core QuPath
-    marks missing has no tissue figure (None: nothing was segmented there)."""
-
-    name: str
-    qupath_id: str
-    area_um2: float
-    tissue_area_um2: float | None
-    classes: tuple[ClassArea, ...]
-    qupath_class: str = ""  # the region's classification in QuPath ("" where it had none)
-
-    @property
-    def qc_flags(self) -> tuple[str, ...]:
-        """ "missing core" for a core QuPath marks missing; "low tissue" where less than
-        `LOW_TISSUE` of the region is tissue: a core that fell off the glass, or a region
-        drawn mostly on background, whose class shares are of a few cells."""
-        if self.tissue_area_um2 is None:
-            return ("missing core",)
-        share = self.tissue_area_um2 / self.area_um2 if self.area_um2 > 0 else 0.0
-        if share < LOW_TISSUE:
-            return (f"low tissue {100 * share:.1f} %",)
-        return ()
-
-
-@dataclass(frozen=True)
-class SlideEntry:
-    """A slide of the output folder: its status and the numbers of its summary (none when
-    it has no usable one). `name` is the output folder's name; `has_thumbnail`: the run
-    wrote the overlay's thumbnail (its summary lists it, and it is there)."""
-
-    name: str
-    status: str
-    reason: str = ""
-    slide_path: str = ""
-    model: str = ""
-    model_sha256: str = ""
-    mpp: tuple[float, float] | None = None
-    tissue_area_um2: float | None = None
-    tissue_status: str = ""
-    classes: tuple[ClassArea, ...] = ()
-    regions: tuple[Region, ...] = ()
-    colors: Mapping[str, tuple[int, int, int]] = field(default_factory=dict)
-    titles: Mapping[str, str] = field(default_factory=dict)  # model.json's class_titles
-    created_utc: str = ""
-    settings: str = ""  # the output-changing parameters of its run (`run_settings`)
-    failed_utc: str = ""  # when its failure record says it last failed (none: no record)
-    schema_version: int | None = None
-    has_overlay: bool = False
-    has_thumbnail: bool = False
-
-    @property
-    def empty(self) -> bool:
-        """Finished with nothing to show: no tissue found, or a dark (fluorescence?) slide."""
-        return self.status in (DONE, UP_TO_DATE) and self.tissue_status in EMPTY_TISSUE
-
-    @property
-    def qc_flags(self) -> tuple[str, ...]:
-        """What a reader should look at: no tissue, a dark (fluorescence?) slide, and a
-        large share of tissue the gate left without a class."""
-        flags = []
-        if self.tissue_status == "none":
-            flags.append("no tissue")
-        elif self.tissue_status == "fluorescence?":
-            flags.append("fluorescence?")
-        gated = next((c.fraction for c in self.classes if c.name == UNCLASSIFIED_NAME), None)
-        if gated is not None and gated >= GATED_FLAG:
-            flags.append(f"gated {100 * gated:.1f} %")
-        return tuple(flags)
+# a damaged folder's fix: wsi-segment's own folder is replaced by a rerun; one it did not
+# write (a person's folder of that name) is refused by the rerun, and must be moved
+RERUN = (
+    "rerun the slide with --overwrite if wsi-segment wrote this folder, or move the folder "
+    "out of OUT if it did not"
+)
 
 
 class _Unusable(ValueError):
@@ -273,12 +195,13 @@ def _folder_entry(folder: Path, name: str) -> SlideEntry:
         return SlideEntry(name, UNREADABLE, why)
     path = folder / SUMMARY_NAME
     if os.path.islink(path) or not path.is_file():
-        return SlideEntry(name, DAMAGED, f"{path} is missing: the folder is not a finished run")
+        why = f"{path} is missing: the folder is not a finished run"
+        return _damaged(folder, name, why)
     try:
         with open(path, encoding="utf-8") as f:
             summary = json.load(f)
     except (OSError, ValueError) as exc:
-        return SlideEntry(name, DAMAGED, f"{path} is not readable JSON ({exc}); rerun the slide")
+        return _damaged(folder, name, f"{path} is not readable JSON ({exc}); {RERUN}")
     version = summary.get("schema_version") if isinstance(summary, dict) else None
     if not isinstance(version, int) or not isinstance(summary.get("slide"), dict):
         return SlideEntry(name, FOREIGN, f"{path} is not a summary wsi-segment wrote")
@@ -288,7 +211,7 @@ def _folder_entry(folder: Path, name: str) -> SlideEntry:
     try:
         entry = _summary_entry(summary, name, folder)
     except (_Unusable, KeyError, TypeError, ValueError) as exc:
-        return SlideEntry(name, DAMAGED, f"{path} is damaged ({exc}); rerun the slide")
+        return _damaged(folder, name, f"{path} is damaged ({exc}); {RERUN}")
     if version < SCHEMA_VERSION:
         why = f"summary.json has schema {version}, older than this version's {SCHEMA_VERSION}"
         more = "; Unclassified was not reported then" if version < 2 else ""
@@ -298,6 +221,14 @@ def _folder_entry(folder: Path, name: str) -> SlideEntry:
             entry, status=OLDER, reason=f"{why}{more}; rerun with --overwrite"
         )
     return entry
+
+
+def _damaged(folder: Path, name: str, why: str) -> SlideEntry:
+    """A folder whose summary is missing or damaged: its overlay, where one is there, is
+    still its picture on the page (the numbers are what cannot be trusted)."""
+    overlay = folder / OVERLAY_NAME
+    shown = not os.path.islink(overlay) and overlay.is_file()
+    return SlideEntry(name, DAMAGED, why, has_overlay=shown)
 
 
 def _summary_entry(summary: Mapping[str, Any], name: str, folder: Path) -> SlideEntry:

@@ -251,6 +251,15 @@ def test_bad_folders_are_rows_that_say_so(out: Path, tmp_path: Path) -> None:
     page = report.page.read_text()
     problems = page[page.index('id="problems"') : page.index('id="slides"')]
     assert problems.count("<article") == 6 and "Needs a look (6)" in problems
+    # the damaged folder's overlay is still its picture (a thumbnail made from it); the fix
+    # says what to do whether or not the folder is ours
+    card = problems[problems.index('data-slide="damaged"') :]
+    card = card[: card.index("</article>")]
+    assert '<img src=".report/' in card and 'href="damaged/overlay.png"' in card
+    assert rows["damaged"]["reason"].endswith(
+        "rerun the slide with --overwrite if wsi-segment wrote this folder, or move the "
+        "folder out of OUT if it did not"
+    )
 
 
 def test_files_not_ours_are_left_alone(out: Path, tmp_path: Path) -> None:

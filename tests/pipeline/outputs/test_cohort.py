@@ -25,7 +25,7 @@ def test_a_region_keeps_its_qupath_class_and_a_core_of_little_tissue_is_flagged(
     QuPath class; the second flagged "low tissue" (under `LOW_TISSUE` of the region), the
     slide's own flags kept on both."""
     from wsi_segment.pipeline.outputs.cohort import cohort_rows
-    from wsi_segment.pipeline.outputs.slide_entries import (
+    from wsi_segment.pipeline.outputs.slide_entry import (
         LOW_TISSUE,
         ClassArea,
         Region,

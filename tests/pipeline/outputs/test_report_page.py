@@ -4,7 +4,7 @@ tests/pipeline/test_morning_report.py and, in Chromium, tests/flows/test_batch_r
 from __future__ import annotations
 
 from wsi_segment.pipeline.outputs.report_page import page_html
-from wsi_segment.pipeline.outputs.slide_entries import ClassArea, SlideEntry
+from wsi_segment.pipeline.outputs.slide_entry import ClassArea, SlideEntry
 from wsi_segment.pipeline.outputs.slide_status import DONE
 
 

@@ -13,7 +13,7 @@ import pytest
 from tests import browser
 from wsi_segment.pipeline.outputs.report_page import page_html
 from wsi_segment.pipeline.outputs.report_problems import OPEN_UP_TO, problem_groups, reason_kind
-from wsi_segment.pipeline.outputs.slide_entries import ClassArea, SlideEntry
+from wsi_segment.pipeline.outputs.slide_entry import ClassArea, SlideEntry
 from wsi_segment.pipeline.outputs.slide_status import DAMAGED, DONE, FAILED, KNOWN
 
 COLORS = {"TE": (205, 51, 51), "NEC": (0, 255, 0), "LYM": (65, 105, 225), "TAS": (255, 165, 0)}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from wsi_segment.pipeline.outputs.report_runs import run_settings, runs_line
-from wsi_segment.pipeline.outputs.slide_entries import SlideEntry
+from wsi_segment.pipeline.outputs.slide_entry import SlideEntry
 from wsi_segment.pipeline.outputs.slide_status import DONE, FAILED, UP_TO_DATE
 
 PARAMS = {"mpp": 1.0, "precision": "auto", "gate": True, "overlap": 32, "batch_size": 8}
