@@ -27,9 +27,11 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 def run(args: argparse.Namespace) -> int:
     from wsi_segment.pipeline.morning_report import build_morning_report
+    from wsi_segment.pipeline.outputs.night_record import read_night
     from wsi_segment.pipeline.outputs.slide_status import PROBLEMS
 
-    report = build_morning_report(args.out, {})
+    # the last batch's outcomes, where it recorded them: its statuses stay as it said them
+    report = build_morning_report(args.out, read_night(args.out))
     problems = sum(e.status in PROBLEMS for e in report.entries)
     print(f"{report.page}\n{report.cohort}")
     print(f"{len(report.entries)} slide(s), {problems} need a look")

@@ -26,6 +26,7 @@ from wsi_segment.pipeline.outputs.cohort import (
     write_atomically,
     write_cohort,
 )
+from wsi_segment.pipeline.outputs.night_record import write_night
 from wsi_segment.pipeline.outputs.qupath_project import (
     refuse_foreign_project,
     write_qupath_project,
@@ -165,6 +166,10 @@ class BatchReport:
             return self._rebuild()
 
     def _rebuild(self) -> MorningReport | None:
+        """The report of what is settled so far, the rest queued; the settled outcomes
+        recorded for `wsi-segment report` to say the same later (`night_record`)."""
         if not self.out_root.is_dir():
             return None
-        return build_morning_report(self.out_root, self._queued | self._results)
+        report = build_morning_report(self.out_root, self._queued | self._results)
+        write_night(self.out_root, self._results)
+        return report

@@ -83,6 +83,7 @@ class BatchOutcome:
     error: str = ""
     slide: str = ""
     error_class: str = ""  # a failure's `wsi_segment.errors` class name
+    at_utc: str = ""  # when an earlier batch recorded it (`night_record`); "": this batch
 
 
 Tonight = Mapping[str, BatchOutcome]  # output name -> what the batch saw
@@ -131,9 +132,11 @@ def _entry(root: Path, name: str, is_folder: bool, tonight: BatchOutcome) -> Sli
     known of it (a failure record, a run writing it now, tonight's status)."""
     if tonight.error_class == OutputBusy.__name__:  # another run was writing it: its folder
         tonight = NOTHING_TONIGHT  # (finished, or in progress) is the slide's news, not this
-    status_tonight, error_tonight = tonight.status, tonight.error
     entry = _folder_entry(root / name, name) if is_folder else SlideEntry(name, STOPPED)
     record = read_record(root, name)
+    if _older_news(tonight, entry, record):  # a run after the recorded batch: its news
+        tonight = NOTHING_TONIGHT
+    status_tonight, error_tonight = tonight.status, tonight.error
     if record is not None and _outlived(record, entry, status_tonight):
         record = None
     if record is not None or status_tonight in ("failed", "known-failure"):
@@ -165,6 +168,16 @@ def _entry(root: Path, name: str, is_folder: bool, tonight: BatchOutcome) -> Sli
     if entry.status == DONE and status_tonight == "up-to-date":
         return dataclasses.replace(entry, status=UP_TO_DATE)
     return entry
+
+
+def _older_news(tonight: BatchOutcome, entry: SlideEntry, record: Mapping[str, Any] | None) -> bool:
+    """Whether a recorded batch's outcome (`night_record`) is older than what the folder
+    holds now: outputs made, or a failure recorded, after it."""
+    if not tonight.at_utc:
+        return False
+    at = tonight.at_utc[:19]
+    failed = str((record or {}).get("failed_utc", ""))[:19]
+    return entry.created_utc[:19] > at or failed > at
 
 
 def _outlived(record: Mapping[str, Any], entry: SlideEntry, status_tonight: str) -> bool:

@@ -48,3 +48,29 @@ def test_the_report_command(
         "record); give the --out folder of the runs\n"
     )
     assert sorted(p.name for p in slides.iterdir()) == ["case-1", "notes.txt"]
+
+
+def test_the_report_the_morning_after_says_what_the_night_said(
+    tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A night's batch found its slide up to date; `wsi-segment report` rebuilt the page
+    the morning after: still "up to date", not "done" (the batch's record of its night)."""
+    import csv
+
+    from wsi_segment.flows.cli import main
+
+    out = tmp_path / "out"
+    batch = ["batch", str(DATA / "small.svs"), "--out", str(out), "--model", str(tiny_model)]
+    batch += ["--runtime", "torch", "--precision", "fp32", "--quiet"]
+    assert main(batch) == 0  # the first night makes it
+    assert main(batch) == 0  # the second finds it up to date
+    capsys.readouterr()
+
+    def statuses() -> list[str]:
+        with open(out / "cohort.csv", encoding="utf-8", newline="") as f:
+            return [row["status"] for row in csv.DictReader(f)]
+
+    assert statuses() == ["up to date"]
+    page = (out / "report.html").read_bytes()
+    assert main(["report", str(out)]) == 0
+    assert statuses() == ["up to date"] and (out / "report.html").read_bytes() == page

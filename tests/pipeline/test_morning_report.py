@@ -388,6 +388,28 @@ def test_a_batch_report_rebuilds_as_slides_finish(out: Path, tmp_path: Path) -> 
     ]
     assert report.add(1, done) is None  # after the last rebuild
     assert len(read_rows(last.cohort)) == 3
+    # `wsi-segment report` the morning after says what the night said (its record)
+    from wsi_segment.pipeline.morning_report import build_morning_report
+    from wsi_segment.pipeline.outputs.night_record import read_night
+
+    night = read_night(work)
+    assert {n: o.status for n, o in night.items()} == {
+        "CMU-1-Small-Region": "done",
+        "lost": "failed",
+        "small": "up-to-date",
+    }
+    again = build_morning_report(work, night)
+    assert [(e.name, e.status) for e in again.entries] == [(e.name, e.status) for e in last.entries]
+    assert again.page.read_bytes() == last.page.read_bytes()
+    # a run after the night re-made a slide: its own folder is the news, not the night's word
+    summary = summary_of(work, "small")
+    summary["created_utc"] = "2999-01-01T00:00:00+00:00"
+    (work / "small" / "summary.json").write_text(json.dumps(summary))
+    later = build_morning_report(work, read_night(work))
+    assert dict((e.name, e.status) for e in later.entries)["small"] == "done"
+    # a record that is not ours is no record: the folder alone
+    (work / ".report" / "night.json").write_text('{"kind": "notes"}')
+    assert read_night(work) == {}
 
 
 def test_a_night_whose_slides_all_failed_before_writing_still_gets_its_report(
