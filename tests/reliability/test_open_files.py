@@ -80,6 +80,7 @@ def test_a_batch_under_a_low_soft_limit_raises_it_and_succeeds(
     assert "2 done, 0 up-to-date, 0 failed" in result.stderr, result.stderr[-3000:]
     assert "Too many open files" not in result.stderr + result.stdout
     assert sorted(p.name for p in out.iterdir()) == [
+        ".report",  # the night's record (pipeline/outputs/night_record.py)
         "cmu0",
         "cmu1",
         "cohort.csv",
