@@ -40,7 +40,7 @@ from wsi_segment.pipeline.outputs.slide_entries import (
     scan_slides,
 )
 from wsi_segment.pipeline.outputs.slide_entry import SlideEntry
-from wsi_segment.pipeline.outputs.slide_status import QUEUED
+from wsi_segment.pipeline.outputs.slide_status import DAMAGED, QUEUED
 
 if TYPE_CHECKING:
     from wsi_segment.pipeline.segment import SlideResult
@@ -96,13 +96,25 @@ def _thumbnails(root: Path, entries: Sequence[SlideEntry]) -> dict[str, str | No
     shown: dict[str, str | None] = {
         e.name: f"{e.name}/{THUMBNAIL_NAME}" for e in entries if e.has_thumbnail
     }
-    older = [e.name for e in entries if e.has_overlay and not e.has_thumbnail]
+    # a damaged summary's folder: its own picture as it is (no decoding for a folder whose
+    # files cannot be vouched for), the thumbnail if the run wrote one, else the overlay
+    shown |= {e.name: _damaged_picture(root, e.name) for e in entries if e.status == DAMAGED}
+    older = [e.name for e in entries if e.has_overlay and e.name not in shown]
     if older:
         folder = thumbnails_folder(root)
         with ThreadPoolExecutor(THUMBNAIL_THREADS) as pool:
             made = pool.map(lambda n: ensure_thumbnail(root / n / OVERLAY_NAME, folder, n), older)
             shown |= dict(zip(older, made, strict=True))
     return {e.name: shown.get(e.name) for e in entries}
+
+
+def _damaged_picture(root: Path, name: str) -> str | None:
+    """The picture of a folder whose summary is damaged, relative to OUT (None: none)."""
+    for picture in (THUMBNAIL_NAME, OVERLAY_NAME):
+        path = root / name / picture
+        if not os.path.islink(path) and path.is_file():
+            return f"{name}/{picture}"
+    return None
 
 
 def tonight_of(names: Sequence[str], results: Iterable[SlideResult | None]) -> Tonight:

@@ -255,7 +255,8 @@ def test_bad_folders_are_rows_that_say_so(out: Path, tmp_path: Path) -> None:
     # says what to do whether or not the folder is ours
     card = problems[problems.index('data-slide="damaged"') :]
     card = card[: card.index("</article>")]
-    assert '<img src=".report/' in card and 'href="damaged/overlay.png"' in card
+    assert '<img src="damaged/overlay-thumbnail.jpg"' in card  # the run's own, not decoded
+    assert 'href="damaged/overlay.png"' in card
     assert rows["damaged"]["reason"].endswith(
         "rerun the slide with --overwrite if wsi-segment wrote this folder, or move the "
         "folder out of OUT if it did not"
