@@ -16,17 +16,16 @@ from wsi_segment.models.classifier import PatchClassifier
 from wsi_segment.models.pretrained import load_pretrained
 from wsi_segment.models.pseudo_masks import label_from_maps
 from wsi_segment.models.segmenter import build_segmenter, multilayer_pseudo_loss
-from wsi_segment.pipeline.training.datasets import (
-    MaskItem,
-    WsssDataset,
+from wsi_segment.pipeline.training.datasets import MaskItem, WsssDataset
+from wsi_segment.pipeline.training.evaluate import Predictor, module_predictor, present_labels
+from wsi_segment.pipeline.training.metrics import ConfusionMatrix
+from wsi_segment.pipeline.training.recipes import make_optimizer
+from wsi_segment.pipeline.training.train_batches import (
     augment,
     batch_count,
     epoch_batches,
     load_batch,
 )
-from wsi_segment.pipeline.training.evaluate import Predictor, module_predictor, present_labels
-from wsi_segment.pipeline.training.metrics import ConfusionMatrix
-from wsi_segment.pipeline.training.recipes import make_optimizer
 from wsi_segment.pipeline.training.train_classifier import schedule_lrs, seeded, to_input
 from wsi_segment.pipeline.training.train_segmenter import SegmenterConfig, validate
 from wsi_segment.synthetic.dataset import BACKGROUND, SyntheticSpec, random_label_map

@@ -30,8 +30,9 @@ from wsi_segment.models.reduction import tile_labels
 from wsi_segment.models.runtimes.executor import TorchExecutor
 from wsi_segment.models.runtimes.tile_io import Geometry
 from wsi_segment.models.segmentation_model import SegmentationModel
-from wsi_segment.pipeline.training.datasets import WsssDataset, load_batch, open_dataset
+from wsi_segment.pipeline.training.datasets import WsssDataset, open_dataset
 from wsi_segment.pipeline.training.metrics import ConfusionMatrix
+from wsi_segment.pipeline.training.train_batches import load_batch
 from wsi_segment.pipeline.training.train_classifier import to_input
 
 # predict(images uint8 (N,3,H,W), gt masks uint8 (N,H,W)) -> one label batch (N,H,W) per output

@@ -32,7 +32,8 @@ from wsi_segment.models.classifier import PatchClassifier
 from wsi_segment.models.pseudo_masks import mask_taps, pseudo_masks
 from wsi_segment.models.segmenter import IGNORE_INDEX
 from wsi_segment.pipeline.cancellation import NEVER_CANCELLED, CancelToken
-from wsi_segment.pipeline.training.datasets import TrainItem, WsssDataset, load_batch
+from wsi_segment.pipeline.training.datasets import TrainItem, WsssDataset
+from wsi_segment.pipeline.training.train_batches import load_batch
 from wsi_segment.pipeline.training.train_classifier import progress_enabled
 
 LAYERS = DEFAULT_LAYERS

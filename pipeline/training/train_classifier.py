@@ -27,16 +27,14 @@ from wsi_segment.models.classifier import PatchClassifier, build_classifier
 from wsi_segment.models.heads import DEFAULT_DROPOUT, PDASchedule
 from wsi_segment.pipeline.cancellation import NEVER_CANCELLED, CancelToken
 from wsi_segment.pipeline.training.checkpoints import load_checkpoint, save_checkpoint
-from wsi_segment.pipeline.training.datasets import (
-    MIN_TRAIN_PATCHES,
-    TrainItem,
-    WsssDataset,
+from wsi_segment.pipeline.training.datasets import MIN_TRAIN_PATCHES, TrainItem, WsssDataset
+from wsi_segment.pipeline.training.recipes import Optim, freeze, make_optimizer, train_mode
+from wsi_segment.pipeline.training.train_batches import (
     augment,
     batch_count,
     epoch_batches,
     load_batch,
 )
-from wsi_segment.pipeline.training.recipes import Optim, freeze, make_optimizer, train_mode
 from wsi_segment.pipeline.training.warm_start import warm_start
 
 

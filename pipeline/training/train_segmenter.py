@@ -34,17 +34,11 @@ from wsi_segment.models.segmenter import (
 from wsi_segment.models.tensor_files import write_tensors
 from wsi_segment.pipeline.cancellation import NEVER_CANCELLED, CancelToken
 from wsi_segment.pipeline.training.checkpoints import load_checkpoint, save_checkpoint
-from wsi_segment.pipeline.training.datasets import (
-    MIN_TRAIN_PATCHES,
-    TrainItem,
-    WsssDataset,
-    augment,
-    epoch_batches,
-    load_batch,
-)
+from wsi_segment.pipeline.training.datasets import MIN_TRAIN_PATCHES, TrainItem, WsssDataset
 from wsi_segment.pipeline.training.evaluate import module_predictor, score_split
 from wsi_segment.pipeline.training.make_pseudo_masks import mask_name
 from wsi_segment.pipeline.training.recipes import Optim, freeze, make_optimizer, train_mode
+from wsi_segment.pipeline.training.train_batches import augment, epoch_batches, load_batch
 from wsi_segment.pipeline.training.train_classifier import (
     epoch_steps,
     progress_enabled,

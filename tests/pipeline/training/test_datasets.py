@@ -13,13 +13,11 @@ from PIL import Image, ImageFilter
 from wsi_segment.errors import DatasetError
 from wsi_segment.pipeline.training.datasets import (
     MIN_TRAIN_PATCHES,
-    augment,
-    batch_count,
-    epoch_batches,
     open_dataset,
     parse_labels,
     read_image,
 )
+from wsi_segment.pipeline.training.train_batches import augment, batch_count, epoch_batches
 
 SAMPLE = Path(__file__).resolve().parents[2] / "data" / "luad-histoseg-sample"
 

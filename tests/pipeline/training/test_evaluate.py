@@ -19,7 +19,7 @@ from wsi_segment.models.meta import DEFAULT_EPSILON
 from wsi_segment.models.runtimes.executor import TorchExecutor
 from wsi_segment.models.runtimes.tile_io import Geometry
 from wsi_segment.models.segmentation_model import SegmentationModel
-from wsi_segment.pipeline.training.datasets import load_batch, open_dataset
+from wsi_segment.pipeline.training.datasets import open_dataset
 from wsi_segment.pipeline.training.evaluate import (
     GateCheck,
     evaluate,
@@ -28,6 +28,7 @@ from wsi_segment.pipeline.training.evaluate import (
     score_split,
     segmentation_predictor,
 )
+from wsi_segment.pipeline.training.train_batches import load_batch
 from wsi_segment.wsi.tiling import TileGrid
 
 SAMPLE = Path(__file__).resolve().parents[2] / "data" / "luad-histoseg-sample"

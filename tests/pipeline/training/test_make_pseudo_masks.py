@@ -15,13 +15,14 @@ from wsi_segment.models.bundle import demo_model_dir, load_model
 from wsi_segment.models.classifier import build_classifier
 from wsi_segment.models.pseudo_masks import pseudo_masks
 from wsi_segment.pipeline.cancellation import Cancellation
-from wsi_segment.pipeline.training.datasets import load_batch, open_dataset
+from wsi_segment.pipeline.training.datasets import open_dataset
 from wsi_segment.pipeline.training.make_pseudo_masks import (
     check_pseudo_mask_folder,
     made_with,
     make_pseudo_masks,
     mask_name,
 )
+from wsi_segment.pipeline.training.train_batches import load_batch
 
 SAMPLE = Path(__file__).resolve().parents[2] / "data" / "luad-histoseg-sample"
 

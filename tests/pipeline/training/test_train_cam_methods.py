@@ -23,9 +23,10 @@ from wsi_segment.models.background import background_mask
 from wsi_segment.models.bundle import load_model
 from wsi_segment.models.cam_methods import cam_method
 from wsi_segment.models.pseudo_masks import pseudo_masks
-from wsi_segment.pipeline.training.datasets import load_batch, open_dataset
+from wsi_segment.pipeline.training.datasets import open_dataset
 from wsi_segment.pipeline.training.make_pseudo_masks import LAYERS, mask_name
 from wsi_segment.pipeline.training.train import TrainConfig, train
+from wsi_segment.pipeline.training.train_batches import load_batch
 
 SAMPLE = Path(__file__).resolve().parents[2] / "data" / "luad-histoseg-sample"
 BATCH = 4
