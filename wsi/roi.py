@@ -52,6 +52,12 @@ def _shape(path: Path, region: RegionFeature) -> BaseGeometry:
     return shapely.make_valid(g) if not g.is_valid else g
 
 
+def _on_slide(geometry: BaseGeometry, slide: BaseGeometry) -> list[Polygon]:
+    """The polygons with area of `geometry` cut to the slide's box."""
+    inside = shapely.intersection(geometry, slide)
+    return [p for p in shapely.get_parts(inside) if isinstance(p, Polygon) and p.area > 0]
+
+
 def slide_rois(
     roi_file: RoiFile,
     dimensions: tuple[int, int],
@@ -72,8 +78,7 @@ def slide_rois(
         parts = [p for p in shapely.get_parts(g) if isinstance(p, Polygon) and p.area > 0]
         if not parts:
             raise RoiError(f"{path}: region {name!r} has no area; {FIX}")
-        inside = shapely.intersection(MultiPolygon(parts), slide)
-        kept = [p for p in shapely.get_parts(inside) if isinstance(p, Polygon) and p.area > 0]
+        kept = _on_slide(MultiPolygon(parts), slide)
         if not kept:
             x0, y0, x1, y1 = (round(v) for v in shapely.bounds(MultiPolygon(parts)))
             raise RoiError(
@@ -105,8 +110,7 @@ def missing_cores(
     dx, dy = float(bounds_offset[0]), float(bounds_offset[1])
     cores = []
     for number, region in enumerate(roi_file.missing_cores, start=1):
-        inside = shapely.intersection(translate(_shape(roi_file.path, region), dx, dy), slide)
-        kept = [p for p in shapely.get_parts(inside) if isinstance(p, Polygon) and p.area > 0]
+        kept = _on_slide(translate(_shape(roi_file.path, region), dx, dy), slide)
         if kept:
             name = _display_name(region, number)
             cores.append(

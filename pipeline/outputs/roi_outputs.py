@@ -59,9 +59,7 @@ def roi_class_areas(
         labelled = math.fsum(cls_um2.values())
         report.append(
             {
-                "name": roi.name,
-                **({"qupath_id": roi.qupath_id} if roi.qupath_id else {}),
-                **({"classification": roi.classification["name"]} if roi.classification else {}),
+                **_known_as(roi),
                 "area_um2": float(roi.geometry.area) * um2_per_px,
                 "tissue_area_um2": labelled,
                 "classes": {
@@ -76,15 +74,23 @@ def roi_class_areas(
     return report
 
 
+def _known_as(roi: Roi) -> dict[str, Any]:
+    """What summary.json names a region by: its name, and its QuPath id and class where the
+    export gave them."""
+    return {
+        "name": roi.name,
+        **({"qupath_id": roi.qupath_id} if roi.qupath_id else {}),
+        **({"classification": roi.classification["name"]} if roi.classification else {}),
+    }
+
+
 def missing_core_report(cores: Sequence[Roi], mpp: tuple[float, float]) -> list[dict[str, Any]]:
     """summary.json's entries of the TMA cores the --roi file marks missing: name, QuPath id
     and class, area on the slide, `"missing": true`; no tissue nor class numbers (nothing
     was segmented there, so none is guessed)."""
     return [
         {
-            "name": core.name,
-            **({"qupath_id": core.qupath_id} if core.qupath_id else {}),
-            **({"classification": core.classification["name"]} if core.classification else {}),
+            **_known_as(core),
             "area_um2": float(core.geometry.area) * mpp[0] * mpp[1],
             "missing": True,
         }
